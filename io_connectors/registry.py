@@ -1,0 +1,91 @@
+"""Connectors looked up by name, so a YAML `sources:` list can name them.
+
+A connector registers a factory that takes the source's config mapping (the
+keys under one `sources:` entry, minus `type`) and returns a PTransform that,
+applied to a pipeline, returns `transforms.dead_letter.Outputs`.
+
+Usage::
+
+    from io_connectors import registry
+
+    @registry.register('csv', 'CSV files (local, s3://, gs://)')
+    def _csv(config):
+      return ReadFromCsv(**config)
+
+    transform = registry.build({'type': 'csv', 'input': 'data/*.csv'})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Callable, Dict
+
+__all__ = ['ConfigError', 'register', 'build', 'names', 'describe']
+
+# Modules whose import registers connectors; imported on first lookup so that
+# a missing optional dependency of one family does not break the others.
+_CONNECTOR_MODULES = ('io_connectors.files',)
+
+
+class ConfigError(ValueError):
+  """A configuration mistake, reported to the user as one clear line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+  name: str
+  description: str
+  factory: Callable[[dict], object]
+
+
+_REGISTRY: Dict[str, _Entry] = {}
+_loaded = False
+
+
+def register(name: str, description: str):
+  """Decorator registering `factory(config) -> PTransform` under `name`."""
+
+  def wrap(factory):
+    if name in _REGISTRY and _REGISTRY[name].factory is not factory:
+      raise ValueError(f'connector {name!r} registered twice')
+    _REGISTRY[name] = _Entry(name, description, factory)
+    return factory
+
+  return wrap
+
+
+def _load():
+  global _loaded  # pylint: disable=global-statement
+  if not _loaded:
+    for module in _CONNECTOR_MODULES:
+      importlib.import_module(module)
+    _loaded = True
+
+
+def names():
+  _load()
+  return sorted(_REGISTRY)
+
+
+def describe() -> Dict[str, str]:
+  _load()
+  return {name: _REGISTRY[name].description for name in sorted(_REGISTRY)}
+
+
+def build(source: dict):
+  """The PTransform for one `sources:` entry: {'type': NAME, ...options}."""
+  if not isinstance(source, dict):
+    raise ConfigError(f'a source must be a mapping, got {type(source).__name__}')
+  config = dict(source)
+  kind = config.pop('type', None)
+  if not kind:
+    raise ConfigError(f'source {source!r} has no "type"; known types: {", ".join(names())}')
+  _load()
+  entry = _REGISTRY.get(kind)
+  if entry is None:
+    raise ConfigError(f'unknown source type {kind!r}; known types: {", ".join(names())}')
+  try:
+    return entry.factory(config)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f'source of type {kind!r}: {e}') from None

@@ -1,0 +1,46 @@
+"""Apache Beam pipelines that ingest, clean and deliver a music-streaming platform's data."""
+
+import setuptools
+
+BEAM = 'apache-beam==2.77.0'
+
+EXTRAS = {
+    # Beam 2.77's apache_beam.dataframe and ReadFromCsv break on pandas 3.
+    'dataframe': ['pandas>=2.0,<2.4'],
+    'gcp': [f'apache-beam[gcp]==2.77.0', 'google-cloud-storage>=2.14'],
+    'aws': [f'apache-beam[aws]==2.77.0', 'boto3>=1.34'],
+    # TensorFlow alone is ~2 GB: only ML users pay for it.
+    'ml': ['tensorflow>=2.16', 'tensorflow-transform>=1.16', 'tensorflow-datasets>=4.9'],
+    'test': [
+        'pytest>=8',
+        'pytest-xdist>=3.5',
+        'moto[server]>=5.0',
+        'gcp-storage-emulator>=2024.8.3',
+        'pandas>=2.0,<2.4',
+    ],
+}
+EXTRAS['all'] = sorted({req for name, reqs in EXTRAS.items() if name != 'ml' for req in reqs} | set(EXTRAS['ml']))
+
+setuptools.setup(
+    name='music-beam-pipelines',
+    version='0.1.0',
+    description=__doc__,
+    long_description=open('README.md', encoding='utf-8').read() if __import__('os').path.exists('README.md') else '',
+    long_description_content_type='text/markdown',
+    python_requires='>=3.10',
+    packages=setuptools.find_packages(include=['pipelines*', 'transforms*', 'io_connectors*']),
+    package_data={'': ['*.json', '*.yaml', '*.yml']},
+    install_requires=[
+        BEAM,
+        # Beam 2.77 caps pyarrow below 26.
+        'pyarrow>=16,<26',
+        'numpy>=1.26',
+        'pydantic>=2.7,<3',
+        'presidio-analyzer>=2.2.350',
+        'presidio-anonymizer>=2.2.350',
+        'openpyxl>=3.1',
+        'fastavro>=1.9',
+        'pyyaml>=6',
+    ],
+    extras_require=EXTRAS,
+)

@@ -1,0 +1,398 @@
+"""Canonical entities of the platform, as pydantic v2 models.
+
+The models are the single statement of the entity rules. Per-record validation
+(`Model.model_validate`) uses them directly; the vectorised validator in
+`transforms.validate` reads the same rules from the models' field metadata
+(`FieldRule`) so that both paths accept and reject the same values, which
+`tests/transforms/test_validate.py` checks on generated inputs.
+
+Names follow the Spotify Web API objects (`TrackObject`, `ArtistObject`, ...)
+where one exists. Columns a model does not declare are kept (``extra='allow'``).
+
+Usage::
+
+    from transforms.entities import ListeningEvent, entity_model
+    ListeningEvent.model_validate({"event_id": "e1", ...})
+    entity_model("listening_event") is ListeningEvent
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import ipaddress
+import re
+import typing
+from typing import Annotated, Any, Optional
+
+import pydantic
+from pydantic import BeforeValidator, ConfigDict
+
+__all__ = [
+    'PII_IDENTIFIER',
+    'PII_FREE_TEXT',
+    'FieldRule',
+    'ListeningEvent',
+    'Track',
+    'AudioFeatures',
+    'Artist',
+    'User',
+    'Playlist',
+    'ENTITIES',
+    'entity_model',
+    'field_rules',
+    'key_field',
+]
+
+# Roles a field plays for PII redaction (transforms.pii).
+PII_IDENTIFIER = 'identifier'  # pseudonymised with a keyed HMAC per tenant
+PII_FREE_TEXT = 'free_text'  # scanned by presidio, findings replaced
+
+SPOTIFY_ID_PATTERN = r'^[0-9A-Za-z]{22}$'
+EMAIL_PATTERN = r'^[^@\s]+@[^@\s]+\.[^@\s]+$'
+INT_PATTERN = r'^\s*[+-]?[0-9]+\s*$'
+EPOCH_MS_PATTERN = r'^\s*[0-9]{1,15}\s*$'
+# ISO-8601 date-time with a mandatory offset (Z or +hh:mm / +hhmm).
+ISO_OFFSET_PATTERN = (r'^\s*[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?'
+                      r'(Z|z|[+-][0-9]{2}:?[0-9]{2})\s*$')
+TRUE_STRINGS = frozenset({'true', 't', 'yes', 'y', 'on', '1'})
+FALSE_STRINGS = frozenset({'false', 'f', 'no', 'n', 'off', '0'})
+
+# ISO 3166-1 alpha-2, officially assigned codes.
+COUNTRY_CODES = frozenset("""
+AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR BS BT BV BW BY
+BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM DO DZ EC EE EG EH ER ES ET FI FJ FK
+FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW GY HK HM HN HR HT HU ID IE IL IM IN IO IQ IR
+IS IT JE JM JO JP KE KG KH KI KM KN KP KR KW KY KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK
+ML MM MN MO MP MQ MR MS MT MU MV MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM
+PN PR PS PT PW PY QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF
+TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW
+""".split())
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldRule:
+  """How one field is checked and converted; read by the vectorised validator.
+
+  kind: 'string', 'int', 'float', 'bool', 'timestamp', 'ip', 'country',
+    'nested' (kept as inferred).
+  pattern: RE2/Python regex a string value must match (after conversion).
+  ge, le: inclusive numeric bounds.
+  pii: None, PII_IDENTIFIER or PII_FREE_TEXT.
+  """
+  kind: str
+  pattern: Optional[str] = None
+  ge: Optional[float] = None
+  le: Optional[float] = None
+  pii: Optional[str] = None
+  non_empty: bool = False
+
+
+class InvalidValue(ValueError):
+  """A value that breaks a rule; `reason` is the dead-letter reason."""
+
+  def __init__(self, reason: str, message: str):
+    super().__init__(message)
+    self.reason = reason
+
+
+# Per-value converters. The vectorised validator implements the same rules on
+# Arrow arrays; keep both in step (the equivalence test fails otherwise).
+
+
+def to_string(value: Any) -> Optional[str]:
+  if value is None:
+    return None
+  if isinstance(value, bool):
+    raise ValueError('expected a string, got a boolean')
+  if isinstance(value, (int, float)):
+    return str(value)
+  if not isinstance(value, str):
+    raise ValueError(f'expected a string, got {type(value).__name__}')
+  return value
+
+
+def to_int(value: Any) -> Optional[int]:
+  if value is None:
+    return None
+  if isinstance(value, bool):
+    raise ValueError('expected an integer, got a boolean')
+  if isinstance(value, int):
+    return value
+  if isinstance(value, float):
+    if value.is_integer():
+      return int(value)
+    raise ValueError(f'expected an integer, got {value!r}')
+  if isinstance(value, str) and re.match(INT_PATTERN, value):
+    return int(value)
+  raise ValueError(f'expected an integer, got {value!r}')
+
+
+def to_float(value: Any) -> Optional[float]:
+  if value is None:
+    return None
+  if isinstance(value, bool):
+    raise ValueError('expected a number, got a boolean')
+  if isinstance(value, (int, float)):
+    return float(value)
+  if isinstance(value, str):
+    try:
+      return float(value)
+    except ValueError:
+      pass
+  raise ValueError(f'expected a number, got {value!r}')
+
+
+def to_bool(value: Any) -> Optional[bool]:
+  if value is None:
+    return None
+  if isinstance(value, bool):
+    return value
+  if isinstance(value, int) and value in (0, 1):
+    return bool(value)
+  if isinstance(value, str):
+    lowered = value.strip().lower()
+    if lowered in TRUE_STRINGS:
+      return True
+    if lowered in FALSE_STRINGS:
+      return False
+  raise ValueError(f'expected a boolean, got {value!r}')
+
+
+def to_utc_timestamp(value: Any) -> Optional[dt.datetime]:
+  """ISO-8601 with an offset, or epoch milliseconds; returned in UTC."""
+  if value is None:
+    return None
+  if isinstance(value, dt.datetime):
+    if value.tzinfo is None:
+      raise ValueError('timestamp has no UTC offset')
+    return value.astimezone(dt.timezone.utc)
+  if isinstance(value, bool):
+    raise ValueError('expected a timestamp, got a boolean')
+  if isinstance(value, int) or (isinstance(value, str) and re.match(EPOCH_MS_PATTERN, value)):
+    millis = int(value)
+    return dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(milliseconds=millis)
+  if isinstance(value, str) and re.match(ISO_OFFSET_PATTERN, value):
+    text = value.strip().replace('z', 'Z').replace('Z', '+00:00')
+    try:
+      parsed = dt.datetime.fromisoformat(text)
+    except ValueError as e:
+      raise ValueError(f'not a valid date-time: {value!r}') from e
+    return parsed.astimezone(dt.timezone.utc)
+  raise ValueError(f'expected ISO-8601 with offset or epoch ms, got {value!r}')
+
+
+def check_ip(value: Optional[str]) -> Optional[str]:
+  if value is None:
+    return None
+  try:
+    ipaddress.ip_address(value)
+  except ValueError as e:
+    raise ValueError(f'not an IPv4/IPv6 address: {value!r}') from e
+  return value
+
+
+def check_country(value: Optional[str]) -> Optional[str]:
+  if value is None or value in COUNTRY_CODES:
+    return value
+  raise ValueError(f'not an ISO 3166-1 alpha-2 code: {value!r}')
+
+
+def _pattern_check(pattern: str):
+  compiled = re.compile(pattern)
+
+  def check(value: Optional[str]) -> Optional[str]:
+    if value is None or compiled.match(value):
+      return value
+    raise ValueError(f'{value!r} does not match {pattern}')
+
+  return check
+
+
+def _non_empty(value: Optional[str]) -> Optional[str]:
+  if value is not None and not value.strip():
+    raise ValueError('must not be empty')
+  return value
+
+
+def _bounds(ge=None, le=None):
+
+  def check(value):
+    if value is not None and ((ge is not None and value < ge) or (le is not None and value > le)):
+      raise ValueError(f'{value!r} is out of range [{ge}, {le}]')
+    return value
+
+  return check
+
+
+# Annotated field types: the pydantic validators and the FieldRule side by side.
+Str = Annotated[str, BeforeValidator(to_string), FieldRule('string')]
+NonEmptyStr = Annotated[str, BeforeValidator(to_string), pydantic.AfterValidator(_non_empty),
+                        FieldRule('string', non_empty=True)]
+SpotifyId = Annotated[str, BeforeValidator(to_string), pydantic.AfterValidator(_pattern_check(SPOTIFY_ID_PATTERN)),
+                      FieldRule('string', pattern=SPOTIFY_ID_PATTERN)]
+Email = Annotated[str, BeforeValidator(to_string), pydantic.AfterValidator(_pattern_check(EMAIL_PATTERN)),
+                  FieldRule('string', pattern=EMAIL_PATTERN, pii=PII_IDENTIFIER)]
+IpAddress = Annotated[str, BeforeValidator(to_string), pydantic.AfterValidator(check_ip),
+                      FieldRule('ip', pii=PII_IDENTIFIER)]
+Country = Annotated[str, BeforeValidator(to_string), pydantic.AfterValidator(check_country), FieldRule('country')]
+UtcTimestamp = Annotated[dt.datetime, BeforeValidator(to_utc_timestamp), FieldRule('timestamp')]
+Bool = Annotated[bool, BeforeValidator(to_bool), FieldRule('bool')]
+FreeText = Annotated[str, BeforeValidator(to_string), FieldRule('string', pii=PII_FREE_TEXT)]
+
+
+def Int(ge=None, le=None):  # pylint: disable=invalid-name
+  return Annotated[int, BeforeValidator(to_int), pydantic.AfterValidator(_bounds(ge, le)), FieldRule('int', ge=ge, le=le)]
+
+
+def Float(ge=None, le=None):  # pylint: disable=invalid-name
+  return Annotated[float, BeforeValidator(to_float), pydantic.AfterValidator(_bounds(ge, le)),
+                   FieldRule('float', ge=ge, le=le)]
+
+
+def Identifier(base=NonEmptyStr):  # pylint: disable=invalid-name
+  """A string identifier that is pseudonymised per tenant."""
+  rule = next(m for m in typing.get_args(base)[1:] if isinstance(m, FieldRule))
+  return Annotated[base, dataclasses.replace(rule, pii=PII_IDENTIFIER)]
+
+
+Nested = Annotated[Any, FieldRule('nested')]
+
+
+class _Entity(pydantic.BaseModel):
+  model_config = ConfigDict(extra='allow', frozen=True)
+  # Field that identifies a record for deduplication.
+  __key_field__: typing.ClassVar[str] = 'id'
+
+
+class ListeningEvent(_Entity):
+  """One play of a track by a user (cf. PlayHistoryObject in the Web API)."""
+  __key_field__: typing.ClassVar[str] = 'event_id'
+  event_id: NonEmptyStr
+  user_id: Identifier()
+  track_id: SpotifyId
+  played_at: UtcTimestamp
+  ms_played: Int(ge=0)
+  country: Optional[Country] = None
+  platform: Optional[Str] = None
+  ip_address: Optional[IpAddress] = None
+  user_email: Optional[Email] = None
+  skipped: Optional[Bool] = None
+  context_uri: Optional[Str] = None
+  note: Optional[FreeText] = None
+
+
+class Track(_Entity):
+  """TrackObject."""
+  id: SpotifyId
+  name: NonEmptyStr
+  duration_ms: Optional[Int(ge=0)] = None
+  explicit: Optional[Bool] = None
+  popularity: Optional[Int(ge=0, le=100)] = None
+  uri: Optional[Str] = None
+  preview_url: Optional[Str] = None
+  album: Optional[Nested] = None
+  artists: Optional[Nested] = None
+  available_markets: Optional[Nested] = None
+  external_ids: Optional[Nested] = None
+
+
+class AudioFeatures(_Entity):
+  """AudioFeaturesObject."""
+  id: SpotifyId
+  acousticness: Optional[Float(ge=0, le=1)] = None
+  danceability: Optional[Float(ge=0, le=1)] = None
+  energy: Optional[Float(ge=0, le=1)] = None
+  instrumentalness: Optional[Float(ge=0, le=1)] = None
+  liveness: Optional[Float(ge=0, le=1)] = None
+  speechiness: Optional[Float(ge=0, le=1)] = None
+  valence: Optional[Float(ge=0, le=1)] = None
+  loudness: Optional[Float()] = None
+  tempo: Optional[Float(ge=0)] = None
+  key: Optional[Int(ge=-1, le=11)] = None
+  mode: Optional[Int(ge=0, le=1)] = None
+  time_signature: Optional[Int(ge=3, le=7)] = None
+  duration_ms: Optional[Int(ge=0)] = None
+
+
+class Artist(_Entity):
+  """ArtistObject."""
+  id: SpotifyId
+  name: NonEmptyStr
+  popularity: Optional[Int(ge=0, le=100)] = None
+  genres: Optional[Nested] = None
+  followers: Optional[Nested] = None
+  uri: Optional[Str] = None
+
+
+class User(_Entity):
+  """PrivateUserObject."""
+  id: Identifier()
+  display_name: Optional[FreeText] = None
+  email: Optional[Email] = None
+  country: Optional[Country] = None
+  product: Optional[Str] = None
+  followers: Optional[Nested] = None
+
+
+class Playlist(_Entity):
+  """PlaylistObject (SimplifiedPlaylistObject fields)."""
+  id: SpotifyId
+  name: NonEmptyStr
+  description: Optional[FreeText] = None
+  public: Optional[Bool] = None
+  collaborative: Optional[Bool] = None
+  snapshot_id: Optional[Str] = None
+  owner: Optional[Nested] = None
+  tracks: Optional[Nested] = None
+
+
+ENTITIES = {
+    'listening_event': ListeningEvent,
+    'track': Track,
+    'audio_features': AudioFeatures,
+    'artist': Artist,
+    'user': User,
+    'playlist': Playlist,
+}
+
+
+def entity_model(name: str) -> type:
+  """The model registered under `name`; ValueError lists the known names."""
+  try:
+    return ENTITIES[name]
+  except KeyError:
+    raise ValueError(f'unknown entity {name!r}; known: {", ".join(sorted(ENTITIES))}') from None
+
+
+def key_field(model: type) -> str:
+  return model.__key_field__
+
+
+def _rule_of(annotation) -> Optional[FieldRule]:
+  """The FieldRule inside an Annotated type, looking through Optional[...]."""
+  if typing.get_origin(annotation) is typing.Union:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return _rule_of(args[0]) if len(args) == 1 else None
+  if typing.get_origin(annotation) is Annotated:
+    rules = [m for m in typing.get_args(annotation)[1:] if isinstance(m, FieldRule)]
+    if rules:
+      return rules[-1]  # the outermost Annotated wins (Identifier())
+  return None
+
+
+def field_rules(model: type) -> dict:
+  """{field name: (FieldRule, required)} for a model, in declaration order."""
+  rules = {}
+  for name, info in model.model_fields.items():
+    rule = None
+    for meta in reversed(info.metadata):
+      if isinstance(meta, FieldRule):
+        rule = meta
+        break
+    if rule is None:
+      rule = _rule_of(info.annotation)
+    if rule is None:
+      raise TypeError(f'{model.__name__}.{name} has no FieldRule')
+    rules[name] = (rule, info.is_required())
+  return rules

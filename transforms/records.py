@@ -1,0 +1,113 @@
+"""Conventions for the record batches that flow between connectors and transforms.
+
+Records travel as `pyarrow.RecordBatch`es (thousands of rows each), never as
+one Python object per row: every hot-path step is vectorised over a batch.
+Two internal columns carry provenance so that any row can be dead-lettered
+with its source and position, and are dropped by the sinks:
+
+- ``__source`` (string): where the row was read (a path, a URI, a table).
+- ``__row`` (int64): the row's 1-based position in that source. For CSV it is
+  the record number with the header as row 1 (what a spreadsheet shows); for
+  JSON Lines the line number; for Parquet, Avro and Excel the record index
+  (Excel: the sheet row).
+
+The tenant of a row lives in the ``tenant_id`` column once `TagTenant` ran.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import math
+from typing import Any, Iterable, List, Optional
+
+import numpy as np
+import pyarrow as pa
+
+__all__ = [
+    'SOURCE_COLUMN',
+    'ROW_COLUMN',
+    'TENANT_COLUMN',
+    'INTERNAL_COLUMNS',
+    'position',
+    'with_provenance',
+    'strip_internal',
+    'rows_as_dicts',
+    'json_safe',
+    'split_by_mask',
+]
+
+SOURCE_COLUMN = '__source'
+ROW_COLUMN = '__row'
+TENANT_COLUMN = 'tenant_id'
+INTERNAL_COLUMNS = (SOURCE_COLUMN, ROW_COLUMN)
+
+
+def position(row: Optional[int]) -> Optional[str]:
+  """The dead-letter `position` text for a row number."""
+  return None if row is None else f'row {row}'
+
+
+def with_provenance(batch: pa.RecordBatch, source: str, rows) -> pa.RecordBatch:
+  """Appends the internal provenance columns to a batch.
+
+  rows: an int (the first row's number; the rest follow) or an array of row
+  numbers, one per row.
+  """
+  n = batch.num_rows
+  if isinstance(rows, (int, np.integer)):
+    rows = np.arange(int(rows), int(rows) + n, dtype=np.int64)
+  src = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([source]))
+  return pa.RecordBatch.from_arrays(
+      list(batch.columns) + [src, pa.array(rows, type=pa.int64())],
+      names=list(batch.schema.names) + [SOURCE_COLUMN, ROW_COLUMN])
+
+
+def strip_internal(batch):
+  """The batch (or table) without internal columns."""
+  keep = [i for i, name in enumerate(batch.schema.names) if name not in INTERNAL_COLUMNS]
+  if len(keep) == batch.num_columns:
+    return batch
+  return batch.select(keep)
+
+
+def split_by_mask(batch: pa.RecordBatch, mask) -> tuple:
+  """(rows where mask is true, rows where it is false); nulls count as false."""
+  mask = pa.array(mask, type=pa.bool_()).fill_null(False)
+  import pyarrow.compute as pc  # pylint: disable=import-outside-toplevel
+  return batch.filter(mask), batch.filter(pc.invert(mask))
+
+
+def json_safe(value: Any) -> Any:
+  """A value as JSON can hold it (timestamps ISO-8601, bytes base64, NaN null)."""
+  if value is None or isinstance(value, (str, bool, int)):
+    return value
+  if isinstance(value, float):
+    return None if math.isnan(value) or math.isinf(value) else value
+  if isinstance(value, dt.datetime):
+    return value.isoformat()
+  if isinstance(value, (dt.date, dt.time)):
+    return value.isoformat()
+  if isinstance(value, dt.timedelta):
+    return value.total_seconds()
+  if isinstance(value, decimal.Decimal):
+    return str(value)
+  if isinstance(value, bytes):
+    try:
+      return value.decode('utf-8')
+    except UnicodeDecodeError:
+      return 'base64:' + base64.b64encode(value).decode('ascii')
+  if isinstance(value, dict):
+    return {str(k): json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    # Arrow map columns come back as lists of (key, value) tuples.
+    return [json_safe(v) for v in value]
+  return str(value)
+
+
+def rows_as_dicts(batch: pa.RecordBatch, indices: Optional[Iterable[int]] = None) -> List[dict]:
+  """Selected rows as JSON-safe dicts, internal columns excluded (for dead letters)."""
+  if indices is not None:
+    batch = batch.take(pa.array(list(indices), type=pa.int64()))
+  return [{k: json_safe(v) for k, v in row.items()} for row in strip_internal(batch).to_pylist()]
