@@ -49,12 +49,14 @@ PII_IDENTIFIER = 'identifier'  # pseudonymised with a keyed HMAC per tenant
 PII_FREE_TEXT = 'free_text'  # scanned by presidio, findings replaced
 
 SPOTIFY_ID_PATTERN = r'^[0-9A-Za-z]{22}$'
-EMAIL_PATTERN = r'^[^@\s]+@[^@\s]+\.[^@\s]+$'
-INT_PATTERN = r'^\s*[+-]?[0-9]+\s*$'
-EPOCH_MS_PATTERN = r'^\s*[0-9]{1,15}\s*$'
+EMAIL_PATTERN = r'^[^@ \t\r\n]+@[^@ \t\r\n]+\.[^@ \t\r\n]+$'
+INT_PATTERN = r'^[ \t]*[+-]?[0-9]+[ \t]*$'
+EPOCH_MS_PATTERN = r'^[ \t]*[0-9]{1,15}[ \t]*$'
+FLOAT_PATTERN = r'^[ \t]*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?[ \t]*$'
 # ISO-8601 date-time with a mandatory offset (Z or +hh:mm / +hhmm).
-ISO_OFFSET_PATTERN = (r'^\s*[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?'
-                      r'(Z|z|[+-][0-9]{2}:?[0-9]{2})\s*$')
+ISO_OFFSET_PATTERN = (r'^[ \t]*[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?'
+                      r'(Z|z|[+-][0-9]{2}:?[0-9]{2})[ \t]*$')
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
 TRUE_STRINGS = frozenset({'true', 't', 'yes', 'y', 'on', '1'})
 FALSE_STRINGS = frozenset({'false', 'f', 'no', 'n', 'off', '0'})
 
@@ -96,16 +98,21 @@ class InvalidValue(ValueError):
     self.reason = reason
 
 
+def _blank(value: Any) -> bool:
+  """Empty or whitespace-only strings are nulls (CSV has no other null)."""
+  return isinstance(value, str) and not value.strip()
+
+
 # Per-value converters. The vectorised validator implements the same rules on
 # Arrow arrays; keep both in step (the equivalence test fails otherwise).
 
 
 def to_string(value: Any) -> Optional[str]:
-  if value is None:
+  if value is None or _blank(value):
     return None
   if isinstance(value, bool):
     raise ValueError('expected a string, got a boolean')
-  if isinstance(value, (int, float)):
+  if isinstance(value, int):
     return str(value)
   if not isinstance(value, str):
     raise ValueError(f'expected a string, got {type(value).__name__}')
@@ -113,38 +120,37 @@ def to_string(value: Any) -> Optional[str]:
 
 
 def to_int(value: Any) -> Optional[int]:
-  if value is None:
+  if value is None or _blank(value):
     return None
   if isinstance(value, bool):
     raise ValueError('expected an integer, got a boolean')
-  if isinstance(value, int):
-    return value
   if isinstance(value, float):
-    if value.is_integer():
-      return int(value)
+    if not value.is_integer():
+      raise ValueError(f'expected an integer, got {value!r}')
+    value = int(value)
+  elif isinstance(value, str) and re.fullmatch(INT_PATTERN, value):
+    value = int(value)
+  if not isinstance(value, int):
     raise ValueError(f'expected an integer, got {value!r}')
-  if isinstance(value, str) and re.match(INT_PATTERN, value):
-    return int(value)
-  raise ValueError(f'expected an integer, got {value!r}')
+  if not INT64_MIN <= value <= INT64_MAX:  # stored as Arrow int64
+    raise ValueError(f'{value} does not fit in 64 bits')
+  return value
 
 
 def to_float(value: Any) -> Optional[float]:
-  if value is None:
+  if value is None or _blank(value):
     return None
   if isinstance(value, bool):
     raise ValueError('expected a number, got a boolean')
   if isinstance(value, (int, float)):
     return float(value)
-  if isinstance(value, str):
-    try:
-      return float(value)
-    except ValueError:
-      pass
+  if isinstance(value, str) and re.fullmatch(FLOAT_PATTERN, value):
+    return float(value)
   raise ValueError(f'expected a number, got {value!r}')
 
 
 def to_bool(value: Any) -> Optional[bool]:
-  if value is None:
+  if value is None or _blank(value):
     return None
   if isinstance(value, bool):
     return value
@@ -161,7 +167,7 @@ def to_bool(value: Any) -> Optional[bool]:
 
 def to_utc_timestamp(value: Any) -> Optional[dt.datetime]:
   """ISO-8601 with an offset, or epoch milliseconds; returned in UTC."""
-  if value is None:
+  if value is None or _blank(value):
     return None
   if isinstance(value, dt.datetime):
     if value.tzinfo is None:
@@ -169,10 +175,10 @@ def to_utc_timestamp(value: Any) -> Optional[dt.datetime]:
     return value.astimezone(dt.timezone.utc)
   if isinstance(value, bool):
     raise ValueError('expected a timestamp, got a boolean')
-  if isinstance(value, int) or (isinstance(value, str) and re.match(EPOCH_MS_PATTERN, value)):
+  if isinstance(value, int) or (isinstance(value, str) and re.fullmatch(EPOCH_MS_PATTERN, value)):
     millis = int(value)
     return dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(milliseconds=millis)
-  if isinstance(value, str) and re.match(ISO_OFFSET_PATTERN, value):
+  if isinstance(value, str) and re.fullmatch(ISO_OFFSET_PATTERN, value):
     text = value.strip().replace('z', 'Z').replace('Z', '+00:00')
     try:
       parsed = dt.datetime.fromisoformat(text)
@@ -202,7 +208,7 @@ def _pattern_check(pattern: str):
   compiled = re.compile(pattern)
 
   def check(value: Optional[str]) -> Optional[str]:
-    if value is None or compiled.match(value):
+    if value is None or compiled.fullmatch(value):
       return value
     raise ValueError(f'{value!r} does not match {pattern}')
 
@@ -263,6 +269,14 @@ class _Entity(pydantic.BaseModel):
   model_config = ConfigDict(extra='allow', frozen=True)
   # Field that identifies a record for deduplication.
   __key_field__: typing.ClassVar[str] = 'id'
+
+  @pydantic.model_validator(mode='before')
+  @classmethod
+  def _blanks_are_nulls(cls, data):
+    # Before Optional[...] is judged, so that '' in an optional field is null.
+    if isinstance(data, dict):
+      return {k: (None if k in cls.model_fields and _blank(v) else v) for k, v in data.items()}
+    return data
 
 
 class ListeningEvent(_Entity):
