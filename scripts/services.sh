@@ -1,0 +1,217 @@
+#!/usr/bin/env bash
+# Starts and stops the local servers the tests talk to, on 127.0.0.1 only.
+#
+# Usage:
+#   scripts/services.sh start  [NAME...]   # start (no-op for those already running); waits until each port answers
+#   scripts/services.sh stop   [NAME...]   # stop what this script started (a server it did not start is left alone)
+#   scripts/services.sh status [NAME...]   # one line per service; exit 3 if any is not running
+#   scripts/services.sh port NAME          # prints the service's port
+#   scripts/services.sh env    [NAME...]   # prints `export` lines that point clients at the services
+#   scripts/services.sh names              # prints the known service names
+# Without NAME, every known service.
+#
+# Services:
+#   moto  S3 (moto_server)                 port MOTO_PORT (default 5055)
+#   gcs   GCS (gcp-storage-emulator, in memory) port GCS_PORT (default 9023)
+#
+# Pid and log files live in .cache/services/<name>.{pid,log}. The servers come
+# from the repo's virtualenv (.venv/bin); scripts/test.sh creates it.
+#
+# Adding a service NAME: append it to SERVICES and define
+#   NAME_port     prints the port it listens on
+#   NAME_command  prints nothing, sets the array CMD to the command line (binaries from .venv or .cache)
+#   NAME_env      (optional) prints `export` lines for clients
+# The generic start/stop/status below do the rest.
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV_BIN="${REPO_ROOT}/.venv/bin"
+STATE_DIR="${REPO_ROOT}/.cache/services"
+# Seconds to wait for a port to answer after launching a server.
+START_TIMEOUT="${SERVICES_START_TIMEOUT:-30}"
+
+SERVICES=(moto gcs)
+
+log() { echo "services.sh: $*" >&2; }
+die() { log "$*"; exit 2; }
+
+# --- service definitions -----------------------------------------------------
+
+moto_port() { echo "${MOTO_PORT:-5055}"; }
+moto_command() {
+  CMD=("${VENV_BIN}/moto_server" --host 127.0.0.1 --port "$(moto_port)")
+}
+moto_env() {
+  # Dummy credentials: moto accepts any; boto3 refuses to sign without some.
+  echo "export AWS_ENDPOINT_URL_S3=http://127.0.0.1:$(moto_port)"
+  echo "export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1"
+}
+
+gcs_port() { echo "${GCS_PORT:-9023}"; }
+gcs_command() {
+  CMD=("${VENV_BIN}/gcp-storage-emulator" start --host 127.0.0.1 --port "$(gcs_port)" --in-memory)
+}
+gcs_env() {
+  # google-cloud-storage (and so Beam's gcsio) sends every request to
+  # STORAGE_EMULATOR_HOST when it is set.
+  echo "export STORAGE_EMULATOR_HOST=http://127.0.0.1:$(gcs_port)"
+  echo "export GOOGLE_CLOUD_PROJECT=test-project"
+}
+
+# --- generic machinery -------------------------------------------------------
+
+known() {
+  local name="$1" s
+  for s in "${SERVICES[@]}"; do [[ "${s}" == "${name}" ]] && return 0; done
+  return 1
+}
+
+pid_file() { echo "${STATE_DIR}/$1.pid"; }
+log_file() { echo "${STATE_DIR}/$1.log"; }
+
+# kill -0 also succeeds for a zombie, which lingers until init reaps it.
+process_alive() {
+  local state
+  state="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" || return 1
+  [[ -n "${state}" && "${state}" != Z ]]
+}
+
+port_answers() {
+  # bash's /dev/tcp: no dependency on nc or curl.
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# The pid this script recorded for NAME, if that process still runs the
+# service's binary (a stale pid file or a recycled pid does not count).
+live_pid() {
+  local name="$1" file pid CMD
+  file="$(pid_file "${name}")"
+  [[ -f "${file}" ]] || return 1
+  pid="$(<"${file}")"
+  [[ "${pid}" =~ ^[0-9]+$ ]] && [[ -r "/proc/${pid}/cmdline" ]] || return 1
+  "${name}_command"
+  tr '\0' ' ' <"/proc/${pid}/cmdline" | grep -qF "$(basename "${CMD[0]}")" || return 1
+  echo "${pid}"
+}
+
+start_one() {
+  local name="$1" port pid CMD
+  port="$("${name}_port")"
+  if pid="$(live_pid "${name}")"; then
+    if wait_for_port "${name}" "${port}" "${pid}"; then
+      log "${name}: already running (pid ${pid}, port ${port})"
+      return 0
+    fi
+    return 1
+  fi
+  if port_answers "${port}"; then
+    # Someone else's server (another checkout, a developer's own): reuse it.
+    log "${name}: port ${port} already answers; using that server (not started by this script)"
+    return 0
+  fi
+  "${name}_command"
+  [[ -x "${CMD[0]}" ]] || die "${name}: ${CMD[0]#"${REPO_ROOT}/"} not found; create the virtualenv first (scripts/test.sh does: pip install -e '.[test,aws,gcp]')"
+  mkdir -p "${STATE_DIR}"
+  # setsid: the server gets its own process group, so an interrupt aimed at
+  # the caller's terminal does not kill it half way and stop can signal it
+  # whole. stdin/stdout/stderr detached so callers (CI) never wait on them;
+  # fd 9 (the lock) closed, or the server would hold the lock for its life.
+  setsid "${CMD[@]}" </dev/null >"$(log_file "${name}")" 2>&1 9>&- &
+  pid=$!
+  echo "${pid}" >"$(pid_file "${name}")"
+  if ! wait_for_port "${name}" "${port}" "${pid}"; then
+    stop_one "${name}" >/dev/null 2>&1 || true
+    return 1
+  fi
+  log "${name}: started (pid ${pid}, port ${port}, log ${STATE_DIR#"${REPO_ROOT}/"}/${name}.log)"
+}
+
+wait_for_port() {
+  local name="$1" port="$2" pid="$3" waited=0
+  until port_answers "${port}"; do
+    if ! process_alive "${pid}"; then
+      log "${name}: exited before port ${port} answered; last log lines:"
+      tail -n 20 "$(log_file "${name}")" >&2 || true
+      return 1
+    fi
+    if (( waited >= START_TIMEOUT * 10 )); then
+      log "${name}: port ${port} did not answer within ${START_TIMEOUT}s; last log lines:"
+      tail -n 20 "$(log_file "${name}")" >&2 || true
+      return 1
+    fi
+    sleep 0.1
+    waited=$((waited + 1))
+  done
+}
+
+stop_one() {
+  local name="$1" pid i
+  if ! pid="$(live_pid "${name}")"; then
+    rm -f "$(pid_file "${name}")"
+    log "${name}: not running (nothing started by this script)"
+    return 0
+  fi
+  kill -TERM -- "-${pid}" 2>/dev/null || kill -TERM "${pid}" 2>/dev/null || true
+  for i in $(seq 50); do
+    process_alive "${pid}" || break
+    sleep 0.1
+  done
+  if process_alive "${pid}"; then
+    kill -KILL -- "-${pid}" 2>/dev/null || kill -KILL "${pid}" 2>/dev/null || true
+  fi
+  rm -f "$(pid_file "${name}")"
+  log "${name}: stopped (pid ${pid})"
+}
+
+# Exit 0 when the service answers on its port, 3 when it does not.
+status_one() {
+  local name="$1" port pid
+  port="$("${name}_port")"
+  if pid="$(live_pid "${name}")" && port_answers "${port}"; then
+    echo "${name}: running (pid ${pid}, port ${port})"
+  elif port_answers "${port}"; then
+    echo "${name}: running (port ${port}, not started by this script)"
+  else
+    echo "${name}: stopped (port ${port})"
+    return 3
+  fi
+}
+
+env_one() {
+  local name="$1"
+  if declare -F "${name}_env" >/dev/null; then "${name}_env"; fi
+}
+
+main() {
+  local command="${1:-}" rc=0 name
+  [[ $# -gt 0 ]] && shift
+  local names=("$@")
+  [[ ${#names[@]} -gt 0 ]] || names=("${SERVICES[@]}")
+  case "${command}" in
+    start|stop|status|env|port) ;;
+    names) printf '%s\n' "${SERVICES[@]}"; return 0 ;;
+    -h|--help|help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; return 0 ;;
+    *) die "unknown command '${command}' (expected start, stop, status, port, env or names)" ;;
+  esac
+  for name in "${names[@]}"; do
+    known "${name}" || die "unknown service '${name}' (known: ${SERVICES[*]})"
+  done
+  if [[ "${command}" == port ]]; then
+    [[ ${#names[@]} -eq 1 ]] || die "port takes exactly one service name"
+    "${names[0]}_port"
+    return 0
+  fi
+  if [[ "${command}" == start || "${command}" == stop ]]; then
+    # Serialise concurrent starts/stops (parallel test workers, a developer's
+    # shell and CI) so two callers never launch the same server twice.
+    mkdir -p "${STATE_DIR}"
+    exec 9>"${STATE_DIR}/.lock"
+    flock 9
+  fi
+  for name in "${names[@]}"; do
+    "${command}_one" "${name}" || rc=$?
+  done
+  return "${rc}"
+}
+
+main "$@"

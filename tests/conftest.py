@@ -1,0 +1,198 @@
+"""Shared pytest fixtures: the local servers tests talk to, and pipeline options.
+
+Servers run on 127.0.0.1, started by `scripts/services.sh` (scripts/test.sh
+starts them all before pytest). A fixture reuses a server that already answers
+on its port, else starts it and stops it when the session ends.
+
+Object stores (a fresh bucket per test)::
+
+    def test_read(s3_env):                      # or gcs_env, or object_store_env (both)
+      url = s3_env.upload('in/a.csv', b'a,b\\n1,2\\n')   # -> 's3://<bucket>/in/a.csv'
+      with TestPipeline(options=pipeline_options(s3_env.beam_args)) as p:
+        ...  # Beam's FileSystems reads and writes s3_env.url('in/*.csv')
+
+`s3_env` points Beam's S3 filesystem at moto through the `--s3_*` flags in
+`beam_args`. `gcs_env` points google-cloud-storage (which Beam 2.77's gcsio
+uses) at gcp-storage-emulator through STORAGE_EMULATOR_HOST, set for the whole
+session once a GCS fixture is used.
+
+Another server: add it to scripts/services.sh, then in a fixture call
+`local_services.ensure('NAME')`, which returns its port.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import uuid
+from typing import Callable, List
+
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SERVICES_SCRIPT = REPO_ROOT / 'scripts' / 'services.sh'
+
+# moto accepts any credentials; these only let boto3 sign requests.
+S3_ACCESS_KEY_ID = 'testing'
+S3_SECRET_ACCESS_KEY = 'testing'
+S3_REGION = 'us-east-1'
+GCP_PROJECT = 'test-project'
+
+
+def pipeline_options(beam_args=(), **flags) -> PipelineOptions:
+  """PipelineOptions from Beam command-line flags plus keyword overrides."""
+  return PipelineOptions(list(beam_args), **flags)
+
+
+def _port_answers(port: int) -> bool:
+  try:
+    with socket.create_connection(('127.0.0.1', port), timeout=1):
+      return True
+  except OSError:
+    return False
+
+
+def _services(*args: str) -> str:
+  result = subprocess.run(['bash', str(SERVICES_SCRIPT), *args],
+                          capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
+  if result.returncode != 0:
+    raise RuntimeError(f'scripts/services.sh {" ".join(args)} failed (exit {result.returncode}):\n'
+                       f'{result.stderr.strip()}')
+  return result.stdout.strip()
+
+
+class LocalServices:
+  """Starts servers through scripts/services.sh on demand; stops those it started."""
+
+  def __init__(self):
+    self.started: List[str] = []
+
+  def ensure(self, name: str) -> int:
+    """The port of service `name`, started first when nothing answers there."""
+    port = int(_services('port', name))
+    if not _port_answers(port):
+      _services('start', name)
+      self.started.append(name)
+    return port
+
+  def stop_started(self):
+    if self.started:
+      _services('stop', *self.started)
+      self.started.clear()
+
+
+@pytest.fixture(scope='session')
+def local_services():
+  services = LocalServices()
+  yield services
+  # Under pytest-xdist another worker may still use a server this worker
+  # started: leave it running (scripts/services.sh stop ends it).
+  if not os.environ.get('PYTEST_XDIST_WORKER'):
+    services.stop_started()
+
+
+@dataclasses.dataclass
+class ObjectStoreEnv:
+  """A fresh bucket in a local object store, and how Beam reaches it."""
+  scheme: str  # 's3' or 'gs'
+  bucket: str
+  beam_args: List[str]
+  _put: Callable[[str, bytes], None]
+
+  @property
+  def bucket_url(self) -> str:
+    return f'{self.scheme}://{self.bucket}'
+
+  def url(self, key: str) -> str:
+    return f'{self.bucket_url}/{key.lstrip("/")}'
+
+  def upload(self, key: str, data: bytes) -> str:
+    """Stores `data` under `key`; returns its URL."""
+    self._put(key.lstrip('/'), data)
+    return self.url(key)
+
+
+def _fresh_bucket_name() -> str:
+  # Valid for both S3 and GCS: lowercase, 3-63 chars, starts with a letter.
+  return f'test-{uuid.uuid4().hex[:20]}'
+
+
+@pytest.fixture(scope='session')
+def s3_server(local_services):
+  """(endpoint URL, boto3 S3 client) of the local moto server."""
+  import boto3  # pylint: disable=import-outside-toplevel
+  endpoint = f'http://127.0.0.1:{local_services.ensure("moto")}'
+  client = boto3.client('s3', endpoint_url=endpoint, region_name=S3_REGION,
+                        aws_access_key_id=S3_ACCESS_KEY_ID, aws_secret_access_key=S3_SECRET_ACCESS_KEY)
+  return endpoint, client
+
+
+@pytest.fixture
+def s3_env(s3_server) -> ObjectStoreEnv:
+  endpoint, client = s3_server
+  bucket = _fresh_bucket_name()
+  client.create_bucket(Bucket=bucket)
+  return ObjectStoreEnv(
+      scheme='s3',
+      bucket=bucket,
+      beam_args=[
+          f'--s3_endpoint_url={endpoint}',
+          f'--s3_access_key_id={S3_ACCESS_KEY_ID}',
+          f'--s3_secret_access_key={S3_SECRET_ACCESS_KEY}',
+          f'--s3_region_name={S3_REGION}',
+      ],
+      _put=lambda key, data: client.put_object(Bucket=bucket, Key=key, Body=data))
+
+
+@pytest.fixture(scope='session')
+def gcs_server(local_services, tmp_path_factory):
+  """A google.cloud.storage client of the local GCS emulator.
+
+  Sets, for the rest of the session, the environment that makes Beam's gcsio
+  (a google-cloud-storage client) talk to the emulator:
+  - STORAGE_EMULATOR_HOST: google-cloud-storage sends every request there.
+  - GOOGLE_APPLICATION_CREDENTIALS: Beam 2.77 asks google.auth.default() for
+    credentials before it builds the client and, when none exist, retries
+    with backoff for ~20 s per process before going anonymous. A dummy
+    "authorized_user" file with a never-expiring token answers at once and
+    is never refreshed (nothing leaves the machine; the emulator ignores it).
+  - GOOGLE_CLOUD_PROJECT: the project the client reports.
+  """
+  from google.auth.credentials import AnonymousCredentials  # pylint: disable=import-outside-toplevel
+  from google.cloud import storage  # pylint: disable=import-outside-toplevel
+  port = local_services.ensure('gcs')
+  credentials_file = tmp_path_factory.mktemp('gcs') / 'emulator-credentials.json'
+  credentials_file.write_text(json.dumps({
+      'type': 'authorized_user',
+      'client_id': 'emulator',
+      'client_secret': 'emulator',
+      'refresh_token': 'emulator',
+      'token': 'emulator',
+      'expiry': '2999-01-01T00:00:00Z',
+  }))
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv('STORAGE_EMULATOR_HOST', f'http://127.0.0.1:{port}')
+    patch.setenv('GOOGLE_APPLICATION_CREDENTIALS', str(credentials_file))
+    patch.setenv('GOOGLE_CLOUD_PROJECT', GCP_PROJECT)
+    yield storage.Client(project=GCP_PROJECT, credentials=AnonymousCredentials())
+
+
+@pytest.fixture
+def gcs_env(gcs_server) -> ObjectStoreEnv:
+  bucket = gcs_server.create_bucket(_fresh_bucket_name())
+  return ObjectStoreEnv(
+      scheme='gs',
+      bucket=bucket.name,
+      beam_args=[f'--project={GCP_PROJECT}'],
+      _put=lambda key, data: bucket.blob(key).upload_from_string(data))
+
+
+@pytest.fixture(params=['s3', 'gcs'])
+def object_store_env(request) -> ObjectStoreEnv:
+  """s3_env, then gcs_env: for tests that hold for any object store."""
+  return request.getfixturevalue(f'{request.param}_env')
