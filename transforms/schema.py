@@ -1,0 +1,227 @@
+"""Schema inference: one Arrow schema for all records of a run, and its drift.
+
+Each batch has the schema its reader inferred; files (and chunks of a file)
+may disagree: an int column in one and a float in another, a struct with more
+fields. `widen` merges two types into the narrowest type that holds both
+(int -> float -> string; struct fields united; list items widened), and
+`InferSchema` combines all batches into one schema, which the sinks use to
+write every file with the same types (`conform`).
+
+`schema_to_json` / `schema_from_json` give the `_schema.json` form, and
+`drift` reports added, removed and changed fields against a declared or a
+previous schema.
+
+Usage::
+
+    schema = batches | InferSchema()           # PCollection with one pa.Schema
+    batches | beam.Map(conform, beam.pvalue.AsSingleton(schema))
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from transforms.records import INTERNAL_COLUMNS
+
+__all__ = ['widen', 'merge_schemas', 'InferSchema', 'conform', 'schema_to_json', 'schema_from_json', 'drift']
+
+
+def _rank(t: pa.DataType) -> Optional[int]:
+  if pa.types.is_boolean(t):
+    return 0
+  if pa.types.is_integer(t):
+    return 1
+  if pa.types.is_floating(t) or pa.types.is_decimal(t):
+    return 2
+  return None
+
+
+def widen(a: pa.DataType, b: pa.DataType) -> pa.DataType:
+  """The narrowest type that holds values of both `a` and `b`."""
+  if a == b:
+    return a
+  if pa.types.is_null(a):
+    return b
+  if pa.types.is_null(b):
+    return a
+  if pa.types.is_dictionary(a):
+    return widen(a.value_type, b)
+  if pa.types.is_dictionary(b):
+    return widen(a, b.value_type)
+  ra, rb = _rank(a), _rank(b)
+  if ra is not None and rb is not None:
+    if max(ra, rb) == 2:
+      return pa.float64()
+    if max(ra, rb) == 1:
+      return pa.int64()
+    return pa.bool_()
+  if pa.types.is_timestamp(a) and pa.types.is_timestamp(b):
+    return pa.timestamp('us', tz='UTC' if (a.tz or b.tz) else None)
+  if pa.types.is_struct(a) and pa.types.is_struct(b):
+    fields: Dict[str, pa.DataType] = {}
+    for f in list(a) + list(b):
+      fields[f.name] = widen(fields[f.name], f.type) if f.name in fields else f.type
+    return pa.struct([pa.field(k, v) for k, v in fields.items()])
+  if (pa.types.is_list(a) or pa.types.is_large_list(a)) and (pa.types.is_list(b) or pa.types.is_large_list(b)):
+    return pa.list_(widen(a.value_type, b.value_type))
+  if pa.types.is_string(a) or pa.types.is_large_string(a) or pa.types.is_string(b) or pa.types.is_large_string(b):
+    if _rank(a) is not None or _rank(b) is not None or pa.types.is_string(a) or pa.types.is_string(b):
+      return pa.string()
+  # Nested against scalar and other mixes: JSON text holds anything.
+  return pa.string()
+
+
+def merge_schemas(a: Optional[pa.Schema], b: Optional[pa.Schema]) -> Optional[pa.Schema]:
+  """Union of fields in first-seen order, types widened."""
+  if a is None:
+    return b
+  if b is None:
+    return a
+  fields: Dict[str, pa.DataType] = {f.name: f.type for f in a}
+  for f in b:
+    fields[f.name] = widen(fields[f.name], f.type) if f.name in fields else f.type
+  return pa.schema([pa.field(k, v) for k, v in fields.items()])
+
+
+def _public(schema: pa.Schema) -> pa.Schema:
+  return pa.schema([f for f in schema if f.name not in INTERNAL_COLUMNS])
+
+
+class _MergeSchemasFn(beam.CombineFn):
+
+  def create_accumulator(self):
+    return None
+
+  def add_input(self, acc, batch):
+    return merge_schemas(acc, _public(batch.schema))
+
+  def merge_accumulators(self, accs):
+    merged = None
+    for acc in accs:
+      merged = merge_schemas(merged, acc)
+    return merged
+
+  def extract_output(self, acc):
+    return acc if acc is not None else pa.schema([])
+
+
+class InferSchema(beam.PTransform):
+  """One widened schema for all batches (a single-element PCollection)."""
+
+  def expand(self, batches):
+    return batches | 'MergeSchemas' >> beam.CombineGlobally(_MergeSchemasFn())
+
+
+def _conform_array(arr: pa.Array, target: pa.DataType) -> pa.Array:
+  if arr.type == target:
+    return arr
+  if pa.types.is_dictionary(arr.type):
+    arr = arr.dictionary_decode()
+  if pa.types.is_null(arr.type):
+    return pa.nulls(len(arr), target)
+  if pa.types.is_struct(target) and pa.types.is_struct(arr.type):
+    names = [f.name for f in arr.type]
+    children = [
+        _conform_array(arr.field(names.index(f.name)), f.type) if f.name in names else pa.nulls(len(arr), f.type)
+        for f in target
+    ]
+    return pa.StructArray.from_arrays(children, fields=list(target), mask=pc.is_null(arr))
+  if pa.types.is_string(target) and (pa.types.is_struct(arr.type) or pa.types.is_list(arr.type)):
+    import json  # pylint: disable=import-outside-toplevel
+    from transforms.records import json_safe  # pylint: disable=import-outside-toplevel
+    return pa.array([None if v is None else json.dumps(json_safe(v)) for v in arr.to_pylist()], pa.string())
+  return arr.cast(target)
+
+
+def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+  """The batch with exactly `schema`'s public columns (cast, null-filled), internal columns kept."""
+  arrays, names = [], []
+  for f in schema:
+    if f.name in batch.schema.names:
+      arrays.append(_conform_array(batch.column(f.name), f.type))
+    else:
+      arrays.append(pa.nulls(batch.num_rows, f.type))
+    names.append(f.name)
+  for internal in INTERNAL_COLUMNS:
+    if internal in batch.schema.names:
+      arrays.append(batch.column(internal))
+      names.append(internal)
+  return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+def _type_to_json(t: pa.DataType):
+  if pa.types.is_struct(t):
+    return {'struct': [{'name': f.name, 'type': _type_to_json(f.type)} for f in t]}
+  if pa.types.is_list(t) or pa.types.is_large_list(t):
+    return {'list': _type_to_json(t.value_type)}
+  return str(t)
+
+
+_SCALARS = {
+    'null': pa.null(),
+    'bool': pa.bool_(),
+    'int8': pa.int8(),
+    'int16': pa.int16(),
+    'int32': pa.int32(),
+    'int64': pa.int64(),
+    'uint8': pa.uint8(),
+    'uint16': pa.uint16(),
+    'uint32': pa.uint32(),
+    'uint64': pa.uint64(),
+    'float': pa.float32(),
+    'double': pa.float64(),
+    'string': pa.string(),
+    'large_string': pa.large_string(),
+    'binary': pa.binary(),
+    'date32[day]': pa.date32(),
+}
+
+
+def _type_from_json(value) -> pa.DataType:
+  if isinstance(value, dict) and 'struct' in value:
+    return pa.struct([pa.field(f['name'], _type_from_json(f['type'])) for f in value['struct']])
+  if isinstance(value, dict) and 'list' in value:
+    return pa.list_(_type_from_json(value['list']))
+  if value in _SCALARS:
+    return _SCALARS[value]
+  if isinstance(value, str) and value.startswith('timestamp['):
+    unit, _, tz = value[len('timestamp['):-1].partition(', tz=')
+    return pa.timestamp(unit, tz=tz or None)
+  raise ValueError(f'unknown type {value!r} in schema JSON')
+
+
+def schema_to_json(schema: pa.Schema) -> dict:
+  return {'fields': [{'name': f.name, 'type': _type_to_json(f.type), 'nullable': f.nullable} for f in schema]}
+
+
+def schema_from_json(doc: dict) -> pa.Schema:
+  try:
+    return pa.schema([pa.field(f['name'], _type_from_json(f['type']), f.get('nullable', True)) for f in doc['fields']])
+  except (KeyError, TypeError) as e:
+    raise ValueError(f'not a schema document (expected {{"fields": [...]}}): {e}') from None
+
+
+def drift(previous: Optional[pa.Schema], current: pa.Schema) -> dict:
+  """Fields added, removed and changed (with both types) between two schemas."""
+  if previous is None:
+    return {'against': None, 'added': [], 'removed': [], 'changed': []}
+  before = {f.name: f.type for f in previous}
+  after = {f.name: f.type for f in current}
+  return {
+      'added': [n for n in after if n not in before],
+      'removed': [n for n in before if n not in after],
+      'changed': [{
+          'field': n,
+          'from': _type_to_json(before[n]),
+          'to': _type_to_json(after[n]),
+          'widened': widen(before[n], after[n]) == after[n]
+      } for n in after if n in before and before[n] != after[n]],
+  }
+
+
+def field_names(schema: pa.Schema) -> List[str]:
+  return [f.name for f in schema]
