@@ -2,7 +2,8 @@
 
 Servers run on 127.0.0.1, started by `scripts/services.sh` (scripts/test.sh
 starts them all before pytest). A fixture reuses a server that already answers
-on its port, else starts it and stops it when the session ends.
+on its port, else starts it; the session stops at its end the servers that
+were not running when it started.
 
 Object stores (a fresh bucket per test)::
 
@@ -16,15 +17,14 @@ Object stores (a fresh bucket per test)::
 uses) at gcp-storage-emulator through STORAGE_EMULATOR_HOST, set for the whole
 session once a GCS fixture is used.
 
-Another server: add it to scripts/services.sh, then in a fixture call
-`local_services.ensure('NAME')`, which returns its port.
+Another server: add it to scripts/services.sh, then in a session fixture call
+`ensure_service('NAME')`, which returns its port.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 import socket
 import subprocess
@@ -66,34 +66,37 @@ def _services(*args: str) -> str:
   return result.stdout.strip()
 
 
-class LocalServices:
-  """Starts servers through scripts/services.sh on demand; stops those it started."""
-
-  def __init__(self):
-    self.started: List[str] = []
-
-  def ensure(self, name: str) -> int:
-    """The port of service `name`, started first when nothing answers there."""
-    port = int(_services('port', name))
-    if not _port_answers(port):
-      _services('start', name)
-      self.started.append(name)
-    return port
-
-  def stop_started(self):
-    if self.started:
-      _services('stop', *self.started)
-      self.started.clear()
+def ensure_service(name: str) -> int:
+  """The port of service `name`, started first when nothing answers there."""
+  port = int(_services('port', name))
+  if not _port_answers(port):
+    _services('start', name)
+  return port
 
 
-@pytest.fixture(scope='session')
-def local_services():
-  services = LocalServices()
-  yield services
-  # Under pytest-xdist another worker may still use a server this worker
-  # started: leave it running (scripts/services.sh stop ends it).
-  if not os.environ.get('PYTEST_XDIST_WORKER'):
-    services.stop_started()
+# Services stopped when the session started; the session stops them at its end.
+_STOPPED_AT_START = pytest.StashKey[list]()
+
+
+def _is_xdist_worker(config) -> bool:
+  return hasattr(config, 'workerinput')
+
+
+def pytest_sessionstart(session):
+  # Only the main process decides (under pytest-xdist, workers come and go
+  # while others may still use a server).
+  if not _is_xdist_worker(session.config):
+    session.config.stash[_STOPPED_AT_START] = [
+        name for name in _services('names').split() if not _port_answers(int(_services('port', name)))
+    ]
+
+
+def pytest_sessionfinish(session):
+  if not _is_xdist_worker(session.config):
+    started = [name for name in session.config.stash.get(_STOPPED_AT_START, [])
+               if _port_answers(int(_services('port', name)))]
+    if started:
+      _services('stop', *started)
 
 
 @dataclasses.dataclass
@@ -123,10 +126,10 @@ def _fresh_bucket_name() -> str:
 
 
 @pytest.fixture(scope='session')
-def s3_server(local_services):
+def s3_server():
   """(endpoint URL, boto3 S3 client) of the local moto server."""
   import boto3  # pylint: disable=import-outside-toplevel
-  endpoint = f'http://127.0.0.1:{local_services.ensure("moto")}'
+  endpoint = f'http://127.0.0.1:{ensure_service("moto")}'
   client = boto3.client('s3', endpoint_url=endpoint, region_name=S3_REGION,
                         aws_access_key_id=S3_ACCESS_KEY_ID, aws_secret_access_key=S3_SECRET_ACCESS_KEY)
   return endpoint, client
@@ -150,7 +153,7 @@ def s3_env(s3_server) -> ObjectStoreEnv:
 
 
 @pytest.fixture(scope='session')
-def gcs_server(local_services, tmp_path_factory):
+def gcs_server(tmp_path_factory):
   """A google.cloud.storage client of the local GCS emulator.
 
   Sets, for the rest of the session, the environment that makes Beam's gcsio
@@ -165,7 +168,7 @@ def gcs_server(local_services, tmp_path_factory):
   """
   from google.auth.credentials import AnonymousCredentials  # pylint: disable=import-outside-toplevel
   from google.cloud import storage  # pylint: disable=import-outside-toplevel
-  port = local_services.ensure('gcs')
+  port = ensure_service('gcs')
   credentials_file = tmp_path_factory.mktemp('gcs') / 'emulator-credentials.json'
   credentials_file.write_text(json.dumps({
       'type': 'authorized_user',
