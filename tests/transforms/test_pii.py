@@ -1,0 +1,348 @@
+"""PII redaction: keys, pseudonyms, the presidio scanner and its prefilter, dead letters, pipelines."""
+
+import base64
+import collections
+import hashlib
+import hmac
+import logging
+import pickle
+import random
+import socket
+
+import apache_beam as beam
+import pyarrow as pa
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from transforms.dead_letter import dead_letter
+from transforms.entities import ListeningEvent
+from transforms.pii import (PII_KEY_ENV, REDACTED, MasterKey, PiiKeyError, PiiOptions, RedactDeadLetters, RedactPII,
+                            TextScanner, hkdf_sha256, load_master_key, pseudonymise, redact_batch, redact_dead_letter,
+                            redact_record)
+from transforms.records import with_provenance
+
+KEY_HEX = '6b' * 16 + '3f' * 16  # 32 bytes
+KEY_BYTES = bytes.fromhex(KEY_HEX)
+HEADER = ['event_id', 'user_id', 'track_id', 'played_at', 'ms_played', 'user_email', 'note']
+
+SENTENCES = {
+    'EMAIL_ADDRESS': ['write to jane.doe@example.co.uk today', 'Contact: bob+music@mail.example.com.'],
+    'PHONE_NUMBER': ['call me on +44 20 7946 0958 tonight', 'my cell is (415) 555-2671, thanks'],
+    'CREDIT_CARD': ['paid with 4111 1111 1111 1111 yesterday', 'card 5555-5555-5555-4444 was declined'],
+    'IBAN_CODE': ['refund to DE89 3704 0044 0532 0130 00 please', 'my iban is GB82WEST12345698765432'],
+    'IP_ADDRESS': ['logged in from 203.0.113.42 at noon', 'the ipv6 was 2001:db8:85a3::8a2e:370:7334 then'],
+    'URL_WITH_CREDENTIALS': ['fetch https://user:secret@host/path now', 'db at postgres://admin:pa55@db.internal:5432/x'],
+}
+
+
+@pytest.fixture(scope='module')
+def scanner():
+  return TextScanner().setup()
+
+
+@pytest.fixture(scope='module')
+def key():
+  return MasterKey(KEY_BYTES, source='test')
+
+
+def test_hkdf_matches_rfc5869_test_case_1():
+  okm = hkdf_sha256(bytes.fromhex('0b' * 22), bytes.fromhex('000102030405060708090a0b0c'),
+                    bytes.fromhex('f0f1f2f3f4f5f6f7f8f9'), 42)
+  assert okm.hex() == ('3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865')
+
+
+def test_pseudonyms_are_stable_across_loads_and_differ_across_tenants(tmp_path):
+  key_file = tmp_path / 'pii.key'
+  key_file.write_text('\n' + base64.b64encode(KEY_BYTES).decode() + '\n')
+  from_env = load_master_key(environ={PII_KEY_ENV: KEY_HEX})
+  from_file = load_master_key(key_file=str(key_file), environ={})
+  values = pa.array(['u1', 'u2', None, 'u1'])
+  acme = pseudonymise(values, from_env.tenant_key('acme'))
+  assert acme.equals(pseudonymise(values, from_file.tenant_key('acme')))
+  assert acme.equals(pseudonymise(values, pickle.loads(pickle.dumps(from_env)).tenant_key('acme')))
+  other = pseudonymise(values, from_env.tenant_key('other'))
+  assert acme[0] != other[0] and acme[0] == acme[3] and acme[0] != acme[1]
+  assert acme[2].as_py() is None and other[2].as_py() is None
+  # The documented construction: HMAC-SHA256(HKDF(master, salt, info + tenant), value).
+  tenant_key = hkdf_sha256(KEY_BYTES, b'music-beam-pipelines/pii/v1', b'tenant-pseudonym-key:acme')
+  assert acme[0].as_py() == hmac.new(tenant_key, b'u1', hashlib.sha256).hexdigest()
+
+
+def test_pseudonymise_casts_other_types_and_hashes_each_distinct_value_once(key):
+  out = pseudonymise(pa.array([7, None, 7]), key.tenant_key('acme'))
+  assert out.type == pa.string()
+  assert out.to_pylist()[0] == pseudonymise(pa.array(['7']), key.tenant_key('acme'))[0].as_py()
+  assert out[1].as_py() is None and out[0] == out[2]
+
+
+@pytest.mark.parametrize('environ, needle', [
+    ({}, PII_KEY_ENV),
+    ({PII_KEY_ENV: 'ab' * 20}, 'too short'),
+    ({PII_KEY_ENV: base64.b64encode(b'k' * 16).decode()}, 'too short'),
+    ({PII_KEY_ENV: 'not a key! s3cr3t-value'}, 'neither hex'),
+])
+def test_bad_or_missing_keys_fail_clearly_without_showing_the_key(environ, needle):
+  with pytest.raises(PiiKeyError, match=needle) as error:
+    load_master_key(environ=environ)
+  message = str(error.value)
+  assert PII_KEY_ENV in message
+  for value in environ.values():
+    assert value not in message and value.replace(' ', '') not in message
+
+
+def test_key_file_errors_name_the_file_not_the_key(tmp_path):
+  missing = tmp_path / 'absent.key'
+  with pytest.raises(PiiKeyError, match='absent.key'):
+    load_master_key(key_file=str(missing), environ={PII_KEY_ENV: KEY_HEX})
+  short = tmp_path / 'short.key'
+  short.write_text('cafebabe' * 4)
+  with pytest.raises(PiiKeyError, match='short.key') as error:
+    load_master_key(key_file=str(short))
+  assert 'cafebabe' not in str(error.value)
+  binary = tmp_path / 'binary.key'
+  binary.write_bytes(b'\xff' * 40)
+  with pytest.raises(PiiKeyError, match='not ASCII'):
+    load_master_key(key_file=str(binary))
+
+
+def test_ephemeral_key_only_when_allowed_and_never_printed(caplog):
+  with caplog.at_level(logging.WARNING):
+    ephemeral = load_master_key(environ={}, allow_ephemeral=True)
+  assert ephemeral.ephemeral and 'ephemeral' in caplog.text
+  material = ephemeral._material  # pylint: disable=protected-access
+  for text in (caplog.text, repr(ephemeral), str(ephemeral)):
+    assert material.hex() not in text and base64.b64encode(material).decode() not in text
+  assert not load_master_key(environ={PII_KEY_ENV: KEY_HEX}, allow_ephemeral=True).ephemeral
+  assert KEY_HEX not in repr(load_master_key(environ={PII_KEY_ENV: KEY_HEX}))
+
+
+@pytest.mark.parametrize('entity, text', [(e, t) for e, texts in SENTENCES.items() for t in texts])
+def test_each_entity_type_is_found_in_sentences(scanner, entity, text):
+  redacted, counts = scanner.redact_text(text)
+  assert counts == collections.Counter({entity: 1}), redacted
+  assert f'<{entity}>' in redacted
+  # The words around the finding survive.
+  assert redacted.split()[0] == text.split()[0]
+
+
+def test_overlaps_keep_the_highest_score_then_the_longest_span(scanner):
+  # presidio also sees an email in 'secret@host.example.com'; the whole URL wins.
+  redacted, counts = scanner.redact_text('see https://bob:secret@host.example.com/x ok')
+  assert redacted == 'see <URL_WITH_CREDENTIALS>/x ok' and counts == {'URL_WITH_CREDENTIALS': 1}
+
+
+def test_clean_text_and_short_numbers_are_left_alone(scanner):
+  for text in ['played 3 songs in 2024, track 1683', 'ratio 3:2 at 12:30', 'no pii here', '']:
+    assert scanner.redact_text(text) == (text, collections.Counter())
+
+
+def test_scanner_needs_no_network_and_no_spacy_model(monkeypatch):
+
+  def refuse(*args, **kwargs):
+    raise AssertionError('the scanner tried to use the network')
+
+  monkeypatch.setattr(socket.socket, 'connect', refuse)
+  monkeypatch.setattr(socket, 'getaddrinfo', refuse)
+  fresh = pickle.loads(pickle.dumps(TextScanner(min_score=0.4)))
+  assert fresh.redact_text('mail ann@example.org')[0] == 'mail <EMAIL_ADDRESS>'
+  import sys  # pylint: disable=import-outside-toplevel
+  assert not any(name == 'en_core_web_lg' or name.startswith('en_core_web') for name in sys.modules)
+
+
+def _generated_cells(n, seed):
+  """Cells mixing words, digit runs, separators, PII and near-PII, Unicode digits."""
+  rng = random.Random(seed)
+  words = ['love', 'this', 'track', 'call', 'me', 'mail', 'at', 'from', 'x', 'DE', 'GB', 'ip', 'card', 'ok']
+  pii = [t for texts in SENTENCES.values() for t in texts] + [
+      'ann@example.org', '+1 415 555 2671', '020 7946 0958', '4012888888881881', 'FR1420041010050500013M02606',
+      '10.0.0.1', '::ffff:192.0.2.1', 'ftp://u:p@files.example.net', 'https://token@github.com/x', '+49 30 901820',
+      '٠٢٠ ٧٩٤٦ ٠٩٥٨', '+44２０７９４６０９５８'
+  ]
+
+  def noise():
+    kind = rng.random()
+    if kind < 0.3:
+      return ''.join(rng.choice('0123456789') for _ in range(rng.randint(1, 12)))
+    if kind < 0.45:
+      return rng.choice(['-', ' ', '.', ':', '(', ')', '/', '+', '@', '://', 'x', '　'])
+    if kind < 0.55:
+      return ''.join(rng.choice('0123456789abcdefABCDEF:') for _ in range(rng.randint(2, 10)))
+    return rng.choice(words)
+
+  cells = []
+  for _ in range(n):
+    parts = [noise() for _ in range(rng.randint(0, 6))]
+    if rng.random() < 0.3:
+      parts.insert(rng.randint(0, len(parts)), rng.choice(pii))
+    joiner = rng.choice([' ', '', ' ', '-'])
+    cells.append(joiner.join(parts) if rng.random() > 0.02 else None)
+  return cells
+
+
+def test_prefilter_never_lets_a_pii_cell_skip_presidio(scanner):
+  cells = pa.array(_generated_cells(700, seed=20240501), type=pa.string())
+  filtered, filtered_counts = scanner.redact_array(cells)
+  reference, reference_counts = scanner.redact_array(cells, use_prefilter=False)
+  assert filtered.to_pylist() == reference.to_pylist()
+  assert filtered_counts == reference_counts
+  # The generated cells do exercise every recognizer (else the comparison proves little).
+  assert set(reference_counts) == set(SENTENCES) and sum(reference_counts.values()) > 150
+
+
+def test_redact_array_keeps_type_nulls_and_identity(scanner):
+  assert scanner.redact_array(pa.nulls(3, pa.string()))[0].null_count == 3
+  clean = pa.array(['a', None, 'b'], type=pa.large_string())
+  out, counts = scanner.redact_array(clean)
+  assert out is clean and not counts
+  mixed = pa.array([None, 'x ann@example.org', None, 'plain'], type=pa.large_string())
+  out, counts = scanner.redact_array(mixed)
+  assert out.type == pa.large_string()
+  assert out.to_pylist() == [None, 'x <EMAIL_ADDRESS>', None, 'plain'] and counts == {'EMAIL_ADDRESS': 1}
+  coded = pa.array(['ann@example.org', 'ok', None, 'ann@example.org']).dictionary_encode()
+  out, counts = scanner.redact_array(coded)
+  assert out.type == coded.type and out.to_pylist() == ['<EMAIL_ADDRESS>', 'ok', None, '<EMAIL_ADDRESS>']
+  assert counts == {'EMAIL_ADDRESS': 2}
+  with pytest.raises(TypeError, match='string column'):
+    scanner.redact_array(pa.array([1, 2]))
+
+
+def _events():
+  rows = [
+      dict(event_id='e1', user_id='u1', track_id='4iV5W9uYEdYUVa79Axb7Rh', ms_played=1000, country='GB',
+           platform='ios', ip_address='203.0.113.9', user_email='ann@example.org', context_uri='mailto:ann@example.org',
+           note='loved it, text me +44 20 7946 0958', comment='card 4111 1111 1111 1111', tenant_id='acme'),
+      dict(event_id='e2', user_id='u1', track_id='4iV5W9uYEdYUVa79Axb7Rh', ms_played=5, country=None, platform=None,
+           ip_address=None, user_email=None, context_uri=None, note=None, comment=None, tenant_id='beta'),
+      dict(event_id='e3', user_id='u2', track_id='4iV5W9uYEdYUVa79Axb7Rh', ms_played=7, country='DE',
+           platform='web', ip_address='2001:db8::1', user_email=None, context_uri='spotify:album:x',
+           note='no pii', comment='fine', tenant_id='acme'),
+  ]
+  return with_provenance(pa.RecordBatch.from_pylist(rows), 'gs://b/events.csv', 2)
+
+
+def test_redact_batch_pseudonymises_per_tenant_and_leaves_other_fields_unchanged(key, scanner):
+  batch = _events()
+  out, counts = redact_batch(batch, ListeningEvent, key, scanner)
+  assert out.schema == batch.schema
+  for name in ['event_id', 'track_id', 'ms_played', 'country', 'platform', 'context_uri', 'tenant_id', '__source',
+               '__row']:
+    assert out.column(name).equals(batch.column(name)), name
+  acme, beta = key.tenant_key('acme'), key.tenant_key('beta')
+  expected = lambda k, v: hmac.new(k, v.encode(), hashlib.sha256).hexdigest()
+  assert out.column('user_id').to_pylist() == [expected(acme, 'u1'), expected(beta, 'u1'), expected(acme, 'u2')]
+  assert out.column('ip_address').to_pylist() == [expected(acme, '203.0.113.9'), None, expected(acme, '2001:db8::1')]
+  assert out.column('user_email').to_pylist() == [expected(acme, 'ann@example.org'), None, None]
+  assert out.column('note').to_pylist() == ['loved it, text me <PHONE_NUMBER>', None, 'no pii']
+  assert out.column('comment').to_pylist() == ['card <CREDIT_CARD>', None, 'fine']
+  assert counts == collections.Counter({'PSEUDONYMISED:user_id': 3, 'PSEUDONYMISED:ip_address': 2,
+                                        'PSEUDONYMISED:user_email': 1, 'PHONE_NUMBER': 1, 'CREDIT_CARD': 1})
+  # Undeclared columns are left alone on request.
+  out, counts = redact_batch(batch, ListeningEvent, key, scanner, scan_undeclared=False)
+  assert out.column('comment').equals(batch.column('comment')) and 'CREDIT_CARD' not in counts
+
+
+def test_redact_batch_requires_a_tenant_for_identifiers(key, scanner):
+  batch = _events()
+  tenants = pa.array(['acme', None, 'acme'])
+  untagged = pa.RecordBatch.from_arrays(
+      [tenants if n == 'tenant_id' else batch.column(n) for n in batch.schema.names], names=batch.schema.names)
+  with pytest.raises(ValueError, match=r'null at gs://b/events.csv row 3'):
+    redact_batch(untagged, ListeningEvent, key, scanner)
+  with pytest.raises(ValueError, match='no .tenant_id. column'):
+    redact_batch(batch.drop_columns(['tenant_id']), ListeningEvent, key, scanner)
+
+
+def test_redact_record_dict_nested_and_unknown_tenant(key, scanner):
+  record = {'event_id': 'e1', 'user_id': 'u1', 'ms_played': '-5', 'phone': 4155552671,
+            'extra': {'user_email': 'ann@example.org', 'notes': ['mail bob@example.com', 7, None]}}
+  out, counts = redact_record(record, ListeningEvent, key, scanner, tenant='acme')
+  expected = hmac.new(key.tenant_key('acme'), b'u1', hashlib.sha256).hexdigest()
+  assert out['user_id'] == expected and out['event_id'] == 'e1' and out['ms_played'] == '-5'
+  assert out['extra']['user_email'] == hmac.new(key.tenant_key('acme'), b'ann@example.org',
+                                                hashlib.sha256).hexdigest()
+  assert out['extra']['notes'] == ['mail <EMAIL_ADDRESS>', 7, None]
+  assert out['phone'] == '<PHONE_NUMBER>'
+  assert counts == {'PSEUDONYMISED:user_id': 1, 'PSEUDONYMISED:user_email': 1, 'EMAIL_ADDRESS': 1, 'PHONE_NUMBER': 1}
+  assert record['user_id'] == 'u1'  # the input is not modified
+  out, counts = redact_record(record, ListeningEvent, key, scanner, tenant=None)
+  assert out['user_id'] == REDACTED and out['extra']['user_email'] == REDACTED
+  assert counts['REDACTED:user_id'] == 1
+  assert redact_record(None, ListeningEvent, key, scanner) == (None, collections.Counter())
+
+
+def test_redact_record_raw_csv_line_with_and_without_header(key, scanner):
+  line = 'e9,u42,4iV5W9uYEdYUVa79Axb7Rh,2024-01-01T00:00:00Z,oops,ann@example.org,"call +1 415 555 2671",surplus'
+  out, counts = redact_record(line, ListeningEvent, key, scanner, tenant='acme', header=HEADER)
+  pseudonym = lambda v: hmac.new(key.tenant_key('acme'), v.encode(), hashlib.sha256).hexdigest()
+  assert out == {'event_id': 'e9', 'user_id': pseudonym('u42'), 'track_id': '4iV5W9uYEdYUVa79Axb7Rh',
+                 'played_at': '2024-01-01T00:00:00Z', 'ms_played': 'oops', 'user_email': pseudonym('ann@example.org'),
+                 'note': 'call <PHONE_NUMBER>', '_extra_1': 'surplus'}
+  assert counts == {'PSEUDONYMISED:user_id': 1, 'PSEUDONYMISED:user_email': 1, 'PHONE_NUMBER': 1}
+  out, counts = redact_record(line, ListeningEvent, key, scanner, tenant='acme')
+  assert isinstance(out, str) and 'ann@example.org' not in out and '<EMAIL_ADDRESS>' in out
+  assert counts == {'EMAIL_ADDRESS': 1, 'PHONE_NUMBER': 1}
+
+
+def test_redact_dead_letter_scrubs_identifiers_quoted_in_detail(key, scanner):
+  letter = dead_letter('s3://b/e.csv', 'row 3', 'invalid_value', 'user_email',
+                       {'user_id': 'u42', 'user_email': 'not-an-email u42'}, "'not-an-email u42' does not match",
+                       'validate', 'acme')
+  out, counts = redact_dead_letter(letter, ListeningEvent, key, scanner)
+  assert 'u42' not in repr(out) and out['reason'] == 'invalid_value' and out['position'] == 'row 3'
+  assert letter['record']['user_id'] == 'u42'
+  assert counts['PSEUDONYMISED:user_id'] == 1
+
+
+def test_options_and_arguments_are_checked(key):
+  with pytest.raises(ValueError, match='unknown PII entity'):
+    PiiOptions(entities=('EMAIL_ADDRESS', 'PERSON'))
+  with pytest.raises(ValueError, match='min_score'):
+    PiiOptions(min_score=2)
+  with pytest.raises(TypeError, match='MasterKey'):
+    RedactPII('listening_event', master_key=KEY_HEX)
+  with pytest.raises(ValueError, match='unknown entity'):
+    RedactPII('listening_events', master_key=key)
+  RedactPII('track')  # no identifiers: no key needed
+
+
+def _rows(batches):
+  return sorted((row for b in batches for row in b.to_pylist()), key=lambda r: r['event_id'])
+
+
+def test_redact_pii_and_dead_letters_in_a_pipeline(key, scanner):
+  batch = _events()
+  expected_batch, expected_counts = redact_batch(batch, ListeningEvent, key, scanner)
+  letters = [
+      dead_letter('s3://b/e.csv', 'row 9', 'malformed_row', None, 'e9,u42,x,2024,1,ann@example.org,to ann@example.org,4',
+                  'wrong number of columns', 'read', 'acme'),
+      dead_letter('s3://b/e.csv', 'row 10', 'invalid_value', 'note', {'user_id': 'u7', 'note': 'ip 10.1.2.3'}, '',
+                  'validate', None),
+  ]
+  with TestPipeline() as p:
+    result = (p | 'Batches' >> beam.Create([batch.slice(0, 2), batch.slice(2)])
+              | RedactPII('listening_event', master_key=key))
+    assert_that(result.records | beam.combiners.ToList() | beam.Map(_rows),
+                equal_to([_rows([expected_batch])]), label='Records')
+    assert_that(result.findings | 'Sum' >> beam.CombinePerKey(sum), equal_to(list(expected_counts.items())),
+                label='Findings')
+    dl = p | 'Letters' >> beam.Create(letters) | RedactDeadLetters('listening_event', master_key=key, header=HEADER)
+    pseudonym = lambda v: hmac.new(key.tenant_key('acme'), v.encode(), hashlib.sha256).hexdigest()
+    assert_that(dl.records | beam.Map(lambda l: (l['position'], l['record'])),
+                equal_to([('row 9', {'event_id': 'e9', 'user_id': pseudonym('u42'), 'track_id': 'x', 'played_at': '2024',
+                                     'ms_played': '1', 'user_email': pseudonym('ann@example.org'),
+                                     'note': 'to <EMAIL_ADDRESS>', '_extra_1': '4'}),
+                          ('row 10', {'user_id': REDACTED, 'note': 'ip <IP_ADDRESS>'})]),
+                label='DeadLetters')
+    assert_that(dl.findings | 'SumDl' >> beam.CombinePerKey(sum),
+                equal_to([('PSEUDONYMISED:user_id', 1), ('PSEUDONYMISED:user_email', 1), ('REDACTED:user_id', 1),
+                          ('EMAIL_ADDRESS', 1), ('IP_ADDRESS', 1)]), label='DeadLetterFindings')
+
+
+def test_keep_pii_passes_everything_through(key):
+  batch = _events()
+  with TestPipeline() as p:
+    result = p | beam.Create([batch]) | RedactPII('listening_event', master_key=None,
+                                                  options=PiiOptions(redact=False))
+    assert_that(result.records | beam.Map(lambda b: b.equals(batch)), equal_to([True]), label='Same')
+    assert_that(result.findings, equal_to([]), label='NoFindings')
