@@ -1,0 +1,153 @@
+"""The run configuration of the batch jobs: flags and an optional YAML file, checked.
+
+The YAML file takes the same keys as the flags (without dashes) plus a
+``sources:`` list; flags given on the command line win over the file. Each
+source names a connector of `io_connectors.registry` by ``type`` and may set
+its own ``tenant_id`` or ``tenant_field``::
+
+    entity: listening_event
+    output: gs://lake/listening_events
+    tenant_field: tenant_id
+    sources:
+      - type: csv
+        input: gs://drop/acme/*.csv
+        tenant_id: acme
+      - type: parquet
+        input: s3://exports/beatbox/*.parquet
+        tenant_id: beatbox
+
+Every mistake raises `ConfigError` with one line that names the key or file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+from io_connectors.registry import ConfigError
+from pipelines.options import INPUT_FORMATS, OUTPUT_FORMATS
+from transforms import entities
+from transforms.tenant import check_tenant_id
+
+__all__ = ['ConfigError', 'RunConfig', 'load_yaml', 'resolve']
+
+# Keys of the YAML file that mirror flags.
+RUN_KEYS = ('input', 'input_format', 'entity', 'tenant_id', 'tenant_field', 'output', 'output_format', 'pii_key_file',
+            'keep_pii', 'num_shards', 'batch_size', 'split_size_mb', 'declared_schema', 'run_id')
+DEFAULT_OUTPUT = 'output/spotify_batch'
+
+
+@dataclasses.dataclass
+class RunConfig:
+  """Everything a batch run needs, checked."""
+  sources: List[Dict[str, Any]]
+  entity: str = 'listening_event'
+  output: str = DEFAULT_OUTPUT
+  output_format: str = 'parquet'
+  tenant_id: Optional[str] = None
+  tenant_field: Optional[str] = None
+  pii_key_file: Optional[str] = None
+  keep_pii: bool = False
+  num_shards: int = 4
+  batch_size: int = 65536
+  split_size_mb: int = 64
+  declared_schema: Optional[str] = None
+  run_id: Optional[str] = None
+  demo: bool = False
+
+
+def load_yaml(path: str) -> Dict[str, Any]:
+  """The YAML mapping in `path` (local, s3://, gs://)."""
+  from apache_beam.io.filesystems import FileSystems  # pylint: disable=import-outside-toplevel
+  try:
+    with FileSystems.open(path) as handle:
+      text = handle.read().decode('utf-8')
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f'cannot read config {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}') from None
+  try:
+    data = yaml.safe_load(text)
+  except yaml.YAMLError as e:
+    mark = getattr(e, 'problem_mark', None)
+    where = f' at line {mark.line + 1}, column {mark.column + 1}' if mark else ''
+    raise ConfigError(f'config {path} is not valid YAML{where}: {getattr(e, "problem", e)}') from None
+  if data is None:
+    data = {}
+  if not isinstance(data, dict):
+    raise ConfigError(f'config {path} must be a mapping of keys, got {type(data).__name__}')
+  unknown = sorted(set(data) - set(RUN_KEYS) - {'sources'})
+  if unknown:
+    raise ConfigError(f'config {path}: unknown key(s) {", ".join(unknown)}; known: {", ".join(RUN_KEYS + ("sources",))}')
+  return data
+
+
+def _source_from_input(pattern: str, input_format: Optional[str]) -> Dict[str, Any]:
+  if input_format and input_format not in INPUT_FORMATS:
+    raise ConfigError(f'input_format {input_format!r} is not one of {", ".join(INPUT_FORMATS)}')
+  return {'type': input_format or 'files', 'input': pattern}
+
+
+def _positive_int(name, value):
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ConfigError(f'{name} must be a positive integer, got {value!r}')
+  return value
+
+
+def resolve(flags: Dict[str, Any], file_values: Optional[Dict[str, Any]] = None, demo_input: Optional[str] = None) -> RunConfig:
+  """Merges flags (set ones win) over the YAML values and checks the result.
+
+  demo_input: the bundled sample's pattern, used when neither flags nor the
+  file name an input.
+  """
+  values = dict(file_values or {})
+  for key, value in flags.items():
+    if value is not None and key in RUN_KEYS:
+      if key == 'keep_pii' and value is False and 'keep_pii' in values:
+        continue
+      values[key] = value
+  sources = values.pop('sources', None)
+  demo = False
+  if values.get('input'):
+    if sources:
+      raise ConfigError('give either --input or a "sources:" list, not both')
+    sources = [_source_from_input(values['input'], values.get('input_format'))]
+  elif not sources:
+    if demo_input is None:
+      raise ConfigError('no input: give --input or a config with a "sources:" list')
+    sources = [{'type': 'csv', 'input': demo_input}]
+    demo = True
+    values.setdefault('tenant_field', 'tenant_id')
+  if not isinstance(sources, list) or not all(isinstance(s, dict) for s in sources):
+    raise ConfigError('"sources:" must be a list of mappings, each with a "type"')
+  values.pop('input', None)
+  values.pop('input_format', None)
+  config = RunConfig(sources=[dict(s) for s in sources], demo=demo, **{k: v for k, v in values.items() if v is not None})
+
+  try:
+    entities.entity_model(config.entity)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  if config.output_format not in OUTPUT_FORMATS:
+    raise ConfigError(f'output_format {config.output_format!r} is not one of {", ".join(OUTPUT_FORMATS)}')
+  for name in ('num_shards', 'batch_size', 'split_size_mb'):
+    _positive_int(name, getattr(config, name))
+  for i, source in enumerate(config.sources):
+    where = f'sources[{i}]'
+    if not source.get('type'):
+      raise ConfigError(f'{where} has no "type"')
+    tenant_id = source.get('tenant_id', None if source.get('tenant_field') else config.tenant_id)
+    tenant_field = source.get('tenant_field', None if source.get('tenant_id') else config.tenant_field)
+    if bool(tenant_id) == bool(tenant_field):
+      raise ConfigError(f'{where}: give exactly one of tenant_id or tenant_field (as a flag, in the config, or per source)')
+    if tenant_id:
+      try:
+        check_tenant_id(tenant_id, f'{where} tenant_id')
+      except ValueError as e:
+        raise ConfigError(str(e)) from None
+    source['tenant_id'], source['tenant_field'] = tenant_id, tenant_field
+  if config.pii_key_file and not config.keep_pii and '://' not in config.pii_key_file and not os.path.exists(
+      config.pii_key_file):
+    raise ConfigError(f'--pii_key_file {config.pii_key_file}: no such file')
+  return config

@@ -1,0 +1,409 @@
+"""Batch import of a music platform's records into the data lake.
+
+Reads files (CSV, Excel, JSON, JSON Lines, Parquet, Avro; local, s3://, gs://)
+or any registered connector, tags each record with its tenant, validates it
+as a canonical entity, redacts PII, removes duplicates and writes:
+
+- ``OUTPUT/data/tenant=<id>/part-*.parquet`` (or avro, jsonl, tfrecord);
+- ``OUTPUT/dead_letter/tenant=<id>/part-*.jsonl`` (``_unassigned/`` for records
+  with no valid tenant): one JSON object per record that could not go on;
+- ``OUTPUT/_schema.json``: the inferred schema of the records written;
+- ``OUTPUT/_manifest.json``: run id, inputs, runner, code version, counts
+  (``read == written + dead_letter + deduplicated``), PII findings, drift.
+
+Usage::
+
+    python -m pipelines.spotify_batch                       # demo on the bundled sample
+    python -m pipelines.spotify_batch --input 'gs://drop/*.csv' --tenant_field tenant_id \\
+        --output gs://lake/events --runner DataflowRunner --project ... --region ...
+    python -m pipelines.spotify_batch --config sources.yaml --runner FlinkRunner --flink_master localhost:8081
+
+    from pipelines.spotify_batch import run
+    manifest = run(['--input', 'events.csv', '--tenant_id', 'acme', '--output', 'out'])
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import subprocess
+import sys
+import uuid
+from typing import Dict, List, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from io_connectors import registry
+from io_connectors.lake import WriteDeadLetterFiles, WriteRecordFiles, finalize_files
+from pipelines.config import ConfigError, RunConfig, load_yaml, resolve
+from pipelines.options import SpotifyBatchOptions
+from transforms import entities, schema as schema_mod
+from transforms.dead_letter import flatten_dead_letters
+from transforms.dedup import Deduplicate
+from transforms.pii import PiiKeyError, PiiOptions, RedactDeadLetters, RedactPII, load_master_key
+from transforms.tenant import AssignDeadLetterTenant, TagTenant
+from transforms.validate import Validate
+
+__all__ = ['run', 'build', 'main', 'PIPELINE_NAME']
+
+PIPELINE_NAME = 'spotify_batch'
+_LOG = logging.getLogger('pipelines.spotify_batch')
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_DIR = os.path.join(_ROOT, 'samples', 'generated', 'listening_events')
+DEMO_ROWS = 50000
+_FILE_CONNECTORS = ('csv', 'jsonl', 'json', 'parquet', 'avro', 'excel', 'files')
+
+
+class UsageError(Exception):
+  """A mistake in how the pipeline was called: one line for the user, exit 2."""
+
+
+def code_version() -> Dict[str, Optional[str]]:
+  """The package version and, in a git checkout, the commit."""
+  commit = None
+  try:
+    commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=_ROOT, capture_output=True, text=True, timeout=5,
+                            check=True).stdout.strip() or None
+  except (OSError, subprocess.SubprocessError):
+    pass
+  try:
+    from importlib.metadata import version  # pylint: disable=import-outside-toplevel
+    package = version('music-beam-pipelines')
+  except Exception:  # pylint: disable=broad-except
+    package = None
+  return {'package': package, 'git_commit': commit, 'beam': beam.__version__}
+
+
+# ----- Argument handling -----
+
+
+def _all_options_parser() -> argparse.ArgumentParser:
+  """A parser knowing every PipelineOptions flag, to reject unknown ones."""
+  # Runner modules register their options classes when imported.
+  import apache_beam.runners.portability.flink_runner  # pylint: disable=unused-import,import-outside-toplevel
+  try:
+    import apache_beam.runners.portability.prism_runner  # pylint: disable=unused-import,import-outside-toplevel
+  except ImportError:
+    pass
+  from apache_beam.options.pipeline_options import _BeamArgumentParser  # pylint: disable=import-outside-toplevel
+  parser = _BeamArgumentParser(allow_abbrev=False, add_help=False)
+  seen = set()
+  stack = list(PipelineOptions.__subclasses__())
+  while stack:
+    cls = stack.pop()
+    if cls in seen:
+      continue
+    seen.add(cls)
+    stack.extend(cls.__subclasses__())
+    try:
+      cls._add_argparse_args(parser)  # pylint: disable=protected-access
+    except argparse.ArgumentError:
+      pass  # flags declared by two classes
+  return parser
+
+
+def _check_flags(argv: Sequence[str]):
+  if any(a in ('-h', '--help') for a in argv):
+    parser = argparse.ArgumentParser(prog='python -m pipelines.spotify_batch',
+                                     description='Batch import into the data lake. Beam\'s own flags work too.')
+    SpotifyBatchOptions._add_argparse_args(parser)  # pylint: disable=protected-access
+    parser.print_help()
+    raise SystemExit(0)
+  parser = _all_options_parser()
+  try:
+    _, unknown = parser.parse_known_args(list(argv))
+  except SystemExit:
+    raise UsageError(f'invalid arguments: {" ".join(argv)}') from None
+  unknown = [u for u in unknown if u.startswith('-')]
+  if unknown:
+    raise UsageError(f'unknown flag(s): {" ".join(unknown)} (see --help)')
+
+
+def _options_from(argv: Sequence[str]) -> PipelineOptions:
+  _check_flags(argv)
+  options = PipelineOptions(list(argv))
+  batch = options.view_as(SpotifyBatchOptions)
+  # argparse errors (bad choice, bad int) exit inside Beam; surface them as one line.
+  try:
+    batch.get_all_options(retain_unknown_options=False)
+  except SystemExit:
+    raise UsageError('invalid value in the arguments (see --help)') from None
+  return options
+
+
+def _ensure_demo_sample() -> str:
+  from pipelines import sample_data  # pylint: disable=import-outside-toplevel
+  if not os.path.exists(os.path.join(DEMO_DIR, sample_data.EXPECTED_FILE)):
+    _LOG.info('generating the bundled sample (%d listening events, 3 tenants) in %s', DEMO_ROWS, DEMO_DIR)
+    sample_data.write_listening_events(DEMO_DIR, rows=DEMO_ROWS, files=4, seed=7)
+  return os.path.join(DEMO_DIR, '*.csv')
+
+
+def _config_from(options: PipelineOptions, allow_demo: bool) -> RunConfig:
+  batch = options.view_as(SpotifyBatchOptions)
+  # Only flags given explicitly, so that a flag's default does not hide the config's value.
+  flags = options.get_all_options(drop_default=True, retain_unknown_options=False)
+  file_values = load_yaml(batch.config) if batch.config else None
+  wants_demo = allow_demo and not batch.input and not batch.config
+  demo_input = _ensure_demo_sample() if wants_demo else None
+  return resolve(flags, file_values, demo_input=demo_input)
+
+
+# ----- Pipeline -----
+
+
+def _source_transform(source: dict, config: RunConfig, model):
+  spec = {k: v for k, v in source.items() if k not in ('tenant_id', 'tenant_field')}
+  if spec['type'] in _FILE_CONNECTORS:
+    spec.setdefault('batch_size', config.batch_size)
+    spec.setdefault('split_size_bytes', config.split_size_mb * 1024 * 1024)
+    if spec['type'] not in ('parquet', 'avro'):
+      # Declared fields arrive as text and are converted by Validate, so a bad
+      # value in one row does not change the column's type for the others.
+      spec.setdefault('string_columns', list(model.model_fields) + [source['tenant_field'] or 'tenant_id'])
+  return registry.build(spec)
+
+
+def _describe(source: dict) -> dict:
+  return {k: v for k, v in source.items() if k in ('type', 'input', 'table', 'query', 'url', 'tenant_id', 'tenant_field')}
+
+
+class _FinalizeFn(beam.DoFn):
+  """Moves committed files into place, then writes _schema.json and _manifest.json."""
+
+  def __init__(self, output: str, run_id: str, info: dict, previous_schema):
+    self._output = output
+    self._run_id = run_id
+    self._info = info
+    self._previous_schema = previous_schema
+
+  def process(self, files, counts, schema):
+    previous_schema = self._previous_schema
+    moves = finalize_files(self._output, self._run_id, files)
+    manifest = build_manifest(self._info, counts, schema, previous_schema, files, moves)
+    _write_json(FileSystems.join(self._output, '_schema.json'), schema_mod.schema_to_json(schema))
+    _write_json(FileSystems.join(self._output, '_manifest.json'), manifest)
+    yield manifest
+
+
+def _write_json(path: str, doc: dict):
+  with FileSystems.create(path) as handle:
+    handle.write(json.dumps(doc, indent=2, sort_keys=True, default=str).encode('utf-8') + b'\n')
+
+
+def read_json(path: str) -> Optional[dict]:
+  try:
+    if not FileSystems.exists(path):
+      return None
+    with FileSystems.open(path) as handle:
+      return json.loads(handle.read().decode('utf-8'))
+  except (OSError, ValueError):
+    return None
+
+
+def build_manifest(info: dict, counts, schema, previous_schema, files, moves) -> dict:
+  totals = {'read': 0, 'written': 0, 'dead_letter': 0, 'deduplicated': 0}
+  per_tenant: Dict[str, Dict[str, int]] = {}
+  by_reason: Dict[str, int] = {}
+  pii: Dict[str, int] = {}
+  pseudonymised: Dict[str, int] = {}
+  for (metric, tenant, detail), n in counts:
+    if metric == 'pii':
+      if detail.startswith('PSEUDONYMISED:'):
+        field = detail.split(':', 1)[1]
+        pseudonymised[field] = pseudonymised.get(field, 0) + n
+      else:
+        pii[detail] = pii.get(detail, 0) + n
+      continue
+    totals[metric] += n
+    if metric == 'read':
+      continue
+    bucket = per_tenant.setdefault(tenant or '_unassigned', {'read': 0, 'written': 0, 'dead_letter': 0, 'deduplicated': 0})
+    bucket[metric] += n
+    bucket['read'] += n
+    if metric == 'dead_letter':
+      by_reason[detail] = by_reason.get(detail, 0) + n
+      bucket.setdefault('dead_letter_by_reason', {})
+      bucket['dead_letter_by_reason'][detail] = bucket['dead_letter_by_reason'].get(detail, 0) + n
+  outputs: Dict[str, List[str]] = {}
+  for f in files:
+    final = moves.get(f.temp_path)
+    if final:
+      outputs.setdefault(f.kind, []).append(final)
+  conserved = totals['read'] == totals['written'] + totals['dead_letter'] + totals['deduplicated']
+  return dict(
+      info,
+      finished_at=dt.datetime.now(dt.timezone.utc).isoformat(),
+      counts=dict(totals, per_tenant=dict(sorted(per_tenant.items())), dead_letter_by_reason=dict(sorted(by_reason.items()))),
+      conservation={'ok': conserved, 'rule': 'read == written + dead_letter + deduplicated'},
+      pii=dict(info['pii'], findings=dict(sorted(pii.items())), pseudonymised=dict(sorted(pseudonymised.items()))),
+      schema_drift=schema_mod.drift(previous_schema, schema) | {
+          'against': info['schema_baseline']
+      },
+      files={k: sorted(v) for k, v in sorted(outputs.items())},
+  )
+
+
+def _counted(pcoll, label, fn):
+  return pcoll | label >> beam.FlatMap(fn)
+
+
+def build(p: beam.Pipeline, config: RunConfig, master_key, info: dict, previous_schema) -> None:
+  """Adds the whole batch job to `p`."""
+  model = entities.entity_model(config.entity)
+  run_id = info['run_id']
+  records, dead_letters, counts = [], [], []
+  for i, source in enumerate(config.sources):
+    name = f'Source[{i}:{source["type"]}]'
+    outs = p | f'Read {name}' >> _source_transform(source, config, model)
+    counts.append(_counted(outs.records, f'CountRead {name}', lambda b: [(('read', None, None), b.num_rows)]))
+    counts.append(_counted(outs.dead_letter, f'CountReadDL {name}', lambda l: [(('read', None, None), l.get('count', 1))]))
+    tagged = outs.records | f'Tag {name}' >> TagTenant(source['tenant_id'], source['tenant_field'])
+    records.append(tagged.records)
+    dead_letters.append(tagged.dead_letter)
+    dead_letters.append(outs.dead_letter | f'TenantOfDL {name}' >> AssignDeadLetterTenant(source['tenant_id'], source['tenant_field']))
+
+  all_records = tuple(records) | 'AllRecords' >> beam.Flatten()
+  validated = all_records | 'Validate' >> Validate(model)
+  dead_letters.append(validated.dead_letter)
+  pii_options = PiiOptions(redact=not config.keep_pii)
+  redacted = validated.records | 'RedactPII' >> RedactPII(model, master_key, pii_options)
+  deduped = redacted.records | 'Deduplicate' >> Deduplicate(entities.key_field(model), config.num_shards)
+  inferred = deduped.records | 'InferSchema' >> schema_mod.InferSchema()
+  data_files = deduped.records | 'WriteData' >> WriteRecordFiles(
+      config.output, config.output_format, run_id, schema=beam.pvalue.AsSingleton(inferred))
+
+  letters = flatten_dead_letters(dead_letters, 'AllDeadLetters')
+  letters_redacted = letters | 'RedactDeadLetters' >> RedactDeadLetters(model, master_key, pii_options)
+  letter_files = letters_redacted.records | 'WriteDeadLetters' >> WriteDeadLetterFiles(config.output, run_id)
+
+  counts.append(_counted(data_files, 'CountWritten', lambda f: [(('written', f.partition, None), f.rows)]))
+  counts.append(_counted(letters_redacted.records, 'CountDL',
+                         lambda l: [(('dead_letter', l.get('tenant'), l['reason']), l.get('count', 1))]))
+  counts.append(_counted(deduped.counts, 'CountDedup', lambda tc: [(('deduplicated', tc[0], None), tc[1])]))
+  counts.append(_counted(redacted.findings, 'CountPII', lambda kc: [(('pii', None, kc[0]), kc[1])]))
+  counts.append(_counted(letters_redacted.findings, 'CountPIIDL', lambda kc: [(('pii', None, kc[0]), kc[1])]))
+  summed = tuple(counts) | 'AllCounts' >> beam.Flatten() | 'SumCounts' >> beam.CombinePerKey(sum)
+
+  all_files = (data_files, letter_files) | 'AllFiles' >> beam.Flatten() | 'FileList' >> beam.combiners.ToList()
+  _ = all_files | 'Finalize' >> beam.ParDo(
+      _FinalizeFn(config.output, run_id, info, previous_schema),
+      counts=beam.pvalue.AsList(summed),
+      schema=beam.pvalue.AsSingleton(inferred))
+
+
+def _previous_schema(config: RunConfig):
+  """(schema to report drift against, where it came from)."""
+  path = config.declared_schema or FileSystems.join(config.output, '_schema.json')
+  doc = read_json(path)
+  if doc is None:
+    if config.declared_schema:
+      raise ConfigError(f'--declared_schema {config.declared_schema}: cannot read a schema document there')
+    return None, None
+  try:
+    return schema_mod.schema_from_json(doc), path
+  except ValueError as e:
+    if config.declared_schema:
+      raise ConfigError(f'--declared_schema {config.declared_schema}: {e}') from None
+    return None, None
+
+
+def run(argv: Optional[Sequence[str]] = None, allow_demo: bool = False) -> dict:
+  """Runs the batch job and returns its manifest. Raises UsageError / ConfigError for bad input."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  options = _options_from(argv)
+  # Beam's S3/GCS options must be known before paths are probed.
+  FileSystems.set_options(options)
+  config = _config_from(options, allow_demo=allow_demo)
+  try:
+    master_key = None if config.keep_pii else load_master_key(config.pii_key_file, allow_ephemeral=config.demo)
+  except PiiKeyError as e:
+    raise ConfigError(str(e)) from None
+  if master_key is not None and master_key.ephemeral:
+    _LOG.warning('no PII_MASTER_KEY or --pii_key_file: using an ephemeral key for this demo run; '
+                 'pseudonyms will differ from run to run')
+  previous_schema, baseline = _previous_schema(config)
+  run_id = config.run_id or dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ-') + uuid.uuid4().hex[:8]
+  runner = options.view_as(StandardOptions).runner or 'DirectRunner'
+  info = {
+      'pipeline': PIPELINE_NAME,
+      'run_id': run_id,
+      'started_at': dt.datetime.now(dt.timezone.utc).isoformat(),
+      'runner': runner if isinstance(runner, str) else type(runner).__name__,
+      'code_version': code_version(),
+      'entity': config.entity,
+      'inputs': [_describe(s) for s in config.sources],
+      'output': config.output,
+      'output_format': config.output_format,
+      'pii': {
+          'redacted': not config.keep_pii,
+          'ephemeral_key': bool(master_key is not None and master_key.ephemeral)
+      },
+      'schema_baseline': baseline,
+  }
+  _LOG.info('run %s: %d source(s) -> %s (%s) on %s', run_id, len(config.sources), config.output, config.output_format,
+            info['runner'])
+  pipeline = beam.Pipeline(options=options)
+  build(pipeline, config, master_key, info, previous_schema)
+  result = pipeline.run()
+  result.wait_until_finish()
+  manifest = read_json(FileSystems.join(config.output, '_manifest.json'))
+  if manifest is None or manifest.get('run_id') != run_id:
+    raise RuntimeError(f'the run finished but wrote no manifest at {config.output}/_manifest.json')
+  return manifest
+
+
+def summary_table(manifest: dict) -> str:
+  """The end-of-run summary a person reads."""
+  counts = manifest['counts']
+  lines = [f"run {manifest['run_id']} on {manifest['runner']}: {manifest['entity']} -> {manifest['output']}", '']
+  header = f"{'tenant':<24}{'read':>10}{'written':>10}{'dead letters':>14}{'duplicates':>12}"
+  lines += [header, '-' * len(header)]
+  for tenant, c in counts['per_tenant'].items():
+    lines.append(f"{tenant:<24}{c['read']:>10}{c['written']:>10}{c['dead_letter']:>14}{c['deduplicated']:>12}")
+  lines.append('-' * len(header))
+  lines.append(f"{'total':<24}{counts['read']:>10}{counts['written']:>10}{counts['dead_letter']:>14}{counts['deduplicated']:>12}")
+  ok = manifest['conservation']['ok']
+  lines.append(f"read == written + dead letters + duplicates: {'yes' if ok else 'NO'}")
+  reasons = sorted(counts['dead_letter_by_reason'].items(), key=lambda kv: -kv[1])
+  if reasons:
+    lines += ['', 'top dead-letter reasons:'] + [f'  {n:>8}  {r}' for r, n in reasons[:8]]
+  pii = manifest['pii']
+  if not pii['redacted']:
+    lines += ['', 'PII: NOT redacted (--keep_pii)']
+  else:
+    lines += ['', 'PII findings by type' + (' (ephemeral key: pseudonyms not stable)' if pii['ephemeral_key'] else '') + ':']
+    lines += [f'  {n:>8}  {k}' for k, n in sorted(pii['findings'].items(), key=lambda kv: -kv[1])] or ['  none']
+    lines += [f'  {n:>8}  pseudonymised {k}' for k, n in sorted(pii['pseudonymised'].items())]
+  drift = manifest.get('schema_drift') or {}
+  if drift.get('against') and (drift['added'] or drift['removed'] or drift['changed']):
+    lines += ['', f"schema drift against {drift['against']}: added {drift['added']}, removed {drift['removed']}, "
+              f"changed {[c['field'] for c in drift['changed']]}"]
+  out = manifest['output']
+  lines += ['', 'outputs:', f'  {out}/data/              clean records, tenant=<id>/ partitions',
+            f'  {out}/dead_letter/       rejected records with reason and position',
+            f'  {out}/_schema.json       inferred schema', f'  {out}/_manifest.json     this run\'s manifest']
+  return '\n'.join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s', datefmt='%H:%M:%S')
+  for noisy in ('apache_beam', 'presidio-analyzer', 'presidio_analyzer', 'urllib3', 'google', 'botocore'):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  try:
+    manifest = run(argv, allow_demo=True)
+  except (UsageError, ConfigError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  print()
+  print(summary_table(manifest))
+  return 0 if manifest['conservation']['ok'] else 1
+
+
+if __name__ == '__main__':
+  sys.exit(main())
