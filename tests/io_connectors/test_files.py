@@ -1,0 +1,463 @@
+"""File connectors on local files: every format, every read dead letter, ranges."""
+
+import datetime as dt
+import io
+import json
+import os
+import pickle
+
+import apache_beam as beam
+import fastavro
+import numpy as np
+import openpyxl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that
+
+from io_connectors import registry
+from io_connectors.files import (AvroOptions, CsvOptions, ExcelOptions, JsonOptions, ParquetOptions, ReadFromAvro,
+                                 ReadFromCsv, ReadFromExcel, ReadFromFiles, ReadFromJson, ReadFromJsonLines,
+                                 ReadFromParquet, detect_format)
+from transforms.records import ROW_COLUMN, SOURCE_COLUMN, strip_internal
+
+# ---------------------------------------------------------------------------
+# Helpers
+
+
+def _save_to(path):
+  """An assert_that matcher that pickles what it gets to `path` (read back by the test)."""
+
+  def save(actual):
+    with open(path, 'wb') as f:
+      pickle.dump(list(actual), f)
+
+  return save
+
+
+class Result:
+  """What a read produced: the batches and the dead letters."""
+
+  def __init__(self, batches, dead_letters):
+    self.batches = batches
+    self.dead_letters = sorted(dead_letters, key=lambda d: (d['source'], str(d['position']), d['reason']))
+
+  @property
+  def table(self):
+    return pa.Table.from_batches(self.batches) if self.batches else None
+
+  def rows(self):
+    """(source, row, record dict) per row, sorted by source and row."""
+    out = []
+    for batch in self.batches:
+      sources = batch.column(batch.schema.get_field_index(SOURCE_COLUMN)).to_pylist()
+      numbers = batch.column(batch.schema.get_field_index(ROW_COLUMN)).to_pylist()
+      out.extend(zip(sources, numbers, strip_internal(batch).to_pylist()))
+    return sorted(out, key=lambda r: (r[0], r[1]))
+
+  def reasons(self):
+    return [(d['reason'], d['position']) for d in self.dead_letters]
+
+
+def read(tmp_path, transform) -> Result:
+  out = tmp_path / 'out'
+  out.mkdir(exist_ok=True)
+  with TestPipeline() as p:
+    outputs = p | transform
+    assert_that(outputs.records, _save_to(str(out / 'records.pkl')), label='SaveRecords')
+    assert_that(outputs.dead_letter, _save_to(str(out / 'dead.pkl')), label='SaveDeadLetters')
+  with open(out / 'records.pkl', 'rb') as f:
+    batches = pickle.load(f)
+  with open(out / 'dead.pkl', 'rb') as f:
+    dead = pickle.load(f)
+  for batch in batches:
+    assert isinstance(batch, pa.RecordBatch)
+  for d in dead:
+    assert d['stage'] == 'read'
+    json.dumps(d)  # dead letters are JSON-ready
+  return Result(batches, dead)
+
+
+def write(tmp_path, name, content):
+  path = tmp_path / name
+  path.write_bytes(content if isinstance(content, bytes) else content.encode('utf-8'))
+  return str(path)
+
+
+# ---------------------------------------------------------------------------
+# CSV
+
+
+def test_csv_round_trip_types_unicode_nulls(tmp_path):
+  path = write(tmp_path, 'events.csv', 'event_id,ms_played,ratio,user_name,zip\n'
+               'e1,1000,0.5,Zoë,007\n'
+               'e2,,1.25,,010\n'
+               'e3,30,,東京,\n')
+  result = read(tmp_path, ReadFromCsv(path, CsvOptions(string_columns=['zip', 'event_id'])))
+  assert result.dead_letters == []
+  table = result.table
+  assert table.schema.field('ms_played').type == pa.int64()
+  assert table.schema.field('ratio').type == pa.float64()
+  assert table.schema.field('zip').type == pa.string()  # not inferred: leading zeros kept
+  assert result.rows() == [
+      (path, 2, {'event_id': 'e1', 'ms_played': 1000, 'ratio': 0.5, 'user_name': 'Zoë', 'zip': '007'}),
+      (path, 3, {'event_id': 'e2', 'ms_played': None, 'ratio': 1.25, 'user_name': None, 'zip': '010'}),
+      (path, 4, {'event_id': 'e3', 'ms_played': 30, 'ratio': None, 'user_name': '東京', 'zip': None}),
+  ]
+
+
+def test_csv_malformed_rows_are_dead_lettered_with_their_row(tmp_path):
+  path = write(tmp_path, 'events.csv', 'a,b\n1,x\n\n2,y,extra\n3,z\n4\n5,w\n')
+  result = read(tmp_path, ReadFromCsv(path))
+  # Blank lines are not records: "2,y,extra" is record 3, "4" record 5.
+  assert [(r[1], r[2]['a']) for r in result.rows()] == [(2, 1), (4, 3), (6, 5)]
+  assert result.reasons() == [('malformed_row', 'row 3'), ('malformed_row', 'row 5')]
+  assert [d['record'] for d in result.dead_letters] == ['2,y,extra', '4']
+  assert result.dead_letters[0]['detail'] == 'expected 2 columns, got 3'
+
+
+def test_csv_bad_encoding_only_affects_its_line(tmp_path):
+  path = write(tmp_path, 'events.csv', b'a,b\n1,ok\n2,bad\xff\xfebytes\n3,fine\n')
+  result = read(tmp_path, ReadFromCsv(path))
+  assert [(r[1], r[2]) for r in result.rows()] == [(2, {'a': 1, 'b': 'ok'}), (4, {'a': 3, 'b': 'fine'})]
+  assert result.reasons() == [('bad_encoding', 'row 3')]
+  assert result.dead_letters[0]['record'] == '2,bad\ufffd\ufffdbytes'
+  assert result.dead_letters[0]['source'] == path
+
+
+def test_csv_other_encoding_and_delimiter(tmp_path):
+  path = write(tmp_path, 'legacy.csv', 'name;city\nJosé;Málaga\n'.encode('latin-1'))
+  result = read(tmp_path, ReadFromCsv(path, CsvOptions(delimiter=';', encoding='latin-1')))
+  assert result.rows() == [(path, 2, {'name': 'José', 'city': 'Málaga'})]
+  assert result.dead_letters == []
+
+
+def test_tsv_is_read_with_tabs(tmp_path):
+  path = write(tmp_path, 'a.tsv', 'x\ty\n1\thello, world\n')
+  result = read(tmp_path, ReadFromFiles(path))
+  assert result.rows() == [(path, 2, {'x': 1, 'y': 'hello, world'})]
+
+
+def _line_starts(content: bytes):
+  starts = [0] + [i + 1 for i, b in enumerate(content) if b == 10]
+  return starts[:-1] if content.endswith(b'\n') else starts
+
+
+def test_csv_split_into_many_ranges_yields_every_row_once(tmp_path):
+  lines = ['id,name,score'] + [f'{i},name-{i},{i * 0.5}' for i in range(3000)]
+  lines[1500] = '1499x,too,many,columns'  # a malformed row in a later range
+  content = ('\n'.join(lines) + '\n').encode()
+  path = write(tmp_path, 'big.csv', content)
+  result = read(tmp_path, ReadFromCsv(path, CsvOptions(split_size_bytes=997, batch_size=50)))
+  rows = result.rows()
+  ids = [r[2]['id'] for r in rows]
+  assert sorted(ids) == [i for i in range(3000) if i != 1499]
+  assert len({r[1] for r in rows if r[0] == path}) > 1
+  sources = {r[0] for r in rows}
+  assert len(sources) > 10  # many ranges
+  assert all(b.num_rows <= 50 for b in result.batches)
+  # Each (source, row) names its line: path@start counts records from the range's first line.
+  starts = _line_starts(content)
+  for source, number, record in rows:
+    if source == path:
+      line_index = number - 1
+    else:
+      start = int(source.rsplit('@', 1)[1])
+      line_index = next(i for i, s in enumerate(starts) if s >= start) + number - 1
+    assert lines[line_index].split(',')[0] == str(record['id'])
+  (dead,) = result.dead_letters
+  assert dead['reason'] == 'malformed_row' and dead['record'] == '1499x,too,many,columns'
+  start = int(dead['source'].rsplit('@', 1)[1])
+  first_line = next(i for i, s in enumerate(starts) if s >= start)
+  assert first_line + int(dead['position'].split()[1]) - 1 == 1500
+
+
+def test_csv_quoted_newlines_when_enabled(tmp_path):
+  path = write(tmp_path, 'notes.csv', 'id,note\n1,"two\nlines"\n2,plain\n')
+  result = read(tmp_path, ReadFromCsv(path, CsvOptions(newlines_in_values=True, split_size_bytes=5)))
+  assert result.rows() == [(path, 2, {'id': 1, 'note': 'two\nlines'}), (path, 3, {'id': 2, 'note': 'plain'})]
+
+
+# ---------------------------------------------------------------------------
+# JSON Lines and JSON
+
+
+def test_jsonl_round_trip_nested_unicode_nulls(tmp_path):
+  path = write(tmp_path, 'events.jsonl', '\n'.join([
+      json.dumps({'id': 1, 'user': {'name': 'Zoë', 'tags': ['a', 'b']}, 'n': None}, ensure_ascii=False),
+      '',
+      json.dumps({'id': 2, 'user': {'name': '東京', 'tags': []}, 'n': 2.5}, ensure_ascii=False),
+  ]) + '\n')
+  result = read(tmp_path, ReadFromJsonLines(path))
+  assert result.dead_letters == []
+  schema = result.table.schema
+  assert pa.types.is_struct(schema.field('user').type)
+  assert pa.types.is_list(schema.field('user').type.field('tags').type)
+  assert result.rows() == [
+      (path, 1, {'id': 1, 'user': {'name': 'Zoë', 'tags': ['a', 'b']}, 'n': None}),
+      (path, 3, {'id': 2, 'user': {'name': '東京', 'tags': []}, 'n': 2.5}),
+  ]
+
+
+def test_jsonl_broken_lines_and_bad_bytes_are_dead_lettered(tmp_path):
+  path = write(tmp_path, 'events.jsonl', b'{"id": 1}\n{"id": 2,\n[1, 2]\n{"id": "\xff"}\n{"id": 5}\n')
+  result = read(tmp_path, ReadFromJsonLines(path))
+  assert [(r[1], r[2]) for r in result.rows()] == [(1, {'id': 1}), (5, {'id': 5})]
+  assert result.reasons() == [('malformed_json', 'row 2'), ('malformed_json', 'row 3'), ('bad_encoding', 'row 4')]
+  assert result.dead_letters[0]['record'] == '{"id": 2,'
+  assert result.dead_letters[2]['record'] == '{"id": "\ufffd"}'
+
+
+def test_jsonl_string_columns_and_mixed_types(tmp_path):
+  path = write(tmp_path, 'events.jsonl', '{"user_id": 42, "x": 1}\n{"user_id": "u2", "x": "one"}\n')
+  result = read(tmp_path, ReadFromJsonLines(path, JsonOptions(string_columns=['user_id'])))
+  assert result.dead_letters == []
+  assert result.table.schema.field('user_id').type == pa.string()
+  assert [r[2] for r in result.rows()] == [{'user_id': '42', 'x': '1'}, {'user_id': 'u2', 'x': 'one'}]
+
+
+def test_jsonl_numeric_string_column_is_cast(tmp_path):
+  path = write(tmp_path, 'events.jsonl', '{"user_id": 42, "ms": 1}\n{"user_id": 43, "ms": 2}\n')
+  result = read(tmp_path, ReadFromJsonLines(path, JsonOptions(string_columns=['user_id', 'absent'])))
+  assert result.table.schema.names[:2] == ['user_id', 'ms']
+  assert 'absent' not in result.table.schema.names
+  assert [r[2] for r in result.rows()] == [{'user_id': '42', 'ms': 1}, {'user_id': '43', 'ms': 2}]
+
+
+def test_jsonl_split_into_many_ranges(tmp_path):
+  content = ''.join(json.dumps({'id': i, 'v': 'x' * (i % 7)}) + '\n' for i in range(2000)).encode()
+  path = write(tmp_path, 'big.jsonl', content)
+  result = read(tmp_path, ReadFromJsonLines(path, JsonOptions(split_size_bytes=1000)))
+  rows = result.rows()
+  assert sorted(r[2]['id'] for r in rows) == list(range(2000))
+  assert len({r[0] for r in rows}) > 10
+  starts = _line_starts(content)
+  for source, number, record in rows:
+    first = 0 if source == path else next(i for i, s in enumerate(starts) if s >= int(source.rsplit('@', 1)[1]))
+    assert first + number - 1 == record['id']
+
+
+def test_json_array_object_and_broken_documents(tmp_path):
+  array = write(tmp_path, 'a.json', json.dumps([{'id': 1, 'tags': ['x'], 'meta': {'k': 'v'}}, 7, {'id': 3}]))
+  single = write(tmp_path, 'b.json', json.dumps({'id': 9, 'name': 'Zoë'}))
+  broken = write(tmp_path, 'c.json', '[{"id": 1}, {"id": ')
+  result = read(tmp_path, ReadFromJson(str(tmp_path / '*.json')))
+  assert result.rows() == [
+      (array, 1, {'id': 1, 'tags': ['x'], 'meta': {'k': 'v'}}),
+      (array, 3, {'id': 3, 'tags': None, 'meta': None}),
+      (single, 1, {'id': 9, 'name': 'Zoë'}),
+  ]
+  assert [(d['source'], d['reason'], d['position'], d['count']) for d in result.dead_letters] == [
+      (array, 'malformed_json', 'row 2', 1),
+      (broken, 'malformed_json', None, 1),
+  ]
+
+
+# ---------------------------------------------------------------------------
+# Parquet
+
+
+def _parquet_file(tmp_path, name, rows_per_group=100, groups=3, **kwargs):
+  n = rows_per_group * groups
+  table = pa.table({
+      'id': pa.array(np.arange(n), pa.int64()),
+      'name': pa.array([None if i % 10 == 0 else f'név-{i}' for i in range(n)]),
+      'at': pa.array([dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)] * n, pa.timestamp('ms', tz='UTC')),
+      'tags': pa.array([[i, i + 1] for i in range(n)], pa.list_(pa.int32())),
+  })
+  path = str(tmp_path / name)
+  pq.write_table(table, path, row_group_size=rows_per_group, compression='zstd', **kwargs)
+  return path, table
+
+
+def test_parquet_round_trip_split_by_row_groups(tmp_path):
+  path, table = _parquet_file(tmp_path, 'events.parquet', rows_per_group=100, groups=5)
+  result = read(tmp_path, ReadFromParquet(path, ParquetOptions(split_size_bytes=1, batch_size=40)))
+  assert result.dead_letters == []
+  rows = result.rows()
+  assert [r[1] for r in rows] == list(range(1, 501))
+  assert [r[2] for r in rows] == table.to_pylist()
+  assert result.table.schema.field('at').type == pa.timestamp('ms', tz='UTC')
+  assert all(b.num_rows <= 40 for b in result.batches)
+
+
+def test_parquet_truncated_file_is_corrupt(tmp_path):
+  path, _ = _parquet_file(tmp_path, 'events.parquet')
+  with open(path, 'rb') as f:
+    content = f.read()
+  truncated = write(tmp_path, 'truncated.parquet', content[:len(content) // 2])
+  result = read(tmp_path, ReadFromParquet(truncated))
+  assert result.batches == []
+  assert [(d['reason'], d['position'], d['count'], d['record']) for d in result.dead_letters] == [
+      ('corrupt_file', None, 1, None)]
+
+
+def test_parquet_damaged_row_group_keeps_the_groups_before(tmp_path):
+  path, table = _parquet_file(tmp_path, 'events.parquet', rows_per_group=100, groups=3, write_page_checksum=True)
+  metadata = pq.ParquetFile(path).metadata
+  column = metadata.row_group(1).column(0)
+  damage_at = column.data_page_offset + column.total_compressed_size // 2
+  content = bytearray(open(path, 'rb').read())
+  for i in range(damage_at, damage_at + 8):
+    content[i] ^= 0xFF
+  damaged = write(tmp_path, 'damaged.parquet', bytes(content))
+  result = read(tmp_path, ReadFromParquet(damaged))
+  assert [r[2] for r in result.rows()] == table.slice(0, 100).to_pylist()
+  assert [(d['reason'], d['position'], d['count']) for d in result.dead_letters] == [('corrupt_file', 'row 101', 200)]
+
+
+# ---------------------------------------------------------------------------
+# Avro
+
+AVRO_SCHEMA = {
+    'type': 'record',
+    'name': 'Event',
+    'fields': [
+        {'name': 'id', 'type': 'long'},
+        {'name': 'name', 'type': ['null', 'string']},
+        {'name': 'at', 'type': {'type': 'long', 'logicalType': 'timestamp-millis'}},
+        {'name': 'tags', 'type': {'type': 'array', 'items': 'string'}},
+    ],
+}
+
+
+def _avro_file(tmp_path, name, n=1000):
+  records = [{'id': i, 'name': None if i % 10 == 0 else f'Zoë-{i}',
+              'at': dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=i),
+              'tags': [str(i)]} for i in range(n)]
+  path = str(tmp_path / name)
+  with open(path, 'wb') as f:
+    fastavro.writer(f, fastavro.parse_schema(AVRO_SCHEMA), records, sync_interval=500, codec='deflate')
+  return path, records
+
+
+def test_avro_round_trip_split_at_sync_markers(tmp_path):
+  path, records = _avro_file(tmp_path, 'events.avro')
+  result = read(tmp_path, ReadFromAvro(path, AvroOptions(split_size_bytes=700)))
+  assert result.dead_letters == []
+  rows = result.rows()
+  assert sorted(r[2]['id'] for r in rows) == list(range(1000))
+  assert len({r[0] for r in rows}) > 3
+  assert [r[2] for r in rows if r[0] == path] == records[:len([r for r in rows if r[0] == path])]
+  assert [r[1] for r in rows if r[0] == path][:3] == [1, 2, 3]
+  schema = result.table.schema
+  assert schema.field('at').type == pa.timestamp('ms', tz='UTC')
+  assert schema.field('tags').type == pa.list_(pa.string())
+
+
+def test_avro_not_avro_and_truncated(tmp_path):
+  garbage = write(tmp_path, 'garbage.avro', b'this is not avro at all')
+  path, records = _avro_file(tmp_path, 'events.avro')
+  content = open(path, 'rb').read()
+  truncated = write(tmp_path, 'truncated.avro', content[:len(content) * 2 // 3])
+  os.remove(path)
+  result = read(tmp_path, ReadFromAvro(str(tmp_path / '*.avro')))
+  assert [(d['source'], d['reason'], d['position'], d['count']) for d in result.dead_letters[:1]] == [
+      (garbage, 'corrupt_file', None, 1)]
+  (broken,) = [d for d in result.dead_letters if d['source'] == truncated]
+  assert broken['reason'] == 'corrupt_file'
+  read_rows = [r for r in result.rows() if r[0] == truncated]
+  assert 0 < len(read_rows) < 1000
+  assert [r[2] for r in read_rows] == records[:len(read_rows)]
+  assert broken['position'] == f'row {len(read_rows) + 1}'
+
+
+# ---------------------------------------------------------------------------
+# Excel
+
+
+def _workbook(tmp_path, name):
+  workbook = openpyxl.Workbook()
+  events = workbook.active
+  events.title = 'Events'
+  events.append(['id', 'name', 'at', 'code'])
+  events.append([1, 'Zoë', dt.datetime(2024, 1, 1, 12, 0), '007'])
+  events.append([])
+  events.append([3, None, dt.datetime(2024, 1, 2), 42])
+  events.append([4, 'x', None, None, 'stray'])
+  other = workbook.create_sheet('Users')
+  other.append(['user', 'age'])
+  other.append(['u1', 30])
+  path = str(tmp_path / name)
+  workbook.save(path)
+  return path
+
+
+def test_excel_round_trip_sheets_and_rows(tmp_path):
+  path = _workbook(tmp_path, 'book.xlsx')
+  result = read(tmp_path, ReadFromExcel(path, ExcelOptions(string_columns=['code'])))
+  assert result.rows() == [
+      (f'{path}#Events', 2, {'id': 1, 'name': 'Zoë', 'at': dt.datetime(2024, 1, 1, 12, 0), 'code': '007'}),
+      (f'{path}#Events', 4, {'id': 3, 'name': None, 'at': dt.datetime(2024, 1, 2), 'code': '42'}),
+      (f'{path}#Users', 2, {'user': 'u1', 'age': 30}),
+  ]
+  assert [(d['source'], d['reason'], d['position']) for d in result.dead_letters] == [
+      (f'{path}#Events', 'malformed_row', 'row 5')]
+
+
+def test_excel_selected_sheet_and_corrupt_workbook(tmp_path):
+  path = _workbook(tmp_path, 'book.xlsx')
+  broken = write(tmp_path, 'broken.xlsx', b'PK\x03\x04 not really a zip')
+  result = read(tmp_path, ReadFromExcel(str(tmp_path / '*.xlsx'), ExcelOptions(sheets=['Users'])))
+  assert result.rows() == [(f'{path}#Users', 2, {'user': 'u1', 'age': 30})]
+  assert [(d['source'], d['reason'], d['position'], d['count']) for d in result.dead_letters] == [
+      (broken, 'corrupt_file', None, 1)]
+
+
+# ---------------------------------------------------------------------------
+# Formats, registry, patterns
+
+
+def test_detect_format():
+  assert detect_format('gs://b/x/EVENTS.CSV') == 'csv'
+  assert detect_format('a.tsv') == 'csv'
+  assert detect_format('s3://b/a.ndjson') == 'jsonl'
+  assert detect_format('a.jsonl') == 'jsonl'
+  assert detect_format('a.json') == 'json'
+  assert detect_format('a.parquet') == 'parquet'
+  assert detect_format('a.avro') == 'avro'
+  assert detect_format('a.xlsx') == 'excel'
+  with pytest.raises(ValueError, match=r"'a\.txt'.*known extensions"):
+    detect_format('a.txt')
+  with pytest.raises(ValueError, match='unknown format'):
+    ReadFromFiles('a.csv', format='xml')
+  with pytest.raises(ValueError, match='a.txt'):
+    ReadFromFiles('data/a.txt')
+
+
+def test_read_from_files_picks_each_format(tmp_path):
+  csv_path = write(tmp_path, 'a.csv', 'id\n1\n')
+  jsonl_path = write(tmp_path, 'b.jsonl', '{"id": 2}\n')
+  parquet_path, _ = _parquet_file(tmp_path, 'c.parquet', rows_per_group=1, groups=1)
+  result = read(tmp_path, ReadFromFiles(str(tmp_path / '*')))
+  assert [(r[0], r[1], r[2]['id']) for r in result.rows()] == [(csv_path, 2, 1), (jsonl_path, 1, 2),
+                                                                (parquet_path, 1, 0)]
+
+
+def test_registry_builds_readers_and_rejects_unknown_keys(tmp_path):
+  assert {'csv', 'jsonl', 'json', 'parquet', 'avro', 'excel', 'files'} <= set(registry.names())
+  path = write(tmp_path, 'a.txt', 'x;y\n1;2\n')
+  transform = registry.build({'type': 'files', 'input': path, 'format': 'csv', 'delimiter': ';',
+                              'string_columns': ['y']})
+  assert isinstance(transform, ReadFromFiles)
+  result = read(tmp_path, transform)
+  assert result.rows() == [(path, 2, {'x': 1, 'y': '2'})]
+  assert isinstance(registry.build({'type': 'csv', 'input': path, 'batch_size': 10}), ReadFromCsv)
+  assert isinstance(registry.build({'type': 'excel', 'input': 'a.xlsx', 'sheets': ['S']}), ReadFromExcel)
+  with pytest.raises(registry.ConfigError, match='colour'):
+    registry.build({'type': 'csv', 'input': path, 'colour': 'red'})
+  with pytest.raises(registry.ConfigError, match='sheets'):
+    registry.build({'type': 'csv', 'input': path, 'sheets': ['S']})
+  with pytest.raises(registry.ConfigError, match='input'):
+    registry.build({'type': 'parquet'})
+  with pytest.raises(registry.ConfigError, match='batch_size'):
+    registry.build({'type': 'jsonl', 'input': path, 'batch_size': 0})
+
+
+def test_pattern_matching_nothing_fails_naming_the_pattern(tmp_path):
+  pattern = str(tmp_path / 'nothing-here' / '*.csv')
+  with pytest.raises(Exception, match='no file matches the pattern') as info:
+    with TestPipeline() as p:
+      _ = p | ReadFromCsv(pattern)
+  assert pattern in str(info.value)
