@@ -1,0 +1,102 @@
+"""Flex Template launcher of the Spotify batch pipeline.
+
+Dataflow's Python template launcher runs this file (`FLEX_TEMPLATE_PYTHON_PY_FILE`
+in the Dockerfile) with the job's parameters and Dataflow's own options, all as
+`--name=value`. It hands them to `pipelines.spotify_batch.run` after two fixes:
+
+* a boolean flag arrives as `--keep_pii=true` / `--keep_pii=false`, which
+  argparse rejects for a `store_true` option: `true` becomes the bare flag,
+  `false` drops it;
+* the workers' SDK container defaults to `$BEAM_SDK_CONTAINER_IMAGE` (the Beam
+  2.77 Python 3.11 image, set in the Dockerfile) unless the job sets
+  `--sdk_container_image` itself.
+
+Locally it runs the same way, e.g. on the DirectRunner::
+
+    python templates/spotify_batch/main.py --input=data.csv --output=out --keep_pii=false
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import pathlib
+import sys
+from typing import Iterable, Optional
+
+# The image copies the repository to /template and runs this file by path, so
+# the repository root is not on sys.path by itself.
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+  sys.path.insert(0, str(REPO_ROOT))
+
+__all__ = ['SDK_CONTAINER_IMAGE_ENV', 'LauncherError', 'flag_option_names', 'to_beam_argv', 'main']
+
+SDK_CONTAINER_IMAGE_ENV = 'BEAM_SDK_CONTAINER_IMAGE'
+_TRUE = frozenset({'true', '1', 'yes'})
+_FALSE = frozenset({'false', '0', 'no', ''})
+
+
+class LauncherError(ValueError):
+  """A parameter the launcher cannot pass on; the message names it."""
+
+
+def flag_option_names() -> frozenset[str]:
+  """`--names` of every option that takes no value, over all PipelineOptions.
+
+  Built the way `PipelineOptions.get_all_options` builds its parser, so Beam's
+  own flags (`--streaming`, `--save_main_session`, ...) are covered too.
+  """
+  from apache_beam.options.pipeline_options import PipelineOptions
+
+  import pipelines.options  # pylint: disable=unused-import  # registers SpotifyBatchOptions
+
+  parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, conflict_handler='resolve')
+  for options_class in {str(cls): cls for cls in PipelineOptions.__subclasses__()}.values():
+    options_class._add_argparse_args(parser)  # pylint: disable=protected-access
+  return frozenset(
+      option for action in parser._actions if action.nargs == 0  # pylint: disable=protected-access
+      for option in action.option_strings if option.startswith('--'))
+
+
+def to_beam_argv(parameters: Iterable[str], environ: Optional[dict] = None) -> list[str]:
+  """Turns Dataflow's `--name=value` parameters into argv the options parse."""
+  environ = os.environ if environ is None else environ
+  flags = flag_option_names()
+  argv = []
+  for argument in parameters:
+    name, has_value, value = argument.partition('=')
+    if name in flags and has_value:
+      choice = value.strip().lower()
+      if choice in _TRUE:
+        argv.append(name)
+      elif choice not in _FALSE:
+        raise LauncherError(f'parameter {name[2:]} is a boolean: expected true or false, got {value!r}')
+      continue
+    argv.append(argument)
+  image = environ.get(SDK_CONTAINER_IMAGE_ENV)
+  if image and not any(arg.split('=', 1)[0] == '--sdk_container_image' for arg in argv):
+    argv.append(f'--sdk_container_image={image}')
+  return argv
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+  logging.getLogger().setLevel(logging.INFO)
+  try:
+    beam_argv = to_beam_argv(sys.argv[1:] if argv is None else argv)
+  except LauncherError as error:
+    print(f'spotify_batch launcher: {error}', file=sys.stderr)
+    return 2
+  from pipelines import spotify_batch
+
+  manifest = spotify_batch.run(beam_argv)
+  # One line for the launcher log; the full manifest is in the output's _manifest.json.
+  summary = {key: manifest[key] for key in ('run_id', 'output') if isinstance(manifest, dict) and key in manifest}
+  logging.info('spotify_batch finished: %s', json.dumps(summary, default=str))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
