@@ -1,0 +1,323 @@
+"""Batch benchmark: the Spotify batch pipeline against bare pyarrow CSV -> Parquet.
+
+Generates (once, cached under ``benchmarks/data/``) a listening-events CSV with
+`pipelines.sample_data` (1M rows by default, 2% malformed, 1% duplicates),
+then measures in the same run, wall clock, best of N:
+
+(a) baseline: ``pyarrow.csv.read_csv`` + ``pyarrow.parquet.write_table``
+    (snappy) of that file, in this process (bad rows skipped, UTF-8 not
+    checked: the least a reader must do to get through the file);
+(b) the pipeline: ``python -m pipelines.spotify_batch --input FILE --output DIR
+    --tenant_field tenant_id --runner DirectRunner`` in a subprocess, with a
+    fixed test PII key, validation and PII redaction on (its defaults), once
+    per ``--pipeline-args`` variant.
+
+Throughput is input rows per second for both; the ratio is pipeline/baseline.
+Results go to ``benchmarks/results/batch-<UTC time>.json`` (or to stdout with
+``--json``). See docs/benchmarks.md.
+
+Usage::
+
+    python benchmarks/bench_batch.py                      # 1M rows, baseline x3, pipeline x1
+    python benchmarks/bench_batch.py --baseline-only
+    python benchmarks/bench_batch.py --pipeline-runs 2 --pipeline-args "" \\
+        --pipeline-args "--direct_num_workers=2 --direct_running_mode=multi_processing"
+    python benchmarks/bench_batch.py --rows 100000 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import glob
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import List, Optional, Sequence
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:  # run by path: make `pipelines` importable
+  sys.path.insert(0, REPO_ROOT)
+
+import pyarrow as pa  # pylint: disable=wrong-import-position
+import pyarrow.csv as pa_csv  # pylint: disable=wrong-import-position
+import pyarrow.parquet as pq  # pylint: disable=wrong-import-position
+
+from pipelines import sample_data  # pylint: disable=wrong-import-position
+
+__all__ = ['BenchOptions', 'run_benchmark', 'main']
+
+PIPELINE_MODULE = 'pipelines.spotify_batch'
+# A fixed key for benchmark runs only: it protects nothing real.
+BENCH_PII_KEY = '5ca1ab1e' * 8
+TARGET_RATIO = 0.3
+DEFAULT_DATA_DIR = os.path.join(REPO_ROOT, 'benchmarks', 'data')
+DEFAULT_RESULTS_DIR = os.path.join(REPO_ROOT, 'benchmarks', 'results')
+
+
+@dataclasses.dataclass
+class BenchOptions:
+  """One benchmark run; `validate()` raises ValueError naming the bad option."""
+  rows: int = 1_000_000
+  seed: int = 7
+  data_dir: str = DEFAULT_DATA_DIR
+  baseline_runs: int = 3
+  pipeline_runs: int = 1
+  pipeline_args: List[str] = dataclasses.field(default_factory=lambda: [''])
+  baseline_only: bool = False
+  timeout_s: float = 3600.0
+
+  def validate(self) -> 'BenchOptions':
+    if self.rows < 1:
+      raise ValueError(f'--rows must be positive, got {self.rows}')
+    if self.baseline_runs < 1 or self.pipeline_runs < 1:
+      raise ValueError('--baseline-runs and --pipeline-runs must be at least 1')
+    if self.timeout_s <= 0:
+      raise ValueError(f'--timeout must be positive, got {self.timeout_s}')
+    for extra in self.pipeline_args:
+      try:
+        shlex.split(extra)
+      except ValueError as e:
+        raise ValueError(f'--pipeline-args {extra!r}: {e}') from None
+    return self
+
+
+def _log(message: str) -> None:
+  print(message, file=sys.stderr, flush=True)
+
+
+def ensure_data(options: BenchOptions) -> tuple:
+  """(CSV path, expected summary), generating the file unless an identical one is cached."""
+  out_dir = os.path.join(options.data_dir, f'listening_events-{options.rows}-seed{options.seed}')
+  wanted = dataclasses.asdict(sample_data.SampleDataOptions(rows=options.rows, files=1, seed=options.seed))
+  try:
+    expected = sample_data.load_expected(out_dir)
+    path = os.path.join(out_dir, expected['files'][0]['name'])
+    if (expected['options'] == wanted and expected['version'] == sample_data.GENERATOR_VERSION and
+        os.path.exists(path)):
+      _log(f'data: cached {os.path.relpath(path, REPO_ROOT)}')
+      return path, expected
+  except (OSError, ValueError, KeyError, IndexError):
+    pass
+  started = time.perf_counter()
+  [path] = sample_data.write_listening_events(out_dir, rows=options.rows, files=1, seed=options.seed)
+  _log(f'data: generated {options.rows} rows in {time.perf_counter() - started:.1f} s')
+  return path, sample_data.load_expected(out_dir)
+
+
+def run_baseline(csv_path: str, out_dir: str) -> dict:
+  """One read_csv + write_table (snappy); returns seconds and counts."""
+  skipped = []
+
+  def skip_bad_row(row):
+    skipped.append(row.number)
+    return 'skip'
+
+  out_path = os.path.join(out_dir, 'baseline.parquet')
+  started = time.perf_counter()
+  table = pa_csv.read_csv(csv_path,
+                          parse_options=pa_csv.ParseOptions(invalid_row_handler=skip_bad_row),
+                          convert_options=pa_csv.ConvertOptions(check_utf8=False))
+  pq.write_table(table, out_path, compression='snappy')
+  seconds = time.perf_counter() - started
+  return {'seconds': seconds, 'rows_read': table.num_rows, 'rows_skipped': len(skipped),
+          'parquet_bytes': os.path.getsize(out_path)}
+
+
+def _parquet_rows(out_dir: str) -> dict:
+  """Rows of the Parquet files a pipeline wrote, per top-level folder of its output."""
+  counts = {}
+  for path in glob.glob(os.path.join(glob.escape(out_dir), '**', '*.parquet'), recursive=True):
+    top = os.path.relpath(path, out_dir).split(os.sep)[0]
+    try:
+      rows = pq.ParquetFile(path).metadata.num_rows
+    except (OSError, pa.ArrowException):
+      continue
+    counts[top] = counts.get(top, 0) + rows
+  return counts
+
+
+def run_pipeline(csv_path: str, out_dir: str, extra_args: str, timeout_s: float, log_path: str) -> dict:
+  """One pipeline run in a subprocess; returns seconds, or the error."""
+  command = [
+      sys.executable, '-m', PIPELINE_MODULE, '--input', csv_path, '--output', out_dir, '--tenant_field', 'tenant_id',
+      '--runner', 'DirectRunner', *shlex.split(extra_args)
+  ]
+  env = dict(os.environ, PII_MASTER_KEY=BENCH_PII_KEY)
+  env['PYTHONPATH'] = os.pathsep.join(p for p in (REPO_ROOT, env.get('PYTHONPATH')) if p)
+  started = time.perf_counter()
+  with open(log_path, 'wb') as log:
+    try:
+      done = subprocess.run(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+      return {'error': f'timed out after {timeout_s:.0f} s'}
+  seconds = time.perf_counter() - started
+  if done.returncode != 0:
+    with open(log_path, 'rb') as log:
+      tail = log.read()[-2000:].decode('utf-8', 'replace').replace(BENCH_PII_KEY, '<key>')
+    return {'error': f'exit status {done.returncode}', 'log_tail': tail}
+  return {'seconds': seconds, 'parquet_rows': _parquet_rows(out_dir)}
+
+
+def machine_info() -> dict:
+  info = {
+      'nproc': len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count(),
+      'cpu_count': os.cpu_count(),
+      'python': platform.python_version(),
+      'platform': platform.platform(),
+      'cpu': platform.processor() or platform.machine(),
+  }
+  try:
+    with open('/proc/cpuinfo', encoding='utf-8') as f:
+      models = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
+    if models:
+      info['cpu'] = models[0]
+  except OSError:
+    pass
+  if hasattr(os, 'sysconf') and 'SC_PHYS_PAGES' in os.sysconf_names:
+    info['memory_gb'] = round(os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30, 1)
+  for dist in ('pyarrow', 'apache-beam', 'numpy', 'pandas', 'pydantic'):
+    try:
+      info[dist.replace('-', '_')] = importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+      info[dist.replace('-', '_')] = None
+  return info
+
+
+def _best(runs: List[dict]) -> Optional[float]:
+  seconds = [r['seconds'] for r in runs if 'seconds' in r]
+  return min(seconds) if seconds else None
+
+
+def run_benchmark(options: BenchOptions) -> dict:
+  """Runs everything; returns the JSON-ready result."""
+  options.validate()
+  csv_path, expected = ensure_data(options)
+  result = {
+      'benchmark': 'batch',
+      'started_utc': dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'),
+      'rows': options.rows,
+      'input_bytes': os.path.getsize(csv_path),
+      'input': os.path.relpath(csv_path, REPO_ROOT),
+      'expected': {k: expected[k] for k in ('clean', 'duplicates', 'valid', 'malformed', 'tenants')},
+      'machine': machine_info(),
+      'target_ratio': TARGET_RATIO,
+  }
+  work = tempfile.mkdtemp(prefix='bench_batch-')
+  try:
+    runs = []
+    for i in range(options.baseline_runs):
+      runs.append(run_baseline(csv_path, work))
+      _log(f'baseline run {i + 1}/{options.baseline_runs}: {runs[-1]["seconds"]:.2f} s')
+    best = _best(runs)
+    result['baseline'] = {
+        'what': 'pyarrow.csv.read_csv + pyarrow.parquet.write_table(snappy), in process',
+        'runs_s': [round(r['seconds'], 3) for r in runs],
+        'best_s': round(best, 3),
+        'rows_per_s': round(options.rows / best),
+        'rows_read': runs[0]['rows_read'],
+        'rows_skipped': runs[0]['rows_skipped'],
+        'parquet_bytes': runs[0]['parquet_bytes'],
+    }
+    result['pipelines'] = []
+    if options.baseline_only:
+      return result
+    available = importlib.util.find_spec(PIPELINE_MODULE) is not None
+    for extra in options.pipeline_args:
+      variant = {'module': PIPELINE_MODULE, 'extra_args': extra, 'runs_s': [], 'errors': []}
+      for i in range(options.pipeline_runs if available else 0):
+        out_dir = os.path.join(work, f'pipeline-{len(result["pipelines"])}-{i}')
+        run = run_pipeline(csv_path, out_dir, extra, options.timeout_s, os.path.join(work, 'pipeline.log'))
+        if 'seconds' in run:
+          variant['runs_s'].append(round(run['seconds'], 3))
+          variant['parquet_rows'] = run['parquet_rows']
+          _log(f'pipeline [{extra or "defaults"}] run {i + 1}/{options.pipeline_runs}: {run["seconds"]:.2f} s')
+        else:
+          variant['errors'].append(run)
+          _log(f'pipeline [{extra or "defaults"}] run {i + 1} failed: {run["error"]}\n{run.get("log_tail", "")}')
+        shutil.rmtree(out_dir, ignore_errors=True)
+      if not available:
+        variant['errors'].append({'error': f'{PIPELINE_MODULE} is not importable'})
+      if variant['runs_s']:
+        best_s = min(variant['runs_s'])
+        variant['best_s'] = best_s
+        variant['rows_per_s'] = round(options.rows / best_s)
+        variant['ratio'] = round(variant['rows_per_s'] / result['baseline']['rows_per_s'], 4)
+        variant['meets_target'] = variant['ratio'] >= TARGET_RATIO
+      result['pipelines'].append(variant)
+    return result
+  finally:
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def report(result: dict) -> str:
+  """A few human lines about a result."""
+  m = result['machine']
+  lines = [
+      f'machine: {m["nproc"]} CPUs ({m["cpu"]}), Python {m["python"]}, pyarrow {m["pyarrow"]}, '
+      f'apache-beam {m["apache_beam"]}',
+      f'input: {result["rows"]:,} rows, {result["input_bytes"] / 2**20:.0f} MiB CSV ({result["input"]})',
+      f'baseline (read_csv + write_table snappy): best {result["baseline"]["best_s"]:.2f} s '
+      f'= {result["baseline"]["rows_per_s"]:,} rows/s',
+  ]
+  for variant in result['pipelines']:
+    name = variant['extra_args'] or 'defaults'
+    if 'rows_per_s' in variant:
+      verdict = 'meets' if variant['meets_target'] else 'below'
+      lines.append(f'pipeline [{name}]: best {variant["best_s"]:.2f} s = {variant["rows_per_s"]:,} rows/s, '
+                   f'ratio {variant["ratio"]:.3f} ({verdict} target {result["target_ratio"]})')
+    else:
+      lines.append(f'pipeline [{name}]: no successful run ({variant["errors"][0]["error"]})')
+  return '\n'.join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(prog='bench_batch.py', description=__doc__.split('\n\n')[0])
+  parser.add_argument('--rows', type=int, default=1_000_000, help='rows of the generated CSV (default 1000000)')
+  parser.add_argument('--seed', type=int, default=7)
+  parser.add_argument('--data-dir', default=DEFAULT_DATA_DIR, help='cache of generated data (default benchmarks/data)')
+  parser.add_argument('--baseline-runs', type=int, default=3, help='baseline runs, best counts (default 3)')
+  parser.add_argument('--pipeline-runs', type=int, default=1, help='pipeline runs per variant (default 1)')
+  parser.add_argument('--pipeline-args', action='append',
+                      help='extra pipeline flags as one string; repeat for several variants (default: none)')
+  parser.add_argument('--baseline-only', action='store_true', help='skip the pipeline')
+  parser.add_argument('--timeout', type=float, default=3600.0, help='seconds per pipeline run (default 3600)')
+  parser.add_argument('--json', action='store_true', help='print the JSON result to stdout instead of a file')
+  parser.add_argument('--results-dir', default=DEFAULT_RESULTS_DIR, help='where the JSON result is written')
+  args = parser.parse_args(argv)
+  options = BenchOptions(rows=args.rows, seed=args.seed, data_dir=args.data_dir, baseline_runs=args.baseline_runs,
+                         pipeline_runs=args.pipeline_runs, pipeline_args=args.pipeline_args or [''],
+                         baseline_only=args.baseline_only, timeout_s=args.timeout)
+  try:
+    options.validate()
+  except ValueError as e:
+    parser.error(str(e))
+  result = run_benchmark(options)
+  if args.json:
+    _log(report(result))
+    json.dump(result, sys.stdout, indent=1)
+    sys.stdout.write('\n')
+  else:
+    print(report(result))
+    os.makedirs(args.results_dir, exist_ok=True)
+    path = os.path.join(args.results_dir, f'batch-{result["started_utc"].replace(":", "")}.json')
+    with open(path, 'w', encoding='utf-8') as f:
+      json.dump(result, f, indent=1)
+      f.write('\n')
+    print(f'result: {os.path.relpath(path, REPO_ROOT)}')
+  failed = any(not v['runs_s'] for v in result['pipelines'])
+  return 1 if failed else 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
