@@ -401,31 +401,52 @@ def _emit(table: pa.Table, source: str, rows: np.ndarray, batch_size: int) -> It
       offset += n
 
 
-def _read_owned_lines(f, start: int, end: int) -> bytes:
-  """The bytes of the lines that start in [start, end), each with its newline."""
+_SLACK = 1 << 16  # read past a range's end in the same call, to finish its last line
+
+
+def _read_owned_lines(f, start: int, end: int) -> memoryview:
+  """The bytes of the lines that start in [start, end), each with its newline.
+
+  A view into one read (no copy of a range's tens of MiB on the happy path).
+  """
   seek_to = max(start - 1, 0)
   f.seek(seek_to)
-  data = _read_exactly(f, end - seek_to)
+  wanted = end - seek_to
+  data = _read_exactly(f, wanted + _SLACK)
+  lo, hi = 0, min(len(data), wanted)
   if start > 0:
     # The byte before `start` tells whether a line starts at `start`.
-    newline = data.find(b'\n')
-    if newline < 0:
-      return b''
-    data = data[newline + 1:]
-  if data and not data.endswith(b'\n'):
+    lo = data.find(b'\n', 0, hi) + 1
+    if lo == 0:
+      return memoryview(b'')
+  if lo >= hi:
+    return memoryview(b'')
+  if data[hi - 1] != 0x0A:
     # The last line started in the range: it is ours to its end.
-    parts = [data]
-    while True:
-      piece = f.read(1 << 16)
-      if not piece:
-        break
-      newline = piece.find(b'\n')
-      if newline >= 0:
-        parts.append(piece[:newline + 1])
-        break
-      parts.append(piece)
-    data = b''.join(parts)
-  return data
+    newline = data.find(b'\n', hi)
+    if newline >= 0:
+      hi = newline + 1
+    elif len(data) < wanted + _SLACK:
+      hi = len(data)  # the file ends within the slack
+    else:
+      parts = [data[lo:]]
+      while True:
+        piece = f.read(1 << 16)
+        if not piece:
+          break
+        newline = piece.find(b'\n')
+        if newline >= 0:
+          parts.append(piece[:newline + 1])
+          break
+        parts.append(piece)
+      return memoryview(b''.join(parts))
+  return memoryview(data)[lo:hi]
+
+
+def _is_blank(data) -> bool:
+  if len(data) > 4096 and bytes(data[:4096]).strip():
+    return False
+  return not bytes(data).strip()
 
 
 def _first_line(path: str) -> bytes:
@@ -454,20 +475,26 @@ def _is_utf8(encoding: str) -> bool:
   return codecs.lookup(encoding).name == 'utf-8'
 
 
-def _to_utf8(data: bytes, encoding: str, keep_bad_lines: bool) -> Tuple[bytes, List[Tuple[int, str]]]:
+def _valid_utf8(data) -> bool:
+  """Arrow's (SIMD) UTF-8 validation, without decoding to a Python str."""
+  offsets = pa.py_buffer(np.array([0, len(data)], dtype=np.int64))
+  try:
+    pa.LargeStringArray.from_buffers(1, offsets, pa.py_buffer(data)).validate(full=True)
+    return True
+  except pa.ArrowInvalid:
+    return False
+
+
+def _to_utf8(data, encoding: str, keep_bad_lines: bool) -> Tuple[Any, List[Tuple[int, str]]]:
   """(data as UTF-8, [(0-based line index, line text)] of lines with bad bytes).
 
   Bad lines are kept (with U+FFFD) or blanked, keeping the line count. The
   happy path is one C-speed decode (none for valid UTF-8 input: no copy).
   """
   utf8 = _is_utf8(encoding)
-  if utf8:
-    try:
-      data.decode('utf-8')
-      return data, []
-    except UnicodeDecodeError:
-      pass
-  text = data.decode(encoding, errors=_MARK_ERRORS)
+  if utf8 and _valid_utf8(data):
+    return data, []
+  text = codecs.decode(data, encoding, _MARK_ERRORS)
   if _BAD_BYTES_MARK not in text:
     return (data if utf8 else text.encode('utf-8')), []
   # Rare: per-line Python to find and set aside the bad lines.
@@ -481,8 +508,14 @@ def _to_utf8(data: bytes, encoding: str, keep_bad_lines: bool) -> Tuple[bytes, L
   return '\n'.join(lines).encode('utf-8'), bad
 
 
-def _line_count(data: bytes) -> int:
-  return data.count(b'\n') + (1 if data and not data.endswith(b'\n') else 0)
+def _line_count(data) -> int:
+  if not len(data):
+    return 0
+  if isinstance(data, bytes):
+    newlines = data.count(b'\n')
+  else:
+    newlines = int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == 0x0A))
+  return newlines + (0 if data[-1] in (0x0A, b'\n') else 1)
 
 
 def _to_string(table: pa.Table, names) -> pa.Table:
@@ -554,6 +587,7 @@ class _CsvReader:
     key = (path, options)
     if key not in self._headers:
       line, _ = _to_utf8(_first_line(path), options.encoding, keep_bad_lines=True)
+      line = bytes(line)
       if line.startswith(codecs.BOM_UTF8):
         line = line[len(codecs.BOM_UTF8):]
       if not line.strip():
@@ -575,7 +609,7 @@ class _CsvReader:
     source = path if start == 0 else f'{path}@{start}'
     with _open(path) as f:
       raw = _read_owned_lines(f, start, rng.end)
-    if not raw.strip():
+    if _is_blank(raw):
       return
     data, bad_lines = _to_utf8(raw, options.encoding, keep_bad_lines=True)
     # Record numbers (pyarrow's numbering: blank lines are not records) of
@@ -688,9 +722,10 @@ def _read_jsonl(rng: _Range, options: JsonOptions):
   source = path if start == 0 else f'{path}@{start}'
   with _open(path) as f:
     raw = _read_owned_lines(f, start, rng.end)
-  if not raw.strip():
+  if _is_blank(raw):
     return
   data, bad_lines = _to_utf8(raw, 'utf-8', keep_bad_lines=False)
+  data = bytes(data)  # JSON Lines' slow paths search and split the bytes
   for i, text in bad_lines:
     yield dead_letter(source, position(i + 1), 'bad_encoding', record=text, detail='bytes not valid in utf-8',
                       stage=STAGE)
