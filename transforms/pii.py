@@ -562,7 +562,11 @@ def _restore_type(values: pa.Array, original: pa.DataType) -> pa.Array:
   if _is_string_type(original):
     return values.cast(original)
   if pa.types.is_dictionary(original) and _is_string_type(original.value_type):
-    return pc.dictionary_encode(values).cast(original)
+    encoded = pc.dictionary_encode(values)
+    try:
+      return encoded.cast(original)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+      return encoded  # more distinct pseudonyms (one per tenant) than narrow indices can hold
   return values  # e.g. an int64 id: pseudonyms are text, the column becomes string
 
 

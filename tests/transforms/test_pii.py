@@ -346,3 +346,21 @@ def test_keep_pii_passes_everything_through(key):
                                                   options=PiiOptions(redact=False))
     assert_that(result.records | beam.Map(lambda b: b.equals(batch)), equal_to([True]), label='Same')
     assert_that(result.findings, equal_to([]), label='NoFindings')
+
+
+def test_redact_pii_in_a_streaming_pipeline(key, scanner):
+  from apache_beam.options.pipeline_options import StandardOptions  # pylint: disable=import-outside-toplevel
+  from apache_beam.testing.test_stream import TestStream  # pylint: disable=import-outside-toplevel
+  from apache_beam.transforms import window  # pylint: disable=import-outside-toplevel
+  batch = _events()
+  options = beam.options.pipeline_options.PipelineOptions()
+  options.view_as(StandardOptions).streaming = True
+  stream = (TestStream().add_elements([window.TimestampedValue(batch.slice(0, 1), 10)])
+            .advance_watermark_to(70).add_elements([window.TimestampedValue(batch.slice(1), 80)])
+            .advance_watermark_to_infinity())
+  with TestPipeline(options=options) as p:
+    result = p | stream | RedactPII('listening_event', master_key=key)
+    per_minute = (result.findings | beam.WindowInto(window.FixedWindows(60))
+                  | beam.CombinePerKey(sum) | beam.Filter(lambda kv: kv[0] == 'PSEUDONYMISED:user_id')
+                  | beam.Map(lambda kv, w=beam.DoFn.WindowParam: (int(w.start), kv[1])))
+    assert_that(per_minute, equal_to([(0, 1), (60, 2)]))
