@@ -3,9 +3,9 @@
 `templates/spotify_batch/metadata.json` tells Dataflow (console form,
 `gcloud dataflow flex-template run` validation) which parameters the template
 takes. It is generated from the argparse actions that
-`pipelines.options.SpotifyBatchOptions._add_argparse_args` registers, so the
-options class stays the single statement of every flag, its help, default,
-choices and type. `tests/templates/test_metadata.py` fails when the committed
+`pipelines.options.SpotifyBatchOptions._add_argparse_args` (and the launcher's
+own `FlexTemplateOptions`) register, so the options classes stay the single
+statement of every flag, its help, default, choices and type. `tests/templates/test_metadata.py` fails when the committed
 file drifts from what this module produces.
 
 Mapping of an argparse action to a Flex Template parameter:
@@ -36,9 +36,11 @@ import sys
 from typing import Any, Optional
 
 from pipelines.options import SpotifyBatchOptions
+from templates.spotify_batch.main import SECRET_VERSION_PATTERN, FlexTemplateOptions
 from transforms.entities import ENTITIES
 
 __all__ = [
+    'OPTIONS_CLASSES',
     'METADATA_PATH',
     'REGENERATE_COMMAND',
     'PARAMETER_RULES',
@@ -52,6 +54,9 @@ __all__ = [
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 METADATA_PATH = REPO_ROOT / 'templates' / 'spotify_batch' / 'metadata.json'
 REGENERATE_COMMAND = 'python -m templates.generate_metadata'
+
+# The template's parameters, in this order: the pipeline's, then the launcher's.
+OPTIONS_CLASSES = (SpotifyBatchOptions, FlexTemplateOptions)
 
 TEMPLATE_NAME = 'Spotify batch ingestion'
 TEMPLATE_DESCRIPTION = (
@@ -69,6 +74,9 @@ PARAMETER_RULES: dict[str, dict[str, Any]] = {
     },
     'entity': {
         'choices': tuple(ENTITIES)
+    },
+    'pii_key_secret': {
+        'regexes': [SECRET_VERSION_PATTERN]
     },
 }
 
@@ -139,13 +147,16 @@ def parameter_metadata(action: argparse.Action) -> dict[str, Any]:
   return parameter
 
 
-def template_metadata(options_class: type = SpotifyBatchOptions) -> dict[str, Any]:
-  """The whole Flex Template metadata document for `options_class`."""
+def template_metadata(options_classes: tuple[type, ...] = OPTIONS_CLASSES) -> dict[str, Any]:
+  """The whole Flex Template metadata document for `options_classes`."""
   return {
       'name': TEMPLATE_NAME,
       'description': TEMPLATE_DESCRIPTION,
       'streaming': False,
-      'parameters': [parameter_metadata(action) for action in option_actions(options_class)],
+      'parameters': [
+          parameter_metadata(action) for options_class in options_classes
+          for action in option_actions(options_class)
+      ],
   }
 
 

@@ -11,6 +11,12 @@ in the Dockerfile) with the job's parameters and Dataflow's own options, all as
   2.77 Python 3.11 image, set in the Dockerfile) unless the job sets
   `--sdk_container_image` itself.
 
+It also takes one option of its own, `--pii_key_secret` (`FlexTemplateOptions`):
+a Secret Manager secret version holding the PII master key. Dataflow cannot
+pass environment variables or files to the launcher, so the launcher reads the
+key from there into `PII_MASTER_KEY` before the pipeline starts; the option
+itself is not passed on.
+
 Locally it runs the same way, e.g. on the DirectRunner::
 
     python templates/spotify_batch/main.py --input=data.csv --output=out --keep_pii=false
@@ -23,6 +29,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import sys
 from typing import Iterable, Optional
 
@@ -32,15 +39,59 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
   sys.path.insert(0, str(REPO_ROOT))
 
-__all__ = ['SDK_CONTAINER_IMAGE_ENV', 'LauncherError', 'flag_option_names', 'to_beam_argv', 'main']
+from apache_beam.options.pipeline_options import PipelineOptions
+
+__all__ = [
+    'SDK_CONTAINER_IMAGE_ENV',
+    'PII_KEY_ENV',
+    'FlexTemplateOptions',
+    'LauncherError',
+    'flag_option_names',
+    'split_launcher_options',
+    'to_beam_argv',
+    'main',
+]
 
 SDK_CONTAINER_IMAGE_ENV = 'BEAM_SDK_CONTAINER_IMAGE'
+# Same as transforms.pii.PII_KEY_ENV, read when the pipeline is constructed.
+PII_KEY_ENV = 'PII_MASTER_KEY'
+SECRET_VERSION_PATTERN = r'^projects/[^/]+/secrets/[^/]+/versions/[^/]+$'
 _TRUE = frozenset({'true', '1', 'yes'})
 _FALSE = frozenset({'false', '0', 'no', ''})
 
 
 class LauncherError(ValueError):
   """A parameter the launcher cannot pass on; the message names it."""
+
+
+class FlexTemplateOptions(PipelineOptions):
+  """Options of the Flex Template launcher itself, consumed before the pipeline runs."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument(
+        '--pii_key_secret',
+        help='Secret Manager secret version holding the PII master key, as '
+        'projects/PROJECT/secrets/NAME/versions/VERSION. Read at launch into PII_MASTER_KEY; '
+        'use it instead of --pii_key_file on Dataflow.')
+
+
+def split_launcher_options(argv: Iterable[str]) -> tuple[list[str], FlexTemplateOptions]:
+  """(argv without the launcher's own options, those options)."""
+  parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+  FlexTemplateOptions._add_argparse_args(parser)  # pylint: disable=protected-access
+  known, rest = parser.parse_known_args(list(argv))
+  return rest, FlexTemplateOptions.from_dictionary({k: v for k, v in vars(known).items() if v is not None})
+
+
+def _read_secret(version_name: str) -> str:
+  from apache_beam.utils.secret import GcpSecret
+
+  try:
+    return GcpSecret(version_name).get_secret_bytes().decode('ascii')
+  except Exception as error:  # pylint: disable=broad-except
+    # The secret's name, never its payload.
+    raise LauncherError(f'cannot read pii_key_secret {version_name}: {type(error).__name__}') from None
 
 
 def flag_option_names() -> frozenset[str]:
@@ -84,14 +135,20 @@ def to_beam_argv(parameters: Iterable[str], environ: Optional[dict] = None) -> l
 
 def main(argv: Optional[list[str]] = None) -> int:
   logging.getLogger().setLevel(logging.INFO)
-  try:
-    beam_argv = to_beam_argv(sys.argv[1:] if argv is None else argv)
-  except LauncherError as error:
-    print(f'spotify_batch launcher: {error}', file=sys.stderr)
-    return 2
   from pipelines import spotify_batch
 
-  manifest = spotify_batch.run(beam_argv)
+  try:
+    pipeline_argv, launcher_options = split_launcher_options(sys.argv[1:] if argv is None else argv)
+    beam_argv = to_beam_argv(pipeline_argv)
+    if launcher_options.pii_key_secret:
+      if not re.match(SECRET_VERSION_PATTERN, launcher_options.pii_key_secret):
+        raise LauncherError(f'pii_key_secret {launcher_options.pii_key_secret!r} is not '
+                            'projects/PROJECT/secrets/NAME/versions/VERSION')
+      os.environ[PII_KEY_ENV] = _read_secret(launcher_options.pii_key_secret)
+    manifest = spotify_batch.run(beam_argv)
+  except (LauncherError, spotify_batch.UsageError, spotify_batch.ConfigError) as error:
+    print(f'spotify_batch launcher: {error}', file=sys.stderr)
+    return 2
   # One line for the launcher log; the full manifest is in the output's _manifest.json.
   summary = {key: manifest[key] for key in ('run_id', 'output') if isinstance(manifest, dict) and key in manifest}
   logging.info('spotify_batch finished: %s', json.dumps(summary, default=str))

@@ -147,12 +147,17 @@ def test_launcher_runs_the_pipeline_on_the_direct_runner(tmp_path):
   assert '11' * 32 not in result.stdout + result.stderr + manifest_path.read_text(encoding='utf-8')
 
 
-def test_launcher_rejects_a_bad_boolean_with_a_clear_message(tmp_path):
-  result = subprocess.run([sys.executable, str(LAUNCHER), '--keep_pii=perhaps'],
+@pytest.mark.parametrize('argument,named', [
+    ('--keep_pii=perhaps', 'keep_pii'),
+    ('--pii_key_secret=pii-master-key', 'pii_key_secret'),
+    ('--no_such_parameter=1', 'no_such_parameter'),
+])
+def test_launcher_rejects_bad_parameters_with_a_clear_message(tmp_path, argument, named):
+  result = subprocess.run([sys.executable, str(LAUNCHER), argument, f'--output={tmp_path / "out"}'],
                           cwd=tmp_path,
                           capture_output=True,
                           text=True,
                           timeout=120,
                           check=False)
-  assert result.returncode == 2
-  assert 'keep_pii' in result.stderr and 'Traceback' not in result.stderr
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert named in result.stderr and 'Traceback' not in result.stderr

@@ -96,9 +96,10 @@ def _validator():
   return jsonschema.Draft202012Validator(FLEX_TEMPLATE_METADATA_SCHEMA, format_checker=jsonschema.FormatChecker())
 
 
-def _options_parser():
+def _options_parser(options_classes=generate_metadata.OPTIONS_CLASSES):
   parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-  SpotifyBatchOptions._add_argparse_args(parser)  # pylint: disable=protected-access
+  for options_class in options_classes:
+    options_class._add_argparse_args(parser)  # pylint: disable=protected-access
   return parser
 
 
@@ -128,8 +129,9 @@ def test_check_mode_reports_drift_with_the_regenerate_command(tmp_path):
 
 def test_every_option_becomes_a_parameter_with_its_help_default_and_choices(committed_metadata):
   parameters = {parameter['name']: parameter for parameter in committed_metadata['parameters']}
-  actions = generate_metadata.option_actions()
+  actions = [action for cls in generate_metadata.OPTIONS_CLASSES for action in generate_metadata.option_actions(cls)]
   assert list(parameters) == [action.dest for action in actions]
+  assert {action.dest for action in generate_metadata.option_actions(SpotifyBatchOptions)} < set(parameters)
   for action in actions:
     parameter = parameters[action.dest]
     assert parameter['helpText'].startswith(action.help)
@@ -180,9 +182,18 @@ def test_parameter_names_are_flags_the_options_parse(committed_metadata):
     # As Dataflow passes it, through the launcher's boolean handling.
     argv = launcher.to_beam_argv([f'--{parameter["name"]}={value}'], environ={})
     known, unknown = parser.parse_known_args(argv)
-    assert not unknown, f'parameter {parameter["name"]} is not an option of SpotifyBatchOptions: {unknown}'
+    assert not unknown, f'parameter {parameter["name"]} is not an option of the pipeline or launcher: {unknown}'
     expected = {'NUMBER': int, 'BOOLEAN': lambda text: text == 'true'}.get(parameter['paramType'], str)(value)
     assert getattr(known, parameter['name']) == expected, parameter['name']
+
+
+def test_launcher_takes_its_own_options_out_of_the_pipeline_argv():
+  argv, options = launcher.split_launcher_options(
+      ['--input=a.csv', '--pii_key_secret=projects/p/secrets/pii/versions/3', '--tenant_id', 'acme'])
+  assert argv == ['--input=a.csv', '--tenant_id', 'acme']
+  assert options.pii_key_secret == 'projects/p/secrets/pii/versions/3'
+  known, unknown = _options_parser((SpotifyBatchOptions,)).parse_known_args(argv)
+  assert not unknown and known.tenant_id == 'acme'
 
 
 def test_launcher_turns_dataflow_booleans_into_flags():
@@ -214,6 +225,8 @@ def test_regexes_accept_defaults_and_reject_bad_values(committed_metadata):
   assert not accepts('tenant_id', 'Acme Music')
   assert not accepts('tenant_id', '-acme')
   assert not accepts('output_format', 'csv')
+  assert accepts('pii_key_secret', 'projects/p/secrets/pii-master-key/versions/latest')
+  assert not accepts('pii_key_secret', 'pii-master-key')
   assert not accepts('num_shards', 'four')
   assert not accepts('keep_pii', 'maybe')
 
