@@ -98,6 +98,10 @@ start_one() {
   local name="$1" port pid CMD
   port="$("${name}_port")"
   if pid="$(live_pid "${name}")"; then
+    "${name}_command"
+    if ! tr '\0' ' ' <"/proc/${pid}/cmdline" | grep -qF -- "${CMD[*]}"; then
+      die "${name}: pid ${pid} runs it with other settings (port?); run: scripts/services.sh stop ${name}"
+    fi
     if wait_for_port "${name}" "${port}" "${pid}"; then
       log "${name}: already running (pid ${pid}, port ${port})"
       return 0

@@ -169,3 +169,13 @@ def test_split_reads_cover_every_row_once(object_store_env, extension, make):
     outputs = p | ReadFromFiles(url, options=FileOptions(split_size_bytes=4096, batch_size=500))
     assert_that(outputs.records | beam.FlatMap(provenance_and_ms_played), check)
     assert_that(outputs.dead_letter, equal_to([]), label='NoDeadLetters')
+
+
+def test_unreadable_remote_file_is_one_dead_letter(object_store_env):
+  good = object_store_env.upload('mixed/good.jsonl', _jsonl(ROWS))
+  bad = object_store_env.upload('mixed/bad.parquet', b'PAR1 but not really parquet')
+  with TestPipeline(options=pipeline_options(object_store_env.beam_args)) as p:
+    outputs = p | ReadFromFiles(object_store_env.url('mixed/*'))
+    assert_that(outputs.records | beam.FlatMap(_rows_with_provenance), equal_to(_expected(good, 1)))
+    assert_that(outputs.dead_letter | beam.Map(lambda d: (d['source'], d['reason'], d['count'])),
+                equal_to([(bad, 'corrupt_file', 1)]), label='OneDeadLetter')
