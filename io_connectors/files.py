@@ -114,6 +114,7 @@ __all__ = [
     'ReadFromAvro',
     'ReadFromExcel',
     'ReadFromFiles',
+    'RecordBatchCoder',
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -1077,6 +1078,36 @@ def _read_sheet(worksheet, source: str, options: ExcelOptions):
 # The transforms
 
 
+class RecordBatchCoder(beam.coders.Coder):
+  """Arrow IPC for RecordBatches, with a size estimate that costs nothing.
+
+  Beam samples output elements to estimate their size; with the default
+  PickleCoder every sample pickles a whole batch (about a fifth of a CSV
+  read's time in measurements). `batch.nbytes` adds up buffer sizes instead.
+  """
+
+  def encode(self, value: pa.RecordBatch) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, value.schema) as writer:
+      writer.write_batch(value)
+    return sink.getvalue().to_pybytes()
+
+  def decode(self, encoded: bytes) -> pa.RecordBatch:
+    return pa.ipc.open_stream(encoded).read_next_batch()
+
+  def estimate_size(self, value) -> int:
+    return value.nbytes
+
+  def is_deterministic(self) -> bool:
+    return False
+
+  def to_type_hint(self):
+    return pa.RecordBatch
+
+
+beam.coders.registry.register_coder(pa.RecordBatch, RecordBatchCoder)
+
+
 class _ReadRangeFn(beam.DoFn):
   """Reads one range: RecordBatches on the main output, dead letters tagged."""
 
@@ -1134,7 +1165,11 @@ class _ReadFormat(beam.PTransform):
         # Spreads the ranges of one large file over the workers.
         | 'Spread' >> beam.Reshuffle())
     result = ranges | 'Read' >> beam.ParDo(_ReadRangeFn(self._options)).with_outputs(DEAD_LETTER, main='records')
-    return Outputs(result.records, result[DEAD_LETTER])
+    records, dead_letters = result.records, result[DEAD_LETTER]
+    # Typed outputs pick RecordBatchCoder (and a dict coder) over pickling.
+    records.element_type = pa.RecordBatch
+    dead_letters.element_type = Dict[str, Any]
+    return Outputs(records, dead_letters)
 
 
 class ReadFromCsv(_ReadFormat):
