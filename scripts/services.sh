@@ -56,6 +56,16 @@ gcs_env() {
   # STORAGE_EMULATOR_HOST when it is set.
   echo "export STORAGE_EMULATOR_HOST=http://127.0.0.1:$(gcs_port)"
   echo "export GOOGLE_CLOUD_PROJECT=test-project"
+  # Beam 2.77 looks up credentials before building its client and retries
+  # ~20 s when there are none; a dummy never-expiring token (never sent
+  # anywhere but the emulator, which ignores it) answers at once.
+  local credentials="${STATE_DIR}/gcs-emulator-credentials.json"
+  if [[ ! -f "${credentials}" ]]; then
+    mkdir -p "${STATE_DIR}"
+    echo '{"type": "authorized_user", "client_id": "emulator", "client_secret": "emulator",' \
+      '"refresh_token": "emulator", "token": "emulator", "expiry": "2999-01-01T00:00:00Z"}' >"${credentials}"
+  fi
+  echo "export GOOGLE_APPLICATION_CREDENTIALS=${credentials}"
 }
 
 # --- generic machinery -------------------------------------------------------
