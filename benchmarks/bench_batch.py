@@ -281,6 +281,19 @@ def report(result: dict) -> str:
   return '\n'.join(lines)
 
 
+def _join_pipeline_args(argv: List[str]) -> List[str]:
+  """`--pipeline-args "--flag"` as `--pipeline-args=--flag`: argparse would take the value for an option."""
+  joined, i = [], 0
+  while i < len(argv):
+    if argv[i] == '--pipeline-args' and i + 1 < len(argv):
+      joined.append(f'--pipeline-args={argv[i + 1]}')
+      i += 2
+    else:
+      joined.append(argv[i])
+      i += 1
+  return joined
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(prog='bench_batch.py', description=__doc__.split('\n\n')[0])
   parser.add_argument('--rows', type=int, default=1_000_000, help='rows of the generated CSV (default 1000000)')
@@ -294,7 +307,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--timeout', type=float, default=3600.0, help='seconds per pipeline run (default 3600)')
   parser.add_argument('--json', action='store_true', help='print the JSON result to stdout instead of a file')
   parser.add_argument('--results-dir', default=DEFAULT_RESULTS_DIR, help='where the JSON result is written')
-  args = parser.parse_args(argv)
+  args = parser.parse_args(_join_pipeline_args(sys.argv[1:] if argv is None else list(argv)))
   options = BenchOptions(rows=args.rows, seed=args.seed, data_dir=args.data_dir, baseline_runs=args.baseline_runs,
                          pipeline_runs=args.pipeline_runs, pipeline_args=args.pipeline_args or [''],
                          baseline_only=args.baseline_only, timeout_s=args.timeout)

@@ -279,7 +279,8 @@ def test_bench_batch_baseline_only_runs_on_generated_data(tmp_path):
   done = subprocess.run([
       sys.executable,
       os.path.join(REPO_ROOT, 'benchmarks', 'bench_batch.py'), '--rows', '5000', '--data-dir',
-      str(tmp_path / 'data'), '--baseline-only', '--baseline-runs', '2', '--json'
+      str(tmp_path / 'data'), '--baseline-only', '--baseline-runs', '2', '--json', '--pipeline-args',
+      '--keep_pii'
   ],
                         capture_output=True, text=True, cwd=REPO_ROOT, check=True)
   result = json.loads(done.stdout)
