@@ -681,7 +681,23 @@ def _parse_json_lines(data: bytes, string_columns) -> pa.Table:
   # Only columns the data names go into the explicit schema (it would add
   # the others as all-null columns).
   as_text = [c for c in string_columns if json.dumps(c).encode('utf-8') in data]
-  cast_after = []
+  cast_after: List[str] = []
+  if as_text and len(data) > 4 * _JSON_SAMPLE_BYTES:
+    # Text columns that hold numbers fail a whole parse; learn them from a
+    # sample first so that the full parse usually runs once.
+    cut = data.find(b'\n', _JSON_SAMPLE_BYTES)
+    try:
+      _parse_json_text_columns(data[:cut + 1] if cut >= 0 else data, as_text, cast_after)
+    except pa.ArrowInvalid:
+      pass  # the full parse below reports it
+  return _parse_json_text_columns(data, as_text, cast_after)
+
+
+_JSON_SAMPLE_BYTES = 1 << 18
+
+
+def _parse_json_text_columns(data: bytes, as_text: List[str], cast_after: List[str]) -> pa.Table:
+  """Parses with `as_text` columns as strings; moves those holding non-strings to `cast_after`."""
   read_options = pa_json.ReadOptions(use_threads=False, block_size=max(min(len(data) + 1, 1 << 30), 1 << 20))
   while True:
     parse_options = pa_json.ParseOptions(explicit_schema=pa.schema([(c, pa.string()) for c in as_text]),

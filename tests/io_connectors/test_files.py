@@ -173,6 +173,18 @@ def test_csv_split_into_many_ranges_yields_every_row_once(tmp_path):
   assert first_line + int(dead['position'].split()[1]) - 1 == 1500
 
 
+def test_csv_lines_longer_than_a_range_and_no_header(tmp_path):
+  long_value = 'v' * 200_000  # longer than the range and than the read-ahead slack
+  content = f'1,a\n2,{long_value}\n3,c\n4,d'.encode()  # no newline at the end
+  path = write(tmp_path, 'long.csv', content)
+  result = read(tmp_path, ReadFromCsv(path, CsvOptions(header=False, split_size_bytes=1000)))
+  rows = result.rows()
+  assert sorted(r[2]['f0'] for r in rows) == [1, 2, 3, 4]
+  assert [r[2]['f1'] for r in rows if r[2]['f0'] == 2] == [long_value]
+  assert (path, 1, {'f0': 1, 'f1': 'a'}) in rows  # no header: the first record is row 1
+  assert result.dead_letters == []
+
+
 def test_csv_quoted_newlines_when_enabled(tmp_path):
   path = write(tmp_path, 'notes.csv', 'id,note\n1,"two\nlines"\n2,plain\n')
   result = read(tmp_path, ReadFromCsv(path, CsvOptions(newlines_in_values=True, split_size_bytes=5)))
@@ -433,6 +445,14 @@ def test_read_from_files_picks_each_format(tmp_path):
   result = read(tmp_path, ReadFromFiles(str(tmp_path / '*')))
   assert [(r[0], r[1], r[2]['id']) for r in result.rows()] == [(csv_path, 2, 1), (jsonl_path, 1, 2),
                                                                 (parquet_path, 1, 0)]
+
+
+def test_read_from_files_rejects_a_matched_file_of_unknown_format(tmp_path):
+  write(tmp_path, 'a.csv', 'id\n1\n')
+  write(tmp_path, 'notes.md', 'not data\n')
+  with pytest.raises(Exception, match=r"notes\.md.*known extensions"):
+    with TestPipeline() as p:
+      _ = p | ReadFromFiles(str(tmp_path / '*'))
 
 
 def test_registry_builds_readers_and_rejects_unknown_keys(tmp_path):
