@@ -309,7 +309,10 @@ class _MatchFn(beam.DoFn):
       result = FileSystems.match([pattern])[0]
     except Exception as e:  # pylint: disable=broad-except
       raise FileNotFoundError(f'cannot list files matching {pattern!r}: {e}') from None
-    files = sorted((m for m in result.metadata_list if not m.path.endswith('/')), key=lambda m: m.path)
+    # Object stores list "folder/" placeholders and local globs directories: not files.
+    files = sorted((m for m in result.metadata_list
+                    if not m.path.endswith('/') and not ('://' not in m.path and os.path.isdir(m.path))),
+                   key=lambda m: m.path)
     if not files:
       raise FileNotFoundError(f'no file matches the pattern {pattern!r}')
     yield from files
@@ -591,15 +594,15 @@ class _CsvReader:
       line = bytes(line)
       if line.startswith(codecs.BOM_UTF8):
         line = line[len(codecs.BOM_UTF8):]
-      if not line.strip():
-        names = None
-      else:
-        table = pa_csv.read_csv(
-            pa.BufferReader(line),
-            read_options=pa_csv.ReadOptions(use_threads=False, autogenerate_column_names=not options.header),
-            parse_options=self._parse_options(options, path),
-            convert_options=pa_csv.ConvertOptions(column_types={}))
-        names = table.column_names
+      names = None
+      if line.strip():
+        try:
+          names = pa_csv.read_csv(
+              pa.BufferReader(line),
+              read_options=pa_csv.ReadOptions(use_threads=False, autogenerate_column_names=not options.header),
+              parse_options=self._parse_options(options, path)).column_names
+        except pa.ArrowInvalid:
+          pass  # the range then fails to parse and is dead-lettered whole
       if len(self._headers) > 256:
         self._headers.clear()
       self._headers[key] = names
@@ -642,8 +645,10 @@ class _CsvReader:
       invalid.append((row.number, row.text, row.expected_columns, row.actual_columns))
       return 'skip'
 
+    # Only an empty field is null: pyarrow's default null markers would also
+    # null "NA" (Namibia's country code), "NULL", "N/A" and "nan" as text.
     convert_options = pa_csv.ConvertOptions(column_types={c: pa.string() for c in options.string_columns},
-                                            strings_can_be_null=True)
+                                            null_values=[''], strings_can_be_null=True)
     try:
       table = pa_csv.read_csv(pa.BufferReader(data), read_options=read_options,
                               parse_options=self._parse_options(options, path, on_invalid_row),

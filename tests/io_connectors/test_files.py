@@ -90,10 +90,10 @@ def write(tmp_path, name, content):
 
 
 def test_csv_round_trip_types_unicode_nulls(tmp_path):
-  path = write(tmp_path, 'events.csv', 'event_id,ms_played,ratio,user_name,zip\n'
-               'e1,1000,0.5,Zoë,007\n'
-               'e2,,1.25,,010\n'
-               'e3,30,,東京,\n')
+  path = write(tmp_path, 'events.csv', 'event_id,ms_played,ratio,user_name,zip,country\n'
+               'e1,1000,0.5,Zoë,007,NA\n'
+               'e2,,1.25,,010,NULL\n'
+               'e3,30,,東京,,\n')
   result = read(tmp_path, ReadFromCsv(path, CsvOptions(string_columns=['zip', 'event_id'])))
   assert result.dead_letters == []
   table = result.table
@@ -101,9 +101,12 @@ def test_csv_round_trip_types_unicode_nulls(tmp_path):
   assert table.schema.field('ratio').type == pa.float64()
   assert table.schema.field('zip').type == pa.string()  # not inferred: leading zeros kept
   assert result.rows() == [
-      (path, 2, {'event_id': 'e1', 'ms_played': 1000, 'ratio': 0.5, 'user_name': 'Zoë', 'zip': '007'}),
-      (path, 3, {'event_id': 'e2', 'ms_played': None, 'ratio': 1.25, 'user_name': None, 'zip': '010'}),
-      (path, 4, {'event_id': 'e3', 'ms_played': 30, 'ratio': None, 'user_name': '東京', 'zip': None}),
+      (path, 2, {'event_id': 'e1', 'ms_played': 1000, 'ratio': 0.5, 'user_name': 'Zoë', 'zip': '007',
+                 'country': 'NA'}),  # Namibia, not a null marker
+      (path, 3, {'event_id': 'e2', 'ms_played': None, 'ratio': 1.25, 'user_name': None, 'zip': '010',
+                 'country': 'NULL'}),
+      (path, 4, {'event_id': 'e3', 'ms_played': 30, 'ratio': None, 'user_name': '東京', 'zip': None,
+                 'country': None}),
   ]
 
 
