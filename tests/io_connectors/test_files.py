@@ -1,12 +1,10 @@
 """File connectors on local files: every format, every read dead letter, ranges."""
 
 import datetime as dt
-import io
 import json
 import os
 import pickle
 
-import apache_beam as beam
 import fastavro
 import numpy as np
 import openpyxl
