@@ -3,12 +3,20 @@
 #
 # Usage:
 #   scripts/services.sh start  [NAME...]   # start (no-op for those already running); waits until each port answers
-#   scripts/services.sh stop   [NAME...]   # stop what this script started (a server it did not start is left alone)
+#   scripts/services.sh stop   [NAME...]   # stop what this script started (a server it did not start is left alone);
+#                                          # one leased by a live process is stopped when its last lease is released
 #   scripts/services.sh status [NAME...]   # one line per service; exit 3 if any is not running
 #   scripts/services.sh port NAME          # prints the service's port
 #   scripts/services.sh env    [NAME...]   # prints `export` lines that point clients at the services
 #   scripts/services.sh names              # prints the known service names
+#   scripts/services.sh use PID NAME...    # lease NAME for process PID, starting it if down (then it is
+#                                          # stopped when the last lease is released)
+#   scripts/services.sh release PID [NAME...]  # drop PID's leases
 # Without NAME, every known service.
+#
+# Leases let concurrent users share a server: test sessions (tests/conftest.py)
+# `use` what they need and `release` it at the end, so one session or
+# scripts/test.sh never stops a server under another one's feet.
 #
 # Services:
 #   moto  S3 (moto_server)                 port MOTO_PORT (default 5055)
@@ -126,6 +134,8 @@ start_one() {
   "${name}_command"
   [[ -x "${CMD[0]}" ]] || die "${name}: ${CMD[0]#"${REPO_ROOT}/"} not found; create the virtualenv first (scripts/test.sh does: pip install -e '.[test,aws,gcp]')"
   mkdir -p "${STATE_DIR}"
+  # A marker left by a server that died unstopped must not apply to this one.
+  rm -f "$(stop_when_free_file "${name}")"
   # setsid: the server gets its own process group, so an interrupt aimed at
   # the caller's terminal does not kill it half way and stop can signal it
   # whole. stdin/stdout/stderr detached so callers (CI) never wait on them;
@@ -158,8 +168,52 @@ wait_for_port() {
   done
 }
 
+lease_dir() { echo "${STATE_DIR}/leases"; }
+stop_when_free_file() { echo "${STATE_DIR}/$1.stop-when-free"; }
+
+# Pids of live processes holding a lease on NAME (stale leases are removed).
+live_leases() {
+  local name="$1" file pid
+  for file in "$(lease_dir)/${name}".*; do
+    [[ -e "${file}" ]] || continue
+    pid="${file##*.}"
+    if [[ "${pid}" =~ ^[0-9]+$ ]] && process_alive "${pid}"; then
+      echo "${pid}"
+    else
+      rm -f "${file}"
+    fi
+  done
+}
+
+use_one() {
+  local pid="$1" name="$2" port
+  port="$("${name}_port")"
+  mkdir -p "$(lease_dir)"
+  touch "$(lease_dir)/${name}.${pid}"
+  if ! port_answers "${port}"; then
+    start_one "${name}" || return 1
+    # Started for a lease holder: stop it when the last one is gone.
+    touch "$(stop_when_free_file "${name}")"
+  fi
+}
+
+release_one() {
+  local pid="$1" name="$2"
+  rm -f "$(lease_dir)/${name}.${pid}"
+  if [[ -f "$(stop_when_free_file "${name}")" && -z "$(live_leases "${name}")" ]]; then
+    stop_one "${name}"
+  fi
+}
+
 stop_one() {
-  local name="$1" pid i
+  local name="$1" pid i users
+  users="$(live_leases "${name}" | tr '\n' ' ')"
+  if [[ -n "${users}" ]]; then
+    touch "$(stop_when_free_file "${name}")"
+    log "${name}: in use by pid ${users% }; it stops when they release it"
+    return 0
+  fi
+  rm -f "$(stop_when_free_file "${name}")"
   if ! pid="$(live_pid "${name}")"; then
     rm -f "$(pid_file "${name}")"
     log "${name}: not running (nothing started by this script)"
@@ -197,15 +251,21 @@ env_one() {
 }
 
 main() {
-  local command="${1:-}" rc=0 name
+  local command="${1:-}" rc=0 name holder=
   [[ $# -gt 0 ]] && shift
+  if [[ "${command}" == use || "${command}" == release ]]; then
+    holder="${1:-}"
+    [[ "${holder}" =~ ^[0-9]+$ ]] || die "${command} needs the pid of the process that holds the lease first"
+    shift
+    [[ "${command}" == release || $# -gt 0 ]] || die "use needs at least one service name"
+  fi
   local names=("$@")
   [[ ${#names[@]} -gt 0 ]] || names=("${SERVICES[@]}")
   case "${command}" in
-    start|stop|status|env|port) ;;
+    start|stop|status|env|port|use|release) ;;
     names) printf '%s\n' "${SERVICES[@]}"; return 0 ;;
-    -h|--help|help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; return 0 ;;
-    *) die "unknown command '${command}' (expected start, stop, status, port, env or names)" ;;
+    -h|--help|help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; return 0 ;;
+    *) die "unknown command '${command}' (expected start, stop, status, port, env, names, use or release)" ;;
   esac
   for name in "${names[@]}"; do
     known "${name}" || die "unknown service '${name}' (known: ${SERVICES[*]})"
@@ -215,7 +275,7 @@ main() {
     "${names[0]}_port"
     return 0
   fi
-  if [[ "${command}" == start || "${command}" == stop ]]; then
+  if [[ "${command}" != status && "${command}" != env ]]; then
     # Serialise concurrent starts/stops (parallel test workers, a developer's
     # shell and CI) so two callers never launch the same server twice.
     mkdir -p "${STATE_DIR}"
@@ -223,7 +283,11 @@ main() {
     flock 9
   fi
   for name in "${names[@]}"; do
-    "${command}_one" "${name}" || rc=$?
+    if [[ -n "${holder}" ]]; then
+      "${command}_one" "${holder}" "${name}" || rc=$?
+    else
+      "${command}_one" "${name}" || rc=$?
+    fi
   done
   return "${rc}"
 }

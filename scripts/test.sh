@@ -10,7 +10,8 @@
 # 2. Starts the local test servers (scripts/services.sh) that are not running.
 # 3. Runs .venv/bin/python -m pytest tests -q with the given arguments (without
 #    `tests` when they name test files or folders).
-# 4. Stops the servers it started, however pytest ends.
+# 4. Stops the servers it started, however pytest ends (one that another test
+#    session still uses is stopped when that session ends).
 # Exits with pytest's status; "no tests collected" (pytest's 5) fails too.
 #
 # Environment:

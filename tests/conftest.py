@@ -2,8 +2,8 @@
 
 Servers run on 127.0.0.1, started by `scripts/services.sh` (scripts/test.sh
 starts them all before pytest). A fixture reuses a server that already answers
-on its port, else starts it; the session stops at its end the servers that
-were not running when it started.
+on its port, else starts it; a server a session started is stopped when the
+last session using it ends (leases kept by scripts/services.sh).
 
 Object stores (a fresh bucket per test)::
 
@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
-import socket
 import subprocess
 import uuid
 from typing import Callable, List
@@ -49,14 +49,6 @@ def pipeline_options(beam_args=(), **flags) -> PipelineOptions:
   return PipelineOptions(list(beam_args), **flags)
 
 
-def _port_answers(port: int) -> bool:
-  try:
-    with socket.create_connection(('127.0.0.1', port), timeout=1):
-      return True
-  except OSError:
-    return False
-
-
 def _services(*args: str) -> str:
   result = subprocess.run(['bash', str(SERVICES_SCRIPT), *args],
                           capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
@@ -66,37 +58,26 @@ def _services(*args: str) -> str:
   return result.stdout.strip()
 
 
+# The process that holds this session's leases on services: the main pytest
+# process (xdist workers inherit the variable when they are spawned).
+_LEASE_PID_VARIABLE = 'TESTS_SERVICES_LEASE_PID'
+os.environ.setdefault(_LEASE_PID_VARIABLE, str(os.getpid()))
+
+
 def ensure_service(name: str) -> int:
-  """The port of service `name`, started first when nothing answers there."""
-  port = int(_services('port', name))
-  if not _port_answers(port):
-    _services('start', name)
-  return port
+  """The port of service `name`, leased for this session and started if down.
 
-
-# Services stopped when the session started; the session stops them at its end.
-_STOPPED_AT_START = pytest.StashKey[list]()
-
-
-def _is_xdist_worker(config) -> bool:
-  return hasattr(config, 'workerinput')
-
-
-def pytest_sessionstart(session):
-  # Only the main process decides (under pytest-xdist, workers come and go
-  # while others may still use a server).
-  if not _is_xdist_worker(session.config):
-    session.config.stash[_STOPPED_AT_START] = [
-        name for name in _services('names').split() if not _port_answers(int(_services('port', name)))
-    ]
+  A server this session started is stopped when the session ends, unless
+  another session still uses it (then the last one to finish stops it).
+  """
+  _services('use', os.environ[_LEASE_PID_VARIABLE], name)
+  return int(_services('port', name))
 
 
 def pytest_sessionfinish(session):
-  if not _is_xdist_worker(session.config):
-    started = [name for name in session.config.stash.get(_STOPPED_AT_START, [])
-               if _port_answers(int(_services('port', name)))]
-    if started:
-      _services('stop', *started)
+  lease_pid = os.environ[_LEASE_PID_VARIABLE]
+  if lease_pid == str(os.getpid()) and list((REPO_ROOT / '.cache' / 'services' / 'leases').glob(f'*.{lease_pid}')):
+    _services('release', lease_pid)
 
 
 @dataclasses.dataclass
