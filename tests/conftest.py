@@ -74,7 +74,7 @@ def ensure_service(name: str) -> int:
   return int(_services('port', name))
 
 
-def pytest_sessionfinish(session):
+def pytest_sessionfinish():
   lease_pid = os.environ[_LEASE_PID_VARIABLE]
   if lease_pid == str(os.getpid()) and list((REPO_ROOT / '.cache' / 'services' / 'leases').glob(f'*.{lease_pid}')):
     _services('release', lease_pid)
