@@ -55,6 +55,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import regex
 
 from transforms.entities import PII_FREE_TEXT, PII_IDENTIFIER, entity_model, field_rules
 from transforms.records import INTERNAL_COLUMNS, ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN
@@ -275,6 +276,9 @@ _PREFILTERS = {
     'IP_ADDRESS': r'[0-9]\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]|[0-9A-Fa-f:]:|:[0-9A-Fa-f]',
     URL_WITH_CREDENTIALS: r'(?s)://.*@',
 }
+# The same prefilters for the Python path (the `regex` module reads \p{..} like RE2).
+_PREFILTERS_PY = {entity: regex.compile(regex.escape(p) if len(p) == 1 else p) for entity, p in _PREFILTERS.items()}
+_SMALL_ARRAY = 64
 # scheme://userinfo@host; userinfo is user:password (either part may be
 # empty: redis://:secret@host) or a bare token (https://ghp_token@github.com).
 _URL_WITH_CREDENTIALS_PATTERN = (r'\b[a-z][a-z0-9+.\-]*://(?:[^\s/?#@:]*:[^\s@]*|[^\s/?#@:]+)@[^\s/?#@]+')
@@ -316,15 +320,8 @@ def _build_recognizers() -> Dict[str, Any]:
   }
 
 
-_PHONE_DIGITS_PY = None
-
-
 def _enough_phone_digits(span: str) -> bool:
-  global _PHONE_DIGITS_PY  # pylint: disable=global-statement
-  if _PHONE_DIGITS_PY is None:
-    import regex  # pylint: disable=import-outside-toplevel  # presidio's dependency; knows \p{..}
-    _PHONE_DIGITS_PY = regex.compile(_PHONE_PREFILTER)
-  return _PHONE_DIGITS_PY.search(span) is not None
+  return _PREFILTERS_PY['PHONE_NUMBER'].search(span) is not None
 
 
 def _resolve_overlaps(findings: List[Tuple[int, int, str, float]]) -> List[Tuple[int, int, str, float]]:
@@ -430,6 +427,14 @@ class TextScanner:
     return out[0].as_py(), counts
 
   def _entity_masks(self, values: pa.Array) -> Dict[str, np.ndarray]:
+    if len(values) <= _SMALL_ARRAY:
+      # pyarrow compiles a regex on every call: for a few cells (dead letters,
+      # single texts) the precompiled Python patterns are much cheaper.
+      texts = values.to_pylist()
+      return {
+          entity: np.array([t is not None and _PREFILTERS_PY[entity].search(t) is not None for t in texts], dtype=bool)
+          for entity in self.entities
+      }
     masks = {}
     for entity in self.entities:
       pattern = _PREFILTERS[entity]
