@@ -25,7 +25,8 @@
 # Pid and log files live in .cache/services/<name>.{pid,log}. The servers come
 # from the repo's virtualenv (.venv/bin); scripts/test.sh creates it.
 #
-# Adding a service NAME: append it to SERVICES and define
+# Adding a service NAME: put a file scripts/services.d/NAME.sh (sourced below) that
+# appends NAME to SERVICES and defines
 #   NAME_port     prints the port it listens on
 #   NAME_command  prints nothing, sets the array CMD to the command line (binaries from .venv or .cache)
 #   NAME_env      (optional) prints `export` lines for clients
@@ -75,6 +76,13 @@ gcs_env() {
   fi
   echo "export GOOGLE_APPLICATION_CREDENTIALS=${credentials}"
 }
+
+# Services defined in their own files (databases, brokers, ...), one per file.
+for service_file in "${REPO_ROOT}"/scripts/services.d/*.sh; do
+  [[ -e "${service_file}" ]] || continue
+  # shellcheck source=/dev/null
+  source "${service_file}"
+done
 
 # --- generic machinery -------------------------------------------------------
 
