@@ -182,9 +182,14 @@ class _FinalizeFn(beam.DoFn):
     self._info = info
     self._previous_schema = previous_schema
 
-  def process(self, files, counts, schema):
+  def process(self, files, counts, schema, cursors=()):
     previous_schema = self._previous_schema
     moves = finalize_files(self._output, self._run_id, files)
+    if cursors:
+      # Incremental sources advance only once the run's outputs are in place:
+      # a run that fails before this point is read again next time.
+      from io_connectors import state  # pylint: disable=import-outside-toplevel
+      state.commit_cursors(list(cursors))
     manifest = build_manifest(self._info, counts, schema, previous_schema, files, moves)
     _write_json(FileSystems.join(self._output, '_schema.json'), schema_mod.schema_to_json(schema))
     _write_json(FileSystems.join(self._output, '_manifest.json'), manifest)
@@ -257,7 +262,7 @@ def build(p: beam.Pipeline, config: RunConfig, master_key, info: dict, previous_
   """Adds the whole batch job to `p`."""
   model = entities.entity_model(config.entity)
   run_id = info['run_id']
-  records, dead_letters, counts = [], [], []
+  records, dead_letters, counts, cursors = [], [], [], []
   for i, source in enumerate(config.sources):
     name = f'Source[{i}:{source["type"]}]'
     outs = p | f'Read {name}' >> _source_transform(source, config, model)
@@ -266,6 +271,8 @@ def build(p: beam.Pipeline, config: RunConfig, master_key, info: dict, previous_
     tagged = outs.records | f'Tag {name}' >> TagTenant(source['tenant_id'], source['tenant_field'])
     records.append(tagged.records)
     dead_letters.append(tagged.dead_letter)
+    if getattr(outs, 'cursors', None) is not None:
+      cursors.append(outs.cursors)
     dead_letters.append(outs.dead_letter | f'TenantOfDL {name}' >> AssignDeadLetterTenant(source['tenant_id'], source['tenant_field']))
 
   all_records = tuple(records) | 'AllRecords' >> beam.Flatten()
@@ -291,10 +298,10 @@ def build(p: beam.Pipeline, config: RunConfig, master_key, info: dict, previous_
   summed = tuple(counts) | 'AllCounts' >> beam.Flatten() | 'SumCounts' >> beam.CombinePerKey(sum)
 
   all_files = (data_files, letter_files) | 'AllFiles' >> beam.Flatten() | 'FileList' >> beam.combiners.ToList()
-  _ = all_files | 'Finalize' >> beam.ParDo(
-      _FinalizeFn(config.output, run_id, info, previous_schema),
-      counts=beam.pvalue.AsList(summed),
-      schema=beam.pvalue.AsSingleton(inferred))
+  side_inputs = {'counts': beam.pvalue.AsList(summed), 'schema': beam.pvalue.AsSingleton(inferred)}
+  if cursors:
+    side_inputs['cursors'] = beam.pvalue.AsList(tuple(cursors) | 'AllCursors' >> beam.Flatten())
+  _ = all_files | 'Finalize' >> beam.ParDo(_FinalizeFn(config.output, run_id, info, previous_schema), **side_inputs)
 
 
 def _previous_schema(config: RunConfig):

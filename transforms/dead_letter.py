@@ -31,7 +31,7 @@ from typing import Any, Optional
 
 import apache_beam as beam
 
-__all__ = ['DEAD_LETTER', 'REASONS', 'Outputs', 'dead_letter', 'flatten_dead_letters']
+__all__ = ['DEAD_LETTER', 'REASONS', 'Outputs', 'IncrementalOutputs', 'dead_letter', 'flatten_dead_letters']
 
 DEAD_LETTER = 'dead_letter'
 
@@ -54,6 +54,18 @@ class Outputs(typing.NamedTuple):
   """What connectors and record transforms return."""
   records: beam.PCollection
   dead_letter: beam.PCollection
+
+
+class IncrementalOutputs(typing.NamedTuple):
+  """What incremental sources return: Outputs plus the cursor values they reached.
+
+  cursors: PCollection of dicts understood by `io_connectors.state.commit_cursors`
+  (e.g. {"store": "gs://bucket/state", "key": "postgres/acme/public.plays", "value": "2024-06-01T00:00:00Z"}).
+  `pipelines.spotify_batch` commits them only after the run's files are in place.
+  """
+  records: beam.PCollection
+  dead_letter: beam.PCollection
+  cursors: beam.PCollection
 
 
 def dead_letter(source: str,
