@@ -9,6 +9,8 @@
 #   scripts/flink.sh stop                        # stops everything this script started
 #   scripts/flink.sh status                      # processes and REST /overview
 #   scripts/flink.sh add-taskmanager             # one more TaskManager (e.g. after a crash)
+#   scripts/flink.sh stop-worker-pool            # stops only the Python worker pool
+#   scripts/flink.sh pids                        # "NAME PID" of each live process
 #   scripts/flink.sh fetch                       # only resolve, verify and cache the jars
 #   scripts/flink.sh job-server-jar              # fetch if needed; print the job-server jar path
 #   scripts/flink.sh lock                        # maintainers: re-pin the jar checksums after a version bump
@@ -278,11 +280,12 @@ start_worker_pool() {
     log "worker pool already running on port ${WORKER_POOL_PORT}"
     return
   fi
-  # The SDK workers it forks unpickle the pipeline's DoFns, which may import
-  # this repository's packages.
+  # The pool starts each SDK worker as `python -c ...` from PATH, so our
+  # interpreter (with apache_beam) must come first; the workers unpickle the
+  # pipeline's DoFns, which may import this repository's packages.
   (
     cd "${REPO_ROOT}"
-    PYTHONPATH="${REPO_ROOT}${PYTHONPATH:+:${PYTHONPATH}}" nohup "${PYTHON}" -m "${WORKER_POOL_MODULE}" \
+    PATH="$(dirname "${PYTHON}"):${PATH}" PYTHONPATH="${REPO_ROOT}${PYTHONPATH:+:${PYTHONPATH}}" nohup "${PYTHON}" -m "${WORKER_POOL_MODULE}" \
       --service_port="${WORKER_POOL_PORT}" > "${LOG_DIR}/worker-pool.out" 2>&1 < /dev/null &
     echo $! > "${RUN_DIR}/worker-pool.pid"
   )
@@ -375,14 +378,33 @@ status() {
   fi
 }
 
+# Live processes as "NAME PID" lines (NAME: jobmanager, taskmanager-N, worker-pool);
+# a TaskManager's NAME is also its resource id in the REST API.
+pids() {
+  local f name pattern
+  for f in "${RUN_DIR}"/*.pid; do
+    [[ -e "${f}" ]] || continue
+    name="$(basename "${f}" .pid)"
+    case "${name}" in
+      jobmanager) pattern="${JM_CLASS}" ;;
+      worker-pool) pattern="${WORKER_POOL_MODULE}" ;;
+      *) pattern="${TM_CLASS}" ;;
+    esac
+    alive "${f}" "${pattern}" && echo "${name} $(cat "${f}")"
+  done
+  return 0
+}
+
 case "${1:-}" in
   start) shift; start "$@" ;;
   stop) stop ;;
+  stop-worker-pool) stop_pidfile "${RUN_DIR}/worker-pool.pid" "${WORKER_POOL_MODULE}" ;;
+  pids) pids ;;
   status) status ;;
   add-taskmanager) render_conf; start_taskmanager ;;
   fetch) fetch ;;
   job-server-jar) fetch; echo "${JOB_SERVER_JAR}" ;;
   lock) lock ;;
-  -h|--help|help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//' ;;
-  *) log "usage: scripts/flink.sh start [--with-worker-pool] | stop | status | add-taskmanager | fetch | job-server-jar | lock"; exit 2 ;;
+  -h|--help|help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" ;;
+  *) log "usage: scripts/flink.sh start [--with-worker-pool] | stop | status | add-taskmanager | stop-worker-pool | pids | fetch | job-server-jar | lock"; exit 2 ;;
 esac

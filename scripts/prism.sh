@@ -105,6 +105,6 @@ case "${1:-build}" in
   build) build ;;
   path) path ;;
   install-cache) install_cache ;;
-  -h|--help|help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' ;;
+  -h|--help|help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" ;;
   *) log "unknown command '$1' (expected build, path or install-cache)"; exit 2 ;;
 esac

@@ -1,0 +1,114 @@
+"""Session fixtures for the runner tests: our Prism build and the Flink cluster.
+
+`prism_binary` builds Prism with scripts/prism.sh (minutes, once per machine).
+`flink_cluster` reuses a cluster that answers on the REST port, else starts one
+with scripts/flink.sh (one JobManager, two TaskManagers, the Python worker
+pool), and at the end of the session stops only what it started.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from typing import Dict, List
+
+import pytest
+
+from pipelines import runners
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+FLINK_SCRIPT = REPO_ROOT / 'scripts' / 'flink.sh'
+PRISM_SCRIPT = REPO_ROOT / 'scripts' / 'prism.sh'
+REST_PORT = 8081
+WORKER_POOL_PORT = 50000
+
+
+def _port_answers(port: int) -> bool:
+  try:
+    with socket.create_connection(('127.0.0.1', port), timeout=1):
+      return True
+  except OSError:
+    return False
+
+
+def _script(script: pathlib.Path, *args: str, timeout: float = 600) -> str:
+  process = subprocess.run(['bash', str(script), *args], capture_output=True, text=True, timeout=timeout, check=False)
+  if process.returncode != 0:
+    pytest.fail(f'{script.name} {" ".join(args)} failed:\n{process.stderr[-3000:]}')
+  return process.stdout
+
+
+@dataclasses.dataclass
+class FlinkCluster:
+  """The running Flink session cluster and how to reach its parts."""
+  rest_url: str
+  worker_pool: str
+
+  def get(self, path: str):
+    """JSON from the cluster's REST API."""
+    with urllib.request.urlopen(self.rest_url + path, timeout=5) as response:
+      return json.load(response)
+
+  def job_ids(self) -> List[str]:
+    return [job['jid'] for job in self.get('/jobs/overview')['jobs']]
+
+  def pids(self) -> Dict[str, int]:
+    """Live processes by name: jobmanager, taskmanager-N (= REST TaskManager id), worker-pool."""
+    lines = _script(FLINK_SCRIPT, 'pids').split('\n')
+    return {name: int(pid) for name, pid in (line.split() for line in lines if line.strip())}
+
+  def ensure_started(self):
+    """Brings the cluster back to two TaskManagers (after one was killed)."""
+    _script(FLINK_SCRIPT, 'start', '--with-worker-pool')
+
+
+@pytest.fixture(scope='session')
+def prism_binary() -> str:
+  return _script(PRISM_SCRIPT, 'build', timeout=1200).strip().splitlines()[-1]
+
+
+@pytest.fixture(scope='session')
+def flink_cluster():
+  cluster_was_up = _port_answers(REST_PORT)
+  pool_was_up = _port_answers(WORKER_POOL_PORT)
+  # Idempotent: starts what is missing (also TaskManagers short of two).
+  _script(FLINK_SCRIPT, 'start', '--with-worker-pool')
+  cluster = FlinkCluster(rest_url=f'http://127.0.0.1:{REST_PORT}', worker_pool=f'localhost:{WORKER_POOL_PORT}')
+  deadline = time.monotonic() + 60
+  while cluster.get('/overview')['slots-available'] < 2:
+    if time.monotonic() > deadline:
+      pytest.fail(f'the Flink cluster has no free slots: {cluster.get("/overview")}')
+    time.sleep(1)
+  yield cluster
+  if not cluster_was_up:
+    _script(FLINK_SCRIPT, 'stop')
+  elif not pool_was_up:
+    _script(FLINK_SCRIPT, 'stop-worker-pool')
+
+
+@pytest.fixture(scope='session')
+def flink_args(flink_cluster) -> Dict[str, List[str]]:
+  """Beam flags per Flink mode, from pipelines.runners (what users run)."""
+  settings = runners.FlinkSettings(master=f'localhost:{REST_PORT}', worker_pool=flink_cluster.worker_pool)
+  return {name: runners.runner_args(name, settings) for name in ('flink', 'flink-external')}
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
+  """Polls `predicate` until it returns a truthy value, which is returned."""
+  deadline = time.monotonic() + timeout
+  while True:
+    try:
+      value = predicate()
+    except (urllib.error.URLError, KeyError, OSError):
+      value = None
+    if value:
+      return value
+    if time.monotonic() > deadline:
+      raise AssertionError(f'timed out after {timeout:.0f} s waiting for {what}')
+    time.sleep(interval)

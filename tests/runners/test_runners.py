@@ -1,0 +1,258 @@
+"""One small batch pipeline on every runner of this machine gives the same output.
+
+The pipeline is shaped like the project's: Arrow RecordBatches (with the
+internal provenance columns) as elements, a vectorised split by key, a
+GroupByKey, and a DoFn that writes one file per key. Its output on Prism and on
+the real Flink cluster (LOOPBACK and EXTERNAL SDK workers) must equal the
+DirectRunner's and the in-process FnApiRunner's, which must equal the answer
+computed here without Beam. A last test SIGKILLs a TaskManager in the middle
+of a Flink run and expects complete, exact output after Flink's restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import signal
+import time
+from typing import Dict, Iterator, List, Tuple
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.runner import PipelineState
+
+from pipelines import runners
+from tests.runners.conftest import wait_until
+from transforms.records import ROW_COLUMN, SOURCE_COLUMN, with_provenance
+
+ARTISTS = ('Aurora', 'Björk', 'Caribou', 'Daft Punk', 'Enya')
+
+
+def make_batches(count: int, rows: int = 25) -> List[pa.RecordBatch]:
+  """`count` batches of listening events, rows numbered 1.. across batches."""
+  batches = []
+  for b in range(count):
+    first = b * rows + 1
+    numbers = range(first, first + rows)
+    batch = pa.RecordBatch.from_pydict({
+        'artist': [ARTISTS[(n * 7) % len(ARTISTS)] for n in numbers],
+        'ms_played': pa.array([n * 1000 for n in numbers], pa.int64()),
+    })
+    batches.append(with_provenance(batch, 'runners-test.csv', first))
+  return batches
+
+
+def expected_output(batches: List[pa.RecordBatch]) -> Dict[str, dict]:
+  """What the pipeline must write, computed without Beam."""
+  table = pa.Table.from_batches(batches)
+  out = {}
+  for artist in ARTISTS:
+    rows = table.filter(pc.equal(table['artist'], artist))
+    out[artist] = {'rows': sorted(rows[ROW_COLUMN].to_pylist()), 'ms_played': sum(rows['ms_played'].to_pylist())}
+  return out
+
+
+def split_by_artist(batch: pa.RecordBatch) -> Iterator[Tuple[str, pa.RecordBatch]]:
+  """(artist, that artist's rows) per artist in the batch: one filter per key, no per-row objects."""
+  column = batch.column(batch.schema.get_field_index('artist'))
+  for artist in pc.unique(column).to_pylist():
+    yield artist, batch.filter(pc.equal(column, artist))
+
+
+def slowly(batch: pa.RecordBatch, seconds: float) -> pa.RecordBatch:
+  time.sleep(seconds)
+  return batch
+
+
+class WriteArtistSummary(beam.DoFn):
+  """Writes <out_dir>/<artist>.json; rewriting the same key (a retried bundle) is harmless."""
+
+  def __init__(self, out_dir: str):
+    self._out_dir = out_dir
+
+  def process(self, element):
+    artist, batches = element
+    table = pa.Table.from_batches(list(batches))
+    assert table.column(SOURCE_COLUMN).to_pylist()[0] == 'runners-test.csv'
+    summary = {'rows': sorted(table[ROW_COLUMN].to_pylist()), 'ms_played': pc.sum(table['ms_played']).as_py()}
+    path = os.path.join(self._out_dir, f'{artist}.json')
+    tmp = f'{path}.{os.getpid()}.tmp'
+    with open(tmp, 'w', encoding='utf-8') as f:
+      json.dump(summary, f)
+    os.replace(tmp, path)
+
+
+def build(pipeline: beam.Pipeline, batches: List[pa.RecordBatch], out_dir: pathlib.Path, sleep_per_batch: float = 0.0):
+  records = pipeline | 'Batches' >> beam.Create(batches, reshuffle=False)
+  if sleep_per_batch:
+    # Spread the batches over all parallel workers before the slow step.
+    records = (
+        records
+        | 'Spread' >> beam.Reshuffle()
+        | 'Slow' >> beam.Map(slowly, sleep_per_batch))
+  _ = (
+      records
+      | 'SplitByArtist' >> beam.FlatMap(split_by_artist)
+      | 'GroupByArtist' >> beam.GroupByKey()
+      | 'Write' >> beam.ParDo(WriteArtistSummary(str(out_dir))))
+
+
+def read_output(out_dir: pathlib.Path) -> Dict[str, dict]:
+  files = sorted(out_dir.iterdir())
+  assert all(f.suffix == '.json' for f in files), f'unexpected files: {[f.name for f in files]}'
+  return {f.stem: json.loads(f.read_text(encoding='utf-8')) for f in files}
+
+
+# A Flink run takes ~40 s here (most of it the job server uploading its jars);
+# a broken SDK worker environment makes a job hang rather than fail.
+RUN_TIMEOUT_SECONDS = 240
+
+
+def finish(result, timeout: float = RUN_TIMEOUT_SECONDS):
+  """The result's final state; cancels the job and fails the test if it runs too long."""
+  state = result.wait_until_finish(duration=int(timeout * 1000))
+  if not PipelineState.is_terminal(state):
+    result.cancel()
+    pytest.fail(f'the pipeline did not finish within {timeout:.0f} s (state {state})')
+  return state
+
+
+def run_pipeline(args: List[str], out_dir: pathlib.Path, batches=None) -> Dict[str, dict]:
+  batches = batches or make_batches(4)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  pipeline = beam.Pipeline(options=PipelineOptions(args))
+  build(pipeline, batches, out_dir)
+  assert finish(pipeline.run()) == PipelineState.DONE
+  return read_output(out_dir)
+
+
+@pytest.fixture(scope='module')
+def direct_output(tmp_path_factory) -> Dict[str, dict]:
+  runners.use_local_prism(['--runner=DirectRunner'])
+  return run_pipeline(runners.runner_args('direct'), tmp_path_factory.mktemp('direct'))
+
+
+# ----- pipelines.runners -----
+
+
+def test_runner_args_rejects_unknown_runner():
+  with pytest.raises(ValueError, match='unknown runner'):
+    runners.runner_args('spark')
+
+
+def test_runner_args_point_at_local_artifacts(prism_binary):
+  prism = runners.runner_args('prism')
+  assert prism[0] == '--runner=PrismRunner' and '--environment_type=LOOPBACK' in prism
+  assert f'--prism_location={prism_binary}' in prism and os.access(prism_binary, os.X_OK)
+  settings = runners.FlinkSettings(master='localhost:8081', job_server_jar=None)
+  external = runners.runner_args('flink-external', settings)
+  assert external[:2] == ['--runner=FlinkRunner', '--flink_master=localhost:8081']
+  assert '--environment_type=EXTERNAL' in external and '--environment_config=localhost:50000' in external
+  jar = next(a.split('=', 1)[1] for a in external if a.startswith('--flink_job_server_jar='))
+  assert os.path.isfile(jar), jar
+
+
+def test_use_local_prism_is_found_by_beam_without_download(prism_binary, tmp_path, monkeypatch):
+  from apache_beam.runners.portability import prism_runner  # pylint: disable=import-outside-toplevel
+  cached = runners.use_local_prism([], cache_dir=tmp_path)
+  assert cached is not None and pathlib.Path(cached).read_bytes() == pathlib.Path(prism_binary).read_bytes()
+
+  def no_download(*args, **kwargs):
+    raise AssertionError(f'Beam tried to download Prism: {args}')
+
+  monkeypatch.setattr(prism_runner, 'urlopen', no_download)
+  monkeypatch.setattr(prism_runner.PrismJobServer, 'BIN_CACHE', str(tmp_path))
+  server = prism_runner.PrismJobServer(PipelineOptions([]))
+  assert server._get_executable_path() == cached  # pylint: disable=protected-access
+  # Other runners, or an explicit --prism_location, are left alone.
+  assert runners.use_local_prism(['--runner=FlinkRunner'], cache_dir=tmp_path / 'other') is None
+  assert not (tmp_path / 'other').exists()
+
+
+# ----- in-process and Prism -----
+
+
+def test_direct_runner_output_is_exact(direct_output):
+  assert direct_output == expected_output(make_batches(4))
+
+
+def test_direct_runner_runs_on_local_prism(prism_binary, tmp_path, caplog):
+  runners.use_local_prism(['--runner=DirectRunner'])
+  caplog.set_level(logging.INFO)
+  output = run_pipeline(['--runner=DirectRunner'], tmp_path)
+  assert output == expected_output(make_batches(4))
+  messages = '\n'.join(r.getMessage() for r in caplog.records)
+  assert 'Running pipeline with PrismRunner' in messages
+  assert 'Downloading prism' not in messages and 'Falling back' not in messages
+
+
+def test_fnapi_runner_matches_direct(direct_output, tmp_path):
+  assert run_pipeline(runners.runner_args('fnapi'), tmp_path) == direct_output
+
+
+def test_prism_matches_direct(direct_output, prism_binary, tmp_path):
+  assert run_pipeline(runners.runner_args('prism'), tmp_path) == direct_output
+
+
+# ----- the Flink cluster -----
+
+
+def _finished_on_cluster(flink_cluster, before: List[str]) -> dict:
+  new = [job for job in flink_cluster.get('/jobs/overview')['jobs'] if job['jid'] not in before]
+  assert len(new) == 1, f'expected one new Flink job, got {new}'
+  return new[0]
+
+
+def test_flink_loopback_matches_direct(direct_output, flink_cluster, flink_args, tmp_path):
+  before = flink_cluster.job_ids()
+  assert run_pipeline(flink_args['flink'], tmp_path) == direct_output
+  job = _finished_on_cluster(flink_cluster, before)
+  assert job['state'] == 'FINISHED'
+
+
+def test_flink_external_worker_pool_matches_direct(direct_output, flink_cluster, flink_args, tmp_path):
+  before = flink_cluster.job_ids()
+  assert run_pipeline(flink_args['flink-external'], tmp_path) == direct_output
+  assert _finished_on_cluster(flink_cluster, before)['state'] == 'FINISHED'
+
+
+def _taskmanager_running(flink_cluster, job_id: str, vertex_name: str):
+  """The id of a TaskManager running a subtask of the job's vertex named like `vertex_name`."""
+  job = flink_cluster.get(f'/jobs/{job_id}')
+  for vertex in job['vertices']:
+    if vertex_name in vertex['name'] and vertex['status'] == 'RUNNING':
+      details = flink_cluster.get(f'/jobs/{job_id}/vertices/{vertex["id"]}/taskmanagers')
+      running = [tm['taskmanager-id'] for tm in details['taskmanagers'] if tm['status'] == 'RUNNING']
+      if running:
+        return running[0]
+  return None
+
+
+def test_flink_job_survives_killed_taskmanager(flink_cluster, flink_args, tmp_path):
+  # 48 batches x 0.5 s over 2 parallel workers: ~12 s of work per attempt.
+  batches = make_batches(48, rows=10)
+  before = flink_cluster.job_ids()
+  pipeline = beam.Pipeline(options=PipelineOptions(flink_args['flink']))
+  build(pipeline, batches, tmp_path, sleep_per_batch=0.5)
+  result = pipeline.run()
+  try:
+    job_id = wait_until(lambda: [j for j in flink_cluster.job_ids() if j not in before], 120, 'the job on Flink')[0]
+    victim = wait_until(lambda: _taskmanager_running(flink_cluster, job_id, 'Slow'), 60,
+                        'the slow step to run on a TaskManager')
+    time.sleep(2)  # well inside the slow step
+    os.kill(flink_cluster.pids()[victim], signal.SIGKILL)
+    # Bring the cluster back to two TaskManagers, as an operator (or Kubernetes) would.
+    flink_cluster.ensure_started()
+  finally:
+    state = finish(result)
+  assert state == PipelineState.DONE
+  assert read_output(tmp_path) == expected_output(batches)
+  # The kill really hit the job: Flink recorded a failure and restarted it.
+  exceptions = flink_cluster.get(f'/jobs/{job_id}/exceptions')
+  assert exceptions['exceptionHistory']['entries'], exceptions
+  assert flink_cluster.get(f'/jobs/{job_id}')['state'] == 'FINISHED'
