@@ -41,6 +41,7 @@ import binascii
 import collections
 import csv
 import dataclasses
+import functools
 import hashlib
 import hmac
 import io
@@ -57,7 +58,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import regex
 
-from transforms.entities import PII_FREE_TEXT, PII_IDENTIFIER, entity_model, field_rules
+from transforms.entities import (PII_FREE_TEXT, PII_IDENTIFIER, check_country, entity_model, field_rules, to_bool,
+                                 to_float, to_int, to_utc_timestamp)
 from transforms.records import INTERNAL_COLUMNS, ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN
 
 __all__ = [
@@ -279,6 +281,7 @@ _PREFILTERS = {
 # The same prefilters for the Python path (the `regex` module reads \p{..} like RE2).
 _PREFILTERS_PY = {entity: regex.compile(regex.escape(p) if len(p) == 1 else p) for entity, p in _PREFILTERS.items()}
 _SMALL_ARRAY = 64
+_DATETIME = regex.compile(r'[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?(Z|z|[+-][0-9]{2}:?[0-9]{2})?')
 # scheme://userinfo@host; userinfo is user:password (either part may be
 # empty: redis://:secret@host) or a bare token (https://ghp_token@github.com).
 _URL_WITH_CREDENTIALS_PATTERN = (r'\b[a-z][a-z0-9+.\-]*://(?:[^\s/?#@:]*:[^\s@]*|[^\s/?#@:]+)@[^\s/?#@]+')
@@ -395,6 +398,9 @@ class TextScanner:
     (Cards, IBANs and IP addresses are digit runs themselves.)
     """
     phone_score = self._recognizers['PHONE_NUMBER'].SCORE
+    # Date-times are digit runs too, but never phone numbers: blank them first
+    # (a letter keeps offsets and breaks the run).
+    text = _DATETIME.sub(lambda m: 'a' * len(m.group(0)), text)
     stronger = _resolve_overlaps([f for f in others if f[3] > phone_score])
     if not stronger:
       return _enough_phone_digits(text)
@@ -677,9 +683,12 @@ class _RecordRedactor:
   # Integers this long may be phone or card numbers written without quotes.
   _SCANNED_INT = 10**6
 
-  def __init__(self, identifiers, tenant_key: Optional[bytes]):
+  def __init__(self, identifiers, tenant_key: Optional[bytes], formats: Optional[Mapping[str, Any]] = None):
     self.identifiers = frozenset(identifiers)
     self.tenant_key = tenant_key
+    # Top-level fields whose value, when valid for the field, cannot be free
+    # text (a timestamp, a number, a country code, a base62 id): not scanned.
+    self.formats = formats or {}
     self.counts = collections.Counter()
     self.texts: List[str] = []
     self.slots: List[Tuple[Any, Any]] = []  # (container, key) of each text
@@ -699,12 +708,14 @@ class _RecordRedactor:
       self.replaced_identifiers[text] = out
     return out
 
-  def walk(self, value: Any) -> Any:
+  def walk(self, value: Any, top: bool = False) -> Any:
     if isinstance(value, dict):
       out = {}
       for k, v in value.items():
         if k in self.identifiers and not isinstance(v, (dict, list, tuple)):
           out[k] = self.identifier(k, v)
+        elif top and k in self.formats and _conforms(self.formats[k], v):
+          out[k] = v
         else:
           out[k] = self.walk(v)
           self.remember(out, k, v)
@@ -734,10 +745,46 @@ class _RecordRedactor:
         container[key] = after
 
 
+def _conforms(check, value) -> bool:
+  try:
+    check(value)
+    return True
+  except (ValueError, TypeError):
+    return False
+
+
+_FORMAT_CHECKS = {
+    'timestamp': to_utc_timestamp,
+    'int': to_int,
+    'float': to_float,
+    'bool': to_bool,
+    'country': check_country,
+}
+
+
+@functools.lru_cache(maxsize=None)
+def strict_formats(model) -> Dict[str, Any]:
+  """{field: check} for the model's fields whose valid values cannot hold PII."""
+  formats = {}
+  for name, (rule, _) in field_rules(model).items():
+    if rule.pii:
+      continue
+    if rule.kind in _FORMAT_CHECKS:
+      formats[name] = _FORMAT_CHECKS[rule.kind]
+    elif rule.pattern:
+      formats[name] = functools.partial(_check_pattern, re.compile(rule.pattern))
+  return formats
+
+
+def _check_pattern(compiled, value):
+  if not (isinstance(value, str) and compiled.fullmatch(value)):
+    raise ValueError('does not match')
+
+
 def _redact_record(record, model, master_key, scanner, tenant, header, delimiter):
   identifiers = identifier_fields(model)
   tenant_key = master_key.tenant_key(tenant) if (tenant and master_key is not None) else None
-  walker = _RecordRedactor(identifiers, tenant_key)
+  walker = _RecordRedactor(identifiers, tenant_key, strict_formats(model))
   if record is None:
     return None, walker
   if isinstance(record, str):
@@ -748,7 +795,7 @@ def _redact_record(record, model, master_key, scanner, tenant, header, delimiter
       walker.scan(scanner)
       return holder[0], walker
     record = parsed
-  out = walker.walk(record)
+  out = walker.walk(record, top=True)
   if not isinstance(out, (dict, list)):  # a bare scalar record
     holder = [out]
     walker.remember(holder, 0, record)
