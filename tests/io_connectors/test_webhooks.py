@@ -1,0 +1,278 @@
+"""The webhook receiver as a real server (`python -m io_connectors.webhooks`) on 127.0.0.1 with the local Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import uuid
+
+import httpx
+import pytest
+
+from io_connectors.webhooks import REJECT_REASONS, WebhookOptions, mask_url, sign
+from tests.conftest import REPO_ROOT, ensure_service
+
+SECRETS = {'soundcloud': 'sc-webhook-secret-4f1d', 'lastfm': 'lf-webhook-secret-9a2c'}
+TOLERANCE = 120
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+class Receiver:
+  """A receiver process and a client for it."""
+
+  def __init__(self, tmp_path: pathlib.Path, redis_port: int, prefix: str):
+    self.port = _free_port()
+    self.prefix = prefix
+    self.log_path = tmp_path / 'webhooks.log'
+    env = dict(os.environ, WH_SECRET_SC=SECRETS['soundcloud'], WH_SECRET_LF=SECRETS['lastfm'],
+               REDIS_PASSWORD=REDIS_PASSWORD, PYTHONPATH=str(REPO_ROOT))
+    self._log = open(self.log_path, 'wb')  # pylint: disable=consider-using-with
+    self.process = subprocess.Popen(  # pylint: disable=consider-using-with
+        [sys.executable, '-m', 'io_connectors.webhooks', '--port', str(self.port),
+         '--redis_url', f'redis://127.0.0.1:{redis_port}/0', '--source', 'soundcloud=WH_SECRET_SC',
+         '--source', 'lastfm=WH_SECRET_LF', '--tolerance_seconds', str(TOLERANCE), '--max_body_bytes', '4096',
+         '--stream_prefix', prefix],
+        cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    self.client = httpx.Client(base_url=f'http://127.0.0.1:{self.port}', timeout=30)
+    deadline = time.monotonic() + 60
+    while True:
+      if self.process.poll() is not None:
+        raise RuntimeError(f'receiver exited: {self.log_path.read_text()}')
+      try:
+        self.client.get('/metrics')
+        break
+      except httpx.TransportError:
+        if time.monotonic() > deadline:
+          raise
+        time.sleep(0.1)
+
+  def post(self, source, event, secret=None, timestamp=None, delivery_id=None, body=None, content_type='application/json',
+           signature=None, drop=()):
+    body = json.dumps(event).encode() if body is None else body
+    timestamp = str(int(time.time())) if timestamp is None else timestamp
+    delivery_id = delivery_id or uuid.uuid4().hex
+    headers = {
+        'Content-Type': content_type,
+        'X-Timestamp': timestamp,
+        'X-Delivery-Id': delivery_id,
+        'X-Signature': signature or sign(secret or SECRETS.get(source, 'x'), timestamp, body),
+    }
+    for name in drop:
+      headers.pop(name)
+    return self.client.post(f'/webhooks/{source}', content=body, headers=headers)
+
+  def metric(self, name, **labels) -> float:
+    wanted = name + '{' + ','.join(f'{k}="{v}"' for k, v in labels.items()) + '}'
+    for line in self.client.get('/metrics').text.splitlines():
+      if line.startswith(wanted + ' '):
+        return float(line.rsplit(' ', 1)[1])
+    return 0.0
+
+  def close(self):
+    self.client.close()
+    self.process.terminate()
+    try:
+      self.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+      self.process.kill()
+      self.process.wait()
+    self._log.close()
+
+
+def _redis_password() -> str:
+  """The local Redis's password, as scripts/services.sh tells clients (REDIS_URL)."""
+  result = subprocess.run(['bash', str(REPO_ROOT / 'scripts' / 'services.sh'), 'env', 'redis'], capture_output=True,
+                          text=True, check=True, stdin=subprocess.DEVNULL)
+  url = next(line.split('=', 1)[1] for line in result.stdout.split() if line.startswith('REDIS_URL='))
+  return urllib.parse.urlsplit(url).password
+
+
+REDIS_PASSWORD = _redis_password()
+
+
+@pytest.fixture(scope='module')
+def redis_port():
+  return ensure_service('redis')
+
+
+@pytest.fixture(scope='module')
+def redis_client(redis_port):
+  import redis  # pylint: disable=import-outside-toplevel
+  client = redis.Redis(host='127.0.0.1', port=redis_port, password=REDIS_PASSWORD, socket_timeout=30)
+  yield client
+  client.close()
+
+
+@pytest.fixture(scope='module')
+def receiver(tmp_path_factory, redis_port, redis_client):
+  prefix = f'test-{uuid.uuid4().hex[:12]}:'
+  server = Receiver(tmp_path_factory.mktemp('webhooks'), redis_port, prefix)
+  yield server
+  server.close()
+  keys = list(redis_client.scan_iter(match=f'{prefix}*', count=1000))
+  if keys:
+    redis_client.delete(*keys)
+
+
+def test_accepted_delivery_is_appended_to_the_stream(receiver, redis_client):
+  event = {'type': 'track.liked', 'track_id': 123, 'user': 'u1'}
+  response = receiver.post('soundcloud', event, delivery_id='d-accept-1')
+  assert response.status_code == 202, response.text
+  entry_id = response.json()['stream_id']
+  entries = redis_client.xrange(f'{receiver.prefix}soundcloud', min=entry_id, max=entry_id)
+  assert len(entries) == 1
+  fields = {k.decode(): v.decode() for k, v in entries[0][1].items()}
+  assert fields['source'] == 'soundcloud'
+  assert fields['delivery_id'] == 'd-accept-1'
+  assert json.loads(fields['body']) == event
+  assert abs(float(fields['received_at']) - time.time()) < 300
+  assert receiver.metric('webhook_deliveries_accepted_total', source='soundcloud') >= 1
+
+
+def test_each_source_has_its_own_secret_and_stream(receiver, redis_client):
+  # The SoundCloud secret does not sign for Last.fm.
+  assert receiver.post('lastfm', {'a': 1}, secret=SECRETS['soundcloud']).status_code == 401
+  assert receiver.post('lastfm', {'a': 2}).status_code == 202
+  assert redis_client.xlen(f'{receiver.prefix}lastfm') == 1
+
+
+@pytest.mark.parametrize('case, status, reason', [
+    ('wrong_secret', 401, 'bad_signature'),
+    ('tampered_body', 401, 'bad_signature'),
+    ('garbage_signature', 401, 'bad_signature'),
+    ('no_signature', 400, 'missing_header'),
+    ('no_timestamp', 400, 'missing_header'),
+    ('no_delivery_id', 400, 'missing_header'),
+    ('text_timestamp', 400, 'bad_timestamp'),
+    ('old_timestamp', 400, 'stale_timestamp'),
+    ('future_timestamp', 400, 'stale_timestamp'),
+    ('not_json', 400, 'malformed_body'),
+    ('text_plain', 415, 'unsupported_media_type'),
+    ('no_content_type', 415, 'unsupported_media_type'),
+    ('too_large', 413, 'too_large'),
+    ('unknown_source', 404, 'unknown_source'),
+])
+def test_rejections_have_the_right_status_and_reason(receiver, redis_client, case, status, reason):
+  source = 'soundcloud'
+  stream = f'{receiver.prefix}{source}'
+  before = redis_client.xlen(stream)
+  label = '_unknown' if case == 'unknown_source' else source
+  rejected_before = receiver.metric('webhook_deliveries_rejected_total', source=label, reason=reason)
+  now = int(time.time())
+  kwargs = {
+      'wrong_secret': dict(secret='not-the-secret'),
+      'tampered_body': dict(signature=sign(SECRETS[source], str(now), b'{"a": 1}'), body=b'{"a": 2}', timestamp=str(now)),
+      'garbage_signature': dict(signature='sha256=zz\u00e9'.encode('utf-8')),
+      'no_signature': dict(drop=('X-Signature',)),
+      'no_timestamp': dict(drop=('X-Timestamp',)),
+      'no_delivery_id': dict(drop=('X-Delivery-Id',)),
+      'text_timestamp': dict(timestamp='yesterday'),
+      'old_timestamp': dict(timestamp=str(now - TOLERANCE - 60)),
+      'future_timestamp': dict(timestamp=str(now + TOLERANCE + 60)),
+      'not_json': dict(body=b'{"a": '),
+      'text_plain': dict(content_type='text/plain'),
+      'no_content_type': dict(content_type=''),
+      'too_large': dict(event={'blob': 'x' * 5000}),
+      'unknown_source': dict(),
+  }[case]
+  event = kwargs.pop('event', {'a': 1})
+  response = receiver.post('nosuchsource' if case == 'unknown_source' else source, event, **kwargs)
+  assert response.status_code == status, response.text
+  assert response.json()['error'] == reason
+  assert REJECT_REASONS[reason] == status
+  assert redis_client.xlen(stream) == before
+  assert receiver.metric('webhook_deliveries_rejected_total', source=label, reason=reason) == rejected_before + 1
+
+
+def test_chunked_body_over_the_limit_is_refused(receiver):
+  body = json.dumps({'blob': 'y' * 6000}).encode()
+  ts = str(int(time.time()))
+
+  def chunks():
+    for i in range(0, len(body), 1000):
+      yield body[i:i + 1000]
+
+  response = receiver.client.post('/webhooks/soundcloud', content=chunks(), headers={
+      'Content-Type': 'application/json', 'X-Timestamp': ts, 'X-Delivery-Id': uuid.uuid4().hex,
+      'X-Signature': sign(SECRETS['soundcloud'], ts, body)})
+  assert response.status_code == 413
+
+
+def test_replayed_delivery_id_is_refused(receiver, redis_client):
+  stream = f'{receiver.prefix}soundcloud'
+  assert receiver.post('soundcloud', {'n': 1}, delivery_id='d-replay').status_code == 202
+  length = redis_client.xlen(stream)
+  # Same id, freshly signed (a sender's duplicate or an attacker's replay).
+  again = receiver.post('soundcloud', {'n': 1}, delivery_id='d-replay')
+  assert again.status_code == 409
+  assert again.json()['error'] == 'replay'
+  assert redis_client.xlen(stream) == length
+  # Ids are per source: the same id from another source is a different delivery.
+  assert receiver.post('lastfm', {'n': 1}, delivery_id='d-replay').status_code == 202
+  # Remembered at least as long as a timestamp stays acceptable.
+  ttl = redis_client.ttl(f'{receiver.prefix}seen:soundcloud:d-replay')
+  assert TOLERANCE < ttl <= 2 * TOLERANCE
+
+
+def test_health_and_metrics(receiver):
+  assert receiver.client.get('/health').json() == {'status': 'ok'}
+  text = receiver.client.get('/metrics')
+  assert text.headers['content-type'].startswith('text/plain')
+  assert '# TYPE webhook_deliveries_accepted_total counter' in text.text
+  assert '# TYPE webhook_deliveries_rejected_total counter' in text.text
+
+
+def test_secrets_never_in_responses_or_logs(receiver):
+  responses = [
+      receiver.post('soundcloud', {'a': 1}, secret='wrong'),
+      receiver.post('soundcloud', {'a': 1}),
+      receiver.post('soundcloud', {'a': 1}, timestamp='1'),
+  ]
+  log = receiver.log_path.read_text()
+  for secret in list(SECRETS.values()) + [REDIS_PASSWORD]:
+    assert secret not in log
+    for response in responses:
+      assert secret not in response.text
+
+
+def test_store_down_is_503_and_nothing_is_remembered(tmp_path, redis_port):
+  closed_port = _free_port()
+  down = Receiver(tmp_path, closed_port, f'test-{uuid.uuid4().hex[:12]}:')
+  try:
+    assert down.client.get('/health').status_code == 503
+    response = down.post('soundcloud', {'a': 1}, delivery_id='d-retry')
+    assert response.status_code == 503
+    assert response.json()['error'] == 'store_unavailable'
+    assert down.metric('webhook_deliveries_rejected_total', source='soundcloud', reason='store_unavailable') == 1
+  finally:
+    down.close()
+
+
+def test_options_are_checked():
+  with pytest.raises(ValueError, match='at least one'):
+    WebhookOptions(sources={})
+  with pytest.raises(ValueError, match='empty secret'):
+    WebhookOptions(sources={'a': ''})
+  with pytest.raises(ValueError, match='must match'):
+    WebhookOptions(sources={'Bad Name': 's'})
+  assert mask_url('redis://:pw@127.0.0.1:6380/0') == 'redis://:***@127.0.0.1:6380/0'
+  assert 'pw' not in mask_url('redis://user:pw@host/0')
+
+
+def test_main_refuses_a_missing_secret_variable():
+  result = subprocess.run([sys.executable, '-m', 'io_connectors.webhooks', '--source', 'x=NO_SUCH_VARIABLE_H13'],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False,
+                          env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+  assert result.returncode == 2
+  assert 'NO_SUCH_VARIABLE_H13' in result.stderr
