@@ -281,6 +281,7 @@ _PREFILTERS = {
 # The same prefilters for the Python path (the `regex` module reads \p{..} like RE2).
 _PREFILTERS_PY = {entity: regex.compile(regex.escape(p) if len(p) == 1 else p) for entity, p in _PREFILTERS.items()}
 _SMALL_ARRAY = 64
+_MEMO_SIZE = 50000
 _DATETIME = regex.compile(r'[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?(Z|z|[+-][0-9]{2}:?[0-9]{2})?')
 # scheme://userinfo@host; userinfo is user:password (either part may be
 # empty: redis://:secret@host) or a bare token (https://ghp_token@github.com).
@@ -355,6 +356,7 @@ class TextScanner:
     self.entities = tuple(e for e in SUPPORTED_ENTITIES if e in set(entities))
     self.min_score = float(min_score)
     self._recognizers = None
+    self._memo: Dict[tuple, tuple] = {}
 
   def setup(self) -> 'TextScanner':
     """Builds the recognizers now (DoFn.setup) rather than on the first cell."""
@@ -365,6 +367,7 @@ class TextScanner:
   def __getstate__(self):
     state = dict(self.__dict__)
     state['_recognizers'] = None
+    state['_memo'] = {}
     return state
 
   def __repr__(self):
@@ -413,6 +416,18 @@ class TextScanner:
     return _enough_phone_digits(''.join(pieces))
 
   def _redact(self, text: str, entities: Iterable[str]) -> Tuple[str, collections.Counter]:
+    # Texts recur (a file path in every dead letter of the file, the same
+    # validation message, a popular note): remember recent answers.
+    key = (text, tuple(entities))
+    cached = self._memo.get(key)
+    if cached is None:
+      cached = self._redact_uncached(text, key[1])
+      if len(self._memo) >= _MEMO_SIZE:
+        self._memo.pop(next(iter(self._memo)))
+      self._memo[key] = cached
+    return cached[0], collections.Counter(cached[1])
+
+  def _redact_uncached(self, text: str, entities: Iterable[str]) -> Tuple[str, collections.Counter]:
     counts = collections.Counter()
     pieces, last = [], 0
     for start, end, entity, _ in self.findings(text, entities):
