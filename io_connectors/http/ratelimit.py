@@ -1,0 +1,123 @@
+"""Client-side rate limiting: a token bucket per host, shared by a worker's requests.
+
+Every `HttpClient` in a worker process that talks to the same host takes its
+tokens from the same `TokenBucket` (`limiter_for(host, ...)`), so a DoFn's
+threads and the DoFn instances of one process together stay under the API's
+limit. A `429 Too Many Requests` pauses the whole bucket for the server's
+`Retry-After` (`pause`), because the limit it signals applies to all of them.
+
+Usage::
+
+    bucket = limiter_for('api.spotify.com', rate=20.0, burst=5)
+    bucket.acquire()          # blocks until a request may go out
+    bucket.pause(parse_retry_after('3'))
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import threading
+import time
+from typing import Dict, Optional, Tuple
+
+__all__ = ['TokenBucket', 'limiter_for', 'parse_retry_after']
+
+
+class TokenBucket:
+  """Thread-safe token bucket: `rate` tokens a second, at most `burst` saved up.
+
+  rate None: unlimited (only `pause` holds requests back).
+  """
+
+  def __init__(self, rate: Optional[float], burst: float = 1.0, clock=time.monotonic, sleep=time.sleep):
+    if rate is not None and rate <= 0:
+      raise ValueError(f'rate must be positive, got {rate}')
+    if burst < 1:
+      raise ValueError(f'burst must be >= 1, got {burst}')
+    self.rate = rate
+    self.burst = float(burst)
+    self._clock = clock
+    self._sleep = sleep
+    self._lock = threading.Lock()
+    # Starts with one token only: a fresh worker must not add a burst on top
+    # of what its peers already sent in the server's window.
+    self._tokens = 1.0
+    self._updated = clock()
+    self._paused_until = 0.0
+
+  def _wait_time(self, now: float) -> float:
+    """Seconds until a token is free; takes it when 0. Called under the lock."""
+    if now < self._paused_until:
+      return self._paused_until - now
+    if self.rate is None:
+      return 0.0
+    self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+    self._updated = now
+    if self._tokens >= 1.0:
+      self._tokens -= 1.0
+      return 0.0
+    return (1.0 - self._tokens) / self.rate
+
+  def acquire(self, deadline: Optional[float] = None) -> bool:
+    """Blocks until a token is taken; False if `deadline` (clock time) passes first."""
+    while True:
+      with self._lock:
+        wait = self._wait_time(self._clock())
+      if wait <= 0:
+        return True
+      if deadline is not None and self._clock() + wait > deadline:
+        return False
+      self._sleep(min(wait, 1.0))
+
+  def pause(self, seconds: float) -> None:
+    """Holds every request back for `seconds` (a 429's Retry-After)."""
+    with self._lock:
+      now = self._clock()
+      self._paused_until = max(self._paused_until, now + max(0.0, seconds))
+      # Tokens saved before the pause would all go out at once after it.
+      self._tokens = min(self._tokens, 1.0)
+      self._updated = max(self._updated, self._paused_until)
+
+  def __getstate__(self):
+    raise TypeError('a TokenBucket is per process; build it in setup() with limiter_for()')
+
+
+_LIMITERS: Dict[Tuple[str, Optional[float], float], TokenBucket] = {}
+_LIMITERS_LOCK = threading.Lock()
+
+
+def limiter_for(host: str, rate: Optional[float], burst: float = 1.0) -> TokenBucket:
+  """The process-wide bucket of `host` for these settings (created on first use)."""
+  key = (host.lower(), rate, float(burst))
+  with _LIMITERS_LOCK:
+    bucket = _LIMITERS.get(key)
+    if bucket is None:
+      bucket = _LIMITERS[key] = TokenBucket(rate, burst)
+    return bucket
+
+
+def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Optional[float]:
+  """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date.
+
+  None when absent or unparsable (the caller backs off on its own then).
+  """
+  if value is None:
+    return None
+  text = value.strip()
+  if not text:
+    return None
+  try:
+    return max(0.0, float(text))
+  except ValueError:
+    pass
+  try:
+    when = email.utils.parsedate_to_datetime(text)
+  except (TypeError, ValueError, IndexError):
+    return None
+  if when is None:
+    return None
+  if when.tzinfo is None:
+    when = when.replace(tzinfo=dt.timezone.utc)
+  now = time.time() if now is None else now
+  return max(0.0, when.timestamp() - now)
