@@ -1,0 +1,107 @@
+"""JSON messages from a stream (Redis, Pub/Sub, WebSocket, Pulsar) as record batches.
+
+Message brokers hand over one payload at a time; the streaming connectors
+collect what one read returned and turn it into one `pyarrow.RecordBatch`
+here (pyarrow's JSON reader over the good payloads, so the columns are typed
+as the file readers type JSON Lines), and one dead letter per payload that
+is not a JSON object.
+
+Usage::
+
+    batch, dead = messages_to_batch(
+        payloads=[b'{"event_id": "e1"}', b'oops'],
+        positions=['entry 1-0', 'entry 2-0'],
+        rows=[1000000, 2000000],
+        source='redis://events',
+        stage='read')
+    # batch: 1 row with __source='redis://events', __row=1000000
+    # dead:  [{'reason': 'malformed_json', 'position': 'entry 2-0', ...}]
+"""
+
+from __future__ import annotations
+
+import json
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+
+from io_connectors.files import _parse_json_lines, _table_from_rows  # pylint: disable=protected-access
+from transforms.dead_letter import dead_letter
+from transforms.records import with_provenance
+
+__all__ = ['messages_to_batch', 'mask_url']
+
+# A dead letter keeps at most this much of a payload that is not JSON.
+_MAX_RAW_CHARS = 10_000
+
+
+def mask_url(url: str) -> str:
+  """The URL with any password (user:password@) replaced by '***' for messages."""
+  scheme, sep, rest = url.partition('://')
+  if not sep:
+    return url
+  authority, slash, path = rest.partition('/')
+  if '@' not in authority:
+    return url
+  userinfo, _, host = authority.rpartition('@')
+  user = userinfo.split(':', 1)[0]
+  masked = f'{user}:***' if user else '***'
+  return f'{scheme}://{masked}@{host}{slash}{path}'
+
+
+def messages_to_batch(payloads: Sequence[Optional[bytes]],
+                      positions: Sequence[str],
+                      rows: Sequence[int],
+                      source: str,
+                      stage: str,
+                      string_columns: Sequence[str] = ()) -> Tuple[Optional[pa.RecordBatch], List[dict]]:
+  """(batch of the JSON-object payloads or None, dead letters of the others).
+
+  payloads: raw message bodies (bytes or str; None for a message without one).
+  positions: each message's dead-letter position text (e.g. 'entry 1-0').
+  rows: each message's `__row` number.
+  string_columns: columns read as text, as the file readers' option.
+  """
+  good_lines: List[bytes] = []
+  parsed: List[dict] = []
+  good_rows: List[int] = []
+  dead: List[dict] = []
+  for payload, pos, row in zip(payloads, positions, rows):
+    if payload is None:
+      dead.append(dead_letter(source, pos, 'malformed_json', detail='the message has no payload', stage=stage))
+      continue
+    if isinstance(payload, str):
+      payload = payload.encode('utf-8', errors='surrogatepass')
+    try:
+      text = payload.decode('utf-8')
+    except UnicodeDecodeError as e:
+      dead.append(dead_letter(source, pos, 'bad_encoding', record=payload.decode('utf-8', errors='replace')[:_MAX_RAW_CHARS],
+                              detail=f'not UTF-8: {e.reason} at byte {e.start}', stage=stage))
+      continue
+    try:
+      value = json.loads(text)
+    except ValueError as e:
+      dead.append(dead_letter(source, pos, 'malformed_json', record=text[:_MAX_RAW_CHARS],
+                              detail=f'not JSON: {e}', stage=stage))
+      continue
+    if not isinstance(value, dict):
+      dead.append(dead_letter(source, pos, 'malformed_json', record=text[:_MAX_RAW_CHARS],
+                              detail=f'a JSON {type(value).__name__}, not an object', stage=stage))
+      continue
+    # pyarrow's reader takes one object per line: re-serialise pretty-printed ones.
+    good_lines.append(payload if b'\n' not in payload and b'\r' not in payload else
+                      json.dumps(value, ensure_ascii=False).encode('utf-8'))
+    parsed.append(value)
+    good_rows.append(row)
+  if not good_lines:
+    return None, dead
+  try:
+    table = _parse_json_lines(b'\n'.join(good_lines), string_columns)
+    if table.num_rows != len(good_lines):
+      raise pa.ArrowInvalid('row count differs')
+  except pa.ArrowInvalid:
+    # Payloads that parse one by one but not together (a column of mixed types).
+    table = _table_from_rows(parsed, string_columns)
+  batch = table.combine_chunks().to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist(parsed)
+  return with_provenance(batch, source, np.asarray(good_rows, dtype=np.int64)), dead

@@ -1,0 +1,233 @@
+"""ReadFromRedisStreams against a real redis-server (scripts/services.sh redis).
+
+The pipelines run on the FnApiRunner (the DirectRunner's batch engine), which
+calls bundle finalization synchronously after each bundle: the XACKs happen
+there. Beam's TestStream runner never finalizes bundles, so it is not used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+
+import apache_beam as beam
+import pytest
+import redis
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.testing.util import assert_that, equal_to
+
+from io_connectors import registry
+from io_connectors.redis_streams import ReadFromRedisStreams, RedisStreamsOptions, entry_row, row_entry_id
+from tests.io_connectors.streams_support import fresh_name, redis_url, wait_until
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope='module')
+def url():
+  return redis_url()
+
+
+@pytest.fixture
+def client(url):
+  with redis.Redis.from_url(url) as c:
+    yield c
+
+
+@pytest.fixture
+def stream(client):
+  name = fresh_name('events')
+  yield name
+  client.delete(name)
+
+
+def _add_events(client, stream, n, start=0):
+  """XADDs n valid events; returns their entry ids in order."""
+  pipe = client.pipeline(transaction=False)
+  for i in range(start, start + n):
+    pipe.xadd(stream, {'data': json.dumps({'event_id': f'e{i}', 'user_id': f'u{i % 7}', 'ms_played': i})})
+  return [entry_id.decode() for entry_id in pipe.execute()]
+
+
+def _event_ids(batch):
+  return batch.column('event_id').to_pylist()
+
+
+def _run(transform_or_build):
+  with beam.Pipeline(runner=FnApiRunner()) as p:
+    transform_or_build(p)
+
+
+def test_options_are_checked_and_url_secret_stays_out_of_repr():
+  with pytest.raises(ValueError, match='url'):
+    RedisStreamsOptions(url='http://x', streams=['s'], group='g')
+  with pytest.raises(ValueError, match='streams'):
+    RedisStreamsOptions(url='redis://h', streams=[], group='g')
+  with pytest.raises(ValueError, match='group'):
+    RedisStreamsOptions(url='redis://h', streams=['s'], group='')
+  with pytest.raises(ValueError, match='count'):
+    RedisStreamsOptions(url='redis://h', streams=['s'], group='g', count=0)
+  options = RedisStreamsOptions(url='redis://:s3cret@h:1/0', streams='s', group='g')
+  assert options.streams == ('s',)
+  assert 's3cret' not in repr(options) and 's3cret' not in options.safe_url
+  with pytest.raises(registry.ConfigError, match='unknown option'):
+    registry.build({'type': 'redis_streams', 'url': 'redis://h', 'streams': ['s'], 'group': 'g', 'bogus': 1})
+  assert isinstance(registry.build({'type': 'redis_streams', 'url': 'redis://h', 'streams': ['s'], 'group': 'g'}),
+                    ReadFromRedisStreams)
+
+
+def test_entry_row_round_trip():
+  assert entry_row('1700000000123-5') == 1700000000123000005
+  assert row_entry_id(1700000000123000005) == '1700000000123-5'
+
+
+def test_reads_every_entry_dead_letters_malformed_and_acks(url, client, stream):
+  ids = _add_events(client, stream, 2300)
+  bad = {
+      client.xadd(stream, {'data': 'not json'}).decode(): 'malformed_json',
+      client.xadd(stream, {'data': '[1, 2]'}).decode(): 'malformed_json',
+      client.xadd(stream, {'other': 'x'}).decode(): 'malformed_json',
+      client.xadd(stream, {'data': b'{"event_id": "\xff"}'}).decode(): 'bad_encoding',
+  }
+  ids += _add_events(client, stream, 10, start=2300)
+  options = RedisStreamsOptions(url=url, streams=[stream], group='pipeline', count=1000, bounded=True,
+                                string_columns=['ms_played'])
+
+  def build(p):
+    out = p | ReadFromRedisStreams(options)
+    rows = out.records | beam.FlatMap(lambda b: zip(_event_ids(b), b.column('__row').to_pylist(),
+                                                    b.column('__source').to_pylist(), b.column('ms_played').to_pylist()))
+    expected = [(f'e{i}', entry_row(entry_id), f'redis://{stream}', str(i)) for i, entry_id in enumerate(ids)]
+    assert_that(rows, equal_to(expected), label='records')
+    letters = out.dead_letter | beam.Map(lambda d: (d['position'], d['reason'], d['source'], d['stage']))
+    assert_that(letters, equal_to([(f'entry {i}', r, f'redis://{stream}', 'read') for i, r in bad.items()]),
+                label='dead letters')
+    sizes = out.records | beam.Map(lambda b: b.num_rows)
+    assert_that(sizes | beam.combiners.Count.Globally(), equal_to([3]), label='batches of at most count')
+
+  _run(build)
+  # Everything delivered was acknowledged; nothing stays pending.
+  assert client.xpending(stream, 'pipeline')['pending'] == 0
+
+
+class _CheckPendingFn(beam.DoFn):
+  """Records, per batch, whether its entries were still pending (not XACKed) while processed."""
+
+  def __init__(self, url, stream, fail_on_batch=None):
+    self._url, self._stream, self._fail_on = url, stream, fail_on_batch
+
+  def setup(self):
+    self._client = redis.Redis.from_url(self._url)  # pylint: disable=attribute-defined-outside-init
+
+  def process(self, batch):
+    first = row_entry_id(batch.column('__row')[0].as_py())
+    pending = {e['message_id'].decode() for e in
+               self._client.xpending_range(self._stream, 'pipeline', min='-', max='+', count=100_000)}
+    yield first, first in pending
+    if self._fail_on is not None and _event_ids(batch)[0] == self._fail_on:
+      raise RuntimeError('simulated failure after reading, before the bundle commits')
+
+
+def test_entries_are_acked_only_after_the_bundle_is_finalized(url, client, stream):
+  ids = _add_events(client, stream, 300)
+  options = RedisStreamsOptions(url=url, streams=[stream], group='pipeline', count=100, bounded=True)
+
+  def build(p):
+    checks = (p | ReadFromRedisStreams(options)).records | beam.ParDo(_CheckPendingFn(url, stream))
+    # While a batch is processed its entries are pending: the XACK comes with finalization.
+    assert_that(checks, equal_to([(ids[0], True), (ids[100], True), (ids[200], True)]))
+
+  _run(build)
+  assert client.xpending(stream, 'pipeline')['pending'] == 0
+
+
+def test_a_failed_bundle_leaves_its_entries_pending_and_the_next_run_reclaims_them(url, client, stream):
+  ids = _add_events(client, stream, 300)
+  # The second batch (e100..e199) fails: its bundle never commits.
+  failing = RedisStreamsOptions(url=url, streams=[stream], group='pipeline', count=100, bounded=True,
+                                consumer='first-run')
+  with pytest.raises(Exception, match='simulated failure'):
+    _run(lambda p: (p | ReadFromRedisStreams(failing)).records | beam.ParDo(_CheckPendingFn(url, stream, 'e100')))
+  pending = client.xpending_range(stream, 'pipeline', min='-', max='+', count=1000)
+  assert sorted(e['message_id'].decode() for e in pending) == ids[100:200]  # the first batch was acked
+
+  # The next run (another consumer) takes the dead consumer's entries over once idle.
+  wait_until(lambda: all(e['time_since_delivered'] >= 300 for e in
+                         client.xpending_range(stream, 'pipeline', min='-', max='+', count=1000)),
+             what='pending entries idle for 300 ms')
+  resumed = RedisStreamsOptions(url=url, streams=[stream], group='pipeline', count=100, bounded=True,
+                                consumer='second-run', min_idle_ms=300)
+
+  def build(p):
+    events = (p | ReadFromRedisStreams(resumed)).records | beam.FlatMap(_event_ids)
+    assert_that(events, equal_to([f'e{i}' for i in range(100, 300)]))
+
+  _run(build)
+  assert client.xpending(stream, 'pipeline')['pending'] == 0
+
+
+_KILLED_PIPELINE = textwrap.dedent('''
+    """Reads a stream and writes one file per batch; SIGKILLs itself on batch KILL_ON."""
+    import json, os, signal, sys
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from io_connectors.redis_streams import ReadFromRedisStreams, RedisStreamsOptions
+
+    url, stream, out_dir, kill_on = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+
+    class WriteFn(beam.DoFn):
+      def process(self, batch):
+        events = batch.column('event_id').to_pylist()
+        if events[0] == kill_on:
+          os.kill(os.getpid(), signal.SIGKILL)  # the process dies mid-stream, mid-bundle
+        path = os.path.join(out_dir, events[0] + '.json')
+        with open(path + '.tmp', 'w') as f:
+          json.dump(events, f)
+        os.replace(path + '.tmp', path)
+
+    options = RedisStreamsOptions(url=url, streams=[stream], group='pipeline', count=100,
+                                  consumer='doomed', block_ms=200)
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+      (p | ReadFromRedisStreams(options)).records | beam.ParDo(WriteFn())
+''')
+
+
+def test_a_killed_pipeline_process_loses_nothing_and_writes_nothing_twice(url, client, stream, tmp_path):
+  _add_events(client, stream, 1000)
+  script = tmp_path / 'killed_pipeline.py'
+  script.write_text(_KILLED_PIPELINE)
+  out_dir = tmp_path / 'out'
+  out_dir.mkdir()
+  env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+  # Unbounded reader: only the kill ends it.
+  run = subprocess.run([sys.executable, str(script), url, stream, str(out_dir), 'e400'], env=env, cwd=REPO_ROOT,
+                       capture_output=True, text=True, timeout=300, check=False)
+  assert run.returncode == -signal.SIGKILL, run.stderr[-3000:]
+  written_first = {p.name for p in out_dir.glob('*.json')}
+  assert written_first == {f'e{i}.json' for i in range(0, 400, 100)}
+  # The batch being processed at the kill is pending for the dead consumer.
+  pending = client.xpending(stream, 'pipeline')
+  assert pending['pending'] == 100 and pending['consumers'][0]['name'].decode().startswith('doomed')
+
+  wait_until(lambda: all(e['time_since_delivered'] >= 300 for e in
+                         client.xpending_range(stream, 'pipeline', min='-', max='+', count=1000)),
+             what='pending entries idle for 300 ms')
+  resumed = RedisStreamsOptions(url=url, streams=[stream], group='pipeline', count=100, bounded=True,
+                                consumer='resumed', min_idle_ms=300)
+
+  resumed_dir = tmp_path / 'resumed'
+  resumed_dir.mkdir()
+
+  def write(batch):
+    events = _event_ids(batch)
+    (resumed_dir / f'{events[0]}.json').write_text(json.dumps(events))
+
+  _run(lambda p: (p | ReadFromRedisStreams(resumed)).records | beam.Map(write))
+  written = [e for d in (out_dir, resumed_dir) for path in d.glob('*.json') for e in json.loads(path.read_text())]
+  assert sorted(written) == sorted(f'e{i}' for i in range(1000))  # each once: nothing lost, nothing doubled
+  assert client.xpending(stream, 'pipeline')['pending'] == 0
