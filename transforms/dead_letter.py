@@ -47,6 +47,8 @@ REASONS = {
     'invalid_value': 'a value of the right type that breaks a rule (range, pattern, code list)',
     'invalid_tenant': 'the tenant id is missing or does not match ^[a-z0-9][a-z0-9_-]{0,62}$',
     'source_error': 'a connector-specific failure that is not retried further (HTTP, database)',
+    'malformed_avro': 'a stream message whose Avro payload does not decode (wire format, schema id, bytes)',
+    'late_event': 'an event behind the watermark by more than the allowed lateness of its window',
 }
 
 
