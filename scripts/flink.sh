@@ -234,8 +234,17 @@ launch() {  # name class args...
     -Dlog4j2.formatMsgNoLookups=true \
     -cp "$(classpath)" "${class}" --configDir "${CONF_DIR}" "$@" ${dynamic} \
     > "${LOG_DIR}/${name}.out" 2>&1 < /dev/null &
-  echo $! > "${RUN_DIR}/${name}.pid"
-  log "started ${name} (pid $!)"
+  local pid=$!
+  echo "${pid}" > "${RUN_DIR}/${name}.pid"
+  # Until the forked shell has exec'd java, the pid does not look like ours
+  # yet; wait for that, so the next liveness check does not call it stale.
+  local deadline=$((SECONDS + 10))
+  until alive "${RUN_DIR}/${name}.pid" "${class}"; do
+    kill -0 "${pid}" 2>/dev/null || die "${name} exited at once; see ${LOG_DIR#"${REPO_ROOT}"/}/${name}.out"
+    (( SECONDS < deadline )) || die "${name} (pid ${pid}) did not start java"
+    sleep 0.1
+  done
+  log "started ${name} (pid ${pid})"
 }
 
 rest() { curl -sf --max-time 3 "http://127.0.0.1:${REST_PORT}$1"; }
@@ -289,6 +298,7 @@ start_worker_pool() {
       --service_port="${WORKER_POOL_PORT}" > "${LOG_DIR}/worker-pool.out" 2>&1 < /dev/null &
     echo $! > "${RUN_DIR}/worker-pool.pid"
   )
+  wait_for 10 "the worker pool process to start" alive "${RUN_DIR}/worker-pool.pid" "${WORKER_POOL_MODULE}"
   wait_for 60 "the worker pool on port ${WORKER_POOL_PORT}" \
     "${PYTHON}" -c "import socket,sys; s=socket.socket(); s.settimeout(1); sys.exit(s.connect_ex(('127.0.0.1', ${WORKER_POOL_PORT})))"
   log "worker pool listening on localhost:${WORKER_POOL_PORT} (pid $(cat "${RUN_DIR}/worker-pool.pid"))"
