@@ -91,7 +91,13 @@ def _all_options_parser() -> argparse.ArgumentParser:
   except ImportError:
     pass
   from apache_beam.options.pipeline_options import _BeamArgumentParser  # pylint: disable=import-outside-toplevel
-  parser = _BeamArgumentParser(allow_abbrev=False, add_help=False)
+
+  class _OneLineErrors(_BeamArgumentParser):
+
+    def error(self, message):
+      raise UsageError(message)
+
+  parser = _OneLineErrors(allow_abbrev=False, add_help=False)
   seen = set()
   stack = list(PipelineOptions.__subclasses__())
   while stack:
@@ -115,13 +121,12 @@ def _check_flags(argv: Sequence[str]):
     parser.print_help()
     raise SystemExit(0)
   parser = _all_options_parser()
-  try:
-    _, unknown = parser.parse_known_args(list(argv))
-  except SystemExit:
-    raise UsageError(f'invalid arguments: {" ".join(argv)}') from None
-  unknown = [u for u in unknown if u.startswith('-')]
+  _, unknown = parser.parse_known_args(list(argv))
   if unknown:
-    raise UsageError(f'unknown flag(s): {" ".join(unknown)} (see --help)')
+    flags = [u for u in unknown if u.startswith('-')]
+    if flags:
+      raise UsageError(f'unknown flag(s): {" ".join(flags)} (see --help)')
+    raise UsageError(f'unexpected argument(s): {" ".join(unknown)} (quote globs: --input \'dir/*.csv\')')
 
 
 def _options_from(argv: Sequence[str]) -> PipelineOptions:
@@ -167,6 +172,20 @@ def _source_transform(source: dict, config: RunConfig, model):
       # value in one row does not change the column's type for the others.
       spec.setdefault('string_columns', list(model.model_fields) + [source['tenant_field'] or 'tenant_id'])
   return registry.build(spec)
+
+
+def _check_inputs(config: RunConfig):
+  """A file source whose pattern matches nothing stops the run before it starts."""
+  for i, source in enumerate(config.sources):
+    pattern = source.get('input')
+    if source['type'] not in _FILE_CONNECTORS or not pattern:
+      continue
+    try:
+      matched = FileSystems.match([pattern])[0].metadata_list
+    except Exception as e:  # pylint: disable=broad-except
+      raise ConfigError(f'sources[{i}] input {pattern}: cannot list it ({type(e).__name__}: {str(e).splitlines()[0][:200]})') from None
+    if not matched:
+      raise ConfigError(f'sources[{i}] input {pattern}: no file matches')
 
 
 def _describe(source: dict) -> dict:
@@ -327,6 +346,7 @@ def run(argv: Optional[Sequence[str]] = None, allow_demo: bool = False) -> dict:
   # Beam's S3/GCS options must be known before paths are probed.
   FileSystems.set_options(options)
   config = _config_from(options, allow_demo=allow_demo)
+  _check_inputs(config)
   try:
     master_key = None if config.keep_pii else load_master_key(config.pii_key_file, allow_ephemeral=config.demo)
   except PiiKeyError as e:

@@ -1,0 +1,345 @@
+"""The batch job end to end: counts, layout, tenants, PII, formats, config, CLI errors."""
+
+import csv
+import glob
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+
+import fastavro
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from pipelines import sample_data
+from pipelines.spotify_batch import run
+from transforms.dead_letter import REASONS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+KEY = 'ab' * 32
+OTHER_KEY = 'cd' * 32
+
+
+@pytest.fixture(autouse=True)
+def _pii_key(monkeypatch):
+  monkeypatch.setenv('PII_MASTER_KEY', KEY)
+
+
+@pytest.fixture(scope='module')
+def sample(tmp_path_factory):
+  out = str(tmp_path_factory.mktemp('sample'))
+  sample_data.write_listening_events(out, rows=3000, files=2, seed=3)
+  return out
+
+
+@pytest.fixture(scope='module')
+def sample_run(sample, tmp_path_factory):
+  output = str(tmp_path_factory.mktemp('run'))
+  os.environ['PII_MASTER_KEY'] = KEY
+  manifest = run(['--input', os.path.join(sample, '*.csv'), '--tenant_field', 'tenant_id', '--output', output])
+  return manifest, output
+
+
+def _read_partitions(output):
+  tables = {}
+  for directory in sorted(glob.glob(os.path.join(output, 'data', 'tenant=*'))):
+    tenant = directory.rsplit('=', 1)[1]
+    tables[tenant] = pa.concat_tables([pq.read_table(f) for f in sorted(glob.glob(os.path.join(directory, '*.parquet')))])
+  return tables
+
+
+def _dead_letters(output):
+  letters = []
+  for f in sorted(glob.glob(os.path.join(output, 'dead_letter', '**', '*.jsonl'), recursive=True)):
+    with open(f, encoding='utf-8') as handle:
+      letters.extend(json.loads(line) for line in handle)
+  return letters
+
+
+def _input_rows(sample):
+  rows = {}
+  for f in sorted(glob.glob(os.path.join(sample, '*.csv'))):
+    with open(f, encoding='utf-8', errors='replace', newline='') as handle:
+      for row in csv.DictReader(handle):
+        rows.setdefault(row['event_id'], row)
+  return rows
+
+
+def test_counts_match_what_the_generator_injected(sample, sample_run):
+  manifest, _ = sample_run
+  expected = sample_data.load_expected(sample)
+  counts = manifest['counts']
+  assert counts['read'] == expected['rows']
+  assert counts['written'] == expected['clean']
+  assert counts['deduplicated'] == expected['duplicates']
+  assert counts['dead_letter'] == expected['malformed']['total']
+  assert counts['read'] == counts['written'] + counts['dead_letter'] + counts['deduplicated']
+  assert manifest['conservation']['ok']
+  assert counts['dead_letter_by_reason'] == {k: v for k, v in expected['dead_letter_reasons'].items() if v}
+  for tenant, figures in expected['tenants'].items():
+    assert counts['per_tenant'][tenant]['written'] == figures['clean']
+    assert counts['per_tenant'][tenant]['deduplicated'] == figures['duplicates']
+  for c in counts['per_tenant'].values():
+    assert c['read'] == c['written'] + c['dead_letter'] + c['deduplicated']
+
+
+def test_manifest_describes_the_run(sample_run):
+  manifest, output = sample_run
+  assert manifest['run_id'] and manifest['runner'] and manifest['code_version']['beam']
+  assert manifest['inputs'][0]['input'].endswith('*.csv')
+  assert manifest['pii']['redacted'] and not manifest['pii']['ephemeral_key']
+  assert set(manifest['pii']['findings']) >= {'EMAIL_ADDRESS', 'IP_ADDRESS', 'CREDIT_CARD', 'IBAN_CODE', 'URL_WITH_CREDENTIALS'}
+  assert manifest['files']['data'] and all(p.startswith(output) for p in manifest['files']['data'])
+  assert not os.path.exists(os.path.join(output, '_temporary'))
+
+
+def test_layout_schema_and_tenant_isolation(sample_run):
+  manifest, output = sample_run
+  tables = _read_partitions(output)
+  assert set(tables) == {t for t, c in manifest['counts']['per_tenant'].items() if c['written']}
+  schema_doc = json.load(open(os.path.join(output, '_schema.json')))
+  names = [f['name'] for f in schema_doc['fields']]
+  for tenant, table in tables.items():
+    assert set(table.column('tenant_id').to_pylist()) == {tenant}  # nothing lands under another tenant
+    assert table.num_rows == manifest['counts']['per_tenant'][tenant]['written']
+    assert table.schema.names == names
+    assert not any(n.startswith('__') for n in table.schema.names)
+    assert len(set(table.column('event_id').to_pylist())) == table.num_rows
+  assert {'device_model', 'bitrate_kbps'} <= set(names)  # undeclared columns kept
+  assert tables['acme-music'].schema.field('played_at').type == pa.timestamp('us', tz='UTC')
+  assert tables['acme-music'].schema.field('bitrate_kbps').type == pa.int64()
+
+
+def test_dead_letters_say_why_and_where_without_pii(sample, sample_run):
+  _, output = sample_run
+  letters = _dead_letters(output)
+  expected = sample_data.load_expected(sample)
+  assert len(letters) == expected['malformed']['total']
+  for letter in letters:
+    assert set(letter) >= {'source', 'position', 'reason', 'field', 'record'}
+    assert letter['reason'] in REASONS
+    assert letter['source'].endswith('.csv') or '.csv@' in letter['source']
+    assert re.fullmatch(r'row \d+', letter['position'])
+  wanted = {(os.path.basename(b['file']), f"row {b['row']}", b['reason']) for b in expected['malformed_rows']}
+  got = {(os.path.basename(l['source']), l['position'], l['reason']) for l in letters}
+  assert got == wanted
+  # No raw email or IP of the input survives in any dead letter.
+  text = json.dumps(letters)
+  raw = _input_rows(sample)
+  emails = {r['user_email'] for r in raw.values() if r.get('user_email') and '@' in r['user_email']}
+  assert not [e for e in emails if e in text]
+  ips = {r['ip_address'] for r in raw.values() if r.get('ip_address')}
+  assert not [ip for ip in ips if re.search(r'(?<![0-9a-f.:])' + re.escape(ip) + r'(?![0-9a-f.:])', text)]
+
+
+def test_identifiers_pseudonymised_and_other_fields_unchanged(sample, sample_run):
+  _, output = sample_run
+  raw = _input_rows(sample)
+  hex64 = re.compile(r'[0-9a-f]{64}')
+  checked = 0
+  for table in _read_partitions(output).values():
+    for row in table.to_pylist():
+      source = raw[row['event_id']]
+      for field in ('user_id', 'user_email', 'ip_address'):
+        if row[field] is not None:
+          assert hex64.fullmatch(row[field]) and row[field] != source[field]
+      for field in ('track_id', 'platform', 'context_uri', 'device_model'):
+        assert row[field] == (source[field] or None)
+      assert row['ms_played'] == int(source['ms_played'])
+      assert row['country'] == (source['country'] or None)
+      assert row['bitrate_kbps'] == int(source['bitrate_kbps'])
+      if row['note'] is not None and '<' not in row['note']:
+        assert row['note'] == source['note']
+      checked += 1
+  assert checked > 2000
+
+
+def _run_small(tmp_path, rows, name, extra=(), key=KEY):
+  path = tmp_path / f'{name}.csv'
+  with open(path, 'w', newline='', encoding='utf-8') as handle:
+    writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  os.environ['PII_MASTER_KEY'] = key
+  out = str(tmp_path / f'out-{name}')
+  return run(['--input', str(path), '--output', out, '--tenant_field', 'tenant_id', *extra]), out
+
+
+def _event(event_id, user, tenant, **kw):
+  row = {
+      'event_id': event_id, 'tenant_id': tenant, 'user_id': user, 'track_id': '4uLU6hMCjMI75M1A2tKUQC',
+      'played_at': '2024-03-01T12:30:00+01:00', 'ms_played': '1000', 'user_email': f'{user}@example.com',
+      'ip_address': '192.0.2.7', 'note': ''
+  }
+  row.update(kw)
+  return row
+
+
+def test_pseudonyms_stable_across_runs_and_different_across_tenants(tmp_path):
+  rows = [_event('e1', 'u1', 'acme'), _event('e2', 'u1', 'beat')]
+  _, out1 = _run_small(tmp_path, rows, 'a')
+  _, out2 = _run_small(tmp_path, rows, 'b')
+  _, out3 = _run_small(tmp_path, rows, 'c', key=OTHER_KEY)
+  first, second, third = (_read_partitions(o) for o in (out1, out2, out3))
+  pseudonym = lambda tables, t: tables[t].column('user_id')[0].as_py()
+  assert pseudonym(first, 'acme') == pseudonym(second, 'acme')
+  assert pseudonym(first, 'acme') != pseudonym(first, 'beat')
+  assert pseudonym(first, 'acme') != pseudonym(third, 'acme')
+
+
+@pytest.mark.parametrize('fmt', ['avro', 'jsonl', 'tfrecord'])
+def test_other_output_formats(tmp_path, fmt):
+  rows = [_event(f'e{i}', f'u{i}', 'acme', note='call +44 20 7946 0958' if i == 0 else '') for i in range(5)]
+  manifest, out = _run_small(tmp_path, rows, fmt, ['--output_format', fmt])
+  files = sorted(glob.glob(os.path.join(out, 'data', 'tenant=acme', f'*.{fmt}')))
+  assert files and manifest['counts']['written'] == 5
+  if fmt == 'avro':
+    records = [r for f in files for r in fastavro.reader(open(f, 'rb'))]
+  elif fmt == 'jsonl':
+    records = [json.loads(line) for f in files for line in open(f, encoding='utf-8')]
+  else:
+    records = [_parse_example(raw) for f in files for raw in _tfrecords(f)]
+  assert sorted(r['event_id'] for r in records) == [f'e{i}' for i in range(5)]
+  notes = [r['note'] for r in records if r['event_id'] == 'e0']
+  assert notes == ['call <PHONE_NUMBER>']
+  assert all(len(r['user_id']) == 64 for r in records)
+
+
+def _tfrecords(path):
+  from apache_beam.io.tfrecordio import _TFRecordUtil  # pylint: disable=import-outside-toplevel
+  with open(path, 'rb') as handle:
+    while True:
+      record = _TFRecordUtil.read_record(handle)
+      if record is None:
+        return
+      yield record
+
+
+_EXAMPLE = None
+
+
+def _example_class():
+  """tf.train.Example built from its .proto definition, so the test needs no TensorFlow."""
+  global _EXAMPLE  # pylint: disable=global-statement
+  if _EXAMPLE is None:
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory  # pylint: disable=import-outside-toplevel
+    f = descriptor_pb2.FileDescriptorProto(name='test_example.proto', package='testtf', syntax='proto3')
+    T = descriptor_pb2.FieldDescriptorProto
+    for name, ftype in (('BytesList', T.TYPE_BYTES), ('FloatList', T.TYPE_FLOAT), ('Int64List', T.TYPE_INT64)):
+      m = f.message_type.add(name=name)
+      m.field.add(name='value', number=1, type=ftype, label=T.LABEL_REPEATED)
+    feature = f.message_type.add(name='Feature')
+    feature.oneof_decl.add(name='kind')
+    for number, name in ((1, 'bytes_list'), (2, 'float_list'), (3, 'int64_list')):
+      feature.field.add(name=name, number=number, type=T.TYPE_MESSAGE, type_name='.testtf.' + name.title().replace('_', ''),
+                        label=T.LABEL_OPTIONAL, oneof_index=0)
+    features = f.message_type.add(name='Features')
+    entry = features.nested_type.add(name='FeatureEntry')
+    entry.options.map_entry = True
+    entry.field.add(name='key', number=1, type=T.TYPE_STRING, label=T.LABEL_OPTIONAL)
+    entry.field.add(name='value', number=2, type=T.TYPE_MESSAGE, type_name='.testtf.Feature', label=T.LABEL_OPTIONAL)
+    features.field.add(name='feature', number=1, type=T.TYPE_MESSAGE, type_name='.testtf.Features.FeatureEntry',
+                       label=T.LABEL_REPEATED)
+    example = f.message_type.add(name='Example')
+    example.field.add(name='features', number=1, type=T.TYPE_MESSAGE, type_name='.testtf.Features', label=T.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(f)
+    _EXAMPLE = message_factory.GetMessageClass(pool.FindMessageTypeByName('testtf.Example'))
+  return _EXAMPLE
+
+
+def _parse_example(raw):
+  example = _example_class()()
+  example.ParseFromString(raw)
+  out = {}
+  for name, feature in example.features.feature.items():
+    kind = feature.WhichOneof('kind')
+    values = list(getattr(feature, kind).value) if kind else []
+    if kind == 'bytes_list':
+      values = [v.decode('utf-8') for v in values]
+    out[name] = values[0] if len(values) == 1 else (None if not values else values)
+  return out
+
+
+def test_config_with_several_sources_and_every_read_reason(tmp_path):
+  good = [_event('e1', 'u1', 'acme'), _event('e2', 'u2', 'acme')]
+  csv_path = tmp_path / 'events.csv'
+  with open(csv_path, 'w', newline='') as handle:
+    writer = csv.DictWriter(handle, fieldnames=list(good[0]))
+    writer.writeheader()
+    writer.writerows(good)
+  jsonl_path = tmp_path / 'events.jsonl'
+  jsonl_path.write_text(json.dumps(_event('j1', 'u3', 'ignored')) + '\n{"event_id": "broken\n')
+  parquet_path = tmp_path / 'broken.parquet'
+  parquet_path.write_bytes(b'PAR1 this is not really parquet')
+  config = {
+      'output': str(tmp_path / 'out'),
+      'entity': 'listening_event',
+      'sources': [
+          {'type': 'csv', 'input': str(csv_path), 'tenant_field': 'tenant_id'},
+          {'type': 'jsonl', 'input': str(jsonl_path), 'tenant_id': 'beat'},
+          {'type': 'parquet', 'input': str(parquet_path), 'tenant_id': 'beat'},
+      ]
+  }
+  config_path = tmp_path / 'run.yaml'
+  config_path.write_text(yaml.safe_dump(config))
+  manifest = run(['--config', str(config_path)])
+  counts = manifest['counts']
+  assert counts['per_tenant']['acme']['written'] == 2
+  assert counts['per_tenant']['beat']['written'] == 0  # j1 names tenant 'ignored', not the run's 'beat'
+  assert counts['dead_letter_by_reason'] == {'malformed_json': 1, 'corrupt_file': 1, 'invalid_tenant': 1}
+  assert counts['read'] == counts['written'] + counts['dead_letter'] + counts['deduplicated']
+  assert [s['type'] for s in manifest['inputs']] == ['csv', 'jsonl', 'parquet']
+
+
+def _cli(*args, env_key=KEY, cwd=None):
+  env = dict(os.environ, PII_MASTER_KEY=env_key)
+  if not env_key:
+    env.pop('PII_MASTER_KEY')
+  return subprocess.run([sys.executable, '-m', 'pipelines.spotify_batch', *args], cwd=cwd or ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--bogus_flag', '1'], 'unknown flag'),
+    (['--output_format', 'xml'], 'invalid choice'),
+    (['--input', '/nonexistent-dir/*.csv', '--tenant_id', 'acme'], 'no file matches'),
+    (['--config', '/nonexistent-dir/run.yaml'], 'cannot read config'),
+    (['--input', 'x.csv', '--tenant_id', '../etc'], 'not a valid tenant id'),
+    (['--input', 'x.csv'], 'exactly one of tenant_id or tenant_field'),
+    (['--entity', 'song', '--input', 'x.csv', '--tenant_id', 'acme'], 'unknown entity'),
+])
+def test_cli_errors_are_one_clear_line(args, message):
+  result = _cli(*args)
+  assert result.returncode == 2
+  assert 'Traceback' not in result.stderr
+  error_lines = [l for l in result.stderr.splitlines() if l.startswith('error:')]
+  assert len(error_lines) == 1 and message in error_lines[0], result.stderr
+
+
+def test_cli_bad_yaml_and_missing_key(tmp_path, sample):
+  bad = tmp_path / 'bad.yaml'
+  bad.write_text('sources: [unclosed')
+  result = _cli('--config', str(bad))
+  assert result.returncode == 2 and 'not valid YAML' in result.stderr and 'Traceback' not in result.stderr
+  result = _cli('--input', os.path.join(sample, '*.csv'), '--tenant_field', 'tenant_id', '--output', str(tmp_path / 'o'),
+                env_key=None)
+  assert result.returncode == 2 and 'PII_MASTER_KEY' in result.stderr and 'Traceback' not in result.stderr
+
+
+def test_s3_and_gcs_input_and_output(s3_env, gcs_env, tmp_path):
+  rows = [_event('e1', 'u1', 'acme'), _event('e2', 'u2', 'acme'), _event('e2', 'u2', 'acme')]
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+  writer.writeheader()
+  writer.writerows(rows)
+  for env in (s3_env, gcs_env):
+    source = env.upload('in/events.csv', buffer.getvalue().encode('utf-8'))
+    output = env.url('out')
+    manifest = run([*env.beam_args, '--input', source, '--tenant_field', 'tenant_id', '--output', output])
+    assert (manifest['counts']['written'], manifest['counts']['deduplicated']) == (2, 1)
+    assert manifest['files']['data'][0].startswith(output + '/data/tenant=acme/')
