@@ -63,6 +63,7 @@ __all__ = [
     'ReadFromSocial',
     'BodyCursorPaginator',
     'TikTokClientCredentials',
+    'AuthFromEnv',
     'load_resource',
     'resources',
     'RESOURCE_DIR',
@@ -108,27 +109,28 @@ class TikTokClientCredentials(OAuth2ClientCredentials):
     return {'grant_type': 'client_credentials', 'client_key': self.client_id}
 
 
-class _AuthFromEnv(Auth):
-  """Builds an auth of this module from its options on first use, in the worker.
+class AuthFromEnv(Auth):
+  """An auth class built from options (`X` or `X_env`) on first use, in the worker.
 
-  Only the option names (and the environment variable names) are pickled into
-  the pipeline, never the secrets, as the framework does for its own types.
+  Only the options and environment variable names are pickled into the
+  pipeline, never the secrets, as the framework does for its own auth types.
+  auth_class: an Auth subclass (module level, picklable).
   """
   can_refresh = True
 
-  def __init__(self, kind: str, options: Mapping[str, Any]):
-    self.kind = kind
+  def __init__(self, auth_class, options: Mapping[str, Any]):
+    self.auth_class = auth_class
     self.options = dict(options)
     self.token_url = self.options.get('token_url')  # read by ResourceConfig.hosts (not a secret)
     self._auth = None
     self._build()  # fail at construction when a variable is missing
 
   def __getstate__(self):
-    return {'kind': self.kind, 'options': self.options, 'token_url': self.token_url, '_auth': None}
+    return {'auth_class': self.auth_class, 'options': self.options, 'token_url': self.token_url, '_auth': None}
 
   def _build(self) -> Auth:
     if self._auth is None:
-      self._auth = _AUTHS[self.kind](**_resolve_env(self.options, f'auth {self.kind!r}'))
+      self._auth = self.auth_class(**_resolve_env(self.options, f'auth {self.auth_class.__name__}'))
     return self._auth
 
   def bind(self, client):
@@ -241,7 +243,7 @@ def load_resource(name_or_path: str, overrides: Optional[Mapping[str, Any]] = No
     options = dict(auth)
     kind = options.pop('type', None)
     if kind in _AUTHS:
-      doc['auth'] = _AuthFromEnv(kind, options)
+      doc['auth'] = AuthFromEnv(_AUTHS[kind], options)
     else:
       create_auth(auth)  # checks it now; ReadFromRest builds it again on each worker
   try:

@@ -279,7 +279,9 @@ class SoundCloudFake(FakeApi):
     if path == '/oauth/token':
       return self._token(headers, form)
     fault = self._take_fault(path)
-    if fault:
+    if fault and fault[0] == 'expire_tokens':
+      self.expire_tokens()  # then answers as usual: 401 for the token just expired
+    elif fault:
       if fault[0] == 'rate_limit':
         return 429, {'Retry-After': '1'}, {'code': 429, 'message': 'Too Many Requests',
                                             'errors': [{'error_message': 'rate limit'}]}
