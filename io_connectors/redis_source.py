@@ -42,7 +42,8 @@ Values -> records. Every record has the ``key`` column (the key, UTF-8;
 A field whose values do not share one Arrow type across a batch becomes a
 text column (JSON text for objects and arrays), as in `io_connectors.mongodb`.
 
-Dead letters (``stage='read'``, ``position`` = ``key <key>``):
+Dead letters (``stage='read'``, ``position`` = ``key <key>``, a key that is
+not UTF-8 with its bad bytes as ``\\xNN``):
 ``bad_encoding`` for a key or value that is not valid UTF-8 (record: the
 bytes as ``base64:...``); ``malformed_json`` for a string that is not a JSON
 object with ``value_format='json'`` (record: the text); ``invalid_value``
@@ -422,7 +423,8 @@ class _ReadKeysFn(beam.DoFn):
       except UnicodeDecodeError:
         yield beam.pvalue.TaggedOutput(
             DEAD_LETTER,
-            dead_letter(self._source, f'key {json_safe(key)}', 'bad_encoding', field=options.key_column,
+            dead_letter(self._source, f'key {key.decode("utf-8", "backslashreplace")}', 'bad_encoding',
+                        field=options.key_column,
                         record=None, detail='the key is not UTF-8', stage=STAGE))
         continue
       try:
