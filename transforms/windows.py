@@ -1,0 +1,462 @@
+"""Event-time windows for streaming record batches: fixed windows, listening sessions, late data, dedup.
+
+`WindowEvents` takes validated RecordBatches (a timestamp column such as
+`played_at`, a `tenant_id` column) in the global window and returns:
+
+- ``windows``: one `WindowBatch` (tenant, window, shard, rows) per fixed window
+  of `window_size_s` and key, emitted once when the watermark passes the
+  window's end plus `allowed_lateness_s`. A key is (tenant, hash(user) mod
+  `num_shards`), so a window of a tenant is written as at most `num_shards`
+  parts whose names derive from (tenant, window, shard): a replay writes the
+  same names with the same rows.
+- ``late``: dead letters (reason `late_event`) for events whose window was
+  already emitted for their key: counted and routed, never dropped silently.
+- ``metrics``: per (tenant, window) dicts: events, listening_minutes, skips,
+  distinct_users, duplicates, late_events; cumulative, so a later figure for
+  the same window (late events counted after it closed) supersedes the earlier.
+- ``sessions``: RecordBatches of listening sessions per user (a session ends
+  after `session_gap_s` without a play), emitted once no event could extend it.
+
+Why state and timers instead of `WindowInto` + `GroupByKey`: Beam drops data
+behind the allowed lateness inside the GroupByKey, where no one can count or
+route it. Here one stateful DoFn per key decides lateness, deduplicates and
+emits, so every event is either in exactly one window output or a dead letter.
+"Late" is judged against the watermark the key has seen (its last fired
+timer): an event for a window no event of its key had reached before is
+accepted while its window's close is still ahead of that key's timers.
+
+Dedup: the first copy of each `key_field` value per key wins; ids are
+remembered until `dedup_ttl_s` of event time after their window closed (state
+that expires by timer). Duplicates of an event share its user, so they meet in
+one key.
+
+Usage::
+
+    out = validated_batches | WindowEvents(WindowOptions(window_size_s=60, allowed_lateness_s=30))
+    out.windows, out.late, out.metrics, out.sessions
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import typing
+from typing import Dict, List, Optional
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.coders import PickleCoder, TupleCoder, VarIntCoder
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.utils.timestamp import Timestamp
+
+from io_connectors.files import RecordBatchCoder
+from transforms.dead_letter import dead_letter
+from transforms.dedup import shard_of
+from transforms.records import ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN, position, rows_as_dicts
+
+__all__ = ['WindowOptions', 'WindowEvents', 'WindowedOutputs', 'WindowBatch', 'window_label', 'SESSION_SCHEMA']
+
+_MICROS = 1_000_000
+
+SESSION_SCHEMA = pa.schema([
+    ('tenant_id', pa.string()),
+    ('user_id', pa.string()),
+    ('session_start', pa.timestamp('us', tz='UTC')),
+    ('session_end', pa.timestamp('us', tz='UTC')),
+    ('events', pa.int64()),
+    ('listening_minutes', pa.float64()),
+    ('skips', pa.int64()),
+])
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowOptions:
+  """Options of `WindowEvents`.
+
+  window_size_s: fixed window length in seconds.
+  allowed_lateness_s: a window is emitted when the watermark passes its end plus this.
+  session_gap_s: a listening session ends after this long without a play.
+  dedup_ttl_s: event ids are remembered this long (event time) after their window closed.
+  time_field, key_field, user_field: the event time, the dedup key and the user column.
+  num_shards: keys per tenant (parallelism; each window is written as up to this many parts).
+  """
+  window_size_s: float = 60.0
+  allowed_lateness_s: float = 0.0
+  session_gap_s: float = 1800.0
+  dedup_ttl_s: float = 3600.0
+  time_field: str = 'played_at'
+  key_field: str = 'event_id'
+  user_field: str = 'user_id'
+  num_shards: int = 4
+
+  def __post_init__(self):
+    if self.window_size_s <= 0:
+      raise ValueError(f'window_size_s must be positive, got {self.window_size_s!r}')
+    for name in ('allowed_lateness_s', 'dedup_ttl_s'):
+      if getattr(self, name) < 0:
+        raise ValueError(f'{name} must not be negative, got {getattr(self, name)!r}')
+    if self.session_gap_s <= 0:
+      raise ValueError(f'session_gap_s must be positive, got {self.session_gap_s!r}')
+    if not isinstance(self.num_shards, int) or self.num_shards < 1:
+      raise ValueError(f'num_shards must be a positive integer, got {self.num_shards!r}')
+    for name in ('time_field', 'key_field', 'user_field'):
+      if not getattr(self, name):
+        raise ValueError(f'{name} must be a column name')
+
+  @property
+  def size_us(self) -> int:
+    return int(round(self.window_size_s * _MICROS))
+
+  @property
+  def lateness_us(self) -> int:
+    return int(round(self.allowed_lateness_s * _MICROS))
+
+
+class WindowBatch(typing.NamedTuple):
+  """The rows of one (tenant, window, shard): emitted once."""
+  tenant: str
+  window_start_us: int
+  window_end_us: int
+  shard: int
+  batch: pa.RecordBatch
+
+
+class WindowedOutputs(typing.NamedTuple):
+  windows: beam.PCollection  # of WindowBatch
+  late: beam.PCollection  # of dead-letter dicts (reason late_event)
+  metrics: beam.PCollection  # of dicts per (tenant, window)
+  sessions: beam.PCollection  # of (tenant, closing window start, shard, RecordBatch of SESSION_SCHEMA)
+
+
+def window_label(start_us: int) -> str:
+  """A window start as a compact UTC name part: 20240101T100000Z (with microseconds if any)."""
+  moment = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=int(start_us))
+  return moment.strftime('%Y%m%dT%H%M%S') + (f'.{moment.microsecond:06d}' if moment.microsecond else '') + 'Z'
+
+
+def _iso(micros: int) -> str:
+  return (dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=int(micros))).isoformat()
+
+
+def _micros(batch: pa.RecordBatch, field: str) -> np.ndarray:
+  column = batch.column(field)
+  if pa.types.is_timestamp(column.type):
+    column = column.cast(pa.timestamp('us', tz=column.type.tz))
+  return np.asarray(column.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def _strings(batch: pa.RecordBatch, field: str) -> np.ndarray:
+  column = batch.column(field)
+  if pa.types.is_dictionary(column.type):
+    column = column.dictionary_decode()
+  return np.asarray(column.cast(pa.string()).to_numpy(zero_copy_only=False), dtype=object)
+
+
+class _RouteFn(beam.DoFn):
+  """Splits a batch into ((tenant, shard of user), rows)."""
+
+  def __init__(self, options: WindowOptions):
+    self._options = options
+
+  def process(self, batch: pa.RecordBatch):
+    shards = shard_of(batch.column(self._options.user_field), self._options.num_shards)
+    tenants = _strings(batch, TENANT_COLUMN)
+    for tenant in sorted(set(tenants)):
+      for shard in np.unique(shards):
+        mask = (tenants == tenant) & (shards == shard)
+        if mask.any():
+          yield (tenant, int(shard)), batch.filter(pa.array(mask))
+
+
+def _concat(batches: List[pa.RecordBatch]) -> pa.RecordBatch:
+  if len(batches) == 1:
+    table = pa.Table.from_batches(batches)
+  else:
+    table = pa.concat_tables([pa.Table.from_batches([b]) for b in batches], promote_options='permissive')
+  if SOURCE_COLUMN in table.schema.names and ROW_COLUMN in table.schema.names:
+    # The same rows in the same order on every replay and runner.
+    sources = table.column(SOURCE_COLUMN)
+    if pa.types.is_dictionary(sources.type):
+      table = table.set_column(table.schema.get_field_index(SOURCE_COLUMN), SOURCE_COLUMN, sources.cast(pa.string()))
+    table = table.sort_by([(SOURCE_COLUMN, 'ascending'), (ROW_COLUMN, 'ascending')])
+  return table.combine_chunks().to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], schema=table.schema)
+
+
+class _WindowDedupFn(beam.DoFn):
+  """Per (tenant, shard): late routing, dedup with expiring state, fixed windows, sessions."""
+
+  PENDING = BagStateSpec('pending', TupleCoder([VarIntCoder(), RecordBatchCoder()]))
+  SEEN = ReadModifyWriteStateSpec('seen', PickleCoder())  # {window start: set of ids}
+  FIRED = ReadModifyWriteStateSpec('fired', VarIntCoder())  # micros of the last fired timer
+  NEXT = ReadModifyWriteStateSpec('next', VarIntCoder())  # micros the timer is set to
+  SESSIONS = ReadModifyWriteStateSpec('sessions', PickleCoder())  # {user: [start, last, events, ms, skips]}
+  CLOSE = TimerSpec('close', TimeDomain.WATERMARK)
+
+  def __init__(self, options: WindowOptions):
+    self._options = options
+    self._late = beam.metrics.Metrics.counter('windows', 'late_events')
+    self._duplicates = beam.metrics.Metrics.counter('windows', 'duplicates')
+    self._accepted = beam.metrics.Metrics.counter('windows', 'accepted')
+
+  def _close_of(self, start_us: int) -> int:
+    return start_us + self._options.size_us + self._options.lateness_us
+
+  def _session_close(self, last_us: int) -> int:
+    size = self._options.size_us
+    end = last_us + int(self._options.session_gap_s * _MICROS)
+    return (end // size) * size + size + self._options.lateness_us
+
+  def process(self,
+              element,
+              pending=beam.DoFn.StateParam(PENDING),
+              seen_state=beam.DoFn.StateParam(SEEN),
+              fired_state=beam.DoFn.StateParam(FIRED),
+              next_state=beam.DoFn.StateParam(NEXT),
+              timer=beam.DoFn.TimerParam(CLOSE)):
+    (tenant, shard), batch = element
+    options = self._options
+    times = _micros(batch, options.time_field)
+    starts = (times // options.size_us) * options.size_us
+    closes = starts + options.size_us + options.lateness_us
+    fired = fired_state.read()
+    late = (closes <= fired) if fired is not None else np.zeros(len(times), dtype=bool)
+    if late.any():
+      idx = np.flatnonzero(late)
+      rows = batch.take(pa.array(idx))
+      sources = _strings(rows, SOURCE_COLUMN) if SOURCE_COLUMN in rows.schema.names else [None] * len(idx)
+      positions = rows.column(ROW_COLUMN).to_pylist() if ROW_COLUMN in rows.schema.names else [None] * len(idx)
+      self._late.inc(len(idx))
+      for i, record, src, pos in zip(idx, rows_as_dicts(rows), sources, positions):
+        yield beam.pvalue.TaggedOutput('late', dead_letter(
+            src, position(pos) if not str(src or '').startswith('kafka://') else f'offset {pos}', 'late_event',
+            field=options.time_field, record=record,
+            detail=(f'{options.time_field} {_iso(times[i])} is in window [{_iso(starts[i])}, '
+                    f'{_iso(starts[i] + options.size_us)}), emitted when the watermark reached {_iso(fired)} '
+                    f'(allowed lateness {options.allowed_lateness_s:g}s)'),
+            stage='windows', tenant=tenant))
+        yield beam.pvalue.TaggedOutput('metrics_partial', ((tenant, int(starts[i])), {'late_events': 1}))
+    keep = ~late
+    if not keep.any():
+      return
+    ids = _strings(batch, options.key_field)
+    seen: Dict[int, set] = seen_state.read() or {}
+    known = set().union(*seen.values()) if seen else set()
+    duplicate = np.zeros(len(ids), dtype=bool)
+    in_batch = set()
+    for i in np.flatnonzero(keep):
+      key = ids[i]
+      if key in known or key in in_batch:
+        duplicate[i] = True
+      else:
+        in_batch.add(key)
+    if duplicate.any():
+      self._duplicates.inc(int(duplicate.sum()))
+      for start, n in zip(*np.unique(starts[duplicate], return_counts=True)):
+        yield beam.pvalue.TaggedOutput('metrics_partial', ((tenant, int(start)), {'duplicates': int(n)}))
+    accepted = keep & ~duplicate
+    if not accepted.any():
+      return
+    self._accepted.inc(int(accepted.sum()))
+    for start in np.unique(starts[accepted]):
+      mask = accepted & (starts == start)
+      pending.add((int(start), batch.filter(pa.array(mask))))
+      seen.setdefault(int(start), set()).update(ids[mask].tolist())
+    seen_state.write(seen)
+    earliest = int(closes[accepted].min())
+    current = next_state.read()
+    if current is None or earliest < current:
+      timer.set(Timestamp(micros=earliest))
+      next_state.write(earliest)
+
+  @on_timer(CLOSE)
+  def on_close(self,
+               key=beam.DoFn.KeyParam,
+               fire=beam.DoFn.TimestampParam,
+               pending=beam.DoFn.StateParam(PENDING),
+               seen_state=beam.DoFn.StateParam(SEEN),
+               fired_state=beam.DoFn.StateParam(FIRED),
+               next_state=beam.DoFn.StateParam(NEXT),
+               sessions_state=beam.DoFn.StateParam(SESSIONS),
+               timer=beam.DoFn.TimerParam(CLOSE)):
+    tenant, shard = key
+    options = self._options
+    now = int(fire.micros)
+    fired_state.write(now)
+    ready: Dict[int, List[pa.RecordBatch]] = {}
+    later = []
+    for start, batch in pending.read():
+      if self._close_of(start) <= now:
+        ready.setdefault(start, []).append(batch)
+      else:
+        later.append((start, batch))
+    pending.clear()
+    for item in later:
+      pending.add(item)
+    sessions = sessions_state.read() or {}
+    for start in sorted(ready):
+      rows = _concat(ready[start])
+      yield WindowBatch(tenant, start, start + options.size_us, shard, rows)
+      yield beam.pvalue.TaggedOutput('metrics_partial', ((tenant, start), self._metrics(rows)))
+      self._extend_sessions(sessions, rows)
+    closed = {u: s for u, s in sessions.items() if self._session_close(s[1]) <= now}
+    if closed:
+      for user in closed:
+        del sessions[user]
+      yield from self._emit_sessions(tenant, shard, closed)
+    sessions_state.write(sessions)
+    seen = seen_state.read() or {}
+    ttl = int(options.dedup_ttl_s * _MICROS)
+    seen = {start: ids for start, ids in seen.items() if self._close_of(start) + ttl > now}
+    seen_state.write(seen)
+    candidates = [self._close_of(start) for start, _ in later]
+    candidates += [self._session_close(s[1]) for s in sessions.values()]
+    candidates += [self._close_of(start) + ttl for start in seen]
+    candidates = [c for c in candidates if c > now]
+    if candidates:
+      upcoming = min(candidates)
+      timer.set(Timestamp(micros=upcoming))
+      next_state.write(upcoming)
+    else:
+      next_state.clear()
+
+  def _metrics(self, rows: pa.RecordBatch) -> dict:
+    options = self._options
+    names = rows.schema.names
+    ms = pc.sum(rows.column('ms_played')).as_py() if 'ms_played' in names else 0
+    skips = pc.sum(pc.cast(rows.column('skipped').fill_null(False), pa.int64())).as_py() if 'skipped' in names else 0
+    users = set(_strings(rows, options.user_field).tolist()) if options.user_field in names else set()
+    return {'events': rows.num_rows, 'ms_played': int(ms or 0), 'skips': int(skips or 0), 'users': users}
+
+  def _extend_sessions(self, sessions: dict, rows: pa.RecordBatch):
+    options = self._options
+    if options.user_field not in rows.schema.names or not rows.num_rows:
+      return
+    gap = int(options.session_gap_s * _MICROS)
+    users = _strings(rows, options.user_field)
+    times = _micros(rows, options.time_field)
+    ms = (np.asarray(rows.column('ms_played').cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False))
+          if 'ms_played' in rows.schema.names else np.zeros(rows.num_rows, np.int64))
+    skips = (np.asarray(rows.column('skipped').fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+             if 'skipped' in rows.schema.names else np.zeros(rows.num_rows, bool))
+    order = np.lexsort((times, users.astype(str)))
+    closed = []
+    for i in order:
+      user, t = users[i], int(times[i])
+      session = sessions.get(user)
+      if session is not None and t - session[1] > gap:
+        closed.append((user, session))
+        session = None
+      if session is None:
+        session = [t, t, 0, 0, 0]
+        sessions[user] = session
+      session[0] = min(session[0], t)
+      session[1] = max(session[1], t)
+      session[2] += 1
+      session[3] += int(ms[i])
+      session[4] += int(skips[i])
+    # A session ended by a later play of the same window is complete now; it
+    # is kept aside under a unique key until the timer emits it.
+    for n, (user, session) in enumerate(closed):
+      sessions[(user, session[0], n)] = session
+
+  def _emit_sessions(self, tenant, shard, closed: dict):
+    by_window: Dict[int, list] = {}
+    size = self._options.size_us
+    gap = int(self._options.session_gap_s * _MICROS)
+    for user, s in closed.items():
+      end = s[1] + gap
+      by_window.setdefault((end // size) * size, []).append((user[0] if isinstance(user, tuple) else user, s))
+    for start, items in sorted(by_window.items()):
+      items.sort(key=lambda us: (us[0], us[1][0]))
+      batch = pa.RecordBatch.from_arrays([
+          pa.array([tenant] * len(items), pa.string()),
+          pa.array([u for u, _ in items], pa.string()),
+          pa.array([s[0] for _, s in items], pa.int64()).cast(pa.timestamp('us', tz='UTC')),
+          pa.array([s[1] for _, s in items], pa.int64()).cast(pa.timestamp('us', tz='UTC')),
+          pa.array([s[2] for _, s in items], pa.int64()),
+          pa.array([s[3] / 60000.0 for _, s in items], pa.float64()),
+          pa.array([s[4] for _, s in items], pa.int64()),
+      ], schema=SESSION_SCHEMA)
+      yield beam.pvalue.TaggedOutput('sessions', (tenant, start, shard, batch))
+
+
+class _MergeMetricsFn(beam.DoFn):
+  """Per (tenant, window): adds the shards' partial figures; emits the cumulative total.
+
+  Emitted when the watermark passes the window's close (all shards' timers
+  for it have fired), and again whenever a later figure (late events counted
+  after the close) changes it; the state is dropped `dedup_ttl_s` later.
+  """
+
+  TOTAL = ReadModifyWriteStateSpec('total', PickleCoder())
+  EMIT = TimerSpec('emit', TimeDomain.WATERMARK)
+  EXPIRE = TimerSpec('expire', TimeDomain.WATERMARK)
+
+  def __init__(self, options: WindowOptions):
+    self._options = options
+
+  def process(self,
+              element,
+              total_state=beam.DoFn.StateParam(TOTAL),
+              emit=beam.DoFn.TimerParam(EMIT),
+              expire=beam.DoFn.TimerParam(EXPIRE)):
+    (unused_tenant, start), partial = element
+    total = total_state.read() or {
+        'events': 0, 'ms_played': 0, 'skips': 0, 'users': set(), 'duplicates': 0, 'late_events': 0}
+    for name, value in partial.items():
+      if name == 'users':
+        total['users'] |= value
+      else:
+        total[name] += value
+    total_state.write(total)
+    close = start + self._options.size_us + self._options.lateness_us
+    # One microsecond after the close: by then every shard's timer for the
+    # window has fired and its partial is here.
+    emit.set(Timestamp(micros=close + 1))
+    expire.set(Timestamp(micros=close + 2 + int(self._options.dedup_ttl_s * _MICROS)))
+
+  @on_timer(EMIT)
+  def on_emit(self, key=beam.DoFn.KeyParam, total_state=beam.DoFn.StateParam(TOTAL)):
+    tenant, start = key
+    total = total_state.read()
+    if total is None:
+      return
+    yield {
+        'tenant': tenant,
+        'window_start': _iso(start),
+        'window_end': _iso(start + self._options.size_us),
+        'events': total['events'],
+        'listening_minutes': round(total['ms_played'] / 60000.0, 6),
+        'skips': total['skips'],
+        'distinct_users': len(total['users']),
+        'duplicates': total['duplicates'],
+        'late_events': total['late_events'],
+    }
+
+  @on_timer(EXPIRE)
+  def on_expire(self, total_state=beam.DoFn.StateParam(TOTAL)):
+    total_state.clear()
+
+
+class WindowEvents(beam.PTransform):
+  """Fixed windows, sessions, late routing and dedup on event time; returns `WindowedOutputs`."""
+
+  def __init__(self, options: Optional[WindowOptions] = None):
+    super().__init__()
+    self._options = options or WindowOptions()
+    if not isinstance(self._options, WindowOptions):
+      raise TypeError(f'options must be WindowOptions, got {type(self._options).__name__}')
+
+  def expand(self, batches):
+    options = self._options
+    result = (
+        batches
+        | 'GlobalWindow' >> beam.WindowInto(beam.window.GlobalWindows())
+        | 'Route' >> beam.ParDo(_RouteFn(options))
+        | 'WindowDedup' >> beam.ParDo(_WindowDedupFn(options)).with_outputs(
+            'late', 'metrics_partial', 'sessions', main='windows'))
+    metrics = result.metrics_partial | 'MergeMetrics' >> beam.ParDo(_MergeMetricsFn(options))
+    return WindowedOutputs(result.windows, result.late, metrics, result.sessions)
