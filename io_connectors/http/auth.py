@@ -167,7 +167,7 @@ class _OAuth2(Auth):
                           f'(HTTP {response.status})', self._client.describe(request), status=response.status) from None
     self._token = str(token)
     self._issued.append(self._token)
-    self._client.masker = self._client.masker.with_secrets([self._token])
+    self._client.masker = self._client.masker.with_secrets([self._token]).register()
     expires_in = body.get('expires_in')
     self._expires_at = time.monotonic() + (float(expires_in) - self.expiry_margin if expires_in else 3600.0)
     if body.get('refresh_token'):
@@ -214,7 +214,7 @@ class OAuth2RefreshToken(_OAuth2):
 
   def _rotated(self, refresh_token):
     self.refresh_token = refresh_token
-    self._client.masker = self._client.masker.with_secrets([refresh_token])
+    self._client.masker = self._client.masker.with_secrets([refresh_token]).register()
 
   def secrets(self):
     return [*super().secrets(), self.refresh_token]

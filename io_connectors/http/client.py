@@ -141,6 +141,11 @@ class Masker:
   def with_secrets(self, secrets: Iterable[str]) -> 'Masker':
     return Masker([*self._secrets, *secrets])
 
+  def register(self) -> 'Masker':
+    """Adds these secrets to those masked in the HTTP libraries' log records."""
+    _PROCESS_SECRETS.update(self._secrets)
+    return self
+
   def text(self, text: Any) -> str:
     text = str(text)
     for secret in self._secrets:
@@ -168,6 +173,32 @@ class Masker:
     if request.json is not None:
       described['json'] = json.loads(self.text(json.dumps(request.json, default=str)))
     return described
+
+
+# Secrets of every client in this process, for the log filter below.
+_PROCESS_SECRETS: set = set()
+
+
+class _MaskingFilter(logging.Filter):
+  """Masks secrets in records of the HTTP libraries' loggers.
+
+  urllib3 logs each request line (query string included) at DEBUG: an API key
+  sent as a query parameter would be written to the worker logs.
+  """
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    try:
+      message = record.getMessage()
+    except Exception:  # pylint: disable=broad-except
+      return True
+    masked = Masker(_PROCESS_SECRETS).text(message)
+    if masked != message:
+      record.msg, record.args = masked, ()
+    return True
+
+
+for _name in ('urllib3.connectionpool', 'urllib3.connection', 'requests'):
+  logging.getLogger(_name).addFilter(_MaskingFilter())
 
 
 class HostNotAllowed(ValueError):
@@ -243,7 +274,7 @@ class HttpClient:
       from io_connectors.http.cache import ResponseCache  # pylint: disable=import-outside-toplevel
       self.cache = ResponseCache(options.cache_url, options.cache_ttl)
     self.masker = Masker(self.auth.secrets()).with_secrets(
-        [urllib.parse.urlsplit(options.cache_url).password or ''] if options.cache_url else [])
+        [urllib.parse.urlsplit(options.cache_url).password or ''] if options.cache_url else []).register()
     self.auth.bind(self)
 
   # requests.Session is not documented thread-safe: one per thread.

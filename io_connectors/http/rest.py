@@ -102,7 +102,8 @@ class ResourceConfig:
   method: 'GET' or 'POST'.
   params, headers: query parameters and headers; string values are templates
     ('{user}'; a value that is exactly one template keeps the element's type).
-  json: a JSON body template (strings inside are templates).
+  json: a JSON body template (strings inside are templates; in a GraphQL
+    body {'query', 'variables'} only the variables are).
   paginator: a Paginator, a type name or {'type': ..., ...} (see paginators).
   auth: an Auth or {'type': ..., ...} (see auth); secrets via '*_env' keys.
   record_path: dotted path of the records in the body (a list or one object);
@@ -225,6 +226,15 @@ def _fill(value: Any, params: Mapping[str, Any], quote: bool = False) -> Any:
   return value
 
 
+def _fill_body(body: Any, params: Mapping[str, Any]) -> Any:
+  """The JSON body with templates filled; a GraphQL query (full of braces) is left as is."""
+  if body is None:
+    return None
+  if isinstance(body, dict) and isinstance(body.get('query'), str) and 'variables' in body:
+    return {**body, 'variables': _fill(body['variables'], params)}
+  return _fill(body, params)
+
+
 def _as_params(element: Any) -> dict:
   return dict(element) if isinstance(element, Mapping) else {'id': element}
 
@@ -305,7 +315,7 @@ class _Reader:
     r = self.resource
     url = r.base_url.rstrip('/') + (_fill(r.path, params, quote=True) if r.path else '')
     query = {k: _fill(v, params) for k, v in r.params.items()}
-    body = _fill(r.json, params) if r.json is not None else None
+    body = _fill_body(r.json, params)
     if r.incremental is not None and cursor_value is not None:
       sent = _epoch_ms(cursor_value) if r.incremental.param_format == 'epoch_ms' else cursor_value
       if r.method.upper() == 'POST' and body is not None:

@@ -1,0 +1,27 @@
+"""Fixtures of the HTTP connector tests: the Spotify spec and fake servers."""
+
+import pytest
+
+from tests.io_connectors.http.fake_servers import FakeHttpServer, FakeSpotify, load_spotify_spec, spotify_spec_path
+
+
+@pytest.fixture(scope='session')
+def spotify_spec():
+  path = spotify_spec_path()
+  if path is None:
+    pytest.skip('Spotify OpenAPI spec not found: set SPOTIFY_OPENAPI_SPEC or put shared/specs/spotify-web-api.yml '
+                'in a directory above the repository')
+  return load_spotify_spec(path)
+
+
+@pytest.fixture
+def fake_spotify(spotify_spec):
+  with FakeSpotify(spotify_spec, client_id='test-client-id', client_secret='test-client-secret-0123',
+                   refresh_token='test-refresh-token-4567') as fake:
+    yield fake
+
+
+@pytest.fixture
+def fake_server():
+  with FakeHttpServer() as server:
+    yield server

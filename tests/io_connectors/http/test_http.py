@@ -1,0 +1,437 @@
+"""io_connectors.http against real local HTTP servers (FakeHttpServer on 127.0.0.1)."""
+
+import base64
+import email.utils
+import json
+import logging
+import threading
+import time
+import urllib.parse
+
+import pyarrow as pa
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that
+import apache_beam as beam
+
+from io_connectors.http import (ApiKeyAuth, BearerTokenAuth, ClientOptions, HeaderLinkPaginator, HostNotAllowed,
+                                HttpClient, JSONBodyCursorPaginator, JSONBodyNextUrlPaginator, Masker,
+                                OAuth2ClientCredentials, OAuth2RefreshToken, OffsetPaginator, PageNumberPaginator,
+                                ReadFromGraphQL, ReadFromRest, Request, RequestFailed, RestOptions, RetryPolicy,
+                                SignedAuth, TokenBucket, create_auth, create_paginator, parse_retry_after)
+from io_connectors.http.rest import ResourceConfig, _Reader
+from transforms.records import ROW_COLUMN, SOURCE_COLUMN
+
+FAST_RETRY = RetryPolicy(max_attempts=4, max_rate_limited=10, backoff_base=0.01, backoff_max=0.05, timeout=5)
+ITEMS = 23
+
+
+def _items_page(call, offset, limit):
+  return [{'id': i, 'name': f'item {i}'} for i in range(offset, min(offset + limit, ITEMS))]
+
+
+def _json(body, status=200, headers=None):
+  return status, headers or {}, body
+
+
+def _client(server, auth=None, **kw):
+  return HttpClient(ClientOptions(allowed_hosts=['127.0.0.1'], retry=kw.pop('retry', FAST_RETRY), **kw), auth)
+
+
+def _read_all(server, resource: dict, element=None):
+  resource = ResourceConfig.from_dict({'name': 'items', 'base_url': server.base_url, **resource})
+  from io_connectors.http.auth import create_auth as make_auth  # pylint: disable=import-outside-toplevel
+  from io_connectors.http.paginators import create_paginator as make  # pylint: disable=import-outside-toplevel
+  reader = _Reader(resource, _client(server, make_auth(resource.auth)), make(resource.paginator))
+  return reader.read(element or {}, lambda params: (None, None))
+
+
+# ----- paginators -----
+
+
+def test_page_number_paginator_reads_to_the_empty_page(fake_server):
+
+  def pages(call):
+    page, size = int(call.query['page']), int(call.query['per_page'])
+    return _json({'data': _items_page(call, (page - 1) * size, size)})
+
+  fake_server.route('GET', '/items', pages)
+  out = _read_all(fake_server, {'path': '/items', 'record_path': 'data',
+                                'paginator': {'type': 'page_number', 'page_size': 5}})
+  assert [r['id'] for r in out.rows] == list(range(ITEMS))
+  assert [e['query']['page'] for e in fake_server.log] == ['1', '2', '3', '4', '5']  # 5th is short: last
+  assert not out.dead_letters
+
+
+def test_offset_paginator_stops_at_total(fake_server):
+  fake_server.route('GET', '/items', lambda c: _json(
+      {'items': _items_page(c, int(c.query['offset']), int(c.query['limit'])), 'total': ITEMS}))
+  out = _read_all(fake_server, {'path': '/items', 'record_path': 'items',
+                                'paginator': {'type': 'offset', 'limit': 10, 'total_path': 'total'}})
+  assert [r['id'] for r in out.rows] == list(range(ITEMS))
+  assert [e['query']['offset'] for e in fake_server.log] == ['0', '10', '20']
+  assert out.positions[:3] == [1, 2, 3] and out.positions[10] == 1  # row within its page
+
+
+def test_cursor_paginator_follows_body_cursor(fake_server):
+
+  def pages(call):
+    start = int(call.query.get('cursor', 0))
+    nxt = start + 7 if start + 7 < ITEMS else None
+    return _json({'data': _items_page(call, start, 7), 'meta': {'next': None if nxt is None else str(nxt)}})
+
+  fake_server.route('GET', '/items', pages)
+  out = _read_all(fake_server, {'path': '/items', 'record_path': 'data',
+                                'paginator': {'type': 'cursor', 'cursor_path': 'meta.next', 'cursor_param': 'cursor'}})
+  assert [r['id'] for r in out.rows] == list(range(ITEMS))
+
+
+def test_link_header_and_next_url_paginators(fake_server):
+
+  def linked(call):
+    start = int(call.query.get('start', 0))
+    headers = {}
+    if start + 10 < ITEMS:
+      headers['Link'] = (f'<{fake_server.base_url}/linked?start={start - 10}>; rel="prev", '
+                         f'<{fake_server.base_url}/linked?start={start + 10}>; rel="next"')
+    return _json(_items_page(call, start, 10), headers=headers)
+
+  def next_href(call):
+    start = int(call.query.get('start', 0))
+    nxt = f'/next?start={start + 10}' if start + 10 < ITEMS else None  # relative, as some APIs send
+    return _json({'collection': _items_page(call, start, 10), 'next_href': nxt})
+
+  fake_server.route('GET', '/linked', linked)
+  fake_server.route('GET', '/next', next_href)
+  by_link = _read_all(fake_server, {'path': '/linked', 'paginator': 'header_link'})
+  by_url = _read_all(fake_server, {'path': '/next', 'record_path': 'collection',
+                                   'paginator': {'type': 'json_link', 'next_url_path': 'next_href'}})
+  assert [r['id'] for r in by_link.rows] == list(range(ITEMS))
+  assert [r['id'] for r in by_url.rows] == list(range(ITEMS))
+
+
+def test_create_paginator_rejects_unknown_types():
+  with pytest.raises(ValueError, match='unknown paginator'):
+    create_paginator({'type': 'telepathy'})
+  with pytest.raises(ValueError, match='offset'):
+    create_paginator({'type': 'offset', 'nonsense': 1})
+  assert isinstance(create_paginator({'type': 'page_number'}), PageNumberPaginator)
+
+
+# ----- rate limiting -----
+
+
+def test_parse_retry_after_seconds_and_http_date():
+  assert parse_retry_after('3') == 3.0
+  assert parse_retry_after(' 0 ') == 0.0
+  now = time.time()
+  date = email.utils.formatdate(now + 30, usegmt=True)
+  assert 28 <= parse_retry_after(date, now=now) <= 31
+  assert parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now=now) == 0.0
+  assert parse_retry_after('soon') is None and parse_retry_after(None) is None
+
+
+def test_token_bucket_is_shared_by_threads_and_holds_the_rate():
+  bucket = TokenBucket(rate=50.0, burst=1)
+  times = []
+  lock = threading.Lock()
+
+  def take():
+    for _ in range(10):
+      bucket.acquire()
+      with lock:
+        times.append(time.monotonic())
+
+  threads = [threading.Thread(target=take) for _ in range(4)]
+  start = time.monotonic()
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  # 40 tokens at 50/s with one saved: at least 39/50 s, whatever the threads.
+  assert time.monotonic() - start >= 39 / 50 - 0.02
+  bucket.pause(0.3)
+  paused = time.monotonic()
+  bucket.acquire()
+  assert time.monotonic() - paused >= 0.28
+
+
+def test_429_with_retry_after_pauses_then_succeeds(fake_server):
+  fake_server.route('GET', '/items', lambda c: _json({'items': [{'id': 1}]}))
+  fake_server.rate_limit(2, window=1.0)
+  client = _client(fake_server)
+  start = time.monotonic()
+  statuses = [client.send(Request('GET', f'{fake_server.base_url}/items')).status for _ in range(4)]
+  assert statuses == [200] * 4
+  assert fake_server.stats['rate_limited'] >= 1
+  assert time.monotonic() - start >= 0.9  # waited for the window (Retry-After: 1)
+
+
+# ----- retries -----
+
+
+def test_retries_5xx_and_timeouts_with_backoff(fake_server):
+  fake_server.route('GET', '/items', lambda c: _json({'items': [{'id': 1}]}))
+  fake_server.timeout_seconds = 1.0
+  fake_server.fail_next(1, 500)
+  fake_server.fail_next(1, 'timeout')
+  fake_server.fail_next(1, 503)
+  client = _client(fake_server, retry=RetryPolicy(max_attempts=4, backoff_base=0.01, backoff_max=0.05, timeout=0.3))
+  response = client.send(Request('GET', f'{fake_server.base_url}/items'))
+  assert response.status == 200 and response.json() == {'items': [{'id': 1}]}
+  assert [e['status'] for e in fake_server.log] == [500, 0, 503, 200]
+
+
+def test_bounded_retries_end_in_a_dead_letter_naming_the_request(fake_server):
+  fake_server.route('GET', '/items', lambda c: _json({'items': []}))
+  fake_server.fail_next(10, 502)
+  out = _read_all(fake_server, {'path': '/items', 'record_path': 'items',
+                                'auth': {'type': 'api_key', 'api_key': 'sekrit-api-key-1', 'name': 'api_key'}})
+  assert fake_server.stats['status_502'] == FAST_RETRY.max_attempts
+  [letter] = out.dead_letters
+  assert letter['reason'] == 'source_error' and 'HTTP 502' in letter['detail']
+  assert letter['record']['request']['url'] == f'{fake_server.base_url}/items'
+  assert 'sekrit-api-key-1' not in json.dumps(letter)
+
+
+def test_4xx_is_not_retried(fake_server):
+  fake_server.route('GET', '/items', lambda c: _json({'error': 'nope'}, status=404))
+  with pytest.raises(RequestFailed, match='HTTP 404'):
+    _client(fake_server).send(Request('GET', f'{fake_server.base_url}/items'))
+  assert fake_server.stats['requests'] == 1
+
+
+# ----- auth -----
+
+
+def _token_route(server, lifetime=3600, rotate=False):
+  issued = []
+
+  def token(call):
+    form = call.form()
+    user, _, password = base64.b64decode(call.headers['Authorization'][6:]).decode().partition(':')
+    if (user, password) != ('cid', 'client-secret-xyz'):
+      return _json({'error': 'invalid_client'}, status=400)
+    if form['grant_type'] == 'refresh_token' and form.get('refresh_token') not in ('refresh-abc', 'refresh-rotated'):
+      return _json({'error': 'invalid_grant'}, status=400)
+    issued.append(f'token-{len(issued)}-{form["grant_type"]}')
+    body = {'access_token': issued[-1], 'expires_in': lifetime}
+    if rotate:
+      body['refresh_token'] = 'refresh-rotated'
+    return _json(body)
+
+  server.route('POST', '/token', token, limited=False)
+
+  def protected(call):
+    if call.headers.get('Authorization') != f'Bearer {issued[-1]}':
+      return _json({'error': 'expired'}, status=401)
+    return _json({'items': [{'id': 1}]})
+
+  server.route('GET', '/items', protected)
+  return issued
+
+
+def test_oauth2_client_credentials_refreshes_on_401(fake_server):
+  issued = _token_route(fake_server)
+  auth = OAuth2ClientCredentials(f'{fake_server.base_url}/token', 'cid', 'client-secret-xyz')
+  client = _client(fake_server, auth)
+  assert client.send(Request('GET', f'{fake_server.base_url}/items')).status == 200
+  issued.append('token-rotated-by-server')  # the server invalidates the token we hold
+  assert client.send(Request('GET', f'{fake_server.base_url}/items')).status == 200
+  assert issued[-1] == 'token-2-client_credentials'
+  assert [e['status'] for e in fake_server.log if e['path'] == '/items'] == [200, 401, 200]
+
+
+def test_oauth2_refresh_token_renews_before_expiry_and_keeps_rotated_token(fake_server):
+  issued = _token_route(fake_server, lifetime=31, rotate=True)  # expires_in - 30 s margin: 1 s
+  auth = OAuth2RefreshToken(f'{fake_server.base_url}/token', 'cid', 'client-secret-xyz', 'refresh-abc')
+  client = _client(fake_server, auth)
+  assert client.send(Request('GET', f'{fake_server.base_url}/items')).status == 200
+  time.sleep(1.1)
+  assert client.send(Request('GET', f'{fake_server.base_url}/items')).status == 200
+  assert len(issued) == 2 and auth.refresh_token == 'refresh-rotated'
+  assert 401 not in [e['status'] for e in fake_server.log]
+
+
+def test_api_key_bearer_and_signing_hook(fake_server):
+  fake_server.route('GET', '/items', lambda c: _json({'q': c.query, 'auth': c.headers.get('Authorization'),
+                                                      'key': c.headers.get('X-Api-Key')}))
+  url = f'{fake_server.base_url}/items'
+
+  def sign(request):
+    # Last.fm style: md5 over the sorted params and a shared secret.
+    import hashlib  # pylint: disable=import-outside-toplevel
+    text = ''.join(f'{k}{v}' for k, v in sorted(request.params.items())) + 'shared-secret-9'
+    return request.with_params(api_sig=hashlib.md5(text.encode()).hexdigest())
+
+  body = _client(fake_server, ApiKeyAuth('key-123456', 'api_key', 'query')).send(Request('GET', url, {'a': 1})).json()
+  assert body['q'] == {'a': '1', 'api_key': 'key-123456'}
+  assert _client(fake_server, ApiKeyAuth('key-123456', 'X-Api-Key', 'header')).send(Request('GET', url)).json()['key'] \
+      == 'key-123456'
+  assert _client(fake_server, BearerTokenAuth('bearer-tok-1')).send(Request('GET', url)).json()['auth'] \
+      == 'Bearer bearer-tok-1'
+  signed = _client(fake_server, SignedAuth(sign, ApiKeyAuth('key-123456'), secrets=['shared-secret-9']))
+  q = signed.send(Request('GET', url, {'method': 'track.getInfo'})).json()['q']
+  import hashlib  # pylint: disable=import-outside-toplevel
+  assert q['api_sig'] == hashlib.md5(b'api_keykey-123456methodtrack.getInfoshared-secret-9').hexdigest()
+  assert 'shared-secret-9' not in signed.masker.text('secret was shared-secret-9')
+
+
+def test_create_auth_reads_secrets_from_the_environment(monkeypatch):
+  monkeypatch.setenv('TEST_API_TOKEN', 'from-env-token')
+  auth = create_auth({'type': 'bearer', 'token_env': 'TEST_API_TOKEN'})
+  assert auth.apply(Request('GET', 'https://x.example/')).headers['Authorization'] == 'Bearer from-env-token'
+  with pytest.raises(ValueError, match='MISSING_VARIABLE_X'):
+    create_auth({'type': 'bearer', 'token_env': 'MISSING_VARIABLE_X'})
+
+
+# ----- allow-list and masking -----
+
+
+def test_hosts_outside_the_allow_list_are_refused_before_sending(fake_server):
+  fake_server.route('GET', '/items', lambda c: _json({'next': 'http://evil.example.com/steal', 'items': [{'id': 1}]}))
+  client = HttpClient(ClientOptions(allowed_hosts=['api.example.com']))
+  with pytest.raises(HostNotAllowed, match='127.0.0.1'):
+    client.send(Request('GET', f'{fake_server.base_url}/items'))
+  assert fake_server.stats['requests'] == 0
+  # A next link to another host ends in a dead letter, not a request there.
+  out = _read_all(fake_server, {'path': '/items', 'record_path': 'items', 'paginator': 'json_link'})
+  assert len(out.rows) == 1
+  [letter] = out.dead_letters
+  assert 'evil.example.com' in letter['detail'] and 'allow-list' in letter['detail']
+
+
+def test_masker_hides_secrets_in_urls_params_and_headers():
+  masker = Masker(['tok-SECRET-1'])
+  text = masker.text('GET https://u:pw123@h.example/x?api_key=abc&page=2&sig=ff&q=tok-SECRET-1')
+  assert 'pw123' not in text and 'abc' not in text and '=ff' not in text and 'tok-SECRET-1' not in text
+  assert 'page=2' in text
+  assert masker.headers({'Authorization': 'Bearer zzz', 'Accept': 'json'}) == {'Authorization': '***',
+                                                                               'Accept': 'json'}
+
+
+# ----- malformed bodies -----
+
+
+def test_malformed_body_is_dead_lettered_with_its_request(fake_server):
+  fake_server.route('GET', '/items', lambda c: (200, {}, b'{"items": [{"id": 1}, {"id": 2'))
+  out = _read_all(fake_server, {'path': '/items', 'params': {'user': '{user}'}, 'record_path': 'items',
+                                'auth': {'type': 'bearer', 'token': 'bearer-secret-77'}}, {'user': 'u9'})
+  assert not out.rows
+  [letter] = out.dead_letters
+  assert letter['reason'] == 'malformed_json' and letter['position'] == 'page 1'
+  assert letter['record']['request'] == {'method': 'GET', 'url': f'{fake_server.base_url}/items',
+                                         'params': {'user': 'u9'}}
+  assert letter['record']['response_record']['body'].startswith('{"items"')
+  assert 'bearer-secret-77' not in json.dumps(letter)
+
+
+def test_records_missing_at_the_record_path_and_null_items_are_dead_lettered(fake_server):
+  fake_server.route('GET', '/items', lambda c: _json({'items': [{'id': 1}, None, {'id': 3}]}))
+  fake_server.route('GET', '/other', lambda c: _json({'unexpected': True}))
+  out = _read_all(fake_server, {'path': '/items', 'record_path': 'items'})
+  assert [r['id'] for r in out.rows] == [1, 3]
+  [letter] = out.dead_letters
+  assert letter['position'] == 'row 2' and letter['reason'] == 'source_error'
+  out = _read_all(fake_server, {'path': '/other', 'record_path': 'items'})
+  [letter] = out.dead_letters
+  assert "no list of records at 'items'" in letter['detail']
+
+
+# ----- Beam transforms -----
+
+
+def _rows(batches):
+  return sorted((r for b in batches for r in b.to_pylist()), key=lambda r: (r[SOURCE_COLUMN], r[ROW_COLUMN]))
+
+
+def test_read_from_rest_fans_out_over_params(fake_server):
+  fake_server.route('GET', r'/users/broken/items', lambda c: (200, {}, b'<html>oops</html>'))
+  fake_server.route('GET', r'/users/(?P<user>\w+)/items', lambda c: _json({
+      'items': [{'id': f'{c.match.group("user")}-{i}', 'n': {'v': i}} for i in range(
+          int(c.query['offset']), min(int(c.query['offset']) + int(c.query['limit']), 12))],
+      'total': 12}))
+  resource = {'name': 'items', 'base_url': fake_server.base_url, 'path': '/users/{user}/items',
+              'paginator': {'type': 'offset', 'limit': 5}, 'record_path': 'items',
+              'fields': {'item_id': 'id', 'value': 'n.v'}, 'include_params': ['user'],
+              'auth': {'type': 'bearer', 'token': 'bearer-secret-88'}}
+
+  def check_records(batches):
+    rows = _rows(batches)
+    assert len(rows) == 36, len(rows)
+    assert {r['user'] for r in rows} == {'a', 'b', 'c'}
+    assert rows[0]['item_id'] == 'a-0' and rows[0]['value'] == 0
+    assert all(isinstance(b, pa.RecordBatch) for b in batches)
+    assert rows[0][SOURCE_COLUMN].startswith('items http://127.0.0.1')
+
+  def check_letters(letters):
+    assert len(letters) == 1, letters
+    letter = letters[0]
+    assert letter['reason'] == 'malformed_json' and letter['stage'] == 'read'
+    assert letter['record']['request']['url'].endswith('/users/broken/items')
+    assert letter['record']['request']['params'] == {'offset': 0, 'limit': 5}
+    assert '<html>oops' in letter['record']['response_record']['body']
+    assert 'bearer-secret-88' not in json.dumps(letter)
+
+  with TestPipeline() as p:
+    out = (p | beam.Create([{'user': 'a'}, {'user': 'b'}, {'user': 'c'}, {'user': 'broken'}])
+           | ReadFromRest(resource, RestOptions(concurrency=3, batch_size=10)))
+    assert_that(out.records, check_records, label='records')
+    assert_that(out.dead_letter, check_letters, label='letters')
+
+
+def test_read_from_graphql_pages_relay_cursors(fake_server):
+
+  def graphql(call):
+    body = json.loads(call.body)
+    variables = body['variables']
+    if variables['artist'] == 'bad':
+      return _json({'data': None, 'errors': [{'message': 'artist not found'}]})
+    start = int(variables.get('after') or 0)
+    first = variables['first']
+    nodes = [{'id': f'{variables["artist"]}-{i}'} for i in range(start, min(start + first, 9))]
+    end = start + len(nodes)
+    return _json({'data': {'artist': {'mentions': {'nodes': nodes,
+                                                    'pageInfo': {'hasNextPage': end < 9, 'endCursor': str(end)}}}}})
+
+  fake_server.route('POST', '/graphql', graphql)
+  query = 'query($artist: ID!, $first: Int, $after: String) { artist(id: $artist) { mentions(first: $first, after: $after) { nodes { id } pageInfo { hasNextPage endCursor } } } }'
+
+  def check(batches):
+    assert sorted(r['id'] for r in _rows(batches)) == sorted(f'{a}-{i}' for a in 'xy' for i in range(9))
+
+  def check_letters(letters):
+    assert len(letters) == 1 and 'artist not found' in letters[0]['detail']
+
+  with TestPipeline() as p:
+    out = (p | beam.Create([{'artist': 'x'}, {'artist': 'y'}, {'artist': 'bad'}])
+           | ReadFromGraphQL(f'{fake_server.base_url}/graphql', query, 'data.artist.mentions',
+                             variables={'artist': '{artist}'}, page_size=4, options=RestOptions(concurrency=2)))
+    assert_that(out.records, check, label='records')
+    assert_that(out.dead_letter, check_letters, label='letters')
+  # 3 pages (4 + 4 + 1) per artist and one for the bad one.
+  assert fake_server.stats['status_200'] == 7
+
+
+def test_secrets_never_reach_logs(fake_server, caplog):
+  issued = _token_route(fake_server)
+  fake_server.fail_next(2, 503)
+  auth = OAuth2ClientCredentials(f'{fake_server.base_url}/token', 'cid', 'client-secret-xyz')
+  client = _client(fake_server, auth)
+  with caplog.at_level(logging.DEBUG):
+    client.send(Request('GET', f'{fake_server.base_url}/items', {'api_key': 'k-secret-param'}))
+    issued.append('forced-rotation')
+    client.send(Request('GET', f'{fake_server.base_url}/items'))
+  logged = caplog.text
+  assert '503' in logged and '401' in logged  # the retries were logged...
+  for secret in ['client-secret-xyz', 'k-secret-param', *issued[:-1]]:
+    assert secret not in logged  # ...without any secret
+
+
+def test_resource_config_checks_its_arguments():
+  with pytest.raises(ValueError, match='base_url'):
+    ResourceConfig(name='x', base_url='ftp://x')
+  with pytest.raises(ValueError, match='unknown resource option'):
+    ResourceConfig.from_dict({'name': 'x', 'base_url': 'https://x.example', 'pagintor': 'offset'})
+  with pytest.raises(ValueError, match='paginator'):
+    ResourceConfig(name='x', base_url='https://x.example', paginator={'type': 'nope'})
