@@ -3,7 +3,7 @@
 `ReadFromSearch` reads every document an index (or alias, or pattern)
 matches, optionally filtered by a query, and returns
 `transforms.dead_letter.Outputs`: ``records`` carries `pyarrow.RecordBatch`es
-with an ``_id`` column plus the documents' ``_source`` fields (objects become
+with an ``_id`` column (``id_column``) plus the documents' ``_source`` fields (objects become
 structs, arrays lists), and the ``__source`` / ``__row`` provenance columns.
 
 Usage::
@@ -108,6 +108,7 @@ class SearchOptions:
   keep_alive: how long the point in time / scroll lives between requests.
   tiebreaker: a unique sortable field, needed for 'pit' on OpenSearch.
   source_fields: only these `_source` fields (None: all).
+  id_column: the column holding each hit's `_id` (None: no such column).
   """
   url: Optional[str] = None
   client: str = 'opensearch'
@@ -117,6 +118,7 @@ class SearchOptions:
   keep_alive: str = '5m'
   tiebreaker: Optional[str] = None
   source_fields: Optional[List[str]] = None
+  id_column: Optional[str] = '_id'
   username: Optional[str] = None
   password: Optional[str] = None
   api_key: Optional[str] = None
@@ -329,7 +331,7 @@ def _column(values: List[Any]) -> pa.Array:
 
 
 def hits_to_batch(rows: List[dict]) -> pa.RecordBatch:
-  """Documents (dicts with `_id` first) as one batch; columns are the union of their keys."""
+  """Documents (dicts) as one batch; columns are the union of their keys, in first-seen order."""
   names = list(dict.fromkeys(key for row in rows for key in row))
   arrays = []
   for name in names:
@@ -439,7 +441,8 @@ class _ReadSliceFn(beam.DoFn):
               source, f'row {row + offset}', 'source_error', record={'_id': hit.get('_id')},
               detail='hit has no _source (disabled in the mapping?)', stage='read'))
           continue
-        rows.append({'_id': hit.get('_id'), **document})
+        id_column = self._options.id_column
+        rows.append({id_column: hit.get('_id'), **document} if id_column else document)
         numbers.append(row + offset)
       if rows:
         yield with_provenance(hits_to_batch(rows), source, pa.array(numbers, type=pa.int64()))

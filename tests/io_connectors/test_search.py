@@ -256,3 +256,45 @@ def test_registry(url, monkeypatch):
   with pytest.raises(registry.ConfigError, match='"index" is required'):
     registry.build({'type': 'opensearch'})
   assert json.dumps(registry.describe()['opensearch'])
+
+
+def test_batch_pipeline_reads_listening_events_of_two_tenants(tmp_path, url, make_index, monkeypatch):
+  import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+  from pipelines import spotify_batch  # pylint: disable=import-outside-toplevel
+  docs = []
+  for i in range(60):
+    docs.append((f'ev-{i:04d}', {
+        'event_id': f'ev-{i:04d}',
+        'tenant_id': 'acme' if i % 3 else 'beatbox',
+        'user_id': f'user{i % 9}',
+        'track_id': '4iV5W9uYEdYUVa79Axb7Rh',
+        'played_at': f'2024-05-01T12:{i:02d}:00+00:00',
+        'ms_played': 1000 * i,
+        'country': 'SE',
+        'platform': 'ios',
+        'skipped': i % 2 == 0,
+    }))
+  docs.append(('ev-bad', dict(docs[0][1], event_id='ev-bad', ms_played=-5)))  # fails validation
+  index = make_index(docs, shards=2)
+  monkeypatch.setenv('OPENSEARCH_URL', url)
+  config = tmp_path / 'sources.yaml'
+  config.write_text(
+      'entity: listening_event\n'
+      'keep_pii: true\n'
+      'sources:\n'
+      f'  - type: opensearch\n    index: {index}\n    slices: 3\n    id_column: null\n'
+      '    tenant_field: tenant_id\n',
+      encoding='utf-8')
+  out = tmp_path / 'lake'
+  manifest = spotify_batch.run(['--config', str(config), '--output', str(out)])
+  counts = manifest['counts']
+  assert counts['read'] == 61
+  assert counts['written'] == 60
+  assert counts['dead_letter'] == 1
+  assert counts['per_tenant']['acme']['written'] == 40
+  assert counts['per_tenant']['beatbox']['written'] == 20
+  assert manifest['conservation']['ok']
+  written = pa.concat_tables([pq.read_table(p) for p in (out / 'data' / 'tenant=acme').glob('*.parquet')])
+  assert written.num_rows == 40
+  assert sorted(written.column('event_id').to_pylist()) == sorted(
+      doc_id for doc_id, doc in docs[:60] if doc['tenant_id'] == 'acme')
