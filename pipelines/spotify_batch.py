@@ -31,6 +31,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 import uuid
 from typing import Dict, List, Optional, Sequence
 
@@ -236,11 +237,15 @@ def build_manifest(info: dict, counts, schema, previous_schema, files, moves) ->
   by_reason: Dict[str, int] = {}
   pii: Dict[str, int] = {}
   pseudonymised: Dict[str, int] = {}
+  redacted: Dict[str, int] = {}
   for (metric, tenant, detail), n in counts:
     if metric == 'pii':
       if detail.startswith('PSEUDONYMISED:'):
         field = detail.split(':', 1)[1]
         pseudonymised[field] = pseudonymised.get(field, 0) + n
+      elif detail.startswith('REDACTED:'):
+        field = detail.split(':', 1)[1]
+        redacted[field] = redacted.get(field, 0) + n
       else:
         pii[detail] = pii.get(detail, 0) + n
       continue
@@ -265,7 +270,10 @@ def build_manifest(info: dict, counts, schema, previous_schema, files, moves) ->
       finished_at=dt.datetime.now(dt.timezone.utc).isoformat(),
       counts=dict(totals, per_tenant=dict(sorted(per_tenant.items())), dead_letter_by_reason=dict(sorted(by_reason.items()))),
       conservation={'ok': conserved, 'rule': 'read == written + dead_letter + deduplicated'},
-      pii=dict(info['pii'], findings=dict(sorted(pii.items())), pseudonymised=dict(sorted(pseudonymised.items()))),
+      pii=dict(info['pii'],
+               findings=dict(sorted(pii.items())),
+               pseudonymised=dict(sorted(pseudonymised.items())),
+               redacted=dict(sorted(redacted.items()))),
       schema_drift=schema_mod.drift(previous_schema, schema) | {
           'against': info['schema_baseline']
       },
@@ -277,6 +285,30 @@ def _counted(pcoll, label, fn):
   return pcoll | label >> beam.FlatMap(fn)
 
 
+class _CountReadFn(beam.DoFn):
+  """Counts rows read and logs progress every ~100k rows (per worker)."""
+
+  def __init__(self, source: str):
+    self._source = source
+    self._rows = 0
+    self._logged = 0
+
+  def setup(self):
+    self._rows = self._logged = 0
+    self._counter = beam.metrics.Metrics.counter(PIPELINE_NAME, 'rows_read')
+
+  def process(self, batch):
+    self._rows += batch.num_rows
+    self._counter.inc(batch.num_rows)
+    if self._rows - self._logged >= 20_000:
+      self._logged = self._rows
+      # Plain stderr: worker-side logging is rerouted by some runners, and in
+      # the embedded runners this is the user's terminal.
+      print(f'{dt.datetime.now():%H:%M:%S} progress: {self._rows:,} rows read from {self._source} (this worker)',
+            file=sys.stderr, flush=True)
+    yield ('read', None, None), batch.num_rows
+
+
 def build(p: beam.Pipeline, config: RunConfig, master_key, info: dict, previous_schema) -> None:
   """Adds the whole batch job to `p`."""
   model = entities.entity_model(config.entity)
@@ -285,7 +317,7 @@ def build(p: beam.Pipeline, config: RunConfig, master_key, info: dict, previous_
   for i, source in enumerate(config.sources):
     name = f'Source[{i}:{source["type"]}]'
     outs = p | f'Read {name}' >> _source_transform(source, config, model)
-    counts.append(_counted(outs.records, f'CountRead {name}', lambda b: [(('read', None, None), b.num_rows)]))
+    counts.append(outs.records | f'CountRead {name}' >> beam.ParDo(_CountReadFn(source.get('input') or source['type'])))
     counts.append(_counted(outs.dead_letter, f'CountReadDL {name}', lambda l: [(('read', None, None), l.get('count', 1))]))
     tagged = outs.records | f'Tag {name}' >> TagTenant(source['tenant_id'], source['tenant_field'])
     records.append(tagged.records)
@@ -339,6 +371,31 @@ def _previous_schema(config: RunConfig):
     return None, None
 
 
+def _counter_value(result, name: str) -> Optional[int]:
+  try:
+    counters = result.metrics().query(beam.metrics.MetricsFilter().with_name(name))['counters']
+  except Exception:  # pylint: disable=broad-except
+    return None  # not every runner serves metrics while running
+  values = [c.committed if c.committed is not None else c.attempted for c in counters]
+  return int(sum(v or 0 for v in values)) if values else None
+
+
+def _wait_with_progress(result, interval_s: float = 3.0):
+  """Waits for the run, logging rows read and written while it goes (where the runner tells)."""
+  from apache_beam.runners.runner import PipelineState  # pylint: disable=import-outside-toplevel
+  last = None
+  while not PipelineState.is_terminal(result.state):
+    time.sleep(interval_s)
+    progress = (_counter_value(result, 'rows_read'), _counter_value(result, 'rows_written'))
+    if progress != last and progress[0] is not None:
+      _LOG.info('progress: %s rows read, %s written', f'{progress[0]:,}', f'{progress[1] or 0:,}')
+      last = progress
+  result.wait_until_finish()
+  state = result.state
+  if state != PipelineState.DONE:
+    raise RuntimeError(f'the pipeline ended in state {state}')
+
+
 def run(argv: Optional[Sequence[str]] = None, allow_demo: bool = False) -> dict:
   """Runs the batch job and returns its manifest. Raises UsageError / ConfigError for bad input."""
   argv = list(sys.argv[1:] if argv is None else argv)
@@ -351,9 +408,6 @@ def run(argv: Optional[Sequence[str]] = None, allow_demo: bool = False) -> dict:
     master_key = None if config.keep_pii else load_master_key(config.pii_key_file, allow_ephemeral=config.demo)
   except PiiKeyError as e:
     raise ConfigError(str(e)) from None
-  if master_key is not None and master_key.ephemeral:
-    _LOG.warning('no PII_MASTER_KEY or --pii_key_file: using an ephemeral key for this demo run; '
-                 'pseudonyms will differ from run to run')
   previous_schema, baseline = _previous_schema(config)
   run_id = config.run_id or dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ-') + uuid.uuid4().hex[:8]
   runner = options.view_as(StandardOptions).runner or 'DirectRunner'
@@ -378,7 +432,7 @@ def run(argv: Optional[Sequence[str]] = None, allow_demo: bool = False) -> dict:
   pipeline = beam.Pipeline(options=options)
   build(pipeline, config, master_key, info, previous_schema)
   result = pipeline.run()
-  result.wait_until_finish()
+  _wait_with_progress(result)
   manifest = read_json(FileSystems.join(config.output, '_manifest.json'))
   if manifest is None or manifest.get('run_id') != run_id:
     raise RuntimeError(f'the run finished but wrote no manifest at {config.output}/_manifest.json')
@@ -407,6 +461,7 @@ def summary_table(manifest: dict) -> str:
     lines += ['', 'PII findings by type' + (' (ephemeral key: pseudonyms not stable)' if pii['ephemeral_key'] else '') + ':']
     lines += [f'  {n:>8}  {k}' for k, n in sorted(pii['findings'].items(), key=lambda kv: -kv[1])] or ['  none']
     lines += [f'  {n:>8}  pseudonymised {k}' for k, n in sorted(pii['pseudonymised'].items())]
+    lines += [f'  {n:>8}  {k} of dead letters without a tenant: <REDACTED>' for k, n in sorted(pii['redacted'].items())]
   drift = manifest.get('schema_drift') or {}
   if drift.get('against') and (drift['added'] or drift['removed'] or drift['changed']):
     lines += ['', f"schema drift against {drift['against']}: added {drift['added']}, removed {drift['removed']}, "
@@ -422,6 +477,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s', datefmt='%H:%M:%S')
   for noisy in ('apache_beam', 'presidio-analyzer', 'presidio_analyzer', 'urllib3', 'google', 'botocore'):
     logging.getLogger(noisy).setLevel(logging.WARNING)
+  for handler in logging.getLogger().handlers:
+    # Beam's runners log their job chatter at INFO on the root logger.
+    handler.addFilter(lambda record: record.name != 'root' or record.levelno >= logging.WARNING)
   try:
     manifest = run(argv, allow_demo=True)
   except (UsageError, ConfigError) as e:
