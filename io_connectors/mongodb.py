@@ -53,6 +53,21 @@ already emitted are skipped by count (the server returns them in the same
 order when the pipeline ends in a ``$sort`` on a unique key; say so in the
 pipeline).
 
+Incremental reads. With ``cursor_field`` (``updated_at``, ``_id``...) and a
+``state`` store (`io_connectors.state`: a directory, ``s3://``, ``gs://`` or
+``postgresql://``), the plan step reads the value last committed for this
+server, collection, filter/pipeline and ``tenant``, and reads only the
+documents with ``last - lag < cursor_field <= high``, where ``high`` is the
+largest value at planning time (documents written later, above it, wait for
+the next run instead of being read twice). It emits
+``{"store", "key", "value": high}`` on ``IncrementalOutputs.cursors``, which
+`pipelines.spotify_batch` commits only after the run's files are in place: a
+run that fails is read again. ``lag`` (seconds for dates, units for numbers,
+seconds of an ObjectId's creation time) re-reads a window for writes that
+commit late; ``full_refresh`` reads everything and commits the new value.
+The field should hold one type (dates, numbers, strings or ObjectIds); a
+document without it (or null) is read by the first run only.
+
 Types (BSON -> Arrow): ObjectId -> string (hex); Decimal128 -> decimal128
 (``decimal='decimal128'``, the default; a value Arrow's decimal128 cannot
 hold makes the column string) or string (``decimal='string'``); dates ->
@@ -87,16 +102,18 @@ subset of aggregation stages (``$match``, ``$project``, ``$group``, ``$sort``,
 across ranges (a range sees the collection as of its own query, as with
 MongoDB without a snapshot), no Decimal128 at all (it drops the connection on
 a document holding one, so that mapping is tested on decoded values only),
-and authentication through its own SCRAM users (``--setup-username`` with
+strings with invalid UTF-8 stored with U+FFFD in place of the bad bytes
+(so the ``bad_encoding`` dead letter never happens against it and is not
+tested here), and authentication through its own SCRAM users (``--setup-username`` with
 ``--test-enable-new-auth``). A real MongoDB server runs the same code.
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import datetime as dt
 import decimal
+import hashlib
 import json
 import logging
 import os
@@ -104,14 +121,14 @@ import random
 import re
 import time
 import uuid
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Union
 
 import apache_beam as beam
 import pyarrow as pa
 
 from io_connectors import registry
 from io_connectors.files import RecordBatchCoder  # pylint: disable=unused-import  # registers the batch coder
-from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
+from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
 from transforms.records import with_provenance
 
 __all__ = ['MongoOptions', 'MongoError', 'ReadFromMongo', 'mask_url', 'table_from_documents']
@@ -158,6 +175,11 @@ class MongoOptions:
   pool_size: connections per worker process (pymongo maxPoolSize).
   connect_timeout_ms / server_selection_timeout_ms / socket_timeout_ms:
     pymongo timeouts (socket: per operation; 0 = none).
+  cursor_field / state / lag / full_refresh / tenant: incremental reads (see
+    the module docstring): documents whose cursor_field is above the value
+    last committed in the `state` store (`io_connectors.state`) for this
+    collection, query and tenant, minus `lag` (seconds for dates, units for
+    numbers); full_refresh reads everything and still commits the new value.
   """
   url: Optional[str] = None
   database: Optional[str] = None
@@ -173,6 +195,11 @@ class MongoOptions:
   connect_timeout_ms: int = 10000
   server_selection_timeout_ms: int = 20000
   socket_timeout_ms: int = 300000
+  cursor_field: Optional[str] = None
+  state: Optional[str] = None
+  lag: float = 0
+  full_refresh: bool = False
+  tenant: Optional[str] = None
 
   def __post_init__(self):
     url = self.url if self.url is not None else os.environ.get(URL_VARIABLE)
@@ -209,6 +236,13 @@ class MongoOptions:
       object.__setattr__(self, 'pipeline', [dict(stage) for stage in self.pipeline])
     if self.decimal not in _DECIMAL_MODES:
       raise ValueError(f'decimal must be one of {", ".join(_DECIMAL_MODES)}, got {self.decimal!r}')
+    if self.cursor_field is not None:
+      if not isinstance(self.cursor_field, str) or not self.cursor_field or self.cursor_field.startswith('$'):
+        raise ValueError(f'cursor_field must be a field name, got {self.cursor_field!r}')
+      if not self.state:
+        raise ValueError('cursor_field needs a state store (state=: a directory, s3://, gs:// or postgresql:// URL)')
+    if isinstance(self.lag, bool) or not isinstance(self.lag, (int, float)) or self.lag < 0:
+      raise ValueError(f'lag must be a number >= 0, got {self.lag!r}')
 
 
 def _check_int(name, value, minimum):
@@ -317,6 +351,7 @@ class _Split(NamedTuple):
   count: int  # ranges in the plan
   lower: Any  # _id >= lower (None: open)
   upper: Any  # _id < upper (None: open)
+  query: Optional[Dict[str, Any]] = None  # the documents' filter (incremental bounds included)
 
 
 def _type_bracket(value) -> str:
@@ -352,13 +387,14 @@ def _and(*queries) -> Dict[str, Any]:
   return queries[0] if len(queries) == 1 else {'$and': queries}
 
 
-def plan_splits(client, options: MongoOptions, collection: str) -> List[_Split]:
-  """The _id ranges a read is cut into (one open range when it cannot be cut)."""
-  single = [_Split(0, 1, None, None)]
+def plan_splits(client, options: MongoOptions, collection: str, query: Optional[dict] = None) -> List[_Split]:
+  """The _id ranges a read of `query` (default: the filter) is cut into (one open range when it cannot be cut)."""
+  query = options.filter if query is None else query
+  single = [_Split(0, 1, None, None, query)]
   if options.num_splits == 1 or (options.pipeline is not None and not _splittable_pipeline(options.pipeline)):
     return single
   coll = client[options.database][collection]
-  query = options.filter or {}
+  query = query or {}
   total = coll.count_documents(query)
   wanted = options.num_splits or -(-total // options.split_size)
   wanted = min(wanted, total)
@@ -377,7 +413,79 @@ def plan_splits(client, options: MongoOptions, collection: str) -> List[_Split]:
   if not boundaries:
     return single
   edges = [None] + boundaries + [None]
-  return [_Split(i, len(edges) - 1, edges[i], edges[i + 1]) for i in range(len(edges) - 1)]
+  return [_Split(i, len(edges) - 1, edges[i], edges[i + 1], query) for i in range(len(edges) - 1)]
+
+
+# ---------------------------------------------------------------------------
+# Incremental reads
+
+CURSORS = 'cursors'
+
+
+def _cursor_value(value: Any) -> Any:
+  """The JSON scalar a cursor value is committed as (io_connectors.state)."""
+  import bson  # pylint: disable=import-outside-toplevel
+  if isinstance(value, dt.datetime):
+    value = value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+    return value.isoformat()
+  if isinstance(value, bson.ObjectId):
+    return str(value)
+  if isinstance(value, bson.Int64):
+    return int(value)
+  if isinstance(value, (bool, int, float, str)):
+    return value
+  raise ValueError(f'cursor values of type {type(value).__name__} are not supported (dates, numbers, strings, ObjectIds)')
+
+
+def _lower_bound(last: Any, lag: float) -> Any:
+  """The committed value as a query value, moved back by the lag window."""
+  import bson  # pylint: disable=import-outside-toplevel
+  if last is None:
+    return None
+  if isinstance(last, (int, float)) and not isinstance(last, bool):
+    return last - (int(lag) if isinstance(last, int) and float(lag).is_integer() else lag)
+  if isinstance(last, str):
+    if bson.ObjectId.is_valid(last) and len(last) == 24:
+      # ObjectIds start with their creation second: the lag moves that back.
+      moment = bson.ObjectId(last).generation_time - dt.timedelta(seconds=lag)
+      return bson.ObjectId.from_datetime(moment) if lag else bson.ObjectId(last)
+    try:
+      moment = dt.datetime.fromisoformat(last)
+    except ValueError:
+      return last  # a string cursor compares as text; no lag
+    if moment.tzinfo is None:
+      moment = moment.replace(tzinfo=dt.timezone.utc)
+    return moment - dt.timedelta(seconds=lag)
+  return last
+
+
+def _incremental_query(client, options: MongoOptions, collection: str):
+  """(the filter bounded by the cursor window, the cursor update or None).
+
+  The window is (last committed - lag, highest value now]: documents written
+  while the run reads, above that high-water mark, are left for the next run
+  rather than read twice.
+  """
+  from io_connectors import state  # pylint: disable=import-outside-toplevel
+  field = options.cursor_field
+  shape = json.dumps([options.filter, options.pipeline], sort_keys=True, default=str)
+  digest = hashlib.sha256(shape.encode('utf-8')).hexdigest()[:12]
+  key = state.cursor_key('mongodb', options.tenant, f'{_hosts(options.url)}/{options.database}.{collection}/{digest}')
+  last = None if options.full_refresh else state.load_cursor(options.state, key)
+  low = _lower_bound(last, options.lag)
+  window = {field: {'$gt': low}} if low is not None else {}
+  top = next(iter(client[options.database][collection].find(_and(options.filter, window), {field: 1}).sort(
+      field, -1).limit(1)), None)
+  high = None if top is None else top.get(field)
+  if high is None:
+    # Nothing above the window (or no document has the field).
+    return _and(options.filter, window, {field: {'$exists': True, '$ne': None}} if low is None else {}), None
+  upper = {field: {'$lte': high}}
+  if low is None:
+    # The first run also reads the documents without the field, once.
+    upper = {'$or': [upper, {field: None}]}
+  update = {'store': options.state, 'key': key, 'value': _cursor_value(high)}
+  return _and(options.filter, window, upper), update
 
 
 # ---------------------------------------------------------------------------
@@ -470,7 +578,7 @@ class _ReadSplitFn(beam.DoFn):
     options = self._options
     coll = self._client[options.database].get_collection(
         self._collection, codec_options=self._client.codec_options.with_options(document_class=RawBSONDocument))
-    query = _and(options.filter, _range_query(split, after))
+    query = _and(split.query, _range_query(split, after))
     if options.pipeline is None:
       return coll.find(query, options.projection, batch_size=options.batch_size).sort('_id', 1)
     stages = ([{'$match': query}] if query else []) + list(options.pipeline)
@@ -546,16 +654,26 @@ class _PlanFn(beam.DoFn):
 
   def process(self, unused_element):
     client = _client(self._options)
+    update = None
     try:
       _check_collection(client, self._options, self._collection)
       try:
-        splits = plan_splits(client, self._options, self._collection)
+        query = None
+        if self._options.cursor_field:
+          query, update = _incremental_query(client, self._options, self._collection)
+        splits = plan_splits(client, self._options, self._collection, query)
+      except MongoError:
+        raise
       except Exception as e:  # pylint: disable=broad-except
-        raise _explain(e, self._options, self._collection, 'query') from None
+        if type(e).__module__.startswith(('pymongo', 'bson')):
+          raise _explain(e, self._options, self._collection, 'query') from None
+        raise
     finally:
       client.close()
     _LOG.info('MongoDB %s.%s: %d range(s)', self._options.database, self._collection, len(splits))
     yield from splits
+    if update is not None:
+      yield beam.pvalue.TaggedOutput(CURSORS, update)
 
 
 class ReadFromMongo(beam.PTransform):
@@ -597,18 +715,20 @@ class ReadFromMongo(beam.PTransform):
     return f'MongoDB {mask_url(options.url)}: {options.database}.{self._collection} readable'
 
   def expand(self, pbegin):
-    splits = (
+    planned = (
         pbegin
         | 'Start' >> beam.Create([None])
-        | 'Plan' >> beam.ParDo(_PlanFn(self._collection, self._options))
-        # Spreads the ranges over the workers.
-        | 'Spread' >> beam.Reshuffle())
+        | 'Plan' >> beam.ParDo(_PlanFn(self._collection, self._options)).with_outputs(CURSORS, main='splits'))
+    # Spreads the ranges over the workers.
+    splits = planned.splits | 'Spread' >> beam.Reshuffle()
     result = splits | 'Read' >> beam.ParDo(_ReadSplitFn(self._collection, self._options)).with_outputs(
         DEAD_LETTER, main='records')
     records, dead_letters = result.records, result[DEAD_LETTER]
     # Typed outputs pick RecordBatchCoder over pickling.
     records.element_type = pa.RecordBatch
     dead_letters.element_type = Dict[str, Any]
+    if self._options.cursor_field:
+      return IncrementalOutputs(records, dead_letters, planned[CURSORS])
     return Outputs(records, dead_letters)
 
 
