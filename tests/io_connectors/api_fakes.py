@@ -10,7 +10,7 @@ does, and can be told to misbehave for the next requests::
       lastfm.inject('user.getRecentTracks', 'malformed')               # then a body that is not JSON
       ... lastfm.url ...
 
-Faults: ('http', status) with a JSON error body, ('malformed',) a cut JSON
+Faults: ('pass',) an ordinary answer (to aim at a later request), ('http', status) with a JSON error body, ('malformed',) a cut JSON
 body, ('lastfm_error', code, status) a Last.fm error document, ('rate_limit',)
 the API's own rate-limit answer (429 with Retry-After or its reset header).
 `requests` records every request served (path, params, headers) so tests can
@@ -167,7 +167,7 @@ class LastfmFake(FakeApi):
     params = {**params, **form}
     name = params.get('method', '')
     fault = self._take_fault(name)
-    if fault:
+    if fault and fault[0] != 'pass':
       if fault[0] == 'lastfm_error':
         messages = {29: 'Rate Limit Exceeded - Your IP has made too many requests in a short period',
                     16: 'There was a temporary error processing your request. Please try again',

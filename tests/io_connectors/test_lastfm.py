@@ -1,0 +1,204 @@
+"""ReadFromLastfm against a local fake of ws.audioscrobbler.com/2.0/."""
+
+from __future__ import annotations
+
+import json
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that
+
+from io_connectors import registry
+from io_connectors.http.client import RetryPolicy
+from io_connectors.lastfm import LastfmOptions, ReadFromLastfm, sign_request, track_key
+from io_connectors.http.client import Request
+from tests.io_connectors.api_fakes import LastfmFake, lastfm_signature
+from transforms.entities import ListeningEvent
+from transforms.records import ROW_COLUMN, SOURCE_COLUMN
+
+FAST_RETRY = RetryPolicy(backoff_base=0.02, backoff_max=0.2, max_retry_after=2.0, timeout=30)
+T0 = 1704067200  # 2024-01-01T00:00:00Z
+
+
+@pytest.fixture
+def lastfm(monkeypatch):
+  with LastfmFake() as fake:
+    monkeypatch.setenv('LASTFM_API_KEY', LastfmFake.API_KEY)
+    monkeypatch.delenv('LASTFM_API_SECRET', raising=False)
+    monkeypatch.delenv('LASTFM_SESSION_KEY', raising=False)
+    yield fake
+
+
+def _scrobbles(n, start=T0, artists=3):
+  return [{'uts': start + 240 * i, 'artist': f'Artist {i % artists}', 'track': f'Song {i % 7}', 'album': 'LP',
+           'mbid': f'mbid-{i}'} for i in range(n)]
+
+
+def _durations(fake, artists=3):
+  for a in range(artists):
+    for t in range(7):
+      fake.durations[(f'Artist {a}', f'Song {t}')] = 200000 + 1000 * t
+
+
+def _options(fake, **kwargs):
+  kwargs.setdefault('resource', 'recent_tracks')
+  return LastfmOptions(base_url=f'{fake.url}/2.0/', retry=FAST_RETRY, rate=None, **kwargs)
+
+
+def _rows(records, label='Rows'):
+  return records | label >> beam.FlatMap(lambda b: b.to_pylist())
+
+
+def _no_letters(letters):
+  assert letters == [], letters
+
+
+def test_recent_tracks_page_to_the_end_through_lastfm_errors(lastfm):
+  lastfm.add_scrobbles('rj', _scrobbles(450))
+  lastfm.add_scrobbles('alice', _scrobbles(5, start=T0 + 100))
+  lastfm.now_playing['rj'] = {'artist': 'Artist 9', 'track': 'Live now'}
+  _durations(lastfm)
+  lastfm.inject('user.getRecentTracks', 'lastfm_error', 29, 429)  # the framework's 429 handling
+  lastfm.inject('user.getRecentTracks', 'lastfm_error', 16, 200)  # Last.fm's body-level errors
+  lastfm.inject('user.getRecentTracks', 'lastfm_error', 29, 200)
+  lastfm.inject('user.getRecentTracks', 'http', 503)
+  lastfm.inject('track.getInfo', 'lastfm_error', 11, 503)
+
+  def check(rows):
+    assert len(rows) == 455
+    assert len({r['event_id'] for r in rows}) == 455
+    rj = sorted((r for r in rows if r['user_id'] == 'rj'), key=lambda r: r['played_at'])
+    first = rj[0]
+    assert first['played_at'].timestamp() == T0
+    assert first['artist_name'] == 'Artist 0' and first['track_name'] == 'Song 0' and first['album_name'] == 'LP'
+    assert first['track_id'] == track_key('Artist 0', 'Song 0') and len(first['track_id']) == 22
+    assert first['ms_played'] == 200000 and first['platform'] == 'lastfm' and first['track_mbid'] == 'mbid-0'
+    assert all(r['track_name'] != 'Live now' for r in rows)
+    assert {r[ROW_COLUMN] for r in rj} <= set(range(1, 202))
+    assert all(LastfmFake.API_KEY not in r[SOURCE_COLUMN] for r in rows)
+    for row in rows[:50]:
+      ListeningEvent.model_validate({k: v for k, v in row.items() if not k.startswith('__')})
+
+  with TestPipeline() as p:
+    out = p | ReadFromLastfm(_options(lastfm, users=['rj', 'alice'], page_size=200, to_time=T0 + 10**6))
+    assert_that(_rows(out.records), check, label='records')
+    assert_that(out.dead_letter, _no_letters, label='no letters')
+  pages = [r['params'] for r in lastfm.served('user.getRecentTracks') if r['params'].get('user') == 'rj']
+  assert {p['page'] for p in pages} == {'1', '2', '3'}
+  assert all(p['limit'] == '200' and p['to'] == str(T0 + 10**6) and p['format'] == 'json' for p in pages)
+  # Duration lookups are cached per worker: each distinct track (21) asked, not each scrobble (455).
+  lookups = lastfm.served('track.getInfo')
+  assert len({(r['params']['artist'], r['params']['track']) for r in lookups}) == 21
+  assert len(lookups) <= 21 + 5 + 1  # alice's read may run on another worker; one retried 503
+
+
+def test_from_to_window_single_track_page_and_signed_calls(lastfm, monkeypatch):
+  monkeypatch.setenv('LASTFM_API_SECRET', LastfmFake.SECRET)
+  lastfm.add_scrobbles('rj', _scrobbles(20))
+  _durations(lastfm)
+
+  def check(rows):
+    assert [r['played_at'].timestamp() for r in rows] == [T0 + 240 * 5]
+
+  with TestPipeline() as p:
+    out = p | ReadFromLastfm(_options(lastfm, users=['rj'], from_time='2024-01-01T00:20:00Z',
+                                      to_time='2024-01-01T00:20:00+00:00'))
+    assert_that(_rows(out.records), check, label='one')
+    assert_that(out.dead_letter, _no_letters, label='none')
+  served = lastfm.served('user.getRecentTracks')
+  assert served and all(r['params']['api_sig'] == lastfm_signature(r['params'], LastfmFake.SECRET) for r in served)
+
+
+def test_private_user_needs_a_signed_session(lastfm, monkeypatch):
+  lastfm.add_scrobbles('hidden', _scrobbles(3))
+  lastfm.private_users.add('hidden')
+  with TestPipeline() as p:
+    out = p | ReadFromLastfm(_options(lastfm, users=['hidden'], with_duration=False, unknown_duration_ms=0))
+
+    def check(letters):
+      assert len(letters) == 1
+      letter = letters[0]
+      assert letter['reason'] == 'source_error' and 'error 17' in letter['detail'] and letter['position'] == 'page 1'
+      assert letter['record']['request']['params']['user'] == 'hidden'
+      assert LastfmFake.API_KEY not in json.dumps(letter)
+
+    assert_that(out.dead_letter, check)
+  monkeypatch.setenv('LASTFM_API_SECRET', LastfmFake.SECRET)
+  monkeypatch.setenv('LASTFM_SESSION_KEY', LastfmFake.SESSION_KEY)
+  with TestPipeline() as p:
+    out = p | ReadFromLastfm(_options(lastfm, users=['hidden'], with_duration=False, unknown_duration_ms=0))
+    assert_that(_rows(out.records), lambda rows: len(rows) == 3 or pytest.fail(str(len(rows))), label='rows')
+    assert_that(out.dead_letter, _no_letters, label='none')
+
+
+def test_malformed_page_is_dead_lettered_and_the_next_pages_are_read(lastfm):
+  lastfm.add_scrobbles('rj', _scrobbles(25))
+  lastfm.inject('user.getRecentTracks', 'pass')  # page 1
+  lastfm.inject('user.getRecentTracks', 'malformed', times=2)  # page 2 and its one retry
+  with TestPipeline() as p:
+    out = p | ReadFromLastfm(_options(lastfm, users=['rj'], page_size=10, with_duration=False, unknown_duration_ms=0,
+                                      to_time=T0 + 10**6))
+
+    def check_letters(letters):
+      assert len(letters) == 1 and letters[0]['reason'] == 'malformed_json'
+      assert letters[0]['record']['request']['params']['page'] == 2
+      assert letters[0]['position'] == 'page 2'
+      assert LastfmFake.API_KEY not in json.dumps(letters)
+
+    assert_that(out.dead_letter, check_letters, label='letters')
+    assert_that(_rows(out.records), lambda rows: len(rows) == 15 or pytest.fail(str(len(rows))), label='rows')
+  pages = [r['params']['page'] for r in lastfm.served('user.getRecentTracks')]
+  assert pages == ['1', '2', '2', '3']
+
+
+def test_invalid_key_stops_the_job_with_a_clear_message(lastfm, monkeypatch):
+  monkeypatch.setenv('LASTFM_API_KEY', 'not-a-valid-key-555')
+  lastfm.add_scrobbles('rj', _scrobbles(3))
+  with pytest.raises(Exception, match='refused the API key') as raised:
+    with TestPipeline() as p:
+      _ = p | ReadFromLastfm(_options(lastfm, users=['rj']))
+  assert 'not-a-valid-key-555' not in str(raised.value)
+  lastfm.suspended_keys.add(LastfmFake.API_KEY)
+  monkeypatch.setenv('LASTFM_API_KEY', LastfmFake.API_KEY)
+  with pytest.raises(Exception, match='error 26'):
+    with TestPipeline() as p:
+      _ = p | ReadFromLastfm(_options(lastfm, users=['rj']))
+
+
+def test_track_info_and_artist_top_tags(lastfm):
+  lastfm.durations[('Daft Punk', 'One More Time')] = 320000
+  lastfm.tags['Daft Punk'] = [('electronic', 100), ('house', 80), ('french', 40)]
+  with TestPipeline() as p:
+    info = p | 'Info' >> ReadFromLastfm(_options(lastfm, resource='track_info', items=[
+        {'artist': 'Daft Punk', 'track': 'One More Time'}, {'artist': 'Nobody', 'track': 'Nothing'}]))
+    tags = p | 'Tags' >> ReadFromLastfm(_options(lastfm, resource='artist_top_tags', items=[{'artist': 'Daft Punk'}]))
+
+    def check_info(rows):
+      assert len(rows) == 1
+      assert rows[0]['duration_ms'] == 320000 and rows[0]['playcount'] == 98765 and rows[0]['top_tags'] == ['rock']
+
+    def check_letters(letters):
+      assert len(letters) == 1 and 'error 6' in letters[0]['detail']
+      assert letters[0]['record']['request']['params']['track'] == 'Nothing'
+
+    assert_that(_rows(info.records, 'InfoRows'), check_info, label='info')
+    assert_that(info.dead_letter, check_letters, label='info letters')
+    assert_that(_rows(tags.records, 'TagRows') | beam.Map(lambda r: (r['tag'], r['count'])),
+                lambda got: sorted(got) == [('electronic', 100), ('french', 40), ('house', 80)] or pytest.fail(str(got)),
+                label='tags')
+
+
+def test_signature_and_options(lastfm):
+  signed = sign_request('s3cret', 'sess', Request('GET', 'https://x/2.0/', {'method': 'm', 'api_key': 'k',
+                                                                              'format': 'json'}))
+  assert signed.params['sk'] == 'sess'
+  assert signed.params['api_sig'] == lastfm_signature(signed.params, 's3cret')
+  assert track_key('Daft  Punk', 'one more time') == track_key('daft punk', 'One More Time')
+  with pytest.raises(ValueError, match='users'):
+    ReadFromLastfm(_options(lastfm, users=[]))
+  with pytest.raises(ValueError, match='offset'):
+    ReadFromLastfm(_options(lastfm, users=['rj'], from_time='2024-01-01T00:00:00'))
+  with pytest.raises(registry.ConfigError, match='resource must be'):
+    registry.build({'type': 'lastfm', 'resource': 'loved_tracks', 'users': ['rj']})
+  assert registry.build({'type': 'lastfm', 'users': ['rj'], 'resource': 'recent_tracks', 'retry': {'max_attempts': 2}})
