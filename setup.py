@@ -17,6 +17,7 @@ EXTRAS = {
         'moto[server]>=5.0',
         'gcp-storage-emulator>=2024.8.3',
         'pandas>=2.0,<2.4',
+        'jsonschema>=4',
     ],
 }
 EXTRAS['all'] = sorted({req for name, reqs in EXTRAS.items() if name != 'ml' for req in reqs} | set(EXTRAS['ml']))
@@ -41,6 +42,8 @@ setuptools.setup(
         'openpyxl>=3.1',
         'fastavro>=1.9',
         'pyyaml>=6',
+        # Python twins of the RE2 prefilters (\\p{..} classes) in transforms.pii.
+        'regex>=2023.0',
     ],
     extras_require=EXTRAS,
 )

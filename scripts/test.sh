@@ -21,31 +21,9 @@ set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "${REPO_ROOT}"
 
-PYTHON="${PYTHON:-python3}"
-VENV_PYTHON=".venv/bin/python"
-STAMP=".cache/install.stamp"
-EXTRAS='.[test,aws,gcp]'
+source scripts/venv.sh
 
 log() { echo "test.sh: $*" >&2; }
-
-ensure_venv() {
-  if [[ ! -x "${VENV_PYTHON}" ]]; then
-    command -v "${PYTHON}" >/dev/null || { log "${PYTHON} not found; set PYTHON to a Python >= 3.10"; exit 2; }
-    log "creating .venv with ${PYTHON}"
-    "${PYTHON}" -m venv .venv
-  fi
-  # Reinstall when setup.py changes or .venv is recreated (pyvenv.cfg is
-  # rewritten then, so its inode and mtime change).
-  local key
-  key="$( { sha256sum setup.py; stat -c '%i %Y' .venv/pyvenv.cfg; } | sha256sum | cut -d' ' -f1)"
-  if [[ -f "${STAMP}" && "$(<"${STAMP}")" == "${key}" ]]; then
-    return
-  fi
-  log "installing the package: pip install -e '${EXTRAS}'"
-  "${VENV_PYTHON}" -m pip install --quiet --disable-pip-version-check --no-input -e "${EXTRAS}"
-  mkdir -p "$(dirname "${STAMP}")"
-  echo "${key}" >"${STAMP}"
-}
 
 STARTED=()
 
@@ -67,7 +45,7 @@ start_services() {
   done
 }
 
-ensure_venv
+ensure_venv '.[test,aws,gcp]'
 trap stop_started EXIT
 # An interrupt or termination still runs the EXIT trap.
 trap 'exit 130' INT
@@ -85,7 +63,7 @@ for arg in "$@"; do
 done
 
 status=0
-"${VENV_PYTHON}" -m pytest "${targets[@]}" -q "$@" || status=$?
+.venv/bin/python -m pytest "${targets[@]}" -q "$@" || status=$?
 if [[ ${status} -eq 5 ]]; then
   log "pytest collected no tests: failing"
 fi
