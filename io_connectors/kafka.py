@@ -127,8 +127,8 @@ class KafkaReadOptions:
   bounded: stop at each partition's end offset seen when its read starts.
   max_records_per_partition: read at most this many records per partition (implies bounded).
   max_out_of_orderness_s: the watermark trails the newest record timestamp by this much.
-  idle_timeout_s: a caught-up partition with no record for this long advances
-    its watermark to now - idle_timeout_s.
+  idle_timeout_s: in a streaming read, a partition with no record for this
+    long advances its watermark to now - idle_timeout_s (0: never).
   checkpoint_interval_s: an unbounded read hands its remainder back to the
     runner after this long, so bundles (and offset commits) complete regularly.
   poll_timeout_s: one consumer poll waits at most this long.
@@ -136,6 +136,8 @@ class KafkaReadOptions:
   event_hubs_connection_string: Azure Event Hubs namespace connection string;
     sets SASL_SSL/PLAIN with user '$ConnectionString' unless given otherwise.
   consumer_config: extra librdkafka settings (passed as they are).
+  streaming: read as an unbounded source (checkpoints, watermark progress)
+    even when the ranges are bounded; default: when not bounded.
   """
   bootstrap_servers: str
   topics: Tuple[str, ...]
@@ -159,6 +161,7 @@ class KafkaReadOptions:
   sasl_password: Optional[str] = dataclasses.field(default=None, repr=False)
   event_hubs_connection_string: Optional[str] = dataclasses.field(default=None, repr=False)
   consumer_config: Dict[str, Any] = dataclasses.field(default_factory=dict)
+  streaming: Optional[bool] = None
 
   def __post_init__(self):
     if isinstance(self.topics, str):
@@ -191,6 +194,16 @@ class KafkaReadOptions:
   @property
   def is_bounded(self) -> bool:
     return self.bounded or self.max_records_per_partition is not None
+
+  @property
+  def is_streaming(self) -> bool:
+    """Whether the read is an unbounded (streaming) source: by default when not bounded.
+
+    A streaming read of bounded ranges (streaming=True with
+    max_records_per_partition) checkpoints and advances its watermark as it
+    goes, so a streaming job sees windows close and late data, then ends.
+    """
+    return (not self.is_bounded) if self.streaming is None else self.streaming
 
 
 def client_config(options) -> Dict[str, Any]:
@@ -382,6 +395,8 @@ class _WatermarkProvider(WatermarkEstimatorProvider):
 
 
 class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
+  _STREAMING = False
+
   """Reads one partition's offset range as RecordBatches (bounded restrictions).
 
   It is its own RestrictionProvider: offset ranges [start, end) where end is
@@ -559,13 +574,13 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
             # The range ends at offsets that are no records (transaction markers, compaction).
             tracker.try_claim(stop)
             break
-          if stop >= _UNBOUNDED_STOP and time.monotonic() - last_record >= options.idle_timeout_s:
+          if self._STREAMING and options.idle_timeout_s and time.monotonic() - last_record >= options.idle_timeout_s:
             # Caught up and idle: let the watermark follow the clock so that
             # windows close although this partition receives nothing.
             self._advance(watermark, Timestamp.now() - Duration(options.idle_timeout_s))
             tracker.defer_remainder(Duration(options.poll_timeout_s))
             break
-        if stop >= _UNBOUNDED_STOP and time.monotonic() - began >= options.checkpoint_interval_s:
+        if self._STREAMING and time.monotonic() - began >= options.checkpoint_interval_s:
           tracker.defer_remainder()
           break
     finally:
@@ -631,7 +646,7 @@ class ReadFromKafka(beam.PTransform):
 
   def expand(self, pbegin):
     options = self._options
-    fn_class = _ReadPartitionFn if options.is_bounded else _UnboundedReadPartitionFn
+    fn_class = _UnboundedReadPartitionFn if options.is_streaming else _ReadPartitionFn
     result = (
         pbegin
         | 'Impulse' >> beam.Impulse()
@@ -645,7 +660,8 @@ class ReadFromKafka(beam.PTransform):
 
 
 class _UnboundedReadPartitionFn(_ReadPartitionFn):
-  """The same read for open-ended offset ranges."""
+  """The same read as an unbounded source: self-checkpoints and idle watermarks."""
+  _STREAMING = True
 
   @beam.DoFn.unbounded_per_element()
   def process(self,

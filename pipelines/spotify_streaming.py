@@ -1,0 +1,308 @@
+"""The streaming job: listening events from a stream into windowed Parquet files per tenant.
+
+    source -> TagTenant -> Validate -> RedactPII -> WindowEvents (fixed windows and
+    sessions on `played_at`, late events routed, dedup on `event_id` with expiring
+    state) -> windowed Parquet per tenant, sessions, per-tenant metrics, dead letters
+    [-> Kafka topic]
+
+Usage::
+
+    python -m pipelines.spotify_streaming --source kafka \\
+        --bootstrap_servers 127.0.0.1:9092 --topic plays --group_id lake \\
+        --tenant_field tenant --output out/stream \\
+        --window_size_s 60 --allowed_lateness_s 30 --session_gap_s 1800 \\
+        $(python -m pipelines.runners prism) --streaming
+
+Outputs under --output (names derive from tenant, window and shard, so a replay
+rewrites the same files with the same rows; each is written to a temporary name
+and renamed):
+
+    data/tenant=<t>/window_start=<YYYYmmddTHHMMSSZ>/part-<shard>.parquet   clean events
+    sessions/tenant=<t>/window_start=<...>/part-<shard>.parquet             listening sessions
+    metrics/tenant=<t>/window_start=<...>.json                              events, listening minutes,
+                                                                            skips, distinct users, late
+    dead_letter/tenant=<t or _unassigned>/dl-<content hash>.jsonl           malformed, invalid, late
+
+Dead-letter files are named by their content: a replay that re-groups them may
+write a letter twice under another name; (source, position, reason) identifies it.
+
+Adding a source: one entry in `SOURCES` (name -> function(options) returning a
+PTransform that yields `Outputs(records, dead_letter)` of RecordBatches), plus
+its flags in `pipelines.streaming_options`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import sys
+import uuid
+from typing import Callable, Dict, Optional, Sequence
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from io_connectors import kafka
+from io_connectors.registry import ConfigError
+from pipelines.streaming_options import SpotifyStreamingOptions
+from transforms import entities
+from transforms.dead_letter import flatten_dead_letters
+from transforms.pii import PiiKeyError, PiiOptions, RedactDeadLetters, RedactPII, load_master_key
+from transforms.records import json_safe, strip_internal
+from transforms.tenant import AssignDeadLetterTenant, TagTenant, check_tenant_id
+from transforms.validate import Validate
+from transforms.windows import WindowBatch, WindowEvents, WindowOptions, window_label
+
+__all__ = ['SOURCES', 'run', 'build', 'main', 'kafka_read_options', 'WriteWindowFiles']
+
+_LOG = logging.getLogger(__name__)
+UNASSIGNED = '_unassigned'
+
+
+# ----- sources -----
+
+
+def kafka_read_options(options: SpotifyStreamingOptions) -> kafka.KafkaReadOptions:
+  """KafkaReadOptions from the job's flags (secrets may come from the environment)."""
+  if not options.bootstrap_servers or not options.topic:
+    raise ConfigError(f'--source {options.source} needs --bootstrap_servers and --topic')
+  streaming = options.view_as(StandardOptions).streaming
+  try:
+    return kafka.KafkaReadOptions(
+        bootstrap_servers=options.bootstrap_servers,
+        topics=tuple(t.strip() for t in options.topic.split(',') if t.strip()),
+        group_id=options.group_id,
+        start_position=options.start_position,
+        start_timestamp_ms=options.start_timestamp_ms,
+        value_format=options.value_format,
+        schema_registry_url=options.schema_registry_url,
+        avro_schema_file=options.avro_schema_file,
+        batch_size=options.kafka_batch_size,
+        bounded=options.bounded,
+        max_records_per_partition=options.max_records_per_partition,
+        idle_timeout_s=options.idle_timeout_s,
+        security_protocol=options.security_protocol,
+        sasl_mechanism=options.sasl_mechanism,
+        sasl_username=options.sasl_username,
+        sasl_password=options.sasl_password or os.environ.get('KAFKA_SASL_PASSWORD'),
+        event_hubs_connection_string=(options.event_hubs_connection_string or
+                                      (os.environ.get('EVENT_HUBS_CONNECTION_STRING') if options.source == 'eventhubs'
+                                       else None)),
+        streaming=True if streaming else None)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+
+def _kafka_source(options: SpotifyStreamingOptions) -> beam.PTransform:
+  read_options = kafka_read_options(options)
+  if options.kafka_reader == 'java':
+    return kafka.ReadFromKafkaCrossLanguage(read_options)
+  return kafka.ReadFromKafka(read_options)
+
+
+def _eventhubs_source(options: SpotifyStreamingOptions) -> beam.PTransform:
+  read_options = kafka_read_options(options)
+  if not read_options.event_hubs_connection_string and not read_options.sasl_password:
+    raise ConfigError('--source eventhubs needs --event_hubs_connection_string (or env EVENT_HUBS_CONNECTION_STRING)')
+  return kafka.ReadFromKafka(read_options)
+
+
+# name -> function(options) -> PTransform returning Outputs(records, dead_letter).
+SOURCES: Dict[str, Callable[[SpotifyStreamingOptions], beam.PTransform]] = {
+    'kafka': _kafka_source,
+    'eventhubs': _eventhubs_source,
+}
+
+
+# ----- sinks -----
+
+
+def _write_atomically(path: str, payload: bytes):
+  """Writes `path` through a temporary name and a rename: readers never see half a file."""
+  directory, name = path.rsplit('/', 1)
+  temp = f'{directory}/.tmp-{uuid.uuid4().hex}-{name}'
+  with FileSystems.create(temp) as handle:
+    handle.write(payload)
+  FileSystems.rename([temp], [path])
+
+
+def _parquet_bytes(table) -> bytes:
+  sink = io.BytesIO()
+  pq.write_table(table, sink, compression='snappy')
+  return sink.getvalue()
+
+
+class _WriteWindowFn(beam.DoFn):
+
+  def __init__(self, output: str, kind: str):
+    self._output = output
+    self._kind = kind
+
+  def process(self, element):
+    if self._kind == 'data':
+      window: WindowBatch = element
+      tenant, start, shard, batch = window.tenant, window.window_start_us, window.shard, strip_internal(window.batch)
+    else:
+      tenant, start, shard, batch = element
+    path = (f'{self._output}/{self._kind}/tenant={tenant}/window_start={window_label(start)}/'
+            f'part-{shard:03d}.parquet')
+    _write_atomically(path, _parquet_bytes(pa.Table.from_batches([batch])))
+    yield path
+
+
+class WriteWindowFiles(beam.PTransform):
+  """Writes WindowBatch (kind 'data') or session tuples (kind 'sessions') as Parquet; yields paths."""
+
+  def __init__(self, output: str, kind: str = 'data'):
+    super().__init__()
+    if kind not in ('data', 'sessions'):
+      raise ValueError(f"kind must be 'data' or 'sessions', got {kind!r}")
+    self._output = output.rstrip('/')
+    self._kind = kind
+
+  def expand(self, pcoll):
+    return pcoll | 'Write' >> beam.ParDo(_WriteWindowFn(self._output, self._kind))
+
+
+def _write_metrics(output: str):
+
+  def write(metrics: dict):
+    start = metrics['window_start']
+    label = start.replace('-', '').replace(':', '').replace('+0000', 'Z').replace('+00:00', 'Z')
+    path = f'{output}/metrics/tenant={metrics["tenant"]}/window_start={label}.json'
+    _write_atomically(path, json.dumps(metrics, sort_keys=True).encode('utf-8') + b'\n')
+    return path
+
+  return write
+
+
+class _WriteDeadLettersFn(beam.DoFn):
+  """Dead letters of a bundle, one JSONL file per tenant named by its content."""
+
+  def __init__(self, output: str):
+    self._output = output
+    self._pending = None
+
+  def start_bundle(self):
+    self._pending = {}
+
+  def process(self, letter: dict):
+    self._pending.setdefault(letter.get('tenant') or UNASSIGNED, []).append(letter)
+
+  def finish_bundle(self):
+    for tenant, letters in sorted(self._pending.items()):
+      lines = sorted(json.dumps(json_safe(l), sort_keys=True, ensure_ascii=False) for l in letters)
+      payload = ('\n'.join(lines) + '\n').encode('utf-8')
+      digest = hashlib.sha256(payload).hexdigest()[:24]
+      _write_atomically(f'{self._output}/dead_letter/tenant={tenant}/dl-{digest}.jsonl', payload)
+    self._pending = {}
+
+
+# ----- the job -----
+
+
+def build(p: beam.Pipeline, options: SpotifyStreamingOptions, master_key) -> None:
+  """Adds the streaming job to `p`."""
+  model = entities.entity_model(options.entity)
+  output = options.output.rstrip('/')
+  source = SOURCES[options.source](options)
+  read = p | f'Read[{options.source}]' >> source
+  tagged = read.records | 'TagTenant' >> TagTenant(options.tenant_id, options.tenant_field)
+  validated = tagged.records | 'Validate' >> Validate(model)
+  pii_options = PiiOptions(redact=not options.keep_pii)
+  redacted = validated.records | 'RedactPII' >> RedactPII(model, master_key, pii_options)
+  windowed = redacted.records | 'Windows' >> WindowEvents(
+      WindowOptions(
+          window_size_s=options.window_size_s,
+          allowed_lateness_s=options.allowed_lateness_s,
+          session_gap_s=options.session_gap_s,
+          dedup_ttl_s=options.dedup_ttl_s,
+          key_field=entities.key_field(model),
+          num_shards=options.num_shards))
+  _ = windowed.windows | 'WriteData' >> WriteWindowFiles(output, 'data')
+  _ = windowed.sessions | 'WriteSessions' >> WriteWindowFiles(output, 'sessions')
+  _ = windowed.metrics | 'WriteMetrics' >> beam.Map(_write_metrics(output))
+  if options.output_topic:
+    read_options = kafka_read_options(options)
+    _ = (windowed.windows
+         | 'Rows' >> beam.Map(lambda w: w.batch)
+         | 'WriteTopic' >> kafka.WriteToKafka(
+             kafka.KafkaWriteOptions(
+                 bootstrap_servers=read_options.bootstrap_servers,
+                 topic=options.output_topic,
+                 key_field=entities.key_field(model),
+                 security_protocol=read_options.security_protocol,
+                 sasl_mechanism=read_options.sasl_mechanism,
+                 sasl_username=read_options.sasl_username,
+                 sasl_password=read_options.sasl_password,
+                 event_hubs_connection_string=read_options.event_hubs_connection_string)))
+  letters = flatten_dead_letters([
+      read.dead_letter | 'TenantOfReadDL' >> AssignDeadLetterTenant(options.tenant_id, options.tenant_field),
+      tagged.dead_letter,
+      validated.dead_letter,
+      windowed.late,
+  ], 'AllDeadLetters')
+  redacted_letters = letters | 'RedactDeadLetters' >> RedactDeadLetters(model, master_key, pii_options)
+  _ = redacted_letters.records | 'WriteDeadLetters' >> beam.ParDo(_WriteDeadLettersFn(output))
+
+
+def _check(options: SpotifyStreamingOptions):
+  if options.source not in SOURCES:
+    raise ConfigError(f'unknown --source {options.source!r}; known: {", ".join(sorted(SOURCES))}')
+  if not options.output:
+    raise ConfigError('--output is required')
+  if bool(options.tenant_id) == bool(options.tenant_field):
+    raise ConfigError('give exactly one of --tenant_id or --tenant_field')
+  if options.tenant_id:
+    try:
+      check_tenant_id(options.tenant_id, '--tenant_id')
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+  try:
+    entities.entity_model(options.entity)
+  except (KeyError, ValueError) as e:
+    raise ConfigError(f'--entity: {e}') from None
+
+
+def run(argv: Optional[Sequence[str]] = None, wait: bool = True):
+  """Builds and runs the job; returns the PipelineResult (after it finished when `wait`)."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  pipeline_options = PipelineOptions(argv)
+  options = pipeline_options.view_as(SpotifyStreamingOptions)
+  _check(options)
+  FileSystems.set_options(pipeline_options)
+  if not (options.bounded or options.max_records_per_partition is not None):
+    # An unbounded source: the runner must run the job as a streaming job.
+    pipeline_options.view_as(StandardOptions).streaming = True
+  try:
+    master_key = None if options.keep_pii else load_master_key(options.pii_key_file)
+  except PiiKeyError as e:
+    raise ConfigError(str(e)) from None
+  pipeline = beam.Pipeline(options=pipeline_options)
+  build(pipeline, options, master_key)
+  result = pipeline.run()
+  if wait:
+    result.wait_until_finish()
+  return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s', datefmt='%H:%M:%S')
+  for noisy in ('apache_beam', 'presidio-analyzer', 'presidio_analyzer', 'urllib3', 'google', 'botocore'):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  try:
+    run(argv)
+  except ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

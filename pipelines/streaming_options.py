@@ -1,0 +1,82 @@
+"""Pipeline options of `python -m pipelines.spotify_streaming`, a Beam `PipelineOptions` subclass.
+
+Every Beam flag (runner, streaming, workers, ...) works beside these. Source
+options are grouped by source; a source added to `pipelines.spotify_streaming.SOURCES`
+adds its own flags here.
+
+Usage::
+
+    options = PipelineOptions(argv).view_as(SpotifyStreamingOptions)
+"""
+
+from __future__ import annotations
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+# Defines the batch job's options class first: Beam parses every
+# PipelineOptions subclass's flags with one parser, so flags both jobs share
+# (--output, --entity, --tenant_id, ...) and Beam's own --bootstrap_servers
+# (KafkaStreamsRunnerOptions) are added by whichever class comes first and
+# skipped by the later ones (see _add).
+import pipelines.options  # noqa: F401 pylint: disable=unused-import
+
+__all__ = ['SpotifyStreamingOptions', 'KAFKA_READERS']
+
+KAFKA_READERS = ('python', 'java')
+
+
+def _add(parser, flag, **kwargs):
+  """parser.add_argument unless another options class already defined `flag` (same meaning)."""
+  if flag in parser._option_string_actions:  # pylint: disable=protected-access
+    return
+  parser.add_argument(flag, **kwargs)
+
+
+class SpotifyStreamingOptions(PipelineOptions):
+  """Options of `python -m pipelines.spotify_streaming`."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    _add(parser, '--source', default='kafka', help='Stream to read: kafka or eventhubs (see SOURCES).')
+    _add(parser, '--entity', default='listening_event', help='Canonical entity the events are validated as.')
+    _add(parser, '--tenant_id', help="Tenant of every event of this job.")
+    _add(parser, '--tenant_field', help="Field holding each event's tenant id.")
+    _add(parser, '--output', help='Output directory (local, s3:// or gs://).')
+    _add(parser, '--output_topic', help='Also produce the clean, deduplicated events as JSON to this Kafka topic.')
+    _add(parser, '--pii_key_file', help='File holding the PII master key. Default: env PII_MASTER_KEY.')
+    _add(parser, '--keep_pii', action='store_true', default=False, help='Write PII unredacted.')
+    # Windows
+    _add(parser, '--window_size_s', type=float, default=60.0, help='Fixed event-time window length (s).')
+    _add(parser, '--allowed_lateness_s', type=float, default=0.0,
+                        help='A window is written when the watermark passes its end plus this (s); later events '
+                        'are dead letters with reason late_event.')
+    _add(parser, '--session_gap_s', type=float, default=1800.0, help='Listening sessions end after this gap (s).')
+    _add(parser, '--dedup_ttl_s', type=float, default=3600.0,
+                        help='event_id values are remembered this long (event time) after their window closed (s).')
+    _add(parser, '--num_shards', type=int, default=4, help='Keys (and file parts) per tenant and window.')
+    # Kafka / Event Hubs
+    _add(parser, '--kafka_reader', default='python', choices=KAFKA_READERS,
+                        help="python: our splittable DoFn (every runner); java: Beam's cross-language KafkaIO "
+                        '(runners that host Java, e.g. Flink).')
+    _add(parser, '--bootstrap_servers', default='localhost:9092', help='Kafka bootstrap servers host:port[,host:port].')
+    _add(parser, '--topic', help='Topic(s) to read, comma-separated.')
+    _add(parser, '--group_id', help='Consumer group; offsets are committed to it after bundles are durable.')
+    _add(parser, '--start_position', default='earliest', choices=('earliest', 'latest', 'timestamp'),
+                        help='Where partitions without a committed offset start.')
+    _add(parser, '--start_timestamp_ms', type=int, help="For --start_position timestamp (epoch ms).")
+    _add(parser, '--value_format', default='json', choices=('json', 'avro'), help='Message payload format.')
+    _add(parser, '--schema_registry_url', help='Confluent schema registry (Avro wire format).')
+    _add(parser, '--avro_schema_file', help='Local Avro writer schema (.avsc).')
+    _add(parser, '--security_protocol', help='PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.')
+    _add(parser, '--sasl_mechanism', help='SASL mechanism, e.g. PLAIN.')
+    _add(parser, '--sasl_username', help='SASL user.')
+    _add(parser, '--sasl_password', help='SASL password; prefer env KAFKA_SASL_PASSWORD (flags show in ps).')
+    _add(parser, '--event_hubs_connection_string',
+                        help='Azure Event Hubs namespace connection string; prefer env EVENT_HUBS_CONNECTION_STRING.')
+    _add(parser, '--max_records_per_partition', type=int,
+                        help='Stop after this many records per partition (tests, backfills).')
+    _add(parser, '--bounded', action='store_true', default=False,
+                        help='Stop at the end offsets seen at start (a batch run over a topic).')
+    _add(parser, '--idle_timeout_s', type=float, default=5.0,
+                        help='An idle partition advances its watermark to now minus this (s); 0: never.')
+    _add(parser, '--kafka_batch_size', type=int, default=1000, help='Records per Arrow batch read.')
