@@ -63,6 +63,17 @@ are numbered in scan order: ``__row`` is that number and ``__source`` is
 ``redis://HOST:PORT/DB`` (never the password). Redis Cluster is not
 supported (SCAN runs on one node).
 
+Incremental reads. With ``cursor_field`` (a field of the JSON or hash values
+holding a number or an ISO-8601 timestamp) and a ``state`` store
+(`io_connectors.state`), only records whose cursor is above the value last
+committed for this server, pattern and ``tenant`` minus ``lag`` (seconds for
+timestamps, units for numbers) are emitted, and the largest cursor read goes
+out on ``IncrementalOutputs.cursors`` for `pipelines.spotify_batch` to commit
+after the run's files are in place (a failed run is read again). Redis cannot
+filter values on the server, so every matching key is still read; the
+savings are downstream. Records without the field are emitted by the first
+run only. ``full_refresh`` emits everything and commits the new value.
+
 Consistency: Redis has no snapshots; a value changed during the run is read
 as it is when its batch is read.
 
@@ -79,6 +90,7 @@ tests connectivity, credentials and the pattern before a pipeline starts.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import logging
 import os
@@ -93,7 +105,7 @@ import pyarrow as pa
 from io_connectors import registry
 from io_connectors.files import RecordBatchCoder  # pylint: disable=unused-import  # registers the batch coder
 from io_connectors.mongodb import mask_url, table_from_documents
-from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
+from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
 from transforms.records import json_safe, with_provenance
 
 __all__ = ['RedisOptions', 'RedisSourceError', 'ReadFromRedis']
@@ -124,6 +136,10 @@ class RedisOptions:
     lost connection.
   pool_size: connections per worker process.
   socket_timeout_s / connect_timeout_s: client timeouts in seconds.
+  cursor_field / state / lag / full_refresh / tenant: incremental reads (see
+    the module docstring): only records whose cursor_field (a number or an
+    ISO-8601 timestamp) is above the value last committed in `state` minus
+    `lag` (seconds for timestamps, units for numbers).
   """
   url: Optional[str] = None
   value_format: str = 'auto'
@@ -134,6 +150,11 @@ class RedisOptions:
   pool_size: int = 4
   socket_timeout_s: float = 60.0
   connect_timeout_s: float = 10.0
+  cursor_field: Optional[str] = None
+  state: Optional[str] = None
+  lag: float = 0
+  full_refresh: bool = False
+  tenant: Optional[str] = None
 
   def __post_init__(self):
     url = self.url if self.url is not None else os.environ.get(URL_VARIABLE)
@@ -149,6 +170,15 @@ class RedisOptions:
     for name in ('key_batch_size', 'scan_count', 'pool_size'):
       _check_int(name, getattr(self, name), 1)
     _check_int('max_retries', self.max_retries, 0)
+    if self.cursor_field is not None:
+      if not isinstance(self.cursor_field, str) or not self.cursor_field:
+        raise ValueError(f'cursor_field must be a field name, got {self.cursor_field!r}')
+      if self.cursor_field == self.key_column:
+        raise ValueError('cursor_field cannot be the key column (keys are not ordered)')
+      if not self.state:
+        raise ValueError('cursor_field needs a state store (state=: a directory, s3://, gs:// or postgresql:// URL)')
+    if isinstance(self.lag, bool) or not isinstance(self.lag, (int, float)) or self.lag < 0:
+      raise ValueError(f'lag must be a number >= 0, got {self.lag!r}')
     for name in ('socket_timeout_s', 'connect_timeout_s'):
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
@@ -248,6 +278,60 @@ def _with_retries(options: RedisOptions, what: str, attempt_fn, on_retry=None):
 class _KeyBatch(NamedTuple):
   first_row: int  # scan-order number of keys[0]
   keys: Tuple[bytes, ...]
+  low: Any = None  # incremental reads: keep records whose cursor is above this (None: all)
+
+
+# ---------------------------------------------------------------------------
+# Incremental reads
+
+CURSORS = 'cursors'
+
+
+def _cursor_order(value: Any):
+  """A sort key for cursor values: numbers, then timestamps, then other text; None if unusable."""
+  if isinstance(value, bool) or value is None:
+    return None
+  if isinstance(value, (int, float)):
+    return (0, float(value), '')
+  if isinstance(value, str):
+    try:
+      return (0, float(value), '')
+    except ValueError:
+      pass
+    try:
+      moment = dt.datetime.fromisoformat(value.replace('Z', '+00:00'))
+    except ValueError:
+      return (2, 0.0, value)
+    if moment.tzinfo is None:
+      moment = moment.replace(tzinfo=dt.timezone.utc)
+    return (1, moment.timestamp(), '')
+  return None
+
+
+def _committed_form(value: Any) -> Any:
+  """The JSON scalar a cursor is committed as: a number, or an ISO-8601 UTC timestamp, or the text."""
+  order = _cursor_order(value)
+  if order[0] == 0:
+    number = order[1]
+    return int(number) if number.is_integer() and not (isinstance(value, float)) else number
+  if order[0] == 1:
+    return dt.datetime.fromtimestamp(order[1], dt.timezone.utc).isoformat()
+  return value
+
+
+def _lower_bound(last: Any, lag: float):
+  """The order key records must exceed, from the committed value and the lag window."""
+  order = _cursor_order(last)
+  if order is None:
+    return None
+  if order[0] in (0, 1):
+    return (order[0], order[1] - lag, '')
+  return order
+
+
+def _state_key(pattern: str, options: RedisOptions) -> str:
+  from io_connectors import state  # pylint: disable=import-outside-toplevel
+  return state.cursor_key('redis', options.tenant, f'{_source_name(options.url).split("://", 1)[1]}/{pattern}')
 
 
 class _ScanFn(beam.DoFn):
@@ -259,6 +343,10 @@ class _ScanFn(beam.DoFn):
 
   def process(self, unused_element):
     options = self._options
+    low = None
+    if options.cursor_field and not options.full_refresh:
+      from io_connectors import state  # pylint: disable=import-outside-toplevel
+      low = _lower_bound(state.load_cursor(options.state, _state_key(self._pattern, options)), options.lag)
     client = _client(options)
     seen = set()
     batch: List[bytes] = []
@@ -278,7 +366,7 @@ class _ScanFn(beam.DoFn):
           seen.add(key)
           batch.append(key)
           if len(batch) >= options.key_batch_size:
-            batches.append(_KeyBatch(emitted[0] + 1, tuple(batch)))
+            batches.append(_KeyBatch(emitted[0] + 1, tuple(batch), low))
             emitted[0] += len(batch)
             batch = []
         if cursor == 0:
@@ -289,7 +377,7 @@ class _ScanFn(beam.DoFn):
     finally:
       client.close()
     if batch:
-      batches.append(_KeyBatch(emitted[0] + 1, tuple(batch)))
+      batches.append(_KeyBatch(emitted[0] + 1, tuple(batch), low))
       emitted[0] += len(batch)
     _LOG.info('Redis %s: %d key(s) match %r, in %d batch(es)', _source_name(options.url), emitted[0], self._pattern,
               len(batches))
@@ -413,6 +501,7 @@ class _ReadKeysFn(beam.DoFn):
     options = self._options
     replies = _with_retries(options, f'read of {len(key_batch.keys)} key(s)', lambda: self._read(key_batch.keys))
     rows, numbers, gone = [], [], 0
+    highest = None  # incremental reads: the largest cursor value kept
     for offset, (key, (redis_type, value)) in enumerate(zip(key_batch.keys, replies)):
       # An empty hash, list or set does not exist in Redis: the key went away.
       if redis_type == 'none' or value is None or (isinstance(value, (dict, list, set)) and not value):
@@ -438,6 +527,12 @@ class _ReadKeysFn(beam.DoFn):
             dead_letter(self._source, f'key {key_text}', bad.reason, field=bad.field, record=bad.record,
                         detail=bad.detail, stage=STAGE))
         continue
+      if options.cursor_field:
+        order = _cursor_order(fields.get(options.cursor_field))
+        if key_batch.low is not None and (order is None or order[0] != key_batch.low[0] or order <= key_batch.low):
+          continue  # not changed since the committed cursor (or no cursor: read by the first run only)
+        if order is not None and (highest is None or order > _cursor_order(highest)):
+          highest = fields[options.cursor_field]
       rows.append({options.key_column: key_text, **fields})
       numbers.append(key_batch.first_row + offset)
     if gone:
@@ -445,6 +540,8 @@ class _ReadKeysFn(beam.DoFn):
     if rows:
       table = table_from_documents(rows).combine_chunks()
       yield with_provenance(table.to_batches()[0], self._source, pa.array(numbers, type=pa.int64()))
+    if highest is not None:
+      yield beam.pvalue.TaggedOutput(CURSORS, highest)
 
 
 class ReadFromRedis(beam.PTransform):
@@ -483,11 +580,19 @@ class ReadFromRedis(beam.PTransform):
         | 'Scan' >> beam.ParDo(_ScanFn(self._pattern, self._options))
         # Spreads the key batches over the workers.
         | 'Spread' >> beam.Reshuffle())
-    result = key_batches | 'Read' >> beam.ParDo(_ReadKeysFn(self._options)).with_outputs(DEAD_LETTER, main='records')
+    result = key_batches | 'Read' >> beam.ParDo(_ReadKeysFn(self._options)).with_outputs(
+        DEAD_LETTER, CURSORS, main='records')
     records, dead_letters = result.records, result[DEAD_LETTER]
     records.element_type = pa.RecordBatch
     dead_letters.element_type = Dict[str, Any]
-    return Outputs(records, dead_letters)
+    if not self._options.cursor_field:
+      return Outputs(records, dead_letters)
+    store, key = self._options.state, _state_key(self._pattern, self._options)
+    cursors = (
+        result[CURSORS]
+        | 'Highest' >> beam.combiners.Top.Of(1, key=_cursor_order)
+        | 'CursorUpdate' >> beam.FlatMap(lambda top: [{'store': store, 'key': key, 'value': _committed_form(v)} for v in top]))
+    return IncrementalOutputs(records, dead_letters, cursors)
 
 
 _OPTION_FIELDS = {f.name for f in dataclasses.fields(RedisOptions)}

@@ -60,11 +60,16 @@ def _save_to(path):
 
 
 def read(tmp_path, transform, source='redis://127.0.0.1:6380/0'):
-  """(rows as (row number, record) sorted by number, batches, dead letters)."""
+  """(rows as (row number, record) sorted by number, batches, dead letters).
+
+  An incremental read's cursor updates are left in tmp_path / 'cursors.pkl'.
+  """
   with TestPipeline() as p:
     outputs = p | transform
     assert_that(outputs.records, _save_to(str(tmp_path / 'records.pkl')), label='SaveRecords')
     assert_that(outputs.dead_letter, _save_to(str(tmp_path / 'dead.pkl')), label='SaveDeadLetters')
+    if hasattr(outputs, 'cursors'):
+      assert_that(outputs.cursors, _save_to(str(tmp_path / 'cursors.pkl')), label='SaveCursors')
   with open(tmp_path / 'records.pkl', 'rb') as f:
     batches = pickle.load(f)
   with open(tmp_path / 'dead.pkl', 'rb') as f:
@@ -220,3 +225,36 @@ def test_options_and_registry(monkeypatch, url):
     registry.build({'type': 'redis', 'pattern': 'user:*', 'patern': 'x'})
   with pytest.raises(registry.ConfigError, match='needs "pattern"'):
     registry.build({'type': 'redis'})
+
+
+def test_incremental_reads_only_changed_records_until_the_cursor_is_committed(tmp_path, client, url, prefix):
+  state = pytest.importorskip('io_connectors.state', reason='io_connectors.state (the cursor store) is not there yet')
+  store = str(tmp_path / 'state')
+  for i in range(6):
+    client.set(f'{prefix}{i}', json.dumps({'n': i, 'updated_at': f'2024-01-01T00:0{i}:00+00:00'}))
+  client.hset(prefix + 'h', mapping={'n': '100', 'updated_at': '2024-01-01T00:03:30Z'})
+
+  def load(name, **kwargs):
+    out = tmp_path / name
+    out.mkdir()
+    rows, _, dead = read(out, ReadFromRedis(prefix + '*', RedisOptions(url=url, cursor_field='updated_at', state=store,
+                                                                       key_batch_size=3, **kwargs)))
+    assert dead == []
+    with open(out / 'cursors.pkl', 'rb') as f:
+      cursors = pickle.load(f)
+    return sorted(str(r['n']) for _, r in rows), cursors
+
+  names, cursors = load('first')
+  assert names == ['0', '1', '100', '2', '3', '4', '5']
+  assert [c['value'] for c in cursors] == ['2024-01-01T00:05:00+00:00']
+  state.commit_cursors(cursors)
+  assert load('unchanged') == ([], [])
+  client.set(prefix + '2', json.dumps({'n': 2, 'updated_at': '2024-01-02T00:00:00+00:00'}))
+  client.hset(prefix + 'h2', mapping={'n': '200', 'updated_at': '2024-01-01T00:06:00Z'})
+  assert load('failed')[0] == ['2', '200']  # not committed: read again
+  names, cursors = load('changed')
+  assert names == ['2', '200']
+  state.commit_cursors(cursors)
+  assert load('after')[0] == []
+  assert load('lagged', lag=86400 - 270)[0] == ['2', '200', '5']  # back to 2024-01-01T00:04:30
+  assert len(load('full', full_refresh=True)[0]) == 8
