@@ -364,7 +364,8 @@ class TwitterFake(FakeApi):
     max_results = int(params.get('max_results', 10))
     if not 10 <= max_results <= 100:
       return 400, {}, {'title': 'Invalid Request', 'detail': 'max_results must be in [10, 100]'}
-    term = query.split()[0].strip('"').lower()
+    # The query's words (operators such as -is:retweet dropped) as one phrase.
+    term = ' '.join(w for w in query.split() if not w.startswith('-')).replace('"', '').lower()
     matching = [t for t in self.tweets if term in t['text'].lower()]
     offset = int(params['next_token'][len('nt'):]) if params.get('next_token') else 0
     page = matching[offset:offset + max_results]

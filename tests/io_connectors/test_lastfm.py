@@ -202,3 +202,53 @@ def test_signature_and_options(lastfm):
   with pytest.raises(registry.ConfigError, match='resource must be'):
     registry.build({'type': 'lastfm', 'resource': 'loved_tracks', 'users': ['rj']})
   assert registry.build({'type': 'lastfm', 'users': ['rj'], 'resource': 'recent_tracks', 'retry': {'max_attempts': 2}})
+
+
+def test_batch_job_reads_lastfm_and_a_social_api_for_two_tenants(lastfm, tmp_path, monkeypatch):
+  """pipelines.spotify_batch --config with Last.fm and Twitter/X sources for two tenants into the lake."""
+  import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+  import yaml  # pylint: disable=import-outside-toplevel
+  from pipelines.spotify_batch import run  # pylint: disable=import-outside-toplevel
+  from tests.io_connectors.api_fakes import TwitterFake  # pylint: disable=import-outside-toplevel
+  monkeypatch.setenv('PII_MASTER_KEY', 'ab' * 32)
+  monkeypatch.setenv('TWITTER_BEARER_TOKEN', TwitterFake.BEARER)
+  lastfm.add_scrobbles('rj', _scrobbles(230))
+  lastfm.add_scrobbles('alice', _scrobbles(40, start=T0 + 7))
+  _durations(lastfm)
+  lastfm.inject('user.getRecentTracks', 'lastfm_error', 29, 200)
+  with TwitterFake() as twitter:
+    twitter.tweets = [{'id': str(i), 'text': f'Daft Punk forever {i}', 'author_id': '9', 'created_at':
+                       '2024-03-01T12:00:00.000Z', 'public_metrics': {'like_count': i}} for i in range(12)]
+    retry = {'backoff_base': 0.02, 'backoff_max': 0.2, 'timeout': 30}
+    lastfm_source = {'type': 'lastfm', 'resource': 'recent_tracks', 'base_url': f'{lastfm.url}/2.0/', 'rate': None,
+                     'to_time': T0 + 10**6, 'retry': retry}
+    social_source = {'type': 'social', 'resource': 'twitter.recent_search_mentions',
+                     'overrides': {'base_url': twitter.url}, 'retry': retry}
+    config = {
+        'output': str(tmp_path / 'lake'),
+        'entity': 'listening_event',
+        'sources': [
+            dict(lastfm_source, users=['rj'], tenant_id='acme'),
+            dict(lastfm_source, users=['alice'], tenant_id='beatbox'),
+            dict(social_source, params=[{'query': '"Daft Punk"', 'subject': 'Daft Punk'}], tenant_id='acme'),
+            dict(social_source, params=[{'query': 'forever 1'}], tenant_id='beatbox'),
+        ]
+    }
+    config_path = tmp_path / 'api_sources.yaml'
+    config_path.write_text(yaml.safe_dump(config))
+    manifest = run(['--config', str(config_path)])
+  counts = manifest['counts']
+  assert counts['per_tenant']['acme']['written'] == 230
+  assert counts['per_tenant']['beatbox']['written'] == 40
+  # Mentions are not listening events: the batch job has one entity per run, so they are
+  # dead-lettered (missing event fields), per tenant, never dropped.
+  assert counts['per_tenant']['acme']['dead_letter'] == 12
+  assert counts['per_tenant']['beatbox']['dead_letter'] == 3  # 'forever 1', 'forever 10', 'forever 11'
+  assert counts['dead_letter_by_reason'] == {'missing_field': 15}
+  assert manifest['conservation']['ok']
+  assert [s['type'] for s in manifest['inputs']] == ['lastfm', 'lastfm', 'social', 'social']
+  acme = pq.read_table(str(tmp_path / 'lake' / 'data' / 'tenant=acme'))
+  assert acme.num_rows == 230
+  assert set(acme.column('platform').to_pylist()) == {'lastfm'}
+  # user_id is an identifier: pseudonymised, never the Last.fm user name.
+  assert 'rj' not in set(acme.column('user_id').to_pylist())
