@@ -310,18 +310,49 @@ def _build_recognizers() -> Dict[str, Any]:
     def validate_result(self, pattern_text: str):
       return offline_tld(pattern_text).fqdn != ''
 
+  class RegionByRegionPhoneRecognizer(PhoneRecognizer):
+    """presidio's PhoneRecognizer, asking one region at a time.
+
+    The stock recognizer runs libphonenumber's matcher once per supported
+    region over the whole text (8 regions: ~2 ms a cell). Most phone numbers
+    are found by the first region or two; once every phone-like digit run of
+    the text lies inside a finding, later regions cannot add a new one, so
+    they are skipped. Findings are the stock recognizer's own.
+    """
+
+    def __init__(self):
+      super().__init__()
+      self._per_region = [PhoneRecognizer(supported_regions=(region,)) for region in self.supported_regions]
+
+    def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
+      results = []
+      for recognizer in self._per_region:
+        results.extend(recognizer.analyze(text, entities, nlp_artifacts))
+        if results and not _enough_phone_digits(_blank_spans(text, [(r.start, r.end) for r in results])):
+          break
+      unique = {(r.start, r.end, r.entity_type): r for r in results}
+      return list(unique.values())
+
   url_recognizer = PatternRecognizer(
       supported_entity=URL_WITH_CREDENTIALS,
       name='UrlWithCredentialsRecognizer',
       patterns=[Pattern('url_with_credentials', _URL_WITH_CREDENTIALS_PATTERN, _URL_WITH_CREDENTIALS_SCORE)])
   return {
       'EMAIL_ADDRESS': OfflineEmailRecognizer(),
-      'PHONE_NUMBER': PhoneRecognizer(),
+      'PHONE_NUMBER': RegionByRegionPhoneRecognizer(),
       'CREDIT_CARD': CreditCardRecognizer(),
       'IBAN_CODE': IbanRecognizer(),
       'IP_ADDRESS': IpRecognizer(),
       URL_WITH_CREDENTIALS: url_recognizer,
   }
+
+
+def _blank_spans(text: str, spans) -> str:
+  """`text` with each span replaced by letters (same offsets; breaks digit runs)."""
+  chars = list(text)
+  for start, end in spans:
+    chars[start:end] = 'a' * (end - start)
+  return ''.join(chars)
 
 
 def _enough_phone_digits(span: str) -> bool:

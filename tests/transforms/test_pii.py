@@ -17,6 +17,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.dead_letter import dead_letter
 from transforms.entities import ListeningEvent
+from transforms import pii
 from transforms.pii import (PII_KEY_ENV, REDACTED, MasterKey, PiiKeyError, PiiOptions, RedactDeadLetters, RedactPII,
                             TextScanner, hkdf_sha256, load_master_key, pseudonymise, redact_batch, redact_dead_letter,
                             redact_record)
@@ -364,3 +365,21 @@ def test_redact_pii_in_a_streaming_pipeline(key, scanner):
                   | beam.CombinePerKey(sum) | beam.Filter(lambda kv: kv[0] == 'PSEUDONYMISED:user_id')
                   | beam.Map(lambda kv, w=beam.DoFn.WindowParam: (int(w.start), kv[1])))
     assert_that(per_minute, equal_to([(0, 1), (60, 2)]))
+
+
+def test_region_by_region_phone_recognizer_finds_what_the_stock_one_finds():
+  from presidio_analyzer.predefined_recognizers import PhoneRecognizer  # pylint: disable=import-outside-toplevel
+  from pipelines import sample_data  # pylint: disable=import-outside-toplevel
+  scanner = pii.TextScanner().setup()
+  ours = scanner._recognizers['PHONE_NUMBER']  # pylint: disable=protected-access
+  stock = PhoneRecognizer()
+  notes = [r.record()['note'] for r in sample_data.iter_rows(rows=3000, seed=5) if r.kind == 'clean']
+  notes = [n for n in notes if n and pii._enough_phone_digits(n)]  # pylint: disable=protected-access
+  notes += ['ring 08-123 456 78 or +46 8 123 456 78', 'call (415) 555-2671 or 0176 1234 5678']
+  assert len(notes) > 20
+  for note in notes:
+    spans = lambda results: {(r.start, r.end) for r in results}
+    found_stock = spans(stock.analyze(note, ['PHONE_NUMBER'], None))
+    found_ours = spans(ours.analyze(note, ['PHONE_NUMBER'], None))
+    # Every number the stock recognizer finds is covered by one of ours.
+    assert all(any(s <= a and b <= e for s, e in found_ours) for a, b in found_stock), note
