@@ -276,3 +276,21 @@ def test_main_refuses_a_missing_secret_variable():
                           env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
   assert result.returncode == 2
   assert 'NO_SUCH_VARIABLE_H13' in result.stderr
+
+
+def test_the_webhooks_service_of_services_sh_accepts_signed_events(redis_port, redis_client):
+  """scripts/services.sh runs the receiver for local end-to-end use (source 'test', stream webhooks:test)."""
+  env = subprocess.run(['bash', str(REPO_ROOT / 'scripts' / 'services.sh'), 'env', 'webhooks'], capture_output=True,
+                       text=True, check=True, stdin=subprocess.DEVNULL).stdout
+  values = dict(line.split(' ', 1)[1].split('=', 1) for line in env.splitlines() if line.startswith('export '))
+  port = ensure_service('webhooks')
+  body = json.dumps({'type': 'ping', 'n': uuid.uuid4().hex}).encode()
+  ts = str(int(time.time()))
+  response = httpx.post(f'http://127.0.0.1:{port}/webhooks/test', content=body, timeout=30, headers={
+      'Content-Type': 'application/json', 'X-Timestamp': ts, 'X-Delivery-Id': uuid.uuid4().hex,
+      'X-Signature': sign(values['WEBHOOKS_TEST_SECRET'], ts, body)})
+  assert response.status_code == 202, response.text
+  entry_id = response.json()['stream_id']
+  entries = redis_client.xrange('webhooks:test', min=entry_id, max=entry_id)
+  assert entries and entries[0][1][b'body'] == body
+  redis_client.xdel('webhooks:test', entry_id)
