@@ -122,13 +122,20 @@ class OffsetPaginator(Paginator):
 
 @dataclasses.dataclass(frozen=True)
 class JSONBodyCursorPaginator(Paginator):
-  """The cursor at `cursor_path` goes into query parameter `cursor_param`; none ends it."""
+  """The cursor at `cursor_path` goes into query parameter `cursor_param`; none ends it.
+
+  has_more_path: where the body says whether more pages exist (a flag or a
+  next-page URL); a false or null value there ends it too.
+  """
   cursor_path: str = 'cursors.next'
   cursor_param: str = 'cursor'
+  has_more_path: Optional[str] = None
 
   def next(self, request, response, body, count):
     cursor = json_path(body, self.cursor_path)
     if cursor in (None, '') or count == 0:
+      return None
+    if self.has_more_path is not None and not json_path(body, self.has_more_path):
       return None
     if str(cursor) == str(request.params.get(self.cursor_param)):
       return None  # the same cursor again would loop forever

@@ -66,7 +66,8 @@ from io_connectors.http.paginators import Paginator, create_paginator
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, json_safe
 
-__all__ = ['ResourceConfig', 'IncrementalConfig', 'RestOptions', 'ReadFromRest', 'ReadRestResource', 'records_to_batch']
+__all__ = ['ResourceConfig', 'IncrementalConfig', 'RestOptions', 'ReadFromRest', 'ReadRestResource', 'records_to_batch',
+           'epoch_ms']
 
 _LOG = logging.getLogger(__name__)
 CURSORS = 'cursors'
@@ -78,8 +79,10 @@ class IncrementalConfig:
 
   cursor_field: dotted path in each (mapped) record of the cursor value.
   param: query parameter (or GraphQL variable for POST+json) the saved value goes into.
-  store, key: where the value is kept (io_connectors.state); key may use
-    templates of the element ('recently_played/{tenant}/{user}').
+  store, key: where the value is kept (io_connectors.state: a directory,
+    gs:// or s3:// prefix, or postgresql:// URL); key may use templates of
+    the element ('recently_played/{tenant}/{user}'). Without a store the
+    read starts from `initial` and the cursors output is still produced.
   initial: the value to use when the store holds none.
   param_format: how a value is sent: 'raw', or 'epoch_ms' (an ISO-8601 value
     sent as epoch milliseconds, Spotify's `after`).
@@ -237,6 +240,11 @@ def _fill_body(body: Any, params: Mapping[str, Any]) -> Any:
 
 def _as_params(element: Any) -> dict:
   return dict(element) if isinstance(element, Mapping) else {'id': element}
+
+
+def epoch_ms(value: Any) -> Any:
+  """An ISO-8601 instant as epoch milliseconds (other values unchanged)."""
+  return _epoch_ms(value)
 
 
 def _epoch_ms(value: Any) -> Any:
@@ -415,11 +423,10 @@ class _Reader:
 
 
 def _load_cursor(store: Optional[str], key: str):
-  """The saved cursor via io_connectors.state when that module exists, else None."""
-  try:
-    state = importlib.import_module('io_connectors.state')
-  except ImportError:
+  """The cursor committed in `store` (io_connectors.state), None without a store or value."""
+  if not store:
     return None
+  state = importlib.import_module('io_connectors.state')
   return state.load_cursor(store, key)
 
 

@@ -232,6 +232,8 @@ class FakeHttpServer:
     self.fault_statuses = (429, 500, 502, 503)
     self.timeout_seconds = 2.0
     self.malformed_when: Optional[Callable[[Call], bool]] = None
+    # fault_when(call) -> a status (or 'timeout') to answer instead, or None.
+    self.fault_when: Optional[Callable[[Call], Any]] = None
     self.stats = collections.Counter()
     self.log: List[dict] = []  # one entry per request: method, path, query, status
     self.first_served: Optional[float] = None
@@ -317,6 +319,8 @@ class FakeHttpServer:
             fault = self._queued_faults.popleft()
           elif self.fault_rate and self._random.random() < self.fault_rate:
             fault = self._random.choice(self.fault_statuses)
+      if fault is None and self.fault_when is not None:
+        fault = self.fault_when(call)
       if wait is not None:
         self._count(call, 429, 'rate_limited')
         self._send(handler, 429, {'Retry-After': str(max(1, math.ceil(wait)))},
@@ -388,6 +392,9 @@ class FakeSpotify(FakeHttpServer):
     self.token_lifetime = token_lifetime
     self.tokens: Dict[str, Tuple[float, str]] = {}  # token -> (expiry, grant)
     self.missing_ids: set = set()
+    # After this many authorised API calls every token issued so far is
+    # revoked once (the next call gets 401), as when a token expires mid-run.
+    self.revoke_tokens_after: Optional[int] = None
     self.album_tracks = 120
     self.playlist_items = 75
     self.saved_tracks = 60
@@ -489,6 +496,11 @@ class FakeSpotify(FakeHttpServer):
       header = call.headers.get('Authorization', '')
       token = header[7:] if header.startswith('Bearer ') else None
       with self._lock:
+        self.stats['authorised_calls'] += 1
+        if self.revoke_tokens_after is not None and self.stats['authorised_calls'] > self.revoke_tokens_after:
+          self.revoke_tokens_after = None
+          self.tokens.clear()
+          self.stats['revocations'] += 1
         entry = self.tokens.get(token)
       if entry is None or entry[0] < time.monotonic():
         return self._error(401, 'The access token expired' if entry else 'Invalid access token')
