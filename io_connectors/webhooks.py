@@ -19,8 +19,13 @@ delivery is accepted only when
 An accepted delivery is appended (XADD) to the Redis stream
 ``<stream_prefix><source>`` with the fields ``source``, ``delivery_id``,
 ``timestamp``, ``received_at`` and ``body`` (the raw JSON text), and answered
-202 with the stream entry id. If Redis fails the delivery is answered 503 and
-its id forgotten, so the sender's retry is accepted: nothing is lost.
+202 with the stream entry id. With ``sink='kafka'`` it is produced instead to
+the Kafka topic ``<kafka_topic_prefix><source>`` (key: the delivery id; value:
+the body; the other fields as headers; idempotent producer, acks=all) and
+answered once the broker acknowledged it, with ``topic/partition/offset``.
+Delivery ids are kept in Redis either way. If the store fails the delivery is
+answered 503 and its id forgotten, so the sender's retry is accepted: nothing
+is lost.
 
 ``GET /health`` answers 200 when Redis answers (503 otherwise); ``GET /metrics``
 serves Prometheus text: ``webhook_deliveries_accepted_total{source}`` and
@@ -34,6 +39,8 @@ Usage::
     export REDIS_PASSWORD=...              # when the Redis URL holds none
     python -m io_connectors.webhooks --port 8090 --redis_url redis://127.0.0.1:6380/0 \\
         --source soundcloud=WEBHOOK_SECRET_SOUNDCLOUD --source lastfm=WEBHOOK_SECRET_LASTFM
+    # events to Kafka instead (SASL password, if any, from $KAFKA_PASSWORD)
+    python -m io_connectors.webhooks ... --sink kafka --kafka_bootstrap 127.0.0.1:9092
 
     # or in Python (an ASGI app for any ASGI server)
     app = create_app(WebhookOptions(sources={'soundcloud': 'secret'}, redis_url='redis://...'))
@@ -54,6 +61,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import hmac
 import json
@@ -61,6 +69,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
 import urllib.parse
 from typing import Dict, Optional, Sequence
@@ -104,6 +113,9 @@ class WebhookOptions:
   stream_prefix: stream key = prefix + source name.
   stream_maxlen: approximate cap of each stream (XADD MAXLEN ~), None = none.
   content_types: accepted media types (parameters such as charset ignored).
+  sink: 'redis' (streams) or 'kafka' (topics).
+  kafka_bootstrap, kafka_topic_prefix: the brokers and topic = prefix + source name.
+  kafka_config: more librdkafka settings (security.protocol, sasl.*).
   """
   sources: Dict[str, object]
   redis_url: str = 'redis://127.0.0.1:6379/0'
@@ -113,8 +125,16 @@ class WebhookOptions:
   stream_prefix: str = 'webhooks:'
   stream_maxlen: Optional[int] = 1_000_000
   content_types: Sequence[str] = ('application/json',)
+  sink: str = 'redis'
+  kafka_bootstrap: Optional[str] = None
+  kafka_topic_prefix: str = 'webhooks.'
+  kafka_config: Dict[str, str] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
+    if self.sink not in ('redis', 'kafka'):
+      raise ValueError(f"sink must be 'redis' or 'kafka', got {self.sink!r}")
+    if self.sink == 'kafka' and not self.kafka_bootstrap:
+      raise ValueError('sink kafka needs kafka_bootstrap')
     if not self.sources:
       raise ValueError('at least one webhook source is needed')
     for name, secret in self.sources.items():
@@ -170,6 +190,53 @@ class _Metrics:
     return '\n'.join(lines) + '\n'
 
 
+class _KafkaSink:
+  """An idempotent Kafka producer; `send` returns once the broker acknowledged the event."""
+
+  def __init__(self, bootstrap: str, config: Dict[str, str]):
+    import confluent_kafka  # pylint: disable=import-outside-toplevel
+    self._producer = confluent_kafka.Producer({
+        'bootstrap.servers': bootstrap,
+        'enable.idempotence': True,
+        'acks': 'all',
+        'message.timeout.ms': 15000,
+        **config,
+    })
+    self._stop = threading.Event()
+    # Delivery callbacks run inside poll(): one thread keeps polling.
+    self._poller = threading.Thread(target=self._poll, name='webhooks-kafka-poll', daemon=True)
+    self._poller.start()
+
+  def _poll(self):
+    while not self._stop.is_set():
+      self._producer.poll(0.1)
+
+  async def send(self, topic: str, key: str, value: bytes, headers: Dict[str, str]) -> str:
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(err, msg):
+      if future.done():
+        return
+      if err is not None:
+        future.set_exception(RuntimeError(f'Kafka delivery failed: {err}'))
+      else:
+        future.set_result(f'{msg.topic()}/{msg.partition()}/{msg.offset()}')
+
+    self._producer.produce(topic, value=value, key=key, headers=list(headers.items()),
+                           on_delivery=lambda err, msg: loop.call_soon_threadsafe(settle, err, msg))
+    return await asyncio.wait_for(future, timeout=30)
+
+  async def ping(self):
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, functools.partial(self._producer.list_topics, timeout=5))
+
+  def close(self):
+    self._stop.set()
+    self._poller.join(timeout=5)
+    self._producer.flush(10)
+
+
 class _Rejected(Exception):
 
   def __init__(self, reason: str, message: str):
@@ -196,6 +263,7 @@ def create_app(options: WebhookOptions, redis_client=None):
   if redis_client is None:
     redis_client = aioredis.Redis.from_url(options.redis_url, password=options.redis_password or None,
                                            socket_timeout=10, socket_connect_timeout=10)
+  kafka = _KafkaSink(options.kafka_bootstrap, options.kafka_config) if options.sink == 'kafka' else None
 
   async def read_body(request) -> bytes:
     declared = request.headers.get('content-length')
@@ -258,6 +326,9 @@ def create_app(options: WebhookOptions, redis_client=None):
         'body': delivery['body'],
     }
     try:
+      if kafka is not None:
+        body = fields.pop('body')
+        return await kafka.send(f'{options.kafka_topic_prefix}{source}', delivery['delivery_id'], body, fields)
       entry = await redis_client.xadd(f'{options.stream_prefix}{source}', fields,
                                       maxlen=options.stream_maxlen, approximate=True)
     except Exception as e:  # pylint: disable=broad-except
@@ -288,6 +359,8 @@ def create_app(options: WebhookOptions, redis_client=None):
   async def health(_request):
     try:
       await asyncio.wait_for(redis_client.ping(), timeout=5)
+      if kafka is not None:
+        await asyncio.wait_for(kafka.ping(), timeout=10)
     except Exception as e:  # pylint: disable=broad-except
       return JSONResponse({'status': 'unavailable', 'detail': f'event store: {type(e).__name__}'}, status_code=503)
     return JSONResponse({'status': 'ok'})
@@ -299,6 +372,8 @@ def create_app(options: WebhookOptions, redis_client=None):
   async def lifespan(_app):
     yield
     await redis_client.aclose()
+    if kafka is not None:
+      kafka.close()
 
   return Starlette(routes=[
       Route('/webhooks/{source}', receive, methods=['POST']),
@@ -319,6 +394,12 @@ def _parse_args(argv):
   parser.add_argument('--tolerance_seconds', type=int, default=300)
   parser.add_argument('--max_body_bytes', type=int, default=1024 * 1024)
   parser.add_argument('--stream_prefix', default='webhooks:')
+  parser.add_argument('--sink', choices=('redis', 'kafka'), default='redis')
+  parser.add_argument('--kafka_bootstrap', default=None)
+  parser.add_argument('--kafka_topic_prefix', default='webhooks.')
+  parser.add_argument('--kafka_security_protocol', default=None, help='e.g. SASL_SSL')
+  parser.add_argument('--kafka_sasl_mechanism', default='PLAIN')
+  parser.add_argument('--kafka_sasl_username', default=None, help='the password is read from $KAFKA_PASSWORD')
   return parser.parse_args(argv)
 
 
@@ -335,17 +416,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       print(f'--source {name}: environment variable {variable} is not set or empty', file=sys.stderr)
       return 2
     sources[name] = os.environ[variable]
+  kafka_config = {}
+  if args.kafka_security_protocol:
+    kafka_config['security.protocol'] = args.kafka_security_protocol
+  if args.kafka_sasl_username:
+    kafka_config.update({'sasl.mechanism': args.kafka_sasl_mechanism, 'sasl.username': args.kafka_sasl_username,
+                         'sasl.password': os.environ.get('KAFKA_PASSWORD', '')})
   try:
     options = WebhookOptions(sources=sources, redis_url=args.redis_url,
                              redis_password=os.environ.get('REDIS_PASSWORD') or None,
                              tolerance_seconds=args.tolerance_seconds, max_body_bytes=args.max_body_bytes,
-                             stream_prefix=args.stream_prefix)
+                             stream_prefix=args.stream_prefix, sink=args.sink, kafka_bootstrap=args.kafka_bootstrap,
+                             kafka_topic_prefix=args.kafka_topic_prefix, kafka_config=kafka_config)
   except ValueError as e:
     print(str(e), file=sys.stderr)
     return 2
   import uvicorn  # pylint: disable=import-outside-toplevel
-  _LOG.info('webhook receiver on %s:%d for %s -> %s', args.host, args.port, ', '.join(sorted(sources)),
-            mask_url(args.redis_url))
+  target = f'Kafka {args.kafka_bootstrap}' if args.sink == 'kafka' else mask_url(args.redis_url)
+  _LOG.info('webhook receiver on %s:%d for %s -> %s', args.host, args.port, ', '.join(sorted(sources)), target)
   uvicorn.run(create_app(options), host=args.host, port=args.port, log_level='warning', access_log=False)
   return 0
 

@@ -31,7 +31,7 @@ def _free_port() -> int:
 class Receiver:
   """A receiver process and a client for it."""
 
-  def __init__(self, tmp_path: pathlib.Path, redis_port: int, prefix: str):
+  def __init__(self, tmp_path: pathlib.Path, redis_port: int, prefix: str, extra_args=()):
     self.port = _free_port()
     self.prefix = prefix
     self.log_path = tmp_path / 'webhooks.log'
@@ -42,7 +42,7 @@ class Receiver:
         [sys.executable, '-m', 'io_connectors.webhooks', '--port', str(self.port),
          '--redis_url', f'redis://127.0.0.1:{redis_port}/0', '--source', 'soundcloud=WH_SECRET_SC',
          '--source', 'lastfm=WH_SECRET_LF', '--tolerance_seconds', str(TOLERANCE), '--max_body_bytes', '4096',
-         '--stream_prefix', prefix],
+         '--stream_prefix', prefix, *extra_args],
         cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     self.client = httpx.Client(base_url=f'http://127.0.0.1:{self.port}', timeout=30)
     deadline = time.monotonic() + 60
@@ -294,3 +294,43 @@ def test_the_webhooks_service_of_services_sh_accepts_signed_events(redis_port, r
   entries = redis_client.xrange('webhooks:test', min=entry_id, max=entry_id)
   assert entries and entries[0][1][b'body'] == body
   redis_client.xdel('webhooks:test', entry_id)
+
+
+def test_kafka_sink_produces_acknowledged_events(tmp_path, redis_port, redis_client):
+  import confluent_kafka  # pylint: disable=import-outside-toplevel
+  kafka_port = ensure_service('kafka')
+  prefix = f'test-{uuid.uuid4().hex[:12]}'
+  server = Receiver(tmp_path, redis_port, f'{prefix}:', extra_args=[
+      '--sink', 'kafka', '--kafka_bootstrap', f'127.0.0.1:{kafka_port}', '--kafka_topic_prefix', f'{prefix}.'])
+  try:
+    assert server.client.get('/health').status_code == 200
+    event = {'type': 'track.played', 'id': 7}
+    response = server.post('soundcloud', event, delivery_id='k-1')
+    assert response.status_code == 202, response.text
+    topic, partition, offset = response.json()['stream_id'].rsplit('/', 2)
+    assert topic == f'{prefix}.soundcloud'
+    assert server.post('soundcloud', event, delivery_id='k-1').status_code == 409
+    assert server.post('soundcloud', event, secret='wrong').status_code == 401
+  finally:
+    server.close()
+    keys = list(redis_client.scan_iter(match=f'{prefix}:*', count=1000))
+    if keys:
+      redis_client.delete(*keys)
+  consumer = confluent_kafka.Consumer({'bootstrap.servers': f'127.0.0.1:{kafka_port}', 'group.id': prefix,
+                                       'enable.auto.commit': False})
+  try:
+    consumer.assign([confluent_kafka.TopicPartition(topic, int(partition), int(offset))])
+    message = None
+    deadline = time.monotonic() + 60
+    while message is None and time.monotonic() < deadline:
+      message = consumer.poll(1.0)
+      if message is not None and message.error():
+        message = None
+    assert message is not None, 'the event is not in the topic'
+    assert json.loads(message.value()) == event
+    assert message.key() == b'k-1'
+    headers = {k: v.decode() for k, v in message.headers()}
+    assert headers['source'] == 'soundcloud' and headers['delivery_id'] == 'k-1'
+    assert redis_client.xlen(f'{prefix}:soundcloud') == 0  # Kafka instead of the stream
+  finally:
+    consumer.close()
