@@ -627,6 +627,8 @@ class _ReadSplitFn(beam.DoFn):
           attempt = 0
         break
       except Exception as e:  # pylint: disable=broad-except
+        if not type(e).__module__.startswith(('pymongo', 'bson')):
+          raise  # not the server's answer: a bug to see whole
         if not _retryable(e):
           raise _explain(e, options, self._collection, 'aggregation' if options.pipeline else 'query') from None
         attempt += 1
