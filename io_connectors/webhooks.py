@@ -390,7 +390,7 @@ def _parse_args(argv):
   parser.add_argument('--redis_url', default=os.environ.get('WEBHOOKS_REDIS_URL', 'redis://127.0.0.1:6379/0'),
                       help='without a password; it is read from $REDIS_PASSWORD')
   parser.add_argument('--source', action='append', default=[], metavar='NAME=ENV_VAR',
-                      help='a source and the environment variable holding its secret (secrets never on the command line)')
+                      help='a source and the environment variable holding its secret (never the secret itself)')
   parser.add_argument('--tolerance_seconds', type=int, default=300)
   parser.add_argument('--max_body_bytes', type=int, default=1024 * 1024)
   parser.add_argument('--stream_prefix', default='webhooks:')

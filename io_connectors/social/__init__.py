@@ -48,7 +48,7 @@ import dataclasses
 import datetime as dt
 import functools
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import apache_beam as beam
 import yaml
@@ -297,7 +297,7 @@ def _rest_options(config: dict) -> RestOptions:
   return RestOptions(**options)
 
 
-@registry.register('social', 'Twitter/X, Instagram Graph and TikTok mentions and engagement (declarative REST resources)')
+@registry.register('social', 'Twitter/X, Instagram Graph and TikTok mentions and engagement (REST resource configs)')
 def _social(config):
   config = dict(config)
   resource = config.pop('resource', None)

@@ -10,9 +10,11 @@ does, and can be told to misbehave for the next requests::
       lastfm.inject('user.getRecentTracks', 'malformed')               # then a body that is not JSON
       ... lastfm.url ...
 
-Faults: ('pass',) an ordinary answer (to aim at a later request), ('http', status) with a JSON error body, ('malformed',) a cut JSON
-body, ('lastfm_error', code, status) a Last.fm error document, ('rate_limit',)
-the API's own rate-limit answer (429 with Retry-After or its reset header).
+Faults: ('pass',) an ordinary answer (to aim at a later request); ('http', status)
+with a JSON error body; ('malformed',) a cut JSON body; ('lastfm_error', code,
+status) a Last.fm error document; ('rate_limit',) the API's own rate-limit
+answer (429 with Retry-After or its reset header); ('expire_tokens',)
+(SoundCloud) revokes the tokens issued so far, then answers as usual.
 `requests` records every request served (path, params, headers) so tests can
 count pages and check what was sent.
 """
@@ -359,7 +361,8 @@ class TwitterFake(FakeApi):
       return 404, {}, {'title': 'Not Found Error', 'status': 404}
     query = params.get('query', '')
     if not query:
-      return 400, {}, {'errors': [{'parameters': {'query': []}, 'message': 'The `query` query parameter can not be empty'}],
+      return 400, {}, {'errors': [{'parameters': {'query': []},
+                                   'message': 'The `query` query parameter can not be empty'}],
                        'title': 'Invalid Request', 'type': 'https://api.twitter.com/2/problems/invalid-request'}
     max_results = int(params.get('max_results', 10))
     if not 10 <= max_results <= 100:
@@ -508,7 +511,8 @@ class TikTokFake(FakeApi):
       return 400, {}, {'data': {}, 'error': {'code': 'invalid_params', 'message': 'search_id is required with cursor'}}
     fields = set(params.get('fields', 'id').split(','))
     matching = [v for v in self.videos if keyword in v['video_description'].lower()]
-    page = [{k: v for k, v in video.items() if k in fields or k == 'id'} for video in matching[cursor:cursor + max_count]]
+    page = [{k: v for k, v in video.items() if k in fields or k == 'id'}
+            for video in matching[cursor:cursor + max_count]]
     end = cursor + len(page)
     return 200, {}, {'data': {'videos': page, 'cursor': end, 'has_more': end < len(matching),
                               'search_id': f'search-{keyword}'},

@@ -185,7 +185,8 @@ def test_track_info_and_artist_top_tags(lastfm):
     assert_that(_rows(info.records, 'InfoRows'), check_info, label='info')
     assert_that(info.dead_letter, check_letters, label='info letters')
     assert_that(_rows(tags.records, 'TagRows') | beam.Map(lambda r: (r['tag'], r['count'])),
-                lambda got: sorted(got) == [('electronic', 100), ('french', 40), ('house', 80)] or pytest.fail(str(got)),
+                lambda got: sorted(got) == [('electronic', 100), ('french', 40), ('house', 80)] or
+                pytest.fail(str(got)),
                 label='tags')
 
 

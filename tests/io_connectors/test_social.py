@@ -18,7 +18,8 @@ from io_connectors.social import BodyCursorPaginator, ReadFromSocial, load_resou
 from tests.io_connectors.api_fakes import InstagramFake, TikTokFake, TwitterFake
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN
 
-FAST = RestOptions(retry=RetryPolicy(backoff_base=0.02, backoff_max=0.2, max_retry_after=2.0, timeout=30), concurrency=4)
+FAST = RestOptions(retry=RetryPolicy(backoff_base=0.02, backoff_max=0.2, max_retry_after=2.0, timeout=30),
+                   concurrency=4)
 
 
 def _rows(records):
@@ -102,7 +103,8 @@ def test_twitter_recent_search_pages_to_the_end_through_429_and_5xx(twitter):
     assert {r[ROW_COLUMN] for r in rows} <= set(range(1, 101))
 
   with TestPipeline() as p:
-    out = p | ReadFromSocial('twitter.recent_search_mentions', params, overrides={'base_url': twitter.url}, options=FAST)
+    out = p | ReadFromSocial('twitter.recent_search_mentions', params, overrides={'base_url': twitter.url},
+                             options=FAST)
     assert_that(_rows(out.records), _check(280, check_columns), label='records')
     assert_that(out.dead_letter, _check(0), label='no dead letters')
   served = twitter.served('/2/tweets/search/recent')

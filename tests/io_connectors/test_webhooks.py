@@ -57,7 +57,8 @@ class Receiver:
           raise
         time.sleep(0.1)
 
-  def post(self, source, event, secret=None, timestamp=None, delivery_id=None, body=None, content_type='application/json',
+  def post(self, source, event, secret=None, timestamp=None, delivery_id=None, body=None,
+           content_type='application/json',
            signature=None, drop=()):
     body = json.dumps(event).encode() if body is None else body
     timestamp = str(int(time.time())) if timestamp is None else timestamp
@@ -172,7 +173,8 @@ def test_rejections_have_the_right_status_and_reason(receiver, redis_client, cas
   now = int(time.time())
   kwargs = {
       'wrong_secret': dict(secret='not-the-secret'),
-      'tampered_body': dict(signature=sign(SECRETS[source], str(now), b'{"a": 1}'), body=b'{"a": 2}', timestamp=str(now)),
+      'tampered_body': dict(signature=sign(SECRETS[source], str(now), b'{"a": 1}'), body=b'{"a": 2}',
+                            timestamp=str(now)),
       'garbage_signature': dict(signature='sha256=zz\u00e9'.encode('utf-8')),
       'no_signature': dict(drop=('X-Signature',)),
       'no_timestamp': dict(drop=('X-Timestamp',)),
