@@ -96,7 +96,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from io_connectors import registry
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
-from transforms.records import position, with_provenance
+from transforms.records import RecordBatchCoder, position, typed_outputs, with_provenance
 
 __all__ = [
     'FORMATS',
@@ -1099,34 +1099,6 @@ def _read_sheet(worksheet, source: str, options: ExcelOptions):
 # The transforms
 
 
-class RecordBatchCoder(beam.coders.Coder):
-  """Arrow IPC for RecordBatches, with a size estimate that costs nothing.
-
-  Beam samples output elements to estimate their size; with the default
-  PickleCoder every sample pickles a whole batch (about a fifth of a CSV
-  read's time in measurements). `batch.nbytes` adds up buffer sizes instead.
-  """
-
-  def encode(self, value: pa.RecordBatch) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, value.schema) as writer:
-      writer.write_batch(value)
-    return sink.getvalue().to_pybytes()
-
-  def decode(self, encoded: bytes) -> pa.RecordBatch:
-    return pa.ipc.open_stream(encoded).read_next_batch()
-
-  def estimate_size(self, value) -> int:
-    return value.nbytes
-
-  def is_deterministic(self) -> bool:
-    return False
-
-  def to_type_hint(self):
-    return pa.RecordBatch
-
-
-beam.coders.registry.register_coder(pa.RecordBatch, RecordBatchCoder)
 
 
 class _ReadRangeFn(beam.DoFn):
@@ -1186,11 +1158,7 @@ class _ReadFormat(beam.PTransform):
         # Spreads the ranges of one large file over the workers.
         | 'Spread' >> beam.Reshuffle())
     result = ranges | 'Read' >> beam.ParDo(_ReadRangeFn(self._options)).with_outputs(DEAD_LETTER, main='records')
-    records, dead_letters = result.records, result[DEAD_LETTER]
-    # Typed outputs pick RecordBatchCoder (and a dict coder) over pickling.
-    records.element_type = pa.RecordBatch
-    dead_letters.element_type = Dict[str, Any]
-    return Outputs(records, dead_letters)
+    return typed_outputs(Outputs(result.records, result[DEAD_LETTER]))
 
 
 class ReadFromCsv(_ReadFormat):

@@ -139,9 +139,11 @@ class Deduplicate(beam.PTransform):
     self._num_shards = num_shards
 
   def expand(self, batches):
+    routed = batches | 'Route' >> beam.ParDo(_RouteFn(self._key_field, self._num_shards))
+    routed.element_type = beam.typehints.KV[beam.typehints.Tuple[str, int], pa.RecordBatch]
     result = (
-        batches
-        | 'Route' >> beam.ParDo(_RouteFn(self._key_field, self._num_shards))
+        routed
         | 'Group' >> beam.GroupByKey()
         | 'Dedup' >> beam.ParDo(_DedupGroupFn(self._key_field)).with_outputs('counts', main='records'))
+    result.records.element_type = pa.RecordBatch
     return DedupOutputs(result.records, result.counts)

@@ -60,7 +60,7 @@ import regex
 
 from transforms.entities import (PII_FREE_TEXT, PII_IDENTIFIER, check_country, entity_model, field_rules, to_bool,
                                  to_float, to_int, to_utc_timestamp)
-from transforms.records import INTERNAL_COLUMNS, ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN
+from transforms.records import INTERNAL_COLUMNS, ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN, typed_outputs
 
 __all__ = [
     'PII_KEY_ENV',
@@ -999,7 +999,7 @@ class RedactPII(beam.PTransform):
       return PiiOutputs(pcoll, pcoll | 'NoFindings' >> beam.FlatMap(_no_findings))
     result = pcoll | 'Redact' >> beam.ParDo(_RedactBatchFn(self._model, self._master_key,
                                                            self._options)).with_outputs(FINDINGS, main='records')
-    return PiiOutputs(result.records, result[FINDINGS])
+    return typed_outputs(PiiOutputs(result.records, result[FINDINGS]))
 
 
 class _RedactDeadLetterFn(beam.DoFn):

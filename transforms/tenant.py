@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
-from transforms.records import ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN, position, rows_as_dicts
+from transforms.records import ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN, position, rows_as_dicts, typed_outputs
 
 __all__ = ['TENANT_PATTERN', 'TagTenant', 'AssignDeadLetterTenant', 'check_tenant_id', 'tag_batch']
 
@@ -122,7 +122,7 @@ class TagTenant(beam.PTransform):
   def expand(self, batches):
     result = batches | 'TagTenant' >> beam.ParDo(_TagFn(self._tenant_id, self._tenant_field)).with_outputs(
         DEAD_LETTER, main='records')
-    return Outputs(result.records, result[DEAD_LETTER])
+    return typed_outputs(Outputs(result.records, result[DEAD_LETTER]))
 
 
 class AssignDeadLetterTenant(beam.PTransform):

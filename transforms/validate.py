@@ -33,7 +33,7 @@ import pydantic
 
 from transforms import entities
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
-from transforms.records import ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN, INTERNAL_COLUMNS, json_safe, position
+from transforms.records import INTERNAL_COLUMNS, ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN, json_safe, position, typed_outputs
 
 __all__ = ['Validate', 'ValidateOptions', 'validate_batch', 'arrow_type']
 
@@ -395,4 +395,4 @@ class Validate(beam.PTransform):
   def expand(self, batches):
     result = batches | 'Validate' >> beam.ParDo(_ValidateFn(self._model, self._options)).with_outputs(
         DEAD_LETTER, main='records')
-    return Outputs(result.records, result[DEAD_LETTER])
+    return typed_outputs(Outputs(result.records, result[DEAD_LETTER]))
