@@ -85,7 +85,10 @@ from io_connectors.files import RecordBatchCoder  # noqa: F401  (registers the R
 from io_connectors.stream_messages import mask_url, messages_to_batch
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 
-__all__ = ['RedisStreamsOptions', 'ReadFromRedisStreams', 'entry_row', 'row_entry_id', 'redis_client']
+__all__ = [
+    'RedisStreamsOptions', 'ReadFromRedisStreams', 'read_with_readers', 'readers_of', 'entry_row', 'row_entry_id',
+    'redis_client'
+]
 
 _LOG = logging.getLogger(__name__)
 
@@ -369,15 +372,26 @@ class ReadFromRedisStreams(beam.PTransform):
     self._options = options
 
   def expand(self, pbegin):
-    readers = [(stream, i) for stream in self._options.streams for i in range(self._options.readers_per_stream)]
-    result = (
-        pbegin
-        | 'Readers' >> beam.Create(readers)
-        | 'Read' >> beam.ParDo((_ReadStreamFn if self._options.bounded else _UnboundedReadStreamFn)(self._options)).with_outputs(DEAD_LETTER, main='records'))
-    records, dead_letters = result.records, result[DEAD_LETTER]
-    records.element_type = pa.RecordBatch
-    dead_letters.element_type = Dict[str, Any]
-    return Outputs(records, dead_letters)
+    return read_with_readers(pbegin | 'Readers' >> beam.Create(readers_of(self._options)), self._options)
+
+
+def readers_of(options: RedisStreamsOptions) -> List[Tuple[str, int]]:
+  """The reader elements (stream, index) that `read_with_readers` takes."""
+  return [(stream, i) for stream in options.streams for i in range(options.readers_per_stream)]
+
+
+def read_with_readers(readers: beam.PCollection, options: RedisStreamsOptions) -> Outputs:
+  """Reads with the reader elements of `readers_of(options)` that `readers` carries.
+
+  For connectors that land data in Redis first (io_connectors.websocket):
+  the read starts once those elements arrive.
+  """
+  read_fn = (_ReadStreamFn if options.bounded else _UnboundedReadStreamFn)(options)
+  result = readers | 'Read' >> beam.ParDo(read_fn).with_outputs(DEAD_LETTER, main='records')
+  records, dead_letters = result.records, result[DEAD_LETTER]
+  records.element_type = pa.RecordBatch
+  dead_letters.element_type = Dict[str, Any]
+  return Outputs(records, dead_letters)
 
 
 @registry.register('redis_streams', 'Redis Streams through a consumer group (XREADGROUP, XACK after commit)')
