@@ -19,7 +19,8 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
 from io_connectors import registry
-from io_connectors.mongodb import MongoError, MongoOptions, ReadFromMongo, _plain, mask_url, plan_splits, table_from_documents
+from io_connectors.mongodb import (MongoError, MongoOptions, ReadFromMongo, _plain, mask_url, plan_splits,
+                                   quantile_boundaries, table_from_documents)
 from tests.conftest import SERVICES_SCRIPT, ensure_service
 from tests.io_connectors.flaky_proxy import CuttingProxy
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, strip_internal
@@ -186,6 +187,14 @@ def test_split_plan_by_size_and_fallbacks(coll, mongo_url):
     # _ids of different BSON types cannot be cut into $gte/$lt ranges.
     coll.insert_one({'_id': 'a-string-id', 'v': -1})
     assert len(plan_splits(client, options(mongo_url, num_splits=4), coll.name)) == 1
+
+
+def test_sampled_ids_give_increasing_boundaries():
+  ids = [bson.ObjectId() for _ in range(100)]
+  boundaries = quantile_boundaries(list(reversed(ids)), 4)
+  assert boundaries == [ids[25], ids[50], ids[75]]
+  assert quantile_boundaries([1, 1, 1, 1, 2, 3, 4, 5], 4) == [1, 2, 4]  # repeated values give one boundary
+  assert quantile_boundaries([{'a': 1}, {'b': 2}], 2) is None  # documents as _ids do not sort here
 
 
 def test_mixed_type_ids_are_all_read(tmp_path, coll, mongo_url):
