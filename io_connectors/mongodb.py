@@ -187,7 +187,8 @@ class MongoOptions:
     collection, query and tenant, minus `lag` (seconds for dates, units for
     numbers); full_refresh reads everything and still commits the new value.
   """
-  url: Optional[str] = None
+  # Kept out of repr(): it may hold the password.
+  url: Optional[str] = dataclasses.field(default=None, repr=False)
   database: Optional[str] = None
   filter: Optional[Dict[str, Any]] = None
   projection: Optional[Union[Sequence[str], Dict[str, Any]]] = None

@@ -141,7 +141,8 @@ class RedisOptions:
     ISO-8601 timestamp) is above the value last committed in `state` minus
     `lag` (seconds for timestamps, units for numbers).
   """
-  url: Optional[str] = None
+  # Kept out of repr(): it may hold the password.
+  url: Optional[str] = dataclasses.field(default=None, repr=False)
   value_format: str = 'auto'
   key_column: str = 'key'
   key_batch_size: int = 2000

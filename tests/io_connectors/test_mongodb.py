@@ -302,8 +302,9 @@ def test_options_are_checked_and_urls_masked(monkeypatch):
   with pytest.raises(ValueError, match='collection'):
     ReadFromMongo('a$b', MongoOptions(url='mongodb://h/db'))
   assert mask_url('mongodb://user:p%40ss@h1:1,h2:2/db?x=1') == 'mongodb://user:***@h1:1,h2:2/db?x=1'
-  monkeypatch.setenv('MONGODB_URL', 'mongodb://u:p@h:1/music')
+  monkeypatch.setenv('MONGODB_URL', 'mongodb://u:Pw-42@h:1/music')
   assert MongoOptions().database == 'music'
+  assert 'Pw-42' not in repr(MongoOptions())
 
 
 def test_registry_builds_from_config(monkeypatch, mongo_url):

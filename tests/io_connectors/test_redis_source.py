@@ -220,6 +220,7 @@ def test_options_and_registry(monkeypatch, url):
   with pytest.raises(ValueError, match='pattern'):
     ReadFromRedis('', RedisOptions(url=url))
   monkeypatch.setenv('REDIS_URL', url)
+  assert _password(url) not in repr(RedisOptions())
   assert isinstance(registry.build({'type': 'redis', 'pattern': 'user:*', 'value_format': 'json'}), ReadFromRedis)
   with pytest.raises(registry.ConfigError, match='unknown redis option'):
     registry.build({'type': 'redis', 'pattern': 'user:*', 'patern': 'x'})
