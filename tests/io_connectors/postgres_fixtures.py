@@ -1,0 +1,62 @@
+"""Fixtures for tests of io_connectors.postgres and io_connectors.state on the local PostgreSQL server.
+
+Import them into a test module (pytest finds imported fixtures)::
+
+    from tests.io_connectors.postgres_fixtures import pg, postgres_url  # pylint: disable=unused-import
+
+`postgres_url` starts (or reuses) the `postgres` service of scripts/services.sh
+and returns its URL; `pg` gives an autocommit connection and a fresh schema
+per test, dropped afterwards, with `pg.table(name)` -> "schema.name".
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.conftest import _services, ensure_service
+
+__all__ = ['postgres_url', 'pg', 'PgSchema']
+
+
+@pytest.fixture(scope='session')
+def postgres_url() -> str:
+  ensure_service('postgres')
+  for line in _services('env', 'postgres').splitlines():
+    if line.startswith('export POSTGRES_URL='):
+      return line.split('=', 1)[1].strip()
+  raise RuntimeError('scripts/services.sh env postgres printed no POSTGRES_URL')
+
+
+class PgSchema:
+  """A fresh schema and an autocommit connection to fill it."""
+
+  def __init__(self, url: str):
+    import psycopg  # pylint: disable=import-outside-toplevel
+    self.url = url
+    self.name = f't_{uuid.uuid4().hex[:12]}'
+    self.conn = psycopg.connect(url, autocommit=True)
+    self.conn.execute(f'CREATE SCHEMA {self.name}')
+
+  def table(self, name: str) -> str:
+    return f'{self.name}.{name}'
+
+  def execute(self, statement: str, params=None):
+    return self.conn.execute(statement, params)
+
+  def close(self):
+    from io_connectors.postgres import release_snapshots  # pylint: disable=import-outside-toplevel
+    # A failed read leaves its snapshot open, with locks that would block the drop.
+    release_snapshots()
+    self.conn.execute("SET lock_timeout = '30s'")
+    self.conn.execute(f'DROP SCHEMA IF EXISTS {self.name} CASCADE')
+    self.conn.close()
+
+
+@pytest.fixture
+def pg(postgres_url, monkeypatch):
+  monkeypatch.setenv('POSTGRES_URL', postgres_url)
+  schema = PgSchema(postgres_url)
+  yield schema
+  schema.close()

@@ -1,0 +1,407 @@
+"""ReadFromPostgres against the local PostgreSQL server (scripts/services.sh postgres)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import os
+import pickle
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+
+import apache_beam as beam
+import pyarrow as pa
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+
+from io_connectors import registry, state
+from io_connectors.postgres import PostgresError, PostgresOptions, ReadFromPostgres, check
+from tests.io_connectors.postgres_fixtures import pg, postgres_url  # pylint: disable=unused-import
+
+UTC = dt.timezone.utc
+
+
+def _rows(batch):
+  return [{k: v for k, v in r.items() if not k.startswith('__')} for r in batch.to_pylist()]
+
+
+class _Collect(beam.PTransform):
+  """Gathers a PCollection's elements in the test process (workers may be other processes)."""
+
+  def __init__(self, label=None):
+    super().__init__(label)
+    self._dir = tempfile.mkdtemp(prefix='collect-')
+
+  def expand(self, pcoll):
+    directory = self._dir
+
+    def save(element):
+      with open(os.path.join(directory, uuid.uuid4().hex), 'wb') as handle:
+        pickle.dump(element, handle)
+
+    return pcoll | beam.Map(save)
+
+  def items(self):
+    found = []
+    for name in sorted(os.listdir(self._dir)):
+      with open(os.path.join(self._dir, name), 'rb') as handle:
+        found.append(pickle.load(handle))
+    shutil.rmtree(self._dir, ignore_errors=True)
+    return found
+
+
+def _collect_rows(collector):
+  return [row for batch in collector.items() for row in _rows(batch)]
+
+
+def _read(table=None, query=None, **options):
+  """(rows, dead letters, cursor updates) of one read on the direct runner."""
+  rows, letters, cursors = _Collect(), _Collect(), _Collect()
+  with TestPipeline() as p:
+    outs = p | ReadFromPostgres(table=table, query=query, options=PostgresOptions(**options))
+    _ = outs.records | 'Rows' >> rows
+    _ = outs.dead_letter | 'Letters' >> letters
+    if getattr(outs, 'cursors', None) is not None:
+      _ = outs.cursors | 'Cursors' >> cursors
+  return _collect_rows(rows), letters.items(), cursors.items()
+
+
+def test_types_nulls_unicode_numerics_and_zoned_timestamps(pg):
+  pg.execute(f"""CREATE TABLE {pg.table('kinds')} (
+      id int8 PRIMARY KEY, small int2, price numeric(12, 3), big numeric, ratio float4, score float8, ok bool,
+      title text, code varchar(8), at timestamptz, local_at timestamp, day date, doc jsonb, uid uuid,
+      raw bytea, tags text[], counts int4[])""")
+  pg.execute(f"""INSERT INTO {pg.table('kinds')} VALUES
+      (1, -2, 12345.678, 123456789012345678901234567890.123456789, 0.5, 'Infinity', true,
+       'Sigur Rós — “Hoppípolla”, 日本語, 🎵', 'a,b"c', '2024-03-31 01:30:00.123456-07:00', '2024-03-31 01:30:00',
+       '2024-02-29', '{{"k": [1, "x"]}}', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '\\x00ff0a2c22', '{{"x,y",NULL,"ü"}}', '{{1,NULL}}'),
+      (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+      (3, 0, -0.001, 0, 'NaN', -1e-300, false, '', '', '1969-12-31 23:59:59+00', '0001-01-01 00:00:00',
+       '9999-12-31', 'null', NULL, '', '{{}}', '{{}}')""")
+  rows, letters, _ = _read(pg.table('kinds'), num_partitions=3)
+  assert letters == []
+  rows = sorted(rows, key=lambda r: r['id'])
+  first, empty, edge = rows
+  assert first == {
+      'id': 1, 'small': -2, 'price': decimal.Decimal('12345.678'), 'big': '123456789012345678901234567890.123456789',
+      'ratio': 0.5, 'score': float('inf'), 'ok': True, 'title': 'Sigur Rós — “Hoppípolla”, 日本語, 🎵', 'code': 'a,b"c',
+      'at': dt.datetime(2024, 3, 31, 8, 30, 0, 123456, tzinfo=UTC), 'local_at': dt.datetime(2024, 3, 31, 1, 30),
+      'day': dt.date(2024, 2, 29), 'doc': '{"k": [1, "x"]}', 'uid': 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+      'raw': b'\x00\xff\n,"', 'tags': ['x,y', None, 'ü'], 'counts': [1, None]}
+  assert all(v is None for k, v in empty.items() if k != 'id')
+  assert edge['title'] == '' and edge['code'] == '' and edge['raw'] == b'' and edge['tags'] == [] and edge['counts'] == []
+  assert edge['price'] == decimal.Decimal('-0.001') and edge['ok'] is False and edge['doc'] == 'null'
+  assert edge['at'] == dt.datetime(1969, 12, 31, 23, 59, 59, tzinfo=UTC) and edge['local_at'] == dt.datetime(1, 1, 1)
+  assert edge['score'] == -1e-300 and edge['ratio'] != edge['ratio']  # NaN
+
+
+def test_arrow_schema_comes_from_the_catalog(pg):
+  pg.execute(f"CREATE TABLE {pg.table('s')} (id int4 PRIMARY KEY, amount numeric(38, 10), at timestamptz, d date, b bytea)")
+  pg.execute(f"INSERT INTO {pg.table('s')} VALUES (1, 1.5, now(), current_date, 'x')")
+  batches = _Collect()
+  with TestPipeline() as p:
+    _ = (p | ReadFromPostgres(table=pg.table('s'))).records | batches
+  schema = batches.items()[0].schema
+  assert schema.field('id').type == pa.int32()
+  assert schema.field('amount').type == pa.decimal128(38, 10)
+  assert schema.field('at').type == pa.timestamp('us', tz='UTC')
+  assert schema.field('d').type == pa.date32()
+  assert schema.field('b').type == pa.binary()
+
+
+def test_values_that_do_not_fit_their_arrow_type_are_dead_letters(pg):
+  pg.execute(f"CREATE TABLE {pg.table('odd')} (id int PRIMARY KEY, price numeric(6, 2), at timestamptz)")
+  pg.execute(f"INSERT INTO {pg.table('odd')} VALUES (1, 1.25, '2024-01-01Z'), (2, 'NaN', 'infinity'), (3, 2, NULL)")
+  rows, letters, _ = _read(pg.table('odd'), num_partitions=1)
+  assert sorted(r['id'] for r in rows) == [1, 3]
+  assert len(letters) == 1
+  letter = letters[0]
+  assert letter['reason'] == 'invalid_type' and letter['field'] == 'price' and letter['count'] == 1
+  assert letter['record']['id'] == '2' and 'infinity' in letter['detail'] and letter['source'].endswith(pg.table('odd'))
+
+
+@pytest.mark.parametrize('layout', ['primary_key', 'nullable_column', 'no_key_ctid'])
+def test_parallel_splits_give_every_row_exactly_once(pg, layout):
+  table = pg.table('plays')
+  if layout == 'primary_key':
+    pg.execute(f'CREATE TABLE {table} (id int8 PRIMARY KEY, v text)')
+    options = {'num_partitions': 7}
+  elif layout == 'nullable_column':
+    pg.execute(f'CREATE TABLE {table} (id int8, v text)')
+    options = {'num_partitions': 5, 'partition_column': 'id'}
+  else:
+    pg.execute(f'CREATE TABLE {table} (id int8, v text)')
+    options = {'num_partitions': 6}
+  pg.execute(f"INSERT INTO {table} SELECT g, 'v' || g FROM generate_series(-500, 19499) g")
+  if layout == 'nullable_column':
+    pg.execute(f"INSERT INTO {table} VALUES (NULL, 'null key'), (NULL, 'null key 2')")
+  # Dead tuples and free space in the pages: ctid ranges must still see each live row once.
+  pg.execute(f'DELETE FROM {table} WHERE id % 97 = 0')
+  pg.execute(f"UPDATE {table} SET v = v || '!' WHERE id % 13 = 0")
+  rows, letters, _ = _read(table, batch_size=1000, **options)
+  expected = pg.execute(f'SELECT id, v FROM {table}').fetchall()
+  assert letters == []
+  assert len(rows) == len(expected)
+  assert sorted((r['id'] is None, r['id'] or 0, r['v']) for r in rows) == sorted(
+      (i is None, i or 0, v) for i, v in expected)
+
+
+def test_query_split_on_a_partition_column(pg):
+  pg.execute(f'CREATE TABLE {pg.table("q")} (id int PRIMARY KEY, tenant text)')
+  pg.execute(f"INSERT INTO {pg.table('q')} SELECT g, CASE WHEN g % 2 = 0 THEN 'a' ELSE 'b' END FROM generate_series(1, 3000) g")
+  rows, letters, _ = _read(query=f"SELECT id, tenant, id * 2 AS twice FROM {pg.table('q')} WHERE tenant = 'a'",
+                           partition_column='id', num_partitions=4)
+  assert letters == []
+  assert sorted(r['id'] for r in rows) == list(range(2, 3001, 2))
+  assert all(r['twice'] == 2 * r['id'] for r in rows)
+
+
+def test_all_splits_read_one_snapshot(pg):
+  table = pg.table('snap')
+  pg.execute(f'CREATE TABLE {table} (id int PRIMARY KEY, v int)')
+  pg.execute(f'INSERT INTO {table} SELECT g, 0 FROM generate_series(1, 5000) g')
+  collected = _Collect()
+  with TestPipeline() as p:
+    # The snapshot is taken here, when the read is planned ...
+    outs = p | ReadFromPostgres(table=table, options=PostgresOptions(num_partitions=4))
+    _ = outs.records | collected
+    # ... another connection changes the table before any split runs.
+    pg.execute(f'INSERT INTO {table} SELECT g, 1 FROM generate_series(5001, 6000) g')
+    pg.execute(f'UPDATE {table} SET v = 2 WHERE id <= 100')
+    pg.execute(f'DELETE FROM {table} WHERE id > 4900 AND id <= 5000')
+  rows = _collect_rows(collected)
+  assert sorted(r['id'] for r in rows) == list(range(1, 5001))
+  assert {r['v'] for r in rows} == {0}
+  # The coordinator's transaction is gone once the read finished.
+  holders = pg.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'beam-read-postgres' "
+                       "AND state = 'idle in transaction'").fetchone()[0]
+  assert holders == 0
+
+
+def test_without_a_shared_snapshot_each_split_reads_its_own(pg):
+  table = pg.table('nosnap')
+  pg.execute(f'CREATE TABLE {table} (id int PRIMARY KEY)')
+  pg.execute(f'INSERT INTO {table} SELECT g FROM generate_series(1, 100) g')
+  collected = _Collect()
+  with TestPipeline() as p:
+    outs = p | ReadFromPostgres(table=table, options=PostgresOptions(num_partitions=2, consistent_snapshot=False))
+    _ = outs.records | collected
+    pg.execute(f'INSERT INTO {table} VALUES (101)')  # inside the last split's open range
+  rows = _collect_rows(collected)
+  assert sorted(r['id'] for r in rows) == list(range(1, 102))
+
+
+def test_refused_credentials_are_a_clear_error_without_the_password(pg, postgres_url):
+  bad_url = postgres_url.replace(':music-test-password@', ':wrong-secret-pw@')
+  with pytest.raises(PostgresError) as error:
+    ReadFromPostgres(table=pg.table('x'), options=PostgresOptions(url=bad_url)).expand(beam.Pipeline() | 'Begin' >> beam.Impulse())
+  message = str(error.value)
+  assert 'password authentication failed' in message and '127.0.0.1:55432' in message
+  assert 'wrong-secret-pw' not in message
+  with pytest.raises(PostgresError) as error:
+    check(PostgresOptions(url=bad_url))
+  assert 'password authentication failed' in str(error.value) and 'wrong-secret-pw' not in str(error.value)
+
+
+def test_check_says_what_is_wrong(pg, postgres_url):
+  assert check(PostgresOptions(url=postgres_url)).startswith('ok: postgresql://127.0.0.1:55432/music as music')
+  with pytest.raises(PostgresError, match='does not exist'):
+    check(PostgresOptions(url=postgres_url), table=pg.table('missing'))
+  with pytest.raises(PostgresError, match='cannot connect'):
+    check(PostgresOptions(url=postgres_url.replace('/music', '/no_such_db')))
+  with pytest.raises(PostgresError, match='cannot connect'):
+    check(PostgresOptions(url='postgresql://music:x@127.0.0.1:1/music', connect_timeout_s=2))
+
+
+def test_missing_table_and_bad_query_name_what_failed(pg):
+  with pytest.raises(PostgresError, match=rf'table {pg.name}\.missing .*does not exist'):
+    with TestPipeline() as p:
+      _ = p | ReadFromPostgres(table=pg.table('missing'))
+  with pytest.raises(PostgresError, match=r"query 'SELECT nope FROM .*column \"nope\" does not exist"):
+    with TestPipeline() as p:
+      _ = p | ReadFromPostgres(query='SELECT nope FROM pg_class')
+
+
+def test_a_query_failing_while_splits_read_fails_the_run_with_its_error(pg):
+  pg.execute(f'CREATE TABLE {pg.table("z")} (id int PRIMARY KEY)')
+  pg.execute(f'INSERT INTO {pg.table("z")} SELECT g FROM generate_series(1, 100) g')
+  with pytest.raises(Exception, match='division by zero') as error:
+    _read(query=f'SELECT id, 1 / (id - 50) AS r FROM {pg.table("z")}')
+  assert 'postgresql://127.0.0.1:55432/music/query#' in str(error.value)
+
+
+def test_identifiers_are_checked_before_any_sql_runs():
+  for table in ('plays; DROP TABLE x', 'a.b.c', 'pl"ays', ''):
+    with pytest.raises(ValueError):
+      ReadFromPostgres(table=table, options=PostgresOptions(url='postgresql://u:p@h/db'))
+  with pytest.raises(ValueError, match='partition_column'):
+    ReadFromPostgres(table='t', options=PostgresOptions(url='postgresql://u:p@h/db', partition_column='id) OR (1=1'))
+  with pytest.raises(ValueError, match='exactly one'):
+    ReadFromPostgres(table='t', query='SELECT 1', options=PostgresOptions(url='postgresql://u:p@h/db'))
+
+
+class _Killer(threading.Thread):
+  """Terminates, `times` times, a split's backend while it streams rows (waits in pg_sleep)."""
+
+  def __init__(self, url, times):
+    super().__init__(daemon=True)
+    self.url, self.times, self.killed, self.stop = url, times, 0, threading.Event()
+
+  def run(self):
+    import psycopg  # pylint: disable=import-outside-toplevel
+    with psycopg.connect(self.url, autocommit=True) as conn:
+      while not self.stop.is_set() and self.killed < self.times:
+        pids = conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = 'beam-read-postgres' "
+                            "AND query LIKE 'COPY%%' AND wait_event = 'PgSleep'").fetchall()
+        for (pid,) in pids[:1]:
+          conn.execute('SELECT pg_terminate_backend(%s)', (pid,))
+          self.killed += 1
+        time.sleep(0.05)
+
+
+def _slow_query(table):
+  # Row 3000 of the single split sleeps: by then 2,999 rows were streamed (and batched).
+  return f'SELECT id FROM {table} WHERE id <> 3000 OR (SELECT true FROM pg_sleep(1.5))'
+
+
+def test_a_connection_killed_mid_read_is_retried_from_the_split_start(pg, postgres_url):
+  table = pg.table('killed')
+  pg.execute(f'CREATE TABLE {table} (id int PRIMARY KEY)')
+  pg.execute(f'INSERT INTO {table} SELECT g FROM generate_series(1, 6000) g')
+  killer = _Killer(postgres_url, times=1)
+  killer.start()
+  try:
+    rows, letters, _ = _read(query=_slow_query(table), batch_size=500, retry_backoff_s=0.1)
+  finally:
+    killer.stop.set()
+    killer.join()
+  assert killer.killed == 1
+  assert letters == []
+  assert sorted(r['id'] for r in rows) == list(range(1, 6001))
+
+
+def test_a_connection_lost_more_often_than_retries_allow_is_a_clear_error(pg, postgres_url):
+  table = pg.table('killed')
+  pg.execute(f'CREATE TABLE {table} (id int PRIMARY KEY)')
+  pg.execute(f'INSERT INTO {table} SELECT g FROM generate_series(1, 6000) g')
+  killer = _Killer(postgres_url, times=2)
+  killer.start()
+  try:
+    with pytest.raises(Exception, match=r'connection lost 2 times, giving up') as error:
+      _read(query=_slow_query(table), max_retries=1, retry_backoff_s=0.1)
+  finally:
+    killer.stop.set()
+    killer.join()
+  assert 'music-test-password' not in str(error.value)
+
+
+# ----- incremental -----
+
+
+def _events_table(pg):
+  table = pg.table('events')
+  pg.execute(f'CREATE TABLE {table} (id int PRIMARY KEY, v text, updated_at timestamptz NOT NULL)')
+  pg.execute(f"INSERT INTO {table} SELECT g, 'v' || g, timestamptz '2024-01-01Z' + g * interval '1 minute' "
+             'FROM generate_series(1, 1000) g')
+  return table
+
+
+def test_incremental_reads_exactly_the_new_and_changed_rows(pg, tmp_path):
+  table = _events_table(pg)
+  store = str(tmp_path / 'state')
+  options = dict(cursor_column='updated_at', state=store, tenant='acme', num_partitions=3)
+  rows, _, cursors = _read(table, **options)
+  assert len(rows) == 1000
+  assert [c['value'] for c in cursors] == ['2024-01-01T16:40:00+00:00']
+  state.commit_cursors(cursors)  # what the batch job's finalize step does
+
+  pg.execute(f"UPDATE {table} SET v = 'changed', updated_at = timestamptz '2024-02-01Z' WHERE id IN (5, 500)")
+  pg.execute(f"INSERT INTO {table} VALUES (1001, 'new', timestamptz '2024-02-02Z'), (1002, 'new', timestamptz '2024-02-02Z')")
+  rows, _, cursors = _read(table, **options)
+  assert sorted((r['id'], r['v']) for r in rows) == [(5, 'changed'), (500, 'changed'), (1001, 'new'), (1002, 'new')]
+  assert cursors[0]['value'] == '2024-02-02T00:00:00+00:00'
+
+  # A run that dies before its outputs are committed does not advance the cursor ...
+  with pytest.raises(Exception, match='worker died'):
+    with TestPipeline() as p:
+      outs = p | ReadFromPostgres(table=table, options=PostgresOptions(**options))
+      _ = outs.records | beam.Map(lambda b: (_ for _ in ()).throw(RuntimeError('worker died')))
+  # ... so the next run still gets the rows.
+  rows, _, cursors = _read(table, **options)
+  assert sorted(r['id'] for r in rows) == [5, 500, 1001, 1002]
+  state.commit_cursors(cursors)
+  rows, _, cursors = _read(table, **options)
+  assert rows == [] or sorted(r['id'] for r in rows) == []
+  # Full refresh reads everything whatever the state says.
+  rows, _, _ = _read(table, **dict(options, full_refresh=True))
+  assert len(rows) == 1002
+
+
+def test_lag_rereads_a_window_for_late_commits_and_tenants_have_their_own_cursor(pg, tmp_path):
+  table = _events_table(pg)
+  store = str(tmp_path / 'state')
+  key = state.cursor_key('postgres', 'acme', f'127.0.0.1:55432/music/{table}')
+  state.commit_cursors([{'store': store, 'key': key, 'value': '2024-01-01T16:30:00+00:00'}])  # row 990
+  rows, _, _ = _read(table, cursor_column='updated_at', state=store, tenant='acme', lag=300)
+  assert sorted(r['id'] for r in rows) == list(range(986, 1001))  # > 16:25
+  rows, _, _ = _read(table, cursor_column='updated_at', state=store, tenant='beatbox')
+  assert len(rows) == 1000  # nothing committed for this tenant yet
+
+
+def test_integer_cursor_with_the_registry_config(pg, tmp_path):
+  table = pg.table('seq')
+  pg.execute(f'CREATE TABLE {table} (id int8 PRIMARY KEY, v text)')
+  pg.execute(f"INSERT INTO {table} SELECT g, 'x' FROM generate_series(1, 50) g")
+  store = str(tmp_path / 'state')
+  config = {'type': 'postgres', 'table': table, 'cursor_column': 'id', 'state': store, 'pool_size': 2,
+            'statement_timeout_s': 30}
+  for run, expected in enumerate((list(range(1, 51)), [], list(range(51, 61)))):
+    batches, updates = _Collect(), _Collect()
+    with TestPipeline() as p:
+      outs = p | registry.build(config)
+      _ = outs.records | batches
+      _ = outs.cursors | 'C' >> updates
+    rows, cursors = _collect_rows(batches), updates.items()
+    assert sorted(r['id'] for r in rows) == expected
+    state.commit_cursors(cursors)
+    if run == 1:
+      pg.execute(f"INSERT INTO {table} SELECT g, 'x' FROM generate_series(51, 60) g")
+  with pytest.raises(registry.ConfigError, match='unknown key'):
+    registry.build({'type': 'postgres', 'table': table, 'pasword': 'x'})
+
+
+# ----- the batch job -----
+
+
+def test_batch_job_imports_listening_events_of_two_tenants_incrementally(pg, tmp_path):
+  from pipelines.spotify_batch import run  # pylint: disable=import-outside-toplevel
+  table = pg.table('listening_events')
+  pg.execute(f"""CREATE TABLE {table} (event_id text PRIMARY KEY, tenant_id text, user_id text, track_id text,
+      played_at timestamptz, ms_played int, country text, skipped bool, updated_at timestamptz)""")
+  insert = f"""INSERT INTO {table} SELECT 'ev-' || g, CASE WHEN g %% 3 = 0 THEN 'beatbox' ELSE 'acme-music' END,
+      'user' || g, 'Z2pFjG9FDHDaGRUpa3ey' || lpad((g %% 100)::text, 2, '0'),
+      timestamptz '2024-06-01 12:00:00+02' + g * interval '1 second', 1000 + g, 'SE', g %% 2 = 0,
+      timestamptz '2024-06-02Z' + g * interval '1 second' FROM generate_series(%s::int, %s::int) g"""
+  pg.execute(insert, (1, 300))
+  pg.execute(f"UPDATE {table} SET ms_played = -1 WHERE event_id = 'ev-7'")  # invalid: a dead letter
+  config = tmp_path / 'sources.yaml'
+  store = tmp_path / 'state'
+  config.write_text(json.dumps({
+      'entity': 'listening_event', 'output': str(tmp_path / 'lake'), 'keep_pii': True,
+      'sources': [{'type': 'postgres', 'table': table, 'tenant_field': 'tenant_id', 'num_partitions': 3,
+                   'cursor_column': 'updated_at', 'state': str(store)}]}))
+  manifest = run(['--config', str(config), '--run_id', 'first'])
+  counts = manifest['counts']
+  assert counts['read'] == 300 and counts['written'] == 299 and counts['dead_letter'] == 1
+  assert counts['per_tenant']['acme-music']['written'] == 199 and counts['per_tenant']['beatbox']['written'] == 100
+  assert manifest['conservation']['ok']
+  committed = json.loads(next(store.iterdir()).read_text())
+  assert committed['value'] == '2024-06-02T00:05:00+00:00'
+
+  pg.execute(insert, (301, 310))
+  manifest = run(['--config', str(config), '--run_id', 'second'])
+  assert manifest['counts']['read'] == 10 and manifest['counts']['written'] == 10
