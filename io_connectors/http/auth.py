@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
+import json
 import os
 import threading
 import time
@@ -102,8 +104,21 @@ class BearerTokenAuth(Auth):
     return [self.token]
 
 
+# Tokens shared by the auth objects of a process that hold the same
+# credentials (the DoFn instances of a worker): one token request per
+# process, not one per instance. Key: a digest of the credentials.
+_SHARED_TOKENS: dict = {}
+_SHARED_LOCKS: dict = {}
+_SHARED_GUARD = threading.Lock()
+
+
+def _shared_lock(key: str) -> threading.Lock:
+  with _SHARED_GUARD:
+    return _SHARED_LOCKS.setdefault(key, threading.Lock())
+
+
 class _OAuth2(Auth):
-  """Shared token handling: one token per auth object, refreshed under a lock."""
+  """Shared token handling: one token per process and credentials, refreshed under a lock."""
   can_refresh = True
   # Refresh this long before the token's stated expiry, so a request never
   # leaves with a token that expires on the way.
@@ -123,15 +138,19 @@ class _OAuth2(Auth):
     self._init_runtime()
 
   def _init_runtime(self):
-    self._lock = threading.Lock()
     self._client = None
     self._token: Optional[str] = None
     self._expires_at = 0.0
     self._issued: List[str] = []  # tokens handed out, masked in messages
 
+  def _key(self) -> str:
+    identity = json.dumps([type(self).__name__, self.token_url, self.client_id, self.client_secret,
+                           getattr(self, 'refresh_token', None), self.scopes])
+    return hashlib.sha256(identity.encode()).hexdigest()
+
   def __getstate__(self):
     state = dict(self.__dict__)
-    for key in ('_lock', '_client', '_token', '_expires_at', '_issued'):
+    for key in ('_client', '_token', '_expires_at', '_issued'):
       state.pop(key, None)
     return state
 
@@ -176,17 +195,32 @@ class _OAuth2(Auth):
   def _rotated(self, refresh_token: str) -> None:
     """A new refresh token in the answer (some servers rotate them)."""
 
-  def apply(self, request):
-    with self._lock:
-      if self._token is None or time.monotonic() >= self._expires_at:
+  def _adopt(self, shared) -> None:
+    self._token, self._expires_at = shared
+    if self._token not in self._issued:
+      self._issued.append(self._token)
+      if self._client is not None:
+        self._client.masker = self._client.masker.with_secrets([self._token]).register()
+
+  def _current(self, failed: Optional[str] = None) -> str:
+    key = self._key()
+    with _shared_lock(key):
+      shared = _SHARED_TOKENS.get(key)
+      if shared is not None and shared[0] != failed and time.monotonic() < shared[1]:
+        self._adopt(shared)  # another instance already holds a good token
+      else:
         self._fetch()
-      token = self._token
+        _SHARED_TOKENS[key] = (self._token, self._expires_at)
+      return self._token
+
+  def apply(self, request):
+    token = self._token
+    if token is None or time.monotonic() >= self._expires_at:
+      token = self._current()
     return request.with_headers(Authorization=f'Bearer {token}')
 
   def refresh(self):
-    with self._lock:
-      self._token = None
-      self._fetch()
+    self._current(failed=self._token)
 
   def secrets(self):
     return [self.client_secret, *self._issued]

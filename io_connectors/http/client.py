@@ -38,7 +38,7 @@ import re
 import threading
 import time
 import urllib.parse
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import requests
 
@@ -245,6 +245,8 @@ class ClientOptions:
     refuses everything. A leading '*.' allows subdomains.
   rate, burst: requests a second per host for this process, and how many may
     go at once after a quiet spell (rate None: no client-side limit).
+  window: (requests, seconds): at most that many requests in any rolling
+    window per host and process (APIs that limit a rolling window).
   retry: a RetryPolicy.
   cache_url, cache_ttl: Redis URL (redis://:password@host:port/db) and seconds
     to keep GET responses; None disables the cache.
@@ -253,6 +255,7 @@ class ClientOptions:
   allowed_hosts: Sequence[str] = ()
   rate: Optional[float] = None
   burst: float = 1.0
+  window: Optional[Tuple[int, float]] = None
   retry: RetryPolicy = RetryPolicy()
   cache_url: Optional[str] = None
   cache_ttl: float = 3600.0
@@ -310,7 +313,7 @@ class HttpClient:
     """The response (2xx-4xx except 401/429) of `request`; RequestFailed when retries run out."""
     self.check_allowed(request)
     policy = self.options.retry
-    bucket = ratelimit.limiter_for(request.host, self.options.rate, self.options.burst)
+    bucket = ratelimit.limiter_for(request.host, self.options.rate, self.options.burst, self.options.window)
     attempts = rate_limited = 0
     refreshed = False
     last_error = ''

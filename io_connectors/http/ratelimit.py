@@ -8,13 +8,14 @@ limit. A `429 Too Many Requests` pauses the whole bucket for the server's
 
 Usage::
 
-    bucket = limiter_for('api.spotify.com', rate=20.0, burst=5)
+    bucket = limiter_for('api.spotify.com', rate=20.0, burst=5, window=(600, 30.0))
     bucket.acquire()          # blocks until a request may go out
     bucket.pause(parse_retry_after('3'))
 """
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import email.utils
 import threading
@@ -27,16 +28,24 @@ __all__ = ['TokenBucket', 'limiter_for', 'parse_retry_after']
 class TokenBucket:
   """Thread-safe token bucket: `rate` tokens a second, at most `burst` saved up.
 
-  rate None: unlimited (only `pause` holds requests back).
+  rate None: unlimited (only `pause` and the window hold requests back).
+  window: optional (requests, seconds): never more than `requests` sent in
+    any rolling `seconds`, the model of APIs that count a rolling window
+    (Spotify: 30 s). With it, a burst may make up for a pause (tokens keep
+    accruing during one) without ever overrunning the server's window.
   """
 
-  def __init__(self, rate: Optional[float], burst: float = 1.0, clock=time.monotonic, sleep=time.sleep):
+  def __init__(self, rate: Optional[float], burst: float = 1.0, window: Optional[Tuple[int, float]] = None,
+               clock=time.monotonic, sleep=time.sleep):
     if rate is not None and rate <= 0:
       raise ValueError(f'rate must be positive, got {rate}')
     if burst < 1:
       raise ValueError(f'burst must be >= 1, got {burst}')
+    if window is not None and (int(window[0]) < 1 or float(window[1]) <= 0):
+      raise ValueError(f'window must be (requests >= 1, seconds > 0), got {window}')
     self.rate = rate
     self.burst = float(burst)
+    self.window = None if window is None else (int(window[0]), float(window[1]))
     self._clock = clock
     self._sleep = sleep
     self._lock = threading.Lock()
@@ -45,19 +54,28 @@ class TokenBucket:
     self._tokens = 1.0
     self._updated = clock()
     self._paused_until = 0.0
+    self._sent: collections.deque = collections.deque()
 
   def _wait_time(self, now: float) -> float:
-    """Seconds until a token is free; takes it when 0. Called under the lock."""
+    """Seconds until a request may go; takes its token when 0. Called under the lock."""
+    if self.rate is not None:
+      self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+      self._updated = now
     if now < self._paused_until:
       return self._paused_until - now
-    if self.rate is None:
-      return 0.0
-    self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
-    self._updated = now
-    if self._tokens >= 1.0:
+    if self.window is not None:
+      requests, seconds = self.window
+      while self._sent and self._sent[0] <= now - seconds:
+        self._sent.popleft()
+      if len(self._sent) >= requests:
+        return self._sent[0] + seconds - now + 1e-3
+    if self.rate is not None:
+      if self._tokens < 1.0:
+        return (1.0 - self._tokens) / self.rate
       self._tokens -= 1.0
-      return 0.0
-    return (1.0 - self._tokens) / self.rate
+    if self.window is not None:
+      self._sent.append(now)
+    return 0.0
 
   def acquire(self, deadline: Optional[float] = None) -> bool:
     """Blocks until a token is taken; False if `deadline` (clock time) passes first."""
@@ -75,25 +93,28 @@ class TokenBucket:
     with self._lock:
       now = self._clock()
       self._paused_until = max(self._paused_until, now + max(0.0, seconds))
-      # Tokens saved before the pause would all go out at once after it.
-      self._tokens = min(self._tokens, 1.0)
-      self._updated = max(self._updated, self._paused_until)
+      if self.window is None:
+        # Without a window to bound it, tokens saved up during the pause would
+        # all go out at once after it and overrun the server's limit again.
+        self._tokens = min(self._tokens, 1.0)
+        self._updated = max(self._updated, self._paused_until)
 
   def __getstate__(self):
     raise TypeError('a TokenBucket is per process; build it in setup() with limiter_for()')
 
 
-_LIMITERS: Dict[Tuple[str, Optional[float], float], TokenBucket] = {}
+_LIMITERS: Dict[tuple, TokenBucket] = {}
 _LIMITERS_LOCK = threading.Lock()
 
 
-def limiter_for(host: str, rate: Optional[float], burst: float = 1.0) -> TokenBucket:
+def limiter_for(host: str, rate: Optional[float], burst: float = 1.0,
+                window: Optional[Tuple[int, float]] = None) -> TokenBucket:
   """The process-wide bucket of `host` for these settings (created on first use)."""
-  key = (host.lower(), rate, float(burst))
+  key = (host.lower(), rate, float(burst), None if window is None else (int(window[0]), float(window[1])))
   with _LIMITERS_LOCK:
     bucket = _LIMITERS.get(key)
     if bucket is None:
-      bucket = _LIMITERS[key] = TokenBucket(rate, burst)
+      bucket = _LIMITERS[key] = TokenBucket(rate, burst, window)
     return bucket
 
 

@@ -180,6 +180,8 @@ class RestOptions:
   """Options of `ReadFromRest`.
 
   rate, burst: client-side requests a second per host and worker process (None: unlimited).
+  window: (requests, seconds): at most that many requests per rolling window
+    per host and worker process; lets the bucket make up for pauses.
   retry: a RetryPolicy (attempts, backoff, timeout).
   cache_url, cache_ttl: Redis response cache (None: no cache).
   concurrency: requests in flight per DoFn instance.
@@ -188,6 +190,7 @@ class RestOptions:
   """
   rate: Optional[float] = None
   burst: float = 1.0
+  window: Optional[Tuple[int, float]] = None
   retry: RetryPolicy = RetryPolicy()
   cache_url: Optional[str] = None
   cache_ttl: float = 3600.0
@@ -441,6 +444,7 @@ class _ReadFn(beam.DoFn):
     r = self._resource
     auth = create_auth(r.auth)
     client_options = ClientOptions(allowed_hosts=r.hosts(auth), rate=self._options.rate, burst=self._options.burst,
+                                   window=self._options.window,
                                    retry=self._options.retry, cache_url=self._options.cache_url,
                                    cache_ttl=self._options.cache_ttl)
     self._client = HttpClient(client_options, auth)

@@ -353,7 +353,7 @@ class FakeHttpServer:
       self.log.append({'method': call.method, 'path': call.path, 'query': call.query, 'status': status,
                        'authorization': call.headers.get('Authorization')})
       now = time.monotonic()
-      if status == 200:
+      if status == 200 and not call.path.endswith('/token'):
         self.first_served = self.first_served or now
         self.last_served = now
 

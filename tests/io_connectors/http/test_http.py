@@ -435,3 +435,74 @@ def test_resource_config_checks_its_arguments():
     ResourceConfig.from_dict({'name': 'x', 'base_url': 'https://x.example', 'pagintor': 'offset'})
   with pytest.raises(ValueError, match='paginator'):
     ResourceConfig(name='x', base_url='https://x.example', paginator={'type': 'nope'})
+
+
+def test_window_limit_holds_a_rolling_window_and_makes_up_for_pauses():
+  bucket = TokenBucket(rate=100.0, burst=20, window=(10, 0.5))
+  start = time.monotonic()
+  sent = []
+  for _ in range(25):
+    bucket.acquire()
+    sent.append(time.monotonic() - start)
+  # Never more than 10 in any 0.5 s: the 11th waits for the 1st to leave.
+  for i in range(10, 25):
+    assert sent[i] - sent[i - 10] >= 0.5 - 1e-3
+  bucket = TokenBucket(rate=20.0, burst=20, window=(100, 10.0))
+  bucket.pause(0.5)
+  time.sleep(0.5)
+  resumed = time.monotonic()
+  for _ in range(8):  # tokens kept accruing during the pause: no wait now
+    bucket.acquire()
+  assert time.monotonic() - resumed < 0.2
+
+
+def test_oauth2_token_is_shared_by_auth_objects_of_a_process(fake_server):
+  issued = _token_route(fake_server)
+  first = _client(fake_server, OAuth2ClientCredentials(f'{fake_server.base_url}/token', 'cid', 'client-secret-xyz'))
+  second = _client(fake_server, OAuth2ClientCredentials(f'{fake_server.base_url}/token', 'cid', 'client-secret-xyz'))
+  for client in (first, second, first):
+    assert client.send(Request('GET', f'{fake_server.base_url}/items')).status == 200
+  assert len(issued) == 1
+  issued.append('rotated-by-server')
+  for client in (second, first):  # one refresh serves both
+    assert client.send(Request('GET', f'{fake_server.base_url}/items')).status == 200
+  assert len(issued) == 3
+
+
+@pytest.fixture(scope='module')
+def redis_url():
+  from tests.conftest import ensure_service  # pylint: disable=import-outside-toplevel
+  port = ensure_service('redis')
+  import subprocess  # pylint: disable=import-outside-toplevel
+  env = subprocess.run(['bash', 'scripts/services.sh', 'env', 'redis'], capture_output=True, text=True, check=True,
+                       cwd=str(__import__('pathlib').Path(__file__).resolve().parents[3])).stdout
+  url = env.split('REDIS_URL=', 1)[1].split()[0]
+  assert f':{port}/' in url
+  return url
+
+
+def test_redis_cache_answers_repeated_gets_until_the_ttl(fake_server, redis_url, caplog):
+  counter = {'n': 0}
+
+  def items(call):
+    counter['n'] += 1
+    return _json({'items': [{'id': counter['n']}], 'user': call.headers.get('Authorization')})
+
+  fake_server.route('GET', '/cached', items)
+  url = f'{fake_server.base_url}/cached?run={time.time_ns()}'  # a key no earlier run left behind
+  client = _client(fake_server, BearerTokenAuth('user-a-token'), cache_url=redis_url, cache_ttl=1.0)
+  other_user = _client(fake_server, BearerTokenAuth('user-b-token'), cache_url=redis_url, cache_ttl=1.0)
+  first = client.send(Request('GET', url)).json()
+  again = client.send(Request('GET', url))
+  assert again.from_cache and again.json() == first and counter['n'] == 1
+  assert other_user.send(Request('GET', url)).json()['user'] == 'Bearer user-b-token'  # not user a's answer
+  time.sleep(1.1)
+  assert client.send(Request('GET', url)).json()['items'] == [{'id': 3}]  # expired: fetched again
+  # A cache that cannot be reached is bypassed, and its password not logged.
+  parts = urllib.parse.urlsplit(redis_url)
+  unreachable = parts._replace(netloc=parts.netloc.rsplit(':', 1)[0] + ':1').geturl()
+  broken = _client(fake_server, cache_url=unreachable, cache_ttl=5)
+  with caplog.at_level(logging.WARNING):
+    assert broken.send(Request('GET', url)).status == 200
+  password = urllib.parse.urlsplit(redis_url).password
+  assert 'cache unavailable' in caplog.text and password not in caplog.text
