@@ -72,7 +72,11 @@ def _is_postgres(store: str) -> bool:
 
 
 def _object_name(key: str) -> str:
-  return urllib.parse.quote(key, safe='') + '.json'
+  # Letters, digits, '.', '_' and '-' kept, any other byte as =XX: one flat,
+  # reversible name with no '/' or '%' (which some object stores and their
+  # emulators decode in object names).
+  return ''.join(chr(b) if chr(b).isalnum() and b < 128 or chr(b) in '._-' else f'={b:02X}'
+                 for b in key.encode('utf-8')) + '.json'
 
 
 def _local_dir(store: str) -> Optional[str]:
