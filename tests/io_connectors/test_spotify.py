@@ -310,3 +310,38 @@ def test_registry_and_options(monkeypatch):
     registry.build({'type': 'spotify', 'resource': 'tracks', 'ids': ['x']})
   assert set(RESOURCES) == {'tracks', 'audio_features', 'artists', 'albums', 'album_tracks', 'playlists',
                             'playlist_items', 'recently_played', 'saved_tracks', 'search'}
+
+
+def test_batch_job_reads_spotify_plays_for_two_tenants(fake_spotify, tmp_path, monkeypatch):
+  """pipelines.spotify_batch --config with Spotify recently played for two tenants into the lake."""
+  import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+  import yaml  # pylint: disable=import-outside-toplevel
+  from pipelines.spotify_batch import run  # pylint: disable=import-outside-toplevel
+  monkeypatch.setenv('PII_MASTER_KEY', 'cd' * 32)
+  monkeypatch.setenv('SPOTIFY_CLIENT_ID', CLIENT['client_id'])
+  monkeypatch.setenv('SPOTIFY_CLIENT_SECRET', CLIENT['client_secret'])
+  monkeypatch.setenv('SPOTIFY_REFRESH_TOKEN', USER['refresh_token'])
+  fake_spotify.fault_rate = 0.1
+  source = {'type': 'spotify', 'resource': 'recently_played', 'api_url': fake_spotify.api_url,
+            'token_url': fake_spotify.token_url, 'rate': None,
+            'retry': {'backoff_base': 0.02, 'backoff_max': 0.2, 'max_attempts': 6}}
+  config = {
+      'output': str(tmp_path / 'lake'),
+      'entity': 'listening_event',
+      'sources': [dict(source, user='listener-a', tenant_id='acme'),
+                  dict(source, user='listener-b', tenant_id='beatbox', after=fake_spotify.play_time(20).isoformat())],
+  }
+  config_path = tmp_path / 'spotify.yaml'
+  config_path.write_text(yaml.safe_dump(config))
+  manifest = run(['--config', str(config_path)])
+  counts = manifest['counts']
+  assert counts['per_tenant']['acme']['written'] == 130
+  assert counts['per_tenant']['beatbox']['written'] == 20
+  assert counts['dead_letter_by_reason'] == {}
+  assert manifest['conservation']['ok']
+  acme = pq.read_table(str(tmp_path / 'lake' / 'data' / 'tenant=acme'))
+  assert set(acme.column('platform').to_pylist()) == {'spotify'}
+  assert 'listener-a' not in set(acme.column('user_id').to_pylist())  # pseudonymised
+  text = json.dumps(manifest)
+  for secret in SECRETS:
+    assert secret not in text
