@@ -176,9 +176,10 @@ def test_all_splits_read_one_snapshot(pg):
   rows = _collect_rows(collected)
   assert sorted(r['id'] for r in rows) == list(range(1, 5001))
   assert {r['v'] for r in rows} == {0}
-  # The coordinator's transaction is gone once the read finished.
-  holders = pg.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'beam-read-postgres' "
-                       "AND state = 'idle in transaction'").fetchone()[0]
+  # The coordinator's transaction (which locks the table) is gone once the read finished.
+  holders = pg.execute('SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid '
+                       "WHERE l.relation = %s::regclass AND a.application_name = 'beam-read-postgres'",
+                       (table,)).fetchone()[0]
   assert holders == 0
 
 
@@ -247,16 +248,18 @@ def test_identifiers_are_checked_before_any_sql_runs():
 class _Killer(threading.Thread):
   """Terminates, `times` times, a split's backend while it streams rows (waits in pg_sleep)."""
 
-  def __init__(self, url, times):
+  def __init__(self, url, table, times):
     super().__init__(daemon=True)
-    self.url, self.times, self.killed, self.stop = url, times, 0, threading.Event()
+    self.url, self.table, self.times, self.killed, self.stop = url, table, times, 0, threading.Event()
 
   def run(self):
     import psycopg  # pylint: disable=import-outside-toplevel
     with psycopg.connect(self.url, autocommit=True) as conn:
       while not self.stop.is_set() and self.killed < self.times:
+        # This test's split only (its table is in a schema of its own).
         pids = conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = 'beam-read-postgres' "
-                            "AND query LIKE 'COPY%%' AND wait_event = 'PgSleep'").fetchall()
+                            "AND query LIKE 'COPY%%' AND wait_event = 'PgSleep' AND strpos(query, %s) > 0",
+                            (self.table,)).fetchall()
         for (pid,) in pids[:1]:
           conn.execute('SELECT pg_terminate_backend(%s)', (pid,))
           self.killed += 1
@@ -272,7 +275,7 @@ def test_a_connection_killed_mid_read_is_retried_from_the_split_start(pg, postgr
   table = pg.table('killed')
   pg.execute(f'CREATE TABLE {table} (id int PRIMARY KEY)')
   pg.execute(f'INSERT INTO {table} SELECT g FROM generate_series(1, 6000) g')
-  killer = _Killer(postgres_url, times=1)
+  killer = _Killer(postgres_url, table, times=1)
   killer.start()
   try:
     rows, letters, _ = _read(query=_slow_query(table), batch_size=500, retry_backoff_s=0.1)
@@ -288,7 +291,7 @@ def test_a_connection_lost_more_often_than_retries_allow_is_a_clear_error(pg, po
   table = pg.table('killed')
   pg.execute(f'CREATE TABLE {table} (id int PRIMARY KEY)')
   pg.execute(f'INSERT INTO {table} SELECT g FROM generate_series(1, 6000) g')
-  killer = _Killer(postgres_url, times=2)
+  killer = _Killer(postgres_url, table, times=2)
   killer.start()
   try:
     with pytest.raises(Exception, match=r'connection lost 2 times, giving up') as error:

@@ -1,0 +1,175 @@
+"""PostgreSQL benchmark: ReadFromPostgres -> Parquet against ConnectorX -> Arrow -> Parquet.
+
+Creates (once) a table of listening-event-like rows with ``generate_series``
+(5M rows by default; bigint primary key, text ids, timestamptz, int, bool,
+nullable text) on the server of ``POSTGRES_URL`` (``scripts/services.sh env
+postgres``), then measures in the same run, wall clock, best of N:
+
+(a) ConnectorX: ``connectorx.read_sql(url, 'SELECT * FROM t', return_type='arrow',
+    partition_on='id', partition_num=P)`` then ``pyarrow.parquet.write_table``;
+(b) ours: a Beam pipeline ``ReadFromPostgres(table, PostgresOptions(partition_column='id',
+    num_partitions=P))`` writing each bundle's batches to a Parquet file, on the
+    runner given by ``--pipeline-args`` (default: Prism, ``--direct_num_workers=P``).
+
+Both write snappy Parquet to a temporary directory; rows/s is table rows over
+wall time (for ours including pipeline construction and runner start-up);
+the ratio is ours/ConnectorX (target >= 0.8). Prints one JSON document.
+
+Usage::
+
+    eval "$(scripts/services.sh env postgres)"
+    .venv/bin/python benchmarks/bench_postgres.py                       # 5M rows, 4 partitions, best of 2
+    .venv/bin/python benchmarks/bench_postgres.py --rows 1000000 --partitions 2 --runs 1
+    .venv/bin/python benchmarks/bench_postgres.py --pipeline-args "--runner=DirectRunner"
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:  # run by path: make `io_connectors` importable
+  sys.path.insert(0, REPO_ROOT)
+
+import apache_beam as beam  # pylint: disable=wrong-import-position
+import pyarrow.parquet as pq  # pylint: disable=wrong-import-position
+from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=wrong-import-position
+
+from io_connectors.postgres import PostgresOptions, ReadFromPostgres  # pylint: disable=wrong-import-position
+from io_connectors.state import mask_url  # pylint: disable=wrong-import-position
+from transforms.records import strip_internal  # pylint: disable=wrong-import-position
+
+__all__ = ['ensure_table', 'run_connectorx', 'run_ours', 'main']
+
+
+def ensure_table(url: str, table: str, rows: int):
+  """Creates `table` with `rows` generated rows unless it already holds exactly that many."""
+  import psycopg  # pylint: disable=import-outside-toplevel
+  from psycopg import sql  # pylint: disable=import-outside-toplevel
+  ident = sql.Identifier(table)
+  with psycopg.connect(url, autocommit=True) as conn:
+    exists = conn.execute('SELECT to_regclass(%s) IS NOT NULL', (table,)).fetchone()[0]
+    if exists and conn.execute(sql.SQL('SELECT count(*) FROM {}').format(ident)).fetchone()[0] == rows:
+      return
+    conn.execute(sql.SQL('DROP TABLE IF EXISTS {}').format(ident))
+    conn.execute(
+        sql.SQL("""CREATE TABLE {} AS
+        SELECT g::bigint AS id,
+          'ev-' || g AS event_id,
+          'user-' || (g %% 100000) AS user_id,
+          substr(md5(g::text), 1, 22) AS track_id,
+          timestamptz '2024-01-01 00:00:00+00' + g * interval '1 second' AS played_at,
+          ((g::bigint * 7919) %% 600000)::int AS ms_played,
+          (ARRAY['SE','US','DE','FR','BR'])[1 + g %% 5] AS country,
+          (g %% 3 = 0) AS skipped,
+          CASE WHEN g %% 10 = 0 THEN NULL ELSE 'tenant-' || (g %% 2) END AS tenant_id
+        FROM generate_series(1, %s) AS g""").format(ident), (rows,))
+    conn.execute(sql.SQL('ALTER TABLE {} ADD PRIMARY KEY (id)').format(ident))
+    conn.execute(sql.SQL('VACUUM ANALYZE {}').format(ident))
+
+
+def run_connectorx(url: str, table: str, partitions: int, out_dir: str) -> dict:
+  import connectorx  # pylint: disable=import-outside-toplevel
+  start = time.perf_counter()
+  arrow = connectorx.read_sql(url, f'SELECT * FROM {table}', return_type='arrow', partition_on='id',
+                              partition_num=partitions)
+  pq.write_table(arrow, os.path.join(out_dir, 'connectorx.parquet'), compression='snappy')
+  return {'rows': arrow.num_rows, 'seconds': time.perf_counter() - start}
+
+
+class _WriteParquetFn(beam.DoFn):
+  """Each bundle's batches into one Parquet file."""
+
+  def __init__(self, out_dir: str):
+    self._out_dir = out_dir
+
+  def start_bundle(self):
+    self._writer = None
+
+  def process(self, batch):
+    batch = strip_internal(batch)
+    if self._writer is None:
+      self._path = os.path.join(self._out_dir, f'part-{os.getpid()}-{id(self)}-{time.monotonic_ns()}.parquet')
+      self._writer = pq.ParquetWriter(self._path, batch.schema, compression='snappy')
+    self._writer.write_batch(batch)
+
+  def finish_bundle(self):
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None
+
+
+def run_ours(url: str, table: str, partitions: int, out_dir: str, pipeline_args) -> dict:
+  start = time.perf_counter()
+  options = PostgresOptions(url=url, partition_column='id', num_partitions=partitions, pool_size=partitions)
+  with beam.Pipeline(options=PipelineOptions(list(pipeline_args))) as p:
+    outs = p | ReadFromPostgres(table=table, options=options)
+    _ = outs.records | beam.ParDo(_WriteParquetFn(out_dir))
+  seconds = time.perf_counter() - start
+  rows = sum(pq.ParquetFile(f).metadata.num_rows for f in glob.glob(os.path.join(out_dir, '*.parquet')))
+  return {'rows': rows, 'seconds': seconds}
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
+  parser.add_argument('--rows', type=int, default=5_000_000)
+  parser.add_argument('--partitions', type=int, default=4)
+  parser.add_argument('--runs', type=int, default=2, help='best of N for each side')
+  parser.add_argument('--table', default=None, help='default: bench_listening_events_<rows>')
+  parser.add_argument('--pipeline-args', default=None,
+                      help='Beam flags for our side (default: --direct_num_workers=PARTITIONS)')
+  args = parser.parse_args(argv)
+  url = os.environ.get('POSTGRES_URL')
+  if not url:
+    print('error: set POSTGRES_URL (eval "$(scripts/services.sh env postgres)")', file=sys.stderr)
+    return 2
+  table = args.table or f'bench_listening_events_{args.rows}'
+  pipeline_args = shlex.split(args.pipeline_args) if args.pipeline_args is not None else [
+      f'--direct_num_workers={args.partitions}']
+  ensure_table(url, table, args.rows)
+  results = {'connectorx': [], 'ours': []}
+  for _ in range(args.runs):
+    for side in ('connectorx', 'ours'):
+      out_dir = tempfile.mkdtemp(prefix=f'bench-pg-{side}-')
+      try:
+        if side == 'connectorx':
+          result = run_connectorx(url, table, args.partitions, out_dir)
+        else:
+          result = run_ours(url, table, args.partitions, out_dir, pipeline_args)
+      finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+      if result['rows'] != args.rows:
+        raise RuntimeError(f'{side} read {result["rows"]} rows, expected {args.rows}')
+      results[side].append(result['seconds'])
+      print(f'{side}: {args.rows} rows in {result["seconds"]:.2f} s', file=sys.stderr)
+  best = {side: min(seconds) for side, seconds in results.items()}
+  rate = {side: args.rows / s for side, s in best.items()}
+  import connectorx  # pylint: disable=import-outside-toplevel
+  doc = {
+      'server': mask_url(url),
+      'table': table,
+      'rows': args.rows,
+      'partitions': args.partitions,
+      'pipeline_args': pipeline_args,
+      'connectorx_version': connectorx.__version__ if hasattr(connectorx, '__version__') else None,
+      'beam_version': beam.__version__,
+      'seconds': results,
+      'rows_per_s': {side: round(r) for side, r in rate.items()},
+      'ratio': round(rate['ours'] / rate['connectorx'], 3),
+      'target': 0.8,
+      'load_average': os.getloadavg(),
+  }
+  print(json.dumps(doc, indent=2))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
