@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import ipaddress
 import re
 import typing
@@ -395,8 +396,9 @@ def _rule_of(annotation) -> Optional[FieldRule]:
   return None
 
 
+@functools.lru_cache(maxsize=None)
 def field_rules(model: type) -> dict:
-  """{field name: (FieldRule, required)} for a model, in declaration order."""
+  """{field name: (FieldRule, required)} for a model, in declaration order (cached: do not mutate)."""
   rules = {}
   for name, info in model.model_fields.items():
     rule = None

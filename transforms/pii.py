@@ -282,7 +282,10 @@ _PREFILTERS = {
 _PREFILTERS_PY = {entity: regex.compile(regex.escape(p) if len(p) == 1 else p) for entity, p in _PREFILTERS.items()}
 _SMALL_ARRAY = 64
 _MEMO_SIZE = 50000
-_DATETIME = regex.compile(r'[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?(Z|z|[+-][0-9]{2}:?[0-9]{2})?')
+# Digit runs that are never phone numbers: ISO date-times and UUIDs.
+_NOT_PHONES = regex.compile(
+    r'[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?(Z|z|[+-][0-9]{2}:?[0-9]{2})?'
+    r'|\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b')
 # scheme://userinfo@host; userinfo is user:password (either part may be
 # empty: redis://:secret@host) or a bare token (https://ghp_token@github.com).
 _URL_WITH_CREDENTIALS_PATTERN = (r'\b[a-z][a-z0-9+.\-]*://(?:[^\s/?#@:]*:[^\s@]*|[^\s/?#@:]+)@[^\s/?#@]+')
@@ -432,9 +435,9 @@ class TextScanner:
     (Cards, IBANs and IP addresses are digit runs themselves.)
     """
     phone_score = self._recognizers['PHONE_NUMBER'].SCORE
-    # Date-times are digit runs too, but never phone numbers: blank them first
-    # (a letter keeps offsets and breaks the run).
-    text = _DATETIME.sub(lambda m: 'a' * len(m.group(0)), text)
+    # Date-times and UUIDs hold digit runs too, but never phone numbers: blank
+    # them first (letters keep offsets and break the runs).
+    text = _NOT_PHONES.sub(lambda m: 'a' * len(m.group(0)), text)
     stronger = _resolve_overlaps([f for f in others if f[3] > phone_score])
     if not stronger:
       return _enough_phone_digits(text)
