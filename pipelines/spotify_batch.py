@@ -42,6 +42,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from io_connectors import registry
 from io_connectors.lake import WriteDeadLetterFiles, WriteRecordFiles, finalize_files
 from pipelines.config import ConfigError, RunConfig, load_yaml, resolve
+from pipelines import runners
 from pipelines.options import SpotifyBatchOptions
 from transforms import entities, schema as schema_mod
 from transforms.dead_letter import flatten_dead_letters
@@ -400,6 +401,8 @@ def run(argv: Optional[Sequence[str]] = None, allow_demo: bool = False) -> dict:
   """Runs the batch job and returns its manifest. Raises UsageError / ConfigError for bad input."""
   argv = list(sys.argv[1:] if argv is None else argv)
   options = _options_from(argv)
+  # A plain DirectRunner run uses our Prism build instead of trying to download one.
+  runners.use_local_prism(argv)
   # Beam's S3/GCS options must be known before paths are probed.
   FileSystems.set_options(options)
   config = _config_from(options, allow_demo=allow_demo)
