@@ -13,7 +13,7 @@ anything leaves the machine). In order, each attempt:
 5. on 429 pauses the host's bucket for `Retry-After` (seconds or an HTTP
    date; jittered backoff when absent) and tries again, up to
    `RetryPolicy.max_rate_limited`;
-6. on timeouts, connection errors and 5xx backs off with full jitter
+6. on timeouts, connection errors (any transport error) and 5xx backs off with full jitter
    (`base * 2**attempt`, capped) up to `RetryPolicy.max_attempts`.
 
 Secrets never leave in messages: `Masker` replaces the auth's secret values,
@@ -330,7 +330,8 @@ class HttpClient:
             prepared.method, prepared.url, params=dict(prepared.params) or None, headers={
                 'User-Agent': self.options.user_agent, **prepared.headers
             }, json=prepared.json, data=prepared.data, timeout=policy.timeout, allow_redirects=False)
-      except (requests.Timeout, requests.ConnectionError) as e:
+      except requests.RequestException as e:
+        # Timeouts, refused or reset connections, bodies cut short: retried.
         attempts += 1
         last_error = f'{type(e).__name__}'
         if attempts >= policy.max_attempts:

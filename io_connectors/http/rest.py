@@ -114,7 +114,8 @@ class ResourceConfig:
   fields: {output column: dotted path in the record}; None keeps records whole.
   include_params: element keys copied into every record as columns.
   process_record: optional `fn(record, params) -> dict` (Python callers):
-    maps one record; ValueError dead-letters it. Applied instead of `fields`.
+    maps one record; ValueError (or a result that is not a dict) dead-letters
+    it. Applied instead of `fields`.
   allowed_hosts: hosts requests may go to; default: base_url's host and the
     auth's token URL host.
   error_path: where an error payload sits (GraphQL 'errors'); a page with an
@@ -408,7 +409,10 @@ class _Reader:
           out.dead_letters.append(self._letter(request, 'source_error', f'cannot map the record: {e}',
                                                record=record, position=f'row {index}', source=page_source))
           continue
-        if mapped is None:
+        if not isinstance(mapped, dict):
+          out.dead_letters.append(self._letter(request, 'source_error',
+                                               f'the record mapped to {type(mapped).__name__}, not a record',
+                                               record=record, position=f'row {index}', source=page_source))
           continue
         out.rows.append(mapped)
         out.sources.append(page_source)

@@ -14,11 +14,10 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 import apache_beam as beam
 
-from io_connectors.http import (ApiKeyAuth, BearerTokenAuth, ClientOptions, HeaderLinkPaginator, HostNotAllowed,
-                                HttpClient, JSONBodyCursorPaginator, JSONBodyNextUrlPaginator, Masker,
-                                OAuth2ClientCredentials, OAuth2RefreshToken, OffsetPaginator, PageNumberPaginator,
-                                ReadFromGraphQL, ReadFromRest, Request, RequestFailed, RestOptions, RetryPolicy,
-                                SignedAuth, TokenBucket, create_auth, create_paginator, parse_retry_after)
+from io_connectors.http import (ApiKeyAuth, BearerTokenAuth, ClientOptions, HostNotAllowed, HttpClient, Masker,
+                                OAuth2ClientCredentials, OAuth2RefreshToken, PageNumberPaginator, ReadFromGraphQL,
+                                ReadFromRest, Request, RequestFailed, RestOptions, RetryPolicy, SignedAuth, TokenBucket,
+                                create_auth, create_paginator, parse_retry_after)
 from io_connectors.http.rest import ResourceConfig, _Reader
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN
 
@@ -40,9 +39,7 @@ def _client(server, auth=None, **kw):
 
 def _read_all(server, resource: dict, element=None):
   resource = ResourceConfig.from_dict({'name': 'items', 'base_url': server.base_url, **resource})
-  from io_connectors.http.auth import create_auth as make_auth  # pylint: disable=import-outside-toplevel
-  from io_connectors.http.paginators import create_paginator as make  # pylint: disable=import-outside-toplevel
-  reader = _Reader(resource, _client(server, make_auth(resource.auth)), make(resource.paginator))
+  reader = _Reader(resource, _client(server, create_auth(resource.auth)), create_paginator(resource.paginator))
   return reader.read(element or {}, lambda params: (None, None))
 
 
@@ -327,12 +324,13 @@ def test_malformed_body_is_dead_lettered_with_its_request(fake_server):
 
 
 def test_records_missing_at_the_record_path_and_null_items_are_dead_lettered(fake_server):
-  fake_server.route('GET', '/items', lambda c: _json({'items': [{'id': 1}, None, {'id': 3}]}))
+  fake_server.route('GET', '/items', lambda c: _json({'items': [{'id': 1}, None, {'id': 3}, 'text']}))
   fake_server.route('GET', '/other', lambda c: _json({'unexpected': True}))
   out = _read_all(fake_server, {'path': '/items', 'record_path': 'items'})
   assert [r['id'] for r in out.rows] == [1, 3]
-  [letter] = out.dead_letters
-  assert letter['position'] == 'row 2' and letter['reason'] == 'source_error'
+  assert [(l['position'], l['reason']) for l in out.dead_letters] == [('row 2', 'source_error'),
+                                                                      ('row 4', 'source_error')]
+  assert 'expected a JSON object' in out.dead_letters[1]['detail']
   out = _read_all(fake_server, {'path': '/other', 'record_path': 'items'})
   [letter] = out.dead_letters
   assert "no list of records at 'items'" in letter['detail']
