@@ -48,8 +48,11 @@ Parallelism and consistency (``method``):
 
 Every row is the ``_id``'s document once: slices partition the index.
 ``__source`` is ``{masked url}/{index}#slice={i}/{n}`` and ``__row`` the
-hit's 1-based position in its slice. Values keep their JSON types (dates
-stay strings as indexed; `Validate` converts them); a field whose values
+hit's 1-based position in its slice. Top-level fields mapped as ``date``
+become UTC timestamps (ISO-8601 text with or without a zone, epoch
+milliseconds; a batch where one value does not parse keeps the field as
+indexed); other values keep their JSON types (dates inside objects stay
+text); a field whose values
 mix types that Arrow cannot hold in one column (``1`` and ``"x"``) becomes a
 string column of JSON text for that batch.
 
@@ -65,15 +68,17 @@ it is one ``source_error`` dead letter for that hit.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import logging
 import os
 import time
 import urllib.parse
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from io_connectors import registry
 from io_connectors.files import RecordBatchCoder  # pylint: disable=unused-import  # registers the batch coder
@@ -330,17 +335,58 @@ def _column(values: List[Any]) -> pa.Array:
                      for v in values], type=pa.string())
 
 
-def hits_to_batch(rows: List[dict]) -> pa.RecordBatch:
-  """Documents (dicts) as one batch; columns are the union of their keys, in first-seen order."""
+def _timestamps(values: List[Any]) -> Optional[pa.Array]:
+  """Date values as indexed (ISO-8601 text, epoch milliseconds) as UTC timestamps; None if one does not parse."""
+  if all(v is None or isinstance(v, str) for v in values):
+    try:
+      return pc.cast(pa.array(values, pa.string()), pa.timestamp('us', tz='UTC'))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+      pass  # date-only or zone-less text: parsed one by one below
+  parsed = []
+  for value in values:
+    if value is None:
+      parsed.append(None)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+      parsed.append(dt.datetime.fromtimestamp(value / 1000, dt.timezone.utc))
+    elif isinstance(value, str):
+      try:
+        moment = dt.datetime.fromisoformat(value)
+      except ValueError:
+        return None
+      # Elasticsearch and OpenSearch read a date without a zone as UTC.
+      parsed.append(moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc))
+    else:
+      return None
+  return pa.array(parsed, pa.timestamp('us', tz='UTC'))
+
+
+def hits_to_batch(rows: List[dict], date_fields: Sequence[str] = ()) -> pa.RecordBatch:
+  """Documents (dicts) as one batch; columns are the union of their keys, in first-seen order.
+
+  date_fields: top-level fields mapped as dates, converted to UTC timestamps
+  (a field with a value that does not parse stays as indexed).
+  """
   names = list(dict.fromkeys(key for row in rows for key in row))
   arrays = []
   for name in names:
-    array = _column([row.get(name) for row in rows])
+    values = [row.get(name) for row in rows]
+    array = _timestamps(values) if name in date_fields else None
+    if array is None:
+      array = _column(values)
     if pa.types.is_struct(array.type) and array.type.num_fields == 0:
       # Only empty objects: Parquet cannot store a struct without fields.
       array = pa.nulls(len(array), pa.string())
     arrays.append(array)
   return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+def _date_fields(mappings: dict) -> Tuple[str, ...]:
+  """Top-level fields mapped as date or date_nanos in any of the indices."""
+  found = set()
+  for index_mapping in (mappings or {}).values():
+    properties = (index_mapping.get('mappings') or {}).get('properties') or {}
+    found.update(name for name, spec in properties.items() if spec.get('type') in ('date', 'date_nanos'))
+  return tuple(sorted(found))
 
 
 # ---------------------------------------------------------------------------
@@ -353,6 +399,7 @@ class _Slice:
   slice_id: int
   slices: int
   pit_id: Optional[str]
+  date_fields: Tuple[str, ...] = ()
 
 
 class _PlanFn(beam.DoFn):
@@ -367,11 +414,13 @@ class _PlanFn(beam.DoFn):
     try:
       if not client.index_exists(self._index):
         raise SearchError(f'{self._options.client} at {client.where}: index {self._index!r} not found')
+      date_fields = _date_fields(client.call(f'mapping of {self._index!r}', client._impl.indices.get_mapping,  # pylint: disable=protected-access
+                                             index=self._index))
       pit_id = client.open_pit(self._index) if self._options.resolved_method() == 'pit' else None
     finally:
       client.close()
     for i in range(self._options.slices):
-      yield _Slice(self._index, i, self._options.slices, pit_id)
+      yield _Slice(self._index, i, self._options.slices, pit_id, date_fields)
 
 
 class _ReadSliceFn(beam.DoFn):
@@ -445,7 +494,7 @@ class _ReadSliceFn(beam.DoFn):
         rows.append({id_column: hit.get('_id'), **document} if id_column else document)
         numbers.append(row + offset)
       if rows:
-        yield with_provenance(hits_to_batch(rows), source, pa.array(numbers, type=pa.int64()))
+        yield with_provenance(hits_to_batch(rows, piece.date_fields), source, pa.array(numbers, type=pa.int64()))
       row += len(page)
     yield beam.pvalue.TaggedOutput('done', piece.slice_id)
 

@@ -4,6 +4,7 @@ The Elasticsearch client path (client='elasticsearch') has no server here:
 only its option handling is tested.
 """
 
+import datetime as dt
 import json
 import pickle
 import socket
@@ -103,12 +104,13 @@ def _open_pits(client):
 def test_types_nested_unicode_and_nulls(tmp_path, url, make_index):
   docs = [
       ('a', {'title': 'Déjà vu 🎵', 'plays': 12, 'score': 0.5, 'explicit': True, 'released': '2024-06-01T12:00:00+02:00',
-             'artist': {'name': 'Zoë', 'followers': 3}, 'genres': ['pop', 'indie'], 'notes': None}),
+             'artist': {'name': 'Zoë', 'followers': 3}, 'genres': ['pop', 'indie'], 'notes': None, 'day': '2024-03-05'}),
       ('b', {'title': '夜に駆ける', 'plays': 7, 'score': 1, 'explicit': False, 'released': '2020-01-01T00:00:00Z',
-             'artist': {'name': None, 'followers': 1}, 'genres': [], 'extra': 'only here'}),
+             'artist': {'name': None, 'followers': 1}, 'genres': [], 'extra': 'only here', 'day': 1700000000000}),
   ]
-  index = make_index(docs, shards=2, mappings={'properties': {'score': {'type': 'float'}}})
-  batches, dead = read(tmp_path, ReadFromSearch(index, options=SearchOptions(url=url, slices=2)))
+  index = make_index(docs, shards=2, mappings={'properties': {'score': {'type': 'float'}, 'released': {'type': 'date'},
+                                                               'day': {'type': 'date'}}})
+  batches, dead = read(tmp_path, ReadFromSearch(index, options=SearchOptions(url=url, slices=1)))
   assert dead == []
   by_id = {record['_id']: record for _, _, record in rows_of(batches)}
   assert sorted(by_id) == ['a', 'b']
@@ -117,11 +119,22 @@ def test_types_nested_unicode_and_nulls(tmp_path, url, make_index):
   assert by_id['b']['artist'] == {'name': None, 'followers': 1}
   assert by_id['a']['genres'] == ['pop', 'indie'] and by_id['b']['genres'] == []
   assert by_id['a']['notes'] is None and by_id['b'].get('notes') is None
-  assert by_id['a']['explicit'] is True and by_id['a']['released'] == '2024-06-01T12:00:00+02:00'
+  assert by_id['a']['explicit'] is True
+  utc = dt.timezone.utc
+  assert by_id['a']['released'] == dt.datetime(2024, 6, 1, 10, 0, tzinfo=utc)
+  assert by_id['b']['released'] == dt.datetime(2020, 1, 1, tzinfo=utc)
+  assert by_id['a']['day'] == dt.datetime(2024, 3, 5, tzinfo=utc)
+  assert by_id['b']['day'] == dt.datetime(2023, 11, 14, 22, 13, 20, tzinfo=utc)
   table = pa.Table.from_batches([strip_internal(b) for b in batches if 'extra' in b.schema.names])
   assert pa.types.is_struct(table.schema.field('artist').type)
   assert pa.types.is_list(table.schema.field('genres').type)
   assert table.schema.field('_id').type == pa.string()
+  assert table.schema.field('released').type == pa.timestamp('us', tz='UTC')
+
+
+def test_dates_that_do_not_parse_stay_as_indexed():
+  batch = hits_to_batch([{'d': '2024-01-01T00:00:00Z'}, {'d': '01/02/2024'}], date_fields=('d',))
+  assert batch.column('d').to_pylist() == ['2024-01-01T00:00:00Z', '01/02/2024']
 
 
 def test_hits_to_batch_keeps_mixed_types_as_json_text():
