@@ -36,6 +36,17 @@ Usage::
     out.records | ...        # pa.RecordBatch
     out.dead_letter | ...    # dicts
 
+From a YAML `sources:` list (registry type ``rest``)::
+
+    - type: rest
+      resource: {name: followers, base_url: https://api.example.com/v2, path: /users/{user}/followers,
+                 auth: {type: bearer, token_env: EXAMPLE_TOKEN}, record_path: data,
+                 paginator: {type: cursor, cursor_path: meta.next_token, cursor_param: pagination_token}}
+      params: [{user: u1}, {user: u2}]
+      rate: 5
+      retry: {max_attempts: 4}
+      tenant_id: acme
+
 Incremental reads (`incremental` in the config) also return the highest
 cursor value seen per state key (`IncrementalOutputs.cursors`, committed by
 the batch job after its outputs are in place); the next run starts from the
@@ -50,6 +61,7 @@ import datetime as dt
 import importlib
 import json
 import logging
+import os
 import string
 import urllib.parse
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -58,6 +70,7 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.utils.windowed_value import WindowedValue
 
+from io_connectors import registry
 from io_connectors.files import RecordBatchCoder  # pylint: disable=unused-import  # registers the batch coder
 from io_connectors.http.auth import Auth, create_auth
 from io_connectors.http.client import ClientOptions, HostNotAllowed, HttpClient, Request, RequestFailed, RetryPolicy, \
@@ -569,3 +582,29 @@ class ReadRestResource(beam.PTransform):
 
   def expand(self, pbegin):
     return pbegin | 'Params' >> beam.Create(self._params, reshuffle=False) | 'Read' >> self._read
+
+
+def _rest_options(config: Mapping[str, Any]) -> RestOptions:
+  config = dict(config)
+  if isinstance(config.get('retry'), Mapping):
+    config['retry'] = RetryPolicy(**config['retry'])
+  if config.get('window') is not None:
+    requests, seconds = config['window']
+    config['window'] = (int(requests), float(seconds))
+  if config.get('cache_url_env'):
+    name = config.pop('cache_url_env')
+    if name not in os.environ:
+      raise ValueError(f'cache_url_env: environment variable {name!r} is not set')
+    config['cache_url'] = os.environ[name]
+  return RestOptions(**config)
+
+
+@registry.register('rest', 'any REST or GraphQL-over-POST resource from a declarative config (io_connectors.http)')
+def _rest(config: dict):
+  """YAML: {type: rest, resource: {...ResourceConfig...}, params: [...], rate, window, concurrency, retry, ...}."""
+  config = dict(config)
+  if 'resource' not in config:
+    raise ValueError('a rest source needs resource: {name, base_url, path, ...}')
+  resource = config.pop('resource')
+  params = config.pop('params', None)
+  return ReadRestResource(resource, params, _rest_options(config))

@@ -504,3 +504,32 @@ def test_redis_cache_answers_repeated_gets_until_the_ttl(fake_server, redis_url,
     assert broken.send(Request('GET', url)).status == 200
   password = urllib.parse.urlsplit(redis_url).password
   assert 'cache unavailable' in caplog.text and password not in caplog.text
+
+
+def test_registry_rest_source_reads_a_declarative_resource(fake_server, monkeypatch):
+  from io_connectors import registry  # pylint: disable=import-outside-toplevel
+  from io_connectors.http import ReadRestResource  # pylint: disable=import-outside-toplevel
+  monkeypatch.setenv('TEST_REST_TOKEN', 'rest-token-secret-5')
+  fake_server.route('GET', r'/artists/(?P<a>\w+)/mentions', lambda c: _json({
+      'data': [{'id': f'{c.match.group("a")}-{i}'} for i in range(int(c.query['page']) * 3 - 3,
+                                                                min(int(c.query['page']) * 3, 7))],
+      'auth_ok': c.headers.get('Authorization') == 'Bearer rest-token-secret-5'}))
+  source = registry.build({
+      'type': 'rest',
+      'resource': {'name': 'mentions', 'base_url': fake_server.base_url, 'path': '/artists/{artist}/mentions',
+                   'paginator': {'type': 'page_number', 'page_size': 3}, 'record_path': 'data',
+                   'auth': {'type': 'bearer', 'token_env': 'TEST_REST_TOKEN'}, 'include_params': ['artist']},
+      'params': [{'artist': 'daft'}, {'artist': 'punk'}],
+      'rate': 100, 'window': [100, 1], 'retry': {'max_attempts': 2, 'backoff_base': 0.01},
+  })
+  assert isinstance(source, ReadRestResource)
+
+  def check(batches):
+    assert sorted(r['id'] for r in _rows(batches)) == sorted(f'{a}-{i}' for a in ('daft', 'punk') for i in range(7))
+
+  with TestPipeline() as p:
+    out = p | source
+    assert_that(out.records, check)
+  assert all(e['authorization'] == 'Bearer rest-token-secret-5' for e in fake_server.log)
+  with pytest.raises(registry.ConfigError, match='needs resource'):
+    registry.build({'type': 'rest', 'params': []})
