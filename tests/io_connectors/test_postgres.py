@@ -408,3 +408,29 @@ def test_batch_job_imports_listening_events_of_two_tenants_incrementally(pg, tmp
   pg.execute(insert, (301, 310))
   manifest = run(['--config', str(config), '--run_id', 'second'])
   assert manifest['counts']['read'] == 10 and manifest['counts']['written'] == 10
+
+
+def _release_in_another_process(plan_and_options):
+  from io_connectors.postgres import _ReleaseSnapshotFn  # pylint: disable=import-outside-toplevel
+  plan, options = plan_and_options
+  _ReleaseSnapshotFn(plan, options).process(1)
+
+
+def test_a_worker_in_another_process_releases_the_snapshot_by_ending_the_coordinator(pg, postgres_url):
+  # What happens on Flink or Dataflow: the release step runs in a worker, not
+  # in the launching process that holds the coordinator.
+  import multiprocessing  # pylint: disable=import-outside-toplevel
+  from io_connectors.postgres import _Planner  # pylint: disable=import-outside-toplevel
+  pg.execute(f'CREATE TABLE {pg.table("r")} (id int PRIMARY KEY)')
+  options = PostgresOptions(url=postgres_url)
+  plan, _, _ = _Planner(pg.table('r'), None, options).plan()
+  alive = 'SELECT count(*) FROM pg_stat_activity WHERE pid = %s'
+  assert pg.execute(alive, (plan.coordinator_pid,)).fetchone()[0] == 1
+  process = multiprocessing.get_context('spawn').Process(target=_release_in_another_process, args=((plan, options),))
+  process.start()
+  process.join(60)
+  assert process.exitcode == 0
+  deadline = time.monotonic() + 30
+  while pg.execute(alive, (plan.coordinator_pid,)).fetchone()[0] and time.monotonic() < deadline:
+    time.sleep(0.1)
+  assert pg.execute(alive, (plan.coordinator_pid,)).fetchone()[0] == 0
