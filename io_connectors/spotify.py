@@ -253,7 +253,10 @@ class SpotifyOptions:
     SPOTIFY_CLIENT_ID, SPOTIFY_CLIENT_SECRET, SPOTIFY_REFRESH_TOKEN variables.
   api_url, token_url: the API (tests point them at a local fake).
   allowed_hosts: hosts requests may go to (default: those of api_url and token_url).
-  rate, burst, concurrency, retry, cache_url, cache_ttl, batch_size: see RestOptions.
+  rate, burst, window, concurrency, retry, cache_url, cache_ttl, batch_size:
+    see RestOptions. Spotify limits a rolling 30 s window: with
+    `window=(N, 30)` and `rate=N/30` a worker holds N/30 requests a second
+    and makes up for Retry-After pauses without overrunning the window.
   limit: page size of paged resources (<= 50).
   max_pages: pages read per id at most.
   state_store, after: recently_played read forward: plays after `after`
@@ -277,6 +280,7 @@ class SpotifyOptions:
   allowed_hosts: Optional[Sequence[str]] = None
   rate: Optional[float] = 10.0
   burst: float = 1.0
+  window: Optional[Sequence[float]] = None
   concurrency: int = 8
   retry: RetryPolicy = RetryPolicy()
   cache_url: Optional[str] = None
@@ -394,7 +398,9 @@ class ReadFromSpotify(beam.PTransform):
     self._spec = RESOURCES[options.resource]
     self._read = ReadFromRest(
         resource_config(options),
-        RestOptions(rate=options.rate, burst=options.burst, retry=options.retry, cache_url=options.cache_url,
+        RestOptions(rate=options.rate, burst=options.burst,
+                    window=None if options.window is None else (int(options.window[0]), float(options.window[1])),
+                    retry=options.retry, cache_url=options.cache_url,
                     cache_ttl=options.cache_ttl, concurrency=options.concurrency, batch_size=options.batch_size))
 
   def _root_params(self) -> List[dict]:
