@@ -56,6 +56,15 @@ text); a field whose values
 mix types that Arrow cannot hold in one column (``1`` and ``"x"``) becomes a
 string column of JSON text for that batch.
 
+Incremental reads. With ``cursor_field`` (a date or numeric field) and a
+``state`` store URI (`io_connectors.state`), only documents whose cursor is
+above the last committed value minus ``lag`` are read (``full_refresh``
+reads all), and the transform returns `IncrementalOutputs` whose
+``cursors`` hold the field's max, taken before the read; the batch job
+commits it after its outputs, so a failed run is read again, never skipped.
+A document changed while the run reads may be read again next run (never
+missed): `Deduplicate` downstream drops the repeat.
+
 Errors. Connection failures, timeouts, 429 and 5xx answers are retried
 (``max_retries`` with exponential backoff); an unreachable server, refused
 credentials, a missing index or a rejected query raise `SearchError` with
@@ -81,12 +90,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from io_connectors import registry
+from io_connectors import state as state_store
 from io_connectors.files import RecordBatchCoder  # pylint: disable=unused-import  # registers the batch coder
 from io_connectors.state import mask_url
-from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
+from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
 from transforms.records import with_provenance
 
 __all__ = ['SearchOptions', 'ReadFromSearch', 'SearchError', 'check', 'hits_to_batch']
+
+# Incremental reads (``cursor_field``) return `IncrementalOutputs`: the
+# cursor's new high-water mark (the field's max, taken before the read) is
+# committed by the batch job after its outputs, through `io_connectors.state`.
 
 _LOG = logging.getLogger(__name__)
 
@@ -114,6 +128,10 @@ class SearchOptions:
   tiebreaker: a unique sortable field, needed for 'pit' on OpenSearch.
   source_fields: only these `_source` fields (None: all).
   id_column: the column holding each hit's `_id` (None: no such column).
+  cursor_field / state / lag / full_refresh / tenant: incremental reads: documents
+    with cursor_field > (last value committed in `state` for this index and
+    tenant) - lag; lag is seconds for date fields, units for numeric ones;
+    full_refresh reads everything (and still commits the new value).
   """
   url: Optional[str] = None
   client: str = 'opensearch'
@@ -124,6 +142,11 @@ class SearchOptions:
   tiebreaker: Optional[str] = None
   source_fields: Optional[List[str]] = None
   id_column: Optional[str] = '_id'
+  cursor_field: Optional[str] = None
+  state: Optional[str] = None
+  lag: float = 0
+  full_refresh: bool = False
+  tenant: Optional[str] = None
   username: Optional[str] = None
   password: Optional[str] = None
   api_key: Optional[str] = None
@@ -144,6 +167,8 @@ class SearchOptions:
       raise ValueError(f'page_size must be in [1, 10000], got {self.page_size!r}')
     if self.max_retries < 0 or self.request_timeout_s <= 0:
       raise ValueError('max_retries must be >= 0 and request_timeout_s > 0')
+    if self.cursor_field and not self.state:
+      raise ValueError('cursor_field needs a state store URI (state)')
     if self.method == 'pit' and self.client == 'opensearch' and not self.tiebreaker:
       raise ValueError('method "pit" on OpenSearch needs a tiebreaker: a unique sortable field '
                        '(OpenSearch 2.x has no _shard_doc); or use method "scroll"')
@@ -538,7 +563,40 @@ class ReadFromSearch(beam.PTransform):
   def check(self) -> str:
     return check(self._options, self._index)
 
+  def _incremental(self):
+    """(query with the cursor's lower bound, cursor update or None); runs where the pipeline is built."""
+    options = self._options
+    client = _Client(options)
+    try:
+      key = state_store.cursor_key(options.client, options.tenant, f'{client.where.split("://", 1)[1]}/{self._index}')
+      last = None if options.full_refresh else state_store.load_cursor(options.state, key)
+      response = client.search(f'max of {options.cursor_field!r}', {
+          'size': 0, 'query': self._query or {'match_all': {}},
+          'aggs': {'high': {'max': {'field': options.cursor_field}}}}, index=self._index)
+    finally:
+      client.close()
+    high = response.get('aggregations', {}).get('high', {})
+    is_date = 'value_as_string' in high
+    update = None
+    if high.get('value') is not None:
+      value = high['value']
+      if is_date:
+        value = dt.datetime.fromtimestamp(value / 1000, dt.timezone.utc).isoformat()
+      elif float(value).is_integer():
+        value = int(value)
+      update = {'store': options.state, 'key': key, 'value': value}
+    query = self._query
+    if last is not None:
+      if isinstance(last, str):
+        low = (dt.datetime.fromisoformat(last) - dt.timedelta(seconds=options.lag)).isoformat()
+        bound = {'gt': low, 'format': 'strict_date_optional_time'}
+      else:
+        bound = {'gt': last - options.lag}
+      query = {'bool': {'filter': [query or {'match_all': {}}, {'range': {options.cursor_field: bound}}]}}
+    return query, update
+
   def expand(self, pbegin):
+    query, update = self._incremental() if self._options.cursor_field else (self._query, None)
     pieces = (
         pbegin
         | 'Start' >> beam.Create([None])
@@ -547,7 +605,7 @@ class ReadFromSearch(beam.PTransform):
         pieces
         # Spreads the slices over workers.
         | 'Spread' >> beam.Reshuffle()
-        | 'Read' >> beam.ParDo(_ReadSliceFn(self._query, self._options)).with_outputs(DEAD_LETTER, 'done',
+        | 'Read' >> beam.ParDo(_ReadSliceFn(query, self._options)).with_outputs(DEAD_LETTER, 'done',
                                                                                      main='records'))
     _ = (
         result.done
@@ -556,6 +614,9 @@ class ReadFromSearch(beam.PTransform):
     records, dead_letters = result.records, result[DEAD_LETTER]
     records.element_type = pa.RecordBatch
     dead_letters.element_type = Dict[str, Any]
+    if self._options.cursor_field:
+      cursors = pbegin | 'Cursor' >> beam.Create([update] if update else [])
+      return IncrementalOutputs(records, dead_letters, cursors)
     return Outputs(records, dead_letters)
 
 

@@ -4,6 +4,7 @@ The Elasticsearch client path (client='elasticsearch') has no server here:
 only its option handling is tested.
 """
 
+import dataclasses
 import datetime as dt
 import json
 import pickle
@@ -311,3 +312,50 @@ def test_batch_pipeline_reads_listening_events_of_two_tenants(tmp_path, url, mak
   assert written.num_rows == 40
   assert sorted(written.column('event_id').to_pylist()) == sorted(
       doc_id for doc_id, doc in docs[:60] if doc['tenant_id'] == 'acme')
+
+
+def _read_with_cursors(tmp_path, transform):
+  with TestPipeline() as p:
+    outputs = p | transform
+    assert_that(outputs.records, _save_to(str(tmp_path / 'records.pkl')), label='SaveRecords')
+    assert_that(outputs.cursors, _save_to(str(tmp_path / 'cursors.pkl')), label='SaveCursors')
+  with open(tmp_path / 'records.pkl', 'rb') as f:
+    batches = pickle.load(f)
+  with open(tmp_path / 'cursors.pkl', 'rb') as f:
+    cursors = pickle.load(f)
+  return sorted(r['_id'] for _, _, r in rows_of(batches)), cursors
+
+
+@pytest.mark.parametrize('cursor', ['updated_at', 'version'])
+def test_incremental_reads_new_and_changed_documents_and_rereads_after_a_failed_run(tmp_path, url, client, make_index,
+                                                                                     cursor):
+  from io_connectors import state  # pylint: disable=import-outside-toplevel
+
+  def doc(i, minute):
+    return {'updated_at': f'2024-05-01T12:{minute:02d}:00+02:00', 'version': minute * 10, 'n': i}
+  index = make_index([(str(i), doc(i, i)) for i in range(10)], shards=2,
+                     mappings={'properties': {'updated_at': {'type': 'date'}, 'version': {'type': 'long'}}})
+  store = str(tmp_path / 'state')
+  options = SearchOptions(url=url, slices=2, cursor_field=cursor, state=store, tenant='acme')
+  first, cursors = _read_with_cursors(tmp_path, ReadFromSearch(index, options=options))
+  assert first == sorted(str(i) for i in range(10))
+  assert len(cursors) == 1 and cursors[0]['value'] == ('2024-05-01T10:09:00+00:00' if cursor == 'updated_at' else 90)
+  state.commit_cursors(cursors)
+  # Change one document, add two.
+  changes = [('3', doc(3, 30)), ('10', doc(10, 31)), ('11', doc(11, 32))]
+  helpers.bulk(client, ({'_index': index, '_id': i, '_source': d} for i, d in changes), refresh=True)
+  second, cursors = _read_with_cursors(tmp_path, ReadFromSearch(index, options=options))
+  assert second == ['10', '11', '3']
+  # That run "died" before committing: the next one reads the same documents.
+  third, _ = _read_with_cursors(tmp_path, ReadFromSearch(index, options=options))
+  assert third == ['10', '11', '3']
+  state.commit_cursors(cursors)
+  fourth, _ = _read_with_cursors(tmp_path, ReadFromSearch(index, options=options))
+  assert fourth == []
+  # A lag window re-reads the last documents; full_refresh reads everything.
+  lag = 60 if cursor == 'updated_at' else 10
+  lagged, _ = _read_with_cursors(tmp_path, ReadFromSearch(index, options=dataclasses.replace(options, lag=lag)))
+  assert lagged == ['11']
+  everything, _ = _read_with_cursors(tmp_path, ReadFromSearch(index, options=dataclasses.replace(options,
+                                                                                                  full_refresh=True)))
+  assert len(everything) == 12
