@@ -69,7 +69,10 @@ from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorP
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Duration, Timestamp
 
 from io_connectors import registry
-from io_connectors.files import RecordBatchCoder
+try:
+  from transforms.records import RecordBatchCoder
+except ImportError:  # older layout: the coder lived beside the file readers
+  from io_connectors.files import RecordBatchCoder
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 from transforms.records import with_provenance
 
@@ -127,8 +130,9 @@ class KafkaReadOptions:
   bounded: stop at each partition's end offset seen when its read starts.
   max_records_per_partition: read at most this many records per partition (implies bounded).
   max_out_of_orderness_s: the watermark trails the newest record timestamp by this much.
-  idle_timeout_s: in a streaming read, a partition with no record for this
-    long advances its watermark to now - idle_timeout_s (0: never).
+  idle_timeout_s: in a streaming read, a partition that is caught up (a poll
+    returned nothing at its end offset) advances its watermark to
+    now - idle_timeout_s (0: never), so windows close while it is silent.
   checkpoint_interval_s: an unbounded read hands its remainder back to the
     runner after this long, so bundles (and offset commits) complete regularly.
   poll_timeout_s: one consumer poll waits at most this long.
@@ -378,6 +382,10 @@ class _Clients:
         self._consumer = None
 
 
+def _nothing():
+  pass
+
+
 def _tp(topic, partition, offset=None):
   import confluent_kafka  # pylint: disable=import-outside-toplevel
   if offset is None:
@@ -464,7 +472,7 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
         found = self._safe(lambda: consumer.offsets_for_times(
             [_tp(element.topic, element.partition, options.start_timestamp_ms)], timeout=timeout))[0].offset
         start = high if found is None or found < 0 else found
-    stop = high if options.is_bounded else _UNBOUNDED_STOP
+    stop = high if options.bounded else _UNBOUNDED_STOP
     if options.max_records_per_partition is not None:
       stop = min(stop, start + options.max_records_per_partition)
     return OffsetRange(start, max(start, stop))
@@ -534,7 +542,6 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
     except Exception as e:  # pylint: disable=broad-except
       raise RuntimeError(mask_secrets(f'Kafka at {options.bootstrap_servers}: {e}', _secrets_of(options))) from None
     began = time.monotonic()
-    last_record = time.monotonic()
     claimed_to = None  # next offset after the last claimed record
     newest_ms = None
     pending = []
@@ -551,6 +558,9 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
             _LOG.warning('Kafka %s: %s', source_uri(element.topic, element.partition),
                          mask_secrets(str(error), _secrets_of(options)))
             continue
+          if (message.topic() != element.topic or message.partition() != element.partition or
+              message.offset() < tracker.current_restriction().start):
+            continue  # fetched for an earlier assignment of this consumer
           if not tracker.try_claim(message.offset()):
             done = True
             break
@@ -560,7 +570,6 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
           if stamp >= 0:
             newest_ms = stamp if newest_ms is None else max(newest_ms, stamp)
         if pending:
-          last_record = time.monotonic()
           yield from self._emit(element, pending)
           pending = []
           if newest_ms is not None:
@@ -574,7 +583,7 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
             # The range ends at offsets that are no records (transaction markers, compaction).
             tracker.try_claim(stop)
             break
-          if self._STREAMING and options.idle_timeout_s and time.monotonic() - last_record >= options.idle_timeout_s:
+          if self._STREAMING and options.idle_timeout_s and self._caught_up(consumer, element, position):
             # Caught up and idle: let the watermark follow the clock so that
             # windows close although this partition receives nothing.
             self._advance(watermark, Timestamp.now() - Duration(options.idle_timeout_s))
@@ -586,6 +595,21 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
     finally:
       if claimed_to is not None and options.group_id:
         bundle_finalizer.register(lambda t=element.topic, p=element.partition, o=claimed_to: self._commit(t, p, o))
+      else:
+        # Runners that always send FinalizeBundle for this transform (Prism)
+        # get an error back from a bundle that registered nothing.
+        bundle_finalizer.register(_nothing)
+
+  @staticmethod
+  def _caught_up(consumer, element, position) -> bool:
+    """Whether the consumer has read up to the partition's end (from its last fetch response)."""
+    if position is None:
+      return False
+    try:
+      unused_low, high = consumer.get_watermark_offsets(_tp(element.topic, element.partition), cached=True)
+    except Exception:  # pylint: disable=broad-except
+      return False
+    return high is not None and high >= 0 and position >= high
 
   @staticmethod
   def _position(consumer, element):

@@ -1,0 +1,339 @@
+"""io_connectors.kafka against the real Kafka broker of `scripts/services.sh start kafka`.
+
+Reads run on the FnApiRunner (bounded mode: the end offsets seen at start),
+which runs bundle finalization, so the offset commits are checked too.
+"""
+
+from __future__ import annotations
+
+import http.server
+import io
+import json
+import struct
+import threading
+import uuid
+
+import apache_beam as beam
+import fastavro
+import pyarrow as pa
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from io_connectors import registry
+from io_connectors.kafka import (KafkaReadOptions, KafkaWriteOptions, ReadFromKafka, WriteToKafka, client_config,
+                                 decode_values, mask_secrets)
+from tests.conftest import ensure_service, pipeline_options
+
+confluent_kafka = pytest.importorskip('confluent_kafka')
+import confluent_kafka.admin  # noqa: E402 pylint: disable=wrong-import-position
+
+# The local broker's test credentials (scripts/services.d/kafka.sh).
+SASL_USER, SASL_PASSWORD = 'beam', 'beam-secret'
+EVENT_HUBS_CONNECTION_STRING = ('Endpoint=sb://local-namespace.servicebus.windows.net/;SharedAccessKeyName='
+                                'RootManageSharedAccessKey;SharedAccessKey=bG9jYWwtdGVzdC1rZXk=')
+
+
+@pytest.fixture(scope='module')
+def kafka():
+  port = ensure_service('kafka')
+  return f'127.0.0.1:{port}'
+
+
+@pytest.fixture(scope='module')
+def kafka_sasl(kafka):
+  return '127.0.0.1:9094'
+
+
+def new_topic(bootstrap, partitions=1) -> str:
+  topic = f'test-{uuid.uuid4().hex[:10]}'
+  admin = confluent_kafka.admin.AdminClient({'bootstrap.servers': bootstrap})
+  admin.create_topics([confluent_kafka.admin.NewTopic(topic, partitions, 1)])[topic].result(60)
+  return topic
+
+
+def produce(bootstrap, topic, messages):
+  """messages: (partition, value bytes or None, timestamp ms or None)."""
+  producer = confluent_kafka.Producer({'bootstrap.servers': bootstrap, 'linger.ms': 5})
+  for partition, value, ts in messages:
+    kwargs = {'timestamp': ts} if ts is not None else {}
+    producer.produce(topic, value, partition=partition, **kwargs)
+  assert producer.flush(60) == 0
+
+
+def committed(bootstrap, topic, group, partitions):
+  consumer = confluent_kafka.Consumer({'bootstrap.servers': bootstrap, 'group.id': group})
+  try:
+    offsets = consumer.committed([confluent_kafka.TopicPartition(topic, p) for p in range(partitions)], timeout=30)
+    return {tp.partition: tp.offset for tp in offsets}
+  finally:
+    consumer.close()
+
+
+def run_read(options: KafkaReadOptions):
+  """(rows as (source, offset, event_id), dead letters, batch sizes) of one FnApiRunner run."""
+  results = {}
+  with beam.Pipeline('FnApiRunner') as p:
+    out = p | ReadFromKafka(options)
+    _ = out.records | 'Rows' >> beam.FlatMap(lambda b: [
+        ('rows', (s, o, r.get('event_id'))) for s, o, r in zip(
+            b.column('__source').cast(pa.string()).to_pylist(), b.column('__row').to_pylist(),
+            b.drop_columns(['__source', '__row']).to_pylist())] + [('size', b.num_rows)]) | 'CollectRows' >> beam.ParDo(
+                _Sink(results))
+    _ = out.dead_letter | 'DL' >> beam.Map(lambda l: ('dead_letter', l)) | 'CollectDL' >> beam.ParDo(_Sink(results))
+  return results.get('rows', []), results.get('dead_letter', []), results.get('size', [])
+
+
+class _Sink(beam.DoFn):
+  """Collects ('kind', value) pairs into a dict of the test process (FnApiRunner runs in it)."""
+
+  def __init__(self, results):
+    self._results_id = id(results)
+    _SINKS[id(results)] = results
+
+  def process(self, element):
+    kind, value = element
+    _SINKS[self._results_id].setdefault(kind, []).append(value)
+
+
+_SINKS = {}
+
+
+def event(i, **extra):
+  return json.dumps(dict({'event_id': f'e{i}', 'ms_played': i}, **extra)).encode('utf-8')
+
+
+def test_bounded_read_batches_with_offsets_and_dead_letters(kafka):
+  topic = new_topic(kafka, partitions=3)
+  messages = []
+  for i in range(300):
+    value = event(i)
+    if i % 50 == 7:
+      value = b'{"event_id": "broken'
+    elif i % 50 == 8:
+      value = b'[1, 2]'
+    elif i == 9:
+      value = None
+    messages.append((i % 3, value, 1_700_000_000_000 + i))
+  produce(kafka, topic, messages)
+  rows, letters, sizes = run_read(KafkaReadOptions(bootstrap_servers=kafka, topics=topic, bounded=True, batch_size=40))
+  expected_bad = {i for i, (_, v, _) in enumerate(messages) if v is None or not v.startswith(b'{"event_id": "e')}
+  assert len(rows) == 300 - len(expected_bad)
+  # Each partition's offsets are its messages' positions in it.
+  expected_rows = []
+  offsets = {0: 0, 1: 0, 2: 0}
+  expected_letters = []
+  for i, (partition, value, _) in enumerate(messages):
+    offset = offsets[partition]
+    offsets[partition] += 1
+    if i in expected_bad:
+      expected_letters.append((f'kafka://{topic}/{partition}', f'offset {offset}', 'malformed_json'))
+    else:
+      expected_rows.append((f'kafka://{topic}/{partition}', offset, f'e{i}'))
+  assert sorted(rows) == sorted(expected_rows)
+  assert sorted((l['source'], l['position'], l['reason']) for l in letters) == sorted(expected_letters)
+  assert all(l['stage'] == 'read' for l in letters)
+  assert any(l['detail'] == 'empty message (tombstone)' for l in letters)
+  assert max(sizes) <= 40
+
+
+def test_offsets_are_committed_in_finalization_and_a_new_job_resumes(kafka):
+  topic = new_topic(kafka, partitions=2)
+  group = f'group-{uuid.uuid4().hex[:8]}'
+  produce(kafka, topic, [(i % 2, event(i), None) for i in range(20)])
+  options = KafkaReadOptions(bootstrap_servers=kafka, topics=topic, group_id=group, bounded=True)
+  rows, _, _ = run_read(options)
+  assert len(rows) == 20
+  assert committed(kafka, topic, group, 2) == {0: 10, 1: 10}
+  produce(kafka, topic, [(i % 2, event(i), None) for i in range(20, 26)])
+  rows, _, _ = run_read(options)
+  assert sorted(r[2] for r in rows) == sorted(f'e{i}' for i in range(20, 26))
+  assert committed(kafka, topic, group, 2) == {0: 13, 1: 13}
+
+
+def test_start_positions_latest_and_timestamp(kafka):
+  topic = new_topic(kafka)
+  produce(kafka, topic, [(0, event(i), 1_700_000_000_000 + 1000 * i) for i in range(10)])
+  latest, _, _ = run_read(KafkaReadOptions(bootstrap_servers=kafka, topics=topic, start_position='latest', bounded=True))
+  assert latest == []
+  since, _, _ = run_read(
+      KafkaReadOptions(bootstrap_servers=kafka, topics=topic, start_position='timestamp',
+                       start_timestamp_ms=1_700_000_000_000 + 6500, bounded=True))
+  assert sorted(r[2] for r in since) == ['e7', 'e8', 'e9']
+  capped, _, _ = run_read(KafkaReadOptions(bootstrap_servers=kafka, topics=topic, max_records_per_partition=4))
+  assert sorted(r[1] for r in capped) == [0, 1, 2, 3]
+
+
+AVRO_SCHEMA = {
+    'type': 'record', 'name': 'Play', 'fields': [
+        {'name': 'event_id', 'type': 'string'}, {'name': 'ms_played', 'type': 'long'},
+        {'name': 'country', 'type': ['null', 'string'], 'default': None}]
+}
+
+
+def avro_bytes(record, schema_id=None):
+  out = io.BytesIO()
+  fastavro.schemaless_writer(out, fastavro.parse_schema(AVRO_SCHEMA), record)
+  body = out.getvalue()
+  return body if schema_id is None else b'\x00' + struct.pack('>I', schema_id) + body
+
+
+@pytest.fixture
+def schema_registry():
+  """A local HTTP server answering the schema registry's GET /schemas/ids/<id> as Confluent's does."""
+
+  class Handler(http.server.BaseHTTPRequestHandler):
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+      if self.path == '/schemas/ids/11':
+        body = json.dumps({'schema': json.dumps(AVRO_SCHEMA)}).encode()
+        self.send_response(200)
+      else:
+        body = json.dumps({'error_code': 40403, 'message': 'Schema not found'}).encode()
+        self.send_response(404)
+      self.send_header('Content-Type', 'application/vnd.schemaregistry.v1+json')
+      self.send_header('Content-Length', str(len(body)))
+      self.end_headers()
+      self.wfile.write(body)
+
+    def log_message(self, *args):
+      pass
+
+  server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread.start()
+  yield f'http://127.0.0.1:{server.server_address[1]}'
+  server.shutdown()
+
+
+def test_avro_wire_format_with_schema_registry(kafka, schema_registry):
+  topic = new_topic(kafka)
+  produce(kafka, topic, [
+      (0, avro_bytes({'event_id': 'a1', 'ms_played': 5, 'country': 'SE'}, 11), None),
+      (0, avro_bytes({'event_id': 'a2', 'ms_played': 6, 'country': None}, 11), None),
+      (0, avro_bytes({'event_id': 'a3', 'ms_played': 7}, 99), None),  # unknown schema id
+      (0, b'\x00\x00\x00\x00\x0b\xff', None),  # truncated body
+      (0, avro_bytes({'event_id': 'a4', 'ms_played': 8}), None),  # no wire-format header
+  ])
+  rows, letters, _ = run_read(
+      KafkaReadOptions(bootstrap_servers=kafka, topics=topic, value_format='avro', schema_registry_url=schema_registry,
+                       bounded=True))
+  assert sorted(r[2] for r in rows) == ['a1', 'a2']
+  assert sorted((l['position'], l['reason']) for l in letters) == [('offset 2', 'malformed_avro'),
+                                                                   ('offset 3', 'malformed_avro'),
+                                                                   ('offset 4', 'malformed_avro')]
+
+
+def test_avro_with_local_schema_file(kafka, tmp_path):
+  schema_file = tmp_path / 'play.avsc'
+  schema_file.write_text(json.dumps(AVRO_SCHEMA))
+  topic = new_topic(kafka)
+  produce(kafka, topic, [(0, avro_bytes({'event_id': 'b1', 'ms_played': 1}), None),
+                         (0, avro_bytes({'event_id': 'b2', 'ms_played': 2}, 3), None)])
+  rows, letters, _ = run_read(
+      KafkaReadOptions(bootstrap_servers=kafka, topics=topic, value_format='avro', avro_schema_file=str(schema_file),
+                       bounded=True))
+  assert sorted(r[2] for r in rows) == ['b1', 'b2']
+  assert letters == []
+
+
+def test_sasl_plain_listener_and_event_hubs_connection_string(kafka, kafka_sasl):
+  topic = new_topic(kafka)
+  produce(kafka, topic, [(0, event(i), None) for i in range(5)])
+  rows, _, _ = run_read(
+      KafkaReadOptions(bootstrap_servers=kafka_sasl, topics=topic, security_protocol='SASL_PLAINTEXT',
+                       sasl_mechanism='PLAIN', sasl_username=SASL_USER, sasl_password=SASL_PASSWORD, bounded=True))
+  assert len(rows) == 5
+  # Event Hubs' convention: user '$ConnectionString', the connection string as password.
+  # (Event Hubs itself needs SASL_SSL, which is the default; the local listener has no TLS.)
+  rows, _, _ = run_read(
+      KafkaReadOptions(bootstrap_servers=kafka_sasl, topics=topic, security_protocol='SASL_PLAINTEXT',
+                       event_hubs_connection_string=EVENT_HUBS_CONNECTION_STRING, bounded=True))
+  assert len(rows) == 5
+
+
+def test_wrong_password_fails_without_showing_it(kafka, kafka_sasl):
+  topic = new_topic(kafka)
+  produce(kafka, topic, [(0, event(1), None)])
+  secret = 'not-the-password-' + uuid.uuid4().hex
+  options = KafkaReadOptions(bootstrap_servers=kafka_sasl, topics=topic, security_protocol='SASL_PLAINTEXT',
+                             sasl_mechanism='PLAIN', sasl_username=SASL_USER, sasl_password=secret, bounded=True)
+  assert secret not in repr(options)
+  with pytest.raises(Exception) as failure:
+    run_read(options)
+  assert secret not in str(failure.value)
+  assert secret not in mask_secrets(f'x {secret} y', [secret])
+
+
+def test_event_hubs_defaults_to_sasl_ssl_plain():
+  config = client_config(KafkaReadOptions(bootstrap_servers='ns.servicebus.windows.net:9093', topics='hub',
+                                          event_hubs_connection_string=EVENT_HUBS_CONNECTION_STRING))
+  assert config['security.protocol'] == 'SASL_SSL'
+  assert config['sasl.mechanism'] == 'PLAIN'
+  assert config['sasl.username'] == '$ConnectionString'
+  assert config['sasl.password'] == EVENT_HUBS_CONNECTION_STRING
+
+
+def test_options_are_checked():
+  with pytest.raises(ValueError, match='bootstrap_servers'):
+    KafkaReadOptions(bootstrap_servers='', topics='t')
+  with pytest.raises(ValueError, match='start_position'):
+    KafkaReadOptions(bootstrap_servers='h:1', topics='t', start_position='middle')
+  with pytest.raises(ValueError, match='start_timestamp_ms'):
+    KafkaReadOptions(bootstrap_servers='h:1', topics='t', start_position='timestamp')
+  with pytest.raises(ValueError, match='avro'):
+    KafkaReadOptions(bootstrap_servers='h:1', topics='t', value_format='avro')
+  with pytest.raises(ValueError, match='sasl_username'):
+    KafkaReadOptions(bootstrap_servers='h:1', topics='t', security_protocol='SASL_SSL')
+  with pytest.raises(ValueError, match='Endpoint'):
+    KafkaReadOptions(bootstrap_servers='h:1', topics='t', event_hubs_connection_string='secret')
+  with pytest.raises(TypeError):
+    ReadFromKafka('127.0.0.1:9092')
+
+
+def test_registry_builds_kafka_and_eventhubs():
+  assert {'kafka', 'eventhubs'} <= set(registry.names())
+  assert isinstance(registry.build({'type': 'kafka', 'bootstrap_servers': 'h:1', 'topics': 'plays'}), ReadFromKafka)
+  with pytest.raises(registry.ConfigError):
+    registry.build({'type': 'eventhubs', 'bootstrap_servers': 'h:1', 'topics': 'plays'})
+
+
+def test_decode_values_mixed_types_become_text():
+  rows, good, bad = decode_values([b'{"a": 1}', b'{"a": "x"}', b'nope', None])
+  assert good == [0, 1] and [i for i, _, _ in bad] == [2, 3]
+  assert rows == [{'a': 1}, {'a': 'x'}]
+
+
+def test_write_to_kafka_round_trip(kafka):
+  topic = new_topic(kafka)
+  batch = pa.RecordBatch.from_pylist([{'event_id': 'w1', 'ms_played': 1}, {'event_id': 'w2', 'ms_played': 2}])
+  with TestPipeline(options=pipeline_options(['--runner', 'FnApiRunner'])) as p:
+    _ = p | beam.Create([batch]) | WriteToKafka(KafkaWriteOptions(bootstrap_servers=kafka, topic=topic,
+                                                                  key_field='event_id'))
+  rows, _, _ = run_read(KafkaReadOptions(bootstrap_servers=kafka, topics=topic, bounded=True))
+  assert sorted(r[2] for r in rows) == ['w1', 'w2']
+
+
+def test_streaming_read_of_records_produced_while_running_on_prism(kafka):
+  """An unbounded read (self-checkpoints, watermark) that ends after a record count, on Prism."""
+  from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=import-outside-toplevel
+  from pipelines import runners  # pylint: disable=import-outside-toplevel
+  try:
+    args = runners.runner_args('prism')
+  except runners.RunnerSetupError as e:
+    pytest.skip(f'Prism is not built here: {e}')
+  topic = new_topic(kafka, partitions=2)
+  produce(kafka, topic, [(i % 2, event(i), None) for i in range(10)])
+  pipeline = beam.Pipeline(options=PipelineOptions(args + ['--streaming']))
+  out = pipeline | ReadFromKafka(
+      KafkaReadOptions(bootstrap_servers=kafka, topics=topic, max_records_per_partition=10, streaming=True,
+                       idle_timeout_s=1))
+  # Prism runs the SDK worker in this process (LOOPBACK), so _Sink reaches `results`.
+  results = {}
+  _ = out.records | beam.FlatMap(lambda b: [('offsets', (s, o)) for s, o in zip(
+      b.column('__source').cast(pa.string()).to_pylist(), b.column('__row').to_pylist())]) | beam.ParDo(_Sink(results))
+  result = pipeline.run()
+  produce(kafka, topic, [(i % 2, event(i), None) for i in range(10, 20)])
+  result.wait_until_finish(duration=240_000)
+  assert str(result.state).endswith('DONE')
+  assert sorted(results['offsets']) == sorted((f'kafka://{topic}/{p}', o) for p in (0, 1) for o in range(10))
