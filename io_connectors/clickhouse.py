@@ -49,6 +49,14 @@ a table that is not being written is read exactly).
 row's 1-based position in its split. Identifiers are checked and quoted and
 values are sent as server-side query parameters, never spliced into SQL.
 
+Incremental reads: with ``cursor_column`` (numbers, Date, DateTime) and a
+``state`` store URI (`io_connectors.state`), only rows whose cursor is above
+the last committed value minus ``lag`` are read (``full_refresh`` reads
+all); the transform then returns `IncrementalOutputs` whose ``cursors`` hold
+the column's max, taken before the read, committed by the batch job after
+its outputs (a failed run is read again; rows written during the run may be
+read twice, never missed).
+
 Errors: connection failures before a split's first row are retried
 (``max_retries``, exponential backoff); a failure after it fails the split,
 which Beam retries whole (the failed attempt's output is discarded).
@@ -64,6 +72,8 @@ development machines (see tests/io_connectors/test_clickhouse.py).
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import hashlib
 import logging
 import os
 import re
@@ -75,9 +85,10 @@ import apache_beam as beam
 import pyarrow as pa
 
 from io_connectors import registry
+from io_connectors import state as state_store
 from io_connectors.files import RecordBatchCoder  # pylint: disable=unused-import  # registers the batch coder
 from io_connectors.state import mask_url
-from transforms.dead_letter import DEAD_LETTER, Outputs
+from transforms.dead_letter import IncrementalOutputs, Outputs
 from transforms.records import with_provenance
 
 __all__ = ['ClickHouseOptions', 'ReadFromClickHouse', 'ClickHouseError', 'check', 'plan_splits', 'Split']
@@ -107,6 +118,10 @@ class ClickHouseOptions:
   num_splits: key ranges for split_by 'key'.
   key_column: the column split into ranges (default: first primary-key column).
   settings: extra ClickHouse settings for every query (e.g. max_threads).
+  cursor_column / state / lag / full_refresh / tenant: incremental reads: rows with
+    cursor_column > (last value committed in `state` for this table or query and
+    tenant) - lag; lag is seconds for Date/DateTime cursors, units for numbers;
+    full_refresh reads everything (and still commits the new value).
   """
   url: Optional[str] = None
   username: Optional[str] = None
@@ -121,14 +136,22 @@ class ClickHouseOptions:
   max_retries: int = 5
   retry_backoff_s: float = 0.5
   batch_size: int = 65536
+  cursor_column: Optional[str] = None
+  state: Optional[str] = None
+  lag: float = 0
+  full_refresh: bool = False
+  tenant: Optional[str] = None
 
   def __post_init__(self):
     if self.split_by not in SPLIT_METHODS:
       raise ValueError(f'split_by must be one of {SPLIT_METHODS}, got {self.split_by!r}')
     if not isinstance(self.num_splits, int) or self.num_splits < 1:
       raise ValueError(f'num_splits must be a positive integer, got {self.num_splits!r}')
-    if self.key_column is not None:
-      _check_identifier(self.key_column, 'key_column')
+    for name in ('key_column', 'cursor_column'):
+      if getattr(self, name) is not None:
+        _check_identifier(getattr(self, name), name)
+    if self.cursor_column and not self.state:
+      raise ValueError('cursor_column needs a state store URI (state)')
     if self.database is not None:
       _check_identifier(self.database, 'database')
     if self.max_retries < 0 or self.batch_size < 1:
@@ -354,16 +377,43 @@ def _key_splits(connection: _Connection, source_sql: str, key: str, num_splits: 
   return splits
 
 
-def plan_splits(connection: _Connection, table: Optional[str], query: Optional[str],
-                options: ClickHouseOptions) -> List[Split]:
-  """The queries that together read the table or query once."""
+def _source_sql(connection: _Connection, table: Optional[str], query: Optional[str], options: ClickHouseOptions) -> str:
+  if query is not None:
+    return f'({query}) AS q'
+  database, name = _table_parts(table, options.database)
+  return f'{_quote(database or connection.session.database)}.{_quote(name)}'
+
+
+def _filtered(splits: List[Split], source_sql: str, condition: str, parameters: tuple) -> List[Split]:
+  """Each split with `condition` added to its WHERE (every split reads `SELECT * FROM source_sql [WHERE ...]`)."""
+  prefix = f'SELECT * FROM {source_sql}'
+  out = []
+  for split in splits:
+    assert split.sql.startswith(prefix), split.sql
+    rest = split.sql[len(prefix):]
+    where = f' WHERE ({condition})' + (f' AND {rest[len(" WHERE "):]}' if rest.startswith(' WHERE ') else rest)
+    out.append(Split(split.name, prefix + where, split.parameters + parameters))
+  return out
+
+
+def plan_splits(connection: _Connection, table: Optional[str], query: Optional[str], options: ClickHouseOptions,
+                cursor_filter: Optional[Tuple[str, tuple]] = None) -> List[Split]:
+  """The queries that together read the table or query once (only rows passing `cursor_filter`)."""
+  splits = _plan_splits(connection, table, query, options)
+  if cursor_filter:
+    splits = _filtered(splits, _source_sql(connection, table, query, options), *cursor_filter)
+  return splits
+
+
+def _plan_splits(connection: _Connection, table: Optional[str], query: Optional[str],
+                 options: ClickHouseOptions) -> List[Split]:
   if query is not None:
     source_sql = f'({query}) AS q'
     if options.split_by in ('key', 'auto') and options.key_column and options.num_splits > 1:
       return _key_splits(connection, source_sql, options.key_column, options.num_splits)
     if options.split_by in ('partition', 'key'):
       raise ValueError(f'split_by {options.split_by!r} on a query needs a table (partition) or key_column (key)')
-    return [Split('all', query)]
+    return [Split('all', f'SELECT * FROM {source_sql}')]
   database, name = _table_parts(table, options.database)
   database = database or connection.session.database
   source_sql = f'{_quote(database)}.{_quote(name)}'
@@ -400,13 +450,13 @@ def plan_splits(connection: _Connection, table: Optional[str], query: Optional[s
 
 class _PlanFn(beam.DoFn):
 
-  def __init__(self, table, query, options):
-    self._table, self._query, self._options = table, query, options
+  def __init__(self, table, query, options, cursor_filter):
+    self._table, self._query, self._options, self._cursor_filter = table, query, options, cursor_filter
 
   def process(self, unused_element):
     connection = _Connection(self._options)
     try:
-      yield from plan_splits(connection, self._table, self._query, self._options)
+      yield from plan_splits(connection, self._table, self._query, self._options, self._cursor_filter)
     finally:
       connection.close()
 
@@ -455,17 +505,59 @@ class ReadFromClickHouse(beam.PTransform):
   def check(self) -> str:
     return check(self._options, self._table, self._query)
 
+  def _incremental(self):
+    """(cursor filter or None, cursor update or None); runs where the pipeline is built."""
+    options = self._options
+    connection = _Connection(options)
+    try:
+      source_sql = _source_sql(connection, self._table, self._query, options)
+      name = self._table or 'query-' + hashlib.sha256(self._query.encode()).hexdigest()[:12]
+      key = state_store.cursor_key('clickhouse', options.tenant, f'{connection.where.split("://", 1)[1]}/{name}')
+      last = None if options.full_refresh else state_store.load_cursor(options.state, key)
+      column = _quote(options.cursor_column)
+      found = connection.rows('cursor type', f'SELECT toTypeName({column}) FROM {source_sql} LIMIT 1')
+      type_name = re.sub(r'^(Nullable|LowCardinality)\((.*)\)$', r'\2', found[0][0]) if found else ''
+      is_time = type_name.startswith(('DateTime', 'Date'))
+      # The max as text ClickHouse formats (microseconds since the epoch for times): transport-independent.
+      expression = (f"toString(toUnixTimestamp64Micro(toDateTime64(max({column}), 6, 'UTC')))" if is_time else
+                    f'toString(max({column}))')
+      high = connection.rows(f'max of {options.cursor_column}',
+                             f'SELECT {expression}, count({column}) FROM {source_sql}')[0] if found else None
+    finally:
+      connection.close()
+    update = None
+    if high and high[1]:
+      if is_time:
+        value: Any = dt.datetime.fromtimestamp(int(high[0]) / 1e6, dt.timezone.utc).isoformat()
+      else:
+        number = float(high[0])
+        value = int(high[0]) if re.fullmatch(r'-?\d+', high[0]) else number
+      update = {'store': options.state, 'key': key, 'value': value}
+    if last is None:
+      return None, update
+    if isinstance(last, str):
+      low = dt.datetime.fromisoformat(last) - dt.timedelta(seconds=options.lag)
+      micros = int(low.timestamp() * 1_000_000)
+      return (f"{column} > fromUnixTimestamp64Micro({{cursor_low:Int64}}, 'UTC')", (('cursor_low', micros),)), update
+    low_value = last - options.lag
+    kind = 'Int64' if isinstance(low_value, int) else 'Float64'
+    return (f'{column} > {{cursor_low:{kind}}}', (('cursor_low', low_value),)), update
+
   def expand(self, pbegin):
     label = self._table or 'query'
+    cursor_filter, update = self._incremental() if self._options.cursor_column else (None, None)
     records = (
         pbegin
         | 'Start' >> beam.Create([None])
-        | 'Plan' >> beam.ParDo(_PlanFn(self._table, self._query, self._options))
+        | 'Plan' >> beam.ParDo(_PlanFn(self._table, self._query, self._options, cursor_filter))
         # Spreads the splits over workers.
         | 'Spread' >> beam.Reshuffle()
         | 'Read' >> beam.ParDo(_ReadSplitFn(label, self._options)))
     records.element_type = pa.RecordBatch
     dead_letters = pbegin | 'NoDeadLetters' >> beam.Create([]).with_output_types(Dict[str, Any])
+    if self._options.cursor_column:
+      cursors = pbegin | 'Cursor' >> beam.Create([update] if update else [])
+      return IncrementalOutputs(records, dead_letters, cursors)
     return Outputs(records, dead_letters)
 
 
