@@ -217,6 +217,7 @@ def _closed_port():
 
 
 def test_http_unreachable_server_is_retried_then_clear_and_masked():
+  pytest.importorskip('clickhouse_connect')
   options = ClickHouseOptions(url=f'http://reader:ch-pass-123@127.0.0.1:{_closed_port()}/music', max_retries=2,
                               retry_backoff_s=0.05, connect_timeout_s=2)
   started = time.monotonic()

@@ -359,3 +359,81 @@ def test_incremental_reads_new_and_changed_documents_and_rereads_after_a_failed_
   everything, _ = _read_with_cursors(tmp_path, ReadFromSearch(index, options=dataclasses.replace(options,
                                                                                                   full_refresh=True)))
   assert len(everything) == 12
+
+
+class _FlakyProxy:
+  """An HTTP proxy to the node that drops the connection of chosen requests once (a connection lost mid-read)."""
+
+  def __init__(self, target, fail_on):
+    import http.server  # pylint: disable=import-outside-toplevel
+    import threading  # pylint: disable=import-outside-toplevel
+    import urllib.request  # pylint: disable=import-outside-toplevel
+    self.fail_on = fail_on  # (path substring, request number among those matching)
+    self.seen = 0
+    self.dropped = 0
+    proxy = self
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+      protocol_version = 'HTTP/1.1'
+
+      def log_message(self, *args):
+        pass
+
+      def _forward(self):
+        body = self.rfile.read(int(self.headers.get('Content-Length') or 0))
+        if proxy.fail_on[0] in self.path:
+          proxy.seen += 1
+          if proxy.seen == proxy.fail_on[1]:
+            proxy.dropped += 1
+            self.close_connection = True
+            self.connection.close()
+            return
+        request = urllib.request.Request(target + self.path, data=body or None, method=self.command,
+                                         headers={'Content-Type': self.headers.get('Content-Type', 'application/json')})
+        try:
+          with urllib.request.urlopen(request, timeout=60) as response:
+            status, payload, kind = response.status, response.read(), response.headers.get('Content-Type')
+        except urllib.error.HTTPError as e:
+          status, payload, kind = e.code, e.read(), e.headers.get('Content-Type')
+        self.send_response(status)
+        self.send_header('Content-Type', kind or 'application/json')
+        self.send_header('Content-Length', str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+      do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _forward
+
+    self.server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+    self.url = f'http://127.0.0.1:{self.server.server_address[1]}'
+    self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+    self.thread.start()
+
+  def close(self):
+    self.server.shutdown()
+    self.server.server_close()
+
+
+def test_connection_lost_mid_read_is_retried_with_point_in_time(tmp_path, url, make_index):
+  docs = [(f'{i:04d}', {'doc_id': f'{i:04d}', 'n': i}) for i in range(500)]
+  index = make_index(docs, shards=2, mappings={'properties': {'doc_id': {'type': 'keyword'}}})
+  proxy = _FlakyProxy(url, ('/_search', 3))  # the third page request of the read
+  try:
+    options = SearchOptions(url=proxy.url, method='pit', tiebreaker='doc_id', slices=1, page_size=50,
+                            retry_backoff_s=0.05)
+    batches, _ = read(tmp_path, ReadFromSearch(index, options=options))
+  finally:
+    proxy.close()
+  assert proxy.dropped == 1
+  ids = [record['_id'] for _, _, record in rows_of(batches)]
+  assert sorted(ids) == [doc_id for doc_id, _ in docs]  # every document once: the page was asked again
+
+
+def test_connection_lost_mid_scroll_fails_clearly(tmp_path, url, make_index):
+  index = make_index([(str(i), {'n': i}) for i in range(300)], shards=1)
+  proxy = _FlakyProxy(url, ('/_search/scroll', 2))
+  try:
+    with pytest.raises(Exception, match='cannot reach the server'):
+      read(tmp_path, ReadFromSearch(index, options=SearchOptions(url=proxy.url, slices=1, page_size=50)))
+  finally:
+    proxy.close()
+  assert proxy.dropped == 1
