@@ -11,6 +11,16 @@ EXTRAS = {
     'aws': [f'apache-beam[aws]==2.77.0', 'boto3>=1.34'],
     # TensorFlow alone is ~2 GB: only ML users pay for it.
     'ml': ['tensorflow>=2.16', 'tensorflow-transform>=1.16', 'tensorflow-datasets>=4.9'],
+    # Source and sink families: each imports its client only when used.
+    'postgres': ['psycopg[binary]==3.3.9'],
+    'mongodb': ['pymongo>=4.6'],
+    'redis': ['redis==8.1.0'],
+    'search': ['opensearch-py==3.2.0', 'elasticsearch==8.19.2'],
+    'clickhouse': ['clickhouse-connect==1.12.0'],
+    'kafka': ['confluent-kafka==2.16.1'],
+    'pulsar': ['pulsar-client==3.13.0'],
+    'websocket': ['websockets==17.4'],
+    'webhooks': ['starlette==1.10.0', 'uvicorn==0.54.0', 'redis==8.1.0'],
     'test': [
         'pytest>=8',
         'pytest-xdist>=3.5',
@@ -18,8 +28,14 @@ EXTRAS = {
         'gcp-storage-emulator>=2024.8.3',
         'pandas>=2.0,<2.4',
         'jsonschema>=4',
+        'openapi-schema-validator==0.9.0',
+        'httpx==0.28.1',
+        'connectorx==0.4.6',
     ],
 }
+# The tests talk to every family's real server.
+EXTRAS['test'] += sorted({req for name in ('postgres', 'mongodb', 'redis', 'search', 'clickhouse', 'kafka', 'pulsar',
+                                            'websocket', 'webhooks') for req in EXTRAS[name]})
 EXTRAS['all'] = sorted({req for name, reqs in EXTRAS.items() if name != 'ml' for req in reqs} | set(EXTRAS['ml']))
 
 setuptools.setup(

@@ -41,6 +41,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from io_connectors import registry
 from io_connectors.lake import WriteDeadLetterFiles, WriteRecordFiles, finalize_files
+from io_connectors.state import mask_url
 from pipelines.config import ConfigError, RunConfig, load_yaml, resolve
 from pipelines import runners
 from pipelines.options import SpotifyBatchOptions
@@ -164,8 +165,14 @@ def _config_from(options: PipelineOptions, allow_demo: bool) -> RunConfig:
 # ----- Pipeline -----
 
 
+# Connectors whose incremental cursor is kept per tenant (`tenant` option).
+_TENANT_CURSOR_CONNECTORS = ('postgres', 'mongodb', 'redis', 'elasticsearch', 'opensearch', 'clickhouse')
+
+
 def _source_transform(source: dict, config: RunConfig, model):
   spec = {k: v for k, v in source.items() if k not in ('tenant_id', 'tenant_field')}
+  if spec['type'] in _TENANT_CURSOR_CONNECTORS and source.get('tenant_id'):
+    spec.setdefault('tenant', source['tenant_id'])
   if spec['type'] in _FILE_CONNECTORS:
     spec.setdefault('batch_size', config.batch_size)
     spec.setdefault('split_size_bytes', config.split_size_mb * 1024 * 1024)
@@ -191,7 +198,15 @@ def _check_inputs(config: RunConfig):
 
 
 def _describe(source: dict) -> dict:
-  return {k: v for k, v in source.items() if k in ('type', 'input', 'table', 'query', 'url', 'tenant_id', 'tenant_field')}
+  """What the manifest says of a source: where it read, never a password."""
+  described = {
+      k: v for k, v in source.items()
+      if k in ('type', 'input', 'table', 'query', 'collection', 'index', 'pattern', 'resource', 'url', 'tenant_id',
+               'tenant_field')
+  }
+  if isinstance(described.get('url'), str):
+    described['url'] = mask_url(described['url'])
+  return described
 
 
 class _FinalizeFn(beam.DoFn):

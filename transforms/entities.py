@@ -39,6 +39,7 @@ __all__ = [
     'Artist',
     'User',
     'Playlist',
+    'SocialMention',
     'ENTITIES',
     'entity_model',
     'field_rules',
@@ -362,6 +363,22 @@ class Playlist(_Entity):
   tracks: Optional[Nested] = None
 
 
+class SocialMention(_Entity):
+  """A post on a social platform that mentions an artist or a track, with its engagement."""
+  __key_field__: typing.ClassVar[str] = 'post_id'
+  post_id: NonEmptyStr
+  platform: NonEmptyStr
+  text: Optional[FreeText] = None
+  author_id: Optional[Identifier()] = None
+  created_at: Optional[UtcTimestamp] = None
+  like_count: Optional[Int(ge=0)] = None
+  comment_count: Optional[Int(ge=0)] = None
+  share_count: Optional[Int(ge=0)] = None
+  view_count: Optional[Int(ge=0)] = None
+  subject: Optional[Str] = None
+  subject_type: Optional[Str] = None
+
+
 ENTITIES = {
     'listening_event': ListeningEvent,
     'track': Track,
@@ -369,6 +386,7 @@ ENTITIES = {
     'artist': Artist,
     'user': User,
     'playlist': Playlist,
+    'social_mention': SocialMention,
 }
 
 

@@ -343,3 +343,11 @@ def test_s3_and_gcs_input_and_output(s3_env, gcs_env, tmp_path):
     manifest = run([*env.beam_args, '--input', source, '--tenant_field', 'tenant_id', '--output', output])
     assert (manifest['counts']['written'], manifest['counts']['deduplicated']) == (2, 1)
     assert manifest['files']['data'][0].startswith(output + '/data/tenant=acme/')
+
+
+def test_manifest_never_holds_a_source_password():
+  from pipelines.spotify_batch import _describe  # pylint: disable=import-outside-toplevel
+  described = _describe({'type': 'postgres', 'url': 'postgresql://music:s3cret@db:5432/music', 'table': 'plays',
+                         'tenant_id': 'acme', 'pool_size': 4})
+  assert described == {'type': 'postgres', 'url': 'postgresql://music:***@db:5432/music', 'table': 'plays',
+                       'tenant_id': 'acme'}
