@@ -31,6 +31,8 @@ EXTRAS = {
         'openapi-schema-validator==0.9.0',
         'httpx==0.28.1',
         'connectorx==0.4.6',
+        # ClickHouse's engine in process: no ClickHouse server installs on our machines (see README).
+        'chdb==4.4.0',
     ],
 }
 # The tests talk to every family's real server.
