@@ -56,11 +56,15 @@ Records and positions:
   ``bad_encoding`` (not UTF-8) and ``source_error`` (entry deleted while
   pending).
 
-Timestamps and watermark: a batch is stamped with its last entry's id time
-(the Redis server's clock when the entry was added), never below the
-watermark; when a read finds nothing the watermark moves to the server's
-TIME, since later entries get later ids. Event-time windows on the payload's
-own time (``played_at``) are the pipeline's business.
+Timestamps and watermark: a batch is stamped with the earliest
+``event_time_field`` value of its rows when that option is set (as the job
+does with ``played_at``), else with its last entry's id time (the Redis
+server's clock when the entry was added); never below the watermark, which
+follows those stamps. When a read finds nothing the watermark moves to the
+server's TIME minus ``idle_watermark_lag_s``: an entry whose event time is
+older than that when it arrives is late downstream (as with Kafka's idle
+partitions). Without ``event_time_field`` an event-time window downstream
+sees every entry as stamped at its arrival.
 """
 
 from __future__ import annotations
@@ -130,6 +134,11 @@ class RedisStreamsOptions:
     entry's fields are the record.
   string_columns: columns read as text (as the file readers' option).
   bounded: stop when a read finds nothing new and nothing to reclaim.
+  event_time_field: a payload field holding the event time (ISO-8601 text,
+    timestamp or epoch ms, e.g. 'played_at'): batches are stamped with its
+    earliest value and the watermark follows it; default: arrival time.
+  idle_watermark_lag_s: when a read finds nothing, the watermark moves to
+    the server's time minus this.
   """
   url: str = dataclasses.field(repr=False)
   streams: Sequence[str] = ()
@@ -144,6 +153,8 @@ class RedisStreamsOptions:
   payload_field: Optional[str] = 'data'
   string_columns: Sequence[str] = ()
   bounded: bool = False
+  event_time_field: Optional[str] = None
+  idle_watermark_lag_s: float = 5.0
 
   def __post_init__(self):
     if not isinstance(self.url, str) or not self.url.startswith(('redis://', 'rediss://', 'unix://')):
@@ -164,6 +175,10 @@ class RedisStreamsOptions:
       value = getattr(self, name)
       if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ValueError(f'{name} must be a non-negative integer, got {value!r}')
+    if not isinstance(self.idle_watermark_lag_s, (int, float)) or self.idle_watermark_lag_s < 0:
+      raise ValueError(f'idle_watermark_lag_s must be a non-negative number, got {self.idle_watermark_lag_s!r}')
+    if self.event_time_field is not None and (not isinstance(self.event_time_field, str) or not self.event_time_field):
+      raise ValueError(f'event_time_field must be a field name or None, got {self.event_time_field!r}')
     if not isinstance(self.start_id, str) or not self.start_id:
       raise ValueError(f'start_id must be an entry id, "0" or "$", got {self.start_id!r}')
     if self.payload_field is not None and (not isinstance(self.payload_field, str) or not self.payload_field):
@@ -193,6 +208,28 @@ def redis_client(options: RedisStreamsOptions):
 
 def _text(value) -> str:
   return value.decode('utf-8', errors='replace') if isinstance(value, bytes) else str(value)
+
+
+def _earliest_event_time(batch: pa.RecordBatch, field: str) -> Optional[Timestamp]:
+  """The smallest value of `field` (ISO-8601 text, timestamp or epoch ms) in the batch, or None."""
+  import pyarrow.compute as pc  # pylint: disable=import-outside-toplevel
+  index = batch.schema.get_field_index(field)
+  if index < 0:
+    return None
+  column = batch.column(index)
+  try:
+    if pa.types.is_integer(column.type):
+      value = pc.min(column).as_py()
+      return None if value is None else Timestamp.of(value / 1000)
+    if not pa.types.is_timestamp(column.type):
+      column = pc.cast(column, pa.timestamp('us', tz='UTC'))
+    value = pc.min(pc.cast(column, pa.int64())).as_py()
+    if value is None:
+      return None
+    return Timestamp(micros=value * {'s': 1_000_000, 'ms': 1000, 'us': 1, 'ns': 1}[column.type.unit] // (
+        1000 if column.type.unit == 'ns' else 1))
+  except (pa.ArrowInvalid, pa.ArrowNotImplementedError, KeyError):
+    return None  # unparseable times: validation dead-letters those rows; stamp by arrival
 
 
 class _ReadsRestrictionProvider(RestrictionProvider):
@@ -285,7 +322,7 @@ class _ReadStreamFn(beam.DoFn):
         tracker.try_claim(restriction.stop)  # claims the rest: this reader is done
         return
       seconds, micros = self._client.time()
-      now = Timestamp(seconds, micros)
+      now = Timestamp(seconds, micros) - opts.idle_watermark_lag_s
       if watermark.current_watermark() is None or now > watermark.current_watermark():
         watermark.set_watermark(now)
       tracker.defer_remainder()
@@ -340,6 +377,10 @@ class _ReadStreamFn(beam.DoFn):
                               stage=STAGE))
     last_ms = int((ids[-1] if ids else _text(deleted[-1])).partition('-')[0])
     stamp = Timestamp.of(last_ms / 1000)
+    if opts.event_time_field and batch is not None:
+      earliest = _earliest_event_time(batch, opts.event_time_field)
+      if earliest is not None:
+        stamp = earliest
     current = watermark.current_watermark()
     if current is not None and stamp < current:
       stamp = current

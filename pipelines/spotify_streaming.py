@@ -50,6 +50,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from io_connectors import kafka
 from io_connectors.registry import ConfigError
+from pipelines import stream_sources
 from pipelines.streaming_options import SpotifyStreamingOptions
 from transforms import entities
 from transforms.dead_letter import flatten_dead_letters
@@ -117,6 +118,10 @@ def _eventhubs_source(options: SpotifyStreamingOptions) -> beam.PTransform:
 SOURCES: Dict[str, Callable[[SpotifyStreamingOptions], beam.PTransform]] = {
     'kafka': _kafka_source,
     'eventhubs': _eventhubs_source,
+    'redis': stream_sources.redis_source,
+    'pubsub': stream_sources.pubsub_source,
+    'websocket': stream_sources.websocket_source,
+    'pulsar': stream_sources.pulsar_source,
 }
 
 

@@ -1,0 +1,159 @@
+"""The Redis Streams, Pub/Sub, WebSocket and Pulsar sources of `pipelines.spotify_streaming`.
+
+Each function takes the job's options and returns the source PTransform
+(`Outputs(records, dead_letter)` of RecordBatches); `SOURCES` in
+`pipelines.spotify_streaming` maps ``--source`` names to them. Their flags
+live in `StreamSourceOptions` below (``--bounded`` is the job's own: stop
+when the stream is drained). Secrets come from the environment, never from
+flags (flags show in ``ps`` and in the job graph): the variables are named by
+``--redis_password_env`` and ``--pulsar_token_env``, or REDIS_URL holds the
+whole Redis URL.
+
+Usage::
+
+    python -m pipelines.spotify_streaming --source redis \\
+        --redis_streams events --redis_group lake --tenant_field tenant --output out/stream
+    python -m pipelines.spotify_streaming --source pubsub --runner BundleBasedDirectRunner --streaming \\
+        --pubsub_subscription projects/p/subscriptions/events --tenant_id acme --output out/stream
+    python -m pipelines.spotify_streaming --source websocket --websocket_url wss://feed/live \\
+        --websocket_durable_stream ws:live --tenant_id acme --output out/stream
+    python -m pipelines.spotify_streaming --source pulsar --pulsar_service_url pulsar://127.0.0.1:6650 \\
+        --pulsar_topics events --pulsar_subscription lake --tenant_field tenant --output out/stream
+"""
+
+from __future__ import annotations
+
+import os
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from io_connectors.registry import ConfigError
+
+__all__ = ['StreamSourceOptions', 'redis_source', 'pubsub_source', 'websocket_source', 'pulsar_source']
+
+
+def _add(parser, flag, **kwargs):
+  if flag in parser._option_string_actions:  # pylint: disable=protected-access
+    return
+  parser.add_argument(flag, **kwargs)
+
+
+class StreamSourceOptions(PipelineOptions):
+  """Flags of the Redis Streams, Pub/Sub, WebSocket and Pulsar sources."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    # Redis Streams (also the landing stream of --websocket_durable_stream)
+    _add(parser, '--redis_url', help='redis://host:port/db; default env REDIS_URL. No password here: see '
+         '--redis_password_env.')
+    _add(parser, '--redis_password_env', help='Environment variable holding the Redis password.')
+    _add(parser, '--redis_streams', help='Stream key(s), comma-separated.')
+    _add(parser, '--redis_group', default='spotify-streaming', help='Consumer group (created if absent).')
+    _add(parser, '--redis_start_id', default='0', help="Where a new group starts: '0' (all) or '$' (new only).")
+    _add(parser, '--redis_min_idle_ms', type=int, default=60_000,
+         help="A dead reader's pending entries are reclaimed after this idle time (ms).")
+    _add(parser, '--redis_count', type=int, default=1000, help='Entries per read.')
+    _add(parser, '--redis_readers', type=int, default=1, help='Readers (consumers) per stream.')
+    _add(parser, '--redis_event_time_field', default='played_at',
+         help="Payload field whose earliest value stamps each batch and drives the watermark; '' for arrival time.")
+    # Pub/Sub
+    _add(parser, '--pubsub_subscription', help='projects/<p>/subscriptions/<s>.')
+    _add(parser, '--pubsub_topic', help='projects/<p>/topics/<t> (a temporary subscription).')
+    _add(parser, '--pubsub_timestamp_attribute', help='Attribute holding the event time.')
+    _add(parser, '--pubsub_id_label', help='Attribute holding a unique id (Dataflow dedups on it).')
+    # WebSocket
+    _add(parser, '--websocket_url', help='ws:// or wss:// URL of the feed (no tokens in it: see '
+         '--websocket_auth_header_env).')
+    _add(parser, '--websocket_auth_header_env', help='Environment variable holding the Authorization header value.')
+    _add(parser, '--websocket_subscribe_message', help='Text sent after each (re)connect.')
+    _add(parser, '--websocket_durable_stream', help='Land messages in this Redis stream first (durable mode; '
+         'uses the --redis_* flags).')
+    _add(parser, '--websocket_max_messages', type=int, help='Stop after this many messages (tests).')
+    _add(parser, '--websocket_idle_timeout_s', type=float, help='Stop when nothing arrived for this long (tests).')
+    # Pulsar
+    _add(parser, '--pulsar_service_url', help='pulsar:// or pulsar+ssl:// URL.')
+    _add(parser, '--pulsar_topics', help='Topic(s), comma-separated.')
+    _add(parser, '--pulsar_subscription', default='spotify-streaming', help='Subscription name.')
+    _add(parser, '--pulsar_subscription_type', default='Shared', help='Shared, Failover, Exclusive or KeyShared.')
+    _add(parser, '--pulsar_token_env', help='Environment variable holding a Pulsar JWT token.')
+
+
+def _names(value, flag):
+  names = [v.strip() for v in (value or '').split(',') if v.strip()]
+  if not names:
+    raise ConfigError(f'{flag} is required')
+  return names
+
+
+def _redis_options(options: PipelineOptions, streams, flag: str):
+  from io_connectors.redis_streams import RedisStreamsOptions  # pylint: disable=import-outside-toplevel
+  flags = options.view_as(StreamSourceOptions)
+  url = flags.redis_url or os.environ.get('REDIS_URL')
+  if not url:
+    raise ConfigError(f'{flag} needs --redis_url (or env REDIS_URL)')
+  try:
+    return RedisStreamsOptions(url=url, password_env=flags.redis_password_env, streams=streams,
+                               group=flags.redis_group, start_id=flags.redis_start_id,
+                               min_idle_ms=flags.redis_min_idle_ms, count=flags.redis_count,
+                               readers_per_stream=flags.redis_readers,
+                               event_time_field=flags.redis_event_time_field or None,
+                               bounded=bool(getattr(options, 'bounded', False)))
+  except ValueError as e:
+    raise ConfigError(f'{flag}: {e}') from None
+
+
+def redis_source(options: PipelineOptions) -> beam.PTransform:
+  from io_connectors.redis_streams import ReadFromRedisStreams  # pylint: disable=import-outside-toplevel
+  streams = _names(options.view_as(StreamSourceOptions).redis_streams, '--redis_streams')
+  return ReadFromRedisStreams(_redis_options(options, streams, '--source redis'))
+
+
+def pubsub_source(options: PipelineOptions) -> beam.PTransform:
+  from io_connectors.pubsub import PubSubOptions, ReadPubSubJson  # pylint: disable=import-outside-toplevel
+  flags = options.view_as(StreamSourceOptions)
+  try:
+    return ReadPubSubJson(PubSubOptions(subscription=flags.pubsub_subscription, topic=flags.pubsub_topic,
+                                        timestamp_attribute=flags.pubsub_timestamp_attribute,
+                                        id_label=flags.pubsub_id_label))
+  except ValueError as e:
+    raise ConfigError(f'--source pubsub: {e}') from None
+
+
+def websocket_source(options: PipelineOptions) -> beam.PTransform:
+  from io_connectors.websocket import ReadFromWebSocket, WebSocketOptions  # pylint: disable=import-outside-toplevel
+  flags = options.view_as(StreamSourceOptions)
+  if not flags.websocket_url:
+    raise ConfigError('--source websocket needs --websocket_url')
+  headers = {}
+  if flags.websocket_auth_header_env:
+    value = os.environ.get(flags.websocket_auth_header_env)
+    if value is None:
+      raise ConfigError(f'environment variable {flags.websocket_auth_header_env} is not set')
+    headers['Authorization'] = value
+  durable = None
+  if flags.websocket_durable_stream:
+    durable = _redis_options(options, [flags.websocket_durable_stream], '--websocket_durable_stream')
+  try:
+    return ReadFromWebSocket(WebSocketOptions(url=flags.websocket_url, headers=headers,
+                                              subscribe_message=flags.websocket_subscribe_message,
+                                              max_messages=flags.websocket_max_messages,
+                                              idle_timeout_s=flags.websocket_idle_timeout_s, durable=durable))
+  except ValueError as e:
+    raise ConfigError(f'--source websocket: {e}') from None
+
+
+def pulsar_source(options: PipelineOptions) -> beam.PTransform:
+  from io_connectors.pulsar import PulsarOptions, ReadFromPulsar  # pylint: disable=import-outside-toplevel
+  flags = options.view_as(StreamSourceOptions)
+  if not flags.pulsar_service_url:
+    raise ConfigError('--source pulsar needs --pulsar_service_url')
+  try:
+    return ReadFromPulsar(PulsarOptions(service_url=flags.pulsar_service_url,
+                                        topics=_names(flags.pulsar_topics, '--pulsar_topics'),
+                                        subscription=flags.pulsar_subscription,
+                                        subscription_type=flags.pulsar_subscription_type,
+                                        token_env=flags.pulsar_token_env,
+                                        bounded=bool(getattr(options, 'bounded', False))))
+  except ValueError as e:
+    raise ConfigError(f'--source pulsar: {e}') from None
