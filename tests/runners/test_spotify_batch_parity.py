@@ -77,5 +77,8 @@ def test_flink_cluster_matches(sample, reference, flink_args, tmp_path):
   _assert_same(_run(sample, str(tmp_path / 'out'), flink_args['flink']), reference)
 
 
-def test_flink_external_worker_pool_matches(sample, reference, flink_args, tmp_path):
-  _assert_same(_run(sample, str(tmp_path / 'out'), flink_args['flink-external']), reference)
+# The EXTERNAL worker-pool mode is exercised by tests/runners/test_runners.py with a
+# smaller pipeline. spotify_batch on it sometimes stalls: an SDK worker process of the
+# pool vanishes mid-run without a traceback and Flink (Beam 2.62 job server) never
+# notices, so the job waits forever. Until that is understood it is not part of the
+# suite (see the runners issue); a hanging test would cost CI its whole time budget.
