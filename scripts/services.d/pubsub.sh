@@ -10,15 +10,19 @@ SERVICES+=(pubsub)
 pubsub_port() { echo "${PUBSUB_PORT:-8085}"; }
 
 pubsub_command() {
+  local sdk launcher
   command -v gcloud >/dev/null 2>&1 \
     || die "pubsub: gcloud is not installed (install the Google Cloud CLI with its pubsub-emulator component)"
+  sdk="$(readlink -f "$(dirname "$(readlink -f "$(command -v gcloud)")")/..")"
+  launcher="${sdk}/platform/pubsub-emulator/bin/cloud-pubsub-emulator"
+  [[ -x "${launcher}" ]] || die "pubsub: no emulator at ${launcher}; run: gcloud components install pubsub-emulator"
   mkdir -p "${STATE_DIR}/pubsub-data"
-  # gcloud re-executes itself under Python and then starts Java, so its
-  # command line cannot identify the server: a bash parent that waits on it
-  # keeps one (stop signals the whole process group).
-  CMD=(/bin/bash -c 'gcloud "$@" & wait $!' pubsub-wrapper
-       beta emulators pubsub start --host-port="127.0.0.1:$(pubsub_port)"
-       --data-dir="${STATE_DIR}/pubsub-data" --quiet)
+  # The emulator's own launcher (what `gcloud beta emulators pubsub start`
+  # runs, without gcloud's Python in between, which outlived a stop). It execs
+  # Java, whose command line cannot identify the server: a bash parent that
+  # waits on it keeps one (stop signals the whole process group).
+  CMD=(/bin/bash -c '"$@" & wait $!' pubsub-wrapper
+       "${launcher}" --host=127.0.0.1 --port="$(pubsub_port)" --dir="${STATE_DIR}/pubsub-data")
 }
 
 pubsub_env() {

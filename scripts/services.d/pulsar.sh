@@ -9,6 +9,10 @@
 # exists: clients that need it poll the admin REST API (tests do).
 SERVICES+=(pulsar)
 
+# The JVM needs ~10 s to open the broker port on an idle machine, more under
+# load: allow it 120 s (START_TIMEOUT only bounds the wait of a live process).
+(( START_TIMEOUT >= 120 )) || START_TIMEOUT=120
+
 pulsar_port() { echo "${PULSAR_PORT:-6650}"; }
 
 pulsar_command() {
