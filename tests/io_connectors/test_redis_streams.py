@@ -231,3 +231,19 @@ def test_a_killed_pipeline_process_loses_nothing_and_writes_nothing_twice(url, c
   written = [e for d in (out_dir, resumed_dir) for path in d.glob('*.json') for e in json.loads(path.read_text())]
   assert sorted(written) == sorted(f'e{i}' for i in range(1000))  # each once: nothing lost, nothing doubled
   assert client.xpending(stream, 'pipeline')['pending'] == 0
+
+
+def test_batches_are_stamped_with_their_earliest_event_time(url, client, stream):
+  pipe = client.pipeline(transaction=False)
+  for i, played_at in enumerate(['2024-05-01T10:00:05Z', '2024-05-01T10:00:01Z', '2024-05-01T10:00:09Z']):
+    pipe.xadd(stream, {'data': json.dumps({'event_id': f'e{i}', 'played_at': played_at})})
+  pipe.execute()
+  options = RedisStreamsOptions(url=url, streams=[stream], group='pipeline', count=10, bounded=True,
+                                event_time_field='played_at')
+
+  def build(p):
+    stamps = (p | ReadFromRedisStreams(options)).records | beam.Map(
+        lambda b, t=beam.DoFn.TimestampParam: (b.num_rows, t.to_rfc3339()))
+    assert_that(stamps, equal_to([(3, '2024-05-01T10:00:01Z')]))
+
+  _run(build)
