@@ -134,6 +134,7 @@ import pyarrow as pa
 
 from io_connectors import registry
 from io_connectors.files import RecordBatchCoder  # pylint: disable=unused-import  # registers the batch coder
+from io_connectors.masking import mask_url  # re-exported: callers import it from here
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
 from transforms.records import with_provenance
 
@@ -153,12 +154,6 @@ _DECIMAL_MODES = ('decimal128', 'string')
 
 class MongoError(RuntimeError):
   """A MongoDB failure explained in one line, without credentials."""
-
-
-def mask_url(url: str) -> str:
-  """`url` with the password (and any user info) replaced by ***."""
-  return re.sub(r'(?<=://)([^/@]*)@', lambda m: (m.group(1).split(':', 1)[0] + ':***@') if ':' in m.group(1) else '***@',
-                url or '')
 
 
 @dataclasses.dataclass(frozen=True)

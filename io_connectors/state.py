@@ -39,6 +39,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from apache_beam.io.filesystems import FileSystems
 
+from io_connectors.masking import mask_url  # re-exported: callers import it from here
+
 __all__ = ['StateError', 'cursor_key', 'load_cursor', 'commit_cursors', 'mask_url']
 
 DEFAULT_TABLE = 'pipeline_cursors'
@@ -47,19 +49,6 @@ _TABLE_PATTERN = re.compile(r'^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9
 
 class StateError(RuntimeError):
   """A state store that cannot be read or written; the message names it without secrets."""
-
-
-def mask_url(url: str) -> str:
-  """The URL with any password replaced by ***."""
-  try:
-    parts = urllib.parse.urlsplit(url)
-  except ValueError:
-    return '<unparseable URL>'
-  if parts.password is None:
-    return url
-  netloc = parts.netloc.rsplit('@', 1)[1]
-  user = parts.username or ''
-  return urllib.parse.urlunsplit(parts._replace(netloc=f'{user}:***@{netloc}'))
 
 
 def cursor_key(source: str, tenant: Optional[str], name: str) -> str:

@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from io_connectors.files import _parse_json_lines, _table_from_rows  # pylint: disable=protected-access
+from io_connectors.masking import mask_url  # re-exported: callers import it from here
 from transforms.dead_letter import dead_letter
 from transforms.records import with_provenance
 
@@ -34,20 +35,6 @@ __all__ = ['messages_to_batch', 'mask_url']
 
 # A dead letter keeps at most this much of a payload that is not JSON.
 _MAX_RAW_CHARS = 10_000
-
-
-def mask_url(url: str) -> str:
-  """The URL with any password (user:password@) replaced by '***' for messages."""
-  scheme, sep, rest = url.partition('://')
-  if not sep:
-    return url
-  authority, slash, path = rest.partition('/')
-  if '@' not in authority:
-    return url
-  userinfo, _, host = authority.rpartition('@')
-  user = userinfo.split(':', 1)[0]
-  masked = f'{user}:***' if user else '***'
-  return f'{scheme}://{masked}@{host}{slash}{path}'
 
 
 def messages_to_batch(payloads: Sequence[Optional[bytes]],

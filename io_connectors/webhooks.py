@@ -71,8 +71,9 @@ import re
 import sys
 import threading
 import time
-import urllib.parse
 from typing import Dict, Optional, Sequence
+
+from io_connectors.masking import mask_url  # re-exported: callers import it from here
 
 __all__ = ['WebhookOptions', 'create_app', 'sign', 'mask_url', 'main', 'REJECT_REASONS']
 
@@ -152,18 +153,6 @@ def sign(secret, timestamp: str, body: bytes) -> str:
   """The X-Signature value for a delivery: 'sha256=' + hex HMAC of '<timestamp>.<body>'."""
   key = secret.encode('utf-8') if isinstance(secret, str) else secret
   return 'sha256=' + hmac.new(key, timestamp.encode('ascii') + b'.' + body, hashlib.sha256).hexdigest()
-
-
-def mask_url(url: str) -> str:
-  """The URL with any password replaced by ***."""
-  parts = urllib.parse.urlsplit(url)
-  if parts.password is None:
-    return url
-  netloc = parts.hostname or ''
-  if parts.port:
-    netloc = f'{netloc}:{parts.port}'
-  user = parts.username or ''
-  return urllib.parse.urlunsplit(parts._replace(netloc=f'{user}:***@{netloc}'))
 
 
 class _Metrics:

@@ -41,7 +41,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from io_connectors import registry
 from io_connectors.lake import WriteDeadLetterFiles, WriteRecordFiles, finalize_files
-from io_connectors.state import mask_url
+from io_connectors.masking import mask_url
 from pipelines.config import ConfigError, RunConfig, load_yaml, resolve
 from pipelines import runners
 from pipelines.options import SpotifyBatchOptions
