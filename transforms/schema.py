@@ -113,7 +113,11 @@ class InferSchema(beam.PTransform):
   """One widened schema for all batches (a single-element PCollection)."""
 
   def expand(self, batches):
-    return batches | 'MergeSchemas' >> beam.CombineGlobally(_MergeSchemasFn())
+    combine = beam.CombineGlobally(_MergeSchemasFn())
+    if not isinstance(batches.windowing.windowfn, beam.window.GlobalWindows):
+      # Streaming / windowed input: one schema per window, none for empty windows.
+      combine = combine.without_defaults()
+    return batches | 'MergeSchemas' >> combine
 
 
 def _conform_array(arr: pa.Array, target: pa.DataType) -> pa.Array:
