@@ -59,21 +59,17 @@ import dataclasses
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
-from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
-from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import Timestamp
 
 from io_connectors import registry
 from io_connectors.files import RecordBatchCoder  # noqa: F401  (registers the RecordBatch coder)
-from io_connectors.stream_messages import mask_url, messages_to_batch
+from io_connectors.stream_messages import ManualWatermarkProvider, ReadsRestrictionProvider, mask_url, messages_to_batch
 from transforms.dead_letter import DEAD_LETTER, Outputs
 
 __all__ = ['PulsarOptions', 'ReadFromPulsar', 'message_row']
@@ -218,34 +214,6 @@ def _quiet_logger(pulsar):
   return pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn)
 
 
-class _ReadsRestrictionProvider(RestrictionProvider):
-  """A counter of reads: [0, maxsize); each read claims one position."""
-
-  def initial_restriction(self, element):
-    return OffsetRange(0, sys.maxsize)
-
-  def create_tracker(self, restriction):
-    return OffsetRestrictionTracker(restriction)
-
-  def restriction_size(self, element, restriction):
-    return 1
-
-  def split(self, element, restriction):
-    yield restriction
-
-  def truncate(self, element, restriction):
-    return None
-
-
-class _WatermarkProvider(beam.transforms.core.WatermarkEstimatorProvider):
-
-  def initial_estimator_state(self, element, restriction):
-    return None
-
-  def create_watermark_estimator(self, estimator_state):
-    return ManualWatermarkEstimator(estimator_state)
-
-
 def _message_id_text(message_id) -> str:
   return f'{message_id.ledger_id()}:{message_id.entry_id()}:{message_id.partition()}:{message_id.batch_index()}'
 
@@ -275,8 +243,8 @@ class _ReadTopicFn(beam.DoFn):
   def process(self,
               element,
               finalizer=beam.DoFn.BundleFinalizerParam,
-              tracker=beam.DoFn.RestrictionParam(_ReadsRestrictionProvider()),
-              watermark=beam.DoFn.WatermarkEstimatorParam(_WatermarkProvider())):
+              tracker=beam.DoFn.RestrictionParam(ReadsRestrictionProvider()),
+              watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkProvider())):
     topic, index = element
     restriction = tracker.current_restriction()
     if not tracker.try_claim(restriction.start):
@@ -322,8 +290,8 @@ class _UnboundedReadTopicFn(_ReadTopicFn):
   def process(self,
               element,
               finalizer=beam.DoFn.BundleFinalizerParam,
-              tracker=beam.DoFn.RestrictionParam(_ReadsRestrictionProvider()),
-              watermark=beam.DoFn.WatermarkEstimatorParam(_WatermarkProvider())):
+              tracker=beam.DoFn.RestrictionParam(ReadsRestrictionProvider()),
+              watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkProvider())):
     yield from super().process(element, finalizer, tracker, watermark)
 
 

@@ -74,19 +74,15 @@ import json
 import logging
 import os
 import socket
-import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
-from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
-from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import Timestamp
 
 from io_connectors import registry
 from io_connectors.files import RecordBatchCoder  # noqa: F401  (registers the RecordBatch coder)
-from io_connectors.stream_messages import mask_url, messages_to_batch
+from io_connectors.stream_messages import ManualWatermarkProvider, ReadsRestrictionProvider, mask_url, messages_to_batch
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 
 __all__ = [
@@ -232,38 +228,6 @@ def _earliest_event_time(batch: pa.RecordBatch, field: str) -> Optional[Timestam
     return None  # unparseable times: validation dead-letters those rows; stamp by arrival
 
 
-class _ReadsRestrictionProvider(RestrictionProvider):
-  """A counter of reads: [0, maxsize) unbounded; each read claims one position."""
-
-  def initial_restriction(self, element):
-    return OffsetRange(0, sys.maxsize)
-
-  def create_tracker(self, restriction):
-    return OffsetRestrictionTracker(restriction)
-
-  def restriction_size(self, element, restriction):
-    # Nothing tells how much a queue holds: report one unit per read left
-    # so that runners do not take the reader for finished work.
-    return 1
-
-  def split(self, element, restriction):
-    # A consumer group is not splittable by offset: one reader per element.
-    yield restriction
-
-  def truncate(self, element, restriction):
-    # On drain, stop reading; pending entries stay for the next run.
-    return None
-
-
-class _WatermarkProvider(beam.transforms.core.WatermarkEstimatorProvider):
-
-  def initial_estimator_state(self, element, restriction):
-    return None
-
-  def create_watermark_estimator(self, estimator_state):
-    return ManualWatermarkEstimator(estimator_state)
-
-
 class _ReadStreamFn(beam.DoFn):
   """Element (stream, reader index): reads that stream through the group, one read per bundle."""
 
@@ -300,8 +264,8 @@ class _ReadStreamFn(beam.DoFn):
   def process(self,
               element,
               finalizer=beam.DoFn.BundleFinalizerParam,
-              tracker=beam.DoFn.RestrictionParam(_ReadsRestrictionProvider()),
-              watermark=beam.DoFn.WatermarkEstimatorParam(_WatermarkProvider())):
+              tracker=beam.DoFn.RestrictionParam(ReadsRestrictionProvider()),
+              watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkProvider())):
     stream, index = element
     restriction = tracker.current_restriction()
     if not tracker.try_claim(restriction.start):
@@ -398,8 +362,8 @@ class _UnboundedReadStreamFn(_ReadStreamFn):
   def process(self,
               element,
               finalizer=beam.DoFn.BundleFinalizerParam,
-              tracker=beam.DoFn.RestrictionParam(_ReadsRestrictionProvider()),
-              watermark=beam.DoFn.WatermarkEstimatorParam(_WatermarkProvider())):
+              tracker=beam.DoFn.RestrictionParam(ReadsRestrictionProvider()),
+              watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkProvider())):
     yield from super().process(element, finalizer, tracker, watermark)
 
 

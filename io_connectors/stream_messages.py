@@ -21,10 +21,15 @@ Usage::
 from __future__ import annotations
 
 import json
+import sys
 from typing import List, Optional, Sequence, Tuple
 
+import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
+from apache_beam.transforms.core import RestrictionProvider
 
 from io_connectors.files import _parse_json_lines, _table_from_rows  # pylint: disable=protected-access
 from io_connectors.masking import mask_url  # re-exported: callers import it from here
@@ -92,3 +97,39 @@ def messages_to_batch(payloads: Sequence[Optional[bytes]],
     table = _table_from_rows(parsed, string_columns)
   batch = table.combine_chunks().to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist(parsed)
   return with_provenance(batch, source, np.asarray(good_rows, dtype=np.int64)), dead
+
+
+class ReadsRestrictionProvider(RestrictionProvider):
+  """The restriction of a queue reader: a counter of reads, [0, maxsize); each read claims one position.
+
+  Shared by the Redis Streams, Pulsar and WebSocket readers, whose positions
+  live in the broker (acks), not in the restriction.
+  """
+
+  def initial_restriction(self, element):
+    return OffsetRange(0, sys.maxsize)
+
+  def create_tracker(self, restriction):
+    return OffsetRestrictionTracker(restriction)
+
+  def restriction_size(self, element, restriction):
+    # Nothing tells how much a queue holds: report one unit per read left
+    # so that runners do not take the reader for finished work.
+    return 1
+
+  def split(self, element, restriction):
+    # A subscription is not splittable by offset: one reader per element.
+    yield restriction
+
+  def truncate(self, element, restriction):
+    # On drain, stop reading; pending entries stay for the next run.
+    return None
+
+
+class ManualWatermarkProvider(beam.transforms.core.WatermarkEstimatorProvider):
+
+  def initial_estimator_state(self, element, restriction):
+    return None
+
+  def create_watermark_estimator(self, estimator_state):
+    return ManualWatermarkEstimator(estimator_state)

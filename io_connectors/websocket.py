@@ -59,7 +59,6 @@ import dataclasses
 import logging
 import queue
 import random
-import sys
 import threading
 import time
 import urllib.parse
@@ -68,15 +67,12 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
-from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
-from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import Timestamp
 
 from io_connectors import registry
 from io_connectors.files import RecordBatchCoder  # noqa: F401  (registers the RecordBatch coder)
 from io_connectors.redis_streams import RedisStreamsOptions, read_with_readers, readers_of, redis_client
-from io_connectors.stream_messages import messages_to_batch
+from io_connectors.stream_messages import ManualWatermarkProvider, ReadsRestrictionProvider, messages_to_batch
 from transforms.dead_letter import DEAD_LETTER, Outputs
 
 __all__ = ['WebSocketOptions', 'ReadFromWebSocket', 'WebSocketReceiver', 'backoff_delays', 'public_url']
@@ -234,34 +230,6 @@ class WebSocketReceiver:
         self._stop.wait(next(delays))
 
 
-class _ReadsRestrictionProvider(RestrictionProvider):
-  """A counter of reads: [0, maxsize); each read claims one position."""
-
-  def initial_restriction(self, element):
-    return OffsetRange(0, sys.maxsize)
-
-  def create_tracker(self, restriction):
-    return OffsetRestrictionTracker(restriction)
-
-  def restriction_size(self, element, restriction):
-    return 1
-
-  def split(self, element, restriction):
-    yield restriction
-
-  def truncate(self, element, restriction):
-    return None
-
-
-class _WatermarkProvider(beam.transforms.core.WatermarkEstimatorProvider):
-
-  def initial_estimator_state(self, element, restriction):
-    return None
-
-  def create_watermark_estimator(self, estimator_state):
-    return ManualWatermarkEstimator(estimator_state)
-
-
 class _Feed:
   """One receiver and what it queued, shared by the DoFn instances of one worker process."""
 
@@ -336,8 +304,8 @@ class _ReceiveFn(beam.DoFn):
   # Beam binds these parameters in this order or fails with "multiple values".
   def process(self,
               element,
-              tracker=beam.DoFn.RestrictionParam(_ReadsRestrictionProvider()),
-              watermark=beam.DoFn.WatermarkEstimatorParam(_WatermarkProvider())):
+              tracker=beam.DoFn.RestrictionParam(ReadsRestrictionProvider()),
+              watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkProvider())):
     restriction = tracker.current_restriction()
     if not tracker.try_claim(restriction.start):
       return
@@ -369,8 +337,8 @@ class _UnboundedReceiveFn(_ReceiveFn):
   @beam.DoFn.unbounded_per_element()
   def process(self,
               element,
-              tracker=beam.DoFn.RestrictionParam(_ReadsRestrictionProvider()),
-              watermark=beam.DoFn.WatermarkEstimatorParam(_WatermarkProvider())):
+              tracker=beam.DoFn.RestrictionParam(ReadsRestrictionProvider()),
+              watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkProvider())):
     yield from super().process(element, tracker, watermark)
 
 
@@ -412,7 +380,7 @@ class _LandInRedisFn(beam.DoFn):
       return True
     return opts.idle_timeout_s is not None and time.monotonic() - receiver.last_message_at > opts.idle_timeout_s
 
-  def process(self, element, tracker=beam.DoFn.RestrictionParam(_ReadsRestrictionProvider())):
+  def process(self, element, tracker=beam.DoFn.RestrictionParam(ReadsRestrictionProvider())):
     restriction = tracker.current_restriction()
     if not tracker.try_claim(restriction.start):
       return
@@ -434,7 +402,7 @@ class _LandInRedisFn(beam.DoFn):
 class _UnboundedLandInRedisFn(_LandInRedisFn):
 
   @beam.DoFn.unbounded_per_element()
-  def process(self, element, tracker=beam.DoFn.RestrictionParam(_ReadsRestrictionProvider())):
+  def process(self, element, tracker=beam.DoFn.RestrictionParam(ReadsRestrictionProvider())):
     yield from super().process(element, tracker)
 
 
