@@ -386,6 +386,12 @@ def _nothing():
   pass
 
 
+# Finalized offset ranges not yet contiguous with the group's committed offset,
+# per (group, topic, partition), in this worker process.
+_FINALIZED: Dict[Tuple[Optional[str], str, int], List[Tuple[int, int]]] = {}
+_COMMITS_LOCK = threading.Lock()
+
+
 def _tp(topic, partition, offset=None):
   import confluent_kafka  # pylint: disable=import-outside-toplevel
   if offset is None:
@@ -495,15 +501,31 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
       return None
     return restriction
 
-  def _commit(self, topic, partition, next_offset):
-    # Runs after the runner committed the bundle's output: the group's offset
-    # never passes a record whose result could still be lost.
+  def _commit(self, topic, partition, start, end):
+    # Runs after the runner committed the bundle's output. A runner may split
+    # a partition's range and finalize the parts in any order, so the group's
+    # offset only moves to the end of ranges contiguous with it: it never
+    # passes a record whose result could still be lost.
+    consumer = self._consumer()
     try:
-      self._consumer().commit(offsets=[_tp(topic, partition, next_offset)], asynchronous=False)
-      self._commits.inc()
+      with _COMMITS_LOCK:
+        ranges = _FINALIZED.setdefault((self._options.group_id, topic, partition), [])
+        ranges.append((start, end))
+        known = consumer.committed([_tp(topic, partition)], timeout=30)[0].offset
+        frontier = known if known is not None and known >= 0 else min(s for s, _ in ranges)
+        advanced = True
+        while advanced:
+          advanced = False
+          for s, e in ranges:
+            if s <= frontier < e:
+              frontier, advanced = e, True
+        ranges[:] = [(s, e) for s, e in ranges if e > frontier]
+        if known is None or frontier > known:
+          consumer.commit(offsets=[_tp(topic, partition, frontier)], asynchronous=False)
+          self._commits.inc()
     except Exception as e:  # pylint: disable=broad-except
       _LOG.warning('committing offset %d of %s failed (the next job re-reads from the previous commit): %s',
-                   next_offset, source_uri(topic, partition), mask_secrets(str(e), _secrets_of(self._options)))
+                   end, source_uri(topic, partition), mask_secrets(str(e), _secrets_of(self._options)))
 
   def _emit(self, element: KafkaPartition, messages):
     source = source_uri(element.topic, element.partition)
@@ -537,16 +559,24 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
       tracker.try_claim(restriction.stop)
       return
     consumer = self._consumer()
-    try:
-      consumer.assign([_tp(element.topic, element.partition, restriction.start)])
-    except Exception as e:  # pylint: disable=broad-except
-      raise RuntimeError(mask_secrets(f'Kafka at {options.bootstrap_servers}: {e}', _secrets_of(options))) from None
     began = time.monotonic()
     claimed_to = None  # next offset after the last claimed record
     newest_ms = None
     pending = []
     done = False
     try:
+      if self._STREAMING and self._at_or_beyond_end(consumer, element, restriction.start):
+        # Nothing to fetch yet: the partition is caught up, or this is a range
+        # the runner split off past its current end (fetching there would
+        # reset the consumer to auto.offset.reset).
+        if self._STREAMING and options.idle_timeout_s:
+          self._advance(watermark, Timestamp.now() - Duration(options.idle_timeout_s))
+        tracker.defer_remainder(Duration(options.poll_timeout_s))
+        return
+      try:
+        consumer.assign([_tp(element.topic, element.partition, restriction.start)])
+      except Exception as e:  # pylint: disable=broad-except
+        raise RuntimeError(mask_secrets(f'Kafka at {options.bootstrap_servers}: {e}', _secrets_of(options))) from None
       while not done:
         messages = consumer.consume(num_messages=options.batch_size, timeout=options.poll_timeout_s)
         for message in messages:
@@ -578,7 +608,10 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
           break
         stop = tracker.current_restriction().stop
         if not messages:
+          # Before its first fetch the consumer has no position: the next offset is the range's start.
           position = self._position(consumer, element)
+          if position is None:
+            position = claimed_to if claimed_to is not None else tracker.current_restriction().start
           if position is not None and position >= stop:
             # The range ends at offsets that are no records (transaction markers, compaction).
             tracker.try_claim(stop)
@@ -594,11 +627,17 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
           break
     finally:
       if claimed_to is not None and options.group_id:
-        bundle_finalizer.register(lambda t=element.topic, p=element.partition, o=claimed_to: self._commit(t, p, o))
+        bundle_finalizer.register(
+            lambda t=element.topic, p=element.partition, s=restriction.start, o=claimed_to: self._commit(t, p, s, o))
       else:
         # Runners that always send FinalizeBundle for this transform (Prism)
         # get an error back from a bundle that registered nothing.
         bundle_finalizer.register(_nothing)
+
+  def _at_or_beyond_end(self, consumer, element, offset) -> bool:
+    unused_low, high = self._safe(lambda: consumer.get_watermark_offsets(
+        _tp(element.topic, element.partition), timeout=max(30.0, self._options.poll_timeout_s), cached=False))
+    return offset >= high
 
   @staticmethod
   def _caught_up(consumer, element, position) -> bool:

@@ -19,8 +19,9 @@ and renamed):
 
     data/tenant=<t>/window_start=<YYYYmmddTHHMMSSZ>/part-<shard>.parquet   clean events
     sessions/tenant=<t>/window_start=<...>/part-<shard>.parquet             listening sessions
-    metrics/tenant=<t>/window_start=<...>.json                              events, listening minutes,
+    metrics/tenant=<t>/window_start=<...>/counted-<n>.json                  events, listening minutes,
                                                                             skips, distinct users, late
+                                                                            (cumulative: the highest n is final)
     dead_letter/tenant=<t or _unassigned>/dl-<content hash>.jsonl           malformed, invalid, late
 
 Dead-letter files are named by their content: a replay that re-groups them may
@@ -180,7 +181,10 @@ def _write_metrics(output: str):
   def write(metrics: dict):
     start = metrics['window_start']
     label = start.replace('-', '').replace(':', '').replace('+0000', 'Z').replace('+00:00', 'Z')
-    path = f'{output}/metrics/tenant={metrics["tenant"]}/window_start={label}.json'
+    # Figures are cumulative and may be written out of order: one file per
+    # figure, named by how many events it counts, so the largest is the latest.
+    counted = metrics['events'] + metrics['duplicates'] + metrics['late_events']
+    path = f'{output}/metrics/tenant={metrics["tenant"]}/window_start={label}/counted-{counted:010d}.json'
     _write_atomically(path, json.dumps(metrics, sort_keys=True).encode('utf-8') + b'\n')
     return path
 

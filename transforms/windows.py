@@ -12,8 +12,9 @@
 - ``late``: dead letters (reason `late_event`) for events whose window was
   already emitted for their key: counted and routed, never dropped silently.
 - ``metrics``: per (tenant, window) dicts: events, listening_minutes, skips,
-  distinct_users, duplicates, late_events; cumulative, so a later figure for
-  the same window (late events counted after it closed) supersedes the earlier.
+  distinct_users, duplicates, late_events and `pane` (0, 1, ...); cumulative,
+  so a later pane of the same window (late events counted after it closed)
+  supersedes the earlier ones.
 - ``sessions``: RecordBatches of listening sessions per user (a session ends
   after `session_gap_s` without a play), emitted once no event could extend it.
 
@@ -395,6 +396,7 @@ class _MergeMetricsFn(beam.DoFn):
   """
 
   TOTAL = ReadModifyWriteStateSpec('total', PickleCoder())
+  PANE = ReadModifyWriteStateSpec('pane', VarIntCoder())
   EMIT = TimerSpec('emit', TimeDomain.WATERMARK)
   EXPIRE = TimerSpec('expire', TimeDomain.WATERMARK)
 
@@ -422,12 +424,16 @@ class _MergeMetricsFn(beam.DoFn):
     expire.set(Timestamp(micros=close + 2 + int(self._options.dedup_ttl_s * _MICROS)))
 
   @on_timer(EMIT)
-  def on_emit(self, key=beam.DoFn.KeyParam, total_state=beam.DoFn.StateParam(TOTAL)):
+  def on_emit(self, key=beam.DoFn.KeyParam, total_state=beam.DoFn.StateParam(TOTAL),
+              pane_state=beam.DoFn.StateParam(PANE)):
     tenant, start = key
     total = total_state.read()
     if total is None:
       return
+    pane = pane_state.read() or 0
+    pane_state.write(pane + 1)
     yield {
+        'pane': pane,
         'tenant': tenant,
         'window_start': _iso(start),
         'window_end': _iso(start + self._options.size_us),
@@ -440,8 +446,9 @@ class _MergeMetricsFn(beam.DoFn):
     }
 
   @on_timer(EXPIRE)
-  def on_expire(self, total_state=beam.DoFn.StateParam(TOTAL)):
+  def on_expire(self, total_state=beam.DoFn.StateParam(TOTAL), pane_state=beam.DoFn.StateParam(PANE)):
     total_state.clear()
+    pane_state.clear()
 
 
 class WindowEvents(beam.PTransform):
