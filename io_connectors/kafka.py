@@ -69,10 +69,12 @@ from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorP
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Duration, Timestamp
 
 from io_connectors import registry
+# Imported for its side effect: registers the Arrow IPC coder of RecordBatch,
+# the element type of the records output.
 try:
-  from transforms.records import RecordBatchCoder
+  from transforms.records import RecordBatchCoder  # noqa: F401 pylint: disable=unused-import
 except ImportError:  # older layout: the coder lived beside the file readers
-  from io_connectors.files import RecordBatchCoder
+  from io_connectors.files import RecordBatchCoder  # noqa: F401 pylint: disable=unused-import
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 from transforms.records import with_provenance
 

@@ -18,7 +18,6 @@ import fastavro
 import pyarrow as pa
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
-from apache_beam.testing.util import assert_that, equal_to
 
 from io_connectors import registry
 from io_connectors.kafka import (KafkaReadOptions, KafkaWriteOptions, ReadFromKafka, WriteToKafka, client_config,
