@@ -100,7 +100,9 @@ def _all_options_parser() -> argparse.ArgumentParser:
     def error(self, message):
       raise UsageError(message)
 
-  parser = _OneLineErrors(allow_abbrev=False, add_help=False)
+  # 'resolve': a flag declared by two options classes (the batch and the
+  # streaming jobs share several) is known either way.
+  parser = _OneLineErrors(allow_abbrev=False, add_help=False, conflict_handler='resolve')
   seen = set()
   stack = list(PipelineOptions.__subclasses__())
   while stack:
@@ -109,10 +111,9 @@ def _all_options_parser() -> argparse.ArgumentParser:
       continue
     seen.add(cls)
     stack.extend(cls.__subclasses__())
-    try:
-      cls._add_argparse_args(parser)  # pylint: disable=protected-access
-    except argparse.ArgumentError:
-      pass  # flags declared by two classes
+    cls._add_argparse_args(parser)  # pylint: disable=protected-access
+  # Our own flags last, so that their types and choices are the ones checked.
+  SpotifyBatchOptions._add_argparse_args(parser)  # pylint: disable=protected-access
   return parser
 
 
