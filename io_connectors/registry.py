@@ -25,7 +25,24 @@ __all__ = ['ConfigError', 'register', 'build', 'names', 'describe']
 
 # Modules whose import registers connectors; imported on first lookup so that
 # a missing optional dependency of one family does not break the others.
-_CONNECTOR_MODULES = ('io_connectors.files', 'io_connectors.postgres', 'io_connectors.redis_streams', 'io_connectors.social', 'io_connectors.kafka', 'io_connectors.mongodb', 'io_connectors.redis_source', 'io_connectors.soundcloud', 'io_connectors.search', 'io_connectors.clickhouse', 'io_connectors.lastfm', 'io_connectors.spotify', 'io_connectors.pubsub', 'io_connectors.http.rest', 'io_connectors.websocket', 'io_connectors.pulsar')
+_CONNECTOR_MODULES = (
+    'io_connectors.files',
+    'io_connectors.postgres',
+    'io_connectors.redis_streams',
+    'io_connectors.social',
+    'io_connectors.kafka',
+    'io_connectors.mongodb',
+    'io_connectors.redis_source',
+    'io_connectors.soundcloud',
+    'io_connectors.search',
+    'io_connectors.clickhouse',
+    'io_connectors.lastfm',
+    'io_connectors.spotify',
+    'io_connectors.pubsub',
+    'io_connectors.http.rest',
+    'io_connectors.websocket',
+    'io_connectors.pulsar',
+)
 
 
 class ConfigError(ValueError):
