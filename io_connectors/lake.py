@@ -223,6 +223,7 @@ class WrittenFile:
   extension: str
   rows: int
   order_key: str  # content digest: gives runner-independent final names
+  entity: Optional[str] = None  # set in runs that write several entities: data/entity=<name>/tenant=<id>/
 
 
 def _temp_dir(output: str, run_id: str) -> str:
@@ -231,10 +232,11 @@ def _temp_dir(output: str, run_id: str) -> str:
 
 class _WriteBatchFn(beam.DoFn):
 
-  def __init__(self, output, file_format, run_id):
+  def __init__(self, output, file_format, run_id, entity=None):
     self._output = output
     self._format = file_format
     self._run_id = run_id
+    self._entity = entity
     self._rows = beam.metrics.Metrics.counter('lake', 'rows_written')
 
   def process(self, batch: pa.RecordBatch, schema: Optional[pa.Schema] = None):
@@ -249,7 +251,7 @@ class _WriteBatchFn(beam.DoFn):
       _write_bytes(temp, payload)
       self._rows.inc(table.num_rows)
       yield WrittenFile('data', tenant, temp, _EXTENSIONS[self._format], table.num_rows,
-                        hashlib.sha256(payload).hexdigest())
+                        hashlib.sha256(payload).hexdigest(), self._entity)
 
 
 class WriteRecordFiles(beam.PTransform):
@@ -258,16 +260,18 @@ class WriteRecordFiles(beam.PTransform):
   schema: an optional side input (`AsSingleton`) every file is conformed to.
   """
 
-  def __init__(self, output: str, file_format: str = 'parquet', run_id: str = 'run', schema=None):
+  def __init__(self, output: str, file_format: str = 'parquet', run_id: str = 'run', schema=None,
+               entity: Optional[str] = None):
     super().__init__()
     if not output:
       raise ValueError('an output location is required')
     if file_format not in OUTPUT_FORMATS:
       raise ValueError(f'unknown output format {file_format!r}; known: {", ".join(OUTPUT_FORMATS)}')
     self._output, self._format, self._run_id, self._schema = output, file_format, run_id, schema
+    self._entity = entity
 
   def expand(self, batches):
-    fn = _WriteBatchFn(self._output, self._format, self._run_id)
+    fn = _WriteBatchFn(self._output, self._format, self._run_id, self._entity)
     if self._schema is not None:
       return batches | 'WriteTemp' >> beam.ParDo(fn, schema=self._schema)
     return batches | 'WriteTemp' >> beam.ParDo(fn)
@@ -311,6 +315,8 @@ class WriteDeadLetterFiles(beam.PTransform):
 
 
 def _partition_dir(output: str, written: WrittenFile) -> str:
+  if written.kind == 'data' and written.entity:
+    return _join(output, 'data', f'entity={written.entity}', f'tenant={written.partition}')
   if written.kind == 'data':
     return _join(output, 'data', f'tenant={written.partition}')
   if written.partition == UNASSIGNED:
@@ -337,14 +343,14 @@ def finalize_files(output: str, run_id: str, files: Iterable[WrittenFile]) -> Di
   Previous contents of OUTPUT/data and OUTPUT/dead_letter are replaced: a run
   owns its output directory.
   """
-  files = sorted(files, key=lambda f: (f.kind, f.partition, f.order_key, f.rows))
+  files = sorted(files, key=lambda f: (f.kind, f.entity or '', f.partition, f.order_key, f.rows))
   for sub in ('data', 'dead_letter'):
     _delete_tree(_join(output, sub))
   groups: Dict[tuple, List[WrittenFile]] = {}
   for f in files:
-    groups.setdefault((f.kind, f.partition), []).append(f)
+    groups.setdefault((f.kind, f.entity, f.partition), []).append(f)
   moves = {}
-  for (_, _), members in groups.items():
+  for members in groups.values():
     directory = _partition_dir(output, members[0])
     if '://' not in directory and not FileSystems.exists(directory):
       FileSystems.mkdirs(directory)  # local renames need the directory; object stores have none

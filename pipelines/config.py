@@ -137,6 +137,12 @@ def resolve(flags: Dict[str, Any], file_values: Optional[Dict[str, Any]] = None,
     where = f'sources[{i}]'
     if not source.get('type'):
       raise ConfigError(f'{where} has no "type"')
+    # A source may hold another entity than the run's (a run can mix entities).
+    source['entity'] = source.get('entity') or config.entity
+    try:
+      entities.entity_model(source['entity'])
+    except ValueError as e:
+      raise ConfigError(f'{where}: {e}') from None
     tenant_id = source.get('tenant_id', None if source.get('tenant_field') else config.tenant_id)
     tenant_field = source.get('tenant_field', None if source.get('tenant_id') else config.tenant_field)
     if bool(tenant_id) == bool(tenant_field):

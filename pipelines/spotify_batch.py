@@ -171,7 +171,7 @@ _TENANT_CURSOR_CONNECTORS = ('postgres', 'mongodb', 'redis', 'elasticsearch', 'o
 
 
 def _source_transform(source: dict, config: RunConfig, model):
-  spec = {k: v for k, v in source.items() if k not in ('tenant_id', 'tenant_field')}
+  spec = {k: v for k, v in source.items() if k not in ('tenant_id', 'tenant_field', 'entity')}
   if spec['type'] in _TENANT_CURSOR_CONNECTORS and source.get('tenant_id'):
     spec.setdefault('tenant', source['tenant_id'])
   if spec['type'] in _FILE_CONNECTORS:
@@ -202,8 +202,8 @@ def _describe(source: dict) -> dict:
   """What the manifest says of a source: where it read, never a password."""
   described = {
       k: v for k, v in source.items()
-      if k in ('type', 'input', 'table', 'query', 'collection', 'index', 'pattern', 'resource', 'url', 'tenant_id',
-               'tenant_field')
+      if k in ('type', 'entity', 'input', 'table', 'query', 'collection', 'index', 'pattern', 'resource', 'url',
+               'tenant_id', 'tenant_field')
   }
   if isinstance(described.get('url'), str):
     described['url'] = mask_url(described['url'])
@@ -219,7 +219,7 @@ class _FinalizeFn(beam.DoFn):
     self._info = info
     self._previous_schema = previous_schema
 
-  def process(self, files, counts, schema, cursors=()):
+  def process(self, files, counts, schemas, cursors=()):
     previous_schema = self._previous_schema
     moves = finalize_files(self._output, self._run_id, files)
     if cursors:
@@ -227,8 +227,8 @@ class _FinalizeFn(beam.DoFn):
       # a run that fails before this point is read again next time.
       from io_connectors import state  # pylint: disable=import-outside-toplevel
       state.commit_cursors(list(cursors))
-    manifest = build_manifest(self._info, counts, schema, previous_schema, files, moves)
-    _write_json(FileSystems.join(self._output, '_schema.json'), schema_mod.schema_to_json(schema))
+    manifest = build_manifest(self._info, counts, schemas, previous_schema, files, moves)
+    _write_json(FileSystems.join(self._output, '_schema.json'), schema_document(schemas))
     _write_json(FileSystems.join(self._output, '_manifest.json'), manifest)
     yield manifest
 
@@ -248,13 +248,30 @@ def read_json(path: str) -> Optional[dict]:
     return None
 
 
-def build_manifest(info: dict, counts, schema, previous_schema, files, moves) -> dict:
+def schema_document(schemas: Dict[str, 'pa.Schema']) -> dict:
+  """_schema.json: the schema of a one-entity run, or {"entities": {name: schema}}."""
+  if len(schemas) == 1:
+    return schema_mod.schema_to_json(next(iter(schemas.values())))
+  return {'entities': {name: schema_mod.schema_to_json(schema) for name, schema in sorted(schemas.items())}}
+
+
+def _schema_drift(schemas, previous, baseline) -> dict:
+  if len(schemas) == 1:
+    previous_one = previous if not isinstance(previous, dict) else None
+    return dict(schema_mod.drift(previous_one, next(iter(schemas.values()))), against=baseline)
+  previous = previous if isinstance(previous, dict) else {}
+  return {name: dict(schema_mod.drift(previous.get(name), schema), against=baseline if name in previous else None)
+          for name, schema in sorted(schemas.items())}
+
+
+def build_manifest(info: dict, counts, schemas, previous_schema, files, moves) -> dict:
   totals = {'read': 0, 'written': 0, 'dead_letter': 0, 'deduplicated': 0}
   per_tenant: Dict[str, Dict[str, int]] = {}
   by_reason: Dict[str, int] = {}
   pii: Dict[str, int] = {}
   pseudonymised: Dict[str, int] = {}
   redacted: Dict[str, int] = {}
+  per_entity: Dict[str, int] = {}
   for (metric, tenant, detail), n in counts:
     if metric == 'pii':
       if detail.startswith('PSEUDONYMISED:'):
@@ -269,6 +286,8 @@ def build_manifest(info: dict, counts, schema, previous_schema, files, moves) ->
     totals[metric] += n
     if metric == 'read':
       continue
+    if metric == 'written' and detail:
+      per_entity[detail] = per_entity.get(detail, 0) + n
     bucket = per_tenant.setdefault(tenant or '_unassigned', {'read': 0, 'written': 0, 'dead_letter': 0, 'deduplicated': 0})
     bucket[metric] += n
     bucket['read'] += n
@@ -285,15 +304,16 @@ def build_manifest(info: dict, counts, schema, previous_schema, files, moves) ->
   return dict(
       info,
       finished_at=dt.datetime.now(dt.timezone.utc).isoformat(),
-      counts=dict(totals, per_tenant=dict(sorted(per_tenant.items())), dead_letter_by_reason=dict(sorted(by_reason.items()))),
+      counts=dict(totals,
+                  per_tenant=dict(sorted(per_tenant.items())),
+                  dead_letter_by_reason=dict(sorted(by_reason.items())),
+                  **({'written_per_entity': dict(sorted(per_entity.items()))} if per_entity else {})),
       conservation={'ok': conserved, 'rule': 'read == written + dead_letter + deduplicated'},
       pii=dict(info['pii'],
                findings=dict(sorted(pii.items())),
                pseudonymised=dict(sorted(pseudonymised.items())),
                redacted=dict(sorted(redacted.items()))),
-      schema_drift=schema_mod.drift(previous_schema, schema) | {
-          'against': info['schema_baseline']
-      },
+      schema_drift=_schema_drift(schemas, previous_schema, info['schema_baseline']),
       files={k: sorted(v) for k, v in sorted(outputs.items())},
   )
 
@@ -326,12 +346,14 @@ class _CountReadFn(beam.DoFn):
     yield ('read', None, None), batch.num_rows
 
 
-def build(p: beam.Pipeline, config: RunConfig, master_key, info: dict, previous_schema) -> None:
-  """Adds the whole batch job to `p`."""
-  model = entities.entity_model(config.entity)
-  run_id = info['run_id']
+def _entity_chain(p, entity: str, sources, config: RunConfig, master_key, run_id: str, label: str):
+  """Reads `sources` and takes their records through the transforms of one entity.
+
+  Returns (data files, redacted dead letters, counts, cursors, (entity, schema) PCollection).
+  """
+  model = entities.entity_model(entity)
   records, dead_letters, counts, cursors = [], [], [], []
-  for i, source in enumerate(config.sources):
+  for i, source in sources:
     name = f'Source[{i}:{source["type"]}]'
     outs = p | f'Read {name}' >> _source_transform(source, config, model)
     counts.append(outs.records | f'CountRead {name}' >> beam.ParDo(_CountReadFn(source.get('input') or source['type'])))
@@ -343,30 +365,56 @@ def build(p: beam.Pipeline, config: RunConfig, master_key, info: dict, previous_
       cursors.append(outs.cursors)
     dead_letters.append(outs.dead_letter | f'TenantOfDL {name}' >> AssignDeadLetterTenant(source['tenant_id'], source['tenant_field']))
 
-  all_records = tuple(records) | 'AllRecords' >> beam.Flatten()
-  validated = all_records | 'Validate' >> Validate(model)
+  all_records = tuple(records) | f'{label}AllRecords' >> beam.Flatten()
+  validated = all_records | f'{label}Validate' >> Validate(model)
   dead_letters.append(validated.dead_letter)
   pii_options = PiiOptions(redact=not config.keep_pii)
-  redacted = validated.records | 'RedactPII' >> RedactPII(model, master_key, pii_options)
-  deduped = redacted.records | 'Deduplicate' >> Deduplicate(entities.key_field(model), config.num_shards)
-  inferred = deduped.records | 'InferSchema' >> schema_mod.InferSchema()
-  data_files = deduped.records | 'WriteData' >> WriteRecordFiles(
-      config.output, config.output_format, run_id, schema=beam.pvalue.AsSingleton(inferred))
+  redacted = validated.records | f'{label}RedactPII' >> RedactPII(model, master_key, pii_options)
+  deduped = redacted.records | f'{label}Deduplicate' >> Deduplicate(entities.key_field(model), config.num_shards)
+  inferred = deduped.records | f'{label}InferSchema' >> schema_mod.InferSchema()
+  data_files = deduped.records | f'{label}WriteData' >> WriteRecordFiles(
+      config.output, config.output_format, run_id, schema=beam.pvalue.AsSingleton(inferred),
+      entity=entity if label else None)
+  letters = flatten_dead_letters(dead_letters, f'{label}AllDeadLetters')
+  # Dead letters are redacted with their own entity's identifiers.
+  letters_redacted = letters | f'{label}RedactDeadLetters' >> RedactDeadLetters(model, master_key, pii_options)
 
-  letters = flatten_dead_letters(dead_letters, 'AllDeadLetters')
-  letters_redacted = letters | 'RedactDeadLetters' >> RedactDeadLetters(model, master_key, pii_options)
-  letter_files = letters_redacted.records | 'WriteDeadLetters' >> WriteDeadLetterFiles(config.output, run_id)
+  counts.append(_counted(data_files, f'{label}CountWritten', lambda f: [(('written', f.partition, f.entity), f.rows)]))
+  counts.append(_counted(deduped.counts, f'{label}CountDedup', lambda tc: [(('deduplicated', tc[0], None), tc[1])]))
+  counts.append(_counted(redacted.findings, f'{label}CountPII', lambda kc: [(('pii', None, kc[0]), kc[1])]))
+  counts.append(_counted(letters_redacted.findings, f'{label}CountPIIDL', lambda kc: [(('pii', None, kc[0]), kc[1])]))
+  schema = inferred | f'{label}KeySchema' >> beam.Map(lambda s, e=entity: (e, s))
+  return data_files, letters_redacted.records, counts, cursors, schema
 
-  counts.append(_counted(data_files, 'CountWritten', lambda f: [(('written', f.partition, None), f.rows)]))
-  counts.append(_counted(letters_redacted.records, 'CountDL',
-                         lambda l: [(('dead_letter', l.get('tenant'), l['reason']), l.get('count', 1))]))
-  counts.append(_counted(deduped.counts, 'CountDedup', lambda tc: [(('deduplicated', tc[0], None), tc[1])]))
-  counts.append(_counted(redacted.findings, 'CountPII', lambda kc: [(('pii', None, kc[0]), kc[1])]))
-  counts.append(_counted(letters_redacted.findings, 'CountPIIDL', lambda kc: [(('pii', None, kc[0]), kc[1])]))
+
+def build(p: beam.Pipeline, config: RunConfig, master_key, info: dict, previous_schema) -> None:
+  """Adds the whole batch job to `p`: one chain of transforms per entity the sources hold."""
+  run_id = info['run_id']
+  groups: Dict[str, list] = {}
+  for i, source in enumerate(config.sources):
+    groups.setdefault(source['entity'], []).append((i, source))
+  several = len(groups) > 1
+  data_files, letters, counts, cursors, schemas = [], [], [], [], []
+  for entity, sources in groups.items():
+    files, redacted_letters, entity_counts, entity_cursors, schema = _entity_chain(
+        p, entity, sources, config, master_key, run_id, label=f'[{entity}] ' if several else '')
+    data_files.append(files)
+    letters.append(redacted_letters)
+    counts.extend(entity_counts)
+    cursors.extend(entity_cursors)
+    schemas.append(schema)
+
+  all_data_files = tuple(data_files) | 'AllDataFiles' >> beam.Flatten()
+  all_letters = tuple(letters) | 'AllRedactedDeadLetters' >> beam.Flatten()
+  letter_files = all_letters | 'WriteDeadLetters' >> WriteDeadLetterFiles(config.output, run_id)
+  counts.append(_counted(all_letters, 'CountDL', lambda l: [(('dead_letter', l.get('tenant'), l['reason']), l.get('count', 1))]))
   summed = tuple(counts) | 'AllCounts' >> beam.Flatten() | 'SumCounts' >> beam.CombinePerKey(sum)
 
-  all_files = (data_files, letter_files) | 'AllFiles' >> beam.Flatten() | 'FileList' >> beam.combiners.ToList()
-  side_inputs = {'counts': beam.pvalue.AsList(summed), 'schema': beam.pvalue.AsSingleton(inferred)}
+  all_files = (all_data_files, letter_files) | 'AllFiles' >> beam.Flatten() | 'FileList' >> beam.combiners.ToList()
+  side_inputs = {
+      'counts': beam.pvalue.AsList(summed),
+      'schemas': beam.pvalue.AsDict(tuple(schemas) | 'AllSchemas' >> beam.Flatten()),
+  }
   if cursors:
     side_inputs['cursors'] = beam.pvalue.AsList(tuple(cursors) | 'AllCursors' >> beam.Flatten())
   _ = all_files | 'Finalize' >> beam.ParDo(_FinalizeFn(config.output, run_id, info, previous_schema), **side_inputs)
@@ -381,6 +429,8 @@ def _previous_schema(config: RunConfig):
       raise ConfigError(f'--declared_schema {config.declared_schema}: cannot read a schema document there')
     return None, None
   try:
+    if 'entities' in doc:
+      return {name: schema_mod.schema_from_json(d) for name, d in doc['entities'].items()}, path
     return schema_mod.schema_from_json(doc), path
   except ValueError as e:
     if config.declared_schema:
@@ -470,6 +520,8 @@ def summary_table(manifest: dict) -> str:
   lines.append(f"{'total':<24}{counts['read']:>10}{counts['written']:>10}{counts['dead_letter']:>14}{counts['deduplicated']:>12}")
   ok = manifest['conservation']['ok']
   lines.append(f"read == written + dead letters + duplicates: {'yes' if ok else 'NO'}")
+  if counts.get('written_per_entity'):
+    lines.append('written per entity: ' + ', '.join(f'{e} {n}' for e, n in counts['written_per_entity'].items()))
   reasons = sorted(counts['dead_letter_by_reason'].items(), key=lambda kv: -kv[1])
   if reasons:
     lines += ['', 'top dead-letter reasons:'] + [f'  {n:>8}  {r}' for r, n in reasons[:8]]
@@ -482,9 +534,10 @@ def summary_table(manifest: dict) -> str:
     lines += [f'  {n:>8}  pseudonymised {k}' for k, n in sorted(pii['pseudonymised'].items())]
     lines += [f'  {n:>8}  {k} of dead letters without a tenant: <REDACTED>' for k, n in sorted(pii['redacted'].items())]
   drift = manifest.get('schema_drift') or {}
-  if drift.get('against') and (drift['added'] or drift['removed'] or drift['changed']):
-    lines += ['', f"schema drift against {drift['against']}: added {drift['added']}, removed {drift['removed']}, "
-              f"changed {[c['field'] for c in drift['changed']]}"]
+  for name, d in ([(None, drift)] if 'added' in drift else sorted(drift.items())):
+    if d.get('against') and (d['added'] or d['removed'] or d['changed']):
+      lines += ['', f"schema drift{' of ' + name if name else ''} against {d['against']}: added {d['added']}, "
+                f"removed {d['removed']}, changed {[c['field'] for c in d['changed']]}"]
   out = manifest['output']
   lines += ['', 'outputs:', f'  {out}/data/              clean records, tenant=<id>/ partitions',
             f'  {out}/dead_letter/       rejected records with reason and position',

@@ -231,24 +231,26 @@ def test_batch_job_reads_lastfm_and_a_social_api_for_two_tenants(lastfm, tmp_pat
         'sources': [
             dict(lastfm_source, users=['rj'], tenant_id='acme'),
             dict(lastfm_source, users=['alice'], tenant_id='beatbox'),
-            dict(social_source, params=[{'query': '"Daft Punk"', 'subject': 'Daft Punk'}], tenant_id='acme'),
-            dict(social_source, params=[{'query': 'forever 1'}], tenant_id='beatbox'),
+            dict(social_source, params=[{'query': '"Daft Punk"', 'subject': 'Daft Punk'}], tenant_id='acme',
+                 entity='social_mention'),
+            dict(social_source, params=[{'query': 'forever 1'}], tenant_id='beatbox', entity='social_mention'),
         ]
     }
     config_path = tmp_path / 'api_sources.yaml'
     config_path.write_text(yaml.safe_dump(config))
     manifest = run(['--config', str(config_path)])
   counts = manifest['counts']
-  assert counts['per_tenant']['acme']['written'] == 230
-  assert counts['per_tenant']['beatbox']['written'] == 40
-  # Mentions are not listening events: the batch job has one entity per run, so they are
-  # dead-lettered (missing event fields), per tenant, never dropped.
-  assert counts['per_tenant']['acme']['dead_letter'] == 12
-  assert counts['per_tenant']['beatbox']['dead_letter'] == 3  # 'forever 1', 'forever 10', 'forever 11'
-  assert counts['dead_letter_by_reason'] == {'missing_field': 15}
+  # Listening events and social mentions, each validated as its own entity.
+  assert counts['per_tenant']['acme']['written'] == 230 + 12
+  assert counts['per_tenant']['beatbox']['written'] == 40 + 3  # 'forever 1', 'forever 10', 'forever 11'
+  assert counts['written_per_entity'] == {'listening_event': 270, 'social_mention': 15}
+  assert counts['dead_letter'] == 0
   assert manifest['conservation']['ok']
   assert [s['type'] for s in manifest['inputs']] == ['lastfm', 'lastfm', 'social', 'social']
-  acme = pq.read_table(str(tmp_path / 'lake' / 'data' / 'tenant=acme'))
+  mentions = pq.read_table(str(tmp_path / 'lake' / 'data' / 'entity=social_mention' / 'tenant=acme'))
+  assert mentions.num_rows == 12 and set(mentions.column('platform').to_pylist()) == {'twitter'}
+  assert '9' not in set(mentions.column('author_id').to_pylist())  # an identifier: pseudonymised
+  acme = pq.read_table(str(tmp_path / 'lake' / 'data' / 'entity=listening_event' / 'tenant=acme'))
   assert acme.num_rows == 230
   assert set(acme.column('platform').to_pylist()) == {'lastfm'}
   # user_id is an identifier: pseudonymised, never the Last.fm user name.

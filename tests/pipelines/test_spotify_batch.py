@@ -361,3 +361,39 @@ def test_flags_shared_with_other_options_classes_are_still_known():
   _check_flags(['--config', 'run.yaml', '--output_format', 'avro', '--run_id', 'r1', '--runner', 'DirectRunner'])
   with pytest.raises(UsageError, match='invalid choice'):
     _check_flags(['--output_format', 'xml'])
+
+
+def test_one_run_can_hold_several_entities(tmp_path):
+  events = [_event('e1', 'u1', 'acme'), _event('e2', 'u2', 'beat')]
+  csv_path = tmp_path / 'events.csv'
+  with open(csv_path, 'w', newline='') as handle:
+    writer = csv.DictWriter(handle, fieldnames=list(events[0]))
+    writer.writeheader()
+    writer.writerows(events)
+  tracks_path = tmp_path / 'tracks.jsonl'
+  tracks_path.write_text('\n'.join(json.dumps(t) for t in [
+      {'id': '4uLU6hMCjMI75M1A2tKUQC', 'name': 'Song', 'popularity': 50, 'album': {'name': 'A'}},
+      {'id': '4uLU6hMCjMI75M1A2tKUQC', 'name': 'Song', 'popularity': 50, 'album': {'name': 'A'}},
+      {'id': 'short', 'name': 'Bad id'},
+  ]) + '\n')
+  output = tmp_path / 'out'
+  config_path = tmp_path / 'run.yaml'
+  config_path.write_text(yaml.safe_dump({
+      'output': str(output),
+      'sources': [
+          {'type': 'csv', 'input': str(csv_path), 'tenant_field': 'tenant_id'},
+          {'type': 'jsonl', 'input': str(tracks_path), 'tenant_id': 'acme', 'entity': 'track'},
+      ]
+  }))
+  manifest = run(['--config', str(config_path)])
+  counts = manifest['counts']
+  assert counts['written_per_entity'] == {'listening_event': 2, 'track': 1}
+  assert (counts['read'], counts['written'], counts['dead_letter'], counts['deduplicated']) == (5, 3, 1, 1)
+  assert manifest['conservation']['ok']
+  assert pq.read_table(str(output / 'data' / 'entity=track' / 'tenant=acme')).column('name').to_pylist() == ['Song']
+  assert pq.read_table(str(output / 'data' / 'entity=listening_event' / 'tenant=beat')).num_rows == 1
+  schema = json.load(open(output / '_schema.json'))
+  assert set(schema['entities']) == {'listening_event', 'track'}
+  assert 'album' in [f['name'] for f in schema['entities']['track']['fields']]
+  assert [(l['reason'], l['field']) for l in _dead_letters(str(output))] == [('invalid_value', 'id')]
+  assert set(manifest['schema_drift']) == {'listening_event', 'track'}
