@@ -135,6 +135,10 @@ class ResourceConfig:
     error there and no records is dead-lettered.
   max_pages: pages read for one element at most (a guard against loops).
   incremental: an IncrementalConfig (or dict).
+  empty_path: for APIs that leave the records out of an empty answer (Twitter/X
+    omits `data` when nothing matches): the dotted path of a count that is 0
+    then; a page without records whose count there is 0 is an empty page, not
+    a dead letter.
   """
   name: str
   base_url: str
@@ -153,6 +157,7 @@ class ResourceConfig:
   error_path: Optional[str] = None
   max_pages: int = 100000
   incremental: Optional[IncrementalConfig] = None
+  empty_path: Optional[str] = None
 
   def __post_init__(self):
     if not self.name:
@@ -400,6 +405,8 @@ class _Reader:
       if isinstance(records, dict):
         records = [records]
       errors = json_path(body, r.error_path) if r.error_path and isinstance(body, dict) else None
+      if records is None and not errors and r.empty_path and isinstance(body, dict) and json_path(body, r.empty_path) == 0:
+        records = []  # an empty answer that leaves the record list out
       if records is None or not isinstance(records, list):
         detail = (f'errors in the answer: {json.dumps(errors, default=str)[:500]}' if errors else
                   f'no list of records at {r.record_path!r} in the answer (HTTP {response.status})')

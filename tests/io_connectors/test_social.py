@@ -288,3 +288,13 @@ def test_registry_builds_social_sources_and_reports_config_mistakes(twitter, mon
   monkeypatch.delenv('TIKTOK_CLIENT_SECRET', raising=False)
   with pytest.raises(registry.ConfigError, match='TIKTOK_CLIENT_SECRET'):
     registry.build({'type': 'social', 'resource': 'tiktok.video_mentions', 'params': [{}]})
+
+
+def test_twitter_search_that_finds_nothing_is_empty_not_a_dead_letter(twitter):
+  # X leaves `data` out of an empty answer (only meta.result_count: 0).
+  twitter.tweets = _tweets(5)
+  with TestPipeline() as p:
+    out = p | ReadFromSocial('twitter.recent_search_mentions', [{'query': '"Nobody Plays This"'}, {'query': '"Daft Punk"'}],
+                             overrides={'base_url': twitter.url}, options=FAST)
+    assert_that(_rows(out.records), _check(5), label='records')
+    assert_that(out.dead_letter, _check(0), label='no dead letters')
