@@ -337,27 +337,41 @@ def _delete_tree(path: str):
       raise e
 
 
+def _files_under(path: str) -> List[str]:
+  return [m.path for m in FileSystems.match([_join(path, '**')])[0].metadata_list]
+
+
 def finalize_files(output: str, run_id: str, files: Iterable[WrittenFile]) -> Dict[str, str]:
   """Moves committed temp files to their final names; returns {temp: final}.
 
   Previous contents of OUTPUT/data and OUTPUT/dead_letter are replaced: a run
-  owns its output directory.
+  owns its output directory. Safe to run again after a failure part-way (a
+  runner retries the step): files already moved stay, the rest are moved.
   """
   files = sorted(files, key=lambda f: (f.kind, f.entity or '', f.partition, f.order_key, f.rows))
-  for sub in ('data', 'dead_letter'):
-    _delete_tree(_join(output, sub))
   groups: Dict[tuple, List[WrittenFile]] = {}
   for f in files:
     groups.setdefault((f.kind, f.entity, f.partition), []).append(f)
   moves = {}
   for members in groups.values():
     directory = _partition_dir(output, members[0])
-    if '://' not in directory and not FileSystems.exists(directory):
-      FileSystems.mkdirs(directory)  # local renames need the directory; object stores have none
     for i, f in enumerate(members):
       moves[f.temp_path] = _join(directory, f'part-{i:05d}-of-{len(members):05d}.{f.extension}')
-  if moves:
-    FileSystems.rename(list(moves), list(moves.values()))
+  finals = set(moves.values())
+  # Files of earlier runs go; this run's own (moved by an earlier attempt) stay.
+  stale = [path for sub in ('data', 'dead_letter') for path in _files_under(_join(output, sub)) if path not in finals]
+  if stale:
+    FileSystems.delete(stale)
+  pending = {temp: final for temp, final in moves.items() if FileSystems.exists(temp)}
+  lost = [temp for temp, final in moves.items() if temp not in pending and not FileSystems.exists(final)]
+  if lost:
+    raise RuntimeError(f'{len(lost)} committed file(s) are neither in {_temp_dir(output, run_id)} nor in place, '
+                       f'e.g. {lost[0]}')
+  for directory in sorted({final.rsplit('/', 1)[0] for final in pending.values()}):
+    if '://' not in directory and not FileSystems.exists(directory):
+      FileSystems.mkdirs(directory)  # local renames need the directory; object stores have none
+  if pending:
+    FileSystems.rename(list(pending), list(pending.values()))
   _delete_tree(_temp_dir(output, run_id))
   try:
     temporary = _join(output, '_temporary')
