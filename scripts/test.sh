@@ -46,10 +46,6 @@ start_services() {
 }
 
 ensure_venv '.[test,aws,gcp]'
-# Prism (built from Beam's Go module, minutes once per machine) before the
-# tests: the streaming tests that run on it come before the runner tests that
-# would otherwise build it, and skip when it is missing.
-bash scripts/prism.sh build >/dev/null || log "building Prism failed: the Prism tests will fail or skip"
 trap stop_started EXIT
 # An interrupt or termination still runs the EXIT trap.
 trap 'exit 130' INT
