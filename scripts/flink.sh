@@ -26,7 +26,9 @@
 #   the newest Beam Flink runner whose dependency tree resolves there.
 #
 # Environment: FLINK_REST_PORT (8081), FLINK_RPC_PORT (6123), FLINK_WORKER_POOL_PORT (50000),
-#   FLINK_TASKMANAGERS (2), JAVA (java).
+#   FLINK_TASKMANAGERS (2), JAVA (java), FLINK_INSTANCE (unset): a name for a second,
+#   independent cluster (its own config, pid files, logs, checkpoints and temp dirs
+#   under .cache/flink/instances/NAME; give it its own ports too).
 set -euo pipefail
 
 FLINK_VERSION=1.19.3
@@ -41,9 +43,16 @@ FLINK_HOME="${FLINK_CACHE}/flink-${FLINK_VERSION}"
 FLINK_LIB="${FLINK_HOME}/lib"
 JOB_SERVER_HOME="${FLINK_CACHE}/beam-job-server-${BEAM_JOB_SERVER_VERSION}"
 JOB_SERVER_JAR="${JOB_SERVER_HOME}/beam-runners-flink-${FLINK_MINOR}-job-server-${BEAM_JOB_SERVER_VERSION}-launcher.jar"
-CONF_DIR="${FLINK_HOME}/conf"
-RUN_DIR="${FLINK_HOME}/run"
-LOG_DIR="${FLINK_HOME}/log"
+# Where one cluster keeps its own state; the jars in FLINK_HOME/lib are shared.
+if [[ -n "${FLINK_INSTANCE:-}" ]]; then
+  [[ "${FLINK_INSTANCE}" =~ ^[a-z0-9][a-z0-9_-]{0,30}$ ]] || { echo "flink.sh: bad FLINK_INSTANCE '${FLINK_INSTANCE}'" >&2; exit 2; }
+  INSTANCE_HOME="${FLINK_CACHE}/instances/${FLINK_INSTANCE}"
+else
+  INSTANCE_HOME="${FLINK_HOME}"
+fi
+CONF_DIR="${INSTANCE_HOME}/conf"
+RUN_DIR="${INSTANCE_HOME}/run"
+LOG_DIR="${INSTANCE_HOME}/log"
 
 REST_PORT="${FLINK_REST_PORT:-8081}"
 RPC_PORT="${FLINK_RPC_PORT:-6123}"
@@ -186,8 +195,8 @@ classpath() {
 }
 
 render_conf() {
-  mkdir -p "${CONF_DIR}" "${RUN_DIR}" "${LOG_DIR}" "${FLINK_HOME}/plugins" "${FLINK_HOME}/tmp" "${FLINK_HOME}/checkpoints" "${FLINK_HOME}/savepoints"
-  sed -e "s|@FLINK_HOME@|${FLINK_HOME}|g" -e "s|@REST_PORT@|${REST_PORT}|g" -e "s|@RPC_PORT@|${RPC_PORT}|g" \
+  mkdir -p "${CONF_DIR}" "${RUN_DIR}" "${LOG_DIR}" "${FLINK_HOME}/plugins" "${INSTANCE_HOME}/tmp" "${INSTANCE_HOME}/checkpoints" "${INSTANCE_HOME}/savepoints"
+  sed -e "s|@FLINK_HOME@|${INSTANCE_HOME}|g" -e "s|@REST_PORT@|${REST_PORT}|g" -e "s|@RPC_PORT@|${RPC_PORT}|g" \
     "${TEMPLATES}/config.yaml.template" > "${CONF_DIR}/config.yaml.tmp"
   mv "${CONF_DIR}/config.yaml.tmp" "${CONF_DIR}/config.yaml"
   cp "${TEMPLATES}/log4j.properties" "${CONF_DIR}/log4j.properties"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 import socket
 import subprocess
@@ -25,8 +26,10 @@ from pipelines import runners
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 FLINK_SCRIPT = REPO_ROOT / 'scripts' / 'flink.sh'
 PRISM_SCRIPT = REPO_ROOT / 'scripts' / 'prism.sh'
-REST_PORT = 8081
-WORKER_POOL_PORT = 50000
+# The same variables as scripts/flink.sh, so a second cluster (FLINK_INSTANCE)
+# can serve a test run beside another.
+REST_PORT = int(os.environ.get('FLINK_REST_PORT', '8081'))
+WORKER_POOL_PORT = int(os.environ.get('FLINK_WORKER_POOL_PORT', '50000'))
 
 
 def _port_answers(port: int) -> bool:
