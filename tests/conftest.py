@@ -17,6 +17,9 @@ Object stores (a fresh bucket per test)::
 uses) at gcp-storage-emulator through STORAGE_EMULATOR_HOST, set for the whole
 session once a GCS fixture is used.
 
+Prism and the Flink cluster: the session fixtures `prism_binary`,
+`flink_cluster` and `flink_args` of tests/cluster_fixtures.py.
+
 Another server: add it to scripts/services.sh, then in a session fixture call
 `ensure_service('NAME')`, which returns its port.
 """
@@ -33,6 +36,9 @@ from typing import Callable, List
 
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
+
+# Session fixtures for Prism and Flink, visible to every test package.
+from tests.cluster_fixtures import flink_args, flink_cluster, prism_binary  # noqa: F401  pylint: disable=unused-import
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SERVICES_SCRIPT = REPO_ROOT / 'scripts' / 'services.sh'

@@ -27,7 +27,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineState
 
 from pipelines import runners
-from tests.runners.conftest import wait_until
+from tests.cluster_fixtures import wait_until
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, with_provenance
 
 ARTISTS = ('Aurora', 'Björk', 'Caribou', 'Daft Punk', 'Enya')

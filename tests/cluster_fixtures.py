@@ -1,4 +1,7 @@
-"""Session fixtures for the runner tests: our Prism build and the Flink cluster.
+"""Session fixtures for every test that needs Prism or the Flink cluster.
+
+Imported by tests/conftest.py, so the streaming tests use the same cluster as
+the runner tests instead of skipping when nobody started it.
 
 `prism_binary` builds Prism with scripts/prism.sh (minutes, once per machine).
 `flink_cluster` reuses a cluster that answers on the REST port, else starts one
