@@ -272,10 +272,13 @@ _PREFILTERS = {
     'PHONE_NUMBER': _PHONE_PREFILTER,
     # presidio: (4|5[0-5]\d|6|1|3)\d{3}[- ]?\d{3,4}[- ]?\d{3,4}[- ]?\d{3,5} with \b anchors.
     'CREDIT_CARD': r'\p{Nd}{4}[- ]?\p{Nd}{3,4}[- ]?\p{Nd}{3,4}[- ]?\p{Nd}{3}',
-    # presidio: [A-Z]{2}[0-9]{2}(...) under IGNORECASE.
-    'IBAN_CODE': r'\p{L}{2}[0-9]{2}',
-    # IPv4 (dotted quad) or anything with a colon next to a hex digit or a colon (IPv6).
-    'IP_ADDRESS': r'[0-9]\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]|[0-9A-Fa-f:]:|:[0-9A-Fa-f]',
+    # presidio: [A-Z]{2}[0-9]{2}(?:[ -]?[A-Z0-9]{4}){2,6}... under IGNORECASE
+    # (device models such as 'iPhone15,2' no longer qualify).
+    'IBAN_CODE': r'\p{L}{2}[0-9]{2}(?:[ -]?[\p{L}\p{Nd}]{4}){2}',
+    # IPv4 (dotted quad), or two colons with at most four hex digits between
+    # them, which every IPv6 form of presidio's patterns holds ('::' or
+    # ':h:'); 'spotify:track:...' URIs and 'HH:MM' times do not.
+    'IP_ADDRESS': r'[0-9]\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]|:[0-9A-Fa-f]{0,4}:',
     URL_WITH_CREDENTIALS: r'(?s)://.*@',
 }
 # The same prefilters for the Python path (the `regex` module reads \p{..} like RE2).
@@ -476,10 +479,27 @@ class TextScanner:
 
   def redact_text(self, text: Optional[str]) -> Tuple[Optional[str], collections.Counter]:
     """`text` with each finding replaced by <ENTITY_TYPE>, and the counts per type."""
-    if text is None:
-      return None, collections.Counter()
-    out, counts = self.redact_array(pa.array([text], type=pa.string()))
-    return out[0].as_py(), counts
+    out, counts = self.redact_texts([text])
+    return out[0], counts
+
+  def redact_texts(self, texts: Sequence[Optional[str]]) -> Tuple[List[Optional[str]], collections.Counter]:
+    """`redact_array` for a few Python strings (a dead letter's values).
+
+    The same prefilters and findings, without the Arrow round trip: for a
+    dozen strings, building arrays and calling pyarrow.compute costs more
+    than the scan itself.
+    """
+    total = collections.Counter()
+    out: List[Optional[str]] = []
+    for text in texts:
+      wanted = [e for e in self.entities if text is not None and _PREFILTERS_PY[e].search(text) is not None]
+      if not wanted:
+        out.append(text)
+        continue
+      redacted, counts = self._redact(text, wanted)
+      out.append(redacted)
+      total.update(counts)
+    return out, total
 
   def _entity_masks(self, values: pa.Array) -> Dict[str, np.ndarray]:
     if len(values) <= _SMALL_ARRAY:
@@ -787,9 +807,9 @@ class _RecordRedactor:
   def scan(self, scanner: TextScanner):
     if not self.texts:
       return
-    redacted, found = scanner.redact_array(pa.array(self.texts, type=pa.string()))
+    redacted, found = scanner.redact_texts(self.texts)
     self.counts.update(found)
-    for (container, key), before, after in zip(self.slots, self.texts, redacted.to_pylist()):
+    for (container, key), before, after in zip(self.slots, self.texts, redacted):
       if after != before:
         container[key] = after
 

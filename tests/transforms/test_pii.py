@@ -158,7 +158,8 @@ def _generated_cells(n, seed):
   pii = [t for texts in SENTENCES.values() for t in texts] + [
       'ann@example.org', '+1 415 555 2671', '020 7946 0958', '4012888888881881', 'FR1420041010050500013M02606',
       '10.0.0.1', '::ffff:192.0.2.1', 'ftp://u:p@files.example.net', 'https://token@github.com/x', '+49 30 901820',
-      '٠٢٠ ٧٩٤٦ ٠٩٥٨', '+44２０７９４６０９５８'
+      '٠٢٠ ٧٩٤٦ ٠٩٥٨', '+44２０７９４６０９５８', 'GB82 WEST 1234 5698 7654 32', 'de89-3704-0044-0532-0130-00',
+      '2001:db8::8a2e:370:7334', 'fe80::1%eth0', '1:2:3:4:5:6:7:8', '::1', '::', 'iPhone15,2', 'spotify:track:4uLU6hMCjMI75M1A2tKUQC'
   ]
 
   def noise():
@@ -189,6 +190,15 @@ def test_prefilter_never_lets_a_pii_cell_skip_presidio(scanner):
   assert filtered_counts == reference_counts
   # The generated cells do exercise every recognizer (else the comparison proves little).
   assert set(reference_counts) == set(SENTENCES) and sum(reference_counts.values()) > 150
+
+
+def test_python_path_for_a_few_texts_matches_the_arrow_path(scanner):
+  texts = _generated_cells(300, seed=7)
+  arrow_out, arrow_counts = scanner.redact_array(pa.array(texts, type=pa.string()))
+  # A fresh scanner: the memo of the first must not answer for the second.
+  python_out, python_counts = type(scanner)(scanner.entities, scanner.min_score).redact_texts(texts)
+  assert python_out == arrow_out.to_pylist()
+  assert python_counts == arrow_counts and sum(python_counts.values()) > 50
 
 
 def test_redact_array_keeps_type_nulls_and_identity(scanner):
