@@ -15,8 +15,8 @@
 #   scripts/flink.sh job-server-jar              # fetch if needed; print the job-server jar path
 #   scripts/flink.sh lock                        # maintainers: re-pin the jar checksums after a version bump
 #
-# --with-worker-pool also starts Beam's Python SDK worker pool
-# (apache_beam.runners.worker.worker_pool_main) on port $FLINK_WORKER_POOL_PORT,
+# --with-worker-pool also starts a Python SDK worker pool (pipelines.worker_pool: Beam's
+# pool, made safe for TaskManagers that share it) on port $FLINK_WORKER_POOL_PORT,
 # for pipelines run with --environment_type=EXTERNAL --environment_config=localhost:<port>.
 #
 # Versions (pinned; the jar checksums are pinned in scripts/flink/*.sha256):
@@ -64,7 +64,7 @@ PYTHON="${REPO_ROOT}/.venv/bin/python"
 
 JM_CLASS=org.apache.flink.runtime.entrypoint.StandaloneSessionClusterEntrypoint
 TM_CLASS=org.apache.flink.runtime.taskexecutor.TaskManagerRunner
-WORKER_POOL_MODULE=apache_beam.runners.worker.worker_pool_main
+WORKER_POOL_MODULE=pipelines.worker_pool
 
 # Java 17 module opens that flink-dist's launch scripts pass (env.java.opts.all).
 JAVA17_OPENS=(
@@ -298,9 +298,9 @@ start_worker_pool() {
     log "worker pool already running on port ${WORKER_POOL_PORT}"
     return
   fi
-  # The pool starts each SDK worker as `python -c ...` from PATH, so our
-  # interpreter (with apache_beam) must come first; the workers unpickle the
-  # pipeline's DoFns, which may import this repository's packages.
+  # The pool starts each SDK worker with its own interpreter (ours, with
+  # apache_beam); the workers unpickle the pipeline's DoFns, which may import
+  # this repository's packages, hence PYTHONPATH.
   (
     cd "${REPO_ROOT}"
     PATH="$(dirname "${PYTHON}"):${PATH}" PYTHONPATH="${REPO_ROOT}${PYTHONPATH:+:${PYTHONPATH}}" nohup "${PYTHON}" -m "${WORKER_POOL_MODULE}" \

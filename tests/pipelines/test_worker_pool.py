@@ -1,0 +1,83 @@
+"""The shared SDK worker pool never stops one runner's worker for another's StopWorker."""
+
+import sys
+import time
+
+import grpc
+import pytest
+from apache_beam.portability.api import beam_fn_api_pb2, beam_fn_api_pb2_grpc, endpoints_pb2
+
+from pipelines.worker_pool import SharedWorkerPoolServicer
+
+
+class _SleeperPool(SharedWorkerPoolServicer):
+  """Workers are processes that live as many seconds as their control 'url' says.
+
+  A real SDK worker exits when its runner closes the control stream, which the
+  runner does just before StopWorker; a sleeper that ends on time stands for that.
+  """
+  stop_grace_s = 2.0
+  latest = None
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    type(self).latest = self  # Beam's start() returns no handle on the servicer
+
+  def worker_command(self, request):
+    return [sys.executable, '-c', 'import sys, time; time.sleep(float(sys.argv[1]))', request.control_endpoint.url]
+
+
+@pytest.fixture
+def pool():
+  address, server = _SleeperPool.start(use_process=True, port=0)
+  channel = grpc.insecure_channel(address)
+  stub = beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolStub(channel)
+  servicer = _SleeperPool.latest
+  yield stub, servicer
+  servicer.stop_all()
+  channel.close()
+  server.stop(0)
+
+
+def _start(stub, worker_id, lifetime_s):
+  response = stub.StartWorker(beam_fn_api_pb2.StartWorkerRequest(
+      worker_id=worker_id, control_endpoint=endpoints_pb2.ApiServiceDescriptor(url=str(lifetime_s))))
+  assert not response.error
+
+
+def _wait_for(predicate, timeout=20):
+  deadline = time.monotonic() + timeout
+  while not predicate():
+    assert time.monotonic() < deadline, 'timed out'
+    time.sleep(0.1)
+
+
+def test_two_runners_with_one_worker_id_keep_their_own_workers(pool):
+  stub, servicer = pool
+  _start(stub, '1-1', 0.5)  # runner A's worker: its runner closes it soon
+  _start(stub, '1-1', 120)  # runner B's worker: still busy
+  assert len(servicer.live_workers()['1-1']) == 2
+  time.sleep(1.0)  # A's worker has exited by itself (control stream closed) ...
+  stub.StopWorker(beam_fn_api_pb2.StopWorkerRequest(worker_id='1-1'))  # ... then A says StopWorker
+  time.sleep(_SleeperPool.stop_grace_s + 1.5)
+  # Beam's own pool would have killed B's worker here (it kept only the last process per id).
+  assert len(servicer.live_workers().get('1-1', [])) == 1
+  stub.StopWorker(beam_fn_api_pb2.StopWorkerRequest(worker_id='1-1'))  # B is done too
+  _wait_for(lambda: not servicer.live_workers().get('1-1'))
+
+
+def test_a_stopped_worker_that_does_not_exit_is_killed_after_the_grace_period(pool):
+  stub, servicer = pool
+  _start(stub, '2-1', 120)
+  stub.StopWorker(beam_fn_api_pb2.StopWorkerRequest(worker_id='2-1'))
+  assert servicer.live_workers().get('2-1'), 'killed before the grace period'
+  _wait_for(lambda: not servicer.live_workers().get('2-1'))
+
+
+def test_ambiguous_stop_kills_nobody(pool):
+  stub, servicer = pool
+  _start(stub, '3-1', 120)
+  _start(stub, '3-1', 120)
+  stub.StopWorker(beam_fn_api_pb2.StopWorkerRequest(worker_id='3-1'))
+  time.sleep(_SleeperPool.stop_grace_s + 1.5)
+  assert len(servicer.live_workers()['3-1']) == 2
