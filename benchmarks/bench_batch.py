@@ -10,7 +10,10 @@ then measures in the same run, wall clock, best of N:
 (b) the pipeline: ``python -m pipelines.spotify_batch --input FILE --output DIR
     --tenant_field tenant_id --runner DirectRunner`` in a subprocess, with a
     fixed test PII key, validation and PII redaction on (its defaults), once
-    per ``--pipeline-args`` variant.
+    per ``--pipeline-args`` variant;
+(c) the Beam floor (``benchmarks/beam_floor.py``, ``--floor-runner``): the
+    baseline's own work in a one-DoFn Beam pipeline, in a subprocess timed like
+    (b): what Beam's start-up and runner cost before any of our work.
 
 Throughput is input rows per second for both; the ratio is pipeline/baseline.
 Results go to ``benchmarks/results/batch-<UTC time>.json`` (or to stdout with
@@ -75,6 +78,7 @@ class BenchOptions:
   pipeline_args: List[str] = dataclasses.field(default_factory=lambda: [''])
   baseline_only: bool = False
   timeout_s: float = 3600.0
+  floor_runner: str = 'FnApiRunner'
 
   def validate(self) -> 'BenchOptions':
     if self.rows < 1:
@@ -169,6 +173,20 @@ def run_pipeline(csv_path: str, out_dir: str, extra_args: str, timeout_s: float,
   return {'seconds': seconds, 'parquet_rows': _parquet_rows(out_dir)}
 
 
+def run_floor(csv_path: str, out_dir: str, runner: str, timeout_s: float) -> dict:
+  """One run of benchmarks/beam_floor.py in a subprocess; returns seconds, or the error."""
+  command = [sys.executable, os.path.join(REPO_ROOT, 'benchmarks', 'beam_floor.py'), csv_path, out_dir, '--runner', runner]
+  started = time.perf_counter()
+  try:
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, timeout=timeout_s, check=False)
+  except subprocess.TimeoutExpired:
+    return {'error': f'timed out after {timeout_s:.0f} s'}
+  seconds = time.perf_counter() - started
+  if done.returncode != 0:
+    return {'error': f'exit status {done.returncode}', 'log_tail': done.stderr[-2000:].decode('utf-8', 'replace')}
+  return {'seconds': seconds}
+
+
 def machine_info() -> dict:
   info = {
       'nproc': len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count(),
@@ -232,6 +250,22 @@ def run_benchmark(options: BenchOptions) -> dict:
     result['pipelines'] = []
     if options.baseline_only:
       return result
+    if options.floor_runner:
+      floors = []
+      for i in range(options.baseline_runs):
+        floors.append(run_floor(csv_path, os.path.join(work, f'floor-{i}'), options.floor_runner, options.timeout_s))
+        _log(f'Beam floor [{options.floor_runner}] run {i + 1}/{options.baseline_runs}: '
+             + (f'{floors[-1]["seconds"]:.2f} s' if 'seconds' in floors[-1] else floors[-1]['error']))
+      floor_best = _best(floors)
+      result['beam_floor'] = {
+          'what': 'the baseline in one DoFn of a Beam pipeline (benchmarks/beam_floor.py), subprocess',
+          'runner': options.floor_runner,
+          'runs_s': [round(r['seconds'], 3) for r in floors if 'seconds' in r],
+          'errors': [r for r in floors if 'seconds' not in r],
+      }
+      if floor_best:
+        result['beam_floor'].update(best_s=round(floor_best, 3), rows_per_s=round(options.rows / floor_best),
+                                    ratio=round(best / floor_best, 4))
     available = importlib.util.find_spec(PIPELINE_MODULE) is not None
     for extra in options.pipeline_args:
       variant = {'module': PIPELINE_MODULE, 'extra_args': extra, 'runs_s': [], 'errors': []}
@@ -270,6 +304,10 @@ def report(result: dict) -> str:
       f'baseline (read_csv + write_table snappy): best {result["baseline"]["best_s"]:.2f} s '
       f'= {result["baseline"]["rows_per_s"]:,} rows/s',
   ]
+  floor = result.get('beam_floor') or {}
+  if 'best_s' in floor:
+    lines.append(f'Beam floor (the baseline in one DoFn, {floor["runner"]}): best {floor["best_s"]:.2f} s '
+                 f'= {floor["rows_per_s"]:,} rows/s, ratio {floor["ratio"]:.3f} (the most any Beam pipeline reaches here)')
   for variant in result['pipelines']:
     name = variant['extra_args'] or 'defaults'
     if 'rows_per_s' in variant:
@@ -304,13 +342,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--pipeline-args', action='append',
                       help='extra pipeline flags as one string; repeat for several variants (default: none)')
   parser.add_argument('--baseline-only', action='store_true', help='skip the pipeline')
+  parser.add_argument('--floor-runner', default='FnApiRunner',
+                      help="runner of the Beam floor measurement (default FnApiRunner; '' skips it)")
   parser.add_argument('--timeout', type=float, default=3600.0, help='seconds per pipeline run (default 3600)')
   parser.add_argument('--json', action='store_true', help='print the JSON result to stdout instead of a file')
   parser.add_argument('--results-dir', default=DEFAULT_RESULTS_DIR, help='where the JSON result is written')
   args = parser.parse_args(_join_pipeline_args(sys.argv[1:] if argv is None else list(argv)))
   options = BenchOptions(rows=args.rows, seed=args.seed, data_dir=args.data_dir, baseline_runs=args.baseline_runs,
                          pipeline_runs=args.pipeline_runs, pipeline_args=args.pipeline_args or [''],
-                         baseline_only=args.baseline_only, timeout_s=args.timeout)
+                         baseline_only=args.baseline_only, timeout_s=args.timeout, floor_runner=args.floor_runner)
   try:
     options.validate()
   except ValueError as e:
