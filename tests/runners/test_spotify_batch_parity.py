@@ -3,6 +3,8 @@
 import glob
 import json
 import os
+import subprocess
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -77,8 +79,18 @@ def test_flink_cluster_matches(sample, reference, flink_args, tmp_path):
   _assert_same(_run(sample, str(tmp_path / 'out'), flink_args['flink']), reference)
 
 
-# The EXTERNAL worker-pool mode is exercised by tests/runners/test_runners.py with a
-# smaller pipeline. spotify_batch on it sometimes stalls: an SDK worker process of the
-# pool vanishes mid-run without a traceback and Flink (Beam 2.62 job server) never
-# notices, so the job waits forever. Until that is understood it is not part of the
-# suite (see the runners issue); a hanging test would cost CI its whole time budget.
+def test_flink_cluster_external_worker_pool_matches(sample, reference, flink_args, tmp_path):
+  """The production-like mode: SDK workers from the worker pool beside the TaskManagers.
+
+  Run as a subprocess with a time limit: a lost SDK worker makes a Flink job
+  wait forever rather than fail (this used to happen when both TaskManagers'
+  workers shared an id in Beam's own pool; see pipelines/worker_pool.py).
+  """
+  output = str(tmp_path / 'out')
+  env = dict(os.environ, PII_MASTER_KEY=KEY)
+  process = subprocess.run(
+      [sys.executable, '-m', 'pipelines.spotify_batch', *flink_args['flink-external'], '--input',
+       os.path.join(sample, '*.csv'), '--tenant_field', 'tenant_id', '--output', output, '--num_shards', '2'],
+      capture_output=True, text=True, timeout=900, env=env, check=False)
+  assert process.returncode == 0, process.stderr[-3000:]
+  _assert_same(_outputs(output), reference)
