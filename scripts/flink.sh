@@ -293,10 +293,19 @@ start_taskmanager() {
   launch "taskmanager-${i}" "${TM_CLASS}"
 }
 
+port_answers() {  # port
+  "${PYTHON}" -c "import socket,sys; s=socket.socket(); s.settimeout(1); sys.exit(s.connect_ex(('127.0.0.1', $1)))"
+}
+
 start_worker_pool() {
   if alive "${RUN_DIR}/worker-pool.pid" "${WORKER_POOL_MODULE}"; then
     log "worker pool already running on port ${WORKER_POOL_PORT}"
     return
+  fi
+  # gRPC binds with SO_REUSEPORT: a second pool on a port another process
+  # serves would start fine and silently get half of the requests.
+  if port_answers "${WORKER_POOL_PORT}"; then
+    die "something already listens on port ${WORKER_POOL_PORT} (an older worker pool?); stop it or set FLINK_WORKER_POOL_PORT"
   fi
   # The pool starts each SDK worker with its own interpreter (ours, with
   # apache_beam); the workers unpickle the pipeline's DoFns, which may import
@@ -308,8 +317,7 @@ start_worker_pool() {
     echo $! > "${RUN_DIR}/worker-pool.pid"
   )
   wait_for 10 "the worker pool process to start" alive "${RUN_DIR}/worker-pool.pid" "${WORKER_POOL_MODULE}"
-  wait_for 60 "the worker pool on port ${WORKER_POOL_PORT}" \
-    "${PYTHON}" -c "import socket,sys; s=socket.socket(); s.settimeout(1); sys.exit(s.connect_ex(('127.0.0.1', ${WORKER_POOL_PORT})))"
+  wait_for 60 "the worker pool on port ${WORKER_POOL_PORT}" port_answers "${WORKER_POOL_PORT}"
   log "worker pool listening on localhost:${WORKER_POOL_PORT} (pid $(cat "${RUN_DIR}/worker-pool.pid"))"
 }
 
