@@ -107,7 +107,7 @@ class BenchOptions:
   phases: Tuple[str, ...] = ('throughput', 'latency')
   events: int = 200_000
   latency_events: Optional[int] = None  # default: min(events, 120 s of rate)
-  rate: float = 1000.0
+  rate: float = 500.0
   window_s: float = 10.0
   allowed_lateness_s: float = 0.0
   idle_timeout_s: float = 2.0
@@ -821,7 +821,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help='events of the throughput phase; cap of the latency phase\'s measured events (200000)')
   parser.add_argument('--latency-events', type=int, help='measured events of the latency phase (default: '
                       'min(--events, 120 s of --rate))')
-  parser.add_argument('--rate', type=float, default=1000.0, help='events/s produced in the latency phase (1000)')
+  parser.add_argument('--rate', type=float, default=500.0, help='events/s produced in the latency phase (500)')
   parser.add_argument('--window-s', type=float, default=10.0, help='the job\'s fixed window (10)')
   parser.add_argument('--allowed-lateness-s', type=float, default=0.0, help='the job\'s allowed lateness (0)')
   parser.add_argument('--idle-timeout-s', type=float, default=2.0, help='the job\'s idle-partition timeout (2)')
