@@ -610,6 +610,9 @@ def run_throughput(services: Services, options: BenchOptions, work: str) -> dict
     try:
       result['job_running_after_s'] = round(job.wait_running(options.timeout_s), 1)
       if options.profile_s:
+        # From the first window written on: the steady state, not the start-up.
+        while first_data_file(output) is None and job.process.poll() is None:
+          time.sleep(0.5)
         profiler = _profile(job.process.pid, options.profile_s, os.path.join(work, 'profile.txt'))
       wall = job.wait(options.timeout_s)
     finally:
@@ -834,7 +837,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--baseline-runs', type=int, default=3, help='baseline consume loops, best counts (3)')
   parser.add_argument('--pipeline-args', default='', help='extra flags for the job, as one string')
   parser.add_argument('--profile-s', type=float, default=0.0,
-                      help='py-spy the throughput job\'s SDK worker for this long (0: no profile)')
+                      help='py-spy the throughput job\'s SDK worker for this long from its first window on (0: none)')
   parser.add_argument('--timeout', type=float, default=1800.0, help='seconds per job (1800)')
   parser.add_argument('--keep-output', action='store_true', help='keep the jobs\' outputs and logs (path logged)')
   parser.add_argument('--json', action='store_true', help='print the JSON result to stdout instead of a file')
