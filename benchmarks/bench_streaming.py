@@ -27,9 +27,10 @@ Flink session cluster of ``scripts/flink.sh``:
     timestamp resolution, ~4 ms) - the time the benchmark called
     ``produce()`` for it. p50/p99 over the measured events; also the delay
     after the window's close (window end + allowed lateness), which is the
-    pipeline's own part; and, as a baseline, the produce-to-consume latency of
-    a bare consume loop reading the same topic at the same time (Kafka
-    timestamps: millisecond resolution).
+    pipeline's own part; how far the input watermark of the windowing stage
+    trails the wall clock (Flink REST, sampled every 2 s); and, as a baseline,
+    the produce-to-consume latency of a bare consume loop reading the same
+    topic at the same time (Kafka timestamps: millisecond resolution).
 
 Windows are fixed `--window-s` windows on ``played_at``, emitted once when the
 watermark passes window end + `--allowed-lateness-s` (no early or repeated
@@ -550,6 +551,30 @@ class PipelineJob:
       return ''
 
 
+class WatermarkSampler(threading.Thread):
+  """Samples how far the input watermark of the job's windowing stage trails the wall clock (Flink REST)."""
+
+  def __init__(self, services: Services, job: PipelineJob, interval_s: float = 2.0):
+    super().__init__(daemon=True)
+    self._services, self._job, self._interval = services, job, interval_s
+    self.lags: List[float] = []
+    self.stop_event = threading.Event()
+
+  def run(self):
+    while not self.stop_event.wait(self._interval):
+      try:
+        detail = self._services.rest(f'/jobs/{self._job.job_id}')
+        for vertex in detail['vertices']:
+          if 'Windows' not in vertex['name'] or 'WriteData' not in vertex['name']:
+            continue  # the fused stage holding WindowEvents' stateful DoFn and the Parquet writes
+          marks = [int(w['value']) for w in self._services.rest(f'/jobs/{self._job.job_id}/vertices/{vertex["id"]}'
+                                                                '/watermarks')]
+          if marks and min(marks) > 0:
+            self.lags.append(time.time() - min(marks) / 1000)
+      except (OSError, KeyError, ValueError):
+        continue
+
+
 def _profile(pid: int, seconds: float, out_path: str) -> Optional[subprocess.Popen]:
   """py-spy on the job's launching process (its SDK worker runs there: LOOPBACK), if installed."""
   py_spy = shutil.which('py-spy') or os.path.join(os.path.dirname(sys.executable), 'py-spy')
@@ -671,6 +696,7 @@ def run_latency(services: Services, options: BenchOptions, work: str) -> dict:
     job = PipelineJob(services, topic, output, per_partition, options, os.path.join(work, 'latency.log')).start()
     try:
       result['job_running_after_s'] = round(job.wait_running(options.timeout_s), 1)
+      sampler = WatermarkSampler(services, job)
       baseline.start()
       # Warm-up: until the job has written a window (so it runs end to end), and at least warmup_s.
       began = time.monotonic()
@@ -683,7 +709,9 @@ def run_latency(services: Services, options: BenchOptions, work: str) -> dict:
       _log(f'latency: warm-up of {warm:,} events done; {measured:,} measured events at {rate:g}/s')
       first_measured = producer.sent
       measured_ms[0] = time.time_ns() // 1_000_000
+      sampler.start()
       producer.send_at_rate(measured, rate)
+      sampler.stop_event.set()
       measured_ms[1] = time.time_ns() // 1_000_000
       measured_rows = rows[first_measured:producer.sent]
       producer.send_at_rate(tail, rate)
@@ -712,6 +740,8 @@ def run_latency(services: Services, options: BenchOptions, work: str) -> dict:
         'latency': latency_summary(latencies),
         'after_window_close': latency_summary(after_close),
         'sustained': window_rates(measured_windows),
+        # Sampled every 2 s while the measured events were produced.
+        'windowing_watermark_lag': latency_summary(sampler.lags),
     }
     third = max(1, len(after_close) // 3)
     result['pipeline']['after_window_close_p50_first_vs_last_third'] = [
@@ -810,7 +840,8 @@ def report(result: dict) -> str:
     lines.append(f'latency: {lat["measured_events"]:,} events at {lat["rate"]:g}/s, {lat["window_s"]:g} s windows: '
                  f'event-to-file p50 {p["latency"].get("p50_s")} s, p99 {p["latency"].get("p99_s")} s; after the '
                  f'window close p50 {p["after_window_close"].get("p50_s")} s, p99 {p["after_window_close"].get("p99_s")} '
-                 f's; bare consume loop p50 {lat["baseline"]["latency"].get("p50_s")} s, p99 '
+                 f's; watermark lag at the windowing stage p50 {p.get("windowing_watermark_lag", {}).get("p50_s")} s; '
+                 f'bare consume loop p50 {lat["baseline"]["latency"].get("p50_s")} s, p99 '
                  f'{lat["baseline"]["latency"].get("p99_s")} s; exactly once: {lat["check"]["ok"]}')
   elif lat:
     lines.append(f'latency: failed: {lat["error"][:300]}')
