@@ -399,7 +399,7 @@ def consume_loop(bootstrap: str, topic: str, total: int, stop_after_s: float = 6
         try:
           json.loads(message.value())
           parsed += 1
-        except ValueError:
+        except (ValueError, TypeError):  # malformed, or an empty message
           pass
         if on_message is not None:
           on_message(message)
