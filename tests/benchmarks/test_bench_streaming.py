@@ -1,0 +1,71 @@
+"""The pure helpers of benchmarks/bench_streaming.py: percentiles, output paths, messages, rates, the check.
+
+No Kafka, no Flink, no timing: the benchmark itself is run by hand (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import json
+import pathlib
+import sys
+
+import pytest
+
+from pipelines import sample_data
+
+_PATH = pathlib.Path(__file__).resolve().parents[2] / 'benchmarks' / 'bench_streaming.py'
+_SPEC = importlib.util.spec_from_file_location('bench_streaming', _PATH)
+bench = importlib.util.module_from_spec(_SPEC)
+sys.modules.setdefault('bench_streaming', bench)  # dataclasses look their module up there
+_SPEC.loader.exec_module(bench)
+
+
+def test_latency_summary_percentiles():
+  summary = bench.latency_summary(float(i) for i in range(1, 101))  # 1..100 s
+  assert summary['count'] == 100
+  assert summary['min_s'] == 1.0 and summary['max_s'] == 100.0
+  assert summary['p50_s'] == 50.5  # linear interpolation between the 50th and 51st values
+  assert summary['p99_s'] == 99.01
+  assert summary['mean_s'] == 50.5
+  assert bench.latency_summary([]) == {'count': 0}
+  assert bench.latency_summary([2.5])['p99_s'] == 2.5
+
+
+def test_parse_data_path():
+  start = dt.datetime(2026, 11, 22, 5, 40, 10, tzinfo=dt.timezone.utc).timestamp()
+  assert bench.parse_data_path('out/data/tenant=acme-music/window_start=20261122T054010Z/part-003.parquet') == (
+      'acme-music', start, 3)
+  assert bench.parse_data_path('data/tenant=t/window_start=20261122T054010.500000Z/part-000.parquet') == (
+      't', start + 0.5, 0)
+  assert bench.parse_data_path('sessions/tenant=t/window_start=20261122T054010Z/part-000.parquet') is None
+  assert bench.parse_data_path('data/tenant=t/window_start=20261122T054010Z/.tmp-abc-part-000.parquet') is None
+
+
+def test_encode_event_sets_the_event_time_and_keeps_defects():
+  rows = {r.kind: r for r in sample_data.iter_rows(rows=3000, seed=7)}
+  at_ms = 1795326000123
+  clean = json.loads(bench.encode_event(rows['clean'], at_ms))
+  assert clean['played_at'] == '2026-11-22T05:40:00.123Z'
+  assert clean['event_id'] == rows['clean'].values[0]
+  assert isinstance(clean['ms_played'], int) and isinstance(clean['skipped'], bool)
+  assert json.loads(bench.encode_event(rows['timestamp_without_offset'], at_ms))['played_at'] != clean['played_at']
+  assert 'event_id' not in json.loads(bench.encode_event(rows['missing_event_id'], at_ms))
+  with pytest.raises(ValueError):
+    json.loads(bench.encode_event(rows['wrong_column_count'], at_ms))
+  with pytest.raises(UnicodeDecodeError):
+    bench.encode_event(rows['non_utf8'], at_ms).decode('utf-8')
+
+
+def test_window_rates_leave_out_the_first_window():
+  windows = {0.0: (100.0, 500), 10.0: (102.0, 300), 20.0: (104.0, 100)}
+  assert bench.window_rates(windows) == {'windows': 3, 'span_s': 4.0, 'rows_in_span': 400, 'events_per_s': 100.0}
+  assert bench.window_rates({0.0: (1.0, 5)}) == {'windows': 1}
+
+
+def test_exactly_once_names_missing_doubled_and_unexpected():
+  assert bench.exactly_once(['a', 'b', 'c'], ['a', 'b', 'c'])['ok']
+  check = bench.exactly_once(['a', 'a', 'x'], ['a', 'b'])
+  assert (check['missing'], check['doubled'], check['unexpected'], check['ok']) == (1, 1, 1, False)
+  assert sorted(check['examples']) == ['a', 'b', 'x']
