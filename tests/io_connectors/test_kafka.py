@@ -313,14 +313,10 @@ def test_write_to_kafka_round_trip(kafka):
   assert sorted(r[2] for r in rows) == ['w1', 'w2']
 
 
-def test_streaming_read_of_records_produced_while_running_on_prism(kafka):
+def test_streaming_read_of_records_produced_while_running_on_prism(kafka, prism_binary):
   """An unbounded read (self-checkpoints, watermark) that ends after a record count, on Prism."""
   from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=import-outside-toplevel
-  from pipelines import runners  # pylint: disable=import-outside-toplevel
-  try:
-    args = runners.runner_args('prism')
-  except runners.RunnerSetupError as e:
-    pytest.skip(f'Prism is not built here: {e}')
+  args = ['--runner=PrismRunner', f'--prism_location={prism_binary}', '--environment_type=LOOPBACK']
   topic = new_topic(kafka, partitions=2)
   produce(kafka, topic, [(i % 2, event(i), None) for i in range(10)])
   pipeline = beam.Pipeline(options=PipelineOptions(args + ['--streaming']))
