@@ -69,6 +69,7 @@ from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorP
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Duration, Timestamp
 
 from io_connectors import registry
+from io_connectors.stream_messages import CheckpointOnlyTracker
 # Imported for its side effect: registers the Arrow IPC coder of RecordBatch,
 # the element type of the records output.
 try:
@@ -538,6 +539,11 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
     return OffsetRange(start, max(start, stop))
 
   def create_tracker(self, restriction: OffsetRange) -> OffsetRestrictionTracker:
+    if self._STREAMING:
+      # Checkpoints only: a runner's dynamic split would start a second read of
+      # this partition (past its end, idle at now - idle_timeout_s) with its own
+      # watermark, which the first one's progress no longer bounds.
+      return CheckpointOnlyTracker(restriction)
     return OffsetRestrictionTracker(restriction)
 
   def split(self, element, restriction):
