@@ -214,6 +214,17 @@ def check_outputs(output, plan: EventPlan, malformed_at: Set[Tuple[str, str]], s
   assert not glob.glob(f'{output}/**/.tmp-*', recursive=True)
 
 
+def _cancel(result):
+  """Cancels a streaming job and waits until it stopped (the portable runner raises for CANCELLED)."""
+  result.cancel()
+  try:
+    result.wait_until_finish(duration=FINISH_TIMEOUT_S * 1000)
+  except RuntimeError:
+    if result.state != PipelineState.CANCELLED:
+      raise
+  assert result.state == PipelineState.CANCELLED, result.state
+
+
 def _settled(output, plan: EventPlan, malformed_at, result, extra=lambda: True):
   """A condition for wait_until: every late event and malformed message is in the outputs."""
 
@@ -263,14 +274,15 @@ def run_kafka_end_to_end(kafka, tmp_path, runner_argv: List[str], n: int = EVENT
   try:
     written_s = _wait_for_writes(output, plan, result, started)
     produce(kafka, topic, plan.late + pads)
-    if not ends_by_itself:
+    if ends_by_itself:
+      result.wait_until_finish(duration=FINISH_TIMEOUT_S * 1000)
+      assert result.state == PipelineState.DONE, result.state
+    else:
       wait_until(_settled(output, plan, malformed_at, result), timeout=WRITE_TIMEOUT_S, interval=1,
                  what='late events and dead letters')
   finally:
-    if not ends_by_itself:
-      result.cancel()
-  result.wait_until_finish(duration=FINISH_TIMEOUT_S * 1000)
-  assert result.state == (PipelineState.DONE if ends_by_itself else PipelineState.CANCELLED), result.state
+    if not ends_by_itself or not PipelineState.is_terminal(result.state):
+      _cancel(result)  # an unbounded read (or a failed test): the test ends the job
   print(f'kafka, {n} events on {runner_argv[0]}: written after {written_s:.0f} s, '
         f'job ended after {time.monotonic() - started:.0f} s')
   check_outputs(output, plan, malformed_at, f'kafka://{topic}/', 'offset ')
@@ -317,9 +329,7 @@ def run_redis_end_to_end(url, tmp_path, runner_argv: List[str], n: int = EVENTS,
       wait_until(_settled(output, plan, malformed_at, result, acked), timeout=WRITE_TIMEOUT_S, interval=1,
                  what='late events, dead letters and acks')
     finally:
-      result.cancel()  # an unbounded read: the test ends the job once it has seen everything
-      result.wait_until_finish(duration=FINISH_TIMEOUT_S * 1000)
-    assert result.state == PipelineState.CANCELLED, result.state
+      _cancel(result)  # an unbounded read: the test ends the job once it has seen everything
     print(f'redis, {n} events on {runner_argv[0]}: written after {written_s:.0f} s, '
           f'settled after {time.monotonic() - started:.0f} s')
     check_outputs(output, plan, malformed_at, f'redis://{stream}', 'entry ')
