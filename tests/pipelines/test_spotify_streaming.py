@@ -377,3 +377,12 @@ def test_usage_errors_are_config_errors(tmp_path):
 
 def test_sources_table_names_kafka_and_eventhubs():
   assert {'kafka', 'eventhubs'} <= set(spotify_streaming.SOURCES)
+
+
+def test_prism_runs_the_job_without_runner_splits():
+  from apache_beam.options.pipeline_options import DebugOptions, PipelineOptions  # pylint: disable=import-outside-toplevel
+  for argv, expected in ((['--runner=PrismRunner'], True), ([], True), (['--runner=DirectRunner'], True),
+                         (['--runner=FlinkRunner'], False)):
+    options = PipelineOptions(argv)
+    spotify_streaming._prism_runs_without_splits(options)  # pylint: disable=protected-access
+    assert (spotify_streaming.PRISM_NO_SPLITS in (options.view_as(DebugOptions).experiments or [])) == expected
