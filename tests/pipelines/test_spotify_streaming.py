@@ -37,6 +37,7 @@ from apache_beam.runners.runner import PipelineState
 
 from io_connectors.registry import ConfigError
 from pipelines import runners, spotify_streaming
+from tests.cluster_fixtures import wait_until as cluster_wait_until
 from tests.conftest import ensure_service
 from tests.io_connectors.streams_support import fresh_name, redis_url, wait_until
 
@@ -166,6 +167,9 @@ def _runner_argv(request, runner: str) -> List[str]:
   if runner == 'prism':
     request.getfixturevalue('prism_binary')  # builds Prism if needed
     return runners.runner_args('prism')
+  cluster = request.getfixturevalue('flink_cluster')
+  # The job a test cancelled just before may still hold its slots.
+  cluster_wait_until(lambda: cluster.get('/overview')['slots-available'] >= 2, 180, 'two free Flink slots')
   return request.getfixturevalue('flink_args')['flink']
 
 
