@@ -66,9 +66,10 @@ import pyarrow as pa
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorProvider
-from apache_beam.utils.timestamp import MAX_TIMESTAMP, Duration, Timestamp
+from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Duration, Timestamp
 
 from io_connectors import registry
+from io_connectors.stream_messages import CheckpointOnlyTracker
 # Imported for its side effect: registers the Arrow IPC coder of RecordBatch,
 # the element type of the records output.
 try:
@@ -344,9 +345,13 @@ def _raw_text(value: Optional[bytes]):
 
 @dataclasses.dataclass(frozen=True)
 class KafkaPartition:
-  """One topic partition: the element a partition read starts from."""
+  """One topic partition: the element a partition read starts from.
+
+  partitions: how many partitions the read has over all its topics (0: unknown).
+  """
   topic: str
   partition: int
+  partitions: int = 0
 
 
 class _Clients:
@@ -401,13 +406,59 @@ def _tp(topic, partition, offset=None):
   return confluent_kafka.TopicPartition(topic, partition, offset)
 
 
+class _PartitionWatermarkEstimator(ManualWatermarkEstimator):
+  """The watermark a partition read reports, plus the partition's own progress.
+
+  `progress` is the newest record timestamp read (or, when idle, the clock
+  minus idle_timeout_s); the reported watermark may trail it (see
+  `_ReadPartitionFn._report`). Both are checkpointed with the restriction.
+  """
+
+  def __init__(self, state):
+    reported, progress = state if isinstance(state, tuple) else (state, state)
+    super().__init__(reported)
+    self._progress = progress
+
+  # Methods, not an attribute: runners wrap estimators in a proxy
+  # (ThreadsafeWatermarkEstimator) that passes method calls only.
+  def progress(self):
+    return self._progress
+
+  def set_progress(self, progress):
+    if self._progress is None or progress > self._progress:
+      self._progress = progress
+
+  def get_estimator_state(self):
+    return (self.current_watermark(), self._progress)
+
+
 class _WatermarkProvider(WatermarkEstimatorProvider):
 
   def initial_estimator_state(self, element, restriction):
     return None
 
   def create_watermark_estimator(self, estimator_state):
-    return ManualWatermarkEstimator(estimator_state)
+    return _PartitionWatermarkEstimator(estimator_state)
+
+
+# Why a partition's watermark waits for the other partitions of its read:
+# Prism (2.77) sets a stage's output watermark from the residuals of the bundle
+# that completed last (stageState.estimatedOutput), not from the minimum over
+# every outstanding residual. A partition read ahead of the others (or idle,
+# at now - idle_timeout_s) in a bundle of its own would move the watermark past
+# records other partitions have not read yet; their windows would close early
+# and those records become late. So a partition never reports a watermark
+# ahead of the committed progress of the read's other partitions that this
+# process knows (their progress when their current bundle started, i.e. as
+# checkpointed). Partitions read in other processes (another worker) are not
+# known here: one not heard of for _PROGRESS_STALE_S no longer holds it back;
+# runners that track each residual's watermark (Flink, Dataflow) do that right
+# themselves.
+# read id -> {(topic, partition): (committed progress, monotonic time noted)}
+_PROGRESS: Dict[str, Dict[Tuple[str, int], Tuple[Timestamp, float]]] = {}
+_PROGRESS_STARTED: Dict[str, float] = {}
+_PROGRESS_LOCK = threading.Lock()
+_PROGRESS_STALE_S = 60.0
 
 
 class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
@@ -421,6 +472,8 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
 
   def __init__(self, options: KafkaReadOptions):
     self._options = options
+    # Identifies this read (not this DoFn copy) in _PROGRESS.
+    self._read_id = uuid.uuid4().hex
     self._clients = None
     self._avro = None
     self._read = beam.metrics.Metrics.counter('kafka', 'records_read')
@@ -486,6 +539,11 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
     return OffsetRange(start, max(start, stop))
 
   def create_tracker(self, restriction: OffsetRange) -> OffsetRestrictionTracker:
+    if self._STREAMING:
+      # Checkpoints only: a runner's dynamic split would start a second read of
+      # this partition (past its end, idle at now - idle_timeout_s) with its own
+      # watermark, which the first one's progress no longer bounds.
+      return CheckpointOnlyTracker(restriction)
     return OffsetRestrictionTracker(restriction)
 
   def split(self, element, restriction):
@@ -561,6 +619,8 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
       tracker.try_claim(restriction.stop)
       return
     consumer = self._consumer()
+    if self._STREAMING:
+      self._note_progress(element, watermark.progress())
     began = time.monotonic()
     claimed_to = None  # next offset after the last claimed record
     newest_ms = None
@@ -572,7 +632,7 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
         # the runner split off past its current end (fetching there would
         # reset the consumer to auto.offset.reset).
         if self._STREAMING and options.idle_timeout_s:
-          self._advance(watermark, Timestamp.now() - Duration(options.idle_timeout_s))
+          self._report(element, watermark, Timestamp.now() - Duration(options.idle_timeout_s))
         tracker.defer_remainder(Duration(options.poll_timeout_s))
         return
       try:
@@ -605,7 +665,8 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
           yield from self._emit(element, pending)
           pending = []
           if newest_ms is not None:
-            self._advance(watermark, Timestamp(micros=newest_ms * 1000) - Duration(options.max_out_of_orderness_s))
+            self._report(element, watermark,
+                         Timestamp(micros=newest_ms * 1000) - Duration(options.max_out_of_orderness_s))
         if done:
           break
         stop = tracker.current_restriction().stop
@@ -621,7 +682,7 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
           if self._STREAMING and options.idle_timeout_s and self._caught_up(consumer, element, position):
             # Caught up and idle: let the watermark follow the clock so that
             # windows close although this partition receives nothing.
-            self._advance(watermark, Timestamp.now() - Duration(options.idle_timeout_s))
+            self._report(element, watermark, Timestamp.now() - Duration(options.idle_timeout_s))
             tracker.defer_remainder(Duration(options.poll_timeout_s))
             break
         if self._STREAMING and time.monotonic() - began >= options.checkpoint_interval_s:
@@ -660,6 +721,33 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
       return None
     return position if position is not None and position >= 0 else None
 
+  def _note_progress(self, element: KafkaPartition, progress):
+    """Records a partition's committed progress for the read's other partitions in this process."""
+    now = time.monotonic()
+    with _PROGRESS_LOCK:
+      _PROGRESS_STARTED.setdefault(self._read_id, now)
+      _PROGRESS.setdefault(self._read_id, {})[(element.topic, element.partition)] = (
+          progress if progress is not None else MIN_TIMESTAMP, now)
+
+  def _others_progress(self, element: KafkaPartition):
+    """The least committed progress of the read's other partitions known here (None: no limit)."""
+    now = time.monotonic()
+    with _PROGRESS_LOCK:
+      known = _PROGRESS.get(self._read_id, {})
+      fresh = [p for key, (p, noted) in known.items()
+               if key != (element.topic, element.partition) and now - noted < _PROGRESS_STALE_S]
+      if element.partitions and len(known) < element.partitions and (
+          now - _PROGRESS_STARTED.get(self._read_id, now) < _PROGRESS_STALE_S):
+        return MIN_TIMESTAMP  # partitions not started here yet: wait for them (or for the stale limit)
+    return min(fresh) if fresh else None
+
+  def _report(self, element: KafkaPartition, watermark, progress):
+    """Notes the partition's own progress; reports it as the watermark, capped by the other partitions'."""
+    watermark.set_progress(progress)
+    own = watermark.progress()
+    limit = self._others_progress(element)
+    self._advance(watermark, own if limit is None else min(own, limit))
+
   @staticmethod
   def _advance(watermark, timestamp):
     current = watermark.current_watermark()
@@ -678,6 +766,7 @@ class _ListPartitionsFn(beam.DoFn):
   def process(self, unused_impulse):
     import confluent_kafka.admin  # pylint: disable=import-outside-toplevel
     admin = confluent_kafka.admin.AdminClient(client_config(self._options))
+    found = []
     for topic in self._options.topics:
       deadline = time.monotonic() + 60
       while True:
@@ -692,8 +781,9 @@ class _ListPartitionsFn(beam.DoFn):
         if time.monotonic() > deadline:
           raise RuntimeError(f'Kafka topic {topic!r}: no partitions ({info.error if info else "unknown topic"})')
         time.sleep(0.5)
-      for partition in sorted(info.partitions):
-        yield KafkaPartition(topic, partition)
+      found += [(topic, partition) for partition in sorted(info.partitions)]
+    for topic, partition in found:
+      yield KafkaPartition(topic, partition, len(found))
 
 
 class ReadFromKafka(beam.PTransform):

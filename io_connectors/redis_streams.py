@@ -228,6 +228,10 @@ def _earliest_event_time(batch: pa.RecordBatch, field: str) -> Optional[Timestam
     return None  # unparseable times: validation dead-letters those rows; stamp by arrival
 
 
+def _nothing():
+  pass
+
+
 class _ReadStreamFn(beam.DoFn):
   """Element (stream, reader index): reads that stream through the group, one read per bundle."""
 
@@ -282,6 +286,9 @@ class _ReadStreamFn(beam.DoFn):
       entries = read[0][1] if read else []
 
     if not entries and not deleted:
+      # Prism sends FinalizeBundle for every bundle of this stage, and a bundle
+      # that registered no callback answers it with an error.
+      finalizer.register(_nothing)
       if opts.bounded:
         tracker.try_claim(restriction.stop)  # claims the rest: this reader is done
         return

@@ -36,7 +36,7 @@ from io_connectors.masking import mask_url  # re-exported: callers import it fro
 from transforms.dead_letter import dead_letter
 from transforms.records import with_provenance
 
-__all__ = ['messages_to_batch', 'mask_url']
+__all__ = ['messages_to_batch', 'mask_url', 'CheckpointOnlyTracker']
 
 # A dead letter keeps at most this much of a payload that is not JSON.
 _MAX_RAW_CHARS = 10_000
@@ -89,7 +89,15 @@ def messages_to_batch(payloads: Sequence[Optional[bytes]],
   if not good_lines:
     return None, dead
   try:
-    table = _parse_json_lines(b'\n'.join(good_lines), string_columns)
+    data = b'\n'.join(good_lines)
+    table = _parse_json_lines(data, string_columns)
+    # JSON has no time type: pyarrow infers one from text such as
+    # "2024-01-01T10:00:00Z" and drops its offset. Keep such columns as the
+    # text they are (as the Kafka reader does), so that one batch of
+    # whole-second times reads like any other.
+    inferred_times = [f.name for f in table.schema if pa.types.is_timestamp(f.type) or pa.types.is_date(f.type)]
+    if inferred_times:
+      table = _parse_json_lines(data, list(string_columns) + inferred_times)
     if table.num_rows != len(good_lines):
       raise pa.ArrowInvalid('row count differs')
   except pa.ArrowInvalid:
@@ -97,6 +105,22 @@ def messages_to_batch(payloads: Sequence[Optional[bytes]],
     table = _table_from_rows(parsed, string_columns)
   batch = table.combine_chunks().to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist(parsed)
   return with_provenance(batch, source, np.asarray(good_rows, dtype=np.int64)), dead
+
+
+class CheckpointOnlyTracker(OffsetRestrictionTracker):
+  """A counter of reads that the runner may checkpoint but not split.
+
+  A dynamic split (fraction > 0) of [n, maxsize) would hand the rest of the
+  counter to a second element: a second reader of the same consumer, with a
+  watermark of its own, reading the same queue beside the first (Prism splits
+  bundles that look slow). Only checkpoints (fraction 0: the reader's
+  defer_remainder, or the runner's) are allowed.
+  """
+
+  def try_split(self, fraction_of_remainder):
+    if fraction_of_remainder > 0:
+      return None
+    return super().try_split(fraction_of_remainder)
 
 
 class ReadsRestrictionProvider(RestrictionProvider):
@@ -110,7 +134,7 @@ class ReadsRestrictionProvider(RestrictionProvider):
     return OffsetRange(0, sys.maxsize)
 
   def create_tracker(self, restriction):
-    return OffsetRestrictionTracker(restriction)
+    return CheckpointOnlyTracker(restriction)
 
   def restriction_size(self, element, restriction):
     # Nothing tells how much a queue holds: report one unit per read left

@@ -47,9 +47,20 @@ TENANT_COLUMN = 'tenant_id'
 INTERNAL_COLUMNS = (SOURCE_COLUMN, ROW_COLUMN)
 
 
-def position(row: Optional[int]) -> Optional[str]:
-  """The dead-letter `position` text for a row number."""
-  return None if row is None else f'row {row}'
+def position(row: Optional[int], source: Optional[str] = None) -> Optional[str]:
+  """The dead-letter `position` text for a `__row` number, as the source's reader words it.
+
+  Kafka rows are offsets ('offset N'), Redis Streams rows are entry ids encoded
+  as ms * 1_000_000 + seq ('entry <ms>-<seq>'); every other source counts rows.
+  """
+  if row is None:
+    return None
+  if source is not None and str(source).startswith('kafka://'):
+    return f'offset {row}'
+  if source is not None and str(source).startswith('redis://'):
+    ms, seq = divmod(int(row), 1_000_000)
+    return f'entry {ms}-{seq}'
+  return f'row {row}'
 
 
 def with_provenance(batch: pa.RecordBatch, source: str, rows) -> pa.RecordBatch:

@@ -46,7 +46,7 @@ def _letters(batch: pa.RecordBatch, bad: np.ndarray, field: str, detail_of) -> l
   return [
       dead_letter(
           source=src,
-          position=position(pos),
+          position=position(pos, src),
           reason='invalid_tenant',
           field=field,
           record=record,

@@ -356,7 +356,7 @@ def validate_batch(batch: pa.RecordBatch,
     letters.append(
         dead_letter(
             source=sources[i],
-            position=position(rows[i]),
+            position=position(rows[i], sources[i]),
             reason=_REASON_NAMES[code],
             field=field,
             record=records[i],

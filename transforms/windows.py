@@ -235,7 +235,7 @@ class _WindowDedupFn(beam.DoFn):
       self._late.inc(len(idx))
       for i, record, src, pos in zip(idx, rows_as_dicts(rows), sources, positions):
         yield beam.pvalue.TaggedOutput('late', dead_letter(
-            src, position(pos) if not str(src or '').startswith('kafka://') else f'offset {pos}', 'late_event',
+            src, position(pos, src), 'late_event',
             field=options.time_field, record=record,
             detail=(f'{options.time_field} {_iso(times[i])} is in window [{_iso(starts[i])}, '
                     f'{_iso(starts[i] + options.size_us)}), emitted when the watermark reached {_iso(fired)} '

@@ -313,14 +313,10 @@ def test_write_to_kafka_round_trip(kafka):
   assert sorted(r[2] for r in rows) == ['w1', 'w2']
 
 
-def test_streaming_read_of_records_produced_while_running_on_prism(kafka):
+def test_streaming_read_of_records_produced_while_running_on_prism(kafka, prism_binary):
   """An unbounded read (self-checkpoints, watermark) that ends after a record count, on Prism."""
   from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=import-outside-toplevel
-  from pipelines import runners  # pylint: disable=import-outside-toplevel
-  try:
-    args = runners.runner_args('prism')
-  except runners.RunnerSetupError as e:
-    pytest.skip(f'Prism is not built here: {e}')
+  args = ['--runner=PrismRunner', f'--prism_location={prism_binary}', '--environment_type=LOOPBACK']
   topic = new_topic(kafka, partitions=2)
   produce(kafka, topic, [(i % 2, event(i), None) for i in range(10)])
   pipeline = beam.Pipeline(options=PipelineOptions(args + ['--streaming']))
@@ -336,3 +332,47 @@ def test_streaming_read_of_records_produced_while_running_on_prism(kafka):
   result.wait_until_finish(duration=240_000)
   assert str(result.state).endswith('DONE')
   assert sorted(results['offsets']) == sorted((f'kafka://{topic}/{p}', o) for p in (0, 1) for o in range(10))
+
+
+def test_a_partition_watermark_waits_for_the_other_partitions():
+  """Prism takes a stage's watermark from the bundle that completed last: no partition may run ahead of the rest.
+
+  Each bundle notes the partition's checkpointed progress, then reports at
+  most the least progress the other partitions had checkpointed.
+  """
+  from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp  # pylint: disable=import-outside-toplevel
+  from io_connectors import kafka as kafka_module  # pylint: disable=import-outside-toplevel
+  fn = kafka_module._UnboundedReadPartitionFn(KafkaReadOptions(bootstrap_servers='127.0.0.1:1', topics='t'))
+  provider = kafka_module._WatermarkProvider()
+  partitions = [kafka_module.KafkaPartition('t', p, 2) for p in (0, 1)]
+  states = {0: None, 1: None}
+
+  def bundle(p, newest):
+    """One bundle of partition p that reads up to event time `newest`; returns the reported watermark."""
+    estimator = provider.create_watermark_estimator(states[p])
+    fn._note_progress(partitions[p], estimator.progress())
+    fn._report(partitions[p], estimator, Timestamp(newest))
+    states[p] = estimator.get_estimator_state()
+    return estimator.current_watermark()
+
+  assert bundle(0, 100) == MIN_TIMESTAMP  # partition 1 has not started: wait for it
+  assert bundle(1, 40) == MIN_TIMESTAMP  # partition 0 had checkpointed nothing when it started
+  assert bundle(0, 110) == MIN_TIMESTAMP  # partition 1 had checkpointed nothing when it started
+  assert bundle(1, 50) == Timestamp(50)  # its own progress; partition 0 had checkpointed 100
+  assert bundle(0, 120) == Timestamp(40)  # partition 1 had checkpointed 40 when its bundle started
+  assert bundle(0, 130) == Timestamp(40)
+  assert bundle(1, 60) == Timestamp(60)
+  assert bundle(0, 140) == Timestamp(50)
+
+
+def test_streaming_partition_reads_are_checkpointed_never_split():
+  from apache_beam.io.restriction_trackers import OffsetRange  # pylint: disable=import-outside-toplevel
+  from io_connectors import kafka as kafka_module  # pylint: disable=import-outside-toplevel
+  options = KafkaReadOptions(bootstrap_servers='127.0.0.1:1', topics='t')
+  tracker = kafka_module._UnboundedReadPartitionFn(options).create_tracker(OffsetRange(0, 1000))
+  assert tracker.try_claim(0)
+  assert tracker.try_split(0.5) is None
+  assert tracker.try_split(0)[1].start == 1
+  # A bounded (batch) read may still be split by the runner.
+  tracker = kafka_module._ReadPartitionFn(options).create_tracker(OffsetRange(0, 1000))
+  assert tracker.try_claim(0) and tracker.try_split(0.5) is not None

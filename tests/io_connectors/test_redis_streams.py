@@ -247,3 +247,23 @@ def test_batches_are_stamped_with_their_earliest_event_time(url, client, stream)
     assert_that(stamps, equal_to([(3, '2024-05-01T10:00:01Z')]))
 
   _run(build)
+
+
+def test_whole_second_times_stay_text():
+  """pyarrow infers a time type from a batch of whole-second ISO times and drops their offset: not here."""
+  from io_connectors.stream_messages import messages_to_batch  # pylint: disable=import-outside-toplevel
+  payloads = [json.dumps({'event_id': f'e{i}', 'played_at': f'2024-01-01T10:00:0{i}Z'}).encode() for i in range(3)]
+  batch, dead = messages_to_batch(payloads, [f'entry 1-{i}' for i in range(3)], [1, 2, 3], 'redis://s', 'read')
+  assert not dead
+  assert batch.column('played_at').to_pylist() == ['2024-01-01T10:00:00Z', '2024-01-01T10:00:01Z',
+                                                   '2024-01-01T10:00:02Z']
+
+
+def test_a_reader_restriction_is_checkpointed_never_split():
+  from apache_beam.io.restriction_trackers import OffsetRange  # pylint: disable=import-outside-toplevel
+  from io_connectors.stream_messages import ReadsRestrictionProvider  # pylint: disable=import-outside-toplevel
+  tracker = ReadsRestrictionProvider().create_tracker(OffsetRange(0, 1000))
+  assert tracker.try_claim(0)
+  assert tracker.try_split(0.5) is None  # a second reader of the same consumer: refused
+  primary, residual = tracker.try_split(0)  # a checkpoint
+  assert (primary.stop, residual.start, residual.stop) == (1, 1, 1000)

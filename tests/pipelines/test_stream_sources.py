@@ -37,17 +37,15 @@ def _iso(ms: int) -> str:
   return dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc).isoformat().replace('+00:00', 'Z')
 
 
-def _runner_args(runner):
+def _runner_args(request, runner):
   if runner == 'fnapi':
     return ['--runner', 'FnApiRunner']
-  try:
-    return runners.runner_args(runner)
-  except runners.RunnerSetupError as e:
-    pytest.skip(f'{runner} is not set up here: {e}')
+  request.getfixturevalue('prism_binary')  # builds Prism if needed
+  return runners.runner_args(runner)
 
 
 @pytest.mark.parametrize('runner', ['fnapi', 'prism'])
-def test_redis_source_end_to_end(tmp_path, monkeypatch, runner):
+def test_redis_source_end_to_end(request, tmp_path, monkeypatch, runner):
   url = redis_url()
   monkeypatch.setenv('REDIS_URL', url)
   stream = fresh_name('plays')
@@ -78,7 +76,7 @@ def test_redis_source_end_to_end(tmp_path, monkeypatch, runner):
     spotify_streaming.run([
         '--source', 'redis', '--redis_streams', stream, '--redis_group', 'lake', '--redis_count', '500', '--bounded',
         '--tenant_field', 'tenant', '--output', output, '--window_size_s', '60', '--session_gap_s', '120',
-    ] + _runner_args(runner))
+    ] + _runner_args(request, runner))
     ids = [e for p in glob.glob(f'{output}/data/**/*.parquet', recursive=True)
            for e in pq.read_table(p).column('event_id').to_pylist()]
     assert len(ids) == len(set(ids)), 'an event was written twice'

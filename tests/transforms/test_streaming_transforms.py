@@ -51,3 +51,12 @@ def test_tag_validate_dedup_and_schema_per_window_on_a_stream():
     assert_that(deduped.counts, equal_to([('acme', 1)]), label='duplicates')
     schemas = deduped.records | InferSchema() | beam.Map(lambda s: 'bpm' in s.names)
     assert_that(schemas, equal_to([True, False]), label='schema per window')
+
+
+def test_stream_positions_are_worded_as_their_readers_do():
+  from transforms.records import position  # pylint: disable=import-outside-toplevel
+  assert position(12, 'kafka://plays/3') == 'offset 12'
+  assert position(1700000000123 * 1_000_000 + 7, 'redis://plays') == 'entry 1700000000123-7'
+  assert position(5, 'data/a.csv') == 'row 5'
+  assert position(5) == 'row 5'
+  assert position(None, 'kafka://plays/0') is None
