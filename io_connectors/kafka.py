@@ -66,7 +66,7 @@ import pyarrow as pa
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorProvider
-from apache_beam.utils.timestamp import MAX_TIMESTAMP, Duration, Timestamp
+from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Duration, Timestamp
 
 from io_connectors import registry
 # Imported for its side effect: registers the Arrow IPC coder of RecordBatch,
@@ -404,7 +404,11 @@ def _tp(topic, partition, offset=None):
 class _WatermarkProvider(WatermarkEstimatorProvider):
 
   def initial_estimator_state(self, element, restriction):
-    return None
+    # Hold the watermark until the partition's first record (or idleness)
+    # moves it: a remainder deferred before any record was fetched (a slow
+    # first fetch) and reported without a watermark holds nothing on Flink, so
+    # the other partitions' records closed windows this one had not read yet.
+    return MIN_TIMESTAMP
 
   def create_watermark_estimator(self, estimator_state):
     return ManualWatermarkEstimator(estimator_state)
