@@ -34,15 +34,21 @@ import time
 import urllib.request
 from typing import Dict, List, Set, Tuple
 
+import apache_beam as beam
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import redis
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineState
+from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines import runners, spotify_streaming
+from pipelines import runners, spotify_streaming, stream_sources
 from tests.cluster_fixtures import wait_until
 from tests.conftest import ensure_service
 from tests.io_connectors.streams_support import fresh_name, redis_url
+from transforms.records import with_provenance
+from transforms.windows import WindowBatch
 
 confluent_kafka = pytest.importorskip('confluent_kafka')
 import confluent_kafka.admin  # noqa: E402 pylint: disable=wrong-import-position
@@ -146,6 +152,35 @@ def check_output(output: str, events: Events, malformed_positions: Set[Tuple[str
     assert sum(m['duplicates'] for m in figures.values()) == events.duplicates
     assert sum(m['late_events'] for m in figures.values()) == 0
   assert not glob.glob(f'{output}/**/.tmp-*', recursive=True)
+
+
+# ----- what recovery relies on -----
+
+
+def _window(event_ids):
+  rows = pa.RecordBatch.from_pydict({'event_id': event_ids, 'ms_played': [1000] * len(event_ids)})
+  return WindowBatch('acme', 0, WINDOW_S * 1_000_000, 2, with_provenance(rows, 'redis://plays', 1))
+
+
+def test_a_window_file_written_again_is_merged_by_event_id(tmp_path):
+  """A replay may bring all of a window's rows, part of them, or rows that were not there yet."""
+  output = str(tmp_path / 'out')
+  path = f'{output}/data/tenant=acme/window_start=19700101T000000Z/part-002.parquet'
+  for attempt, rows in enumerate([['e1', 'e2'], ['e2', 'e3'], ['e1'], ['e1', 'e2', 'e3']]):
+    with beam.Pipeline(runner='FnApiRunner') as p:
+      written = (p | beam.Create([_window(rows)])
+                 | spotify_streaming.WriteWindowFiles(output, 'data', key_field='event_id', positions=True))
+      assert_that(written[spotify_streaming.WRITTEN],
+                  equal_to([[('redis://plays', 1 + i) for i in range(len(rows))]]), label=f'positions {attempt}')
+    assert sorted(pq.read_table(path).column('event_id').to_pylist()) == (['e1', 'e2'] if attempt == 0 else
+                                                                           ['e1', 'e2', 'e3'])
+
+
+def test_redis_ack_mode_follows_the_runner():
+  mode = lambda *argv: stream_sources.redis_ack_mode(PipelineOptions(list(argv)))
+  assert mode() == 'sink' and mode('--runner=PrismRunner') == 'sink' and mode('--runner=FnApiRunner') == 'sink'
+  assert mode('--runner=FlinkRunner') == 'finalize' and mode('--runner', 'DataflowRunner') == 'finalize'
+  assert mode('--runner=FlinkRunner', '--redis_ack=sink') == 'sink'
 
 
 # ----- Flink: a TaskManager killed mid-stream -----
