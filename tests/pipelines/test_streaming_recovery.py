@@ -369,7 +369,11 @@ def test_redis_job_killed_mid_stream_resumes_without_loss_or_duplicates(tmp_path
     malformed = {(f'redis://{stream}', f'entry {ids[i]}') for i in before_kill.malformed}
     malformed |= {(f'redis://{stream}', f'entry {ids[len(before_kill.messages) + i]}') for i in after_kill.malformed}
     pending = client.xpending_range(stream, 'lake', min='-', max='+', count=100)
-    check_output(output, everything, malformed, metrics=False)
+    try:
+      check_output(output, everything, malformed, metrics=False)
+    except AssertionError as e:
+      # Entries still pending were not acknowledged: a later run reclaims them.
+      raise AssertionError(f'{e}\n{len(pending)} entries still pending, e.g. {pending[:3]}') from None
     assert not pending, f'entries still pending: {pending[:10]}'
   finally:
     if job is not None and job.poll() is None:
