@@ -265,7 +265,7 @@ def test_flink_job_recovers_from_a_killed_taskmanager(kafka, flink_cluster, flin
   _produce(kafka, topic, before_kill.messages)
   output = str(tmp_path / 'out')
   argv = flink_args['flink'] + [
-      '--streaming', '--checkpointing_interval=3000', '--source', 'kafka', '--bootstrap_servers', kafka,
+      '--streaming', '--checkpointing_interval=10000', '--source', 'kafka', '--bootstrap_servers', kafka,
       '--topic', topic, '--group_id', f'g-{topic}', '--tenant_field', 'tenant', '--output', output,
       '--window_size_s', str(WINDOW_S), '--allowed_lateness_s', '5', '--session_gap_s', '120',
       '--idle_timeout_s', '0', '--dedup_ttl_s', '86400']
