@@ -435,7 +435,11 @@ class _PartitionWatermarkEstimator(ManualWatermarkEstimator):
 class _WatermarkProvider(WatermarkEstimatorProvider):
 
   def initial_estimator_state(self, element, restriction):
-    return None
+    # Hold the watermark until the partition's first record (or idleness)
+    # moves it: a remainder deferred before any record was fetched (a slow
+    # first fetch) and reported without a watermark holds nothing on Flink, so
+    # the other partitions' records closed windows this one had not read yet.
+    return MIN_TIMESTAMP
 
   def create_watermark_estimator(self, estimator_state):
     return _PartitionWatermarkEstimator(estimator_state)

@@ -32,9 +32,25 @@ Delivery (at-least-once, no loss):
 - So an entry is emitted twice only when its bundle's output was committed
   and the process died before the XACK (or after ``min_idle_ms`` without it).
   Downstream dedup on ``event_id`` (`transforms.dedup`) or idempotent sinks
-  absorb that. On the FnApiRunner "committed" means handed to the runner in
-  memory: a stage after a shuffle that has not run yet is lost with the
-  process, so there the guarantee holds for sinks fused with the read.
+  absorb that. On the FnApiRunner and Prism "committed" means handed to the
+  runner in memory: a stage after a shuffle that has not run yet is lost with
+  the process, so there the guarantee holds for sinks fused with the read.
+
+Acknowledging after the sink (``ack='sink'``, what `pipelines.spotify_streaming`
+uses): the reader does not XACK; the pipeline XACKs each entry once what it
+became is durably written (its row in a file, its dead letter, or its drop as
+a duplicate), with `ReadFromRedisStreams.acknowledge_written()`, which takes
+(source, position) pairs. A pipeline process killed with windows still open
+in the runner's memory then leaves those entries pending, and the next run
+reclaims them. A reader reclaims only entries of other processes' consumers
+(consumer names carry a token of the process), so ``min_idle_ms`` need only
+exceed the time a live reader in another process takes from read to write;
+consumers with nothing pending and idle that long are removed from the group.
+Meant for runners whose failures end the process (Prism, the FnApiRunner, the
+DirectRunner); a runner that restores a failed job from a checkpoint inside
+the same process (Flink with LOOPBACK workers) should use ``'finalize'``,
+which acknowledges after the checkpoint: with ``'sink'`` the entries of the
+failed attempt would stay pending until the next process reclaims them.
 - Entries trimmed from the stream (XTRIM, MAXLEN) while pending come back
   from XAUTOCLAIM as deleted: each becomes a ``source_error`` dead letter
   and is acknowledged, so it does not stay pending for ever.
@@ -86,14 +102,18 @@ from io_connectors.stream_messages import ManualWatermarkProvider, ReadsRestrict
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 
 __all__ = [
-    'RedisStreamsOptions', 'ReadFromRedisStreams', 'read_with_readers', 'readers_of', 'entry_row', 'row_entry_id',
-    'redis_client'
+    'RedisStreamsOptions', 'ReadFromRedisStreams', 'AcknowledgeEntries', 'read_with_readers', 'readers_of',
+    'entry_row', 'row_entry_id', 'position_entry_id', 'redis_client', 'ACK_MODES'
 ]
 
 _LOG = logging.getLogger(__name__)
 
 STAGE = 'read'
+ACK_MODES = ('finalize', 'sink')
 _SEQ_BASE = 1_000_000
+_RECLAIM_PAGES = 20
+# Names this process's consumers with ack='sink' (see _ReadStreamFn._process_prefix).
+_PROCESS_TOKEN = os.urandom(4).hex()
 
 
 def entry_row(entry_id: str) -> int:
@@ -106,6 +126,18 @@ def row_entry_id(row: int) -> str:
   """The entry id of a `__row` number (exact unless the sequence was clamped)."""
   ms, seq = divmod(int(row), _SEQ_BASE)
   return f'{ms}-{seq}'
+
+
+def position_entry_id(position) -> Optional[str]:
+  """The entry id of a `__row` number or of a dead letter's position ('entry <id>', 'row <n>'); else None."""
+  if isinstance(position, int) and not isinstance(position, bool):
+    return row_entry_id(position)
+  kind, _, value = str(position or '').partition(' ')
+  if kind == 'entry' and value:
+    return value
+  if kind == 'row' and value.isdigit():
+    return row_entry_id(int(value))
+  return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +167,8 @@ class RedisStreamsOptions:
     earliest value and the watermark follows it; default: arrival time.
   idle_watermark_lag_s: when a read finds nothing, the watermark moves to
     the server's time minus this.
+  ack: 'finalize' (XACK in bundle finalization) or 'sink' (the pipeline
+    XACKs written entries with `ReadFromRedisStreams.acknowledge_written()`).
   """
   url: str = dataclasses.field(repr=False)
   streams: Sequence[str] = ()
@@ -151,6 +185,7 @@ class RedisStreamsOptions:
   bounded: bool = False
   event_time_field: Optional[str] = None
   idle_watermark_lag_s: float = 5.0
+  ack: str = 'finalize'
 
   def __post_init__(self):
     if not isinstance(self.url, str) or not self.url.startswith(('redis://', 'rediss://', 'unix://')):
@@ -175,6 +210,8 @@ class RedisStreamsOptions:
       raise ValueError(f'idle_watermark_lag_s must be a non-negative number, got {self.idle_watermark_lag_s!r}')
     if self.event_time_field is not None and (not isinstance(self.event_time_field, str) or not self.event_time_field):
       raise ValueError(f'event_time_field must be a field name or None, got {self.event_time_field!r}')
+    if self.ack not in ACK_MODES:
+      raise ValueError(f'ack must be one of {", ".join(ACK_MODES)}, got {self.ack!r}')
     if not isinstance(self.start_id, str) or not self.start_id:
       raise ValueError(f'start_id must be an entry id, "0" or "$", got {self.start_id!r}')
     if self.payload_field is not None and (not isinstance(self.payload_field, str) or not self.payload_field):
@@ -249,8 +286,15 @@ class _ReadStreamFn(beam.DoFn):
       self._client = None
 
   def _consumer(self, stream: str, index: int) -> str:
+    return f'{self._process_prefix()}{stream}-{index}'
+
+  def _process_prefix(self) -> str:
     prefix = self._options.consumer or f'{socket.gethostname()}-{os.getpid()}'
-    return f'{prefix}-{stream}-{index}'
+    if self._options.ack == 'sink':
+      # Readers of this process never reclaim each other's entries (they may
+      # still be on their way to the sink); a restarted process has a new token.
+      return f'{prefix}-{_PROCESS_TOKEN}-'
+    return f'{prefix}-'
 
   def _ensure_group(self, stream: str):
     if stream in self._groups_ready:
@@ -300,18 +344,25 @@ class _ReadStreamFn(beam.DoFn):
       return
 
     yield from self._emit(stream, entries, deleted, watermark)
-    ids = [entry_id for entry_id, _ in entries] + list(deleted)
-    client, key = self._client, stream
+    if opts.ack == 'sink':
+      # The pipeline acknowledges what it wrote; runners that finalize every
+      # bundle (Prism) need a callback to call.
+      finalizer.register(_nothing)
+    else:
+      ids = [entry_id for entry_id, _ in entries] + list(deleted)
+      client, key = self._client, stream
 
-    def ack():
-      # Runs once the runner has committed this bundle's output.
-      client.xack(key, group, *ids)
+      def ack():
+        # Runs once the runner has committed this bundle's output.
+        client.xack(key, group, *ids)
 
-    finalizer.register(ack)
+      finalizer.register(ack)
     tracker.defer_remainder()
 
   def _reclaim(self, stream: str, group: str, consumer: str):
     """(entries, deleted ids) taken over from pending entries idle >= min_idle_ms."""
+    if self._options.ack == 'sink':
+      return self._reclaim_others(stream, group, consumer)
     reply = self._client.xautoclaim(stream, group, consumer, self._options.min_idle_ms,
                                     start_id='0-0', count=self._options.count)
     entries: List[Tuple[Any, Any]] = []
@@ -326,6 +377,37 @@ class _ReadStreamFn(beam.DoFn):
       else:
         entries.append((entry_id, fields))
     return entries, deleted
+
+  def _reclaim_others(self, stream: str, group: str, consumer: str):
+    """(entries, deleted ids) of other consumers, pending and idle >= min_idle_ms (XPENDING + XCLAIM)."""
+    opts = self._options
+    start = '-'
+    for _ in range(_RECLAIM_PAGES):
+      pending = self._client.xpending_range(stream, group, min=start, max='+', count=opts.count, idle=opts.min_idle_ms)
+      if not pending:
+        break
+      own = self._process_prefix()
+      ids = [p['message_id'] for p in pending if not _text(p['consumer']).startswith(own)]
+      if ids:
+        claimed = [e for e in self._client.xclaim(stream, group, consumer, opts.min_idle_ms, ids) if e]
+        entries = [(entry_id, fields) for entry_id, fields in claimed if fields is not None]
+        # Redis 7 drops entries deleted from the stream from the PEL and the reply.
+        returned = {_text(entry_id) for entry_id, _ in claimed}
+        # Not returned: deleted, or taken by another reader since XPENDING.
+        deleted = [i for i in ids if _text(i) not in returned and not self._client.xrange(stream, i, i, count=1)]
+        if entries or deleted:
+          self._forget_idle_consumers(stream, group, consumer)
+          return entries, deleted
+      start = '(' + _text(pending[-1]['message_id'])
+    return [], []
+
+  def _forget_idle_consumers(self, stream: str, group: str, consumer: str):
+    """Removes consumers with nothing pending that are idle beyond min_idle_ms (dead readers' names)."""
+    limit = max(self._options.min_idle_ms, 10 * self._options.block_ms)
+    for info in self._client.xinfo_consumers(stream, group):
+      name = _text(info['name'])
+      if not name.startswith(self._process_prefix()) and info['pending'] == 0 and info['idle'] > limit:
+        self._client.xgroup_delconsumer(stream, group, name)
 
   def _emit(self, stream: str, entries, deleted, watermark):
     opts = self._options
@@ -362,6 +444,10 @@ class _ReadStreamFn(beam.DoFn):
       yield beam.pvalue.TaggedOutput(DEAD_LETTER, beam.window.TimestampedValue(letter, stamp))
 
 
+def _nothing():
+  pass
+
+
 class _UnboundedReadStreamFn(_ReadStreamFn):
   """The same reader, declared unbounded (its output is an unbounded PCollection)."""
 
@@ -385,6 +471,61 @@ class ReadFromRedisStreams(beam.PTransform):
 
   def expand(self, pbegin):
     return read_with_readers(pbegin | 'Readers' >> beam.Create(readers_of(self._options)), self._options)
+
+  def acknowledge_written(self) -> Optional['AcknowledgeEntries']:
+    """With ack='sink', the transform that XACKs written (source, position) pairs; else None."""
+    return AcknowledgeEntries(self._options) if self._options.ack == 'sink' else None
+
+
+class _AcknowledgeFn(beam.DoFn):
+  """Collects a bundle's (source, position) pairs and XACKs them per stream when it ends."""
+
+  def __init__(self, options: RedisStreamsOptions):
+    self._options = options
+    self._client = None
+    self._ids = None
+
+  def setup(self):
+    self._client = redis_client(self._options)
+
+  def teardown(self):
+    if self._client is not None:
+      self._client.close()
+      self._client = None
+
+  def start_bundle(self):
+    self._ids = {}
+
+  def process(self, element):
+    source, position = element
+    stream = str(source or '')[len('redis://'):] if str(source or '').startswith('redis://') else None
+    entry_id = position_entry_id(position)
+    if stream in self._options.streams and entry_id is not None:
+      self._ids.setdefault(stream, set()).add(entry_id)
+
+  def finish_bundle(self):
+    for stream, ids in sorted(self._ids.items()):
+      ordered = sorted(ids, key=entry_row)
+      for i in range(0, len(ordered), 10_000):
+        self._client.xack(stream, self._options.group, *ordered[i:i + 10_000])
+    self._ids = {}
+
+
+class AcknowledgeEntries(beam.PTransform):
+  """XACKs the entries named by (source, position) pairs: call once they are durably written.
+
+  source is 'redis://<stream>' (pairs of other sources are ignored); position
+  is a `__row` number or a dead letter's position text.
+  """
+
+  def __init__(self, options: RedisStreamsOptions):
+    super().__init__()
+    if not isinstance(options, RedisStreamsOptions):
+      raise ValueError(f'options must be a RedisStreamsOptions, got {type(options).__name__}')
+    self._options = options
+
+  def expand(self, positions):
+    return positions | 'XACK' >> beam.ParDo(_AcknowledgeFn(self._options))
 
 
 def readers_of(options: RedisStreamsOptions) -> List[Tuple[str, int]]:

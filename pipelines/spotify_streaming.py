@@ -27,6 +27,17 @@ and renamed):
 Dead-letter files are named by their content: a replay that re-groups them may
 write a letter twice under another name; (source, position, reason) identifies it.
 
+A window file that exists already (a replay after a failure) is merged with
+the rows being written, by `event_id`: a replay that brings only part of a
+window's rows (a restarted job reclaiming what a killed one left pending)
+neither drops the rows written before nor writes one twice.
+
+Sources that acknowledge after the sink (Redis Streams, ``--redis_ack sink``,
+the default) are told what was written: each entry is acknowledged once its
+row is in a file, its dead letter is written, or it was dropped as a
+duplicate; a job killed with windows still open leaves their entries pending
+for the next run.
+
 Adding a source: one entry in `SOURCES` (name -> function(options) returning a
 PTransform that yields `Outputs(records, dead_letter)` of RecordBatches), plus
 its flags in `pipelines.streaming_options`.
@@ -45,9 +56,11 @@ from typing import Callable, Dict, Optional, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DebugOptions, PipelineOptions, StandardOptions
+from apache_beam.transforms.window import GlobalWindows
 
 from io_connectors import kafka
 from io_connectors.registry import ConfigError
@@ -56,12 +69,12 @@ from pipelines.streaming_options import SpotifyStreamingOptions
 from transforms import entities
 from transforms.dead_letter import flatten_dead_letters
 from transforms.pii import PiiKeyError, PiiOptions, RedactDeadLetters, RedactPII, load_master_key
-from transforms.records import json_safe, strip_internal
+from transforms.records import ROW_COLUMN, SOURCE_COLUMN, json_safe, strip_internal
 from transforms.tenant import AssignDeadLetterTenant, TagTenant, check_tenant_id
 from transforms.validate import Validate
 from transforms.windows import WindowBatch, WindowEvents, WindowOptions, window_label
 
-__all__ = ['SOURCES', 'run', 'build', 'main', 'kafka_read_options', 'WriteWindowFiles']
+__all__ = ['SOURCES', 'run', 'build', 'main', 'kafka_read_options', 'WriteWindowFiles', 'WRITTEN']
 
 _LOG = logging.getLogger(__name__)
 UNASSIGNED = '_unassigned'
@@ -144,36 +157,85 @@ def _parquet_bytes(table) -> bytes:
   return sink.getvalue()
 
 
+def _positions(batch: pa.RecordBatch):
+  """(source, row) of each row of a batch with provenance columns."""
+  if SOURCE_COLUMN not in batch.schema.names or ROW_COLUMN not in batch.schema.names:
+    return []
+  sources = batch.column(SOURCE_COLUMN)
+  if pa.types.is_dictionary(sources.type):
+    sources = sources.dictionary_decode()
+  return list(zip(sources.to_pylist(), batch.column(ROW_COLUMN).to_pylist()))
+
+
+def _merge_with_existing(path: str, table: pa.Table, key_field: str) -> Optional[pa.Table]:
+  """`table` plus the rows of an existing file at `path` (kept first) by `key_field`; None: nothing new."""
+  if not FileSystems.exists(path):
+    return table
+  with FileSystems.open(path) as handle:
+    existing = pq.read_table(pa.BufferReader(handle.read()))
+  if key_field not in existing.schema.names or key_field not in table.schema.names:
+    return table
+  known = pa.array(existing.column(key_field).to_pylist(), pa.string())
+  new = table.filter(pc.invert(pc.is_in(table.column(key_field).cast(pa.string()), value_set=known)))
+  if not new.num_rows:
+    return None
+  return pa.concat_tables([existing, new], promote_options='permissive')
+
+
 class _WriteWindowFn(beam.DoFn):
 
-  def __init__(self, output: str, kind: str):
+  def __init__(self, output: str, kind: str, key_field: Optional[str] = None, positions: bool = False):
     self._output = output
     self._kind = kind
+    self._key_field = key_field
+    self._positions = positions
 
   def process(self, element):
     if self._kind == 'data':
       window: WindowBatch = element
-      tenant, start, shard, batch = window.tenant, window.window_start_us, window.shard, strip_internal(window.batch)
+      tenant, start, shard, batch = window.tenant, window.window_start_us, window.shard, window.batch
     else:
       tenant, start, shard, batch = element
     path = (f'{self._output}/{self._kind}/tenant={tenant}/window_start={window_label(start)}/'
             f'part-{shard:03d}.parquet')
-    _write_atomically(path, _parquet_bytes(pa.Table.from_batches([batch])))
+    table = pa.Table.from_batches([strip_internal(batch)])
+    if self._key_field:
+      table = _merge_with_existing(path, table, self._key_field)
+    if table is not None:
+      _write_atomically(path, _parquet_bytes(table))
     yield path
+    if self._positions:
+      # Only now, with the file in place, may their source forget them.
+      yield beam.pvalue.TaggedOutput(WRITTEN, _positions(batch))
+
+
+WRITTEN = 'written'
 
 
 class WriteWindowFiles(beam.PTransform):
-  """Writes WindowBatch (kind 'data') or session tuples (kind 'sessions') as Parquet; yields paths."""
+  """Writes WindowBatch (kind 'data') or session tuples (kind 'sessions') as Parquet; yields paths.
 
-  def __init__(self, output: str, kind: str = 'data'):
+  key_field: merge with a file that exists already by this column (a replay
+  after a failure). positions: also return the (source, row) of every row
+  written, as the tagged output `WRITTEN` (then the result is a
+  DoOutputsTuple: ``result[WRITTEN]``, paths in ``result.paths``).
+  """
+
+  def __init__(self, output: str, kind: str = 'data', key_field: Optional[str] = None, positions: bool = False):
     super().__init__()
     if kind not in ('data', 'sessions'):
       raise ValueError(f"kind must be 'data' or 'sessions', got {kind!r}")
     self._output = output.rstrip('/')
     self._kind = kind
+    self._key_field = key_field
+    self._positions = positions
 
   def expand(self, pcoll):
-    return pcoll | 'Write' >> beam.ParDo(_WriteWindowFn(self._output, self._kind))
+    write = beam.ParDo(_WriteWindowFn(self._output, self._kind, self._key_field, self._positions))
+    if not self._positions:
+      return pcoll | 'Write' >> write
+    result = pcoll | 'Write' >> write.with_outputs(WRITTEN, main='paths')
+    return result
 
 
 def _write_metrics(output: str):
@@ -194,8 +256,9 @@ def _write_metrics(output: str):
 class _WriteDeadLettersFn(beam.DoFn):
   """Dead letters of a bundle, one JSONL file per tenant named by its content."""
 
-  def __init__(self, output: str):
+  def __init__(self, output: str, positions: bool = False):
     self._output = output
+    self._positions = positions
     self._pending = None
 
   def start_bundle(self):
@@ -210,6 +273,9 @@ class _WriteDeadLettersFn(beam.DoFn):
       payload = ('\n'.join(lines) + '\n').encode('utf-8')
       digest = hashlib.sha256(payload).hexdigest()[:24]
       _write_atomically(f'{self._output}/dead_letter/tenant={tenant}/dl-{digest}.jsonl', payload)
+      if self._positions:
+        for letter in letters:
+          yield GlobalWindows.windowed_value((letter.get('source'), letter.get('position')))
     self._pending = {}
 
 
@@ -234,7 +300,9 @@ def build(p: beam.Pipeline, options: SpotifyStreamingOptions, master_key) -> Non
           dedup_ttl_s=options.dedup_ttl_s,
           key_field=entities.key_field(model),
           num_shards=options.num_shards))
-  _ = windowed.windows | 'WriteData' >> WriteWindowFiles(output, 'data')
+  acknowledge = getattr(source, 'acknowledge_written', lambda: None)()
+  written = windowed.windows | 'WriteData' >> WriteWindowFiles(
+      output, 'data', key_field=entities.key_field(model), positions=acknowledge is not None)
   _ = windowed.sessions | 'WriteSessions' >> WriteWindowFiles(output, 'sessions')
   _ = windowed.metrics | 'WriteMetrics' >> beam.Map(_write_metrics(output))
   if options.output_topic:
@@ -258,7 +326,14 @@ def build(p: beam.Pipeline, options: SpotifyStreamingOptions, master_key) -> Non
       windowed.late,
   ], 'AllDeadLetters')
   redacted_letters = letters | 'RedactDeadLetters' >> RedactDeadLetters(model, master_key, pii_options)
-  _ = redacted_letters.records | 'WriteDeadLetters' >> beam.ParDo(_WriteDeadLettersFn(output))
+  letters_written = redacted_letters.records | 'WriteDeadLetters' >> beam.ParDo(
+      _WriteDeadLettersFn(output, positions=acknowledge is not None))
+  if acknowledge is not None:
+    _ = ((written[WRITTEN] | 'RowsWritten' >> beam.FlatMap(lambda positions: positions),
+          letters_written,
+          windowed.absorbed)
+         | 'Committed' >> beam.Flatten()
+         | 'Acknowledge' >> acknowledge)
 
 
 def _check(options: SpotifyStreamingOptions):

@@ -26,11 +26,11 @@ from __future__ import annotations
 import os
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from io_connectors.registry import ConfigError
 
-__all__ = ['StreamSourceOptions', 'redis_source', 'pubsub_source', 'websocket_source', 'pulsar_source']
+__all__ = ['StreamSourceOptions', 'redis_source', 'redis_ack_mode', 'pubsub_source', 'websocket_source', 'pulsar_source']
 
 
 def _add(parser, flag, **kwargs):
@@ -55,6 +55,10 @@ class StreamSourceOptions(PipelineOptions):
          help="A dead reader's pending entries are reclaimed after this idle time (ms).")
     _add(parser, '--redis_count', type=int, default=1000, help='Entries per read.')
     _add(parser, '--redis_readers', type=int, default=1, help='Readers (consumers) per stream.')
+    _add(parser, '--redis_ack', default='auto', choices=('auto', 'sink', 'finalize'),
+         help="When entries are acknowledged (XACK): 'sink', once their rows or dead letters are written (a "
+         "killed job process loses nothing), 'finalize', when the runner finalizes the reading bundle (durable "
+         "on runners that checkpoint the whole pipeline: Flink, Dataflow); 'auto': 'finalize' on those, else 'sink'.")
     _add(parser, '--redis_event_time_field', default='played_at',
          help="Payload field whose earliest value stamps each batch and drives the watermark; '' for arrival time.")
     # Pub/Sub
@@ -86,7 +90,7 @@ def _names(value, flag):
   return names
 
 
-def _redis_options(options: PipelineOptions, streams, flag: str):
+def _redis_options(options: PipelineOptions, streams, flag: str, ack: str = 'finalize'):
   from io_connectors.redis_streams import RedisStreamsOptions  # pylint: disable=import-outside-toplevel
   flags = options.view_as(StreamSourceOptions)
   url = flags.redis_url or os.environ.get('REDIS_URL')
@@ -98,15 +102,30 @@ def _redis_options(options: PipelineOptions, streams, flag: str):
                                min_idle_ms=flags.redis_min_idle_ms, count=flags.redis_count,
                                readers_per_stream=flags.redis_readers,
                                event_time_field=flags.redis_event_time_field or None,
-                               bounded=bool(getattr(options, 'bounded', False)))
+                               bounded=bool(getattr(options, 'bounded', False)), ack=ack)
   except ValueError as e:
     raise ConfigError(f'{flag}: {e}') from None
+
+
+# Runners whose bundle finalization follows a durable checkpoint of the whole
+# pipeline; elsewhere the runner's state dies with the process.
+_CHECKPOINTING_RUNNERS = ('flinkrunner', 'dataflowrunner')
+
+
+def redis_ack_mode(options: PipelineOptions) -> str:
+  """The --redis_ack mode, 'auto' resolved by the runner."""
+  ack = options.view_as(StreamSourceOptions).redis_ack
+  if ack != 'auto':
+    return ack
+  runner = options.view_as(StandardOptions).runner
+  name = (runner if isinstance(runner, str) else type(runner).__name__ if runner else '').lower()
+  return 'finalize' if name.rsplit('.', 1)[-1] in _CHECKPOINTING_RUNNERS else 'sink'
 
 
 def redis_source(options: PipelineOptions) -> beam.PTransform:
   from io_connectors.redis_streams import ReadFromRedisStreams  # pylint: disable=import-outside-toplevel
   streams = _names(options.view_as(StreamSourceOptions).redis_streams, '--redis_streams')
-  return ReadFromRedisStreams(_redis_options(options, streams, '--source redis'))
+  return ReadFromRedisStreams(_redis_options(options, streams, '--source redis', ack=redis_ack_mode(options)))
 
 
 def pubsub_source(options: PipelineOptions) -> beam.PTransform:

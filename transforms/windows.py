@@ -17,6 +17,10 @@
   supersedes the earlier ones.
 - ``sessions``: RecordBatches of listening sessions per user (a session ends
   after `session_gap_s` without a play), emitted once no event could extend it.
+- ``absorbed``: (source, row) of each duplicate dropped by the dedup, for
+  sources that acknowledge a record only once it is written or absorbed
+  (`io_connectors.redis_streams` with ``ack='sink'``); empty when the batches
+  carry no provenance columns.
 
 Why state and timers instead of `WindowInto` + `GroupByKey`: Beam drops data
 behind the allowed lateness inside the GroupByKey, where no one can count or
@@ -34,7 +38,7 @@ one key.
 Usage::
 
     out = validated_batches | WindowEvents(WindowOptions(window_size_s=60, allowed_lateness_s=30))
-    out.windows, out.late, out.metrics, out.sessions
+    out.windows, out.late, out.metrics, out.sessions, out.absorbed
 """
 
 from __future__ import annotations
@@ -133,6 +137,7 @@ class WindowedOutputs(typing.NamedTuple):
   late: beam.PCollection  # of dead-letter dicts (reason late_event)
   metrics: beam.PCollection  # of dicts per (tenant, window)
   sessions: beam.PCollection  # of (tenant, closing window start, shard, RecordBatch of SESSION_SCHEMA)
+  absorbed: Optional[beam.PCollection] = None  # of (source, row): duplicates dropped by the dedup
 
 
 def window_label(start_us: int) -> str:
@@ -258,6 +263,10 @@ class _WindowDedupFn(beam.DoFn):
         in_batch.add(key)
     if duplicate.any():
       self._duplicates.inc(int(duplicate.sum()))
+      if SOURCE_COLUMN in batch.schema.names and ROW_COLUMN in batch.schema.names:
+        dropped = batch.filter(pa.array(duplicate))
+        yield beam.pvalue.TaggedOutput('absorbed', list(zip(
+            _strings(dropped, SOURCE_COLUMN).tolist(), dropped.column(ROW_COLUMN).to_pylist())))
       for start, n in zip(*np.unique(starts[duplicate], return_counts=True)):
         yield beam.pvalue.TaggedOutput('metrics_partial', ((tenant, int(start)), {'duplicates': int(n)}))
     accepted = keep & ~duplicate
@@ -467,6 +476,7 @@ class WindowEvents(beam.PTransform):
         | 'GlobalWindow' >> beam.WindowInto(beam.window.GlobalWindows())
         | 'Route' >> beam.ParDo(_RouteFn(options))
         | 'WindowDedup' >> beam.ParDo(_WindowDedupFn(options)).with_outputs(
-            'late', 'metrics_partial', 'sessions', main='windows'))
+            'late', 'metrics_partial', 'sessions', 'absorbed', main='windows'))
     metrics = result.metrics_partial | 'MergeMetrics' >> beam.ParDo(_MergeMetricsFn(options))
-    return WindowedOutputs(result.windows, result.late, metrics, result.sessions)
+    absorbed = result.absorbed | 'AbsorbedPositions' >> beam.FlatMap(lambda positions: positions)
+    return WindowedOutputs(result.windows, result.late, metrics, result.sessions, absorbed)

@@ -22,7 +22,9 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
 
 from io_connectors import registry
-from io_connectors.redis_streams import ReadFromRedisStreams, RedisStreamsOptions, entry_row, row_entry_id
+from io_connectors import redis_streams
+from io_connectors.redis_streams import (AcknowledgeEntries, ReadFromRedisStreams, RedisStreamsOptions, entry_row,
+                                         position_entry_id, row_entry_id)
 from tests.io_connectors.streams_support import fresh_name, redis_url, wait_until
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -84,6 +86,58 @@ def test_options_are_checked_and_url_secret_stays_out_of_repr():
 def test_entry_row_round_trip():
   assert entry_row('1700000000123-5') == 1700000000123000005
   assert row_entry_id(1700000000123000005) == '1700000000123-5'
+
+
+def test_position_entry_id_reads_rows_and_dead_letter_positions():
+  assert position_entry_id(1700000000123000005) == '1700000000123-5'
+  assert position_entry_id('row 1700000000123000005') == '1700000000123-5'
+  assert position_entry_id('entry 1700000000123-7') == '1700000000123-7'
+  assert position_entry_id('offset 12') is None and position_entry_id(None) is None
+  with pytest.raises(ValueError, match='ack'):
+    RedisStreamsOptions(url='redis://h', streams=['s'], group='g', ack='eventually')
+
+
+def test_sink_mode_leaves_entries_pending_until_acknowledged(url, client, stream):
+  ids = _add_events(client, stream, 300)
+  options = RedisStreamsOptions(url=url, streams=[stream], group='pipeline', count=100, bounded=True, ack='sink')
+  assert ReadFromRedisStreams(RedisStreamsOptions(url=url, streams=[stream], group='g')).acknowledge_written() is None
+
+  def read(p):
+    events = (p | ReadFromRedisStreams(options)).records | beam.FlatMap(_event_ids)
+    assert_that(events, equal_to([f'e{i}' for i in range(300)]))
+
+  _run(read)
+  assert client.xpending(stream, 'pipeline')['pending'] == 300  # finalization acknowledged nothing
+  written = ([(f'redis://{stream}', entry_row(i)) for i in ids[:100]] +  # rows written
+             [(f'redis://{stream}', f'entry {ids[100]}'), (f'redis://{stream}', f'row {entry_row(ids[101])}'),
+              ('redis://another-stream', entry_row(ids[102])), ('kafka://t/0', 'offset 3')])
+  _run(lambda p: p | beam.Create(written) | ReadFromRedisStreams(options).acknowledge_written())
+  pending = client.xpending_range(stream, 'pipeline', min='-', max='+', count=1000)
+  assert sorted((e['message_id'].decode() for e in pending), key=entry_row) == ids[102:]
+  assert isinstance(ReadFromRedisStreams(options).acknowledge_written(), AcknowledgeEntries)
+
+
+def test_sink_mode_reclaims_other_processes_entries_only(url, client, stream):
+  ids = _add_events(client, stream, 300)
+  client.xgroup_create(stream, 'pipeline', id='0')
+  # e0..e99: a dead process's reader; e100..e199: a reader of this process, still at work.
+  client.xreadgroup('pipeline', 'job-deadbeef-reader', {stream: '>'}, count=100)
+  ours = f'job-{redis_streams._PROCESS_TOKEN}-{stream}-0'  # pylint: disable=protected-access
+  client.xreadgroup('pipeline', ours, {stream: '>'}, count=100)
+  wait_until(lambda: all(e['time_since_delivered'] >= 300 for e in
+                         client.xpending_range(stream, 'pipeline', min='-', max='+', count=1000)),
+             what='pending entries idle for 300 ms')
+  options = RedisStreamsOptions(url=url, streams=[stream], group='pipeline', count=50, bounded=True, ack='sink',
+                                consumer='job', min_idle_ms=300)
+
+  def read(p):
+    events = (p | ReadFromRedisStreams(options)).records | beam.FlatMap(_event_ids)
+    assert_that(events, equal_to([f'e{i}' for i in list(range(100)) + list(range(200, 300))]))
+
+  _run(read)
+  owners = {e['message_id'].decode(): e['consumer'].decode()
+            for e in client.xpending_range(stream, 'pipeline', min='-', max='+', count=1000)}
+  assert all(owners[i] == ours for i in ids[100:200])
 
 
 def test_reads_every_entry_dead_letters_malformed_and_acks(url, client, stream):
