@@ -26,7 +26,7 @@ import pytest
 
 from pipelines import runners
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 FLINK_SCRIPT = REPO_ROOT / 'scripts' / 'flink.sh'
 PRISM_SCRIPT = REPO_ROOT / 'scripts' / 'prism.sh'
 # The same variables as scripts/flink.sh, so a second cluster (FLINK_INSTANCE)
