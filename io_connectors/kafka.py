@@ -773,6 +773,10 @@ def java_expansion_service(jar: str, environment: str = 'EMBEDDED'):
   `environment` is the Java transforms' environment: EMBEDDED runs them inside
   the runner's own JVM (on Flink: the TaskManagers), so no Docker is needed.
   scripts/kafka_expansion.sh builds such a jar (`expansion-service-jar`).
+  KafkaIO is expanded as the legacy Read(UnboundedSource) (experiment
+  use_deprecated_read), which Beam's Flink runner runs as a native Flink source:
+  with the SDF read the 2.62.0 job server never advanced the watermark, and
+  offsets are committed when Flink checkpoints complete.
   """
   from apache_beam.transforms.external import JavaJarExpansionService  # pylint: disable=import-outside-toplevel
   if environment not in ('EMBEDDED', 'PROCESS', 'DOCKER', 'EXTERNAL'):
@@ -795,7 +799,8 @@ class ReadFromKafkaCrossLanguage(beam.PTransform):
   Offsets, checkpoints and the watermark are KafkaIO's: record CreateTime
   timestamps; the watermark of a partition follows its records (an idle
   partition holds it). With `commit_offsets` (default: when there is a
-  `group_id`) KafkaIO commits the group's offsets once bundles are finalized.
+  `group_id`) KafkaIO commits the group's offsets once its reads are durable
+  (on Flink: when a checkpoint completes).
   Payloads are decoded as JSON; the others as in `ReadFromKafka`.
   `max_records_per_partition` becomes KafkaIO's total `max_num_records`
   (per partition x the topics' partitions, listed at construction): a bounded

@@ -118,11 +118,10 @@ def _java_kafka_source(options: SpotifyStreamingOptions, read_options: kafka.Kaf
   elif not expansion_service and runner not in ('DataflowRunner', 'dataflow'):
     raise ConfigError(f'--kafka_reader java runs KafkaIO (Java) on FlinkRunner or DataflowRunner, not {runner}; '
                       'use --kafka_reader python, or give --kafka_expansion_service for a runner that hosts Java')
-  # KafkaIO commits offsets in a @RequiresStableInput step, which the 2.62.0
-  # Flink job server runs only with checkpointing on, and then fails on
-  # ("State backend must be locked when retrieving the current key"):
-  # on Flink the group's offsets are not committed (docs/streaming.md).
-  commit_offsets = runner not in ('FlinkRunner', 'flink')
+  # On Flink, KafkaIO (the legacy read, see kafka.java_expansion_service)
+  # commits offsets when a Flink checkpoint completes: only with checkpoints on.
+  commit_offsets = bool(read_options.group_id) and (
+      runner not in ('FlinkRunner', 'flink') or bool(options.checkpointing_interval))
   try:
     return kafka.ReadFromKafkaCrossLanguage(read_options, expansion_service=expansion_service,
                                             commit_offsets=commit_offsets)

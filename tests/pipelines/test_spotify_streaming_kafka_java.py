@@ -5,7 +5,8 @@ expanded by a local expansion service into an EMBEDDED Java environment, so it
 runs inside the TaskManagers of the test's Flink cluster (tests/cluster_fixtures.py)
 and reads the real local broker. 2,000 listening events (1% duplicated, 2%
 malformed) are produced, then late ones once the on-time windows are written;
-the unbounded job is cancelled when everything is accounted for.
+the unbounded job is cancelled when everything is accounted for and Flink's
+checkpoints have committed the group's offsets.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pipelines import runners, spotify_streaming
 from tests.pipelines.test_spotify_streaming import (PARTITIONS, WINDOW_S, dead_letters, final_metrics, kafka,  # noqa: F401 pylint: disable=unused-import
                                                     _pii_key, new_topic, plan_events, produce, written_ids)
 
-pytest.importorskip('confluent_kafka')
+confluent_kafka = pytest.importorskip('confluent_kafka')
 
 
 def _java_available() -> bool:
@@ -39,6 +40,15 @@ def _wait(predicate, result, timeout_s: float, what: str):
     assert result.state not in (PipelineState.FAILED, PipelineState.CANCELLED, PipelineState.DONE), result.state
     assert time.monotonic() < deadline, f'timed out after {timeout_s:.0f} s waiting for {what}'
     time.sleep(1)
+
+
+def committed(bootstrap, group, topic):
+  consumer = confluent_kafka.Consumer({'bootstrap.servers': bootstrap, 'group.id': group})
+  try:
+    offsets = consumer.committed([confluent_kafka.TopicPartition(topic, p) for p in range(PARTITIONS)], timeout=30)
+  finally:
+    consumer.close()
+  return [tp.offset for tp in offsets]
 
 
 def _cancel(flink_cluster, result, jobs_before):
@@ -67,7 +77,7 @@ def test_end_to_end_with_java_kafkaio_on_flink(kafka, tmp_path, flink_cluster, f
   argv = flink_args['flink'] + [
       '--streaming', '--source', 'kafka', '--kafka_reader', 'java', '--bootstrap_servers', kafka, '--topic', topic,
       '--group_id', f'g-{topic}', '--tenant_field', 'tenant', '--output', output, '--window_size_s', str(WINDOW_S),
-      '--allowed_lateness_s', '5', '--session_gap_s', '120', '--dedup_ttl_s', '86400']
+      '--allowed_lateness_s', '5', '--session_gap_s', '120', '--dedup_ttl_s', '86400', '--checkpointing_interval', '2000']
   jobs_before = set(flink_cluster.job_ids())
   result = spotify_streaming.run(argv, wait=False)
   try:
@@ -77,6 +87,10 @@ def test_end_to_end_with_java_kafkaio_on_flink(kafka, tmp_path, flink_cluster, f
     _wait(lambda: len(late_letters()) >= len(plan.late_ids), result, 240, 'the late events')
     _wait(lambda: sum(m['late_events'] for m in final_metrics(output).values()) >= len(plan.late_ids), result, 120,
           'the late events in the metrics')
+    # KafkaIO commits the group's offsets when Flink checkpoints complete.
+    end_offsets = collections.Counter(p for p, _, _ in plan.on_time + closers + plan.late)
+    _wait(lambda: committed(kafka, f'g-{topic}', topic) == [end_offsets[p] for p in range(PARTITIONS)], result, 120,
+          'the offsets committed to the group')
   finally:
     _cancel(flink_cluster, result, jobs_before)
 
