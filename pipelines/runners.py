@@ -51,12 +51,15 @@ __all__ = [
     'runner_args',
     'prism_binary',
     'flink_job_server_jar',
+    'KafkaExpansionJars',
+    'kafka_expansion_jars',
     'use_local_prism',
 ]
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PRISM_SCRIPT = REPO_ROOT / 'scripts' / 'prism.sh'
 FLINK_SCRIPT = REPO_ROOT / 'scripts' / 'flink.sh'
+KAFKA_EXPANSION_SCRIPT = REPO_ROOT / 'scripts' / 'kafka_expansion.sh'
 
 RUNNERS = ('direct', 'fnapi', 'prism', 'flink', 'flink-external')
 # The Beam release whose Prism we build; must equal the apache-beam we depend on.
@@ -122,6 +125,27 @@ def flink_job_server_jar() -> str:
       raise RunnerSetupError(f'FLINK_JOB_SERVER_JAR={override} is not a file')
     return override
   return _script_output(FLINK_SCRIPT, 'job-server-jar')
+
+
+@dataclasses.dataclass(frozen=True)
+class KafkaExpansionJars:
+  """Beam's Java KafkaIO for cross-language ReadFromKafka (scripts/kafka_expansion.sh).
+
+  expansion_service: the ExpansionService launcher jar (java -jar JAR PORT ...).
+  flink_job_server: a Flink job server jar with KafkaIO on its classpath, which
+    it ships to the TaskManagers with each job (for the EMBEDDED Java environment).
+  """
+  expansion_service: str
+  flink_job_server: str
+
+
+def kafka_expansion_jars() -> KafkaExpansionJars:
+  """The KafkaIO launcher jars (fetched and checksummed on first use: about a minute)."""
+  try:
+    return KafkaExpansionJars(expansion_service=_script_output(KAFKA_EXPANSION_SCRIPT, 'expansion-service-jar'),
+                              flink_job_server=_script_output(KAFKA_EXPANSION_SCRIPT, 'job-server-jar'))
+  except RunnerSetupError as e:
+    raise RunnerSetupError(f'{e}; needs Java 11+ and Maven (mvn) to fetch KafkaIO from Maven Central') from None
 
 
 def runner_args(name: str, flink: Optional[FlinkSettings] = None) -> List[str]:

@@ -59,12 +59,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import DebugOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DebugOptions, FlinkRunnerOptions, PipelineOptions, StandardOptions
 from apache_beam.transforms.window import GlobalWindows
 
 from io_connectors import kafka
 from io_connectors.registry import ConfigError
-from pipelines import stream_sources
+from pipelines import runners, stream_sources
 from pipelines.streaming_options import SpotifyStreamingOptions
 from transforms import entities
 from transforms.dead_letter import flatten_dead_letters
@@ -114,11 +114,56 @@ def kafka_read_options(options: SpotifyStreamingOptions) -> kafka.KafkaReadOptio
     raise ConfigError(str(e)) from None
 
 
+def _runner_name(options: PipelineOptions) -> str:
+  runner = options.view_as(StandardOptions).runner or 'DirectRunner'
+  return runner if isinstance(runner, str) else type(runner).__name__
+
+
+def _java_kafka_source(options: SpotifyStreamingOptions, read_options: kafka.KafkaReadOptions) -> beam.PTransform:
+  """Beam's KafkaIO: expanded by --kafka_expansion_service, or on Flink by ours (EMBEDDED), or Beam's default."""
+  runner = _runner_name(options)
+  expansion_service = options.kafka_expansion_service
+  if not expansion_service and runner in ('FlinkRunner', 'flink'):
+    try:
+      expansion_service = kafka.java_expansion_service(runners.kafka_expansion_jars().expansion_service, 'EMBEDDED')
+    except runners.RunnerSetupError as e:
+      raise ConfigError(f'--kafka_reader java: {e}') from None
+  elif not expansion_service and runner not in ('DataflowRunner', 'dataflow'):
+    raise ConfigError(f'--kafka_reader java runs KafkaIO (Java) on FlinkRunner or DataflowRunner, not {runner}; '
+                      'use --kafka_reader python, or give --kafka_expansion_service for a runner that hosts Java')
+  # On Flink, KafkaIO (the legacy read, see kafka.java_expansion_service)
+  # commits offsets when a Flink checkpoint completes: only with checkpoints on.
+  commit_offsets = bool(read_options.group_id) and (
+      runner not in ('FlinkRunner', 'flink') or bool(options.checkpointing_interval))
+  try:
+    return kafka.ReadFromKafkaCrossLanguage(read_options, expansion_service=expansion_service,
+                                            commit_offsets=commit_offsets)
+  except ValueError as e:
+    raise ConfigError(f'--kafka_reader java: {e}') from None
+
+
 def _kafka_source(options: SpotifyStreamingOptions) -> beam.PTransform:
   read_options = kafka_read_options(options)
   if options.kafka_reader == 'java':
-    return kafka.ReadFromKafkaCrossLanguage(read_options)
+    return _java_kafka_source(options, read_options)
   return kafka.ReadFromKafka(read_options)
+
+
+def _prepare_flink_for_java_kafka(pipeline_options: PipelineOptions):
+  """On FlinkRunner, --kafka_reader java needs a job server with KafkaIO on its classpath.
+
+  It ships that classpath to the TaskManagers with the job, where KafkaIO runs
+  in the EMBEDDED Java environment. Replaces the default job-server jar
+  (`runners.flink_job_server_jar()`, or none); another --flink_job_server_jar is kept as given.
+  """
+  flink_options = pipeline_options.view_as(FlinkRunnerOptions)
+  current = flink_options.flink_job_server_jar
+  try:
+    if current and os.path.realpath(current) != os.path.realpath(runners.flink_job_server_jar()):
+      return
+    flink_options.flink_job_server_jar = runners.kafka_expansion_jars().flink_job_server
+  except runners.RunnerSetupError as e:
+    raise ConfigError(f'--kafka_reader java: {e}') from None
 
 
 def _eventhubs_source(options: SpotifyStreamingOptions) -> beam.PTransform:
@@ -387,6 +432,8 @@ def run(argv: Optional[Sequence[str]] = None, wait: bool = True):
     # An unbounded source: the runner must run the job as a streaming job.
     pipeline_options.view_as(StandardOptions).streaming = True
   _prism_runs_without_splits(pipeline_options)
+  if options.source == 'kafka' and options.kafka_reader == 'java' and _runner_name(options) in ('FlinkRunner', 'flink'):
+    _prepare_flink_for_java_kafka(pipeline_options)
   try:
     master_key = None if options.keep_pii else load_master_key(options.pii_key_file)
   except PiiKeyError as e:

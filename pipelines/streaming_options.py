@@ -57,7 +57,16 @@ class SpotifyStreamingOptions(PipelineOptions):
     # Kafka / Event Hubs
     _add(parser, '--kafka_reader', default='python', choices=KAFKA_READERS,
                         help="python: our splittable DoFn (every runner); java: Beam's cross-language KafkaIO "
-                        '(runners that host Java, e.g. Flink).')
+                        '(FlinkRunner here: KafkaIO runs in the TaskManagers, no Docker; or Dataflow).')
+    # Named here so that FlinkRunner passes it to Beam's job server (it drops
+    # flags no options class defines); jobs the job server submits otherwise
+    # run without Flink checkpoints, whatever the cluster's config says.
+    _add(parser, '--checkpointing_interval', type=int,
+                        help='FlinkRunner: Flink checkpoint interval (ms). With --kafka_reader java and --group_id, '
+                        "KafkaIO commits the group's offsets when a checkpoint completes (none without it).")
+    _add(parser, '--kafka_expansion_service',
+                        help='--kafka_reader java: host:port of a running expansion service with KafkaIO. Default: '
+                        "on FlinkRunner, scripts/kafka_expansion.sh's (EMBEDDED Java environment); else Beam's.")
     _add(parser, '--bootstrap_servers', default='localhost:9092', help='Kafka bootstrap servers host:port[,host:port].')
     _add(parser, '--topic', help='Topic(s) to read, comma-separated.')
     _add(parser, '--group_id', help='Consumer group; offsets are committed to it after bundles are durable.')

@@ -376,3 +376,37 @@ def test_streaming_partition_reads_are_checkpointed_never_split():
   # A bounded (batch) read may still be split by the runner.
   tracker = kafka_module._ReadPartitionFn(options).create_tracker(OffsetRange(0, 1000))
   assert tracker.try_claim(0) and tracker.try_split(0.5) is not None
+
+
+# ----- Beam's cross-language reader (runs on Flink: tests/pipelines/test_spotify_streaming_kafka_java.py) -----
+
+
+def test_cross_language_consumer_config_passes_sasl_as_jaas_and_the_group():
+  from io_connectors.kafka import java_kafka_config  # pylint: disable=import-outside-toplevel
+  options = KafkaReadOptions(bootstrap_servers='127.0.0.1:9094', topics=('t',), group_id='lake',
+                             security_protocol='SASL_PLAINTEXT', sasl_mechanism='PLAIN', sasl_username='beam',
+                             sasl_password='s"cret', start_position='latest')
+  config = java_kafka_config(options)
+  assert 'sasl.username' not in config and 'sasl.password' not in config
+  assert config['sasl.jaas.config'] == ('org.apache.kafka.common.security.plain.PlainLoginModule required '
+                                        'username="beam" password="s\\"cret";')
+  assert config['group.id'] == 'lake' and config['auto.offset.reset'] == 'latest'
+  assert config['security.protocol'] == 'SASL_PLAINTEXT' and config['sasl.mechanism'] == 'PLAIN'
+
+
+def test_cross_language_reader_checks_its_options(kafka):
+  from io_connectors.kafka import ReadFromKafkaCrossLanguage  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ValueError, match='JSON'):
+    ReadFromKafkaCrossLanguage(KafkaReadOptions(bootstrap_servers=kafka, topics=('t',), value_format='avro',
+                                                avro_schema_file='x.avsc'))
+  with pytest.raises(ValueError, match='end offsets'):
+    ReadFromKafkaCrossLanguage(KafkaReadOptions(bootstrap_servers=kafka, topics=('t',), bounded=True))
+  with pytest.raises(ValueError, match='group_id'):
+    ReadFromKafkaCrossLanguage(KafkaReadOptions(bootstrap_servers=kafka, topics=('t',)), commit_offsets=True)
+  # max_records_per_partition becomes KafkaIO's total over the topic's partitions.
+  topic = f'xl-{uuid.uuid4().hex[:8]}'
+  admin = confluent_kafka.admin.AdminClient({'bootstrap.servers': kafka})
+  admin.create_topics([confluent_kafka.admin.NewTopic(topic, 3, 1)])[topic].result(60)
+  read = ReadFromKafkaCrossLanguage(KafkaReadOptions(bootstrap_servers=kafka, topics=(topic,),
+                                                     max_records_per_partition=5))
+  assert read._max_num_records == 15  # pylint: disable=protected-access
