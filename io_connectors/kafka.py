@@ -50,6 +50,7 @@ the same batches: see docs/streaming.md for where it runs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -357,39 +358,71 @@ class KafkaPartition:
   partitions: int = 0
 
 
+# Consumers are shared by all DoFn copies of a process, one use at a time.
+# Runners make DoFn copies freely (one per stage that calls an SDF method, new
+# ones while a job runs) and do not always tear them down, and every live
+# confluent_kafka client holds one of the process's ~1000 thread-local storage
+# keys: one consumer per copy ran a long test session out of them ("Failed to
+# initialize thread local storage").
+_IDLE_CONSUMERS: Dict[str, List[Any]] = {}
+_IDLE_LOCK = threading.Lock()
+_MAX_IDLE_PER_CONFIG = 8
+# Assign-only consumers join no group; without a group_id this one only names them.
+_PROCESS_GROUP = f'beam-kafka-reader-{uuid.uuid4().hex}'
+
+
 class _Clients:
-  """A consumer per DoFn instance (assign-only, never subscribes), made on first use."""
+  """Lends assign-only consumers (never subscribed) from the process-wide idle list."""
 
   def __init__(self, options: KafkaReadOptions):
     self._options = options
-    self._consumer = None
-    self._lock = threading.Lock()
+    config = dict(client_config(options))
+    config.update({
+        # Assign-only: a group id is needed to commit, never to join.
+        'group.id': options.group_id or _PROCESS_GROUP,
+        'enable.auto.commit': False,
+        'enable.auto.offset.store': False,
+        'enable.partition.eof': False,
+        'auto.offset.reset': 'earliest',
+    })
+    config.update(options.consumer_config)
+    self._config = config
+    self._key = json.dumps(config, sort_keys=True, default=str)
 
+  def acquire(self):
+    with _IDLE_LOCK:
+      idle = _IDLE_CONSUMERS.get(self._key)
+      if idle:
+        return idle.pop()
+    import confluent_kafka  # pylint: disable=import-outside-toplevel
+    return confluent_kafka.Consumer(self._config, logger=_LOG)
+
+  def release(self, consumer, healthy: bool = True):
+    """Gives a consumer back (unassigned); closes it when broken or when enough are idle."""
+    if healthy:
+      try:
+        consumer.unassign()
+      except Exception:  # pylint: disable=broad-except
+        healthy = False
+    with _IDLE_LOCK:
+      idle = _IDLE_CONSUMERS.setdefault(self._key, [])
+      if healthy and len(idle) < _MAX_IDLE_PER_CONFIG:
+        idle.append(consumer)
+        return
+    try:
+      consumer.close()
+    except Exception:  # pylint: disable=broad-except
+      pass
+
+  @contextlib.contextmanager
   def consumer(self):
-    with self._lock:
-      if self._consumer is None:
-        import confluent_kafka  # pylint: disable=import-outside-toplevel
-        config = dict(client_config(self._options))
-        config.update({
-            # Assign-only: a group id is needed to commit, never to join.
-            'group.id': self._options.group_id or f'beam-kafka-reader-{uuid.uuid4().hex}',
-            'enable.auto.commit': False,
-            'enable.auto.offset.store': False,
-            'enable.partition.eof': False,
-            'auto.offset.reset': 'earliest',
-        })
-        config.update(self._options.consumer_config)
-        self._consumer = confluent_kafka.Consumer(config, logger=_LOG)
-      return self._consumer
-
-  def close(self):
-    with self._lock:
-      if self._consumer is not None:
-        try:
-          self._consumer.close()
-        except Exception:  # pylint: disable=broad-except
-          pass
-        self._consumer = None
+    consumer = self.acquire()
+    healthy = False
+    try:
+      yield consumer
+      healthy = True
+    finally:
+      self.release(consumer, healthy)
 
 
 def _nothing():
@@ -487,11 +520,11 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
     self._malformed = beam.metrics.Metrics.counter('kafka', 'malformed')
     self._commits = beam.metrics.Metrics.counter('kafka', 'offset_commits')
 
-  def _consumer(self):
+  def _lend(self) -> _Clients:
     # Restriction methods may run before setup() in some runners' stages.
     if self._clients is None:
       self._clients = _Clients(self._options)
-    return self._clients.consumer()
+    return self._clients
 
   def setup(self):
     if self._clients is None:
@@ -500,8 +533,7 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
       self._avro = _AvroDecoder(self._options.schema_registry_url, self._options.avro_schema_file)
 
   def teardown(self):
-    if self._clients is not None:
-      self._clients.close()
+    self._clients = None  # its consumers are back in the process-wide idle list
 
   def _safe(self, fn):
     # Transient broker states (e.g. NOT_COORDINATOR while the offsets topic is
@@ -521,8 +553,11 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
                                         _secrets_of(self._options))) from None
 
   def initial_restriction(self, element: KafkaPartition) -> OffsetRange:
+    with self._lend().consumer() as consumer:
+      return self._initial_restriction(consumer, element)
+
+  def _initial_restriction(self, consumer, element: KafkaPartition) -> OffsetRange:
     options = self._options
-    consumer = self._consumer()
     timeout = max(30.0, options.poll_timeout_s)
     tp = _tp(element.topic, element.partition)
     low, high = self._safe(lambda: consumer.get_watermark_offsets(tp, timeout=timeout, cached=False))
@@ -573,9 +608,8 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
     # a partition's range and finalize the parts in any order, so the group's
     # offset only moves to the end of ranges contiguous with it: it never
     # passes a record whose result could still be lost.
-    consumer = self._consumer()
     try:
-      with _COMMITS_LOCK:
+      with _COMMITS_LOCK, self._lend().consumer() as consumer:
         ranges = _FINALIZED.setdefault((self._options.group_id, topic, partition), [])
         ranges.append((start, end))
         known = consumer.committed([_tp(topic, partition)], timeout=30)[0].offset
@@ -625,7 +659,6 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
     if restriction.start >= restriction.stop:
       tracker.try_claim(restriction.stop)
       return
-    consumer = self._consumer()
     if self._STREAMING:
       self._note_progress(element, watermark.progress())
     began = time.monotonic()
@@ -633,6 +666,9 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
     newest_ms = None
     pending = []
     done = False
+    clients = self._lend()
+    consumer = clients.acquire()
+    healthy = True
     try:
       if self._STREAMING and self._at_or_beyond_end(consumer, element, restriction.start):
         # Nothing to fetch yet: the partition is caught up, or this is a range
@@ -695,7 +731,11 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
         if self._STREAMING and time.monotonic() - began >= options.checkpoint_interval_s:
           tracker.defer_remainder()
           break
+    except BaseException:
+      healthy = False  # a consumer that failed mid-read is closed, not lent again
+      raise
     finally:
+      clients.release(consumer, healthy)
       if claimed_to is not None and options.group_id:
         bundle_finalizer.register(
             lambda t=element.topic, p=element.partition, s=restriction.start, o=claimed_to: self._commit(t, p, s, o))

@@ -410,3 +410,21 @@ def test_cross_language_reader_checks_its_options(kafka):
   read = ReadFromKafkaCrossLanguage(KafkaReadOptions(bootstrap_servers=kafka, topics=(topic,),
                                                      max_records_per_partition=5))
   assert read._max_num_records == 15  # pylint: disable=protected-access
+
+
+def test_dofn_copies_share_consumers_and_never_run_the_process_out_of_them(kafka):
+  """Runners make DoFn copies freely and may never tear them down; consumers stay few.
+
+  Every live confluent_kafka client holds one of the process's ~1000
+  thread-local storage keys; with a consumer per copy, 1,100 copies failed with
+  "Failed to initialize thread local storage".
+  """
+  from io_connectors import kafka as kafka_module  # pylint: disable=import-outside-toplevel
+  topic = new_topic(kafka)
+  produce(kafka, topic, [(0, b'{"a": 1}', None)])
+  options = KafkaReadOptions(bootstrap_servers=kafka, topics=topic, bounded=True)
+  copies = [kafka_module._ReadPartitionFn(options) for _ in range(1100)]
+  ranges = {(r.start, r.stop) for r in (c.initial_restriction(kafka_module.KafkaPartition(topic, 0)) for c in copies)}
+  assert ranges == {(0, 1)}
+  key = copies[0]._lend()._key
+  assert 1 <= len(kafka_module._IDLE_CONSUMERS[key]) <= kafka_module._MAX_IDLE_PER_CONFIG
