@@ -56,6 +56,7 @@ import pyarrow.csv as pa_csv  # pylint: disable=wrong-import-position
 import pyarrow.parquet as pq  # pylint: disable=wrong-import-position
 
 from pipelines import sample_data  # pylint: disable=wrong-import-position
+from benchmarks.common import publish_result  # pylint: disable=wrong-import-position
 
 __all__ = ['BenchOptions', 'run_benchmark', 'main']
 
@@ -356,18 +357,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except ValueError as e:
     parser.error(str(e))
   result = run_benchmark(options)
-  if args.json:
-    _log(report(result))
-    json.dump(result, sys.stdout, indent=1)
-    sys.stdout.write('\n')
-  else:
-    print(report(result))
-    os.makedirs(args.results_dir, exist_ok=True)
-    path = os.path.join(args.results_dir, f'batch-{result["started_utc"].replace(":", "")}.json')
-    with open(path, 'w', encoding='utf-8') as f:
-      json.dump(result, f, indent=1)
-      f.write('\n')
-    print(f'result: {os.path.relpath(path, REPO_ROOT)}')
+  publish_result(result, 'batch', report, args.json, args.results_dir, REPO_ROOT)
   failed = any(not v['runs_s'] for v in result['pipelines'])
   return 1 if failed else 0
 

@@ -88,6 +88,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipelines import runners, sample_data
+from benchmarks.common import publish_result  # pylint: disable=wrong-import-position
 
 __all__ = ['BenchOptions', 'run_benchmark', 'main', 'latency_summary', 'parse_data_path', 'encode_event',
            'window_rates', 'exactly_once']
@@ -886,18 +887,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except ValueError as e:
     parser.error(str(e))
   result = run_benchmark(options)
-  if args.json:
-    _log(report(result))
-    json.dump(result, sys.stdout, indent=1)
-    sys.stdout.write('\n')
-  else:
-    print(report(result))
-    os.makedirs(args.results_dir, exist_ok=True)
-    path = os.path.join(args.results_dir, f'streaming-{result["started_utc"].replace(":", "")}.json')
-    with open(path, 'w', encoding='utf-8') as f:
-      json.dump(result, f, indent=1)
-      f.write('\n')
-    print(f'result: {os.path.relpath(path, REPO_ROOT)}')
+  publish_result(result, 'streaming', report, args.json, args.results_dir, REPO_ROOT)
   ok = all(result.get(p, {}).get('check', {}).get('ok') for p in options.phases)
   return 0 if ok else 1
 
