@@ -34,11 +34,9 @@ import argparse
 import dataclasses
 import datetime as dt
 import glob
-import importlib.metadata
 import importlib.util
 import json
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -56,7 +54,7 @@ import pyarrow.csv as pa_csv  # pylint: disable=wrong-import-position
 import pyarrow.parquet as pq  # pylint: disable=wrong-import-position
 
 from pipelines import sample_data  # pylint: disable=wrong-import-position
-from benchmarks.common import publish_result  # pylint: disable=wrong-import-position
+from benchmarks.common import machine_info as common_machine_info, publish_result  # pylint: disable=wrong-import-position
 
 __all__ = ['BenchOptions', 'run_benchmark', 'main']
 
@@ -189,28 +187,7 @@ def run_floor(csv_path: str, out_dir: str, runner: str, timeout_s: float) -> dic
 
 
 def machine_info() -> dict:
-  info = {
-      'nproc': len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count(),
-      'cpu_count': os.cpu_count(),
-      'python': platform.python_version(),
-      'platform': platform.platform(),
-      'cpu': platform.processor() or platform.machine(),
-  }
-  try:
-    with open('/proc/cpuinfo', encoding='utf-8') as f:
-      models = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
-    if models:
-      info['cpu'] = models[0]
-  except OSError:
-    pass
-  if hasattr(os, 'sysconf') and 'SC_PHYS_PAGES' in os.sysconf_names:
-    info['memory_gb'] = round(os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30, 1)
-  for dist in ('pyarrow', 'apache-beam', 'numpy', 'pandas', 'pydantic'):
-    try:
-      info[dist.replace('-', '_')] = importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-      info[dist.replace('-', '_')] = None
-  return info
+  return common_machine_info(('pyarrow', 'apache-beam', 'numpy', 'pandas', 'pydantic'))
 
 
 def _best(runs: List[dict]) -> Optional[float]:

@@ -62,10 +62,8 @@ import argparse
 import dataclasses
 import datetime as dt
 import glob
-import importlib.metadata
 import json
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -88,7 +86,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipelines import runners, sample_data
-from benchmarks.common import publish_result  # pylint: disable=wrong-import-position
+from benchmarks.common import machine_info as common_machine_info, publish_result  # pylint: disable=wrong-import-position
 
 __all__ = ['BenchOptions', 'run_benchmark', 'main', 'latency_summary', 'parse_data_path', 'encode_event',
            'window_rates', 'exactly_once']
@@ -775,23 +773,7 @@ def profile_summary(path: str, top: int = 25) -> dict:
 
 
 def machine_info() -> dict:
-  info = {'nproc': len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count(),
-          'python': platform.python_version(), 'platform': platform.platform(),
-          'cpu': platform.processor() or platform.machine()}
-  try:
-    with open('/proc/cpuinfo', encoding='utf-8') as f:
-      models = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
-    if models:
-      info['cpu'] = models[0]
-  except OSError:
-    pass
-  if hasattr(os, 'sysconf') and 'SC_PHYS_PAGES' in os.sysconf_names:
-    info['memory_gb'] = round(os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30, 1)
-  for dist in ('apache-beam', 'pyarrow', 'confluent-kafka'):
-    try:
-      info[dist.replace('-', '_')] = importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-      info[dist.replace('-', '_')] = None
+  info = common_machine_info(('apache-beam', 'pyarrow', 'confluent-kafka'))
   info['flink'] = f'{runners.FLINK_VERSION} (job server 2.62.0, scripts/flink.sh)'
   return info
 

@@ -1,13 +1,41 @@
-"""What the benchmark scripts share: printing a result and keeping it as JSON."""
+"""What the benchmark scripts share: the machine's description, printing a result and keeping it as JSON."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import platform
 import sys
-from typing import Callable
+from typing import Callable, Sequence
 
-__all__ = ['publish_result']
+__all__ = ['machine_info', 'publish_result']
+
+
+def machine_info(packages: Sequence[str]) -> dict:
+  """CPUs, CPU model, memory, Python and the versions of `packages` (None when not installed)."""
+  info = {
+      'nproc': len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count(),
+      'cpu_count': os.cpu_count(),
+      'python': platform.python_version(),
+      'platform': platform.platform(),
+      'cpu': platform.processor() or platform.machine(),
+  }
+  try:
+    with open('/proc/cpuinfo', encoding='utf-8') as f:
+      models = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
+    if models:
+      info['cpu'] = models[0]
+  except OSError:
+    pass
+  if hasattr(os, 'sysconf') and 'SC_PHYS_PAGES' in os.sysconf_names:
+    info['memory_gb'] = round(os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30, 1)
+  for dist in packages:
+    try:
+      info[dist.replace('-', '_')] = importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+      info[dist.replace('-', '_')] = None
+  return info
 
 
 def publish_result(result: dict, name: str, report: Callable[[dict], str], as_json: bool, results_dir: str,
