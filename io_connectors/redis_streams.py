@@ -269,13 +269,12 @@ def _nothing():
   pass
 
 
-class _ReadStreamFn(beam.DoFn):
-  """Element (stream, reader index): reads that stream through the group, one read per bundle."""
+class _RedisClientFn(beam.DoFn):
+  """A DoFn with one Redis client per instance, opened in setup and closed in teardown."""
 
   def __init__(self, options: RedisStreamsOptions):
     self._options = options
     self._client = None
-    self._groups_ready = set()
 
   def setup(self):
     self._client = redis_client(self._options)
@@ -284,6 +283,14 @@ class _ReadStreamFn(beam.DoFn):
     if self._client is not None:
       self._client.close()
       self._client = None
+
+
+class _ReadStreamFn(_RedisClientFn):
+  """Element (stream, reader index): reads that stream through the group, one read per bundle."""
+
+  def __init__(self, options: RedisStreamsOptions):
+    super().__init__(options)
+    self._groups_ready = set()
 
   def _consumer(self, stream: str, index: int) -> str:
     return f'{self._process_prefix()}{stream}-{index}'
@@ -477,21 +484,12 @@ class ReadFromRedisStreams(beam.PTransform):
     return AcknowledgeEntries(self._options) if self._options.ack == 'sink' else None
 
 
-class _AcknowledgeFn(beam.DoFn):
+class _AcknowledgeFn(_RedisClientFn):
   """Collects a bundle's (source, position) pairs and XACKs them per stream when it ends."""
 
   def __init__(self, options: RedisStreamsOptions):
-    self._options = options
-    self._client = None
+    super().__init__(options)
     self._ids = None
-
-  def setup(self):
-    self._client = redis_client(self._options)
-
-  def teardown(self):
-    if self._client is not None:
-      self._client.close()
-      self._client = None
 
   def start_bundle(self):
     self._ids = {}
