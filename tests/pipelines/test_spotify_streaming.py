@@ -120,8 +120,12 @@ def new_topic(bootstrap) -> str:
   return topic
 
 
-def produce(bootstrap, topic, items):
-  producer = confluent_kafka.Producer({'bootstrap.servers': bootstrap, 'linger.ms': 5})
+def produce(bootstrap, topic, items, ordered: bool = False):
+  """items: (partition, value, timestamp ms). ordered: a partition's offsets follow the order of `items`."""
+  config = {'bootstrap.servers': bootstrap, 'linger.ms': 5}
+  if ordered:
+    config['max.in.flight.requests.per.connection'] = 1  # one request in flight: no reordering on retries
+  producer = confluent_kafka.Producer(config)
   for partition, value, ts in items:
     while True:
       try:

@@ -47,6 +47,7 @@ from pipelines import runners, spotify_streaming, stream_sources
 from tests.cluster_fixtures import wait_until
 from tests.conftest import ensure_service
 from tests.io_connectors.streams_support import fresh_name, redis_url
+from tests.pipelines.test_spotify_streaming import produce
 from transforms.records import with_provenance
 from transforms.windows import WindowBatch
 
@@ -196,20 +197,6 @@ def _new_topic(bootstrap: str, name: str):
   admin.create_topics([confluent_kafka.admin.NewTopic(name, PARTITIONS, 1)])[name].result(60)
 
 
-def _produce(bootstrap: str, topic: str, messages):
-  # One in-flight request per connection: a partition's offsets follow the production order.
-  producer = confluent_kafka.Producer({'bootstrap.servers': bootstrap, 'linger.ms': 5,
-                                       'max.in.flight.requests.per.connection': 1})
-  for partition, value, ts in messages:
-    while True:
-      try:
-        producer.produce(topic, value, partition=partition, timestamp=ts)
-        break
-      except BufferError:
-        producer.poll(0.1)
-  assert producer.flush(60) == 0
-
-
 def _offsets(topic: str, messages) -> List[Tuple[str, str]]:
   """(source, position) of each message as the reader names them; new topic: offsets count from 0."""
   next_offset = collections.Counter()
@@ -263,7 +250,7 @@ def test_flink_job_recovers_from_a_killed_taskmanager(kafka, flink_cluster, flin
   malformed = {positions[i] for i in before_kill.malformed}
   malformed |= {positions[len(before_kill.messages) + i] for i in after_kill.malformed}
   malformed |= set(positions[len(before_kill.messages) + len(after_kill.messages):])
-  _produce(kafka, topic, before_kill.messages)
+  produce(kafka, topic, before_kill.messages, ordered=True)
   output = str(tmp_path / 'out')
   argv = flink_args['flink'] + [
       '--streaming', '--checkpointing_interval=10000', '--source', 'kafka', '--bootstrap_servers', kafka,
@@ -283,7 +270,7 @@ def test_flink_job_recovers_from_a_killed_taskmanager(kafka, flink_cluster, flin
     os.kill(flink_cluster.pids()[victim], signal.SIGKILL)
     # Bring the cluster back to two TaskManagers, as an operator (or Kubernetes) would.
     flink_cluster.ensure_started()
-    _produce(kafka, topic, after_kill.messages + closers)
+    produce(kafka, topic, after_kill.messages + closers, ordered=True)
 
     # The job runs until cancelled: wait for everything to be written (a
     # loss ends in the timeout), then check that nothing was written twice.
