@@ -10,7 +10,6 @@ entry a dead letter with its entry id, and nothing left pending in the group.
 from __future__ import annotations
 
 import collections
-import datetime as dt
 import glob
 import json
 import random
@@ -23,6 +22,7 @@ import redis
 from io_connectors.registry import ConfigError
 from pipelines import runners, spotify_streaming
 from tests.io_connectors.streams_support import fresh_name, redis_url
+from tests.pipelines.test_spotify_streaming import _iso
 
 PII_KEY = '5a' * 32
 TRACK = '4uLU6hMCjMI75M1A2tKUQC'
@@ -31,10 +31,6 @@ TRACK = '4uLU6hMCjMI75M1A2tKUQC'
 @pytest.fixture(autouse=True)
 def _pii_key(monkeypatch):
   monkeypatch.setenv('PII_MASTER_KEY', PII_KEY)
-
-
-def _iso(ms: int) -> str:
-  return dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc).isoformat().replace('+00:00', 'Z')
 
 
 def _runner_args(request, runner):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import datetime as dt
 import glob
 import json
 import os
@@ -47,7 +46,7 @@ from pipelines import runners, spotify_streaming, stream_sources
 from tests.cluster_fixtures import wait_until
 from tests.conftest import ensure_service
 from tests.io_connectors.streams_support import fresh_name, redis_url
-from tests.pipelines.test_spotify_streaming import produce
+from tests.pipelines.test_spotify_streaming import _iso, final_metrics, produce
 from transforms.records import with_provenance
 from transforms.windows import WindowBatch
 
@@ -65,10 +64,6 @@ TRACK = '4uLU6hMCjMI75M1A2tKUQC'
 @pytest.fixture(autouse=True)
 def _pii_key(monkeypatch):
   monkeypatch.setenv('PII_MASTER_KEY', PII_KEY)
-
-
-def _iso(ms: int) -> str:
-  return dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc).isoformat().replace('+00:00', 'Z')
 
 
 def _tenant(user: int) -> str:
@@ -117,18 +112,6 @@ def written_ids(output: str) -> List[str]:
 def dead_letters(output: str) -> List[dict]:
   return [json.loads(line) for path in glob.glob(f'{output}/dead_letter/**/*.jsonl', recursive=True)
           for line in open(path, encoding='utf-8')]
-
-
-def final_metrics(output: str) -> Dict[Tuple[str, str], dict]:
-  """The last figure per (tenant, window): the one counting most (figures are cumulative)."""
-  metrics = {}
-  for path in glob.glob(f'{output}/metrics/**/*.json', recursive=True):
-    doc = json.load(open(path, encoding='utf-8'))
-    key = (doc['tenant'], doc['window_start'])
-    counted = lambda m: m['events'] + m['duplicates'] + m['late_events']
-    if key not in metrics or counted(doc) > counted(metrics[key]):
-      metrics[key] = doc
-  return metrics
 
 
 def check_output(output: str, events: Events, malformed_positions: Set[Tuple[str, str]], metrics: bool = True):
