@@ -111,7 +111,6 @@ _LOG = logging.getLogger(__name__)
 STAGE = 'read'
 ACK_MODES = ('finalize', 'sink')
 _SEQ_BASE = 1_000_000
-_RECLAIM_PAGES = 20
 # Names this process's consumers with ack='sink' (see _ReadStreamFn._process_prefix).
 _PROCESS_TOKEN = os.urandom(4).hex()
 
@@ -386,35 +385,41 @@ class _ReadStreamFn(_RedisClientFn):
     return entries, deleted
 
   def _reclaim_others(self, stream: str, group: str, consumer: str):
-    """(entries, deleted ids) of other consumers, pending and idle >= min_idle_ms (XPENDING + XCLAIM)."""
+    """(entries, deleted ids) of other processes' consumers, pending and idle >= min_idle_ms (XPENDING + XCLAIM).
+
+    Looks at each other consumer's own pending list: a scan of the group's
+    whole list could be filled with this process's entries (pending until
+    written) and never reach a dead reader's.
+    """
     opts = self._options
-    start = '-'
-    for _ in range(_RECLAIM_PAGES):
-      pending = self._client.xpending_range(stream, group, min=start, max='+', count=opts.count, idle=opts.min_idle_ms)
-      if not pending:
-        break
-      own = self._process_prefix()
-      ids = [p['message_id'] for p in pending if not _text(p['consumer']).startswith(own)]
-      if ids:
-        claimed = [e for e in self._client.xclaim(stream, group, consumer, opts.min_idle_ms, ids) if e]
-        entries = [(entry_id, fields) for entry_id, fields in claimed if fields is not None]
-        # Redis 7 drops entries deleted from the stream from the PEL and the reply.
-        returned = {_text(entry_id) for entry_id, _ in claimed}
-        # Not returned: deleted, or taken by another reader since XPENDING.
-        deleted = [i for i in ids if _text(i) not in returned and not self._client.xrange(stream, i, i, count=1)]
-        if entries or deleted:
-          self._forget_idle_consumers(stream, group, consumer)
-          return entries, deleted
-      start = '(' + _text(pending[-1]['message_id'])
+    own = self._process_prefix()
+    others = [info for info in self._client.xinfo_consumers(stream, group)
+              if not _text(info['name']).startswith(own)]
+    for info in others:
+      if info['pending'] == 0:
+        continue
+      pending = self._client.xpending_range(stream, group, min='-', max='+', count=opts.count,
+                                            consumername=info['name'], idle=opts.min_idle_ms)
+      ids = [p['message_id'] for p in pending]
+      if not ids:
+        continue  # its entries are not idle long enough: the reader may be alive
+      claimed = [e for e in self._client.xclaim(stream, group, consumer, opts.min_idle_ms, ids) if e]
+      entries = [(entry_id, fields) for entry_id, fields in claimed if fields is not None]
+      # Redis 7 drops entries deleted from the stream from the PEL and the reply.
+      returned = {_text(entry_id) for entry_id, _ in claimed}
+      # Not returned: deleted, or taken by another reader since XPENDING.
+      deleted = [i for i in ids if _text(i) not in returned and not self._client.xrange(stream, i, i, count=1)]
+      if entries or deleted:
+        return entries, deleted
+    self._forget_idle_consumers(stream, group, others)
     return [], []
 
-  def _forget_idle_consumers(self, stream: str, group: str, consumer: str):
-    """Removes consumers with nothing pending that are idle beyond min_idle_ms (dead readers' names)."""
+  def _forget_idle_consumers(self, stream: str, group: str, others):
+    """Removes other processes' consumers with nothing pending, idle beyond min_idle_ms (dead readers' names)."""
     limit = max(self._options.min_idle_ms, 10 * self._options.block_ms)
-    for info in self._client.xinfo_consumers(stream, group):
-      name = _text(info['name'])
-      if not name.startswith(self._process_prefix()) and info['pending'] == 0 and info['idle'] > limit:
-        self._client.xgroup_delconsumer(stream, group, name)
+    for info in others:
+      if info['pending'] == 0 and info['idle'] > limit:
+        self._client.xgroup_delconsumer(stream, group, info['name'])
 
   def _emit(self, stream: str, entries, deleted, watermark):
     opts = self._options
@@ -449,10 +454,6 @@ class _ReadStreamFn(_RedisClientFn):
       yield beam.window.TimestampedValue(batch, stamp)
     for letter in dead:
       yield beam.pvalue.TaggedOutput(DEAD_LETTER, beam.window.TimestampedValue(letter, stamp))
-
-
-def _nothing():
-  pass
 
 
 class _UnboundedReadStreamFn(_ReadStreamFn):

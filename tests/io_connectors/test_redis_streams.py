@@ -7,6 +7,7 @@ there. Beam's TestStream runner never finalizes bundles, so it is not used.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import pathlib
@@ -139,6 +140,32 @@ def test_sink_mode_reclaims_other_processes_entries_only(url, client, stream):
             for e in client.xpending_range(stream, 'pipeline', min='-', max='+', count=1000)}
   assert all(owners[i] == ours for i in ids[100:200])
 
+
+
+def test_sink_mode_finds_a_dead_readers_entries_behind_many_of_its_own(url, client, stream):
+  # This process's reader holds the 1,200 oldest entries (pending until
+  # written); a dead process's reader the next 100. A scan of the group's
+  # whole pending list in pages would be filled with this process's entries.
+  ids = _add_events(client, stream, 1300)
+  client.xgroup_create(stream, 'pipeline', id='0')
+  ours = f'job-{redis_streams._PROCESS_TOKEN}-{stream}-0'  # pylint: disable=protected-access
+  client.xreadgroup('pipeline', ours, {stream: '>'}, count=1200)
+  client.xreadgroup('pipeline', 'job-deadbeef-reader', {stream: '>'}, count=100)
+  wait_until(lambda: all(e['time_since_delivered'] >= 300 for e in
+                         client.xpending_range(stream, 'pipeline', min='-', max='+', count=2000)),
+             what='pending entries idle for 300 ms')
+  options = RedisStreamsOptions(url=url, streams=[stream], group='pipeline', count=50, bounded=True, ack='sink',
+                                consumer='job', min_idle_ms=300)
+
+  def read(p):
+    events = (p | ReadFromRedisStreams(options)).records | beam.FlatMap(_event_ids)
+    assert_that(events, equal_to([f'e{i}' for i in range(1200, 1300)]))
+
+  _run(read)
+  owners = collections.Counter(e['consumer'].decode() for e in
+                               client.xpending_range(stream, 'pipeline', min='-', max='+', count=2000))
+  assert owners == {ours: 1300}  # the dead reader's 100 now pending with this reader, until written
+  assert len(ids) == 1300
 
 def test_reads_every_entry_dead_letters_malformed_and_acks(url, client, stream):
   ids = _add_events(client, stream, 2300)
