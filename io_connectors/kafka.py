@@ -661,6 +661,12 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
       return
     if self._STREAMING:
       self._note_progress(element, watermark.progress())
+      # The cap by the other partitions' progress was applied when this
+      # partition last read records; a partition that has read all its
+      # records (and gets none, with no idle timeout) would keep that cap for
+      # ever and hold every window open: apply it again with what is known now.
+      if watermark.progress() is not None:
+        self._report(element, watermark, watermark.progress())
     began = time.monotonic()
     claimed_to = None  # next offset after the last claimed record
     newest_ms = None

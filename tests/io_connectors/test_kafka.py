@@ -365,6 +365,60 @@ def test_a_partition_watermark_waits_for_the_other_partitions():
   assert bundle(0, 140) == Timestamp(50)
 
 
+def test_a_caught_up_partition_lifts_its_cap_when_the_others_progress(kafka):
+  """A partition that read all its records while another had not started must not hold the watermark for ever.
+
+  Partition 0 reads everything in its first bundle and reports MIN (partition
+  1 had not started). No record comes later and there is no idle timeout:
+  its next bundles read nothing, yet must report what the others have
+  checkpointed since, or no window would ever close (a Flink job stalled so).
+  """
+  from apache_beam.io.restriction_trackers import OffsetRange  # pylint: disable=import-outside-toplevel
+  from apache_beam.runners.sdf_utils import ThreadsafeRestrictionTracker  # pylint: disable=import-outside-toplevel
+  from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp  # pylint: disable=import-outside-toplevel
+  from io_connectors import kafka as kafka_module  # pylint: disable=import-outside-toplevel
+  topic = new_topic(kafka, partitions=2)
+  base_ms = 1_700_000_000_000
+  produce(kafka, topic, [(0, event(i), base_ms + 100_000 + i) for i in range(5)] +
+          [(1, event(i), base_ms + 40_000 + i) for i in range(5, 10)])
+  fn = kafka_module._UnboundedReadPartitionFn(KafkaReadOptions(
+      bootstrap_servers=kafka, topics=topic, streaming=True, idle_timeout_s=0, checkpoint_interval_s=1))
+  fn.setup()
+  provider = kafka_module._WatermarkProvider()
+  partitions = [kafka_module.KafkaPartition(topic, p, 2) for p in (0, 1)]
+  restrictions = {p: OffsetRange(0, kafka_module._UNBOUNDED_STOP) for p in (0, 1)}
+  states = {p: provider.initial_estimator_state(partitions[p], restrictions[p]) for p in (0, 1)}
+
+  class Finalizer:
+
+    def register(self, callback):
+      pass
+
+  def bundle(p):
+    """One bundle of partition p; returns (records read, reported watermark)."""
+    # Wrapped as the SDK harness wraps them.
+    tracker = ThreadsafeRestrictionTracker(fn.create_tracker(restrictions[p]))
+    estimator = provider.create_watermark_estimator(states[p])
+    outputs = list(fn.process(partitions[p], Finalizer(), tracker=tracker, watermark=estimator))
+    restrictions[p] = tracker.deferred_status()[0]  # the remainder the runner would resume
+    states[p] = estimator.get_estimator_state()
+    rows = sum(o.value.num_rows for o in outputs if not isinstance(o, beam.pvalue.TaggedOutput))
+    return rows, estimator.current_watermark()
+
+  try:
+    assert bundle(0) == (5, MIN_TIMESTAMP)  # partition 1 has not started: wait for it
+    rows, reported = bundle(1)
+    assert rows == 5 and reported == MIN_TIMESTAMP  # partition 0 had checkpointed nothing when it started
+    # Neither reads anything more. Each bundle notes what its partition had
+    # checkpointed when it started (partition 0: 100 s, partition 1: 40 s).
+    assert bundle(0) == (0, MIN_TIMESTAMP)  # partition 1 had noted nothing yet
+    at_40 = Timestamp(micros=(base_ms + 40_009) * 1000)  # partition 1's newest record
+    assert bundle(1) == (0, at_40)
+    assert bundle(0) == (0, at_40)
+  finally:
+    fn.teardown()
+
+
 def test_streaming_partition_reads_are_checkpointed_never_split():
   from apache_beam.io.restriction_trackers import OffsetRange  # pylint: disable=import-outside-toplevel
   from io_connectors import kafka as kafka_module  # pylint: disable=import-outside-toplevel
