@@ -421,6 +421,26 @@ def _prism_runs_without_splits(pipeline_options: PipelineOptions):
       debug.add_experiment(PRISM_NO_SPLITS)
 
 
+# Flink checkpoints are what a streaming job on Flink recovers from, and what
+# bundle finalization waits for (Kafka offset commits, Redis XACKs with
+# --redis_ack finalize): without them a restarted job starts over and nothing
+# is ever committed. Beam's job server turns them on only when given an
+# interval (the cluster's setting does not apply), so streaming runs get one.
+DEFAULT_FLINK_CHECKPOINT_MS = 10_000
+
+
+def _flink_checkpoints_by_default(pipeline_options: PipelineOptions):
+  options = pipeline_options.view_as(SpotifyStreamingOptions)
+  # Not for bounded reads: with checkpoints on, Beam keeps the job's Impulse
+  # source alive and the job would never end.
+  bounded = options.bounded or options.max_records_per_partition is not None
+  if (_runner_name(pipeline_options) in ('FlinkRunner', 'flink') and pipeline_options.view_as(StandardOptions).streaming
+      and not bounded and options.checkpointing_interval is None):
+    options.checkpointing_interval = DEFAULT_FLINK_CHECKPOINT_MS
+    logging.getLogger(__name__).info('FlinkRunner: checkpoints every %d ms (--checkpointing_interval)',
+                                     DEFAULT_FLINK_CHECKPOINT_MS)
+
+
 def run(argv: Optional[Sequence[str]] = None, wait: bool = True):
   """Builds and runs the job; returns the PipelineResult (after it finished when `wait`)."""
   argv = list(sys.argv[1:] if argv is None else argv)
@@ -432,6 +452,7 @@ def run(argv: Optional[Sequence[str]] = None, wait: bool = True):
     # An unbounded source: the runner must run the job as a streaming job.
     pipeline_options.view_as(StandardOptions).streaming = True
   _prism_runs_without_splits(pipeline_options)
+  _flink_checkpoints_by_default(pipeline_options)
   if options.source == 'kafka' and options.kafka_reader == 'java' and _runner_name(options) in ('FlinkRunner', 'flink'):
     _prepare_flink_for_java_kafka(pipeline_options)
   try:

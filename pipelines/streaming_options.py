@@ -62,8 +62,9 @@ class SpotifyStreamingOptions(PipelineOptions):
     # flags no options class defines); jobs the job server submits otherwise
     # run without Flink checkpoints, whatever the cluster's config says.
     _add(parser, '--checkpointing_interval', type=int,
-                        help='FlinkRunner: Flink checkpoint interval (ms). With --kafka_reader java and --group_id, '
-                        "KafkaIO commits the group's offsets when a checkpoint completes (none without it).")
+                        help='FlinkRunner: Flink checkpoint interval (ms); streaming jobs default to 10000. Recovery '
+                        'restores the last checkpoint; Kafka offsets are committed (both readers) and Redis entries '
+                        'acknowledged (--redis_ack finalize) when a checkpoint completes.')
     _add(parser, '--kafka_expansion_service',
                         help='--kafka_reader java: host:port of a running expansion service with KafkaIO. Default: '
                         "on FlinkRunner, scripts/kafka_expansion.sh's (EMBEDDED Java environment); else Beam's.")

@@ -425,3 +425,21 @@ def test_prism_runs_the_job_without_runner_splits():
     options = PipelineOptions(argv)
     spotify_streaming._prism_runs_without_splits(options)  # pylint: disable=protected-access
     assert (spotify_streaming.PRISM_NO_SPLITS in (options.view_as(DebugOptions).experiments or [])) == expected
+
+
+def test_streaming_jobs_on_flink_checkpoint_by_default():
+  """Without checkpoints a Flink job recovers nothing and commits no offset: streaming runs get an interval."""
+  from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=import-outside-toplevel
+  from pipelines.streaming_options import SpotifyStreamingOptions  # pylint: disable=import-outside-toplevel
+  default = spotify_streaming.DEFAULT_FLINK_CHECKPOINT_MS
+  for argv, expected in ((['--runner=FlinkRunner', '--streaming'], default),
+                         (['--runner=FlinkRunner', '--streaming', '--checkpointing_interval=3000'], 3000),
+                         (['--runner=FlinkRunner'], None),  # a batch job
+                         (['--runner=FlinkRunner', '--streaming', '--bounded'], None),  # would never end
+                         (['--runner=FlinkRunner', '--streaming', '--max_records_per_partition=5'], None),
+                         (['--runner=PrismRunner', '--streaming'], None)):
+    options = PipelineOptions(argv)
+    spotify_streaming._flink_checkpoints_by_default(options)  # pylint: disable=protected-access
+    assert options.view_as(SpotifyStreamingOptions).checkpointing_interval == expected, argv
+    # What FlinkRunner hands to Beam's job server.
+    assert options.get_all_options().get('checkpointing_interval') == expected, argv
