@@ -45,7 +45,6 @@ from tests.io_connectors.streams_support import fresh_name, redis_url, wait_unti
 confluent_kafka = pytest.importorskip('confluent_kafka')
 import confluent_kafka.admin  # noqa: E402 pylint: disable=wrong-import-position
 
-PII_KEY = '5a' * 32
 WINDOW_S = 60
 PARTITIONS = 4
 TRACK = '4uLU6hMCjMI75M1A2tKUQC'
@@ -56,9 +55,7 @@ def kafka():
   return f'127.0.0.1:{ensure_service("kafka")}'
 
 
-@pytest.fixture(autouse=True)
-def _pii_key(monkeypatch):
-  monkeypatch.setenv('PII_MASTER_KEY', PII_KEY)
+pytestmark = pytest.mark.usefixtures('streaming_pii_key')
 
 
 @dataclasses.dataclass

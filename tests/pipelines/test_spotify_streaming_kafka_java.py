@@ -22,9 +22,10 @@ from apache_beam.runners.runner import PipelineState
 from io_connectors.registry import ConfigError
 from pipelines import runners, spotify_streaming
 from tests.pipelines.test_spotify_streaming import (PARTITIONS, WINDOW_S, dead_letters, final_metrics, kafka,  # noqa: F401 pylint: disable=unused-import
-                                                    _pii_key, new_topic, plan_events, produce, written_ids)
+                                                    new_topic, plan_events, produce, written_ids)
 
 confluent_kafka = pytest.importorskip('confluent_kafka')
+pytestmark = pytest.mark.usefixtures('streaming_pii_key')
 
 
 def _java_available() -> bool:

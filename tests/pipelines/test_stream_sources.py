@@ -24,13 +24,10 @@ from pipelines import runners, spotify_streaming
 from tests.io_connectors.streams_support import fresh_name, redis_url
 from tests.pipelines.test_spotify_streaming import _iso
 
-PII_KEY = '5a' * 32
 TRACK = '4uLU6hMCjMI75M1A2tKUQC'
 
 
-@pytest.fixture(autouse=True)
-def _pii_key(monkeypatch):
-  monkeypatch.setenv('PII_MASTER_KEY', PII_KEY)
+pytestmark = pytest.mark.usefixtures('streaming_pii_key')
 
 
 def _runner_args(request, runner):

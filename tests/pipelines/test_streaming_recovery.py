@@ -54,16 +54,13 @@ confluent_kafka = pytest.importorskip('confluent_kafka')
 import confluent_kafka.admin  # noqa: E402 pylint: disable=wrong-import-position
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-PII_KEY = '5a' * 32
 WINDOW_S = 60
 PARTITIONS = 4
 USERS = 120
 TRACK = '4uLU6hMCjMI75M1A2tKUQC'
 
 
-@pytest.fixture(autouse=True)
-def _pii_key(monkeypatch):
-  monkeypatch.setenv('PII_MASTER_KEY', PII_KEY)
+pytestmark = pytest.mark.usefixtures('streaming_pii_key')
 
 
 def _tenant(user: int) -> str:
