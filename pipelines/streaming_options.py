@@ -65,6 +65,10 @@ class SpotifyStreamingOptions(PipelineOptions):
                         help='FlinkRunner: Flink checkpoint interval (ms); streaming jobs default to 10000. Recovery '
                         'restores the last checkpoint; Kafka offsets are committed (both readers) and Redis entries '
                         'acknowledged (--redis_ack finalize) when a checkpoint completes.')
+    _add(parser, '--finish_bundle_before_checkpointing', action='store_true', default=None,
+                        help='FlinkRunner: finish open bundles before a checkpoint barrier is sent (on for streaming '
+                        'jobs with checkpoints). Beam otherwise buffers their output until the operator next sees '
+                        'an element or a watermark, which a stage fed once (the Kafka partition list) never does.')
     _add(parser, '--kafka_expansion_service',
                         help='--kafka_reader java: host:port of a running expansion service with KafkaIO. Default: '
                         "on FlinkRunner, scripts/kafka_expansion.sh's (EMBEDDED Java environment); else Beam's.")

@@ -425,7 +425,12 @@ def test_prism_runs_the_job_without_runner_splits():
 
 
 def test_streaming_jobs_on_flink_checkpoint_by_default():
-  """Without checkpoints a Flink job recovers nothing and commits no offset: streaming runs get an interval."""
+  """Without checkpoints a Flink job recovers nothing and commits no offset: streaming runs get an interval.
+
+  And finish their bundles before a checkpoint barrier (see
+  _flink_checkpoints_by_default: buffered output of the partition-listing
+  stage once left partitions unread while windows closed).
+  """
   from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=import-outside-toplevel
   from pipelines.streaming_options import SpotifyStreamingOptions  # pylint: disable=import-outside-toplevel
   default = spotify_streaming.DEFAULT_FLINK_CHECKPOINT_MS
@@ -440,3 +445,4 @@ def test_streaming_jobs_on_flink_checkpoint_by_default():
     assert options.view_as(SpotifyStreamingOptions).checkpointing_interval == expected, argv
     # What FlinkRunner hands to Beam's job server.
     assert options.get_all_options().get('checkpointing_interval') == expected, argv
+    assert options.get_all_options().get('finish_bundle_before_checkpointing') == (True if expected else None), argv
