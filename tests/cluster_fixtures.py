@@ -73,6 +73,23 @@ class FlinkCluster:
     """Brings the cluster back to two TaskManagers (after one was killed)."""
     _script(FLINK_SCRIPT, 'start', '--with-worker-pool')
 
+  def unfinished_jobs(self) -> Dict[str, str]:
+    """Jobs not yet in a terminal state: id -> state."""
+    return {job['jid']: job['state'] for job in self.get('/jobs/overview')['jobs']
+            if job['state'] not in ('FINISHED', 'CANCELED', 'FAILED')}
+
+  def cancel(self, job_id: str):
+    request = urllib.request.Request(f'{self.rest_url}/jobs/{job_id}?mode=cancel', method='PATCH')
+    urllib.request.urlopen(request, timeout=10).close()
+
+  def wait_for_free_slots(self, slots: int = 2, timeout_s: float = 120):
+    deadline = time.monotonic() + timeout_s
+    while self.get('/overview')['slots-available'] < slots:
+      if time.monotonic() > deadline:
+        pytest.fail(f'the Flink cluster has fewer than {slots} free slots after {timeout_s:.0f} s: '
+                    f'{self.get("/overview")}; unfinished jobs: {self.unfinished_jobs()}')
+      time.sleep(1)
+
 
 @pytest.fixture(scope='session')
 def prism_binary() -> str:
@@ -86,16 +103,39 @@ def flink_cluster():
   # Idempotent: starts what is missing (also TaskManagers short of two).
   _script(FLINK_SCRIPT, 'start', '--with-worker-pool')
   cluster = FlinkCluster(rest_url=f'http://127.0.0.1:{REST_PORT}', worker_pool=f'localhost:{WORKER_POOL_PORT}')
-  deadline = time.monotonic() + 60
-  while cluster.get('/overview')['slots-available'] < 2:
-    if time.monotonic() > deadline:
-      pytest.fail(f'the Flink cluster has no free slots: {cluster.get("/overview")}')
-    time.sleep(1)
+  cluster.wait_for_free_slots(timeout_s=60)
   yield cluster
   if not cluster_was_up:
     _script(FLINK_SCRIPT, 'stop')
   elif not pool_was_up:
     _script(FLINK_SCRIPT, 'stop-worker-pool')
+
+
+@pytest.fixture(autouse=True)
+def _flink_jobs_of_the_test(request):
+  """Cancels the Flink jobs a test left running; tests that ask for the cluster start with free slots.
+
+  A streaming job runs until cancelled; one that a test's own clean-up
+  missed would hold its slots and starve every later test's job, which then
+  waits for resources (and writes nothing) until that test times out. Tests
+  may get the cluster through request.getfixturevalue, so every test notes
+  the unfinished jobs when a cluster answers on the REST port.
+  """
+  cluster = FlinkCluster(rest_url=f'http://127.0.0.1:{REST_PORT}', worker_pool=f'localhost:{WORKER_POOL_PORT}')
+  if 'flink_cluster' in request.fixturenames:
+    request.getfixturevalue('flink_cluster').wait_for_free_slots()
+  before = set(cluster.unfinished_jobs()) if _port_answers(REST_PORT) else set()
+  yield
+  if not _port_answers(REST_PORT):
+    return
+  left = [job for job in cluster.unfinished_jobs() if job not in before]
+  for job in left:
+    try:
+      cluster.cancel(job)
+    except urllib.error.URLError:
+      pass  # it ended meanwhile
+  if left:
+    wait_until(lambda: not set(cluster.unfinished_jobs()) & set(left), 120, f'jobs {sorted(left)} to be cancelled')
 
 
 @pytest.fixture(scope='session')

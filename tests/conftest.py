@@ -38,7 +38,8 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 # Session fixtures for Prism and Flink, visible to every test package.
-from tests.cluster_fixtures import flink_args, flink_cluster, prism_binary  # noqa: F401  pylint: disable=unused-import
+from tests.cluster_fixtures import (_flink_jobs_of_the_test, flink_args, flink_cluster,  # noqa: F401  pylint: disable=unused-import
+                                    prism_binary)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SERVICES_SCRIPT = REPO_ROOT / 'scripts' / 'services.sh'
