@@ -275,10 +275,11 @@ def _settled(output, plan: EventPlan, malformed_at, result, extra=lambda: True):
 
 def run_kafka_end_to_end(kafka, tmp_path, runner_argv: List[str], n: int = EVENTS, late: int = LATE,
                          ends_by_itself: bool = True, flink_cluster=None):
-  """Produces the plan to a new topic and runs the job; checks outputs (and offset commits if ends_by_itself).
+  """Produces the plan to a new topic and runs the job; checks outputs and the group's committed offsets.
 
   ends_by_itself: the job reads a fixed count per partition and finishes;
-  otherwise it reads unbounded and is cancelled once every output is there.
+  otherwise it reads unbounded and is cancelled once every output is there
+  and every offset is committed (on Flink after a checkpoint).
   """
   topic = new_topic(kafka)
   base_ms = _window_aligned_hour_ago()
@@ -312,8 +313,9 @@ def run_kafka_end_to_end(kafka, tmp_path, runner_argv: List[str], n: int = EVENT
       result.wait_until_finish(duration=FINISH_TIMEOUT_S * 1000)
       assert result.state == PipelineState.DONE, result.state
     else:
-      wait_until(_settled(output, plan, malformed_at, result), timeout=WRITE_TIMEOUT_S, interval=1,
-                 what='late events and dead letters')
+      end_offsets = [offsets[p] for p in range(PARTITIONS)]
+      wait_until(_settled(output, plan, malformed_at, result, lambda: _committed(kafka, topic) == end_offsets),
+                 timeout=WRITE_TIMEOUT_S, interval=1, what='late events, dead letters and offset commits')
   finally:
     if not ends_by_itself or not PipelineState.is_terminal(result.state):
       _cancel(result, flink_cluster)  # an unbounded read (or a failed test): the test ends the job
@@ -322,15 +324,22 @@ def run_kafka_end_to_end(kafka, tmp_path, runner_argv: List[str], n: int = EVENT
   check_outputs(output, plan, malformed_at, f'kafka://{topic}/', 'offset ')
   if ends_by_itself:
     # Offsets were committed to the group once bundles were durable.
-    consumer = confluent_kafka.Consumer({'bootstrap.servers': kafka, 'group.id': f'g-{topic}'})
-    committed = consumer.committed([confluent_kafka.TopicPartition(topic, p) for p in range(PARTITIONS)], timeout=30)
-    consumer.close()
-    assert [tp.offset for tp in committed] == [target] * PARTITIONS
+    assert _committed(kafka, topic) == [target] * PARTITIONS
   return output
 
 
+def _committed(kafka, topic) -> List[int]:
+  """The offsets group g-<topic> committed, per partition."""
+  consumer = confluent_kafka.Consumer({'bootstrap.servers': kafka, 'group.id': f'g-{topic}'})
+  try:
+    committed = consumer.committed([confluent_kafka.TopicPartition(topic, p) for p in range(PARTITIONS)], timeout=30)
+  finally:
+    consumer.close()
+  return [tp.offset for tp in committed]
+
+
 def run_redis_end_to_end(url, tmp_path, runner_argv: List[str], n: int = EVENTS, late: int = LATE,
-                         expect_acks: bool = True, flink_cluster=None):
+                         flink_cluster=None):
   stream, group = fresh_name('plays'), 'lake'
   client = redis.Redis.from_url(url)
 
@@ -359,7 +368,7 @@ def run_redis_end_to_end(url, tmp_path, runner_argv: List[str], n: int = EVENTS,
       written_s = _wait_for_writes(output, plan, result, started)
       xadd(plan.late)
 
-      acked = lambda: not expect_acks or client.xpending(stream, group)['pending'] == 0
+      acked = lambda: client.xpending(stream, group)['pending'] == 0
       wait_until(_settled(output, plan, malformed_at, result, acked), timeout=WRITE_TIMEOUT_S, interval=1,
                  what='late events, dead letters and acks')
     finally:
@@ -367,8 +376,7 @@ def run_redis_end_to_end(url, tmp_path, runner_argv: List[str], n: int = EVENTS,
     print(f'redis, {n} events on {runner_argv[0]}: written after {written_s:.0f} s, '
           f'settled after {time.monotonic() - started:.0f} s')
     check_outputs(output, plan, malformed_at, f'redis://{stream}', 'entry ')
-    if expect_acks:
-      assert client.xpending(stream, group)['pending'] == 0
+    assert client.xpending(stream, group)['pending'] == 0
     return output
   finally:
     client.delete(stream)
@@ -377,15 +385,14 @@ def run_redis_end_to_end(url, tmp_path, runner_argv: List[str], n: int = EVENTS,
 
 @pytest.mark.parametrize('runner', ['prism', 'flink'])
 def test_kafka_end_to_end(request, kafka, tmp_path, runner):
-  """Kafka -> job -> files, 100k events.
+  """Kafka -> job -> files, 100k events, and the group's offsets committed.
 
   On Flink the job reads unbounded and is cancelled at the end: with Beam's
   job server 2.62.0, tasks that finish (a bounded read's) close the SDK
   environment that the still running stateful tasks use, Flink restarts the
   job from its last checkpoint and the replay re-judges the late events (they
-  arrive before the re-run windows close). Offset commits are not checked
-  there: not every bundle finalization ran in our runs, so the group's
-  offsets lag; nothing is lost or doubled in the files.
+  arrive before the re-run windows close). Offsets are committed when Flink
+  checkpoints complete (the job checkpoints by default).
   """
   run_kafka_end_to_end(kafka, tmp_path, _runner_argv(request, runner), ends_by_itself=runner == 'prism',
                        flink_cluster=request.getfixturevalue('flink_cluster') if runner == 'flink' else None)
@@ -393,10 +400,14 @@ def test_kafka_end_to_end(request, kafka, tmp_path, runner):
 
 @pytest.mark.parametrize('runner', ['prism', 'flink'])
 def test_redis_end_to_end(request, monkeypatch, tmp_path, runner):
-  """Redis Streams -> job -> files, 100k events. On Flink, acks (XACK in finalization) are not waited for."""
+  """Redis Streams -> job -> files, 100k events, every entry acknowledged.
+
+  On Prism after its row, dead letter or drop is written (--redis_ack sink);
+  on Flink in bundle finalization, once a checkpoint completed.
+  """
   url = redis_url()
   monkeypatch.setenv('REDIS_URL', url)
-  run_redis_end_to_end(url, tmp_path, _runner_argv(request, runner), expect_acks=runner == 'prism',
+  run_redis_end_to_end(url, tmp_path, _runner_argv(request, runner),
                        flink_cluster=request.getfixturevalue('flink_cluster') if runner == 'flink' else None)
 
 
