@@ -211,7 +211,6 @@ def _cancel(flink_cluster, result, job_id):
     urllib.request.urlopen(request, timeout=10).close()
 
 
-@pytest.mark.known_flaky  # passed 5 of 7 runs here; see docs/streaming.md, 'Recovery'
 def test_flink_job_recovers_from_a_killed_taskmanager(kafka, flink_cluster, flink_args, tmp_path):
   topic = f'recovery-{os.urandom(5).hex()}'
   _new_topic(kafka, topic)
@@ -290,7 +289,6 @@ def _log_tail(log_path) -> str:
   return pathlib.Path(log_path).read_text(errors='replace')[-3000:]
 
 
-@pytest.mark.known_flaky  # passed 6 of 8 runs here; see docs/streaming.md, 'Recovery'
 def test_redis_job_killed_mid_stream_resumes_without_loss_or_duplicates(tmp_path, monkeypatch):
   try:
     runner = runners.runner_args('prism')
