@@ -81,7 +81,7 @@ class FlinkSettings:
   """Where the Flink cluster and Beam's job server of this machine are."""
   master: str = 'localhost:8081'
   parallelism: int = 2
-  worker_pool: str = 'localhost:50000'
+  worker_pool: str = 'localhost:25000'  # scripts/flink.sh's pool
   job_server_jar: Optional[str] = None
 
   @classmethod

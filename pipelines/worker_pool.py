@@ -5,7 +5,7 @@ Flink runs Python code in SDK workers. With ``--environment_type=EXTERNAL
 HOST:PORT to start one (``StartWorker``) and later to stop it
 (``StopWorker``). This module is that pool::
 
-    python -m pipelines.worker_pool --service_port=50000    # scripts/flink.sh start --with-worker-pool
+    python -m pipelines.worker_pool --service_port=25000    # scripts/flink.sh start --with-worker-pool
 
 Why not Beam's own ``apache_beam.runners.worker.worker_pool_main``: it keeps
 one process per worker id, but worker ids are only unique within one

@@ -25,7 +25,7 @@
 #   2.77.0 Java artifact can be fetched from this project's Maven Central; 2.62.0 is
 #   the newest Beam Flink runner whose dependency tree resolves there.
 #
-# Environment: FLINK_REST_PORT (8081), FLINK_RPC_PORT (6123), FLINK_WORKER_POOL_PORT (50000),
+# Environment: FLINK_REST_PORT (8081), FLINK_RPC_PORT (6123), FLINK_WORKER_POOL_PORT (25000),
 #   FLINK_TASKMANAGERS (2), JAVA (java), FLINK_INSTANCE (unset): a name for a second,
 #   independent cluster (its own config, pid files, logs, checkpoints and temp dirs
 #   under .cache/flink/instances/NAME; give it its own ports too).
@@ -56,7 +56,10 @@ LOG_DIR="${INSTANCE_HOME}/log"
 
 REST_PORT="${FLINK_REST_PORT:-8081}"
 RPC_PORT="${FLINK_RPC_PORT:-6123}"
-WORKER_POOL_PORT="${FLINK_WORKER_POOL_PORT:-50000}"
+# Below Linux's ephemeral range (32768-60999): the pool often starts in the
+# middle of a test session, when a client socket may hold a port up there
+# (Beam's usual 50000 was taken so once in CI: "Address already in use").
+WORKER_POOL_PORT="${FLINK_WORKER_POOL_PORT:-25000}"
 TASKMANAGERS="${FLINK_TASKMANAGERS:-2}"
 JAVA="${JAVA:-java}"
 PYTHON="${REPO_ROOT}/.venv/bin/python"
@@ -297,6 +300,13 @@ port_answers() {  # port
   "${PYTHON}" -c "import socket,sys; s=socket.socket(); s.settimeout(1); sys.exit(s.connect_ex(('127.0.0.1', $1)))"
 }
 
+worker_pool_answers() {  # fails the script at once when the pool process died (e.g. its port was taken)
+  if ! alive "${RUN_DIR}/worker-pool.pid" "${WORKER_POOL_MODULE}"; then
+    die "the worker pool exited: $(grep -v '^\s*$' "${LOG_DIR}/worker-pool.out" | tail -n 1)"
+  fi
+  port_answers "${WORKER_POOL_PORT}"
+}
+
 start_worker_pool() {
   if alive "${RUN_DIR}/worker-pool.pid" "${WORKER_POOL_MODULE}"; then
     log "worker pool already running on port ${WORKER_POOL_PORT}"
@@ -317,7 +327,7 @@ start_worker_pool() {
     echo $! > "${RUN_DIR}/worker-pool.pid"
   )
   wait_for 10 "the worker pool process to start" alive "${RUN_DIR}/worker-pool.pid" "${WORKER_POOL_MODULE}"
-  wait_for 60 "the worker pool on port ${WORKER_POOL_PORT}" port_answers "${WORKER_POOL_PORT}"
+  wait_for 60 "the worker pool on port ${WORKER_POOL_PORT}" worker_pool_answers
   log "worker pool listening on localhost:${WORKER_POOL_PORT} (pid $(cat "${RUN_DIR}/worker-pool.pid"))"
 }
 

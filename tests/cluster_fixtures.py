@@ -32,7 +32,7 @@ PRISM_SCRIPT = REPO_ROOT / 'scripts' / 'prism.sh'
 # The same variables as scripts/flink.sh, so a second cluster (FLINK_INSTANCE)
 # can serve a test run beside another.
 REST_PORT = int(os.environ.get('FLINK_REST_PORT', '8081'))
-WORKER_POOL_PORT = int(os.environ.get('FLINK_WORKER_POOL_PORT', '50000'))
+WORKER_POOL_PORT = int(os.environ.get('FLINK_WORKER_POOL_PORT', '25000'))
 
 
 def _port_answers(port: int) -> bool:
@@ -101,7 +101,14 @@ def flink_cluster():
   cluster_was_up = _port_answers(REST_PORT)
   pool_was_up = _port_answers(WORKER_POOL_PORT)
   # Idempotent: starts what is missing (also TaskManagers short of two).
-  _script(FLINK_SCRIPT, 'start', '--with-worker-pool')
+  try:
+    _script(FLINK_SCRIPT, 'start', '--with-worker-pool')
+  except BaseException:  # pytest.fail's exception: no teardown follows, so stop what was started here
+    if not cluster_was_up:
+      subprocess.run(['bash', str(FLINK_SCRIPT), 'stop'], capture_output=True, timeout=120, check=False)
+    elif not pool_was_up:
+      subprocess.run(['bash', str(FLINK_SCRIPT), 'stop-worker-pool'], capture_output=True, timeout=60, check=False)
+    raise
   cluster = FlinkCluster(rest_url=f'http://127.0.0.1:{REST_PORT}', worker_pool=f'localhost:{WORKER_POOL_PORT}')
   cluster.wait_for_free_slots(timeout_s=60)
   yield cluster

@@ -152,7 +152,7 @@ def test_runner_args_point_at_local_artifacts(prism_binary):
   settings = runners.FlinkSettings(master='localhost:8081', job_server_jar=None)
   external = runners.runner_args('flink-external', settings)
   assert external[:2] == ['--runner=FlinkRunner', '--flink_master=localhost:8081']
-  assert '--environment_type=EXTERNAL' in external and '--environment_config=localhost:50000' in external
+  assert '--environment_type=EXTERNAL' in external and '--environment_config=localhost:25000' in external
   jar = next(a.split('=', 1)[1] for a in external if a.startswith('--flink_job_server_jar='))
   assert os.path.isfile(jar), jar
 
