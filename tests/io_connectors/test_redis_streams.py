@@ -118,54 +118,56 @@ def test_sink_mode_leaves_entries_pending_until_acknowledged(url, client, stream
   assert isinstance(ReadFromRedisStreams(options).acknowledge_written(), AcknowledgeEntries)
 
 
-def test_sink_mode_reclaims_other_processes_entries_only(url, client, stream):
-  ids = _add_events(client, stream, 300)
+def _pending(client, stream):
+  return client.xpending_range(stream, 'pipeline', min='-', max='+', count=10_000)
+
+
+def _left_pending(client, stream, reads):
+  """Creates group 'pipeline' and reads with each (consumer, count) in turn; returns this process's reader name.
+
+  The entries stay pending; returns once all are idle for 300 ms (what the
+  reader under test takes over).
+  """
   client.xgroup_create(stream, 'pipeline', id='0')
-  # e0..e99: a dead process's reader; e100..e199: a reader of this process, still at work.
-  client.xreadgroup('pipeline', 'job-deadbeef-reader', {stream: '>'}, count=100)
   ours = f'job-{redis_streams._PROCESS_TOKEN}-{stream}-0'  # pylint: disable=protected-access
-  client.xreadgroup('pipeline', ours, {stream: '>'}, count=100)
-  wait_until(lambda: all(e['time_since_delivered'] >= 300 for e in
-                         client.xpending_range(stream, 'pipeline', min='-', max='+', count=1000)),
+  for consumer, count in reads:
+    client.xreadgroup('pipeline', ours if consumer == 'ours' else consumer, {stream: '>'}, count=count)
+  wait_until(lambda: all(e['time_since_delivered'] >= 300 for e in _pending(client, stream)),
              what='pending entries idle for 300 ms')
+  return ours
+
+
+def _read_in_sink_mode(url, stream, expected_event_ids):
+  """A bounded read of this process with ack='sink' (reclaims other processes' entries idle for 300 ms)."""
   options = RedisStreamsOptions(url=url, streams=[stream], group='pipeline', count=50, bounded=True, ack='sink',
                                 consumer='job', min_idle_ms=300)
 
   def read(p):
     events = (p | ReadFromRedisStreams(options)).records | beam.FlatMap(_event_ids)
-    assert_that(events, equal_to([f'e{i}' for i in list(range(100)) + list(range(200, 300))]))
+    assert_that(events, equal_to(expected_event_ids))
 
   _run(read)
-  owners = {e['message_id'].decode(): e['consumer'].decode()
-            for e in client.xpending_range(stream, 'pipeline', min='-', max='+', count=1000)}
-  assert all(owners[i] == ours for i in ids[100:200])
 
+
+def test_sink_mode_reclaims_other_processes_entries_only(url, client, stream):
+  ids = _add_events(client, stream, 300)
+  # e0..e99: a dead process's reader; e100..e199: a reader of this process, still at work.
+  ours = _left_pending(client, stream, [('job-deadbeef-reader', 100), ('ours', 100)])
+  _read_in_sink_mode(url, stream, [f'e{i}' for i in list(range(100)) + list(range(200, 300))])
+  owners = {e['message_id'].decode(): e['consumer'].decode() for e in _pending(client, stream)}
+  assert all(owners[i] == ours for i in ids[100:200])
 
 
 def test_sink_mode_finds_a_dead_readers_entries_behind_many_of_its_own(url, client, stream):
   # This process's reader holds the 1,200 oldest entries (pending until
   # written); a dead process's reader the next 100. A scan of the group's
   # whole pending list in pages would be filled with this process's entries.
-  ids = _add_events(client, stream, 1300)
-  client.xgroup_create(stream, 'pipeline', id='0')
-  ours = f'job-{redis_streams._PROCESS_TOKEN}-{stream}-0'  # pylint: disable=protected-access
-  client.xreadgroup('pipeline', ours, {stream: '>'}, count=1200)
-  client.xreadgroup('pipeline', 'job-deadbeef-reader', {stream: '>'}, count=100)
-  wait_until(lambda: all(e['time_since_delivered'] >= 300 for e in
-                         client.xpending_range(stream, 'pipeline', min='-', max='+', count=2000)),
-             what='pending entries idle for 300 ms')
-  options = RedisStreamsOptions(url=url, streams=[stream], group='pipeline', count=50, bounded=True, ack='sink',
-                                consumer='job', min_idle_ms=300)
-
-  def read(p):
-    events = (p | ReadFromRedisStreams(options)).records | beam.FlatMap(_event_ids)
-    assert_that(events, equal_to([f'e{i}' for i in range(1200, 1300)]))
-
-  _run(read)
-  owners = collections.Counter(e['consumer'].decode() for e in
-                               client.xpending_range(stream, 'pipeline', min='-', max='+', count=2000))
+  _add_events(client, stream, 1300)
+  ours = _left_pending(client, stream, [('ours', 1200), ('job-deadbeef-reader', 100)])
+  _read_in_sink_mode(url, stream, [f'e{i}' for i in range(1200, 1300)])
+  owners = collections.Counter(e['consumer'].decode() for e in _pending(client, stream))
   assert owners == {ours: 1300}  # the dead reader's 100 now pending with this reader, until written
-  assert len(ids) == 1300
+
 
 def test_reads_every_entry_dead_letters_malformed_and_acks(url, client, stream):
   ids = _add_events(client, stream, 2300)
