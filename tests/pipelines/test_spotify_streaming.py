@@ -29,7 +29,7 @@ import re
 import time
 import urllib.request
 import uuid
-from typing import Dict, List, Set, Tuple
+from typing import Dict, List, Sequence, Set, Tuple
 
 import pyarrow.parquet as pq
 import pytest
@@ -274,7 +274,7 @@ def _settled(output, plan: EventPlan, malformed_at, result, extra=lambda: True):
 
 
 def run_kafka_end_to_end(kafka, tmp_path, runner_argv: List[str], n: int = EVENTS, late: int = LATE,
-                         ends_by_itself: bool = True, flink_cluster=None):
+                         ends_by_itself: bool = True, flink_cluster=None, extra_job_argv: Sequence[str] = ()):
   """Produces the plan to a new topic and runs the job; checks outputs and the group's committed offsets.
 
   ends_by_itself: the job reads a fixed count per partition and finishes;
@@ -303,7 +303,7 @@ def run_kafka_end_to_end(kafka, tmp_path, runner_argv: List[str], n: int = EVENT
   argv = runner_argv + [
       '--streaming', '--source', 'kafka', '--bootstrap_servers', kafka, '--topic', topic, '--group_id', f'g-{topic}',
       '--tenant_field', 'tenant', '--output', output, '--window_size_s', str(WINDOW_S), '--allowed_lateness_s', '5',
-      '--session_gap_s', '120', '--idle_timeout_s', '2', '--dedup_ttl_s', '86400'] + extra_argv
+      '--session_gap_s', '120', '--idle_timeout_s', '2', '--dedup_ttl_s', '86400'] + extra_argv + list(extra_job_argv)
   started = time.monotonic()
   result = spotify_streaming.run(argv, wait=False)
   try:
@@ -420,6 +420,33 @@ def test_usage_errors_are_config_errors(tmp_path):
     spotify_streaming.run(['--topic', 't', '--output', str(tmp_path)])
   with pytest.raises(ConfigError, match='event_hubs_connection_string'):
     spotify_streaming.run(['--source', 'eventhubs', '--topic', 'hub', '--tenant_id', 'acme', '--output', str(tmp_path)])
+
+
+def test_clean_events_also_go_to_a_kafka_topic(request, kafka, tmp_path):
+  """--output_topic: every event written to the files is produced once more, as the files have it (PII redacted)."""
+  output_topic = new_topic(kafka)
+  output = run_kafka_end_to_end(kafka, tmp_path, _runner_argv(request, 'prism'), n=2000, late=10,
+                                extra_job_argv=['--output_topic', output_topic])
+  consumer = confluent_kafka.Consumer({'bootstrap.servers': kafka, 'group.id': f'check-{output_topic}',
+                                       'auto.offset.reset': 'earliest', 'enable.auto.commit': False})
+  consumer.subscribe([output_topic])
+  messages = []
+  try:
+    deadline = time.monotonic() + 60
+    while len(messages) < 2000 and time.monotonic() < deadline:
+      messages += [m for m in consumer.consume(num_messages=1000, timeout=1) if m.error() is None]
+    messages += [m for m in consumer.consume(num_messages=1000, timeout=3) if m.error() is None]  # nothing more
+  finally:
+    consumer.close()
+  produced = [json.loads(m.value()) for m in messages]
+  assert [m.key().decode() for m in messages] == [row['event_id'] for row in produced]  # keyed by event_id
+  assert collections.Counter(row['event_id'] for row in produced) == collections.Counter(written_ids(output))
+  files = {row['event_id']: row for path in glob.glob(f'{output}/data/**/*.parquet', recursive=True)
+           for row in pq.read_table(path).to_pylist()}
+  for row in produced:
+    assert row['user_id'] == files[row['event_id']]['user_id'] != ''  # the pseudonym, not the raw id
+    assert not row['user_id'].startswith('user-')
+    assert not any(name.startswith('__') for name in row)  # no provenance columns
 
 
 def test_sources_table_names_kafka_and_eventhubs():
