@@ -38,6 +38,12 @@ row is in a file, its dead letter is written, or it was dropped as a
 duplicate; a job killed with windows still open leaves their entries pending
 for the next run.
 
+On FlinkRunner a streaming job checkpoints every 10 s unless
+--checkpointing_interval says otherwise (recovery restores the last
+checkpoint; Kafka offsets are committed and Redis entries acknowledged with
+--redis_ack finalize once a checkpoint completes) and finishes its bundles
+before a checkpoint barrier (see `_flink_checkpoints_by_default`).
+
 Adding a source: one entry in `SOURCES` (name -> function(options) returning a
 PTransform that yields `Outputs(records, dead_letter)` of RecordBatches), plus
 its flags in `pipelines.streaming_options`.
