@@ -80,7 +80,7 @@ class FlinkCluster:
 
   def cancel(self, job_id: str):
     request = urllib.request.Request(f'{self.rest_url}/jobs/{job_id}?mode=cancel', method='PATCH')
-    urllib.request.urlopen(request, timeout=10).close()
+    urllib.request.urlopen(request, timeout=30).close()
 
   def wait_for_free_slots(self, slots: int = 2, timeout_s: float = 120):
     deadline = time.monotonic() + timeout_s

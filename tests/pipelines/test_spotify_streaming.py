@@ -27,7 +27,6 @@ import json
 import random
 import re
 import time
-import urllib.request
 import uuid
 from typing import Dict, List, Sequence, Set, Tuple
 
@@ -171,7 +170,7 @@ def _runner_argv(request, runner: str) -> List[str]:
     return runners.runner_args('prism')
   cluster = request.getfixturevalue('flink_cluster')
   # The job a test cancelled just before may still hold its slots.
-  cluster_wait_until(lambda: cluster.get('/overview')['slots-available'] >= 2, 180, 'two free Flink slots')
+  cluster.wait_for_free_slots(timeout_s=180)
   return request.getfixturevalue('flink_args')['flink']
 
 
@@ -234,8 +233,7 @@ def _cancel_flink_job(cluster, result):
   mine = lambda: [j for j in cluster.get('/jobs/overview')['jobs'] if beam_job_id.startswith(j['name'])]
   for job in mine():
     if job['state'] in _FLINK_LIVE_STATES:
-      request = urllib.request.Request(f'{cluster.rest_url}/jobs/{job["jid"]}?mode=cancel', method='PATCH')
-      urllib.request.urlopen(request, timeout=30).close()
+      cluster.cancel(job['jid'])
   cluster_wait_until(lambda: all(j['state'] not in _FLINK_LIVE_STATES for j in mine()), 180, 'the Flink job to end')
   assert mine() and all(j['state'] == 'CANCELED' for j in mine()), mine()
 

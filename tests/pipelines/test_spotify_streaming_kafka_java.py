@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import subprocess
 import time
-import urllib.request
 
 import pytest
 from apache_beam.runners.runner import PipelineState
@@ -59,8 +58,7 @@ def _cancel(flink_cluster, result, jobs_before):
   except Exception:  # pylint: disable=broad-except
     pass
   for job in set(flink_cluster.job_ids()) - jobs_before:
-    request = urllib.request.Request(f'{flink_cluster.rest_url}/jobs/{job}?mode=cancel', method='PATCH')
-    urllib.request.urlopen(request, timeout=10).close()
+    flink_cluster.cancel(job)
 
 
 @pytest.mark.skipif(not _java_available(), reason='needs Java 11+ for KafkaIO')

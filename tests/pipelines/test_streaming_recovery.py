@@ -30,7 +30,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from typing import Dict, List, Set, Tuple
 
 import apache_beam as beam
@@ -207,8 +206,7 @@ def _cancel(flink_cluster, result, job_id):
     result.cancel()
   if job_id and flink_cluster.get(f'/jobs/{job_id}')['state'] not in ('CANCELED', 'FAILED', 'FINISHED'):
     # The job server may be gone already: cancel through Flink's REST API.
-    request = urllib.request.Request(f'{flink_cluster.rest_url}/jobs/{job_id}?mode=cancel', method='PATCH')
-    urllib.request.urlopen(request, timeout=10).close()
+    flink_cluster.cancel(job_id)
 
 
 def test_flink_job_recovers_from_a_killed_taskmanager(kafka, flink_cluster, flink_args, tmp_path):
