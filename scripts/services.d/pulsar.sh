@@ -15,9 +15,19 @@ SERVICES+=(pulsar)
 
 pulsar_port() { echo "${PULSAR_PORT:-6650}"; }
 
+# BookKeeper refuses writes once its disk is more than 95% full
+# (diskUsageThreshold): the broker would start and every produce and subscribe
+# time out. Say so before starting instead.
+pulsar_check_disk() {  # dir
+  local used
+  used="$(df --output=pcent "$1" | tail -n 1 | tr -dc '0-9')"
+  (( used < 95 )) || die "pulsar: the disk of $1 is ${used}% full; BookKeeper refuses writes above 95%: free some space first"
+}
+
 pulsar_command() {
   local home
   home="$(bash "${REPO_ROOT}/scripts/install_pulsar.sh")" || die "pulsar: scripts/install_pulsar.sh failed"
+  pulsar_check_disk "${home}"
   CMD=("$(command -v java)" -Xms128m -Xmx512m -XX:+UseG1GC
        --add-opens java.base/java.lang=ALL-UNNAMED --add-opens java.base/java.nio=ALL-UNNAMED
        --add-exports java.base/jdk.internal.platform=ALL-UNNAMED --add-opens java.base/sun.nio.ch=ALL-UNNAMED
