@@ -9,6 +9,7 @@
 #   scripts/flink.sh stop                        # stops everything this script started
 #   scripts/flink.sh status                      # processes and REST /overview
 #   scripts/flink.sh add-taskmanager             # one more TaskManager (e.g. after a crash)
+#   scripts/flink.sh restart-taskmanagers        # replaces every TaskManager with a fresh process
 #   scripts/flink.sh stop-worker-pool            # stops only the Python worker pool
 #   scripts/flink.sh pids                        # "NAME PID" of each live process
 #   scripts/flink.sh fetch                       # only resolve, verify and cache the jars
@@ -307,6 +308,20 @@ worker_pool_answers() {  # fails the script at once when the pool process died (
   port_answers "${WORKER_POOL_PORT}"
 }
 
+# Starts TaskManagers up to TASKMANAGERS and waits for them to register.
+start_taskmanagers() {
+  local live missing
+  live="$(live_taskmanagers)"
+  missing=$((TASKMANAGERS - live))
+  while (( missing > 0 )); do
+    start_taskmanager
+    missing=$((missing - 1))
+  done
+  # A killed TaskManager stays registered until its heartbeat times out, so
+  # wait for at least the live count rather than an exact match.
+  wait_for 90 "${TASKMANAGERS} TaskManagers to register" enough_taskmanagers
+}
+
 start_worker_pool() {
   if alive "${RUN_DIR}/worker-pool.pid" "${WORKER_POOL_MODULE}"; then
     log "worker pool already running on port ${WORKER_POOL_PORT}"
@@ -351,16 +366,7 @@ start() {
     log "jobmanager already running (pid $(cat "${RUN_DIR}/jobmanager.pid"))"
   fi
   wait_for 90 "the JobManager REST API on port ${REST_PORT}" rest_up
-  local live missing
-  live="$(live_taskmanagers)"
-  missing=$((TASKMANAGERS - live))
-  while (( missing > 0 )); do
-    start_taskmanager
-    missing=$((missing - 1))
-  done
-  # A killed TaskManager stays registered until its heartbeat times out, so
-  # wait for at least the live count rather than an exact match.
-  wait_for 90 "${TASKMANAGERS} TaskManagers to register" enough_taskmanagers
+  start_taskmanagers
   (( with_worker_pool )) && start_worker_pool
   log "Flink ${FLINK_VERSION} is up: http://127.0.0.1:${REST_PORT} ($(registered_taskmanagers) TaskManagers)"
 }
@@ -390,6 +396,16 @@ stop() {
   done
   stop_pidfile "${RUN_DIR}/jobmanager.pid" "${JM_CLASS}"
   return 0
+}
+
+# Fresh TaskManager processes (the JobManager and the worker pool stay): after
+# a TaskManager was lost, its survivor keeps what the failed job left behind.
+restart_taskmanagers() {
+  local f
+  for f in "${RUN_DIR}"/taskmanager-*.pid; do
+    [[ -e "${f}" ]] && stop_pidfile "${f}" "${TM_CLASS}"
+  done
+  start_taskmanagers
 }
 
 status() {
@@ -439,9 +455,10 @@ case "${1:-}" in
   pids) pids ;;
   status) status ;;
   add-taskmanager) render_conf; start_taskmanager ;;
+  restart-taskmanagers) render_conf; restart_taskmanagers ;;
   fetch) fetch ;;
   job-server-jar) fetch; echo "${JOB_SERVER_JAR}" ;;
   lock) lock ;;
   -h|--help|help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" ;;
-  *) log "usage: scripts/flink.sh start [--with-worker-pool] | stop | status | add-taskmanager | stop-worker-pool | pids | fetch | job-server-jar | lock"; exit 2 ;;
+  *) log "usage: scripts/flink.sh start [--with-worker-pool] | stop | status | add-taskmanager | restart-taskmanagers | stop-worker-pool | pids | fetch | job-server-jar | lock"; exit 2 ;;
 esac

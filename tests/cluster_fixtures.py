@@ -11,10 +11,12 @@ pool), and at the end of the session stops only what it started.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import time
@@ -33,6 +35,7 @@ PRISM_SCRIPT = REPO_ROOT / 'scripts' / 'prism.sh'
 # can serve a test run beside another.
 REST_PORT = int(os.environ.get('FLINK_REST_PORT', '8081'))
 WORKER_POOL_PORT = int(os.environ.get('FLINK_WORKER_POOL_PORT', '25000'))
+TASKMANAGERS = int(os.environ.get('FLINK_TASKMANAGERS', '2'))
 
 
 def _port_answers(port: int) -> bool:
@@ -72,6 +75,26 @@ class FlinkCluster:
   def ensure_started(self):
     """Brings the cluster back to two TaskManagers (after one was killed)."""
     _script(FLINK_SCRIPT, 'start', '--with-worker-pool')
+
+  def restart_taskmanagers(self, timeout_s: float = 180):
+    """Replaces every TaskManager with a fresh process, once no job runs.
+
+    Tests that kill a TaskManager end with this. The survivor of a kill keeps
+    what the failed job left in it (its SDK environments' gRPC servers, among
+    others); in one CI run the next two jobs on such a TaskManager failed at
+    the start of their SDK workers, and locally one hung there (the
+    TaskManager's StartWorker call never returned). Later tests get the clean
+    cluster they would get from a fresh start.
+    """
+    wait_until(lambda: not self.unfinished_jobs(), timeout_s, 'the jobs on the cluster to end')
+    old = {tm['path'] for tm in self.get('/taskmanagers')['taskmanagers']}
+    _script(FLINK_SCRIPT, 'restart-taskmanagers')
+
+    def fresh_and_idle():
+      registered = self.get('/taskmanagers')['taskmanagers']
+      return (len(registered) == TASKMANAGERS and not {tm['path'] for tm in registered} & old
+              and all(tm['freeSlots'] == tm['slotsNumber'] for tm in registered))
+    wait_until(fresh_and_idle, timeout_s, f'{TASKMANAGERS} fresh TaskManagers with free slots')
 
   def unfinished_jobs(self) -> Dict[str, str]:
     """Jobs not yet in a terminal state: id -> state."""
@@ -150,6 +173,25 @@ def flink_args(flink_cluster) -> Dict[str, List[str]]:
   """Beam flags per Flink mode, from pipelines.runners (what users run)."""
   settings = runners.FlinkSettings(master=f'localhost:{REST_PORT}', worker_pool=flink_cluster.worker_pool)
   return {name: runners.runner_args(name, settings) for name in ('flink', 'flink-external')}
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float, what: str):
+  """Fails the test when the block runs longer than `seconds` (main thread only).
+
+  For calls that wait without a timeout of their own, such as a pipeline's
+  run on a cluster whose job stalls.
+  """
+  def expired(signum, frame):
+    pytest.fail(f'{what} took longer than {seconds:.0f} s')
+
+  previous = signal.signal(signal.SIGALRM, expired)
+  signal.setitimer(signal.ITIMER_REAL, seconds)
+  try:
+    yield
+  finally:
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, previous)
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):

@@ -260,7 +260,10 @@ def test_flink_job_recovers_from_a_killed_taskmanager(kafka, flink_cluster, flin
     assert flink_cluster.get(f'/jobs/{job_id}/exceptions')['exceptionHistory']['entries']
     assert flink_cluster.get(f'/jobs/{job_id}/checkpoints')['counts']['restored'] >= 1
   finally:
-    _cancel(flink_cluster, result, job_id)
+    try:
+      _cancel(flink_cluster, result, job_id)
+    finally:
+      flink_cluster.restart_taskmanagers()
   check_output(output, everything, malformed)
 
 

@@ -249,7 +249,10 @@ def test_flink_job_survives_killed_taskmanager(flink_cluster, flink_args, tmp_pa
     # Bring the cluster back to two TaskManagers, as an operator (or Kubernetes) would.
     flink_cluster.ensure_started()
   finally:
-    state = finish(result)
+    try:
+      state = finish(result)
+    finally:
+      flink_cluster.restart_taskmanagers()
   assert state == PipelineState.DONE
   assert read_output(tmp_path) == expected_output(batches)
   # The kill really hit the job: Flink recorded a failure and restarted it.

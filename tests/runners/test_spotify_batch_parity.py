@@ -12,6 +12,7 @@ import pytest
 
 from pipelines import runners, sample_data
 from pipelines.spotify_batch import run
+from tests.cluster_fixtures import time_limit
 
 KEY = 'ab' * 32
 
@@ -76,7 +77,10 @@ def test_prism_matches(sample, reference, prism_binary, tmp_path):
 
 
 def test_flink_cluster_matches(sample, reference, flink_args, tmp_path):
-  _assert_same(_run(sample, str(tmp_path / 'out'), flink_args['flink']), reference)
+  # A stalled job would wait forever: the same limit as the EXTERNAL run below.
+  with time_limit(900, 'spotify_batch on the Flink cluster (LOOPBACK)'):
+    got = _run(sample, str(tmp_path / 'out'), flink_args['flink'])
+  _assert_same(got, reference)
 
 
 def test_flink_cluster_external_worker_pool_matches(sample, reference, flink_args, tmp_path):
