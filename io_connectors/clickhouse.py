@@ -74,10 +74,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-import logging
 import os
 import re
-import time
 import urllib.parse
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -87,13 +85,13 @@ import pyarrow as pa
 from io_connectors import registry
 from io_connectors import state as state_store
 from io_connectors.files import RecordBatchCoder  # pylint: disable=unused-import  # registers the batch coder
-from io_connectors.state import mask_url
+from io_connectors.masking import connection_url, mask_url
+from io_connectors.retry import Backoff, call_with_retries
 from transforms.dead_letter import IncrementalOutputs, Outputs
 from transforms.records import with_provenance
 
 __all__ = ['ClickHouseOptions', 'ReadFromClickHouse', 'ClickHouseError', 'check', 'plan_splits', 'Split']
 
-_LOG = logging.getLogger(__name__)
 
 SPLIT_METHODS = ('auto', 'partition', 'key', 'none')
 _IDENTIFIER = re.compile(r'^[A-Za-z_][A-Za-z0-9_]{0,127}$')
@@ -158,12 +156,7 @@ class ClickHouseOptions:
       raise ValueError('max_retries must be >= 0 and batch_size >= 1')
 
   def resolved_url(self) -> str:
-    url = self.url or os.environ.get('CLICKHOUSE_URL')
-    if not url:
-      raise ValueError('no url: give url or set CLICKHOUSE_URL')
-    if not url.startswith(('http://', 'https://')):
-      raise ValueError(f'url must start with http:// or https:// (the HTTP interface), got {mask_url(url)}')
-    return url
+    return connection_url(self.url, 'CLICKHOUSE_URL', ('http://', 'https://'), 'ClickHouse', hint='the HTTP interface')
 
   def secrets(self) -> List[str]:
     try:
@@ -272,21 +265,12 @@ class _Connection:
     return ClickHouseError(text)
 
   def _retrying(self, what: str, fn):
-    attempt = 0
-    while True:
-      try:
-        return fn()
-      except ClickHouseError:
-        raise
-      except Exception as e:  # pylint: disable=broad-except
-        # Only failures without a ClickHouse error code (network) are worth a retry.
-        if _error_code(e) is not None or attempt >= self.options.max_retries:
-          raise self.error(what, e) from None
-        attempt += 1
-        delay = self.options.retry_backoff_s * 2**(attempt - 1)
-        _LOG.warning('clickhouse at %s: %s failed (%s); retry %d in %.1fs', self.where, what, type(e).__name__, attempt,
-                     delay)
-        time.sleep(delay)
+    # Only failures without a ClickHouse error code (network) are worth a retry.
+    return call_with_retries(
+        fn, Backoff(self.options.max_retries, self.options.retry_backoff_s), what=f'clickhouse at {self.where}: {what}',
+        transient=lambda e: not isinstance(e, ClickHouseError) and _error_code(e) is None,
+        explain=lambda e: e if isinstance(e, ClickHouseError) else self.error(what, e),
+        reason=lambda e: type(e).__name__)
 
   def rows(self, what: str, sql: str, parameters: Optional[Dict[str, Any]] = None) -> List[tuple]:
     return self._retrying(what, lambda: self.session.rows(sql, parameters or {}))

@@ -2,14 +2,18 @@
 
 Usage::
 
-    from io_connectors.masking import mask_url
+    from io_connectors.masking import connection_url, mask_url
     mask_url('postgresql://music:s3cret@db:5432/music')   # 'postgresql://music:***@db:5432/music'
     mask_url('https://ghp_token@github.com/org/repo')      # 'https://***@github.com/org/repo'
+    # The option, else $POSTGRES_URL; a missing or wrong URL is an error that shows it masked.
+    connection_url(options.url, 'POSTGRES_URL', ('postgresql://', 'postgres://'), 'PostgreSQL')
 """
 
+import os
 import re
+from typing import Optional, Sequence
 
-__all__ = ['mask_url']
+__all__ = ['connection_url', 'mask_url']
 
 # The user info of scheme://userinfo@host...; also multi-host URLs
 # (mongodb://u:p@h1:1,h2:2/db) that urllib cannot parse.
@@ -24,3 +28,19 @@ def mask_url(url: str) -> str:
     return (userinfo.split(':', 1)[0] + ':***@') if ':' in userinfo else '***@'
 
   return _USERINFO.sub(mask, url or '')
+
+
+def connection_url(url: Optional[str], variable: str, schemes: Sequence[str], system: str, hint: str = '') -> str:
+  """`url`, else the environment variable `variable`, checked to start with one of `schemes`.
+
+  Raises ValueError naming the option and the variable when neither is set,
+  and showing the URL masked (and `hint`, e.g. which interface the schemes
+  are for) when its scheme is wrong.
+  """
+  resolved = url or os.environ.get(variable)
+  if not resolved:
+    raise ValueError(f'no {system} URL: give url= or set ${variable}')
+  if not isinstance(resolved, str) or not resolved.startswith(tuple(schemes)):
+    raise ValueError(f'url must start with {" or ".join(schemes)}{f" ({hint})" if hint else ""}, '
+                     f'got {mask_url(str(resolved))!r}')
+  return resolved

@@ -122,7 +122,6 @@ import decimal
 import hashlib
 import json
 import logging
-import os
 import random
 import re
 import time
@@ -134,7 +133,7 @@ import pyarrow as pa
 
 from io_connectors import registry
 from io_connectors.files import RecordBatchCoder  # pylint: disable=unused-import  # registers the batch coder
-from io_connectors.masking import mask_url  # re-exported: callers import it from here
+from io_connectors.masking import connection_url, mask_url  # mask_url re-exported: callers import it from here
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
 from transforms.records import with_provenance
 
@@ -204,11 +203,7 @@ class MongoOptions:
   tenant: Optional[str] = None
 
   def __post_init__(self):
-    url = self.url if self.url is not None else os.environ.get(URL_VARIABLE)
-    if not url:
-      raise ValueError(f'no MongoDB URL: give url= or set ${URL_VARIABLE}')
-    if not isinstance(url, str) or not url.startswith(('mongodb://', 'mongodb+srv://')):
-      raise ValueError(f'url must start with mongodb:// or mongodb+srv://, got {mask_url(str(url))!r}')
+    url = connection_url(self.url, URL_VARIABLE, ('mongodb://', 'mongodb+srv://'), 'MongoDB')
     object.__setattr__(self, 'url', url)
     database = self.database or _url_database(url)
     if not database:

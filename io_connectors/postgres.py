@@ -84,7 +84,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
 import threading
 import time
@@ -97,7 +96,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from io_connectors import registry, state as state_store
-from io_connectors.state import mask_url
+from io_connectors.masking import connection_url, mask_url
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
 from transforms.records import with_provenance
 
@@ -150,12 +149,7 @@ class PostgresOptions:
   tenant: Optional[str] = None
 
   def resolved_url(self) -> str:
-    url = self.url or os.environ.get('POSTGRES_URL')
-    if not url:
-      raise ValueError('no PostgreSQL URL: set options.url or the POSTGRES_URL environment variable')
-    if not url.startswith(('postgresql://', 'postgres://')):
-      raise ValueError(f'url must start with postgresql://, got {mask_url(url)}')
-    return url
+    return connection_url(self.url, 'POSTGRES_URL', ('postgresql://', 'postgres://'), 'PostgreSQL')
 
 
 def _check_identifier(name: str, what: str) -> str:

@@ -93,10 +93,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-import os
-import random
 import re
-import time
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
@@ -104,7 +101,9 @@ import pyarrow as pa
 
 from io_connectors import registry
 from io_connectors.files import RecordBatchCoder  # pylint: disable=unused-import  # registers the batch coder
-from io_connectors.mongodb import mask_url, table_from_documents
+from io_connectors.masking import connection_url, mask_url
+from io_connectors.retry import Backoff, call_with_retries
+from io_connectors.mongodb import table_from_documents
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
 from transforms.records import json_safe, with_provenance
 
@@ -158,11 +157,7 @@ class RedisOptions:
   tenant: Optional[str] = None
 
   def __post_init__(self):
-    url = self.url if self.url is not None else os.environ.get(URL_VARIABLE)
-    if not url:
-      raise ValueError(f'no Redis URL: give url= or set ${URL_VARIABLE}')
-    if not isinstance(url, str) or not url.startswith(('redis://', 'rediss://', 'unix://')):
-      raise ValueError(f'url must start with redis://, rediss:// or unix://, got {mask_url(str(url))!r}')
+    url = connection_url(self.url, URL_VARIABLE, ('redis://', 'rediss://', 'unix://'), 'Redis')
     object.__setattr__(self, 'url', url)
     if self.value_format not in VALUE_FORMATS:
       raise ValueError(f'value_format must be one of {", ".join(VALUE_FORMATS)}, got {self.value_format!r}')
@@ -256,20 +251,11 @@ def _transient(error: BaseException) -> bool:
 
 def _with_retries(options: RedisOptions, what: str, attempt_fn, on_retry=None):
   """attempt_fn() retried on transient errors; other errors explained."""
-  attempt = 0
-  while True:
-    try:
-      return attempt_fn()
-    except Exception as e:  # pylint: disable=broad-except
-      if not _transient(e) or attempt >= options.max_retries:
-        raise _explain(e, options, what) from None
-      attempt += 1
-      delay = min(30.0, 0.2 * 2**(attempt - 1)) * (0.5 + random.random())
-      _LOG.warning('Redis %s at %s failed (%s); retry %d/%d in %.1fs', what, mask_url(options.url),
-                   _clean(f'{type(e).__name__}: {e}', options.url), attempt, options.max_retries, delay)
-      time.sleep(delay)
-      if on_retry is not None:
-        on_retry()
+  return call_with_retries(
+      attempt_fn, Backoff(options.max_retries, first_delay_s=0.2, max_delay_s=30.0, jitter=True),
+      what=f'Redis {what} at {mask_url(options.url)}', transient=_transient,
+      explain=lambda e: _explain(e, options, what), reason=lambda e: _clean(f'{type(e).__name__}: {e}', options.url),
+      on_retry=on_retry)
 
 
 # ---------------------------------------------------------------------------

@@ -81,7 +81,6 @@ import datetime as dt
 import json
 import logging
 import os
-import time
 import urllib.parse
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -92,7 +91,8 @@ import pyarrow.compute as pc
 from io_connectors import registry
 from io_connectors import state as state_store
 from io_connectors.files import RecordBatchCoder  # pylint: disable=unused-import  # registers the batch coder
-from io_connectors.state import mask_url
+from io_connectors.masking import connection_url, mask_url
+from io_connectors.retry import Backoff, call_with_retries
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
 from transforms.records import with_provenance
 
@@ -174,12 +174,7 @@ class SearchOptions:
                        '(OpenSearch 2.x has no _shard_doc); or use method "scroll"')
 
   def resolved_url(self) -> str:
-    url = self.url or os.environ.get(_URL_ENV[self.client])
-    if not url:
-      raise ValueError(f'no url: give url or set {_URL_ENV[self.client]}')
-    if not url.startswith(('http://', 'https://')):
-      raise ValueError(f'url must start with http:// or https://, got {mask_url(url)}')
-    return url
+    return connection_url(self.url, _URL_ENV[self.client], ('http://', 'https://'), self.client)
 
   def resolved_method(self) -> str:
     if self.method != 'auto':
@@ -285,17 +280,10 @@ class _Client:
 
   def call(self, what: str, fn, *args, retry: bool = True, **kwargs):
     """fn(*args, **kwargs), retrying transient failures; other failures raise SearchError."""
-    attempt = 0
-    while True:
-      try:
-        return fn(*args, **kwargs)
-      except Exception as e:  # pylint: disable=broad-except
-        if not (retry and _is_transient(e) and attempt < self.options.max_retries):
-          raise self.error(what, e) from None
-        attempt += 1
-        delay = self.options.retry_backoff_s * 2**(attempt - 1)
-        _LOG.warning('%s', self.masked(f'{self.where}: {what} failed ({_reason(e)}); retry {attempt} in {delay:.1f}s'))
-        time.sleep(delay)
+    return call_with_retries(
+        lambda: fn(*args, **kwargs), Backoff(self.options.max_retries, self.options.retry_backoff_s),
+        what=self.masked(f'{self.where}: {what}'), transient=lambda e: retry and _is_transient(e),
+        explain=lambda e: self.error(what, e), reason=lambda e: self.masked(_reason(e)))
 
   def info(self) -> dict:
     return dict(self.call('server info', self._impl.info))

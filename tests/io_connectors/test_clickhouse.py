@@ -231,7 +231,7 @@ def test_http_unreachable_server_is_retried_then_clear_and_masked():
 
 def test_options_env_and_registry(monkeypatch):
   monkeypatch.delenv('CLICKHOUSE_URL', raising=False)
-  with pytest.raises(ValueError, match='set CLICKHOUSE_URL'):
+  with pytest.raises(ValueError, match=r'set \$CLICKHOUSE_URL'):
     ReadFromClickHouse('plays')
   monkeypatch.setenv('CLICKHOUSE_URL', URL)
   assert isinstance(ReadFromClickHouse('analytics.plays'), ReadFromClickHouse)

@@ -246,7 +246,7 @@ def test_env_url_and_options_checked(monkeypatch, url):
   monkeypatch.setenv('OPENSEARCH_URL', url)
   monkeypatch.delenv('ELASTICSEARCH_URL', raising=False)
   assert check(SearchOptions()).startswith(f'ok: {url}')
-  with pytest.raises(ValueError, match='set ELASTICSEARCH_URL'):
+  with pytest.raises(ValueError, match=r'set \$ELASTICSEARCH_URL'):
     ReadFromSearch('tracks', options=SearchOptions(client='elasticsearch'))
   with pytest.raises(ValueError, match='tiebreaker'):
     SearchOptions(method='pit')

@@ -1,0 +1,43 @@
+"""io_connectors.masking: URLs resolved from options or the environment, secrets masked in errors."""
+
+import pytest
+
+from io_connectors.masking import connection_url, mask_url
+
+SCHEMES = ('postgresql://', 'postgres://')
+
+
+def test_the_option_wins_over_the_environment(monkeypatch):
+  monkeypatch.setenv('DB_URL', 'postgresql://env@h/db')
+  assert connection_url('postgres://opt@h/db', 'DB_URL', SCHEMES, 'PostgreSQL') == 'postgres://opt@h/db'
+
+
+def test_the_environment_serves_when_the_option_is_unset(monkeypatch):
+  monkeypatch.setenv('DB_URL', 'postgresql://env@h/db')
+  assert connection_url(None, 'DB_URL', SCHEMES, 'PostgreSQL') == 'postgresql://env@h/db'
+
+
+def test_no_url_names_the_option_and_the_variable(monkeypatch):
+  monkeypatch.delenv('DB_URL', raising=False)
+  with pytest.raises(ValueError, match=r'no PostgreSQL URL: give url= or set \$DB_URL'):
+    connection_url(None, 'DB_URL', SCHEMES, 'PostgreSQL')
+
+
+def test_a_wrong_scheme_is_shown_without_its_password(monkeypatch):
+  monkeypatch.delenv('DB_URL', raising=False)
+  with pytest.raises(ValueError) as error:
+    connection_url('mysql://music:s3cret@db/music', 'DB_URL', SCHEMES, 'PostgreSQL')
+  assert 'postgresql:// or postgres://' in str(error.value)
+  assert 's3cret' not in str(error.value) and mask_url('mysql://music:s3cret@db/music') in str(error.value)
+
+
+def test_a_hint_says_what_the_schemes_are_for(monkeypatch):
+  monkeypatch.delenv('DB_URL', raising=False)
+  with pytest.raises(ValueError, match=r'http:// or https:// \(the HTTP interface\), got'):
+    connection_url('tcp://db:9000', 'DB_URL', ('http://', 'https://'), 'ClickHouse', hint='the HTTP interface')
+
+
+def test_a_url_that_is_not_a_string_is_refused(monkeypatch):
+  monkeypatch.delenv('DB_URL', raising=False)
+  with pytest.raises(ValueError, match='url must start with'):
+    connection_url(42, 'DB_URL', SCHEMES, 'PostgreSQL')
