@@ -267,7 +267,8 @@ class _Connection:
   def _retrying(self, what: str, fn):
     # Only failures without a ClickHouse error code (network) are worth a retry.
     return call_with_retries(
-        fn, Backoff(self.options.max_retries, self.options.retry_backoff_s), what=f'clickhouse at {self.where}: {what}',
+        fn, max_retries=self.options.max_retries, backoff=Backoff(self.options.retry_backoff_s),
+        what=f'clickhouse at {self.where}: {what}',
         transient=lambda e: not isinstance(e, ClickHouseError) and _error_code(e) is None,
         explain=lambda e: e if isinstance(e, ClickHouseError) else self.error(what, e),
         reason=lambda e: type(e).__name__)

@@ -5,19 +5,23 @@ Usage::
     from io_connectors.masking import connection_url, mask_url
     mask_url('postgresql://music:s3cret@db:5432/music')   # 'postgresql://music:***@db:5432/music'
     mask_url('https://ghp_token@github.com/org/repo')      # 'https://***@github.com/org/repo'
+    # A driver's error text, which may quote the URL or the password alone:
+    masked_message('auth failed for music:s3cret', 'redis://music:s3cret@db')  # 'auth failed for music:***'
     # The option, else $POSTGRES_URL; a missing or wrong URL is an error that shows it masked.
     connection_url(options.url, 'POSTGRES_URL', ('postgresql://', 'postgres://'), 'PostgreSQL')
 """
 
 import os
 import re
+import urllib.parse
 from typing import Optional, Sequence
 
-__all__ = ['connection_url', 'mask_url']
+__all__ = ['connection_url', 'mask_url', 'masked_message', 'url_password']
 
 # The user info of scheme://userinfo@host...; also multi-host URLs
 # (mongodb://u:p@h1:1,h2:2/db) that urllib cannot parse.
 _USERINFO = re.compile(r'(?<=://)([^/@?#]*)@')
+_PASSWORD = re.compile(r'://[^/@:]*:([^/@]*)@')
 
 
 def mask_url(url: str) -> str:
@@ -28,6 +32,22 @@ def mask_url(url: str) -> str:
     return (userinfo.split(':', 1)[0] + ':***@') if ':' in userinfo else '***@'
 
   return _USERINFO.sub(mask, url or '')
+
+
+def url_password(url: str) -> Optional[str]:
+  """The password of scheme://user:password@host... (percent-decoded), or None."""
+  match = _PASSWORD.search(url or '')
+  return (urllib.parse.unquote(match.group(1)) or None) if match else None
+
+
+def masked_message(message: object, url: str) -> str:
+  """`message` with the URL masked and its password replaced by ***, on one line of at most 500 characters."""
+  text = str(message)
+  password = url_password(url)
+  if password:
+    text = text.replace(password, '***')
+  text = text.replace(url, mask_url(url))
+  return ' '.join(text.split())[:500]
 
 
 def connection_url(url: Optional[str], variable: str, schemes: Sequence[str], system: str, hint: str = '') -> str:

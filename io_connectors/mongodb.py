@@ -122,8 +122,6 @@ import decimal
 import hashlib
 import json
 import logging
-import random
-import re
 import time
 import uuid
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Union
@@ -133,7 +131,9 @@ import pyarrow as pa
 
 from io_connectors import registry
 from io_connectors.files import RecordBatchCoder  # pylint: disable=unused-import  # registers the batch coder
-from io_connectors.masking import connection_url, mask_url  # mask_url re-exported: callers import it from here
+# mask_url is re-exported: callers import it from here.
+from io_connectors.masking import connection_url, mask_url, masked_message
+from io_connectors.retry import Backoff
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
 from transforms.records import with_provenance
 
@@ -143,6 +143,8 @@ _LOG = logging.getLogger(__name__)
 
 STAGE = 'read'
 URL_VARIABLE = 'MONGODB_URL'
+# Waits before reconnecting a range read: 0.5 s doubling up to 30 s, jittered.
+_RECONNECT_BACKOFF = Backoff(first_delay_s=0.5, max_delay_s=30.0, jitter=True)
 
 # Aggregation stages that map each input document to zero or more output
 # documents on its own, so the pipeline may run per _id range.
@@ -255,28 +257,10 @@ def _url_database(url: str) -> Optional[str]:
     return None
 
 
-def _password(url: str) -> Optional[str]:
-  match = re.search(r'://[^/@:]*:([^/@]*)@', url or '')
-  if not match:
-    return None
-  from urllib.parse import unquote  # pylint: disable=import-outside-toplevel
-  return unquote(match.group(1)) or None
-
-
 def _hosts(url: str) -> str:
   rest = url.split('://', 1)[1]
   rest = rest.rsplit('@', 1)[-1] if '@' in rest.split('/', 1)[0] else rest
   return rest.split('/', 1)[0].split('?', 1)[0]
-
-
-def _clean(message: str, url: str) -> str:
-  """`message` with the URL's password masked, on one line."""
-  secret = _password(url)
-  text = str(message)
-  if secret:
-    text = text.replace(secret, '***')
-  text = text.replace(url, mask_url(url))
-  return ' '.join(text.split())[:500]
 
 
 # ---------------------------------------------------------------------------
@@ -299,7 +283,7 @@ def _explain(error: BaseException, options: MongoOptions, collection: str, what:
   """A MongoError saying in one line what went wrong, without the password."""
   from pymongo import errors  # pylint: disable=import-outside-toplevel
   where = f'{mask_url(options.url)} ({options.database}.{collection})'
-  detail = _clean(str(error), options.url)
+  detail = masked_message(str(error), options.url)
   if isinstance(error, errors.OperationFailure):
     code = getattr(error, 'code', None)
     if code == 18 or 'auth' in detail.lower():
@@ -669,9 +653,10 @@ class _ReadSplitFn(beam.DoFn):
         attempt += 1
         if attempt > options.max_retries:
           raise _explain(e, options, self._collection, 'read') from None
-        delay = min(30.0, 0.5 * 2**(attempt - 1)) * (0.5 + random.random())
+        delay = _RECONNECT_BACKOFF.delay_s(attempt)
         _LOG.warning('MongoDB read of %s lost its connection (%s); retry %d/%d in %.1fs after %d documents', source,
-                     _clean(type(e).__name__ + ': ' + str(e), options.url), attempt, options.max_retries, delay, emitted)
+                     masked_message(f'{type(e).__name__}: {e}', options.url), attempt, options.max_retries, delay,
+                     emitted)
         time.sleep(delay)
     if rows:
       yield self._batch(rows, source, first_row)

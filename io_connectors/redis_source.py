@@ -93,7 +93,6 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-import re
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
@@ -101,7 +100,7 @@ import pyarrow as pa
 
 from io_connectors import registry
 from io_connectors.files import RecordBatchCoder  # pylint: disable=unused-import  # registers the batch coder
-from io_connectors.masking import connection_url, mask_url
+from io_connectors.masking import connection_url, mask_url, masked_message
 from io_connectors.retry import Backoff, call_with_retries
 from io_connectors.mongodb import table_from_documents
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
@@ -110,6 +109,8 @@ from transforms.records import json_safe, with_provenance
 __all__ = ['RedisOptions', 'RedisSourceError', 'ReadFromRedis']
 
 _LOG = logging.getLogger(__name__)
+# Waits between retries: 0.2 s doubling up to 30 s, jittered.
+_BACKOFF = Backoff(first_delay_s=0.2, max_delay_s=30.0, jitter=True)
 
 STAGE = 'read'
 URL_VARIABLE = 'REDIS_URL'
@@ -186,23 +187,6 @@ def _check_int(name, value, minimum):
     raise ValueError(f'{name} must be an integer >= {minimum}, got {value!r}')
 
 
-def _secret(url: str) -> Optional[str]:
-  match = re.search(r'://[^/@]*?:([^/@]*)@', url or '')
-  if not match:
-    return None
-  from urllib.parse import unquote  # pylint: disable=import-outside-toplevel
-  return unquote(match.group(1)) or None
-
-
-def _clean(message: str, url: str) -> str:
-  secret = _secret(url)
-  text = str(message)
-  if secret:
-    text = text.replace(secret, '***')
-  text = text.replace(url, mask_url(url))
-  return ' '.join(text.split())[:500]
-
-
 def _client(options: RedisOptions):
   import redis  # pylint: disable=import-outside-toplevel
   from redis.backoff import NoBackoff  # pylint: disable=import-outside-toplevel
@@ -228,7 +212,7 @@ def _source_name(url: str) -> str:
 def _explain(error: BaseException, options: RedisOptions, what: str) -> RedisSourceError:
   import redis  # pylint: disable=import-outside-toplevel
   where = mask_url(options.url)
-  detail = _clean(f'{type(error).__name__}: {error}', options.url)
+  detail = masked_message(f'{type(error).__name__}: {error}', options.url)
   if isinstance(error, redis.AuthenticationError) or 'WRONGPASS' in str(error) or 'NOAUTH' in str(error) or (
       'invalid password' in str(error).lower()):
     return RedisSourceError(f'Redis authentication failed for {where}: check the password in the URL ({detail})')
@@ -252,9 +236,10 @@ def _transient(error: BaseException) -> bool:
 def _with_retries(options: RedisOptions, what: str, attempt_fn, on_retry=None):
   """attempt_fn() retried on transient errors; other errors explained."""
   return call_with_retries(
-      attempt_fn, Backoff(options.max_retries, first_delay_s=0.2, max_delay_s=30.0, jitter=True),
+      attempt_fn, max_retries=options.max_retries, backoff=_BACKOFF,
       what=f'Redis {what} at {mask_url(options.url)}', transient=_transient,
-      explain=lambda e: _explain(e, options, what), reason=lambda e: _clean(f'{type(e).__name__}: {e}', options.url),
+      explain=lambda e: _explain(e, options, what),
+      reason=lambda e: masked_message(f'{type(e).__name__}: {e}', options.url),
       on_retry=on_retry)
 
 

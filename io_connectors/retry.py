@@ -10,7 +10,7 @@ Usage::
     from io_connectors.retry import Backoff, call_with_retries
 
     rows = call_with_retries(
-        lambda: session.rows(sql), Backoff(max_retries=5, first_delay_s=0.5),
+        lambda: session.rows(sql), max_retries=5, backoff=Backoff(first_delay_s=0.5),
         what='clickhouse at http://default:***@db:8123: row count',
         transient=lambda e: isinstance(e, ConnectionError),
         explain=lambda e: ClickHouseError(f'row count failed: {e}'),
@@ -32,12 +32,11 @@ T = TypeVar('T')
 
 @dataclasses.dataclass(frozen=True)
 class Backoff:
-  """How often to retry and how long to wait before retry n: first_delay_s * 2**(n-1), at most max_delay_s.
+  """How long to wait before retry n: first_delay_s * 2**(n-1), at most max_delay_s.
 
   jitter spreads each wait over [0.5, 1.5) of it, so that many workers that
   lost the same server do not come back at the same instant.
   """
-  max_retries: int
   first_delay_s: float
   max_delay_s: float = float('inf')
   jitter: bool = False
@@ -47,10 +46,10 @@ class Backoff:
     return delay * (0.5 + random.random()) if self.jitter else delay
 
 
-def call_with_retries(fn: Callable[[], T], backoff: Backoff, *, what: str,
+def call_with_retries(fn: Callable[[], T], *, max_retries: int, backoff: Backoff, what: str,
                       transient: Callable[[Exception], bool], explain: Callable[[Exception], Exception],
                       reason: Callable[[Exception], str], on_retry: Optional[Callable[[], None]] = None) -> T:
-  """fn(), called again while it fails transiently, at most backoff.max_retries times.
+  """fn(), called again while it fails transiently, at most max_retries times.
 
   A failure that is not transient, or the last one, raises explain(error)
   (without the original as its cause: that may carry secrets). `what` and
@@ -62,11 +61,11 @@ def call_with_retries(fn: Callable[[], T], backoff: Backoff, *, what: str,
     try:
       return fn()
     except Exception as error:  # pylint: disable=broad-except
-      if not transient(error) or retry >= backoff.max_retries:
+      if not transient(error) or retry >= max_retries:
         raise explain(error) from None
       retry += 1
       delay = backoff.delay_s(retry)
-      _LOG.warning('%s failed (%s); retry %d/%d in %.1fs', what, reason(error), retry, backoff.max_retries, delay)
+      _LOG.warning('%s failed (%s); retry %d/%d in %.1fs', what, reason(error), retry, max_retries, delay)
       time.sleep(delay)
       if on_retry is not None:
         on_retry()

@@ -281,7 +281,7 @@ class _Client:
   def call(self, what: str, fn, *args, retry: bool = True, **kwargs):
     """fn(*args, **kwargs), retrying transient failures; other failures raise SearchError."""
     return call_with_retries(
-        lambda: fn(*args, **kwargs), Backoff(self.options.max_retries, self.options.retry_backoff_s),
+        lambda: fn(*args, **kwargs), max_retries=self.options.max_retries, backoff=Backoff(self.options.retry_backoff_s),
         what=self.masked(f'{self.where}: {what}'), transient=lambda e: retry and _is_transient(e),
         explain=lambda e: self.error(what, e), reason=lambda e: self.masked(_reason(e)))
 

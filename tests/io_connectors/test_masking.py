@@ -2,7 +2,7 @@
 
 import pytest
 
-from io_connectors.masking import connection_url, mask_url
+from io_connectors.masking import connection_url, mask_url, masked_message, url_password
 
 SCHEMES = ('postgresql://', 'postgres://')
 
@@ -41,3 +41,17 @@ def test_a_url_that_is_not_a_string_is_refused(monkeypatch):
   monkeypatch.delenv('DB_URL', raising=False)
   with pytest.raises(ValueError, match='url must start with'):
     connection_url(42, 'DB_URL', SCHEMES, 'PostgreSQL')
+
+
+def test_url_password_is_decoded_and_absent_without_one():
+  assert url_password('redis://:p%40ss@h:6379/0') == 'p@ss'
+  assert url_password('mongodb://user:s3cret@h1:1,h2:2/db') == 's3cret'
+  assert url_password('redis://h:6379/0') is None and url_password('https://token@h') is None
+
+
+def test_masked_message_hides_the_password_alone_and_in_the_url():
+  url = 'mongodb://music:s3cret@db:27017/music'
+  message = f'auth failed for {url}\n  (password s3cret rejected)'
+  assert masked_message(message, url) == (
+      'auth failed for mongodb://music:***@db:27017/music (password *** rejected)')
+  assert len(masked_message('x' * 900, url)) == 500

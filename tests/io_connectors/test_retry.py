@@ -25,8 +25,8 @@ def _flaky(failures):
 
 def _call(fn, max_retries=3, **kwargs):
   kwargs.setdefault('transient', lambda e: isinstance(e, ConnectionError))
-  return call_with_retries(fn, Backoff(max_retries, first_delay_s=0.001), what='GET at http://h', explain=lambda e:
-                           Explained(f'explained: {e}'), reason=lambda e: type(e).__name__, **kwargs)
+  return call_with_retries(fn, max_retries=max_retries, backoff=Backoff(first_delay_s=0.001), what='GET at http://h',
+                           explain=lambda e: Explained(f'explained: {e}'), reason=lambda e: type(e).__name__, **kwargs)
 
 
 def test_transient_failures_are_retried_until_the_call_succeeds(caplog):
@@ -62,8 +62,8 @@ def test_on_retry_runs_before_each_new_call():
 
 
 def test_backoff_doubles_up_to_its_limit_and_jitter_stays_within_half():
-  backoff = Backoff(10, first_delay_s=0.5, max_delay_s=3.0)
+  backoff = Backoff(first_delay_s=0.5, max_delay_s=3.0)
   assert [backoff.delay_s(n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
-  jittered = Backoff(10, first_delay_s=1.0, jitter=True)
+  jittered = Backoff(first_delay_s=1.0, jitter=True)
   delays = [jittered.delay_s(2) for _ in range(200)]
   assert all(1.0 <= d < 3.0 for d in delays) and len(set(delays)) > 1
