@@ -69,7 +69,8 @@ from apache_beam.utils.timestamp import Timestamp
 
 from io_connectors import registry
 from io_connectors.files import RecordBatchCoder  # noqa: F401  (registers the RecordBatch coder)
-from io_connectors.stream_messages import ManualWatermarkProvider, ReadsRestrictionProvider, mask_url, messages_to_batch
+from io_connectors.stream_messages import (ManualWatermarkProvider, ReadsRestrictionProvider, emit_at_watermark, mask_url,
+                                            messages_to_batch)
 from transforms.dead_letter import DEAD_LETTER, Outputs
 
 __all__ = ['PulsarOptions', 'ReadFromPulsar', 'message_row']
@@ -266,14 +267,8 @@ class _ReadTopicFn(beam.DoFn):
     batch, dead = messages_to_batch([m.data() for m in messages], [f'message {_message_id_text(i)}' for i in ids],
                                     [message_row(i.ledger_id(), i.entry_id(), i.batch_index()) for i in ids], source,
                                     STAGE, self._options.string_columns)
-    stamp = Timestamp.of(max(m.publish_timestamp() for m in messages) / 1000)
-    if current is not None and stamp < current:
-      stamp = current
-    watermark.set_watermark(stamp)
-    if batch is not None:
-      yield beam.window.TimestampedValue(batch, stamp)
-    for letter in dead:
-      yield beam.pvalue.TaggedOutput(DEAD_LETTER, beam.window.TimestampedValue(letter, stamp))
+    yield from emit_at_watermark(watermark, Timestamp.of(max(m.publish_timestamp() for m in messages) / 1000), batch,
+                                 dead)
 
     def ack():
       # Runs once the runner has committed this bundle's output.

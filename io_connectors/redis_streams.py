@@ -98,7 +98,8 @@ from apache_beam.utils.timestamp import Timestamp
 
 from io_connectors import registry
 from io_connectors.files import RecordBatchCoder  # noqa: F401  (registers the RecordBatch coder)
-from io_connectors.stream_messages import ManualWatermarkProvider, ReadsRestrictionProvider, mask_url, messages_to_batch
+from io_connectors.stream_messages import (ManualWatermarkProvider, ReadsRestrictionProvider, emit_at_watermark, mask_url,
+                                            messages_to_batch)
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 
 __all__ = [
@@ -446,14 +447,7 @@ class _ReadStreamFn(_RedisClientFn):
       earliest = _earliest_event_time(batch, opts.event_time_field)
       if earliest is not None:
         stamp = earliest
-    current = watermark.current_watermark()
-    if current is not None and stamp < current:
-      stamp = current
-    watermark.set_watermark(stamp)
-    if batch is not None:
-      yield beam.window.TimestampedValue(batch, stamp)
-    for letter in dead:
-      yield beam.pvalue.TaggedOutput(DEAD_LETTER, beam.window.TimestampedValue(letter, stamp))
+    yield from emit_at_watermark(watermark, stamp, batch, dead)
 
 
 class _UnboundedReadStreamFn(_ReadStreamFn):

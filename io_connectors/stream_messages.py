@@ -30,13 +30,14 @@ import pyarrow as pa
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.transforms.core import RestrictionProvider
+from apache_beam.utils.timestamp import Timestamp
 
 from io_connectors.files import _parse_json_lines, _table_from_rows  # pylint: disable=protected-access
 from io_connectors.masking import mask_url  # re-exported: callers import it from here
-from transforms.dead_letter import dead_letter
+from transforms.dead_letter import DEAD_LETTER, dead_letter
 from transforms.records import with_provenance
 
-__all__ = ['messages_to_batch', 'mask_url', 'CheckpointOnlyTracker']
+__all__ = ['messages_to_batch', 'emit_at_watermark', 'mask_url', 'CheckpointOnlyTracker']
 
 # A dead letter keeps at most this much of a payload that is not JSON.
 _MAX_RAW_CHARS = 10_000
@@ -105,6 +106,23 @@ def messages_to_batch(payloads: Sequence[Optional[bytes]],
     table = _table_from_rows(parsed, string_columns)
   batch = table.combine_chunks().to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist(parsed)
   return with_provenance(batch, source, np.asarray(good_rows, dtype=np.int64)), dead
+
+
+def emit_at_watermark(watermark: ManualWatermarkEstimator, stamp: Timestamp, batch: Optional[pa.RecordBatch],
+                      dead: Sequence[dict]):
+  """Moves the read's watermark to `stamp` (never back) and yields the batch and dead letters timestamped there.
+
+  A stamp behind the watermark the reader already reported is raised to it:
+  the outputs would otherwise be late the moment they are emitted.
+  """
+  current = watermark.current_watermark()
+  if current is not None and stamp < current:
+    stamp = current
+  watermark.set_watermark(stamp)
+  if batch is not None:
+    yield beam.window.TimestampedValue(batch, stamp)
+  for letter in dead:
+    yield beam.pvalue.TaggedOutput(DEAD_LETTER, beam.window.TimestampedValue(letter, stamp))
 
 
 class CheckpointOnlyTracker(OffsetRestrictionTracker):

@@ -72,7 +72,8 @@ from apache_beam.utils.timestamp import Timestamp
 from io_connectors import registry
 from io_connectors.files import RecordBatchCoder  # noqa: F401  (registers the RecordBatch coder)
 from io_connectors.redis_streams import RedisStreamsOptions, read_with_readers, readers_of, redis_client
-from io_connectors.stream_messages import ManualWatermarkProvider, ReadsRestrictionProvider, messages_to_batch
+from io_connectors.stream_messages import (ManualWatermarkProvider, ReadsRestrictionProvider, emit_at_watermark,
+                                            messages_to_batch)
 from transforms.dead_letter import DEAD_LETTER, Outputs
 
 __all__ = ['WebSocketOptions', 'ReadFromWebSocket', 'WebSocketReceiver', 'backoff_delays', 'public_url']
@@ -311,20 +312,15 @@ class _ReceiveFn(beam.DoFn):
       return
     feed = _feed(self._key, self._options)
     messages = self._drain(feed)
-    now = Timestamp.now()
-    current = watermark.current_watermark()
-    stamp = now if current is None or now > current else current
+    batch, dead = None, []
     if messages:
       first = feed.sequence + 1
       feed.sequence += len(messages)
       rows = list(range(first, feed.sequence + 1))
       batch, dead = messages_to_batch(messages, [f'message {n}' for n in rows], rows, self._options.source, STAGE,
                                       self._options.string_columns)
-      if batch is not None:
-        yield beam.window.TimestampedValue(batch, stamp)
-      for letter in dead:
-        yield beam.pvalue.TaggedOutput(DEAD_LETTER, beam.window.TimestampedValue(letter, stamp))
-    watermark.set_watermark(stamp)
+    # Without messages this only moves the watermark to the clock.
+    yield from emit_at_watermark(watermark, Timestamp.now(), batch, dead)
     if self._options.bounded and self._finished(feed):
       _forget_feed(self._key)
       tracker.try_claim(restriction.stop)

@@ -17,9 +17,11 @@ import sys
 import textwrap
 
 import apache_beam as beam
+import pyarrow as pa
 import pytest
 import redis
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.utils.timestamp import Timestamp
 from apache_beam.testing.util import assert_that, equal_to
 
 from io_connectors import registry
@@ -27,6 +29,7 @@ from io_connectors import redis_streams
 from io_connectors.redis_streams import (AcknowledgeEntries, ReadFromRedisStreams, RedisStreamsOptions, entry_row,
                                          position_entry_id, row_entry_id)
 from tests.io_connectors.streams_support import fresh_name, redis_url, wait_until
+from transforms.dead_letter import DEAD_LETTER
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -350,3 +353,20 @@ def test_a_reader_restriction_is_checkpointed_never_split():
   assert tracker.try_split(0.5) is None  # a second reader of the same consumer: refused
   primary, residual = tracker.try_split(0)  # a checkpoint
   assert (primary.stop, residual.start, residual.stop) == (1, 1, 1000)
+
+
+def test_outputs_are_never_stamped_behind_the_reported_watermark():
+  from apache_beam.io.watermark_estimators import ManualWatermarkEstimator  # pylint: disable=import-outside-toplevel
+  from io_connectors.stream_messages import emit_at_watermark  # pylint: disable=import-outside-toplevel
+  batch = pa.record_batch({'event_id': ['e1']})
+  letter = {'reason': 'malformed_json'}
+  watermark = ManualWatermarkEstimator(None)
+  first = list(emit_at_watermark(watermark, Timestamp.of(100), batch, [letter]))
+  assert [(o.timestamp, o.value) for o in first[:1]] == [(Timestamp.of(100), batch)]
+  assert first[1].tag == DEAD_LETTER and first[1].value.timestamp == Timestamp.of(100)
+  # Entries stamped earlier than what was reported (a reclaimed entry, a
+  # smaller publish time) come out at the watermark, which stays where it was.
+  second = list(emit_at_watermark(watermark, Timestamp.of(40), batch, []))
+  assert [o.timestamp for o in second] == [Timestamp.of(100)] and watermark.current_watermark() == Timestamp.of(100)
+  assert list(emit_at_watermark(watermark, Timestamp.of(130), None, [])) == []
+  assert watermark.current_watermark() == Timestamp.of(130)
