@@ -2,7 +2,7 @@
 
 Usage::
 
-    from io_connectors.masking import connection_url, mask_url
+    from io_connectors.masking import connection_url, mask_url, masked_message
     mask_url('postgresql://music:s3cret@db:5432/music')   # 'postgresql://music:***@db:5432/music'
     mask_url('https://ghp_token@github.com/org/repo')      # 'https://***@github.com/org/repo'
     # A driver's error text, which may quote the URL or the password alone:

@@ -69,8 +69,8 @@ from apache_beam.utils.timestamp import Timestamp
 
 from io_connectors import registry
 from io_connectors.files import RecordBatchCoder  # noqa: F401  (registers the RecordBatch coder)
-from io_connectors.stream_messages import (ManualWatermarkProvider, ReadsRestrictionProvider, emit_at_watermark, mask_url,
-                                            messages_to_batch)
+from io_connectors.stream_messages import (ManualWatermarkProvider, ReadsRestrictionProvider, advance_watermark,
+                                            emit_at_watermark, mask_url, messages_to_batch)
 from transforms.dead_letter import DEAD_LETTER, Outputs
 
 __all__ = ['PulsarOptions', 'ReadFromPulsar', 'message_row']
@@ -252,14 +252,11 @@ class _ReadTopicFn(beam.DoFn):
       return
     consumer = _CONSUMERS.get(self._options, topic, index)
     messages = self._receive(consumer)
-    current = watermark.current_watermark()
     if not messages:
       if self._options.bounded:
         tracker.try_claim(restriction.stop)
         return
-      now = Timestamp.now()
-      if current is None or now > current:
-        watermark.set_watermark(now)
+      advance_watermark(watermark, Timestamp.now())
       tracker.defer_remainder()
       return
     source = f'pulsar://{topic}'

@@ -98,8 +98,8 @@ from apache_beam.utils.timestamp import Timestamp
 
 from io_connectors import registry
 from io_connectors.files import RecordBatchCoder  # noqa: F401  (registers the RecordBatch coder)
-from io_connectors.stream_messages import (ManualWatermarkProvider, ReadsRestrictionProvider, emit_at_watermark, mask_url,
-                                            messages_to_batch)
+from io_connectors.stream_messages import (ManualWatermarkProvider, ReadsRestrictionProvider, advance_watermark,
+                                            emit_at_watermark, mask_url, messages_to_batch)
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 
 __all__ = [
@@ -344,9 +344,7 @@ class _ReadStreamFn(_RedisClientFn):
         tracker.try_claim(restriction.stop)  # claims the rest: this reader is done
         return
       seconds, micros = self._client.time()
-      now = Timestamp(seconds, micros) - opts.idle_watermark_lag_s
-      if watermark.current_watermark() is None or now > watermark.current_watermark():
-        watermark.set_watermark(now)
+      advance_watermark(watermark, Timestamp(seconds, micros) - opts.idle_watermark_lag_s)
       tracker.defer_remainder()
       return
 

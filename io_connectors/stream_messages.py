@@ -37,7 +37,7 @@ from io_connectors.masking import mask_url  # re-exported: callers import it fro
 from transforms.dead_letter import DEAD_LETTER, dead_letter
 from transforms.records import with_provenance
 
-__all__ = ['messages_to_batch', 'emit_at_watermark', 'mask_url', 'CheckpointOnlyTracker']
+__all__ = ['messages_to_batch', 'advance_watermark', 'emit_at_watermark', 'mask_url', 'CheckpointOnlyTracker']
 
 # A dead letter keeps at most this much of a payload that is not JSON.
 _MAX_RAW_CHARS = 10_000
@@ -108,6 +108,15 @@ def messages_to_batch(payloads: Sequence[Optional[bytes]],
   return with_provenance(batch, source, np.asarray(good_rows, dtype=np.int64)), dead
 
 
+def advance_watermark(watermark: ManualWatermarkEstimator, stamp: Timestamp) -> Timestamp:
+  """Moves the read's watermark to `stamp` unless it is already later; returns the watermark."""
+  current = watermark.current_watermark()
+  if current is not None and stamp < current:
+    stamp = current
+  watermark.set_watermark(stamp)
+  return stamp
+
+
 def emit_at_watermark(watermark: ManualWatermarkEstimator, stamp: Timestamp, batch: Optional[pa.RecordBatch],
                       dead: Sequence[dict]):
   """Moves the read's watermark to `stamp` (never back) and yields the batch and dead letters timestamped there.
@@ -115,10 +124,7 @@ def emit_at_watermark(watermark: ManualWatermarkEstimator, stamp: Timestamp, bat
   A stamp behind the watermark the reader already reported is raised to it:
   the outputs would otherwise be late the moment they are emitted.
   """
-  current = watermark.current_watermark()
-  if current is not None and stamp < current:
-    stamp = current
-  watermark.set_watermark(stamp)
+  stamp = advance_watermark(watermark, stamp)
   if batch is not None:
     yield beam.window.TimestampedValue(batch, stamp)
   for letter in dead:
