@@ -7,11 +7,7 @@ from tests.io_connectors.http.fake_servers import FakeHttpServer, FakeSpotify, l
 
 @pytest.fixture(scope='session')
 def spotify_spec():
-  path = spotify_spec_path()
-  if path is None:
-    pytest.skip('Spotify OpenAPI spec not found: set SPOTIFY_OPENAPI_SPEC or put shared/specs/spotify-web-api.yml '
-                'in a directory above the repository')
-  return load_spotify_spec(path)
+  return load_spotify_spec(spotify_spec_path())
 
 
 @pytest.fixture

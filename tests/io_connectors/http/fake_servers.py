@@ -11,9 +11,9 @@ token endpoint (client credentials and refresh token, tokens that expire),
 bearer checks on every API call, and Spotify's paging (offset/limit with
 `next`, play-history cursors `before`/`after`).
 
-The spec is found through `spotify_spec_path()`: the SPOTIFY_OPENAPI_SPEC
-variable, else `shared/specs/spotify-web-api.yml` in a directory above the
-repository.
+The spec is the official Spotify Web API OpenAPI description (MIT, licence
+beside it) shipped in `tests/fixtures/spotify/`; `spotify_spec_path()` returns
+it, or the file named by SPOTIFY_OPENAPI_SPEC to test against another version.
 
 Usage::
 
@@ -50,16 +50,15 @@ __all__ = ['FakeHttpServer', 'FakeSpotify', 'SchemaFaker', 'spotify_spec_path', 
 _REPO_ROOT = pathlib.Path(__file__).resolve().parents[3]
 
 
-def spotify_spec_path() -> Optional[pathlib.Path]:
-  """The Spotify OpenAPI spec file, or None when it is not on this machine."""
-  env = os.environ.get('SPOTIFY_OPENAPI_SPEC')
-  if env:
-    return pathlib.Path(env) if pathlib.Path(env).is_file() else None
-  for parent in [_REPO_ROOT, *_REPO_ROOT.parents]:
-    candidate = parent / 'shared' / 'specs' / 'spotify-web-api.yml'
-    if candidate.is_file():
-      return candidate
-  return None
+SPOTIFY_SPEC = _REPO_ROOT / 'tests' / 'fixtures' / 'spotify' / 'spotify-web-api.yml'
+
+
+def spotify_spec_path() -> pathlib.Path:
+  """The Spotify OpenAPI spec file: SPOTIFY_OPENAPI_SPEC if set, else the one in tests/fixtures."""
+  path = pathlib.Path(os.environ.get('SPOTIFY_OPENAPI_SPEC') or SPOTIFY_SPEC)
+  if not path.is_file():
+    raise FileNotFoundError(f'Spotify OpenAPI spec not found at {path} (SPOTIFY_OPENAPI_SPEC or tests/fixtures/spotify/)')
+  return path
 
 
 _SPEC_CACHE: Dict[str, dict] = {}
