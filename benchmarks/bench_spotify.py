@@ -54,8 +54,8 @@ if REPO_ROOT not in sys.path:  # run by path: make the packages importable
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from io_connectors.http import RetryPolicy
-from io_connectors.spotify import ReadFromSpotify, SpotifyOptions
+from io_connectors.apis.http import RetryPolicy
+from io_connectors.apis.spotify import ReadFromSpotify, SpotifyOptions
 from tests.io_connectors.http.fake_servers import FakeSpotify, load_spotify_spec, spotify_id, spotify_spec_path
 
 TRACKS_PER_CALL = 50

@@ -51,36 +51,28 @@ its flags in `pipelines.streaming_options`.
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import logging
 import os
 import sys
-import uuid
 from typing import Callable, Dict, Optional, Sequence
 
 import apache_beam as beam
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DebugOptions, FlinkRunnerOptions, PipelineOptions, StandardOptions
-from apache_beam.transforms.window import GlobalWindows
 
-from io_connectors import kafka
+from io_connectors.streams import kafka
 from io_connectors.registry import ConfigError
+from io_connectors.sinks.window_files import WRITTEN, WriteDeadLettersFn, WriteWindowFiles, metrics_writer
 from pipelines import runners, stream_sources
 from pipelines.streaming_options import SpotifyStreamingOptions
 from transforms import entities
 from transforms.dead_letter import flatten_dead_letters
 from transforms.pii import PiiKeyError, PiiOptions, RedactDeadLetters, RedactPII, load_master_key
-from transforms.records import ROW_COLUMN, SOURCE_COLUMN, json_safe, strip_internal
 from transforms.tenant import AssignDeadLetterTenant, TagTenant, check_tenant_id
 from transforms.validate import Validate
-from transforms.windows import WindowBatch, WindowEvents, WindowOptions, window_label
+from transforms.windows import WindowEvents, WindowOptions
 
-__all__ = ['SOURCES', 'run', 'build', 'main', 'kafka_read_options', 'WriteWindowFiles', 'WRITTEN']
+__all__ = ['SOURCES', 'run', 'build', 'main', 'kafka_read_options']
 
 _LOG = logging.getLogger(__name__)
 UNASSIGNED = '_unassigned'
@@ -190,146 +182,6 @@ SOURCES: Dict[str, Callable[[SpotifyStreamingOptions], beam.PTransform]] = {
 }
 
 
-# ----- sinks -----
-
-
-def _write_atomically(path: str, payload: bytes):
-  """Writes `path` through a temporary name and a rename: readers never see half a file."""
-  directory, name = path.rsplit('/', 1)
-  temp = f'{directory}/.tmp-{uuid.uuid4().hex}-{name}'
-  with FileSystems.create(temp) as handle:
-    handle.write(payload)
-  FileSystems.rename([temp], [path])
-
-
-def _parquet_bytes(table) -> bytes:
-  sink = io.BytesIO()
-  pq.write_table(table, sink, compression='snappy')
-  return sink.getvalue()
-
-
-def _positions(batch: pa.RecordBatch):
-  """(source, row) of each row of a batch with provenance columns."""
-  if SOURCE_COLUMN not in batch.schema.names or ROW_COLUMN not in batch.schema.names:
-    return []
-  sources = batch.column(SOURCE_COLUMN)
-  if pa.types.is_dictionary(sources.type):
-    sources = sources.dictionary_decode()
-  return list(zip(sources.to_pylist(), batch.column(ROW_COLUMN).to_pylist()))
-
-
-def _merge_with_existing(path: str, table: pa.Table, key_field: str) -> Optional[pa.Table]:
-  """`table` plus the rows of an existing file at `path` (kept first) by `key_field`; None: nothing new."""
-  if not FileSystems.exists(path):
-    return table
-  with FileSystems.open(path) as handle:
-    existing = pq.read_table(pa.BufferReader(handle.read()))
-  if key_field not in existing.schema.names or key_field not in table.schema.names:
-    return table
-  known = pa.array(existing.column(key_field).to_pylist(), pa.string())
-  new = table.filter(pc.invert(pc.is_in(table.column(key_field).cast(pa.string()), value_set=known)))
-  if not new.num_rows:
-    return None
-  return pa.concat_tables([existing, new], promote_options='permissive')
-
-
-class _WriteWindowFn(beam.DoFn):
-
-  def __init__(self, output: str, kind: str, key_field: Optional[str] = None, positions: bool = False):
-    self._output = output
-    self._kind = kind
-    self._key_field = key_field
-    self._positions = positions
-
-  def process(self, element):
-    if self._kind == 'data':
-      window: WindowBatch = element
-      tenant, start, shard, batch = window.tenant, window.window_start_us, window.shard, window.batch
-    else:
-      tenant, start, shard, batch = element
-    path = (f'{self._output}/{self._kind}/tenant={tenant}/window_start={window_label(start)}/'
-            f'part-{shard:03d}.parquet')
-    table = pa.Table.from_batches([strip_internal(batch)])
-    if self._key_field:
-      table = _merge_with_existing(path, table, self._key_field)
-    if table is not None:
-      _write_atomically(path, _parquet_bytes(table))
-    yield path
-    if self._positions:
-      # Only now, with the file in place, may their source forget them.
-      yield beam.pvalue.TaggedOutput(WRITTEN, _positions(batch))
-
-
-WRITTEN = 'written'
-
-
-class WriteWindowFiles(beam.PTransform):
-  """Writes WindowBatch (kind 'data') or session tuples (kind 'sessions') as Parquet; yields paths.
-
-  key_field: merge with a file that exists already by this column (a replay
-  after a failure). positions: also return the (source, row) of every row
-  written, as the tagged output `WRITTEN` (then the result is a
-  DoOutputsTuple: ``result[WRITTEN]``, paths in ``result.paths``).
-  """
-
-  def __init__(self, output: str, kind: str = 'data', key_field: Optional[str] = None, positions: bool = False):
-    super().__init__()
-    if kind not in ('data', 'sessions'):
-      raise ValueError(f"kind must be 'data' or 'sessions', got {kind!r}")
-    self._output = output.rstrip('/')
-    self._kind = kind
-    self._key_field = key_field
-    self._positions = positions
-
-  def expand(self, pcoll):
-    write = beam.ParDo(_WriteWindowFn(self._output, self._kind, self._key_field, self._positions))
-    if not self._positions:
-      return pcoll | 'Write' >> write
-    result = pcoll | 'Write' >> write.with_outputs(WRITTEN, main='paths')
-    return result
-
-
-def _write_metrics(output: str):
-
-  def write(metrics: dict):
-    start = metrics['window_start']
-    label = start.replace('-', '').replace(':', '').replace('+0000', 'Z').replace('+00:00', 'Z')
-    # Figures are cumulative and may be written out of order: one file per
-    # figure, named by how many events it counts, so the largest is the latest.
-    counted = metrics['events'] + metrics['duplicates'] + metrics['late_events']
-    path = f'{output}/metrics/tenant={metrics["tenant"]}/window_start={label}/counted-{counted:010d}.json'
-    _write_atomically(path, json.dumps(metrics, sort_keys=True).encode('utf-8') + b'\n')
-    return path
-
-  return write
-
-
-class _WriteDeadLettersFn(beam.DoFn):
-  """Dead letters of a bundle, one JSONL file per tenant named by its content."""
-
-  def __init__(self, output: str, positions: bool = False):
-    self._output = output
-    self._positions = positions
-    self._pending = None
-
-  def start_bundle(self):
-    self._pending = {}
-
-  def process(self, letter: dict):
-    self._pending.setdefault(letter.get('tenant') or UNASSIGNED, []).append(letter)
-
-  def finish_bundle(self):
-    for tenant, letters in sorted(self._pending.items()):
-      lines = sorted(json.dumps(json_safe(l), sort_keys=True, ensure_ascii=False) for l in letters)
-      payload = ('\n'.join(lines) + '\n').encode('utf-8')
-      digest = hashlib.sha256(payload).hexdigest()[:24]
-      _write_atomically(f'{self._output}/dead_letter/tenant={tenant}/dl-{digest}.jsonl', payload)
-      if self._positions:
-        for letter in letters:
-          yield GlobalWindows.windowed_value((letter.get('source'), letter.get('position')))
-    self._pending = {}
-
-
 # ----- the job -----
 
 
@@ -355,7 +207,7 @@ def build(p: beam.Pipeline, options: SpotifyStreamingOptions, master_key) -> Non
   written = windowed.windows | 'WriteData' >> WriteWindowFiles(
       output, 'data', key_field=entities.key_field(model), positions=acknowledge is not None)
   _ = windowed.sessions | 'WriteSessions' >> WriteWindowFiles(output, 'sessions')
-  _ = windowed.metrics | 'WriteMetrics' >> beam.Map(_write_metrics(output))
+  _ = windowed.metrics | 'WriteMetrics' >> beam.Map(metrics_writer(output))
   if options.output_topic:
     read_options = kafka_read_options(options)
     _ = (windowed.windows
@@ -378,7 +230,7 @@ def build(p: beam.Pipeline, options: SpotifyStreamingOptions, master_key) -> Non
   ], 'AllDeadLetters')
   redacted_letters = letters | 'RedactDeadLetters' >> RedactDeadLetters(model, master_key, pii_options)
   letters_written = redacted_letters.records | 'WriteDeadLetters' >> beam.ParDo(
-      _WriteDeadLettersFn(output, positions=acknowledge is not None))
+      WriteDeadLettersFn(output, positions=acknowledge is not None))
   if acknowledge is not None:
     _ = ((written[WRITTEN] | 'RowsWritten' >> beam.FlatMap(lambda positions: positions),
           letters_written,

@@ -91,7 +91,7 @@ def _names(value, flag):
 
 
 def _redis_options(options: PipelineOptions, streams, flag: str, ack: str = 'finalize'):
-  from io_connectors.redis_streams import RedisStreamsOptions  # pylint: disable=import-outside-toplevel
+  from io_connectors.streams.redis_streams import RedisStreamsOptions  # pylint: disable=import-outside-toplevel
   flags = options.view_as(StreamSourceOptions)
   url = flags.redis_url or os.environ.get('REDIS_URL')
   if not url:
@@ -123,13 +123,13 @@ def redis_ack_mode(options: PipelineOptions) -> str:
 
 
 def redis_source(options: PipelineOptions) -> beam.PTransform:
-  from io_connectors.redis_streams import ReadFromRedisStreams  # pylint: disable=import-outside-toplevel
+  from io_connectors.streams.redis_streams import ReadFromRedisStreams  # pylint: disable=import-outside-toplevel
   streams = _names(options.view_as(StreamSourceOptions).redis_streams, '--redis_streams')
   return ReadFromRedisStreams(_redis_options(options, streams, '--source redis', ack=redis_ack_mode(options)))
 
 
 def pubsub_source(options: PipelineOptions) -> beam.PTransform:
-  from io_connectors.pubsub import PubSubOptions, ReadPubSubJson  # pylint: disable=import-outside-toplevel
+  from io_connectors.streams.pubsub import PubSubOptions, ReadPubSubJson  # pylint: disable=import-outside-toplevel
   flags = options.view_as(StreamSourceOptions)
   try:
     return ReadPubSubJson(PubSubOptions(subscription=flags.pubsub_subscription, topic=flags.pubsub_topic,
@@ -140,7 +140,7 @@ def pubsub_source(options: PipelineOptions) -> beam.PTransform:
 
 
 def websocket_source(options: PipelineOptions) -> beam.PTransform:
-  from io_connectors.websocket import ReadFromWebSocket, WebSocketOptions  # pylint: disable=import-outside-toplevel
+  from io_connectors.streams.websocket import ReadFromWebSocket, WebSocketOptions  # pylint: disable=import-outside-toplevel
   flags = options.view_as(StreamSourceOptions)
   if not flags.websocket_url:
     raise ConfigError('--source websocket needs --websocket_url')
@@ -163,7 +163,7 @@ def websocket_source(options: PipelineOptions) -> beam.PTransform:
 
 
 def pulsar_source(options: PipelineOptions) -> beam.PTransform:
-  from io_connectors.pulsar import PulsarOptions, ReadFromPulsar  # pylint: disable=import-outside-toplevel
+  from io_connectors.streams.pulsar import PulsarOptions, ReadFromPulsar  # pylint: disable=import-outside-toplevel
   flags = options.view_as(StreamSourceOptions)
   if not flags.pulsar_service_url:
     raise ConfigError('--source pulsar needs --pulsar_service_url')

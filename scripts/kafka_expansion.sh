@@ -17,7 +17,7 @@
 # - expansion-service jar: org.apache.beam.sdk.expansion.service.ExpansionService;
 #   `java -jar JAR PORT --defaultEnvironmentType=EMBEDDED` expands KafkaIO into
 #   transforms whose environment is EMBEDDED (Python's JavaJarExpansionService
-#   starts it so; see io_connectors.kafka.kafka_expansion_service).
+#   starts it so; see io_connectors.streams.kafka.kafka_expansion_service).
 # - job-server jar: FlinkJobServerDriver, for FlinkRunner's --flink_job_server_jar.
 #   The job server ships its classpath to the Flink cluster with each job, so
 #   the TaskManagers run KafkaIO in their own JVM through Beam's Java SDK harness

@@ -19,7 +19,7 @@
   after `session_gap_s` without a play), emitted once no event could extend it.
 - ``absorbed``: (source, row) of each duplicate dropped by the dedup, for
   sources that acknowledge a record only once it is written or absorbed
-  (`io_connectors.redis_streams` with ``ack='sink'``); empty when the batches
+  (`io_connectors.streams.redis_streams` with ``ack='sink'``); empty when the batches
   carry no provenance columns.
 
 Why state and timers instead of `WindowInto` + `GroupByKey`: Beam drops data

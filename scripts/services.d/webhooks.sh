@@ -1,4 +1,4 @@
-# The webhook receiver (io_connectors.webhooks) for local end-to-end runs, sourced by scripts/services.sh.
+# The webhook receiver (io_connectors.streams.webhooks) for local end-to-end runs, sourced by scripts/services.sh.
 #
 #   webhooks  port WEBHOOKS_PORT (default 8090); POST /webhooks/test, signed with
 #             WEBHOOKS_TEST_SECRET (default below, a test-only secret); accepted
@@ -16,7 +16,7 @@ webhooks_command() {
   export WEBHOOKS_TEST_SECRET="${WEBHOOKS_TEST_SECRET:-${WEBHOOKS_DEFAULT_TEST_SECRET}}"
   # The redis service's password (scripts/services.d/redis.sh), unless one is set.
   export REDIS_PASSWORD="${REDIS_PASSWORD:-${REDIS_DEFAULT_PASSWORD:-}}"
-  CMD=("${VENV_BIN}/python" -m io_connectors.webhooks --host 127.0.0.1 --port "$(webhooks_port)"
+  CMD=("${VENV_BIN}/python" -m io_connectors.streams.webhooks --host 127.0.0.1 --port "$(webhooks_port)"
        --redis_url "redis://127.0.0.1:${REDIS_PORT:-6380}/0" --source test=WEBHOOKS_TEST_SECRET)
 }
 

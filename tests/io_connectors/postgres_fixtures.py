@@ -1,4 +1,4 @@
-"""Fixtures for tests of io_connectors.postgres and io_connectors.state on the local PostgreSQL server.
+"""Fixtures for tests of io_connectors.databases.postgres and io_connectors._common.state on the local PostgreSQL server.
 
 Import them into a test module (pytest finds imported fixtures)::
 
@@ -46,7 +46,7 @@ class PgSchema:
     return self.conn.execute(statement, params)
 
   def close(self):
-    from io_connectors.postgres import release_snapshots  # pylint: disable=import-outside-toplevel
+    from io_connectors.databases.postgres import release_snapshots  # pylint: disable=import-outside-toplevel
     # A failed read leaves its snapshot open, with locks that would block the drop.
     release_snapshots()
     self.conn.execute("SET lock_timeout = '30s'")

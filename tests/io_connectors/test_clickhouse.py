@@ -23,8 +23,9 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
-from io_connectors import clickhouse, registry
-from io_connectors.clickhouse import ClickHouseError, ClickHouseOptions, ReadFromClickHouse, check
+from io_connectors import registry
+from io_connectors.databases import clickhouse
+from io_connectors.databases.clickhouse import ClickHouseError, ClickHouseOptions, ReadFromClickHouse, check
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, strip_internal
 
 chdb = pytest.importorskip('chdb')
@@ -262,7 +263,7 @@ def _read_with_cursors(tmp_path, transform):
 
 @pytest.mark.parametrize('cursor', ['updated_at', 'version'])
 def test_incremental_reads_new_and_changed_rows_and_rereads_after_a_failed_run(tmp_path, engine, cursor):
-  from io_connectors import state  # pylint: disable=import-outside-toplevel
+  from io_connectors._common import state  # pylint: disable=import-outside-toplevel
   session, make = engine
   table = make('plays_inc', 'CREATE TABLE {name} (id UInt64, updated_at DateTime64(3, \'Europe/Stockholm\'), '
                'version UInt64) ENGINE = MergeTree PARTITION BY id % 2 ORDER BY id',

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from io_connectors.lake import WrittenFile, finalize_files
+from io_connectors.sinks.lake import WrittenFile, finalize_files
 
 
 def _temp(output, run_id, name, payload=b'x'):

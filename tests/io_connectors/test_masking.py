@@ -1,8 +1,8 @@
-"""io_connectors.masking: URLs resolved from options or the environment, secrets masked in errors."""
+"""io_connectors._common.masking: URLs resolved from options or the environment, secrets masked in errors."""
 
 import pytest
 
-from io_connectors.masking import connection_url, mask_url, masked_message, url_password
+from io_connectors._common.masking import connection_url, mask_url, masked_message, url_password
 
 SCHEMES = ('postgresql://', 'postgres://')
 

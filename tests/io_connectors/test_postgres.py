@@ -18,8 +18,9 @@ import pyarrow as pa
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 
-from io_connectors import registry, state
-from io_connectors.postgres import PostgresError, PostgresOptions, ReadFromPostgres, check
+from io_connectors import registry
+from io_connectors._common import state
+from io_connectors.databases.postgres import PostgresError, PostgresOptions, ReadFromPostgres, check
 from tests.io_connectors.postgres_fixtures import pg, postgres_url  # pylint: disable=unused-import
 
 UTC = dt.timezone.utc
@@ -411,7 +412,7 @@ def test_batch_job_imports_listening_events_of_two_tenants_incrementally(pg, tmp
 
 
 def _release_in_another_process(plan_and_options):
-  from io_connectors.postgres import _ReleaseSnapshotFn  # pylint: disable=import-outside-toplevel
+  from io_connectors.databases.postgres import _ReleaseSnapshotFn  # pylint: disable=import-outside-toplevel
   plan, options = plan_and_options
   _ReleaseSnapshotFn(plan, options).process(1)
 
@@ -420,7 +421,7 @@ def test_a_worker_in_another_process_releases_the_snapshot_by_ending_the_coordin
   # What happens on Flink or Dataflow: the release step runs in a worker, not
   # in the launching process that holds the coordinator.
   import multiprocessing  # pylint: disable=import-outside-toplevel
-  from io_connectors.postgres import _Planner  # pylint: disable=import-outside-toplevel
+  from io_connectors.databases.postgres import _Planner  # pylint: disable=import-outside-toplevel
   pg.execute(f'CREATE TABLE {pg.table("r")} (id int PRIMARY KEY)')
   options = PostgresOptions(url=postgres_url)
   plan, _, _ = _Planner(pg.table('r'), None, options).plan()

@@ -18,7 +18,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineState
 
 from io_connectors import registry
-from io_connectors.pubsub import PubSubOptions, ReadPubSubJson
+from io_connectors.streams.pubsub import PubSubOptions, ReadPubSubJson
 from tests.conftest import ensure_service
 from tests.io_connectors.streams_support import fresh_name, wait_until
 

@@ -21,7 +21,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
 
 from io_connectors import registry
-from io_connectors.pulsar import PulsarOptions, ReadFromPulsar, message_row
+from io_connectors.streams.pulsar import PulsarOptions, ReadFromPulsar, message_row
 from tests.conftest import SERVICES_SCRIPT, ensure_service
 from tests.io_connectors.streams_support import fresh_name, wait_until
 
@@ -128,12 +128,12 @@ _KILLED_PIPELINE = textwrap.dedent('''
     written: Pulsar's client sends acks grouped (up to 100 ms later) and this
     Python client has no ack receipts, so a kill inside that window makes the
     broker redeliver (duplicates, never loss). This test shows the no-loss,
-    no-duplicate case; the window is documented in io_connectors.pulsar.
+    no-duplicate case; the window is documented in io_connectors.streams.pulsar.
     """
     import json, os, signal, sys, time, urllib.request
     import apache_beam as beam
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-    from io_connectors.pulsar import PulsarOptions, ReadFromPulsar
+    from io_connectors.streams.pulsar import PulsarOptions, ReadFromPulsar
 
     url, admin, topic, out_dir, kill_on, total = sys.argv[1:7]
     written = [0]

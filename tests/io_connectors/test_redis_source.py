@@ -18,7 +18,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
 from io_connectors import registry
-from io_connectors.redis_source import ReadFromRedis, RedisOptions, RedisSourceError
+from io_connectors.databases.redis import ReadFromRedis, RedisOptions, RedisSourceError
 from tests.io_connectors.flaky_proxy import CuttingProxy
 from tests.io_connectors.streams_support import redis_url
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, strip_internal
@@ -229,7 +229,7 @@ def test_options_and_registry(monkeypatch, url):
 
 
 def test_incremental_reads_only_changed_records_until_the_cursor_is_committed(tmp_path, client, url, prefix):
-  state = pytest.importorskip('io_connectors.state', reason='io_connectors.state (the cursor store) is not there yet')
+  state = pytest.importorskip('io_connectors._common.state', reason='io_connectors._common.state (the cursor store) is not there yet')
   store = str(tmp_path / 'state')
   for i in range(6):
     client.set(f'{prefix}{i}', json.dumps({'n': i, 'updated_at': f'2024-01-01T00:0{i}:00+00:00'}))

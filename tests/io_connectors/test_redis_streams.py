@@ -25,8 +25,8 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.testing.util import assert_that, equal_to
 
 from io_connectors import registry
-from io_connectors import redis_streams
-from io_connectors.redis_streams import (AcknowledgeEntries, ReadFromRedisStreams, RedisStreamsOptions, entry_row,
+from io_connectors.streams import redis_streams
+from io_connectors.streams.redis_streams import (AcknowledgeEntries, ReadFromRedisStreams, RedisStreamsOptions, entry_row,
                                          position_entry_id, row_entry_id)
 from tests.io_connectors.streams_support import fresh_name, redis_url, wait_until
 from transforms.dead_letter import DEAD_LETTER
@@ -262,7 +262,7 @@ _KILLED_PIPELINE = textwrap.dedent('''
     import json, os, signal, sys
     import apache_beam as beam
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-    from io_connectors.redis_streams import ReadFromRedisStreams, RedisStreamsOptions
+    from io_connectors.streams.redis_streams import ReadFromRedisStreams, RedisStreamsOptions
 
     url, stream, out_dir, kill_on = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 
@@ -337,7 +337,7 @@ def test_batches_are_stamped_with_their_earliest_event_time(url, client, stream)
 
 def test_whole_second_times_stay_text():
   """pyarrow infers a time type from a batch of whole-second ISO times and drops their offset: not here."""
-  from io_connectors.stream_messages import messages_to_batch  # pylint: disable=import-outside-toplevel
+  from io_connectors.streams._messages import messages_to_batch  # pylint: disable=import-outside-toplevel
   payloads = [json.dumps({'event_id': f'e{i}', 'played_at': f'2024-01-01T10:00:0{i}Z'}).encode() for i in range(3)]
   batch, dead = messages_to_batch(payloads, [f'entry 1-{i}' for i in range(3)], [1, 2, 3], 'redis://s', 'read')
   assert not dead
@@ -347,7 +347,7 @@ def test_whole_second_times_stay_text():
 
 def test_a_reader_restriction_is_checkpointed_never_split():
   from apache_beam.io.restriction_trackers import OffsetRange  # pylint: disable=import-outside-toplevel
-  from io_connectors.stream_messages import ReadsRestrictionProvider  # pylint: disable=import-outside-toplevel
+  from io_connectors.streams._messages import ReadsRestrictionProvider  # pylint: disable=import-outside-toplevel
   tracker = ReadsRestrictionProvider().create_tracker(OffsetRange(0, 1000))
   assert tracker.try_claim(0)
   assert tracker.try_split(0.5) is None  # a second reader of the same consumer: refused
@@ -357,7 +357,7 @@ def test_a_reader_restriction_is_checkpointed_never_split():
 
 def test_outputs_are_never_stamped_behind_the_reported_watermark():
   from apache_beam.io.watermark_estimators import ManualWatermarkEstimator  # pylint: disable=import-outside-toplevel
-  from io_connectors.stream_messages import emit_at_watermark  # pylint: disable=import-outside-toplevel
+  from io_connectors.streams._messages import emit_at_watermark  # pylint: disable=import-outside-toplevel
   batch = pa.record_batch({'event_id': ['e1']})
   letter = {'reason': 'malformed_json'}
   watermark = ManualWatermarkEstimator(None)

@@ -1,10 +1,10 @@
-"""io_connectors.retry: transient failures retried with backoff, final ones explained."""
+"""io_connectors._common.retry: transient failures retried with backoff, final ones explained."""
 
 import logging
 
 import pytest
 
-from io_connectors.retry import Backoff, call_with_retries
+from io_connectors._common.retry import Backoff, call_with_retries
 
 
 class Explained(Exception):
@@ -31,7 +31,7 @@ def _call(fn, max_retries=3, **kwargs):
 
 def test_transient_failures_are_retried_until_the_call_succeeds(caplog):
   fn, calls = _flaky([ConnectionError('reset'), ConnectionError('reset')])
-  with caplog.at_level(logging.WARNING, logger='io_connectors.retry'):
+  with caplog.at_level(logging.WARNING, logger='io_connectors._common.retry'):
     assert _call(fn) == 'done'
   assert len(calls) == 3
   assert [r.getMessage() for r in caplog.records] == [

@@ -18,7 +18,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
 from io_connectors import registry
-from io_connectors.search import ReadFromSearch, SearchError, SearchOptions, check, hits_to_batch
+from io_connectors.databases.search import ReadFromSearch, SearchError, SearchOptions, check, hits_to_batch
 from tests.conftest import ensure_service
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, strip_internal
 
@@ -183,7 +183,7 @@ def test_query_filters_documents(tmp_path, url, make_index):
 
 def test_pit_sees_one_point_in_time(url, client, make_index):
   """Documents indexed after the point in time opened are not read by any slice."""
-  from io_connectors.search import _Client, _ReadSliceFn, _Slice  # pylint: disable=import-outside-toplevel
+  from io_connectors.databases.search import _Client, _ReadSliceFn, _Slice  # pylint: disable=import-outside-toplevel
   index = make_index([(str(i), {'doc_id': str(i)}) for i in range(20)], shards=2,
                      mappings={'properties': {'doc_id': {'type': 'keyword'}}})
   options = SearchOptions(url=url, method='pit', tiebreaker='doc_id', slices=2, page_size=7)
@@ -329,7 +329,7 @@ def _read_with_cursors(tmp_path, transform):
 @pytest.mark.parametrize('cursor', ['updated_at', 'version'])
 def test_incremental_reads_new_and_changed_documents_and_rereads_after_a_failed_run(tmp_path, url, client, make_index,
                                                                                      cursor):
-  from io_connectors import state  # pylint: disable=import-outside-toplevel
+  from io_connectors._common import state  # pylint: disable=import-outside-toplevel
 
   def doc(i, minute):
     return {'updated_at': f'2024-05-01T12:{minute:02d}:00+02:00', 'version': minute * 10, 'n': i}

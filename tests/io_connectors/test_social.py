@@ -12,9 +12,9 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
 from io_connectors import registry
-from io_connectors.http.client import Request, RetryPolicy
-from io_connectors.http.rest import RestOptions
-from io_connectors.social import BodyCursorPaginator, ReadFromSocial, load_resource, resources
+from io_connectors.apis.http.client import Request, RetryPolicy
+from io_connectors.apis.http.rest import RestOptions
+from io_connectors.apis.social import BodyCursorPaginator, ReadFromSocial, load_resource, resources
 from tests.io_connectors.api_fakes import InstagramFake, TikTokFake, TwitterFake
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN
 

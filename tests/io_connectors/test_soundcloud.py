@@ -11,8 +11,8 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
 from io_connectors import registry
-from io_connectors.http.client import RetryPolicy
-from io_connectors.soundcloud import ReadFromSoundCloud, SoundCloudOptions, parse_soundcloud_time
+from io_connectors.apis.http.client import RetryPolicy
+from io_connectors.apis.soundcloud import ReadFromSoundCloud, SoundCloudOptions, parse_soundcloud_time
 from tests.io_connectors.api_fakes import SoundCloudFake
 from transforms.records import SOURCE_COLUMN
 

@@ -11,8 +11,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from openapi_schema_validator import OAS30Validator
 
 from io_connectors import registry
-from io_connectors.http import RetryPolicy
-from io_connectors.spotify import RESOURCES, ReadFromSpotify, SpotifyOptions
+from io_connectors.apis.http import RetryPolicy
+from io_connectors.apis.spotify import RESOURCES, ReadFromSpotify, SpotifyOptions
 from tests.io_connectors.http.conftest import fake_spotify, spotify_spec  # pylint: disable=unused-import
 from tests.io_connectors.http.fake_servers import response_schema, spotify_id
 from transforms.dead_letter import IncrementalOutputs
@@ -180,7 +180,7 @@ def test_recently_played_pages_back_with_before_cursors(fake_spotify):
 
 
 def test_recently_played_incremental_after_and_cursor_output(fake_spotify, tmp_path):
-  from io_connectors import state  # pylint: disable=import-outside-toplevel
+  from io_connectors._common import state  # pylint: disable=import-outside-toplevel
   start = fake_spotify.play_time(60)  # read the 60 plays after this one
   store = str(tmp_path / 'state')
   newest = fake_spotify.play_time(0).strftime('%Y-%m-%dT%H:%M:%S.000Z')

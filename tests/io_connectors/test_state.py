@@ -1,4 +1,4 @@
-"""io_connectors.state: cursor stores on a local directory, S3 (moto), GCS (emulator) and PostgreSQL."""
+"""io_connectors._common.state: cursor stores on a local directory, S3 (moto), GCS (emulator) and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from io_connectors import state
+from io_connectors._common import state
 from tests.io_connectors.postgres_fixtures import pg, postgres_url  # pylint: disable=unused-import
 
 

@@ -1,4 +1,4 @@
-"""The webhook receiver as a real server (`python -m io_connectors.webhooks`) on 127.0.0.1 with the local Redis."""
+"""The webhook receiver as a real server (`python -m io_connectors.streams.webhooks`) on 127.0.0.1 with the local Redis."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import uuid
 import httpx
 import pytest
 
-from io_connectors.webhooks import REJECT_REASONS, WebhookOptions, mask_url, sign
+from io_connectors.streams.webhooks import REJECT_REASONS, WebhookOptions, mask_url, sign
 from tests.conftest import REPO_ROOT, ensure_service
 
 SECRETS = {'soundcloud': 'sc-webhook-secret-4f1d', 'lastfm': 'lf-webhook-secret-9a2c'}
@@ -39,7 +39,7 @@ class Receiver:
                REDIS_PASSWORD=REDIS_PASSWORD, PYTHONPATH=str(REPO_ROOT))
     self._log = open(self.log_path, 'wb')  # pylint: disable=consider-using-with
     self.process = subprocess.Popen(  # pylint: disable=consider-using-with
-        [sys.executable, '-m', 'io_connectors.webhooks', '--port', str(self.port),
+        [sys.executable, '-m', 'io_connectors.streams.webhooks', '--port', str(self.port),
          '--redis_url', f'redis://127.0.0.1:{redis_port}/0', '--source', 'soundcloud=WH_SECRET_SC',
          '--source', 'lastfm=WH_SECRET_LF', '--tolerance_seconds', str(TOLERANCE), '--max_body_bytes', '4096',
          '--stream_prefix', prefix, *extra_args],
@@ -273,7 +273,7 @@ def test_options_are_checked():
 
 
 def test_main_refuses_a_missing_secret_variable():
-  result = subprocess.run([sys.executable, '-m', 'io_connectors.webhooks', '--source', 'x=NO_SUCH_VARIABLE_H13'],
+  result = subprocess.run([sys.executable, '-m', 'io_connectors.streams.webhooks', '--source', 'x=NO_SUCH_VARIABLE_H13'],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False,
                           env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
   assert result.returncode == 2

@@ -19,8 +19,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from websockets.sync.server import serve
 
 from io_connectors import registry
-from io_connectors.redis_streams import RedisStreamsOptions
-from io_connectors.websocket import ReadFromWebSocket, WebSocketOptions, backoff_delays, public_url
+from io_connectors.streams.redis_streams import RedisStreamsOptions
+from io_connectors.streams.websocket import ReadFromWebSocket, WebSocketOptions, backoff_delays, public_url
 from tests.io_connectors.streams_support import fresh_name, redis_url
 
 TOKEN = 'feed-secret-token'

@@ -41,6 +41,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineState
 from apache_beam.testing.util import assert_that, equal_to
 
+from io_connectors.sinks.window_files import WRITTEN, WriteWindowFiles
 from pipelines import runners, spotify_streaming, stream_sources
 from tests.cluster_fixtures import wait_until
 from tests.conftest import ensure_service
@@ -149,8 +150,8 @@ def test_a_window_file_written_again_is_merged_by_event_id(tmp_path):
   for attempt, rows in enumerate([['e1', 'e2'], ['e2', 'e3'], ['e1'], ['e1', 'e2', 'e3']]):
     with beam.Pipeline(runner='FnApiRunner') as p:
       written = (p | beam.Create([_window(rows)])
-                 | spotify_streaming.WriteWindowFiles(output, 'data', key_field='event_id', positions=True))
-      assert_that(written[spotify_streaming.WRITTEN],
+                 | WriteWindowFiles(output, 'data', key_field='event_id', positions=True))
+      assert_that(written[WRITTEN],
                   equal_to([[('redis://plays', 1 + i) for i in range(len(rows))]]), label=f'positions {attempt}')
     assert sorted(pq.read_table(path).column('event_id').to_pylist()) == (['e1', 'e2'] if attempt == 0 else
                                                                            ['e1', 'e2', 'e3'])

@@ -1,4 +1,4 @@
-"""io_connectors.http against real local HTTP servers (FakeHttpServer on 127.0.0.1)."""
+"""io_connectors.apis.http against real local HTTP servers (FakeHttpServer on 127.0.0.1)."""
 
 import base64
 import email.utils
@@ -14,11 +14,11 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 import apache_beam as beam
 
-from io_connectors.http import (ApiKeyAuth, BearerTokenAuth, ClientOptions, HostNotAllowed, HttpClient, Masker,
+from io_connectors.apis.http import (ApiKeyAuth, BearerTokenAuth, ClientOptions, HostNotAllowed, HttpClient, Masker,
                                 OAuth2ClientCredentials, OAuth2RefreshToken, PageNumberPaginator, ReadFromGraphQL,
                                 ReadFromRest, Request, RequestFailed, RestOptions, RetryPolicy, SignedAuth, TokenBucket,
                                 create_auth, create_paginator, parse_retry_after)
-from io_connectors.http.rest import ResourceConfig, _Reader
+from io_connectors.apis.http.rest import ResourceConfig, _Reader
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN
 
 FAST_RETRY = RetryPolicy(max_attempts=4, max_rate_limited=10, backoff_base=0.01, backoff_max=0.05, timeout=5)
@@ -508,7 +508,7 @@ def test_redis_cache_answers_repeated_gets_until_the_ttl(fake_server, redis_url,
 
 def test_registry_rest_source_reads_a_declarative_resource(fake_server, monkeypatch):
   from io_connectors import registry  # pylint: disable=import-outside-toplevel
-  from io_connectors.http import ReadRestResource  # pylint: disable=import-outside-toplevel
+  from io_connectors.apis.http import ReadRestResource  # pylint: disable=import-outside-toplevel
   monkeypatch.setenv('TEST_REST_TOKEN', 'rest-token-secret-5')
   fake_server.route('GET', r'/artists/(?P<a>\w+)/mentions', lambda c: _json({
       'data': [{'id': f'{c.match.group("a")}-{i}'} for i in range(int(c.query['page']) * 3 - 3,

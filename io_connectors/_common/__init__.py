@@ -1,0 +1,10 @@
+"""Private parts shared by the connectors: one way for each.
+
+- `masking`: secrets resolved from options or the environment, masked in
+  every message that leaves a connector.
+- `retry`: transient failures retried with jittered exponential backoff.
+- `state`: the cursor store of incremental reads (directory, s3://, gs://,
+  PostgreSQL).
+
+Not an API: connectors import these; users import `io_connectors`.
+"""

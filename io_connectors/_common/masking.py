@@ -1,0 +1,66 @@
+"""Keeping secrets out of messages: one way to mask the credentials of a URL.
+
+Usage::
+
+    from io_connectors._common.masking import connection_url, mask_url, masked_message
+    mask_url('postgresql://music:s3cret@db:5432/music')   # 'postgresql://music:***@db:5432/music'
+    mask_url('https://ghp_token@github.com/org/repo')      # 'https://***@github.com/org/repo'
+    # A driver's error text, which may quote the URL or the password alone:
+    masked_message('auth failed for music:s3cret', 'redis://music:s3cret@db')  # 'auth failed for music:***'
+    # The option, else $POSTGRES_URL; a missing or wrong URL is an error that shows it masked.
+    connection_url(options.url, 'POSTGRES_URL', ('postgresql://', 'postgres://'), 'PostgreSQL')
+"""
+
+import os
+import re
+import urllib.parse
+from typing import Optional, Sequence
+
+__all__ = ['connection_url', 'mask_url', 'masked_message', 'url_password']
+
+# The user info of scheme://userinfo@host...; also multi-host URLs
+# (mongodb://u:p@h1:1,h2:2/db) that urllib cannot parse.
+_USERINFO = re.compile(r'(?<=://)([^/@?#]*)@')
+_PASSWORD = re.compile(r'://[^/@:]*:([^/@]*)@')
+
+
+def mask_url(url: str) -> str:
+  """`url` with its password replaced by ***; a user info without ':' (a token) is masked whole."""
+
+  def mask(match):
+    userinfo = match.group(1)
+    return (userinfo.split(':', 1)[0] + ':***@') if ':' in userinfo else '***@'
+
+  return _USERINFO.sub(mask, url or '')
+
+
+def url_password(url: str) -> Optional[str]:
+  """The password of scheme://user:password@host... (percent-decoded), or None."""
+  match = _PASSWORD.search(url or '')
+  return (urllib.parse.unquote(match.group(1)) or None) if match else None
+
+
+def masked_message(message: object, url: str) -> str:
+  """`message` with the URL masked and its password replaced by ***, on one line of at most 500 characters."""
+  text = str(message)
+  password = url_password(url)
+  if password:
+    text = text.replace(password, '***')
+  text = text.replace(url, mask_url(url))
+  return ' '.join(text.split())[:500]
+
+
+def connection_url(url: Optional[str], variable: str, schemes: Sequence[str], system: str, hint: str = '') -> str:
+  """`url`, else the environment variable `variable`, checked to start with one of `schemes`.
+
+  Raises ValueError naming the option and the variable when neither is set,
+  and showing the URL masked (and `hint`, e.g. which interface the schemes
+  are for) when its scheme is wrong.
+  """
+  resolved = url or os.environ.get(variable)
+  if not resolved:
+    raise ValueError(f'no {system} URL: give url= or set ${variable}')
+  if not isinstance(resolved, str) or not resolved.startswith(tuple(schemes)):
+    raise ValueError(f'url must start with {" or ".join(schemes)}{f" ({hint})" if hint else ""}, '
+                     f'got {mask_url(str(resolved))!r}')
+  return resolved

@@ -1,0 +1,71 @@
+"""Calling a server again after a transient failure, with exponential backoff.
+
+One loop for the connectors whose server calls are idempotent (ClickHouse,
+Redis, Elasticsearch/OpenSearch): each connector says which failures are
+transient and how a final one is explained (its secrets masked); this module
+waits, logs each retry and gives up after ``max_retries``.
+
+Usage::
+
+    from io_connectors._common.retry import Backoff, call_with_retries
+
+    rows = call_with_retries(
+        lambda: session.rows(sql), max_retries=5, backoff=Backoff(first_delay_s=0.5),
+        what='clickhouse at http://default:***@db:8123: row count',
+        transient=lambda e: isinstance(e, ConnectionError),
+        explain=lambda e: ClickHouseError(f'row count failed: {e}'),
+        reason=lambda e: type(e).__name__)
+"""
+
+import dataclasses
+import logging
+import random
+import time
+from typing import Callable, Optional, TypeVar
+
+__all__ = ['Backoff', 'call_with_retries']
+
+_LOG = logging.getLogger(__name__)
+
+T = TypeVar('T')
+
+
+@dataclasses.dataclass(frozen=True)
+class Backoff:
+  """How long to wait before retry n: first_delay_s * 2**(n-1), at most max_delay_s.
+
+  jitter spreads each wait over [0.5, 1.5) of it, so that many workers that
+  lost the same server do not come back at the same instant.
+  """
+  first_delay_s: float
+  max_delay_s: float = float('inf')
+  jitter: bool = False
+
+  def delay_s(self, retry: int) -> float:
+    delay = min(self.max_delay_s, self.first_delay_s * 2**(retry - 1))
+    return delay * (0.5 + random.random()) if self.jitter else delay
+
+
+def call_with_retries(fn: Callable[[], T], *, max_retries: int, backoff: Backoff, what: str,
+                      transient: Callable[[Exception], bool], explain: Callable[[Exception], Exception],
+                      reason: Callable[[Exception], str], on_retry: Optional[Callable[[], None]] = None) -> T:
+  """fn(), called again while it fails transiently, at most max_retries times.
+
+  A failure that is not transient, or the last one, raises explain(error)
+  (without the original as its cause: that may carry secrets). `what` and
+  reason(error) go to the log, so both must be free of secrets. on_retry runs
+  before each new call (e.g. to drop a broken connection).
+  """
+  retry = 0
+  while True:
+    try:
+      return fn()
+    except Exception as error:  # pylint: disable=broad-except
+      if not transient(error) or retry >= max_retries:
+        raise explain(error) from None
+      retry += 1
+      delay = backoff.delay_s(retry)
+      _LOG.warning('%s failed (%s); retry %d/%d in %.1fs', what, reason(error), retry, max_retries, delay)
+      time.sleep(delay)
+      if on_retry is not None:
+        on_retry()

@@ -1,0 +1,43 @@
+"""HTTP source framework: REST and GraphQL APIs as Beam sources.
+
+One small class per strategy, composed by declarative resource configs:
+
+- `paginators`: page number, offset/limit, cursor in the body, Link header,
+  next URL in the body, relay GraphQL cursors.
+- `auth`: API key, bearer, OAuth2 client credentials / refresh token (with
+  refresh on expiry and on 401), a request-signing hook.
+- `ratelimit`: a thread-safe token bucket per host shared by a worker's
+  requests; 429 + Retry-After (seconds or HTTP date) pause it.
+- `client`: allow-list of hosts, retries with jittered exponential backoff,
+  secret masking, optional Redis response cache (`cache`).
+- `rest.ReadFromRest` / `graphql.ReadFromGraphQL`: fan out over a PCollection
+  of request parameters -> `Outputs(records=Arrow batches, dead_letter)`.
+
+Usage::
+
+    from io_connectors.apis.http import ReadFromRest, ResourceConfig, RestOptions
+    out = ids | ReadFromRest({'name': 'items', 'base_url': 'https://api.example.com',
+                              'path': '/items/{id}', 'auth': {'type': 'bearer', 'token_env': 'TOKEN'}},
+                             RestOptions(rate=10))
+"""
+
+from io_connectors.apis.http.auth import (ApiKeyAuth, Auth, BearerTokenAuth, NoAuth, OAuth2ClientCredentials,
+                                     OAuth2RefreshToken, SignedAuth, create_auth)
+from io_connectors.apis.http.client import (ClientOptions, HostNotAllowed, HttpClient, Masker, Request, RequestFailed,
+                                       Response, RetryPolicy, json_path)
+from io_connectors.apis.http.graphql import ReadFromGraphQL, graphql_resource
+from io_connectors.apis.http.paginators import (HeaderLinkPaginator, JSONBodyCursorPaginator, JSONBodyNextUrlPaginator,
+                                           OffsetPaginator, PageNumberPaginator, Paginator, RelayCursorPaginator,
+                                           SinglePage, create_paginator)
+from io_connectors.apis.http.ratelimit import TokenBucket, limiter_for, parse_retry_after
+from io_connectors.apis.http.rest import (IncrementalConfig, ReadFromRest, ReadRestResource, ResourceConfig, RestOptions,
+                                     records_to_batch)
+
+__all__ = [
+    'ApiKeyAuth', 'Auth', 'BearerTokenAuth', 'NoAuth', 'OAuth2ClientCredentials', 'OAuth2RefreshToken', 'SignedAuth',
+    'create_auth', 'ClientOptions', 'HostNotAllowed', 'HttpClient', 'Masker', 'Request', 'RequestFailed', 'Response',
+    'RetryPolicy', 'json_path', 'ReadFromGraphQL', 'graphql_resource', 'HeaderLinkPaginator', 'JSONBodyCursorPaginator',
+    'JSONBodyNextUrlPaginator', 'OffsetPaginator', 'PageNumberPaginator', 'Paginator', 'RelayCursorPaginator',
+    'SinglePage', 'create_paginator', 'TokenBucket', 'limiter_for', 'parse_retry_after', 'IncrementalConfig',
+    'ReadFromRest', 'ReadRestResource', 'ResourceConfig', 'RestOptions', 'records_to_batch'
+]

@@ -1,0 +1,320 @@
+"""Authentication strategies, one small class each.
+
+An auth adds credentials to a `Request` (`apply`), names its secret values so
+the client masks them in every message (`secrets`), and, for OAuth2, fetches
+and refreshes tokens through the client it is bound to (so the token endpoint
+is under the same allow-list and retries). Tokens are refreshed shortly before
+`expires_in` runs out and once more when the API answers 401.
+
+=======================  =================================================
+`NoAuth`                 nothing
+`ApiKeyAuth`             key in a header or a query parameter
+`BearerTokenAuth`        `Authorization: Bearer <token>`
+`OAuth2ClientCredentials` client-credentials grant (Spotify app tokens)
+`OAuth2RefreshToken`     refresh-token grant (a user's token, e.g. recently played)
+`SignedAuth`             a request-signing hook around another auth (Last.fm `api_sig`)
+=======================  =================================================
+
+Declarative form: ``create_auth({'type': 'bearer', 'token_env': 'API_TOKEN'})``;
+every ``X`` option may be given as ``X_env`` (the name of an environment
+variable holding it) so that secrets stay out of config files.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+import os
+import threading
+import time
+from typing import Callable, Iterable, List, Optional
+
+from io_connectors.apis.http.client import Request, RequestFailed
+
+__all__ = [
+    'Auth',
+    'NoAuth',
+    'ApiKeyAuth',
+    'BearerTokenAuth',
+    'OAuth2ClientCredentials',
+    'OAuth2RefreshToken',
+    'SignedAuth',
+    'create_auth',
+    'AUTHS',
+]
+
+
+class Auth:
+  """Base class: no credentials."""
+  can_refresh = False
+
+  def bind(self, client) -> None:
+    """Called by HttpClient; OAuth2 auths send their token requests through it."""
+
+  def apply(self, request: Request) -> Request:
+    return request
+
+  def refresh(self) -> None:
+    """Gets fresh credentials (after a 401)."""
+
+  def secrets(self) -> List[str]:
+    return []
+
+
+class NoAuth(Auth):
+  pass
+
+
+@dataclasses.dataclass
+class ApiKeyAuth(Auth):
+  """An API key in header `name` (location 'header') or query parameter `name` ('query')."""
+  api_key: str = ''
+  name: str = 'api_key'
+  location: str = 'query'
+
+  def __post_init__(self):
+    if self.location not in ('header', 'query'):
+      raise ValueError(f"ApiKeyAuth location must be 'header' or 'query', got {self.location!r}")
+    if not self.api_key:
+      raise ValueError('ApiKeyAuth needs api_key')
+
+  def apply(self, request):
+    if self.location == 'header':
+      return request.with_headers(**{self.name: self.api_key})
+    return request.with_params(**{self.name: self.api_key})
+
+  def secrets(self):
+    return [self.api_key]
+
+
+@dataclasses.dataclass
+class BearerTokenAuth(Auth):
+  token: str = ''
+
+  def __post_init__(self):
+    if not self.token:
+      raise ValueError('BearerTokenAuth needs token')
+
+  def apply(self, request):
+    return request.with_headers(Authorization=f'Bearer {self.token}')
+
+  def secrets(self):
+    return [self.token]
+
+
+# Tokens shared by the auth objects of a process that hold the same
+# credentials (the DoFn instances of a worker): one token request per
+# process, not one per instance. Key: a digest of the credentials.
+_SHARED_TOKENS: dict = {}
+_SHARED_LOCKS: dict = {}
+_SHARED_GUARD = threading.Lock()
+
+
+def _shared_lock(key: str) -> threading.Lock:
+  with _SHARED_GUARD:
+    return _SHARED_LOCKS.setdefault(key, threading.Lock())
+
+
+class _OAuth2(Auth):
+  """Shared token handling: one token per process and credentials, refreshed under a lock."""
+  can_refresh = True
+  # Refresh this long before the token's stated expiry, so a request never
+  # leaves with a token that expires on the way.
+  expiry_margin = 30.0
+
+  def __init__(self, token_url: str, client_id: str, client_secret: str, scopes: Iterable[str] = (),
+               client_auth: str = 'basic'):
+    if not token_url or not client_id or not client_secret:
+      raise ValueError(f'{type(self).__name__} needs token_url, client_id and client_secret')
+    if client_auth not in ('basic', 'body'):
+      raise ValueError(f"client_auth must be 'basic' or 'body', got {client_auth!r}")
+    self.token_url = token_url
+    self.client_id = client_id
+    self.client_secret = client_secret
+    self.scopes = list(scopes)
+    self.client_auth = client_auth
+    self._init_runtime()
+
+  def _init_runtime(self):
+    self._client = None
+    self._token: Optional[str] = None
+    self._expires_at = 0.0
+    self._issued: List[str] = []  # tokens handed out, masked in messages
+
+  def _key(self) -> str:
+    identity = json.dumps([type(self).__name__, self.token_url, self.client_id, self.client_secret,
+                           getattr(self, 'refresh_token', None), self.scopes])
+    return hashlib.sha256(identity.encode()).hexdigest()
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    for key in ('_client', '_token', '_expires_at', '_issued'):
+      state.pop(key, None)
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._init_runtime()
+
+  def bind(self, client):
+    self._client = client
+
+  def _grant(self) -> dict:
+    raise NotImplementedError
+
+  def _fetch(self) -> None:
+    if self._client is None:
+      raise RuntimeError(f'{type(self).__name__} is not bound to an HttpClient')
+    form = dict(self._grant())
+    if self.scopes:
+      form['scope'] = ' '.join(self.scopes)
+    headers = {'Content-Type': 'application/x-www-form-urlencoded'}
+    if self.client_auth == 'basic':
+      pair = base64.b64encode(f'{self.client_id}:{self.client_secret}'.encode()).decode()
+      headers['Authorization'] = f'Basic {pair}'
+    else:
+      form.update(client_id=self.client_id, client_secret=self.client_secret)
+    request = Request('POST', self.token_url, headers=headers, data=form)
+    response = self._client.send(request, authenticate=False)
+    try:
+      body = response.json()
+      token = body['access_token']
+    except (ValueError, KeyError, TypeError):
+      raise RequestFailed(f'POST {self._client.masker.text(self.token_url)}: no access_token in the answer '
+                          f'(HTTP {response.status})', self._client.describe(request), status=response.status) from None
+    self._token = str(token)
+    self._issued.append(self._token)
+    self._client.masker = self._client.masker.with_secrets([self._token]).register()
+    expires_in = body.get('expires_in')
+    self._expires_at = time.monotonic() + (float(expires_in) - self.expiry_margin if expires_in else 3600.0)
+    if body.get('refresh_token'):
+      self._rotated(str(body['refresh_token']))
+
+  def _rotated(self, refresh_token: str) -> None:
+    """A new refresh token in the answer (some servers rotate them)."""
+
+  def _adopt(self, shared) -> None:
+    self._token, self._expires_at = shared
+    if self._token not in self._issued:
+      self._issued.append(self._token)
+      if self._client is not None:
+        self._client.masker = self._client.masker.with_secrets([self._token]).register()
+
+  def _current(self, failed: Optional[str] = None) -> str:
+    key = self._key()
+    with _shared_lock(key):
+      shared = _SHARED_TOKENS.get(key)
+      if shared is not None and shared[0] != failed and time.monotonic() < shared[1]:
+        self._adopt(shared)  # another instance already holds a good token
+      else:
+        self._fetch()
+        _SHARED_TOKENS[key] = (self._token, self._expires_at)
+      return self._token
+
+  def apply(self, request):
+    token = self._token
+    if token is None or time.monotonic() >= self._expires_at:
+      token = self._current()
+    return request.with_headers(Authorization=f'Bearer {token}')
+
+  def refresh(self):
+    self._current(failed=self._token)
+
+  def secrets(self):
+    return [self.client_secret, *self._issued]
+
+
+class OAuth2ClientCredentials(_OAuth2):
+  """The client-credentials grant: an app token from client id and secret."""
+
+  def _grant(self):
+    return {'grant_type': 'client_credentials'}
+
+
+class OAuth2RefreshToken(_OAuth2):
+  """The refresh-token grant: a user's access token from a long-lived refresh token."""
+
+  def __init__(self, token_url: str, client_id: str, client_secret: str, refresh_token: str, scopes=(),
+               client_auth: str = 'basic'):
+    if not refresh_token:
+      raise ValueError('OAuth2RefreshToken needs refresh_token')
+    self.refresh_token = refresh_token
+    super().__init__(token_url, client_id, client_secret, scopes, client_auth)
+
+  def _grant(self):
+    return {'grant_type': 'refresh_token', 'refresh_token': self.refresh_token}
+
+  def _rotated(self, refresh_token):
+    self.refresh_token = refresh_token
+    self._client.masker = self._client.masker.with_secrets([refresh_token]).register()
+
+  def secrets(self):
+    return [*super().secrets(), self.refresh_token]
+
+
+class SignedAuth(Auth):
+  """Signs each request with `sign(request) -> request` after `base` added its credentials.
+
+  sign must be picklable (a module-level function or a functools.partial).
+  `secrets` names values sign uses that must be masked (a shared secret).
+  """
+
+  def __init__(self, sign: Callable[[Request], Request], base: Optional[Auth] = None, secrets: Iterable[str] = ()):
+    self.sign = sign
+    self.base = base or NoAuth()
+    self._secrets = list(secrets)
+    self.can_refresh = self.base.can_refresh
+
+  def bind(self, client):
+    self.base.bind(client)
+
+  def apply(self, request):
+    return self.sign(self.base.apply(request))
+
+  def refresh(self):
+    self.base.refresh()
+
+  def secrets(self):
+    return [*self.base.secrets(), *self._secrets]
+
+
+def _from_env(config: dict) -> dict:
+  """Resolves `X_env: NAME` entries into `X: os.environ[NAME]`."""
+  resolved = {}
+  for key, value in config.items():
+    if key.endswith('_env'):
+      name = key[:-len('_env')]
+      if name not in config:
+        if value not in os.environ:
+          raise ValueError(f'auth option {name!r}: environment variable {value!r} is not set')
+        resolved[name] = os.environ[value]
+    else:
+      resolved[key] = value
+  return resolved
+
+
+AUTHS = {
+    'none': NoAuth,
+    'api_key': ApiKeyAuth,
+    'bearer': BearerTokenAuth,
+    'oauth2_client_credentials': OAuth2ClientCredentials,
+    'oauth2_refresh_token': OAuth2RefreshToken,
+}
+
+
+def create_auth(config) -> Auth:
+  """An Auth from an Auth, None, or {'type': name, ...options (X or X_env)}."""
+  if config is None:
+    return NoAuth()
+  if isinstance(config, Auth):
+    return config
+  config = dict(config)
+  kind = config.pop('type', None)
+  if kind not in AUTHS:
+    raise ValueError(f'unknown auth type {kind!r}; known: {", ".join(sorted(AUTHS))}')
+  try:
+    return AUTHS[kind](**_from_env(config))
+  except TypeError as e:
+    raise ValueError(f'auth {kind!r}: {e}') from None

@@ -1,0 +1,395 @@
+"""The HTTP client under every API connector: allow-list, rate limit, auth, retries, cache.
+
+`HttpClient.send(request)` sends one `Request` and returns its `Response`, or
+raises `RequestFailed` (after bounded retries) or `HostNotAllowed` (before
+anything leaves the machine). In order, each attempt:
+
+1. refuses hosts outside `allowed_hosts` (no redirects are followed either);
+2. answers from the Redis cache when one is configured (GETs only);
+3. takes a token from the host's bucket (`ratelimit.limiter_for`), shared by
+   all clients of the process;
+4. adds credentials (`auth.Auth.apply`); a 401 makes the auth refresh its
+   token once and the request is sent again;
+5. on 429 pauses the host's bucket for `Retry-After` (seconds or an HTTP
+   date; jittered backoff when absent) and tries again, up to
+   `RetryPolicy.max_rate_limited`;
+6. on timeouts, connection errors (any transport error) and 5xx backs off with full jitter
+   (`base * 2**attempt`, capped) up to `RetryPolicy.max_attempts`.
+
+Secrets never leave in messages: `Masker` replaces the auth's secret values,
+query parameters with secret-looking names and URL passwords by `***`, and
+every error text is built from masked parts.
+
+Usage::
+
+    client = HttpClient(ClientOptions(allowed_hosts=['api.example.com'], rate=10), auth=BearerTokenAuth('t'))
+    response = client.send(Request('GET', 'https://api.example.com/v1/items', {'page': 1}))
+    body = response.json()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import random
+import re
+import threading
+import time
+import urllib.parse
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+
+import requests
+
+from io_connectors.apis.http import ratelimit
+
+__all__ = [
+    'Request',
+    'Response',
+    'RetryPolicy',
+    'ClientOptions',
+    'HttpClient',
+    'HostNotAllowed',
+    'RequestFailed',
+    'Masker',
+    'json_path',
+]
+
+_LOG = logging.getLogger(__name__)
+
+# Query parameters and headers whose values are secrets whatever the API.
+_SECRET_NAME = re.compile(
+    r'(?i)(^|[_-])(api[_-]?key|key|token|access[_-]?token|refresh[_-]?token|secret|client[_-]?secret|sig|signature|'
+    r'password|passwd|code|session|sk|authorization|cookie)$')
+MASK = '***'
+
+
+def json_path(body: Any, path: Optional[str]) -> Any:
+  """The value at a dotted path ('a.b.0.c'; '' or None is the body); None when absent."""
+  if path in (None, '', '$'):
+    return body
+  value = body
+  for part in path.split('.'):
+    if isinstance(value, dict):
+      value = value.get(part)
+    elif isinstance(value, list) and re.fullmatch(r'-?\d+', part):
+      index = int(part)
+      value = value[index] if -len(value) <= index < len(value) else None
+    else:
+      return None
+    if value is None:
+      return None
+  return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+  """One HTTP request: method, URL without query, query params, headers, JSON or form body."""
+  method: str
+  url: str
+  params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  json: Any = None
+  data: Optional[Mapping[str, Any]] = None
+
+  def with_params(self, **params) -> 'Request':
+    return dataclasses.replace(self, params={**self.params, **params})
+
+  def with_headers(self, **headers) -> 'Request':
+    return dataclasses.replace(self, headers={**self.headers, **headers})
+
+  def with_variables(self, **variables) -> 'Request':
+    """For GraphQL: the JSON body with `variables` updated."""
+    body = dict(self.json or {})
+    body['variables'] = {**body.get('variables', {}), **variables}
+    return dataclasses.replace(self, json=body)
+
+  @property
+  def host(self) -> str:
+    return (urllib.parse.urlsplit(self.url).hostname or '').lower()
+
+  def full_url(self) -> str:
+    if not self.params:
+      return self.url
+    query = urllib.parse.urlencode([(k, v) for k, v in self.params.items() if v is not None], doseq=True)
+    return f'{self.url}{"&" if "?" in self.url else "?"}{query}'
+
+
+@dataclasses.dataclass
+class Response:
+  status: int
+  headers: Mapping[str, str]
+  content: bytes
+  request: Request
+  from_cache: bool = False
+
+  def json(self) -> Any:
+    """The parsed body; json.JSONDecodeError (a ValueError) when it is not JSON."""
+    return json.loads(self.content)
+
+  def text(self, limit: int = 2000) -> str:
+    return self.content[:limit].decode('utf-8', errors='replace')
+
+
+class Masker:
+  """Replaces secrets in text: known secret values, secret-named params, URL passwords."""
+
+  def __init__(self, secrets: Iterable[str] = ()):
+    self._secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+
+  def with_secrets(self, secrets: Iterable[str]) -> 'Masker':
+    return Masker([*self._secrets, *secrets])
+
+  def register(self) -> 'Masker':
+    """Adds these secrets to those masked in the HTTP libraries' log records."""
+    _PROCESS_SECRETS.update(self._secrets)
+    return self
+
+  def text(self, text: Any) -> str:
+    text = str(text)
+    for secret in self._secrets:
+      text = text.replace(secret, MASK)
+      quoted = urllib.parse.quote(secret, safe='')
+      if quoted != secret:
+        text = text.replace(quoted, MASK)
+    # user:password@ in URLs, and secret-named query parameters anywhere.
+    text = re.sub(r'(://[^/\s:@]*:)[^@/\s]+@', r'\1' + MASK + '@', text)
+    text = re.sub(r'([?&;]([A-Za-z0-9_.-]+)=)([^&#\s\'"]*)',
+                  lambda m: m.group(1) + MASK if _SECRET_NAME.search(m.group(2)) else m.group(0), text)
+    return text
+
+  def params(self, params: Mapping[str, Any]) -> Dict[str, Any]:
+    return {k: (MASK if _SECRET_NAME.search(str(k)) else self.text(v) if isinstance(v, str) else v)
+            for k, v in params.items()}
+
+  def headers(self, headers: Mapping[str, str]) -> Dict[str, str]:
+    return {k: (MASK if _SECRET_NAME.search(k) or k.lower() in ('authorization', 'proxy-authorization', 'x-api-key')
+                else self.text(v)) for k, v in headers.items()}
+
+  def request(self, request: Request) -> dict:
+    """A JSON-ready description of a request with every secret masked (for dead letters)."""
+    described = {'method': request.method, 'url': self.text(request.url), 'params': self.params(request.params)}
+    if request.json is not None:
+      described['json'] = json.loads(self.text(json.dumps(request.json, default=str)))
+    return described
+
+
+# Secrets of every client in this process, for the log filter below.
+_PROCESS_SECRETS: set = set()
+
+
+class _MaskingFilter(logging.Filter):
+  """Masks secrets in records of the HTTP libraries' loggers.
+
+  urllib3 logs each request line (query string included) at DEBUG: an API key
+  sent as a query parameter would be written to the worker logs.
+  """
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    try:
+      message = record.getMessage()
+    except Exception:  # pylint: disable=broad-except
+      return True
+    masked = Masker(_PROCESS_SECRETS).text(message)
+    if masked != message:
+      record.msg, record.args = masked, ()
+    return True
+
+
+for _name in ('urllib3.connectionpool', 'urllib3.connection', 'requests'):
+  logging.getLogger(_name).addFilter(_MaskingFilter())
+
+
+class HostNotAllowed(ValueError):
+  """A request to a host outside the allow-list; nothing was sent."""
+
+
+class RequestFailed(IOError):
+  """A request that failed for good; `request` is its masked description."""
+
+  def __init__(self, message: str, request: dict, status: Optional[int] = None, body: Optional[str] = None):
+    super().__init__(message)
+    self.request = request
+    self.status = status
+    self.body = body
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+  """How hard a request is tried.
+
+  max_attempts: attempts for timeouts, connection errors and `retry_statuses`.
+  max_rate_limited: 429 answers tolerated for one request before it fails.
+  backoff_base, backoff_max: full-jitter backoff `uniform(0, min(max, base * 2**n))` seconds.
+  max_retry_after: longer Retry-After values are capped to this (seconds).
+  timeout: seconds to connect and between bytes read.
+  """
+  max_attempts: int = 5
+  max_rate_limited: int = 20
+  backoff_base: float = 0.25
+  backoff_max: float = 30.0
+  max_retry_after: float = 120.0
+  timeout: float = 30.0
+  retry_statuses: Sequence[int] = (500, 502, 503, 504)
+
+  def backoff(self, attempt: int) -> float:
+    return random.uniform(0, min(self.backoff_max, self.backoff_base * (2**attempt)))
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientOptions:
+  """Options of `HttpClient`.
+
+  allowed_hosts: host names (lowercase, no port) requests may go to; empty
+    refuses everything. A leading '*.' allows subdomains.
+  rate, burst: requests a second per host for this process, and how many may
+    go at once after a quiet spell (rate None: no client-side limit).
+  window: (requests, seconds): at most that many requests in any rolling
+    window per host and process (APIs that limit a rolling window).
+  retry: a RetryPolicy.
+  cache_url, cache_ttl: Redis URL (redis://:password@host:port/db) and seconds
+    to keep GET responses; None disables the cache.
+  user_agent: sent with every request.
+  """
+  allowed_hosts: Sequence[str] = ()
+  rate: Optional[float] = None
+  burst: float = 1.0
+  window: Optional[Tuple[int, float]] = None
+  retry: RetryPolicy = RetryPolicy()
+  cache_url: Optional[str] = None
+  cache_ttl: float = 3600.0
+  user_agent: str = 'music-lake-ingest/1.0'
+
+
+class HttpClient:
+  """Sends requests under the allow-list, rate limit, auth and retry policy (thread-safe)."""
+
+  def __init__(self, options: ClientOptions, auth=None, session: Optional[requests.Session] = None):
+    from io_connectors.apis.http.auth import NoAuth  # pylint: disable=import-outside-toplevel
+    self.options = options
+    self.auth = auth or NoAuth()
+    self._allowed = [h.lower() for h in options.allowed_hosts]
+    self._local = threading.local()
+    self._session = session
+    self.cache = None
+    if options.cache_url:
+      from io_connectors.apis.http.cache import ResponseCache  # pylint: disable=import-outside-toplevel
+      self.cache = ResponseCache(options.cache_url, options.cache_ttl)
+    self.masker = Masker(self.auth.secrets()).with_secrets(
+        [urllib.parse.urlsplit(options.cache_url).password or ''] if options.cache_url else []).register()
+    self.auth.bind(self)
+
+  # requests.Session is not documented thread-safe: one per thread.
+  @property
+  def session(self) -> requests.Session:
+    if self._session is not None:
+      return self._session
+    session = getattr(self._local, 'session', None)
+    if session is None:
+      session = self._local.session = requests.Session()
+      adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=4, max_retries=0)
+      session.mount('http://', adapter)
+      session.mount('https://', adapter)
+    return session
+
+  def host_allowed(self, host: str) -> bool:
+    host = host.lower()
+    for allowed in self._allowed:
+      if host == allowed or (allowed.startswith('*.') and host.endswith(allowed[1:])):
+        return True
+    return False
+
+  def check_allowed(self, request: Request) -> None:
+    parts = urllib.parse.urlsplit(request.url)
+    if parts.scheme not in ('http', 'https') or not self.host_allowed(request.host):
+      raise HostNotAllowed(f'{request.method} {self.masker.text(request.url)}: host {request.host!r} is not in the '
+                           f'allow-list ({", ".join(self._allowed) or "empty"})')
+
+  def describe(self, request: Request) -> dict:
+    return self.masker.request(request)
+
+  def send(self, request: Request, authenticate: bool = True) -> Response:
+    """The response (2xx-4xx except 401/429) of `request`; RequestFailed when retries run out."""
+    self.check_allowed(request)
+    policy = self.options.retry
+    bucket = ratelimit.limiter_for(request.host, self.options.rate, self.options.burst, self.options.window)
+    attempts = rate_limited = 0
+    refreshed = False
+    last_error = ''
+    while True:
+      prepared = self.auth.apply(request) if authenticate else request
+      cache_key = self._cache_key(prepared)
+      if cache_key:
+        cached = self.cache.get(cache_key)
+        if cached is not None:
+          return Response(200, {'Content-Type': 'application/json'}, cached, request, from_cache=True)
+      bucket.acquire()
+      try:
+        raw = self.session.request(
+            prepared.method, prepared.url, params=dict(prepared.params) or None, headers={
+                'User-Agent': self.options.user_agent, **prepared.headers
+            }, json=prepared.json, data=prepared.data, timeout=policy.timeout, allow_redirects=False)
+      except requests.RequestException as e:
+        # Timeouts, refused or reset connections, bodies cut short: retried.
+        attempts += 1
+        last_error = f'{type(e).__name__}'
+        if attempts >= policy.max_attempts:
+          break
+        delay = policy.backoff(attempts)
+        _LOG.info('%s %s: %s, retry %d in %.2fs', request.method, self.masker.text(request.url), last_error, attempts,
+                  delay)
+        time.sleep(delay)
+        continue
+      response = Response(raw.status_code, raw.headers, raw.content, request)
+      status = raw.status_code
+      if status == 401 and authenticate and not refreshed and self.auth.can_refresh:
+        refreshed = True
+        _LOG.info('%s %s: 401, refreshing credentials', request.method, self.masker.text(request.url))
+        self.auth.refresh()
+        continue
+      if status == 429:
+        rate_limited += 1
+        last_error = 'HTTP 429'
+        if rate_limited > policy.max_rate_limited:
+          break
+        wait = ratelimit.parse_retry_after(raw.headers.get('Retry-After'))
+        wait = policy.backoff(rate_limited) if wait is None else min(wait, policy.max_retry_after)
+        _LOG.info('%s %s: 429, pausing host %s for %.2fs', request.method, self.masker.text(request.url), request.host,
+                  wait)
+        bucket.pause(wait)
+        continue
+      if status in policy.retry_statuses:
+        attempts += 1
+        last_error = f'HTTP {status}'
+        if attempts >= policy.max_attempts:
+          break
+        delay = policy.backoff(attempts)
+        retry_after = ratelimit.parse_retry_after(raw.headers.get('Retry-After'))
+        if retry_after is not None:
+          delay = max(delay, min(retry_after, policy.max_retry_after))
+        _LOG.info('%s %s: %s, retry %d in %.2fs', request.method, self.masker.text(request.url), last_error, attempts,
+                  delay)
+        time.sleep(delay)
+        continue
+      if status >= 400:
+        raise RequestFailed(f'{request.method} {self.masker.text(request.full_url())}: HTTP {status}: '
+                            f'{self.masker.text(response.text(300))}',
+                            self.describe(request),
+                            status=status,
+                            body=self.masker.text(response.text()))
+      if cache_key and 200 <= status < 300:
+        self.cache.set(cache_key, response.content)
+      return response
+    raise RequestFailed(
+        f'{request.method} {self.masker.text(request.full_url())}: gave up after {attempts} failed attempts and '
+        f'{rate_limited} rate-limited answers; last: {last_error}', self.describe(request))
+
+  def _cache_key(self, prepared: Request) -> Optional[str]:
+    if self.cache is None or prepared.method.upper() != 'GET':
+      return None
+    # Hashed: the key holds the credentials (answers differ per user) and
+    # must not show them.
+    identity = json.dumps([prepared.url, sorted((str(k), str(v)) for k, v in prepared.params.items()),
+                           sorted((k.lower(), v) for k, v in prepared.headers.items())])
+    return 'http-cache:' + hashlib.sha256(identity.encode()).hexdigest()

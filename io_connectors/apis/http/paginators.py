@@ -1,0 +1,242 @@
+"""Paginators: one small class per way an API hands out the next page.
+
+A paginator is stateless: `first(request)` returns the first page's request
+and `next(request, response, body, count)` the following page's, or None when
+the last page was read. `count` is the number of records the page held (its
+record path), which ends offset and page-number pagination at an empty page.
+
+===========================  ==============================================
+`SinglePage`                 one request, no pages
+`PageNumberPaginator`        ?page=1,2,... until an empty page, a total or a maximum
+`OffsetPaginator`            ?offset=0&limit=50 ... until offset >= total or a short page
+`JSONBodyCursorPaginator`    cursor at a JSON path of the body -> query param (Spotify before/after)
+`HeaderLinkPaginator`        RFC 8288 `Link: <...>; rel="next"` header (GitHub style)
+`JSONBodyNextUrlPaginator`   next page URL at a JSON path (Spotify `next`, SoundCloud `next_href`)
+`RelayCursorPaginator`       GraphQL relay `pageInfo {hasNextPage endCursor}` -> variable `after`
+===========================  ==============================================
+
+Declarative form (resource configs)::
+
+    create_paginator({'type': 'offset', 'limit': 50, 'total_path': 'total'})
+    create_paginator({'type': 'cursor', 'cursor_path': 'cursors.before', 'cursor_param': 'before'})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import urllib.parse
+from typing import Any, Optional
+
+from io_connectors.apis.http.client import Request, json_path
+
+__all__ = [
+    'Paginator',
+    'SinglePage',
+    'PageNumberPaginator',
+    'OffsetPaginator',
+    'JSONBodyCursorPaginator',
+    'HeaderLinkPaginator',
+    'JSONBodyNextUrlPaginator',
+    'RelayCursorPaginator',
+    'create_paginator',
+    'PAGINATORS',
+]
+
+
+class Paginator:
+  """Base class; the default is a single page."""
+
+  def first(self, request: Request) -> Request:
+    return request
+
+  def next(self, request: Request, response, body: Any, count: int) -> Optional[Request]:
+    raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class SinglePage(Paginator):
+
+  def next(self, request, response, body, count):
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class PageNumberPaginator(Paginator):
+  """Page numbers from `base_page`; stops at an empty page, `total_path` pages or `maximum_page`."""
+  page_param: str = 'page'
+  base_page: int = 1
+  page_size: Optional[int] = None
+  page_size_param: str = 'per_page'
+  total_path: Optional[str] = None  # total number of PAGES in the body
+  maximum_page: Optional[int] = None
+
+  def first(self, request):
+    params = {self.page_param: self.base_page}
+    if self.page_size is not None:
+      params[self.page_size_param] = self.page_size
+    return request.with_params(**params)
+
+  def next(self, request, response, body, count):
+    page = int(request.params.get(self.page_param, self.base_page))
+    if count == 0:
+      return None
+    if self.page_size is not None and count < self.page_size:
+      return None
+    if self.total_path is not None:
+      total = json_path(body, self.total_path)
+      if total is not None and page - self.base_page + 1 >= int(total):
+        return None
+    if self.maximum_page is not None and page >= self.maximum_page:
+      return None
+    return request.with_params(**{self.page_param: page + 1})
+
+
+@dataclasses.dataclass(frozen=True)
+class OffsetPaginator(Paginator):
+  """offset/limit; stops when offset reaches `total_path`, or at a short page."""
+  limit: int = 50
+  offset_param: str = 'offset'
+  limit_param: str = 'limit'
+  total_path: Optional[str] = 'total'
+  initial_offset: int = 0
+  maximum_offset: Optional[int] = None
+
+  def first(self, request):
+    return request.with_params(**{self.offset_param: self.initial_offset, self.limit_param: self.limit})
+
+  def next(self, request, response, body, count):
+    offset = int(request.params.get(self.offset_param, self.initial_offset)) + self.limit
+    if count == 0:
+      return None
+    total = json_path(body, self.total_path) if self.total_path else None
+    if total is not None:
+      if offset >= int(total):
+        return None
+    elif count < self.limit:
+      return None
+    if self.maximum_offset is not None and offset >= self.maximum_offset:
+      return None
+    return request.with_params(**{self.offset_param: offset})
+
+
+@dataclasses.dataclass(frozen=True)
+class JSONBodyCursorPaginator(Paginator):
+  """The cursor at `cursor_path` goes into query parameter `cursor_param`; none ends it.
+
+  has_more_path: where the body says whether more pages exist (a flag or a
+  next-page URL); a false or null value there ends it too.
+  """
+  cursor_path: str = 'cursors.next'
+  cursor_param: str = 'cursor'
+  has_more_path: Optional[str] = None
+
+  def next(self, request, response, body, count):
+    cursor = json_path(body, self.cursor_path)
+    if cursor in (None, '') or count == 0:
+      return None
+    if self.has_more_path is not None and not json_path(body, self.has_more_path):
+      return None
+    if str(cursor) == str(request.params.get(self.cursor_param)):
+      return None  # the same cursor again would loop forever
+    return request.with_params(**{self.cursor_param: cursor})
+
+
+_LINK = re.compile(r'<([^>]*)>\s*((?:;\s*[^;,]+)*)')
+
+
+def _next_link(header: Optional[str], rel: str) -> Optional[str]:
+  if not header:
+    return None
+  for match in _LINK.finditer(header):
+    attrs = match.group(2)
+    rels = re.findall(r'rel\s*=\s*"?([^";]+)"?', attrs)
+    if any(rel in r.split() for r in rels):
+      return match.group(1)
+  return None
+
+
+def _follow(request: Request, url: str) -> Request:
+  """The request for an absolute or relative next-page URL (its query replaces ours)."""
+  absolute = urllib.parse.urljoin(request.url, url)
+  parts = urllib.parse.urlsplit(absolute)
+  params = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+  # Query parameters the auth adds (api keys) are added again by the auth.
+  return dataclasses.replace(request, url=urllib.parse.urlunsplit(parts._replace(query='')), params=params)
+
+
+@dataclasses.dataclass(frozen=True)
+class HeaderLinkPaginator(Paginator):
+  rel: str = 'next'
+
+  def next(self, request, response, body, count):
+    url = _next_link(response.headers.get('Link'), self.rel)
+    return _follow(request, url) if url else None
+
+
+@dataclasses.dataclass(frozen=True)
+class JSONBodyNextUrlPaginator(Paginator):
+  next_url_path: str = 'next'
+
+  def next(self, request, response, body, count):
+    url = json_path(body, self.next_url_path)
+    if not url:
+      return None
+    following = _follow(request, str(url))
+    if following.url == request.url and following.params == request.params:
+      return None
+    return following
+
+
+@dataclasses.dataclass(frozen=True)
+class RelayCursorPaginator(Paginator):
+  """GraphQL relay connections: `pageInfo.endCursor` -> variable `cursor_variable`.
+
+  page_info_path: where `{hasNextPage, endCursor}` sits in the response body.
+  """
+  page_info_path: str = 'data.items.pageInfo'
+  cursor_variable: str = 'after'
+  page_size_variable: Optional[str] = 'first'
+  page_size: Optional[int] = None
+
+  def first(self, request):
+    if self.page_size is not None and self.page_size_variable:
+      return request.with_variables(**{self.page_size_variable: self.page_size})
+    return request
+
+  def next(self, request, response, body, count):
+    info = json_path(body, self.page_info_path) or {}
+    if not isinstance(info, dict) or not info.get('hasNextPage') or not info.get('endCursor'):
+      return None
+    if (request.json or {}).get('variables', {}).get(self.cursor_variable) == info['endCursor']:
+      return None
+    return request.with_variables(**{self.cursor_variable: info['endCursor']})
+
+
+PAGINATORS = {
+    'single': SinglePage,
+    'page_number': PageNumberPaginator,
+    'offset': OffsetPaginator,
+    'cursor': JSONBodyCursorPaginator,
+    'header_link': HeaderLinkPaginator,
+    'json_link': JSONBodyNextUrlPaginator,
+    'relay': RelayCursorPaginator,
+}
+
+
+def create_paginator(config) -> Paginator:
+  """A paginator from a Paginator, None (single page), a type name or {'type': name, ...options}."""
+  if config is None:
+    return SinglePage()
+  if isinstance(config, Paginator):
+    return config
+  if isinstance(config, str):
+    config = {'type': config}
+  config = dict(config)
+  kind = config.pop('type', None)
+  if kind not in PAGINATORS:
+    raise ValueError(f'unknown paginator type {kind!r}; known: {", ".join(sorted(PAGINATORS))}')
+  try:
+    return PAGINATORS[kind](**config)
+  except TypeError as e:
+    raise ValueError(f'paginator {kind!r}: {e}') from None

@@ -1,0 +1,617 @@
+"""ReadFromRest: a declarative REST resource read over a PCollection of request parameters.
+
+Each input element is one set of request parameters (a dict, e.g.
+``{'user': 'u1', 'tenant': 'acme'}``; a scalar ``x`` means ``{'id': x}``).
+The resource config turns it into a first request (path and query templates
+filled from the element), the paginator walks its pages to the end, and each
+page's records (at `record_path`) are mapped (`fields`) and emitted as Arrow
+record batches with the provenance columns of `transforms.records`:
+``__source`` is the resource name and the page's URL (secrets masked),
+``__row`` the record's 1-based index in that page.
+
+Many elements fan out over workers (a Reshuffle spreads them); within a
+worker each DoFn keeps up to `concurrency` requests in flight in threads, all
+drawing on the host's shared token bucket, so the read runs at the rate the
+API allows rather than at one request's latency.
+
+Nothing is lost: a request that fails for good (after retries), a body that
+is not JSON, a page without records where some were expected or a record that
+cannot be mapped becomes a dead letter (``stage='read'``) whose ``record``
+holds the request that produced it (method, URL, params, all masked).
+
+Usage::
+
+    resource = ResourceConfig.from_dict({
+        'name': 'followers',
+        'base_url': 'https://api.example.com/v2',
+        'path': '/users/{user}/followers',
+        'params': {'fields': 'id,name'},
+        'paginator': {'type': 'cursor', 'cursor_path': 'meta.next_token', 'cursor_param': 'pagination_token'},
+        'auth': {'type': 'bearer', 'token_env': 'EXAMPLE_TOKEN'},
+        'record_path': 'data',
+        'fields': {'follower_id': 'id', 'follower_name': 'name'},
+        'include_params': ['user'],
+    })
+    out = p | beam.Create([{'user': 'u1'}, {'user': 'u2'}]) | ReadFromRest(resource, RestOptions(rate=5))
+    out.records | ...        # pa.RecordBatch
+    out.dead_letter | ...    # dicts
+
+From a YAML `sources:` list (registry type ``rest``)::
+
+    - type: rest
+      resource: {name: followers, base_url: https://api.example.com/v2, path: /users/{user}/followers,
+                 auth: {type: bearer, token_env: EXAMPLE_TOKEN}, record_path: data,
+                 paginator: {type: cursor, cursor_path: meta.next_token, cursor_param: pagination_token}}
+      params: [{user: u1}, {user: u2}]
+      rate: 5
+      retry: {max_attempts: 4}
+      tenant_id: acme
+
+Incremental reads (`incremental` in the config) also return the highest
+cursor value seen per state key (`IncrementalOutputs.cursors`, committed by
+the batch job after its outputs are in place); the next run starts from the
+value `io_connectors._common.state.load_cursor` returns.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import datetime as dt
+import importlib
+import json
+import logging
+import os
+import string
+import urllib.parse
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.utils.windowed_value import WindowedValue
+
+from io_connectors import registry
+from io_connectors.files import RecordBatchCoder  # pylint: disable=unused-import  # registers the batch coder
+from io_connectors.apis.http.auth import Auth, create_auth
+from io_connectors.apis.http.client import ClientOptions, HostNotAllowed, HttpClient, Request, RequestFailed, RetryPolicy, \
+    json_path
+from io_connectors.apis.http.paginators import Paginator, create_paginator
+from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
+from transforms.records import ROW_COLUMN, SOURCE_COLUMN, json_safe
+
+__all__ = ['ResourceConfig', 'IncrementalConfig', 'RestOptions', 'ReadFromRest', 'ReadRestResource', 'records_to_batch',
+           'epoch_ms']
+
+_LOG = logging.getLogger(__name__)
+CURSORS = 'cursors'
+
+
+@dataclasses.dataclass(frozen=True)
+class IncrementalConfig:
+  """Incremental reads.
+
+  cursor_field: dotted path in each (mapped) record of the cursor value.
+  param: query parameter (or GraphQL variable for POST+json) the saved value goes into.
+  store, key: where the value is kept (io_connectors._common.state: a directory,
+    gs:// or s3:// prefix, or postgresql:// URL); key may use templates of
+    the element ('recently_played/{tenant}/{user}'). Without a store the
+    read starts from `initial` and the cursors output is still produced.
+  initial: the value to use when the store holds none.
+  param_format: how a value is sent: 'raw', or 'epoch_ms' (an ISO-8601 value
+    sent as epoch milliseconds, Spotify's `after`).
+  """
+  cursor_field: str
+  param: str
+  key: str
+  store: Optional[str] = None
+  initial: Optional[Any] = None
+  param_format: str = 'raw'
+
+
+@dataclasses.dataclass(frozen=True)
+class ResourceConfig:
+  """One REST resource, declaratively.
+
+  name: a short name, the start of every record's `__source`.
+  base_url, path: the URL; `path` is a template filled from the element
+    ('{id}', values URL-quoted).
+  method: 'GET' or 'POST'.
+  params, headers: query parameters and headers; string values are templates
+    ('{user}'; a value that is exactly one template keeps the element's type).
+  json: a JSON body template (strings inside are templates; in a GraphQL
+    body {'query', 'variables'} only the variables are).
+  paginator: a Paginator, a type name or {'type': ..., ...} (see paginators).
+  auth: an Auth or {'type': ..., ...} (see auth); secrets via '*_env' keys.
+  record_path: dotted path of the records in the body (a list or one object);
+    None: the body itself.
+  fields: {output column: dotted path in the record}; None keeps records whole.
+  include_params: element keys copied into every record as columns.
+  process_record: optional `fn(record, params) -> dict` (Python callers):
+    maps one record; ValueError (or a result that is not a dict) dead-letters
+    it. Applied instead of `fields`.
+  allowed_hosts: hosts requests may go to; default: base_url's host and the
+    auth's token URL host.
+  error_path: where an error payload sits (GraphQL 'errors'); a page with an
+    error there and no records is dead-lettered.
+  max_pages: pages read for one element at most (a guard against loops).
+  incremental: an IncrementalConfig (or dict).
+  empty_path: for APIs that leave the records out of an empty answer (Twitter/X
+    omits `data` when nothing matches): the dotted path of a count that is 0
+    then; a page without records whose count there is 0 is an empty page, not
+    a dead letter.
+  """
+  name: str
+  base_url: str
+  path: str = ''
+  method: str = 'GET'
+  params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  json: Any = None
+  paginator: Any = None
+  auth: Any = None
+  record_path: Optional[str] = None
+  fields: Optional[Mapping[str, str]] = None
+  include_params: Sequence[str] = ()
+  process_record: Optional[Callable[[dict, dict], dict]] = None
+  allowed_hosts: Optional[Sequence[str]] = None
+  error_path: Optional[str] = None
+  max_pages: int = 100000
+  incremental: Optional[IncrementalConfig] = None
+  empty_path: Optional[str] = None
+
+  def __post_init__(self):
+    if not self.name:
+      raise ValueError('a resource needs a name')
+    parts = urllib.parse.urlsplit(self.base_url or '')
+    if parts.scheme not in ('http', 'https') or not parts.hostname:
+      raise ValueError(f'resource {self.name!r}: base_url must be an http(s) URL, got {self.base_url!r}')
+    if self.method.upper() not in ('GET', 'POST'):
+      raise ValueError(f'resource {self.name!r}: method must be GET or POST, got {self.method!r}')
+    if self.max_pages < 1:
+      raise ValueError(f'resource {self.name!r}: max_pages must be >= 1')
+    # Fail at construction, not on a worker, for bad paginator/auth configs.
+    create_paginator(self.paginator)
+    if isinstance(self.incremental, dict):
+      object.__setattr__(self, 'incremental', IncrementalConfig(**self.incremental))
+    if self.incremental is not None and self.incremental.param_format not in ('raw', 'epoch_ms'):
+      raise ValueError(f'resource {self.name!r}: incremental.param_format must be raw or epoch_ms')
+
+  @classmethod
+  def from_dict(cls, config: Mapping[str, Any]) -> 'ResourceConfig':
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(config) - known)
+    if unknown:
+      raise ValueError(f'unknown resource option(s) {", ".join(unknown)}; known: {", ".join(sorted(known))}')
+    return cls(**config)
+
+  def hosts(self, auth: Auth) -> List[str]:
+    if self.allowed_hosts is not None:
+      return list(self.allowed_hosts)
+    hosts = [urllib.parse.urlsplit(self.base_url).hostname]
+    token_url = getattr(auth, 'token_url', None) or getattr(getattr(auth, 'base', None), 'token_url', None)
+    if token_url:
+      hosts.append(urllib.parse.urlsplit(token_url).hostname)
+    return [h for h in hosts if h]
+
+
+@dataclasses.dataclass(frozen=True)
+class RestOptions:
+  """Options of `ReadFromRest`.
+
+  rate, burst: client-side requests a second per host and worker process (None: unlimited).
+  window: (requests, seconds): at most that many requests per rolling window
+    per host and worker process; lets the bucket make up for pauses.
+  retry: a RetryPolicy (attempts, backoff, timeout).
+  cache_url, cache_ttl: Redis response cache (None: no cache).
+  concurrency: requests in flight per DoFn instance.
+  batch_size: rows per emitted RecordBatch at most.
+  reshuffle: spread the input elements over workers first.
+  """
+  rate: Optional[float] = None
+  burst: float = 1.0
+  window: Optional[Tuple[int, float]] = None
+  retry: RetryPolicy = RetryPolicy()
+  cache_url: Optional[str] = None
+  cache_ttl: float = 3600.0
+  concurrency: int = 8
+  batch_size: int = 5000
+  reshuffle: bool = True
+
+  def __post_init__(self):
+    if self.concurrency < 1:
+      raise ValueError(f'concurrency must be >= 1, got {self.concurrency}')
+    if self.batch_size < 1:
+      raise ValueError(f'batch_size must be >= 1, got {self.batch_size}')
+
+
+class _Template(string.Formatter):
+  """str.format with a clear error for a missing parameter."""
+
+  def get_value(self, key, args, kwargs):
+    if isinstance(key, str) and key not in kwargs:
+      raise ValueError(f'template needs parameter {key!r}, the element has {sorted(kwargs)}')
+    return super().get_value(key, args, kwargs)
+
+
+_FORMAT = _Template()
+
+
+def _fill(value: Any, params: Mapping[str, Any], quote: bool = False) -> Any:
+  if isinstance(value, str):
+    fields = [f for _, f, _, _ in _FORMAT.parse(value) if f is not None]
+    if len(fields) == 1 and value == '{' + fields[0] + '}' and not quote:
+      return _FORMAT.get_value(fields[0], (), params)
+    if quote:
+      params = {k: urllib.parse.quote(str(v), safe='') for k, v in params.items()}
+    return _FORMAT.vformat(value, (), params)
+  if isinstance(value, dict):
+    return {k: _fill(v, params) for k, v in value.items()}
+  if isinstance(value, list):
+    return [_fill(v, params) for v in value]
+  return value
+
+
+def _fill_body(body: Any, params: Mapping[str, Any]) -> Any:
+  """The JSON body with templates filled; a GraphQL query (full of braces) is left as is."""
+  if body is None:
+    return None
+  if isinstance(body, dict) and isinstance(body.get('query'), str) and 'variables' in body:
+    return {**body, 'variables': _fill(body['variables'], params)}
+  return _fill(body, params)
+
+
+def _as_params(element: Any) -> dict:
+  return dict(element) if isinstance(element, Mapping) else {'id': element}
+
+
+def epoch_ms(value: Any) -> Any:
+  """An ISO-8601 instant as epoch milliseconds (other values unchanged)."""
+  return _epoch_ms(value)
+
+
+def _epoch_ms(value: Any) -> Any:
+  if isinstance(value, str):
+    try:
+      parsed = dt.datetime.fromisoformat(value.replace('Z', '+00:00'))
+    except ValueError:
+      return value
+    if parsed.tzinfo is None:
+      parsed = parsed.replace(tzinfo=dt.timezone.utc)
+    return int(parsed.timestamp() * 1000)
+  return value
+
+
+def _cursor_order(value: Any):
+  return (0, float(value), '') if isinstance(value, (int, float)) else (1, 0.0, str(value))
+
+
+def records_to_batch(rows: List[dict], sources: List[str], positions: List[int]) -> pa.RecordBatch:
+  """Records (JSON objects) as one RecordBatch with provenance columns.
+
+  Nested values become Arrow structs/lists; where records disagree on a
+  nested value's shape, nested values are kept as JSON text instead.
+  """
+  try:
+    batch = pa.RecordBatch.from_pylist(rows)
+  except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+    flat = [{k: (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v)
+             for k, v in row.items()} for row in rows]
+    try:
+      batch = pa.RecordBatch.from_pylist(flat)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+      batch = pa.RecordBatch.from_pylist([{k: (None if v is None else str(json_safe(v)) if not isinstance(v, str) else v)
+                                           for k, v in row.items()} for row in flat])
+  names = sorted(set(sources))
+  index = {s: i for i, s in enumerate(names)}
+  source_column = pa.DictionaryArray.from_arrays(pa.array([index[s] for s in sources], type=pa.int32()),
+                                                 pa.array(names, type=pa.string()))
+  return pa.RecordBatch.from_arrays(
+      list(batch.columns) + [source_column, pa.array(positions, type=pa.int64())],
+      names=list(batch.schema.names) + [SOURCE_COLUMN, ROW_COLUMN])
+
+
+@dataclasses.dataclass
+class _Fetched:
+  """What one element produced."""
+  rows: List[dict] = dataclasses.field(default_factory=list)
+  sources: List[str] = dataclasses.field(default_factory=list)
+  positions: List[int] = dataclasses.field(default_factory=list)
+  dead_letters: List[dict] = dataclasses.field(default_factory=list)
+  cursor: Optional[Tuple[dict, Any]] = None  # ({'store', 'key'}, highest value)
+
+
+class _Reader:
+  """Reads all pages of one element (runs in a worker thread; shares the client)."""
+
+  def __init__(self, resource: ResourceConfig, client: HttpClient, paginator: Paginator, stage: str = 'read'):
+    self.resource = resource
+    self.client = client
+    self.paginator = paginator
+    self.stage = stage
+
+  def _letter(self, request: Optional[Request], reason: str, detail: str, record: Any = None, position=None,
+              field=None, source=None) -> dict:
+    described = self.client.describe(request) if request is not None else None
+    payload = {'request': described} if record is None else {'request': described, 'response_record': record}
+    return dead_letter(source or f'{self.resource.name}',
+                       position,
+                       reason,
+                       field=field,
+                       record=json_safe(payload),
+                       detail=self.client.masker.text(detail),
+                       stage=self.stage)
+
+  def first_request(self, params: dict, cursor_value: Any) -> Request:
+    r = self.resource
+    url = r.base_url.rstrip('/') + (_fill(r.path, params, quote=True) if r.path else '')
+    query = {k: _fill(v, params) for k, v in r.params.items()}
+    body = _fill_body(r.json, params)
+    if r.incremental is not None and cursor_value is not None:
+      sent = _epoch_ms(cursor_value) if r.incremental.param_format == 'epoch_ms' else cursor_value
+      if r.method.upper() == 'POST' and body is not None:
+        body = {**body, 'variables': {**body.get('variables', {}), r.incremental.param: sent}}
+      else:
+        query[r.incremental.param] = sent
+    request = Request(r.method.upper(), url, {k: v for k, v in query.items() if v is not None},
+                      {k: str(_fill(v, params)) for k, v in r.headers.items()}, json=body)
+    return self.paginator.first(request)
+
+  def _map(self, record: Any, params: dict) -> dict:
+    r = self.resource
+    if r.process_record is not None:
+      mapped = r.process_record(record, params)
+    elif r.fields is not None:
+      if not isinstance(record, dict):
+        raise ValueError(f'expected a JSON object, got {type(record).__name__}')
+      mapped = {column: json_path(record, path) for column, path in r.fields.items()}
+    else:
+      if not isinstance(record, dict):
+        raise ValueError(f'expected a JSON object, got {type(record).__name__}')
+      mapped = dict(record)
+    for key in r.include_params:
+      mapped.setdefault(key, params.get(key))
+    return mapped
+
+  def read(self, element: Any, cursor_lookup: Callable[[dict], Tuple[Optional[dict], Any]]) -> _Fetched:
+    out = _Fetched()
+    r = self.resource
+    params = _as_params(element)
+    try:
+      state_ref, cursor_value = cursor_lookup(params)
+      request = self.first_request(params, cursor_value)
+    except (ValueError, KeyError, IndexError) as e:
+      out.dead_letters.append(self._letter(None, 'source_error', f'cannot build the request: {e}',
+                                           record={'params': json_safe(params)}))
+      return out
+    highest = None
+    pages = 0
+    while request is not None:
+      pages += 1
+      page_source = f'{r.name} {self.client.masker.text(request.full_url())}'
+      try:
+        response = self.client.send(request)
+      except (RequestFailed, HostNotAllowed) as e:
+        out.dead_letters.append(self._letter(request, 'source_error', str(e), position=f'page {pages}',
+                                             source=page_source))
+        break
+      try:
+        body = response.json()
+      except ValueError as e:
+        out.dead_letters.append(self._letter(request, 'malformed_json', f'HTTP {response.status} body is not JSON: {e}',
+                                             record={'body': self.client.masker.text(response.text())},
+                                             position=f'page {pages}', source=page_source))
+        break
+      records = json_path(body, r.record_path) if isinstance(body, (dict, list)) else None
+      if isinstance(records, dict):
+        records = [records]
+      errors = json_path(body, r.error_path) if r.error_path and isinstance(body, dict) else None
+      if records is None and not errors and r.empty_path and isinstance(body, dict) and json_path(body, r.empty_path) == 0:
+        records = []  # an empty answer that leaves the record list out
+      if records is None or not isinstance(records, list):
+        detail = (f'errors in the answer: {json.dumps(errors, default=str)[:500]}' if errors else
+                  f'no list of records at {r.record_path!r} in the answer (HTTP {response.status})')
+        out.dead_letters.append(self._letter(request, 'source_error', detail,
+                                             record={'body': self.client.masker.text(response.text())},
+                                             position=f'page {pages}', source=page_source))
+        break
+      if errors:
+        out.dead_letters.append(self._letter(request, 'source_error',
+                                             f'partial answer with errors: {json.dumps(errors, default=str)[:500]}',
+                                             position=f'page {pages}', source=page_source))
+      for index, record in enumerate(records, start=1):
+        if record is None:
+          out.dead_letters.append(self._letter(request, 'source_error', 'the API returned null for this item',
+                                               position=f'row {index}', source=page_source))
+          continue
+        try:
+          mapped = self._map(record, params)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+          out.dead_letters.append(self._letter(request, 'source_error', f'cannot map the record: {e}',
+                                               record=record, position=f'row {index}', source=page_source))
+          continue
+        if not isinstance(mapped, dict):
+          out.dead_letters.append(self._letter(request, 'source_error',
+                                               f'the record mapped to {type(mapped).__name__}, not a record',
+                                               record=record, position=f'row {index}', source=page_source))
+          continue
+        out.rows.append(mapped)
+        out.sources.append(page_source)
+        out.positions.append(index)
+        if r.incremental is not None:
+          value = json_path(mapped, r.incremental.cursor_field)
+          if value is not None and (highest is None or _cursor_order(value) > _cursor_order(highest)):
+            highest = value
+      if pages >= r.max_pages:
+        break
+      request = self.paginator.next(request, response, body, len(records))
+    if r.incremental is not None and highest is not None and state_ref is not None:
+      out.cursor = (state_ref, highest)
+    return out
+
+
+def _load_cursor(store: Optional[str], key: str):
+  """The cursor committed in `store` (io_connectors._common.state), None without a store or value."""
+  if not store:
+    return None
+  state = importlib.import_module('io_connectors._common.state')
+  return state.load_cursor(store, key)
+
+
+class _ReadFn(beam.DoFn):
+  """Reads elements' pages with up to `concurrency` elements in flight in threads."""
+
+  def __init__(self, resource: ResourceConfig, options: RestOptions):
+    self._resource = resource
+    self._options = options
+
+  def setup(self):
+    r = self._resource
+    auth = create_auth(r.auth)
+    client_options = ClientOptions(allowed_hosts=r.hosts(auth), rate=self._options.rate, burst=self._options.burst,
+                                   window=self._options.window,
+                                   retry=self._options.retry, cache_url=self._options.cache_url,
+                                   cache_ttl=self._options.cache_ttl)
+    self._client = HttpClient(client_options, auth)
+    self._reader = _Reader(r, self._client, create_paginator(r.paginator))
+    self._pool = concurrent.futures.ThreadPoolExecutor(self._options.concurrency, thread_name_prefix=f'rest-{r.name}')
+    self._cursors: Dict[str, Any] = {}
+
+  def teardown(self):
+    pool = getattr(self, '_pool', None)
+    if pool is not None:
+      pool.shutdown(wait=False, cancel_futures=True)
+
+  def start_bundle(self):
+    self._pending: List[Tuple[concurrent.futures.Future, Any, Any]] = []
+    self._buffers: Dict[Any, _Fetched] = {}
+
+  def _cursor_lookup(self, params: dict):
+    inc = self._resource.incremental
+    if inc is None:
+      return None, None
+    key = _fill(inc.key, params)
+    if key not in self._cursors:
+      saved = _load_cursor(inc.store, key)
+      self._cursors[key] = saved if saved is not None else inc.initial
+    return {'store': inc.store, 'key': key}, self._cursors[key]
+
+  def process(self, element, window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam):
+    future = self._pool.submit(self._reader.read, element, self._cursor_lookup)
+    self._pending.append((future, window, timestamp))
+    limit = 2 * self._options.concurrency
+    if len(self._pending) >= limit:
+      concurrent.futures.wait([f for f, _, _ in self._pending], return_when=concurrent.futures.FIRST_COMPLETED)
+    yield from self._harvest(wait=False)
+
+  def finish_bundle(self):
+    yield from self._harvest(wait=True)
+    for (window, timestamp), buffer in list(self._buffers.items()):
+      yield from self._flush(buffer, window, timestamp)
+    self._buffers = {}
+
+  def _harvest(self, wait: bool):
+    still = []
+    for future, window, timestamp in self._pending:
+      if not wait and not future.done():
+        still.append((future, window, timestamp))
+        continue
+      fetched = future.result()
+      for letter in fetched.dead_letters:
+        yield beam.pvalue.TaggedOutput(DEAD_LETTER, WindowedValue(letter, timestamp, [window]))
+      if fetched.cursor is not None:
+        ref, value = fetched.cursor
+        yield beam.pvalue.TaggedOutput(CURSORS, WindowedValue(((ref['store'], ref['key']), value), timestamp, [window]))
+      buffer = self._buffers.setdefault((window, timestamp), _Fetched())
+      buffer.rows += fetched.rows
+      buffer.sources += fetched.sources
+      buffer.positions += fetched.positions
+      if len(buffer.rows) >= self._options.batch_size:
+        yield from self._flush(buffer, window, timestamp)
+    self._pending = still
+
+  def _flush(self, buffer: _Fetched, window, timestamp):
+    size = self._options.batch_size
+    while buffer.rows:
+      rows, sources, positions = buffer.rows[:size], buffer.sources[:size], buffer.positions[:size]
+      del buffer.rows[:size], buffer.sources[:size], buffer.positions[:size]
+      yield WindowedValue(records_to_batch(rows, sources, positions), timestamp, [window])
+
+
+def _highest(values):
+  return max(values, key=_cursor_order)
+
+
+class ReadFromRest(beam.PTransform):
+  """`params | ReadFromRest(resource, options)` -> Outputs (or IncrementalOutputs).
+
+  resource: a ResourceConfig or its dict form; options: RestOptions.
+  """
+
+  def __init__(self, resource, options: Optional[RestOptions] = None, label: Optional[str] = None):
+    super().__init__(label)
+    if isinstance(resource, Mapping):
+      resource = ResourceConfig.from_dict(resource)
+    if not isinstance(resource, ResourceConfig):
+      raise TypeError(f'resource must be a ResourceConfig or a dict, got {type(resource).__name__}')
+    self._resource = resource
+    self._options = options or RestOptions()
+    if not isinstance(self._options, RestOptions):
+      raise TypeError(f'options must be RestOptions, got {type(self._options).__name__}')
+    # Refuse a config whose auth cannot be built (missing env variable) now.
+    create_auth(resource.auth)
+
+  def expand(self, params):
+    if self._options.reshuffle:
+      params = params | 'Spread' >> beam.Reshuffle()
+    results = params | 'Fetch' >> beam.ParDo(_ReadFn(self._resource, self._options)).with_outputs(
+        DEAD_LETTER, CURSORS, main='records')
+    records = results.records | 'AsBatches' >> beam.Map(lambda b: b).with_output_types(pa.RecordBatch)
+    if self._resource.incremental is None:
+      return Outputs(records, results[DEAD_LETTER])
+    cursors = (
+        results[CURSORS]
+        | 'Highest' >> beam.CombinePerKey(_highest)
+        | 'AsCursor' >> beam.MapTuple(lambda ref, value: {'store': ref[0], 'key': ref[1], 'value': value}))
+    return IncrementalOutputs(records, results[DEAD_LETTER], cursors)
+
+
+class ReadRestResource(beam.PTransform):
+  """`p | ReadRestResource(resource, params=[...])`: ReadFromRest from the pipeline root.
+
+  params: the request parameters (dicts or scalars); default one empty dict.
+  """
+
+  def __init__(self, resource, params: Optional[Sequence[Any]] = None, options: Optional[RestOptions] = None,
+               label: Optional[str] = None):
+    super().__init__(label)
+    self._read = ReadFromRest(resource, options)
+    self._params = list(params) if params is not None else [{}]
+
+  def expand(self, pbegin):
+    return pbegin | 'Params' >> beam.Create(self._params, reshuffle=False) | 'Read' >> self._read
+
+
+def _rest_options(config: Mapping[str, Any]) -> RestOptions:
+  config = dict(config)
+  if isinstance(config.get('retry'), Mapping):
+    config['retry'] = RetryPolicy(**config['retry'])
+  if config.get('window') is not None:
+    requests, seconds = config['window']
+    config['window'] = (int(requests), float(seconds))
+  if config.get('cache_url_env'):
+    name = config.pop('cache_url_env')
+    if name not in os.environ:
+      raise ValueError(f'cache_url_env: environment variable {name!r} is not set')
+    config['cache_url'] = os.environ[name]
+  return RestOptions(**config)
+
+
+@registry.register('rest', 'any REST or GraphQL-over-POST resource from a declarative config (io_connectors.apis.http)')
+def _rest(config: dict):
+  """YAML: {type: rest, resource: {...ResourceConfig...}, params: [...], rate, window, concurrency, retry, ...}."""
+  config = dict(config)
+  if 'resource' not in config:
+    raise ValueError('a rest source needs resource: {name, base_url, path, ...}')
+  resource = config.pop('resource')
+  params = config.pop('params', None)
+  return ReadRestResource(resource, params, _rest_options(config))

@@ -1,0 +1,1 @@
+"""Sinks: the data lake's record files and dead-letter files (`lake`)."""

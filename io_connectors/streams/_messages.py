@@ -1,0 +1,183 @@
+"""JSON messages from a stream (Redis, Pub/Sub, WebSocket, Pulsar) as record batches.
+
+Message brokers hand over one payload at a time; the streaming connectors
+collect what one read returned and turn it into one `pyarrow.RecordBatch`
+here (pyarrow's JSON reader over the good payloads, so the columns are typed
+as the file readers type JSON Lines), and one dead letter per payload that
+is not a JSON object.
+
+Usage::
+
+    batch, dead = messages_to_batch(
+        payloads=[b'{"event_id": "e1"}', b'oops'],
+        positions=['entry 1-0', 'entry 2-0'],
+        rows=[1000000, 2000000],
+        source='redis://events',
+        stage='read')
+    # batch: 1 row with __source='redis://events', __row=1000000
+    # dead:  [{'reason': 'malformed_json', 'position': 'entry 2-0', ...}]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import List, Optional, Sequence, Tuple
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
+from apache_beam.transforms.core import RestrictionProvider
+from apache_beam.utils.timestamp import Timestamp
+
+from io_connectors.files import _parse_json_lines, _table_from_rows  # pylint: disable=protected-access
+from io_connectors._common.masking import mask_url  # re-exported: callers import it from here
+from transforms.dead_letter import DEAD_LETTER, dead_letter
+from transforms.records import with_provenance
+
+__all__ = ['messages_to_batch', 'advance_watermark', 'emit_at_watermark', 'mask_url', 'CheckpointOnlyTracker']
+
+# A dead letter keeps at most this much of a payload that is not JSON.
+_MAX_RAW_CHARS = 10_000
+
+
+def messages_to_batch(payloads: Sequence[Optional[bytes]],
+                      positions: Sequence[str],
+                      rows: Sequence[int],
+                      source: str,
+                      stage: str,
+                      string_columns: Sequence[str] = ()) -> Tuple[Optional[pa.RecordBatch], List[dict]]:
+  """(batch of the JSON-object payloads or None, dead letters of the others).
+
+  payloads: raw message bodies (bytes or str; None for a message without one).
+  positions: each message's dead-letter position text (e.g. 'entry 1-0').
+  rows: each message's `__row` number.
+  string_columns: columns read as text, as the file readers' option.
+  """
+  good_lines: List[bytes] = []
+  parsed: List[dict] = []
+  good_rows: List[int] = []
+  dead: List[dict] = []
+  for payload, pos, row in zip(payloads, positions, rows):
+    if payload is None:
+      dead.append(dead_letter(source, pos, 'malformed_json', detail='the message has no payload', stage=stage))
+      continue
+    if isinstance(payload, str):
+      payload = payload.encode('utf-8', errors='surrogatepass')
+    try:
+      text = payload.decode('utf-8')
+    except UnicodeDecodeError as e:
+      dead.append(dead_letter(source, pos, 'bad_encoding', record=payload.decode('utf-8', errors='replace')[:_MAX_RAW_CHARS],
+                              detail=f'not UTF-8: {e.reason} at byte {e.start}', stage=stage))
+      continue
+    try:
+      value = json.loads(text)
+    except ValueError as e:
+      dead.append(dead_letter(source, pos, 'malformed_json', record=text[:_MAX_RAW_CHARS],
+                              detail=f'not JSON: {e}', stage=stage))
+      continue
+    if not isinstance(value, dict):
+      dead.append(dead_letter(source, pos, 'malformed_json', record=text[:_MAX_RAW_CHARS],
+                              detail=f'a JSON {type(value).__name__}, not an object', stage=stage))
+      continue
+    # pyarrow's reader takes one object per line: re-serialise pretty-printed ones.
+    good_lines.append(payload if b'\n' not in payload and b'\r' not in payload else
+                      json.dumps(value, ensure_ascii=False).encode('utf-8'))
+    parsed.append(value)
+    good_rows.append(row)
+  if not good_lines:
+    return None, dead
+  try:
+    data = b'\n'.join(good_lines)
+    table = _parse_json_lines(data, string_columns)
+    # JSON has no time type: pyarrow infers one from text such as
+    # "2024-01-01T10:00:00Z" and drops its offset. Keep such columns as the
+    # text they are (as the Kafka reader does), so that one batch of
+    # whole-second times reads like any other.
+    inferred_times = [f.name for f in table.schema if pa.types.is_timestamp(f.type) or pa.types.is_date(f.type)]
+    if inferred_times:
+      table = _parse_json_lines(data, list(string_columns) + inferred_times)
+    if table.num_rows != len(good_lines):
+      raise pa.ArrowInvalid('row count differs')
+  except pa.ArrowInvalid:
+    # Payloads that parse one by one but not together (a column of mixed types).
+    table = _table_from_rows(parsed, string_columns)
+  batch = table.combine_chunks().to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist(parsed)
+  return with_provenance(batch, source, np.asarray(good_rows, dtype=np.int64)), dead
+
+
+def advance_watermark(watermark: ManualWatermarkEstimator, stamp: Timestamp) -> Timestamp:
+  """Moves the read's watermark to `stamp` unless it is already later; returns the watermark."""
+  current = watermark.current_watermark()
+  if current is not None and stamp < current:
+    stamp = current
+  watermark.set_watermark(stamp)
+  return stamp
+
+
+def emit_at_watermark(watermark: ManualWatermarkEstimator, stamp: Timestamp, batch: Optional[pa.RecordBatch],
+                      dead: Sequence[dict]):
+  """Moves the read's watermark to `stamp` (never back) and yields the batch and dead letters timestamped there.
+
+  A stamp behind the watermark the reader already reported is raised to it:
+  the outputs would otherwise be late the moment they are emitted.
+  """
+  stamp = advance_watermark(watermark, stamp)
+  if batch is not None:
+    yield beam.window.TimestampedValue(batch, stamp)
+  for letter in dead:
+    yield beam.pvalue.TaggedOutput(DEAD_LETTER, beam.window.TimestampedValue(letter, stamp))
+
+
+class CheckpointOnlyTracker(OffsetRestrictionTracker):
+  """A counter of reads that the runner may checkpoint but not split.
+
+  A dynamic split (fraction > 0) of [n, maxsize) would hand the rest of the
+  counter to a second element: a second reader of the same consumer, with a
+  watermark of its own, reading the same queue beside the first (Prism splits
+  bundles that look slow). Only checkpoints (fraction 0: the reader's
+  defer_remainder, or the runner's) are allowed.
+  """
+
+  def try_split(self, fraction_of_remainder):
+    if fraction_of_remainder > 0:
+      return None
+    return super().try_split(fraction_of_remainder)
+
+
+class ReadsRestrictionProvider(RestrictionProvider):
+  """The restriction of a queue reader: a counter of reads, [0, maxsize); each read claims one position.
+
+  Shared by the Redis Streams, Pulsar and WebSocket readers, whose positions
+  live in the broker (acks), not in the restriction.
+  """
+
+  def initial_restriction(self, element):
+    return OffsetRange(0, sys.maxsize)
+
+  def create_tracker(self, restriction):
+    return CheckpointOnlyTracker(restriction)
+
+  def restriction_size(self, element, restriction):
+    # Nothing tells how much a queue holds: report one unit per read left
+    # so that runners do not take the reader for finished work.
+    return 1
+
+  def split(self, element, restriction):
+    # A subscription is not splittable by offset: one reader per element.
+    yield restriction
+
+  def truncate(self, element, restriction):
+    # On drain, stop reading; pending entries stay for the next run.
+    return None
+
+
+class ManualWatermarkProvider(beam.transforms.core.WatermarkEstimatorProvider):
+
+  def initial_estimator_state(self, element, restriction):
+    return None
+
+  def create_watermark_estimator(self, estimator_state):
+    return ManualWatermarkEstimator(estimator_state)

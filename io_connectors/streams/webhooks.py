@@ -1,0 +1,431 @@
+"""A webhook receiver: checks signed deliveries and appends them to Redis Streams.
+
+Third parties (Last.fm scrobble relays, SoundCloud, social platforms) push
+events to ``POST /webhooks/<source>``. Each source has its own secret; a
+delivery is accepted only when
+
+- its ``Content-Type`` is JSON (else 415) and its body is at most
+  ``max_body_bytes`` (else 413);
+- it carries ``X-Timestamp`` (Unix seconds) and ``X-Delivery-Id`` (else 400),
+  and the timestamp is within ``tolerance_seconds`` of now (else 400);
+- ``X-Signature: sha256=<hex>`` is the HMAC-SHA256, keyed with the source's
+  secret, of ``<timestamp>.<raw body>`` (else 401): signing the timestamp too
+  means an old delivery cannot be replayed with a fresh timestamp;
+- the body is a JSON document (else 400);
+- its delivery id was not accepted before within the tolerance window (else
+  409): the ids are kept in Redis (``SET NX EX``) so that every replica of
+  the receiver shares them.
+
+An accepted delivery is appended (XADD) to the Redis stream
+``<stream_prefix><source>`` with the fields ``source``, ``delivery_id``,
+``timestamp``, ``received_at`` and ``body`` (the raw JSON text), and answered
+202 with the stream entry id. With ``sink='kafka'`` it is produced instead to
+the Kafka topic ``<kafka_topic_prefix><source>`` (key: the delivery id; value:
+the body; the other fields as headers; idempotent producer, acks=all) and
+answered once the broker acknowledged it, with ``topic/partition/offset``.
+Delivery ids are kept in Redis either way. If the store fails the delivery is
+answered 503 and its id forgotten, so the sender's retry is accepted: nothing
+is lost.
+
+``GET /health`` answers 200 when Redis answers (503 otherwise); ``GET /metrics``
+serves Prometheus text: ``webhook_deliveries_accepted_total{source}`` and
+``webhook_deliveries_rejected_total{source,reason}``.
+
+Secrets, signatures and the Redis password are never logged nor returned.
+
+Usage::
+
+    export WEBHOOK_SECRET_SOUNDCLOUD=...   # one variable per source
+    export REDIS_PASSWORD=...              # when the Redis URL holds none
+    python -m io_connectors.streams.webhooks --port 8090 --redis_url redis://127.0.0.1:6380/0 \\
+        --source soundcloud=WEBHOOK_SECRET_SOUNDCLOUD --source lastfm=WEBHOOK_SECRET_LASTFM
+    # events to Kafka instead (SASL password, if any, from $KAFKA_PASSWORD)
+    python -m io_connectors.streams.webhooks ... --sink kafka --kafka_bootstrap 127.0.0.1:9092
+
+    # or in Python (an ASGI app for any ASGI server)
+    app = create_app(WebhookOptions(sources={'soundcloud': 'secret'}, redis_url='redis://...'))
+
+A sender signs like this::
+
+    body = json.dumps(event).encode()
+    ts = str(int(time.time()))
+    sig = hmac.new(secret, ts.encode() + b'.' + body, hashlib.sha256).hexdigest()
+    headers = {'Content-Type': 'application/json', 'X-Timestamp': ts,
+               'X-Delivery-Id': delivery_id, 'X-Signature': 'sha256=' + sig}
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import sys
+import threading
+import time
+from typing import Dict, Optional, Sequence
+
+from io_connectors._common.masking import mask_url  # re-exported: callers import it from here
+
+__all__ = ['WebhookOptions', 'create_app', 'sign', 'mask_url', 'main', 'REJECT_REASONS']
+
+_LOG = logging.getLogger('io_connectors.streams.webhooks')
+
+SIGNATURE_HEADER = 'x-signature'
+TIMESTAMP_HEADER = 'x-timestamp'
+DELIVERY_HEADER = 'x-delivery-id'
+
+# Why a delivery was refused, with its HTTP status (the label of the rejected counter).
+REJECT_REASONS = {
+    'unknown_source': 404,
+    'unsupported_media_type': 415,
+    'too_large': 413,
+    'missing_header': 400,
+    'bad_timestamp': 400,
+    'stale_timestamp': 400,
+    'bad_signature': 401,
+    'malformed_body': 400,
+    'replay': 409,
+    'store_unavailable': 503,
+}
+
+_SOURCE_NAME = re.compile(r'^[a-z0-9][a-z0-9_-]{0,62}$')
+_DELIVERY_ID = re.compile(r'^[A-Za-z0-9._:-]{1,128}$')
+
+
+@dataclasses.dataclass
+class WebhookOptions:
+  """Settings of the receiver.
+
+  sources: {source name: secret (str or bytes)}; the path is /webhooks/<name>.
+  redis_url: where accepted events go (a password in it is never logged).
+  redis_password: used when the URL holds none.
+  tolerance_seconds: how far a delivery's timestamp may be from now, and how
+    long a delivery id is remembered.
+  max_body_bytes: larger bodies are refused with 413.
+  stream_prefix: stream key = prefix + source name.
+  stream_maxlen: approximate cap of each stream (XADD MAXLEN ~), None = none.
+  content_types: accepted media types (parameters such as charset ignored).
+  sink: 'redis' (streams) or 'kafka' (topics).
+  kafka_bootstrap, kafka_topic_prefix: the brokers and topic = prefix + source name.
+  kafka_config: more librdkafka settings (security.protocol, sasl.*).
+  """
+  sources: Dict[str, object]
+  redis_url: str = 'redis://127.0.0.1:6379/0'
+  redis_password: Optional[str] = None
+  tolerance_seconds: int = 300
+  max_body_bytes: int = 1024 * 1024
+  stream_prefix: str = 'webhooks:'
+  stream_maxlen: Optional[int] = 1_000_000
+  content_types: Sequence[str] = ('application/json',)
+  sink: str = 'redis'
+  kafka_bootstrap: Optional[str] = None
+  kafka_topic_prefix: str = 'webhooks.'
+  kafka_config: Dict[str, str] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    if self.sink not in ('redis', 'kafka'):
+      raise ValueError(f"sink must be 'redis' or 'kafka', got {self.sink!r}")
+    if self.sink == 'kafka' and not self.kafka_bootstrap:
+      raise ValueError('sink kafka needs kafka_bootstrap')
+    if not self.sources:
+      raise ValueError('at least one webhook source is needed')
+    for name, secret in self.sources.items():
+      if not _SOURCE_NAME.match(name):
+        raise ValueError(f'webhook source name {name!r} must match {_SOURCE_NAME.pattern}')
+      if not secret:
+        raise ValueError(f'webhook source {name!r} has an empty secret')
+    if self.tolerance_seconds < 1:
+      raise ValueError(f'tolerance_seconds must be >= 1, got {self.tolerance_seconds}')
+    if self.max_body_bytes < 1:
+      raise ValueError(f'max_body_bytes must be >= 1, got {self.max_body_bytes}')
+
+
+def sign(secret, timestamp: str, body: bytes) -> str:
+  """The X-Signature value for a delivery: 'sha256=' + hex HMAC of '<timestamp>.<body>'."""
+  key = secret.encode('utf-8') if isinstance(secret, str) else secret
+  return 'sha256=' + hmac.new(key, timestamp.encode('ascii') + b'.' + body, hashlib.sha256).hexdigest()
+
+
+class _Metrics:
+  """Counters served as Prometheus text (no client library needed for two counters)."""
+
+  def __init__(self, sources):
+    self.accepted = collections.Counter({s: 0 for s in sources})
+    self.rejected = collections.Counter()
+
+  def render(self) -> str:
+    lines = [
+        '# HELP webhook_deliveries_accepted_total Deliveries appended to the stream.',
+        '# TYPE webhook_deliveries_accepted_total counter',
+    ]
+    lines += [f'webhook_deliveries_accepted_total{{source="{s}"}} {n}' for s, n in sorted(self.accepted.items())]
+    lines += [
+        '# HELP webhook_deliveries_rejected_total Deliveries refused, by reason.',
+        '# TYPE webhook_deliveries_rejected_total counter',
+    ]
+    lines += [
+        f'webhook_deliveries_rejected_total{{source="{s}",reason="{r}"}} {n}'
+        for (s, r), n in sorted(self.rejected.items())
+    ]
+    return '\n'.join(lines) + '\n'
+
+
+class _KafkaSink:
+  """An idempotent Kafka producer; `send` returns once the broker acknowledged the event."""
+
+  def __init__(self, bootstrap: str, config: Dict[str, str]):
+    import confluent_kafka  # pylint: disable=import-outside-toplevel
+    self._producer = confluent_kafka.Producer({
+        'bootstrap.servers': bootstrap,
+        'enable.idempotence': True,
+        'acks': 'all',
+        'message.timeout.ms': 15000,
+        **config,
+    })
+    self._stop = threading.Event()
+    # Delivery callbacks run inside poll(): one thread keeps polling.
+    self._poller = threading.Thread(target=self._poll, name='webhooks-kafka-poll', daemon=True)
+    self._poller.start()
+
+  def _poll(self):
+    while not self._stop.is_set():
+      self._producer.poll(0.1)
+
+  async def send(self, topic: str, key: str, value: bytes, headers: Dict[str, str]) -> str:
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(err, msg):
+      if future.done():
+        return
+      if err is not None:
+        future.set_exception(RuntimeError(f'Kafka delivery failed: {err}'))
+      else:
+        future.set_result(f'{msg.topic()}/{msg.partition()}/{msg.offset()}')
+
+    self._producer.produce(topic, value=value, key=key, headers=list(headers.items()),
+                           on_delivery=lambda err, msg: loop.call_soon_threadsafe(settle, err, msg))
+    return await asyncio.wait_for(future, timeout=30)
+
+  async def ping(self):
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, functools.partial(self._producer.list_topics, timeout=5))
+
+  def close(self):
+    self._stop.set()
+    self._poller.join(timeout=5)
+    self._producer.flush(10)
+
+
+class _Rejected(Exception):
+
+  def __init__(self, reason: str, message: str):
+    super().__init__(message)
+    self.reason = reason
+    self.status = REJECT_REASONS[reason]
+
+
+def _media_type(value: str) -> str:
+  return value.split(';', 1)[0].strip().lower()
+
+
+def create_app(options: WebhookOptions, redis_client=None):
+  """The Starlette (ASGI) app. redis_client: a redis.asyncio.Redis, built from options when None."""
+  # Imported here so that importing the module (for `sign`) needs neither.
+  from starlette.applications import Starlette  # pylint: disable=import-outside-toplevel
+  from starlette.responses import JSONResponse, PlainTextResponse  # pylint: disable=import-outside-toplevel
+  from starlette.routing import Route  # pylint: disable=import-outside-toplevel
+  import redis.asyncio as aioredis  # pylint: disable=import-outside-toplevel
+
+  secrets = {name: (s.encode('utf-8') if isinstance(s, str) else bytes(s)) for name, s in options.sources.items()}
+  accepted_types = {_media_type(t) for t in options.content_types}
+  metrics = _Metrics(secrets)
+  if redis_client is None:
+    redis_client = aioredis.Redis.from_url(options.redis_url, password=options.redis_password or None,
+                                           socket_timeout=10, socket_connect_timeout=10)
+  kafka = _KafkaSink(options.kafka_bootstrap, options.kafka_config) if options.sink == 'kafka' else None
+
+  async def read_body(request) -> bytes:
+    declared = request.headers.get('content-length')
+    if declared is not None:
+      if not declared.isdigit():
+        raise _Rejected('missing_header', 'Content-Length is not a number')
+      if int(declared) > options.max_body_bytes:
+        raise _Rejected('too_large', f'body over {options.max_body_bytes} bytes')
+    chunks, size = [], 0
+    # Chunked bodies declare no length: count while reading, stop past the cap.
+    async for chunk in request.stream():
+      size += len(chunk)
+      if size > options.max_body_bytes:
+        raise _Rejected('too_large', f'body over {options.max_body_bytes} bytes')
+      chunks.append(chunk)
+    return b''.join(chunks)
+
+  async def check(source: str, request) -> dict:
+    if _media_type(request.headers.get('content-type', '')) not in accepted_types:
+      raise _Rejected('unsupported_media_type', f'Content-Type must be one of {", ".join(sorted(accepted_types))}')
+    body = await read_body(request)
+    timestamp = request.headers.get(TIMESTAMP_HEADER)
+    delivery_id = request.headers.get(DELIVERY_HEADER)
+    signature = request.headers.get(SIGNATURE_HEADER)
+    missing = [h for h, v in ((TIMESTAMP_HEADER, timestamp), (DELIVERY_HEADER, delivery_id),
+                              (SIGNATURE_HEADER, signature)) if not v]
+    if missing:
+      raise _Rejected('missing_header', f'missing header(s): {", ".join(missing)}')
+    if not timestamp.isdigit() or len(timestamp) > 12:
+      raise _Rejected('bad_timestamp', f'{TIMESTAMP_HEADER} must be Unix seconds')
+    if abs(time.time() - int(timestamp)) > options.tolerance_seconds:
+      raise _Rejected('stale_timestamp', f'{TIMESTAMP_HEADER} is more than {options.tolerance_seconds}s from now')
+    if not _DELIVERY_ID.match(delivery_id):
+      raise _Rejected('missing_header', f'{DELIVERY_HEADER} must match {_DELIVERY_ID.pattern}')
+    expected = sign(secrets[source], timestamp, body)
+    # compare_digest: the time taken says nothing about how much matched.
+    if not hmac.compare_digest(expected.encode('ascii'), signature.strip().encode('ascii', 'replace')):
+      raise _Rejected('bad_signature', 'signature does not match')
+    try:
+      json.loads(body)
+    except ValueError:
+      raise _Rejected('malformed_body', 'body is not a JSON document') from None
+    return {'timestamp': timestamp, 'delivery_id': delivery_id, 'body': body}
+
+  async def store(source: str, delivery: dict) -> str:
+    seen_key = f'{options.stream_prefix}seen:{source}:{delivery["delivery_id"]}'
+    try:
+      # Remembered for twice the window: a delivery is refused by its
+      # timestamp once the id may be forgotten.
+      fresh = await redis_client.set(seen_key, b'1', nx=True, ex=2 * options.tolerance_seconds)
+    except Exception as e:  # pylint: disable=broad-except
+      raise _Rejected('store_unavailable', f'event store unavailable ({type(e).__name__})') from None
+    if not fresh:
+      raise _Rejected('replay', 'delivery id already accepted')
+    fields = {
+        'source': source,
+        'delivery_id': delivery['delivery_id'],
+        'timestamp': delivery['timestamp'],
+        'received_at': f'{time.time():.3f}',
+        'body': delivery['body'],
+    }
+    try:
+      if kafka is not None:
+        body = fields.pop('body')
+        return await kafka.send(f'{options.kafka_topic_prefix}{source}', delivery['delivery_id'], body, fields)
+      entry = await redis_client.xadd(f'{options.stream_prefix}{source}', fields,
+                                      maxlen=options.stream_maxlen, approximate=True)
+    except Exception as e:  # pylint: disable=broad-except
+      # Forget the id so the sender's retry of this delivery is accepted.
+      try:
+        await redis_client.delete(seen_key)
+      except Exception:  # pylint: disable=broad-except
+        pass
+      raise _Rejected('store_unavailable', f'event store unavailable ({type(e).__name__})') from None
+    return entry.decode('ascii') if isinstance(entry, bytes) else str(entry)
+
+  async def receive(request):
+    source = request.path_params['source']
+    try:
+      if source not in secrets:
+        # Counted under one label: the path is caller-chosen text.
+        raise _Rejected('unknown_source', 'unknown webhook source')
+      delivery = await check(source, request)
+      entry = await store(source, delivery)
+    except _Rejected as e:
+      label = source if source in secrets else '_unknown'
+      metrics.rejected[(label, e.reason)] += 1
+      _LOG.info('rejected delivery for %s: %s (%s)', label, e.reason, e)
+      return JSONResponse({'error': e.reason, 'detail': str(e)}, status_code=e.status)
+    metrics.accepted[source] += 1
+    return JSONResponse({'status': 'accepted', 'stream_id': entry}, status_code=202)
+
+  async def health(_request):
+    try:
+      await asyncio.wait_for(redis_client.ping(), timeout=5)
+      if kafka is not None:
+        await asyncio.wait_for(kafka.ping(), timeout=10)
+    except Exception as e:  # pylint: disable=broad-except
+      return JSONResponse({'status': 'unavailable', 'detail': f'event store: {type(e).__name__}'}, status_code=503)
+    return JSONResponse({'status': 'ok'})
+
+  async def render_metrics(_request):
+    return PlainTextResponse(metrics.render(), media_type='text/plain; version=0.0.4')
+
+  @contextlib.asynccontextmanager
+  async def lifespan(_app):
+    yield
+    await redis_client.aclose()
+    if kafka is not None:
+      kafka.close()
+
+  return Starlette(routes=[
+      Route('/webhooks/{source}', receive, methods=['POST']),
+      Route('/health', health, methods=['GET']),
+      Route('/metrics', render_metrics, methods=['GET']),
+  ],
+                   lifespan=lifespan)
+
+
+def _parse_args(argv):
+  parser = argparse.ArgumentParser(prog='python -m io_connectors.streams.webhooks', description=__doc__.split('\n\n')[0])
+  parser.add_argument('--host', default='127.0.0.1')
+  parser.add_argument('--port', type=int, default=8090)
+  parser.add_argument('--redis_url', default=os.environ.get('WEBHOOKS_REDIS_URL', 'redis://127.0.0.1:6379/0'),
+                      help='without a password; it is read from $REDIS_PASSWORD')
+  parser.add_argument('--source', action='append', default=[], metavar='NAME=ENV_VAR',
+                      help='a source and the environment variable holding its secret (never the secret itself)')
+  parser.add_argument('--tolerance_seconds', type=int, default=300)
+  parser.add_argument('--max_body_bytes', type=int, default=1024 * 1024)
+  parser.add_argument('--stream_prefix', default='webhooks:')
+  parser.add_argument('--sink', choices=('redis', 'kafka'), default='redis')
+  parser.add_argument('--kafka_bootstrap', default=None)
+  parser.add_argument('--kafka_topic_prefix', default='webhooks.')
+  parser.add_argument('--kafka_security_protocol', default=None, help='e.g. SASL_SSL')
+  parser.add_argument('--kafka_sasl_mechanism', default='PLAIN')
+  parser.add_argument('--kafka_sasl_username', default=None, help='the password is read from $KAFKA_PASSWORD')
+  return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = _parse_args(sys.argv[1:] if argv is None else argv)
+  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+  sources = {}
+  for spec in args.source:
+    name, sep, variable = spec.partition('=')
+    if not sep or not variable:
+      print(f'--source {spec!r}: expected NAME=ENV_VAR', file=sys.stderr)
+      return 2
+    if not os.environ.get(variable):
+      print(f'--source {name}: environment variable {variable} is not set or empty', file=sys.stderr)
+      return 2
+    sources[name] = os.environ[variable]
+  kafka_config = {}
+  if args.kafka_security_protocol:
+    kafka_config['security.protocol'] = args.kafka_security_protocol
+  if args.kafka_sasl_username:
+    kafka_config.update({'sasl.mechanism': args.kafka_sasl_mechanism, 'sasl.username': args.kafka_sasl_username,
+                         'sasl.password': os.environ.get('KAFKA_PASSWORD', '')})
+  try:
+    options = WebhookOptions(sources=sources, redis_url=args.redis_url,
+                             redis_password=os.environ.get('REDIS_PASSWORD') or None,
+                             tolerance_seconds=args.tolerance_seconds, max_body_bytes=args.max_body_bytes,
+                             stream_prefix=args.stream_prefix, sink=args.sink, kafka_bootstrap=args.kafka_bootstrap,
+                             kafka_topic_prefix=args.kafka_topic_prefix, kafka_config=kafka_config)
+  except ValueError as e:
+    print(str(e), file=sys.stderr)
+    return 2
+  import uvicorn  # pylint: disable=import-outside-toplevel
+  target = f'Kafka {args.kafka_bootstrap}' if args.sink == 'kafka' else mask_url(args.redis_url)
+  _LOG.info('webhook receiver on %s:%d for %s -> %s', args.host, args.port, ', '.join(sorted(sources)), target)
+  uvicorn.run(create_app(options), host=args.host, port=args.port, log_level='warning', access_log=False)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
