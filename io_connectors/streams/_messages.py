@@ -32,7 +32,8 @@ from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import Timestamp
 
-from io_connectors.files import _parse_json_lines, _table_from_rows  # pylint: disable=protected-access
+from io_connectors.files._read import table_from_rows
+from io_connectors.files.jsonl import parse_json_lines
 from io_connectors._common.masking import mask_url  # re-exported: callers import it from here
 from transforms.dead_letter import DEAD_LETTER, dead_letter
 from transforms.records import with_provenance
@@ -91,19 +92,19 @@ def messages_to_batch(payloads: Sequence[Optional[bytes]],
     return None, dead
   try:
     data = b'\n'.join(good_lines)
-    table = _parse_json_lines(data, string_columns)
+    table = parse_json_lines(data, string_columns)
     # JSON has no time type: pyarrow infers one from text such as
     # "2024-01-01T10:00:00Z" and drops its offset. Keep such columns as the
     # text they are (as the Kafka reader does), so that one batch of
     # whole-second times reads like any other.
     inferred_times = [f.name for f in table.schema if pa.types.is_timestamp(f.type) or pa.types.is_date(f.type)]
     if inferred_times:
-      table = _parse_json_lines(data, list(string_columns) + inferred_times)
+      table = parse_json_lines(data, list(string_columns) + inferred_times)
     if table.num_rows != len(good_lines):
       raise pa.ArrowInvalid('row count differs')
   except pa.ArrowInvalid:
     # Payloads that parse one by one but not together (a column of mixed types).
-    table = _table_from_rows(parsed, string_columns)
+    table = table_from_rows(parsed, string_columns)
   batch = table.combine_chunks().to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist(parsed)
   return with_provenance(batch, source, np.asarray(good_rows, dtype=np.int64)), dead
 

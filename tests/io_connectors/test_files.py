@@ -131,7 +131,7 @@ def test_csv_bad_encoding_only_affects_its_line(tmp_path):
 def test_utf8_bad_lines_found_like_a_full_decode(keep_bad_lines):
   """The vectorised search for bad UTF-8 lines gives what decoding every line gives."""
   import random  # pylint: disable=import-outside-toplevel
-  from io_connectors import files  # pylint: disable=import-outside-toplevel
+  from io_connectors.files import _lines  # pylint: disable=import-outside-toplevel
   rng = random.Random(3)
   kinds = [b'abc,d\xc3\xa9f', b'bad \xff\xfe line', b'cr \xe9\r', b'', b'\xe2\x82', b'plain,1,2', b'\xf0\x9f\x8e\xb5 ok']
   seen_bad = 0
@@ -147,7 +147,7 @@ def test_utf8_bad_lines_found_like_a_full_decode(keep_bad_lines):
         shown = line.decode('utf-8', 'replace').rstrip('\r')
         want_bad.append((i, shown))
         want_lines.append(shown.encode('utf-8') if keep_bad_lines else b'')
-    got, bad = files._to_utf8(data, 'utf-8', keep_bad_lines)  # pylint: disable=protected-access
+    got, bad = _lines.to_utf8(data, 'utf-8', keep_bad_lines)
     assert (bytes(got), bad) == (b'\n'.join(want_lines), want_bad), data
     seen_bad += len(bad)
   assert seen_bad > 100

@@ -1,0 +1,21 @@
+"""Connector errors: one base class, and the one-line form of an exception.
+
+Every connector's error class derives from `ConnectorError`, so a caller (the
+`check` command, a pipeline's entry point) can catch any connector's failure
+in one place and print it as one clear line; messages never hold secrets
+(see `io_connectors._common.masking`).
+"""
+
+from __future__ import annotations
+
+__all__ = ['ConnectorError', 'short_error']
+
+
+class ConnectorError(Exception):
+  """A connector failed: a server unreachable, credentials refused, input unreadable."""
+
+
+def short_error(error: BaseException) -> str:
+  """`Type: first line of the message`, at most 500 characters (for dead letters and logs)."""
+  text = str(error).strip().splitlines()
+  return f'{type(error).__name__}: {text[0] if text else ""}'[:500]

@@ -1,0 +1,134 @@
+"""Planning a read: a pattern -> the files it matches -> the ranges one worker each reads.
+
+CSV and JSON Lines files are cut into byte ranges (a range owns the lines that
+start in it), Avro files into byte ranges owning the blocks after their first
+sync marker, Parquet files into runs of whole row groups; JSON documents and
+Excel workbooks are one range.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator, NamedTuple, Optional
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from io_connectors._common.errors import short_error
+from io_connectors.files._options import FileOptions, detect_format, options_for
+
+__all__ = ['Range', 'open_file', 'read_exactly', 'MatchFn', 'SplitFn', 'byte_ranges']
+
+class Range(NamedTuple):
+  """A part of one file that one worker reads."""
+  path: str
+  format: str
+  start: int  # byte offset (CSV, JSON Lines, Avro); 0 otherwise
+  end: int  # byte offset, exclusive
+  # Parquet: (row group indices, 1-based number of the first row);
+  # a string: the file could not be split, the reason (read as corrupt).
+  extra: Any = None
+
+
+def open_file(path: str):
+  # UNCOMPRESSED: AUTO would decompress by extension, and ranges need seeks.
+  return FileSystems.open(path, mime_type='application/octet-stream',
+                          compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def read_exactly(f, n: int) -> bytes:
+  """Up to n bytes; fewer only at the end of the file."""
+  parts = []
+  while n > 0:
+    piece = f.read(n)
+    if not piece:
+      break
+    parts.append(piece)
+    n -= len(piece)
+  return parts[0] if len(parts) == 1 else b''.join(parts)
+
+
+class MatchFn(beam.DoFn):
+  """A pattern -> the metadata of every file it matches, or a clear error."""
+
+  def process(self, pattern):
+    try:
+      result = FileSystems.match([pattern])[0]
+    except Exception as e:  # pylint: disable=broad-except
+      raise FileNotFoundError(f'cannot list files matching {pattern!r}: {e}') from None
+    # Object stores list "folder/" placeholders and local globs directories: not files.
+    files = sorted((m for m in result.metadata_list
+                    if not m.path.endswith('/') and not ('://' not in m.path and os.path.isdir(m.path))),
+                   key=lambda m: m.path)
+    if not files:
+      raise FileNotFoundError(f'no file matches the pattern {pattern!r}')
+    yield from files
+
+
+def byte_ranges(path: str, fmt: str, size: int, split_size: int) -> Iterator[Range]:
+  if size == 0:
+    yield Range(path, fmt, 0, 0)
+    return
+  for start in range(0, size, split_size):
+    yield Range(path, fmt, start, min(start + split_size, size))
+
+
+def ascii_compatible(encoding: str) -> bool:
+  try:
+    return 'a,\n'.encode(encoding) == b'a,\n'
+  except (LookupError, UnicodeError):
+    return False
+
+
+class SplitFn(beam.DoFn):
+  """File metadata -> the ranges to read, by the file's format."""
+
+  def __init__(self, fmt: Optional[str], options: Optional[FileOptions], pattern: str):
+    self._format = fmt
+    self._options = options
+    self._pattern = pattern
+
+  def process(self, metadata):
+    path, size = metadata.path, metadata.size_in_bytes
+    if self._format:
+      fmt = self._format
+    else:
+      try:
+        fmt = detect_format(path)
+      except ValueError as e:
+        raise ValueError(f'{e}; file matched by {self._pattern!r}') from None
+    options = options_for(fmt, self._options)
+    split = options.split_size_bytes
+    if fmt == 'csv':
+      if options.newlines_in_values or not ascii_compatible(options.encoding):
+        split = max(size, 1)
+      yield from byte_ranges(path, fmt, size, split)
+    elif fmt in ('jsonl', 'avro'):
+      yield from byte_ranges(path, fmt, size, split)
+    elif fmt == 'parquet':
+      yield from self._parquet_ranges(path, size, split)
+    else:
+      yield Range(path, fmt, 0, size)
+
+  @staticmethod
+  def _parquet_ranges(path, size, split):
+    import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+    try:
+      with open_file(path) as f:
+        metadata = pq.ParquetFile(f).metadata
+    except Exception as e:  # pylint: disable=broad-except
+      yield Range(path, 'parquet', 0, size, f'cannot open as Parquet: {short_error(e)}')
+      return
+    groups, group_bytes, first_row, next_row = [], 0, 1, 1
+    for i in range(metadata.num_row_groups):
+      rg = metadata.row_group(i)
+      rg_bytes = sum(rg.column(c).total_compressed_size for c in range(rg.num_columns))
+      if groups and group_bytes + rg_bytes > split:
+        yield Range(path, 'parquet', 0, size, (tuple(groups), first_row))
+        groups, group_bytes, first_row = [], 0, next_row
+      groups.append(i)
+      group_bytes += rg_bytes
+      next_row += rg.num_rows
+    if groups:
+      yield Range(path, 'parquet', 0, size, (tuple(groups), first_row))

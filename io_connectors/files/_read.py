@@ -1,0 +1,110 @@
+"""What every file reader shares: the read transform (match, split, spread,
+read), the readers by format, and building batches with provenance.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+
+from io_connectors.files._options import OPTIONS_CLASS, FileOptions, options_for
+from io_connectors.files._ranges import MatchFn, Range, SplitFn
+from transforms.dead_letter import DEAD_LETTER, Outputs
+from transforms.records import typed_outputs, with_provenance
+
+__all__ = ['STAGE', 'READERS', 'ReadRangeFn', 'ReadFormat', 'emit', 'to_text', 'table_from_rows']
+
+STAGE = 'read'
+
+# Format -> a function making the reader of one range: reader(range, options)
+# yields RecordBatches and dead-letter dicts. Each format's module adds its
+# own when imported (the package imports them all).
+READERS: Dict[str, Callable[[], Callable[[Range, FileOptions], Iterator[Any]]]] = {}
+
+
+def emit(table: pa.Table, source: str, rows: np.ndarray, batch_size: int) -> Iterator[pa.RecordBatch]:
+  """The table as batches of at most batch_size rows with provenance."""
+  offset = 0
+  for batch in table.to_batches(max_chunksize=batch_size):
+    n = batch.num_rows
+    if n:
+      yield with_provenance(batch, source, rows[offset:offset + n])
+      offset += n
+
+
+def to_text(value: Any) -> Optional[str]:
+  if value is None or isinstance(value, str):
+    return value
+  if hasattr(value, 'isoformat'):
+    return value.isoformat()
+  return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def table_from_rows(rows: List[dict], string_columns) -> pa.Table:
+  """A table from Python dicts (slow path); a column Arrow cannot type is text."""
+  names: Dict[str, None] = {}
+  for row in rows:
+    names.update(dict.fromkeys(row))
+  string_columns = set(string_columns)
+  arrays = []
+  for name in names:
+    values = [row.get(name) for row in rows]
+    if name in string_columns:
+      arrays.append(pa.array([to_text(v) for v in values], pa.string()))
+      continue
+    try:
+      arrays.append(pa.array(values))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+      arrays.append(pa.array([to_text(v) for v in values], pa.string()))
+  return pa.Table.from_arrays(arrays, names=list(names)) if arrays else pa.table({})
+
+
+class ReadRangeFn(beam.DoFn):
+  """Reads one range: RecordBatches on the main output, dead letters tagged."""
+
+  def __init__(self, options: Optional[FileOptions]):
+    self._options = options
+    self._readers: Dict[str, Callable] = {}
+
+  def setup(self):
+    self._readers = {fmt: make() for fmt, make in READERS.items()}
+
+  def process(self, rng: Range):
+    options = options_for(rng.format, self._options)
+    for item in self._readers[rng.format](rng, options):
+      if isinstance(item, dict):
+        yield beam.pvalue.TaggedOutput(DEAD_LETTER, item)
+      else:
+        yield item
+
+
+class ReadFormat(beam.PTransform):
+  """Match -> split into ranges -> Reshuffle -> read (the shared expansion)."""
+
+  _FORMAT: Optional[str] = None
+
+  def __init__(self, file_pattern: str, options: Optional[FileOptions] = None):
+    super().__init__()
+    if not isinstance(file_pattern, str) or not file_pattern.strip():
+      raise ValueError(f'file_pattern must be a non-empty string, got {file_pattern!r}')
+    expected = OPTIONS_CLASS.get(self._FORMAT, FileOptions)
+    if options is not None and not isinstance(options, FileOptions):
+      raise ValueError(f'options must be a {expected.__name__}, got {type(options).__name__}')
+    self._pattern = file_pattern
+    self._options = options
+    self._format = self._FORMAT
+
+  def expand(self, pbegin):
+    ranges = (
+        pbegin
+        | 'Pattern' >> beam.Create([self._pattern])
+        | 'Match' >> beam.ParDo(MatchFn())
+        | 'Split' >> beam.ParDo(SplitFn(self._format, self._options, self._pattern))
+        # Spreads the ranges of one large file over the workers.
+        | 'Spread' >> beam.Reshuffle())
+    result = ranges | 'Read' >> beam.ParDo(ReadRangeFn(self._options)).with_outputs(DEAD_LETTER, main='records')
+    return typed_outputs(Outputs(result.records, result[DEAD_LETTER]))

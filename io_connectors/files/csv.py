@@ -1,0 +1,142 @@
+"""CSV and TSV files: byte ranges parsed by pyarrow, in any encoding.
+
+A range that does not start at byte 0 reads the file's header line
+separately. Rows with the wrong number of columns and lines with bytes
+invalid in the encoding are dead-lettered one by one; a range pyarrow cannot
+parse at all (e.g. an unclosed quote) is one dead letter counting its lines.
+"""
+
+from __future__ import annotations
+
+import codecs
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+
+from io_connectors._common.errors import short_error
+from io_connectors.files._lines import first_line, is_blank, line_count, read_owned_lines, to_utf8
+from io_connectors.files._options import CsvOptions
+from io_connectors.files._ranges import Range, open_file
+from io_connectors.files._read import READERS, STAGE, ReadFormat, emit
+from transforms.dead_letter import dead_letter
+from transforms.records import position
+
+__all__ = ['ReadFromCsv', 'CsvOptions', 'CsvReader']
+
+def _csv_delimiter(options: CsvOptions, path: str) -> str:
+  if options.delimiter is not None:
+    return options.delimiter
+  return '\t' if path.lower().endswith('.tsv') else ','
+
+
+class CsvReader:
+  """Reads CSV ranges; remembers the header of files it read ranges of."""
+
+  def __init__(self):
+    self._headers: Dict[Tuple[str, CsvOptions], List[str]] = {}
+
+  def _parse_options(self, options, path, invalid_row_handler=None):
+    return pa_csv.ParseOptions(delimiter=_csv_delimiter(options, path),
+                               quote_char=options.quote_char or False,
+                               newlines_in_values=options.newlines_in_values,
+                               invalid_row_handler=invalid_row_handler)
+
+  def _column_names(self, path: str, options: CsvOptions) -> Optional[List[str]]:
+    key = (path, options)
+    if key not in self._headers:
+      line, _ = to_utf8(first_line(path), options.encoding, keep_bad_lines=True)
+      line = bytes(line)
+      if line.startswith(codecs.BOM_UTF8):
+        line = line[len(codecs.BOM_UTF8):]
+      names = None
+      if line.strip():
+        try:
+          names = pa_csv.read_csv(
+              pa.BufferReader(line),
+              read_options=pa_csv.ReadOptions(use_threads=False, autogenerate_column_names=not options.header),
+              parse_options=self._parse_options(options, path)).column_names
+        except pa.ArrowInvalid:
+          pass  # the range then fails to parse and is dead-lettered whole
+      if len(self._headers) > 256:
+        self._headers.clear()
+      self._headers[key] = names
+    return self._headers[key]
+
+  def read(self, rng: Range, options: CsvOptions):
+    path, start = rng.path, rng.start
+    source = path if start == 0 else f'{path}@{start}'
+    with open_file(path) as f:
+      raw = read_owned_lines(f, start, rng.end)
+    if is_blank(raw):
+      return
+    data, bad_lines = to_utf8(raw, options.encoding, keep_bad_lines=True)
+    # Record numbers (pyarrow's numbering: blank lines are not records) of
+    # the lines with bad bytes; they are parsed like the others (to keep the
+    # numbering) and then set aside.
+    bad_records = {}
+    if bad_lines:
+      lines = data.split(b'\n')
+      nonblank_before = np.cumsum([0] + [1 if line.strip(b'\r') else 0 for line in lines])
+      for i, text in bad_lines:
+        bad_records[int(nonblank_before[i]) + 1] = text
+      for number, text in sorted(bad_records.items()):
+        yield dead_letter(source, position(number), 'bad_encoding', record=text,
+                          detail=f'bytes not valid in {options.encoding}', stage=STAGE)
+    if start == 0:
+      read_options = pa_csv.ReadOptions(use_threads=False, autogenerate_column_names=not options.header)
+      first_data_record = 2 if options.header else 1
+    else:
+      names = self._column_names(path, options)
+      if names is None:
+        names = []
+      read_options = pa_csv.ReadOptions(use_threads=False, column_names=names)
+      first_data_record = 1
+    # One block per range: batches are then cut at batch_size, not at blocks.
+    read_options.block_size = max(min(len(data) + 1, 1 << 30), 1 << 20)
+    invalid = []
+
+    def on_invalid_row(row):
+      invalid.append((row.number, row.text, row.expected_columns, row.actual_columns))
+      return 'skip'
+
+    # Only an empty field is null: pyarrow's default null markers would also
+    # null "NA" (Namibia's country code), "NULL", "N/A" and "nan" as text.
+    convert_options = pa_csv.ConvertOptions(column_types={c: pa.string() for c in options.string_columns},
+                                            null_values=[''], strings_can_be_null=True)
+    try:
+      table = pa_csv.read_csv(pa.BufferReader(data), read_options=read_options,
+                              parse_options=self._parse_options(options, path, on_invalid_row),
+                              convert_options=convert_options)
+    except pa.ArrowInvalid as e:
+      # Not a row-level problem pyarrow can skip (e.g. an unclosed quote):
+      # the range is set aside whole rather than guessed at.
+      count = max(line_count(data) - (1 if start == 0 and options.header else 0), 1)
+      yield dead_letter(source, position(first_data_record), 'malformed_row', record=None,
+                        detail=f'range of {count} lines cannot be parsed as CSV: {short_error(e)}',
+                        stage=STAGE, count=count)
+      return
+    for number, text, expected, actual in invalid:
+      if number in bad_records:
+        continue
+      yield dead_letter(source, position(number), 'malformed_row', record=text,
+                        detail=f'expected {expected} columns, got {actual}', stage=STAGE)
+    rows = np.arange(first_data_record, first_data_record + table.num_rows + len(invalid), dtype=np.int64)
+    if invalid:
+      rows = rows[~np.isin(rows, np.array([r[0] for r in invalid], dtype=np.int64))]
+    if bad_records:
+      keep = ~np.isin(rows, np.array(list(bad_records), dtype=np.int64))
+      table, rows = table.filter(pa.array(keep)), rows[keep]
+    yield from emit(table, source, rows, options.batch_size)
+
+
+READERS['csv'] = lambda: CsvReader().read  # one header cache per worker DoFn
+
+
+class ReadFromCsv(ReadFormat):
+  """CSV (or TSV) files as record batches; see `io_connectors.files`."""
+  _FORMAT = 'csv'
+
+  def __init__(self, file_pattern: str, options: Optional[CsvOptions] = None):
+    super().__init__(file_pattern, options)

@@ -1,0 +1,219 @@
+"""JSON Lines (byte ranges) and JSON documents (one range per file).
+
+pyarrow's JSON reader types the columns; lines that do not parse, or parse
+to something other than an object, are dead-lettered one by one, and rows
+that parse one by one but not together (a column of mixed types) are typed
+by `table_from_rows`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import List, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.json as pa_json
+import pyarrow.compute as pc
+
+from io_connectors._common.errors import short_error
+from io_connectors.files._lines import is_blank, line_count, read_owned_lines, to_utf8
+from io_connectors.files._options import JsonOptions
+from io_connectors.files._ranges import Range, open_file
+from io_connectors.files._read import READERS, STAGE, ReadFormat, emit, table_from_rows
+from transforms.dead_letter import dead_letter
+from transforms.records import position
+
+__all__ = ['ReadFromJsonLines', 'ReadFromJson', 'JsonOptions', 'parse_json_lines']
+
+_LOG = logging.getLogger(__name__)
+
+def _to_string(table: pa.Table, names) -> pa.Table:
+  """Casts the named top-level columns of scalar type to string."""
+  for name in names:
+    i = table.schema.get_field_index(name)
+    if i < 0:
+      continue
+    typ = table.schema.field(i).type
+    if pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_nested(typ):
+      continue
+    try:
+      table = table.set_column(i, name, pc.cast(table.column(i), pa.string()))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+      pass
+  return table
+
+
+_CONFLICT = re.compile(r'Column\(/([^)/]*)')
+
+
+def parse_json_lines(data: bytes, string_columns) -> pa.Table:
+  """pyarrow's JSON reader with string_columns as text; ArrowInvalid if it cannot."""
+  # Only columns the data names go into the explicit schema (it would add
+  # the others as all-null columns).
+  as_text = [c for c in string_columns if json.dumps(c).encode('utf-8') in data]
+  cast_after: List[str] = []
+  if as_text and len(data) > 4 * _JSON_SAMPLE_BYTES:
+    # Text columns that hold numbers fail a whole parse; learn them from a
+    # sample first so that the full parse usually runs once.
+    cut = data.find(b'\n', _JSON_SAMPLE_BYTES)
+    try:
+      _parse_json_text_columns(data[:cut + 1] if cut >= 0 else data, as_text, cast_after)
+    except pa.ArrowInvalid:
+      pass  # the full parse below reports it
+  return _parse_json_text_columns(data, as_text, cast_after)
+
+
+_JSON_SAMPLE_BYTES = 1 << 18
+
+
+def _parse_json_text_columns(data: bytes, as_text: List[str], cast_after: List[str]) -> pa.Table:
+  """Parses with `as_text` columns as strings; moves those holding non-strings to `cast_after`."""
+  read_options = pa_json.ReadOptions(use_threads=False, block_size=max(min(len(data) + 1, 1 << 30), 1 << 20))
+  while True:
+    parse_options = pa_json.ParseOptions(explicit_schema=pa.schema([(c, pa.string()) for c in as_text]),
+                                         unexpected_field_behavior='infer')
+    try:
+      table = pa_json.read_json(pa.BufferReader(data), read_options=read_options, parse_options=parse_options)
+      return _to_string(table, cast_after)
+    except pa.ArrowInvalid as e:
+      # A text column holding numbers or booleans: read it as inferred, then cast.
+      match = _CONFLICT.search(str(e))
+      if not match or match.group(1) not in as_text:
+        raise
+      as_text.remove(match.group(1))
+      cast_after.append(match.group(1))
+
+
+def _json_rows(data: bytes, rows: np.ndarray, string_columns, source: str, parsed: Optional[List[dict]] = None):
+  """(table, row numbers) for JSON Lines `data` whose non-blank lines are `rows`."""
+  try:
+    table = parse_json_lines(data, string_columns)
+  except pa.ArrowInvalid:
+    # Lines that parse one by one but not together (a column of mixed types).
+    if parsed is None:
+      parsed = [json.loads(line) for line in data.split(b'\n') if line.strip()]
+    table = table_from_rows(parsed, string_columns)
+  if table.num_rows != len(rows):
+    _LOG.warning('%s: %d rows parsed for %d lines; rows numbered in order', source, table.num_rows, len(rows))
+    rows = np.arange(1, table.num_rows + 1, dtype=np.int64)
+  return table, rows
+
+
+def _nonblank_lines(data: bytes, first_line: int) -> np.ndarray:
+  """Line numbers of the lines pyarrow's JSON reader does not skip as blank."""
+  return np.array([first_line + i for i, line in enumerate(data.split(b'\n')) if line.strip()], dtype=np.int64)
+
+
+def read_jsonl(rng: Range, options: JsonOptions):
+  path, start = rng.path, rng.start
+  source = path if start == 0 else f'{path}@{start}'
+  with open_file(path) as f:
+    raw = read_owned_lines(f, start, rng.end)
+  if is_blank(raw):
+    return
+  data, bad_lines = to_utf8(raw, 'utf-8', keep_bad_lines=False)
+  data = bytes(data)  # JSON Lines' slow paths search and split the bytes
+  for i, text in bad_lines:
+    yield dead_letter(source, position(i + 1), 'bad_encoding', record=text, detail='bytes not valid in utf-8',
+                      stage=STAGE)
+  parsed = None
+  try:
+    table = parse_json_lines(data, options.string_columns)
+  except pa.ArrowInvalid:
+    # Rare: find the broken lines one by one, blank them, parse the rest.
+    lines = data.split(b'\n')
+    parsed = []
+    for i, line in enumerate(lines):
+      if not line.strip():
+        continue
+      try:
+        value = json.loads(line)
+        problem = None if isinstance(value, dict) else f'a JSON {type(value).__name__}, not an object'
+      except ValueError as e:
+        problem = str(e)
+      if problem is None:
+        parsed.append(value)
+      else:
+        yield dead_letter(source, position(i + 1), 'malformed_json',
+                          record=line.decode('utf-8', errors='replace').rstrip('\r'), detail=problem, stage=STAGE)
+        lines[i] = b''
+    data = b'\n'.join(lines)
+    table = None
+  if table is not None and table.num_rows == line_count(data):
+    rows = np.arange(1, table.num_rows + 1, dtype=np.int64)
+  else:
+    rows = _nonblank_lines(data, 1)
+    if table is None:
+      if not len(rows):
+        return
+      table, rows = _json_rows(data, rows, options.string_columns, source, parsed)
+    elif table.num_rows != len(rows):
+      rows = np.arange(1, table.num_rows + 1, dtype=np.int64)
+  yield from emit(table, source, rows, options.batch_size)
+
+
+def read_json(rng: Range, options: JsonOptions):
+  path = rng.path
+  try:
+    with open_file(path) as f:
+      raw = f.read()
+  except Exception as e:  # pylint: disable=broad-except
+    yield dead_letter(path, None, 'corrupt_file', detail=f'cannot read: {short_error(e)}', stage=STAGE)
+    return
+  try:
+    text = raw.decode('utf-8-sig')
+  except UnicodeDecodeError as e:
+    yield dead_letter(path, None, 'bad_encoding', detail=f'bytes not valid in utf-8 at byte {e.start}', stage=STAGE)
+    return
+  try:
+    document = json.loads(text)
+  except ValueError as e:
+    yield dead_letter(path, None, 'malformed_json', detail=f'the document does not parse: {e}', stage=STAGE)
+    return
+  elements = [document] if isinstance(document, dict) else document
+  if not isinstance(elements, list):
+    yield dead_letter(path, None, 'malformed_json',
+                      detail=f'the document is a JSON {type(document).__name__}, not an array or object', stage=STAGE)
+    return
+  objects, numbers, lines = [], [], []
+  for i, element in enumerate(elements, start=1):
+    if isinstance(element, dict):
+      objects.append(element)
+      numbers.append(i)
+      # Re-serialised as JSON Lines so that pyarrow types it as it does JSON Lines.
+      lines.append(json.dumps(element, ensure_ascii=False, default=str))
+    else:
+      yield dead_letter(path, position(i), 'malformed_json', record=element if _jsonable(element) else str(element),
+                        detail=f'element {i} is a JSON {type(element).__name__}, not an object', stage=STAGE)
+  if not objects:
+    return
+  data = '\n'.join(lines).encode('utf-8')
+  table, rows = _json_rows(data, np.array(numbers, dtype=np.int64), options.string_columns, path, objects)
+  yield from emit(table, path, rows, options.batch_size)
+
+
+def _jsonable(value) -> bool:
+  return value is None or isinstance(value, (str, int, float, bool, list))
+
+
+READERS['jsonl'] = lambda: read_jsonl
+READERS['json'] = lambda: read_json
+
+
+class ReadFromJsonLines(ReadFormat):
+  """JSON Lines files (one object per line) as record batches."""
+  _FORMAT = 'jsonl'
+
+  def __init__(self, file_pattern: str, options: Optional[JsonOptions] = None):
+    super().__init__(file_pattern, options)
+
+
+class ReadFromJson(ReadFormat):
+  """JSON documents (an array of objects, or one object, per file) as record batches."""
+  _FORMAT = 'json'
+
+  def __init__(self, file_pattern: str, options: Optional[JsonOptions] = None):
+    super().__init__(file_pattern, options)

@@ -1,0 +1,61 @@
+"""Parquet files, read a run of whole row groups per range; types as the file declares.
+
+A row group is decoded whole before any of it is emitted, so a damaged group
+is set aside whole (one dead letter counting the rows not read).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from io_connectors._common.errors import short_error
+from io_connectors.files._options import ParquetOptions
+from io_connectors.files._ranges import Range, open_file
+from io_connectors.files._read import READERS, STAGE, ReadFormat, emit
+from transforms.dead_letter import dead_letter
+from transforms.records import position
+
+__all__ = ['ReadFromParquet', 'ParquetOptions']
+
+def read_parquet(rng: Range, options: ParquetOptions):
+  import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+  path = rng.path
+  if isinstance(rng.extra, str):
+    yield dead_letter(path, None, 'corrupt_file', detail=rng.extra, stage=STAGE)
+    return
+  groups, first_row = rng.extra
+  with open_file(path) as f:
+    try:
+      parquet = pq.ParquetFile(f, page_checksum_verification=True)
+    except Exception as e:  # pylint: disable=broad-except
+      yield dead_letter(path, None, 'corrupt_file', detail=f'cannot open as Parquet: {short_error(e)}', stage=STAGE)
+      return
+    metadata = parquet.metadata
+    row = first_row
+    for k, group in enumerate(groups):
+      group_rows = metadata.row_group(group).num_rows
+      try:
+        # A whole row group is decoded before any of it is emitted, so a
+        # damaged group is set aside whole, never half-emitted.
+        table = parquet.read_row_group(group, use_threads=False)
+      except Exception as e:  # pylint: disable=broad-except
+        unread = sum(metadata.row_group(g).num_rows for g in groups[k:])
+        yield dead_letter(path, position(row), 'corrupt_file',
+                          detail=f'row group {group} cannot be read ({unread} rows from row {row} on): {short_error(e)}',
+                          stage=STAGE, count=max(unread, 1))
+        return
+      yield from emit(table, path, np.arange(row, row + group_rows, dtype=np.int64), options.batch_size)
+      row += group_rows
+
+
+READERS['parquet'] = lambda: read_parquet
+
+
+class ReadFromParquet(ReadFormat):
+  """Parquet files as record batches, split by row groups."""
+  _FORMAT = 'parquet'
+
+  def __init__(self, file_pattern: str, options: Optional[ParquetOptions] = None):
+    super().__init__(file_pattern, options)
