@@ -341,7 +341,7 @@ def test_a_partition_watermark_waits_for_the_other_partitions():
   most the least progress the other partitions had checkpointed.
   """
   from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp  # pylint: disable=import-outside-toplevel
-  from io_connectors.streams import kafka as kafka_module  # pylint: disable=import-outside-toplevel
+  from io_connectors.streams.kafka import reader as kafka_module  # pylint: disable=import-outside-toplevel
   fn = kafka_module._UnboundedReadPartitionFn(KafkaReadOptions(bootstrap_servers='127.0.0.1:1', topics='t'))
   provider = kafka_module._WatermarkProvider()
   partitions = [kafka_module.KafkaPartition('t', p, 2) for p in (0, 1)]
@@ -376,7 +376,7 @@ def test_a_caught_up_partition_lifts_its_cap_when_the_others_progress(kafka):
   from apache_beam.io.restriction_trackers import OffsetRange  # pylint: disable=import-outside-toplevel
   from apache_beam.runners.sdf_utils import ThreadsafeRestrictionTracker  # pylint: disable=import-outside-toplevel
   from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp  # pylint: disable=import-outside-toplevel
-  from io_connectors.streams import kafka as kafka_module  # pylint: disable=import-outside-toplevel
+  from io_connectors.streams.kafka import reader as kafka_module  # pylint: disable=import-outside-toplevel
   topic = new_topic(kafka, partitions=2)
   base_ms = 1_700_000_000_000
   produce(kafka, topic, [(0, event(i), base_ms + 100_000 + i) for i in range(5)] +
@@ -421,7 +421,7 @@ def test_a_caught_up_partition_lifts_its_cap_when_the_others_progress(kafka):
 
 def test_streaming_partition_reads_are_checkpointed_never_split():
   from apache_beam.io.restriction_trackers import OffsetRange  # pylint: disable=import-outside-toplevel
-  from io_connectors.streams import kafka as kafka_module  # pylint: disable=import-outside-toplevel
+  from io_connectors.streams.kafka import reader as kafka_module  # pylint: disable=import-outside-toplevel
   options = KafkaReadOptions(bootstrap_servers='127.0.0.1:1', topics='t')
   tracker = kafka_module._UnboundedReadPartitionFn(options).create_tracker(OffsetRange(0, 1000))
   assert tracker.try_claim(0)
@@ -473,7 +473,7 @@ def test_dofn_copies_share_consumers_and_never_run_the_process_out_of_them(kafka
   thread-local storage keys; with a consumer per copy, 1,100 copies failed with
   "Failed to initialize thread local storage".
   """
-  from io_connectors.streams import kafka as kafka_module  # pylint: disable=import-outside-toplevel
+  from io_connectors.streams.kafka import reader as kafka_module  # pylint: disable=import-outside-toplevel
   topic = new_topic(kafka)
   produce(kafka, topic, [(0, b'{"a": 1}', None)])
   options = KafkaReadOptions(bootstrap_servers=kafka, topics=topic, bounded=True)

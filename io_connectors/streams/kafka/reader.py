@@ -1,0 +1,567 @@
+"""`ReadFromKafka`: our splittable-DoFn reader on confluent-kafka (see `io_connectors.streams.kafka`)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import threading
+import time
+import uuid
+from typing import Any, Dict, List, Optional, Tuple
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
+from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorProvider
+from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Duration, Timestamp
+
+from io_connectors.streams._messages import CheckpointOnlyTracker
+from io_connectors.streams.kafka._config import KafkaReadOptions, client_config, mask_secrets, secrets_of, source_uri
+from io_connectors.streams.kafka._payloads import AvroDecoder, decode_values, raw_text, rows_to_batch
+from transforms.records import RecordBatchCoder  # noqa: F401  registers the RecordBatch coder
+from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
+from transforms.records import with_provenance
+
+__all__ = ['ReadFromKafka', 'KafkaPartition']
+
+_LOG = logging.getLogger(__name__)
+
+# The stop of an unbounded partition's offset range (OffsetRange needs one).
+_UNBOUNDED_STOP = 2**63 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class KafkaPartition:
+  """One topic partition: the element a partition read starts from.
+
+  partitions: how many partitions the read has over all its topics (0: unknown).
+  """
+  topic: str
+  partition: int
+  partitions: int = 0
+
+
+# Consumers are shared by all DoFn copies of a process, one use at a time.
+# Runners make DoFn copies freely (one per stage that calls an SDF method, new
+# ones while a job runs) and do not always tear them down, and every live
+# confluent_kafka client holds one of the process's ~1000 thread-local storage
+# keys: one consumer per copy ran a long test session out of them ("Failed to
+# initialize thread local storage").
+_IDLE_CONSUMERS: Dict[str, List[Any]] = {}
+_IDLE_LOCK = threading.Lock()
+_MAX_IDLE_PER_CONFIG = 8
+# Assign-only consumers join no group; without a group_id this one only names them.
+_PROCESS_GROUP = f'beam-kafka-reader-{uuid.uuid4().hex}'
+
+
+class _Clients:
+  """Lends assign-only consumers (never subscribed) from the process-wide idle list."""
+
+  def __init__(self, options: KafkaReadOptions):
+    self._options = options
+    config = dict(client_config(options))
+    config.update({
+        # Assign-only: a group id is needed to commit, never to join.
+        'group.id': options.group_id or _PROCESS_GROUP,
+        'enable.auto.commit': False,
+        'enable.auto.offset.store': False,
+        'enable.partition.eof': False,
+        'auto.offset.reset': 'earliest',
+    })
+    config.update(options.consumer_config)
+    self._config = config
+    self._key = json.dumps(config, sort_keys=True, default=str)
+
+  def acquire(self):
+    with _IDLE_LOCK:
+      idle = _IDLE_CONSUMERS.get(self._key)
+      if idle:
+        return idle.pop()
+    import confluent_kafka  # pylint: disable=import-outside-toplevel
+    return confluent_kafka.Consumer(self._config, logger=_LOG)
+
+  def release(self, consumer, healthy: bool = True):
+    """Gives a consumer back (unassigned); closes it when broken or when enough are idle."""
+    if healthy:
+      try:
+        consumer.unassign()
+      except Exception:  # pylint: disable=broad-except
+        healthy = False
+    with _IDLE_LOCK:
+      idle = _IDLE_CONSUMERS.setdefault(self._key, [])
+      if healthy and len(idle) < _MAX_IDLE_PER_CONFIG:
+        idle.append(consumer)
+        return
+    try:
+      consumer.close()
+    except Exception:  # pylint: disable=broad-except
+      pass
+
+  @contextlib.contextmanager
+  def consumer(self):
+    consumer = self.acquire()
+    healthy = False
+    try:
+      yield consumer
+      healthy = True
+    finally:
+      self.release(consumer, healthy)
+
+
+def _nothing():
+  pass
+
+
+# Finalized offset ranges not yet contiguous with the group's committed offset,
+# per (group, topic, partition), in this worker process.
+_FINALIZED: Dict[Tuple[Optional[str], str, int], List[Tuple[int, int]]] = {}
+_COMMITS_LOCK = threading.Lock()
+
+
+def _tp(topic, partition, offset=None):
+  import confluent_kafka  # pylint: disable=import-outside-toplevel
+  if offset is None:
+    return confluent_kafka.TopicPartition(topic, partition)
+  return confluent_kafka.TopicPartition(topic, partition, offset)
+
+
+class _PartitionWatermarkEstimator(ManualWatermarkEstimator):
+  """The watermark a partition read reports, plus the partition's own progress.
+
+  `progress` is the newest record timestamp read (or, when idle, the clock
+  minus idle_timeout_s); the reported watermark may trail it (see
+  `_ReadPartitionFn._report`). Both are checkpointed with the restriction.
+  """
+
+  def __init__(self, state):
+    reported, progress = state if isinstance(state, tuple) else (state, state)
+    super().__init__(reported)
+    self._progress = progress
+
+  # Methods, not an attribute: runners wrap estimators in a proxy
+  # (ThreadsafeWatermarkEstimator) that passes method calls only.
+  def progress(self):
+    return self._progress
+
+  def set_progress(self, progress):
+    if self._progress is None or progress > self._progress:
+      self._progress = progress
+
+  def get_estimator_state(self):
+    return (self.current_watermark(), self._progress)
+
+
+class _WatermarkProvider(WatermarkEstimatorProvider):
+
+  def initial_estimator_state(self, element, restriction):
+    # Hold the watermark until the partition's first record (or idleness)
+    # moves it: a remainder deferred before any record was fetched (a slow
+    # first fetch) and reported without a watermark holds nothing on Flink, so
+    # the other partitions' records closed windows this one had not read yet.
+    return MIN_TIMESTAMP
+
+  def create_watermark_estimator(self, estimator_state):
+    return _PartitionWatermarkEstimator(estimator_state)
+
+
+# Why a partition's watermark waits for the other partitions of its read:
+# Prism (2.77) sets a stage's output watermark from the residuals of the bundle
+# that completed last (stageState.estimatedOutput), not from the minimum over
+# every outstanding residual. A partition read ahead of the others (or idle,
+# at now - idle_timeout_s) in a bundle of its own would move the watermark past
+# records other partitions have not read yet; their windows would close early
+# and those records become late. So a partition never reports a watermark
+# ahead of the committed progress of the read's other partitions that this
+# process knows (their progress when their current bundle started, i.e. as
+# checkpointed). Partitions read in other processes (another worker) are not
+# known here: one not heard of for _PROGRESS_STALE_S no longer holds it back;
+# runners that track each residual's watermark (Flink, Dataflow) do that right
+# themselves.
+# read id -> {(topic, partition): (committed progress, monotonic time noted)}
+_PROGRESS: Dict[str, Dict[Tuple[str, int], Tuple[Timestamp, float]]] = {}
+_PROGRESS_STARTED: Dict[str, float] = {}
+_PROGRESS_LOCK = threading.Lock()
+_PROGRESS_STALE_S = 60.0
+
+
+class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
+  _STREAMING = False
+
+  """Reads one partition's offset range as RecordBatches (bounded restrictions).
+
+  It is its own RestrictionProvider: offset ranges [start, end) where end is
+  the high watermark when the read starts (bounded) or open.
+  """
+
+  def __init__(self, options: KafkaReadOptions):
+    self._options = options
+    # Identifies this read (not this DoFn copy) in _PROGRESS.
+    self._read_id = uuid.uuid4().hex
+    self._clients = None
+    self._avro = None
+    self._read = beam.metrics.Metrics.counter('kafka', 'records_read')
+    self._malformed = beam.metrics.Metrics.counter('kafka', 'malformed')
+    self._commits = beam.metrics.Metrics.counter('kafka', 'offset_commits')
+
+  def _lend(self) -> _Clients:
+    # Restriction methods may run before setup() in some runners' stages.
+    if self._clients is None:
+      self._clients = _Clients(self._options)
+    return self._clients
+
+  def setup(self):
+    if self._clients is None:
+      self._clients = _Clients(self._options)
+    if self._options.value_format == 'avro':
+      self._avro = AvroDecoder(self._options.schema_registry_url, self._options.avro_schema_file)
+
+  def teardown(self):
+    self._clients = None  # its consumers are back in the process-wide idle list
+
+  def _safe(self, fn):
+    # Transient broker states (e.g. NOT_COORDINATOR while the offsets topic is
+    # created on first use) are retried for up to a minute.
+    deadline = time.monotonic() + 60
+    while True:
+      try:
+        return fn()
+      except Exception as e:  # pylint: disable=broad-except
+        error = e.args[0] if e.args else None
+        retriable = getattr(error, 'retriable', lambda: False)() or getattr(error, 'code', lambda: None)() in (
+            16, 14, 15)  # NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE
+        if retriable and time.monotonic() < deadline:
+          time.sleep(0.5)
+          continue
+        raise RuntimeError(mask_secrets(f'Kafka at {self._options.bootstrap_servers}: {e}',
+                                        secrets_of(self._options))) from None
+
+  def initial_restriction(self, element: KafkaPartition) -> OffsetRange:
+    with self._lend().consumer() as consumer:
+      return self._initial_restriction(consumer, element)
+
+  def _initial_restriction(self, consumer, element: KafkaPartition) -> OffsetRange:
+    options = self._options
+    timeout = max(30.0, options.poll_timeout_s)
+    tp = _tp(element.topic, element.partition)
+    low, high = self._safe(lambda: consumer.get_watermark_offsets(tp, timeout=timeout, cached=False))
+    start = None
+    if options.group_id and options.resume_from_committed:
+      committed = self._safe(lambda: consumer.committed([tp], timeout=timeout))[0].offset
+      if committed is not None and committed >= 0:
+        start = max(committed, low)
+    if start is None:
+      if options.start_position == 'earliest':
+        start = low
+      elif options.start_position == 'latest':
+        start = high
+      else:
+        found = self._safe(lambda: consumer.offsets_for_times(
+            [_tp(element.topic, element.partition, options.start_timestamp_ms)], timeout=timeout))[0].offset
+        start = high if found is None or found < 0 else found
+    stop = high if options.bounded else _UNBOUNDED_STOP
+    if options.max_records_per_partition is not None:
+      stop = min(stop, start + options.max_records_per_partition)
+    return OffsetRange(start, max(start, stop))
+
+  def create_tracker(self, restriction: OffsetRange) -> OffsetRestrictionTracker:
+    if self._STREAMING:
+      # Checkpoints only: a runner's dynamic split would start a second read of
+      # this partition (past its end, idle at now - idle_timeout_s) with its own
+      # watermark, which the first one's progress no longer bounds.
+      return CheckpointOnlyTracker(restriction)
+    return OffsetRestrictionTracker(restriction)
+
+  def split(self, element, restriction):
+    # The runner splits dynamically (checkpoints); a partition is read in order.
+    yield restriction
+
+  def restriction_size(self, element, restriction: OffsetRange):
+    if restriction.stop >= _UNBOUNDED_STOP:
+      return 1 << 20  # unknown backlog: a constant so runners can still compare
+    return restriction.size()
+
+  def truncate(self, element, restriction):
+    # On drain an unbounded partition read stops where it is.
+    if restriction.stop >= _UNBOUNDED_STOP:
+      return None
+    return restriction
+
+  def _commit(self, topic, partition, start, end):
+    # Runs after the runner committed the bundle's output. A runner may split
+    # a partition's range and finalize the parts in any order, so the group's
+    # offset only moves to the end of ranges contiguous with it: it never
+    # passes a record whose result could still be lost.
+    try:
+      with _COMMITS_LOCK, self._lend().consumer() as consumer:
+        ranges = _FINALIZED.setdefault((self._options.group_id, topic, partition), [])
+        ranges.append((start, end))
+        known = consumer.committed([_tp(topic, partition)], timeout=30)[0].offset
+        frontier = known if known is not None and known >= 0 else min(s for s, _ in ranges)
+        advanced = True
+        while advanced:
+          advanced = False
+          for s, e in ranges:
+            if s <= frontier < e:
+              frontier, advanced = e, True
+        ranges[:] = [(s, e) for s, e in ranges if e > frontier]
+        if known is None or frontier > known:
+          consumer.commit(offsets=[_tp(topic, partition, frontier)], asynchronous=False)
+          self._commits.inc()
+    except Exception as e:  # pylint: disable=broad-except
+      _LOG.warning('committing offset %d of %s failed (the next job re-reads from the previous commit): %s',
+                   end, source_uri(topic, partition), mask_secrets(str(e), secrets_of(self._options)))
+
+  def _emit(self, element: KafkaPartition, messages):
+    source = source_uri(element.topic, element.partition)
+    values = [m.value() for m in messages]
+    offsets = np.fromiter((m.offset() for m in messages), dtype=np.int64, count=len(messages))
+    stamps = [m.timestamp()[1] for m in messages]
+    rows, good, bad = decode_values(values, self._options.value_format, self._avro)
+    self._read.inc(len(messages))
+    for i, reason, detail in bad:
+      self._malformed.inc()
+      yield beam.pvalue.TaggedOutput(
+          DEAD_LETTER,
+          beam.window.TimestampedValue(
+              dead_letter(source, f'offset {int(offsets[i])}', reason, record=raw_text(values[i]),
+                          detail=detail, stage='read'), Timestamp(micros=max(stamps[i], 0) * 1000)))
+    if rows:
+      batch = with_provenance(rows_to_batch(rows), source, offsets[np.asarray(good, dtype=np.int64)])
+      oldest = min(stamps[i] for i in good)
+      yield beam.window.TimestampedValue(batch, Timestamp(micros=max(oldest, 0) * 1000))
+
+  def process(
+      self,
+      element: KafkaPartition,
+      bundle_finalizer=beam.DoFn.BundleFinalizerParam,
+      # Beam passes these two by name: they must follow the positional params.
+      tracker=beam.DoFn.RestrictionParam(),
+      watermark=beam.DoFn.WatermarkEstimatorParam(_WatermarkProvider())):
+    options = self._options
+    restriction = tracker.current_restriction()
+    if restriction.start >= restriction.stop:
+      tracker.try_claim(restriction.stop)
+      return
+    if self._STREAMING:
+      self._note_progress(element, watermark.progress())
+      # The cap by the other partitions' progress was applied when this
+      # partition last read records; a partition that has read all its
+      # records (and gets none, with no idle timeout) would keep that cap for
+      # ever and hold every window open: apply it again with what is known now.
+      if watermark.progress() is not None:
+        self._report(element, watermark, watermark.progress())
+    began = time.monotonic()
+    claimed_to = None  # next offset after the last claimed record
+    newest_ms = None
+    pending = []
+    done = False
+    clients = self._lend()
+    consumer = clients.acquire()
+    healthy = True
+    try:
+      if self._STREAMING and self._at_or_beyond_end(consumer, element, restriction.start):
+        # Nothing to fetch yet: the partition is caught up, or this is a range
+        # the runner split off past its current end (fetching there would
+        # reset the consumer to auto.offset.reset).
+        if self._STREAMING and options.idle_timeout_s:
+          self._report(element, watermark, Timestamp.now() - Duration(options.idle_timeout_s))
+        tracker.defer_remainder(Duration(options.poll_timeout_s))
+        return
+      try:
+        consumer.assign([_tp(element.topic, element.partition, restriction.start)])
+      except Exception as e:  # pylint: disable=broad-except
+        raise RuntimeError(mask_secrets(f'Kafka at {options.bootstrap_servers}: {e}', secrets_of(options))) from None
+      while not done:
+        messages = consumer.consume(num_messages=options.batch_size, timeout=options.poll_timeout_s)
+        for message in messages:
+          error = message.error()
+          if error is not None:
+            if error.fatal():
+              raise RuntimeError(mask_secrets(f'Kafka {source_uri(element.topic, element.partition)}: {error}',
+                                              secrets_of(options)))
+            _LOG.warning('Kafka %s: %s', source_uri(element.topic, element.partition),
+                         mask_secrets(str(error), secrets_of(options)))
+            continue
+          if (message.topic() != element.topic or message.partition() != element.partition or
+              message.offset() < tracker.current_restriction().start):
+            continue  # fetched for an earlier assignment of this consumer
+          if not tracker.try_claim(message.offset()):
+            done = True
+            break
+          pending.append(message)
+          claimed_to = message.offset() + 1
+          stamp = message.timestamp()[1]
+          if stamp >= 0:
+            newest_ms = stamp if newest_ms is None else max(newest_ms, stamp)
+        if pending:
+          yield from self._emit(element, pending)
+          pending = []
+          if newest_ms is not None:
+            self._report(element, watermark,
+                         Timestamp(micros=newest_ms * 1000) - Duration(options.max_out_of_orderness_s))
+        if done:
+          break
+        stop = tracker.current_restriction().stop
+        if not messages:
+          # Before its first fetch the consumer has no position: the next offset is the range's start.
+          position = self._position(consumer, element)
+          if position is None:
+            position = claimed_to if claimed_to is not None else tracker.current_restriction().start
+          if position is not None and position >= stop:
+            # The range ends at offsets that are no records (transaction markers, compaction).
+            tracker.try_claim(stop)
+            break
+          if self._STREAMING and options.idle_timeout_s and self._caught_up(consumer, element, position):
+            # Caught up and idle: let the watermark follow the clock so that
+            # windows close although this partition receives nothing.
+            self._report(element, watermark, Timestamp.now() - Duration(options.idle_timeout_s))
+            tracker.defer_remainder(Duration(options.poll_timeout_s))
+            break
+        if self._STREAMING and time.monotonic() - began >= options.checkpoint_interval_s:
+          tracker.defer_remainder()
+          break
+    except BaseException:
+      healthy = False  # a consumer that failed mid-read is closed, not lent again
+      raise
+    finally:
+      clients.release(consumer, healthy)
+      if claimed_to is not None and options.group_id:
+        bundle_finalizer.register(
+            lambda t=element.topic, p=element.partition, s=restriction.start, o=claimed_to: self._commit(t, p, s, o))
+      else:
+        # Runners that always send FinalizeBundle for this transform (Prism)
+        # get an error back from a bundle that registered nothing.
+        bundle_finalizer.register(_nothing)
+
+  def _at_or_beyond_end(self, consumer, element, offset) -> bool:
+    unused_low, high = self._safe(lambda: consumer.get_watermark_offsets(
+        _tp(element.topic, element.partition), timeout=max(30.0, self._options.poll_timeout_s), cached=False))
+    return offset >= high
+
+  @staticmethod
+  def _caught_up(consumer, element, position) -> bool:
+    """Whether the consumer has read up to the partition's end (from its last fetch response)."""
+    if position is None:
+      return False
+    try:
+      unused_low, high = consumer.get_watermark_offsets(_tp(element.topic, element.partition), cached=True)
+    except Exception:  # pylint: disable=broad-except
+      return False
+    return high is not None and high >= 0 and position >= high
+
+  @staticmethod
+  def _position(consumer, element):
+    try:
+      position = consumer.position([_tp(element.topic, element.partition)])[0].offset
+    except Exception:  # pylint: disable=broad-except
+      return None
+    return position if position is not None and position >= 0 else None
+
+  def _note_progress(self, element: KafkaPartition, progress):
+    """Records a partition's committed progress for the read's other partitions in this process."""
+    now = time.monotonic()
+    with _PROGRESS_LOCK:
+      _PROGRESS_STARTED.setdefault(self._read_id, now)
+      _PROGRESS.setdefault(self._read_id, {})[(element.topic, element.partition)] = (
+          progress if progress is not None else MIN_TIMESTAMP, now)
+
+  def _others_progress(self, element: KafkaPartition):
+    """The least committed progress of the read's other partitions known here (None: no limit)."""
+    now = time.monotonic()
+    with _PROGRESS_LOCK:
+      known = _PROGRESS.get(self._read_id, {})
+      fresh = [p for key, (p, noted) in known.items()
+               if key != (element.topic, element.partition) and now - noted < _PROGRESS_STALE_S]
+      if element.partitions and len(known) < element.partitions and (
+          now - _PROGRESS_STARTED.get(self._read_id, now) < _PROGRESS_STALE_S):
+        return MIN_TIMESTAMP  # partitions not started here yet: wait for them (or for the stale limit)
+    return min(fresh) if fresh else None
+
+  def _report(self, element: KafkaPartition, watermark, progress):
+    """Notes the partition's own progress; reports it as the watermark, capped by the other partitions'."""
+    watermark.set_progress(progress)
+    own = watermark.progress()
+    limit = self._others_progress(element)
+    self._advance(watermark, own if limit is None else min(own, limit))
+
+  @staticmethod
+  def _advance(watermark, timestamp):
+    current = watermark.current_watermark()
+    if timestamp > MAX_TIMESTAMP:
+      timestamp = MAX_TIMESTAMP
+    if current is None or timestamp > current:
+      watermark.set_watermark(timestamp)
+
+
+class _ListPartitionsFn(beam.DoFn):
+  """The partitions of each topic, looked up when the job runs (not at construction)."""
+
+  def __init__(self, options: KafkaReadOptions):
+    self._options = options
+
+  def process(self, unused_impulse):
+    import confluent_kafka.admin  # pylint: disable=import-outside-toplevel
+    admin = confluent_kafka.admin.AdminClient(client_config(self._options))
+    found = []
+    for topic in self._options.topics:
+      deadline = time.monotonic() + 60
+      while True:
+        try:
+          metadata = admin.list_topics(topic=topic, timeout=30)
+        except Exception as e:  # pylint: disable=broad-except
+          raise RuntimeError(mask_secrets(f'Kafka at {self._options.bootstrap_servers}: {e}',
+                                          secrets_of(self._options))) from None
+        info = metadata.topics.get(topic)
+        if info is not None and info.error is None and info.partitions:
+          break
+        if time.monotonic() > deadline:
+          raise RuntimeError(f'Kafka topic {topic!r}: no partitions ({info.error if info else "unknown topic"})')
+        time.sleep(0.5)
+      found += [(topic, partition) for partition in sorted(info.partitions)]
+    for topic, partition in found:
+      yield KafkaPartition(topic, partition, len(found))
+
+
+class ReadFromKafka(beam.PTransform):
+  """Reads Kafka topics as Arrow RecordBatches; returns `Outputs(records, dead_letter)`."""
+
+  def __init__(self, options: Optional[KafkaReadOptions] = None, **kwargs):
+    super().__init__()
+    if options is None:
+      options = KafkaReadOptions(**kwargs)
+    elif kwargs:
+      raise ValueError('give either a KafkaReadOptions or keyword options, not both')
+    if not isinstance(options, KafkaReadOptions):
+      raise TypeError(f'options must be KafkaReadOptions, got {type(options).__name__}')
+    self._options = options
+
+  def expand(self, pbegin):
+    options = self._options
+    fn_class = _UnboundedReadPartitionFn if options.is_streaming else _ReadPartitionFn
+    result = (
+        pbegin
+        | 'Impulse' >> beam.Impulse()
+        | 'ListPartitions' >> beam.ParDo(_ListPartitionsFn(options))
+        # Spreads partitions over workers before the reads start.
+        | 'Spread' >> beam.Reshuffle()
+        | 'ReadPartitions' >> beam.ParDo(fn_class(options)).with_outputs(DEAD_LETTER, main='records'))
+    records = result.records
+    records.element_type = pa.RecordBatch
+    return Outputs(records, result[DEAD_LETTER])
+
+
+class _UnboundedReadPartitionFn(_ReadPartitionFn):
+  """The same read as an unbounded source: self-checkpoints and idle watermarks."""
+  _STREAMING = True
+
+  @beam.DoFn.unbounded_per_element()
+  def process(self,
+              element,
+              bundle_finalizer=beam.DoFn.BundleFinalizerParam,
+              tracker=beam.DoFn.RestrictionParam(),
+              watermark=beam.DoFn.WatermarkEstimatorParam(_WatermarkProvider())):
+    return super().process(element, bundle_finalizer, tracker=tracker, watermark=watermark)
