@@ -22,12 +22,12 @@ import decimal
 import math
 from typing import Any, Dict, Iterable, List, Optional
 
-import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
+import transforms.coders  # noqa: F401  pylint: disable=unused-import  # registers the coder typed_outputs relies on
+
 __all__ = [
-    'RecordBatchCoder',
     'typed_outputs',
     'SOURCE_COLUMN',
     'ROW_COLUMN',
@@ -125,36 +125,6 @@ def rows_as_dicts(batch: pa.RecordBatch, indices: Optional[Iterable[int]] = None
   if indices is not None:
     batch = batch.take(pa.array(list(indices), type=pa.int64()))
   return [{k: json_safe(v) for k, v in row.items()} for row in strip_internal(batch).to_pylist()]
-
-
-class RecordBatchCoder(beam.coders.Coder):
-  """Arrow IPC for RecordBatches, with a size estimate that costs nothing.
-
-  Beam samples output elements to estimate their size; with the default
-  PickleCoder every sample pickles a whole batch (about a fifth of a CSV
-  read's time in measurements). `batch.nbytes` adds up buffer sizes instead.
-  """
-
-  def encode(self, value: pa.RecordBatch) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, value.schema) as writer:
-      writer.write_batch(value)
-    return sink.getvalue().to_pybytes()
-
-  def decode(self, encoded: bytes) -> pa.RecordBatch:
-    return pa.ipc.open_stream(encoded).read_next_batch()
-
-  def estimate_size(self, value) -> int:
-    return value.nbytes
-
-  def is_deterministic(self) -> bool:
-    return False
-
-  def to_type_hint(self):
-    return pa.RecordBatch
-
-
-beam.coders.registry.register_coder(pa.RecordBatch, RecordBatchCoder)
 
 
 def typed_outputs(outputs):

@@ -57,10 +57,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
 
-try:
-  from transforms.records import RecordBatchCoder
-except ImportError:  # older layout: the coder lived beside the file readers
-  from io_connectors.files import RecordBatchCoder
+from transforms.coders import RecordBatchCoder
 from transforms.dead_letter import dead_letter
 from transforms.dedup import shard_of
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN, position, rows_as_dicts

@@ -39,9 +39,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from apache_beam.io.filesystems import FileSystems
 
-from io_connectors._common.masking import mask_url  # re-exported: callers import it from here
+from io_connectors._common.masking import mask_url
 
-__all__ = ['StateError', 'cursor_key', 'load_cursor', 'commit_cursors', 'mask_url']
+__all__ = ['StateError', 'cursor_key', 'load_cursor', 'commit_cursors']
 
 DEFAULT_TABLE = 'pipeline_cursors'
 _TABLE_PATTERN = re.compile(r'^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$')

@@ -65,19 +65,13 @@ import pyarrow as pa
 
 from io_connectors import registry
 from io_connectors.apis.http.auth import ApiKeyAuth, SignedAuth
-from io_connectors.apis.http.client import ClientOptions, HostNotAllowed, HttpClient, Request, RequestFailed, RetryPolicy
-from io_connectors.apis.http.client import json_path
+from io_connectors.apis.http.client import ClientOptions, HttpClient, RetryPolicy
 from io_connectors.apis.http.paginators import PageNumberPaginator
 from io_connectors.apis.http.ratelimit import limiter_for
+from io_connectors.apis.http.request import HostNotAllowed, Request, RequestFailed, json_path
+from transforms.coders import RecordBatchCoder  # noqa: F401  pylint: disable=unused-import  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, json_safe
-
-# Imported for its side effect: registers the Arrow IPC coder for RecordBatch
-# PCollections (it is moving from io_connectors.files to transforms.records).
-try:
-  from transforms.records import RecordBatchCoder  # pylint: disable=unused-import
-except ImportError:
-  from io_connectors.files import RecordBatchCoder  # pylint: disable=unused-import
 
 __all__ = ['ReadFromLastfm', 'LastfmOptions', 'LastfmKeyError', 'sign_request', 'track_key', 'RESOURCES']
 

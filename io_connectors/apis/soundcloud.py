@@ -41,7 +41,8 @@ import apache_beam as beam
 
 from io_connectors import registry
 from io_connectors.apis.http.auth import OAuth2ClientCredentials
-from io_connectors.apis.http.client import RetryPolicy, json_path
+from io_connectors.apis.http.client import RetryPolicy
+from io_connectors.apis.http.request import json_path
 from io_connectors.apis.http.rest import ReadRestResource, ResourceConfig, RestOptions
 from io_connectors.apis.social import AuthFromEnv
 

@@ -130,14 +130,13 @@ import apache_beam as beam
 import pyarrow as pa
 
 from io_connectors import registry
-from io_connectors.files import RecordBatchCoder  # pylint: disable=unused-import  # registers the batch coder
-# mask_url is re-exported: callers import it from here.
 from io_connectors._common.masking import connection_url, mask_url, masked_message
 from io_connectors._common.retry import Backoff
+from transforms.coders import RecordBatchCoder  # noqa: F401  pylint: disable=unused-import  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
 from transforms.records import with_provenance
 
-__all__ = ['MongoOptions', 'MongoError', 'ReadFromMongo', 'mask_url', 'table_from_documents']
+__all__ = ['MongoOptions', 'MongoError', 'ReadFromMongo', 'table_from_documents']
 
 _LOG = logging.getLogger(__name__)
 

@@ -97,11 +97,11 @@ import pyarrow.csv as pa_csv
 
 from io_connectors import registry
 from io_connectors._common import state as state_store
-from io_connectors._common.masking import connection_url, mask_url
+from io_connectors._common.masking import connection_url
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
 from transforms.records import with_provenance
 
-__all__ = ['PostgresOptions', 'ReadFromPostgres', 'PostgresError', 'check', 'release_snapshots', 'mask_url']
+__all__ = ['PostgresOptions', 'ReadFromPostgres', 'PostgresError', 'check', 'release_snapshots']
 
 _LOG = logging.getLogger(__name__)
 _IDENTIFIER = re.compile(r'^[A-Za-z_][A-Za-z0-9_$]{0,62}$')

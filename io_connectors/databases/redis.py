@@ -96,10 +96,10 @@ import apache_beam as beam
 import pyarrow as pa
 
 from io_connectors import registry
-from io_connectors.files import RecordBatchCoder  # pylint: disable=unused-import  # registers the batch coder
 from io_connectors._common.masking import connection_url, mask_url, masked_message
 from io_connectors._common.retry import Backoff, call_with_retries
 from io_connectors.databases.mongodb import table_from_documents
+from transforms.coders import RecordBatchCoder  # noqa: F401  pylint: disable=unused-import  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
 from transforms.records import json_safe, with_provenance
 

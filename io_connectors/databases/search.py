@@ -90,9 +90,9 @@ import pyarrow.compute as pc
 
 from io_connectors import registry
 from io_connectors._common import state as state_store
-from io_connectors.files import RecordBatchCoder  # pylint: disable=unused-import  # registers the batch coder
 from io_connectors._common.masking import connection_url, mask_url
 from io_connectors._common.retry import Backoff, call_with_retries
+from transforms.coders import RecordBatchCoder  # noqa: F401  pylint: disable=unused-import  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
 from transforms.records import with_provenance
 

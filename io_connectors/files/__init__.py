@@ -94,7 +94,6 @@ from io_connectors.files.csv import ReadFromCsv
 from io_connectors.files.excel import ReadFromExcel
 from io_connectors.files.jsonl import ReadFromJson, ReadFromJsonLines
 from io_connectors.files.parquet import ReadFromParquet
-from transforms.records import RecordBatchCoder
 
 __all__ = [
     'FORMATS',
@@ -112,7 +111,6 @@ __all__ = [
     'ReadFromAvro',
     'ReadFromExcel',
     'ReadFromFiles',
-    'RecordBatchCoder',
 ]
 
 

@@ -34,11 +34,10 @@ from apache_beam.utils.timestamp import Timestamp
 
 from io_connectors.files._read import table_from_rows
 from io_connectors.files.jsonl import parse_json_lines
-from io_connectors._common.masking import mask_url  # re-exported: callers import it from here
 from transforms.dead_letter import DEAD_LETTER, dead_letter
 from transforms.records import with_provenance
 
-__all__ = ['messages_to_batch', 'advance_watermark', 'emit_at_watermark', 'mask_url', 'CheckpointOnlyTracker']
+__all__ = ['messages_to_batch', 'advance_watermark', 'emit_at_watermark', 'CheckpointOnlyTracker']
 
 # A dead letter keeps at most this much of a payload that is not JSON.
 _MAX_RAW_CHARS = 10_000

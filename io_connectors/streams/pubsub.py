@@ -49,8 +49,8 @@ from apache_beam.io.gcp.pubsub import ReadFromPubSub
 from apache_beam.utils.windowed_value import WindowedValue
 
 from io_connectors import registry
-from io_connectors.files import RecordBatchCoder  # noqa: F401  (registers the RecordBatch coder)
 from io_connectors.streams._messages import messages_to_batch
+from transforms.coders import RecordBatchCoder  # noqa: F401  pylint: disable=unused-import  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, Outputs
 
 __all__ = ['PubSubOptions', 'ReadPubSubJson']

@@ -97,9 +97,10 @@ import pyarrow as pa
 from apache_beam.utils.timestamp import Timestamp
 
 from io_connectors import registry
-from io_connectors.files import RecordBatchCoder  # noqa: F401  (registers the RecordBatch coder)
+from io_connectors._common.masking import mask_url
 from io_connectors.streams._messages import (ManualWatermarkProvider, ReadsRestrictionProvider, advance_watermark,
-                                            emit_at_watermark, mask_url, messages_to_batch)
+                                             emit_at_watermark, messages_to_batch)
+from transforms.coders import RecordBatchCoder  # noqa: F401  pylint: disable=unused-import  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 
 __all__ = [

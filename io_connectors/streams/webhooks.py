@@ -73,9 +73,9 @@ import threading
 import time
 from typing import Dict, Optional, Sequence
 
-from io_connectors._common.masking import mask_url  # re-exported: callers import it from here
+from io_connectors._common.masking import mask_url
 
-__all__ = ['WebhookOptions', 'create_app', 'sign', 'mask_url', 'main', 'REJECT_REASONS']
+__all__ = ['WebhookOptions', 'create_app', 'sign', 'main', 'REJECT_REASONS']
 
 _LOG = logging.getLogger('io_connectors.streams.webhooks')
 

@@ -70,10 +70,10 @@ import pyarrow as pa
 from apache_beam.utils.timestamp import Timestamp
 
 from io_connectors import registry
-from io_connectors.files import RecordBatchCoder  # noqa: F401  (registers the RecordBatch coder)
 from io_connectors.streams.redis_streams import RedisStreamsOptions, read_with_readers, readers_of, redis_client
 from io_connectors.streams._messages import (ManualWatermarkProvider, ReadsRestrictionProvider, emit_at_watermark,
-                                            messages_to_batch)
+                                             messages_to_batch)
+from transforms.coders import RecordBatchCoder  # noqa: F401  pylint: disable=unused-import  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, Outputs
 
 __all__ = ['WebSocketOptions', 'ReadFromWebSocket', 'WebSocketReceiver', 'backoff_delays', 'public_url']

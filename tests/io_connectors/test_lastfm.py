@@ -12,7 +12,7 @@ from apache_beam.testing.util import assert_that
 from io_connectors import registry
 from io_connectors.apis.http.client import RetryPolicy
 from io_connectors.apis.lastfm import LastfmOptions, ReadFromLastfm, sign_request, track_key
-from io_connectors.apis.http.client import Request
+from io_connectors.apis.http.request import Request
 from tests.io_connectors.api_fakes import LastfmFake, lastfm_signature
 from transforms.entities import ListeningEvent
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN

@@ -19,8 +19,9 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
 from io_connectors import registry
-from io_connectors.databases.mongodb import (MongoError, MongoOptions, ReadFromMongo, _plain, mask_url, plan_splits,
-                                   quantile_boundaries, table_from_documents)
+from io_connectors._common.masking import mask_url
+from io_connectors.databases.mongodb import (MongoError, MongoOptions, ReadFromMongo, _plain, plan_splits,
+                                             quantile_boundaries, table_from_documents)
 from tests.conftest import SERVICES_SCRIPT, ensure_service
 from tests.io_connectors.flaky_proxy import CuttingProxy
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, strip_internal

@@ -12,7 +12,8 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
 from io_connectors import registry
-from io_connectors.apis.http.client import Request, RetryPolicy
+from io_connectors.apis.http.client import RetryPolicy
+from io_connectors.apis.http.request import Request
 from io_connectors.apis.http.rest import RestOptions
 from io_connectors.apis.social import BodyCursorPaginator, ReadFromSocial, load_resource, resources
 from tests.io_connectors.api_fakes import InstagramFake, TikTokFake, TwitterFake

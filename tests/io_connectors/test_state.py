@@ -10,6 +10,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from io_connectors._common import state
+from io_connectors._common.masking import mask_url
 from tests.io_connectors.postgres_fixtures import pg, postgres_url  # pylint: disable=unused-import
 
 
@@ -72,4 +73,4 @@ def test_errors_name_the_store_without_its_password(postgres_url):
     state.load_cursor(postgres_url + '?table=x;drop', 'k')
   with pytest.raises(state.StateError, match='lacks'):
     state.commit_cursors([{'store': 'x', 'key': 'k'}])
-  assert state.mask_url('postgresql://u:p@h:1/db') == 'postgresql://u:***@h:1/db'
+  assert mask_url('postgresql://u:p@h:1/db') == 'postgresql://u:***@h:1/db'

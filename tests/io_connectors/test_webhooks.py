@@ -15,7 +15,8 @@ import uuid
 import httpx
 import pytest
 
-from io_connectors.streams.webhooks import REJECT_REASONS, WebhookOptions, mask_url, sign
+from io_connectors._common.masking import mask_url
+from io_connectors.streams.webhooks import REJECT_REASONS, WebhookOptions, sign
 from tests.conftest import REPO_ROOT, ensure_service
 
 SECRETS = {'soundcloud': 'sc-webhook-secret-4f1d', 'lastfm': 'lf-webhook-secret-9a2c'}

@@ -17,7 +17,7 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
-from io_connectors.files import RecordBatchCoder
+from transforms.coders import RecordBatchCoder
 from transforms.records import with_provenance
 from transforms.windows import WindowEvents, WindowOptions, window_label
 

@@ -8,6 +8,7 @@ One small class per strategy, composed by declarative resource configs:
   refresh on expiry and on 401), a request-signing hook.
 - `ratelimit`: a thread-safe token bucket per host shared by a worker's
   requests; 429 + Retry-After (seconds or HTTP date) pause it.
+- `request`: the Request/Response values and how a request fails.
 - `client`: allow-list of hosts, retries with jittered exponential backoff,
   secret masking, optional Redis response cache (`cache`).
 - `rest.ReadFromRest` / `graphql.ReadFromGraphQL`: fan out over a PCollection
@@ -22,16 +23,16 @@ Usage::
 """
 
 from io_connectors.apis.http.auth import (ApiKeyAuth, Auth, BearerTokenAuth, NoAuth, OAuth2ClientCredentials,
-                                     OAuth2RefreshToken, SignedAuth, create_auth)
-from io_connectors.apis.http.client import (ClientOptions, HostNotAllowed, HttpClient, Masker, Request, RequestFailed,
-                                       Response, RetryPolicy, json_path)
+                                          OAuth2RefreshToken, SignedAuth, create_auth)
+from io_connectors.apis.http.client import ClientOptions, HttpClient, Masker, RetryPolicy
 from io_connectors.apis.http.graphql import ReadFromGraphQL, graphql_resource
 from io_connectors.apis.http.paginators import (HeaderLinkPaginator, JSONBodyCursorPaginator, JSONBodyNextUrlPaginator,
-                                           OffsetPaginator, PageNumberPaginator, Paginator, RelayCursorPaginator,
-                                           SinglePage, create_paginator)
+                                                OffsetPaginator, PageNumberPaginator, Paginator, RelayCursorPaginator,
+                                                SinglePage, create_paginator)
 from io_connectors.apis.http.ratelimit import TokenBucket, limiter_for, parse_retry_after
-from io_connectors.apis.http.rest import (IncrementalConfig, ReadFromRest, ReadRestResource, ResourceConfig, RestOptions,
-                                     records_to_batch)
+from io_connectors.apis.http.request import HostNotAllowed, Request, RequestFailed, Response, json_path
+from io_connectors.apis.http.rest import (IncrementalConfig, ReadFromRest, ReadRestResource, ResourceConfig,
+                                          RestOptions, records_to_batch)
 
 __all__ = [
     'ApiKeyAuth', 'Auth', 'BearerTokenAuth', 'NoAuth', 'OAuth2ClientCredentials', 'OAuth2RefreshToken', 'SignedAuth',

@@ -31,7 +31,7 @@ import threading
 import time
 from typing import Callable, Iterable, List, Optional
 
-from io_connectors.apis.http.client import Request, RequestFailed
+from io_connectors.apis.http.request import Request, RequestFailed
 
 __all__ = [
     'Auth',

@@ -28,7 +28,7 @@ import re
 import urllib.parse
 from typing import Any, Optional
 
-from io_connectors.apis.http.client import Request, json_path
+from io_connectors.apis.http.request import Request, json_path
 
 __all__ = [
     'Paginator',

@@ -71,11 +71,11 @@ import pyarrow as pa
 from apache_beam.utils.windowed_value import WindowedValue
 
 from io_connectors import registry
-from io_connectors.files import RecordBatchCoder  # pylint: disable=unused-import  # registers the batch coder
 from io_connectors.apis.http.auth import Auth, create_auth
-from io_connectors.apis.http.client import ClientOptions, HostNotAllowed, HttpClient, Request, RequestFailed, RetryPolicy, \
-    json_path
+from io_connectors.apis.http.client import ClientOptions, HttpClient, RetryPolicy
 from io_connectors.apis.http.paginators import Paginator, create_paginator
+from io_connectors.apis.http.request import HostNotAllowed, Request, RequestFailed, json_path
+from transforms.coders import RecordBatchCoder  # noqa: F401  pylint: disable=unused-import  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, json_safe
 

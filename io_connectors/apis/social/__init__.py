@@ -55,8 +55,9 @@ import yaml
 
 from io_connectors import registry
 from io_connectors.apis.http.auth import Auth, OAuth2ClientCredentials, create_auth
-from io_connectors.apis.http.client import RetryPolicy, json_path
+from io_connectors.apis.http.client import RetryPolicy
 from io_connectors.apis.http.paginators import Paginator
+from io_connectors.apis.http.request import json_path
 from io_connectors.apis.http.rest import ReadRestResource, ResourceConfig, RestOptions
 
 __all__ = [

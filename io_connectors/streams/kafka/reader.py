@@ -22,7 +22,7 @@ from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Duration, 
 from io_connectors.streams._messages import CheckpointOnlyTracker
 from io_connectors.streams.kafka._config import KafkaReadOptions, client_config, mask_secrets, secrets_of, source_uri
 from io_connectors.streams.kafka._payloads import AvroDecoder, decode_values, raw_text, rows_to_batch
-from transforms.records import RecordBatchCoder  # noqa: F401  registers the RecordBatch coder
+from transforms.coders import RecordBatchCoder  # noqa: F401  pylint: disable=unused-import  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 from transforms.records import with_provenance
 

@@ -1,0 +1,97 @@
+"""What the HTTP client sends and gets back, and how a request fails.
+
+Kept apart from `client` so that the auth strategies (which build token
+requests) and the paginators (which read bodies) depend on these values, not
+on the client that depends on them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import urllib.parse
+from typing import Any, Mapping, Optional
+
+__all__ = ['Request', 'Response', 'HostNotAllowed', 'RequestFailed', 'json_path']
+
+
+def json_path(body: Any, path: Optional[str]) -> Any:
+  """The value at a dotted path ('a.b.0.c'; '' or None is the body); None when absent."""
+  if path in (None, '', '$'):
+    return body
+  value = body
+  for part in path.split('.'):
+    if isinstance(value, dict):
+      value = value.get(part)
+    elif isinstance(value, list) and re.fullmatch(r'-?\d+', part):
+      index = int(part)
+      value = value[index] if -len(value) <= index < len(value) else None
+    else:
+      return None
+    if value is None:
+      return None
+  return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+  """One HTTP request: method, URL without query, query params, headers, JSON or form body."""
+  method: str
+  url: str
+  params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  json: Any = None
+  data: Optional[Mapping[str, Any]] = None
+
+  def with_params(self, **params) -> 'Request':
+    return dataclasses.replace(self, params={**self.params, **params})
+
+  def with_headers(self, **headers) -> 'Request':
+    return dataclasses.replace(self, headers={**self.headers, **headers})
+
+  def with_variables(self, **variables) -> 'Request':
+    """For GraphQL: the JSON body with `variables` updated."""
+    body = dict(self.json or {})
+    body['variables'] = {**body.get('variables', {}), **variables}
+    return dataclasses.replace(self, json=body)
+
+  @property
+  def host(self) -> str:
+    return (urllib.parse.urlsplit(self.url).hostname or '').lower()
+
+  def full_url(self) -> str:
+    if not self.params:
+      return self.url
+    query = urllib.parse.urlencode([(k, v) for k, v in self.params.items() if v is not None], doseq=True)
+    return f'{self.url}{"&" if "?" in self.url else "?"}{query}'
+
+
+@dataclasses.dataclass
+class Response:
+  status: int
+  headers: Mapping[str, str]
+  content: bytes
+  request: Request
+  from_cache: bool = False
+
+  def json(self) -> Any:
+    """The parsed body; json.JSONDecodeError (a ValueError) when it is not JSON."""
+    return json.loads(self.content)
+
+  def text(self, limit: int = 2000) -> str:
+    return self.content[:limit].decode('utf-8', errors='replace')
+
+
+class HostNotAllowed(ValueError):
+  """A request to a host outside the allow-list; nothing was sent."""
+
+
+class RequestFailed(IOError):
+  """A request that failed for good; `request` is its masked description."""
+
+  def __init__(self, message: str, request: dict, status: Optional[int] = None, body: Optional[str] = None):
+    super().__init__(message)
+    self.request = request
+    self.status = status
+    self.body = body
