@@ -64,6 +64,7 @@ import numpy as np
 import pyarrow as pa
 
 from io_connectors import registry
+from io_connectors._common.arrow import column
 from io_connectors.apis.http.auth import ApiKeyAuth, SignedAuth
 from io_connectors.apis.http.client import ClientOptions, HttpClient, RetryPolicy
 from io_connectors.apis.http.paginators import PageNumberPaginator
@@ -194,7 +195,8 @@ class _Page:
     if not self.sources:
       return None
     names = list(self.columns)
-    arrays = [pa.array(self.columns[n], type=types.get(n)) for n in names]
+    # Fields Last.fm documents keep their types; the others follow the shared rules.
+    arrays = [pa.array(self.columns[n], type=types[n]) if n in types else column(self.columns[n]) for n in names]
     distinct = sorted(set(self.sources))
     index = {s: i for i, s in enumerate(distinct)}
     source = pa.DictionaryArray.from_arrays(pa.array(np.fromiter((index[s] for s in self.sources), dtype=np.int32)),

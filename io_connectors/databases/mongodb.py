@@ -130,13 +130,14 @@ import apache_beam as beam
 import pyarrow as pa
 
 from io_connectors import registry
+from io_connectors._common.arrow import table_from_rows
 from io_connectors._common.masking import connection_url, mask_url, masked_message
 from io_connectors._common.retry import Backoff
 from transforms.coders import RecordBatchCoder  # noqa: F401  pylint: disable=unused-import  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
 from transforms.records import with_provenance
 
-__all__ = ['MongoOptions', 'MongoError', 'ReadFromMongo', 'table_from_documents']
+__all__ = ['MongoOptions', 'MongoError', 'ReadFromMongo']
 
 _LOG = logging.getLogger(__name__)
 
@@ -540,38 +541,6 @@ def _plain(value: Any, decimal_mode: str) -> Any:
   return str(value)
 
 
-def _json_text(value: Any) -> Optional[str]:
-  if value is None:
-    return None
-  if isinstance(value, str):
-    return value
-  from transforms.records import json_safe  # pylint: disable=import-outside-toplevel
-  return json.dumps(json_safe(value), ensure_ascii=False, sort_keys=True)
-
-
-def _column(values: List[Any]) -> pa.Array:
-  """An Arrow array of one field's values; mixed types fall back to text."""
-  try:
-    return pa.array(values, from_pandas=False)
-  except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError, ValueError):
-    return pa.array([_json_text(v) for v in values], type=pa.string())
-
-
-def table_from_documents(documents: List[Dict[str, Any]]) -> pa.Table:
-  """Rows (dicts of plain values) as a table: columns in order of first appearance.
-
-  Nested dicts become structs and lists lists (pyarrow's inference); a field
-  whose values do not share one Arrow type becomes a string column (JSON text
-  for dicts and lists). Missing fields are null.
-  """
-  names: Dict[str, None] = {}
-  for doc in documents:
-    for key in doc:
-      names.setdefault(key, None)
-  columns = [_column([doc.get(name) for doc in documents]) for name in names]
-  return pa.Table.from_arrays(columns, names=list(names)) if names else pa.table({})
-
-
 # ---------------------------------------------------------------------------
 # Reading
 
@@ -662,7 +631,7 @@ class _ReadSplitFn(beam.DoFn):
 
   @staticmethod
   def _batch(rows: List[dict], source: str, first_row: int) -> pa.RecordBatch:
-    table = table_from_documents(rows)
+    table = table_from_rows(rows)
     batch = table.combine_chunks().to_batches()[0] if table.num_rows else pa.record_batch([], names=[])
     return with_provenance(batch, source, first_row)
 

@@ -96,9 +96,9 @@ import apache_beam as beam
 import pyarrow as pa
 
 from io_connectors import registry
+from io_connectors._common.arrow import table_from_rows
 from io_connectors._common.masking import connection_url, mask_url, masked_message
 from io_connectors._common.retry import Backoff, call_with_retries
-from io_connectors.databases.mongodb import table_from_documents
 from transforms.coders import RecordBatchCoder  # noqa: F401  pylint: disable=unused-import  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
 from transforms.records import json_safe, with_provenance
@@ -507,7 +507,7 @@ class _ReadKeysFn(beam.DoFn):
     if gone:
       _LOG.info('Redis %s: %d key(s) gone between scan and read', self._source, gone)
     if rows:
-      table = table_from_documents(rows).combine_chunks()
+      table = table_from_rows(rows).combine_chunks()
       yield with_provenance(table.to_batches()[0], self._source, pa.array(numbers, type=pa.int64()))
     if highest is not None:
       yield beam.pvalue.TaggedOutput(CURSORS, highest)

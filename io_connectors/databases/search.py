@@ -78,7 +78,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import logging
 import os
 import urllib.parse
@@ -89,6 +88,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from io_connectors import registry
+from io_connectors._common.arrow import column
 from io_connectors._common import state as state_store
 from io_connectors._common.masking import connection_url, mask_url
 from io_connectors._common.retry import Backoff, call_with_retries
@@ -339,15 +339,6 @@ class _Client:
 # Hits to Arrow
 
 
-def _column(values: List[Any]) -> pa.Array:
-  try:
-    return pa.array(values)
-  except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-    # Mixed JSON types in one field: keep every value, as JSON text.
-    return pa.array([None if v is None else (v if isinstance(v, str) else json.dumps(v, ensure_ascii=False))
-                     for v in values], type=pa.string())
-
-
 def _timestamps(values: List[Any]) -> Optional[pa.Array]:
   """Date values as indexed (ISO-8601 text, epoch milliseconds) as UTC timestamps; None if one does not parse."""
   if all(v is None or isinstance(v, str) for v in values):
@@ -384,12 +375,7 @@ def hits_to_batch(rows: List[dict], date_fields: Sequence[str] = ()) -> pa.Recor
   for name in names:
     values = [row.get(name) for row in rows]
     array = _timestamps(values) if name in date_fields else None
-    if array is None:
-      array = _column(values)
-    if pa.types.is_struct(array.type) and array.type.num_fields == 0:
-      # Only empty objects: Parquet cannot store a struct without fields.
-      array = pa.nulls(len(array), pa.string())
-    arrays.append(array)
+    arrays.append(column(values) if array is None else array)
   return pa.RecordBatch.from_arrays(arrays, names=names)
 
 

@@ -65,11 +65,12 @@ Dead letters (``stage='read'``):
   damage, those rows are emitted and one dead letter marks where it broke,
   with the number of unread records as ``count`` where the file says it.
 
-Types. CSV and JSON columns get pyarrow's inferred types except the
-``string_columns``, read as text so that validation converts them with the
-entity rules. Parquet and Avro keep the types the file declares (nothing is
-inferred there). Nested JSON objects become Arrow structs, arrays lists. In
-CSV an empty field is null. Each range infers its own types, so batches of
+Types. CSV columns get pyarrow's inferred types, JSON and JSON Lines the
+rules every connector shares (`io_connectors._common.arrow`: nested objects
+structs, arrays lists, mixed types text, ISO-8601 times kept as text), except
+the ``string_columns``, read as text so that validation converts them with
+the entity rules. Parquet and Avro keep the types the file declares (nothing
+is inferred there). In CSV an empty field is null. Each range infers its own types, so batches of
 one file can differ in the type of an undeclared column (e.g. all-null in
 one range).
 

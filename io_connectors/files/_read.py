@@ -4,8 +4,7 @@ read), the readers by format, and building batches with provenance.
 
 from __future__ import annotations
 
-import json
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, Optional
 
 import apache_beam as beam
 import numpy as np
@@ -16,7 +15,7 @@ from io_connectors.files._ranges import MatchFn, Range, SplitFn
 from transforms.dead_letter import DEAD_LETTER, Outputs
 from transforms.records import typed_outputs, with_provenance
 
-__all__ = ['STAGE', 'READERS', 'ReadRangeFn', 'ReadFormat', 'emit', 'to_text', 'table_from_rows']
+__all__ = ['STAGE', 'READERS', 'ReadRangeFn', 'ReadFormat', 'emit']
 
 STAGE = 'read'
 
@@ -34,33 +33,6 @@ def emit(table: pa.Table, source: str, rows: np.ndarray, batch_size: int) -> Ite
     if n:
       yield with_provenance(batch, source, rows[offset:offset + n])
       offset += n
-
-
-def to_text(value: Any) -> Optional[str]:
-  if value is None or isinstance(value, str):
-    return value
-  if hasattr(value, 'isoformat'):
-    return value.isoformat()
-  return json.dumps(value, ensure_ascii=False, default=str)
-
-
-def table_from_rows(rows: List[dict], string_columns) -> pa.Table:
-  """A table from Python dicts (slow path); a column Arrow cannot type is text."""
-  names: Dict[str, None] = {}
-  for row in rows:
-    names.update(dict.fromkeys(row))
-  string_columns = set(string_columns)
-  arrays = []
-  for name in names:
-    values = [row.get(name) for row in rows]
-    if name in string_columns:
-      arrays.append(pa.array([to_text(v) for v in values], pa.string()))
-      continue
-    try:
-      arrays.append(pa.array(values))
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
-      arrays.append(pa.array([to_text(v) for v in values], pa.string()))
-  return pa.Table.from_arrays(arrays, names=list(names)) if arrays else pa.table({})
 
 
 class ReadRangeFn(beam.DoFn):

@@ -8,10 +8,11 @@ from typing import Any, List, Optional
 import numpy as np
 import pyarrow as pa
 
+from io_connectors._common.arrow import column, to_text
 from io_connectors._common.errors import short_error
 from io_connectors.files._options import AvroOptions
 from io_connectors.files._ranges import Range, open_file
-from io_connectors.files._read import READERS, STAGE, ReadFormat, emit, to_text
+from io_connectors.files._read import READERS, STAGE, ReadFormat, emit
 from transforms.dead_letter import dead_letter
 from transforms.records import position
 
@@ -69,12 +70,9 @@ def _avro_table(records: List[dict], fields) -> pa.Table:
     if isinstance(typ, pa.MapType):
       values = [None if v is None else list(v.items()) for v in values]
     try:
-      arrays.append(pa.array(values, type=typ))
+      arrays.append(column(values) if typ is None else pa.array(values, type=typ))
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
-      try:
-        arrays.append(pa.array(values))
-      except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
-        arrays.append(pa.array([to_text(v) for v in values], pa.string()))
+      arrays.append(column(values))  # values that do not fit the declared type: the shared rules
     names.append(name)
   return pa.Table.from_arrays(arrays, names=names)
 

@@ -3,29 +3,20 @@
 from __future__ import annotations
 
 import io
-from typing import Any, List, Optional
+from typing import List, Optional
 
 import numpy as np
 import pyarrow as pa
 
+from io_connectors._common.arrow import column, to_text
 from io_connectors._common.errors import short_error
 from io_connectors.files._options import ExcelOptions
 from io_connectors.files._ranges import Range, open_file
-from io_connectors.files._read import READERS, STAGE, ReadFormat, emit, to_text
+from io_connectors.files._read import READERS, STAGE, ReadFormat, emit
 from transforms.dead_letter import dead_letter
 from transforms.records import position
 
 __all__ = ['ReadFromExcel', 'ExcelOptions']
-
-def _excel_column(values: List[Any], as_text: bool) -> pa.Array:
-  if as_text:
-    return pa.array([to_text(v) for v in values], pa.string())
-  try:
-    return pa.array(values)
-  except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
-    # Mixed cell types in one column: text.
-    return pa.array([to_text(v) for v in values], pa.string())
-
 
 def _excel_names(header) -> List[str]:
   header = list(header)
@@ -73,7 +64,7 @@ def _read_sheet(worksheet, source: str, options: ExcelOptions):
   number = 0
 
   def flush():
-    columns = [_excel_column([r[i] if i < len(r) else None for r in buffered], name in as_text)
+    columns = [column([r[i] if i < len(r) else None for r in buffered], name in as_text)
                for i, name in enumerate(names)]
     table = pa.Table.from_arrays(columns, names=names)
     rows = np.array(numbers, dtype=np.int64)

@@ -1,96 +1,39 @@
 """JSON Lines (byte ranges) and JSON documents (one range per file).
 
-pyarrow's JSON reader types the columns; lines that do not parse, or parse
-to something other than an object, are dead-lettered one by one, and rows
-that parse one by one but not together (a column of mixed types) are typed
-by `table_from_rows`.
+Columns are typed by the rules every connector shares
+(`io_connectors._common.arrow`): pyarrow's JSON reader on the fast path,
+`table_from_rows` for lines that parse one by one but not together (a column
+of mixed types). Lines that do not parse, or parse to something other than
+an object, are dead-lettered one by one.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 from typing import List, Optional
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.json as pa_json
-import pyarrow.compute as pc
 
+from io_connectors._common.arrow import table_from_json_lines, table_from_rows
 from io_connectors._common.errors import short_error
 from io_connectors.files._lines import is_blank, line_count, read_owned_lines, to_utf8
 from io_connectors.files._options import JsonOptions
 from io_connectors.files._ranges import Range, open_file
-from io_connectors.files._read import READERS, STAGE, ReadFormat, emit, table_from_rows
+from io_connectors.files._read import READERS, STAGE, ReadFormat, emit
 from transforms.dead_letter import dead_letter
 from transforms.records import position
 
-__all__ = ['ReadFromJsonLines', 'ReadFromJson', 'JsonOptions', 'parse_json_lines']
+__all__ = ['ReadFromJsonLines', 'ReadFromJson', 'JsonOptions']
 
 _LOG = logging.getLogger(__name__)
-
-def _to_string(table: pa.Table, names) -> pa.Table:
-  """Casts the named top-level columns of scalar type to string."""
-  for name in names:
-    i = table.schema.get_field_index(name)
-    if i < 0:
-      continue
-    typ = table.schema.field(i).type
-    if pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_nested(typ):
-      continue
-    try:
-      table = table.set_column(i, name, pc.cast(table.column(i), pa.string()))
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-      pass
-  return table
-
-
-_CONFLICT = re.compile(r'Column\(/([^)/]*)')
-
-
-def parse_json_lines(data: bytes, string_columns) -> pa.Table:
-  """pyarrow's JSON reader with string_columns as text; ArrowInvalid if it cannot."""
-  # Only columns the data names go into the explicit schema (it would add
-  # the others as all-null columns).
-  as_text = [c for c in string_columns if json.dumps(c).encode('utf-8') in data]
-  cast_after: List[str] = []
-  if as_text and len(data) > 4 * _JSON_SAMPLE_BYTES:
-    # Text columns that hold numbers fail a whole parse; learn them from a
-    # sample first so that the full parse usually runs once.
-    cut = data.find(b'\n', _JSON_SAMPLE_BYTES)
-    try:
-      _parse_json_text_columns(data[:cut + 1] if cut >= 0 else data, as_text, cast_after)
-    except pa.ArrowInvalid:
-      pass  # the full parse below reports it
-  return _parse_json_text_columns(data, as_text, cast_after)
-
-
-_JSON_SAMPLE_BYTES = 1 << 18
-
-
-def _parse_json_text_columns(data: bytes, as_text: List[str], cast_after: List[str]) -> pa.Table:
-  """Parses with `as_text` columns as strings; moves those holding non-strings to `cast_after`."""
-  read_options = pa_json.ReadOptions(use_threads=False, block_size=max(min(len(data) + 1, 1 << 30), 1 << 20))
-  while True:
-    parse_options = pa_json.ParseOptions(explicit_schema=pa.schema([(c, pa.string()) for c in as_text]),
-                                         unexpected_field_behavior='infer')
-    try:
-      table = pa_json.read_json(pa.BufferReader(data), read_options=read_options, parse_options=parse_options)
-      return _to_string(table, cast_after)
-    except pa.ArrowInvalid as e:
-      # A text column holding numbers or booleans: read it as inferred, then cast.
-      match = _CONFLICT.search(str(e))
-      if not match or match.group(1) not in as_text:
-        raise
-      as_text.remove(match.group(1))
-      cast_after.append(match.group(1))
 
 
 def _json_rows(data: bytes, rows: np.ndarray, string_columns, source: str, parsed: Optional[List[dict]] = None):
   """(table, row numbers) for JSON Lines `data` whose non-blank lines are `rows`."""
   try:
-    table = parse_json_lines(data, string_columns)
+    table = table_from_json_lines(data, string_columns)
   except pa.ArrowInvalid:
     # Lines that parse one by one but not together (a column of mixed types).
     if parsed is None:
@@ -121,7 +64,7 @@ def read_jsonl(rng: Range, options: JsonOptions):
                       stage=STAGE)
   parsed = None
   try:
-    table = parse_json_lines(data, options.string_columns)
+    table = table_from_json_lines(data, options.string_columns)
   except pa.ArrowInvalid:
     # Rare: find the broken lines one by one, blank them, parse the rest.
     lines = data.split(b'\n')

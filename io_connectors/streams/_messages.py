@@ -2,7 +2,7 @@
 
 Message brokers hand over one payload at a time; the streaming connectors
 collect what one read returned and turn it into one `pyarrow.RecordBatch`
-here (pyarrow's JSON reader over the good payloads, so the columns are typed
+here (typed by the rules every connector shares, `io_connectors._common.arrow`,
 as the file readers type JSON Lines), and one dead letter per payload that
 is not a JSON object.
 
@@ -32,8 +32,7 @@ from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import Timestamp
 
-from io_connectors.files._read import table_from_rows
-from io_connectors.files.jsonl import parse_json_lines
+from io_connectors._common.arrow import table_from_json_lines, table_from_rows
 from transforms.dead_letter import DEAD_LETTER, dead_letter
 from transforms.records import with_provenance
 
@@ -91,14 +90,9 @@ def messages_to_batch(payloads: Sequence[Optional[bytes]],
     return None, dead
   try:
     data = b'\n'.join(good_lines)
-    table = parse_json_lines(data, string_columns)
-    # JSON has no time type: pyarrow infers one from text such as
-    # "2024-01-01T10:00:00Z" and drops its offset. Keep such columns as the
-    # text they are (as the Kafka reader does), so that one batch of
-    # whole-second times reads like any other.
-    inferred_times = [f.name for f in table.schema if pa.types.is_timestamp(f.type) or pa.types.is_date(f.type)]
-    if inferred_times:
-      table = parse_json_lines(data, list(string_columns) + inferred_times)
+    # Times stay the text they are (JSON has none): pyarrow would infer one
+    # from "2024-01-01T10:00:00Z" and drop its offset.
+    table = table_from_json_lines(data, string_columns)
     if table.num_rows != len(good_lines):
       raise pa.ArrowInvalid('row count differs')
   except pa.ArrowInvalid:

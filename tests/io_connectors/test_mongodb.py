@@ -19,9 +19,10 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
 from io_connectors import registry
+from io_connectors._common.arrow import table_from_rows
 from io_connectors._common.masking import mask_url
 from io_connectors.databases.mongodb import (MongoError, MongoOptions, ReadFromMongo, _plain, plan_splits,
-                                             quantile_boundaries, table_from_documents)
+                                             quantile_boundaries)
 from tests.conftest import SERVICES_SCRIPT, ensure_service
 from tests.io_connectors.flaky_proxy import CuttingProxy
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, strip_internal
@@ -146,15 +147,15 @@ def test_decimal128_uuid_and_mixed_types_map_to_arrow():
   # decoded BSON values are mapped here without a server.
   docs = [{'price': bson.Decimal128('12.345'), 'id': bson.Binary.from_uuid(uuid.UUID(int=7)), 'mixed': 1},
           {'price': bson.Decimal128('-0.5'), 'id': None, 'mixed': {'a': 'b'}}]
-  table = table_from_documents([{k: _plain(v, 'decimal128') for k, v in d.items()} for d in docs])
+  table = table_from_rows([{k: _plain(v, 'decimal128') for k, v in d.items()} for d in docs])
   assert pa.types.is_decimal(table.schema.field('price').type)
   assert table.column('price').to_pylist() == [decimal.Decimal('12.345'), decimal.Decimal('-0.500')]
   assert table.column('id').to_pylist() == [str(uuid.UUID(int=7)), None]
   # A field with values of different types is text (JSON for documents), nothing lost.
   assert table.column('mixed').to_pylist() == ['1', '{"a": "b"}']
-  as_text = table_from_documents([{k: _plain(v, 'string') for k, v in d.items()} for d in docs])
+  as_text = table_from_rows([{k: _plain(v, 'string') for k, v in d.items()} for d in docs])
   assert as_text.column('price').to_pylist() == ['12.345', '-0.5']
-  infinite = table_from_documents([{'p': _plain(bson.Decimal128('Infinity'), 'decimal128')}])
+  infinite = table_from_rows([{'p': _plain(bson.Decimal128('Infinity'), 'decimal128')}])
   assert infinite.column('p').to_pylist() == ['Infinity']
 
 

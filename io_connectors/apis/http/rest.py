@@ -71,6 +71,7 @@ import pyarrow as pa
 from apache_beam.utils.windowed_value import WindowedValue
 
 from io_connectors import registry
+from io_connectors._common.arrow import batch_from_rows
 from io_connectors.apis.http.auth import Auth, create_auth
 from io_connectors.apis.http.client import ClientOptions, HttpClient, RetryPolicy
 from io_connectors.apis.http.paginators import Paginator, create_paginator
@@ -288,19 +289,11 @@ def _cursor_order(value: Any):
 def records_to_batch(rows: List[dict], sources: List[str], positions: List[int]) -> pa.RecordBatch:
   """Records (JSON objects) as one RecordBatch with provenance columns.
 
-  Nested values become Arrow structs/lists; where records disagree on a
-  nested value's shape, nested values are kept as JSON text instead.
+  Typed by the rules every connector shares (`io_connectors._common.arrow`):
+  nested values become structs/lists; a field whose values disagree on type
+  or shape becomes text (JSON for objects and arrays).
   """
-  try:
-    batch = pa.RecordBatch.from_pylist(rows)
-  except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
-    flat = [{k: (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v)
-             for k, v in row.items()} for row in rows]
-    try:
-      batch = pa.RecordBatch.from_pylist(flat)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
-      batch = pa.RecordBatch.from_pylist([{k: (None if v is None else str(json_safe(v)) if not isinstance(v, str) else v)
-                                           for k, v in row.items()} for row in flat])
+  batch = batch_from_rows(rows)
   names = sorted(set(sources))
   index = {s: i for i, s in enumerate(names)}
   source_column = pa.DictionaryArray.from_arrays(pa.array([index[s] for s in sources], type=pa.int32()),

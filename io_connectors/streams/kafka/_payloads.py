@@ -5,34 +5,12 @@ from __future__ import annotations
 import json
 import struct
 import urllib.request
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
-import pyarrow as pa
 
-__all__ = ['decode_values', 'rows_to_batch', 'raw_text', 'AvroDecoder']
+__all__ = ['decode_values', 'raw_text', 'AvroDecoder']
 
 CONFLUENT_MAGIC = 0
-
-
-def _column(values: list) -> pa.Array:
-  """One column from JSON values; a field whose values mix types becomes text (Validate converts it)."""
-  kinds = {type(v) for v in values if v is not None}
-  if kinds <= {int} or kinds <= {float, int} or kinds <= {str} or kinds <= {bool}:
-    try:
-      return pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-      pass
-  return pa.array([None if v is None else v if isinstance(v, str) else json.dumps(v) for v in values], pa.string())
-
-
-def rows_to_batch(rows: List[dict]) -> pa.RecordBatch:
-  names: Dict[str, None] = {}
-  for row in rows:
-    for key in row:
-      names.setdefault(key, None)
-  columns = [_column([row.get(name) for row in rows]) for name in names]
-  return pa.RecordBatch.from_arrays(columns, names=list(names)) if names else pa.RecordBatch.from_pylist(
-      [{}] * len(rows))
 
 
 class AvroDecoder:

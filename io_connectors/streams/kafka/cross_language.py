@@ -8,8 +8,9 @@ from typing import Dict, Optional
 import apache_beam as beam
 import numpy as np
 
+from io_connectors._common.arrow import batch_from_rows
 from io_connectors.streams.kafka._config import KafkaReadOptions, client_config, mask_secrets, secrets_of, source_uri
-from io_connectors.streams.kafka._payloads import decode_values, raw_text, rows_to_batch
+from io_connectors.streams.kafka._payloads import decode_values, raw_text
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 from transforms.records import with_provenance
 
@@ -180,7 +181,7 @@ class _DecodeCrossLanguageFn(beam.DoFn):
                           stage='read'), items[i][2], [window]))
     if rows:
       offsets = np.asarray([items[i][0] for i in good], dtype=np.int64)
-      batch = with_provenance(rows_to_batch(rows), source, offsets)
+      batch = with_provenance(batch_from_rows(rows), source, offsets)
       yield beam.utils.windowed_value.WindowedValue(batch, min(items[i][2] for i in good), [window])
 
   def finish_bundle(self):

@@ -19,9 +19,10 @@ from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorProvider
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Duration, Timestamp
 
+from io_connectors._common.arrow import batch_from_rows
 from io_connectors.streams._messages import CheckpointOnlyTracker
 from io_connectors.streams.kafka._config import KafkaReadOptions, client_config, mask_secrets, secrets_of, source_uri
-from io_connectors.streams.kafka._payloads import AvroDecoder, decode_values, raw_text, rows_to_batch
+from io_connectors.streams.kafka._payloads import AvroDecoder, decode_values, raw_text
 from transforms.coders import RecordBatchCoder  # noqa: F401  pylint: disable=unused-import  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 from transforms.records import with_provenance
@@ -330,7 +331,7 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
               dead_letter(source, f'offset {int(offsets[i])}', reason, record=raw_text(values[i]),
                           detail=detail, stage='read'), Timestamp(micros=max(stamps[i], 0) * 1000)))
     if rows:
-      batch = with_provenance(rows_to_batch(rows), source, offsets[np.asarray(good, dtype=np.int64)])
+      batch = with_provenance(batch_from_rows(rows), source, offsets[np.asarray(good, dtype=np.int64)])
       oldest = min(stamps[i] for i in good)
       yield beam.window.TimestampedValue(batch, Timestamp(micros=max(oldest, 0) * 1000))
 

@@ -1,0 +1,208 @@
+"""Rows to Arrow: one set of type rules for every connector.
+
+Whatever brought a record in (a JSON Lines file, a Kafka or Pulsar message,
+a REST response, a MongoDB or OpenSearch document, a Redis value), the same
+values get the same column types:
+
+- columns are the union of the rows' keys, in first-seen order; a key a row
+  lacks is null there;
+- a column whose values share one Arrow type keeps it: integers int64,
+  integers mixed with floats float64 (widened), text string, booleans bool,
+  and the typed values of typed sources (datetimes, decimals, bytes);
+- nested objects become structs (their fields the union of the objects'
+  keys) and arrays lists, when every value of the column fits one shape;
+- everything else is text, nothing dropped: mixed types (``1`` and ``"x"``,
+  ``true`` and ``1``, an object and a string), integers beyond 64 bits,
+  nested values whose shapes disagree. Strings stay as they are, other
+  values become JSON (times ISO-8601, see `to_text`);
+- JSON has no time type: text that looks like a time stays text (the
+  entity's validation converts it), even where pyarrow's JSON reader would
+  infer a timestamp;
+- a column of only empty objects is null text (Parquet cannot store a struct
+  without fields);
+- ``string_columns`` are text whatever they hold (the entity's declared text
+  fields, so that ``42`` and ``"u42"`` land in one column).
+
+Usage::
+
+    table = table_from_rows([{'id': 1, 'tags': ['a']}, {'id': 'x'}])  # id: string, tags: list<string>
+    table = table_from_json_lines(b'{"id": 1}\\n{"id": 2.5}\\n')         # id: double
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
+
+from transforms.records import json_safe
+
+__all__ = ['to_text', 'column', 'table_from_rows', 'batch_from_rows', 'parse_json_lines', 'table_from_json_lines']
+
+_ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError, OverflowError)
+
+
+def to_text(value: Any) -> Optional[str]:
+  """A value as text: strings as they are, times ISO-8601, bytes as UTF-8 (else base64), the rest JSON."""
+  if value is None or isinstance(value, str):
+    return value
+  safe = json_safe(value)
+  if safe is None or isinstance(safe, str):
+    return safe
+  return json.dumps(safe, ensure_ascii=False)
+
+
+def _text_column(values: Sequence[Any]) -> pa.Array:
+  return pa.array([to_text(v) for v in values], pa.string())
+
+
+def _is_time(typ: pa.DataType) -> bool:
+  return pa.types.is_timestamp(typ) or pa.types.is_date(typ) or pa.types.is_time(typ)
+
+
+def _holds_time(typ: pa.DataType) -> bool:
+  """Whether a nested type holds a time somewhere (JSON text that pyarrow took for one)."""
+  if _is_time(typ):
+    return True
+  if pa.types.is_struct(typ):
+    return any(_holds_time(typ.field(i).type) for i in range(typ.num_fields))
+  if pa.types.is_list(typ) or pa.types.is_large_list(typ) or pa.types.is_fixed_size_list(typ):
+    return _holds_time(typ.value_type)
+  if pa.types.is_map(typ):
+    return _holds_time(typ.item_type)
+  return False
+
+
+def _holds_float(typ: pa.DataType) -> bool:
+  if pa.types.is_floating(typ):
+    return True
+  if pa.types.is_struct(typ):
+    return any(_holds_float(typ.field(i).type) for i in range(typ.num_fields))
+  if pa.types.is_list(typ) or pa.types.is_large_list(typ):
+    return _holds_float(typ.value_type)
+  return False
+
+
+def _empty_struct(typ: pa.DataType) -> bool:
+  return pa.types.is_struct(typ) and typ.num_fields == 0
+
+
+def column(values: Sequence[Any], as_text: bool = False) -> pa.Array:
+  """One column from Python values, by the module's rules."""
+  if as_text:
+    return _text_column(values)
+  try:
+    array = pa.array(values, from_pandas=False)
+  except _ARROW_ERRORS:
+    return _text_column(values)
+  if _empty_struct(array.type):
+    return pa.nulls(len(array), pa.string())
+  return array
+
+
+def table_from_rows(rows: Sequence[Dict[str, Any]], string_columns: Iterable[str] = ()) -> pa.Table:
+  """Rows (dicts) as a table, by the module's rules."""
+  names: Dict[str, None] = {}
+  for row in rows:
+    names.update(dict.fromkeys(row))
+  text = set(string_columns)
+  arrays = [column([row.get(name) for row in rows], name in text) for name in names]
+  if not arrays:
+    # Rows without fields still count (a table of no columns has no rows otherwise).
+    return pa.table({'_': pa.nulls(len(rows))}).drop_columns(['_'])
+  return pa.Table.from_arrays(arrays, names=list(names))
+
+
+def batch_from_rows(rows: Sequence[Dict[str, Any]], string_columns: Iterable[str] = ()) -> pa.RecordBatch:
+  """Rows (dicts) as one RecordBatch, by the module's rules."""
+  table = table_from_rows(rows, string_columns)
+  if not table.num_columns:
+    return pa.RecordBatch.from_arrays([pa.nulls(len(rows))], names=['_']).drop_columns(['_'])
+  return table.combine_chunks().to_batches()[0]
+
+
+# ----- JSON text (files, stream messages): pyarrow's reader on the fast path -----
+
+_CONFLICT = re.compile(r'Column\(/([^)/]*)')
+# An integer literal that may not fit 64 bits: pyarrow's reader makes it a
+# float (digits lost); the row path keeps it as text.
+_LONG_INTEGER = re.compile(rb'(?<![\d.])-?\d{19,}(?![\d.eE])')
+_JSON_SAMPLE_BYTES = 1 << 18
+
+
+def _to_string(table: pa.Table, names) -> pa.Table:
+  """Casts the named top-level columns of scalar type to string."""
+  for name in names:
+    i = table.schema.get_field_index(name)
+    if i < 0:
+      continue
+    typ = table.schema.field(i).type
+    if pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_nested(typ):
+      continue
+    try:
+      table = table.set_column(i, name, pc.cast(table.column(i), pa.string()))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+      pass
+  return table
+
+
+def _parse_json_text_columns(data: bytes, as_text: List[str], cast_after: List[str]) -> pa.Table:
+  """Parses with `as_text` columns as strings; moves those holding non-strings to `cast_after`."""
+  read_options = pa_json.ReadOptions(use_threads=False, block_size=max(min(len(data) + 1, 1 << 30), 1 << 20))
+  while True:
+    parse_options = pa_json.ParseOptions(explicit_schema=pa.schema([(c, pa.string()) for c in as_text]),
+                                         unexpected_field_behavior='infer')
+    try:
+      table = pa_json.read_json(pa.BufferReader(data), read_options=read_options, parse_options=parse_options)
+      return _to_string(table, cast_after)
+    except pa.ArrowInvalid as e:
+      # A text column holding numbers or booleans: read it as inferred, then cast.
+      match = _CONFLICT.search(str(e))
+      if not match or match.group(1) not in as_text:
+        raise
+      as_text.remove(match.group(1))
+      cast_after.append(match.group(1))
+
+
+def parse_json_lines(data: bytes, string_columns: Iterable[str] = ()) -> pa.Table:
+  """pyarrow's JSON reader with string_columns as text; ArrowInvalid if it cannot (no other rule applied)."""
+  # Only columns the data names go into the explicit schema (it would add
+  # the others as all-null columns).
+  as_text = [c for c in string_columns if json.dumps(c).encode('utf-8') in data]
+  cast_after: List[str] = []
+  if as_text and len(data) > 4 * _JSON_SAMPLE_BYTES:
+    # Text columns that hold numbers fail a whole parse; learn them from a
+    # sample first so that the full parse usually runs once.
+    cut = data.find(b'\n', _JSON_SAMPLE_BYTES)
+    try:
+      _parse_json_text_columns(data[:cut + 1] if cut >= 0 else data, as_text, cast_after)
+    except pa.ArrowInvalid:
+      pass  # the full parse below reports it
+  return _parse_json_text_columns(data, as_text, cast_after)
+
+
+def table_from_json_lines(data: bytes, string_columns: Sequence[str] = ()) -> pa.Table:
+  """JSON Lines (one object per non-blank line) as a table, by the module's rules.
+
+  The fast path of `table_from_rows` for JSON text: pyarrow's reader, with
+  the times it infers read back as text. pa.ArrowInvalid when pyarrow cannot
+  type the lines together (mixed types, a nested time): the caller then
+  parses them one by one and uses `table_from_rows`, which gives the same
+  types.
+  """
+  table = parse_json_lines(data, string_columns)
+  inferred_times = [f.name for f in table.schema if _is_time(f.type)]
+  if inferred_times:
+    table = parse_json_lines(data, list(string_columns) + inferred_times)
+  if any(_holds_time(f.type) for f in table.schema):
+    raise pa.ArrowInvalid('a nested value holds text pyarrow reads as a time')
+  if _LONG_INTEGER.search(data) and any(_holds_float(f.type) for f in table.schema):
+    raise pa.ArrowInvalid('an integer beyond 64 bits would become a float')
+  empty = [i for i, f in enumerate(table.schema) if _empty_struct(f.type)]
+  for i in empty:
+    table = table.set_column(i, table.schema.field(i).name, pa.nulls(table.num_rows, pa.string()))
+  return table

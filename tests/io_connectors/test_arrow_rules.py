@@ -1,0 +1,180 @@
+"""One set of rows -> Arrow type rules: the same payload gets the same column types from every source.
+
+No server: each connector's conversion is called as its reader calls it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from io_connectors._common.arrow import batch_from_rows, column, table_from_json_lines, table_from_rows, to_text
+from io_connectors.apis.http.rest import records_to_batch
+from io_connectors.databases.search import hits_to_batch
+from io_connectors.files._options import JsonOptions
+from io_connectors.files._ranges import Range
+from io_connectors.files.jsonl import read_json, read_jsonl
+from io_connectors.streams._messages import messages_to_batch
+from io_connectors.streams.kafka import decode_values
+from transforms.records import strip_internal
+
+# Two records exercising every rule, as users' payloads look (ids with digits,
+# nested objects, fields that change type between records).
+PAYLOAD = [
+    {'plays': 1, 'score': 1, 'live': True, 'name': 'Zoë', 'album': {'title': 'Ágætis', 'year': 1999},
+     'tags': ['post-rock'], 'user_id': 42, 'flag': True, 'meta': {'a': 1}, 'played_at': '2024-01-01T10:00:00Z',
+     'extra': {}, 'nothing': None, 'big': 18446744073709551616, 'track_id': '0012345'},
+    {'plays': 2, 'score': 2.5, 'live': False, 'name': '東京', 'album': {'title': None},
+     'tags': [], 'user_id': 'u2', 'flag': 1, 'meta': {'a': 'x'}, 'played_at': '2024-01-01T12:00:01+02:00',
+     'extra': {}, 'nothing': None, 'big': 1, 'track_id': '0099', 'only_second': 5},
+]
+
+EXPECTED = pa.schema([
+    ('plays', pa.int64()),
+    ('score', pa.float64()),  # ints and floats widen to float
+    ('live', pa.bool_()),
+    ('name', pa.string()),
+    ('album', pa.struct([('title', pa.string()), ('year', pa.int64())])),
+    ('tags', pa.list_(pa.string())),
+    ('user_id', pa.string()),  # mixed types: text
+    ('flag', pa.string()),  # a boolean and a number: text
+    ('meta', pa.string()),  # nested values of different shapes: JSON text
+    ('played_at', pa.string()),  # JSON has no time type: text stays text
+    ('extra', pa.string()),  # only empty objects: null text (Parquet has no empty struct)
+    ('nothing', pa.null()),
+    ('big', pa.string()),  # beyond 64 bits: text, no digit lost
+    ('track_id', pa.string()),
+    ('only_second', pa.int64()),
+])
+
+EXPECTED_TEXT = {
+    'user_id': ['42', 'u2'],
+    'flag': ['true', '1'],
+    'meta': ['{"a": 1}', '{"a": "x"}'],
+    'big': ['18446744073709551616', '1'],
+    'played_at': ['2024-01-01T10:00:00Z', '2024-01-01T12:00:01+02:00'],
+    'extra': [None, None],
+}
+
+
+def _lines() -> bytes:
+  return b'\n'.join(json.dumps(row, ensure_ascii=False).encode('utf-8') for row in PAYLOAD) + b'\n'
+
+
+def _from_jsonl_file(tmp_path):
+  path = tmp_path / 'events.jsonl'
+  path.write_bytes(_lines())
+  items = list(read_jsonl(Range(str(path), 'jsonl', 0, path.stat().st_size), JsonOptions()))
+  assert all(isinstance(i, pa.RecordBatch) for i in items), items
+  return pa.Table.from_batches([strip_internal(b) for b in items])
+
+
+def _from_json_document(tmp_path):
+  path = tmp_path / 'events.json'
+  path.write_text(json.dumps(PAYLOAD, ensure_ascii=False), encoding='utf-8')
+  items = list(read_json(Range(str(path), 'json', 0, path.stat().st_size), JsonOptions()))
+  assert all(isinstance(i, pa.RecordBatch) for i in items), items
+  return pa.Table.from_batches([strip_internal(b) for b in items])
+
+
+def _from_stream_messages(_):
+  payloads = [json.dumps(row, ensure_ascii=False).encode('utf-8') for row in PAYLOAD]
+  batch, dead = messages_to_batch(payloads, ['entry 1-0', 'entry 2-0'], [1, 2], 'redis://events', 'read')
+  assert dead == []
+  return pa.Table.from_batches([strip_internal(batch)])
+
+
+def _from_kafka(_):
+  rows, good, bad = decode_values([json.dumps(row).encode('utf-8') for row in PAYLOAD])
+  assert good == [0, 1] and bad == []
+  return pa.Table.from_batches([batch_from_rows(rows)])
+
+
+def _from_rest(_):
+  batch = records_to_batch(json.loads(json.dumps(PAYLOAD)), ['https://api.example.com/items'] * 2, [1, 2])
+  return pa.Table.from_batches([strip_internal(batch)])
+
+
+def _from_search(_):
+  return pa.Table.from_batches([hits_to_batch(json.loads(json.dumps(PAYLOAD)))])
+
+
+def _from_documents(_):
+  # MongoDB documents (after BSON decoding) and Redis JSON values.
+  return table_from_rows(json.loads(json.dumps(PAYLOAD)))
+
+
+SOURCES = {
+    'jsonl_file': _from_jsonl_file,
+    'json_document': _from_json_document,
+    'stream_messages': _from_stream_messages,
+    'kafka': _from_kafka,
+    'rest': _from_rest,
+    'search': _from_search,
+    'documents': _from_documents,
+}
+
+
+@pytest.mark.parametrize('source', sorted(SOURCES))
+def test_the_same_payload_gets_the_same_column_types_from_every_source(tmp_path, source):
+  table = SOURCES[source](tmp_path)
+  assert table.schema == EXPECTED, f'{source}:\n{table.schema}'
+  assert table.num_rows == 2
+  for name, values in EXPECTED_TEXT.items():
+    assert table.column(name).to_pylist() == values, (source, name)
+  assert table.column('score').to_pylist() == [1.0, 2.5]
+  assert table.column('album').to_pylist() == [{'title': 'Ágætis', 'year': 1999}, {'title': None, 'year': None}]
+  assert table.column('only_second').to_pylist() == [None, 5]
+
+
+CASES = [
+    [{'a': 1}, {'a': 2.5}],
+    [{'a': 1}, {'a': 'x'}],
+    [{'a': True}, {'a': 1}],
+    [{'a': 2**63}],
+    [{'a': -2**63}],
+    [{'a': {'b': 1}}, {'a': {'c': 'x'}}],
+    [{'a': {'b': 1}}, {'a': {'b': 'x'}}],
+    [{'a': [1]}, {'a': [2.5]}],
+    [{'a': [1, 'x']}],
+    [{'a': {'t': '2024-01-01T10:00:00Z'}}],
+    [{'a': '2024-01-01'}, {'a': '10:00:00'}],
+    [{'a': {}}, {'a': {}}],
+    [{'a': None}, {'b': 1}],
+    [{'a': {'b': 1}}, {'a': 'x'}],
+    [{'id': '12345678901234567890', 'x': 1.5}],
+    [{}, {}],
+]
+
+
+@pytest.mark.parametrize('rows', CASES, ids=[json.dumps(c) for c in CASES])
+def test_the_json_fast_path_types_as_the_row_path(rows):
+  data = b'\n'.join(json.dumps(r).encode('utf-8') for r in rows)
+  expected = table_from_rows(rows)
+  try:
+    fast = table_from_json_lines(data)
+  except pa.ArrowInvalid:
+    return  # the callers then take the row path: the same types by construction
+  assert fast.schema == expected.schema
+  assert fast.num_rows == expected.num_rows == len(rows)
+  assert fast.to_pylist() == expected.to_pylist()
+
+
+def test_string_columns_are_text_whatever_they_hold():
+  table = table_from_rows([{'id': 7, 'n': 1}, {'id': 'u8', 'n': 2}, {'id': None, 'n': 3}], string_columns=['id'])
+  assert table.schema == pa.schema([('id', pa.string()), ('n', pa.int64())])
+  assert table.column('id').to_pylist() == ['7', 'u8', None]
+
+
+def test_to_text_of_typed_values():
+  import datetime as dt  # pylint: disable=import-outside-toplevel
+  import decimal  # pylint: disable=import-outside-toplevel
+  assert to_text(dt.datetime(2024, 1, 1, 10, tzinfo=dt.timezone.utc)) == '2024-01-01T10:00:00+00:00'
+  assert to_text(decimal.Decimal('12.30')) == '12.30'
+  assert to_text(b'caf\xc3\xa9') == 'café'
+  assert to_text({'k': [1, None]}) == '{"k": [1, null]}'
+  assert to_text(False) == 'false'
+  assert to_text(float('nan')) is None
+  assert column([1, 'x', None]).to_pylist() == ['1', 'x', None]
