@@ -21,6 +21,8 @@ import dataclasses
 import importlib
 from typing import Callable, Dict
 
+from io_connectors._common.errors import ConnectorError
+
 __all__ = ['ConfigError', 'register', 'build', 'names', 'describe']
 
 # Modules whose import registers connectors; imported on first lookup so that
@@ -45,7 +47,7 @@ _CONNECTOR_MODULES = (
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(ConnectorError, ValueError):
   """A configuration mistake, reported to the user as one clear line."""
 
 

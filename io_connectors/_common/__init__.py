@@ -1,5 +1,7 @@
 """Private parts shared by the connectors: one way for each.
 
+- `arrow`: rows (dicts, JSON text) to Arrow, with one set of type rules.
+- `errors`: `ConnectorError`, the base of every connector's error class.
 - `masking`: secrets resolved from options or the environment, masked in
   every message that leaves a connector.
 - `retry`: transient failures retried with jittered exponential backoff.

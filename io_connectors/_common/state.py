@@ -39,6 +39,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from apache_beam.io.filesystems import FileSystems
 
+from io_connectors._common.errors import ConnectorError
 from io_connectors._common.masking import mask_url
 
 __all__ = ['StateError', 'cursor_key', 'load_cursor', 'commit_cursors']
@@ -47,7 +48,7 @@ DEFAULT_TABLE = 'pipeline_cursors'
 _TABLE_PATTERN = re.compile(r'^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$')
 
 
-class StateError(RuntimeError):
+class StateError(ConnectorError, RuntimeError):
   """A state store that cannot be read or written; the message names it without secrets."""
 
 

@@ -65,6 +65,7 @@ import pyarrow as pa
 
 from io_connectors import registry
 from io_connectors._common.arrow import column
+from io_connectors._common.errors import ConnectorError
 from io_connectors.apis.http.auth import ApiKeyAuth, SignedAuth
 from io_connectors.apis.http.client import ClientOptions, HttpClient, RetryPolicy
 from io_connectors.apis.http.paginators import PageNumberPaginator
@@ -86,7 +87,7 @@ KEY_ERRORS = {10: 'invalid API key', 26: 'suspended API key'}
 _BASE62 = '0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz'
 
 
-class LastfmKeyError(RuntimeError):
+class LastfmKeyError(ConnectorError, RuntimeError):
   """Last.fm refused the API key (error 10 or 26): nothing can be read with it."""
 
 
@@ -218,7 +219,7 @@ _EVENT_TYPES = {
 _DURATIONS: Dict[str, Dict[Tuple[str, str], Optional[int]]] = {}
 
 
-class _LastfmError(Exception):
+class _LastfmError(ConnectorError):
 
   def __init__(self, code: int, message: str):
     super().__init__(f'Last.fm error {code}: {message}')

@@ -84,6 +84,7 @@ import pyarrow as pa
 
 from io_connectors import registry
 from io_connectors._common import state as state_store
+from io_connectors._common.errors import ConnectorError
 from io_connectors._common.masking import connection_url, mask_url
 from io_connectors._common.retry import Backoff, call_with_retries
 from transforms.coders import RecordBatchCoder  # noqa: F401  pylint: disable=unused-import  # registers the batch coder
@@ -103,7 +104,7 @@ _SAMPLE_SIZE = 10000
 _ARROW_SETTINGS = {'output_format_arrow_string_as_string': 1, 'output_format_arrow_low_cardinality_as_dictionary': 0}
 
 
-class ClickHouseError(RuntimeError):
+class ClickHouseError(ConnectorError, RuntimeError):
   """A server, table or query that cannot be read; the message holds no secret."""
 
 

@@ -131,6 +131,7 @@ import pyarrow as pa
 
 from io_connectors import registry
 from io_connectors._common.arrow import table_from_rows
+from io_connectors._common.errors import ConnectorError
 from io_connectors._common.masking import connection_url, mask_url, masked_message
 from io_connectors._common.retry import Backoff
 from transforms.coders import RecordBatchCoder  # noqa: F401  pylint: disable=unused-import  # registers the batch coder
@@ -153,7 +154,7 @@ _PER_DOCUMENT_STAGES = frozenset(
 _DECIMAL_MODES = ('decimal128', 'string')
 
 
-class MongoError(RuntimeError):
+class MongoError(ConnectorError, RuntimeError):
   """A MongoDB failure explained in one line, without credentials."""
 
 

@@ -97,6 +97,7 @@ import pyarrow.csv as pa_csv
 
 from io_connectors import registry
 from io_connectors._common import state as state_store
+from io_connectors._common.errors import ConnectorError
 from io_connectors._common.masking import connection_url
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
 from transforms.records import with_provenance
@@ -110,7 +111,7 @@ _SIMPLE_TYPES = dict(_INT_TYPES, float4=pa.float32(), float8=pa.float64(), bool=
 _DONE = 'split_done'
 
 
-class PostgresError(RuntimeError):
+class PostgresError(ConnectorError, RuntimeError):
   """A read that cannot go on; the message names the table or query, never a password."""
 
 

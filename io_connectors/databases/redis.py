@@ -97,6 +97,7 @@ import pyarrow as pa
 
 from io_connectors import registry
 from io_connectors._common.arrow import table_from_rows
+from io_connectors._common.errors import ConnectorError
 from io_connectors._common.masking import connection_url, mask_url, masked_message
 from io_connectors._common.retry import Backoff, call_with_retries
 from transforms.coders import RecordBatchCoder  # noqa: F401  pylint: disable=unused-import  # registers the batch coder
@@ -114,7 +115,7 @@ URL_VARIABLE = 'REDIS_URL'
 VALUE_FORMATS = ('auto', 'json', 'text')
 
 
-class RedisSourceError(RuntimeError):
+class RedisSourceError(ConnectorError, RuntimeError):
   """A Redis failure explained in one line, without credentials."""
 
 

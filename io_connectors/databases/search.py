@@ -90,6 +90,7 @@ import pyarrow.compute as pc
 from io_connectors import registry
 from io_connectors._common.arrow import column
 from io_connectors._common import state as state_store
+from io_connectors._common.errors import ConnectorError
 from io_connectors._common.masking import connection_url, mask_url
 from io_connectors._common.retry import Backoff, call_with_retries
 from transforms.coders import RecordBatchCoder  # noqa: F401  pylint: disable=unused-import  # registers the batch coder
@@ -110,7 +111,7 @@ _URL_ENV = {'elasticsearch': 'ELASTICSEARCH_URL', 'opensearch': 'OPENSEARCH_URL'
 _RETRIED_STATUS = (429, 502, 503, 504)
 
 
-class SearchError(RuntimeError):
+class SearchError(ConnectorError, RuntimeError):
   """A search server, index or query that cannot be read; the message holds no secret."""
 
 

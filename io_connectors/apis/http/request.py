@@ -13,6 +13,8 @@ import re
 import urllib.parse
 from typing import Any, Mapping, Optional
 
+from io_connectors._common.errors import ConnectorError
+
 __all__ = ['Request', 'Response', 'HostNotAllowed', 'RequestFailed', 'json_path']
 
 
@@ -83,11 +85,11 @@ class Response:
     return self.content[:limit].decode('utf-8', errors='replace')
 
 
-class HostNotAllowed(ValueError):
+class HostNotAllowed(ConnectorError, ValueError):
   """A request to a host outside the allow-list; nothing was sent."""
 
 
-class RequestFailed(IOError):
+class RequestFailed(ConnectorError, IOError):
   """A request that failed for good; `request` is its masked description."""
 
   def __init__(self, message: str, request: dict, status: Optional[int] = None, body: Optional[str] = None):
