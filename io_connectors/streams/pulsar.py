@@ -68,13 +68,14 @@ import pyarrow as pa
 from apache_beam.utils.timestamp import Timestamp
 
 from io_connectors import registry
+from io_connectors._common.errors import ConnectorError
 from io_connectors._common.masking import mask_url
 from io_connectors.streams._messages import (ManualWatermarkProvider, ReadsRestrictionProvider, advance_watermark,
                                              emit_at_watermark, messages_to_batch)
 from transforms.coders import RecordBatchCoder  # noqa: F401  pylint: disable=unused-import  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, Outputs
 
-__all__ = ['PulsarOptions', 'ReadFromPulsar', 'message_row']
+__all__ = ['PulsarOptions', 'ReadFromPulsar', 'PulsarError', 'message_row']
 
 _LOG = logging.getLogger(__name__)
 
@@ -152,6 +153,20 @@ class PulsarOptions:
     return mask_url(self.service_url)
 
 
+class PulsarError(ConnectorError, RuntimeError):
+  """Pulsar unreachable, the token refused or a topic missing; the message holds no secret."""
+
+
+def _authentication(options: PulsarOptions, pulsar):
+  """The token authentication of `token_env`, or None."""
+  if not options.token_env:
+    return None
+  token = os.environ.get(options.token_env)
+  if token is None:
+    raise ValueError(f'environment variable {options.token_env} (the Pulsar token) is not set')
+  return pulsar.AuthenticationToken(token)
+
+
 class _Consumers:
   """One pulsar.Client and one consumer per (topic, reader) in this worker process.
 
@@ -174,13 +189,8 @@ class _Consumers:
       client_key = (options.service_url, options.token_env)
       client = self._clients.get(client_key)
       if client is None:
-        auth = None
-        if options.token_env:
-          token = os.environ.get(options.token_env)
-          if token is None:
-            raise ValueError(f'environment variable {options.token_env} (the Pulsar token) is not set')
-          auth = pulsar.AuthenticationToken(token)
-        client = self._clients[client_key] = pulsar.Client(options.service_url, authentication=auth,
+        client = self._clients[client_key] = pulsar.Client(options.service_url,
+                                                           authentication=_authentication(options, pulsar),
                                                            logger=_quiet_logger(pulsar))
       consumer = self._consumers[key] = client.subscribe(
           topic, options.subscription,
@@ -296,6 +306,23 @@ class ReadFromPulsar(beam.PTransform):
     if not isinstance(options, PulsarOptions):
       raise ValueError(f'options must be a PulsarOptions, got {type(options).__name__}')
     self._options = options
+
+  def check(self) -> str:
+    """Connects (with the token, if any) and finds each topic's partitions; raises PulsarError saying what is wrong."""
+    import pulsar  # pylint: disable=import-outside-toplevel
+    options = self._options
+    where = f'Pulsar {options.safe_url}'
+    client = None
+    try:
+      client = pulsar.Client(options.service_url, authentication=_authentication(options, pulsar),
+                             operation_timeout_seconds=10, connection_timeout_ms=10_000, logger=_quiet_logger(pulsar))
+      partitions = {topic: len(client.get_topic_partitions(topic)) for topic in options.topics}
+    except Exception as e:  # pylint: disable=broad-except
+      raise PulsarError(f'{where}: {type(e).__name__}: {mask_url(str(e))}') from None
+    finally:
+      if client is not None:
+        client.close()
+    return f'ok: {where}; ' + ', '.join(f'{topic} ({n} partition(s))' for topic, n in partitions.items())
 
   def expand(self, pbegin):
     opts = self._options

@@ -97,6 +97,7 @@ import pyarrow as pa
 from apache_beam.utils.timestamp import Timestamp
 
 from io_connectors import registry
+from io_connectors._common.errors import ConnectorError
 from io_connectors._common.masking import mask_url
 from io_connectors.streams._messages import (ManualWatermarkProvider, ReadsRestrictionProvider, advance_watermark,
                                              emit_at_watermark, messages_to_batch)
@@ -104,8 +105,8 @@ from transforms.coders import RecordBatchCoder  # noqa: F401  pylint: disable=un
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 
 __all__ = [
-    'RedisStreamsOptions', 'ReadFromRedisStreams', 'AcknowledgeEntries', 'read_with_readers', 'readers_of',
-    'entry_row', 'row_entry_id', 'position_entry_id', 'redis_client', 'ACK_MODES'
+    'RedisStreamsOptions', 'ReadFromRedisStreams', 'RedisStreamsError', 'AcknowledgeEntries', 'read_with_readers',
+    'readers_of', 'entry_row', 'row_entry_id', 'position_entry_id', 'redis_client', 'ACK_MODES'
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -226,6 +227,10 @@ class RedisStreamsOptions:
   def safe_url(self) -> str:
     """The URL with its password masked, for messages."""
     return mask_url(self.url)
+
+
+class RedisStreamsError(ConnectorError, RuntimeError):
+  """Redis unreachable, credentials refused or a key that is not a stream; the message holds no secret."""
 
 
 def redis_client(options: RedisStreamsOptions):
@@ -469,6 +474,29 @@ class ReadFromRedisStreams(beam.PTransform):
     if not isinstance(options, RedisStreamsOptions):
       raise ValueError(f'options must be a RedisStreamsOptions, got {type(options).__name__}')
     self._options = options
+
+  def check(self) -> str:
+    """Connects, authenticates and looks at each stream; raises RedisStreamsError saying what is wrong.
+
+    A stream that does not exist yet is fine (the group is created with it
+    on the first read); a key of another type is not.
+    """
+    options = self._options
+    where = f'Redis {mask_url(options.url)}'
+    client = redis_client(options)
+    try:
+      try:
+        client.ping()
+        kinds = {stream: _text(client.type(stream)) for stream in options.streams}
+      except Exception as e:  # pylint: disable=broad-except
+        raise RedisStreamsError(f'{where}: {type(e).__name__}: {mask_url(str(e))}') from None
+    finally:
+      client.close()
+    wrong = {s: k for s, k in kinds.items() if k not in ('stream', 'none')}
+    if wrong:
+      raise RedisStreamsError(f'{where}: not a stream: ' + ', '.join(f'{s!r} is a {k}' for s, k in wrong.items()))
+    described = [f'{s} ({"absent, created on the first read" if k == "none" else "stream"})' for s, k in kinds.items()]
+    return f'ok: {where}; ' + ', '.join(described)
 
   def expand(self, pbegin):
     return read_with_readers(pbegin | 'Readers' >> beam.Create(readers_of(self._options)), self._options)

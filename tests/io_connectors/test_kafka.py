@@ -482,3 +482,18 @@ def test_dofn_copies_share_consumers_and_never_run_the_process_out_of_them(kafka
   assert ranges == {(0, 1)}
   key = copies[0]._lend()._key
   assert 1 <= len(kafka_module._IDLE_CONSUMERS[key]) <= kafka_module._MAX_IDLE_PER_CONFIG
+
+
+def test_check_finds_the_topics_and_names_what_is_wrong_without_secrets(kafka, kafka_sasl):
+  from io_connectors._common.errors import ConnectorError  # pylint: disable=import-outside-toplevel
+  topic = new_topic(kafka, partitions=2)
+  summary = ReadFromKafka(KafkaReadOptions(bootstrap_servers=kafka, topics=topic)).check()
+  assert summary.startswith(f'ok: Kafka at {kafka}') and f'{topic} (2 partitions)' in summary
+  assert WriteToKafka(KafkaWriteOptions(bootstrap_servers=kafka, topic=topic)).check() == summary
+  with pytest.raises(ConnectorError, match='no-such-topic-'):
+    ReadFromKafka(KafkaReadOptions(bootstrap_servers=kafka, topics=f'no-such-topic-{uuid.uuid4().hex}')).check()
+  secret = 'not-the-password-' + uuid.uuid4().hex
+  with pytest.raises(ConnectorError) as failure:
+    ReadFromKafka(KafkaReadOptions(bootstrap_servers=kafka_sasl, topics=topic, security_protocol='SASL_PLAINTEXT',
+                                   sasl_mechanism='PLAIN', sasl_username=SASL_USER, sasl_password=secret)).check()
+  assert secret not in str(failure.value)

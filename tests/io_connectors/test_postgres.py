@@ -217,6 +217,11 @@ def test_check_says_what_is_wrong(pg, postgres_url):
     check(PostgresOptions(url=postgres_url.replace('/music', '/no_such_db')))
   with pytest.raises(PostgresError, match='cannot connect'):
     check(PostgresOptions(url='postgresql://music:x@127.0.0.1:1/music', connect_timeout_s=2))
+  # The transform checks what it would read, as every connector's check() does.
+  assert ReadFromPostgres(query='SELECT 1 AS one', options=PostgresOptions(url=postgres_url)).check().endswith(
+      "query 'SELECT 1 AS one' readable")
+  with pytest.raises(PostgresError, match='does not exist'):
+    ReadFromPostgres(table=pg.table('missing'), options=PostgresOptions(url=postgres_url)).check()
 
 
 def test_missing_table_and_bad_query_name_what_failed(pg):

@@ -193,3 +193,12 @@ def test_a_killed_pipeline_process_loses_nothing_and_writes_nothing_twice(servic
   written = written_first + [e for path in resumed.glob('*.json') for e in json.loads(path.read_text())]
   assert sorted(written) == sorted(f'e{i}' for i in range(600))  # each exactly once
   wait_until(lambda: _backlog(_env('PULSAR_ADMIN_URL'), topic) == 0, timeout=30, what='every message acknowledged')
+
+
+def test_check_finds_the_topics(service_url):
+  from io_connectors._common.errors import ConnectorError  # pylint: disable=import-outside-toplevel
+  topic = f'persistent://public/default/{fresh_name("checked")}'
+  summary = ReadFromPulsar(PulsarOptions(service_url=service_url, topics=[topic], subscription='s')).check()
+  assert summary == f'ok: Pulsar {service_url}; {topic} (1 partition(s))'
+  with pytest.raises(ConnectorError, match='Pulsar pulsar://127.0.0.1:1'):
+    ReadFromPulsar(PulsarOptions(service_url='pulsar://127.0.0.1:1', topics=[topic], subscription='s')).check()

@@ -370,3 +370,22 @@ def test_outputs_are_never_stamped_behind_the_reported_watermark():
   assert [o.timestamp for o in second] == [Timestamp.of(100)] and watermark.current_watermark() == Timestamp.of(100)
   assert list(emit_at_watermark(watermark, Timestamp.of(130), None, [])) == []
   assert watermark.current_watermark() == Timestamp.of(130)
+
+
+def test_check_looks_at_each_stream(url, client, stream):
+  from io_connectors._common.errors import ConnectorError  # pylint: disable=import-outside-toplevel
+  from io_connectors._common.masking import mask_url  # pylint: disable=import-outside-toplevel
+  absent = fresh_name('absent')
+  client.xadd(stream, {'data': '{}'})
+  summary = ReadFromRedisStreams(RedisStreamsOptions(url=url, streams=[stream, absent], group='g')).check()
+  assert summary == f'ok: Redis {mask_url(url)}; {stream} (stream), {absent} (absent, created on the first read)'
+  not_a_stream = fresh_name('plain')
+  client.set(not_a_stream, 'x')
+  try:
+    with pytest.raises(ConnectorError, match=f"'{not_a_stream}' is a string"):
+      ReadFromRedisStreams(RedisStreamsOptions(url=url, streams=[not_a_stream], group='g')).check()
+  finally:
+    client.delete(not_a_stream)
+  with pytest.raises(ConnectorError, match='Redis redis://:\\*\\*\\*@127.0.0.1:1/0'):
+    ReadFromRedisStreams(RedisStreamsOptions(url='redis://:Secret-Pw-7@127.0.0.1:1/0', streams=[stream],
+                                             group='g')).check()

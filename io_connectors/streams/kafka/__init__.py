@@ -55,7 +55,8 @@ all three), `_payloads` (message values to rows).
 from __future__ import annotations
 
 from io_connectors import registry
-from io_connectors.streams.kafka._config import KafkaReadOptions, client_config, mask_secrets, source_uri
+from io_connectors.streams.kafka._config import (KafkaError, KafkaReadOptions, check, client_config, mask_secrets,
+                                               source_uri)
 from io_connectors.streams.kafka._payloads import decode_values
 from io_connectors.streams.kafka.cross_language import (ReadFromKafkaCrossLanguage, java_expansion_service,
                                                         java_kafka_config)
@@ -64,6 +65,8 @@ from io_connectors.streams.kafka.reader import ReadFromKafka
 
 __all__ = [
     'KafkaReadOptions',
+    'KafkaError',
+    'check',
     'ReadFromKafka',
     'ReadFromKafkaCrossLanguage',
     'java_expansion_service',

@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ['KafkaReadOptions', 'client_config', 'secrets_of', 'mask_secrets', 'source_uri', 'START_POSITIONS',
-           'VALUE_FORMATS', 'SECURITY_PROTOCOLS', 'EVENT_HUBS_USERNAME']
+from io_connectors._common.errors import ConnectorError
+
+__all__ = ['KafkaReadOptions', 'KafkaError', 'check', 'client_config', 'secrets_of', 'mask_secrets', 'source_uri',
+           'START_POSITIONS', 'VALUE_FORMATS', 'SECURITY_PROTOCOLS', 'EVENT_HUBS_USERNAME']
 
 START_POSITIONS = ('earliest', 'latest', 'timestamp')
 VALUE_FORMATS = ('json', 'avro')
@@ -153,3 +155,31 @@ def client_config(options) -> Dict[str, Any]:
 
 def secrets_of(options) -> List[Optional[str]]:
   return [options.sasl_password, options.event_hubs_connection_string]
+
+
+class KafkaError(ConnectorError, RuntimeError):
+  """Brokers unreachable, credentials refused or a topic missing; the message holds no secret."""
+
+
+def check(options, timeout_s: float = 10.0) -> str:
+  """Reaches the brokers with the options' security settings and finds every topic; a one-line summary.
+
+  Raises KafkaError saying what is wrong.
+  """
+  import confluent_kafka.admin  # pylint: disable=import-outside-toplevel
+  config = dict(client_config(options))
+  where = f'Kafka at {options.bootstrap_servers}'
+  try:
+    admin = confluent_kafka.admin.AdminClient(config)
+    metadata = admin.list_topics(timeout=timeout_s)
+  except Exception as e:  # pylint: disable=broad-except
+    raise KafkaError(mask_secrets(f'{where}: {e}', secrets_of(options))) from None
+  topics = getattr(options, 'topics', None) or (options.topic,)
+  found = []
+  for topic in topics:
+    described = metadata.topics.get(topic)
+    if described is None or described.error is not None or not described.partitions:
+      reason = described.error if described is not None and described.error is not None else 'no such topic'
+      raise KafkaError(mask_secrets(f'{where}: topic {topic!r}: {reason}', secrets_of(options)))
+    found.append(f'{topic} ({len(described.partitions)} partitions)')
+  return f'ok: {where}, {len(metadata.brokers)} broker(s); ' + ', '.join(found)

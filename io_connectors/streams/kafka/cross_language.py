@@ -9,7 +9,8 @@ import apache_beam as beam
 import numpy as np
 
 from io_connectors._common.arrow import batch_from_rows
-from io_connectors.streams.kafka._config import KafkaReadOptions, client_config, mask_secrets, secrets_of, source_uri
+from io_connectors.streams.kafka._config import (KafkaReadOptions, check, client_config, mask_secrets, secrets_of,
+                                               source_uri)
 from io_connectors.streams.kafka._payloads import decode_values, raw_text
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 from transforms.records import with_provenance
@@ -97,6 +98,10 @@ class ReadFromKafkaCrossLanguage(beam.PTransform):
     self._max_num_records = None
     if options.max_records_per_partition is not None:
       self._max_num_records = options.max_records_per_partition * _partition_count(options)
+
+  def check(self) -> str:
+    """Reaches the brokers and finds the topics; raises KafkaError saying what is wrong."""
+    return check(self._options)
 
   def expand(self, pbegin):
     from apache_beam.io import kafka as beam_kafka  # pylint: disable=import-outside-toplevel

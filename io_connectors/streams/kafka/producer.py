@@ -10,7 +10,7 @@ from typing import Any, Dict, Optional
 import apache_beam as beam
 import pyarrow as pa
 
-from io_connectors.streams.kafka._config import client_config, mask_secrets, secrets_of
+from io_connectors.streams.kafka._config import check, client_config, mask_secrets, secrets_of
 
 __all__ = ['KafkaWriteOptions', 'WriteToKafka']
 
@@ -87,6 +87,10 @@ class WriteToKafka(beam.PTransform):
     if not isinstance(options, KafkaWriteOptions):
       raise TypeError(f'options must be KafkaWriteOptions, got {type(options).__name__}')
     self._options = options
+
+  def check(self) -> str:
+    """Reaches the brokers and finds the topics; raises KafkaError saying what is wrong."""
+    return check(self._options)
 
   def expand(self, pcoll):
     return pcoll | 'Produce' >> beam.ParDo(_ProduceFn(self._options))

@@ -21,7 +21,8 @@ from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Duration, 
 
 from io_connectors._common.arrow import batch_from_rows
 from io_connectors.streams._messages import CheckpointOnlyTracker
-from io_connectors.streams.kafka._config import KafkaReadOptions, client_config, mask_secrets, secrets_of, source_uri
+from io_connectors.streams.kafka._config import (KafkaReadOptions, check, client_config, mask_secrets, secrets_of,
+                                               source_uri)
 from io_connectors.streams.kafka._payloads import AvroDecoder, decode_values, raw_text
 from transforms.coders import RecordBatchCoder  # noqa: F401  pylint: disable=unused-import  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
@@ -539,6 +540,10 @@ class ReadFromKafka(beam.PTransform):
     if not isinstance(options, KafkaReadOptions):
       raise TypeError(f'options must be KafkaReadOptions, got {type(options).__name__}')
     self._options = options
+
+  def check(self) -> str:
+    """Reaches the brokers and finds the topics; raises KafkaError saying what is wrong."""
+    return check(self._options)
 
   def expand(self, pbegin):
     options = self._options
