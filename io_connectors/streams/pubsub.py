@@ -49,11 +49,12 @@ from apache_beam.io.gcp.pubsub import ReadFromPubSub
 from apache_beam.utils.windowed_value import WindowedValue
 
 from io_connectors import registry
+from io_connectors._common.errors import ConnectorError, short_error
 from io_connectors.streams._messages import messages_to_batch
 from transforms.coders import RecordBatchCoder  # noqa: F401  pylint: disable=unused-import  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, Outputs
 
-__all__ = ['PubSubOptions', 'ReadPubSubJson']
+__all__ = ['PubSubOptions', 'ReadPubSubJson', 'PubSubError']
 
 STAGE = 'read'
 
@@ -97,6 +98,10 @@ class PubSubOptions:
   @property
   def source(self) -> str:
     return f'pubsub://{self.subscription or self.topic}'
+
+
+class PubSubError(ConnectorError, RuntimeError):
+  """A subscription or topic that cannot be found or read with the credentials at hand."""
 
 
 def _message_row(message_id: Optional[str]) -> int:
@@ -152,6 +157,20 @@ class ReadPubSubJson(beam.PTransform):
     if not isinstance(options, PubSubOptions):
       raise ValueError(f'options must be a PubSubOptions, got {type(options).__name__}')
     self._options = options
+
+  def check(self) -> str:
+    """Finds the subscription (or topic) with the environment's credentials; raises PubSubError saying what is wrong."""
+    from google.cloud import pubsub_v1  # pylint: disable=import-outside-toplevel
+    opts = self._options
+    try:
+      if opts.subscription:
+        with pubsub_v1.SubscriberClient() as subscriber:
+          found = subscriber.get_subscription(request={'subscription': opts.subscription}, timeout=10)
+        return f'ok: {opts.source} (topic {found.topic})'
+      pubsub_v1.PublisherClient().get_topic(request={'topic': opts.topic}, timeout=10)
+      return f'ok: {opts.source}'
+    except Exception as e:  # pylint: disable=broad-except
+      raise PubSubError(f'{opts.source}: {short_error(e)}') from None
 
   def expand(self, pbegin):
     opts = self._options

@@ -115,3 +115,12 @@ def test_streaming_read_parses_json_and_dead_letters_bad_payloads(subscription, 
       (f'message {message_ids[-2]}', 'malformed_json'),
       (f'message {message_ids[-1]}', 'bad_encoding'),
   ])
+
+
+def test_check_finds_the_subscription(subscription):
+  from io_connectors._common.errors import ConnectorError  # pylint: disable=import-outside-toplevel
+  _, topic, sub = subscription
+  assert ReadPubSubJson(PubSubOptions(subscription=sub)).check() == f'ok: pubsub://{sub} (topic {topic})'
+  assert ReadPubSubJson(PubSubOptions(topic=topic)).check() == f'ok: pubsub://{topic}'
+  with pytest.raises(ConnectorError, match='NotFound'):
+    ReadPubSubJson(PubSubOptions(subscription=sub + '-absent')).check()
