@@ -5,6 +5,7 @@ Usage::
     from io_connectors._common.masking import connection_url, mask_url, masked_message
     mask_url('postgresql://music:s3cret@db:5432/music')   # 'postgresql://music:***@db:5432/music'
     mask_url('https://ghp_token@github.com/org/repo')      # 'https://***@github.com/org/repo'
+    mask_secrets('login failed for key sk-123', ['sk-123'])   # 'login failed for key ***'
     # A driver's error text, which may quote the URL or the password alone:
     masked_message('auth failed for music:s3cret', 'redis://music:s3cret@db')  # 'auth failed for music:***'
     # The option, else $POSTGRES_URL; a missing or wrong URL is an error that shows it masked.
@@ -14,9 +15,9 @@ Usage::
 import os
 import re
 import urllib.parse
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
-__all__ = ['connection_url', 'mask_url', 'masked_message', 'url_password']
+__all__ = ['connection_url', 'mask_secrets', 'mask_url', 'masked_message', 'url_password']
 
 # The user info of scheme://userinfo@host...; also multi-host URLs
 # (mongodb://u:p@h1:1,h2:2/db) that urllib cannot parse.
@@ -32,6 +33,14 @@ def mask_url(url: str) -> str:
     return (userinfo.split(':', 1)[0] + ':***@') if ':' in userinfo else '***@'
 
   return _USERINFO.sub(mask, url or '')
+
+
+def mask_secrets(text: str, secrets: Iterable[Optional[str]]) -> str:
+  """`text` with every non-empty secret (a password, a token, a connection string) replaced by ***."""
+  for secret in secrets:
+    if secret:
+      text = text.replace(secret, '***')
+  return text
 
 
 def url_password(url: str) -> Optional[str]:

@@ -21,7 +21,7 @@ import dataclasses
 import logging
 import random
 import time
-from typing import Callable, Optional, TypeVar
+from typing import Callable, Iterator, Optional, TypeVar
 
 __all__ = ['Backoff', 'call_with_retries']
 
@@ -34,16 +34,39 @@ T = TypeVar('T')
 class Backoff:
   """How long to wait before retry n: first_delay_s * 2**(n-1), at most max_delay_s.
 
-  jitter spreads each wait over [0.5, 1.5) of it, so that many workers that
-  lost the same server do not come back at the same instant.
+  The one backoff of every connector (database reconnects, HTTP retries,
+  stream reconnects). jitter spreads each wait over [1 - jitter, 1 + jitter)
+  of it (True: 0.5), so that many workers that lost the same server do not
+  come back at the same instant; full_jitter waits uniform(0, delay) instead
+  ("full jitter"), for requests many clients repeat against one API.
   """
   first_delay_s: float
   max_delay_s: float = float('inf')
-  jitter: bool = False
+  jitter: float = 0.0
+  full_jitter: bool = False
 
-  def delay_s(self, retry: int) -> float:
-    delay = min(self.max_delay_s, self.first_delay_s * 2**(retry - 1))
-    return delay * (0.5 + random.random()) if self.jitter else delay
+  def __post_init__(self):
+    jitter = 0.5 if self.jitter is True else 0.0 if self.jitter is False else self.jitter
+    if not isinstance(jitter, (int, float)) or not 0 <= jitter < 1:
+      raise ValueError(f'jitter must be a fraction in [0, 1) or a bool, got {self.jitter!r}')
+    object.__setattr__(self, 'jitter', float(jitter))
+    if not self.first_delay_s >= 0 or not self.max_delay_s >= 0:
+      raise ValueError(f'delays must not be negative, got {self.first_delay_s!r} and {self.max_delay_s!r}')
+
+  def delay_s(self, retry: int, rng: Optional[random.Random] = None) -> float:
+    rng = rng or random
+    # The exponent is capped: a reconnect loop may run for days.
+    delay = min(self.max_delay_s, self.first_delay_s * 2.0**min(retry - 1, 1000))
+    if self.full_jitter:
+      return rng.uniform(0, delay)
+    return delay * rng.uniform(1 - self.jitter, 1 + self.jitter) if self.jitter else delay
+
+  def delays(self, rng: Optional[random.Random] = None) -> Iterator[float]:
+    """The waits before retries 1, 2, 3, ... (endless)."""
+    retry = 0
+    while True:
+      retry += 1
+      yield self.delay_s(retry, rng)
 
 
 def call_with_retries(fn: Callable[[], T], *, max_retries: int, backoff: Backoff, what: str,

@@ -85,7 +85,7 @@ import pyarrow as pa
 from io_connectors import registry
 from io_connectors._common import state as state_store
 from io_connectors._common.errors import ConnectorError
-from io_connectors._common.masking import connection_url, mask_url
+from io_connectors._common.masking import connection_url, mask_secrets, mask_url
 from io_connectors._common.retry import Backoff, call_with_retries
 from transforms.coders import RecordBatchCoder  # noqa: F401  pylint: disable=unused-import  # registers the batch coder
 from transforms.dead_letter import IncrementalOutputs, Outputs
@@ -260,10 +260,7 @@ class _Connection:
       detail = f'cannot reach the server or read its answer: {type(error).__name__}: {_first_line(error)}'
     else:
       detail = _first_line(error)
-    text = f'clickhouse at {self.where}: {what}: {detail}'
-    for secret in self._secrets:
-      text = text.replace(secret, '***')
-    return ClickHouseError(text)
+    return ClickHouseError(mask_secrets(f'clickhouse at {self.where}: {what}: {detail}', self._secrets))
 
   def _retrying(self, what: str, fn):
     # Only failures without a ClickHouse error code (network) are worth a retry.

@@ -99,6 +99,7 @@ from io_connectors import registry
 from io_connectors._common import state as state_store
 from io_connectors._common.errors import ConnectorError
 from io_connectors._common.masking import connection_url
+from io_connectors._common.retry import Backoff
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
 from transforms.records import with_provenance
 
@@ -637,7 +638,7 @@ class _ReadSplitFn(beam.DoFn):
                               f'{_first_line(e)}') from None
         _LOG.warning('%s: connection lost (%s); reading the split again (attempt %d of %d)', self._what(split),
                      _first_line(e), attempt + 1, self._options.max_retries + 1)
-        time.sleep(self._options.retry_backoff_s * attempt)
+        time.sleep(Backoff(self._options.retry_backoff_s).delay_s(attempt))
       except psycopg.Error as e:
         broken = True
         if 'snapshot' in str(e).lower() and self._plan.snapshot:

@@ -91,7 +91,7 @@ from io_connectors import registry
 from io_connectors._common.arrow import column
 from io_connectors._common import state as state_store
 from io_connectors._common.errors import ConnectorError
-from io_connectors._common.masking import connection_url, mask_url
+from io_connectors._common.masking import connection_url, mask_secrets, mask_url
 from io_connectors._common.retry import Backoff, call_with_retries
 from transforms.coders import RecordBatchCoder  # noqa: F401  pylint: disable=unused-import  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
@@ -259,9 +259,7 @@ class _Client:
     self.is_opensearch = options.client == 'opensearch'
 
   def masked(self, text: str) -> str:
-    for secret in self._secrets:
-      text = text.replace(secret, '***')
-    return text
+    return mask_secrets(text, self._secrets)
 
   def error(self, what: str, error: BaseException) -> SearchError:
     status = _status(error)

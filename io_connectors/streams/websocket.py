@@ -58,7 +58,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import queue
-import random
 import threading
 import time
 import urllib.parse
@@ -70,13 +69,14 @@ import pyarrow as pa
 from apache_beam.utils.timestamp import Timestamp
 
 from io_connectors import registry
+from io_connectors._common.retry import Backoff
 from io_connectors.streams.redis_streams import RedisStreamsOptions, read_with_readers, readers_of, redis_client
 from io_connectors.streams._messages import (ManualWatermarkProvider, ReadsRestrictionProvider, emit_at_watermark,
                                              messages_to_batch)
 from transforms.coders import RecordBatchCoder  # noqa: F401  pylint: disable=unused-import  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, Outputs
 
-__all__ = ['WebSocketOptions', 'ReadFromWebSocket', 'WebSocketReceiver', 'backoff_delays', 'public_url']
+__all__ = ['WebSocketOptions', 'ReadFromWebSocket', 'WebSocketReceiver', 'public_url']
 
 _LOG = logging.getLogger(__name__)
 
@@ -92,13 +92,9 @@ def public_url(url: str) -> str:
   return urllib.parse.urlunsplit((parts.scheme, host, parts.path, '', ''))
 
 
-def backoff_delays(initial: float, maximum: float, rng: Optional[random.Random] = None) -> Iterator[float]:
+def _reconnect_backoff(initial: float, maximum: float) -> Iterator[float]:
   """Reconnect delays: doubling from `initial` up to `maximum`, each with +-20% jitter."""
-  rng = rng or random.Random()
-  delay = initial
-  while True:
-    yield delay * rng.uniform(0.8, 1.2)
-    delay = min(delay * 2, maximum)
+  return Backoff(initial, maximum, jitter=0.2).delays()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,12 +204,12 @@ class WebSocketReceiver:
     from websockets.exceptions import WebSocketException  # pylint: disable=import-outside-toplevel
     from websockets.sync.client import connect  # pylint: disable=import-outside-toplevel
     opts = self._options
-    delays = backoff_delays(opts.initial_backoff_s, opts.max_backoff_s)
+    delays = _reconnect_backoff(opts.initial_backoff_s, opts.max_backoff_s)
     while not self._stop.is_set() and not self.reached_max:
       try:
         with connect(opts.url, additional_headers=opts.headers or None, open_timeout=30, close_timeout=5) as ws:
           self.connections += 1
-          delays = backoff_delays(opts.initial_backoff_s, opts.max_backoff_s)  # a connection resets the backoff
+          delays = _reconnect_backoff(opts.initial_backoff_s, opts.max_backoff_s)  # a connection resets the backoff
           if opts.subscribe_message is not None:
             ws.send(opts.subscribe_message)
           while not self._stop.is_set() and not self.reached_max:
@@ -359,7 +355,7 @@ class _LandInRedisFn(beam.DoFn):
     def land(message):
       # Retried until Redis takes it: the socket is not read meanwhile, so
       # the server (or the kernel) buffers instead of the message being lost.
-      delays = backoff_delays(0.1, max_backoff)
+      delays = _reconnect_backoff(0.1, max_backoff)
       while True:
         try:
           client.xadd(stream, {field: message})

@@ -20,8 +20,9 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from io_connectors import registry
+from io_connectors._common.masking import mask_secrets
 from io_connectors.streams.kafka import (KafkaReadOptions, KafkaWriteOptions, ReadFromKafka, WriteToKafka, client_config,
-                                 decode_values, mask_secrets)
+                                         decode_values)
 from tests.conftest import ensure_service, pipeline_options
 
 confluent_kafka = pytest.importorskip('confluent_kafka')

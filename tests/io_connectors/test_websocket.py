@@ -20,7 +20,8 @@ from websockets.sync.server import serve
 
 from io_connectors import registry
 from io_connectors.streams.redis_streams import RedisStreamsOptions
-from io_connectors.streams.websocket import ReadFromWebSocket, WebSocketOptions, backoff_delays, public_url
+from io_connectors._common.retry import Backoff
+from io_connectors.streams.websocket import ReadFromWebSocket, WebSocketOptions, public_url
 from tests.io_connectors.streams_support import fresh_name, redis_url
 
 TOKEN = 'feed-secret-token'
@@ -94,7 +95,7 @@ def test_options_and_secrets():
 
 
 def test_backoff_doubles_with_jitter_up_to_the_maximum():
-  delays = backoff_delays(0.5, 4.0, random.Random(1))
+  delays = Backoff(0.5, 4.0, jitter=0.2).delays(random.Random(1))
   values = [next(delays) for _ in range(6)]
   for value, base in zip(values, [0.5, 1, 2, 4, 4, 4]):
     assert 0.8 * base <= value <= 1.2 * base

@@ -33,7 +33,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import random
 import re
 import threading
 import time
@@ -42,6 +41,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import requests
 
+from io_connectors._common.retry import Backoff
 from io_connectors.apis.http import ratelimit
 from io_connectors.apis.http.auth import NoAuth
 from io_connectors.apis.http.request import HostNotAllowed, Request, RequestFailed, Response
@@ -150,7 +150,8 @@ class RetryPolicy:
   retry_statuses: Sequence[int] = (500, 502, 503, 504)
 
   def backoff(self, attempt: int) -> float:
-    return random.uniform(0, min(self.backoff_max, self.backoff_base * (2**attempt)))
+    """uniform(0, min(backoff_max, backoff_base * 2**attempt)) seconds."""
+    return Backoff(self.backoff_base * 2, self.backoff_max, full_jitter=True).delay_s(attempt)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -55,8 +55,7 @@ all three), `_payloads` (message values to rows).
 from __future__ import annotations
 
 from io_connectors import registry
-from io_connectors.streams.kafka._config import (KafkaError, KafkaReadOptions, check, client_config, mask_secrets,
-                                               source_uri)
+from io_connectors.streams.kafka._config import KafkaError, KafkaReadOptions, check, client_config, source_uri
 from io_connectors.streams.kafka._payloads import decode_values
 from io_connectors.streams.kafka.cross_language import (ReadFromKafkaCrossLanguage, java_expansion_service,
                                                         java_kafka_config)
@@ -76,7 +75,6 @@ __all__ = [
     'client_config',
     'decode_values',
     'source_uri',
-    'mask_secrets',
 ]
 
 

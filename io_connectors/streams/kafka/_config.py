@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from io_connectors._common.errors import ConnectorError
+from io_connectors._common.masking import mask_secrets
 
-__all__ = ['KafkaReadOptions', 'KafkaError', 'check', 'client_config', 'secrets_of', 'mask_secrets', 'source_uri',
+__all__ = ['KafkaReadOptions', 'KafkaError', 'check', 'client_config', 'secrets_of', 'source_uri',
            'START_POSITIONS', 'VALUE_FORMATS', 'SECURITY_PROTOCOLS', 'EVENT_HUBS_USERNAME']
 
 START_POSITIONS = ('earliest', 'latest', 'timestamp')
@@ -17,14 +18,6 @@ EVENT_HUBS_USERNAME = '$ConnectionString'
 
 def source_uri(topic: str, partition: int) -> str:
   return f'kafka://{topic}/{partition}'
-
-
-def mask_secrets(text: str, secrets: Sequence[Optional[str]]) -> str:
-  """`text` with every non-empty secret replaced by ***."""
-  for secret in secrets:
-    if secret:
-      text = text.replace(secret, '***')
-  return text
 
 
 @dataclasses.dataclass(frozen=True)

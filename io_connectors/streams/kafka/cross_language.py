@@ -9,7 +9,8 @@ import apache_beam as beam
 import numpy as np
 
 from io_connectors._common.arrow import batch_from_rows
-from io_connectors.streams.kafka._config import (KafkaReadOptions, check, client_config, mask_secrets, secrets_of,
+from io_connectors._common.masking import mask_secrets
+from io_connectors.streams.kafka._config import (KafkaReadOptions, check, client_config, secrets_of,
                                                source_uri)
 from io_connectors.streams.kafka._payloads import decode_values, raw_text
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter

@@ -10,7 +10,8 @@ from typing import Any, Dict, Optional
 import apache_beam as beam
 import pyarrow as pa
 
-from io_connectors.streams.kafka._config import check, client_config, mask_secrets, secrets_of
+from io_connectors._common.masking import mask_secrets
+from io_connectors.streams.kafka._config import check, client_config, secrets_of
 
 __all__ = ['KafkaWriteOptions', 'WriteToKafka']
 

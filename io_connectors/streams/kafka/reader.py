@@ -20,8 +20,9 @@ from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorP
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Duration, Timestamp
 
 from io_connectors._common.arrow import batch_from_rows
+from io_connectors._common.masking import mask_secrets
 from io_connectors.streams._messages import CheckpointOnlyTracker
-from io_connectors.streams.kafka._config import (KafkaReadOptions, check, client_config, mask_secrets, secrets_of,
+from io_connectors.streams.kafka._config import (KafkaReadOptions, check, client_config, secrets_of,
                                                source_uri)
 from io_connectors.streams.kafka._payloads import AvroDecoder, decode_values, raw_text
 from transforms.coders import RecordBatchCoder  # noqa: F401  pylint: disable=unused-import  # registers the batch coder
