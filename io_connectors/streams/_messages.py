@@ -36,10 +36,33 @@ from io_connectors._common.arrow import table_from_json_lines, table_from_rows
 from transforms.dead_letter import DEAD_LETTER, dead_letter
 from transforms.records import with_provenance
 
-__all__ = ['messages_to_batch', 'advance_watermark', 'emit_at_watermark', 'CheckpointOnlyTracker']
+__all__ = ['decode_json_message', 'messages_to_batch', 'advance_watermark', 'emit_at_watermark', 'CheckpointOnlyTracker']
 
 # A dead letter keeps at most this much of a payload that is not JSON.
 _MAX_RAW_CHARS = 10_000
+
+
+def decode_json_message(payload: Optional[bytes]) -> Tuple[Optional[dict], Optional[Tuple[str, str, Optional[str]]]]:
+  """One message payload as a JSON object: (object, None), or (None, (reason, detail, record)) for its dead letter.
+
+  The one decoding of every stream's JSON messages: UTF-8 (else
+  'bad_encoding'), JSON (else 'malformed_json'), an object (else
+  'malformed_json'); the record keeps at most 10,000 characters of the text.
+  """
+  if payload is None:
+    return None, ('malformed_json', 'the message has no payload', None)
+  try:
+    text = payload.decode('utf-8')
+  except UnicodeDecodeError as e:
+    return None, ('bad_encoding', f'not UTF-8: {e.reason} at byte {e.start}',
+                  payload.decode('utf-8', errors='replace')[:_MAX_RAW_CHARS])
+  try:
+    value = json.loads(text)
+  except ValueError as e:
+    return None, ('malformed_json', f'not JSON: {e}', text[:_MAX_RAW_CHARS])
+  if not isinstance(value, dict):
+    return None, ('malformed_json', f'a JSON {type(value).__name__}, not an object', text[:_MAX_RAW_CHARS])
+  return value, None
 
 
 def messages_to_batch(payloads: Sequence[Optional[bytes]],
@@ -60,26 +83,12 @@ def messages_to_batch(payloads: Sequence[Optional[bytes]],
   good_rows: List[int] = []
   dead: List[dict] = []
   for payload, pos, row in zip(payloads, positions, rows):
-    if payload is None:
-      dead.append(dead_letter(source, pos, 'malformed_json', detail='the message has no payload', stage=stage))
-      continue
     if isinstance(payload, str):
       payload = payload.encode('utf-8', errors='surrogatepass')
-    try:
-      text = payload.decode('utf-8')
-    except UnicodeDecodeError as e:
-      dead.append(dead_letter(source, pos, 'bad_encoding', record=payload.decode('utf-8', errors='replace')[:_MAX_RAW_CHARS],
-                              detail=f'not UTF-8: {e.reason} at byte {e.start}', stage=stage))
-      continue
-    try:
-      value = json.loads(text)
-    except ValueError as e:
-      dead.append(dead_letter(source, pos, 'malformed_json', record=text[:_MAX_RAW_CHARS],
-                              detail=f'not JSON: {e}', stage=stage))
-      continue
-    if not isinstance(value, dict):
-      dead.append(dead_letter(source, pos, 'malformed_json', record=text[:_MAX_RAW_CHARS],
-                              detail=f'a JSON {type(value).__name__}, not an object', stage=stage))
+    value, problem = decode_json_message(payload)
+    if problem is not None:
+      reason, detail, record = problem
+      dead.append(dead_letter(source, pos, reason, record=record, detail=detail, stage=stage))
       continue
     # pyarrow's reader takes one object per line: re-serialise pretty-printed ones.
     good_lines.append(payload if b'\n' not in payload and b'\r' not in payload else

@@ -21,8 +21,10 @@ Flink, Dataflow) with no Java on the Python side:
 - output: `pyarrow.RecordBatch`es of up to `batch_size` records with
   ``__source`` = ``kafka://<topic>/<partition>`` and ``__row`` = the offset,
   timestamped with the batch's oldest record timestamp; payloads that do not
-  decode are dead letters (`malformed_json` / `malformed_avro`) with topic,
-  partition and offset;
+  decode are dead letters (`malformed_json`, `bad_encoding` / `malformed_avro`)
+  with topic, partition and offset; JSON payloads are decoded and typed as
+  every stream's are (`streams._messages.decode_json_message`,
+  `_common.arrow`);
 - bounded mode (`bounded=True`, or `max_records_per_partition`) stops at the end
   offsets seen when the partition's restriction is created: batch jobs, tests.
 

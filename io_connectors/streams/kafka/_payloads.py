@@ -7,6 +7,7 @@ import struct
 import urllib.request
 from typing import Any, Dict, Optional, Sequence
 
+from io_connectors.streams._messages import decode_json_message
 
 __all__ = ['decode_values', 'raw_text', 'AvroDecoder']
 
@@ -62,17 +63,19 @@ def decode_values(values: Sequence[Optional[bytes]], value_format: str = 'json',
     if value is None:
       bad.append((i, 'malformed_json' if value_format == 'json' else 'malformed_avro', 'empty message (tombstone)'))
       continue
-    try:
-      if value_format == 'json':
-        row = json.loads(value)
-        if not isinstance(row, dict):
-          raise ValueError(f'a JSON {type(row).__name__}, not an object')
-      else:
+    if value_format == 'json':
+      # Decoded as every stream's JSON messages are.
+      row, problem = decode_json_message(value)
+      if problem is not None:
+        reason, detail, _ = problem
+        bad.append((i, reason, detail[:300]))
+        continue
+    else:
+      try:
         row = avro.decode(value)
-    except Exception as e:  # pylint: disable=broad-except
-      reason = 'malformed_json' if value_format == 'json' else 'malformed_avro'
-      bad.append((i, reason, f'{type(e).__name__}: {e}'[:300]))
-      continue
+      except Exception as e:  # pylint: disable=broad-except
+        bad.append((i, 'malformed_avro', f'{type(e).__name__}: {e}'[:300]))
+        continue
     rows.append(row)
     good.append(i)
   return rows, good, bad
