@@ -212,7 +212,7 @@ class RestOptions:
   burst: float = 1.0
   window: Optional[Tuple[int, float]] = None
   retry: RetryPolicy = RetryPolicy()
-  cache_url: Optional[str] = None
+  cache_url: Optional[str] = dataclasses.field(default=None, repr=False)
   cache_ttl: float = 3600.0
   concurrency: int = 8
   batch_size: int = 5000
