@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Callable, Dict
+from typing import Callable, Dict, Iterable, Optional
 
 from io_connectors._common.errors import ConnectorError
 
-__all__ = ['ConfigError', 'register', 'build', 'names', 'describe']
+__all__ = ['ConfigError', 'register', 'build', 'names', 'describe', 'check_keys']
 
 # Modules whose import registers connectors; imported on first lookup so that
 # a missing optional dependency of one family does not break the others.
@@ -72,6 +72,21 @@ def register(name: str, description: str):
     return factory
 
   return wrap
+
+
+def check_keys(config: dict, options_class: Optional[type] = None, extra: Iterable[str] = (),
+               noun: str = 'option') -> None:
+  """Raises ValueError naming the keys of `config` that are neither fields of `options_class` nor in `extra`.
+
+  For factories: a misspelt key is an error that lists the known ones, never
+  silently ignored.
+  """
+  fields = {f.name for f in dataclasses.fields(options_class)} if options_class is not None else set()
+  extra = list(extra)
+  unknown = sorted(set(config) - fields - set(extra))
+  if unknown:
+    known = ', '.join(extra + sorted(fields - set(extra)))
+    raise ValueError(f'unknown {noun}(s) {", ".join(unknown)}; known: {known}')
 
 
 def _load():

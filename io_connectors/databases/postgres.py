@@ -864,16 +864,11 @@ def check(options: Optional[PostgresOptions] = None, table: Optional[str] = None
     conn.close()
 
 
-_OPTION_KEYS = {f.name for f in dataclasses.fields(PostgresOptions)}
-
-
 @registry.register('postgres', 'PostgreSQL table or query (parallel, one snapshot, optionally incremental)')
 def _from_config(config: dict):
   config = dict(config)
   table = config.pop('table', None)
   query = config.pop('query', None)
   # The batch job passes its batch size to every source; it applies here too.
-  unknown = sorted(set(config) - _OPTION_KEYS)
-  if unknown:
-    raise ValueError(f'unknown key(s) {", ".join(unknown)}; known: table, query, {", ".join(sorted(_OPTION_KEYS))}')
+  registry.check_keys(config, PostgresOptions, ['table', 'query'], noun='key')
   return ReadFromPostgres(table=table, query=query, options=PostgresOptions(**config))

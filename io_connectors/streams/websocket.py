@@ -424,10 +424,7 @@ class ReadFromWebSocket(beam.PTransform):
 @registry.register('websocket', 'WebSocket JSON feed; at-most-once, or durable through a Redis stream ("durable": {...})')
 def _factory(config: dict):
   config = dict(config)
-  known = {f.name for f in dataclasses.fields(WebSocketOptions)}
-  unknown = sorted(set(config) - known)
-  if unknown:
-    raise ValueError(f'unknown option(s) {", ".join(unknown)}; known: {", ".join(sorted(known))}')
+  registry.check_keys(config, WebSocketOptions)
   durable = config.pop('durable', None)
   if isinstance(durable, dict):
     durable = RedisStreamsOptions(**durable)
