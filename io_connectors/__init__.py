@@ -11,8 +11,9 @@ Layout::
       streams/       Kafka, Pulsar, Pub/Sub, Redis Streams, WebSocket, and the
                      webhook receiver (an ASGI app landing events in Redis or Kafka)
       sinks/         the data lake's record and dead-letter files
-      _common/       private parts shared by the connectors (masking, retry,
-                     errors, rows to Arrow, cursor store)
+      _common/       private parts shared by the connectors, one way each:
+                     rows to Arrow (arrow), ConnectorError (errors), secret
+                     masking, retry/backoff, the cursor store (state)
 
 Every source is a ``ReadFromX`` PTransform returning
 ``transforms.dead_letter.Outputs(records, dead_letter)``, configured by an
