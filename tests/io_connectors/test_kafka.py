@@ -489,12 +489,12 @@ def test_check_finds_the_topics_and_names_what_is_wrong_without_secrets(kafka, k
   from io_connectors._common.errors import ConnectorError  # pylint: disable=import-outside-toplevel
   topic = new_topic(kafka, partitions=2)
   summary = ReadFromKafka(KafkaReadOptions(bootstrap_servers=kafka, topics=topic)).check()
-  assert summary.startswith(f'ok: Kafka at {kafka}') and f'{topic} (2 partitions)' in summary
+  assert summary.startswith(f'Kafka at {kafka}: ') and summary.endswith(f'; {topic}: 2 partition(s)')
   assert WriteToKafka(KafkaWriteOptions(bootstrap_servers=kafka, topic=topic)).check() == summary
-  with pytest.raises(ConnectorError, match='no-such-topic-'):
+  with pytest.raises(ConnectorError, match='no-such-topic-.* not found'):
     ReadFromKafka(KafkaReadOptions(bootstrap_servers=kafka, topics=f'no-such-topic-{uuid.uuid4().hex}')).check()
   secret = 'not-the-password-' + uuid.uuid4().hex
   with pytest.raises(ConnectorError) as failure:
     ReadFromKafka(KafkaReadOptions(bootstrap_servers=kafka_sasl, topics=topic, security_protocol='SASL_PLAINTEXT',
                                    sasl_mechanism='PLAIN', sasl_username=SASL_USER, sasl_password=secret)).check()
-  assert secret not in str(failure.value)
+  assert 'Authentication failed' in str(failure.value) and secret not in str(failure.value)
