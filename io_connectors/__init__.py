@@ -17,7 +17,8 @@ Layout::
 
 Every source is a ``ReadFromX`` PTransform returning
 ``transforms.dead_letter.Outputs(records, dead_letter)``, configured by an
-``XOptions`` dataclass. This package and `registry` are the stable API; the
+``XOptions`` frozen dataclass; those with a server have ``check() -> str``,
+and every connector's error is a `ConnectorError`. This package and `registry` are the stable API; the
 modules under it may move::
 
     from io_connectors import ReadFromKafka, KafkaReadOptions
@@ -90,6 +91,9 @@ _EXPORTS = {
     # sinks
     'WriteRecordFiles': 'io_connectors.sinks.lake',
     'WriteDeadLetterFiles': 'io_connectors.sinks.lake',
+    'WriteWindowFiles': 'io_connectors.sinks.window_files',
+    # what every connector's failure is (catch this one)
+    'ConnectorError': 'io_connectors._common.errors',
 }
 
 __all__ = sorted(_EXPORTS) + ['registry']
