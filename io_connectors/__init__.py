@@ -94,6 +94,11 @@ _EXPORTS = {
     'WriteWindowFiles': 'io_connectors.sinks.window_files',
     # what every connector's failure is (catch this one)
     'ConnectorError': 'io_connectors._common.errors',
+    # for the jobs: secrets out of messages, cursors committed after a run's outputs
+    'mask_url': 'io_connectors._common.masking',
+    'url_password': 'io_connectors._common.masking',
+    'commit_cursors': 'io_connectors._common.state',
+    'load_cursor': 'io_connectors._common.state',
 }
 
 __all__ = sorted(_EXPORTS) + ['registry']

@@ -39,9 +39,8 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from io_connectors import registry
+from io_connectors import mask_url, registry
 from io_connectors.sinks.lake import WriteDeadLetterFiles, WriteRecordFiles, finalize_files
-from io_connectors._common.masking import mask_url
 from pipelines.config import ConfigError, RunConfig, load_yaml, resolve
 from pipelines import runners
 from pipelines.options import SpotifyBatchOptions
@@ -225,8 +224,8 @@ class _FinalizeFn(beam.DoFn):
     if cursors:
       # Incremental sources advance only once the run's outputs are in place:
       # a run that fails before this point is read again next time.
-      from io_connectors._common import state  # pylint: disable=import-outside-toplevel
-      state.commit_cursors(list(cursors))
+      from io_connectors import commit_cursors  # pylint: disable=import-outside-toplevel
+      commit_cursors(list(cursors))
     manifest = build_manifest(self._info, counts, schemas, previous_schema, files, moves)
     _write_json(FileSystems.join(self._output, '_schema.json'), schema_document(schemas))
     _write_json(FileSystems.join(self._output, '_manifest.json'), manifest)
