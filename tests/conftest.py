@@ -18,7 +18,11 @@ uses) at gcp-storage-emulator through STORAGE_EMULATOR_HOST, set for the whole
 session once a GCS fixture is used.
 
 Prism and the Flink cluster: the session fixtures `prism_binary`,
-`flink_cluster` and `flink_args` of tests/cluster_fixtures.py.
+`flink_cluster` and `flink_args` of tests/cluster_fixtures.py. Prism is built
+when the session starts (once per machine) and every TestPipeline() on the
+DirectRunner runs on it: Beam would otherwise try to download Prism, and a
+failed try leaves a broken Prism job server that later Prism runs of the same
+process reuse (Beam shares one per process), whatever their --prism_location.
 
 Another server: add it to scripts/services.sh, then in a session fixture call
 `ensure_service('NAME')`, which returns its port.
@@ -36,10 +40,11 @@ from typing import Callable, List
 
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_pipeline import TestPipeline
 
 # Session fixtures for Prism and Flink, visible to every test package.
-from tests.cluster_fixtures import (_flink_jobs_of_the_test, flink_args, flink_cluster,  # noqa: F401  pylint: disable=unused-import
-                                    prism_binary)
+from tests.cluster_fixtures import (_flink_jobs_of_the_test, ensure_prism, flink_args,  # noqa: F401  pylint: disable=unused-import
+                                    flink_cluster, prism_binary)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SERVICES_SCRIPT = REPO_ROOT / 'scripts' / 'services.sh'
@@ -49,6 +54,11 @@ S3_ACCESS_KEY_ID = 'testing'
 S3_SECRET_ACCESS_KEY = 'testing'
 S3_REGION = 'us-east-1'
 GCP_PROJECT = 'test-project'
+
+
+def pytest_configure(config):  # pylint: disable=unused-argument
+  # TestPipeline's default options (Beam's hook for --test-pipeline-options).
+  TestPipeline.pytest_test_pipeline_options = f'--prism_location={ensure_prism()}'
 
 
 def pipeline_options(beam_args=(), **flags) -> PipelineOptions:
