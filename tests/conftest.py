@@ -30,11 +30,15 @@ Another server: add it to scripts/services.sh, then in a session fixture call
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import inspect
 import json
 import os
 import pathlib
+import re
 import subprocess
+import sys
 import uuid
 from typing import Callable, List
 
@@ -56,9 +60,64 @@ S3_REGION = 'us-east-1'
 GCP_PROJECT = 'test-project'
 
 
-def pytest_configure(config):  # pylint: disable=unused-argument
+def pytest_configure(config):
   # TestPipeline's default options (Beam's hook for --test-pipeline-options).
   TestPipeline.pytest_test_pipeline_options = f'--prism_location={ensure_prism()}'
+  config.addinivalue_line('markers', 'unit: needs no server (set by conftest: `-m unit` runs the unit tier)')
+  config.addinivalue_line('markers', 'integration: talks to a local server or the Flink cluster (set by conftest)')
+
+
+# What reaches a server, in a test's or a fixture's code (or in a helper that
+# does): such a test is in the integration tier. In a `-m unit` session,
+# ensure_service refuses, so a test this misses fails there instead of passing.
+_SERVER_FIXTURES = ('flink_cluster', 'flink_args', 'object_store_env')
+
+
+def _server_call(modules) -> re.Pattern:
+  """A pattern matching a call of ensure_service or of any plain helper in `modules` that calls it, however deep."""
+  helpers = {}
+  for module in modules:
+    for name, value in vars(module).items():
+      # Fixtures are found through each test's fixture closure instead.
+      if inspect.isfunction(value) and not hasattr(value, '_pytestfixturefunction'):
+        with contextlib.suppress(OSError, TypeError):
+          helpers[name] = inspect.getsource(value)
+  names = {'ensure_service'}
+  while True:
+    calls = re.compile(r'(?<![\w.])(' + '|'.join(sorted(names)) + r')\(')
+    found = {name for name, source in helpers.items() if name not in names and calls.search(source)}
+    if not found:
+      return calls
+    names |= found
+
+
+def _reaches_a_server(item, server_call: re.Pattern) -> bool:
+  functions = [item.function]
+  # The autouse Flink guard only looks for a cluster; it starts none.
+  for name in set(item.fixturenames) - {'_flink_jobs_of_the_test'}:
+    functions += [definition.func for definition in item._fixtureinfo.name2fixturedefs.get(name, ())]  # pylint: disable=protected-access
+  for function in functions:
+    try:
+      source = inspect.getsource(function)
+    except (OSError, TypeError):
+      continue
+    if server_call.search(source) or any(fixture in source for fixture in _SERVER_FIXTURES):
+      return True
+  return False
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+  server_call = _server_call([module for name, module in list(sys.modules.items()) if name.split('.')[0] == 'tests'])
+  for item in items:
+    item.add_marker('integration' if _reaches_a_server(item, server_call) else 'unit')
+
+
+_UNIT_TIER = {'active': False}
+
+
+def pytest_sessionstart(session):
+  _UNIT_TIER['active'] = session.config.option.markexpr.strip() == 'unit'
 
 
 def pipeline_options(beam_args=(), **flags) -> PipelineOptions:
@@ -87,6 +146,9 @@ def ensure_service(name: str) -> int:
   A server this session started is stopped when the session ends, unless
   another session still uses it (then the last one to finish stops it).
   """
+  if _UNIT_TIER['active']:
+    raise RuntimeError(f'a test of the unit tier asked for the {name} server: it belongs to the integration tier '
+                       f'(reach servers through fixtures that call ensure_service)')
   _services('use', os.environ[_LEASE_PID_VARIABLE], name)
   return int(_services('port', name))
 
