@@ -43,7 +43,7 @@ from io_connectors import registry
 from io_connectors.lake import WriteDeadLetterFiles, WriteRecordFiles, finalize_files
 from io_connectors.masking import mask_url
 from pipelines.config import ConfigError, RunConfig, load_yaml, resolve
-from pipelines import runners
+from pipelines import cli, runners
 from pipelines.options import SpotifyBatchOptions
 from transforms import entities, schema as schema_mod
 from transforms.dead_letter import flatten_dead_letters
@@ -117,12 +117,24 @@ def _all_options_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _sources_epilog() -> str:
+  """The connectors a --config "sources:" entry may name, one line each."""
+  lines = ['Sources of a --config file ("sources:" entries, each with "type:" and that connector\'s keys):']
+  lines += [f'  {name:<16}{description}' for name, description in registry.describe().items()]
+  lines += ['', 'A source that knows its entity (e.g. spotify "resource: tracks") is validated as that entity '
+            'unless "entity:" says otherwise.']
+  return '\n'.join(lines)
+
+
+def print_help(file=None) -> None:
+  """`--help`: the job's flags, Beam's common ones and the connectors a config may name."""
+  cli.print_help('python -m pipelines.spotify_batch', __doc__.split('\n\n', 1)[0], [SpotifyBatchOptions],
+                 first_group='Batch job', epilog=_sources_epilog(), file=file)
+
+
 def _check_flags(argv: Sequence[str]):
-  if any(a in ('-h', '--help') for a in argv):
-    parser = argparse.ArgumentParser(prog='python -m pipelines.spotify_batch',
-                                     description='Batch import into the data lake. Beam\'s own flags work too.')
-    SpotifyBatchOptions._add_argparse_args(parser)  # pylint: disable=protected-access
-    parser.print_help()
+  if cli.wants_help(argv):
+    print_help()
     raise SystemExit(0)
   parser = _all_options_parser()
   _, unknown = parser.parse_known_args(list(argv))

@@ -70,7 +70,7 @@ from apache_beam.transforms.window import GlobalWindows
 
 from io_connectors import kafka
 from io_connectors.registry import ConfigError
-from pipelines import runners, stream_sources
+from pipelines import cli, runners, stream_sources
 from pipelines.streaming_options import SpotifyStreamingOptions
 from transforms import entities
 from transforms.dead_letter import flatten_dead_letters
@@ -460,9 +460,18 @@ def _flink_checkpoints_by_default(pipeline_options: PipelineOptions):
   options.finish_bundle_before_checkpointing = True
 
 
+def print_help(file=None) -> None:
+  """`--help`: every flag of the job and of each source, grouped by source."""
+  cli.print_help('python -m pipelines.spotify_streaming', __doc__.split('\n\n', 1)[0],
+                 [SpotifyStreamingOptions, stream_sources.StreamSourceOptions], file=file)
+
+
 def run(argv: Optional[Sequence[str]] = None, wait: bool = True):
   """Builds and runs the job; returns the PipelineResult (after it finished when `wait`)."""
   argv = list(sys.argv[1:] if argv is None else argv)
+  if cli.wants_help(argv):
+    print_help()
+    raise SystemExit(0)
   pipeline_options = PipelineOptions(argv)
   options = pipeline_options.view_as(SpotifyStreamingOptions)
   _check(options)
