@@ -33,9 +33,10 @@ import subprocess
 import sys
 import time
 import uuid
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
@@ -260,7 +261,7 @@ def read_json(path: str) -> Optional[dict]:
     return None
 
 
-def schema_document(schemas: Dict[str, 'pa.Schema']) -> dict:
+def schema_document(schemas: Dict[str, pa.Schema]) -> dict:
   """_schema.json: the schema of a one-entity run, or {"entities": {name: schema}}."""
   if len(schemas) == 1:
     return schema_mod.schema_to_json(next(iter(schemas.values())))
@@ -278,7 +279,7 @@ def _schema_drift(schemas, previous, baseline) -> dict:
 
 def build_manifest(info: dict, counts, schemas, previous_schema, files, moves) -> dict:
   totals = {'read': 0, 'written': 0, 'dead_letter': 0, 'deduplicated': 0}
-  per_tenant: Dict[str, Dict[str, int]] = {}
+  per_tenant: Dict[str, Dict[str, Any]] = {}
   by_reason: Dict[str, int] = {}
   pii: Dict[str, int] = {}
   pseudonymised: Dict[str, int] = {}

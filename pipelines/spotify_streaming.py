@@ -310,7 +310,7 @@ class _WriteDeadLettersFn(beam.DoFn):
   def __init__(self, output: str, positions: bool = False):
     self._output = output
     self._positions = positions
-    self._pending = None
+    self._pending: Dict[str, list] = {}
 
   def start_bundle(self):
     self._pending = {}

@@ -33,7 +33,9 @@ import argparse
 import json
 import pathlib
 import sys
-from typing import Any, Optional
+from typing import Any, Optional, Type
+
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.options import SpotifyBatchOptions
 from templates.spotify_batch.main import SECRET_VERSION_PATTERN, FlexTemplateOptions
@@ -84,10 +86,10 @@ PARAMETER_RULES: dict[str, dict[str, Any]] = {
 _ACRONYMS = {'id': 'ID', 'pii': 'PII', 'mb': 'MB'}
 
 
-def option_actions(options_class: type = SpotifyBatchOptions) -> list[argparse.Action]:
+def option_actions(options_class: Type[PipelineOptions] = SpotifyBatchOptions) -> list[argparse.Action]:
   """The argparse actions `options_class` registers, in registration order."""
   parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-  options_class._add_argparse_args(parser)  # pylint: disable=protected-access
+  options_class._add_argparse_args(parser)  # type: ignore[arg-type]  # pylint: disable=protected-access
   return [action for action in parser._actions if action.option_strings]  # pylint: disable=protected-access
 
 
