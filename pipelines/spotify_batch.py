@@ -166,11 +166,37 @@ def _ensure_demo_sample() -> str:
   return os.path.join(DEMO_DIR, '*.csv')
 
 
+# Keys of a `sources:` entry that the pipeline reads, not the connector.
+_PIPELINE_SOURCE_KEYS = ('tenant_id', 'tenant_field', 'entity')
+
+
+def with_known_entities(file_values: Optional[dict], flags: dict) -> Optional[dict]:
+  """The config with each source's entity set to the one its connector knows, where the config names none.
+
+  A Spotify source with ``resource: tracks`` holds tracks: it is validated as
+  ``track`` without the user repeating it. An ``entity:`` of the source, of
+  the config or --entity wins.
+  """
+  if not file_values or flags.get('entity') or file_values.get('entity'):
+    return file_values
+  sources = file_values.get('sources')
+  if not isinstance(sources, list):
+    return file_values
+  known = []
+  for source in sources:
+    if isinstance(source, dict) and not source.get('entity') and source.get('type'):
+      entity = registry.default_entity({k: v for k, v in source.items() if k not in _PIPELINE_SOURCE_KEYS})
+      if entity:
+        source = dict(source, entity=entity)
+    known.append(source)
+  return dict(file_values, sources=known)
+
+
 def _config_from(options: PipelineOptions, allow_demo: bool) -> RunConfig:
   batch = options.view_as(SpotifyBatchOptions)
   # Only flags given explicitly, so that a flag's default does not hide the config's value.
   flags = options.get_all_options(drop_default=True, retain_unknown_options=False)
-  file_values = load_yaml(batch.config) if batch.config else None
+  file_values = with_known_entities(load_yaml(batch.config) if batch.config else None, flags)
   wants_demo = allow_demo and not batch.input and not batch.config
   demo_input = _ensure_demo_sample() if wants_demo else None
   return resolve(flags, file_values, demo_input=demo_input)
@@ -433,6 +459,11 @@ def build(p: beam.Pipeline, config: RunConfig, master_key, info: dict, previous_
   _ = all_files | 'Finalize' >> beam.ParDo(_FinalizeFn(config.output, run_id, info, previous_schema), **side_inputs)
 
 
+def _run_entity(config: RunConfig) -> str:
+  read = {source['entity'] for source in config.sources}
+  return read.pop() if len(read) == 1 else config.entity
+
+
 def _previous_schema(config: RunConfig):
   """(schema to report drift against, where it came from)."""
   path = config.declared_schema or FileSystems.join(config.output, '_schema.json')
@@ -499,7 +530,9 @@ def run(argv: Optional[Sequence[str]] = None, allow_demo: bool = False) -> dict:
       'started_at': dt.datetime.now(dt.timezone.utc).isoformat(),
       'runner': runner if isinstance(runner, str) else type(runner).__name__,
       'code_version': code_version(),
-      'entity': config.entity,
+      # The entity of every source when they share one (a config without
+      # `entity:` whose sources know theirs), else the run's.
+      'entity': _run_entity(config),
       'inputs': [_describe(s) for s in config.sources],
       'output': config.output,
       'output_format': config.output_format,

@@ -275,6 +275,8 @@ class ReadFromSocial(beam.PTransform):
   def __init__(self, resource, params: Sequence[Mapping[str, Any]], overrides: Optional[Mapping[str, Any]] = None,
                options: Optional[RestOptions] = None, label: Optional[str] = None):
     super().__init__(label)
+    # Every bundled resource emits mention records; a resource of the user's own may not.
+    self.default_entity = 'social_mention' if isinstance(resource, str) and resource in resources() else None
     if not isinstance(resource, ResourceConfig):
       resource = load_resource(resource, overrides)
     elif overrides:
