@@ -800,6 +800,10 @@ class ReadFromPostgres(beam.PTransform):
     self._query = query
     self._options = options
 
+  def check(self) -> str:
+    """Connects and checks credentials and that the table or query can be read (see `check`)."""
+    return check(self._options, self._table, self._query)
+
   def expand(self, pbegin):
     plan, splits, update = _Planner(self._table, self._query, self._options).plan()
     _LOG.info('%s: %d split(s)%s', plan.source_name, len(splits),
