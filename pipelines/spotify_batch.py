@@ -43,7 +43,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from io_connectors import registry
 from io_connectors.lake import WriteDeadLetterFiles, WriteRecordFiles, finalize_files
 from io_connectors.masking import mask_url
-from pipelines.config import ConfigError, RunConfig, load_yaml, resolve
+from pipelines.config import RUN_KEYS, ConfigError, RunConfig, load_yaml, resolve
 from pipelines import cli, runners
 from pipelines.options import SpotifyBatchOptions
 from transforms import entities, schema as schema_mod
@@ -192,12 +192,29 @@ def with_known_entities(file_values: Optional[dict], flags: dict) -> Optional[di
   return dict(file_values, sources=known)
 
 
-def _config_from(options: PipelineOptions, allow_demo: bool) -> RunConfig:
+def _config_mapping(values) -> dict:
+  """A config given as a mapping, checked for the keys a config file may hold (as load_yaml does)."""
+  if not isinstance(values, dict):
+    raise ConfigError(f'config must be a mapping of keys, got {type(values).__name__}')
+  unknown = sorted(set(values) - set(RUN_KEYS) - {'sources'})
+  if unknown:
+    raise ConfigError(f'config: unknown key(s) {", ".join(unknown)}; known: {", ".join(RUN_KEYS + ("sources",))}')
+  return dict(values)
+
+
+def _config_from(options: PipelineOptions, allow_demo: bool, config_values: Optional[dict] = None) -> RunConfig:
   batch = options.view_as(SpotifyBatchOptions)
   # Only flags given explicitly, so that a flag's default does not hide the config's value.
   flags = options.get_all_options(drop_default=True, retain_unknown_options=False)
-  file_values = with_known_entities(load_yaml(batch.config) if batch.config else None, flags)
-  wants_demo = allow_demo and not batch.input and not batch.config
+  file_values: Optional[dict]
+  if config_values is not None:
+    if batch.config:
+      raise ConfigError('give either --config or a config mapping, not both')
+    file_values = _config_mapping(config_values)
+  else:
+    file_values = load_yaml(batch.config) if batch.config else None
+  file_values = with_known_entities(file_values, flags)
+  wants_demo = allow_demo and not batch.input and not batch.config and config_values is None
   demo_input = _ensure_demo_sample() if wants_demo else None
   return resolve(flags, file_values, demo_input=demo_input)
 
@@ -507,15 +524,19 @@ def _wait_with_progress(result, interval_s: float = 3.0):
     raise RuntimeError(f'the pipeline ended in state {state}')
 
 
-def run(argv: Optional[Sequence[str]] = None, allow_demo: bool = False) -> dict:
-  """Runs the batch job and returns its manifest. Raises UsageError / ConfigError for bad input."""
+def run(argv: Optional[Sequence[str]] = None, allow_demo: bool = False, config_values: Optional[dict] = None) -> dict:
+  """Runs the batch job and returns its manifest. Raises UsageError / ConfigError for bad input.
+
+  config_values: the keys of a --config file as a mapping (``{'sources': [...], ...}``),
+  for callers that build it in code (`pipelines.importers`); flags still win.
+  """
   argv = list(sys.argv[1:] if argv is None else argv)
   options = _options_from(argv)
   # A plain DirectRunner run uses our Prism build instead of trying to download one.
   runners.use_local_prism(argv)
   # Beam's S3/GCS options must be known before paths are probed.
   FileSystems.set_options(options)
-  config = _config_from(options, allow_demo=allow_demo)
+  config = _config_from(options, allow_demo=allow_demo, config_values=config_values)
   _check_inputs(config)
   try:
     master_key = None if config.keep_pii else load_master_key(config.pii_key_file, allow_ephemeral=config.demo)
