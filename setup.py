@@ -50,7 +50,6 @@ setuptools.setup(
     long_description=open('README.md', encoding='utf-8').read() if __import__('os').path.exists('README.md') else '',
     long_description_content_type='text/markdown',
     license='MIT',
-    license_files=['LICENSE'],
     python_requires='>=3.10',
     packages=setuptools.find_packages(include=['pipelines*', 'transforms*', 'io_connectors*']),
     package_data={'': ['*.json', '*.yaml', '*.yml']},

@@ -47,6 +47,8 @@ __all__ = [
     'FlexTemplateOptions',
     'LauncherError',
     'flag_option_names',
+    'load_pii_key_secret',
+    'read_secret',
     'split_launcher_options',
     'to_beam_argv',
     'main',
@@ -84,7 +86,8 @@ def split_launcher_options(argv: Iterable[str]) -> tuple[list[str], FlexTemplate
   return rest, FlexTemplateOptions.from_dictionary({k: v for k, v in vars(known).items() if v is not None})
 
 
-def _read_secret(version_name: str) -> str:
+def read_secret(version_name: str) -> str:
+  """The payload of a Secret Manager secret version, as text."""
   from apache_beam.utils.secret import GcpSecret
 
   try:
@@ -92,6 +95,15 @@ def _read_secret(version_name: str) -> str:
   except Exception as error:  # pylint: disable=broad-except
     # The secret's name, never its payload.
     raise LauncherError(f'cannot read pii_key_secret {version_name}: {type(error).__name__}') from None
+
+
+def load_pii_key_secret(launcher_options: FlexTemplateOptions) -> None:
+  """Reads --pii_key_secret, when given, into PII_MASTER_KEY (where the pipeline looks for the key)."""
+  if launcher_options.pii_key_secret:
+    if not re.match(SECRET_VERSION_PATTERN, launcher_options.pii_key_secret):
+      raise LauncherError(f'pii_key_secret {launcher_options.pii_key_secret!r} is not '
+                          'projects/PROJECT/secrets/NAME/versions/VERSION')
+    os.environ[PII_KEY_ENV] = read_secret(launcher_options.pii_key_secret)
 
 
 def flag_option_names() -> frozenset[str]:
@@ -140,11 +152,7 @@ def main(argv: Optional[list[str]] = None) -> int:
   try:
     pipeline_argv, launcher_options = split_launcher_options(sys.argv[1:] if argv is None else argv)
     beam_argv = to_beam_argv(pipeline_argv)
-    if launcher_options.pii_key_secret:
-      if not re.match(SECRET_VERSION_PATTERN, launcher_options.pii_key_secret):
-        raise LauncherError(f'pii_key_secret {launcher_options.pii_key_secret!r} is not '
-                            'projects/PROJECT/secrets/NAME/versions/VERSION')
-      os.environ[PII_KEY_ENV] = _read_secret(launcher_options.pii_key_secret)
+    load_pii_key_secret(launcher_options)
     manifest = spotify_batch.run(beam_argv)
   except (LauncherError, spotify_batch.UsageError, spotify_batch.ConfigError) as error:
     print(f'spotify_batch launcher: {error}', file=sys.stderr)
