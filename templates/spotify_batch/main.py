@@ -48,6 +48,7 @@ __all__ = [
     'LauncherError',
     'flag_option_names',
     'load_pii_key_secret',
+    'pipeline_argv_from',
     'read_secret',
     'split_launcher_options',
     'to_beam_argv',
@@ -145,15 +146,20 @@ def to_beam_argv(parameters: Iterable[str], environ: Optional[dict] = None) -> l
   return argv
 
 
+def pipeline_argv_from(parameters: Iterable[str]) -> list[str]:
+  """The pipeline's argv from Dataflow's parameters: launcher options applied and taken out, booleans as flags."""
+  pipeline_argv, launcher_options = split_launcher_options(parameters)
+  beam_argv = to_beam_argv(pipeline_argv)
+  load_pii_key_secret(launcher_options)
+  return beam_argv
+
+
 def main(argv: Optional[list[str]] = None) -> int:
   logging.getLogger().setLevel(logging.INFO)
   from pipelines import spotify_batch
 
   try:
-    pipeline_argv, launcher_options = split_launcher_options(sys.argv[1:] if argv is None else argv)
-    beam_argv = to_beam_argv(pipeline_argv)
-    load_pii_key_secret(launcher_options)
-    manifest = spotify_batch.run(beam_argv)
+    manifest = spotify_batch.run(pipeline_argv_from(sys.argv[1:] if argv is None else argv))
   except (LauncherError, spotify_batch.UsageError, spotify_batch.ConfigError) as error:
     print(f'spotify_batch launcher: {error}', file=sys.stderr)
     return 2

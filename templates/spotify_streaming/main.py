@@ -31,7 +31,7 @@ if str(REPO_ROOT) not in sys.path:
   sys.path.insert(0, str(REPO_ROOT))
 
 # pylint: disable=wrong-import-position
-from templates.spotify_batch.main import LauncherError, load_pii_key_secret, split_launcher_options, to_beam_argv
+from templates.spotify_batch.main import LauncherError, pipeline_argv_from
 
 __all__ = ['main']
 
@@ -42,9 +42,7 @@ def main(argv: Optional[list[str]] = None) -> int:
   from pipelines import spotify_streaming  # pylint: disable=import-outside-toplevel
 
   try:
-    pipeline_argv, launcher_options = split_launcher_options(sys.argv[1:] if argv is None else argv)
-    beam_argv = to_beam_argv(pipeline_argv)
-    load_pii_key_secret(launcher_options)
+    beam_argv = pipeline_argv_from(sys.argv[1:] if argv is None else argv)
     # Bounded reads (--bounded, tests) finish; a streaming job is left running on its runner.
     result = spotify_streaming.run(beam_argv, wait=False)
     if '--bounded' in beam_argv or any(a.startswith('--max_records_per_partition') for a in beam_argv):
