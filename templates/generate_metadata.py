@@ -23,7 +23,8 @@ Mapping of an argparse action to a Flex Template parameter:
 * an argument group's title -> `groupName` (the source a flag belongs to);
 * `default` -> `defaultValue`; a required action -> `isOptional: false`;
 * `PARAMETER_RULES` adds what argparse cannot say (the tenant id pattern, the
-  entity names).
+  entity names, the stream sources) and leaves out the options that hold
+  secrets (`omit`): parameters show in the job's graph.
 
 Usage::
 
@@ -93,6 +94,15 @@ PARAMETER_RULES: dict[str, dict[str, Any]] = {
     },
     'source': {
         'choices': tuple(STREAM_SOURCES)
+    },
+    # Secrets are no parameters: a job's parameters show in its graph and the
+    # console. The pipeline reads them from the environment
+    # (KAFKA_SASL_PASSWORD, EVENT_HUBS_CONNECTION_STRING).
+    'sasl_password': {
+        'omit': True
+    },
+    'event_hubs_connection_string': {
+        'omit': True
     },
 }
 
@@ -220,6 +230,7 @@ def template_metadata(options_classes: tuple[type, ...] = OPTIONS_CLASSES, templ
       'parameters': [
           parameter_metadata(action, group) for options_class in template.options_classes
           for action, group in _actions_with_groups(options_class)
+          if not PARAMETER_RULES.get(action.dest, {}).get('omit')
       ],
   }
 
