@@ -852,6 +852,30 @@ class ReadFromKafka(beam.PTransform):
       raise TypeError(f'options must be KafkaReadOptions, got {type(options).__name__}')
     self._options = options
 
+  def check(self, timeout_s: float = 10.0) -> str:
+    """Connects and authenticates to the brokers and finds every topic; a one-line summary, or RuntimeError."""
+    import confluent_kafka.admin  # pylint: disable=import-outside-toplevel
+    options = self._options
+    where = f'Kafka at {options.bootstrap_servers}'
+    # librdkafka says why (refused, authentication failed) through error_cb
+    # only; its own log lines would repeat that on stderr every retry.
+    errors: List[str] = []
+    admin = confluent_kafka.admin.AdminClient(
+        dict(client_config(options), error_cb=lambda error: errors.append(str(error)), log_level=0))
+    try:
+      metadata = admin.list_topics(timeout=timeout_s)
+    except Exception as e:  # pylint: disable=broad-except
+      admin.poll(0)  # serves the queued error callbacks
+      reason = errors[-1] if errors else str(e)
+      raise RuntimeError(mask_secrets(f'{where}: {reason}', _secrets_of(options))) from None
+    finally:
+      del admin  # stops its threads (and their retries) now
+    missing = [t for t in options.topics if t not in metadata.topics or metadata.topics[t].error is not None]
+    if missing:
+      raise RuntimeError(f'{where}: topic(s) {", ".join(missing)} not found')
+    partitions = sum(len(metadata.topics[t].partitions) for t in options.topics)
+    return f'{where}: {len(metadata.brokers)} broker(s); {", ".join(options.topics)}: {partitions} partition(s)'
+
   def expand(self, pbegin):
     options = self._options
     fn_class = _UnboundedReadPartitionFn if options.is_streaming else _ReadPartitionFn

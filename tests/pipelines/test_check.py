@@ -149,3 +149,26 @@ def test_secrets_of_the_config_are_scrubbed_from_any_message():
   text = check._scrubbed('failed for p4ss-word with s3cr3t-value, tok-123456 at postgresql://u:p4ss-word@h/db '  # pylint: disable=protected-access
                          'via NOT_A_SECRET', source)
   assert text == 'failed for *** with ***, *** at postgresql://u:***@h/db via NOT_A_SECRET'
+
+
+def test_kafka_topics_brokers_and_credentials(tmp_path):
+  confluent_kafka_admin = pytest.importorskip('confluent_kafka.admin')
+  from tests.conftest import ensure_service  # pylint: disable=import-outside-toplevel
+  bootstrap = f'127.0.0.1:{ensure_service("kafka")}'
+  topic = f'check-{__import__("uuid").uuid4().hex[:10]}'
+  admin = confluent_kafka_admin.AdminClient({'bootstrap.servers': bootstrap})
+  admin.create_topics([confluent_kafka_admin.NewTopic(topic, 3, 1)])[topic].result(60)
+  try:
+    results = check.check_sources([
+        {'type': 'kafka', 'bootstrap_servers': bootstrap, 'topics': [topic]},
+        {'type': 'kafka', 'bootstrap_servers': bootstrap, 'topics': [topic + '-missing']},
+        # The SASL/PLAIN listener (scripts/services.d/kafka.sh) with a wrong password.
+        {'type': 'kafka', 'bootstrap_servers': '127.0.0.1:9094', 'topics': [topic], 'security_protocol': 'SASL_PLAINTEXT',
+         'sasl_mechanism': 'PLAIN', 'sasl_username': 'beam', 'sasl_password': 'wrong-kafka-pw-55'},
+    ], timeout_s=60)
+  finally:
+    admin.delete_topics([topic])
+  assert [r.status for r in results] == [check.OK, check.FAILED, check.FAILED], results
+  assert f'{topic}: 3 partition(s)' in results[0].detail
+  assert 'not found' in results[1].detail
+  assert 'Authentication failed' in results[2].detail and 'wrong-kafka-pw-55' not in results[2].detail
