@@ -145,3 +145,31 @@ def test_spotify_api_importer_reads_tracks_as_tracks(fake_spotify, tmp_path):
   assert summary['entity'] == 'track'
   assert (summary['counts']['written'], summary['counts']['dead_letter']) == (5, 0)
   assert CLIENT['client_secret'] not in json.dumps(summary)
+
+
+def test_kafka_and_postgresql_importers_in_one_job(pg, postgres_url, tmp_path):
+  confluent_kafka = pytest.importorskip('confluent_kafka')
+  import confluent_kafka.admin  # pylint: disable=import-outside-toplevel
+  from tests.conftest import ensure_service  # pylint: disable=import-outside-toplevel
+  bootstrap = f'127.0.0.1:{ensure_service("kafka")}'
+  topic = f'importer-plays-{__import__("uuid").uuid4().hex[:10]}'
+  admin = confluent_kafka.admin.AdminClient({'bootstrap.servers': bootstrap})
+  admin.create_topics([confluent_kafka.admin.NewTopic(topic, 2, 1)])[topic].result(60)
+  try:
+    producer = confluent_kafka.Producer({'bootstrap.servers': bootstrap})
+    for i in range(9):
+      producer.produce(topic, json.dumps({'event_id': f'k{i}', 'user_id': f'u{i}', 'track_id': TRACK,
+                                          'played_at': '2024-03-01T12:00:00Z', 'ms_played': 100 + i}).encode())
+    producer.flush(30)
+    kafka = importers.get_importer('kafka', 'beatbox', {'topic': topic, 'brokers': bootstrap,
+                                                        'consumer_group': f'g-{topic}', 'auto_offset_reset': 'earliest',
+                                                        'max_poll_records': 500})
+    plays = importers.get_importer('postgresql', 'acme', {'url': postgres_url, 'table': _plays_table(pg, 'kp', 4)})
+    health = asyncio.run(importers.ImporterHealthCheck().check_all_importers_health([kafka, plays]))
+    assert health['healthy'], health
+    results = asyncio.run(importers.orchestrate_import_pipeline([kafka, plays], output=str(tmp_path / 'lake')))
+  finally:
+    admin.delete_topics([topic])
+  assert len(results) == 1 and results[0].ok, results
+  per_tenant = results[0].summary['counts']['per_tenant']
+  assert (per_tenant['beatbox']['written'], per_tenant['acme']['written']) == (9, 4)
