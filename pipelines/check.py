@@ -67,7 +67,9 @@ def _secrets(value: Any, key: str = '') -> List[str]:
     for v in value:
       found += _secrets(v, key)
   elif isinstance(value, str) and value:
-    if _SECRET_KEY.search(key) and not key.endswith('_env') and len(value) >= 3:
+    # Not the names of variables or files holding secrets, nor URLs (their passwords are taken below).
+    named = key.endswith(('_env', '_url', '_file', '_path'))
+    if _SECRET_KEY.search(key) and not named and '://' not in value and len(value) >= 3:
       found.append(value)
     password = url_password(value) if '://' in value else None
     if password:

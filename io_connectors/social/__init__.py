@@ -286,6 +286,10 @@ class ReadFromSocial(beam.PTransform):
       raise ValueError('params must be a non-empty list of mappings (one per query)')
     self._read = ReadRestResource(resource, params=[dict(p) for p in params], options=options or RestOptions())
 
+  def check(self) -> str:
+    """The first query's first request (see ReadFromRest.check)."""
+    return self._read.check()
+
   def expand(self, pbegin):
     return pbegin | 'Read' >> self._read
 

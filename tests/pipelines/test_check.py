@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from pipelines import check
+from tests.io_connectors.http.conftest import fake_spotify, spotify_spec  # pylint: disable=unused-import
 from tests.io_connectors.postgres_fixtures import pg, postgres_url  # pylint: disable=unused-import
 from tests.io_connectors.streams_support import redis_url
 
@@ -135,7 +136,7 @@ def test_files_are_listed_and_connectors_without_check_are_skipped(tmp_path):
       {'type': 'csv', 'input': str(tmp_path / '*.csv')},
       {'type': 'csv', 'input': str(tmp_path / 'none' / '*.csv')},
       {'type': 'websocket', 'url': 'ws://127.0.0.1:9/feed', 'max_messages': 1},
-      {'type': 'spotify', 'resource': 'tracks', 'ids': ['x'], 'client_id': 'id', 'client_secret': 'very-secret-value'},
+      {'type': 'pubsub', 'subscription': 'projects/p/subscriptions/s'},
   ])
   assert [r.status for r in results] == [check.OK, check.FAILED, check.SKIPPED, check.SKIPPED]
   assert results[0].detail.startswith('1 file(s)')
@@ -145,10 +146,10 @@ def test_files_are_listed_and_connectors_without_check_are_skipped(tmp_path):
 
 def test_secrets_of_the_config_are_scrubbed_from_any_message():
   source = {'type': 'x', 'url': 'postgresql://u:p4ss-word@h/db', 'client_secret': 's3cr3t-value',
-            'auth': {'token': 'tok-123456'}, 'password_env': 'NOT_A_SECRET'}
+            'auth': {'token': 'tok-123456'}, 'password_env': 'NOT_A_SECRET', 'token_url': 'https://h/token'}
   text = check._scrubbed('failed for p4ss-word with s3cr3t-value, tok-123456 at postgresql://u:p4ss-word@h/db '  # pylint: disable=protected-access
-                         'via NOT_A_SECRET', source)
-  assert text == 'failed for *** with ***, *** at postgresql://u:***@h/db via NOT_A_SECRET'
+                         'via NOT_A_SECRET from https://h/token', source)
+  assert text == 'failed for *** with ***, *** at postgresql://u:***@h/db via NOT_A_SECRET from https://h/token'
 
 
 def test_kafka_topics_brokers_and_credentials(tmp_path):
@@ -172,3 +173,19 @@ def test_kafka_topics_brokers_and_credentials(tmp_path):
   assert f'{topic}: 3 partition(s)' in results[0].detail
   assert 'not found' in results[1].detail
   assert 'Authentication failed' in results[2].detail and 'wrong-kafka-pw-55' not in results[2].detail
+
+
+def test_spotify_credentials_and_api(fake_spotify):
+  base = {'type': 'spotify', 'resource': 'tracks', 'ids': ['4uLU6hMCjMI75M1A2tKUQC'], 'api_url': fake_spotify.api_url,
+          'token_url': fake_spotify.token_url, 'client_id': 'test-client-id', 'rate': None,
+          'retry': {'max_attempts': 2, 'backoff_base': 0.01, 'backoff_max': 0.05, 'timeout': 5}}
+  results = check.check_sources([
+      dict(base, client_secret='test-client-secret-0123'),
+      dict(base, client_secret='wrong-spotify-secret-9'),
+      dict(base, client_secret='test-client-secret-0123', api_url=f'http://127.0.0.1:{_free_port()}/v1'),
+  ], timeout_s=60)
+  assert [r.status for r in results] == [check.OK, check.FAILED, check.FAILED], results
+  assert 'HTTP 200' in results[0].detail and '/tracks' in results[0].detail
+  assert 'invalid_client' in results[1].detail and fake_spotify.token_url in results[1].detail
+  for result in results:
+    assert 'test-client-secret-0123' not in result.detail and 'wrong-spotify-secret-9' not in result.detail
