@@ -9,11 +9,14 @@ Usage::
     results = check_sources(load_yaml('sources.yaml')['sources'])
 
 Each ``sources:`` entry is built as the batch job builds it and checked by
-its connector's ``check()`` (PostgreSQL, MongoDB, Redis, Elasticsearch /
-OpenSearch, ClickHouse: connect, authenticate, read the table, collection,
-pattern or index once). File sources are checked by listing their pattern.
-A connector without a check is reported as ``skipped`` and does not fail the
-command. Each check has --timeout seconds; all run at once.
+its connector's ``check()``: PostgreSQL, MongoDB, Redis, Elasticsearch /
+OpenSearch, ClickHouse connect, authenticate and read the table, collection,
+key pattern or index once; Kafka finds the brokers and topics; the REST
+sources (Spotify, social, rest) get a token and send their first request.
+File sources are checked by listing their pattern. A connector without a
+check (Last.fm, SoundCloud, the other streams) is reported as ``skipped``
+and does not fail the command. Each check has --timeout seconds; all run at
+once.
 
 Exit status: 0 when no source failed, 1 when one did, 2 for a config that
 cannot be read or is wrong before any connector is tried. The table never
