@@ -46,6 +46,33 @@ def test_ruff_and_mypy_report_a_finding(tmp_path):
   assert mypy.returncode == 1 and 'Incompatible return value' in mypy.stdout, mypy.stdout
 
 
-def test_lint_script_runs_both_tools():
-  text = (REPO_ROOT / 'scripts' / 'lint.sh').read_text(encoding='utf-8')
-  assert 'ruff check' in text and 'mypy' in text and 'status=1' in text
+def _lint_sandbox(tmp_path, ruff_status: int, mypy_status: int):
+  """A copy of the scripts with an installed-looking .venv whose ruff and mypy exit as told."""
+  for name in ('scripts/lint.sh', 'scripts/venv.sh', 'scripts/constraints.txt', 'setup.py'):
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO_ROOT / name, tmp_path / name)
+  bin_dir = tmp_path / '.venv' / 'bin'
+  bin_dir.mkdir(parents=True)
+  (tmp_path / '.venv' / 'pyvenv.cfg').write_text('home = /usr/bin\n')
+  (bin_dir / 'python').symlink_to(sys.executable)
+  for tool, status in (('ruff', ruff_status), ('mypy', mypy_status)):
+    (bin_dir / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> "$(dirname "$0")/../../calls"\nexit {status}\n')
+    (bin_dir / tool).chmod(0o755)
+  # The stamp venv.sh writes after an install, so that it installs nothing here.
+  key = subprocess.run(['bash', '-c', '{ sha256sum setup.py scripts/constraints.txt; stat -c "%i %Y" .venv/pyvenv.cfg; '
+                        '} | sha256sum | cut -d" " -f1'], cwd=tmp_path, capture_output=True, text=True,
+                       check=True).stdout.strip()
+  (tmp_path / '.cache').mkdir()
+  (tmp_path / '.cache' / 'install-__test_aws_gcp_.stamp').write_text(key + '\n')
+  return tmp_path
+
+
+@pytest.mark.parametrize('ruff_status, mypy_status, expected', [(0, 0, 0), (1, 0, 1), (0, 1, 1), (1, 1, 1)])
+def test_lint_script_fails_when_either_tool_finds_something(tmp_path, ruff_status, mypy_status, expected):
+  sandbox = _lint_sandbox(tmp_path, ruff_status, mypy_status)
+  result = subprocess.run(['bash', 'scripts/lint.sh'], cwd=sandbox, capture_output=True, text=True, timeout=120,
+                          check=False)
+  assert result.returncode == expected, result.stderr
+  assert 'installing' not in result.stderr  # the stamp held: nothing was installed
+  calls = (sandbox / 'calls').read_text().splitlines()
+  assert [call.split()[0] for call in calls] == ['ruff', 'mypy']  # both run, whatever the first found
