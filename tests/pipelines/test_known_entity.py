@@ -89,3 +89,16 @@ def test_tracks_and_plays_in_one_config_each_get_their_entity(fake_spotify, spot
   counts = manifest['counts']
   assert counts['dead_letter'] == 0, counts['dead_letter_by_reason']
   assert counts['written_per_entity'] == {'track': len(ids), 'listening_event': fake_spotify.plays}
+
+
+def test_a_run_without_dead_letters_still_says_it_redacted(tmp_path, monkeypatch):
+  # The manifest's pii.redacted (did the run redact?) was once overwritten by the
+  # counts of redacted dead-letter fields: an empty dict, so clean runs read as unredacted.
+  from pipelines.spotify_batch import summary_table  # pylint: disable=import-outside-toplevel
+  monkeypatch.setenv('PII_MASTER_KEY', 'cd' * 32)
+  (tmp_path / 'a.csv').write_text('event_id,user_id,track_id,played_at,ms_played\n'
+                                  'e1,u1,4uLU6hMCjMI75M1A2tKUQC,2024-05-01T10:00:00Z,100\n')
+  manifest = run(['--input', str(tmp_path / 'a.csv'), '--tenant_id', 'acme', '--output', str(tmp_path / 'out')])
+  assert manifest['counts']['dead_letter'] == 0
+  assert manifest['pii']['redacted'] is True and manifest['pii']['redacted_in_dead_letters'] == {}
+  assert 'NOT redacted' not in summary_table(manifest)
