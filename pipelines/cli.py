@@ -26,7 +26,8 @@ import logging
 import sys
 from typing import Optional, Sequence, TextIO
 
-__all__ = ['UNACTIONABLE_LOG_LINES', 'drop_unactionable_log_lines', 'wants_help', 'help_text', 'print_help']
+__all__ = ['UNACTIONABLE_LOG_LINES', 'drop_unactionable_log_lines', 'configure_logging', 'wants_help', 'help_text',
+           'print_help']
 
 # Starts of log messages emitted while a library is imported that name no
 # action the user of these pipelines could take.
@@ -56,6 +57,27 @@ def drop_unactionable_log_lines() -> None:
     logger = logging.getLogger(name)
     if _FILTER not in logger.filters:
       logger.addFilter(_FILTER)
+
+
+# Libraries that log at INFO what a user of the jobs need not read.
+_QUIET_LOGGERS = ('apache_beam', 'presidio-analyzer', 'presidio_analyzer', 'urllib3', 'google', 'botocore')
+
+
+def configure_logging() -> None:
+  """The entry points' logging: INFO lines with time, level and logger; libraries at WARNING.
+
+  force=True: a library that logged through `logging.warning()` while being
+  imported (Beam's apitools line, even though dropped) has already given the
+  root logger a default handler, which would otherwise keep this format and
+  level from applying.
+  """
+  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s',
+                      datefmt='%H:%M:%S', force=True)
+  for name in _QUIET_LOGGERS:
+    logging.getLogger(name).setLevel(logging.WARNING)
+  for handler in logging.getLogger().handlers:
+    # Beam's runners log their job chatter at INFO on the root logger.
+    handler.addFilter(lambda record: record.name != 'root' or record.levelno >= logging.WARNING)
 
 
 def wants_help(argv: Sequence[str]) -> bool:

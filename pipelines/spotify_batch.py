@@ -614,12 +614,7 @@ def summary_table(manifest: dict) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s', datefmt='%H:%M:%S')
-  for noisy in ('apache_beam', 'presidio-analyzer', 'presidio_analyzer', 'urllib3', 'google', 'botocore'):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
-  for handler in logging.getLogger().handlers:
-    # Beam's runners log their job chatter at INFO on the root logger.
-    handler.addFilter(lambda record: record.name != 'root' or record.levelno >= logging.WARNING)
+  cli.configure_logging()
   try:
     manifest = run(argv, allow_demo=True)
   except (UsageError, ConfigError) as e:

@@ -496,9 +496,7 @@ def run(argv: Optional[Sequence[str]] = None, wait: bool = True):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s', datefmt='%H:%M:%S')
-  for noisy in ('apache_beam', 'presidio-analyzer', 'presidio_analyzer', 'urllib3', 'google', 'botocore'):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
+  cli.configure_logging()
   try:
     run(argv)
   except ConfigError as e:

@@ -110,3 +110,18 @@ def test_the_filter_drops_only_the_unactionable_lines(caplog):
     logging.getLogger('apache_beam.io.gcp.bigtableio').warning('ImportError: from google.cloud.bigtable import Client')
   messages = [record.getMessage() for record in caplog.records]
   assert messages == ['Failed to import S3FileSystem; loading of this filesystem will be skipped.']
+
+
+def test_a_run_logs_its_progress_in_the_jobs_format_without_apitools(without_apitools, tmp_path, monkeypatch):
+  # The apitools line is logged through logging.warning(), which configures the
+  # root logger by itself: the job's own format and INFO level must still apply.
+  (tmp_path / 'a.csv').write_text('event_id,user_id,track_id,played_at,ms_played\n'
+                                  'e1,u1,4uLU6hMCjMI75M1A2tKUQC,2024-05-01T10:00:00Z,100\n')
+  monkeypatch.setenv('PII_MASTER_KEY', 'ef' * 32)
+  result = _run(['-m', 'pipelines.spotify_batch', '--input', str(tmp_path / 'a.csv'), '--tenant_id', 'acme',
+                 '--output', str(tmp_path / 'out')], without_apitools)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert re.search(r'^\d\d:\d\d:\d\d INFO pipelines\.spotify_batch: run \S+: 1 source\(s\)', result.stderr, re.M), \
+      result.stderr[-3000:]
+  assert APITOOLS_LINE not in result.stderr
+  assert 'WARNING:root' not in result.stderr
