@@ -1,14 +1,14 @@
 """Flex Template launcher of the Spotify batch pipeline.
 
 Dataflow's Python template launcher runs this file (`FLEX_TEMPLATE_PYTHON_PY_FILE`
-in the Dockerfile) with the job's parameters and Dataflow's own options, all as
+in templates/Dockerfile) with the job's parameters and Dataflow's own options, all as
 `--name=value`. It hands them to `pipelines.spotify_batch.run` after two fixes:
 
 * a boolean flag arrives as `--keep_pii=true` / `--keep_pii=false`, which
   argparse rejects for a `store_true` option: `true` becomes the bare flag,
   `false` drops it;
 * the workers' SDK container defaults to `$BEAM_SDK_CONTAINER_IMAGE` (the Beam
-  2.77 Python 3.11 image, set in the Dockerfile) unless the job sets
+  2.77 Python 3.11 image, set in templates/Dockerfile) unless the job sets
   `--sdk_container_image` itself.
 
 It also takes one option of its own, `--pii_key_secret` (`FlexTemplateOptions`):

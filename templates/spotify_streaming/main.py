@@ -1,7 +1,7 @@
 """Flex Template launcher of the Spotify streaming pipeline.
 
 Dataflow's Python template launcher runs this file (`FLEX_TEMPLATE_PYTHON_PY_FILE`
-in templates/spotify_streaming/Dockerfile) with the job's parameters and
+in templates/Dockerfile, TEMPLATE=spotify_streaming) with the job's parameters and
 Dataflow's own options, all as `--name=value`. It hands them to
 `pipelines.spotify_streaming.run` (without waiting: a streaming job runs until
 drained or cancelled) after the same fixes as the batch launcher
