@@ -30,7 +30,7 @@ Usage::
 
     python -m templates.generate_metadata          # rewrite every template's metadata.json
     python -m templates.generate_metadata --check  # exit 1 if one is stale
-    python -m templates.generate_metadata --template spotify_streaming --output /tmp/metadata.json
+    python -m templates.generate_metadata --template spotify_streaming --output out/metadata.json
 """
 
 from __future__ import annotations
