@@ -472,12 +472,15 @@ def run(argv: Optional[Sequence[str]] = None, wait: bool = True):
   if cli.wants_help(argv):
     print_help()
     raise SystemExit(0)
-  pipeline_options = PipelineOptions(argv)
+  options = PipelineOptions(argv).view_as(SpotifyStreamingOptions)
+  # An unbounded source: the runner must run the job as a streaming job.
+  streaming = not (options.bounded or options.max_records_per_partition is not None)
+  # A DirectRunner run (the default) uses our Prism build, or runs in process, instead of downloading Prism.
+  pipeline_options = PipelineOptions(runners.local_runner_args(argv, streaming=streaming))
   options = pipeline_options.view_as(SpotifyStreamingOptions)
   _check(options)
   FileSystems.set_options(pipeline_options)
-  if not (options.bounded or options.max_records_per_partition is not None):
-    # An unbounded source: the runner must run the job as a streaming job.
+  if streaming:
     pipeline_options.view_as(StandardOptions).streaming = True
   _prism_runs_without_splits(pipeline_options)
   _flink_checkpoints_by_default(pipeline_options)
