@@ -530,6 +530,11 @@ class ReadFromLastfm(beam.PTransform):
     urllib.parse.urlsplit(options.base_url)
     self._options = options
 
+  @property
+  def default_entity(self) -> Optional[str]:
+    """recent_tracks are listening events; track info and top tags are no canonical entity."""
+    return 'listening_event' if self._options.resource == 'recent_tracks' else None
+
   def expand(self, pbegin):
     results = (
         pbegin

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from typing import Optional
+from typing import Dict, Optional
 
 import apache_beam as beam
 import pyarrow as pa
@@ -147,7 +147,7 @@ class WriteDeadLettersFn(beam.DoFn):
   def __init__(self, output: str, positions: bool = False):
     self._output = output
     self._positions = positions
-    self._pending = None
+    self._pending: Dict[str, list] = {}
 
   def start_bundle(self):
     self._pending = {}
