@@ -11,10 +11,12 @@ Usage::
 Each ``sources:`` entry is built as the batch job builds it and checked by
 its connector's ``check()``: PostgreSQL, MongoDB, Redis, Elasticsearch /
 OpenSearch, ClickHouse connect, authenticate and read the table, collection,
-key pattern or index once; Kafka finds the brokers and topics; the REST
-sources (Spotify, social, rest) get a token and send their first request.
-File sources are checked by listing their pattern. A connector without a
-check (Last.fm, SoundCloud, the other streams) is reported as ``skipped``
+key pattern or index once; Kafka finds the brokers and topics, Pulsar the
+topics, Pub/Sub the subscription or topic, Redis Streams the streams; a
+WebSocket feed is opened; the REST sources (Spotify, social, rest) get a
+token and send their first request. File sources are checked by listing
+their pattern. A connector without a check (Last.fm, SoundCloud) is reported
+as ``skipped``
 and does not fail the command. Each check has --timeout seconds; all run at
 once.
 

@@ -130,17 +130,21 @@ def test_a_bad_config_exits_2_with_one_line(tmp_path, config, message):
   assert message in result.stderr and 'Traceback' not in result.stderr
 
 
-def test_files_are_listed_and_connectors_without_check_are_skipped(tmp_path):
+def test_files_are_listed_and_connectors_without_check_are_skipped(tmp_path, monkeypatch):
   (tmp_path / 'a.csv').write_text('event_id\n1\n')
+  monkeypatch.setenv('SOUNDCLOUD_CLIENT_ID', 'id')
+  monkeypatch.setenv('SOUNDCLOUD_CLIENT_SECRET', 'very-secret-value')
   results = check.check_sources([
       {'type': 'csv', 'input': str(tmp_path / '*.csv')},
       {'type': 'csv', 'input': str(tmp_path / 'none' / '*.csv')},
+      # The WebSocket source checks its feed (nothing listens on port 9); SoundCloud has no check().
       {'type': 'websocket', 'url': 'ws://127.0.0.1:9/feed', 'max_messages': 1},
-      {'type': 'pubsub', 'subscription': 'projects/p/subscriptions/s'},
+      {'type': 'soundcloud', 'resource': 'user', 'user_ids': [1]},
   ])
-  assert [r.status for r in results] == [check.OK, check.FAILED, check.SKIPPED, check.SKIPPED]
+  assert [r.status for r in results] == [check.OK, check.FAILED, check.FAILED, check.SKIPPED]
   assert results[0].detail.startswith('1 file(s)')
   assert 'no file matches' in results[1].detail
+  assert 'cannot open the feed' in results[2].detail
   assert all('very-secret-value' not in r.detail for r in results)
 
 

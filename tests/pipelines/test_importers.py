@@ -116,7 +116,9 @@ def test_a_failing_job_is_reported_without_stopping_the_others(pg, postgres_url,
   assert 'missing' in results[1].error and results[0].summary['counts']['written'] == 3
 
 
-def test_health_check_uses_each_connectors_check(pg, postgres_url):
+def test_health_check_uses_each_connectors_check(pg, postgres_url, monkeypatch):
+  monkeypatch.setenv('SOUNDCLOUD_CLIENT_ID', 'id')
+  monkeypatch.setenv('SOUNDCLOUD_CLIENT_SECRET', 'secret')
   table = _plays_table(pg, 'h', 1)
   wrong = urllib.parse.urlsplit(postgres_url)._replace(
       netloc=f'music:wrong-pw-31@{urllib.parse.urlsplit(postgres_url).hostname}:'
@@ -124,12 +126,13 @@ def test_health_check_uses_each_connectors_check(pg, postgres_url):
   checked = [
       importers.get_importer('postgresql', 'acme', {'url': postgres_url, 'table': table}),
       importers.get_importer('postgresql', 'acme', {'url': wrong, 'table': table}),
-      importers.get_importer('websocket', 'acme', {'url': 'ws://127.0.0.1:9/feed', 'max_messages': 1}),
+      # SoundCloud has no check(): its health is unknown.
+      importers.get_importer('soundcloud', 'acme', {'resource': 'user', 'user_ids': [1]}),
   ]
   health = asyncio.run(importers.ImporterHealthCheck(timeout_s=20).check_all_importers_health(checked))
   assert health['healthy'] is False
   assert [v['status'] for v in health['importers'].values()] == ['healthy', 'unhealthy', 'unknown']
-  assert list(health['importers']) == ['postgresql/acme', 'postgresql/acme#2', 'websocket/acme']
+  assert list(health['importers']) == ['postgresql/acme', 'postgresql/acme#2', 'soundcloud/acme']
   assert 'password authentication failed' in health['importers']['postgresql/acme#2']['detail']
   assert 'wrong-pw-31' not in json.dumps(health)
   one = asyncio.run(importers.ImporterHealthCheck().check_importer_health(checked[0]))
