@@ -48,7 +48,7 @@ from pipelines.options import SpotifyBatchOptions
 from transforms import entities, schema as schema_mod
 from transforms.dead_letter import flatten_dead_letters
 from transforms.dedup import Deduplicate
-from transforms.pii import PiiKeyError, PiiOptions, RedactDeadLetters, RedactPII, load_master_key
+from transforms.pii import PiiKeyError, PiiOptions, RedactDeadLetters, RedactPII, key_ref
 from transforms.tenant import AssignDeadLetterTenant, TagTenant
 from transforms.validate import Validate
 
@@ -463,8 +463,13 @@ def _wait_with_progress(result, interval_s: float = 3.0):
     raise RuntimeError(f'the pipeline ended in state {state}')
 
 
-def run(argv: Optional[Sequence[str]] = None, allow_demo: bool = False) -> dict:
-  """Runs the batch job and returns its manifest. Raises UsageError / ConfigError for bad input."""
+def run(argv: Optional[Sequence[str]] = None, allow_demo: bool = False, pii_key_secret: Optional[str] = None) -> dict:
+  """Runs the batch job and returns its manifest. Raises UsageError / ConfigError for bad input.
+
+  pii_key_secret: a Secret Manager secret version holding the PII master key
+  (the Flex Template launcher's option), used when --pii_key_file is not given.
+  The job graph holds only the reference; workers read the secret themselves.
+  """
   argv = list(sys.argv[1:] if argv is None else argv)
   options = _options_from(argv)
   # A plain DirectRunner run uses our Prism build instead of trying to download one.
@@ -474,7 +479,8 @@ def run(argv: Optional[Sequence[str]] = None, allow_demo: bool = False) -> dict:
   config = _config_from(options, allow_demo=allow_demo)
   _check_inputs(config)
   try:
-    master_key = None if config.keep_pii else load_master_key(config.pii_key_file, allow_ephemeral=config.demo)
+    # A reference (env var, file, secret), checked here; workers load the key.
+    master_key = None if config.keep_pii else key_ref(config.pii_key_file, pii_key_secret, allow_ephemeral=config.demo)
   except PiiKeyError as e:
     raise ConfigError(str(e)) from None
   previous_schema, baseline = _previous_schema(config)

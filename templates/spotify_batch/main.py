@@ -13,9 +13,10 @@ in the Dockerfile) with the job's parameters and Dataflow's own options, all as
 
 It also takes one option of its own, `--pii_key_secret` (`FlexTemplateOptions`):
 a Secret Manager secret version holding the PII master key. Dataflow cannot
-pass environment variables or files to the launcher, so the launcher reads the
-key from there into `PII_MASTER_KEY` before the pipeline starts; the option
-itself is not passed on.
+pass environment variables or files to the workers, so the job graph holds the
+secret's name and each worker reads the secret in `DoFn.setup` (the workers'
+service account needs secretAccessor on it); the key itself is never in the
+staged job.
 
 Locally it runs the same way, e.g. on the DirectRunner::
 
@@ -84,16 +85,6 @@ def split_launcher_options(argv: Iterable[str]) -> tuple[list[str], FlexTemplate
   return rest, FlexTemplateOptions.from_dictionary({k: v for k, v in vars(known).items() if v is not None})
 
 
-def _read_secret(version_name: str) -> str:
-  from apache_beam.utils.secret import GcpSecret
-
-  try:
-    return GcpSecret(version_name).get_secret_bytes().decode('ascii')
-  except Exception as error:  # pylint: disable=broad-except
-    # The secret's name, never its payload.
-    raise LauncherError(f'cannot read pii_key_secret {version_name}: {type(error).__name__}') from None
-
-
 def flag_option_names() -> frozenset[str]:
   """`--names` of every option that takes no value, over all PipelineOptions.
 
@@ -144,8 +135,8 @@ def main(argv: Optional[list[str]] = None) -> int:
       if not re.match(SECRET_VERSION_PATTERN, launcher_options.pii_key_secret):
         raise LauncherError(f'pii_key_secret {launcher_options.pii_key_secret!r} is not '
                             'projects/PROJECT/secrets/NAME/versions/VERSION')
-      os.environ[PII_KEY_ENV] = _read_secret(launcher_options.pii_key_secret)
-    manifest = spotify_batch.run(beam_argv)
+    # The job graph carries the secret's name; workers read the secret themselves.
+    manifest = spotify_batch.run(beam_argv, pii_key_secret=launcher_options.pii_key_secret)
   except (LauncherError, spotify_batch.UsageError, spotify_batch.ConfigError) as error:
     print(f'spotify_batch launcher: {error}', file=sys.stderr)
     return 2

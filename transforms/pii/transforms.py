@@ -1,0 +1,186 @@
+"""The PTransforms: RedactPII on record batches, RedactDeadLetters on dead-letter dicts."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Optional, Sequence, Tuple
+
+import apache_beam as beam
+import pyarrow as pa
+
+from transforms.pii.batch import _as_model, identifier_fields, redact_batch, redact_dead_letter
+from transforms.pii.keys import KeyRef, MasterKey
+from transforms.pii.scanner import DEFAULT_ENTITIES, TextScanner
+from transforms.records import TENANT_COLUMN, typed_outputs
+
+FINDINGS = 'findings'
+
+# ---------------------------------------------------------------------------
+# PTransforms
+
+
+@dataclasses.dataclass(frozen=True)
+class PiiOptions:
+  """How RedactPII / RedactDeadLetters redact.
+
+  min_score: presidio findings scoring below this are ignored (phone numbers
+    score 0.4, validated emails, cards and IBANs 1.0, IP addresses 0.6).
+  entities: the entity types the text scanner looks for.
+  scan_undeclared: also scan string columns the entity model does not declare.
+  redact: False only when a run explicitly asks to keep PII: records pass
+    through untouched and nothing is counted.
+  tenant_column: the column TagTenant filled in.
+  """
+  min_score: float = 0.4
+  entities: Tuple[str, ...] = DEFAULT_ENTITIES
+  scan_undeclared: bool = True
+  redact: bool = True
+  tenant_column: str = TENANT_COLUMN
+
+  def __post_init__(self):
+    if isinstance(self.entities, str):
+      object.__setattr__(self, 'entities', (self.entities,))
+    object.__setattr__(self, 'entities', tuple(self.entities))
+    TextScanner(self.entities, self.min_score)  # validates both
+
+  def scanner(self) -> TextScanner:
+    return TextScanner(self.entities, self.min_score)
+
+
+class PiiOutputs(typing.NamedTuple):
+  """What RedactPII and RedactDeadLetters return."""
+  records: beam.PCollection
+  findings: beam.PCollection  # of (key, count); sum per key for the run's totals
+
+
+def _check_key_ref(master_key, model, options: PiiOptions):
+  # A model without identifiers needs no key (dead letters of unknown tenant
+  # get '<REDACTED>' without one too, but a key is the normal case).
+  if master_key is None and not identifier_fields(model):
+    return
+  if isinstance(master_key, MasterKey):
+    raise TypeError('master_key must be a KeyRef, not the key itself: the key would be pickled into the job graph '
+                    '(see transforms.pii.key_ref)')
+  if options.redact and not isinstance(master_key, KeyRef):
+    raise TypeError(f'master_key must be a KeyRef (see transforms.pii.key_ref), got {type(master_key).__name__}')
+
+
+class _KeyedDoFn(beam.DoFn):
+  """Loads the master key where the DoFn runs: the pipeline carries only its KeyRef."""
+
+  def __init__(self, key_ref: Optional[KeyRef], options: PiiOptions):
+    self._key_ref = key_ref
+    self._options = options
+    self._master_key = None
+    self._scanner = None
+
+  def setup(self):
+    # PiiKeyError names the reference and what to do on this worker.
+    self._master_key = self._key_ref.load() if self._key_ref is not None else None
+    self._scanner = self._options.scanner().setup()
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state['_master_key'] = None  # never pickled (MasterKey refuses it anyway)
+    state['_scanner'] = None
+    return state
+
+
+def _no_findings(unused_element):
+  return ()
+
+
+class _RedactBatchFn(_KeyedDoFn):
+
+  def __init__(self, model, key_ref: Optional[KeyRef], options: PiiOptions):
+    super().__init__(key_ref, options)
+    self._model = model
+
+  def process(self, batch: pa.RecordBatch):
+    redacted, counts = redact_batch(batch, self._model, self._master_key, self._scanner,
+                                    self._options.tenant_column, self._options.scan_undeclared)
+    yield redacted
+    for key, count in sorted(counts.items()):
+      yield beam.pvalue.TaggedOutput(FINDINGS, (key, count))
+
+
+class RedactPII(beam.PTransform):
+  """Redacts PII in a PCollection of pyarrow.RecordBatch of one entity.
+
+  master_key: a KeyRef (never the key: workers load it in DoFn.setup); None
+  only with `options.redact` False or for an entity without identifiers.
+  Returns PiiOutputs(records, findings); findings carries (key, count) per
+  batch, keys as in `redact_batch`. Works in batch and streaming pipelines
+  (per-batch, stateless).
+  """
+
+  def __init__(self, entity='listening_event', master_key: Optional[KeyRef] = None,
+               options: Optional[PiiOptions] = None):
+    super().__init__()
+    self._model = _as_model(entity)
+    self._options = options or PiiOptions()
+    if not isinstance(self._options, PiiOptions):
+      raise TypeError(f'options must be PiiOptions, got {type(self._options).__name__}')
+    _check_key_ref(master_key, self._model, self._options)
+    self._master_key = master_key
+
+  def expand(self, pcoll):
+    if not self._options.redact:
+      # Derived from the input so that it has its windowing and boundedness.
+      return PiiOutputs(pcoll, pcoll | 'NoFindings' >> beam.FlatMap(_no_findings))
+    result = pcoll | 'Redact' >> beam.ParDo(_RedactBatchFn(self._model, self._master_key,
+                                                           self._options)).with_outputs(FINDINGS, main='records')
+    return typed_outputs(PiiOutputs(result.records, result[FINDINGS]))
+
+
+class _RedactDeadLetterFn(_KeyedDoFn):
+
+  def __init__(self, model, key_ref: Optional[KeyRef], options: PiiOptions, header, delimiter):
+    super().__init__(key_ref, options)
+    self._model = model
+    self._header = header
+    self._delimiter = delimiter
+
+  def process(self, letter: dict):
+    redacted, counts = redact_dead_letter(letter, self._model, self._master_key, self._scanner, self._header,
+                                          self._delimiter)
+    yield redacted
+    for key, count in sorted(counts.items()):
+      yield beam.pvalue.TaggedOutput(FINDINGS, (key, count))
+
+
+class RedactDeadLetters(beam.PTransform):
+  """Redacts PII in the `record` (and `detail`, `source`) of dead-letter dicts.
+
+  header: column names of the entity's CSV sources, so that a raw CSV line in
+  a dead letter is parsed and its identifiers pseudonymised rather than only
+  scanned. Returns PiiOutputs(records=dead letters, findings).
+  """
+
+  def __init__(self, entity='listening_event', master_key: Optional[KeyRef] = None,
+               options: Optional[PiiOptions] = None, header: Optional[Sequence[str]] = None,
+               delimiter: str = ','):
+    super().__init__()
+    self._model = _as_model(entity)
+    self._options = options or PiiOptions()
+    if not isinstance(self._options, PiiOptions):
+      raise TypeError(f'options must be PiiOptions, got {type(self._options).__name__}')
+    _check_key_ref(master_key, self._model, self._options)
+    if header is not None and (isinstance(header, str) or not all(isinstance(h, str) for h in header)):
+      raise TypeError('header must be a list of column names')
+    if not isinstance(delimiter, str) or len(delimiter) != 1:
+      raise ValueError(f'delimiter must be one character, got {delimiter!r}')
+    self._master_key = master_key
+    self._header = list(header) if header is not None else None
+    self._delimiter = delimiter
+
+  def expand(self, pcoll):
+    if not self._options.redact:
+      # Derived from the input so that it has its windowing and boundedness.
+      return PiiOutputs(pcoll, pcoll | 'NoFindings' >> beam.FlatMap(_no_findings))
+    result = pcoll | 'Redact' >> beam.ParDo(
+        _RedactDeadLetterFn(self._model, self._master_key, self._options, self._header,
+                            self._delimiter)).with_outputs(FINDINGS, main='records')
+    return PiiOutputs(result.records, result[FINDINGS])
+
