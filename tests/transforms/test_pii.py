@@ -17,6 +17,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.dead_letter import dead_letter
 from transforms.entities import ListeningEvent
+from transforms.pii import recognizers as pii_recognizers
 from transforms.pii import scanner as pii_scanner
 from transforms.pii import (PII_KEY_ENV, REDACTED, KeyRef, MasterKey, PiiKeyError, PiiOptions, RedactDeadLetters, RedactPII,
                             TextScanner, hkdf_sha256, load_master_key, pseudonymise, redact_batch, redact_dead_letter,
@@ -210,7 +211,7 @@ def test_scanners_share_one_public_suffix_trie(monkeypatch):
     original(self, *args, **kwargs)
 
   monkeypatch.setattr(trie_class, '__init__', counting)
-  pii_scanner._offline_tld.cache_clear()  # pylint: disable=protected-access
+  pii_recognizers._offline_tld.cache_clear()  # pylint: disable=protected-access
   for address in ('ann@example.org', 'bob@example.co.uk', 'eve@example.net'):
     assert TextScanner().setup().redact_text(f'mail {address}')[0] == 'mail <EMAIL_ADDRESS>'
   assert len(builds) == 1
@@ -301,8 +302,7 @@ def test_redact_batch_pseudonymises_per_tenant_and_leaves_other_fields_unchanged
   batch = _events()
   out, counts = redact_batch(batch, ListeningEvent, key, scanner)
   assert out.schema == batch.schema
-  for name in ['event_id', 'track_id', 'ms_played', 'country', 'platform', 'context_uri', 'tenant_id', '__source',
-               '__row']:
+  for name in ['event_id', 'track_id', 'ms_played', 'country', 'platform', 'tenant_id', '__source', '__row']:
     assert out.column(name).equals(batch.column(name)), name
   acme, beta = key.tenant_key('acme'), key.tenant_key('beta')
   expected = lambda k, v: hmac.new(k, v.encode(), hashlib.sha256).hexdigest()
@@ -311,8 +311,11 @@ def test_redact_batch_pseudonymises_per_tenant_and_leaves_other_fields_unchanged
   assert out.column('user_email').to_pylist() == [expected(acme, 'ann@example.org'), None, None]
   assert out.column('note').to_pylist() == ['loved it, text me <PHONE_NUMBER>', None, 'no pii']
   assert out.column('comment').to_pylist() == ['card <CREDIT_CARD>', None, 'fine']
+  # A declared plain string (no strict format) is scanned too.
+  assert out.column('context_uri').to_pylist() == ['mailto:<EMAIL_ADDRESS>', None, 'spotify:album:x']
   assert counts == collections.Counter({'PSEUDONYMISED:user_id': 3, 'PSEUDONYMISED:ip_address': 2,
-                                        'PSEUDONYMISED:user_email': 1, 'PHONE_NUMBER': 1, 'CREDIT_CARD': 1})
+                                        'PSEUDONYMISED:user_email': 1, 'PHONE_NUMBER': 1, 'CREDIT_CARD': 1,
+                                        'EMAIL_ADDRESS': 1})
   # Undeclared columns are left alone on request.
   out, counts = redact_batch(batch, ListeningEvent, key, scanner, scan_undeclared=False)
   assert out.column('comment').equals(batch.column('comment')) and 'CREDIT_CARD' not in counts
@@ -451,12 +454,13 @@ def test_region_by_region_phone_recognizer_finds_what_the_stock_one_finds():
   ours = scanner._recognizers['PHONE_NUMBER']  # pylint: disable=protected-access
   stock = PhoneRecognizer()
   notes = [r.record()['note'] for r in sample_data.iter_rows(rows=3000, seed=5) if r.kind == 'clean']
-  notes = [n for n in notes if n and pii_scanner._enough_phone_digits(n)]  # pylint: disable=protected-access
+  notes = [n for n in notes if n and pii_recognizers.enough_phone_digits(n)]
   notes += ['ring 08-123 456 78 or +46 8 123 456 78', 'call (415) 555-2671 or 0176 1234 5678']
   assert len(notes) > 20
   for note in notes:
     spans = lambda results: {(r.start, r.end) for r in results}
-    found_stock = spans(stock.analyze(note, ['PHONE_NUMBER'], None))
+    found_stock = spans(r for r in stock.analyze(note, ['PHONE_NUMBER'], None)
+                        if pii_recognizers.plausible_phone(note, r.start, r.end))
     found_ours = spans(ours.analyze(note, ['PHONE_NUMBER'], None))
-    # Every number the stock recognizer finds is covered by one of ours.
+    # Every number the stock recognizer finds (and a person wrote) is covered by one of ours.
     assert all(any(s <= a and b <= e for s, e in found_ours) for a, b in found_stock), note

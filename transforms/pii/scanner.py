@@ -1,9 +1,22 @@
-"""The text scanner: vectorised prefilters, then presidio's pattern recognizers on the flagged distinct values."""
+"""The text scanner: vectorised prefilters, then presidio's recognizers on the flagged distinct values.
+
+A column is scanned in three steps, all but the last vectorised on Arrow:
+one RE2 regex (the union of the per-type prefilters, `pyarrow.compute`) over
+the column picks the cells that could hold PII; those are dictionary-encoded
+so that each distinct value is seen once; the per-type prefilters on the
+distinct values pick the recognizers (`transforms.pii.recognizers`) each one
+needs. Findings replace their span by ``<ENTITY_TYPE>``; the result is spread
+back with a vectorised take.
+
+A text holding a JSON object or array is scanned value by value and written
+back as JSON, so that a finding never breaks the document (a phone number
+stored as a JSON number becomes the string "<PHONE_NUMBER>").
+"""
 
 from __future__ import annotations
 
 import collections
-import functools
+import json
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -11,11 +24,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import regex
 
-URL_WITH_CREDENTIALS = 'URL_WITH_CREDENTIALS'
-SUPPORTED_ENTITIES = ('EMAIL_ADDRESS', 'PHONE_NUMBER', 'CREDIT_CARD', 'IBAN_CODE', 'IP_ADDRESS',
-                      URL_WITH_CREDENTIALS)
-DEFAULT_ENTITIES = SUPPORTED_ENTITIES
+from transforms.pii.recognizers import (CARD_CONTEXT, PHONE_CONTEXT, PHONE_PREFILTER, SUPPORTED_ENTITIES,
+                                        URL_WITH_CREDENTIALS, analyze, build_recognizers, enough_phone_digits,
+                                        is_placeholder, is_secret_name, phone_like_integer)
 
+DEFAULT_ENTITIES = SUPPORTED_ENTITIES
 
 
 def _is_string_type(t: pa.DataType) -> bool:
@@ -25,24 +38,15 @@ def _is_string_type(t: pa.DataType) -> bool:
 def _is_text_type(t: pa.DataType) -> bool:
   return _is_string_type(t) or (pa.types.is_dictionary(t) and _is_string_type(t.value_type))
 
-# ---------------------------------------------------------------------------
-# Free-text scanning
 
 # Prefilters: RE2 regexes (pyarrow.compute) that match every cell in which
 # the recognizer could report something (they only drop the presidio
 # patterns' anchors and validations, and widen \d and \w to Unicode).
 # tests/transforms/test_pii.py checks this property on generated cells.
-_PHONE_DIGITS = r'\p{Nd}(?:(?:[^\p{L}\p{Nd}]|[xXー]){0,4}\p{Nd}){%d}'
-# Fewer digits than this are counts, years and track numbers far more often
-# than phones (phonenumbers accepts 4-digit German numbers), so phone
-# findings need this many digits, separated as phonenumbers allows (<= 4
-# punctuation characters between digit blocks).
-_MIN_PHONE_DIGITS = 7
-_PHONE_PREFILTER = _PHONE_DIGITS % (_MIN_PHONE_DIGITS - 1)
 _PREFILTERS = {
     'EMAIL_ADDRESS': '@',
-    'PHONE_NUMBER': _PHONE_PREFILTER,
-    # presidio: (4|5[0-5]\d|6|1|3)\d{3}[- ]?\d{3,4}[- ]?\d{3,4}[- ]?\d{3,5} with \b anchors.
+    'PHONE_NUMBER': PHONE_PREFILTER,
+    # presidio: (4|5[0-5]\d|2[2-7]\d|6|1|3)\d{3}[- ]?\d{3,4}[- ]?\d{3,4}[- ]?\d{3,5} with \b anchors.
     'CREDIT_CARD': r'\p{Nd}{4}[- ]?\p{Nd}{3,4}[- ]?\p{Nd}{3,4}[- ]?\p{Nd}{3}',
     # presidio: [A-Z]{2}[0-9]{2}(?:[ -]?[A-Z0-9]{4}){2,6}... under IGNORECASE
     # (device models such as 'iPhone15,2' no longer qualify).
@@ -51,101 +55,36 @@ _PREFILTERS = {
     # them, which every IPv6 form of presidio's patterns holds ('::' or
     # ':h:'); 'spotify:track:...' URIs and 'HH:MM' times do not.
     'IP_ADDRESS': r'[0-9]\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]|:[0-9A-Fa-f]{0,4}:',
-    URL_WITH_CREDENTIALS: r'(?s)://.*@',
+    URL_WITH_CREDENTIALS: r'(?s:://.*@)',
+    'JWT': r'eyJ[A-Za-z0-9_-]{8,}\.eyJ',
+    'BEARER_TOKEN': r'(?i:bearer|basic)\s+[A-Za-z0-9\-._~+/]{12}',
+    'API_KEY': (r'[spr]k_(?:live|test)_|A[KSGIRN][IPGDOVN]A[0-9A-Z]{16}|gh[pousr]_|github_pat_|xox[abposr]-|AIza'
+                r'|sk-|SG\.|glpat-|npm_|shp(?:at|ss|ca|pa)_'),
+    'SECRET_ASSIGNMENT': r'(?i:pass\w*|pwd|secret|key|token)["\']?\s*[:=]',
+    'SPOTIFY_USER': r'(?i:spotify:user:|spotify\.com/user/)',
 }
+# Any of them: the one regex every cell of a column goes through.
+_ANY_PREFILTER = '|'.join(f'(?:{regex.escape(p) if len(p) == 1 else p})' for p in _PREFILTERS.values())
 # The same prefilters for the Python path (the `regex` module reads \p{..} like RE2).
 _PREFILTERS_PY = {entity: regex.compile(regex.escape(p) if len(p) == 1 else p) for entity, p in _PREFILTERS.items()}
+_ANY_PREFILTER_PY = regex.compile(_ANY_PREFILTER)
 _SMALL_ARRAY = 64
 _MEMO_SIZE = 50000
 # Digit runs that are never phone numbers: ISO date-times and UUIDs.
 _NOT_PHONES = regex.compile(
     r'[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?(Z|z|[+-][0-9]{2}:?[0-9]{2})?'
     r'|\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b')
-# scheme://userinfo@host; userinfo is user:password (either part may be
-# empty: redis://:secret@host) or a bare token (https://ghp_token@github.com).
-_URL_WITH_CREDENTIALS_PATTERN = (r'\b[a-z][a-z0-9+.\-]*://(?:[^\s/?#@:]*:[^\s@]*|[^\s/?#@:]+)@[^\s/?#@]+')
-# Ties on score go to the longest span: a URL with credentials (1.0) beats
-# the email presidio sees in its 'password@host' part.
-_URL_WITH_CREDENTIALS_SCORE = 1.0
+_JSON_START = regex.compile(r'\s*[\[{]')
 
 
-@functools.lru_cache(maxsize=1)
-def _offline_tld():
-  """tldextract reading its bundled public suffix list snapshot; one per process.
-
-  It builds its suffix trie on first use (~0.15 s of CPU). Runners that make
-  new DoFn instances while a job runs (the SDK worker of a Flink streaming job
-  does) built it again for every new scanner: ~10% of that worker's time.
-  """
-  import tldextract  # pylint: disable=import-outside-toplevel
-  return tldextract.TLDExtract(cache_dir=None, suffix_list_urls=(), fallback_to_snapshot=True)
-
-
-def _build_recognizers() -> Dict[str, Any]:
-  """One presidio recognizer per entity type, without any NLP model."""
-  # Imported here: presidio is heavy and only workers that scan need it.
-  from presidio_analyzer import Pattern, PatternRecognizer  # pylint: disable=import-outside-toplevel
-  from presidio_analyzer.predefined_recognizers import (  # pylint: disable=import-outside-toplevel
-      CreditCardRecognizer, EmailRecognizer, IbanRecognizer, IpRecognizer, PhoneRecognizer)
-
-  # The stock EmailRecognizer validates domains with tldextract's default
-  # extractor, which downloads the public suffix list (and fails offline after
-  # a timeout). This one reads the snapshot bundled with tldextract and
-  # writes no cache.
-  offline_tld = _offline_tld()
-
-  class OfflineEmailRecognizer(EmailRecognizer):
-
-    def validate_result(self, pattern_text: str):
-      return offline_tld(pattern_text).fqdn != ''
-
-  class RegionByRegionPhoneRecognizer(PhoneRecognizer):
-    """presidio's PhoneRecognizer, asking one region at a time.
-
-    The stock recognizer runs libphonenumber's matcher once per supported
-    region over the whole text (8 regions: ~2 ms a cell). Most phone numbers
-    are found by the first region or two; once every phone-like digit run of
-    the text lies inside a finding, later regions cannot add a new one, so
-    they are skipped. Findings are the stock recognizer's own.
-    """
-
-    def __init__(self):
-      super().__init__()
-      self._per_region = [PhoneRecognizer(supported_regions=(region,)) for region in self.supported_regions]
-
-    def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
-      results = []
-      for recognizer in self._per_region:
-        results.extend(recognizer.analyze(text, entities, nlp_artifacts))
-        if results and not _enough_phone_digits(_blank_spans(text, [(r.start, r.end) for r in results])):
-          break
-      unique = {(r.start, r.end, r.entity_type): r for r in results}
-      return list(unique.values())
-
-  url_recognizer = PatternRecognizer(
-      supported_entity=URL_WITH_CREDENTIALS,
-      name='UrlWithCredentialsRecognizer',
-      patterns=[Pattern('url_with_credentials', _URL_WITH_CREDENTIALS_PATTERN, _URL_WITH_CREDENTIALS_SCORE)])
-  return {
-      'EMAIL_ADDRESS': OfflineEmailRecognizer(),
-      'PHONE_NUMBER': RegionByRegionPhoneRecognizer(),
-      'CREDIT_CARD': CreditCardRecognizer(),
-      'IBAN_CODE': IbanRecognizer(),
-      'IP_ADDRESS': IpRecognizer(),
-      URL_WITH_CREDENTIALS: url_recognizer,
-  }
-
-
-def _blank_spans(text: str, spans) -> str:
-  """`text` with each span replaced by letters (same offsets; breaks digit runs)."""
-  chars = list(text)
-  for start, end in spans:
-    chars[start:end] = 'a' * (end - start)
-  return ''.join(chars)
-
-
-def _enough_phone_digits(span: str) -> bool:
-  return _PREFILTERS_PY['PHONE_NUMBER'].search(span) is not None
+def context_word(name: Optional[str]) -> Optional[str]:
+  """The phone or card word in a column name (`mobile_number` -> 'mobile'), if any."""
+  if not name:
+    return None
+  for word in regex.findall(r'[a-z]+', name.lower()):
+    if word in PHONE_CONTEXT or word in CARD_CONTEXT:
+      return word
+  return None
 
 
 def _resolve_overlaps(findings: List[Tuple[int, int, str, float]]) -> List[Tuple[int, int, str, float]]:
@@ -181,7 +120,7 @@ class TextScanner:
   def setup(self) -> 'TextScanner':
     """Builds the recognizers now (DoFn.setup) rather than on the first cell."""
     if self._recognizers is None:
-      self._recognizers = _build_recognizers()
+      self._recognizers = build_recognizers()
     return self
 
   def __getstate__(self):
@@ -200,15 +139,11 @@ class TextScanner:
     found = []
     for entity in entities:
       if entity != 'PHONE_NUMBER':
-        found.extend(self._analyze(entity, text))
+        found.extend(analyze(self._recognizers[entity], entity, text, self.min_score))
     if 'PHONE_NUMBER' in entities and self._phone_may_survive(text, found):
-      found.extend(r for r in self._analyze('PHONE_NUMBER', text) if _enough_phone_digits(text[r[0]:r[1]]))
+      found.extend(f for f in analyze(self._recognizers['PHONE_NUMBER'], 'PHONE_NUMBER', text, self.min_score)
+                   if enough_phone_digits(text[f[0]:f[1]]))
     return _resolve_overlaps(found)
-
-  def _analyze(self, entity: str, text: str) -> List[Tuple[int, int, str, float]]:
-    return [(r.start, r.end, r.entity_type, r.score)
-            for r in self._recognizers[entity].analyze(text, [entity], None)
-            if r.score >= self.min_score and r.end > r.start]
 
   def _phone_may_survive(self, text: str, others) -> bool:
     """False when no phone finding could outlive the overlap resolution.
@@ -226,31 +161,43 @@ class TextScanner:
     text = _NOT_PHONES.sub(lambda m: 'a' * len(m.group(0)), text)
     stronger = _resolve_overlaps([f for f in others if f[3] > phone_score])
     if not stronger:
-      return _enough_phone_digits(text)
+      return enough_phone_digits(text)
     pieces, last = [], 0
     for start, end, _, _ in stronger:
       pieces.append(text[last:start])
       pieces.append('a' * (end - start))  # a letter: neither a digit nor a phone separator
       last = end
     pieces.append(text[last:])
-    return _enough_phone_digits(''.join(pieces))
+    return enough_phone_digits(''.join(pieces))
 
-  def _redact(self, text: str, entities: Iterable[str]) -> Tuple[str, collections.Counter]:
+  def _redact(self, text: str, entities: Iterable[str], context: Optional[str] = None) -> Tuple[str, collections.Counter]:
     # Texts recur (a file path in every dead letter of the file, the same
     # validation message, a popular note): remember recent answers.
-    key = (text, tuple(entities))
+    key = (text, tuple(entities), context)
     cached = self._memo.get(key)
     if cached is None:
-      cached = self._redact_uncached(text, key[1])
+      cached = self._redact_uncached(text, key[1], context)
       if len(self._memo) >= _MEMO_SIZE:
         self._memo.pop(next(iter(self._memo)))
       self._memo[key] = cached
     return cached[0], collections.Counter(cached[1])
 
-  def _redact_uncached(self, text: str, entities: Iterable[str]) -> Tuple[str, collections.Counter]:
+  def _redact_uncached(self, text: str, entities: Iterable[str], context: Optional[str] = None
+                      ) -> Tuple[str, collections.Counter]:
+    if _JSON_START.match(text):
+      redacted = self._redact_json(text)
+      if redacted is not None:
+        return redacted
     counts = collections.Counter()
     pieces, last = [], 0
-    for start, end, entity, _ in self.findings(text, entities):
+    if context:
+      # The column's name as the words before the value: 'phone 4155552671'.
+      shift = len(context) + 1
+      found = [(s - shift, e - shift, t, score) for s, e, t, score in self.findings(f'{context} {text}', entities)
+               if s >= shift]
+    else:
+      found = self.findings(text, entities)
+    for start, end, entity, _ in found:
       pieces.append(text[last:start])
       pieces.append(f'<{entity}>')
       counts[entity] += 1
@@ -260,29 +207,77 @@ class TextScanner:
     pieces.append(text[last:])
     return ''.join(pieces), counts
 
+  def _redact_json(self, text: str) -> Optional[Tuple[str, collections.Counter]]:
+    """A JSON document's strings (keys too) and phone-like numbers redacted; None if `text` is not JSON."""
+    try:
+      document = json.loads(text)
+    except ValueError:
+      return None
+    if not isinstance(document, (dict, list)):
+      return None
+    counts = collections.Counter()
+    redacted = self.redact_value(document, counts)
+    if not counts:
+      return text, counts
+    return json.dumps(redacted, ensure_ascii=False), counts
+
+  def redact_value(self, value: Any, counts: collections.Counter, name: Optional[str] = None) -> Any:
+    """A JSON-like value (dicts, lists, strings, numbers) with its PII redacted; findings added to `counts`.
+
+    name: the key the value is under: a secret's name (`password`) makes the
+    whole value a SECRET_ASSIGNMENT, a phone or card word is context.
+    """
+    if isinstance(value, str):
+      if 'SECRET_ASSIGNMENT' in self.entities and is_secret_name(name) and not is_placeholder(value):
+        counts['SECRET_ASSIGNMENT'] += 1
+        return '<SECRET_ASSIGNMENT>'
+      out, found = self.redact_texts([value], [name])
+      counts.update(found)
+      return out[0]
+    if isinstance(value, dict):
+      return {self.redact_value(k, counts) if isinstance(k, str) else k: self.redact_value(v, counts, k)
+              for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+      return [self.redact_value(v, counts, name) for v in value]
+    if 'PHONE_NUMBER' in self.entities and isinstance(value, int) and phone_like_integer(value):
+      counts['PHONE_NUMBER'] += 1
+      return '<PHONE_NUMBER>'
+    return value
+
   def redact_text(self, text: Optional[str]) -> Tuple[Optional[str], collections.Counter]:
     """`text` with each finding replaced by <ENTITY_TYPE>, and the counts per type."""
     out, counts = self.redact_texts([text])
     return out[0], counts
 
-  def redact_texts(self, texts: Sequence[Optional[str]]) -> Tuple[List[Optional[str]], collections.Counter]:
+  def redact_texts(self, texts: Sequence[Optional[str]], hints: Optional[Sequence[Optional[str]]] = None
+                   ) -> Tuple[List[Optional[str]], collections.Counter]:
     """`redact_array` for a few Python strings (a dead letter's values).
 
     The same prefilters and findings, without the Arrow round trip: for a
     dozen strings, building arrays and calling pyarrow.compute costs more
-    than the scan itself.
+    than the scan itself. hints: the field name of each text (see redact_array).
     """
     total = collections.Counter()
     out: List[Optional[str]] = []
-    for text in texts:
-      wanted = [e for e in self.entities if text is not None and _PREFILTERS_PY[e].search(text) is not None]
+    for i, text in enumerate(texts):
+      if text is None or _ANY_PREFILTER_PY.search(text) is None:
+        out.append(text)
+        continue
+      wanted = [e for e in self.entities if _PREFILTERS_PY[e].search(text) is not None]
       if not wanted:
         out.append(text)
         continue
-      redacted, counts = self._redact(text, wanted)
+      redacted, counts = self._redact(text, wanted, context_word(hints[i]) if hints else None)
       out.append(redacted)
       total.update(counts)
     return out, total
+
+  def _candidates(self, values: pa.Array) -> np.ndarray:
+    """Cells any prefilter matches: one regex pass over the column."""
+    if len(values) <= _SMALL_ARRAY:
+      return np.array([t is not None and _ANY_PREFILTER_PY.search(t) is not None for t in values.to_pylist()],
+                      dtype=bool)
+    return pc.match_substring_regex(values, _ANY_PREFILTER).fill_null(False).to_numpy(zero_copy_only=False)
 
   def _entity_masks(self, values: pa.Array) -> Dict[str, np.ndarray]:
     if len(values) <= _SMALL_ARRAY:
@@ -303,24 +298,34 @@ class TextScanner:
       masks[entity] = hit.fill_null(False).to_numpy(zero_copy_only=False)
     return masks
 
-  def redact_array(self, values, use_prefilter: bool = True):
+  def redact_array(self, values, use_prefilter: bool = True, skip: Optional[np.ndarray] = None,
+                   hint: Optional[str] = None):
     """(values with findings replaced, counts per entity type) for a string column.
 
     Accepts string, large_string and dictionary<string> arrays (and chunked
     arrays of those); the result has the same type, and is the input object
     itself when nothing was found. `use_prefilter=False` sends every cell to
     every recognizer (the reference the prefilter is tested against).
+    skip: a boolean mask of rows left as they are (values of a strict format).
+    hint: the column's name: a phone or card word in it (`phone`,
+    `mobile_number`, `card`) counts as context for every value.
     """
+    context = context_word(hint)
     if isinstance(values, pa.ChunkedArray):
       total = collections.Counter()
-      chunks = []
+      chunks, offset = [], 0
       for chunk in values.chunks:
-        out, counts = self.redact_array(chunk, use_prefilter)
+        chunk_skip = skip[offset:offset + len(chunk)] if skip is not None else None
+        out, counts = self.redact_array(chunk, use_prefilter, chunk_skip, hint)
         chunks.append(out)
         total.update(counts)
+        offset += len(chunk)
       return pa.chunked_array(chunks, type=values.type), total
     if pa.types.is_dictionary(values.type) and _is_string_type(values.type.value_type):
-      per_entry, new_dictionary = self._redact_distinct(values.dictionary, use_prefilter)
+      if skip is not None and skip.any():
+        plain, counts = self.redact_array(values.cast(values.type.value_type), use_prefilter, skip, hint)
+        return (values, counts) if not counts else (pc.dictionary_encode(plain).cast(values.type), counts)
+      per_entry, new_dictionary = self._redact_distinct(values.dictionary, use_prefilter, context)
       if new_dictionary is values.dictionary:
         return values, collections.Counter()
       uses = np.bincount(values.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64),
@@ -338,16 +343,17 @@ class TextScanner:
     if len(values) == values.null_count:
       return values, collections.Counter()
     if use_prefilter:
-      candidate = np.zeros(len(values), dtype=bool)
-      for mask in self._entity_masks(values).values():
-        candidate |= mask
+      candidate = self._candidates(values)
     else:
       candidate = values.is_valid().to_numpy(zero_copy_only=False)
+    if skip is not None:
+      candidate &= ~skip
     rows = np.flatnonzero(candidate)
     if not len(rows):
       return values, collections.Counter()
+    # Each distinct value is scanned once.
     encoded = pc.dictionary_encode(values.take(pa.array(rows)))
-    per_entry, new_distinct = self._redact_distinct(encoded.dictionary, use_prefilter)
+    per_entry, new_distinct = self._redact_distinct(encoded.dictionary, use_prefilter, context)
     if new_distinct is encoded.dictionary:
       return values, collections.Counter()
     uses = np.bincount(encoded.indices.to_numpy(zero_copy_only=False), minlength=len(encoded.dictionary))
@@ -358,7 +364,7 @@ class TextScanner:
     replacement = pc.take(new_distinct, encoded.indices)
     return pc.replace_with_mask(values, pa.array(candidate), replacement), total
 
-  def _redact_distinct(self, distinct: pa.Array, use_prefilter: bool):
+  def _redact_distinct(self, distinct: pa.Array, use_prefilter: bool, context: Optional[str] = None):
     """({entry: counts} for entries with findings, new values or `distinct` itself)."""
     if use_prefilter:
       masks = self._entity_masks(distinct)
@@ -373,7 +379,7 @@ class TextScanner:
     for entry in np.flatnonzero(wanted):
       entry = int(entry)
       text = distinct[entry].as_py()
-      out, counts = self._redact(text, [e for e in self.entities if masks[e][entry]])
+      out, counts = self._redact(text, [e for e in self.entities if masks[e][entry]], context)
       if counts:
         per_entry[entry] = counts
         replaced[entry] = out
