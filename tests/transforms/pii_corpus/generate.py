@@ -125,6 +125,19 @@ def phones(rng):
       name = 'international_punctuated'
     context = rng.choice(PHONE_CONTEXT)
     yield 'PHONE_NUMBER', value, context.format(value), name
+  # Written by hand: 00 instead of +, a (0) trunk prefix, brackets, extensions, US groups with spaces.
+  for _ in range(20):
+    region = rng.choice(['US', 'GB', 'DE', 'FR'])
+    number = _valid_number(rng, region)
+    national = str(number.national_number)
+    cc = number.country_code
+    trunk = f'+{cc} (0) {national[:3]} {national[3:]}' if region != 'US' else f'+{cc} {national}'  # NANP has no trunk 0
+    value = rng.choice([f'00{cc} {national[:3]} {national[3:]}', trunk,
+                        f'(+{cc}) {national[:4]} {national[4:]}', f'+{cc}-{national[:3]}-{national[3:6]}-{national[6:]}',
+                        phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL) + ' ext. 12'])
+    if region == 'US' and rng.random() < 0.4:
+      value = f'{national[:3]} {national[3:6]} {national[6:]}'
+    yield 'PHONE_NUMBER', value, rng.choice(PHONE_CONTEXT).format(value), 'handwritten'
   # Digits only: a phone only when a word says so.
   for _ in range(10):
     number = _valid_number(rng, 'US')
@@ -381,14 +394,18 @@ def negatives(rng):
                        f'released {rng.randint(1960, 2024)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}',
                        f'{rng.randint(2000, 2024)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}T10:00:00Z',
                        'id 03639122', 'sess-03639122', '1717245296', 'Invoice 2024-000123', 'T-345246800-1',
-                       f'plays: {rng.randint(10**6, 10**9)}', f'streams {rng.randint(10**6, 10**9):,}'])
+                       f'plays: {rng.randint(10**6, 10**9)}', f'streams {rng.randint(10**6, 10**9):,}',
+                       f'Order {luhn_complete("4", 16, rng)}', f'ref {_digits(rng, 3)} {_digits(rng, 3)} {_digits(rng, 4)}',
+                       f'{rng.randint(1, 12):02d}/{rng.randint(1, 28):02d}/{rng.randint(1990, 2024)} {rng.randint(0, 23):02d}:00',
+                       f'{rng.randint(10**5, 10**6 - 1):,} listeners', f'catalog {rng.randint(10**6, 10**7)}-{rng.randint(10, 99)}',
+                       f'page 2 of {rng.randint(100, 999)}, offset {rng.randint(10**6, 10**7)}'])
 
   kinds = {'isrc': isrc, 'iswc': iswc, 'upc_ean': upc_ean, 'spotify_id': spotify_id, 'session_id': session_id,
            'epoch': epoch, 'invoice_order': invoice, 'version': version, 'duration': duration,
            'coordinates': coordinates, 'hash': hashes, 'uuid': uuids, 'music_id': music_ids, 'look_alike': look_alikes}
   contexts = ['{}', '{}', 'track meta {}', 'row: {} ;', '[{}]', 'value "{}"']
   for kind, make in kinds.items():
-    for _ in range(PER_NEGATIVE_KIND + (20 if kind == 'look_alike' else 0)):
+    for _ in range(PER_NEGATIVE_KIND + (30 if kind == 'look_alike' else 0)):
       yield kind, rng.choice(contexts).format(make())
 
 
