@@ -312,7 +312,8 @@ def build_manifest(info: dict, counts, schemas, previous_schema, files, moves) -
       pii=dict(info['pii'],
                findings=dict(sorted(pii.items())),
                pseudonymised=dict(sorted(pseudonymised.items())),
-               redacted=dict(sorted(redacted.items()))),
+               # Not 'redacted': that key says whether the run redacted at all.
+               redacted_without_tenant=dict(sorted(redacted.items()))),
       schema_drift=_schema_drift(schemas, previous_schema, info['schema_baseline']),
       files={k: sorted(v) for k, v in sorted(outputs.items())},
   )
@@ -538,7 +539,7 @@ def summary_table(manifest: dict) -> str:
     lines += ['', 'PII findings by type' + (' (ephemeral key: pseudonyms not stable)' if pii['ephemeral_key'] else '') + ':']
     lines += [f'  {n:>8}  {k}' for k, n in sorted(pii['findings'].items(), key=lambda kv: -kv[1])] or ['  none']
     lines += [f'  {n:>8}  pseudonymised {k}' for k, n in sorted(pii['pseudonymised'].items())]
-    lines += [f'  {n:>8}  {k} of dead letters without a tenant: <REDACTED>' for k, n in sorted(pii['redacted'].items())]
+    lines += [f'  {n:>8}  {k} of dead letters without a tenant: <REDACTED>' for k, n in sorted(pii['redacted_without_tenant'].items())]
   drift = manifest.get('schema_drift') or {}
   for name, d in ([(None, drift)] if 'added' in drift else sorted(drift.items())):
     if d.get('against') and (d['added'] or d['removed'] or d['changed']):

@@ -383,6 +383,10 @@ def _parse_csv_line(text: str, header: Sequence[str], delimiter: str):
   return parsed[0] if len(parsed) == 1 else parsed
 
 
+# A field of digits only: between delimiters, quotes, brackets or spaces.
+_BARE_NUMBER = regex.compile(r'(?<![\w.+\-/:@])[0-9]{10,15}(?![\w.\-/:@])')
+
+
 class _RecordRedactor:
   """Walks a JSON-like value: identifiers replaced at once, strings scanned together."""
 
@@ -454,6 +458,22 @@ class _RecordRedactor:
       container[key] = None
       self.counts[f'DROPPED_BINARY:{key}'] += 1
 
+  def bare_phone_numbers(self, text: str) -> str:
+    """A raw line's fields that are phone numbers written as integers, replaced.
+
+    An unparsed line (a malformed CSV row) has lost its column names, so a
+    field holding only digits is judged as a numeric cell is: epochs, counts
+    and ids stay, numbers valid as phone numbers go.
+    """
+
+    def replace(match):
+      if phone_like_integer(int(match.group(0))):
+        self.counts['PHONE_NUMBER'] += 1
+        return '<PHONE_NUMBER>'
+      return match.group(0)
+
+    return _BARE_NUMBER.sub(replace, text)
+
   def scan(self, scanner: TextScanner):
     if not self.texts:
       return
@@ -512,6 +532,8 @@ def _redact_record(record, model, master_key, scanner, tenant, header, delimiter
       holder = [record]
       walker.remember(holder, 0, record)
       walker.scan(scanner)
+      if 'PHONE_NUMBER' in scanner.entities and isinstance(holder[0], str):
+        holder[0] = walker.bare_phone_numbers(holder[0])
       return holder[0], walker
     record = parsed
   out = walker.walk(record, top=True)

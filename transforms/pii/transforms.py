@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import typing
 from typing import Optional, Sequence, Tuple
@@ -143,11 +144,44 @@ class _RedactDeadLetterFn(_KeyedDoFn):
     self._delimiter = delimiter
 
   def process(self, letter: dict):
-    redacted, counts = redact_dead_letter(letter, self._model, self._master_key, self._scanner, self._header,
-                                          self._delimiter)
+    header, delimiter = self._header, self._delimiter
+    if header is None and isinstance(letter.get('record'), str) and isinstance(letter.get('source'), str):
+      # A raw line of a delimited file: its fields get their names from the
+      # file's own header, so that identifiers and secrets in it are known.
+      header, delimiter = self._file_header(letter['source']) or (None, delimiter)
+    redacted, counts = redact_dead_letter(letter, self._model, self._master_key, self._scanner, header, delimiter)
     yield redacted
     for key, count in sorted(counts.items()):
       yield beam.pvalue.TaggedOutput(FINDINGS, (key, count))
+
+
+  def _file_header(self, source: str):
+    if not hasattr(self, '_headers'):
+      self._headers = {}
+    if source not in self._headers:
+      self._headers[source] = read_file_header(source) if len(self._headers) < 1000 else None
+    return self._headers[source]
+
+
+_HEADER_BYTES = 1 << 16
+
+
+def read_file_header(path: str):
+  """(column names, delimiter) from the first line of a delimited text file; None when it has none."""
+  if not path.lower().rstrip('/').endswith(('.csv', '.tsv', '.txt', '.csv.gz', '.tsv.gz')):
+    return None
+  from apache_beam.io.filesystems import FileSystems  # pylint: disable=import-outside-toplevel
+  try:
+    with FileSystems.open(path) as handle:
+      first = handle.read(_HEADER_BYTES).decode('utf-8-sig', 'replace').splitlines()[0]
+  except Exception:  # pylint: disable=broad-except
+    return None  # moved or unreadable: the line is scanned as text
+  counts = {d: first.count(d) for d in (',', ';', '\t', '|')}
+  delimiter = max(counts, key=counts.get)
+  if not counts[delimiter]:
+    return None
+  names = next(csv.reader([first], delimiter=delimiter), [])
+  return (names, delimiter) if names and all(n.strip() for n in names) else None
 
 
 class RedactDeadLetters(beam.PTransform):
@@ -155,7 +189,9 @@ class RedactDeadLetters(beam.PTransform):
 
   header: column names of the entity's CSV sources, so that a raw CSV line in
   a dead letter is parsed and its identifiers pseudonymised rather than only
-  scanned. Returns PiiOutputs(records=dead letters, findings).
+  scanned. Without one, a raw line from a .csv/.tsv file takes the names of
+  that file's first line (read once per file and worker). Returns
+  PiiOutputs(records=dead letters, findings).
   """
 
   def __init__(self, entity='listening_event', master_key: Optional[KeyRef] = None,
