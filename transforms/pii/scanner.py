@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import regex
 
-from transforms.pii.recognizers import (CARD_CONTEXT, PHONE_CONTEXT, PHONE_PREFILTER, SUPPORTED_ENTITIES,
+from transforms.pii.recognizers import (CARD_CONTEXT, MIN_PHONE_DIGITS, PHONE_CONTEXT, SUPPORTED_ENTITIES,
                                         URL_WITH_CREDENTIALS, analyze, build_recognizers, enough_phone_digits,
                                         is_placeholder, is_secret_name, phone_like_integer)
 
@@ -45,7 +45,10 @@ def _is_text_type(t: pa.DataType) -> bool:
 # tests/transforms/test_pii.py checks this property on generated cells.
 _PREFILTERS = {
     'EMAIL_ADDRESS': '@',
-    'PHONE_NUMBER': PHONE_PREFILTER,
+    # A superset of PHONE_PREFILTER (the exact rule, checked on each
+    # candidate before libphonenumber runs) that RE2 runs ~40x faster: its
+    # Unicode classes between repeated groups make a large automaton.
+    'PHONE_NUMBER': r'\p{Nd}(?:[^a-wyzA-WYZ]{0,4}\p{Nd}){%d}' % (MIN_PHONE_DIGITS - 1),
     # presidio: (4|5[0-5]\d|2[2-7]\d|6|1|3)\d{3}[- ]?\d{3,4}[- ]?\d{3,4}[- ]?\d{3,5} with \b anchors.
     'CREDIT_CARD': r'\p{Nd}{4}[- ]?\p{Nd}{3,4}[- ]?\p{Nd}{3,4}[- ]?\p{Nd}{3}',
     # presidio: [A-Z]{2}[0-9]{2}(?:[ -]?[A-Z0-9]{4}){2,6}... under IGNORECASE
@@ -63,8 +66,11 @@ _PREFILTERS = {
     'SECRET_ASSIGNMENT': r'(?i:pass\w*|pwd|secret|key|token)["\']?\s*[:=]',
     'SPOTIFY_USER': r'(?i:spotify:user:|spotify\.com/user/)',
 }
-# Any of them: the one regex every cell of a column goes through.
-_ANY_PREFILTER = '|'.join(f'(?:{regex.escape(p) if len(p) == 1 else p})' for p in _PREFILTERS.values())
+# Any of them: the two regexes every cell of a column goes through (the phone
+# one apart: in one alternation with the others, RE2 runs 3x slower).
+_ANY_PREFILTERS = ('|'.join(f'(?:{regex.escape(p) if len(p) == 1 else p})' for e, p in _PREFILTERS.items()
+                            if e != 'PHONE_NUMBER'), _PREFILTERS['PHONE_NUMBER'])
+_ANY_PREFILTER = '|'.join(f'(?:{p})' for p in _ANY_PREFILTERS)
 # The same prefilters for the Python path (the `regex` module reads \p{..} like RE2).
 _PREFILTERS_PY = {entity: regex.compile(regex.escape(p) if len(p) == 1 else p) for entity, p in _PREFILTERS.items()}
 _ANY_PREFILTER_PY = regex.compile(_ANY_PREFILTER)
@@ -277,7 +283,10 @@ class TextScanner:
     if len(values) <= _SMALL_ARRAY:
       return np.array([t is not None and _ANY_PREFILTER_PY.search(t) is not None for t in values.to_pylist()],
                       dtype=bool)
-    return pc.match_substring_regex(values, _ANY_PREFILTER).fill_null(False).to_numpy(zero_copy_only=False)
+    hits = np.zeros(len(values), dtype=bool)
+    for pattern in _ANY_PREFILTERS:
+      hits |= pc.match_substring_regex(values, pattern).fill_null(False).to_numpy(zero_copy_only=False)
+    return hits
 
   def _entity_masks(self, values: pa.Array) -> Dict[str, np.ndarray]:
     if len(values) <= _SMALL_ARRAY:
