@@ -129,3 +129,25 @@ def test_dead_letter_records_follow_the_same_rules(scanner):
   assert out['nested'] == {'emails': ['<EMAIL_ADDRESS>'], 'password': '<SECRET_ASSIGNMENT>'}
   assert json.loads(out['payload']) == {'ip': '<IP_ADDRESS>'} and out['blob'] is None
   assert counts['PHONE_NUMBER'] == 2 and counts['DROPPED_BINARY:blob'] == 1
+
+
+@pytest.mark.parametrize('text, expected', [
+    ('+1-415-555-2671', '<PHONE_NUMBER>'),
+    ('(020) 7946 0958', '<PHONE_NUMBER>'),
+    ('0049 30 12345678', '<PHONE_NUMBER>'),
+    ('my number: 07700 900123', 'my number: <PHONE_NUMBER>'),
+    ('ring 06 12 34 56 78', 'ring <PHONE_NUMBER>'),
+    ('JANE.DOE@EXAMPLE.COM', '<EMAIL_ADDRESS>'),
+    ('fw 3.2.1.0 on 192.168.1.20', 'fw 3.2.1.0 on <IP_ADDRESS>'),
+    ('aws_secret_access_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY', 'aws_secret_access_key=<SECRET_ASSIGNMENT>'),
+    ('Authorization: token ghp_' + 'A1b2' * 9, 'Authorization: token <API_KEY>'),
+    ('IBAN de89 3704 0044 0532 0130 00 please', 'IBAN <IBAN_CODE> please'),
+    ('card 2223 0031 2200 3222', 'card <CREDIT_CARD>'),
+    # Not PII:
+    ('Track 01 - 03:25', None), ('ISRC: GB-AYE-06-01498', None), ('1,234,567 streams', None), ('+1 for this track', None),
+    ('mixtape vol. 2 (2019) 128kbps', None), ('order 2024-05-01-0001', None), ('user 12345678 played 300000 ms', None),
+    ('price $1,299.00', None), ('ean 0602547924057', None), ('mac 00:1A:2B:3C:4D:5E', None), ('The Secret: Love', None),
+    ('Spotify/8.9.40.132', None), ('build 10.2.0.13', None),
+])
+def test_formats_outside_the_corpus(scanner, text, expected):
+  assert scanner.redact_text(text)[0] == (text if expected is None else expected)

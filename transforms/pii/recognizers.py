@@ -322,12 +322,11 @@ def build_recognizers() -> Dict[str, Any]:
       return super().validate_result(pattern_text.upper())
 
   class VersionAwareIpRecognizer(IpRecognizer):
-    """presidio's IP recognizer; a dotted quad after a version word (`build 10.2.0.1`) is a version."""
+    """presidio's IP recognizer; a dotted quad right after a version word (`build 10.2.0.1`) is a version."""
 
     def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
       return [r for r in super().analyze(text, entities, nlp_artifacts, regex_flags)
-              if not (':' not in text[r.start:r.end] and has_context(text, r.start, VERSION_WORDS, 2)
-                      and not has_context(text, r.start, ('ip', 'ipv4', 'address', 'addr', 'host', 'from'), 2))
+              if not (':' not in text[r.start:r.end] and has_context(text, r.start, VERSION_WORDS, 1))
               and not _glued_version(text, r.start, r.end)]
 
   class JwtRecognizer(PatternRecognizer):
