@@ -7,19 +7,24 @@ Two kinds of personal data are handled, as the entity models declare them
   of a listening event) are pseudonymised: each value becomes the hex
   HMAC-SHA256 of the value under a per-tenant key, so joins and distinct
   counts still work inside one tenant but not across tenants. The tenant keys
-  are derived with HKDF-SHA256 (RFC 5869) from one master key, read from the
-  environment variable ``PII_MASTER_KEY`` or a key file (``--pii_key_file``).
-- Free text (``PII_FREE_TEXT``: ``note``) and string columns no model declares
-  are scanned with presidio's pattern recognizers (email, phone, credit card,
-  IBAN, IP address) plus one for URLs with credentials
-  (``scheme://user:pass@host``); each finding is replaced by ``<ENTITY_TYPE>``.
-  A vectorised prefilter (RE2 regexes of `pyarrow.compute` over the whole
-  column) picks the cells presidio must see and the recognizers to run on
-  each, so clean cells cost one regex pass.
+  are derived with HKDF-SHA256 (RFC 5869) from one master key. The pipeline
+  holds only a `KeyRef` to it (``PII_MASTER_KEY``, ``--pii_key_file`` or a
+  Secret Manager version); workers load it in ``DoFn.setup``.
+- Everything else a person could hide PII in is scanned: free text, declared
+  strings without a strict format, undeclared columns at any depth (struct
+  fields, list and map elements, JSON in strings), phone numbers stored as
+  numbers; undeclared bytes are dropped (`batch.column_actions`). presidio's
+  recognizers find emails, phone numbers, cards, IBANs, IP addresses, URLs
+  with credentials, JWTs, bearer tokens, API keys, secret assignments and
+  Spotify user URIs (`recognizers`); each finding becomes ``<ENTITY_TYPE>``.
+  Vectorised RE2 prefilters (`pyarrow.compute`) pick the cells presidio must
+  see, and each distinct value is scanned once.
 
-Every other field comes through byte-for-byte unchanged; nulls stay null.
-No spaCy model is used and nothing is downloaded (presidio's email recognizer
-would fetch the public suffix list; ours reads tldextract's bundled snapshot).
+Ids that only look like PII (session ids, epochs, invoice numbers, ISWCs,
+declared values of a strict format) come through byte-for-byte unchanged;
+nulls stay null. No spaCy model is used and nothing is downloaded. See
+docs/pii.md for the rules, the key's reachability per runner, and the
+precision and recall per type.
 
 Usage::
 
@@ -33,9 +38,10 @@ Usage::
     letters = dead_letters | RedactDeadLetters('listening_event', master_key=key,
                                                header=['event_id', 'user_id', ...])
 
-Modules: `keys` (master key, tenant keys), `scanner` (prefilters and presidio
-recognizers), `batch` (record batches and dead letters), `transforms`
-(RedactPII, RedactDeadLetters).
+Modules: `keys` (master key, KeyRef, tenant keys), `recognizers` (presidio
+recognizers, plausibility rules), `scanner` (prefilters, distinct values, JSON
+in text), `batch` (record batches and dead letters), `transforms` (RedactPII,
+RedactDeadLetters).
 """
 
 from transforms.pii.batch import (REDACTED, identifier_fields, pseudonymise, redact_batch, redact_dead_letter,
