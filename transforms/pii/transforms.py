@@ -67,6 +67,16 @@ def _check_key_ref(master_key, model, options: PiiOptions):
     raise TypeError(f'master_key must be a KeyRef (see transforms.pii.key_ref), got {type(master_key).__name__}')
 
 
+def _checked_arguments(entity, master_key, options):
+  """(model, options) of a RedactPII / RedactDeadLetters, arguments checked."""
+  model = _as_model(entity)
+  options = options or PiiOptions()
+  if not isinstance(options, PiiOptions):
+    raise TypeError(f'options must be PiiOptions, got {type(options).__name__}')
+  _check_key_ref(master_key, model, options)
+  return model, options
+
+
 class _KeyedDoFn(beam.DoFn):
   """Loads the master key where the DoFn runs: the pipeline carries only its KeyRef."""
 
@@ -119,11 +129,7 @@ class RedactPII(beam.PTransform):
   def __init__(self, entity='listening_event', master_key: Optional[KeyRef] = None,
                options: Optional[PiiOptions] = None):
     super().__init__()
-    self._model = _as_model(entity)
-    self._options = options or PiiOptions()
-    if not isinstance(self._options, PiiOptions):
-      raise TypeError(f'options must be PiiOptions, got {type(self._options).__name__}')
-    _check_key_ref(master_key, self._model, self._options)
+    self._model, self._options = _checked_arguments(entity, master_key, options)
     self._master_key = master_key
 
   def expand(self, pcoll):
@@ -198,11 +204,7 @@ class RedactDeadLetters(beam.PTransform):
                options: Optional[PiiOptions] = None, header: Optional[Sequence[str]] = None,
                delimiter: str = ','):
     super().__init__()
-    self._model = _as_model(entity)
-    self._options = options or PiiOptions()
-    if not isinstance(self._options, PiiOptions):
-      raise TypeError(f'options must be PiiOptions, got {type(self._options).__name__}')
-    _check_key_ref(master_key, self._model, self._options)
+    self._model, self._options = _checked_arguments(entity, master_key, options)
     if header is not None and (isinstance(header, str) or not all(isinstance(h, str) for h in header)):
       raise TypeError('header must be a list of column names')
     if not isinstance(delimiter, str) or len(delimiter) != 1:
