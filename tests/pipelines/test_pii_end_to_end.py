@@ -19,7 +19,6 @@ import apache_beam as beam
 import fastavro
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 import yaml
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.testing.test_stream import TestStream

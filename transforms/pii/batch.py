@@ -22,6 +22,9 @@ from transforms.pii.recognizers import is_placeholder, is_secret_name, phone_lik
 from transforms.pii.scanner import TextScanner, _is_string_type, _is_text_type
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN
 
+__all__ = ['REDACTED', 'PSEUDONYMISE', 'SCAN', 'SCAN_NONCONFORMING', 'KEEP', 'DROP', 'pseudonymise', 'identifier_fields',
+           'column_actions', 'scanned_columns', 'redact_batch', 'redact_record', 'redact_dead_letter', 'strict_formats']
+
 # What an identifier becomes in a dead letter whose tenant is unknown.
 REDACTED = '<REDACTED>'
 # Below this many rows, a regex pass costs more than it saves.

@@ -30,6 +30,9 @@ import secrets
 import tempfile
 from typing import Dict, Mapping, Optional
 
+__all__ = ['PII_KEY_ENV', 'SECRET_VERSION_PATTERN', 'PiiKeyError', 'hkdf_sha256', 'MasterKey', 'KeyRef', 'key_ref',
+           'load_master_key']
+
 _LOG = logging.getLogger(__name__)
 
 PII_KEY_ENV = 'PII_MASTER_KEY'

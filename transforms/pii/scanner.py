@@ -28,6 +28,8 @@ from transforms.pii.recognizers import (CARD_CONTEXT, MIN_PHONE_DIGITS, PHONE_CO
                                         URL_WITH_CREDENTIALS, analyze, build_recognizers, enough_phone_digits,
                                         is_placeholder, is_secret_name, phone_like_integer)
 
+__all__ = ['DEFAULT_ENTITIES', 'SUPPORTED_ENTITIES', 'TextScanner', 'context_word']
+
 DEFAULT_ENTITIES = SUPPORTED_ENTITIES
 
 

@@ -15,6 +15,8 @@ from transforms.pii.keys import KeyRef, MasterKey
 from transforms.pii.scanner import DEFAULT_ENTITIES, TextScanner
 from transforms.records import TENANT_COLUMN, typed_outputs
 
+__all__ = ['PiiOptions', 'PiiOutputs', 'RedactPII', 'RedactDeadLetters', 'read_file_header']
+
 FINDINGS = 'findings'
 
 # ---------------------------------------------------------------------------
