@@ -35,6 +35,12 @@ SENTENCES = {
     'IBAN_CODE': ['refund to DE89 3704 0044 0532 0130 00 please', 'my iban is GB82WEST12345698765432'],
     'IP_ADDRESS': ['logged in from 203.0.113.42 at noon', 'the ipv6 was 2001:db8:85a3::8a2e:370:7334 then'],
     'URL_WITH_CREDENTIALS': ['fetch https://user:secret@host/path now', 'db at postgres://admin:pa55@db.internal:5432/x'],
+    'JWT': ['token eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U ok',
+            'cookie jwt=eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJhY21lIn0.c2lnbmF0dXJlLWJ5dGVzLWhlcmU done'],
+    'BEARER_TOKEN': ['Authorization: Bearer abcDEF123456ghiJKL789 sent', 'auth Basic Ym9iOmh1bnRlcjI= sent'],
+    'API_KEY': ['leaked sk_live_4eC39HqLyjWDarjtT1zdp7dc today', 'aws AKIAIOSFODNN7EXAMPLE in logs'],
+    'SECRET_ASSIGNMENT': ['login user=bob password=hunter22 failed', 'config client_secret: "s3cr3t-Value" loaded'],
+    'SPOTIFY_USER': ['shared spotify:user:jane.doe today', 'see https://open.spotify.com/user/bob99 now'],
 }
 
 
