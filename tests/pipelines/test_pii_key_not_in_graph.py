@@ -141,3 +141,25 @@ def test_workers_fail_clearly_when_the_reference_cannot_be_resolved(tmp_path, mo
   fn = _RedactBatchFn(ListeningEvent, KeyRef('file', os.path.join(str(tmp_path), 'gone.key')), PiiOptions())
   with pytest.raises(PiiKeyError, match='gone.key'):
     fn.setup()
+
+
+def test_a_secret_manager_reference_holds_the_name_and_workers_read_the_secret(csv_input, tmp_path, monkeypatch):
+  """The Flex Template's --pii_key_secret: the graph names the secret version; each worker reads it in setup."""
+  from transforms.pii import keys  # pylint: disable=import-outside-toplevel
+  name = 'projects/p/secrets/pii-master-key/versions/3'
+  reads = []
+
+  def read_secret(version):  # Secret Manager itself is not reachable from tests
+    reads.append(version)
+    return KEY.hex()
+
+  monkeypatch.setattr(keys, '_read_secret', read_secret)
+  monkeypatch.delenv(PII_KEY_ENV, raising=False)
+  config = resolve({'input': csv_input, 'tenant_id': 'acme', 'output': str(tmp_path / 'out')})
+  ref = key_ref(config.pii_key_file, name, environ={})
+  assert ref == KeyRef('gcp_secret', name) and reads == [name]  # checked once before the run
+  pipeline = _batch_pipeline(config, ref)
+  assert_no_key_material(pipeline, KEY)
+  assert name.encode() in b''.join(b for t in pipeline.to_runner_api().components.transforms.values()
+                                   for b in _blobs(t.spec.payload))
+  assert ref.load().tenant_key('acme') == keys.MasterKey(KEY).tenant_key('acme') and len(reads) == 2
