@@ -151,3 +151,21 @@ def test_dead_letter_records_follow_the_same_rules(scanner):
 ])
 def test_formats_outside_the_corpus(scanner, text, expected):
   assert scanner.redact_text(text)[0] == (text if expected is None else expected)
+
+
+def test_dead_letter_json_text_and_bytes_records(scanner):
+  text = json.dumps({'user_id': 'u42', 'profile': {'email': 'ann@example.org'}, 'session_id': 'sess-03639122'})
+  out, counts = redact_record(text, ListeningEvent, KEY, scanner, tenant='acme')
+  parsed = json.loads(out)
+  assert parsed['user_id'] != 'u42' and len(parsed['user_id']) == 64 and parsed['session_id'] == 'sess-03639122'
+  assert parsed['profile'] == {'email': '<EMAIL_ADDRESS>'} and counts['PSEUDONYMISED:user_id'] == 1
+  out, counts = redact_record(b'mail bob@example.com', ListeningEvent, KEY, scanner, tenant='acme')
+  assert out == 'mail <EMAIL_ADDRESS>' and counts == {'EMAIL_ADDRESS': 1}
+
+
+def test_string_view_columns_are_scanned(scanner):
+  batch = pa.RecordBatch.from_arrays([pa.array(['e1']), pa.array(['acme']),
+                                      pa.array(['mail ann@example.org'], type=pa.string_view())],
+                                     names=['event_id', 'tenant_id', 'memo'])
+  out, _ = redact_batch(batch, ListeningEvent, KEY, scanner)
+  assert out.column('memo').type == pa.string_view() and out.column('memo').to_pylist() == ['mail <EMAIL_ADDRESS>']

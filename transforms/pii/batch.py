@@ -7,6 +7,7 @@ import csv
 import functools
 import hmac
 import io
+import json
 import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -171,6 +172,9 @@ def _scan_values(values: pa.Array, scanner: TextScanner, counts: collections.Cou
   nothing changed.
   """
   t = values.type
+  if hasattr(pa.types, 'is_string_view') and pa.types.is_string_view(t):
+    out = _scan_values(values.cast(pa.string()), scanner, counts, path, skip)
+    return values if out is None or out.equals(values.cast(pa.string())) else out.cast(t)
   if _is_text_type(t) and 'SECRET_ASSIGNMENT' in scanner.entities and is_secret_name(_last_name(path)):
     # A column or field named like a secret (password, client_secret, api_key): every value is one.
     secret = values.is_valid().to_numpy(zero_copy_only=False)
@@ -529,6 +533,19 @@ def _redact_record(record, model, master_key, scanner, tenant, header, delimiter
   walker = _RecordRedactor(identifiers, tenant_key, strict_formats(model))
   if record is None:
     return None, walker
+  if isinstance(record, (bytes, bytearray)):  # a raw message payload: its text is what a reader would see
+    record = bytes(record).decode('utf-8', 'replace')
+  if isinstance(record, str) and record.lstrip()[:1] == '{':
+    # A JSON object kept as text (a stream message rejected after decoding):
+    # walked like a record, so that its identifiers are known by name.
+    try:
+      document = json.loads(record)
+    except ValueError:
+      document = None
+    if isinstance(document, dict):
+      out = walker.walk(document, top=True)
+      walker.scan(scanner)
+      return json.dumps(out, ensure_ascii=False, default=str), walker
   if isinstance(record, str):
     parsed = _parse_csv_line(record, header, delimiter) if header else None
     if parsed is None:  # a raw string: scanned as text
