@@ -147,7 +147,8 @@ def test_dead_letter_records_follow_the_same_rules(scanner):
     ('Track 01 - 03:25', None), ('ISRC: GB-AYE-06-01498', None), ('1,234,567 streams', None), ('+1 for this track', None),
     ('mixtape vol. 2 (2019) 128kbps', None), ('order 2024-05-01-0001', None), ('user 12345678 played 300000 ms', None),
     ('price $1,299.00', None), ('ean 0602547924057', None), ('mac 00:1A:2B:3C:4D:5E', None), ('The Secret: Love', None),
-    ('Spotify/8.9.40.132', None), ('build 10.2.0.13', None),
+    ('Spotify/8.9.40.132', None), ('build 10.2.0.13', None), ('item no. 0301234567', None),
+    ('customer 0151 23456789', None), ('track no. 12345678', None),
 ])
 def test_formats_outside_the_corpus(scanner, text, expected):
   assert scanner.redact_text(text)[0] == (text if expected is None else expected)

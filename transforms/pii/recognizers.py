@@ -35,7 +35,9 @@ SUPPORTED_ENTITIES = ('EMAIL_ADDRESS', 'PHONE_NUMBER', 'CREDIT_CARD', 'IBAN_CODE
 ID_WORDS = ('id', 'ids', 'invoice', 'inv', 'order', 'orders', 'ref', 'reference', 'isrc', 'iswc', 'upc', 'ean', 'gtin',
             'isbn', 'session', 'sess', 'version', 'ver', 'build', 'release', 'ticket', 'case', 'tracking', 'txn',
             'transaction', 'receipt', 'catalog', 'catalogue', 'sku', 'serial', 'batch', 'job', 'epoch', 'timestamp',
-            'ts', 'played_at', 'duration', 'uid', 'hash', 'sha', 'md5', 'checksum', 'lat', 'lon', 'lng', 'v')
+            'ts', 'played_at', 'duration', 'uid', 'hash', 'sha', 'md5', 'checksum', 'lat', 'lon', 'lng', 'v', 'item',
+            'article', 'disc', 'vol', 'volume', 'track', 'page', 'account', 'acct', 'customer', 'member', 'booking',
+            'reservation', 'confirmation', 'shipment', 'parcel', 'po', 'cat', 'ean13', 'isni', 'ipi', 'mbid')
 # presidio's PhoneRecognizer context, and the words people write before a number.
 PHONE_CONTEXT = ('phone', 'tel', 'telephone', 'mobile', 'mob', 'cell', 'cellphone', 'call', 'ring', 'sms', 'text',
                  'whatsapp', 'signal', 'fax', 'contact', 'reach', 'telefon', 'telefono', 'téléphone', 'portable',
