@@ -83,6 +83,15 @@ _NOT_PHONES = regex.compile(
     r'[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?(Z|z|[+-][0-9]{2}:?[0-9]{2})?'
     r'|\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b')
 _JSON_START = regex.compile(r'\s*[\[{]')
+# Whole values of these shapes are ids, never PII (a test keeps each shape honest).
+_WHOLE_ID_SHAPES = (
+    r'[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}',  # UUID
+    r'[0-9a-f]{32}|[0-9a-f]{40}|[0-9a-f]{64}|[0-9A-F]{32}|[0-9A-F]{40}|[0-9A-F]{64}',  # MD5, SHA-1, SHA-256
+    r'spotify:(?:track|album|artist|playlist|show|episode):[0-9A-Za-z]{22}',
+    r'[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]{1,9})?)?(?:Z|z|[+-][0-9]{2}:?[0-9]{2})?',
+)
+_WHOLE_ID = '^(?:' + '|'.join(_WHOLE_ID_SHAPES) + ')$'
+_WHOLE_ID_PY = regex.compile('(?:' + '|'.join(_WHOLE_ID_SHAPES) + ')')
 
 
 def context_word(name: Optional[str]) -> Optional[str]:
@@ -290,6 +299,11 @@ class TextScanner:
       hits |= pc.match_substring_regex(values, pattern).fill_null(False).to_numpy(zero_copy_only=False)
     return hits
 
+  def _whole_ids(self, values: pa.Array) -> np.ndarray:
+    if len(values) <= _SMALL_ARRAY:
+      return np.array([t is not None and _WHOLE_ID_PY.fullmatch(t) is not None for t in values.to_pylist()], dtype=bool)
+    return pc.match_substring_regex(values, _WHOLE_ID).fill_null(False).to_numpy(zero_copy_only=False)
+
   def _entity_masks(self, values: pa.Array) -> Dict[str, np.ndarray]:
     if len(values) <= _SMALL_ARRAY:
       # pyarrow compiles a regex on every call: for a few cells (dead letters,
@@ -385,6 +399,10 @@ class TextScanner:
     wanted = np.zeros(len(distinct), dtype=bool)
     for mask in masks.values():
       wanted |= mask
+    if use_prefilter and wanted.any():
+      # A value that is wholly an id of a known shape (UUID, hex digest,
+      # Spotify id or URI, ISO date-time) holds no PII: not sent to presidio.
+      wanted &= ~self._whole_ids(distinct)
     per_entry = {}
     replaced = {}
     for entry in np.flatnonzero(wanted):
