@@ -9,6 +9,10 @@ Generates cells of three kinds (by default 100,000 of each, seeded):
 - ``repeats``: 1,000 distinct notes repeated (what a dictionary-encoded or
   low-cardinality column holds).
 
+and, with `--rows` (default 50,000), the bundled sample's listening events
+(`pipelines.sample_data`, clean rows, validated as `Validate` does), a whole
+record batch through `redact_batch` (pseudonyms and every scanned column).
+
 Times `TextScanner().redact_array` of this tree ("after") and of the scanner
 at `--before` (default: the commit before transforms/pii became a package,
 loaded from git into a module of its own) on each (best of --repeats runs, after a warm-up),
@@ -77,8 +81,19 @@ def generate_repeats(n: int, pii_share: float, seed: int) -> pa.Array:
   return pa.array([rng.choice(distinct) for _ in range(n)], type=pa.string())
 
 
+def sample_batch(rows: int, seed: int) -> pa.RecordBatch:
+  """Clean sample listening events as Validate leaves them, with their tenant column."""
+  from pipelines import sample_data  # pylint: disable=import-outside-toplevel
+  from transforms.entities import ListeningEvent  # pylint: disable=import-outside-toplevel
+  from transforms.validate import validate_batch  # pylint: disable=import-outside-toplevel
+  records = [r.record() for r in sample_data.iter_rows(rows=rows, seed=seed) if r.kind == 'clean']
+  raw = pa.RecordBatch.from_pylist(records)
+  valid, _ = validate_batch(raw, ListeningEvent)
+  return valid
+
+
 def load_before(ref: str):
-  """The TextScanner class of transforms/pii.py at git `ref`, as a module of its own."""
+  """transforms/pii.py at git `ref`, as a module of its own."""
   source = subprocess.run(['git', 'show', f'{ref}:transforms/pii.py'], cwd=ROOT, capture_output=True, text=True,
                           check=True).stdout
   with tempfile.NamedTemporaryFile('w', suffix='.py', delete=False) as f:
@@ -88,7 +103,7 @@ def load_before(ref: str):
   sys.modules['pii_before'] = module  # dataclasses look their module up there
   spec.loader.exec_module(module)
   os.unlink(f.name)
-  return module.TextScanner
+  return module
 
 
 def cells_per_second(scanner, cells: pa.Array, repeats: int):
@@ -110,6 +125,7 @@ def main(argv=None):
   parser.add_argument('--seed', type=int, default=7)
   parser.add_argument('--before', default=DEFAULT_BEFORE, help='git ref whose transforms/pii.py is "before"')
   parser.add_argument('--repeats', type=int, default=3, help='timed runs per scanner and input; the best counts')
+  parser.add_argument('--rows', type=int, default=50_000, help='sample listening events for redact_batch; 0: skip')
   args = parser.parse_args(argv)
 
   inputs = {
@@ -117,7 +133,8 @@ def main(argv=None):
       'ids': generate_ids(args.cells, args.seed),
       'repeats': generate_repeats(args.cells, args.pii_share, args.seed),
   }
-  scanners = {'before': load_before(args.before)().setup(), 'after': TextScanner().setup()}
+  before = load_before(args.before)
+  scanners = {'before': before.TextScanner().setup(), 'after': TextScanner().setup()}
   print(f'cells per input: {args.cells:,}; before = {args.before[:12]}')
   print(f'{"input":<8} {"regex pass":>12} {"before":>12} {"after":>12} {"after/before":>13}  findings before | after')
   for name, cells in inputs.items():
@@ -130,6 +147,28 @@ def main(argv=None):
       found[label] = ', '.join(f'{k}={v}' for k, v in sorted(counts.items())) or '-'
     print(f'{name:<8} {regex_rate:>12,.0f} {rates["before"]:>12,.0f} {rates["after"]:>12,.0f} '
           f'{rates["after"] / rates["before"]:>12.2f}x  {found["before"]} | {found["after"]}')
+  if args.rows:
+    batch_rates(before, sample_batch(args.rows, args.seed), args.repeats)
+
+
+def batch_rates(before, batch: pa.RecordBatch, repeats: int):
+  """rows/s of redact_batch, before and after, on one batch of sample listening events."""
+  from transforms import pii  # pylint: disable=import-outside-toplevel
+  from transforms.entities import ListeningEvent  # pylint: disable=import-outside-toplevel
+  key = bytes(range(32))
+  rates = {}
+  for label, module in (('before', before), ('after', pii)):
+    module.redact_batch(batch.slice(0, 100), ListeningEvent, module.MasterKey(key), module.TextScanner().setup())
+    best = float('inf')
+    for _ in range(repeats):
+      scanner, master_key = module.TextScanner().setup(), module.MasterKey(key)
+      start = time.perf_counter()
+      module.redact_batch(batch, ListeningEvent, master_key, scanner)
+      best = min(best, time.perf_counter() - start)
+    rates[label] = batch.num_rows / best
+  print(f'redact_batch on {batch.num_rows:,} sample listening events ({batch.num_columns} columns): '
+        f'before {rates["before"]:,.0f} rows/s, after {rates["after"]:,.0f} rows/s, '
+        f'after/before {rates["after"] / rates["before"]:.2f}x')
 
 
 if __name__ == '__main__':
