@@ -471,10 +471,9 @@ def run(argv: Optional[Sequence[str]] = None, allow_demo: bool = False, pii_key_
   (the Flex Template launcher's option), used when --pii_key_file is not given.
   The job graph holds only the reference; workers read the secret themselves.
   """
-  argv = list(sys.argv[1:] if argv is None else argv)
+  # A DirectRunner run (the default) uses our Prism build, or runs in process, instead of downloading Prism.
+  argv = runners.local_runner_args(sys.argv[1:] if argv is None else argv)
   options = _options_from(argv)
-  # A plain DirectRunner run uses our Prism build instead of trying to download one.
-  runners.use_local_prism(argv)
   # Beam's S3/GCS options must be known before paths are probed.
   FileSystems.set_options(options)
   config = _config_from(options, allow_demo=allow_demo)

@@ -463,12 +463,15 @@ def _flink_checkpoints_by_default(pipeline_options: PipelineOptions):
 def run(argv: Optional[Sequence[str]] = None, wait: bool = True):
   """Builds and runs the job; returns the PipelineResult (after it finished when `wait`)."""
   argv = list(sys.argv[1:] if argv is None else argv)
-  pipeline_options = PipelineOptions(argv)
+  options = PipelineOptions(argv).view_as(SpotifyStreamingOptions)
+  # An unbounded source: the runner must run the job as a streaming job.
+  streaming = not (options.bounded or options.max_records_per_partition is not None)
+  # A DirectRunner run (the default) uses our Prism build, or runs in process, instead of downloading Prism.
+  pipeline_options = PipelineOptions(runners.local_runner_args(argv, streaming=streaming))
   options = pipeline_options.view_as(SpotifyStreamingOptions)
   _check(options)
   FileSystems.set_options(pipeline_options)
-  if not (options.bounded or options.max_records_per_partition is not None):
-    # An unbounded source: the runner must run the job as a streaming job.
+  if streaming:
     pipeline_options.view_as(StandardOptions).streaming = True
   _prism_runs_without_splits(pipeline_options)
   _flink_checkpoints_by_default(pipeline_options)

@@ -20,11 +20,12 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from io_connectors import registry
+from pipelines import runners
 from io_connectors.kafka import (KafkaReadOptions, KafkaWriteOptions, ReadFromKafka, WriteToKafka, client_config,
                                  decode_values, mask_secrets)
 from tests.conftest import ensure_service, pipeline_options
 
-confluent_kafka = pytest.importorskip('confluent_kafka')
+import confluent_kafka  # noqa: E402  pylint: disable=wrong-import-position,wrong-import-order
 import confluent_kafka.admin  # noqa: E402 pylint: disable=wrong-import-position
 
 # The local broker's test credentials (scripts/services.d/kafka.sh).
@@ -316,7 +317,7 @@ def test_write_to_kafka_round_trip(kafka):
 def test_streaming_read_of_records_produced_while_running_on_prism(kafka, prism_binary):
   """An unbounded read (self-checkpoints, watermark) that ends after a record count, on Prism."""
   from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=import-outside-toplevel
-  args = ['--runner=PrismRunner', f'--prism_location={prism_binary}', '--environment_type=LOOPBACK']
+  args = runners.runner_args('prism')
   topic = new_topic(kafka, partitions=2)
   produce(kafka, topic, [(i % 2, event(i), None) for i in range(10)])
   pipeline = beam.Pipeline(options=PipelineOptions(args + ['--streaming']))

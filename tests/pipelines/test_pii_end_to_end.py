@@ -200,8 +200,9 @@ def test_streaming_job_leaves_no_raw_value_in_any_output(tmp_path, monkeypatch, 
   monkeypatch.setenv('PII_MASTER_KEY', KEY)
   monkeypatch.setitem(spotify_streaming.SOURCES, 'teststream', lambda options: _FromTestStream())
   output = tmp_path / 'out'
-  options = PipelineOptions(['--source', 'teststream', '--tenant_id', 'acme', '--output', str(output),
-                             '--window_size_s', '60'])
+  from pipelines import runners  # pylint: disable=import-outside-toplevel
+  options = PipelineOptions(runners.local_runner_args(['--source', 'teststream', '--tenant_id', 'acme', '--output',
+                                                       str(output), '--window_size_s', '60'], streaming=True))
   options.view_as(StandardOptions).streaming = True
   with beam.Pipeline(options=options) as p:
     spotify_streaming.build(p, options.view_as(SpotifyStreamingOptions), key_ref())
