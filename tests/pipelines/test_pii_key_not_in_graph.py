@@ -163,3 +163,20 @@ def test_a_secret_manager_reference_holds_the_name_and_workers_read_the_secret(c
   assert name.encode() in b''.join(b for t in pipeline.to_runner_api().components.transforms.values()
                                    for b in _blobs(t.spec.payload))
   assert ref.load().tenant_key('acme') == keys.MasterKey(KEY).tenant_key('acme') and len(reads) == 2
+
+
+def test_a_loaded_master_key_is_carried_as_the_reference_it_came_from(key_in_env, tmp_path):
+  """RedactPII(master_key=load_master_key()) keeps working: the graph holds where the key came from."""
+  from transforms.pii import RedactDeadLetters, RedactPII, load_master_key  # pylint: disable=import-outside-toplevel
+  loaded = load_master_key()
+  assert loaded.ref == KeyRef('env', PII_KEY_ENV)
+  pipeline = beam.Pipeline(options=PipelineOptions([]))
+  batches = pipeline | beam.Create([1])
+  _ = batches | RedactPII('listening_event', master_key=loaded)
+  _ = batches | 'Letters' >> RedactDeadLetters('listening_event', master_key=loaded)
+  assert_no_key_material(pipeline, KEY)
+  key_file = tmp_path / 'pii.key'
+  key_file.write_text(KEY.hex())
+  assert load_master_key(key_file=str(key_file)).ref == KeyRef('file', str(key_file))
+  ephemeral = load_master_key(environ={}, allow_ephemeral=True)
+  assert ephemeral.ephemeral and ephemeral.ref.kind == 'file' and ephemeral.ref.ephemeral

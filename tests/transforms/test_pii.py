@@ -386,8 +386,8 @@ def test_options_and_arguments_are_checked(key):
     PiiOptions(min_score=2)
   with pytest.raises(TypeError, match='KeyRef'):
     RedactPII('listening_event', master_key=KEY_HEX)
-  with pytest.raises(TypeError, match='not the key itself'):
-    RedactPII('listening_event', master_key=key)
+  with pytest.raises(TypeError, match='not key material'):
+    RedactPII('listening_event', master_key=key)  # bytes with no origin to refer to
   with pytest.raises(ValueError, match='unknown entity'):
     RedactPII('listening_events', master_key=KeyRef('env', PII_KEY_ENV))
   RedactPII('track')  # no identifiers: no key needed

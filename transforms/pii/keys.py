@@ -78,6 +78,8 @@ class MasterKey:
     self._material = bytes(material)
     self.source = source
     self.ephemeral = ephemeral
+    # Where it was loaded from (set by the loaders): what a pipeline may carry instead.
+    self.ref: Optional['KeyRef'] = None
     self._tenant_keys: Dict[str, bytes] = {}
 
   def tenant_key(self, tenant: str) -> bytes:
@@ -135,8 +137,9 @@ def load_master_key(key_file: Optional[str] = None,
 
   Key text: hex (>= 64 hex digits) or base64 decoding to >= 32 bytes;
   whitespace is ignored. With neither source, `allow_ephemeral` (demos only)
-  makes a random key for this run and logs that pseudonyms will not be stable;
-  otherwise PiiKeyError. Errors name the source, never the key.
+  makes a random key for this run (in a private temporary file, see key_ref)
+  and logs that pseudonyms will not be stable; otherwise PiiKeyError. Errors
+  name the source, never the key. The key's `ref` says where it came from.
   """
   if key_file:
     source = f'key file {key_file}'
@@ -145,15 +148,17 @@ def load_master_key(key_file: Optional[str] = None,
       text = raw.decode('ascii')
     except UnicodeDecodeError:
       raise PiiKeyError(f'PII master key from {source} is not ASCII text (expected hex or base64)') from None
-    return MasterKey(_parse_key_text(text, source), source=source)
+    key = MasterKey(_parse_key_text(text, source), source=source)
+    key.ref = KeyRef('file', key_file)
+    return key
   text = environ.get(PII_KEY_ENV)
   if text is not None and text.strip():
     source = f'environment variable {PII_KEY_ENV}'
-    return MasterKey(_parse_key_text(text, source), source=source)
+    key = MasterKey(_parse_key_text(text, source), source=source)
+    key.ref = KeyRef('env', PII_KEY_ENV)
+    return key
   if allow_ephemeral:
-    _LOG.warning('No PII master key given: using an ephemeral random key for this run only; '
-                 'pseudonyms will not match those of any other run.')
-    return MasterKey(secrets.token_bytes(_MIN_KEY_BYTES), source='ephemeral', ephemeral=True)
+    return key_ref(environ=environ, allow_ephemeral=True, check=False).load(environ)
   raise PiiKeyError(f'no PII master key: set the environment variable {PII_KEY_ENV} or pass --pii_key_file '
                     f'(hex of >= {_MIN_KEY_BYTES} bytes or base64; e.g. `openssl rand -hex 32`)')
 
@@ -231,6 +236,7 @@ class KeyRef:
                           'environment, or use --pii_key_file with a path every worker can read')
       key = MasterKey(_parse_key_text(text, self.source), source=self.source)
     key.ephemeral = self.ephemeral
+    key.ref = self
     return key
 
 

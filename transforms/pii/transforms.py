@@ -57,26 +57,29 @@ class PiiOutputs(typing.NamedTuple):
   findings: beam.PCollection  # of (key, count); sum per key for the run's totals
 
 
-def _check_key_ref(master_key, model, options: PiiOptions):
+def _key_ref_of(master_key, model, options: PiiOptions) -> Optional[KeyRef]:
+  """The reference the pipeline carries; a loaded MasterKey is replaced by where it came from."""
   # A model without identifiers needs no key (dead letters of unknown tenant
   # get '<REDACTED>' without one too, but a key is the normal case).
   if master_key is None and not identifier_fields(model):
-    return
+    return None
   if isinstance(master_key, MasterKey):
-    raise TypeError('master_key must be a KeyRef, not the key itself: the key would be pickled into the job graph '
+    if master_key.ref is not None:
+      return master_key.ref
+    raise TypeError('master_key must be a KeyRef, not key material: the key would be pickled into the job graph '
                     '(see transforms.pii.key_ref)')
   if options.redact and not isinstance(master_key, KeyRef):
     raise TypeError(f'master_key must be a KeyRef (see transforms.pii.key_ref), got {type(master_key).__name__}')
+  return master_key
 
 
 def _checked_arguments(entity, master_key, options):
-  """(model, options) of a RedactPII / RedactDeadLetters, arguments checked."""
+  """(model, key reference, options) of a RedactPII / RedactDeadLetters, arguments checked."""
   model = _as_model(entity)
   options = options or PiiOptions()
   if not isinstance(options, PiiOptions):
     raise TypeError(f'options must be PiiOptions, got {type(options).__name__}')
-  _check_key_ref(master_key, model, options)
-  return model, options
+  return model, _key_ref_of(master_key, model, options), options
 
 
 class _KeyedDoFn(beam.DoFn):
@@ -121,8 +124,10 @@ class _RedactBatchFn(_KeyedDoFn):
 class RedactPII(beam.PTransform):
   """Redacts PII in a PCollection of pyarrow.RecordBatch of one entity.
 
-  master_key: a KeyRef (never the key: workers load it in DoFn.setup); None
-  only with `options.redact` False or for an entity without identifiers.
+  master_key: a KeyRef (never the key: workers load it in DoFn.setup), or a
+  MasterKey from load_master_key, which is replaced by the KeyRef it was
+  loaded from; None only with `options.redact` False or for an entity
+  without identifiers.
   Returns PiiOutputs(records, findings); findings carries (key, count) per
   batch, keys as in `redact_batch`. Works in batch and streaming pipelines
   (per-batch, stateless).
@@ -131,8 +136,7 @@ class RedactPII(beam.PTransform):
   def __init__(self, entity='listening_event', master_key: Optional[KeyRef] = None,
                options: Optional[PiiOptions] = None):
     super().__init__()
-    self._model, self._options = _checked_arguments(entity, master_key, options)
-    self._master_key = master_key
+    self._model, self._master_key, self._options = _checked_arguments(entity, master_key, options)
 
   def expand(self, pcoll):
     if not self._options.redact:
@@ -206,12 +210,12 @@ class RedactDeadLetters(beam.PTransform):
                options: Optional[PiiOptions] = None, header: Optional[Sequence[str]] = None,
                delimiter: str = ','):
     super().__init__()
-    self._model, self._options = _checked_arguments(entity, master_key, options)
+    self._model, key, self._options = _checked_arguments(entity, master_key, options)
     if header is not None and (isinstance(header, str) or not all(isinstance(h, str) for h in header)):
       raise TypeError('header must be a list of column names')
     if not isinstance(delimiter, str) or len(delimiter) != 1:
       raise ValueError(f'delimiter must be one character, got {delimiter!r}')
-    self._master_key = master_key
+    self._master_key = key
     self._header = list(header) if header is not None else None
     self._delimiter = delimiter
 
