@@ -64,7 +64,7 @@ setuptools.setup(
         'openpyxl>=3.1',
         'fastavro>=1.9',
         'pyyaml>=6',
-        # Python twins of the RE2 prefilters (\\p{..} classes) in transforms.pii.
+        # Python twins of the RE2 prefilters (\\p{..} classes) in transforms.pii.scanner.
         'regex>=2023.0',
     ],
     extras_require=EXTRAS,

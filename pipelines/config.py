@@ -16,19 +16,26 @@ its own ``tenant_id`` or ``tenant_field``::
         input: s3://exports/beatbox/*.parquet
         tenant_id: beatbox
 
-Every mistake raises `ConfigError` with one line that names the key or file.
+The file's values are typed like the flags: each goes through the flag's own
+argparse type and choices, and a flag that takes no value (``keep_pii``)
+reads YAML booleans and the strings true/false, yes/no, on/off, 1/0 (so
+``keep_pii: "false"`` keeps redaction on). Every mistake raises
+`ConfigError` with one line that names the key or file; an unknown key is
+one.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import functools
 import os
 from typing import Any, Dict, List, Optional
 
 import yaml
 
 from io_connectors.registry import ConfigError
-from pipelines.options import INPUT_FORMATS, OUTPUT_FORMATS
+from pipelines.options import INPUT_FORMATS, OUTPUT_FORMATS, SpotifyBatchOptions
 from transforms import entities
 from transforms.tenant import check_tenant_id
 
@@ -77,10 +84,60 @@ def load_yaml(path: str) -> Dict[str, Any]:
     data = {}
   if not isinstance(data, dict):
     raise ConfigError(f'config {path} must be a mapping of keys, got {type(data).__name__}')
-  unknown = sorted(set(data) - set(RUN_KEYS) - {'sources'})
+  unknown = sorted(set(map(str, data)) - set(RUN_KEYS) - {'sources'})
   if unknown:
     raise ConfigError(f'config {path}: unknown key(s) {", ".join(unknown)}; known: {", ".join(RUN_KEYS + ("sources",))}')
-  return data
+  return {key: (value if key == 'sources' else typed_value(key, value, f'config {path}'))
+          for key, value in data.items()}
+
+
+# Spellings of booleans, as transforms.entities reads them in records.
+_TRUE = frozenset({'true', 't', 'yes', 'y', 'on', '1'})
+_FALSE = frozenset({'false', 'f', 'no', 'n', 'off', '0'})
+
+
+@functools.lru_cache(maxsize=1)
+def _flag_actions() -> Dict[str, argparse.Action]:
+  """{key: the argparse action of its flag}, from the options class the command line uses."""
+  parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+  SpotifyBatchOptions._add_argparse_args(parser)  # pylint: disable=protected-access
+  return {action.dest: action for action in parser._actions if action.option_strings}  # pylint: disable=protected-access
+
+
+def typed_value(key: str, value: Any, where: str) -> Any:
+  """`value` of a config key, converted and checked as its flag's would be; ConfigError names the key."""
+  if value is None:
+    return None
+  action = _flag_actions().get(key)
+  if action is None:
+    return value
+  if action.nargs == 0:  # a flag without value: store_true
+    if isinstance(value, bool):
+      return value
+    text = str(value).strip().lower() if isinstance(value, (str, int)) else None
+    if text in _TRUE:
+      return True
+    if text in _FALSE:
+      return False
+    raise ConfigError(f'{where}: {key} must be a boolean (true/false, yes/no, on/off, 1/0), got {value!r}')
+  if isinstance(value, (dict, list, bool)) or not isinstance(value, (str, int, float)):
+    raise ConfigError(f'{where}: {key} must be a single value like its flag --{key}, got {type(value).__name__} '
+                      f'{value!r}')
+  converted: Any = value
+  if action.type is not None:
+    if action.type is int and isinstance(value, float) and not value.is_integer():
+      raise ConfigError(f'{where}: {key} must be an integer, got {value!r}')
+    try:
+      parse: Any = action.type
+      converted = parse(int(value) if action.type is int and isinstance(value, float) else value)
+    except (TypeError, ValueError):
+      kind = 'an integer' if action.type is int else f'a {getattr(action.type, "__name__", "value")}'
+      raise ConfigError(f'{where}: {key} must be {kind}, got {value!r}') from None
+  elif not isinstance(value, str):
+    converted = str(value)  # e.g. run_id: 20240501 (YAML reads it as a number)
+  if action.choices is not None and converted not in action.choices:
+    raise ConfigError(f'{where}: {key} must be one of {", ".join(map(str, action.choices))}, got {value!r}')
+  return converted
 
 
 def _source_from_input(pattern: str, input_format: Optional[str]) -> Dict[str, Any]:
@@ -101,7 +158,8 @@ def resolve(flags: Dict[str, Any], file_values: Optional[Dict[str, Any]] = None,
   demo_input: the bundled sample's pattern, used when neither flags nor the
   file name an input.
   """
-  values = dict(file_values or {})
+  values = {key: (value if key == 'sources' else typed_value(key, value, 'config'))
+            for key, value in (file_values or {}).items()}
   for key, value in flags.items():
     if value is not None and key in RUN_KEYS:
       if key == 'keep_pii' and value is False and 'keep_pii' in values:

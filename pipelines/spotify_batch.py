@@ -48,7 +48,7 @@ from pipelines.options import SpotifyBatchOptions
 from transforms import entities, schema as schema_mod
 from transforms.dead_letter import flatten_dead_letters
 from transforms.dedup import Deduplicate
-from transforms.pii import PiiKeyError, PiiOptions, RedactDeadLetters, RedactPII, load_master_key
+from transforms.pii import PiiKeyError, PiiOptions, RedactDeadLetters, RedactPII, key_ref
 from transforms.tenant import AssignDeadLetterTenant, TagTenant
 from transforms.validate import Validate
 
@@ -368,7 +368,7 @@ def build_manifest(info: dict, counts, schemas, previous_schema, files, moves) -
                findings=dict(sorted(pii.items())),
                pseudonymised=dict(sorted(pseudonymised.items())),
                # Not 'redacted': that key says whether the run redacted at all.
-               redacted_in_dead_letters=dict(sorted(redacted.items()))),
+               redacted_without_tenant=dict(sorted(redacted.items()))),
       schema_drift=_schema_drift(schemas, previous_schema, info['schema_baseline']),
       files={k: sorted(v) for k, v in sorted(outputs.items())},
   )
@@ -524,11 +524,15 @@ def _wait_with_progress(result, interval_s: float = 3.0):
     raise RuntimeError(f'the pipeline ended in state {state}')
 
 
-def run(argv: Optional[Sequence[str]] = None, allow_demo: bool = False, config_values: Optional[dict] = None) -> dict:
+def run(argv: Optional[Sequence[str]] = None, allow_demo: bool = False, config_values: Optional[dict] = None,
+        pii_key_secret: Optional[str] = None) -> dict:
   """Runs the batch job and returns its manifest. Raises UsageError / ConfigError for bad input.
 
   config_values: the keys of a --config file as a mapping (``{'sources': [...], ...}``),
   for callers that build it in code (`pipelines.importers`); flags still win.
+  pii_key_secret: a Secret Manager secret version holding the PII master key
+  (the Flex Template launcher's option), used when --pii_key_file is not given.
+  The job graph holds only the reference; workers read the secret themselves.
   """
   # A DirectRunner run (the default) uses our Prism build, or runs in process, instead of downloading Prism.
   argv = runners.local_runner_args(sys.argv[1:] if argv is None else argv)
@@ -538,7 +542,8 @@ def run(argv: Optional[Sequence[str]] = None, allow_demo: bool = False, config_v
   config = _config_from(options, allow_demo=allow_demo, config_values=config_values)
   _check_inputs(config)
   try:
-    master_key = None if config.keep_pii else load_master_key(config.pii_key_file, allow_ephemeral=config.demo)
+    # A reference (env var, file, secret), checked here; workers load the key.
+    master_key = None if config.keep_pii else key_ref(config.pii_key_file, pii_key_secret, allow_ephemeral=config.demo)
   except PiiKeyError as e:
     raise ConfigError(str(e)) from None
   previous_schema, baseline = _previous_schema(config)
@@ -598,7 +603,7 @@ def summary_table(manifest: dict) -> str:
     lines += ['', 'PII findings by type' + (' (ephemeral key: pseudonyms not stable)' if pii['ephemeral_key'] else '') + ':']
     lines += [f'  {n:>8}  {k}' for k, n in sorted(pii['findings'].items(), key=lambda kv: -kv[1])] or ['  none']
     lines += [f'  {n:>8}  pseudonymised {k}' for k, n in sorted(pii['pseudonymised'].items())]
-    lines += [f'  {n:>8}  {k} of dead letters without a tenant: <REDACTED>' for k, n in sorted(pii['redacted_in_dead_letters'].items())]
+    lines += [f'  {n:>8}  {k} of dead letters without a tenant: <REDACTED>' for k, n in sorted(pii['redacted_without_tenant'].items())]
   drift = manifest.get('schema_drift') or {}
   for name, d in ([(None, drift)] if 'added' in drift else sorted(drift.items())):
     if d.get('against') and (d['added'] or d['removed'] or d['changed']):

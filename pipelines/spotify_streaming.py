@@ -67,7 +67,7 @@ from pipelines import cli, runners, stream_sources
 from pipelines.streaming_options import SpotifyStreamingOptions
 from transforms import entities
 from transforms.dead_letter import flatten_dead_letters
-from transforms.pii import PiiKeyError, PiiOptions, RedactDeadLetters, RedactPII, load_master_key
+from transforms.pii import PiiKeyError, PiiOptions, RedactDeadLetters, RedactPII, key_ref
 from transforms.tenant import AssignDeadLetterTenant, TagTenant, check_tenant_id
 from transforms.validate import Validate
 from transforms.windows import WindowEvents, WindowOptions
@@ -318,8 +318,12 @@ def print_help(file=None) -> None:
                  [SpotifyStreamingOptions, stream_sources.StreamSourceOptions], file=file)
 
 
-def run(argv: Optional[Sequence[str]] = None, wait: bool = True):
-  """Builds and runs the job; returns the PipelineResult (after it finished when `wait`)."""
+def run(argv: Optional[Sequence[str]] = None, wait: bool = True, pii_key_secret: Optional[str] = None):
+  """Builds and runs the job; returns the PipelineResult (after it finished when `wait`).
+
+  pii_key_secret: a Secret Manager secret version holding the PII master key
+  (the Flex Template launcher's option), used when --pii_key_file is not given.
+  """
   argv = list(sys.argv[1:] if argv is None else argv)
   if cli.wants_help(argv):
     print_help()
@@ -339,7 +343,8 @@ def run(argv: Optional[Sequence[str]] = None, wait: bool = True):
   if options.source == 'kafka' and options.kafka_reader == 'java' and _runner_name(options) in ('FlinkRunner', 'flink'):
     _prepare_flink_for_java_kafka(pipeline_options)
   try:
-    master_key = None if options.keep_pii else load_master_key(options.pii_key_file)
+    # A reference (env var, file or secret), checked here; workers load the key in DoFn.setup.
+    master_key = None if options.keep_pii else key_ref(options.pii_key_file, pii_key_secret)
   except PiiKeyError as e:
     raise ConfigError(str(e)) from None
   pipeline = beam.Pipeline(options=pipeline_options)

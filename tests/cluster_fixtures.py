@@ -157,14 +157,16 @@ def _flink_jobs_of_the_test(request):
   missed would hold its slots and starve every later test's job, which then
   waits for resources (and writes nothing) until that test times out. Tests
   may get the cluster through request.getfixturevalue, so every test notes
-  the unfinished jobs when a cluster answers on the REST port.
+  the unfinished jobs when a cluster answers on the REST port; only a test
+  that used the cluster cancels what it left (a job of another test session
+  on the same cluster is not this test's).
   """
   cluster = FlinkCluster(rest_url=f'http://127.0.0.1:{REST_PORT}', worker_pool=f'localhost:{WORKER_POOL_PORT}')
   if 'flink_cluster' in request.fixturenames:
     request.getfixturevalue('flink_cluster').wait_for_free_slots()
   before = set(cluster.unfinished_jobs()) if _port_answers(REST_PORT) else set()
   yield
-  if not _port_answers(REST_PORT):
+  if not {'flink_cluster', 'flink_args'} & set(request.fixturenames) or not _port_answers(REST_PORT):
     return
   left = [job for job in cluster.unfinished_jobs() if job not in before]
   for job in left:

@@ -13,9 +13,10 @@ in templates/Dockerfile) with the job's parameters and Dataflow's own options, a
 
 It also takes one option of its own, `--pii_key_secret` (`FlexTemplateOptions`):
 a Secret Manager secret version holding the PII master key. Dataflow cannot
-pass environment variables or files to the launcher, so the launcher reads the
-key from there into `PII_MASTER_KEY` before the pipeline starts; the option
-itself is not passed on.
+pass environment variables or files to the workers, so the job graph holds the
+secret's name and each worker reads the secret in `DoFn.setup` (the workers'
+service account needs secretAccessor on it); the key itself is never in the
+staged job.
 
 Locally it runs the same way, e.g. on the DirectRunner::
 
@@ -43,21 +44,16 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 __all__ = [
     'SDK_CONTAINER_IMAGE_ENV',
-    'PII_KEY_ENV',
     'FlexTemplateOptions',
     'LauncherError',
     'flag_option_names',
-    'load_pii_key_secret',
     'pipeline_argv_from',
-    'read_secret',
     'split_launcher_options',
     'to_beam_argv',
     'main',
 ]
 
 SDK_CONTAINER_IMAGE_ENV = 'BEAM_SDK_CONTAINER_IMAGE'
-# Same as transforms.pii.PII_KEY_ENV, read when the pipeline is constructed.
-PII_KEY_ENV = 'PII_MASTER_KEY'
 SECRET_VERSION_PATTERN = r'^projects/[^/]+/secrets/[^/]+/versions/[^/]+$'
 _TRUE = frozenset({'true', '1', 'yes'})
 _FALSE = frozenset({'false', '0', 'no', ''})
@@ -75,7 +71,7 @@ class FlexTemplateOptions(PipelineOptions):
     parser.add_argument(
         '--pii_key_secret',
         help='Secret Manager secret version holding the PII master key, as '
-        'projects/PROJECT/secrets/NAME/versions/VERSION. Read at launch into PII_MASTER_KEY; '
+        'projects/PROJECT/secrets/NAME/versions/VERSION. Workers read it; the job graph holds only its name; '
         'use it instead of --pii_key_file on Dataflow.')
 
 
@@ -85,26 +81,6 @@ def split_launcher_options(argv: Iterable[str]) -> tuple[list[str], FlexTemplate
   FlexTemplateOptions._add_argparse_args(parser)  # pylint: disable=protected-access
   known, rest = parser.parse_known_args(list(argv))
   return rest, FlexTemplateOptions.from_dictionary({k: v for k, v in vars(known).items() if v is not None})
-
-
-def read_secret(version_name: str) -> str:
-  """The payload of a Secret Manager secret version, as text."""
-  from apache_beam.utils.secret import GcpSecret
-
-  try:
-    return GcpSecret(version_name).get_secret_bytes().decode('ascii')
-  except Exception as error:  # pylint: disable=broad-except
-    # The secret's name, never its payload.
-    raise LauncherError(f'cannot read pii_key_secret {version_name}: {type(error).__name__}') from None
-
-
-def load_pii_key_secret(launcher_options: FlexTemplateOptions) -> None:
-  """Reads --pii_key_secret, when given, into PII_MASTER_KEY (where the pipeline looks for the key)."""
-  if launcher_options.pii_key_secret:
-    if not re.match(SECRET_VERSION_PATTERN, launcher_options.pii_key_secret):
-      raise LauncherError(f'pii_key_secret {launcher_options.pii_key_secret!r} is not '
-                          'projects/PROJECT/secrets/NAME/versions/VERSION')
-    os.environ[PII_KEY_ENV] = read_secret(launcher_options.pii_key_secret)
 
 
 def flag_option_names() -> frozenset[str]:
@@ -146,12 +122,13 @@ def to_beam_argv(parameters: Iterable[str], environ: Optional[dict] = None) -> l
   return argv
 
 
-def pipeline_argv_from(parameters: Iterable[str]) -> list[str]:
-  """The pipeline's argv from Dataflow's parameters: launcher options applied and taken out, booleans as flags."""
+def pipeline_argv_from(parameters: Iterable[str]) -> tuple[list[str], Optional[str]]:
+  """The pipeline's argv from Dataflow's parameters (launcher options taken out, booleans as flags), and --pii_key_secret."""
   pipeline_argv, launcher_options = split_launcher_options(parameters)
-  beam_argv = to_beam_argv(pipeline_argv)
-  load_pii_key_secret(launcher_options)
-  return beam_argv
+  secret = launcher_options.pii_key_secret
+  if secret and not re.match(SECRET_VERSION_PATTERN, secret):
+    raise LauncherError(f'pii_key_secret {secret!r} is not projects/PROJECT/secrets/NAME/versions/VERSION')
+  return to_beam_argv(pipeline_argv), secret
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -159,7 +136,9 @@ def main(argv: Optional[list[str]] = None) -> int:
   from pipelines import spotify_batch
 
   try:
-    manifest = spotify_batch.run(pipeline_argv_from(sys.argv[1:] if argv is None else argv))
+    beam_argv, pii_key_secret = pipeline_argv_from(sys.argv[1:] if argv is None else argv)
+    # The job graph carries the secret's name; workers read the secret themselves.
+    manifest = spotify_batch.run(beam_argv, pii_key_secret=pii_key_secret)
   except (LauncherError, spotify_batch.UsageError, spotify_batch.ConfigError) as error:
     print(f'spotify_batch launcher: {error}', file=sys.stderr)
     return 2

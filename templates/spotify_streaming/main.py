@@ -7,8 +7,8 @@ Dataflow's own options, all as `--name=value`. It hands them to
 drained or cancelled) after the same fixes as the batch launcher
 (`templates/spotify_batch/main.py`): boolean parameters become bare flags,
 the workers' SDK image defaults to `$BEAM_SDK_CONTAINER_IMAGE`, and
-`--pii_key_secret` (a Secret Manager secret version) is read into
-`PII_MASTER_KEY`. Source secrets (Kafka SASL password, Event Hubs connection
+`--pii_key_secret` (a Secret Manager secret version) is passed on as the PII
+key's reference (workers read the secret; the job graph holds only its name). Source secrets (Kafka SASL password, Event Hubs connection
 string) are read from the environment by the pipeline as on any runner.
 
 Locally it runs the same way, e.g. over a bounded Kafka read on the DirectRunner::
@@ -42,9 +42,9 @@ def main(argv: Optional[list[str]] = None) -> int:
   from pipelines import spotify_streaming  # pylint: disable=import-outside-toplevel
 
   try:
-    beam_argv = pipeline_argv_from(sys.argv[1:] if argv is None else argv)
+    beam_argv, pii_key_secret = pipeline_argv_from(sys.argv[1:] if argv is None else argv)
     # Bounded reads (--bounded, tests) finish; a streaming job is left running on its runner.
-    result = spotify_streaming.run(beam_argv, wait=False)
+    result = spotify_streaming.run(beam_argv, wait=False, pii_key_secret=pii_key_secret)
     if '--bounded' in beam_argv or any(a.startswith('--max_records_per_partition') for a in beam_argv):
       result.wait_until_finish()
   except (LauncherError, spotify_streaming.ConfigError) as error:

@@ -100,5 +100,5 @@ def test_a_run_without_dead_letters_still_says_it_redacted(tmp_path, monkeypatch
                                   'e1,u1,4uLU6hMCjMI75M1A2tKUQC,2024-05-01T10:00:00Z,100\n')
   manifest = run(['--input', str(tmp_path / 'a.csv'), '--tenant_id', 'acme', '--output', str(tmp_path / 'out')])
   assert manifest['counts']['dead_letter'] == 0
-  assert manifest['pii']['redacted'] is True and manifest['pii']['redacted_in_dead_letters'] == {}
+  assert manifest['pii']['redacted'] is True and manifest['pii']['redacted_without_tenant'] == {}
   assert 'NOT redacted' not in summary_table(manifest)

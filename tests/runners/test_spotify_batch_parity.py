@@ -91,10 +91,16 @@ def test_flink_cluster_external_worker_pool_matches(sample, reference, flink_arg
   workers shared an id in Beam's own pool; see pipelines/worker_pool.py).
   """
   output = str(tmp_path / 'out')
-  env = dict(os.environ, PII_MASTER_KEY=KEY)
+  # The pool's workers load the key themselves (the job holds only its reference):
+  # a key file on this machine reaches them, the submitter's environment does not.
+  key_file = tmp_path / 'pii.key'
+  key_file.write_text(KEY, encoding='ascii')
+  key_file.chmod(0o600)
+  env = {name: value for name, value in os.environ.items() if name != 'PII_MASTER_KEY'}
   process = subprocess.run(
       [sys.executable, '-m', 'pipelines.spotify_batch', *flink_args['flink-external'], '--input',
-       os.path.join(sample, '*.csv'), '--tenant_field', 'tenant_id', '--output', output, '--num_shards', '2'],
+       os.path.join(sample, '*.csv'), '--tenant_field', 'tenant_id', '--output', output, '--num_shards', '2',
+       '--pii_key_file', str(key_file)],
       capture_output=True, text=True, timeout=900, env=env, check=False)
   assert process.returncode == 0, process.stderr[-3000:]
   _assert_same(_outputs(output), reference)

@@ -1,0 +1,622 @@
+"""Redaction of record batches (vectorised) and of dead letters (JSON-like values)."""
+
+from __future__ import annotations
+
+import collections
+import csv
+import functools
+import hmac
+import io
+import json
+import re
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import regex
+
+from transforms.entities import (COUNTRY_CODES, PII_FREE_TEXT, PII_IDENTIFIER, check_country, entity_model, field_rules,
+                                 to_bool, to_float, to_int, to_utc_timestamp)
+from transforms.pii.keys import MasterKey
+from transforms.pii.recognizers import is_placeholder, is_secret_name, phone_like_integer
+from transforms.pii.scanner import TextScanner, _is_string_type, _is_text_type
+from transforms.records import ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN
+
+__all__ = ['REDACTED', 'PSEUDONYMISE', 'SCAN', 'SCAN_NONCONFORMING', 'KEEP', 'DROP', 'pseudonymise', 'identifier_fields',
+           'column_actions', 'scanned_columns', 'redact_batch', 'redact_record', 'redact_dead_letter', 'strict_formats']
+
+# What an identifier becomes in a dead letter whose tenant is unknown.
+REDACTED = '<REDACTED>'
+# Below this many rows, a regex pass costs more than it saves.
+_SMALL_BATCH = 64
+
+# ---------------------------------------------------------------------------
+# Pseudonyms
+
+
+
+
+def pseudonymise(values, key: bytes):
+  """Hex HMAC-SHA256 of each value under `key`; nulls stay null.
+
+  Non-string arrays are cast to string first. Each distinct value is hashed
+  once (dictionary encoding), then spread back with a vectorised take.
+  Returns a string array (a ChunkedArray for a ChunkedArray).
+  """
+  if isinstance(values, pa.ChunkedArray):
+    return pa.chunked_array([pseudonymise(chunk, key) for chunk in values.chunks], type=pa.string())
+  if pa.types.is_dictionary(values.type):
+    values = values.cast(values.type.value_type)
+  if not _is_string_type(values.type):
+    values = values.cast(pa.string())
+  encoded = pc.dictionary_encode(values)
+  distinct = encoded.dictionary.to_pylist()
+  digests = pa.array([hmac.digest(key, v.encode('utf-8'), 'sha256').hex() for v in distinct], type=pa.string())
+  return pc.take(digests, encoded.indices)
+
+
+# ---------------------------------------------------------------------------
+# Record batches
+
+
+def _as_model(entity):
+  if isinstance(entity, str):
+    return entity_model(entity)
+  if isinstance(entity, type) and hasattr(entity, 'model_fields'):
+    return entity
+  raise TypeError(f'entity must be an entity name or model class, got {entity!r}')
+
+
+def identifier_fields(model) -> Tuple[str, ...]:
+  """The fields of `model` pseudonymised as identifiers."""
+  return tuple(name for name, (rule, _) in field_rules(_as_model(model)).items() if rule.pii == PII_IDENTIFIER)
+
+
+# What redact_batch does with a column.
+PSEUDONYMISE = 'pseudonymise'  # a declared identifier: keyed HMAC per tenant
+SCAN = 'scan'  # every value at any depth: text, phone-like numbers; binary dropped
+SCAN_NONCONFORMING = 'scan_nonconforming'  # a declared strict format: only values that do not conform
+KEEP = 'keep'  # typed declared values (numbers, timestamps, booleans) and internal columns
+DROP = 'drop'  # an undeclared binary column: no text scan can see PII inside bytes
+
+# Declared plain-string values that are URIs of a known scheme (never hold PII).
+KNOWN_URI_PATTERN = (r'^(?:spotify:(?:track|album|artist|playlist|show|episode|genre|station|concert|prerelease)'
+                     r':[0-9A-Za-z]{22}|https://(?:open\.spotify\.com|api\.spotify\.com|i\.scdn\.co|p\.scdn\.co)'
+                     r'/[A-Za-z0-9/_.-]*(?:\?cid=[0-9a-f]+)?)$')
+
+
+def _is_binary_type(t: pa.DataType) -> bool:
+  return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t) or (
+      hasattr(pa.types, 'is_binary_view') and pa.types.is_binary_view(t))
+
+
+def column_actions(schema: pa.Schema, model, tenant_column: str = TENANT_COLUMN,
+                   scan_undeclared: bool = True) -> Dict[str, str]:
+  """{column: PSEUDONYMISE, SCAN, SCAN_NONCONFORMING, KEEP or DROP} for a batch of `model` with `schema`.
+
+  Declared fields: identifiers are pseudonymised; free text, plain strings
+  (no pattern: `platform`, `context_uri`) and nested values are scanned;
+  strings with a strict format (a pattern, a country code) are scanned only
+  where a value does not conform; numbers, timestamps and booleans are kept.
+  Undeclared columns (with `scan_undeclared`) are scanned at any depth, and
+  dropped when they hold bytes.
+  """
+  rules = field_rules(_as_model(model))
+  actions = {}
+  for field in schema:
+    name = field.name
+    if name.startswith('__') or name == tenant_column:
+      actions[name] = KEEP
+    elif name in rules:
+      rule = rules[name][0]
+      if rule.pii == PII_IDENTIFIER:
+        actions[name] = PSEUDONYMISE
+      elif rule.pii == PII_FREE_TEXT or rule.kind == 'nested' or (rule.kind == 'string' and not rule.pattern):
+        actions[name] = SCAN
+      elif rule.kind in ('string', 'country'):
+        actions[name] = SCAN_NONCONFORMING
+      else:
+        actions[name] = KEEP
+    elif not scan_undeclared:
+      actions[name] = KEEP
+    else:
+      actions[name] = DROP if _is_binary_type(field.type) else SCAN
+  return actions
+
+
+def scanned_columns(schema: pa.Schema, model, tenant_column: str = TENANT_COLUMN,
+                    scan_undeclared: bool = True) -> Tuple[str, ...]:
+  """The columns of `schema` that the scanner reads (wholly or where they do not conform) for `model`."""
+  actions = column_actions(schema, model, tenant_column, scan_undeclared)
+  return tuple(name for name, action in actions.items() if action in (SCAN, SCAN_NONCONFORMING))
+
+
+# Integers this large and below 10**15 may be phone numbers written without '+'.
+_PHONE_INT_MIN, _PHONE_INT_MAX = 2 * 10**9, 10**15
+
+
+def _phone_number_cells(values: pa.Array) -> np.ndarray:
+  """Rows of a numeric column whose value is a phone number (`phone_like_integer`): vectorised range tests first."""
+  if pa.types.is_floating(values.type):
+    numbers = values.fill_null(0).to_numpy(zero_copy_only=False)
+    integral = np.isfinite(numbers) & (np.floor(numbers) == numbers)
+    numbers = np.where(integral & (numbers < _PHONE_INT_MAX), numbers, 0).astype(np.int64)
+  else:
+    numbers = values.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+  in_range = (numbers >= _PHONE_INT_MIN) & (numbers < _PHONE_INT_MAX)
+  if not in_range.any():
+    return np.zeros(len(values), dtype=bool)
+  # A leading 1 is +1 (North America) and then needs exactly 11 digits:
+  # epoch seconds (10 digits) and milliseconds (13) never are phone numbers.
+  digits = np.floor(np.log10(np.maximum(numbers, 1))).astype(np.int64) + 1
+  leading = numbers // (10**(digits - 1))
+  in_range &= (leading != 1) | (digits == 11)
+  phones = np.zeros(len(values), dtype=bool)
+  candidates = np.flatnonzero(in_range)
+  if len(candidates):
+    distinct, inverse = np.unique(numbers[candidates], return_inverse=True)
+    verdicts = np.array([phone_like_integer(int(v)) for v in distinct], dtype=bool)
+    phones[candidates] = verdicts[inverse]
+  return phones
+
+
+def _scan_values(values: pa.Array, scanner: TextScanner, counts: collections.Counter, path: str,
+                 skip: Optional[np.ndarray] = None) -> Optional[pa.Array]:
+  """`values` with PII redacted at any depth; None when the values must be dropped (bytes).
+
+  Strings go through the scanner (JSON-in-string included); structs, lists
+  and maps are rebuilt from their redacted children; a numeric cell holding a
+  phone number becomes null (the column keeps its type); binary children are
+  dropped (counted as DROPPED_BINARY:<path>). Returns `values` itself when
+  nothing changed.
+  """
+  t = values.type
+  if hasattr(pa.types, 'is_string_view') and pa.types.is_string_view(t):
+    out = _scan_values(values.cast(pa.string()), scanner, counts, path, skip)
+    return values if out is None or out.equals(values.cast(pa.string())) else out.cast(t)
+  if _is_text_type(t) and 'SECRET_ASSIGNMENT' in scanner.entities and is_secret_name(_last_name(path)):
+    # A column or field named like a secret (password, client_secret, api_key): every value is one.
+    secret = values.is_valid().to_numpy(zero_copy_only=False)
+    if skip is not None:
+      secret &= ~skip
+    if not secret.any():
+      return values
+    counts['SECRET_ASSIGNMENT'] += int(secret.sum())
+    plain = values.cast(values.type.value_type) if pa.types.is_dictionary(t) else values
+    out = pc.if_else(pa.array(secret), pa.scalar('<SECRET_ASSIGNMENT>', plain.type), plain)
+    return out.dictionary_encode().cast(t) if pa.types.is_dictionary(t) else out
+  if _is_text_type(t):
+    out, found = scanner.redact_array(values, skip=skip, hint=path)
+    counts.update(found)
+    return out
+  if _is_binary_type(t):
+    counts[f'DROPPED_BINARY:{path}'] += len(values) - values.null_count
+    return None
+  if pa.types.is_integer(t) or pa.types.is_floating(t):
+    if 'PHONE_NUMBER' not in scanner.entities or not len(values):
+      return values
+    phones = _phone_number_cells(values)
+    if not phones.any():
+      return values
+    counts['PHONE_NUMBER'] += int(phones.sum())
+    return pc.if_else(pa.array(phones), pa.nulls(len(values), t), values)
+  if pa.types.is_struct(t):
+    children, fields, changed = [], [], False
+    for field, child in zip(t, values.flatten()):
+      out = _scan_values(child, scanner, counts, f'{path}.{field.name}')
+      if out is None:
+        changed = True
+        continue
+      changed |= out is not child
+      children.append(out)
+      fields.append(field.with_type(out.type))
+    if not changed:
+      return values
+    if not fields:
+      return None
+    return pa.StructArray.from_arrays(children, fields=fields, mask=values.is_null() if values.null_count else None)
+  if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_map(t):
+    offsets = values.offsets
+    start, end = offsets[0].as_py(), offsets[-1].as_py()
+    offsets = pc.subtract(offsets, pa.scalar(start, offsets.type)) if start else offsets
+    mask = values.is_null() if values.null_count else None
+    if pa.types.is_map(t):
+      keys, items = values.keys.slice(start, end - start), values.items.slice(start, end - start)
+      new_keys = _scan_values(keys, scanner, counts, f'{path}{{key}}')
+      new_items = _scan_values(items, scanner, counts, f'{path}{{}}')
+      if new_keys is None or new_items is None:
+        return None
+      if new_keys is keys and new_items is items:
+        return values
+      return pa.MapArray.from_arrays(offsets, new_keys, new_items, mask=mask)
+    inner = values.values.slice(start, end - start)
+    new_inner = _scan_values(inner, scanner, counts, f'{path}[]')
+    if new_inner is None:
+      return None
+    if new_inner is inner:
+      return values
+    return type(values).from_arrays(offsets, new_inner, mask=mask)
+  if pa.types.is_fixed_size_list(t):
+    inner = values.flatten()
+    new_inner = _scan_values(inner, scanner, counts, f'{path}[]')
+    if new_inner is None:
+      return None
+    if new_inner is inner:
+      return values
+    return pa.FixedSizeListArray.from_arrays(new_inner, t.list_size, mask=values.is_null() if values.null_count else None)
+  return values  # booleans, timestamps, dates, decimals: no text
+
+
+def _last_name(path: str) -> str:
+  """The innermost field name of a path such as 'extra.credentials[].password'."""
+  return regex.split(r'[.\[\]{}]+', path.strip('.[]{}'))[-1] if path else ''
+
+
+def _nonconforming(values: pa.Array, rule) -> np.ndarray:
+  """Rows whose value does not match the declared strict format (those are scanned)."""
+  if pa.types.is_dictionary(values.type):
+    values = values.cast(values.type.value_type)
+  if rule.kind == 'country':
+    conforms = pc.is_in(values, value_set=pa.array(sorted(COUNTRY_CODES)))
+  else:
+    conforms = pc.match_substring_regex(values, rule.pattern)
+  return ~conforms.fill_null(True).to_numpy(zero_copy_only=False)
+
+
+def _restore_type(values: pa.Array, original: pa.DataType) -> pa.Array:
+  """Pseudonyms in the column's own type where one can hold them."""
+  if values.type == original:
+    return values
+  if _is_string_type(original):
+    return values.cast(original)
+  if pa.types.is_dictionary(original) and _is_string_type(original.value_type):
+    encoded = pc.dictionary_encode(values)
+    try:
+      return encoded.cast(original)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+      return encoded  # more distinct pseudonyms (one per tenant) than narrow indices can hold
+  return values  # e.g. an int64 id: pseudonyms are text, the column becomes string
+
+
+def _row_label(batch: pa.RecordBatch, row: int) -> str:
+  names = batch.schema.names
+  where = []
+  if SOURCE_COLUMN in names:
+    where.append(str(batch.column(names.index(SOURCE_COLUMN))[row].as_py()))
+  if ROW_COLUMN in names:
+    where.append(f'row {batch.column(names.index(ROW_COLUMN))[row].as_py()}')
+  return ' '.join(where) if where else f'batch row {row}'
+
+
+def _pseudonymise_by_tenant(values: pa.Array, tenants: pa.Array, master_key: MasterKey) -> pa.Array:
+  if pa.types.is_dictionary(tenants.type):
+    encoded = tenants
+  else:
+    encoded = pc.dictionary_encode(tenants if _is_string_type(tenants.type) else tenants.cast(pa.string()))
+  tenant_names = encoded.dictionary.cast(pa.string()).to_pylist()
+  used = np.unique(encoded.indices.to_numpy(zero_copy_only=False))
+  if len(used) == 1:  # the usual case: one tenant per batch
+    return pseudonymise(values, master_key.tenant_key(tenant_names[int(used[0])]))
+  out = pa.nulls(len(values), pa.string())
+  for index in used:
+    mask = pc.equal(encoded.indices, pa.scalar(int(index), encoded.indices.type))
+    pseudonyms = pseudonymise(values.filter(mask), master_key.tenant_key(tenant_names[int(index)]))
+    out = pc.replace_with_mask(out, mask, pseudonyms)
+  return out
+
+
+def redact_batch(batch: pa.RecordBatch,
+                 model,
+                 master_key: MasterKey,
+                 scanner: TextScanner,
+                 tenant_column: str = TENANT_COLUMN,
+                 scan_undeclared: bool = True) -> Tuple[pa.RecordBatch, collections.Counter]:
+  """One batch with identifiers pseudonymised per tenant and every other place PII can hide scanned.
+
+  What happens to each column: `column_actions`. Column order and types are
+  unchanged, except that an identifier column of a non-text type becomes
+  string and undeclared binary columns (or struct fields) are dropped.
+  Counts: entity types of findings, 'PSEUDONYMISED:<field>' per non-null
+  identifier, 'DROPPED_BINARY:<path>' per non-null binary value dropped.
+  ValueError if identifier values are present but the tenant column is
+  missing or null (TagTenant runs first and guarantees a tenant).
+  """
+  model = _as_model(model)
+  counts = collections.Counter()
+  names = batch.schema.names
+  actions = column_actions(batch.schema, model, tenant_column, scan_undeclared)
+  rules = field_rules(model)
+  columns = list(batch.columns)
+  tenants = None
+  for i, name in enumerate(names):
+    action = actions[name]
+    values = columns[i]
+    if action == PSEUDONYMISE:
+      present = len(values) - values.null_count
+      if not present:
+        continue
+      if tenants is None:
+        if tenant_column not in names:
+          raise ValueError(f'cannot pseudonymise {name!r}: the batch has no {tenant_column!r} column '
+                           '(TagTenant must run before RedactPII)')
+        tenants = batch.column(names.index(tenant_column))
+        if tenants.null_count:
+          first = int(np.flatnonzero(tenants.is_null().to_numpy(zero_copy_only=False))[0])
+          raise ValueError(f'cannot pseudonymise identifiers: {tenant_column!r} is null at '
+                           f'{_row_label(batch, first)} (TagTenant must run before RedactPII)')
+      columns[i] = _restore_type(_pseudonymise_by_tenant(values, tenants, master_key), values.type)
+      counts[f'PSEUDONYMISED:{name}'] += present
+    elif action == DROP:
+      columns[i] = None
+      counts[f'DROPPED_BINARY:{name}'] += len(values) - values.null_count
+    elif action == SCAN_NONCONFORMING and _is_text_type(values.type):
+      skip = ~_nonconforming(values, rules[name][0])
+      if not skip.all():
+        columns[i] = _scan_values(values, scanner, counts, name, skip=skip)
+    elif action == SCAN:
+      skip = None
+      if name in rules and _is_text_type(values.type) and len(values) > _SMALL_BATCH:
+        # Declared plain strings: URIs of a known scheme are not scanned.
+        skip = pc.match_substring_regex(values if not pa.types.is_dictionary(values.type) else
+                                        values.cast(values.type.value_type),
+                                        KNOWN_URI_PATTERN).fill_null(False).to_numpy(zero_copy_only=False)
+      columns[i] = _scan_values(values, scanner, counts, name, skip=skip)
+  if all(new is old for new, old in zip(columns, batch.columns)):
+    return batch, counts
+  kept = [(name, column) for name, column in zip(names, columns) if column is not None]
+  if len(kept) == len(names) and all(new.type == old.type for new, old in zip(columns, batch.columns)):
+    return pa.RecordBatch.from_arrays(columns, schema=batch.schema), counts
+  return pa.RecordBatch.from_arrays([c for _, c in kept], names=[n for n, _ in kept]), counts
+
+
+# ---------------------------------------------------------------------------
+# Dead letters
+
+
+def _parse_csv_line(text: str, header: Sequence[str], delimiter: str):
+  try:
+    rows = list(csv.reader(io.StringIO(text), delimiter=delimiter))
+  except csv.Error:
+    return None
+  if not rows:
+    return None
+  parsed = []
+  for row in rows:
+    record = {}
+    for i, value in enumerate(row):
+      record[header[i] if i < len(header) else f'_extra_{i - len(header) + 1}'] = value
+    parsed.append(record)
+  return parsed[0] if len(parsed) == 1 else parsed
+
+
+# A field of digits only: between delimiters, quotes, brackets or spaces.
+_BARE_NUMBER = regex.compile(r'(?<![\w.+\-/:@])[0-9]{10,15}(?![\w.\-/:@])')
+
+
+class _RecordRedactor:
+  """Walks a JSON-like value: identifiers replaced at once, strings scanned together."""
+
+  # Integers this long may be card numbers written without quotes.
+  _SCANNED_INT = 10**12
+
+  def __init__(self, identifiers, tenant_key: Optional[bytes], formats: Optional[Mapping[str, Any]] = None):
+    self.identifiers = frozenset(identifiers)
+    self.tenant_key = tenant_key
+    # Top-level fields whose value, when valid for the field, cannot be free
+    # text (a timestamp, a number, a country code, a base62 id): not scanned.
+    self.formats = formats or {}
+    self.counts = collections.Counter()
+    self.texts: List[str] = []
+    self.slots: List[Tuple[Any, Any]] = []  # (container, key) of each text
+    self.replaced_identifiers: Dict[str, str] = {}
+
+  def identifier(self, field: str, value: Any) -> Any:
+    if value is None:
+      return None
+    text = value if isinstance(value, str) else str(value) if isinstance(value, (int, float)) else None
+    if text is not None and self.tenant_key is not None:
+      out = hmac.digest(self.tenant_key, text.encode('utf-8'), 'sha256').hex()
+      self.counts[f'PSEUDONYMISED:{field}'] += 1
+    else:
+      out = REDACTED
+      self.counts[f'REDACTED:{field}'] += 1
+    if text:
+      self.replaced_identifiers[text] = out
+    return out
+
+  def walk(self, value: Any, top: bool = False) -> Any:
+    if isinstance(value, dict):
+      out = {}
+      for k, v in value.items():
+        if k in self.identifiers and not isinstance(v, (dict, list, tuple)):
+          out[k] = self.identifier(k, v)
+        elif top and k in self.formats and _conforms(self.formats[k], v):
+          out[k] = v
+        elif isinstance(k, str) and isinstance(v, str) and is_secret_name(k) and not is_placeholder(v):
+          out[k] = '<SECRET_ASSIGNMENT>'
+          self.counts['SECRET_ASSIGNMENT'] += 1
+        else:
+          out[k] = self.walk(v)
+          self.remember(out, k, v)
+      return out
+    if isinstance(value, (list, tuple)):
+      out = [self.walk(v) for v in value]
+      for i, v in enumerate(value):
+        self.remember(out, i, v)
+      return out
+    return value
+
+  def remember(self, container, key, original):
+    if isinstance(original, str):
+      self.slots.append((container, key))
+      self.texts.append(original)
+    elif isinstance(original, float) and original.is_integer() and abs(original) < 10**15:
+      self.remember(container, key, int(original))
+    elif isinstance(original, int) and not isinstance(original, bool):
+      if phone_like_integer(original):
+        container[key] = '<PHONE_NUMBER>'
+        self.counts['PHONE_NUMBER'] += 1
+      elif abs(original) >= self._SCANNED_INT:  # a card number written without quotes
+        self.slots.append((container, key))
+        self.texts.append(str(original))
+    elif isinstance(original, (bytes, bytearray, memoryview)):
+      # As in record batches: no text scan sees PII inside bytes.
+      container[key] = None
+      self.counts[f'DROPPED_BINARY:{key}'] += 1
+
+  def bare_phone_numbers(self, text: str) -> str:
+    """A raw line's fields that are phone numbers written as integers, replaced.
+
+    An unparsed line (a malformed CSV row) has lost its column names, so a
+    field holding only digits is judged as a numeric cell is: epochs, counts
+    and ids stay, numbers valid as phone numbers go.
+    """
+
+    def replace(match):
+      if phone_like_integer(int(match.group(0))):
+        self.counts['PHONE_NUMBER'] += 1
+        return '<PHONE_NUMBER>'
+      return match.group(0)
+
+    return _BARE_NUMBER.sub(replace, text)
+
+  def scan(self, scanner: TextScanner):
+    if not self.texts:
+      return
+    redacted, found = scanner.redact_texts(self.texts, [key if isinstance(key, str) else None for _, key in self.slots])
+    self.counts.update(found)
+    for (container, key), before, after in zip(self.slots, self.texts, redacted):
+      if after != before:
+        container[key] = after
+
+
+def _conforms(check, value) -> bool:
+  try:
+    check(value)
+    return True
+  except (ValueError, TypeError):
+    return False
+
+
+_FORMAT_CHECKS = {
+    'timestamp': to_utc_timestamp,
+    'int': to_int,
+    'float': to_float,
+    'bool': to_bool,
+    'country': check_country,
+}
+
+
+@functools.lru_cache(maxsize=None)
+def strict_formats(model) -> Dict[str, Any]:
+  """{field: check} for the model's fields whose valid values cannot hold PII."""
+  formats = {}
+  for name, (rule, _) in field_rules(model).items():
+    if rule.pii:
+      continue
+    if rule.kind in _FORMAT_CHECKS:
+      formats[name] = _FORMAT_CHECKS[rule.kind]
+    elif rule.pattern:
+      formats[name] = functools.partial(_check_pattern, re.compile(rule.pattern))
+  return formats
+
+
+def _check_pattern(compiled, value):
+  if not (isinstance(value, str) and compiled.fullmatch(value)):
+    raise ValueError('does not match')
+
+
+def _redact_record(record, model, master_key, scanner, tenant, header, delimiter):
+  identifiers = identifier_fields(model)
+  tenant_key = master_key.tenant_key(tenant) if (tenant and master_key is not None) else None
+  walker = _RecordRedactor(identifiers, tenant_key, strict_formats(model))
+  if record is None:
+    return None, walker
+  if isinstance(record, (bytes, bytearray)):  # a raw message payload: its text is what a reader would see
+    record = bytes(record).decode('utf-8', 'replace')
+  if isinstance(record, str) and record.lstrip()[:1] == '{':
+    # A JSON object kept as text (a stream message rejected after decoding):
+    # walked like a record, so that its identifiers are known by name.
+    try:
+      document = json.loads(record)
+    except ValueError:
+      document = None
+    if isinstance(document, dict):
+      out = walker.walk(document, top=True)
+      walker.scan(scanner)
+      return json.dumps(out, ensure_ascii=False, default=str), walker
+  if isinstance(record, str):
+    parsed = _parse_csv_line(record, header, delimiter) if header else None
+    if parsed is None:  # a raw string: scanned as text
+      holder = [record]
+      walker.remember(holder, 0, record)
+      walker.scan(scanner)
+      if 'PHONE_NUMBER' in scanner.entities and isinstance(holder[0], str):
+        holder[0] = walker.bare_phone_numbers(holder[0])
+      return holder[0], walker
+    record = parsed
+  out = walker.walk(record, top=True)
+  if not isinstance(out, (dict, list)):  # a bare scalar record
+    holder = [out]
+    walker.remember(holder, 0, record)
+    walker.scan(scanner)
+    return holder[0], walker
+  walker.scan(scanner)
+  return out, walker
+
+
+def redact_record(record: Any,
+                  model,
+                  master_key: Optional[MasterKey],
+                  scanner: TextScanner,
+                  tenant: Optional[str] = None,
+                  header: Optional[Sequence[str]] = None,
+                  delimiter: str = ',') -> Tuple[Any, collections.Counter]:
+  """A dead letter's `record` with its PII redacted, and the counts.
+
+  record: a dict (nested JSON values allowed), a list, a raw string or None.
+  Identifier fields (at any depth) are pseudonymised with the tenant's key
+  when `tenant` is known, else replaced by '<REDACTED>' (counted as
+  'REDACTED:<field>'); every other string, and integers long enough to be a
+  phone or card number, is scanned. A raw string with a `header` is read as
+  a CSV line (values beyond the header become '_extra_<i>') and returned as
+  a dict; without one it is scanned as text.
+  """
+  out, walker = _redact_record(record, _as_model(model), master_key, scanner, tenant, header, delimiter)
+  return out, walker.counts
+
+
+def redact_dead_letter(letter: dict,
+                       model,
+                       master_key: Optional[MasterKey],
+                       scanner: TextScanner,
+                       header: Optional[Sequence[str]] = None,
+                       delimiter: str = ',') -> Tuple[dict, collections.Counter]:
+  """A copy of a dead letter with `record`, `detail` and `source` redacted.
+
+  `detail` may quote a rejected value (validation messages do): identifier
+  values of the record are replaced there by their pseudonym, and it is
+  scanned like any text; `source` is scanned for credentials in URLs.
+  """
+  model = _as_model(model)
+  out = dict(letter)
+  tenant = letter.get('tenant')
+  record, walker = _redact_record(letter.get('record'), model, master_key, scanner,
+                                  tenant if isinstance(tenant, str) else None, header, delimiter)
+  out['record'] = record
+  counts = walker.counts
+  for key in ('detail', 'source'):
+    text = out.get(key)
+    if not isinstance(text, str) or not text:
+      continue
+    if key == 'detail':
+      # Longest first, so that an identifier containing another is replaced whole.
+      for original in sorted(walker.replaced_identifiers, key=len, reverse=True):
+        text = text.replace(original, walker.replaced_identifiers[original])
+    text, found = scanner.redact_text(text)
+    counts.update(found)
+    out[key] = text
+  return out, counts
+
+

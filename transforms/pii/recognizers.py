@@ -1,0 +1,448 @@
+"""The presidio recognizers of the text scanner, one per entity type, without any NLP model.
+
+presidio's own recognizers where it has one (email, phone, card, IBAN, IP),
+adjusted where they miss or over-match on music-platform data; its
+`PatternRecognizer` with `Pattern`, `context` and `validate_result` for the
+rest (URLs with credentials, JWTs, bearer tokens, API keys, secret
+assignments, Spotify user URIs).
+
+presidio raises a finding's score from its `context` words only through
+`AnalyzerEngine`'s NLP artifacts, which need a spaCy model. Here the same
+`context` lists are read by `has_context` on the few words before a finding
+instead: a bare run of digits is a phone number or a card only with one of
+its recognizer's context words before it (`call 4155552671`), and never with
+an id-like word before it (`invoice`, `order`, `isrc`, `session`, ...).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import json
+from typing import Any, Dict, List, Optional
+
+import regex
+
+__all__ = ['URL_WITH_CREDENTIALS', 'SUPPORTED_ENTITIES', 'build_recognizers', 'has_context', 'is_secret_name',
+           'phone_like_integer']
+
+URL_WITH_CREDENTIALS = 'URL_WITH_CREDENTIALS'
+SUPPORTED_ENTITIES = ('EMAIL_ADDRESS', 'PHONE_NUMBER', 'CREDIT_CARD', 'IBAN_CODE', 'IP_ADDRESS', URL_WITH_CREDENTIALS,
+                      'JWT', 'BEARER_TOKEN', 'API_KEY', 'SECRET_ASSIGNMENT', 'SPOTIFY_USER')
+
+# Words before a number that say it is an identifier, never a phone or card number.
+ID_WORDS = ('id', 'ids', 'invoice', 'inv', 'order', 'orders', 'ref', 'reference', 'isrc', 'iswc', 'upc', 'ean', 'gtin',
+            'isbn', 'session', 'sess', 'version', 'ver', 'build', 'release', 'ticket', 'case', 'tracking', 'txn',
+            'transaction', 'receipt', 'catalog', 'catalogue', 'sku', 'serial', 'batch', 'job', 'epoch', 'timestamp',
+            'ts', 'played_at', 'duration', 'uid', 'hash', 'sha', 'md5', 'checksum', 'lat', 'lon', 'lng', 'v', 'item',
+            'article', 'disc', 'vol', 'volume', 'track', 'page', 'account', 'acct', 'customer', 'member', 'booking',
+            'reservation', 'confirmation', 'shipment', 'parcel', 'po', 'cat', 'ean13', 'isni', 'ipi', 'mbid')
+# presidio's PhoneRecognizer context, and the words people write before a number.
+PHONE_CONTEXT = ('phone', 'tel', 'telephone', 'mobile', 'mob', 'cell', 'cellphone', 'call', 'ring', 'sms', 'text',
+                 'whatsapp', 'signal', 'fax', 'contact', 'reach', 'telefon', 'telefono', 'téléphone', 'portable',
+                 'handy', 'msisdn', 'landline', 'hotline')
+# Weaker: enough for a bare digit run, not against an id word (`order number 1234567`).
+NUMBER_WORDS = ('number', 'no', 'nr', 'num', 'numéro', 'numero', 'nummer')
+CARD_CONTEXT = ('credit', 'card', 'visa', 'mastercard', 'master', 'amex', 'discover', 'jcb', 'diners', 'maestro',
+                'cc', 'pan', 'debit', 'paid', 'pay', 'payment', 'charged', 'kreditkarte', 'carte')
+VERSION_WORDS = ('version', 'ver', 'v', 'build', 'release', 'firmware', 'fw', 'sdk', 'rev', 'revision')
+
+_WORD = regex.compile(r'[\p{L}_]+')
+_CONTEXT_WINDOW = 32
+# What may glue a number to a word and make both one identifier: sess-03639122,
+# T-345246800-1, INV_2024_000123, track/03639122, #03639122.
+_GLUE = '-_/#.:=&\\@'
+
+
+def has_context(text: str, start: int, words, n_words: int = 3) -> bool:
+  """True when one of the `n_words` words just before `start` is in `words`."""
+  before = _WORD.findall(text[max(0, start - _CONTEXT_WINDOW):start].lower())
+  return any(w in words for w in before[-n_words:])
+
+
+def _glued(text: str, start: int, end: int) -> bool:
+  """True when the span is part of a longer token (a letter, digit or id glue character touches it)."""
+  if start > 0:
+    before = text[start - 1]
+    if before.isalnum():
+      return True
+    if before in _GLUE:
+      # tel:+44..., phone:0207..., tel.+1...: a label, not an identifier.
+      label = _WORD.findall(text[max(0, start - 16):start].lower())
+      if not (label and text[max(0, start - 16):start].lower().endswith(label[-1] + before)
+              and label[-1] in PHONE_CONTEXT + NUMBER_WORDS):
+        return True
+  if end < len(text):
+    after = text[end]
+    if after.isalnum() or (after in _GLUE and end + 1 < len(text) and text[end + 1].isalnum()):
+      return True
+  return False
+
+
+_DIGITS_ONLY = regex.compile(r'[0-9]+')
+_DECIMAL = regex.compile(r'[0-9]+[.,][0-9]+')
+_IBAN_CANDIDATE = regex.compile(r'(?i)(?<![a-z0-9])[a-z]{2}[0-9]{2}(?:[ -]?[a-z0-9]{1,4}){3,9}')
+_YEAR_FIRST = regex.compile(r'(?:19|20)[0-9]{2}[-/._][0-9]')
+
+
+def plausible_phone(text: str, start: int, end: int) -> bool:
+  """Whether a phone number libphonenumber found is one a person wrote, not an id."""
+  span = text[start:end]
+  core = span.strip('[](){}<>')
+  if _glued(text, start, end) or _YEAR_FIRST.match(core) or _DECIMAL.fullmatch(core):
+    return False
+  says_phone = has_context(text, start, PHONE_CONTEXT)
+  if not says_phone and has_context(text, start, ID_WORDS):
+    return False
+  if _DIGITS_ONLY.fullmatch(core):
+    # A bare digit run (03639122, 1717245296) is a phone number only when a word says so.
+    return says_phone or has_context(text, start, NUMBER_WORDS)
+  return True
+
+
+# Where libphonenumber can match: digit runs with <= 4 non-letters between digits (as PHONE_PREFILTER).
+_PHONE_RUN = regex.compile(r'[+(]?\p{Nd}(?:[^\p{L}\p{Nd}\n]{0,4}\p{Nd})*')
+
+
+def may_hold_a_phone(text: str) -> bool:
+  """False when no digit run of `text`, nor any part of one starting at a group, is a plausible phone.
+
+  Every match libphonenumber reports lies inside such a run and starts at
+  one of its groups (a digit after a non-digit, '+' or '('), and shares the
+  words before it with them; so when none passes `plausible_phone`, no
+  finding would, and the slow matcher need not run.
+  """
+  for run in _PHONE_RUN.finditer(text):
+    if not enough_phone_digits(run.group(0)):
+      continue
+    start, end = run.span()
+    for i in range(start, end):
+      c = text[i]
+      if (c in '+(' or (c.isdigit() and (i == start or not text[i - 1].isdigit()))) and (
+          i == start or text[i - 1] not in '+(') and plausible_phone(text, i, end):
+        return True
+  return False
+
+
+def plausible_card(text: str, start: int, end: int) -> bool:
+  """Whether a Luhn-valid number is a card number, not a barcode, an epoch or an id."""
+  span = text[start:end]
+  digits = ''.join(c for c in span if c.isdigit())
+  if _glued(text, start, end):
+    return False
+  says_card = has_context(text, start, CARD_CONTEXT)
+  if not says_card and has_context(text, start, ID_WORDS):
+    return False
+  if _DIGITS_ONLY.fullmatch(span) and not says_card:
+    # Unseparated and unnamed: only 15 or 16 digits (Amex, Visa, Mastercard,
+    # ...), never 1xxx (epochs in microseconds); EAN-13/UPC barcodes and
+    # order numbers have other lengths.
+    if len(digits) not in (15, 16) or digits[0] == '1':
+      return False
+  return True
+
+
+def phone_like_integer(value: int) -> bool:
+  """Whether an integer (a numeric cell, a JSON number) is a phone number written without '+'.
+
+  Valid as an international number (country code first: 447946095800,
+  14155552671) or as a North American one (4155552671). Epoch seconds and
+  milliseconds never are: they start with 1, and +1 needs exactly 10 more
+  digits, which the area code rule (2-9 first) then rejects.
+  """
+  import phonenumbers  # pylint: disable=import-outside-toplevel
+  if isinstance(value, bool) or not isinstance(value, int) or value < 10**9 or value >= 10**15:
+    return False
+  digits = str(value)
+  candidates = ['+' + digits]
+  if len(digits) == 10:
+    candidates.append(('US', digits))
+  for candidate in candidates:
+    try:
+      number = (phonenumbers.parse(candidate) if isinstance(candidate, str) else
+                phonenumbers.parse(candidate[1], candidate[0]))
+    except phonenumbers.NumberParseException:
+      continue
+    if phonenumbers.is_valid_number(number):
+      return True
+  return False
+
+
+def _b64url_json(segment: str) -> Optional[Any]:
+  try:
+    return json.loads(base64.urlsafe_b64decode(segment + '=' * (-len(segment) % 4)))
+  except (binascii.Error, ValueError, UnicodeDecodeError):
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _offline_tld():
+  """tldextract reading its bundled public suffix list snapshot; one per process.
+
+  It builds its suffix trie on first use (~0.15 s of CPU). Runners that make
+  new DoFn instances while a job runs (the SDK worker of a Flink streaming job
+  does) built it again for every new scanner: ~10% of that worker's time.
+  """
+  import tldextract  # pylint: disable=import-outside-toplevel
+  return tldextract.TLDExtract(cache_dir=None, suffix_list_urls=(), fallback_to_snapshot=True)
+
+
+# scheme://userinfo@host; userinfo is user:password (either part may be
+# empty: redis://:secret@host) or a bare token (https://ghp_token@github.com).
+URL_WITH_CREDENTIALS_PATTERN = r'\b[a-z][a-z0-9+.\-]*://(?:[^\s/?#@:]*:[^\s@]*|[^\s/?#@:]+)@[^\s/?#@]+'
+# Well-known API key shapes (vendors document them so that scanners find them).
+API_KEY_PATTERNS = (
+    ('stripe', r'\b[spr]k_(?:live|test)_[0-9A-Za-z]{16,}'),
+    ('aws_access_key_id', r'\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[0-9A-Z]{16}\b'),
+    ('github', r'\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})\b'),
+    ('slack', r'\bxox[abposr]-[0-9A-Za-z-]{10,}'),
+    ('google', r'\bAIza[0-9A-Za-z_-]{35}\b'),
+    ('openai', r'\bsk-(?:proj-|svcacct-)?[A-Za-z0-9_-]{32,}'),
+    ('sendgrid', r'\bSG\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}'),
+    ('gitlab', r'\bglpat-[A-Za-z0-9_-]{20,}'),
+    ('npm', r'\bnpm_[A-Za-z0-9]{36}\b'),
+    ('shopify', r'\bshp(?:at|ss|ca|pa)_[a-fA-F0-9]{32}\b'),
+)
+# password=..., "client_secret": "...", api_key: ...; the finding is the value.
+SECRET_NAME = (r'(?:[a-z0-9]+[_-])*(?:password|passwd|passwort|passcode|pwd|secret|api[_-]?key|apikey|'
+               r'access[_-]?key|secret[_-]?key|private[_-]?key|(?:access|auth|refresh|id|api|bearer|session)[_-]?token)')
+SECRET_ASSIGNMENT_PATTERN = (
+    r'(?i)(?<![\p{L}\p{Nd}])' + SECRET_NAME + r'["\']?\s*[:=]\s*(?:"(?P<dq>[^"\n]{3,})"|\'(?P<sq>[^\'\n]{3,})\'|(?P<bare>[^\s"\'&;,)}\]]{3,}))')
+_PLACEHOLDERS = frozenset({'***', '****', '*****', '******', 'xxx', 'xxxx', 'null', 'none', 'true', 'false', 'redacted',
+                           '<redacted>', '[redacted]', 'changeme', '...', 'undefined', 'required', 'optional'})
+_SECRET_NAME = regex.compile(SECRET_NAME, regex.IGNORECASE)
+
+
+def is_secret_name(name: Optional[str]) -> bool:
+  """Whether a field or column name says its value is a secret (`password`, `client_secret`, `api_key`)."""
+  return bool(name) and _SECRET_NAME.fullmatch(name) is not None
+
+
+def _looks_like_secret(value: str) -> bool:
+  """Digits or symbols besides letters, or mixed case: `hunter22`, `Tr0ub4dor&3`, `xK9pLm`; not `Love`."""
+  letters = sum(c.isalpha() for c in value)
+  return len(value) >= 6 and (letters < len(value) or (value[1:].lower() != value[1:]))
+
+
+def is_placeholder(value: str) -> bool:
+  return value.strip().lower() in _PLACEHOLDERS
+
+
+JWT_PATTERN = r'\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}'
+BEARER_PATTERN = r'(?i)\b(?:bearer|basic)\s+[A-Za-z0-9\-._~+/]{12,}=*'
+SPOTIFY_USER_PATTERN = r'(?i)\bspotify:user:[^\s:/?#"\'<>]+|\bopen\.spotify\.com/user/[^\s/?#"\'<>]+'
+
+
+def build_recognizers() -> Dict[str, Any]:
+  """{entity type: recognizer}; each has presidio's `analyze(text, entities, nlp_artifacts)`."""
+  # Imported here: presidio is heavy and only workers that scan need it.
+  from presidio_analyzer import Pattern, PatternRecognizer, RecognizerResult  # pylint: disable=import-outside-toplevel
+  from presidio_analyzer.predefined_recognizers import (  # pylint: disable=import-outside-toplevel
+      CreditCardRecognizer, EmailRecognizer, IbanRecognizer, IpRecognizer, PhoneRecognizer)
+
+  # The stock EmailRecognizer validates domains with tldextract's default
+  # extractor, which downloads the public suffix list (and fails offline after
+  # a timeout). This one reads the snapshot bundled with tldextract and
+  # writes no cache.
+  offline_tld = _offline_tld()
+
+  class OfflineEmailRecognizer(EmailRecognizer):
+
+    def validate_result(self, pattern_text: str):
+      return offline_tld(pattern_text).fqdn != ''
+
+  class PlausiblePhoneRecognizer(PhoneRecognizer):
+    """presidio's PhoneRecognizer, asking one region at a time, keeping numbers a person wrote.
+
+    The stock recognizer runs libphonenumber's matcher once per supported
+    region over the whole text (8 regions: ~2 ms a cell). Most phone numbers
+    are found by the first region or two; once every phone-like digit run of
+    the text lies inside a finding, later regions cannot add a new one, so
+    they are skipped. Findings glued to an identifier, after an id word, or
+    bare digit runs without a phone word before them are dropped
+    (`plausible_phone`).
+    """
+
+    def __init__(self):
+      super().__init__(context=list(PHONE_CONTEXT))
+      self._per_region = [PhoneRecognizer(supported_regions=(region,)) for region in self.supported_regions]
+
+    def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
+      if not may_hold_a_phone(text):
+        return []  # libphonenumber (~0.3 ms a region) would find only ids here
+      results, seen = [], []
+      for recognizer in self._per_region:
+        found = recognizer.analyze(text, entities, nlp_artifacts)
+        seen.extend((r.start, r.end) for r in found)
+        results.extend(r for r in found if plausible_phone(text, r.start, r.end))
+        if seen and not enough_phone_digits(blank_spans(text, seen)):
+          break
+      unique = {(r.start, r.end, r.entity_type): r for r in results}
+      return list(unique.values())
+
+  class CardRecognizer(CreditCardRecognizer):
+    """presidio's card pattern with Mastercard's 2-series (2221-2720), Luhn-validated, then `plausible_card`."""
+
+    PATTERNS = [
+        Pattern('All Credit Cards (weak, with 2-series)',
+                r'\b(?!1\d{12}(?!\d))((4\d{3})|(5[0-5]\d{2})|(2[2-7]\d{2})|(6\d{3})|(1\d{3})|(3\d{3}))'
+                r'[- ]?(\d{3,4})[- ]?(\d{3,4})[- ]?(\d{3,5})\b', 0.3),
+    ]
+
+    def __init__(self):
+      super().__init__(patterns=self.PATTERNS, context=list(CARD_CONTEXT))
+
+    def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
+      return [r for r in super().analyze(text, entities, nlp_artifacts, regex_flags)
+              if plausible_card(text, r.start, r.end)]
+
+  class AnyCaseIbanRecognizer(IbanRecognizer):
+    """presidio's IBAN validation (country formats, mod-97 check) for lower and mixed case too.
+
+    presidio's pattern is upper case only; under IGNORECASE its greedy groups
+    swallow the next word ('DE89 3704 ... 00 please'), and the shorter
+    groups it then tries do not end at the IBAN. So each case-insensitive
+    candidate is shortened from its end until a prefix validates.
+    """
+
+    def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
+      results = []
+      for match in _IBAN_CANDIDATE.finditer(text):
+        candidate = match.group(0)
+        for end in range(len(candidate), 14, -1):
+          piece = candidate[:end]
+          after = match.start() + end
+          if piece[-1] in ' -' or (after < len(text) and text[after].isalnum()):
+            continue
+          if self.validate_result(piece):
+            results.append(RecognizerResult('IBAN_CODE', match.start(), after, 1.0))
+            break
+      return results
+
+    def validate_result(self, pattern_text: str):
+      return super().validate_result(pattern_text.upper())
+
+  class VersionAwareIpRecognizer(IpRecognizer):
+    """presidio's IP recognizer; a dotted quad right after a version word (`build 10.2.0.1`) is a version."""
+
+    def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
+      return [r for r in super().analyze(text, entities, nlp_artifacts, regex_flags)
+              if not (':' not in text[r.start:r.end] and has_context(text, r.start, VERSION_WORDS, 1))
+              and not _glued_version(text, r.start, r.end)]
+
+  class JwtRecognizer(PatternRecognizer):
+    """header.payload.signature whose header is base64url JSON naming an `alg`."""
+
+    def __init__(self):
+      super().__init__(supported_entity='JWT', name='JwtRecognizer', patterns=[Pattern('jwt', JWT_PATTERN, 0.9)],
+                       context=['jwt', 'token', 'authorization', 'bearer'])
+
+    def validate_result(self, pattern_text: str):
+      header = _b64url_json(pattern_text.split('.', 1)[0])
+      return isinstance(header, dict) and 'alg' in header
+
+  class BearerRecognizer(PatternRecognizer):
+    """`Bearer <token>` and `Basic <base64 user:password>` credentials of an Authorization header."""
+
+    def __init__(self):
+      super().__init__(supported_entity='BEARER_TOKEN', name='BearerTokenRecognizer',
+                       patterns=[Pattern('bearer', BEARER_PATTERN, 0.95)], context=['authorization', 'auth'])
+
+    def validate_result(self, pattern_text: str):
+      scheme, _, token = pattern_text.partition(' ')
+      token = token.strip()
+      if scheme.lower() == 'basic':
+        try:
+          return b':' in base64.b64decode(token + '=' * (-len(token) % 4))
+        except (binascii.Error, ValueError):
+          return False
+      # A token has digits or mixed case: 'bearer of good news' is not one.
+      return any(c.isdigit() for c in token) or (token.lower() != token and token.upper() != token)
+
+  class SecretAssignmentRecognizer(PatternRecognizer):
+    """The value of password=..., "secret": "...", api_key: ... (the name stays readable)."""
+
+    def __init__(self):
+      super().__init__(supported_entity='SECRET_ASSIGNMENT', name='SecretAssignmentRecognizer',
+                       patterns=[Pattern('secret_assignment', SECRET_ASSIGNMENT_PATTERN, 0.85)],
+                       context=['password', 'secret', 'key', 'token'])
+      self._compiled = regex.compile(SECRET_ASSIGNMENT_PATTERN)
+
+    def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
+      results = []
+      for match in self._compiled.finditer(text):
+        group = next(g for g in ('dq', 'sq', 'bare') if match.group(g) is not None)
+        value = match.group(group)
+        if not self.validate_result(value):
+          continue
+        # 'password=x1' in a log or config is a secret; prose such as 'The
+        # Secret: Love' is not: a bare value after ': ' must look like one.
+        prose = group == 'bare' and match.group(0)[match.start(group) - match.start() - 1].isspace()
+        if prose and not _looks_like_secret(value):
+          continue
+        results.append(RecognizerResult('SECRET_ASSIGNMENT', match.start(group), match.end(group), 0.85))
+      return results
+
+    def validate_result(self, pattern_text: str):
+      return pattern_text.strip().lower() not in _PLACEHOLDERS
+
+  def pattern_recognizer(entity, patterns, score, context):
+    return PatternRecognizer(supported_entity=entity, name=f'{entity.title().replace("_", "")}Recognizer',
+                             patterns=[Pattern(name, pattern, score) for name, pattern in patterns], context=context)
+
+  return {
+      'EMAIL_ADDRESS': OfflineEmailRecognizer(),
+      'PHONE_NUMBER': PlausiblePhoneRecognizer(),
+      'CREDIT_CARD': CardRecognizer(),
+      'IBAN_CODE': AnyCaseIbanRecognizer(),
+      'IP_ADDRESS': VersionAwareIpRecognizer(),
+      # Ties on score go to the longest span: a URL with credentials (1.0)
+      # beats the email presidio sees in its 'password@host' part.
+      URL_WITH_CREDENTIALS: pattern_recognizer(URL_WITH_CREDENTIALS,
+                                               [('url_with_credentials', URL_WITH_CREDENTIALS_PATTERN)], 1.0,
+                                               ['url', 'uri', 'dsn', 'connection']),
+      'JWT': JwtRecognizer(),
+      'BEARER_TOKEN': BearerRecognizer(),
+      'API_KEY': pattern_recognizer('API_KEY', API_KEY_PATTERNS, 0.9, ['key', 'api', 'token', 'secret']),
+      'SECRET_ASSIGNMENT': SecretAssignmentRecognizer(),
+      'SPOTIFY_USER': pattern_recognizer('SPOTIFY_USER', [('spotify_user', SPOTIFY_USER_PATTERN)], 0.9,
+                                         ['user', 'profile']),
+  }
+
+
+def _glued_version(text: str, start: int, end: int) -> bool:
+  """1.2.3.4 inside 1.2.3.4.5 or v1.2.3.4-beta: a version, not an address."""
+  before = text[start - 1] if start > 0 else ''
+  after = text[end:end + 2]
+  # Spotify/9.6.40.132, app/1.2.3.4: a product's version.
+  product = before == '/' and start > 1 and text[start - 2].isalnum()
+  return product or before in ('v', 'V', '.') or (len(after) == 2 and after[0] in '.-' and after[1].isalnum())
+
+
+# Prefilter of phone findings: this many digits, separated as phonenumbers
+# allows (<= 4 punctuation characters between digit blocks). Fewer digits are
+# counts, years and track numbers far more often than phones (phonenumbers
+# accepts 4-digit German numbers).
+MIN_PHONE_DIGITS = 7
+PHONE_PREFILTER = r'\p{Nd}(?:(?:[^\p{L}\p{Nd}]|[xXー]){0,4}\p{Nd}){%d}' % (MIN_PHONE_DIGITS - 1)
+_PHONE_PREFILTER_PY = regex.compile(PHONE_PREFILTER)
+
+
+def enough_phone_digits(span: str) -> bool:
+  return _PHONE_PREFILTER_PY.search(span) is not None
+
+
+def blank_spans(text: str, spans) -> str:
+  """`text` with each span replaced by letters (same offsets; breaks digit runs)."""
+  chars = list(text)
+  for start, end in spans:
+    chars[start:end] = 'a' * (end - start)
+  return ''.join(chars)
+
+
+def analyze(recognizer, entity: str, text: str, min_score: float) -> List[tuple]:
+  """(start, end, entity, score) of `recognizer`'s findings scoring at least `min_score`."""
+  return [(r.start, r.end, r.entity_type, r.score)
+          for r in recognizer.analyze(text, [entity], None)
+          if r.score >= min_score and r.end > r.start]

@@ -1,0 +1,422 @@
+"""The text scanner: vectorised prefilters, then presidio's recognizers on the flagged distinct values.
+
+A column is scanned in three steps, all but the last vectorised on Arrow:
+one RE2 regex (the union of the per-type prefilters, `pyarrow.compute`) over
+the column picks the cells that could hold PII; those are dictionary-encoded
+so that each distinct value is seen once; the per-type prefilters on the
+distinct values pick the recognizers (`transforms.pii.recognizers`) each one
+needs. Findings replace their span by ``<ENTITY_TYPE>``; the result is spread
+back with a vectorised take.
+
+A text holding a JSON object or array is scanned value by value and written
+back as JSON, so that a finding never breaks the document (a phone number
+stored as a JSON number becomes the string "<PHONE_NUMBER>").
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import regex
+
+from transforms.pii.recognizers import (CARD_CONTEXT, MIN_PHONE_DIGITS, PHONE_CONTEXT, SUPPORTED_ENTITIES,
+                                        URL_WITH_CREDENTIALS, analyze, build_recognizers, enough_phone_digits,
+                                        is_placeholder, is_secret_name, phone_like_integer)
+
+__all__ = ['DEFAULT_ENTITIES', 'SUPPORTED_ENTITIES', 'TextScanner', 'context_word']
+
+DEFAULT_ENTITIES = SUPPORTED_ENTITIES
+
+
+def _is_string_type(t: pa.DataType) -> bool:
+  return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _is_text_type(t: pa.DataType) -> bool:
+  return _is_string_type(t) or (pa.types.is_dictionary(t) and _is_string_type(t.value_type))
+
+
+# Prefilters: RE2 regexes (pyarrow.compute) that match every cell in which
+# the recognizer could report something (they only drop the presidio
+# patterns' anchors and validations, and widen \d and \w to Unicode).
+# tests/transforms/test_pii.py checks this property on generated cells.
+_PREFILTERS = {
+    'EMAIL_ADDRESS': '@',
+    # A superset of PHONE_PREFILTER (the exact rule, checked on each
+    # candidate before libphonenumber runs) that RE2 runs ~40x faster: its
+    # Unicode classes between repeated groups make a large automaton.
+    'PHONE_NUMBER': r'\p{Nd}(?:[^a-wyzA-WYZ]{0,4}\p{Nd}){%d}' % (MIN_PHONE_DIGITS - 1),
+    # presidio: (4|5[0-5]\d|2[2-7]\d|6|1|3)\d{3}[- ]?\d{3,4}[- ]?\d{3,4}[- ]?\d{3,5} with \b anchors.
+    'CREDIT_CARD': r'\p{Nd}{4}[- ]?\p{Nd}{3,4}[- ]?\p{Nd}{3,4}[- ]?\p{Nd}{3}',
+    # presidio: [A-Z]{2}[0-9]{2}(?:[ -]?[A-Z0-9]{4}){2,6}... under IGNORECASE
+    # (device models such as 'iPhone15,2' no longer qualify).
+    'IBAN_CODE': r'\p{L}{2}[0-9]{2}(?:[ -]?[\p{L}\p{Nd}]{4}){2}',
+    # IPv4 (dotted quad), or two colons with at most four hex digits between
+    # them, which every IPv6 form of presidio's patterns holds ('::' or
+    # ':h:'); 'spotify:track:...' URIs and 'HH:MM' times do not.
+    'IP_ADDRESS': r'[0-9]\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]|:[0-9A-Fa-f]{0,4}:',
+    URL_WITH_CREDENTIALS: r'(?s:://.*@)',
+    'JWT': r'eyJ[A-Za-z0-9_-]{8,}\.eyJ',
+    'BEARER_TOKEN': r'(?i:bearer|basic)\s+[A-Za-z0-9\-._~+/]{12}',
+    'API_KEY': (r'[spr]k_(?:live|test)_|A[KSGIRN][IPGDOVN]A[0-9A-Z]{16}|gh[pousr]_|github_pat_|xox[abposr]-|AIza'
+                r'|sk-|SG\.|glpat-|npm_|shp(?:at|ss|ca|pa)_'),
+    'SECRET_ASSIGNMENT': r'(?i:pass\w*|pwd|secret|key|token)["\']?\s*[:=]',
+    'SPOTIFY_USER': r'(?i:spotify:user:|spotify\.com/user/)',
+}
+# Any of them: the two regexes every cell of a column goes through (the phone
+# one apart: in one alternation with the others, RE2 runs 3x slower).
+_ANY_PREFILTERS = ('|'.join(f'(?:{regex.escape(p) if len(p) == 1 else p})' for e, p in _PREFILTERS.items()
+                            if e != 'PHONE_NUMBER'), _PREFILTERS['PHONE_NUMBER'])
+_ANY_PREFILTER = '|'.join(f'(?:{p})' for p in _ANY_PREFILTERS)
+# The same prefilters for the Python path (the `regex` module reads \p{..} like RE2).
+_PREFILTERS_PY = {entity: regex.compile(regex.escape(p) if len(p) == 1 else p) for entity, p in _PREFILTERS.items()}
+_ANY_PREFILTER_PY = regex.compile(_ANY_PREFILTER)
+_SMALL_ARRAY = 64
+_MEMO_SIZE = 50000
+# Digit runs that are never phone numbers: ISO date-times and UUIDs.
+_NOT_PHONES = regex.compile(
+    r'[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?(Z|z|[+-][0-9]{2}:?[0-9]{2})?'
+    r'|\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b')
+_JSON_START = regex.compile(r'\s*[\[{]')
+# Whole values of these shapes are ids, never PII (a test keeps each shape honest).
+_WHOLE_ID_SHAPES = (
+    r'[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}',  # UUID
+    r'[0-9a-f]{32}|[0-9a-f]{40}|[0-9a-f]{64}|[0-9A-F]{32}|[0-9A-F]{40}|[0-9A-F]{64}',  # MD5, SHA-1, SHA-256
+    r'spotify:(?:track|album|artist|playlist|show|episode):[0-9A-Za-z]{22}',
+    r'[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]{1,9})?)?(?:Z|z|[+-][0-9]{2}:?[0-9]{2})?',
+)
+_WHOLE_ID = '^(?:' + '|'.join(_WHOLE_ID_SHAPES) + ')$'
+_WHOLE_ID_PY = regex.compile('(?:' + '|'.join(_WHOLE_ID_SHAPES) + ')')
+
+
+def context_word(name: Optional[str]) -> Optional[str]:
+  """The phone or card word in a column name (`mobile_number` -> 'mobile'), if any."""
+  if not name:
+    return None
+  for word in regex.findall(r'[a-z]+', name.lower()):
+    if word in PHONE_CONTEXT or word in CARD_CONTEXT:
+      return word
+  return None
+
+
+def _resolve_overlaps(findings: List[Tuple[int, int, str, float]]) -> List[Tuple[int, int, str, float]]:
+  """Non-overlapping findings: highest score first, then the longest span."""
+  kept = []
+  for finding in sorted(findings, key=lambda f: (-f[3], -(f[1] - f[0]), f[0])):
+    start, end = finding[0], finding[1]
+    if all(end <= k[0] or start >= k[1] for k in kept):
+      kept.append(finding)
+  return sorted(kept)
+
+
+class TextScanner:
+  """Finds PII in text with presidio pattern recognizers and replaces it.
+
+  The presidio objects are built on first use (and dropped when pickled), so a
+  scanner can be created at pipeline construction and shipped to workers.
+  """
+
+  def __init__(self, entities: Sequence[str] = DEFAULT_ENTITIES, min_score: float = 0.4):
+    if isinstance(entities, str):
+      entities = (entities,)
+    unknown = sorted(set(entities) - set(SUPPORTED_ENTITIES))
+    if unknown:
+      raise ValueError(f'unknown PII entity types {unknown}; supported: {", ".join(SUPPORTED_ENTITIES)}')
+    if not 0.0 <= float(min_score) <= 1.0:
+      raise ValueError(f'min_score must be within [0, 1], got {min_score!r}')
+    self.entities = tuple(e for e in SUPPORTED_ENTITIES if e in set(entities))
+    self.min_score = float(min_score)
+    self._recognizers = None
+    self._memo: Dict[tuple, tuple] = {}
+
+  def setup(self) -> 'TextScanner':
+    """Builds the recognizers now (DoFn.setup) rather than on the first cell."""
+    if self._recognizers is None:
+      self._recognizers = build_recognizers()
+    return self
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state['_recognizers'] = None
+    state['_memo'] = {}
+    return state
+
+  def __repr__(self):
+    return f'TextScanner(entities={self.entities!r}, min_score={self.min_score})'
+
+  def findings(self, text: str, entities: Optional[Iterable[str]] = None) -> List[Tuple[int, int, str, float]]:
+    """(start, end, entity type, score) of the PII in `text`, overlaps resolved."""
+    self.setup()
+    entities = self.entities if entities is None else tuple(entities)
+    found = []
+    for entity in entities:
+      if entity != 'PHONE_NUMBER':
+        found.extend(analyze(self._recognizers[entity], entity, text, self.min_score))
+    if 'PHONE_NUMBER' in entities and self._phone_may_survive(text, found):
+      found.extend(f for f in analyze(self._recognizers['PHONE_NUMBER'], 'PHONE_NUMBER', text, self.min_score)
+                   if enough_phone_digits(text[f[0]:f[1]]))
+    return _resolve_overlaps(found)
+
+  def _phone_may_survive(self, text: str, others) -> bool:
+    """False when no phone finding could outlive the overlap resolution.
+
+    The phone recognizer is the slow one. A phone finding needs a run of
+    digits (_PHONE_PREFILTER) inside its span; findings scoring above the
+    phone score are resolved before any phone and beat an overlapping one.
+    So if blanking their kept spans leaves no such run, any phone finding
+    would overlap one of them and be dropped: the recognizer need not run.
+    (Cards, IBANs and IP addresses are digit runs themselves.)
+    """
+    phone_score = self._recognizers['PHONE_NUMBER'].SCORE
+    # Date-times and UUIDs hold digit runs too, but never phone numbers: blank
+    # them first (letters keep offsets and break the runs).
+    text = _NOT_PHONES.sub(lambda m: 'a' * len(m.group(0)), text)
+    stronger = _resolve_overlaps([f for f in others if f[3] > phone_score])
+    if not stronger:
+      return enough_phone_digits(text)
+    pieces, last = [], 0
+    for start, end, _, _ in stronger:
+      pieces.append(text[last:start])
+      pieces.append('a' * (end - start))  # a letter: neither a digit nor a phone separator
+      last = end
+    pieces.append(text[last:])
+    return enough_phone_digits(''.join(pieces))
+
+  def _redact(self, text: str, entities: Iterable[str], context: Optional[str] = None) -> Tuple[str, collections.Counter]:
+    # Texts recur (a file path in every dead letter of the file, the same
+    # validation message, a popular note): remember recent answers.
+    key = (text, tuple(entities), context)
+    cached = self._memo.get(key)
+    if cached is None:
+      cached = self._redact_uncached(text, key[1], context)
+      if len(self._memo) >= _MEMO_SIZE:
+        self._memo.pop(next(iter(self._memo)))
+      self._memo[key] = cached
+    return cached[0], collections.Counter(cached[1])
+
+  def _redact_uncached(self, text: str, entities: Iterable[str], context: Optional[str] = None
+                      ) -> Tuple[str, collections.Counter]:
+    if _JSON_START.match(text):
+      redacted = self._redact_json(text)
+      if redacted is not None:
+        return redacted
+    counts = collections.Counter()
+    pieces, last = [], 0
+    if context:
+      # The column's name as the words before the value: 'phone 4155552671'.
+      shift = len(context) + 1
+      found = [(s - shift, e - shift, t, score) for s, e, t, score in self.findings(f'{context} {text}', entities)
+               if s >= shift]
+    else:
+      found = self.findings(text, entities)
+    for start, end, entity, _ in found:
+      pieces.append(text[last:start])
+      pieces.append(f'<{entity}>')
+      counts[entity] += 1
+      last = end
+    if not counts:
+      return text, counts
+    pieces.append(text[last:])
+    return ''.join(pieces), counts
+
+  def _redact_json(self, text: str) -> Optional[Tuple[str, collections.Counter]]:
+    """A JSON document's strings (keys too) and phone-like numbers redacted; None if `text` is not JSON."""
+    try:
+      document = json.loads(text)
+    except ValueError:
+      return None
+    if not isinstance(document, (dict, list)):
+      return None
+    counts = collections.Counter()
+    redacted = self.redact_value(document, counts)
+    if not counts:
+      return text, counts
+    return json.dumps(redacted, ensure_ascii=False), counts
+
+  def redact_value(self, value: Any, counts: collections.Counter, name: Optional[str] = None) -> Any:
+    """A JSON-like value (dicts, lists, strings, numbers) with its PII redacted; findings added to `counts`.
+
+    name: the key the value is under: a secret's name (`password`) makes the
+    whole value a SECRET_ASSIGNMENT, a phone or card word is context.
+    """
+    if isinstance(value, str):
+      if 'SECRET_ASSIGNMENT' in self.entities and is_secret_name(name) and not is_placeholder(value):
+        counts['SECRET_ASSIGNMENT'] += 1
+        return '<SECRET_ASSIGNMENT>'
+      out, found = self.redact_texts([value], [name])
+      counts.update(found)
+      return out[0]
+    if isinstance(value, dict):
+      return {self.redact_value(k, counts) if isinstance(k, str) else k: self.redact_value(v, counts, k)
+              for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+      return [self.redact_value(v, counts, name) for v in value]
+    if 'PHONE_NUMBER' in self.entities and isinstance(value, int) and phone_like_integer(value):
+      counts['PHONE_NUMBER'] += 1
+      return '<PHONE_NUMBER>'
+    return value
+
+  def redact_text(self, text: Optional[str]) -> Tuple[Optional[str], collections.Counter]:
+    """`text` with each finding replaced by <ENTITY_TYPE>, and the counts per type."""
+    out, counts = self.redact_texts([text])
+    return out[0], counts
+
+  def redact_texts(self, texts: Sequence[Optional[str]], hints: Optional[Sequence[Optional[str]]] = None
+                   ) -> Tuple[List[Optional[str]], collections.Counter]:
+    """`redact_array` for a few Python strings (a dead letter's values).
+
+    The same prefilters and findings, without the Arrow round trip: for a
+    dozen strings, building arrays and calling pyarrow.compute costs more
+    than the scan itself. hints: the field name of each text (see redact_array).
+    """
+    total = collections.Counter()
+    out: List[Optional[str]] = []
+    for i, text in enumerate(texts):
+      if text is None or _ANY_PREFILTER_PY.search(text) is None:
+        out.append(text)
+        continue
+      wanted = [e for e in self.entities if _PREFILTERS_PY[e].search(text) is not None]
+      if not wanted:
+        out.append(text)
+        continue
+      redacted, counts = self._redact(text, wanted, context_word(hints[i]) if hints else None)
+      out.append(redacted)
+      total.update(counts)
+    return out, total
+
+  def _candidates(self, values: pa.Array) -> np.ndarray:
+    """Cells any prefilter matches: one regex pass over the column."""
+    if len(values) <= _SMALL_ARRAY:
+      return np.array([t is not None and _ANY_PREFILTER_PY.search(t) is not None for t in values.to_pylist()],
+                      dtype=bool)
+    hits = np.zeros(len(values), dtype=bool)
+    for pattern in _ANY_PREFILTERS:
+      hits |= pc.match_substring_regex(values, pattern).fill_null(False).to_numpy(zero_copy_only=False)
+    return hits
+
+  def _whole_ids(self, values: pa.Array) -> np.ndarray:
+    if len(values) <= _SMALL_ARRAY:
+      return np.array([t is not None and _WHOLE_ID_PY.fullmatch(t) is not None for t in values.to_pylist()], dtype=bool)
+    return pc.match_substring_regex(values, _WHOLE_ID).fill_null(False).to_numpy(zero_copy_only=False)
+
+  def _entity_masks(self, values: pa.Array) -> Dict[str, np.ndarray]:
+    if len(values) <= _SMALL_ARRAY:
+      # pyarrow compiles a regex on every call: for a few cells (dead letters,
+      # single texts) the precompiled Python patterns are much cheaper.
+      texts = values.to_pylist()
+      return {
+          entity: np.array([t is not None and _PREFILTERS_PY[entity].search(t) is not None for t in texts], dtype=bool)
+          for entity in self.entities
+      }
+    masks = {}
+    for entity in self.entities:
+      pattern = _PREFILTERS[entity]
+      if len(pattern) == 1:
+        hit = pc.match_substring(values, pattern)
+      else:
+        hit = pc.match_substring_regex(values, pattern)
+      masks[entity] = hit.fill_null(False).to_numpy(zero_copy_only=False)
+    return masks
+
+  def redact_array(self, values, use_prefilter: bool = True, skip: Optional[np.ndarray] = None,
+                   hint: Optional[str] = None):
+    """(values with findings replaced, counts per entity type) for a string column.
+
+    Accepts string, large_string and dictionary<string> arrays (and chunked
+    arrays of those); the result has the same type, and is the input object
+    itself when nothing was found. `use_prefilter=False` sends every cell to
+    every recognizer (the reference the prefilter is tested against).
+    skip: a boolean mask of rows left as they are (values of a strict format).
+    hint: the column's name: a phone or card word in it (`phone`,
+    `mobile_number`, `card`) counts as context for every value.
+    """
+    context = context_word(hint)
+    if isinstance(values, pa.ChunkedArray):
+      total = collections.Counter()
+      chunks, offset = [], 0
+      for chunk in values.chunks:
+        chunk_skip = skip[offset:offset + len(chunk)] if skip is not None else None
+        out, counts = self.redact_array(chunk, use_prefilter, chunk_skip, hint)
+        chunks.append(out)
+        total.update(counts)
+        offset += len(chunk)
+      return pa.chunked_array(chunks, type=values.type), total
+    if pa.types.is_dictionary(values.type) and _is_string_type(values.type.value_type):
+      if skip is not None and skip.any():
+        plain, counts = self.redact_array(values.cast(values.type.value_type), use_prefilter, skip, hint)
+        return (values, counts) if not counts else (pc.dictionary_encode(plain).cast(values.type), counts)
+      per_entry, new_dictionary = self._redact_distinct(values.dictionary, use_prefilter, context)
+      if new_dictionary is values.dictionary:
+        return values, collections.Counter()
+      uses = np.bincount(values.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64),
+                         minlength=len(values.dictionary))
+      if values.indices.null_count:  # null indices were counted as entry 0 above
+        uses[0] -= values.indices.null_count
+      total = collections.Counter()
+      for entry, counts in per_entry.items():
+        for entity, n in counts.items():
+          total[entity] += n * int(uses[entry])
+      total = +total
+      return pa.DictionaryArray.from_arrays(values.indices, new_dictionary), total
+    if not _is_string_type(values.type):
+      raise TypeError(f'redact_array needs a string column, got {values.type}')
+    if len(values) == values.null_count:
+      return values, collections.Counter()
+    if use_prefilter:
+      candidate = self._candidates(values)
+    else:
+      candidate = values.is_valid().to_numpy(zero_copy_only=False)
+    if skip is not None:
+      candidate &= ~skip
+    rows = np.flatnonzero(candidate)
+    if not len(rows):
+      return values, collections.Counter()
+    # Each distinct value is scanned once.
+    encoded = pc.dictionary_encode(values.take(pa.array(rows)))
+    per_entry, new_distinct = self._redact_distinct(encoded.dictionary, use_prefilter, context)
+    if new_distinct is encoded.dictionary:
+      return values, collections.Counter()
+    uses = np.bincount(encoded.indices.to_numpy(zero_copy_only=False), minlength=len(encoded.dictionary))
+    total = collections.Counter()
+    for entry, counts in per_entry.items():
+      for entity, n in counts.items():
+        total[entity] += n * int(uses[entry])
+    replacement = pc.take(new_distinct, encoded.indices)
+    return pc.replace_with_mask(values, pa.array(candidate), replacement), total
+
+  def _redact_distinct(self, distinct: pa.Array, use_prefilter: bool, context: Optional[str] = None):
+    """({entry: counts} for entries with findings, new values or `distinct` itself)."""
+    if use_prefilter:
+      masks = self._entity_masks(distinct)
+    else:
+      valid = distinct.is_valid().to_numpy(zero_copy_only=False)
+      masks = {entity: valid for entity in self.entities}
+    wanted = np.zeros(len(distinct), dtype=bool)
+    for mask in masks.values():
+      wanted |= mask
+    if use_prefilter and wanted.any():
+      # A value that is wholly an id of a known shape (UUID, hex digest,
+      # Spotify id or URI, ISO date-time) holds no PII: not sent to presidio.
+      wanted &= ~self._whole_ids(distinct)
+    per_entry = {}
+    replaced = {}
+    for entry in np.flatnonzero(wanted):
+      entry = int(entry)
+      text = distinct[entry].as_py()
+      out, counts = self._redact(text, [e for e in self.entities if masks[e][entry]], context)
+      if counts:
+        per_entry[entry] = counts
+        replaced[entry] = out
+    if not replaced:
+      return per_entry, distinct
+    new_values = distinct.to_pylist()
+    for entry, out in replaced.items():
+      new_values[entry] = out
+    return per_entry, pa.array(new_values, type=distinct.type)
+
+
