@@ -20,7 +20,9 @@ from io_connectors.streams.webhooks import REJECT_REASONS, WebhookOptions, sign
 from tests.conftest import REPO_ROOT, ensure_service
 
 SECRETS = {'soundcloud': 'sc-webhook-secret-4f1d', 'lastfm': 'lf-webhook-secret-9a2c'}
+METRICS_TOKEN = 'metrics-token-7c3e91'
 TOLERANCE = 120
+BODY_TIMEOUT = 1.5
 
 
 def _free_port() -> int:
@@ -32,18 +34,21 @@ def _free_port() -> int:
 class Receiver:
   """A receiver process and a client for it."""
 
-  def __init__(self, tmp_path: pathlib.Path, redis_port: int, prefix: str, extra_args=()):
+  def __init__(self, tmp_path: pathlib.Path, redis_port: int, prefix: str, extra_args=(), max_body_bytes=4096,
+               with_metrics_token=True):
     self.port = _free_port()
     self.prefix = prefix
     self.log_path = tmp_path / 'webhooks.log'
     env = dict(os.environ, WH_SECRET_SC=SECRETS['soundcloud'], WH_SECRET_LF=SECRETS['lastfm'],
-               REDIS_PASSWORD=REDIS_PASSWORD, PYTHONPATH=str(REPO_ROOT))
+               REDIS_PASSWORD=REDIS_PASSWORD, PYTHONPATH=str(REPO_ROOT), WEBHOOK_METRICS_TOKEN=METRICS_TOKEN)
+    if not with_metrics_token:
+      env.pop('WEBHOOK_METRICS_TOKEN')
     self._log = open(self.log_path, 'wb')  # pylint: disable=consider-using-with
     self.process = subprocess.Popen(  # pylint: disable=consider-using-with
         [sys.executable, '-m', 'io_connectors.streams.webhooks', '--port', str(self.port),
          '--redis_url', f'redis://127.0.0.1:{redis_port}/0', '--source', 'soundcloud=WH_SECRET_SC',
-         '--source', 'lastfm=WH_SECRET_LF', '--tolerance_seconds', str(TOLERANCE), '--max_body_bytes', '4096',
-         '--stream_prefix', prefix, *extra_args],
+         '--source', 'lastfm=WH_SECRET_LF', '--tolerance_seconds', str(TOLERANCE), '--max_body_bytes', str(max_body_bytes),
+         '--body_timeout_seconds', str(BODY_TIMEOUT), '--stream_prefix', prefix, *extra_args],
         cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     self.client = httpx.Client(base_url=f'http://127.0.0.1:{self.port}', timeout=30)
     deadline = time.monotonic() + 60
@@ -51,7 +56,7 @@ class Receiver:
       if self.process.poll() is not None:
         raise RuntimeError(f'receiver exited: {self.log_path.read_text()}')
       try:
-        self.client.get('/metrics')
+        self.client.get('/health')
         break
       except httpx.TransportError:
         if time.monotonic() > deadline:
@@ -60,7 +65,7 @@ class Receiver:
 
   def post(self, source, event, secret=None, timestamp=None, delivery_id=None, body=None,
            content_type='application/json',
-           signature=None, drop=()):
+           signature=None, drop=(), version='v2'):
     body = json.dumps(event).encode() if body is None else body
     timestamp = str(int(time.time())) if timestamp is None else timestamp
     delivery_id = delivery_id or uuid.uuid4().hex
@@ -68,7 +73,8 @@ class Receiver:
         'Content-Type': content_type,
         'X-Timestamp': timestamp,
         'X-Delivery-Id': delivery_id,
-        'X-Signature': signature or sign(secret or SECRETS.get(source, 'x'), timestamp, body),
+        'X-Signature': signature or sign(secret or SECRETS.get(source, 'x'), timestamp, body,
+                                         delivery_id if version == 'v2' else None),
     }
     for name in drop:
       headers.pop(name)
@@ -76,7 +82,7 @@ class Receiver:
 
   def metric(self, name, **labels) -> float:
     wanted = name + '{' + ','.join(f'{k}="{v}"' for k, v in labels.items()) + '}'
-    for line in self.client.get('/metrics').text.splitlines():
+    for line in self.client.get('/metrics', headers={'Authorization': f'Bearer {METRICS_TOKEN}'}).text.splitlines():
       if line.startswith(wanted + ' '):
         return float(line.rsplit(' ', 1)[1])
     return 0.0
@@ -174,8 +180,8 @@ def test_rejections_have_the_right_status_and_reason(receiver, redis_client, cas
   now = int(time.time())
   kwargs = {
       'wrong_secret': dict(secret='not-the-secret'),
-      'tampered_body': dict(signature=sign(SECRETS[source], str(now), b'{"a": 1}'), body=b'{"a": 2}',
-                            timestamp=str(now)),
+      'tampered_body': dict(signature=sign(SECRETS[source], str(now), b'{"a": 1}', 'd-tampered'), body=b'{"a": 2}',
+                            timestamp=str(now), delivery_id='d-tampered'),
       'garbage_signature': dict(signature='sha256=zz\u00e9'.encode('utf-8')),
       'no_signature': dict(drop=('X-Signature',)),
       'no_timestamp': dict(drop=('X-Timestamp',)),
@@ -201,14 +207,15 @@ def test_rejections_have_the_right_status_and_reason(receiver, redis_client, cas
 def test_chunked_body_over_the_limit_is_refused(receiver):
   body = json.dumps({'blob': 'y' * 6000}).encode()
   ts = str(int(time.time()))
+  delivery_id = uuid.uuid4().hex
 
   def chunks():
     for i in range(0, len(body), 1000):
       yield body[i:i + 1000]
 
   response = receiver.client.post('/webhooks/soundcloud', content=chunks(), headers={
-      'Content-Type': 'application/json', 'X-Timestamp': ts, 'X-Delivery-Id': uuid.uuid4().hex,
-      'X-Signature': sign(SECRETS['soundcloud'], ts, body)})
+      'Content-Type': 'application/json', 'X-Timestamp': ts, 'X-Delivery-Id': delivery_id,
+      'X-Signature': sign(SECRETS['soundcloud'], ts, body, delivery_id)})
   assert response.status_code == 413
 
 
@@ -230,7 +237,8 @@ def test_replayed_delivery_id_is_refused(receiver, redis_client):
 
 def test_health_and_metrics(receiver):
   assert receiver.client.get('/health').json() == {'status': 'ok'}
-  text = receiver.client.get('/metrics')
+  text = receiver.client.get('/metrics', headers={'Authorization': f'Bearer {METRICS_TOKEN}'})
+  assert text.status_code == 200
   assert text.headers['content-type'].startswith('text/plain')
   assert '# TYPE webhook_deliveries_accepted_total counter' in text.text
   assert '# TYPE webhook_deliveries_rejected_total counter' in text.text
@@ -337,3 +345,217 @@ def test_kafka_sink_produces_acknowledged_events(tmp_path, redis_port, redis_cli
     assert redis_client.xlen(f'{prefix}:soundcloud') == 0  # Kafka instead of the stream
   finally:
     consumer.close()
+
+
+# ----- hardening (issue: hostile senders) -----
+
+
+def _raw_request(port: int, head: bytes, body: bytes = b'', wait_s: float = 30.0):
+  """Sends raw bytes (headers exactly as given) and returns (status, seconds to answer, closed after)."""
+  with socket.create_connection(('127.0.0.1', port), timeout=wait_s) as conn:
+    started = time.monotonic()
+    conn.sendall(head + body)
+    data = b''
+    while b'\r\n\r\n' not in data:
+      chunk = conn.recv(65536)
+      if not chunk:
+        break
+      data += chunk
+    elapsed = time.monotonic() - started
+    status = int(data.split(b' ', 2)[1]) if data.startswith(b'HTTP/') else None
+    # Read what is left; an empty read means the server closed the connection.
+    conn.settimeout(5)
+    closed = False
+    try:
+      while True:
+        chunk = conn.recv(65536)
+        if not chunk:
+          closed = True
+          break
+    except socket.timeout:
+      pass
+    return status, elapsed, closed
+
+
+def _head(port, source, headers: dict) -> bytes:
+  lines = [f'POST /webhooks/{source} HTTP/1.1'.encode(), f'Host: 127.0.0.1:{port}'.encode()]
+  lines += [name.encode('latin-1') + b': ' + (value if isinstance(value, bytes) else value.encode('latin-1'))
+            for name, value in headers.items()]
+  return b'\r\n'.join(lines) + b'\r\n\r\n'
+
+
+def test_the_delivery_id_is_signed(receiver, redis_client):
+  stream = f'{receiver.prefix}soundcloud'
+  ts = str(int(time.time()))
+  body = b'{"event": "captured"}'
+  captured = sign(SECRETS['soundcloud'], ts, body, 'd-real-1')
+  # A captured delivery sent under a new id, or to burn a future id, is refused...
+  for other_id in ('d-fresh-1', 'd-real-2'):
+    response = receiver.post('soundcloud', None, body=body, timestamp=ts, delivery_id=other_id, signature=captured)
+    assert response.status_code == 401, response.text
+  # ...and does not keep the real future delivery out.
+  assert receiver.post('soundcloud', {'n': 2}, delivery_id='d-real-2').status_code == 202
+  before = redis_client.xlen(stream)
+  assert receiver.post('soundcloud', None, body=body, timestamp=ts, delivery_id='d-real-1',
+                       signature=captured).status_code == 202
+  assert redis_client.xlen(stream) == before + 1
+
+
+def test_v1_signatures_are_deduplicated_on_the_signed_digest(receiver, redis_client):
+  stream = f'{receiver.prefix}lastfm'
+  ts = str(int(time.time()))
+  body = json.dumps({'v1': uuid.uuid4().hex}).encode()
+  v1 = sign(SECRETS['lastfm'], ts, body)
+  assert v1.startswith('sha256=')
+  assert receiver.post('lastfm', None, body=body, timestamp=ts, delivery_id='v1-a', signature=v1).status_code == 202
+  length = redis_client.xlen(stream)
+  again = receiver.post('lastfm', None, body=body, timestamp=ts, delivery_id='v1-b', signature=v1)
+  assert again.status_code == 409 and again.json()['error'] == 'replay'
+  assert redis_client.xlen(stream) == length
+  # The id of the refused copy was not burnt.
+  assert receiver.post('lastfm', {'other': 1}, delivery_id='v1-b').status_code == 202
+
+
+def test_v1_can_be_turned_off(tmp_path, redis_port, redis_client):
+  prefix = f'test-{uuid.uuid4().hex[:12]}:'
+  server = Receiver(tmp_path, redis_port, prefix, extra_args=['--signature_versions', 'v2'])
+  try:
+    response = server.post('soundcloud', {'a': 1}, version='v1')
+    assert response.status_code == 401 and response.json()['error'] == 'bad_signature'
+    assert server.post('soundcloud', {'a': 1}).status_code == 202
+  finally:
+    server.close()
+    for key in redis_client.scan_iter(match=f'{prefix}*', count=1000):
+      redis_client.delete(key)
+
+
+@pytest.mark.parametrize('header', ['X-Timestamp', 'Content-Length'])
+@pytest.mark.parametrize('digits', ['\u00b2', '1\u00b9', '\u0661\u0662', '\uff11'])
+def test_non_ascii_digits_are_a_400_not_a_500(receiver, header, digits):
+  body = b'{"a": 1}'
+  ts = str(int(time.time()))
+  headers = {'Content-Type': 'application/json', 'X-Timestamp': ts, 'X-Delivery-Id': uuid.uuid4().hex,
+             'Content-Length': str(len(body))}
+  headers['X-Signature'] = sign(SECRETS['soundcloud'], ts, body, headers['X-Delivery-Id'])
+  headers[header] = digits.encode('utf-8')  # raw bytes on the wire, as a hostile client sends them
+  status, _, _ = _raw_request(receiver.port, _head(receiver.port, 'soundcloud', headers), body)
+  assert status == 400
+
+
+def test_a_slow_body_is_answered_408_and_the_connection_closed(receiver):
+  ts = str(int(time.time()))
+  headers = {'Content-Type': 'application/json', 'X-Timestamp': ts, 'X-Delivery-Id': uuid.uuid4().hex,
+             'X-Signature': 'v2=00', 'Content-Length': '1000'}
+  # 10 of the announced 1000 bytes, then nothing: the receiver must not wait for ever.
+  status, elapsed, closed = _raw_request(receiver.port, _head(receiver.port, 'soundcloud', headers), b'{"a": "xxx',
+                                         wait_s=BODY_TIMEOUT + 20)
+  assert status == 408
+  assert BODY_TIMEOUT - 0.1 <= elapsed < BODY_TIMEOUT + 10
+  assert closed
+  assert receiver.metric('webhook_deliveries_rejected_total', source='soundcloud', reason='body_timeout') >= 1
+
+
+@pytest.mark.parametrize('depth, reason', [(100, 'too_deep'), (2000, 'too_deep')])
+def test_deeply_nested_json_is_a_400(receiver, redis_client, depth, reason):
+  stream = f'{receiver.prefix}soundcloud'
+  before = redis_client.xlen(stream)
+  body = b'[' * depth + b']' * depth
+  response = receiver.post('soundcloud', None, body=body)
+  assert response.status_code == 400, response.text
+  assert response.json()['error'] == reason
+  assert redis_client.xlen(stream) == before
+  nested_ok = b'{"a": ' * 20 + b'1' + b'}' * 20
+  assert receiver.post('soundcloud', None, body=nested_ok).status_code == 202
+
+
+def test_metrics_need_the_bearer_token(receiver, tmp_path, redis_port):
+  assert receiver.client.get('/metrics').status_code == 401
+  assert receiver.client.get('/metrics', headers={'Authorization': 'Bearer wrong'}).status_code == 401
+  assert receiver.client.get('/metrics', headers={'Authorization': f'Basic {METRICS_TOKEN}'}).status_code == 401
+  ok = receiver.client.get('/metrics', headers={'Authorization': f'Bearer {METRICS_TOKEN}'})
+  assert ok.status_code == 200 and 'webhook_deliveries_accepted_total' in ok.text
+  assert METRICS_TOKEN not in receiver.log_path.read_text()
+  closed = Receiver(tmp_path, redis_port, f'test-{uuid.uuid4().hex[:12]}:', with_metrics_token=False)
+  try:
+    assert closed.client.get('/metrics').status_code == 404
+  finally:
+    closed.close()
+
+
+class _CommandCuttingProxy:
+  """A TCP proxy to Redis that, while armed, cuts the connection carrying a command named in `markers`.
+
+  Stands for a request cancelled (or a receiver killed) in the middle of
+  storing a delivery: whatever reached Redis before the cut stays done.
+  """
+
+  def __init__(self, target_port: int, markers):
+    self.armed = False
+    self.cuts = 0
+    self._markers = markers
+    self._target = ('127.0.0.1', target_port)
+    self._listener = socket.create_server(('127.0.0.1', 0))
+    self.port = self._listener.getsockname()[1]
+    self._closed = False
+    import threading  # pylint: disable=import-outside-toplevel
+    self._thread = threading.Thread
+    self._thread(target=self._accept, daemon=True).start()
+
+  def close(self):
+    self._closed = True
+    self._listener.close()
+
+  def _accept(self):
+    while not self._closed:
+      try:
+        client, _ = self._listener.accept()
+      except OSError:
+        return
+      server = socket.create_connection(self._target, timeout=10)
+      server.settimeout(None)
+      self._thread(target=self._pump, args=(client, server, True), daemon=True).start()
+      self._thread(target=self._pump, args=(server, client, False), daemon=True).start()
+
+  def _pump(self, source, sink, to_server):
+    try:
+      while True:
+        data = source.recv(65536)
+        if not data:
+          break
+        if to_server and self.armed and any(m in data.upper() for m in self._markers):
+          self.cuts += 1
+          break
+        sink.sendall(data)
+    except OSError:
+      pass
+    for s in (source, sink):
+      try:
+        s.shutdown(socket.SHUT_RDWR)
+      except OSError:
+        pass
+      s.close()
+
+
+def test_a_delivery_cut_off_while_stored_is_accepted_on_retry(tmp_path, redis_port, redis_client):
+  # The command that appends the event: XADD, or the script that runs it.
+  proxy = _CommandCuttingProxy(redis_port, (b'XADD', b'EVAL'))
+  prefix = f'test-{uuid.uuid4().hex[:12]}:'
+  server = Receiver(tmp_path, proxy.port, prefix)
+  try:
+    event = {'type': 'track.played', 'n': 1}
+    proxy.armed = True
+    cut = server.post('soundcloud', event, delivery_id='d-cut-1')
+    assert cut.status_code == 503 and proxy.cuts >= 1
+    assert redis_client.xlen(f'{prefix}soundcloud') == 0
+    assert not redis_client.exists(f'{prefix}seen:soundcloud:d-cut-1')  # the id was not burnt
+    proxy.armed = False
+    retry = server.post('soundcloud', event, delivery_id='d-cut-1')
+    assert retry.status_code == 202, retry.text
+    entries = redis_client.xrange(f'{prefix}soundcloud')
+    assert [e[1][b'delivery_id'] for e in entries] == [b'd-cut-1']
+    assert server.post('soundcloud', event, delivery_id='d-cut-1').status_code == 409
+  finally:
+    server.close()
+    proxy.close()
+    for key in redis_client.scan_iter(match=f'{prefix}*', count=1000):
+      redis_client.delete(key)
