@@ -27,7 +27,9 @@ SECRETS = ('test-client-secret-0123', 'test-refresh-token-4567')
 def _options(fake, **kw) -> SpotifyOptions:
   kw.setdefault('rate', None)
   kw.setdefault('retry', FAST)
-  return SpotifyOptions(api_url=fake.api_url, token_url=fake.token_url, **{**CLIENT, **kw})
+  # The fake listens on 127.0.0.1: private addresses are allowed explicitly.
+  return SpotifyOptions(api_url=fake.api_url, token_url=fake.token_url, allow_private_addresses=True,
+                        **{**CLIENT, **kw})
 
 
 def _rows(batches):
@@ -323,7 +325,7 @@ def test_batch_job_reads_spotify_plays_for_two_tenants(fake_spotify, tmp_path, m
   monkeypatch.setenv('SPOTIFY_REFRESH_TOKEN', USER['refresh_token'])
   fake_spotify.fault_rate = 0.1
   source = {'type': 'spotify', 'resource': 'recently_played', 'api_url': fake_spotify.api_url,
-            'token_url': fake_spotify.token_url, 'rate': None,
+            'token_url': fake_spotify.token_url, 'rate': None, 'allow_private_addresses': True,
             'retry': {'backoff_base': 0.02, 'backoff_max': 0.2, 'max_attempts': 6}}
   config = {
       'output': str(tmp_path / 'lake'),

@@ -28,7 +28,7 @@ import re
 import urllib.parse
 from typing import Any, Optional
 
-from io_connectors.apis.http.request import Request, json_path
+from io_connectors.apis.http.request import Request, json_path, unsafe_url_reason
 
 __all__ = [
     'Paginator',
@@ -157,8 +157,21 @@ def _next_link(header: Optional[str], rel: str) -> Optional[str]:
 
 
 def _follow(request: Request, url: str) -> Request:
-  """The request for an absolute or relative next-page URL (its query replaces ours)."""
-  absolute = urllib.parse.urljoin(request.url, url)
+  """The request for an absolute or relative next-page URL (its query replaces ours).
+
+  ValueError for a link with a backslash, control characters, whitespace or
+  userinfo (parsers disagree on where such a URL goes), checked on the link
+  as received and on the absolute URL it makes.
+  """
+  if not isinstance(url, str):
+    raise ValueError(f'the next link is a {type(url).__name__}, not a URL')
+  link = url.split('#', 1)[0]  # a fragment is never sent
+  reason = unsafe_url_reason(link if '://' in link else 'http://relative.invalid/' + link.lstrip('/'))
+  absolute = urllib.parse.urljoin(request.url, link)
+  if reason is None:
+    reason = unsafe_url_reason(absolute)
+  if reason is not None:
+    raise ValueError(f'unsafe next link: {reason}')
   parts = urllib.parse.urlsplit(absolute)
   params = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
   # Query parameters the auth adds (api keys) are added again by the auth.
@@ -182,7 +195,7 @@ class JSONBodyNextUrlPaginator(Paginator):
     url = json_path(body, self.next_url_path)
     if not url:
       return None
-    following = _follow(request, str(url))
+    following = _follow(request, url)
     if following.url == request.url and following.params == request.params:
       return None
     return following
