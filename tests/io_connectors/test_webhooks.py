@@ -18,6 +18,7 @@ import pytest
 from io_connectors._common.masking import mask_url
 from io_connectors.streams.webhooks import REJECT_REASONS, WebhookOptions, sign
 from tests.conftest import REPO_ROOT, ensure_service
+from tests.io_connectors.flaky_proxy import CuttingProxy
 
 SECRETS = {'soundcloud': 'sc-webhook-secret-4f1d', 'lastfm': 'lf-webhook-secret-9a2c'}
 METRICS_TOKEN = 'metrics-token-7c3e91'
@@ -483,73 +484,23 @@ def test_metrics_need_the_bearer_token(receiver, tmp_path, redis_port):
     closed.close()
 
 
-class _CommandCuttingProxy:
-  """A TCP proxy to Redis that, while armed, cuts the connection carrying a command named in `markers`.
-
-  Stands for a request cancelled (or a receiver killed) in the middle of
-  storing a delivery: whatever reached Redis before the cut stays done.
-  """
-
-  def __init__(self, target_port: int, markers):
-    self.armed = False
-    self.cuts = 0
-    self._markers = markers
-    self._target = ('127.0.0.1', target_port)
-    self._listener = socket.create_server(('127.0.0.1', 0))
-    self.port = self._listener.getsockname()[1]
-    self._closed = False
-    import threading  # pylint: disable=import-outside-toplevel
-    self._thread = threading.Thread
-    self._thread(target=self._accept, daemon=True).start()
-
-  def close(self):
-    self._closed = True
-    self._listener.close()
-
-  def _accept(self):
-    while not self._closed:
-      try:
-        client, _ = self._listener.accept()
-      except OSError:
-        return
-      server = socket.create_connection(self._target, timeout=10)
-      server.settimeout(None)
-      self._thread(target=self._pump, args=(client, server, True), daemon=True).start()
-      self._thread(target=self._pump, args=(server, client, False), daemon=True).start()
-
-  def _pump(self, source, sink, to_server):
-    try:
-      while True:
-        data = source.recv(65536)
-        if not data:
-          break
-        if to_server and self.armed and any(m in data.upper() for m in self._markers):
-          self.cuts += 1
-          break
-        sink.sendall(data)
-    except OSError:
-      pass
-    for s in (source, sink):
-      try:
-        s.shutdown(socket.SHUT_RDWR)
-      except OSError:
-        pass
-      s.close()
-
-
 def test_a_delivery_cut_off_while_stored_is_accepted_on_retry(tmp_path, redis_port, redis_client):
-  # The command that appends the event: XADD, or the script that runs it.
-  proxy = _CommandCuttingProxy(redis_port, (b'XADD', b'EVAL'))
+  # Stands for a request cancelled (or a receiver killed) in the middle of
+  # storing a delivery: the connection carrying the command that appends the
+  # event (XADD, or the script that runs it) is cut; what reached Redis before stays done.
+  armed = {'on': False}
+  proxy = CuttingProxy(redis_port, cut_request_when=lambda data: armed['on'] and (
+      b'XADD' in data.upper() or b'EVAL' in data.upper()))
   prefix = f'test-{uuid.uuid4().hex[:12]}:'
   server = Receiver(tmp_path, proxy.port, prefix)
   try:
     event = {'type': 'track.played', 'n': 1}
-    proxy.armed = True
+    armed['on'] = True
     cut = server.post('soundcloud', event, delivery_id='d-cut-1')
-    assert cut.status_code == 503 and proxy.cuts >= 1
+    assert cut.status_code == 503 and proxy.cuts_done >= 1
     assert redis_client.xlen(f'{prefix}soundcloud') == 0
     assert not redis_client.exists(f'{prefix}seen:soundcloud:d-cut-1')  # the id was not burnt
-    proxy.armed = False
+    armed['on'] = False
     retry = server.post('soundcloud', event, delivery_id='d-cut-1')
     assert retry.status_code == 202, retry.text
     entries = redis_client.xrange(f'{prefix}soundcloud')

@@ -2,7 +2,10 @@
 
 A paginator is stateless: `first(request)` returns the first page's request
 and `next(request, response, body, count)` the following page's, or None when
-the last page was read. `count` is the number of records the page held (its
+the last page was read. Links taken from answers (Link headers, next URLs)
+raise ValueError when unsafe to follow (userinfo, backslash, whitespace,
+control characters, not http(s)); the reader dead-letters that, and also
+checks the host, the scheme and loops. `count` is the number of records the page held (its
 record path), which ends offset and page-number pagination at an empty page.
 
 ===========================  ==============================================

@@ -15,9 +15,18 @@ drawing on the host's shared token bucket, so the read runs at the rate the
 API allows rather than at one request's latency.
 
 Nothing is lost: a request that fails for good (after retries), a body that
-is not JSON, a page without records where some were expected or a record that
-cannot be mapped becomes a dead letter (``stage='read'``) whose ``record``
-holds the request that produced it (method, URL, params, all masked).
+is not JSON or over the size cap, a page without records where some were
+expected or a record that cannot be mapped becomes a dead letter
+(``stage='read'``) whose ``record`` holds the request that produced it
+(method, URL, params, all masked).
+
+Pagination is held to the resource: a next-page link (Link header, next URL
+in the body) with userinfo, a backslash, whitespace or control characters,
+one to another host (unless in `next_link_hosts`) or from https to http is
+refused; a next page identical to one already read (a Link pointing at
+itself, a cursor cycle) ends the element; and so does `max_pages` (default
+1000) when more pages are announced. Each of these leaves a dead letter
+naming the page it did not read and why, never a silent stop.
 
 Usage::
 
