@@ -284,7 +284,7 @@ class SpotifyOptions:
   token_url: str = SPOTIFY_TOKEN_URL
   allowed_hosts: Optional[Sequence[str]] = None
   allow_private_addresses: bool = False
-  token_store: Optional[str] = None
+  token_store: Optional[str] = dataclasses.field(default=None, repr=False)  # a URL may hold a password
   rate: Optional[float] = 10.0
   burst: float = 1.0
   window: Optional[Sequence[float]] = None
