@@ -176,6 +176,13 @@ class RetryPolicy:
   host_retry_budget: int = 100
   host_retry_window: float = 60.0
 
+  def __post_init__(self):
+    if not self.deadline > 0:
+      raise ValueError(f'retry deadline must be > 0 seconds, got {self.deadline!r}')
+    if self.host_retry_budget < 0 or not self.host_retry_window > 0:
+      raise ValueError(f'host_retry_budget must be >= 0 and host_retry_window > 0, got '
+                       f'{self.host_retry_budget!r} and {self.host_retry_window!r}')
+
   def backoff(self, attempt: int) -> float:
     """uniform(0, min(backoff_max, backoff_base * 2**attempt)) seconds."""
     return Backoff(self.backoff_base * 2, self.backoff_max, full_jitter=True).delay_s(attempt)

@@ -363,3 +363,12 @@ def test_compare_and_set_on_postgresql(postgres_url):
 def test_compare_and_set_refuses_object_stores():
   with pytest.raises(state.StateError, match='compare-and-set'):
     state.compare_and_set('gs://bucket/state', 'k', None, 'v')
+
+
+def test_retry_policy_checks_its_budget_and_deadline():
+  with pytest.raises(ValueError, match='deadline'):
+    RetryPolicy(deadline=0)
+  with pytest.raises(ValueError, match='host_retry_budget'):
+    RetryPolicy(host_retry_budget=-1)
+  with pytest.raises(ValueError, match='max_response_bytes'):
+    ClientOptions(max_response_bytes=0)
