@@ -140,8 +140,7 @@ class JSONBodyCursorPaginator(Paginator):
       return None
     if self.has_more_path is not None and not json_path(body, self.has_more_path):
       return None
-    if str(cursor) == str(request.params.get(self.cursor_param)):
-      return None  # the same cursor again would loop forever
+    # The same cursor again is a loop: the reader dead-letters it, never a silent stop.
     return request.with_params(**{self.cursor_param: cursor})
 
 
@@ -198,10 +197,7 @@ class JSONBodyNextUrlPaginator(Paginator):
     url = json_path(body, self.next_url_path)
     if not url:
       return None
-    following = _follow(request, url)
-    if following.url == request.url and following.params == request.params:
-      return None
-    return following
+    return _follow(request, url)  # a link to this same page is a loop the reader dead-letters
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,8 +219,6 @@ class RelayCursorPaginator(Paginator):
   def next(self, request, response, body, count):
     info = json_path(body, self.page_info_path) or {}
     if not isinstance(info, dict) or not info.get('hasNextPage') or not info.get('endCursor'):
-      return None
-    if (request.json or {}).get('variables', {}).get(self.cursor_variable) == info['endCursor']:
       return None
     return request.with_variables(**{self.cursor_variable: info['endCursor']})
 

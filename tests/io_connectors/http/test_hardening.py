@@ -372,3 +372,18 @@ def test_retry_policy_checks_its_budget_and_deadline():
     RetryPolicy(host_retry_budget=-1)
   with pytest.raises(ValueError, match='max_response_bytes'):
     ClientOptions(max_response_bytes=0)
+
+
+@pytest.mark.parametrize('paginator, answer', [
+    ({'type': 'json_link', 'next_url_path': 'next'}, lambda base: {'items': [{'id': 1}], 'next': f'{base}/items'}),
+    ({'type': 'cursor', 'cursor_path': 'next', 'cursor_param': 'cursor'},
+     lambda base: {'items': [{'id': 1}], 'next': 'same'}),
+])
+def test_a_next_page_equal_to_this_one_is_a_dead_letter_not_a_silent_stop(fake_server, paginator, answer):
+  fake_server.route('GET', '/items', lambda c: _json(answer(fake_server.base_url)))
+  first = {'cursor': 'same'} if paginator['type'] == 'cursor' else {}
+  out = _read({'base_url': fake_server.base_url, 'path': '/items', 'params': first, 'record_path': 'items',
+               'paginator': paginator}, _client())
+  assert [r['id'] for r in out.rows] == [1]
+  [letter] = out.dead_letters
+  assert 'pagination loop' in letter['detail']
