@@ -79,6 +79,7 @@ def run(args) -> dict:
                              client_secret='bench-secret-value',
                              api_url=fake.api_url,
                              token_url=fake.token_url,
+                             allow_private_addresses=True,  # the fake listens on 127.0.0.1
                              rate=rate,
                              burst=max(1.0, 2 * rate),
                              window=(args.window_requests, args.window_seconds + 0.1),

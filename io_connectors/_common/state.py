@@ -25,6 +25,14 @@ Usage::
     state.commit_cursors([{'store': 'gs://lake/_state', 'key': key, 'value': '2024-06-01T00:00:00+00:00'}])
 
 Values are JSON scalars: integers, or ISO-8601 strings (timestamps in UTC).
+
+Values that several workers replace (an OAuth2 refresh token that the server
+rotates) are changed with `compare_and_set(store, key, expected, new)`: the
+write happens only if the stored value is still `expected`, under an
+exclusive lock (local directory: an flock'ed lock file beside the value;
+PostgreSQL: the row locked in one transaction). Object-store prefixes have no
+such lock here and refuse it with StateError. Such values may be secrets:
+keep the store as private as the credentials themselves.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ from apache_beam.io.filesystems import FileSystems
 from io_connectors._common.errors import ConnectorError
 from io_connectors._common.masking import mask_url
 
-__all__ = ['StateError', 'cursor_key', 'load_cursor', 'commit_cursors']
+__all__ = ['StateError', 'cursor_key', 'load_cursor', 'load_value', 'commit_cursors', 'compare_and_set']
 
 DEFAULT_TABLE = 'pipeline_cursors'
 _TABLE_PATTERN = re.compile(r'^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$')
@@ -209,12 +217,81 @@ def _write_postgres(store: str, docs: Dict[str, dict]):
 # ----- public API -----
 
 
-def load_cursor(store: str, key: str) -> Any:
-  """The last committed value of `key` in `store`, or None if there is none."""
+def load_value(store: str, key: str) -> Any:
+  """The value stored under `key` in `store`, or None if there is none."""
   if not store:
     raise StateError('no state store given')
   doc = _load_postgres(store, key) if _is_postgres(store) else _load_file(store, key)
   return None if doc is None else doc.get('value')
+
+
+def load_cursor(store: str, key: str) -> Any:
+  """The last committed value of `key` in `store`, or None if there is none."""
+  return load_value(store, key)
+
+
+def _cas_file(store: str, key: str, expected: Any, new: Any) -> bool:
+  import fcntl  # pylint: disable=import-outside-toplevel
+  local = _local_dir(store)
+  if local is None:
+    raise StateError(f'compare-and-set needs a local directory or a PostgreSQL store, not {mask_url(store)}')
+  try:
+    os.makedirs(local, exist_ok=True)
+    lock_path = os.path.join(local, '.' + _object_name(key) + '.lock')
+    with open(lock_path, 'a+b') as lock:
+      fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+      try:
+        current = _load_file(store, key)
+        if (None if current is None else current.get('value')) != expected:
+          return False
+        _write_file(store, key, {'key': key, 'value': new,
+                                 'committed_at': dt.datetime.now(dt.timezone.utc).isoformat()})
+        return True
+      finally:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+  except OSError as e:
+    raise StateError(f'cannot update {key!r} in {mask_url(store)}: {type(e).__name__}') from None
+
+
+def _cas_postgres(store: str, key: str, expected: Any, new: Any) -> bool:
+  import psycopg  # pylint: disable=import-outside-toplevel
+  from psycopg import sql  # pylint: disable=import-outside-toplevel
+  from psycopg.types.json import Jsonb  # pylint: disable=import-outside-toplevel
+  conn, table = _postgres_connect(store)
+  doc = {'key': key, 'value': new, 'committed_at': dt.datetime.now(dt.timezone.utc).isoformat()}
+  try:
+    with conn:  # one transaction: the row stays locked from the read to the write
+      _ensure_table(conn, table)
+      row = conn.execute(sql.SQL('SELECT value FROM {} WHERE key = %s FOR UPDATE').format(table), (key,)).fetchone()
+      if row is None:
+        if expected is not None:
+          return False
+        inserted = conn.execute(
+            sql.SQL('INSERT INTO {} (key, value, committed_at) VALUES (%s, %s, now()) '
+                    'ON CONFLICT (key) DO NOTHING').format(table), (key, Jsonb(doc)))
+        return inserted.rowcount == 1
+      if row[0].get('value') != expected:
+        return False
+      conn.execute(sql.SQL('UPDATE {} SET value = %s, committed_at = now() WHERE key = %s').format(table),
+                   (Jsonb(doc), key))
+      return True
+  except psycopg.Error as e:
+    raise StateError(f'cannot update {key!r} in {mask_url(store)}: {_first_line(e)}') from None
+  finally:
+    conn.close()
+
+
+def compare_and_set(store: str, key: str, expected: Any, new: Any) -> bool:
+  """Stores `new` under `key` if the stored value is `expected` (None: no value yet); whether it did.
+
+  Atomic across processes and machines sharing the store (see the module
+  docstring for which stores support it).
+  """
+  if not store:
+    raise StateError('no state store given')
+  if _is_postgres(store):
+    return _cas_postgres(store, key, expected, new)
+  return _cas_file(store, key, expected, new)
 
 
 def _order(value):

@@ -152,6 +152,8 @@ class LastfmOptions:
   retry: the HTTP client's policy (timeouts, 5xx, 429); also bounds the
     retries of Last.fm's own error codes 8/11/16/29.
   include_params: element keys copied into each record (e.g. a tenant column).
+  allow_private_addresses: let requests reach loopback/private addresses (a
+    local fake or proxy); off by default.
   """
   resource: str
   users: Sequence[str] = ()
@@ -169,6 +171,7 @@ class LastfmOptions:
   burst: float = 1.0
   retry: RetryPolicy = RetryPolicy()
   include_params: Sequence[str] = ()
+  allow_private_addresses: bool = False
 
   def __post_init__(self):
     if self.resource not in RESOURCES:
@@ -260,7 +263,8 @@ class _ReadLastfmFn(beam.DoFn):
       auth = SignedAuth(functools.partial(sign_request, secret, session_key or None), base=auth,
                         secrets=[secret, session_key])
     host = urllib.parse.urlsplit(o.base_url).hostname
-    self._client = HttpClient(ClientOptions(allowed_hosts=[host], rate=o.rate, burst=o.burst, retry=o.retry), auth)
+    self._client = HttpClient(ClientOptions(allowed_hosts=[host], rate=o.rate, burst=o.burst, retry=o.retry,
+                                            allow_private_addresses=o.allow_private_addresses), auth)
     self._bucket = limiter_for(host, o.rate, o.burst)
     # Shared by the DoFn instances of a worker process: a track's duration is asked once.
     self._durations = _DURATIONS.setdefault(o.base_url, {})

@@ -163,7 +163,9 @@ class SoundCloudOptions:
   client_id_env, client_secret_env: environment variables holding the app's credentials.
   page_size: items per page (SoundCloud allows up to 200).
   base_url, token_url: the API and token endpoint (a proxy or a test server).
-  rate, burst, concurrency, retry: see `io_connectors.apis.http.rest.RestOptions`.
+  rate, burst, concurrency, retry, allow_private_addresses: see
+    `io_connectors.apis.http.rest.RestOptions` (the last lets a local fake or
+    proxy on a private address be reached).
   """
   resource: str
   user_ids: Sequence[int]
@@ -176,6 +178,7 @@ class SoundCloudOptions:
   burst: float = 1.0
   concurrency: int = 8
   retry: RetryPolicy = RetryPolicy()
+  allow_private_addresses: bool = False
 
   def __post_init__(self):
     if self.resource not in RESOURCES:
@@ -215,7 +218,7 @@ class ReadFromSoundCloud(beam.PTransform):
     )
     self._params = [{'user_id': u} for u in user_ids]
     self._rest_options = RestOptions(rate=options.rate, burst=options.burst, concurrency=options.concurrency,
-                                     retry=options.retry)
+                                     retry=options.retry, allow_private_addresses=options.allow_private_addresses)
 
   def expand(self, pbegin):
     return pbegin | 'Read' >> ReadRestResource(self._resource, params=self._params, options=self._rest_options)

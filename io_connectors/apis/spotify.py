@@ -253,6 +253,11 @@ class SpotifyOptions:
     SPOTIFY_CLIENT_ID, SPOTIFY_CLIENT_SECRET, SPOTIFY_REFRESH_TOKEN variables.
   api_url, token_url: the API (tests point them at a local fake).
   allowed_hosts: hosts requests may go to (default: those of api_url and token_url).
+  allow_private_addresses: let requests reach loopback/private addresses (a
+    local fake or proxy); off by default.
+  token_store: where the user's current refresh token is kept (a local
+    directory or postgresql:// URL, io_connectors._common.state): Spotify may
+    rotate it, and every worker and later run must use the rotated one.
   rate, burst, window, concurrency, retry, cache_url, cache_ttl, batch_size:
     see RestOptions. Spotify limits a rolling 30 s window: with
     `window=(N, 30)` and `rate=N/30` a worker holds N/30 requests a second
@@ -278,6 +283,8 @@ class SpotifyOptions:
   api_url: str = SPOTIFY_API_URL
   token_url: str = SPOTIFY_TOKEN_URL
   allowed_hosts: Optional[Sequence[str]] = None
+  allow_private_addresses: bool = False
+  token_store: Optional[str] = dataclasses.field(default=None, repr=False)  # a URL may hold a password
   rate: Optional[float] = 10.0
   burst: float = 1.0
   window: Optional[Sequence[float]] = None
@@ -327,7 +334,8 @@ def resource_config(options: SpotifyOptions) -> ResourceConfig:
   spec = RESOURCES[options.resource]
   client_id, client_secret, refresh_token = options.credentials()
   if spec.user:
-    auth = OAuth2RefreshToken(options.token_url, client_id, client_secret, refresh_token)
+    auth = OAuth2RefreshToken(options.token_url, client_id, client_secret, refresh_token,
+                              token_store=options.token_store)
   else:
     auth = OAuth2ClientCredentials(options.token_url, client_id, client_secret)
   params = {}
@@ -401,7 +409,8 @@ class ReadFromSpotify(beam.PTransform):
         RestOptions(rate=options.rate, burst=options.burst,
                     window=None if options.window is None else (int(options.window[0]), float(options.window[1])),
                     retry=options.retry, cache_url=options.cache_url,
-                    cache_ttl=options.cache_ttl, concurrency=options.concurrency, batch_size=options.batch_size))
+                    cache_ttl=options.cache_ttl, concurrency=options.concurrency, batch_size=options.batch_size,
+                    allow_private_addresses=options.allow_private_addresses))
 
   @property
   def default_entity(self) -> Optional[str]:

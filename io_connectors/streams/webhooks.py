@@ -6,15 +6,31 @@ delivery is accepted only when
 
 - its ``Content-Type`` is JSON (else 415) and its body is at most
   ``max_body_bytes`` (else 413);
-- it carries ``X-Timestamp`` (Unix seconds) and ``X-Delivery-Id`` (else 400),
-  and the timestamp is within ``tolerance_seconds`` of now (else 400);
-- ``X-Signature: sha256=<hex>`` is the HMAC-SHA256, keyed with the source's
-  secret, of ``<timestamp>.<raw body>`` (else 401): signing the timestamp too
-  means an old delivery cannot be replayed with a fresh timestamp;
-- the body is a JSON document (else 400);
+- the body arrives within ``body_timeout_seconds`` (else 408, and the
+  connection is closed: a slow client cannot hold it);
+- it carries ``X-Timestamp`` (Unix seconds, ASCII digits) and
+  ``X-Delivery-Id`` (else 400), and the timestamp is within
+  ``tolerance_seconds`` of now (else 400); a ``Content-Length`` that is not
+  ASCII digits is a 400 too;
+- ``X-Signature`` is valid (else 401). Scheme ``v2`` (the current one):
+  ``X-Signature: v2=<hex>``, the HMAC-SHA256 keyed with the source's secret
+  of ``<delivery id>.<timestamp>.<raw body>``: the id is signed, so a captured
+  delivery cannot be sent again under a new id, nor a future id burnt.
+  Scheme ``v1`` (``sha256=<hex>`` over ``<timestamp>.<raw body>``) is still
+  accepted during the transition unless ``signature_versions=('v2',)``
+  (``--signature_versions v2``); as v1 does not cover the id, a v1 delivery
+  is also refused (409) when a delivery with the same timestamp and body
+  digest was accepted before;
+- the body is a JSON document nested at most ``max_json_depth`` deep (else 400);
 - its delivery id was not accepted before within the tolerance window (else
-  409): the ids are kept in Redis (``SET NX EX``) so that every replica of
-  the receiver shares them.
+  409): the ids are kept in Redis so that every replica of the receiver
+  shares them.
+
+With the Redis sink one Lua script checks the id, appends the event and
+records the id (and the v1 body digest), atomically: a request cancelled or
+a receiver killed at any point either stored the event and its id, or
+neither, so the sender's retry is accepted exactly when the event is not in
+the stream. (The stream and the id keys must live on one Redis node.)
 
 An accepted delivery is appended (XADD) to the Redis stream
 ``<stream_prefix><source>`` with the fields ``source``, ``delivery_id``,
@@ -23,13 +39,18 @@ An accepted delivery is appended (XADD) to the Redis stream
 the Kafka topic ``<kafka_topic_prefix><source>`` (key: the delivery id; value:
 the body; the other fields as headers; idempotent producer, acks=all) and
 answered once the broker acknowledged it, with ``topic/partition/offset``.
-Delivery ids are kept in Redis either way. If the store fails the delivery is
-answered 503 and its id forgotten, so the sender's retry is accepted: nothing
-is lost.
+Delivery ids are kept in Redis either way; with Kafka an id is recorded only
+after the broker acknowledged the event (a crash in between means the retry
+produces it again: Kafka consumers dedup on the key). If the store fails the
+delivery is answered 503 and its id is not recorded, so the sender's retry is
+accepted: nothing is lost.
 
 ``GET /health`` answers 200 when Redis answers (503 otherwise); ``GET /metrics``
-serves Prometheus text: ``webhook_deliveries_accepted_total{source}`` and
-``webhook_deliveries_rejected_total{source,reason}``.
+serves Prometheus text (``webhook_deliveries_accepted_total{source}`` and
+``webhook_deliveries_rejected_total{source,reason}``) to callers with
+``Authorization: Bearer <metrics token>`` (``metrics_token``; on the command
+line from ``$WEBHOOK_METRICS_TOKEN`` or ``--metrics_token_env``); without a
+token configured it answers 404.
 
 Secrets, signatures and the Redis password are never logged nor returned.
 
@@ -37,6 +58,7 @@ Usage::
 
     export WEBHOOK_SECRET_SOUNDCLOUD=...   # one variable per source
     export REDIS_PASSWORD=...              # when the Redis URL holds none
+    export WEBHOOK_METRICS_TOKEN=...       # bearer token of GET /metrics
     python -m io_connectors.streams.webhooks --port 8090 --redis_url redis://127.0.0.1:6380/0 \\
         --source soundcloud=WEBHOOK_SECRET_SOUNDCLOUD --source lastfm=WEBHOOK_SECRET_LASTFM
     # events to Kafka instead (SASL password, if any, from $KAFKA_PASSWORD)
@@ -45,13 +67,14 @@ Usage::
     # or in Python (an ASGI app for any ASGI server)
     app = create_app(WebhookOptions(sources={'soundcloud': 'secret'}, redis_url='redis://...'))
 
-A sender signs like this::
+A sender signs like this (``sign(secret, ts, body, delivery_id)`` does the same)::
 
     body = json.dumps(event).encode()
     ts = str(int(time.time()))
-    sig = hmac.new(secret, ts.encode() + b'.' + body, hashlib.sha256).hexdigest()
+    signed = delivery_id.encode() + b'.' + ts.encode() + b'.' + body
+    sig = hmac.new(secret, signed, hashlib.sha256).hexdigest()
     headers = {'Content-Type': 'application/json', 'X-Timestamp': ts,
-               'X-Delivery-Id': delivery_id, 'X-Signature': 'sha256=' + sig}
+               'X-Delivery-Id': delivery_id, 'X-Signature': 'v2=' + sig}
 """
 
 from __future__ import annotations
@@ -93,12 +116,18 @@ REJECT_REASONS = {
     'stale_timestamp': 400,
     'bad_signature': 401,
     'malformed_body': 400,
+    'too_deep': 400,
+    'body_timeout': 408,
     'replay': 409,
     'store_unavailable': 503,
 }
 
 _SOURCE_NAME = re.compile(r'^[a-z0-9][a-z0-9_-]{0,62}$')
 _DELIVERY_ID = re.compile(r'^[A-Za-z0-9._:-]{1,128}$')
+# ASCII digits only: str.isdigit() and int() also take '²' or Arabic-Indic digits.
+_TIMESTAMP = re.compile(r'[0-9]{1,12}')
+_CONTENT_LENGTH = re.compile(r'[0-9]{1,19}')
+SIGNATURE_VERSIONS = ('v2', 'v1')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +146,11 @@ class WebhookOptions:
   sink: 'redis' (streams) or 'kafka' (topics).
   kafka_bootstrap, kafka_topic_prefix: the brokers and topic = prefix + source name.
   kafka_config: more librdkafka settings (security.protocol, sasl.*).
+  body_timeout_seconds: the whole body must arrive within this (else 408).
+  max_json_depth: deeper JSON documents are refused with 400.
+  signature_versions: accepted X-Signature schemes, ('v2', 'v1') during the
+    transition from v1, ('v2',) after it.
+  metrics_token: the bearer token GET /metrics asks for; None disables it.
   """
   sources: Dict[str, object] = dataclasses.field(repr=False)  # name -> signing secret
   redis_url: str = dataclasses.field(default='redis://127.0.0.1:6379/0', repr=False)
@@ -130,6 +164,10 @@ class WebhookOptions:
   kafka_bootstrap: Optional[str] = None
   kafka_topic_prefix: str = 'webhooks.'
   kafka_config: Dict[str, str] = dataclasses.field(default_factory=dict)
+  body_timeout_seconds: float = 10.0
+  max_json_depth: int = 64
+  signature_versions: Sequence[str] = SIGNATURE_VERSIONS
+  metrics_token: Optional[str] = dataclasses.field(default=None, repr=False)
 
   def __post_init__(self):
     if self.sink not in ('redis', 'kafka'):
@@ -147,12 +185,60 @@ class WebhookOptions:
       raise ValueError(f'tolerance_seconds must be >= 1, got {self.tolerance_seconds}')
     if self.max_body_bytes < 1:
       raise ValueError(f'max_body_bytes must be >= 1, got {self.max_body_bytes}')
+    if not self.body_timeout_seconds > 0:
+      raise ValueError(f'body_timeout_seconds must be > 0, got {self.body_timeout_seconds}')
+    if self.max_json_depth < 1:
+      raise ValueError(f'max_json_depth must be >= 1, got {self.max_json_depth}')
+    unknown = set(self.signature_versions) - set(SIGNATURE_VERSIONS)
+    if unknown or not self.signature_versions:
+      raise ValueError(f'signature_versions must be a non-empty subset of {SIGNATURE_VERSIONS}, '
+                       f'got {tuple(self.signature_versions)}')
 
 
-def sign(secret, timestamp: str, body: bytes) -> str:
-  """The X-Signature value for a delivery: 'sha256=' + hex HMAC of '<timestamp>.<body>'."""
+def sign(secret, timestamp: str, body: bytes, delivery_id: Optional[str] = None) -> str:
+  """The X-Signature value for a delivery.
+
+  With delivery_id (scheme v2): 'v2=' + hex HMAC-SHA256 of '<delivery id>.<timestamp>.<body>'.
+  Without (scheme v1, accepted during the transition): 'sha256=' + hex HMAC of '<timestamp>.<body>'.
+  """
   key = secret.encode('utf-8') if isinstance(secret, str) else secret
-  return 'sha256=' + hmac.new(key, timestamp.encode('ascii') + b'.' + body, hashlib.sha256).hexdigest()
+  if delivery_id is None:
+    return 'sha256=' + hmac.new(key, timestamp.encode('ascii') + b'.' + body, hashlib.sha256).hexdigest()
+  signed = delivery_id.encode('ascii') + b'.' + timestamp.encode('ascii') + b'.' + body
+  return 'v2=' + hmac.new(key, signed, hashlib.sha256).hexdigest()
+
+
+def json_depth_exceeds(value, limit: int) -> bool:
+  """Whether a parsed JSON value nests deeper than `limit` (iterative: no recursion)."""
+  stack = [(value, 1)]
+  while stack:
+    node, depth = stack.pop()
+    if isinstance(node, (dict, list)):
+      if depth > limit:
+        return True
+      children = node.values() if isinstance(node, dict) else node
+      stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+  return False
+
+
+# Appends the event and records its id (and the v1 body digest) in one atomic
+# step; XADD runs first so that a failing XADD records nothing.
+# KEYS: seen-id key, stream, body-digest key ('' when not v1).
+# ARGV: ttl seconds, maxlen (0 = none), then field/value pairs.
+_STORE_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0, 'id'} end
+if KEYS[3] ~= '' and redis.call('EXISTS', KEYS[3]) == 1 then return {0, 'digest'} end
+local args = {KEYS[2]}
+if tonumber(ARGV[2]) > 0 then
+  table.insert(args, 'MAXLEN'); table.insert(args, '~'); table.insert(args, ARGV[2])
+end
+table.insert(args, '*')
+for i = 3, #ARGV do table.insert(args, ARGV[i]) end
+local entry = redis.call('XADD', unpack(args))
+redis.call('SET', KEYS[1], entry, 'EX', tonumber(ARGV[1]))
+if KEYS[3] ~= '' then redis.call('SET', KEYS[3], entry, 'EX', tonumber(ARGV[1])) end
+return {1, entry}
+"""
 
 
 class _Metrics:
@@ -254,10 +340,13 @@ def create_app(options: WebhookOptions, redis_client=None):
                                            socket_timeout=10, socket_connect_timeout=10)
   kafka = _KafkaSink(options.kafka_bootstrap, options.kafka_config) if options.sink == 'kafka' else None
 
+  store_script = redis_client.register_script(_STORE_SCRIPT)
+  metrics_token = options.metrics_token.encode('utf-8') if options.metrics_token else None
+
   async def read_body(request) -> bytes:
     declared = request.headers.get('content-length')
     if declared is not None:
-      if not declared.isdigit():
+      if not _CONTENT_LENGTH.fullmatch(declared):
         raise _Rejected('missing_header', 'Content-Length is not a number')
       if int(declared) > options.max_body_bytes:
         raise _Rejected('too_large', f'body over {options.max_body_bytes} bytes')
@@ -270,10 +359,28 @@ def create_app(options: WebhookOptions, redis_client=None):
       chunks.append(chunk)
     return b''.join(chunks)
 
+  async def read_body_in_time(request) -> bytes:
+    try:
+      return await asyncio.wait_for(read_body(request), timeout=options.body_timeout_seconds)
+    except asyncio.TimeoutError:
+      raise _Rejected('body_timeout', f'body not received within {options.body_timeout_seconds:g}s') from None
+
+  def verify(source: str, signature: str, delivery_id: str, timestamp: str, body: bytes) -> str:
+    """The scheme ('v1' or 'v2') of a valid signature; _Rejected otherwise."""
+    scheme, _, _ = signature.strip().partition('=')
+    version = {'v2': 'v2', 'sha256': 'v1'}.get(scheme)
+    if version not in options.signature_versions:
+      raise _Rejected('bad_signature', f'signature scheme must be one of {", ".join(options.signature_versions)}')
+    expected = sign(secrets[source], timestamp, body, delivery_id if version == 'v2' else None)
+    # compare_digest: the time taken says nothing about how much matched.
+    if not hmac.compare_digest(expected.encode('ascii'), signature.strip().encode('ascii', 'replace')):
+      raise _Rejected('bad_signature', 'signature does not match')
+    return version
+
   async def check(source: str, request) -> dict:
     if _media_type(request.headers.get('content-type', '')) not in accepted_types:
       raise _Rejected('unsupported_media_type', f'Content-Type must be one of {", ".join(sorted(accepted_types))}')
-    body = await read_body(request)
+    body = await read_body_in_time(request)
     timestamp = request.headers.get(TIMESTAMP_HEADER)
     delivery_id = request.headers.get(DELIVERY_HEADER)
     signature = request.headers.get(SIGNATURE_HEADER)
@@ -281,32 +388,74 @@ def create_app(options: WebhookOptions, redis_client=None):
                               (SIGNATURE_HEADER, signature)) if not v]
     if missing:
       raise _Rejected('missing_header', f'missing header(s): {", ".join(missing)}')
-    if not timestamp.isdigit() or len(timestamp) > 12:
-      raise _Rejected('bad_timestamp', f'{TIMESTAMP_HEADER} must be Unix seconds')
+    if not _TIMESTAMP.fullmatch(timestamp):
+      raise _Rejected('bad_timestamp', f'{TIMESTAMP_HEADER} must be Unix seconds (ASCII digits)')
     if abs(time.time() - int(timestamp)) > options.tolerance_seconds:
       raise _Rejected('stale_timestamp', f'{TIMESTAMP_HEADER} is more than {options.tolerance_seconds}s from now')
     if not _DELIVERY_ID.match(delivery_id):
       raise _Rejected('missing_header', f'{DELIVERY_HEADER} must match {_DELIVERY_ID.pattern}')
-    expected = sign(secrets[source], timestamp, body)
-    # compare_digest: the time taken says nothing about how much matched.
-    if not hmac.compare_digest(expected.encode('ascii'), signature.strip().encode('ascii', 'replace')):
-      raise _Rejected('bad_signature', 'signature does not match')
+    version = verify(source, signature, delivery_id, timestamp, body)
     try:
-      json.loads(body)
+      document = json.loads(body)
+    except RecursionError:
+      raise _Rejected('too_deep', f'JSON nested deeper than {options.max_json_depth}') from None
     except ValueError:
       raise _Rejected('malformed_body', 'body is not a JSON document') from None
-    return {'timestamp': timestamp, 'delivery_id': delivery_id, 'body': body}
+    if json_depth_exceeds(document, options.max_json_depth):
+      raise _Rejected('too_deep', f'JSON nested deeper than {options.max_json_depth}')
+    # v1 does not sign the id: the (timestamp, body) it signs must not come back under another id.
+    digest = hashlib.sha256(timestamp.encode('ascii') + b'.' + body).hexdigest() if version == 'v1' else None
+    return {'timestamp': timestamp, 'delivery_id': delivery_id, 'body': body, 'digest': digest}
 
-  async def store(source: str, delivery: dict) -> str:
+  def replay_keys(source: str, delivery: dict):
     seen_key = f'{options.stream_prefix}seen:{source}:{delivery["delivery_id"]}'
+    digest_key = f'{options.stream_prefix}seen-v1:{source}:{delivery["digest"]}' if delivery['digest'] else ''
+    return seen_key, digest_key
+
+  # Remembered for twice the window: a delivery is refused by its timestamp
+  # once the id may be forgotten.
+  remember_seconds = 2 * options.tolerance_seconds
+
+  async def store_in_redis(source: str, delivery: dict, fields: dict) -> str:
+    seen_key, digest_key = replay_keys(source, delivery)
+    args = [remember_seconds, options.stream_maxlen or 0]
+    for name, value in fields.items():
+      args += [name, value]
     try:
-      # Remembered for twice the window: a delivery is refused by its
-      # timestamp once the id may be forgotten.
-      fresh = await redis_client.set(seen_key, b'1', nx=True, ex=2 * options.tolerance_seconds)
+      stored, entry = await store_script(keys=[seen_key, f'{options.stream_prefix}{source}', digest_key], args=args)
     except Exception as e:  # pylint: disable=broad-except
       raise _Rejected('store_unavailable', f'event store unavailable ({type(e).__name__})') from None
-    if not fresh:
-      raise _Rejected('replay', 'delivery id already accepted')
+    if not stored:
+      raise _Rejected('replay', 'delivery id already accepted' if entry in (b'id', 'id') else
+                      'this signed timestamp and body were already accepted under another delivery id')
+    return entry.decode('ascii') if isinstance(entry, bytes) else str(entry)
+
+  async def store_in_kafka(source: str, delivery: dict, fields: dict) -> str:
+    seen_key, digest_key = replay_keys(source, delivery)
+    keys = [k for k in (seen_key, digest_key) if k]
+    try:
+      seen = await redis_client.exists(*keys)
+    except Exception as e:  # pylint: disable=broad-except
+      raise _Rejected('store_unavailable', f'event store unavailable ({type(e).__name__})') from None
+    if seen:
+      raise _Rejected('replay', 'delivery already accepted')
+    body = fields.pop('body')
+    try:
+      entry = await kafka.send(f'{options.kafka_topic_prefix}{source}', delivery['delivery_id'], body, fields)
+    except Exception as e:  # pylint: disable=broad-except
+      raise _Rejected('store_unavailable', f'event store unavailable ({type(e).__name__})') from None
+    # Recorded once the broker has the event: a failure before leaves the retry welcome.
+    try:
+      async with redis_client.pipeline(transaction=True) as pipe:
+        for key in keys:
+          pipe.set(key, entry, ex=remember_seconds)
+        await pipe.execute()
+    except Exception as e:  # pylint: disable=broad-except
+      _LOG.warning('delivery stored in Kafka but its id not recorded (%s): a retry would be produced again',
+                   type(e).__name__)
+    return entry
+
+  async def store(source: str, delivery: dict) -> str:
     fields = {
         'source': source,
         'delivery_id': delivery['delivery_id'],
@@ -314,20 +463,9 @@ def create_app(options: WebhookOptions, redis_client=None):
         'received_at': f'{time.time():.3f}',
         'body': delivery['body'],
     }
-    try:
-      if kafka is not None:
-        body = fields.pop('body')
-        return await kafka.send(f'{options.kafka_topic_prefix}{source}', delivery['delivery_id'], body, fields)
-      entry = await redis_client.xadd(f'{options.stream_prefix}{source}', fields,
-                                      maxlen=options.stream_maxlen, approximate=True)
-    except Exception as e:  # pylint: disable=broad-except
-      # Forget the id so the sender's retry of this delivery is accepted.
-      try:
-        await redis_client.delete(seen_key)
-      except Exception:  # pylint: disable=broad-except
-        pass
-      raise _Rejected('store_unavailable', f'event store unavailable ({type(e).__name__})') from None
-    return entry.decode('ascii') if isinstance(entry, bytes) else str(entry)
+    if kafka is not None:
+      return await store_in_kafka(source, delivery, fields)
+    return await store_in_redis(source, delivery, fields)
 
   async def receive(request):
     source = request.path_params['source']
@@ -341,7 +479,9 @@ def create_app(options: WebhookOptions, redis_client=None):
       label = source if source in secrets else '_unknown'
       metrics.rejected[(label, e.reason)] += 1
       _LOG.info('rejected delivery for %s: %s (%s)', label, e.reason, e)
-      return JSONResponse({'error': e.reason, 'detail': str(e)}, status_code=e.status)
+      # The rest of a body that did not arrive in time is not waited for.
+      headers = {'Connection': 'close'} if e.reason == 'body_timeout' else None
+      return JSONResponse({'error': e.reason, 'detail': str(e)}, status_code=e.status, headers=headers)
     metrics.accepted[source] += 1
     return JSONResponse({'status': 'accepted', 'stream_id': entry}, status_code=202)
 
@@ -354,7 +494,13 @@ def create_app(options: WebhookOptions, redis_client=None):
       return JSONResponse({'status': 'unavailable', 'detail': f'event store: {type(e).__name__}'}, status_code=503)
     return JSONResponse({'status': 'ok'})
 
-  async def render_metrics(_request):
+  async def render_metrics(request):
+    if metrics_token is None:
+      return JSONResponse({'error': 'not_found', 'detail': 'metrics need a metrics token'}, status_code=404)
+    scheme, _, given = request.headers.get('authorization', '').partition(' ')
+    if scheme.lower() != 'bearer' or not hmac.compare_digest(given.strip().encode('utf-8', 'replace'), metrics_token):
+      return JSONResponse({'error': 'unauthorized', 'detail': 'metrics need Authorization: Bearer <token>'},
+                          status_code=401, headers={'WWW-Authenticate': 'Bearer'})
     return PlainTextResponse(metrics.render(), media_type='text/plain; version=0.0.4')
 
   @contextlib.asynccontextmanager
@@ -389,6 +535,12 @@ def _parse_args(argv):
   parser.add_argument('--kafka_security_protocol', default=None, help='e.g. SASL_SSL')
   parser.add_argument('--kafka_sasl_mechanism', default='PLAIN')
   parser.add_argument('--kafka_sasl_username', default=None, help='the password is read from $KAFKA_PASSWORD')
+  parser.add_argument('--body_timeout_seconds', type=float, default=10.0)
+  parser.add_argument('--max_json_depth', type=int, default=64)
+  parser.add_argument('--signature_versions', default=','.join(SIGNATURE_VERSIONS),
+                      help='accepted X-Signature schemes, comma-separated: v2,v1 (transition) or v2')
+  parser.add_argument('--metrics_token_env', default='WEBHOOK_METRICS_TOKEN',
+                      help='the environment variable holding the bearer token of GET /metrics (unset: no /metrics)')
   return parser.parse_args(argv)
 
 
@@ -416,7 +568,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              redis_password=os.environ.get('REDIS_PASSWORD') or None,
                              tolerance_seconds=args.tolerance_seconds, max_body_bytes=args.max_body_bytes,
                              stream_prefix=args.stream_prefix, sink=args.sink, kafka_bootstrap=args.kafka_bootstrap,
-                             kafka_topic_prefix=args.kafka_topic_prefix, kafka_config=kafka_config)
+                             kafka_topic_prefix=args.kafka_topic_prefix, kafka_config=kafka_config,
+                             body_timeout_seconds=args.body_timeout_seconds, max_json_depth=args.max_json_depth,
+                             signature_versions=tuple(v.strip() for v in args.signature_versions.split(',') if v.strip()),
+                             metrics_token=os.environ.get(args.metrics_token_env) or None)
   except ValueError as e:
     print(str(e), file=sys.stderr)
     return 2

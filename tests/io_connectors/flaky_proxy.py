@@ -9,21 +9,28 @@ sides), `cuts` times in all; later connections pass untouched.
       url = f'mongodb://user:pw@127.0.0.1:{proxy.port}/db'
       ...
       assert proxy.cuts_done == 1
+
+`cut_request_when(data) -> bool` cuts instead (or too) a connection whose
+client sends a chunk it accepts, before that chunk reaches the server: a
+command that never arrives, as when a client is killed mid-call.
 """
 
 from __future__ import annotations
 
 import socket
 import threading
+from typing import Callable, Optional
 
 __all__ = ['CuttingProxy']
 
 
 class CuttingProxy:
 
-  def __init__(self, target_port: int, cut_after_bytes: int, cuts: int = 1):
+  def __init__(self, target_port: int, cut_after_bytes: Optional[int] = None, cuts: int = 1,
+               cut_request_when: Optional[Callable[[bytes], bool]] = None):
     self._target = ('127.0.0.1', target_port)
     self._cut_after = cut_after_bytes
+    self.cut_request_when = cut_request_when
     self._cuts_left = cuts
     self.cuts_done = 0
     self._lock = threading.Lock()
@@ -70,7 +77,11 @@ class CuttingProxy:
         data = source.recv(65536)
         if not data:
           break
-        if from_server:
+        if not from_server and self.cut_request_when is not None and self.cut_request_when(data):
+          with self._lock:
+            self.cuts_done += 1
+          break
+        if from_server and self._cut_after is not None:
           passed += len(data)
           with self._lock:
             cut = passed > self._cut_after and self._cuts_left > 0

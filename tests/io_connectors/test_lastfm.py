@@ -43,7 +43,7 @@ def _durations(fake, artists=3):
 
 def _options(fake, **kwargs):
   kwargs.setdefault('resource', 'recent_tracks')
-  return LastfmOptions(base_url=f'{fake.url}/2.0/', retry=FAST_RETRY, rate=None, **kwargs)
+  return LastfmOptions(base_url=f'{fake.url}/2.0/', retry=FAST_RETRY, rate=None, allow_private_addresses=True, **kwargs)
 
 
 def _rows(records, label='Rows'):
@@ -222,9 +222,9 @@ def test_batch_job_reads_lastfm_and_a_social_api_for_two_tenants(lastfm, tmp_pat
                        '2024-03-01T12:00:00.000Z', 'public_metrics': {'like_count': i}} for i in range(12)]
     retry = {'backoff_base': 0.02, 'backoff_max': 0.2, 'timeout': 30}
     lastfm_source = {'type': 'lastfm', 'resource': 'recent_tracks', 'base_url': f'{lastfm.url}/2.0/', 'rate': None,
-                     'to_time': T0 + 10**6, 'retry': retry}
+                     'to_time': T0 + 10**6, 'retry': retry, 'allow_private_addresses': True}
     social_source = {'type': 'social', 'resource': 'twitter.recent_search_mentions',
-                     'overrides': {'base_url': twitter.url}, 'retry': retry}
+                     'overrides': {'base_url': twitter.url}, 'retry': retry, 'allow_private_addresses': True}
     config = {
         'output': str(tmp_path / 'lake'),
         'entity': 'listening_event',

@@ -19,8 +19,9 @@ from io_connectors.apis.social import BodyCursorPaginator, ReadFromSocial, load_
 from tests.io_connectors.api_fakes import InstagramFake, TikTokFake, TwitterFake
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN
 
+# The fakes listen on 127.0.0.1: private addresses are allowed explicitly.
 FAST = RestOptions(retry=RetryPolicy(backoff_base=0.02, backoff_max=0.2, max_retry_after=2.0, timeout=30),
-                   concurrency=4)
+                   concurrency=4, allow_private_addresses=True)
 
 
 def _rows(records):
@@ -275,7 +276,7 @@ def test_registry_builds_social_sources_and_reports_config_mistakes(twitter, mon
   twitter.tweets = _tweets(12)
   transform = registry.build({'type': 'social', 'resource': 'twitter.recent_search_mentions',
                               'params': [{'query': 'Daft Punk'}], 'overrides': {'base_url': twitter.url},
-                              'concurrency': 2, 'retry': {'backoff_base': 0.01}})
+                              'concurrency': 2, 'retry': {'backoff_base': 0.01}, 'allow_private_addresses': True})
   with TestPipeline() as p:
     out = p | transform
     assert_that(_rows(out.records), _check(12))

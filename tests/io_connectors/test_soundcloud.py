@@ -29,7 +29,7 @@ def soundcloud(monkeypatch):
 
 def _options(fake, resource, user_ids, **kwargs):
   return SoundCloudOptions(resource=resource, user_ids=user_ids, base_url=fake.url, token_url=f'{fake.url}/oauth/token',
-                           retry=FAST_RETRY, rate=None, concurrency=4, **kwargs)
+                           retry=FAST_RETRY, rate=None, concurrency=4, allow_private_addresses=True, **kwargs)
 
 
 def _tracks(user_id, n):

@@ -27,7 +27,9 @@ SECRETS = ('test-client-secret-0123', 'test-refresh-token-4567')
 def _options(fake, **kw) -> SpotifyOptions:
   kw.setdefault('rate', None)
   kw.setdefault('retry', FAST)
-  return SpotifyOptions(api_url=fake.api_url, token_url=fake.token_url, **{**CLIENT, **kw})
+  # The fake listens on 127.0.0.1: private addresses are allowed explicitly.
+  return SpotifyOptions(api_url=fake.api_url, token_url=fake.token_url, allow_private_addresses=True,
+                        **{**CLIENT, **kw})
 
 
 def _rows(batches):
@@ -179,6 +181,29 @@ def test_recently_played_pages_back_with_before_cursors(fake_spotify):
   assert len(pages) == 3 and 'before' not in pages[0] and all('before' in q for q in pages[1:])
 
 
+@pytest.mark.parametrize('with_store', [True, False])
+def test_a_restarted_job_uses_the_rotated_refresh_token(fake_spotify, tmp_path, with_store):
+  """Spotify may rotate refresh tokens; a second run configured with the first token must still read."""
+  from io_connectors.apis.http import auth as auth_module  # pylint: disable=import-outside-toplevel
+  fake_spotify.rotate_refresh_tokens = True
+  store = str(tmp_path / 'tokens') if with_store else None
+  for run in range(2):
+    # A restarted worker remembers nothing of the previous process.
+    auth_module._SHARED_TOKENS.clear()  # pylint: disable=protected-access
+    auth_module._SHARED_REFRESH.clear()  # pylint: disable=protected-access
+    reads = run == 0 or with_store
+    with TestPipeline() as p:
+      out = p | ReadFromSpotify(_options(fake_spotify, resource='recently_played', token_store=store, **USER))
+      rows = out.records | beam.Map(lambda b: b.num_rows) | beam.CombineGlobally(sum)
+      assert_that(rows, equal_to([130 if reads else 0]), label='rows')
+
+      def letters(found, reads=reads):
+        assert (found == []) if reads else any('invalid_grant' in letter['detail'] for letter in found), found
+
+      assert_that(out.dead_letter, letters, label='letters')
+  assert fake_spotify.stats['tokens_refresh_token'] == (2 if with_store else 1)
+
+
 def test_recently_played_incremental_after_and_cursor_output(fake_spotify, tmp_path):
   from io_connectors._common import state  # pylint: disable=import-outside-toplevel
   start = fake_spotify.play_time(60)  # read the 60 plays after this one
@@ -323,7 +348,7 @@ def test_batch_job_reads_spotify_plays_for_two_tenants(fake_spotify, tmp_path, m
   monkeypatch.setenv('SPOTIFY_REFRESH_TOKEN', USER['refresh_token'])
   fake_spotify.fault_rate = 0.1
   source = {'type': 'spotify', 'resource': 'recently_played', 'api_url': fake_spotify.api_url,
-            'token_url': fake_spotify.token_url, 'rate': None,
+            'token_url': fake_spotify.token_url, 'rate': None, 'allow_private_addresses': True,
             'retry': {'backoff_base': 0.02, 'backoff_max': 0.2, 'max_attempts': 6}}
   config = {
       'output': str(tmp_path / 'lake'),

@@ -18,9 +18,12 @@ import pytest
 from io_connectors._common.masking import mask_url
 from io_connectors.streams.webhooks import REJECT_REASONS, WebhookOptions, sign
 from tests.conftest import REPO_ROOT, ensure_service
+from tests.io_connectors.flaky_proxy import CuttingProxy
 
 SECRETS = {'soundcloud': 'sc-webhook-secret-4f1d', 'lastfm': 'lf-webhook-secret-9a2c'}
+METRICS_TOKEN = 'metrics-token-7c3e91'
 TOLERANCE = 120
+BODY_TIMEOUT = 1.5
 
 
 def _free_port() -> int:
@@ -32,18 +35,21 @@ def _free_port() -> int:
 class Receiver:
   """A receiver process and a client for it."""
 
-  def __init__(self, tmp_path: pathlib.Path, redis_port: int, prefix: str, extra_args=()):
+  def __init__(self, tmp_path: pathlib.Path, redis_port: int, prefix: str, extra_args=(), max_body_bytes=4096,
+               with_metrics_token=True):
     self.port = _free_port()
     self.prefix = prefix
     self.log_path = tmp_path / 'webhooks.log'
     env = dict(os.environ, WH_SECRET_SC=SECRETS['soundcloud'], WH_SECRET_LF=SECRETS['lastfm'],
-               REDIS_PASSWORD=REDIS_PASSWORD, PYTHONPATH=str(REPO_ROOT))
+               REDIS_PASSWORD=REDIS_PASSWORD, PYTHONPATH=str(REPO_ROOT), WEBHOOK_METRICS_TOKEN=METRICS_TOKEN)
+    if not with_metrics_token:
+      env.pop('WEBHOOK_METRICS_TOKEN')
     self._log = open(self.log_path, 'wb')  # pylint: disable=consider-using-with
     self.process = subprocess.Popen(  # pylint: disable=consider-using-with
         [sys.executable, '-m', 'io_connectors.streams.webhooks', '--port', str(self.port),
          '--redis_url', f'redis://127.0.0.1:{redis_port}/0', '--source', 'soundcloud=WH_SECRET_SC',
-         '--source', 'lastfm=WH_SECRET_LF', '--tolerance_seconds', str(TOLERANCE), '--max_body_bytes', '4096',
-         '--stream_prefix', prefix, *extra_args],
+         '--source', 'lastfm=WH_SECRET_LF', '--tolerance_seconds', str(TOLERANCE), '--max_body_bytes', str(max_body_bytes),
+         '--body_timeout_seconds', str(BODY_TIMEOUT), '--stream_prefix', prefix, *extra_args],
         cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     self.client = httpx.Client(base_url=f'http://127.0.0.1:{self.port}', timeout=30)
     deadline = time.monotonic() + 60
@@ -51,7 +57,7 @@ class Receiver:
       if self.process.poll() is not None:
         raise RuntimeError(f'receiver exited: {self.log_path.read_text()}')
       try:
-        self.client.get('/metrics')
+        self.client.get('/health')
         break
       except httpx.TransportError:
         if time.monotonic() > deadline:
@@ -60,7 +66,7 @@ class Receiver:
 
   def post(self, source, event, secret=None, timestamp=None, delivery_id=None, body=None,
            content_type='application/json',
-           signature=None, drop=()):
+           signature=None, drop=(), version='v2'):
     body = json.dumps(event).encode() if body is None else body
     timestamp = str(int(time.time())) if timestamp is None else timestamp
     delivery_id = delivery_id or uuid.uuid4().hex
@@ -68,7 +74,8 @@ class Receiver:
         'Content-Type': content_type,
         'X-Timestamp': timestamp,
         'X-Delivery-Id': delivery_id,
-        'X-Signature': signature or sign(secret or SECRETS.get(source, 'x'), timestamp, body),
+        'X-Signature': signature or sign(secret or SECRETS.get(source, 'x'), timestamp, body,
+                                         delivery_id if version == 'v2' else None),
     }
     for name in drop:
       headers.pop(name)
@@ -76,7 +83,7 @@ class Receiver:
 
   def metric(self, name, **labels) -> float:
     wanted = name + '{' + ','.join(f'{k}="{v}"' for k, v in labels.items()) + '}'
-    for line in self.client.get('/metrics').text.splitlines():
+    for line in self.client.get('/metrics', headers={'Authorization': f'Bearer {METRICS_TOKEN}'}).text.splitlines():
       if line.startswith(wanted + ' '):
         return float(line.rsplit(' ', 1)[1])
     return 0.0
@@ -174,8 +181,8 @@ def test_rejections_have_the_right_status_and_reason(receiver, redis_client, cas
   now = int(time.time())
   kwargs = {
       'wrong_secret': dict(secret='not-the-secret'),
-      'tampered_body': dict(signature=sign(SECRETS[source], str(now), b'{"a": 1}'), body=b'{"a": 2}',
-                            timestamp=str(now)),
+      'tampered_body': dict(signature=sign(SECRETS[source], str(now), b'{"a": 1}', 'd-tampered'), body=b'{"a": 2}',
+                            timestamp=str(now), delivery_id='d-tampered'),
       'garbage_signature': dict(signature='sha256=zz\u00e9'.encode('utf-8')),
       'no_signature': dict(drop=('X-Signature',)),
       'no_timestamp': dict(drop=('X-Timestamp',)),
@@ -201,14 +208,15 @@ def test_rejections_have_the_right_status_and_reason(receiver, redis_client, cas
 def test_chunked_body_over_the_limit_is_refused(receiver):
   body = json.dumps({'blob': 'y' * 6000}).encode()
   ts = str(int(time.time()))
+  delivery_id = uuid.uuid4().hex
 
   def chunks():
     for i in range(0, len(body), 1000):
       yield body[i:i + 1000]
 
   response = receiver.client.post('/webhooks/soundcloud', content=chunks(), headers={
-      'Content-Type': 'application/json', 'X-Timestamp': ts, 'X-Delivery-Id': uuid.uuid4().hex,
-      'X-Signature': sign(SECRETS['soundcloud'], ts, body)})
+      'Content-Type': 'application/json', 'X-Timestamp': ts, 'X-Delivery-Id': delivery_id,
+      'X-Signature': sign(SECRETS['soundcloud'], ts, body, delivery_id)})
   assert response.status_code == 413
 
 
@@ -230,7 +238,8 @@ def test_replayed_delivery_id_is_refused(receiver, redis_client):
 
 def test_health_and_metrics(receiver):
   assert receiver.client.get('/health').json() == {'status': 'ok'}
-  text = receiver.client.get('/metrics')
+  text = receiver.client.get('/metrics', headers={'Authorization': f'Bearer {METRICS_TOKEN}'})
+  assert text.status_code == 200
   assert text.headers['content-type'].startswith('text/plain')
   assert '# TYPE webhook_deliveries_accepted_total counter' in text.text
   assert '# TYPE webhook_deliveries_rejected_total counter' in text.text
@@ -337,3 +346,246 @@ def test_kafka_sink_produces_acknowledged_events(tmp_path, redis_port, redis_cli
     assert redis_client.xlen(f'{prefix}:soundcloud') == 0  # Kafka instead of the stream
   finally:
     consumer.close()
+
+
+# ----- hardening (issue: hostile senders) -----
+
+
+def _raw_request(port: int, head: bytes, body: bytes = b'', wait_s: float = 30.0):
+  """Sends raw bytes (headers exactly as given) and returns (status, seconds to answer, closed after)."""
+  with socket.create_connection(('127.0.0.1', port), timeout=wait_s) as conn:
+    started = time.monotonic()
+    conn.sendall(head + body)
+    data = b''
+    while b'\r\n\r\n' not in data:
+      chunk = conn.recv(65536)
+      if not chunk:
+        break
+      data += chunk
+    elapsed = time.monotonic() - started
+    status = int(data.split(b' ', 2)[1]) if data.startswith(b'HTTP/') else None
+    # Read what is left; an empty read means the server closed the connection.
+    conn.settimeout(5)
+    closed = False
+    try:
+      while True:
+        chunk = conn.recv(65536)
+        if not chunk:
+          closed = True
+          break
+    except socket.timeout:
+      pass
+    return status, elapsed, closed
+
+
+def _head(port, source, headers: dict) -> bytes:
+  lines = [f'POST /webhooks/{source} HTTP/1.1'.encode(), f'Host: 127.0.0.1:{port}'.encode()]
+  lines += [name.encode('latin-1') + b': ' + (value if isinstance(value, bytes) else value.encode('latin-1'))
+            for name, value in headers.items()]
+  return b'\r\n'.join(lines) + b'\r\n\r\n'
+
+
+def test_the_delivery_id_is_signed(receiver, redis_client):
+  stream = f'{receiver.prefix}soundcloud'
+  ts = str(int(time.time()))
+  body = b'{"event": "captured"}'
+  captured = sign(SECRETS['soundcloud'], ts, body, 'd-real-1')
+  # A captured delivery sent under a new id, or to burn a future id, is refused...
+  for other_id in ('d-fresh-1', 'd-real-2'):
+    response = receiver.post('soundcloud', None, body=body, timestamp=ts, delivery_id=other_id, signature=captured)
+    assert response.status_code == 401, response.text
+  # ...and does not keep the real future delivery out.
+  assert receiver.post('soundcloud', {'n': 2}, delivery_id='d-real-2').status_code == 202
+  before = redis_client.xlen(stream)
+  assert receiver.post('soundcloud', None, body=body, timestamp=ts, delivery_id='d-real-1',
+                       signature=captured).status_code == 202
+  assert redis_client.xlen(stream) == before + 1
+
+
+def test_v1_signatures_are_deduplicated_on_the_signed_digest(receiver, redis_client):
+  stream = f'{receiver.prefix}lastfm'
+  ts = str(int(time.time()))
+  body = json.dumps({'v1': uuid.uuid4().hex}).encode()
+  v1 = sign(SECRETS['lastfm'], ts, body)
+  assert v1.startswith('sha256=')
+  assert receiver.post('lastfm', None, body=body, timestamp=ts, delivery_id='v1-a', signature=v1).status_code == 202
+  length = redis_client.xlen(stream)
+  again = receiver.post('lastfm', None, body=body, timestamp=ts, delivery_id='v1-b', signature=v1)
+  assert again.status_code == 409 and again.json()['error'] == 'replay'
+  assert redis_client.xlen(stream) == length
+  # The id of the refused copy was not burnt.
+  assert receiver.post('lastfm', {'other': 1}, delivery_id='v1-b').status_code == 202
+
+
+def test_v1_can_be_turned_off(tmp_path, redis_port, redis_client):
+  prefix = f'test-{uuid.uuid4().hex[:12]}:'
+  server = Receiver(tmp_path, redis_port, prefix, extra_args=['--signature_versions', 'v2'])
+  try:
+    response = server.post('soundcloud', {'a': 1}, version='v1')
+    assert response.status_code == 401 and response.json()['error'] == 'bad_signature'
+    assert server.post('soundcloud', {'a': 1}).status_code == 202
+  finally:
+    server.close()
+    for key in redis_client.scan_iter(match=f'{prefix}*', count=1000):
+      redis_client.delete(key)
+
+
+@pytest.mark.parametrize('header', ['X-Timestamp', 'Content-Length'])
+# Latin-1 bytes: ASGI servers decode header bytes as Latin-1, where '²' and '¹' are Unicode digits.
+@pytest.mark.parametrize('digits', ['\u00b2', '1\u00b9', '\u00b3\u00b2\u00b9'])
+def test_non_ascii_digits_are_a_400_not_a_500(receiver, header, digits):
+  body = b'{"a": 1}'
+  ts = str(int(time.time()))
+  headers = {'Content-Type': 'application/json', 'X-Timestamp': ts, 'X-Delivery-Id': uuid.uuid4().hex,
+             'Content-Length': str(len(body))}
+  headers['X-Signature'] = sign(SECRETS['soundcloud'], ts, body, headers['X-Delivery-Id'])
+  headers[header] = digits.encode('latin-1')  # raw bytes on the wire, as a hostile client sends them
+  status, _, _ = _raw_request(receiver.port, _head(receiver.port, 'soundcloud', headers), body)
+  assert status == 400
+
+
+def test_a_slow_body_is_answered_408_and_the_connection_closed(receiver):
+  ts = str(int(time.time()))
+  headers = {'Content-Type': 'application/json', 'X-Timestamp': ts, 'X-Delivery-Id': uuid.uuid4().hex,
+             'X-Signature': 'v2=00', 'Content-Length': '1000'}
+  # 10 of the announced 1000 bytes, then nothing: the receiver must not wait for ever.
+  status, elapsed, closed = _raw_request(receiver.port, _head(receiver.port, 'soundcloud', headers), b'{"a": "xxx',
+                                         wait_s=BODY_TIMEOUT + 20)
+  assert status == 408
+  assert BODY_TIMEOUT - 0.1 <= elapsed < BODY_TIMEOUT + 10
+  assert closed
+  assert receiver.metric('webhook_deliveries_rejected_total', source='soundcloud', reason='body_timeout') >= 1
+
+
+@pytest.mark.parametrize('depth, reason', [(100, 'too_deep'), (2000, 'too_deep')])
+def test_deeply_nested_json_is_a_400(receiver, redis_client, depth, reason):
+  stream = f'{receiver.prefix}soundcloud'
+  before = redis_client.xlen(stream)
+  body = b'[' * depth + b']' * depth
+  response = receiver.post('soundcloud', None, body=body)
+  assert response.status_code == 400, response.text
+  assert response.json()['error'] == reason
+  assert redis_client.xlen(stream) == before
+  nested_ok = b'{"a": ' * 20 + b'1' + b'}' * 20
+  assert receiver.post('soundcloud', None, body=nested_ok).status_code == 202
+
+
+def test_metrics_need_the_bearer_token(receiver, tmp_path, redis_port):
+  assert receiver.client.get('/metrics').status_code == 401
+  assert receiver.client.get('/metrics', headers={'Authorization': 'Bearer wrong'}).status_code == 401
+  assert receiver.client.get('/metrics', headers={'Authorization': f'Basic {METRICS_TOKEN}'}).status_code == 401
+  ok = receiver.client.get('/metrics', headers={'Authorization': f'Bearer {METRICS_TOKEN}'})
+  assert ok.status_code == 200 and 'webhook_deliveries_accepted_total' in ok.text
+  assert METRICS_TOKEN not in receiver.log_path.read_text()
+  closed = Receiver(tmp_path, redis_port, f'test-{uuid.uuid4().hex[:12]}:', with_metrics_token=False)
+  try:
+    assert closed.client.get('/metrics').status_code == 404
+  finally:
+    closed.close()
+
+
+def test_a_delivery_cut_off_while_stored_is_accepted_on_retry(tmp_path, redis_port, redis_client):
+  # Stands for a request cancelled (or a receiver killed) in the middle of
+  # storing a delivery: the connection carrying the command that appends the
+  # event (XADD, or the script that runs it) is cut; what reached Redis before stays done.
+  armed = {'on': False}
+  proxy = CuttingProxy(redis_port, cut_request_when=lambda data: armed['on'] and (
+      b'XADD' in data.upper() or b'EVAL' in data.upper()))
+  prefix = f'test-{uuid.uuid4().hex[:12]}:'
+  server = Receiver(tmp_path, proxy.port, prefix)
+  try:
+    event = {'type': 'track.played', 'n': 1}
+    armed['on'] = True
+    cut = server.post('soundcloud', event, delivery_id='d-cut-1')
+    assert cut.status_code == 503 and proxy.cuts_done >= 1
+    assert redis_client.xlen(f'{prefix}soundcloud') == 0
+    assert not redis_client.exists(f'{prefix}seen:soundcloud:d-cut-1')  # the id was not burnt
+    armed['on'] = False
+    retry = server.post('soundcloud', event, delivery_id='d-cut-1')
+    assert retry.status_code == 202, retry.text
+    entries = redis_client.xrange(f'{prefix}soundcloud')
+    assert [e[1][b'delivery_id'] for e in entries] == [b'd-cut-1']
+    assert server.post('soundcloud', event, delivery_id='d-cut-1').status_code == 409
+  finally:
+    server.close()
+    proxy.close()
+    for key in redis_client.scan_iter(match=f'{prefix}*', count=1000):
+      redis_client.delete(key)
+
+
+def _percentile(values, fraction):
+  ordered = sorted(values)
+  rank = fraction * (len(ordered) - 1)
+  low = int(rank)
+  high = min(low + 1, len(ordered) - 1)
+  return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def test_load_2000_signed_deliveries_from_50_clients(tmp_path, redis_port, redis_client):
+  """2,000 deliveries, 50 concurrent clients, 10% bad signatures, 5% replays, on loopback.
+
+  Every good delivery is stored exactly once, every bad one refused with a
+  4xx, no 5xx. Not timed: the latencies are printed (run with -s) for
+  docs/benchmarks.md ("Webhook receiver under load").
+  """
+  import asyncio  # pylint: disable=import-outside-toplevel
+  import random  # pylint: disable=import-outside-toplevel
+  total, concurrency = 2000, 50
+  rng = random.Random(14)
+  prefix = f'test-{uuid.uuid4().hex[:12]}:'
+  server = Receiver(tmp_path, redis_port, prefix, max_body_bytes=65536)
+  replays = int(total * 0.05)
+  kinds = ['bad'] * int(total * 0.10) + ['good'] * (total - int(total * 0.10) - replays)
+  rng.shuffle(kinds)
+  secret = SECRETS['soundcloud']
+
+  def delivery(n, kind):
+    body = json.dumps({'type': 'track.played', 'n': n, 'track_id': f'0{n:07d}', 'user': {'id': n % 97}}).encode()
+    ts = str(int(time.time()))
+    delivery_id = f'load-{n}'
+    signature = sign(secret if kind == 'good' else 'not-the-secret', ts, body, delivery_id)
+    return {'n': n, 'kind': kind, 'headers': {'Content-Type': 'application/json', 'X-Timestamp': ts,
+                                               'X-Delivery-Id': delivery_id, 'X-Signature': signature}, 'body': body}
+
+  first = [delivery(n, kind) for n, kind in enumerate(kinds)]
+  goods = [d for d in first if d['kind'] == 'good']
+  # A replay is a good delivery sent again byte for byte after it was accepted.
+  second = [dict(d, kind='replay') for d in rng.sample(goods, replays)]
+  results = []
+
+  async def run(batch):
+    import httpx as async_httpx  # pylint: disable=import-outside-toplevel
+    queue = asyncio.Queue()
+    for item in batch:
+      queue.put_nowait(item)
+    limits = async_httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with async_httpx.AsyncClient(base_url=f'http://127.0.0.1:{server.port}', timeout=60, limits=limits) as client:
+
+      async def worker():
+        while not queue.empty():
+          item = queue.get_nowait()
+          started = time.perf_counter()
+          response = await client.post('/webhooks/soundcloud', content=item['body'], headers=item['headers'])
+          results.append((item['kind'], item['n'], response.status_code, time.perf_counter() - started))
+
+      await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+  try:
+    started = time.monotonic()
+    asyncio.run(run(first))
+    asyncio.run(run(second))
+    elapsed = time.monotonic() - started
+    assert len(results) == total
+    statuses = {kind: sorted({status for k, _, status, _ in results if k == kind}) for kind in ('good', 'bad', 'replay')}
+    assert statuses == {'good': [202], 'bad': [401], 'replay': [409]}, statuses
+    entries = redis_client.xrange(f'{prefix}soundcloud')
+    stored = [json.loads(fields[b'body'])['n'] for _, fields in entries]
+    assert sorted(stored) == sorted(d['n'] for d in goods)  # each good delivery once, nothing else
+    latencies = [seconds for *_, seconds in results]
+    print(f'\nwebhook load: {total} deliveries, {concurrency} clients, {elapsed:.1f} s, '
+          f'{total / elapsed:.0f} req/s, p50 {_percentile(latencies, 0.5) * 1000:.1f} ms, '
+          f'p99 {_percentile(latencies, 0.99) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms')
+  finally:
+    server.close()
+    for key in redis_client.scan_iter(match=f'{prefix}*', count=1000):
+      redis_client.delete(key)

@@ -23,14 +23,16 @@ def test_spotify_lastfm_and_twitter_for_two_tenants_in_one_run(fake_spotify, las
   _durations(lastfm)
   retry = {'backoff_base': 0.02, 'backoff_max': 0.2, 'max_attempts': 6}
   spotify = {'type': 'spotify', 'resource': 'recently_played', 'api_url': fake_spotify.api_url,
-             'token_url': fake_spotify.token_url, 'rate': None, 'retry': retry}
+             'token_url': fake_spotify.token_url, 'rate': None, 'retry': retry, 'allow_private_addresses': True}
   lastfm_source = {'type': 'lastfm', 'resource': 'recent_tracks', 'base_url': f'{lastfm.url}/2.0/', 'rate': None,
-                   'to_time': T0 + 10**6, 'retry': {'backoff_base': 0.02, 'backoff_max': 0.2, 'timeout': 30}}
+                   'to_time': T0 + 10**6, 'retry': {'backoff_base': 0.02, 'backoff_max': 0.2, 'timeout': 30},
+                   'allow_private_addresses': True}
   with TwitterFake() as twitter:
     twitter.tweets = [{'id': str(i), 'text': f'Daft Punk live {i}', 'author_id': '9', 'created_at':
                        '2024-03-01T12:00:00.000Z', 'public_metrics': {'like_count': i}} for i in range(6)]
     social = {'type': 'social', 'resource': 'twitter.recent_search_mentions', 'overrides': {'base_url': twitter.url},
-              'entity': 'social_mention', 'retry': {'backoff_base': 0.02, 'backoff_max': 0.2, 'timeout': 30}}
+              'entity': 'social_mention', 'retry': {'backoff_base': 0.02, 'backoff_max': 0.2, 'timeout': 30},
+              'allow_private_addresses': True}
     config = {
         'output': str(tmp_path / 'lake'),
         'entity': 'listening_event',

@@ -5,14 +5,20 @@ One small class per strategy, composed by declarative resource configs:
 - `paginators`: page number, offset/limit, cursor in the body, Link header,
   next URL in the body, relay GraphQL cursors.
 - `auth`: API key, bearer, OAuth2 client credentials / refresh token (with
-  refresh on expiry and on 401), a request-signing hook.
+  refresh on expiry and on 401; rotated refresh tokens kept in a shared
+  state store under compare-and-set), a request-signing hook.
 - `ratelimit`: a thread-safe token bucket per host shared by a worker's
   requests; 429 + Retry-After (seconds or HTTP date) pause it.
 - `request`: the Request/Response values and how a request fails.
-- `client`: allow-list of hosts, retries with jittered exponential backoff,
-  secret masking, optional Redis response cache (`cache`).
+- `client`: the exact URL sent checked once (allow-list, no userinfo,
+  backslash or control characters, no private addresses unless allowed),
+  size-capped streamed bodies, retries with jittered exponential backoff
+  under a per-host retry budget and a deadline, secret masking, optional
+  Redis response cache (`cache`).
 - `rest.ReadFromRest` / `graphql.ReadFromGraphQL`: fan out over a PCollection
-  of request parameters -> `Outputs(records=Arrow batches, dead_letter)`.
+  of request parameters -> `Outputs(records=Arrow batches, dead_letter)`;
+  next-page links stay on the resource's host and scheme, and a pagination
+  loop or the page cap ends in a dead letter.
 
 Usage::
 

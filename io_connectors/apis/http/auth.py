@@ -15,6 +15,20 @@ is under the same allow-list and retries). Tokens are refreshed shortly before
 `SignedAuth`             a request-signing hook around another auth (Last.fm `api_sig`)
 =======================  =================================================
 
+Client credentials in HTTP Basic are form-urlencoded before base64, as RFC
+6749 2.3.1 asks (an id or secret with ':', '%', '+' or spaces reaches the
+server intact).
+
+Refresh tokens that the server rotates (each refresh answers a new one and
+refuses the old with ``invalid_grant``) live in a shared state store when
+`OAuth2RefreshToken` has ``token_store`` (a local directory or a PostgreSQL
+URL, `io_connectors._common.state`): before each refresh the current token is
+read from it, and a rotated one is written back with compare-and-set, so
+another worker, another DoFn instance or a restarted job uses the rotated
+token instead of the dead one it was configured with. An ``invalid_grant``
+answer makes the auth wait briefly for a token another instance is writing
+and retry once with it. Without a store, rotation is kept per process.
+
 Declarative form: ``create_auth({'type': 'bearer', 'token_env': 'API_TOKEN'})``;
 every ``X`` option may be given as ``X_env`` (the name of an environment
 variable holding it) so that secrets stay out of config files.
@@ -26,9 +40,11 @@ import base64
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import threading
 import time
+import urllib.parse
 from typing import Callable, Iterable, List, Optional
 
 from io_connectors.apis.http.request import Request, RequestFailed
@@ -43,7 +59,19 @@ __all__ = [
     'SignedAuth',
     'create_auth',
     'AUTHS',
+    'basic_client_credentials',
 ]
+
+_LOG = logging.getLogger(__name__)
+
+
+def basic_client_credentials(client_id: str, client_secret: str) -> str:
+  """The Authorization value of OAuth2 client authentication by HTTP Basic (RFC 6749 2.3.1).
+
+  Id and secret are each application/x-www-form-urlencoded, then joined by ':' and base64-encoded.
+  """
+  pair = f'{urllib.parse.quote_plus(client_id, safe="")}:{urllib.parse.quote_plus(client_secret, safe="")}'
+  return 'Basic ' + base64.b64encode(pair.encode('utf-8')).decode('ascii')
 
 
 class Auth:
@@ -144,13 +172,15 @@ class _OAuth2(Auth):
     self._issued: List[str] = []  # tokens handed out, masked in messages
 
   def _key(self) -> str:
+    # The refresh token as configured, not as rotated: instances built from
+    # one config share one token however often it rotates.
     identity = json.dumps([type(self).__name__, self.token_url, self.client_id, self.client_secret,
-                           getattr(self, 'refresh_token', None), self.scopes])
+                           getattr(self, 'configured_refresh_token', None), self.scopes])
     return hashlib.sha256(identity.encode()).hexdigest()
 
   def __getstate__(self):
     state = dict(self.__dict__)
-    for key in ('_client', '_token', '_expires_at', '_issued'):
+    for key in ('_client', '_token', '_expires_at', '_issued', '_used'):
       state.pop(key, None)
     return state
 
@@ -172,8 +202,7 @@ class _OAuth2(Auth):
       form['scope'] = ' '.join(self.scopes)
     headers = {'Content-Type': 'application/x-www-form-urlencoded'}
     if self.client_auth == 'basic':
-      pair = base64.b64encode(f'{self.client_id}:{self.client_secret}'.encode()).decode()
-      headers['Authorization'] = f'Basic {pair}'
+      headers['Authorization'] = basic_client_credentials(self.client_id, self.client_secret)
     else:
       form.update(client_id=self.client_id, client_secret=self.client_secret)
     request = Request('POST', self.token_url, headers=headers, data=form)
@@ -233,25 +262,93 @@ class OAuth2ClientCredentials(_OAuth2):
     return {'grant_type': 'client_credentials'}
 
 
+# The latest refresh token per credentials key, for the instances of a process.
+_SHARED_REFRESH: dict = {}
+
+
 class OAuth2RefreshToken(_OAuth2):
-  """The refresh-token grant: a user's access token from a long-lived refresh token."""
+  """The refresh-token grant: a user's access token from a long-lived refresh token.
+
+  token_store: a state store (local directory or postgresql:// URL) holding
+    the current refresh token, shared by every worker and run; None keeps
+    rotations in this process only.
+  token_key: its key there (default: derived from the token URL, the client
+    id and the configured refresh token, so a new authorisation starts a new key).
+  rotation_wait: seconds to wait, after invalid_grant, for the token another
+    instance is rotating to appear in the store.
+  """
 
   def __init__(self, token_url: str, client_id: str, client_secret: str, refresh_token: str, scopes=(),
-               client_auth: str = 'basic'):
+               client_auth: str = 'basic', token_store: Optional[str] = None, token_key: Optional[str] = None,
+               rotation_wait: float = 5.0):
     if not refresh_token:
       raise ValueError('OAuth2RefreshToken needs refresh_token')
     self.refresh_token = refresh_token
+    self.configured_refresh_token = refresh_token
+    self.token_store = token_store
+    self.rotation_wait = rotation_wait
     super().__init__(token_url, client_id, client_secret, scopes, client_auth)
+    if token_key is None:
+      digest = hashlib.sha256(json.dumps([token_url, client_id, refresh_token]).encode()).hexdigest()[:32]
+      token_key = f'oauth2-refresh-token/{digest}'
+    self.token_key = token_key
 
   def _grant(self):
     return {'grant_type': 'refresh_token', 'refresh_token': self.refresh_token}
 
+  def _use(self, refresh_token: str) -> None:
+    if refresh_token != self.refresh_token:
+      self.refresh_token = refresh_token
+      if self._client is not None:
+        self._client.masker = self._client.masker.with_secrets([refresh_token]).register()
+
+  def _stored(self) -> Optional[str]:
+    if not self.token_store:
+      return None
+    from io_connectors._common import state  # pylint: disable=import-outside-toplevel
+    value = state.load_value(self.token_store, self.token_key)
+    return str(value) if value else None
+
+  def _fetch(self) -> None:
+    # Called under the process lock of these credentials (_current).
+    key = self._key()
+    latest = self._stored() or _SHARED_REFRESH.get(key) or self.refresh_token
+    self._use(latest)
+    self._used = latest
+    try:
+      super()._fetch()
+      return
+    except RequestFailed as e:
+      if e.status != 400 or 'invalid_grant' not in (e.body or ''):
+        raise
+      failed = e
+    # Another instance may have rotated the token under us: wait for it to land in the store.
+    deadline = time.monotonic() + (self.rotation_wait if self.token_store else 0)
+    while True:
+      newer = self._stored() or _SHARED_REFRESH.get(key)
+      if newer and newer != latest:
+        break
+      if time.monotonic() >= deadline:
+        raise failed
+      time.sleep(0.1)
+    _LOG.info('refresh token was rotated by another instance; retrying with the stored one')
+    self._use(newer)
+    self._used = newer
+    super()._fetch()
+
   def _rotated(self, refresh_token):
-    self.refresh_token = refresh_token
-    self._client.masker = self._client.masker.with_secrets([refresh_token]).register()
+    used = getattr(self, '_used', self.refresh_token)
+    self._use(refresh_token)
+    _SHARED_REFRESH[self._key()] = refresh_token
+    if self.token_store:
+      from io_connectors._common import state  # pylint: disable=import-outside-toplevel
+      stored = self._stored()
+      expected = stored if stored in (None, used) else used
+      if not state.compare_and_set(self.token_store, self.token_key, expected, refresh_token):
+        _LOG.warning('the stored refresh token changed while this instance rotated it; keeping the stored one')
 
   def secrets(self):
-    return [*super().secrets(), self.refresh_token]
+    return [*super().secrets(), self.refresh_token, self.configured_refresh_token]
 
 
 class SignedAuth(Auth):

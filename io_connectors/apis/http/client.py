@@ -4,17 +4,35 @@
 raises `RequestFailed` (after bounded retries) or `HostNotAllowed` (before
 anything leaves the machine). In order, each attempt:
 
-1. refuses hosts outside `allowed_hosts` (no redirects are followed either);
+1. builds the exact URL to send (query included) once and checks that
+   string, the one that is sent: http(s) only, no userinfo, backslash,
+   whitespace or control characters (URL parsers disagree on those:
+   ``http://127.0.0.1:1\\@localhost/`` is one host to urllib and another to
+   urllib3), a host in `allowed_hosts`, and, unless `allow_private_addresses`,
+   a host whose addresses are all public: loopback, private, link-local
+   (169.254.169.254, the cloud metadata service), multicast and reserved
+   addresses are refused, for IP literals and for names alike (names are
+   resolved first; a name that resolves differently at connect time is not
+   caught). No redirects are followed;
 2. answers from the Redis cache when one is configured (GETs only);
 3. takes a token from the host's bucket (`ratelimit.limiter_for`), shared by
    all clients of the process;
 4. adds credentials (`auth.Auth.apply`); a 401 makes the auth refresh its
    token once and the request is sent again;
 5. on 429 pauses the host's bucket for `Retry-After` (seconds or an HTTP
-   date; jittered backoff when absent) and tries again, up to
+   date), never less than the jittered exponential backoff (so
+   ``Retry-After: 0`` does not make a flood), and tries again, up to
    `RetryPolicy.max_rate_limited`;
-6. on timeouts, connection errors (any transport error) and 5xx backs off with full jitter
-   (`base * 2**attempt`, capped) up to `RetryPolicy.max_attempts`.
+6. on timeouts, connection errors (any transport error) and 5xx backs off
+   with full jitter (`base * 2**attempt`, capped) up to `RetryPolicy.max_attempts`;
+7. every retry (5 and 6) spends one of the host's process-wide retry budget
+   (`RetryPolicy.host_retry_budget` per `host_retry_window` seconds) and
+   must start before the request's `RetryPolicy.deadline`; otherwise the
+   request fails at once.
+
+Bodies are read streamed and refused past `max_response_bytes`
+(`RequestFailed`, which readers turn into a dead letter). The environment's
+proxy settings and .netrc credentials are ignored unless `trust_env=True`.
 
 Secrets never leave in messages: `Masker` replaces the auth's secret values,
 query parameters with secret-looking names and URL passwords by `***`, and
@@ -31,9 +49,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import ipaddress
 import json
 import logging
 import re
+import socket
 import threading
 import time
 import urllib.parse
@@ -44,7 +64,7 @@ import requests
 from io_connectors._common.retry import Backoff
 from io_connectors.apis.http import ratelimit
 from io_connectors.apis.http.auth import NoAuth
-from io_connectors.apis.http.request import HostNotAllowed, Request, RequestFailed, Response
+from io_connectors.apis.http.request import HostNotAllowed, Request, RequestFailed, Response, unsafe_url_reason
 
 __all__ = [
     'RetryPolicy',
@@ -140,6 +160,10 @@ class RetryPolicy:
   backoff_base, backoff_max: full-jitter backoff `uniform(0, min(max, base * 2**n))` seconds.
   max_retry_after: longer Retry-After values are capped to this (seconds).
   timeout: seconds to connect and between bytes read.
+  deadline: seconds from a request's first attempt after which it is not
+    retried any more (waits included).
+  host_retry_budget, host_retry_window: at most that many retries to one host
+    in any rolling window of that many seconds, for the whole process.
   """
   max_attempts: int = 5
   max_rate_limited: int = 20
@@ -148,10 +172,29 @@ class RetryPolicy:
   max_retry_after: float = 120.0
   timeout: float = 30.0
   retry_statuses: Sequence[int] = (500, 502, 503, 504)
+  deadline: float = 300.0
+  host_retry_budget: int = 100
+  host_retry_window: float = 60.0
+
+  def __post_init__(self):
+    if not self.deadline > 0:
+      raise ValueError(f'retry deadline must be > 0 seconds, got {self.deadline!r}')
+    if self.host_retry_budget < 0 or not self.host_retry_window > 0:
+      raise ValueError(f'host_retry_budget must be >= 0 and host_retry_window > 0, got '
+                       f'{self.host_retry_budget!r} and {self.host_retry_window!r}')
 
   def backoff(self, attempt: int) -> float:
     """uniform(0, min(backoff_max, backoff_base * 2**attempt)) seconds."""
     return Backoff(self.backoff_base * 2, self.backoff_max, full_jitter=True).delay_s(attempt)
+
+  def rate_limited_wait(self, attempt: int, retry_after: Optional[float]) -> float:
+    """The pause after the n-th 429: the server's Retry-After, but at least a backoff that grows.
+
+    The floor is half to all of min(backoff_max, base * 2**attempt): a server
+    answering Retry-After: 0 (or nothing) is not asked again at once.
+    """
+    floor = Backoff(self.backoff_base * 2, self.backoff_max, jitter=0.5).delay_s(attempt) * (2 / 3)
+    return max(floor, min(retry_after, self.max_retry_after)) if retry_after is not None else floor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,6 +211,14 @@ class ClientOptions:
   cache_url, cache_ttl: Redis URL (redis://:password@host:port/db) and seconds
     to keep GET responses; None disables the cache.
   user_agent: sent with every request.
+  allow_private_addresses: allow hosts that are (or resolve to) loopback,
+    private, link-local or reserved addresses. Off by default: a next-page
+    link or a config must not reach the metadata service or internal hosts.
+    Local test servers on 127.0.0.1 turn it on explicitly.
+  max_response_bytes: larger bodies fail the request (not retried).
+  trust_env: use the environment's proxies (HTTP(S)_PROXY), CA bundle and
+    .netrc credentials, as requests does by default. Off: the config alone
+    says where requests go and with which credentials.
   """
   allowed_hosts: Sequence[str] = ()
   rate: Optional[float] = None
@@ -177,6 +228,9 @@ class ClientOptions:
   cache_url: Optional[str] = dataclasses.field(default=None, repr=False)
   cache_ttl: float = 3600.0
   user_agent: str = 'music-lake-ingest/1.0'
+  allow_private_addresses: bool = False
+  max_response_bytes: int = 32 * 1024 * 1024
+  trust_env: bool = False
 
   def __post_init__(self):
     if isinstance(self.allowed_hosts, str) or not all(isinstance(h, str) and h for h in self.allowed_hosts):
@@ -188,6 +242,18 @@ class ClientOptions:
       raise ValueError(f'burst and cache_ttl must be positive, got {self.burst!r} and {self.cache_ttl!r}')
     if self.window is not None and (len(self.window) != 2 or self.window[0] < 1 or not self.window[1] > 0):
       raise ValueError(f'window must be (requests >= 1, seconds > 0), got {self.window!r}')
+    if self.max_response_bytes < 1:
+      raise ValueError(f'max_response_bytes must be >= 1, got {self.max_response_bytes}')
+
+
+_RESOLVED_TTL = 30.0
+
+
+def _public(address: str) -> bool:
+  ip = ipaddress.ip_address(address.split('%', 1)[0])
+  if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+    ip = ip.ipv4_mapped
+  return ip.is_global and not ip.is_multicast
 
 
 class HttpClient:
@@ -197,6 +263,7 @@ class HttpClient:
     self.options = options
     self.auth = auth or NoAuth()
     self._allowed = [h.lower() for h in options.allowed_hosts]
+    self._resolved: Dict[Tuple[str, int], Tuple[float, bool]] = {}
     self._local = threading.local()
     self._session = session
     self.cache = None
@@ -215,6 +282,7 @@ class HttpClient:
     session = getattr(self._local, 'session', None)
     if session is None:
       session = self._local.session = requests.Session()
+      session.trust_env = self.options.trust_env
       adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=4, max_retries=0)
       session.mount('http://', adapter)
       session.mount('https://', adapter)
@@ -228,47 +296,122 @@ class HttpClient:
     return False
 
   def check_allowed(self, request: Request) -> None:
-    parts = urllib.parse.urlsplit(request.url)
-    if parts.scheme not in ('http', 'https') or not self.host_allowed(request.host):
-      raise HostNotAllowed(f'{request.method} {self.masker.text(request.url)}: host {request.host!r} is not in the '
+    """HostNotAllowed unless the request's URL is safe to send and its host in the allow-list."""
+    self.checked_url(request)
+
+  def checked_url(self, request: Request) -> str:
+    """The exact URL to send (query included), checked; HostNotAllowed when it may not be sent."""
+    url = request.full_url()
+    reason = unsafe_url_reason(url)
+    if reason is not None:
+      raise HostNotAllowed(f'{request.method} {self.masker.text(url)!r}: refused, {reason}')
+    host = (urllib.parse.urlsplit(url).hostname or '').lower()
+    if not self.host_allowed(host):
+      raise HostNotAllowed(f'{request.method} {self.masker.text(url)}: host {host!r} is not in the '
                            f'allow-list ({", ".join(self._allowed) or "empty"})')
+    return url
+
+  def check_address(self, request: Request, url: str) -> None:
+    """HostNotAllowed when the URL's host is (or resolves to) a non-public address and those are not allowed.
+
+    A name that does not resolve passes: the connection then fails and is retried as such.
+    """
+    if self.options.allow_private_addresses:
+      return
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ''
+    port = parts.port or (443 if parts.scheme == 'https' else 80)
+    now = time.monotonic()
+    cached = self._resolved.get((host, port))
+    if cached is not None and cached[0] > now:
+      public = cached[1]
+    else:
+      try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
+      except (socket.gaierror, UnicodeError):
+        return
+      public = bool(addresses) and all(_public(a) for a in addresses)
+      self._resolved[(host, port)] = (now + _RESOLVED_TTL, public)
+    if not public:
+      raise HostNotAllowed(f'{request.method} {self.masker.text(url)}: host {host!r} is a loopback, private, '
+                           'link-local or reserved address; set allow_private_addresses to reach it')
+
+  def _read_body(self, raw: requests.Response, request: Request) -> bytes:
+    """The body, read in chunks; RequestFailed past max_response_bytes."""
+    cap = self.options.max_response_bytes
+    declared = raw.headers.get('Content-Length', '')
+    if declared.isascii() and declared.isdigit() and int(declared) > cap:
+      raw.close()
+      raise RequestFailed(f'{request.method} {self.masker.text(request.full_url())}: response of {declared} bytes '
+                          f'is over max_response_bytes={cap}', self.describe(request), status=raw.status_code)
+    chunks, size = [], 0
+    for chunk in raw.iter_content(64 * 1024):
+      size += len(chunk)
+      if size > cap:
+        raw.close()
+        raise RequestFailed(f'{request.method} {self.masker.text(request.full_url())}: response over '
+                            f'max_response_bytes={cap}', self.describe(request), status=raw.status_code)
+      chunks.append(chunk)
+    return b''.join(chunks)
 
   def describe(self, request: Request) -> dict:
     return self.masker.request(request)
 
   def send(self, request: Request, authenticate: bool = True) -> Response:
     """The response (2xx-4xx except 401/429) of `request`; RequestFailed when retries run out."""
-    self.check_allowed(request)
+    self.checked_url(request)
     policy = self.options.retry
     bucket = ratelimit.limiter_for(request.host, self.options.rate, self.options.burst, self.options.window)
+    budget = ratelimit.retry_budget_for(request.host, policy.host_retry_budget, policy.host_retry_window)
+    deadline = time.monotonic() + policy.deadline
     attempts = rate_limited = 0
     refreshed = False
     last_error = ''
+    gave_up = ''
+
+    def may_retry(delay: float) -> bool:
+      nonlocal gave_up
+      if time.monotonic() + delay > deadline:
+        gave_up = f'the deadline of {policy.deadline:g}s would pass; '
+        return False
+      if not budget.spend():
+        gave_up = (f'the retry budget of host {request.host} ({policy.host_retry_budget} per '
+                   f'{policy.host_retry_window:g}s) is spent; ')
+        return False
+      return True
+
     while True:
       prepared = self.auth.apply(request) if authenticate else request
+      # Checked again with the credentials' parameters in: this string is what is sent.
+      url = self.checked_url(prepared)
       cache_key = self._cache_key(prepared)
       if cache_key:
         cached = self.cache.get(cache_key)
         if cached is not None:
           return Response(200, {'Content-Type': 'application/json'}, cached, request, from_cache=True)
+      self.check_address(prepared, url)
       bucket.acquire()
       try:
         raw = self.session.request(
-            prepared.method, prepared.url, params=dict(prepared.params) or None, headers={
+            prepared.method, url, headers={
                 'User-Agent': self.options.user_agent, **prepared.headers
-            }, json=prepared.json, data=prepared.data, timeout=policy.timeout, allow_redirects=False)
+            }, json=prepared.json, data=prepared.data, timeout=policy.timeout, allow_redirects=False, stream=True)
+        try:
+          content = self._read_body(raw, request)
+        finally:
+          raw.close()
       except requests.RequestException as e:
         # Timeouts, refused or reset connections, bodies cut short: retried.
         attempts += 1
         last_error = f'{type(e).__name__}'
-        if attempts >= policy.max_attempts:
-          break
         delay = policy.backoff(attempts)
+        if attempts >= policy.max_attempts or not may_retry(delay):
+          break
         _LOG.info('%s %s: %s, retry %d in %.2fs', request.method, self.masker.text(request.url), last_error, attempts,
                   delay)
         time.sleep(delay)
         continue
-      response = Response(raw.status_code, raw.headers, raw.content, request)
+      response = Response(raw.status_code, raw.headers, content, request)
       status = raw.status_code
       if status == 401 and authenticate and not refreshed and self.auth.can_refresh:
         refreshed = True
@@ -280,8 +423,9 @@ class HttpClient:
         last_error = 'HTTP 429'
         if rate_limited > policy.max_rate_limited:
           break
-        wait = ratelimit.parse_retry_after(raw.headers.get('Retry-After'))
-        wait = policy.backoff(rate_limited) if wait is None else min(wait, policy.max_retry_after)
+        wait = policy.rate_limited_wait(rate_limited, ratelimit.parse_retry_after(raw.headers.get('Retry-After')))
+        if not may_retry(wait):
+          break
         _LOG.info('%s %s: 429, pausing host %s for %.2fs', request.method, self.masker.text(request.url), request.host,
                   wait)
         bucket.pause(wait)
@@ -289,12 +433,12 @@ class HttpClient:
       if status in policy.retry_statuses:
         attempts += 1
         last_error = f'HTTP {status}'
-        if attempts >= policy.max_attempts:
-          break
         delay = policy.backoff(attempts)
         retry_after = ratelimit.parse_retry_after(raw.headers.get('Retry-After'))
         if retry_after is not None:
           delay = max(delay, min(retry_after, policy.max_retry_after))
+        if attempts >= policy.max_attempts or not may_retry(delay):
+          break
         _LOG.info('%s %s: %s, retry %d in %.2fs', request.method, self.masker.text(request.url), last_error, attempts,
                   delay)
         time.sleep(delay)
@@ -310,7 +454,7 @@ class HttpClient:
       return response
     raise RequestFailed(
         f'{request.method} {self.masker.text(request.full_url())}: gave up after {attempts} failed attempts and '
-        f'{rate_limited} rate-limited answers; last: {last_error}', self.describe(request))
+        f'{rate_limited} rate-limited answers; {gave_up}last: {last_error}', self.describe(request))
 
   def _cache_key(self, prepared: Request) -> Optional[str]:
     if self.cache is None or prepared.method.upper() != 'GET':

@@ -2,7 +2,10 @@
 
 A paginator is stateless: `first(request)` returns the first page's request
 and `next(request, response, body, count)` the following page's, or None when
-the last page was read. `count` is the number of records the page held (its
+the last page was read. Links taken from answers (Link headers, next URLs)
+raise ValueError when unsafe to follow (userinfo, backslash, whitespace,
+control characters, not http(s)); the reader dead-letters that, and also
+checks the host, the scheme and loops. `count` is the number of records the page held (its
 record path), which ends offset and page-number pagination at an empty page.
 
 ===========================  ==============================================
@@ -28,7 +31,7 @@ import re
 import urllib.parse
 from typing import Any, Optional
 
-from io_connectors.apis.http.request import Request, json_path
+from io_connectors.apis.http.request import Request, json_path, unsafe_url_reason
 
 __all__ = [
     'Paginator',
@@ -137,8 +140,7 @@ class JSONBodyCursorPaginator(Paginator):
       return None
     if self.has_more_path is not None and not json_path(body, self.has_more_path):
       return None
-    if str(cursor) == str(request.params.get(self.cursor_param)):
-      return None  # the same cursor again would loop forever
+    # The same cursor again is a loop: the reader dead-letters it, never a silent stop.
     return request.with_params(**{self.cursor_param: cursor})
 
 
@@ -157,8 +159,21 @@ def _next_link(header: Optional[str], rel: str) -> Optional[str]:
 
 
 def _follow(request: Request, url: str) -> Request:
-  """The request for an absolute or relative next-page URL (its query replaces ours)."""
-  absolute = urllib.parse.urljoin(request.url, url)
+  """The request for an absolute or relative next-page URL (its query replaces ours).
+
+  ValueError for a link with a backslash, control characters, whitespace or
+  userinfo (parsers disagree on where such a URL goes), checked on the link
+  as received and on the absolute URL it makes.
+  """
+  if not isinstance(url, str):
+    raise ValueError(f'the next link is a {type(url).__name__}, not a URL')
+  link = url.split('#', 1)[0]  # a fragment is never sent
+  reason = unsafe_url_reason(link if '://' in link else 'http://relative.invalid/' + link.lstrip('/'))
+  absolute = urllib.parse.urljoin(request.url, link)
+  if reason is None:
+    reason = unsafe_url_reason(absolute)
+  if reason is not None:
+    raise ValueError(f'unsafe next link: {reason}')
   parts = urllib.parse.urlsplit(absolute)
   params = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
   # Query parameters the auth adds (api keys) are added again by the auth.
@@ -182,10 +197,7 @@ class JSONBodyNextUrlPaginator(Paginator):
     url = json_path(body, self.next_url_path)
     if not url:
       return None
-    following = _follow(request, str(url))
-    if following.url == request.url and following.params == request.params:
-      return None
-    return following
+    return _follow(request, url)  # a link to this same page is a loop the reader dead-letters
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,8 +219,6 @@ class RelayCursorPaginator(Paginator):
   def next(self, request, response, body, count):
     info = json_path(body, self.page_info_path) or {}
     if not isinstance(info, dict) or not info.get('hasNextPage') or not info.get('endCursor'):
-      return None
-    if (request.json or {}).get('variables', {}).get(self.cursor_variable) == info['endCursor']:
       return None
     return request.with_variables(**{self.cursor_variable: info['endCursor']})
 

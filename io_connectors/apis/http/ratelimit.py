@@ -6,6 +6,12 @@ threads and the DoFn instances of one process together stay under the API's
 limit. A `429 Too Many Requests` pauses the whole bucket for the server's
 `Retry-After` (`pause`), because the limit it signals applies to all of them.
 
+Retries draw on a `RetryBudget` per host (`retry_budget_for`): at most so
+many retries in a rolling window for the whole process, so that a host that
+keeps failing (or keeps answering `429` with `Retry-After: 0`) is not
+hammered by every request's own retries; once spent, requests to it fail at
+once (and become dead letters) until the window moves on.
+
 Usage::
 
     bucket = limiter_for('api.spotify.com', rate=20.0, burst=5, window=(600, 30.0))
@@ -22,7 +28,7 @@ import threading
 import time
 from typing import Dict, Optional, Tuple
 
-__all__ = ['TokenBucket', 'limiter_for', 'parse_retry_after']
+__all__ = ['TokenBucket', 'limiter_for', 'RetryBudget', 'retry_budget_for', 'parse_retry_after']
 
 
 class TokenBucket:
@@ -116,6 +122,46 @@ def limiter_for(host: str, rate: Optional[float], burst: float = 1.0,
     if bucket is None:
       bucket = _LIMITERS[key] = TokenBucket(rate, burst, window)
     return bucket
+
+
+class RetryBudget:
+  """At most `retries` retries in any rolling `seconds` (thread-safe)."""
+
+  def __init__(self, retries: int, seconds: float, clock=time.monotonic):
+    if retries < 0 or seconds <= 0:
+      raise ValueError(f'a retry budget needs retries >= 0 and seconds > 0, got {retries}, {seconds}')
+    self.retries = retries
+    self.seconds = seconds
+    self._clock = clock
+    self._lock = threading.Lock()
+    self._spent: collections.deque = collections.deque()
+
+  def spend(self) -> bool:
+    """Takes one retry; False when the budget of the window is spent."""
+    with self._lock:
+      now = self._clock()
+      while self._spent and self._spent[0] <= now - self.seconds:
+        self._spent.popleft()
+      if len(self._spent) >= self.retries:
+        return False
+      self._spent.append(now)
+      return True
+
+  def __getstate__(self):
+    raise TypeError('a RetryBudget is per process; get it with retry_budget_for()')
+
+
+_BUDGETS: Dict[tuple, RetryBudget] = {}
+
+
+def retry_budget_for(host: str, retries: int, seconds: float) -> RetryBudget:
+  """The process-wide retry budget of `host` for these settings (created on first use)."""
+  key = (host.lower(), int(retries), float(seconds))
+  with _LIMITERS_LOCK:
+    budget = _BUDGETS.get(key)
+    if budget is None:
+      budget = _BUDGETS[key] = RetryBudget(int(retries), float(seconds))
+    return budget
 
 
 def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Optional[float]:

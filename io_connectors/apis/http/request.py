@@ -15,7 +15,39 @@ from typing import Any, Mapping, Optional
 
 from io_connectors._common.errors import ConnectorError
 
-__all__ = ['Request', 'Response', 'HostNotAllowed', 'RequestFailed', 'json_path']
+__all__ = ['Request', 'Response', 'HostNotAllowed', 'RequestFailed', 'json_path', 'unsafe_url_reason']
+
+# What an http(s) URL the client sends may look like: no userinfo, a host of
+# letters, digits, '.' and '-' (IDNA names in their xn-- form) or an IPv6
+# literal, an optional port, then a path/query without backslashes, spaces,
+# control characters or a fragment. URL parsers (urllib.parse, urllib3,
+# browsers) agree on every URL of this shape; they disagree on the rest
+# ('http://a:1\\@b/' is host 'a' to one and 'b' to another).
+_SAFE_URL = re.compile(r'(?P<scheme>https?)://(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])'
+                       r'(?::(?P<port>[0-9]{1,5}))?(?P<rest>[/?][^\x00-\x20\x7f\\#]*)?', re.IGNORECASE)
+
+
+def unsafe_url_reason(url: str) -> Optional[str]:
+  """Why `url` may not be sent (userinfo, backslash, control characters, ...), or None when it may."""
+  if not isinstance(url, str):
+    return f'not a string URL ({type(url).__name__})'
+  if re.search(r'[\x00-\x1f\x7f]', url):
+    return 'control characters in the URL'
+  if '\\' in url:
+    return 'a backslash in the URL'
+  if re.search(r'\s', url):
+    return 'whitespace in the URL'
+  scheme, sep, rest = url.partition('://')
+  if not sep or scheme.lower() not in ('http', 'https'):
+    return 'not an http(s) URL'
+  if '@' in re.split(r'[/?#]', rest, maxsplit=1)[0]:
+    return 'userinfo (user:password@) in the URL'
+  match = _SAFE_URL.fullmatch(url)
+  if match is None:
+    return 'a malformed URL (host, port or a fragment)'
+  if match.group('port') is not None and not 0 < int(match.group('port')) < 65536:
+    return 'a port out of range'
+  return None
 
 
 def json_path(body: Any, path: Optional[str]) -> Any:

@@ -15,9 +15,18 @@ drawing on the host's shared token bucket, so the read runs at the rate the
 API allows rather than at one request's latency.
 
 Nothing is lost: a request that fails for good (after retries), a body that
-is not JSON, a page without records where some were expected or a record that
-cannot be mapped becomes a dead letter (``stage='read'``) whose ``record``
-holds the request that produced it (method, URL, params, all masked).
+is not JSON or over the size cap, a page without records where some were
+expected or a record that cannot be mapped becomes a dead letter
+(``stage='read'``) whose ``record`` holds the request that produced it
+(method, URL, params, all masked).
+
+Pagination is held to the resource: a next-page link (Link header, next URL
+in the body) with userinfo, a backslash, whitespace or control characters,
+one to another host (unless in `next_link_hosts`) or from https to http is
+refused; a next page identical to one already read (a Link pointing at
+itself, a cursor cycle) ends the element; and so does `max_pages` (default
+1000) when more pages are announced. Each of these leaves a dead letter
+naming the page it did not read and why, never a silent stop.
 
 Usage::
 
@@ -134,7 +143,12 @@ class ResourceConfig:
     auth's token URL host.
   error_path: where an error payload sits (GraphQL 'errors'); a page with an
     error there and no records is dead-lettered.
-  max_pages: pages read for one element at most (a guard against loops).
+  max_pages: pages read for one element at most (default 1000); when more
+    are announced, the element's next page is dead-lettered with the reason,
+    so a cap that is hit is seen, never silent.
+  next_link_hosts: hosts (besides base_url's) that next-page links found in
+    responses (Link headers, next URLs) may lead to; they must be in the
+    allow-list too. A next link may never leave https for http.
   incremental: an IncrementalConfig (or dict).
   empty_path: for APIs that leave the records out of an empty answer (Twitter/X
     omits `data` when nothing matches): the dotted path of a count that is 0
@@ -156,7 +170,8 @@ class ResourceConfig:
   process_record: Optional[Callable[[dict, dict], dict]] = None
   allowed_hosts: Optional[Sequence[str]] = None
   error_path: Optional[str] = None
-  max_pages: int = 100000
+  max_pages: int = 1000
+  next_link_hosts: Sequence[str] = ()
   incremental: Optional[IncrementalConfig] = None
   empty_path: Optional[str] = None
 
@@ -207,6 +222,9 @@ class RestOptions:
   concurrency: requests in flight per DoFn instance.
   batch_size: rows per emitted RecordBatch at most.
   reshuffle: spread the input elements over workers first.
+  allow_private_addresses, max_response_bytes, trust_env: see
+    `io_connectors.apis.http.client.ClientOptions` (a local test server
+    needs allow_private_addresses=True).
   """
   rate: Optional[float] = None
   burst: float = 1.0
@@ -217,6 +235,9 @@ class RestOptions:
   concurrency: int = 8
   batch_size: int = 5000
   reshuffle: bool = True
+  allow_private_addresses: bool = False
+  max_response_bytes: int = ClientOptions.max_response_bytes
+  trust_env: bool = False
 
   def __post_init__(self):
     if self.concurrency < 1:
@@ -334,6 +355,20 @@ class _Reader:
                        detail=self.client.masker.text(detail),
                        stage=self.stage)
 
+  def _check_next(self, current: Request, following: Request) -> None:
+    """ValueError when a next page would leave the resource's scheme or host."""
+    if following.url == current.url:
+      return
+    here, there = urllib.parse.urlsplit(current.url), urllib.parse.urlsplit(following.url)
+    if here.scheme == 'https' and there.scheme != 'https':
+      raise ValueError(f'the next link {self.client.masker.text(following.url)!r} leaves https for {there.scheme}')
+    allowed = {(urllib.parse.urlsplit(self.resource.base_url).hostname or '').lower(),
+               *(h.lower() for h in self.resource.next_link_hosts)}
+    host = (there.hostname or '').lower()
+    if host not in allowed:
+      raise ValueError(f'the next link goes to host {host!r}, not the resource\'s '
+                       f'({", ".join(sorted(allowed))}; next_link_hosts allows others)')
+
   def first_request(self, params: dict, cursor_value: Any) -> Request:
     r = self.resource
     url = r.base_url.rstrip('/') + (_fill(r.path, params, quote=True) if r.path else '')
@@ -378,6 +413,7 @@ class _Reader:
       return out
     highest = None
     pages = 0
+    seen = {_identity(request)}
     while request is not None:
       pages += 1
       page_source = f'{r.name} {self.client.masker.text(request.full_url())}'
@@ -434,12 +470,40 @@ class _Reader:
           value = json_path(mapped, r.incremental.cursor_field)
           if value is not None and (highest is None or _cursor_order(value) > _cursor_order(highest)):
             highest = value
-      if pages >= r.max_pages:
+      try:
+        following = self.paginator.next(request, response, body, len(records))
+        if following is not None:
+          self._check_next(request, following)
+      except ValueError as e:  # an unsafe or unparsable next link: the rest cannot be read
+        out.dead_letters.append(self._letter(request, 'source_error', f'next page refused: {e}',
+                                             position=f'page {pages + 1}', source=page_source))
         break
-      request = self.paginator.next(request, response, body, len(records))
+      if following is None:
+        break
+      identity = _identity(following)
+      if identity in seen:
+        out.dead_letters.append(self._letter(following, 'source_error',
+                                             f'pagination loop: page {pages + 1} is a page already read; '
+                                             'the answer points back at itself or an earlier page',
+                                             position=f'page {pages + 1}', source=page_source))
+        break
+      if pages >= r.max_pages:
+        out.dead_letters.append(self._letter(following, 'source_error',
+                                             f'page cap max_pages={r.max_pages} reached with more pages announced; '
+                                             'the pages from here on were not read',
+                                             position=f'page {pages + 1}', source=page_source))
+        break
+      seen.add(identity)
+      request = following
     if r.incremental is not None and highest is not None and state_ref is not None:
       out.cursor = (state_ref, highest)
     return out
+
+
+def _identity(request: Request) -> str:
+  """What makes two requests the same page: method, URL, query and body."""
+  return json.dumps([request.method, request.url, sorted((str(k), str(v)) for k, v in request.params.items()),
+                     request.json], sort_keys=True, default=str)
 
 
 def _load_cursor(store: Optional[str], key: str):
@@ -463,7 +527,10 @@ class _ReadFn(beam.DoFn):
     client_options = ClientOptions(allowed_hosts=r.hosts(auth), rate=self._options.rate, burst=self._options.burst,
                                    window=self._options.window,
                                    retry=self._options.retry, cache_url=self._options.cache_url,
-                                   cache_ttl=self._options.cache_ttl)
+                                   cache_ttl=self._options.cache_ttl,
+                                   allow_private_addresses=self._options.allow_private_addresses,
+                                   max_response_bytes=self._options.max_response_bytes,
+                                   trust_env=self._options.trust_env)
     self._client = HttpClient(client_options, auth)
     self._reader = _Reader(r, self._client, create_paginator(r.paginator))
     self._pool = concurrent.futures.ThreadPoolExecutor(self._options.concurrency, thread_name_prefix=f'rest-{r.name}')

@@ -394,6 +394,9 @@ class FakeSpotify(FakeHttpServer):
     # After this many authorised API calls every token issued so far is
     # revoked once (the next call gets 401), as when a token expires mid-run.
     self.revoke_tokens_after: Optional[int] = None
+    # Rotate refresh tokens (a new one with every refresh grant, the old one
+    # refused with invalid_grant), as Spotify may and OAuth 2.1 asks.
+    self.rotate_refresh_tokens = False
     self.album_tracks = 120
     self.playlist_items = 75
     self.saved_tracks = 60
@@ -473,7 +476,9 @@ class FakeSpotify(FakeHttpServer):
     header = call.headers.get('Authorization', '')
     form = call.form()
     if header.startswith('Basic '):
+      # RFC 6749 2.3.1: id and secret are form-urlencoded before base64.
       client_id, _, secret = base64.b64decode(header[6:]).decode().partition(':')
+      client_id, secret = urllib.parse.unquote_plus(client_id), urllib.parse.unquote_plus(secret)
     else:
       client_id, secret = form.get('client_id'), form.get('client_secret')
     if client_id != self.client_id or secret != self.client_secret:
@@ -484,10 +489,17 @@ class FakeSpotify(FakeHttpServer):
     if grant not in ('client_credentials', 'refresh_token'):
       return 400, {}, {'error': 'unsupported_grant_type'}
     with self._lock:
+      if grant == 'refresh_token' and form.get('refresh_token') != self.refresh_token:
+        return 400, {}, {'error': 'invalid_grant', 'error_description': 'Invalid refresh token'}
       self.stats[f'tokens_{grant}'] += 1
       token = f'tok-{grant[:3]}-{self.stats["tokens_" + grant]}-{self._random.getrandbits(48):x}'
       self.tokens[token] = (time.monotonic() + self.token_lifetime, grant)
-    return 200, {}, {'access_token': token, 'token_type': 'Bearer', 'expires_in': self.token_lifetime}
+      answer = {'access_token': token, 'token_type': 'Bearer', 'expires_in': self.token_lifetime}
+      if grant == 'refresh_token' and self.rotate_refresh_tokens:
+        # A new refresh token each time; the one just used is dead (reuse -> invalid_grant).
+        self.refresh_token = answer['refresh_token'] = f'rt-{self.stats["tokens_refresh_token"]}-' \
+                                                      f'{self._random.getrandbits(64):x}'
+    return 200, {}, answer
 
   def _authorized(self, fn, user: bool = False):
 

@@ -34,12 +34,15 @@ def _json(body, status=200, headers=None):
 
 
 def _client(server, auth=None, **kw):
-  return HttpClient(ClientOptions(allowed_hosts=['127.0.0.1'], retry=kw.pop('retry', FAST_RETRY), **kw), auth)
+  # The fake servers listen on 127.0.0.1: private addresses are allowed explicitly.
+  return HttpClient(ClientOptions(allowed_hosts=['127.0.0.1'], retry=kw.pop('retry', FAST_RETRY),
+                                  allow_private_addresses=kw.pop('allow_private_addresses', True), **kw), auth)
 
 
-def _read_all(server, resource: dict, element=None):
+def _read_all(server, resource: dict, element=None, **client_options):
   resource = ResourceConfig.from_dict({'name': 'items', 'base_url': server.base_url, **resource})
-  reader = _Reader(resource, _client(server, create_auth(resource.auth)), create_paginator(resource.paginator))
+  reader = _Reader(resource, _client(server, create_auth(resource.auth), **client_options),
+                   create_paginator(resource.paginator))
   return reader.read(element or {}, lambda params: (None, None))
 
 
@@ -295,7 +298,7 @@ def test_hosts_outside_the_allow_list_are_refused_before_sending(fake_server):
   out = _read_all(fake_server, {'path': '/items', 'record_path': 'items', 'paginator': 'json_link'})
   assert len(out.rows) == 1
   [letter] = out.dead_letters
-  assert 'evil.example.com' in letter['detail'] and 'allow-list' in letter['detail']
+  assert 'evil.example.com' in letter['detail'] and 'next page refused' in letter['detail']
 
 
 def test_masker_hides_secrets_in_urls_params_and_headers():
@@ -373,7 +376,7 @@ def test_read_from_rest_fans_out_over_params(fake_server):
 
   with TestPipeline() as p:
     out = (p | beam.Create([{'user': 'a'}, {'user': 'b'}, {'user': 'c'}, {'user': 'broken'}])
-           | ReadFromRest(resource, RestOptions(concurrency=3, batch_size=10)))
+           | ReadFromRest(resource, RestOptions(concurrency=3, batch_size=10, allow_private_addresses=True)))
     assert_that(out.records, check_records, label='records')
     assert_that(out.dead_letter, check_letters, label='letters')
 
@@ -404,7 +407,8 @@ def test_read_from_graphql_pages_relay_cursors(fake_server):
   with TestPipeline() as p:
     out = (p | beam.Create([{'artist': 'x'}, {'artist': 'y'}, {'artist': 'bad'}])
            | ReadFromGraphQL(f'{fake_server.base_url}/graphql', query, 'data.artist.mentions',
-                             variables={'artist': '{artist}'}, page_size=4, options=RestOptions(concurrency=2)))
+                             variables={'artist': '{artist}'}, page_size=4,
+                             options=RestOptions(concurrency=2, allow_private_addresses=True)))
     assert_that(out.records, check, label='records')
     assert_that(out.dead_letter, check_letters, label='letters')
   # 3 pages (4 + 4 + 1) per artist and one for the bad one.
@@ -521,6 +525,7 @@ def test_registry_rest_source_reads_a_declarative_resource(fake_server, monkeypa
                    'auth': {'type': 'bearer', 'token_env': 'TEST_REST_TOKEN'}, 'include_params': ['artist']},
       'params': [{'artist': 'daft'}, {'artist': 'punk'}],
       'rate': 100, 'window': [100, 1], 'retry': {'max_attempts': 2, 'backoff_base': 0.01},
+      'allow_private_addresses': True,
   })
   assert isinstance(source, ReadRestResource)
 

@@ -1,0 +1,389 @@
+"""The HTTP client against hostile servers and links: real local servers (FakeHttpServer, FakeSpotify) on 127.0.0.1.
+
+Every server here listens on loopback, so clients allow private addresses
+explicitly, except where refusing them is what is tested.
+"""
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import threading
+import urllib.parse
+
+import pytest
+
+from io_connectors._common import state
+from io_connectors.apis.http import (BearerTokenAuth, ClientOptions, HostNotAllowed, HttpClient,
+                                     OAuth2ClientCredentials, OAuth2RefreshToken, Request, RequestFailed, RetryPolicy,
+                                     create_auth, create_paginator)
+from io_connectors.apis.http.auth import basic_client_credentials
+from io_connectors.apis.http.rest import ResourceConfig, _Reader
+from tests.conftest import REPO_ROOT
+from tests.io_connectors.http.fake_servers import FakeHttpServer, FakeSpotify
+from tests.io_connectors.postgres_fixtures import postgres_url  # noqa: F401  pylint: disable=unused-import
+
+FAST = RetryPolicy(max_attempts=4, max_rate_limited=10, backoff_base=0.01, backoff_max=0.05, timeout=5)
+
+
+def _json(body, status=200, headers=None):
+  return status, headers or {}, body
+
+
+def _client(auth=None, hosts=('127.0.0.1',), **kw):
+  kw.setdefault('allow_private_addresses', True)
+  return HttpClient(ClientOptions(allowed_hosts=list(hosts), retry=kw.pop('retry', FAST), **kw), auth)
+
+
+def _read(resource: dict, client: HttpClient, element=None):
+  resource = ResourceConfig.from_dict({'name': 'items', **resource})
+  return _Reader(resource, client, create_paginator(resource.paginator)).read(element or {}, lambda p: (None, None))
+
+
+# ----- where requests may go -----
+
+
+def test_a_next_link_that_parsers_read_differently_never_reaches_the_other_host(fake_server):
+  """`http://127.0.0.1:<evil>\\@localhost:<good>/p`: host localhost to urllib, 127.0.0.1:<evil> to urllib3."""
+  with FakeHttpServer() as evil:
+    evil.route('GET', '/p', lambda c: _json({'items': [{'id': 'stolen'}]}))
+    bypass = f'http://127.0.0.1:{evil.port}\\@localhost:{fake_server.port}/p'
+    fake_server.route('GET', '/items', lambda c: _json({'items': [{'id': 1}], 'next': bypass}))
+    client = _client(BearerTokenAuth('bearer-secret-bypass'), hosts=['localhost'])
+    out = _read({'base_url': f'http://localhost:{fake_server.port}', 'path': '/items', 'record_path': 'items',
+                 'paginator': 'json_link', 'auth': None}, client)
+    assert [r['id'] for r in out.rows] == [1]
+    [letter] = out.dead_letters
+    assert 'backslash' in letter['detail']
+    # Sent directly, it is refused too, before anything leaves.
+    with pytest.raises(HostNotAllowed, match='backslash'):
+      client.send(Request('GET', bypass))
+    assert evil.stats['requests'] == 0
+
+
+@pytest.mark.parametrize('link, why', [
+    ('http://user:pw@127.0.0.1:{port}/items?page=2', 'userinfo'),
+    ('/items?page=2\r\nX-Injected: 1', 'control characters'),
+    ('/items?page=2\x00', 'control characters'),
+    ('/it ems?page=2', 'whitespace'),
+    ('http://localhost:{port}/items?page=2', 'not the resource'),  # another host, allowed or not
+    ('//localhost:{port}/items?page=2', 'not the resource'),
+    ('ftp://127.0.0.1:{port}/items', 'not an http'),
+])
+def test_unsafe_next_links_are_dead_letters_not_requests(fake_server, link, why):
+  link = link.format(port=fake_server.port)
+  fake_server.route('GET', '/items', lambda c: _json({'items': [{'id': c.query.get('page', '1')}], 'next': link}))
+  client = _client(hosts=['127.0.0.1', 'localhost'])
+  out = _read({'base_url': fake_server.base_url, 'path': '/items', 'record_path': 'items', 'paginator': 'json_link'},
+              client)
+  assert [r['id'] for r in out.rows] == ['1']
+  [letter] = out.dead_letters
+  assert letter['reason'] == 'source_error' and why in letter['detail'], letter['detail']
+  assert letter['position'] == 'page 2'
+  assert fake_server.stats['requests'] == 1
+
+
+def test_next_links_may_go_to_hosts_the_config_names(fake_server):
+  fake_server.route('GET', '/items', lambda c: _json({
+      'items': [{'id': c.query.get('page', '1')}],
+      'next': f'http://localhost:{fake_server.port}/items?page=2' if 'page' not in c.query else None}))
+  client = _client(hosts=['127.0.0.1', 'localhost'])
+  out = _read({'base_url': fake_server.base_url, 'path': '/items', 'record_path': 'items', 'paginator': 'json_link',
+               'next_link_hosts': ['localhost']}, client)
+  assert [r['id'] for r in out.rows] == ['1', '2'] and not out.dead_letters
+
+
+def test_a_next_link_never_leaves_https_for_http():
+  resource = ResourceConfig(name='items', base_url='https://api.example.com', paginator='json_link')
+  reader = _Reader(resource, _client(hosts=['api.example.com']), create_paginator('json_link'))
+  with pytest.raises(ValueError, match='leaves https'):
+    reader._check_next(Request('GET', 'https://api.example.com/items'),  # pylint: disable=protected-access
+                       Request('GET', 'http://api.example.com/items', {'page': 2}))
+  reader._check_next(Request('GET', 'https://api.example.com/items'),  # pylint: disable=protected-access
+                     Request('GET', 'https://api.example.com/items', {'page': 2}))
+
+
+@pytest.mark.parametrize('url', [
+    'http://127.0.0.1:{port}/items',
+    'http://localhost:{port}/items',
+    'http://[::1]:{port}/items',
+    'http://169.254.169.254/latest/meta-data/',
+    'http://10.0.0.1/items',
+    'http://192.168.1.1/items',
+    'http://0.0.0.0:{port}/items',
+])
+def test_private_link_local_and_loopback_addresses_are_refused_unless_allowed(fake_server, url):
+  fake_server.route('GET', '/items', lambda c: _json({'items': []}))
+  url = url.format(port=fake_server.port)
+  host = urllib.parse.urlsplit(url).hostname
+  client = _client(BearerTokenAuth('bearer-secret-ssrf'), hosts=[host], allow_private_addresses=False)
+  with pytest.raises(HostNotAllowed, match='allow_private_addresses'):
+    client.send(Request('GET', url))
+  assert fake_server.stats['requests'] == 0
+  if host in ('127.0.0.1', 'localhost'):
+    assert _client(hosts=[host]).send(Request('GET', url)).status == 200  # opted in
+
+
+def test_the_environment_proxy_is_ignored_unless_trust_env(fake_server, monkeypatch):
+  fake_server.route('GET', '/items', lambda c: _json({'via': 'direct'}))
+  with FakeHttpServer() as proxy:
+    proxy.route('GET', '/items', lambda c: _json({'via': 'proxy'}))
+    for name in ('NO_PROXY', 'no_proxy'):
+      monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv('HTTP_PROXY', proxy.base_url)
+    monkeypatch.setenv('http_proxy', proxy.base_url)
+    url = f'{fake_server.base_url}/items'
+    assert _client().send(Request('GET', url)).json() == {'via': 'direct'}
+    assert _client(trust_env=True).send(Request('GET', url)).json() == {'via': 'proxy'}
+
+
+# ----- what comes back -----
+
+
+def test_a_response_over_the_size_cap_fails_clearly_and_is_a_dead_letter(fake_server):
+  big = {'items': [{'id': i, 'pad': 'x' * 1000} for i in range(2000)]}  # ~2 MB
+  fake_server.route('GET', '/items', lambda c: _json(big))
+  client = _client(max_response_bytes=1024 * 1024)
+  with pytest.raises(RequestFailed, match='max_response_bytes'):
+    client.send(Request('GET', f'{fake_server.base_url}/items'))
+  assert fake_server.stats['requests'] == 1  # not retried
+  out = _read({'base_url': fake_server.base_url, 'path': '/items', 'record_path': 'items'}, client)
+  [letter] = out.dead_letters
+  assert not out.rows and 'max_response_bytes' in letter['detail']
+
+
+def test_chunked_responses_over_the_cap_are_cut_off():
+  """No Content-Length to refuse up front: the streamed read stops at the cap."""
+  import http.server  # pylint: disable=import-outside-toplevel
+
+  class Endless(http.server.BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+
+    def log_message(self, *args):
+      pass
+
+    def do_GET(self):  # pylint: disable=invalid-name
+      self.send_response(200)
+      self.send_header('Content-Type', 'application/json')
+      self.send_header('Transfer-Encoding', 'chunked')
+      self.end_headers()
+      try:
+        for _ in range(10_000):  # up to 640 MB if nobody stops reading
+          chunk = b'[' + b'0,' * 32_000 + b'0]'
+          self.wfile.write(f'{len(chunk):x}\r\n'.encode() + chunk + b'\r\n')
+      except OSError:
+        pass
+
+  class QuietServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+      pass  # the client hanging up mid-body is the point
+
+  server = QuietServer(('127.0.0.1', 0), Endless)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  try:
+    with pytest.raises(RequestFailed, match='max_response_bytes'):
+      _client(max_response_bytes=2 * 1024 * 1024).send(Request('GET', f'http://127.0.0.1:{server.server_address[1]}/'))
+  finally:
+    server.shutdown()
+    server.server_close()
+
+
+# ----- retries -----
+
+
+def test_retry_after_zero_is_not_a_flood(fake_server):
+  fake_server.route('GET', '/items', lambda c: _json({'error': 'slow down'}, 429, {'Retry-After': '0'}))
+  policy = RetryPolicy(max_rate_limited=20, backoff_base=0.05, backoff_max=1.0, deadline=1.5, timeout=5)
+  with pytest.raises(RequestFailed, match='deadline'):
+    _client(retry=policy).send(Request('GET', f'{fake_server.base_url}/items'))
+  # Backing off from 0.05 s, doubling, within 1.5 s: a handful of requests, not 21.
+  assert 2 <= fake_server.stats['requests'] <= 9, fake_server.stats['requests']
+
+
+def test_retries_to_a_host_share_a_budget(fake_server):
+  fake_server.route('GET', '/items', lambda c: _json({'error': 'down'}, 503))
+  policy = RetryPolicy(max_attempts=10, backoff_base=0.001, backoff_max=0.002, timeout=5, host_retry_budget=3,
+                       host_retry_window=61.0)
+  client = _client(retry=policy)
+  for _ in range(2):
+    with pytest.raises(RequestFailed, match='retry budget'):
+      client.send(Request('GET', f'{fake_server.base_url}/items'))
+  # 2 first attempts and the 3 retries of the budget; a new client of the process shares it.
+  assert fake_server.stats['requests'] == 5
+  with pytest.raises(RequestFailed, match='retry budget'):
+    _client(retry=policy).send(Request('GET', f'{fake_server.base_url}/items'))
+  assert fake_server.stats['requests'] == 6
+
+
+# ----- pagination loops and caps -----
+
+
+def test_a_link_header_pointing_at_itself_is_a_loop_dead_letter(fake_server):
+  fake_server.route('GET', '/items', lambda c: _json([{'id': 1}], headers={
+      'Link': f'<{fake_server.base_url}/items>; rel="next"'}))
+  out = _read({'base_url': fake_server.base_url, 'path': '/items', 'paginator': 'header_link', 'max_pages': 50},
+              _client())
+  assert [r['id'] for r in out.rows] == [1]
+  [letter] = out.dead_letters
+  assert 'pagination loop' in letter['detail'] and letter['position'] == 'page 2'
+  assert fake_server.stats['requests'] == 1
+
+
+def test_a_cursor_cycle_is_a_loop_dead_letter(fake_server):
+  cycle = {'': 'a', 'a': 'b', 'b': 'a'}  # a -> b -> a -> ...
+  fake_server.route('GET', '/items', lambda c: _json({
+      'data': [{'id': c.query.get('cursor', '')}], 'next': cycle[c.query.get('cursor', '')]}))
+  out = _read({'base_url': fake_server.base_url, 'path': '/items', 'record_path': 'data', 'max_pages': 50,
+               'paginator': {'type': 'cursor', 'cursor_path': 'next', 'cursor_param': 'cursor'}}, _client())
+  assert [r['id'] for r in out.rows] == ['', 'a', 'b']
+  [letter] = out.dead_letters
+  assert 'pagination loop' in letter['detail']
+  assert fake_server.stats['requests'] == 3
+
+
+def test_the_page_cap_has_a_sane_default_and_is_a_dead_letter_when_hit(fake_server):
+  assert ResourceConfig(name='x', base_url='https://x.example').max_pages == 1000
+  fake_server.route('GET', '/items', lambda c: _json({'data': [{'page': int(c.query['page'])}]}))  # never ends
+  out = _read({'base_url': fake_server.base_url, 'path': '/items', 'record_path': 'data', 'max_pages': 3,
+               'paginator': {'type': 'page_number'}}, _client())
+  assert [r['page'] for r in out.rows] == [1, 2, 3]
+  [letter] = out.dead_letters
+  assert 'max_pages=3' in letter['detail'] and letter['position'] == 'page 4'
+  assert letter['record']['request']['params'] == {'page': 4}
+  assert fake_server.stats['requests'] == 3
+
+
+# ----- OAuth2 -----
+
+
+@pytest.mark.parametrize('client_id, secret', [
+    ('id:with:colons', 'secret%with+odd chars'),
+    ('plain-id', 'p@ss:w0rd/+=='),
+])
+def test_basic_client_credentials_are_form_urlencoded(spotify_spec, client_id, secret):
+  pair = base64.b64decode(basic_client_credentials(client_id, secret)[6:]).decode()
+  assert [urllib.parse.unquote_plus(p) for p in pair.split(':')] == [client_id, secret]
+  with FakeSpotify(spotify_spec, client_id=client_id, client_secret=secret) as fake:
+    client = _client(OAuth2ClientCredentials(fake.token_url, client_id, secret))
+    response = client.send(Request('GET', f'{fake.api_url}/tracks', {'ids': 'a' * 22}))
+    assert response.status == 200, response.text()
+    assert fake.stats['tokens_client_credentials'] == 1
+
+
+_OTHER_WORKER = '''
+import json, sys
+from io_connectors.apis.http import ClientOptions, HttpClient, OAuth2RefreshToken, Request, RequestFailed
+token_url, api_url, refresh_token, store = sys.argv[1:5]
+auth = OAuth2RefreshToken(token_url, 'test-client-id', 'test-client-secret-0123', refresh_token,
+                          token_store=store or None)
+client = HttpClient(ClientOptions(allowed_hosts=['127.0.0.1'], allow_private_addresses=True), auth)
+try:
+  print(json.dumps({'status': client.send(Request('GET', api_url + '/me/tracks', {'limit': 1})).status}))
+except RequestFailed as e:
+  print(json.dumps({'error': e.status, 'body': e.body}))
+'''
+
+
+def _other_worker(fake, refresh_token, store):
+  """A request from another process (another worker, or this one restarted) built from the same config."""
+  result = subprocess.run([sys.executable, '-c', _OTHER_WORKER, fake.token_url, fake.api_url, refresh_token, store],
+                          capture_output=True, text=True, timeout=120, check=True, cwd=REPO_ROOT,
+                          env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_a_rotated_refresh_token_is_shared_through_the_state_store(fake_spotify, tmp_path):
+  fake_spotify.rotate_refresh_tokens = True
+  configured = fake_spotify.refresh_token
+  store = str(tmp_path / 'state')
+  auth = OAuth2RefreshToken(fake_spotify.token_url, 'test-client-id', 'test-client-secret-0123', configured,
+                            token_store=store)
+  client = _client(auth)
+  me = f'{fake_spotify.api_url}/me/tracks'
+  assert client.send(Request('GET', me, {'limit': 1})).status == 200
+  first_rotation = fake_spotify.refresh_token
+  assert first_rotation != configured
+  assert state.load_value(store, auth.token_key) == first_rotation
+  # Another worker built from the same config (the configured, now dead, token) uses the stored one.
+  assert _other_worker(fake_spotify, configured, store) == {'status': 200}
+  second_rotation = fake_spotify.refresh_token
+  assert state.load_value(store, auth.token_key) == second_rotation != first_rotation
+  # This instance's token (first_rotation) is dead now: its next refresh takes the stored one.
+  fake_spotify.revoke_tokens_after = 0
+  assert client.send(Request('GET', me, {'limit': 1})).status == 200
+  assert state.load_value(store, auth.token_key) == fake_spotify.refresh_token != second_rotation
+  assert fake_spotify.stats['tokens_refresh_token'] == 3
+  # No token ever appears in the store's file names.
+  assert not any(configured in name or first_rotation in name for name in os.listdir(store))
+
+
+def test_without_a_store_another_worker_gets_invalid_grant(fake_spotify):
+  """What the store is for: the rotation stays in the process that did it."""
+  fake_spotify.rotate_refresh_tokens = True
+  configured = fake_spotify.refresh_token
+  assert _other_worker(fake_spotify, configured, '') == {'status': 200}
+  answer = _other_worker(fake_spotify, configured, '')
+  assert answer['error'] == 400 and 'invalid_grant' in answer['body']
+
+
+def test_compare_and_set_lets_one_writer_win(tmp_path):
+  store = str(tmp_path / 'cas')
+  assert state.compare_and_set(store, 'k', None, 'v1')
+  assert not state.compare_and_set(store, 'k', None, 'other')
+  results = []
+  barrier = threading.Barrier(8)
+
+  def swap(n):
+    barrier.wait()
+    results.append(state.compare_and_set(store, 'k', 'v1', f'v2-{n}'))
+
+  threads = [threading.Thread(target=swap, args=(n,)) for n in range(8)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert sorted(results) == [False] * 7 + [True]
+  assert state.load_value(store, 'k').startswith('v2-')
+
+
+def test_compare_and_set_on_postgresql(postgres_url):
+  import uuid  # pylint: disable=import-outside-toplevel
+  store = f'{postgres_url}?table=oauth_cas_test'
+  key = f'k-{uuid.uuid4().hex}'
+  assert state.compare_and_set(store, key, None, 'v1')
+  assert not state.compare_and_set(store, key, None, 'v1-again')
+  assert not state.compare_and_set(store, key, 'wrong', 'v2')
+  assert state.compare_and_set(store, key, 'v1', 'v2')
+  assert state.load_value(store, key) == 'v2'
+
+
+def test_compare_and_set_refuses_object_stores():
+  with pytest.raises(state.StateError, match='compare-and-set'):
+    state.compare_and_set('gs://bucket/state', 'k', None, 'v')
+
+
+def test_retry_policy_checks_its_budget_and_deadline():
+  with pytest.raises(ValueError, match='deadline'):
+    RetryPolicy(deadline=0)
+  with pytest.raises(ValueError, match='host_retry_budget'):
+    RetryPolicy(host_retry_budget=-1)
+  with pytest.raises(ValueError, match='max_response_bytes'):
+    ClientOptions(max_response_bytes=0)
+
+
+@pytest.mark.parametrize('paginator, answer', [
+    ({'type': 'json_link', 'next_url_path': 'next'}, lambda base: {'items': [{'id': 1}], 'next': f'{base}/items'}),
+    ({'type': 'cursor', 'cursor_path': 'next', 'cursor_param': 'cursor'},
+     lambda base: {'items': [{'id': 1}], 'next': 'same'}),
+])
+def test_a_next_page_equal_to_this_one_is_a_dead_letter_not_a_silent_stop(fake_server, paginator, answer):
+  fake_server.route('GET', '/items', lambda c: _json(answer(fake_server.base_url)))
+  first = {'cursor': 'same'} if paginator['type'] == 'cursor' else {}
+  out = _read({'base_url': fake_server.base_url, 'path': '/items', 'params': first, 'record_path': 'items',
+               'paginator': paginator}, _client())
+  assert [r['id'] for r in out.rows] == [1]
+  [letter] = out.dead_letters
+  assert 'pagination loop' in letter['detail']
