@@ -50,6 +50,9 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from tests.cluster_fixtures import (_flink_jobs_of_the_test, ensure_prism, flink_args,  # noqa: F401  pylint: disable=unused-import
                                     flink_cluster, prism_binary)
 
+# Fixtures that test modules of several folders take: no test imports another's.
+pytest_plugins = ('tests.io_connectors.api_fixtures', 'tests.io_connectors.postgres_fixtures')
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SERVICES_SCRIPT = REPO_ROOT / 'scripts' / 'services.sh'
 

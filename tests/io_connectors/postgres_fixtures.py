@@ -1,8 +1,7 @@
 """Fixtures for tests of io_connectors.databases.postgres and io_connectors._common.state on the local PostgreSQL server.
 
-Import them into a test module (pytest finds imported fixtures)::
-
-    from tests.io_connectors.postgres_fixtures import pg, postgres_url  # pylint: disable=unused-import
+Registered for the whole suite by `pytest_plugins` in tests/conftest.py: a
+test takes `pg` or `postgres_url` as an argument.
 
 `postgres_url` starts (or reuses) the `postgres` service of scripts/services.sh
 and returns its URL; `pg` gives an autocommit connection and a fresh schema

@@ -161,7 +161,7 @@ def test_csv_other_encoding_and_delimiter(tmp_path):
 
 
 def test_csv_utf16_is_not_split_on_newline_bytes(tmp_path):
-  path = write(tmp_path, 'wide.csv', ''.join(f'id,name\n' if i == 0 else f'{i},Zoë-{i}\n'
+  path = write(tmp_path, 'wide.csv', ''.join('id,name\n' if i == 0 else f'{i},Zoë-{i}\n'
                                              for i in range(200)).encode('utf-16'))
   result = read(tmp_path, ReadFromCsv(path, CsvOptions(encoding='utf-16', split_size_bytes=64)))
   assert [(r[0], r[1], r[2]['name']) for r in result.rows()] == [(path, i + 1, f'Zoë-{i}') for i in range(1, 200)]

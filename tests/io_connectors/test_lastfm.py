@@ -14,33 +14,11 @@ from io_connectors.apis.http.client import RetryPolicy
 from io_connectors.apis.lastfm import LastfmOptions, ReadFromLastfm, sign_request, track_key
 from io_connectors.apis.http.request import Request
 from tests.io_connectors.api_fakes import LastfmFake, lastfm_signature
+from tests.io_connectors.api_fixtures import T0, add_durations, scrobbles
 from transforms.entities import ListeningEvent
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN
 
 FAST_RETRY = RetryPolicy(backoff_base=0.02, backoff_max=0.2, max_retry_after=2.0, timeout=30)
-T0 = 1704067200  # 2024-01-01T00:00:00Z
-
-
-@pytest.fixture
-def lastfm(monkeypatch):
-  with LastfmFake() as fake:
-    monkeypatch.setenv('LASTFM_API_KEY', LastfmFake.API_KEY)
-    monkeypatch.delenv('LASTFM_API_SECRET', raising=False)
-    monkeypatch.delenv('LASTFM_SESSION_KEY', raising=False)
-    yield fake
-
-
-def _scrobbles(n, start=T0, artists=3):
-  return [{'uts': start + 240 * i, 'artist': f'Artist {i % artists}', 'track': f'Song {i % 7}', 'album': 'LP',
-           'mbid': f'mbid-{i}'} for i in range(n)]
-
-
-def _durations(fake, artists=3):
-  for a in range(artists):
-    for t in range(7):
-      fake.durations[(f'Artist {a}', f'Song {t}')] = 200000 + 1000 * t
-
-
 def _options(fake, **kwargs):
   kwargs.setdefault('resource', 'recent_tracks')
   return LastfmOptions(base_url=f'{fake.url}/2.0/', retry=FAST_RETRY, rate=None, allow_private_addresses=True, **kwargs)
@@ -55,10 +33,10 @@ def _no_letters(letters):
 
 
 def test_recent_tracks_page_to_the_end_through_lastfm_errors(lastfm):
-  lastfm.add_scrobbles('rj', _scrobbles(450))
-  lastfm.add_scrobbles('alice', _scrobbles(5, start=T0 + 100))
+  lastfm.add_scrobbles('rj', scrobbles(450))
+  lastfm.add_scrobbles('alice', scrobbles(5, start=T0 + 100))
   lastfm.now_playing['rj'] = {'artist': 'Artist 9', 'track': 'Live now'}
-  _durations(lastfm)
+  add_durations(lastfm)
   lastfm.inject('user.getRecentTracks', 'lastfm_error', 29, 429)  # the framework's 429 handling
   lastfm.inject('user.getRecentTracks', 'lastfm_error', 16, 200)  # Last.fm's body-level errors
   lastfm.inject('user.getRecentTracks', 'lastfm_error', 29, 200)
@@ -95,8 +73,8 @@ def test_recent_tracks_page_to_the_end_through_lastfm_errors(lastfm):
 
 def test_from_to_window_single_track_page_and_signed_calls(lastfm, monkeypatch):
   monkeypatch.setenv('LASTFM_API_SECRET', LastfmFake.SECRET)
-  lastfm.add_scrobbles('rj', _scrobbles(20))
-  _durations(lastfm)
+  lastfm.add_scrobbles('rj', scrobbles(20))
+  add_durations(lastfm)
 
   def check(rows):
     assert [r['played_at'].timestamp() for r in rows] == [T0 + 240 * 5]
@@ -111,7 +89,7 @@ def test_from_to_window_single_track_page_and_signed_calls(lastfm, monkeypatch):
 
 
 def test_private_user_needs_a_signed_session(lastfm, monkeypatch):
-  lastfm.add_scrobbles('hidden', _scrobbles(3))
+  lastfm.add_scrobbles('hidden', scrobbles(3))
   lastfm.private_users.add('hidden')
   with TestPipeline() as p:
     out = p | ReadFromLastfm(_options(lastfm, users=['hidden'], with_duration=False, unknown_duration_ms=0))
@@ -133,7 +111,7 @@ def test_private_user_needs_a_signed_session(lastfm, monkeypatch):
 
 
 def test_malformed_page_is_dead_lettered_and_the_next_pages_are_read(lastfm):
-  lastfm.add_scrobbles('rj', _scrobbles(25))
+  lastfm.add_scrobbles('rj', scrobbles(25))
   lastfm.inject('user.getRecentTracks', 'pass')  # page 1
   lastfm.inject('user.getRecentTracks', 'malformed', times=2)  # page 2 and its one retry
   with TestPipeline() as p:
@@ -154,7 +132,7 @@ def test_malformed_page_is_dead_lettered_and_the_next_pages_are_read(lastfm):
 
 def test_invalid_key_stops_the_job_with_a_clear_message(lastfm, monkeypatch):
   monkeypatch.setenv('LASTFM_API_KEY', 'not-a-valid-key-555')
-  lastfm.add_scrobbles('rj', _scrobbles(3))
+  lastfm.add_scrobbles('rj', scrobbles(3))
   with pytest.raises(Exception, match='refused the API key') as raised:
     with TestPipeline() as p:
       _ = p | ReadFromLastfm(_options(lastfm, users=['rj']))
@@ -213,9 +191,9 @@ def test_batch_job_reads_lastfm_and_a_social_api_for_two_tenants(lastfm, tmp_pat
   from tests.io_connectors.api_fakes import TwitterFake  # pylint: disable=import-outside-toplevel
   monkeypatch.setenv('PII_MASTER_KEY', 'ab' * 32)
   monkeypatch.setenv('TWITTER_BEARER_TOKEN', TwitterFake.BEARER)
-  lastfm.add_scrobbles('rj', _scrobbles(230))
-  lastfm.add_scrobbles('alice', _scrobbles(40, start=T0 + 7))
-  _durations(lastfm)
+  lastfm.add_scrobbles('rj', scrobbles(230))
+  lastfm.add_scrobbles('alice', scrobbles(40, start=T0 + 7))
+  add_durations(lastfm)
   lastfm.inject('user.getRecentTracks', 'lastfm_error', 29, 200)
   with TwitterFake() as twitter:
     twitter.tweets = [{'id': str(i), 'text': f'Daft Punk forever {i}', 'author_id': '9', 'created_at':

@@ -21,7 +21,6 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from io_connectors import registry
 from io_connectors._common import state
 from io_connectors.databases.postgres import PostgresError, PostgresOptions, ReadFromPostgres, check
-from tests.io_connectors.postgres_fixtures import pg, postgres_url  # pylint: disable=unused-import
 
 UTC = dt.timezone.utc
 

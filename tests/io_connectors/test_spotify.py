@@ -13,15 +13,12 @@ from openapi_schema_validator import OAS30Validator
 from io_connectors import registry
 from io_connectors.apis.http import RetryPolicy
 from io_connectors.apis.spotify import RESOURCES, ReadFromSpotify, SpotifyOptions
-from tests.io_connectors.http.conftest import fake_spotify, spotify_spec  # pylint: disable=unused-import
+from tests.io_connectors.api_fixtures import CLIENT, SECRETS, USER
 from tests.io_connectors.http.fake_servers import response_schema, spotify_id
 from transforms.dead_letter import IncrementalOutputs
 from transforms.validate import Validate
 
-CLIENT = dict(client_id='test-client-id', client_secret='test-client-secret-0123')
-USER = dict(CLIENT, refresh_token='test-refresh-token-4567', user='user-1')
 FAST = RetryPolicy(max_attempts=5, max_rate_limited=30, backoff_base=0.02, backoff_max=0.2, timeout=5)
-SECRETS = ('test-client-secret-0123', 'test-refresh-token-4567')
 
 
 def _options(fake, **kw) -> SpotifyOptions:

@@ -11,7 +11,6 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from io_connectors._common import state
 from io_connectors._common.masking import mask_url
-from tests.io_connectors.postgres_fixtures import pg, postgres_url  # pylint: disable=unused-import
 
 
 def _round_trip(store):

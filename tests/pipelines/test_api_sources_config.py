@@ -7,9 +7,7 @@ import yaml
 
 from pipelines.spotify_batch import run
 from tests.io_connectors.api_fakes import TwitterFake
-from tests.io_connectors.http.conftest import fake_spotify, spotify_spec  # pylint: disable=unused-import
-from tests.io_connectors.test_lastfm import T0, _durations, _scrobbles, lastfm  # pylint: disable=unused-import
-from tests.io_connectors.test_spotify import CLIENT, SECRETS, USER
+from tests.io_connectors.api_fixtures import CLIENT, SECRETS, T0, USER, add_durations, scrobbles
 
 
 def test_spotify_lastfm_and_twitter_for_two_tenants_in_one_run(fake_spotify, lastfm, tmp_path, monkeypatch):
@@ -18,9 +16,9 @@ def test_spotify_lastfm_and_twitter_for_two_tenants_in_one_run(fake_spotify, las
   monkeypatch.setenv('SPOTIFY_CLIENT_SECRET', CLIENT['client_secret'])
   monkeypatch.setenv('SPOTIFY_REFRESH_TOKEN', USER['refresh_token'])
   monkeypatch.setenv('TWITTER_BEARER_TOKEN', TwitterFake.BEARER)
-  lastfm.add_scrobbles('rj', _scrobbles(30))
-  lastfm.add_scrobbles('alice', _scrobbles(10, start=T0 + 7))
-  _durations(lastfm)
+  lastfm.add_scrobbles('rj', scrobbles(30))
+  lastfm.add_scrobbles('alice', scrobbles(10, start=T0 + 7))
+  add_durations(lastfm)
   retry = {'backoff_base': 0.02, 'backoff_max': 0.2, 'max_attempts': 6}
   spotify = {'type': 'spotify', 'resource': 'recently_played', 'api_url': fake_spotify.api_url,
              'token_url': fake_spotify.token_url, 'rate': None, 'retry': retry, 'allow_private_addresses': True}

@@ -13,8 +13,6 @@ import pytest
 import yaml
 
 from pipelines import check
-from tests.io_connectors.http.conftest import fake_spotify, spotify_spec  # pylint: disable=unused-import
-from tests.io_connectors.postgres_fixtures import pg, postgres_url  # pylint: disable=unused-import
 from tests.io_connectors.streams_support import redis_url
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]

@@ -6,16 +6,17 @@ import asyncio
 import json
 import urllib.parse
 
+import confluent_kafka
+import confluent_kafka.admin
 import pyarrow.parquet as pq
 import pytest
 
 import pipelines
 from pipelines import importers
 from pipelines.config import ConfigError
-from tests.io_connectors.http.conftest import fake_spotify, spotify_spec  # pylint: disable=unused-import
+from tests.conftest import ensure_service
+from tests.io_connectors.api_fixtures import CLIENT
 from tests.io_connectors.http.fake_servers import spotify_id
-from tests.io_connectors.postgres_fixtures import pg, postgres_url  # pylint: disable=unused-import
-from tests.io_connectors.test_spotify import CLIENT
 
 TRACK = '4uLU6hMCjMI75M1A2tKUQC'
 
@@ -151,9 +152,6 @@ def test_spotify_api_importer_reads_tracks_as_tracks(fake_spotify, tmp_path):
 
 
 def test_kafka_and_postgresql_importers_in_one_job(pg, postgres_url, tmp_path):
-  confluent_kafka = pytest.importorskip('confluent_kafka')
-  import confluent_kafka.admin  # pylint: disable=import-outside-toplevel
-  from tests.conftest import ensure_service  # pylint: disable=import-outside-toplevel
   bootstrap = f'127.0.0.1:{ensure_service("kafka")}'
   topic = f'importer-plays-{__import__("uuid").uuid4().hex[:10]}'
   admin = confluent_kafka.admin.AdminClient({'bootstrap.servers': bootstrap})

@@ -8,9 +8,8 @@ import yaml
 
 from io_connectors import registry
 from pipelines.spotify_batch import run, with_known_entities
-from tests.io_connectors.http.conftest import fake_spotify, spotify_spec  # pylint: disable=unused-import
 from tests.io_connectors.http.fake_servers import spotify_id
-from tests.io_connectors.test_spotify import CLIENT, SECRETS
+from tests.io_connectors.api_fixtures import CLIENT, SECRETS
 
 RETRY = {'backoff_base': 0.02, 'backoff_max': 0.2, 'max_attempts': 6}
 

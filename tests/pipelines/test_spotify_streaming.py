@@ -20,16 +20,13 @@ consumer group, then is cancelled.
 from __future__ import annotations
 
 import collections
-import dataclasses
-import datetime as dt
 import glob
 import json
-import random
 import re
 import time
-import uuid
-from typing import Dict, List, Sequence, Set, Tuple
+from typing import List, Sequence, Set, Tuple
 
+import confluent_kafka
 import pyarrow.parquet as pq
 import pytest
 import redis
@@ -38,121 +35,10 @@ from apache_beam.runners.runner import PipelineState
 from io_connectors.registry import ConfigError
 from pipelines import runners, spotify_streaming
 from tests.cluster_fixtures import wait_until as cluster_wait_until
-from tests.conftest import ensure_service
 from tests.io_connectors.streams_support import fresh_name, redis_url, wait_until
-
-import confluent_kafka  # noqa: E402  pylint: disable=wrong-import-position,wrong-import-order
-import confluent_kafka.admin  # noqa: E402 pylint: disable=wrong-import-position
-
-WINDOW_S = 60
-PARTITIONS = 4
-TRACK = '4uLU6hMCjMI75M1A2tKUQC'
-
-
-@pytest.fixture(scope='module')
-def kafka():
-  return f'127.0.0.1:{ensure_service("kafka")}'
-
+from tests.pipelines.streaming_support import (PARTITIONS, WINDOW_S, EventPlan, dead_letters, final_metrics, new_topic, plan_events, produce, written_ids)
 
 pytestmark = pytest.mark.usefixtures('streaming_pii_key')
-
-
-@dataclasses.dataclass
-class EventPlan:
-  """What is produced and what the job must make of it."""
-  on_time: List[Tuple[int, bytes, int]]  # (partition, value, timestamp ms)
-  late: List[Tuple[int, bytes, int]]
-  unique_valid: Dict[str, str]  # event_id -> tenant
-  duplicates: int
-  malformed: int
-  late_ids: Dict[str, str]  # event_id -> tenant
-
-
-def _iso(ms: int) -> str:
-  return dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc).isoformat().replace('+00:00', 'Z')
-
-
-def plan_events(n: int, base_ms: int, late: int, seed: int = 7) -> EventPlan:
-  """n distinct valid events over 20 windows in event-time order (1% duplicated, 2% malformed), and late ones.
-
-  A user's events go to one partition; tenants 'acme' and 'globex' by user.
-  """
-  rng = random.Random(seed)
-  users = [f'user-{i:04d}' for i in range(200)]
-  tenant_of = lambda user: ('acme', 'globex')[int(user[-4:]) % 2]
-  partition_of = lambda user: int(user[-4:]) % PARTITIONS
-
-  def message(event_id, user, at_ms, ms_played, skipped):
-    body = {'event_id': event_id, 'user_id': user, 'track_id': TRACK, 'played_at': _iso(at_ms),
-            'ms_played': ms_played, 'skipped': skipped, 'tenant': tenant_of(user)}
-    return partition_of(user), json.dumps(body).encode('utf-8'), at_ms
-
-  on_time, unique_valid, duplicates, malformed = [], {}, 0, 0
-  span_ms = 20 * WINDOW_S * 1000
-  for i in range(n):
-    user = rng.choice(users)
-    at_ms = base_ms + i * span_ms // n
-    item = message(f'ev-{i:06d}', user, at_ms, rng.randint(1000, 240000), rng.random() < 0.2)
-    on_time.append(item)
-    unique_valid[f'ev-{i:06d}'] = tenant_of(user)
-    if rng.random() < 0.01:
-      on_time.append(item)
-      duplicates += 1
-    if rng.random() < 0.02:
-      on_time.append((item[0], b'{"event_id": "broken-%d", "user_id": ' % malformed, at_ms))
-      malformed += 1
-  late_items, late_ids = [], {}
-  for j in range(late):
-    user = users[(7 * j) % len(users)]
-    late_items.append(message(f'late-{j:04d}', user, base_ms + 1000 * (j % WINDOW_S), 1000, False))
-    late_ids[f'late-{j:04d}'] = tenant_of(user)
-  return EventPlan(on_time, late_items, unique_valid, duplicates, malformed, late_ids)
-
-
-def new_topic(bootstrap) -> str:
-  topic = f'plays-{uuid.uuid4().hex[:10]}'
-  admin = confluent_kafka.admin.AdminClient({'bootstrap.servers': bootstrap})
-  admin.create_topics([confluent_kafka.admin.NewTopic(topic, PARTITIONS, 1)])[topic].result(60)
-  return topic
-
-
-def produce(bootstrap, topic, items, ordered: bool = False):
-  """items: (partition, value, timestamp ms). ordered: a partition's offsets follow the order of `items`."""
-  config = {'bootstrap.servers': bootstrap, 'linger.ms': 5}
-  if ordered:
-    config['max.in.flight.requests.per.connection'] = 1  # one request in flight: no reordering on retries
-  producer = confluent_kafka.Producer(config)
-  for partition, value, ts in items:
-    while True:
-      try:
-        producer.produce(topic, value, partition=partition, timestamp=ts)
-        break
-      except BufferError:
-        producer.poll(0.1)
-  assert producer.flush(60) == 0
-
-
-def written_ids(output) -> List[str]:
-  ids = []
-  for path in glob.glob(f'{output}/data/**/*.parquet', recursive=True):
-    ids += pq.read_table(path).column('event_id').to_pylist()
-  return ids
-
-
-def dead_letters(output) -> List[dict]:
-  return [json.loads(line) for path in glob.glob(f'{output}/dead_letter/**/*.jsonl', recursive=True)
-          for line in open(path, encoding='utf-8')]
-
-
-def final_metrics(output) -> Dict[Tuple[str, str], dict]:
-  metrics = {}
-  for path in glob.glob(f'{output}/metrics/**/*.json', recursive=True):
-    doc = json.load(open(path, encoding='utf-8'))
-    key = (doc['tenant'], doc['window_start'])
-    counted = lambda m: m['events'] + m['duplicates'] + m['late_events']
-    if key not in metrics or counted(doc) > counted(metrics[key]):
-      metrics[key] = doc  # figures are cumulative: the one counting most is final
-  return metrics
 
 
 # The volume of the issue's acceptance test; what a run takes is printed

@@ -20,8 +20,8 @@ from apache_beam.runners.runner import PipelineState
 
 from io_connectors.registry import ConfigError
 from pipelines import runners, spotify_streaming
-from tests.pipelines.test_spotify_streaming import (PARTITIONS, WINDOW_S, dead_letters, final_metrics, kafka,  # noqa: F401 pylint: disable=unused-import
-                                                    new_topic, plan_events, produce, written_ids)
+from tests.pipelines.streaming_support import (PARTITIONS, WINDOW_S, dead_letters, final_metrics, new_topic, plan_events,
+                                               produce, written_ids)
 
 import confluent_kafka  # noqa: E402  pylint: disable=wrong-import-position,wrong-import-order
 pytestmark = pytest.mark.usefixtures('streaming_pii_key')

@@ -22,7 +22,7 @@ import redis
 from io_connectors.registry import ConfigError
 from pipelines import runners, spotify_streaming
 from tests.io_connectors.streams_support import fresh_name, redis_url
-from tests.pipelines.test_spotify_streaming import _iso
+from tests.pipelines.streaming_support import iso
 
 TRACK = '4uLU6hMCjMI75M1A2tKUQC'
 
@@ -52,7 +52,7 @@ def test_redis_source_end_to_end(request, tmp_path, monkeypatch, runner):
     user = f'user-{rng.randrange(50):04d}'
     tenant = ('acme', 'globex')[int(user[-4:]) % 2]
     body = json.dumps({'event_id': f'ev-{i:05d}', 'user_id': user, 'track_id': TRACK,
-                       'played_at': _iso(base_ms + i * 300), 'ms_played': rng.randint(1000, 240000),
+                       'played_at': iso(base_ms + i * 300), 'ms_played': rng.randint(1000, 240000),
                        'skipped': rng.random() < 0.2, 'tenant': tenant})
     pipe.xadd(stream, {'data': body})
     unique[f'ev-{i:05d}'] = tenant

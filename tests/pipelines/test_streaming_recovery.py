@@ -44,9 +44,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from io_connectors.sinks.window_files import WRITTEN, WriteWindowFiles
 from pipelines import runners, spotify_streaming, stream_sources
 from tests.cluster_fixtures import wait_until
-from tests.conftest import ensure_service
 from tests.io_connectors.streams_support import fresh_name, redis_url
-from tests.pipelines.test_spotify_streaming import _iso, final_metrics, produce
+from tests.pipelines.streaming_support import final_metrics, iso, produce
 from transforms.records import with_provenance
 from transforms.windows import WindowBatch
 
@@ -87,7 +86,7 @@ class Events:
       at_ms = first_ms + i * span_ms // n
       event_id = f'{prefix}-{i:05d}'
       body = json.dumps({'event_id': event_id, 'user_id': f'user-{user:04d}', 'track_id': TRACK,
-                         'played_at': _iso(at_ms), 'ms_played': rng.randint(1000, 240000),
+                         'played_at': iso(at_ms), 'ms_played': rng.randint(1000, 240000),
                          'skipped': rng.random() < 0.2, 'tenant': _tenant(user)}).encode('utf-8')
       message = (user % PARTITIONS, body, at_ms)
       self.messages.append(message)
@@ -165,11 +164,6 @@ def test_redis_ack_mode_follows_the_runner():
 
 
 # ----- Flink: a TaskManager killed mid-stream -----
-
-
-@pytest.fixture(scope='module')
-def kafka():
-  return f'127.0.0.1:{ensure_service("kafka")}'
 
 
 def _new_topic(bootstrap: str, name: str):

@@ -3,7 +3,6 @@
 import collections
 
 import apache_beam as beam
-import numpy as np
 import pyarrow as pa
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline

@@ -17,12 +17,11 @@ import pytest
 from io_connectors._common import state
 from io_connectors.apis.http import (BearerTokenAuth, ClientOptions, HostNotAllowed, HttpClient,
                                      OAuth2ClientCredentials, OAuth2RefreshToken, Request, RequestFailed, RetryPolicy,
-                                     create_auth, create_paginator)
+                                     create_paginator)
 from io_connectors.apis.http.auth import basic_client_credentials
 from io_connectors.apis.http.rest import ResourceConfig, _Reader
 from tests.conftest import REPO_ROOT
 from tests.io_connectors.http.fake_servers import FakeHttpServer, FakeSpotify
-from tests.io_connectors.postgres_fixtures import postgres_url  # noqa: F401  pylint: disable=unused-import
 
 FAST = RetryPolicy(max_attempts=4, max_rate_limited=10, backoff_base=0.01, backoff_max=0.05, timeout=5)
 
