@@ -4,12 +4,14 @@ Reads files (CSV, Excel, JSON, JSON Lines, Parquet, Avro; local, s3://, gs://)
 or any registered connector, tags each record with its tenant, validates it
 as a canonical entity, redacts PII, removes duplicates and writes:
 
-- ``OUTPUT/data/tenant=<id>/part-*.parquet`` (or avro, jsonl, tfrecord);
-- ``OUTPUT/dead_letter/tenant=<id>/part-*.jsonl`` (``_unassigned/`` for records
-  with no valid tenant): one JSON object per record that could not go on;
+- ``OUTPUT/_runs/<run dir>/data/tenant=<id>/part-*.parquet`` (or avro, jsonl,
+  tfrecord); on local disk ``OUTPUT/data`` links to the committed run's;
+- ``OUTPUT/_runs/<run dir>/dead_letter/tenant=<id>/part-*.jsonl`` (``_unassigned/``
+  for records with no valid tenant): one JSON object per record that could not go on;
 - ``OUTPUT/_schema.json``: the inferred schema of the records written;
-- ``OUTPUT/_manifest.json``: run id, inputs, runner, code version, counts
-  (``read == written + dead_letter + deduplicated``), PII findings, drift.
+- ``OUTPUT/_manifest.json``: the commit point: run id, ``run_dir``, the files,
+  inputs, runner, code version, counts (``read == written + dead_letter +
+  deduplicated``), PII findings, drift. Readers read it first (docs/lake.md).
 
 Usage::
 
@@ -25,6 +27,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -40,7 +43,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from io_connectors import registry
-from io_connectors.sinks.lake import WriteDeadLetterFiles, WriteRecordFiles, finalize_files
+from io_connectors.sinks.lake import (OutputLock, OutputLockedError, WriteDeadLetterFiles, WriteRecordFiles, commit_output,
+                                      finalize_files, run_dir_name, sweep)
 from io_connectors._common.masking import mask_url
 from pipelines.config import ConfigError, RunConfig, load_yaml, resolve
 from pipelines import runners
@@ -211,31 +215,25 @@ def _describe(source: dict) -> dict:
 
 
 class _FinalizeFn(beam.DoFn):
-  """Moves committed files into place, then writes _schema.json and _manifest.json."""
+  """Gives committed files their final names in the run's directory, then publishes the run (lake.commit_output)."""
 
-  def __init__(self, output: str, run_id: str, info: dict, previous_schema):
+  def __init__(self, output: str, run_dir: str, info: dict, previous_schema, lock: Optional[OutputLock] = None):
     self._output = output
-    self._run_id = run_id
+    self._run_dir = run_dir
     self._info = info
     self._previous_schema = previous_schema
+    self._lock = lock
 
   def process(self, files, counts, schemas, cursors=()):
-    previous_schema = self._previous_schema
-    moves = finalize_files(self._output, self._run_id, files)
+    moves = finalize_files(self._output, self._run_dir, files)
+    manifest = build_manifest(self._info, counts, schemas, self._previous_schema, files, moves)
+    published = commit_output(self._output, self._run_dir, manifest, schema_document(schemas), lock=self._lock)
     if cursors:
-      # Incremental sources advance only once the run's outputs are in place:
-      # a run that fails before this point is read again next time.
+      # Incremental sources advance only once the run is published: a run
+      # that fails before this point is read again next time.
       from io_connectors._common import state  # pylint: disable=import-outside-toplevel
       state.commit_cursors(list(cursors))
-    manifest = build_manifest(self._info, counts, schemas, previous_schema, files, moves)
-    _write_json(FileSystems.join(self._output, '_schema.json'), schema_document(schemas))
-    _write_json(FileSystems.join(self._output, '_manifest.json'), manifest)
-    yield manifest
-
-
-def _write_json(path: str, doc: dict):
-  with FileSystems.create(path) as handle:
-    handle.write(json.dumps(doc, indent=2, sort_keys=True, default=str).encode('utf-8') + b'\n')
+    yield published
 
 
 def read_json(path: str) -> Optional[dict]:
@@ -387,9 +385,13 @@ def _entity_chain(p, entity: str, sources, config: RunConfig, master_key, run_id
   return data_files, letters_redacted.records, counts, cursors, schema
 
 
-def build(p: beam.Pipeline, config: RunConfig, master_key, info: dict, previous_schema) -> None:
-  """Adds the whole batch job to `p`: one chain of transforms per entity the sources hold."""
-  run_id = info['run_id']
+def build(p: beam.Pipeline, config: RunConfig, master_key, info: dict, previous_schema,
+          lock: Optional[OutputLock] = None) -> None:
+  """Adds the whole batch job to `p`: one chain of transforms per entity the sources hold.
+
+  Files go to OUTPUT/_runs/<lock.run_dir> (or a fresh run directory when no lock is given).
+  """
+  run_id = lock.run_dir if lock is not None else run_dir_name(info['run_id'])
   groups: Dict[str, list] = {}
   for i, source in enumerate(config.sources):
     groups.setdefault(source['entity'], []).append((i, source))
@@ -417,7 +419,9 @@ def build(p: beam.Pipeline, config: RunConfig, master_key, info: dict, previous_
   }
   if cursors:
     side_inputs['cursors'] = beam.pvalue.AsList(tuple(cursors) | 'AllCursors' >> beam.Flatten())
-  _ = all_files | 'Finalize' >> beam.ParDo(_FinalizeFn(config.output, run_id, info, previous_schema), **side_inputs)
+  portable_lock = dataclasses.replace(lock, options=None) if lock is not None else None  # workers use their own options
+  _ = all_files | 'Finalize' >> beam.ParDo(_FinalizeFn(config.output, run_id, info, previous_schema, portable_lock),
+                                           **side_inputs)
 
 
 def _previous_schema(config: RunConfig):
@@ -498,10 +502,17 @@ def run(argv: Optional[Sequence[str]] = None, allow_demo: bool = False) -> dict:
   }
   _LOG.info('run %s: %d source(s) -> %s (%s) on %s', run_id, len(config.sources), config.output, config.output_format,
             info['runner'])
-  pipeline = beam.Pipeline(options=options)
-  build(pipeline, config, master_key, info, previous_schema)
-  result = pipeline.run()
-  _wait_with_progress(result)
+  # One run at a time on an output; OutputLockedError names the run that holds it.
+  lock = OutputLock.acquire(config.output, run_id, run_dir_name(run_id), options=options)
+  try:
+    sweep(config.output, keep_run_dirs=(lock.run_dir,))  # what crashed runs left
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, config, master_key, info, previous_schema, lock)
+    with lock.kept_alive():
+      result = pipeline.run()
+      _wait_with_progress(result)
+  finally:
+    lock.release()
   manifest = read_json(FileSystems.join(config.output, '_manifest.json'))
   if manifest is None or manifest.get('run_id') != run_id:
     raise RuntimeError(f'the run finished but wrote no manifest at {config.output}/_manifest.json')
@@ -554,7 +565,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     handler.addFilter(lambda record: record.name != 'root' or record.levelno >= logging.WARNING)
   try:
     manifest = run(argv, allow_demo=True)
-  except (UsageError, ConfigError) as e:
+  except (UsageError, ConfigError, OutputLockedError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   print()
