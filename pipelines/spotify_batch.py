@@ -35,6 +35,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.parse
 import uuid
 from typing import Dict, List, Optional, Sequence
 
@@ -202,16 +203,39 @@ def _check_inputs(config: RunConfig):
       raise ConfigError(f'sources[{i}] input {pattern}: no file matches')
 
 
+# What the manifest may say of a source: keys that never hold a secret, at any depth
+# (a `rest` resource's name, base_url and path; never its headers, params or auth).
+_DESCRIBED_KEYS = frozenset(('type', 'entity', 'input', 'table', 'query', 'collection', 'index', 'pattern', 'resource',
+                             'url', 'base_url', 'path', 'name', 'method', 'tenant_id', 'tenant_field', 'topics',
+                             'topic', 'subscription', 'streams', 'users', 'user_ids', 'ids'))
+
+
+def _public_url(url: str) -> str:
+  """`url` without its password and with every query value masked (signed URLs and ?api_key= alike)."""
+  masked = mask_url(url)
+  try:
+    parts = urllib.parse.urlsplit(masked)
+  except ValueError:
+    return masked.split('?', 1)[0]
+  if not parts.query:
+    return masked
+  query = '&'.join(f'{pair.split("=", 1)[0]}=***' for pair in parts.query.split('&') if pair)
+  return urllib.parse.urlunsplit(parts._replace(query=query))
+
+
+def _described(value):
+  if isinstance(value, dict):
+    return {k: _described(v) for k, v in value.items() if k in _DESCRIBED_KEYS}
+  if isinstance(value, (list, tuple)):
+    return [_described(v) for v in value]
+  if isinstance(value, str) and '://' in value:
+    return _public_url(value)
+  return value if isinstance(value, (str, int, float, bool)) or value is None else type(value).__name__
+
+
 def _describe(source: dict) -> dict:
-  """What the manifest says of a source: where it read, never a password."""
-  described = {
-      k: v for k, v in source.items()
-      if k in ('type', 'entity', 'input', 'table', 'query', 'collection', 'index', 'pattern', 'resource', 'url',
-               'tenant_id', 'tenant_field')
-  }
-  if isinstance(described.get('url'), str):
-    described['url'] = mask_url(described['url'])
-  return described
+  """What the manifest says of a source: an allow-list of keys that hold no secret, URLs masked."""
+  return _described(source)
 
 
 class _FinalizeFn(beam.DoFn):

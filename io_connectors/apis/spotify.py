@@ -273,8 +273,8 @@ class SpotifyOptions:
   user: Optional[str] = None
   market: Optional[str] = None
   client_id: Optional[str] = None
-  client_secret: Optional[str] = None
-  refresh_token: Optional[str] = None
+  client_secret: Optional[str] = dataclasses.field(default=None, repr=False)
+  refresh_token: Optional[str] = dataclasses.field(default=None, repr=False)
   api_url: str = SPOTIFY_API_URL
   token_url: str = SPOTIFY_TOKEN_URL
   allowed_hosts: Optional[Sequence[str]] = None
@@ -283,7 +283,7 @@ class SpotifyOptions:
   window: Optional[Sequence[float]] = None
   concurrency: int = 8
   retry: RetryPolicy = RetryPolicy()
-  cache_url: Optional[str] = None
+  cache_url: Optional[str] = dataclasses.field(default=None, repr=False)
   cache_ttl: float = 3600.0
   batch_size: int = 5000
   limit: int = 50

@@ -122,9 +122,9 @@ class ClickHouseOptions:
     tenant) - lag; lag is seconds for Date/DateTime cursors, units for numbers;
     full_refresh reads everything (and still commits the new value).
   """
-  url: Optional[str] = None
+  url: Optional[str] = dataclasses.field(default=None, repr=False)
   username: Optional[str] = None
-  password: Optional[str] = None
+  password: Optional[str] = dataclasses.field(default=None, repr=False)
   database: Optional[str] = None
   split_by: str = 'auto'
   num_splits: int = 4

@@ -134,7 +134,7 @@ class PostgresOptions:
     lag is seconds for timestamp/date cursors, units for integer ones; full_refresh
     reads everything (and still commits the new value).
   """
-  url: Optional[str] = None
+  url: Optional[str] = dataclasses.field(default=None, repr=False)
   partition_column: Optional[str] = None
   num_partitions: Optional[int] = None
   batch_size: int = 65536
@@ -378,7 +378,7 @@ class _Split:
 @dataclasses.dataclass(frozen=True)
 class _Plan:
   """Everything a worker needs, computed by the coordinator (picklable)."""
-  url: str
+  url: str = dataclasses.field(repr=False)
   source_name: str
   table: Optional[Tuple[str, ...]]
   query: Optional[str]

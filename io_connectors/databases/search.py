@@ -134,7 +134,7 @@ class SearchOptions:
     tenant) - lag; lag is seconds for date fields, units for numeric ones;
     full_refresh reads everything (and still commits the new value).
   """
-  url: Optional[str] = None
+  url: Optional[str] = dataclasses.field(default=None, repr=False)
   client: str = 'opensearch'
   method: str = 'auto'
   slices: int = 4
@@ -149,8 +149,8 @@ class SearchOptions:
   full_refresh: bool = False
   tenant: Optional[str] = None
   username: Optional[str] = None
-  password: Optional[str] = None
-  api_key: Optional[str] = None
+  password: Optional[str] = dataclasses.field(default=None, repr=False)
+  api_key: Optional[str] = dataclasses.field(default=None, repr=False)
   verify_certs: bool = True
   ca_certs: Optional[str] = None
   request_timeout_s: float = 60.0

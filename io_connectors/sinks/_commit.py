@@ -284,7 +284,7 @@ class OutputLock:
   output: str
   run_id: str
   run_dir: str
-  token: str
+  token: str = dataclasses.field(repr=False)
   host: str
   pid: int
   started: str

@@ -119,8 +119,8 @@ class WebhookOptions:
   kafka_config: more librdkafka settings (security.protocol, sasl.*).
   """
   sources: Dict[str, object]
-  redis_url: str = 'redis://127.0.0.1:6379/0'
-  redis_password: Optional[str] = None
+  redis_url: str = dataclasses.field(default='redis://127.0.0.1:6379/0', repr=False)
+  redis_password: Optional[str] = dataclasses.field(default=None, repr=False)
   tolerance_seconds: int = 300
   max_body_bytes: int = 1024 * 1024
   stream_prefix: str = 'webhooks:'

@@ -70,7 +70,7 @@ class NoAuth(Auth):
 @dataclasses.dataclass
 class ApiKeyAuth(Auth):
   """An API key in header `name` (location 'header') or query parameter `name` ('query')."""
-  api_key: str = ''
+  api_key: str = dataclasses.field(default='', repr=False)
   name: str = 'api_key'
   location: str = 'query'
 
@@ -91,7 +91,7 @@ class ApiKeyAuth(Auth):
 
 @dataclasses.dataclass
 class BearerTokenAuth(Auth):
-  token: str = ''
+  token: str = dataclasses.field(default='', repr=False)
 
   def __post_init__(self):
     if not self.token:

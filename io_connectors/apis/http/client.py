@@ -174,7 +174,7 @@ class ClientOptions:
   burst: float = 1.0
   window: Optional[Tuple[int, float]] = None
   retry: RetryPolicy = RetryPolicy()
-  cache_url: Optional[str] = None
+  cache_url: Optional[str] = dataclasses.field(default=None, repr=False)
   cache_ttl: float = 3600.0
   user_agent: str = 'music-lake-ingest/1.0'
 

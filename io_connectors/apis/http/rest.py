@@ -145,11 +145,11 @@ class ResourceConfig:
   base_url: str
   path: str = ''
   method: str = 'GET'
-  params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-  headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  params: Mapping[str, Any] = dataclasses.field(repr=False, default_factory=dict)
+  headers: Mapping[str, str] = dataclasses.field(repr=False, default_factory=dict)
   json: Any = None
   paginator: Any = None
-  auth: Any = None
+  auth: Any = dataclasses.field(default=None, repr=False)
   record_path: Optional[str] = None
   fields: Optional[Mapping[str, str]] = None
   include_params: Sequence[str] = ()
@@ -212,7 +212,7 @@ class RestOptions:
   burst: float = 1.0
   window: Optional[Tuple[int, float]] = None
   retry: RetryPolicy = RetryPolicy()
-  cache_url: Optional[str] = None
+  cache_url: Optional[str] = dataclasses.field(default=None, repr=False)
   cache_ttl: float = 3600.0
   concurrency: int = 8
   batch_size: int = 5000
