@@ -361,18 +361,21 @@ def _partition_dir(base: str, written: WrittenFile) -> str:
   return _join(base, 'dead_letter', f'tenant={written.partition}')
 
 
-def _delete_tree(path: str):
-  """Deletes a directory (local) or every object under a prefix (object stores)."""
+def _delete_tree(path: str) -> bool:
+  """Deletes a directory (local) or every object under a prefix (object stores); False if nothing was there."""
   if '://' not in path or path.startswith('file://'):
     local = local_path(path)
     if os.path.islink(local) or os.path.isfile(local):
       os.unlink(local)
     elif os.path.isdir(local):
       shutil.rmtree(local)
-    return
+    else:
+      return False
+    return True
   matches = FileSystems.match([_join(path, '**')])[0].metadata_list
   if matches:
     FileSystems.delete([m.path for m in matches])
+  return bool(matches)
 
 
 def run_dir_name(run_id: str) -> str:
@@ -444,9 +447,27 @@ def _is_local(output: str) -> bool:
   return '://' not in output or output.startswith('file://')
 
 
-def _superseded(output: str, previous: Optional[dict], now: str) -> List[dict]:
-  """What the new manifest hands to the garbage collector: the previous run, and what it had not collected."""
-  entries = [e for e in (previous or {}).get('superseded', []) if isinstance(e, dict) and e.get('paths')]
+def _within_grace(entry: dict, now: dt.datetime, grace_s: float) -> bool:
+  try:
+    return (now - dt.datetime.fromisoformat(entry['at'])).total_seconds() < grace_s
+  except (KeyError, TypeError, ValueError):
+    return False
+
+
+def _superseded(output: str, previous: Optional[dict], now: str, grace_s: float) -> List[dict]:
+  """What the new manifest hands to the garbage collector: the previous run, and what is still in its grace period.
+
+  Older run directories need no entry: not being listed makes them orphans,
+  which the collector deletes. On object stores an entry of the old layout
+  (data/ at the root) stays: nothing else would find those objects again.
+  """
+  moment = dt.datetime.fromisoformat(now)
+  entries = [
+      e for e in (previous or {}).get('superseded', [])
+      if isinstance(e, dict) and e.get('paths') and
+      (_within_grace(e, moment, grace_s) or
+       (not _is_local(output) and not all(p.startswith(RUNS_DIR + '/') for p in e['paths'])))
+  ]
   if previous and previous.get('run_dir'):
     entries.append({'paths': [previous['run_dir']], 'run_id': previous.get('run_id'), 'at': now})
   elif previous or _legacy_layout(output):
@@ -507,7 +528,7 @@ def commit_output(output: str, run_dir: str, manifest: dict, schema_doc: Optiona
       previous = None
   now = dt.datetime.now(dt.timezone.utc).isoformat()
   published = dict(manifest, run_dir=f'{RUNS_DIR}/{run_dir}', committed_at=now,
-                   superseded=_superseded(output, previous, now))
+                   superseded=_superseded(output, previous, now, grace_s))
   _write_bytes(_join(base, MANIFEST_NAME), _json_bytes(published))
   if lock is not None:
     lock.verify()
@@ -559,10 +580,7 @@ def sweep(output: str, grace_s: float = DEFAULT_GRACE_S, keep_run_dirs: Iterable
   now = dt.datetime.now(dt.timezone.utc)
   doomed = []
   for entry in manifest.get('superseded', []):
-    try:
-      expired = (now - dt.datetime.fromisoformat(entry['at'])).total_seconds() >= grace_s
-    except (KeyError, TypeError, ValueError):
-      expired = True
+    expired = not _within_grace(entry, now, grace_s)
     paths = list(entry.get('paths', [])) + ([entry['parked']] if entry.get('parked') else [])
     for path in paths:
       name = path.split('/', 1)[1] if path.startswith(RUNS_DIR + '/') else None
@@ -575,11 +593,8 @@ def sweep(output: str, grace_s: float = DEFAULT_GRACE_S, keep_run_dirs: Iterable
   doomed.append('_temporary')  # the old layout's temporary files, of runs that can no longer commit
   deleted = []
   for path in dict.fromkeys(doomed):
-    target = _join(output, *path.split('/'))
-    if _is_local(output) and not os.path.lexists(local_path(target)):
-      continue
-    _delete_tree(target)
-    deleted.append(path)
+    if _delete_tree(_join(output, *path.split('/'))):
+      deleted.append(path)
   if deleted:
     _LOG.info('%s: collected %s', output, ', '.join(deleted))
   return deleted

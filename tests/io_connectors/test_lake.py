@@ -238,3 +238,11 @@ def test_a_manifest_changed_by_a_writer_without_the_lock_is_not_overwritten(lake
   monkeypatch.setattr(lake_mod, 'store_for', lambda *unused: store)
   with pytest.raises(LakeCommitError, match='changed while run'):
     _commit(lake, 'r2', 'two')
+
+
+def test_the_manifest_lists_only_runs_still_in_their_grace_period(tmp_path):
+  output = str(tmp_path / 'lake')
+  for i in range(4):
+    published = _commit(output, f'r{i}', f'v{i}', grace_s=0)
+  assert [e['run_id'] for e in published['superseded']] == ['r2']  # just superseded; r0, r1 collected and dropped
+  assert lake_mod._run_dirs(output) == [published['run_dir'].split('/')[1]]
