@@ -62,7 +62,8 @@ from apache_beam.options.pipeline_options import DebugOptions, FlinkRunnerOption
 
 from io_connectors.streams import kafka
 from io_connectors.registry import ConfigError
-from io_connectors.sinks.window_files import WRITTEN, WriteDeadLettersFn, WriteWindowFiles, metrics_writer
+from io_connectors.sinks.window_files import (WRITTEN, WriteDeadLettersFn, WriteWindowFiles, metrics_writer,
+                                             sweep_temporaries)
 from pipelines import runners, stream_sources
 from pipelines.streaming_options import SpotifyStreamingOptions
 from transforms import entities
@@ -319,6 +320,7 @@ def run(argv: Optional[Sequence[str]] = None, wait: bool = True):
   options = pipeline_options.view_as(SpotifyStreamingOptions)
   _check(options)
   FileSystems.set_options(pipeline_options)
+  sweep_temporaries(options.output)  # what writers of earlier, crashed runs left
   if not (options.bounded or options.max_records_per_partition is not None):
     # An unbounded source: the runner must run the job as a streaming job.
     pipeline_options.view_as(StandardOptions).streaming = True
