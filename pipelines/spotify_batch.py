@@ -574,9 +574,11 @@ def summary_table(manifest: dict) -> str:
       lines += ['', f"schema drift{' of ' + name if name else ''} against {d['against']}: added {d['added']}, "
                 f"removed {d['removed']}, changed {[c['field'] for c in d['changed']]}"]
   out = manifest['output']
-  lines += ['', 'outputs:', f'  {out}/data/              clean records, tenant=<id>/ partitions',
-            f'  {out}/dead_letter/       rejected records with reason and position',
-            f'  {out}/_schema.json       inferred schema', f'  {out}/_manifest.json     this run\'s manifest']
+  run_out = f"{out}/{manifest['run_dir']}" if manifest.get('run_dir') else out
+  lines += ['', 'outputs:', f'  {run_out}/data/   clean records, tenant=<id>/ partitions',
+            f'  {run_out}/dead_letter/   rejected records with reason and position',
+            f'  {out}/_schema.json       inferred schema',
+            f'  {out}/_manifest.json     this run\'s manifest: the commit point readers start from (docs/lake.md)']
   return '\n'.join(lines)
 
 
