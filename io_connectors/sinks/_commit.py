@@ -8,7 +8,8 @@ operations on a small object (the manifest, the lock):
   local: a hard link of a finished temp file; S3: ``IfNoneMatch: *``;
   GCS: ``if_generation_match=0``.
 - ``replace(path, data, version) -> bool``: only if the object is still at
-  `version` (local: checked, then ``os.replace``; S3: ``IfMatch``; GCS:
+  `version` (local: checked, then ``os.replace``, under ``flock`` on a guard
+  file beside it; S3: ``IfMatch``; GCS:
   ``if_generation_match``). Readers see the old bytes or the new, never a part.
 - ``delete(path)``.
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import logging
@@ -92,12 +94,18 @@ class _LocalStore:
       os.unlink(temp)
 
   def replace(self, path: str, data: bytes, version: Optional[str]) -> bool:
-    current = self.read(path)
-    if (current[1] if current else None) != version:
-      return False
-    temp = self._temp(path, data)
-    os.replace(temp, path)
-    return True
+    directory, name = os.path.split(path)
+    os.makedirs(directory or '.', exist_ok=True)
+    # Check and rename under an exclusive lock on a guard file: two processes
+    # taking over one expired lock would otherwise both pass the check.
+    with open(os.path.join(directory, f'.{name}.guard'), 'a') as guard:
+      fcntl.flock(guard.fileno(), fcntl.LOCK_EX)
+      current = self.read(path)
+      if (current[1] if current else None) != version:
+        return False
+      temp = self._temp(path, data)
+      os.replace(temp, path)
+      return True
 
   def delete(self, path: str):
     try:

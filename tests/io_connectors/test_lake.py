@@ -246,3 +246,30 @@ def test_the_manifest_lists_only_runs_still_in_their_grace_period(tmp_path):
     published = _commit(output, f'r{i}', f'v{i}', grace_s=0)
   assert [e['run_id'] for e in published['superseded']] == ['r2']  # just superseded; r0, r1 collected and dropped
   assert lake_mod._run_dirs(output) == [published['run_dir'].split('/')[1]]
+
+
+@pytest.mark.parametrize('expired_lock_first', [False, True])
+@pytest.mark.parametrize('where', ['local', 's3'])  # stores that honour preconditions (the GCS emulator does not)
+def test_runs_racing_for_the_lock_get_exactly_one_winner(where, expired_lock_first, request, tmp_path):
+  import concurrent.futures  # pylint: disable=import-outside-toplevel
+  if where == 'local':
+    FileSystems.set_options(pipeline_options())
+    output = str(tmp_path / 'lake')
+  else:
+    env = request.getfixturevalue('s3_env')
+    FileSystems.set_options(pipeline_options(env.beam_args))
+    output = env.url('lake')
+  if expired_lock_first:
+    OutputLock.acquire(output, 'crashed', run_dir_name('crashed'), ttl_s=-1)
+
+  def attempt(i):
+    try:
+      return OutputLock.acquire(output, f'racer-{i}', run_dir_name(f'racer-{i}'))
+    except OutputLockedError:
+      return None
+
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    winners = [lock for lock in pool.map(attempt, range(8)) if lock is not None]
+  assert len(winners) == 1
+  winners[0].verify()
+  FileSystems.set_options(pipeline_options())
