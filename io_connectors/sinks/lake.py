@@ -470,9 +470,14 @@ def _superseded(output: str, previous: Optional[dict], now: str, grace_s: float)
   ]
   if previous and previous.get('run_dir'):
     entries.append({'paths': [previous['run_dir']], 'run_id': previous.get('run_id'), 'at': now})
-  elif previous or _legacy_layout(output):
-    # Written by a version that kept data/ and dead_letter/ at the root.
-    entries.append({'paths': list(_PUBLISHED), 'run_id': (previous or {}).get('run_id'), 'at': now})
+  if not any(e['paths'] == list(_PUBLISHED) for e in entries) and _legacy_layout(output):
+    # Written by a version that kept data/ and dead_letter/ at the root (or by hand).
+    entry = {'paths': list(_PUBLISHED), 'run_id': None if (previous or {}).get('run_dir') else
+             (previous or {}).get('run_id'), 'at': now}
+    if _is_local(output):
+      # Local directories are moved here after the commit (the names become links), kept for the grace period.
+      entry['parked'] = f'{RUNS_DIR}/_legacy-{re.sub(r"[^0-9A-Za-z]", "", now)}'
+    entries.append(entry)
   return entries
 
 
@@ -491,11 +496,10 @@ def _point_local_links(output: str, run_dir: str, superseded: List[dict]):
     link = os.path.join(root, name)
     if os.path.isdir(link) and not os.path.islink(link):
       # A directory of the old layout: keep it for the grace period under _runs/, then the collector takes it.
-      legacy = next(e for e in superseded if e['paths'] == list(_PUBLISHED))
-      parking = os.path.join(root, RUNS_DIR, f'_legacy-{legacy["at"].replace(":", "")}')
+      legacy = next(e for e in superseded if e.get('parked'))
+      parking = os.path.join(root, *legacy['parked'].split('/'))
       os.makedirs(parking, exist_ok=True)
       os.rename(link, os.path.join(parking, name))
-      legacy.setdefault('parked', os.path.relpath(parking, root))
     temp = os.path.join(root, f'.{name}.{uuid.uuid4().hex}.link')
     os.symlink(os.path.join(RUNS_DIR, run_dir, name), temp)
     os.replace(temp, link)

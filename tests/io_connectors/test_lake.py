@@ -273,3 +273,20 @@ def test_runs_racing_for_the_lock_get_exactly_one_winner(where, expired_lock_fir
   assert len(winners) == 1
   winners[0].verify()
   FileSystems.set_options(pipeline_options())
+
+
+def test_an_old_layout_output_is_kept_for_the_grace_period_then_collected(tmp_path):
+  output = str(tmp_path / 'lake')
+  old = os.path.join(output, 'data', 'tenant=old', 'part-00000-of-00001.parquet')
+  _put(old, b'old')
+  with open(os.path.join(output, '_manifest.json'), 'w', encoding='utf-8') as handle:
+    json.dump({'run_id': 'r0', 'files': {'data': [old]}}, handle)  # a manifest of the old layout
+  published = _commit(output, 'r1', 'one')
+  parked = [e['parked'] for e in published['superseded'] if e.get('parked')]
+  assert parked and os.path.isfile(os.path.join(output, parked[0], 'data', 'tenant=old', 'part-00000-of-00001.parquet'))
+  assert os.path.islink(os.path.join(output, 'data'))
+  sweep(output)  # within the grace period: kept
+  assert os.path.isdir(os.path.join(output, parked[0]))
+  sweep(output, grace_s=0)
+  assert not os.path.exists(os.path.join(output, parked[0]))
+  assert _read_committed(output) == ('r1', _expected('one'))
