@@ -7,8 +7,8 @@ BEAM = 'apache-beam==2.77.0'
 EXTRAS = {
     # Beam 2.77's apache_beam.dataframe and ReadFromCsv break on pandas 3.
     'dataframe': ['pandas>=2.0,<2.4'],
-    'gcp': [f'apache-beam[gcp]==2.77.0', 'google-cloud-storage>=2.14'],
-    'aws': [f'apache-beam[aws]==2.77.0', 'boto3>=1.34'],
+    'gcp': ['apache-beam[gcp]==2.77.0', 'google-cloud-storage>=2.14'],
+    'aws': ['apache-beam[aws]==2.77.0', 'boto3>=1.34'],
     # TensorFlow alone is ~2 GB: only ML users pay for it.
     'ml': ['tensorflow>=2.16', 'tensorflow-transform>=1.16', 'tensorflow-datasets>=4.9'],
     # Source and sink families: each imports its client only when used.
@@ -33,6 +33,9 @@ EXTRAS = {
         'connectorx==0.4.6',
         # ClickHouse's engine in process: no ClickHouse server installs on our machines (see README).
         'chdb==4.4.0',
+        # scripts/lint.sh: pinned, since a new release may add findings.
+        'ruff==0.17.6',
+        'mypy==2.4.1',
     ],
 }
 # The tests talk to every family's real server.
@@ -46,6 +49,7 @@ setuptools.setup(
     description=__doc__,
     long_description=open('README.md', encoding='utf-8').read() if __import__('os').path.exists('README.md') else '',
     long_description_content_type='text/markdown',
+    license='MIT',
     python_requires='>=3.10',
     packages=setuptools.find_packages(include=['pipelines*', 'transforms*', 'io_connectors*']),
     package_data={'': ['*.json', '*.yaml', '*.yml']},

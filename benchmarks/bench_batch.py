@@ -35,7 +35,6 @@ import dataclasses
 import datetime as dt
 import glob
 import importlib.util
-import json
 import os
 import shlex
 import shutil

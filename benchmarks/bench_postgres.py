@@ -43,7 +43,7 @@ import apache_beam as beam  # pylint: disable=wrong-import-position
 import pyarrow.parquet as pq  # pylint: disable=wrong-import-position
 from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=wrong-import-position
 
-from io_connectors._common.masking import mask_url  # pylint: disable=wrong-import-position
+from io_connectors import mask_url  # pylint: disable=wrong-import-position
 from io_connectors.databases.postgres import PostgresOptions, ReadFromPostgres  # pylint: disable=wrong-import-position
 from transforms.records import strip_internal  # pylint: disable=wrong-import-position
 

@@ -11,12 +11,14 @@ Layout::
       streams/       Kafka, Pulsar, Pub/Sub, Redis Streams, WebSocket, and the
                      webhook receiver (an ASGI app landing events in Redis or Kafka)
       sinks/         the data lake's record and dead-letter files
-      _common/       private parts shared by the connectors (masking, retry,
-                     errors, rows to Arrow, cursor store)
+      _common/       private parts shared by the connectors, one way each:
+                     rows to Arrow (arrow), ConnectorError (errors), secret
+                     masking, retry/backoff, the cursor store (state)
 
 Every source is a ``ReadFromX`` PTransform returning
 ``transforms.dead_letter.Outputs(records, dead_letter)``, configured by an
-``XOptions`` dataclass. This package and `registry` are the stable API; the
+``XOptions`` frozen dataclass; those with a server have ``check() -> str``,
+and every connector's error is a `ConnectorError`. This package and `registry` are the stable API; the
 modules under it may move::
 
     from io_connectors import ReadFromKafka, KafkaReadOptions
@@ -89,6 +91,14 @@ _EXPORTS = {
     # sinks
     'WriteRecordFiles': 'io_connectors.sinks.lake',
     'WriteDeadLetterFiles': 'io_connectors.sinks.lake',
+    'WriteWindowFiles': 'io_connectors.sinks.window_files',
+    # what every connector's failure is (catch this one)
+    'ConnectorError': 'io_connectors._common.errors',
+    # for the jobs: secrets out of messages, cursors committed after a run's outputs
+    'mask_url': 'io_connectors._common.masking',
+    'url_password': 'io_connectors._common.masking',
+    'commit_cursors': 'io_connectors._common.state',
+    'load_cursor': 'io_connectors._common.state',
 }
 
 __all__ = sorted(_EXPORTS) + ['registry']

@@ -4,6 +4,11 @@ A connector registers a factory that takes the source's config mapping (the
 keys under one `sources:` entry, minus `type`) and returns a PTransform that,
 applied to a pipeline, returns `transforms.dead_letter.Outputs`.
 
+A transform whose records are one canonical entity for its config says so in a
+`default_entity` attribute (e.g. the Spotify source with ``resource: tracks``:
+``'track'``); `default_entity(source)` reads it, and the pipelines validate the
+source as that entity unless the config names another.
+
 Usage::
 
     from io_connectors import registry
@@ -19,11 +24,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Callable, Dict
+from typing import Callable, Dict, Iterable, Optional
 
 from io_connectors._common.errors import ConnectorError
 
-__all__ = ['ConfigError', 'register', 'build', 'names', 'describe']
+__all__ = ['ConfigError', 'register', 'build', 'names', 'describe', 'check_keys', 'default_entity']
 
 # Modules whose import registers connectors; imported on first lookup so that
 # a missing optional dependency of one family does not break the others.
@@ -74,6 +79,21 @@ def register(name: str, description: str):
   return wrap
 
 
+def check_keys(config: dict, options_class: Optional[type] = None, extra: Iterable[str] = (),
+               noun: str = 'option') -> None:
+  """Raises ValueError naming the keys of `config` that are neither fields of `options_class` nor in `extra`.
+
+  For factories: a misspelt key is an error that lists the known ones, never
+  silently ignored.
+  """
+  fields = {f.name for f in dataclasses.fields(options_class)} if options_class is not None else set()
+  extra = list(extra)
+  unknown = sorted(set(config) - fields - set(extra))
+  if unknown:
+    known = ', '.join(extra + sorted(fields - set(extra)))
+    raise ValueError(f'unknown {noun}(s) {", ".join(unknown)}; known: {known}')
+
+
 def _load():
   global _loaded  # pylint: disable=global-statement
   if not _loaded:
@@ -110,3 +130,18 @@ def build(source: dict):
     return entry.factory(config)
   except (TypeError, ValueError) as e:
     raise ConfigError(f'source of type {kind!r}: {e}') from None
+
+
+def default_entity(source: dict) -> Optional[str]:
+  """The canonical entity the records of one `sources:` entry are, when its connector knows; else None.
+
+  Builds the source's transform (constructors check their config, they do no
+  I/O) and reads its `default_entity`. A config the connector rejects has
+  none here: the error is reported when the pipeline is built.
+  """
+  try:
+    transform = build(source)
+  except ConfigError:
+    return None
+  entity = getattr(transform, 'default_entity', None)
+  return entity if isinstance(entity, str) and entity else None

@@ -4,9 +4,10 @@ The same pipeline runs unchanged on every runner; only the flags differ:
 
 - ``direct``: Beam's DirectRunner. For pipelines it supports, Beam 2.77's
   DirectRunner first tries Prism (downloading a release binary from GitHub at
-  every start), and falls back to its in-process runners. Call
-  `use_local_prism()` first (the pipelines do) so it finds our build of Prism
-  instead of downloading.
+  every start unless given ``--prism_location``), and falls back to its
+  in-process runners. `local_runner_args()` (the pipelines call it) points it
+  at our build of Prism, or runs batch jobs in process, so no run tries the
+  download.
 - ``fnapi``: the in-process FnApiRunner, without Prism.
 - ``prism``: the PrismRunner with our build of Prism (``scripts/prism.sh build``).
 - ``flink``: the FlinkRunner on the Flink session cluster of
@@ -35,11 +36,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-import platform
-import shutil
 import subprocess
 import sys
-import zipfile
 from typing import List, Optional, Sequence
 
 __all__ = [
@@ -53,7 +51,8 @@ __all__ = [
     'flink_job_server_jar',
     'KafkaExpansionJars',
     'kafka_expansion_jars',
-    'use_local_prism',
+    'local_prism',
+    'local_runner_args',
 ]
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -67,9 +66,8 @@ BEAM_VERSION = '2.77.0'
 # The Flink minor version of the cluster and job server of scripts/flink.sh.
 FLINK_VERSION = '1.19'
 
-# Where Beam 2.77's PrismJobServer looks for a downloaded release
-# (PrismJobServer.BIN_CACHE), and the name it derives from the release URL.
-_BEAM_PRISM_CACHE = pathlib.Path('~/.apache_beam/cache/prism/bin').expanduser()
+# Runner names under which Beam runs a pipeline on its DirectRunner (None: no --runner).
+_DIRECT_RUNNERS = (None, 'DirectRunner', 'SwitchingDirectRunner')
 
 
 class RunnerSetupError(RuntimeError):
@@ -117,6 +115,14 @@ def prism_binary(build: bool = False) -> str:
     raise RunnerSetupError(f'{e}; build Prism with: scripts/prism.sh build') from None
 
 
+def local_prism() -> Optional[str]:
+  """Our Prism build (or PRISM_LOCATION) when it is on this machine, else None; never builds nor downloads."""
+  try:
+    return prism_binary()
+  except RunnerSetupError:
+    return None
+
+
 def flink_job_server_jar() -> str:
   """Path of the Beam Flink job-server jar (fetched and checksummed on first use)."""
   override = os.environ.get('FLINK_JOB_SERVER_JAR')
@@ -153,7 +159,8 @@ def runner_args(name: str, flink: Optional[FlinkSettings] = None) -> List[str]:
   if name not in RUNNERS:
     raise ValueError(f'unknown runner {name!r}; expected one of {", ".join(RUNNERS)}')
   if name == 'direct':
-    return ['--runner=DirectRunner']
+    # Beam's DirectRunner, on our Prism build: without --prism_location it would download one.
+    return ['--runner=DirectRunner', f'--prism_location={prism_binary()}']
   if name == 'fnapi':
     return ['--runner=FnApiRunner']
   if name == 'prism':
@@ -175,53 +182,43 @@ def runner_args(name: str, flink: Optional[FlinkSettings] = None) -> List[str]:
   return args + ['--environment_type=EXTERNAL', f'--environment_config={flink.worker_pool}']
 
 
-def _prism_release_name() -> str:
-  """apache_beam-v<version>-prism-<os>-<arch>, as Beam's PrismJobServer names the release zip."""
-  arch = platform.machine().lower()
-  arch = {'x86_64': 'amd64', 'x86-64': 'amd64', 'x64': 'amd64', 'aarch64': 'arm64'}.get(arch, arch)
-  return f'apache_beam-v{BEAM_VERSION}-prism-{platform.system().lower()}-{arch}'
+def _flag_value(argv: Sequence[str], name: str) -> Optional[str]:
+  """The last value of --name in argv (either --name=VALUE or --name VALUE), or None."""
+  value = None
+  for i, arg in enumerate(argv):
+    if arg.startswith(f'--{name}='):
+      value = arg.split('=', 1)[1]
+    elif arg == f'--{name}' and i + 1 < len(argv):
+      value = argv[i + 1]
+  return value
 
 
-def use_local_prism(argv: Sequence[str] = (), cache_dir: Optional[pathlib.Path] = None) -> Optional[str]:
-  """Lets a DirectRunner run use our Prism build instead of downloading one.
+def local_runner_args(argv: Sequence[str], streaming: bool = False) -> List[str]:
+  """argv with the flags that keep a DirectRunner run (the default) off Beam's Prism download.
 
-  Beam 2.77's PrismJobServer, without --prism_location, skips its GitHub
-  download when ``<cache>/<release>.zip`` exists and skips unzipping when
-  ``<cache>/<release>`` exists (prism_runner.py: _download_to_local_path and
-  _prepare_executable). This seeds both from ``.cache/prism`` when Prism was
-  built there, and does nothing otherwise (the DirectRunner then still falls
-  back to its in-process runners after the failed download) or when argv
-  names a --prism_location or a runner other than the DirectRunner.
-  Returns the cached binary's path, or None.
+  Beam 2.77's DirectRunner hands every pipeline it can to Prism and, without
+  ``--prism_location``, fetches a Prism release from GitHub at each start
+  (prism_runner.py: PrismJobServer._resolve_source_path); on a machine that
+  cannot reach it the attempt fails, is logged, and the run falls back to an
+  in-process runner. So for a DirectRunner run (named or by default):
+
+  - with our Prism build on this machine (``scripts/prism.sh build``, or
+    PRISM_LOCATION), ``--prism_location`` names it and the run is on Prism;
+  - without one, a batch run goes to the in-process FnApiRunner, the runner
+    the DirectRunner falls back to for batch pipelines;
+  - a streaming run without one is left to Beam (Prism is what runs it).
+
+  Other runners and an explicit ``--prism_location`` are left as they are.
   """
   argv = list(argv)
-  runner = next((a.split('=', 1)[1] for a in argv if a.startswith('--runner=')), None)
-  if runner is None and '--runner' in argv[:-1]:
-    runner = argv[argv.index('--runner') + 1]
-  if runner not in (None, 'DirectRunner', 'SwitchingDirectRunner'):
-    return None
-  if any(a == '--prism_location' or a.startswith('--prism_location=') for a in argv):
-    return None
-  try:
-    source = prism_binary()
-  except RunnerSetupError:
-    return None
-  cache = pathlib.Path(cache_dir) if cache_dir else _BEAM_PRISM_CACHE
-  name = _prism_release_name()
-  binary, archive = cache / name, cache / f'{name}.zip'
-  if binary.exists() and archive.exists() and binary.stat().st_size == os.stat(source).st_size:
-    return str(binary)
-  cache.mkdir(parents=True, exist_ok=True)
-  # Write-then-rename: a concurrent run never sees a half-written file.
-  tmp_archive = cache / f'{name}.zip.{os.getpid()}.tmp'
-  with zipfile.ZipFile(tmp_archive, 'w', zipfile.ZIP_DEFLATED) as z:
-    z.write(source, arcname=name)
-  os.replace(tmp_archive, archive)
-  tmp_binary = cache / f'{name}.{os.getpid()}.tmp'
-  shutil.copyfile(source, tmp_binary)
-  tmp_binary.chmod(0o755)
-  os.replace(tmp_binary, binary)
-  return str(binary)
+  if _flag_value(argv, 'runner') not in _DIRECT_RUNNERS or _flag_value(argv, 'prism_location') is not None:
+    return argv
+  prism = local_prism()
+  if prism:
+    return argv + [f'--prism_location={prism}']
+  if not streaming and '--streaming' not in argv:
+    return argv + ['--runner=FnApiRunner']
+  return argv
 
 
 def _main(argv: Sequence[str]) -> int:

@@ -37,18 +37,18 @@ import sys
 import time
 import urllib.parse
 import uuid
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from io_connectors import registry
+from io_connectors import mask_url, registry
 from io_connectors.sinks.lake import (OutputLock, OutputLockedError, WriteDeadLetterFiles, WriteRecordFiles, commit_output,
                                       finalize_files, run_dir_name, sweep)
-from io_connectors._common.masking import mask_url
-from pipelines.config import ConfigError, RunConfig, load_yaml, resolve
-from pipelines import runners
+from pipelines.config import RUN_KEYS, ConfigError, RunConfig, load_yaml, resolve
+from pipelines import cli, runners
 from pipelines.options import SpotifyBatchOptions
 from transforms import entities, schema as schema_mod
 from transforms.dead_letter import flatten_dead_letters
@@ -122,12 +122,24 @@ def _all_options_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _sources_epilog() -> str:
+  """The connectors a --config "sources:" entry may name, one line each."""
+  lines = ['Sources of a --config file ("sources:" entries, each with "type:" and that connector\'s keys):']
+  lines += [f'  {name:<16}{description}' for name, description in registry.describe().items()]
+  lines += ['', 'A source that knows its entity (e.g. spotify "resource: tracks") is validated as that entity '
+            'unless "entity:" says otherwise.']
+  return '\n'.join(lines)
+
+
+def print_help(file=None) -> None:
+  """`--help`: the job's flags, Beam's common ones and the connectors a config may name."""
+  cli.print_help('python -m pipelines.spotify_batch', __doc__.split('\n\n', 1)[0], [SpotifyBatchOptions],
+                 first_group='Batch job', epilog=_sources_epilog(), file=file)
+
+
 def _check_flags(argv: Sequence[str]):
-  if any(a in ('-h', '--help') for a in argv):
-    parser = argparse.ArgumentParser(prog='python -m pipelines.spotify_batch',
-                                     description='Batch import into the data lake. Beam\'s own flags work too.')
-    SpotifyBatchOptions._add_argparse_args(parser)  # pylint: disable=protected-access
-    parser.print_help()
+  if cli.wants_help(argv):
+    print_help()
     raise SystemExit(0)
   parser = _all_options_parser()
   _, unknown = parser.parse_known_args(list(argv))
@@ -158,12 +170,55 @@ def _ensure_demo_sample() -> str:
   return os.path.join(DEMO_DIR, '*.csv')
 
 
-def _config_from(options: PipelineOptions, allow_demo: bool) -> RunConfig:
+# Keys of a `sources:` entry that the pipeline reads, not the connector.
+_PIPELINE_SOURCE_KEYS = ('tenant_id', 'tenant_field', 'entity')
+
+
+def with_known_entities(file_values: Optional[dict], flags: dict) -> Optional[dict]:
+  """The config with each source's entity set to the one its connector knows, where the config names none.
+
+  A Spotify source with ``resource: tracks`` holds tracks: it is validated as
+  ``track`` without the user repeating it. An ``entity:`` of the source, of
+  the config or --entity wins.
+  """
+  if not file_values or flags.get('entity') or file_values.get('entity'):
+    return file_values
+  sources = file_values.get('sources')
+  if not isinstance(sources, list):
+    return file_values
+  known = []
+  for source in sources:
+    if isinstance(source, dict) and not source.get('entity') and source.get('type'):
+      entity = registry.default_entity({k: v for k, v in source.items() if k not in _PIPELINE_SOURCE_KEYS})
+      if entity:
+        source = dict(source, entity=entity)
+    known.append(source)
+  return dict(file_values, sources=known)
+
+
+def _config_mapping(values) -> dict:
+  """A config given as a mapping, checked for the keys a config file may hold (as load_yaml does)."""
+  if not isinstance(values, dict):
+    raise ConfigError(f'config must be a mapping of keys, got {type(values).__name__}')
+  unknown = sorted(set(values) - set(RUN_KEYS) - {'sources'})
+  if unknown:
+    raise ConfigError(f'config: unknown key(s) {", ".join(unknown)}; known: {", ".join(RUN_KEYS + ("sources",))}')
+  return dict(values)
+
+
+def _config_from(options: PipelineOptions, allow_demo: bool, config_values: Optional[dict] = None) -> RunConfig:
   batch = options.view_as(SpotifyBatchOptions)
   # Only flags given explicitly, so that a flag's default does not hide the config's value.
   flags = options.get_all_options(drop_default=True, retain_unknown_options=False)
-  file_values = load_yaml(batch.config) if batch.config else None
-  wants_demo = allow_demo and not batch.input and not batch.config
+  file_values: Optional[dict]
+  if config_values is not None:
+    if batch.config:
+      raise ConfigError('give either --config or a config mapping, not both')
+    file_values = _config_mapping(config_values)
+  else:
+    file_values = load_yaml(batch.config) if batch.config else None
+  file_values = with_known_entities(file_values, flags)
+  wants_demo = allow_demo and not batch.input and not batch.config and config_values is None
   demo_input = _ensure_demo_sample() if wants_demo else None
   return resolve(flags, file_values, demo_input=demo_input)
 
@@ -255,8 +310,8 @@ class _FinalizeFn(beam.DoFn):
     if cursors:
       # Incremental sources advance only once the run is published: a run
       # that fails before this point is read again next time.
-      from io_connectors._common import state  # pylint: disable=import-outside-toplevel
-      state.commit_cursors(list(cursors))
+      from io_connectors import commit_cursors  # pylint: disable=import-outside-toplevel
+      commit_cursors(list(cursors))
     yield published
 
 
@@ -270,7 +325,7 @@ def read_json(path: str) -> Optional[dict]:
     return None
 
 
-def schema_document(schemas: Dict[str, 'pa.Schema']) -> dict:
+def schema_document(schemas: Dict[str, pa.Schema]) -> dict:
   """_schema.json: the schema of a one-entity run, or {"entities": {name: schema}}."""
   if len(schemas) == 1:
     return schema_mod.schema_to_json(next(iter(schemas.values())))
@@ -288,7 +343,7 @@ def _schema_drift(schemas, previous, baseline) -> dict:
 
 def build_manifest(info: dict, counts, schemas, previous_schema, files, moves) -> dict:
   totals = {'read': 0, 'written': 0, 'dead_letter': 0, 'deduplicated': 0}
-  per_tenant: Dict[str, Dict[str, int]] = {}
+  per_tenant: Dict[str, Dict[str, Any]] = {}
   by_reason: Dict[str, int] = {}
   pii: Dict[str, int] = {}
   pseudonymised: Dict[str, int] = {}
@@ -334,7 +389,8 @@ def build_manifest(info: dict, counts, schemas, previous_schema, files, moves) -
       pii=dict(info['pii'],
                findings=dict(sorted(pii.items())),
                pseudonymised=dict(sorted(pseudonymised.items())),
-               redacted=dict(sorted(redacted.items()))),
+               # Not 'redacted': that key says whether the run redacted at all.
+               redacted_in_dead_letters=dict(sorted(redacted.items()))),
       schema_drift=_schema_drift(schemas, previous_schema, info['schema_baseline']),
       files={k: sorted(v) for k, v in sorted(outputs.items())},
   )
@@ -448,6 +504,11 @@ def build(p: beam.Pipeline, config: RunConfig, master_key, info: dict, previous_
                                            **side_inputs)
 
 
+def _run_entity(config: RunConfig) -> str:
+  read = {source['entity'] for source in config.sources}
+  return read.pop() if len(read) == 1 else config.entity
+
+
 def _previous_schema(config: RunConfig):
   """(schema to report drift against, where it came from)."""
   path = config.declared_schema or FileSystems.join(config.output, '_schema.json')
@@ -491,15 +552,18 @@ def _wait_with_progress(result, interval_s: float = 3.0):
     raise RuntimeError(f'the pipeline ended in state {state}')
 
 
-def run(argv: Optional[Sequence[str]] = None, allow_demo: bool = False) -> dict:
-  """Runs the batch job and returns its manifest. Raises UsageError / ConfigError for bad input."""
-  argv = list(sys.argv[1:] if argv is None else argv)
+def run(argv: Optional[Sequence[str]] = None, allow_demo: bool = False, config_values: Optional[dict] = None) -> dict:
+  """Runs the batch job and returns its manifest. Raises UsageError / ConfigError for bad input.
+
+  config_values: the keys of a --config file as a mapping (``{'sources': [...], ...}``),
+  for callers that build it in code (`pipelines.importers`); flags still win.
+  """
+  # A DirectRunner run (the default) uses our Prism build, or runs in process, instead of downloading Prism.
+  argv = runners.local_runner_args(sys.argv[1:] if argv is None else argv)
   options = _options_from(argv)
-  # A plain DirectRunner run uses our Prism build instead of trying to download one.
-  runners.use_local_prism(argv)
   # Beam's S3/GCS options must be known before paths are probed.
   FileSystems.set_options(options)
-  config = _config_from(options, allow_demo=allow_demo)
+  config = _config_from(options, allow_demo=allow_demo, config_values=config_values)
   _check_inputs(config)
   try:
     master_key = None if config.keep_pii else load_master_key(config.pii_key_file, allow_ephemeral=config.demo)
@@ -514,7 +578,9 @@ def run(argv: Optional[Sequence[str]] = None, allow_demo: bool = False) -> dict:
       'started_at': dt.datetime.now(dt.timezone.utc).isoformat(),
       'runner': runner if isinstance(runner, str) else type(runner).__name__,
       'code_version': code_version(),
-      'entity': config.entity,
+      # The entity of every source when they share one (a config without
+      # `entity:` whose sources know theirs), else the run's.
+      'entity': _run_entity(config),
       'inputs': [_describe(s) for s in config.sources],
       'output': config.output,
       'output_format': config.output_format,
@@ -567,7 +633,7 @@ def summary_table(manifest: dict) -> str:
     lines += ['', 'PII findings by type' + (' (ephemeral key: pseudonyms not stable)' if pii['ephemeral_key'] else '') + ':']
     lines += [f'  {n:>8}  {k}' for k, n in sorted(pii['findings'].items(), key=lambda kv: -kv[1])] or ['  none']
     lines += [f'  {n:>8}  pseudonymised {k}' for k, n in sorted(pii['pseudonymised'].items())]
-    lines += [f'  {n:>8}  {k} of dead letters without a tenant: <REDACTED>' for k, n in sorted(pii['redacted'].items())]
+    lines += [f'  {n:>8}  {k} of dead letters without a tenant: <REDACTED>' for k, n in sorted(pii['redacted_in_dead_letters'].items())]
   drift = manifest.get('schema_drift') or {}
   for name, d in ([(None, drift)] if 'added' in drift else sorted(drift.items())):
     if d.get('against') and (d['added'] or d['removed'] or d['changed']):
@@ -583,12 +649,7 @@ def summary_table(manifest: dict) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s', datefmt='%H:%M:%S')
-  for noisy in ('apache_beam', 'presidio-analyzer', 'presidio_analyzer', 'urllib3', 'google', 'botocore'):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
-  for handler in logging.getLogger().handlers:
-    # Beam's runners log their job chatter at INFO on the root logger.
-    handler.addFilter(lambda record: record.name != 'root' or record.levelno >= logging.WARNING)
+  cli.configure_logging()
   try:
     manifest = run(argv, allow_demo=True)
   except (UsageError, ConfigError, OutputLockedError) as e:

@@ -64,7 +64,7 @@ from io_connectors.streams import kafka
 from io_connectors.registry import ConfigError
 from io_connectors.sinks.window_files import (WRITTEN, WriteDeadLettersFn, WriteWindowFiles, metrics_writer,
                                              sweep_temporaries)
-from pipelines import runners, stream_sources
+from pipelines import cli, runners, stream_sources
 from pipelines.streaming_options import SpotifyStreamingOptions
 from transforms import entities
 from transforms.dead_letter import flatten_dead_letters
@@ -313,16 +313,28 @@ def _flink_checkpoints_by_default(pipeline_options: PipelineOptions):
   options.finish_bundle_before_checkpointing = True
 
 
+def print_help(file=None) -> None:
+  """`--help`: every flag of the job and of each source, grouped by source."""
+  cli.print_help('python -m pipelines.spotify_streaming', __doc__.split('\n\n', 1)[0],
+                 [SpotifyStreamingOptions, stream_sources.StreamSourceOptions], file=file)
+
+
 def run(argv: Optional[Sequence[str]] = None, wait: bool = True):
   """Builds and runs the job; returns the PipelineResult (after it finished when `wait`)."""
   argv = list(sys.argv[1:] if argv is None else argv)
-  pipeline_options = PipelineOptions(argv)
+  if cli.wants_help(argv):
+    print_help()
+    raise SystemExit(0)
+  options = PipelineOptions(argv).view_as(SpotifyStreamingOptions)
+  # An unbounded source: the runner must run the job as a streaming job.
+  streaming = not (options.bounded or options.max_records_per_partition is not None)
+  # A DirectRunner run (the default) uses our Prism build, or runs in process, instead of downloading Prism.
+  pipeline_options = PipelineOptions(runners.local_runner_args(argv, streaming=streaming))
   options = pipeline_options.view_as(SpotifyStreamingOptions)
   _check(options)
   FileSystems.set_options(pipeline_options)
   sweep_temporaries(options.output)  # what writers of earlier, crashed runs left
-  if not (options.bounded or options.max_records_per_partition is not None):
-    # An unbounded source: the runner must run the job as a streaming job.
+  if streaming:
     pipeline_options.view_as(StandardOptions).streaming = True
   _prism_runs_without_splits(pipeline_options)
   _flink_checkpoints_by_default(pipeline_options)
@@ -341,9 +353,7 @@ def run(argv: Optional[Sequence[str]] = None, wait: bool = True):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s', datefmt='%H:%M:%S')
-  for noisy in ('apache_beam', 'presidio-analyzer', 'presidio_analyzer', 'urllib3', 'google', 'botocore'):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
+  cli.configure_logging()
   try:
     run(argv)
   except ConfigError as e:

@@ -29,6 +29,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from io_connectors.registry import ConfigError
+from pipelines.streaming_options import group
 
 __all__ = ['StreamSourceOptions', 'redis_source', 'redis_ack_mode', 'pubsub_source', 'websocket_source', 'pulsar_source']
 
@@ -44,43 +45,43 @@ class StreamSourceOptions(PipelineOptions):
 
   @classmethod
   def _add_argparse_args(cls, parser):
-    # Redis Streams (also the landing stream of --websocket_durable_stream)
-    _add(parser, '--redis_url', help='redis://host:port/db; default env REDIS_URL. No password here: see '
+    redis = group(parser, 'Redis Streams (--source redis; also the landing stream of --websocket_durable_stream)')
+    _add(redis, '--redis_url', help='redis://host:port/db; default env REDIS_URL. No password here: see '
          '--redis_password_env.')
-    _add(parser, '--redis_password_env', help='Environment variable holding the Redis password.')
-    _add(parser, '--redis_streams', help='Stream key(s), comma-separated.')
-    _add(parser, '--redis_group', default='spotify-streaming', help='Consumer group (created if absent).')
-    _add(parser, '--redis_start_id', default='0', help="Where a new group starts: '0' (all) or '$' (new only).")
-    _add(parser, '--redis_min_idle_ms', type=int, default=60_000,
+    _add(redis, '--redis_password_env', help='Environment variable holding the Redis password.')
+    _add(redis, '--redis_streams', help='Stream key(s), comma-separated.')
+    _add(redis, '--redis_group', default='spotify-streaming', help='Consumer group (created if absent).')
+    _add(redis, '--redis_start_id', default='0', help="Where a new group starts: '0' (all) or '$' (new only).")
+    _add(redis, '--redis_min_idle_ms', type=int, default=60_000,
          help="A dead reader's pending entries are reclaimed after this idle time (ms).")
-    _add(parser, '--redis_count', type=int, default=1000, help='Entries per read.')
-    _add(parser, '--redis_readers', type=int, default=1, help='Readers (consumers) per stream.')
-    _add(parser, '--redis_ack', default='auto', choices=('auto', 'sink', 'finalize'),
+    _add(redis, '--redis_count', type=int, default=1000, help='Entries per read.')
+    _add(redis, '--redis_readers', type=int, default=1, help='Readers (consumers) per stream.')
+    _add(redis, '--redis_ack', default='auto', choices=('auto', 'sink', 'finalize'),
          help="When entries are acknowledged (XACK): 'sink', once their rows or dead letters are written (a "
          "killed job process loses nothing), 'finalize', when the runner finalizes the reading bundle (durable "
          "on runners that checkpoint the whole pipeline: Flink, Dataflow); 'auto': 'finalize' on those, else 'sink'.")
-    _add(parser, '--redis_event_time_field', default='played_at',
+    _add(redis, '--redis_event_time_field', default='played_at',
          help="Payload field whose earliest value stamps each batch and drives the watermark; '' for arrival time.")
-    # Pub/Sub
-    _add(parser, '--pubsub_subscription', help='projects/<p>/subscriptions/<s>.')
-    _add(parser, '--pubsub_topic', help='projects/<p>/topics/<t> (a temporary subscription).')
-    _add(parser, '--pubsub_timestamp_attribute', help='Attribute holding the event time.')
-    _add(parser, '--pubsub_id_label', help='Attribute holding a unique id (Dataflow dedups on it).')
-    # WebSocket
-    _add(parser, '--websocket_url', help='ws:// or wss:// URL of the feed (no tokens in it: see '
+    pubsub = group(parser, 'Pub/Sub (--source pubsub)')
+    _add(pubsub, '--pubsub_subscription', help='projects/<p>/subscriptions/<s>.')
+    _add(pubsub, '--pubsub_topic', help='projects/<p>/topics/<t> (a temporary subscription).')
+    _add(pubsub, '--pubsub_timestamp_attribute', help='Attribute holding the event time.')
+    _add(pubsub, '--pubsub_id_label', help='Attribute holding a unique id (Dataflow dedups on it).')
+    websocket = group(parser, 'WebSocket (--source websocket)')
+    _add(websocket, '--websocket_url', help='ws:// or wss:// URL of the feed (no tokens in it: see '
          '--websocket_auth_header_env).')
-    _add(parser, '--websocket_auth_header_env', help='Environment variable holding the Authorization header value.')
-    _add(parser, '--websocket_subscribe_message', help='Text sent after each (re)connect.')
-    _add(parser, '--websocket_durable_stream', help='Land messages in this Redis stream first (durable mode; '
+    _add(websocket, '--websocket_auth_header_env', help='Environment variable holding the Authorization header value.')
+    _add(websocket, '--websocket_subscribe_message', help='Text sent after each (re)connect.')
+    _add(websocket, '--websocket_durable_stream', help='Land messages in this Redis stream first (durable mode; '
          'uses the --redis_* flags).')
-    _add(parser, '--websocket_max_messages', type=int, help='Stop after this many messages (tests).')
-    _add(parser, '--websocket_idle_timeout_s', type=float, help='Stop when nothing arrived for this long (tests).')
-    # Pulsar
-    _add(parser, '--pulsar_service_url', help='pulsar:// or pulsar+ssl:// URL.')
-    _add(parser, '--pulsar_topics', help='Topic(s), comma-separated.')
-    _add(parser, '--pulsar_subscription', default='spotify-streaming', help='Subscription name.')
-    _add(parser, '--pulsar_subscription_type', default='Shared', help='Shared, Failover, Exclusive or KeyShared.')
-    _add(parser, '--pulsar_token_env', help='Environment variable holding a Pulsar JWT token.')
+    _add(websocket, '--websocket_max_messages', type=int, help='Stop after this many messages (tests).')
+    _add(websocket, '--websocket_idle_timeout_s', type=float, help='Stop when nothing arrived for this long (tests).')
+    pulsar = group(parser, 'Pulsar (--source pulsar)')
+    _add(pulsar, '--pulsar_service_url', help='pulsar:// or pulsar+ssl:// URL.')
+    _add(pulsar, '--pulsar_topics', help='Topic(s), comma-separated.')
+    _add(pulsar, '--pulsar_subscription', default='spotify-streaming', help='Subscription name.')
+    _add(pulsar, '--pulsar_subscription_type', default='Shared', help='Shared, Failover, Exclusive or KeyShared.')
+    _add(pulsar, '--pulsar_token_env', help='Environment variable holding a Pulsar JWT token.')
 
 
 def _names(value, flag):

@@ -7,11 +7,13 @@
 # 1. Creates .venv (python3 -m venv) when missing and installs the package with
 #    pip install -e '.[test,aws,gcp]' when setup.py changed since the last
 #    install (stamp: .cache/install.stamp, keyed on setup.py and the venv).
-# 2. Starts the local test servers (scripts/services.sh) that are not running.
-# 3. Runs .venv/bin/python -m pytest tests -q with the given arguments (without
-#    `tests` when they name test files or folders).
-# 4. Stops the servers it started, however pytest ends (one that another test
-#    session still uses is stopped when that session ends).
+# 2. Runs .venv/bin/python -m pytest tests -q with the given arguments (without
+#    `tests` when they name test files or folders). The tests start the local
+#    servers they need (scripts/services.sh, through tests/conftest.py's
+#    ensure_service) when they first need them, and the session stops those it
+#    started when it ends (one that another session still uses is stopped when
+#    that session ends). So `scripts/test.sh -m unit` (the unit tier) starts no
+#    server; Prism is built once per machine when a session starts.
 # Exits with pytest's status; "no tests collected" (pytest's 5) fails too.
 #
 # Environment:
@@ -25,32 +27,7 @@ source scripts/venv.sh
 
 log() { echo "test.sh: $*" >&2; }
 
-STARTED=()
-
-stop_started() {
-  if [[ ${#STARTED[@]} -gt 0 ]]; then
-    bash scripts/services.sh stop "${STARTED[@]}" || true
-  fi
-}
-
-start_services() {
-  local name
-  # Only what is not running yet is ours to stop afterwards: a developer's
-  # own servers stay up.
-  for name in $(bash scripts/services.sh names); do
-    if ! bash scripts/services.sh status "${name}" >/dev/null; then
-      STARTED+=("${name}")
-      bash scripts/services.sh start "${name}"
-    fi
-  done
-}
-
 ensure_venv '.[test,aws,gcp]'
-trap stop_started EXIT
-# An interrupt or termination still runs the EXIT trap.
-trap 'exit 130' INT
-trap 'exit 143' TERM
-start_services
 
 # `tests` unless the arguments name test paths themselves: pytest would run
 # the whole of tests/ as well as the paths given.

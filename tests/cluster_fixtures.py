@@ -3,7 +3,10 @@
 Imported by tests/conftest.py, so the streaming tests use the same cluster as
 the runner tests instead of skipping when nobody started it.
 
-`prism_binary` builds Prism with scripts/prism.sh (minutes, once per machine).
+`ensure_prism()` builds Prism with scripts/prism.sh (minutes, once per machine);
+tests/conftest.py calls it when the session starts, so that every DirectRunner
+pipeline of the session (TestPipeline() included) runs on it instead of trying
+Beam's download, whatever the order of the tests; `prism_binary` returns it.
 `flink_cluster` reuses a cluster that answers on the REST port, else starts one
 with scripts/flink.sh (one JobManager, two TaskManagers, the Python worker
 pool), and at the end of the session stops only what it started.
@@ -114,9 +117,14 @@ class FlinkCluster:
       time.sleep(1)
 
 
+def ensure_prism() -> str:
+  """Path of our Prism build; builds it first when missing (idempotent, safe to run concurrently)."""
+  return _script(PRISM_SCRIPT, 'build', timeout=1200).strip().splitlines()[-1]
+
+
 @pytest.fixture(scope='session')
 def prism_binary() -> str:
-  return _script(PRISM_SCRIPT, 'build', timeout=1200).strip().splitlines()[-1]
+  return ensure_prism()
 
 
 @pytest.fixture(scope='session')

@@ -18,7 +18,11 @@ uses) at gcp-storage-emulator through STORAGE_EMULATOR_HOST, set for the whole
 session once a GCS fixture is used.
 
 Prism and the Flink cluster: the session fixtures `prism_binary`,
-`flink_cluster` and `flink_args` of tests/cluster_fixtures.py.
+`flink_cluster` and `flink_args` of tests/cluster_fixtures.py. Prism is built
+when the session starts (once per machine) and every TestPipeline() on the
+DirectRunner runs on it: Beam would otherwise try to download Prism, and a
+failed try leaves a broken Prism job server that later Prism runs of the same
+process reuse (Beam shares one per process), whatever their --prism_location.
 
 Another server: add it to scripts/services.sh, then in a session fixture call
 `ensure_service('NAME')`, which returns its port.
@@ -26,20 +30,25 @@ Another server: add it to scripts/services.sh, then in a session fixture call
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import inspect
 import json
 import os
 import pathlib
+import re
 import subprocess
+import sys
 import uuid
 from typing import Callable, List
 
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_pipeline import TestPipeline
 
 # Session fixtures for Prism and Flink, visible to every test package.
-from tests.cluster_fixtures import (_flink_jobs_of_the_test, flink_args, flink_cluster,  # noqa: F401  pylint: disable=unused-import
-                                    prism_binary)
+from tests.cluster_fixtures import (_flink_jobs_of_the_test, ensure_prism, flink_args,  # noqa: F401  pylint: disable=unused-import
+                                    flink_cluster, prism_binary)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SERVICES_SCRIPT = REPO_ROOT / 'scripts' / 'services.sh'
@@ -49,6 +58,66 @@ S3_ACCESS_KEY_ID = 'testing'
 S3_SECRET_ACCESS_KEY = 'testing'
 S3_REGION = 'us-east-1'
 GCP_PROJECT = 'test-project'
+
+
+def pytest_configure(config):
+  # TestPipeline's default options (Beam's hook for --test-pipeline-options).
+  TestPipeline.pytest_test_pipeline_options = f'--prism_location={ensure_prism()}'
+  config.addinivalue_line('markers', 'unit: needs no server (set by conftest: `-m unit` runs the unit tier)')
+  config.addinivalue_line('markers', 'integration: talks to a local server or the Flink cluster (set by conftest)')
+
+
+# What reaches a server, in a test's or a fixture's code (or in a helper that
+# does): such a test is in the integration tier. In a `-m unit` session,
+# ensure_service refuses, so a test this misses fails there instead of passing.
+_SERVER_FIXTURES = ('flink_cluster', 'flink_args', 'object_store_env')
+
+
+def _server_call(modules) -> re.Pattern:
+  """A pattern matching a call of ensure_service or of any plain helper in `modules` that calls it, however deep."""
+  helpers = {}
+  for module in modules:
+    for name, value in vars(module).items():
+      # Fixtures are found through each test's fixture closure instead.
+      if inspect.isfunction(value) and not hasattr(value, '_pytestfixturefunction'):
+        with contextlib.suppress(OSError, TypeError):
+          helpers[name] = inspect.getsource(value)
+  names = {'ensure_service'}
+  while True:
+    calls = re.compile(r'(?<![\w.])(' + '|'.join(sorted(names)) + r')\(')
+    found = {name for name, source in helpers.items() if name not in names and calls.search(source)}
+    if not found:
+      return calls
+    names |= found
+
+
+def _reaches_a_server(item, server_call: re.Pattern) -> bool:
+  functions = [item.function]
+  # The autouse Flink guard only looks for a cluster; it starts none.
+  for name in set(item.fixturenames) - {'_flink_jobs_of_the_test'}:
+    functions += [definition.func for definition in item._fixtureinfo.name2fixturedefs.get(name, ())]  # pylint: disable=protected-access
+  for function in functions:
+    try:
+      source = inspect.getsource(function)
+    except (OSError, TypeError):
+      continue
+    if server_call.search(source) or any(fixture in source for fixture in _SERVER_FIXTURES):
+      return True
+  return False
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+  server_call = _server_call([module for name, module in list(sys.modules.items()) if name.split('.')[0] == 'tests'])
+  for item in items:
+    item.add_marker('integration' if _reaches_a_server(item, server_call) else 'unit')
+
+
+_UNIT_TIER = {'active': False}
+
+
+def pytest_sessionstart(session):
+  _UNIT_TIER['active'] = session.config.option.markexpr.strip() == 'unit'
 
 
 def pipeline_options(beam_args=(), **flags) -> PipelineOptions:
@@ -77,6 +146,9 @@ def ensure_service(name: str) -> int:
   A server this session started is stopped when the session ends, unless
   another session still uses it (then the last one to finish stops it).
   """
+  if _UNIT_TIER['active']:
+    raise RuntimeError(f'a test of the unit tier asked for the {name} server: it belongs to the integration tier '
+                       f'(reach servers through fixtures that call ensure_service)')
   _services('use', os.environ[_LEASE_PID_VARIABLE], name)
   return int(_services('port', name))
 

@@ -61,7 +61,7 @@ class Outputs(typing.NamedTuple):
 class IncrementalOutputs(typing.NamedTuple):
   """What incremental sources return: Outputs plus the cursor values they reached.
 
-  cursors: PCollection of dicts understood by `io_connectors._common.state.commit_cursors`
+  cursors: PCollection of dicts understood by `io_connectors.commit_cursors`
   (e.g. {"store": "gs://bucket/state", "key": "postgres/acme/public.plays", "value": "2024-06-01T00:00:00Z"}).
   `pipelines.spotify_batch` commits them only after the run's files are in place.
   """

@@ -170,6 +170,22 @@ class LastfmOptions:
   retry: RetryPolicy = RetryPolicy()
   include_params: Sequence[str] = ()
 
+  def __post_init__(self):
+    if self.resource not in RESOURCES:
+      raise ValueError(f'resource must be one of {", ".join(RESOURCES)}, got {self.resource!r}')
+    if self.resource == 'recent_tracks':
+      users = list(self.users or [])
+      if not users or not all(isinstance(u, str) and u.strip() for u in users):
+        raise ValueError(f'recent_tracks needs users: a non-empty list of Last.fm user names, got {self.users!r}')
+    else:
+      items = list(self.items or [])
+      if not items or not all(isinstance(i, dict) for i in items):
+        raise ValueError(f'{self.resource} needs items: a non-empty list of mappings, got {self.items!r}')
+    if not 1 <= self.page_size <= 200:
+      raise ValueError(f'page_size must be in [1, 200], got {self.page_size}')
+    _epoch_seconds(self.from_time, 'from_time')
+    _epoch_seconds(self.to_time, 'to_time')
+
 
 class _Page:
   """Columns accumulated over an element's pages (Arrow arrays built once)."""
@@ -505,26 +521,19 @@ class ReadFromLastfm(beam.PTransform):
     super().__init__(label)
     if not isinstance(options, LastfmOptions):
       raise TypeError(f'options must be LastfmOptions, got {type(options).__name__}')
-    if options.resource not in RESOURCES:
-      raise ValueError(f'resource must be one of {", ".join(RESOURCES)}, got {options.resource!r}')
     if options.resource == 'recent_tracks':
-      users = list(options.users or [])
-      if not users or not all(isinstance(u, str) and u.strip() for u in users):
-        raise ValueError(f'recent_tracks needs users: a non-empty list of Last.fm user names, got {options.users!r}')
-      self._elements = [{'user': u} for u in users]
+      self._elements = [{'user': u} for u in options.users]
     else:
-      items = list(options.items or [])
-      if not items or not all(isinstance(i, dict) for i in items):
-        raise ValueError(f'{options.resource} needs items: a non-empty list of mappings, got {options.items!r}')
-      self._elements = [dict(i) for i in items]
-    if not 1 <= options.page_size <= 200:
-      raise ValueError(f'page_size must be in [1, 200], got {options.page_size}')
-    _epoch_seconds(options.from_time, 'from_time')
-    _epoch_seconds(options.to_time, 'to_time')
+      self._elements = [dict(i) for i in options.items]
     if not os.environ.get(options.api_key_env):
       raise ValueError(f'environment variable {options.api_key_env} (the Last.fm API key) is not set')
     urllib.parse.urlsplit(options.base_url)
     self._options = options
+
+  @property
+  def default_entity(self) -> Optional[str]:
+    """recent_tracks are listening events; track info and top tags are no canonical entity."""
+    return 'listening_event' if self._options.resource == 'recent_tracks' else None
 
   def expand(self, pbegin):
     results = (

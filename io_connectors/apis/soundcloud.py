@@ -177,6 +177,16 @@ class SoundCloudOptions:
   concurrency: int = 8
   retry: RetryPolicy = RetryPolicy()
 
+  def __post_init__(self):
+    if self.resource not in RESOURCES:
+      raise ValueError(f'resource must be one of {", ".join(RESOURCES)}, got {self.resource!r}')
+    user_ids = list(self.user_ids or [])
+    if not user_ids or not all(isinstance(u, int) and not isinstance(u, bool) and u > 0 for u in user_ids):
+      raise ValueError(f'user_ids must be a non-empty list of positive integers, got {self.user_ids!r}')
+    object.__setattr__(self, 'user_ids', tuple(user_ids))
+    if not 1 <= self.page_size <= 200:
+      raise ValueError(f'page_size must be in [1, 200], got {self.page_size}')
+
 
 class ReadFromSoundCloud(beam.PTransform):
   """`p | ReadFromSoundCloud(SoundCloudOptions(...))` -> Outputs(records, dead_letter)."""
@@ -185,13 +195,7 @@ class ReadFromSoundCloud(beam.PTransform):
     super().__init__(label)
     if not isinstance(options, SoundCloudOptions):
       raise TypeError(f'options must be SoundCloudOptions, got {type(options).__name__}')
-    if options.resource not in RESOURCES:
-      raise ValueError(f'resource must be one of {", ".join(RESOURCES)}, got {options.resource!r}')
-    user_ids = list(options.user_ids or [])
-    if not user_ids or not all(isinstance(u, int) and not isinstance(u, bool) and u > 0 for u in user_ids):
-      raise ValueError(f'user_ids must be a non-empty list of positive integers, got {options.user_ids!r}')
-    if not 1 <= options.page_size <= 200:
-      raise ValueError(f'page_size must be in [1, 200], got {options.page_size}')
+    user_ids = list(options.user_ids)
     path, paged, mapper = RESOURCES[options.resource]
     auth = AuthFromEnv(SoundCloudOAuth, {
         'token_url': options.token_url,

@@ -403,6 +403,15 @@ class ReadFromSpotify(beam.PTransform):
                     retry=options.retry, cache_url=options.cache_url,
                     cache_ttl=options.cache_ttl, concurrency=options.concurrency, batch_size=options.batch_size))
 
+  @property
+  def default_entity(self) -> Optional[str]:
+    """The canonical entity this resource's records are (the table above); None for albums."""
+    return self._spec.entity
+
+  def check(self) -> str:
+    """Gets a token and sends this resource's first request (see ReadFromRest.check)."""
+    return self._read.check(self._root_params()[0])
+
   def _root_params(self) -> List[dict]:
     o, spec = self._options, self._spec
     if o.resource == 'search':

@@ -108,7 +108,7 @@ class ClickHouseError(ConnectorError, RuntimeError):
   """A server, table or query that cannot be read; the message holds no secret."""
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ClickHouseOptions:
   """How to reach ClickHouse and split the read.
 
@@ -568,14 +568,9 @@ def check(options: Optional[ClickHouseOptions] = None, table: Optional[str] = No
     connection.close()
 
 
-_OPTION_FIELDS = {f.name for f in dataclasses.fields(ClickHouseOptions)}
-
-
 @registry.register('clickhouse', 'ClickHouse table or query over HTTP (clickhouse-connect), split by partition or key')
 def _from_config(config: dict):
   config = dict(config)
   table, query = config.pop('table', None), config.pop('query', None)
-  unknown = sorted(set(config) - _OPTION_FIELDS)
-  if unknown:
-    raise ValueError(f'unknown option(s) {", ".join(unknown)}; known: table, query, {", ".join(sorted(_OPTION_FIELDS))}')
+  registry.check_keys(config, ClickHouseOptions, ['table', 'query'])
   return ReadFromClickHouse(table, query, ClickHouseOptions(**config))

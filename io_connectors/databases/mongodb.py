@@ -723,16 +723,11 @@ class ReadFromMongo(beam.PTransform):
     return Outputs(records, dead_letters)
 
 
-_OPTION_FIELDS = {f.name for f in dataclasses.fields(MongoOptions)}
-
-
 @registry.register('mongodb', 'MongoDB collection or aggregation (MONGODB_URL; FerretDB-compatible)')
 def _mongodb(config):
   config = dict(config)
   collection = config.pop('collection', None)
   if not collection:
     raise ValueError('a mongodb source needs "collection"')
-  unknown = sorted(set(config) - _OPTION_FIELDS)
-  if unknown:
-    raise ValueError(f'unknown mongodb option(s) {", ".join(unknown)}; known: collection, {", ".join(sorted(_OPTION_FIELDS))}')
+  registry.check_keys(config, MongoOptions, ['collection'], noun='mongodb option')
   return ReadFromMongo(collection, MongoOptions(**config))

@@ -116,7 +116,7 @@ class PostgresError(ConnectorError, RuntimeError):
   """A read that cannot go on; the message names the table or query, never a password."""
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class PostgresOptions:
   """How to read from PostgreSQL.
 
@@ -150,6 +150,21 @@ class PostgresOptions:
   lag: float = 0
   full_refresh: bool = False
   tenant: Optional[str] = None
+
+  def __post_init__(self):
+    for name in ('partition_column', 'cursor_column'):
+      if getattr(self, name) is not None:
+        _check_identifier(getattr(self, name), name)
+    for name in ('batch_size', 'pool_size'):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f'{name} must be a positive integer, got {value!r}')
+    if self.num_partitions is not None and (not isinstance(self.num_partitions, int) or self.num_partitions < 1):
+      raise ValueError(f'num_partitions must be a positive integer, got {self.num_partitions!r}')
+    if self.max_retries < 0 or self.lag < 0 or self.connect_timeout_s <= 0:
+      raise ValueError('max_retries and lag must be >= 0, connect_timeout_s > 0')
+    if self.cursor_column and not self.state:
+      raise ValueError('cursor_column needs a state store URI (state)')
 
   def resolved_url(self) -> str:
     return connection_url(self.url, 'POSTGRES_URL', ('postgresql://', 'postgres://'), 'PostgreSQL')
@@ -785,19 +800,8 @@ class ReadFromPostgres(beam.PTransform):
       _table_parts(table)
     elif not isinstance(query, str) or not query.strip():
       raise ValueError('query must be a non-empty SQL string')
-    for name in ('partition_column', 'cursor_column'):
-      if getattr(options, name) is not None:
-        _check_identifier(getattr(options, name), name)
-    for name in ('batch_size', 'pool_size'):
-      value = getattr(options, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f'{name} must be a positive integer, got {value!r}')
-    if options.num_partitions is not None and (not isinstance(options.num_partitions, int) or options.num_partitions < 1):
-      raise ValueError(f'num_partitions must be a positive integer, got {options.num_partitions!r}')
-    if options.max_retries < 0 or options.lag < 0 or options.connect_timeout_s <= 0:
-      raise ValueError('max_retries and lag must be >= 0, connect_timeout_s > 0')
-    if options.cursor_column and not options.state:
-      raise ValueError('cursor_column needs a state store URI (state)')
+    if not isinstance(options, PostgresOptions):
+      raise ValueError(f'options must be a PostgresOptions, got {type(options).__name__}')
     options.resolved_url()
     self._table = table
     self._query = query
@@ -860,16 +864,11 @@ def check(options: Optional[PostgresOptions] = None, table: Optional[str] = None
     conn.close()
 
 
-_OPTION_KEYS = {f.name for f in dataclasses.fields(PostgresOptions)}
-
-
 @registry.register('postgres', 'PostgreSQL table or query (parallel, one snapshot, optionally incremental)')
 def _from_config(config: dict):
   config = dict(config)
   table = config.pop('table', None)
   query = config.pop('query', None)
   # The batch job passes its batch size to every source; it applies here too.
-  unknown = sorted(set(config) - _OPTION_KEYS)
-  if unknown:
-    raise ValueError(f'unknown key(s) {", ".join(unknown)}; known: table, query, {", ".join(sorted(_OPTION_KEYS))}')
+  registry.check_keys(config, PostgresOptions, ['table', 'query'], noun='key')
   return ReadFromPostgres(table=table, query=query, options=PostgresOptions(**config))

@@ -565,16 +565,11 @@ class ReadFromRedis(beam.PTransform):
     return IncrementalOutputs(records, dead_letters, cursors)
 
 
-_OPTION_FIELDS = {f.name for f in dataclasses.fields(RedisOptions)}
-
-
 @registry.register('redis', 'Redis keys by pattern: strings (JSON or text), hashes, lists, sets (REDIS_URL)')
 def _redis(config):
   config = dict(config)
   pattern = config.pop('pattern', None)
   if not pattern:
     raise ValueError('a redis source needs "pattern"')
-  unknown = sorted(set(config) - _OPTION_FIELDS)
-  if unknown:
-    raise ValueError(f'unknown redis option(s) {", ".join(unknown)}; known: pattern, {", ".join(sorted(_OPTION_FIELDS))}')
+  registry.check_keys(config, RedisOptions, ['pattern'], noun='redis option')
   return ReadFromRedis(pattern, RedisOptions(**config))

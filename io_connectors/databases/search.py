@@ -115,7 +115,7 @@ class SearchError(ConnectorError, RuntimeError):
   """A search server, index or query that cannot be read; the message holds no secret."""
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class SearchOptions:
   """How to reach the server and read the index.
 
@@ -625,9 +625,7 @@ def _factory(client_name: str):
     config = dict(config)
     index = config.pop('index', None)
     query = config.pop('query', None)
-    unknown = sorted(set(config) - _OPTION_FIELDS)
-    if unknown:
-      raise ValueError(f'unknown option(s) {", ".join(unknown)}; known: index, query, {", ".join(sorted(_OPTION_FIELDS))}')
+    registry.check_keys(config, extra=['index', 'query', *sorted(_OPTION_FIELDS)])  # the type names the client
     if not index:
       raise ValueError('"index" is required')
     return ReadFromSearch(index, query, SearchOptions(client=client_name, **config))

@@ -82,7 +82,6 @@ of a byte range and their decoding), `_read` (the shared read transform).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Optional
 
@@ -140,12 +139,7 @@ class ReadFromFiles(ReadFormat):
 
 def _factory(fmt: Optional[str], options_class, config: dict, transform):
   config = dict(config)
-  known = {'input'} | {f.name for f in dataclasses.fields(options_class)}
-  if fmt is None:
-    known.add('format')
-  unknown = sorted(set(config) - known)
-  if unknown:
-    raise ValueError(f'unknown option(s) {", ".join(unknown)}; known: {", ".join(sorted(known))}')
+  registry.check_keys(config, options_class, ['input'] + (['format'] if fmt is None else []))
   pattern = config.pop('input', None)
   if not pattern:
     raise ValueError('"input" (the file pattern) is required')

@@ -40,17 +40,7 @@ def read_owned_lines(f, start: int, end: int) -> memoryview:
     elif len(data) < wanted + _SLACK:
       hi = len(data)  # the file ends within the slack
     else:
-      parts = [data[lo:]]
-      while True:
-        piece = f.read(1 << 16)
-        if not piece:
-          break
-        newline = piece.find(b'\n')
-        if newline >= 0:
-          parts.append(piece[:newline + 1])
-          break
-        parts.append(piece)
-      return memoryview(b''.join(parts))
+      return memoryview(b''.join([data[lo:]] + _to_end_of_line(f)))
   return memoryview(data)[lo:hi]
 
 
@@ -60,19 +50,23 @@ def is_blank(data) -> bool:
   return not bytes(data).strip()
 
 
+def _to_end_of_line(f) -> List[bytes]:
+  """The pieces read from `f` up to and with the next newline (or the end of the file)."""
+  parts = []
+  while True:
+    piece = f.read(1 << 16)
+    if not piece:
+      return parts
+    newline = piece.find(b'\n')
+    if newline >= 0:
+      parts.append(piece[:newline + 1])
+      return parts
+    parts.append(piece)
+
+
 def first_line(path: str) -> bytes:
   with open_file(path) as f:
-    parts = []
-    while True:
-      piece = f.read(1 << 16)
-      if not piece:
-        break
-      newline = piece.find(b'\n')
-      if newline >= 0:
-        parts.append(piece[:newline + 1])
-        break
-      parts.append(piece)
-  return b''.join(parts)
+    return b''.join(_to_end_of_line(f))
 
 
 # A private-use code point stands for undecodable bytes while decoding, so

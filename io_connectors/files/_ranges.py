@@ -30,6 +30,11 @@ class Range(NamedTuple):
   # a string: the file could not be split, the reason (read as corrupt).
   extra: Any = None
 
+  @property
+  def source(self) -> str:
+    """The rows' ``__source``: the path, or ``path@start`` for a range not at byte 0 (its rows count from 1)."""
+    return self.path if self.start == 0 else f'{self.path}@{self.start}'
+
 
 def open_file(path: str):
   # UNCOMPRESSED: AUTO would decompress by extension, and ranges need seeks.

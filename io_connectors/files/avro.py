@@ -95,7 +95,7 @@ def _advance_past_sync_marker(f, marker: bytes) -> bool:
 def read_avro(rng: Range, options: AvroOptions):
   from fastavro import block_reader  # pylint: disable=import-outside-toplevel
   path, start, end = rng.path, rng.start, rng.end
-  source = path if start == 0 else f'{path}@{start}'
+  source = rng.source
   with open_file(path) as f:
     try:
       blocks = block_reader(f)

@@ -66,7 +66,7 @@ class CsvReader:
 
   def read(self, rng: Range, options: CsvOptions):
     path, start = rng.path, rng.start
-    source = path if start == 0 else f'{path}@{start}'
+    source = rng.source
     with open_file(path) as f:
       raw = read_owned_lines(f, start, rng.end)
     if is_blank(raw):

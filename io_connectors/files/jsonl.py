@@ -52,7 +52,7 @@ def _nonblank_lines(data: bytes, first_line: int) -> np.ndarray:
 
 def read_jsonl(rng: Range, options: JsonOptions):
   path, start = rng.path, rng.start
-  source = path if start == 0 else f'{path}@{start}'
+  source = rng.source
   with open_file(path) as f:
     raw = read_owned_lines(f, start, rng.end)
   if is_blank(raw):

@@ -25,7 +25,7 @@ import json
 import logging
 import time
 import uuid
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import apache_beam as beam
 import pyarrow as pa
@@ -176,7 +176,7 @@ class WriteDeadLettersFn(beam.DoFn):
   def __init__(self, output: str, positions: bool = False):
     self._output = output
     self._positions = positions
-    self._pending = None
+    self._pending: Dict[str, list] = {}
 
   def start_bundle(self):
     self._pending = {}

@@ -187,8 +187,5 @@ class ReadPubSubJson(beam.PTransform):
 
 @registry.register('pubsub', 'Google Cloud Pub/Sub JSON messages (streaming; DirectRunner --streaming or Dataflow)')
 def _factory(config: dict):
-  known = {f.name for f in dataclasses.fields(PubSubOptions)}
-  unknown = sorted(set(config) - known)
-  if unknown:
-    raise ValueError(f'unknown option(s) {", ".join(unknown)}; known: {", ".join(sorted(known))}')
+  registry.check_keys(config, PubSubOptions)
   return ReadPubSubJson(PubSubOptions(**config))

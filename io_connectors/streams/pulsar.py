@@ -339,8 +339,5 @@ class ReadFromPulsar(beam.PTransform):
 
 @registry.register('pulsar', 'Apache Pulsar topics through a subscription (acks after commit)')
 def _factory(config: dict):
-  known = {f.name for f in dataclasses.fields(PulsarOptions)}
-  unknown = sorted(set(config) - known)
-  if unknown:
-    raise ValueError(f'unknown option(s) {", ".join(unknown)}; known: {", ".join(sorted(known))}')
+  registry.check_keys(config, PulsarOptions)
   return ReadFromPulsar(PulsarOptions(**config))

@@ -569,8 +569,5 @@ def read_with_readers(readers: beam.PCollection, options: RedisStreamsOptions) -
 
 @registry.register('redis_streams', 'Redis Streams through a consumer group (XREADGROUP, XACK after commit)')
 def _factory(config: dict):
-  known = {f.name for f in dataclasses.fields(RedisStreamsOptions)}
-  unknown = sorted(set(config) - known)
-  if unknown:
-    raise ValueError(f'unknown option(s) {", ".join(unknown)}; known: {", ".join(sorted(known))}')
+  registry.check_keys(config, RedisStreamsOptions)
   return ReadFromRedisStreams(RedisStreamsOptions(**config))

@@ -101,7 +101,7 @@ _SOURCE_NAME = re.compile(r'^[a-z0-9][a-z0-9_-]{0,62}$')
 _DELIVERY_ID = re.compile(r'^[A-Za-z0-9._:-]{1,128}$')
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class WebhookOptions:
   """Settings of the receiver.
 
@@ -118,7 +118,7 @@ class WebhookOptions:
   kafka_bootstrap, kafka_topic_prefix: the brokers and topic = prefix + source name.
   kafka_config: more librdkafka settings (security.protocol, sasl.*).
   """
-  sources: Dict[str, object]
+  sources: Dict[str, object] = dataclasses.field(repr=False)  # name -> signing secret
   redis_url: str = dataclasses.field(default='redis://127.0.0.1:6379/0', repr=False)
   redis_password: Optional[str] = dataclasses.field(default=None, repr=False)
   tolerance_seconds: int = 300

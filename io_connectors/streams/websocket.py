@@ -69,14 +69,16 @@ import pyarrow as pa
 from apache_beam.utils.timestamp import Timestamp
 
 from io_connectors import registry
+from io_connectors._common.errors import ConnectorError
 from io_connectors._common.retry import Backoff
-from io_connectors.streams.redis_streams import RedisStreamsOptions, read_with_readers, readers_of, redis_client
+from io_connectors.streams.redis_streams import (ReadFromRedisStreams, RedisStreamsOptions, read_with_readers,
+                                                 readers_of, redis_client)
 from io_connectors.streams._messages import (ManualWatermarkProvider, ReadsRestrictionProvider, emit_at_watermark,
                                              messages_to_batch)
 from transforms.coders import RecordBatchCoder  # noqa: F401  pylint: disable=unused-import  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, Outputs
 
-__all__ = ['WebSocketOptions', 'ReadFromWebSocket', 'WebSocketReceiver', 'public_url']
+__all__ = ['WebSocketOptions', 'ReadFromWebSocket', 'WebSocketError', 'WebSocketReceiver', 'public_url']
 
 _LOG = logging.getLogger(__name__)
 
@@ -90,6 +92,10 @@ def public_url(url: str) -> str:
   if parts.port:
     host = f'{host}:{parts.port}'
   return urllib.parse.urlunsplit((parts.scheme, host, parts.path, '', ''))
+
+
+class WebSocketError(ConnectorError, RuntimeError):
+  """A feed that cannot be opened (unreachable, refused, credentials); the message names only its public URL."""
 
 
 def _reconnect_backoff(initial: float, maximum: float) -> Iterator[float]:
@@ -407,6 +413,22 @@ class ReadFromWebSocket(beam.PTransform):
       raise ValueError(f'options must be a WebSocketOptions, got {type(options).__name__}')
     self._options = options
 
+  def check(self) -> str:
+    """Opens the feed with its headers (and looks at the durable Redis stream); raises WebSocketError or
+    RedisStreamsError saying what is wrong. Nothing is sent on the feed (no subscribe message)."""
+    from websockets.sync.client import connect  # pylint: disable=import-outside-toplevel
+    opts = self._options
+    try:
+      with connect(opts.url, additional_headers=opts.headers or None, open_timeout=10, close_timeout=2):
+        pass
+    except Exception as e:  # pylint: disable=broad-except
+      # Only the class and the public URL: the error text may quote headers.
+      raise WebSocketError(f'websocket {opts.source}: cannot open the feed ({type(e).__name__})') from None
+    summary = f'ok: websocket {opts.source} opens'
+    if opts.durable is not None:
+      summary += '; durable: ' + ReadFromRedisStreams(opts.durable).check()
+    return summary
+
   def expand(self, pbegin):
     opts = self._options
     feed = pbegin | 'Feed' >> beam.Create([opts.source])
@@ -424,10 +446,7 @@ class ReadFromWebSocket(beam.PTransform):
 @registry.register('websocket', 'WebSocket JSON feed; at-most-once, or durable through a Redis stream ("durable": {...})')
 def _factory(config: dict):
   config = dict(config)
-  known = {f.name for f in dataclasses.fields(WebSocketOptions)}
-  unknown = sorted(set(config) - known)
-  if unknown:
-    raise ValueError(f'unknown option(s) {", ".join(unknown)}; known: {", ".join(sorted(known))}')
+  registry.check_keys(config, WebSocketOptions)
   durable = config.pop('durable', None)
   if isinstance(durable, dict):
     durable = RedisStreamsOptions(**durable)

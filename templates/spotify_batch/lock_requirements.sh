@@ -13,7 +13,10 @@
 #   templates/spotify_batch/lock_requirements.sh --upgrade  # also move pins to newest allowed
 #
 # Environment:
-#   PYTHON  interpreter to build the venv with (default python3.11)
+#   PYTHON       interpreter to build the venv with (default python3.11)
+#   LOCK_EXTRAS  setup.py extras to lock beside install_requires (default "gcp")
+#   LOCK_OUTPUT  the file to write, from the repository root (default this template's requirements.txt)
+#   LOCK_COMMAND the command named in the file's header (default this script)
 set -euo pipefail
 
 PIP_TOOLS_VERSION="7.6.2"
@@ -21,7 +24,9 @@ PYTHON="${PYTHON:-python3.11}"
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${REPO_ROOT}/.cache/pip-tools/${PIP_TOOLS_VERSION}"
-OUT="${REPO_ROOT}/templates/spotify_batch/requirements.txt"
+OUT="${REPO_ROOT}/${LOCK_OUTPUT:-templates/spotify_batch/requirements.txt}"
+EXTRA_ARGS=()
+for extra in ${LOCK_EXTRAS:-gcp}; do EXTRA_ARGS+=(--extra "${extra}"); done
 
 log() { echo "lock_requirements.sh: $*" >&2; }
 
@@ -46,13 +51,13 @@ cd "${work}"
 # Resolve against the package index only: a machine's own PIP_FIND_LINKS
 # must neither pick pins nor be written into the file.
 env -u PIP_FIND_LINKS -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL \
-  CUSTOM_COMPILE_COMMAND="templates/spotify_batch/lock_requirements.sh" \
+  CUSTOM_COMPILE_COMMAND="${LOCK_COMMAND:-templates/spotify_batch/lock_requirements.sh}" \
   "${VENV}/bin/pip-compile" \
   --quiet \
   --no-emit-find-links \
   --no-emit-index-url \
   --strip-extras \
-  --extra gcp \
+  "${EXTRA_ARGS[@]}" \
   --output-file requirements.txt \
   "$@" \
   setup.py

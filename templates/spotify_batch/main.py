@@ -1,14 +1,14 @@
 """Flex Template launcher of the Spotify batch pipeline.
 
 Dataflow's Python template launcher runs this file (`FLEX_TEMPLATE_PYTHON_PY_FILE`
-in the Dockerfile) with the job's parameters and Dataflow's own options, all as
+in templates/Dockerfile) with the job's parameters and Dataflow's own options, all as
 `--name=value`. It hands them to `pipelines.spotify_batch.run` after two fixes:
 
 * a boolean flag arrives as `--keep_pii=true` / `--keep_pii=false`, which
   argparse rejects for a `store_true` option: `true` becomes the bare flag,
   `false` drops it;
 * the workers' SDK container defaults to `$BEAM_SDK_CONTAINER_IMAGE` (the Beam
-  2.77 Python 3.11 image, set in the Dockerfile) unless the job sets
+  2.77 Python 3.11 image, set in templates/Dockerfile) unless the job sets
   `--sdk_container_image` itself.
 
 It also takes one option of its own, `--pii_key_secret` (`FlexTemplateOptions`):
@@ -47,6 +47,9 @@ __all__ = [
     'FlexTemplateOptions',
     'LauncherError',
     'flag_option_names',
+    'load_pii_key_secret',
+    'pipeline_argv_from',
+    'read_secret',
     'split_launcher_options',
     'to_beam_argv',
     'main',
@@ -84,7 +87,8 @@ def split_launcher_options(argv: Iterable[str]) -> tuple[list[str], FlexTemplate
   return rest, FlexTemplateOptions.from_dictionary({k: v for k, v in vars(known).items() if v is not None})
 
 
-def _read_secret(version_name: str) -> str:
+def read_secret(version_name: str) -> str:
+  """The payload of a Secret Manager secret version, as text."""
   from apache_beam.utils.secret import GcpSecret
 
   try:
@@ -92,6 +96,15 @@ def _read_secret(version_name: str) -> str:
   except Exception as error:  # pylint: disable=broad-except
     # The secret's name, never its payload.
     raise LauncherError(f'cannot read pii_key_secret {version_name}: {type(error).__name__}') from None
+
+
+def load_pii_key_secret(launcher_options: FlexTemplateOptions) -> None:
+  """Reads --pii_key_secret, when given, into PII_MASTER_KEY (where the pipeline looks for the key)."""
+  if launcher_options.pii_key_secret:
+    if not re.match(SECRET_VERSION_PATTERN, launcher_options.pii_key_secret):
+      raise LauncherError(f'pii_key_secret {launcher_options.pii_key_secret!r} is not '
+                          'projects/PROJECT/secrets/NAME/versions/VERSION')
+    os.environ[PII_KEY_ENV] = read_secret(launcher_options.pii_key_secret)
 
 
 def flag_option_names() -> frozenset[str]:
@@ -133,19 +146,20 @@ def to_beam_argv(parameters: Iterable[str], environ: Optional[dict] = None) -> l
   return argv
 
 
+def pipeline_argv_from(parameters: Iterable[str]) -> list[str]:
+  """The pipeline's argv from Dataflow's parameters: launcher options applied and taken out, booleans as flags."""
+  pipeline_argv, launcher_options = split_launcher_options(parameters)
+  beam_argv = to_beam_argv(pipeline_argv)
+  load_pii_key_secret(launcher_options)
+  return beam_argv
+
+
 def main(argv: Optional[list[str]] = None) -> int:
   logging.getLogger().setLevel(logging.INFO)
   from pipelines import spotify_batch
 
   try:
-    pipeline_argv, launcher_options = split_launcher_options(sys.argv[1:] if argv is None else argv)
-    beam_argv = to_beam_argv(pipeline_argv)
-    if launcher_options.pii_key_secret:
-      if not re.match(SECRET_VERSION_PATTERN, launcher_options.pii_key_secret):
-        raise LauncherError(f'pii_key_secret {launcher_options.pii_key_secret!r} is not '
-                            'projects/PROJECT/secrets/NAME/versions/VERSION')
-      os.environ[PII_KEY_ENV] = _read_secret(launcher_options.pii_key_secret)
-    manifest = spotify_batch.run(beam_argv)
+    manifest = spotify_batch.run(pipeline_argv_from(sys.argv[1:] if argv is None else argv))
   except (LauncherError, spotify_batch.UsageError, spotify_batch.ConfigError) as error:
     print(f'spotify_batch launcher: {error}', file=sys.stderr)
     return 2

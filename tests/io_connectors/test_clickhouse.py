@@ -28,7 +28,7 @@ from io_connectors.databases import clickhouse
 from io_connectors.databases.clickhouse import ClickHouseError, ClickHouseOptions, ReadFromClickHouse, check
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, strip_internal
 
-chdb = pytest.importorskip('chdb')
+import chdb  # noqa: E402  pylint: disable=wrong-import-position,wrong-import-order
 
 URL = 'http://reader:ch-pass-123@127.0.0.1:8123'
 
@@ -218,7 +218,6 @@ def _closed_port():
 
 
 def test_http_unreachable_server_is_retried_then_clear_and_masked():
-  pytest.importorskip('clickhouse_connect')
   options = ClickHouseOptions(url=f'http://reader:ch-pass-123@127.0.0.1:{_closed_port()}/music', max_retries=2,
                               retry_backoff_s=0.05, connect_timeout_s=2)
   started = time.monotonic()

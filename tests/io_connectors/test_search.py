@@ -22,7 +22,7 @@ from io_connectors.databases.search import ReadFromSearch, SearchError, SearchOp
 from tests.conftest import ensure_service
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, strip_internal
 
-opensearchpy = pytest.importorskip('opensearchpy')
+import opensearchpy  # noqa: E402  pylint: disable=wrong-import-position,wrong-import-order
 from opensearchpy import helpers  # pylint: disable=wrong-import-position
 
 

@@ -144,3 +144,21 @@ def test_durable_mode_lands_in_redis_then_reads_through_the_consumer_group():
   finally:
     client.delete(stream)
     client.close()
+
+
+def test_check_opens_the_feed_and_names_only_its_public_url():
+  from io_connectors._common.errors import ConnectorError  # pylint: disable=import-outside-toplevel
+  server = serve(lambda connection: None, '127.0.0.1', 0)
+  port = server.socket.getsockname()[1]
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread.start()
+  try:
+    options = WebSocketOptions(url=f'ws://127.0.0.1:{port}/live?token={TOKEN}',
+                               headers={'Authorization': f'Bearer {TOKEN}'})
+    assert ReadFromWebSocket(options).check() == f'ok: websocket {options.source} opens'
+  finally:
+    server.shutdown()
+    thread.join(10)
+  with pytest.raises(ConnectorError) as failure:
+    ReadFromWebSocket(WebSocketOptions(url=f'ws://127.0.0.1:{port}/live?token={TOKEN}')).check()
+  assert f'ws://127.0.0.1:{port}/live' in str(failure.value) and TOKEN not in str(failure.value)

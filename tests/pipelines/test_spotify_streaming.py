@@ -41,7 +41,7 @@ from tests.cluster_fixtures import wait_until as cluster_wait_until
 from tests.conftest import ensure_service
 from tests.io_connectors.streams_support import fresh_name, redis_url, wait_until
 
-confluent_kafka = pytest.importorskip('confluent_kafka')
+import confluent_kafka  # noqa: E402  pylint: disable=wrong-import-position,wrong-import-order
 import confluent_kafka.admin  # noqa: E402 pylint: disable=wrong-import-position
 
 WINDOW_S = 60

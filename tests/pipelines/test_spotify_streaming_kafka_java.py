@@ -23,7 +23,7 @@ from pipelines import runners, spotify_streaming
 from tests.pipelines.test_spotify_streaming import (PARTITIONS, WINDOW_S, dead_letters, final_metrics, kafka,  # noqa: F401 pylint: disable=unused-import
                                                     new_topic, plan_events, produce, written_ids)
 
-confluent_kafka = pytest.importorskip('confluent_kafka')
+import confluent_kafka  # noqa: E402  pylint: disable=wrong-import-position,wrong-import-order
 pytestmark = pytest.mark.usefixtures('streaming_pii_key')
 
 
@@ -61,7 +61,7 @@ def _cancel(flink_cluster, result, jobs_before):
     flink_cluster.cancel(job)
 
 
-@pytest.mark.skipif(not _java_available(), reason='needs Java 11+ for KafkaIO')
+@pytest.mark.skipif(not _java_available(), reason='needs Java 11+ and Maven for KafkaIO: apt-get install openjdk-17-jdk-headless maven')
 def test_end_to_end_with_java_kafkaio_on_flink(kafka, tmp_path, flink_cluster, flink_args):
   topic = new_topic(kafka)
   now_ms = int(time.time() * 1000)

@@ -50,7 +50,7 @@ from tests.pipelines.test_spotify_streaming import _iso, final_metrics, produce
 from transforms.records import with_provenance
 from transforms.windows import WindowBatch
 
-confluent_kafka = pytest.importorskip('confluent_kafka')
+import confluent_kafka  # noqa: E402  pylint: disable=wrong-import-position,wrong-import-order
 import confluent_kafka.admin  # noqa: E402 pylint: disable=wrong-import-position
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -291,11 +291,8 @@ def _log_tail(log_path) -> str:
   return pathlib.Path(log_path).read_text(errors='replace')[-3000:]
 
 
-def test_redis_job_killed_mid_stream_resumes_without_loss_or_duplicates(tmp_path, monkeypatch):
-  try:
-    runner = runners.runner_args('prism')
-  except runners.RunnerSetupError as e:
-    pytest.skip(f'Prism is not built here: {e}')
+def test_redis_job_killed_mid_stream_resumes_without_loss_or_duplicates(prism_binary, tmp_path, monkeypatch):  # pylint: disable=unused-argument
+  runner = runners.runner_args('prism')
   url = redis_url()
   monkeypatch.setenv('REDIS_URL', url)
   client = redis.Redis.from_url(url)

@@ -132,8 +132,7 @@ def run_pipeline(args: List[str], out_dir: pathlib.Path, batches=None) -> Dict[s
 
 
 @pytest.fixture(scope='module')
-def direct_output(tmp_path_factory) -> Dict[str, dict]:
-  runners.use_local_prism(['--runner=DirectRunner'])
+def direct_output(prism_binary, tmp_path_factory) -> Dict[str, dict]:
   return run_pipeline(runners.runner_args('direct'), tmp_path_factory.mktemp('direct'))
 
 
@@ -157,21 +156,58 @@ def test_runner_args_point_at_local_artifacts(prism_binary):
   assert os.path.isfile(jar), jar
 
 
-def test_use_local_prism_is_found_by_beam_without_download(prism_binary, tmp_path, monkeypatch):
+def test_local_runner_args_point_the_direct_runner_at_our_prism(prism_binary, tmp_path, monkeypatch):
   from apache_beam.runners.portability import prism_runner  # pylint: disable=import-outside-toplevel
-  cached = runners.use_local_prism([], cache_dir=tmp_path)
-  assert cached is not None and pathlib.Path(cached).read_bytes() == pathlib.Path(prism_binary).read_bytes()
+  for argv in ([], ['--runner=DirectRunner'], ['--runner', 'DirectRunner', '--streaming']):
+    assert runners.local_runner_args(argv) == argv + [f'--prism_location={prism_binary}']
 
   def no_download(*args, **kwargs):
     raise AssertionError(f'Beam tried to download Prism: {args}')
 
+  # Beam's own cache is empty here: the binary must come from --prism_location.
   monkeypatch.setattr(prism_runner, 'urlopen', no_download)
   monkeypatch.setattr(prism_runner.PrismJobServer, 'BIN_CACHE', str(tmp_path))
-  server = prism_runner.PrismJobServer(PipelineOptions([]))
-  assert server._get_executable_path() == cached  # pylint: disable=protected-access
-  # Other runners, or an explicit --prism_location, are left alone.
-  assert runners.use_local_prism(['--runner=FlinkRunner'], cache_dir=tmp_path / 'other') is None
-  assert not (tmp_path / 'other').exists()
+  server = prism_runner.PrismJobServer(PipelineOptions(runners.local_runner_args(['--runner=DirectRunner'])))
+  assert server._get_executable_path() == prism_binary  # pylint: disable=protected-access
+  assert not any(tmp_path.iterdir())
+
+
+def test_local_runner_args_without_prism_run_batch_in_process(monkeypatch):
+  monkeypatch.setattr(runners, 'local_prism', lambda: None)
+  assert runners.local_runner_args([]) == ['--runner=FnApiRunner']
+  assert runners.local_runner_args(['--runner', 'DirectRunner']) == ['--runner', 'DirectRunner', '--runner=FnApiRunner']
+  # Streaming needs Prism: left to Beam.
+  assert runners.local_runner_args(['--streaming']) == ['--streaming']
+  assert runners.local_runner_args([], streaming=True) == []
+
+
+def test_local_runner_args_leave_other_runners_and_explicit_prism_alone():
+  for argv in (['--runner=FlinkRunner'], ['--runner', 'PrismRunner'], ['--prism_location=/opt/prism']):
+    assert runners.local_runner_args(argv) == argv
+
+
+@pytest.mark.parametrize('prism_built', [True, False], ids=['prism-built', 'no-prism'])
+def test_the_batch_job_by_default_never_tries_to_download_prism(prism_built, prism_binary, tmp_path, monkeypatch):
+  """What the demo does on a new machine: no --runner, nothing in Beam's Prism cache."""
+  from apache_beam.runners.portability import prism_runner  # pylint: disable=import-outside-toplevel
+  from pipelines import sample_data, spotify_batch  # pylint: disable=import-outside-toplevel
+  tries = []
+
+  def no_download(url, *args, **kwargs):
+    tries.append(url)
+    raise OSError(f'no network in this test: {url}')
+
+  monkeypatch.setattr(prism_runner, 'urlopen', no_download)
+  monkeypatch.setattr(prism_runner.PrismJobServer, 'BIN_CACHE', str(tmp_path / 'beam-cache'))
+  if not prism_built:
+    monkeypatch.setattr(runners, 'local_prism', lambda: None)
+  monkeypatch.setenv('PII_MASTER_KEY', 'ab' * 32)
+  sample_data.write_listening_events(str(tmp_path / 'in'), rows=300, files=1, seed=5)
+  manifest = spotify_batch.run(['--input', str(tmp_path / 'in' / '*.csv'), '--tenant_field', 'tenant_id',
+                                '--output', str(tmp_path / 'out')])
+  assert tries == [] and not (tmp_path / 'beam-cache').exists()
+  assert manifest['runner'] == ('DirectRunner' if prism_built else 'FnApiRunner')
+  assert manifest['conservation']['ok']
 
 
 # ----- in-process and Prism -----
@@ -182,9 +218,8 @@ def test_direct_runner_output_is_exact(direct_output):
 
 
 def test_direct_runner_runs_on_local_prism(prism_binary, tmp_path, caplog):
-  runners.use_local_prism(['--runner=DirectRunner'])
   caplog.set_level(logging.INFO)
-  output = run_pipeline(['--runner=DirectRunner'], tmp_path)
+  output = run_pipeline(runners.local_runner_args(['--runner=DirectRunner']), tmp_path)
   assert output == expected_output(make_batches(4))
   messages = '\n'.join(r.getMessage() for r in caplog.records)
   assert 'Running pipeline with PrismRunner' in messages

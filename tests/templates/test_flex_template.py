@@ -1,4 +1,4 @@
-"""The Flex Template image definition and its launcher, short of Dataflow itself."""
+"""The Flex Template image definition (both templates) and the batch launcher, short of Dataflow itself."""
 
 from __future__ import annotations
 
@@ -9,13 +9,16 @@ import re
 import shlex
 import subprocess
 import sys
+from typing import Optional
 
 import apache_beam
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 TEMPLATE_DIR = REPO_ROOT / 'templates' / 'spotify_batch'
-DOCKERFILE = TEMPLATE_DIR / 'Dockerfile'
+# One image definition for every template, chosen by the TEMPLATE build argument.
+DOCKERFILE = REPO_ROOT / 'templates' / 'Dockerfile'
+TEMPLATES = ('spotify_batch', 'spotify_streaming')
 LAUNCHER = TEMPLATE_DIR / 'main.py'
 REQUIREMENTS = TEMPLATE_DIR / 'requirements.txt'
 SAMPLE_PARAMETERS = TEMPLATE_DIR / 'sample-parameters.json'
@@ -23,21 +26,40 @@ SAMPLE_PARAMETERS = TEMPLATE_DIR / 'sample-parameters.json'
 PYTHON_TAG = f'{sys.version_info.major}.{sys.version_info.minor}'
 
 
-def _instructions(text: str) -> list[tuple[str, str]]:
-  """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined."""
+def _instructions(text: str, build_args: Optional[dict] = None) -> list[tuple[str, str]]:
+  """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined, ${ARG}s of ARG lines expanded."""
   joined = re.sub(r'\\\n', ' ', text)
   instructions = []
+  args: dict = {}
   for line in joined.splitlines():
     line = line.strip()
     if line and not line.startswith('#'):
       keyword, _, arguments = line.partition(' ')
-      instructions.append((keyword.upper(), arguments.strip()))
+      keyword, arguments = keyword.upper(), arguments.strip()
+      if keyword == 'ARG':
+        name, _, default = arguments.partition('=')
+        args[name] = (build_args or {}).get(name, default)
+      else:
+        arguments = re.sub(r'\$\{(\w+)\}', lambda m: args.get(m.group(1), m.group(0)), arguments)
+      instructions.append((keyword, arguments))
   return instructions
 
 
+@pytest.fixture(scope='module', params=TEMPLATES)
+def template(request):
+  return request.param
+
+
 @pytest.fixture(scope='module')
-def dockerfile():
-  return _instructions(DOCKERFILE.read_text(encoding='utf-8'))
+def dockerfile(template):
+  return _instructions(DOCKERFILE.read_text(encoding='utf-8'), {'TEMPLATE': template})
+
+
+def test_the_image_is_the_batch_templates_unless_told():
+  assert ('ARG', 'TEMPLATE=spotify_batch') in _instructions(DOCKERFILE.read_text(encoding='utf-8'))
+  for name in TEMPLATES:
+    build = (REPO_ROOT / 'templates' / name / 'cloudbuild.yaml').read_text(encoding='utf-8')
+    assert f"'--file', 'templates/Dockerfile', '--build-arg', 'TEMPLATE={name}'" in build
 
 
 @pytest.fixture(scope='module')
@@ -70,11 +92,11 @@ def test_base_image_is_the_pinned_python_launcher(dockerfile):
   assert image.endswith(f'python{PYTHON_TAG.replace(".", "")}-template-launcher-base')
 
 
-def test_flex_template_variables_point_at_files_of_the_repo(dockerfile, image_env):
+def test_flex_template_variables_point_at_files_of_the_repo(dockerfile, image_env, template):
   expected = {
-      'FLEX_TEMPLATE_PYTHON_PY_FILE': LAUNCHER,
+      'FLEX_TEMPLATE_PYTHON_PY_FILE': REPO_ROOT / 'templates' / template / 'main.py',
       'FLEX_TEMPLATE_PYTHON_SETUP_FILE': REPO_ROOT / 'setup.py',
-      'FLEX_TEMPLATE_PYTHON_REQUIREMENTS_FILE': REQUIREMENTS,
+      'FLEX_TEMPLATE_PYTHON_REQUIREMENTS_FILE': REPO_ROOT / 'templates' / template / 'requirements.txt',
   }
   for name, repo_file in expected.items():
     assert name in image_env, f'Dockerfile sets no {name}'

@@ -232,7 +232,7 @@ def test_regexes_accept_defaults_and_reject_bad_values(committed_metadata):
 
 
 def test_tenant_regex_is_the_tagging_rule():
-  tenant = pytest.importorskip('transforms.tenant')
+  from transforms import tenant  # pylint: disable=import-outside-toplevel
   assert generate_metadata.TENANT_ID_PATTERN == tenant.TENANT_PATTERN
 
 
@@ -246,3 +246,86 @@ def test_sample_parameters_are_declared_and_valid(committed_metadata):
       assert re.search(regex, value), f'sample {name}={value!r} does not match {regex}'
   required = {name for name, parameter in parameters.items() if not parameter.get('isOptional', False)}
   assert required <= set(sample)
+
+
+# ----- the streaming template: the same checks on its own metadata -----
+
+STREAMING = generate_metadata.TEMPLATES['spotify_streaming']
+
+
+@pytest.fixture(scope='module')
+def streaming_metadata():
+  return json.loads(STREAMING.metadata_path.read_text(encoding='utf-8'))
+
+
+def test_every_template_has_committed_metadata_that_the_generator_produces():
+  assert set(generate_metadata.TEMPLATES) == {'spotify_batch', 'spotify_streaming'}
+  for name, template in generate_metadata.TEMPLATES.items():
+    expected = generate_metadata.render(generate_metadata.template_metadata(template=template))
+    assert template.metadata_path == generate_metadata.REPO_ROOT / 'templates' / name / 'metadata.json'
+    assert template.metadata_path.read_text(encoding='utf-8') == expected, (
+        f'{name}/metadata.json is out of date with its options; regenerate it with: '
+        f'{generate_metadata.REGENERATE_COMMAND}')
+  assert generate_metadata.TEMPLATES['spotify_batch'].metadata_path == METADATA_PATH
+
+
+def test_check_mode_reports_a_stale_streaming_template(tmp_path):
+  stale = tmp_path / 'metadata.json'
+  stale.write_text('{}\n', encoding='utf-8')
+  assert generate_metadata.main(['--check', '--template', 'spotify_streaming', '--output', str(stale)]) == 1
+  assert generate_metadata.main(['--template', 'spotify_streaming', '--output', str(stale)]) == 0
+  assert generate_metadata.main(['--check', '--template', 'spotify_streaming', '--output', str(stale)]) == 0
+  assert json.loads(stale.read_text(encoding='utf-8'))['streaming'] is True
+
+
+def test_streaming_metadata_has_every_option_of_the_job_and_its_sources(streaming_metadata):
+  _validator().validate(streaming_metadata)
+  assert streaming_metadata['streaming'] is True
+  parameters = {parameter['name']: parameter for parameter in streaming_metadata['parameters']}
+  actions = [action for cls in STREAMING.options_classes for action in generate_metadata.option_actions(cls)
+             if action.dest not in ('sasl_password', 'event_hubs_connection_string')]
+  assert list(parameters) == [action.dest for action in actions]
+  # Secrets are no parameters (they would show in the job graph).
+  assert 'sasl_password' not in parameters and 'event_hubs_connection_string' not in parameters
+  for action in actions:
+    parameter = parameters[action.dest]
+    assert parameter['helpText'].startswith(action.help)
+    if action.default is not None and not isinstance(action.default, bool):
+      assert parameter['defaultValue'] == str(action.default)
+  from pipelines.spotify_streaming import SOURCES
+  assert [option['value'] for option in parameters['source']['enumOptions']] == list(SOURCES)
+  assert parameters['window_size_s']['paramType'] == 'NUMBER'
+  assert parameters['bounded']['paramType'] == 'BOOLEAN'
+  # Each source's flags are grouped under it, as in --help.
+  assert parameters['pulsar_topics']['groupName'] == 'Pulsar (--source pulsar)'
+  assert parameters['bootstrap_servers']['groupName'].startswith('Kafka and Event Hubs')
+  assert 'groupName' not in parameters['tenant_id']
+  assert parameters['tenant_id']['regexes'] == [generate_metadata.TENANT_ID_PATTERN]
+
+
+def test_streaming_parameter_names_are_flags_the_streaming_options_parse(streaming_metadata):
+  parser = _options_parser(STREAMING.options_classes)
+  for parameter in streaming_metadata['parameters']:
+    if parameter['paramType'] == 'ENUM':
+      value = parameter['enumOptions'][-1]['value']
+    else:
+      value = parameter.get('defaultValue', {'NUMBER': '7', 'BOOLEAN': 'true'}.get(parameter['paramType'], 'x'))
+    argv = launcher.to_beam_argv([f'--{parameter["name"]}={value}'], environ={})
+    known, unknown = parser.parse_known_args(argv)
+    assert not unknown, f'parameter {parameter["name"]} is not an option of the streaming job: {unknown}'
+    if parameter['paramType'] == 'BOOLEAN':
+      assert getattr(known, parameter['name']) is (value == 'true'), parameter['name']
+  for parameter in streaming_metadata['parameters']:
+    if 'defaultValue' in parameter:
+      for regex in parameter.get('regexes', []):
+        assert re.search(regex, parameter['defaultValue']), parameter['name']
+
+
+def test_streaming_sample_parameters_are_declared_and_valid(streaming_metadata):
+  parameters = {parameter['name']: parameter for parameter in streaming_metadata['parameters']}
+  sample = json.loads((STREAMING.metadata_path.parent / 'sample-parameters.json').read_text(encoding='utf-8'))
+  for name, value in sample.items():
+    assert name in parameters, f'sample parameter {name} is not in the streaming metadata'
+    assert isinstance(value, str)
+    for regex in parameters[name].get('regexes', []):
+      assert re.search(regex, value), f'sample {name}={value!r} does not match {regex}'

@@ -178,6 +178,17 @@ class ClientOptions:
   cache_ttl: float = 3600.0
   user_agent: str = 'music-lake-ingest/1.0'
 
+  def __post_init__(self):
+    if isinstance(self.allowed_hosts, str) or not all(isinstance(h, str) and h for h in self.allowed_hosts):
+      raise ValueError(f'allowed_hosts must be a list of host names, got {self.allowed_hosts!r}')
+    object.__setattr__(self, 'allowed_hosts', tuple(self.allowed_hosts))
+    if self.rate is not None and not self.rate > 0:
+      raise ValueError(f'rate must be a positive number of requests a second or None, got {self.rate!r}')
+    if not self.burst > 0 or not self.cache_ttl > 0:
+      raise ValueError(f'burst and cache_ttl must be positive, got {self.burst!r} and {self.cache_ttl!r}')
+    if self.window is not None and (len(self.window) != 2 or self.window[0] < 1 or not self.window[1] > 0):
+      raise ValueError(f'window must be (requests >= 1, seconds > 0), got {self.window!r}')
+
 
 class HttpClient:
   """Sends requests under the allow-list, rate limit, auth and retry policy (thread-safe)."""

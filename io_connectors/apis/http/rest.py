@@ -553,6 +553,24 @@ class ReadFromRest(beam.PTransform):
     # Refuse a config whose auth cannot be built (missing env variable) now.
     create_auth(resource.auth)
 
+  def check(self, params: Any = None) -> str:
+    """Sends the first request of one element (`params`) as a read would, auth included; a one-line summary.
+
+    Raises RequestFailed (unreachable, refused credentials, retries spent) or
+    RuntimeError for an answer of 400 or more; URLs and secrets masked.
+    """
+    fn = _ReadFn(self._resource, self._options)
+    fn.setup()
+    try:
+      request = fn._reader.first_request(_as_params({} if params is None else params), None)  # pylint: disable=protected-access
+      response = fn._client.send(request)  # pylint: disable=protected-access
+      where = f'{request.method} {fn._client.masker.text(request.url)}'  # pylint: disable=protected-access
+    finally:
+      fn.teardown()
+    if response.status >= 400:
+      raise RuntimeError(f'{where}: HTTP {response.status}')
+    return f'{where}: HTTP {response.status}'
+
   def expand(self, params):
     if self._options.reshuffle:
       params = params | 'Spread' >> beam.Reshuffle()
@@ -579,6 +597,10 @@ class ReadRestResource(beam.PTransform):
     super().__init__(label)
     self._read = ReadFromRest(resource, options)
     self._params = list(params) if params is not None else [{}]
+
+  def check(self) -> str:
+    """The first element's first request (see ReadFromRest.check)."""
+    return self._read.check(self._params[0] if self._params else None)
 
   def expand(self, pbegin):
     return pbegin | 'Params' >> beam.Create(self._params, reshuffle=False) | 'Read' >> self._read

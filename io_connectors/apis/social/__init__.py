@@ -276,6 +276,8 @@ class ReadFromSocial(beam.PTransform):
   def __init__(self, resource, params: Sequence[Mapping[str, Any]], overrides: Optional[Mapping[str, Any]] = None,
                options: Optional[RestOptions] = None, label: Optional[str] = None):
     super().__init__(label)
+    # Every bundled resource emits mention records; a resource of the user's own may not.
+    self.default_entity = 'social_mention' if isinstance(resource, str) and resource in resources() else None
     if not isinstance(resource, ResourceConfig):
       resource = load_resource(resource, overrides)
     elif overrides:
@@ -284,6 +286,10 @@ class ReadFromSocial(beam.PTransform):
     if not params or not all(isinstance(p, Mapping) for p in params):
       raise ValueError('params must be a non-empty list of mappings (one per query)')
     self._read = ReadRestResource(resource, params=[dict(p) for p in params], options=options or RestOptions())
+
+  def check(self) -> str:
+    """The first query's first request (see ReadFromRest.check)."""
+    return self._read.check()
 
   def expand(self, pbegin):
     return pbegin | 'Read' >> self._read

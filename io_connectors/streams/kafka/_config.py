@@ -157,22 +157,27 @@ class KafkaError(ConnectorError, RuntimeError):
 def check(options, timeout_s: float = 10.0) -> str:
   """Reaches the brokers with the options' security settings and finds every topic; a one-line summary.
 
-  Raises KafkaError saying what is wrong.
+  Raises KafkaError saying what is wrong (refused, authentication failed,
+  topic not found), without secrets.
   """
   import confluent_kafka.admin  # pylint: disable=import-outside-toplevel
-  config = dict(client_config(options))
   where = f'Kafka at {options.bootstrap_servers}'
+  # librdkafka says why (refused, authentication failed) through error_cb
+  # only; its own log lines would repeat that on stderr every retry.
+  errors: List[str] = []
+  admin = confluent_kafka.admin.AdminClient(
+      dict(client_config(options), error_cb=lambda error: errors.append(str(error)), log_level=0))
   try:
-    admin = confluent_kafka.admin.AdminClient(config)
     metadata = admin.list_topics(timeout=timeout_s)
   except Exception as e:  # pylint: disable=broad-except
-    raise KafkaError(mask_secrets(f'{where}: {e}', secrets_of(options))) from None
-  topics = getattr(options, 'topics', None) or (options.topic,)
-  found = []
-  for topic in topics:
-    described = metadata.topics.get(topic)
-    if described is None or described.error is not None or not described.partitions:
-      reason = described.error if described is not None and described.error is not None else 'no such topic'
-      raise KafkaError(mask_secrets(f'{where}: topic {topic!r}: {reason}', secrets_of(options)))
-    found.append(f'{topic} ({len(described.partitions)} partitions)')
-  return f'ok: {where}, {len(metadata.brokers)} broker(s); ' + ', '.join(found)
+    admin.poll(0)  # serves the queued error callbacks
+    reason = errors[-1] if errors else str(e)
+    raise KafkaError(mask_secrets(f'{where}: {reason}', secrets_of(options))) from None
+  finally:
+    del admin  # stops its threads (and their retries) now
+  topics = tuple(getattr(options, 'topics', None) or (options.topic,))
+  missing = [t for t in topics if t not in metadata.topics or metadata.topics[t].error is not None]
+  if missing:
+    raise KafkaError(f'{where}: topic(s) {", ".join(missing)} not found')
+  partitions = sum(len(metadata.topics[t].partitions) for t in topics)
+  return f'{where}: {len(metadata.brokers)} broker(s); {", ".join(topics)}: {partitions} partition(s)'

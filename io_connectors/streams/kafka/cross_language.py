@@ -100,9 +100,9 @@ class ReadFromKafkaCrossLanguage(beam.PTransform):
     if options.max_records_per_partition is not None:
       self._max_num_records = options.max_records_per_partition * _partition_count(options)
 
-  def check(self) -> str:
+  def check(self, timeout_s: float = 10.0) -> str:
     """Reaches the brokers and finds the topics; raises KafkaError saying what is wrong."""
-    return check(self._options)
+    return check(self._options, timeout_s)
 
   def expand(self, pbegin):
     from apache_beam.io import kafka as beam_kafka  # pylint: disable=import-outside-toplevel

@@ -89,9 +89,9 @@ class WriteToKafka(beam.PTransform):
       raise TypeError(f'options must be KafkaWriteOptions, got {type(options).__name__}')
     self._options = options
 
-  def check(self) -> str:
+  def check(self, timeout_s: float = 10.0) -> str:
     """Reaches the brokers and finds the topics; raises KafkaError saying what is wrong."""
-    return check(self._options)
+    return check(self._options, timeout_s)
 
   def expand(self, pcoll):
     return pcoll | 'Produce' >> beam.ParDo(_ProduceFn(self._options))
