@@ -18,17 +18,10 @@ from io_connectors.sinks.lake import (WrittenFile, commit_output, finalize_files
 from tests.conftest import pipeline_options
 
 
-@pytest.fixture(params=['local', 's3', 'gcs'])
-def lake(request, tmp_path):
+@pytest.fixture
+def lake(store_output):
   """The output location of a lake on local disk, moto S3 or the GCS emulator."""
-  if request.param == 'local':
-    FileSystems.set_options(pipeline_options())
-    yield str(tmp_path / 'lake')
-    return
-  env = request.getfixturevalue(f'{request.param}_env')
-  FileSystems.set_options(pipeline_options(env.beam_args))
-  yield env.url('lake')
-  FileSystems.set_options(pipeline_options())
+  return store_output
 
 
 def _put(path, payload):

@@ -10,16 +10,9 @@ from io_connectors.sinks.window_files import sweep_temporaries, write_atomically
 from tests.conftest import pipeline_options
 
 
-@pytest.fixture(params=['local', 's3', 'gcs'])
-def output(request, tmp_path):
-  if request.param == 'local':
-    FileSystems.set_options(pipeline_options())
-    yield str(tmp_path / 'stream')
-    return
-  env = request.getfixturevalue(f'{request.param}_env')
-  FileSystems.set_options(pipeline_options(env.beam_args))
-  yield env.url('stream')
-  FileSystems.set_options(pipeline_options())
+@pytest.fixture
+def output(store_output):
+  return store_output
 
 
 def _leave_orphan(path):
