@@ -119,7 +119,9 @@ def build(source: dict):
   config = dict(source)
   kind = config.pop('type', None)
   if not kind:
-    raise ConfigError(f'source {source!r} has no "type"; known types: {", ".join(names())}')
+    # Keys only: the values may be credentials.
+    raise ConfigError(f'a source with keys {", ".join(sorted(map(str, source))) or "(none)"} has no "type"; '
+                      f'known types: {", ".join(names())}')
   _load()
   entry = _REGISTRY.get(kind)
   if entry is None:

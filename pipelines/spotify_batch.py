@@ -4,12 +4,14 @@ Reads files (CSV, Excel, JSON, JSON Lines, Parquet, Avro; local, s3://, gs://)
 or any registered connector, tags each record with its tenant, validates it
 as a canonical entity, redacts PII, removes duplicates and writes:
 
-- ``OUTPUT/data/tenant=<id>/part-*.parquet`` (or avro, jsonl, tfrecord);
-- ``OUTPUT/dead_letter/tenant=<id>/part-*.jsonl`` (``_unassigned/`` for records
-  with no valid tenant): one JSON object per record that could not go on;
+- ``OUTPUT/_runs/<run dir>/data/tenant=<id>/part-*.parquet`` (or avro, jsonl,
+  tfrecord); on local disk ``OUTPUT/data`` links to the committed run's;
+- ``OUTPUT/_runs/<run dir>/dead_letter/tenant=<id>/part-*.jsonl`` (``_unassigned/``
+  for records with no valid tenant): one JSON object per record that could not go on;
 - ``OUTPUT/_schema.json``: the inferred schema of the records written;
-- ``OUTPUT/_manifest.json``: run id, inputs, runner, code version, counts
-  (``read == written + dead_letter + deduplicated``), PII findings, drift.
+- ``OUTPUT/_manifest.json``: the commit point: run id, ``run_dir``, the files,
+  inputs, runner, code version, counts (``read == written + dead_letter +
+  deduplicated``), PII findings, drift. Readers read it first (docs/lake.md).
 
 Usage::
 
@@ -25,6 +27,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -32,6 +35,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.parse
 import uuid
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -41,7 +45,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from io_connectors import mask_url, registry
-from io_connectors.sinks.lake import WriteDeadLetterFiles, WriteRecordFiles, finalize_files
+from io_connectors.sinks.lake import (OutputLock, OutputLockedError, WriteDeadLetterFiles, WriteRecordFiles, commit_output,
+                                      finalize_files, run_dir_name, sweep)
 from pipelines.config import RUN_KEYS, ConfigError, RunConfig, load_yaml, resolve
 from pipelines import cli, runners
 from pipelines.options import SpotifyBatchOptions
@@ -253,44 +258,61 @@ def _check_inputs(config: RunConfig):
       raise ConfigError(f'sources[{i}] input {pattern}: no file matches')
 
 
+# What the manifest may say of a source: keys that never hold a secret, at any depth
+# (a `rest` resource's name, base_url and path; never its headers, params or auth).
+_DESCRIBED_KEYS = frozenset(('type', 'entity', 'input', 'table', 'query', 'collection', 'index', 'pattern', 'resource',
+                             'url', 'base_url', 'path', 'name', 'method', 'tenant_id', 'tenant_field', 'topics',
+                             'topic', 'subscription', 'streams', 'users', 'user_ids', 'ids'))
+
+
+def _public_url(url: str) -> str:
+  """`url` without its password and with every query value masked (signed URLs and ?api_key= alike)."""
+  masked = mask_url(url)
+  try:
+    parts = urllib.parse.urlsplit(masked)
+  except ValueError:
+    return masked.split('?', 1)[0]
+  if not parts.query:
+    return masked
+  query = '&'.join(f'{pair.split("=", 1)[0]}=***' for pair in parts.query.split('&') if pair)
+  return urllib.parse.urlunsplit(parts._replace(query=query))
+
+
+def _described(value):
+  if isinstance(value, dict):
+    return {k: _described(v) for k, v in value.items() if k in _DESCRIBED_KEYS}
+  if isinstance(value, (list, tuple)):
+    return [_described(v) for v in value]
+  if isinstance(value, str) and '://' in value:
+    return _public_url(value)
+  return value if isinstance(value, (str, int, float, bool)) or value is None else type(value).__name__
+
+
 def _describe(source: dict) -> dict:
-  """What the manifest says of a source: where it read, never a password."""
-  described = {
-      k: v for k, v in source.items()
-      if k in ('type', 'entity', 'input', 'table', 'query', 'collection', 'index', 'pattern', 'resource', 'url',
-               'tenant_id', 'tenant_field')
-  }
-  if isinstance(described.get('url'), str):
-    described['url'] = mask_url(described['url'])
-  return described
+  """What the manifest says of a source: an allow-list of keys that hold no secret, URLs masked."""
+  return _described(source)
 
 
 class _FinalizeFn(beam.DoFn):
-  """Moves committed files into place, then writes _schema.json and _manifest.json."""
+  """Gives committed files their final names in the run's directory, then publishes the run (lake.commit_output)."""
 
-  def __init__(self, output: str, run_id: str, info: dict, previous_schema):
+  def __init__(self, output: str, run_dir: str, info: dict, previous_schema, lock: Optional[OutputLock] = None):
     self._output = output
-    self._run_id = run_id
+    self._run_dir = run_dir
     self._info = info
     self._previous_schema = previous_schema
+    self._lock = lock
 
   def process(self, files, counts, schemas, cursors=()):
-    previous_schema = self._previous_schema
-    moves = finalize_files(self._output, self._run_id, files)
+    moves = finalize_files(self._output, self._run_dir, files)
+    manifest = build_manifest(self._info, counts, schemas, self._previous_schema, files, moves)
+    published = commit_output(self._output, self._run_dir, manifest, schema_document(schemas), lock=self._lock)
     if cursors:
-      # Incremental sources advance only once the run's outputs are in place:
-      # a run that fails before this point is read again next time.
+      # Incremental sources advance only once the run is published: a run
+      # that fails before this point is read again next time.
       from io_connectors import commit_cursors  # pylint: disable=import-outside-toplevel
       commit_cursors(list(cursors))
-    manifest = build_manifest(self._info, counts, schemas, previous_schema, files, moves)
-    _write_json(FileSystems.join(self._output, '_schema.json'), schema_document(schemas))
-    _write_json(FileSystems.join(self._output, '_manifest.json'), manifest)
-    yield manifest
-
-
-def _write_json(path: str, doc: dict):
-  with FileSystems.create(path) as handle:
-    handle.write(json.dumps(doc, indent=2, sort_keys=True, default=str).encode('utf-8') + b'\n')
+    yield published
 
 
 def read_json(path: str) -> Optional[dict]:
@@ -443,9 +465,13 @@ def _entity_chain(p, entity: str, sources, config: RunConfig, master_key, run_id
   return data_files, letters_redacted.records, counts, cursors, schema
 
 
-def build(p: beam.Pipeline, config: RunConfig, master_key, info: dict, previous_schema) -> None:
-  """Adds the whole batch job to `p`: one chain of transforms per entity the sources hold."""
-  run_id = info['run_id']
+def build(p: beam.Pipeline, config: RunConfig, master_key, info: dict, previous_schema,
+          lock: Optional[OutputLock] = None) -> None:
+  """Adds the whole batch job to `p`: one chain of transforms per entity the sources hold.
+
+  Files go to OUTPUT/_runs/<lock.run_dir> (or a fresh run directory when no lock is given).
+  """
+  run_id = lock.run_dir if lock is not None else run_dir_name(info['run_id'])
   groups: Dict[str, list] = {}
   for i, source in enumerate(config.sources):
     groups.setdefault(source['entity'], []).append((i, source))
@@ -473,7 +499,9 @@ def build(p: beam.Pipeline, config: RunConfig, master_key, info: dict, previous_
   }
   if cursors:
     side_inputs['cursors'] = beam.pvalue.AsList(tuple(cursors) | 'AllCursors' >> beam.Flatten())
-  _ = all_files | 'Finalize' >> beam.ParDo(_FinalizeFn(config.output, run_id, info, previous_schema), **side_inputs)
+  portable_lock = dataclasses.replace(lock, options=None) if lock is not None else None  # workers use their own options
+  _ = all_files | 'Finalize' >> beam.ParDo(_FinalizeFn(config.output, run_id, info, previous_schema, portable_lock),
+                                           **side_inputs)
 
 
 def _run_entity(config: RunConfig) -> str:
@@ -569,10 +597,17 @@ def run(argv: Optional[Sequence[str]] = None, allow_demo: bool = False, config_v
   }
   _LOG.info('run %s: %d source(s) -> %s (%s) on %s', run_id, len(config.sources), config.output, config.output_format,
             info['runner'])
-  pipeline = beam.Pipeline(options=options)
-  build(pipeline, config, master_key, info, previous_schema)
-  result = pipeline.run()
-  _wait_with_progress(result)
+  # One run at a time on an output; OutputLockedError names the run that holds it.
+  lock = OutputLock.acquire(config.output, run_id, run_dir_name(run_id), options=options)
+  try:
+    sweep(config.output, keep_run_dirs=(lock.run_dir,))  # what crashed runs left
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, config, master_key, info, previous_schema, lock)
+    with lock.kept_alive():
+      result = pipeline.run()
+      _wait_with_progress(result)
+  finally:
+    lock.release()
   manifest = read_json(FileSystems.join(config.output, '_manifest.json'))
   if manifest is None or manifest.get('run_id') != run_id:
     raise RuntimeError(f'the run finished but wrote no manifest at {config.output}/_manifest.json')
@@ -610,9 +645,11 @@ def summary_table(manifest: dict) -> str:
       lines += ['', f"schema drift{' of ' + name if name else ''} against {d['against']}: added {d['added']}, "
                 f"removed {d['removed']}, changed {[c['field'] for c in d['changed']]}"]
   out = manifest['output']
-  lines += ['', 'outputs:', f'  {out}/data/              clean records, tenant=<id>/ partitions',
-            f'  {out}/dead_letter/       rejected records with reason and position',
-            f'  {out}/_schema.json       inferred schema', f'  {out}/_manifest.json     this run\'s manifest']
+  run_out = f"{out}/{manifest['run_dir']}" if manifest.get('run_dir') else out
+  lines += ['', 'outputs:', f'  {run_out}/data/   clean records, tenant=<id>/ partitions',
+            f'  {run_out}/dead_letter/   rejected records with reason and position',
+            f'  {out}/_schema.json       inferred schema',
+            f'  {out}/_manifest.json     this run\'s manifest: the commit point readers start from (docs/lake.md)']
   return '\n'.join(lines)
 
 
@@ -620,7 +657,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   cli.configure_logging()
   try:
     manifest = run(argv, allow_demo=True)
-  except (UsageError, ConfigError) as e:
+  except (UsageError, ConfigError, OutputLockedError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   print()

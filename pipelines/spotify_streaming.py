@@ -62,7 +62,8 @@ from apache_beam.options.pipeline_options import DebugOptions, FlinkRunnerOption
 
 from io_connectors.streams import kafka
 from io_connectors.registry import ConfigError
-from io_connectors.sinks.window_files import WRITTEN, WriteDeadLettersFn, WriteWindowFiles, metrics_writer
+from io_connectors.sinks.window_files import (WRITTEN, WriteDeadLettersFn, WriteWindowFiles, metrics_writer,
+                                             sweep_temporaries)
 from pipelines import cli, runners, stream_sources
 from pipelines.streaming_options import SpotifyStreamingOptions
 from transforms import entities
@@ -336,6 +337,7 @@ def run(argv: Optional[Sequence[str]] = None, wait: bool = True, pii_key_secret:
   options = pipeline_options.view_as(SpotifyStreamingOptions)
   _check(options)
   FileSystems.set_options(pipeline_options)
+  sweep_temporaries(options.output)  # what writers of earlier, crashed runs left
   if streaming:
     pipeline_options.view_as(StandardOptions).streaming = True
   _prism_runs_without_splits(pipeline_options)

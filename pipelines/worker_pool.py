@@ -27,6 +27,11 @@ which of two live workers with one id was meant.
 
 Workers' stdout is inherited (Beam's pool pipes it and never reads it, so a
 worker that prints enough blocks forever).
+
+The pool runs whatever pipeline code a caller sends and has no
+authentication, so it listens on 127.0.0.1 only unless ``--bind_address``
+names another interface (e.g. ``0.0.0.0`` in a pod whose network policy
+admits only its own TaskManager). Beam's pool binds every interface.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import collections
+import ipaddress
 import logging
 import signal
 import subprocess
@@ -43,12 +49,16 @@ import time
 import traceback
 from typing import Dict, List, Optional, Sequence
 
-from apache_beam.portability.api import beam_fn_api_pb2
+import grpc
+from apache_beam.portability.api import beam_fn_api_pb2, beam_fn_api_pb2_grpc
 from apache_beam.runners.worker import worker_pool_main
+from apache_beam.utils import thread_pool_executor
 
-__all__ = ['SharedWorkerPoolServicer', 'main']
+__all__ = ['DEFAULT_BIND_ADDRESS', 'SharedWorkerPoolServicer', 'main']
 
 _LOG = logging.getLogger('pipelines.worker_pool')
+# Loopback: the pool executes any code sent to it, so it is never reachable from elsewhere by default.
+DEFAULT_BIND_ADDRESS = '127.0.0.1'
 
 
 class SharedWorkerPoolServicer(worker_pool_main.BeamFnExternalWorkerPoolServicer):
@@ -67,6 +77,26 @@ class SharedWorkerPoolServicer(worker_pool_main.BeamFnExternalWorkerPoolServicer
     self._processes: Dict[str, List[subprocess.Popen]] = collections.defaultdict(list)
     self._should_run: Dict[str, int] = collections.Counter()
     atexit.register(self.stop_all)
+
+  @classmethod
+  def start(cls, use_process=True, port=0, state_cache_size=0, data_buffer_time_limit_ms=-1,
+            container_executable: Optional[str] = None, bind_address: str = DEFAULT_BIND_ADDRESS):
+    """Serves the pool on bind_address:port; returns (address, grpc server).
+
+    Beam's start() binds every interface ('[::]'); this one binds only
+    `bind_address` (loopback unless a caller names another address).
+    """
+    host = _grpc_host(bind_address)
+    server = grpc.server(thread_pool_executor.shared_unbounded_instance(),
+                         options=[('grpc.http2.max_pings_without_data', 0), ('grpc.http2.max_ping_strikes', 0)])
+    bound_port = server.add_insecure_port(f'{host}:{port}')
+    if not bound_port:
+      raise OSError(f'the worker pool cannot listen on {host}:{port}')
+    pool = cls(use_process=use_process, container_executable=container_executable,
+               state_cache_size=state_cache_size, data_buffer_time_limit_ms=data_buffer_time_limit_ms)
+    beam_fn_api_pb2_grpc.add_BeamFnExternalWorkerPoolServicer_to_server(pool, server)
+    server.start()
+    return f'{host}:{bound_port}', server
 
   def worker_command(self, request: beam_fn_api_pb2.StartWorkerRequest) -> List[str]:
     """The command line of one SDK worker (this interpreter, so the same packages)."""
@@ -140,12 +170,28 @@ class SharedWorkerPoolServicer(worker_pool_main.BeamFnExternalWorkerPoolServicer
         worker_pool_main.kill_process_gracefully(process, timeout=5)
 
 
+def _grpc_host(bind_address: str) -> str:
+  """`bind_address` as gRPC writes a host: IPv6 literals in brackets."""
+  address = bind_address.strip().strip('[]')
+  if not address:
+    raise ValueError('the worker pool needs an address to bind (e.g. 127.0.0.1)')
+  try:
+    return f'[{address}]' if ipaddress.ip_address(address).version == 6 else address
+  except ValueError:
+    return address  # a host name, e.g. localhost
+
+
 def main(argv: Optional[Sequence[str]] = None):
   parser = argparse.ArgumentParser(prog='python -m pipelines.worker_pool', description=__doc__.split('\n')[0])
   parser.add_argument('--service_port', type=int, required=True, help='port of the worker pool service')
+  parser.add_argument('--bind_address', default=DEFAULT_BIND_ADDRESS,
+                      help='interface to listen on (default %(default)s: this host only). The pool runs any code '
+                      'sent to it without authentication: name another address (0.0.0.0, ::) only on a network '
+                      'that admits nothing but your TaskManagers.')
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
-  address, server = SharedWorkerPoolServicer.start(use_process=True, port=args.service_port)
+  address, server = SharedWorkerPoolServicer.start(use_process=True, port=args.service_port,
+                                                   bind_address=args.bind_address)
   _LOG.info('worker pool listening at %s', address)
   # `kill` (scripts/flink.sh stop) ends the pool through sys.exit, so atexit stops the workers.
   signal.signal(signal.SIGTERM, lambda *unused: sys.exit(0))

@@ -73,7 +73,8 @@ def pytest_configure(config):
 # What reaches a server, in a test's or a fixture's code (or in a helper that
 # does): such a test is in the integration tier. In a `-m unit` session,
 # ensure_service refuses, so a test this misses fails there instead of passing.
-_SERVER_FIXTURES = ('flink_cluster', 'flink_args', 'object_store_env')
+# Named, not only requested: fixtures that pick one of these with request.getfixturevalue.
+_SERVER_FIXTURES = ('flink_cluster', 'flink_args', 'object_store_env', 's3_env', 'gcs_env', 'store_output')
 
 
 def _server_call(modules) -> re.Pattern:

@@ -393,7 +393,7 @@ class _Split:
 @dataclasses.dataclass(frozen=True)
 class _Plan:
   """Everything a worker needs, computed by the coordinator (picklable)."""
-  url: str
+  url: str = dataclasses.field(repr=False)
   source_name: str
   table: Optional[Tuple[str, ...]]
   query: Optional[str]

@@ -1,28 +1,44 @@
 """Data-lake sinks: record batches to Parquet, Avro, JSON Lines or TFRecord files
 partitioned by tenant, and dead letters to JSON Lines, committed atomically.
 
-Files are first written under ``OUTPUT/_temporary/<run id>/`` by the workers,
-then a single finalize step moves the files of committed bundles to their
-final names (``OUTPUT/data/tenant=<id>/part-00000-of-00004.parquet``, numbered
-in a content order so every runner names them alike) and writes
-``_schema.json`` and ``_manifest.json`` last. A retried bundle leaves only
-orphans in ``_temporary``, which finalize deletes: readers never see partial
-output, and the manifest exists only when the data does. Works on every Beam
-filesystem (local, ``s3://``, ``gs://``).
+Each attempt of a run writes only inside its own directory,
+``OUTPUT/_runs/<run dir>/`` (`run_dir_name`: the run id plus a random
+suffix): workers write temporary files under its ``_temporary/``, a single
+finalize step (`finalize_files`) gives them their final names there
+(``data/tenant=<id>/part-00000-of-00004.parquet``, numbered in a content
+order so every runner names them alike), and `commit_output` then publishes
+the run by replacing ``OUTPUT/_manifest.json`` in one atomic step: that is
+the commit point. Readers read the manifest and the files it lists (or
+``run_dir``); on local disk ``OUTPUT/data`` and ``OUTPUT/dead_letter`` are
+symlinks into the committed run, swapped atomically after the manifest.
+Superseded runs stay for a grace period, then the next commit deletes them,
+with the orphans of crashed runs. A run holds ``OUTPUT/_lock.json``
+(`OutputLock`) from start to commit; a second run is refused. The protocol,
+and what a reader must do, is in docs/lake.md. Works on local disk, ``s3://``
+and ``gs://``.
 
 Usage::
 
-    files = batches | WriteRecordFiles(output, 'parquet', schema=schema_side_input, run_id=run_id)
-    letters = dead_letters | WriteDeadLetterFiles(output, run_id=run_id)
+    run_dir = run_dir_name(run_id)
+    lock = OutputLock.acquire(output, run_id, run_dir)        # OutputLockedError while another run writes
+    files = batches | WriteRecordFiles(output, 'parquet', run_dir, schema=schema_side_input)
+    letters = dead_letters | WriteDeadLetterFiles(output, run_dir)
+    # in the job's last step, once every file is written:
+    moves = finalize_files(output, run_dir, files)
+    commit_output(output, run_dir, manifest, schema_doc, lock=lock)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import io
 import json
 import logging
+import os
+import re
+import shutil
 import struct
 import uuid
 from typing import Callable, Dict, Iterable, List, Optional
@@ -33,6 +49,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from io_connectors.sinks._commit import (LOCK_NAME, LakeCommitError, OutputLock, OutputLockedError, local_path,
+                                         store_for)
 from transforms.records import TENANT_COLUMN, json_safe, strip_internal
 from transforms.schema import conform
 
@@ -41,6 +59,13 @@ __all__ = [
     'WriteRecordFiles',
     'WriteDeadLetterFiles',
     'finalize_files',
+    'commit_output',
+    'sweep',
+    'read_manifest',
+    'run_dir_name',
+    'OutputLock',
+    'OutputLockedError',
+    'LakeCommitError',
     'example_bytes',
     'UNASSIGNED',
     'parquet_bytes',
@@ -51,6 +76,12 @@ OUTPUT_FORMATS = ('parquet', 'avro', 'jsonl', 'tfrecord')
 _EXTENSIONS = {'parquet': 'parquet', 'avro': 'avro', 'jsonl': 'jsonl', 'tfrecord': 'tfrecord'}
 # Dead letters whose tenant is unknown: not a valid tenant id, so no tenant can own it.
 UNASSIGNED = '_unassigned'
+RUNS_DIR = '_runs'
+MANIFEST_NAME = '_manifest.json'
+SCHEMA_NAME = '_schema.json'
+_PUBLISHED = ('data', 'dead_letter')
+# How long a superseded run's files stay for readers that read its manifest just before the switch.
+DEFAULT_GRACE_S = 3600.0
 
 
 def _join(*parts: str) -> str:
@@ -227,16 +258,16 @@ class WrittenFile:
   entity: Optional[str] = None  # set in runs that write several entities: data/entity=<name>/tenant=<id>/
 
 
-def _temp_dir(output: str, run_id: str) -> str:
-  return _join(output, '_temporary', run_id)
+def _temp_dir(output: str, run_dir: str) -> str:
+  return _join(output, RUNS_DIR, run_dir, '_temporary')
 
 
 class _WriteBatchFn(beam.DoFn):
 
-  def __init__(self, output, file_format, run_id, entity=None):
+  def __init__(self, output, file_format, run_dir, entity=None):
     self._output = output
     self._format = file_format
-    self._run_id = run_id
+    self._run_dir = run_dir
     self._entity = entity
     self._rows = beam.metrics.Metrics.counter('lake', 'rows_written')
 
@@ -248,7 +279,7 @@ class _WriteBatchFn(beam.DoFn):
       part = batch.filter(pc.equal(tenants, tenant)) if len(pc.unique(tenants)) > 1 else batch
       table = pa.Table.from_batches([strip_internal(part)])
       payload = _WRITERS[self._format](table)
-      temp = _join(_temp_dir(self._output, self._run_id), f'{uuid.uuid4().hex}.{_EXTENSIONS[self._format]}')
+      temp = _join(_temp_dir(self._output, self._run_dir), f'{uuid.uuid4().hex}.{_EXTENSIONS[self._format]}')
       _write_bytes(temp, payload)
       self._rows.inc(table.num_rows)
       yield WrittenFile('data', tenant, temp, _EXTENSIONS[self._format], table.num_rows,
@@ -258,21 +289,22 @@ class _WriteBatchFn(beam.DoFn):
 class WriteRecordFiles(beam.PTransform):
   """Writes batches (with a `tenant_id` column) as temporary files; returns WrittenFile records.
 
+  run_dir: the attempt's directory under OUTPUT/_runs/ (`run_dir_name`).
   schema: an optional side input (`AsSingleton`) every file is conformed to.
   """
 
-  def __init__(self, output: str, file_format: str = 'parquet', run_id: str = 'run', schema=None,
+  def __init__(self, output: str, file_format: str = 'parquet', run_dir: str = 'run', schema=None,
                entity: Optional[str] = None):
     super().__init__()
     if not output:
       raise ValueError('an output location is required')
     if file_format not in OUTPUT_FORMATS:
       raise ValueError(f'unknown output format {file_format!r}; known: {", ".join(OUTPUT_FORMATS)}')
-    self._output, self._format, self._run_id, self._schema = output, file_format, run_id, schema
+    self._output, self._format, self._run_dir, self._schema = output, file_format, run_dir, schema
     self._entity = entity
 
   def expand(self, batches):
-    fn = _WriteBatchFn(self._output, self._format, self._run_id, self._entity)
+    fn = _WriteBatchFn(self._output, self._format, self._run_dir, self._entity)
     if self._schema is not None:
       return batches | 'WriteTemp' >> beam.ParDo(fn, schema=self._schema)
     return batches | 'WriteTemp' >> beam.ParDo(fn)
@@ -280,16 +312,16 @@ class WriteRecordFiles(beam.PTransform):
 
 class _WriteLettersFn(beam.DoFn):
 
-  def __init__(self, output, run_id):
+  def __init__(self, output, run_dir):
     self._output = output
-    self._run_id = run_id
+    self._run_dir = run_dir
 
   def process(self, element):
     partition, letters = element
     # Sorted lines: the same dead letters give the same file on every runner.
     lines = sorted(json.dumps(json_safe(l), ensure_ascii=False, sort_keys=True) for l in letters)
     payload = ('\n'.join(lines) + '\n').encode('utf-8')
-    temp = _join(_temp_dir(self._output, self._run_id), f'{uuid.uuid4().hex}.jsonl')
+    temp = _join(_temp_dir(self._output, self._run_dir), f'{uuid.uuid4().hex}.jsonl')
     _write_bytes(temp, payload)
     yield WrittenFile('dead_letter', partition, temp, 'jsonl', len(lines), hashlib.sha256(payload).hexdigest())
 
@@ -297,9 +329,9 @@ class _WriteLettersFn(beam.DoFn):
 class WriteDeadLetterFiles(beam.PTransform):
   """Writes dead letters as JSON Lines, one temporary file per tenant and shard."""
 
-  def __init__(self, output: str, run_id: str = 'run', num_shards: int = 1):
+  def __init__(self, output: str, run_dir: str = 'run', num_shards: int = 1):
     super().__init__()
-    self._output, self._run_id, self._num_shards = output, run_id, num_shards
+    self._output, self._run_dir, self._num_shards = output, run_dir, num_shards
 
   def expand(self, letters):
     num_shards = self._num_shards
@@ -312,75 +344,274 @@ class WriteDeadLetterFiles(beam.PTransform):
             | 'KeyByTenant' >> beam.Map(key)
             | 'Group' >> beam.GroupByKey()
             | 'DropShard' >> beam.MapTuple(lambda k, v: (k[0], v))
-            | 'WriteTemp' >> beam.ParDo(_WriteLettersFn(self._output, self._run_id)))
+            | 'WriteTemp' >> beam.ParDo(_WriteLettersFn(self._output, self._run_dir)))
 
 
-def _partition_dir(output: str, written: WrittenFile) -> str:
+def _run_base(output: str, run_dir: str) -> str:
+  return _join(output, RUNS_DIR, run_dir)
+
+
+def _partition_dir(base: str, written: WrittenFile) -> str:
   if written.kind == 'data' and written.entity:
-    return _join(output, 'data', f'entity={written.entity}', f'tenant={written.partition}')
+    return _join(base, 'data', f'entity={written.entity}', f'tenant={written.partition}')
   if written.kind == 'data':
-    return _join(output, 'data', f'tenant={written.partition}')
+    return _join(base, 'data', f'tenant={written.partition}')
   if written.partition == UNASSIGNED:
-    return _join(output, 'dead_letter', UNASSIGNED)
-  return _join(output, 'dead_letter', f'tenant={written.partition}')
+    return _join(base, 'dead_letter', UNASSIGNED)
+  return _join(base, 'dead_letter', f'tenant={written.partition}')
 
 
-def _delete_tree(path: str):
-  try:
-    if FileSystems.exists(path):
-      FileSystems.delete([path])
-  except Exception as e:  # pylint: disable=broad-except
-    # Object stores list prefixes: delete what matches.
-    matches = FileSystems.match([_join(path, '**')])[0].metadata_list
-    if matches:
-      FileSystems.delete([m.path for m in matches])
-    elif FileSystems.exists(path):
-      raise e
+def _delete_tree(path: str) -> bool:
+  """Deletes a directory (local) or every object under a prefix (object stores); False if nothing was there."""
+  if '://' not in path or path.startswith('file://'):
+    local = local_path(path)
+    if os.path.islink(local) or os.path.isfile(local):
+      os.unlink(local)
+    elif os.path.isdir(local):
+      shutil.rmtree(local)
+    else:
+      return False
+    return True
+  matches = FileSystems.match([_join(path, '**')])[0].metadata_list
+  if matches:
+    FileSystems.delete([m.path for m in matches])
+  return bool(matches)
 
 
-def _files_under(path: str) -> List[str]:
-  return [m.path for m in FileSystems.match([_join(path, '**')])[0].metadata_list]
+def run_dir_name(run_id: str) -> str:
+  """The directory of one attempt of a run: its id made path-safe, plus a random suffix.
 
-
-def finalize_files(output: str, run_id: str, files: Iterable[WrittenFile]) -> Dict[str, str]:
-  """Moves committed temp files to their final names; returns {temp: final}.
-
-  Previous contents of OUTPUT/data and OUTPUT/dead_letter are replaced: a run
-  owns its output directory. Safe to run again after a failure part-way (a
-  runner retries the step): files already moved stay, the rest are moved.
+  Two attempts with the same --run_id get different directories, so neither
+  can overwrite or delete the other's files.
   """
+  safe = re.sub(r'[^A-Za-z0-9._=-]', '_', run_id or 'run').strip('.')[:64] or 'run'
+  return f'{safe}-{uuid.uuid4().hex[:12]}'
+
+
+def finalize_files(output: str, run_dir: str, files: Iterable[WrittenFile]) -> Dict[str, str]:
+  """Moves committed temp files to their final names inside the run's directory; returns {temp: final}.
+
+  Final names are ``OUTPUT/_runs/<run_dir>/data/tenant=<id>/part-00000-of-00004.parquet``
+  (numbered in content order, so every runner names them alike). Nothing
+  outside the run's own directory is touched: readers see none of it until
+  `commit_output` publishes the manifest. Safe to run again after a failure
+  part-way (a runner retries the step): files already moved stay, the rest
+  are moved.
+  """
+  base = _run_base(output, run_dir)
   files = sorted(files, key=lambda f: (f.kind, f.entity or '', f.partition, f.order_key, f.rows))
   groups: Dict[tuple, List[WrittenFile]] = {}
   for f in files:
     groups.setdefault((f.kind, f.entity, f.partition), []).append(f)
   moves = {}
   for members in groups.values():
-    directory = _partition_dir(output, members[0])
+    directory = _partition_dir(base, members[0])
     for i, f in enumerate(members):
       moves[f.temp_path] = _join(directory, f'part-{i:05d}-of-{len(members):05d}.{f.extension}')
-  finals = set(moves.values())
-  # Files of earlier runs go; this run's own (moved by an earlier attempt) stay.
-  stale = [path for sub in ('data', 'dead_letter') for path in _files_under(_join(output, sub)) if path not in finals]
-  if stale:
-    FileSystems.delete(stale)
   pending = {temp: final for temp, final in moves.items() if FileSystems.exists(temp)}
   lost = [temp for temp, final in moves.items() if temp not in pending and not FileSystems.exists(final)]
   if lost:
-    raise RuntimeError(f'{len(lost)} committed file(s) are neither in {_temp_dir(output, run_id)} nor in place, '
+    raise RuntimeError(f'{len(lost)} committed file(s) are neither in {_temp_dir(output, run_dir)} nor in place, '
                        f'e.g. {lost[0]}')
   for directory in sorted({final.rsplit('/', 1)[0] for final in pending.values()}):
     if '://' not in directory and not FileSystems.exists(directory):
       FileSystems.mkdirs(directory)  # local renames need the directory; object stores have none
   if pending:
     FileSystems.rename(list(pending), list(pending.values()))
-  _delete_tree(_temp_dir(output, run_id))
-  try:
-    temporary = _join(output, '_temporary')
-    if FileSystems.exists(temporary) and not FileSystems.match([_join(temporary, '*')])[0].metadata_list:
-      FileSystems.delete([temporary])
-  except Exception:  # pylint: disable=broad-except
-    pass
+  _delete_tree(_temp_dir(output, run_dir))
   return moves
+
+
+def _json_bytes(doc: dict) -> bytes:
+  return json.dumps(doc, indent=2, sort_keys=True, default=str).encode('utf-8') + b'\n'
+
+
+def read_manifest(output: str) -> Optional[dict]:
+  """The output's current manifest (the committed run), or None when nothing is committed."""
+  current = store_for(local_path(output)).read(_control(output, MANIFEST_NAME))
+  if current is None:
+    return None
+  try:
+    doc = json.loads(current[0].decode('utf-8'))
+  except ValueError as e:
+    raise LakeCommitError(f'{_control(output, MANIFEST_NAME)} is not JSON: {e}') from None
+  return doc if isinstance(doc, dict) else None
+
+
+def _control(output: str, name: str) -> str:
+  output = local_path(output)
+  return _join(output, name) if '://' in output else os.path.join(output, name)
+
+
+def _is_local(output: str) -> bool:
+  return '://' not in output or output.startswith('file://')
+
+
+def _within_grace(entry: dict, now: dt.datetime, grace_s: float) -> bool:
+  try:
+    return (now - dt.datetime.fromisoformat(entry['at'])).total_seconds() < grace_s
+  except (KeyError, TypeError, ValueError):
+    return False
+
+
+def _superseded(output: str, previous: Optional[dict], now: str, grace_s: float) -> List[dict]:
+  """What the new manifest hands to the garbage collector: the previous run, and what is still in its grace period.
+
+  Older run directories need no entry: not being listed makes them orphans,
+  which the collector deletes. On object stores an entry of the old layout
+  (data/ at the root) stays: nothing else would find those objects again.
+  """
+  moment = dt.datetime.fromisoformat(now)
+  entries = [
+      e for e in (previous or {}).get('superseded', [])
+      if isinstance(e, dict) and e.get('paths') and
+      (_within_grace(e, moment, grace_s) or
+       (not _is_local(output) and not all(p.startswith(RUNS_DIR + '/') for p in e['paths'])))
+  ]
+  if previous and previous.get('run_dir'):
+    entries.append({'paths': [previous['run_dir']], 'run_id': previous.get('run_id'), 'at': now})
+  if not any(e['paths'] == list(_PUBLISHED) for e in entries) and _legacy_layout(output):
+    # Written by a version that kept data/ and dead_letter/ at the root (or by hand).
+    entry = {'paths': list(_PUBLISHED), 'run_id': None if (previous or {}).get('run_dir') else
+             (previous or {}).get('run_id'), 'at': now}
+    if _is_local(output):
+      # Local directories are moved here after the commit (the names become links), kept for the grace period.
+      entry['parked'] = f'{RUNS_DIR}/_legacy-{re.sub(r"[^0-9A-Za-z]", "", now)}'
+    entries.append(entry)
+  return entries
+
+
+def _legacy_layout(output: str) -> bool:
+  if _is_local(output):
+    return any(os.path.isdir(p) and not os.path.islink(p) for p in (os.path.join(local_path(output), n) for n in _PUBLISHED))
+  return any(FileSystems.match([_join(output, name, '**')])[0].metadata_list for name in _PUBLISHED)
+
+
+def _point_local_links(output: str, run_dir: str, superseded: List[dict]):
+  """Local disk: OUTPUT/data and OUTPUT/dead_letter become symlinks into the run, each swapped atomically."""
+  root = local_path(output)
+  for name in _PUBLISHED:
+    target_dir = os.path.join(root, RUNS_DIR, run_dir, name)
+    os.makedirs(target_dir, exist_ok=True)  # a run without dead letters still publishes an empty directory
+    link = os.path.join(root, name)
+    if os.path.isdir(link) and not os.path.islink(link):
+      # A directory of the old layout: keep it for the grace period under _runs/, then the collector takes it.
+      legacy = next(e for e in superseded if e.get('parked'))
+      parking = os.path.join(root, *legacy['parked'].split('/'))
+      os.makedirs(parking, exist_ok=True)
+      os.rename(link, os.path.join(parking, name))
+    temp = os.path.join(root, f'.{name}.{uuid.uuid4().hex}.link')
+    os.symlink(os.path.join(RUNS_DIR, run_dir, name), temp)
+    os.replace(temp, link)
+
+
+def commit_output(output: str, run_dir: str, manifest: dict, schema_doc: Optional[dict] = None, lock=None,
+                  grace_s: float = DEFAULT_GRACE_S) -> dict:
+  """Publishes a finalized run: writes OUTPUT/_manifest.json (the commit point), then collects old runs.
+
+  Steps, each safe to fail: (1) the run's own copies of the manifest and
+  schema inside its directory; (2) the lock checked (a run that lost it
+  publishes nothing); (3) ``_manifest.json`` replaced in one atomic step,
+  conditional on the version read before (local: temp file + rename; S3:
+  ``IfMatch``; GCS: ``if_generation_match``); (4) local disk only: the
+  ``data`` and ``dead_letter`` symlinks swapped to the new run; (5)
+  ``_schema.json`` replaced; (6) runs superseded more than `grace_s` ago and
+  orphans of crashed runs deleted. Returns the published manifest.
+  """
+  output = local_path(output)
+  store = store_for(output)
+  base = _run_base(output, run_dir)
+  if schema_doc is not None:
+    _write_bytes(_join(base, SCHEMA_NAME), _json_bytes(schema_doc))
+  previous_raw = store.read(_control(output, MANIFEST_NAME))
+  previous = None
+  if previous_raw is not None:
+    try:
+      previous = json.loads(previous_raw[0].decode('utf-8'))
+    except ValueError:
+      previous = None
+  now = dt.datetime.now(dt.timezone.utc).isoformat()
+  published = dict(manifest, run_dir=f'{RUNS_DIR}/{run_dir}', committed_at=now,
+                   superseded=_superseded(output, previous, now, grace_s))
+  _write_bytes(_join(base, MANIFEST_NAME), _json_bytes(published))
+  if lock is not None:
+    lock.verify()
+  _fault('before_manifest')
+  if not store.replace(_control(output, MANIFEST_NAME), _json_bytes(published),
+                       previous_raw[1] if previous_raw else None):
+    raise LakeCommitError(f'{_control(output, MANIFEST_NAME)} changed while run {manifest.get("run_id")!r} '
+                          'committed (another writer without the lock?); nothing was published')
+  _fault('after_manifest')
+  if _is_local(output):
+    _point_local_links(output, run_dir, published['superseded'])
+  if schema_doc is not None:
+    current = store.read(_control(output, SCHEMA_NAME))
+    store.replace(_control(output, SCHEMA_NAME), _json_bytes(schema_doc), current[1] if current else None)
+  try:
+    sweep(output, grace_s=grace_s, keep_run_dirs=(run_dir,))
+  except Exception as e:  # pylint: disable=broad-except
+    # The run is committed; what is left is collected next time.
+    _LOG.warning('%s: garbage collection failed (%s); the next run retries it', output, e)
+  return published
+
+
+def _run_dirs(output: str) -> List[str]:
+  runs = _join(local_path(output), RUNS_DIR)
+  if _is_local(output):
+    return sorted(os.listdir(runs)) if os.path.isdir(runs) else []
+  prefix = runs.rstrip('/') + '/'
+  return sorted({m.path[len(prefix):].split('/', 1)[0] for m in FileSystems.match([prefix + '**'])[0].metadata_list})
+
+
+def sweep(output: str, grace_s: float = DEFAULT_GRACE_S, keep_run_dirs: Iterable[str] = ()) -> List[str]:
+  """Deletes orphans of crashed runs and runs superseded more than `grace_s` ago; returns what it deleted.
+
+  Call it only while holding the output's lock: every run directory that is
+  neither published, nor superseded within the grace period, nor named in
+  `keep_run_dirs` (or in the lock) is an orphan.
+  """
+  output = local_path(output)
+  manifest = read_manifest(output) or {}
+  keep = set(keep_run_dirs)
+  holder = store_for(output).read(_control(output, LOCK_NAME))
+  if holder is not None:
+    try:
+      keep.add(json.loads(holder[0].decode('utf-8')).get('run_dir'))
+    except ValueError:
+      pass
+  if manifest.get('run_dir'):
+    keep.add(manifest['run_dir'].split('/', 1)[-1])
+  now = dt.datetime.now(dt.timezone.utc)
+  doomed = []
+  for entry in manifest.get('superseded', []):
+    expired = not _within_grace(entry, now, grace_s)
+    paths = list(entry.get('paths', [])) + ([entry['parked']] if entry.get('parked') else [])
+    for path in paths:
+      name = path.split('/', 1)[1] if path.startswith(RUNS_DIR + '/') else None
+      if expired:
+        if not (_is_local(output) and path in _PUBLISHED):  # local data/ and dead_letter/ are now the links
+          doomed.append(path)
+      elif name:
+        keep.add(name)
+  doomed += [f'{RUNS_DIR}/{name}' for name in _run_dirs(output) if name not in keep]
+  doomed.append('_temporary')  # the old layout's temporary files, of runs that can no longer commit
+  deleted = []
+  for path in dict.fromkeys(doomed):
+    if _delete_tree(_join(output, *path.split('/'))):
+      deleted.append(path)
+  if deleted:
+    _LOG.info('%s: collected %s', output, ', '.join(deleted))
+  return deleted
+
+
+# Fault injection for tests: a callable that raises at a named step of the commit.
+_FAULTS: Dict[str, Callable[[], None]] = {}
+
+
+def _fault(step: str):
+  hook = _FAULTS.get(step)
+  if hook is not None:
+    hook()
 
 
 def read_parquet_dir(path: str) -> pa.Table:

@@ -3,7 +3,10 @@ sessions beside them, per-window metrics, and dead letters as JSON Lines.
 
 Every file is written under a temporary name and renamed into place, so
 readers never see half a file; a replayed window merges with the file it
-finds by key (`key_field`) instead of duplicating rows. With ``positions``
+finds by key (`key_field`) instead of duplicating rows. A worker that dies
+between the write and the rename leaves a ``.tmp-`` file, which object stores
+keep for ever: `sweep_temporaries`, called when a job starts, deletes those
+older than an hour. With ``positions``
 the writers also return the (source, position) of what they wrote, for a
 source that acknowledges only written data (Redis Streams ``ack='sink'``).
 
@@ -19,8 +22,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import time
 import uuid
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import apache_beam as beam
 import pyarrow as pa
@@ -33,16 +38,40 @@ from io_connectors.sinks.lake import UNASSIGNED, parquet_bytes
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, json_safe, strip_internal
 from transforms.windows import WindowBatch, window_label
 
-__all__ = ['WriteWindowFiles', 'WRITTEN', 'WriteDeadLettersFn', 'metrics_writer', 'write_atomically']
+__all__ = ['WriteWindowFiles', 'WRITTEN', 'WriteDeadLettersFn', 'metrics_writer', 'write_atomically', 'sweep_temporaries']
+
+_LOG = logging.getLogger(__name__)
+_TEMP_PREFIX = '.tmp-'
+# A temporary file older than this is an orphan: a live write renames its file within seconds.
+DEFAULT_ORPHAN_AGE_S = 3600.0
 
 
 def write_atomically(path: str, payload: bytes):
   """Writes `path` through a temporary name and a rename: readers never see half a file."""
   directory, name = path.rsplit('/', 1)
-  temp = f'{directory}/.tmp-{uuid.uuid4().hex}-{name}'
+  temp = f'{directory}/{_TEMP_PREFIX}{uuid.uuid4().hex}-{name}'
   with FileSystems.create(temp) as handle:
     handle.write(payload)
   FileSystems.rename([temp], [path])
+
+
+def sweep_temporaries(output: str, older_than_s: float = DEFAULT_ORPHAN_AGE_S) -> List[str]:
+  """Deletes the temporary files under `output` that crashed writers left, older than `older_than_s`."""
+  output = output.rstrip('/')
+  cutoff = time.time() - older_than_s
+  orphans = []
+  for pattern in (f'{output}/**/{_TEMP_PREFIX}*', f'{output}/**{_TEMP_PREFIX}*'):
+    try:
+      matches = FileSystems.match([pattern])[0].metadata_list
+    except Exception:  # pylint: disable=broad-except
+      continue  # nothing there (local match raises on a missing directory)
+    orphans += [m.path for m in matches
+                if m.path.rsplit('/', 1)[-1].startswith(_TEMP_PREFIX) and (m.last_updated_in_seconds or 0) < cutoff]
+  orphans = sorted(set(orphans))
+  if orphans:
+    FileSystems.delete(orphans)
+    _LOG.info('%s: deleted %d temporary file(s) of crashed writers', output, len(orphans))
+  return orphans
 
 
 def _positions(batch: pa.RecordBatch):

@@ -1,59 +1,285 @@
-"""The lake sinks' finalize step: atomic, replaces earlier output, safe to run again."""
+"""The lake's commit protocol: per-run directories, the manifest as commit point, the lock, the collector.
 
+Every test runs on local disk, moto S3 and the GCS emulator (`lake` fixture).
+A reader (`_read_committed`) reads _manifest.json and every file it lists; at
+every step where a commit can fail it must get the previous complete output
+or the new complete output, never a mix or nothing.
+"""
+
+import json
 import os
 
 import pytest
+from apache_beam.io.filesystems import FileSystems
 
-from io_connectors.sinks.lake import WrittenFile, finalize_files
+from io_connectors.sinks import lake as lake_mod
+from io_connectors.sinks._commit import OutputLock, OutputLockedError, LakeCommitError
+from io_connectors.sinks.lake import (WrittenFile, commit_output, finalize_files, read_manifest, run_dir_name, sweep)
+from tests.conftest import pipeline_options
 
 
-def _temp(output, run_id, name, payload=b'x'):
-  path = os.path.join(output, '_temporary', run_id, name)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, 'wb') as handle:
+@pytest.fixture
+def lake(store_output):
+  """The output location of a lake on local disk, moto S3 or the GCS emulator."""
+  return store_output
+
+
+def _put(path, payload):
+  if '://' not in path:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+  with FileSystems.create(path) as handle:
     handle.write(payload)
-  return path
 
 
-def _written(output, run_id):
-  return [
-      WrittenFile('data', 'acme', _temp(output, run_id, 'a.parquet', b'a'), 'parquet', 1, 'k1'),
-      WrittenFile('data', 'acme', _temp(output, run_id, 'b.parquet', b'b'), 'parquet', 1, 'k2'),
-      WrittenFile('dead_letter', '_unassigned', _temp(output, run_id, 'c.jsonl', b'c'), 'jsonl', 1, 'k3'),
+def _get(path):
+  with FileSystems.open(path) as handle:
+    return handle.read()
+
+
+def _written(output, run_dir, tag):
+  """What a run's workers leave: three temp files whose contents name the run."""
+  temp = lambda name: FileSystems.join(output, '_runs', run_dir, '_temporary', name)
+  files = [
+      WrittenFile('data', 'acme', temp('a.parquet'), 'parquet', 1, 'k1'),
+      WrittenFile('data', 'acme', temp('b.parquet'), 'parquet', 1, 'k2'),
+      WrittenFile('dead_letter', '_unassigned', temp('c.jsonl'), 'jsonl', 1, 'k3'),
   ]
+  for f in files:
+    _put(f.temp_path, f'{tag}:{f.order_key}'.encode())
+  return files
 
 
-def _tree(output):
-  return sorted(os.path.relpath(os.path.join(d, f), output) for d, _, fs in os.walk(output) for f in fs)
+def _manifest(run_id, moves):
+  files = {}
+  for final in moves.values():
+    files.setdefault('dead_letter' if '/dead_letter/' in final else 'data', []).append(final)
+  return {'run_id': run_id, 'files': {k: sorted(v) for k, v in files.items()}}
 
 
-def test_finalize_moves_files_and_replaces_an_earlier_run(tmp_path):
-  output = str(tmp_path)
-  stale = os.path.join(output, 'data', 'tenant=old', 'part-00000-of-00001.parquet')
-  os.makedirs(os.path.dirname(stale))
-  open(stale, 'wb').close()
-  finalize_files(output, 'r1', _written(output, 'r1'))
-  assert _tree(output) == ['data/tenant=acme/part-00000-of-00002.parquet', 'data/tenant=acme/part-00001-of-00002.parquet',
-                           'dead_letter/_unassigned/part-00000-of-00001.jsonl']
+def _commit(output, run_id, tag, lock=None, **kwargs):
+  run_dir = lock.run_dir if lock else run_dir_name(run_id)
+  files = _written(output, run_dir, tag)
+  moves = finalize_files(output, run_dir, files)
+  return commit_output(output, run_dir, _manifest(run_id, moves), {'fields': []}, lock=lock, **kwargs)
 
 
-def test_finalize_run_again_after_a_partial_attempt_keeps_everything(tmp_path):
-  output = str(tmp_path)
-  files = _written(output, 'r1')
-  # An attempt that moved one file, then died.
-  moved = os.path.join(output, 'data', 'tenant=acme', 'part-00000-of-00002.parquet')
-  os.makedirs(os.path.dirname(moved))
-  os.rename(files[0].temp_path, moved)
-  finalize_files(output, 'r1', files)
-  assert len(_tree(output)) == 3
-  assert open(moved, 'rb').read() == b'a'
-  finalize_files(output, 'r1', files)  # and once more: nothing to do, nothing lost
-  assert len(_tree(output)) == 3
+def _read_committed(output):
+  """What a reader following docs/lake.md gets: {kind: sorted contents} of the committed run."""
+  manifest = read_manifest(output)
+  assert manifest is not None, 'nothing committed'
+  return manifest['run_id'], {kind: sorted(_get(p).decode() for p in paths) for kind, paths in manifest['files'].items()}
 
 
-def test_finalize_refuses_to_report_lost_files_as_done(tmp_path):
-  output = str(tmp_path)
-  files = _written(output, 'r1')
-  os.remove(files[1].temp_path)
+def _expected(tag):
+  return {'data': [f'{tag}:k1', f'{tag}:k2'], 'dead_letter': [f'{tag}:k3']}
+
+
+def test_a_commit_publishes_the_run_and_replaces_the_previous_one(lake):
+  _commit(lake, 'r1', 'one')
+  assert _read_committed(lake) == ('r1', _expected('one'))
+  published = _commit(lake, 'r2', 'two')
+  assert _read_committed(lake) == ('r2', _expected('two'))
+  assert published['run_dir'].startswith('_runs/r2-')
+  assert published['superseded'][0]['run_id'] == 'r1'
+  # The previous run stays for the grace period: a reader that read r1's manifest can still finish.
+  assert len(lake_mod._run_dirs(lake)) == 2
+
+
+def test_local_data_and_dead_letter_links_follow_the_committed_run(tmp_path):
+  output = str(tmp_path / 'lake')
+  # An output of the old layout: real directories at the root.
+  _put(os.path.join(output, 'data', 'tenant=old', 'part-00000-of-00001.parquet'), b'old')
+  _commit(output, 'r1', 'one')
+  assert os.path.islink(os.path.join(output, 'data'))
+  assert sorted(os.listdir(os.path.join(output, 'data', 'tenant=acme'))) == [
+      'part-00000-of-00002.parquet', 'part-00001-of-00002.parquet']
+  assert open(os.path.join(output, 'dead_letter', '_unassigned', 'part-00000-of-00001.jsonl')).read() == 'one:k3'
+  _commit(output, 'r2', 'two', grace_s=0)
+  assert open(os.path.join(output, 'data', 'tenant=acme', 'part-00000-of-00002.parquet')).read() == 'two:k1'
+  # Grace period 0: r1 and the old layout's files are collected.
+  assert lake_mod._run_dirs(output) == [read_manifest(output)['run_dir'].split('/')[1]]
+
+
+def test_gc_deletes_runs_superseded_longer_than_the_grace_period(lake):
+  _commit(lake, 'r1', 'one')
+  _commit(lake, 'r2', 'two')
+  _commit(lake, 'r3', 'three', grace_s=0)
+  assert lake_mod._run_dirs(lake) == [read_manifest(lake)['run_dir'].split('/')[1]]
+  assert _read_committed(lake) == ('r3', _expected('three'))
+
+
+def _fail(*unused, **unused_kw):
+  raise OSError('injected failure')
+
+
+def _rename_one_then_fail(real):
+
+  def rename(sources, destinations):
+    real(sources[:1], destinations[:1])
+    raise OSError('injected failure after one move')
+
+  return rename
+
+
+@pytest.mark.parametrize('step', ['before_finalize', 'between_moves', 'before_manifest'])
+def test_a_failure_at_any_step_before_the_manifest_leaves_the_previous_output(lake, step, monkeypatch):
+  _commit(lake, 'r1', 'one')
+  run_dir = run_dir_name('r2')
+  files = _written(lake, run_dir, 'two')
+  with monkeypatch.context() as patch:
+    if step == 'before_finalize':
+      patch.setattr(FileSystems, 'rename', staticmethod(_fail))
+    elif step == 'between_moves':
+      patch.setattr(FileSystems, 'rename', staticmethod(_rename_one_then_fail(FileSystems.rename)))
+    else:
+      patch.setitem(lake_mod._FAULTS, 'before_manifest', _fail)
+    with pytest.raises(OSError, match='injected'):
+      moves = finalize_files(lake, run_dir, files)
+      commit_output(lake, run_dir, _manifest('r2', moves), None)
+    assert _read_committed(lake) == ('r1', _expected('one'))
+  # The runner retries the step: the new output, complete.
+  moves = finalize_files(lake, run_dir, files)
+  commit_output(lake, run_dir, _manifest('r2', moves), None)
+  assert _read_committed(lake) == ('r2', _expected('two'))
+
+
+def test_a_failure_after_the_manifest_leaves_the_new_output(lake, monkeypatch):
+  _commit(lake, 'r1', 'one')
+  monkeypatch.setitem(lake_mod._FAULTS, 'after_manifest', _fail)
+  with pytest.raises(OSError, match='injected'):
+    _commit(lake, 'r2', 'two')
+  assert _read_committed(lake) == ('r2', _expected('two'))
+
+
+def test_the_manifest_is_never_written_in_place(tmp_path, monkeypatch):
+  output = str(tmp_path / 'lake')
+  _commit(output, 'r1', 'one')
+  inode = os.stat(os.path.join(output, '_manifest.json')).st_ino
+  _commit(output, 'r2', 'two')
+  assert os.stat(os.path.join(output, '_manifest.json')).st_ino != inode  # a new file renamed over it
+  assert not [n for n in os.listdir(output) if n.endswith('.tmp')]
+
+
+def test_a_second_concurrent_run_is_refused_naming_the_holder(lake):
+  first = OutputLock.acquire(lake, 'nightly-1', run_dir_name('nightly-1'))
+  with pytest.raises(OutputLockedError, match=r"run 'nightly-1' \(host .+, pid \d+, started .+\)"):
+    OutputLock.acquire(lake, 'nightly-2', run_dir_name('nightly-2'))
+  # The same run id twice: refused the same way, and it cannot touch the first one's directory.
+  with pytest.raises(OutputLockedError):
+    OutputLock.acquire(lake, 'nightly-1', run_dir_name('nightly-1'))
+  _commit(lake, 'nightly-1', 'one', lock=first)
+  first.release()
+  second = OutputLock.acquire(lake, 'nightly-2', run_dir_name('nightly-2'))
+  _commit(lake, 'nightly-2', 'two', lock=second)
+  second.release()
+  assert _read_committed(lake) == ('nightly-2', _expected('two'))
+
+
+def test_a_run_that_lost_its_lock_publishes_nothing(lake):
+  _commit(lake, 'r1', 'one')
+  stale = OutputLock.acquire(lake, 'slow', run_dir_name('slow'), ttl_s=-1)  # already expired
+  taker = OutputLock.acquire(lake, 'next', run_dir_name('next'))
+  with pytest.raises(LakeCommitError, match="run 'slow' lost its lock .*'next'"):
+    _commit(lake, 'slow', 'slow', lock=stale)
+  assert _read_committed(lake) == ('r1', _expected('one'))
+  taker.release()
+
+
+def test_same_run_id_twice_in_a_row_gets_two_directories(lake):
+  assert run_dir_name('r1') != run_dir_name('r1')
+  _commit(lake, 'r1', 'one')
+  _commit(lake, 'r1', 'again')
+  assert _read_committed(lake) == ('r1', _expected('again'))
+  assert len(lake_mod._run_dirs(lake)) == 2
+
+
+def test_orphans_of_a_crashed_run_and_its_expired_lock_are_swept_at_the_next_run(lake):
+  _commit(lake, 'r1', 'one')
+  crashed = OutputLock.acquire(lake, 'crashed', run_dir_name('crashed'), ttl_s=-1)
+  _written(lake, crashed.run_dir, 'lost')  # its temp files, never finalized
+  _put(FileSystems.join(lake, '_temporary', 'old-layout', 'x.parquet'), b'x')  # the old layout's temp files
+  lock = OutputLock.acquire(lake, 'r2', run_dir_name('r2'))  # takes over the expired lock
+  deleted = sweep(lake, keep_run_dirs=(lock.run_dir,))
+  assert f'_runs/{crashed.run_dir}' in deleted and '_temporary' in deleted
+  assert crashed.run_dir not in lake_mod._run_dirs(lake)
+  assert _read_committed(lake) == ('r1', _expected('one'))  # the published run is never an orphan
+  lock.release()
+
+
+def test_finalize_refuses_to_report_lost_files_as_done(lake):
+  run_dir = run_dir_name('r1')
+  files = _written(lake, run_dir, 'one')
+  FileSystems.delete([files[1].temp_path])
   with pytest.raises(RuntimeError, match='neither in'):
-    finalize_files(output, 'r1', files)
+    finalize_files(lake, run_dir, files)
+
+
+def test_a_manifest_changed_by_a_writer_without_the_lock_is_not_overwritten(lake, monkeypatch):
+  _commit(lake, 'r1', 'one')
+  real_read = lake_mod.store_for(lake).read
+  rogue = {'done': False}
+
+  def read_then_race(path):
+    current = real_read(path)
+    if path.endswith('_manifest.json') and not rogue['done']:
+      rogue['done'] = True
+      _put(path, json.dumps({'run_id': 'rogue', 'files': {}}).encode())
+    return current
+
+  store = lake_mod.store_for(lake)
+  monkeypatch.setattr(store, 'read', read_then_race)
+  monkeypatch.setattr(lake_mod, 'store_for', lambda *unused: store)
+  with pytest.raises(LakeCommitError, match='changed while run'):
+    _commit(lake, 'r2', 'two')
+
+
+def test_the_manifest_lists_only_runs_still_in_their_grace_period(tmp_path):
+  output = str(tmp_path / 'lake')
+  for i in range(4):
+    published = _commit(output, f'r{i}', f'v{i}', grace_s=0)
+  assert [e['run_id'] for e in published['superseded']] == ['r2']  # just superseded; r0, r1 collected and dropped
+  assert lake_mod._run_dirs(output) == [published['run_dir'].split('/')[1]]
+
+
+@pytest.mark.parametrize('expired_lock_first', [False, True])
+@pytest.mark.parametrize('where', ['local', 's3'])  # stores that honour preconditions (the GCS emulator does not)
+def test_runs_racing_for_the_lock_get_exactly_one_winner(where, expired_lock_first, request, tmp_path):
+  import concurrent.futures  # pylint: disable=import-outside-toplevel
+  if where == 'local':
+    FileSystems.set_options(pipeline_options())
+    output = str(tmp_path / 'lake')
+  else:
+    env = request.getfixturevalue('s3_env')
+    FileSystems.set_options(pipeline_options(env.beam_args))
+    output = env.url('lake')
+  if expired_lock_first:
+    OutputLock.acquire(output, 'crashed', run_dir_name('crashed'), ttl_s=-1)
+
+  def attempt(i):
+    try:
+      return OutputLock.acquire(output, f'racer-{i}', run_dir_name(f'racer-{i}'))
+    except OutputLockedError:
+      return None
+
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    winners = [lock for lock in pool.map(attempt, range(8)) if lock is not None]
+  assert len(winners) == 1
+  winners[0].verify()
+  FileSystems.set_options(pipeline_options())
+
+
+def test_an_old_layout_output_is_kept_for_the_grace_period_then_collected(tmp_path):
+  output = str(tmp_path / 'lake')
+  old = os.path.join(output, 'data', 'tenant=old', 'part-00000-of-00001.parquet')
+  _put(old, b'old')
+  with open(os.path.join(output, '_manifest.json'), 'w', encoding='utf-8') as handle:
+    json.dump({'run_id': 'r0', 'files': {'data': [old]}}, handle)  # a manifest of the old layout
+  published = _commit(output, 'r1', 'one')
+  parked = [e['parked'] for e in published['superseded'] if e.get('parked')]
+  assert parked and os.path.isfile(os.path.join(output, parked[0], 'data', 'tenant=old', 'part-00000-of-00001.parquet'))
+  assert os.path.islink(os.path.join(output, 'data'))
+  sweep(output)  # within the grace period: kept
+  assert os.path.isdir(os.path.join(output, parked[0]))
+  sweep(output, grace_s=0)
+  assert not os.path.exists(os.path.join(output, parked[0]))
+  assert _read_committed(output) == ('r1', _expected('one'))

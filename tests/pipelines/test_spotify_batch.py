@@ -342,7 +342,9 @@ def test_s3_and_gcs_input_and_output(s3_env, gcs_env, tmp_path):
     output = env.url('out')
     manifest = run([*env.beam_args, '--input', source, '--tenant_field', 'tenant_id', '--output', output])
     assert (manifest['counts']['written'], manifest['counts']['deduplicated']) == (2, 1)
-    assert manifest['files']['data'][0].startswith(output + '/data/tenant=acme/')
+    # Object stores have no links: readers go through the manifest's run_dir (docs/lake.md).
+    assert manifest['run_dir'].startswith('_runs/')
+    assert manifest['files']['data'][0].startswith(f"{output}/{manifest['run_dir']}/data/tenant=acme/")
 
 
 def test_manifest_never_holds_a_source_password():
@@ -396,3 +398,61 @@ def test_one_run_can_hold_several_entities(tmp_path):
   assert 'album' in [f['name'] for f in schema['entities']['track']['fields']]
   assert [(l['reason'], l['field']) for l in _dead_letters(str(output))] == [('invalid_value', 'id')]
   assert set(manifest['schema_drift']) == {'listening_event', 'track'}
+
+
+def test_a_run_on_an_output_another_run_holds_is_refused_naming_it(tmp_path, capsys):
+  from io_connectors.sinks.lake import OutputLock, run_dir_name  # pylint: disable=import-outside-toplevel
+  from pipelines.spotify_batch import main  # pylint: disable=import-outside-toplevel
+  source = tmp_path / 'events.csv'
+  rows = [_event('e1', 'u1', 'acme')]
+  with open(source, 'w', newline='', encoding='utf-8') as handle:
+    writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  output = str(tmp_path / 'out')
+  holder = OutputLock.acquire(output, 'nightly-7', run_dir_name('nightly-7'))
+  try:
+    code = main(['--input', str(source), '--tenant_field', 'tenant_id', '--output', output])
+  finally:
+    holder.release()
+  assert code == 2
+  err = capsys.readouterr().err
+  assert "run 'nightly-7' (host" in err and 'Traceback' not in err
+  assert not os.path.exists(os.path.join(output, '_manifest.json'))
+  # Once the holder is gone, the same command runs.
+  assert run(['--input', str(source), '--tenant_field', 'tenant_id', '--output', output])['counts']['written'] == 1
+  assert not os.path.exists(os.path.join(output, '_lock.json'))  # released after the run
+
+
+def test_a_run_that_fails_before_its_manifest_leaves_the_previous_output(tmp_path, monkeypatch):
+  from io_connectors.sinks import lake  # pylint: disable=import-outside-toplevel
+  source = tmp_path / 'events.csv'
+
+  def write(rows):
+    with open(source, 'w', newline='', encoding='utf-8') as handle:
+      writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+      writer.writeheader()
+      writer.writerows(rows)
+
+  output = str(tmp_path / 'out')
+  write([_event('e1', 'u1', 'acme'), _event('e2', 'u2', 'acme')])
+  first = run(['--input', str(source), '--tenant_field', 'tenant_id', '--output', output, '--run_id', 'first'])
+
+  def preempted():
+    raise OSError('worker preempted before the manifest')
+
+  write([_event('e3', 'u3', 'acme')])
+  monkeypatch.setitem(lake._FAULTS, 'before_manifest', preempted)
+  with pytest.raises(Exception, match='preempted'):
+    run(['--input', str(source), '--tenant_field', 'tenant_id', '--output', output, '--run_id', 'second'])
+  manifest = json.load(open(os.path.join(output, '_manifest.json'), encoding='utf-8'))
+  assert manifest['run_id'] == 'first' and manifest['files'] == first['files']
+  assert pq.read_table(manifest['files']['data'][0]).num_rows == 2
+  assert pq.read_table(os.path.join(output, 'data', 'tenant=acme')).num_rows == 2  # the link: still the first run
+  monkeypatch.delitem(lake._FAULTS, 'before_manifest')
+  third = run(['--input', str(source), '--tenant_field', 'tenant_id', '--output', output, '--run_id', 'third'])
+  assert third['counts']['written'] == 1
+  assert pq.read_table(os.path.join(output, 'data', 'tenant=acme')).num_rows == 1
+  # The failed run's directory was an orphan, swept by the third run.
+  runs = os.listdir(os.path.join(output, '_runs'))
+  assert not [r for r in runs if r.startswith('second-')] and len(runs) == 2

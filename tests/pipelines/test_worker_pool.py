@@ -1,5 +1,6 @@
-"""The shared SDK worker pool never stops one runner's worker for another's StopWorker."""
+"""The shared SDK worker pool never stops one runner's worker for another's StopWorker, and listens on loopback."""
 
+import socket
 import sys
 import time
 
@@ -7,7 +8,7 @@ import grpc
 import pytest
 from apache_beam.portability.api import beam_fn_api_pb2, beam_fn_api_pb2_grpc, endpoints_pb2
 
-from pipelines.worker_pool import SharedWorkerPoolServicer
+from pipelines.worker_pool import SharedWorkerPoolServicer, main
 
 
 class _SleeperPool(SharedWorkerPoolServicer):
@@ -81,3 +82,28 @@ def test_ambiguous_stop_kills_nobody(pool):
   stub.StopWorker(beam_fn_api_pb2.StopWorkerRequest(worker_id='3-1'))
   time.sleep(_SleeperPool.stop_grace_s + 1.5)
   assert len(servicer.live_workers()['3-1']) == 2
+
+
+def _answers(host, port):
+  with socket.socket() as probe:
+    probe.settimeout(2)
+    return probe.connect_ex((host, port)) == 0
+
+
+# 127.0.0.2 is this host too, but not the address 127.0.0.1: a server bound
+# to every interface answers there, one bound to 127.0.0.1 does not.
+@pytest.mark.parametrize('bind_address, reachable_elsewhere', [(None, False), ('0.0.0.0', True)])
+def test_the_pool_listens_on_loopback_unless_told_otherwise(bind_address, reachable_elsewhere):
+  kwargs = {} if bind_address is None else {'bind_address': bind_address}
+  address, server = SharedWorkerPoolServicer.start(use_process=True, port=0, **kwargs)
+  try:
+    port = int(address.rsplit(':', 1)[1])
+    assert _answers('127.0.0.1', port)
+    assert _answers('127.0.0.2', port) == reachable_elsewhere
+  finally:
+    server.stop(0)
+
+
+def test_main_refuses_an_empty_bind_address():
+  with pytest.raises(ValueError, match='address to bind'):
+    main(['--service_port', '0', '--bind_address', ' '])

@@ -72,9 +72,9 @@ def json_path(body: Any, path: Optional[str]) -> Any:
 class Request:
   """One HTTP request: method, URL without query, query params, headers, JSON or form body."""
   method: str
-  url: str
-  params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-  headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  url: str = dataclasses.field(repr=False)
+  params: Mapping[str, Any] = dataclasses.field(repr=False, default_factory=dict)
+  headers: Mapping[str, str] = dataclasses.field(repr=False, default_factory=dict)
   json: Any = None
   data: Optional[Mapping[str, Any]] = None
 
@@ -104,7 +104,7 @@ class Request:
 @dataclasses.dataclass
 class Response:
   status: int
-  headers: Mapping[str, str]
+  headers: Mapping[str, str] = dataclasses.field(repr=False)
   content: bytes
   request: Request
   from_cache: bool = False

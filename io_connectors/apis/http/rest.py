@@ -159,11 +159,11 @@ class ResourceConfig:
   base_url: str
   path: str = ''
   method: str = 'GET'
-  params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-  headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  params: Mapping[str, Any] = dataclasses.field(repr=False, default_factory=dict)
+  headers: Mapping[str, str] = dataclasses.field(repr=False, default_factory=dict)
   json: Any = None
   paginator: Any = None
-  auth: Any = None
+  auth: Any = dataclasses.field(default=None, repr=False)
   record_path: Optional[str] = None
   fields: Optional[Mapping[str, str]] = None
   include_params: Sequence[str] = ()

@@ -59,7 +59,7 @@ class KafkaReadOptions:
   start_timestamp_ms: Optional[int] = None
   resume_from_committed: bool = True
   value_format: str = 'json'
-  schema_registry_url: Optional[str] = None
+  schema_registry_url: Optional[str] = dataclasses.field(default=None, repr=False)
   avro_schema_file: Optional[str] = None
   batch_size: int = 1000
   bounded: bool = False
