@@ -48,12 +48,12 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:  # run by path: make `pipelines` importable
   sys.path.insert(0, REPO_ROOT)
 
-import pyarrow as pa  # pylint: disable=wrong-import-position
-import pyarrow.csv as pa_csv  # pylint: disable=wrong-import-position
-import pyarrow.parquet as pq  # pylint: disable=wrong-import-position
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
 
-from pipelines import sample_data  # pylint: disable=wrong-import-position
-from benchmarks.common import machine_info as common_machine_info, publish_result  # pylint: disable=wrong-import-position
+from pipelines import sample_data
+from benchmarks.common import machine_info as common_machine_info, publish_result
 
 __all__ = ['BenchOptions', 'run_benchmark', 'main']
 

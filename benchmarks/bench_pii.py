@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from transforms.pii import TextScanner  # pylint: disable=wrong-import-position
+from transforms.pii import TextScanner
 
 # The last commit whose scanner was transforms/pii.py (one module).
 DEFAULT_BEFORE = '848fbc26812c2fd0cf77b37900c5cd3979c76e3a'
@@ -83,9 +83,9 @@ def generate_repeats(n: int, pii_share: float, seed: int) -> pa.Array:
 
 def sample_batch(rows: int, seed: int) -> pa.RecordBatch:
   """Clean sample listening events as Validate leaves them, with their tenant column."""
-  from pipelines import sample_data  # pylint: disable=import-outside-toplevel
-  from transforms.entities import ListeningEvent  # pylint: disable=import-outside-toplevel
-  from transforms.validate import validate_batch  # pylint: disable=import-outside-toplevel
+  from pipelines import sample_data
+  from transforms.entities import ListeningEvent
+  from transforms.validate import validate_batch
   records = [r.record() for r in sample_data.iter_rows(rows=rows, seed=seed) if r.kind == 'clean']
   raw = pa.RecordBatch.from_pylist(records)
   valid, _ = validate_batch(raw, ListeningEvent)
@@ -153,8 +153,8 @@ def main(argv=None):
 
 def batch_rates(before, batch: pa.RecordBatch, repeats: int):
   """rows/s of redact_batch, before and after, on one batch of sample listening events."""
-  from transforms import pii  # pylint: disable=import-outside-toplevel
-  from transforms.entities import ListeningEvent  # pylint: disable=import-outside-toplevel
+  from transforms import pii
+  from transforms.entities import ListeningEvent
   key = bytes(range(32))
   rates = {}
   for label, module in (('before', before), ('after', pii)):

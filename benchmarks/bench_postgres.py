@@ -39,21 +39,21 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:  # run by path: make `io_connectors` importable
   sys.path.insert(0, REPO_ROOT)
 
-import apache_beam as beam  # pylint: disable=wrong-import-position
-import pyarrow.parquet as pq  # pylint: disable=wrong-import-position
-from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=wrong-import-position
+import apache_beam as beam
+import pyarrow.parquet as pq
+from apache_beam.options.pipeline_options import PipelineOptions
 
-from io_connectors import mask_url  # pylint: disable=wrong-import-position
-from io_connectors.databases.postgres import PostgresOptions, ReadFromPostgres  # pylint: disable=wrong-import-position
-from transforms.records import strip_internal  # pylint: disable=wrong-import-position
+from io_connectors import mask_url
+from io_connectors.databases.postgres import PostgresOptions, ReadFromPostgres
+from transforms.records import strip_internal
 
 __all__ = ['ensure_table', 'run_connectorx', 'run_ours', 'main']
 
 
 def ensure_table(url: str, table: str, rows: int):
   """Creates `table` with `rows` generated rows unless it already holds exactly that many."""
-  import psycopg  # pylint: disable=import-outside-toplevel
-  from psycopg import sql  # pylint: disable=import-outside-toplevel
+  import psycopg
+  from psycopg import sql
   ident = sql.Identifier(table)
   with psycopg.connect(url, autocommit=True) as conn:
     exists = conn.execute('SELECT to_regclass(%s) IS NOT NULL', (table,)).fetchone()[0]
@@ -77,7 +77,7 @@ def ensure_table(url: str, table: str, rows: int):
 
 
 def run_connectorx(url: str, table: str, partitions: int, out_dir: str) -> dict:
-  import connectorx  # pylint: disable=import-outside-toplevel
+  import connectorx
   start = time.perf_counter()
   arrow = connectorx.read_sql(url, f'SELECT * FROM {table}', return_type='arrow', partition_on='id',
                               partition_num=partitions)
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
       print(f'{side}: {args.rows} rows in {result["seconds"]:.2f} s', file=sys.stderr)
   best = {side: min(seconds) for side, seconds in results.items()}
   rate = {side: args.rows / s for side, s in best.items()}
-  import connectorx  # pylint: disable=import-outside-toplevel
+  import connectorx
   doc = {
       'server': mask_url(url),
       'table': table,

@@ -50,7 +50,6 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:  # run by path: make the packages importable
   sys.path.insert(0, REPO_ROOT)
 
-# pylint: disable=wrong-import-position
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 

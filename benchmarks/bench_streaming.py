@@ -81,12 +81,11 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:  # run by path: make `pipelines` importable
   sys.path.insert(0, REPO_ROOT)
 
-# pylint: disable=wrong-import-position
 import numpy as np
 import pyarrow.parquet as pq
 
 from pipelines import runners, sample_data
-from benchmarks.common import machine_info as common_machine_info, publish_result  # pylint: disable=wrong-import-position
+from benchmarks.common import machine_info as common_machine_info, publish_result
 
 __all__ = ['BenchOptions', 'run_benchmark', 'main', 'latency_summary', 'parse_data_path', 'encode_event',
            'window_rates', 'exactly_once']
@@ -308,7 +307,7 @@ class Services:
 
 
 def new_topic(bootstrap: str) -> str:
-  import confluent_kafka.admin  # pylint: disable=import-outside-toplevel
+  import confluent_kafka.admin
   topic = f'bench-plays-{uuid.uuid4().hex[:10]}'
   admin = confluent_kafka.admin.AdminClient({'bootstrap.servers': bootstrap})
   admin.create_topics([confluent_kafka.admin.NewTopic(topic, PARTITIONS, 1)])[topic].result(60)
@@ -316,11 +315,11 @@ def new_topic(bootstrap: str) -> str:
 
 
 def delete_topic(bootstrap: str, topic: str) -> None:
-  import confluent_kafka.admin  # pylint: disable=import-outside-toplevel
+  import confluent_kafka.admin
   admin = confluent_kafka.admin.AdminClient({'bootstrap.servers': bootstrap})
   try:
     admin.delete_topics([topic])[topic].result(60)
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     _log(f'could not delete topic {topic}: {e}')
 
 
@@ -328,7 +327,7 @@ class Producer:
   """Produces sample rows round-robin over the partitions, remembering each clean event's produce time."""
 
   def __init__(self, bootstrap: str, topic: str, rows: List[sample_data.SampleRow]):
-    import confluent_kafka  # pylint: disable=import-outside-toplevel
+    import confluent_kafka
     self._producer = confluent_kafka.Producer({'bootstrap.servers': bootstrap, 'linger.ms': 5, 'acks': 'all'})
     self._topic = topic
     self._rows = rows
@@ -381,7 +380,7 @@ class Producer:
 def consume_loop(bootstrap: str, topic: str, total: int, stop_after_s: float = 600.0,
                  on_message=None) -> dict:
   """The baseline: a bare consume loop over every partition from the start (parse JSON, nothing else)."""
-  import confluent_kafka  # pylint: disable=import-outside-toplevel
+  import confluent_kafka
   consumer = confluent_kafka.Consumer({'bootstrap.servers': bootstrap, 'group.id': f'bench-{uuid.uuid4().hex}',
                                        'enable.auto.commit': False, 'auto.offset.reset': 'earliest'})
   consumer.assign([confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING)

@@ -95,7 +95,7 @@ def check_keys(config: dict, options_class: Optional[type] = None, extra: Iterab
 
 
 def _load():
-  global _loaded  # pylint: disable=global-statement
+  global _loaded
   if not _loaded:
     for module in _CONNECTOR_MODULES:
       importlib.import_module(module)

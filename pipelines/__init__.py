@@ -16,6 +16,6 @@ _IMPORTERS_API = ('get_importer', 'orchestrate_import_pipeline', 'ImporterHealth
 def __getattr__(name):
   # Imported on first use: `python -m pipelines.<job>` does not pay for it.
   if name in _IMPORTERS_API:
-    from pipelines import importers  # pylint: disable=import-outside-toplevel
+    from pipelines import importers
     return getattr(importers, name)
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -90,7 +90,7 @@ def _scrubbed(text: str, source: dict) -> str:
 
 
 def _probe_files(pattern: str) -> str:
-  from apache_beam.io.filesystems import FileSystems  # pylint: disable=import-outside-toplevel
+  from apache_beam.io.filesystems import FileSystems
   matched = FileSystems.match([pattern])[0].metadata_list
   if not matched:
     raise FileNotFoundError(f'no file matches {pattern}')
@@ -112,7 +112,7 @@ def _run_check(source: dict) -> tuple:
       return OK, detail[len('ok: '):] if detail.startswith('ok: ') else detail
     if isinstance(spec.get('input'), str):
       return OK, _probe_files(spec['input'])
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     message = str(e).strip() or type(e).__name__
     return FAILED, message if type(e).__name__.endswith('Error') and ':' in message else f'{type(e).__name__}: {message}'
   return SKIPPED, f'the {spec["type"]} connector has no check(); its first run will tell'

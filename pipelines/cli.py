@@ -86,17 +86,17 @@ def wants_help(argv: Sequence[str]) -> bool:
 
 def _help_parser(prog: str, description: Optional[str], options_classes, first_group: str,
                  epilog: Optional[str]) -> argparse.ArgumentParser:
-  from apache_beam.options.pipeline_options import StandardOptions  # pylint: disable=import-outside-toplevel
+  from apache_beam.options.pipeline_options import StandardOptions
   parser = argparse.ArgumentParser(prog=prog, usage='%(prog)s [FLAG ...]', description=description, epilog=epilog,
                                    allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
   # Flags an options class adds outside its own groups land here.
-  parser._optionals.title = first_group  # pylint: disable=protected-access
+  parser._optionals.title = first_group
   for options_class in options_classes:
-    options_class._add_argparse_args(parser)  # pylint: disable=protected-access
+    options_class._add_argparse_args(parser)
   beam = parser.add_argument_group(
       'Beam', 'Every flag of Beam works beside these (--project, --region, --temp_location, --flink_master, '
       '--environment_type, ...); the common ones:')
-  StandardOptions._add_argparse_args(beam)  # pylint: disable=protected-access
+  StandardOptions._add_argparse_args(beam)
   return parser
 
 

@@ -68,11 +68,11 @@ class RunConfig:
 
 def load_yaml(path: str) -> Dict[str, Any]:
   """The YAML mapping in `path` (local, s3://, gs://)."""
-  from apache_beam.io.filesystems import FileSystems  # pylint: disable=import-outside-toplevel
+  from apache_beam.io.filesystems import FileSystems
   try:
     with FileSystems.open(path) as handle:
       text = handle.read().decode('utf-8')
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     raise ConfigError(f'cannot read config {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}') from None
   try:
     data = yaml.safe_load(text)
@@ -100,8 +100,8 @@ _FALSE = frozenset({'false', 'f', 'no', 'n', 'off', '0'})
 def _flag_actions() -> Dict[str, argparse.Action]:
   """{key: the argparse action of its flag}, from the options class the command line uses."""
   parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-  SpotifyBatchOptions._add_argparse_args(parser)  # pylint: disable=protected-access
-  return {action.dest: action for action in parser._actions if action.option_strings}  # pylint: disable=protected-access
+  SpotifyBatchOptions._add_argparse_args(parser)
+  return {action.dest: action for action in parser._actions if action.option_strings}
 
 
 def typed_value(key: str, value: Any, where: str) -> Any:

@@ -131,7 +131,7 @@ class Importer:
 
   def __init__(self, name: str, tenant_id: str, config: Optional[Dict[str, Any]] = None,
                pipeline_args: Sequence[str] = ()):
-    from transforms.tenant import check_tenant_id  # pylint: disable=import-outside-toplevel
+    from transforms.tenant import check_tenant_id
     config = dict(config or {})
     self.name = name
     self.connector = _connector_name(name)
@@ -173,7 +173,7 @@ class Importer:
 
   def check(self):
     """The connector's check (`pipelines.check.CheckResult`): reachability, credentials, permissions."""
-    from pipelines.check import check_source  # pylint: disable=import-outside-toplevel
+    from pipelines.check import check_source
     return check_source(self.source(), self.label)
 
 
@@ -184,7 +184,7 @@ def get_importer(name: str, tenant_id: str, config: Optional[Dict[str, Any]] = N
 
 
 def _run_batch(config: Dict[str, Any], pipeline_args: Sequence[str]) -> dict:
-  from pipelines import spotify_batch  # pylint: disable=import-outside-toplevel
+  from pipelines import spotify_batch
   return spotify_batch.run(list(pipeline_args), config_values=config)
 
 
@@ -255,7 +255,7 @@ async def orchestrate_import_pipeline(importers: Sequence[Importer], parallel: b
     async with limit:
       try:
         summary = await asyncio.to_thread(_run_batch, _combined_config(group, output), group[0].pipeline_args)
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:
         _LOG.warning('import of %s failed: %s', ', '.join(labels), e)
         return ImportResult(labels, False, error=f'{type(e).__name__}: {e}')
     return ImportResult(labels, bool(summary.get('conservation', {}).get('ok')), summary=summary)
@@ -277,7 +277,7 @@ class ImporterHealthCheck:
 
     status is 'healthy', 'unhealthy' or 'unknown' (the connector has no check).
     """
-    from pipelines import check  # pylint: disable=import-outside-toplevel
+    from pipelines import check
     importers = list(importers)
     labels: List[str] = []
     for importer in importers:

@@ -787,7 +787,7 @@ def write_listening_events(out_dir: str,
                            seed: int = 7,
                            malformed: float = 0.02,
                            duplicates: float = 0.01,
-                           format: str = 'csv') -> List[str]:  # pylint: disable=redefined-builtin
+                           format: str = 'csv') -> List[str]:
   """Writes the files and `_expected.json` into `out_dir`; returns the data file paths.
 
   Rows are split over `files` in order (contiguous, sizes differ by at most

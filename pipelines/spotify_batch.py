@@ -80,9 +80,9 @@ def code_version() -> Dict[str, Optional[str]]:
   except (OSError, subprocess.SubprocessError):
     pass
   try:
-    from importlib.metadata import version  # pylint: disable=import-outside-toplevel
+    from importlib.metadata import version
     package = version('music-beam-pipelines')
-  except Exception:  # pylint: disable=broad-except
+  except Exception:
     package = None
   return {'package': package, 'git_commit': commit, 'beam': beam.__version__}
 
@@ -93,12 +93,12 @@ def code_version() -> Dict[str, Optional[str]]:
 def _all_options_parser() -> argparse.ArgumentParser:
   """A parser knowing every PipelineOptions flag, to reject unknown ones."""
   # Runner modules register their options classes when imported.
-  import apache_beam.runners.portability.flink_runner  # pylint: disable=unused-import,import-outside-toplevel
+  import apache_beam.runners.portability.flink_runner
   try:
-    import apache_beam.runners.portability.prism_runner  # pylint: disable=unused-import,import-outside-toplevel
+    import apache_beam.runners.portability.prism_runner
   except ImportError:
     pass
-  from apache_beam.options.pipeline_options import _BeamArgumentParser  # pylint: disable=import-outside-toplevel
+  from apache_beam.options.pipeline_options import _BeamArgumentParser
 
   class _OneLineErrors(_BeamArgumentParser):
 
@@ -116,9 +116,9 @@ def _all_options_parser() -> argparse.ArgumentParser:
       continue
     seen.add(cls)
     stack.extend(cls.__subclasses__())
-    cls._add_argparse_args(parser)  # pylint: disable=protected-access
+    cls._add_argparse_args(parser)
   # Our own flags last, so that their types and choices are the ones checked.
-  SpotifyBatchOptions._add_argparse_args(parser)  # pylint: disable=protected-access
+  SpotifyBatchOptions._add_argparse_args(parser)
   return parser
 
 
@@ -163,7 +163,7 @@ def _options_from(argv: Sequence[str]) -> PipelineOptions:
 
 
 def _ensure_demo_sample() -> str:
-  from pipelines import sample_data  # pylint: disable=import-outside-toplevel
+  from pipelines import sample_data
   if not os.path.exists(os.path.join(DEMO_DIR, sample_data.EXPECTED_FILE)):
     _LOG.info('generating the bundled sample (%d listening events, 3 tenants) in %s', DEMO_ROWS, DEMO_DIR)
     sample_data.write_listening_events(DEMO_DIR, rows=DEMO_ROWS, files=4, seed=7)
@@ -252,7 +252,7 @@ def _check_inputs(config: RunConfig):
       continue
     try:
       matched = FileSystems.match([pattern])[0].metadata_list
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       raise ConfigError(f'sources[{i}] input {pattern}: cannot list it ({type(e).__name__}: {str(e).splitlines()[0][:200]})') from None
     if not matched:
       raise ConfigError(f'sources[{i}] input {pattern}: no file matches')
@@ -310,7 +310,7 @@ class _FinalizeFn(beam.DoFn):
     if cursors:
       # Incremental sources advance only once the run is published: a run
       # that fails before this point is read again next time.
-      from io_connectors import commit_cursors  # pylint: disable=import-outside-toplevel
+      from io_connectors import commit_cursors
       commit_cursors(list(cursors))
     yield published
 
@@ -530,7 +530,7 @@ def _previous_schema(config: RunConfig):
 def _counter_value(result, name: str) -> Optional[int]:
   try:
     counters = result.metrics().query(beam.metrics.MetricsFilter().with_name(name))['counters']
-  except Exception:  # pylint: disable=broad-except
+  except Exception:
     return None  # not every runner serves metrics while running
   values = [c.committed if c.committed is not None else c.attempted for c in counters]
   return int(sum(v or 0 for v in values)) if values else None
@@ -538,7 +538,7 @@ def _counter_value(result, name: str) -> Optional[int]:
 
 def _wait_with_progress(result, interval_s: float = 3.0):
   """Waits for the run, logging rows read and written while it goes (where the runner tells)."""
-  from apache_beam.runners.runner import PipelineState  # pylint: disable=import-outside-toplevel
+  from apache_beam.runners.runner import PipelineState
   last = None
   while not PipelineState.is_terminal(result.state):
     time.sleep(interval_s)

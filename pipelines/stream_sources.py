@@ -35,7 +35,7 @@ __all__ = ['StreamSourceOptions', 'redis_source', 'redis_ack_mode', 'pubsub_sour
 
 
 def _add(parser, flag, **kwargs):
-  if flag in parser._option_string_actions:  # pylint: disable=protected-access
+  if flag in parser._option_string_actions:
     return
   parser.add_argument(flag, **kwargs)
 
@@ -92,7 +92,7 @@ def _names(value, flag):
 
 
 def _redis_options(options: PipelineOptions, streams, flag: str, ack: str = 'finalize'):
-  from io_connectors.streams.redis_streams import RedisStreamsOptions  # pylint: disable=import-outside-toplevel
+  from io_connectors.streams.redis_streams import RedisStreamsOptions
   flags = options.view_as(StreamSourceOptions)
   url = flags.redis_url or os.environ.get('REDIS_URL')
   if not url:
@@ -124,13 +124,13 @@ def redis_ack_mode(options: PipelineOptions) -> str:
 
 
 def redis_source(options: PipelineOptions) -> beam.PTransform:
-  from io_connectors.streams.redis_streams import ReadFromRedisStreams  # pylint: disable=import-outside-toplevel
+  from io_connectors.streams.redis_streams import ReadFromRedisStreams
   streams = _names(options.view_as(StreamSourceOptions).redis_streams, '--redis_streams')
   return ReadFromRedisStreams(_redis_options(options, streams, '--source redis', ack=redis_ack_mode(options)))
 
 
 def pubsub_source(options: PipelineOptions) -> beam.PTransform:
-  from io_connectors.streams.pubsub import PubSubOptions, ReadPubSubJson  # pylint: disable=import-outside-toplevel
+  from io_connectors.streams.pubsub import PubSubOptions, ReadPubSubJson
   flags = options.view_as(StreamSourceOptions)
   try:
     return ReadPubSubJson(PubSubOptions(subscription=flags.pubsub_subscription, topic=flags.pubsub_topic,
@@ -141,7 +141,7 @@ def pubsub_source(options: PipelineOptions) -> beam.PTransform:
 
 
 def websocket_source(options: PipelineOptions) -> beam.PTransform:
-  from io_connectors.streams.websocket import ReadFromWebSocket, WebSocketOptions  # pylint: disable=import-outside-toplevel
+  from io_connectors.streams.websocket import ReadFromWebSocket, WebSocketOptions
   flags = options.view_as(StreamSourceOptions)
   if not flags.websocket_url:
     raise ConfigError('--source websocket needs --websocket_url')
@@ -164,7 +164,7 @@ def websocket_source(options: PipelineOptions) -> beam.PTransform:
 
 
 def pulsar_source(options: PipelineOptions) -> beam.PTransform:
-  from io_connectors.streams.pulsar import PulsarOptions, ReadFromPulsar  # pylint: disable=import-outside-toplevel
+  from io_connectors.streams.pulsar import PulsarOptions, ReadFromPulsar
   flags = options.view_as(StreamSourceOptions)
   if not flags.pulsar_service_url:
     raise ConfigError('--source pulsar needs --pulsar_service_url')

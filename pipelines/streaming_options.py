@@ -18,7 +18,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 # (--output, --entity, --tenant_id, ...) and Beam's own --bootstrap_servers
 # (KafkaStreamsRunnerOptions) are added by whichever class comes first and
 # skipped by the later ones (see _add).
-import pipelines.options  # noqa: F401 pylint: disable=unused-import
+import pipelines.options  # noqa: F401
 
 __all__ = ['SpotifyStreamingOptions', 'KAFKA_READERS']
 
@@ -27,7 +27,7 @@ KAFKA_READERS = ('python', 'java')
 
 def _add(parser, flag, **kwargs):
   """parser.add_argument unless another options class already defined `flag` (same meaning)."""
-  if flag in parser._option_string_actions:  # pylint: disable=protected-access
+  if flag in parser._option_string_actions:
     return
   parser.add_argument(flag, **kwargs)
 

@@ -111,7 +111,7 @@ class SharedWorkerPoolServicer(worker_pool_main.BeamFnExternalWorkerPoolServicer
     worker_id = start_worker_request.worker_id
     try:
       process = subprocess.Popen(self.worker_command(start_worker_request), close_fds=True)
-    except Exception:  # pylint: disable=broad-except
+    except Exception:
       return beam_fn_api_pb2.StartWorkerResponse(error=traceback.format_exc())
     with self._lock:
       self._processes[worker_id].append(process)

@@ -149,11 +149,11 @@ def option_actions(options_class: Type[PipelineOptions] = SpotifyBatchOptions) -
 def _actions_with_groups(options_class: Type[PipelineOptions]) -> list[tuple[argparse.Action, Optional[str]]]:
   """(action, title of its argument group or None) of every option `options_class` registers."""
   parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-  options_class._add_argparse_args(parser)  # type: ignore[arg-type]  # pylint: disable=protected-access
+  options_class._add_argparse_args(parser)  # type: ignore[arg-type]
   groups = {id(action): group.title
-            for group in parser._action_groups[2:]  # pylint: disable=protected-access
-            for action in group._group_actions}  # pylint: disable=protected-access
-  return [(action, groups.get(id(action))) for action in parser._actions  # pylint: disable=protected-access
+            for group in parser._action_groups[2:]
+            for action in group._group_actions}
+  return [(action, groups.get(id(action))) for action in parser._actions
           if action.option_strings]
 
 
@@ -164,7 +164,7 @@ def _label(name: str) -> str:
 
 
 def _is_flag(action: argparse.Action) -> bool:
-  return isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))  # pylint: disable=protected-access
+  return isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
 
 
 def _format_value(value: Any) -> str:

@@ -47,7 +47,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 
 # Session fixtures for Prism and Flink, visible to every test package.
-from tests.cluster_fixtures import (_flink_jobs_of_the_test, ensure_prism, flink_args,  # noqa: F401  pylint: disable=unused-import
+from tests.cluster_fixtures import (_flink_jobs_of_the_test, ensure_prism, flink_args,  # noqa: F401
                                     flink_cluster, prism_binary)
 
 # Fixtures that test modules of several folders take: no test imports another's.
@@ -99,7 +99,7 @@ def _reaches_a_server(item, server_call: re.Pattern) -> bool:
   functions = [item.function]
   # The autouse Flink guard only looks for a cluster; it starts none.
   for name in set(item.fixturenames) - {'_flink_jobs_of_the_test'}:
-    functions += [definition.func for definition in item._fixtureinfo.name2fixturedefs.get(name, ())]  # pylint: disable=protected-access
+    functions += [definition.func for definition in item._fixtureinfo.name2fixturedefs.get(name, ())]
   for function in functions:
     try:
       source = inspect.getsource(function)
@@ -192,7 +192,7 @@ def _fresh_bucket_name() -> str:
 @pytest.fixture(scope='session')
 def s3_server():
   """(endpoint URL, boto3 S3 client) of the local moto server."""
-  import boto3  # pylint: disable=import-outside-toplevel
+  import boto3
   endpoint = f'http://127.0.0.1:{ensure_service("moto")}'
   client = boto3.client('s3', endpoint_url=endpoint, region_name=S3_REGION,
                         aws_access_key_id=S3_ACCESS_KEY_ID, aws_secret_access_key=S3_SECRET_ACCESS_KEY)
@@ -230,8 +230,8 @@ def gcs_server(tmp_path_factory):
     is never refreshed (nothing leaves the machine; the emulator ignores it).
   - GOOGLE_CLOUD_PROJECT: the project the client reports.
   """
-  from google.auth.credentials import AnonymousCredentials  # pylint: disable=import-outside-toplevel
-  from google.cloud import storage  # pylint: disable=import-outside-toplevel
+  from google.auth.credentials import AnonymousCredentials
+  from google.cloud import storage
   port = ensure_service('gcs')
   credentials_file = tmp_path_factory.mktemp('gcs') / 'emulator-credentials.json'
   credentials_file.write_text(json.dumps({

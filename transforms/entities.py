@@ -249,16 +249,16 @@ Bool = Annotated[bool, BeforeValidator(to_bool), FieldRule('bool')]
 FreeText = Annotated[str, BeforeValidator(to_string), FieldRule('string', pii=PII_FREE_TEXT)]
 
 
-def Int(ge=None, le=None):  # pylint: disable=invalid-name
+def Int(ge=None, le=None):
   return Annotated[int, BeforeValidator(to_int), pydantic.AfterValidator(_bounds(ge, le)), FieldRule('int', ge=ge, le=le)]
 
 
-def Float(ge=None, le=None):  # pylint: disable=invalid-name
+def Float(ge=None, le=None):
   return Annotated[float, BeforeValidator(to_float), pydantic.AfterValidator(_bounds(ge, le)),
                    FieldRule('float', ge=ge, le=le)]
 
 
-def Identifier(base=NonEmptyStr):  # pylint: disable=invalid-name
+def Identifier(base=NonEmptyStr):
   """A string identifier that is pseudonymised per tenant."""
   rule = next(m for m in typing.get_args(base)[1:] if isinstance(m, FieldRule))
   return Annotated[base, dataclasses.replace(rule, pii=PII_IDENTIFIER)]

@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterable, List, Optional
 import numpy as np
 import pyarrow as pa
 
-import transforms.coders  # noqa: F401  pylint: disable=unused-import  # registers the coder typed_outputs relies on
+import transforms.coders  # noqa: F401  # registers the coder typed_outputs relies on
 
 __all__ = [
     'typed_outputs',
@@ -89,7 +89,7 @@ def strip_internal(batch):
 def split_by_mask(batch: pa.RecordBatch, mask) -> tuple:
   """(rows where mask is true, rows where it is false); nulls count as false."""
   mask = pa.array(mask, type=pa.bool_()).fill_null(False)
-  import pyarrow.compute as pc  # pylint: disable=import-outside-toplevel
+  import pyarrow.compute as pc
   return batch.filter(mask), batch.filter(pc.invert(mask))
 
 

@@ -135,8 +135,8 @@ def _conform_array(arr: pa.Array, target: pa.DataType) -> pa.Array:
     ]
     return pa.StructArray.from_arrays(children, fields=list(target), mask=pc.is_null(arr))
   if pa.types.is_string(target) and (pa.types.is_struct(arr.type) or pa.types.is_list(arr.type)):
-    import json  # pylint: disable=import-outside-toplevel
-    from transforms.records import json_safe  # pylint: disable=import-outside-toplevel
+    import json
+    from transforms.records import json_safe
     return pa.array([None if v is None else json.dumps(json_safe(v)) for v in arr.to_pylist()], pa.string())
   return arr.cast(target)
 

@@ -83,7 +83,7 @@ def call_with_retries(fn: Callable[[], T], *, max_retries: int, backoff: Backoff
   while True:
     try:
       return fn()
-    except Exception as error:  # pylint: disable=broad-except
+    except Exception as error:
       if not transient(error) or retry >= max_retries:
         raise explain(error) from None
       retry += 1

@@ -102,7 +102,7 @@ def _load_file(store: str, key: str) -> Optional[dict]:
         return None
       with FileSystems.open(path) as handle:
         data = handle.read()
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     raise StateError(f'cannot read cursor {key!r} from {mask_url(store)}: {type(e).__name__}: {e}') from None
   try:
     return json.loads(data.decode('utf-8'))
@@ -132,7 +132,7 @@ def _write_file(store: str, key: str, doc: dict):
     else:
       with FileSystems.create(FileSystems.join(store, _object_name(key))) as handle:
         handle.write(data)
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     raise StateError(f'cannot write cursor {key!r} to {mask_url(store)}: {type(e).__name__}: {e}') from None
 
 
@@ -157,8 +157,8 @@ def _postgres_target(store: str) -> Tuple[str, List[str]]:
 
 
 def _postgres_connect(store: str):
-  import psycopg  # pylint: disable=import-outside-toplevel
-  from psycopg import sql  # pylint: disable=import-outside-toplevel
+  import psycopg
+  from psycopg import sql
   url, table = _postgres_target(store)
   try:
     conn = psycopg.connect(url, connect_timeout=10, application_name='pipeline-cursor-state')
@@ -173,15 +173,15 @@ def _first_line(error) -> str:
 
 
 def _ensure_table(conn, table):
-  from psycopg import sql  # pylint: disable=import-outside-toplevel
+  from psycopg import sql
   conn.execute(
       sql.SQL('CREATE TABLE IF NOT EXISTS {} (key text PRIMARY KEY, value jsonb NOT NULL, '
               'committed_at timestamptz NOT NULL DEFAULT now())').format(table))
 
 
 def _load_postgres(store: str, key: str) -> Optional[dict]:
-  import psycopg  # pylint: disable=import-outside-toplevel
-  from psycopg import sql  # pylint: disable=import-outside-toplevel
+  import psycopg
+  from psycopg import sql
   conn, table = _postgres_connect(store)
   try:
     with conn:
@@ -196,9 +196,9 @@ def _load_postgres(store: str, key: str) -> Optional[dict]:
 
 
 def _write_postgres(store: str, docs: Dict[str, dict]):
-  import psycopg  # pylint: disable=import-outside-toplevel
-  from psycopg import sql  # pylint: disable=import-outside-toplevel
-  from psycopg.types.json import Jsonb  # pylint: disable=import-outside-toplevel
+  import psycopg
+  from psycopg import sql
+  from psycopg.types.json import Jsonb
   conn, table = _postgres_connect(store)
   try:
     with conn:  # one transaction: all keys of this store or none
@@ -231,7 +231,7 @@ def load_cursor(store: str, key: str) -> Any:
 
 
 def _cas_file(store: str, key: str, expected: Any, new: Any) -> bool:
-  import fcntl  # pylint: disable=import-outside-toplevel
+  import fcntl
   local = _local_dir(store)
   if local is None:
     raise StateError(f'compare-and-set needs a local directory or a PostgreSQL store, not {mask_url(store)}')
@@ -254,9 +254,9 @@ def _cas_file(store: str, key: str, expected: Any, new: Any) -> bool:
 
 
 def _cas_postgres(store: str, key: str, expected: Any, new: Any) -> bool:
-  import psycopg  # pylint: disable=import-outside-toplevel
-  from psycopg import sql  # pylint: disable=import-outside-toplevel
-  from psycopg.types.json import Jsonb  # pylint: disable=import-outside-toplevel
+  import psycopg
+  from psycopg import sql
+  from psycopg.types.json import Jsonb
   conn, table = _postgres_connect(store)
   doc = {'key': key, 'value': new, 'committed_at': dt.datetime.now(dt.timezone.utc).isoformat()}
   try:

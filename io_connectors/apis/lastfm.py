@@ -71,7 +71,7 @@ from io_connectors.apis.http.client import ClientOptions, HttpClient, RetryPolic
 from io_connectors.apis.http.paginators import PageNumberPaginator
 from io_connectors.apis.http.ratelimit import limiter_for
 from io_connectors.apis.http.request import HostNotAllowed, Request, RequestFailed, json_path
-from transforms.coders import RecordBatchCoder  # noqa: F401  pylint: disable=unused-import  # registers the batch coder
+from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, json_safe
 
@@ -507,7 +507,7 @@ class _ReadLastfmFn(beam.DoFn):
 
 
 def _json_loads(content: bytes):
-  import json  # pylint: disable=import-outside-toplevel
+  import json
   return json.loads(content)
 
 

@@ -87,7 +87,7 @@ from io_connectors._common import state as state_store
 from io_connectors._common.errors import ConnectorError
 from io_connectors._common.masking import connection_url, mask_secrets, mask_url
 from io_connectors._common.retry import Backoff, call_with_retries
-from transforms.coders import RecordBatchCoder  # noqa: F401  pylint: disable=unused-import  # registers the batch coder
+from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import IncrementalOutputs, Outputs
 from transforms.records import with_provenance
 
@@ -207,7 +207,7 @@ class _HttpSession:
   """clickhouse-connect over the HTTP interface."""
 
   def __init__(self, options: ClickHouseOptions):
-    import clickhouse_connect  # pylint: disable=import-outside-toplevel
+    import clickhouse_connect
     url = options.resolved_url()
     parts = urllib.parse.urlsplit(url)
     database = options.database or (parts.path.strip('/') or None)
@@ -279,13 +279,13 @@ class _Connection:
     iterator = self._retrying(what, lambda: _started(self.session.batches(sql, parameters)))
     try:
       yield from iterator
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       raise self.error(what, e) from None
 
   def close(self):
     try:
       self.session.close()
-    except Exception:  # pylint: disable=broad-except
+    except Exception:
       pass
 
 

@@ -134,7 +134,7 @@ from io_connectors._common.arrow import table_from_rows
 from io_connectors._common.errors import ConnectorError
 from io_connectors._common.masking import connection_url, mask_url, masked_message
 from io_connectors._common.retry import Backoff
-from transforms.coders import RecordBatchCoder  # noqa: F401  pylint: disable=unused-import  # registers the batch coder
+from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
 from transforms.records import with_provenance
 
@@ -251,10 +251,10 @@ def _check_int(name, value, minimum):
 
 
 def _url_database(url: str) -> Optional[str]:
-  from pymongo import uri_parser  # pylint: disable=import-outside-toplevel
+  from pymongo import uri_parser
   try:
     return uri_parser.parse_uri(url, validate=False, connect_timeout=None)['database']
-  except Exception:  # pylint: disable=broad-except
+  except Exception:
     return None
 
 
@@ -269,7 +269,7 @@ def _hosts(url: str) -> str:
 
 
 def _client(options: MongoOptions):
-  import pymongo  # pylint: disable=import-outside-toplevel
+  import pymongo
   return pymongo.MongoClient(
       options.url,
       maxPoolSize=options.pool_size,
@@ -282,7 +282,7 @@ def _client(options: MongoOptions):
 
 def _explain(error: BaseException, options: MongoOptions, collection: str, what: str) -> MongoError:
   """A MongoError saying in one line what went wrong, without the password."""
-  from pymongo import errors  # pylint: disable=import-outside-toplevel
+  from pymongo import errors
   where = f'{mask_url(options.url)} ({options.database}.{collection})'
   detail = masked_message(str(error), options.url)
   if isinstance(error, errors.OperationFailure):
@@ -303,7 +303,7 @@ def _explain(error: BaseException, options: MongoOptions, collection: str, what:
 
 
 def _retryable(error: BaseException) -> bool:
-  from pymongo import errors  # pylint: disable=import-outside-toplevel
+  from pymongo import errors
   if isinstance(error, errors.OperationFailure):
     return error.has_error_label('RetryableReadError') or getattr(error, 'code', None) in (6, 7, 89, 91, 189, 9001,
                                                                                            10107, 11600, 11602, 13435,
@@ -316,7 +316,7 @@ def _retryable(error: BaseException) -> bool:
 def _check_collection(client, options: MongoOptions, collection: str):
   try:
     names = client[options.database].list_collection_names()
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     raise _explain(e, options, collection, 'listing of collections') from None
   if collection not in names:
     known = ', '.join(sorted(names)[:20]) or 'none'
@@ -337,7 +337,7 @@ class _Split(NamedTuple):
 
 
 def _type_bracket(value) -> str:
-  import bson  # pylint: disable=import-outside-toplevel
+  import bson
   if isinstance(value, bool):
     return 'bool'
   if isinstance(value, (int, float, decimal.Decimal, bson.Int64, bson.Decimal128)):
@@ -389,7 +389,7 @@ def quantile_boundaries(ids: List[Any], wanted: int) -> Optional[List[Any]]:
 
 def _sampled_boundaries(coll, query, total: int, wanted: int) -> Optional[List[Any]]:
   """Boundaries from a $sample of _ids (MongoDB: a random cursor, cheap); None where $sample fails."""
-  from pymongo import errors  # pylint: disable=import-outside-toplevel
+  from pymongo import errors
   if total < 4 * wanted * _SAMPLES_PER_SPLIT:
     return None  # small: exact quantiles by skip are cheap enough
   try:
@@ -444,7 +444,7 @@ CURSORS = 'cursors'
 
 def _cursor_value(value: Any) -> Any:
   """The JSON scalar a cursor value is committed as (io_connectors._common.state)."""
-  import bson  # pylint: disable=import-outside-toplevel
+  import bson
   if isinstance(value, dt.datetime):
     value = value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
     return value.isoformat()
@@ -459,7 +459,7 @@ def _cursor_value(value: Any) -> Any:
 
 def _lower_bound(last: Any, lag: float) -> Any:
   """The committed value as a query value, moved back by the lag window."""
-  import bson  # pylint: disable=import-outside-toplevel
+  import bson
   if last is None:
     return None
   if isinstance(last, (int, float)) and not isinstance(last, bool):
@@ -486,7 +486,7 @@ def _incremental_query(client, options: MongoOptions, collection: str):
   while the run reads, above that high-water mark, are left for the next run
   rather than read twice.
   """
-  from io_connectors._common import state  # pylint: disable=import-outside-toplevel
+  from io_connectors._common import state
   field = options.cursor_field
   shape = json.dumps([options.filter, options.pipeline], sort_keys=True, default=str)
   digest = hashlib.sha256(shape.encode('utf-8')).hexdigest()[:12]
@@ -514,7 +514,7 @@ def _incremental_query(client, options: MongoOptions, collection: str):
 
 def _plain(value: Any, decimal_mode: str) -> Any:
   """A decoded BSON value as a value pyarrow converts (see the module docstring)."""
-  import bson  # pylint: disable=import-outside-toplevel
+  import bson
   if isinstance(value, bson.Binary):  # a bytes subclass: checked first
     if value.subtype in (3, 4):
       try:
@@ -562,7 +562,7 @@ class _ReadSplitFn(beam.DoFn):
       self._client.close()
 
   def _cursor(self, split: _Split, after: Any, skip: int):
-    from bson.raw_bson import RawBSONDocument  # pylint: disable=import-outside-toplevel
+    from bson.raw_bson import RawBSONDocument
     options = self._options
     coll = self._client[options.database].get_collection(
         self._collection, codec_options=self._client.codec_options.with_options(document_class=RawBSONDocument))
@@ -575,8 +575,8 @@ class _ReadSplitFn(beam.DoFn):
     return coll.aggregate(stages, batchSize=options.batch_size)
 
   def process(self, split: _Split):
-    import bson  # pylint: disable=import-outside-toplevel
-    from bson.codec_options import CodecOptions  # pylint: disable=import-outside-toplevel
+    import bson
+    from bson.codec_options import CodecOptions
     options = self._options
     strict = CodecOptions(tz_aware=True, tzinfo=dt.timezone.utc, uuid_representation=4, datetime_conversion=4)
     lenient = strict.with_options(unicode_decode_error_handler='replace')
@@ -614,7 +614,7 @@ class _ReadSplitFn(beam.DoFn):
             rows = []
           attempt = 0
         break
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:
         if not type(e).__module__.startswith(('pymongo', 'bson')):
           raise  # not the server's answer: a bug to see whole
         if not _retryable(e):
@@ -655,7 +655,7 @@ class _PlanFn(beam.DoFn):
         splits = plan_splits(client, self._options, self._collection, query)
       except MongoError:
         raise
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:
         if type(e).__module__.startswith(('pymongo', 'bson')):
           raise _explain(e, self._options, self._collection, 'query') from None
         raise
@@ -689,7 +689,7 @@ class ReadFromMongo(beam.PTransform):
     try:
       try:
         client.admin.command('ping')
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:
         raise _explain(e, options, self._collection, 'ping') from None
       _check_collection(client, options, self._collection)
       coll = client[options.database][self._collection]
@@ -699,7 +699,7 @@ class ReadFromMongo(beam.PTransform):
         else:
           stages = ([{'$match': options.filter}] if options.filter else []) + list(options.pipeline) + [{'$limit': 1}]
           list(coll.aggregate(stages))
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:
         raise _explain(e, options, self._collection, 'aggregation' if options.pipeline else 'query') from None
     finally:
       client.close()

@@ -198,7 +198,7 @@ def _where(url: str) -> str:
 
 
 def _connect(url: str, options: PostgresOptions, what: str, autocommit: bool = False):
-  import psycopg  # pylint: disable=import-outside-toplevel
+  import psycopg
   try:
     conn = psycopg.connect(url, connect_timeout=max(1, int(math.ceil(options.connect_timeout_s))),
                            application_name='beam-read-postgres', autocommit=autocommit)
@@ -251,7 +251,7 @@ class _Pool:
     if broken or conn.closed or conn.broken:
       try:
         conn.close()
-      except Exception:  # pylint: disable=broad-except
+      except Exception:
         pass
     else:
       with self._idle_lock:
@@ -284,7 +284,7 @@ class _Coordinator:
         _Coordinator._open.pop(self.snapshot, None)
       try:
         self.conn.close()
-      except Exception:  # pylint: disable=broad-except
+      except Exception:
         pass
 
   @classmethod
@@ -314,7 +314,7 @@ def release_snapshots() -> int:
   `snapshot_hold_s` or process exit. Long-lived processes that catch such a
   failure call this.
   """
-  count = len(_Coordinator._open)  # pylint: disable=protected-access
+  count = len(_Coordinator._open)
   _Coordinator.close_all()
   return count
 
@@ -354,7 +354,7 @@ def _column(name: str, type_name: str, category: str, element: Optional[str], pr
 
 
 def _select_expr(column: _Column):
-  from psycopg import sql  # pylint: disable=import-outside-toplevel
+  from psycopg import sql
   ref = sql.SQL('q.{}').format(sql.Identifier(column.name))
   if column.convert == 'utc':
     return sql.SQL("({} AT TIME ZONE 'UTC')").format(ref)
@@ -406,7 +406,7 @@ class _Plan:
 
 
 def _source_sql(table, query):
-  from psycopg import sql  # pylint: disable=import-outside-toplevel
+  from psycopg import sql
   if table:
     return sql.Identifier(*table)
   # The user's query is SQL by definition; it runs inside a read-only
@@ -415,7 +415,7 @@ def _source_sql(table, query):
 
 
 def _split_statement(plan: _Plan, split: _Split):
-  from psycopg import sql  # pylint: disable=import-outside-toplevel
+  from psycopg import sql
   conditions, params = [], []
   if split.kind in ('range', 'null'):
     ref = sql.SQL('q.{}').format(sql.Identifier(plan.partition_column))
@@ -488,7 +488,7 @@ class _Planner:
       self.source_name = f'{_where(self.url)}/query#{digest}'
 
   def plan(self) -> Tuple[_Plan, List[_Split], Optional[dict]]:
-    import psycopg  # pylint: disable=import-outside-toplevel
+    import psycopg
     options = self.options
     conn = _connect(self.url, options, self.what)
     keep_open = False
@@ -526,7 +526,7 @@ class _Planner:
         conn.close()
 
   def _columns(self, cur) -> List[_Column]:
-    from psycopg import sql  # pylint: disable=import-outside-toplevel
+    from psycopg import sql
     cur.execute(sql.SQL('SELECT * FROM {} AS q LIMIT 0').format(_source_sql(self.table, self.query)))
     description = cur.description
     oids = sorted({d.type_code for d in description})
@@ -559,7 +559,7 @@ class _Planner:
     return None
 
   def _cursor(self, cur, column: Optional[_Column]):
-    from psycopg import sql  # pylint: disable=import-outside-toplevel
+    from psycopg import sql
     options = self.options
     if column is None:
       return None, None
@@ -577,7 +577,7 @@ class _Planner:
     return low, update
 
   def _splits(self, cur, partition, names, cursor_low) -> List[_Split]:
-    from psycopg import sql  # pylint: disable=import-outside-toplevel
+    from psycopg import sql
     options = self.options
     source = _source_sql(self.table, self.query)
     estimate = None
@@ -637,7 +637,7 @@ class _ReadSplitFn(beam.DoFn):
     return f'{self._plan.source_name} split {split.index + 1}/{split.count}'
 
   def process(self, split: _Split):
-    import psycopg  # pylint: disable=import-outside-toplevel
+    import psycopg
     attempt = 0
     while True:
       conn = self._pool.acquire(self._plan.url, self._options, self._what(split))
@@ -672,7 +672,7 @@ class _ReadSplitFn(beam.DoFn):
 
   def _read(self, conn, split: _Split):
     """The split's batches, all of them or an exception (a retry starts again)."""
-    from psycopg import sql  # pylint: disable=import-outside-toplevel
+    from psycopg import sql
     plan = self._plan
     select, params = _split_statement(plan, split)
     batches, letters = [], []
@@ -782,7 +782,7 @@ class _ReleaseSnapshotFn(beam.DoFn):
                      (plan.coordinator_pid, plan.coordinator_start))
       finally:
         conn.close()
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       _LOG.warning('%s: could not release snapshot %s (%s); it ends after snapshot_hold_s or with the launcher',
                    plan.source_name, plan.snapshot, _first_line(e))
 
@@ -840,8 +840,8 @@ def check(options: Optional[PostgresOptions] = None, table: Optional[str] = None
   Raises PostgresError saying what is wrong: unreachable server, refused
   credentials, missing database, missing table or privilege, failing query.
   """
-  import psycopg  # pylint: disable=import-outside-toplevel
-  from psycopg import sql  # pylint: disable=import-outside-toplevel
+  import psycopg
+  from psycopg import sql
   options = options or PostgresOptions()
   url = options.resolved_url()
   conn = _connect(url, options, 'check')

@@ -100,7 +100,7 @@ from io_connectors._common.arrow import table_from_rows
 from io_connectors._common.errors import ConnectorError
 from io_connectors._common.masking import connection_url, mask_url, masked_message
 from io_connectors._common.retry import Backoff, call_with_retries
-from transforms.coders import RecordBatchCoder  # noqa: F401  pylint: disable=unused-import  # registers the batch coder
+from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
 from transforms.records import json_safe, with_provenance
 
@@ -186,9 +186,9 @@ def _check_int(name, value, minimum):
 
 
 def _client(options: RedisOptions):
-  import redis  # pylint: disable=import-outside-toplevel
-  from redis.backoff import NoBackoff  # pylint: disable=import-outside-toplevel
-  from redis.retry import Retry  # pylint: disable=import-outside-toplevel
+  import redis
+  from redis.backoff import NoBackoff
+  from redis.retry import Retry
   # The client's own retries are off: this module retries whole key batches
   # (idempotent) with its own backoff and says so in the log.
   return redis.Redis.from_url(options.url, max_connections=options.pool_size, socket_timeout=options.socket_timeout_s,
@@ -197,7 +197,7 @@ def _client(options: RedisOptions):
 
 
 def _source_name(url: str) -> str:
-  from redis.connection import parse_url  # pylint: disable=import-outside-toplevel
+  from redis.connection import parse_url
   try:
     parsed = parse_url(url)
   except ValueError:
@@ -208,7 +208,7 @@ def _source_name(url: str) -> str:
 
 
 def _explain(error: BaseException, options: RedisOptions, what: str) -> RedisSourceError:
-  import redis  # pylint: disable=import-outside-toplevel
+  import redis
   where = mask_url(options.url)
   detail = masked_message(f'{type(error).__name__}: {error}', options.url)
   if isinstance(error, redis.AuthenticationError) or 'WRONGPASS' in str(error) or 'NOAUTH' in str(error) or (
@@ -222,7 +222,7 @@ def _explain(error: BaseException, options: RedisOptions, what: str) -> RedisSou
 
 
 def _transient(error: BaseException) -> bool:
-  import redis  # pylint: disable=import-outside-toplevel
+  import redis
   if isinstance(error, redis.AuthenticationError):
     return False
   if isinstance(error, redis.ResponseError):
@@ -300,7 +300,7 @@ def _lower_bound(last: Any, lag: float):
 
 
 def _state_key(pattern: str, options: RedisOptions) -> str:
-  from io_connectors._common import state  # pylint: disable=import-outside-toplevel
+  from io_connectors._common import state
   return state.cursor_key('redis', options.tenant, f'{_source_name(options.url).split("://", 1)[1]}/{pattern}')
 
 
@@ -315,7 +315,7 @@ class _ScanFn(beam.DoFn):
     options = self._options
     low = None
     if options.cursor_field and not options.full_refresh:
-      from io_connectors._common import state  # pylint: disable=import-outside-toplevel
+      from io_connectors._common import state
       low = _lower_bound(state.load_cursor(options.state, _state_key(self._pattern, options)), options.lag)
     client = _client(options)
     seen = set()
@@ -537,7 +537,7 @@ class ReadFromRedis(beam.PTransform):
       try:
         client.ping()
         client.scan(cursor=0, match=self._pattern, count=options.scan_count)
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:
         raise _explain(e, options, f'check of pattern {self._pattern!r}') from None
     finally:
       client.close()

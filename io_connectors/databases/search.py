@@ -93,7 +93,7 @@ from io_connectors._common import state as state_store
 from io_connectors._common.errors import ConnectorError
 from io_connectors._common.masking import connection_url, mask_secrets, mask_url
 from io_connectors._common.retry import Backoff, call_with_retries
-from transforms.coders import RecordBatchCoder  # noqa: F401  pylint: disable=unused-import  # registers the batch coder
+from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
 from transforms.records import with_provenance
 
@@ -244,13 +244,13 @@ class _Client:
       if options.ca_certs:
         kwargs['ca_certs'] = options.ca_certs
     if options.client == 'opensearch':
-      import opensearchpy  # pylint: disable=import-outside-toplevel
+      import opensearchpy
       kwargs['timeout'] = kwargs.pop('request_timeout')
       if options.username:
         kwargs['http_auth'] = (options.username, options.password or '')
       self._impl = opensearchpy.OpenSearch(self.url, **kwargs)
     else:
-      import elasticsearch  # pylint: disable=import-outside-toplevel
+      import elasticsearch
       if options.username:
         kwargs['basic_auth'] = (options.username, options.password or '')
       if options.api_key:
@@ -323,14 +323,14 @@ class _Client:
         self._impl.clear_scroll(body={'scroll_id': [scroll_id]})
       else:
         self._impl.clear_scroll(scroll_id=scroll_id)
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       # The scroll expires after keep_alive anyway.
       _LOG.info('%s', self.masked(f'{self.where}: clear scroll failed: {_reason(e)}'))
 
   def close(self):
     try:
       self._impl.close()
-    except Exception:  # pylint: disable=broad-except
+    except Exception:
       pass
 
 
@@ -412,7 +412,7 @@ class _PlanFn(beam.DoFn):
     try:
       if not client.index_exists(self._index):
         raise SearchError(f'{self._options.client} at {client.where}: index {self._index!r} not found')
-      date_fields = _date_fields(client.call(f'mapping of {self._index!r}', client._impl.indices.get_mapping,  # pylint: disable=protected-access
+      date_fields = _date_fields(client.call(f'mapping of {self._index!r}', client._impl.indices.get_mapping,
                                              index=self._index))
       pit_id = client.open_pit(self._index) if self._options.resolved_method() == 'pit' else None
     finally:
@@ -609,7 +609,7 @@ def check(options: Optional[SearchOptions] = None, index: Optional[str] = None) 
     if index:
       if not client.index_exists(index):
         raise SearchError(f'{options.client} at {client.where}: index {index!r} not found')
-      count = client.call(f'count {index!r}', client._impl.count, index=index)['count']  # pylint: disable=protected-access
+      count = client.call(f'count {index!r}', client._impl.count, index=index)['count']
       summary += f'; index {index} has {count} documents'
     return summary
   finally:

@@ -124,7 +124,7 @@ class ReadFromFiles(ReadFormat):
   has are taken from it.
   """
 
-  def __init__(self, file_pattern: str, format: Optional[str] = None, options: Optional[FileOptions] = None):  # pylint: disable=redefined-builtin
+  def __init__(self, file_pattern: str, format: Optional[str] = None, options: Optional[FileOptions] = None):
     super().__init__(file_pattern, options)
     if format is not None:
       if format not in FORMATS:

@@ -149,7 +149,7 @@ def options_for(fmt: str, options: Optional[FileOptions]) -> FileOptions:
   cls = OPTIONS_CLASS[fmt]
   if options is None:
     return cls()
-  if type(options) is cls:  # pylint: disable=unidiomatic-typecheck
+  if type(options) is cls:
     return options
   shared = {f.name: getattr(options, f.name) for f in dataclasses.fields(cls) if hasattr(options, f.name)}
   return cls(**shared)

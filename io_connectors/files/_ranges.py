@@ -60,7 +60,7 @@ class MatchFn(beam.DoFn):
   def process(self, pattern):
     try:
       result = FileSystems.match([pattern])[0]
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       raise FileNotFoundError(f'cannot list files matching {pattern!r}: {e}') from None
     # Object stores list "folder/" placeholders and local globs directories: not files.
     files = sorted((m for m in result.metadata_list
@@ -118,11 +118,11 @@ class SplitFn(beam.DoFn):
 
   @staticmethod
   def _parquet_ranges(path, size, split):
-    import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+    import pyarrow.parquet as pq
     try:
       with open_file(path) as f:
         metadata = pq.ParquetFile(f).metadata
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       yield Range(path, 'parquet', 0, size, f'cannot open as Parquet: {short_error(e)}')
       return
     groups, group_bytes, first_row, next_row = [], 0, 1, 1

@@ -93,15 +93,15 @@ def _advance_past_sync_marker(f, marker: bytes) -> bool:
 
 
 def read_avro(rng: Range, options: AvroOptions):
-  from fastavro import block_reader  # pylint: disable=import-outside-toplevel
+  from fastavro import block_reader
   path, start, end = rng.path, rng.start, rng.end
   source = rng.source
   with open_file(path) as f:
     try:
       blocks = block_reader(f)
-      marker = blocks._header['sync']  # pylint: disable=protected-access
+      marker = blocks._header['sync']
       schema = blocks.writer_schema
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       if start == 0:
         yield dead_letter(path, None, 'corrupt_file', detail=f'cannot open as Avro: {short_error(e)}', stage=STAGE)
       return
@@ -130,7 +130,7 @@ def read_avro(rng: Range, options: AvroOptions):
         records = list(block)
       except StopIteration:
         break
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:
         if pending:
           yield from flush()
         yield dead_letter(source, position(row), 'corrupt_file',

@@ -34,13 +34,13 @@ def _excel_names(header) -> List[str]:
 
 
 def read_excel(rng: Range, options: ExcelOptions):
-  import openpyxl  # pylint: disable=import-outside-toplevel
+  import openpyxl
   path = rng.path
   try:
     with open_file(path) as f:
       content = f.read()
     workbook = openpyxl.load_workbook(io.BytesIO(content), read_only=True, data_only=True)
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     yield dead_letter(path, None, 'corrupt_file', detail=f'cannot open as an .xlsx workbook: {short_error(e)}', stage=STAGE)
     return
   try:
@@ -89,7 +89,7 @@ def _read_sheet(worksheet, source: str, options: ExcelOptions):
       numbers.append(number)
       if len(buffered) >= options.batch_size:
         yield from flush()
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     if buffered:
       yield from flush()
     yield dead_letter(source, position(number + 1), 'corrupt_file',

@@ -103,7 +103,7 @@ def read_json(rng: Range, options: JsonOptions):
   try:
     with open_file(path) as f:
       raw = f.read()
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     yield dead_letter(path, None, 'corrupt_file', detail=f'cannot read: {short_error(e)}', stage=STAGE)
     return
   try:

@@ -20,7 +20,7 @@ from transforms.records import position
 __all__ = ['ReadFromParquet', 'ParquetOptions']
 
 def read_parquet(rng: Range, options: ParquetOptions):
-  import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+  import pyarrow.parquet as pq
   path = rng.path
   if isinstance(rng.extra, str):
     yield dead_letter(path, None, 'corrupt_file', detail=rng.extra, stage=STAGE)
@@ -29,7 +29,7 @@ def read_parquet(rng: Range, options: ParquetOptions):
   with open_file(path) as f:
     try:
       parquet = pq.ParquetFile(f, page_checksum_verification=True)
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       yield dead_letter(path, None, 'corrupt_file', detail=f'cannot open as Parquet: {short_error(e)}', stage=STAGE)
       return
     metadata = parquet.metadata
@@ -40,7 +40,7 @@ def read_parquet(rng: Range, options: ParquetOptions):
         # A whole row group is decoded before any of it is emitted, so a
         # damaged group is set aside whole, never half-emitted.
         table = parquet.read_row_group(group, use_threads=False)
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:
         unread = sum(metadata.row_group(g).num_rows for g in groups[k:])
         yield dead_letter(path, position(row), 'corrupt_file',
                           detail=f'row group {group} cannot be read ({unread} rows from row {row} on): {short_error(e)}',

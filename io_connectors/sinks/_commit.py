@@ -124,7 +124,7 @@ class _S3Store:
   honours_preconditions = True
 
   def __init__(self, options):
-    from apache_beam.io.aws.clients.s3 import boto3_client  # pylint: disable=import-outside-toplevel
+    from apache_beam.io.aws.clients.s3 import boto3_client
     self._client = boto3_client.Client(options=options).client
 
   def read(self, path):
@@ -136,7 +136,7 @@ class _S3Store:
     return response['Body'].read(), response['ETag']
 
   def _put(self, path, data, **condition) -> bool:
-    import botocore.exceptions  # pylint: disable=import-outside-toplevel
+    import botocore.exceptions
     bucket, key = _split(path)
     try:
       self._client.put_object(Bucket=bucket, Key=key, Body=data, **condition)
@@ -162,7 +162,7 @@ class _GcsStore:
   honours_preconditions = True
 
   def __init__(self, options):
-    from apache_beam.io.gcp import gcsio  # pylint: disable=import-outside-toplevel
+    from apache_beam.io.gcp import gcsio
     self._client = gcsio.GcsIO(pipeline_options=options).client
 
   def _blob(self, path):
@@ -170,7 +170,7 @@ class _GcsStore:
     return self._client.bucket(bucket).blob(key)
 
   def read(self, path):
-    from google.api_core import exceptions  # pylint: disable=import-outside-toplevel
+    from google.api_core import exceptions
     bucket, key = _split(path)
     try:
       # Metadata first: a version older than the bytes only makes a later replace fail safe.
@@ -184,7 +184,7 @@ class _GcsStore:
     return data, str(blob.generation) if blob.generation else 'sha256:' + hashlib.sha256(data).hexdigest()
 
   def _put(self, path, data, generation: int) -> bool:
-    from google.api_core import exceptions  # pylint: disable=import-outside-toplevel
+    from google.api_core import exceptions
     try:
       self._blob(path).upload_from_string(data, if_generation_match=generation)
       return True
@@ -200,7 +200,7 @@ class _GcsStore:
     return self._put(path, data, int(version) if version else 0)
 
   def delete(self, path):
-    from google.api_core import exceptions  # pylint: disable=import-outside-toplevel
+    from google.api_core import exceptions
     try:
       self._blob(path).delete()
     except exceptions.NotFound:
@@ -258,7 +258,7 @@ def _probe(store, root: str):
 
 def store_for(path: str, options=None):
   """The store of `path` (local, s3:// or gs://), with the pipeline options' credentials."""
-  options = options if options is not None else FileSystems._pipeline_options  # pylint: disable=protected-access
+  options = options if options is not None else FileSystems._pipeline_options
   if path.startswith(('s3://', 'gs://')):
     root = path.split('://', 1)[0] + '://' + _split(path)[0]
     if (root, id(options)) in _PROBED:
@@ -387,7 +387,7 @@ class _KeepAlive:
     while not self._stop.wait(max(1.0, self._lock.ttl_s / 3)):
       try:
         self._lock.renew()
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:
         _LOG.warning('cannot renew the lake lock: %s', e)
 
   def __enter__(self):

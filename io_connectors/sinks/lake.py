@@ -154,7 +154,7 @@ def avro_schema(schema: pa.Schema) -> dict:
 
 
 def _avro_bytes(table: pa.Table) -> bytes:
-  import fastavro  # pylint: disable=import-outside-toplevel
+  import fastavro
   sink = io.BytesIO()
   fastavro.writer(sink, fastavro.parse_schema(avro_schema(table.schema)), table.to_pylist(), codec='deflate')
   return sink.getvalue()
@@ -231,7 +231,7 @@ def example_bytes(row: dict, schema: pa.Schema) -> bytes:
 
 
 def _tfrecord_bytes(table: pa.Table) -> bytes:
-  from apache_beam.io.tfrecordio import _TFRecordUtil  # pylint: disable=import-outside-toplevel
+  from apache_beam.io.tfrecordio import _TFRecordUtil
   sink = io.BytesIO()
   for row in table.to_pylist():
     _TFRecordUtil.write_record(sink, example_bytes(row, table.schema))
@@ -549,7 +549,7 @@ def commit_output(output: str, run_dir: str, manifest: dict, schema_doc: Optiona
     store.replace(_control(output, SCHEMA_NAME), _json_bytes(schema_doc), current[1] if current else None)
   try:
     sweep(output, grace_s=grace_s, keep_run_dirs=(run_dir,))
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     # The run is committed; what is left is collected next time.
     _LOG.warning('%s: garbage collection failed (%s); the next run retries it', output, e)
   return published

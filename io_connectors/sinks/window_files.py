@@ -63,7 +63,7 @@ def sweep_temporaries(output: str, older_than_s: float = DEFAULT_ORPHAN_AGE_S) -
   for pattern in (f'{output}/**/{_TEMP_PREFIX}*', f'{output}/**{_TEMP_PREFIX}*'):
     try:
       matches = FileSystems.match([pattern])[0].metadata_list
-    except Exception:  # pylint: disable=broad-except
+    except Exception:
       continue  # nothing there (local match raises on a missing directory)
     orphans += [m.path for m in matches
                 if m.path.rsplit('/', 1)[-1].startswith(_TEMP_PREFIX) and (m.last_updated_in_seconds or 0) < cutoff]

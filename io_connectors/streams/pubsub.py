@@ -51,7 +51,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from io_connectors import registry
 from io_connectors._common.errors import ConnectorError, short_error
 from io_connectors.streams._messages import messages_to_batch
-from transforms.coders import RecordBatchCoder  # noqa: F401  pylint: disable=unused-import  # registers the batch coder
+from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, Outputs
 
 __all__ = ['PubSubOptions', 'ReadPubSubJson', 'PubSubError']
@@ -160,7 +160,7 @@ class ReadPubSubJson(beam.PTransform):
 
   def check(self) -> str:
     """Finds the subscription (or topic) with the environment's credentials; raises PubSubError saying what is wrong."""
-    from google.cloud import pubsub_v1  # pylint: disable=import-outside-toplevel
+    from google.cloud import pubsub_v1
     opts = self._options
     try:
       if opts.subscription:
@@ -169,7 +169,7 @@ class ReadPubSubJson(beam.PTransform):
         return f'ok: {opts.source} (topic {found.topic})'
       pubsub_v1.PublisherClient().get_topic(request={'topic': opts.topic}, timeout=10)
       return f'ok: {opts.source}'
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       raise PubSubError(f'{opts.source}: {short_error(e)}') from None
 
   def expand(self, pbegin):

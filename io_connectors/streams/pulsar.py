@@ -72,7 +72,7 @@ from io_connectors._common.errors import ConnectorError
 from io_connectors._common.masking import mask_url
 from io_connectors.streams._messages import (ManualWatermarkProvider, ReadsRestrictionProvider, advance_watermark,
                                              emit_at_watermark, messages_to_batch)
-from transforms.coders import RecordBatchCoder  # noqa: F401  pylint: disable=unused-import  # registers the batch coder
+from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, Outputs
 
 __all__ = ['PulsarOptions', 'ReadFromPulsar', 'PulsarError', 'message_row']
@@ -180,7 +180,7 @@ class _Consumers:
     self._consumers: Dict[Tuple, Any] = {}
 
   def get(self, options: PulsarOptions, topic: str, index: int):
-    import pulsar  # pylint: disable=import-outside-toplevel
+    import pulsar
     key = (options.service_url, options.token_env, topic, options.subscription, index)
     with self._lock:
       consumer = self._consumers.get(key)
@@ -207,12 +207,12 @@ class _Consumers:
       for consumer in self._consumers.values():
         try:
           consumer.close()
-        except Exception:  # pylint: disable=broad-except
+        except Exception:
           pass
       for client in self._clients.values():
         try:
           client.close()
-        except Exception:  # pylint: disable=broad-except
+        except Exception:
           pass
       self._consumers.clear()
       self._clients.clear()
@@ -237,7 +237,7 @@ class _ReadTopicFn(beam.DoFn):
     self._options = options
 
   def _receive(self, consumer) -> List:
-    import pulsar  # pylint: disable=import-outside-toplevel
+    import pulsar
     opts = self._options
     deadline = time.monotonic() + opts.poll_seconds
     messages = []
@@ -309,7 +309,7 @@ class ReadFromPulsar(beam.PTransform):
 
   def check(self) -> str:
     """Connects (with the token, if any) and finds each topic's partitions; raises PulsarError saying what is wrong."""
-    import pulsar  # pylint: disable=import-outside-toplevel
+    import pulsar
     options = self._options
     where = f'Pulsar {options.safe_url}'
     client = None
@@ -317,7 +317,7 @@ class ReadFromPulsar(beam.PTransform):
       client = pulsar.Client(options.service_url, authentication=_authentication(options, pulsar),
                              operation_timeout_seconds=10, connection_timeout_ms=10_000, logger=_quiet_logger(pulsar))
       partitions = {topic: len(client.get_topic_partitions(topic)) for topic in options.topics}
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       raise PulsarError(f'{where}: {type(e).__name__}: {mask_url(str(e))}') from None
     finally:
       if client is not None:

@@ -101,7 +101,7 @@ from io_connectors._common.errors import ConnectorError
 from io_connectors._common.masking import mask_url
 from io_connectors.streams._messages import (ManualWatermarkProvider, ReadsRestrictionProvider, advance_watermark,
                                              emit_at_watermark, messages_to_batch)
-from transforms.coders import RecordBatchCoder  # noqa: F401  pylint: disable=unused-import  # registers the batch coder
+from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 
 __all__ = [
@@ -235,7 +235,7 @@ class RedisStreamsError(ConnectorError, RuntimeError):
 
 def redis_client(options: RedisStreamsOptions):
   """A redis-py client for the options (password from ``password_env`` if set)."""
-  import redis  # pylint: disable=import-outside-toplevel
+  import redis
   kwargs: Dict[str, Any] = {'socket_timeout': max(30.0, options.block_ms / 1000 + 30.0), 'socket_connect_timeout': 30.0}
   if options.password_env:
     password = os.environ.get(options.password_env)
@@ -251,7 +251,7 @@ def _text(value) -> str:
 
 def _earliest_event_time(batch: pa.RecordBatch, field: str) -> Optional[Timestamp]:
   """The smallest value of `field` (ISO-8601 text, timestamp or epoch ms) in the batch, or None."""
-  import pyarrow.compute as pc  # pylint: disable=import-outside-toplevel
+  import pyarrow.compute as pc
   index = batch.schema.get_field_index(field)
   if index < 0:
     return None
@@ -312,7 +312,7 @@ class _ReadStreamFn(_RedisClientFn):
   def _ensure_group(self, stream: str):
     if stream in self._groups_ready:
       return
-    import redis  # pylint: disable=import-outside-toplevel
+    import redis
     try:
       self._client.xgroup_create(stream, self._options.group, id=self._options.start_id, mkstream=True)
     except redis.ResponseError as e:
@@ -488,7 +488,7 @@ class ReadFromRedisStreams(beam.PTransform):
       try:
         client.ping()
         kinds = {stream: _text(client.type(stream)) for stream in options.streams}
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:
         raise RedisStreamsError(f'{where}: {type(e).__name__}: {mask_url(str(e))}') from None
     finally:
       client.close()

@@ -269,7 +269,7 @@ class _KafkaSink:
   """An idempotent Kafka producer; `send` returns once the broker acknowledged the event."""
 
   def __init__(self, bootstrap: str, config: Dict[str, str]):
-    import confluent_kafka  # pylint: disable=import-outside-toplevel
+    import confluent_kafka
     self._producer = confluent_kafka.Producer({
         'bootstrap.servers': bootstrap,
         'enable.idempotence': True,
@@ -327,10 +327,10 @@ def _media_type(value: str) -> str:
 def create_app(options: WebhookOptions, redis_client=None):
   """The Starlette (ASGI) app. redis_client: a redis.asyncio.Redis, built from options when None."""
   # Imported here so that importing the module (for `sign`) needs neither.
-  from starlette.applications import Starlette  # pylint: disable=import-outside-toplevel
-  from starlette.responses import JSONResponse, PlainTextResponse  # pylint: disable=import-outside-toplevel
-  from starlette.routing import Route  # pylint: disable=import-outside-toplevel
-  import redis.asyncio as aioredis  # pylint: disable=import-outside-toplevel
+  from starlette.applications import Starlette
+  from starlette.responses import JSONResponse, PlainTextResponse
+  from starlette.routing import Route
+  import redis.asyncio as aioredis
 
   secrets = {name: (s.encode('utf-8') if isinstance(s, str) else bytes(s)) for name, s in options.sources.items()}
   accepted_types = {_media_type(t) for t in options.content_types}
@@ -423,7 +423,7 @@ def create_app(options: WebhookOptions, redis_client=None):
       args += [name, value]
     try:
       stored, entry = await store_script(keys=[seen_key, f'{options.stream_prefix}{source}', digest_key], args=args)
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       raise _Rejected('store_unavailable', f'event store unavailable ({type(e).__name__})') from None
     if not stored:
       raise _Rejected('replay', 'delivery id already accepted' if entry in (b'id', 'id') else
@@ -435,14 +435,14 @@ def create_app(options: WebhookOptions, redis_client=None):
     keys = [k for k in (seen_key, digest_key) if k]
     try:
       seen = await redis_client.exists(*keys)
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       raise _Rejected('store_unavailable', f'event store unavailable ({type(e).__name__})') from None
     if seen:
       raise _Rejected('replay', 'delivery already accepted')
     body = fields.pop('body')
     try:
       entry = await kafka.send(f'{options.kafka_topic_prefix}{source}', delivery['delivery_id'], body, fields)
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       raise _Rejected('store_unavailable', f'event store unavailable ({type(e).__name__})') from None
     # Recorded once the broker has the event: a failure before leaves the retry welcome.
     try:
@@ -450,7 +450,7 @@ def create_app(options: WebhookOptions, redis_client=None):
         for key in keys:
           pipe.set(key, entry, ex=remember_seconds)
         await pipe.execute()
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       _LOG.warning('delivery stored in Kafka but its id not recorded (%s): a retry would be produced again',
                    type(e).__name__)
     return entry
@@ -490,7 +490,7 @@ def create_app(options: WebhookOptions, redis_client=None):
       await asyncio.wait_for(redis_client.ping(), timeout=5)
       if kafka is not None:
         await asyncio.wait_for(kafka.ping(), timeout=10)
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       return JSONResponse({'status': 'unavailable', 'detail': f'event store: {type(e).__name__}'}, status_code=503)
     return JSONResponse({'status': 'ok'})
 
@@ -575,7 +575,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except ValueError as e:
     print(str(e), file=sys.stderr)
     return 2
-  import uvicorn  # pylint: disable=import-outside-toplevel
+  import uvicorn
   target = f'Kafka {args.kafka_bootstrap}' if args.sink == 'kafka' else mask_url(args.redis_url)
   _LOG.info('webhook receiver on %s:%d for %s -> %s', args.host, args.port, ', '.join(sorted(sources)), target)
   uvicorn.run(create_app(options), host=args.host, port=args.port, log_level='warning', access_log=False)

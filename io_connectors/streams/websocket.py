@@ -75,7 +75,7 @@ from io_connectors.streams.redis_streams import (ReadFromRedisStreams, RedisStre
                                                  readers_of, redis_client)
 from io_connectors.streams._messages import (ManualWatermarkProvider, ReadsRestrictionProvider, emit_at_watermark,
                                              messages_to_batch)
-from transforms.coders import RecordBatchCoder  # noqa: F401  pylint: disable=unused-import  # registers the batch coder
+from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, Outputs
 
 __all__ = ['WebSocketOptions', 'ReadFromWebSocket', 'WebSocketError', 'WebSocketReceiver', 'public_url']
@@ -207,8 +207,8 @@ class WebSocketReceiver:
     return self._options.max_messages is not None and self.received >= self._options.max_messages
 
   def _run(self):
-    from websockets.exceptions import WebSocketException  # pylint: disable=import-outside-toplevel
-    from websockets.sync.client import connect  # pylint: disable=import-outside-toplevel
+    from websockets.exceptions import WebSocketException
+    from websockets.sync.client import connect
     opts = self._options
     delays = _reconnect_backoff(opts.initial_backoff_s, opts.max_backoff_s)
     while not self._stop.is_set() and not self.reached_max:
@@ -366,7 +366,7 @@ class _LandInRedisFn(beam.DoFn):
         try:
           client.xadd(stream, {field: message})
           return
-        except Exception as e:  # pylint: disable=broad-except
+        except Exception as e:
           _LOG.warning('websocket landing: XADD to %s failed (%s); retrying', stream, type(e).__name__)
           time.sleep(next(delays))
 
@@ -416,12 +416,12 @@ class ReadFromWebSocket(beam.PTransform):
   def check(self) -> str:
     """Opens the feed with its headers (and looks at the durable Redis stream); raises WebSocketError or
     RedisStreamsError saying what is wrong. Nothing is sent on the feed (no subscribe message)."""
-    from websockets.sync.client import connect  # pylint: disable=import-outside-toplevel
+    from websockets.sync.client import connect
     opts = self._options
     try:
       with connect(opts.url, additional_headers=opts.headers or None, open_timeout=10, close_timeout=2):
         pass
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       # Only the class and the public URL: the error text may quote headers.
       raise WebSocketError(f'websocket {opts.source}: cannot open the feed ({type(e).__name__})') from None
     summary = f'ok: websocket {opts.source} opens'

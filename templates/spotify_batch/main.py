@@ -78,7 +78,7 @@ class FlexTemplateOptions(PipelineOptions):
 def split_launcher_options(argv: Iterable[str]) -> tuple[list[str], FlexTemplateOptions]:
   """(argv without the launcher's own options, those options)."""
   parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-  FlexTemplateOptions._add_argparse_args(parser)  # pylint: disable=protected-access
+  FlexTemplateOptions._add_argparse_args(parser)
   known, rest = parser.parse_known_args(list(argv))
   return rest, FlexTemplateOptions.from_dictionary({k: v for k, v in vars(known).items() if v is not None})
 
@@ -91,13 +91,13 @@ def flag_option_names() -> frozenset[str]:
   """
   from apache_beam.options.pipeline_options import PipelineOptions
 
-  import pipelines.options  # pylint: disable=unused-import  # registers SpotifyBatchOptions
+  import pipelines.options  # registers SpotifyBatchOptions
 
   parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, conflict_handler='resolve')
   for options_class in {str(cls): cls for cls in PipelineOptions.__subclasses__()}.values():
-    options_class._add_argparse_args(parser)  # pylint: disable=protected-access
+    options_class._add_argparse_args(parser)
   return frozenset(
-      option for action in parser._actions if action.nargs == 0  # pylint: disable=protected-access
+      option for action in parser._actions if action.nargs == 0
       for option in action.option_strings if option.startswith('--'))
 
 

@@ -30,7 +30,6 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
   sys.path.insert(0, str(REPO_ROOT))
 
-# pylint: disable=wrong-import-position
 from templates.spotify_batch.main import LauncherError, pipeline_argv_from
 
 __all__ = ['main']
@@ -39,7 +38,7 @@ __all__ = ['main']
 def main(argv: Optional[list[str]] = None) -> int:
   logging.getLogger().setLevel(logging.INFO)
   # Registers the streaming options, so that their boolean flags are known to to_beam_argv.
-  from pipelines import spotify_streaming  # pylint: disable=import-outside-toplevel
+  from pipelines import spotify_streaming
 
   try:
     beam_argv, pii_key_secret = pipeline_argv_from(sys.argv[1:] if argv is None else argv)

@@ -47,7 +47,7 @@ def spotify_spec():
 
 
 @pytest.fixture
-def fake_spotify(spotify_spec):  # pylint: disable=redefined-outer-name
+def fake_spotify(spotify_spec):
   with FakeSpotify(spotify_spec, refresh_token=USER['refresh_token'], **CLIENT) as fake:
     yield fake
 

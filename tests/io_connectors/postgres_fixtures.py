@@ -32,7 +32,7 @@ class PgSchema:
   """A fresh schema and an autocommit connection to fill it."""
 
   def __init__(self, url: str):
-    import psycopg  # pylint: disable=import-outside-toplevel
+    import psycopg
     self.url = url
     self.name = f't_{uuid.uuid4().hex[:12]}'
     self.conn = psycopg.connect(url, autocommit=True)
@@ -45,7 +45,7 @@ class PgSchema:
     return self.conn.execute(statement, params)
 
   def close(self):
-    from io_connectors.databases.postgres import release_snapshots  # pylint: disable=import-outside-toplevel
+    from io_connectors.databases.postgres import release_snapshots
     # A failed read leaves its snapshot open, with locks that would block the drop.
     release_snapshots()
     self.conn.execute("SET lock_timeout = '30s'")

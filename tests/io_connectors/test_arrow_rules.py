@@ -169,8 +169,8 @@ def test_string_columns_are_text_whatever_they_hold():
 
 
 def test_to_text_of_typed_values():
-  import datetime as dt  # pylint: disable=import-outside-toplevel
-  import decimal  # pylint: disable=import-outside-toplevel
+  import datetime as dt
+  import decimal
   assert to_text(dt.datetime(2024, 1, 1, 10, tzinfo=dt.timezone.utc)) == '2024-01-01T10:00:00+00:00'
   assert to_text(decimal.Decimal('12.30')) == '12.30'
   assert to_text(b'caf\xc3\xa9') == 'café'

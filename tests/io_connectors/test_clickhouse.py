@@ -28,7 +28,7 @@ from io_connectors.databases import clickhouse
 from io_connectors.databases.clickhouse import ClickHouseError, ClickHouseOptions, ReadFromClickHouse, check
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, strip_internal
 
-import chdb  # noqa: E402  pylint: disable=wrong-import-position,wrong-import-order
+import chdb  # noqa: E402
 
 URL = 'http://reader:ch-pass-123@127.0.0.1:8123'
 
@@ -153,7 +153,7 @@ def test_key_ranges_read_every_row_once(tmp_path, engine):
   _, make = engine
   table = make('plays_flat', PLAYS_DDL.replace('PARTITION BY toYYYYMM(played_at) ', ''), PLAYS_INSERT)
   options = ClickHouseOptions(url=URL, num_splits=4)
-  connection = clickhouse._Connection(options)  # pylint: disable=protected-access
+  connection = clickhouse._Connection(options)
   splits = clickhouse.plan_splits(connection, table, None, options)
   assert [s.name for s in splits] == [f'id-range-{i}-of-4' for i in range(1, 5)]
   assert all('{lo:UInt64}' in s.sql or '{hi:UInt64}' in s.sql for s in splits)  # bound as parameters
@@ -262,7 +262,7 @@ def _read_with_cursors(tmp_path, transform):
 
 @pytest.mark.parametrize('cursor', ['updated_at', 'version'])
 def test_incremental_reads_new_and_changed_rows_and_rereads_after_a_failed_run(tmp_path, engine, cursor):
-  from io_connectors._common import state  # pylint: disable=import-outside-toplevel
+  from io_connectors._common import state
   session, make = engine
   table = make('plays_inc', 'CREATE TABLE {name} (id UInt64, updated_at DateTime64(3, \'Europe/Stockholm\'), '
                'version UInt64) ENGINE = MergeTree PARTITION BY id % 2 ORDER BY id',

@@ -130,8 +130,8 @@ def test_csv_bad_encoding_only_affects_its_line(tmp_path):
 @pytest.mark.parametrize('keep_bad_lines', [True, False])
 def test_utf8_bad_lines_found_like_a_full_decode(keep_bad_lines):
   """The vectorised search for bad UTF-8 lines gives what decoding every line gives."""
-  import random  # pylint: disable=import-outside-toplevel
-  from io_connectors.files import _lines  # pylint: disable=import-outside-toplevel
+  import random
+  from io_connectors.files import _lines
   rng = random.Random(3)
   kinds = [b'abc,d\xc3\xa9f', b'bad \xff\xfe line', b'cr \xe9\r', b'', b'\xe2\x82', b'plain,1,2', b'\xf0\x9f\x8e\xb5 ok']
   seen_bad = 0

@@ -26,8 +26,8 @@ from io_connectors.streams.kafka import (KafkaReadOptions, KafkaWriteOptions, Re
 from pipelines import runners
 from tests.conftest import ensure_service, pipeline_options
 
-import confluent_kafka  # noqa: E402  pylint: disable=wrong-import-position,wrong-import-order
-import confluent_kafka.admin  # noqa: E402 pylint: disable=wrong-import-position
+import confluent_kafka  # noqa: E402
+import confluent_kafka.admin  # noqa: E402
 
 # The local broker's test credentials (scripts/services.d/kafka.sh).
 SASL_USER, SASL_PASSWORD = 'beam', 'beam-secret'
@@ -317,7 +317,7 @@ def test_write_to_kafka_round_trip(kafka):
 
 def test_streaming_read_of_records_produced_while_running_on_prism(kafka, prism_binary):
   """An unbounded read (self-checkpoints, watermark) that ends after a record count, on Prism."""
-  from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=import-outside-toplevel
+  from apache_beam.options.pipeline_options import PipelineOptions
   args = runners.runner_args('prism')
   topic = new_topic(kafka, partitions=2)
   produce(kafka, topic, [(i % 2, event(i), None) for i in range(10)])
@@ -342,8 +342,8 @@ def test_a_partition_watermark_waits_for_the_other_partitions():
   Each bundle notes the partition's checkpointed progress, then reports at
   most the least progress the other partitions had checkpointed.
   """
-  from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp  # pylint: disable=import-outside-toplevel
-  from io_connectors.streams.kafka import reader as kafka_module  # pylint: disable=import-outside-toplevel
+  from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
+  from io_connectors.streams.kafka import reader as kafka_module
   fn = kafka_module._UnboundedReadPartitionFn(KafkaReadOptions(bootstrap_servers='127.0.0.1:1', topics='t'))
   provider = kafka_module._WatermarkProvider()
   partitions = [kafka_module.KafkaPartition('t', p, 2) for p in (0, 1)]
@@ -375,10 +375,10 @@ def test_a_caught_up_partition_lifts_its_cap_when_the_others_progress(kafka):
   its next bundles read nothing, yet must report what the others have
   checkpointed since, or no window would ever close (a Flink job stalled so).
   """
-  from apache_beam.io.restriction_trackers import OffsetRange  # pylint: disable=import-outside-toplevel
-  from apache_beam.runners.sdf_utils import ThreadsafeRestrictionTracker  # pylint: disable=import-outside-toplevel
-  from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp  # pylint: disable=import-outside-toplevel
-  from io_connectors.streams.kafka import reader as kafka_module  # pylint: disable=import-outside-toplevel
+  from apache_beam.io.restriction_trackers import OffsetRange
+  from apache_beam.runners.sdf_utils import ThreadsafeRestrictionTracker
+  from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
+  from io_connectors.streams.kafka import reader as kafka_module
   topic = new_topic(kafka, partitions=2)
   base_ms = 1_700_000_000_000
   produce(kafka, topic, [(0, event(i), base_ms + 100_000 + i) for i in range(5)] +
@@ -422,8 +422,8 @@ def test_a_caught_up_partition_lifts_its_cap_when_the_others_progress(kafka):
 
 
 def test_streaming_partition_reads_are_checkpointed_never_split():
-  from apache_beam.io.restriction_trackers import OffsetRange  # pylint: disable=import-outside-toplevel
-  from io_connectors.streams.kafka import reader as kafka_module  # pylint: disable=import-outside-toplevel
+  from apache_beam.io.restriction_trackers import OffsetRange
+  from io_connectors.streams.kafka import reader as kafka_module
   options = KafkaReadOptions(bootstrap_servers='127.0.0.1:1', topics='t')
   tracker = kafka_module._UnboundedReadPartitionFn(options).create_tracker(OffsetRange(0, 1000))
   assert tracker.try_claim(0)
@@ -438,7 +438,7 @@ def test_streaming_partition_reads_are_checkpointed_never_split():
 
 
 def test_cross_language_consumer_config_passes_sasl_as_jaas_and_the_group():
-  from io_connectors.streams.kafka import java_kafka_config  # pylint: disable=import-outside-toplevel
+  from io_connectors.streams.kafka import java_kafka_config
   options = KafkaReadOptions(bootstrap_servers='127.0.0.1:9094', topics=('t',), group_id='lake',
                              security_protocol='SASL_PLAINTEXT', sasl_mechanism='PLAIN', sasl_username='beam',
                              sasl_password='s"cret', start_position='latest')
@@ -451,7 +451,7 @@ def test_cross_language_consumer_config_passes_sasl_as_jaas_and_the_group():
 
 
 def test_cross_language_reader_checks_its_options(kafka):
-  from io_connectors.streams.kafka import ReadFromKafkaCrossLanguage  # pylint: disable=import-outside-toplevel
+  from io_connectors.streams.kafka import ReadFromKafkaCrossLanguage
   with pytest.raises(ValueError, match='JSON'):
     ReadFromKafkaCrossLanguage(KafkaReadOptions(bootstrap_servers=kafka, topics=('t',), value_format='avro',
                                                 avro_schema_file='x.avsc'))
@@ -465,7 +465,7 @@ def test_cross_language_reader_checks_its_options(kafka):
   admin.create_topics([confluent_kafka.admin.NewTopic(topic, 3, 1)])[topic].result(60)
   read = ReadFromKafkaCrossLanguage(KafkaReadOptions(bootstrap_servers=kafka, topics=(topic,),
                                                      max_records_per_partition=5))
-  assert read._max_num_records == 15  # pylint: disable=protected-access
+  assert read._max_num_records == 15
 
 
 def test_dofn_copies_share_consumers_and_never_run_the_process_out_of_them(kafka):
@@ -475,7 +475,7 @@ def test_dofn_copies_share_consumers_and_never_run_the_process_out_of_them(kafka
   thread-local storage keys; with a consumer per copy, 1,100 copies failed with
   "Failed to initialize thread local storage".
   """
-  from io_connectors.streams.kafka import reader as kafka_module  # pylint: disable=import-outside-toplevel
+  from io_connectors.streams.kafka import reader as kafka_module
   topic = new_topic(kafka)
   produce(kafka, topic, [(0, b'{"a": 1}', None)])
   options = KafkaReadOptions(bootstrap_servers=kafka, topics=topic, bounded=True)
@@ -487,7 +487,7 @@ def test_dofn_copies_share_consumers_and_never_run_the_process_out_of_them(kafka
 
 
 def test_check_finds_the_topics_and_names_what_is_wrong_without_secrets(kafka, kafka_sasl):
-  from io_connectors._common.errors import ConnectorError  # pylint: disable=import-outside-toplevel
+  from io_connectors._common.errors import ConnectorError
   topic = new_topic(kafka, partitions=2)
   summary = ReadFromKafka(KafkaReadOptions(bootstrap_servers=kafka, topics=topic)).check()
   assert summary.startswith(f'Kafka at {kafka}: ') and summary.endswith(f'; {topic}: 2 partition(s)')

@@ -244,7 +244,7 @@ def test_the_manifest_lists_only_runs_still_in_their_grace_period(tmp_path):
 @pytest.mark.parametrize('expired_lock_first', [False, True])
 @pytest.mark.parametrize('where', ['local', 's3'])  # stores that honour preconditions (the GCS emulator does not)
 def test_runs_racing_for_the_lock_get_exactly_one_winner(where, expired_lock_first, request, tmp_path):
-  import concurrent.futures  # pylint: disable=import-outside-toplevel
+  import concurrent.futures
   if where == 'local':
     FileSystems.set_options(pipeline_options())
     output = str(tmp_path / 'lake')

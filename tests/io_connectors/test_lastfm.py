@@ -185,10 +185,10 @@ def test_signature_and_options(lastfm):
 
 def test_batch_job_reads_lastfm_and_a_social_api_for_two_tenants(lastfm, tmp_path, monkeypatch):
   """pipelines.spotify_batch --config with Last.fm and Twitter/X sources for two tenants into the lake."""
-  import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
-  import yaml  # pylint: disable=import-outside-toplevel
-  from pipelines.spotify_batch import run  # pylint: disable=import-outside-toplevel
-  from tests.io_connectors.api_fakes import TwitterFake  # pylint: disable=import-outside-toplevel
+  import pyarrow.parquet as pq
+  import yaml
+  from pipelines.spotify_batch import run
+  from tests.io_connectors.api_fakes import TwitterFake
   monkeypatch.setenv('PII_MASTER_KEY', 'ab' * 32)
   monkeypatch.setenv('TWITTER_BEARER_TOKEN', TwitterFake.BEARER)
   lastfm.add_scrobbles('rj', scrobbles(230))

@@ -324,7 +324,7 @@ def test_registry_builds_from_config(monkeypatch, mongo_url):
 
 
 def test_incremental_reads_new_and_changed_documents_and_rereads_after_a_failed_run(tmp_path, coll, mongo_url):
-  from io_connectors._common import state  # pylint: disable=import-outside-toplevel
+  from io_connectors._common import state
   store = str(tmp_path / 'state')
   t0 = dt.datetime(2024, 1, 1, tzinfo=UTC)
   coll.insert_many([{'_id': i, 'v': 0, 'updated_at': t0 + dt.timedelta(minutes=i)} for i in range(10)])
@@ -370,7 +370,7 @@ def test_incremental_reads_new_and_changed_documents_and_rereads_after_a_failed_
 
 
 def test_batch_pipeline_reads_listening_events_of_two_tenants(tmp_path, coll, mongo_url, monkeypatch):
-  from pipelines import spotify_batch  # pylint: disable=import-outside-toplevel
+  from pipelines import spotify_batch
   base = dt.datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
   events = []
   for i in range(60):
@@ -414,7 +414,7 @@ def test_batch_pipeline_reads_listening_events_of_two_tenants(tmp_path, coll, mo
 
 def test_batch_pipeline_commits_the_cursor_and_the_next_run_reads_only_new_events(tmp_path, coll, mongo_url,
                                                                                   monkeypatch):
-  from pipelines import spotify_batch  # pylint: disable=import-outside-toplevel
+  from pipelines import spotify_batch
   base = dt.datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
   def event(i):

@@ -26,7 +26,7 @@ def test_options_are_frozen_dataclasses_with_secrets_out_of_repr(cls):
 
 
 def test_options_are_checked_when_built():
-  from io_connectors import ClickHouseOptions, PostgresOptions, SearchOptions  # pylint: disable=import-outside-toplevel
+  from io_connectors import ClickHouseOptions, PostgresOptions, SearchOptions
   for build in (lambda: PostgresOptions(batch_size=0), lambda: ClickHouseOptions(num_splits=0),
                 lambda: SearchOptions(slices=0), lambda: WebhookOptions(sources={})):
     with pytest.raises(ValueError):

@@ -258,7 +258,7 @@ class _Killer(threading.Thread):
     self.url, self.table, self.times, self.killed, self.stop = url, table, times, 0, threading.Event()
 
   def run(self):
-    import psycopg  # pylint: disable=import-outside-toplevel
+    import psycopg
     with psycopg.connect(self.url, autocommit=True) as conn:
       while not self.stop.is_set() and self.killed < self.times:
         # This test's split only (its table is in a schema of its own).
@@ -386,7 +386,7 @@ def test_integer_cursor_with_the_registry_config(pg, tmp_path):
 
 
 def test_batch_job_imports_listening_events_of_two_tenants_incrementally(pg, tmp_path):
-  from pipelines.spotify_batch import run  # pylint: disable=import-outside-toplevel
+  from pipelines.spotify_batch import run
   table = pg.table('listening_events')
   pg.execute(f"""CREATE TABLE {table} (event_id text PRIMARY KEY, tenant_id text, user_id text, track_id text,
       played_at timestamptz, ms_played int, country text, skipped bool, updated_at timestamptz)""")
@@ -416,7 +416,7 @@ def test_batch_job_imports_listening_events_of_two_tenants_incrementally(pg, tmp
 
 
 def _release_in_another_process(plan_and_options):
-  from io_connectors.databases.postgres import _ReleaseSnapshotFn  # pylint: disable=import-outside-toplevel
+  from io_connectors.databases.postgres import _ReleaseSnapshotFn
   plan, options = plan_and_options
   _ReleaseSnapshotFn(plan, options).process(1)
 
@@ -424,8 +424,8 @@ def _release_in_another_process(plan_and_options):
 def test_a_worker_in_another_process_releases_the_snapshot_by_ending_the_coordinator(pg, postgres_url):
   # What happens on Flink or Dataflow: the release step runs in a worker, not
   # in the launching process that holds the coordinator.
-  import multiprocessing  # pylint: disable=import-outside-toplevel
-  from io_connectors.databases.postgres import _Planner  # pylint: disable=import-outside-toplevel
+  import multiprocessing
+  from io_connectors.databases.postgres import _Planner
   pg.execute(f'CREATE TABLE {pg.table("r")} (id int PRIMARY KEY)')
   options = PostgresOptions(url=postgres_url)
   plan, _, _ = _Planner(pg.table('r'), None, options).plan()

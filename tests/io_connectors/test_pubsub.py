@@ -47,7 +47,7 @@ def emulator():
   with pytest.MonkeyPatch.context() as patch:
     patch.setenv('PUBSUB_EMULATOR_HOST', f'127.0.0.1:{port}')
     patch.setenv('PUBSUB_PROJECT_ID', PROJECT)
-    from google.cloud import pubsub_v1  # pylint: disable=import-outside-toplevel
+    from google.cloud import pubsub_v1
     yield pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
 
 
@@ -118,7 +118,7 @@ def test_streaming_read_parses_json_and_dead_letters_bad_payloads(subscription, 
 
 
 def test_check_finds_the_subscription(subscription):
-  from io_connectors._common.errors import ConnectorError  # pylint: disable=import-outside-toplevel
+  from io_connectors._common.errors import ConnectorError
   _, topic, sub = subscription
   assert ReadPubSubJson(PubSubOptions(subscription=sub)).check() == f'ok: pubsub://{sub} (topic {topic})'
   assert ReadPubSubJson(PubSubOptions(topic=topic)).check() == f'ok: pubsub://{topic}'

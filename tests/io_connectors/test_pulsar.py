@@ -53,7 +53,7 @@ def service_url():
 
 @pytest.fixture(scope='module')
 def client(service_url):
-  import pulsar  # pylint: disable=import-outside-toplevel
+  import pulsar
   c = pulsar.Client(service_url, logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn))
   yield c
   c.close()
@@ -65,7 +65,7 @@ def _topic():
 
 def _produce(client, topic, payloads):
   """Sends the payloads; returns their message ids, in order (creates the subscription first)."""
-  import pulsar  # pylint: disable=import-outside-toplevel
+  import pulsar
   # The subscription exists before the messages, so it holds every one of them.
   client.subscribe(topic, 'pipeline', consumer_type=pulsar.ConsumerType.Shared,
                    initial_position=pulsar.InitialPosition.Earliest).close()
@@ -196,7 +196,7 @@ def test_a_killed_pipeline_process_loses_nothing_and_writes_nothing_twice(servic
 
 
 def test_check_finds_the_topics(service_url):
-  from io_connectors._common.errors import ConnectorError  # pylint: disable=import-outside-toplevel
+  from io_connectors._common.errors import ConnectorError
   topic = f'persistent://public/default/{fresh_name("checked")}'
   summary = ReadFromPulsar(PulsarOptions(service_url=service_url, topics=[topic], subscription='s')).check()
   assert summary == f'ok: Pulsar {service_url}; {topic} (1 partition(s))'

@@ -229,7 +229,7 @@ def test_options_and_registry(monkeypatch, url):
 
 
 def test_incremental_reads_only_changed_records_until_the_cursor_is_committed(tmp_path, client, url, prefix):
-  from io_connectors._common import state  # pylint: disable=import-outside-toplevel
+  from io_connectors._common import state
   store = str(tmp_path / 'state')
   for i in range(6):
     client.set(f'{prefix}{i}', json.dumps({'n': i, 'updated_at': f'2024-01-01T00:0{i}:00+00:00'}))

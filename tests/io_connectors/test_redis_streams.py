@@ -132,7 +132,7 @@ def _left_pending(client, stream, reads):
   reader under test takes over).
   """
   client.xgroup_create(stream, 'pipeline', id='0')
-  ours = f'job-{redis_streams._PROCESS_TOKEN}-{stream}-0'  # pylint: disable=protected-access
+  ours = f'job-{redis_streams._PROCESS_TOKEN}-{stream}-0'
   for consumer, count in reads:
     client.xreadgroup('pipeline', ours if consumer == 'ours' else consumer, {stream: '>'}, count=count)
   wait_until(lambda: all(e['time_since_delivered'] >= 300 for e in _pending(client, stream)),
@@ -208,7 +208,7 @@ class _CheckPendingFn(beam.DoFn):
     self._url, self._stream, self._fail_on = url, stream, fail_on_batch
 
   def setup(self):
-    self._client = redis.Redis.from_url(self._url)  # pylint: disable=attribute-defined-outside-init
+    self._client = redis.Redis.from_url(self._url)
 
   def process(self, batch):
     first = row_entry_id(batch.column('__row')[0].as_py())
@@ -337,7 +337,7 @@ def test_batches_are_stamped_with_their_earliest_event_time(url, client, stream)
 
 def test_whole_second_times_stay_text():
   """pyarrow infers a time type from a batch of whole-second ISO times and drops their offset: not here."""
-  from io_connectors.streams._messages import messages_to_batch  # pylint: disable=import-outside-toplevel
+  from io_connectors.streams._messages import messages_to_batch
   payloads = [json.dumps({'event_id': f'e{i}', 'played_at': f'2024-01-01T10:00:0{i}Z'}).encode() for i in range(3)]
   batch, dead = messages_to_batch(payloads, [f'entry 1-{i}' for i in range(3)], [1, 2, 3], 'redis://s', 'read')
   assert not dead
@@ -346,8 +346,8 @@ def test_whole_second_times_stay_text():
 
 
 def test_a_reader_restriction_is_checkpointed_never_split():
-  from apache_beam.io.restriction_trackers import OffsetRange  # pylint: disable=import-outside-toplevel
-  from io_connectors.streams._messages import ReadsRestrictionProvider  # pylint: disable=import-outside-toplevel
+  from apache_beam.io.restriction_trackers import OffsetRange
+  from io_connectors.streams._messages import ReadsRestrictionProvider
   tracker = ReadsRestrictionProvider().create_tracker(OffsetRange(0, 1000))
   assert tracker.try_claim(0)
   assert tracker.try_split(0.5) is None  # a second reader of the same consumer: refused
@@ -356,8 +356,8 @@ def test_a_reader_restriction_is_checkpointed_never_split():
 
 
 def test_outputs_are_never_stamped_behind_the_reported_watermark():
-  from apache_beam.io.watermark_estimators import ManualWatermarkEstimator  # pylint: disable=import-outside-toplevel
-  from io_connectors.streams._messages import emit_at_watermark  # pylint: disable=import-outside-toplevel
+  from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
+  from io_connectors.streams._messages import emit_at_watermark
   batch = pa.record_batch({'event_id': ['e1']})
   letter = {'reason': 'malformed_json'}
   watermark = ManualWatermarkEstimator(None)
@@ -373,8 +373,8 @@ def test_outputs_are_never_stamped_behind_the_reported_watermark():
 
 
 def test_check_looks_at_each_stream(url, client, stream):
-  from io_connectors._common.errors import ConnectorError  # pylint: disable=import-outside-toplevel
-  from io_connectors._common.masking import mask_url  # pylint: disable=import-outside-toplevel
+  from io_connectors._common.errors import ConnectorError
+  from io_connectors._common.masking import mask_url
   absent = fresh_name('absent')
   client.xadd(stream, {'data': '{}'})
   summary = ReadFromRedisStreams(RedisStreamsOptions(url=url, streams=[stream, absent], group='g')).check()

@@ -22,8 +22,8 @@ from io_connectors.databases.search import ReadFromSearch, SearchError, SearchOp
 from tests.conftest import ensure_service
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, strip_internal
 
-import opensearchpy  # noqa: E402  pylint: disable=wrong-import-position,wrong-import-order
-from opensearchpy import helpers  # pylint: disable=wrong-import-position
+import opensearchpy  # noqa: E402
+from opensearchpy import helpers
 
 
 @pytest.fixture(scope='module')
@@ -183,7 +183,7 @@ def test_query_filters_documents(tmp_path, url, make_index):
 
 def test_pit_sees_one_point_in_time(url, client, make_index):
   """Documents indexed after the point in time opened are not read by any slice."""
-  from io_connectors.databases.search import _Client, _ReadSliceFn, _Slice  # pylint: disable=import-outside-toplevel
+  from io_connectors.databases.search import _Client, _ReadSliceFn, _Slice
   index = make_index([(str(i), {'doc_id': str(i)}) for i in range(20)], shards=2,
                      mappings={'properties': {'doc_id': {'type': 'keyword'}}})
   options = SearchOptions(url=url, method='pit', tiebreaker='doc_id', slices=2, page_size=7)
@@ -273,8 +273,8 @@ def test_registry(url, monkeypatch):
 
 
 def test_batch_pipeline_reads_listening_events_of_two_tenants(tmp_path, url, make_index, monkeypatch):
-  import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
-  from pipelines import spotify_batch  # pylint: disable=import-outside-toplevel
+  import pyarrow.parquet as pq
+  from pipelines import spotify_batch
   docs = []
   for i in range(60):
     docs.append((f'ev-{i:04d}', {
@@ -329,7 +329,7 @@ def _read_with_cursors(tmp_path, transform):
 @pytest.mark.parametrize('cursor', ['updated_at', 'version'])
 def test_incremental_reads_new_and_changed_documents_and_rereads_after_a_failed_run(tmp_path, url, client, make_index,
                                                                                      cursor):
-  from io_connectors._common import state  # pylint: disable=import-outside-toplevel
+  from io_connectors._common import state
 
   def doc(i, minute):
     return {'updated_at': f'2024-05-01T12:{minute:02d}:00+02:00', 'version': minute * 10, 'n': i}
@@ -365,9 +365,9 @@ class _FlakyProxy:
   """An HTTP proxy to the node that drops the connection of chosen requests once (a connection lost mid-read)."""
 
   def __init__(self, target, fail_on):
-    import http.server  # pylint: disable=import-outside-toplevel
-    import threading  # pylint: disable=import-outside-toplevel
-    import urllib.request  # pylint: disable=import-outside-toplevel
+    import http.server
+    import threading
+    import urllib.request
     self.fail_on = fail_on  # (path substring, request number among those matching)
     self.seen = 0
     self.dropped = 0

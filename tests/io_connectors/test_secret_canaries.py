@@ -119,7 +119,7 @@ def test_no_canary_in_repr_display_data_errors_logs_or_manifest(name, monkeypatc
   seen = []
   try:
     transform = registry.build(dict(config, type=name))
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     seen += _canaries_in(f'{type(e).__name__}: {e}', name)
     transform = None
   if transform is not None:
@@ -133,7 +133,7 @@ def test_no_canary_in_repr_display_data_errors_logs_or_manifest(name, monkeypatc
         seen += [f'{type(held).__name__}: {w}' for w in _canaries_in(repr(held), name)]
     try:
       items = DisplayData.create_from(transform).items
-    except Exception:  # pylint: disable=broad-except
+    except Exception:
       items = []
     seen += _canaries_in(' '.join(f'{i.key}={i.value}' for i in items), name)
   seen += _canaries_in(' '.join(r.getMessage() for r in caplog.records), name)
@@ -150,7 +150,7 @@ class _Things(http.server.BaseHTTPRequestHandler):
   def log_message(self, *args):
     pass
 
-  def do_GET(self):  # pylint: disable=invalid-name
+  def do_GET(self):
     body = json.dumps({'data': self.rows}).encode()
     self.send_response(200)
     self.send_header('Content-Type', 'application/json')
@@ -160,8 +160,8 @@ class _Things(http.server.BaseHTTPRequestHandler):
 
 
 def test_a_batch_run_with_canary_credentials_writes_them_nowhere(tmp_path, monkeypatch, caplog, capfd):
-  import yaml  # pylint: disable=import-outside-toplevel
-  from pipelines.spotify_batch import run  # pylint: disable=import-outside-toplevel
+  import yaml
+  from pipelines.spotify_batch import run
   server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _Things)
   threading.Thread(target=server.serve_forever, daemon=True).start()
   try:

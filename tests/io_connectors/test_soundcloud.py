@@ -147,7 +147,7 @@ def test_wrong_client_secret_fails_with_a_masked_message(soundcloud, monkeypatch
 
 def test_options_are_checked_and_no_secret_is_pickled(soundcloud):
   transform = ReadFromSoundCloud(_options(soundcloud, 'tracks', [1]))
-  resource = transform._resource  # pylint: disable=protected-access
+  resource = transform._resource
   assert SoundCloudFake.CLIENT_SECRET.encode() not in pickle.dumps(resource)
   with pytest.raises(ValueError, match='resource must be'):
     ReadFromSoundCloud(_options(soundcloud, 'comments', [1]))

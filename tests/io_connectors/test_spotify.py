@@ -181,13 +181,13 @@ def test_recently_played_pages_back_with_before_cursors(fake_spotify):
 @pytest.mark.parametrize('with_store', [True, False])
 def test_a_restarted_job_uses_the_rotated_refresh_token(fake_spotify, tmp_path, with_store):
   """Spotify may rotate refresh tokens; a second run configured with the first token must still read."""
-  from io_connectors.apis.http import auth as auth_module  # pylint: disable=import-outside-toplevel
+  from io_connectors.apis.http import auth as auth_module
   fake_spotify.rotate_refresh_tokens = True
   store = str(tmp_path / 'tokens') if with_store else None
   for run in range(2):
     # A restarted worker remembers nothing of the previous process.
-    auth_module._SHARED_TOKENS.clear()  # pylint: disable=protected-access
-    auth_module._SHARED_REFRESH.clear()  # pylint: disable=protected-access
+    auth_module._SHARED_TOKENS.clear()
+    auth_module._SHARED_REFRESH.clear()
     reads = run == 0 or with_store
     with TestPipeline() as p:
       out = p | ReadFromSpotify(_options(fake_spotify, resource='recently_played', token_store=store, **USER))
@@ -202,7 +202,7 @@ def test_a_restarted_job_uses_the_rotated_refresh_token(fake_spotify, tmp_path, 
 
 
 def test_recently_played_incremental_after_and_cursor_output(fake_spotify, tmp_path):
-  from io_connectors._common import state  # pylint: disable=import-outside-toplevel
+  from io_connectors._common import state
   start = fake_spotify.play_time(60)  # read the 60 plays after this one
   store = str(tmp_path / 'state')
   newest = fake_spotify.play_time(0).strftime('%Y-%m-%dT%H:%M:%S.000Z')
@@ -336,9 +336,9 @@ def test_registry_and_options(monkeypatch):
 
 def test_batch_job_reads_spotify_plays_for_two_tenants(fake_spotify, tmp_path, monkeypatch):
   """pipelines.spotify_batch --config with Spotify recently played for two tenants into the lake."""
-  import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
-  import yaml  # pylint: disable=import-outside-toplevel
-  from pipelines.spotify_batch import run  # pylint: disable=import-outside-toplevel
+  import pyarrow.parquet as pq
+  import yaml
+  from pipelines.spotify_batch import run
   monkeypatch.setenv('PII_MASTER_KEY', 'cd' * 32)
   monkeypatch.setenv('SPOTIFY_CLIENT_ID', CLIENT['client_id'])
   monkeypatch.setenv('SPOTIFY_CLIENT_SECRET', CLIENT['client_secret'])

@@ -44,8 +44,8 @@ class Receiver:
                REDIS_PASSWORD=REDIS_PASSWORD, PYTHONPATH=str(REPO_ROOT), WEBHOOK_METRICS_TOKEN=METRICS_TOKEN)
     if not with_metrics_token:
       env.pop('WEBHOOK_METRICS_TOKEN')
-    self._log = open(self.log_path, 'wb')  # pylint: disable=consider-using-with
-    self.process = subprocess.Popen(  # pylint: disable=consider-using-with
+    self._log = open(self.log_path, 'wb')
+    self.process = subprocess.Popen(
         [sys.executable, '-m', 'io_connectors.streams.webhooks', '--port', str(self.port),
          '--redis_url', f'redis://127.0.0.1:{redis_port}/0', '--source', 'soundcloud=WH_SECRET_SC',
          '--source', 'lastfm=WH_SECRET_LF', '--tolerance_seconds', str(TOLERANCE), '--max_body_bytes', str(max_body_bytes),
@@ -117,7 +117,7 @@ def redis_port():
 
 @pytest.fixture(scope='module')
 def redis_client(redis_port):
-  import redis  # pylint: disable=import-outside-toplevel
+  import redis
   client = redis.Redis(host='127.0.0.1', port=redis_port, password=REDIS_PASSWORD, socket_timeout=30)
   yield client
   client.close()
@@ -309,7 +309,7 @@ def test_the_webhooks_service_of_services_sh_accepts_signed_events(redis_port, r
 
 
 def test_kafka_sink_produces_acknowledged_events(tmp_path, redis_port, redis_client):
-  import confluent_kafka  # pylint: disable=import-outside-toplevel
+  import confluent_kafka
   kafka_port = ensure_service('kafka')
   prefix = f'test-{uuid.uuid4().hex[:12]}'
   server = Receiver(tmp_path, redis_port, f'{prefix}:', extra_args=[
@@ -528,8 +528,8 @@ def test_load_2000_signed_deliveries_from_50_clients(tmp_path, redis_port, redis
   4xx, no 5xx. Not timed: the latencies are printed (run with -s) for
   docs/benchmarks.md ("Webhook receiver under load").
   """
-  import asyncio  # pylint: disable=import-outside-toplevel
-  import random  # pylint: disable=import-outside-toplevel
+  import asyncio
+  import random
   total, concurrency = 2000, 50
   rng = random.Random(14)
   prefix = f'test-{uuid.uuid4().hex[:12]}:'
@@ -554,7 +554,7 @@ def test_load_2000_signed_deliveries_from_50_clients(tmp_path, redis_port, redis
   results = []
 
   async def run(batch):
-    import httpx as async_httpx  # pylint: disable=import-outside-toplevel
+    import httpx as async_httpx
     queue = asyncio.Queue()
     for item in batch:
       queue.put_nowait(item)

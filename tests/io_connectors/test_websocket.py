@@ -57,7 +57,7 @@ class _Feed:
     try:
       for _ in connection:  # stays open until the client leaves
         pass
-    except Exception:  # pylint: disable=broad-except
+    except Exception:
       pass
 
   def __enter__(self):
@@ -147,7 +147,7 @@ def test_durable_mode_lands_in_redis_then_reads_through_the_consumer_group():
 
 
 def test_check_opens_the_feed_and_names_only_its_public_url():
-  from io_connectors._common.errors import ConnectorError  # pylint: disable=import-outside-toplevel
+  from io_connectors._common.errors import ConnectorError
   server = serve(lambda connection: None, '127.0.0.1', 0)
   port = server.socket.getsockname()[1]
   thread = threading.Thread(target=server.serve_forever, daemon=True)

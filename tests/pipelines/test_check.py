@@ -149,14 +149,14 @@ def test_files_are_listed_and_connectors_without_check_are_skipped(tmp_path, mon
 def test_secrets_of_the_config_are_scrubbed_from_any_message():
   source = {'type': 'x', 'url': 'postgresql://u:p4ss-word@h/db', 'client_secret': 's3cr3t-value',
             'auth': {'token': 'tok-123456'}, 'password_env': 'NOT_A_SECRET', 'token_url': 'https://h/token'}
-  text = check._scrubbed('failed for p4ss-word with s3cr3t-value, tok-123456 at postgresql://u:p4ss-word@h/db '  # pylint: disable=protected-access
+  text = check._scrubbed('failed for p4ss-word with s3cr3t-value, tok-123456 at postgresql://u:p4ss-word@h/db '
                          'via NOT_A_SECRET from https://h/token', source)
   assert text == 'failed for *** with ***, *** at postgresql://u:***@h/db via NOT_A_SECRET from https://h/token'
 
 
 def test_kafka_topics_brokers_and_credentials(tmp_path):
   confluent_kafka_admin = pytest.importorskip('confluent_kafka.admin')
-  from tests.conftest import ensure_service  # pylint: disable=import-outside-toplevel
+  from tests.conftest import ensure_service
   bootstrap = f'127.0.0.1:{ensure_service("kafka")}'
   topic = f'check-{__import__("uuid").uuid4().hex[:10]}'
   admin = confluent_kafka_admin.AdminClient({'bootstrap.servers': bootstrap})

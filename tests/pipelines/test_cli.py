@@ -71,8 +71,8 @@ def test_streaming_help_lists_every_flag_grouped_by_source(without_apitools):
   from pipelines.streaming_options import SpotifyStreamingOptions
   for options_class in (SpotifyStreamingOptions, StreamSourceOptions):
     parser = __import__('argparse').ArgumentParser(add_help=False)
-    options_class._add_argparse_args(parser)  # pylint: disable=protected-access
-    for action in parser._actions:  # pylint: disable=protected-access
+    options_class._add_argparse_args(parser)
+    for action in parser._actions:
       assert len(re.findall(rf'^  {action.option_strings[0]}\b', result.stdout, re.M)) == 1, action.option_strings
   assert APITOOLS_LINE not in result.stdout + result.stderr
 
@@ -102,7 +102,7 @@ def test_the_import_noise_is_there_without_the_filter(without_apitools):
 def test_the_filter_drops_only_the_unactionable_lines(caplog):
   cli.drop_unactionable_log_lines()
   cli.drop_unactionable_log_lines()  # idempotent
-  assert logging.getLogger().filters.count(cli._FILTER) == 1  # pylint: disable=protected-access
+  assert logging.getLogger().filters.count(cli._FILTER) == 1
   with caplog.at_level(logging.WARNING):
     logging.warning('apitools not found, and bigquery client libraries are not available despite the import not '
                     'raising an ImportError.')

@@ -93,7 +93,7 @@ def test_tracks_and_plays_in_one_config_each_get_their_entity(fake_spotify, spot
 def test_a_run_without_dead_letters_still_says_it_redacted(tmp_path, monkeypatch):
   # The manifest's pii.redacted (did the run redact?) was once overwritten by the
   # counts of redacted dead-letter fields: an empty dict, so clean runs read as unredacted.
-  from pipelines.spotify_batch import summary_table  # pylint: disable=import-outside-toplevel
+  from pipelines.spotify_batch import summary_table
   monkeypatch.setenv('PII_MASTER_KEY', 'cd' * 32)
   (tmp_path / 'a.csv').write_text('event_id,user_id,track_id,played_at,ms_played\n'
                                   'e1,u1,4uLU6hMCjMI75M1A2tKUQC,2024-05-01T10:00:00Z,100\n')

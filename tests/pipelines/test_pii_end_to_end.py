@@ -194,13 +194,13 @@ class _FromTestStream(beam.PTransform):
 
 
 def test_streaming_job_leaves_no_raw_value_in_any_output(tmp_path, monkeypatch, caplog):
-  from pipelines import spotify_streaming  # pylint: disable=import-outside-toplevel
-  from pipelines.streaming_options import SpotifyStreamingOptions  # pylint: disable=import-outside-toplevel
-  from transforms.pii import key_ref  # pylint: disable=import-outside-toplevel
+  from pipelines import spotify_streaming
+  from pipelines.streaming_options import SpotifyStreamingOptions
+  from transforms.pii import key_ref
   monkeypatch.setenv('PII_MASTER_KEY', KEY)
   monkeypatch.setitem(spotify_streaming.SOURCES, 'teststream', lambda options: _FromTestStream())
   output = tmp_path / 'out'
-  from pipelines import runners  # pylint: disable=import-outside-toplevel
+  from pipelines import runners
   options = PipelineOptions(runners.local_runner_args(['--source', 'teststream', '--tenant_id', 'acme', '--output',
                                                        str(output), '--window_size_s', '60'], streaming=True))
   options.view_as(StandardOptions).streaming = True

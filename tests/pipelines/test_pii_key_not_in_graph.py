@@ -131,9 +131,9 @@ def test_the_search_finds_a_key_that_is_in_the_graph():
 
 
 def test_workers_fail_clearly_when_the_reference_cannot_be_resolved(tmp_path, monkeypatch):
-  from transforms.pii.transforms import _RedactBatchFn  # pylint: disable=import-outside-toplevel
-  from transforms.pii import PiiOptions, PiiKeyError  # pylint: disable=import-outside-toplevel
-  from transforms.entities import ListeningEvent  # pylint: disable=import-outside-toplevel
+  from transforms.pii.transforms import _RedactBatchFn
+  from transforms.pii import PiiOptions, PiiKeyError
+  from transforms.entities import ListeningEvent
   monkeypatch.delenv(PII_KEY_ENV, raising=False)
   fn = _RedactBatchFn(ListeningEvent, KeyRef('env', PII_KEY_ENV), PiiOptions())
   with pytest.raises(PiiKeyError, match='PII_MASTER_KEY is not set'):
@@ -145,7 +145,7 @@ def test_workers_fail_clearly_when_the_reference_cannot_be_resolved(tmp_path, mo
 
 def test_a_secret_manager_reference_holds_the_name_and_workers_read_the_secret(csv_input, tmp_path, monkeypatch):
   """The Flex Template's --pii_key_secret: the graph names the secret version; each worker reads it in setup."""
-  from transforms.pii import keys  # pylint: disable=import-outside-toplevel
+  from transforms.pii import keys
   name = 'projects/p/secrets/pii-master-key/versions/3'
   reads = []
 
@@ -167,7 +167,7 @@ def test_a_secret_manager_reference_holds_the_name_and_workers_read_the_secret(c
 
 def test_a_loaded_master_key_is_carried_as_the_reference_it_came_from(key_in_env, tmp_path):
   """RedactPII(master_key=load_master_key()) keeps working: the graph holds where the key came from."""
-  from transforms.pii import RedactDeadLetters, RedactPII, load_master_key  # pylint: disable=import-outside-toplevel
+  from transforms.pii import RedactDeadLetters, RedactPII, load_master_key
   loaded = load_master_key()
   assert loaded.ref == KeyRef('env', PII_KEY_ENV)
   pipeline = beam.Pipeline(options=PipelineOptions([]))

@@ -210,7 +210,7 @@ def test_other_output_formats(tmp_path, fmt):
 
 
 def _tfrecords(path):
-  from apache_beam.io.tfrecordio import _TFRecordUtil  # pylint: disable=import-outside-toplevel
+  from apache_beam.io.tfrecordio import _TFRecordUtil
   with open(path, 'rb') as handle:
     while True:
       record = _TFRecordUtil.read_record(handle)
@@ -224,9 +224,9 @@ _EXAMPLE = None
 
 def _example_class():
   """tf.train.Example built from its .proto definition, so the test needs no TensorFlow."""
-  global _EXAMPLE  # pylint: disable=global-statement
+  global _EXAMPLE
   if _EXAMPLE is None:
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory  # pylint: disable=import-outside-toplevel
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
     f = descriptor_pb2.FileDescriptorProto(name='test_example.proto', package='testtf', syntax='proto3')
     T = descriptor_pb2.FieldDescriptorProto
     for name, ftype in (('BytesList', T.TYPE_BYTES), ('FloatList', T.TYPE_FLOAT), ('Int64List', T.TYPE_INT64)):
@@ -348,7 +348,7 @@ def test_s3_and_gcs_input_and_output(s3_env, gcs_env, tmp_path):
 
 
 def test_manifest_never_holds_a_source_password():
-  from pipelines.spotify_batch import _describe  # pylint: disable=import-outside-toplevel
+  from pipelines.spotify_batch import _describe
   described = _describe({'type': 'postgres', 'url': 'postgresql://music:s3cret@db:5432/music', 'table': 'plays',
                          'tenant_id': 'acme', 'pool_size': 4})
   assert described == {'type': 'postgres', 'url': 'postgresql://music:***@db:5432/music', 'table': 'plays',
@@ -358,7 +358,7 @@ def test_manifest_never_holds_a_source_password():
 def test_flags_shared_with_other_options_classes_are_still_known():
   # The streaming job's options declare some of the same flags; importing them
   # must not hide the batch job's own (it did: a conflict dropped the rest).
-  from pipelines.spotify_batch import UsageError, _check_flags  # pylint: disable=import-outside-toplevel
+  from pipelines.spotify_batch import UsageError, _check_flags
   _check_flags(['--config', 'run.yaml', '--output_format', 'avro', '--run_id', 'r1', '--runner', 'DirectRunner'])
   with pytest.raises(UsageError, match='invalid choice'):
     _check_flags(['--output_format', 'xml'])
@@ -401,8 +401,8 @@ def test_one_run_can_hold_several_entities(tmp_path):
 
 
 def test_a_run_on_an_output_another_run_holds_is_refused_naming_it(tmp_path, capsys):
-  from io_connectors.sinks.lake import OutputLock, run_dir_name  # pylint: disable=import-outside-toplevel
-  from pipelines.spotify_batch import main  # pylint: disable=import-outside-toplevel
+  from io_connectors.sinks.lake import OutputLock, run_dir_name
+  from pipelines.spotify_batch import main
   source = tmp_path / 'events.csv'
   rows = [_event('e1', 'u1', 'acme')]
   with open(source, 'w', newline='', encoding='utf-8') as handle:
@@ -425,7 +425,7 @@ def test_a_run_on_an_output_another_run_holds_is_refused_naming_it(tmp_path, cap
 
 
 def test_a_run_that_fails_before_its_manifest_leaves_the_previous_output(tmp_path, monkeypatch):
-  from io_connectors.sinks import lake  # pylint: disable=import-outside-toplevel
+  from io_connectors.sinks import lake
   source = tmp_path / 'events.csv'
 
   def write(rows):

@@ -130,7 +130,7 @@ def _cancel(result, flink_cluster=None):
     _cancel_flink_job(flink_cluster, result)
   try:
     result.cancel()  # also stops the job server
-  except Exception:  # pylint: disable=broad-except
+  except Exception:
     if flink_cluster is None:
       raise  # on Flink the job may have ended already (cancelled above)
   # Flink's cancelled job may reach the job server as a failure.
@@ -338,11 +338,11 @@ def test_sources_table_names_kafka_and_eventhubs():
 
 
 def test_prism_runs_the_job_without_runner_splits():
-  from apache_beam.options.pipeline_options import DebugOptions, PipelineOptions  # pylint: disable=import-outside-toplevel
+  from apache_beam.options.pipeline_options import DebugOptions, PipelineOptions
   for argv, expected in ((['--runner=PrismRunner'], True), ([], True), (['--runner=DirectRunner'], True),
                          (['--runner=FlinkRunner'], False)):
     options = PipelineOptions(argv)
-    spotify_streaming._prism_runs_without_splits(options)  # pylint: disable=protected-access
+    spotify_streaming._prism_runs_without_splits(options)
     assert (spotify_streaming.PRISM_NO_SPLITS in (options.view_as(DebugOptions).experiments or [])) == expected
 
 
@@ -353,8 +353,8 @@ def test_streaming_jobs_on_flink_checkpoint_by_default():
   _flink_checkpoints_by_default: buffered output of the partition-listing
   stage once left partitions unread while windows closed).
   """
-  from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=import-outside-toplevel
-  from pipelines.streaming_options import SpotifyStreamingOptions  # pylint: disable=import-outside-toplevel
+  from apache_beam.options.pipeline_options import PipelineOptions
+  from pipelines.streaming_options import SpotifyStreamingOptions
   default = spotify_streaming.DEFAULT_FLINK_CHECKPOINT_MS
   for argv, expected in ((['--runner=FlinkRunner', '--streaming'], default),
                          (['--runner=FlinkRunner', '--streaming', '--checkpointing_interval=3000'], 3000),
@@ -363,7 +363,7 @@ def test_streaming_jobs_on_flink_checkpoint_by_default():
                          (['--runner=FlinkRunner', '--streaming', '--max_records_per_partition=5'], None),
                          (['--runner=PrismRunner', '--streaming'], None)):
     options = PipelineOptions(argv)
-    spotify_streaming._flink_checkpoints_by_default(options)  # pylint: disable=protected-access
+    spotify_streaming._flink_checkpoints_by_default(options)
     assert options.view_as(SpotifyStreamingOptions).checkpointing_interval == expected, argv
     # What FlinkRunner hands to Beam's job server.
     assert options.get_all_options().get('checkpointing_interval') == expected, argv

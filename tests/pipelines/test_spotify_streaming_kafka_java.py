@@ -23,7 +23,7 @@ from pipelines import runners, spotify_streaming
 from tests.pipelines.streaming_support import (PARTITIONS, WINDOW_S, dead_letters, final_metrics, new_topic, plan_events,
                                                produce, written_ids)
 
-import confluent_kafka  # noqa: E402  pylint: disable=wrong-import-position,wrong-import-order
+import confluent_kafka  # noqa: E402
 pytestmark = pytest.mark.usefixtures('streaming_pii_key')
 
 
@@ -55,7 +55,7 @@ def _cancel(flink_cluster, result, jobs_before):
   """Stops the unbounded job; through Flink's REST API too, as the job server may already be gone."""
   try:
     result.cancel()
-  except Exception:  # pylint: disable=broad-except
+  except Exception:
     pass
   for job in set(flink_cluster.job_ids()) - jobs_before:
     flink_cluster.cancel(job)

@@ -49,8 +49,8 @@ from tests.pipelines.streaming_support import final_metrics, iso, produce
 from transforms.records import with_provenance
 from transforms.windows import WindowBatch
 
-import confluent_kafka  # noqa: E402  pylint: disable=wrong-import-position,wrong-import-order
-import confluent_kafka.admin  # noqa: E402 pylint: disable=wrong-import-position
+import confluent_kafka  # noqa: E402
+import confluent_kafka.admin  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 WINDOW_S = 60
@@ -285,7 +285,7 @@ def _log_tail(log_path) -> str:
   return pathlib.Path(log_path).read_text(errors='replace')[-3000:]
 
 
-def test_redis_job_killed_mid_stream_resumes_without_loss_or_duplicates(prism_binary, tmp_path, monkeypatch):  # pylint: disable=unused-argument
+def test_redis_job_killed_mid_stream_resumes_without_loss_or_duplicates(prism_binary, tmp_path, monkeypatch):
   runner = runners.runner_args('prism')
   url = redis_url()
   monkeypatch.setenv('REDIS_URL', url)

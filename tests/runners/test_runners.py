@@ -157,7 +157,7 @@ def test_runner_args_point_at_local_artifacts(prism_binary):
 
 
 def test_local_runner_args_point_the_direct_runner_at_our_prism(prism_binary, tmp_path, monkeypatch):
-  from apache_beam.runners.portability import prism_runner  # pylint: disable=import-outside-toplevel
+  from apache_beam.runners.portability import prism_runner
   for argv in ([], ['--runner=DirectRunner'], ['--runner', 'DirectRunner', '--streaming']):
     assert runners.local_runner_args(argv) == argv + [f'--prism_location={prism_binary}']
 
@@ -168,7 +168,7 @@ def test_local_runner_args_point_the_direct_runner_at_our_prism(prism_binary, tm
   monkeypatch.setattr(prism_runner, 'urlopen', no_download)
   monkeypatch.setattr(prism_runner.PrismJobServer, 'BIN_CACHE', str(tmp_path))
   server = prism_runner.PrismJobServer(PipelineOptions(runners.local_runner_args(['--runner=DirectRunner'])))
-  assert server._get_executable_path() == prism_binary  # pylint: disable=protected-access
+  assert server._get_executable_path() == prism_binary
   assert not any(tmp_path.iterdir())
 
 
@@ -189,8 +189,8 @@ def test_local_runner_args_leave_other_runners_and_explicit_prism_alone():
 @pytest.mark.parametrize('prism_built', [True, False], ids=['prism-built', 'no-prism'])
 def test_the_batch_job_by_default_never_tries_to_download_prism(prism_built, prism_binary, tmp_path, monkeypatch):
   """What the demo does on a new machine: no --runner, nothing in Beam's Prism cache."""
-  from apache_beam.runners.portability import prism_runner  # pylint: disable=import-outside-toplevel
-  from pipelines import sample_data, spotify_batch  # pylint: disable=import-outside-toplevel
+  from apache_beam.runners.portability import prism_runner
+  from pipelines import sample_data, spotify_batch
   tries = []
 
   def no_download(url, *args, **kwargs):

@@ -99,7 +99,7 @@ def _validator():
 def _options_parser(options_classes=generate_metadata.OPTIONS_CLASSES):
   parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
   for options_class in options_classes:
-    options_class._add_argparse_args(parser)  # pylint: disable=protected-access
+    options_class._add_argparse_args(parser)
   return parser
 
 
@@ -232,7 +232,7 @@ def test_regexes_accept_defaults_and_reject_bad_values(committed_metadata):
 
 
 def test_tenant_regex_is_the_tagging_rule():
-  from transforms import tenant  # pylint: disable=import-outside-toplevel
+  from transforms import tenant
   assert generate_metadata.TENANT_ID_PATTERN == tenant.TENANT_PATTERN
 
 

@@ -146,15 +146,15 @@ def test_key_refs_hold_no_key_and_fail_clearly_where_the_key_is_missing(tmp_path
 
 
 def test_ephemeral_key_ref_is_a_private_file(caplog):
-  import os  # pylint: disable=import-outside-toplevel
-  import stat  # pylint: disable=import-outside-toplevel
+  import os
+  import stat
   with caplog.at_level(logging.WARNING):
     ref = key_ref(environ={}, allow_ephemeral=True)
   assert ref.kind == 'file' and ref.ephemeral and 'ephemeral' in caplog.text
   assert stat.S_IMODE(os.stat(ref.name).st_mode) == 0o600
   loaded = ref.load()
   assert loaded.ephemeral
-  material = loaded._material  # pylint: disable=protected-access
+  material = loaded._material
   assert material.hex() not in caplog.text and material.hex() not in repr(ref)
   assert loaded.tenant_key('t') == ref.load().tenant_key('t')  # every worker loads the same key
   with pytest.raises(PiiKeyError, match=PII_KEY_ENV):
@@ -165,7 +165,7 @@ def test_ephemeral_key_only_when_allowed_and_never_printed(caplog):
   with caplog.at_level(logging.WARNING):
     ephemeral = load_master_key(environ={}, allow_ephemeral=True)
   assert ephemeral.ephemeral and 'ephemeral' in caplog.text
-  material = ephemeral._material  # pylint: disable=protected-access
+  material = ephemeral._material
   for text in (caplog.text, repr(ephemeral), str(ephemeral)):
     assert material.hex() not in text and base64.b64encode(material).decode() not in text
   assert not load_master_key(environ={PII_KEY_ENV: KEY_HEX}, allow_ephemeral=True).ephemeral
@@ -201,14 +201,14 @@ def test_scanner_needs_no_network_and_no_spacy_model(monkeypatch):
   monkeypatch.setattr(socket, 'getaddrinfo', refuse)
   fresh = pickle.loads(pickle.dumps(TextScanner(min_score=0.4)))
   assert fresh.redact_text('mail ann@example.org')[0] == 'mail <EMAIL_ADDRESS>'
-  import sys  # pylint: disable=import-outside-toplevel
+  import sys
   assert not any(name == 'en_core_web_lg' or name.startswith('en_core_web') for name in sys.modules)
 
 
 def test_scanners_share_one_public_suffix_trie(monkeypatch):
   """A new scanner (a new DoFn instance) reuses the process's suffix trie: building one costs ~0.15 s."""
-  import tldextract.tldextract  # pylint: disable=import-outside-toplevel
-  trie_class = tldextract.tldextract._PublicSuffixListTLDExtractor  # pylint: disable=protected-access
+  import tldextract.tldextract
+  trie_class = tldextract.tldextract._PublicSuffixListTLDExtractor
   builds = []
   original = trie_class.__init__
 
@@ -217,7 +217,7 @@ def test_scanners_share_one_public_suffix_trie(monkeypatch):
     original(self, *args, **kwargs)
 
   monkeypatch.setattr(trie_class, '__init__', counting)
-  pii_recognizers._offline_tld.cache_clear()  # pylint: disable=protected-access
+  pii_recognizers._offline_tld.cache_clear()
   for address in ('ann@example.org', 'bob@example.co.uk', 'eve@example.net'):
     assert TextScanner().setup().redact_text(f'mail {address}')[0] == 'mail <EMAIL_ADDRESS>'
   assert len(builds) == 1
@@ -436,9 +436,9 @@ def test_keep_pii_passes_everything_through(key):
 
 
 def test_redact_pii_in_a_streaming_pipeline(ref, scanner):
-  from apache_beam.options.pipeline_options import StandardOptions  # pylint: disable=import-outside-toplevel
-  from apache_beam.testing.test_stream import TestStream  # pylint: disable=import-outside-toplevel
-  from apache_beam.transforms import window  # pylint: disable=import-outside-toplevel
+  from apache_beam.options.pipeline_options import StandardOptions
+  from apache_beam.testing.test_stream import TestStream
+  from apache_beam.transforms import window
   batch = _events()
   options = beam.options.pipeline_options.PipelineOptions()
   options.view_as(StandardOptions).streaming = True
@@ -454,10 +454,10 @@ def test_redact_pii_in_a_streaming_pipeline(ref, scanner):
 
 
 def test_region_by_region_phone_recognizer_finds_what_the_stock_one_finds():
-  from presidio_analyzer.predefined_recognizers import PhoneRecognizer  # pylint: disable=import-outside-toplevel
-  from pipelines import sample_data  # pylint: disable=import-outside-toplevel
+  from presidio_analyzer.predefined_recognizers import PhoneRecognizer
+  from pipelines import sample_data
   scanner = pii_scanner.TextScanner().setup()
-  ours = scanner._recognizers['PHONE_NUMBER']  # pylint: disable=protected-access
+  ours = scanner._recognizers['PHONE_NUMBER']
   stock = PhoneRecognizer()
   notes = [r.record()['note'] for r in sample_data.iter_rows(rows=3000, seed=5) if r.kind == 'clean']
   notes = [n for n in notes if n and pii_recognizers.enough_phone_digits(n)]

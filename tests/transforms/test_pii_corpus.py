@@ -28,7 +28,7 @@ def _load(name):
 
 def _findings(scanner, text):
   """What the scanner replaces in `text`: the prefilters pick the recognizers, as in redact_array."""
-  wanted = [e for e in scanner.entities if scanner_module._PREFILTERS_PY[e].search(text)]  # pylint: disable=protected-access
+  wanted = [e for e in scanner.entities if scanner_module._PREFILTERS_PY[e].search(text)]
   return scanner.findings(text, wanted) if wanted else []
 
 

@@ -54,7 +54,7 @@ def test_tag_validate_dedup_and_schema_per_window_on_a_stream():
 
 
 def test_stream_positions_are_worded_as_their_readers_do():
-  from transforms.records import position  # pylint: disable=import-outside-toplevel
+  from transforms.records import position
   assert position(12, 'kafka://plays/3') == 'offset 12'
   assert position(1700000000123 * 1_000_000 + 7, 'redis://plays') == 'entry 1700000000123-7'
   assert position(5, 'data/a.csv') == 'row 5'

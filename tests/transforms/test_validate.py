@@ -53,7 +53,7 @@ def _pydantic_accepts(row):
   try:
     entities.ListeningEvent.model_validate(row)
     return True
-  except Exception:  # pylint: disable=broad-except
+  except Exception:
     return False
 
 

@@ -165,11 +165,11 @@ def load_master_key(key_file: Optional[str] = None,
 
 def _read_key_file(path: str, source: str) -> bytes:
   if '://' in path:
-    from apache_beam.io.filesystems import FileSystems  # pylint: disable=import-outside-toplevel
+    from apache_beam.io.filesystems import FileSystems
     try:
       with FileSystems.open(path) as f:
         return f.read()
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       raise PiiKeyError(f'cannot read PII {source}: {type(e).__name__}') from None
   try:
     with open(path, 'rb') as f:
@@ -179,10 +179,10 @@ def _read_key_file(path: str, source: str) -> bytes:
 
 
 def _read_secret(version_name: str) -> str:
-  from apache_beam.utils.secret import GcpSecret  # pylint: disable=import-outside-toplevel
+  from apache_beam.utils.secret import GcpSecret
   try:
     return GcpSecret(version_name).get_secret_bytes().decode('ascii')
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     # The secret's name, never its payload.
     raise PiiKeyError(f'cannot read the PII master key from Secret Manager {version_name}: '
                       f'{type(e).__name__}') from None

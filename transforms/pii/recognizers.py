@@ -151,7 +151,7 @@ def phone_like_integer(value: int) -> bool:
   milliseconds never are: they start with 1, and +1 needs exactly 10 more
   digits, which the area code rule (2-9 first) then rejects.
   """
-  import phonenumbers  # pylint: disable=import-outside-toplevel
+  import phonenumbers
   if isinstance(value, bool) or not isinstance(value, int) or value < 10**9 or value >= 10**15:
     return False
   digits = str(value)
@@ -184,7 +184,7 @@ def _offline_tld():
   new DoFn instances while a job runs (the SDK worker of a Flink streaming job
   does) built it again for every new scanner: ~10% of that worker's time.
   """
-  import tldextract  # pylint: disable=import-outside-toplevel
+  import tldextract
   return tldextract.TLDExtract(cache_dir=None, suffix_list_urls=(), fallback_to_snapshot=True)
 
 
@@ -237,8 +237,8 @@ SPOTIFY_USER_PATTERN = r'(?i)\bspotify:user:[^\s:/?#"\'<>]+|\bopen\.spotify\.com
 def build_recognizers() -> Dict[str, Any]:
   """{entity type: recognizer}; each has presidio's `analyze(text, entities, nlp_artifacts)`."""
   # Imported here: presidio is heavy and only workers that scan need it.
-  from presidio_analyzer import Pattern, PatternRecognizer, RecognizerResult  # pylint: disable=import-outside-toplevel
-  from presidio_analyzer.predefined_recognizers import (  # pylint: disable=import-outside-toplevel
+  from presidio_analyzer import Pattern, PatternRecognizer, RecognizerResult
+  from presidio_analyzer.predefined_recognizers import (
       CreditCardRecognizer, EmailRecognizer, IbanRecognizer, IpRecognizer, PhoneRecognizer)
 
   # The stock EmailRecognizer validates domains with tldextract's default

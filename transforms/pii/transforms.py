@@ -182,11 +182,11 @@ def read_file_header(path: str):
   """(column names, delimiter) from the first line of a delimited text file; None when it has none."""
   if not path.lower().rstrip('/').endswith(('.csv', '.tsv', '.txt', '.csv.gz', '.tsv.gz')):
     return None
-  from apache_beam.io.filesystems import FileSystems  # pylint: disable=import-outside-toplevel
+  from apache_beam.io.filesystems import FileSystems
   try:
     with FileSystems.open(path) as handle:
       first = handle.read(_HEADER_BYTES).decode('utf-8-sig', 'replace').splitlines()[0]
-  except Exception:  # pylint: disable=broad-except
+  except Exception:
     return None  # moved or unreadable: the line is scanned as text
   counts = {d: first.count(d) for d in (',', ';', '\t', '|')}
   delimiter = max(counts, key=counts.get)

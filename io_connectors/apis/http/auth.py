@@ -305,7 +305,7 @@ class OAuth2RefreshToken(_OAuth2):
   def _stored(self) -> Optional[str]:
     if not self.token_store:
       return None
-    from io_connectors._common import state  # pylint: disable=import-outside-toplevel
+    from io_connectors._common import state
     value = state.load_value(self.token_store, self.token_key)
     return str(value) if value else None
 
@@ -341,7 +341,7 @@ class OAuth2RefreshToken(_OAuth2):
     self._use(refresh_token)
     _SHARED_REFRESH[self._key()] = refresh_token
     if self.token_store:
-      from io_connectors._common import state  # pylint: disable=import-outside-toplevel
+      from io_connectors._common import state
       stored = self._stored()
       expected = stored if stored in (None, used) else used
       if not state.compare_and_set(self.token_store, self.token_key, expected, refresh_token):

@@ -36,7 +36,7 @@ class ResponseCache:
   def _redis(self):
     with self._lock:
       if self._client is None and not self._broken:
-        import redis  # pylint: disable=import-outside-toplevel
+        import redis
         self._client = redis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=5)
       return self._client
 
@@ -52,7 +52,7 @@ class ResponseCache:
       return None
     try:
       return client.get(key)
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       self._failed(e)
       return None
 
@@ -62,5 +62,5 @@ class ResponseCache:
       return
     try:
       client.set(key, body, px=int(self.ttl * 1000))
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       self._failed(e)

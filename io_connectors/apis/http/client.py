@@ -139,7 +139,7 @@ class _MaskingFilter(logging.Filter):
   def filter(self, record: logging.LogRecord) -> bool:
     try:
       message = record.getMessage()
-    except Exception:  # pylint: disable=broad-except
+    except Exception:
       return True
     masked = Masker(_PROCESS_SECRETS).text(message)
     if masked != message:
@@ -268,7 +268,7 @@ class HttpClient:
     self._session = session
     self.cache = None
     if options.cache_url:
-      from io_connectors.apis.http.cache import ResponseCache  # pylint: disable=import-outside-toplevel
+      from io_connectors.apis.http.cache import ResponseCache
       self.cache = ResponseCache(options.cache_url, options.cache_ttl)
     self.masker = Masker(self.auth.secrets()).with_secrets(
         [urllib.parse.urlsplit(options.cache_url).password or ''] if options.cache_url else []).register()

@@ -85,7 +85,7 @@ from io_connectors.apis.http.auth import Auth, create_auth
 from io_connectors.apis.http.client import ClientOptions, HttpClient, RetryPolicy
 from io_connectors.apis.http.paginators import Paginator, create_paginator
 from io_connectors.apis.http.request import HostNotAllowed, Request, RequestFailed, json_path
-from transforms.coders import RecordBatchCoder  # noqa: F401  pylint: disable=unused-import  # registers the batch coder
+from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, json_safe
 
@@ -629,9 +629,9 @@ class ReadFromRest(beam.PTransform):
     fn = _ReadFn(self._resource, self._options)
     fn.setup()
     try:
-      request = fn._reader.first_request(_as_params({} if params is None else params), None)  # pylint: disable=protected-access
-      response = fn._client.send(request)  # pylint: disable=protected-access
-      where = f'{request.method} {fn._client.masker.text(request.url)}'  # pylint: disable=protected-access
+      request = fn._reader.first_request(_as_params({} if params is None else params), None)
+      response = fn._client.send(request)
+      where = f'{request.method} {fn._client.masker.text(request.url)}'
     finally:
       fn.teardown()
     if response.status >= 400:

@@ -160,7 +160,7 @@ def check(options, timeout_s: float = 10.0) -> str:
   Raises KafkaError saying what is wrong (refused, authentication failed,
   topic not found), without secrets.
   """
-  import confluent_kafka.admin  # pylint: disable=import-outside-toplevel
+  import confluent_kafka.admin
   where = f'Kafka at {options.bootstrap_servers}'
   # librdkafka says why (refused, authentication failed) through error_cb
   # only; its own log lines would repeat that on stderr every retry.
@@ -169,7 +169,7 @@ def check(options, timeout_s: float = 10.0) -> str:
       dict(client_config(options), error_cb=lambda error: errors.append(str(error)), log_level=0))
   try:
     metadata = admin.list_topics(timeout=timeout_s)
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     admin.poll(0)  # serves the queued error callbacks
     reason = errors[-1] if errors else str(e)
     raise KafkaError(mask_secrets(f'{where}: {reason}', secrets_of(options))) from None

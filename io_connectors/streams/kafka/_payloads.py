@@ -18,13 +18,13 @@ class AvroDecoder:
   """Avro payloads: Confluent wire format with a registry, or a local writer schema."""
 
   def __init__(self, registry_url: Optional[str], schema_file: Optional[str]):
-    import fastavro  # pylint: disable=import-outside-toplevel
+    import fastavro
     self._fastavro = fastavro
     self._registry_url = registry_url.rstrip('/') if registry_url else None
     self._schemas: Dict[int, Any] = {}
     self._local = None
     if schema_file:
-      from apache_beam.io.filesystems import FileSystems  # pylint: disable=import-outside-toplevel
+      from apache_beam.io.filesystems import FileSystems
       with FileSystems.open(schema_file) as handle:
         self._local = fastavro.parse_schema(json.loads(handle.read().decode('utf-8')))
 
@@ -37,7 +37,7 @@ class AvroDecoder:
     return self._schemas[schema_id]
 
   def decode(self, value: bytes) -> dict:
-    import io  # pylint: disable=import-outside-toplevel
+    import io
     wire = len(value) >= 5 and value[0] == CONFLUENT_MAGIC
     if self._registry_url:
       if not wire:
@@ -73,7 +73,7 @@ def decode_values(values: Sequence[Optional[bytes]], value_format: str = 'json',
     else:
       try:
         row = avro.decode(value)
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:
         bad.append((i, 'malformed_avro', f'{type(e).__name__}: {e}'[:300]))
         continue
     rows.append(row)

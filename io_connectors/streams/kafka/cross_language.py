@@ -53,7 +53,7 @@ def java_expansion_service(jar: str, environment: str = 'EMBEDDED'):
   with the SDF read the 2.62.0 job server never advanced the watermark, and
   offsets are committed when Flink checkpoints complete.
   """
-  from apache_beam.transforms.external import JavaJarExpansionService  # pylint: disable=import-outside-toplevel
+  from apache_beam.transforms.external import JavaJarExpansionService
   if environment not in ('EMBEDDED', 'PROCESS', 'DOCKER', 'EXTERNAL'):
     raise ValueError(f'environment must be EMBEDDED, PROCESS, DOCKER or EXTERNAL, got {environment!r}')
   return JavaJarExpansionService(jar, append_args=[f'--defaultEnvironmentType={environment}', '--experiments=use_deprecated_read'])
@@ -105,8 +105,8 @@ class ReadFromKafkaCrossLanguage(beam.PTransform):
     return check(self._options, timeout_s)
 
   def expand(self, pbegin):
-    from apache_beam.io import kafka as beam_kafka  # pylint: disable=import-outside-toplevel
-    from apache_beam.transforms.external import (  # pylint: disable=import-outside-toplevel
+    from apache_beam.io import kafka as beam_kafka
+    from apache_beam.transforms.external import (
         ExternalTransform, NamedTupleBasedPayloadBuilder)
     options = self._options
     schema = beam_kafka.ReadFromKafkaSchema
@@ -133,7 +133,7 @@ class ReadFromKafkaCrossLanguage(beam.PTransform):
                              expansion_service)
     try:
       rows = pbegin | 'ReadJava' >> read
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       # The expansion service's error quotes the payload, credentials included.
       raise RuntimeError('Kafka cross-language expansion failed: ' +
                          mask_secrets(str(e), secrets_of(options))) from None
@@ -146,7 +146,7 @@ class ReadFromKafkaCrossLanguage(beam.PTransform):
 
 def _partition_count(options: KafkaReadOptions) -> int:
   """How many partitions the topics have now (broker metadata)."""
-  import confluent_kafka.admin  # pylint: disable=import-outside-toplevel
+  import confluent_kafka.admin
   admin = confluent_kafka.admin.AdminClient(client_config(options))
   count = 0
   for topic in options.topics:

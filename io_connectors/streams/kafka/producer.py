@@ -44,7 +44,7 @@ class _ProduceFn(beam.DoFn):
     self._errors = []
 
   def setup(self):
-    import confluent_kafka  # pylint: disable=import-outside-toplevel
+    import confluent_kafka
     config = dict(client_config(self._options))
     config.update({'enable.idempotence': True, 'linger.ms': 20})
     config.update(self._options.producer_config)
@@ -63,7 +63,7 @@ class _ProduceFn(beam.DoFn):
         self._producer.poll(0.1)
 
   def process(self, element):
-    from transforms.records import json_safe, strip_internal  # pylint: disable=import-outside-toplevel
+    from transforms.records import json_safe, strip_internal
     rows = strip_internal(element).to_pylist() if isinstance(element, pa.RecordBatch) else [element]
     key_field = self._options.key_field
     for row in rows:

@@ -25,7 +25,7 @@ from io_connectors.streams._messages import CheckpointOnlyTracker
 from io_connectors.streams.kafka._config import (KafkaReadOptions, check, client_config, secrets_of,
                                                source_uri)
 from io_connectors.streams.kafka._payloads import AvroDecoder, decode_values, raw_text
-from transforms.coders import RecordBatchCoder  # noqa: F401  pylint: disable=unused-import  # registers the batch coder
+from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 from transforms.records import with_provenance
 
@@ -84,7 +84,7 @@ class _Clients:
       idle = _IDLE_CONSUMERS.get(self._key)
       if idle:
         return idle.pop()
-    import confluent_kafka  # pylint: disable=import-outside-toplevel
+    import confluent_kafka
     return confluent_kafka.Consumer(self._config, logger=_LOG)
 
   def release(self, consumer, healthy: bool = True):
@@ -92,7 +92,7 @@ class _Clients:
     if healthy:
       try:
         consumer.unassign()
-      except Exception:  # pylint: disable=broad-except
+      except Exception:
         healthy = False
     with _IDLE_LOCK:
       idle = _IDLE_CONSUMERS.setdefault(self._key, [])
@@ -101,7 +101,7 @@ class _Clients:
         return
     try:
       consumer.close()
-    except Exception:  # pylint: disable=broad-except
+    except Exception:
       pass
 
   @contextlib.contextmanager
@@ -126,7 +126,7 @@ _COMMITS_LOCK = threading.Lock()
 
 
 def _tp(topic, partition, offset=None):
-  import confluent_kafka  # pylint: disable=import-outside-toplevel
+  import confluent_kafka
   if offset is None:
     return confluent_kafka.TopicPartition(topic, partition)
   return confluent_kafka.TopicPartition(topic, partition, offset)
@@ -232,7 +232,7 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
     while True:
       try:
         return fn()
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:
         error = e.args[0] if e.args else None
         retriable = getattr(error, 'retriable', lambda: False)() or getattr(error, 'code', lambda: None)() in (
             16, 14, 15)  # NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE
@@ -314,7 +314,7 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
         if known is None or frontier > known:
           consumer.commit(offsets=[_tp(topic, partition, frontier)], asynchronous=False)
           self._commits.inc()
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       _LOG.warning('committing offset %d of %s failed (the next job re-reads from the previous commit): %s',
                    end, source_uri(topic, partition), mask_secrets(str(e), secrets_of(self._options)))
 
@@ -376,7 +376,7 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
         return
       try:
         consumer.assign([_tp(element.topic, element.partition, restriction.start)])
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:
         raise RuntimeError(mask_secrets(f'Kafka at {options.bootstrap_servers}: {e}', secrets_of(options))) from None
       while not done:
         messages = consumer.consume(num_messages=options.batch_size, timeout=options.poll_timeout_s)
@@ -452,7 +452,7 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
       return False
     try:
       unused_low, high = consumer.get_watermark_offsets(_tp(element.topic, element.partition), cached=True)
-    except Exception:  # pylint: disable=broad-except
+    except Exception:
       return False
     return high is not None and high >= 0 and position >= high
 
@@ -460,7 +460,7 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
   def _position(consumer, element):
     try:
       position = consumer.position([_tp(element.topic, element.partition)])[0].offset
-    except Exception:  # pylint: disable=broad-except
+    except Exception:
       return None
     return position if position is not None and position >= 0 else None
 
@@ -507,7 +507,7 @@ class _ListPartitionsFn(beam.DoFn):
     self._options = options
 
   def process(self, unused_impulse):
-    import confluent_kafka.admin  # pylint: disable=import-outside-toplevel
+    import confluent_kafka.admin
     admin = confluent_kafka.admin.AdminClient(client_config(self._options))
     found = []
     for topic in self._options.topics:
@@ -515,7 +515,7 @@ class _ListPartitionsFn(beam.DoFn):
       while True:
         try:
           metadata = admin.list_topics(topic=topic, timeout=30)
-        except Exception as e:  # pylint: disable=broad-except
+        except Exception as e:
           raise RuntimeError(mask_secrets(f'Kafka at {self._options.bootstrap_servers}: {e}',
                                           secrets_of(self._options))) from None
         info = metadata.topics.get(topic)

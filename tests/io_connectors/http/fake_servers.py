@@ -183,10 +183,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
   def _dispatch(self, method: str):
     self.server.owner.handle(self, method)
 
-  def do_GET(self):  # pylint: disable=invalid-name
+  def do_GET(self):
     self._dispatch('GET')
 
-  def do_POST(self):  # pylint: disable=invalid-name
+  def do_POST(self):
     self._dispatch('POST')
 
 

@@ -97,9 +97,9 @@ def test_a_next_link_never_leaves_https_for_http():
   resource = ResourceConfig(name='items', base_url='https://api.example.com', paginator='json_link')
   reader = _Reader(resource, _client(hosts=['api.example.com']), create_paginator('json_link'))
   with pytest.raises(ValueError, match='leaves https'):
-    reader._check_next(Request('GET', 'https://api.example.com/items'),  # pylint: disable=protected-access
+    reader._check_next(Request('GET', 'https://api.example.com/items'),
                        Request('GET', 'http://api.example.com/items', {'page': 2}))
-  reader._check_next(Request('GET', 'https://api.example.com/items'),  # pylint: disable=protected-access
+  reader._check_next(Request('GET', 'https://api.example.com/items'),
                      Request('GET', 'https://api.example.com/items', {'page': 2}))
 
 
@@ -154,7 +154,7 @@ def test_a_response_over_the_size_cap_fails_clearly_and_is_a_dead_letter(fake_se
 
 def test_chunked_responses_over_the_cap_are_cut_off():
   """No Content-Length to refuse up front: the streamed read stops at the cap."""
-  import http.server  # pylint: disable=import-outside-toplevel
+  import http.server
 
   class Endless(http.server.BaseHTTPRequestHandler):
     protocol_version = 'HTTP/1.1'
@@ -162,7 +162,7 @@ def test_chunked_responses_over_the_cap_are_cut_off():
     def log_message(self, *args):
       pass
 
-    def do_GET(self):  # pylint: disable=invalid-name
+    def do_GET(self):
       self.send_response(200)
       self.send_header('Content-Type', 'application/json')
       self.send_header('Transfer-Encoding', 'chunked')
@@ -349,7 +349,7 @@ def test_compare_and_set_lets_one_writer_win(tmp_path):
 
 
 def test_compare_and_set_on_postgresql(postgres_url):
-  import uuid  # pylint: disable=import-outside-toplevel
+  import uuid
   store = f'{postgres_url}?table=oauth_cas_test'
   key = f'k-{uuid.uuid4().hex}'
   assert state.compare_and_set(store, key, None, 'v1')

@@ -260,7 +260,7 @@ def test_api_key_bearer_and_signing_hook(fake_server):
 
   def sign(request):
     # Last.fm style: md5 over the sorted params and a shared secret.
-    import hashlib  # pylint: disable=import-outside-toplevel
+    import hashlib
     text = ''.join(f'{k}{v}' for k, v in sorted(request.params.items())) + 'shared-secret-9'
     return request.with_params(api_sig=hashlib.md5(text.encode()).hexdigest())
 
@@ -272,7 +272,7 @@ def test_api_key_bearer_and_signing_hook(fake_server):
       == 'Bearer bearer-tok-1'
   signed = _client(fake_server, SignedAuth(sign, ApiKeyAuth('key-123456'), secrets=['shared-secret-9']))
   q = signed.send(Request('GET', url, {'method': 'track.getInfo'})).json()['q']
-  import hashlib  # pylint: disable=import-outside-toplevel
+  import hashlib
   assert q['api_sig'] == hashlib.md5(b'api_keykey-123456methodtrack.getInfoshared-secret-9').hexdigest()
   assert 'shared-secret-9' not in signed.masker.text('secret was shared-secret-9')
 
@@ -473,9 +473,9 @@ def test_oauth2_token_is_shared_by_auth_objects_of_a_process(fake_server):
 
 @pytest.fixture(scope='module')
 def redis_url():
-  from tests.conftest import ensure_service  # pylint: disable=import-outside-toplevel
+  from tests.conftest import ensure_service
   port = ensure_service('redis')
-  import subprocess  # pylint: disable=import-outside-toplevel
+  import subprocess
   env = subprocess.run(['bash', 'scripts/services.sh', 'env', 'redis'], capture_output=True, text=True, check=True,
                        cwd=str(__import__('pathlib').Path(__file__).resolve().parents[3])).stdout
   url = env.split('REDIS_URL=', 1)[1].split()[0]
@@ -511,8 +511,8 @@ def test_redis_cache_answers_repeated_gets_until_the_ttl(fake_server, redis_url,
 
 
 def test_registry_rest_source_reads_a_declarative_resource(fake_server, monkeypatch):
-  from io_connectors import registry  # pylint: disable=import-outside-toplevel
-  from io_connectors.apis.http import ReadRestResource  # pylint: disable=import-outside-toplevel
+  from io_connectors import registry
+  from io_connectors.apis.http import ReadRestResource
   monkeypatch.setenv('TEST_REST_TOKEN', 'rest-token-secret-5')
   fake_server.route('GET', r'/artists/(?P<a>\w+)/mentions', lambda c: _json({
       'data': [{'id': f'{c.match.group("a")}-{i}'} for i in range(int(c.query['page']) * 3 - 3,
