@@ -5,67 +5,72 @@ import setuptools
 BEAM = 'apache-beam==2.77.0'
 
 EXTRAS = {
-    # Beam 2.77's apache_beam.dataframe and ReadFromCsv break on pandas 3.
-    'dataframe': ['pandas>=2.0,<2.4'],
-    'gcp': ['apache-beam[gcp]==2.77.0', 'google-cloud-storage>=2.14'],
-    'aws': ['apache-beam[aws]==2.77.0', 'boto3>=1.34'],
-    # TensorFlow alone is ~2 GB: only ML users pay for it.
-    'ml': ['tensorflow>=2.16', 'tensorflow-transform>=1.16', 'tensorflow-datasets>=4.9'],
-    # Source and sink families: each imports its client only when used.
-    'postgres': ['psycopg[binary]==3.3.9'],
-    'mongodb': ['pymongo>=4.6'],
-    'redis': ['redis==8.1.0'],
-    'search': ['opensearch-py==3.2.0', 'elasticsearch==8.19.2'],
-    'clickhouse': ['clickhouse-connect==1.12.0'],
-    'kafka': ['confluent-kafka==2.16.1'],
-    'pulsar': ['pulsar-client==3.13.0'],
-    'websocket': ['websockets==17.4'],
-    'webhooks': ['starlette==1.10.0', 'uvicorn==0.54.0', 'redis==8.1.0'],
-    'test': [
-        'pytest>=8',
-        'pytest-xdist>=3.5',
-        'moto[server]>=5.0',
-        'gcp-storage-emulator>=2024.8.3',
-        'pandas>=2.0,<2.4',
-        'jsonschema>=4',
-        'openapi-schema-validator==0.9.0',
-        'httpx==0.28.1',
-        'connectorx==0.4.6',
-        # ClickHouse's engine in process: no ClickHouse server installs on our machines (see README).
-        'chdb==4.4.0',
-        # scripts/lint.sh: pinned, since a new release may add findings.
-        'ruff==0.17.6',
-        'mypy==2.4.1',
-    ],
+  # Beam 2.77's apache_beam.dataframe and ReadFromCsv break on pandas 3.
+  'dataframe': ['pandas>=2.0,<2.4'],
+  'gcp': ['apache-beam[gcp]==2.77.0', 'google-cloud-storage>=2.14'],
+  'aws': ['apache-beam[aws]==2.77.0', 'boto3>=1.34'],
+  # TensorFlow alone is ~2 GB: only ML users pay for it.
+  'ml': ['tensorflow>=2.16', 'tensorflow-transform>=1.16', 'tensorflow-datasets>=4.9'],
+  # Source and sink families: each imports its client only when used.
+  'postgres': ['psycopg[binary]==3.3.9'],
+  'mongodb': ['pymongo>=4.6'],
+  'redis': ['redis==8.1.0'],
+  'search': ['opensearch-py==3.2.0', 'elasticsearch==8.19.2'],
+  'clickhouse': ['clickhouse-connect==1.12.0'],
+  'kafka': ['confluent-kafka==2.16.1'],
+  'pulsar': ['pulsar-client==3.13.0'],
+  'websocket': ['websockets==17.4'],
+  'webhooks': ['starlette==1.10.0', 'uvicorn==0.54.0', 'redis==8.1.0'],
+  'test': [
+    'pytest>=8',
+    'pytest-xdist>=3.5',
+    'moto[server]>=5.0',
+    'gcp-storage-emulator>=2024.8.3',
+    'pandas>=2.0,<2.4',
+    'jsonschema>=4',
+    'openapi-schema-validator==0.9.0',
+    'httpx==0.28.1',
+    'connectorx==0.4.6',
+    # ClickHouse's engine in process: no ClickHouse server installs on our machines (see README).
+    'chdb==4.4.0',
+    # scripts/lint.sh: pinned, since a new release may add findings.
+    'ruff==0.17.6',
+    'mypy==2.4.1',
+  ],
 }
 # The tests talk to every family's real server.
-EXTRAS['test'] += sorted({req for name in ('postgres', 'mongodb', 'redis', 'search', 'clickhouse', 'kafka', 'pulsar',
-                                            'websocket', 'webhooks') for req in EXTRAS[name]})
+EXTRAS['test'] += sorted(
+  {
+    req
+    for name in ('postgres', 'mongodb', 'redis', 'search', 'clickhouse', 'kafka', 'pulsar', 'websocket', 'webhooks')
+    for req in EXTRAS[name]
+  }
+)
 EXTRAS['all'] = sorted({req for name, reqs in EXTRAS.items() if name != 'ml' for req in reqs} | set(EXTRAS['ml']))
 
 setuptools.setup(
-    name='music-beam-pipelines',
-    version='0.1.0',
-    description=__doc__,
-    long_description=open('README.md', encoding='utf-8').read() if __import__('os').path.exists('README.md') else '',
-    long_description_content_type='text/markdown',
-    license='MIT',
-    python_requires='>=3.10',
-    packages=setuptools.find_packages(include=['pipelines*', 'transforms*', 'io_connectors*']),
-    package_data={'': ['*.json', '*.yaml', '*.yml']},
-    install_requires=[
-        BEAM,
-        # Beam 2.77 caps pyarrow below 26.
-        'pyarrow>=16,<26',
-        'numpy>=1.26',
-        'pydantic>=2.7,<3',
-        'presidio-analyzer>=2.2.350',
-        'presidio-anonymizer>=2.2.350',
-        'openpyxl>=3.1',
-        'fastavro>=1.9',
-        'pyyaml>=6',
-        # Python twins of the RE2 prefilters (\\p{..} classes) in transforms.pii.scanner.
-        'regex>=2023.0',
-    ],
-    extras_require=EXTRAS,
+  name='music-beam-pipelines',
+  version='0.1.0',
+  description=__doc__,
+  long_description=open('README.md', encoding='utf-8').read() if __import__('os').path.exists('README.md') else '',
+  long_description_content_type='text/markdown',
+  license='MIT',
+  python_requires='>=3.10',
+  packages=setuptools.find_packages(include=['pipelines*', 'transforms*', 'io_connectors*']),
+  package_data={'': ['*.json', '*.yaml', '*.yml']},
+  install_requires=[
+    BEAM,
+    # Beam 2.77 caps pyarrow below 26.
+    'pyarrow>=16,<26',
+    'numpy>=1.26',
+    'pydantic>=2.7,<3',
+    'presidio-analyzer>=2.2.350',
+    'presidio-anonymizer>=2.2.350',
+    'openpyxl>=3.1',
+    'fastavro>=1.9',
+    'pyyaml>=6',
+    # Python twins of the RE2 prefilters (\\p{..} classes) in transforms.pii.scanner.
+    'regex>=2023.0',
+  ],
+  extras_require=EXTRAS,
 )

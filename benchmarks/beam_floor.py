@@ -27,9 +27,11 @@ __all__ = ['main']
 
 def read_and_write(csv_path: str, out_dir: str):
   """The benchmark's baseline, as one DoFn body: yields the rows written."""
-  table = pa_csv.read_csv(csv_path,
-                          parse_options=pa_csv.ParseOptions(invalid_row_handler=lambda row: 'skip'),
-                          convert_options=pa_csv.ConvertOptions(check_utf8=False))
+  table = pa_csv.read_csv(
+    csv_path,
+    parse_options=pa_csv.ParseOptions(invalid_row_handler=lambda row: 'skip'),
+    convert_options=pa_csv.ConvertOptions(check_utf8=False),
+  )
   os.makedirs(out_dir, exist_ok=True)
   pq.write_table(table, os.path.join(out_dir, 'floor.parquet'), compression='snappy')
   yield table.num_rows
@@ -41,9 +43,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('out_dir')
   known, beam_args = parser.parse_known_args(argv)
   with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
-    _ = (p | beam.Create([known.csv_path])
-         | beam.FlatMap(read_and_write, known.out_dir)
-         | beam.Map(lambda rows: print(f'floor: {rows} rows written', file=sys.stderr)))
+    _ = (
+      p
+      | beam.Create([known.csv_path])
+      | beam.FlatMap(read_and_write, known.out_dir)
+      | beam.Map(lambda rows: print(f'floor: {rows} rows written', file=sys.stderr))
+    )
   return 0
 
 

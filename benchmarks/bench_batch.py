@@ -68,6 +68,7 @@ DEFAULT_RESULTS_DIR = os.path.join(REPO_ROOT, 'benchmarks', 'results')
 @dataclasses.dataclass
 class BenchOptions:
   """One benchmark run; `validate()` raises ValueError naming the bad option."""
+
   rows: int = 1_000_000
   seed: int = 7
   data_dir: str = DEFAULT_DATA_DIR
@@ -104,8 +105,7 @@ def ensure_data(options: BenchOptions) -> tuple:
   try:
     expected = sample_data.load_expected(out_dir)
     path = os.path.join(out_dir, expected['files'][0]['name'])
-    if (expected['options'] == wanted and expected['version'] == sample_data.GENERATOR_VERSION and
-        os.path.exists(path)):
+    if expected['options'] == wanted and expected['version'] == sample_data.GENERATOR_VERSION and os.path.exists(path):
       _log(f'data: cached {os.path.relpath(path, REPO_ROOT)}')
       return path, expected
   except (OSError, ValueError, KeyError, IndexError):
@@ -126,13 +126,19 @@ def run_baseline(csv_path: str, out_dir: str) -> dict:
 
   out_path = os.path.join(out_dir, 'baseline.parquet')
   started = time.perf_counter()
-  table = pa_csv.read_csv(csv_path,
-                          parse_options=pa_csv.ParseOptions(invalid_row_handler=skip_bad_row),
-                          convert_options=pa_csv.ConvertOptions(check_utf8=False))
+  table = pa_csv.read_csv(
+    csv_path,
+    parse_options=pa_csv.ParseOptions(invalid_row_handler=skip_bad_row),
+    convert_options=pa_csv.ConvertOptions(check_utf8=False),
+  )
   pq.write_table(table, out_path, compression='snappy')
   seconds = time.perf_counter() - started
-  return {'seconds': seconds, 'rows_read': table.num_rows, 'rows_skipped': len(skipped),
-          'parquet_bytes': os.path.getsize(out_path)}
+  return {
+    'seconds': seconds,
+    'rows_read': table.num_rows,
+    'rows_skipped': len(skipped),
+    'parquet_bytes': os.path.getsize(out_path),
+  }
 
 
 def _parquet_rows(out_dir: str) -> dict:
@@ -151,16 +157,27 @@ def _parquet_rows(out_dir: str) -> dict:
 def run_pipeline(csv_path: str, out_dir: str, extra_args: str, timeout_s: float, log_path: str) -> dict:
   """One pipeline run in a subprocess; returns seconds, or the error."""
   command = [
-      sys.executable, '-m', PIPELINE_MODULE, '--input', csv_path, '--output', out_dir, '--tenant_field', 'tenant_id',
-      '--runner', 'DirectRunner', *shlex.split(extra_args)
+    sys.executable,
+    '-m',
+    PIPELINE_MODULE,
+    '--input',
+    csv_path,
+    '--output',
+    out_dir,
+    '--tenant_field',
+    'tenant_id',
+    '--runner',
+    'DirectRunner',
+    *shlex.split(extra_args),
   ]
   env = dict(os.environ, PII_MASTER_KEY=BENCH_PII_KEY)
   env['PYTHONPATH'] = os.pathsep.join(p for p in (REPO_ROOT, env.get('PYTHONPATH')) if p)
   started = time.perf_counter()
   with open(log_path, 'wb') as log:
     try:
-      done = subprocess.run(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            timeout=timeout_s, check=False)
+      done = subprocess.run(
+        command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s, check=False
+      )
     except subprocess.TimeoutExpired:
       return {'error': f'timed out after {timeout_s:.0f} s'}
   seconds = time.perf_counter() - started
@@ -173,7 +190,14 @@ def run_pipeline(csv_path: str, out_dir: str, extra_args: str, timeout_s: float,
 
 def run_floor(csv_path: str, out_dir: str, runner: str, timeout_s: float) -> dict:
   """One run of benchmarks/beam_floor.py in a subprocess; returns seconds, or the error."""
-  command = [sys.executable, os.path.join(REPO_ROOT, 'benchmarks', 'beam_floor.py'), csv_path, out_dir, '--runner', runner]
+  command = [
+    sys.executable,
+    os.path.join(REPO_ROOT, 'benchmarks', 'beam_floor.py'),
+    csv_path,
+    out_dir,
+    '--runner',
+    runner,
+  ]
   started = time.perf_counter()
   try:
     done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, timeout=timeout_s, check=False)
@@ -199,14 +223,14 @@ def run_benchmark(options: BenchOptions) -> dict:
   options.validate()
   csv_path, expected = ensure_data(options)
   result = {
-      'benchmark': 'batch',
-      'started_utc': dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'),
-      'rows': options.rows,
-      'input_bytes': os.path.getsize(csv_path),
-      'input': os.path.relpath(csv_path, REPO_ROOT),
-      'expected': {k: expected[k] for k in ('clean', 'duplicates', 'valid', 'malformed', 'tenants')},
-      'machine': machine_info(),
-      'target_ratio': TARGET_RATIO,
+    'benchmark': 'batch',
+    'started_utc': dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'),
+    'rows': options.rows,
+    'input_bytes': os.path.getsize(csv_path),
+    'input': os.path.relpath(csv_path, REPO_ROOT),
+    'expected': {k: expected[k] for k in ('clean', 'duplicates', 'valid', 'malformed', 'tenants')},
+    'machine': machine_info(),
+    'target_ratio': TARGET_RATIO,
   }
   work = tempfile.mkdtemp(prefix='bench_batch-')
   try:
@@ -216,13 +240,13 @@ def run_benchmark(options: BenchOptions) -> dict:
       _log(f'baseline run {i + 1}/{options.baseline_runs}: {runs[-1]["seconds"]:.2f} s')
     best = _best(runs)
     result['baseline'] = {
-        'what': 'pyarrow.csv.read_csv + pyarrow.parquet.write_table(snappy), in process',
-        'runs_s': [round(r['seconds'], 3) for r in runs],
-        'best_s': round(best, 3),
-        'rows_per_s': round(options.rows / best),
-        'rows_read': runs[0]['rows_read'],
-        'rows_skipped': runs[0]['rows_skipped'],
-        'parquet_bytes': runs[0]['parquet_bytes'],
+      'what': 'pyarrow.csv.read_csv + pyarrow.parquet.write_table(snappy), in process',
+      'runs_s': [round(r['seconds'], 3) for r in runs],
+      'best_s': round(best, 3),
+      'rows_per_s': round(options.rows / best),
+      'rows_read': runs[0]['rows_read'],
+      'rows_skipped': runs[0]['rows_skipped'],
+      'parquet_bytes': runs[0]['parquet_bytes'],
     }
     result['pipelines'] = []
     if options.baseline_only:
@@ -231,18 +255,21 @@ def run_benchmark(options: BenchOptions) -> dict:
       floors = []
       for i in range(options.baseline_runs):
         floors.append(run_floor(csv_path, os.path.join(work, f'floor-{i}'), options.floor_runner, options.timeout_s))
-        _log(f'Beam floor [{options.floor_runner}] run {i + 1}/{options.baseline_runs}: '
-             + (f'{floors[-1]["seconds"]:.2f} s' if 'seconds' in floors[-1] else floors[-1]['error']))
+        _log(
+          f'Beam floor [{options.floor_runner}] run {i + 1}/{options.baseline_runs}: '
+          + (f'{floors[-1]["seconds"]:.2f} s' if 'seconds' in floors[-1] else floors[-1]['error'])
+        )
       floor_best = _best(floors)
       result['beam_floor'] = {
-          'what': 'the baseline in one DoFn of a Beam pipeline (benchmarks/beam_floor.py), subprocess',
-          'runner': options.floor_runner,
-          'runs_s': [round(r['seconds'], 3) for r in floors if 'seconds' in r],
-          'errors': [r for r in floors if 'seconds' not in r],
+        'what': 'the baseline in one DoFn of a Beam pipeline (benchmarks/beam_floor.py), subprocess',
+        'runner': options.floor_runner,
+        'runs_s': [round(r['seconds'], 3) for r in floors if 'seconds' in r],
+        'errors': [r for r in floors if 'seconds' not in r],
       }
       if floor_best:
-        result['beam_floor'].update(best_s=round(floor_best, 3), rows_per_s=round(options.rows / floor_best),
-                                    ratio=round(best / floor_best, 4))
+        result['beam_floor'].update(
+          best_s=round(floor_best, 3), rows_per_s=round(options.rows / floor_best), ratio=round(best / floor_best, 4)
+        )
     available = importlib.util.find_spec(PIPELINE_MODULE) is not None
     for extra in options.pipeline_args:
       variant = {'module': PIPELINE_MODULE, 'extra_args': extra, 'runs_s': [], 'errors': []}
@@ -275,22 +302,26 @@ def report(result: dict) -> str:
   """A few human lines about a result."""
   m = result['machine']
   lines = [
-      f'machine: {m["nproc"]} CPUs ({m["cpu"]}), Python {m["python"]}, pyarrow {m["pyarrow"]}, '
-      f'apache-beam {m["apache_beam"]}',
-      f'input: {result["rows"]:,} rows, {result["input_bytes"] / 2**20:.0f} MiB CSV ({result["input"]})',
-      f'baseline (read_csv + write_table snappy): best {result["baseline"]["best_s"]:.2f} s '
-      f'= {result["baseline"]["rows_per_s"]:,} rows/s',
+    f'machine: {m["nproc"]} CPUs ({m["cpu"]}), Python {m["python"]}, pyarrow {m["pyarrow"]}, '
+    f'apache-beam {m["apache_beam"]}',
+    f'input: {result["rows"]:,} rows, {result["input_bytes"] / 2**20:.0f} MiB CSV ({result["input"]})',
+    f'baseline (read_csv + write_table snappy): best {result["baseline"]["best_s"]:.2f} s '
+    f'= {result["baseline"]["rows_per_s"]:,} rows/s',
   ]
   floor = result.get('beam_floor') or {}
   if 'best_s' in floor:
-    lines.append(f'Beam floor (the baseline in one DoFn, {floor["runner"]}): best {floor["best_s"]:.2f} s '
-                 f'= {floor["rows_per_s"]:,} rows/s, ratio {floor["ratio"]:.3f} (the most any Beam pipeline reaches here)')
+    lines.append(
+      f'Beam floor (the baseline in one DoFn, {floor["runner"]}): best {floor["best_s"]:.2f} s '
+      f'= {floor["rows_per_s"]:,} rows/s, ratio {floor["ratio"]:.3f} (the most any Beam pipeline reaches here)'
+    )
   for variant in result['pipelines']:
     name = variant['extra_args'] or 'defaults'
     if 'rows_per_s' in variant:
       verdict = 'meets' if variant['meets_target'] else 'below'
-      lines.append(f'pipeline [{name}]: best {variant["best_s"]:.2f} s = {variant["rows_per_s"]:,} rows/s, '
-                   f'ratio {variant["ratio"]:.3f} ({verdict} target {result["target_ratio"]})')
+      lines.append(
+        f'pipeline [{name}]: best {variant["best_s"]:.2f} s = {variant["rows_per_s"]:,} rows/s, '
+        f'ratio {variant["ratio"]:.3f} ({verdict} target {result["target_ratio"]})'
+      )
     else:
       lines.append(f'pipeline [{name}]: no successful run ({variant["errors"][0]["error"]})')
   return '\n'.join(lines)
@@ -316,18 +347,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--data-dir', default=DEFAULT_DATA_DIR, help='cache of generated data (default benchmarks/data)')
   parser.add_argument('--baseline-runs', type=int, default=3, help='baseline runs, best counts (default 3)')
   parser.add_argument('--pipeline-runs', type=int, default=1, help='pipeline runs per variant (default 1)')
-  parser.add_argument('--pipeline-args', action='append',
-                      help='extra pipeline flags as one string; repeat for several variants (default: none)')
+  parser.add_argument(
+    '--pipeline-args',
+    action='append',
+    help='extra pipeline flags as one string; repeat for several variants (default: none)',
+  )
   parser.add_argument('--baseline-only', action='store_true', help='skip the pipeline')
-  parser.add_argument('--floor-runner', default='FnApiRunner',
-                      help="runner of the Beam floor measurement (default FnApiRunner; '' skips it)")
+  parser.add_argument(
+    '--floor-runner',
+    default='FnApiRunner',
+    help="runner of the Beam floor measurement (default FnApiRunner; '' skips it)",
+  )
   parser.add_argument('--timeout', type=float, default=3600.0, help='seconds per pipeline run (default 3600)')
   parser.add_argument('--json', action='store_true', help='print the JSON result to stdout instead of a file')
   parser.add_argument('--results-dir', default=DEFAULT_RESULTS_DIR, help='where the JSON result is written')
   args = parser.parse_args(_join_pipeline_args(sys.argv[1:] if argv is None else list(argv)))
-  options = BenchOptions(rows=args.rows, seed=args.seed, data_dir=args.data_dir, baseline_runs=args.baseline_runs,
-                         pipeline_runs=args.pipeline_runs, pipeline_args=args.pipeline_args or [''],
-                         baseline_only=args.baseline_only, timeout_s=args.timeout, floor_runner=args.floor_runner)
+  options = BenchOptions(
+    rows=args.rows,
+    seed=args.seed,
+    data_dir=args.data_dir,
+    baseline_runs=args.baseline_runs,
+    pipeline_runs=args.pipeline_runs,
+    pipeline_args=args.pipeline_args or [''],
+    baseline_only=args.baseline_only,
+    timeout_s=args.timeout,
+    floor_runner=args.floor_runner,
+  )
   try:
     options.validate()
   except ValueError as e:

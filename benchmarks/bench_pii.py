@@ -47,13 +47,44 @@ from transforms.pii import TextScanner
 # The last commit whose scanner was transforms/pii.py (one module).
 DEFAULT_BEFORE = '848fbc26812c2fd0cf77b37900c5cd3979c76e3a'
 
-WORDS = ('love this track', 'on repeat', 'great bassline', 'skip', 'reminds me of summer', 'for the gym',
-         'played at the party', 'best album of the year', 'too slow', 'chorus is perfect', 'what a remix',
-         'listened 3 times', 'track 7 is better', 'since 2019', '10/10')
-PII = ('mail me at fan{i}@example.com', 'call +44 20 7946 0958', 'text (415) 555-2671', 'card 4111 1111 1111 1111',
-       'iban DE89 3704 0044 0532 0130 00', 'from 203.0.113.{j}', 'see https://user{i}:pw@host.example.net/x')
-IDS = ('sess-{n8}', '{epoch}', '{epoch}000', 'Invoice 2024-{n6}', 'T-{n9}-{d}', 'USRC{n8}', 'id {n8}',
-       'spotify:track:4uLU6hMCjMI75M1A2tKUQC', 'v{d}.{d}.{d}', 'order #{n9}')
+WORDS = (
+  'love this track',
+  'on repeat',
+  'great bassline',
+  'skip',
+  'reminds me of summer',
+  'for the gym',
+  'played at the party',
+  'best album of the year',
+  'too slow',
+  'chorus is perfect',
+  'what a remix',
+  'listened 3 times',
+  'track 7 is better',
+  'since 2019',
+  '10/10',
+)
+PII = (
+  'mail me at fan{i}@example.com',
+  'call +44 20 7946 0958',
+  'text (415) 555-2671',
+  'card 4111 1111 1111 1111',
+  'iban DE89 3704 0044 0532 0130 00',
+  'from 203.0.113.{j}',
+  'see https://user{i}:pw@host.example.net/x',
+)
+IDS = (
+  'sess-{n8}',
+  '{epoch}',
+  '{epoch}000',
+  'Invoice 2024-{n6}',
+  'T-{n9}-{d}',
+  'USRC{n8}',
+  'id {n8}',
+  'spotify:track:4uLU6hMCjMI75M1A2tKUQC',
+  'v{d}.{d}.{d}',
+  'order #{n9}',
+)
 
 
 def generate_notes(n: int, pii_share: float, seed: int) -> pa.Array:
@@ -70,9 +101,15 @@ def generate_notes(n: int, pii_share: float, seed: int) -> pa.Array:
 def generate_ids(n: int, seed: int) -> pa.Array:
   rng = random.Random(seed)
   digits = lambda k: ''.join(rng.choice('0123456789') for _ in range(k))
-  return pa.array([rng.choice(IDS).format(n8=digits(8), n6=digits(6), n9=digits(9), d=rng.randint(0, 9),
-                                          epoch=rng.randint(1_600_000_000, 1_800_000_000)) for _ in range(n)],
-                  type=pa.string())
+  return pa.array(
+    [
+      rng.choice(IDS).format(
+        n8=digits(8), n6=digits(6), n9=digits(9), d=rng.randint(0, 9), epoch=rng.randint(1_600_000_000, 1_800_000_000)
+      )
+      for _ in range(n)
+    ],
+    type=pa.string(),
+  )
 
 
 def generate_repeats(n: int, pii_share: float, seed: int) -> pa.Array:
@@ -86,6 +123,7 @@ def sample_batch(rows: int, seed: int) -> pa.RecordBatch:
   from pipelines import sample_data
   from transforms.entities import ListeningEvent
   from transforms.validate import validate_batch
+
   records = [r.record() for r in sample_data.iter_rows(rows=rows, seed=seed) if r.kind == 'clean']
   raw = pa.RecordBatch.from_pylist(records)
   valid, _ = validate_batch(raw, ListeningEvent)
@@ -94,8 +132,9 @@ def sample_batch(rows: int, seed: int) -> pa.RecordBatch:
 
 def load_before(ref: str):
   """transforms/pii.py at git `ref`, as a module of its own."""
-  source = subprocess.run(['git', 'show', f'{ref}:transforms/pii.py'], cwd=ROOT, capture_output=True, text=True,
-                          check=True).stdout
+  source = subprocess.run(
+    ['git', 'show', f'{ref}:transforms/pii.py'], cwd=ROOT, capture_output=True, text=True, check=True
+  ).stdout
   with tempfile.NamedTemporaryFile('w', suffix='.py', delete=False) as f:
     f.write(source)
   spec = importlib.util.spec_from_file_location('pii_before', f.name)
@@ -129,9 +168,9 @@ def main(argv=None):
   args = parser.parse_args(argv)
 
   inputs = {
-      'notes': generate_notes(args.cells, args.pii_share, args.seed),
-      'ids': generate_ids(args.cells, args.seed),
-      'repeats': generate_repeats(args.cells, args.pii_share, args.seed),
+    'notes': generate_notes(args.cells, args.pii_share, args.seed),
+    'ids': generate_ids(args.cells, args.seed),
+    'repeats': generate_repeats(args.cells, args.pii_share, args.seed),
   }
   before = load_before(args.before)
   scanners = {'before': before.TextScanner().setup(), 'after': TextScanner().setup()}
@@ -145,8 +184,10 @@ def main(argv=None):
     for label, scanner in scanners.items():
       rates[label], counts = cells_per_second(scanner, cells, args.repeats)
       found[label] = ', '.join(f'{k}={v}' for k, v in sorted(counts.items())) or '-'
-    print(f'{name:<8} {regex_rate:>12,.0f} {rates["before"]:>12,.0f} {rates["after"]:>12,.0f} '
-          f'{rates["after"] / rates["before"]:>12.2f}x  {found["before"]} | {found["after"]}')
+    print(
+      f'{name:<8} {regex_rate:>12,.0f} {rates["before"]:>12,.0f} {rates["after"]:>12,.0f} '
+      f'{rates["after"] / rates["before"]:>12.2f}x  {found["before"]} | {found["after"]}'
+    )
   if args.rows:
     batch_rates(before, sample_batch(args.rows, args.seed), args.repeats)
 
@@ -155,6 +196,7 @@ def batch_rates(before, batch: pa.RecordBatch, repeats: int):
   """rows/s of redact_batch, before and after, on one batch of sample listening events."""
   from transforms import pii
   from transforms.entities import ListeningEvent
+
   key = bytes(range(32))
   rates = {}
   for label, module in (('before', before), ('after', pii)):
@@ -166,9 +208,11 @@ def batch_rates(before, batch: pa.RecordBatch, repeats: int):
       module.redact_batch(batch, ListeningEvent, master_key, scanner)
       best = min(best, time.perf_counter() - start)
     rates[label] = batch.num_rows / best
-  print(f'redact_batch on {batch.num_rows:,} sample listening events ({batch.num_columns} columns): '
-        f'before {rates["before"]:,.0f} rows/s, after {rates["after"]:,.0f} rows/s, '
-        f'after/before {rates["after"] / rates["before"]:.2f}x')
+  print(
+    f'redact_batch on {batch.num_rows:,} sample listening events ({batch.num_columns} columns): '
+    f'before {rates["before"]:,.0f} rows/s, after {rates["after"]:,.0f} rows/s, '
+    f'after/before {rates["after"] / rates["before"]:.2f}x'
+  )
 
 
 if __name__ == '__main__':

@@ -54,6 +54,7 @@ def ensure_table(url: str, table: str, rows: int):
   """Creates `table` with `rows` generated rows unless it already holds exactly that many."""
   import psycopg
   from psycopg import sql
+
   ident = sql.Identifier(table)
   with psycopg.connect(url, autocommit=True) as conn:
     exists = conn.execute('SELECT to_regclass(%s) IS NOT NULL', (table,)).fetchone()[0]
@@ -61,7 +62,7 @@ def ensure_table(url: str, table: str, rows: int):
       return
     conn.execute(sql.SQL('DROP TABLE IF EXISTS {}').format(ident))
     conn.execute(
-        sql.SQL("""CREATE TABLE {} AS
+      sql.SQL("""CREATE TABLE {} AS
         SELECT g::bigint AS id,
           'ev-' || g AS event_id,
           'user-' || (g %% 100000) AS user_id,
@@ -71,16 +72,20 @@ def ensure_table(url: str, table: str, rows: int):
           (ARRAY['SE','US','DE','FR','BR'])[1 + g %% 5] AS country,
           (g %% 3 = 0) AS skipped,
           CASE WHEN g %% 10 = 0 THEN NULL ELSE 'tenant-' || (g %% 2) END AS tenant_id
-        FROM generate_series(1, %s) AS g""").format(ident), (rows,))
+        FROM generate_series(1, %s) AS g""").format(ident),
+      (rows,),
+    )
     conn.execute(sql.SQL('ALTER TABLE {} ADD PRIMARY KEY (id)').format(ident))
     conn.execute(sql.SQL('VACUUM ANALYZE {}').format(ident))
 
 
 def run_connectorx(url: str, table: str, partitions: int, out_dir: str) -> dict:
   import connectorx
+
   start = time.perf_counter()
-  arrow = connectorx.read_sql(url, f'SELECT * FROM {table}', return_type='arrow', partition_on='id',
-                              partition_num=partitions)
+  arrow = connectorx.read_sql(
+    url, f'SELECT * FROM {table}', return_type='arrow', partition_on='id', partition_num=partitions
+  )
   pq.write_table(arrow, os.path.join(out_dir, 'connectorx.parquet'), compression='snappy')
   return {'rows': arrow.num_rows, 'seconds': time.perf_counter() - start}
 
@@ -124,16 +129,18 @@ def main(argv=None) -> int:
   parser.add_argument('--partitions', type=int, default=4)
   parser.add_argument('--runs', type=int, default=2, help='best of N for each side')
   parser.add_argument('--table', default=None, help='default: bench_listening_events_<rows>')
-  parser.add_argument('--pipeline-args', default=None,
-                      help='Beam flags for our side (default: --direct_num_workers=PARTITIONS)')
+  parser.add_argument(
+    '--pipeline-args', default=None, help='Beam flags for our side (default: --direct_num_workers=PARTITIONS)'
+  )
   args = parser.parse_args(argv)
   url = os.environ.get('POSTGRES_URL')
   if not url:
     print('error: set POSTGRES_URL (eval "$(scripts/services.sh env postgres)")', file=sys.stderr)
     return 2
   table = args.table or f'bench_listening_events_{args.rows}'
-  pipeline_args = shlex.split(args.pipeline_args) if args.pipeline_args is not None else [
-      f'--direct_num_workers={args.partitions}']
+  pipeline_args = (
+    shlex.split(args.pipeline_args) if args.pipeline_args is not None else [f'--direct_num_workers={args.partitions}']
+  )
   ensure_table(url, table, args.rows)
   results = {'connectorx': [], 'ours': []}
   for _ in range(args.runs):
@@ -153,19 +160,20 @@ def main(argv=None) -> int:
   best = {side: min(seconds) for side, seconds in results.items()}
   rate = {side: args.rows / s for side, s in best.items()}
   import connectorx
+
   doc = {
-      'server': mask_url(url),
-      'table': table,
-      'rows': args.rows,
-      'partitions': args.partitions,
-      'pipeline_args': pipeline_args,
-      'connectorx_version': connectorx.__version__ if hasattr(connectorx, '__version__') else None,
-      'beam_version': beam.__version__,
-      'seconds': results,
-      'rows_per_s': {side: round(r) for side, r in rate.items()},
-      'ratio': round(rate['ours'] / rate['connectorx'], 3),
-      'target': 0.8,
-      'load_average': os.getloadavg(),
+    'server': mask_url(url),
+    'table': table,
+    'rows': args.rows,
+    'partitions': args.partitions,
+    'pipeline_args': pipeline_args,
+    'connectorx_version': connectorx.__version__ if hasattr(connectorx, '__version__') else None,
+    'beam_version': beam.__version__,
+    'seconds': results,
+    'rows_per_s': {side: round(r) for side, r in rate.items()},
+    'ratio': round(rate['ours'] / rate['connectorx'], 3),
+    'target': 0.8,
+    'load_average': os.getloadavg(),
   }
   print(json.dumps(doc, indent=2))
   return 0

@@ -72,26 +72,28 @@ def run(args) -> dict:
     fake.rate_limit(args.window_requests, window=args.window_seconds)
     fake.fault_rate = args.fault_rate
     rate = args.window_requests / args.window_seconds
-    options = SpotifyOptions(resource='tracks',
-                             ids=ids,
-                             client_id='bench-id',
-                             client_secret='bench-secret-value',
-                             api_url=fake.api_url,
-                             token_url=fake.token_url,
-                             allow_private_addresses=True,  # the fake listens on 127.0.0.1
-                             rate=rate,
-                             burst=max(1.0, 2 * rate),
-                             window=(args.window_requests, args.window_seconds + 0.1),
-                             concurrency=args.concurrency,
-                             retry=RetryPolicy(max_attempts=8, max_rate_limited=50, backoff_base=0.1, backoff_max=2.0,
-                                               timeout=30))
+    options = SpotifyOptions(
+      resource='tracks',
+      ids=ids,
+      client_id='bench-id',
+      client_secret='bench-secret-value',
+      api_url=fake.api_url,
+      token_url=fake.token_url,
+      allow_private_addresses=True,  # the fake listens on 127.0.0.1
+      rate=rate,
+      burst=max(1.0, 2 * rate),
+      window=(args.window_requests, args.window_seconds + 0.1),
+      concurrency=args.concurrency,
+      retry=RetryPolicy(max_attempts=8, max_rate_limited=50, backoff_base=0.1, backoff_max=2.0, timeout=30),
+    )
     pipeline_args = [f'--runner={args.runner}'] if args.runner else []
     started = time.monotonic()
     with beam.Pipeline(options=PipelineOptions(pipeline_args)) as p:
       out = p | ReadFromSpotify(options)
       _ = out.records | 'Ids' >> beam.FlatMap(_ids_of) | 'WriteIds' >> beam.io.WriteToText(f'{out_dir}/ids')
-      _ = (out.dead_letter | 'DLJson' >> beam.Map(json.dumps)
-           | 'WriteDL' >> beam.io.WriteToText(f'{out_dir}/dead_letters'))
+      _ = (
+        out.dead_letter | 'DLJson' >> beam.Map(json.dumps) | 'WriteDL' >> beam.io.WriteToText(f'{out_dir}/dead_letters')
+      )
     wall = time.monotonic() - started
     stats = dict(fake.stats)
     served = fake.served['tracks']
@@ -108,31 +110,32 @@ def run(args) -> dict:
   read_per_minute = served / span * 60 if span > 0 else 0.0
   wall_per_minute = len(seen) / wall * 60
   result = {
-      'benchmark': 'spotify',
-      'time': dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'),
-      'machine': {'python': platform.python_version(), 'cpus': os.cpu_count(), 'load_avg': os.getloadavg()},
-      'runner': args.runner or 'default',
-      'ids': args.ids,
-      'window_requests': args.window_requests,
-      'window_seconds': args.window_seconds,
-      'fault_rate': args.fault_rate,
-      'concurrency': args.concurrency,
-      'records_out': len(seen),
-      'distinct_ids_out': len(set(seen)),
-      'lost': len(set(ids) - set(seen)),
-      'duplicates': len(seen) - len(set(seen)),
-      'dead_letters': len(letters),
-      'server': {k: stats[k] for k in sorted(stats)},
-      'read_span_s': round(span, 2),
-      'wall_s': round(wall, 2),
-      'max_tracks_per_minute': round(max_per_minute),
-      'read_tracks_per_minute': round(read_per_minute),
-      'read_fraction': round(read_per_minute / max_per_minute, 4),
-      'wall_tracks_per_minute': round(wall_per_minute),
-      'wall_fraction': round(wall_per_minute / max_per_minute, 4),
+    'benchmark': 'spotify',
+    'time': dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'),
+    'machine': {'python': platform.python_version(), 'cpus': os.cpu_count(), 'load_avg': os.getloadavg()},
+    'runner': args.runner or 'default',
+    'ids': args.ids,
+    'window_requests': args.window_requests,
+    'window_seconds': args.window_seconds,
+    'fault_rate': args.fault_rate,
+    'concurrency': args.concurrency,
+    'records_out': len(seen),
+    'distinct_ids_out': len(set(seen)),
+    'lost': len(set(ids) - set(seen)),
+    'duplicates': len(seen) - len(set(seen)),
+    'dead_letters': len(letters),
+    'server': {k: stats[k] for k in sorted(stats)},
+    'read_span_s': round(span, 2),
+    'wall_s': round(wall, 2),
+    'max_tracks_per_minute': round(max_per_minute),
+    'read_tracks_per_minute': round(read_per_minute),
+    'read_fraction': round(read_per_minute / max_per_minute, 4),
+    'wall_tracks_per_minute': round(wall_per_minute),
+    'wall_fraction': round(wall_per_minute / max_per_minute, 4),
   }
-  result['ok'] = result['lost'] == 0 and result['duplicates'] == 0 and result['dead_letters'] == 0 and \
-      result['read_fraction'] >= 0.9
+  result['ok'] = (
+    result['lost'] == 0 and result['duplicates'] == 0 and result['dead_letters'] == 0 and result['read_fraction'] >= 0.9
+  )
   return result
 
 

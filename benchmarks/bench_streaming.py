@@ -87,8 +87,16 @@ import pyarrow.parquet as pq
 from pipelines import runners, sample_data
 from benchmarks.common import machine_info as common_machine_info, publish_result
 
-__all__ = ['BenchOptions', 'run_benchmark', 'main', 'latency_summary', 'parse_data_path', 'encode_event',
-           'window_rates', 'exactly_once']
+__all__ = [
+  'BenchOptions',
+  'run_benchmark',
+  'main',
+  'latency_summary',
+  'parse_data_path',
+  'encode_event',
+  'window_rates',
+  'exactly_once',
+]
 
 PIPELINE_MODULE = 'pipelines.spotify_streaming'
 # A fixed key for benchmark runs only: it protects nothing real.
@@ -103,6 +111,7 @@ _NS = 1_000_000_000
 @dataclasses.dataclass
 class BenchOptions:
   """One benchmark run; `validate()` raises ValueError naming the bad option."""
+
   phases: Tuple[str, ...] = ('throughput', 'latency')
   events: int = 200_000
   latency_events: Optional[int] = None  # default: min(events, 120 s of rate)
@@ -160,13 +169,21 @@ def latency_summary(seconds: Iterable[float]) -> dict:
   if not values.size:
     return {'count': 0}
   p50, p90, p99 = np.percentile(values, [50, 90, 99])
-  return {'count': int(values.size), 'mean_s': round(float(values.mean()), 3), 'min_s': round(float(values.min()), 3),
-          'p50_s': round(float(p50), 3), 'p90_s': round(float(p90), 3), 'p99_s': round(float(p99), 3),
-          'max_s': round(float(values.max()), 3)}
+  return {
+    'count': int(values.size),
+    'mean_s': round(float(values.mean()), 3),
+    'min_s': round(float(values.min()), 3),
+    'p50_s': round(float(p50), 3),
+    'p90_s': round(float(p90), 3),
+    'p99_s': round(float(p99), 3),
+    'max_s': round(float(values.max()), 3),
+  }
 
 
-_DATA_PATH = re.compile(r'(?:^|/)data/tenant=(?P<tenant>[^/]+)/window_start=(?P<label>\d{8}T\d{6}(?:\.\d{6})?Z)/'
-                        r'part-(?P<shard>\d+)\.parquet$')
+_DATA_PATH = re.compile(
+  r'(?:^|/)data/tenant=(?P<tenant>[^/]+)/window_start=(?P<label>\d{8}T\d{6}(?:\.\d{6})?Z)/'
+  r'part-(?P<shard>\d+)\.parquet$'
+)
 
 
 def parse_data_path(path: str) -> Optional[Tuple[str, float, int]]:
@@ -208,7 +225,7 @@ def encode_event(row: sample_data.SampleRow, played_at_ms: Optional[int]) -> byt
     record[name] = value
   text = json.dumps(record, ensure_ascii=False)
   if row.kind == 'wrong_column_count':
-    return text[:len(text) // 2].encode('utf-8')
+    return text[: len(text) // 2].encode('utf-8')
   if row.kind == 'non_utf8':
     return text.encode('latin-1', errors='replace')
   return text.encode('utf-8')
@@ -241,9 +258,15 @@ def exactly_once(written: Sequence[str], expected: Iterable[str]) -> dict:
   doubled = sorted(i for i, n in counts.items() if n > 1)
   missing = sorted(expected - counts.keys())
   unexpected = sorted(counts.keys() - expected)
-  return {'expected': len(expected), 'written_rows': len(written), 'missing': len(missing),
-          'doubled': len(doubled), 'unexpected': len(unexpected), 'examples': (missing + doubled + unexpected)[:5],
-          'ok': not (missing or doubled or unexpected)}
+  return {
+    'expected': len(expected),
+    'written_rows': len(written),
+    'missing': len(missing),
+    'doubled': len(doubled),
+    'unexpected': len(unexpected),
+    'examples': (missing + doubled + unexpected)[:5],
+    'ok': not (missing or doubled or unexpected),
+  }
 
 
 # ----- services -----
@@ -252,8 +275,10 @@ def exactly_once(written: Sequence[str], expected: Iterable[str]) -> dict:
 def _script(*args: str, timeout: float = 600, env=None) -> str:
   done = subprocess.run(['bash', *args], capture_output=True, text=True, timeout=timeout, check=False, env=env)
   if done.returncode != 0:
-    raise RuntimeError(f'{" ".join(os.path.relpath(a, REPO_ROOT) if a.startswith(REPO_ROOT) else a for a in args)} '
-                       f'failed: {done.stderr.strip()[-1500:]}')
+    raise RuntimeError(
+      f'{" ".join(os.path.relpath(a, REPO_ROOT) if a.startswith(REPO_ROOT) else a for a in args)} '
+      f'failed: {done.stderr.strip()[-1500:]}'
+    )
   return done.stdout.strip()
 
 
@@ -308,6 +333,7 @@ class Services:
 
 def new_topic(bootstrap: str) -> str:
   import confluent_kafka.admin
+
   topic = f'bench-plays-{uuid.uuid4().hex[:10]}'
   admin = confluent_kafka.admin.AdminClient({'bootstrap.servers': bootstrap})
   admin.create_topics([confluent_kafka.admin.NewTopic(topic, PARTITIONS, 1)])[topic].result(60)
@@ -316,6 +342,7 @@ def new_topic(bootstrap: str) -> str:
 
 def delete_topic(bootstrap: str, topic: str) -> None:
   import confluent_kafka.admin
+
   admin = confluent_kafka.admin.AdminClient({'bootstrap.servers': bootstrap})
   try:
     admin.delete_topics([topic])[topic].result(60)
@@ -328,6 +355,7 @@ class Producer:
 
   def __init__(self, bootstrap: str, topic: str, rows: List[sample_data.SampleRow]):
     import confluent_kafka
+
     self._producer = confluent_kafka.Producer({'bootstrap.servers': bootstrap, 'linger.ms': 5, 'acks': 'all'})
     self._topic = topic
     self._rows = rows
@@ -348,8 +376,9 @@ class Producer:
       value = encode_event(row, at_ms)
       while True:
         try:
-          self._producer.produce(self._topic, value, partition=self.sent % PARTITIONS, timestamp=at_ms,
-                                 on_delivery=self._delivered)
+          self._producer.produce(
+            self._topic, value, partition=self.sent % PARTITIONS, timestamp=at_ms, on_delivery=self._delivered
+          )
           break
         except BufferError:
           self._producer.poll(0.05)
@@ -377,14 +406,21 @@ class Producer:
       raise RuntimeError(f'{self.failed} messages were not delivered to Kafka')
 
 
-def consume_loop(bootstrap: str, topic: str, total: int, stop_after_s: float = 600.0,
-                 on_message=None) -> dict:
+def consume_loop(bootstrap: str, topic: str, total: int, stop_after_s: float = 600.0, on_message=None) -> dict:
   """The baseline: a bare consume loop over every partition from the start (parse JSON, nothing else)."""
   import confluent_kafka
-  consumer = confluent_kafka.Consumer({'bootstrap.servers': bootstrap, 'group.id': f'bench-{uuid.uuid4().hex}',
-                                       'enable.auto.commit': False, 'auto.offset.reset': 'earliest'})
-  consumer.assign([confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING)
-                   for p in range(PARTITIONS)])
+
+  consumer = confluent_kafka.Consumer(
+    {
+      'bootstrap.servers': bootstrap,
+      'group.id': f'bench-{uuid.uuid4().hex}',
+      'enable.auto.commit': False,
+      'auto.offset.reset': 'earliest',
+    }
+  )
+  consumer.assign(
+    [confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING) for p in range(PARTITIONS)]
+  )
   received = parsed = 0
   first = last = None
   started = time.perf_counter()
@@ -423,6 +459,7 @@ def consume_loop(bootstrap: str, topic: str, total: int, stop_after_s: float = 6
 @dataclasses.dataclass
 class OutputScan:
   """What the job wrote: every data row's id, and per file its visibility time and window."""
+
   ids: List[str]
   file_of_id: Dict[str, Tuple[float, float]]  # event_id -> (visible epoch s, window start epoch s) of its first file
   windows: Dict[float, Tuple[float, int]]  # window start -> (last file visible, rows)
@@ -467,24 +504,57 @@ def scan_output(output: str) -> OutputScan:
         if line.strip():
           reason = json.loads(line).get('reason')
           reasons[reason] = reasons.get(reason, 0) + 1
-  return OutputScan(ids, file_of_id, windows, min(visible_times, default=None), max(visible_times, default=None),
-                    len(visible_times), reasons)
+  return OutputScan(
+    ids,
+    file_of_id,
+    windows,
+    min(visible_times, default=None),
+    max(visible_times, default=None),
+    len(visible_times),
+    reasons,
+  )
 
 
 class PipelineJob:
   """python -m pipelines.spotify_streaming on Flink in a subprocess, and its Flink job."""
 
-  def __init__(self, services: Services, topic: str, output: str, per_partition: int, options: BenchOptions,
-               log_path: str):
+  def __init__(
+    self, services: Services, topic: str, output: str, per_partition: int, options: BenchOptions, log_path: str
+  ):
     self._services = services
     self.log_path = log_path
     self.command = [
-        sys.executable, '-m', PIPELINE_MODULE, *services.flink_args(), '--streaming', '--source', 'kafka',
-        '--bootstrap_servers', services.bootstrap, '--topic', topic, '--group_id', f'g-{topic}',
-        '--tenant_field', 'tenant_id', '--output', output, '--window_size_s', f'{options.window_s:g}',
-        '--allowed_lateness_s', f'{options.allowed_lateness_s:g}', '--idle_timeout_s', f'{options.idle_timeout_s:g}',
-        '--session_gap_s', '1800', '--dedup_ttl_s', '3600', '--max_records_per_partition', str(per_partition),
-        *shlex.split(options.pipeline_args)]
+      sys.executable,
+      '-m',
+      PIPELINE_MODULE,
+      *services.flink_args(),
+      '--streaming',
+      '--source',
+      'kafka',
+      '--bootstrap_servers',
+      services.bootstrap,
+      '--topic',
+      topic,
+      '--group_id',
+      f'g-{topic}',
+      '--tenant_field',
+      'tenant_id',
+      '--output',
+      output,
+      '--window_size_s',
+      f'{options.window_s:g}',
+      '--allowed_lateness_s',
+      f'{options.allowed_lateness_s:g}',
+      '--idle_timeout_s',
+      f'{options.idle_timeout_s:g}',
+      '--session_gap_s',
+      '1800',
+      '--dedup_ttl_s',
+      '3600',
+      '--max_records_per_partition',
+      str(per_partition),
+      *shlex.split(options.pipeline_args),
+    ]
     self.process = None
     self.started = None
     self.job_id = None
@@ -536,7 +606,8 @@ class PipelineJob:
     if self.job_id:
       try:
         request = urllib.request.Request(
-            f'http://127.0.0.1:{self._services.rest_port}/jobs/{self.job_id}?mode=cancel', method='PATCH')
+          f'http://127.0.0.1:{self._services.rest_port}/jobs/{self.job_id}?mode=cancel', method='PATCH'
+        )
         urllib.request.urlopen(request, timeout=10).close()
       except OSError:
         pass
@@ -565,8 +636,9 @@ class WatermarkSampler(threading.Thread):
         for vertex in detail['vertices']:
           if 'Windows' not in vertex['name'] or 'WriteData' not in vertex['name']:
             continue  # the fused stage holding WindowEvents' stateful DoFn and the Parquet writes
-          marks = [int(w['value']) for w in self._services.rest(f'/jobs/{self._job.job_id}/vertices/{vertex["id"]}'
-                                                                '/watermarks')]
+          marks = [
+            int(w['value']) for w in self._services.rest(f'/jobs/{self._job.job_id}/vertices/{vertex["id"]}/watermarks')
+          ]
           if marks and min(marks) > 0:
             self.lags.append(time.time() - min(marks) / 1000)
       except (OSError, KeyError, ValueError):
@@ -579,9 +651,25 @@ def _profile(pid: int, seconds: float, out_path: str) -> Optional[subprocess.Pop
   if not os.path.exists(py_spy):
     _log('py-spy not found: no profile')
     return None
-  return subprocess.Popen([py_spy, 'record', '--pid', str(pid), '--duration', str(int(seconds)), '--rate', '25',
-                           '--format', 'raw', '--nonblocking', '--output', out_path],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  return subprocess.Popen(
+    [
+      py_spy,
+      'record',
+      '--pid',
+      str(pid),
+      '--duration',
+      str(int(seconds)),
+      '--rate',
+      '25',
+      '--format',
+      'raw',
+      '--nonblocking',
+      '--output',
+      out_path,
+    ],
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
 
 
 def _expected(rows: Sequence[sample_data.SampleRow]) -> Tuple[List[str], int]:
@@ -603,11 +691,16 @@ def _correctness(scan: OutputScan, rows: Sequence[sample_data.SampleRow]) -> dic
 def run_throughput(services: Services, options: BenchOptions, work: str) -> dict:
   per_partition = -(-options.events // PARTITIONS)
   total = per_partition * PARTITIONS
-  rows = list(sample_data.iter_rows(rows=total, seed=options.seed, malformed=options.malformed,
-                                    duplicates=options.duplicates))
+  rows = list(
+    sample_data.iter_rows(rows=total, seed=options.seed, malformed=options.malformed, duplicates=options.duplicates)
+  )
   topic = new_topic(services.bootstrap)
-  result = {'topic_events': total, 'per_partition': per_partition, 'windows': options.windows,
-            'window_s': options.window_s}
+  result = {
+    'topic_events': total,
+    'per_partition': per_partition,
+    'windows': options.windows,
+    'window_s': options.window_s,
+  }
   try:
     now_ms = int(time.time() * 1000)
     size_ms = int(options.window_s * 1000)
@@ -625,8 +718,11 @@ def run_throughput(services: Services, options: BenchOptions, work: str) -> dict
       runs.append(consume_loop(services.bootstrap, topic, total))
       _log(f'baseline run {i + 1}/{options.baseline_runs}: {runs[-1]}')
     best = max(runs, key=lambda r: r.get('events_per_s', 0))
-    result['baseline'] = {'what': 'confluent_kafka Consumer.consume(1000) + json.loads per message, one process',
-                          'runs': runs, 'events_per_s': best.get('events_per_s')}
+    result['baseline'] = {
+      'what': 'confluent_kafka Consumer.consume(1000) + json.loads per message, one process',
+      'runs': runs,
+      'events_per_s': best.get('events_per_s'),
+    }
     output = os.path.join(work, 'throughput-out')
     job = PipelineJob(services, topic, output, per_partition, options, os.path.join(work, 'throughput.log')).start()
     profiler = None
@@ -645,14 +741,14 @@ def run_throughput(services: Services, options: BenchOptions, work: str) -> dict
     scan = scan_output(output)
     rates = window_rates(scan.windows)
     result['pipeline'] = {
-        'command': ' '.join(shlex.quote(a) for a in job.command).replace(REPO_ROOT + os.sep, '').replace(work, 'OUT'),
-        'wall_s': round(wall, 1),
-        'first_file_after_s': round(scan.first_visible - job.started, 1) if scan.first_visible else None,
-        'last_file_after_s': round(scan.last_visible - job.started, 1) if scan.last_visible else None,
-        'files': scan.files,
-        'sustained': rates,
-        'events_per_s': rates.get('events_per_s'),
-        'wall_events_per_s': round(total / (scan.last_visible - job.started), 1) if scan.last_visible else None,
+      'command': ' '.join(shlex.quote(a) for a in job.command).replace(REPO_ROOT + os.sep, '').replace(work, 'OUT'),
+      'wall_s': round(wall, 1),
+      'first_file_after_s': round(scan.first_visible - job.started, 1) if scan.first_visible else None,
+      'last_file_after_s': round(scan.last_visible - job.started, 1) if scan.last_visible else None,
+      'files': scan.files,
+      'sustained': rates,
+      'events_per_s': rates.get('events_per_s'),
+      'wall_events_per_s': round(total / (scan.last_visible - job.started), 1) if scan.last_visible else None,
     }
     if result['baseline']['events_per_s'] and rates.get('events_per_s'):
       result['ratio'] = round(rates['events_per_s'] / result['baseline']['events_per_s'], 4)
@@ -671,12 +767,18 @@ def run_latency(services: Services, options: BenchOptions, work: str) -> dict:
   tail = int((options.window_s + options.allowed_lateness_s + options.idle_timeout_s + 5) * rate)
   per_partition = -(-(warmup_cap + measured + tail) // PARTITIONS)
   total = per_partition * PARTITIONS
-  rows = list(sample_data.iter_rows(rows=total, seed=options.seed, malformed=options.malformed,
-                                    duplicates=options.duplicates))
+  rows = list(
+    sample_data.iter_rows(rows=total, seed=options.seed, malformed=options.malformed, duplicates=options.duplicates)
+  )
   topic = new_topic(services.bootstrap)
   output = os.path.join(work, 'latency-out')
-  result = {'rate': rate, 'window_s': options.window_s, 'allowed_lateness_s': options.allowed_lateness_s,
-            'idle_timeout_s': options.idle_timeout_s, 'topic_events': total}
+  result = {
+    'rate': rate,
+    'window_s': options.window_s,
+    'allowed_lateness_s': options.allowed_lateness_s,
+    'idle_timeout_s': options.idle_timeout_s,
+    'topic_events': total,
+  }
   baseline_latencies: List[float] = []
   measured_ms = [None, None]  # produce-time bounds (ms) of the measured events
 
@@ -689,8 +791,11 @@ def run_latency(services: Services, options: BenchOptions, work: str) -> dict:
     producer = Producer(services.bootstrap, topic, rows)
     baseline_result = {}
     baseline = threading.Thread(
-        target=lambda: baseline_result.update(consume_loop(services.bootstrap, topic, total, options.timeout_s,
-                                                           on_message)), daemon=True)
+      target=lambda: baseline_result.update(
+        consume_loop(services.bootstrap, topic, total, options.timeout_s, on_message)
+      ),
+      daemon=True,
+    )
     job = PipelineJob(services, topic, output, per_partition, options, os.path.join(work, 'latency.log')).start()
     try:
       result['job_running_after_s'] = round(job.wait_running(options.timeout_s), 1)
@@ -699,8 +804,10 @@ def run_latency(services: Services, options: BenchOptions, work: str) -> dict:
       # Warm-up: until the job has written a window (so it runs end to end), and at least warmup_s.
       began = time.monotonic()
       warm = producer.send_at_rate(
-          warmup_cap, rate,
-          stop=lambda: time.monotonic() - began >= options.warmup_s and first_data_file(output) is not None)
+        warmup_cap,
+        rate,
+        stop=lambda: time.monotonic() - began >= options.warmup_s and first_data_file(output) is not None,
+      )
       if first_data_file(output) is None:
         raise RuntimeError(f'no window written after {options.max_warmup_s:.0f} s of warm-up: {job.log_tail()}')
       result['warmup_events'] = warm
@@ -711,7 +818,7 @@ def run_latency(services: Services, options: BenchOptions, work: str) -> dict:
       producer.send_at_rate(measured, rate)
       sampler.stop_event.set()
       measured_ms[1] = time.time_ns() // 1_000_000
-      measured_rows = rows[first_measured:producer.sent]
+      measured_rows = rows[first_measured : producer.sent]
       producer.send_at_rate(tail, rate)
       producer.send(total - producer.sent)  # filler up to the job's per-partition count, as fast as it goes
       producer.flush()
@@ -729,25 +836,33 @@ def run_latency(services: Services, options: BenchOptions, work: str) -> dict:
       visible, start = scan.file_of_id[row.values[0]]
       latencies.append(visible - producer.produced_ns[row.values[0]] / _NS)
       after_close.append(visible - (start + close_offset))
-    measured_windows = {s: v for s, v in scan.windows.items()
-                        if s * 1000 >= measured_ms[0] and (s + options.window_s) * 1000 <= measured_ms[1]}
+    measured_windows = {
+      s: v
+      for s, v in scan.windows.items()
+      if s * 1000 >= measured_ms[0] and (s + options.window_s) * 1000 <= measured_ms[1]
+    }
     result['measured_events'] = len(measured_rows)
     result['pipeline'] = {
-        'command': ' '.join(shlex.quote(a) for a in job.command).replace(REPO_ROOT + os.sep, '').replace(work, 'OUT'),
-        'wall_s': round(wall, 1),
-        'latency': latency_summary(latencies),
-        'after_window_close': latency_summary(after_close),
-        'sustained': window_rates(measured_windows),
-        # Sampled every 2 s while the measured events were produced.
-        'windowing_watermark_lag': latency_summary(sampler.lags),
+      'command': ' '.join(shlex.quote(a) for a in job.command).replace(REPO_ROOT + os.sep, '').replace(work, 'OUT'),
+      'wall_s': round(wall, 1),
+      'latency': latency_summary(latencies),
+      'after_window_close': latency_summary(after_close),
+      'sustained': window_rates(measured_windows),
+      # Sampled every 2 s while the measured events were produced.
+      'windowing_watermark_lag': latency_summary(sampler.lags),
     }
     third = max(1, len(after_close) // 3)
-    result['pipeline']['after_window_close_p50_first_vs_last_third'] = [
-        round(float(np.median(after_close[:third])), 3), round(float(np.median(after_close[-third:])), 3)
-    ] if after_close else None
-    result['baseline'] = {'what': 'a bare consume loop on the same topic at the same time: receive time - Kafka '
-                                  'timestamp (= produce time, ms)', 'latency': latency_summary(baseline_latencies),
-                          'received': baseline_result.get('received')}
+    result['pipeline']['after_window_close_p50_first_vs_last_third'] = (
+      [round(float(np.median(after_close[:third])), 3), round(float(np.median(after_close[-third:])), 3)]
+      if after_close
+      else None
+    )
+    result['baseline'] = {
+      'what': 'a bare consume loop on the same topic at the same time: receive time - Kafka '
+      'timestamp (= produce time, ms)',
+      'latency': latency_summary(baseline_latencies),
+      'received': baseline_result.get('received'),
+    }
     result['check'] = _correctness(scan, rows)
     return result
   finally:
@@ -779,9 +894,13 @@ def machine_info() -> dict:
 
 def run_benchmark(options: BenchOptions) -> dict:
   options.validate()
-  result = {'benchmark': 'streaming', 'started_utc': dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'),
-            'machine': machine_info(), 'options': dataclasses.asdict(options),
-            'load_avg_start': [round(x, 2) for x in os.getloadavg()]}
+  result = {
+    'benchmark': 'streaming',
+    'started_utc': dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'),
+    'machine': machine_info(),
+    'options': dataclasses.asdict(options),
+    'load_avg_start': [round(x, 2) for x in os.getloadavg()],
+  }
   work = tempfile.mkdtemp(prefix='bench_streaming-')
   try:
     with Services() as services:
@@ -805,26 +924,32 @@ def run_benchmark(options: BenchOptions) -> dict:
 
 def report(result: dict) -> str:
   m = result['machine']
-  lines = [f'machine: {m["nproc"]} CPUs ({m["cpu"]}), Python {m["python"]}, apache-beam {m["apache_beam"]}, '
-           f'confluent-kafka {m["confluent_kafka"]}, Flink {m["flink"]}; load average at start {result["load_avg_start"]}']
+  lines = [
+    f'machine: {m["nproc"]} CPUs ({m["cpu"]}), Python {m["python"]}, apache-beam {m["apache_beam"]}, '
+    f'confluent-kafka {m["confluent_kafka"]}, Flink {m["flink"]}; load average at start {result["load_avg_start"]}'
+  ]
   t = result.get('throughput')
   if t and 'error' not in t:
     p = t['pipeline']
-    lines.append(f'throughput: {t["topic_events"]:,} events; baseline consume loop {t["baseline"]["events_per_s"]:,} '
-                 f'events/s; pipeline sustained {p["events_per_s"]} events/s over {p["sustained"].get("windows")} '
-                 f'windows ({p["wall_events_per_s"]} events/s over the wall clock, {p["wall_s"]} s); '
-                 f'ratio {t.get("ratio")}; exactly once: {t["check"]["ok"]}')
+    lines.append(
+      f'throughput: {t["topic_events"]:,} events; baseline consume loop {t["baseline"]["events_per_s"]:,} '
+      f'events/s; pipeline sustained {p["events_per_s"]} events/s over {p["sustained"].get("windows")} '
+      f'windows ({p["wall_events_per_s"]} events/s over the wall clock, {p["wall_s"]} s); '
+      f'ratio {t.get("ratio")}; exactly once: {t["check"]["ok"]}'
+    )
   elif t:
     lines.append(f'throughput: failed: {t["error"][:300]}')
   lat = result.get('latency')
   if lat and 'error' not in lat:
     p = lat['pipeline']
-    lines.append(f'latency: {lat["measured_events"]:,} events at {lat["rate"]:g}/s, {lat["window_s"]:g} s windows: '
-                 f'event-to-file p50 {p["latency"].get("p50_s")} s, p99 {p["latency"].get("p99_s")} s; after the '
-                 f'window close p50 {p["after_window_close"].get("p50_s")} s, p99 {p["after_window_close"].get("p99_s")} '
-                 f's; watermark lag at the windowing stage p50 {p.get("windowing_watermark_lag", {}).get("p50_s")} s; '
-                 f'bare consume loop p50 {lat["baseline"]["latency"].get("p50_s")} s, p99 '
-                 f'{lat["baseline"]["latency"].get("p99_s")} s; exactly once: {lat["check"]["ok"]}')
+    lines.append(
+      f'latency: {lat["measured_events"]:,} events at {lat["rate"]:g}/s, {lat["window_s"]:g} s windows: '
+      f'event-to-file p50 {p["latency"].get("p50_s")} s, p99 {p["latency"].get("p99_s")} s; after the '
+      f'window close p50 {p["after_window_close"].get("p50_s")} s, p99 {p["after_window_close"].get("p99_s")} '
+      f's; watermark lag at the windowing stage p50 {p.get("windowing_watermark_lag", {}).get("p50_s")} s; '
+      f'bare consume loop p50 {lat["baseline"]["latency"].get("p50_s")} s, p99 '
+      f'{lat["baseline"]["latency"].get("p99_s")} s; exactly once: {lat["check"]["ok"]}'
+    )
   elif lat:
     lines.append(f'latency: failed: {lat["error"][:300]}')
   return '\n'.join(lines)
@@ -833,10 +958,15 @@ def report(result: dict) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(prog='bench_streaming.py', description=__doc__.split('\n\n')[0])
   parser.add_argument('--phase', choices=('throughput', 'latency', 'both'), default='both')
-  parser.add_argument('--events', type=int, default=200_000,
-                      help='events of the throughput phase; cap of the latency phase\'s measured events (200000)')
-  parser.add_argument('--latency-events', type=int, help='measured events of the latency phase (default: '
-                      'min(--events, 120 s of --rate))')
+  parser.add_argument(
+    '--events',
+    type=int,
+    default=200_000,
+    help='events of the throughput phase; cap of the latency phase\'s measured events (200000)',
+  )
+  parser.add_argument(
+    '--latency-events', type=int, help='measured events of the latency phase (default: min(--events, 120 s of --rate))'
+  )
   parser.add_argument('--rate', type=float, default=500.0, help='events/s produced in the latency phase (500)')
   parser.add_argument('--window-s', type=float, default=10.0, help='the job\'s fixed window (10)')
   parser.add_argument('--allowed-lateness-s', type=float, default=0.0, help='the job\'s allowed lateness (0)')
@@ -849,20 +979,37 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--seed', type=int, default=7)
   parser.add_argument('--baseline-runs', type=int, default=3, help='baseline consume loops, best counts (3)')
   parser.add_argument('--pipeline-args', default='', help='extra flags for the job, as one string')
-  parser.add_argument('--profile-s', type=float, default=0.0,
-                      help='py-spy the throughput job\'s SDK worker for this long from its first window on (0: none)')
+  parser.add_argument(
+    '--profile-s',
+    type=float,
+    default=0.0,
+    help='py-spy the throughput job\'s SDK worker for this long from its first window on (0: none)',
+  )
   parser.add_argument('--timeout', type=float, default=1800.0, help='seconds per job (1800)')
   parser.add_argument('--keep-output', action='store_true', help='keep the jobs\' outputs and logs (path logged)')
   parser.add_argument('--json', action='store_true', help='print the JSON result to stdout instead of a file')
   parser.add_argument('--results-dir', default=DEFAULT_RESULTS_DIR)
   args = parser.parse_args(argv)
   options = BenchOptions(
-      phases=('throughput', 'latency') if args.phase == 'both' else (args.phase,), events=args.events,
-      latency_events=args.latency_events, rate=args.rate, window_s=args.window_s,
-      allowed_lateness_s=args.allowed_lateness_s, idle_timeout_s=args.idle_timeout_s, windows=args.windows,
-      warmup_s=args.warmup_s, max_warmup_s=args.max_warmup_s, malformed=args.malformed, duplicates=args.duplicates,
-      seed=args.seed, baseline_runs=args.baseline_runs, pipeline_args=args.pipeline_args, timeout_s=args.timeout,
-      profile_s=args.profile_s, keep_output=args.keep_output)
+    phases=('throughput', 'latency') if args.phase == 'both' else (args.phase,),
+    events=args.events,
+    latency_events=args.latency_events,
+    rate=args.rate,
+    window_s=args.window_s,
+    allowed_lateness_s=args.allowed_lateness_s,
+    idle_timeout_s=args.idle_timeout_s,
+    windows=args.windows,
+    warmup_s=args.warmup_s,
+    max_warmup_s=args.max_warmup_s,
+    malformed=args.malformed,
+    duplicates=args.duplicates,
+    seed=args.seed,
+    baseline_runs=args.baseline_runs,
+    pipeline_args=args.pipeline_args,
+    timeout_s=args.timeout,
+    profile_s=args.profile_s,
+    keep_output=args.keep_output,
+  )
   try:
     options.validate()
   except ValueError as e:

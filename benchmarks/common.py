@@ -15,11 +15,11 @@ __all__ = ['machine_info', 'publish_result']
 def machine_info(packages: Sequence[str]) -> dict:
   """CPUs, CPU model, memory, Python and the versions of `packages` (None when not installed)."""
   info = {
-      'nproc': len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count(),
-      'cpu_count': os.cpu_count(),
-      'python': platform.python_version(),
-      'platform': platform.platform(),
-      'cpu': platform.processor() or platform.machine(),
+    'nproc': len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count(),
+    'cpu_count': os.cpu_count(),
+    'python': platform.python_version(),
+    'platform': platform.platform(),
+    'cpu': platform.processor() or platform.machine(),
   }
   try:
     with open('/proc/cpuinfo', encoding='utf-8') as f:
@@ -38,8 +38,9 @@ def machine_info(packages: Sequence[str]) -> dict:
   return info
 
 
-def publish_result(result: dict, name: str, report: Callable[[dict], str], as_json: bool, results_dir: str,
-                   repo_root: str) -> None:
+def publish_result(
+  result: dict, name: str, report: Callable[[dict], str], as_json: bool, results_dir: str, repo_root: str
+) -> None:
   """Prints the report and writes `results_dir/<name>-<UTC time>.json`, or (as_json) the JSON to stdout."""
   if as_json:
     print(report(result), file=sys.stderr, flush=True)

@@ -33,22 +33,22 @@ __all__ = ['ConfigError', 'register', 'build', 'names', 'describe', 'check_keys'
 # Modules whose import registers connectors; imported on first lookup so that
 # a missing optional dependency of one family does not break the others.
 _CONNECTOR_MODULES = (
-    'io_connectors.files',
-    'io_connectors.databases.postgres',
-    'io_connectors.streams.redis_streams',
-    'io_connectors.apis.social',
-    'io_connectors.streams.kafka',
-    'io_connectors.databases.mongodb',
-    'io_connectors.databases.redis',
-    'io_connectors.apis.soundcloud',
-    'io_connectors.databases.search',
-    'io_connectors.databases.clickhouse',
-    'io_connectors.apis.lastfm',
-    'io_connectors.apis.spotify',
-    'io_connectors.streams.pubsub',
-    'io_connectors.apis.http.rest',
-    'io_connectors.streams.websocket',
-    'io_connectors.streams.pulsar',
+  'io_connectors.files',
+  'io_connectors.databases.postgres',
+  'io_connectors.streams.redis_streams',
+  'io_connectors.apis.social',
+  'io_connectors.streams.kafka',
+  'io_connectors.databases.mongodb',
+  'io_connectors.databases.redis',
+  'io_connectors.apis.soundcloud',
+  'io_connectors.databases.search',
+  'io_connectors.databases.clickhouse',
+  'io_connectors.apis.lastfm',
+  'io_connectors.apis.spotify',
+  'io_connectors.streams.pubsub',
+  'io_connectors.apis.http.rest',
+  'io_connectors.streams.websocket',
+  'io_connectors.streams.pulsar',
 )
 
 
@@ -79,8 +79,9 @@ def register(name: str, description: str):
   return wrap
 
 
-def check_keys(config: dict, options_class: Optional[type] = None, extra: Iterable[str] = (),
-               noun: str = 'option') -> None:
+def check_keys(
+  config: dict, options_class: Optional[type] = None, extra: Iterable[str] = (), noun: str = 'option'
+) -> None:
   """Raises ValueError naming the keys of `config` that are neither fields of `options_class` nor in `extra`.
 
   For factories: a misspelt key is an error that lists the known ones, never
@@ -120,8 +121,10 @@ def build(source: dict):
   kind = config.pop('type', None)
   if not kind:
     # Keys only: the values may be credentials.
-    raise ConfigError(f'a source with keys {", ".join(sorted(map(str, source))) or "(none)"} has no "type"; '
-                      f'known types: {", ".join(names())}')
+    raise ConfigError(
+      f'a source with keys {", ".join(sorted(map(str, source))) or "(none)"} has no "type"; '
+      f'known types: {", ".join(names())}'
+    )
   _load()
   entry = _REGISTRY.get(kind)
   if entry is None:

@@ -17,5 +17,6 @@ def __getattr__(name):
   # Imported on first use: `python -m pipelines.<job>` does not pay for it.
   if name in _IMPORTERS_API:
     from pipelines import importers
+
     return getattr(importers, name)
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -51,6 +51,7 @@ _SECRET_KEY = re.compile(r'pass|secret|token|credential|api_?key|private', re.I)
 @dataclasses.dataclass(frozen=True)
 class CheckResult:
   """What checking one source found."""
+
   source: str
   type: str
   status: str
@@ -91,6 +92,7 @@ def _scrubbed(text: str, source: dict) -> str:
 
 def _probe_files(pattern: str) -> str:
   from apache_beam.io.filesystems import FileSystems
+
   matched = FileSystems.match([pattern])[0].metadata_list
   if not matched:
     raise FileNotFoundError(f'no file matches {pattern}')
@@ -109,12 +111,14 @@ def _run_check(source: dict) -> tuple:
   try:
     if callable(check):
       detail = str(check())
-      return OK, detail[len('ok: '):] if detail.startswith('ok: ') else detail
+      return OK, detail[len('ok: ') :] if detail.startswith('ok: ') else detail
     if isinstance(spec.get('input'), str):
       return OK, _probe_files(spec['input'])
   except Exception as e:
     message = str(e).strip() or type(e).__name__
-    return FAILED, message if type(e).__name__.endswith('Error') and ':' in message else f'{type(e).__name__}: {message}'
+    return FAILED, message if type(e).__name__.endswith(
+      'Error'
+    ) and ':' in message else f'{type(e).__name__}: {message}'
   return SKIPPED, f'the {spec["type"]} connector has no check(); its first run will tell'
 
 
@@ -123,8 +127,9 @@ def check_source(source: dict, name: str = 'source', timeout_s: float = DEFAULT_
   return check_sources([source], timeout_s, names=[name])[0]
 
 
-def check_sources(sources: Sequence[dict], timeout_s: float = DEFAULT_TIMEOUT_S,
-                  names: Optional[Iterable[str]] = None) -> List[CheckResult]:
+def check_sources(
+  sources: Sequence[dict], timeout_s: float = DEFAULT_TIMEOUT_S, names: Optional[Iterable[str]] = None
+) -> List[CheckResult]:
   """Checks every source at once, each within `timeout_s`; results in the sources' order."""
   names = list(names) if names is not None else [f'sources[{i}]' for i in range(len(sources))]
   outcomes: Dict[int, tuple] = {}
@@ -164,13 +169,16 @@ def _sources_of(path: str) -> List[dict]:
   known = set(registry.names())
   for i, source in enumerate(config.sources):
     if source['type'] not in known:
-      raise ConfigError(f'sources[{i}]: unknown source type {source["type"]!r}; known types: {", ".join(sorted(known))}')
+      raise ConfigError(
+        f'sources[{i}]: unknown source type {source["type"]!r}; known types: {", ".join(sorted(known))}'
+      )
   return config.sources
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m pipelines.check', description=__doc__.split('\n\n', 1)[0],
-                                   allow_abbrev=False)
+  parser = argparse.ArgumentParser(
+    prog='python -m pipelines.check', description=__doc__.split('\n\n', 1)[0], allow_abbrev=False
+  )
   parser.add_argument('--config', required=True, help='YAML run config with a "sources:" list (local, s3://, gs://).')
   parser.add_argument('--timeout', type=float, default=DEFAULT_TIMEOUT_S, help='Seconds each check may take.')
   parser.add_argument('--json', action='store_true', help='Print one JSON object per source instead of a table.')

@@ -26,17 +26,23 @@ import logging
 import sys
 from typing import Optional, Sequence, TextIO
 
-__all__ = ['UNACTIONABLE_LOG_LINES', 'drop_unactionable_log_lines', 'configure_logging', 'wants_help', 'help_text',
-           'print_help']
+__all__ = [
+  'UNACTIONABLE_LOG_LINES',
+  'drop_unactionable_log_lines',
+  'configure_logging',
+  'wants_help',
+  'help_text',
+  'print_help',
+]
 
 # Starts of log messages emitted while a library is imported that name no
 # action the user of these pipelines could take.
 UNACTIONABLE_LOG_LINES = (
-    # apache_beam.io.gcp.internal.clients.bigquery without google-apitools
-    # (the [gcp] extra): logged by every command, BigQuery is not used here.
-    'apitools not found, and bigquery client libraries are not available',
-    # apache_beam.io.gcp.bigtableio without google-cloud-bigtable.
-    'ImportError: from google.cloud.bigtable import Client',
+  # apache_beam.io.gcp.internal.clients.bigquery without google-apitools
+  # (the [gcp] extra): logged by every command, BigQuery is not used here.
+  'apitools not found, and bigquery client libraries are not available',
+  # apache_beam.io.gcp.bigtableio without google-cloud-bigtable.
+  'ImportError: from google.cloud.bigtable import Client',
 )
 
 
@@ -71,8 +77,9 @@ def configure_logging() -> None:
   root logger a default handler, which would otherwise keep this format and
   level from applying.
   """
-  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s',
-                      datefmt='%H:%M:%S', force=True)
+  logging.basicConfig(
+    level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s', datefmt='%H:%M:%S', force=True
+  )
   for name in _QUIET_LOGGERS:
     logging.getLogger(name).setLevel(logging.WARNING)
   for handler in logging.getLogger().handlers:
@@ -84,28 +91,45 @@ def wants_help(argv: Sequence[str]) -> bool:
   return any(arg in ('-h', '--help') for arg in argv)
 
 
-def _help_parser(prog: str, description: Optional[str], options_classes, first_group: str,
-                 epilog: Optional[str]) -> argparse.ArgumentParser:
+def _help_parser(
+  prog: str, description: Optional[str], options_classes, first_group: str, epilog: Optional[str]
+) -> argparse.ArgumentParser:
   from apache_beam.options.pipeline_options import StandardOptions
-  parser = argparse.ArgumentParser(prog=prog, usage='%(prog)s [FLAG ...]', description=description, epilog=epilog,
-                                   allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+  parser = argparse.ArgumentParser(
+    prog=prog,
+    usage='%(prog)s [FLAG ...]',
+    description=description,
+    epilog=epilog,
+    allow_abbrev=False,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   # Flags an options class adds outside its own groups land here.
   parser._optionals.title = first_group
   for options_class in options_classes:
     options_class._add_argparse_args(parser)
   beam = parser.add_argument_group(
-      'Beam', 'Every flag of Beam works beside these (--project, --region, --temp_location, --flink_master, '
-      '--environment_type, ...); the common ones:')
+    'Beam',
+    'Every flag of Beam works beside these (--project, --region, --temp_location, --flink_master, '
+    '--environment_type, ...); the common ones:',
+  )
   StandardOptions._add_argparse_args(beam)
   return parser
 
 
-def help_text(prog: str, description: Optional[str], options_classes, first_group: str = 'Job',
-              epilog: Optional[str] = None) -> str:
+def help_text(
+  prog: str, description: Optional[str], options_classes, first_group: str = 'Job', epilog: Optional[str] = None
+) -> str:
   """The --help text of a job whose flags are those of `options_classes`."""
   return _help_parser(prog, description, options_classes, first_group, epilog).format_help()
 
 
-def print_help(prog: str, description: Optional[str], options_classes, first_group: str = 'Job',
-               epilog: Optional[str] = None, file: Optional[TextIO] = None) -> None:
+def print_help(
+  prog: str,
+  description: Optional[str],
+  options_classes,
+  first_group: str = 'Job',
+  epilog: Optional[str] = None,
+  file: Optional[TextIO] = None,
+) -> None:
   (file or sys.stdout).write(help_text(prog, description, options_classes, first_group, epilog))

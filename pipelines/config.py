@@ -42,14 +42,29 @@ from transforms.tenant import check_tenant_id
 __all__ = ['ConfigError', 'RunConfig', 'load_yaml', 'resolve']
 
 # Keys of the YAML file that mirror flags.
-RUN_KEYS = ('input', 'input_format', 'entity', 'tenant_id', 'tenant_field', 'output', 'output_format', 'pii_key_file',
-            'keep_pii', 'num_shards', 'batch_size', 'split_size_mb', 'declared_schema', 'run_id')
+RUN_KEYS = (
+  'input',
+  'input_format',
+  'entity',
+  'tenant_id',
+  'tenant_field',
+  'output',
+  'output_format',
+  'pii_key_file',
+  'keep_pii',
+  'num_shards',
+  'batch_size',
+  'split_size_mb',
+  'declared_schema',
+  'run_id',
+)
 DEFAULT_OUTPUT = 'output/spotify_batch'
 
 
 @dataclasses.dataclass
 class RunConfig:
   """Everything a batch run needs, checked."""
+
   sources: List[Dict[str, Any]]
   entity: str = 'listening_event'
   output: str = DEFAULT_OUTPUT
@@ -69,11 +84,14 @@ class RunConfig:
 def load_yaml(path: str) -> Dict[str, Any]:
   """The YAML mapping in `path` (local, s3://, gs://)."""
   from apache_beam.io.filesystems import FileSystems
+
   try:
     with FileSystems.open(path) as handle:
       text = handle.read().decode('utf-8')
   except Exception as e:
-    raise ConfigError(f'cannot read config {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}') from None
+    raise ConfigError(
+      f'cannot read config {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'
+    ) from None
   try:
     data = yaml.safe_load(text)
   except yaml.YAMLError as e:
@@ -86,9 +104,12 @@ def load_yaml(path: str) -> Dict[str, Any]:
     raise ConfigError(f'config {path} must be a mapping of keys, got {type(data).__name__}')
   unknown = sorted(set(map(str, data)) - set(RUN_KEYS) - {'sources'})
   if unknown:
-    raise ConfigError(f'config {path}: unknown key(s) {", ".join(unknown)}; known: {", ".join(RUN_KEYS + ("sources",))}')
-  return {key: (value if key == 'sources' else typed_value(key, value, f'config {path}'))
-          for key, value in data.items()}
+    raise ConfigError(
+      f'config {path}: unknown key(s) {", ".join(unknown)}; known: {", ".join(RUN_KEYS + ("sources",))}'
+    )
+  return {
+    key: (value if key == 'sources' else typed_value(key, value, f'config {path}')) for key, value in data.items()
+  }
 
 
 # Spellings of booleans, as transforms.entities reads them in records.
@@ -121,8 +142,9 @@ def typed_value(key: str, value: Any, where: str) -> Any:
       return False
     raise ConfigError(f'{where}: {key} must be a boolean (true/false, yes/no, on/off, 1/0), got {value!r}')
   if isinstance(value, (dict, list, bool)) or not isinstance(value, (str, int, float)):
-    raise ConfigError(f'{where}: {key} must be a single value like its flag --{key}, got {type(value).__name__} '
-                      f'{value!r}')
+    raise ConfigError(
+      f'{where}: {key} must be a single value like its flag --{key}, got {type(value).__name__} {value!r}'
+    )
   converted: Any = value
   if action.type is not None:
     if action.type is int and isinstance(value, float) and not value.is_integer():
@@ -152,14 +174,18 @@ def _positive_int(name, value):
   return value
 
 
-def resolve(flags: Dict[str, Any], file_values: Optional[Dict[str, Any]] = None, demo_input: Optional[str] = None) -> RunConfig:
+def resolve(
+  flags: Dict[str, Any], file_values: Optional[Dict[str, Any]] = None, demo_input: Optional[str] = None
+) -> RunConfig:
   """Merges flags (set ones win) over the YAML values and checks the result.
 
   demo_input: the bundled sample's pattern, used when neither flags nor the
   file name an input.
   """
-  values = {key: (value if key == 'sources' else typed_value(key, value, 'config'))
-            for key, value in (file_values or {}).items()}
+  values = {
+    key: (value if key == 'sources' else typed_value(key, value, 'config'))
+    for key, value in (file_values or {}).items()
+  }
   for key, value in flags.items():
     if value is not None and key in RUN_KEYS:
       if key == 'keep_pii' and value is False and 'keep_pii' in values:
@@ -181,7 +207,9 @@ def resolve(flags: Dict[str, Any], file_values: Optional[Dict[str, Any]] = None,
     raise ConfigError('"sources:" must be a list of mappings, each with a "type"')
   values.pop('input', None)
   values.pop('input_format', None)
-  config = RunConfig(sources=[dict(s) for s in sources], demo=demo, **{k: v for k, v in values.items() if v is not None})
+  config = RunConfig(
+    sources=[dict(s) for s in sources], demo=demo, **{k: v for k, v in values.items() if v is not None}
+  )
 
   try:
     entities.entity_model(config.entity)
@@ -204,14 +232,20 @@ def resolve(flags: Dict[str, Any], file_values: Optional[Dict[str, Any]] = None,
     tenant_id = source.get('tenant_id', None if source.get('tenant_field') else config.tenant_id)
     tenant_field = source.get('tenant_field', None if source.get('tenant_id') else config.tenant_field)
     if bool(tenant_id) == bool(tenant_field):
-      raise ConfigError(f'{where}: give exactly one of tenant_id or tenant_field (as a flag, in the config, or per source)')
+      raise ConfigError(
+        f'{where}: give exactly one of tenant_id or tenant_field (as a flag, in the config, or per source)'
+      )
     if tenant_id:
       try:
         check_tenant_id(tenant_id, f'{where} tenant_id')
       except ValueError as e:
         raise ConfigError(str(e)) from None
     source['tenant_id'], source['tenant_field'] = tenant_id, tenant_field
-  if config.pii_key_file and not config.keep_pii and '://' not in config.pii_key_file and not os.path.exists(
-      config.pii_key_file):
+  if (
+    config.pii_key_file
+    and not config.keep_pii
+    and '://' not in config.pii_key_file
+    and not os.path.exists(config.pii_key_file)
+  ):
     raise ConfigError(f'--pii_key_file {config.pii_key_file}: no such file')
   return config

@@ -52,35 +52,48 @@ from typing import Any, Dict, List, Optional, Sequence
 from io_connectors import registry
 from pipelines.config import ConfigError
 
-__all__ = ['Importer', 'ImportResult', 'ImporterHealthCheck', 'get_importer', 'orchestrate_import_pipeline',
-           'importer_names', 'NAMES', 'DEFAULT_OUTPUT']
+__all__ = [
+  'Importer',
+  'ImportResult',
+  'ImporterHealthCheck',
+  'get_importer',
+  'orchestrate_import_pipeline',
+  'importer_names',
+  'NAMES',
+  'DEFAULT_OUTPUT',
+]
 
 _LOG = logging.getLogger(__name__)
 
 # The product's importer names -> the registry's.
 NAMES = {
-    'spotify_api': 'spotify',
-    'spotify_audio_api': 'spotify',
-    'postgresql': 'postgres',
-    'mongo': 'mongodb',
-    'last_fm': 'lastfm',
-    'elastic': 'elasticsearch',
-    'redis_stream': 'redis_streams',
-    'azure_event_hubs': 'eventhubs',
-    'file': 'files',
+  'spotify_api': 'spotify',
+  'spotify_audio_api': 'spotify',
+  'postgresql': 'postgres',
+  'mongo': 'mongodb',
+  'last_fm': 'lastfm',
+  'elastic': 'elasticsearch',
+  'redis_stream': 'redis_streams',
+  'azure_event_hubs': 'eventhubs',
+  'file': 'files',
 }
 DEFAULT_OUTPUT = 'output/importers'
 # Keys of `config` that are the run's, not the connector's (see pipelines.config.RUN_KEYS).
 _RUN_KEYS = ('output', 'output_format', 'entity', 'pii_key_file', 'keep_pii', 'num_shards', 'run_id', 'declared_schema')
 # Product keys -> ours, per connector; a value of None drops the key (no meaning on Beam).
 _PRODUCT_KEYS: Dict[str, Dict[str, Optional[str]]] = {
-    'spotify': {'rate_limit': 'rate'},
-    'lastfm': {'rate_limit': 'rate'},
-    'soundcloud': {'rate_limit': 'rate'},
-    'kafka': {'consumer_group': 'group_id', 'auto_offset_reset': 'start_position', 'max_poll_records': 'batch_size',
-              'brokers': 'bootstrap_servers', 'topic': 'topics'},
-    'postgres': {'max_overflow': None, 'pool_timeout': None},
-    'mongodb': {'max_overflow': None, 'pool_timeout': None},
+  'spotify': {'rate_limit': 'rate'},
+  'lastfm': {'rate_limit': 'rate'},
+  'soundcloud': {'rate_limit': 'rate'},
+  'kafka': {
+    'consumer_group': 'group_id',
+    'auto_offset_reset': 'start_position',
+    'max_poll_records': 'batch_size',
+    'brokers': 'bootstrap_servers',
+    'topic': 'topics',
+  },
+  'postgres': {'max_overflow': None, 'pool_timeout': None},
+  'mongodb': {'max_overflow': None, 'pool_timeout': None},
 }
 
 
@@ -106,8 +119,9 @@ def _source_config(connector: str, config: Dict[str, Any]) -> Dict[str, Any]:
     if key in renames:
       ours = renames[key]
       if ours is None:
-        _LOG.info('importer %s: %r has no meaning on Beam (each worker holds its own connections); ignored',
-                  connector, key)
+        _LOG.info(
+          'importer %s: %r has no meaning on Beam (each worker holds its own connections); ignored', connector, key
+        )
         continue
       key = ours
     if key == 'retry_attempts':
@@ -129,9 +143,11 @@ def _source_config(connector: str, config: Dict[str, Any]) -> Dict[str, Any]:
 class Importer:
   """One source of one tenant, importable into the lake; made by `get_importer`."""
 
-  def __init__(self, name: str, tenant_id: str, config: Optional[Dict[str, Any]] = None,
-               pipeline_args: Sequence[str] = ()):
+  def __init__(
+    self, name: str, tenant_id: str, config: Optional[Dict[str, Any]] = None, pipeline_args: Sequence[str] = ()
+  ):
     from transforms.tenant import check_tenant_id
+
     config = dict(config or {})
     self.name = name
     self.connector = _connector_name(name)
@@ -174,23 +190,27 @@ class Importer:
   def check(self):
     """The connector's check (`pipelines.check.CheckResult`): reachability, credentials, permissions."""
     from pipelines.check import check_source
+
     return check_source(self.source(), self.label)
 
 
-def get_importer(name: str, tenant_id: str, config: Optional[Dict[str, Any]] = None,
-                 pipeline_args: Sequence[str] = ()) -> Importer:
+def get_importer(
+  name: str, tenant_id: str, config: Optional[Dict[str, Any]] = None, pipeline_args: Sequence[str] = ()
+) -> Importer:
   """The importer `name` (the registry's name or the product's) of `tenant_id`; see the module docstring."""
   return Importer(name, tenant_id, config, pipeline_args)
 
 
 def _run_batch(config: Dict[str, Any], pipeline_args: Sequence[str]) -> dict:
   from pipelines import spotify_batch
+
   return spotify_batch.run(list(pipeline_args), config_values=config)
 
 
 @dataclasses.dataclass
 class ImportResult:
   """One Beam job of an orchestration: which importers it ran and how it ended."""
+
   importers: List[str]
   ok: bool
   summary: Optional[dict] = None  # the run's manifest
@@ -225,8 +245,9 @@ def _combined_config(group: List[Importer], output: Optional[str]) -> Dict[str, 
   return dict(settings, sources=[importer.source() for importer in group])
 
 
-async def orchestrate_import_pipeline(importers: Sequence[Importer], parallel: bool = True, max_concurrency: int = 5,
-                                      output: Optional[str] = None) -> List[ImportResult]:
+async def orchestrate_import_pipeline(
+  importers: Sequence[Importer], parallel: bool = True, max_concurrency: int = 5, output: Optional[str] = None
+) -> List[ImportResult]:
   """Runs several importers; returns one ImportResult per Beam job, in the importers' order.
 
   parallel: importers that share their run settings and Beam flags run as
@@ -246,8 +267,10 @@ async def orchestrate_import_pipeline(importers: Sequence[Importer], parallel: b
   groups = _groups(importers, parallel)
   if output and len(groups) > 1:
     # Each run replaces its output's data: several jobs cannot share one.
-    raise ValueError(f'output= is the output of one job, but these importers run as {len(groups)} jobs; '
-                     'give each importer its own output in its config instead')
+    raise ValueError(
+      f'output= is the output of one job, but these importers run as {len(groups)} jobs; '
+      'give each importer its own output in its config instead'
+    )
   limit = asyncio.Semaphore(max_concurrency if parallel else 1)
 
   async def run_group(group: List[Importer]) -> ImportResult:
@@ -278,6 +301,7 @@ class ImporterHealthCheck:
     status is 'healthy', 'unhealthy' or 'unknown' (the connector has no check).
     """
     from pipelines import check
+
     importers = list(importers)
     labels: List[str] = []
     for importer in importers:

@@ -25,48 +25,57 @@ class SpotifyBatchOptions(PipelineOptions):
   @classmethod
   def _add_argparse_args(cls, parser):
     parser.add_argument(
-        '--input',
-        help='Input file path or glob: local, s3:// or gs://. Without --input and --config the bundled sample is used.')
+      '--input',
+      help='Input file path or glob: local, s3:// or gs://. Without --input and --config the bundled sample is used.',
+    )
     parser.add_argument(
-        '--input_format',
-        choices=INPUT_FORMATS,
-        help='Input format; by default taken from the file extension.')
+      '--input_format', choices=INPUT_FORMATS, help='Input format; by default taken from the file extension.'
+    )
     parser.add_argument(
-        '--entity',
-        default='listening_event',
-        help='Canonical entity the records are validated as: listening_event, track, audio_features, artist, user, playlist.')
+      '--entity',
+      default='listening_event',
+      help='Canonical entity the records are validated as: listening_event, track, audio_features, artist, user, playlist.',
+    )
     parser.add_argument('--tenant_id', help='Tenant of every record of this run.')
     parser.add_argument('--tenant_field', help='Column holding each record\'s tenant id.')
     parser.add_argument('--output', help='Output directory (local, s3:// or gs://). Default: output/spotify_batch.')
     parser.add_argument(
-        '--output_format',
-        default='parquet',
-        choices=OUTPUT_FORMATS,
-        help='Format of the clean records: parquet (snappy), avro, jsonl or tfrecord (tf.train.Example).')
+      '--output_format',
+      default='parquet',
+      choices=OUTPUT_FORMATS,
+      help='Format of the clean records: parquet (snappy), avro, jsonl or tfrecord (tf.train.Example).',
+    )
     parser.add_argument(
-        '--config',
-        help='YAML file with the same keys as the flags, plus a "sources:" list to read several inputs in one run.')
+      '--config',
+      help='YAML file with the same keys as the flags, plus a "sources:" list to read several inputs in one run.',
+    )
     parser.add_argument(
-        '--pii_key_file',
-        help='File holding the PII master key (hex or base64, at least 32 bytes). Default: env PII_MASTER_KEY.')
+      '--pii_key_file',
+      help='File holding the PII master key (hex or base64, at least 32 bytes). Default: env PII_MASTER_KEY.',
+    )
     parser.add_argument(
-        '--keep_pii',
-        action='store_true',
-        default=False,
-        help='Write PII unredacted. Only for runs that must, e.g. a tenant\'s own export.')
+      '--keep_pii',
+      action='store_true',
+      default=False,
+      help='Write PII unredacted. Only for runs that must, e.g. a tenant\'s own export.',
+    )
     parser.add_argument(
-        '--num_shards',
-        type=int,
-        default=4,
-        help='Output files per tenant (the dedup shuffle is keyed by tenant and shard).')
+      '--num_shards',
+      type=int,
+      default=4,
+      help='Output files per tenant (the dedup shuffle is keyed by tenant and shard).',
+    )
     parser.add_argument('--batch_size', type=int, default=65536, help='Rows per Arrow record batch.')
     parser.add_argument(
-        '--split_size_mb',
-        type=int,
-        default=64,
-        help='CSV and JSON Lines files are split into byte ranges of this size, read in parallel.')
+      '--split_size_mb',
+      type=int,
+      default=64,
+      help='CSV and JSON Lines files are split into byte ranges of this size, read in parallel.',
+    )
     parser.add_argument(
-        '--declared_schema',
-        help='JSON schema file (as written to _schema.json) to report drift against. Default: the previous run\'s _schema.json.')
+      '--declared_schema',
+      help='JSON schema file (as written to _schema.json) to report drift against. Default: the previous run\'s _schema.json.',
+    )
     parser.add_argument(
-        '--run_id', help='Identifier of this run in the manifest. Default: a UTC timestamp and random suffix.')
+      '--run_id', help='Identifier of this run in the manifest. Default: a UTC timestamp and random suffix.'
+    )

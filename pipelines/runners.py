@@ -41,18 +41,18 @@ import sys
 from typing import List, Optional, Sequence
 
 __all__ = [
-    'RUNNERS',
-    'BEAM_VERSION',
-    'FLINK_VERSION',
-    'RunnerSetupError',
-    'FlinkSettings',
-    'runner_args',
-    'prism_binary',
-    'flink_job_server_jar',
-    'KafkaExpansionJars',
-    'kafka_expansion_jars',
-    'local_prism',
-    'local_runner_args',
+  'RUNNERS',
+  'BEAM_VERSION',
+  'FLINK_VERSION',
+  'RunnerSetupError',
+  'FlinkSettings',
+  'runner_args',
+  'prism_binary',
+  'flink_job_server_jar',
+  'KafkaExpansionJars',
+  'kafka_expansion_jars',
+  'local_prism',
+  'local_runner_args',
 ]
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -77,6 +77,7 @@ class RunnerSetupError(RuntimeError):
 @dataclasses.dataclass(frozen=True)
 class FlinkSettings:
   """Where the Flink cluster and Beam's job server of this machine are."""
+
   master: str = 'localhost:8081'
   parallelism: int = 2
   worker_pool: str = 'localhost:25000'  # scripts/flink.sh's pool
@@ -85,10 +86,11 @@ class FlinkSettings:
   @classmethod
   def from_environment(cls) -> 'FlinkSettings':
     return cls(
-        master=os.environ.get('FLINK_MASTER', cls.master),
-        parallelism=int(os.environ.get('FLINK_PARALLELISM', cls.parallelism)),
-        worker_pool=os.environ.get('FLINK_WORKER_POOL', cls.worker_pool),
-        job_server_jar=os.environ.get('FLINK_JOB_SERVER_JAR') or None)
+      master=os.environ.get('FLINK_MASTER', cls.master),
+      parallelism=int(os.environ.get('FLINK_PARALLELISM', cls.parallelism)),
+      worker_pool=os.environ.get('FLINK_WORKER_POOL', cls.worker_pool),
+      job_server_jar=os.environ.get('FLINK_JOB_SERVER_JAR') or None,
+    )
 
 
 def _script_output(script: pathlib.Path, *args: str) -> str:
@@ -141,6 +143,7 @@ class KafkaExpansionJars:
   flink_job_server: a Flink job server jar with KafkaIO on its classpath, which
     it ships to the TaskManagers with each job (for the EMBEDDED Java environment).
   """
+
   expansion_service: str
   flink_job_server: str
 
@@ -148,8 +151,10 @@ class KafkaExpansionJars:
 def kafka_expansion_jars() -> KafkaExpansionJars:
   """The KafkaIO launcher jars (fetched and checksummed on first use: about a minute)."""
   try:
-    return KafkaExpansionJars(expansion_service=_script_output(KAFKA_EXPANSION_SCRIPT, 'expansion-service-jar'),
-                              flink_job_server=_script_output(KAFKA_EXPANSION_SCRIPT, 'job-server-jar'))
+    return KafkaExpansionJars(
+      expansion_service=_script_output(KAFKA_EXPANSION_SCRIPT, 'expansion-service-jar'),
+      flink_job_server=_script_output(KAFKA_EXPANSION_SCRIPT, 'job-server-jar'),
+    )
   except RunnerSetupError as e:
     raise RunnerSetupError(f'{e}; needs Java 11+ and Maven (mvn) to fetch KafkaIO from Maven Central') from None
 
@@ -169,13 +174,13 @@ def runner_args(name: str, flink: Optional[FlinkSettings] = None) -> List[str]:
     return ['--runner=PrismRunner', f'--prism_location={prism_binary()}', '--environment_type=LOOPBACK']
   flink = flink or FlinkSettings.from_environment()
   args = [
-      '--runner=FlinkRunner',
-      f'--flink_master={flink.master}',
-      f'--flink_version={FLINK_VERSION}',
-      f'--parallelism={flink.parallelism}',
-      # A local path here stops FlinkRunner from downloading a job-server jar
-      # from Maven Central (JavaJarServer.local_jar returns existing paths as is).
-      f'--flink_job_server_jar={flink.job_server_jar or flink_job_server_jar()}',
+    '--runner=FlinkRunner',
+    f'--flink_master={flink.master}',
+    f'--flink_version={FLINK_VERSION}',
+    f'--parallelism={flink.parallelism}',
+    # A local path here stops FlinkRunner from downloading a job-server jar
+    # from Maven Central (JavaJarServer.local_jar returns existing paths as is).
+    f'--flink_job_server_jar={flink.job_server_jar or flink_job_server_jar()}',
   ]
   if name == 'flink':
     return args + ['--environment_type=LOOPBACK']

@@ -57,18 +57,18 @@ from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 __all__ = [
-    'COLUMNS',
-    'TENANTS',
-    'MALFORMED_KINDS',
-    'MalformedKind',
-    'SampleDataOptions',
-    'SampleRow',
-    'iter_rows',
-    'write_listening_events',
-    'load_expected',
-    'EXPECTED_FILE',
-    'luhn_valid',
-    'iban_valid',
+  'COLUMNS',
+  'TENANTS',
+  'MALFORMED_KINDS',
+  'MalformedKind',
+  'SampleDataOptions',
+  'SampleRow',
+  'iter_rows',
+  'write_listening_events',
+  'load_expected',
+  'EXPECTED_FILE',
+  'luhn_valid',
+  'iban_valid',
 ]
 
 EXPECTED_FILE = '_expected.json'
@@ -78,8 +78,23 @@ GENERATOR_VERSION = 1
 # Model fields first (in ListeningEvent order, tenant after the id), then the
 # columns the model does not declare, then the free text last so that
 # CSV quoting of notes is easy to eyeball.
-COLUMNS = ('event_id', 'tenant_id', 'user_id', 'track_id', 'played_at', 'ms_played', 'country', 'platform',
-           'ip_address', 'user_email', 'skipped', 'context_uri', 'device_model', 'bitrate_kbps', 'note')
+COLUMNS = (
+  'event_id',
+  'tenant_id',
+  'user_id',
+  'track_id',
+  'played_at',
+  'ms_played',
+  'country',
+  'platform',
+  'ip_address',
+  'user_email',
+  'skipped',
+  'context_uri',
+  'device_model',
+  'bitrate_kbps',
+  'note',
+)
 _COL = {name: i for i, name in enumerate(COLUMNS)}
 
 
@@ -93,65 +108,190 @@ class _Tenant:
 
 
 TENANT_PROFILES = (
-    _Tenant('acme-music', 0.58, 4000, {'US': .45, 'CA': .08, 'MX': .1, 'BR': .17, 'GB': .2},
-            ('gmail.com', 'outlook.com', 'yahoo.com', 'icloud.com', 'hotmail.co.uk')),
-    _Tenant('nordsound_eu', 0.30, 2500, {'SE': .3, 'NO': .15, 'DK': .1, 'FI': .1, 'DE': .2, 'NL': .15},
-            ('gmail.com', 'outlook.com', 'proton.me', 'web.de', 'telia.se')),
-    _Tenant('kaze-radio-jp', 0.12, 1500, {'JP': .7, 'KR': .1, 'IN': .07, 'NP': .03, 'AU': .1},
-            ('gmail.com', 'yahoo.co.jp', 'docomo.ne.jp', 'naver.com', 'outlook.com')),
+  _Tenant(
+    'acme-music',
+    0.58,
+    4000,
+    {'US': 0.45, 'CA': 0.08, 'MX': 0.1, 'BR': 0.17, 'GB': 0.2},
+    ('gmail.com', 'outlook.com', 'yahoo.com', 'icloud.com', 'hotmail.co.uk'),
+  ),
+  _Tenant(
+    'nordsound_eu',
+    0.30,
+    2500,
+    {'SE': 0.3, 'NO': 0.15, 'DK': 0.1, 'FI': 0.1, 'DE': 0.2, 'NL': 0.15},
+    ('gmail.com', 'outlook.com', 'proton.me', 'web.de', 'telia.se'),
+  ),
+  _Tenant(
+    'kaze-radio-jp',
+    0.12,
+    1500,
+    {'JP': 0.7, 'KR': 0.1, 'IN': 0.07, 'NP': 0.03, 'AU': 0.1},
+    ('gmail.com', 'yahoo.co.jp', 'docomo.ne.jp', 'naver.com', 'outlook.com'),
+  ),
 )
 TENANTS = {t.tenant_id: t.share for t in TENANT_PROFILES}
 
 # UTC offsets in minutes a user of the country may live in (DST ignored).
 _COUNTRY_OFFSETS = {
-    'US': (-300, -360, -420, -480), 'CA': (-300, -480), 'MX': (-360,), 'BR': (-180,), 'GB': (0,),
-    'SE': (60,), 'NO': (60,), 'DK': (60,), 'FI': (120,), 'DE': (60,), 'NL': (60,),
-    'JP': (540,), 'KR': (540,), 'IN': (330,), 'NP': (345,), 'AU': (600, 570, 480),
+  'US': (-300, -360, -420, -480),
+  'CA': (-300, -480),
+  'MX': (-360,),
+  'BR': (-180,),
+  'GB': (0,),
+  'SE': (60,),
+  'NO': (60,),
+  'DK': (60,),
+  'FI': (120,),
+  'DE': (60,),
+  'NL': (60,),
+  'JP': (540,),
+  'KR': (540,),
+  'IN': (330,),
+  'NP': (345,),
+  'AU': (600, 570, 480),
 }
 
 _PLATFORMS = {
-    # platform: (share, device models, bitrates in kbps)
-    'android': (.34, ('Pixel 8', 'SM-S918B', 'SM-A546B', 'moto g84', 'CPH2581'), (96, 160, 320)),
-    'ios': (.30, ('iPhone15,2', 'iPhone14,5', 'iPhone16,1', 'iPad13,4'), (96, 160, 320)),
-    'desktop_windows': (.12, ('Windows 11 x64', 'Windows 10 x64'), (160, 320)),
-    'desktop_macos': (.08, ('MacBookPro18,3', 'Mac14,2', 'iMac21,1'), (160, 320)),
-    'web_player': (.10, ('Chrome 124', 'Firefox 125', 'Safari 17.4', 'Edge 124'), (128, 256)),
-    'cast_device': (.04, ('Chromecast Audio', 'Sonos One', 'Google Nest Mini'), (160, 320)),
-    'ps5': (.02, ('PlayStation 5',), (160, 320)),
+  # platform: (share, device models, bitrates in kbps)
+  'android': (0.34, ('Pixel 8', 'SM-S918B', 'SM-A546B', 'moto g84', 'CPH2581'), (96, 160, 320)),
+  'ios': (0.30, ('iPhone15,2', 'iPhone14,5', 'iPhone16,1', 'iPad13,4'), (96, 160, 320)),
+  'desktop_windows': (0.12, ('Windows 11 x64', 'Windows 10 x64'), (160, 320)),
+  'desktop_macos': (0.08, ('MacBookPro18,3', 'Mac14,2', 'iMac21,1'), (160, 320)),
+  'web_player': (0.10, ('Chrome 124', 'Firefox 125', 'Safari 17.4', 'Edge 124'), (128, 256)),
+  'cast_device': (0.04, ('Chromecast Audio', 'Sonos One', 'Google Nest Mini'), (160, 320)),
+  'ps5': (0.02, ('PlayStation 5',), (160, 320)),
 }
 
-_FIRST_NAMES = ('maria', 'james', 'sofia', 'liam', 'emma', 'noah', 'olivia', 'lucas', 'ana', 'mateo', 'lena',
-                'jonas', 'elsa', 'oskar', 'ingrid', 'mikko', 'freya', 'lars', 'anna', 'erik', 'yuki', 'haruto',
-                'sakura', 'ren', 'minji', 'jisoo', 'aarav', 'priya', 'chloe', 'jack', 'isla', 'oliver', 'amelia',
-                'gabriel', 'julia', 'pedro', 'camila', 'diego', 'sarah', 'david')
-_LAST_NAMES = ('smith', 'johnson', 'garcia', 'silva', 'santos', 'martinez', 'brown', 'wilson', 'jensen', 'nielsen',
-               'andersson', 'johansson', 'virtanen', 'hansen', 'muller', 'schmidt', 'devries', 'bakker', 'tanaka',
-               'suzuki', 'sato', 'kim', 'park', 'lee', 'sharma', 'patel', 'thapa', 'taylor', 'walker', 'clarke',
-               'oliveira', 'pereira', 'lopez', 'hernandez', 'nguyen', 'berg', 'lund', 'fischer', 'weber', 'ito')
+_FIRST_NAMES = (
+  'maria',
+  'james',
+  'sofia',
+  'liam',
+  'emma',
+  'noah',
+  'olivia',
+  'lucas',
+  'ana',
+  'mateo',
+  'lena',
+  'jonas',
+  'elsa',
+  'oskar',
+  'ingrid',
+  'mikko',
+  'freya',
+  'lars',
+  'anna',
+  'erik',
+  'yuki',
+  'haruto',
+  'sakura',
+  'ren',
+  'minji',
+  'jisoo',
+  'aarav',
+  'priya',
+  'chloe',
+  'jack',
+  'isla',
+  'oliver',
+  'amelia',
+  'gabriel',
+  'julia',
+  'pedro',
+  'camila',
+  'diego',
+  'sarah',
+  'david',
+)
+_LAST_NAMES = (
+  'smith',
+  'johnson',
+  'garcia',
+  'silva',
+  'santos',
+  'martinez',
+  'brown',
+  'wilson',
+  'jensen',
+  'nielsen',
+  'andersson',
+  'johansson',
+  'virtanen',
+  'hansen',
+  'muller',
+  'schmidt',
+  'devries',
+  'bakker',
+  'tanaka',
+  'suzuki',
+  'sato',
+  'kim',
+  'park',
+  'lee',
+  'sharma',
+  'patel',
+  'thapa',
+  'taylor',
+  'walker',
+  'clarke',
+  'oliveira',
+  'pereira',
+  'lopez',
+  'hernandez',
+  'nguyen',
+  'berg',
+  'lund',
+  'fischer',
+  'weber',
+  'ito',
+)
 
-_BENIGN_NOTES = ('love this track', 'on repeat all week', 'reminds me of summer 2019', 'added to my running playlist',
-                 'too slow for the gym', 'skip the intro next time', 'great bassline, check the remix',
-                 'the "live" version is better', 'played at the wedding', 'better than the album version',
-                 'need the lyrics for this one', 'kids love it', 'focus music for work', "Beyoncé's best",
-                 'カラオケで歌った', 'who is the drummer?', 'sounds like early Radiohead, in a good way')
+_BENIGN_NOTES = (
+  'love this track',
+  'on repeat all week',
+  'reminds me of summer 2019',
+  'added to my running playlist',
+  'too slow for the gym',
+  'skip the intro next time',
+  'great bassline, check the remix',
+  'the "live" version is better',
+  'played at the wedding',
+  'better than the album version',
+  'need the lyrics for this one',
+  'kids love it',
+  'focus music for work',
+  "Beyoncé's best",
+  'カラオケで歌った',
+  'who is the drummer?',
+  'sounds like early Radiohead, in a good way',
+)
 _PII_NOTES = {
-    'email': ('send the playlist to {}', 'contact me at {} for the mix', 'share with {}'),
-    'phone': ('call me on {} after the show', 'text {} for tickets', 'my number is {}'),
-    'credit_card': ('paid with card {} for premium', 'card {} was charged twice', 'use {} for the family plan'),
-    'iban': ('refund to IBAN {} please', 'transfer the royalties to {}', 'my account: {}'),
-    'url_credentials': ('export at {}', 'backup of my playlists: {}', 'mirror on {}'),
-    'ip': ('streaming from {} at the office', 'vpn exit {} blocks this track', 'router at {} keeps buffering'),
+  'email': ('send the playlist to {}', 'contact me at {} for the mix', 'share with {}'),
+  'phone': ('call me on {} after the show', 'text {} for tickets', 'my number is {}'),
+  'credit_card': ('paid with card {} for premium', 'card {} was charged twice', 'use {} for the family plan'),
+  'iban': ('refund to IBAN {} please', 'transfer the royalties to {}', 'my account: {}'),
+  'url_credentials': ('export at {}', 'backup of my playlists: {}', 'mirror on {}'),
+  'ip': ('streaming from {} at the office', 'vpn exit {} blocks this track', 'router at {} keeps buffering'),
 }
 _PII_TYPES = tuple(_PII_NOTES)
 
 # Latin-1 encoded in the file (so not valid UTF-8): the non_utf8 kind.
-_LATIN1_NOTES = ('Café del Mar', 'Motörhead at Wacken', 'Sigur Rós live', 'Mañana by Björk?', 'Françoise Hardy',
-                 'Die Ärzte, große Freiheit')
+_LATIN1_NOTES = (
+  'Café del Mar',
+  'Motörhead at Wacken',
+  'Sigur Rós live',
+  'Mañana by Björk?',
+  'Françoise Hardy',
+  'Die Ärzte, große Freiheit',
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class MalformedKind:
   """One kind of defect: the field at fault and the dead letter it should give."""
+
   name: str
   field: Optional[str]
   reason: str
@@ -160,23 +300,41 @@ class MalformedKind:
 
 # Each malformed row derives from a normal row with exactly one defect.
 MALFORMED_KINDS = {
-    k.name: k for k in (
-        # CSV: one field too few or too many; JSON Lines: a truncated object.
-        MalformedKind('wrong_column_count', None, 'malformed_row'),
-        MalformedKind('bad_track_id', 'track_id', 'invalid_value',
-                      ('4iV5W9uYEdYUVa79Axb7R', '4iV5W9uYEdYUVa79Axb7Rhh', '4iV5W9uYEdYUVa-9Axb7Rh',
-                       'spotify:track:4iV5W9uYEdYUVa79Axb7Rh', '0000_not_a_track_000')),
-        MalformedKind('negative_ms_played', 'ms_played', 'invalid_value'),
-        MalformedKind('timestamp_without_offset', 'played_at', 'invalid_type'),
-        MalformedKind('invalid_country', 'country', 'invalid_value', ('UK', 'XX', 'USA', 'eu', 'ZZ', '1A')),
-        MalformedKind('invalid_tenant', 'tenant_id', 'invalid_tenant',
-                      ('../etc/passwd', 'ACME Corp', '', '-leading-dash', 'Acme-Music', 'tenant;drop', 'x' * 64)),
-        MalformedKind('bad_ip', 'ip_address', 'invalid_value',
-                      ('999.12.4.1', '10.0.0', '192.168.1.300', 'localhost', '2001:db8::12345', '::gggg')),
-        MalformedKind('missing_event_id', 'event_id', 'missing_field'),
-        MalformedKind('non_utf8', 'note', 'bad_encoding'),
-        MalformedKind('non_boolean_skipped', 'skipped', 'invalid_type', ('maybe', '2', 'yes please', 'skipped', '-1')),
-    )
+  k.name: k
+  for k in (
+    # CSV: one field too few or too many; JSON Lines: a truncated object.
+    MalformedKind('wrong_column_count', None, 'malformed_row'),
+    MalformedKind(
+      'bad_track_id',
+      'track_id',
+      'invalid_value',
+      (
+        '4iV5W9uYEdYUVa79Axb7R',
+        '4iV5W9uYEdYUVa79Axb7Rhh',
+        '4iV5W9uYEdYUVa-9Axb7Rh',
+        'spotify:track:4iV5W9uYEdYUVa79Axb7Rh',
+        '0000_not_a_track_000',
+      ),
+    ),
+    MalformedKind('negative_ms_played', 'ms_played', 'invalid_value'),
+    MalformedKind('timestamp_without_offset', 'played_at', 'invalid_type'),
+    MalformedKind('invalid_country', 'country', 'invalid_value', ('UK', 'XX', 'USA', 'eu', 'ZZ', '1A')),
+    MalformedKind(
+      'invalid_tenant',
+      'tenant_id',
+      'invalid_tenant',
+      ('../etc/passwd', 'ACME Corp', '', '-leading-dash', 'Acme-Music', 'tenant;drop', 'x' * 64),
+    ),
+    MalformedKind(
+      'bad_ip',
+      'ip_address',
+      'invalid_value',
+      ('999.12.4.1', '10.0.0', '192.168.1.300', 'localhost', '2001:db8::12345', '::gggg'),
+    ),
+    MalformedKind('missing_event_id', 'event_id', 'missing_field'),
+    MalformedKind('non_utf8', 'note', 'bad_encoding'),
+    MalformedKind('non_boolean_skipped', 'skipped', 'invalid_type', ('maybe', '2', 'yes please', 'skipped', '-1')),
+  )
 }
 _KIND_NAMES = ('clean', 'duplicate') + tuple(MALFORMED_KINDS)
 _CLEAN, _DUPLICATE = 0, 1
@@ -193,6 +351,7 @@ _HEX = np.frombuffer(b'0123456789abcdef', dtype=np.uint8)
 @dataclasses.dataclass(frozen=True)
 class SampleDataOptions:
   """What to generate; `validate()` raises ValueError naming the bad option."""
+
   rows: int = 50000
   files: int = 1
   seed: int = 7
@@ -230,6 +389,7 @@ class SampleRow(NamedTuple):
   A `wrong_column_count` row has one value too few or too many; a `non_utf8`
   row's note is written Latin-1 encoded.
   """
+
   index: int  # 0-based position in the whole stream (all files)
   kind: str  # 'clean', 'duplicate' or a MALFORMED_KINDS name
   tenant: Optional[str]  # the tenant the row was generated for (None for invalid_tenant)
@@ -278,7 +438,7 @@ def _make_iban(country: str, bban: str) -> str:
 
 def _split_fixed(data: bytes, width: int) -> List[str]:
   text = data.decode('ascii')
-  return [text[i:i + width] for i in range(0, len(text), width)]
+  return [text[i : i + width] for i in range(0, len(text), width)]
 
 
 def _random_strings(rng: np.random.Generator, count: int, length: int, alphabet: np.ndarray) -> List[str]:
@@ -305,13 +465,14 @@ def _offset_text(minutes: int) -> str:
 def _public_ipv4(rng: np.random.Generator, count: int) -> List[str]:
   # First octets of ordinary public unicast space (no 10/8, 127/8, 172.16/12, 192.168/16, multicast).
   first = np.array([23, 31, 37, 45, 62, 77, 81, 85, 91, 94, 98, 109, 126, 133, 151, 176, 185, 188, 203, 212])
-  octets = np.column_stack([first[rng.integers(0, len(first), count)], rng.integers(0, 256, (count, 2)),
-                            rng.integers(1, 255, count)])
+  octets = np.column_stack(
+    [first[rng.integers(0, len(first), count)], rng.integers(0, 256, (count, 2)), rng.integers(1, 255, count)]
+  )
   return ['.'.join(map(str, row)) for row in octets.tolist()]
 
 
 def _public_ipv6(rng: np.random.Generator, count: int) -> List[str]:
-  prefixes = (0x2a02, 0x2001, 0x2600, 0x2a01, 0x2400, 0x2c0f)
+  prefixes = (0x2A02, 0x2001, 0x2600, 0x2A01, 0x2400, 0x2C0F)
   out = []
   for g in rng.integers(0, 0x10000, size=(count, 8)).tolist():
     g[0] = prefixes[g[0] % len(prefixes)]
@@ -360,8 +521,12 @@ class _World:
       domain = rng.integers(0, len(tenant.email_domains), n).tolist()
       style = rng.integers(0, 4, n).tolist()
       for f, l, s, d, st in zip(first, last, suffix, domain, style):
-        local = (f'{_FIRST_NAMES[f]}.{_LAST_NAMES[l]}', f'{_FIRST_NAMES[f]}{_LAST_NAMES[l]}{s}',
-                 f'{_FIRST_NAMES[f][0]}{_LAST_NAMES[l]}', f'{_FIRST_NAMES[f]}_{s}')[st]
+        local = (
+          f'{_FIRST_NAMES[f]}.{_LAST_NAMES[l]}',
+          f'{_FIRST_NAMES[f]}{_LAST_NAMES[l]}{s}',
+          f'{_FIRST_NAMES[f][0]}{_LAST_NAMES[l]}',
+          f'{_FIRST_NAMES[f]}_{s}',
+        )[st]
         email = f'{local}@{tenant.email_domains[d]}'
         while email in seen_emails:  # stable and unique per user
           s += 100
@@ -392,13 +557,15 @@ class _World:
     artists = _random_strings(rng, _TRACKS // 25, 22, _BASE62)
     album_of_track = rng.integers(0, len(albums), _TRACKS)
     self.track_album_uris = np.array([f'spotify:album:{albums[a]}' for a in album_of_track.tolist()], dtype=object)
-    self.track_artist_uris = np.array([f'spotify:artist:{artists[a % len(artists)]}' for a in album_of_track.tolist()],
-                                      dtype=object)
+    self.track_artist_uris = np.array(
+      [f'spotify:artist:{artists[a % len(artists)]}' for a in album_of_track.tolist()], dtype=object
+    )
     rank = rng.permutation(_TRACKS)
-    weights = 1.0 / (rank + 10.0)**0.9
+    weights = 1.0 / (rank + 10.0) ** 0.9
     self.track_p = weights / weights.sum()
-    self.playlist_uris = np.array([f'spotify:playlist:{p}' for p in _random_strings(rng, _PLAYLISTS, 22, _BASE62)],
-                                  dtype=object)
+    self.playlist_uris = np.array(
+      [f'spotify:playlist:{p}' for p in _random_strings(rng, _PLAYLISTS, 22, _BASE62)], dtype=object
+    )
 
   def _pii_pools(self, rng, size=400):
     self.cards = []
@@ -411,9 +578,9 @@ class _World:
       if length == 15:
         number = f'{number[:4]} {number[4:10]} {number[10:]}' if style else number
       elif style == 1:
-        number = ' '.join(number[j:j + 4] for j in range(0, 16, 4))
+        number = ' '.join(number[j : j + 4] for j in range(0, 16, 4))
       elif style == 2:
-        number = '-'.join(number[j:j + 4] for j in range(0, 16, 4))
+        number = '-'.join(number[j : j + 4] for j in range(0, 16, 4))
       self.cards.append(number)
 
     def digits(k):
@@ -429,17 +596,17 @@ class _World:
       else:
         bban = digits({'DE': 18, 'FR': 23, 'ES': 20, 'SE': 20}[country])
       iban = _make_iban(country, bban)
-      self.ibans.append(' '.join(iban[j:j + 4] for j in range(0, len(iban), 4)) if i % 2 else iban)
+      self.ibans.append(' '.join(iban[j : j + 4] for j in range(0, len(iban), 4)) if i % 2 else iban)
 
     phone_formats = (
-        lambda: f'+1 {("212", "415", "617", "312", "206")[int(rng.integers(0, 5))]}-{rng.integers(201, 999)}-{digits(4)}',
-        lambda: f'({("212", "415", "617")[int(rng.integers(0, 3))]}) {rng.integers(201, 999)}-{digits(4)}',
-        lambda: f'+44 20 7{digits(3)} {digits(4)}',
-        lambda: f'+49 30 {rng.integers(2, 9)}{digits(7)}',
-        lambda: f'+46 8 {rng.integers(1, 9)}{digits(2)} {digits(3)} {digits(2)}',
-        lambda: f'+81 3-{rng.integers(1, 9)}{digits(3)}-{digits(4)}',
-        lambda: f'+33 6 {rng.integers(12, 39)} {digits(2)} {digits(2)} {digits(2)}',
-        lambda: f'+91 9{digits(4)} {digits(5)}',
+      lambda: f'+1 {("212", "415", "617", "312", "206")[int(rng.integers(0, 5))]}-{rng.integers(201, 999)}-{digits(4)}',
+      lambda: f'({("212", "415", "617")[int(rng.integers(0, 3))]}) {rng.integers(201, 999)}-{digits(4)}',
+      lambda: f'+44 20 7{digits(3)} {digits(4)}',
+      lambda: f'+49 30 {rng.integers(2, 9)}{digits(7)}',
+      lambda: f'+46 8 {rng.integers(1, 9)}{digits(2)} {digits(3)} {digits(2)}',
+      lambda: f'+81 3-{rng.integers(1, 9)}{digits(3)}-{digits(4)}',
+      lambda: f'+33 6 {rng.integers(12, 39)} {digits(2)} {digits(2)} {digits(2)}',
+      lambda: f'+91 9{digits(4)} {digits(5)}',
     )
     self.phones = [phone_formats[i % len(phone_formats)]() for i in range(size)]
 
@@ -447,8 +614,9 @@ class _World:
     hosts = ('files.acme-music.com', 'sftp.nordsound.eu', 'upload.kaze-radio.jp', 'nas.home.example.net')
     passwords = _random_strings(rng, size, 12, _BASE62)
     self.urls = [
-        f'{("https", "ftp", "sftp")[i % 3]}://{users[i % len(users)]}:{passwords[i]}@{hosts[i % len(hosts)]}'
-        f'/exports/playlists-{i:03d}.json' for i in range(size)
+      f'{("https", "ftp", "sftp")[i % 3]}://{users[i % len(users)]}:{passwords[i]}@{hosts[i % len(hosts)]}'
+      f'/exports/playlists-{i:03d}.json'
+      for i in range(size)
     ]
     self.note_ips = _public_ipv4(rng, size)
 
@@ -511,9 +679,14 @@ def _generate(options: SampleDataOptions) -> _Generated:
   skipped = rng.random(n) < 0.23
   full = rng.random(n) < 0.75
   ms_played = np.where(
-      skipped, rng.integers(500, 30000, n),
-      np.where(full, np.maximum(duration - rng.integers(0, 3000, n), 0),
-               30000 + (rng.random(n) * (duration - 30000)).astype(np.int64)))
+    skipped,
+    rng.integers(500, 30000, n),
+    np.where(
+      full,
+      np.maximum(duration - rng.integers(0, 3000, n), 0),
+      30000 + (rng.random(n) * (duration - 30000)).astype(np.int64),
+    ),
+  )
 
   # Timestamps: the user's zone; 5% epoch ms; UTC as 'Z' or '+00:00'; ms or s precision.
   offset = world.user_offsets[user]
@@ -551,9 +724,11 @@ def _generate(options: SampleDataOptions) -> _Generated:
 
   # Context: playlist 50%, the track's album 30%, its artist 10%, none 10%.
   ctx = rng.random(n)
-  context = np.where(ctx < 0.5, world.playlist_uris[rng.integers(0, _PLAYLISTS, n)],
-                     np.where(ctx < 0.8, world.track_album_uris[track],
-                              np.where(ctx < 0.9, world.track_artist_uris[track], '')))
+  context = np.where(
+    ctx < 0.5,
+    world.playlist_uris[rng.integers(0, _PLAYLISTS, n)],
+    np.where(ctx < 0.8, world.track_album_uris[track], np.where(ctx < 0.9, world.track_artist_uris[track], '')),
+  )
 
   # Notes: ~90% empty; of the rest ~40% carry one kind of PII.
   note = np.full(n, '', dtype=object)
@@ -565,12 +740,23 @@ def _generate(options: SampleDataOptions) -> _Generated:
   pool_pick = rng.integers(0, 400, len(has_note))
   benign_pick = rng.integers(0, len(_BENIGN_NOTES), len(has_note))
   other_user = rng.integers(0, len(world.user_emails), len(has_note))
-  pools = {'phone': world.phones, 'credit_card': world.cards, 'iban': world.ibans, 'url_credentials': world.urls,
-           'ip': world.note_ips}
+  pools = {
+    'phone': world.phones,
+    'credit_card': world.cards,
+    'iban': world.ibans,
+    'url_credentials': world.urls,
+    'ip': world.note_ips,
+  }
   texts = []
-  for row, pii, kind, tpl, k, b, u in zip(has_note.tolist(), is_pii.tolist(), pii_type.tolist(),
-                                          template_pick.tolist(), pool_pick.tolist(), benign_pick.tolist(),
-                                          other_user.tolist()):
+  for row, pii, kind, tpl, k, b, u in zip(
+    has_note.tolist(),
+    is_pii.tolist(),
+    pii_type.tolist(),
+    template_pick.tolist(),
+    pool_pick.tolist(),
+    benign_pick.tolist(),
+    other_user.tolist(),
+  ):
     if not pii:
       texts.append(_BENIGN_NOTES[b])
       note_pii[row] = -1
@@ -582,21 +768,21 @@ def _generate(options: SampleDataOptions) -> _Generated:
   note[has_note] = np.array(texts, dtype=object)
 
   columns = {
-      'event_id': np.array(_random_uuids(rng, n), dtype=object),
-      'tenant_id': np.array([t.tenant_id for t in TENANT_PROFILES], dtype=object)[tenant],
-      'user_id': world.user_ids[user],
-      'track_id': world.track_ids[track],
-      'played_at': played_at,
-      'ms_played': ms_played.astype(str).astype(object),
-      'country': country,
-      'platform': np.array(platform_names, dtype=object)[platform],
-      'ip_address': ip,
-      'user_email': world.user_emails[user],
-      'skipped': np.where(skipped, 'true', 'false').astype(object),
-      'context_uri': context.astype(object),
-      'device_model': device,
-      'bitrate_kbps': bitrate.astype(str).astype(object),
-      'note': note,
+    'event_id': np.array(_random_uuids(rng, n), dtype=object),
+    'tenant_id': np.array([t.tenant_id for t in TENANT_PROFILES], dtype=object)[tenant],
+    'user_id': world.user_ids[user],
+    'track_id': world.track_ids[track],
+    'played_at': played_at,
+    'ms_played': ms_played.astype(str).astype(object),
+    'country': country,
+    'platform': np.array(platform_names, dtype=object)[platform],
+    'ip_address': ip,
+    'user_email': world.user_emails[user],
+    'skipped': np.where(skipped, 'true', 'false').astype(object),
+    'context_uri': context.astype(object),
+    'device_model': device,
+    'bitrate_kbps': bitrate.astype(str).astype(object),
+    'note': note,
   }
   columns = {name: values[source] for name, values in columns.items()}
   tenant = tenant[source]
@@ -630,18 +816,18 @@ def _inject_defects(rng, columns, kinds, bad_positions, played_ms) -> Dict[int, 
   return overrides
 
 
-def iter_rows(rows: int = 50000,
-              seed: int = 7,
-              malformed: float = 0.02,
-              duplicates: float = 0.01) -> Iterator[SampleRow]:
+def iter_rows(
+  rows: int = 50000, seed: int = 7, malformed: float = 0.02, duplicates: float = 0.01
+) -> Iterator[SampleRow]:
   """The rows `write_listening_events` writes with the same arguments, in order."""
   generated = _generate(SampleDataOptions(rows=rows, seed=seed, malformed=malformed, duplicates=duplicates))
   names = [t.tenant_id for t in TENANT_PROFILES]
   lists = [generated.columns[c].tolist() for c in COLUMNS]
   invalid_tenant = _KIND_NAMES.index('invalid_tenant')
   for i, (values, kind, tenant) in enumerate(zip(zip(*lists), generated.kinds.tolist(), generated.tenants.tolist())):
-    yield SampleRow(i, _KIND_NAMES[kind], None if kind == invalid_tenant else names[tenant],
-                    generated.overrides.get(i, values))
+    yield SampleRow(
+      i, _KIND_NAMES[kind], None if kind == invalid_tenant else names[tenant], generated.overrides.get(i, values)
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -703,7 +889,7 @@ def _chunk_bytes(generated: _Generated, start: int, stop: int, fmt: str) -> byte
     for row in special:
       if row in generated.overrides:
         full = _json_line(tuple(generated.columns[c][row] for c in COLUMNS))
-        lines[row - start] = full[:len(full) * 2 // 3]  # truncated mid-object
+        lines[row - start] = full[: len(full) * 2 // 3]  # truncated mid-object
   return _encode_lines(lines, latin1)
 
 
@@ -735,10 +921,10 @@ def _summary(options: SampleDataOptions, generated: _Generated, bounds: List[Tup
   for t, name in enumerate(names):
     mine = (tenants == t) & (kinds != invalid_tenant)
     per_tenant[name] = {
-        'rows': int(mine.sum()),
-        'clean': int((mine & (kinds == _CLEAN)).sum()),
-        'duplicates': int((mine & (kinds == _DUPLICATE)).sum()),
-        'malformed': int((mine & (kinds >= 2)).sum()),
+      'rows': int(mine.sum()),
+      'clean': int((mine & (kinds == _CLEAN)).sum()),
+      'duplicates': int((mine & (kinds == _DUPLICATE)).sum()),
+      'malformed': int((mine & (kinds >= 2)).sum()),
     }
   clean_notes = generated.note_pii[kinds == _CLEAN]
   header_rows = 1 if options.format == 'csv' else 0
@@ -747,31 +933,39 @@ def _summary(options: SampleDataOptions, generated: _Generated, bounds: List[Tup
     name = _file_name(f, len(bounds), options.format)
     for row in (np.flatnonzero(kinds[lo:hi] >= 2) + lo).tolist():
       kind = _KIND_NAMES[kinds[row]]
-      malformed_rows.append({'file': name, 'row': row - lo + 1 + header_rows, 'kind': kind,
-                             'field': MALFORMED_KINDS[kind].field, 'reason': _reason(kind, options.format)})
+      malformed_rows.append(
+        {
+          'file': name,
+          'row': row - lo + 1 + header_rows,
+          'kind': kind,
+          'field': MALFORMED_KINDS[kind].field,
+          'reason': _reason(kind, options.format),
+        }
+      )
   clean = int((kinds == _CLEAN).sum())
   duplicates = int((kinds == _DUPLICATE).sum())
   return {
-      'generator': 'pipelines.sample_data',
-      'version': GENERATOR_VERSION,
-      'options': dataclasses.asdict(options),
-      'columns': list(COLUMNS),
-      'files': [{'name': _file_name(f, len(bounds), options.format), 'rows': hi - lo}
-                for f, (lo, hi) in enumerate(bounds)],
-      'rows': options.rows,
-      'clean': clean,
-      'duplicates': duplicates,
-      'valid': clean + duplicates,
-      'malformed': {'total': int((kinds >= 2).sum()), 'by_kind': by_kind},
-      'dead_letter_reasons': reasons,
-      'tenants': per_tenant,
-      'invalid_tenant_rows': by_kind['invalid_tenant'],
-      'notes': {
-          'non_empty': int((clean_notes >= -1).sum()),
-          'with_pii': int((clean_notes >= 0).sum()),
-          'pii_by_type': {name: int((clean_notes == i).sum()) for i, name in enumerate(_PII_TYPES)},
-      },
-      'malformed_rows': malformed_rows,
+    'generator': 'pipelines.sample_data',
+    'version': GENERATOR_VERSION,
+    'options': dataclasses.asdict(options),
+    'columns': list(COLUMNS),
+    'files': [
+      {'name': _file_name(f, len(bounds), options.format), 'rows': hi - lo} for f, (lo, hi) in enumerate(bounds)
+    ],
+    'rows': options.rows,
+    'clean': clean,
+    'duplicates': duplicates,
+    'valid': clean + duplicates,
+    'malformed': {'total': int((kinds >= 2).sum()), 'by_kind': by_kind},
+    'dead_letter_reasons': reasons,
+    'tenants': per_tenant,
+    'invalid_tenant_rows': by_kind['invalid_tenant'],
+    'notes': {
+      'non_empty': int((clean_notes >= -1).sum()),
+      'with_pii': int((clean_notes >= 0).sum()),
+      'pii_by_type': {name: int((clean_notes == i).sum()) for i, name in enumerate(_PII_TYPES)},
+    },
+    'malformed_rows': malformed_rows,
   }
 
 
@@ -781,21 +975,24 @@ def _reason(kind: str, fmt: str) -> str:
   return MALFORMED_KINDS[kind].reason
 
 
-def write_listening_events(out_dir: str,
-                           rows: int = 50000,
-                           files: int = 1,
-                           seed: int = 7,
-                           malformed: float = 0.02,
-                           duplicates: float = 0.01,
-                           format: str = 'csv') -> List[str]:
+def write_listening_events(
+  out_dir: str,
+  rows: int = 50000,
+  files: int = 1,
+  seed: int = 7,
+  malformed: float = 0.02,
+  duplicates: float = 0.01,
+  format: str = 'csv',
+) -> List[str]:
   """Writes the files and `_expected.json` into `out_dir`; returns the data file paths.
 
   Rows are split over `files` in order (contiguous, sizes differ by at most
   one). Earlier files of this generator in `out_dir` are removed first, so a
   glob over the directory sees exactly this run's files.
   """
-  options = SampleDataOptions(rows=rows, files=files, seed=seed, malformed=malformed, duplicates=duplicates,
-                              format=format).validate()
+  options = SampleDataOptions(
+    rows=rows, files=files, seed=seed, malformed=malformed, duplicates=duplicates, format=format
+  ).validate()
   generated = _generate(options)
   edges = np.linspace(0, rows, files + 1).round().astype(np.int64).tolist()
   bounds = list(zip(edges[:-1], edges[1:]))
@@ -830,8 +1027,9 @@ def _short_summary(summary: dict) -> dict:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m pipelines.sample_data',
-                                   description='Writes deterministic sample listening events.')
+  parser = argparse.ArgumentParser(
+    prog='python -m pipelines.sample_data', description='Writes deterministic sample listening events.'
+  )
   parser.add_argument('--rows', type=int, default=50000, help='data rows in total (default 50000)')
   parser.add_argument('--out', required=True, help='output directory')
   parser.add_argument('--files', type=int, default=1, help='number of files (default 1)')
@@ -841,8 +1039,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--format', choices=('csv', 'jsonl'), default='csv')
   args = parser.parse_args(argv)
   try:
-    write_listening_events(args.out, rows=args.rows, files=args.files, seed=args.seed, malformed=args.malformed,
-                           duplicates=args.duplicates, format=args.format)
+    write_listening_events(
+      args.out,
+      rows=args.rows,
+      files=args.files,
+      seed=args.seed,
+      malformed=args.malformed,
+      duplicates=args.duplicates,
+      format=args.format,
+    )
   except ValueError as e:
     parser.error(str(e))
   except OSError as e:

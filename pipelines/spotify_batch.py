@@ -45,8 +45,16 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from io_connectors import mask_url, registry
-from io_connectors.sinks.lake import (OutputLock, OutputLockedError, WriteDeadLetterFiles, WriteRecordFiles, commit_output,
-                                      finalize_files, run_dir_name, sweep)
+from io_connectors.sinks.lake import (
+  OutputLock,
+  OutputLockedError,
+  WriteDeadLetterFiles,
+  WriteRecordFiles,
+  commit_output,
+  finalize_files,
+  run_dir_name,
+  sweep,
+)
 from pipelines.config import RUN_KEYS, ConfigError, RunConfig, load_yaml, resolve
 from pipelines import cli, runners
 from pipelines.options import SpotifyBatchOptions
@@ -75,12 +83,17 @@ def code_version() -> Dict[str, Optional[str]]:
   """The package version and, in a git checkout, the commit."""
   commit = None
   try:
-    commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=_ROOT, capture_output=True, text=True, timeout=5,
-                            check=True).stdout.strip() or None
+    commit = (
+      subprocess.run(
+        ['git', 'rev-parse', 'HEAD'], cwd=_ROOT, capture_output=True, text=True, timeout=5, check=True
+      ).stdout.strip()
+      or None
+    )
   except (OSError, subprocess.SubprocessError):
     pass
   try:
     from importlib.metadata import version
+
     package = version('music-beam-pipelines')
   except Exception:
     package = None
@@ -94,6 +107,7 @@ def _all_options_parser() -> argparse.ArgumentParser:
   """A parser knowing every PipelineOptions flag, to reject unknown ones."""
   # Runner modules register their options classes when imported.
   import apache_beam.runners.portability.flink_runner
+
   try:
     import apache_beam.runners.portability.prism_runner
   except ImportError:
@@ -101,7 +115,6 @@ def _all_options_parser() -> argparse.ArgumentParser:
   from apache_beam.options.pipeline_options import _BeamArgumentParser
 
   class _OneLineErrors(_BeamArgumentParser):
-
     def error(self, message):
       raise UsageError(message)
 
@@ -126,15 +139,24 @@ def _sources_epilog() -> str:
   """The connectors a --config "sources:" entry may name, one line each."""
   lines = ['Sources of a --config file ("sources:" entries, each with "type:" and that connector\'s keys):']
   lines += [f'  {name:<16}{description}' for name, description in registry.describe().items()]
-  lines += ['', 'A source that knows its entity (e.g. spotify "resource: tracks") is validated as that entity '
-            'unless "entity:" says otherwise.']
+  lines += [
+    '',
+    'A source that knows its entity (e.g. spotify "resource: tracks") is validated as that entity '
+    'unless "entity:" says otherwise.',
+  ]
   return '\n'.join(lines)
 
 
 def print_help(file=None) -> None:
   """`--help`: the job's flags, Beam's common ones and the connectors a config may name."""
-  cli.print_help('python -m pipelines.spotify_batch', __doc__.split('\n\n', 1)[0], [SpotifyBatchOptions],
-                 first_group='Batch job', epilog=_sources_epilog(), file=file)
+  cli.print_help(
+    'python -m pipelines.spotify_batch',
+    __doc__.split('\n\n', 1)[0],
+    [SpotifyBatchOptions],
+    first_group='Batch job',
+    epilog=_sources_epilog(),
+    file=file,
+  )
 
 
 def _check_flags(argv: Sequence[str]):
@@ -164,6 +186,7 @@ def _options_from(argv: Sequence[str]) -> PipelineOptions:
 
 def _ensure_demo_sample() -> str:
   from pipelines import sample_data
+
   if not os.path.exists(os.path.join(DEMO_DIR, sample_data.EXPECTED_FILE)):
     _LOG.info('generating the bundled sample (%d listening events, 3 tenants) in %s', DEMO_ROWS, DEMO_DIR)
     sample_data.write_listening_events(DEMO_DIR, rows=DEMO_ROWS, files=4, seed=7)
@@ -253,16 +276,42 @@ def _check_inputs(config: RunConfig):
     try:
       matched = FileSystems.match([pattern])[0].metadata_list
     except Exception as e:
-      raise ConfigError(f'sources[{i}] input {pattern}: cannot list it ({type(e).__name__}: {str(e).splitlines()[0][:200]})') from None
+      raise ConfigError(
+        f'sources[{i}] input {pattern}: cannot list it ({type(e).__name__}: {str(e).splitlines()[0][:200]})'
+      ) from None
     if not matched:
       raise ConfigError(f'sources[{i}] input {pattern}: no file matches')
 
 
 # What the manifest may say of a source: keys that never hold a secret, at any depth
 # (a `rest` resource's name, base_url and path; never its headers, params or auth).
-_DESCRIBED_KEYS = frozenset(('type', 'entity', 'input', 'table', 'query', 'collection', 'index', 'pattern', 'resource',
-                             'url', 'base_url', 'path', 'name', 'method', 'tenant_id', 'tenant_field', 'topics',
-                             'topic', 'subscription', 'streams', 'users', 'user_ids', 'ids'))
+_DESCRIBED_KEYS = frozenset(
+  (
+    'type',
+    'entity',
+    'input',
+    'table',
+    'query',
+    'collection',
+    'index',
+    'pattern',
+    'resource',
+    'url',
+    'base_url',
+    'path',
+    'name',
+    'method',
+    'tenant_id',
+    'tenant_field',
+    'topics',
+    'topic',
+    'subscription',
+    'streams',
+    'users',
+    'user_ids',
+    'ids',
+  )
+)
 
 
 def _public_url(url: str) -> str:
@@ -311,6 +360,7 @@ class _FinalizeFn(beam.DoFn):
       # Incremental sources advance only once the run is published: a run
       # that fails before this point is read again next time.
       from io_connectors import commit_cursors
+
       commit_cursors(list(cursors))
     yield published
 
@@ -337,8 +387,10 @@ def _schema_drift(schemas, previous, baseline) -> dict:
     previous_one = previous if not isinstance(previous, dict) else None
     return dict(schema_mod.drift(previous_one, next(iter(schemas.values()))), against=baseline)
   previous = previous if isinstance(previous, dict) else {}
-  return {name: dict(schema_mod.drift(previous.get(name), schema), against=baseline if name in previous else None)
-          for name, schema in sorted(schemas.items())}
+  return {
+    name: dict(schema_mod.drift(previous.get(name), schema), against=baseline if name in previous else None)
+    for name, schema in sorted(schemas.items())
+  }
 
 
 def build_manifest(info: dict, counts, schemas, previous_schema, files, moves) -> dict:
@@ -365,7 +417,9 @@ def build_manifest(info: dict, counts, schemas, previous_schema, files, moves) -
       continue
     if metric == 'written' and detail:
       per_entity[detail] = per_entity.get(detail, 0) + n
-    bucket = per_tenant.setdefault(tenant or '_unassigned', {'read': 0, 'written': 0, 'dead_letter': 0, 'deduplicated': 0})
+    bucket = per_tenant.setdefault(
+      tenant or '_unassigned', {'read': 0, 'written': 0, 'dead_letter': 0, 'deduplicated': 0}
+    )
     bucket[metric] += n
     bucket['read'] += n
     if metric == 'dead_letter':
@@ -379,20 +433,24 @@ def build_manifest(info: dict, counts, schemas, previous_schema, files, moves) -
       outputs.setdefault(f.kind, []).append(final)
   conserved = totals['read'] == totals['written'] + totals['dead_letter'] + totals['deduplicated']
   return dict(
-      info,
-      finished_at=dt.datetime.now(dt.timezone.utc).isoformat(),
-      counts=dict(totals,
-                  per_tenant=dict(sorted(per_tenant.items())),
-                  dead_letter_by_reason=dict(sorted(by_reason.items())),
-                  **({'written_per_entity': dict(sorted(per_entity.items()))} if per_entity else {})),
-      conservation={'ok': conserved, 'rule': 'read == written + dead_letter + deduplicated'},
-      pii=dict(info['pii'],
-               findings=dict(sorted(pii.items())),
-               pseudonymised=dict(sorted(pseudonymised.items())),
-               # Not 'redacted': that key says whether the run redacted at all.
-               redacted_without_tenant=dict(sorted(redacted.items()))),
-      schema_drift=_schema_drift(schemas, previous_schema, info['schema_baseline']),
-      files={k: sorted(v) for k, v in sorted(outputs.items())},
+    info,
+    finished_at=dt.datetime.now(dt.timezone.utc).isoformat(),
+    counts=dict(
+      totals,
+      per_tenant=dict(sorted(per_tenant.items())),
+      dead_letter_by_reason=dict(sorted(by_reason.items())),
+      **({'written_per_entity': dict(sorted(per_entity.items()))} if per_entity else {}),
+    ),
+    conservation={'ok': conserved, 'rule': 'read == written + dead_letter + deduplicated'},
+    pii=dict(
+      info['pii'],
+      findings=dict(sorted(pii.items())),
+      pseudonymised=dict(sorted(pseudonymised.items())),
+      # Not 'redacted': that key says whether the run redacted at all.
+      redacted_without_tenant=dict(sorted(redacted.items())),
+    ),
+    schema_drift=_schema_drift(schemas, previous_schema, info['schema_baseline']),
+    files={k: sorted(v) for k, v in sorted(outputs.items())},
   )
 
 
@@ -419,8 +477,11 @@ class _CountReadFn(beam.DoFn):
       self._logged = self._rows
       # Plain stderr: worker-side logging is rerouted by some runners, and in
       # the embedded runners this is the user's terminal.
-      print(f'{dt.datetime.now():%H:%M:%S} progress: {self._rows:,} rows read from {self._source} (this worker)',
-            file=sys.stderr, flush=True)
+      print(
+        f'{dt.datetime.now():%H:%M:%S} progress: {self._rows:,} rows read from {self._source} (this worker)',
+        file=sys.stderr,
+        flush=True,
+      )
     yield ('read', None, None), batch.num_rows
 
 
@@ -435,13 +496,17 @@ def _entity_chain(p, entity: str, sources, config: RunConfig, master_key, run_id
     name = f'Source[{i}:{source["type"]}]'
     outs = p | f'Read {name}' >> _source_transform(source, config, model)
     counts.append(outs.records | f'CountRead {name}' >> beam.ParDo(_CountReadFn(source.get('input') or source['type'])))
-    counts.append(_counted(outs.dead_letter, f'CountReadDL {name}', lambda l: [(('read', None, None), l.get('count', 1))]))
+    counts.append(
+      _counted(outs.dead_letter, f'CountReadDL {name}', lambda l: [(('read', None, None), l.get('count', 1))])
+    )
     tagged = outs.records | f'Tag {name}' >> TagTenant(source['tenant_id'], source['tenant_field'])
     records.append(tagged.records)
     dead_letters.append(tagged.dead_letter)
     if getattr(outs, 'cursors', None) is not None:
       cursors.append(outs.cursors)
-    dead_letters.append(outs.dead_letter | f'TenantOfDL {name}' >> AssignDeadLetterTenant(source['tenant_id'], source['tenant_field']))
+    dead_letters.append(
+      outs.dead_letter | f'TenantOfDL {name}' >> AssignDeadLetterTenant(source['tenant_id'], source['tenant_field'])
+    )
 
   all_records = tuple(records) | f'{label}AllRecords' >> beam.Flatten()
   validated = all_records | f'{label}Validate' >> Validate(model)
@@ -451,8 +516,12 @@ def _entity_chain(p, entity: str, sources, config: RunConfig, master_key, run_id
   deduped = redacted.records | f'{label}Deduplicate' >> Deduplicate(entities.key_field(model), config.num_shards)
   inferred = deduped.records | f'{label}InferSchema' >> schema_mod.InferSchema()
   data_files = deduped.records | f'{label}WriteData' >> WriteRecordFiles(
-      config.output, config.output_format, run_id, schema=beam.pvalue.AsSingleton(inferred),
-      entity=entity if label else None)
+    config.output,
+    config.output_format,
+    run_id,
+    schema=beam.pvalue.AsSingleton(inferred),
+    entity=entity if label else None,
+  )
   letters = flatten_dead_letters(dead_letters, f'{label}AllDeadLetters')
   # Dead letters are redacted with their own entity's identifiers.
   letters_redacted = letters | f'{label}RedactDeadLetters' >> RedactDeadLetters(model, master_key, pii_options)
@@ -465,8 +534,9 @@ def _entity_chain(p, entity: str, sources, config: RunConfig, master_key, run_id
   return data_files, letters_redacted.records, counts, cursors, schema
 
 
-def build(p: beam.Pipeline, config: RunConfig, master_key, info: dict, previous_schema,
-          lock: Optional[OutputLock] = None) -> None:
+def build(
+  p: beam.Pipeline, config: RunConfig, master_key, info: dict, previous_schema, lock: Optional[OutputLock] = None
+) -> None:
   """Adds the whole batch job to `p`: one chain of transforms per entity the sources hold.
 
   Files go to OUTPUT/_runs/<lock.run_dir> (or a fresh run directory when no lock is given).
@@ -479,7 +549,8 @@ def build(p: beam.Pipeline, config: RunConfig, master_key, info: dict, previous_
   data_files, letters, counts, cursors, schemas = [], [], [], [], []
   for entity, sources in groups.items():
     files, redacted_letters, entity_counts, entity_cursors, schema = _entity_chain(
-        p, entity, sources, config, master_key, run_id, label=f'[{entity}] ' if several else '')
+      p, entity, sources, config, master_key, run_id, label=f'[{entity}] ' if several else ''
+    )
     data_files.append(files)
     letters.append(redacted_letters)
     counts.extend(entity_counts)
@@ -489,19 +560,22 @@ def build(p: beam.Pipeline, config: RunConfig, master_key, info: dict, previous_
   all_data_files = tuple(data_files) | 'AllDataFiles' >> beam.Flatten()
   all_letters = tuple(letters) | 'AllRedactedDeadLetters' >> beam.Flatten()
   letter_files = all_letters | 'WriteDeadLetters' >> WriteDeadLetterFiles(config.output, run_id)
-  counts.append(_counted(all_letters, 'CountDL', lambda l: [(('dead_letter', l.get('tenant'), l['reason']), l.get('count', 1))]))
+  counts.append(
+    _counted(all_letters, 'CountDL', lambda l: [(('dead_letter', l.get('tenant'), l['reason']), l.get('count', 1))])
+  )
   summed = tuple(counts) | 'AllCounts' >> beam.Flatten() | 'SumCounts' >> beam.CombinePerKey(sum)
 
   all_files = (all_data_files, letter_files) | 'AllFiles' >> beam.Flatten() | 'FileList' >> beam.combiners.ToList()
   side_inputs = {
-      'counts': beam.pvalue.AsList(summed),
-      'schemas': beam.pvalue.AsDict(tuple(schemas) | 'AllSchemas' >> beam.Flatten()),
+    'counts': beam.pvalue.AsList(summed),
+    'schemas': beam.pvalue.AsDict(tuple(schemas) | 'AllSchemas' >> beam.Flatten()),
   }
   if cursors:
     side_inputs['cursors'] = beam.pvalue.AsList(tuple(cursors) | 'AllCursors' >> beam.Flatten())
   portable_lock = dataclasses.replace(lock, options=None) if lock is not None else None  # workers use their own options
-  _ = all_files | 'Finalize' >> beam.ParDo(_FinalizeFn(config.output, run_id, info, previous_schema, portable_lock),
-                                           **side_inputs)
+  _ = all_files | 'Finalize' >> beam.ParDo(
+    _FinalizeFn(config.output, run_id, info, previous_schema, portable_lock), **side_inputs
+  )
 
 
 def _run_entity(config: RunConfig) -> str:
@@ -539,6 +613,7 @@ def _counter_value(result, name: str) -> Optional[int]:
 def _wait_with_progress(result, interval_s: float = 3.0):
   """Waits for the run, logging rows read and written while it goes (where the runner tells)."""
   from apache_beam.runners.runner import PipelineState
+
   last = None
   while not PipelineState.is_terminal(result.state):
     time.sleep(interval_s)
@@ -552,8 +627,12 @@ def _wait_with_progress(result, interval_s: float = 3.0):
     raise RuntimeError(f'the pipeline ended in state {state}')
 
 
-def run(argv: Optional[Sequence[str]] = None, allow_demo: bool = False, config_values: Optional[dict] = None,
-        pii_key_secret: Optional[str] = None) -> dict:
+def run(
+  argv: Optional[Sequence[str]] = None,
+  allow_demo: bool = False,
+  config_values: Optional[dict] = None,
+  pii_key_secret: Optional[str] = None,
+) -> dict:
   """Runs the batch job and returns its manifest. Raises UsageError / ConfigError for bad input.
 
   config_values: the keys of a --config file as a mapping (``{'sources': [...], ...}``),
@@ -578,25 +657,28 @@ def run(argv: Optional[Sequence[str]] = None, allow_demo: bool = False, config_v
   run_id = config.run_id or dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ-') + uuid.uuid4().hex[:8]
   runner = options.view_as(StandardOptions).runner or 'DirectRunner'
   info = {
-      'pipeline': PIPELINE_NAME,
-      'run_id': run_id,
-      'started_at': dt.datetime.now(dt.timezone.utc).isoformat(),
-      'runner': runner if isinstance(runner, str) else type(runner).__name__,
-      'code_version': code_version(),
-      # The entity of every source when they share one (a config without
-      # `entity:` whose sources know theirs), else the run's.
-      'entity': _run_entity(config),
-      'inputs': [_describe(s) for s in config.sources],
-      'output': config.output,
-      'output_format': config.output_format,
-      'pii': {
-          'redacted': not config.keep_pii,
-          'ephemeral_key': bool(master_key is not None and master_key.ephemeral)
-      },
-      'schema_baseline': baseline,
+    'pipeline': PIPELINE_NAME,
+    'run_id': run_id,
+    'started_at': dt.datetime.now(dt.timezone.utc).isoformat(),
+    'runner': runner if isinstance(runner, str) else type(runner).__name__,
+    'code_version': code_version(),
+    # The entity of every source when they share one (a config without
+    # `entity:` whose sources know theirs), else the run's.
+    'entity': _run_entity(config),
+    'inputs': [_describe(s) for s in config.sources],
+    'output': config.output,
+    'output_format': config.output_format,
+    'pii': {'redacted': not config.keep_pii, 'ephemeral_key': bool(master_key is not None and master_key.ephemeral)},
+    'schema_baseline': baseline,
   }
-  _LOG.info('run %s: %d source(s) -> %s (%s) on %s', run_id, len(config.sources), config.output, config.output_format,
-            info['runner'])
+  _LOG.info(
+    'run %s: %d source(s) -> %s (%s) on %s',
+    run_id,
+    len(config.sources),
+    config.output,
+    config.output_format,
+    info['runner'],
+  )
   # One run at a time on an output; OutputLockedError names the run that holds it.
   lock = OutputLock.acquire(config.output, run_id, run_dir_name(run_id), options=options)
   try:
@@ -623,7 +705,9 @@ def summary_table(manifest: dict) -> str:
   for tenant, c in counts['per_tenant'].items():
     lines.append(f"{tenant:<24}{c['read']:>10}{c['written']:>10}{c['dead_letter']:>14}{c['deduplicated']:>12}")
   lines.append('-' * len(header))
-  lines.append(f"{'total':<24}{counts['read']:>10}{counts['written']:>10}{counts['dead_letter']:>14}{counts['deduplicated']:>12}")
+  lines.append(
+    f"{'total':<24}{counts['read']:>10}{counts['written']:>10}{counts['dead_letter']:>14}{counts['deduplicated']:>12}"
+  )
   ok = manifest['conservation']['ok']
   lines.append(f"read == written + dead letters + duplicates: {'yes' if ok else 'NO'}")
   if counts.get('written_per_entity'):
@@ -635,21 +719,34 @@ def summary_table(manifest: dict) -> str:
   if not pii['redacted']:
     lines += ['', 'PII: NOT redacted (--keep_pii)']
   else:
-    lines += ['', 'PII findings by type' + (' (ephemeral key: pseudonyms not stable)' if pii['ephemeral_key'] else '') + ':']
+    lines += [
+      '',
+      'PII findings by type' + (' (ephemeral key: pseudonyms not stable)' if pii['ephemeral_key'] else '') + ':',
+    ]
     lines += [f'  {n:>8}  {k}' for k, n in sorted(pii['findings'].items(), key=lambda kv: -kv[1])] or ['  none']
     lines += [f'  {n:>8}  pseudonymised {k}' for k, n in sorted(pii['pseudonymised'].items())]
-    lines += [f'  {n:>8}  {k} of dead letters without a tenant: <REDACTED>' for k, n in sorted(pii['redacted_without_tenant'].items())]
+    lines += [
+      f'  {n:>8}  {k} of dead letters without a tenant: <REDACTED>'
+      for k, n in sorted(pii['redacted_without_tenant'].items())
+    ]
   drift = manifest.get('schema_drift') or {}
-  for name, d in ([(None, drift)] if 'added' in drift else sorted(drift.items())):
+  for name, d in [(None, drift)] if 'added' in drift else sorted(drift.items()):
     if d.get('against') and (d['added'] or d['removed'] or d['changed']):
-      lines += ['', f"schema drift{' of ' + name if name else ''} against {d['against']}: added {d['added']}, "
-                f"removed {d['removed']}, changed {[c['field'] for c in d['changed']]}"]
+      lines += [
+        '',
+        f"schema drift{' of ' + name if name else ''} against {d['against']}: added {d['added']}, "
+        f"removed {d['removed']}, changed {[c['field'] for c in d['changed']]}",
+      ]
   out = manifest['output']
   run_out = f"{out}/{manifest['run_dir']}" if manifest.get('run_dir') else out
-  lines += ['', 'outputs:', f'  {run_out}/data/   clean records, tenant=<id>/ partitions',
-            f'  {run_out}/dead_letter/   rejected records with reason and position',
-            f'  {out}/_schema.json       inferred schema',
-            f'  {out}/_manifest.json     this run\'s manifest: the commit point readers start from (docs/lake.md)']
+  lines += [
+    '',
+    'outputs:',
+    f'  {run_out}/data/   clean records, tenant=<id>/ partitions',
+    f'  {run_out}/dead_letter/   rejected records with reason and position',
+    f'  {out}/_schema.json       inferred schema',
+    f'  {out}/_manifest.json     this run\'s manifest: the commit point readers start from (docs/lake.md)',
+  ]
   return '\n'.join(lines)
 
 

@@ -62,8 +62,13 @@ from apache_beam.options.pipeline_options import DebugOptions, FlinkRunnerOption
 
 from io_connectors.streams import kafka
 from io_connectors.registry import ConfigError
-from io_connectors.sinks.window_files import (WRITTEN, WriteDeadLettersFn, WriteWindowFiles, metrics_writer,
-                                             sweep_temporaries)
+from io_connectors.sinks.window_files import (
+  WRITTEN,
+  WriteDeadLettersFn,
+  WriteWindowFiles,
+  metrics_writer,
+  sweep_temporaries,
+)
 from pipelines import cli, runners, stream_sources
 from pipelines.streaming_options import SpotifyStreamingOptions
 from transforms import entities
@@ -89,26 +94,28 @@ def kafka_read_options(options: SpotifyStreamingOptions) -> kafka.KafkaReadOptio
   streaming = options.view_as(StandardOptions).streaming
   try:
     return kafka.KafkaReadOptions(
-        bootstrap_servers=options.bootstrap_servers,
-        topics=tuple(t.strip() for t in options.topic.split(',') if t.strip()),
-        group_id=options.group_id,
-        start_position=options.start_position,
-        start_timestamp_ms=options.start_timestamp_ms,
-        value_format=options.value_format,
-        schema_registry_url=options.schema_registry_url,
-        avro_schema_file=options.avro_schema_file,
-        batch_size=options.kafka_batch_size,
-        bounded=options.bounded,
-        max_records_per_partition=options.max_records_per_partition,
-        idle_timeout_s=options.idle_timeout_s,
-        security_protocol=options.security_protocol,
-        sasl_mechanism=options.sasl_mechanism,
-        sasl_username=options.sasl_username,
-        sasl_password=options.sasl_password or os.environ.get('KAFKA_SASL_PASSWORD'),
-        event_hubs_connection_string=(options.event_hubs_connection_string or
-                                      (os.environ.get('EVENT_HUBS_CONNECTION_STRING') if options.source == 'eventhubs'
-                                       else None)),
-        streaming=True if streaming else None)
+      bootstrap_servers=options.bootstrap_servers,
+      topics=tuple(t.strip() for t in options.topic.split(',') if t.strip()),
+      group_id=options.group_id,
+      start_position=options.start_position,
+      start_timestamp_ms=options.start_timestamp_ms,
+      value_format=options.value_format,
+      schema_registry_url=options.schema_registry_url,
+      avro_schema_file=options.avro_schema_file,
+      batch_size=options.kafka_batch_size,
+      bounded=options.bounded,
+      max_records_per_partition=options.max_records_per_partition,
+      idle_timeout_s=options.idle_timeout_s,
+      security_protocol=options.security_protocol,
+      sasl_mechanism=options.sasl_mechanism,
+      sasl_username=options.sasl_username,
+      sasl_password=options.sasl_password or os.environ.get('KAFKA_SASL_PASSWORD'),
+      event_hubs_connection_string=(
+        options.event_hubs_connection_string
+        or (os.environ.get('EVENT_HUBS_CONNECTION_STRING') if options.source == 'eventhubs' else None)
+      ),
+      streaming=True if streaming else None,
+    )
   except ValueError as e:
     raise ConfigError(str(e)) from None
 
@@ -128,15 +135,19 @@ def _java_kafka_source(options: SpotifyStreamingOptions, read_options: kafka.Kaf
     except runners.RunnerSetupError as e:
       raise ConfigError(f'--kafka_reader java: {e}') from None
   elif not expansion_service and runner not in ('DataflowRunner', 'dataflow'):
-    raise ConfigError(f'--kafka_reader java runs KafkaIO (Java) on FlinkRunner or DataflowRunner, not {runner}; '
-                      'use --kafka_reader python, or give --kafka_expansion_service for a runner that hosts Java')
+    raise ConfigError(
+      f'--kafka_reader java runs KafkaIO (Java) on FlinkRunner or DataflowRunner, not {runner}; '
+      'use --kafka_reader python, or give --kafka_expansion_service for a runner that hosts Java'
+    )
   # On Flink, KafkaIO (the legacy read, see kafka.java_expansion_service)
   # commits offsets when a Flink checkpoint completes: only with checkpoints on.
   commit_offsets = bool(read_options.group_id) and (
-      runner not in ('FlinkRunner', 'flink') or bool(options.checkpointing_interval))
+    runner not in ('FlinkRunner', 'flink') or bool(options.checkpointing_interval)
+  )
   try:
-    return kafka.ReadFromKafkaCrossLanguage(read_options, expansion_service=expansion_service,
-                                            commit_offsets=commit_offsets)
+    return kafka.ReadFromKafkaCrossLanguage(
+      read_options, expansion_service=expansion_service, commit_offsets=commit_offsets
+    )
   except ValueError as e:
     raise ConfigError(f'--kafka_reader java: {e}') from None
 
@@ -174,12 +185,12 @@ def _eventhubs_source(options: SpotifyStreamingOptions) -> beam.PTransform:
 
 # name -> function(options) -> PTransform returning Outputs(records, dead_letter).
 SOURCES: Dict[str, Callable[[SpotifyStreamingOptions], beam.PTransform]] = {
-    'kafka': _kafka_source,
-    'eventhubs': _eventhubs_source,
-    'redis': stream_sources.redis_source,
-    'pubsub': stream_sources.pubsub_source,
-    'websocket': stream_sources.websocket_source,
-    'pulsar': stream_sources.pulsar_source,
+  'kafka': _kafka_source,
+  'eventhubs': _eventhubs_source,
+  'redis': stream_sources.redis_source,
+  'pubsub': stream_sources.pubsub_source,
+  'websocket': stream_sources.websocket_source,
+  'pulsar': stream_sources.pulsar_source,
 }
 
 
@@ -197,47 +208,63 @@ def build(p: beam.Pipeline, options: SpotifyStreamingOptions, master_key) -> Non
   pii_options = PiiOptions(redact=not options.keep_pii)
   redacted = validated.records | 'RedactPII' >> RedactPII(model, master_key, pii_options)
   windowed = redacted.records | 'Windows' >> WindowEvents(
-      WindowOptions(
-          window_size_s=options.window_size_s,
-          allowed_lateness_s=options.allowed_lateness_s,
-          session_gap_s=options.session_gap_s,
-          dedup_ttl_s=options.dedup_ttl_s,
-          key_field=entities.key_field(model),
-          num_shards=options.num_shards))
+    WindowOptions(
+      window_size_s=options.window_size_s,
+      allowed_lateness_s=options.allowed_lateness_s,
+      session_gap_s=options.session_gap_s,
+      dedup_ttl_s=options.dedup_ttl_s,
+      key_field=entities.key_field(model),
+      num_shards=options.num_shards,
+    )
+  )
   acknowledge = getattr(source, 'acknowledge_written', lambda: None)()
   written = windowed.windows | 'WriteData' >> WriteWindowFiles(
-      output, 'data', key_field=entities.key_field(model), positions=acknowledge is not None)
+    output, 'data', key_field=entities.key_field(model), positions=acknowledge is not None
+  )
   _ = windowed.sessions | 'WriteSessions' >> WriteWindowFiles(output, 'sessions')
   _ = windowed.metrics | 'WriteMetrics' >> beam.Map(metrics_writer(output))
   if options.output_topic:
     read_options = kafka_read_options(options)
-    _ = (windowed.windows
-         | 'Rows' >> beam.Map(lambda w: w.batch)
-         | 'WriteTopic' >> kafka.WriteToKafka(
-             kafka.KafkaWriteOptions(
-                 bootstrap_servers=read_options.bootstrap_servers,
-                 topic=options.output_topic,
-                 key_field=entities.key_field(model),
-                 security_protocol=read_options.security_protocol,
-                 sasl_mechanism=read_options.sasl_mechanism,
-                 sasl_username=read_options.sasl_username,
-                 sasl_password=read_options.sasl_password,
-                 event_hubs_connection_string=read_options.event_hubs_connection_string)))
-  letters = flatten_dead_letters([
+    _ = (
+      windowed.windows
+      | 'Rows' >> beam.Map(lambda w: w.batch)
+      | 'WriteTopic'
+      >> kafka.WriteToKafka(
+        kafka.KafkaWriteOptions(
+          bootstrap_servers=read_options.bootstrap_servers,
+          topic=options.output_topic,
+          key_field=entities.key_field(model),
+          security_protocol=read_options.security_protocol,
+          sasl_mechanism=read_options.sasl_mechanism,
+          sasl_username=read_options.sasl_username,
+          sasl_password=read_options.sasl_password,
+          event_hubs_connection_string=read_options.event_hubs_connection_string,
+        )
+      )
+    )
+  letters = flatten_dead_letters(
+    [
       read.dead_letter | 'TenantOfReadDL' >> AssignDeadLetterTenant(options.tenant_id, options.tenant_field),
       tagged.dead_letter,
       validated.dead_letter,
       windowed.late,
-  ], 'AllDeadLetters')
+    ],
+    'AllDeadLetters',
+  )
   redacted_letters = letters | 'RedactDeadLetters' >> RedactDeadLetters(model, master_key, pii_options)
   letters_written = redacted_letters.records | 'WriteDeadLetters' >> beam.ParDo(
-      WriteDeadLettersFn(output, positions=acknowledge is not None))
+    WriteDeadLettersFn(output, positions=acknowledge is not None)
+  )
   if acknowledge is not None:
-    _ = ((written[WRITTEN] | 'RowsWritten' >> beam.FlatMap(lambda positions: positions),
-          letters_written,
-          windowed.absorbed)
-         | 'Committed' >> beam.Flatten()
-         | 'Acknowledge' >> acknowledge)
+    _ = (
+      (
+        written[WRITTEN] | 'RowsWritten' >> beam.FlatMap(lambda positions: positions),
+        letters_written,
+        windowed.absorbed,
+      )
+      | 'Committed' >> beam.Flatten()
+      | 'Acknowledge' >> acknowledge
+    )
 
 
 def _check(options: SpotifyStreamingOptions):
@@ -303,20 +330,28 @@ def _flink_checkpoints_by_default(pipeline_options: PipelineOptions):
   # Not for bounded reads: with checkpoints on, Beam keeps the job's Impulse
   # source alive and the job would never end.
   bounded = options.bounded or options.max_records_per_partition is not None
-  if (_runner_name(pipeline_options) not in ('FlinkRunner', 'flink') or
-      not pipeline_options.view_as(StandardOptions).streaming or bounded):
+  if (
+    _runner_name(pipeline_options) not in ('FlinkRunner', 'flink')
+    or not pipeline_options.view_as(StandardOptions).streaming
+    or bounded
+  ):
     return
   if options.checkpointing_interval is None:
     options.checkpointing_interval = DEFAULT_FLINK_CHECKPOINT_MS
-    logging.getLogger(__name__).info('FlinkRunner: checkpoints every %d ms (--checkpointing_interval)',
-                                     DEFAULT_FLINK_CHECKPOINT_MS)
+    logging.getLogger(__name__).info(
+      'FlinkRunner: checkpoints every %d ms (--checkpointing_interval)', DEFAULT_FLINK_CHECKPOINT_MS
+    )
   options.finish_bundle_before_checkpointing = True
 
 
 def print_help(file=None) -> None:
   """`--help`: every flag of the job and of each source, grouped by source."""
-  cli.print_help('python -m pipelines.spotify_streaming', __doc__.split('\n\n', 1)[0],
-                 [SpotifyStreamingOptions, stream_sources.StreamSourceOptions], file=file)
+  cli.print_help(
+    'python -m pipelines.spotify_streaming',
+    __doc__.split('\n\n', 1)[0],
+    [SpotifyStreamingOptions, stream_sources.StreamSourceOptions],
+    file=file,
+  )
 
 
 def run(argv: Optional[Sequence[str]] = None, wait: bool = True, pii_key_secret: Optional[str] = None):

@@ -31,7 +31,14 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from io_connectors.registry import ConfigError
 from pipelines.streaming_options import group
 
-__all__ = ['StreamSourceOptions', 'redis_source', 'redis_ack_mode', 'pubsub_source', 'websocket_source', 'pulsar_source']
+__all__ = [
+  'StreamSourceOptions',
+  'redis_source',
+  'redis_ack_mode',
+  'pubsub_source',
+  'websocket_source',
+  'pulsar_source',
+]
 
 
 def _add(parser, flag, **kwargs):
@@ -46,34 +53,57 @@ class StreamSourceOptions(PipelineOptions):
   @classmethod
   def _add_argparse_args(cls, parser):
     redis = group(parser, 'Redis Streams (--source redis; also the landing stream of --websocket_durable_stream)')
-    _add(redis, '--redis_url', help='redis://host:port/db; default env REDIS_URL. No password here: see '
-         '--redis_password_env.')
+    _add(
+      redis,
+      '--redis_url',
+      help='redis://host:port/db; default env REDIS_URL. No password here: see --redis_password_env.',
+    )
     _add(redis, '--redis_password_env', help='Environment variable holding the Redis password.')
     _add(redis, '--redis_streams', help='Stream key(s), comma-separated.')
     _add(redis, '--redis_group', default='spotify-streaming', help='Consumer group (created if absent).')
     _add(redis, '--redis_start_id', default='0', help="Where a new group starts: '0' (all) or '$' (new only).")
-    _add(redis, '--redis_min_idle_ms', type=int, default=60_000,
-         help="A dead reader's pending entries are reclaimed after this idle time (ms).")
+    _add(
+      redis,
+      '--redis_min_idle_ms',
+      type=int,
+      default=60_000,
+      help="A dead reader's pending entries are reclaimed after this idle time (ms).",
+    )
     _add(redis, '--redis_count', type=int, default=1000, help='Entries per read.')
     _add(redis, '--redis_readers', type=int, default=1, help='Readers (consumers) per stream.')
-    _add(redis, '--redis_ack', default='auto', choices=('auto', 'sink', 'finalize'),
-         help="When entries are acknowledged (XACK): 'sink', once their rows or dead letters are written (a "
-         "killed job process loses nothing), 'finalize', when the runner finalizes the reading bundle (durable "
-         "on runners that checkpoint the whole pipeline: Flink, Dataflow); 'auto': 'finalize' on those, else 'sink'.")
-    _add(redis, '--redis_event_time_field', default='played_at',
-         help="Payload field whose earliest value stamps each batch and drives the watermark; '' for arrival time.")
+    _add(
+      redis,
+      '--redis_ack',
+      default='auto',
+      choices=('auto', 'sink', 'finalize'),
+      help="When entries are acknowledged (XACK): 'sink', once their rows or dead letters are written (a "
+      "killed job process loses nothing), 'finalize', when the runner finalizes the reading bundle (durable "
+      "on runners that checkpoint the whole pipeline: Flink, Dataflow); 'auto': 'finalize' on those, else 'sink'.",
+    )
+    _add(
+      redis,
+      '--redis_event_time_field',
+      default='played_at',
+      help="Payload field whose earliest value stamps each batch and drives the watermark; '' for arrival time.",
+    )
     pubsub = group(parser, 'Pub/Sub (--source pubsub)')
     _add(pubsub, '--pubsub_subscription', help='projects/<p>/subscriptions/<s>.')
     _add(pubsub, '--pubsub_topic', help='projects/<p>/topics/<t> (a temporary subscription).')
     _add(pubsub, '--pubsub_timestamp_attribute', help='Attribute holding the event time.')
     _add(pubsub, '--pubsub_id_label', help='Attribute holding a unique id (Dataflow dedups on it).')
     websocket = group(parser, 'WebSocket (--source websocket)')
-    _add(websocket, '--websocket_url', help='ws:// or wss:// URL of the feed (no tokens in it: see '
-         '--websocket_auth_header_env).')
+    _add(
+      websocket,
+      '--websocket_url',
+      help='ws:// or wss:// URL of the feed (no tokens in it: see --websocket_auth_header_env).',
+    )
     _add(websocket, '--websocket_auth_header_env', help='Environment variable holding the Authorization header value.')
     _add(websocket, '--websocket_subscribe_message', help='Text sent after each (re)connect.')
-    _add(websocket, '--websocket_durable_stream', help='Land messages in this Redis stream first (durable mode; '
-         'uses the --redis_* flags).')
+    _add(
+      websocket,
+      '--websocket_durable_stream',
+      help='Land messages in this Redis stream first (durable mode; uses the --redis_* flags).',
+    )
     _add(websocket, '--websocket_max_messages', type=int, help='Stop after this many messages (tests).')
     _add(websocket, '--websocket_idle_timeout_s', type=float, help='Stop when nothing arrived for this long (tests).')
     pulsar = group(parser, 'Pulsar (--source pulsar)')
@@ -93,17 +123,25 @@ def _names(value, flag):
 
 def _redis_options(options: PipelineOptions, streams, flag: str, ack: str = 'finalize'):
   from io_connectors.streams.redis_streams import RedisStreamsOptions
+
   flags = options.view_as(StreamSourceOptions)
   url = flags.redis_url or os.environ.get('REDIS_URL')
   if not url:
     raise ConfigError(f'{flag} needs --redis_url (or env REDIS_URL)')
   try:
-    return RedisStreamsOptions(url=url, password_env=flags.redis_password_env, streams=streams,
-                               group=flags.redis_group, start_id=flags.redis_start_id,
-                               min_idle_ms=flags.redis_min_idle_ms, count=flags.redis_count,
-                               readers_per_stream=flags.redis_readers,
-                               event_time_field=flags.redis_event_time_field or None,
-                               bounded=bool(getattr(options, 'bounded', False)), ack=ack)
+    return RedisStreamsOptions(
+      url=url,
+      password_env=flags.redis_password_env,
+      streams=streams,
+      group=flags.redis_group,
+      start_id=flags.redis_start_id,
+      min_idle_ms=flags.redis_min_idle_ms,
+      count=flags.redis_count,
+      readers_per_stream=flags.redis_readers,
+      event_time_field=flags.redis_event_time_field or None,
+      bounded=bool(getattr(options, 'bounded', False)),
+      ack=ack,
+    )
   except ValueError as e:
     raise ConfigError(f'{flag}: {e}') from None
 
@@ -125,23 +163,31 @@ def redis_ack_mode(options: PipelineOptions) -> str:
 
 def redis_source(options: PipelineOptions) -> beam.PTransform:
   from io_connectors.streams.redis_streams import ReadFromRedisStreams
+
   streams = _names(options.view_as(StreamSourceOptions).redis_streams, '--redis_streams')
   return ReadFromRedisStreams(_redis_options(options, streams, '--source redis', ack=redis_ack_mode(options)))
 
 
 def pubsub_source(options: PipelineOptions) -> beam.PTransform:
   from io_connectors.streams.pubsub import PubSubOptions, ReadPubSubJson
+
   flags = options.view_as(StreamSourceOptions)
   try:
-    return ReadPubSubJson(PubSubOptions(subscription=flags.pubsub_subscription, topic=flags.pubsub_topic,
-                                        timestamp_attribute=flags.pubsub_timestamp_attribute,
-                                        id_label=flags.pubsub_id_label))
+    return ReadPubSubJson(
+      PubSubOptions(
+        subscription=flags.pubsub_subscription,
+        topic=flags.pubsub_topic,
+        timestamp_attribute=flags.pubsub_timestamp_attribute,
+        id_label=flags.pubsub_id_label,
+      )
+    )
   except ValueError as e:
     raise ConfigError(f'--source pubsub: {e}') from None
 
 
 def websocket_source(options: PipelineOptions) -> beam.PTransform:
   from io_connectors.streams.websocket import ReadFromWebSocket, WebSocketOptions
+
   flags = options.view_as(StreamSourceOptions)
   if not flags.websocket_url:
     raise ConfigError('--source websocket needs --websocket_url')
@@ -155,25 +201,36 @@ def websocket_source(options: PipelineOptions) -> beam.PTransform:
   if flags.websocket_durable_stream:
     durable = _redis_options(options, [flags.websocket_durable_stream], '--websocket_durable_stream')
   try:
-    return ReadFromWebSocket(WebSocketOptions(url=flags.websocket_url, headers=headers,
-                                              subscribe_message=flags.websocket_subscribe_message,
-                                              max_messages=flags.websocket_max_messages,
-                                              idle_timeout_s=flags.websocket_idle_timeout_s, durable=durable))
+    return ReadFromWebSocket(
+      WebSocketOptions(
+        url=flags.websocket_url,
+        headers=headers,
+        subscribe_message=flags.websocket_subscribe_message,
+        max_messages=flags.websocket_max_messages,
+        idle_timeout_s=flags.websocket_idle_timeout_s,
+        durable=durable,
+      )
+    )
   except ValueError as e:
     raise ConfigError(f'--source websocket: {e}') from None
 
 
 def pulsar_source(options: PipelineOptions) -> beam.PTransform:
   from io_connectors.streams.pulsar import PulsarOptions, ReadFromPulsar
+
   flags = options.view_as(StreamSourceOptions)
   if not flags.pulsar_service_url:
     raise ConfigError('--source pulsar needs --pulsar_service_url')
   try:
-    return ReadFromPulsar(PulsarOptions(service_url=flags.pulsar_service_url,
-                                        topics=_names(flags.pulsar_topics, '--pulsar_topics'),
-                                        subscription=flags.pulsar_subscription,
-                                        subscription_type=flags.pulsar_subscription_type,
-                                        token_env=flags.pulsar_token_env,
-                                        bounded=bool(getattr(options, 'bounded', False))))
+    return ReadFromPulsar(
+      PulsarOptions(
+        service_url=flags.pulsar_service_url,
+        topics=_names(flags.pulsar_topics, '--pulsar_topics'),
+        subscription=flags.pulsar_subscription,
+        subscription_type=flags.pulsar_subscription_type,
+        token_env=flags.pulsar_token_env,
+        bounded=bool(getattr(options, 'bounded', False)),
+      )
+    )
   except ValueError as e:
     raise ConfigError(f'--source pulsar: {e}') from None

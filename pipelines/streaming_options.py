@@ -45,7 +45,12 @@ class SpotifyStreamingOptions(PipelineOptions):
 
   @classmethod
   def _add_argparse_args(cls, parser):
-    _add(parser, '--source', default='kafka', help='Stream to read: kafka, eventhubs, redis, pubsub, websocket or pulsar (flags of each below).')
+    _add(
+      parser,
+      '--source',
+      default='kafka',
+      help='Stream to read: kafka, eventhubs, redis, pubsub, websocket or pulsar (flags of each below).',
+    )
     _add(parser, '--entity', default='listening_event', help='Canonical entity the events are validated as.')
     _add(parser, '--tenant_id', help="Tenant of every event of this job.")
     _add(parser, '--tenant_field', help="Field holding each event's tenant id.")
@@ -55,37 +60,69 @@ class SpotifyStreamingOptions(PipelineOptions):
     _add(parser, '--keep_pii', action='store_true', default=False, help='Write PII unredacted.')
     windows = group(parser, 'Windows, sessions and deduplication')
     _add(windows, '--window_size_s', type=float, default=60.0, help='Fixed event-time window length (s).')
-    _add(windows, '--allowed_lateness_s', type=float, default=0.0,
-                        help='A window is written when the watermark passes its end plus this (s); later events '
-                        'are dead letters with reason late_event.')
+    _add(
+      windows,
+      '--allowed_lateness_s',
+      type=float,
+      default=0.0,
+      help='A window is written when the watermark passes its end plus this (s); later events '
+      'are dead letters with reason late_event.',
+    )
     _add(windows, '--session_gap_s', type=float, default=1800.0, help='Listening sessions end after this gap (s).')
-    _add(windows, '--dedup_ttl_s', type=float, default=3600.0,
-                        help='event_id values are remembered this long (event time) after their window closed (s).')
+    _add(
+      windows,
+      '--dedup_ttl_s',
+      type=float,
+      default=3600.0,
+      help='event_id values are remembered this long (event time) after their window closed (s).',
+    )
     _add(windows, '--num_shards', type=int, default=4, help='Keys (and file parts) per tenant and window.')
     kafka = group(parser, 'Kafka and Event Hubs (--source kafka, --source eventhubs)')
-    _add(kafka, '--kafka_reader', default='python', choices=KAFKA_READERS,
-                        help="python: our splittable DoFn (every runner); java: Beam's cross-language KafkaIO "
-                        '(FlinkRunner here: KafkaIO runs in the TaskManagers, no Docker; or Dataflow).')
+    _add(
+      kafka,
+      '--kafka_reader',
+      default='python',
+      choices=KAFKA_READERS,
+      help="python: our splittable DoFn (every runner); java: Beam's cross-language KafkaIO "
+      '(FlinkRunner here: KafkaIO runs in the TaskManagers, no Docker; or Dataflow).',
+    )
     flink = group(parser, 'FlinkRunner')
     # Named here so that FlinkRunner passes it to Beam's job server (it drops
     # flags no options class defines); jobs the job server submits otherwise
     # run without Flink checkpoints, whatever the cluster's config says.
-    _add(flink, '--checkpointing_interval', type=int,
-                        help='FlinkRunner: Flink checkpoint interval (ms); streaming jobs default to 10000. Recovery '
-                        'restores the last checkpoint; Kafka offsets are committed (both readers) and Redis entries '
-                        'acknowledged (--redis_ack finalize) when a checkpoint completes.')
-    _add(flink, '--finish_bundle_before_checkpointing', action='store_true', default=None,
-                        help='FlinkRunner: finish open bundles before a checkpoint barrier is sent (on for streaming '
-                        'jobs with checkpoints). Beam otherwise buffers their output until the operator next sees '
-                        'an element or a watermark, which a stage fed once (the Kafka partition list) never does.')
-    _add(kafka, '--kafka_expansion_service',
-                        help='--kafka_reader java: host:port of a running expansion service with KafkaIO. Default: '
-                        "on FlinkRunner, scripts/kafka_expansion.sh's (EMBEDDED Java environment); else Beam's.")
+    _add(
+      flink,
+      '--checkpointing_interval',
+      type=int,
+      help='FlinkRunner: Flink checkpoint interval (ms); streaming jobs default to 10000. Recovery '
+      'restores the last checkpoint; Kafka offsets are committed (both readers) and Redis entries '
+      'acknowledged (--redis_ack finalize) when a checkpoint completes.',
+    )
+    _add(
+      flink,
+      '--finish_bundle_before_checkpointing',
+      action='store_true',
+      default=None,
+      help='FlinkRunner: finish open bundles before a checkpoint barrier is sent (on for streaming '
+      'jobs with checkpoints). Beam otherwise buffers their output until the operator next sees '
+      'an element or a watermark, which a stage fed once (the Kafka partition list) never does.',
+    )
+    _add(
+      kafka,
+      '--kafka_expansion_service',
+      help='--kafka_reader java: host:port of a running expansion service with KafkaIO. Default: '
+      "on FlinkRunner, scripts/kafka_expansion.sh's (EMBEDDED Java environment); else Beam's.",
+    )
     _add(kafka, '--bootstrap_servers', default='localhost:9092', help='Kafka bootstrap servers host:port[,host:port].')
     _add(kafka, '--topic', help='Topic(s) to read, comma-separated.')
     _add(kafka, '--group_id', help='Consumer group; offsets are committed to it after bundles are durable.')
-    _add(kafka, '--start_position', default='earliest', choices=('earliest', 'latest', 'timestamp'),
-                        help='Where partitions without a committed offset start.')
+    _add(
+      kafka,
+      '--start_position',
+      default='earliest',
+      choices=('earliest', 'latest', 'timestamp'),
+      help='Where partitions without a committed offset start.',
+    )
     _add(kafka, '--start_timestamp_ms', type=int, help="For --start_position timestamp (epoch ms).")
     _add(kafka, '--value_format', default='json', choices=('json', 'avro'), help='Message payload format.')
     _add(kafka, '--schema_registry_url', help='Confluent schema registry (Avro wire format).')
@@ -94,13 +131,29 @@ class SpotifyStreamingOptions(PipelineOptions):
     _add(kafka, '--sasl_mechanism', help='SASL mechanism, e.g. PLAIN.')
     _add(kafka, '--sasl_username', help='SASL user.')
     _add(kafka, '--sasl_password', help='SASL password; prefer env KAFKA_SASL_PASSWORD (flags show in ps).')
-    _add(kafka, '--event_hubs_connection_string',
-                        help='Azure Event Hubs namespace connection string; prefer env EVENT_HUBS_CONNECTION_STRING.')
-    _add(kafka, '--max_records_per_partition', type=int,
-                        help='Stop after this many records per partition (tests, backfills).')
-    _add(parser, '--bounded', action='store_true', default=False,
-                        help='Stop at the end offsets seen at start (a batch run over a topic; Redis Streams and '
-                        'Pulsar: when drained).')
-    _add(kafka, '--idle_timeout_s', type=float, default=5.0,
-                        help='An idle partition advances its watermark to now minus this (s); 0: never.')
+    _add(
+      kafka,
+      '--event_hubs_connection_string',
+      help='Azure Event Hubs namespace connection string; prefer env EVENT_HUBS_CONNECTION_STRING.',
+    )
+    _add(
+      kafka,
+      '--max_records_per_partition',
+      type=int,
+      help='Stop after this many records per partition (tests, backfills).',
+    )
+    _add(
+      parser,
+      '--bounded',
+      action='store_true',
+      default=False,
+      help='Stop at the end offsets seen at start (a batch run over a topic; Redis Streams and Pulsar: when drained).',
+    )
+    _add(
+      kafka,
+      '--idle_timeout_s',
+      type=float,
+      default=5.0,
+      help='An idle partition advances its watermark to now minus this (s); 0: never.',
+    )
     _add(kafka, '--kafka_batch_size', type=int, default=1000, help='Records per Arrow batch read.')

@@ -67,33 +67,48 @@ class SharedWorkerPoolServicer(worker_pool_main.BeamFnExternalWorkerPoolServicer
   # Seconds a stopped worker gets to exit by itself before it is killed.
   stop_grace_s = 30.0
 
-  def __init__(self, use_process=True, container_executable: Optional[str] = None, state_cache_size=0,
-               data_buffer_time_limit_ms=0):
+  def __init__(
+    self, use_process=True, container_executable: Optional[str] = None, state_cache_size=0, data_buffer_time_limit_ms=0
+  ):
     if container_executable:
       raise ValueError('this pool starts Python SDK workers itself; container_executable is not supported')
-    super().__init__(use_process=True, state_cache_size=state_cache_size,
-                     data_buffer_time_limit_ms=data_buffer_time_limit_ms)
+    super().__init__(
+      use_process=True, state_cache_size=state_cache_size, data_buffer_time_limit_ms=data_buffer_time_limit_ms
+    )
     self._lock = threading.Lock()
     self._processes: Dict[str, List[subprocess.Popen]] = collections.defaultdict(list)
     self._should_run: Dict[str, int] = collections.Counter()
     atexit.register(self.stop_all)
 
   @classmethod
-  def start(cls, use_process=True, port=0, state_cache_size=0, data_buffer_time_limit_ms=-1,
-            container_executable: Optional[str] = None, bind_address: str = DEFAULT_BIND_ADDRESS):
+  def start(
+    cls,
+    use_process=True,
+    port=0,
+    state_cache_size=0,
+    data_buffer_time_limit_ms=-1,
+    container_executable: Optional[str] = None,
+    bind_address: str = DEFAULT_BIND_ADDRESS,
+  ):
     """Serves the pool on bind_address:port; returns (address, grpc server).
 
     Beam's start() binds every interface ('[::]'); this one binds only
     `bind_address` (loopback unless a caller names another address).
     """
     host = _grpc_host(bind_address)
-    server = grpc.server(thread_pool_executor.shared_unbounded_instance(),
-                         options=[('grpc.http2.max_pings_without_data', 0), ('grpc.http2.max_ping_strikes', 0)])
+    server = grpc.server(
+      thread_pool_executor.shared_unbounded_instance(),
+      options=[('grpc.http2.max_pings_without_data', 0), ('grpc.http2.max_ping_strikes', 0)],
+    )
     bound_port = server.add_insecure_port(f'{host}:{port}')
     if not bound_port:
       raise OSError(f'the worker pool cannot listen on {host}:{port}')
-    pool = cls(use_process=use_process, container_executable=container_executable,
-               state_cache_size=state_cache_size, data_buffer_time_limit_ms=data_buffer_time_limit_ms)
+    pool = cls(
+      use_process=use_process,
+      container_executable=container_executable,
+      state_cache_size=state_cache_size,
+      data_buffer_time_limit_ms=data_buffer_time_limit_ms,
+    )
     beam_fn_api_pb2_grpc.add_BeamFnExternalWorkerPoolServicer_to_server(pool, server)
     server.start()
     return f'{host}:{bound_port}', server
@@ -101,10 +116,12 @@ class SharedWorkerPoolServicer(worker_pool_main.BeamFnExternalWorkerPoolServicer
   def worker_command(self, request: beam_fn_api_pb2.StartWorkerRequest) -> List[str]:
     """The command line of one SDK worker (this interpreter, so the same packages)."""
     return [
-        sys.executable, '-c', 'from apache_beam.runners.worker.sdk_worker import SdkHarness; '
-        f'SdkHarness({request.control_endpoint.url!r}, worker_id={request.worker_id!r}, '
-        f'state_cache_size={int(self._state_cache_size)}, '
-        f'data_buffer_time_limit_ms={int(self._data_buffer_time_limit_ms)}).run()'
+      sys.executable,
+      '-c',
+      'from apache_beam.runners.worker.sdk_worker import SdkHarness; '
+      f'SdkHarness({request.control_endpoint.url!r}, worker_id={request.worker_id!r}, '
+      f'state_cache_size={int(self._state_cache_size)}, '
+      f'data_buffer_time_limit_ms={int(self._data_buffer_time_limit_ms)}).run()',
     ]
 
   def StartWorker(self, start_worker_request, unused_context):
@@ -117,9 +134,13 @@ class SharedWorkerPoolServicer(worker_pool_main.BeamFnExternalWorkerPoolServicer
       self._processes[worker_id].append(process)
       self._should_run[worker_id] += 1
       sharing = len(self._processes[worker_id])
-    _LOG.info('started SDK worker %s (pid %d, control %s)%s', worker_id, process.pid,
-              start_worker_request.control_endpoint.url,
-              f'; {sharing} live workers share this id' if sharing > 1 else '')
+    _LOG.info(
+      'started SDK worker %s (pid %d, control %s)%s',
+      worker_id,
+      process.pid,
+      start_worker_request.control_endpoint.url,
+      f'; {sharing} live workers share this id' if sharing > 1 else '',
+    )
     return beam_fn_api_pb2.StartWorkerResponse()
 
   def StopWorker(self, stop_worker_request, unused_context):
@@ -145,15 +166,23 @@ class SharedWorkerPoolServicer(worker_pool_main.BeamFnExternalWorkerPoolServicer
           return
         if time.monotonic() >= deadline:
           if should_run:
-            _LOG.warning('SDK worker %s: %d live, %d still in use; not killing any (cannot tell which was stopped)',
-                         worker_id, len(live), should_run)
+            _LOG.warning(
+              'SDK worker %s: %d live, %d still in use; not killing any (cannot tell which was stopped)',
+              worker_id,
+              len(live),
+              should_run,
+            )
             return
           victims = live
           break
       time.sleep(0.2)
     for process in victims:
-      _LOG.warning('SDK worker %s (pid %d) did not exit %.0f s after StopWorker; killing it', worker_id, process.pid,
-                   self.stop_grace_s)
+      _LOG.warning(
+        'SDK worker %s (pid %d) did not exit %.0f s after StopWorker; killing it',
+        worker_id,
+        process.pid,
+        self.stop_grace_s,
+      )
       worker_pool_main.kill_process_gracefully(process)
 
   def live_workers(self) -> Dict[str, List[int]]:
@@ -184,14 +213,18 @@ def _grpc_host(bind_address: str) -> str:
 def main(argv: Optional[Sequence[str]] = None):
   parser = argparse.ArgumentParser(prog='python -m pipelines.worker_pool', description=__doc__.split('\n')[0])
   parser.add_argument('--service_port', type=int, required=True, help='port of the worker pool service')
-  parser.add_argument('--bind_address', default=DEFAULT_BIND_ADDRESS,
-                      help='interface to listen on (default %(default)s: this host only). The pool runs any code '
-                      'sent to it without authentication: name another address (0.0.0.0, ::) only on a network '
-                      'that admits nothing but your TaskManagers.')
+  parser.add_argument(
+    '--bind_address',
+    default=DEFAULT_BIND_ADDRESS,
+    help='interface to listen on (default %(default)s: this host only). The pool runs any code '
+    'sent to it without authentication: name another address (0.0.0.0, ::) only on a network '
+    'that admits nothing but your TaskManagers.',
+  )
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
-  address, server = SharedWorkerPoolServicer.start(use_process=True, port=args.service_port,
-                                                   bind_address=args.bind_address)
+  address, server = SharedWorkerPoolServicer.start(
+    use_process=True, port=args.service_port, bind_address=args.bind_address
+  )
   _LOG.info('worker pool listening at %s', address)
   # `kill` (scripts/flink.sh stop) ends the pool through sys.exit, so atexit stops the workers.
   signal.signal(signal.SIGTERM, lambda *unused: sys.exit(0))

@@ -52,17 +52,17 @@ from templates.spotify_batch.main import SECRET_VERSION_PATTERN, FlexTemplateOpt
 from transforms.entities import ENTITIES
 
 __all__ = [
-    'Template',
-    'TEMPLATES',
-    'OPTIONS_CLASSES',
-    'METADATA_PATH',
-    'REGENERATE_COMMAND',
-    'PARAMETER_RULES',
-    'option_actions',
-    'parameter_metadata',
-    'template_metadata',
-    'render',
-    'main',
+  'Template',
+  'TEMPLATES',
+  'OPTIONS_CLASSES',
+  'METADATA_PATH',
+  'REGENERATE_COMMAND',
+  'PARAMETER_RULES',
+  'option_actions',
+  'parameter_metadata',
+  'template_metadata',
+  'render',
+  'main',
 ]
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -74,43 +74,32 @@ OPTIONS_CLASSES = (SpotifyBatchOptions, FlexTemplateOptions)
 
 TEMPLATE_NAME = 'Spotify batch ingestion'
 TEMPLATE_DESCRIPTION = (
-    'Reads a music-streaming platform\'s files (CSV, JSON Lines, JSON, Parquet, Avro, Excel), validates every '
-    'record as a canonical entity, redacts PII, tags tenants, deduplicates and writes a tenant-partitioned data '
-    'lake with a run manifest (_manifest.json). Rejected records go to a dead-letter output with their reason.')
+  'Reads a music-streaming platform\'s files (CSV, JSON Lines, JSON, Parquet, Avro, Excel), validates every '
+  'record as a canonical entity, redacts PII, tags tenants, deduplicates and writes a tenant-partitioned data '
+  'lake with a run manifest (_manifest.json). Rejected records go to a dead-letter output with their reason.'
+)
 
 # Same as transforms.tenant.TENANT_PATTERN (a test keeps them equal).
 TENANT_ID_PATTERN = r'^[a-z0-9][a-z0-9_-]{0,62}$'
 
 # What the argparse actions do not carry, keyed by option name (all templates).
 PARAMETER_RULES: dict[str, dict[str, Any]] = {
-    'tenant_id': {
-        'regexes': [TENANT_ID_PATTERN]
-    },
-    'entity': {
-        'choices': tuple(ENTITIES)
-    },
-    'pii_key_secret': {
-        'regexes': [SECRET_VERSION_PATTERN]
-    },
-    'source': {
-        'choices': tuple(STREAM_SOURCES)
-    },
-    # Secrets are no parameters: a job's parameters show in its graph and the
-    # console. The pipeline reads them from the environment
-    # (KAFKA_SASL_PASSWORD, EVENT_HUBS_CONNECTION_STRING).
-    'sasl_password': {
-        'omit': True
-    },
-    'event_hubs_connection_string': {
-        'omit': True
-    },
+  'tenant_id': {'regexes': [TENANT_ID_PATTERN]},
+  'entity': {'choices': tuple(ENTITIES)},
+  'pii_key_secret': {'regexes': [SECRET_VERSION_PATTERN]},
+  'source': {'choices': tuple(STREAM_SOURCES)},
+  # Secrets are no parameters: a job's parameters show in its graph and the
+  # console. The pipeline reads them from the environment
+  # (KAFKA_SASL_PASSWORD, EVENT_HUBS_CONNECTION_STRING).
+  'sasl_password': {'omit': True},
+  'event_hubs_connection_string': {'omit': True},
 }
-
 
 
 @dataclasses.dataclass(frozen=True)
 class Template:
   """One Flex Template: where its metadata goes and the options classes its parameters come from."""
+
   name: str
   description: str
   options_classes: Tuple[Type[PipelineOptions], ...]
@@ -126,15 +115,16 @@ class Template:
 
 
 TEMPLATES: Dict[str, Template] = {
-    'spotify_batch': Template(TEMPLATE_NAME, TEMPLATE_DESCRIPTION, OPTIONS_CLASSES),
-    'spotify_streaming': Template(
-        'Spotify streaming ingestion',
-        'Reads listening events from Kafka, Azure Event Hubs, Pub/Sub, Redis Streams, Pulsar or a WebSocket feed, '
-        'validates each event, redacts PII, tags tenants, deduplicates on event_id and writes event-time windows '
-        '(clean events, listening sessions, per-tenant metrics) as Parquet per tenant. Malformed, invalid and late '
-        'events go to a dead-letter output with their reason.',
-        (SpotifyStreamingOptions, StreamSourceOptions, FlexTemplateOptions),
-        streaming=True),
+  'spotify_batch': Template(TEMPLATE_NAME, TEMPLATE_DESCRIPTION, OPTIONS_CLASSES),
+  'spotify_streaming': Template(
+    'Spotify streaming ingestion',
+    'Reads listening events from Kafka, Azure Event Hubs, Pub/Sub, Redis Streams, Pulsar or a WebSocket feed, '
+    'validates each event, redacts PII, tags tenants, deduplicates on event_id and writes event-time windows '
+    '(clean events, listening sessions, per-tenant metrics) as Parquet per tenant. Malformed, invalid and late '
+    'events go to a dead-letter output with their reason.',
+    (SpotifyStreamingOptions, StreamSourceOptions, FlexTemplateOptions),
+    streaming=True,
+  ),
 }
 
 # Words kept upper case in labels.
@@ -150,11 +140,8 @@ def _actions_with_groups(options_class: Type[PipelineOptions]) -> list[tuple[arg
   """(action, title of its argument group or None) of every option `options_class` registers."""
   parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
   options_class._add_argparse_args(parser)  # type: ignore[arg-type]
-  groups = {id(action): group.title
-            for group in parser._action_groups[2:]
-            for action in group._group_actions}
-  return [(action, groups.get(id(action))) for action in parser._actions
-          if action.option_strings]
+  groups = {id(action): group.title for group in parser._action_groups[2:] for action in group._group_actions}
+  return [(action, groups.get(id(action))) for action in parser._actions if action.option_strings]
 
 
 def _label(name: str) -> str:
@@ -185,10 +172,10 @@ def parameter_metadata(action: argparse.Action, group: Optional[str] = None) -> 
   choices = tuple(action.choices) if action.choices else rules.get('choices')
 
   parameter: dict[str, Any] = {
-      'name': name,
-      'label': _label(name),
-      'helpText': help_text,
-      'isOptional': not action.required,
+    'name': name,
+    'label': _label(name),
+    'helpText': help_text,
+    'isOptional': not action.required,
   }
   regexes = list(rules.get('regexes', ()))
   if _is_flag(action):
@@ -218,20 +205,22 @@ def parameter_metadata(action: argparse.Action, group: Optional[str] = None) -> 
   return parameter
 
 
-def template_metadata(options_classes: tuple[type, ...] = OPTIONS_CLASSES, template: Optional[Template] = None
-                      ) -> dict[str, Any]:
+def template_metadata(
+  options_classes: tuple[type, ...] = OPTIONS_CLASSES, template: Optional[Template] = None
+) -> dict[str, Any]:
   """The whole Flex Template metadata document of `template` (default: the batch one, from `options_classes`)."""
   if template is None:
     template = Template(TEMPLATE_NAME, TEMPLATE_DESCRIPTION, tuple(options_classes))
   return {
-      'name': template.name,
-      'description': template.description,
-      'streaming': template.streaming,
-      'parameters': [
-          parameter_metadata(action, group) for options_class in template.options_classes
-          for action, group in _actions_with_groups(options_class)
-          if not PARAMETER_RULES.get(action.dest, {}).get('omit')
-      ],
+    'name': template.name,
+    'description': template.description,
+    'streaming': template.streaming,
+    'parameters': [
+      parameter_metadata(action, group)
+      for options_class in template.options_classes
+      for action, group in _actions_with_groups(options_class)
+      if not PARAMETER_RULES.get(action.dest, {}).get('omit')
+    ],
   }
 
 
@@ -244,9 +233,12 @@ def main(argv: Optional[list[str]] = None) -> int:
   parser = argparse.ArgumentParser(prog=REGENERATE_COMMAND, description=(__doc__ or '').splitlines()[0])
   parser.add_argument('--check', action='store_true', help='Exit 1 if a file differs instead of writing it.')
   parser.add_argument('--template', choices=sorted(TEMPLATES), help='Only this template (default: all).')
-  parser.add_argument('--output', type=pathlib.Path,
-                      help='Where to write the metadata (default: templates/<template>/metadata.json); '
-                      'without --template, the batch template\'s.')
+  parser.add_argument(
+    '--output',
+    type=pathlib.Path,
+    help='Where to write the metadata (default: templates/<template>/metadata.json); '
+    'without --template, the batch template\'s.',
+  )
   args = parser.parse_args(argv)
   names = [args.template] if args.template else (['spotify_batch'] if args.output else sorted(TEMPLATES))
   status = 0

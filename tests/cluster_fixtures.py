@@ -59,6 +59,7 @@ def _script(script: pathlib.Path, *args: str, timeout: float = 600) -> str:
 @dataclasses.dataclass
 class FlinkCluster:
   """The running Flink session cluster and how to reach its parts."""
+
   rest_url: str
   worker_pool: str
 
@@ -95,14 +96,21 @@ class FlinkCluster:
 
     def fresh_and_idle():
       registered = self.get('/taskmanagers')['taskmanagers']
-      return (len(registered) == TASKMANAGERS and not {tm['path'] for tm in registered} & old
-              and all(tm['freeSlots'] == tm['slotsNumber'] for tm in registered))
+      return (
+        len(registered) == TASKMANAGERS
+        and not {tm['path'] for tm in registered} & old
+        and all(tm['freeSlots'] == tm['slotsNumber'] for tm in registered)
+      )
+
     wait_until(fresh_and_idle, timeout_s, f'{TASKMANAGERS} fresh TaskManagers with free slots')
 
   def unfinished_jobs(self) -> Dict[str, str]:
     """Jobs not yet in a terminal state: id -> state."""
-    return {job['jid']: job['state'] for job in self.get('/jobs/overview')['jobs']
-            if job['state'] not in ('FINISHED', 'CANCELED', 'FAILED')}
+    return {
+      job['jid']: job['state']
+      for job in self.get('/jobs/overview')['jobs']
+      if job['state'] not in ('FINISHED', 'CANCELED', 'FAILED')
+    }
 
   def cancel(self, job_id: str):
     request = urllib.request.Request(f'{self.rest_url}/jobs/{job_id}?mode=cancel', method='PATCH')
@@ -112,8 +120,10 @@ class FlinkCluster:
     deadline = time.monotonic() + timeout_s
     while self.get('/overview')['slots-available'] < slots:
       if time.monotonic() > deadline:
-        pytest.fail(f'the Flink cluster has fewer than {slots} free slots after {timeout_s:.0f} s: '
-                    f'{self.get("/overview")}; unfinished jobs: {self.unfinished_jobs()}')
+        pytest.fail(
+          f'the Flink cluster has fewer than {slots} free slots after {timeout_s:.0f} s: '
+          f'{self.get("/overview")}; unfinished jobs: {self.unfinished_jobs()}'
+        )
       time.sleep(1)
 
 
@@ -192,6 +202,7 @@ def time_limit(seconds: float, what: str):
   For calls that wait without a timeout of their own, such as a pipeline's
   run on a cluster whose job stalls.
   """
+
   def expired(signum, frame):
     pytest.fail(f'{what} took longer than {seconds:.0f} s')
 

@@ -46,12 +46,11 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 
-# Session fixtures for Prism and Flink, visible to every test package.
-from tests.cluster_fixtures import (_flink_jobs_of_the_test, ensure_prism, flink_args,  # noqa: F401
-                                    flink_cluster, prism_binary)
+from tests.cluster_fixtures import ensure_prism
 
-# Fixtures that test modules of several folders take: no test imports another's.
-pytest_plugins = ('tests.io_connectors.api_fixtures', 'tests.io_connectors.postgres_fixtures')
+# Fixtures that test modules of several folders take (no test imports another's),
+# and the session fixtures for Prism and Flink.
+pytest_plugins = ('tests.cluster_fixtures', 'tests.io_connectors.api_fixtures', 'tests.io_connectors.postgres_fixtures')
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SERVICES_SCRIPT = REPO_ROOT / 'scripts' / 'services.sh'
@@ -130,11 +129,13 @@ def pipeline_options(beam_args=(), **flags) -> PipelineOptions:
 
 
 def _services(*args: str) -> str:
-  result = subprocess.run(['bash', str(SERVICES_SCRIPT), *args],
-                          capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
+  result = subprocess.run(
+    ['bash', str(SERVICES_SCRIPT), *args], capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL
+  )
   if result.returncode != 0:
-    raise RuntimeError(f'scripts/services.sh {" ".join(args)} failed (exit {result.returncode}):\n'
-                       f'{result.stderr.strip()}')
+    raise RuntimeError(
+      f'scripts/services.sh {" ".join(args)} failed (exit {result.returncode}):\n{result.stderr.strip()}'
+    )
   return result.stdout.strip()
 
 
@@ -151,8 +152,10 @@ def ensure_service(name: str) -> int:
   another session still uses it (then the last one to finish stops it).
   """
   if _UNIT_TIER['active']:
-    raise RuntimeError(f'a test of the unit tier asked for the {name} server: it belongs to the integration tier '
-                       f'(reach servers through fixtures that call ensure_service)')
+    raise RuntimeError(
+      f'a test of the unit tier asked for the {name} server: it belongs to the integration tier '
+      f'(reach servers through fixtures that call ensure_service)'
+    )
   _services('use', os.environ[_LEASE_PID_VARIABLE], name)
   return int(_services('port', name))
 
@@ -166,6 +169,7 @@ def pytest_sessionfinish():
 @dataclasses.dataclass
 class ObjectStoreEnv:
   """A fresh bucket in a local object store, and how Beam reaches it."""
+
   scheme: str  # 's3' or 'gs'
   bucket: str
   beam_args: List[str]
@@ -193,9 +197,15 @@ def _fresh_bucket_name() -> str:
 def s3_server():
   """(endpoint URL, boto3 S3 client) of the local moto server."""
   import boto3
+
   endpoint = f'http://127.0.0.1:{ensure_service("moto")}'
-  client = boto3.client('s3', endpoint_url=endpoint, region_name=S3_REGION,
-                        aws_access_key_id=S3_ACCESS_KEY_ID, aws_secret_access_key=S3_SECRET_ACCESS_KEY)
+  client = boto3.client(
+    's3',
+    endpoint_url=endpoint,
+    region_name=S3_REGION,
+    aws_access_key_id=S3_ACCESS_KEY_ID,
+    aws_secret_access_key=S3_SECRET_ACCESS_KEY,
+  )
   return endpoint, client
 
 
@@ -205,15 +215,16 @@ def s3_env(s3_server) -> ObjectStoreEnv:
   bucket = _fresh_bucket_name()
   client.create_bucket(Bucket=bucket)
   return ObjectStoreEnv(
-      scheme='s3',
-      bucket=bucket,
-      beam_args=[
-          f'--s3_endpoint_url={endpoint}',
-          f'--s3_access_key_id={S3_ACCESS_KEY_ID}',
-          f'--s3_secret_access_key={S3_SECRET_ACCESS_KEY}',
-          f'--s3_region_name={S3_REGION}',
-      ],
-      _put=lambda key, data: client.put_object(Bucket=bucket, Key=key, Body=data))
+    scheme='s3',
+    bucket=bucket,
+    beam_args=[
+      f'--s3_endpoint_url={endpoint}',
+      f'--s3_access_key_id={S3_ACCESS_KEY_ID}',
+      f'--s3_secret_access_key={S3_SECRET_ACCESS_KEY}',
+      f'--s3_region_name={S3_REGION}',
+    ],
+    _put=lambda key, data: client.put_object(Bucket=bucket, Key=key, Body=data),
+  )
 
 
 @pytest.fixture(scope='session')
@@ -232,16 +243,21 @@ def gcs_server(tmp_path_factory):
   """
   from google.auth.credentials import AnonymousCredentials
   from google.cloud import storage
+
   port = ensure_service('gcs')
   credentials_file = tmp_path_factory.mktemp('gcs') / 'emulator-credentials.json'
-  credentials_file.write_text(json.dumps({
-      'type': 'authorized_user',
-      'client_id': 'emulator',
-      'client_secret': 'emulator',
-      'refresh_token': 'emulator',
-      'token': 'emulator',
-      'expiry': '2999-01-01T00:00:00Z',
-  }))
+  credentials_file.write_text(
+    json.dumps(
+      {
+        'type': 'authorized_user',
+        'client_id': 'emulator',
+        'client_secret': 'emulator',
+        'refresh_token': 'emulator',
+        'token': 'emulator',
+        'expiry': '2999-01-01T00:00:00Z',
+      }
+    )
+  )
   with pytest.MonkeyPatch.context() as patch:
     patch.setenv('STORAGE_EMULATOR_HOST', f'http://127.0.0.1:{port}')
     patch.setenv('GOOGLE_APPLICATION_CREDENTIALS', str(credentials_file))
@@ -253,10 +269,11 @@ def gcs_server(tmp_path_factory):
 def gcs_env(gcs_server) -> ObjectStoreEnv:
   bucket = gcs_server.create_bucket(_fresh_bucket_name())
   return ObjectStoreEnv(
-      scheme='gs',
-      bucket=bucket.name,
-      beam_args=[f'--project={GCP_PROJECT}'],
-      _put=lambda key, data: bucket.blob(key).upload_from_string(data))
+    scheme='gs',
+    bucket=bucket.name,
+    beam_args=[f'--project={GCP_PROJECT}'],
+    _put=lambda key, data: bucket.blob(key).upload_from_string(data),
+  )
 
 
 @pytest.fixture(params=['s3', 'gcs'])

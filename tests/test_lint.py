@@ -29,6 +29,11 @@ def test_ruff_passes_on_the_tree():
   assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_the_tree_is_formatted_by_ruff():
+  result = _run([_tool('ruff'), 'format', '--no-cache', '--check', '.'])
+  assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_mypy_passes_on_the_listed_modules():
   result = _run([_tool('mypy'), '--no-incremental'])
   assert result.returncode == 0, result.stdout + result.stderr
@@ -38,7 +43,9 @@ def test_ruff_and_mypy_report_a_finding(tmp_path):
   # The repository's configuration, on a copy holding one bad module.
   shutil.copy(REPO_ROOT / 'pyproject.toml', tmp_path / 'pyproject.toml')
   (tmp_path / 'pipelines').mkdir()
-  (tmp_path / 'pipelines' / 'cli.py').write_text('import os\n\n\ndef f(x: int) -> str:\n  return x + undefined\n\n\ndef g(x: int) -> str:\n  return x\n')
+  (tmp_path / 'pipelines' / 'cli.py').write_text(
+    'import os\n\n\ndef f(x: int) -> str:\n  return x + undefined\n\n\ndef g(x: int) -> str:\n  return x\n'
+  )
   ruff = _run([_tool('ruff'), 'check', '--no-cache', '.'], cwd=tmp_path)
   assert ruff.returncode == 1
   assert 'F401' in ruff.stdout and 'F821' in ruff.stdout
@@ -59,9 +66,17 @@ def _lint_sandbox(tmp_path, ruff_status: int, mypy_status: int):
     (bin_dir / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> "$(dirname "$0")/../../calls"\nexit {status}\n')
     (bin_dir / tool).chmod(0o755)
   # The stamp venv.sh writes after an install, so that it installs nothing here.
-  key = subprocess.run(['bash', '-c', '{ sha256sum setup.py scripts/constraints.txt; stat -c "%i %Y" .venv/pyvenv.cfg; '
-                        '} | sha256sum | cut -d" " -f1'], cwd=tmp_path, capture_output=True, text=True,
-                       check=True).stdout.strip()
+  key = subprocess.run(
+    [
+      'bash',
+      '-c',
+      '{ sha256sum setup.py scripts/constraints.txt; stat -c "%i %Y" .venv/pyvenv.cfg; } | sha256sum | cut -d" " -f1',
+    ],
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    check=True,
+  ).stdout.strip()
   (tmp_path / '.cache').mkdir()
   (tmp_path / '.cache' / 'install-__test_aws_gcp_.stamp').write_text(key + '\n')
   return tmp_path
@@ -70,9 +85,11 @@ def _lint_sandbox(tmp_path, ruff_status: int, mypy_status: int):
 @pytest.mark.parametrize('ruff_status, mypy_status, expected', [(0, 0, 0), (1, 0, 1), (0, 1, 1), (1, 1, 1)])
 def test_lint_script_fails_when_either_tool_finds_something(tmp_path, ruff_status, mypy_status, expected):
   sandbox = _lint_sandbox(tmp_path, ruff_status, mypy_status)
-  result = subprocess.run(['bash', 'scripts/lint.sh'], cwd=sandbox, capture_output=True, text=True, timeout=120,
-                          check=False)
+  result = subprocess.run(
+    ['bash', 'scripts/lint.sh'], cwd=sandbox, capture_output=True, text=True, timeout=120, check=False
+  )
   assert result.returncode == expected, result.stderr
   assert 'installing' not in result.stderr  # the stamp held: nothing was installed
   calls = (sandbox / 'calls').read_text().splitlines()
-  assert [call.split()[0] for call in calls] == ['ruff', 'mypy']  # both run, whatever the first found
+  # every check runs, whatever the first found
+  assert [call.split()[:2] for call in calls] == [['ruff', 'check'], ['ruff', 'format'], ['mypy', '--no-incremental']]

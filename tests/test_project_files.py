@@ -18,8 +18,9 @@ def test_license_is_mit_in_the_file_and_the_package_metadata(tmp_path):
   # setup.py's metadata, read by setuptools itself (in a copy: no egg-info in the tree).
   for name in ('setup.py', 'README.md', 'LICENSE'):
     shutil.copy(REPO_ROOT / name, tmp_path / name)
-  result = subprocess.run([sys.executable, 'setup.py', '--license'], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120, check=False)
+  result = subprocess.run(
+    [sys.executable, 'setup.py', '--license'], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
+  )
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip().splitlines()[-1] == 'MIT'
 
@@ -39,10 +40,14 @@ def test_constraints_pin_the_environment_the_tests_run_in():
   assert 'music-beam-pipelines' not in pins  # the project is installed from the work tree
   for required in ('apache-beam', 'pyarrow', 'pytest', 'ruff', 'mypy', 'psycopg'):
     assert required in pins, required
-  installed = {re.sub(r'[-_.]+', '-', dist.metadata['Name']).lower(): dist.version
-               for dist in importlib.metadata.distributions()}
-  drift = {name: (version, installed[name]) for name, version in pins.items()
-           if name in installed and installed[name] != version}
+  installed = {
+    re.sub(r'[-_.]+', '-', dist.metadata['Name']).lower(): dist.version for dist in importlib.metadata.distributions()
+  }
+  drift = {
+    name: (version, installed[name])
+    for name, version in pins.items()
+    if name in installed and installed[name] != version
+  }
   assert not drift, f'installed versions differ from scripts/constraints.txt (pinned, installed): {drift}'
 
 

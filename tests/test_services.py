@@ -39,8 +39,11 @@ def test_pipeline_reads_and_writes(object_store_env):
   with TestPipeline(options=options) as p:
     lines = p | beam.io.ReadFromText(object_store_env.url('in/*.txt'))
     assert_that(lines, equal_to(['1', '2', '3']))
-    _ = lines | beam.Map(lambda n: str(int(n) * 10)) | beam.io.WriteToText(
-        object_store_env.url('out/tens'), shard_name_template='', file_name_suffix='.txt')
+    _ = (
+      lines
+      | beam.Map(lambda n: str(int(n) * 10))
+      | beam.io.WriteToText(object_store_env.url('out/tens'), shard_name_template='', file_name_suffix='.txt')
+    )
 
   with FileSystems.open(object_store_env.url('out/tens.txt')) as f:
     assert sorted(f.read().decode().split()) == ['10', '20', '30']

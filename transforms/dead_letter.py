@@ -38,22 +38,23 @@ DEAD_LETTER = 'dead_letter'
 # Every reason a dead letter may carry, with what it means. Tests check that
 # each one is produced by some input.
 REASONS = {
-    'malformed_row': 'a CSV row with the wrong number of columns',
-    'bad_encoding': 'bytes that are not valid in the declared encoding',
-    'malformed_json': 'a JSON line or document that does not parse',
-    'corrupt_file': 'a file that cannot be read at all (truncated, not the declared format)',
-    'missing_field': 'a required field is absent or null',
-    'invalid_type': 'a value that cannot be converted to the field type',
-    'invalid_value': 'a value of the right type that breaks a rule (range, pattern, code list)',
-    'invalid_tenant': 'the tenant id is missing or does not match ^[a-z0-9][a-z0-9_-]{0,62}$',
-    'source_error': 'a connector-specific failure that is not retried further (HTTP, database)',
-    'malformed_avro': 'a stream message whose Avro payload does not decode (wire format, schema id, bytes)',
-    'late_event': 'an event behind the watermark by more than the allowed lateness of its window',
+  'malformed_row': 'a CSV row with the wrong number of columns',
+  'bad_encoding': 'bytes that are not valid in the declared encoding',
+  'malformed_json': 'a JSON line or document that does not parse',
+  'corrupt_file': 'a file that cannot be read at all (truncated, not the declared format)',
+  'missing_field': 'a required field is absent or null',
+  'invalid_type': 'a value that cannot be converted to the field type',
+  'invalid_value': 'a value of the right type that breaks a rule (range, pattern, code list)',
+  'invalid_tenant': 'the tenant id is missing or does not match ^[a-z0-9][a-z0-9_-]{0,62}$',
+  'source_error': 'a connector-specific failure that is not retried further (HTTP, database)',
+  'malformed_avro': 'a stream message whose Avro payload does not decode (wire format, schema id, bytes)',
+  'late_event': 'an event behind the watermark by more than the allowed lateness of its window',
 }
 
 
 class Outputs(typing.NamedTuple):
   """What connectors and record transforms return."""
+
   records: beam.PCollection
   dead_letter: beam.PCollection
 
@@ -65,33 +66,36 @@ class IncrementalOutputs(typing.NamedTuple):
   (e.g. {"store": "gs://bucket/state", "key": "postgres/acme/public.plays", "value": "2024-06-01T00:00:00Z"}).
   `pipelines.spotify_batch` commits them only after the run's files are in place.
   """
+
   records: beam.PCollection
   dead_letter: beam.PCollection
   cursors: beam.PCollection
 
 
-def dead_letter(source: str,
-                position: Optional[str],
-                reason: str,
-                field: Optional[str] = None,
-                record: Any = None,
-                detail: str = '',
-                stage: str = '',
-                tenant: Optional[str] = None,
-                count: int = 1) -> dict:
+def dead_letter(
+  source: str,
+  position: Optional[str],
+  reason: str,
+  field: Optional[str] = None,
+  record: Any = None,
+  detail: str = '',
+  stage: str = '',
+  tenant: Optional[str] = None,
+  count: int = 1,
+) -> dict:
   """Builds one dead letter; `reason` must be one of REASONS."""
   if reason not in REASONS:
     raise ValueError(f'unknown dead-letter reason {reason!r}')
   return {
-      'source': source,
-      'position': position,
-      'reason': reason,
-      'field': field,
-      'record': record,
-      'detail': detail,
-      'stage': stage,
-      'tenant': tenant,
-      'count': count,
+    'source': source,
+    'position': position,
+    'reason': reason,
+    'field': field,
+    'record': record,
+    'detail': detail,
+    'stage': stage,
+    'tenant': tenant,
+    'count': count,
   }
 
 

@@ -49,7 +49,7 @@ def shard_of(keys: pa.Array, num_shards: int) -> np.ndarray:
   if total:
     starts = offsets[:-1]
     position_in_key = np.arange(total, dtype=np.int64) - np.repeat(starts - offsets[0], lengths)
-    byte_values = data[offsets[0]:offsets[-1]]
+    byte_values = data[offsets[0] : offsets[-1]]
     mixed = _HASH_TABLE[position_in_key % _TABLE_WIDTH, byte_values]
     nonempty = lengths > 0
     hashes[nonempty] ^= np.bitwise_xor.reduceat(mixed, (starts - offsets[0])[nonempty])
@@ -64,8 +64,8 @@ def dedup_table(table: pa.Table, key_field: str) -> typing.Tuple[pa.Table, int]:
       sort_keys.append((column, 'ascending'))
   if SOURCE_COLUMN in table.schema.names and pa.types.is_dictionary(table.schema.field(SOURCE_COLUMN).type):
     table = table.set_column(
-        table.schema.get_field_index(SOURCE_COLUMN), SOURCE_COLUMN,
-        table.column(SOURCE_COLUMN).cast(pa.string()))
+      table.schema.get_field_index(SOURCE_COLUMN), SOURCE_COLUMN, table.column(SOURCE_COLUMN).cast(pa.string())
+    )
   table = table.sort_by(sort_keys)
   keys = table.column(key_field).combine_chunks()
   if len(keys) < 2:
@@ -103,7 +103,6 @@ class _RouteFn(beam.DoFn):
 
 
 class _DedupGroupFn(beam.DoFn):
-
   def __init__(self, key_field):
     self._key_field = key_field
     self._dropped = beam.metrics.Metrics.counter('dedup', 'duplicates')
@@ -111,8 +110,11 @@ class _DedupGroupFn(beam.DoFn):
   def process(self, element):
     (tenant, _), batches = element
     batches = list(batches)
-    table = pa.Table.from_batches(batches) if len({b.schema for b in batches}) == 1 else pa.concat_tables(
-        [pa.Table.from_batches([b]) for b in batches], promote_options='permissive')
+    table = (
+      pa.Table.from_batches(batches)
+      if len({b.schema for b in batches}) == 1
+      else pa.concat_tables([pa.Table.from_batches([b]) for b in batches], promote_options='permissive')
+    )
     table, dropped = dedup_table(table, self._key_field)
     self._dropped.inc(dropped)
     if dropped:
@@ -142,8 +144,9 @@ class Deduplicate(beam.PTransform):
     routed = batches | 'Route' >> beam.ParDo(_RouteFn(self._key_field, self._num_shards))
     routed.element_type = beam.typehints.KV[beam.typehints.Tuple[str, int], pa.RecordBatch]
     result = (
-        routed
-        | 'Group' >> beam.GroupByKey()
-        | 'Dedup' >> beam.ParDo(_DedupGroupFn(self._key_field)).with_outputs('counts', main='records'))
+      routed
+      | 'Group' >> beam.GroupByKey()
+      | 'Dedup' >> beam.ParDo(_DedupGroupFn(self._key_field)).with_outputs('counts', main='records')
+    )
     result.records.element_type = pa.RecordBatch
     return DedupOutputs(result.records, result.counts)

@@ -30,20 +30,20 @@ import pydantic
 from pydantic import BeforeValidator, ConfigDict
 
 __all__ = [
-    'PII_IDENTIFIER',
-    'PII_FREE_TEXT',
-    'FieldRule',
-    'ListeningEvent',
-    'Track',
-    'AudioFeatures',
-    'Artist',
-    'User',
-    'Playlist',
-    'SocialMention',
-    'ENTITIES',
-    'entity_model',
-    'field_rules',
-    'key_field',
+  'PII_IDENTIFIER',
+  'PII_FREE_TEXT',
+  'FieldRule',
+  'ListeningEvent',
+  'Track',
+  'AudioFeatures',
+  'Artist',
+  'User',
+  'Playlist',
+  'SocialMention',
+  'ENTITIES',
+  'entity_model',
+  'field_rules',
+  'key_field',
 ]
 
 # Roles a field plays for PII redaction (transforms.pii).
@@ -56,14 +56,17 @@ INT_PATTERN = r'^[ \t]*[+-]?[0-9]+[ \t]*$'
 EPOCH_MS_PATTERN = r'^[ \t]*[0-9]{1,15}[ \t]*$'
 FLOAT_PATTERN = r'^[ \t]*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?[ \t]*$'
 # ISO-8601 date-time with a mandatory offset (Z or +hh:mm / +hhmm).
-ISO_OFFSET_PATTERN = (r'^[ \t]*[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?'
-                      r'(Z|z|[+-][0-9]{2}:?[0-9]{2})[ \t]*$')
-INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
+ISO_OFFSET_PATTERN = (
+  r'^[ \t]*[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?'
+  r'(Z|z|[+-][0-9]{2}:?[0-9]{2})[ \t]*$'
+)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 TRUE_STRINGS = frozenset({'true', 't', 'yes', 'y', 'on', '1'})
 FALSE_STRINGS = frozenset({'false', 'f', 'no', 'n', 'off', '0'})
 
 # ISO 3166-1 alpha-2, officially assigned codes.
-COUNTRY_CODES = frozenset("""
+COUNTRY_CODES = frozenset(
+  """
 AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR BS BT BV BW BY
 BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM DO DZ EC EE EG EH ER ES ET FI FJ FK
 FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW GY HK HM HN HR HT HU ID IE IL IM IN IO IQ IR
@@ -71,7 +74,8 @@ IS IT JE JM JO JP KE KG KH KI KM KN KP KR KW KY KZ LA LB LC LI LK LR LS LT LU LV
 ML MM MN MO MP MQ MR MS MT MU MV MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM
 PN PR PS PT PW PY QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF
 TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW
-""".split())
+""".split()
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +88,7 @@ class FieldRule:
   ge, le: inclusive numeric bounds.
   pii: None, PII_IDENTIFIER or PII_FREE_TEXT.
   """
+
   kind: str
   pattern: Optional[str] = None
   ge: Optional[float] = None
@@ -235,14 +240,24 @@ def _bounds(ge=None, le=None):
 
 # Annotated field types: the pydantic validators and the FieldRule side by side.
 Str = Annotated[str, BeforeValidator(to_string), FieldRule('string')]
-NonEmptyStr = Annotated[str, BeforeValidator(to_string), pydantic.AfterValidator(_non_empty),
-                        FieldRule('string', non_empty=True)]
-SpotifyId = Annotated[str, BeforeValidator(to_string), pydantic.AfterValidator(_pattern_check(SPOTIFY_ID_PATTERN)),
-                      FieldRule('string', pattern=SPOTIFY_ID_PATTERN)]
-Email = Annotated[str, BeforeValidator(to_string), pydantic.AfterValidator(_pattern_check(EMAIL_PATTERN)),
-                  FieldRule('string', pattern=EMAIL_PATTERN, pii=PII_IDENTIFIER)]
-IpAddress = Annotated[str, BeforeValidator(to_string), pydantic.AfterValidator(check_ip),
-                      FieldRule('ip', pii=PII_IDENTIFIER)]
+NonEmptyStr = Annotated[
+  str, BeforeValidator(to_string), pydantic.AfterValidator(_non_empty), FieldRule('string', non_empty=True)
+]
+SpotifyId = Annotated[
+  str,
+  BeforeValidator(to_string),
+  pydantic.AfterValidator(_pattern_check(SPOTIFY_ID_PATTERN)),
+  FieldRule('string', pattern=SPOTIFY_ID_PATTERN),
+]
+Email = Annotated[
+  str,
+  BeforeValidator(to_string),
+  pydantic.AfterValidator(_pattern_check(EMAIL_PATTERN)),
+  FieldRule('string', pattern=EMAIL_PATTERN, pii=PII_IDENTIFIER),
+]
+IpAddress = Annotated[
+  str, BeforeValidator(to_string), pydantic.AfterValidator(check_ip), FieldRule('ip', pii=PII_IDENTIFIER)
+]
 Country = Annotated[str, BeforeValidator(to_string), pydantic.AfterValidator(check_country), FieldRule('country')]
 UtcTimestamp = Annotated[dt.datetime, BeforeValidator(to_utc_timestamp), FieldRule('timestamp')]
 Bool = Annotated[bool, BeforeValidator(to_bool), FieldRule('bool')]
@@ -250,12 +265,15 @@ FreeText = Annotated[str, BeforeValidator(to_string), FieldRule('string', pii=PI
 
 
 def Int(ge=None, le=None):
-  return Annotated[int, BeforeValidator(to_int), pydantic.AfterValidator(_bounds(ge, le)), FieldRule('int', ge=ge, le=le)]
+  return Annotated[
+    int, BeforeValidator(to_int), pydantic.AfterValidator(_bounds(ge, le)), FieldRule('int', ge=ge, le=le)
+  ]
 
 
 def Float(ge=None, le=None):
-  return Annotated[float, BeforeValidator(to_float), pydantic.AfterValidator(_bounds(ge, le)),
-                   FieldRule('float', ge=ge, le=le)]
+  return Annotated[
+    float, BeforeValidator(to_float), pydantic.AfterValidator(_bounds(ge, le)), FieldRule('float', ge=ge, le=le)
+  ]
 
 
 def Identifier(base=NonEmptyStr):
@@ -283,6 +301,7 @@ class _Entity(pydantic.BaseModel):
 
 class ListeningEvent(_Entity):
   """One play of a track by a user (cf. PlayHistoryObject in the Web API)."""
+
   __key_field__: typing.ClassVar[str] = 'event_id'
   event_id: NonEmptyStr
   user_id: Identifier()
@@ -300,6 +319,7 @@ class ListeningEvent(_Entity):
 
 class Track(_Entity):
   """TrackObject."""
+
   id: SpotifyId
   name: NonEmptyStr
   duration_ms: Optional[Int(ge=0)] = None
@@ -315,6 +335,7 @@ class Track(_Entity):
 
 class AudioFeatures(_Entity):
   """AudioFeaturesObject."""
+
   id: SpotifyId
   acousticness: Optional[Float(ge=0, le=1)] = None
   danceability: Optional[Float(ge=0, le=1)] = None
@@ -333,6 +354,7 @@ class AudioFeatures(_Entity):
 
 class Artist(_Entity):
   """ArtistObject."""
+
   id: SpotifyId
   name: NonEmptyStr
   popularity: Optional[Int(ge=0, le=100)] = None
@@ -343,6 +365,7 @@ class Artist(_Entity):
 
 class User(_Entity):
   """PrivateUserObject."""
+
   id: Identifier()
   display_name: Optional[FreeText] = None
   email: Optional[Email] = None
@@ -353,6 +376,7 @@ class User(_Entity):
 
 class Playlist(_Entity):
   """PlaylistObject (SimplifiedPlaylistObject fields)."""
+
   id: SpotifyId
   name: NonEmptyStr
   description: Optional[FreeText] = None
@@ -365,6 +389,7 @@ class Playlist(_Entity):
 
 class SocialMention(_Entity):
   """A post on a social platform that mentions an artist or a track, with its engagement."""
+
   __key_field__: typing.ClassVar[str] = 'post_id'
   post_id: NonEmptyStr
   platform: NonEmptyStr
@@ -380,13 +405,13 @@ class SocialMention(_Entity):
 
 
 ENTITIES = {
-    'listening_event': ListeningEvent,
-    'track': Track,
-    'audio_features': AudioFeatures,
-    'artist': Artist,
-    'user': User,
-    'playlist': Playlist,
-    'social_mention': SocialMention,
+  'listening_event': ListeningEvent,
+  'track': Track,
+  'audio_features': AudioFeatures,
+  'artist': Artist,
+  'user': User,
+  'playlist': Playlist,
+  'social_mention': SocialMention,
 }
 
 

@@ -28,17 +28,17 @@ import pyarrow as pa
 import transforms.coders  # noqa: F401  # registers the coder typed_outputs relies on
 
 __all__ = [
-    'typed_outputs',
-    'SOURCE_COLUMN',
-    'ROW_COLUMN',
-    'TENANT_COLUMN',
-    'INTERNAL_COLUMNS',
-    'position',
-    'with_provenance',
-    'strip_internal',
-    'rows_as_dicts',
-    'json_safe',
-    'split_by_mask',
+  'typed_outputs',
+  'SOURCE_COLUMN',
+  'ROW_COLUMN',
+  'TENANT_COLUMN',
+  'INTERNAL_COLUMNS',
+  'position',
+  'with_provenance',
+  'strip_internal',
+  'rows_as_dicts',
+  'json_safe',
+  'split_by_mask',
 ]
 
 SOURCE_COLUMN = '__source'
@@ -74,8 +74,9 @@ def with_provenance(batch: pa.RecordBatch, source: str, rows) -> pa.RecordBatch:
     rows = np.arange(int(rows), int(rows) + n, dtype=np.int64)
   src = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([source]))
   return pa.RecordBatch.from_arrays(
-      list(batch.columns) + [src, pa.array(rows, type=pa.int64())],
-      names=list(batch.schema.names) + [SOURCE_COLUMN, ROW_COLUMN])
+    list(batch.columns) + [src, pa.array(rows, type=pa.int64())],
+    names=list(batch.schema.names) + [SOURCE_COLUMN, ROW_COLUMN],
+  )
 
 
 def strip_internal(batch):
@@ -90,6 +91,7 @@ def split_by_mask(batch: pa.RecordBatch, mask) -> tuple:
   """(rows where mask is true, rows where it is false); nulls count as false."""
   mask = pa.array(mask, type=pa.bool_()).fill_null(False)
   import pyarrow.compute as pc
+
   return batch.filter(mask), batch.filter(pc.invert(mask))
 
 

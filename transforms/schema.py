@@ -92,7 +92,6 @@ def _public(schema: pa.Schema) -> pa.Schema:
 
 
 class _MergeSchemasFn(beam.CombineFn):
-
   def create_accumulator(self):
     return None
 
@@ -130,13 +129,14 @@ def _conform_array(arr: pa.Array, target: pa.DataType) -> pa.Array:
   if pa.types.is_struct(target) and pa.types.is_struct(arr.type):
     names = [f.name for f in arr.type]
     children = [
-        _conform_array(arr.field(names.index(f.name)), f.type) if f.name in names else pa.nulls(len(arr), f.type)
-        for f in target
+      _conform_array(arr.field(names.index(f.name)), f.type) if f.name in names else pa.nulls(len(arr), f.type)
+      for f in target
     ]
     return pa.StructArray.from_arrays(children, fields=list(target), mask=pc.is_null(arr))
   if pa.types.is_string(target) and (pa.types.is_struct(arr.type) or pa.types.is_list(arr.type)):
     import json
     from transforms.records import json_safe
+
     return pa.array([None if v is None else json.dumps(json_safe(v)) for v in arr.to_pylist()], pa.string())
   return arr.cast(target)
 
@@ -166,22 +166,22 @@ def _type_to_json(t: pa.DataType):
 
 
 _SCALARS = {
-    'null': pa.null(),
-    'bool': pa.bool_(),
-    'int8': pa.int8(),
-    'int16': pa.int16(),
-    'int32': pa.int32(),
-    'int64': pa.int64(),
-    'uint8': pa.uint8(),
-    'uint16': pa.uint16(),
-    'uint32': pa.uint32(),
-    'uint64': pa.uint64(),
-    'float': pa.float32(),
-    'double': pa.float64(),
-    'string': pa.string(),
-    'large_string': pa.large_string(),
-    'binary': pa.binary(),
-    'date32[day]': pa.date32(),
+  'null': pa.null(),
+  'bool': pa.bool_(),
+  'int8': pa.int8(),
+  'int16': pa.int16(),
+  'int32': pa.int32(),
+  'int64': pa.int64(),
+  'uint8': pa.uint8(),
+  'uint16': pa.uint16(),
+  'uint32': pa.uint32(),
+  'uint64': pa.uint64(),
+  'float': pa.float32(),
+  'double': pa.float64(),
+  'string': pa.string(),
+  'large_string': pa.large_string(),
+  'binary': pa.binary(),
+  'date32[day]': pa.date32(),
 }
 
 
@@ -193,7 +193,7 @@ def _type_from_json(value) -> pa.DataType:
   if value in _SCALARS:
     return _SCALARS[value]
   if isinstance(value, str) and value.startswith('timestamp['):
-    unit, _, tz = value[len('timestamp['):-1].partition(', tz=')
+    unit, _, tz = value[len('timestamp[') : -1].partition(', tz=')
     return pa.timestamp(unit, tz=tz or None)
   raise ValueError(f'unknown type {value!r} in schema JSON')
 
@@ -216,14 +216,18 @@ def drift(previous: Optional[pa.Schema], current: pa.Schema) -> dict:
   before = {f.name: f.type for f in previous}
   after = {f.name: f.type for f in current}
   return {
-      'added': [n for n in after if n not in before],
-      'removed': [n for n in before if n not in after],
-      'changed': [{
-          'field': n,
-          'from': _type_to_json(before[n]),
-          'to': _type_to_json(after[n]),
-          'widened': widen(before[n], after[n]) == after[n]
-      } for n in after if n in before and before[n] != after[n]],
+    'added': [n for n in after if n not in before],
+    'removed': [n for n in before if n not in after],
+    'changed': [
+      {
+        'field': n,
+        'from': _type_to_json(before[n]),
+        'to': _type_to_json(after[n]),
+        'widened': widen(before[n], after[n]) == after[n],
+      }
+      for n in after
+      if n in before and before[n] != after[n]
+    ],
   }
 
 

@@ -44,14 +44,16 @@ def _letters(batch: pa.RecordBatch, bad: np.ndarray, field: str, detail_of) -> l
   positions = rows.column(ROW_COLUMN).to_pylist() if ROW_COLUMN in rows.schema.names else [None] * len(idx)
   records = rows_as_dicts(rows)
   return [
-      dead_letter(
-          source=src,
-          position=position(pos, src),
-          reason='invalid_tenant',
-          field=field,
-          record=record,
-          detail=detail_of(record),
-          stage='tenant') for src, pos, record in zip(sources, positions, records)
+    dead_letter(
+      source=src,
+      position=position(pos, src),
+      reason='invalid_tenant',
+      field=field,
+      record=record,
+      detail=detail_of(record),
+      stage='tenant',
+    )
+    for src, pos, record in zip(sources, positions, records)
   ]
 
 
@@ -68,16 +70,21 @@ def tag_batch(batch: pa.RecordBatch, tenant_id: Optional[str], tenant_field: Opt
         values = values.cast(pa.string())
     else:
       values = pa.nulls(n, pa.string())
-    ok = np.asarray(pc.fill_null(pc.match_substring_regex(values, TENANT_PATTERN), False).to_numpy(zero_copy_only=False), bool)
-    detail = lambda record: (f'{tenant_field} {record.get(tenant_field)!r} is not a valid tenant id '
-                             f'(must match {TENANT_PATTERN})')
+    ok = np.asarray(
+      pc.fill_null(pc.match_substring_regex(values, TENANT_PATTERN), False).to_numpy(zero_copy_only=False), bool
+    )
+    detail = lambda record: (
+      f'{tenant_field} {record.get(tenant_field)!r} is not a valid tenant id (must match {TENANT_PATTERN})'
+    )
   else:
     values = pa.array(np.full(n, tenant_id, dtype=object), type=pa.string())
     ok = np.ones(n, dtype=bool)
     if TENANT_COLUMN in names:
       # A record that names another tenant must not land under this run's tenant.
       own = batch.column(TENANT_COLUMN).cast(pa.string())
-      ok = np.asarray(pc.fill_null(pc.or_(pc.is_null(own), pc.equal(own, tenant_id)), True).to_numpy(zero_copy_only=False), bool)
+      ok = np.asarray(
+        pc.fill_null(pc.or_(pc.is_null(own), pc.equal(own, tenant_id)), True).to_numpy(zero_copy_only=False), bool
+      )
     detail = lambda record: f'record names tenant {record.get(TENANT_COLUMN)!r} but the run is for {tenant_id!r}'
   letters = _letters(batch, ~ok, tenant_field or TENANT_COLUMN, detail) if not ok.all() else []
   if TENANT_COLUMN in names:
@@ -90,7 +97,6 @@ def tag_batch(batch: pa.RecordBatch, tenant_id: Optional[str], tenant_field: Opt
 
 
 class _TagFn(beam.DoFn):
-
   def __init__(self, tenant_id, tenant_field):
     self._tenant_id = tenant_id
     self._tenant_field = tenant_field
@@ -121,7 +127,8 @@ class TagTenant(beam.PTransform):
 
   def expand(self, batches):
     result = batches | 'TagTenant' >> beam.ParDo(_TagFn(self._tenant_id, self._tenant_field)).with_outputs(
-        DEAD_LETTER, main='records')
+      DEAD_LETTER, main='records'
+    )
     return typed_outputs(Outputs(result.records, result[DEAD_LETTER]))
 
 

@@ -33,20 +33,28 @@ import pydantic
 
 from transforms import entities
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
-from transforms.records import INTERNAL_COLUMNS, ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN, json_safe, position, typed_outputs
+from transforms.records import (
+  INTERNAL_COLUMNS,
+  ROW_COLUMN,
+  SOURCE_COLUMN,
+  TENANT_COLUMN,
+  json_safe,
+  position,
+  typed_outputs,
+)
 
 __all__ = ['Validate', 'ValidateOptions', 'validate_batch', 'arrow_type']
 
 _LOG = logging.getLogger(__name__)
 
 _ARROW_TYPES = {
-    'string': pa.string(),
-    'ip': pa.string(),
-    'country': pa.string(),
-    'int': pa.int64(),
-    'float': pa.float64(),
-    'bool': pa.bool_(),
-    'timestamp': pa.timestamp('us', tz='UTC'),
+  'string': pa.string(),
+  'ip': pa.string(),
+  'country': pa.string(),
+  'int': pa.int64(),
+  'float': pa.float64(),
+  'bool': pa.bool_(),
+  'timestamp': pa.timestamp('us', tz='UTC'),
 }
 _IPV4_PATTERN = r'^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}$'
 _COUNTRY_SET = pa.array(sorted(entities.COUNTRY_CODES))
@@ -69,12 +77,14 @@ class ValidateOptions:
   pydantic_details: fill each dead letter's `detail` with pydantic's message
     for the field (costs one model validation per invalid row).
   """
+
   pydantic_details: bool = True
 
 
 @dataclasses.dataclass
 class _Column:
   """A converted column and where it broke the rules (numpy bool masks)."""
+
   values: pa.Array
   invalid_type: np.ndarray
   invalid_value: np.ndarray
@@ -285,14 +295,14 @@ def _convert_nested(arr, rule) -> _Column:
 
 
 _CONVERTERS = {
-    'string': _convert_string,
-    'ip': _convert_string,
-    'country': _convert_string,
-    'int': _convert_int,
-    'float': _convert_float,
-    'bool': _convert_bool,
-    'timestamp': _convert_timestamp,
-    'nested': _convert_nested,
+  'string': _convert_string,
+  'ip': _convert_string,
+  'country': _convert_string,
+  'int': _convert_int,
+  'float': _convert_float,
+  'bool': _convert_bool,
+  'timestamp': _convert_timestamp,
+  'nested': _convert_nested,
 }
 
 
@@ -306,10 +316,9 @@ def _pydantic_detail(model, record: dict, field: str) -> Optional[str]:
   return None
 
 
-def validate_batch(batch: pa.RecordBatch,
-                   model,
-                   stage: str = 'validate',
-                   pydantic_details: bool = True) -> Tuple[pa.RecordBatch, List[dict]]:
+def validate_batch(
+  batch: pa.RecordBatch, model, stage: str = 'validate', pydantic_details: bool = True
+) -> Tuple[pa.RecordBatch, List[dict]]:
   """(valid rows converted to the canonical types, dead letters for the others)."""
   n = batch.num_rows
   rules = entities.field_rules(model)
@@ -336,7 +345,7 @@ def validate_batch(batch: pa.RecordBatch,
 
   extras = [c for c in batch.schema.names if c not in rules and c not in INTERNAL_COLUMNS]
   out_names = names + extras + [c for c in INTERNAL_COLUMNS if c in batch.schema.names]
-  out_arrays = [columns[c] for c in names] + [batch.column(c) for c in out_names[len(names):]]
+  out_arrays = [columns[c] for c in names] + [batch.column(c) for c in out_names[len(names) :]]
   converted = pa.RecordBatch.from_arrays(out_arrays, names=out_names)
 
   bad_rows = np.flatnonzero(reason != _OK)
@@ -354,20 +363,21 @@ def validate_batch(batch: pa.RecordBatch,
     code = reason[row_index]
     detail = _pydantic_detail(model, records[i], field) if pydantic_details else None
     letters.append(
-        dead_letter(
-            source=sources[i],
-            position=position(rows[i], sources[i]),
-            reason=_REASON_NAMES[code],
-            field=field,
-            record=records[i],
-            detail=detail or f'{field}: {_REASON_NAMES[code]}',
-            stage=stage,
-            tenant=tenants[i]))
+      dead_letter(
+        source=sources[i],
+        position=position(rows[i], sources[i]),
+        reason=_REASON_NAMES[code],
+        field=field,
+        record=records[i],
+        detail=detail or f'{field}: {_REASON_NAMES[code]}',
+        stage=stage,
+        tenant=tenants[i],
+      )
+    )
   return valid, letters
 
 
 class _ValidateFn(beam.DoFn):
-
   def __init__(self, model, options: ValidateOptions):
     self._model = model
     self._options = options
@@ -394,5 +404,6 @@ class Validate(beam.PTransform):
 
   def expand(self, batches):
     result = batches | 'Validate' >> beam.ParDo(_ValidateFn(self._model, self._options)).with_outputs(
-        DEAD_LETTER, main='records')
+      DEAD_LETTER, main='records'
+    )
     return typed_outputs(Outputs(result.records, result[DEAD_LETTER]))

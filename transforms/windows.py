@@ -66,7 +66,8 @@ __all__ = ['WindowOptions', 'WindowEvents', 'WindowedOutputs', 'WindowBatch', 'w
 
 _MICROS = 1_000_000
 
-SESSION_SCHEMA = pa.schema([
+SESSION_SCHEMA = pa.schema(
+  [
     ('tenant_id', pa.string()),
     ('user_id', pa.string()),
     ('session_start', pa.timestamp('us', tz='UTC')),
@@ -74,7 +75,8 @@ SESSION_SCHEMA = pa.schema([
     ('events', pa.int64()),
     ('listening_minutes', pa.float64()),
     ('skips', pa.int64()),
-])
+  ]
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +90,7 @@ class WindowOptions:
   time_field, key_field, user_field: the event time, the dedup key and the user column.
   num_shards: keys per tenant (parallelism; each window is written as up to this many parts).
   """
+
   window_size_s: float = 60.0
   allowed_lateness_s: float = 0.0
   session_gap_s: float = 1800.0
@@ -122,6 +125,7 @@ class WindowOptions:
 
 class WindowBatch(typing.NamedTuple):
   """The rows of one (tenant, window, shard): emitted once."""
+
   tenant: str
   window_start_us: int
   window_end_us: int
@@ -188,7 +192,9 @@ def _concat(batches: List[pa.RecordBatch]) -> pa.RecordBatch:
     if pa.types.is_dictionary(sources.type):
       table = table.set_column(table.schema.get_field_index(SOURCE_COLUMN), SOURCE_COLUMN, sources.cast(pa.string()))
     table = table.sort_by([(SOURCE_COLUMN, 'ascending'), (ROW_COLUMN, 'ascending')])
-  return table.combine_chunks().to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], schema=table.schema)
+  return (
+    table.combine_chunks().to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], schema=table.schema)
+  )
 
 
 class _WindowDedupFn(beam.DoFn):
@@ -215,13 +221,15 @@ class _WindowDedupFn(beam.DoFn):
     end = last_us + int(self._options.session_gap_s * _MICROS)
     return (end // size) * size + size + self._options.lateness_us
 
-  def process(self,
-              element,
-              pending=beam.DoFn.StateParam(PENDING),
-              seen_state=beam.DoFn.StateParam(SEEN),
-              fired_state=beam.DoFn.StateParam(FIRED),
-              next_state=beam.DoFn.StateParam(NEXT),
-              timer=beam.DoFn.TimerParam(CLOSE)):
+  def process(
+    self,
+    element,
+    pending=beam.DoFn.StateParam(PENDING),
+    seen_state=beam.DoFn.StateParam(SEEN),
+    fired_state=beam.DoFn.StateParam(FIRED),
+    next_state=beam.DoFn.StateParam(NEXT),
+    timer=beam.DoFn.TimerParam(CLOSE),
+  ):
     (tenant, shard), batch = element
     options = self._options
     times = _micros(batch, options.time_field)
@@ -236,13 +244,23 @@ class _WindowDedupFn(beam.DoFn):
       positions = rows.column(ROW_COLUMN).to_pylist() if ROW_COLUMN in rows.schema.names else [None] * len(idx)
       self._late.inc(len(idx))
       for i, record, src, pos in zip(idx, rows_as_dicts(rows), sources, positions):
-        yield beam.pvalue.TaggedOutput('late', dead_letter(
-            src, position(pos, src), 'late_event',
-            field=options.time_field, record=record,
-            detail=(f'{options.time_field} {_iso(times[i])} is in window [{_iso(starts[i])}, '
-                    f'{_iso(starts[i] + options.size_us)}), emitted when the watermark reached {_iso(fired)} '
-                    f'(allowed lateness {options.allowed_lateness_s:g}s)'),
-            stage='windows', tenant=tenant))
+        yield beam.pvalue.TaggedOutput(
+          'late',
+          dead_letter(
+            src,
+            position(pos, src),
+            'late_event',
+            field=options.time_field,
+            record=record,
+            detail=(
+              f'{options.time_field} {_iso(times[i])} is in window [{_iso(starts[i])}, '
+              f'{_iso(starts[i] + options.size_us)}), emitted when the watermark reached {_iso(fired)} '
+              f'(allowed lateness {options.allowed_lateness_s:g}s)'
+            ),
+            stage='windows',
+            tenant=tenant,
+          ),
+        )
         yield beam.pvalue.TaggedOutput('metrics_partial', ((tenant, int(starts[i])), {'late_events': 1}))
     keep = ~late
     if not keep.any():
@@ -262,8 +280,9 @@ class _WindowDedupFn(beam.DoFn):
       self._duplicates.inc(int(duplicate.sum()))
       if SOURCE_COLUMN in batch.schema.names and ROW_COLUMN in batch.schema.names:
         dropped = batch.filter(pa.array(duplicate))
-        yield beam.pvalue.TaggedOutput('absorbed', list(zip(
-            _strings(dropped, SOURCE_COLUMN).tolist(), dropped.column(ROW_COLUMN).to_pylist())))
+        yield beam.pvalue.TaggedOutput(
+          'absorbed', list(zip(_strings(dropped, SOURCE_COLUMN).tolist(), dropped.column(ROW_COLUMN).to_pylist()))
+        )
       for start, n in zip(*np.unique(starts[duplicate], return_counts=True)):
         yield beam.pvalue.TaggedOutput('metrics_partial', ((tenant, int(start)), {'duplicates': int(n)}))
     accepted = keep & ~duplicate
@@ -282,15 +301,17 @@ class _WindowDedupFn(beam.DoFn):
       next_state.write(earliest)
 
   @on_timer(CLOSE)
-  def on_close(self,
-               key=beam.DoFn.KeyParam,
-               fire=beam.DoFn.TimestampParam,
-               pending=beam.DoFn.StateParam(PENDING),
-               seen_state=beam.DoFn.StateParam(SEEN),
-               fired_state=beam.DoFn.StateParam(FIRED),
-               next_state=beam.DoFn.StateParam(NEXT),
-               sessions_state=beam.DoFn.StateParam(SESSIONS),
-               timer=beam.DoFn.TimerParam(CLOSE)):
+  def on_close(
+    self,
+    key=beam.DoFn.KeyParam,
+    fire=beam.DoFn.TimestampParam,
+    pending=beam.DoFn.StateParam(PENDING),
+    seen_state=beam.DoFn.StateParam(SEEN),
+    fired_state=beam.DoFn.StateParam(FIRED),
+    next_state=beam.DoFn.StateParam(NEXT),
+    sessions_state=beam.DoFn.StateParam(SESSIONS),
+    timer=beam.DoFn.TimerParam(CLOSE),
+  ):
     tenant, shard = key
     options = self._options
     now = int(fire.micros)
@@ -347,10 +368,16 @@ class _WindowDedupFn(beam.DoFn):
     gap = int(options.session_gap_s * _MICROS)
     users = _strings(rows, options.user_field)
     times = _micros(rows, options.time_field)
-    ms = (np.asarray(rows.column('ms_played').cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False))
-          if 'ms_played' in rows.schema.names else np.zeros(rows.num_rows, np.int64))
-    skips = (np.asarray(rows.column('skipped').fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
-             if 'skipped' in rows.schema.names else np.zeros(rows.num_rows, bool))
+    ms = (
+      np.asarray(rows.column('ms_played').cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False))
+      if 'ms_played' in rows.schema.names
+      else np.zeros(rows.num_rows, np.int64)
+    )
+    skips = (
+      np.asarray(rows.column('skipped').fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+      if 'skipped' in rows.schema.names
+      else np.zeros(rows.num_rows, bool)
+    )
     order = np.lexsort((times, users.astype(str)))
     closed = []
     for i in order:
@@ -381,7 +408,8 @@ class _WindowDedupFn(beam.DoFn):
       by_window.setdefault((end // size) * size, []).append((user[0] if isinstance(user, tuple) else user, s))
     for start, items in sorted(by_window.items()):
       items.sort(key=lambda us: (us[0], us[1][0]))
-      batch = pa.RecordBatch.from_arrays([
+      batch = pa.RecordBatch.from_arrays(
+        [
           pa.array([tenant] * len(items), pa.string()),
           pa.array([u for u, _ in items], pa.string()),
           pa.array([s[0] for _, s in items], pa.int64()).cast(pa.timestamp('us', tz='UTC')),
@@ -389,7 +417,9 @@ class _WindowDedupFn(beam.DoFn):
           pa.array([s[2] for _, s in items], pa.int64()),
           pa.array([s[3] / 60000.0 for _, s in items], pa.float64()),
           pa.array([s[4] for _, s in items], pa.int64()),
-      ], schema=SESSION_SCHEMA)
+        ],
+        schema=SESSION_SCHEMA,
+      )
       yield beam.pvalue.TaggedOutput('sessions', (tenant, start, shard, batch))
 
 
@@ -409,14 +439,22 @@ class _MergeMetricsFn(beam.DoFn):
   def __init__(self, options: WindowOptions):
     self._options = options
 
-  def process(self,
-              element,
-              total_state=beam.DoFn.StateParam(TOTAL),
-              emit=beam.DoFn.TimerParam(EMIT),
-              expire=beam.DoFn.TimerParam(EXPIRE)):
+  def process(
+    self,
+    element,
+    total_state=beam.DoFn.StateParam(TOTAL),
+    emit=beam.DoFn.TimerParam(EMIT),
+    expire=beam.DoFn.TimerParam(EXPIRE),
+  ):
     (unused_tenant, start), partial = element
     total = total_state.read() or {
-        'events': 0, 'ms_played': 0, 'skips': 0, 'users': set(), 'duplicates': 0, 'late_events': 0}
+      'events': 0,
+      'ms_played': 0,
+      'skips': 0,
+      'users': set(),
+      'duplicates': 0,
+      'late_events': 0,
+    }
     for name, value in partial.items():
       if name == 'users':
         total['users'] |= value
@@ -430,8 +468,9 @@ class _MergeMetricsFn(beam.DoFn):
     expire.set(Timestamp(micros=close + 2 + int(self._options.dedup_ttl_s * _MICROS)))
 
   @on_timer(EMIT)
-  def on_emit(self, key=beam.DoFn.KeyParam, total_state=beam.DoFn.StateParam(TOTAL),
-              pane_state=beam.DoFn.StateParam(PANE)):
+  def on_emit(
+    self, key=beam.DoFn.KeyParam, total_state=beam.DoFn.StateParam(TOTAL), pane_state=beam.DoFn.StateParam(PANE)
+  ):
     tenant, start = key
     total = total_state.read()
     if total is None:
@@ -439,16 +478,16 @@ class _MergeMetricsFn(beam.DoFn):
     pane = pane_state.read() or 0
     pane_state.write(pane + 1)
     yield {
-        'pane': pane,
-        'tenant': tenant,
-        'window_start': _iso(start),
-        'window_end': _iso(start + self._options.size_us),
-        'events': total['events'],
-        'listening_minutes': round(total['ms_played'] / 60000.0, 6),
-        'skips': total['skips'],
-        'distinct_users': len(total['users']),
-        'duplicates': total['duplicates'],
-        'late_events': total['late_events'],
+      'pane': pane,
+      'tenant': tenant,
+      'window_start': _iso(start),
+      'window_end': _iso(start + self._options.size_us),
+      'events': total['events'],
+      'listening_minutes': round(total['ms_played'] / 60000.0, 6),
+      'skips': total['skips'],
+      'distinct_users': len(total['users']),
+      'duplicates': total['duplicates'],
+      'late_events': total['late_events'],
     }
 
   @on_timer(EXPIRE)
@@ -469,11 +508,14 @@ class WindowEvents(beam.PTransform):
   def expand(self, batches):
     options = self._options
     result = (
-        batches
-        | 'GlobalWindow' >> beam.WindowInto(beam.window.GlobalWindows())
-        | 'Route' >> beam.ParDo(_RouteFn(options))
-        | 'WindowDedup' >> beam.ParDo(_WindowDedupFn(options)).with_outputs(
-            'late', 'metrics_partial', 'sessions', 'absorbed', main='windows'))
+      batches
+      | 'GlobalWindow' >> beam.WindowInto(beam.window.GlobalWindows())
+      | 'Route' >> beam.ParDo(_RouteFn(options))
+      | 'WindowDedup'
+      >> beam.ParDo(_WindowDedupFn(options)).with_outputs(
+        'late', 'metrics_partial', 'sessions', 'absorbed', main='windows'
+      )
+    )
     metrics = result.metrics_partial | 'MergeMetrics' >> beam.ParDo(_MergeMetricsFn(options))
     absorbed = result.absorbed | 'AbsorbedPositions' >> beam.FlatMap(lambda positions: positions)
     return WindowedOutputs(result.windows, result.late, metrics, result.sessions, absorbed)

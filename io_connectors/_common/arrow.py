@@ -154,8 +154,9 @@ def _parse_json_text_columns(data: bytes, as_text: List[str], cast_after: List[s
   """Parses with `as_text` columns as strings; moves those holding non-strings to `cast_after`."""
   read_options = pa_json.ReadOptions(use_threads=False, block_size=max(min(len(data) + 1, 1 << 30), 1 << 20))
   while True:
-    parse_options = pa_json.ParseOptions(explicit_schema=pa.schema([(c, pa.string()) for c in as_text]),
-                                         unexpected_field_behavior='infer')
+    parse_options = pa_json.ParseOptions(
+      explicit_schema=pa.schema([(c, pa.string()) for c in as_text]), unexpected_field_behavior='infer'
+    )
     try:
       table = pa_json.read_json(pa.BufferReader(data), read_options=read_options, parse_options=parse_options)
       return _to_string(table, cast_after)
@@ -179,7 +180,7 @@ def parse_json_lines(data: bytes, string_columns: Iterable[str] = ()) -> pa.Tabl
     # sample first so that the full parse usually runs once.
     cut = data.find(b'\n', _JSON_SAMPLE_BYTES)
     try:
-      _parse_json_text_columns(data[:cut + 1] if cut >= 0 else data, as_text, cast_after)
+      _parse_json_text_columns(data[: cut + 1] if cut >= 0 else data, as_text, cast_after)
     except pa.ArrowInvalid:
       pass  # the full parse below reports it
   return _parse_json_text_columns(data, as_text, cast_after)

@@ -70,6 +70,7 @@ def connection_url(url: Optional[str], variable: str, schemes: Sequence[str], sy
   if not resolved:
     raise ValueError(f'no {system} URL: give url= or set ${variable}')
   if not isinstance(resolved, str) or not resolved.startswith(tuple(schemes)):
-    raise ValueError(f'url must start with {" or ".join(schemes)}{f" ({hint})" if hint else ""}, '
-                     f'got {mask_url(str(resolved))!r}')
+    raise ValueError(
+      f'url must start with {" or ".join(schemes)}{f" ({hint})" if hint else ""}, got {mask_url(str(resolved))!r}'
+    )
   return resolved

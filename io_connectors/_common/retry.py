@@ -40,6 +40,7 @@ class Backoff:
   come back at the same instant; full_jitter waits uniform(0, delay) instead
   ("full jitter"), for requests many clients repeat against one API.
   """
+
   first_delay_s: float
   max_delay_s: float = float('inf')
   jitter: float = 0.0
@@ -56,7 +57,7 @@ class Backoff:
   def delay_s(self, retry: int, rng: Optional[random.Random] = None) -> float:
     rng = rng or random
     # The exponent is capped: a reconnect loop may run for days.
-    delay = min(self.max_delay_s, self.first_delay_s * 2.0**min(retry - 1, 1000))
+    delay = min(self.max_delay_s, self.first_delay_s * 2.0 ** min(retry - 1, 1000))
     if self.full_jitter:
       return rng.uniform(0, delay)
     return delay * rng.uniform(1 - self.jitter, 1 + self.jitter) if self.jitter else delay
@@ -69,9 +70,17 @@ class Backoff:
       yield self.delay_s(retry, rng)
 
 
-def call_with_retries(fn: Callable[[], T], *, max_retries: int, backoff: Backoff, what: str,
-                      transient: Callable[[Exception], bool], explain: Callable[[Exception], Exception],
-                      reason: Callable[[Exception], str], on_retry: Optional[Callable[[], None]] = None) -> T:
+def call_with_retries(
+  fn: Callable[[], T],
+  *,
+  max_retries: int,
+  backoff: Backoff,
+  what: str,
+  transient: Callable[[Exception], bool],
+  explain: Callable[[Exception], Exception],
+  reason: Callable[[Exception], str],
+  on_retry: Optional[Callable[[], None]] = None,
+) -> T:
   """fn(), called again while it fails transiently, at most max_retries times.
 
   A failure that is not transient, or the last one, raises explain(error)

@@ -73,8 +73,10 @@ def _object_name(key: str) -> str:
   # Letters, digits, '.', '_' and '-' kept, any other byte as =XX: one flat,
   # reversible name with no '/' or '%' (which some object stores and their
   # emulators decode in object names).
-  return ''.join(chr(b) if chr(b).isalnum() and b < 128 or chr(b) in '._-' else f'={b:02X}'
-                 for b in key.encode('utf-8')) + '.json'
+  return (
+    ''.join(chr(b) if chr(b).isalnum() and b < 128 or chr(b) in '._-' else f'={b:02X}' for b in key.encode('utf-8'))
+    + '.json'
+  )
 
 
 def _local_dir(store: str) -> Optional[str]:
@@ -159,6 +161,7 @@ def _postgres_target(store: str) -> Tuple[str, List[str]]:
 def _postgres_connect(store: str):
   import psycopg
   from psycopg import sql
+
   url, table = _postgres_target(store)
   try:
     conn = psycopg.connect(url, connect_timeout=10, application_name='pipeline-cursor-state')
@@ -174,14 +177,19 @@ def _first_line(error) -> str:
 
 def _ensure_table(conn, table):
   from psycopg import sql
+
   conn.execute(
-      sql.SQL('CREATE TABLE IF NOT EXISTS {} (key text PRIMARY KEY, value jsonb NOT NULL, '
-              'committed_at timestamptz NOT NULL DEFAULT now())').format(table))
+    sql.SQL(
+      'CREATE TABLE IF NOT EXISTS {} (key text PRIMARY KEY, value jsonb NOT NULL, '
+      'committed_at timestamptz NOT NULL DEFAULT now())'
+    ).format(table)
+  )
 
 
 def _load_postgres(store: str, key: str) -> Optional[dict]:
   import psycopg
   from psycopg import sql
+
   conn, table = _postgres_connect(store)
   try:
     with conn:
@@ -199,15 +207,19 @@ def _write_postgres(store: str, docs: Dict[str, dict]):
   import psycopg
   from psycopg import sql
   from psycopg.types.json import Jsonb
+
   conn, table = _postgres_connect(store)
   try:
     with conn:  # one transaction: all keys of this store or none
       _ensure_table(conn, table)
       with conn.cursor() as cur:
         cur.executemany(
-            sql.SQL('INSERT INTO {} (key, value, committed_at) VALUES (%s, %s, now()) '
-                    'ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, committed_at = now()').format(table),
-            [(key, Jsonb(doc)) for key, doc in docs.items()])
+          sql.SQL(
+            'INSERT INTO {} (key, value, committed_at) VALUES (%s, %s, now()) '
+            'ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, committed_at = now()'
+          ).format(table),
+          [(key, Jsonb(doc)) for key, doc in docs.items()],
+        )
   except psycopg.Error as e:
     raise StateError(f'cannot write cursors to {mask_url(store)}: {_first_line(e)}') from None
   finally:
@@ -232,6 +244,7 @@ def load_cursor(store: str, key: str) -> Any:
 
 def _cas_file(store: str, key: str, expected: Any, new: Any) -> bool:
   import fcntl
+
   local = _local_dir(store)
   if local is None:
     raise StateError(f'compare-and-set needs a local directory or a PostgreSQL store, not {mask_url(store)}')
@@ -244,8 +257,9 @@ def _cas_file(store: str, key: str, expected: Any, new: Any) -> bool:
         current = _load_file(store, key)
         if (None if current is None else current.get('value')) != expected:
           return False
-        _write_file(store, key, {'key': key, 'value': new,
-                                 'committed_at': dt.datetime.now(dt.timezone.utc).isoformat()})
+        _write_file(
+          store, key, {'key': key, 'value': new, 'committed_at': dt.datetime.now(dt.timezone.utc).isoformat()}
+        )
         return True
       finally:
         fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
@@ -257,6 +271,7 @@ def _cas_postgres(store: str, key: str, expected: Any, new: Any) -> bool:
   import psycopg
   from psycopg import sql
   from psycopg.types.json import Jsonb
+
   conn, table = _postgres_connect(store)
   doc = {'key': key, 'value': new, 'committed_at': dt.datetime.now(dt.timezone.utc).isoformat()}
   try:
@@ -267,13 +282,17 @@ def _cas_postgres(store: str, key: str, expected: Any, new: Any) -> bool:
         if expected is not None:
           return False
         inserted = conn.execute(
-            sql.SQL('INSERT INTO {} (key, value, committed_at) VALUES (%s, %s, now()) '
-                    'ON CONFLICT (key) DO NOTHING').format(table), (key, Jsonb(doc)))
+          sql.SQL(
+            'INSERT INTO {} (key, value, committed_at) VALUES (%s, %s, now()) ON CONFLICT (key) DO NOTHING'
+          ).format(table),
+          (key, Jsonb(doc)),
+        )
         return inserted.rowcount == 1
       if row[0].get('value') != expected:
         return False
-      conn.execute(sql.SQL('UPDATE {} SET value = %s, committed_at = now() WHERE key = %s').format(table),
-                   (Jsonb(doc), key))
+      conn.execute(
+        sql.SQL('UPDATE {} SET value = %s, committed_at = now() WHERE key = %s').format(table), (Jsonb(doc), key)
+      )
       return True
   except psycopg.Error as e:
     raise StateError(f'cannot update {key!r} in {mask_url(store)}: {_first_line(e)}') from None

@@ -155,6 +155,7 @@ class LastfmOptions:
   allow_private_addresses: let requests reach loopback/private addresses (a
     local fake or proxy); off by default.
   """
+
   resource: str
   users: Sequence[str] = ()
   items: Sequence[Dict[str, str]] = ()
@@ -219,18 +220,20 @@ class _Page:
     arrays = [pa.array(self.columns[n], type=types[n]) if n in types else column(self.columns[n]) for n in names]
     distinct = sorted(set(self.sources))
     index = {s: i for i, s in enumerate(distinct)}
-    source = pa.DictionaryArray.from_arrays(pa.array(np.fromiter((index[s] for s in self.sources), dtype=np.int32)),
-                                            pa.array(distinct, type=pa.string()))
-    return pa.RecordBatch.from_arrays(arrays + [source, pa.array(self.rows, type=pa.int64())],
-                                      names=names + [SOURCE_COLUMN, ROW_COLUMN])
+    source = pa.DictionaryArray.from_arrays(
+      pa.array(np.fromiter((index[s] for s in self.sources), dtype=np.int32)), pa.array(distinct, type=pa.string())
+    )
+    return pa.RecordBatch.from_arrays(
+      arrays + [source, pa.array(self.rows, type=pa.int64())], names=names + [SOURCE_COLUMN, ROW_COLUMN]
+    )
 
 
 _EVENT_TYPES = {
-    'played_at': pa.timestamp('us', tz='UTC'),
-    'ms_played': pa.int64(),
-    'track_id': pa.string(),
-    'event_id': pa.string(),
-    'user_id': pa.string(),
+  'played_at': pa.timestamp('us', tz='UTC'),
+  'ms_played': pa.int64(),
+  'track_id': pa.string(),
+  'event_id': pa.string(),
+  'user_id': pa.string(),
 }
 
 
@@ -239,7 +242,6 @@ _DURATIONS: Dict[str, Dict[Tuple[str, str], Optional[int]]] = {}
 
 
 class _LastfmError(ConnectorError):
-
   def __init__(self, code: int, message: str):
     super().__init__(f'Last.fm error {code}: {message}')
     self.code = code
@@ -260,11 +262,20 @@ class _ReadLastfmFn(beam.DoFn):
       raise LastfmKeyError(f'environment variable {o.api_key_env} (the Last.fm API key) is not set on this worker')
     auth = ApiKeyAuth(api_key=api_key, name='api_key', location='query')
     if secret:
-      auth = SignedAuth(functools.partial(sign_request, secret, session_key or None), base=auth,
-                        secrets=[secret, session_key])
+      auth = SignedAuth(
+        functools.partial(sign_request, secret, session_key or None), base=auth, secrets=[secret, session_key]
+      )
     host = urllib.parse.urlsplit(o.base_url).hostname
-    self._client = HttpClient(ClientOptions(allowed_hosts=[host], rate=o.rate, burst=o.burst, retry=o.retry,
-                                            allow_private_addresses=o.allow_private_addresses), auth)
+    self._client = HttpClient(
+      ClientOptions(
+        allowed_hosts=[host],
+        rate=o.rate,
+        burst=o.burst,
+        retry=o.retry,
+        allow_private_addresses=o.allow_private_addresses,
+      ),
+      auth,
+    )
     self._bucket = limiter_for(host, o.rate, o.burst)
     # Shared by the DoFn instances of a worker process: a track's duration is asked once.
     self._durations = _DURATIONS.setdefault(o.base_url, {})
@@ -302,8 +313,9 @@ class _ReadLastfmFn(beam.DoFn):
       code = _int(body.get('error'))
       message = self._client.masker.text(str(body.get('message', '')))
       if code in KEY_ERRORS:
-        raise LastfmKeyError(f'Last.fm refused the API key from ${self._options.api_key_env} '
-                             f'(error {code}, {KEY_ERRORS[code]}): {message}')
+        raise LastfmKeyError(
+          f'Last.fm refused the API key from ${self._options.api_key_env} (error {code}, {KEY_ERRORS[code]}): {message}'
+        )
       if code in RETRIED_ERRORS and attempt + 1 < policy.max_attempts:
         attempt += 1
         delay = policy.backoff(attempt)
@@ -316,16 +328,25 @@ class _ReadLastfmFn(beam.DoFn):
         continue
       raise _LastfmError(code, f'{message} (HTTP {status})')
 
-  def _letter(self, request: Optional[Request], reason: str, detail: str, position: str, source: str, record=None,
-              count: int = 1):
+  def _letter(
+    self, request: Optional[Request], reason: str, detail: str, position: str, source: str, record=None, count: int = 1
+  ):
     described = self._client.describe(request) if request is not None else None
     payload = {'request': described}
     if record is not None:
       payload['response_record'] = record
     return beam.pvalue.TaggedOutput(
-        DEAD_LETTER,
-        dead_letter(source, position, reason, record=json_safe(payload), detail=self._client.masker.text(detail),
-                    stage='read', count=count))
+      DEAD_LETTER,
+      dead_letter(
+        source,
+        position,
+        reason,
+        record=json_safe(payload),
+        detail=self._client.masker.text(detail),
+        stage='read',
+        count=count,
+      ),
+    )
 
   def _failure(self, request: Request, error: Exception, position: str, source: str):
     if isinstance(error, ValueError) and not isinstance(error, HostNotAllowed):
@@ -376,8 +397,9 @@ class _ReadLastfmFn(beam.DoFn):
       if isinstance(tracks, dict):
         tracks = [tracks]  # XML-to-JSON: a single element is not a list
       if not isinstance(tracks, list):
-        yield self._letter(request, 'source_error', 'no recenttracks.track list in the answer', f'page {page}', source,
-                           record=body)
+        yield self._letter(
+          request, 'source_error', 'no recenttracks.track list in the answer', f'page {page}', source, record=body
+        )
         break
       total_pages = _int(json_path(body, 'recenttracks.@attr.totalPages'))
       scrobbles = 0
@@ -388,8 +410,9 @@ class _ReadLastfmFn(beam.DoFn):
         try:
           values = self._event(user, item)
         except (ValueError, TypeError, KeyError) as e:
-          yield self._letter(request, 'source_error', f'cannot map the scrobble: {e}', f'row {index}', source,
-                             record=item)
+          yield self._letter(
+            request, 'source_error', f'cannot map the scrobble: {e}', f'row {index}', source, record=item
+          )
           continue
         values.update(extra)
         out.add(values, source, index)
@@ -411,19 +434,19 @@ class _ReadLastfmFn(beam.DoFn):
       raise ValueError('a scrobble needs date.uts, artist and name')
     digest = hashlib.sha256('\x1f'.join(('lastfm', user, str(uts), artist, name)).encode('utf-8')).hexdigest()
     return {
-        'event_id': f'lastfm:{digest[:32]}',
-        'user_id': user,
-        'track_id': track_key(artist, name),
-        'track_key_source': 'lastfm:artist+track',
-        'played_at': dt.datetime.fromtimestamp(uts, tz=dt.timezone.utc),
-        'ms_played': self._options.unknown_duration_ms,  # set from track.getInfo when with_duration
-        'platform': 'lastfm',
-        'track_name': name,
-        'artist_name': artist,
-        'album_name': json_path(item, 'album.#text') or None,
-        'track_mbid': item.get('mbid') or None,
-        'artist_mbid': json_path(item, 'artist.mbid') or None,
-        'track_url': item.get('url'),
+      'event_id': f'lastfm:{digest[:32]}',
+      'user_id': user,
+      'track_id': track_key(artist, name),
+      'track_key_source': 'lastfm:artist+track',
+      'played_at': dt.datetime.fromtimestamp(uts, tz=dt.timezone.utc),
+      'ms_played': self._options.unknown_duration_ms,  # set from track.getInfo when with_duration
+      'platform': 'lastfm',
+      'track_name': name,
+      'artist_name': artist,
+      'album_name': json_path(item, 'album.#text') or None,
+      'track_mbid': item.get('mbid') or None,
+      'artist_mbid': json_path(item, 'artist.mbid') or None,
+      'track_url': item.get('url'),
     }
 
   def _fill_durations(self, out: _Page) -> List[Any]:
@@ -444,16 +467,32 @@ class _ReadLastfmFn(beam.DoFn):
         self._durations[key] = duration if duration else None
       except _LastfmError as e:
         if e.code != 6:  # 6: Last.fm does not know the track; its duration is unknown
-          letters.append(self._letter(request, 'source_error', f'duration lookup failed, ms_played unknown: {e}',
-                                      None, 'lastfm.track_info', count=0))
+          letters.append(
+            self._letter(
+              request,
+              'source_error',
+              f'duration lookup failed, ms_played unknown: {e}',
+              None,
+              'lastfm.track_info',
+              count=0,
+            )
+          )
         self._durations[key] = None
       except (RequestFailed, HostNotAllowed, ValueError) as e:
-        letters.append(self._letter(request, 'source_error', f'duration lookup failed, ms_played unknown: {e}', None,
-                                    'lastfm.track_info', count=0))
+        letters.append(
+          self._letter(
+            request,
+            'source_error',
+            f'duration lookup failed, ms_played unknown: {e}',
+            None,
+            'lastfm.track_info',
+            count=0,
+          )
+        )
         self._durations[key] = None  # not retried for every scrobble of the track
     fallback = self._options.unknown_duration_ms
     out.columns['ms_played'] = [
-        d if d is not None else fallback for d in (self._durations[k] for k in zip(artists, names))
+      d if d is not None else fallback for d in (self._durations[k] for k in zip(artists, names))
     ]
     return letters
 
@@ -461,8 +500,9 @@ class _ReadLastfmFn(beam.DoFn):
     missing = [k for k in keys if not element.get(k)]
     source = f'lastfm.{self._options.resource}'
     if missing:
-      yield self._letter(None, 'source_error', f'element needs {", ".join(missing)}', None, source,
-                         record={'params': element})
+      yield self._letter(
+        None, 'source_error', f'element needs {", ".join(missing)}', None, source, record={'params': element}
+      )
       return
     request = self._request(method, **{k: element[k] for k in keys})
     source = f'{source} {self._client.masker.text(request.full_url())}'
@@ -485,7 +525,8 @@ class _ReadLastfmFn(beam.DoFn):
     track = body['track']
     tags = json_path(track, 'toptags.tag') or []
     tags = [tags] if isinstance(tags, dict) else tags
-    return [{
+    return [
+      {
         'artist_name': json_path(track, 'artist.name'),
         'track_name': track.get('name'),
         'track_id': track_key(json_path(track, 'artist.name') or '', track.get('name') or ''),
@@ -494,7 +535,8 @@ class _ReadLastfmFn(beam.DoFn):
         'playcount': _int(track.get('playcount')),
         'track_mbid': track.get('mbid') or None,
         'top_tags': [t.get('name') for t in tags if isinstance(t, dict)],
-    }]
+      }
+    ]
 
   @staticmethod
   def _top_tags_records(body: dict) -> List[dict]:
@@ -508,6 +550,7 @@ class _ReadLastfmFn(beam.DoFn):
 
 def _json_loads(content: bytes):
   import json
+
   return json.loads(content)
 
 
@@ -541,10 +584,11 @@ class ReadFromLastfm(beam.PTransform):
 
   def expand(self, pbegin):
     results = (
-        pbegin
-        | 'Elements' >> beam.Create(self._elements, reshuffle=False)
-        | 'Spread' >> beam.Reshuffle()
-        | 'Read' >> beam.ParDo(_ReadLastfmFn(self._options)).with_outputs(DEAD_LETTER, main='records'))
+      pbegin
+      | 'Elements' >> beam.Create(self._elements, reshuffle=False)
+      | 'Spread' >> beam.Reshuffle()
+      | 'Read' >> beam.ParDo(_ReadLastfmFn(self._options)).with_outputs(DEAD_LETTER, main='records')
+    )
     records = results.records | 'AsBatches' >> beam.Map(lambda b: b).with_output_types(pa.RecordBatch)
     return Outputs(records, results[DEAD_LETTER])
 

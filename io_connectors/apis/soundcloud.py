@@ -58,7 +58,7 @@ class SoundCloudOAuth(OAuth2ClientCredentials):
   def apply(self, request):
     authorized = super().apply(request)
     header = authorized.headers['Authorization']
-    return authorized.with_headers(Authorization='OAuth ' + header[len('Bearer '):])
+    return authorized.with_headers(Authorization='OAuth ' + header[len('Bearer ') :])
 
 
 def parse_soundcloud_time(value: Any) -> Optional[str]:
@@ -95,20 +95,20 @@ def _track(record: Any, params: dict) -> dict:
   del params
   record = _object(record)
   return {
-      'track_id': int(record['id']),
-      'title': record.get('title'),
-      'user_id': json_path(record, 'user.id'),
-      'username': json_path(record, 'user.username'),
-      'created_at': parse_soundcloud_time(record.get('created_at')),
-      'duration_ms': record.get('duration'),
-      'genre': record.get('genre'),
-      'playback_count': _count(record, 'playback_count'),
-      'likes_count': _count(record, 'likes_count', 'favoritings_count'),
-      'reposts_count': _count(record, 'reposts_count'),
-      'comment_count': _count(record, 'comment_count'),
-      'download_count': _count(record, 'download_count'),
-      'permalink_url': record.get('permalink_url'),
-      'isrc': json_path(record, 'publisher_metadata.isrc'),
+    'track_id': int(record['id']),
+    'title': record.get('title'),
+    'user_id': json_path(record, 'user.id'),
+    'username': json_path(record, 'user.username'),
+    'created_at': parse_soundcloud_time(record.get('created_at')),
+    'duration_ms': record.get('duration'),
+    'genre': record.get('genre'),
+    'playback_count': _count(record, 'playback_count'),
+    'likes_count': _count(record, 'likes_count', 'favoritings_count'),
+    'reposts_count': _count(record, 'reposts_count'),
+    'comment_count': _count(record, 'comment_count'),
+    'download_count': _count(record, 'download_count'),
+    'permalink_url': record.get('permalink_url'),
+    'isrc': json_path(record, 'publisher_metadata.isrc'),
   }
 
 
@@ -116,15 +116,15 @@ def _user(record: Any, params: dict) -> dict:
   del params
   record = _object(record)
   return {
-      'user_id': int(record['id']),
-      'username': record.get('username'),
-      'followers_count': _count(record, 'followers_count'),
-      'followings_count': _count(record, 'followings_count'),
-      'track_count': _count(record, 'track_count'),
-      'playlist_count': _count(record, 'playlist_count'),
-      'likes_count': _count(record, 'likes_count', 'public_favorites_count'),
-      'reposts_count': _count(record, 'reposts_count'),
-      'permalink_url': record.get('permalink_url'),
+    'user_id': int(record['id']),
+    'username': record.get('username'),
+    'followers_count': _count(record, 'followers_count'),
+    'followings_count': _count(record, 'followings_count'),
+    'track_count': _count(record, 'track_count'),
+    'playlist_count': _count(record, 'playlist_count'),
+    'likes_count': _count(record, 'likes_count', 'public_favorites_count'),
+    'reposts_count': _count(record, 'reposts_count'),
+    'permalink_url': record.get('permalink_url'),
   }
 
 
@@ -133,24 +133,24 @@ def _playlist(record: Any, params: dict) -> dict:
   record = _object(record)
   tracks = record.get('tracks') or []
   return {
-      'playlist_id': int(record['id']),
-      'title': record.get('title'),
-      'user_id': json_path(record, 'user.id'),
-      'created_at': parse_soundcloud_time(record.get('created_at')),
-      'duration_ms': record.get('duration'),
-      'track_count': _count(record, 'track_count'),
-      'likes_count': _count(record, 'likes_count'),
-      'reposts_count': _count(record, 'reposts_count'),
-      'track_ids': [int(t['id']) for t in tracks if isinstance(t, dict) and t.get('id') is not None],
-      'permalink_url': record.get('permalink_url'),
+    'playlist_id': int(record['id']),
+    'title': record.get('title'),
+    'user_id': json_path(record, 'user.id'),
+    'created_at': parse_soundcloud_time(record.get('created_at')),
+    'duration_ms': record.get('duration'),
+    'track_count': _count(record, 'track_count'),
+    'likes_count': _count(record, 'likes_count'),
+    'reposts_count': _count(record, 'reposts_count'),
+    'track_ids': [int(t['id']) for t in tracks if isinstance(t, dict) and t.get('id') is not None],
+    'permalink_url': record.get('permalink_url'),
   }
 
 
 # name -> (path, paged, record mapper)
 RESOURCES = {
-    'tracks': ('/users/{user_id}/tracks', True, _track),
-    'user': ('/users/{user_id}', False, _user),
-    'playlists': ('/users/{user_id}/playlists', True, _playlist),
+  'tracks': ('/users/{user_id}/tracks', True, _track),
+  'user': ('/users/{user_id}', False, _user),
+  'playlists': ('/users/{user_id}/playlists', True, _playlist),
 }
 
 
@@ -167,6 +167,7 @@ class SoundCloudOptions:
     `io_connectors.apis.http.rest.RestOptions` (the last lets a local fake or
     proxy on a private address be reached).
   """
+
   resource: str
   user_ids: Sequence[int]
   client_id_env: str = 'SOUNDCLOUD_CLIENT_ID'
@@ -200,25 +201,33 @@ class ReadFromSoundCloud(beam.PTransform):
       raise TypeError(f'options must be SoundCloudOptions, got {type(options).__name__}')
     user_ids = list(options.user_ids)
     path, paged, mapper = RESOURCES[options.resource]
-    auth = AuthFromEnv(SoundCloudOAuth, {
+    auth = AuthFromEnv(
+      SoundCloudOAuth,
+      {
         'token_url': options.token_url,
         'client_id_env': options.client_id_env,
-        'client_secret_env': options.client_secret_env
-    })
+        'client_secret_env': options.client_secret_env,
+      },
+    )
     self._resource = ResourceConfig(
-        name=f'soundcloud.{options.resource}',
-        base_url=options.base_url,
-        path=path,
-        params={'linked_partitioning': 'true', 'limit': options.page_size} if paged else {},
-        headers={'Accept': 'application/json; charset=utf-8'},
-        auth=auth,
-        paginator={'type': 'json_link', 'next_url_path': 'next_href'} if paged else None,
-        record_path='collection' if paged else None,
-        process_record=functools.partial(mapper),
+      name=f'soundcloud.{options.resource}',
+      base_url=options.base_url,
+      path=path,
+      params={'linked_partitioning': 'true', 'limit': options.page_size} if paged else {},
+      headers={'Accept': 'application/json; charset=utf-8'},
+      auth=auth,
+      paginator={'type': 'json_link', 'next_url_path': 'next_href'} if paged else None,
+      record_path='collection' if paged else None,
+      process_record=functools.partial(mapper),
     )
     self._params = [{'user_id': u} for u in user_ids]
-    self._rest_options = RestOptions(rate=options.rate, burst=options.burst, concurrency=options.concurrency,
-                                     retry=options.retry, allow_private_addresses=options.allow_private_addresses)
+    self._rest_options = RestOptions(
+      rate=options.rate,
+      burst=options.burst,
+      concurrency=options.concurrency,
+      retry=options.retry,
+      allow_private_addresses=options.allow_private_addresses,
+    )
 
   def expand(self, pbegin):
     return pbegin | 'Read' >> ReadRestResource(self._resource, params=self._params, options=self._rest_options)

@@ -91,24 +91,26 @@ def _track(track: dict, params: dict) -> dict:
     raise ValueError(f'item is a {track.get("type")}, not a track')
   album = track.get('album')
   out = {
-      'id': track.get('id'),
-      'name': track.get('name'),
-      'duration_ms': track.get('duration_ms'),
-      'explicit': track.get('explicit'),
-      'popularity': track.get('popularity'),
-      'uri': track.get('uri'),
-      'preview_url': track.get('preview_url'),
-      'disc_number': track.get('disc_number'),
-      'track_number': track.get('track_number'),
-      'is_local': track.get('is_local'),
-      'isrc': (track.get('external_ids') or {}).get('isrc'),
-      'album': None if not isinstance(album, dict) else {
-          'id': album.get('id'),
-          'name': album.get('name'),
-          'album_type': album.get('album_type'),
-          'release_date': album.get('release_date'),
-      },
-      'artists': _simple_artists(track.get('artists')),
+    'id': track.get('id'),
+    'name': track.get('name'),
+    'duration_ms': track.get('duration_ms'),
+    'explicit': track.get('explicit'),
+    'popularity': track.get('popularity'),
+    'uri': track.get('uri'),
+    'preview_url': track.get('preview_url'),
+    'disc_number': track.get('disc_number'),
+    'track_number': track.get('track_number'),
+    'is_local': track.get('is_local'),
+    'isrc': (track.get('external_ids') or {}).get('isrc'),
+    'album': None
+    if not isinstance(album, dict)
+    else {
+      'id': album.get('id'),
+      'name': album.get('name'),
+      'album_type': album.get('album_type'),
+      'release_date': album.get('release_date'),
+    },
+    'artists': _simple_artists(track.get('artists')),
   }
   if params.get('market'):
     out['market'] = params['market']
@@ -137,8 +139,22 @@ def _playlist_item(record: dict, params: dict) -> dict:
   return out
 
 
-_AUDIO_FEATURES = ('id', 'acousticness', 'danceability', 'energy', 'instrumentalness', 'liveness', 'speechiness',
-                   'valence', 'loudness', 'tempo', 'key', 'mode', 'time_signature', 'duration_ms')
+_AUDIO_FEATURES = (
+  'id',
+  'acousticness',
+  'danceability',
+  'energy',
+  'instrumentalness',
+  'liveness',
+  'speechiness',
+  'valence',
+  'loudness',
+  'tempo',
+  'key',
+  'mode',
+  'time_signature',
+  'duration_ms',
+)
 
 
 def _audio_features(record: dict, params: dict) -> dict:
@@ -147,44 +163,44 @@ def _audio_features(record: dict, params: dict) -> dict:
 
 def _artist(record: dict, params: dict) -> dict:
   return {
-      'id': record.get('id'),
-      'name': record.get('name'),
-      'popularity': record.get('popularity'),
-      'genres': record.get('genres'),
-      'followers': (record.get('followers') or {}).get('total'),
-      'uri': record.get('uri'),
+    'id': record.get('id'),
+    'name': record.get('name'),
+    'popularity': record.get('popularity'),
+    'genres': record.get('genres'),
+    'followers': (record.get('followers') or {}).get('total'),
+    'uri': record.get('uri'),
   }
 
 
 def _album(record: dict, params: dict) -> dict:
   return {
-      'id': record.get('id'),
-      'name': record.get('name'),
-      'album_type': record.get('album_type'),
-      'release_date': record.get('release_date'),
-      'release_date_precision': record.get('release_date_precision'),
-      'total_tracks': record.get('total_tracks'),
-      'label': record.get('label'),
-      'popularity': record.get('popularity'),
-      'uri': record.get('uri'),
-      'artists': _simple_artists(record.get('artists')),
-      'upc': (record.get('external_ids') or {}).get('upc'),
+    'id': record.get('id'),
+    'name': record.get('name'),
+    'album_type': record.get('album_type'),
+    'release_date': record.get('release_date'),
+    'release_date_precision': record.get('release_date_precision'),
+    'total_tracks': record.get('total_tracks'),
+    'label': record.get('label'),
+    'popularity': record.get('popularity'),
+    'uri': record.get('uri'),
+    'artists': _simple_artists(record.get('artists')),
+    'upc': (record.get('external_ids') or {}).get('upc'),
   }
 
 
 def _playlist(record: dict, params: dict) -> dict:
   owner = record.get('owner') or {}
   return {
-      'id': record.get('id'),
-      'name': record.get('name'),
-      'description': record.get('description'),
-      'public': record.get('public'),
-      'collaborative': record.get('collaborative'),
-      'snapshot_id': record.get('snapshot_id'),
-      'owner': {'id': owner.get('id'), 'display_name': owner.get('display_name')},
-      'tracks': {'total': (record.get('tracks') or record.get('items') or {}).get('total')},
-      'followers': (record.get('followers') or {}).get('total'),
-      'uri': record.get('uri'),
+    'id': record.get('id'),
+    'name': record.get('name'),
+    'description': record.get('description'),
+    'public': record.get('public'),
+    'collaborative': record.get('collaborative'),
+    'snapshot_id': record.get('snapshot_id'),
+    'owner': {'id': owner.get('id'), 'display_name': owner.get('display_name')},
+    'tracks': {'total': (record.get('tracks') or record.get('items') or {}).get('total')},
+    'followers': (record.get('followers') or {}).get('total'),
+    'uri': record.get('uri'),
   }
 
 
@@ -196,14 +212,14 @@ def _play(record: dict, params: dict) -> dict:
   played_at = record.get('played_at')
   digest = hashlib.sha256(f'spotify|{user}|{played_at}|{track.get("id")}'.encode()).hexdigest()[:32]
   return {
-      'event_id': digest,
-      'user_id': user,
-      'track_id': track.get('id'),
-      'played_at': played_at,
-      'ms_played': track.get('duration_ms'),
-      'context_uri': (record.get('context') or {}).get('uri'),
-      'platform': 'spotify',
-      'track_name': track.get('name'),
+    'event_id': digest,
+    'user_id': user,
+    'track_id': track.get('id'),
+    'played_at': played_at,
+    'ms_played': track.get('duration_ms'),
+    'context_uri': (record.get('context') or {}).get('uri'),
+    'platform': 'spotify',
+    'track_name': track.get('name'),
   }
 
 
@@ -221,19 +237,22 @@ class _Resource:
 
 
 RESOURCES = {
-    'tracks': _Resource('/tracks', 'tracks', _track, ids_per_call=50, entity='track'),
-    'audio_features': _Resource('/audio-features', 'audio_features', _audio_features, ids_per_call=100, market=False,
-                                entity='audio_features'),
-    'artists': _Resource('/artists', 'artists', _artist, ids_per_call=50, market=False, entity='artist'),
-    'albums': _Resource('/albums', 'albums', _album, ids_per_call=20),
-    'album_tracks': _Resource('/albums/{id}/tracks', 'items', _album_track, per_id=True, paged=True, entity='track'),
-    'playlists': _Resource('/playlists/{id}', None, _playlist, per_id=True, entity='playlist'),
-    'playlist_items': _Resource('/playlists/{id}/items', 'items', _playlist_item, per_id=True, paged=True,
-                                entity='track'),
-    'recently_played': _Resource('/me/player/recently-played', 'items', _play, user=True, market=False,
-                                 entity='listening_event'),
-    'saved_tracks': _Resource('/me/tracks', 'items', _saved_track, paged=True, user=True, entity='track'),
-    'search': _Resource('/search', 'tracks.items', _track, paged=True, entity='track'),
+  'tracks': _Resource('/tracks', 'tracks', _track, ids_per_call=50, entity='track'),
+  'audio_features': _Resource(
+    '/audio-features', 'audio_features', _audio_features, ids_per_call=100, market=False, entity='audio_features'
+  ),
+  'artists': _Resource('/artists', 'artists', _artist, ids_per_call=50, market=False, entity='artist'),
+  'albums': _Resource('/albums', 'albums', _album, ids_per_call=20),
+  'album_tracks': _Resource('/albums/{id}/tracks', 'items', _album_track, per_id=True, paged=True, entity='track'),
+  'playlists': _Resource('/playlists/{id}', None, _playlist, per_id=True, entity='playlist'),
+  'playlist_items': _Resource(
+    '/playlists/{id}/items', 'items', _playlist_item, per_id=True, paged=True, entity='track'
+  ),
+  'recently_played': _Resource(
+    '/me/player/recently-played', 'items', _play, user=True, market=False, entity='listening_event'
+  ),
+  'saved_tracks': _Resource('/me/tracks', 'items', _saved_track, paged=True, user=True, entity='track'),
+  'search': _Resource('/search', 'tracks.items', _track, paged=True, entity='track'),
 }
 
 
@@ -271,6 +290,7 @@ class SpotifyOptions:
     batch job commits. Without either, the newest page and older ones
     (cursor `before`) are read.
   """
+
   resource: str = 'tracks'
   ids: Optional[Sequence[str]] = None
   ids_file: Optional[str] = None
@@ -334,8 +354,9 @@ def resource_config(options: SpotifyOptions) -> ResourceConfig:
   spec = RESOURCES[options.resource]
   client_id, client_secret, refresh_token = options.credentials()
   if spec.user:
-    auth = OAuth2RefreshToken(options.token_url, client_id, client_secret, refresh_token,
-                              token_store=options.token_store)
+    auth = OAuth2RefreshToken(
+      options.token_url, client_id, client_secret, refresh_token, token_store=options.token_store
+    )
   else:
     auth = OAuth2ClientCredentials(options.token_url, client_id, client_secret)
   params = {}
@@ -355,23 +376,31 @@ def resource_config(options: SpotifyOptions) -> ResourceConfig:
       # Forward from a point in time: oldest plays first, cursor `after`.
       paginator = JSONBodyCursorPaginator(cursor_path='cursors.after', cursor_param='after')
       if options.state_store is not None:
-        incremental = IncrementalConfig(cursor_field='played_at', param='after', key='spotify/recently_played/{user}',
-                                        store=options.state_store, initial=options.after, param_format='epoch_ms')
+        incremental = IncrementalConfig(
+          cursor_field='played_at',
+          param='after',
+          key='spotify/recently_played/{user}',
+          store=options.state_store,
+          initial=options.after,
+          param_format='epoch_ms',
+        )
       else:
         params['after'] = epoch_ms(options.after)
     else:
       paginator = JSONBodyCursorPaginator(cursor_path='cursors.before', cursor_param='before', has_more_path='next')
-  return ResourceConfig(name=f'spotify/{options.resource}',
-                        base_url=options.api_url,
-                        path=spec.path,
-                        params=params,
-                        paginator=paginator,
-                        auth=auth,
-                        record_path=spec.record_path,
-                        process_record=spec.mapper,
-                        allowed_hosts=options.allowed_hosts,
-                        max_pages=options.max_pages,
-                        incremental=incremental)
+  return ResourceConfig(
+    name=f'spotify/{options.resource}',
+    base_url=options.api_url,
+    path=spec.path,
+    params=params,
+    paginator=paginator,
+    auth=auth,
+    record_path=spec.record_path,
+    process_record=spec.mapper,
+    allowed_hosts=options.allowed_hosts,
+    max_pages=options.max_pages,
+    incremental=incremental,
+  )
 
 
 def _total_path(resource: str) -> str:
@@ -385,7 +414,7 @@ def _read_ids(path: str) -> List[str]:
 
 
 def _chunks(ids: Sequence[str], size: int) -> List[dict]:
-  return [{'ids': ','.join(ids[i:i + size])} for i in range(0, len(ids), size)]
+  return [{'ids': ','.join(ids[i : i + size])} for i in range(0, len(ids), size)]
 
 
 def _ids_param(batch: Sequence[str], market: Optional[str]) -> dict:
@@ -405,12 +434,19 @@ class ReadFromSpotify(beam.PTransform):
     self._options = options
     self._spec = RESOURCES[options.resource]
     self._read = ReadFromRest(
-        resource_config(options),
-        RestOptions(rate=options.rate, burst=options.burst,
-                    window=None if options.window is None else (int(options.window[0]), float(options.window[1])),
-                    retry=options.retry, cache_url=options.cache_url,
-                    cache_ttl=options.cache_ttl, concurrency=options.concurrency, batch_size=options.batch_size,
-                    allow_private_addresses=options.allow_private_addresses))
+      resource_config(options),
+      RestOptions(
+        rate=options.rate,
+        burst=options.burst,
+        window=None if options.window is None else (int(options.window[0]), float(options.window[1])),
+        retry=options.retry,
+        cache_url=options.cache_url,
+        cache_ttl=options.cache_ttl,
+        concurrency=options.concurrency,
+        batch_size=options.batch_size,
+        allow_private_addresses=options.allow_private_addresses,
+      ),
+    )
 
   @property
   def default_entity(self) -> Optional[str]:
@@ -439,9 +475,11 @@ class ReadFromSpotify(beam.PTransform):
     if isinstance(pvalue, beam.pvalue.PBegin):
       params = pvalue | 'Params' >> beam.Create(self._root_params(), reshuffle=False)
     elif spec.ids_per_call:
-      params = (pvalue
-                | 'Batch' >> beam.BatchElements(min_batch_size=spec.ids_per_call, max_batch_size=spec.ids_per_call)
-                | 'AsParams' >> beam.Map(_ids_param, o.market))
+      params = (
+        pvalue
+        | 'Batch' >> beam.BatchElements(min_batch_size=spec.ids_per_call, max_batch_size=spec.ids_per_call)
+        | 'AsParams' >> beam.Map(_ids_param, o.market)
+      )
     elif spec.per_id:
       params = pvalue | 'AsParams' >> beam.Map(lambda i, market: {'id': i, 'market': market}, o.market)
     else:
@@ -449,7 +487,10 @@ class ReadFromSpotify(beam.PTransform):
     return params | 'Read' >> self._read
 
 
-@registry.register('spotify', 'Spotify Web API (tracks, audio_features, artists, albums, album_tracks, playlists, '
-                   'playlist_items, recently_played, saved_tracks, search)')
+@registry.register(
+  'spotify',
+  'Spotify Web API (tracks, audio_features, artists, albums, album_tracks, playlists, '
+  'playlist_items, recently_played, saved_tracks, search)',
+)
 def _spotify(config: dict):
   return ReadFromSpotify(SpotifyOptions(**config))

@@ -122,6 +122,7 @@ class ClickHouseOptions:
     tenant) - lag; lag is seconds for Date/DateTime cursors, units for numbers;
     full_refresh reads everything (and still commits the new value).
   """
+
   url: Optional[str] = dataclasses.field(default=None, repr=False)
   username: Optional[str] = None
   password: Optional[str] = dataclasses.field(default=None, repr=False)
@@ -208,21 +209,23 @@ class _HttpSession:
 
   def __init__(self, options: ClickHouseOptions):
     import clickhouse_connect
+
     url = options.resolved_url()
     parts = urllib.parse.urlsplit(url)
     database = options.database or (parts.path.strip('/') or None)
     self.database = database or 'default'
     self._client = clickhouse_connect.get_client(
-        interface=parts.scheme,
-        host=parts.hostname,
-        port=parts.port or (8443 if parts.scheme == 'https' else 8123),
-        username=options.username or urllib.parse.unquote(parts.username or '') or None,
-        password=options.password or urllib.parse.unquote(parts.password or ''),
-        database=database,
-        connect_timeout=options.connect_timeout_s,
-        send_receive_timeout=options.send_receive_timeout_s,
-        settings=dict(options.settings),
-        autogenerate_session_id=False)
+      interface=parts.scheme,
+      host=parts.hostname,
+      port=parts.port or (8443 if parts.scheme == 'https' else 8123),
+      username=options.username or urllib.parse.unquote(parts.username or '') or None,
+      password=options.password or urllib.parse.unquote(parts.password or ''),
+      database=database,
+      connect_timeout=options.connect_timeout_s,
+      send_receive_timeout=options.send_receive_timeout_s,
+      settings=dict(options.settings),
+      autogenerate_session_id=False,
+    )
 
   def rows(self, sql: str, parameters: Dict[str, Any]) -> List[tuple]:
     return list(self._client.query(sql, parameters=parameters).result_rows)
@@ -265,11 +268,14 @@ class _Connection:
   def _retrying(self, what: str, fn):
     # Only failures without a ClickHouse error code (network) are worth a retry.
     return call_with_retries(
-        fn, max_retries=self.options.max_retries, backoff=Backoff(self.options.retry_backoff_s),
-        what=f'clickhouse at {self.where}: {what}',
-        transient=lambda e: not isinstance(e, ClickHouseError) and _error_code(e) is None,
-        explain=lambda e: e if isinstance(e, ClickHouseError) else self.error(what, e),
-        reason=lambda e: type(e).__name__)
+      fn,
+      max_retries=self.options.max_retries,
+      backoff=Backoff(self.options.retry_backoff_s),
+      what=f'clickhouse at {self.where}: {what}',
+      transient=lambda e: not isinstance(e, ClickHouseError) and _error_code(e) is None,
+      explain=lambda e: e if isinstance(e, ClickHouseError) else self.error(what, e),
+      reason=lambda e: type(e).__name__,
+    )
 
   def rows(self, what: str, sql: str, parameters: Optional[Dict[str, Any]] = None) -> List[tuple]:
     return self._retrying(what, lambda: self.session.rows(sql, parameters or {}))
@@ -310,14 +316,18 @@ def _started(iterator: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
 @dataclasses.dataclass(frozen=True)
 class Split:
   """One query of a read: `sql` with its `parameters`, named `name` in provenance."""
+
   name: str
   sql: str
   parameters: Tuple[Tuple[str, Any], ...] = ()
 
 
 def _key_column(connection: _Connection, database: str, table: str) -> Optional[str]:
-  found = connection.rows('primary key', 'SELECT primary_key, sorting_key FROM system.tables '
-                          'WHERE database = {db:String} AND name = {t:String}', {'db': database, 't': table})
+  found = connection.rows(
+    'primary key',
+    'SELECT primary_key, sorting_key FROM system.tables WHERE database = {db:String} AND name = {t:String}',
+    {'db': database, 't': table},
+  )
   if not found:
     return None
   for key in found[0]:
@@ -334,8 +344,10 @@ def _key_splits(connection: _Connection, source_sql: str, key: str, num_splits: 
   # by the server exactly (no float interpolation as with quantiles(), no
   # client-side formatting of dates and time zones).
   sample_rows = connection.rows(
-      f'sample of {key}', f'SELECT arrayMap(x -> toString(x), arraySort(groupArraySample({_SAMPLE_SIZE}, 42)({quoted}))) '
-      f'FROM {source_sql} WHERE isNotNull({quoted})')
+    f'sample of {key}',
+    f'SELECT arrayMap(x -> toString(x), arraySort(groupArraySample({_SAMPLE_SIZE}, 42)({quoted}))) '
+    f'FROM {source_sql} WHERE isNotNull({quoted})',
+  )
   sample = sample_rows[0][0] if sample_rows else []
   bounds = list(dict.fromkeys(sample[len(sample) * i // num_splits] for i in range(1, num_splits))) if sample else []
   if not bounds:
@@ -355,8 +367,9 @@ def _key_splits(connection: _Connection, source_sql: str, key: str, num_splits: 
     where = ' AND '.join(conditions)
     if i == 0:
       where = f'({where} OR isNull({quoted}))'
-    splits.append(Split(f'{key}-range-{i + 1}-of-{len(bounds) + 1}', f'SELECT * FROM {source_sql} WHERE {where}',
-                        tuple(parameters)))
+    splits.append(
+      Split(f'{key}-range-{i + 1}-of-{len(bounds) + 1}', f'SELECT * FROM {source_sql} WHERE {where}', tuple(parameters))
+    )
   return splits
 
 
@@ -373,14 +386,19 @@ def _filtered(splits: List[Split], source_sql: str, condition: str, parameters: 
   out = []
   for split in splits:
     assert split.sql.startswith(prefix), split.sql
-    rest = split.sql[len(prefix):]
-    where = f' WHERE ({condition})' + (f' AND {rest[len(" WHERE "):]}' if rest.startswith(' WHERE ') else rest)
+    rest = split.sql[len(prefix) :]
+    where = f' WHERE ({condition})' + (f' AND {rest[len(" WHERE ") :]}' if rest.startswith(' WHERE ') else rest)
     out.append(Split(split.name, prefix + where, split.parameters + parameters))
   return out
 
 
-def plan_splits(connection: _Connection, table: Optional[str], query: Optional[str], options: ClickHouseOptions,
-                cursor_filter: Optional[Tuple[str, tuple]] = None) -> List[Split]:
+def plan_splits(
+  connection: _Connection,
+  table: Optional[str],
+  query: Optional[str],
+  options: ClickHouseOptions,
+  cursor_filter: Optional[Tuple[str, tuple]] = None,
+) -> List[Split]:
   """The queries that together read the table or query once (only rows passing `cursor_filter`)."""
   splits = _plan_splits(connection, table, query, options)
   if cursor_filter:
@@ -388,8 +406,9 @@ def plan_splits(connection: _Connection, table: Optional[str], query: Optional[s
   return splits
 
 
-def _plan_splits(connection: _Connection, table: Optional[str], query: Optional[str],
-                 options: ClickHouseOptions) -> List[Split]:
+def _plan_splits(
+  connection: _Connection, table: Optional[str], query: Optional[str], options: ClickHouseOptions
+) -> List[Split]:
   if query is not None:
     source_sql = f'({query}) AS q'
     if options.split_by in ('key', 'auto') and options.key_column and options.num_splits > 1:
@@ -400,21 +419,30 @@ def _plan_splits(connection: _Connection, table: Optional[str], query: Optional[
   database, name = _table_parts(table, options.database)
   database = database or connection.session.database
   source_sql = f'{_quote(database)}.{_quote(name)}'
-  exists = connection.rows('table lookup', 'SELECT engine FROM system.tables WHERE database = {db:String} '
-                           'AND name = {t:String}', {'db': database, 't': name})
+  exists = connection.rows(
+    'table lookup',
+    'SELECT engine FROM system.tables WHERE database = {db:String} AND name = {t:String}',
+    {'db': database, 't': name},
+  )
   if not exists:
     raise ClickHouseError(f'clickhouse at {connection.where}: table {database}.{name} does not exist')
   split_by = options.split_by
   if split_by in ('auto', 'partition'):
-    partitions = [row[0] for row in connection.rows(
-        'partitions', 'SELECT DISTINCT partition_id FROM system.parts WHERE database = {db:String} '
-        'AND table = {t:String} AND active ORDER BY partition_id', {'db': database, 't': name})]
+    partitions = [
+      row[0]
+      for row in connection.rows(
+        'partitions',
+        'SELECT DISTINCT partition_id FROM system.parts WHERE database = {db:String} '
+        'AND table = {t:String} AND active ORDER BY partition_id',
+        {'db': database, 't': name},
+      )
+    ]
     if split_by == 'partition' or len(partitions) > 1:
       if not partitions:
         return [Split('all', f'SELECT * FROM {source_sql}')]
       return [
-          Split(f'partition={p}', f'SELECT * FROM {source_sql} WHERE _partition_id = {{p:String}}', (('p', p),))
-          for p in partitions
+        Split(f'partition={p}', f'SELECT * FROM {source_sql} WHERE _partition_id = {{p:String}}', (('p', p),))
+        for p in partitions
       ]
     split_by = 'key'
   if split_by == 'key' and options.num_splits > 1:
@@ -422,8 +450,9 @@ def _plan_splits(connection: _Connection, table: Optional[str], query: Optional[
     if key:
       return _key_splits(connection, source_sql, key, options.num_splits)
     if options.split_by == 'key':
-      raise ClickHouseError(f'clickhouse at {connection.where}: table {database}.{name} has no primary key '
-                            'to split; give key_column')
+      raise ClickHouseError(
+        f'clickhouse at {connection.where}: table {database}.{name} has no primary key to split; give key_column'
+      )
   return [Split('all', f'SELECT * FROM {source_sql}')]
 
 
@@ -432,7 +461,6 @@ def _plan_splits(connection: _Connection, table: Optional[str], query: Optional[
 
 
 class _PlanFn(beam.DoFn):
-
   def __init__(self, table, query, options, cursor_filter):
     self._table, self._query, self._options, self._cursor_filter = table, query, options, cursor_filter
 
@@ -445,7 +473,6 @@ class _PlanFn(beam.DoFn):
 
 
 class _ReadSplitFn(beam.DoFn):
-
   def __init__(self, label: str, options: ClickHouseOptions):
     self._label = label
     self._options = options
@@ -471,8 +498,9 @@ class _ReadSplitFn(beam.DoFn):
 class ReadFromClickHouse(beam.PTransform):
   """A ClickHouse table or query as record batches; see the module docstring."""
 
-  def __init__(self, table: Optional[str] = None, query: Optional[str] = None,
-               options: Optional[ClickHouseOptions] = None):
+  def __init__(
+    self, table: Optional[str] = None, query: Optional[str] = None, options: Optional[ClickHouseOptions] = None
+  ):
     super().__init__()
     if (table is None) == (query is None):
       raise ValueError('give exactly one of table or query')
@@ -502,10 +530,16 @@ class ReadFromClickHouse(beam.PTransform):
       type_name = re.sub(r'^(Nullable|LowCardinality)\((.*)\)$', r'\2', found[0][0]) if found else ''
       is_time = type_name.startswith(('DateTime', 'Date'))
       # The max as text ClickHouse formats (microseconds since the epoch for times): transport-independent.
-      expression = (f"toString(toUnixTimestamp64Micro(toDateTime64(max({column}), 6, 'UTC')))" if is_time else
-                    f'toString(max({column}))')
-      high = connection.rows(f'max of {options.cursor_column}',
-                             f'SELECT {expression}, count({column}) FROM {source_sql}')[0] if found else None
+      expression = (
+        f"toString(toUnixTimestamp64Micro(toDateTime64(max({column}), 6, 'UTC')))"
+        if is_time
+        else f'toString(max({column}))'
+      )
+      high = (
+        connection.rows(f'max of {options.cursor_column}', f'SELECT {expression}, count({column}) FROM {source_sql}')[0]
+        if found
+        else None
+      )
     finally:
       connection.close()
     update = None
@@ -530,12 +564,13 @@ class ReadFromClickHouse(beam.PTransform):
     label = self._table or 'query'
     cursor_filter, update = self._incremental() if self._options.cursor_column else (None, None)
     records = (
-        pbegin
-        | 'Start' >> beam.Create([None])
-        | 'Plan' >> beam.ParDo(_PlanFn(self._table, self._query, self._options, cursor_filter))
-        # Spreads the splits over workers.
-        | 'Spread' >> beam.Reshuffle()
-        | 'Read' >> beam.ParDo(_ReadSplitFn(label, self._options)))
+      pbegin
+      | 'Start' >> beam.Create([None])
+      | 'Plan' >> beam.ParDo(_PlanFn(self._table, self._query, self._options, cursor_filter))
+      # Spreads the splits over workers.
+      | 'Spread' >> beam.Reshuffle()
+      | 'Read' >> beam.ParDo(_ReadSplitFn(label, self._options))
+    )
     records.element_type = pa.RecordBatch
     dead_letters = pbegin | 'NoDeadLetters' >> beam.Create([]).with_output_types(Dict[str, Any])
     if self._options.cursor_column:

@@ -150,7 +150,8 @@ _RECONNECT_BACKOFF = Backoff(first_delay_s=0.5, max_delay_s=30.0, jitter=True)
 # Aggregation stages that map each input document to zero or more output
 # documents on its own, so the pipeline may run per _id range.
 _PER_DOCUMENT_STAGES = frozenset(
-    ['$match', '$project', '$addFields', '$set', '$unset', '$unwind', '$replaceRoot', '$replaceWith'])
+  ['$match', '$project', '$addFields', '$set', '$unset', '$unwind', '$replaceRoot', '$replaceWith']
+)
 _DECIMAL_MODES = ('decimal128', 'string')
 
 
@@ -184,6 +185,7 @@ class MongoOptions:
     collection, query and tenant, minus `lag` (seconds for dates, units for
     numbers); full_refresh reads everything and still commits the new value.
   """
+
   # Kept out of repr(): it may hold the password.
   url: Optional[str] = dataclasses.field(default=None, repr=False)
   database: Optional[str] = None
@@ -231,7 +233,8 @@ class MongoOptions:
       if self.projection is not None:
         raise ValueError('give either pipeline= or projection= (use a $project stage in the pipeline)')
       if not isinstance(self.pipeline, (list, tuple)) or not all(
-          isinstance(stage, dict) and len(stage) == 1 for stage in self.pipeline):
+        isinstance(stage, dict) and len(stage) == 1 for stage in self.pipeline
+      ):
         raise ValueError('pipeline must be a list of stages, each a mapping with one $operator key')
       object.__setattr__(self, 'pipeline', [dict(stage) for stage in self.pipeline])
     if self.decimal not in _DECIMAL_MODES:
@@ -252,6 +255,7 @@ def _check_int(name, value, minimum):
 
 def _url_database(url: str) -> Optional[str]:
   from pymongo import uri_parser
+
   try:
     return uri_parser.parse_uri(url, validate=False, connect_timeout=None)['database']
   except Exception:
@@ -270,19 +274,22 @@ def _hosts(url: str) -> str:
 
 def _client(options: MongoOptions):
   import pymongo
+
   return pymongo.MongoClient(
-      options.url,
-      maxPoolSize=options.pool_size,
-      connectTimeoutMS=options.connect_timeout_ms,
-      serverSelectionTimeoutMS=options.server_selection_timeout_ms,
-      socketTimeoutMS=options.socket_timeout_ms or None,
-      retryReads=True,
-      appname='spotify-ingest')
+    options.url,
+    maxPoolSize=options.pool_size,
+    connectTimeoutMS=options.connect_timeout_ms,
+    serverSelectionTimeoutMS=options.server_selection_timeout_ms,
+    socketTimeoutMS=options.socket_timeout_ms or None,
+    retryReads=True,
+    appname='spotify-ingest',
+  )
 
 
 def _explain(error: BaseException, options: MongoOptions, collection: str, what: str) -> MongoError:
   """A MongoError saying in one line what went wrong, without the password."""
   from pymongo import errors
+
   where = f'{mask_url(options.url)} ({options.database}.{collection})'
   detail = masked_message(str(error), options.url)
   if isinstance(error, errors.OperationFailure):
@@ -295,8 +302,10 @@ def _explain(error: BaseException, options: MongoOptions, collection: str, what:
   if isinstance(error, errors.ConfigurationError):
     return MongoError(f'MongoDB URL {mask_url(options.url)} is not usable: {detail}')
   if isinstance(error, errors.ServerSelectionTimeoutError):
-    return MongoError(f'MongoDB server not reachable at {mask_url(options.url)} '
-                      f'within {options.server_selection_timeout_ms} ms: {detail}')
+    return MongoError(
+      f'MongoDB server not reachable at {mask_url(options.url)} '
+      f'within {options.server_selection_timeout_ms} ms: {detail}'
+    )
   if isinstance(error, errors.ConnectionFailure):
     return MongoError(f'MongoDB connection to {mask_url(options.url)} lost during {what}: {detail}')
   return MongoError(f'MongoDB {what} on {where} failed: {type(error).__name__}: {detail}')
@@ -304,10 +313,21 @@ def _explain(error: BaseException, options: MongoOptions, collection: str, what:
 
 def _retryable(error: BaseException) -> bool:
   from pymongo import errors
+
   if isinstance(error, errors.OperationFailure):
-    return error.has_error_label('RetryableReadError') or getattr(error, 'code', None) in (6, 7, 89, 91, 189, 9001,
-                                                                                           10107, 11600, 11602, 13435,
-                                                                                           13436)
+    return error.has_error_label('RetryableReadError') or getattr(error, 'code', None) in (
+      6,
+      7,
+      89,
+      91,
+      189,
+      9001,
+      10107,
+      11600,
+      11602,
+      13435,
+      13436,
+    )
   # ServerSelectionTimeoutError is a ConnectionFailure but has already waited
   # serverSelectionTimeoutMS: still worth a retry after a restart.
   return isinstance(error, (errors.AutoReconnect, errors.ConnectionFailure))
@@ -320,8 +340,10 @@ def _check_collection(client, options: MongoOptions, collection: str):
     raise _explain(e, options, collection, 'listing of collections') from None
   if collection not in names:
     known = ', '.join(sorted(names)[:20]) or 'none'
-    raise MongoError(f'MongoDB collection {options.database}.{collection} does not exist on {mask_url(options.url)} '
-                     f'(collections there: {known})')
+    raise MongoError(
+      f'MongoDB collection {options.database}.{collection} does not exist on {mask_url(options.url)} '
+      f'(collections there: {known})'
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -338,6 +360,7 @@ class _Split(NamedTuple):
 
 def _type_bracket(value) -> str:
   import bson
+
   if isinstance(value, bool):
     return 'bool'
   if isinstance(value, (int, float, decimal.Decimal, bson.Int64, bson.Decimal128)):
@@ -390,12 +413,15 @@ def quantile_boundaries(ids: List[Any], wanted: int) -> Optional[List[Any]]:
 def _sampled_boundaries(coll, query, total: int, wanted: int) -> Optional[List[Any]]:
   """Boundaries from a $sample of _ids (MongoDB: a random cursor, cheap); None where $sample fails."""
   from pymongo import errors
+
   if total < 4 * wanted * _SAMPLES_PER_SPLIT:
     return None  # small: exact quantiles by skip are cheap enough
   try:
     sample = [
-        doc['_id'] for doc in coll.aggregate([{'$match': query}, {'$sample': {'size': wanted * _SAMPLES_PER_SPLIT}},
-                                              {'$project': {'_id': 1}}])
+      doc['_id']
+      for doc in coll.aggregate(
+        [{'$match': query}, {'$sample': {'size': wanted * _SAMPLES_PER_SPLIT}}, {'$project': {'_id': 1}}]
+      )
     ]
   except errors.OperationFailure:
     return None
@@ -417,9 +443,7 @@ def plan_splits(client, options: MongoOptions, collection: str, query: Optional[
   wanted = min(wanted, total)
   if wanted <= 1:
     return single
-  ends = [
-      next(iter(coll.find(query, {'_id': 1}).sort('_id', direction).limit(1)), None) for direction in (1, -1)
-  ]
+  ends = [next(iter(coll.find(query, {'_id': 1}).sort('_id', direction).limit(1)), None) for direction in (1, -1)]
   if ends[0] is None or ends[1] is None or _type_bracket(ends[0]['_id']) != _type_bracket(ends[1]['_id']):
     return single
   boundaries = _sampled_boundaries(coll, query, total, wanted)
@@ -445,6 +469,7 @@ CURSORS = 'cursors'
 def _cursor_value(value: Any) -> Any:
   """The JSON scalar a cursor value is committed as (io_connectors._common.state)."""
   import bson
+
   if isinstance(value, dt.datetime):
     value = value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
     return value.isoformat()
@@ -454,12 +479,15 @@ def _cursor_value(value: Any) -> Any:
     return int(value)
   if isinstance(value, (bool, int, float, str)):
     return value
-  raise ValueError(f'cursor values of type {type(value).__name__} are not supported (dates, numbers, strings, ObjectIds)')
+  raise ValueError(
+    f'cursor values of type {type(value).__name__} are not supported (dates, numbers, strings, ObjectIds)'
+  )
 
 
 def _lower_bound(last: Any, lag: float) -> Any:
   """The committed value as a query value, moved back by the lag window."""
   import bson
+
   if last is None:
     return None
   if isinstance(last, (int, float)) and not isinstance(last, bool):
@@ -487,6 +515,7 @@ def _incremental_query(client, options: MongoOptions, collection: str):
   rather than read twice.
   """
   from io_connectors._common import state
+
   field = options.cursor_field
   shape = json.dumps([options.filter, options.pipeline], sort_keys=True, default=str)
   digest = hashlib.sha256(shape.encode('utf-8')).hexdigest()[:12]
@@ -494,8 +523,10 @@ def _incremental_query(client, options: MongoOptions, collection: str):
   last = None if options.full_refresh else state.load_cursor(options.state, key)
   low = _lower_bound(last, options.lag)
   window = {field: {'$gt': low}} if low is not None else {}
-  top = next(iter(client[options.database][collection].find(_and(options.filter, window), {field: 1}).sort(
-      field, -1).limit(1)), None)
+  top = next(
+    iter(client[options.database][collection].find(_and(options.filter, window), {field: 1}).sort(field, -1).limit(1)),
+    None,
+  )
   high = None if top is None else top.get(field)
   if high is None:
     # Nothing above the window (or no document has the field).
@@ -515,6 +546,7 @@ def _incremental_query(client, options: MongoOptions, collection: str):
 def _plain(value: Any, decimal_mode: str) -> Any:
   """A decoded BSON value as a value pyarrow converts (see the module docstring)."""
   import bson
+
   if isinstance(value, bson.Binary):  # a bytes subclass: checked first
     if value.subtype in (3, 4):
       try:
@@ -563,9 +595,11 @@ class _ReadSplitFn(beam.DoFn):
 
   def _cursor(self, split: _Split, after: Any, skip: int):
     from bson.raw_bson import RawBSONDocument
+
     options = self._options
     coll = self._client[options.database].get_collection(
-        self._collection, codec_options=self._client.codec_options.with_options(document_class=RawBSONDocument))
+      self._collection, codec_options=self._client.codec_options.with_options(document_class=RawBSONDocument)
+    )
     query = _and(split.query, _range_query(split, after))
     if options.pipeline is None:
       return coll.find(query, options.projection, batch_size=options.batch_size).sort('_id', 1)
@@ -577,6 +611,7 @@ class _ReadSplitFn(beam.DoFn):
   def process(self, split: _Split):
     import bson
     from bson.codec_options import CodecOptions
+
     options = self._options
     strict = CodecOptions(tz_aware=True, tzinfo=dt.timezone.utc, uuid_representation=4, datetime_conversion=4)
     lenient = strict.with_options(unicode_decode_error_handler='replace')
@@ -600,9 +635,16 @@ class _ReadSplitFn(beam.DoFn):
             readable = bson.decode(raw.raw, lenient)
             ident = _plain(readable.get('_id'), 'string')
             yield beam.pvalue.TaggedOutput(
-                DEAD_LETTER,
-                dead_letter(source, f'_id {ident}', 'bad_encoding', record=_plain(readable, 'string'),
-                            detail=f'document does not decode: {str(e).splitlines()[0][:200]}', stage=STAGE))
+              DEAD_LETTER,
+              dead_letter(
+                source,
+                f'_id {ident}',
+                'bad_encoding',
+                record=_plain(readable, 'string'),
+                detail=f'document does not decode: {str(e).splitlines()[0][:200]}',
+                stage=STAGE,
+              ),
+            )
             last_id = readable.get('_id')
           if doc is not None:
             last_id = doc.get('_id')
@@ -623,9 +665,15 @@ class _ReadSplitFn(beam.DoFn):
         if attempt > options.max_retries:
           raise _explain(e, options, self._collection, 'read') from None
         delay = _RECONNECT_BACKOFF.delay_s(attempt)
-        _LOG.warning('MongoDB read of %s lost its connection (%s); retry %d/%d in %.1fs after %d documents', source,
-                     masked_message(f'{type(e).__name__}: {e}', options.url), attempt, options.max_retries, delay,
-                     emitted)
+        _LOG.warning(
+          'MongoDB read of %s lost its connection (%s); retry %d/%d in %.1fs after %d documents',
+          source,
+          masked_message(f'{type(e).__name__}: {e}', options.url),
+          attempt,
+          options.max_retries,
+          delay,
+          emitted,
+        )
         time.sleep(delay)
     if rows:
       yield self._batch(rows, source, first_row)
@@ -638,7 +686,6 @@ class _ReadSplitFn(beam.DoFn):
 
 
 class _PlanFn(beam.DoFn):
-
   def __init__(self, collection: str, options: MongoOptions):
     self._collection = collection
     self._options = options
@@ -707,13 +754,15 @@ class ReadFromMongo(beam.PTransform):
 
   def expand(self, pbegin):
     planned = (
-        pbegin
-        | 'Start' >> beam.Create([None])
-        | 'Plan' >> beam.ParDo(_PlanFn(self._collection, self._options)).with_outputs(CURSORS, main='splits'))
+      pbegin
+      | 'Start' >> beam.Create([None])
+      | 'Plan' >> beam.ParDo(_PlanFn(self._collection, self._options)).with_outputs(CURSORS, main='splits')
+    )
     # Spreads the ranges over the workers.
     splits = planned.splits | 'Spread' >> beam.Reshuffle()
     result = splits | 'Read' >> beam.ParDo(_ReadSplitFn(self._collection, self._options)).with_outputs(
-        DEAD_LETTER, main='records')
+      DEAD_LETTER, main='records'
+    )
     records, dead_letters = result.records, result[DEAD_LETTER]
     # Typed outputs pick RecordBatchCoder over pickling.
     records.element_type = pa.RecordBatch

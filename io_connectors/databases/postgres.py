@@ -134,6 +134,7 @@ class PostgresOptions:
     lag is seconds for timestamp/date cursors, units for integer ones; full_refresh
     reads everything (and still commits the new value).
   """
+
   url: Optional[str] = dataclasses.field(default=None, repr=False)
   partition_column: Optional[str] = None
   num_partitions: Optional[int] = None
@@ -199,9 +200,14 @@ def _where(url: str) -> str:
 
 def _connect(url: str, options: PostgresOptions, what: str, autocommit: bool = False):
   import psycopg
+
   try:
-    conn = psycopg.connect(url, connect_timeout=max(1, int(math.ceil(options.connect_timeout_s))),
-                           application_name='beam-read-postgres', autocommit=autocommit)
+    conn = psycopg.connect(
+      url,
+      connect_timeout=max(1, int(math.ceil(options.connect_timeout_s))),
+      application_name='beam-read-postgres',
+      autocommit=autocommit,
+    )
   except psycopg.Error as e:
     raise PostgresError(f'{what}: cannot connect to {_where(url)}: {_first_line(e)}') from None
   with conn.cursor() as cur:
@@ -219,6 +225,7 @@ def _connect(url: str, options: PostgresOptions, what: str, autocommit: bool = F
 
 class _Pool:
   """Connections of one worker process per (URL, options): at most pool_size in use at once."""
+
   _pools: Dict[Tuple[str, int], '_Pool'] = {}
   _lock = threading.Lock()
 
@@ -264,6 +271,7 @@ class _Pool:
 
 class _Coordinator:
   """An open REPEATABLE READ transaction whose snapshot the splits import."""
+
   _open: Dict[str, '_Coordinator'] = {}
   _lock = threading.Lock()
 
@@ -355,6 +363,7 @@ def _column(name: str, type_name: str, category: str, element: Optional[str], pr
 
 def _select_expr(column: _Column):
   from psycopg import sql
+
   ref = sql.SQL('q.{}').format(sql.Identifier(column.name))
   if column.convert == 'utc':
     return sql.SQL("({} AT TIME ZONE 'UTC')").format(ref)
@@ -371,8 +380,10 @@ def _convert(column: _Column, array: pa.Array) -> pa.Array:
   if column.convert == 'array':
     values = [None if v is None else json.loads(v) for v in array.to_pylist()]
     if column.arrow.value_type == pa.string():
-      values = [None if v is None else [None if x is None else (x if isinstance(x, str) else json.dumps(x)) for x in v]
-                for v in values]
+      values = [
+        None if v is None else [None if x is None else (x if isinstance(x, str) else json.dumps(x)) for x in v]
+        for v in values
+      ]
     return pa.array(values, type=column.arrow)
   return array
 
@@ -393,6 +404,7 @@ class _Split:
 @dataclasses.dataclass(frozen=True)
 class _Plan:
   """Everything a worker needs, computed by the coordinator (picklable)."""
+
   url: str = dataclasses.field(repr=False)
   source_name: str
   table: Optional[Tuple[str, ...]]
@@ -407,6 +419,7 @@ class _Plan:
 
 def _source_sql(table, query):
   from psycopg import sql
+
   if table:
     return sql.Identifier(*table)
   # The user's query is SQL by definition; it runs inside a read-only
@@ -416,6 +429,7 @@ def _source_sql(table, query):
 
 def _split_statement(plan: _Plan, split: _Split):
   from psycopg import sql
+
   conditions, params = [], []
   if split.kind in ('range', 'null'):
     ref = sql.SQL('q.{}').format(sql.Identifier(plan.partition_column))
@@ -438,7 +452,8 @@ def _split_statement(plan: _Plan, split: _Split):
     params.append(split.cursor_low)
   where = sql.SQL(' WHERE ') + sql.SQL(' AND ').join(conditions) if conditions else sql.SQL('')
   select = sql.SQL('SELECT {} FROM {} AS q{}').format(
-      sql.SQL(', ').join(_select_expr(c) for c in plan.columns), _source_sql(plan.table, plan.query), where)
+    sql.SQL(', ').join(_select_expr(c) for c in plan.columns), _source_sql(plan.table, plan.query), where
+  )
   return select, params
 
 
@@ -489,6 +504,7 @@ class _Planner:
 
   def plan(self) -> Tuple[_Plan, List[_Split], Optional[dict]]:
     import psycopg
+
     options = self.options
     conn = _connect(self.url, options, self.what)
     keep_open = False
@@ -502,8 +518,10 @@ class _Planner:
       try:
         with conn.cursor() as cur:
           if options.consistent_snapshot:
-            cur.execute('SELECT pg_export_snapshot(), pg_backend_pid(), '
-                        '(SELECT backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid())')
+            cur.execute(
+              'SELECT pg_export_snapshot(), pg_backend_pid(), '
+              '(SELECT backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid())'
+            )
             snapshot, pid, started = cur.fetchone()
           columns = self._columns(cur)
           names = {c.name: c for c in columns}
@@ -515,8 +533,18 @@ class _Planner:
           splits = self._splits(cur, partition, names, cursor_low)
       except psycopg.Error as e:
         raise PostgresError(f'{self.what} on {_where(self.url)}: {_first_line(e)}') from None
-      plan = _Plan(self.url, self.source_name, self.table, self.query, tuple(columns), partition, cursor_col, snapshot,
-                   pid, started)
+      plan = _Plan(
+        self.url,
+        self.source_name,
+        self.table,
+        self.query,
+        tuple(columns),
+        partition,
+        cursor_col,
+        snapshot,
+        pid,
+        started,
+      )
       if snapshot:
         _Coordinator(conn, snapshot, options.snapshot_hold_s)
         keep_open = True
@@ -527,11 +555,15 @@ class _Planner:
 
   def _columns(self, cur) -> List[_Column]:
     from psycopg import sql
+
     cur.execute(sql.SQL('SELECT * FROM {} AS q LIMIT 0').format(_source_sql(self.table, self.query)))
     description = cur.description
     oids = sorted({d.type_code for d in description})
-    cur.execute('SELECT t.oid, t.typname, t.typcategory, e.typname FROM pg_type t '
-                'LEFT JOIN pg_type e ON e.oid = t.typelem AND t.typcategory = %s WHERE t.oid = ANY(%s)', ('A', oids))
+    cur.execute(
+      'SELECT t.oid, t.typname, t.typcategory, e.typname FROM pg_type t '
+      'LEFT JOIN pg_type e ON e.oid = t.typelem AND t.typcategory = %s WHERE t.oid = ANY(%s)',
+      ('A', oids),
+    )
     types = {oid: (name, category, element) for oid, name, category, element in cur.fetchall()}
     columns = []
     for d in description:
@@ -550,9 +582,11 @@ class _Planner:
     if not self.table:
       return None
     cur.execute(
-        'SELECT a.attname, format_type(a.atttypid, NULL) FROM pg_index i '
-        'JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) '
-        'WHERE i.indrelid = %s::regclass AND i.indisprimary AND i.indnatts = 1', ('.'.join(f'"{p}"' for p in self.table),))
+      'SELECT a.attname, format_type(a.atttypid, NULL) FROM pg_index i '
+      'JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) '
+      'WHERE i.indrelid = %s::regclass AND i.indisprimary AND i.indnatts = 1',
+      ('.'.join(f'"{p}"' for p in self.table),),
+    )
     row = cur.fetchone()
     if row and row[0] in names and names[row[0]].type_name in _INT_TYPES:
       return row[0]
@@ -560,6 +594,7 @@ class _Planner:
 
   def _cursor(self, cur, column: Optional[_Column]):
     from psycopg import sql
+
     options = self.options
     if column is None:
       return None, None
@@ -568,8 +603,9 @@ class _Planner:
     key = state_store.cursor_key('postgres', options.tenant, self.source_name.split('://', 1)[1])
     last = None if options.full_refresh else state_store.load_cursor(options.state, key)
     low = _cursor_lower_bound(last, column.type_name, options.lag)
-    cur.execute(sql.SQL('SELECT max(q.{}) FROM {} AS q').format(sql.Identifier(column.name),
-                                                                _source_sql(self.table, self.query)))
+    cur.execute(
+      sql.SQL('SELECT max(q.{}) FROM {} AS q').format(sql.Identifier(column.name), _source_sql(self.table, self.query))
+    )
     high = cur.fetchone()[0]
     update = None
     if high is not None:
@@ -578,13 +614,17 @@ class _Planner:
 
   def _splits(self, cur, partition, names, cursor_low) -> List[_Split]:
     from psycopg import sql
+
     options = self.options
     source = _source_sql(self.table, self.query)
     estimate = None
     pages = None
     if self.table:
-      cur.execute('SELECT reltuples::bigint, pg_relation_size(oid) / current_setting(\'block_size\')::int '
-                  'FROM pg_class WHERE oid = %s::regclass', ('.'.join(f'"{p}"' for p in self.table),))
+      cur.execute(
+        'SELECT reltuples::bigint, pg_relation_size(oid) / current_setting(\'block_size\')::int '
+        'FROM pg_class WHERE oid = %s::regclass',
+        ('.'.join(f'"{p}"' for p in self.table),),
+      )
       estimate, pages = cur.fetchone()
     n = options.num_partitions or max(options.pool_size, int(math.ceil(max(estimate or 0, 0) / 500_000)) or 1)
     if partition:
@@ -625,12 +665,19 @@ class _ReadSplitFn(beam.DoFn):
     self._pool = _Pool.of(self._plan.url, self._options.pool_size)
     self._names = [f'c{i}' for i in range(len(self._plan.columns))]
     self._csv_convert = pa_csv.ConvertOptions(
-        column_types={n: c.read_as for n, c in zip(self._names, self._plan.columns)},
-        null_values=[''], strings_can_be_null=True, quoted_strings_can_be_null=False,
-        true_values=['t'], false_values=['f'])
+      column_types={n: c.read_as for n, c in zip(self._names, self._plan.columns)},
+      null_values=[''],
+      strings_can_be_null=True,
+      quoted_strings_can_be_null=False,
+      true_values=['t'],
+      false_values=['f'],
+    )
     self._csv_strings = pa_csv.ConvertOptions(
-        column_types={n: pa.string() for n in self._names},
-        null_values=[''], strings_can_be_null=True, quoted_strings_can_be_null=False)
+      column_types={n: pa.string() for n in self._names},
+      null_values=[''],
+      strings_can_be_null=True,
+      quoted_strings_can_be_null=False,
+    )
     self._csv_read = pa_csv.ReadOptions(column_names=self._names, block_size=1 << 26)
 
   def _what(self, split: _Split) -> str:
@@ -638,6 +685,7 @@ class _ReadSplitFn(beam.DoFn):
 
   def process(self, split: _Split):
     import psycopg
+
     attempt = 0
     while True:
       conn = self._pool.acquire(self._plan.url, self._options, self._what(split))
@@ -649,18 +697,25 @@ class _ReadSplitFn(beam.DoFn):
         broken = True
         attempt += 1
         if attempt > self._options.max_retries:
-          raise PostgresError(f'{self._what(split)}: connection lost {attempt} times, giving up: '
-                              f'{_first_line(e)}') from None
-        _LOG.warning('%s: connection lost (%s); reading the split again (attempt %d of %d)', self._what(split),
-                     _first_line(e), attempt + 1, self._options.max_retries + 1)
+          raise PostgresError(
+            f'{self._what(split)}: connection lost {attempt} times, giving up: {_first_line(e)}'
+          ) from None
+        _LOG.warning(
+          '%s: connection lost (%s); reading the split again (attempt %d of %d)',
+          self._what(split),
+          _first_line(e),
+          attempt + 1,
+          self._options.max_retries + 1,
+        )
         time.sleep(Backoff(self._options.retry_backoff_s).delay_s(attempt))
       except psycopg.Error as e:
         broken = True
         if 'snapshot' in str(e).lower() and self._plan.snapshot:
           raise PostgresError(
-              f'{self._what(split)}: cannot import snapshot {self._plan.snapshot} ({_first_line(e)}); the launching '
-              'process that holds it exited or snapshot_hold_s passed: keep it running until the job ends or set '
-              'consistent_snapshot=False') from None
+            f'{self._what(split)}: cannot import snapshot {self._plan.snapshot} ({_first_line(e)}); the launching '
+            'process that holds it exited or snapshot_hold_s passed: keep it running until the job ends or set '
+            'consistent_snapshot=False'
+          ) from None
         raise PostgresError(f'{self._what(split)}: {_first_line(e)}') from None
       finally:
         self._pool.release(conn, broken)
@@ -673,6 +728,7 @@ class _ReadSplitFn(beam.DoFn):
   def _read(self, conn, split: _Split):
     """The split's batches, all of them or an exception (a retry starts again)."""
     from psycopg import sql
+
     plan = self._plan
     select, params = _split_statement(plan, split)
     batches, letters = [], []
@@ -738,8 +794,16 @@ class _ReadSplitFn(beam.DoFn):
     for i, problems in sorted(bad.items()):
       row = table.slice(i, 1).to_pylist()[0]
       letters.append(
-          dead_letter(self._plan.source_name, f'row {first_row + i}', 'invalid_type', problems[0].split(':', 1)[0],
-                      {c.name: row[n] for n, c in zip(self._names, self._plan.columns)}, '; '.join(problems), 'read'))
+        dead_letter(
+          self._plan.source_name,
+          f'row {first_row + i}',
+          'invalid_type',
+          problems[0].split(':', 1)[0],
+          {c.name: row[n] for n, c in zip(self._names, self._plan.columns)},
+          '; '.join(problems),
+          'read',
+        )
+      )
     good = pa.array([i not in bad for i in range(table.num_rows)], type=pa.bool_())
     numbers = pa.array(range(first_row, first_row + table.num_rows), type=pa.int64()).filter(good)
     table = table.filter(good)
@@ -778,20 +842,31 @@ class _ReleaseSnapshotFn(beam.DoFn):
     try:
       conn = _connect(plan.url, self._options, plan.source_name, autocommit=True)
       try:
-        conn.execute('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = %s AND backend_start::text = %s',
-                     (plan.coordinator_pid, plan.coordinator_start))
+        conn.execute(
+          'SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = %s AND backend_start::text = %s',
+          (plan.coordinator_pid, plan.coordinator_start),
+        )
       finally:
         conn.close()
     except Exception as e:
-      _LOG.warning('%s: could not release snapshot %s (%s); it ends after snapshot_hold_s or with the launcher',
-                   plan.source_name, plan.snapshot, _first_line(e))
+      _LOG.warning(
+        '%s: could not release snapshot %s (%s); it ends after snapshot_hold_s or with the launcher',
+        plan.source_name,
+        plan.snapshot,
+        _first_line(e),
+      )
 
 
 class ReadFromPostgres(beam.PTransform):
   """A PostgreSQL table or query as record batches; see the module docstring."""
 
-  def __init__(self, table: Optional[str] = None, query: Optional[str] = None,
-               options: Optional[PostgresOptions] = None, label: Optional[str] = None):
+  def __init__(
+    self,
+    table: Optional[str] = None,
+    query: Optional[str] = None,
+    options: Optional[PostgresOptions] = None,
+    label: Optional[str] = None,
+  ):
     super().__init__(label)
     options = options or PostgresOptions()
     if bool(table) == bool(query):
@@ -813,21 +888,28 @@ class ReadFromPostgres(beam.PTransform):
 
   def expand(self, pbegin):
     plan, splits, update = _Planner(self._table, self._query, self._options).plan()
-    _LOG.info('%s: %d split(s)%s', plan.source_name, len(splits),
-              f' in snapshot {plan.snapshot}' if plan.snapshot else ' (no shared snapshot)')
+    _LOG.info(
+      '%s: %d split(s)%s',
+      plan.source_name,
+      len(splits),
+      f' in snapshot {plan.snapshot}' if plan.snapshot else ' (no shared snapshot)',
+    )
     result = (
-        pbegin
-        | 'Splits' >> beam.Create(splits, reshuffle=False)
-        # Spreads the splits over the workers.
-        | 'Spread' >> beam.Reshuffle()
-        | 'Read' >> beam.ParDo(_ReadSplitFn(plan, self._options)).with_outputs(DEAD_LETTER, _DONE, main='records'))
+      pbegin
+      | 'Splits' >> beam.Create(splits, reshuffle=False)
+      # Spreads the splits over the workers.
+      | 'Spread' >> beam.Reshuffle()
+      | 'Read' >> beam.ParDo(_ReadSplitFn(plan, self._options)).with_outputs(DEAD_LETTER, _DONE, main='records')
+    )
     records, letters = result.records, result[DEAD_LETTER]
     records.element_type = pa.RecordBatch
     letters.element_type = Dict[str, Any]
     if plan.snapshot:
-      _ = (result[_DONE]
-           | 'AllSplitsRead' >> beam.combiners.Count.Globally().without_defaults()
-           | 'ReleaseSnapshot' >> beam.ParDo(_ReleaseSnapshotFn(plan, self._options)))
+      _ = (
+        result[_DONE]
+        | 'AllSplitsRead' >> beam.combiners.Count.Globally().without_defaults()
+        | 'ReleaseSnapshot' >> beam.ParDo(_ReleaseSnapshotFn(plan, self._options))
+      )
     if self._options.cursor_column:
       cursors = pbegin | 'Cursor' >> beam.Create([update] if update else [])
       return IncrementalOutputs(records, letters, cursors)
@@ -842,6 +924,7 @@ def check(options: Optional[PostgresOptions] = None, table: Optional[str] = None
   """
   import psycopg
   from psycopg import sql
+
   options = options or PostgresOptions()
   url = options.resolved_url()
   conn = _connect(url, options, 'check')
@@ -859,7 +942,8 @@ def check(options: Optional[PostgresOptions] = None, table: Optional[str] = None
         except psycopg.Error as e:
           raise PostgresError(f'check: {what} on {_where(url)}: {_first_line(e)}') from None
     return f'ok: {_where(url)} as {user} (database {database}, {version.split(",")[0]})' + (
-        f'; {what} readable' if what else '')
+      f'; {what} readable' if what else ''
+    )
   finally:
     conn.close()
 

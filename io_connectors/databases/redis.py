@@ -139,6 +139,7 @@ class RedisOptions:
     ISO-8601 timestamp) is above the value last committed in `state` minus
     `lag` (seconds for timestamps, units for numbers).
   """
+
   # Kept out of repr(): it may hold the password.
   url: Optional[str] = dataclasses.field(default=None, repr=False)
   value_format: str = 'auto'
@@ -189,15 +190,22 @@ def _client(options: RedisOptions):
   import redis
   from redis.backoff import NoBackoff
   from redis.retry import Retry
+
   # The client's own retries are off: this module retries whole key batches
   # (idempotent) with its own backoff and says so in the log.
-  return redis.Redis.from_url(options.url, max_connections=options.pool_size, socket_timeout=options.socket_timeout_s,
-                              socket_connect_timeout=options.connect_timeout_s, retry=Retry(NoBackoff(), 0),
-                              decode_responses=False)
+  return redis.Redis.from_url(
+    options.url,
+    max_connections=options.pool_size,
+    socket_timeout=options.socket_timeout_s,
+    socket_connect_timeout=options.connect_timeout_s,
+    retry=Retry(NoBackoff(), 0),
+    decode_responses=False,
+  )
 
 
 def _source_name(url: str) -> str:
   from redis.connection import parse_url
+
   try:
     parsed = parse_url(url)
   except ValueError:
@@ -209,10 +217,15 @@ def _source_name(url: str) -> str:
 
 def _explain(error: BaseException, options: RedisOptions, what: str) -> RedisSourceError:
   import redis
+
   where = mask_url(options.url)
   detail = masked_message(f'{type(error).__name__}: {error}', options.url)
-  if isinstance(error, redis.AuthenticationError) or 'WRONGPASS' in str(error) or 'NOAUTH' in str(error) or (
-      'invalid password' in str(error).lower()):
+  if (
+    isinstance(error, redis.AuthenticationError)
+    or 'WRONGPASS' in str(error)
+    or 'NOAUTH' in str(error)
+    or ('invalid password' in str(error).lower())
+  ):
     return RedisSourceError(f'Redis authentication failed for {where}: check the password in the URL ({detail})')
   if isinstance(error, (redis.ConnectionError, redis.TimeoutError)):
     return RedisSourceError(f'Redis server not reachable (or connection lost) at {where} during {what}: {detail}')
@@ -223,6 +236,7 @@ def _explain(error: BaseException, options: RedisOptions, what: str) -> RedisSou
 
 def _transient(error: BaseException) -> bool:
   import redis
+
   if isinstance(error, redis.AuthenticationError):
     return False
   if isinstance(error, redis.ResponseError):
@@ -234,11 +248,15 @@ def _transient(error: BaseException) -> bool:
 def _with_retries(options: RedisOptions, what: str, attempt_fn, on_retry=None):
   """attempt_fn() retried on transient errors; other errors explained."""
   return call_with_retries(
-      attempt_fn, max_retries=options.max_retries, backoff=_BACKOFF,
-      what=f'Redis {what} at {mask_url(options.url)}', transient=_transient,
-      explain=lambda e: _explain(e, options, what),
-      reason=lambda e: masked_message(f'{type(e).__name__}: {e}', options.url),
-      on_retry=on_retry)
+    attempt_fn,
+    max_retries=options.max_retries,
+    backoff=_BACKOFF,
+    what=f'Redis {what} at {mask_url(options.url)}',
+    transient=_transient,
+    explain=lambda e: _explain(e, options, what),
+    reason=lambda e: masked_message(f'{type(e).__name__}: {e}', options.url),
+    on_retry=on_retry,
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -301,6 +319,7 @@ def _lower_bound(last: Any, lag: float):
 
 def _state_key(pattern: str, options: RedisOptions) -> str:
   from io_connectors._common import state
+
   return state.cursor_key('redis', options.tenant, f'{_source_name(options.url).split("://", 1)[1]}/{pattern}')
 
 
@@ -316,6 +335,7 @@ class _ScanFn(beam.DoFn):
     low = None
     if options.cursor_field and not options.full_refresh:
       from io_connectors._common import state
+
       low = _lower_bound(state.load_cursor(options.state, _state_key(self._pattern, options)), options.lag)
     client = _client(options)
     seen = set()
@@ -349,8 +369,13 @@ class _ScanFn(beam.DoFn):
     if batch:
       batches.append(_KeyBatch(emitted[0] + 1, tuple(batch), low))
       emitted[0] += len(batch)
-    _LOG.info('Redis %s: %d key(s) match %r, in %d batch(es)', _source_name(options.url), emitted[0], self._pattern,
-              len(batches))
+    _LOG.info(
+      'Redis %s: %d key(s) match %r, in %d batch(es)',
+      _source_name(options.url),
+      emitted[0],
+      self._pattern,
+      len(batches),
+    )
     yield from batches
 
 
@@ -363,7 +388,6 @@ def _text(value: bytes) -> str:
 
 
 class _BadValue(Exception):
-
   def __init__(self, reason: str, detail: str, record: Any, field: Optional[str] = None):
     super().__init__(detail)
     self.reason = reason
@@ -412,8 +436,9 @@ def _fields(redis_type: str, value: Any, options: RedisOptions) -> dict:
       doc = docs[0] if isinstance(docs, list) and docs else docs
       return doc if isinstance(doc, dict) else {'value': doc}
   except UnicodeDecodeError as e:
-    raise _BadValue('bad_encoding', f'{redis_type} value is not UTF-8 ({e.reason} at byte {e.start})',
-                    json_safe(_raw_record(value))) from None
+    raise _BadValue(
+      'bad_encoding', f'{redis_type} value is not UTF-8 ({e.reason} at byte {e.start})', json_safe(_raw_record(value))
+    ) from None
   except ValueError as e:
     raise _BadValue('malformed_json', f'RedisJSON value does not parse: {e}', json_safe(value)) from None
   raise _BadValue('source_error', f'keys of type {redis_type} are not read by this source', None)
@@ -481,21 +506,40 @@ class _ReadKeysFn(beam.DoFn):
         key_text = _text(key)
       except UnicodeDecodeError:
         yield beam.pvalue.TaggedOutput(
-            DEAD_LETTER,
-            dead_letter(self._source, f'key {key.decode("utf-8", "backslashreplace")}', 'bad_encoding',
-                        field=options.key_column,
-                        record=None, detail='the key is not UTF-8', stage=STAGE))
+          DEAD_LETTER,
+          dead_letter(
+            self._source,
+            f'key {key.decode("utf-8", "backslashreplace")}',
+            'bad_encoding',
+            field=options.key_column,
+            record=None,
+            detail='the key is not UTF-8',
+            stage=STAGE,
+          ),
+        )
         continue
       try:
         fields = _fields(redis_type, value, options)
         if options.key_column in fields:
-          raise _BadValue('invalid_value', f'the value has a field named {options.key_column!r}, the key column; '
-                          'set key_column to another name', json_safe(fields), options.key_column)
+          raise _BadValue(
+            'invalid_value',
+            f'the value has a field named {options.key_column!r}, the key column; set key_column to another name',
+            json_safe(fields),
+            options.key_column,
+          )
       except _BadValue as bad:
         yield beam.pvalue.TaggedOutput(
-            DEAD_LETTER,
-            dead_letter(self._source, f'key {key_text}', bad.reason, field=bad.field, record=bad.record,
-                        detail=bad.detail, stage=STAGE))
+          DEAD_LETTER,
+          dead_letter(
+            self._source,
+            f'key {key_text}',
+            bad.reason,
+            field=bad.field,
+            record=bad.record,
+            detail=bad.detail,
+            stage=STAGE,
+          ),
+        )
         continue
       if options.cursor_field:
         order = _cursor_order(fields.get(options.cursor_field))
@@ -545,13 +589,15 @@ class ReadFromRedis(beam.PTransform):
 
   def expand(self, pbegin):
     key_batches = (
-        pbegin
-        | 'Start' >> beam.Create([None])
-        | 'Scan' >> beam.ParDo(_ScanFn(self._pattern, self._options))
-        # Spreads the key batches over the workers.
-        | 'Spread' >> beam.Reshuffle())
+      pbegin
+      | 'Start' >> beam.Create([None])
+      | 'Scan' >> beam.ParDo(_ScanFn(self._pattern, self._options))
+      # Spreads the key batches over the workers.
+      | 'Spread' >> beam.Reshuffle()
+    )
     result = key_batches | 'Read' >> beam.ParDo(_ReadKeysFn(self._options)).with_outputs(
-        DEAD_LETTER, CURSORS, main='records')
+      DEAD_LETTER, CURSORS, main='records'
+    )
     records, dead_letters = result.records, result[DEAD_LETTER]
     records.element_type = pa.RecordBatch
     dead_letters.element_type = Dict[str, Any]
@@ -559,9 +605,11 @@ class ReadFromRedis(beam.PTransform):
       return Outputs(records, dead_letters)
     store, key = self._options.state, _state_key(self._pattern, self._options)
     cursors = (
-        result[CURSORS]
-        | 'Highest' >> beam.combiners.Top.Of(1, key=_cursor_order)
-        | 'CursorUpdate' >> beam.FlatMap(lambda top: [{'store': store, 'key': key, 'value': _committed_form(v)} for v in top]))
+      result[CURSORS]
+      | 'Highest' >> beam.combiners.Top.Of(1, key=_cursor_order)
+      | 'CursorUpdate'
+      >> beam.FlatMap(lambda top: [{'store': store, 'key': key, 'value': _committed_form(v)} for v in top])
+    )
     return IncrementalOutputs(records, dead_letters, cursors)
 
 

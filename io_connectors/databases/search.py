@@ -134,6 +134,7 @@ class SearchOptions:
     tenant) - lag; lag is seconds for date fields, units for numeric ones;
     full_refresh reads everything (and still commits the new value).
   """
+
   url: Optional[str] = dataclasses.field(default=None, repr=False)
   client: str = 'opensearch'
   method: str = 'auto'
@@ -171,8 +172,10 @@ class SearchOptions:
     if self.cursor_field and not self.state:
       raise ValueError('cursor_field needs a state store URI (state)')
     if self.method == 'pit' and self.client == 'opensearch' and not self.tiebreaker:
-      raise ValueError('method "pit" on OpenSearch needs a tiebreaker: a unique sortable field '
-                       '(OpenSearch 2.x has no _shard_doc); or use method "scroll"')
+      raise ValueError(
+        'method "pit" on OpenSearch needs a tiebreaker: a unique sortable field '
+        '(OpenSearch 2.x has no _shard_doc); or use method "scroll"'
+      )
 
   def resolved_url(self) -> str:
     return connection_url(self.url, _URL_ENV[self.client], ('http://', 'https://'), self.client)
@@ -245,12 +248,14 @@ class _Client:
         kwargs['ca_certs'] = options.ca_certs
     if options.client == 'opensearch':
       import opensearchpy
+
       kwargs['timeout'] = kwargs.pop('request_timeout')
       if options.username:
         kwargs['http_auth'] = (options.username, options.password or '')
       self._impl = opensearchpy.OpenSearch(self.url, **kwargs)
     else:
       import elasticsearch
+
       if options.username:
         kwargs['basic_auth'] = (options.username, options.password or '')
       if options.api_key:
@@ -280,9 +285,14 @@ class _Client:
   def call(self, what: str, fn, *args, retry: bool = True, **kwargs):
     """fn(*args, **kwargs), retrying transient failures; other failures raise SearchError."""
     return call_with_retries(
-        lambda: fn(*args, **kwargs), max_retries=self.options.max_retries, backoff=Backoff(self.options.retry_backoff_s),
-        what=self.masked(f'{self.where}: {what}'), transient=lambda e: retry and _is_transient(e),
-        explain=lambda e: self.error(what, e), reason=lambda e: self.masked(_reason(e)))
+      lambda: fn(*args, **kwargs),
+      max_retries=self.options.max_retries,
+      backoff=Backoff(self.options.retry_backoff_s),
+      what=self.masked(f'{self.where}: {what}'),
+      transient=lambda e: retry and _is_transient(e),
+      explain=lambda e: self.error(what, e),
+      reason=lambda e: self.masked(_reason(e)),
+    )
 
   def info(self) -> dict:
     return dict(self.call('server info', self._impl.info))
@@ -293,10 +303,12 @@ class _Client:
   def open_pit(self, index: str) -> str:
     keep_alive = self.options.keep_alive
     if self.is_opensearch:
-      return self.call(f'open point in time on {index!r}', self._impl.create_pit, index=index,
-                       keep_alive=keep_alive)['pit_id']
-    return self.call(f'open point in time on {index!r}', self._impl.open_point_in_time, index=index,
-                     keep_alive=keep_alive)['id']
+      return self.call(f'open point in time on {index!r}', self._impl.create_pit, index=index, keep_alive=keep_alive)[
+        'pit_id'
+      ]
+    return self.call(
+      f'open point in time on {index!r}', self._impl.open_point_in_time, index=index, keep_alive=keep_alive
+    )['id']
 
   def close_pit(self, pit_id: str):
     if self.is_opensearch:
@@ -304,8 +316,9 @@ class _Client:
     else:
       self.call('close point in time', self._impl.close_point_in_time, id=pit_id)
 
-  def search(self, what: str, body: dict, index: Optional[str] = None, scroll: Optional[str] = None,
-             retry: bool = True) -> dict:
+  def search(
+    self, what: str, body: dict, index: Optional[str] = None, scroll: Optional[str] = None, retry: bool = True
+  ) -> dict:
     kwargs: Dict[str, Any] = {'body': body}
     if index is not None:
       kwargs['index'] = index
@@ -412,8 +425,9 @@ class _PlanFn(beam.DoFn):
     try:
       if not client.index_exists(self._index):
         raise SearchError(f'{self._options.client} at {client.where}: index {self._index!r} not found')
-      date_fields = _date_fields(client.call(f'mapping of {self._index!r}', client._impl.indices.get_mapping,
-                                             index=self._index))
+      date_fields = _date_fields(
+        client.call(f'mapping of {self._index!r}', client._impl.indices.get_mapping, index=self._index)
+      )
       pit_id = client.open_pit(self._index) if self._options.resolved_method() == 'pit' else None
     finally:
       client.close()
@@ -484,9 +498,17 @@ class _ReadSliceFn(beam.DoFn):
       for offset, hit in enumerate(page):
         document = hit.get('_source')
         if not isinstance(document, dict):
-          yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(
-              source, f'row {row + offset}', 'source_error', record={'_id': hit.get('_id')},
-              detail='hit has no _source (disabled in the mapping?)', stage='read'))
+          yield beam.pvalue.TaggedOutput(
+            DEAD_LETTER,
+            dead_letter(
+              source,
+              f'row {row + offset}',
+              'source_error',
+              record={'_id': hit.get('_id')},
+              detail='hit has no _source (disabled in the mapping?)',
+              stage='read',
+            ),
+          )
           continue
         id_column = self._options.id_column
         rows.append({id_column: hit.get('_id'), **document} if id_column else document)
@@ -543,9 +565,15 @@ class ReadFromSearch(beam.PTransform):
     try:
       key = state_store.cursor_key(options.client, options.tenant, f'{client.where.split("://", 1)[1]}/{self._index}')
       last = None if options.full_refresh else state_store.load_cursor(options.state, key)
-      response = client.search(f'max of {options.cursor_field!r}', {
-          'size': 0, 'query': self._query or {'match_all': {}},
-          'aggs': {'high': {'max': {'field': options.cursor_field}}}}, index=self._index)
+      response = client.search(
+        f'max of {options.cursor_field!r}',
+        {
+          'size': 0,
+          'query': self._query or {'match_all': {}},
+          'aggs': {'high': {'max': {'field': options.cursor_field}}},
+        },
+        index=self._index,
+      )
     finally:
       client.close()
     high = response.get('aggregations', {}).get('high', {})
@@ -570,20 +598,18 @@ class ReadFromSearch(beam.PTransform):
 
   def expand(self, pbegin):
     query, update = self._incremental() if self._options.cursor_field else (self._query, None)
-    pieces = (
-        pbegin
-        | 'Start' >> beam.Create([None])
-        | 'Plan' >> beam.ParDo(_PlanFn(self._index, self._options)))
+    pieces = pbegin | 'Start' >> beam.Create([None]) | 'Plan' >> beam.ParDo(_PlanFn(self._index, self._options))
     result = (
-        pieces
-        # Spreads the slices over workers.
-        | 'Spread' >> beam.Reshuffle()
-        | 'Read' >> beam.ParDo(_ReadSliceFn(query, self._options)).with_outputs(DEAD_LETTER, 'done',
-                                                                                     main='records'))
+      pieces
+      # Spreads the slices over workers.
+      | 'Spread' >> beam.Reshuffle()
+      | 'Read' >> beam.ParDo(_ReadSliceFn(query, self._options)).with_outputs(DEAD_LETTER, 'done', main='records')
+    )
     _ = (
-        result.done
-        | 'AllRead' >> beam.combiners.Count.Globally()
-        | 'Close' >> beam.ParDo(_ClosePitFn(self._options), beam.pvalue.AsList(pieces)))
+      result.done
+      | 'AllRead' >> beam.combiners.Count.Globally()
+      | 'Close' >> beam.ParDo(_ClosePitFn(self._options), beam.pvalue.AsList(pieces))
+    )
     records, dead_letters = result.records, result[DEAD_LETTER]
     records.element_type = pa.RecordBatch
     dead_letters.element_type = Dict[str, Any]
@@ -634,6 +660,8 @@ def _factory(client_name: str):
 
 
 registry.register('elasticsearch', 'Elasticsearch 8 index (elasticsearch client): sliced point-in-time reads')(
-    _factory('elasticsearch'))
+  _factory('elasticsearch')
+)
 registry.register('opensearch', 'OpenSearch index (opensearch-py): sliced scroll, or point in time with a tiebreaker')(
-    _factory('opensearch'))
+  _factory('opensearch')
+)

@@ -86,8 +86,18 @@ import os
 from typing import Optional
 
 from io_connectors import registry
-from io_connectors.files._options import (FORMATS, GLOB_CHARS, AnyOptions, AvroOptions, CsvOptions, ExcelOptions,
-                                          FileOptions, JsonOptions, ParquetOptions, detect_format)
+from io_connectors.files._options import (
+  FORMATS,
+  GLOB_CHARS,
+  AnyOptions,
+  AvroOptions,
+  CsvOptions,
+  ExcelOptions,
+  FileOptions,
+  JsonOptions,
+  ParquetOptions,
+  detect_format,
+)
 from io_connectors.files._read import ReadFormat
 from io_connectors.files.avro import ReadFromAvro
 from io_connectors.files.csv import ReadFromCsv
@@ -96,21 +106,21 @@ from io_connectors.files.jsonl import ReadFromJson, ReadFromJsonLines
 from io_connectors.files.parquet import ReadFromParquet
 
 __all__ = [
-    'FORMATS',
-    'FileOptions',
-    'CsvOptions',
-    'JsonOptions',
-    'ParquetOptions',
-    'AvroOptions',
-    'ExcelOptions',
-    'detect_format',
-    'ReadFromCsv',
-    'ReadFromJsonLines',
-    'ReadFromJson',
-    'ReadFromParquet',
-    'ReadFromAvro',
-    'ReadFromExcel',
-    'ReadFromFiles',
+  'FORMATS',
+  'FileOptions',
+  'CsvOptions',
+  'JsonOptions',
+  'ParquetOptions',
+  'AvroOptions',
+  'ExcelOptions',
+  'detect_format',
+  'ReadFromCsv',
+  'ReadFromJsonLines',
+  'ReadFromJson',
+  'ReadFromParquet',
+  'ReadFromAvro',
+  'ReadFromExcel',
+  'ReadFromFiles',
 ]
 
 

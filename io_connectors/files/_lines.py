@@ -59,7 +59,7 @@ def _to_end_of_line(f) -> List[bytes]:
       return parts
     newline = piece.find(b'\n')
     if newline >= 0:
-      parts.append(piece[:newline + 1])
+      parts.append(piece[: newline + 1])
       return parts
     parts.append(piece)
 

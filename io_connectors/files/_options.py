@@ -8,21 +8,33 @@ import os
 import re
 from typing import Optional, Sequence
 
-__all__ = ['FORMATS', 'EXTENSIONS', 'detect_format', 'FileOptions', 'CsvOptions', 'JsonOptions', 'ParquetOptions',
-           'AvroOptions', 'ExcelOptions', 'AnyOptions', 'OPTIONS_CLASS', 'options_for']
+__all__ = [
+  'FORMATS',
+  'EXTENSIONS',
+  'detect_format',
+  'FileOptions',
+  'CsvOptions',
+  'JsonOptions',
+  'ParquetOptions',
+  'AvroOptions',
+  'ExcelOptions',
+  'AnyOptions',
+  'OPTIONS_CLASS',
+  'options_for',
+]
 
 MIB = 1 << 20
 
 # File extension (lower case) -> format name.
 EXTENSIONS = {
-    '.csv': 'csv',
-    '.tsv': 'csv',
-    '.jsonl': 'jsonl',
-    '.ndjson': 'jsonl',
-    '.json': 'json',
-    '.parquet': 'parquet',
-    '.avro': 'avro',
-    '.xlsx': 'excel',
+  '.csv': 'csv',
+  '.tsv': 'csv',
+  '.jsonl': 'jsonl',
+  '.ndjson': 'jsonl',
+  '.json': 'json',
+  '.parquet': 'parquet',
+  '.avro': 'avro',
+  '.xlsx': 'excel',
 }
 FORMATS = ('csv', 'jsonl', 'json', 'parquet', 'avro', 'excel')
 GLOB_CHARS = re.compile(r'[*?\[]')
@@ -33,9 +45,11 @@ def detect_format(path: str) -> str:
   ext = os.path.splitext(path.rstrip('/'))[1].lower()
   fmt = EXTENSIONS.get(ext)
   if fmt is None:
-    raise ValueError(f'cannot tell the format of {path!r} from its extension {ext or "(none)"!r}; '
-                     f'known extensions: {", ".join(sorted(EXTENSIONS))} '
-                     f'(or pass format= one of {", ".join(FORMATS)})')
+    raise ValueError(
+      f'cannot tell the format of {path!r} from its extension {ext or "(none)"!r}; '
+      f'known extensions: {", ".join(sorted(EXTENSIONS))} '
+      f'(or pass format= one of {", ".join(FORMATS)})'
+    )
   return fmt
 
 
@@ -50,6 +64,7 @@ class FileOptions:
   split_size_bytes: the size of the ranges a file is cut into (CSV, JSON
     Lines, Avro: bytes; Parquet: compressed bytes of whole row groups).
   """
+
   batch_size: int = 65536
   string_columns: Sequence[str] = ()
   split_size_bytes: int = 64 * MIB
@@ -57,8 +72,9 @@ class FileOptions:
   def __post_init__(self):
     if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
       raise ValueError(f'batch_size must be a positive integer, got {self.batch_size!r}')
-    if (not isinstance(self.split_size_bytes, int) or isinstance(self.split_size_bytes, bool) or
-        self.split_size_bytes < 1):
+    if (
+      not isinstance(self.split_size_bytes, int) or isinstance(self.split_size_bytes, bool) or self.split_size_bytes < 1
+    ):
       raise ValueError(f'split_size_bytes must be a positive integer, got {self.split_size_bytes!r}')
     columns = self.string_columns
     if columns is None:
@@ -79,6 +95,7 @@ class CsvOptions(FileOptions):
   newlines_in_values: quoted values may hold newlines; such files are not
     split into ranges (a cut could fall inside a value).
   """
+
   delimiter: Optional[str] = None
   quote_char: Optional[str] = '"'
   encoding: str = 'utf-8'
@@ -119,6 +136,7 @@ class ExcelOptions(FileOptions):
   sheets: names of the sheets to read; None reads every sheet. The first row
     of a sheet names its columns. Workbooks are not split.
   """
+
   sheets: Optional[Sequence[str]] = None
 
   def __post_init__(self):
@@ -135,12 +153,12 @@ class AnyOptions(CsvOptions, ExcelOptions):
 
 
 OPTIONS_CLASS = {
-    'csv': CsvOptions,
-    'jsonl': JsonOptions,
-    'json': JsonOptions,
-    'parquet': ParquetOptions,
-    'avro': AvroOptions,
-    'excel': ExcelOptions,
+  'csv': CsvOptions,
+  'jsonl': JsonOptions,
+  'json': JsonOptions,
+  'parquet': ParquetOptions,
+  'avro': AvroOptions,
+  'excel': ExcelOptions,
 }
 
 

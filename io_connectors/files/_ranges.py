@@ -20,8 +20,10 @@ from io_connectors.files._options import FileOptions, detect_format, options_for
 
 __all__ = ['Range', 'open_file', 'read_exactly', 'MatchFn', 'SplitFn', 'byte_ranges']
 
+
 class Range(NamedTuple):
   """A part of one file that one worker reads."""
+
   path: str
   format: str
   start: int  # byte offset (CSV, JSON Lines, Avro); 0 otherwise
@@ -38,8 +40,7 @@ class Range(NamedTuple):
 
 def open_file(path: str):
   # UNCOMPRESSED: AUTO would decompress by extension, and ranges need seeks.
-  return FileSystems.open(path, mime_type='application/octet-stream',
-                          compression_type=CompressionTypes.UNCOMPRESSED)
+  return FileSystems.open(path, mime_type='application/octet-stream', compression_type=CompressionTypes.UNCOMPRESSED)
 
 
 def read_exactly(f, n: int) -> bytes:
@@ -63,9 +64,14 @@ class MatchFn(beam.DoFn):
     except Exception as e:
       raise FileNotFoundError(f'cannot list files matching {pattern!r}: {e}') from None
     # Object stores list "folder/" placeholders and local globs directories: not files.
-    files = sorted((m for m in result.metadata_list
-                    if not m.path.endswith('/') and not ('://' not in m.path and os.path.isdir(m.path))),
-                   key=lambda m: m.path)
+    files = sorted(
+      (
+        m
+        for m in result.metadata_list
+        if not m.path.endswith('/') and not ('://' not in m.path and os.path.isdir(m.path))
+      ),
+      key=lambda m: m.path,
+    )
     if not files:
       raise FileNotFoundError(f'no file matches the pattern {pattern!r}')
     yield from files
@@ -119,6 +125,7 @@ class SplitFn(beam.DoFn):
   @staticmethod
   def _parquet_ranges(path, size, split):
     import pyarrow.parquet as pq
+
     try:
       with open_file(path) as f:
         metadata = pq.ParquetFile(f).metadata

@@ -31,7 +31,7 @@ def emit(table: pa.Table, source: str, rows: np.ndarray, batch_size: int) -> Ite
   for batch in table.to_batches(max_chunksize=batch_size):
     n = batch.num_rows
     if n:
-      yield with_provenance(batch, source, rows[offset:offset + n])
+      yield with_provenance(batch, source, rows[offset : offset + n])
       offset += n
 
 
@@ -72,11 +72,12 @@ class ReadFormat(beam.PTransform):
 
   def expand(self, pbegin):
     ranges = (
-        pbegin
-        | 'Pattern' >> beam.Create([self._pattern])
-        | 'Match' >> beam.ParDo(MatchFn())
-        | 'Split' >> beam.ParDo(SplitFn(self._format, self._options, self._pattern))
-        # Spreads the ranges of one large file over the workers.
-        | 'Spread' >> beam.Reshuffle())
+      pbegin
+      | 'Pattern' >> beam.Create([self._pattern])
+      | 'Match' >> beam.ParDo(MatchFn())
+      | 'Split' >> beam.ParDo(SplitFn(self._format, self._options, self._pattern))
+      # Spreads the ranges of one large file over the workers.
+      | 'Spread' >> beam.Reshuffle()
+    )
     result = ranges | 'Read' >> beam.ParDo(ReadRangeFn(self._options)).with_outputs(DEAD_LETTER, main='records')
     return typed_outputs(Outputs(result.records, result[DEAD_LETTER]))

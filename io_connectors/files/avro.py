@@ -18,6 +18,7 @@ from transforms.records import position
 
 __all__ = ['ReadFromAvro', 'AvroOptions']
 
+
 def _avro_type(schema) -> Optional[pa.DataType]:
   """The Arrow type of an Avro (fastavro-parsed) schema; None when Arrow should infer."""
   if isinstance(schema, list):
@@ -25,8 +26,14 @@ def _avro_type(schema) -> Optional[pa.DataType]:
     return _avro_type(branches[0]) if len(branches) == 1 else None
   if isinstance(schema, str):
     return {
-        'null': pa.null(), 'boolean': pa.bool_(), 'int': pa.int32(), 'long': pa.int64(), 'float': pa.float32(),
-        'double': pa.float64(), 'bytes': pa.binary(), 'string': pa.string()
+      'null': pa.null(),
+      'boolean': pa.bool_(),
+      'int': pa.int32(),
+      'long': pa.int64(),
+      'float': pa.float32(),
+      'double': pa.float64(),
+      'bytes': pa.binary(),
+      'string': pa.string(),
     }.get(schema)
   if not isinstance(schema, dict):
     return None
@@ -89,11 +96,12 @@ def _advance_past_sync_marker(f, marker: bytes) -> bool:
     if found >= 0:
       f.seek(found + len(marker) - len(data), os.SEEK_CUR)
       return True
-    tail = data[-(len(marker) - 1):]
+    tail = data[-(len(marker) - 1) :]
 
 
 def read_avro(rng: Range, options: AvroOptions):
   from fastavro import block_reader
+
   path, start, end = rng.path, rng.start, rng.end
   source = rng.source
   with open_file(path) as f:
@@ -105,8 +113,11 @@ def read_avro(rng: Range, options: AvroOptions):
       if start == 0:
         yield dead_letter(path, None, 'corrupt_file', detail=f'cannot open as Avro: {short_error(e)}', stage=STAGE)
       return
-    fields = [(field['name'], _avro_type(field['type'])) for field in schema.get('fields', [])] \
-      if isinstance(schema, dict) and schema.get('type') == 'record' else None
+    fields = (
+      [(field['name'], _avro_type(field['type'])) for field in schema.get('fields', [])]
+      if isinstance(schema, dict) and schema.get('type') == 'record'
+      else None
+    )
     # As Beam's avroio: a block belongs to the range its start lies in.
     f.seek(max(0, start - len(marker)))
     if not _advance_past_sync_marker(f, marker):
@@ -133,8 +144,13 @@ def read_avro(rng: Range, options: AvroOptions):
       except Exception as e:
         if pending:
           yield from flush()
-        yield dead_letter(source, position(row), 'corrupt_file',
-                          detail=f'block at byte {next_block} cannot be read: {short_error(e)}', stage=STAGE)
+        yield dead_letter(
+          source,
+          position(row),
+          'corrupt_file',
+          detail=f'block at byte {next_block} cannot be read: {short_error(e)}',
+          stage=STAGE,
+        )
         return
       next_block = block.offset + block.size
       pending.extend(records)
@@ -150,6 +166,7 @@ READERS['avro'] = lambda: read_avro
 
 class ReadFromAvro(ReadFormat):
   """Avro object container files as record batches, split at sync markers."""
+
   _FORMAT = 'avro'
 
   def __init__(self, file_pattern: str, options: Optional[AvroOptions] = None):

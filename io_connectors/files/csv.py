@@ -25,6 +25,7 @@ from transforms.records import position
 
 __all__ = ['ReadFromCsv', 'CsvOptions', 'CsvReader']
 
+
 def _csv_delimiter(options: CsvOptions, path: str) -> str:
   if options.delimiter is not None:
     return options.delimiter
@@ -38,10 +39,12 @@ class CsvReader:
     self._headers: Dict[Tuple[str, CsvOptions], List[str]] = {}
 
   def _parse_options(self, options, path, invalid_row_handler=None):
-    return pa_csv.ParseOptions(delimiter=_csv_delimiter(options, path),
-                               quote_char=options.quote_char or False,
-                               newlines_in_values=options.newlines_in_values,
-                               invalid_row_handler=invalid_row_handler)
+    return pa_csv.ParseOptions(
+      delimiter=_csv_delimiter(options, path),
+      quote_char=options.quote_char or False,
+      newlines_in_values=options.newlines_in_values,
+      invalid_row_handler=invalid_row_handler,
+    )
 
   def _column_names(self, path: str, options: CsvOptions) -> Optional[List[str]]:
     key = (path, options)
@@ -49,14 +52,15 @@ class CsvReader:
       line, _ = to_utf8(first_line(path), options.encoding, keep_bad_lines=True)
       line = bytes(line)
       if line.startswith(codecs.BOM_UTF8):
-        line = line[len(codecs.BOM_UTF8):]
+        line = line[len(codecs.BOM_UTF8) :]
       names = None
       if line.strip():
         try:
           names = pa_csv.read_csv(
-              pa.BufferReader(line),
-              read_options=pa_csv.ReadOptions(use_threads=False, autogenerate_column_names=not options.header),
-              parse_options=self._parse_options(options, path)).column_names
+            pa.BufferReader(line),
+            read_options=pa_csv.ReadOptions(use_threads=False, autogenerate_column_names=not options.header),
+            parse_options=self._parse_options(options, path),
+          ).column_names
         except pa.ArrowInvalid:
           pass  # the range then fails to parse and is dead-lettered whole
       if len(self._headers) > 256:
@@ -82,8 +86,14 @@ class CsvReader:
       for i, text in bad_lines:
         bad_records[int(nonblank_before[i]) + 1] = text
       for number, text in sorted(bad_records.items()):
-        yield dead_letter(source, position(number), 'bad_encoding', record=text,
-                          detail=f'bytes not valid in {options.encoding}', stage=STAGE)
+        yield dead_letter(
+          source,
+          position(number),
+          'bad_encoding',
+          record=text,
+          detail=f'bytes not valid in {options.encoding}',
+          stage=STAGE,
+        )
     if start == 0:
       read_options = pa_csv.ReadOptions(use_threads=False, autogenerate_column_names=not options.header)
       first_data_record = 2 if options.header else 1
@@ -103,25 +113,41 @@ class CsvReader:
 
     # Only an empty field is null: pyarrow's default null markers would also
     # null "NA" (Namibia's country code), "NULL", "N/A" and "nan" as text.
-    convert_options = pa_csv.ConvertOptions(column_types={c: pa.string() for c in options.string_columns},
-                                            null_values=[''], strings_can_be_null=True)
+    convert_options = pa_csv.ConvertOptions(
+      column_types={c: pa.string() for c in options.string_columns}, null_values=[''], strings_can_be_null=True
+    )
     try:
-      table = pa_csv.read_csv(pa.BufferReader(data), read_options=read_options,
-                              parse_options=self._parse_options(options, path, on_invalid_row),
-                              convert_options=convert_options)
+      table = pa_csv.read_csv(
+        pa.BufferReader(data),
+        read_options=read_options,
+        parse_options=self._parse_options(options, path, on_invalid_row),
+        convert_options=convert_options,
+      )
     except pa.ArrowInvalid as e:
       # Not a row-level problem pyarrow can skip (e.g. an unclosed quote):
       # the range is set aside whole rather than guessed at.
       count = max(line_count(data) - (1 if start == 0 and options.header else 0), 1)
-      yield dead_letter(source, position(first_data_record), 'malformed_row', record=None,
-                        detail=f'range of {count} lines cannot be parsed as CSV: {short_error(e)}',
-                        stage=STAGE, count=count)
+      yield dead_letter(
+        source,
+        position(first_data_record),
+        'malformed_row',
+        record=None,
+        detail=f'range of {count} lines cannot be parsed as CSV: {short_error(e)}',
+        stage=STAGE,
+        count=count,
+      )
       return
     for number, text, expected, actual in invalid:
       if number in bad_records:
         continue
-      yield dead_letter(source, position(number), 'malformed_row', record=text,
-                        detail=f'expected {expected} columns, got {actual}', stage=STAGE)
+      yield dead_letter(
+        source,
+        position(number),
+        'malformed_row',
+        record=text,
+        detail=f'expected {expected} columns, got {actual}',
+        stage=STAGE,
+      )
     rows = np.arange(first_data_record, first_data_record + table.num_rows + len(invalid), dtype=np.int64)
     if invalid:
       rows = rows[~np.isin(rows, np.array([r[0] for r in invalid], dtype=np.int64))]
@@ -136,6 +162,7 @@ READERS['csv'] = lambda: CsvReader().read  # one header cache per worker DoFn
 
 class ReadFromCsv(ReadFormat):
   """CSV (or TSV) files as record batches; see `io_connectors.files`."""
+
   _FORMAT = 'csv'
 
   def __init__(self, file_pattern: str, options: Optional[CsvOptions] = None):

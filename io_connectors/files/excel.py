@@ -18,6 +18,7 @@ from transforms.records import position
 
 __all__ = ['ReadFromExcel', 'ExcelOptions']
 
+
 def _excel_names(header) -> List[str]:
   header = list(header)
   while header and header[-1] is None:  # read-only sheets pad rows with empty cells
@@ -35,21 +36,29 @@ def _excel_names(header) -> List[str]:
 
 def read_excel(rng: Range, options: ExcelOptions):
   import openpyxl
+
   path = rng.path
   try:
     with open_file(path) as f:
       content = f.read()
     workbook = openpyxl.load_workbook(io.BytesIO(content), read_only=True, data_only=True)
   except Exception as e:
-    yield dead_letter(path, None, 'corrupt_file', detail=f'cannot open as an .xlsx workbook: {short_error(e)}', stage=STAGE)
+    yield dead_letter(
+      path, None, 'corrupt_file', detail=f'cannot open as an .xlsx workbook: {short_error(e)}', stage=STAGE
+    )
     return
   try:
     sheets = list(options.sheets) if options.sheets is not None else workbook.sheetnames
     for sheet in sheets:
       source = f'{path}#{sheet}'
       if sheet not in workbook.sheetnames:
-        yield dead_letter(source, None, 'corrupt_file',
-                          detail=f'no sheet named {sheet!r}; sheets: {", ".join(workbook.sheetnames)}', stage=STAGE)
+        yield dead_letter(
+          source,
+          None,
+          'corrupt_file',
+          detail=f'no sheet named {sheet!r}; sheets: {", ".join(workbook.sheetnames)}',
+          stage=STAGE,
+        )
         continue
       yield from _read_sheet(workbook[sheet], source, options)
   finally:
@@ -64,8 +73,9 @@ def _read_sheet(worksheet, source: str, options: ExcelOptions):
   number = 0
 
   def flush():
-    columns = [column([r[i] if i < len(r) else None for r in buffered], name in as_text)
-               for i, name in enumerate(names)]
+    columns = [
+      column([r[i] if i < len(r) else None for r in buffered], name in as_text) for i, name in enumerate(names)
+    ]
     table = pa.Table.from_arrays(columns, names=names)
     rows = np.array(numbers, dtype=np.int64)
     buffered.clear()
@@ -81,9 +91,15 @@ def _read_sheet(worksheet, source: str, options: ExcelOptions):
         continue
       if all(v is None or (isinstance(v, str) and not v.strip()) for v in values):
         continue
-      if len(values) > len(names) and any(v is not None for v in values[len(names):]):
-        yield dead_letter(source, position(number), 'malformed_row', record=[to_text(v) for v in values],
-                          detail=f'expected {len(names)} columns, got {len(values)}', stage=STAGE)
+      if len(values) > len(names) and any(v is not None for v in values[len(names) :]):
+        yield dead_letter(
+          source,
+          position(number),
+          'malformed_row',
+          record=[to_text(v) for v in values],
+          detail=f'expected {len(names)} columns, got {len(values)}',
+          stage=STAGE,
+        )
         continue
       buffered.append(values)
       numbers.append(number)
@@ -92,8 +108,13 @@ def _read_sheet(worksheet, source: str, options: ExcelOptions):
   except Exception as e:
     if buffered:
       yield from flush()
-    yield dead_letter(source, position(number + 1), 'corrupt_file',
-                      detail=f'the sheet cannot be read past row {number}: {short_error(e)}', stage=STAGE)
+    yield dead_letter(
+      source,
+      position(number + 1),
+      'corrupt_file',
+      detail=f'the sheet cannot be read past row {number}: {short_error(e)}',
+      stage=STAGE,
+    )
     return
   if buffered:
     yield from flush()
@@ -104,6 +125,7 @@ READERS['excel'] = lambda: read_excel
 
 class ReadFromExcel(ReadFormat):
   """Excel .xlsx workbooks (openpyxl, read-only) as record batches, one source per sheet."""
+
   _FORMAT = 'excel'
 
   def __init__(self, file_pattern: str, options: Optional[ExcelOptions] = None):

@@ -60,8 +60,9 @@ def read_jsonl(rng: Range, options: JsonOptions):
   data, bad_lines = to_utf8(raw, 'utf-8', keep_bad_lines=False)
   data = bytes(data)  # JSON Lines' slow paths search and split the bytes
   for i, text in bad_lines:
-    yield dead_letter(source, position(i + 1), 'bad_encoding', record=text, detail='bytes not valid in utf-8',
-                      stage=STAGE)
+    yield dead_letter(
+      source, position(i + 1), 'bad_encoding', record=text, detail='bytes not valid in utf-8', stage=STAGE
+    )
   parsed = None
   try:
     table = table_from_json_lines(data, options.string_columns)
@@ -80,8 +81,14 @@ def read_jsonl(rng: Range, options: JsonOptions):
       if problem is None:
         parsed.append(value)
       else:
-        yield dead_letter(source, position(i + 1), 'malformed_json',
-                          record=line.decode('utf-8', errors='replace').rstrip('\r'), detail=problem, stage=STAGE)
+        yield dead_letter(
+          source,
+          position(i + 1),
+          'malformed_json',
+          record=line.decode('utf-8', errors='replace').rstrip('\r'),
+          detail=problem,
+          stage=STAGE,
+        )
         lines[i] = b''
     data = b'\n'.join(lines)
     table = None
@@ -118,8 +125,13 @@ def read_json(rng: Range, options: JsonOptions):
     return
   elements = [document] if isinstance(document, dict) else document
   if not isinstance(elements, list):
-    yield dead_letter(path, None, 'malformed_json',
-                      detail=f'the document is a JSON {type(document).__name__}, not an array or object', stage=STAGE)
+    yield dead_letter(
+      path,
+      None,
+      'malformed_json',
+      detail=f'the document is a JSON {type(document).__name__}, not an array or object',
+      stage=STAGE,
+    )
     return
   objects, numbers, lines = [], [], []
   for i, element in enumerate(elements, start=1):
@@ -129,8 +141,14 @@ def read_json(rng: Range, options: JsonOptions):
       # Re-serialised as JSON Lines so that pyarrow types it as it does JSON Lines.
       lines.append(json.dumps(element, ensure_ascii=False, default=str))
     else:
-      yield dead_letter(path, position(i), 'malformed_json', record=element if _jsonable(element) else str(element),
-                        detail=f'element {i} is a JSON {type(element).__name__}, not an object', stage=STAGE)
+      yield dead_letter(
+        path,
+        position(i),
+        'malformed_json',
+        record=element if _jsonable(element) else str(element),
+        detail=f'element {i} is a JSON {type(element).__name__}, not an object',
+        stage=STAGE,
+      )
   if not objects:
     return
   data = '\n'.join(lines).encode('utf-8')
@@ -148,6 +166,7 @@ READERS['json'] = lambda: read_json
 
 class ReadFromJsonLines(ReadFormat):
   """JSON Lines files (one object per line) as record batches."""
+
   _FORMAT = 'jsonl'
 
   def __init__(self, file_pattern: str, options: Optional[JsonOptions] = None):
@@ -156,6 +175,7 @@ class ReadFromJsonLines(ReadFormat):
 
 class ReadFromJson(ReadFormat):
   """JSON documents (an array of objects, or one object, per file) as record batches."""
+
   _FORMAT = 'json'
 
   def __init__(self, file_pattern: str, options: Optional[JsonOptions] = None):

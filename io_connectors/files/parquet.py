@@ -19,8 +19,10 @@ from transforms.records import position
 
 __all__ = ['ReadFromParquet', 'ParquetOptions']
 
+
 def read_parquet(rng: Range, options: ParquetOptions):
   import pyarrow.parquet as pq
+
   path = rng.path
   if isinstance(rng.extra, str):
     yield dead_letter(path, None, 'corrupt_file', detail=rng.extra, stage=STAGE)
@@ -42,9 +44,14 @@ def read_parquet(rng: Range, options: ParquetOptions):
         table = parquet.read_row_group(group, use_threads=False)
       except Exception as e:
         unread = sum(metadata.row_group(g).num_rows for g in groups[k:])
-        yield dead_letter(path, position(row), 'corrupt_file',
-                          detail=f'row group {group} cannot be read ({unread} rows from row {row} on): {short_error(e)}',
-                          stage=STAGE, count=max(unread, 1))
+        yield dead_letter(
+          path,
+          position(row),
+          'corrupt_file',
+          detail=f'row group {group} cannot be read ({unread} rows from row {row} on): {short_error(e)}',
+          stage=STAGE,
+          count=max(unread, 1),
+        )
         return
       yield from emit(table, path, np.arange(row, row + group_rows, dtype=np.int64), options.batch_size)
       row += group_rows
@@ -55,6 +62,7 @@ READERS['parquet'] = lambda: read_parquet
 
 class ReadFromParquet(ReadFormat):
   """Parquet files as record batches, split by row groups."""
+
   _FORMAT = 'parquet'
 
   def __init__(self, file_pattern: str, options: Optional[ParquetOptions] = None):

@@ -63,6 +63,7 @@ def _now() -> dt.datetime:
 
 class _LocalStore:
   """Local disk: temp file in the same directory, then link (create) or rename (replace)."""
+
   honours_preconditions = True
 
   def read(self, path: str) -> Optional[Tuple[bytes, str]]:
@@ -121,10 +122,12 @@ def _split(path: str) -> Tuple[str, str]:
 
 class _S3Store:
   """S3 (and S3-compatible stores): conditional PUTs with IfNoneMatch / IfMatch."""
+
   honours_preconditions = True
 
   def __init__(self, options):
     from apache_beam.io.aws.clients.s3 import boto3_client
+
     self._client = boto3_client.Client(options=options).client
 
   def read(self, path):
@@ -137,6 +140,7 @@ class _S3Store:
 
   def _put(self, path, data, **condition) -> bool:
     import botocore.exceptions
+
     bucket, key = _split(path)
     try:
       self._client.put_object(Bucket=bucket, Key=key, Body=data, **condition)
@@ -159,10 +163,12 @@ class _S3Store:
 
 class _GcsStore:
   """GCS: generation preconditions (0 = must not exist)."""
+
   honours_preconditions = True
 
   def __init__(self, options):
     from apache_beam.io.gcp import gcsio
+
     self._client = gcsio.GcsIO(pipeline_options=options).client
 
   def _blob(self, path):
@@ -171,6 +177,7 @@ class _GcsStore:
 
   def read(self, path):
     from google.api_core import exceptions
+
     bucket, key = _split(path)
     try:
       # Metadata first: a version older than the bytes only makes a later replace fail safe.
@@ -185,6 +192,7 @@ class _GcsStore:
 
   def _put(self, path, data, generation: int) -> bool:
     from google.api_core import exceptions
+
     try:
       self._blob(path).upload_from_string(data, if_generation_match=generation)
       return True
@@ -201,6 +209,7 @@ class _GcsStore:
 
   def delete(self, path):
     from google.api_core import exceptions
+
     try:
       self._blob(path).delete()
     except exceptions.NotFound:
@@ -209,6 +218,7 @@ class _GcsStore:
 
 class _ReadBackStore:
   """A store that ignores preconditions: check first, write, then read back what won."""
+
   honours_preconditions = False
 
   def __init__(self, store):
@@ -251,8 +261,11 @@ def _probe(store, root: str):
     store.delete(probe)
   if honoured:
     return store
-  _LOG.warning('%s ignores create-only preconditions (an emulator?): the lake lock falls back to check, write and '
-               'read back, which leaves a window of milliseconds for two runs to start together', root)
+  _LOG.warning(
+    '%s ignores create-only preconditions (an emulator?): the lake lock falls back to check, write and '
+    'read back, which leaves a window of milliseconds for two runs to start together',
+    root,
+  )
   return _ReadBackStore(store)
 
 
@@ -275,7 +288,7 @@ def store_for(path: str, options=None):
 
 
 def local_path(path: str) -> str:
-  return path[len('file://'):] if path.startswith('file://') else path
+  return path[len('file://') :] if path.startswith('file://') else path
 
 
 @dataclasses.dataclass
@@ -289,6 +302,7 @@ class OutputLock:
         ... run the job; its finalize calls lock.verify() before publishing ...
       lock.release()
   """
+
   output: str
   run_id: str
   run_dir: str
@@ -306,8 +320,15 @@ class OutputLock:
     return FileSystems.join(self.output, LOCK_NAME) if '://' in self.output else os.path.join(self.output, LOCK_NAME)
 
   def document(self) -> dict:
-    return {'run_id': self.run_id, 'run_dir': self.run_dir, 'token': self.token, 'host': self.host, 'pid': self.pid,
-            'started': self.started, 'expires': self.expires}
+    return {
+      'run_id': self.run_id,
+      'run_dir': self.run_dir,
+      'token': self.token,
+      'host': self.host,
+      'pid': self.pid,
+      'started': self.started,
+      'expires': self.expires,
+    }
 
   def _bytes(self) -> bytes:
     return json.dumps(self.document(), indent=2, sort_keys=True).encode('utf-8') + b'\n'
@@ -316,9 +337,18 @@ class OutputLock:
   def acquire(cls, output: str, run_id: str, run_dir: str, ttl_s: float = 3600.0, options=None) -> 'OutputLock':
     """Takes the output's lock, or raises OutputLockedError naming the run that holds it."""
     now = _now()
-    lock = cls(output=local_path(output), run_id=run_id, run_dir=run_dir, token=uuid.uuid4().hex,
-               host=socket.gethostname(), pid=os.getpid(), started=now.isoformat(),
-               expires=(now + dt.timedelta(seconds=ttl_s)).isoformat(), ttl_s=ttl_s, options=options)
+    lock = cls(
+      output=local_path(output),
+      run_id=run_id,
+      run_dir=run_dir,
+      token=uuid.uuid4().hex,
+      host=socket.gethostname(),
+      pid=os.getpid(),
+      started=now.isoformat(),
+      expires=(now + dt.timedelta(seconds=ttl_s)).isoformat(),
+      ttl_s=ttl_s,
+      options=options,
+    )
     store = store_for(lock.output, options)
     for _ in range(3):
       if store.create(lock.path, lock._bytes()):
@@ -331,9 +361,10 @@ class OutputLock:
       stale = _stale_reason(holder, now)
       if stale is None:
         raise OutputLockedError(
-            f'{output} is being written by run {holder.get("run_id")!r} (host {holder.get("host")}, pid '
-            f'{holder.get("pid")}, started {holder.get("started")}, lock expires {holder.get("expires")}); wait for '
-            f'it to finish, or delete {lock.path} if that run is gone')
+          f'{output} is being written by run {holder.get("run_id")!r} (host {holder.get("host")}, pid '
+          f'{holder.get("pid")}, started {holder.get("started")}, lock expires {holder.get("expires")}); wait for '
+          f'it to finish, or delete {lock.path} if that run is gone'
+        )
       _LOG.warning('%s: taking over the lock of run %r (%s)', output, holder.get('run_id'), stale)
       if store.replace(lock.path, lock._bytes(), current[1]):
         lock.version = store.read(lock.path)[1]
@@ -349,17 +380,21 @@ class OutputLock:
     holder = self.holder()
     if not holder or holder.get('token') != self.token:
       raise LakeCommitError(
-          f'{self.output}: run {self.run_id!r} lost its lock (now held by '
-          f'{"nobody" if not holder else repr(holder.get("run_id")) + " on " + str(holder.get("host"))}); '
-          'its files were not published')
+        f'{self.output}: run {self.run_id!r} lost its lock (now held by '
+        f'{"nobody" if not holder else repr(holder.get("run_id")) + " on " + str(holder.get("host"))}); '
+        'its files were not published'
+      )
 
   def renew(self):
     store = store_for(self.output, self.options)
     previous = self.expires
     self.expires = (_now() + dt.timedelta(seconds=self.ttl_s)).isoformat()
     current = store.read(self.path)
-    if current is None or _parse(current[0]).get('token') != self.token or not store.replace(
-        self.path, self._bytes(), current[1]):
+    if (
+      current is None
+      or _parse(current[0]).get('token') != self.token
+      or not store.replace(self.path, self._bytes(), current[1])
+    ):
       self.expires = previous
       raise LakeCommitError(f'{self.output}: run {self.run_id!r} lost its lock')
     self.version = store.read(self.path)[1]

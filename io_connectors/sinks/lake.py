@@ -49,26 +49,25 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from io_connectors.sinks._commit import (LOCK_NAME, LakeCommitError, OutputLock, OutputLockedError, local_path,
-                                         store_for)
+from io_connectors.sinks._commit import LOCK_NAME, LakeCommitError, OutputLock, OutputLockedError, local_path, store_for
 from transforms.records import TENANT_COLUMN, json_safe, strip_internal
 from transforms.schema import conform
 
 __all__ = [
-    'OUTPUT_FORMATS',
-    'WriteRecordFiles',
-    'WriteDeadLetterFiles',
-    'finalize_files',
-    'commit_output',
-    'sweep',
-    'read_manifest',
-    'run_dir_name',
-    'OutputLock',
-    'OutputLockedError',
-    'LakeCommitError',
-    'example_bytes',
-    'UNASSIGNED',
-    'parquet_bytes',
+  'OUTPUT_FORMATS',
+  'WriteRecordFiles',
+  'WriteDeadLetterFiles',
+  'finalize_files',
+  'commit_output',
+  'sweep',
+  'read_manifest',
+  'run_dir_name',
+  'OutputLock',
+  'OutputLockedError',
+  'LakeCommitError',
+  'example_bytes',
+  'UNASSIGNED',
+  'parquet_bytes',
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -104,7 +103,8 @@ def parquet_bytes(table: pa.Table) -> bytes:
 
 def _jsonl_bytes(table: pa.Table) -> bytes:
   return b''.join(
-      json.dumps(json_safe(row), ensure_ascii=False, sort_keys=False).encode('utf-8') + b'\n' for row in table.to_pylist())
+    json.dumps(json_safe(row), ensure_ascii=False, sort_keys=False).encode('utf-8') + b'\n' for row in table.to_pylist()
+  )
 
 
 def _avro_type(t: pa.DataType, name: str, names: set):
@@ -126,13 +126,12 @@ def _avro_type(t: pa.DataType, name: str, names: set):
       record_name += '_'
     names.add(record_name)
     return {
-        'type': 'record',
-        'name': record_name,
-        'fields': [{
-            'name': f.name,
-            'type': ['null', _avro_type(f.type, f'{record_name}_{f.name}', names)],
-            'default': None
-        } for f in t]
+      'type': 'record',
+      'name': record_name,
+      'fields': [
+        {'name': f.name, 'type': ['null', _avro_type(f.type, f'{record_name}_{f.name}', names)], 'default': None}
+        for f in t
+      ],
     }
   if pa.types.is_list(t) or pa.types.is_large_list(t):
     return {'type': 'array', 'items': ['null', _avro_type(t.value_type, name + '_item', names)]}
@@ -142,19 +141,16 @@ def _avro_type(t: pa.DataType, name: str, names: set):
 def avro_schema(schema: pa.Schema) -> dict:
   names = {'Record'}
   return {
-      'type': 'record',
-      'name': 'Record',
-      'namespace': 'music_beam_pipelines',
-      'fields': [{
-          'name': f.name,
-          'type': ['null', _avro_type(f.type, f.name, names)],
-          'default': None
-      } for f in schema]
+    'type': 'record',
+    'name': 'Record',
+    'namespace': 'music_beam_pipelines',
+    'fields': [{'name': f.name, 'type': ['null', _avro_type(f.type, f.name, names)], 'default': None} for f in schema],
   }
 
 
 def _avro_bytes(table: pa.Table) -> bytes:
   import fastavro
+
   sink = io.BytesIO()
   fastavro.writer(sink, fastavro.parse_schema(avro_schema(table.schema)), table.to_pylist(), codec='deflate')
   return sink.getvalue()
@@ -232,6 +228,7 @@ def example_bytes(row: dict, schema: pa.Schema) -> bytes:
 
 def _tfrecord_bytes(table: pa.Table) -> bytes:
   from apache_beam.io.tfrecordio import _TFRecordUtil
+
   sink = io.BytesIO()
   for row in table.to_pylist():
     _TFRecordUtil.write_record(sink, example_bytes(row, table.schema))
@@ -239,16 +236,17 @@ def _tfrecord_bytes(table: pa.Table) -> bytes:
 
 
 _WRITERS: Dict[str, Callable[[pa.Table], bytes]] = {
-    'parquet': parquet_bytes,
-    'avro': _avro_bytes,
-    'jsonl': _jsonl_bytes,
-    'tfrecord': _tfrecord_bytes,
+  'parquet': parquet_bytes,
+  'avro': _avro_bytes,
+  'jsonl': _jsonl_bytes,
+  'tfrecord': _tfrecord_bytes,
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class WrittenFile:
   """A temporary file waiting for finalize: where it goes and what it holds."""
+
   kind: str  # 'data' or 'dead_letter'
   partition: str  # tenant id or UNASSIGNED
   temp_path: str
@@ -263,7 +261,6 @@ def _temp_dir(output: str, run_dir: str) -> str:
 
 
 class _WriteBatchFn(beam.DoFn):
-
   def __init__(self, output, file_format, run_dir, entity=None):
     self._output = output
     self._format = file_format
@@ -282,8 +279,15 @@ class _WriteBatchFn(beam.DoFn):
       temp = _join(_temp_dir(self._output, self._run_dir), f'{uuid.uuid4().hex}.{_EXTENSIONS[self._format]}')
       _write_bytes(temp, payload)
       self._rows.inc(table.num_rows)
-      yield WrittenFile('data', tenant, temp, _EXTENSIONS[self._format], table.num_rows,
-                        hashlib.sha256(payload).hexdigest(), self._entity)
+      yield WrittenFile(
+        'data',
+        tenant,
+        temp,
+        _EXTENSIONS[self._format],
+        table.num_rows,
+        hashlib.sha256(payload).hexdigest(),
+        self._entity,
+      )
 
 
 class WriteRecordFiles(beam.PTransform):
@@ -293,8 +297,9 @@ class WriteRecordFiles(beam.PTransform):
   schema: an optional side input (`AsSingleton`) every file is conformed to.
   """
 
-  def __init__(self, output: str, file_format: str = 'parquet', run_dir: str = 'run', schema=None,
-               entity: Optional[str] = None):
+  def __init__(
+    self, output: str, file_format: str = 'parquet', run_dir: str = 'run', schema=None, entity: Optional[str] = None
+  ):
     super().__init__()
     if not output:
       raise ValueError('an output location is required')
@@ -311,7 +316,6 @@ class WriteRecordFiles(beam.PTransform):
 
 
 class _WriteLettersFn(beam.DoFn):
-
   def __init__(self, output, run_dir):
     self._output = output
     self._run_dir = run_dir
@@ -340,11 +344,13 @@ class WriteDeadLetterFiles(beam.PTransform):
       digest = hashlib.sha1(f"{letter.get('source')}|{letter.get('position')}".encode('utf-8')).digest()
       return (letter.get('tenant') or UNASSIGNED, digest[0] % num_shards), letter
 
-    return (letters
-            | 'KeyByTenant' >> beam.Map(key)
-            | 'Group' >> beam.GroupByKey()
-            | 'DropShard' >> beam.MapTuple(lambda k, v: (k[0], v))
-            | 'WriteTemp' >> beam.ParDo(_WriteLettersFn(self._output, self._run_dir)))
+    return (
+      letters
+      | 'KeyByTenant' >> beam.Map(key)
+      | 'Group' >> beam.GroupByKey()
+      | 'DropShard' >> beam.MapTuple(lambda k, v: (k[0], v))
+      | 'WriteTemp' >> beam.ParDo(_WriteLettersFn(self._output, self._run_dir))
+    )
 
 
 def _run_base(output: str, run_dir: str) -> str:
@@ -411,8 +417,9 @@ def finalize_files(output: str, run_dir: str, files: Iterable[WrittenFile]) -> D
   pending = {temp: final for temp, final in moves.items() if FileSystems.exists(temp)}
   lost = [temp for temp, final in moves.items() if temp not in pending and not FileSystems.exists(final)]
   if lost:
-    raise RuntimeError(f'{len(lost)} committed file(s) are neither in {_temp_dir(output, run_dir)} nor in place, '
-                       f'e.g. {lost[0]}')
+    raise RuntimeError(
+      f'{len(lost)} committed file(s) are neither in {_temp_dir(output, run_dir)} nor in place, e.g. {lost[0]}'
+    )
   for directory in sorted({final.rsplit('/', 1)[0] for final in pending.values()}):
     if '://' not in directory and not FileSystems.exists(directory):
       FileSystems.mkdirs(directory)  # local renames need the directory; object stores have none
@@ -463,17 +470,24 @@ def _superseded(output: str, previous: Optional[dict], now: str, grace_s: float)
   """
   moment = dt.datetime.fromisoformat(now)
   entries = [
-      e for e in (previous or {}).get('superseded', [])
-      if isinstance(e, dict) and e.get('paths') and
-      (_within_grace(e, moment, grace_s) or
-       (not _is_local(output) and not all(p.startswith(RUNS_DIR + '/') for p in e['paths'])))
+    e
+    for e in (previous or {}).get('superseded', [])
+    if isinstance(e, dict)
+    and e.get('paths')
+    and (
+      _within_grace(e, moment, grace_s)
+      or (not _is_local(output) and not all(p.startswith(RUNS_DIR + '/') for p in e['paths']))
+    )
   ]
   if previous and previous.get('run_dir'):
     entries.append({'paths': [previous['run_dir']], 'run_id': previous.get('run_id'), 'at': now})
   if not any(e['paths'] == list(_PUBLISHED) for e in entries) and _legacy_layout(output):
     # Written by a version that kept data/ and dead_letter/ at the root (or by hand).
-    entry = {'paths': list(_PUBLISHED), 'run_id': None if (previous or {}).get('run_dir') else
-             (previous or {}).get('run_id'), 'at': now}
+    entry = {
+      'paths': list(_PUBLISHED),
+      'run_id': None if (previous or {}).get('run_dir') else (previous or {}).get('run_id'),
+      'at': now,
+    }
     if _is_local(output):
       # Local directories are moved here after the commit (the names become links), kept for the grace period.
       entry['parked'] = f'{RUNS_DIR}/_legacy-{re.sub(r"[^0-9A-Za-z]", "", now)}'
@@ -483,7 +497,9 @@ def _superseded(output: str, previous: Optional[dict], now: str, grace_s: float)
 
 def _legacy_layout(output: str) -> bool:
   if _is_local(output):
-    return any(os.path.isdir(p) and not os.path.islink(p) for p in (os.path.join(local_path(output), n) for n in _PUBLISHED))
+    return any(
+      os.path.isdir(p) and not os.path.islink(p) for p in (os.path.join(local_path(output), n) for n in _PUBLISHED)
+    )
   return any(FileSystems.match([_join(output, name, '**')])[0].metadata_list for name in _PUBLISHED)
 
 
@@ -505,8 +521,14 @@ def _point_local_links(output: str, run_dir: str, superseded: List[dict]):
     os.replace(temp, link)
 
 
-def commit_output(output: str, run_dir: str, manifest: dict, schema_doc: Optional[dict] = None, lock=None,
-                  grace_s: float = DEFAULT_GRACE_S) -> dict:
+def commit_output(
+  output: str,
+  run_dir: str,
+  manifest: dict,
+  schema_doc: Optional[dict] = None,
+  lock=None,
+  grace_s: float = DEFAULT_GRACE_S,
+) -> dict:
   """Publishes a finalized run: writes OUTPUT/_manifest.json (the commit point), then collects old runs.
 
   Steps, each safe to fail: (1) the run's own copies of the manifest and
@@ -531,16 +553,20 @@ def commit_output(output: str, run_dir: str, manifest: dict, schema_doc: Optiona
     except ValueError:
       previous = None
   now = dt.datetime.now(dt.timezone.utc).isoformat()
-  published = dict(manifest, run_dir=f'{RUNS_DIR}/{run_dir}', committed_at=now,
-                   superseded=_superseded(output, previous, now, grace_s))
+  published = dict(
+    manifest, run_dir=f'{RUNS_DIR}/{run_dir}', committed_at=now, superseded=_superseded(output, previous, now, grace_s)
+  )
   _write_bytes(_join(base, MANIFEST_NAME), _json_bytes(published))
   if lock is not None:
     lock.verify()
   _fault('before_manifest')
-  if not store.replace(_control(output, MANIFEST_NAME), _json_bytes(published),
-                       previous_raw[1] if previous_raw else None):
-    raise LakeCommitError(f'{_control(output, MANIFEST_NAME)} changed while run {manifest.get("run_id")!r} '
-                          'committed (another writer without the lock?); nothing was published')
+  if not store.replace(
+    _control(output, MANIFEST_NAME), _json_bytes(published), previous_raw[1] if previous_raw else None
+  ):
+    raise LakeCommitError(
+      f'{_control(output, MANIFEST_NAME)} changed while run {manifest.get("run_id")!r} '
+      'committed (another writer without the lock?); nothing was published'
+    )
   _fault('after_manifest')
   if _is_local(output):
     _point_local_links(output, run_dir, published['superseded'])
@@ -560,7 +586,7 @@ def _run_dirs(output: str) -> List[str]:
   if _is_local(output):
     return sorted(os.listdir(runs)) if os.path.isdir(runs) else []
   prefix = runs.rstrip('/') + '/'
-  return sorted({m.path[len(prefix):].split('/', 1)[0] for m in FileSystems.match([prefix + '**'])[0].metadata_list})
+  return sorted({m.path[len(prefix) :].split('/', 1)[0] for m in FileSystems.match([prefix + '**'])[0].metadata_list})
 
 
 def sweep(output: str, grace_s: float = DEFAULT_GRACE_S, keep_run_dirs: Iterable[str] = ()) -> List[str]:
@@ -622,4 +648,3 @@ def read_parquet_dir(path: str) -> pa.Table:
     with FileSystems.open(m.path) as handle:
       tables.append(pq.read_table(io.BytesIO(handle.read())))
   return pa.concat_tables(tables, promote_options='permissive') if tables else pa.table({})
-

@@ -38,7 +38,14 @@ from io_connectors.sinks.lake import UNASSIGNED, parquet_bytes
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, json_safe, strip_internal
 from transforms.windows import WindowBatch, window_label
 
-__all__ = ['WriteWindowFiles', 'WRITTEN', 'WriteDeadLettersFn', 'metrics_writer', 'write_atomically', 'sweep_temporaries']
+__all__ = [
+  'WriteWindowFiles',
+  'WRITTEN',
+  'WriteDeadLettersFn',
+  'metrics_writer',
+  'write_atomically',
+  'sweep_temporaries',
+]
 
 _LOG = logging.getLogger(__name__)
 _TEMP_PREFIX = '.tmp-'
@@ -65,8 +72,11 @@ def sweep_temporaries(output: str, older_than_s: float = DEFAULT_ORPHAN_AGE_S) -
       matches = FileSystems.match([pattern])[0].metadata_list
     except Exception:
       continue  # nothing there (local match raises on a missing directory)
-    orphans += [m.path for m in matches
-                if m.path.rsplit('/', 1)[-1].startswith(_TEMP_PREFIX) and (m.last_updated_in_seconds or 0) < cutoff]
+    orphans += [
+      m.path
+      for m in matches
+      if m.path.rsplit('/', 1)[-1].startswith(_TEMP_PREFIX) and (m.last_updated_in_seconds or 0) < cutoff
+    ]
   orphans = sorted(set(orphans))
   if orphans:
     FileSystems.delete(orphans)
@@ -100,7 +110,6 @@ def _merge_with_existing(path: str, table: pa.Table, key_field: str) -> Optional
 
 
 class _WriteWindowFn(beam.DoFn):
-
   def __init__(self, output: str, kind: str, key_field: Optional[str] = None, positions: bool = False):
     self._output = output
     self._kind = kind
@@ -113,8 +122,7 @@ class _WriteWindowFn(beam.DoFn):
       tenant, start, shard, batch = window.tenant, window.window_start_us, window.shard, window.batch
     else:
       tenant, start, shard, batch = element
-    path = (f'{self._output}/{self._kind}/tenant={tenant}/window_start={window_label(start)}/'
-            f'part-{shard:03d}.parquet')
+    path = f'{self._output}/{self._kind}/tenant={tenant}/window_start={window_label(start)}/part-{shard:03d}.parquet'
     table = pa.Table.from_batches([strip_internal(batch)])
     if self._key_field:
       table = _merge_with_existing(path, table, self._key_field)

@@ -36,7 +36,13 @@ from io_connectors._common.arrow import table_from_json_lines, table_from_rows
 from transforms.dead_letter import DEAD_LETTER, dead_letter
 from transforms.records import with_provenance
 
-__all__ = ['decode_json_message', 'messages_to_batch', 'advance_watermark', 'emit_at_watermark', 'CheckpointOnlyTracker']
+__all__ = [
+  'decode_json_message',
+  'messages_to_batch',
+  'advance_watermark',
+  'emit_at_watermark',
+  'CheckpointOnlyTracker',
+]
 
 # A dead letter keeps at most this much of a payload that is not JSON.
 _MAX_RAW_CHARS = 10_000
@@ -54,8 +60,11 @@ def decode_json_message(payload: Optional[bytes]) -> Tuple[Optional[dict], Optio
   try:
     text = payload.decode('utf-8')
   except UnicodeDecodeError as e:
-    return None, ('bad_encoding', f'not UTF-8: {e.reason} at byte {e.start}',
-                  payload.decode('utf-8', errors='replace')[:_MAX_RAW_CHARS])
+    return None, (
+      'bad_encoding',
+      f'not UTF-8: {e.reason} at byte {e.start}',
+      payload.decode('utf-8', errors='replace')[:_MAX_RAW_CHARS],
+    )
   try:
     value = json.loads(text)
   except ValueError as e:
@@ -65,12 +74,14 @@ def decode_json_message(payload: Optional[bytes]) -> Tuple[Optional[dict], Optio
   return value, None
 
 
-def messages_to_batch(payloads: Sequence[Optional[bytes]],
-                      positions: Sequence[str],
-                      rows: Sequence[int],
-                      source: str,
-                      stage: str,
-                      string_columns: Sequence[str] = ()) -> Tuple[Optional[pa.RecordBatch], List[dict]]:
+def messages_to_batch(
+  payloads: Sequence[Optional[bytes]],
+  positions: Sequence[str],
+  rows: Sequence[int],
+  source: str,
+  stage: str,
+  string_columns: Sequence[str] = (),
+) -> Tuple[Optional[pa.RecordBatch], List[dict]]:
   """(batch of the JSON-object payloads or None, dead letters of the others).
 
   payloads: raw message bodies (bytes or str; None for a message without one).
@@ -91,8 +102,11 @@ def messages_to_batch(payloads: Sequence[Optional[bytes]],
       dead.append(dead_letter(source, pos, reason, record=record, detail=detail, stage=stage))
       continue
     # pyarrow's reader takes one object per line: re-serialise pretty-printed ones.
-    good_lines.append(payload if b'\n' not in payload and b'\r' not in payload else
-                      json.dumps(value, ensure_ascii=False).encode('utf-8'))
+    good_lines.append(
+      payload
+      if b'\n' not in payload and b'\r' not in payload
+      else json.dumps(value, ensure_ascii=False).encode('utf-8')
+    )
     parsed.append(value)
     good_rows.append(row)
   if not good_lines:
@@ -120,8 +134,9 @@ def advance_watermark(watermark: ManualWatermarkEstimator, stamp: Timestamp) -> 
   return stamp
 
 
-def emit_at_watermark(watermark: ManualWatermarkEstimator, stamp: Timestamp, batch: Optional[pa.RecordBatch],
-                      dead: Sequence[dict]):
+def emit_at_watermark(
+  watermark: ManualWatermarkEstimator, stamp: Timestamp, batch: Optional[pa.RecordBatch], dead: Sequence[dict]
+):
   """Moves the read's watermark to `stamp` (never back) and yields the batch and dead letters timestamped there.
 
   A stamp behind the watermark the reader already reported is raised to it:
@@ -178,7 +193,6 @@ class ReadsRestrictionProvider(RestrictionProvider):
 
 
 class ManualWatermarkProvider(beam.transforms.core.WatermarkEstimatorProvider):
-
   def initial_estimator_state(self, element, restriction):
     return None
 

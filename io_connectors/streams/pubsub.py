@@ -72,6 +72,7 @@ class PubSubOptions:
   string_columns: columns read as text (as the file readers' option).
   attributes_as_columns: message attributes added as string columns.
   """
+
   subscription: Optional[str] = None
   topic: Optional[str] = None
   id_label: Optional[str] = None
@@ -133,8 +134,14 @@ class _MessagesToBatchesFn(beam.DoFn):
   def _flush(self, buffer, window):
     opts = self._options
     ids = [m.message_id for m, _ in buffer]
-    batch, dead = messages_to_batch([m.data for m, _ in buffer], [f'message {i}' for i in ids],
-                                    [_message_row(i) for i in ids], opts.source, STAGE, opts.string_columns)
+    batch, dead = messages_to_batch(
+      [m.data for m, _ in buffer],
+      [f'message {i}' for i in ids],
+      [_message_row(i) for i in ids],
+      opts.source,
+      STAGE,
+      opts.string_columns,
+    )
     stamp = min(t for _, t in buffer)
     if batch is not None and opts.attributes_as_columns:
       bad = {d['position'] for d in dead}
@@ -161,6 +168,7 @@ class ReadPubSubJson(beam.PTransform):
   def check(self) -> str:
     """Finds the subscription (or topic) with the environment's credentials; raises PubSubError saying what is wrong."""
     from google.cloud import pubsub_v1
+
     opts = self._options
     try:
       if opts.subscription:
@@ -174,11 +182,14 @@ class ReadPubSubJson(beam.PTransform):
 
   def expand(self, pbegin):
     opts = self._options
-    messages = pbegin | 'Read' >> ReadFromPubSub(subscription=opts.subscription, topic=opts.topic,
-                                                  id_label=opts.id_label, timestamp_attribute=opts.timestamp_attribute,
-                                                  with_attributes=True)
-    result = messages | 'ToBatches' >> beam.ParDo(_MessagesToBatchesFn(opts)).with_outputs(DEAD_LETTER,
-                                                                                           main='records')
+    messages = pbegin | 'Read' >> ReadFromPubSub(
+      subscription=opts.subscription,
+      topic=opts.topic,
+      id_label=opts.id_label,
+      timestamp_attribute=opts.timestamp_attribute,
+      with_attributes=True,
+    )
+    result = messages | 'ToBatches' >> beam.ParDo(_MessagesToBatchesFn(opts)).with_outputs(DEAD_LETTER, main='records')
     records, dead_letters = result.records, result[DEAD_LETTER]
     records.element_type = pa.RecordBatch
     dead_letters.element_type = Dict[str, Any]

@@ -70,8 +70,13 @@ from apache_beam.utils.timestamp import Timestamp
 from io_connectors import registry
 from io_connectors._common.errors import ConnectorError
 from io_connectors._common.masking import mask_url
-from io_connectors.streams._messages import (ManualWatermarkProvider, ReadsRestrictionProvider, advance_watermark,
-                                             emit_at_watermark, messages_to_batch)
+from io_connectors.streams._messages import (
+  ManualWatermarkProvider,
+  ReadsRestrictionProvider,
+  advance_watermark,
+  emit_at_watermark,
+  messages_to_batch,
+)
 from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, Outputs
 
@@ -107,6 +112,7 @@ class PulsarOptions:
   string_columns: columns read as text (as the file readers' option).
   bounded: stop when a read receives nothing.
   """
+
   service_url: str = dataclasses.field(repr=False)
   topics: Sequence[str] = ()
   subscription: str = ''
@@ -130,7 +136,9 @@ class PulsarOptions:
     if not isinstance(self.subscription, str) or not self.subscription:
       raise ValueError('subscription is required')
     if self.subscription_type not in SUBSCRIPTION_TYPES:
-      raise ValueError(f'subscription_type must be one of {", ".join(SUBSCRIPTION_TYPES)}, got {self.subscription_type!r}')
+      raise ValueError(
+        f'subscription_type must be one of {", ".join(SUBSCRIPTION_TYPES)}, got {self.subscription_type!r}'
+      )
     if self.initial_position not in ('earliest', 'latest'):
       raise ValueError(f'initial_position must be "earliest" or "latest", got {self.initial_position!r}')
     for name in ('readers_per_topic', 'batch_size'):
@@ -181,6 +189,7 @@ class _Consumers:
 
   def get(self, options: PulsarOptions, topic: str, index: int):
     import pulsar
+
     key = (options.service_url, options.token_env, topic, options.subscription, index)
     with self._lock:
       consumer = self._consumers.get(key)
@@ -189,17 +198,20 @@ class _Consumers:
       client_key = (options.service_url, options.token_env)
       client = self._clients.get(client_key)
       if client is None:
-        client = self._clients[client_key] = pulsar.Client(options.service_url,
-                                                           authentication=_authentication(options, pulsar),
-                                                           logger=_quiet_logger(pulsar))
+        client = self._clients[client_key] = pulsar.Client(
+          options.service_url, authentication=_authentication(options, pulsar), logger=_quiet_logger(pulsar)
+        )
       consumer = self._consumers[key] = client.subscribe(
-          topic, options.subscription,
-          consumer_type=getattr(pulsar.ConsumerType, options.subscription_type),
-          consumer_name=f'{socket.gethostname()}-{os.getpid()}-{index}',
-          initial_position=(pulsar.InitialPosition.Earliest
-                            if options.initial_position == 'earliest' else pulsar.InitialPosition.Latest),
-          unacked_messages_timeout_ms=options.redeliver_unacked_after_ms,
-          receiver_queue_size=max(options.batch_size, 1000))
+        topic,
+        options.subscription,
+        consumer_type=getattr(pulsar.ConsumerType, options.subscription_type),
+        consumer_name=f'{socket.gethostname()}-{os.getpid()}-{index}',
+        initial_position=(
+          pulsar.InitialPosition.Earliest if options.initial_position == 'earliest' else pulsar.InitialPosition.Latest
+        ),
+        unacked_messages_timeout_ms=options.redeliver_unacked_after_ms,
+        receiver_queue_size=max(options.batch_size, 1000),
+      )
       return consumer
 
   def close_all(self):
@@ -238,6 +250,7 @@ class _ReadTopicFn(beam.DoFn):
 
   def _receive(self, consumer) -> List:
     import pulsar
+
     opts = self._options
     deadline = time.monotonic() + opts.poll_seconds
     messages = []
@@ -252,11 +265,13 @@ class _ReadTopicFn(beam.DoFn):
     return messages
 
   # Beam binds these parameters in this order (finalizer first) or fails.
-  def process(self,
-              element,
-              finalizer=beam.DoFn.BundleFinalizerParam,
-              tracker=beam.DoFn.RestrictionParam(ReadsRestrictionProvider()),
-              watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkProvider())):
+  def process(
+    self,
+    element,
+    finalizer=beam.DoFn.BundleFinalizerParam,
+    tracker=beam.DoFn.RestrictionParam(ReadsRestrictionProvider()),
+    watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkProvider()),
+  ):
     topic, index = element
     restriction = tracker.current_restriction()
     if not tracker.try_claim(restriction.start):
@@ -272,11 +287,17 @@ class _ReadTopicFn(beam.DoFn):
       return
     source = f'pulsar://{topic}'
     ids = [m.message_id() for m in messages]
-    batch, dead = messages_to_batch([m.data() for m in messages], [f'message {_message_id_text(i)}' for i in ids],
-                                    [message_row(i.ledger_id(), i.entry_id(), i.batch_index()) for i in ids], source,
-                                    STAGE, self._options.string_columns)
-    yield from emit_at_watermark(watermark, Timestamp.of(max(m.publish_timestamp() for m in messages) / 1000), batch,
-                                 dead)
+    batch, dead = messages_to_batch(
+      [m.data() for m in messages],
+      [f'message {_message_id_text(i)}' for i in ids],
+      [message_row(i.ledger_id(), i.entry_id(), i.batch_index()) for i in ids],
+      source,
+      STAGE,
+      self._options.string_columns,
+    )
+    yield from emit_at_watermark(
+      watermark, Timestamp.of(max(m.publish_timestamp() for m in messages) / 1000), batch, dead
+    )
 
     def ack():
       # Runs once the runner has committed this bundle's output.
@@ -288,13 +309,14 @@ class _ReadTopicFn(beam.DoFn):
 
 
 class _UnboundedReadTopicFn(_ReadTopicFn):
-
   @beam.DoFn.unbounded_per_element()
-  def process(self,
-              element,
-              finalizer=beam.DoFn.BundleFinalizerParam,
-              tracker=beam.DoFn.RestrictionParam(ReadsRestrictionProvider()),
-              watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkProvider())):
+  def process(
+    self,
+    element,
+    finalizer=beam.DoFn.BundleFinalizerParam,
+    tracker=beam.DoFn.RestrictionParam(ReadsRestrictionProvider()),
+    watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkProvider()),
+  ):
     yield from super().process(element, finalizer, tracker, watermark)
 
 
@@ -310,12 +332,18 @@ class ReadFromPulsar(beam.PTransform):
   def check(self) -> str:
     """Connects (with the token, if any) and finds each topic's partitions; raises PulsarError saying what is wrong."""
     import pulsar
+
     options = self._options
     where = f'Pulsar {options.safe_url}'
     client = None
     try:
-      client = pulsar.Client(options.service_url, authentication=_authentication(options, pulsar),
-                             operation_timeout_seconds=10, connection_timeout_ms=10_000, logger=_quiet_logger(pulsar))
+      client = pulsar.Client(
+        options.service_url,
+        authentication=_authentication(options, pulsar),
+        operation_timeout_seconds=10,
+        connection_timeout_ms=10_000,
+        logger=_quiet_logger(pulsar),
+      )
       partitions = {topic: len(client.get_topic_partitions(topic)) for topic in options.topics}
     except Exception as e:
       raise PulsarError(f'{where}: {type(e).__name__}: {mask_url(str(e))}') from None
@@ -328,9 +356,11 @@ class ReadFromPulsar(beam.PTransform):
     opts = self._options
     readers = [(topic, i) for topic in opts.topics for i in range(opts.readers_per_topic)]
     read_fn = (_ReadTopicFn if opts.bounded else _UnboundedReadTopicFn)(opts)
-    result = (pbegin
-              | 'Readers' >> beam.Create(readers)
-              | 'Read' >> beam.ParDo(read_fn).with_outputs(DEAD_LETTER, main='records'))
+    result = (
+      pbegin
+      | 'Readers' >> beam.Create(readers)
+      | 'Read' >> beam.ParDo(read_fn).with_outputs(DEAD_LETTER, main='records')
+    )
     records, dead_letters = result.records, result[DEAD_LETTER]
     records.element_type = pa.RecordBatch
     dead_letters.element_type = Dict[str, Any]

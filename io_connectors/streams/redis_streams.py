@@ -99,14 +99,28 @@ from apache_beam.utils.timestamp import Timestamp
 from io_connectors import registry
 from io_connectors._common.errors import ConnectorError
 from io_connectors._common.masking import mask_url
-from io_connectors.streams._messages import (ManualWatermarkProvider, ReadsRestrictionProvider, advance_watermark,
-                                             emit_at_watermark, messages_to_batch)
+from io_connectors.streams._messages import (
+  ManualWatermarkProvider,
+  ReadsRestrictionProvider,
+  advance_watermark,
+  emit_at_watermark,
+  messages_to_batch,
+)
 from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 
 __all__ = [
-    'RedisStreamsOptions', 'ReadFromRedisStreams', 'RedisStreamsError', 'AcknowledgeEntries', 'read_with_readers',
-    'readers_of', 'entry_row', 'row_entry_id', 'position_entry_id', 'redis_client', 'ACK_MODES'
+  'RedisStreamsOptions',
+  'ReadFromRedisStreams',
+  'RedisStreamsError',
+  'AcknowledgeEntries',
+  'read_with_readers',
+  'readers_of',
+  'entry_row',
+  'row_entry_id',
+  'position_entry_id',
+  'redis_client',
+  'ACK_MODES',
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -172,6 +186,7 @@ class RedisStreamsOptions:
   ack: 'finalize' (XACK in bundle finalization) or 'sink' (the pipeline
     XACKs written entries with `ReadFromRedisStreams.acknowledge_written()`).
   """
+
   url: str = dataclasses.field(repr=False)
   streams: Sequence[str] = ()
   group: str = ''
@@ -236,6 +251,7 @@ class RedisStreamsError(ConnectorError, RuntimeError):
 def redis_client(options: RedisStreamsOptions):
   """A redis-py client for the options (password from ``password_env`` if set)."""
   import redis
+
   kwargs: Dict[str, Any] = {'socket_timeout': max(30.0, options.block_ms / 1000 + 30.0), 'socket_connect_timeout': 30.0}
   if options.password_env:
     password = os.environ.get(options.password_env)
@@ -252,6 +268,7 @@ def _text(value) -> str:
 def _earliest_event_time(batch: pa.RecordBatch, field: str) -> Optional[Timestamp]:
   """The smallest value of `field` (ISO-8601 text, timestamp or epoch ms) in the batch, or None."""
   import pyarrow.compute as pc
+
   index = batch.schema.get_field_index(field)
   if index < 0:
     return None
@@ -265,8 +282,11 @@ def _earliest_event_time(batch: pa.RecordBatch, field: str) -> Optional[Timestam
     value = pc.min(pc.cast(column, pa.int64())).as_py()
     if value is None:
       return None
-    return Timestamp(micros=value * {'s': 1_000_000, 'ms': 1000, 'us': 1, 'ns': 1}[column.type.unit] // (
-        1000 if column.type.unit == 'ns' else 1))
+    return Timestamp(
+      micros=value
+      * {'s': 1_000_000, 'ms': 1000, 'us': 1, 'ns': 1}[column.type.unit]
+      // (1000 if column.type.unit == 'ns' else 1)
+    )
   except (pa.ArrowInvalid, pa.ArrowNotImplementedError, KeyError):
     return None  # unparseable times: validation dead-letters those rows; stamp by arrival
 
@@ -313,6 +333,7 @@ class _ReadStreamFn(_RedisClientFn):
     if stream in self._groups_ready:
       return
     import redis
+
     try:
       self._client.xgroup_create(stream, self._options.group, id=self._options.start_id, mkstream=True)
     except redis.ResponseError as e:
@@ -322,11 +343,13 @@ class _ReadStreamFn(_RedisClientFn):
 
   # Beam binds these parameters in this order (finalizer first) or fails
   # with "multiple values for argument".
-  def process(self,
-              element,
-              finalizer=beam.DoFn.BundleFinalizerParam,
-              tracker=beam.DoFn.RestrictionParam(ReadsRestrictionProvider()),
-              watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkProvider())):
+  def process(
+    self,
+    element,
+    finalizer=beam.DoFn.BundleFinalizerParam,
+    tracker=beam.DoFn.RestrictionParam(ReadsRestrictionProvider()),
+    watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkProvider()),
+  ):
     stream, index = element
     restriction = tracker.current_restriction()
     if not tracker.try_claim(restriction.start):
@@ -338,8 +361,9 @@ class _ReadStreamFn(_RedisClientFn):
     # Entries a dead reader left pending first, then new ones.
     entries, deleted = self._reclaim(stream, group, consumer)
     if not entries and not deleted:
-      read = self._client.xreadgroup(group, consumer, {stream: '>'}, count=opts.count,
-                                     block=None if opts.bounded else opts.block_ms)
+      read = self._client.xreadgroup(
+        group, consumer, {stream: '>'}, count=opts.count, block=None if opts.bounded else opts.block_ms
+      )
       entries = read[0][1] if read else []
 
     if not entries and not deleted:
@@ -374,8 +398,9 @@ class _ReadStreamFn(_RedisClientFn):
     """(entries, deleted ids) taken over from pending entries idle >= min_idle_ms."""
     if self._options.ack == 'sink':
       return self._reclaim_others(stream, group, consumer)
-    reply = self._client.xautoclaim(stream, group, consumer, self._options.min_idle_ms,
-                                    start_id='0-0', count=self._options.count)
+    reply = self._client.xautoclaim(
+      stream, group, consumer, self._options.min_idle_ms, start_id='0-0', count=self._options.count
+    )
     entries: List[Tuple[Any, Any]] = []
     deleted: List[Any] = list(reply[2]) if len(reply) > 2 else []
     for entry in reply[1]:
@@ -398,13 +423,13 @@ class _ReadStreamFn(_RedisClientFn):
     """
     opts = self._options
     own = self._process_prefix()
-    others = [info for info in self._client.xinfo_consumers(stream, group)
-              if not _text(info['name']).startswith(own)]
+    others = [info for info in self._client.xinfo_consumers(stream, group) if not _text(info['name']).startswith(own)]
     for info in others:
       if info['pending'] == 0:
         continue
-      pending = self._client.xpending_range(stream, group, min='-', max='+', count=opts.count,
-                                            consumername=info['name'], idle=opts.min_idle_ms)
+      pending = self._client.xpending_range(
+        stream, group, min='-', max='+', count=opts.count, consumername=info['name'], idle=opts.min_idle_ms
+      )
       ids = [p['message_id'] for p in pending]
       if not ids:
         continue  # its entries are not idle long enough: the reader may be alive
@@ -436,15 +461,22 @@ class _ReadStreamFn(_RedisClientFn):
         payloads.append(json.dumps({_text(k): _text(v) for k, v in fields.items()}).encode('utf-8'))
       else:
         payloads.append(fields.get(opts.payload_field.encode('utf-8'), fields.get(opts.payload_field)))
-    batch, dead = messages_to_batch(payloads, [f'entry {i}' for i in ids], [entry_row(i) for i in ids], source, STAGE,
-                                    opts.string_columns)
+    batch, dead = messages_to_batch(
+      payloads, [f'entry {i}' for i in ids], [entry_row(i) for i in ids], source, STAGE, opts.string_columns
+    )
     for letter in dead:
       if letter['detail'] == 'the message has no payload':
         letter['detail'] = f'the entry has no field {opts.payload_field!r}'
     for entry_id in deleted:
-      dead.append(dead_letter(source, f'entry {_text(entry_id)}', 'source_error',
-                              detail='entry deleted from the stream (trimmed) while pending: its content is lost',
-                              stage=STAGE))
+      dead.append(
+        dead_letter(
+          source,
+          f'entry {_text(entry_id)}',
+          'source_error',
+          detail='entry deleted from the stream (trimmed) while pending: its content is lost',
+          stage=STAGE,
+        )
+      )
     last_ms = int((ids[-1] if ids else _text(deleted[-1])).partition('-')[0])
     stamp = Timestamp.of(last_ms / 1000)
     if opts.event_time_field and batch is not None:
@@ -458,11 +490,13 @@ class _UnboundedReadStreamFn(_ReadStreamFn):
   """The same reader, declared unbounded (its output is an unbounded PCollection)."""
 
   @beam.DoFn.unbounded_per_element()
-  def process(self,
-              element,
-              finalizer=beam.DoFn.BundleFinalizerParam,
-              tracker=beam.DoFn.RestrictionParam(ReadsRestrictionProvider()),
-              watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkProvider())):
+  def process(
+    self,
+    element,
+    finalizer=beam.DoFn.BundleFinalizerParam,
+    tracker=beam.DoFn.RestrictionParam(ReadsRestrictionProvider()),
+    watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkProvider()),
+  ):
     yield from super().process(element, finalizer, tracker, watermark)
 
 
@@ -518,7 +552,7 @@ class _AcknowledgeFn(_RedisClientFn):
 
   def process(self, element):
     source, position = element
-    stream = str(source or '')[len('redis://'):] if str(source or '').startswith('redis://') else None
+    stream = str(source or '')[len('redis://') :] if str(source or '').startswith('redis://') else None
     entry_id = position_entry_id(position)
     if stream in self._options.streams and entry_id is not None:
       self._ids.setdefault(stream, set()).add(entry_id)
@@ -527,7 +561,7 @@ class _AcknowledgeFn(_RedisClientFn):
     for stream, ids in sorted(self._ids.items()):
       ordered = sorted(ids, key=entry_row)
       for i in range(0, len(ordered), 10_000):
-        self._client.xack(stream, self._options.group, *ordered[i:i + 10_000])
+        self._client.xack(stream, self._options.group, *ordered[i : i + 10_000])
     self._ids = {}
 
 

@@ -108,18 +108,18 @@ DELIVERY_HEADER = 'x-delivery-id'
 
 # Why a delivery was refused, with its HTTP status (the label of the rejected counter).
 REJECT_REASONS = {
-    'unknown_source': 404,
-    'unsupported_media_type': 415,
-    'too_large': 413,
-    'missing_header': 400,
-    'bad_timestamp': 400,
-    'stale_timestamp': 400,
-    'bad_signature': 401,
-    'malformed_body': 400,
-    'too_deep': 400,
-    'body_timeout': 408,
-    'replay': 409,
-    'store_unavailable': 503,
+  'unknown_source': 404,
+  'unsupported_media_type': 415,
+  'too_large': 413,
+  'missing_header': 400,
+  'bad_timestamp': 400,
+  'stale_timestamp': 400,
+  'bad_signature': 401,
+  'malformed_body': 400,
+  'too_deep': 400,
+  'body_timeout': 408,
+  'replay': 409,
+  'store_unavailable': 503,
 }
 
 _SOURCE_NAME = re.compile(r'^[a-z0-9][a-z0-9_-]{0,62}$')
@@ -152,6 +152,7 @@ class WebhookOptions:
     transition from v1, ('v2',) after it.
   metrics_token: the bearer token GET /metrics asks for; None disables it.
   """
+
   sources: Dict[str, object] = dataclasses.field(repr=False)  # name -> signing secret
   redis_url: str = dataclasses.field(default='redis://127.0.0.1:6379/0', repr=False)
   redis_password: Optional[str] = dataclasses.field(default=None, repr=False)
@@ -191,8 +192,9 @@ class WebhookOptions:
       raise ValueError(f'max_json_depth must be >= 1, got {self.max_json_depth}')
     unknown = set(self.signature_versions) - set(SIGNATURE_VERSIONS)
     if unknown or not self.signature_versions:
-      raise ValueError(f'signature_versions must be a non-empty subset of {SIGNATURE_VERSIONS}, '
-                       f'got {tuple(self.signature_versions)}')
+      raise ValueError(
+        f'signature_versions must be a non-empty subset of {SIGNATURE_VERSIONS}, got {tuple(self.signature_versions)}'
+      )
 
 
 def sign(secret, timestamp: str, body: bytes, delivery_id: Optional[str] = None) -> str:
@@ -250,17 +252,17 @@ class _Metrics:
 
   def render(self) -> str:
     lines = [
-        '# HELP webhook_deliveries_accepted_total Deliveries appended to the stream.',
-        '# TYPE webhook_deliveries_accepted_total counter',
+      '# HELP webhook_deliveries_accepted_total Deliveries appended to the stream.',
+      '# TYPE webhook_deliveries_accepted_total counter',
     ]
     lines += [f'webhook_deliveries_accepted_total{{source="{s}"}} {n}' for s, n in sorted(self.accepted.items())]
     lines += [
-        '# HELP webhook_deliveries_rejected_total Deliveries refused, by reason.',
-        '# TYPE webhook_deliveries_rejected_total counter',
+      '# HELP webhook_deliveries_rejected_total Deliveries refused, by reason.',
+      '# TYPE webhook_deliveries_rejected_total counter',
     ]
     lines += [
-        f'webhook_deliveries_rejected_total{{source="{s}",reason="{r}"}} {n}'
-        for (s, r), n in sorted(self.rejected.items())
+      f'webhook_deliveries_rejected_total{{source="{s}",reason="{r}"}} {n}'
+      for (s, r), n in sorted(self.rejected.items())
     ]
     return '\n'.join(lines) + '\n'
 
@@ -270,13 +272,16 @@ class _KafkaSink:
 
   def __init__(self, bootstrap: str, config: Dict[str, str]):
     import confluent_kafka
-    self._producer = confluent_kafka.Producer({
+
+    self._producer = confluent_kafka.Producer(
+      {
         'bootstrap.servers': bootstrap,
         'enable.idempotence': True,
         'acks': 'all',
         'message.timeout.ms': 15000,
         **config,
-    })
+      }
+    )
     self._stop = threading.Event()
     # Delivery callbacks run inside poll(): one thread keeps polling.
     self._poller = threading.Thread(target=self._poll, name='webhooks-kafka-poll', daemon=True)
@@ -298,8 +303,13 @@ class _KafkaSink:
       else:
         future.set_result(f'{msg.topic()}/{msg.partition()}/{msg.offset()}')
 
-    self._producer.produce(topic, value=value, key=key, headers=list(headers.items()),
-                           on_delivery=lambda err, msg: loop.call_soon_threadsafe(settle, err, msg))
+    self._producer.produce(
+      topic,
+      value=value,
+      key=key,
+      headers=list(headers.items()),
+      on_delivery=lambda err, msg: loop.call_soon_threadsafe(settle, err, msg),
+    )
     return await asyncio.wait_for(future, timeout=30)
 
   async def ping(self):
@@ -313,7 +323,6 @@ class _KafkaSink:
 
 
 class _Rejected(Exception):
-
   def __init__(self, reason: str, message: str):
     super().__init__(message)
     self.reason = reason
@@ -336,8 +345,9 @@ def create_app(options: WebhookOptions, redis_client=None):
   accepted_types = {_media_type(t) for t in options.content_types}
   metrics = _Metrics(secrets)
   if redis_client is None:
-    redis_client = aioredis.Redis.from_url(options.redis_url, password=options.redis_password or None,
-                                           socket_timeout=10, socket_connect_timeout=10)
+    redis_client = aioredis.Redis.from_url(
+      options.redis_url, password=options.redis_password or None, socket_timeout=10, socket_connect_timeout=10
+    )
   kafka = _KafkaSink(options.kafka_bootstrap, options.kafka_config) if options.sink == 'kafka' else None
 
   store_script = redis_client.register_script(_STORE_SCRIPT)
@@ -384,8 +394,11 @@ def create_app(options: WebhookOptions, redis_client=None):
     timestamp = request.headers.get(TIMESTAMP_HEADER)
     delivery_id = request.headers.get(DELIVERY_HEADER)
     signature = request.headers.get(SIGNATURE_HEADER)
-    missing = [h for h, v in ((TIMESTAMP_HEADER, timestamp), (DELIVERY_HEADER, delivery_id),
-                              (SIGNATURE_HEADER, signature)) if not v]
+    missing = [
+      h
+      for h, v in ((TIMESTAMP_HEADER, timestamp), (DELIVERY_HEADER, delivery_id), (SIGNATURE_HEADER, signature))
+      if not v
+    ]
     if missing:
       raise _Rejected('missing_header', f'missing header(s): {", ".join(missing)}')
     if not _TIMESTAMP.fullmatch(timestamp):
@@ -426,8 +439,12 @@ def create_app(options: WebhookOptions, redis_client=None):
     except Exception as e:
       raise _Rejected('store_unavailable', f'event store unavailable ({type(e).__name__})') from None
     if not stored:
-      raise _Rejected('replay', 'delivery id already accepted' if entry in (b'id', 'id') else
-                      'this signed timestamp and body were already accepted under another delivery id')
+      raise _Rejected(
+        'replay',
+        'delivery id already accepted'
+        if entry in (b'id', 'id')
+        else 'this signed timestamp and body were already accepted under another delivery id',
+      )
     return entry.decode('ascii') if isinstance(entry, bytes) else str(entry)
 
   async def store_in_kafka(source: str, delivery: dict, fields: dict) -> str:
@@ -451,17 +468,18 @@ def create_app(options: WebhookOptions, redis_client=None):
           pipe.set(key, entry, ex=remember_seconds)
         await pipe.execute()
     except Exception as e:
-      _LOG.warning('delivery stored in Kafka but its id not recorded (%s): a retry would be produced again',
-                   type(e).__name__)
+      _LOG.warning(
+        'delivery stored in Kafka but its id not recorded (%s): a retry would be produced again', type(e).__name__
+      )
     return entry
 
   async def store(source: str, delivery: dict) -> str:
     fields = {
-        'source': source,
-        'delivery_id': delivery['delivery_id'],
-        'timestamp': delivery['timestamp'],
-        'received_at': f'{time.time():.3f}',
-        'body': delivery['body'],
+      'source': source,
+      'delivery_id': delivery['delivery_id'],
+      'timestamp': delivery['timestamp'],
+      'received_at': f'{time.time():.3f}',
+      'body': delivery['body'],
     }
     if kafka is not None:
       return await store_in_kafka(source, delivery, fields)
@@ -499,8 +517,11 @@ def create_app(options: WebhookOptions, redis_client=None):
       return JSONResponse({'error': 'not_found', 'detail': 'metrics need a metrics token'}, status_code=404)
     scheme, _, given = request.headers.get('authorization', '').partition(' ')
     if scheme.lower() != 'bearer' or not hmac.compare_digest(given.strip().encode('utf-8', 'replace'), metrics_token):
-      return JSONResponse({'error': 'unauthorized', 'detail': 'metrics need Authorization: Bearer <token>'},
-                          status_code=401, headers={'WWW-Authenticate': 'Bearer'})
+      return JSONResponse(
+        {'error': 'unauthorized', 'detail': 'metrics need Authorization: Bearer <token>'},
+        status_code=401,
+        headers={'WWW-Authenticate': 'Bearer'},
+      )
     return PlainTextResponse(metrics.render(), media_type='text/plain; version=0.0.4')
 
   @contextlib.asynccontextmanager
@@ -510,22 +531,34 @@ def create_app(options: WebhookOptions, redis_client=None):
     if kafka is not None:
       kafka.close()
 
-  return Starlette(routes=[
+  return Starlette(
+    routes=[
       Route('/webhooks/{source}', receive, methods=['POST']),
       Route('/health', health, methods=['GET']),
       Route('/metrics', render_metrics, methods=['GET']),
-  ],
-                   lifespan=lifespan)
+    ],
+    lifespan=lifespan,
+  )
 
 
 def _parse_args(argv):
-  parser = argparse.ArgumentParser(prog='python -m io_connectors.streams.webhooks', description=__doc__.split('\n\n')[0])
+  parser = argparse.ArgumentParser(
+    prog='python -m io_connectors.streams.webhooks', description=__doc__.split('\n\n')[0]
+  )
   parser.add_argument('--host', default='127.0.0.1')
   parser.add_argument('--port', type=int, default=8090)
-  parser.add_argument('--redis_url', default=os.environ.get('WEBHOOKS_REDIS_URL', 'redis://127.0.0.1:6379/0'),
-                      help='without a password; it is read from $REDIS_PASSWORD')
-  parser.add_argument('--source', action='append', default=[], metavar='NAME=ENV_VAR',
-                      help='a source and the environment variable holding its secret (never the secret itself)')
+  parser.add_argument(
+    '--redis_url',
+    default=os.environ.get('WEBHOOKS_REDIS_URL', 'redis://127.0.0.1:6379/0'),
+    help='without a password; it is read from $REDIS_PASSWORD',
+  )
+  parser.add_argument(
+    '--source',
+    action='append',
+    default=[],
+    metavar='NAME=ENV_VAR',
+    help='a source and the environment variable holding its secret (never the secret itself)',
+  )
   parser.add_argument('--tolerance_seconds', type=int, default=300)
   parser.add_argument('--max_body_bytes', type=int, default=1024 * 1024)
   parser.add_argument('--stream_prefix', default='webhooks:')
@@ -537,10 +570,16 @@ def _parse_args(argv):
   parser.add_argument('--kafka_sasl_username', default=None, help='the password is read from $KAFKA_PASSWORD')
   parser.add_argument('--body_timeout_seconds', type=float, default=10.0)
   parser.add_argument('--max_json_depth', type=int, default=64)
-  parser.add_argument('--signature_versions', default=','.join(SIGNATURE_VERSIONS),
-                      help='accepted X-Signature schemes, comma-separated: v2,v1 (transition) or v2')
-  parser.add_argument('--metrics_token_env', default='WEBHOOK_METRICS_TOKEN',
-                      help='the environment variable holding the bearer token of GET /metrics (unset: no /metrics)')
+  parser.add_argument(
+    '--signature_versions',
+    default=','.join(SIGNATURE_VERSIONS),
+    help='accepted X-Signature schemes, comma-separated: v2,v1 (transition) or v2',
+  )
+  parser.add_argument(
+    '--metrics_token_env',
+    default='WEBHOOK_METRICS_TOKEN',
+    help='the environment variable holding the bearer token of GET /metrics (unset: no /metrics)',
+  )
   return parser.parse_args(argv)
 
 
@@ -561,21 +600,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if args.kafka_security_protocol:
     kafka_config['security.protocol'] = args.kafka_security_protocol
   if args.kafka_sasl_username:
-    kafka_config.update({'sasl.mechanism': args.kafka_sasl_mechanism, 'sasl.username': args.kafka_sasl_username,
-                         'sasl.password': os.environ.get('KAFKA_PASSWORD', '')})
+    kafka_config.update(
+      {
+        'sasl.mechanism': args.kafka_sasl_mechanism,
+        'sasl.username': args.kafka_sasl_username,
+        'sasl.password': os.environ.get('KAFKA_PASSWORD', ''),
+      }
+    )
   try:
-    options = WebhookOptions(sources=sources, redis_url=args.redis_url,
-                             redis_password=os.environ.get('REDIS_PASSWORD') or None,
-                             tolerance_seconds=args.tolerance_seconds, max_body_bytes=args.max_body_bytes,
-                             stream_prefix=args.stream_prefix, sink=args.sink, kafka_bootstrap=args.kafka_bootstrap,
-                             kafka_topic_prefix=args.kafka_topic_prefix, kafka_config=kafka_config,
-                             body_timeout_seconds=args.body_timeout_seconds, max_json_depth=args.max_json_depth,
-                             signature_versions=tuple(v.strip() for v in args.signature_versions.split(',') if v.strip()),
-                             metrics_token=os.environ.get(args.metrics_token_env) or None)
+    options = WebhookOptions(
+      sources=sources,
+      redis_url=args.redis_url,
+      redis_password=os.environ.get('REDIS_PASSWORD') or None,
+      tolerance_seconds=args.tolerance_seconds,
+      max_body_bytes=args.max_body_bytes,
+      stream_prefix=args.stream_prefix,
+      sink=args.sink,
+      kafka_bootstrap=args.kafka_bootstrap,
+      kafka_topic_prefix=args.kafka_topic_prefix,
+      kafka_config=kafka_config,
+      body_timeout_seconds=args.body_timeout_seconds,
+      max_json_depth=args.max_json_depth,
+      signature_versions=tuple(v.strip() for v in args.signature_versions.split(',') if v.strip()),
+      metrics_token=os.environ.get(args.metrics_token_env) or None,
+    )
   except ValueError as e:
     print(str(e), file=sys.stderr)
     return 2
   import uvicorn
+
   target = f'Kafka {args.kafka_bootstrap}' if args.sink == 'kafka' else mask_url(args.redis_url)
   _LOG.info('webhook receiver on %s:%d for %s -> %s', args.host, args.port, ', '.join(sorted(sources)), target)
   uvicorn.run(create_app(options), host=args.host, port=args.port, log_level='warning', access_log=False)

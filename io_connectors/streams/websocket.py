@@ -71,10 +71,19 @@ from apache_beam.utils.timestamp import Timestamp
 from io_connectors import registry
 from io_connectors._common.errors import ConnectorError
 from io_connectors._common.retry import Backoff
-from io_connectors.streams.redis_streams import (ReadFromRedisStreams, RedisStreamsOptions, read_with_readers,
-                                                 readers_of, redis_client)
-from io_connectors.streams._messages import (ManualWatermarkProvider, ReadsRestrictionProvider, emit_at_watermark,
-                                             messages_to_batch)
+from io_connectors.streams.redis_streams import (
+  ReadFromRedisStreams,
+  RedisStreamsOptions,
+  read_with_readers,
+  readers_of,
+  redis_client,
+)
+from io_connectors.streams._messages import (
+  ManualWatermarkProvider,
+  ReadsRestrictionProvider,
+  emit_at_watermark,
+  messages_to_batch,
+)
 from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, Outputs
 
@@ -122,6 +131,7 @@ class WebSocketOptions:
   durable: land messages in this Redis stream (its first stream) and read
     them from there; its ``bounded`` is set from this source's bounded mode.
   """
+
   url: str = dataclasses.field(repr=False)
   headers: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False)
   subscribe_message: Optional[str] = dataclasses.field(default=None, repr=False)
@@ -152,7 +162,9 @@ class WebSocketOptions:
       value = getattr(self, name)
       if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
         raise ValueError(f'{name} must be a positive number of seconds, got {value!r}')
-    if self.idle_timeout_s is not None and (not isinstance(self.idle_timeout_s, (int, float)) or self.idle_timeout_s <= 0):
+    if self.idle_timeout_s is not None and (
+      not isinstance(self.idle_timeout_s, (int, float)) or self.idle_timeout_s <= 0
+    ):
       raise ValueError(f'idle_timeout_s must be a positive number of seconds or None, got {self.idle_timeout_s!r}')
     if self.max_backoff_s < self.initial_backoff_s:
       raise ValueError('max_backoff_s must not be below initial_backoff_s')
@@ -209,6 +221,7 @@ class WebSocketReceiver:
   def _run(self):
     from websockets.exceptions import WebSocketException
     from websockets.sync.client import connect
+
     opts = self._options
     delays = _reconnect_backoff(opts.initial_backoff_s, opts.max_backoff_s)
     while not self._stop.is_set() and not self.reached_max:
@@ -248,8 +261,11 @@ class _Feed:
   def _stop_when_orphaned(self):
     while self.receiver.running:
       if time.monotonic() - self.last_drained > self.options.orphan_timeout_s:
-        _LOG.warning('websocket %s: not drained for %.0f s; stopping the receiver', self.options.source,
-                     self.options.orphan_timeout_s)
+        _LOG.warning(
+          'websocket %s: not drained for %.0f s; stopping the receiver',
+          self.options.source,
+          self.options.orphan_timeout_s,
+        )
         self.receiver.stop()
         return
       time.sleep(1.0)
@@ -305,10 +321,12 @@ class _ReceiveFn(beam.DoFn):
     return opts.idle_timeout_s is not None and time.monotonic() - receiver.last_message_at > opts.idle_timeout_s
 
   # Beam binds these parameters in this order or fails with "multiple values".
-  def process(self,
-              element,
-              tracker=beam.DoFn.RestrictionParam(ReadsRestrictionProvider()),
-              watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkProvider())):
+  def process(
+    self,
+    element,
+    tracker=beam.DoFn.RestrictionParam(ReadsRestrictionProvider()),
+    watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkProvider()),
+  ):
     restriction = tracker.current_restriction()
     if not tracker.try_claim(restriction.start):
       return
@@ -319,8 +337,9 @@ class _ReceiveFn(beam.DoFn):
       first = feed.sequence + 1
       feed.sequence += len(messages)
       rows = list(range(first, feed.sequence + 1))
-      batch, dead = messages_to_batch(messages, [f'message {n}' for n in rows], rows, self._options.source, STAGE,
-                                      self._options.string_columns)
+      batch, dead = messages_to_batch(
+        messages, [f'message {n}' for n in rows], rows, self._options.source, STAGE, self._options.string_columns
+      )
     # Without messages this only moves the watermark to the clock.
     yield from emit_at_watermark(watermark, Timestamp.now(), batch, dead)
     if self._options.bounded and self._finished(feed):
@@ -331,12 +350,13 @@ class _ReceiveFn(beam.DoFn):
 
 
 class _UnboundedReceiveFn(_ReceiveFn):
-
   @beam.DoFn.unbounded_per_element()
-  def process(self,
-              element,
-              tracker=beam.DoFn.RestrictionParam(ReadsRestrictionProvider()),
-              watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkProvider())):
+  def process(
+    self,
+    element,
+    tracker=beam.DoFn.RestrictionParam(ReadsRestrictionProvider()),
+    watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkProvider()),
+  ):
     yield from super().process(element, tracker, watermark)
 
 
@@ -398,7 +418,6 @@ class _LandInRedisFn(beam.DoFn):
 
 
 class _UnboundedLandInRedisFn(_LandInRedisFn):
-
   @beam.DoFn.unbounded_per_element()
   def process(self, element, tracker=beam.DoFn.RestrictionParam(ReadsRestrictionProvider())):
     yield from super().process(element, tracker)
@@ -417,6 +436,7 @@ class ReadFromWebSocket(beam.PTransform):
     """Opens the feed with its headers (and looks at the durable Redis stream); raises WebSocketError or
     RedisStreamsError saying what is wrong. Nothing is sent on the feed (no subscribe message)."""
     from websockets.sync.client import connect
+
     opts = self._options
     try:
       with connect(opts.url, additional_headers=opts.headers or None, open_timeout=10, close_timeout=2):
@@ -443,7 +463,9 @@ class ReadFromWebSocket(beam.PTransform):
     return Outputs(records, dead_letters)
 
 
-@registry.register('websocket', 'WebSocket JSON feed; at-most-once, or durable through a Redis stream ("durable": {...})')
+@registry.register(
+  'websocket', 'WebSocket JSON feed; at-most-once, or durable through a Redis stream ("durable": {...})'
+)
 def _factory(config: dict):
   config = dict(config)
   registry.check_keys(config, WebSocketOptions)

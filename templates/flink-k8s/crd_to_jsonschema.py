@@ -36,8 +36,12 @@ __all__ = ['crd_schemas', 'strict_additional_properties', 'replace_int_or_string
 def strict_additional_properties(node: Any, is_root: bool = True) -> Any:
   """Closes every nested object schema that lists its properties."""
   if isinstance(node, dict):
-    closable = ('properties' in node and not is_root and 'additionalProperties' not in node and
-                not node.get('x-kubernetes-preserve-unknown-fields'))
+    closable = (
+      'properties' in node
+      and not is_root
+      and 'additionalProperties' not in node
+      and not node.get('x-kubernetes-preserve-unknown-fields')
+    )
     if closable:
       node['additionalProperties'] = False
     for value in node.values():
@@ -68,8 +72,9 @@ def crd_schemas(crd: dict) -> dict[str, dict]:
   schemas = {}
   for version in spec.get('versions') or []:
     # apiextensions.k8s.io/v1 puts the schema per version; v1beta1 once under spec.validation.
-    openapi = (version.get('schema') or {}).get('openAPIV3Schema') or (spec.get('validation') or
-                                                                         {}).get('openAPIV3Schema')
+    openapi = (version.get('schema') or {}).get('openAPIV3Schema') or (spec.get('validation') or {}).get(
+      'openAPIV3Schema'
+    )
     if openapi is None:
       continue
     schema = replace_int_or_string(strict_additional_properties(json.loads(json.dumps(openapi))))

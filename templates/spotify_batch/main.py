@@ -43,14 +43,14 @@ if str(REPO_ROOT) not in sys.path:
 from apache_beam.options.pipeline_options import PipelineOptions
 
 __all__ = [
-    'SDK_CONTAINER_IMAGE_ENV',
-    'FlexTemplateOptions',
-    'LauncherError',
-    'flag_option_names',
-    'pipeline_argv_from',
-    'split_launcher_options',
-    'to_beam_argv',
-    'main',
+  'SDK_CONTAINER_IMAGE_ENV',
+  'FlexTemplateOptions',
+  'LauncherError',
+  'flag_option_names',
+  'pipeline_argv_from',
+  'split_launcher_options',
+  'to_beam_argv',
+  'main',
 ]
 
 SDK_CONTAINER_IMAGE_ENV = 'BEAM_SDK_CONTAINER_IMAGE'
@@ -69,10 +69,11 @@ class FlexTemplateOptions(PipelineOptions):
   @classmethod
   def _add_argparse_args(cls, parser):
     parser.add_argument(
-        '--pii_key_secret',
-        help='Secret Manager secret version holding the PII master key, as '
-        'projects/PROJECT/secrets/NAME/versions/VERSION. Workers read it; the job graph holds only its name; '
-        'use it instead of --pii_key_file on Dataflow.')
+      '--pii_key_secret',
+      help='Secret Manager secret version holding the PII master key, as '
+      'projects/PROJECT/secrets/NAME/versions/VERSION. Workers read it; the job graph holds only its name; '
+      'use it instead of --pii_key_file on Dataflow.',
+    )
 
 
 def split_launcher_options(argv: Iterable[str]) -> tuple[list[str], FlexTemplateOptions]:
@@ -97,8 +98,12 @@ def flag_option_names() -> frozenset[str]:
   for options_class in {str(cls): cls for cls in PipelineOptions.__subclasses__()}.values():
     options_class._add_argparse_args(parser)
   return frozenset(
-      option for action in parser._actions if action.nargs == 0
-      for option in action.option_strings if option.startswith('--'))
+    option
+    for action in parser._actions
+    if action.nargs == 0
+    for option in action.option_strings
+    if option.startswith('--')
+  )
 
 
 def to_beam_argv(parameters: Iterable[str], environ: Optional[dict] = None) -> list[str]:

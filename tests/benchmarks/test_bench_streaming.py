@@ -36,9 +36,15 @@ def test_latency_summary_percentiles():
 def test_parse_data_path():
   start = dt.datetime(2026, 11, 22, 5, 40, 10, tzinfo=dt.timezone.utc).timestamp()
   assert bench.parse_data_path('out/data/tenant=acme-music/window_start=20261122T054010Z/part-003.parquet') == (
-      'acme-music', start, 3)
+    'acme-music',
+    start,
+    3,
+  )
   assert bench.parse_data_path('data/tenant=t/window_start=20261122T054010.500000Z/part-000.parquet') == (
-      't', start + 0.5, 0)
+    't',
+    start + 0.5,
+    0,
+  )
   assert bench.parse_data_path('sessions/tenant=t/window_start=20261122T054010Z/part-000.parquet') is None
   assert bench.parse_data_path('data/tenant=t/window_start=20261122T054010Z/.tmp-abc-part-000.parquet') is None
 

@@ -51,8 +51,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       form = {}
     fake: FakeApi = self.server.fake
     with fake.lock:
-      fake.requests.append({'method': self.command, 'path': parts.path, 'params': params, 'form': form,
-                            'headers': dict(self.headers), 'body': body})
+      fake.requests.append(
+        {
+          'method': self.command,
+          'path': parts.path,
+          'params': params,
+          'form': form,
+          'headers': dict(self.headers),
+          'body': body,
+        }
+      )
     status, headers, payload = fake.handle(self.command, parts.path, params, dict(self.headers), body, form)
     if isinstance(payload, (dict, list)):
       payload = json.dumps(payload).encode()
@@ -141,6 +149,7 @@ class LastfmFake(FakeApi):
   required for a private user without a signed session (403). Private users
   (`private_users`) are readable only with `sk` and a valid `api_sig`.
   """
+
   API_KEY = 'lf-test-key-0123456789abcdef'
   SECRET = 'lf-test-secret-fedcba9876543210'
   SESSION_KEY = 'lf-session-key-4444'
@@ -171,17 +180,20 @@ class LastfmFake(FakeApi):
     fault = self._take_fault(name)
     if fault and fault[0] != 'pass':
       if fault[0] == 'lastfm_error':
-        messages = {29: 'Rate Limit Exceeded - Your IP has made too many requests in a short period',
-                    16: 'There was a temporary error processing your request. Please try again',
-                    11: 'Service Offline - This service is temporarily offline. Try again later.'}
+        messages = {
+          29: 'Rate Limit Exceeded - Your IP has made too many requests in a short period',
+          16: 'There was a temporary error processing your request. Please try again',
+          11: 'Service Offline - This service is temporarily offline. Try again later.',
+        }
         return self._error(fault[1], messages.get(fault[1], 'error'), fault[2] if len(fault) > 2 else 200)
       return self.generic_fault(fault)
     key = params.get('api_key')
     if not key:
       return self._error(6, 'Invalid parameters - Your request is missing a required parameter')
     if key in self.suspended_keys:
-      return self._error(26, 'Suspended API key - Access for your account has been suspended, please contact Last.fm',
-                         403)
+      return self._error(
+        26, 'Suspended API key - Access for your account has been suspended, please contact Last.fm', 403
+      )
     if key != self.API_KEY:
       return self._error(10, 'Invalid API key - You must be granted a valid key by last.fm', 403)
     signed = 'api_sig' in params
@@ -190,9 +202,9 @@ class LastfmFake(FakeApi):
     if params.get('format') != 'json':
       return 200, {'Content-Type': 'text/xml'}, b'<?xml version="1.0"?><lfm status="ok"></lfm>'
     handler = {
-        'user.getRecentTracks': self._recent_tracks,
-        'track.getInfo': self._track_info,
-        'artist.getTopTags': self._top_tags,
+      'user.getRecentTracks': self._recent_tracks,
+      'track.getInfo': self._track_info,
+      'artist.getTopTags': self._top_tags,
     }.get(name)
     if handler is None:
       return self._error(3, 'Invalid Method - No method with that name in this package')
@@ -210,15 +222,24 @@ class LastfmFake(FakeApi):
     hi = int(params.get('to', 2**40))
     rows = [s for s in self.scrobbles[user] if lo <= s['uts'] <= hi]
     total_pages = max(1, -(-len(rows) // limit))
-    chunk = rows[(page - 1) * limit:page * limit]
+    chunk = rows[(page - 1) * limit : page * limit]
     tracks = []
     if page == 1 and user in self.now_playing:
       s = self.now_playing[user]
-      tracks.append({'artist': {'mbid': '', '#text': s['artist']}, 'name': s['track'], 'mbid': '',
-                     'album': {'mbid': '', '#text': s.get('album', '')}, '@attr': {'nowplaying': 'true'},
-                     'url': 'https://www.last.fm/music/x', 'streamable': '0'})
+      tracks.append(
+        {
+          'artist': {'mbid': '', '#text': s['artist']},
+          'name': s['track'],
+          'mbid': '',
+          'album': {'mbid': '', '#text': s.get('album', '')},
+          '@attr': {'nowplaying': 'true'},
+          'url': 'https://www.last.fm/music/x',
+          'streamable': '0',
+        }
+      )
     for s in chunk:
-      tracks.append({
+      tracks.append(
+        {
           'artist': {'mbid': s.get('artist_mbid', ''), '#text': s['artist']},
           'streamable': '0',
           'image': [{'size': 'small', '#text': ''}],
@@ -227,28 +248,62 @@ class LastfmFake(FakeApi):
           'name': s['track'],
           'url': f'https://www.last.fm/music/{urllib.parse.quote(s["artist"])}/_/{urllib.parse.quote(s["track"])}',
           'date': {'uts': str(s['uts']), '#text': time.strftime('%d %b %Y, %H:%M', time.gmtime(s['uts']))},
-      })
+        }
+      )
     # Last.fm's JSON is converted from XML: one element is an object, not a list.
     track_value = tracks[0] if len(tracks) == 1 else tracks
-    return 200, {}, {'recenttracks': {'track': track_value, '@attr': {
-        'user': user, 'totalPages': str(total_pages), 'page': str(page), 'perPage': str(limit),
-        'total': str(len(rows))}}}
+    return (
+      200,
+      {},
+      {
+        'recenttracks': {
+          'track': track_value,
+          '@attr': {
+            'user': user,
+            'totalPages': str(total_pages),
+            'page': str(page),
+            'perPage': str(limit),
+            'total': str(len(rows)),
+          },
+        }
+      },
+    )
 
   def _track_info(self, params, signed):
     artist, track = params.get('artist'), params.get('track')
     if (artist, track) not in self.durations:
       return self._error(6, 'Track not found')
-    return 200, {}, {'track': {'name': track, 'mbid': '', 'url': 'https://www.last.fm/music/x',
-                               'duration': str(self.durations[(artist, track)]), 'listeners': '1234',
-                               'playcount': '98765', 'artist': {'name': artist, 'mbid': ''},
-                               'toptags': {'tag': [{'name': 'rock', 'url': ''}]}}}
+    return (
+      200,
+      {},
+      {
+        'track': {
+          'name': track,
+          'mbid': '',
+          'url': 'https://www.last.fm/music/x',
+          'duration': str(self.durations[(artist, track)]),
+          'listeners': '1234',
+          'playcount': '98765',
+          'artist': {'name': artist, 'mbid': ''},
+          'toptags': {'tag': [{'name': 'rock', 'url': ''}]},
+        }
+      },
+    )
 
   def _top_tags(self, params, signed):
     artist = params.get('artist')
     if artist not in self.tags:
       return self._error(6, 'The artist you supplied could not be found')
-    return 200, {}, {'toptags': {'tag': [{'count': c, 'name': t, 'url': f'https://www.last.fm/tag/{t}'}
-                                         for t, c in self.tags[artist]], '@attr': {'artist': artist}}}
+    return (
+      200,
+      {},
+      {
+        'toptags': {
+          'tag': [{'count': c, 'name': t, 'url': f'https://www.last.fm/tag/{t}'} for t, c in self.tags[artist]],
+          '@attr': {'artist': artist},
+        }
+      },
+    )
 
 
 # ----- SoundCloud -----
@@ -261,6 +316,7 @@ class SoundCloudFake(FakeApi):
   `token_lifetime` seconds (401 afterwards). Collections paginate with
   `linked_partitioning=true` and `next_href` (a cursor in the URL).
   """
+
   CLIENT_ID = 'sc-client-id-777'
   CLIENT_SECRET = 'sc-client-secret-888'
 
@@ -285,11 +341,14 @@ class SoundCloudFake(FakeApi):
       self.expire_tokens()  # then answers as usual: 401 for the token just expired
     elif fault:
       if fault[0] == 'rate_limit':
-        return 429, {'Retry-After': '1'}, {'code': 429, 'message': 'Too Many Requests',
-                                            'errors': [{'error_message': 'rate limit'}]}
+        return (
+          429,
+          {'Retry-After': '1'},
+          {'code': 429, 'message': 'Too Many Requests', 'errors': [{'error_message': 'rate limit'}]},
+        )
       return self.generic_fault(fault)
     auth = headers.get('Authorization', '')
-    token = auth[len('OAuth '):] if auth.startswith('OAuth ') else None
+    token = auth[len('OAuth ') :] if auth.startswith('OAuth ') else None
     with self.lock:
       expires = self.tokens.get(token)
     if token is None or expires is None or expires < time.time():
@@ -309,7 +368,7 @@ class SoundCloudFake(FakeApi):
   def _collection(self, path, params, items):
     limit = min(int(params.get('limit', 50)), 200)
     offset = int(params.get('cursor', 0))
-    page = items[offset:offset + limit]
+    page = items[offset : offset + limit]
     if params.get('linked_partitioning') not in ('true', '1'):
       return 200, {}, page  # the legacy shape: a bare list, no way to the next page
     doc = {'collection': page}
@@ -329,8 +388,17 @@ class SoundCloudFake(FakeApi):
       self.issued += 1
       token = f'sc-access-{self.issued}-{hashlib.sha1(str(time.time()).encode()).hexdigest()[:8]}'
       self.tokens[token] = time.time() + self.token_lifetime
-    return 200, {}, {'access_token': token, 'token_type': 'bearer', 'expires_in': int(self.token_lifetime),
-                     'refresh_token': 'sc-refresh-unused', 'scope': ''}
+    return (
+      200,
+      {},
+      {
+        'access_token': token,
+        'token_type': 'bearer',
+        'expires_in': int(self.token_lifetime),
+        'refresh_token': 'sc-refresh-unused',
+        'scope': '',
+      },
+    )
 
 
 # ----- Twitter/X v2 -----
@@ -342,6 +410,7 @@ class TwitterFake(FakeApi):
   Rate limits answer 429 with `x-rate-limit-reset` (epoch seconds), as X does,
   and no Retry-After.
   """
+
   BEARER = 'tw-bearer-AAAA1111'
 
   def __init__(self):
@@ -352,8 +421,11 @@ class TwitterFake(FakeApi):
     fault = self._take_fault(path)
     if fault:
       if fault[0] == 'rate_limit':
-        return 429, {'x-rate-limit-reset': str(int(time.time()) + 1), 'x-rate-limit-remaining': '0'}, {
-            'title': 'Too Many Requests', 'detail': 'Too Many Requests', 'type': 'about:blank', 'status': 429}
+        return (
+          429,
+          {'x-rate-limit-reset': str(int(time.time()) + 1), 'x-rate-limit-remaining': '0'},
+          {'title': 'Too Many Requests', 'detail': 'Too Many Requests', 'type': 'about:blank', 'status': 429},
+        )
       return self.generic_fault(fault)
     if headers.get('Authorization') != f'Bearer {self.BEARER}':
       return 401, {}, {'title': 'Unauthorized', 'type': 'about:blank', 'status': 401, 'detail': 'Unauthorized'}
@@ -361,17 +433,23 @@ class TwitterFake(FakeApi):
       return 404, {}, {'title': 'Not Found Error', 'status': 404}
     query = params.get('query', '')
     if not query:
-      return 400, {}, {'errors': [{'parameters': {'query': []},
-                                   'message': 'The `query` query parameter can not be empty'}],
-                       'title': 'Invalid Request', 'type': 'https://api.twitter.com/2/problems/invalid-request'}
+      return (
+        400,
+        {},
+        {
+          'errors': [{'parameters': {'query': []}, 'message': 'The `query` query parameter can not be empty'}],
+          'title': 'Invalid Request',
+          'type': 'https://api.twitter.com/2/problems/invalid-request',
+        },
+      )
     max_results = int(params.get('max_results', 10))
     if not 10 <= max_results <= 100:
       return 400, {}, {'title': 'Invalid Request', 'detail': 'max_results must be in [10, 100]'}
     # The query's words (operators such as -is:retweet dropped) as one phrase.
     term = ' '.join(w for w in query.split() if not w.startswith('-')).replace('"', '').lower()
     matching = [t for t in self.tweets if term in t['text'].lower()]
-    offset = int(params['next_token'][len('nt'):]) if params.get('next_token') else 0
-    page = matching[offset:offset + max_results]
+    offset = int(params['next_token'][len('nt') :]) if params.get('next_token') else 0
+    page = matching[offset : offset + max_results]
     fields = set(params.get('tweet.fields', '').split(','))
     data = []
     for t in page:
@@ -405,6 +483,7 @@ class InstagramFake(FakeApi):
   Pages carry `paging.cursors.after`; more pages exist while `paging.next` is
   present (the last page keeps its cursors but has no `next`).
   """
+
   ACCESS_TOKEN = 'ig-access-token-EAAB999'
   VERSION = 'v21.0'
 
@@ -415,19 +494,28 @@ class InstagramFake(FakeApi):
 
   @staticmethod
   def _oauth_error(message, code=190, status=400):
-    return status, {}, {'error': {'message': message, 'type': 'OAuthException', 'code': code,
-                                  'fbtrace_id': 'AbCdEf'}}
+    return status, {}, {'error': {'message': message, 'type': 'OAuthException', 'code': code, 'fbtrace_id': 'AbCdEf'}}
 
   def handle(self, method, path, params, headers, body, form):
     prefix = f'/{self.VERSION}/'
     if not path.startswith(prefix):
       return self._oauth_error('Unknown path components', 2500)
-    rest = path[len(prefix):]
+    rest = path[len(prefix) :]
     fault = self._take_fault(rest.split('/')[-1])
     if fault:
       if fault[0] == 'rate_limit':
-        return 429, {'Retry-After': '1'}, {'error': {'message': '(#4) Application request limit reached',
-                                                     'type': 'OAuthException', 'code': 4, 'is_transient': True}}
+        return (
+          429,
+          {'Retry-After': '1'},
+          {
+            'error': {
+              'message': '(#4) Application request limit reached',
+              'type': 'OAuthException',
+              'code': 4,
+              'is_transient': True,
+            }
+          },
+        )
       return self.generic_fault(fault)
     if params.get('access_token') != self.ACCESS_TOKEN:
       return self._oauth_error('Invalid OAuth access token - Cannot parse access token')
@@ -444,16 +532,23 @@ class InstagramFake(FakeApi):
         return self._oauth_error(f'(#100) Object with ID \'{parts[0]}\' does not exist', 100)
       limit = min(int(params.get('limit', 25)), 50)
       offset = int(base64.b64decode(params['after']).decode()) if params.get('after') else 0
-      page = items[offset:offset + limit]
+      page = items[offset : offset + limit]
       fields = set(params.get('fields', 'id').split(','))
       data = [{k: v for k, v in m.items() if k in fields or k == 'id'} for m in page]
       end = offset + len(page)
-      doc = {'data': data, 'paging': {'cursors': {
-          'before': base64.b64encode(str(offset).encode()).decode(),
-          'after': base64.b64encode(str(end).encode()).decode()}}}
+      doc = {
+        'data': data,
+        'paging': {
+          'cursors': {
+            'before': base64.b64encode(str(offset).encode()).decode(),
+            'after': base64.b64encode(str(end).encode()).decode(),
+          }
+        },
+      }
       if end < len(items):
         doc['paging']['next'] = f'{self.url}{path}?' + urllib.parse.urlencode(
-            {**params, 'after': doc['paging']['cursors']['after']})
+          {**params, 'after': doc['paging']['cursors']['after']}
+        )
       return 200, {}, doc
     return self._oauth_error('Unsupported get request', 100)
 
@@ -468,6 +563,7 @@ class TikTokFake(FakeApi):
   back in the body. Errors come as {"error": {"code": ..., "message": ...}}
   with code "ok" on success.
   """
+
   CLIENT_KEY = 'tt-client-key-abc'
   CLIENT_SECRET = 'tt-client-secret-xyz'
 
@@ -478,10 +574,16 @@ class TikTokFake(FakeApi):
 
   def handle(self, method, path, params, headers, body, form):
     if path == '/v2/oauth/token/':
-      if form.get('client_key') != self.CLIENT_KEY or form.get('client_secret') != self.CLIENT_SECRET or \
-          form.get('grant_type') != 'client_credentials':
-        return 401, {}, {'error': 'invalid_client', 'error_description': 'Client key or secret is incorrect.',
-                         'log_id': 'x'}
+      if (
+        form.get('client_key') != self.CLIENT_KEY
+        or form.get('client_secret') != self.CLIENT_SECRET
+        or form.get('grant_type') != 'client_credentials'
+      ):
+        return (
+          401,
+          {},
+          {'error': 'invalid_client', 'error_description': 'Client key or secret is incorrect.', 'log_id': 'x'},
+        )
       token = f'clt.tt-{len(self.tokens) + 1}-token'
       with self.lock:
         self.tokens.add(token)
@@ -489,13 +591,22 @@ class TikTokFake(FakeApi):
     fault = self._take_fault(path)
     if fault:
       if fault[0] == 'rate_limit':
-        return 429, {}, {'data': {}, 'error': {'code': 'rate_limit_exceeded', 'message': 'API rate limit exceeded',
-                                               'log_id': 'x'}}
+        return (
+          429,
+          {},
+          {'data': {}, 'error': {'code': 'rate_limit_exceeded', 'message': 'API rate limit exceeded', 'log_id': 'x'}},
+        )
       return self.generic_fault(fault)
     auth = headers.get('Authorization', '')
-    if not auth.startswith('Bearer ') or auth[len('Bearer '):] not in self.tokens:
-      return 401, {}, {'data': {}, 'error': {'code': 'access_token_invalid', 'message': 'The access token is invalid',
-                                             'log_id': 'x'}}
+    if not auth.startswith('Bearer ') or auth[len('Bearer ') :] not in self.tokens:
+      return (
+        401,
+        {},
+        {
+          'data': {},
+          'error': {'code': 'access_token_invalid', 'message': 'The access token is invalid', 'log_id': 'x'},
+        },
+      )
     if path != '/v2/research/video/query/' or method != 'POST':
       return 404, {}, {'error': {'code': 'not_found', 'message': 'not found'}}
     try:
@@ -511,9 +622,15 @@ class TikTokFake(FakeApi):
       return 400, {}, {'data': {}, 'error': {'code': 'invalid_params', 'message': 'search_id is required with cursor'}}
     fields = set(params.get('fields', 'id').split(','))
     matching = [v for v in self.videos if keyword in v['video_description'].lower()]
-    page = [{k: v for k, v in video.items() if k in fields or k == 'id'}
-            for video in matching[cursor:cursor + max_count]]
+    page = [
+      {k: v for k, v in video.items() if k in fields or k == 'id'} for video in matching[cursor : cursor + max_count]
+    ]
     end = cursor + len(page)
-    return 200, {}, {'data': {'videos': page, 'cursor': end, 'has_more': end < len(matching),
-                              'search_id': f'search-{keyword}'},
-                     'error': {'code': 'ok', 'message': '', 'log_id': 'x'}}
+    return (
+      200,
+      {},
+      {
+        'data': {'videos': page, 'cursor': end, 'has_more': end < len(matching), 'search_id': f'search-{keyword}'},
+        'error': {'code': 'ok', 'message': '', 'log_id': 'x'},
+      },
+    )

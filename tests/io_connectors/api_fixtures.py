@@ -19,8 +19,18 @@ import pytest
 from tests.io_connectors.api_fakes import LastfmFake
 from tests.io_connectors.http.fake_servers import FakeHttpServer, FakeSpotify, load_spotify_spec, spotify_spec_path
 
-__all__ = ['CLIENT', 'USER', 'SECRETS', 'T0', 'scrobbles', 'add_durations', 'spotify_spec', 'fake_spotify',
-           'fake_server', 'lastfm']
+__all__ = [
+  'CLIENT',
+  'USER',
+  'SECRETS',
+  'T0',
+  'scrobbles',
+  'add_durations',
+  'spotify_spec',
+  'fake_spotify',
+  'fake_server',
+  'lastfm',
+]
 
 CLIENT = dict(client_id='test-client-id', client_secret='test-client-secret-0123')
 USER = dict(CLIENT, refresh_token='test-refresh-token-4567', user='user-1')
@@ -30,8 +40,16 @@ T0 = 1704067200  # 2024-01-01T00:00:00Z
 
 def scrobbles(n, start=T0, artists=3):
   """n Last.fm scrobbles, 4 minutes apart from `start`, over `artists` artists and 7 songs."""
-  return [{'uts': start + 240 * i, 'artist': f'Artist {i % artists}', 'track': f'Song {i % 7}', 'album': 'LP',
-           'mbid': f'mbid-{i}'} for i in range(n)]
+  return [
+    {
+      'uts': start + 240 * i,
+      'artist': f'Artist {i % artists}',
+      'track': f'Song {i % 7}',
+      'album': 'LP',
+      'mbid': f'mbid-{i}',
+    }
+    for i in range(n)
+  ]
 
 
 def add_durations(fake, artists=3):

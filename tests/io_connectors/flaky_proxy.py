@@ -25,9 +25,13 @@ __all__ = ['CuttingProxy']
 
 
 class CuttingProxy:
-
-  def __init__(self, target_port: int, cut_after_bytes: Optional[int] = None, cuts: int = 1,
-               cut_request_when: Optional[Callable[[bytes], bool]] = None):
+  def __init__(
+    self,
+    target_port: int,
+    cut_after_bytes: Optional[int] = None,
+    cuts: int = 1,
+    cut_request_when: Optional[Callable[[bytes], bool]] = None,
+  ):
     self._target = ('127.0.0.1', target_port)
     self._cut_after = cut_after_bytes
     self.cut_request_when = cut_request_when

@@ -33,6 +33,7 @@ class PgSchema:
 
   def __init__(self, url: str):
     import psycopg
+
     self.url = url
     self.name = f't_{uuid.uuid4().hex[:12]}'
     self.conn = psycopg.connect(url, autocommit=True)
@@ -46,6 +47,7 @@ class PgSchema:
 
   def close(self):
     from io_connectors.databases.postgres import release_snapshots
+
     # A failed read leaves its snapshot open, with locks that would block the drop.
     release_snapshots()
     self.conn.execute("SET lock_timeout = '30s'")

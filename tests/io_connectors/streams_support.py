@@ -18,8 +18,9 @@ __all__ = ['redis_url', 'fresh_name', 'wait_until']
 
 def redis_url() -> str:
   ensure_service('redis')
-  env = subprocess.run(['bash', str(SERVICES_SCRIPT), 'env', 'redis'], capture_output=True, text=True, check=True,
-                       stdin=subprocess.DEVNULL).stdout
+  env = subprocess.run(
+    ['bash', str(SERVICES_SCRIPT), 'env', 'redis'], capture_output=True, text=True, check=True, stdin=subprocess.DEVNULL
+  ).stdout
   match = re.search(r'REDIS_URL=(\S+)', env)
   assert match, 'scripts/services.sh env redis printed no REDIS_URL'
   return match.group(1)

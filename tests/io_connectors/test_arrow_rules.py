@@ -23,15 +23,43 @@ from transforms.records import strip_internal
 # Two records exercising every rule, as users' payloads look (ids with digits,
 # nested objects, fields that change type between records).
 PAYLOAD = [
-    {'plays': 1, 'score': 1, 'live': True, 'name': 'Zoë', 'album': {'title': 'Ágætis', 'year': 1999},
-     'tags': ['post-rock'], 'user_id': 42, 'flag': True, 'meta': {'a': 1}, 'played_at': '2024-01-01T10:00:00Z',
-     'extra': {}, 'nothing': None, 'big': 18446744073709551616, 'track_id': '0012345'},
-    {'plays': 2, 'score': 2.5, 'live': False, 'name': '東京', 'album': {'title': None},
-     'tags': [], 'user_id': 'u2', 'flag': 1, 'meta': {'a': 'x'}, 'played_at': '2024-01-01T12:00:01+02:00',
-     'extra': {}, 'nothing': None, 'big': 1, 'track_id': '0099', 'only_second': 5},
+  {
+    'plays': 1,
+    'score': 1,
+    'live': True,
+    'name': 'Zoë',
+    'album': {'title': 'Ágætis', 'year': 1999},
+    'tags': ['post-rock'],
+    'user_id': 42,
+    'flag': True,
+    'meta': {'a': 1},
+    'played_at': '2024-01-01T10:00:00Z',
+    'extra': {},
+    'nothing': None,
+    'big': 18446744073709551616,
+    'track_id': '0012345',
+  },
+  {
+    'plays': 2,
+    'score': 2.5,
+    'live': False,
+    'name': '東京',
+    'album': {'title': None},
+    'tags': [],
+    'user_id': 'u2',
+    'flag': 1,
+    'meta': {'a': 'x'},
+    'played_at': '2024-01-01T12:00:01+02:00',
+    'extra': {},
+    'nothing': None,
+    'big': 1,
+    'track_id': '0099',
+    'only_second': 5,
+  },
 ]
 
-EXPECTED = pa.schema([
+EXPECTED = pa.schema(
+  [
     ('plays', pa.int64()),
     ('score', pa.float64()),  # ints and floats widen to float
     ('live', pa.bool_()),
@@ -47,15 +75,16 @@ EXPECTED = pa.schema([
     ('big', pa.string()),  # beyond 64 bits: text, no digit lost
     ('track_id', pa.string()),
     ('only_second', pa.int64()),
-])
+  ]
+)
 
 EXPECTED_TEXT = {
-    'user_id': ['42', 'u2'],
-    'flag': ['true', '1'],
-    'meta': ['{"a": 1}', '{"a": "x"}'],
-    'big': ['18446744073709551616', '1'],
-    'played_at': ['2024-01-01T10:00:00Z', '2024-01-01T12:00:01+02:00'],
-    'extra': [None, None],
+  'user_id': ['42', 'u2'],
+  'flag': ['true', '1'],
+  'meta': ['{"a": 1}', '{"a": "x"}'],
+  'big': ['18446744073709551616', '1'],
+  'played_at': ['2024-01-01T10:00:00Z', '2024-01-01T12:00:01+02:00'],
+  'extra': [None, None],
 }
 
 
@@ -107,13 +136,13 @@ def _from_documents(_):
 
 
 SOURCES = {
-    'jsonl_file': _from_jsonl_file,
-    'json_document': _from_json_document,
-    'stream_messages': _from_stream_messages,
-    'kafka': _from_kafka,
-    'rest': _from_rest,
-    'search': _from_search,
-    'documents': _from_documents,
+  'jsonl_file': _from_jsonl_file,
+  'json_document': _from_json_document,
+  'stream_messages': _from_stream_messages,
+  'kafka': _from_kafka,
+  'rest': _from_rest,
+  'search': _from_search,
+  'documents': _from_documents,
 }
 
 
@@ -130,22 +159,22 @@ def test_the_same_payload_gets_the_same_column_types_from_every_source(tmp_path,
 
 
 CASES = [
-    [{'a': 1}, {'a': 2.5}],
-    [{'a': 1}, {'a': 'x'}],
-    [{'a': True}, {'a': 1}],
-    [{'a': 2**63}],
-    [{'a': -2**63}],
-    [{'a': {'b': 1}}, {'a': {'c': 'x'}}],
-    [{'a': {'b': 1}}, {'a': {'b': 'x'}}],
-    [{'a': [1]}, {'a': [2.5]}],
-    [{'a': [1, 'x']}],
-    [{'a': {'t': '2024-01-01T10:00:00Z'}}],
-    [{'a': '2024-01-01'}, {'a': '10:00:00'}],
-    [{'a': {}}, {'a': {}}],
-    [{'a': None}, {'b': 1}],
-    [{'a': {'b': 1}}, {'a': 'x'}],
-    [{'id': '12345678901234567890', 'x': 1.5}],
-    [{}, {}],
+  [{'a': 1}, {'a': 2.5}],
+  [{'a': 1}, {'a': 'x'}],
+  [{'a': True}, {'a': 1}],
+  [{'a': 2**63}],
+  [{'a': -(2**63)}],
+  [{'a': {'b': 1}}, {'a': {'c': 'x'}}],
+  [{'a': {'b': 1}}, {'a': {'b': 'x'}}],
+  [{'a': [1]}, {'a': [2.5]}],
+  [{'a': [1, 'x']}],
+  [{'a': {'t': '2024-01-01T10:00:00Z'}}],
+  [{'a': '2024-01-01'}, {'a': '10:00:00'}],
+  [{'a': {}}, {'a': {}}],
+  [{'a': None}, {'b': 1}],
+  [{'a': {'b': 1}}, {'a': 'x'}],
+  [{'id': '12345678901234567890', 'x': 1.5}],
+  [{}, {}],
 ]
 
 
@@ -171,6 +200,7 @@ def test_string_columns_are_text_whatever_they_hold():
 def test_to_text_of_typed_values():
   import datetime as dt
   import decimal
+
   assert to_text(dt.datetime(2024, 1, 1, 10, tzinfo=dt.timezone.utc)) == '2024-01-01T10:00:00+00:00'
   assert to_text(decimal.Decimal('12.30')) == '12.30'
   assert to_text(b'caf\xc3\xa9') == 'café'

@@ -35,6 +35,7 @@ URL = 'http://reader:ch-pass-123@127.0.0.1:8123'
 
 class ChdbSession:
   """ClickHouse's engine in process, answering the connector's two calls."""
+
   _lock = threading.RLock()
   _conn = None
 
@@ -83,15 +84,19 @@ def engine(monkeypatch):
     session.execute(f'DROP TABLE IF EXISTS {name}')
 
 
-PLAYS_DDL = ('CREATE TABLE {name} (id UInt64, tenant_id LowCardinality(String), title String, '
-             'note Nullable(String), price Decimal(18, 4), played_at DateTime64(3, \'Europe/Stockholm\'), '
-             'tags Array(String), score Float64, skipped Bool) '
-             'ENGINE = MergeTree PARTITION BY toYYYYMM(played_at) ORDER BY id')
-PLAYS_INSERT = ('INSERT INTO {name} SELECT number, if(number % 3 = 0, \'beatbox\', \'acme\'), '
-                'concat(\'Déjà vu 🎵 \', toString(number)), if(number % 2 = 0, NULL, \'n\'), '
-                'toDecimal64(number / 7, 4), toDateTime64(\'2024-01-15 12:00:00\', 3, \'Europe/Stockholm\') '
-                '+ toIntervalDay(number % 90), [\'pop\', toString(number % 5)], number / 3, number % 2 = 0 '
-                'FROM numbers(3000)')
+PLAYS_DDL = (
+  'CREATE TABLE {name} (id UInt64, tenant_id LowCardinality(String), title String, '
+  'note Nullable(String), price Decimal(18, 4), played_at DateTime64(3, \'Europe/Stockholm\'), '
+  'tags Array(String), score Float64, skipped Bool) '
+  'ENGINE = MergeTree PARTITION BY toYYYYMM(played_at) ORDER BY id'
+)
+PLAYS_INSERT = (
+  'INSERT INTO {name} SELECT number, if(number % 3 = 0, \'beatbox\', \'acme\'), '
+  'concat(\'Déjà vu 🎵 \', toString(number)), if(number % 2 = 0, NULL, \'n\'), '
+  'toDecimal64(number / 7, 4), toDateTime64(\'2024-01-15 12:00:00\', 3, \'Europe/Stockholm\') '
+  '+ toIntervalDay(number % 90), [\'pop\', toString(number % 5)], number / 3, number % 2 = 0 '
+  'FROM numbers(3000)'
+)
 
 
 def _save_to(path):
@@ -162,8 +167,9 @@ def test_key_ranges_read_every_row_once(tmp_path, engine):
   assert sorted(ids) == list(range(3000))
   per_split = {}
   for batch in batches:
-    per_split[batch.column(SOURCE_COLUMN)[0].as_py()] = per_split.get(batch.column(SOURCE_COLUMN)[0].as_py(), 0) + \
-        batch.num_rows
+    per_split[batch.column(SOURCE_COLUMN)[0].as_py()] = (
+      per_split.get(batch.column(SOURCE_COLUMN)[0].as_py(), 0) + batch.num_rows
+    )
   assert len(per_split) == 4 and min(per_split.values()) > 300  # sampled bounds share the rows out
 
 
@@ -218,8 +224,12 @@ def _closed_port():
 
 
 def test_http_unreachable_server_is_retried_then_clear_and_masked():
-  options = ClickHouseOptions(url=f'http://reader:ch-pass-123@127.0.0.1:{_closed_port()}/music', max_retries=2,
-                              retry_backoff_s=0.05, connect_timeout_s=2)
+  options = ClickHouseOptions(
+    url=f'http://reader:ch-pass-123@127.0.0.1:{_closed_port()}/music',
+    max_retries=2,
+    retry_backoff_s=0.05,
+    connect_timeout_s=2,
+  )
   started = time.monotonic()
   with pytest.raises(ClickHouseError) as raised:
     check(options)
@@ -263,19 +273,25 @@ def _read_with_cursors(tmp_path, transform):
 @pytest.mark.parametrize('cursor', ['updated_at', 'version'])
 def test_incremental_reads_new_and_changed_rows_and_rereads_after_a_failed_run(tmp_path, engine, cursor):
   from io_connectors._common import state
+
   session, make = engine
-  table = make('plays_inc', 'CREATE TABLE {name} (id UInt64, updated_at DateTime64(3, \'Europe/Stockholm\'), '
-               'version UInt64) ENGINE = MergeTree PARTITION BY id % 2 ORDER BY id',
-               'INSERT INTO {name} SELECT number, toDateTime64(\'2024-05-01 12:00:00\', 3, \'Europe/Stockholm\') '
-               '+ toIntervalMinute(number), number * 10 FROM numbers(10)')
+  table = make(
+    'plays_inc',
+    'CREATE TABLE {name} (id UInt64, updated_at DateTime64(3, \'Europe/Stockholm\'), '
+    'version UInt64) ENGINE = MergeTree PARTITION BY id % 2 ORDER BY id',
+    'INSERT INTO {name} SELECT number, toDateTime64(\'2024-05-01 12:00:00\', 3, \'Europe/Stockholm\') '
+    '+ toIntervalMinute(number), number * 10 FROM numbers(10)',
+  )
   options = ClickHouseOptions(url=URL, cursor_column=cursor, state=str(tmp_path / 'state'), tenant='acme')
   first, cursors = _read_with_cursors(tmp_path, ReadFromClickHouse(table, options=options))
   assert first == list(range(10))
   assert [c['value'] for c in cursors] == (['2024-05-01T10:09:00+00:00'] if cursor == 'updated_at' else [90])
   state.commit_cursors(cursors)
   # A changed row (a new version of id 3) and two new rows.
-  session.execute(f"INSERT INTO {table} VALUES (3, '2024-05-01 12:30:00', 300), (10, '2024-05-01 12:31:00', 310), "
-                  "(11, '2024-05-01 12:32:00', 320)")
+  session.execute(
+    f"INSERT INTO {table} VALUES (3, '2024-05-01 12:30:00', 300), (10, '2024-05-01 12:31:00', 310), "
+    "(11, '2024-05-01 12:32:00', 320)"
+  )
   second, cursors = _read_with_cursors(tmp_path, ReadFromClickHouse(table, options=options))
   assert second == [3, 10, 11]
   # That run "died" before committing: the next one reads the same rows.
@@ -286,6 +302,7 @@ def test_incremental_reads_new_and_changed_rows_and_rereads_after_a_failed_run(t
   lag = 60 if cursor == 'updated_at' else 10
   lagged = _read_with_cursors(tmp_path, ReadFromClickHouse(table, options=dataclasses.replace(options, lag=lag)))[0]
   assert lagged == [11]
-  everything = _read_with_cursors(tmp_path, ReadFromClickHouse(
-      table, options=dataclasses.replace(options, full_refresh=True)))[0]
+  everything = _read_with_cursors(
+    tmp_path, ReadFromClickHouse(table, options=dataclasses.replace(options, full_refresh=True))
+  )[0]
   assert len(everything) == 13  # both versions of id 3: an append-only table keeps both

@@ -17,16 +17,16 @@ from io_connectors.registry import ConfigError
 
 # Each error keeps the built-in base that callers caught before.
 ERRORS = [
-    (StateError, RuntimeError),
-    (ConfigError, ValueError),
-    (HostNotAllowed, ValueError),
-    (RequestFailed, OSError),
-    (LastfmKeyError, RuntimeError),
-    (ClickHouseError, RuntimeError),
-    (MongoError, RuntimeError),
-    (PostgresError, RuntimeError),
-    (RedisSourceError, RuntimeError),
-    (SearchError, RuntimeError),
+  (StateError, RuntimeError),
+  (ConfigError, ValueError),
+  (HostNotAllowed, ValueError),
+  (RequestFailed, OSError),
+  (LastfmKeyError, RuntimeError),
+  (ClickHouseError, RuntimeError),
+  (MongoError, RuntimeError),
+  (PostgresError, RuntimeError),
+  (RedisSourceError, RuntimeError),
+  (SearchError, RuntimeError),
 ]
 
 

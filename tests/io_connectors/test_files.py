@@ -15,9 +15,21 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
 from io_connectors import registry
-from io_connectors.files import (AvroOptions, CsvOptions, ExcelOptions, JsonOptions, ParquetOptions, ReadFromAvro,
-                                 ReadFromCsv, ReadFromExcel, ReadFromFiles, ReadFromJson, ReadFromJsonLines,
-                                 ReadFromParquet, detect_format)
+from io_connectors.files import (
+  AvroOptions,
+  CsvOptions,
+  ExcelOptions,
+  JsonOptions,
+  ParquetOptions,
+  ReadFromAvro,
+  ReadFromCsv,
+  ReadFromExcel,
+  ReadFromFiles,
+  ReadFromJson,
+  ReadFromJsonLines,
+  ReadFromParquet,
+  detect_format,
+)
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, strip_internal
 
 # ---------------------------------------------------------------------------
@@ -88,10 +100,11 @@ def write(tmp_path, name, content):
 
 
 def test_csv_round_trip_types_unicode_nulls(tmp_path):
-  path = write(tmp_path, 'events.csv', 'event_id,ms_played,ratio,user_name,zip,country\n'
-               'e1,1000,0.5,Zoë,007,NA\n'
-               'e2,,1.25,,010,NULL\n'
-               'e3,30,,東京,,\n')
+  path = write(
+    tmp_path,
+    'events.csv',
+    'event_id,ms_played,ratio,user_name,zip,country\ne1,1000,0.5,Zoë,007,NA\ne2,,1.25,,010,NULL\ne3,30,,東京,,\n',
+  )
   result = read(tmp_path, ReadFromCsv(path, CsvOptions(string_columns=['zip', 'event_id'])))
   assert result.dead_letters == []
   table = result.table
@@ -99,12 +112,13 @@ def test_csv_round_trip_types_unicode_nulls(tmp_path):
   assert table.schema.field('ratio').type == pa.float64()
   assert table.schema.field('zip').type == pa.string()  # not inferred: leading zeros kept
   assert result.rows() == [
-      (path, 2, {'event_id': 'e1', 'ms_played': 1000, 'ratio': 0.5, 'user_name': 'Zoë', 'zip': '007',
-                 'country': 'NA'}),  # Namibia, not a null marker
-      (path, 3, {'event_id': 'e2', 'ms_played': None, 'ratio': 1.25, 'user_name': None, 'zip': '010',
-                 'country': 'NULL'}),
-      (path, 4, {'event_id': 'e3', 'ms_played': 30, 'ratio': None, 'user_name': '東京', 'zip': None,
-                 'country': None}),
+    (
+      path,
+      2,
+      {'event_id': 'e1', 'ms_played': 1000, 'ratio': 0.5, 'user_name': 'Zoë', 'zip': '007', 'country': 'NA'},
+    ),  # Namibia, not a null marker
+    (path, 3, {'event_id': 'e2', 'ms_played': None, 'ratio': 1.25, 'user_name': None, 'zip': '010', 'country': 'NULL'}),
+    (path, 4, {'event_id': 'e3', 'ms_played': 30, 'ratio': None, 'user_name': '東京', 'zip': None, 'country': None}),
   ]
 
 
@@ -132,8 +146,17 @@ def test_utf8_bad_lines_found_like_a_full_decode(keep_bad_lines):
   """The vectorised search for bad UTF-8 lines gives what decoding every line gives."""
   import random
   from io_connectors.files import _lines
+
   rng = random.Random(3)
-  kinds = [b'abc,d\xc3\xa9f', b'bad \xff\xfe line', b'cr \xe9\r', b'', b'\xe2\x82', b'plain,1,2', b'\xf0\x9f\x8e\xb5 ok']
+  kinds = [
+    b'abc,d\xc3\xa9f',
+    b'bad \xff\xfe line',
+    b'cr \xe9\r',
+    b'',
+    b'\xe2\x82',
+    b'plain,1,2',
+    b'\xf0\x9f\x8e\xb5 ok',
+  ]
   seen_bad = 0
   for _ in range(200):
     lines = [rng.choice(kinds) for _ in range(rng.randint(0, 10))]
@@ -161,8 +184,9 @@ def test_csv_other_encoding_and_delimiter(tmp_path):
 
 
 def test_csv_utf16_is_not_split_on_newline_bytes(tmp_path):
-  path = write(tmp_path, 'wide.csv', ''.join('id,name\n' if i == 0 else f'{i},Zoë-{i}\n'
-                                             for i in range(200)).encode('utf-16'))
+  path = write(
+    tmp_path, 'wide.csv', ''.join('id,name\n' if i == 0 else f'{i},Zoë-{i}\n' for i in range(200)).encode('utf-16')
+  )
   result = read(tmp_path, ReadFromCsv(path, CsvOptions(encoding='utf-16', split_size_bytes=64)))
   assert [(r[0], r[1], r[2]['name']) for r in result.rows()] == [(path, i + 1, f'Zoë-{i}') for i in range(1, 200)]
   assert result.dead_letters == []
@@ -231,19 +255,26 @@ def test_csv_quoted_newlines_when_enabled(tmp_path):
 
 
 def test_jsonl_round_trip_nested_unicode_nulls(tmp_path):
-  path = write(tmp_path, 'events.jsonl', '\n'.join([
-      json.dumps({'id': 1, 'user': {'name': 'Zoë', 'tags': ['a', 'b']}, 'n': None}, ensure_ascii=False),
-      '',
-      json.dumps({'id': 2, 'user': {'name': '東京', 'tags': []}, 'n': 2.5}, ensure_ascii=False),
-  ]) + '\n')
+  path = write(
+    tmp_path,
+    'events.jsonl',
+    '\n'.join(
+      [
+        json.dumps({'id': 1, 'user': {'name': 'Zoë', 'tags': ['a', 'b']}, 'n': None}, ensure_ascii=False),
+        '',
+        json.dumps({'id': 2, 'user': {'name': '東京', 'tags': []}, 'n': 2.5}, ensure_ascii=False),
+      ]
+    )
+    + '\n',
+  )
   result = read(tmp_path, ReadFromJsonLines(path))
   assert result.dead_letters == []
   schema = result.table.schema
   assert pa.types.is_struct(schema.field('user').type)
   assert pa.types.is_list(schema.field('user').type.field('tags').type)
   assert result.rows() == [
-      (path, 1, {'id': 1, 'user': {'name': 'Zoë', 'tags': ['a', 'b']}, 'n': None}),
-      (path, 3, {'id': 2, 'user': {'name': '東京', 'tags': []}, 'n': 2.5}),
+    (path, 1, {'id': 1, 'user': {'name': 'Zoë', 'tags': ['a', 'b']}, 'n': None}),
+    (path, 3, {'id': 2, 'user': {'name': '東京', 'tags': []}, 'n': 2.5}),
   ]
 
 
@@ -291,13 +322,13 @@ def test_json_array_object_and_broken_documents(tmp_path):
   broken = write(tmp_path, 'c.json', '[{"id": 1}, {"id": ')
   result = read(tmp_path, ReadFromJson(str(tmp_path / '*.json')))
   assert result.rows() == [
-      (array, 1, {'id': 1, 'tags': ['x'], 'meta': {'k': 'v'}}),
-      (array, 3, {'id': 3, 'tags': None, 'meta': None}),
-      (single, 1, {'id': 9, 'name': 'Zoë'}),
+    (array, 1, {'id': 1, 'tags': ['x'], 'meta': {'k': 'v'}}),
+    (array, 3, {'id': 3, 'tags': None, 'meta': None}),
+    (single, 1, {'id': 9, 'name': 'Zoë'}),
   ]
   assert [(d['source'], d['reason'], d['position'], d['count']) for d in result.dead_letters] == [
-      (array, 'malformed_json', 'row 2', 1),
-      (broken, 'malformed_json', None, 1),
+    (array, 'malformed_json', 'row 2', 1),
+    (broken, 'malformed_json', None, 1),
   ]
 
 
@@ -307,12 +338,14 @@ def test_json_array_object_and_broken_documents(tmp_path):
 
 def _parquet_file(tmp_path, name, rows_per_group=100, groups=3, **kwargs):
   n = rows_per_group * groups
-  table = pa.table({
+  table = pa.table(
+    {
       'id': pa.array(np.arange(n), pa.int64()),
       'name': pa.array([None if i % 10 == 0 else f'név-{i}' for i in range(n)]),
       'at': pa.array([dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)] * n, pa.timestamp('ms', tz='UTC')),
       'tags': pa.array([[i, i + 1] for i in range(n)], pa.list_(pa.int32())),
-  })
+    }
+  )
   path = str(tmp_path / name)
   pq.write_table(table, path, row_group_size=rows_per_group, compression='zstd', **kwargs)
   return path, table
@@ -333,11 +366,12 @@ def test_parquet_truncated_file_is_corrupt(tmp_path):
   path, _ = _parquet_file(tmp_path, 'events.parquet')
   with open(path, 'rb') as f:
     content = f.read()
-  truncated = write(tmp_path, 'truncated.parquet', content[:len(content) // 2])
+  truncated = write(tmp_path, 'truncated.parquet', content[: len(content) // 2])
   result = read(tmp_path, ReadFromParquet(truncated))
   assert result.batches == []
   assert [(d['reason'], d['position'], d['count'], d['record']) for d in result.dead_letters] == [
-      ('corrupt_file', None, 1, None)]
+    ('corrupt_file', None, 1, None)
+  ]
 
 
 def test_parquet_damaged_row_group_keeps_the_groups_before(tmp_path):
@@ -358,21 +392,27 @@ def test_parquet_damaged_row_group_keeps_the_groups_before(tmp_path):
 # Avro
 
 AVRO_SCHEMA = {
-    'type': 'record',
-    'name': 'Event',
-    'fields': [
-        {'name': 'id', 'type': 'long'},
-        {'name': 'name', 'type': ['null', 'string']},
-        {'name': 'at', 'type': {'type': 'long', 'logicalType': 'timestamp-millis'}},
-        {'name': 'tags', 'type': {'type': 'array', 'items': 'string'}},
-    ],
+  'type': 'record',
+  'name': 'Event',
+  'fields': [
+    {'name': 'id', 'type': 'long'},
+    {'name': 'name', 'type': ['null', 'string']},
+    {'name': 'at', 'type': {'type': 'long', 'logicalType': 'timestamp-millis'}},
+    {'name': 'tags', 'type': {'type': 'array', 'items': 'string'}},
+  ],
 }
 
 
 def _avro_file(tmp_path, name, n=1000):
-  records = [{'id': i, 'name': None if i % 10 == 0 else f'Zoë-{i}',
-              'at': dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=i),
-              'tags': [str(i)]} for i in range(n)]
+  records = [
+    {
+      'id': i,
+      'name': None if i % 10 == 0 else f'Zoë-{i}',
+      'at': dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=i),
+      'tags': [str(i)],
+    }
+    for i in range(n)
+  ]
   path = str(tmp_path / name)
   with open(path, 'wb') as f:
     fastavro.writer(f, fastavro.parse_schema(AVRO_SCHEMA), records, sync_interval=500, codec='deflate')
@@ -386,7 +426,7 @@ def test_avro_round_trip_split_at_sync_markers(tmp_path):
   rows = result.rows()
   assert sorted(r[2]['id'] for r in rows) == list(range(1000))
   assert len({r[0] for r in rows}) > 3
-  assert [r[2] for r in rows if r[0] == path] == records[:len([r for r in rows if r[0] == path])]
+  assert [r[2] for r in rows if r[0] == path] == records[: len([r for r in rows if r[0] == path])]
   assert [r[1] for r in rows if r[0] == path][:3] == [1, 2, 3]
   schema = result.table.schema
   assert schema.field('at').type == pa.timestamp('ms', tz='UTC')
@@ -397,16 +437,17 @@ def test_avro_not_avro_and_truncated(tmp_path):
   garbage = write(tmp_path, 'garbage.avro', b'this is not avro at all')
   path, records = _avro_file(tmp_path, 'events.avro')
   content = open(path, 'rb').read()
-  truncated = write(tmp_path, 'truncated.avro', content[:len(content) * 2 // 3])
+  truncated = write(tmp_path, 'truncated.avro', content[: len(content) * 2 // 3])
   os.remove(path)
   result = read(tmp_path, ReadFromAvro(str(tmp_path / '*.avro')))
   assert [(d['source'], d['reason'], d['position'], d['count']) for d in result.dead_letters[:1]] == [
-      (garbage, 'corrupt_file', None, 1)]
+    (garbage, 'corrupt_file', None, 1)
+  ]
   (broken,) = [d for d in result.dead_letters if d['source'] == truncated]
   assert broken['reason'] == 'corrupt_file'
   read_rows = [r for r in result.rows() if r[0] == truncated]
   assert 0 < len(read_rows) < 1000
-  assert [r[2] for r in read_rows] == records[:len(read_rows)]
+  assert [r[2] for r in read_rows] == records[: len(read_rows)]
   assert broken['position'] == f'row {len(read_rows) + 1}'
 
 
@@ -435,12 +476,13 @@ def test_excel_round_trip_sheets_and_rows(tmp_path):
   path = _workbook(tmp_path, 'book.xlsx')
   result = read(tmp_path, ReadFromExcel(path, ExcelOptions(string_columns=['code'])))
   assert result.rows() == [
-      (f'{path}#Events', 2, {'id': 1, 'name': 'Zoë', 'at': dt.datetime(2024, 1, 1, 12, 0), 'code': '007'}),
-      (f'{path}#Events', 4, {'id': 3, 'name': None, 'at': dt.datetime(2024, 1, 2), 'code': '42'}),
-      (f'{path}#Users', 2, {'user': 'u1', 'age': 30}),
+    (f'{path}#Events', 2, {'id': 1, 'name': 'Zoë', 'at': dt.datetime(2024, 1, 1, 12, 0), 'code': '007'}),
+    (f'{path}#Events', 4, {'id': 3, 'name': None, 'at': dt.datetime(2024, 1, 2), 'code': '42'}),
+    (f'{path}#Users', 2, {'user': 'u1', 'age': 30}),
   ]
   assert [(d['source'], d['reason'], d['position']) for d in result.dead_letters] == [
-      (f'{path}#Events', 'malformed_row', 'row 5')]
+    (f'{path}#Events', 'malformed_row', 'row 5')
+  ]
 
 
 def test_excel_selected_sheet_and_corrupt_workbook(tmp_path):
@@ -449,7 +491,8 @@ def test_excel_selected_sheet_and_corrupt_workbook(tmp_path):
   result = read(tmp_path, ReadFromExcel(str(tmp_path / '*.xlsx'), ExcelOptions(sheets=['Users'])))
   assert result.rows() == [(f'{path}#Users', 2, {'user': 'u1', 'age': 30})]
   assert [(d['source'], d['reason'], d['position'], d['count']) for d in result.dead_letters] == [
-      (broken, 'corrupt_file', None, 1)]
+    (broken, 'corrupt_file', None, 1)
+  ]
 
 
 # ---------------------------------------------------------------------------
@@ -478,8 +521,11 @@ def test_read_from_files_picks_each_format(tmp_path):
   jsonl_path = write(tmp_path, 'b.jsonl', '{"id": 2}\n')
   parquet_path, _ = _parquet_file(tmp_path, 'c.parquet', rows_per_group=1, groups=1)
   result = read(tmp_path, ReadFromFiles(str(tmp_path / '*')))
-  assert [(r[0], r[1], r[2]['id']) for r in result.rows()] == [(csv_path, 2, 1), (jsonl_path, 1, 2),
-                                                                (parquet_path, 1, 0)]
+  assert [(r[0], r[1], r[2]['id']) for r in result.rows()] == [
+    (csv_path, 2, 1),
+    (jsonl_path, 1, 2),
+    (parquet_path, 1, 0),
+  ]
 
 
 def test_read_from_files_rejects_a_matched_file_of_unknown_format(tmp_path):
@@ -493,8 +539,9 @@ def test_read_from_files_rejects_a_matched_file_of_unknown_format(tmp_path):
 def test_registry_builds_readers_and_rejects_unknown_keys(tmp_path):
   assert {'csv', 'jsonl', 'json', 'parquet', 'avro', 'excel', 'files'} <= set(registry.names())
   path = write(tmp_path, 'a.txt', 'x;y\n1;2\n')
-  transform = registry.build({'type': 'files', 'input': path, 'format': 'csv', 'delimiter': ';',
-                              'string_columns': ['y']})
+  transform = registry.build(
+    {'type': 'files', 'input': path, 'format': 'csv', 'delimiter': ';', 'string_columns': ['y']}
+  )
   assert isinstance(transform, ReadFromFiles)
   result = read(tmp_path, transform)
   assert result.rows() == [(path, 2, {'x': 1, 'y': '2'})]

@@ -21,8 +21,14 @@ from apache_beam.testing.test_pipeline import TestPipeline
 
 from io_connectors import registry
 from io_connectors._common.masking import mask_secrets
-from io_connectors.streams.kafka import (KafkaReadOptions, KafkaWriteOptions, ReadFromKafka, WriteToKafka, client_config,
-                                         decode_values)
+from io_connectors.streams.kafka import (
+  KafkaReadOptions,
+  KafkaWriteOptions,
+  ReadFromKafka,
+  WriteToKafka,
+  client_config,
+  decode_values,
+)
 from pipelines import runners
 from tests.conftest import ensure_service, pipeline_options
 
@@ -31,8 +37,10 @@ import confluent_kafka.admin  # noqa: E402
 
 # The local broker's test credentials (scripts/services.d/kafka.sh).
 SASL_USER, SASL_PASSWORD = 'beam', 'beam-secret'
-EVENT_HUBS_CONNECTION_STRING = ('Endpoint=sb://local-namespace.servicebus.windows.net/;SharedAccessKeyName='
-                                'RootManageSharedAccessKey;SharedAccessKey=bG9jYWwtdGVzdC1rZXk=')
+EVENT_HUBS_CONNECTION_STRING = (
+  'Endpoint=sb://local-namespace.servicebus.windows.net/;SharedAccessKeyName='
+  'RootManageSharedAccessKey;SharedAccessKey=bG9jYWwtdGVzdC1rZXk='
+)
 
 
 @pytest.fixture(scope='module')
@@ -76,11 +84,24 @@ def run_read(options: KafkaReadOptions):
   results = {}
   with beam.Pipeline('FnApiRunner') as p:
     out = p | ReadFromKafka(options)
-    _ = out.records | 'Rows' >> beam.FlatMap(lambda b: [
-        ('rows', (s, o, r.get('event_id'))) for s, o, r in zip(
-            b.column('__source').cast(pa.string()).to_pylist(), b.column('__row').to_pylist(),
-            b.drop_columns(['__source', '__row']).to_pylist())] + [('size', b.num_rows)]) | 'CollectRows' >> beam.ParDo(
-                _Sink(results))
+    _ = (
+      out.records
+      | 'Rows'
+      >> beam.FlatMap(
+        lambda b: (
+          [
+            ('rows', (s, o, r.get('event_id')))
+            for s, o, r in zip(
+              b.column('__source').cast(pa.string()).to_pylist(),
+              b.column('__row').to_pylist(),
+              b.drop_columns(['__source', '__row']).to_pylist(),
+            )
+          ]
+          + [('size', b.num_rows)]
+        )
+      )
+      | 'CollectRows' >> beam.ParDo(_Sink(results))
+    )
     _ = out.dead_letter | 'DL' >> beam.Map(lambda l: ('dead_letter', l)) | 'CollectDL' >> beam.ParDo(_Sink(results))
   return results.get('rows', []), results.get('dead_letter', []), results.get('size', [])
 
@@ -155,20 +176,32 @@ def test_offsets_are_committed_in_finalization_and_a_new_job_resumes(kafka):
 def test_start_positions_latest_and_timestamp(kafka):
   topic = new_topic(kafka)
   produce(kafka, topic, [(0, event(i), 1_700_000_000_000 + 1000 * i) for i in range(10)])
-  latest, _, _ = run_read(KafkaReadOptions(bootstrap_servers=kafka, topics=topic, start_position='latest', bounded=True))
+  latest, _, _ = run_read(
+    KafkaReadOptions(bootstrap_servers=kafka, topics=topic, start_position='latest', bounded=True)
+  )
   assert latest == []
   since, _, _ = run_read(
-      KafkaReadOptions(bootstrap_servers=kafka, topics=topic, start_position='timestamp',
-                       start_timestamp_ms=1_700_000_000_000 + 6500, bounded=True))
+    KafkaReadOptions(
+      bootstrap_servers=kafka,
+      topics=topic,
+      start_position='timestamp',
+      start_timestamp_ms=1_700_000_000_000 + 6500,
+      bounded=True,
+    )
+  )
   assert sorted(r[2] for r in since) == ['e7', 'e8', 'e9']
   capped, _, _ = run_read(KafkaReadOptions(bootstrap_servers=kafka, topics=topic, max_records_per_partition=4))
   assert sorted(r[1] for r in capped) == [0, 1, 2, 3]
 
 
 AVRO_SCHEMA = {
-    'type': 'record', 'name': 'Play', 'fields': [
-        {'name': 'event_id', 'type': 'string'}, {'name': 'ms_played', 'type': 'long'},
-        {'name': 'country', 'type': ['null', 'string'], 'default': None}]
+  'type': 'record',
+  'name': 'Play',
+  'fields': [
+    {'name': 'event_id', 'type': 'string'},
+    {'name': 'ms_played', 'type': 'long'},
+    {'name': 'country', 'type': ['null', 'string'], 'default': None},
+  ],
 }
 
 
@@ -184,7 +217,6 @@ def schema_registry():
   """A local HTTP server answering the schema registry's GET /schemas/ids/<id> as Confluent's does."""
 
   class Handler(http.server.BaseHTTPRequestHandler):
-
     def do_GET(self):  # noqa: N802 (http.server's name)
       if self.path == '/schemas/ids/11':
         body = json.dumps({'schema': json.dumps(AVRO_SCHEMA)}).encode()
@@ -209,31 +241,47 @@ def schema_registry():
 
 def test_avro_wire_format_with_schema_registry(kafka, schema_registry):
   topic = new_topic(kafka)
-  produce(kafka, topic, [
+  produce(
+    kafka,
+    topic,
+    [
       (0, avro_bytes({'event_id': 'a1', 'ms_played': 5, 'country': 'SE'}, 11), None),
       (0, avro_bytes({'event_id': 'a2', 'ms_played': 6, 'country': None}, 11), None),
       (0, avro_bytes({'event_id': 'a3', 'ms_played': 7}, 99), None),  # unknown schema id
       (0, b'\x00\x00\x00\x00\x0b\xff', None),  # truncated body
       (0, avro_bytes({'event_id': 'a4', 'ms_played': 8}), None),  # no wire-format header
-  ])
+    ],
+  )
   rows, letters, _ = run_read(
-      KafkaReadOptions(bootstrap_servers=kafka, topics=topic, value_format='avro', schema_registry_url=schema_registry,
-                       bounded=True))
+    KafkaReadOptions(
+      bootstrap_servers=kafka, topics=topic, value_format='avro', schema_registry_url=schema_registry, bounded=True
+    )
+  )
   assert sorted(r[2] for r in rows) == ['a1', 'a2']
-  assert sorted((l['position'], l['reason']) for l in letters) == [('offset 2', 'malformed_avro'),
-                                                                   ('offset 3', 'malformed_avro'),
-                                                                   ('offset 4', 'malformed_avro')]
+  assert sorted((l['position'], l['reason']) for l in letters) == [
+    ('offset 2', 'malformed_avro'),
+    ('offset 3', 'malformed_avro'),
+    ('offset 4', 'malformed_avro'),
+  ]
 
 
 def test_avro_with_local_schema_file(kafka, tmp_path):
   schema_file = tmp_path / 'play.avsc'
   schema_file.write_text(json.dumps(AVRO_SCHEMA))
   topic = new_topic(kafka)
-  produce(kafka, topic, [(0, avro_bytes({'event_id': 'b1', 'ms_played': 1}), None),
-                         (0, avro_bytes({'event_id': 'b2', 'ms_played': 2}, 3), None)])
+  produce(
+    kafka,
+    topic,
+    [
+      (0, avro_bytes({'event_id': 'b1', 'ms_played': 1}), None),
+      (0, avro_bytes({'event_id': 'b2', 'ms_played': 2}, 3), None),
+    ],
+  )
   rows, letters, _ = run_read(
-      KafkaReadOptions(bootstrap_servers=kafka, topics=topic, value_format='avro', avro_schema_file=str(schema_file),
-                       bounded=True))
+    KafkaReadOptions(
+      bootstrap_servers=kafka, topics=topic, value_format='avro', avro_schema_file=str(schema_file), bounded=True
+    )
+  )
   assert sorted(r[2] for r in rows) == ['b1', 'b2']
   assert letters == []
 
@@ -242,14 +290,28 @@ def test_sasl_plain_listener_and_event_hubs_connection_string(kafka, kafka_sasl)
   topic = new_topic(kafka)
   produce(kafka, topic, [(0, event(i), None) for i in range(5)])
   rows, _, _ = run_read(
-      KafkaReadOptions(bootstrap_servers=kafka_sasl, topics=topic, security_protocol='SASL_PLAINTEXT',
-                       sasl_mechanism='PLAIN', sasl_username=SASL_USER, sasl_password=SASL_PASSWORD, bounded=True))
+    KafkaReadOptions(
+      bootstrap_servers=kafka_sasl,
+      topics=topic,
+      security_protocol='SASL_PLAINTEXT',
+      sasl_mechanism='PLAIN',
+      sasl_username=SASL_USER,
+      sasl_password=SASL_PASSWORD,
+      bounded=True,
+    )
+  )
   assert len(rows) == 5
   # Event Hubs' convention: user '$ConnectionString', the connection string as password.
   # (Event Hubs itself needs SASL_SSL, which is the default; the local listener has no TLS.)
   rows, _, _ = run_read(
-      KafkaReadOptions(bootstrap_servers=kafka_sasl, topics=topic, security_protocol='SASL_PLAINTEXT',
-                       event_hubs_connection_string=EVENT_HUBS_CONNECTION_STRING, bounded=True))
+    KafkaReadOptions(
+      bootstrap_servers=kafka_sasl,
+      topics=topic,
+      security_protocol='SASL_PLAINTEXT',
+      event_hubs_connection_string=EVENT_HUBS_CONNECTION_STRING,
+      bounded=True,
+    )
+  )
   assert len(rows) == 5
 
 
@@ -257,8 +319,15 @@ def test_wrong_password_fails_without_showing_it(kafka, kafka_sasl):
   topic = new_topic(kafka)
   produce(kafka, topic, [(0, event(1), None)])
   secret = 'not-the-password-' + uuid.uuid4().hex
-  options = KafkaReadOptions(bootstrap_servers=kafka_sasl, topics=topic, security_protocol='SASL_PLAINTEXT',
-                             sasl_mechanism='PLAIN', sasl_username=SASL_USER, sasl_password=secret, bounded=True)
+  options = KafkaReadOptions(
+    bootstrap_servers=kafka_sasl,
+    topics=topic,
+    security_protocol='SASL_PLAINTEXT',
+    sasl_mechanism='PLAIN',
+    sasl_username=SASL_USER,
+    sasl_password=secret,
+    bounded=True,
+  )
   assert secret not in repr(options)
   with pytest.raises(Exception) as failure:
     run_read(options)
@@ -267,8 +336,13 @@ def test_wrong_password_fails_without_showing_it(kafka, kafka_sasl):
 
 
 def test_event_hubs_defaults_to_sasl_ssl_plain():
-  config = client_config(KafkaReadOptions(bootstrap_servers='ns.servicebus.windows.net:9093', topics='hub',
-                                          event_hubs_connection_string=EVENT_HUBS_CONNECTION_STRING))
+  config = client_config(
+    KafkaReadOptions(
+      bootstrap_servers='ns.servicebus.windows.net:9093',
+      topics='hub',
+      event_hubs_connection_string=EVENT_HUBS_CONNECTION_STRING,
+    )
+  )
   assert config['security.protocol'] == 'SASL_SSL'
   assert config['sasl.mechanism'] == 'PLAIN'
   assert config['sasl.username'] == '$ConnectionString'
@@ -309,8 +383,11 @@ def test_write_to_kafka_round_trip(kafka):
   topic = new_topic(kafka)
   batch = pa.RecordBatch.from_pylist([{'event_id': 'w1', 'ms_played': 1}, {'event_id': 'w2', 'ms_played': 2}])
   with TestPipeline(options=pipeline_options(['--runner', 'FnApiRunner'])) as p:
-    _ = p | beam.Create([batch]) | WriteToKafka(KafkaWriteOptions(bootstrap_servers=kafka, topic=topic,
-                                                                  key_field='event_id'))
+    _ = (
+      p
+      | beam.Create([batch])
+      | WriteToKafka(KafkaWriteOptions(bootstrap_servers=kafka, topic=topic, key_field='event_id'))
+    )
   rows, _, _ = run_read(KafkaReadOptions(bootstrap_servers=kafka, topics=topic, bounded=True))
   assert sorted(r[2] for r in rows) == ['w1', 'w2']
 
@@ -318,17 +395,28 @@ def test_write_to_kafka_round_trip(kafka):
 def test_streaming_read_of_records_produced_while_running_on_prism(kafka, prism_binary):
   """An unbounded read (self-checkpoints, watermark) that ends after a record count, on Prism."""
   from apache_beam.options.pipeline_options import PipelineOptions
+
   args = runners.runner_args('prism')
   topic = new_topic(kafka, partitions=2)
   produce(kafka, topic, [(i % 2, event(i), None) for i in range(10)])
   pipeline = beam.Pipeline(options=PipelineOptions(args + ['--streaming']))
   out = pipeline | ReadFromKafka(
-      KafkaReadOptions(bootstrap_servers=kafka, topics=topic, max_records_per_partition=10, streaming=True,
-                       idle_timeout_s=1))
+    KafkaReadOptions(
+      bootstrap_servers=kafka, topics=topic, max_records_per_partition=10, streaming=True, idle_timeout_s=1
+    )
+  )
   # Prism runs the SDK worker in this process (LOOPBACK), so _Sink reaches `results`.
   results = {}
-  _ = out.records | beam.FlatMap(lambda b: [('offsets', (s, o)) for s, o in zip(
-      b.column('__source').cast(pa.string()).to_pylist(), b.column('__row').to_pylist())]) | beam.ParDo(_Sink(results))
+  _ = (
+    out.records
+    | beam.FlatMap(
+      lambda b: [
+        ('offsets', (s, o))
+        for s, o in zip(b.column('__source').cast(pa.string()).to_pylist(), b.column('__row').to_pylist())
+      ]
+    )
+    | beam.ParDo(_Sink(results))
+  )
   result = pipeline.run()
   produce(kafka, topic, [(i % 2, event(i), None) for i in range(10, 20)])
   result.wait_until_finish(duration=240_000)
@@ -344,6 +432,7 @@ def test_a_partition_watermark_waits_for_the_other_partitions():
   """
   from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
   from io_connectors.streams.kafka import reader as kafka_module
+
   fn = kafka_module._UnboundedReadPartitionFn(KafkaReadOptions(bootstrap_servers='127.0.0.1:1', topics='t'))
   provider = kafka_module._WatermarkProvider()
   partitions = [kafka_module.KafkaPartition('t', p, 2) for p in (0, 1)]
@@ -379,12 +468,18 @@ def test_a_caught_up_partition_lifts_its_cap_when_the_others_progress(kafka):
   from apache_beam.runners.sdf_utils import ThreadsafeRestrictionTracker
   from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
   from io_connectors.streams.kafka import reader as kafka_module
+
   topic = new_topic(kafka, partitions=2)
   base_ms = 1_700_000_000_000
-  produce(kafka, topic, [(0, event(i), base_ms + 100_000 + i) for i in range(5)] +
-          [(1, event(i), base_ms + 40_000 + i) for i in range(5, 10)])
-  fn = kafka_module._UnboundedReadPartitionFn(KafkaReadOptions(
-      bootstrap_servers=kafka, topics=topic, streaming=True, idle_timeout_s=0, checkpoint_interval_s=1))
+  produce(
+    kafka,
+    topic,
+    [(0, event(i), base_ms + 100_000 + i) for i in range(5)]
+    + [(1, event(i), base_ms + 40_000 + i) for i in range(5, 10)],
+  )
+  fn = kafka_module._UnboundedReadPartitionFn(
+    KafkaReadOptions(bootstrap_servers=kafka, topics=topic, streaming=True, idle_timeout_s=0, checkpoint_interval_s=1)
+  )
   fn.setup()
   provider = kafka_module._WatermarkProvider()
   partitions = [kafka_module.KafkaPartition(topic, p, 2) for p in (0, 1)]
@@ -392,7 +487,6 @@ def test_a_caught_up_partition_lifts_its_cap_when_the_others_progress(kafka):
   states = {p: provider.initial_estimator_state(partitions[p], restrictions[p]) for p in (0, 1)}
 
   class Finalizer:
-
     def register(self, callback):
       pass
 
@@ -424,6 +518,7 @@ def test_a_caught_up_partition_lifts_its_cap_when_the_others_progress(kafka):
 def test_streaming_partition_reads_are_checkpointed_never_split():
   from apache_beam.io.restriction_trackers import OffsetRange
   from io_connectors.streams.kafka import reader as kafka_module
+
   options = KafkaReadOptions(bootstrap_servers='127.0.0.1:1', topics='t')
   tracker = kafka_module._UnboundedReadPartitionFn(options).create_tracker(OffsetRange(0, 1000))
   assert tracker.try_claim(0)
@@ -439,22 +534,33 @@ def test_streaming_partition_reads_are_checkpointed_never_split():
 
 def test_cross_language_consumer_config_passes_sasl_as_jaas_and_the_group():
   from io_connectors.streams.kafka import java_kafka_config
-  options = KafkaReadOptions(bootstrap_servers='127.0.0.1:9094', topics=('t',), group_id='lake',
-                             security_protocol='SASL_PLAINTEXT', sasl_mechanism='PLAIN', sasl_username='beam',
-                             sasl_password='s"cret', start_position='latest')
+
+  options = KafkaReadOptions(
+    bootstrap_servers='127.0.0.1:9094',
+    topics=('t',),
+    group_id='lake',
+    security_protocol='SASL_PLAINTEXT',
+    sasl_mechanism='PLAIN',
+    sasl_username='beam',
+    sasl_password='s"cret',
+    start_position='latest',
+  )
   config = java_kafka_config(options)
   assert 'sasl.username' not in config and 'sasl.password' not in config
-  assert config['sasl.jaas.config'] == ('org.apache.kafka.common.security.plain.PlainLoginModule required '
-                                        'username="beam" password="s\\"cret";')
+  assert config['sasl.jaas.config'] == (
+    'org.apache.kafka.common.security.plain.PlainLoginModule required username="beam" password="s\\"cret";'
+  )
   assert config['group.id'] == 'lake' and config['auto.offset.reset'] == 'latest'
   assert config['security.protocol'] == 'SASL_PLAINTEXT' and config['sasl.mechanism'] == 'PLAIN'
 
 
 def test_cross_language_reader_checks_its_options(kafka):
   from io_connectors.streams.kafka import ReadFromKafkaCrossLanguage
+
   with pytest.raises(ValueError, match='JSON'):
-    ReadFromKafkaCrossLanguage(KafkaReadOptions(bootstrap_servers=kafka, topics=('t',), value_format='avro',
-                                                avro_schema_file='x.avsc'))
+    ReadFromKafkaCrossLanguage(
+      KafkaReadOptions(bootstrap_servers=kafka, topics=('t',), value_format='avro', avro_schema_file='x.avsc')
+    )
   with pytest.raises(ValueError, match='end offsets'):
     ReadFromKafkaCrossLanguage(KafkaReadOptions(bootstrap_servers=kafka, topics=('t',), bounded=True))
   with pytest.raises(ValueError, match='group_id'):
@@ -463,8 +569,9 @@ def test_cross_language_reader_checks_its_options(kafka):
   topic = f'xl-{uuid.uuid4().hex[:8]}'
   admin = confluent_kafka.admin.AdminClient({'bootstrap.servers': kafka})
   admin.create_topics([confluent_kafka.admin.NewTopic(topic, 3, 1)])[topic].result(60)
-  read = ReadFromKafkaCrossLanguage(KafkaReadOptions(bootstrap_servers=kafka, topics=(topic,),
-                                                     max_records_per_partition=5))
+  read = ReadFromKafkaCrossLanguage(
+    KafkaReadOptions(bootstrap_servers=kafka, topics=(topic,), max_records_per_partition=5)
+  )
   assert read._max_num_records == 15
 
 
@@ -476,6 +583,7 @@ def test_dofn_copies_share_consumers_and_never_run_the_process_out_of_them(kafka
   "Failed to initialize thread local storage".
   """
   from io_connectors.streams.kafka import reader as kafka_module
+
   topic = new_topic(kafka)
   produce(kafka, topic, [(0, b'{"a": 1}', None)])
   options = KafkaReadOptions(bootstrap_servers=kafka, topics=topic, bounded=True)
@@ -488,6 +596,7 @@ def test_dofn_copies_share_consumers_and_never_run_the_process_out_of_them(kafka
 
 def test_check_finds_the_topics_and_names_what_is_wrong_without_secrets(kafka, kafka_sasl):
   from io_connectors._common.errors import ConnectorError
+
   topic = new_topic(kafka, partitions=2)
   summary = ReadFromKafka(KafkaReadOptions(bootstrap_servers=kafka, topics=topic)).check()
   assert summary.startswith(f'Kafka at {kafka}: ') and summary.endswith(f'; {topic}: 2 partition(s)')
@@ -496,6 +605,14 @@ def test_check_finds_the_topics_and_names_what_is_wrong_without_secrets(kafka, k
     ReadFromKafka(KafkaReadOptions(bootstrap_servers=kafka, topics=f'no-such-topic-{uuid.uuid4().hex}')).check()
   secret = 'not-the-password-' + uuid.uuid4().hex
   with pytest.raises(ConnectorError) as failure:
-    ReadFromKafka(KafkaReadOptions(bootstrap_servers=kafka_sasl, topics=topic, security_protocol='SASL_PLAINTEXT',
-                                   sasl_mechanism='PLAIN', sasl_username=SASL_USER, sasl_password=secret)).check()
+    ReadFromKafka(
+      KafkaReadOptions(
+        bootstrap_servers=kafka_sasl,
+        topics=topic,
+        security_protocol='SASL_PLAINTEXT',
+        sasl_mechanism='PLAIN',
+        sasl_username=SASL_USER,
+        sasl_password=secret,
+      )
+    ).check()
   assert 'Authentication failed' in str(failure.value) and secret not in str(failure.value)

@@ -14,7 +14,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from io_connectors.sinks import lake as lake_mod
 from io_connectors.sinks._commit import OutputLock, OutputLockedError, LakeCommitError
-from io_connectors.sinks.lake import (WrittenFile, commit_output, finalize_files, read_manifest, run_dir_name, sweep)
+from io_connectors.sinks.lake import WrittenFile, commit_output, finalize_files, read_manifest, run_dir_name, sweep
 from tests.conftest import pipeline_options
 
 
@@ -40,9 +40,9 @@ def _written(output, run_dir, tag):
   """What a run's workers leave: three temp files whose contents name the run."""
   temp = lambda name: FileSystems.join(output, '_runs', run_dir, '_temporary', name)
   files = [
-      WrittenFile('data', 'acme', temp('a.parquet'), 'parquet', 1, 'k1'),
-      WrittenFile('data', 'acme', temp('b.parquet'), 'parquet', 1, 'k2'),
-      WrittenFile('dead_letter', '_unassigned', temp('c.jsonl'), 'jsonl', 1, 'k3'),
+    WrittenFile('data', 'acme', temp('a.parquet'), 'parquet', 1, 'k1'),
+    WrittenFile('data', 'acme', temp('b.parquet'), 'parquet', 1, 'k2'),
+    WrittenFile('dead_letter', '_unassigned', temp('c.jsonl'), 'jsonl', 1, 'k3'),
   ]
   for f in files:
     _put(f.temp_path, f'{tag}:{f.order_key}'.encode())
@@ -67,7 +67,9 @@ def _read_committed(output):
   """What a reader following docs/lake.md gets: {kind: sorted contents} of the committed run."""
   manifest = read_manifest(output)
   assert manifest is not None, 'nothing committed'
-  return manifest['run_id'], {kind: sorted(_get(p).decode() for p in paths) for kind, paths in manifest['files'].items()}
+  return manifest['run_id'], {
+    kind: sorted(_get(p).decode() for p in paths) for kind, paths in manifest['files'].items()
+  }
 
 
 def _expected(tag):
@@ -92,7 +94,9 @@ def test_local_data_and_dead_letter_links_follow_the_committed_run(tmp_path):
   _commit(output, 'r1', 'one')
   assert os.path.islink(os.path.join(output, 'data'))
   assert sorted(os.listdir(os.path.join(output, 'data', 'tenant=acme'))) == [
-      'part-00000-of-00002.parquet', 'part-00001-of-00002.parquet']
+    'part-00000-of-00002.parquet',
+    'part-00001-of-00002.parquet',
+  ]
   assert open(os.path.join(output, 'dead_letter', '_unassigned', 'part-00000-of-00001.jsonl')).read() == 'one:k3'
   _commit(output, 'r2', 'two', grace_s=0)
   assert open(os.path.join(output, 'data', 'tenant=acme', 'part-00000-of-00002.parquet')).read() == 'two:k1'
@@ -245,6 +249,7 @@ def test_the_manifest_lists_only_runs_still_in_their_grace_period(tmp_path):
 @pytest.mark.parametrize('where', ['local', 's3'])  # stores that honour preconditions (the GCS emulator does not)
 def test_runs_racing_for_the_lock_get_exactly_one_winner(where, expired_lock_first, request, tmp_path):
   import concurrent.futures
+
   if where == 'local':
     FileSystems.set_options(pipeline_options())
     output = str(tmp_path / 'lake')

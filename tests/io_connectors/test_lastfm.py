@@ -19,6 +19,8 @@ from transforms.entities import ListeningEvent
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN
 
 FAST_RETRY = RetryPolicy(backoff_base=0.02, backoff_max=0.2, max_retry_after=2.0, timeout=30)
+
+
 def _options(fake, **kwargs):
   kwargs.setdefault('resource', 'recent_tracks')
   return LastfmOptions(base_url=f'{fake.url}/2.0/', retry=FAST_RETRY, rate=None, allow_private_addresses=True, **kwargs)
@@ -80,8 +82,9 @@ def test_from_to_window_single_track_page_and_signed_calls(lastfm, monkeypatch):
     assert [r['played_at'].timestamp() for r in rows] == [T0 + 240 * 5]
 
   with TestPipeline() as p:
-    out = p | ReadFromLastfm(_options(lastfm, users=['rj'], from_time='2024-01-01T00:20:00Z',
-                                      to_time='2024-01-01T00:20:00+00:00'))
+    out = p | ReadFromLastfm(
+      _options(lastfm, users=['rj'], from_time='2024-01-01T00:20:00Z', to_time='2024-01-01T00:20:00+00:00')
+    )
     assert_that(_rows(out.records), check, label='one')
     assert_that(out.dead_letter, _no_letters, label='none')
   served = lastfm.served('user.getRecentTracks')
@@ -115,8 +118,9 @@ def test_malformed_page_is_dead_lettered_and_the_next_pages_are_read(lastfm):
   lastfm.inject('user.getRecentTracks', 'pass')  # page 1
   lastfm.inject('user.getRecentTracks', 'malformed', times=2)  # page 2 and its one retry
   with TestPipeline() as p:
-    out = p | ReadFromLastfm(_options(lastfm, users=['rj'], page_size=10, with_duration=False, unknown_duration_ms=0,
-                                      to_time=T0 + 10**6))
+    out = p | ReadFromLastfm(
+      _options(lastfm, users=['rj'], page_size=10, with_duration=False, unknown_duration_ms=0, to_time=T0 + 10**6)
+    )
 
     def check_letters(letters):
       assert len(letters) == 1 and letters[0]['reason'] == 'malformed_json'
@@ -148,8 +152,13 @@ def test_track_info_and_artist_top_tags(lastfm):
   lastfm.durations[('Daft Punk', 'One More Time')] = 320000
   lastfm.tags['Daft Punk'] = [('electronic', 100), ('house', 80), ('french', 40)]
   with TestPipeline() as p:
-    info = p | 'Info' >> ReadFromLastfm(_options(lastfm, resource='track_info', items=[
-        {'artist': 'Daft Punk', 'track': 'One More Time'}, {'artist': 'Nobody', 'track': 'Nothing'}]))
+    info = p | 'Info' >> ReadFromLastfm(
+      _options(
+        lastfm,
+        resource='track_info',
+        items=[{'artist': 'Daft Punk', 'track': 'One More Time'}, {'artist': 'Nobody', 'track': 'Nothing'}],
+      )
+    )
     tags = p | 'Tags' >> ReadFromLastfm(_options(lastfm, resource='artist_top_tags', items=[{'artist': 'Daft Punk'}]))
 
     def check_info(rows):
@@ -162,15 +171,17 @@ def test_track_info_and_artist_top_tags(lastfm):
 
     assert_that(_rows(info.records, 'InfoRows'), check_info, label='info')
     assert_that(info.dead_letter, check_letters, label='info letters')
-    assert_that(_rows(tags.records, 'TagRows') | beam.Map(lambda r: (r['tag'], r['count'])),
-                lambda got: sorted(got) == [('electronic', 100), ('french', 40), ('house', 80)] or
-                pytest.fail(str(got)),
-                label='tags')
+    assert_that(
+      _rows(tags.records, 'TagRows') | beam.Map(lambda r: (r['tag'], r['count'])),
+      lambda got: sorted(got) == [('electronic', 100), ('french', 40), ('house', 80)] or pytest.fail(str(got)),
+      label='tags',
+    )
 
 
 def test_signature_and_options(lastfm):
-  signed = sign_request('s3cret', 'sess', Request('GET', 'https://x/2.0/', {'method': 'm', 'api_key': 'k',
-                                                                              'format': 'json'}))
+  signed = sign_request(
+    's3cret', 'sess', Request('GET', 'https://x/2.0/', {'method': 'm', 'api_key': 'k', 'format': 'json'})
+  )
   assert signed.params['sk'] == 'sess'
   assert signed.params['api_sig'] == lastfm_signature(signed.params, 's3cret')
   assert track_key('Daft  Punk', 'one more time') == track_key('daft punk', 'One More Time')
@@ -189,6 +200,7 @@ def test_batch_job_reads_lastfm_and_a_social_api_for_two_tenants(lastfm, tmp_pat
   import yaml
   from pipelines.spotify_batch import run
   from tests.io_connectors.api_fakes import TwitterFake
+
   monkeypatch.setenv('PII_MASTER_KEY', 'ab' * 32)
   monkeypatch.setenv('TWITTER_BEARER_TOKEN', TwitterFake.BEARER)
   lastfm.add_scrobbles('rj', scrobbles(230))
@@ -196,23 +208,47 @@ def test_batch_job_reads_lastfm_and_a_social_api_for_two_tenants(lastfm, tmp_pat
   add_durations(lastfm)
   lastfm.inject('user.getRecentTracks', 'lastfm_error', 29, 200)
   with TwitterFake() as twitter:
-    twitter.tweets = [{'id': str(i), 'text': f'Daft Punk forever {i}', 'author_id': '9', 'created_at':
-                       '2024-03-01T12:00:00.000Z', 'public_metrics': {'like_count': i}} for i in range(12)]
+    twitter.tweets = [
+      {
+        'id': str(i),
+        'text': f'Daft Punk forever {i}',
+        'author_id': '9',
+        'created_at': '2024-03-01T12:00:00.000Z',
+        'public_metrics': {'like_count': i},
+      }
+      for i in range(12)
+    ]
     retry = {'backoff_base': 0.02, 'backoff_max': 0.2, 'timeout': 30}
-    lastfm_source = {'type': 'lastfm', 'resource': 'recent_tracks', 'base_url': f'{lastfm.url}/2.0/', 'rate': None,
-                     'to_time': T0 + 10**6, 'retry': retry, 'allow_private_addresses': True}
-    social_source = {'type': 'social', 'resource': 'twitter.recent_search_mentions',
-                     'overrides': {'base_url': twitter.url}, 'retry': retry, 'allow_private_addresses': True}
+    lastfm_source = {
+      'type': 'lastfm',
+      'resource': 'recent_tracks',
+      'base_url': f'{lastfm.url}/2.0/',
+      'rate': None,
+      'to_time': T0 + 10**6,
+      'retry': retry,
+      'allow_private_addresses': True,
+    }
+    social_source = {
+      'type': 'social',
+      'resource': 'twitter.recent_search_mentions',
+      'overrides': {'base_url': twitter.url},
+      'retry': retry,
+      'allow_private_addresses': True,
+    }
     config = {
-        'output': str(tmp_path / 'lake'),
-        'entity': 'listening_event',
-        'sources': [
-            dict(lastfm_source, users=['rj'], tenant_id='acme'),
-            dict(lastfm_source, users=['alice'], tenant_id='beatbox'),
-            dict(social_source, params=[{'query': '"Daft Punk"', 'subject': 'Daft Punk'}], tenant_id='acme',
-                 entity='social_mention'),
-            dict(social_source, params=[{'query': 'forever 1'}], tenant_id='beatbox', entity='social_mention'),
-        ]
+      'output': str(tmp_path / 'lake'),
+      'entity': 'listening_event',
+      'sources': [
+        dict(lastfm_source, users=['rj'], tenant_id='acme'),
+        dict(lastfm_source, users=['alice'], tenant_id='beatbox'),
+        dict(
+          social_source,
+          params=[{'query': '"Daft Punk"', 'subject': 'Daft Punk'}],
+          tenant_id='acme',
+          entity='social_mention',
+        ),
+        dict(social_source, params=[{'query': 'forever 1'}], tenant_id='beatbox', entity='social_mention'),
+      ],
     }
     config_path = tmp_path / 'api_sources.yaml'
     config_path.write_text(yaml.safe_dump(config))

@@ -52,6 +52,5 @@ def test_url_password_is_decoded_and_absent_without_one():
 def test_masked_message_hides_the_password_alone_and_in_the_url():
   url = 'mongodb://music:s3cret@db:27017/music'
   message = f'auth failed for {url}\n  (password s3cret rejected)'
-  assert masked_message(message, url) == (
-      'auth failed for mongodb://music:***@db:27017/music (password *** rejected)')
+  assert masked_message(message, url) == ('auth failed for mongodb://music:***@db:27017/music (password *** rejected)')
   assert len(masked_message('x' * 900, url)) == 500

@@ -21,8 +21,14 @@ from apache_beam.testing.util import assert_that
 from io_connectors import registry
 from io_connectors._common.arrow import table_from_rows
 from io_connectors._common.masking import mask_url
-from io_connectors.databases.mongodb import (MongoError, MongoOptions, ReadFromMongo, _plain, plan_splits,
-                                             quantile_boundaries)
+from io_connectors.databases.mongodb import (
+  MongoError,
+  MongoOptions,
+  ReadFromMongo,
+  _plain,
+  plan_splits,
+  quantile_boundaries,
+)
 from tests.conftest import SERVICES_SCRIPT, ensure_service
 from tests.io_connectors.flaky_proxy import CuttingProxy
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, strip_internal
@@ -36,8 +42,13 @@ UTC = dt.timezone.utc
 @pytest.fixture(scope='module')
 def mongo_url():
   ensure_service('mongodb')
-  env = subprocess.run(['bash', str(SERVICES_SCRIPT), 'env', 'mongodb'], capture_output=True, text=True, check=True,
-                       stdin=subprocess.DEVNULL).stdout
+  env = subprocess.run(
+    ['bash', str(SERVICES_SCRIPT), 'env', 'mongodb'],
+    capture_output=True,
+    text=True,
+    check=True,
+    stdin=subprocess.DEVNULL,
+  ).stdout
   match = re.search(r'MONGODB_URL=(\S+)', env)
   assert match, 'scripts/services.sh env mongodb printed no MONGODB_URL'
   return match.group(1)
@@ -107,13 +118,35 @@ def options(url, **kwargs):
 def test_types_nulls_unicode_numerics_timestamps_nested(tmp_path, coll, mongo_url):
   oid = bson.ObjectId()
   when = dt.datetime(2024, 3, 31, 1, 30, 15, 123000, tzinfo=UTC)
-  coll.insert_many([
-      {'_id': oid, 'name': 'Sigur Rós 🎵', 'plays': bson.Int64(2**40), 'rating': 4.5, 'when': when, 'live': True,
-       'album': {'title': 'Ágætis byrjun', 'year': 1999, 'label': {'name': 'Smekkleysa'}},
-       'genres': ['post-rock', 'ambient'], 'cover': bson.Binary(b'\x89PNG\x00\xff'), 'missing_later': 1, 'nothing': None},
-      {'_id': bson.ObjectId(), 'name': '', 'plays': 0, 'rating': -0.25, 'when': None, 'live': False,
-       'album': {'title': None, 'year': 2020, 'label': {'name': 'x'}}, 'genres': [], 'cover': None, 'nothing': None},
-  ])
+  coll.insert_many(
+    [
+      {
+        '_id': oid,
+        'name': 'Sigur Rós 🎵',
+        'plays': bson.Int64(2**40),
+        'rating': 4.5,
+        'when': when,
+        'live': True,
+        'album': {'title': 'Ágætis byrjun', 'year': 1999, 'label': {'name': 'Smekkleysa'}},
+        'genres': ['post-rock', 'ambient'],
+        'cover': bson.Binary(b'\x89PNG\x00\xff'),
+        'missing_later': 1,
+        'nothing': None,
+      },
+      {
+        '_id': bson.ObjectId(),
+        'name': '',
+        'plays': 0,
+        'rating': -0.25,
+        'when': None,
+        'live': False,
+        'album': {'title': None, 'year': 2020, 'label': {'name': 'x'}},
+        'genres': [],
+        'cover': None,
+        'nothing': None,
+      },
+    ]
+  )
   rows, batches, dead = read(tmp_path, ReadFromMongo(coll.name, options(mongo_url, num_splits=1)))
   assert dead == []
   schema = batches[0].schema
@@ -145,8 +178,10 @@ def test_types_nulls_unicode_numerics_timestamps_nested(tmp_path, coll, mongo_ur
 def test_decimal128_uuid_and_mixed_types_map_to_arrow():
   # FerretDB 1.24 has no Decimal128 (it drops the connection on one), so the
   # decoded BSON values are mapped here without a server.
-  docs = [{'price': bson.Decimal128('12.345'), 'id': bson.Binary.from_uuid(uuid.UUID(int=7)), 'mixed': 1},
-          {'price': bson.Decimal128('-0.5'), 'id': None, 'mixed': {'a': 'b'}}]
+  docs = [
+    {'price': bson.Decimal128('12.345'), 'id': bson.Binary.from_uuid(uuid.UUID(int=7)), 'mixed': 1},
+    {'price': bson.Decimal128('-0.5'), 'id': None, 'mixed': {'a': 'b'}},
+  ]
   table = table_from_rows([{k: _plain(v, 'decimal128') for k, v in d.items()} for d in docs])
   assert pa.types.is_decimal(table.schema.field('price').type)
   assert table.column('price').to_pylist() == [decimal.Decimal('12.345'), decimal.Decimal('-0.500')]
@@ -215,9 +250,12 @@ def test_mixed_type_ids_are_all_read(tmp_path, coll, mongo_url):
 def test_filter_and_projection(tmp_path, coll, mongo_url):
   coll.insert_many([{'n': i, 'tenant': 'acme' if i % 2 else 'beatbox', 'secret': 'x'} for i in range(200)])
   rows, _, _ = read(
-      tmp_path,
-      ReadFromMongo(coll.name, options(mongo_url, filter={'tenant': 'acme', 'n': {'$gte': 100}},
-                                       projection=['n', 'tenant'], num_splits=3)))
+    tmp_path,
+    ReadFromMongo(
+      coll.name,
+      options(mongo_url, filter={'tenant': 'acme', 'n': {'$gte': 100}}, projection=['n', 'tenant'], num_splits=3),
+    ),
+  )
   assert sorted(r['n'] for _, _, r in rows) == list(range(101, 200, 2))
   assert all(set(r) == {'_id', 'n', 'tenant'} for _, _, r in rows)
 
@@ -230,8 +268,10 @@ def test_aggregation_pipelines_split_and_whole(tmp_path, coll, mongo_url):
   assert len({s for s, _, _ in rows}) == 4
   (tmp_path / 'grouped').mkdir()
   grouped = [{'$group': {'_id': '$tenant', 'plays': {'$sum': 1}}}, {'$sort': {'_id': 1}}]
-  rows, _, _ = read(tmp_path / 'grouped',
-                    ReadFromMongo(coll.name, options(mongo_url, pipeline=grouped, num_splits=4, filter={'n': {'$lt': 30}})))
+  rows, _, _ = read(
+    tmp_path / 'grouped',
+    ReadFromMongo(coll.name, options(mongo_url, pipeline=grouped, num_splits=4, filter={'n': {'$lt': 30}})),
+  )
   assert [(r['_id'], r['plays']) for _, _, r in rows] == [('acme', 20), ('beatbox', 10)]
 
 
@@ -325,6 +365,7 @@ def test_registry_builds_from_config(monkeypatch, mongo_url):
 
 def test_incremental_reads_new_and_changed_documents_and_rereads_after_a_failed_run(tmp_path, coll, mongo_url):
   from io_connectors._common import state
+
   store = str(tmp_path / 'state')
   t0 = dt.datetime(2024, 1, 1, tzinfo=UTC)
   coll.insert_many([{'_id': i, 'v': 0, 'updated_at': t0 + dt.timedelta(minutes=i)} for i in range(10)])
@@ -332,8 +373,9 @@ def test_incremental_reads_new_and_changed_documents_and_rereads_after_a_failed_
   def load(name, **kwargs):
     out = tmp_path / name
     out.mkdir()
-    transform = ReadFromMongo(coll.name, options(mongo_url, cursor_field='updated_at', state=store, num_splits=2,
-                                                 tenant='acme', **kwargs))
+    transform = ReadFromMongo(
+      coll.name, options(mongo_url, cursor_field='updated_at', state=store, num_splits=2, tenant='acme', **kwargs)
+    )
     rows, _, dead = read(out, transform)
     assert dead == []
     with open(out / 'cursors.pkl', 'rb') as f:
@@ -371,10 +413,12 @@ def test_incremental_reads_new_and_changed_documents_and_rereads_after_a_failed_
 
 def test_batch_pipeline_reads_listening_events_of_two_tenants(tmp_path, coll, mongo_url, monkeypatch):
   from pipelines import spotify_batch
+
   base = dt.datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
   events = []
   for i in range(60):
-    events.append({
+    events.append(
+      {
         'event_id': f'ev-{i:04d}',
         'tenant_id': 'acme' if i % 3 else 'beatbox',
         'user_id': f'user{i % 9}',
@@ -384,18 +428,20 @@ def test_batch_pipeline_reads_listening_events_of_two_tenants(tmp_path, coll, mo
         'country': 'SE',
         'platform': 'ios',
         'skipped': i % 2 == 0,
-    })
+      }
+    )
   events.append(dict(events[0], _id=bson.ObjectId(), event_id='ev-bad', ms_played=-5))  # fails validation
   coll.insert_many(events)
   monkeypatch.setenv('MONGODB_URL', mongo_url)
   config = tmp_path / 'sources.yaml'
   config.write_text(
-      'entity: listening_event\n'
-      'keep_pii: true\n'
-      'sources:\n'
-      f'  - type: mongodb\n    collection: {coll.name}\n    projection: {{_id: 0}}\n    num_splits: 3\n'
-      '    tenant_field: tenant_id\n',
-      encoding='utf-8')
+    'entity: listening_event\n'
+    'keep_pii: true\n'
+    'sources:\n'
+    f'  - type: mongodb\n    collection: {coll.name}\n    projection: {{_id: 0}}\n    num_splits: 3\n'
+    '    tenant_field: tenant_id\n',
+    encoding='utf-8',
+  )
   out = tmp_path / 'lake'
   manifest = spotify_batch.run(['--config', str(config), '--output', str(out)])
   counts = manifest['counts']
@@ -406,31 +452,39 @@ def test_batch_pipeline_reads_listening_events_of_two_tenants(tmp_path, coll, mo
   assert counts['per_tenant']['beatbox']['written'] == 20
   assert manifest['conservation']['ok']
   assert _password(mongo_url) not in json.dumps(manifest)
-  written = pa.concat_tables([
-      pq.read_table(p) for p in (out / 'data' / 'tenant=acme').glob('*.parquet')])
+  written = pa.concat_tables([pq.read_table(p) for p in (out / 'data' / 'tenant=acme').glob('*.parquet')])
   assert written.num_rows == 40
   assert set(written.column('played_at').to_pylist()) <= {base + dt.timedelta(minutes=i) for i in range(60)}
 
 
-def test_batch_pipeline_commits_the_cursor_and_the_next_run_reads_only_new_events(tmp_path, coll, mongo_url,
-                                                                                  monkeypatch):
+def test_batch_pipeline_commits_the_cursor_and_the_next_run_reads_only_new_events(
+  tmp_path, coll, mongo_url, monkeypatch
+):
   from pipelines import spotify_batch
+
   base = dt.datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
   def event(i):
-    return {'event_id': f'ev-{i:04d}', 'tenant_id': 'acme', 'user_id': 'u1', 'track_id': '4iV5W9uYEdYUVa79Axb7Rh',
-            'played_at': base + dt.timedelta(minutes=i), 'ms_played': 1000 + i}
+    return {
+      'event_id': f'ev-{i:04d}',
+      'tenant_id': 'acme',
+      'user_id': 'u1',
+      'track_id': '4iV5W9uYEdYUVa79Axb7Rh',
+      'played_at': base + dt.timedelta(minutes=i),
+      'ms_played': 1000 + i,
+    }
 
   coll.insert_many([event(i) for i in range(30)])
   monkeypatch.setenv('MONGODB_URL', mongo_url)
   store = tmp_path / 'state'
   config = tmp_path / 'sources.yaml'
   config.write_text(
-      'keep_pii: true\n'
-      'sources:\n'
-      f'  - type: mongodb\n    collection: {coll.name}\n    projection: {{_id: 0}}\n'
-      f'    cursor_field: played_at\n    state: {store}\n    tenant: acme\n    tenant_id: acme\n',
-      encoding='utf-8')
+    'keep_pii: true\n'
+    'sources:\n'
+    f'  - type: mongodb\n    collection: {coll.name}\n    projection: {{_id: 0}}\n'
+    f'    cursor_field: played_at\n    state: {store}\n    tenant: acme\n    tenant_id: acme\n',
+    encoding='utf-8',
+  )
   first = spotify_batch.run(['--config', str(config), '--output', str(tmp_path / 'run1')])
   assert first['counts']['written'] == 30
   assert [p.name for p in store.iterdir()], 'the cursor was not committed'

@@ -87,20 +87,37 @@ def test_types_nulls_unicode_numerics_and_zoned_timestamps(pg):
   rows = sorted(rows, key=lambda r: r['id'])
   first, empty, edge = rows
   assert first == {
-      'id': 1, 'small': -2, 'price': decimal.Decimal('12345.678'), 'big': '123456789012345678901234567890.123456789',
-      'ratio': 0.5, 'score': float('inf'), 'ok': True, 'title': 'Sigur Rós — “Hoppípolla”, 日本語, 🎵', 'code': 'a,b"c',
-      'at': dt.datetime(2024, 3, 31, 8, 30, 0, 123456, tzinfo=UTC), 'local_at': dt.datetime(2024, 3, 31, 1, 30),
-      'day': dt.date(2024, 2, 29), 'doc': '{"k": [1, "x"]}', 'uid': 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
-      'raw': b'\x00\xff\n,"', 'tags': ['x,y', None, 'ü'], 'counts': [1, None]}
+    'id': 1,
+    'small': -2,
+    'price': decimal.Decimal('12345.678'),
+    'big': '123456789012345678901234567890.123456789',
+    'ratio': 0.5,
+    'score': float('inf'),
+    'ok': True,
+    'title': 'Sigur Rós — “Hoppípolla”, 日本語, 🎵',
+    'code': 'a,b"c',
+    'at': dt.datetime(2024, 3, 31, 8, 30, 0, 123456, tzinfo=UTC),
+    'local_at': dt.datetime(2024, 3, 31, 1, 30),
+    'day': dt.date(2024, 2, 29),
+    'doc': '{"k": [1, "x"]}',
+    'uid': 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+    'raw': b'\x00\xff\n,"',
+    'tags': ['x,y', None, 'ü'],
+    'counts': [1, None],
+  }
   assert all(v is None for k, v in empty.items() if k != 'id')
-  assert edge['title'] == '' and edge['code'] == '' and edge['raw'] == b'' and edge['tags'] == [] and edge['counts'] == []
+  assert (
+    edge['title'] == '' and edge['code'] == '' and edge['raw'] == b'' and edge['tags'] == [] and edge['counts'] == []
+  )
   assert edge['price'] == decimal.Decimal('-0.001') and edge['ok'] is False and edge['doc'] == 'null'
   assert edge['at'] == dt.datetime(1969, 12, 31, 23, 59, 59, tzinfo=UTC) and edge['local_at'] == dt.datetime(1, 1, 1)
   assert edge['score'] == -1e-300 and edge['ratio'] != edge['ratio']  # NaN
 
 
 def test_arrow_schema_comes_from_the_catalog(pg):
-  pg.execute(f"CREATE TABLE {pg.table('s')} (id int4 PRIMARY KEY, amount numeric(38, 10), at timestamptz, d date, b bytea)")
+  pg.execute(
+    f"CREATE TABLE {pg.table('s')} (id int4 PRIMARY KEY, amount numeric(38, 10), at timestamptz, d date, b bytea)"
+  )
   pg.execute(f"INSERT INTO {pg.table('s')} VALUES (1, 1.5, now(), current_date, 'x')")
   batches = _Collect()
   with TestPipeline() as p:
@@ -147,14 +164,20 @@ def test_parallel_splits_give_every_row_exactly_once(pg, layout):
   assert letters == []
   assert len(rows) == len(expected)
   assert sorted((r['id'] is None, r['id'] or 0, r['v']) for r in rows) == sorted(
-      (i is None, i or 0, v) for i, v in expected)
+    (i is None, i or 0, v) for i, v in expected
+  )
 
 
 def test_query_split_on_a_partition_column(pg):
   pg.execute(f'CREATE TABLE {pg.table("q")} (id int PRIMARY KEY, tenant text)')
-  pg.execute(f"INSERT INTO {pg.table('q')} SELECT g, CASE WHEN g % 2 = 0 THEN 'a' ELSE 'b' END FROM generate_series(1, 3000) g")
-  rows, letters, _ = _read(query=f"SELECT id, tenant, id * 2 AS twice FROM {pg.table('q')} WHERE tenant = 'a'",
-                           partition_column='id', num_partitions=4)
+  pg.execute(
+    f"INSERT INTO {pg.table('q')} SELECT g, CASE WHEN g % 2 = 0 THEN 'a' ELSE 'b' END FROM generate_series(1, 3000) g"
+  )
+  rows, letters, _ = _read(
+    query=f"SELECT id, tenant, id * 2 AS twice FROM {pg.table('q')} WHERE tenant = 'a'",
+    partition_column='id',
+    num_partitions=4,
+  )
   assert letters == []
   assert sorted(r['id'] for r in rows) == list(range(2, 3001, 2))
   assert all(r['twice'] == 2 * r['id'] for r in rows)
@@ -177,9 +200,11 @@ def test_all_splits_read_one_snapshot(pg):
   assert sorted(r['id'] for r in rows) == list(range(1, 5001))
   assert {r['v'] for r in rows} == {0}
   # The coordinator's transaction (which locks the table) is gone once the read finished.
-  holders = pg.execute('SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid '
-                       "WHERE l.relation = %s::regclass AND a.application_name = 'beam-read-postgres'",
-                       (table,)).fetchone()[0]
+  holders = pg.execute(
+    'SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid '
+    "WHERE l.relation = %s::regclass AND a.application_name = 'beam-read-postgres'",
+    (table,),
+  ).fetchone()[0]
   assert holders == 0
 
 
@@ -199,7 +224,9 @@ def test_without_a_shared_snapshot_each_split_reads_its_own(pg):
 def test_refused_credentials_are_a_clear_error_without_the_password(pg, postgres_url):
   bad_url = postgres_url.replace(':music-test-password@', ':wrong-secret-pw@')
   with pytest.raises(PostgresError) as error:
-    ReadFromPostgres(table=pg.table('x'), options=PostgresOptions(url=bad_url)).expand(beam.Pipeline() | 'Begin' >> beam.Impulse())
+    ReadFromPostgres(table=pg.table('x'), options=PostgresOptions(url=bad_url)).expand(
+      beam.Pipeline() | 'Begin' >> beam.Impulse()
+    )
   message = str(error.value)
   assert 'password authentication failed' in message and '127.0.0.1:55432' in message
   assert 'wrong-secret-pw' not in message
@@ -217,8 +244,11 @@ def test_check_says_what_is_wrong(pg, postgres_url):
   with pytest.raises(PostgresError, match='cannot connect'):
     check(PostgresOptions(url='postgresql://music:x@127.0.0.1:1/music', connect_timeout_s=2))
   # The transform checks what it would read, as every connector's check() does.
-  assert ReadFromPostgres(query='SELECT 1 AS one', options=PostgresOptions(url=postgres_url)).check().endswith(
-      "query 'SELECT 1 AS one' readable")
+  assert (
+    ReadFromPostgres(query='SELECT 1 AS one', options=PostgresOptions(url=postgres_url))
+    .check()
+    .endswith("query 'SELECT 1 AS one' readable")
+  )
   with pytest.raises(PostgresError, match='does not exist'):
     ReadFromPostgres(table=pg.table('missing'), options=PostgresOptions(url=postgres_url)).check()
 
@@ -259,12 +289,15 @@ class _Killer(threading.Thread):
 
   def run(self):
     import psycopg
+
     with psycopg.connect(self.url, autocommit=True) as conn:
       while not self.stop.is_set() and self.killed < self.times:
         # This test's split only (its table is in a schema of its own).
-        pids = conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = 'beam-read-postgres' "
-                            "AND query LIKE 'COPY%%' AND wait_event = 'PgSleep' AND strpos(query, %s) > 0",
-                            (self.table,)).fetchall()
+        pids = conn.execute(
+          "SELECT pid FROM pg_stat_activity WHERE application_name = 'beam-read-postgres' "
+          "AND query LIKE 'COPY%%' AND wait_event = 'PgSleep' AND strpos(query, %s) > 0",
+          (self.table,),
+        ).fetchall()
         for (pid,) in pids[:1]:
           conn.execute('SELECT pg_terminate_backend(%s)', (pid,))
           self.killed += 1
@@ -313,8 +346,10 @@ def test_a_connection_lost_more_often_than_retries_allow_is_a_clear_error(pg, po
 def _events_table(pg):
   table = pg.table('events')
   pg.execute(f'CREATE TABLE {table} (id int PRIMARY KEY, v text, updated_at timestamptz NOT NULL)')
-  pg.execute(f"INSERT INTO {table} SELECT g, 'v' || g, timestamptz '2024-01-01Z' + g * interval '1 minute' "
-             'FROM generate_series(1, 1000) g')
+  pg.execute(
+    f"INSERT INTO {table} SELECT g, 'v' || g, timestamptz '2024-01-01Z' + g * interval '1 minute' "
+    'FROM generate_series(1, 1000) g'
+  )
   return table
 
 
@@ -328,7 +363,9 @@ def test_incremental_reads_exactly_the_new_and_changed_rows(pg, tmp_path):
   state.commit_cursors(cursors)  # what the batch job's finalize step does
 
   pg.execute(f"UPDATE {table} SET v = 'changed', updated_at = timestamptz '2024-02-01Z' WHERE id IN (5, 500)")
-  pg.execute(f"INSERT INTO {table} VALUES (1001, 'new', timestamptz '2024-02-02Z'), (1002, 'new', timestamptz '2024-02-02Z')")
+  pg.execute(
+    f"INSERT INTO {table} VALUES (1001, 'new', timestamptz '2024-02-02Z'), (1002, 'new', timestamptz '2024-02-02Z')"
+  )
   rows, _, cursors = _read(table, **options)
   assert sorted((r['id'], r['v']) for r in rows) == [(5, 'changed'), (500, 'changed'), (1001, 'new'), (1002, 'new')]
   assert cursors[0]['value'] == '2024-02-02T00:00:00+00:00'
@@ -365,8 +402,14 @@ def test_integer_cursor_with_the_registry_config(pg, tmp_path):
   pg.execute(f'CREATE TABLE {table} (id int8 PRIMARY KEY, v text)')
   pg.execute(f"INSERT INTO {table} SELECT g, 'x' FROM generate_series(1, 50) g")
   store = str(tmp_path / 'state')
-  config = {'type': 'postgres', 'table': table, 'cursor_column': 'id', 'state': store, 'pool_size': 2,
-            'statement_timeout_s': 30}
+  config = {
+    'type': 'postgres',
+    'table': table,
+    'cursor_column': 'id',
+    'state': store,
+    'pool_size': 2,
+    'statement_timeout_s': 30,
+  }
   for run, expected in enumerate((list(range(1, 51)), [], list(range(51, 61)))):
     batches, updates = _Collect(), _Collect()
     with TestPipeline() as p:
@@ -387,6 +430,7 @@ def test_integer_cursor_with_the_registry_config(pg, tmp_path):
 
 def test_batch_job_imports_listening_events_of_two_tenants_incrementally(pg, tmp_path):
   from pipelines.spotify_batch import run
+
   table = pg.table('listening_events')
   pg.execute(f"""CREATE TABLE {table} (event_id text PRIMARY KEY, tenant_id text, user_id text, track_id text,
       played_at timestamptz, ms_played int, country text, skipped bool, updated_at timestamptz)""")
@@ -398,10 +442,25 @@ def test_batch_job_imports_listening_events_of_two_tenants_incrementally(pg, tmp
   pg.execute(f"UPDATE {table} SET ms_played = -1 WHERE event_id = 'ev-7'")  # invalid: a dead letter
   config = tmp_path / 'sources.yaml'
   store = tmp_path / 'state'
-  config.write_text(json.dumps({
-      'entity': 'listening_event', 'output': str(tmp_path / 'lake'), 'keep_pii': True,
-      'sources': [{'type': 'postgres', 'table': table, 'tenant_field': 'tenant_id', 'num_partitions': 3,
-                   'cursor_column': 'updated_at', 'state': str(store)}]}))
+  config.write_text(
+    json.dumps(
+      {
+        'entity': 'listening_event',
+        'output': str(tmp_path / 'lake'),
+        'keep_pii': True,
+        'sources': [
+          {
+            'type': 'postgres',
+            'table': table,
+            'tenant_field': 'tenant_id',
+            'num_partitions': 3,
+            'cursor_column': 'updated_at',
+            'state': str(store),
+          }
+        ],
+      }
+    )
+  )
   manifest = run(['--config', str(config), '--run_id', 'first'])
   counts = manifest['counts']
   assert counts['read'] == 300 and counts['written'] == 299 and counts['dead_letter'] == 1
@@ -417,6 +476,7 @@ def test_batch_job_imports_listening_events_of_two_tenants_incrementally(pg, tmp
 
 def _release_in_another_process(plan_and_options):
   from io_connectors.databases.postgres import _ReleaseSnapshotFn
+
   plan, options = plan_and_options
   _ReleaseSnapshotFn(plan, options).process(1)
 
@@ -426,6 +486,7 @@ def test_a_worker_in_another_process_releases_the_snapshot_by_ending_the_coordin
   # in the launching process that holds the coordinator.
   import multiprocessing
   from io_connectors.databases.postgres import _Planner
+
   pg.execute(f'CREATE TABLE {pg.table("r")} (id int PRIMARY KEY)')
   options = PostgresOptions(url=postgres_url)
   plan, _, _ = _Planner(pg.table('r'), None, options).plan()

@@ -24,6 +24,7 @@ from tests.io_connectors.streams_support import fresh_name, wait_until
 
 PROJECT = 'test-project'
 
+
 class _WriteJsonFn(beam.DoFn):
   """Writes each element to its own JSON file in `directory` (the pipeline runs in threads of this process)."""
 
@@ -48,6 +49,7 @@ def emulator():
     patch.setenv('PUBSUB_EMULATOR_HOST', f'127.0.0.1:{port}')
     patch.setenv('PUBSUB_PROJECT_ID', PROJECT)
     from google.cloud import pubsub_v1
+
     yield pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
 
 
@@ -80,8 +82,10 @@ def test_streaming_read_parses_json_and_dead_letters_bad_payloads(subscription, 
   (tmp_path / 'records').mkdir()
   (tmp_path / 'dead').mkdir()
   good = 60
-  futures = [publisher.publish(topic, json.dumps({'event_id': f'e{i}', 'ms_played': i}).encode(), tenant='acme')
-             for i in range(good)]
+  futures = [
+    publisher.publish(topic, json.dumps({'event_id': f'e{i}', 'ms_played': i}).encode(), tenant='acme')
+    for i in range(good)
+  ]
   futures.append(publisher.publish(topic, b'not json'))
   futures.append(publisher.publish(topic, b'"a string"'))
   futures.append(publisher.publish(topic, b'\xff\xfe'))
@@ -90,10 +94,15 @@ def test_streaming_read_parses_json_and_dead_letters_bad_payloads(subscription, 
   # Not plain DirectRunner: Beam 2.77 hands streaming pipelines to Prism, which lacks Pub/Sub.
   p = beam.Pipeline(runner='BundleBasedDirectRunner', options=PipelineOptions([], streaming=True, project=PROJECT))
   out = p | ReadPubSubJson(PubSubOptions(subscription=sub, attributes_as_columns=['tenant'], batch_size=1000))
-  _ = out.records | 'Rows' >> beam.Map(lambda b: b.to_pylist()) | 'WriteRows' >> beam.ParDo(_WriteJsonFn(tmp_path / 'records'))
+  _ = (
+    out.records
+    | 'Rows' >> beam.Map(lambda b: b.to_pylist())
+    | 'WriteRows' >> beam.ParDo(_WriteJsonFn(tmp_path / 'records'))
+  )
   _ = out.dead_letter | 'WriteDead' >> beam.ParDo(_WriteJsonFn(tmp_path / 'dead'))
   result = p.run()
   try:
+
     def everything_arrived():
       assert not PipelineState.is_terminal(result.state), f'the pipeline stopped: {result.state}'
       rows = [r for rows in _read_all(tmp_path / 'records') for r in rows]
@@ -110,15 +119,18 @@ def test_streaming_read_parses_json_and_dead_letters_bad_payloads(subscription, 
   assert sorted(r['event_id'] for r in rows) == sorted(f'e{i}' for i in range(good))
   assert all(r['tenant'] == 'acme' and r['__source'] == f'pubsub://{sub}' for r in rows)
   assert {r['__row'] for r in rows} == {int(i) for i in message_ids[:good]}
-  assert sorted((d['position'], d['reason']) for d in dead) == sorted([
+  assert sorted((d['position'], d['reason']) for d in dead) == sorted(
+    [
       (f'message {message_ids[-3]}', 'malformed_json'),
       (f'message {message_ids[-2]}', 'malformed_json'),
       (f'message {message_ids[-1]}', 'bad_encoding'),
-  ])
+    ]
+  )
 
 
 def test_check_finds_the_subscription(subscription):
   from io_connectors._common.errors import ConnectorError
+
   _, topic, sub = subscription
   assert ReadPubSubJson(PubSubOptions(subscription=sub)).check() == f'ok: pubsub://{sub} (topic {topic})'
   assert ReadPubSubJson(PubSubOptions(topic=topic)).check() == f'ok: pubsub://{topic}'

@@ -29,8 +29,13 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _env(name):
-  out = subprocess.run(['bash', str(SERVICES_SCRIPT), 'env', 'pulsar'], capture_output=True, text=True, check=True,
-                       stdin=subprocess.DEVNULL).stdout
+  out = subprocess.run(
+    ['bash', str(SERVICES_SCRIPT), 'env', 'pulsar'],
+    capture_output=True,
+    text=True,
+    check=True,
+    stdin=subprocess.DEVNULL,
+  ).stdout
   return next(line.split('=', 1)[1] for line in out.split() if line.startswith(name + '='))
 
 
@@ -46,14 +51,16 @@ def _namespace_ready(admin_url):
 def service_url():
   ensure_service('pulsar')
   # The broker port answers a few seconds before the default namespace exists.
-  wait_until(lambda: _namespace_ready(_env('PULSAR_ADMIN_URL')), timeout=180, interval=0.5,
-             what='the public/default namespace')
+  wait_until(
+    lambda: _namespace_ready(_env('PULSAR_ADMIN_URL')), timeout=180, interval=0.5, what='the public/default namespace'
+  )
   return _env('PULSAR_SERVICE_URL')
 
 
 @pytest.fixture(scope='module')
 def client(service_url):
   import pulsar
+
   c = pulsar.Client(service_url, logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn))
   yield c
   c.close()
@@ -66,9 +73,11 @@ def _topic():
 def _produce(client, topic, payloads):
   """Sends the payloads; returns their message ids, in order (creates the subscription first)."""
   import pulsar
+
   # The subscription exists before the messages, so it holds every one of them.
-  client.subscribe(topic, 'pipeline', consumer_type=pulsar.ConsumerType.Shared,
-                   initial_position=pulsar.InitialPosition.Earliest).close()
+  client.subscribe(
+    topic, 'pipeline', consumer_type=pulsar.ConsumerType.Shared, initial_position=pulsar.InitialPosition.Earliest
+  ).close()
   producer = client.create_producer(topic, batching_enabled=False)
   ids = [producer.send(p) for p in payloads]
   producer.close()
@@ -92,12 +101,15 @@ def test_options_are_checked():
   with pytest.raises(ValueError, match='subscription_type'):
     PulsarOptions(service_url='pulsar://h:6650', topics=['t'], subscription='s', subscription_type='Weird')
   with pytest.raises(ValueError, match='Shared or KeyShared'):
-    PulsarOptions(service_url='pulsar://h:6650', topics=['t'], subscription='s', subscription_type='Exclusive',
-                  readers_per_topic=2)
+    PulsarOptions(
+      service_url='pulsar://h:6650', topics=['t'], subscription='s', subscription_type='Exclusive', readers_per_topic=2
+    )
   with pytest.raises(ValueError, match='10000'):
     PulsarOptions(service_url='pulsar://h:6650', topics=['t'], subscription='s', redeliver_unacked_after_ms=5)
-  assert isinstance(registry.build({'type': 'pulsar', 'service_url': 'pulsar://h:6650', 'topics': ['t'],
-                                    'subscription': 's'}), ReadFromPulsar)
+  assert isinstance(
+    registry.build({'type': 'pulsar', 'service_url': 'pulsar://h:6650', 'topics': ['t'], 'subscription': 's'}),
+    ReadFromPulsar,
+  )
   assert message_row(3, 250, -1) == 3_000_000_250_000
 
 
@@ -105,19 +117,31 @@ def test_reads_every_message_dead_letters_bad_ones_and_acks(service_url, client)
   topic = _topic()
   payloads = _events(250) + [b'not json', b'[1]', b'\xff']
   ids = _produce(client, topic, payloads)
-  options = PulsarOptions(service_url=service_url, topics=[topic], subscription='pipeline', bounded=True,
-                          batch_size=100, poll_seconds=2.0)
+  options = PulsarOptions(
+    service_url=service_url, topics=[topic], subscription='pipeline', bounded=True, batch_size=100, poll_seconds=2.0
+  )
   with beam.Pipeline(runner=FnApiRunner()) as p:
     out = p | ReadFromPulsar(options)
-    rows = out.records | beam.FlatMap(lambda b: zip(b.column('event_id').to_pylist(), b.column('__row').to_pylist(),
-                                                    b.column('__source').to_pylist()))
-    expected = [(f'e{i}', message_row(m.ledger_id(), m.entry_id(), m.batch_index()), f'pulsar://{topic}')
-                for i, m in enumerate(ids[:250])]
+    rows = out.records | beam.FlatMap(
+      lambda b: zip(b.column('event_id').to_pylist(), b.column('__row').to_pylist(), b.column('__source').to_pylist())
+    )
+    expected = [
+      (f'e{i}', message_row(m.ledger_id(), m.entry_id(), m.batch_index()), f'pulsar://{topic}')
+      for i, m in enumerate(ids[:250])
+    ]
     assert_that(rows, equal_to(expected), label='records')
     dead = out.dead_letter | beam.Map(lambda d: (d['reason'], d['position'].split(':')[1]))
-    assert_that(dead, equal_to([('malformed_json', str(ids[250].entry_id())),
-                                ('malformed_json', str(ids[251].entry_id())),
-                                ('bad_encoding', str(ids[252].entry_id()))]), label='dead letters')
+    assert_that(
+      dead,
+      equal_to(
+        [
+          ('malformed_json', str(ids[250].entry_id())),
+          ('malformed_json', str(ids[251].entry_id())),
+          ('bad_encoding', str(ids[252].entry_id())),
+        ]
+      ),
+      label='dead letters',
+    )
   wait_until(lambda: _backlog(_env('PULSAR_ADMIN_URL'), topic) == 0, timeout=30, what='every message acknowledged')
 
 
@@ -173,16 +197,23 @@ def test_a_killed_pipeline_process_loses_nothing_and_writes_nothing_twice(servic
   first.mkdir()
   resumed.mkdir()
   env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-  run = subprocess.run([sys.executable, str(script), service_url, _env('PULSAR_ADMIN_URL'), topic, str(first), 'e350',
-                        '600'], env=env, cwd=REPO_ROOT,
-                       capture_output=True, text=True, timeout=300, check=False)
+  run = subprocess.run(
+    [sys.executable, str(script), service_url, _env('PULSAR_ADMIN_URL'), topic, str(first), 'e350', '600'],
+    env=env,
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
   assert run.returncode == -signal.SIGKILL, run.stderr[-3000:]
   written_first = [e for path in first.glob('*.json') for e in json.loads(path.read_text())]
   assert written_first and 'e350' not in written_first
 
   # The broker redelivers the dead consumer's unacknowledged messages to the next one.
-  options = PulsarOptions(service_url=service_url, topics=[topic], subscription='pipeline', bounded=True,
-                          batch_size=100, poll_seconds=3.0)
+  options = PulsarOptions(
+    service_url=service_url, topics=[topic], subscription='pipeline', bounded=True, batch_size=100, poll_seconds=3.0
+  )
 
   def write(batch):
     events = batch.column('event_id').to_pylist()
@@ -197,6 +228,7 @@ def test_a_killed_pipeline_process_loses_nothing_and_writes_nothing_twice(servic
 
 def test_check_finds_the_topics(service_url):
   from io_connectors._common.errors import ConnectorError
+
   topic = f'persistent://public/default/{fresh_name("checked")}'
   summary = ReadFromPulsar(PulsarOptions(service_url=service_url, topics=[topic], subscription='s')).check()
   assert summary == f'ok: Pulsar {service_url}; {topic} (1 partition(s))'

@@ -91,17 +91,38 @@ def by_key(rows):
 
 
 def test_value_types_map_to_records(tmp_path, client, url, prefix):
-  client.set(prefix + 'json:1', json.dumps({'user': 'Björk 🎵', 'plays': 12, 'score': 0.5, 'premium': True,
-                                            'profile': {'country': 'IS', 'tags': ['art', 'pop']}, 'note': None}))
-  client.set(prefix + 'json:2', json.dumps({'user': '', 'plays': 2**40, 'score': -1.25, 'premium': False,
-                                            'profile': {'country': None, 'tags': []}}))
+  client.set(
+    prefix + 'json:1',
+    json.dumps(
+      {
+        'user': 'Björk 🎵',
+        'plays': 12,
+        'score': 0.5,
+        'premium': True,
+        'profile': {'country': 'IS', 'tags': ['art', 'pop']},
+        'note': None,
+      }
+    ),
+  )
+  client.set(
+    prefix + 'json:2',
+    json.dumps(
+      {'user': '', 'plays': 2**40, 'score': -1.25, 'premium': False, 'profile': {'country': None, 'tags': []}}
+    ),
+  )
   client.hset(prefix + 'hash', mapping={'name': 'Sigur Rós', 'followers': '1000'})
   rows, batches, dead = read(tmp_path, ReadFromRedis(prefix + 'json:*', RedisOptions(url=url)))
   assert dead == []
   records = by_key(rows)
   assert records[prefix + 'json:1'] == {
-      'key': prefix + 'json:1', 'user': 'Björk 🎵', 'plays': 12, 'score': 0.5, 'premium': True,
-      'profile': {'country': 'IS', 'tags': ['art', 'pop']}, 'note': None}
+    'key': prefix + 'json:1',
+    'user': 'Björk 🎵',
+    'plays': 12,
+    'score': 0.5,
+    'premium': True,
+    'profile': {'country': 'IS', 'tags': ['art', 'pop']},
+    'note': None,
+  }
   assert records[prefix + 'json:2']['plays'] == 2**40 and records[prefix + 'json:2']['note'] is None
   schema = batches[0].schema
   assert schema.field('plays').type == pa.int64() and schema.field('score').type == pa.float64()
@@ -164,7 +185,8 @@ def test_parallel_key_batches_read_every_key_exactly_once(tmp_path, client, url,
   client.set('other-prefix-' + prefix, '{"n": -1}')  # does not match
   try:
     rows, batches, dead = read(
-        tmp_path, ReadFromRedis(prefix + '*', RedisOptions(url=url, key_batch_size=128, scan_count=50)))
+      tmp_path, ReadFromRedis(prefix + '*', RedisOptions(url=url, key_batch_size=128, scan_count=50))
+    )
   finally:
     client.delete('other-prefix-' + prefix)
   assert dead == []
@@ -201,8 +223,11 @@ def test_connection_lost_mid_read_rereads_the_batch(tmp_path, client, url, prefi
   port = int(re.search(r'@127\.0\.0\.1:(\d+)/', url).group(1))
   with CuttingProxy(port, cut_after_bytes=100_000) as proxy:
     proxied = url.replace(f':{port}/', f':{proxy.port}/')
-    rows, _, dead = read(tmp_path, ReadFromRedis(prefix + '*', RedisOptions(url=proxied, key_batch_size=400)),
-                         source=f'redis://127.0.0.1:{proxy.port}/0')
+    rows, _, dead = read(
+      tmp_path,
+      ReadFromRedis(prefix + '*', RedisOptions(url=proxied, key_batch_size=400)),
+      source=f'redis://127.0.0.1:{proxy.port}/0',
+    )
     assert proxy.cuts_done == 1
   assert dead == []
   assert sorted(r['n'] for _, r in rows) == list(range(400))
@@ -230,6 +255,7 @@ def test_options_and_registry(monkeypatch, url):
 
 def test_incremental_reads_only_changed_records_until_the_cursor_is_committed(tmp_path, client, url, prefix):
   from io_connectors._common import state
+
   store = str(tmp_path / 'state')
   for i in range(6):
     client.set(f'{prefix}{i}', json.dumps({'n': i, 'updated_at': f'2024-01-01T00:0{i}:00+00:00'}))
@@ -238,8 +264,12 @@ def test_incremental_reads_only_changed_records_until_the_cursor_is_committed(tm
   def load(name, **kwargs):
     out = tmp_path / name
     out.mkdir()
-    rows, _, dead = read(out, ReadFromRedis(prefix + '*', RedisOptions(url=url, cursor_field='updated_at', state=store,
-                                                                       key_batch_size=3, **kwargs)))
+    rows, _, dead = read(
+      out,
+      ReadFromRedis(
+        prefix + '*', RedisOptions(url=url, cursor_field='updated_at', state=store, key_batch_size=3, **kwargs)
+      ),
+    )
     assert dead == []
     with open(out / 'cursors.pkl', 'rb') as f:
       cursors = pickle.load(f)

@@ -26,8 +26,14 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from io_connectors import registry
 from io_connectors.streams import redis_streams
-from io_connectors.streams.redis_streams import (AcknowledgeEntries, ReadFromRedisStreams, RedisStreamsOptions, entry_row,
-                                         position_entry_id, row_entry_id)
+from io_connectors.streams.redis_streams import (
+  AcknowledgeEntries,
+  ReadFromRedisStreams,
+  RedisStreamsOptions,
+  entry_row,
+  position_entry_id,
+  row_entry_id,
+)
 from tests.io_connectors.streams_support import fresh_name, redis_url, wait_until
 from transforms.dead_letter import DEAD_LETTER
 
@@ -83,8 +89,9 @@ def test_options_are_checked_and_url_secret_stays_out_of_repr():
   assert 's3cret' not in repr(options) and 's3cret' not in options.safe_url
   with pytest.raises(registry.ConfigError, match='unknown option'):
     registry.build({'type': 'redis_streams', 'url': 'redis://h', 'streams': ['s'], 'group': 'g', 'bogus': 1})
-  assert isinstance(registry.build({'type': 'redis_streams', 'url': 'redis://h', 'streams': ['s'], 'group': 'g'}),
-                    ReadFromRedisStreams)
+  assert isinstance(
+    registry.build({'type': 'redis_streams', 'url': 'redis://h', 'streams': ['s'], 'group': 'g'}), ReadFromRedisStreams
+  )
 
 
 def test_entry_row_round_trip():
@@ -112,9 +119,15 @@ def test_sink_mode_leaves_entries_pending_until_acknowledged(url, client, stream
 
   _run(read)
   assert client.xpending(stream, 'pipeline')['pending'] == 300  # finalization acknowledged nothing
-  written = ([(f'redis://{stream}', entry_row(i)) for i in ids[:100]] +  # rows written
-             [(f'redis://{stream}', f'entry {ids[100]}'), (f'redis://{stream}', f'row {entry_row(ids[101])}'),
-              ('redis://another-stream', entry_row(ids[102])), ('kafka://t/0', 'offset 3')])
+  written = (
+    [(f'redis://{stream}', entry_row(i)) for i in ids[:100]]  # rows written
+    + [
+      (f'redis://{stream}', f'entry {ids[100]}'),
+      (f'redis://{stream}', f'row {entry_row(ids[101])}'),
+      ('redis://another-stream', entry_row(ids[102])),
+      ('kafka://t/0', 'offset 3'),
+    ]
+  )
   _run(lambda p: p | beam.Create(written) | ReadFromRedisStreams(options).acknowledge_written())
   pending = client.xpending_range(stream, 'pipeline', min='-', max='+', count=1000)
   assert sorted((e['message_id'].decode() for e in pending), key=entry_row) == ids[102:]
@@ -135,15 +148,18 @@ def _left_pending(client, stream, reads):
   ours = f'job-{redis_streams._PROCESS_TOKEN}-{stream}-0'
   for consumer, count in reads:
     client.xreadgroup('pipeline', ours if consumer == 'ours' else consumer, {stream: '>'}, count=count)
-  wait_until(lambda: all(e['time_since_delivered'] >= 300 for e in _pending(client, stream)),
-             what='pending entries idle for 300 ms')
+  wait_until(
+    lambda: all(e['time_since_delivered'] >= 300 for e in _pending(client, stream)),
+    what='pending entries idle for 300 ms',
+  )
   return ours
 
 
 def _read_in_sink_mode(url, stream, expected_event_ids):
   """A bounded read of this process with ack='sink' (reclaims other processes' entries idle for 300 ms)."""
-  options = RedisStreamsOptions(url=url, streams=[stream], group='pipeline', count=50, bounded=True, ack='sink',
-                                consumer='job', min_idle_ms=300)
+  options = RedisStreamsOptions(
+    url=url, streams=[stream], group='pipeline', count=50, bounded=True, ack='sink', consumer='job', min_idle_ms=300
+  )
 
   def read(p):
     events = (p | ReadFromRedisStreams(options)).records | beam.FlatMap(_event_ids)
@@ -175,24 +191,32 @@ def test_sink_mode_finds_a_dead_readers_entries_behind_many_of_its_own(url, clie
 def test_reads_every_entry_dead_letters_malformed_and_acks(url, client, stream):
   ids = _add_events(client, stream, 2300)
   bad = {
-      client.xadd(stream, {'data': 'not json'}).decode(): 'malformed_json',
-      client.xadd(stream, {'data': '[1, 2]'}).decode(): 'malformed_json',
-      client.xadd(stream, {'other': 'x'}).decode(): 'malformed_json',
-      client.xadd(stream, {'data': b'{"event_id": "\xff"}'}).decode(): 'bad_encoding',
+    client.xadd(stream, {'data': 'not json'}).decode(): 'malformed_json',
+    client.xadd(stream, {'data': '[1, 2]'}).decode(): 'malformed_json',
+    client.xadd(stream, {'other': 'x'}).decode(): 'malformed_json',
+    client.xadd(stream, {'data': b'{"event_id": "\xff"}'}).decode(): 'bad_encoding',
   }
   ids += _add_events(client, stream, 10, start=2300)
-  options = RedisStreamsOptions(url=url, streams=[stream], group='pipeline', count=1000, bounded=True,
-                                string_columns=['ms_played'])
+  options = RedisStreamsOptions(
+    url=url, streams=[stream], group='pipeline', count=1000, bounded=True, string_columns=['ms_played']
+  )
 
   def build(p):
     out = p | ReadFromRedisStreams(options)
-    rows = out.records | beam.FlatMap(lambda b: zip(_event_ids(b), b.column('__row').to_pylist(),
-                                                    b.column('__source').to_pylist(), b.column('ms_played').to_pylist()))
+    rows = out.records | beam.FlatMap(
+      lambda b: zip(
+        _event_ids(b),
+        b.column('__row').to_pylist(),
+        b.column('__source').to_pylist(),
+        b.column('ms_played').to_pylist(),
+      )
+    )
     expected = [(f'e{i}', entry_row(entry_id), f'redis://{stream}', str(i)) for i, entry_id in enumerate(ids)]
     assert_that(rows, equal_to(expected), label='records')
     letters = out.dead_letter | beam.Map(lambda d: (d['position'], d['reason'], d['source'], d['stage']))
-    assert_that(letters, equal_to([(f'entry {i}', r, f'redis://{stream}', 'read') for i, r in bad.items()]),
-                label='dead letters')
+    assert_that(
+      letters, equal_to([(f'entry {i}', r, f'redis://{stream}', 'read') for i, r in bad.items()]), label='dead letters'
+    )
     sizes = out.records | beam.Map(lambda b: b.num_rows)
     assert_that(sizes | beam.combiners.Count.Globally(), equal_to([3]), label='batches of at most count')
 
@@ -212,8 +236,10 @@ class _CheckPendingFn(beam.DoFn):
 
   def process(self, batch):
     first = row_entry_id(batch.column('__row')[0].as_py())
-    pending = {e['message_id'].decode() for e in
-               self._client.xpending_range(self._stream, 'pipeline', min='-', max='+', count=100_000)}
+    pending = {
+      e['message_id'].decode()
+      for e in self._client.xpending_range(self._stream, 'pipeline', min='-', max='+', count=100_000)
+    }
     yield first, first in pending
     if self._fail_on is not None and _event_ids(batch)[0] == self._fail_on:
       raise RuntimeError('simulated failure after reading, before the bundle commits')
@@ -235,19 +261,24 @@ def test_entries_are_acked_only_after_the_bundle_is_finalized(url, client, strea
 def test_a_failed_bundle_leaves_its_entries_pending_and_the_next_run_reclaims_them(url, client, stream):
   ids = _add_events(client, stream, 300)
   # The second batch (e100..e199) fails: its bundle never commits.
-  failing = RedisStreamsOptions(url=url, streams=[stream], group='pipeline', count=100, bounded=True,
-                                consumer='first-run')
+  failing = RedisStreamsOptions(
+    url=url, streams=[stream], group='pipeline', count=100, bounded=True, consumer='first-run'
+  )
   with pytest.raises(Exception, match='simulated failure'):
     _run(lambda p: (p | ReadFromRedisStreams(failing)).records | beam.ParDo(_CheckPendingFn(url, stream, 'e100')))
   pending = client.xpending_range(stream, 'pipeline', min='-', max='+', count=1000)
   assert sorted((e['message_id'].decode() for e in pending), key=entry_row) == ids[100:200]  # the first batch was acked
 
   # The next run (another consumer) takes the dead consumer's entries over once idle.
-  wait_until(lambda: all(e['time_since_delivered'] >= 300 for e in
-                         client.xpending_range(stream, 'pipeline', min='-', max='+', count=1000)),
-             what='pending entries idle for 300 ms')
-  resumed = RedisStreamsOptions(url=url, streams=[stream], group='pipeline', count=100, bounded=True,
-                                consumer='second-run', min_idle_ms=300)
+  wait_until(
+    lambda: all(
+      e['time_since_delivered'] >= 300 for e in client.xpending_range(stream, 'pipeline', min='-', max='+', count=1000)
+    ),
+    what='pending entries idle for 300 ms',
+  )
+  resumed = RedisStreamsOptions(
+    url=url, streams=[stream], group='pipeline', count=100, bounded=True, consumer='second-run', min_idle_ms=300
+  )
 
   def build(p):
     events = (p | ReadFromRedisStreams(resumed)).records | beam.FlatMap(_event_ids)
@@ -291,8 +322,15 @@ def test_a_killed_pipeline_process_loses_nothing_and_writes_nothing_twice(url, c
   out_dir.mkdir()
   env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
   # Unbounded reader: only the kill ends it.
-  run = subprocess.run([sys.executable, str(script), url, stream, str(out_dir), 'e400'], env=env, cwd=REPO_ROOT,
-                       capture_output=True, text=True, timeout=300, check=False)
+  run = subprocess.run(
+    [sys.executable, str(script), url, stream, str(out_dir), 'e400'],
+    env=env,
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
   assert run.returncode == -signal.SIGKILL, run.stderr[-3000:]
   written_first = {p.name for p in out_dir.glob('*.json')}
   assert written_first == {f'e{i}.json' for i in range(0, 400, 100)}
@@ -300,11 +338,15 @@ def test_a_killed_pipeline_process_loses_nothing_and_writes_nothing_twice(url, c
   pending = client.xpending(stream, 'pipeline')
   assert pending['pending'] == 100 and pending['consumers'][0]['name'].decode().startswith('doomed')
 
-  wait_until(lambda: all(e['time_since_delivered'] >= 300 for e in
-                         client.xpending_range(stream, 'pipeline', min='-', max='+', count=1000)),
-             what='pending entries idle for 300 ms')
-  resumed = RedisStreamsOptions(url=url, streams=[stream], group='pipeline', count=100, bounded=True,
-                                consumer='resumed', min_idle_ms=300)
+  wait_until(
+    lambda: all(
+      e['time_since_delivered'] >= 300 for e in client.xpending_range(stream, 'pipeline', min='-', max='+', count=1000)
+    ),
+    what='pending entries idle for 300 ms',
+  )
+  resumed = RedisStreamsOptions(
+    url=url, streams=[stream], group='pipeline', count=100, bounded=True, consumer='resumed', min_idle_ms=300
+  )
 
   resumed_dir = tmp_path / 'resumed'
   resumed_dir.mkdir()
@@ -324,12 +366,14 @@ def test_batches_are_stamped_with_their_earliest_event_time(url, client, stream)
   for i, played_at in enumerate(['2024-05-01T10:00:05Z', '2024-05-01T10:00:01Z', '2024-05-01T10:00:09Z']):
     pipe.xadd(stream, {'data': json.dumps({'event_id': f'e{i}', 'played_at': played_at})})
   pipe.execute()
-  options = RedisStreamsOptions(url=url, streams=[stream], group='pipeline', count=10, bounded=True,
-                                event_time_field='played_at')
+  options = RedisStreamsOptions(
+    url=url, streams=[stream], group='pipeline', count=10, bounded=True, event_time_field='played_at'
+  )
 
   def build(p):
     stamps = (p | ReadFromRedisStreams(options)).records | beam.Map(
-        lambda b, t=beam.DoFn.TimestampParam: (b.num_rows, t.to_rfc3339()))
+      lambda b, t=beam.DoFn.TimestampParam: (b.num_rows, t.to_rfc3339())
+    )
     assert_that(stamps, equal_to([(3, '2024-05-01T10:00:01Z')]))
 
   _run(build)
@@ -338,16 +382,21 @@ def test_batches_are_stamped_with_their_earliest_event_time(url, client, stream)
 def test_whole_second_times_stay_text():
   """pyarrow infers a time type from a batch of whole-second ISO times and drops their offset: not here."""
   from io_connectors.streams._messages import messages_to_batch
+
   payloads = [json.dumps({'event_id': f'e{i}', 'played_at': f'2024-01-01T10:00:0{i}Z'}).encode() for i in range(3)]
   batch, dead = messages_to_batch(payloads, [f'entry 1-{i}' for i in range(3)], [1, 2, 3], 'redis://s', 'read')
   assert not dead
-  assert batch.column('played_at').to_pylist() == ['2024-01-01T10:00:00Z', '2024-01-01T10:00:01Z',
-                                                   '2024-01-01T10:00:02Z']
+  assert batch.column('played_at').to_pylist() == [
+    '2024-01-01T10:00:00Z',
+    '2024-01-01T10:00:01Z',
+    '2024-01-01T10:00:02Z',
+  ]
 
 
 def test_a_reader_restriction_is_checkpointed_never_split():
   from apache_beam.io.restriction_trackers import OffsetRange
   from io_connectors.streams._messages import ReadsRestrictionProvider
+
   tracker = ReadsRestrictionProvider().create_tracker(OffsetRange(0, 1000))
   assert tracker.try_claim(0)
   assert tracker.try_split(0.5) is None  # a second reader of the same consumer: refused
@@ -358,6 +407,7 @@ def test_a_reader_restriction_is_checkpointed_never_split():
 def test_outputs_are_never_stamped_behind_the_reported_watermark():
   from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
   from io_connectors.streams._messages import emit_at_watermark
+
   batch = pa.record_batch({'event_id': ['e1']})
   letter = {'reason': 'malformed_json'}
   watermark = ManualWatermarkEstimator(None)
@@ -375,6 +425,7 @@ def test_outputs_are_never_stamped_behind_the_reported_watermark():
 def test_check_looks_at_each_stream(url, client, stream):
   from io_connectors._common.errors import ConnectorError
   from io_connectors._common.masking import mask_url
+
   absent = fresh_name('absent')
   client.xadd(stream, {'data': '{}'})
   summary = ReadFromRedisStreams(RedisStreamsOptions(url=url, streams=[stream, absent], group='g')).check()
@@ -387,5 +438,6 @@ def test_check_looks_at_each_stream(url, client, stream):
   finally:
     client.delete(not_a_stream)
   with pytest.raises(ConnectorError, match='Redis redis://:\\*\\*\\*@127.0.0.1:1/0'):
-    ReadFromRedisStreams(RedisStreamsOptions(url='redis://:Secret-Pw-7@127.0.0.1:1/0', streams=[stream],
-                                             group='g')).check()
+    ReadFromRedisStreams(
+      RedisStreamsOptions(url='redis://:Secret-Pw-7@127.0.0.1:1/0', streams=[stream], group='g')
+    ).check()

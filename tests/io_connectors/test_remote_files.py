@@ -22,8 +22,8 @@ from tests.conftest import pipeline_options
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, strip_internal
 
 ROWS = [
-    {'user_id': 'u1', 'track_id': 't-001', 'ms_played': 1000},
-    {'user_id': 'u2', 'track_id': 't-002', 'ms_played': 2500},
+  {'user_id': 'u1', 'track_id': 't-001', 'ms_played': 1000},
+  {'user_id': 'u2', 'track_id': 't-002', 'ms_played': 2500},
 ]
 COLUMNS = list(ROWS[0])
 
@@ -49,11 +49,13 @@ def _parquet(rows):
 
 def _avro(rows, **writer_args):
   schema = {
-      'type': 'record',
-      'name': 'ListeningEvent',
-      'fields': [{'name': 'user_id', 'type': 'string'},
-                 {'name': 'track_id', 'type': 'string'},
-                 {'name': 'ms_played', 'type': 'long'}],
+    'type': 'record',
+    'name': 'ListeningEvent',
+    'fields': [
+      {'name': 'user_id', 'type': 'string'},
+      {'name': 'track_id', 'type': 'string'},
+      {'name': 'ms_played', 'type': 'long'},
+    ],
   }
   sink = io.BytesIO()
   fastavro.writer(sink, fastavro.parse_schema(schema), rows, **writer_args)
@@ -75,12 +77,12 @@ def _xlsx(rows):
 # CSV and Excel count the header as row 1, the others count records from 1;
 # an Excel row's source names its sheet (openpyxl's first sheet is "Sheet").
 FORMATS = {
-    'csv': (_csv, 2, ''),
-    'jsonl': (_jsonl, 1, ''),
-    'json': (_json, 1, ''),
-    'parquet': (_parquet, 1, ''),
-    'avro': (_avro, 1, ''),
-    'xlsx': (_xlsx, 2, '#Sheet'),
+  'csv': (_csv, 2, ''),
+  'jsonl': (_jsonl, 1, ''),
+  'json': (_json, 1, ''),
+  'parquet': (_parquet, 1, ''),
+  'avro': (_avro, 1, ''),
+  'xlsx': (_xlsx, 2, '#Sheet'),
 }
 
 
@@ -120,8 +122,11 @@ def test_glob_matches_two_files(object_store_env):
   second = object_store_env.upload('daily/2024-01-02.csv', _csv(ROWS[1:]))
   object_store_env.upload('daily/README.md', b'not data\n')
   object_store_env.upload('other/2024-01-03.csv', _csv(ROWS))
-  _read(object_store_env, object_store_env.url('daily/*.csv'),
-        _expected(first, 2, ROWS[:1]) + _expected(second, 2, ROWS[1:]))
+  _read(
+    object_store_env,
+    object_store_env.url('daily/*.csv'),
+    _expected(first, 2, ROWS[:1]) + _expected(second, 2, ROWS[1:]),
+  )
 
 
 def _many_rows(n):
@@ -138,9 +143,11 @@ def _avro_small_blocks(rows):
   return _avro(rows, sync_interval=2000)
 
 
-@pytest.mark.parametrize('extension,make', [('csv', _csv), ('avro', _avro_small_blocks),
-                                            ('parquet', _parquet_small_row_groups)],
-                         ids=['csv', 'avro', 'parquet'])
+@pytest.mark.parametrize(
+  'extension,make',
+  [('csv', _csv), ('avro', _avro_small_blocks), ('parquet', _parquet_small_row_groups)],
+  ids=['csv', 'avro', 'parquet'],
+)
 def test_split_reads_cover_every_row_once(object_store_env, extension, make):
   # Ranges far smaller than the file, so that readers seek into the middle of
   # a remote object and read on past their end.
@@ -161,9 +168,11 @@ def test_split_reads_cover_every_row_once(object_store_env, extension, make):
       raise BeamAssertException('parquet rows are not numbered 1..N')
 
   def provenance_and_ms_played(batch):
-    return zip(batch.column(batch.schema.get_field_index(SOURCE_COLUMN)).to_pylist(),
-               batch.column(batch.schema.get_field_index(ROW_COLUMN)).to_pylist(),
-               batch.column(batch.schema.get_field_index('ms_played')).to_pylist())
+    return zip(
+      batch.column(batch.schema.get_field_index(SOURCE_COLUMN)).to_pylist(),
+      batch.column(batch.schema.get_field_index(ROW_COLUMN)).to_pylist(),
+      batch.column(batch.schema.get_field_index('ms_played')).to_pylist(),
+    )
 
   with TestPipeline(options=pipeline_options(object_store_env.beam_args)) as p:
     outputs = p | ReadFromFiles(url, options=FileOptions(split_size_bytes=4096, batch_size=500))
@@ -177,5 +186,8 @@ def test_unreadable_remote_file_is_one_dead_letter(object_store_env):
   with TestPipeline(options=pipeline_options(object_store_env.beam_args)) as p:
     outputs = p | ReadFromFiles(object_store_env.url('mixed/*'))
     assert_that(outputs.records | beam.FlatMap(_rows_with_provenance), equal_to(_expected(good, 1)))
-    assert_that(outputs.dead_letter | beam.Map(lambda d: (d['source'], d['reason'], d['count'])),
-                equal_to([(bad, 'corrupt_file', 1)]), label='OneDeadLetter')
+    assert_that(
+      outputs.dead_letter | beam.Map(lambda d: (d['source'], d['reason'], d['count'])),
+      equal_to([(bad, 'corrupt_file', 1)]),
+      label='OneDeadLetter',
+    )

@@ -20,13 +20,21 @@ def _flaky(failures):
     if len(calls) <= len(failures):
       raise failures[len(calls) - 1]
     return 'done'
+
   return fn, calls
 
 
 def _call(fn, max_retries=3, **kwargs):
   kwargs.setdefault('transient', lambda e: isinstance(e, ConnectionError))
-  return call_with_retries(fn, max_retries=max_retries, backoff=Backoff(first_delay_s=0.001), what='GET at http://h',
-                           explain=lambda e: Explained(f'explained: {e}'), reason=lambda e: type(e).__name__, **kwargs)
+  return call_with_retries(
+    fn,
+    max_retries=max_retries,
+    backoff=Backoff(first_delay_s=0.001),
+    what='GET at http://h',
+    explain=lambda e: Explained(f'explained: {e}'),
+    reason=lambda e: type(e).__name__,
+    **kwargs,
+  )
 
 
 def test_transient_failures_are_retried_until_the_call_succeeds(caplog):
@@ -35,8 +43,9 @@ def test_transient_failures_are_retried_until_the_call_succeeds(caplog):
     assert _call(fn) == 'done'
   assert len(calls) == 3
   assert [r.getMessage() for r in caplog.records] == [
-      'GET at http://h failed (ConnectionError); retry 1/3 in 0.0s',
-      'GET at http://h failed (ConnectionError); retry 2/3 in 0.0s']
+    'GET at http://h failed (ConnectionError); retry 1/3 in 0.0s',
+    'GET at http://h failed (ConnectionError); retry 2/3 in 0.0s',
+  ]
 
 
 def test_the_last_failure_is_explained_without_its_cause():

@@ -59,8 +59,9 @@ def make_index(client):
       body['mappings'] = mappings
     client.indices.create(index=name, body=body)
     created.append(name)
-    helpers.bulk(client, ({'_index': name, '_id': doc_id, '_source': doc} for doc_id, doc in docs), refresh=True,
-                 chunk_size=2000)
+    helpers.bulk(
+      client, ({'_index': name, '_id': doc_id, '_source': doc} for doc_id, doc in docs), refresh=True, chunk_size=2000
+    )
     return name
 
   yield make
@@ -104,13 +105,40 @@ def _open_pits(client):
 
 def test_types_nested_unicode_and_nulls(tmp_path, url, make_index):
   docs = [
-      ('a', {'title': 'Déjà vu 🎵', 'plays': 12, 'score': 0.5, 'explicit': True, 'released': '2024-06-01T12:00:00+02:00',
-             'artist': {'name': 'Zoë', 'followers': 3}, 'genres': ['pop', 'indie'], 'notes': None, 'day': '2024-03-05'}),
-      ('b', {'title': '夜に駆ける', 'plays': 7, 'score': 1, 'explicit': False, 'released': '2020-01-01T00:00:00Z',
-             'artist': {'name': None, 'followers': 1}, 'genres': [], 'extra': 'only here', 'day': 1700000000000}),
+    (
+      'a',
+      {
+        'title': 'Déjà vu 🎵',
+        'plays': 12,
+        'score': 0.5,
+        'explicit': True,
+        'released': '2024-06-01T12:00:00+02:00',
+        'artist': {'name': 'Zoë', 'followers': 3},
+        'genres': ['pop', 'indie'],
+        'notes': None,
+        'day': '2024-03-05',
+      },
+    ),
+    (
+      'b',
+      {
+        'title': '夜に駆ける',
+        'plays': 7,
+        'score': 1,
+        'explicit': False,
+        'released': '2020-01-01T00:00:00Z',
+        'artist': {'name': None, 'followers': 1},
+        'genres': [],
+        'extra': 'only here',
+        'day': 1700000000000,
+      },
+    ),
   ]
-  index = make_index(docs, shards=2, mappings={'properties': {'score': {'type': 'float'}, 'released': {'type': 'date'},
-                                                               'day': {'type': 'date'}}})
+  index = make_index(
+    docs,
+    shards=2,
+    mappings={'properties': {'score': {'type': 'float'}, 'released': {'type': 'date'}, 'day': {'type': 'date'}}},
+  )
   batches, dead = read(tmp_path, ReadFromSearch(index, options=SearchOptions(url=url, slices=1)))
   assert dead == []
   by_id = {record['_id']: record for _, _, record in rows_of(batches)}
@@ -148,12 +176,14 @@ def test_hits_to_batch_keeps_mixed_types_as_json_text():
 
 @pytest.mark.parametrize('method', ['scroll', 'pit'])
 def test_slices_read_every_document_once(tmp_path, url, client, make_index, method):
-  docs = [(f'id-{i:05d}', {'doc_id': f'id-{i:05d}', 'n': i, 'tenant_id': 'acme' if i % 3 else 'beatbox'})
-          for i in range(2500)]
+  docs = [
+    (f'id-{i:05d}', {'doc_id': f'id-{i:05d}', 'n': i, 'tenant_id': 'acme' if i % 3 else 'beatbox'}) for i in range(2500)
+  ]
   index = make_index(docs, shards=3, mappings={'properties': {'doc_id': {'type': 'keyword'}}})
   pits_before = len(_open_pits(client))
-  options = SearchOptions(url=url, method=method, tiebreaker='doc_id' if method == 'pit' else None, slices=4,
-                          page_size=300)
+  options = SearchOptions(
+    url=url, method=method, tiebreaker='doc_id' if method == 'pit' else None, slices=4, page_size=300
+  )
   batches, dead = read(tmp_path, ReadFromSearch(index, options=options))
   assert dead == []
   rows = rows_of(batches)
@@ -184,14 +214,19 @@ def test_query_filters_documents(tmp_path, url, make_index):
 def test_pit_sees_one_point_in_time(url, client, make_index):
   """Documents indexed after the point in time opened are not read by any slice."""
   from io_connectors.databases.search import _Client, _ReadSliceFn, _Slice
-  index = make_index([(str(i), {'doc_id': str(i)}) for i in range(20)], shards=2,
-                     mappings={'properties': {'doc_id': {'type': 'keyword'}}})
+
+  index = make_index(
+    [(str(i), {'doc_id': str(i)}) for i in range(20)],
+    shards=2,
+    mappings={'properties': {'doc_id': {'type': 'keyword'}}},
+  )
   options = SearchOptions(url=url, method='pit', tiebreaker='doc_id', slices=2, page_size=7)
   coordinator = _Client(options)
   pit_id = coordinator.open_pit(index)
   try:
-    helpers.bulk(client, ({'_index': index, '_id': f'new{i}', '_source': {'doc_id': f'new{i}'}} for i in range(5)),
-                 refresh=True)
+    helpers.bulk(
+      client, ({'_index': index, '_id': f'new{i}', '_source': {'doc_id': f'new{i}'}} for i in range(5)), refresh=True
+    )
     fn = _ReadSliceFn(None, options)
     fn.setup()
     ids = []
@@ -275,30 +310,37 @@ def test_registry(url, monkeypatch):
 def test_batch_pipeline_reads_listening_events_of_two_tenants(tmp_path, url, make_index, monkeypatch):
   import pyarrow.parquet as pq
   from pipelines import spotify_batch
+
   docs = []
   for i in range(60):
-    docs.append((f'ev-{i:04d}', {
-        'event_id': f'ev-{i:04d}',
-        'tenant_id': 'acme' if i % 3 else 'beatbox',
-        'user_id': f'user{i % 9}',
-        'track_id': '4iV5W9uYEdYUVa79Axb7Rh',
-        'played_at': f'2024-05-01T12:{i:02d}:00+00:00',
-        'ms_played': 1000 * i,
-        'country': 'SE',
-        'platform': 'ios',
-        'skipped': i % 2 == 0,
-    }))
+    docs.append(
+      (
+        f'ev-{i:04d}',
+        {
+          'event_id': f'ev-{i:04d}',
+          'tenant_id': 'acme' if i % 3 else 'beatbox',
+          'user_id': f'user{i % 9}',
+          'track_id': '4iV5W9uYEdYUVa79Axb7Rh',
+          'played_at': f'2024-05-01T12:{i:02d}:00+00:00',
+          'ms_played': 1000 * i,
+          'country': 'SE',
+          'platform': 'ios',
+          'skipped': i % 2 == 0,
+        },
+      )
+    )
   docs.append(('ev-bad', dict(docs[0][1], event_id='ev-bad', ms_played=-5)))  # fails validation
   index = make_index(docs, shards=2)
   monkeypatch.setenv('OPENSEARCH_URL', url)
   config = tmp_path / 'sources.yaml'
   config.write_text(
-      'entity: listening_event\n'
-      'keep_pii: true\n'
-      'sources:\n'
-      f'  - type: opensearch\n    index: {index}\n    slices: 3\n    id_column: null\n'
-      '    tenant_field: tenant_id\n',
-      encoding='utf-8')
+    'entity: listening_event\n'
+    'keep_pii: true\n'
+    'sources:\n'
+    f'  - type: opensearch\n    index: {index}\n    slices: 3\n    id_column: null\n'
+    '    tenant_field: tenant_id\n',
+    encoding='utf-8',
+  )
   out = tmp_path / 'lake'
   manifest = spotify_batch.run(['--config', str(config), '--output', str(out)])
   counts = manifest['counts']
@@ -311,7 +353,8 @@ def test_batch_pipeline_reads_listening_events_of_two_tenants(tmp_path, url, mak
   written = pa.concat_tables([pq.read_table(p) for p in (out / 'data' / 'tenant=acme').glob('*.parquet')])
   assert written.num_rows == 40
   assert sorted(written.column('event_id').to_pylist()) == sorted(
-      doc_id for doc_id, doc in docs[:60] if doc['tenant_id'] == 'acme')
+    doc_id for doc_id, doc in docs[:60] if doc['tenant_id'] == 'acme'
+  )
 
 
 def _read_with_cursors(tmp_path, transform):
@@ -327,14 +370,19 @@ def _read_with_cursors(tmp_path, transform):
 
 
 @pytest.mark.parametrize('cursor', ['updated_at', 'version'])
-def test_incremental_reads_new_and_changed_documents_and_rereads_after_a_failed_run(tmp_path, url, client, make_index,
-                                                                                     cursor):
+def test_incremental_reads_new_and_changed_documents_and_rereads_after_a_failed_run(
+  tmp_path, url, client, make_index, cursor
+):
   from io_connectors._common import state
 
   def doc(i, minute):
     return {'updated_at': f'2024-05-01T12:{minute:02d}:00+02:00', 'version': minute * 10, 'n': i}
-  index = make_index([(str(i), doc(i, i)) for i in range(10)], shards=2,
-                     mappings={'properties': {'updated_at': {'type': 'date'}, 'version': {'type': 'long'}}})
+
+  index = make_index(
+    [(str(i), doc(i, i)) for i in range(10)],
+    shards=2,
+    mappings={'properties': {'updated_at': {'type': 'date'}, 'version': {'type': 'long'}}},
+  )
   store = str(tmp_path / 'state')
   options = SearchOptions(url=url, slices=2, cursor_field=cursor, state=store, tenant='acme')
   first, cursors = _read_with_cursors(tmp_path, ReadFromSearch(index, options=options))
@@ -356,8 +404,9 @@ def test_incremental_reads_new_and_changed_documents_and_rereads_after_a_failed_
   lag = 60 if cursor == 'updated_at' else 10
   lagged, _ = _read_with_cursors(tmp_path, ReadFromSearch(index, options=dataclasses.replace(options, lag=lag)))
   assert lagged == ['11']
-  everything, _ = _read_with_cursors(tmp_path, ReadFromSearch(index, options=dataclasses.replace(options,
-                                                                                                  full_refresh=True)))
+  everything, _ = _read_with_cursors(
+    tmp_path, ReadFromSearch(index, options=dataclasses.replace(options, full_refresh=True))
+  )
   assert len(everything) == 12
 
 
@@ -368,6 +417,7 @@ class _FlakyProxy:
     import http.server
     import threading
     import urllib.request
+
     self.fail_on = fail_on  # (path substring, request number among those matching)
     self.seen = 0
     self.dropped = 0
@@ -388,8 +438,12 @@ class _FlakyProxy:
             self.close_connection = True
             self.connection.close()
             return
-        request = urllib.request.Request(target + self.path, data=body or None, method=self.command,
-                                         headers={'Content-Type': self.headers.get('Content-Type', 'application/json')})
+        request = urllib.request.Request(
+          target + self.path,
+          data=body or None,
+          method=self.command,
+          headers={'Content-Type': self.headers.get('Content-Type', 'application/json')},
+        )
         try:
           with urllib.request.urlopen(request, timeout=60) as response:
             status, payload, kind = response.status, response.read(), response.headers.get('Content-Type')
@@ -418,8 +472,9 @@ def test_connection_lost_mid_read_is_retried_with_point_in_time(tmp_path, url, m
   index = make_index(docs, shards=2, mappings={'properties': {'doc_id': {'type': 'keyword'}}})
   proxy = _FlakyProxy(url, ('/_search', 3))  # the third page request of the read
   try:
-    options = SearchOptions(url=proxy.url, method='pit', tiebreaker='doc_id', slices=1, page_size=50,
-                            retry_backoff_s=0.05)
+    options = SearchOptions(
+      url=proxy.url, method='pit', tiebreaker='doc_id', slices=1, page_size=50, retry_backoff_s=0.05
+    )
     batches, _ = read(tmp_path, ReadFromSearch(index, options=options))
   finally:
     proxy.close()

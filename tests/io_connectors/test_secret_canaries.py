@@ -34,45 +34,111 @@ def _configs():
   c = _canary
   url = lambda name, scheme: f'{scheme}://user:{c(name, "url")}@127.0.0.1:1/db'
   rest_resource = lambda name: {
-      'name': 'things', 'base_url': 'http://127.0.0.1:1', 'path': '/things', 'record_path': 'data',
-      'headers': {'X-Api-Key': c(name, 'header')}, 'params': {'api_key': c(name, 'param')},
-      'auth': {'type': 'bearer', 'token': c(name, 'token')}}
+    'name': 'things',
+    'base_url': 'http://127.0.0.1:1',
+    'path': '/things',
+    'record_path': 'data',
+    'headers': {'X-Api-Key': c(name, 'header')},
+    'params': {'api_key': c(name, 'param')},
+    'auth': {'type': 'bearer', 'token': c(name, 'token')},
+  }
   files = lambda name: ({'input': f'gs://bucket/in/*.{name}?token={c(name, "signed")}', 'tenant_id': 'acme'}, {})
   return {
-      'avro': files('avro'), 'csv': files('csv'), 'excel': files('excel'), 'files': files('files'),
-      'json': files('json'), 'jsonl': files('jsonl'), 'parquet': files('parquet'),
-      'clickhouse': ({'url': url('clickhouse', 'http'), 'password': c('clickhouse', 'password'), 'table': 't',
-                      'tenant_id': 'acme'}, {}),
-      'elasticsearch': ({'url': url('elasticsearch', 'http'), 'password': c('elasticsearch', 'password'),
-                         'api_key': c('elasticsearch', 'api_key'), 'index': 'i', 'tenant_id': 'acme'}, {}),
-      'opensearch': ({'url': url('opensearch', 'http'), 'password': c('opensearch', 'password'), 'index': 'i',
-                      'tenant_id': 'acme'}, {}),
-      'postgres': ({'url': url('postgres', 'postgresql'), 'table': 'plays', 'tenant_id': 'acme'}, {}),
-      'mongodb': ({'url': url('mongodb', 'mongodb'), 'collection': 'plays', 'tenant_id': 'acme'}, {}),
-      'redis': ({'url': url('redis', 'redis'), 'pattern': 'k:*', 'tenant_id': 'acme'}, {}),
-      'redis_streams': ({'url': url('redis_streams', 'redis'), 'streams': ['s'], 'group': 'g'}, {}),
-      'kafka': ({'bootstrap_servers': '127.0.0.1:1', 'topics': ['t'], 'group_id': 'g',
-                 'security_protocol': 'SASL_SSL', 'sasl_mechanism': 'PLAIN', 'sasl_username': 'u',
-                 'sasl_password': c('kafka', 'sasl_password')}, {}),
-      'eventhubs': ({'bootstrap_servers': 'ns.servicebus.windows.net:9093', 'topics': ['t'], 'group_id': 'g',
-                     'event_hubs_connection_string': 'Endpoint=sb://ns/;SharedAccessKeyName=k;SharedAccessKey='
-                                                     + c('eventhubs', 'connection_string')}, {}),
-      'pulsar': ({'service_url': url('pulsar', 'pulsar'), 'topics': ['t'], 'subscription': 's',
-                  'token_env': 'CANARY_PULSAR_TOKEN'}, {'CANARY_PULSAR_TOKEN': c('pulsar', 'token')}),
-      'pubsub': ({'subscription': 'projects/p/subscriptions/s'}, {}),
-      'websocket': ({'url': f'wss://127.0.0.1:1/feed?key={c("websocket", "url")}',
-                     'headers': {'Authorization': 'Bearer ' + c('websocket', 'header')},
-                     'subscribe_message': json.dumps({'auth': c('websocket', 'subscribe')})}, {}),
-      'rest': ({'resource': rest_resource('rest'), 'params': [{}]}, {}),
-      'social': ({'resource': 'twitter.recent_search_mentions', 'params': [{'query': 'q'}]},
-                 {'TWITTER_BEARER_TOKEN': c('social', 'token')}),
-      'spotify': ({'resource': 'recently_played', 'client_id': 'id', 'client_secret': c('spotify', 'client_secret'),
-                   'refresh_token': c('spotify', 'refresh_token')}, {}),
-      'lastfm': ({'resource': 'recent_tracks', 'users': ['rj']},
-                 {'LASTFM_API_KEY': c('lastfm', 'api_key'), 'LASTFM_API_SECRET': c('lastfm', 'api_secret'),
-                  'LASTFM_SESSION_KEY': c('lastfm', 'session_key')}),
-      'soundcloud': ({'resource': 'tracks', 'user_ids': [1]},
-                     {'SOUNDCLOUD_CLIENT_ID': 'id', 'SOUNDCLOUD_CLIENT_SECRET': c('soundcloud', 'client_secret')}),
+    'avro': files('avro'),
+    'csv': files('csv'),
+    'excel': files('excel'),
+    'files': files('files'),
+    'json': files('json'),
+    'jsonl': files('jsonl'),
+    'parquet': files('parquet'),
+    'clickhouse': (
+      {'url': url('clickhouse', 'http'), 'password': c('clickhouse', 'password'), 'table': 't', 'tenant_id': 'acme'},
+      {},
+    ),
+    'elasticsearch': (
+      {
+        'url': url('elasticsearch', 'http'),
+        'password': c('elasticsearch', 'password'),
+        'api_key': c('elasticsearch', 'api_key'),
+        'index': 'i',
+        'tenant_id': 'acme',
+      },
+      {},
+    ),
+    'opensearch': (
+      {'url': url('opensearch', 'http'), 'password': c('opensearch', 'password'), 'index': 'i', 'tenant_id': 'acme'},
+      {},
+    ),
+    'postgres': ({'url': url('postgres', 'postgresql'), 'table': 'plays', 'tenant_id': 'acme'}, {}),
+    'mongodb': ({'url': url('mongodb', 'mongodb'), 'collection': 'plays', 'tenant_id': 'acme'}, {}),
+    'redis': ({'url': url('redis', 'redis'), 'pattern': 'k:*', 'tenant_id': 'acme'}, {}),
+    'redis_streams': ({'url': url('redis_streams', 'redis'), 'streams': ['s'], 'group': 'g'}, {}),
+    'kafka': (
+      {
+        'bootstrap_servers': '127.0.0.1:1',
+        'topics': ['t'],
+        'group_id': 'g',
+        'security_protocol': 'SASL_SSL',
+        'sasl_mechanism': 'PLAIN',
+        'sasl_username': 'u',
+        'sasl_password': c('kafka', 'sasl_password'),
+      },
+      {},
+    ),
+    'eventhubs': (
+      {
+        'bootstrap_servers': 'ns.servicebus.windows.net:9093',
+        'topics': ['t'],
+        'group_id': 'g',
+        'event_hubs_connection_string': 'Endpoint=sb://ns/;SharedAccessKeyName=k;SharedAccessKey='
+        + c('eventhubs', 'connection_string'),
+      },
+      {},
+    ),
+    'pulsar': (
+      {
+        'service_url': url('pulsar', 'pulsar'),
+        'topics': ['t'],
+        'subscription': 's',
+        'token_env': 'CANARY_PULSAR_TOKEN',
+      },
+      {'CANARY_PULSAR_TOKEN': c('pulsar', 'token')},
+    ),
+    'pubsub': ({'subscription': 'projects/p/subscriptions/s'}, {}),
+    'websocket': (
+      {
+        'url': f'wss://127.0.0.1:1/feed?key={c("websocket", "url")}',
+        'headers': {'Authorization': 'Bearer ' + c('websocket', 'header')},
+        'subscribe_message': json.dumps({'auth': c('websocket', 'subscribe')}),
+      },
+      {},
+    ),
+    'rest': ({'resource': rest_resource('rest'), 'params': [{}]}, {}),
+    'social': (
+      {'resource': 'twitter.recent_search_mentions', 'params': [{'query': 'q'}]},
+      {'TWITTER_BEARER_TOKEN': c('social', 'token')},
+    ),
+    'spotify': (
+      {
+        'resource': 'recently_played',
+        'client_id': 'id',
+        'client_secret': c('spotify', 'client_secret'),
+        'refresh_token': c('spotify', 'refresh_token'),
+      },
+      {},
+    ),
+    'lastfm': (
+      {'resource': 'recent_tracks', 'users': ['rj']},
+      {
+        'LASTFM_API_KEY': c('lastfm', 'api_key'),
+        'LASTFM_API_SECRET': c('lastfm', 'api_secret'),
+        'LASTFM_SESSION_KEY': c('lastfm', 'session_key'),
+      },
+    ),
+    'soundcloud': (
+      {'resource': 'tracks', 'user_ids': [1]},
+      {'SOUNDCLOUD_CLIENT_ID': 'id', 'SOUNDCLOUD_CLIENT_SECRET': c('soundcloud', 'client_secret')},
+    ),
   }
 
 
@@ -143,9 +209,19 @@ def test_no_canary_in_repr_display_data_errors_logs_or_manifest(name, monkeypatc
 
 class _Things(http.server.BaseHTTPRequestHandler):
   """Serves {"data": [...]} to any request (the canaries are its credentials)."""
+
   protocol_version = 'HTTP/1.1'
-  rows = [{'event_id': f'e{i}', 'user_id': f'u{i}', 'track_id': f'4uLU6hMCjMI75M1A2tKU{i:02d}', 'tenant': 'acme',
-           'played_at': '2024-03-01T12:00:00Z', 'ms_played': 1000 + i} for i in range(5)]
+  rows = [
+    {
+      'event_id': f'e{i}',
+      'user_id': f'u{i}',
+      'track_id': f'4uLU6hMCjMI75M1A2tKU{i:02d}',
+      'tenant': 'acme',
+      'played_at': '2024-03-01T12:00:00Z',
+      'ms_played': 1000 + i,
+    }
+    for i in range(5)
+  ]
 
   def log_message(self, *args):
     pass
@@ -162,18 +238,36 @@ class _Things(http.server.BaseHTTPRequestHandler):
 def test_a_batch_run_with_canary_credentials_writes_them_nowhere(tmp_path, monkeypatch, caplog, capfd):
   import yaml
   from pipelines.spotify_batch import run
+
   server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _Things)
   threading.Thread(target=server.serve_forever, daemon=True).start()
   try:
     monkeypatch.setenv('PII_MASTER_KEY', 'ab' * 32)
     caplog.set_level(logging.DEBUG)
-    resource = {'name': 'things', 'base_url': f'http://127.0.0.1:{server.server_port}', 'path': '/things',
-                'record_path': 'data', 'headers': {'X-Api-Key': _canary('run', 'header')},
-                'params': {'api_key': _canary('run', 'param')}, 'auth': {'type': 'bearer', 'token': _canary('run', 'token')},
-                'allowed_hosts': ['127.0.0.1']}
-    config = {'output': str(tmp_path / 'lake'), 'entity': 'listening_event', 'keep_pii': True,
-              'sources': [{'type': 'rest', 'resource': resource, 'params': [{}], 'tenant_field': 'tenant',
-                           'allow_private_addresses': True}]}
+    resource = {
+      'name': 'things',
+      'base_url': f'http://127.0.0.1:{server.server_port}',
+      'path': '/things',
+      'record_path': 'data',
+      'headers': {'X-Api-Key': _canary('run', 'header')},
+      'params': {'api_key': _canary('run', 'param')},
+      'auth': {'type': 'bearer', 'token': _canary('run', 'token')},
+      'allowed_hosts': ['127.0.0.1'],
+    }
+    config = {
+      'output': str(tmp_path / 'lake'),
+      'entity': 'listening_event',
+      'keep_pii': True,
+      'sources': [
+        {
+          'type': 'rest',
+          'resource': resource,
+          'params': [{}],
+          'tenant_field': 'tenant',
+          'allow_private_addresses': True,
+        }
+      ],
+    }
     (tmp_path / 'run.yaml').write_text(yaml.safe_dump(config))
     manifest = run(['--config', str(tmp_path / 'run.yaml'), '--run_id', 'canary'])
   finally:
@@ -190,8 +284,10 @@ def test_a_batch_run_with_canary_credentials_writes_them_nowhere(tmp_path, monke
   assert not leaks, f'secrets leaked: {leaks}'
 
 
-_SECRET_FIELD = re.compile(r'(^|_)(url|uri|password|secret|token|api_key|headers|params|auth|credentials|'
-                           r'connection_string)$')
+_SECRET_FIELD = re.compile(
+  r'(^|_)(url|uri|password|secret|token|api_key|headers|params|auth|credentials|'
+  r'connection_string)$'
+)
 # Public endpoints and lists of key names: no secret in them.
 _PUBLIC_FIELDS = frozenset(('base_url', 'api_url', 'token_url', 'include_params'))
 
@@ -200,12 +296,16 @@ def test_every_secret_field_of_an_option_or_auth_class_is_left_out_of_repr():
   """Dataclass fields named like secrets (or holding URLs, headers, params) have repr=False, in every connector."""
   registry.names()  # imports every connector module
   import io_connectors.apis.http.auth  # noqa: F401  (imports the auth classes for the check below)
+
   shown = []
   for module_name, module in sorted(sys.modules.items()):
     if not module_name.startswith('io_connectors.') or module is None:
       continue
     for cls in vars(module).values():
       if isinstance(cls, type) and dataclasses.is_dataclass(cls) and cls.__module__ == module_name:
-        shown += [f'{module_name}.{cls.__name__}.{f.name}' for f in dataclasses.fields(cls)
-                  if f.repr and _SECRET_FIELD.search(f.name) and f.name not in _PUBLIC_FIELDS and not f.name.endswith('_env')]
+        shown += [
+          f'{module_name}.{cls.__name__}.{f.name}'
+          for f in dataclasses.fields(cls)
+          if f.repr and _SECRET_FIELD.search(f.name) and f.name not in _PUBLIC_FIELDS and not f.name.endswith('_env')
+        ]
   assert not shown, f'shown by repr(): {shown}'

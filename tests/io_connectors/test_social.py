@@ -20,8 +20,11 @@ from tests.io_connectors.api_fakes import InstagramFake, TikTokFake, TwitterFake
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN
 
 # The fakes listen on 127.0.0.1: private addresses are allowed explicitly.
-FAST = RestOptions(retry=RetryPolicy(backoff_base=0.02, backoff_max=0.2, max_retry_after=2.0, timeout=30),
-                   concurrency=4, allow_private_addresses=True)
+FAST = RestOptions(
+  retry=RetryPolicy(backoff_base=0.02, backoff_max=0.2, max_retry_after=2.0, timeout=30),
+  concurrency=4,
+  allow_private_addresses=True,
+)
 
 
 def _rows(records):
@@ -61,20 +64,33 @@ def tiktok(monkeypatch):
 
 
 def _tweets(n, term='Daft Punk', start=0):
-  return [{
+  return [
+    {
       'id': str(10**18 + start + i),
       'text': f'listening to {term} again #{i}',
       'author_id': str(5000 + i),
       'created_at': '2024-03-01T12:00:00.000Z',
-      'public_metrics': {'retweet_count': i, 'reply_count': 2, 'like_count': 3 * i, 'quote_count': 0,
-                         'impression_count': 100 + i},
-  } for i in range(n)]
+      'public_metrics': {
+        'retweet_count': i,
+        'reply_count': 2,
+        'like_count': 3 * i,
+        'quote_count': 0,
+        'impression_count': 100 + i,
+      },
+    }
+    for i in range(n)
+  ]
 
 
 def test_bundled_resources_load_and_describe_themselves(twitter, instagram, tiktok):
   names = resources()
-  assert set(names) == {'twitter.recent_search_mentions', 'instagram.hashtag_search', 'instagram.hashtag_recent_media',
-                        'instagram.tagged_media', 'tiktok.video_mentions'}
+  assert set(names) == {
+    'twitter.recent_search_mentions',
+    'instagram.hashtag_search',
+    'instagram.hashtag_recent_media',
+    'instagram.tagged_media',
+    'tiktok.video_mentions',
+  }
   assert all(names.values())
   for name in names:
     resource = load_resource(name)
@@ -89,8 +105,10 @@ def test_twitter_recent_search_pages_to_the_end_through_429_and_5xx(twitter):
   twitter.tweets = _tweets(250) + _tweets(30, term='Other Band', start=1000)
   twitter.inject('/2/tweets/search/recent', 'rate_limit')
   twitter.inject('/2/tweets/search/recent', 'http', 503)
-  params = [{'query': '"Daft Punk" -is:retweet', 'subject': 'Daft Punk', 'subject_type': 'artist'},
-            {'query': '"Other Band"', 'subject': 'Other Band', 'subject_type': 'artist'}]
+  params = [
+    {'query': '"Daft Punk" -is:retweet', 'subject': 'Daft Punk', 'subject_type': 'artist'},
+    {'query': '"Other Band"', 'subject': 'Other Band', 'subject_type': 'artist'},
+  ]
 
   def check_columns(rows):
     daft = [r for r in rows if r['subject'] == 'Daft Punk']
@@ -105,8 +123,9 @@ def test_twitter_recent_search_pages_to_the_end_through_429_and_5xx(twitter):
     assert {r[ROW_COLUMN] for r in rows} <= set(range(1, 101))
 
   with TestPipeline() as p:
-    out = p | ReadFromSocial('twitter.recent_search_mentions', params, overrides={'base_url': twitter.url},
-                             options=FAST)
+    out = p | ReadFromSocial(
+      'twitter.recent_search_mentions', params, overrides={'base_url': twitter.url}, options=FAST
+    )
     assert_that(_rows(out.records), _check(280, check_columns), label='records')
     assert_that(out.dead_letter, _check(0), label='no dead letters')
   served = twitter.served('/2/tweets/search/recent')
@@ -115,15 +134,18 @@ def test_twitter_recent_search_pages_to_the_end_through_429_and_5xx(twitter):
   # 3 + 1 pages, plus the 429 and the 503 that were retried.
   assert len(served) == 6
   assert sorted(r['params'].get('next_token', '') for r in served if 'Daft' in r['params']['query'])[-2:] == [
-      'nt100', 'nt200']
+    'nt100',
+    'nt200',
+  ]
 
 
 def test_twitter_bad_token_is_a_dead_letter_with_the_masked_request(twitter, monkeypatch):
   monkeypatch.setenv('TWITTER_BEARER_TOKEN', 'wrong-token-123456')
   twitter.tweets = _tweets(5)
   with TestPipeline() as p:
-    out = p | ReadFromSocial('twitter.recent_search_mentions', [{'query': 'Daft Punk'}],
-                             overrides={'base_url': twitter.url}, options=FAST)
+    out = p | ReadFromSocial(
+      'twitter.recent_search_mentions', [{'query': 'Daft Punk'}], overrides={'base_url': twitter.url}, options=FAST
+    )
     assert_that(_rows(out.records), _check(0), label='records')
 
     def check_letters(letters):
@@ -137,7 +159,8 @@ def test_twitter_bad_token_is_a_dead_letter_with_the_masked_request(twitter, mon
 
 
 def _media(n, prefix='m'):
-  return [{
+  return [
+    {
       'id': f'{prefix}{i:05d}',
       'caption': f'new single from the artist #{i}',
       'like_count': i,
@@ -146,7 +169,9 @@ def _media(n, prefix='m'):
       'media_type': 'IMAGE',
       'permalink': f'https://www.instagram.com/p/{prefix}{i}/',
       'username': f'fan{i}',
-  } for i in range(n)]
+    }
+    for i in range(n)
+  ]
 
 
 def test_instagram_tagged_media_cursor_paging_and_token_masking(instagram):
@@ -162,8 +187,10 @@ def test_instagram_tagged_media_cursor_paging_and_token_masking(instagram):
     assert row['platform'] == 'instagram' and row['subject'] == 'Artist A'
     assert all(InstagramFake.ACCESS_TOKEN not in r[SOURCE_COLUMN] for r in rows)
 
-  params = [{'ig_user_id': '1784001', 'subject': 'Artist A', 'subject_type': 'artist'},
-            {'ig_user_id': '1784002', 'subject': 'Artist B', 'subject_type': 'artist'}]
+  params = [
+    {'ig_user_id': '1784001', 'subject': 'Artist A', 'subject_type': 'artist'},
+    {'ig_user_id': '1784002', 'subject': 'Artist B', 'subject_type': 'artist'},
+  ]
   with TestPipeline() as p:
     out = p | ReadFromSocial('instagram.tagged_media', params, overrides={'base_url': instagram.url}, options=FAST)
     assert_that(_rows(out.records), _check(127, check), label='records')
@@ -178,15 +205,24 @@ def test_instagram_hashtag_search_then_recent_media(instagram):
   instagram.hashtags['daftpunk'] = '17843853986012965'
   instagram.media['17843853986012965'] = _media(60)
   with TestPipeline() as p:
-    ids = p | 'Search' >> ReadFromSocial('instagram.hashtag_search', [{'ig_user_id': '1784001', 'hashtag': 'daftpunk'}],
-                                         overrides={'base_url': instagram.url}, options=FAST)
-    assert_that(_rows(ids.records) | beam.Map(lambda r: (r['hashtag'], r['hashtag_id'])),
-                lambda got: got == [('daftpunk', '17843853986012965')] or pytest.fail(str(got)), label='ids')
+    ids = p | 'Search' >> ReadFromSocial(
+      'instagram.hashtag_search',
+      [{'ig_user_id': '1784001', 'hashtag': 'daftpunk'}],
+      overrides={'base_url': instagram.url},
+      options=FAST,
+    )
+    assert_that(
+      _rows(ids.records) | beam.Map(lambda r: (r['hashtag'], r['hashtag_id'])),
+      lambda got: got == [('daftpunk', '17843853986012965')] or pytest.fail(str(got)),
+      label='ids',
+    )
   with TestPipeline() as p:
-    out = p | ReadFromSocial('instagram.hashtag_recent_media', [{'ig_user_id': '1784001',
-                                                                 'hashtag_id': '17843853986012965',
-                                                                 'subject': 'Daft Punk'}],
-                             overrides={'base_url': instagram.url}, options=FAST)
+    out = p | ReadFromSocial(
+      'instagram.hashtag_recent_media',
+      [{'ig_user_id': '1784001', 'hashtag_id': '17843853986012965', 'subject': 'Daft Punk'}],
+      overrides={'base_url': instagram.url},
+      options=FAST,
+    )
     assert_that(_rows(out.records), _check(60), label='media')
 
 
@@ -194,8 +230,9 @@ def test_instagram_invalid_token_dead_letter_masks_it(instagram, monkeypatch):
   monkeypatch.setenv('INSTAGRAM_ACCESS_TOKEN', 'EAAB-not-valid-42')
   instagram.media['1784001'] = _media(3)
   with TestPipeline() as p:
-    out = p | ReadFromSocial('instagram.tagged_media', [{'ig_user_id': '1784001'}],
-                             overrides={'base_url': instagram.url}, options=FAST)
+    out = p | ReadFromSocial(
+      'instagram.tagged_media', [{'ig_user_id': '1784001'}], overrides={'base_url': instagram.url}, options=FAST
+    )
 
     def check(letters):
       assert len(letters) == 1
@@ -208,7 +245,8 @@ def test_instagram_invalid_token_dead_letter_masks_it(instagram, monkeypatch):
 
 
 def _videos(n, term='daft punk'):
-  return [{
+  return [
+    {
       'id': 7300000000000000000 + i,
       'video_description': f'dancing to {term} #{i}',
       'create_time': 1714000000 + i,
@@ -218,14 +256,23 @@ def _videos(n, term='daft punk'):
       'share_count': 2,
       'view_count': 1000 + i,
       'hashtag_names': ['music', 'dance'],
-  } for i in range(n)]
+    }
+    for i in range(n)
+  ]
 
 
 def test_tiktok_body_cursor_search_id_token_and_malformed_page(tiktok):
   tiktok.videos = _videos(230) + _videos(5, term='other band')
   tiktok.inject('/v2/research/video/query/', 'rate_limit')
-  params = [{'keyword': 'daft punk', 'start_date': '20240401', 'end_date': '20240430', 'subject': 'Daft Punk',
-             'subject_type': 'artist'}]
+  params = [
+    {
+      'keyword': 'daft punk',
+      'start_date': '20240401',
+      'end_date': '20240430',
+      'subject': 'Daft Punk',
+      'subject_type': 'artist',
+    }
+  ]
 
   def check(rows):
     assert len({r['post_id'] for r in rows}) == 230
@@ -234,9 +281,12 @@ def test_tiktok_body_cursor_search_id_token_and_malformed_page(tiktok):
     assert row['platform'] == 'tiktok' and row['view_count'] == 1000 and row['hashtags'] == ['music', 'dance']
 
   with TestPipeline() as p:
-    out = p | ReadFromSocial('tiktok.video_mentions', params,
-                             overrides={'base_url': tiktok.url, 'auth': {'token_url': f'{tiktok.url}/v2/oauth/token/'}},
-                             options=FAST)
+    out = p | ReadFromSocial(
+      'tiktok.video_mentions',
+      params,
+      overrides={'base_url': tiktok.url, 'auth': {'token_url': f'{tiktok.url}/v2/oauth/token/'}},
+      options=FAST,
+    )
     assert_that(_rows(out.records), _check(230, check), label='records')
     assert_that(out.dead_letter, _check(0), label='none')
   queries = [json.loads(r['body']) for r in tiktok.served('/v2/research/video/query/') if r['body']]
@@ -249,9 +299,12 @@ def test_tiktok_body_cursor_search_id_token_and_malformed_page(tiktok):
   tiktok.requests.clear()
   tiktok.inject('/v2/research/video/query/', 'malformed')
   with TestPipeline() as p:
-    out = p | ReadFromSocial('tiktok.video_mentions', params,
-                             overrides={'base_url': tiktok.url, 'auth': {'token_url': f'{tiktok.url}/v2/oauth/token/'}},
-                             options=FAST)
+    out = p | ReadFromSocial(
+      'tiktok.video_mentions',
+      params,
+      overrides={'base_url': tiktok.url, 'auth': {'token_url': f'{tiktok.url}/v2/oauth/token/'}},
+      options=FAST,
+    )
 
     def check_letter(letters):
       assert len(letters) == 1
@@ -274,9 +327,17 @@ def test_body_cursor_paginator_stops_without_has_more_or_on_a_repeated_cursor():
 
 def test_registry_builds_social_sources_and_reports_config_mistakes(twitter, monkeypatch):
   twitter.tweets = _tweets(12)
-  transform = registry.build({'type': 'social', 'resource': 'twitter.recent_search_mentions',
-                              'params': [{'query': 'Daft Punk'}], 'overrides': {'base_url': twitter.url},
-                              'concurrency': 2, 'retry': {'backoff_base': 0.01}, 'allow_private_addresses': True})
+  transform = registry.build(
+    {
+      'type': 'social',
+      'resource': 'twitter.recent_search_mentions',
+      'params': [{'query': 'Daft Punk'}],
+      'overrides': {'base_url': twitter.url},
+      'concurrency': 2,
+      'retry': {'backoff_base': 0.01},
+      'allow_private_addresses': True,
+    }
+  )
   with TestPipeline() as p:
     out = p | transform
     assert_that(_rows(out.records), _check(12))
@@ -296,7 +357,11 @@ def test_twitter_search_that_finds_nothing_is_empty_not_a_dead_letter(twitter):
   # X leaves `data` out of an empty answer (only meta.result_count: 0).
   twitter.tweets = _tweets(5)
   with TestPipeline() as p:
-    out = p | ReadFromSocial('twitter.recent_search_mentions', [{'query': '"Nobody Plays This"'}, {'query': '"Daft Punk"'}],
-                             overrides={'base_url': twitter.url}, options=FAST)
+    out = p | ReadFromSocial(
+      'twitter.recent_search_mentions',
+      [{'query': '"Nobody Plays This"'}, {'query': '"Daft Punk"'}],
+      overrides={'base_url': twitter.url},
+      options=FAST,
+    )
     assert_that(_rows(out.records), _check(5), label='records')
     assert_that(out.dead_letter, _check(0), label='no dead letters')

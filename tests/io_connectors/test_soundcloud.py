@@ -28,12 +28,22 @@ def soundcloud(monkeypatch):
 
 
 def _options(fake, resource, user_ids, **kwargs):
-  return SoundCloudOptions(resource=resource, user_ids=user_ids, base_url=fake.url, token_url=f'{fake.url}/oauth/token',
-                           retry=FAST_RETRY, rate=None, concurrency=4, allow_private_addresses=True, **kwargs)
+  return SoundCloudOptions(
+    resource=resource,
+    user_ids=user_ids,
+    base_url=fake.url,
+    token_url=f'{fake.url}/oauth/token',
+    retry=FAST_RETRY,
+    rate=None,
+    concurrency=4,
+    allow_private_addresses=True,
+    **kwargs,
+  )
 
 
 def _tracks(user_id, n):
-  return [{
+  return [
+    {
       'id': user_id * 10000 + i,
       'kind': 'track',
       'title': f'Track {i}',
@@ -48,7 +58,9 @@ def _tracks(user_id, n):
       'permalink_url': f'https://soundcloud.com/a/t{i}',
       'user': {'id': user_id, 'username': f'artist{user_id}', 'kind': 'user'},
       'publisher_metadata': {'isrc': f'USAB1240{i:04d}'} if i % 2 else None,
-  } for i in range(n)]
+    }
+    for i in range(n)
+  ]
 
 
 def _rows(records, label='Rows'):
@@ -85,14 +97,32 @@ def test_tracks_follow_next_href_to_the_end_with_token_refresh_and_429(soundclou
 
 
 def test_user_profile_and_playlists_engagement(soundcloud):
-  soundcloud.users[3207] = {'id': 3207, 'username': 'artist', 'followers_count': 12000, 'followings_count': 10,
-                            'track_count': 450, 'playlist_count': 3, 'public_favorites_count': 77,
-                            'reposts_count': 5, 'permalink_url': 'https://soundcloud.com/artist'}
-  soundcloud.playlists[3207] = [{
-      'id': 900 + i, 'title': f'Set {i}', 'created_at': '2023/12/31 23:59:59 +0000', 'duration': 3600000,
-      'track_count': 2, 'likes_count': i, 'reposts_count': 0, 'user': {'id': 3207},
-      'tracks': [{'id': 1}, {'id': 2}], 'permalink_url': 'https://soundcloud.com/artist/sets/x'
-  } for i in range(3)]
+  soundcloud.users[3207] = {
+    'id': 3207,
+    'username': 'artist',
+    'followers_count': 12000,
+    'followings_count': 10,
+    'track_count': 450,
+    'playlist_count': 3,
+    'public_favorites_count': 77,
+    'reposts_count': 5,
+    'permalink_url': 'https://soundcloud.com/artist',
+  }
+  soundcloud.playlists[3207] = [
+    {
+      'id': 900 + i,
+      'title': f'Set {i}',
+      'created_at': '2023/12/31 23:59:59 +0000',
+      'duration': 3600000,
+      'track_count': 2,
+      'likes_count': i,
+      'reposts_count': 0,
+      'user': {'id': 3207},
+      'tracks': [{'id': 1}, {'id': 2}],
+      'permalink_url': 'https://soundcloud.com/artist/sets/x',
+    }
+    for i in range(3)
+  ]
   with TestPipeline() as p:
     users = p | 'Users' >> ReadFromSoundCloud(_options(soundcloud, 'user', [3207]))
     lists = p | 'Lists' >> ReadFromSoundCloud(_options(soundcloud, 'playlists', [3207], page_size=2))

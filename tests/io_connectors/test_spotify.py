@@ -25,8 +25,9 @@ def _options(fake, **kw) -> SpotifyOptions:
   kw.setdefault('rate', None)
   kw.setdefault('retry', FAST)
   # The fake listens on 127.0.0.1: private addresses are allowed explicitly.
-  return SpotifyOptions(api_url=fake.api_url, token_url=fake.token_url, allow_private_addresses=True,
-                        **{**CLIENT, **kw})
+  return SpotifyOptions(
+    api_url=fake.api_url, token_url=fake.token_url, allow_private_addresses=True, **{**CLIENT, **kw}
+  )
 
 
 def _rows(batches):
@@ -50,29 +51,31 @@ def _token(fake, grant='client_credentials'):
   if grant == 'refresh_token':
     form['refresh_token'] = fake.refresh_token
   return requests.post(fake.token_url, data=form, auth=(fake.client_id, fake.client_secret), timeout=10).json()[
-      'access_token']
+    'access_token'
+  ]
 
 
 # Every response object the connector reads, and the spec path that describes it.
 _READ_PATHS = [
-    ('/tracks', '/tracks?ids={t0},{t1}&market=SE', 'client_credentials'),
-    ('/audio-features', '/audio-features?ids={t0},{t1}', 'client_credentials'),
-    ('/artists', '/artists?ids={t0}', 'client_credentials'),
-    ('/albums', '/albums?ids={t0}', 'client_credentials'),
-    ('/albums/{id}/tracks', '/albums/{t0}/tracks?offset=100&limit=50', 'client_credentials'),
-    ('/playlists/{playlist_id}', '/playlists/{t0}', 'client_credentials'),
-    ('/playlists/{playlist_id}/items', '/playlists/{t0}/items?offset=50&limit=50', 'client_credentials'),
-    ('/me/player/recently-played', '/me/player/recently-played?limit=50', 'refresh_token'),
-    ('/me/tracks', '/me/tracks?offset=0&limit=50', 'refresh_token'),
-    ('/search', '/search?q=abba&type=track&offset=50&limit=50', 'client_credentials'),
+  ('/tracks', '/tracks?ids={t0},{t1}&market=SE', 'client_credentials'),
+  ('/audio-features', '/audio-features?ids={t0},{t1}', 'client_credentials'),
+  ('/artists', '/artists?ids={t0}', 'client_credentials'),
+  ('/albums', '/albums?ids={t0}', 'client_credentials'),
+  ('/albums/{id}/tracks', '/albums/{t0}/tracks?offset=100&limit=50', 'client_credentials'),
+  ('/playlists/{playlist_id}', '/playlists/{t0}', 'client_credentials'),
+  ('/playlists/{playlist_id}/items', '/playlists/{t0}/items?offset=50&limit=50', 'client_credentials'),
+  ('/me/player/recently-played', '/me/player/recently-played?limit=50', 'refresh_token'),
+  ('/me/tracks', '/me/tracks?offset=0&limit=50', 'refresh_token'),
+  ('/search', '/search?q=abba&type=track&offset=50&limit=50', 'client_credentials'),
 ]
 
 
 @pytest.mark.parametrize('spec_path,url,grant', _READ_PATHS, ids=[p[0] for p in _READ_PATHS])
 def test_fake_responses_follow_the_openapi_spec(fake_spotify, spotify_spec, spec_path, url, grant):
   url = url.format(t0=spotify_id('t', 0), t1=spotify_id('t', 1))
-  response = requests.get(fake_spotify.api_url + url, headers={'Authorization': f'Bearer {_token(fake_spotify, grant)}'},
-                          timeout=10)
+  response = requests.get(
+    fake_spotify.api_url + url, headers={'Authorization': f'Bearer {_token(fake_spotify, grant)}'}, timeout=10
+  )
   assert response.status_code == 200, response.text
   body = response.json()
   validator = OAS30Validator(response_schema(spotify_spec, spec_path))
@@ -94,8 +97,12 @@ def test_fake_checks_auth(fake_spotify):
   bad = requests.post(fake_spotify.token_url, data={'grant_type': 'client_credentials'}, auth=('x', 'y'), timeout=10)
   assert bad.status_code == 400
   app_token = _token(fake_spotify)
-  assert requests.get(f'{fake_spotify.api_url}/me/tracks', headers={'Authorization': f'Bearer {app_token}'},
-                      timeout=10).status_code == 403
+  assert (
+    requests.get(
+      f'{fake_spotify.api_url}/me/tracks', headers={'Authorization': f'Bearer {app_token}'}, timeout=10
+    ).status_code
+    == 403
+  )
 
 
 def test_ids_resources_batch_to_the_api_maximum_and_validate(fake_spotify):
@@ -107,14 +114,20 @@ def test_ids_resources_batch_to_the_api_maximum_and_validate(fake_spotify):
     features = p | 'Features' >> ReadFromSpotify(_options(fake_spotify, resource='audio_features', ids=ids))
     artists = p | 'Artists' >> ReadFromSpotify(_options(fake_spotify, resource='artists', ids=ids[:60]))
     albums = p | 'Albums' >> ReadFromSpotify(_options(fake_spotify, resource='albums', ids=ids[:45]))
-    for name, out, entity, expected in (('tracks', tracks, 'track', 229), ('features', features, 'audio_features', 229),
-                                        ('artists', artists, 'artist', 59)):
+    for name, out, entity, expected in (
+      ('tracks', tracks, 'track', 229),
+      ('features', features, 'audio_features', 229),
+      ('artists', artists, 'artist', 59),
+    ):
       valid = out.records | f'Validate {name}' >> Validate(entity)
       assert_that(valid.records, _count(expected), label=f'{name} valid')
       assert_that(valid.dead_letter, _no_letters, label=f'{name} invalid')
     assert_that(albums.records, _count(44), label='albums')
-    assert_that(tracks.records | beam.FlatMap(lambda b: b.column('market').to_pylist()) | beam.Distinct(),
-                equal_to(['SE']), label='market')
+    assert_that(
+      tracks.records | beam.FlatMap(lambda b: b.column('market').to_pylist()) | beam.Distinct(),
+      equal_to(['SE']),
+      label='market',
+    )
 
     def one_missing(letters):
       assert len(letters) == 1, letters
@@ -138,13 +151,18 @@ def test_paged_resources_read_to_the_end(fake_spotify):
   with TestPipeline() as p:
     album_tracks = p | 'AlbumTracks' >> ReadFromSpotify(_options(fake_spotify, resource='album_tracks', ids=albums))
     playlist = p | 'Playlists' >> ReadFromSpotify(_options(fake_spotify, resource='playlists', ids=playlists))
-    items = p | 'Items' >> ReadFromSpotify(_options(fake_spotify, resource='playlist_items', ids=playlists,
-                                                    market='DE'))
+    items = p | 'Items' >> ReadFromSpotify(
+      _options(fake_spotify, resource='playlist_items', ids=playlists, market='DE')
+    )
     saved = p | 'Saved' >> ReadFromSpotify(_options(fake_spotify, resource='saved_tracks', **USER))
     search = p | 'Search' >> ReadFromSpotify(_options(fake_spotify, resource='search', queries=['abba', 'queen']))
-    for name, out, entity, expected in (('album_tracks', album_tracks, 'track', 240),
-                                        ('playlists', playlist, 'playlist', 2), ('items', items, 'track', 150),
-                                        ('saved', saved, 'track', 60), ('search', search, 'track', 140)):
+    for name, out, entity, expected in (
+      ('album_tracks', album_tracks, 'track', 240),
+      ('playlists', playlist, 'playlist', 2),
+      ('items', items, 'track', 150),
+      ('saved', saved, 'track', 60),
+      ('search', search, 'track', 140),
+    ):
       valid = out.records | f'Validate {name}' >> Validate(entity)
       assert_that(valid.records, _count(expected), label=f'{name} valid')
       assert_that(valid.dead_letter, _no_letters, label=f'{name} invalid')
@@ -155,8 +173,11 @@ def test_paged_resources_read_to_the_end(fake_spotify):
       assert len({r['id'] for r in _rows(batches)}) == 240  # no page read twice
 
     assert_that(album_tracks.records, album_ids, label='album ids')
-  offsets = sorted(int(e['query']['offset']) for e in fake_spotify.log if e['path'].endswith('/tracks')
-                   and e['path'].startswith('/v1/albums/'))
+  offsets = sorted(
+    int(e['query']['offset'])
+    for e in fake_spotify.log
+    if e['path'].endswith('/tracks') and e['path'].startswith('/v1/albums/')
+  )
   assert offsets == [0, 0, 50, 50, 100, 100]
 
 
@@ -182,6 +203,7 @@ def test_recently_played_pages_back_with_before_cursors(fake_spotify):
 def test_a_restarted_job_uses_the_rotated_refresh_token(fake_spotify, tmp_path, with_store):
   """Spotify may rotate refresh tokens; a second run configured with the first token must still read."""
   from io_connectors.apis.http import auth as auth_module
+
   fake_spotify.rotate_refresh_tokens = True
   store = str(tmp_path / 'tokens') if with_store else None
   for run in range(2):
@@ -203,25 +225,31 @@ def test_a_restarted_job_uses_the_rotated_refresh_token(fake_spotify, tmp_path, 
 
 def test_recently_played_incremental_after_and_cursor_output(fake_spotify, tmp_path):
   from io_connectors._common import state
+
   start = fake_spotify.play_time(60)  # read the 60 plays after this one
   store = str(tmp_path / 'state')
   newest = fake_spotify.play_time(0).strftime('%Y-%m-%dT%H:%M:%S.000Z')
   with TestPipeline() as p:
-    out = p | ReadFromSpotify(_options(fake_spotify, resource='recently_played', after=start.isoformat(),
-                                       state_store=store, limit=25, **USER))
+    out = p | ReadFromSpotify(
+      _options(fake_spotify, resource='recently_played', after=start.isoformat(), state_store=store, limit=25, **USER)
+    )
     assert isinstance(out, IncrementalOutputs)
     assert_that(out.records, _count(60))
     assert_that(out.dead_letter, _no_letters, label='letters')
-    assert_that(out.cursors, equal_to([{'store': store, 'key': 'spotify/recently_played/user-1', 'value': newest}]),
-                label='cursor')
+    assert_that(
+      out.cursors,
+      equal_to([{'store': store, 'key': 'spotify/recently_played/user-1', 'value': newest}]),
+      label='cursor',
+    )
   queries = [e['query'] for e in fake_spotify.log if e['path'] == '/v1/me/player/recently-played']
   assert queries[0]['after'] == str(int(start.timestamp() * 1000)) and len(queries) == 4  # 25 + 25 + 10 + empty
   # Once committed, the next run starts after the newest play: nothing new.
   state.commit_cursors([{'store': store, 'key': 'spotify/recently_played/user-1', 'value': newest}])
   fake_spotify.log.clear()
   with TestPipeline() as p:
-    out = p | ReadFromSpotify(_options(fake_spotify, resource='recently_played', after=start.isoformat(),
-                                       state_store=store, **USER))
+    out = p | ReadFromSpotify(
+      _options(fake_spotify, resource='recently_played', after=start.isoformat(), state_store=store, **USER)
+    )
     assert_that(out.records, _count(0))
   assert fake_spotify.log[-1]['query']['after'] == str(int(fake_spotify.play_time(0).timestamp() * 1000))
 
@@ -297,8 +325,9 @@ def test_malformed_and_failing_responses_are_dead_lettered_with_their_request(fa
 def test_hosts_outside_the_allow_list_are_refused(fake_spotify):
   ids = [spotify_id('t', n) for n in range(60)]
   with TestPipeline() as p:
-    out = p | ReadFromSpotify(_options(fake_spotify, resource='tracks', ids=ids,
-                                       allowed_hosts=['api.spotify.com', 'accounts.spotify.com']))
+    out = p | ReadFromSpotify(
+      _options(fake_spotify, resource='tracks', ids=ids, allowed_hosts=['api.spotify.com', 'accounts.spotify.com'])
+    )
 
     def refused(letters):
       assert len(letters) == 2 and all('allow-list' in l['detail'] for l in letters), letters
@@ -330,8 +359,18 @@ def test_registry_and_options(monkeypatch):
   monkeypatch.delenv('SPOTIFY_CLIENT_SECRET')
   with pytest.raises(registry.ConfigError, match='SPOTIFY_CLIENT_SECRET'):
     registry.build({'type': 'spotify', 'resource': 'tracks', 'ids': ['x']})
-  assert set(RESOURCES) == {'tracks', 'audio_features', 'artists', 'albums', 'album_tracks', 'playlists',
-                            'playlist_items', 'recently_played', 'saved_tracks', 'search'}
+  assert set(RESOURCES) == {
+    'tracks',
+    'audio_features',
+    'artists',
+    'albums',
+    'album_tracks',
+    'playlists',
+    'playlist_items',
+    'recently_played',
+    'saved_tracks',
+    'search',
+  }
 
 
 def test_batch_job_reads_spotify_plays_for_two_tenants(fake_spotify, tmp_path, monkeypatch):
@@ -339,19 +378,28 @@ def test_batch_job_reads_spotify_plays_for_two_tenants(fake_spotify, tmp_path, m
   import pyarrow.parquet as pq
   import yaml
   from pipelines.spotify_batch import run
+
   monkeypatch.setenv('PII_MASTER_KEY', 'cd' * 32)
   monkeypatch.setenv('SPOTIFY_CLIENT_ID', CLIENT['client_id'])
   monkeypatch.setenv('SPOTIFY_CLIENT_SECRET', CLIENT['client_secret'])
   monkeypatch.setenv('SPOTIFY_REFRESH_TOKEN', USER['refresh_token'])
   fake_spotify.fault_rate = 0.1
-  source = {'type': 'spotify', 'resource': 'recently_played', 'api_url': fake_spotify.api_url,
-            'token_url': fake_spotify.token_url, 'rate': None, 'allow_private_addresses': True,
-            'retry': {'backoff_base': 0.02, 'backoff_max': 0.2, 'max_attempts': 6}}
+  source = {
+    'type': 'spotify',
+    'resource': 'recently_played',
+    'api_url': fake_spotify.api_url,
+    'token_url': fake_spotify.token_url,
+    'rate': None,
+    'allow_private_addresses': True,
+    'retry': {'backoff_base': 0.02, 'backoff_max': 0.2, 'max_attempts': 6},
+  }
   config = {
-      'output': str(tmp_path / 'lake'),
-      'entity': 'listening_event',
-      'sources': [dict(source, user='listener-a', tenant_id='acme'),
-                  dict(source, user='listener-b', tenant_id='beatbox', after=fake_spotify.play_time(20).isoformat())],
+    'output': str(tmp_path / 'lake'),
+    'entity': 'listening_event',
+    'sources': [
+      dict(source, user='listener-a', tenant_id='acme'),
+      dict(source, user='listener-b', tenant_id='beatbox', after=fake_spotify.play_time(20).isoformat()),
+    ],
   }
   config_path = tmp_path / 'spotify.yaml'
   config_path.write_text(yaml.safe_dump(config))

@@ -17,13 +17,15 @@ def _round_trip(store):
   acme = state.cursor_key('postgres', 'acme', 'db/public.plays')
   beatbox = state.cursor_key('postgres', 'beatbox', 'db/public.plays')
   assert state.load_cursor(store, acme) is None
-  state.commit_cursors([
+  state.commit_cursors(
+    [
       {'store': store, 'key': acme, 'value': '2024-06-01T00:00:00+00:00'},
       # Several updates for one key (one per split, say): the largest wins.
       {'store': store, 'key': acme, 'value': '2024-06-03T00:00:00+00:00'},
       {'store': store, 'key': acme, 'value': '2024-06-02T00:00:00+00:00'},
       {'store': store, 'key': beatbox, 'value': 41},
-  ])
+    ]
+  )
   assert state.load_cursor(store, acme) == '2024-06-03T00:00:00+00:00'
   assert state.load_cursor(store, beatbox) == 41
   state.commit_cursors([{'store': store, 'key': beatbox, 'value': 42}])

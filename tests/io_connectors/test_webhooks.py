@@ -35,22 +35,58 @@ def _free_port() -> int:
 class Receiver:
   """A receiver process and a client for it."""
 
-  def __init__(self, tmp_path: pathlib.Path, redis_port: int, prefix: str, extra_args=(), max_body_bytes=4096,
-               with_metrics_token=True):
+  def __init__(
+    self,
+    tmp_path: pathlib.Path,
+    redis_port: int,
+    prefix: str,
+    extra_args=(),
+    max_body_bytes=4096,
+    with_metrics_token=True,
+  ):
     self.port = _free_port()
     self.prefix = prefix
     self.log_path = tmp_path / 'webhooks.log'
-    env = dict(os.environ, WH_SECRET_SC=SECRETS['soundcloud'], WH_SECRET_LF=SECRETS['lastfm'],
-               REDIS_PASSWORD=REDIS_PASSWORD, PYTHONPATH=str(REPO_ROOT), WEBHOOK_METRICS_TOKEN=METRICS_TOKEN)
+    env = dict(
+      os.environ,
+      WH_SECRET_SC=SECRETS['soundcloud'],
+      WH_SECRET_LF=SECRETS['lastfm'],
+      REDIS_PASSWORD=REDIS_PASSWORD,
+      PYTHONPATH=str(REPO_ROOT),
+      WEBHOOK_METRICS_TOKEN=METRICS_TOKEN,
+    )
     if not with_metrics_token:
       env.pop('WEBHOOK_METRICS_TOKEN')
     self._log = open(self.log_path, 'wb')
     self.process = subprocess.Popen(
-        [sys.executable, '-m', 'io_connectors.streams.webhooks', '--port', str(self.port),
-         '--redis_url', f'redis://127.0.0.1:{redis_port}/0', '--source', 'soundcloud=WH_SECRET_SC',
-         '--source', 'lastfm=WH_SECRET_LF', '--tolerance_seconds', str(TOLERANCE), '--max_body_bytes', str(max_body_bytes),
-         '--body_timeout_seconds', str(BODY_TIMEOUT), '--stream_prefix', prefix, *extra_args],
-        cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+      [
+        sys.executable,
+        '-m',
+        'io_connectors.streams.webhooks',
+        '--port',
+        str(self.port),
+        '--redis_url',
+        f'redis://127.0.0.1:{redis_port}/0',
+        '--source',
+        'soundcloud=WH_SECRET_SC',
+        '--source',
+        'lastfm=WH_SECRET_LF',
+        '--tolerance_seconds',
+        str(TOLERANCE),
+        '--max_body_bytes',
+        str(max_body_bytes),
+        '--body_timeout_seconds',
+        str(BODY_TIMEOUT),
+        '--stream_prefix',
+        prefix,
+        *extra_args,
+      ],
+      cwd=REPO_ROOT,
+      env=env,
+      stdout=self._log,
+      stderr=subprocess.STDOUT,
+      stdin=subprocess.DEVNULL,
+    )
     self.client = httpx.Client(base_url=f'http://127.0.0.1:{self.port}', timeout=30)
     deadline = time.monotonic() + 60
     while True:
@@ -64,18 +100,28 @@ class Receiver:
           raise
         time.sleep(0.1)
 
-  def post(self, source, event, secret=None, timestamp=None, delivery_id=None, body=None,
-           content_type='application/json',
-           signature=None, drop=(), version='v2'):
+  def post(
+    self,
+    source,
+    event,
+    secret=None,
+    timestamp=None,
+    delivery_id=None,
+    body=None,
+    content_type='application/json',
+    signature=None,
+    drop=(),
+    version='v2',
+  ):
     body = json.dumps(event).encode() if body is None else body
     timestamp = str(int(time.time())) if timestamp is None else timestamp
     delivery_id = delivery_id or uuid.uuid4().hex
     headers = {
-        'Content-Type': content_type,
-        'X-Timestamp': timestamp,
-        'X-Delivery-Id': delivery_id,
-        'X-Signature': signature or sign(secret or SECRETS.get(source, 'x'), timestamp, body,
-                                         delivery_id if version == 'v2' else None),
+      'Content-Type': content_type,
+      'X-Timestamp': timestamp,
+      'X-Delivery-Id': delivery_id,
+      'X-Signature': signature
+      or sign(secret or SECRETS.get(source, 'x'), timestamp, body, delivery_id if version == 'v2' else None),
     }
     for name in drop:
       headers.pop(name)
@@ -101,8 +147,13 @@ class Receiver:
 
 def _redis_password() -> str:
   """The local Redis's password, as scripts/services.sh tells clients (REDIS_URL)."""
-  result = subprocess.run(['bash', str(REPO_ROOT / 'scripts' / 'services.sh'), 'env', 'redis'], capture_output=True,
-                          text=True, check=True, stdin=subprocess.DEVNULL)
+  result = subprocess.run(
+    ['bash', str(REPO_ROOT / 'scripts' / 'services.sh'), 'env', 'redis'],
+    capture_output=True,
+    text=True,
+    check=True,
+    stdin=subprocess.DEVNULL,
+  )
   url = next(line.split('=', 1)[1] for line in result.stdout.split() if line.startswith('REDIS_URL='))
   return urllib.parse.urlsplit(url).password
 
@@ -118,6 +169,7 @@ def redis_port():
 @pytest.fixture(scope='module')
 def redis_client(redis_port):
   import redis
+
   client = redis.Redis(host='127.0.0.1', port=redis_port, password=REDIS_PASSWORD, socket_timeout=30)
   yield client
   client.close()
@@ -156,7 +208,9 @@ def test_each_source_has_its_own_secret_and_stream(receiver, redis_client):
   assert redis_client.xlen(f'{receiver.prefix}lastfm') == 1
 
 
-@pytest.mark.parametrize('case, status, reason', [
+@pytest.mark.parametrize(
+  'case, status, reason',
+  [
     ('wrong_secret', 401, 'bad_signature'),
     ('tampered_body', 401, 'bad_signature'),
     ('garbage_signature', 401, 'bad_signature'),
@@ -171,7 +225,8 @@ def test_each_source_has_its_own_secret_and_stream(receiver, redis_client):
     ('no_content_type', 415, 'unsupported_media_type'),
     ('too_large', 413, 'too_large'),
     ('unknown_source', 404, 'unknown_source'),
-])
+  ],
+)
 def test_rejections_have_the_right_status_and_reason(receiver, redis_client, case, status, reason):
   source = 'soundcloud'
   stream = f'{receiver.prefix}{source}'
@@ -180,21 +235,25 @@ def test_rejections_have_the_right_status_and_reason(receiver, redis_client, cas
   rejected_before = receiver.metric('webhook_deliveries_rejected_total', source=label, reason=reason)
   now = int(time.time())
   kwargs = {
-      'wrong_secret': dict(secret='not-the-secret'),
-      'tampered_body': dict(signature=sign(SECRETS[source], str(now), b'{"a": 1}', 'd-tampered'), body=b'{"a": 2}',
-                            timestamp=str(now), delivery_id='d-tampered'),
-      'garbage_signature': dict(signature='sha256=zz\u00e9'.encode('utf-8')),
-      'no_signature': dict(drop=('X-Signature',)),
-      'no_timestamp': dict(drop=('X-Timestamp',)),
-      'no_delivery_id': dict(drop=('X-Delivery-Id',)),
-      'text_timestamp': dict(timestamp='yesterday'),
-      'old_timestamp': dict(timestamp=str(now - TOLERANCE - 60)),
-      'future_timestamp': dict(timestamp=str(now + TOLERANCE + 60)),
-      'not_json': dict(body=b'{"a": '),
-      'text_plain': dict(content_type='text/plain'),
-      'no_content_type': dict(content_type=''),
-      'too_large': dict(event={'blob': 'x' * 5000}),
-      'unknown_source': dict(),
+    'wrong_secret': dict(secret='not-the-secret'),
+    'tampered_body': dict(
+      signature=sign(SECRETS[source], str(now), b'{"a": 1}', 'd-tampered'),
+      body=b'{"a": 2}',
+      timestamp=str(now),
+      delivery_id='d-tampered',
+    ),
+    'garbage_signature': dict(signature='sha256=zz\u00e9'.encode('utf-8')),
+    'no_signature': dict(drop=('X-Signature',)),
+    'no_timestamp': dict(drop=('X-Timestamp',)),
+    'no_delivery_id': dict(drop=('X-Delivery-Id',)),
+    'text_timestamp': dict(timestamp='yesterday'),
+    'old_timestamp': dict(timestamp=str(now - TOLERANCE - 60)),
+    'future_timestamp': dict(timestamp=str(now + TOLERANCE + 60)),
+    'not_json': dict(body=b'{"a": '),
+    'text_plain': dict(content_type='text/plain'),
+    'no_content_type': dict(content_type=''),
+    'too_large': dict(event={'blob': 'x' * 5000}),
+    'unknown_source': dict(),
   }[case]
   event = kwargs.pop('event', {'a': 1})
   response = receiver.post('nosuchsource' if case == 'unknown_source' else source, event, **kwargs)
@@ -212,11 +271,18 @@ def test_chunked_body_over_the_limit_is_refused(receiver):
 
   def chunks():
     for i in range(0, len(body), 1000):
-      yield body[i:i + 1000]
+      yield body[i : i + 1000]
 
-  response = receiver.client.post('/webhooks/soundcloud', content=chunks(), headers={
-      'Content-Type': 'application/json', 'X-Timestamp': ts, 'X-Delivery-Id': delivery_id,
-      'X-Signature': sign(SECRETS['soundcloud'], ts, body, delivery_id)})
+  response = receiver.client.post(
+    '/webhooks/soundcloud',
+    content=chunks(),
+    headers={
+      'Content-Type': 'application/json',
+      'X-Timestamp': ts,
+      'X-Delivery-Id': delivery_id,
+      'X-Signature': sign(SECRETS['soundcloud'], ts, body, delivery_id),
+    },
+  )
   assert response.status_code == 413
 
 
@@ -247,9 +313,9 @@ def test_health_and_metrics(receiver):
 
 def test_secrets_never_in_responses_or_logs(receiver):
   responses = [
-      receiver.post('soundcloud', {'a': 1}, secret='wrong'),
-      receiver.post('soundcloud', {'a': 1}),
-      receiver.post('soundcloud', {'a': 1}, timestamp='1'),
+    receiver.post('soundcloud', {'a': 1}, secret='wrong'),
+    receiver.post('soundcloud', {'a': 1}),
+    receiver.post('soundcloud', {'a': 1}, timestamp='1'),
   ]
   log = receiver.log_path.read_text()
   for secret in list(SECRETS.values()) + [REDIS_PASSWORD]:
@@ -283,24 +349,43 @@ def test_options_are_checked():
 
 
 def test_main_refuses_a_missing_secret_variable():
-  result = subprocess.run([sys.executable, '-m', 'io_connectors.streams.webhooks', '--source', 'x=NO_SUCH_VARIABLE_H13'],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False,
-                          env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+  result = subprocess.run(
+    [sys.executable, '-m', 'io_connectors.streams.webhooks', '--source', 'x=NO_SUCH_VARIABLE_H13'],
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=60,
+    check=False,
+    env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+  )
   assert result.returncode == 2
   assert 'NO_SUCH_VARIABLE_H13' in result.stderr
 
 
 def test_the_webhooks_service_of_services_sh_accepts_signed_events(redis_port, redis_client):
   """scripts/services.sh runs the receiver for local end-to-end use (source 'test', stream webhooks:test)."""
-  env = subprocess.run(['bash', str(REPO_ROOT / 'scripts' / 'services.sh'), 'env', 'webhooks'], capture_output=True,
-                       text=True, check=True, stdin=subprocess.DEVNULL).stdout
+  env = subprocess.run(
+    ['bash', str(REPO_ROOT / 'scripts' / 'services.sh'), 'env', 'webhooks'],
+    capture_output=True,
+    text=True,
+    check=True,
+    stdin=subprocess.DEVNULL,
+  ).stdout
   values = dict(line.split(' ', 1)[1].split('=', 1) for line in env.splitlines() if line.startswith('export '))
   port = ensure_service('webhooks')
   body = json.dumps({'type': 'ping', 'n': uuid.uuid4().hex}).encode()
   ts = str(int(time.time()))
-  response = httpx.post(f'http://127.0.0.1:{port}/webhooks/test', content=body, timeout=30, headers={
-      'Content-Type': 'application/json', 'X-Timestamp': ts, 'X-Delivery-Id': uuid.uuid4().hex,
-      'X-Signature': sign(values['WEBHOOKS_TEST_SECRET'], ts, body)})
+  response = httpx.post(
+    f'http://127.0.0.1:{port}/webhooks/test',
+    content=body,
+    timeout=30,
+    headers={
+      'Content-Type': 'application/json',
+      'X-Timestamp': ts,
+      'X-Delivery-Id': uuid.uuid4().hex,
+      'X-Signature': sign(values['WEBHOOKS_TEST_SECRET'], ts, body),
+    },
+  )
   assert response.status_code == 202, response.text
   entry_id = response.json()['stream_id']
   entries = redis_client.xrange('webhooks:test', min=entry_id, max=entry_id)
@@ -310,10 +395,22 @@ def test_the_webhooks_service_of_services_sh_accepts_signed_events(redis_port, r
 
 def test_kafka_sink_produces_acknowledged_events(tmp_path, redis_port, redis_client):
   import confluent_kafka
+
   kafka_port = ensure_service('kafka')
   prefix = f'test-{uuid.uuid4().hex[:12]}'
-  server = Receiver(tmp_path, redis_port, f'{prefix}:', extra_args=[
-      '--sink', 'kafka', '--kafka_bootstrap', f'127.0.0.1:{kafka_port}', '--kafka_topic_prefix', f'{prefix}.'])
+  server = Receiver(
+    tmp_path,
+    redis_port,
+    f'{prefix}:',
+    extra_args=[
+      '--sink',
+      'kafka',
+      '--kafka_bootstrap',
+      f'127.0.0.1:{kafka_port}',
+      '--kafka_topic_prefix',
+      f'{prefix}.',
+    ],
+  )
   try:
     assert server.client.get('/health').status_code == 200
     event = {'type': 'track.played', 'id': 7}
@@ -328,8 +425,9 @@ def test_kafka_sink_produces_acknowledged_events(tmp_path, redis_port, redis_cli
     keys = list(redis_client.scan_iter(match=f'{prefix}:*', count=1000))
     if keys:
       redis_client.delete(*keys)
-  consumer = confluent_kafka.Consumer({'bootstrap.servers': f'127.0.0.1:{kafka_port}', 'group.id': prefix,
-                                       'enable.auto.commit': False})
+  consumer = confluent_kafka.Consumer(
+    {'bootstrap.servers': f'127.0.0.1:{kafka_port}', 'group.id': prefix, 'enable.auto.commit': False}
+  )
   try:
     consumer.assign([confluent_kafka.TopicPartition(topic, int(partition), int(offset))])
     message = None
@@ -380,8 +478,10 @@ def _raw_request(port: int, head: bytes, body: bytes = b'', wait_s: float = 30.0
 
 def _head(port, source, headers: dict) -> bytes:
   lines = [f'POST /webhooks/{source} HTTP/1.1'.encode(), f'Host: 127.0.0.1:{port}'.encode()]
-  lines += [name.encode('latin-1') + b': ' + (value if isinstance(value, bytes) else value.encode('latin-1'))
-            for name, value in headers.items()]
+  lines += [
+    name.encode('latin-1') + b': ' + (value if isinstance(value, bytes) else value.encode('latin-1'))
+    for name, value in headers.items()
+  ]
   return b'\r\n'.join(lines) + b'\r\n\r\n'
 
 
@@ -397,8 +497,10 @@ def test_the_delivery_id_is_signed(receiver, redis_client):
   # ...and does not keep the real future delivery out.
   assert receiver.post('soundcloud', {'n': 2}, delivery_id='d-real-2').status_code == 202
   before = redis_client.xlen(stream)
-  assert receiver.post('soundcloud', None, body=body, timestamp=ts, delivery_id='d-real-1',
-                       signature=captured).status_code == 202
+  assert (
+    receiver.post('soundcloud', None, body=body, timestamp=ts, delivery_id='d-real-1', signature=captured).status_code
+    == 202
+  )
   assert redis_client.xlen(stream) == before + 1
 
 
@@ -436,8 +538,12 @@ def test_v1_can_be_turned_off(tmp_path, redis_port, redis_client):
 def test_non_ascii_digits_are_a_400_not_a_500(receiver, header, digits):
   body = b'{"a": 1}'
   ts = str(int(time.time()))
-  headers = {'Content-Type': 'application/json', 'X-Timestamp': ts, 'X-Delivery-Id': uuid.uuid4().hex,
-             'Content-Length': str(len(body))}
+  headers = {
+    'Content-Type': 'application/json',
+    'X-Timestamp': ts,
+    'X-Delivery-Id': uuid.uuid4().hex,
+    'Content-Length': str(len(body)),
+  }
   headers['X-Signature'] = sign(SECRETS['soundcloud'], ts, body, headers['X-Delivery-Id'])
   headers[header] = digits.encode('latin-1')  # raw bytes on the wire, as a hostile client sends them
   status, _, _ = _raw_request(receiver.port, _head(receiver.port, 'soundcloud', headers), body)
@@ -446,11 +552,17 @@ def test_non_ascii_digits_are_a_400_not_a_500(receiver, header, digits):
 
 def test_a_slow_body_is_answered_408_and_the_connection_closed(receiver):
   ts = str(int(time.time()))
-  headers = {'Content-Type': 'application/json', 'X-Timestamp': ts, 'X-Delivery-Id': uuid.uuid4().hex,
-             'X-Signature': 'v2=00', 'Content-Length': '1000'}
+  headers = {
+    'Content-Type': 'application/json',
+    'X-Timestamp': ts,
+    'X-Delivery-Id': uuid.uuid4().hex,
+    'X-Signature': 'v2=00',
+    'Content-Length': '1000',
+  }
   # 10 of the announced 1000 bytes, then nothing: the receiver must not wait for ever.
-  status, elapsed, closed = _raw_request(receiver.port, _head(receiver.port, 'soundcloud', headers), b'{"a": "xxx',
-                                         wait_s=BODY_TIMEOUT + 20)
+  status, elapsed, closed = _raw_request(
+    receiver.port, _head(receiver.port, 'soundcloud', headers), b'{"a": "xxx', wait_s=BODY_TIMEOUT + 20
+  )
   assert status == 408
   assert BODY_TIMEOUT - 0.1 <= elapsed < BODY_TIMEOUT + 10
   assert closed
@@ -489,8 +601,9 @@ def test_a_delivery_cut_off_while_stored_is_accepted_on_retry(tmp_path, redis_po
   # storing a delivery: the connection carrying the command that appends the
   # event (XADD, or the script that runs it) is cut; what reached Redis before stays done.
   armed = {'on': False}
-  proxy = CuttingProxy(redis_port, cut_request_when=lambda data: armed['on'] and (
-      b'XADD' in data.upper() or b'EVAL' in data.upper()))
+  proxy = CuttingProxy(
+    redis_port, cut_request_when=lambda data: armed['on'] and (b'XADD' in data.upper() or b'EVAL' in data.upper())
+  )
   prefix = f'test-{uuid.uuid4().hex[:12]}:'
   server = Receiver(tmp_path, proxy.port, prefix)
   try:
@@ -530,6 +643,7 @@ def test_load_2000_signed_deliveries_from_50_clients(tmp_path, redis_port, redis
   """
   import asyncio
   import random
+
   total, concurrency = 2000, 50
   rng = random.Random(14)
   prefix = f'test-{uuid.uuid4().hex[:12]}:'
@@ -544,8 +658,17 @@ def test_load_2000_signed_deliveries_from_50_clients(tmp_path, redis_port, redis
     ts = str(int(time.time()))
     delivery_id = f'load-{n}'
     signature = sign(secret if kind == 'good' else 'not-the-secret', ts, body, delivery_id)
-    return {'n': n, 'kind': kind, 'headers': {'Content-Type': 'application/json', 'X-Timestamp': ts,
-                                               'X-Delivery-Id': delivery_id, 'X-Signature': signature}, 'body': body}
+    return {
+      'n': n,
+      'kind': kind,
+      'headers': {
+        'Content-Type': 'application/json',
+        'X-Timestamp': ts,
+        'X-Delivery-Id': delivery_id,
+        'X-Signature': signature,
+      },
+      'body': body,
+    }
 
   first = [delivery(n, kind) for n, kind in enumerate(kinds)]
   goods = [d for d in first if d['kind'] == 'good']
@@ -555,6 +678,7 @@ def test_load_2000_signed_deliveries_from_50_clients(tmp_path, redis_port, redis
 
   async def run(batch):
     import httpx as async_httpx
+
     queue = asyncio.Queue()
     for item in batch:
       queue.put_nowait(item)
@@ -576,15 +700,19 @@ def test_load_2000_signed_deliveries_from_50_clients(tmp_path, redis_port, redis
     asyncio.run(run(second))
     elapsed = time.monotonic() - started
     assert len(results) == total
-    statuses = {kind: sorted({status for k, _, status, _ in results if k == kind}) for kind in ('good', 'bad', 'replay')}
+    statuses = {
+      kind: sorted({status for k, _, status, _ in results if k == kind}) for kind in ('good', 'bad', 'replay')
+    }
     assert statuses == {'good': [202], 'bad': [401], 'replay': [409]}, statuses
     entries = redis_client.xrange(f'{prefix}soundcloud')
     stored = [json.loads(fields[b'body'])['n'] for _, fields in entries]
     assert sorted(stored) == sorted(d['n'] for d in goods)  # each good delivery once, nothing else
     latencies = [seconds for *_, seconds in results]
-    print(f'\nwebhook load: {total} deliveries, {concurrency} clients, {elapsed:.1f} s, '
-          f'{total / elapsed:.0f} req/s, p50 {_percentile(latencies, 0.5) * 1000:.1f} ms, '
-          f'p99 {_percentile(latencies, 0.99) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms')
+    print(
+      f'\nwebhook load: {total} deliveries, {concurrency} clients, {elapsed:.1f} s, '
+      f'{total / elapsed:.0f} req/s, p50 {_percentile(latencies, 0.5) * 1000:.1f} ms, '
+      f'p99 {_percentile(latencies, 0.99) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms'
+    )
   finally:
     server.close()
     for key in redis_client.scan_iter(match=f'{prefix}*', count=1000):

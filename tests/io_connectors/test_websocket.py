@@ -47,12 +47,12 @@ class _Feed:
     self.authorizations.append(connection.request.headers.get('Authorization'))
     self.subscriptions.append(connection.recv(timeout=30))
     if number == 1:
-      for message in self.messages[:self.cut]:
+      for message in self.messages[: self.cut]:
         connection.send(message)
       connection.close(code=1011, reason='server restarting')
       return
     if number == 2:
-      for message in self.messages[self.cut:]:
+      for message in self.messages[self.cut :]:
         connection.send(message)
     try:
       for _ in connection:  # stays open until the client leaves
@@ -84,13 +84,20 @@ def test_options_and_secrets():
     WebSocketOptions(url='ws://x', batch_size=0)
   with pytest.raises(ValueError, match='max_backoff_s'):
     WebSocketOptions(url='ws://x', initial_backoff_s=5, max_backoff_s=1)
-  options = WebSocketOptions(url=f'wss://user:pw@feed.example.com:8443/live?token={TOKEN}',
-                             headers={'Authorization': f'Bearer {TOKEN}'})
+  options = WebSocketOptions(
+    url=f'wss://user:pw@feed.example.com:8443/live?token={TOKEN}', headers={'Authorization': f'Bearer {TOKEN}'}
+  )
   assert options.source == 'wss://feed.example.com:8443/live'
   assert TOKEN not in repr(options) and 'pw' not in options.source
   assert public_url('ws://127.0.0.1:9/x?a=b') == 'ws://127.0.0.1:9/x'
-  built = registry.build({'type': 'websocket', 'url': 'ws://h/x', 'max_messages': 3,
-                          'durable': {'url': 'redis://h', 'streams': ['s'], 'group': 'g'}})
+  built = registry.build(
+    {
+      'type': 'websocket',
+      'url': 'ws://h/x',
+      'max_messages': 3,
+      'durable': {'url': 'redis://h', 'streams': ['s'], 'group': 'g'},
+    }
+  )
   assert isinstance(built, ReadFromWebSocket)
 
 
@@ -104,18 +111,28 @@ def test_backoff_doubles_with_jitter_up_to_the_maximum():
 def test_plain_mode_reconnects_and_reads_every_message_sent(tmp_path):
   feed_messages = _messages(120)
   with _Feed(feed_messages, cut=50) as feed:
-    options = WebSocketOptions(url=f'ws://127.0.0.1:{feed.port}/live?token={TOKEN}',
-                               headers={'Authorization': f'Bearer {TOKEN}'}, subscribe_message='{"op": "subscribe"}',
-                               max_messages=120, initial_backoff_s=0.1, poll_seconds=0.2, batch_size=40)
+    options = WebSocketOptions(
+      url=f'ws://127.0.0.1:{feed.port}/live?token={TOKEN}',
+      headers={'Authorization': f'Bearer {TOKEN}'},
+      subscribe_message='{"op": "subscribe"}',
+      max_messages=120,
+      initial_backoff_s=0.1,
+      poll_seconds=0.2,
+      batch_size=40,
+    )
     with beam.Pipeline(runner=FnApiRunner()) as p:
       out = p | ReadFromWebSocket(options)
-      events = out.records | beam.FlatMap(lambda b: zip(b.column('event_id').to_pylist(), b.column('__row').to_pylist(),
-                                                        b.column('__source').to_pylist()))
+      events = out.records | beam.FlatMap(
+        lambda b: zip(b.column('event_id').to_pylist(), b.column('__row').to_pylist(), b.column('__source').to_pylist())
+      )
       expected = [(f'e{i}', i + 1, f'ws://127.0.0.1:{feed.port}/live') for i in range(120) if i not in (7, 70)]
       assert_that(events, equal_to(expected), label='records')
       dead = out.dead_letter | beam.Map(lambda d: (d['position'], d['reason'], d['record']))
-      assert_that(dead, equal_to([('message 8', 'malformed_json', 'not json'),
-                                  ('message 71', 'malformed_json', '[1, 2, 3]')]), label='dead letters')
+      assert_that(
+        dead,
+        equal_to([('message 8', 'malformed_json', 'not json'), ('message 71', 'malformed_json', '[1, 2, 3]')]),
+        label='dead letters',
+      )
     assert feed.connections == 2  # dropped once, reconnected once
     assert feed.subscriptions == ['{"op": "subscribe"}'] * 2
     assert feed.authorizations == [f'Bearer {TOKEN}'] * 2
@@ -129,8 +146,14 @@ def test_durable_mode_lands_in_redis_then_reads_through_the_consumer_group():
   try:
     with _Feed(feed_messages, cut=30) as feed:
       durable = RedisStreamsOptions(url=url, streams=[stream], group='pipeline', count=25)
-      options = WebSocketOptions(url=f'ws://127.0.0.1:{feed.port}/live', subscribe_message='{"op": "subscribe"}',
-                                 max_messages=90, initial_backoff_s=0.1, poll_seconds=0.2, durable=durable)
+      options = WebSocketOptions(
+        url=f'ws://127.0.0.1:{feed.port}/live',
+        subscribe_message='{"op": "subscribe"}',
+        max_messages=90,
+        initial_backoff_s=0.1,
+        poll_seconds=0.2,
+        durable=durable,
+      )
       with beam.Pipeline(runner=FnApiRunner()) as p:
         out = p | ReadFromWebSocket(options)
         events = out.records | beam.FlatMap(lambda b: b.column('event_id').to_pylist())
@@ -148,13 +171,15 @@ def test_durable_mode_lands_in_redis_then_reads_through_the_consumer_group():
 
 def test_check_opens_the_feed_and_names_only_its_public_url():
   from io_connectors._common.errors import ConnectorError
+
   server = serve(lambda connection: None, '127.0.0.1', 0)
   port = server.socket.getsockname()[1]
   thread = threading.Thread(target=server.serve_forever, daemon=True)
   thread.start()
   try:
-    options = WebSocketOptions(url=f'ws://127.0.0.1:{port}/live?token={TOKEN}',
-                               headers={'Authorization': f'Bearer {TOKEN}'})
+    options = WebSocketOptions(
+      url=f'ws://127.0.0.1:{port}/live?token={TOKEN}', headers={'Authorization': f'Bearer {TOKEN}'}
+    )
     assert ReadFromWebSocket(options).check() == f'ok: websocket {options.source} opens'
   finally:
     server.shutdown()

@@ -14,8 +14,19 @@ import confluent_kafka
 import confluent_kafka.admin
 import pyarrow.parquet as pq
 
-__all__ = ['WINDOW_S', 'PARTITIONS', 'TRACK', 'EventPlan', 'iso', 'plan_events', 'new_topic', 'produce', 'written_ids',
-           'dead_letters', 'final_metrics']
+__all__ = [
+  'WINDOW_S',
+  'PARTITIONS',
+  'TRACK',
+  'EventPlan',
+  'iso',
+  'plan_events',
+  'new_topic',
+  'produce',
+  'written_ids',
+  'dead_letters',
+  'final_metrics',
+]
 
 WINDOW_S = 60
 PARTITIONS = 4
@@ -25,6 +36,7 @@ TRACK = '4uLU6hMCjMI75M1A2tKUQC'
 @dataclasses.dataclass
 class EventPlan:
   """What is produced and what the job must make of it."""
+
   on_time: List[Tuple[int, bytes, int]]  # (partition, value, timestamp ms)
   late: List[Tuple[int, bytes, int]]
   unique_valid: Dict[str, str]  # event_id -> tenant
@@ -48,8 +60,15 @@ def plan_events(n: int, base_ms: int, late: int, seed: int = 7) -> EventPlan:
   partition_of = lambda user: int(user[-4:]) % PARTITIONS
 
   def message(event_id, user, at_ms, ms_played, skipped):
-    body = {'event_id': event_id, 'user_id': user, 'track_id': TRACK, 'played_at': iso(at_ms),
-            'ms_played': ms_played, 'skipped': skipped, 'tenant': tenant_of(user)}
+    body = {
+      'event_id': event_id,
+      'user_id': user,
+      'track_id': TRACK,
+      'played_at': iso(at_ms),
+      'ms_played': ms_played,
+      'skipped': skipped,
+      'tenant': tenant_of(user),
+    }
     return partition_of(user), json.dumps(body).encode('utf-8'), at_ms
 
   on_time, unique_valid, duplicates, malformed = [], {}, 0, 0
@@ -105,8 +124,11 @@ def written_ids(output) -> List[str]:
 
 
 def dead_letters(output) -> List[dict]:
-  return [json.loads(line) for path in glob.glob(f'{output}/dead_letter/**/*.jsonl', recursive=True)
-          for line in open(path, encoding='utf-8')]
+  return [
+    json.loads(line)
+    for path in glob.glob(f'{output}/dead_letter/**/*.jsonl', recursive=True)
+    for line in open(path, encoding='utf-8')
+  ]
 
 
 def final_metrics(output) -> Dict[Tuple[str, str], dict]:

@@ -20,28 +20,54 @@ def test_spotify_lastfm_and_twitter_for_two_tenants_in_one_run(fake_spotify, las
   lastfm.add_scrobbles('alice', scrobbles(10, start=T0 + 7))
   add_durations(lastfm)
   retry = {'backoff_base': 0.02, 'backoff_max': 0.2, 'max_attempts': 6}
-  spotify = {'type': 'spotify', 'resource': 'recently_played', 'api_url': fake_spotify.api_url,
-             'token_url': fake_spotify.token_url, 'rate': None, 'retry': retry, 'allow_private_addresses': True}
-  lastfm_source = {'type': 'lastfm', 'resource': 'recent_tracks', 'base_url': f'{lastfm.url}/2.0/', 'rate': None,
-                   'to_time': T0 + 10**6, 'retry': {'backoff_base': 0.02, 'backoff_max': 0.2, 'timeout': 30},
-                   'allow_private_addresses': True}
+  spotify = {
+    'type': 'spotify',
+    'resource': 'recently_played',
+    'api_url': fake_spotify.api_url,
+    'token_url': fake_spotify.token_url,
+    'rate': None,
+    'retry': retry,
+    'allow_private_addresses': True,
+  }
+  lastfm_source = {
+    'type': 'lastfm',
+    'resource': 'recent_tracks',
+    'base_url': f'{lastfm.url}/2.0/',
+    'rate': None,
+    'to_time': T0 + 10**6,
+    'retry': {'backoff_base': 0.02, 'backoff_max': 0.2, 'timeout': 30},
+    'allow_private_addresses': True,
+  }
   with TwitterFake() as twitter:
-    twitter.tweets = [{'id': str(i), 'text': f'Daft Punk live {i}', 'author_id': '9', 'created_at':
-                       '2024-03-01T12:00:00.000Z', 'public_metrics': {'like_count': i}} for i in range(6)]
-    social = {'type': 'social', 'resource': 'twitter.recent_search_mentions', 'overrides': {'base_url': twitter.url},
-              'entity': 'social_mention', 'retry': {'backoff_base': 0.02, 'backoff_max': 0.2, 'timeout': 30},
-              'allow_private_addresses': True}
+    twitter.tweets = [
+      {
+        'id': str(i),
+        'text': f'Daft Punk live {i}',
+        'author_id': '9',
+        'created_at': '2024-03-01T12:00:00.000Z',
+        'public_metrics': {'like_count': i},
+      }
+      for i in range(6)
+    ]
+    social = {
+      'type': 'social',
+      'resource': 'twitter.recent_search_mentions',
+      'overrides': {'base_url': twitter.url},
+      'entity': 'social_mention',
+      'retry': {'backoff_base': 0.02, 'backoff_max': 0.2, 'timeout': 30},
+      'allow_private_addresses': True,
+    }
     config = {
-        'output': str(tmp_path / 'lake'),
-        'entity': 'listening_event',
-        'sources': [
-            dict(spotify, user='listener-a', tenant_id='acme'),
-            dict(spotify, user='listener-b', tenant_id='beatbox', after=fake_spotify.play_time(20).isoformat()),
-            dict(lastfm_source, users=['rj'], tenant_id='acme'),
-            dict(lastfm_source, users=['alice'], tenant_id='beatbox'),
-            dict(social, params=[{'query': '"Daft Punk"', 'subject': 'Daft Punk'}], tenant_id='acme'),
-            dict(social, params=[{'query': 'live 1'}], tenant_id='beatbox'),
-        ]
+      'output': str(tmp_path / 'lake'),
+      'entity': 'listening_event',
+      'sources': [
+        dict(spotify, user='listener-a', tenant_id='acme'),
+        dict(spotify, user='listener-b', tenant_id='beatbox', after=fake_spotify.play_time(20).isoformat()),
+        dict(lastfm_source, users=['rj'], tenant_id='acme'),
+        dict(lastfm_source, users=['alice'], tenant_id='beatbox'),
+        dict(social, params=[{'query': '"Daft Punk"', 'subject': 'Daft Punk'}], tenant_id='acme'),
+        dict(social, params=[{'query': 'live 1'}], tenant_id='beatbox'),
+      ],
     }
     config_path = tmp_path / 'api_sources.yaml'
     config_path.write_text(yaml.safe_dump(config))

@@ -43,8 +43,15 @@ def _run_check(tmp_path, config, *args):
   env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
   for name in ('POSTGRES_URL', 'REDIS_URL'):
     env.pop(name, None)  # every URL comes from the config
-  return subprocess.run([sys.executable, '-m', 'pipelines.check', '--config', str(path), *args], cwd=REPO_ROOT,
-                        env=env, capture_output=True, text=True, timeout=240, check=False)
+  return subprocess.run(
+    [sys.executable, '-m', 'pipelines.check', '--config', str(path), *args],
+    cwd=REPO_ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=240,
+    check=False,
+  )
 
 
 def _rows(stdout: str) -> dict:
@@ -63,10 +70,13 @@ def plays_table(pg):
 
 
 def test_good_sources_pass(tmp_path, postgres_url, plays_table):
-  config = {'tenant_id': 'acme', 'sources': [
+  config = {
+    'tenant_id': 'acme',
+    'sources': [
       {'type': 'postgres', 'url': postgres_url, 'table': plays_table},
       {'type': 'redis', 'url': redis_url(), 'pattern': 'check-test:*'},
-  ]}
+    ],
+  }
   result = _run_check(tmp_path, config)
   assert result.returncode == 0, result.stdout + result.stderr
   rows = _rows(result.stdout)
@@ -80,13 +90,16 @@ def test_good_sources_pass(tmp_path, postgres_url, plays_table):
 
 def test_wrong_password_unreachable_port_and_missing_table_fail_clearly(tmp_path, postgres_url, plays_table):
   good_redis = redis_url()
-  config = {'tenant_id': 'acme', 'sources': [
+  config = {
+    'tenant_id': 'acme',
+    'sources': [
       {'type': 'postgres', 'url': postgres_url, 'table': plays_table},
       {'type': 'postgres', 'url': _with_password(postgres_url, WRONG_PASSWORD), 'table': plays_table},
       {'type': 'redis', 'url': _with_port(good_redis, _free_port()), 'pattern': 'check-test:*'},
       {'type': 'postgres', 'url': postgres_url, 'table': plays_table + '_missing'},
       {'type': 'redis', 'url': _with_password(good_redis, WRONG_PASSWORD), 'pattern': 'check-test:*'},
-  ]}
+    ],
+  }
   result = _run_check(tmp_path, config)
   assert result.returncode == 1, result.stdout + result.stderr
   rows = _rows(result.stdout)
@@ -97,7 +110,11 @@ def test_wrong_password_unreachable_port_and_missing_table_fail_clearly(tmp_path
   assert rows['sources[4]'][1] == 'failed' and 'auth' in rows['sources[4]'][2].lower()
   assert '1 ok, 4 failed' in result.stdout
   output = result.stdout + result.stderr
-  for secret in (WRONG_PASSWORD, urllib.parse.urlsplit(postgres_url).password, urllib.parse.urlsplit(good_redis).password):
+  for secret in (
+    WRONG_PASSWORD,
+    urllib.parse.urlsplit(postgres_url).password,
+    urllib.parse.urlsplit(good_redis).password,
+  ):
     assert secret not in output
 
 
@@ -107,8 +124,10 @@ def test_a_silent_server_times_out(tmp_path):
     silent.bind(('127.0.0.1', 0))
     silent.listen(8)
     port = silent.getsockname()[1]
-    config = {'tenant_id': 'acme', 'sources': [
-        {'type': 'redis', 'url': f'redis://:pw-silent-123@127.0.0.1:{port}/0', 'pattern': 'x:*'}]}
+    config = {
+      'tenant_id': 'acme',
+      'sources': [{'type': 'redis', 'url': f'redis://:pw-silent-123@127.0.0.1:{port}/0', 'pattern': 'x:*'}],
+    }
     result = _run_check(tmp_path, config, '--timeout', '2')
   assert result.returncode == 1
   rows = _rows(result.stdout)
@@ -116,12 +135,16 @@ def test_a_silent_server_times_out(tmp_path):
   assert 'pw-silent-123' not in result.stdout
 
 
-@pytest.mark.parametrize('config, message', [
+@pytest.mark.parametrize(
+  'config, message',
+  [
     ('sources: [unclosed', 'not valid YAML'),
     ({'sources': [{'type': 'postgres', 'table': 't'}]}, 'tenant_id or tenant_field'),
     ({'tenant_id': 'acme', 'sources': [{'type': 'no_such_connector'}]}, 'unknown source type'),
     ({'tenant_id': 'acme'}, 'no input'),
-], ids=['bad-yaml', 'no-tenant', 'unknown-type', 'no-sources'])
+  ],
+  ids=['bad-yaml', 'no-tenant', 'unknown-type', 'no-sources'],
+)
 def test_a_bad_config_exits_2_with_one_line(tmp_path, config, message):
   result = _run_check(tmp_path, config)
   assert result.returncode == 2, result.stdout + result.stderr
@@ -132,13 +155,15 @@ def test_files_are_listed_and_connectors_without_check_are_skipped(tmp_path, mon
   (tmp_path / 'a.csv').write_text('event_id\n1\n')
   monkeypatch.setenv('SOUNDCLOUD_CLIENT_ID', 'id')
   monkeypatch.setenv('SOUNDCLOUD_CLIENT_SECRET', 'very-secret-value')
-  results = check.check_sources([
+  results = check.check_sources(
+    [
       {'type': 'csv', 'input': str(tmp_path / '*.csv')},
       {'type': 'csv', 'input': str(tmp_path / 'none' / '*.csv')},
       # The WebSocket source checks its feed (nothing listens on port 9); SoundCloud has no check().
       {'type': 'websocket', 'url': 'ws://127.0.0.1:9/feed', 'max_messages': 1},
       {'type': 'soundcloud', 'resource': 'user', 'user_ids': [1]},
-  ])
+    ]
+  )
   assert [r.status for r in results] == [check.OK, check.FAILED, check.FAILED, check.SKIPPED]
   assert results[0].detail.startswith('1 file(s)')
   assert 'no file matches' in results[1].detail
@@ -147,28 +172,48 @@ def test_files_are_listed_and_connectors_without_check_are_skipped(tmp_path, mon
 
 
 def test_secrets_of_the_config_are_scrubbed_from_any_message():
-  source = {'type': 'x', 'url': 'postgresql://u:p4ss-word@h/db', 'client_secret': 's3cr3t-value',
-            'auth': {'token': 'tok-123456'}, 'password_env': 'NOT_A_SECRET', 'token_url': 'https://h/token'}
-  text = check._scrubbed('failed for p4ss-word with s3cr3t-value, tok-123456 at postgresql://u:p4ss-word@h/db '
-                         'via NOT_A_SECRET from https://h/token', source)
+  source = {
+    'type': 'x',
+    'url': 'postgresql://u:p4ss-word@h/db',
+    'client_secret': 's3cr3t-value',
+    'auth': {'token': 'tok-123456'},
+    'password_env': 'NOT_A_SECRET',
+    'token_url': 'https://h/token',
+  }
+  text = check._scrubbed(
+    'failed for p4ss-word with s3cr3t-value, tok-123456 at postgresql://u:p4ss-word@h/db '
+    'via NOT_A_SECRET from https://h/token',
+    source,
+  )
   assert text == 'failed for *** with ***, *** at postgresql://u:***@h/db via NOT_A_SECRET from https://h/token'
 
 
 def test_kafka_topics_brokers_and_credentials(tmp_path):
   confluent_kafka_admin = pytest.importorskip('confluent_kafka.admin')
   from tests.conftest import ensure_service
+
   bootstrap = f'127.0.0.1:{ensure_service("kafka")}'
   topic = f'check-{__import__("uuid").uuid4().hex[:10]}'
   admin = confluent_kafka_admin.AdminClient({'bootstrap.servers': bootstrap})
   admin.create_topics([confluent_kafka_admin.NewTopic(topic, 3, 1)])[topic].result(60)
   try:
-    results = check.check_sources([
+    results = check.check_sources(
+      [
         {'type': 'kafka', 'bootstrap_servers': bootstrap, 'topics': [topic]},
         {'type': 'kafka', 'bootstrap_servers': bootstrap, 'topics': [topic + '-missing']},
         # The SASL/PLAIN listener (scripts/services.d/kafka.sh) with a wrong password.
-        {'type': 'kafka', 'bootstrap_servers': '127.0.0.1:9094', 'topics': [topic], 'security_protocol': 'SASL_PLAINTEXT',
-         'sasl_mechanism': 'PLAIN', 'sasl_username': 'beam', 'sasl_password': 'wrong-kafka-pw-55'},
-    ], timeout_s=60)
+        {
+          'type': 'kafka',
+          'bootstrap_servers': '127.0.0.1:9094',
+          'topics': [topic],
+          'security_protocol': 'SASL_PLAINTEXT',
+          'sasl_mechanism': 'PLAIN',
+          'sasl_username': 'beam',
+          'sasl_password': 'wrong-kafka-pw-55',
+        },
+      ],
+      timeout_s=60,
+    )
   finally:
     admin.delete_topics([topic])
   assert [r.status for r in results] == [check.OK, check.FAILED, check.FAILED], results
@@ -178,14 +223,24 @@ def test_kafka_topics_brokers_and_credentials(tmp_path):
 
 
 def test_spotify_credentials_and_api(fake_spotify):
-  base = {'type': 'spotify', 'resource': 'tracks', 'ids': ['4uLU6hMCjMI75M1A2tKUQC'], 'api_url': fake_spotify.api_url,
-          'token_url': fake_spotify.token_url, 'client_id': 'test-client-id', 'rate': None,
-          'retry': {'max_attempts': 2, 'backoff_base': 0.01, 'backoff_max': 0.05, 'timeout': 5}}
-  results = check.check_sources([
+  base = {
+    'type': 'spotify',
+    'resource': 'tracks',
+    'ids': ['4uLU6hMCjMI75M1A2tKUQC'],
+    'api_url': fake_spotify.api_url,
+    'token_url': fake_spotify.token_url,
+    'client_id': 'test-client-id',
+    'rate': None,
+    'retry': {'max_attempts': 2, 'backoff_base': 0.01, 'backoff_max': 0.05, 'timeout': 5},
+  }
+  results = check.check_sources(
+    [
       dict(base, client_secret='test-client-secret-0123'),
       dict(base, client_secret='wrong-spotify-secret-9'),
       dict(base, client_secret='test-client-secret-0123', api_url=f'http://127.0.0.1:{_free_port()}/v1'),
-  ], timeout_s=60)
+    ],
+    timeout_s=60,
+  )
   assert [r.status for r in results] == [check.OK, check.FAILED, check.FAILED], results
   assert 'HTTP 200' in results[0].detail and '/tracks' in results[0].detail
   assert 'invalid_client' in results[1].detail and fake_spotify.token_url in results[1].detail

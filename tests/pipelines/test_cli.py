@@ -20,8 +20,9 @@ APITOOLS_LINE = 'apitools not found'
 def _run(args, extra_path=None):
   env = dict(os.environ)
   env['PYTHONPATH'] = os.pathsep.join([str(REPO_ROOT)] + ([str(extra_path)] if extra_path else []))
-  return subprocess.run([sys.executable] + args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180,
-                        check=False)
+  return subprocess.run(
+    [sys.executable] + args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180, check=False
+  )
 
 
 def _sections(help_text: str) -> dict:
@@ -50,17 +51,25 @@ def test_streaming_help_lists_every_flag_grouped_by_source(without_apitools):
   assert result.returncode == 0, result.stderr
   sections = _sections(result.stdout)
   expected = {
-      'Job': ['--source', '--entity', '--tenant_id', '--tenant_field', '--output', '--pii_key_file', '--keep_pii'],
-      'Windows, sessions and deduplication': ['--window_size_s', '--allowed_lateness_s', '--session_gap_s'],
-      'Kafka and Event Hubs (--source kafka, --source eventhubs)': [
-          '--bootstrap_servers', '--topic', '--group_id', '--kafka_reader', '--event_hubs_connection_string'],
-      'FlinkRunner': ['--checkpointing_interval'],
-      'Redis Streams (--source redis; also the landing stream of --websocket_durable_stream)': [
-          '--redis_url', '--redis_streams', '--redis_ack'],
-      'Pub/Sub (--source pubsub)': ['--pubsub_subscription', '--pubsub_topic'],
-      'WebSocket (--source websocket)': ['--websocket_url', '--websocket_durable_stream'],
-      'Pulsar (--source pulsar)': ['--pulsar_service_url', '--pulsar_topics', '--pulsar_token_env'],
-      'Beam': ['--runner', '--streaming'],
+    'Job': ['--source', '--entity', '--tenant_id', '--tenant_field', '--output', '--pii_key_file', '--keep_pii'],
+    'Windows, sessions and deduplication': ['--window_size_s', '--allowed_lateness_s', '--session_gap_s'],
+    'Kafka and Event Hubs (--source kafka, --source eventhubs)': [
+      '--bootstrap_servers',
+      '--topic',
+      '--group_id',
+      '--kafka_reader',
+      '--event_hubs_connection_string',
+    ],
+    'FlinkRunner': ['--checkpointing_interval'],
+    'Redis Streams (--source redis; also the landing stream of --websocket_durable_stream)': [
+      '--redis_url',
+      '--redis_streams',
+      '--redis_ack',
+    ],
+    'Pub/Sub (--source pubsub)': ['--pubsub_subscription', '--pubsub_topic'],
+    'WebSocket (--source websocket)': ['--websocket_url', '--websocket_durable_stream'],
+    'Pulsar (--source pulsar)': ['--pulsar_service_url', '--pulsar_topics', '--pulsar_token_env'],
+    'Beam': ['--runner', '--streaming'],
   }
   for title, flags in expected.items():
     assert title in sections, f'no section {title!r} in:\n{result.stdout}'
@@ -69,6 +78,7 @@ def test_streaming_help_lists_every_flag_grouped_by_source(without_apitools):
   # Every flag of the options classes is in the help, once.
   from pipelines.stream_sources import StreamSourceOptions
   from pipelines.streaming_options import SpotifyStreamingOptions
+
   for options_class in (SpotifyStreamingOptions, StreamSourceOptions):
     parser = __import__('argparse').ArgumentParser(add_help=False)
     options_class._add_argparse_args(parser)
@@ -81,12 +91,24 @@ def test_batch_help_lists_the_job_flags_and_every_source_type(without_apitools):
   result = _run(['-m', 'pipelines.spotify_batch', '--help'], without_apitools)
   assert result.returncode == 0, result.stderr
   sections = _sections(result.stdout)
-  for flag in ('--input', '--input_format', '--entity', '--tenant_id', '--output_format', '--config', '--keep_pii',
-               '--num_shards', '--run_id'):
+  for flag in (
+    '--input',
+    '--input_format',
+    '--entity',
+    '--tenant_id',
+    '--output_format',
+    '--config',
+    '--keep_pii',
+    '--num_shards',
+    '--run_id',
+  ):
     assert re.search(rf'^  {flag}\b', sections['Batch job'], re.M), flag
   assert re.search(r'^  --runner\b', sections['Beam'], re.M)
-  source_types = [line.split()[0] for line in sections[next(t for t in sections if t.startswith('Sources'))].splitlines()
-                  if line.startswith('  ')]
+  source_types = [
+    line.split()[0]
+    for line in sections[next(t for t in sections if t.startswith('Sources'))].splitlines()
+    if line.startswith('  ')
+  ]
   for name in ('csv', 'parquet', 'postgres', 'mongodb', 'redis', 'kafka', 'spotify', 'lastfm', 'rest'):
     assert name in source_types
   assert APITOOLS_LINE not in result.stdout + result.stderr
@@ -104,8 +126,10 @@ def test_the_filter_drops_only_the_unactionable_lines(caplog):
   cli.drop_unactionable_log_lines()  # idempotent
   assert logging.getLogger().filters.count(cli._FILTER) == 1
   with caplog.at_level(logging.WARNING):
-    logging.warning('apitools not found, and bigquery client libraries are not available despite the import not '
-                    'raising an ImportError.')
+    logging.warning(
+      'apitools not found, and bigquery client libraries are not available despite the import not '
+      'raising an ImportError.'
+    )
     logging.warning('Failed to import S3FileSystem; loading of this filesystem will be skipped.')
     logging.getLogger('apache_beam.io.gcp.bigtableio').warning('ImportError: from google.cloud.bigtable import Client')
   messages = [record.getMessage() for record in caplog.records]
@@ -115,13 +139,26 @@ def test_the_filter_drops_only_the_unactionable_lines(caplog):
 def test_a_run_logs_its_progress_in_the_jobs_format_without_apitools(without_apitools, tmp_path, monkeypatch):
   # The apitools line is logged through logging.warning(), which configures the
   # root logger by itself: the job's own format and INFO level must still apply.
-  (tmp_path / 'a.csv').write_text('event_id,user_id,track_id,played_at,ms_played\n'
-                                  'e1,u1,4uLU6hMCjMI75M1A2tKUQC,2024-05-01T10:00:00Z,100\n')
+  (tmp_path / 'a.csv').write_text(
+    'event_id,user_id,track_id,played_at,ms_played\ne1,u1,4uLU6hMCjMI75M1A2tKUQC,2024-05-01T10:00:00Z,100\n'
+  )
   monkeypatch.setenv('PII_MASTER_KEY', 'ef' * 32)
-  result = _run(['-m', 'pipelines.spotify_batch', '--input', str(tmp_path / 'a.csv'), '--tenant_id', 'acme',
-                 '--output', str(tmp_path / 'out')], without_apitools)
+  result = _run(
+    [
+      '-m',
+      'pipelines.spotify_batch',
+      '--input',
+      str(tmp_path / 'a.csv'),
+      '--tenant_id',
+      'acme',
+      '--output',
+      str(tmp_path / 'out'),
+    ],
+    without_apitools,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
-  assert re.search(r'^\d\d:\d\d:\d\d INFO pipelines\.spotify_batch: run \S+: 1 source\(s\)', result.stderr, re.M), \
-      result.stderr[-3000:]
+  assert re.search(r'^\d\d:\d\d:\d\d INFO pipelines\.spotify_batch: run \S+: 1 source\(s\)', result.stderr, re.M), (
+    result.stderr[-3000:]
+  )
   assert APITOOLS_LINE not in result.stderr
   assert 'WARNING:root' not in result.stderr

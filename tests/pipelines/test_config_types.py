@@ -40,8 +40,9 @@ def test_integers_are_parsed_like_the_flag(tmp_path, written, expected):
   assert resolve({}, load_yaml(_config(tmp_path, num_shards=written))).num_shards == expected
 
 
-@pytest.mark.parametrize('key, written', [('num_shards', 'four'), ('batch_size', 2.5), ('split_size_mb', True),
-                                          ('num_shards', [1])])
+@pytest.mark.parametrize(
+  'key, written', [('num_shards', 'four'), ('batch_size', 2.5), ('split_size_mb', True), ('num_shards', [1])]
+)
 def test_integers_reject_anything_else_naming_the_key(tmp_path, key, written):
   with pytest.raises(ConfigError, match=key):
     load_yaml(_config(tmp_path, **{key: written}))
@@ -70,9 +71,15 @@ def test_unknown_key_names_the_key(tmp_path):
     load_yaml(_config(tmp_path, keep_pi=False))
 
 
-@pytest.mark.parametrize('values, named', [({'keep_pi': 'false'}, 'keep_pi'), ({'keep_pii': 'maybe'}, 'keep_pii'),
-                                           ({'num_shards': 'four'}, 'num_shards'),
-                                           ({'output_format': 'csv'}, 'output_format')])
+@pytest.mark.parametrize(
+  'values, named',
+  [
+    ({'keep_pi': 'false'}, 'keep_pi'),
+    ({'keep_pii': 'maybe'}, 'keep_pii'),
+    ({'num_shards': 'four'}, 'num_shards'),
+    ({'output_format': 'csv'}, 'output_format'),
+  ],
+)
 def test_the_run_exits_2_with_one_error_line(tmp_path, capsys, values, named):
   (tmp_path / 'a.csv').write_text('event_id\ne1\n')
   code = spotify_batch.main(['--config', _config(tmp_path, **values), '--output', str(tmp_path / 'out')])

@@ -15,8 +15,18 @@ RETRY = {'backoff_base': 0.02, 'backoff_max': 0.2, 'max_attempts': 6}
 
 
 def _spotify_source(fake, resource, **kw):
-  return dict({'type': 'spotify', 'resource': resource, 'api_url': fake.api_url, 'token_url': fake.token_url,
-               'rate': None, 'retry': RETRY, 'tenant_id': 'acme'}, **kw)
+  return dict(
+    {
+      'type': 'spotify',
+      'resource': resource,
+      'api_url': fake.api_url,
+      'token_url': fake.token_url,
+      'rate': None,
+      'retry': RETRY,
+      'tenant_id': 'acme',
+    },
+    **kw,
+  )
 
 
 def _run(tmp_path, config):
@@ -37,13 +47,19 @@ def spotify_env(monkeypatch):
 def test_connectors_declare_the_entity_of_their_config(spotify_env):
   assert registry.default_entity({'type': 'spotify', 'resource': 'tracks', 'ids': ['x']}) == 'track'
   assert registry.default_entity({'type': 'spotify', 'resource': 'audio_features', 'ids': ['x']}) == 'audio_features'
-  assert registry.default_entity({'type': 'spotify', 'resource': 'recently_played', 'refresh_token': 'r',
-                                  'user': 'u'}) == 'listening_event'
+  assert (
+    registry.default_entity({'type': 'spotify', 'resource': 'recently_played', 'refresh_token': 'r', 'user': 'u'})
+    == 'listening_event'
+  )
   assert registry.default_entity({'type': 'spotify', 'resource': 'albums', 'ids': ['x']}) is None
   assert registry.default_entity({'type': 'lastfm', 'resource': 'recent_tracks', 'users': ['rj']}) == 'listening_event'
   assert registry.default_entity({'type': 'lastfm', 'resource': 'artist_top_tags', 'items': [{'artist': 'x'}]}) is None
-  assert registry.default_entity({'type': 'social', 'resource': 'twitter.recent_search_mentions',
-                                  'params': [{'query': 'x'}]}) == 'social_mention'
+  assert (
+    registry.default_entity(
+      {'type': 'social', 'resource': 'twitter.recent_search_mentions', 'params': [{'query': 'x'}]}
+    )
+    == 'social_mention'
+  )
   assert registry.default_entity({'type': 'csv', 'input': 'a.csv'}) is None
   # A config the connector rejects has no entity here; building it reports the error.
   assert registry.default_entity({'type': 'spotify', 'resource': 'no_such_resource'}) is None
@@ -81,10 +97,15 @@ def test_a_source_entity_still_wins(fake_spotify, spotify_env, tmp_path):
 def test_tracks_and_plays_in_one_config_each_get_their_entity(fake_spotify, spotify_env, tmp_path, monkeypatch):
   monkeypatch.setenv('SPOTIFY_REFRESH_TOKEN', 'test-refresh-token-4567')
   ids = [spotify_id('track', 200 + i) for i in range(4)]
-  manifest = _run(tmp_path, {'sources': [
-      _spotify_source(fake_spotify, 'tracks', ids=ids),
-      _spotify_source(fake_spotify, 'recently_played', user='listener-a'),
-  ]})
+  manifest = _run(
+    tmp_path,
+    {
+      'sources': [
+        _spotify_source(fake_spotify, 'tracks', ids=ids),
+        _spotify_source(fake_spotify, 'recently_played', user='listener-a'),
+      ]
+    },
+  )
   counts = manifest['counts']
   assert counts['dead_letter'] == 0, counts['dead_letter_by_reason']
   assert counts['written_per_entity'] == {'track': len(ids), 'listening_event': fake_spotify.plays}
@@ -94,9 +115,11 @@ def test_a_run_without_dead_letters_still_says_it_redacted(tmp_path, monkeypatch
   # The manifest's pii.redacted (did the run redact?) was once overwritten by the
   # counts of redacted dead-letter fields: an empty dict, so clean runs read as unredacted.
   from pipelines.spotify_batch import summary_table
+
   monkeypatch.setenv('PII_MASTER_KEY', 'cd' * 32)
-  (tmp_path / 'a.csv').write_text('event_id,user_id,track_id,played_at,ms_played\n'
-                                  'e1,u1,4uLU6hMCjMI75M1A2tKUQC,2024-05-01T10:00:00Z,100\n')
+  (tmp_path / 'a.csv').write_text(
+    'event_id,user_id,track_id,played_at,ms_played\ne1,u1,4uLU6hMCjMI75M1A2tKUQC,2024-05-01T10:00:00Z,100\n'
+  )
   manifest = run(['--input', str(tmp_path / 'a.csv'), '--tenant_id', 'acme', '--output', str(tmp_path / 'out')])
   assert manifest['counts']['dead_letter'] == 0
   assert manifest['pii']['redacted'] is True and manifest['pii']['redacted_without_tenant'] == {}

@@ -30,21 +30,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 KEY = '3c' * 32
 TRACK = '4uLU6hMCjMI75M1A2tKUQC'
 RAW = {
-    'email_declared_plain': 'platform.leak@example.com',
-    'email_free_text': 'note.leak@example.org',
-    'email_nested': 'nested.leak@example.net',
-    'email_in_list': 'list.leak@example.co.uk',
-    'email_in_json_string': 'json.leak@example.de',
-    'user_email': 'identifier.leak@example.com',
-    'phone_number_column': '4155552671',
-    'phone_in_map': '+44 20 7946 0958',
-    'ip_nested': '203.0.113.77',
-    'card': '4111 1111 1111 1111',
-    'iban': 'DE89370400440532013000',
-    'spotify_user': 'jane.leaky.doe',
-    'password': 'hunter2-leak!',
-    'user_id': 'user-leak-0001',
-    'dead_letter_email': 'rejected.leak@example.org',
+  'email_declared_plain': 'platform.leak@example.com',
+  'email_free_text': 'note.leak@example.org',
+  'email_nested': 'nested.leak@example.net',
+  'email_in_list': 'list.leak@example.co.uk',
+  'email_in_json_string': 'json.leak@example.de',
+  'user_email': 'identifier.leak@example.com',
+  'phone_number_column': '4155552671',
+  'phone_in_map': '+44 20 7946 0958',
+  'ip_nested': '203.0.113.77',
+  'card': '4111 1111 1111 1111',
+  'iban': 'DE89370400440532013000',
+  'spotify_user': 'jane.leaky.doe',
+  'password': 'hunter2-leak!',
+  'user_id': 'user-leak-0001',
+  'dead_letter_email': 'rejected.leak@example.org',
 }
 # Ids shaped like PII: they must come out as they went in.
 KEPT = {'session_id': 'sess-03639122', 'invoice': 'Invoice 2024-000123', 'iswc': 'T-345246800-1'}
@@ -52,25 +52,37 @@ KEPT = {'session_id': 'sess-03639122', 'invoice': 'Invoice 2024-000123', 'iswc':
 
 def _row(event_id, played_at='2024-05-01T10:00:00Z', track=TRACK):
   return {
-      'event_id': event_id, 'user_id': RAW['user_id'], 'track_id': track, 'played_at': played_at, 'ms_played': 215000,
-      'platform': f"ios {RAW['email_declared_plain']}", 'context_uri': f"spotify:user:{RAW['spotify_user']}",
-      'note': f"card {RAW['card']} mail {RAW['email_free_text']}", 'user_email': RAW['user_email'],
-      'payload': json.dumps({'contact': {'email': RAW['email_in_json_string'], 'iban': RAW['iban']}}),
-      'password': RAW['password'], **KEPT,
+    'event_id': event_id,
+    'user_id': RAW['user_id'],
+    'track_id': track,
+    'played_at': played_at,
+    'ms_played': 215000,
+    'platform': f"ios {RAW['email_declared_plain']}",
+    'context_uri': f"spotify:user:{RAW['spotify_user']}",
+    'note': f"card {RAW['card']} mail {RAW['email_free_text']}",
+    'user_email': RAW['user_email'],
+    'payload': json.dumps({'contact': {'email': RAW['email_in_json_string'], 'iban': RAW['iban']}}),
+    'password': RAW['password'],
+    **KEPT,
   }
 
 
 def _nested(row):
-  return dict(row, mobile=int(RAW['phone_number_column']),
-              device={'ip': RAW['ip_nested'], 'owner': {'email': RAW['email_nested']}},
-              emails=[RAW['email_in_list'], 'ok'])
+  return dict(
+    row,
+    mobile=int(RAW['phone_number_column']),
+    device={'ip': RAW['ip_nested'], 'owner': {'email': RAW['email_nested']}},
+    emails=[RAW['email_in_list'], 'ok'],
+  )
 
 
 def write_inputs(directory):
   """One file per format; each has a clean record and a rejected one (bad track id)."""
   os.makedirs(directory, exist_ok=True)
-  rows = {fmt: [_row(f'{fmt}-1'), _row(f'{fmt}-bad', track=f"bad {RAW['dead_letter_email']}")]
-          for fmt in ('csv', 'jsonl', 'parquet', 'avro')}
+  rows = {
+    fmt: [_row(f'{fmt}-1'), _row(f'{fmt}-bad', track=f"bad {RAW['dead_letter_email']}")]
+    for fmt in ('csv', 'jsonl', 'parquet', 'avro')
+  }
   header = list(rows['csv'][0]) + ['mobile']
   with open(os.path.join(directory, 'events.csv'), 'w', encoding='utf-8', newline='') as f:
     writer = csv.writer(f)
@@ -89,24 +101,53 @@ def write_inputs(directory):
     nested['attributes'] = [('mobile', RAW['phone_in_map']), ('genre', 'jazz')]
     nested['blob'] = RAW['email_nested'].encode()
     table_rows.append(nested)
-  schema = pa.schema([(k, pa.string()) for k in rows['parquet'][0] if k != 'ms_played'] + [
-      ('ms_played', pa.int64()), ('mobile', pa.int64()),
+  schema = pa.schema(
+    [(k, pa.string()) for k in rows['parquet'][0] if k != 'ms_played']
+    + [
+      ('ms_played', pa.int64()),
+      ('mobile', pa.int64()),
       ('device', pa.struct([('ip', pa.string()), ('owner', pa.struct([('email', pa.string())]))])),
-      ('emails', pa.list_(pa.string())), ('attributes', pa.map_(pa.string(), pa.string())), ('blob', pa.binary())])
+      ('emails', pa.list_(pa.string())),
+      ('attributes', pa.map_(pa.string(), pa.string())),
+      ('blob', pa.binary()),
+    ]
+  )
   pq.write_table(pa.Table.from_pylist(table_rows, schema=schema), os.path.join(directory, 'events.parquet'))
   avro_schema = {
-      'type': 'record', 'name': 'Event', 'fields': [{'name': k, 'type': 'string'} for k in rows['avro'][0]
-                                                    if k != 'ms_played'] + [
-          {'name': 'ms_played', 'type': 'long'}, {'name': 'mobile', 'type': 'long'},
-          {'name': 'device', 'type': {'type': 'record', 'name': 'Device', 'fields': [
-              {'name': 'ip', 'type': 'string'},
-              {'name': 'owner', 'type': {'type': 'record', 'name': 'Owner', 'fields': [{'name': 'email', 'type': 'string'}]}}]}},
-          {'name': 'emails', 'type': {'type': 'array', 'items': 'string'}},
-          {'name': 'attributes', 'type': {'type': 'map', 'values': 'string'}}, {'name': 'blob', 'type': 'bytes'}]}
+    'type': 'record',
+    'name': 'Event',
+    'fields': [{'name': k, 'type': 'string'} for k in rows['avro'][0] if k != 'ms_played']
+    + [
+      {'name': 'ms_played', 'type': 'long'},
+      {'name': 'mobile', 'type': 'long'},
+      {
+        'name': 'device',
+        'type': {
+          'type': 'record',
+          'name': 'Device',
+          'fields': [
+            {'name': 'ip', 'type': 'string'},
+            {
+              'name': 'owner',
+              'type': {'type': 'record', 'name': 'Owner', 'fields': [{'name': 'email', 'type': 'string'}]},
+            },
+          ],
+        },
+      },
+      {'name': 'emails', 'type': {'type': 'array', 'items': 'string'}},
+      {'name': 'attributes', 'type': {'type': 'map', 'values': 'string'}},
+      {'name': 'blob', 'type': 'bytes'},
+    ],
+  }
   with open(os.path.join(directory, 'events.avro'), 'wb') as f:
-    fastavro.writer(f, fastavro.parse_schema(avro_schema), [
+    fastavro.writer(
+      f,
+      fastavro.parse_schema(avro_schema),
+      [
         dict(_nested(row), attributes={'mobile': RAW['phone_in_map']}, blob=RAW['email_nested'].encode())
-        for row in rows['avro']])
+        for row in rows['avro']
+      ],
+    )
 
 
 def _decoded(path):
@@ -149,13 +190,28 @@ def test_batch_job_leaves_no_raw_value_in_any_output_or_log(tmp_path):
   inputs, output = tmp_path / 'in', tmp_path / 'out'
   write_inputs(str(inputs))
   config = tmp_path / 'run.yaml'
-  config.write_text(yaml.safe_dump({
-      'output': str(output), 'keep_pii': 'false',
-      'sources': [{'type': fmt, 'input': str(inputs / f'events.{fmt}'), 'tenant_id': 'acme'}
-                  for fmt in ('csv', 'jsonl', 'parquet', 'avro')]}))
+  config.write_text(
+    yaml.safe_dump(
+      {
+        'output': str(output),
+        'keep_pii': 'false',
+        'sources': [
+          {'type': fmt, 'input': str(inputs / f'events.{fmt}'), 'tenant_id': 'acme'}
+          for fmt in ('csv', 'jsonl', 'parquet', 'avro')
+        ],
+      }
+    )
+  )
   env = dict(os.environ, PII_MASTER_KEY=KEY, PYTHONPATH=ROOT)
-  result = subprocess.run([sys.executable, '-m', 'pipelines.spotify_batch', '--config', str(config)], cwd=str(tmp_path),
-                          env=env, capture_output=True, text=True, timeout=600, check=False)
+  result = subprocess.run(
+    [sys.executable, '-m', 'pipelines.spotify_batch', '--config', str(config)],
+    cwd=str(tmp_path),
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   texts = _output_text(str(output))
   texts['stdout'], texts['stderr'] = result.stdout, result.stderr
@@ -177,8 +233,7 @@ def _streaming_batches():
   bad = _nested(_row('s-bad', '2024-05-01T10:00:50Z', track=f"bad {RAW['dead_letter_email']}"))
   bad['attributes'] = []
   schema = pa.Table.from_pylist(rows + [bad]).schema
-  schema = schema.set(schema.get_field_index('attributes'),
-                      pa.field('attributes', pa.map_(pa.string(), pa.string())))
+  schema = schema.set(schema.get_field_index('attributes'), pa.field('attributes', pa.map_(pa.string(), pa.string())))
   return [pa.RecordBatch.from_pylist(rows, schema=schema), pa.RecordBatch.from_pylist([bad], schema=schema)]
 
 
@@ -187,8 +242,12 @@ class _FromTestStream(beam.PTransform):
 
   def expand(self, pbegin):
     first, second = _streaming_batches()
-    stream = (TestStream().add_elements([window.TimestampedValue(first, 1714557605)])
-              .add_elements([window.TimestampedValue(second, 1714557650)]).advance_watermark_to_infinity())
+    stream = (
+      TestStream()
+      .add_elements([window.TimestampedValue(first, 1714557605)])
+      .add_elements([window.TimestampedValue(second, 1714557650)])
+      .advance_watermark_to_infinity()
+    )
     records = pbegin | stream
     return Outputs(records, records | 'NoDeadLetters' >> beam.FlatMap(lambda _: ()))
 
@@ -197,12 +256,18 @@ def test_streaming_job_leaves_no_raw_value_in_any_output(tmp_path, monkeypatch, 
   from pipelines import spotify_streaming
   from pipelines.streaming_options import SpotifyStreamingOptions
   from transforms.pii import key_ref
+
   monkeypatch.setenv('PII_MASTER_KEY', KEY)
   monkeypatch.setitem(spotify_streaming.SOURCES, 'teststream', lambda options: _FromTestStream())
   output = tmp_path / 'out'
   from pipelines import runners
-  options = PipelineOptions(runners.local_runner_args(['--source', 'teststream', '--tenant_id', 'acme', '--output',
-                                                       str(output), '--window_size_s', '60'], streaming=True))
+
+  options = PipelineOptions(
+    runners.local_runner_args(
+      ['--source', 'teststream', '--tenant_id', 'acme', '--output', str(output), '--window_size_s', '60'],
+      streaming=True,
+    )
+  )
   options.view_as(StandardOptions).streaming = True
   with beam.Pipeline(options=options) as p:
     spotify_streaming.build(p, options.view_as(SpotifyStreamingOptions), key_ref())

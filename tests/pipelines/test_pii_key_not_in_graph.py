@@ -27,8 +27,14 @@ _BASE64_RUN = re.compile(rb'[A-Za-z0-9+/_-]{24,}={0,2}')
 
 
 def _needles(material: bytes):
-  return [material, material.hex().encode(), material.hex().upper().encode(), base64.b64encode(material),
-          base64.urlsafe_b64encode(material), base64.b64encode(material).rstrip(b'=')]
+  return [
+    material,
+    material.hex().encode(),
+    material.hex().upper().encode(),
+    base64.b64encode(material),
+    base64.urlsafe_b64encode(material),
+    base64.b64encode(material).rstrip(b'='),
+  ]
 
 
 def _blobs(data: bytes, depth: int = 0):
@@ -38,8 +44,10 @@ def _blobs(data: bytes, depth: int = 0):
     return
   for match in _BASE64_RUN.finditer(data):
     try:
-      raw = base64.b64decode(match.group(0) + b'=' * (-len(match.group(0)) % 4), altchars=b'-_'
-                             if re.search(rb'[-_]', match.group(0)) else None)
+      raw = base64.b64decode(
+        match.group(0) + b'=' * (-len(match.group(0)) % 4),
+        altchars=b'-_' if re.search(rb'[-_]', match.group(0)) else None,
+      )
     except (binascii.Error, ValueError):
       continue
     for decompress in (bz2.decompress, zlib.decompress):
@@ -71,7 +79,9 @@ def key_in_env(monkeypatch):
 @pytest.fixture
 def csv_input(tmp_path):
   path = tmp_path / 'events.csv'
-  path.write_text('event_id,user_id,track_id,played_at,ms_played\ne1,u1,4uLU6hMCjMI75M1A2tKUQC,2024-05-01T10:00:00Z,1\n')
+  path.write_text(
+    'event_id,user_id,track_id,played_at,ms_played\ne1,u1,4uLU6hMCjMI75M1A2tKUQC,2024-05-01T10:00:00Z,1\n'
+  )
   return str(path)
 
 
@@ -93,8 +103,9 @@ def test_batch_job_graph_with_a_key_file_or_the_demo_s_ephemeral_key(csv_input, 
   monkeypatch.delenv(PII_KEY_ENV, raising=False)
   key_file = tmp_path / 'pii.key'
   key_file.write_text(base64.b64encode(KEY).decode())
-  config = resolve({'input': csv_input, 'tenant_id': 'acme', 'output': str(tmp_path / 'out'),
-                    'pii_key_file': str(key_file)})
+  config = resolve(
+    {'input': csv_input, 'tenant_id': 'acme', 'output': str(tmp_path / 'out'), 'pii_key_file': str(key_file)}
+  )
   assert_no_key_material(_batch_pipeline(config, key_ref(config.pii_key_file)), KEY)
   # The demo (no key at all): a random key in a private file, referenced by path.
   ephemeral = key_ref(None, environ={}, allow_ephemeral=True)
@@ -104,8 +115,21 @@ def test_batch_job_graph_with_a_key_file_or_the_demo_s_ephemeral_key(csv_input, 
 
 
 def test_streaming_job_graph_holds_a_reference_not_the_key(key_in_env, tmp_path):
-  argv = ['--source', 'kafka', '--bootstrap_servers', '127.0.0.1:9092', '--topic', 'plays', '--group_id', 'g',
-          '--tenant_id', 'acme', '--output', str(tmp_path / 'out'), '--streaming']
+  argv = [
+    '--source',
+    'kafka',
+    '--bootstrap_servers',
+    '127.0.0.1:9092',
+    '--topic',
+    'plays',
+    '--group_id',
+    'g',
+    '--tenant_id',
+    'acme',
+    '--output',
+    str(tmp_path / 'out'),
+    '--streaming',
+  ]
   options = PipelineOptions(argv)
   pipeline = beam.Pipeline(options=options)
   spotify_streaming.build(pipeline, options.view_as(SpotifyStreamingOptions), key_ref())
@@ -116,7 +140,6 @@ def test_the_search_finds_a_key_that_is_in_the_graph():
   """The check above can fail: a DoFn holding the key's bytes is caught."""
 
   class _Leaky(beam.DoFn):
-
     def __init__(self, material):
       self._material = material
 
@@ -134,6 +157,7 @@ def test_workers_fail_clearly_when_the_reference_cannot_be_resolved(tmp_path, mo
   from transforms.pii.transforms import _RedactBatchFn
   from transforms.pii import PiiOptions, PiiKeyError
   from transforms.entities import ListeningEvent
+
   monkeypatch.delenv(PII_KEY_ENV, raising=False)
   fn = _RedactBatchFn(ListeningEvent, KeyRef('env', PII_KEY_ENV), PiiOptions())
   with pytest.raises(PiiKeyError, match='PII_MASTER_KEY is not set'):
@@ -146,6 +170,7 @@ def test_workers_fail_clearly_when_the_reference_cannot_be_resolved(tmp_path, mo
 def test_a_secret_manager_reference_holds_the_name_and_workers_read_the_secret(csv_input, tmp_path, monkeypatch):
   """The Flex Template's --pii_key_secret: the graph names the secret version; each worker reads it in setup."""
   from transforms.pii import keys
+
   name = 'projects/p/secrets/pii-master-key/versions/3'
   reads = []
 
@@ -160,14 +185,16 @@ def test_a_secret_manager_reference_holds_the_name_and_workers_read_the_secret(c
   assert ref == KeyRef('gcp_secret', name) and reads == [name]  # checked once before the run
   pipeline = _batch_pipeline(config, ref)
   assert_no_key_material(pipeline, KEY)
-  assert name.encode() in b''.join(b for t in pipeline.to_runner_api().components.transforms.values()
-                                   for b in _blobs(t.spec.payload))
+  assert name.encode() in b''.join(
+    b for t in pipeline.to_runner_api().components.transforms.values() for b in _blobs(t.spec.payload)
+  )
   assert ref.load().tenant_key('acme') == keys.MasterKey(KEY).tenant_key('acme') and len(reads) == 2
 
 
 def test_a_loaded_master_key_is_carried_as_the_reference_it_came_from(key_in_env, tmp_path):
   """RedactPII(master_key=load_master_key()) keeps working: the graph holds where the key came from."""
   from transforms.pii import RedactDeadLetters, RedactPII, load_master_key
+
   loaded = load_master_key()
   assert loaded.ref == KeyRef('env', PII_KEY_ENV)
   pipeline = beam.Pipeline(options=PipelineOptions([]))

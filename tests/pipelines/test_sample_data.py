@@ -69,8 +69,10 @@ def test_same_seed_gives_same_bytes_and_another_seed_differs(tmp_path):
   runs = []
   for name, seed in (('a', 3), ('b', 3), ('c', 4)):
     paths = write_listening_events(str(tmp_path / name), rows=3000, files=2, seed=seed)
-    runs.append([open(p, 'rb').read() for p in paths] +
-                [open(os.path.join(tmp_path / name, sample_data.EXPECTED_FILE), 'rb').read()])
+    runs.append(
+      [open(p, 'rb').read() for p in paths]
+      + [open(os.path.join(tmp_path / name, sample_data.EXPECTED_FILE), 'rb').read()]
+    )
   assert runs[0] == runs[1]
   assert runs[0][0] != runs[2][0]
 
@@ -157,7 +159,8 @@ def test_clean_rows_are_valid_listening_events_with_realistic_values(csv_dir):
   epoch = sum(r['played_at'].isdigit() for r in records)
   assert 0.02 < epoch / len(records) < 0.08
   offsets = collections.Counter(
-      re.search(r'(Z|[+-]\d\d:\d\d)$', r['played_at']).group(1) for r in records if not r['played_at'].isdigit())
+    re.search(r'(Z|[+-]\d\d:\d\d)$', r['played_at']).group(1) for r in records if not r['played_at'].isdigit()
+  )
   assert len(offsets) >= 8 and 'Z' in offsets and '+05:30' in offsets
   # IPv4 and IPv6; stable email and at most three IPs per user; thousands of users and tracks.
   assert any(':' in r['ip_address'] for r in records) and any('.' in r['ip_address'] for r in records)
@@ -226,8 +229,10 @@ def test_notes_carry_the_reported_pii(csv_dir):
   assert cards and all(sample_data.luhn_valid(c) for c in cards)
   ibans = [m.group(0) for n in clean_notes for m in [re.search(r'\b[A-Z]{2}\d\d[A-Z0-9 ]{11,40}[0-9]', n)] if m]
   assert len(ibans) == expected['pii_by_type']['iban'] and all(sample_data.iban_valid(i) for i in ibans)
-  assert sum(bool(re.search(r'[a-z]+://[^/:@\s]+:[^/@\s]+@', n)) for n in clean_notes) == \
-      expected['pii_by_type']['url_credentials']
+  assert (
+    sum(bool(re.search(r'[a-z]+://[^/:@\s]+:[^/@\s]+@', n)) for n in clean_notes)
+    == expected['pii_by_type']['url_credentials']
+  )
 
 
 def test_jsonl_rows_parse_or_fail_as_reported(tmp_path):
@@ -252,23 +257,51 @@ def test_jsonl_rows_parse_or_fail_as_reported(tmp_path):
 
 def test_command_line_prints_the_summary_and_rejects_bad_options(tmp_path):
   env = dict(os.environ, PYTHONPATH=REPO_ROOT)
-  done = subprocess.run([sys.executable, '-m', 'pipelines.sample_data', '--rows', '1000', '--out',
-                         str(tmp_path), '--files', '2', '--seed', '9'], capture_output=True, text=True, env=env,
-                        cwd=REPO_ROOT, check=True)
+  done = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'pipelines.sample_data',
+      '--rows',
+      '1000',
+      '--out',
+      str(tmp_path),
+      '--files',
+      '2',
+      '--seed',
+      '9',
+    ],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=REPO_ROOT,
+    check=True,
+  )
   summary = json.loads(done.stdout)
   assert summary['rows'] == 1000 and summary['malformed']['total'] == 20 and summary['duplicates'] == 10
   assert 'malformed_rows' not in summary and len(os.listdir(tmp_path)) == 3
-  failed = subprocess.run([sys.executable, '-m', 'pipelines.sample_data', '--rows', '100', '--out',
-                           str(tmp_path / 'x'), '--malformed', '2'], capture_output=True, text=True, env=env,
-                          cwd=REPO_ROOT)
+  failed = subprocess.run(
+    [sys.executable, '-m', 'pipelines.sample_data', '--rows', '100', '--out', str(tmp_path / 'x'), '--malformed', '2'],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=REPO_ROOT,
+  )
   assert failed.returncode == 2 and 'malformed must be a fraction' in failed.stderr
   assert 'Traceback' not in failed.stderr
 
 
-@pytest.mark.parametrize('kwargs, message', [({'rows': 0}, 'rows must be'), ({'files': 0}, 'files must be'),
-                                             ({'rows': 5, 'files': 6}, 'files must be'), ({'seed': -1}, 'seed must be'),
-                                             ({'duplicates': 0.7}, 'duplicates must be'),
-                                             ({'format': 'xml'}, 'format must be')])
+@pytest.mark.parametrize(
+  'kwargs, message',
+  [
+    ({'rows': 0}, 'rows must be'),
+    ({'files': 0}, 'files must be'),
+    ({'rows': 5, 'files': 6}, 'files must be'),
+    ({'seed': -1}, 'seed must be'),
+    ({'duplicates': 0.7}, 'duplicates must be'),
+    ({'format': 'xml'}, 'format must be'),
+  ],
+)
 def test_invalid_options_name_the_option(tmp_path, kwargs, message):
   with pytest.raises(ValueError, match=message):
     write_listening_events(str(tmp_path), **kwargs)
@@ -276,13 +309,26 @@ def test_invalid_options_name_the_option(tmp_path, kwargs, message):
 
 def test_bench_batch_baseline_only_runs_on_generated_data(tmp_path):
   """The benchmark harness end to end on a small file (the pipeline part is skipped)."""
-  done = subprocess.run([
+  done = subprocess.run(
+    [
       sys.executable,
-      os.path.join(REPO_ROOT, 'benchmarks', 'bench_batch.py'), '--rows', '5000', '--data-dir',
-      str(tmp_path / 'data'), '--baseline-only', '--baseline-runs', '2', '--json', '--pipeline-args',
-      '--keep_pii'
-  ],
-                        capture_output=True, text=True, cwd=REPO_ROOT, check=True)
+      os.path.join(REPO_ROOT, 'benchmarks', 'bench_batch.py'),
+      '--rows',
+      '5000',
+      '--data-dir',
+      str(tmp_path / 'data'),
+      '--baseline-only',
+      '--baseline-runs',
+      '2',
+      '--json',
+      '--pipeline-args',
+      '--keep_pii',
+    ],
+    capture_output=True,
+    text=True,
+    cwd=REPO_ROOT,
+    check=True,
+  )
   result = json.loads(done.stdout)
   assert result['rows'] == 5000
   assert result['baseline']['rows_per_s'] > 0 and len(result['baseline']['runs_s']) == 2

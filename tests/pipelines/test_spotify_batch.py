@@ -48,7 +48,9 @@ def _read_partitions(output):
   tables = {}
   for directory in sorted(glob.glob(os.path.join(output, 'data', 'tenant=*'))):
     tenant = directory.rsplit('=', 1)[1]
-    tables[tenant] = pa.concat_tables([pq.read_table(f) for f in sorted(glob.glob(os.path.join(directory, '*.parquet')))])
+    tables[tenant] = pa.concat_tables(
+      [pq.read_table(f) for f in sorted(glob.glob(os.path.join(directory, '*.parquet')))]
+    )
   return tables
 
 
@@ -92,7 +94,13 @@ def test_manifest_describes_the_run(sample_run):
   assert manifest['run_id'] and manifest['runner'] and manifest['code_version']['beam']
   assert manifest['inputs'][0]['input'].endswith('*.csv')
   assert manifest['pii']['redacted'] and not manifest['pii']['ephemeral_key']
-  assert set(manifest['pii']['findings']) >= {'EMAIL_ADDRESS', 'IP_ADDRESS', 'CREDIT_CARD', 'IBAN_CODE', 'URL_WITH_CREDENTIALS'}
+  assert set(manifest['pii']['findings']) >= {
+    'EMAIL_ADDRESS',
+    'IP_ADDRESS',
+    'CREDIT_CARD',
+    'IBAN_CODE',
+    'URL_WITH_CREDENTIALS',
+  }
   assert manifest['files']['data'] and all(p.startswith(output) for p in manifest['files']['data'])
   assert not os.path.exists(os.path.join(output, '_temporary'))
 
@@ -171,9 +179,15 @@ def _run_small(tmp_path, rows, name, extra=(), key=KEY):
 
 def _event(event_id, user, tenant, **kw):
   row = {
-      'event_id': event_id, 'tenant_id': tenant, 'user_id': user, 'track_id': '4uLU6hMCjMI75M1A2tKUQC',
-      'played_at': '2024-03-01T12:30:00+01:00', 'ms_played': '1000', 'user_email': f'{user}@example.com',
-      'ip_address': '192.0.2.7', 'note': ''
+    'event_id': event_id,
+    'tenant_id': tenant,
+    'user_id': user,
+    'track_id': '4uLU6hMCjMI75M1A2tKUQC',
+    'played_at': '2024-03-01T12:30:00+01:00',
+    'ms_played': '1000',
+    'user_email': f'{user}@example.com',
+    'ip_address': '192.0.2.7',
+    'note': '',
   }
   row.update(kw)
   return row
@@ -211,6 +225,7 @@ def test_other_output_formats(tmp_path, fmt):
 
 def _tfrecords(path):
   from apache_beam.io.tfrecordio import _TFRecordUtil
+
   with open(path, 'rb') as handle:
     while True:
       record = _TFRecordUtil.read_record(handle)
@@ -227,6 +242,7 @@ def _example_class():
   global _EXAMPLE
   if _EXAMPLE is None:
     from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
     f = descriptor_pb2.FileDescriptorProto(name='test_example.proto', package='testtf', syntax='proto3')
     T = descriptor_pb2.FieldDescriptorProto
     for name, ftype in (('BytesList', T.TYPE_BYTES), ('FloatList', T.TYPE_FLOAT), ('Int64List', T.TYPE_INT64)):
@@ -235,17 +251,26 @@ def _example_class():
     feature = f.message_type.add(name='Feature')
     feature.oneof_decl.add(name='kind')
     for number, name in ((1, 'bytes_list'), (2, 'float_list'), (3, 'int64_list')):
-      feature.field.add(name=name, number=number, type=T.TYPE_MESSAGE, type_name='.testtf.' + name.title().replace('_', ''),
-                        label=T.LABEL_OPTIONAL, oneof_index=0)
+      feature.field.add(
+        name=name,
+        number=number,
+        type=T.TYPE_MESSAGE,
+        type_name='.testtf.' + name.title().replace('_', ''),
+        label=T.LABEL_OPTIONAL,
+        oneof_index=0,
+      )
     features = f.message_type.add(name='Features')
     entry = features.nested_type.add(name='FeatureEntry')
     entry.options.map_entry = True
     entry.field.add(name='key', number=1, type=T.TYPE_STRING, label=T.LABEL_OPTIONAL)
     entry.field.add(name='value', number=2, type=T.TYPE_MESSAGE, type_name='.testtf.Feature', label=T.LABEL_OPTIONAL)
-    features.field.add(name='feature', number=1, type=T.TYPE_MESSAGE, type_name='.testtf.Features.FeatureEntry',
-                       label=T.LABEL_REPEATED)
+    features.field.add(
+      name='feature', number=1, type=T.TYPE_MESSAGE, type_name='.testtf.Features.FeatureEntry', label=T.LABEL_REPEATED
+    )
     example = f.message_type.add(name='Example')
-    example.field.add(name='features', number=1, type=T.TYPE_MESSAGE, type_name='.testtf.Features', label=T.LABEL_OPTIONAL)
+    example.field.add(
+      name='features', number=1, type=T.TYPE_MESSAGE, type_name='.testtf.Features', label=T.LABEL_OPTIONAL
+    )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(f)
     _EXAMPLE = message_factory.GetMessageClass(pool.FindMessageTypeByName('testtf.Example'))
@@ -277,13 +302,13 @@ def test_config_with_several_sources_and_every_read_reason(tmp_path):
   parquet_path = tmp_path / 'broken.parquet'
   parquet_path.write_bytes(b'PAR1 this is not really parquet')
   config = {
-      'output': str(tmp_path / 'out'),
-      'entity': 'listening_event',
-      'sources': [
-          {'type': 'csv', 'input': str(csv_path), 'tenant_field': 'tenant_id'},
-          {'type': 'jsonl', 'input': str(jsonl_path), 'tenant_id': 'beat'},
-          {'type': 'parquet', 'input': str(parquet_path), 'tenant_id': 'beat'},
-      ]
+    'output': str(tmp_path / 'out'),
+    'entity': 'listening_event',
+    'sources': [
+      {'type': 'csv', 'input': str(csv_path), 'tenant_field': 'tenant_id'},
+      {'type': 'jsonl', 'input': str(jsonl_path), 'tenant_id': 'beat'},
+      {'type': 'parquet', 'input': str(parquet_path), 'tenant_id': 'beat'},
+    ],
   }
   config_path = tmp_path / 'run.yaml'
   config_path.write_text(yaml.safe_dump(config))
@@ -300,11 +325,19 @@ def _cli(*args, env_key=KEY, cwd=None):
   env = dict(os.environ, PII_MASTER_KEY=env_key)
   if not env_key:
     env.pop('PII_MASTER_KEY')
-  return subprocess.run([sys.executable, '-m', 'pipelines.spotify_batch', *args], cwd=cwd or ROOT, env=env,
-                        capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, '-m', 'pipelines.spotify_batch', *args],
+    cwd=cwd or ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
-@pytest.mark.parametrize('args,message', [
+@pytest.mark.parametrize(
+  'args,message',
+  [
     (['--bogus_flag', '1'], 'unknown flag'),
     (['--output_format', 'xml'], 'invalid choice'),
     (['--input', '/nonexistent-dir/*.csv', '--tenant_id', 'acme'], 'no file matches'),
@@ -312,7 +345,8 @@ def _cli(*args, env_key=KEY, cwd=None):
     (['--input', 'x.csv', '--tenant_id', '../etc'], 'not a valid tenant id'),
     (['--input', 'x.csv'], 'exactly one of tenant_id or tenant_field'),
     (['--entity', 'song', '--input', 'x.csv', '--tenant_id', 'acme'], 'unknown entity'),
-])
+  ],
+)
 def test_cli_errors_are_one_clear_line(args, message):
   result = _cli(*args)
   assert result.returncode == 2
@@ -326,8 +360,15 @@ def test_cli_bad_yaml_and_missing_key(tmp_path, sample):
   bad.write_text('sources: [unclosed')
   result = _cli('--config', str(bad))
   assert result.returncode == 2 and 'not valid YAML' in result.stderr and 'Traceback' not in result.stderr
-  result = _cli('--input', os.path.join(sample, '*.csv'), '--tenant_field', 'tenant_id', '--output', str(tmp_path / 'o'),
-                env_key=None)
+  result = _cli(
+    '--input',
+    os.path.join(sample, '*.csv'),
+    '--tenant_field',
+    'tenant_id',
+    '--output',
+    str(tmp_path / 'o'),
+    env_key=None,
+  )
   assert result.returncode == 2 and 'PII_MASTER_KEY' in result.stderr and 'Traceback' not in result.stderr
 
 
@@ -349,16 +390,29 @@ def test_s3_and_gcs_input_and_output(s3_env, gcs_env, tmp_path):
 
 def test_manifest_never_holds_a_source_password():
   from pipelines.spotify_batch import _describe
-  described = _describe({'type': 'postgres', 'url': 'postgresql://music:s3cret@db:5432/music', 'table': 'plays',
-                         'tenant_id': 'acme', 'pool_size': 4})
-  assert described == {'type': 'postgres', 'url': 'postgresql://music:***@db:5432/music', 'table': 'plays',
-                       'tenant_id': 'acme'}
+
+  described = _describe(
+    {
+      'type': 'postgres',
+      'url': 'postgresql://music:s3cret@db:5432/music',
+      'table': 'plays',
+      'tenant_id': 'acme',
+      'pool_size': 4,
+    }
+  )
+  assert described == {
+    'type': 'postgres',
+    'url': 'postgresql://music:***@db:5432/music',
+    'table': 'plays',
+    'tenant_id': 'acme',
+  }
 
 
 def test_flags_shared_with_other_options_classes_are_still_known():
   # The streaming job's options declare some of the same flags; importing them
   # must not hide the batch job's own (it did: a conflict dropped the rest).
   from pipelines.spotify_batch import UsageError, _check_flags
+
   _check_flags(['--config', 'run.yaml', '--output_format', 'avro', '--run_id', 'r1', '--runner', 'DirectRunner'])
   with pytest.raises(UsageError, match='invalid choice'):
     _check_flags(['--output_format', 'xml'])
@@ -372,20 +426,30 @@ def test_one_run_can_hold_several_entities(tmp_path):
     writer.writeheader()
     writer.writerows(events)
   tracks_path = tmp_path / 'tracks.jsonl'
-  tracks_path.write_text('\n'.join(json.dumps(t) for t in [
-      {'id': '4uLU6hMCjMI75M1A2tKUQC', 'name': 'Song', 'popularity': 50, 'album': {'name': 'A'}},
-      {'id': '4uLU6hMCjMI75M1A2tKUQC', 'name': 'Song', 'popularity': 50, 'album': {'name': 'A'}},
-      {'id': 'short', 'name': 'Bad id'},
-  ]) + '\n')
+  tracks_path.write_text(
+    '\n'.join(
+      json.dumps(t)
+      for t in [
+        {'id': '4uLU6hMCjMI75M1A2tKUQC', 'name': 'Song', 'popularity': 50, 'album': {'name': 'A'}},
+        {'id': '4uLU6hMCjMI75M1A2tKUQC', 'name': 'Song', 'popularity': 50, 'album': {'name': 'A'}},
+        {'id': 'short', 'name': 'Bad id'},
+      ]
+    )
+    + '\n'
+  )
   output = tmp_path / 'out'
   config_path = tmp_path / 'run.yaml'
-  config_path.write_text(yaml.safe_dump({
-      'output': str(output),
-      'sources': [
+  config_path.write_text(
+    yaml.safe_dump(
+      {
+        'output': str(output),
+        'sources': [
           {'type': 'csv', 'input': str(csv_path), 'tenant_field': 'tenant_id'},
           {'type': 'jsonl', 'input': str(tracks_path), 'tenant_id': 'acme', 'entity': 'track'},
-      ]
-  }))
+        ],
+      }
+    )
+  )
   manifest = run(['--config', str(config_path)])
   counts = manifest['counts']
   assert counts['written_per_entity'] == {'listening_event': 2, 'track': 1}
@@ -403,6 +467,7 @@ def test_one_run_can_hold_several_entities(tmp_path):
 def test_a_run_on_an_output_another_run_holds_is_refused_naming_it(tmp_path, capsys):
   from io_connectors.sinks.lake import OutputLock, run_dir_name
   from pipelines.spotify_batch import main
+
   source = tmp_path / 'events.csv'
   rows = [_event('e1', 'u1', 'acme')]
   with open(source, 'w', newline='', encoding='utf-8') as handle:
@@ -426,6 +491,7 @@ def test_a_run_on_an_output_another_run_holds_is_refused_naming_it(tmp_path, cap
 
 def test_a_run_that_fails_before_its_manifest_leaves_the_previous_output(tmp_path, monkeypatch):
   from io_connectors.sinks import lake
+
   source = tmp_path / 'events.csv'
 
   def write(rows):

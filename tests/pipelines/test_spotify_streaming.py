@@ -36,7 +36,17 @@ from io_connectors.registry import ConfigError
 from pipelines import runners, spotify_streaming
 from tests.cluster_fixtures import wait_until as cluster_wait_until
 from tests.io_connectors.streams_support import fresh_name, redis_url, wait_until
-from tests.pipelines.streaming_support import (PARTITIONS, WINDOW_S, EventPlan, dead_letters, final_metrics, new_topic, plan_events, produce, written_ids)
+from tests.pipelines.streaming_support import (
+  PARTITIONS,
+  WINDOW_S,
+  EventPlan,
+  dead_letters,
+  final_metrics,
+  new_topic,
+  plan_events,
+  produce,
+  written_ids,
+)
 
 pytestmark = pytest.mark.usefixtures('streaming_pii_key')
 
@@ -75,8 +85,9 @@ def _wait_for_writes(output, plan: EventPlan, result, started: float):
   return time.monotonic() - started
 
 
-def check_outputs(output, plan: EventPlan, malformed_at: Set[Tuple[str, str]], source_prefix: str,
-                  position_prefix: str):
+def check_outputs(
+  output, plan: EventPlan, malformed_at: Set[Tuple[str, str]], source_prefix: str, position_prefix: str
+):
   """What the job wrote is exactly what the plan makes of the events."""
   ids = written_ids(output)
   assert len(ids) == len(set(ids)), 'an event was written twice'
@@ -89,8 +100,13 @@ def check_outputs(output, plan: EventPlan, malformed_at: Set[Tuple[str, str]], s
   assert all(l['stage'] == 'read' and l['record'] is not None for l in malformed)
   late = {l['record']['event_id']: l for l in letters if l['reason'] == 'late_event'}
   assert set(late) == set(plan.late_ids)
-  assert all(l['tenant'] == plan.late_ids[i] and l['source'].startswith(source_prefix) and
-             l['position'].startswith(position_prefix) and l['field'] == 'played_at' for i, l in late.items())
+  assert all(
+    l['tenant'] == plan.late_ids[i]
+    and l['source'].startswith(source_prefix)
+    and l['position'].startswith(position_prefix)
+    and l['field'] == 'played_at'
+    for i, l in late.items()
+  )
   metrics = final_metrics(output)
   assert sum(m['events'] for m in metrics.values()) == len(plan.unique_valid)
   assert sum(m['late_events'] for m in metrics.values()) == len(plan.late_ids)
@@ -100,8 +116,10 @@ def check_outputs(output, plan: EventPlan, malformed_at: Set[Tuple[str, str]], s
   sessions = [pq.read_table(p) for p in glob.glob(f'{output}/sessions/**/*.parquet', recursive=True)]
   assert sum(t.column('events').to_numpy().sum() for t in sessions) == len(plan.unique_valid)
   # Names derive from (tenant, window, shard): a replay rewrites the same ones.
-  names = [p[len(output):] for p in glob.glob(f'{output}/data/**/*.parquet', recursive=True)]
-  assert all(re.fullmatch(r'/data/tenant=(acme|globex)/window_start=\d{8}T\d{6}Z/part-\d{3}\.parquet', n) for n in names)
+  names = [p[len(output) :] for p in glob.glob(f'{output}/data/**/*.parquet', recursive=True)]
+  assert all(
+    re.fullmatch(r'/data/tenant=(acme|globex)/window_start=\d{8}T\d{6}Z/part-\d{3}\.parquet', n) for n in names
+  )
   assert not glob.glob(f'{output}/**/.tmp-*', recursive=True)
 
 
@@ -157,8 +175,16 @@ def _settled(output, plan: EventPlan, malformed_at, result, extra=lambda: True):
   return condition
 
 
-def run_kafka_end_to_end(kafka, tmp_path, runner_argv: List[str], n: int = EVENTS, late: int = LATE,
-                         ends_by_itself: bool = True, flink_cluster=None, extra_job_argv: Sequence[str] = ()):
+def run_kafka_end_to_end(
+  kafka,
+  tmp_path,
+  runner_argv: List[str],
+  n: int = EVENTS,
+  late: int = LATE,
+  ends_by_itself: bool = True,
+  flink_cluster=None,
+  extra_job_argv: Sequence[str] = (),
+):
   """Produces the plan to a new topic and runs the job; checks outputs and the group's committed offsets.
 
   ends_by_itself: the job reads a fixed count per partition and finishes;
@@ -184,10 +210,36 @@ def run_kafka_end_to_end(kafka, tmp_path, runner_argv: List[str], n: int = EVENT
       malformed_at.add((f'kafka://{topic}/{partition}', f'offset {offsets[partition]}'))
     offsets[partition] += 1
   output = str(tmp_path / 'out')
-  argv = runner_argv + [
-      '--streaming', '--source', 'kafka', '--bootstrap_servers', kafka, '--topic', topic, '--group_id', f'g-{topic}',
-      '--tenant_field', 'tenant', '--output', output, '--window_size_s', str(WINDOW_S), '--allowed_lateness_s', '5',
-      '--session_gap_s', '120', '--idle_timeout_s', '2', '--dedup_ttl_s', '86400'] + extra_argv + list(extra_job_argv)
+  argv = (
+    runner_argv
+    + [
+      '--streaming',
+      '--source',
+      'kafka',
+      '--bootstrap_servers',
+      kafka,
+      '--topic',
+      topic,
+      '--group_id',
+      f'g-{topic}',
+      '--tenant_field',
+      'tenant',
+      '--output',
+      output,
+      '--window_size_s',
+      str(WINDOW_S),
+      '--allowed_lateness_s',
+      '5',
+      '--session_gap_s',
+      '120',
+      '--idle_timeout_s',
+      '2',
+      '--dedup_ttl_s',
+      '86400',
+    ]
+    + extra_argv
+    + list(extra_job_argv)
+  )
   started = time.monotonic()
   result = spotify_streaming.run(argv, wait=False)
   try:
@@ -198,13 +250,19 @@ def run_kafka_end_to_end(kafka, tmp_path, runner_argv: List[str], n: int = EVENT
       assert result.state == PipelineState.DONE, result.state
     else:
       end_offsets = [offsets[p] for p in range(PARTITIONS)]
-      wait_until(_settled(output, plan, malformed_at, result, lambda: _committed(kafka, topic) == end_offsets),
-                 timeout=WRITE_TIMEOUT_S, interval=1, what='late events, dead letters and offset commits')
+      wait_until(
+        _settled(output, plan, malformed_at, result, lambda: _committed(kafka, topic) == end_offsets),
+        timeout=WRITE_TIMEOUT_S,
+        interval=1,
+        what='late events, dead letters and offset commits',
+      )
   finally:
     if not ends_by_itself or not PipelineState.is_terminal(result.state):
       _cancel(result, flink_cluster)  # an unbounded read (or a failed test): the test ends the job
-  print(f'kafka, {n} events on {runner_argv[0]}: written after {written_s:.0f} s, '
-        f'job ended after {time.monotonic() - started:.0f} s')
+  print(
+    f'kafka, {n} events on {runner_argv[0]}: written after {written_s:.0f} s, '
+    f'job ended after {time.monotonic() - started:.0f} s'
+  )
   check_outputs(output, plan, malformed_at, f'kafka://{topic}/', 'offset ')
   if ends_by_itself:
     # Offsets were committed to the group once bundles were durable.
@@ -222,8 +280,7 @@ def _committed(kafka, topic) -> List[int]:
   return [tp.offset for tp in committed]
 
 
-def run_redis_end_to_end(url, tmp_path, runner_argv: List[str], n: int = EVENTS, late: int = LATE,
-                         flink_cluster=None):
+def run_redis_end_to_end(url, tmp_path, runner_argv: List[str], n: int = EVENTS, late: int = LATE, flink_cluster=None):
   stream, group = fresh_name('plays'), 'lake'
   client = redis.Redis.from_url(url)
 
@@ -231,7 +288,7 @@ def run_redis_end_to_end(url, tmp_path, runner_argv: List[str], n: int = EVENTS,
     ids = []
     for i in range(0, len(items), 5000):
       pipe = client.pipeline(transaction=False)
-      for _, value, _ in items[i:i + 5000]:
+      for _, value, _ in items[i : i + 5000]:
         pipe.xadd(stream, {'data': value})
       ids += [entry_id.decode() for entry_id in pipe.execute()]
     return ids
@@ -239,13 +296,35 @@ def run_redis_end_to_end(url, tmp_path, runner_argv: List[str], n: int = EVENTS,
   try:
     plan = plan_events(n, _window_aligned_hour_ago(), late)
     entry_ids = xadd(plan.on_time)
-    malformed_at = {(f'redis://{stream}', f'entry {e}')
-                    for e, (_, value, _) in zip(entry_ids, plan.on_time) if not value.endswith(b'}')}
+    malformed_at = {
+      (f'redis://{stream}', f'entry {e}')
+      for e, (_, value, _) in zip(entry_ids, plan.on_time)
+      if not value.endswith(b'}')
+    }
     output = str(tmp_path / 'out')
     argv = runner_argv + [
-        '--streaming', '--source', 'redis', '--redis_streams', stream, '--redis_group', group,
-        '--redis_count', '1000', '--tenant_field', 'tenant', '--output', output, '--window_size_s', str(WINDOW_S),
-        '--allowed_lateness_s', '5', '--session_gap_s', '120', '--dedup_ttl_s', '86400']
+      '--streaming',
+      '--source',
+      'redis',
+      '--redis_streams',
+      stream,
+      '--redis_group',
+      group,
+      '--redis_count',
+      '1000',
+      '--tenant_field',
+      'tenant',
+      '--output',
+      output,
+      '--window_size_s',
+      str(WINDOW_S),
+      '--allowed_lateness_s',
+      '5',
+      '--session_gap_s',
+      '120',
+      '--dedup_ttl_s',
+      '86400',
+    ]
     started = time.monotonic()
     result = spotify_streaming.run(argv, wait=False)
     try:
@@ -253,12 +332,18 @@ def run_redis_end_to_end(url, tmp_path, runner_argv: List[str], n: int = EVENTS,
       xadd(plan.late)
 
       acked = lambda: client.xpending(stream, group)['pending'] == 0
-      wait_until(_settled(output, plan, malformed_at, result, acked), timeout=WRITE_TIMEOUT_S, interval=1,
-                 what='late events, dead letters and acks')
+      wait_until(
+        _settled(output, plan, malformed_at, result, acked),
+        timeout=WRITE_TIMEOUT_S,
+        interval=1,
+        what='late events, dead letters and acks',
+      )
     finally:
       _cancel(result, flink_cluster)  # an unbounded read: the test ends the job once it has seen everything
-    print(f'redis, {n} events on {runner_argv[0]}: written after {written_s:.0f} s, '
-          f'settled after {time.monotonic() - started:.0f} s')
+    print(
+      f'redis, {n} events on {runner_argv[0]}: written after {written_s:.0f} s, '
+      f'settled after {time.monotonic() - started:.0f} s'
+    )
     check_outputs(output, plan, malformed_at, f'redis://{stream}', 'entry ')
     assert client.xpending(stream, group)['pending'] == 0
     return output
@@ -278,8 +363,13 @@ def test_kafka_end_to_end(request, kafka, tmp_path, runner):
   arrive before the re-run windows close). Offsets are committed when Flink
   checkpoints complete (the job checkpoints by default).
   """
-  run_kafka_end_to_end(kafka, tmp_path, _runner_argv(request, runner), ends_by_itself=runner == 'prism',
-                       flink_cluster=request.getfixturevalue('flink_cluster') if runner == 'flink' else None)
+  run_kafka_end_to_end(
+    kafka,
+    tmp_path,
+    _runner_argv(request, runner),
+    ends_by_itself=runner == 'prism',
+    flink_cluster=request.getfixturevalue('flink_cluster') if runner == 'flink' else None,
+  )
 
 
 @pytest.mark.parametrize('runner', ['prism', 'flink'])
@@ -291,8 +381,12 @@ def test_redis_end_to_end(request, monkeypatch, tmp_path, runner):
   """
   url = redis_url()
   monkeypatch.setenv('REDIS_URL', url)
-  run_redis_end_to_end(url, tmp_path, _runner_argv(request, runner),
-                       flink_cluster=request.getfixturevalue('flink_cluster') if runner == 'flink' else None)
+  run_redis_end_to_end(
+    url,
+    tmp_path,
+    _runner_argv(request, runner),
+    flink_cluster=request.getfixturevalue('flink_cluster') if runner == 'flink' else None,
+  )
 
 
 def test_usage_errors_are_config_errors(tmp_path):
@@ -309,10 +403,17 @@ def test_usage_errors_are_config_errors(tmp_path):
 def test_clean_events_also_go_to_a_kafka_topic(request, kafka, tmp_path):
   """--output_topic: every event written to the files is produced once more, as the files have it (PII redacted)."""
   output_topic = new_topic(kafka)
-  output = run_kafka_end_to_end(kafka, tmp_path, _runner_argv(request, 'prism'), n=2000, late=10,
-                                extra_job_argv=['--output_topic', output_topic])
-  consumer = confluent_kafka.Consumer({'bootstrap.servers': kafka, 'group.id': f'check-{output_topic}',
-                                       'auto.offset.reset': 'earliest', 'enable.auto.commit': False})
+  output = run_kafka_end_to_end(
+    kafka, tmp_path, _runner_argv(request, 'prism'), n=2000, late=10, extra_job_argv=['--output_topic', output_topic]
+  )
+  consumer = confluent_kafka.Consumer(
+    {
+      'bootstrap.servers': kafka,
+      'group.id': f'check-{output_topic}',
+      'auto.offset.reset': 'earliest',
+      'enable.auto.commit': False,
+    }
+  )
   consumer.subscribe([output_topic])
   messages = []
   try:
@@ -325,8 +426,11 @@ def test_clean_events_also_go_to_a_kafka_topic(request, kafka, tmp_path):
   produced = [json.loads(m.value()) for m in messages]
   assert [m.key().decode() for m in messages] == [row['event_id'] for row in produced]  # keyed by event_id
   assert collections.Counter(row['event_id'] for row in produced) == collections.Counter(written_ids(output))
-  files = {row['event_id']: row for path in glob.glob(f'{output}/data/**/*.parquet', recursive=True)
-           for row in pq.read_table(path).to_pylist()}
+  files = {
+    row['event_id']: row
+    for path in glob.glob(f'{output}/data/**/*.parquet', recursive=True)
+    for row in pq.read_table(path).to_pylist()
+  }
   for row in produced:
     assert row['user_id'] == files[row['event_id']]['user_id'] != ''  # the pseudonym, not the raw id
     assert not row['user_id'].startswith('user-')
@@ -339,8 +443,13 @@ def test_sources_table_names_kafka_and_eventhubs():
 
 def test_prism_runs_the_job_without_runner_splits():
   from apache_beam.options.pipeline_options import DebugOptions, PipelineOptions
-  for argv, expected in ((['--runner=PrismRunner'], True), ([], True), (['--runner=DirectRunner'], True),
-                         (['--runner=FlinkRunner'], False)):
+
+  for argv, expected in (
+    (['--runner=PrismRunner'], True),
+    ([], True),
+    (['--runner=DirectRunner'], True),
+    (['--runner=FlinkRunner'], False),
+  ):
     options = PipelineOptions(argv)
     spotify_streaming._prism_runs_without_splits(options)
     assert (spotify_streaming.PRISM_NO_SPLITS in (options.view_as(DebugOptions).experiments or [])) == expected
@@ -355,13 +464,16 @@ def test_streaming_jobs_on_flink_checkpoint_by_default():
   """
   from apache_beam.options.pipeline_options import PipelineOptions
   from pipelines.streaming_options import SpotifyStreamingOptions
+
   default = spotify_streaming.DEFAULT_FLINK_CHECKPOINT_MS
-  for argv, expected in ((['--runner=FlinkRunner', '--streaming'], default),
-                         (['--runner=FlinkRunner', '--streaming', '--checkpointing_interval=3000'], 3000),
-                         (['--runner=FlinkRunner'], None),  # a batch job
-                         (['--runner=FlinkRunner', '--streaming', '--bounded'], None),  # would never end
-                         (['--runner=FlinkRunner', '--streaming', '--max_records_per_partition=5'], None),
-                         (['--runner=PrismRunner', '--streaming'], None)):
+  for argv, expected in (
+    (['--runner=FlinkRunner', '--streaming'], default),
+    (['--runner=FlinkRunner', '--streaming', '--checkpointing_interval=3000'], 3000),
+    (['--runner=FlinkRunner'], None),  # a batch job
+    (['--runner=FlinkRunner', '--streaming', '--bounded'], None),  # would never end
+    (['--runner=FlinkRunner', '--streaming', '--max_records_per_partition=5'], None),
+    (['--runner=PrismRunner', '--streaming'], None),
+  ):
     options = PipelineOptions(argv)
     spotify_streaming._flink_checkpoints_by_default(options)
     assert options.view_as(SpotifyStreamingOptions).checkpointing_interval == expected, argv

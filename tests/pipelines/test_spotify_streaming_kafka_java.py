@@ -20,10 +20,19 @@ from apache_beam.runners.runner import PipelineState
 
 from io_connectors.registry import ConfigError
 from pipelines import runners, spotify_streaming
-from tests.pipelines.streaming_support import (PARTITIONS, WINDOW_S, dead_letters, final_metrics, new_topic, plan_events,
-                                               produce, written_ids)
+from tests.pipelines.streaming_support import (
+  PARTITIONS,
+  WINDOW_S,
+  dead_letters,
+  final_metrics,
+  new_topic,
+  plan_events,
+  produce,
+  written_ids,
+)
 
 import confluent_kafka  # noqa: E402
+
 pytestmark = pytest.mark.usefixtures('streaming_pii_key')
 
 
@@ -61,7 +70,9 @@ def _cancel(flink_cluster, result, jobs_before):
     flink_cluster.cancel(job)
 
 
-@pytest.mark.skipif(not _java_available(), reason='needs Java 11+ and Maven for KafkaIO: apt-get install openjdk-17-jdk-headless maven')
+@pytest.mark.skipif(
+  not _java_available(), reason='needs Java 11+ and Maven for KafkaIO: apt-get install openjdk-17-jdk-headless maven'
+)
 def test_end_to_end_with_java_kafkaio_on_flink(kafka, tmp_path, flink_cluster, flink_args):
   topic = new_topic(kafka)
   now_ms = int(time.time() * 1000)
@@ -74,9 +85,32 @@ def test_end_to_end_with_java_kafkaio_on_flink(kafka, tmp_path, flink_cluster, f
   produce(kafka, topic, plan.on_time + closers)
   output = str(tmp_path / 'out')
   argv = flink_args['flink'] + [
-      '--streaming', '--source', 'kafka', '--kafka_reader', 'java', '--bootstrap_servers', kafka, '--topic', topic,
-      '--group_id', f'g-{topic}', '--tenant_field', 'tenant', '--output', output, '--window_size_s', str(WINDOW_S),
-      '--allowed_lateness_s', '5', '--session_gap_s', '120', '--dedup_ttl_s', '86400', '--checkpointing_interval', '2000']
+    '--streaming',
+    '--source',
+    'kafka',
+    '--kafka_reader',
+    'java',
+    '--bootstrap_servers',
+    kafka,
+    '--topic',
+    topic,
+    '--group_id',
+    f'g-{topic}',
+    '--tenant_field',
+    'tenant',
+    '--output',
+    output,
+    '--window_size_s',
+    str(WINDOW_S),
+    '--allowed_lateness_s',
+    '5',
+    '--session_gap_s',
+    '120',
+    '--dedup_ttl_s',
+    '86400',
+    '--checkpointing_interval',
+    '2000',
+  ]
   jobs_before = set(flink_cluster.job_ids())
   result = spotify_streaming.run(argv, wait=False)
   try:
@@ -84,12 +118,20 @@ def test_end_to_end_with_java_kafkaio_on_flink(kafka, tmp_path, flink_cluster, f
     produce(kafka, topic, plan.late)
     late_letters = lambda: [l for l in dead_letters(output) if l['reason'] == 'late_event']
     _wait(lambda: len(late_letters()) >= len(plan.late_ids), result, 240, 'the late events')
-    _wait(lambda: sum(m['late_events'] for m in final_metrics(output).values()) >= len(plan.late_ids), result, 120,
-          'the late events in the metrics')
+    _wait(
+      lambda: sum(m['late_events'] for m in final_metrics(output).values()) >= len(plan.late_ids),
+      result,
+      120,
+      'the late events in the metrics',
+    )
     # KafkaIO commits the group's offsets when Flink checkpoints complete.
     end_offsets = collections.Counter(p for p, _, _ in plan.on_time + closers + plan.late)
-    _wait(lambda: committed(kafka, f'g-{topic}', topic) == [end_offsets[p] for p in range(PARTITIONS)], result, 120,
-          'the offsets committed to the group')
+    _wait(
+      lambda: committed(kafka, f'g-{topic}', topic) == [end_offsets[p] for p in range(PARTITIONS)],
+      result,
+      120,
+      'the offsets committed to the group',
+    )
   finally:
     _cancel(flink_cluster, result, jobs_before)
 
@@ -98,7 +140,9 @@ def test_end_to_end_with_java_kafkaio_on_flink(kafka, tmp_path, flink_cluster, f
   assert set(ids) == set(plan.unique_valid)
   letters = dead_letters(output)
   assert collections.Counter(l['reason'] for l in letters) == {
-      'malformed_json': plan.malformed + len(closers), 'late_event': len(plan.late_ids)}
+    'malformed_json': plan.malformed + len(closers),
+    'late_event': len(plan.late_ids),
+  }
   assert {l['record']['event_id'] for l in letters if l['reason'] == 'late_event'} == set(plan.late_ids)
   # Provenance comes from KafkaIO's record metadata: topic, partition, offset.
   assert all(l['source'].startswith(f'kafka://{topic}/') and l['position'].startswith('offset ') for l in letters)
@@ -112,5 +156,7 @@ def test_end_to_end_with_java_kafkaio_on_flink(kafka, tmp_path, flink_cluster, f
 
 def test_java_reader_needs_a_runner_that_hosts_java(tmp_path):
   with pytest.raises(ConfigError, match='FlinkRunner or DataflowRunner'):
-    spotify_streaming.run(runners.runner_args('fnapi') + [
-        '--kafka_reader', 'java', '--topic', 't', '--tenant_id', 'acme', '--output', str(tmp_path)])
+    spotify_streaming.run(
+      runners.runner_args('fnapi')
+      + ['--kafka_reader', 'java', '--topic', 't', '--tenant_id', 'acme', '--output', str(tmp_path)]
+    )

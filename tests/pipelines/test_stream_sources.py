@@ -51,9 +51,17 @@ def test_redis_source_end_to_end(request, tmp_path, monkeypatch, runner):
   for i in range(2000):
     user = f'user-{rng.randrange(50):04d}'
     tenant = ('acme', 'globex')[int(user[-4:]) % 2]
-    body = json.dumps({'event_id': f'ev-{i:05d}', 'user_id': user, 'track_id': TRACK,
-                       'played_at': iso(base_ms + i * 300), 'ms_played': rng.randint(1000, 240000),
-                       'skipped': rng.random() < 0.2, 'tenant': tenant})
+    body = json.dumps(
+      {
+        'event_id': f'ev-{i:05d}',
+        'user_id': user,
+        'track_id': TRACK,
+        'played_at': iso(base_ms + i * 300),
+        'ms_played': rng.randint(1000, 240000),
+        'skipped': rng.random() < 0.2,
+        'tenant': tenant,
+      }
+    )
     pipe.xadd(stream, {'data': body})
     unique[f'ev-{i:05d}'] = tenant
     if rng.random() < 0.01:
@@ -66,16 +74,40 @@ def test_redis_source_end_to_end(request, tmp_path, monkeypatch, runner):
   malformed = {entry_ids[i] for i in malformed_ids}
   output = str(tmp_path / 'out')
   try:
-    spotify_streaming.run([
-        '--source', 'redis', '--redis_streams', stream, '--redis_group', 'lake', '--redis_count', '500', '--bounded',
-        '--tenant_field', 'tenant', '--output', output, '--window_size_s', '60', '--session_gap_s', '120',
-    ] + _runner_args(request, runner))
-    ids = [e for p in glob.glob(f'{output}/data/**/*.parquet', recursive=True)
-           for e in pq.read_table(p).column('event_id').to_pylist()]
+    spotify_streaming.run(
+      [
+        '--source',
+        'redis',
+        '--redis_streams',
+        stream,
+        '--redis_group',
+        'lake',
+        '--redis_count',
+        '500',
+        '--bounded',
+        '--tenant_field',
+        'tenant',
+        '--output',
+        output,
+        '--window_size_s',
+        '60',
+        '--session_gap_s',
+        '120',
+      ]
+      + _runner_args(request, runner)
+    )
+    ids = [
+      e
+      for p in glob.glob(f'{output}/data/**/*.parquet', recursive=True)
+      for e in pq.read_table(p).column('event_id').to_pylist()
+    ]
     assert len(ids) == len(set(ids)), 'an event was written twice'
     assert set(ids) == set(unique)
-    letters = [json.loads(line) for p in glob.glob(f'{output}/dead_letter/**/*.jsonl', recursive=True)
-               for line in open(p, encoding='utf-8')]
+    letters = [
+      json.loads(line)
+      for p in glob.glob(f'{output}/dead_letter/**/*.jsonl', recursive=True)
+      for line in open(p, encoding='utf-8')
+    ]
     assert collections.Counter(l['reason'] for l in letters) == {'malformed_json': len(malformed)}
     assert {l['position'] for l in letters} == {f'entry {e}' for e in malformed}
     assert all(l['source'] == f'redis://{stream}' for l in letters)
@@ -88,11 +120,13 @@ def test_redis_source_end_to_end(request, tmp_path, monkeypatch, runner):
 def test_source_flags_are_checked(tmp_path, monkeypatch):
   monkeypatch.delenv('REDIS_URL', raising=False)
   with pytest.raises(ConfigError, match='--redis_url'):
-    spotify_streaming.run(['--source', 'redis', '--redis_streams', 's', '--tenant_id', 'acme', '--output',
-                           str(tmp_path), '--bounded'])
+    spotify_streaming.run(
+      ['--source', 'redis', '--redis_streams', 's', '--tenant_id', 'acme', '--output', str(tmp_path), '--bounded']
+    )
   with pytest.raises(ConfigError, match='--redis_streams'):
-    spotify_streaming.run(['--source', 'redis', '--redis_url', 'redis://h', '--tenant_id', 'acme', '--output',
-                           str(tmp_path), '--bounded'])
+    spotify_streaming.run(
+      ['--source', 'redis', '--redis_url', 'redis://h', '--tenant_id', 'acme', '--output', str(tmp_path), '--bounded']
+    )
   with pytest.raises(ConfigError, match='exactly one of subscription or topic'):
     spotify_streaming.run(['--source', 'pubsub', '--tenant_id', 'acme', '--output', str(tmp_path)])
   with pytest.raises(ConfigError, match='--websocket_url'):

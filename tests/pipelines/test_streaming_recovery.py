@@ -69,6 +69,7 @@ def _tenant(user: int) -> str:
 @dataclasses.dataclass
 class Events:
   """Messages in production order and what the job must make of them."""
+
   messages: List[Tuple[int, bytes, int]] = dataclasses.field(default_factory=list)  # (partition, value, time ms)
   valid: Dict[str, str] = dataclasses.field(default_factory=dict)  # event_id -> tenant
   malformed: List[int] = dataclasses.field(default_factory=list)  # indexes into messages
@@ -85,9 +86,17 @@ class Events:
       user = rng.randrange(USERS)
       at_ms = first_ms + i * span_ms // n
       event_id = f'{prefix}-{i:05d}'
-      body = json.dumps({'event_id': event_id, 'user_id': f'user-{user:04d}', 'track_id': TRACK,
-                         'played_at': iso(at_ms), 'ms_played': rng.randint(1000, 240000),
-                         'skipped': rng.random() < 0.2, 'tenant': _tenant(user)}).encode('utf-8')
+      body = json.dumps(
+        {
+          'event_id': event_id,
+          'user_id': f'user-{user:04d}',
+          'track_id': TRACK,
+          'played_at': iso(at_ms),
+          'ms_played': rng.randint(1000, 240000),
+          'skipped': rng.random() < 0.2,
+          'tenant': _tenant(user),
+        }
+      ).encode('utf-8')
       message = (user % PARTITIONS, body, at_ms)
       self.messages.append(message)
       self.valid[event_id] = _tenant(user)
@@ -101,13 +110,19 @@ class Events:
 
 
 def written_ids(output: str) -> List[str]:
-  return [event_id for path in glob.glob(f'{output}/data/**/*.parquet', recursive=True)
-          for event_id in pq.read_table(path).column('event_id').to_pylist()]
+  return [
+    event_id
+    for path in glob.glob(f'{output}/data/**/*.parquet', recursive=True)
+    for event_id in pq.read_table(path).column('event_id').to_pylist()
+  ]
 
 
 def dead_letters(output: str) -> List[dict]:
-  return [json.loads(line) for path in glob.glob(f'{output}/dead_letter/**/*.jsonl', recursive=True)
-          for line in open(path, encoding='utf-8')]
+  return [
+    json.loads(line)
+    for path in glob.glob(f'{output}/dead_letter/**/*.jsonl', recursive=True)
+    for line in open(path, encoding='utf-8')
+  ]
 
 
 def check_output(output: str, events: Events, malformed_positions: Set[Tuple[str, str]], metrics: bool = True):
@@ -148,12 +163,15 @@ def test_a_window_file_written_again_is_merged_by_event_id(tmp_path):
   path = f'{output}/data/tenant=acme/window_start=19700101T000000Z/part-002.parquet'
   for attempt, rows in enumerate([['e1', 'e2'], ['e2', 'e3'], ['e1'], ['e1', 'e2', 'e3']]):
     with beam.Pipeline(runner='FnApiRunner') as p:
-      written = (p | beam.Create([_window(rows)])
-                 | WriteWindowFiles(output, 'data', key_field='event_id', positions=True))
-      assert_that(written[WRITTEN],
-                  equal_to([[('redis://plays', 1 + i) for i in range(len(rows))]]), label=f'positions {attempt}')
-    assert sorted(pq.read_table(path).column('event_id').to_pylist()) == (['e1', 'e2'] if attempt == 0 else
-                                                                           ['e1', 'e2', 'e3'])
+      written = (
+        p | beam.Create([_window(rows)]) | WriteWindowFiles(output, 'data', key_field='event_id', positions=True)
+      )
+      assert_that(
+        written[WRITTEN], equal_to([[('redis://plays', 1 + i) for i in range(len(rows))]]), label=f'positions {attempt}'
+      )
+    assert sorted(pq.read_table(path).column('event_id').to_pylist()) == (
+      ['e1', 'e2'] if attempt == 0 else ['e1', 'e2', 'e3']
+    )
 
 
 def test_redis_ack_mode_follows_the_runner():
@@ -213,22 +231,45 @@ def test_flink_job_recovers_from_a_killed_taskmanager(kafka, flink_cluster, flin
   # kill ten windows, after it the next ten, then one malformed message per
   # partition stamped later, which closes the last windows.
   before_kill = Events().add(seed=11, prefix='a', n=1500, first_ms=base_ms, span_ms=10 * WINDOW_S * 1000)
-  after_kill = Events().add(seed=12, prefix='b', n=1500, first_ms=base_ms + 10 * WINDOW_S * 1000,
-                            span_ms=10 * WINDOW_S * 1000)
+  after_kill = Events().add(
+    seed=12, prefix='b', n=1500, first_ms=base_ms + 10 * WINDOW_S * 1000, span_ms=10 * WINDOW_S * 1000
+  )
   closers = [(p, b'closer', base_ms + 30 * WINDOW_S * 1000) for p in range(PARTITIONS)]
-  everything = Events(valid={**before_kill.valid, **after_kill.valid},
-                      duplicates=before_kill.duplicates + after_kill.duplicates)
+  everything = Events(
+    valid={**before_kill.valid, **after_kill.valid}, duplicates=before_kill.duplicates + after_kill.duplicates
+  )
   positions = _offsets(topic, before_kill.messages + after_kill.messages + closers)
   malformed = {positions[i] for i in before_kill.malformed}
   malformed |= {positions[len(before_kill.messages) + i] for i in after_kill.malformed}
-  malformed |= set(positions[len(before_kill.messages) + len(after_kill.messages):])
+  malformed |= set(positions[len(before_kill.messages) + len(after_kill.messages) :])
   produce(kafka, topic, before_kill.messages, ordered=True)
   output = str(tmp_path / 'out')
   argv = flink_args['flink'] + [
-      '--streaming', '--checkpointing_interval=10000', '--source', 'kafka', '--bootstrap_servers', kafka,
-      '--topic', topic, '--group_id', f'g-{topic}', '--tenant_field', 'tenant', '--output', output,
-      '--window_size_s', str(WINDOW_S), '--allowed_lateness_s', '5', '--session_gap_s', '120',
-      '--idle_timeout_s', '0', '--dedup_ttl_s', '86400']
+    '--streaming',
+    '--checkpointing_interval=10000',
+    '--source',
+    'kafka',
+    '--bootstrap_servers',
+    kafka,
+    '--topic',
+    topic,
+    '--group_id',
+    f'g-{topic}',
+    '--tenant_field',
+    'tenant',
+    '--output',
+    output,
+    '--window_size_s',
+    str(WINDOW_S),
+    '--allowed_lateness_s',
+    '5',
+    '--session_gap_s',
+    '120',
+    '--idle_timeout_s',
+    '0',
+    '--dedup_ttl_s',
+    '86400',
+  ]
   before = flink_cluster.job_ids()
   result = spotify_streaming.run(argv, wait=False)
   job_id = None
@@ -237,8 +278,9 @@ def test_flink_job_recovers_from_a_killed_taskmanager(kafka, flink_cluster, flin
     # Some windows written, and a checkpoint to restore from.
     wait_until(lambda: len(set(written_ids(output))) >= len(before_kill.valid) // 2, 300, 'windows to be written')
     wait_until(lambda: _completed_checkpoints(flink_cluster, job_id) >= 1, 180, 'a completed checkpoint')
-    victim = wait_until(lambda: _taskmanager_running(flink_cluster, job_id, 'Read[kafka]'), 60,
-                        'the Kafka read to run on a TaskManager')
+    victim = wait_until(
+      lambda: _taskmanager_running(flink_cluster, job_id, 'Read[kafka]'), 60, 'the Kafka read to run on a TaskManager'
+    )
     os.kill(flink_cluster.pids()[victim], signal.SIGKILL)
     # Bring the cluster back to two TaskManagers, as an operator (or Kubernetes) would.
     flink_cluster.ensure_started()
@@ -249,6 +291,7 @@ def test_flink_job_recovers_from_a_killed_taskmanager(kafka, flink_cluster, flin
     def complete():
       letters = {(l['source'], l['position']) for l in dead_letters(output)}
       return set(written_ids(output)) >= set(everything.valid) and letters >= malformed
+
     wait_until(complete, 400, 'every event and dead letter to be written')
     time.sleep(5)  # anything written twice would come with the same windows
     # The kill really hit the job: Flink recorded the failure and restored a checkpoint.
@@ -277,8 +320,15 @@ def _start_job(argv: List[str], log_path) -> subprocess.Popen:
   """pipelines.spotify_streaming as its own process group (the runner's processes die with it)."""
   env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
   with open(log_path, 'ab') as log:
-    return subprocess.Popen([sys.executable, '-m', 'pipelines.spotify_streaming'] + argv, cwd=REPO_ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.Popen(
+      [sys.executable, '-m', 'pipelines.spotify_streaming'] + argv,
+      cwd=REPO_ROOT,
+      env=env,
+      stdout=log,
+      stderr=subprocess.STDOUT,
+      stdin=subprocess.DEVNULL,
+      start_new_session=True,
+    )
 
 
 def _log_tail(log_path) -> str:
@@ -295,22 +345,45 @@ def test_redis_job_killed_mid_stream_resumes_without_loss_or_duplicates(prism_bi
   # Entries another reader left pending are taken over after this idle time.
   min_idle_ms = 3000
   argv = runner + [
-      '--source', 'redis', '--redis_streams', stream, '--redis_group', 'lake', '--redis_count', '100',
-      '--redis_min_idle_ms', str(min_idle_ms), '--tenant_field', 'tenant', '--output', output,
-      '--window_size_s', str(WINDOW_S), '--allowed_lateness_s', '5', '--session_gap_s', '120',
-      '--dedup_ttl_s', '86400']
+    '--source',
+    'redis',
+    '--redis_streams',
+    stream,
+    '--redis_group',
+    'lake',
+    '--redis_count',
+    '100',
+    '--redis_min_idle_ms',
+    str(min_idle_ms),
+    '--tenant_field',
+    'tenant',
+    '--output',
+    output,
+    '--window_size_s',
+    str(WINDOW_S),
+    '--allowed_lateness_s',
+    '5',
+    '--session_gap_s',
+    '120',
+    '--dedup_ttl_s',
+    '86400',
+  ]
   now_ms = int(time.time() * 1000)
   base_ms = now_ms - 3_600_000 - now_ms % 60_000  # an hour ago, window-aligned
   before_kill = Events().add(seed=21, prefix='a', n=1500, first_ms=base_ms, span_ms=10 * WINDOW_S * 1000)
-  after_kill = Events().add(seed=22, prefix='b', n=1500, first_ms=base_ms + 10 * WINDOW_S * 1000,
-                            span_ms=10 * WINDOW_S * 1000)
+  after_kill = Events().add(
+    seed=22, prefix='b', n=1500, first_ms=base_ms + 10 * WINDOW_S * 1000, span_ms=10 * WINDOW_S * 1000
+  )
   job = None
   try:
     ids = _xadd(client, stream, before_kill)
     job = _start_job(argv + ['--streaming'], log)
     # Killed once some windows are written: the rest is in the runner's memory.
-    wait_until(lambda: job.poll() is not None or len(set(written_ids(output))) >= len(before_kill.valid) // 3, 300,
-               'windows to be written')
+    wait_until(
+      lambda: job.poll() is not None or len(set(written_ids(output))) >= len(before_kill.valid) // 3,
+      300,
+      'windows to be written',
+    )
     assert job.poll() is None, f'the job ended early:\n{_log_tail(log)}'
     os.killpg(job.pid, signal.SIGKILL)
     job.wait(60)
@@ -318,9 +391,14 @@ def test_redis_job_killed_mid_stream_resumes_without_loss_or_duplicates(prism_bi
     assert client.xpending(stream, 'lake')['pending'] > 0  # what it had not written is still pending
 
     ids += _xadd(client, stream, after_kill)
-    wait_until(lambda: all(e['time_since_delivered'] >= min_idle_ms for e in
-                           client.xpending_range(stream, 'lake', min='-', max='+', count=100_000)), 60,
-               f'pending entries idle for {min_idle_ms} ms')
+    wait_until(
+      lambda: all(
+        e['time_since_delivered'] >= min_idle_ms
+        for e in client.xpending_range(stream, 'lake', min='-', max='+', count=100_000)
+      ),
+      60,
+      f'pending entries idle for {min_idle_ms} ms',
+    )
     # Started again with the same group; bounded: it stops once the stream is drained.
     job = _start_job(argv + ['--bounded'], log)
     assert job.wait(300) == 0, _log_tail(log)

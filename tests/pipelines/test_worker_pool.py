@@ -17,6 +17,7 @@ class _SleeperPool(SharedWorkerPoolServicer):
   A real SDK worker exits when its runner closes the control stream, which the
   runner does just before StopWorker; a sleeper that ends on time stands for that.
   """
+
   stop_grace_s = 2.0
   latest = None
 
@@ -41,8 +42,11 @@ def pool():
 
 
 def _start(stub, worker_id, lifetime_s):
-  response = stub.StartWorker(beam_fn_api_pb2.StartWorkerRequest(
-      worker_id=worker_id, control_endpoint=endpoints_pb2.ApiServiceDescriptor(url=str(lifetime_s))))
+  response = stub.StartWorker(
+    beam_fn_api_pb2.StartWorkerRequest(
+      worker_id=worker_id, control_endpoint=endpoints_pb2.ApiServiceDescriptor(url=str(lifetime_s))
+    )
+  )
   assert not response.error
 
 

@@ -39,10 +39,12 @@ def make_batches(count: int, rows: int = 25) -> List[pa.RecordBatch]:
   for b in range(count):
     first = b * rows + 1
     numbers = range(first, first + rows)
-    batch = pa.RecordBatch.from_pydict({
+    batch = pa.RecordBatch.from_pydict(
+      {
         'artist': [ARTISTS[(n * 7) % len(ARTISTS)] for n in numbers],
         'ms_played': pa.array([n * 1000 for n in numbers], pa.int64()),
-    })
+      }
+    )
     batches.append(with_provenance(batch, 'runners-test.csv', first))
   return batches
 
@@ -91,15 +93,13 @@ def build(pipeline: beam.Pipeline, batches: List[pa.RecordBatch], out_dir: pathl
   records = pipeline | 'Batches' >> beam.Create(batches, reshuffle=False)
   if sleep_per_batch:
     # Spread the batches over all parallel workers before the slow step.
-    records = (
-        records
-        | 'Spread' >> beam.Reshuffle()
-        | 'Slow' >> beam.Map(slowly, sleep_per_batch))
+    records = records | 'Spread' >> beam.Reshuffle() | 'Slow' >> beam.Map(slowly, sleep_per_batch)
   _ = (
-      records
-      | 'SplitByArtist' >> beam.FlatMap(split_by_artist)
-      | 'GroupByArtist' >> beam.GroupByKey()
-      | 'Write' >> beam.ParDo(WriteArtistSummary(str(out_dir))))
+    records
+    | 'SplitByArtist' >> beam.FlatMap(split_by_artist)
+    | 'GroupByArtist' >> beam.GroupByKey()
+    | 'Write' >> beam.ParDo(WriteArtistSummary(str(out_dir)))
+  )
 
 
 def read_output(out_dir: pathlib.Path) -> Dict[str, dict]:
@@ -158,6 +158,7 @@ def test_runner_args_point_at_local_artifacts(prism_binary):
 
 def test_local_runner_args_point_the_direct_runner_at_our_prism(prism_binary, tmp_path, monkeypatch):
   from apache_beam.runners.portability import prism_runner
+
   for argv in ([], ['--runner=DirectRunner'], ['--runner', 'DirectRunner', '--streaming']):
     assert runners.local_runner_args(argv) == argv + [f'--prism_location={prism_binary}']
 
@@ -191,6 +192,7 @@ def test_the_batch_job_by_default_never_tries_to_download_prism(prism_built, pri
   """What the demo does on a new machine: no --runner, nothing in Beam's Prism cache."""
   from apache_beam.runners.portability import prism_runner
   from pipelines import sample_data, spotify_batch
+
   tries = []
 
   def no_download(url, *args, **kwargs):
@@ -203,8 +205,9 @@ def test_the_batch_job_by_default_never_tries_to_download_prism(prism_built, pri
     monkeypatch.setattr(runners, 'local_prism', lambda: None)
   monkeypatch.setenv('PII_MASTER_KEY', 'ab' * 32)
   sample_data.write_listening_events(str(tmp_path / 'in'), rows=300, files=1, seed=5)
-  manifest = spotify_batch.run(['--input', str(tmp_path / 'in' / '*.csv'), '--tenant_field', 'tenant_id',
-                                '--output', str(tmp_path / 'out')])
+  manifest = spotify_batch.run(
+    ['--input', str(tmp_path / 'in' / '*.csv'), '--tenant_field', 'tenant_id', '--output', str(tmp_path / 'out')]
+  )
   assert tries == [] and not (tmp_path / 'beam-cache').exists()
   assert manifest['runner'] == ('DirectRunner' if prism_built else 'FnApiRunner')
   assert manifest['conservation']['ok']
@@ -277,8 +280,9 @@ def test_flink_job_survives_killed_taskmanager(flink_cluster, flink_args, tmp_pa
   result = pipeline.run()
   try:
     job_id = wait_until(lambda: [j for j in flink_cluster.job_ids() if j not in before], 120, 'the job on Flink')[0]
-    victim = wait_until(lambda: _taskmanager_running(flink_cluster, job_id, 'Slow'), 60,
-                        'the slow step to run on a TaskManager')
+    victim = wait_until(
+      lambda: _taskmanager_running(flink_cluster, job_id, 'Slow'), 60, 'the slow step to run on a TaskManager'
+    )
     time.sleep(2)  # well inside the slow step
     os.kill(flink_cluster.pids()[victim], signal.SIGKILL)
     # Bring the cluster back to two TaskManagers, as an operator (or Kubernetes) would.

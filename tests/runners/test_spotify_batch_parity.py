@@ -31,9 +31,10 @@ def _outputs(output):
     table = pa.concat_tables([pq.read_table(f) for f in glob.glob(os.path.join(directory, '*.parquet'))])
     data[os.path.basename(directory)] = sorted(json.dumps(r, sort_keys=True, default=str) for r in table.to_pylist())
   letters = sorted(
-      json.dumps(json.loads(line), sort_keys=True)
-      for f in glob.glob(os.path.join(output, 'dead_letter', '**', '*.jsonl'), recursive=True)
-      for line in open(f, encoding='utf-8'))
+    json.dumps(json.loads(line), sort_keys=True)
+    for f in glob.glob(os.path.join(output, 'dead_letter', '**', '*.jsonl'), recursive=True)
+    for line in open(f, encoding='utf-8')
+  )
   manifest = json.load(open(os.path.join(output, '_manifest.json')))
   schema = json.load(open(os.path.join(output, '_schema.json')))
   return data, letters, manifest['counts'], manifest['pii']['findings'], schema
@@ -41,8 +42,19 @@ def _outputs(output):
 
 def _run(sample, output, runner_flags):
   os.environ['PII_MASTER_KEY'] = KEY
-  manifest = run([*runner_flags, '--input', os.path.join(sample, '*.csv'), '--tenant_field', 'tenant_id',
-                  '--output', output, '--num_shards', '2'])
+  manifest = run(
+    [
+      *runner_flags,
+      '--input',
+      os.path.join(sample, '*.csv'),
+      '--tenant_field',
+      'tenant_id',
+      '--output',
+      output,
+      '--num_shards',
+      '2',
+    ]
+  )
   assert manifest['conservation']['ok']
   return _outputs(output)
 
@@ -98,9 +110,27 @@ def test_flink_cluster_external_worker_pool_matches(sample, reference, flink_arg
   key_file.chmod(0o600)
   env = {name: value for name, value in os.environ.items() if name != 'PII_MASTER_KEY'}
   process = subprocess.run(
-      [sys.executable, '-m', 'pipelines.spotify_batch', *flink_args['flink-external'], '--input',
-       os.path.join(sample, '*.csv'), '--tenant_field', 'tenant_id', '--output', output, '--num_shards', '2',
-       '--pii_key_file', str(key_file)],
-      capture_output=True, text=True, timeout=900, env=env, check=False)
+    [
+      sys.executable,
+      '-m',
+      'pipelines.spotify_batch',
+      *flink_args['flink-external'],
+      '--input',
+      os.path.join(sample, '*.csv'),
+      '--tenant_field',
+      'tenant_id',
+      '--output',
+      output,
+      '--num_shards',
+      '2',
+      '--pii_key_file',
+      str(key_file),
+    ],
+    capture_output=True,
+    text=True,
+    timeout=900,
+    env=env,
+    check=False,
+  )
   assert process.returncode == 0, process.stderr[-3000:]
   _assert_same(_outputs(output), reference)

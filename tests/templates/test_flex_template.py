@@ -80,7 +80,7 @@ def _repo_path(container_path: str, dockerfile) -> pathlib.Path:
     source, destination = shlex.split(arguments)[-2:]
     destination = destination.rstrip('/')
     if container_path == destination or container_path.startswith(destination + '/'):
-      return REPO_ROOT / source / container_path[len(destination):].lstrip('/')
+      return REPO_ROOT / source / container_path[len(destination) :].lstrip('/')
   raise AssertionError(f'{container_path} is not copied into the image by any COPY line')
 
 
@@ -94,9 +94,9 @@ def test_base_image_is_the_pinned_python_launcher(dockerfile):
 
 def test_flex_template_variables_point_at_files_of_the_repo(dockerfile, image_env, template):
   expected = {
-      'FLEX_TEMPLATE_PYTHON_PY_FILE': REPO_ROOT / 'templates' / template / 'main.py',
-      'FLEX_TEMPLATE_PYTHON_SETUP_FILE': REPO_ROOT / 'setup.py',
-      'FLEX_TEMPLATE_PYTHON_REQUIREMENTS_FILE': REPO_ROOT / 'templates' / template / 'requirements.txt',
+    'FLEX_TEMPLATE_PYTHON_PY_FILE': REPO_ROOT / 'templates' / template / 'main.py',
+    'FLEX_TEMPLATE_PYTHON_SETUP_FILE': REPO_ROOT / 'setup.py',
+    'FLEX_TEMPLATE_PYTHON_REQUIREMENTS_FILE': REPO_ROOT / 'templates' / template / 'requirements.txt',
   }
   for name, repo_file in expected.items():
     assert name in image_env, f'Dockerfile sets no {name}'
@@ -136,12 +136,13 @@ def test_requirements_are_exact_pins_of_this_beam():
 def test_launcher_runs_the_pipeline_on_the_direct_runner(tmp_path):
   source = tmp_path / 'listening_events.csv'
   source.write_text(
-      'event_id,user_id,track_id,played_at,ms_played,country\n'
-      'e1,u1,4uLU6hMCjMI75M1A2tKUQC,2024-05-01T10:00:00Z,215000,SE\n'
-      'e2,u2,0VjIjW4GlUZAMYd2vXMi3b,2024-05-01T10:05:00+02:00,1000,DE\n'
-      'e2,u2,0VjIjW4GlUZAMYd2vXMi3b,2024-05-01T10:05:00+02:00,1000,DE\n'
-      'e3,u3,not-a-spotify-id,2024-05-01T10:06:00Z,-5,XX\n',
-      encoding='utf-8')
+    'event_id,user_id,track_id,played_at,ms_played,country\n'
+    'e1,u1,4uLU6hMCjMI75M1A2tKUQC,2024-05-01T10:00:00Z,215000,SE\n'
+    'e2,u2,0VjIjW4GlUZAMYd2vXMi3b,2024-05-01T10:05:00+02:00,1000,DE\n'
+    'e2,u2,0VjIjW4GlUZAMYd2vXMi3b,2024-05-01T10:05:00+02:00,1000,DE\n'
+    'e3,u3,not-a-spotify-id,2024-05-01T10:06:00Z,-5,XX\n',
+    encoding='utf-8',
+  )
   output = tmp_path / 'lake'
   parameters = json.loads(SAMPLE_PARAMETERS.read_text(encoding='utf-8'))
   # The sample's cloud paths become local ones; every other parameter is used as is.
@@ -149,13 +150,15 @@ def test_launcher_runs_the_pipeline_on_the_direct_runner(tmp_path):
   argv = [f'--{name}={value}' for name, value in parameters.items()] + ['--runner=DirectRunner']
   env = dict(os.environ, PII_MASTER_KEY='11' * 32)
   env.pop('BEAM_SDK_CONTAINER_IMAGE', None)
-  result = subprocess.run([sys.executable, str(LAUNCHER), *argv],
-                          cwd=tmp_path,
-                          env=env,
-                          capture_output=True,
-                          text=True,
-                          timeout=300,
-                          check=False)
+  result = subprocess.run(
+    [sys.executable, str(LAUNCHER), *argv],
+    cwd=tmp_path,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
   assert result.returncode == 0, result.stderr[-4000:]
   manifest_path = output / '_manifest.json'
   assert manifest_path.is_file(), f'no _manifest.json in {sorted(p.name for p in output.glob("*"))}'
@@ -169,17 +172,22 @@ def test_launcher_runs_the_pipeline_on_the_direct_runner(tmp_path):
   assert '11' * 32 not in result.stdout + result.stderr + manifest_path.read_text(encoding='utf-8')
 
 
-@pytest.mark.parametrize('argument,named', [
+@pytest.mark.parametrize(
+  'argument,named',
+  [
     ('--keep_pii=perhaps', 'keep_pii'),
     ('--pii_key_secret=pii-master-key', 'pii_key_secret'),
     ('--no_such_parameter=1', 'no_such_parameter'),
-])
+  ],
+)
 def test_launcher_rejects_bad_parameters_with_a_clear_message(tmp_path, argument, named):
-  result = subprocess.run([sys.executable, str(LAUNCHER), argument, f'--output={tmp_path / "out"}'],
-                          cwd=tmp_path,
-                          capture_output=True,
-                          text=True,
-                          timeout=120,
-                          check=False)
+  result = subprocess.run(
+    [sys.executable, str(LAUNCHER), argument, f'--output={tmp_path / "out"}'],
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=False,
+  )
   assert result.returncode == 2, result.stderr[-2000:]
   assert named in result.stderr and 'Traceback' not in result.stderr

@@ -33,12 +33,14 @@ def _load_converter():
 
 
 def _validate(*paths, output='text'):
-  return subprocess.run(['bash', str(VALIDATE_SCRIPT), *map(str, paths)],
-                        env=dict(os.environ, KUBECONFORM_OUTPUT=output, PYTHON=sys.executable),
-                        capture_output=True,
-                        text=True,
-                        timeout=SCRIPT_TIMEOUT_SECONDS,
-                        check=False)
+  return subprocess.run(
+    ['bash', str(VALIDATE_SCRIPT), *map(str, paths)],
+    env=dict(os.environ, KUBECONFORM_OUTPUT=output, PYTHON=sys.executable),
+    capture_output=True,
+    text=True,
+    timeout=SCRIPT_TIMEOUT_SECONDS,
+    check=False,
+  )
 
 
 @pytest.fixture(scope='module')
@@ -69,18 +71,20 @@ def _worker_pool_index(manifest):
 
 
 BROKEN = {
-    # Flink versions are an enum of the operator.
-    'unknown-flink-version': lambda m: _set(m, ['spec', 'flinkVersion'], 'v1_99'),
-    # A misspelt field is an error, not silently dropped (additionalProperties: false).
-    'misspelt-field': lambda m: _set(m, ['spec', 'taskManager', 'replica'], 2),
-    'misspelt-container-field': lambda m: m['spec']['taskManager']['podTemplate']['spec']['containers'][
-        _worker_pool_index(m)].update(imagee='apache/beam_python3.11_sdk:2.77.0'),
-    # Types of the embedded Pod template are checked too.
-    'port-as-string': lambda m: m['spec']['taskManager']['podTemplate']['spec']['containers'][_worker_pool_index(m)]
-    ['ports'][0].update(containerPort='50000'),
-    'unknown-mode': lambda m: _set(m, ['spec', 'mode'], 'session'),
-    # A kind without a schema fails instead of being skipped.
-    'unknown-kind': lambda m: _set(m, ['kind'], 'FlinkDeploy'),
+  # Flink versions are an enum of the operator.
+  'unknown-flink-version': lambda m: _set(m, ['spec', 'flinkVersion'], 'v1_99'),
+  # A misspelt field is an error, not silently dropped (additionalProperties: false).
+  'misspelt-field': lambda m: _set(m, ['spec', 'taskManager', 'replica'], 2),
+  'misspelt-container-field': lambda m: m['spec']['taskManager']['podTemplate']['spec']['containers'][
+    _worker_pool_index(m)
+  ].update(imagee='apache/beam_python3.11_sdk:2.77.0'),
+  # Types of the embedded Pod template are checked too.
+  'port-as-string': lambda m: m['spec']['taskManager']['podTemplate']['spec']['containers'][_worker_pool_index(m)][
+    'ports'
+  ][0].update(containerPort='50000'),
+  'unknown-mode': lambda m: _set(m, ['spec', 'mode'], 'session'),
+  # A kind without a schema fails instead of being skipped.
+  'unknown-kind': lambda m: _set(m, ['kind'], 'FlinkDeploy'),
 }
 
 
@@ -144,31 +148,36 @@ def test_taskmanagers_see_the_job_servers_artifacts_at_the_same_path(manifest):
 def test_converter_closes_nested_objects_like_openapi2jsonschema():
   converter = _load_converter()
   crd = {
-      'apiVersion': 'apiextensions.k8s.io/v1',
-      'kind': 'CustomResourceDefinition',
-      'spec': {
-          'group': 'example.org',
-          'names': {'kind': 'Widget'},
-          'versions': [{
-              'name': 'v1',
-              'schema': {
-                  'openAPIV3Schema': {
+    'apiVersion': 'apiextensions.k8s.io/v1',
+    'kind': 'CustomResourceDefinition',
+    'spec': {
+      'group': 'example.org',
+      'names': {'kind': 'Widget'},
+      'versions': [
+        {
+          'name': 'v1',
+          'schema': {
+            'openAPIV3Schema': {
+              'type': 'object',
+              'properties': {
+                'spec': {
+                  'type': 'object',
+                  'properties': {
+                    'port': {'format': 'int-or-string', 'x-kubernetes-int-or-string': True},
+                    'free': {
                       'type': 'object',
-                      'properties': {
-                          'spec': {
-                              'type': 'object',
-                              'properties': {
-                                  'port': {'format': 'int-or-string', 'x-kubernetes-int-or-string': True},
-                                  'free': {'type': 'object', 'properties': {'a': {'type': 'string'}},
-                                           'x-kubernetes-preserve-unknown-fields': True},
-                                  'labels': {'type': 'object', 'additionalProperties': {'type': 'string'}},
-                              },
-                          }
-                      },
-                  }
+                      'properties': {'a': {'type': 'string'}},
+                      'x-kubernetes-preserve-unknown-fields': True,
+                    },
+                    'labels': {'type': 'object', 'additionalProperties': {'type': 'string'}},
+                  },
+                }
               },
-          }],
-      },
+            }
+          },
+        }
+      ],
+    },
   }
   schemas = converter.crd_schemas(crd)
   assert list(schemas) == ['widget_v1.json']
@@ -185,10 +194,12 @@ def test_converter_closes_nested_objects_like_openapi2jsonschema():
 def test_converter_fails_clearly_on_a_file_without_crds(tmp_path):
   not_a_crd = tmp_path / 'configmap.yaml'
   not_a_crd.write_text('apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n', encoding='utf-8')
-  result = subprocess.run([sys.executable, str(CONVERTER), str(tmp_path / 'out'), str(not_a_crd)],
-                          capture_output=True,
-                          text=True,
-                          timeout=60,
-                          check=False)
+  result = subprocess.run(
+    [sys.executable, str(CONVERTER), str(tmp_path / 'out'), str(not_a_crd)],
+    capture_output=True,
+    text=True,
+    timeout=60,
+    check=False,
+  )
   assert result.returncode == 1
   assert 'no CustomResourceDefinition' in result.stderr and 'Traceback' not in result.stderr

@@ -21,10 +21,29 @@ SAMPLE_PARAMETERS_PATH = METADATA_PATH.parent / 'sample-parameters.json'
 
 # Values of google.dataflow.v1beta3.ParameterType.
 PARAMETER_TYPES = [
-    'DEFAULT', 'TEXT', 'GCS_READ_BUCKET', 'GCS_WRITE_BUCKET', 'GCS_READ_FILE', 'GCS_WRITE_FILE', 'GCS_READ_FOLDER',
-    'GCS_WRITE_FOLDER', 'PUBSUB_TOPIC', 'PUBSUB_SUBSCRIPTION', 'BIGQUERY_TABLE', 'JAVASCRIPT_UDF_FILE',
-    'SERVICE_ACCOUNT', 'MACHINE_TYPE', 'KMS_KEY_NAME', 'WORKER_REGION', 'WORKER_ZONE', 'BOOLEAN', 'ENUM', 'NUMBER',
-    'KAFKA_TOPIC', 'KAFKA_READ_TOPIC', 'KAFKA_WRITE_TOPIC'
+  'DEFAULT',
+  'TEXT',
+  'GCS_READ_BUCKET',
+  'GCS_WRITE_BUCKET',
+  'GCS_READ_FILE',
+  'GCS_WRITE_FILE',
+  'GCS_READ_FOLDER',
+  'GCS_WRITE_FOLDER',
+  'PUBSUB_TOPIC',
+  'PUBSUB_SUBSCRIPTION',
+  'BIGQUERY_TABLE',
+  'JAVASCRIPT_UDF_FILE',
+  'SERVICE_ACCOUNT',
+  'MACHINE_TYPE',
+  'KMS_KEY_NAME',
+  'WORKER_REGION',
+  'WORKER_ZONE',
+  'BOOLEAN',
+  'ENUM',
+  'NUMBER',
+  'KAFKA_TOPIC',
+  'KAFKA_READ_TOPIC',
+  'KAFKA_WRITE_TOPIC',
 ]
 
 # The Flex Template metadata file as Google documents it ("Create a metadata
@@ -32,58 +51,58 @@ PARAMETER_TYPES = [
 # Dataflow v1beta3 API, in their JSON names). Closed objects: a misspelt key
 # would be ignored by Dataflow, so here it is an error.
 FLEX_TEMPLATE_METADATA_SCHEMA = {
-    '$schema': 'https://json-schema.org/draft/2020-12/schema',
-    'type': 'object',
-    'required': ['name', 'parameters'],
-    'additionalProperties': False,
-    'properties': {
-        'name': {'type': 'string', 'minLength': 1},
-        'description': {'type': 'string'},
-        'streaming': {'type': 'boolean'},
-        'supportsAtLeastOnce': {'type': 'boolean'},
-        'supportsExactlyOnce': {'type': 'boolean'},
-        'defaultStreamingMode': {'type': 'string'},
-        'parameters': {
+  '$schema': 'https://json-schema.org/draft/2020-12/schema',
+  'type': 'object',
+  'required': ['name', 'parameters'],
+  'additionalProperties': False,
+  'properties': {
+    'name': {'type': 'string', 'minLength': 1},
+    'description': {'type': 'string'},
+    'streaming': {'type': 'boolean'},
+    'supportsAtLeastOnce': {'type': 'boolean'},
+    'supportsExactlyOnce': {'type': 'boolean'},
+    'defaultStreamingMode': {'type': 'string'},
+    'parameters': {
+      'type': 'array',
+      'items': {
+        'type': 'object',
+        'required': ['name', 'label', 'helpText'],
+        'additionalProperties': False,
+        'properties': {
+          # A parameter becomes --name=value: a Python identifier, as argparse dests are.
+          'name': {'type': 'string', 'pattern': '^[A-Za-z][A-Za-z0-9_]*$'},
+          'label': {'type': 'string', 'minLength': 1},
+          'helpText': {'type': 'string', 'minLength': 1},
+          'isOptional': {'type': 'boolean'},
+          'regexes': {'type': 'array', 'items': {'type': 'string', 'format': 'regex'}, 'minItems': 1},
+          'paramType': {'enum': PARAMETER_TYPES},
+          'customMetadata': {'type': 'object', 'additionalProperties': {'type': 'string'}},
+          'groupName': {'type': 'string'},
+          'parentName': {'type': 'string'},
+          'parentTriggerValues': {'type': 'array', 'items': {'type': 'string'}},
+          'enumOptions': {
             'type': 'array',
+            'minItems': 1,
             'items': {
-                'type': 'object',
-                'required': ['name', 'label', 'helpText'],
-                'additionalProperties': False,
-                'properties': {
-                    # A parameter becomes --name=value: a Python identifier, as argparse dests are.
-                    'name': {'type': 'string', 'pattern': '^[A-Za-z][A-Za-z0-9_]*$'},
-                    'label': {'type': 'string', 'minLength': 1},
-                    'helpText': {'type': 'string', 'minLength': 1},
-                    'isOptional': {'type': 'boolean'},
-                    'regexes': {'type': 'array', 'items': {'type': 'string', 'format': 'regex'}, 'minItems': 1},
-                    'paramType': {'enum': PARAMETER_TYPES},
-                    'customMetadata': {'type': 'object', 'additionalProperties': {'type': 'string'}},
-                    'groupName': {'type': 'string'},
-                    'parentName': {'type': 'string'},
-                    'parentTriggerValues': {'type': 'array', 'items': {'type': 'string'}},
-                    'enumOptions': {
-                        'type': 'array',
-                        'minItems': 1,
-                        'items': {
-                            'type': 'object',
-                            'required': ['value'],
-                            'additionalProperties': False,
-                            'properties': {
-                                'value': {'type': 'string'},
-                                'label': {'type': 'string'},
-                                'description': {'type': 'string'},
-                            },
-                        },
-                    },
-                    'defaultValue': {'type': 'string'},
-                    'hiddenUi': {'type': 'boolean'},
-                },
-                # ENUM parameters need their options listed.
-                'if': {'properties': {'paramType': {'const': 'ENUM'}}, 'required': ['paramType']},
-                'then': {'required': ['enumOptions']},
+              'type': 'object',
+              'required': ['value'],
+              'additionalProperties': False,
+              'properties': {
+                'value': {'type': 'string'},
+                'label': {'type': 'string'},
+                'description': {'type': 'string'},
+              },
             },
+          },
+          'defaultValue': {'type': 'string'},
+          'hiddenUi': {'type': 'boolean'},
         },
+        # ENUM parameters need their options listed.
+        'if': {'properties': {'paramType': {'const': 'ENUM'}}, 'required': ['paramType']},
+        'then': {'required': ['enumOptions']},
+      },
     },
+  },
 }
 
 
@@ -106,20 +125,23 @@ def _options_parser(options_classes=generate_metadata.OPTIONS_CLASSES):
 def test_committed_metadata_is_what_the_generator_produces():
   expected = generate_metadata.render(generate_metadata.template_metadata())
   committed = METADATA_PATH.read_text(encoding='utf-8')
-  assert committed == expected, (f'{METADATA_PATH.name} is out of date with pipelines/options.py; '
-                                 f'regenerate it with: {generate_metadata.REGENERATE_COMMAND}')
+  assert committed == expected, (
+    f'{METADATA_PATH.name} is out of date with pipelines/options.py; '
+    f'regenerate it with: {generate_metadata.REGENERATE_COMMAND}'
+  )
 
 
 def test_check_mode_reports_drift_with_the_regenerate_command(tmp_path):
   stale = tmp_path / 'metadata.json'
   stale.write_text('{}\n', encoding='utf-8')
-  result = subprocess.run([sys.executable, '-m', 'templates.generate_metadata', '--check', '--output',
-                           str(stale)],
-                          cwd=generate_metadata.REPO_ROOT,
-                          capture_output=True,
-                          text=True,
-                          timeout=120,
-                          check=False)
+  result = subprocess.run(
+    [sys.executable, '-m', 'templates.generate_metadata', '--check', '--output', str(stale)],
+    cwd=generate_metadata.REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=False,
+  )
   assert result.returncode == 1
   assert generate_metadata.REGENERATE_COMMAND in result.stderr
   fresh = tmp_path / 'fresh.json'
@@ -152,19 +174,28 @@ def test_metadata_matches_the_flex_template_format(committed_metadata):
 
 
 @pytest.mark.parametrize(
-    'break_it',
-    [
-        lambda m: m.pop('name'),
-        lambda m: m['parameters'][0].pop('helpText'),
-        lambda m: m['parameters'][0].update(isOptional='yes'),
-        lambda m: m['parameters'][0].update(paramType='FILE'),
-        lambda m: m['parameters'][0].update(helptext='misspelt key'),
-        lambda m: m['parameters'][0].update(name='input-path'),
-        lambda m: m['parameters'][0].update(regexes=['^(unclosed$']),
-        lambda m: next(p for p in m['parameters'] if p['paramType'] == 'ENUM').pop('enumOptions'),
-    ],
-    ids=['no-name', 'no-help', 'optional-not-bool', 'unknown-type', 'unknown-key', 'bad-name', 'bad-regex',
-         'enum-without-options'])
+  'break_it',
+  [
+    lambda m: m.pop('name'),
+    lambda m: m['parameters'][0].pop('helpText'),
+    lambda m: m['parameters'][0].update(isOptional='yes'),
+    lambda m: m['parameters'][0].update(paramType='FILE'),
+    lambda m: m['parameters'][0].update(helptext='misspelt key'),
+    lambda m: m['parameters'][0].update(name='input-path'),
+    lambda m: m['parameters'][0].update(regexes=['^(unclosed$']),
+    lambda m: next(p for p in m['parameters'] if p['paramType'] == 'ENUM').pop('enumOptions'),
+  ],
+  ids=[
+    'no-name',
+    'no-help',
+    'optional-not-bool',
+    'unknown-type',
+    'unknown-key',
+    'bad-name',
+    'bad-regex',
+    'enum-without-options',
+  ],
+)
 def test_schema_rejects_broken_metadata(committed_metadata, break_it):
   broken = copy.deepcopy(committed_metadata)
   break_it(broken)
@@ -189,7 +220,8 @@ def test_parameter_names_are_flags_the_options_parse(committed_metadata):
 
 def test_launcher_takes_its_own_options_out_of_the_pipeline_argv():
   argv, options = launcher.split_launcher_options(
-      ['--input=a.csv', '--pii_key_secret=projects/p/secrets/pii/versions/3', '--tenant_id', 'acme'])
+    ['--input=a.csv', '--pii_key_secret=projects/p/secrets/pii/versions/3', '--tenant_id', 'acme']
+  )
   assert argv == ['--input=a.csv', '--tenant_id', 'acme']
   assert options.pii_key_secret == 'projects/p/secrets/pii/versions/3'
   known, unknown = _options_parser((SpotifyBatchOptions,)).parse_known_args(argv)
@@ -233,6 +265,7 @@ def test_regexes_accept_defaults_and_reject_bad_values(committed_metadata):
 
 def test_tenant_regex_is_the_tagging_rule():
   from transforms import tenant
+
   assert generate_metadata.TENANT_ID_PATTERN == tenant.TENANT_PATTERN
 
 
@@ -264,8 +297,9 @@ def test_every_template_has_committed_metadata_that_the_generator_produces():
     expected = generate_metadata.render(generate_metadata.template_metadata(template=template))
     assert template.metadata_path == generate_metadata.REPO_ROOT / 'templates' / name / 'metadata.json'
     assert template.metadata_path.read_text(encoding='utf-8') == expected, (
-        f'{name}/metadata.json is out of date with its options; regenerate it with: '
-        f'{generate_metadata.REGENERATE_COMMAND}')
+      f'{name}/metadata.json is out of date with its options; regenerate it with: '
+      f'{generate_metadata.REGENERATE_COMMAND}'
+    )
   assert generate_metadata.TEMPLATES['spotify_batch'].metadata_path == METADATA_PATH
 
 
@@ -282,8 +316,12 @@ def test_streaming_metadata_has_every_option_of_the_job_and_its_sources(streamin
   _validator().validate(streaming_metadata)
   assert streaming_metadata['streaming'] is True
   parameters = {parameter['name']: parameter for parameter in streaming_metadata['parameters']}
-  actions = [action for cls in STREAMING.options_classes for action in generate_metadata.option_actions(cls)
-             if action.dest not in ('sasl_password', 'event_hubs_connection_string')]
+  actions = [
+    action
+    for cls in STREAMING.options_classes
+    for action in generate_metadata.option_actions(cls)
+    if action.dest not in ('sasl_password', 'event_hubs_connection_string')
+  ]
   assert list(parameters) == [action.dest for action in actions]
   # Secrets are no parameters (they would show in the job graph).
   assert 'sasl_password' not in parameters and 'event_hubs_connection_string' not in parameters
@@ -293,6 +331,7 @@ def test_streaming_metadata_has_every_option_of_the_job_and_its_sources(streamin
     if action.default is not None and not isinstance(action.default, bool):
       assert parameter['defaultValue'] == str(action.default)
   from pipelines.spotify_streaming import SOURCES
+
   assert [option['value'] for option in parameters['source']['enumOptions']] == list(SOURCES)
   assert parameters['window_size_s']['paramType'] == 'NUMBER'
   assert parameters['bounded']['paramType'] == 'BOOLEAN'

@@ -19,9 +19,24 @@ from transforms.dead_letter import dead_letter
 from transforms.entities import ListeningEvent
 from transforms.pii import recognizers as pii_recognizers
 from transforms.pii import scanner as pii_scanner
-from transforms.pii import (PII_KEY_ENV, REDACTED, KeyRef, MasterKey, PiiKeyError, PiiOptions, RedactDeadLetters, RedactPII,
-                            TextScanner, hkdf_sha256, load_master_key, pseudonymise, redact_batch, redact_dead_letter,
-                            redact_record, key_ref)
+from transforms.pii import (
+  PII_KEY_ENV,
+  REDACTED,
+  KeyRef,
+  MasterKey,
+  PiiKeyError,
+  PiiOptions,
+  RedactDeadLetters,
+  RedactPII,
+  TextScanner,
+  hkdf_sha256,
+  load_master_key,
+  pseudonymise,
+  redact_batch,
+  redact_dead_letter,
+  redact_record,
+  key_ref,
+)
 from transforms.records import with_provenance
 
 KEY_HEX = '6b' * 16 + '3f' * 16  # 32 bytes
@@ -29,18 +44,20 @@ KEY_BYTES = bytes.fromhex(KEY_HEX)
 HEADER = ['event_id', 'user_id', 'track_id', 'played_at', 'ms_played', 'user_email', 'note']
 
 SENTENCES = {
-    'EMAIL_ADDRESS': ['write to jane.doe@example.co.uk today', 'Contact: bob+music@mail.example.com.'],
-    'PHONE_NUMBER': ['call me on +44 20 7946 0958 tonight', 'my cell is (415) 555-2671, thanks'],
-    'CREDIT_CARD': ['paid with 4111 1111 1111 1111 yesterday', 'card 5555-5555-5555-4444 was declined'],
-    'IBAN_CODE': ['refund to DE89 3704 0044 0532 0130 00 please', 'my iban is GB82WEST12345698765432'],
-    'IP_ADDRESS': ['logged in from 203.0.113.42 at noon', 'the ipv6 was 2001:db8:85a3::8a2e:370:7334 then'],
-    'URL_WITH_CREDENTIALS': ['fetch https://user:secret@host/path now', 'db at postgres://admin:pa55@db.internal:5432/x'],
-    'JWT': ['token eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U ok',
-            'cookie jwt=eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJhY21lIn0.c2lnbmF0dXJlLWJ5dGVzLWhlcmU done'],
-    'BEARER_TOKEN': ['Authorization: Bearer abcDEF123456ghiJKL789 sent', 'auth Basic Ym9iOmh1bnRlcjI= sent'],
-    'API_KEY': ['leaked sk_live_4eC39HqLyjWDarjtT1zdp7dc today', 'aws AKIAIOSFODNN7EXAMPLE in logs'],
-    'SECRET_ASSIGNMENT': ['login user=bob password=hunter22 failed', 'config client_secret: "s3cr3t-Value" loaded'],
-    'SPOTIFY_USER': ['shared spotify:user:jane.doe today', 'see https://open.spotify.com/user/bob99 now'],
+  'EMAIL_ADDRESS': ['write to jane.doe@example.co.uk today', 'Contact: bob+music@mail.example.com.'],
+  'PHONE_NUMBER': ['call me on +44 20 7946 0958 tonight', 'my cell is (415) 555-2671, thanks'],
+  'CREDIT_CARD': ['paid with 4111 1111 1111 1111 yesterday', 'card 5555-5555-5555-4444 was declined'],
+  'IBAN_CODE': ['refund to DE89 3704 0044 0532 0130 00 please', 'my iban is GB82WEST12345698765432'],
+  'IP_ADDRESS': ['logged in from 203.0.113.42 at noon', 'the ipv6 was 2001:db8:85a3::8a2e:370:7334 then'],
+  'URL_WITH_CREDENTIALS': ['fetch https://user:secret@host/path now', 'db at postgres://admin:pa55@db.internal:5432/x'],
+  'JWT': [
+    'token eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U ok',
+    'cookie jwt=eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJhY21lIn0.c2lnbmF0dXJlLWJ5dGVzLWhlcmU done',
+  ],
+  'BEARER_TOKEN': ['Authorization: Bearer abcDEF123456ghiJKL789 sent', 'auth Basic Ym9iOmh1bnRlcjI= sent'],
+  'API_KEY': ['leaked sk_live_4eC39HqLyjWDarjtT1zdp7dc today', 'aws AKIAIOSFODNN7EXAMPLE in logs'],
+  'SECRET_ASSIGNMENT': ['login user=bob password=hunter22 failed', 'config client_secret: "s3cr3t-Value" loaded'],
+  'SPOTIFY_USER': ['shared spotify:user:jane.doe today', 'see https://open.spotify.com/user/bob99 now'],
 }
 
 
@@ -63,8 +80,9 @@ def ref(tmp_path_factory):
 
 
 def test_hkdf_matches_rfc5869_test_case_1():
-  okm = hkdf_sha256(bytes.fromhex('0b' * 22), bytes.fromhex('000102030405060708090a0b0c'),
-                    bytes.fromhex('f0f1f2f3f4f5f6f7f8f9'), 42)
+  okm = hkdf_sha256(
+    bytes.fromhex('0b' * 22), bytes.fromhex('000102030405060708090a0b0c'), bytes.fromhex('f0f1f2f3f4f5f6f7f8f9'), 42
+  )
   assert okm.hex() == ('3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865')
 
 
@@ -93,12 +111,15 @@ def test_pseudonymise_casts_other_types_and_hashes_each_distinct_value_once(key)
   assert out[1].as_py() is None and out[0] == out[2]
 
 
-@pytest.mark.parametrize('environ, needle', [
+@pytest.mark.parametrize(
+  'environ, needle',
+  [
     ({}, PII_KEY_ENV),
     ({PII_KEY_ENV: 'ab' * 20}, 'too short'),
     ({PII_KEY_ENV: base64.b64encode(b'k' * 16).decode()}, 'too short'),
     ({PII_KEY_ENV: 'not a key! s3cr3t-value'}, 'neither hex'),
-])
+  ],
+)
 def test_bad_or_missing_keys_fail_clearly_without_showing_the_key(environ, needle):
   with pytest.raises(PiiKeyError, match=needle) as error:
     load_master_key(environ=environ)
@@ -148,6 +169,7 @@ def test_key_refs_hold_no_key_and_fail_clearly_where_the_key_is_missing(tmp_path
 def test_ephemeral_key_ref_is_a_private_file(caplog):
   import os
   import stat
+
   with caplog.at_level(logging.WARNING):
     ref = key_ref(environ={}, allow_ephemeral=True)
   assert ref.kind == 'file' and ref.ephemeral and 'ephemeral' in caplog.text
@@ -202,12 +224,14 @@ def test_scanner_needs_no_network_and_no_spacy_model(monkeypatch):
   fresh = pickle.loads(pickle.dumps(TextScanner(min_score=0.4)))
   assert fresh.redact_text('mail ann@example.org')[0] == 'mail <EMAIL_ADDRESS>'
   import sys
+
   assert not any(name == 'en_core_web_lg' or name.startswith('en_core_web') for name in sys.modules)
 
 
 def test_scanners_share_one_public_suffix_trie(monkeypatch):
   """A new scanner (a new DoFn instance) reuses the process's suffix trie: building one costs ~0.15 s."""
   import tldextract.tldextract
+
   trie_class = tldextract.tldextract._PublicSuffixListTLDExtractor
   builds = []
   original = trie_class.__init__
@@ -228,10 +252,27 @@ def _generated_cells(n, seed):
   rng = random.Random(seed)
   words = ['love', 'this', 'track', 'call', 'me', 'mail', 'at', 'from', 'x', 'DE', 'GB', 'ip', 'card', 'ok']
   pii = [t for texts in SENTENCES.values() for t in texts] + [
-      'ann@example.org', '+1 415 555 2671', '020 7946 0958', '4012888888881881', 'FR1420041010050500013M02606',
-      '10.0.0.1', '::ffff:192.0.2.1', 'ftp://u:p@files.example.net', 'https://token@github.com/x', '+49 30 901820',
-      '٠٢٠ ٧٩٤٦ ٠٩٥٨', '+44２０７９４６０９５８', 'GB82 WEST 1234 5698 7654 32', 'de89-3704-0044-0532-0130-00',
-      '2001:db8::8a2e:370:7334', 'fe80::1%eth0', '1:2:3:4:5:6:7:8', '::1', '::', 'iPhone15,2', 'spotify:track:4uLU6hMCjMI75M1A2tKUQC'
+    'ann@example.org',
+    '+1 415 555 2671',
+    '020 7946 0958',
+    '4012888888881881',
+    'FR1420041010050500013M02606',
+    '10.0.0.1',
+    '::ffff:192.0.2.1',
+    'ftp://u:p@files.example.net',
+    'https://token@github.com/x',
+    '+49 30 901820',
+    '٠٢٠ ٧٩٤٦ ٠٩٥٨',
+    '+44２０７９４６０９５８',
+    'GB82 WEST 1234 5698 7654 32',
+    'de89-3704-0044-0532-0130-00',
+    '2001:db8::8a2e:370:7334',
+    'fe80::1%eth0',
+    '1:2:3:4:5:6:7:8',
+    '::1',
+    '::',
+    'iPhone15,2',
+    'spotify:track:4uLU6hMCjMI75M1A2tKUQC',
   ]
 
   def noise():
@@ -292,14 +333,48 @@ def test_redact_array_keeps_type_nulls_and_identity(scanner):
 
 def _events():
   rows = [
-      dict(event_id='e1', user_id='u1', track_id='4iV5W9uYEdYUVa79Axb7Rh', ms_played=1000, country='GB',
-           platform='ios', ip_address='203.0.113.9', user_email='ann@example.org', context_uri='mailto:ann@example.org',
-           note='loved it, text me +44 20 7946 0958', comment='card 4111 1111 1111 1111', tenant_id='acme'),
-      dict(event_id='e2', user_id='u1', track_id='4iV5W9uYEdYUVa79Axb7Rh', ms_played=5, country=None, platform=None,
-           ip_address=None, user_email=None, context_uri=None, note=None, comment=None, tenant_id='beta'),
-      dict(event_id='e3', user_id='u2', track_id='4iV5W9uYEdYUVa79Axb7Rh', ms_played=7, country='DE',
-           platform='web', ip_address='2001:db8::1', user_email=None, context_uri='spotify:album:x',
-           note='no pii', comment='fine', tenant_id='acme'),
+    dict(
+      event_id='e1',
+      user_id='u1',
+      track_id='4iV5W9uYEdYUVa79Axb7Rh',
+      ms_played=1000,
+      country='GB',
+      platform='ios',
+      ip_address='203.0.113.9',
+      user_email='ann@example.org',
+      context_uri='mailto:ann@example.org',
+      note='loved it, text me +44 20 7946 0958',
+      comment='card 4111 1111 1111 1111',
+      tenant_id='acme',
+    ),
+    dict(
+      event_id='e2',
+      user_id='u1',
+      track_id='4iV5W9uYEdYUVa79Axb7Rh',
+      ms_played=5,
+      country=None,
+      platform=None,
+      ip_address=None,
+      user_email=None,
+      context_uri=None,
+      note=None,
+      comment=None,
+      tenant_id='beta',
+    ),
+    dict(
+      event_id='e3',
+      user_id='u2',
+      track_id='4iV5W9uYEdYUVa79Axb7Rh',
+      ms_played=7,
+      country='DE',
+      platform='web',
+      ip_address='2001:db8::1',
+      user_email=None,
+      context_uri='spotify:album:x',
+      note='no pii',
+      comment='fine',
+      tenant_id='acme',
+    ),
   ]
   return with_provenance(pa.RecordBatch.from_pylist(rows), 'gs://b/events.csv', 2)
 
@@ -319,9 +394,16 @@ def test_redact_batch_pseudonymises_per_tenant_and_leaves_other_fields_unchanged
   assert out.column('comment').to_pylist() == ['card <CREDIT_CARD>', None, 'fine']
   # A declared plain string (no strict format) is scanned too.
   assert out.column('context_uri').to_pylist() == ['mailto:<EMAIL_ADDRESS>', None, 'spotify:album:x']
-  assert counts == collections.Counter({'PSEUDONYMISED:user_id': 3, 'PSEUDONYMISED:ip_address': 2,
-                                        'PSEUDONYMISED:user_email': 1, 'PHONE_NUMBER': 1, 'CREDIT_CARD': 1,
-                                        'EMAIL_ADDRESS': 1})
+  assert counts == collections.Counter(
+    {
+      'PSEUDONYMISED:user_id': 3,
+      'PSEUDONYMISED:ip_address': 2,
+      'PSEUDONYMISED:user_email': 1,
+      'PHONE_NUMBER': 1,
+      'CREDIT_CARD': 1,
+      'EMAIL_ADDRESS': 1,
+    }
+  )
   # Undeclared columns are left alone on request.
   out, counts = redact_batch(batch, ListeningEvent, key, scanner, scan_undeclared=False)
   assert out.column('comment').equals(batch.column('comment')) and 'CREDIT_CARD' not in counts
@@ -331,7 +413,8 @@ def test_redact_batch_requires_a_tenant_for_identifiers(key, scanner):
   batch = _events()
   tenants = pa.array(['acme', None, 'acme'])
   untagged = pa.RecordBatch.from_arrays(
-      [tenants if n == 'tenant_id' else batch.column(n) for n in batch.schema.names], names=batch.schema.names)
+    [tenants if n == 'tenant_id' else batch.column(n) for n in batch.schema.names], names=batch.schema.names
+  )
   with pytest.raises(ValueError, match=r'null at gs://b/events.csv row 3'):
     redact_batch(untagged, ListeningEvent, key, scanner)
   with pytest.raises(ValueError, match='no .tenant_id. column'):
@@ -339,13 +422,17 @@ def test_redact_batch_requires_a_tenant_for_identifiers(key, scanner):
 
 
 def test_redact_record_dict_nested_and_unknown_tenant(key, scanner):
-  record = {'event_id': 'e1', 'user_id': 'u1', 'ms_played': '-5', 'phone': 4155552671,
-            'extra': {'user_email': 'ann@example.org', 'notes': ['mail bob@example.com', 7, None]}}
+  record = {
+    'event_id': 'e1',
+    'user_id': 'u1',
+    'ms_played': '-5',
+    'phone': 4155552671,
+    'extra': {'user_email': 'ann@example.org', 'notes': ['mail bob@example.com', 7, None]},
+  }
   out, counts = redact_record(record, ListeningEvent, key, scanner, tenant='acme')
   expected = hmac.new(key.tenant_key('acme'), b'u1', hashlib.sha256).hexdigest()
   assert out['user_id'] == expected and out['event_id'] == 'e1' and out['ms_played'] == '-5'
-  assert out['extra']['user_email'] == hmac.new(key.tenant_key('acme'), b'ann@example.org',
-                                                hashlib.sha256).hexdigest()
+  assert out['extra']['user_email'] == hmac.new(key.tenant_key('acme'), b'ann@example.org', hashlib.sha256).hexdigest()
   assert out['extra']['notes'] == ['mail <EMAIL_ADDRESS>', 7, None]
   assert out['phone'] == '<PHONE_NUMBER>'
   assert counts == {'PSEUDONYMISED:user_id': 1, 'PSEUDONYMISED:user_email': 1, 'EMAIL_ADDRESS': 1, 'PHONE_NUMBER': 1}
@@ -360,9 +447,16 @@ def test_redact_record_raw_csv_line_with_and_without_header(key, scanner):
   line = 'e9,u42,4iV5W9uYEdYUVa79Axb7Rh,2024-01-01T00:00:00Z,oops,ann@example.org,"call +1 415 555 2671",surplus'
   out, counts = redact_record(line, ListeningEvent, key, scanner, tenant='acme', header=HEADER)
   pseudonym = lambda v: hmac.new(key.tenant_key('acme'), v.encode(), hashlib.sha256).hexdigest()
-  assert out == {'event_id': 'e9', 'user_id': pseudonym('u42'), 'track_id': '4iV5W9uYEdYUVa79Axb7Rh',
-                 'played_at': '2024-01-01T00:00:00Z', 'ms_played': 'oops', 'user_email': pseudonym('ann@example.org'),
-                 'note': 'call <PHONE_NUMBER>', '_extra_1': 'surplus'}
+  assert out == {
+    'event_id': 'e9',
+    'user_id': pseudonym('u42'),
+    'track_id': '4iV5W9uYEdYUVa79Axb7Rh',
+    'played_at': '2024-01-01T00:00:00Z',
+    'ms_played': 'oops',
+    'user_email': pseudonym('ann@example.org'),
+    'note': 'call <PHONE_NUMBER>',
+    '_extra_1': 'surplus',
+  }
   assert counts == {'PSEUDONYMISED:user_id': 1, 'PSEUDONYMISED:user_email': 1, 'PHONE_NUMBER': 1}
   out, counts = redact_record(line, ListeningEvent, key, scanner, tenant='acme')
   assert isinstance(out, str) and 'ann@example.org' not in out and '<EMAIL_ADDRESS>' in out
@@ -370,9 +464,16 @@ def test_redact_record_raw_csv_line_with_and_without_header(key, scanner):
 
 
 def test_redact_dead_letter_scrubs_identifiers_quoted_in_detail(key, scanner):
-  letter = dead_letter('s3://b/e.csv', 'row 3', 'invalid_value', 'user_email',
-                       {'user_id': 'u42', 'user_email': 'not-an-email u42'}, "'not-an-email u42' does not match",
-                       'validate', 'acme')
+  letter = dead_letter(
+    's3://b/e.csv',
+    'row 3',
+    'invalid_value',
+    'user_email',
+    {'user_id': 'u42', 'user_email': 'not-an-email u42'},
+    "'not-an-email u42' does not match",
+    'validate',
+    'acme',
+  )
   out, counts = redact_dead_letter(letter, ListeningEvent, key, scanner)
   assert 'u42' not in repr(out) and out['reason'] == 'invalid_value' and out['position'] == 'row 3'
   assert letter['record']['user_id'] == 'u42'
@@ -401,36 +502,73 @@ def test_redact_pii_and_dead_letters_in_a_pipeline(key, ref, scanner):
   batch = _events()
   expected_batch, expected_counts = redact_batch(batch, ListeningEvent, key, scanner)
   letters = [
-      dead_letter('s3://b/e.csv', 'row 9', 'malformed_row', None, 'e9,u42,x,2024,1,ann@example.org,to ann@example.org,4',
-                  'wrong number of columns', 'read', 'acme'),
-      dead_letter('s3://b/e.csv', 'row 10', 'invalid_value', 'note', {'user_id': 'u7', 'note': 'ip 10.1.2.3'}, '',
-                  'validate', None),
+    dead_letter(
+      's3://b/e.csv',
+      'row 9',
+      'malformed_row',
+      None,
+      'e9,u42,x,2024,1,ann@example.org,to ann@example.org,4',
+      'wrong number of columns',
+      'read',
+      'acme',
+    ),
+    dead_letter(
+      's3://b/e.csv', 'row 10', 'invalid_value', 'note', {'user_id': 'u7', 'note': 'ip 10.1.2.3'}, '', 'validate', None
+    ),
   ]
   with TestPipeline() as p:
-    result = (p | 'Batches' >> beam.Create([batch.slice(0, 2), batch.slice(2)])
-              | RedactPII('listening_event', master_key=ref))
-    assert_that(result.records | beam.combiners.ToList() | beam.Map(_rows),
-                equal_to([_rows([expected_batch])]), label='Records')
-    assert_that(result.findings | 'Sum' >> beam.CombinePerKey(sum), equal_to(list(expected_counts.items())),
-                label='Findings')
+    result = (
+      p | 'Batches' >> beam.Create([batch.slice(0, 2), batch.slice(2)]) | RedactPII('listening_event', master_key=ref)
+    )
+    assert_that(
+      result.records | beam.combiners.ToList() | beam.Map(_rows), equal_to([_rows([expected_batch])]), label='Records'
+    )
+    assert_that(
+      result.findings | 'Sum' >> beam.CombinePerKey(sum), equal_to(list(expected_counts.items())), label='Findings'
+    )
     dl = p | 'Letters' >> beam.Create(letters) | RedactDeadLetters('listening_event', master_key=ref, header=HEADER)
     pseudonym = lambda v: hmac.new(key.tenant_key('acme'), v.encode(), hashlib.sha256).hexdigest()
-    assert_that(dl.records | beam.Map(lambda l: (l['position'], l['record'])),
-                equal_to([('row 9', {'event_id': 'e9', 'user_id': pseudonym('u42'), 'track_id': 'x', 'played_at': '2024',
-                                     'ms_played': '1', 'user_email': pseudonym('ann@example.org'),
-                                     'note': 'to <EMAIL_ADDRESS>', '_extra_1': '4'}),
-                          ('row 10', {'user_id': REDACTED, 'note': 'ip <IP_ADDRESS>'})]),
-                label='DeadLetters')
-    assert_that(dl.findings | 'SumDl' >> beam.CombinePerKey(sum),
-                equal_to([('PSEUDONYMISED:user_id', 1), ('PSEUDONYMISED:user_email', 1), ('REDACTED:user_id', 1),
-                          ('EMAIL_ADDRESS', 1), ('IP_ADDRESS', 1)]), label='DeadLetterFindings')
+    assert_that(
+      dl.records | beam.Map(lambda l: (l['position'], l['record'])),
+      equal_to(
+        [
+          (
+            'row 9',
+            {
+              'event_id': 'e9',
+              'user_id': pseudonym('u42'),
+              'track_id': 'x',
+              'played_at': '2024',
+              'ms_played': '1',
+              'user_email': pseudonym('ann@example.org'),
+              'note': 'to <EMAIL_ADDRESS>',
+              '_extra_1': '4',
+            },
+          ),
+          ('row 10', {'user_id': REDACTED, 'note': 'ip <IP_ADDRESS>'}),
+        ]
+      ),
+      label='DeadLetters',
+    )
+    assert_that(
+      dl.findings | 'SumDl' >> beam.CombinePerKey(sum),
+      equal_to(
+        [
+          ('PSEUDONYMISED:user_id', 1),
+          ('PSEUDONYMISED:user_email', 1),
+          ('REDACTED:user_id', 1),
+          ('EMAIL_ADDRESS', 1),
+          ('IP_ADDRESS', 1),
+        ]
+      ),
+      label='DeadLetterFindings',
+    )
 
 
 def test_keep_pii_passes_everything_through(key):
   batch = _events()
   with TestPipeline() as p:
-    result = p | beam.Create([batch]) | RedactPII('listening_event', master_key=None,
-                                                  options=PiiOptions(redact=False))
+    result = p | beam.Create([batch]) | RedactPII('listening_event', master_key=None, options=PiiOptions(redact=False))
     assert_that(result.records | beam.Map(lambda b: b.equals(batch)), equal_to([True]), label='Same')
     assert_that(result.findings, equal_to([]), label='NoFindings')
 
@@ -439,23 +577,33 @@ def test_redact_pii_in_a_streaming_pipeline(ref, scanner):
   from apache_beam.options.pipeline_options import StandardOptions
   from apache_beam.testing.test_stream import TestStream
   from apache_beam.transforms import window
+
   batch = _events()
   options = beam.options.pipeline_options.PipelineOptions()
   options.view_as(StandardOptions).streaming = True
-  stream = (TestStream().add_elements([window.TimestampedValue(batch.slice(0, 1), 10)])
-            .advance_watermark_to(70).add_elements([window.TimestampedValue(batch.slice(1), 80)])
-            .advance_watermark_to_infinity())
+  stream = (
+    TestStream()
+    .add_elements([window.TimestampedValue(batch.slice(0, 1), 10)])
+    .advance_watermark_to(70)
+    .add_elements([window.TimestampedValue(batch.slice(1), 80)])
+    .advance_watermark_to_infinity()
+  )
   with TestPipeline(options=options) as p:
     result = p | stream | RedactPII('listening_event', master_key=ref)
-    per_minute = (result.findings | beam.WindowInto(window.FixedWindows(60))
-                  | beam.CombinePerKey(sum) | beam.Filter(lambda kv: kv[0] == 'PSEUDONYMISED:user_id')
-                  | beam.Map(lambda kv, w=beam.DoFn.WindowParam: (int(w.start), kv[1])))
+    per_minute = (
+      result.findings
+      | beam.WindowInto(window.FixedWindows(60))
+      | beam.CombinePerKey(sum)
+      | beam.Filter(lambda kv: kv[0] == 'PSEUDONYMISED:user_id')
+      | beam.Map(lambda kv, w=beam.DoFn.WindowParam: (int(w.start), kv[1]))
+    )
     assert_that(per_minute, equal_to([(0, 1), (60, 2)]))
 
 
 def test_region_by_region_phone_recognizer_finds_what_the_stock_one_finds():
   from presidio_analyzer.predefined_recognizers import PhoneRecognizer
   from pipelines import sample_data
+
   scanner = pii_scanner.TextScanner().setup()
   ours = scanner._recognizers['PHONE_NUMBER']
   stock = PhoneRecognizer()
@@ -465,8 +613,9 @@ def test_region_by_region_phone_recognizer_finds_what_the_stock_one_finds():
   assert len(notes) > 20
   for note in notes:
     spans = lambda results: {(r.start, r.end) for r in results}
-    found_stock = spans(r for r in stock.analyze(note, ['PHONE_NUMBER'], None)
-                        if pii_recognizers.plausible_phone(note, r.start, r.end))
+    found_stock = spans(
+      r for r in stock.analyze(note, ['PHONE_NUMBER'], None) if pii_recognizers.plausible_phone(note, r.start, r.end)
+    )
     found_ours = spans(ours.analyze(note, ['PHONE_NUMBER'], None))
     # Every number the stock recognizer finds (and a person wrote) is covered by one of ours.
     assert all(any(s <= a and b <= e for s, e in found_ours) for a, b in found_stock), note

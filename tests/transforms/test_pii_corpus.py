@@ -59,9 +59,13 @@ def evaluate(scanner):
   table = {}
   for entity, c in stats.items():
     flagged = c['found'] + c['false_positives']
-    table[entity] = dict(positives=c['positives'], found=c['found'], false_positives=c['false_positives'],
-                         precision=c['found'] / flagged if flagged else 1.0,
-                         recall=c['found'] / c['positives'] if c['positives'] else 0.0)
+    table[entity] = dict(
+      positives=c['positives'],
+      found=c['found'],
+      false_positives=c['false_positives'],
+      precision=c['found'] / flagged if flagged else 1.0,
+      recall=c['found'] / c['positives'] if c['positives'] else 0.0,
+    )
   return table, misses
 
 
@@ -74,8 +78,20 @@ def test_the_corpus_is_big_enough_and_covers_every_type():
   positives, negatives = _load('positives.jsonl'), _load('negatives.jsonl')
   assert len(positives) >= 600 and len(negatives) >= 600
   assert {p['entity'] for p in positives} == set(SUPPORTED_ENTITIES)
-  assert {'isrc', 'iswc', 'upc_ean', 'spotify_id', 'session_id', 'epoch', 'invoice_order', 'version', 'duration',
-          'coordinates', 'hash', 'uuid'} <= {n['kind'] for n in negatives}
+  assert {
+    'isrc',
+    'iswc',
+    'upc_ean',
+    'spotify_id',
+    'session_id',
+    'epoch',
+    'invoice_order',
+    'version',
+    'duration',
+    'coordinates',
+    'hash',
+    'uuid',
+  } <= {n['kind'] for n in negatives}
 
 
 @pytest.mark.parametrize('entity', SUPPORTED_ENTITIES)
@@ -90,8 +106,10 @@ def test_precision_and_recall_per_type(results, entity):
 def markdown_table(table) -> str:
   lines = ['| type | positives | found | false positives | precision | recall |', '|---|---:|---:|---:|---:|---:|']
   for entity, row in table.items():
-    lines.append(f"| {entity} | {row['positives']} | {row['found']} | {row['false_positives']} | "
-                 f"{row['precision']:.3f} | {row['recall']:.3f} |")
+    lines.append(
+      f"| {entity} | {row['positives']} | {row['found']} | {row['false_positives']} | "
+      f"{row['precision']:.3f} | {row['recall']:.3f} |"
+    )
   return '\n'.join(lines)
 
 

@@ -15,8 +15,19 @@ from transforms.pii.batch import DROP, KEEP, PSEUDONYMISE, SCAN, SCAN_NONCONFORM
 from transforms.records import with_provenance
 
 KEY = MasterKey(bytes(range(32)), source='test')
-NOT_PII = ['sess-03639122', '1717245296', 'Invoice 2024-000123', 'T-345246800-1', 'id 03639122', '1717245296000',
-           'spotify:track:4uLU6hMCjMI75M1A2tKUQC', 'USRC17607839', '2.14.0', 'PT3M25S', '51.5074,-0.1278']
+NOT_PII = [
+  'sess-03639122',
+  '1717245296',
+  'Invoice 2024-000123',
+  'T-345246800-1',
+  'id 03639122',
+  '1717245296000',
+  'spotify:track:4uLU6hMCjMI75M1A2tKUQC',
+  'USRC17607839',
+  '2.14.0',
+  'PT3M25S',
+  '51.5074,-0.1278',
+]
 
 
 @pytest.fixture(scope='module')
@@ -26,18 +37,54 @@ def scanner():
 
 def _batch():
   rows = [
-      dict(event_id='e1', user_id='u1', track_id='4iV5W9uYEdYUVa79Axb7Rh', ms_played=1000, country='GB',
-           platform='ios ann@example.org', context_uri='spotify:user:jane.doe', note='fine', tenant_id='acme',
-           phone=4155552671, played_epoch=1717245296, played_ms=1717245296000, session_id='sess-03639122',
-           invoice='Invoice 2024-000123', iswc='T-345246800-1', memo='id 03639122',
-           device={'ip': '203.0.113.9', 'owner': {'email': 'bob@example.com', 'age': 31}, 'model': 'iPhone15,2'},
-           emails=['carol@example.net', 'ok'], attributes={'mobile': '+44 20 7946 0958', 'genre': 'jazz'},
-           payload='{"contact": {"email": "dan@example.com", "phone": 14155552671}, "n": 1717245296}',
-           blob=b'ann@example.org', credentials={'password': 'hunter22', 'user': 'x'}),
-      dict(event_id='e2', user_id='u2', track_id='4iV5W9uYEdYUVa79Axb7Rh', ms_played=5, country=None, platform=None,
-           context_uri='spotify:album:4iV5W9uYEdYUVa79Axb7Rh', note=None, tenant_id='acme', phone=None,
-           played_epoch=1717245297, played_ms=1717245297000, session_id=None, invoice=None, iswc=None, memo=None,
-           device=None, emails=None, attributes=None, payload=None, blob=None, credentials=None),
+    dict(
+      event_id='e1',
+      user_id='u1',
+      track_id='4iV5W9uYEdYUVa79Axb7Rh',
+      ms_played=1000,
+      country='GB',
+      platform='ios ann@example.org',
+      context_uri='spotify:user:jane.doe',
+      note='fine',
+      tenant_id='acme',
+      phone=4155552671,
+      played_epoch=1717245296,
+      played_ms=1717245296000,
+      session_id='sess-03639122',
+      invoice='Invoice 2024-000123',
+      iswc='T-345246800-1',
+      memo='id 03639122',
+      device={'ip': '203.0.113.9', 'owner': {'email': 'bob@example.com', 'age': 31}, 'model': 'iPhone15,2'},
+      emails=['carol@example.net', 'ok'],
+      attributes={'mobile': '+44 20 7946 0958', 'genre': 'jazz'},
+      payload='{"contact": {"email": "dan@example.com", "phone": 14155552671}, "n": 1717245296}',
+      blob=b'ann@example.org',
+      credentials={'password': 'hunter22', 'user': 'x'},
+    ),
+    dict(
+      event_id='e2',
+      user_id='u2',
+      track_id='4iV5W9uYEdYUVa79Axb7Rh',
+      ms_played=5,
+      country=None,
+      platform=None,
+      context_uri='spotify:album:4iV5W9uYEdYUVa79Axb7Rh',
+      note=None,
+      tenant_id='acme',
+      phone=None,
+      played_epoch=1717245297,
+      played_ms=1717245297000,
+      session_id=None,
+      invoice=None,
+      iswc=None,
+      memo=None,
+      device=None,
+      emails=None,
+      attributes=None,
+      payload=None,
+      blob=None,
+      credentials=None,
+    ),
   ]
   return with_provenance(pa.RecordBatch.from_pylist(rows), 'gs://b/events.jsonl', 2)
 
@@ -65,20 +112,41 @@ def test_every_place_is_scanned_and_ids_are_untouched(scanner):
   assert first['device']['model'] == 'iPhone15,2'
   assert first['emails'] == ['<EMAIL_ADDRESS>', 'ok']
   assert dict(first['attributes']) == {'mobile': '<PHONE_NUMBER>', 'genre': 'jazz'}
-  assert json.loads(first['payload']) == {'contact': {'email': '<EMAIL_ADDRESS>', 'phone': '<PHONE_NUMBER>'},
-                                          'n': 1717245296}
+  assert json.loads(first['payload']) == {
+    'contact': {'email': '<EMAIL_ADDRESS>', 'phone': '<PHONE_NUMBER>'},
+    'n': 1717245296,
+  }
   assert first['credentials'] == {'password': '<SECRET_ASSIGNMENT>', 'user': 'x'}
   assert 'blob' not in out.schema.names
   # Ids that look like phone numbers, and declared strict formats, are untouched.
-  for name in ('played_epoch', 'played_ms', 'session_id', 'invoice', 'iswc', 'memo', 'track_id', 'country',
-               'ms_played', 'event_id'):
+  for name in (
+    'played_epoch',
+    'played_ms',
+    'session_id',
+    'invoice',
+    'iswc',
+    'memo',
+    'track_id',
+    'country',
+    'ms_played',
+    'event_id',
+  ):
     assert out.column(name).equals(batch.column(name)), name
   assert rows[1]['context_uri'] == 'spotify:album:4iV5W9uYEdYUVa79Axb7Rh'
   assert counts['EMAIL_ADDRESS'] == 4 and counts['PHONE_NUMBER'] == 3 and counts['IP_ADDRESS'] == 1
   assert counts['SPOTIFY_USER'] == 1 and counts['SECRET_ASSIGNMENT'] == 1 and counts['DROPPED_BINARY:blob'] == 1
   raw = repr(out.to_pylist())
-  for value in ('ann@example.org', 'bob@example.com', 'carol@example.net', 'dan@example.com', '4155552671',
-                '203.0.113.9', 'jane.doe', '7946', 'hunter22'):
+  for value in (
+    'ann@example.org',
+    'bob@example.com',
+    'carol@example.net',
+    'dan@example.com',
+    '4155552671',
+    '203.0.113.9',
+    'jane.doe',
+    '7946',
+    'hunter22',
+  ):
     assert value not in raw, value
 
 
@@ -99,30 +167,69 @@ def test_ids_that_look_like_pii_are_not_rewritten(scanner, text):
 
 
 def test_phone_numbers_in_numeric_columns_epochs_and_counts_are_not():
-  batch = pa.RecordBatch.from_pylist([
-      dict(event_id='e1', tenant_id='acme', mobile=447946095800, msisdn=4155552671.0, epoch_s=1717245296,
-           epoch_ms=1717245296000, epoch_us=1717245296000000, plays=123456789, isrc_number=3135556),
-  ])
+  batch = pa.RecordBatch.from_pylist(
+    [
+      dict(
+        event_id='e1',
+        tenant_id='acme',
+        mobile=447946095800,
+        msisdn=4155552671.0,
+        epoch_s=1717245296,
+        epoch_ms=1717245296000,
+        epoch_us=1717245296000000,
+        plays=123456789,
+        isrc_number=3135556,
+      ),
+    ]
+  )
   out, counts = redact_batch(batch, ListeningEvent, KEY, TextScanner().setup())
   row = out.to_pylist()[0]
   assert row['mobile'] is None and row['msisdn'] is None and counts['PHONE_NUMBER'] == 2
   assert {k: row[k] for k in ('epoch_s', 'epoch_ms', 'epoch_us', 'plays', 'isrc_number')} == {
-      'epoch_s': 1717245296, 'epoch_ms': 1717245296000, 'epoch_us': 1717245296000000, 'plays': 123456789,
-      'isrc_number': 3135556}
+    'epoch_s': 1717245296,
+    'epoch_ms': 1717245296000,
+    'epoch_us': 1717245296000000,
+    'plays': 123456789,
+    'isrc_number': 3135556,
+  }
 
 
 def test_a_column_named_like_a_phone_or_a_secret_is_context(scanner):
-  batch = pa.RecordBatch.from_pylist([dict(event_id='e1', tenant_id='acme', phone_number='4155552671',
-                                           session='03639122', api_key='abc123def456', token_count='12')])
+  batch = pa.RecordBatch.from_pylist(
+    [
+      dict(
+        event_id='e1',
+        tenant_id='acme',
+        phone_number='4155552671',
+        session='03639122',
+        api_key='abc123def456',
+        token_count='12',
+      )
+    ]
+  )
   row = redact_batch(batch, ListeningEvent, KEY, scanner)[0].to_pylist()[0]
-  assert row == dict(event_id='e1', tenant_id='acme', phone_number='<PHONE_NUMBER>', session='03639122',
-                     api_key='<SECRET_ASSIGNMENT>', token_count='12')
+  assert row == dict(
+    event_id='e1',
+    tenant_id='acme',
+    phone_number='<PHONE_NUMBER>',
+    session='03639122',
+    api_key='<SECRET_ASSIGNMENT>',
+    token_count='12',
+  )
 
 
 def test_dead_letter_records_follow_the_same_rules(scanner):
-  record = {'event_id': 'e1', 'session_id': 'sess-03639122', 'epoch': 1717245296, 'phone': 4155552671,
-            'mobile': '4155552671', 'nested': {'emails': ['ann@example.org'], 'password': 'hunter22'},
-            'payload': '{"ip": "203.0.113.9"}', 'blob': b'\x00bytes', 'memo': 'id 03639122'}
+  record = {
+    'event_id': 'e1',
+    'session_id': 'sess-03639122',
+    'epoch': 1717245296,
+    'phone': 4155552671,
+    'mobile': '4155552671',
+    'nested': {'emails': ['ann@example.org'], 'password': 'hunter22'},
+    'payload': '{"ip": "203.0.113.9"}',
+    'blob': b'\x00bytes',
+    'memo': 'id 03639122',
+  }
   out, counts = redact_record(record, ListeningEvent, KEY, scanner, tenant='acme')
   assert out['session_id'] == 'sess-03639122' and out['epoch'] == 1717245296 and out['memo'] == 'id 03639122'
   assert out['phone'] == '<PHONE_NUMBER>' and out['mobile'] == '<PHONE_NUMBER>'
@@ -131,7 +238,9 @@ def test_dead_letter_records_follow_the_same_rules(scanner):
   assert counts['PHONE_NUMBER'] == 2 and counts['DROPPED_BINARY:blob'] == 1
 
 
-@pytest.mark.parametrize('text, expected', [
+@pytest.mark.parametrize(
+  'text, expected',
+  [
     ('+1-415-555-2671', '<PHONE_NUMBER>'),
     ('(020) 7946 0958', '<PHONE_NUMBER>'),
     ('0049 30 12345678', '<PHONE_NUMBER>'),
@@ -144,12 +253,24 @@ def test_dead_letter_records_follow_the_same_rules(scanner):
     ('IBAN de89 3704 0044 0532 0130 00 please', 'IBAN <IBAN_CODE> please'),
     ('card 2223 0031 2200 3222', 'card <CREDIT_CARD>'),
     # Not PII:
-    ('Track 01 - 03:25', None), ('ISRC: GB-AYE-06-01498', None), ('1,234,567 streams', None), ('+1 for this track', None),
-    ('mixtape vol. 2 (2019) 128kbps', None), ('order 2024-05-01-0001', None), ('user 12345678 played 300000 ms', None),
-    ('price $1,299.00', None), ('ean 0602547924057', None), ('mac 00:1A:2B:3C:4D:5E', None), ('The Secret: Love', None),
-    ('Spotify/8.9.40.132', None), ('build 10.2.0.13', None), ('item no. 0301234567', None),
-    ('customer 0151 23456789', None), ('track no. 12345678', None),
-])
+    ('Track 01 - 03:25', None),
+    ('ISRC: GB-AYE-06-01498', None),
+    ('1,234,567 streams', None),
+    ('+1 for this track', None),
+    ('mixtape vol. 2 (2019) 128kbps', None),
+    ('order 2024-05-01-0001', None),
+    ('user 12345678 played 300000 ms', None),
+    ('price $1,299.00', None),
+    ('ean 0602547924057', None),
+    ('mac 00:1A:2B:3C:4D:5E', None),
+    ('The Secret: Love', None),
+    ('Spotify/8.9.40.132', None),
+    ('build 10.2.0.13', None),
+    ('item no. 0301234567', None),
+    ('customer 0151 23456789', None),
+    ('track no. 12345678', None),
+  ],
+)
 def test_formats_outside_the_corpus(scanner, text, expected):
   assert scanner.redact_text(text)[0] == (text if expected is None else expected)
 
@@ -165,19 +286,27 @@ def test_dead_letter_json_text_and_bytes_records(scanner):
 
 
 def test_string_view_columns_are_scanned(scanner):
-  batch = pa.RecordBatch.from_arrays([pa.array(['e1']), pa.array(['acme']),
-                                      pa.array(['mail ann@example.org'], type=pa.string_view())],
-                                     names=['event_id', 'tenant_id', 'memo'])
+  batch = pa.RecordBatch.from_arrays(
+    [pa.array(['e1']), pa.array(['acme']), pa.array(['mail ann@example.org'], type=pa.string_view())],
+    names=['event_id', 'tenant_id', 'memo'],
+  )
   out, _ = redact_batch(batch, ListeningEvent, KEY, scanner)
   assert out.column('memo').type == pa.string_view() and out.column('memo').to_pylist() == ['mail <EMAIL_ADDRESS>']
 
 
 def test_whole_ids_of_known_shapes_skip_the_recognizers(scanner):
-  ids = ['543c004d-153f-4411-be65-2446bb150280', 'd41d8cd98f00b204e9800998ecf8427e',
-         'spotify:track:4uLU6hMCjMI75M1A2tKUQC', '2024-06-02T18:00:17-06:00']
+  ids = [
+    '543c004d-153f-4411-be65-2446bb150280',
+    'd41d8cd98f00b204e9800998ecf8427e',
+    'spotify:track:4uLU6hMCjMI75M1A2tKUQC',
+    '2024-06-02T18:00:17-06:00',
+  ]
   column = pa.array(ids * 30, type=pa.string())
   out, counts = scanner.redact_array(column)
   assert out.to_pylist() == column.to_pylist() and not counts
   # An id shape inside text does not hide the PII next to it.
   text = '543c004d-153f-4411-be65-2446bb150280 from ann@example.org'
-  assert scanner.redact_array(pa.array([text] * 100))[0][0].as_py() == '543c004d-153f-4411-be65-2446bb150280 from <EMAIL_ADDRESS>'
+  assert (
+    scanner.redact_array(pa.array([text] * 100))[0][0].as_py()
+    == '543c004d-153f-4411-be65-2446bb150280 from <EMAIL_ADDRESS>'
+  )

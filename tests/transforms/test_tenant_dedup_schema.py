@@ -32,7 +32,13 @@ def test_missing_tenant_column_dead_letters_every_row():
 
 
 def test_run_tenant_rejects_records_of_another_tenant():
-  batch = _batch([{'event_id': 'a', 'tenant_id': 'acme'}, {'event_id': 'b', 'tenant_id': 'other'}, {'event_id': 'c', 'tenant_id': None}])
+  batch = _batch(
+    [
+      {'event_id': 'a', 'tenant_id': 'acme'},
+      {'event_id': 'b', 'tenant_id': 'other'},
+      {'event_id': 'c', 'tenant_id': None},
+    ]
+  )
   tagged, letters = tag_batch(batch, 'acme', None)
   assert tagged.column('event_id').to_pylist() == ['a', 'c']
   assert tagged.column('tenant_id').to_pylist() == ['acme', 'acme']
@@ -59,25 +65,34 @@ def test_shards_are_stable_and_spread():
 
 
 def test_dedup_keeps_first_copy_by_source_and_row():
-  table = pa.Table.from_batches([_batch([{'event_id': 'a', 'v': 1}, {'event_id': 'b', 'v': 2}, {'event_id': 'a', 'v': 3}])])
+  table = pa.Table.from_batches(
+    [_batch([{'event_id': 'a', 'v': 1}, {'event_id': 'b', 'v': 2}, {'event_id': 'a', 'v': 3}])]
+  )
   out, dropped = dedup_table(table, 'event_id')
   assert dropped == 1
   assert out.select(['event_id', 'v']).to_pylist() == [{'event_id': 'a', 'v': 1}, {'event_id': 'b', 'v': 2}]
 
 
 def test_deduplicate_is_per_tenant_in_a_pipeline():
-  b1 = _batch([{'event_id': 'a', 'tenant_id': 't1'}, {'event_id': 'a', 'tenant_id': 't2'}, {'event_id': 'b', 'tenant_id': 't1'}])
+  b1 = _batch(
+    [{'event_id': 'a', 'tenant_id': 't1'}, {'event_id': 'a', 'tenant_id': 't2'}, {'event_id': 'b', 'tenant_id': 't1'}]
+  )
   b2 = _batch([{'event_id': 'a', 'tenant_id': 't1'}, {'event_id': 'c', 'tenant_id': 't2'}], source='s2')
   with TestPipeline() as p:
     result = p | beam.Create([b1, b2]) | Deduplicate('event_id', num_shards=3)
-    rows = result.records | beam.FlatMap(lambda b: zip(b.column('tenant_id').to_pylist(), b.column('event_id').to_pylist()))
+    rows = result.records | beam.FlatMap(
+      lambda b: zip(b.column('tenant_id').to_pylist(), b.column('event_id').to_pylist())
+    )
     assert_that(rows, equal_to([('t1', 'a'), ('t1', 'b'), ('t2', 'a'), ('t2', 'c')]), label='rows')
     assert_that(result.counts, equal_to([('t1', 1)]), label='counts')
 
 
 def test_dead_letter_tenant_assignment():
-  letters = [{'record': {'tenant_id': 'acme'}, 'tenant': None}, {'record': 'raw line', 'tenant': None},
-             {'record': {'tenant_id': '../x'}, 'tenant': None}]
+  letters = [
+    {'record': {'tenant_id': 'acme'}, 'tenant': None},
+    {'record': 'raw line', 'tenant': None},
+    {'record': {'tenant_id': '../x'}, 'tenant': None},
+  ]
   with TestPipeline() as p:
     out = p | beam.Create(letters) | AssignDeadLetterTenant(tenant_field='tenant_id') | beam.Map(lambda l: l['tenant'])
     assert_that(out, equal_to(['acme', None, None]))
@@ -90,7 +105,8 @@ def test_widen_types():
   assert w(pa.int64(), pa.string()) == pa.string()
   assert w(pa.null(), pa.bool_()) == pa.bool_()
   assert w(pa.struct([('a', pa.int64())]), pa.struct([('a', pa.float64()), ('b', pa.string())])) == pa.struct(
-      [('a', pa.float64()), ('b', pa.string())])
+    [('a', pa.float64()), ('b', pa.string())]
+  )
   assert w(pa.list_(pa.int64()), pa.list_(pa.string())) == pa.list_(pa.string())
   assert w(pa.struct([('a', pa.int64())]), pa.int64()) == pa.string()
 
@@ -100,11 +116,24 @@ def test_infer_schema_across_files_and_conform():
   b2 = _batch([{'x': 1.5, 'y': 'z', 'n': {'a': 2, 'b': 'q'}}])
   with TestPipeline() as p:
     inferred = p | beam.Create([b1, b2]) | schema_mod.InferSchema()
-    assert_that(inferred | beam.Map(lambda s: schema_mod.schema_to_json(s)), equal_to([{
-        'fields': [{'name': 'x', 'type': 'double', 'nullable': True},
-                   {'name': 'n', 'type': {'struct': [{'name': 'a', 'type': 'int64'}, {'name': 'b', 'type': 'string'}]}, 'nullable': True},
-                   {'name': 'y', 'type': 'string', 'nullable': True}]
-    }]))
+    assert_that(
+      inferred | beam.Map(lambda s: schema_mod.schema_to_json(s)),
+      equal_to(
+        [
+          {
+            'fields': [
+              {'name': 'x', 'type': 'double', 'nullable': True},
+              {
+                'name': 'n',
+                'type': {'struct': [{'name': 'a', 'type': 'int64'}, {'name': 'b', 'type': 'string'}]},
+                'nullable': True,
+              },
+              {'name': 'y', 'type': 'string', 'nullable': True},
+            ]
+          }
+        ]
+      ),
+    )
   s = schema_mod.merge_schemas(schema_mod._public(b1.schema), schema_mod._public(b2.schema))
   c = schema_mod.conform(b1, s)
   assert c.schema.names[:3] == ['x', 'n', 'y'] and c.column('x').type == pa.float64()

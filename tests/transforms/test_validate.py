@@ -14,38 +14,64 @@ from transforms.records import with_provenance
 from transforms.validate import Validate, validate_batch
 
 GOOD = {
-    'event_id': 'e1',
-    'user_id': 'u1',
-    'track_id': '4uLU6hMCjMI75M1A2tKUQC',
-    'played_at': '2024-03-01T12:30:00+01:00',
-    'ms_played': '215000',
-    'country': 'SE',
-    'platform': 'ios',
-    'ip_address': '192.0.2.10',
-    'user_email': 'ann@example.com',
-    'skipped': 'false',
-    'context_uri': 'spotify:playlist:37i9dQZF1DXcBWIGoYBM5M',
-    'note': 'loved it',
+  'event_id': 'e1',
+  'user_id': 'u1',
+  'track_id': '4uLU6hMCjMI75M1A2tKUQC',
+  'played_at': '2024-03-01T12:30:00+01:00',
+  'ms_played': '215000',
+  'country': 'SE',
+  'platform': 'ios',
+  'ip_address': '192.0.2.10',
+  'user_email': 'ann@example.com',
+  'skipped': 'false',
+  'context_uri': 'spotify:playlist:37i9dQZF1DXcBWIGoYBM5M',
+  'note': 'loved it',
 }
 
 # Values per field, good and bad, mixed by the property test below.
 CANDIDATES = {
-    'event_id': ['e1', 'x-9', '', '  ', None, '0'],
-    'user_id': ['u1', '', None, '12345'],
-    'track_id': ['4uLU6hMCjMI75M1A2tKUQC', '4uLU6hMCjMI75M1A2tKUQ', '4uLU6hMCjMI75M1A2tKUQC\n', '4uLU6hMCjMI75M1A2tKU-C', None],
-    'played_at': [
-        '2024-03-01T12:30:00+01:00', '2024-03-01T12:30:00Z', '2024-03-01T12:30:00z', '2024-03-01 12:30+0530',
-        '2024-03-01T12:30:00.123456-08:00', '2024-03-01T12:30:00', '2024-13-01T12:30:00Z', '1709296200000', ' 1709296200000 ',
-        'yesterday', '', None, '2024-02-30T00:00:00Z'
-    ],
-    'ms_played': ['0', '215000', '-1', '1.5', 'abc', ' 42 ', '', None, '+7', '99999999999999999999999'],
-    'country': ['SE', 'GB', 'XX', 'se', '', None, 'SWE'],
-    'platform': ['ios', '', None],
-    'ip_address': ['192.0.2.10', '2001:db8::1', '256.1.1.1', '01.2.3.4', 'fe80::1%eth0', 'not-an-ip', '', None, '::ffff:10.0.0.1'],
-    'user_email': ['ann@example.com', 'ann@', 'a b@example.com', '', None],
-    'skipped': ['true', 'FALSE', ' yes ', '1', '0', 'maybe', '2', '', None],
-    'context_uri': ['spotify:album:1', None],
-    'note': ['hi', '', None],
+  'event_id': ['e1', 'x-9', '', '  ', None, '0'],
+  'user_id': ['u1', '', None, '12345'],
+  'track_id': [
+    '4uLU6hMCjMI75M1A2tKUQC',
+    '4uLU6hMCjMI75M1A2tKUQ',
+    '4uLU6hMCjMI75M1A2tKUQC\n',
+    '4uLU6hMCjMI75M1A2tKU-C',
+    None,
+  ],
+  'played_at': [
+    '2024-03-01T12:30:00+01:00',
+    '2024-03-01T12:30:00Z',
+    '2024-03-01T12:30:00z',
+    '2024-03-01 12:30+0530',
+    '2024-03-01T12:30:00.123456-08:00',
+    '2024-03-01T12:30:00',
+    '2024-13-01T12:30:00Z',
+    '1709296200000',
+    ' 1709296200000 ',
+    'yesterday',
+    '',
+    None,
+    '2024-02-30T00:00:00Z',
+  ],
+  'ms_played': ['0', '215000', '-1', '1.5', 'abc', ' 42 ', '', None, '+7', '99999999999999999999999'],
+  'country': ['SE', 'GB', 'XX', 'se', '', None, 'SWE'],
+  'platform': ['ios', '', None],
+  'ip_address': [
+    '192.0.2.10',
+    '2001:db8::1',
+    '256.1.1.1',
+    '01.2.3.4',
+    'fe80::1%eth0',
+    'not-an-ip',
+    '',
+    None,
+    '::ffff:10.0.0.1',
+  ],
+  'user_email': ['ann@example.com', 'ann@', 'a b@example.com', '', None],
+  'skipped': ['true', 'FALSE', ' yes ', '1', '0', 'maybe', '2', '', None],
+  'context_uri': ['spotify:album:1', None],
+  'note': ['hi', '', None],
 }
 
 
@@ -65,7 +91,9 @@ def test_vectorised_rules_agree_with_pydantic_on_generated_rows():
     for field in rng.sample(sorted(CANDIDATES), k=rng.randint(0, 3)):
       row[field] = rng.choice(CANDIDATES[field])
     rows.append(row)
-  batch = with_provenance(pa.RecordBatch.from_pylist(rows, schema=pa.schema([(k, pa.string()) for k in GOOD])), 'gen', 2)
+  batch = with_provenance(
+    pa.RecordBatch.from_pylist(rows, schema=pa.schema([(k, pa.string()) for k in GOOD])), 'gen', 2
+  )
   valid, letters = validate_batch(batch, entities.ListeningEvent, pydantic_details=False)
   rejected = {int(letter['position'].split()[1]) - 2 for letter in letters}
   expected_rejected = {i for i, row in enumerate(rows) if not _pydantic_accepts(row)}
@@ -79,10 +107,12 @@ def test_vectorised_rules_agree_with_pydantic_on_generated_rows():
 
 
 def test_typed_inputs_are_converted():
-  batch = pa.RecordBatch.from_pylist([
+  batch = pa.RecordBatch.from_pylist(
+    [
       dict(GOOD, played_at=1709296200000, ms_played=3, skipped=True),
       dict(GOOD, played_at=1709296200001, ms_played=4, skipped=False),
-  ])
+    ]
+  )
   valid, letters = validate_batch(batch, entities.ListeningEvent)
   assert not letters
   assert valid.schema.field('played_at').type == pa.timestamp('us', tz='UTC')
@@ -91,7 +121,13 @@ def test_typed_inputs_are_converted():
 
 
 def test_dead_letter_names_reason_field_position_and_pydantic_message():
-  rows = [GOOD, dict(GOOD, ms_played='-5'), dict(GOOD, event_id=None), dict(GOOD, played_at='soon'), dict(GOOD, country='XX')]
+  rows = [
+    GOOD,
+    dict(GOOD, ms_played='-5'),
+    dict(GOOD, event_id=None),
+    dict(GOOD, played_at='soon'),
+    dict(GOOD, country='XX'),
+  ]
   batch = with_provenance(pa.RecordBatch.from_pylist(rows), 'file.csv', 2)
   valid, letters = validate_batch(batch, entities.ListeningEvent)
   assert valid.num_rows == 1
@@ -113,17 +149,12 @@ def test_unknown_columns_are_kept_with_their_type():
 
 
 def test_nested_entity_fields_pass_through():
-  tracks = pa.RecordBatch.from_pylist([{
-      'id': '4uLU6hMCjMI75M1A2tKUQC',
-      'name': 'Song',
-      'popularity': 101,
-      'album': {'id': 'x', 'name': 'A'}
-  }, {
-      'id': '4uLU6hMCjMI75M1A2tKUQD',
-      'name': 'Song 2',
-      'popularity': 50,
-      'album': {'id': 'y', 'name': 'B'}
-  }])
+  tracks = pa.RecordBatch.from_pylist(
+    [
+      {'id': '4uLU6hMCjMI75M1A2tKUQC', 'name': 'Song', 'popularity': 101, 'album': {'id': 'x', 'name': 'A'}},
+      {'id': '4uLU6hMCjMI75M1A2tKUQD', 'name': 'Song 2', 'popularity': 50, 'album': {'id': 'y', 'name': 'B'}},
+    ]
+  )
   valid, letters = validate_batch(tracks, entities.Track)
   assert [l['field'] for l in letters] == ['popularity']
   assert valid.column('album').to_pylist() == [{'id': 'y', 'name': 'B'}]
@@ -134,10 +165,14 @@ def test_validate_transform_in_a_pipeline():
   batch = with_provenance(pa.RecordBatch.from_pylist(rows), 'f', 2)
   with TestPipeline() as p:
     result = p | beam.Create([batch]) | Validate('listening_event')
-    assert_that(result.records | beam.FlatMap(lambda b: b.column('event_id').to_pylist()), equal_to(['e1']), label='valid')
-    assert_that(result.dead_letter | beam.Map(lambda l: (l['field'], l['reason'], l['position'])),
-                equal_to([('track_id', 'invalid_value', 'row 3')]),
-                label='dead')
+    assert_that(
+      result.records | beam.FlatMap(lambda b: b.column('event_id').to_pylist()), equal_to(['e1']), label='valid'
+    )
+    assert_that(
+      result.dead_letter | beam.Map(lambda l: (l['field'], l['reason'], l['position'])),
+      equal_to([('track_id', 'invalid_value', 'row 3')]),
+      label='dead',
+    )
 
 
 def test_unknown_entity_is_a_clear_error():

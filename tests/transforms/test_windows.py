@@ -26,14 +26,17 @@ T0 = int(dt.datetime(2024, 6, 1, 12, 0, tzinfo=dt.timezone.utc).timestamp())  # 
 
 def events(rows, first_row=1, source='kafka://plays/0'):
   """A batch of listening events: rows of (event_id, user, seconds after T0, ms_played, skipped[, tenant])."""
-  batch = pa.RecordBatch.from_arrays([
+  batch = pa.RecordBatch.from_arrays(
+    [
       pa.array([r[5] if len(r) > 5 else 'acme' for r in rows], pa.string()),
       pa.array([r[0] for r in rows], pa.string()),
       pa.array([r[1] for r in rows], pa.string()),
       pa.array([(T0 + r[2]) * 1_000_000 for r in rows], pa.int64()).cast(pa.timestamp('us', tz='UTC')),
       pa.array([r[3] for r in rows], pa.int64()),
       pa.array([r[4] for r in rows], pa.bool_()),
-  ], names=['tenant_id', 'event_id', 'user_id', 'played_at', 'ms_played', 'skipped'])
+    ],
+    names=['tenant_id', 'event_id', 'user_id', 'played_at', 'ms_played', 'skipped'],
+  )
   return with_provenance(batch, source, first_row)
 
 
@@ -72,115 +75,200 @@ def ts(seconds):
 
 
 def test_fixed_windows_emit_once_per_window_and_dedup():
-  stream = (TestStream(coder=RecordBatchCoder())
-            .advance_watermark_to(ts(0))
-            .add_elements([TimestampedValue(events([('e1', 'u1', 5, 60000, False), ('e2', 'u2', 30, 30000, True),
-                                                     ('e1', 'u1', 5, 60000, False)]), ts(5))])
-            .add_elements([TimestampedValue(events([('e3', 'u1', 70, 120000, False), ('e2', 'u2', 30, 30000, True)],
-                                                   first_row=4), ts(70))])
-            .advance_watermark_to(ts(END))
-            .advance_watermark_to_infinity())
+  stream = (
+    TestStream(coder=RecordBatchCoder())
+    .advance_watermark_to(ts(0))
+    .add_elements(
+      [
+        TimestampedValue(
+          events([('e1', 'u1', 5, 60000, False), ('e2', 'u2', 30, 30000, True), ('e1', 'u1', 5, 60000, False)]), ts(5)
+        )
+      ]
+    )
+    .add_elements(
+      [TimestampedValue(events([('e3', 'u1', 70, 120000, False), ('e2', 'u2', 30, 30000, True)], first_row=4), ts(70))]
+    )
+    .advance_watermark_to(ts(END))
+    .advance_watermark_to_infinity()
+  )
   with streaming_pipeline() as p:
     out = p | stream | WindowEvents(WindowOptions(window_size_s=60, num_shards=2))
     rows = out.windows | beam.FlatMap(
-        lambda w: [(w.tenant, window_label(w.window_start_us), e) for e in w.batch.column('event_id').to_pylist()])
-    assert_that(rows, equal_to([('acme', '20240601T120000Z', 'e1'), ('acme', '20240601T120000Z', 'e2'),
-                                ('acme', '20240601T120100Z', 'e3')]), label='rows')
+      lambda w: [(w.tenant, window_label(w.window_start_us), e) for e in w.batch.column('event_id').to_pylist()]
+    )
+    assert_that(
+      rows,
+      equal_to(
+        [('acme', '20240601T120000Z', 'e1'), ('acme', '20240601T120000Z', 'e2'), ('acme', '20240601T120100Z', 'e3')]
+      ),
+      label='rows',
+    )
     metrics = metric_tuples(out.metrics, ('events', 'distinct_users', 'skips', 'listening_minutes', 'duplicates'))
-    assert_that(metrics, finally_equal_to([('2024-06-01T12:00:00+00:00', 2, 2, 1, 1.5, 2),
-                                           ('2024-06-01T12:01:00+00:00', 1, 1, 0, 2.0, 0)]), label='metrics')
+    assert_that(
+      metrics,
+      finally_equal_to(
+        [('2024-06-01T12:00:00+00:00', 2, 2, 1, 1.5, 2), ('2024-06-01T12:01:00+00:00', 1, 1, 0, 2.0, 0)]
+      ),
+      label='metrics',
+    )
 
 
 def test_late_events_are_routed_with_reason_and_position():
-  stream = (TestStream(coder=RecordBatchCoder())
-            .advance_watermark_to(ts(0))
-            .add_elements([TimestampedValue(events([('e1', 'u1', 10, 1000, False)]), ts(10))])
-            # The watermark passes the first window's end plus 30 s of allowed lateness.
-            .advance_watermark_to(ts(95))
-            .add_elements([TimestampedValue(events([('late1', 'u1', 20, 1000, False), ('ok1', 'u1', 100, 1000, False)],
-                                                   first_row=7), ts(100))])
-            .advance_watermark_to(ts(END))
-            .advance_watermark_to_infinity())
+  stream = (
+    TestStream(coder=RecordBatchCoder())
+    .advance_watermark_to(ts(0))
+    .add_elements([TimestampedValue(events([('e1', 'u1', 10, 1000, False)]), ts(10))])
+    # The watermark passes the first window's end plus 30 s of allowed lateness.
+    .advance_watermark_to(ts(95))
+    .add_elements(
+      [
+        TimestampedValue(
+          events([('late1', 'u1', 20, 1000, False), ('ok1', 'u1', 100, 1000, False)], first_row=7), ts(100)
+        )
+      ]
+    )
+    .advance_watermark_to(ts(END))
+    .advance_watermark_to_infinity()
+  )
   with streaming_pipeline() as p:
     out = p | stream | WindowEvents(WindowOptions(window_size_s=60, allowed_lateness_s=30, num_shards=1))
-    rows = out.windows | beam.FlatMap(lambda w: [(window_label(w.window_start_us), e)
-                                                 for e in w.batch.column('event_id').to_pylist()])
+    rows = out.windows | beam.FlatMap(
+      lambda w: [(window_label(w.window_start_us), e) for e in w.batch.column('event_id').to_pylist()]
+    )
     assert_that(rows, equal_to([('20240601T120000Z', 'e1'), ('20240601T120100Z', 'ok1')]), label='rows')
-    late = out.late | beam.Map(lambda l: (l['reason'], l['record']['event_id'], l['source'], l['position'], l['tenant']))
+    late = out.late | beam.Map(
+      lambda l: (l['reason'], l['record']['event_id'], l['source'], l['position'], l['tenant'])
+    )
     assert_that(late, equal_to([('late_event', 'late1', 'kafka://plays/0', 'offset 7', 'acme')]), label='late')
     # The first window's figure is emitted again once the late event is counted.
     metrics = metric_tuples(out.metrics, ('events', 'late_events'))
-    assert_that(metrics, finally_equal_to([('2024-06-01T12:00:00+00:00', 1, 1), ('2024-06-01T12:01:00+00:00', 1, 0)]),
-                label='metrics')
+    assert_that(
+      metrics,
+      finally_equal_to([('2024-06-01T12:00:00+00:00', 1, 1), ('2024-06-01T12:01:00+00:00', 1, 0)]),
+      label='metrics',
+    )
     emitted = out.metrics | beam.Map(lambda m: (m['window_start'][11:16], m['late_events']))
     assert_that(emitted | beam.Filter(lambda m: m == ('12:00', 1)), equal_to([('12:00', 1)]), label='re-emitted')
 
 
 def test_allowed_lateness_accepts_events_within_it():
-  stream = (TestStream(coder=RecordBatchCoder())
-            .advance_watermark_to(ts(0))
-            .add_elements([TimestampedValue(events([('e1', 'u1', 10, 1000, False)]), ts(10))])
-            .advance_watermark_to(ts(80))  # past the window end, within 30 s of lateness
-            .add_elements([TimestampedValue(events([('e2', 'u2', 20, 1000, False)], first_row=2), ts(80))])
-            .advance_watermark_to(ts(END))
-            .advance_watermark_to_infinity())
+  stream = (
+    TestStream(coder=RecordBatchCoder())
+    .advance_watermark_to(ts(0))
+    .add_elements([TimestampedValue(events([('e1', 'u1', 10, 1000, False)]), ts(10))])
+    .advance_watermark_to(ts(80))  # past the window end, within 30 s of lateness
+    .add_elements([TimestampedValue(events([('e2', 'u2', 20, 1000, False)], first_row=2), ts(80))])
+    .advance_watermark_to(ts(END))
+    .advance_watermark_to_infinity()
+  )
   with streaming_pipeline() as p:
     out = p | stream | WindowEvents(WindowOptions(window_size_s=60, allowed_lateness_s=30, num_shards=1))
-    rows = out.windows | beam.FlatMap(lambda w: [(window_label(w.window_start_us), e)
-                                                 for e in w.batch.column('event_id').to_pylist()])
+    rows = out.windows | beam.FlatMap(
+      lambda w: [(window_label(w.window_start_us), e) for e in w.batch.column('event_id').to_pylist()]
+    )
     assert_that(rows, equal_to([('20240601T120000Z', 'e1'), ('20240601T120000Z', 'e2')]), label='rows')
     assert_that(out.late, equal_to([]), label='late')
 
 
 def test_session_windows_per_user():
   gap = 300
-  stream = (TestStream(coder=RecordBatchCoder())
-            .advance_watermark_to(ts(0))
-            .add_elements([TimestampedValue(events([
-                ('a1', 'u1', 0, 60000, False), ('a2', 'u1', 200, 60000, True),  # u1 session 1
-                ('b1', 'u2', 50, 30000, False),  # u2 alone
-            ]), ts(0))])
-            .advance_watermark_to(ts(600))
-            .add_elements([TimestampedValue(events([
-                ('a3', 'u1', 900, 120000, False),  # more than the gap after 200: session 2
-            ], first_row=4), ts(900))])
-            .advance_watermark_to(ts(END))
-            .advance_watermark_to_infinity())
+  stream = (
+    TestStream(coder=RecordBatchCoder())
+    .advance_watermark_to(ts(0))
+    .add_elements(
+      [
+        TimestampedValue(
+          events(
+            [
+              ('a1', 'u1', 0, 60000, False),
+              ('a2', 'u1', 200, 60000, True),  # u1 session 1
+              ('b1', 'u2', 50, 30000, False),  # u2 alone
+            ]
+          ),
+          ts(0),
+        )
+      ]
+    )
+    .advance_watermark_to(ts(600))
+    .add_elements(
+      [
+        TimestampedValue(
+          events(
+            [
+              ('a3', 'u1', 900, 120000, False),  # more than the gap after 200: session 2
+            ],
+            first_row=4,
+          ),
+          ts(900),
+        )
+      ]
+    )
+    .advance_watermark_to(ts(END))
+    .advance_watermark_to_infinity()
+  )
   with streaming_pipeline() as p:
     out = p | stream | WindowEvents(WindowOptions(window_size_s=60, session_gap_s=gap, num_shards=2))
-    sessions = out.sessions | beam.FlatMap(lambda s: [
-        (r['user_id'], r['session_start'].isoformat()[11:19], r['session_end'].isoformat()[11:19], r['events'],
-         r['listening_minutes'], r['skips']) for r in s[3].to_pylist()])
-    assert_that(sessions, equal_to([('u1', '12:00:00', '12:03:20', 2, 2.0, 1), ('u2', '12:00:50', '12:00:50', 1, 0.5, 0),
-                                    ('u1', '12:15:00', '12:15:00', 1, 2.0, 0)]))
+    sessions = out.sessions | beam.FlatMap(
+      lambda s: [
+        (
+          r['user_id'],
+          r['session_start'].isoformat()[11:19],
+          r['session_end'].isoformat()[11:19],
+          r['events'],
+          r['listening_minutes'],
+          r['skips'],
+        )
+        for r in s[3].to_pylist()
+      ]
+    )
+    assert_that(
+      sessions,
+      equal_to(
+        [
+          ('u1', '12:00:00', '12:03:20', 2, 2.0, 1),
+          ('u2', '12:00:50', '12:00:50', 1, 0.5, 0),
+          ('u1', '12:15:00', '12:15:00', 1, 2.0, 0),
+        ]
+      ),
+    )
 
 
 def test_dedup_state_expires_after_ttl():
-  stream = (TestStream(coder=RecordBatchCoder())
-            .advance_watermark_to(ts(0))
-            .add_elements([TimestampedValue(events([('e1', 'u1', 10, 1000, False)]), ts(10))])
-            .advance_watermark_to(ts(3000))
-            # A copy within the TTL (its own window is new, the id is still remembered).
-            .add_elements([TimestampedValue(events([('e1', 'u1', 3010, 1000, False)], first_row=2), ts(3010))])
-            .advance_watermark_to(ts(9000))
-            # A copy after the TTL of the first one's window: accepted again.
-            .add_elements([TimestampedValue(events([('e1', 'u1', 9010, 1000, False)], first_row=3), ts(9010))])
-            .advance_watermark_to(ts(END))
-            .advance_watermark_to_infinity())
+  stream = (
+    TestStream(coder=RecordBatchCoder())
+    .advance_watermark_to(ts(0))
+    .add_elements([TimestampedValue(events([('e1', 'u1', 10, 1000, False)]), ts(10))])
+    .advance_watermark_to(ts(3000))
+    # A copy within the TTL (its own window is new, the id is still remembered).
+    .add_elements([TimestampedValue(events([('e1', 'u1', 3010, 1000, False)], first_row=2), ts(3010))])
+    .advance_watermark_to(ts(9000))
+    # A copy after the TTL of the first one's window: accepted again.
+    .add_elements([TimestampedValue(events([('e1', 'u1', 9010, 1000, False)], first_row=3), ts(9010))])
+    .advance_watermark_to(ts(END))
+    .advance_watermark_to_infinity()
+  )
   with streaming_pipeline() as p:
     out = p | stream | WindowEvents(WindowOptions(window_size_s=60, dedup_ttl_s=3600, num_shards=1))
-    rows = out.windows | beam.FlatMap(lambda w: [(window_label(w.window_start_us), e)
-                                                 for e in w.batch.column('event_id').to_pylist()])
+    rows = out.windows | beam.FlatMap(
+      lambda w: [(window_label(w.window_start_us), e) for e in w.batch.column('event_id').to_pylist()]
+    )
     assert_that(rows, equal_to([('20240601T120000Z', 'e1'), ('20240601T143000Z', 'e1')]))
 
 
 def test_tenants_are_windowed_and_deduplicated_apart():
-  stream = (TestStream(coder=RecordBatchCoder())
-            .advance_watermark_to(ts(0))
-            .add_elements([TimestampedValue(events([('e1', 'u1', 10, 1000, False, 'acme'),
-                                                     ('e1', 'u1', 10, 1000, False, 'globex')]), ts(10))])
-            .advance_watermark_to(ts(END))
-            .advance_watermark_to_infinity())
+  stream = (
+    TestStream(coder=RecordBatchCoder())
+    .advance_watermark_to(ts(0))
+    .add_elements(
+      [
+        TimestampedValue(
+          events([('e1', 'u1', 10, 1000, False, 'acme'), ('e1', 'u1', 10, 1000, False, 'globex')]), ts(10)
+        )
+      ]
+    )
+    .advance_watermark_to(ts(END))
+    .advance_watermark_to_infinity()
+  )
   with streaming_pipeline() as p:
     out = p | stream | WindowEvents(WindowOptions(window_size_s=60, num_shards=3))
     rows = out.windows | beam.FlatMap(lambda w: [(w.tenant, e) for e in w.batch.column('event_id').to_pylist()])

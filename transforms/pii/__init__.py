@@ -44,33 +44,40 @@ in text), `batch` (record batches and dead letters), `transforms` (RedactPII,
 RedactDeadLetters).
 """
 
-from transforms.pii.batch import (REDACTED, identifier_fields, pseudonymise, redact_batch, redact_dead_letter,
-                                  redact_record, scanned_columns)
+from transforms.pii.batch import (
+  REDACTED,
+  identifier_fields,
+  pseudonymise,
+  redact_batch,
+  redact_dead_letter,
+  redact_record,
+  scanned_columns,
+)
 from transforms.pii.keys import PII_KEY_ENV, KeyRef, MasterKey, PiiKeyError, hkdf_sha256, key_ref, load_master_key
 from transforms.pii.scanner import DEFAULT_ENTITIES, SUPPORTED_ENTITIES, TextScanner
 from transforms.pii.transforms import PiiOptions, PiiOutputs, RedactDeadLetters, RedactPII
 
 
 __all__ = [
-    'PII_KEY_ENV',
-    'DEFAULT_ENTITIES',
-    'SUPPORTED_ENTITIES',
-    'REDACTED',
-    'PiiKeyError',
-    'MasterKey',
-    'KeyRef',
-    'key_ref',
-    'hkdf_sha256',
-    'load_master_key',
-    'pseudonymise',
-    'TextScanner',
-    'identifier_fields',
-    'scanned_columns',
-    'redact_batch',
-    'redact_record',
-    'redact_dead_letter',
-    'PiiOptions',
-    'PiiOutputs',
-    'RedactPII',
-    'RedactDeadLetters',
+  'PII_KEY_ENV',
+  'DEFAULT_ENTITIES',
+  'SUPPORTED_ENTITIES',
+  'REDACTED',
+  'PiiKeyError',
+  'MasterKey',
+  'KeyRef',
+  'key_ref',
+  'hkdf_sha256',
+  'load_master_key',
+  'pseudonymise',
+  'TextScanner',
+  'identifier_fields',
+  'scanned_columns',
+  'redact_batch',
+  'redact_record',
+  'redact_dead_letter',
+  'PiiOptions',
+  'PiiOutputs',
+  'RedactPII',
+  'RedactDeadLetters',
 ]

@@ -16,15 +16,39 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import regex
 
-from transforms.entities import (COUNTRY_CODES, PII_FREE_TEXT, PII_IDENTIFIER, check_country, entity_model, field_rules,
-                                 to_bool, to_float, to_int, to_utc_timestamp)
+from transforms.entities import (
+  COUNTRY_CODES,
+  PII_FREE_TEXT,
+  PII_IDENTIFIER,
+  check_country,
+  entity_model,
+  field_rules,
+  to_bool,
+  to_float,
+  to_int,
+  to_utc_timestamp,
+)
 from transforms.pii.keys import MasterKey
 from transforms.pii.recognizers import is_placeholder, is_secret_name, phone_like_integer
 from transforms.pii.scanner import TextScanner, _is_string_type, _is_text_type
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN
 
-__all__ = ['REDACTED', 'PSEUDONYMISE', 'SCAN', 'SCAN_NONCONFORMING', 'KEEP', 'DROP', 'pseudonymise', 'identifier_fields',
-           'column_actions', 'scanned_columns', 'redact_batch', 'redact_record', 'redact_dead_letter', 'strict_formats']
+__all__ = [
+  'REDACTED',
+  'PSEUDONYMISE',
+  'SCAN',
+  'SCAN_NONCONFORMING',
+  'KEEP',
+  'DROP',
+  'pseudonymise',
+  'identifier_fields',
+  'column_actions',
+  'scanned_columns',
+  'redact_batch',
+  'redact_record',
+  'redact_dead_letter',
+  'strict_formats',
+]
 
 # What an identifier becomes in a dead letter whose tenant is unknown.
 REDACTED = '<REDACTED>'
@@ -33,8 +57,6 @@ _SMALL_BATCH = 64
 
 # ---------------------------------------------------------------------------
 # Pseudonyms
-
-
 
 
 def pseudonymise(values, key: bytes):
@@ -81,18 +103,25 @@ KEEP = 'keep'  # typed declared values (numbers, timestamps, booleans) and inter
 DROP = 'drop'  # an undeclared binary column: no text scan can see PII inside bytes
 
 # Declared plain-string values that are URIs of a known scheme (never hold PII).
-KNOWN_URI_PATTERN = (r'^(?:spotify:(?:track|album|artist|playlist|show|episode|genre|station|concert|prerelease)'
-                     r':[0-9A-Za-z]{22}|https://(?:open\.spotify\.com|api\.spotify\.com|i\.scdn\.co|p\.scdn\.co)'
-                     r'/[A-Za-z0-9/_.-]*(?:\?cid=[0-9a-f]+)?)$')
+KNOWN_URI_PATTERN = (
+  r'^(?:spotify:(?:track|album|artist|playlist|show|episode|genre|station|concert|prerelease)'
+  r':[0-9A-Za-z]{22}|https://(?:open\.spotify\.com|api\.spotify\.com|i\.scdn\.co|p\.scdn\.co)'
+  r'/[A-Za-z0-9/_.-]*(?:\?cid=[0-9a-f]+)?)$'
+)
 
 
 def _is_binary_type(t: pa.DataType) -> bool:
-  return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t) or (
-      hasattr(pa.types, 'is_binary_view') and pa.types.is_binary_view(t))
+  return (
+    pa.types.is_binary(t)
+    or pa.types.is_large_binary(t)
+    or pa.types.is_fixed_size_binary(t)
+    or (hasattr(pa.types, 'is_binary_view') and pa.types.is_binary_view(t))
+  )
 
 
-def column_actions(schema: pa.Schema, model, tenant_column: str = TENANT_COLUMN,
-                   scan_undeclared: bool = True) -> Dict[str, str]:
+def column_actions(
+  schema: pa.Schema, model, tenant_column: str = TENANT_COLUMN, scan_undeclared: bool = True
+) -> Dict[str, str]:
   """{column: PSEUDONYMISE, SCAN, SCAN_NONCONFORMING, KEEP or DROP} for a batch of `model` with `schema`.
 
   Declared fields: identifiers are pseudonymised; free text, plain strings
@@ -125,8 +154,9 @@ def column_actions(schema: pa.Schema, model, tenant_column: str = TENANT_COLUMN,
   return actions
 
 
-def scanned_columns(schema: pa.Schema, model, tenant_column: str = TENANT_COLUMN,
-                    scan_undeclared: bool = True) -> Tuple[str, ...]:
+def scanned_columns(
+  schema: pa.Schema, model, tenant_column: str = TENANT_COLUMN, scan_undeclared: bool = True
+) -> Tuple[str, ...]:
   """The columns of `schema` that the scanner reads (wholly or where they do not conform) for `model`."""
   actions = column_actions(schema, model, tenant_column, scan_undeclared)
   return tuple(name for name, action in actions.items() if action in (SCAN, SCAN_NONCONFORMING))
@@ -150,7 +180,7 @@ def _phone_number_cells(values: pa.Array) -> np.ndarray:
   # A leading 1 is +1 (North America) and then needs exactly 11 digits:
   # epoch seconds (10 digits) and milliseconds (13) never are phone numbers.
   digits = np.floor(np.log10(np.maximum(numbers, 1))).astype(np.int64) + 1
-  leading = numbers // (10**(digits - 1))
+  leading = numbers // (10 ** (digits - 1))
   in_range &= (leading != 1) | (digits == 11)
   phones = np.zeros(len(values), dtype=bool)
   candidates = np.flatnonzero(in_range)
@@ -161,8 +191,9 @@ def _phone_number_cells(values: pa.Array) -> np.ndarray:
   return phones
 
 
-def _scan_values(values: pa.Array, scanner: TextScanner, counts: collections.Counter, path: str,
-                 skip: Optional[np.ndarray] = None) -> Optional[pa.Array]:
+def _scan_values(
+  values: pa.Array, scanner: TextScanner, counts: collections.Counter, path: str, skip: Optional[np.ndarray] = None
+) -> Optional[pa.Array]:
   """`values` with PII redacted at any depth; None when the values must be dropped (bytes).
 
   Strings go through the scanner (JSON-in-string included); structs, lists
@@ -244,7 +275,9 @@ def _scan_values(values: pa.Array, scanner: TextScanner, counts: collections.Cou
       return None
     if new_inner is inner:
       return values
-    return pa.FixedSizeListArray.from_arrays(new_inner, t.list_size, mask=values.is_null() if values.null_count else None)
+    return pa.FixedSizeListArray.from_arrays(
+      new_inner, t.list_size, mask=values.is_null() if values.null_count else None
+    )
   return values  # booleans, timestamps, dates, decimals: no text
 
 
@@ -306,12 +339,14 @@ def _pseudonymise_by_tenant(values: pa.Array, tenants: pa.Array, master_key: Mas
   return out
 
 
-def redact_batch(batch: pa.RecordBatch,
-                 model,
-                 master_key: MasterKey,
-                 scanner: TextScanner,
-                 tenant_column: str = TENANT_COLUMN,
-                 scan_undeclared: bool = True) -> Tuple[pa.RecordBatch, collections.Counter]:
+def redact_batch(
+  batch: pa.RecordBatch,
+  model,
+  master_key: MasterKey,
+  scanner: TextScanner,
+  tenant_column: str = TENANT_COLUMN,
+  scan_undeclared: bool = True,
+) -> Tuple[pa.RecordBatch, collections.Counter]:
   """One batch with identifiers pseudonymised per tenant and every other place PII can hide scanned.
 
   What happens to each column: `column_actions`. Column order and types are
@@ -338,13 +373,17 @@ def redact_batch(batch: pa.RecordBatch,
         continue
       if tenants is None:
         if tenant_column not in names:
-          raise ValueError(f'cannot pseudonymise {name!r}: the batch has no {tenant_column!r} column '
-                           '(TagTenant must run before RedactPII)')
+          raise ValueError(
+            f'cannot pseudonymise {name!r}: the batch has no {tenant_column!r} column '
+            '(TagTenant must run before RedactPII)'
+          )
         tenants = batch.column(names.index(tenant_column))
         if tenants.null_count:
           first = int(np.flatnonzero(tenants.is_null().to_numpy(zero_copy_only=False))[0])
-          raise ValueError(f'cannot pseudonymise identifiers: {tenant_column!r} is null at '
-                           f'{_row_label(batch, first)} (TagTenant must run before RedactPII)')
+          raise ValueError(
+            f'cannot pseudonymise identifiers: {tenant_column!r} is null at '
+            f'{_row_label(batch, first)} (TagTenant must run before RedactPII)'
+          )
       columns[i] = _restore_type(_pseudonymise_by_tenant(values, tenants, master_key), values.type)
       counts[f'PSEUDONYMISED:{name}'] += present
     elif action == DROP:
@@ -358,9 +397,14 @@ def redact_batch(batch: pa.RecordBatch,
       skip = None
       if name in rules and _is_text_type(values.type) and len(values) > _SMALL_BATCH:
         # Declared plain strings: URIs of a known scheme are not scanned.
-        skip = pc.match_substring_regex(values if not pa.types.is_dictionary(values.type) else
-                                        values.cast(values.type.value_type),
-                                        KNOWN_URI_PATTERN).fill_null(False).to_numpy(zero_copy_only=False)
+        skip = (
+          pc.match_substring_regex(
+            values if not pa.types.is_dictionary(values.type) else values.cast(values.type.value_type),
+            KNOWN_URI_PATTERN,
+          )
+          .fill_null(False)
+          .to_numpy(zero_copy_only=False)
+        )
       columns[i] = _scan_values(values, scanner, counts, name, skip=skip)
   if all(new is old for new, old in zip(columns, batch.columns)):
     return batch, counts
@@ -500,11 +544,11 @@ def _conforms(check, value) -> bool:
 
 
 _FORMAT_CHECKS = {
-    'timestamp': to_utc_timestamp,
-    'int': to_int,
-    'float': to_float,
-    'bool': to_bool,
-    'country': check_country,
+  'timestamp': to_utc_timestamp,
+  'int': to_int,
+  'float': to_float,
+  'bool': to_bool,
+  'country': check_country,
 }
 
 
@@ -566,13 +610,15 @@ def _redact_record(record, model, master_key, scanner, tenant, header, delimiter
   return out, walker
 
 
-def redact_record(record: Any,
-                  model,
-                  master_key: Optional[MasterKey],
-                  scanner: TextScanner,
-                  tenant: Optional[str] = None,
-                  header: Optional[Sequence[str]] = None,
-                  delimiter: str = ',') -> Tuple[Any, collections.Counter]:
+def redact_record(
+  record: Any,
+  model,
+  master_key: Optional[MasterKey],
+  scanner: TextScanner,
+  tenant: Optional[str] = None,
+  header: Optional[Sequence[str]] = None,
+  delimiter: str = ',',
+) -> Tuple[Any, collections.Counter]:
   """A dead letter's `record` with its PII redacted, and the counts.
 
   record: a dict (nested JSON values allowed), a list, a raw string or None.
@@ -587,12 +633,14 @@ def redact_record(record: Any,
   return out, walker.counts
 
 
-def redact_dead_letter(letter: dict,
-                       model,
-                       master_key: Optional[MasterKey],
-                       scanner: TextScanner,
-                       header: Optional[Sequence[str]] = None,
-                       delimiter: str = ',') -> Tuple[dict, collections.Counter]:
+def redact_dead_letter(
+  letter: dict,
+  model,
+  master_key: Optional[MasterKey],
+  scanner: TextScanner,
+  header: Optional[Sequence[str]] = None,
+  delimiter: str = ',',
+) -> Tuple[dict, collections.Counter]:
   """A copy of a dead letter with `record`, `detail` and `source` redacted.
 
   `detail` may quote a rejected value (validation messages do): identifier
@@ -602,8 +650,9 @@ def redact_dead_letter(letter: dict,
   model = _as_model(model)
   out = dict(letter)
   tenant = letter.get('tenant')
-  record, walker = _redact_record(letter.get('record'), model, master_key, scanner,
-                                  tenant if isinstance(tenant, str) else None, header, delimiter)
+  record, walker = _redact_record(
+    letter.get('record'), model, master_key, scanner, tenant if isinstance(tenant, str) else None, header, delimiter
+  )
   out['record'] = record
   counts = walker.counts
   for key in ('detail', 'source'):
@@ -618,5 +667,3 @@ def redact_dead_letter(letter: dict,
     counts.update(found)
     out[key] = text
   return out, counts
-
-

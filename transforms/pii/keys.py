@@ -30,8 +30,16 @@ import secrets
 import tempfile
 from typing import Dict, Mapping, Optional
 
-__all__ = ['PII_KEY_ENV', 'SECRET_VERSION_PATTERN', 'PiiKeyError', 'hkdf_sha256', 'MasterKey', 'KeyRef', 'key_ref',
-           'load_master_key']
+__all__ = [
+  'PII_KEY_ENV',
+  'SECRET_VERSION_PATTERN',
+  'PiiKeyError',
+  'hkdf_sha256',
+  'MasterKey',
+  'KeyRef',
+  'key_ref',
+  'load_master_key',
+]
 
 _LOG = logging.getLogger(__name__)
 
@@ -93,8 +101,10 @@ class MasterKey:
     return key
 
   def __reduce__(self):
-    raise TypeError('a MasterKey holds key material and is never pickled (it would end up in the job graph): '
-                    'give the transforms a KeyRef (transforms.pii.key_ref), which workers load in DoFn.setup')
+    raise TypeError(
+      'a MasterKey holds key material and is never pickled (it would end up in the job graph): '
+      'give the transforms a KeyRef (transforms.pii.key_ref), which workers load in DoFn.setup'
+    )
 
   def __repr__(self):
     return f'MasterKey(source={self.source!r}, ephemeral={self.ephemeral})'
@@ -110,8 +120,10 @@ def _parse_key_text(text: str, source: str) -> bytes:
   # base64, which would silently give a different key).
   if re.fullmatch(r'[0-9a-fA-F]+', text):
     if len(text) < 2 * _MIN_KEY_BYTES or len(text) % 2:
-      raise PiiKeyError(f'PII master key from {source} is too short or malformed: a hex key needs an even '
-                        f'number of at least {2 * _MIN_KEY_BYTES} hex digits (got {len(text)} characters)')
+      raise PiiKeyError(
+        f'PII master key from {source} is too short or malformed: a hex key needs an even '
+        f'number of at least {2 * _MIN_KEY_BYTES} hex digits (got {len(text)} characters)'
+      )
     return bytes.fromhex(text)
   material = None
   if re.fullmatch(r'[A-Za-z0-9+/]+={0,2}', text) or re.fullmatch(r'[A-Za-z0-9_-]+={0,2}', text):
@@ -124,15 +136,19 @@ def _parse_key_text(text: str, source: str) -> bytes:
   if material is not None:
     if len(material) >= _MIN_KEY_BYTES:
       return material
-    raise PiiKeyError(f'PII master key from {source} is too short: base64 must decode to at least '
-                      f'{_MIN_KEY_BYTES} bytes (got {len(material)})')
-  raise PiiKeyError(f'PII master key from {source} is neither hex (>= {2 * _MIN_KEY_BYTES} hex digits) '
-                    f'nor base64 of >= {_MIN_KEY_BYTES} bytes')
+    raise PiiKeyError(
+      f'PII master key from {source} is too short: base64 must decode to at least '
+      f'{_MIN_KEY_BYTES} bytes (got {len(material)})'
+    )
+  raise PiiKeyError(
+    f'PII master key from {source} is neither hex (>= {2 * _MIN_KEY_BYTES} hex digits) '
+    f'nor base64 of >= {_MIN_KEY_BYTES} bytes'
+  )
 
 
-def load_master_key(key_file: Optional[str] = None,
-                    environ: Mapping[str, str] = os.environ,
-                    allow_ephemeral: bool = False) -> MasterKey:
+def load_master_key(
+  key_file: Optional[str] = None, environ: Mapping[str, str] = os.environ, allow_ephemeral: bool = False
+) -> MasterKey:
   """The master key from `key_file` if given, else from $PII_MASTER_KEY.
 
   Key text: hex (>= 64 hex digits) or base64 decoding to >= 32 bytes;
@@ -159,13 +175,16 @@ def load_master_key(key_file: Optional[str] = None,
     return key
   if allow_ephemeral:
     return key_ref(environ=environ, allow_ephemeral=True, check=False).load(environ)
-  raise PiiKeyError(f'no PII master key: set the environment variable {PII_KEY_ENV} or pass --pii_key_file '
-                    f'(hex of >= {_MIN_KEY_BYTES} bytes or base64; e.g. `openssl rand -hex 32`)')
+  raise PiiKeyError(
+    f'no PII master key: set the environment variable {PII_KEY_ENV} or pass --pii_key_file '
+    f'(hex of >= {_MIN_KEY_BYTES} bytes or base64; e.g. `openssl rand -hex 32`)'
+  )
 
 
 def _read_key_file(path: str, source: str) -> bytes:
   if '://' in path:
     from apache_beam.io.filesystems import FileSystems
+
     try:
       with FileSystems.open(path) as f:
         return f.read()
@@ -180,12 +199,14 @@ def _read_key_file(path: str, source: str) -> bytes:
 
 def _read_secret(version_name: str) -> str:
   from apache_beam.utils.secret import GcpSecret
+
   try:
     return GcpSecret(version_name).get_secret_bytes().decode('ascii')
   except Exception as e:
     # The secret's name, never its payload.
-    raise PiiKeyError(f'cannot read the PII master key from Secret Manager {version_name}: '
-                      f'{type(e).__name__}') from None
+    raise PiiKeyError(
+      f'cannot read the PII master key from Secret Manager {version_name}: {type(e).__name__}'
+    ) from None
 
 
 _KINDS = ('env', 'file', 'gcp_secret')
@@ -204,6 +225,7 @@ class KeyRef:
   pool's processes: an 'env' reference needs the variable in the worker
   pool's environment, a 'file' reference a path readable on its machines.
   """
+
   kind: str
   name: str
   ephemeral: bool = False
@@ -219,8 +241,11 @@ class KeyRef:
   @property
   def source(self) -> str:
     """What error messages call the place the key comes from."""
-    return {'env': f'environment variable {self.name}', 'file': f'key file {self.name}',
-            'gcp_secret': f'Secret Manager {self.name}'}[self.kind]
+    return {
+      'env': f'environment variable {self.name}',
+      'file': f'key file {self.name}',
+      'gcp_secret': f'Secret Manager {self.name}',
+    }[self.kind]
 
   def load(self, environ: Mapping[str, str] = os.environ) -> MasterKey:
     """The key, read now; PiiKeyError naming this reference when it is missing or unusable."""
@@ -231,20 +256,24 @@ class KeyRef:
     else:
       text = environ.get(self.name)
       if text is None or not text.strip():
-        raise PiiKeyError(f'no PII master key in this process: the {self.source} is not set. Workers load the key '
-                          'where they run: on Flink with --environment_type=EXTERNAL, set it in the worker pool\'s '
-                          'environment, or use --pii_key_file with a path every worker can read')
+        raise PiiKeyError(
+          f'no PII master key in this process: the {self.source} is not set. Workers load the key '
+          'where they run: on Flink with --environment_type=EXTERNAL, set it in the worker pool\'s '
+          'environment, or use --pii_key_file with a path every worker can read'
+        )
       key = MasterKey(_parse_key_text(text, self.source), source=self.source)
     key.ephemeral = self.ephemeral
     key.ref = self
     return key
 
 
-def key_ref(key_file: Optional[str] = None,
-            key_secret: Optional[str] = None,
-            environ: Mapping[str, str] = os.environ,
-            allow_ephemeral: bool = False,
-            check: bool = True) -> KeyRef:
+def key_ref(
+  key_file: Optional[str] = None,
+  key_secret: Optional[str] = None,
+  environ: Mapping[str, str] = os.environ,
+  allow_ephemeral: bool = False,
+  check: bool = True,
+) -> KeyRef:
   """The reference to the run's master key: `key_file`, else `key_secret`, else $PII_MASTER_KEY.
 
   With `check` the key is loaded once here, so that a missing or malformed
@@ -263,12 +292,16 @@ def key_ref(key_file: Optional[str] = None,
   elif (environ.get(PII_KEY_ENV) or '').strip():
     ref = KeyRef('env', PII_KEY_ENV)
   elif allow_ephemeral:
-    _LOG.warning('No PII master key given: using an ephemeral random key for this run only; '
-                 'pseudonyms will not match those of any other run.')
+    _LOG.warning(
+      'No PII master key given: using an ephemeral random key for this run only; '
+      'pseudonyms will not match those of any other run.'
+    )
     return KeyRef('file', _ephemeral_key_file(), ephemeral=True)
   else:
-    raise PiiKeyError(f'no PII master key: set the environment variable {PII_KEY_ENV} or pass --pii_key_file '
-                      f'(hex of >= {_MIN_KEY_BYTES} bytes or base64; e.g. `openssl rand -hex 32`)')
+    raise PiiKeyError(
+      f'no PII master key: set the environment variable {PII_KEY_ENV} or pass --pii_key_file '
+      f'(hex of >= {_MIN_KEY_BYTES} bytes or base64; e.g. `openssl rand -hex 32`)'
+    )
   if check:
     ref.load(environ)
   return ref

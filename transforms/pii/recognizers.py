@@ -24,28 +24,151 @@ from typing import Any, Dict, List, Optional
 
 import regex
 
-__all__ = ['URL_WITH_CREDENTIALS', 'SUPPORTED_ENTITIES', 'build_recognizers', 'has_context', 'is_secret_name',
-           'phone_like_integer']
+__all__ = [
+  'URL_WITH_CREDENTIALS',
+  'SUPPORTED_ENTITIES',
+  'build_recognizers',
+  'has_context',
+  'is_secret_name',
+  'phone_like_integer',
+]
 
 URL_WITH_CREDENTIALS = 'URL_WITH_CREDENTIALS'
-SUPPORTED_ENTITIES = ('EMAIL_ADDRESS', 'PHONE_NUMBER', 'CREDIT_CARD', 'IBAN_CODE', 'IP_ADDRESS', URL_WITH_CREDENTIALS,
-                      'JWT', 'BEARER_TOKEN', 'API_KEY', 'SECRET_ASSIGNMENT', 'SPOTIFY_USER')
+SUPPORTED_ENTITIES = (
+  'EMAIL_ADDRESS',
+  'PHONE_NUMBER',
+  'CREDIT_CARD',
+  'IBAN_CODE',
+  'IP_ADDRESS',
+  URL_WITH_CREDENTIALS,
+  'JWT',
+  'BEARER_TOKEN',
+  'API_KEY',
+  'SECRET_ASSIGNMENT',
+  'SPOTIFY_USER',
+)
 
 # Words before a number that say it is an identifier, never a phone or card number.
-ID_WORDS = ('id', 'ids', 'invoice', 'inv', 'order', 'orders', 'ref', 'reference', 'isrc', 'iswc', 'upc', 'ean', 'gtin',
-            'isbn', 'session', 'sess', 'version', 'ver', 'build', 'release', 'ticket', 'case', 'tracking', 'txn',
-            'transaction', 'receipt', 'catalog', 'catalogue', 'sku', 'serial', 'batch', 'job', 'epoch', 'timestamp',
-            'ts', 'played_at', 'duration', 'uid', 'hash', 'sha', 'md5', 'checksum', 'lat', 'lon', 'lng', 'v', 'item',
-            'article', 'disc', 'vol', 'volume', 'track', 'page', 'account', 'acct', 'customer', 'member', 'booking',
-            'reservation', 'confirmation', 'shipment', 'parcel', 'po', 'cat', 'ean13', 'isni', 'ipi', 'mbid')
+ID_WORDS = (
+  'id',
+  'ids',
+  'invoice',
+  'inv',
+  'order',
+  'orders',
+  'ref',
+  'reference',
+  'isrc',
+  'iswc',
+  'upc',
+  'ean',
+  'gtin',
+  'isbn',
+  'session',
+  'sess',
+  'version',
+  'ver',
+  'build',
+  'release',
+  'ticket',
+  'case',
+  'tracking',
+  'txn',
+  'transaction',
+  'receipt',
+  'catalog',
+  'catalogue',
+  'sku',
+  'serial',
+  'batch',
+  'job',
+  'epoch',
+  'timestamp',
+  'ts',
+  'played_at',
+  'duration',
+  'uid',
+  'hash',
+  'sha',
+  'md5',
+  'checksum',
+  'lat',
+  'lon',
+  'lng',
+  'v',
+  'item',
+  'article',
+  'disc',
+  'vol',
+  'volume',
+  'track',
+  'page',
+  'account',
+  'acct',
+  'customer',
+  'member',
+  'booking',
+  'reservation',
+  'confirmation',
+  'shipment',
+  'parcel',
+  'po',
+  'cat',
+  'ean13',
+  'isni',
+  'ipi',
+  'mbid',
+)
 # presidio's PhoneRecognizer context, and the words people write before a number.
-PHONE_CONTEXT = ('phone', 'tel', 'telephone', 'mobile', 'mob', 'cell', 'cellphone', 'call', 'ring', 'sms', 'text',
-                 'whatsapp', 'signal', 'fax', 'contact', 'reach', 'telefon', 'telefono', 'téléphone', 'portable',
-                 'handy', 'msisdn', 'landline', 'hotline')
+PHONE_CONTEXT = (
+  'phone',
+  'tel',
+  'telephone',
+  'mobile',
+  'mob',
+  'cell',
+  'cellphone',
+  'call',
+  'ring',
+  'sms',
+  'text',
+  'whatsapp',
+  'signal',
+  'fax',
+  'contact',
+  'reach',
+  'telefon',
+  'telefono',
+  'téléphone',
+  'portable',
+  'handy',
+  'msisdn',
+  'landline',
+  'hotline',
+)
 # Weaker: enough for a bare digit run, not against an id word (`order number 1234567`).
 NUMBER_WORDS = ('number', 'no', 'nr', 'num', 'numéro', 'numero', 'nummer')
-CARD_CONTEXT = ('credit', 'card', 'visa', 'mastercard', 'master', 'amex', 'discover', 'jcb', 'diners', 'maestro',
-                'cc', 'pan', 'debit', 'paid', 'pay', 'payment', 'charged', 'kreditkarte', 'carte')
+CARD_CONTEXT = (
+  'credit',
+  'card',
+  'visa',
+  'mastercard',
+  'master',
+  'amex',
+  'discover',
+  'jcb',
+  'diners',
+  'maestro',
+  'cc',
+  'pan',
+  'debit',
+  'paid',
+  'pay',
+  'payment',
+  'charged',
+  'kreditkarte',
+  'carte',
+)
 VERSION_WORDS = ('version', 'ver', 'v', 'build', 'release', 'firmware', 'fw', 'sdk', 'rev', 'revision')
 
 _WORD = regex.compile(r'[\p{L}_]+')
@@ -57,7 +180,7 @@ _GLUE = '-_/#.:=&\\@'
 
 def has_context(text: str, start: int, words, n_words: int = 3) -> bool:
   """True when one of the `n_words` words just before `start` is in `words`."""
-  before = _WORD.findall(text[max(0, start - _CONTEXT_WINDOW):start].lower())
+  before = _WORD.findall(text[max(0, start - _CONTEXT_WINDOW) : start].lower())
   return any(w in words for w in before[-n_words:])
 
 
@@ -69,9 +192,12 @@ def _glued(text: str, start: int, end: int) -> bool:
       return True
     if before in _GLUE:
       # tel:+44..., phone:0207..., tel.+1...: a label, not an identifier.
-      label = _WORD.findall(text[max(0, start - 16):start].lower())
-      if not (label and text[max(0, start - 16):start].lower().endswith(label[-1] + before)
-              and label[-1] in PHONE_CONTEXT + NUMBER_WORDS):
+      label = _WORD.findall(text[max(0, start - 16) : start].lower())
+      if not (
+        label
+        and text[max(0, start - 16) : start].lower().endswith(label[-1] + before)
+        and label[-1] in PHONE_CONTEXT + NUMBER_WORDS
+      ):
         return True
   if end < len(text):
     after = text[end]
@@ -119,8 +245,11 @@ def may_hold_a_phone(text: str) -> bool:
     start, end = run.span()
     for i in range(start, end):
       c = text[i]
-      if (c in '+(' or (c.isdigit() and (i == start or not text[i - 1].isdigit()))) and (
-          i == start or text[i - 1] not in '+(') and plausible_phone(text, i, end):
+      if (
+        (c in '+(' or (c.isdigit() and (i == start or not text[i - 1].isdigit())))
+        and (i == start or text[i - 1] not in '+(')
+        and plausible_phone(text, i, end)
+      ):
         return True
   return False
 
@@ -152,6 +281,7 @@ def phone_like_integer(value: int) -> bool:
   digits, which the area code rule (2-9 first) then rejects.
   """
   import phonenumbers
+
   if isinstance(value, bool) or not isinstance(value, int) or value < 10**9 or value >= 10**15:
     return False
   digits = str(value)
@@ -160,8 +290,9 @@ def phone_like_integer(value: int) -> bool:
     candidates.append(('US', digits))
   for candidate in candidates:
     try:
-      number = (phonenumbers.parse(candidate) if isinstance(candidate, str) else
-                phonenumbers.parse(candidate[1], candidate[0]))
+      number = (
+        phonenumbers.parse(candidate) if isinstance(candidate, str) else phonenumbers.parse(candidate[1], candidate[0])
+      )
     except phonenumbers.NumberParseException:
       continue
     if phonenumbers.is_valid_number(number):
@@ -185,6 +316,7 @@ def _offline_tld():
   does) built it again for every new scanner: ~10% of that worker's time.
   """
   import tldextract
+
   return tldextract.TLDExtract(cache_dir=None, suffix_list_urls=(), fallback_to_snapshot=True)
 
 
@@ -193,24 +325,49 @@ def _offline_tld():
 URL_WITH_CREDENTIALS_PATTERN = r'\b[a-z][a-z0-9+.\-]*://(?:[^\s/?#@:]*:[^\s@]*|[^\s/?#@:]+)@[^\s/?#@]+'
 # Well-known API key shapes (vendors document them so that scanners find them).
 API_KEY_PATTERNS = (
-    ('stripe', r'\b[spr]k_(?:live|test)_[0-9A-Za-z]{16,}'),
-    ('aws_access_key_id', r'\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[0-9A-Z]{16}\b'),
-    ('github', r'\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})\b'),
-    ('slack', r'\bxox[abposr]-[0-9A-Za-z-]{10,}'),
-    ('google', r'\bAIza[0-9A-Za-z_-]{35}\b'),
-    ('openai', r'\bsk-(?:proj-|svcacct-)?[A-Za-z0-9_-]{32,}'),
-    ('sendgrid', r'\bSG\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}'),
-    ('gitlab', r'\bglpat-[A-Za-z0-9_-]{20,}'),
-    ('npm', r'\bnpm_[A-Za-z0-9]{36}\b'),
-    ('shopify', r'\bshp(?:at|ss|ca|pa)_[a-fA-F0-9]{32}\b'),
+  ('stripe', r'\b[spr]k_(?:live|test)_[0-9A-Za-z]{16,}'),
+  ('aws_access_key_id', r'\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[0-9A-Z]{16}\b'),
+  ('github', r'\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})\b'),
+  ('slack', r'\bxox[abposr]-[0-9A-Za-z-]{10,}'),
+  ('google', r'\bAIza[0-9A-Za-z_-]{35}\b'),
+  ('openai', r'\bsk-(?:proj-|svcacct-)?[A-Za-z0-9_-]{32,}'),
+  ('sendgrid', r'\bSG\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}'),
+  ('gitlab', r'\bglpat-[A-Za-z0-9_-]{20,}'),
+  ('npm', r'\bnpm_[A-Za-z0-9]{36}\b'),
+  ('shopify', r'\bshp(?:at|ss|ca|pa)_[a-fA-F0-9]{32}\b'),
 )
 # password=..., "client_secret": "...", api_key: ...; the finding is the value.
-SECRET_NAME = (r'(?:[a-z0-9]+[_-])*(?:password|passwd|passwort|passcode|pwd|secret|api[_-]?key|apikey|'
-               r'access[_-]?key|secret[_-]?key|private[_-]?key|(?:access|auth|refresh|id|api|bearer|session)[_-]?token)')
+SECRET_NAME = (
+  r'(?:[a-z0-9]+[_-])*(?:password|passwd|passwort|passcode|pwd|secret|api[_-]?key|apikey|'
+  r'access[_-]?key|secret[_-]?key|private[_-]?key|(?:access|auth|refresh|id|api|bearer|session)[_-]?token)'
+)
 SECRET_ASSIGNMENT_PATTERN = (
-    r'(?i)(?<![\p{L}\p{Nd}])' + SECRET_NAME + r'["\']?\s*[:=]\s*(?:"(?P<dq>[^"\n]{3,})"|\'(?P<sq>[^\'\n]{3,})\'|(?P<bare>[^\s"\'&;,)}\]]{3,}))')
-_PLACEHOLDERS = frozenset({'***', '****', '*****', '******', 'xxx', 'xxxx', 'null', 'none', 'true', 'false', 'redacted',
-                           '<redacted>', '[redacted]', 'changeme', '...', 'undefined', 'required', 'optional'})
+  r'(?i)(?<![\p{L}\p{Nd}])'
+  + SECRET_NAME
+  + r'["\']?\s*[:=]\s*(?:"(?P<dq>[^"\n]{3,})"|\'(?P<sq>[^\'\n]{3,})\'|(?P<bare>[^\s"\'&;,)}\]]{3,}))'
+)
+_PLACEHOLDERS = frozenset(
+  {
+    '***',
+    '****',
+    '*****',
+    '******',
+    'xxx',
+    'xxxx',
+    'null',
+    'none',
+    'true',
+    'false',
+    'redacted',
+    '<redacted>',
+    '[redacted]',
+    'changeme',
+    '...',
+    'undefined',
+    'required',
+    'optional',
+  }
+)
 _SECRET_NAME = regex.compile(SECRET_NAME, regex.IGNORECASE)
 
 
@@ -239,7 +396,12 @@ def build_recognizers() -> Dict[str, Any]:
   # Imported here: presidio is heavy and only workers that scan need it.
   from presidio_analyzer import Pattern, PatternRecognizer, RecognizerResult
   from presidio_analyzer.predefined_recognizers import (
-      CreditCardRecognizer, EmailRecognizer, IbanRecognizer, IpRecognizer, PhoneRecognizer)
+    CreditCardRecognizer,
+    EmailRecognizer,
+    IbanRecognizer,
+    IpRecognizer,
+    PhoneRecognizer,
+  )
 
   # The stock EmailRecognizer validates domains with tldextract's default
   # extractor, which downloads the public suffix list (and fails offline after
@@ -248,7 +410,6 @@ def build_recognizers() -> Dict[str, Any]:
   offline_tld = _offline_tld()
 
   class OfflineEmailRecognizer(EmailRecognizer):
-
     def validate_result(self, pattern_text: str):
       return offline_tld(pattern_text).fqdn != ''
 
@@ -285,17 +446,21 @@ def build_recognizers() -> Dict[str, Any]:
     """presidio's card pattern with Mastercard's 2-series (2221-2720), Luhn-validated, then `plausible_card`."""
 
     PATTERNS = [
-        Pattern('All Credit Cards (weak, with 2-series)',
-                r'\b(?!1\d{12}(?!\d))((4\d{3})|(5[0-5]\d{2})|(2[2-7]\d{2})|(6\d{3})|(1\d{3})|(3\d{3}))'
-                r'[- ]?(\d{3,4})[- ]?(\d{3,4})[- ]?(\d{3,5})\b', 0.3),
+      Pattern(
+        'All Credit Cards (weak, with 2-series)',
+        r'\b(?!1\d{12}(?!\d))((4\d{3})|(5[0-5]\d{2})|(2[2-7]\d{2})|(6\d{3})|(1\d{3})|(3\d{3}))'
+        r'[- ]?(\d{3,4})[- ]?(\d{3,4})[- ]?(\d{3,5})\b',
+        0.3,
+      ),
     ]
 
     def __init__(self):
       super().__init__(patterns=self.PATTERNS, context=list(CARD_CONTEXT))
 
     def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
-      return [r for r in super().analyze(text, entities, nlp_artifacts, regex_flags)
-              if plausible_card(text, r.start, r.end)]
+      return [
+        r for r in super().analyze(text, entities, nlp_artifacts, regex_flags) if plausible_card(text, r.start, r.end)
+      ]
 
   class AnyCaseIbanRecognizer(IbanRecognizer):
     """presidio's IBAN validation (country formats, mod-97 check) for lower and mixed case too.
@@ -327,16 +492,23 @@ def build_recognizers() -> Dict[str, Any]:
     """presidio's IP recognizer; a dotted quad right after a version word (`build 10.2.0.1`) is a version."""
 
     def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
-      return [r for r in super().analyze(text, entities, nlp_artifacts, regex_flags)
-              if not (':' not in text[r.start:r.end] and has_context(text, r.start, VERSION_WORDS, 1))
-              and not _glued_version(text, r.start, r.end)]
+      return [
+        r
+        for r in super().analyze(text, entities, nlp_artifacts, regex_flags)
+        if not (':' not in text[r.start : r.end] and has_context(text, r.start, VERSION_WORDS, 1))
+        and not _glued_version(text, r.start, r.end)
+      ]
 
   class JwtRecognizer(PatternRecognizer):
     """header.payload.signature whose header is base64url JSON naming an `alg`."""
 
     def __init__(self):
-      super().__init__(supported_entity='JWT', name='JwtRecognizer', patterns=[Pattern('jwt', JWT_PATTERN, 0.9)],
-                       context=['jwt', 'token', 'authorization', 'bearer'])
+      super().__init__(
+        supported_entity='JWT',
+        name='JwtRecognizer',
+        patterns=[Pattern('jwt', JWT_PATTERN, 0.9)],
+        context=['jwt', 'token', 'authorization', 'bearer'],
+      )
 
     def validate_result(self, pattern_text: str):
       header = _b64url_json(pattern_text.split('.', 1)[0])
@@ -346,8 +518,12 @@ def build_recognizers() -> Dict[str, Any]:
     """`Bearer <token>` and `Basic <base64 user:password>` credentials of an Authorization header."""
 
     def __init__(self):
-      super().__init__(supported_entity='BEARER_TOKEN', name='BearerTokenRecognizer',
-                       patterns=[Pattern('bearer', BEARER_PATTERN, 0.95)], context=['authorization', 'auth'])
+      super().__init__(
+        supported_entity='BEARER_TOKEN',
+        name='BearerTokenRecognizer',
+        patterns=[Pattern('bearer', BEARER_PATTERN, 0.95)],
+        context=['authorization', 'auth'],
+      )
 
     def validate_result(self, pattern_text: str):
       scheme, _, token = pattern_text.partition(' ')
@@ -364,9 +540,12 @@ def build_recognizers() -> Dict[str, Any]:
     """The value of password=..., "secret": "...", api_key: ... (the name stays readable)."""
 
     def __init__(self):
-      super().__init__(supported_entity='SECRET_ASSIGNMENT', name='SecretAssignmentRecognizer',
-                       patterns=[Pattern('secret_assignment', SECRET_ASSIGNMENT_PATTERN, 0.85)],
-                       context=['password', 'secret', 'key', 'token'])
+      super().__init__(
+        supported_entity='SECRET_ASSIGNMENT',
+        name='SecretAssignmentRecognizer',
+        patterns=[Pattern('secret_assignment', SECRET_ASSIGNMENT_PATTERN, 0.85)],
+        context=['password', 'secret', 'key', 'token'],
+      )
       self._compiled = regex.compile(SECRET_ASSIGNMENT_PATTERN)
 
     def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
@@ -388,33 +567,41 @@ def build_recognizers() -> Dict[str, Any]:
       return pattern_text.strip().lower() not in _PLACEHOLDERS
 
   def pattern_recognizer(entity, patterns, score, context):
-    return PatternRecognizer(supported_entity=entity, name=f'{entity.title().replace("_", "")}Recognizer',
-                             patterns=[Pattern(name, pattern, score) for name, pattern in patterns], context=context)
+    return PatternRecognizer(
+      supported_entity=entity,
+      name=f'{entity.title().replace("_", "")}Recognizer',
+      patterns=[Pattern(name, pattern, score) for name, pattern in patterns],
+      context=context,
+    )
 
   return {
-      'EMAIL_ADDRESS': OfflineEmailRecognizer(),
-      'PHONE_NUMBER': PlausiblePhoneRecognizer(),
-      'CREDIT_CARD': CardRecognizer(),
-      'IBAN_CODE': AnyCaseIbanRecognizer(),
-      'IP_ADDRESS': VersionAwareIpRecognizer(),
-      # Ties on score go to the longest span: a URL with credentials (1.0)
-      # beats the email presidio sees in its 'password@host' part.
-      URL_WITH_CREDENTIALS: pattern_recognizer(URL_WITH_CREDENTIALS,
-                                               [('url_with_credentials', URL_WITH_CREDENTIALS_PATTERN)], 1.0,
-                                               ['url', 'uri', 'dsn', 'connection']),
-      'JWT': JwtRecognizer(),
-      'BEARER_TOKEN': BearerRecognizer(),
-      'API_KEY': pattern_recognizer('API_KEY', API_KEY_PATTERNS, 0.9, ['key', 'api', 'token', 'secret']),
-      'SECRET_ASSIGNMENT': SecretAssignmentRecognizer(),
-      'SPOTIFY_USER': pattern_recognizer('SPOTIFY_USER', [('spotify_user', SPOTIFY_USER_PATTERN)], 0.9,
-                                         ['user', 'profile']),
+    'EMAIL_ADDRESS': OfflineEmailRecognizer(),
+    'PHONE_NUMBER': PlausiblePhoneRecognizer(),
+    'CREDIT_CARD': CardRecognizer(),
+    'IBAN_CODE': AnyCaseIbanRecognizer(),
+    'IP_ADDRESS': VersionAwareIpRecognizer(),
+    # Ties on score go to the longest span: a URL with credentials (1.0)
+    # beats the email presidio sees in its 'password@host' part.
+    URL_WITH_CREDENTIALS: pattern_recognizer(
+      URL_WITH_CREDENTIALS,
+      [('url_with_credentials', URL_WITH_CREDENTIALS_PATTERN)],
+      1.0,
+      ['url', 'uri', 'dsn', 'connection'],
+    ),
+    'JWT': JwtRecognizer(),
+    'BEARER_TOKEN': BearerRecognizer(),
+    'API_KEY': pattern_recognizer('API_KEY', API_KEY_PATTERNS, 0.9, ['key', 'api', 'token', 'secret']),
+    'SECRET_ASSIGNMENT': SecretAssignmentRecognizer(),
+    'SPOTIFY_USER': pattern_recognizer(
+      'SPOTIFY_USER', [('spotify_user', SPOTIFY_USER_PATTERN)], 0.9, ['user', 'profile']
+    ),
   }
 
 
 def _glued_version(text: str, start: int, end: int) -> bool:
   """1.2.3.4 inside 1.2.3.4.5 or v1.2.3.4-beta: a version, not an address."""
   before = text[start - 1] if start > 0 else ''
-  after = text[end:end + 2]
+  after = text[end : end + 2]
   # Spotify/9.6.40.132, app/1.2.3.4: a product's version.
   product = before == '/' and start > 1 and text[start - 2].isalnum()
   return product or before in ('v', 'V', '.') or (len(after) == 2 and after[0] in '.-' and after[1].isalnum())
@@ -443,6 +630,8 @@ def blank_spans(text: str, spans) -> str:
 
 def analyze(recognizer, entity: str, text: str, min_score: float) -> List[tuple]:
   """(start, end, entity, score) of `recognizer`'s findings scoring at least `min_score`."""
-  return [(r.start, r.end, r.entity_type, r.score)
-          for r in recognizer.analyze(text, [entity], None)
-          if r.score >= min_score and r.end > r.start]
+  return [
+    (r.start, r.end, r.entity_type, r.score)
+    for r in recognizer.analyze(text, [entity], None)
+    if r.score >= min_score and r.end > r.start
+  ]

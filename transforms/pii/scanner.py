@@ -24,9 +24,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import regex
 
-from transforms.pii.recognizers import (CARD_CONTEXT, MIN_PHONE_DIGITS, PHONE_CONTEXT, SUPPORTED_ENTITIES,
-                                        URL_WITH_CREDENTIALS, analyze, build_recognizers, enough_phone_digits,
-                                        is_placeholder, is_secret_name, phone_like_integer)
+from transforms.pii.recognizers import (
+  CARD_CONTEXT,
+  MIN_PHONE_DIGITS,
+  PHONE_CONTEXT,
+  SUPPORTED_ENTITIES,
+  URL_WITH_CREDENTIALS,
+  analyze,
+  build_recognizers,
+  enough_phone_digits,
+  is_placeholder,
+  is_secret_name,
+  phone_like_integer,
+)
 
 __all__ = ['DEFAULT_ENTITIES', 'SUPPORTED_ENTITIES', 'TextScanner', 'context_word']
 
@@ -46,32 +56,36 @@ def _is_text_type(t: pa.DataType) -> bool:
 # patterns' anchors and validations, and widen \d and \w to Unicode).
 # tests/transforms/test_pii.py checks this property on generated cells.
 _PREFILTERS = {
-    'EMAIL_ADDRESS': '@',
-    # A superset of PHONE_PREFILTER (the exact rule, checked on each
-    # candidate before libphonenumber runs) that RE2 runs ~40x faster: its
-    # Unicode classes between repeated groups make a large automaton.
-    'PHONE_NUMBER': r'\p{Nd}(?:[^a-wyzA-WYZ]{0,4}\p{Nd}){%d}' % (MIN_PHONE_DIGITS - 1),
-    # presidio: (4|5[0-5]\d|2[2-7]\d|6|1|3)\d{3}[- ]?\d{3,4}[- ]?\d{3,4}[- ]?\d{3,5} with \b anchors.
-    'CREDIT_CARD': r'\p{Nd}{4}[- ]?\p{Nd}{3,4}[- ]?\p{Nd}{3,4}[- ]?\p{Nd}{3}',
-    # presidio: [A-Z]{2}[0-9]{2}(?:[ -]?[A-Z0-9]{4}){2,6}... under IGNORECASE
-    # (device models such as 'iPhone15,2' no longer qualify).
-    'IBAN_CODE': r'\p{L}{2}[0-9]{2}(?:[ -]?[\p{L}\p{Nd}]{4}){2}',
-    # IPv4 (dotted quad), or two colons with at most four hex digits between
-    # them, which every IPv6 form of presidio's patterns holds ('::' or
-    # ':h:'); 'spotify:track:...' URIs and 'HH:MM' times do not.
-    'IP_ADDRESS': r'[0-9]\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]|:[0-9A-Fa-f]{0,4}:',
-    URL_WITH_CREDENTIALS: r'(?s:://.*@)',
-    'JWT': r'eyJ[A-Za-z0-9_-]{8,}\.eyJ',
-    'BEARER_TOKEN': r'(?i:bearer|basic)\s+[A-Za-z0-9\-._~+/]{12}',
-    'API_KEY': (r'[spr]k_(?:live|test)_|A[KSGIRN][IPGDOVN]A[0-9A-Z]{16}|gh[pousr]_|github_pat_|xox[abposr]-|AIza'
-                r'|sk-|SG\.|glpat-|npm_|shp(?:at|ss|ca|pa)_'),
-    'SECRET_ASSIGNMENT': r'(?i:pass\w*|pwd|secret|key|token)["\']?\s*[:=]',
-    'SPOTIFY_USER': r'(?i:spotify:user:|spotify\.com/user/)',
+  'EMAIL_ADDRESS': '@',
+  # A superset of PHONE_PREFILTER (the exact rule, checked on each
+  # candidate before libphonenumber runs) that RE2 runs ~40x faster: its
+  # Unicode classes between repeated groups make a large automaton.
+  'PHONE_NUMBER': r'\p{Nd}(?:[^a-wyzA-WYZ]{0,4}\p{Nd}){%d}' % (MIN_PHONE_DIGITS - 1),
+  # presidio: (4|5[0-5]\d|2[2-7]\d|6|1|3)\d{3}[- ]?\d{3,4}[- ]?\d{3,4}[- ]?\d{3,5} with \b anchors.
+  'CREDIT_CARD': r'\p{Nd}{4}[- ]?\p{Nd}{3,4}[- ]?\p{Nd}{3,4}[- ]?\p{Nd}{3}',
+  # presidio: [A-Z]{2}[0-9]{2}(?:[ -]?[A-Z0-9]{4}){2,6}... under IGNORECASE
+  # (device models such as 'iPhone15,2' no longer qualify).
+  'IBAN_CODE': r'\p{L}{2}[0-9]{2}(?:[ -]?[\p{L}\p{Nd}]{4}){2}',
+  # IPv4 (dotted quad), or two colons with at most four hex digits between
+  # them, which every IPv6 form of presidio's patterns holds ('::' or
+  # ':h:'); 'spotify:track:...' URIs and 'HH:MM' times do not.
+  'IP_ADDRESS': r'[0-9]\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]|:[0-9A-Fa-f]{0,4}:',
+  URL_WITH_CREDENTIALS: r'(?s:://.*@)',
+  'JWT': r'eyJ[A-Za-z0-9_-]{8,}\.eyJ',
+  'BEARER_TOKEN': r'(?i:bearer|basic)\s+[A-Za-z0-9\-._~+/]{12}',
+  'API_KEY': (
+    r'[spr]k_(?:live|test)_|A[KSGIRN][IPGDOVN]A[0-9A-Z]{16}|gh[pousr]_|github_pat_|xox[abposr]-|AIza'
+    r'|sk-|SG\.|glpat-|npm_|shp(?:at|ss|ca|pa)_'
+  ),
+  'SECRET_ASSIGNMENT': r'(?i:pass\w*|pwd|secret|key|token)["\']?\s*[:=]',
+  'SPOTIFY_USER': r'(?i:spotify:user:|spotify\.com/user/)',
 }
 # Any of them: the two regexes every cell of a column goes through (the phone
 # one apart: in one alternation with the others, RE2 runs 3x slower).
-_ANY_PREFILTERS = ('|'.join(f'(?:{regex.escape(p) if len(p) == 1 else p})' for e, p in _PREFILTERS.items()
-                            if e != 'PHONE_NUMBER'), _PREFILTERS['PHONE_NUMBER'])
+_ANY_PREFILTERS = (
+  '|'.join(f'(?:{regex.escape(p) if len(p) == 1 else p})' for e, p in _PREFILTERS.items() if e != 'PHONE_NUMBER'),
+  _PREFILTERS['PHONE_NUMBER'],
+)
 _ANY_PREFILTER = '|'.join(f'(?:{p})' for p in _ANY_PREFILTERS)
 # The same prefilters for the Python path (the `regex` module reads \p{..} like RE2).
 _PREFILTERS_PY = {entity: regex.compile(regex.escape(p) if len(p) == 1 else p) for entity, p in _PREFILTERS.items()}
@@ -80,15 +94,16 @@ _SMALL_ARRAY = 64
 _MEMO_SIZE = 50000
 # Digit runs that are never phone numbers: ISO date-times and UUIDs.
 _NOT_PHONES = regex.compile(
-    r'[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?(Z|z|[+-][0-9]{2}:?[0-9]{2})?'
-    r'|\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b')
+  r'[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?(Z|z|[+-][0-9]{2}:?[0-9]{2})?'
+  r'|\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b'
+)
 _JSON_START = regex.compile(r'\s*[\[{]')
 # Whole values of these shapes are ids, never PII (a test keeps each shape honest).
 _WHOLE_ID_SHAPES = (
-    r'[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}',  # UUID
-    r'[0-9a-f]{32}|[0-9a-f]{40}|[0-9a-f]{64}|[0-9A-F]{32}|[0-9A-F]{40}|[0-9A-F]{64}',  # MD5, SHA-1, SHA-256
-    r'spotify:(?:track|album|artist|playlist|show|episode):[0-9A-Za-z]{22}',
-    r'[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]{1,9})?)?(?:Z|z|[+-][0-9]{2}:?[0-9]{2})?',
+  r'[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}',  # UUID
+  r'[0-9a-f]{32}|[0-9a-f]{40}|[0-9a-f]{64}|[0-9A-F]{32}|[0-9A-F]{40}|[0-9A-F]{64}',  # MD5, SHA-1, SHA-256
+  r'spotify:(?:track|album|artist|playlist|show|episode):[0-9A-Za-z]{22}',
+  r'[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]{1,9})?)?(?:Z|z|[+-][0-9]{2}:?[0-9]{2})?',
 )
 _WHOLE_ID = '^(?:' + '|'.join(_WHOLE_ID_SHAPES) + ')$'
 _WHOLE_ID_PY = regex.compile('(?:' + '|'.join(_WHOLE_ID_SHAPES) + ')')
@@ -158,8 +173,11 @@ class TextScanner:
       if entity != 'PHONE_NUMBER':
         found.extend(analyze(self._recognizers[entity], entity, text, self.min_score))
     if 'PHONE_NUMBER' in entities and self._phone_may_survive(text, found):
-      found.extend(f for f in analyze(self._recognizers['PHONE_NUMBER'], 'PHONE_NUMBER', text, self.min_score)
-                   if enough_phone_digits(text[f[0]:f[1]]))
+      found.extend(
+        f
+        for f in analyze(self._recognizers['PHONE_NUMBER'], 'PHONE_NUMBER', text, self.min_score)
+        if enough_phone_digits(text[f[0] : f[1]])
+      )
     return _resolve_overlaps(found)
 
   def _phone_may_survive(self, text: str, others) -> bool:
@@ -187,7 +205,9 @@ class TextScanner:
     pieces.append(text[last:])
     return enough_phone_digits(''.join(pieces))
 
-  def _redact(self, text: str, entities: Iterable[str], context: Optional[str] = None) -> Tuple[str, collections.Counter]:
+  def _redact(
+    self, text: str, entities: Iterable[str], context: Optional[str] = None
+  ) -> Tuple[str, collections.Counter]:
     # Texts recur (a file path in every dead letter of the file, the same
     # validation message, a popular note): remember recent answers.
     key = (text, tuple(entities), context)
@@ -199,8 +219,9 @@ class TextScanner:
       self._memo[key] = cached
     return cached[0], collections.Counter(cached[1])
 
-  def _redact_uncached(self, text: str, entities: Iterable[str], context: Optional[str] = None
-                      ) -> Tuple[str, collections.Counter]:
+  def _redact_uncached(
+    self, text: str, entities: Iterable[str], context: Optional[str] = None
+  ) -> Tuple[str, collections.Counter]:
     if _JSON_START.match(text):
       redacted = self._redact_json(text)
       if redacted is not None:
@@ -210,8 +231,11 @@ class TextScanner:
     if context:
       # The column's name as the words before the value: 'phone 4155552671'.
       shift = len(context) + 1
-      found = [(s - shift, e - shift, t, score) for s, e, t, score in self.findings(f'{context} {text}', entities)
-               if s >= shift]
+      found = [
+        (s - shift, e - shift, t, score)
+        for s, e, t, score in self.findings(f'{context} {text}', entities)
+        if s >= shift
+      ]
     else:
       found = self.findings(text, entities)
     for start, end, entity, _ in found:
@@ -252,8 +276,10 @@ class TextScanner:
       counts.update(found)
       return out[0]
     if isinstance(value, dict):
-      return {self.redact_value(k, counts) if isinstance(k, str) else k: self.redact_value(v, counts, k)
-              for k, v in value.items()}
+      return {
+        self.redact_value(k, counts) if isinstance(k, str) else k: self.redact_value(v, counts, k)
+        for k, v in value.items()
+      }
     if isinstance(value, (list, tuple)):
       return [self.redact_value(v, counts, name) for v in value]
     if 'PHONE_NUMBER' in self.entities and isinstance(value, int) and phone_like_integer(value):
@@ -266,8 +292,9 @@ class TextScanner:
     out, counts = self.redact_texts([text])
     return out[0], counts
 
-  def redact_texts(self, texts: Sequence[Optional[str]], hints: Optional[Sequence[Optional[str]]] = None
-                   ) -> Tuple[List[Optional[str]], collections.Counter]:
+  def redact_texts(
+    self, texts: Sequence[Optional[str]], hints: Optional[Sequence[Optional[str]]] = None
+  ) -> Tuple[List[Optional[str]], collections.Counter]:
     """`redact_array` for a few Python strings (a dead letter's values).
 
     The same prefilters and findings, without the Arrow round trip: for a
@@ -292,8 +319,9 @@ class TextScanner:
   def _candidates(self, values: pa.Array) -> np.ndarray:
     """Cells any prefilter matches: one regex pass over the column."""
     if len(values) <= _SMALL_ARRAY:
-      return np.array([t is not None and _ANY_PREFILTER_PY.search(t) is not None for t in values.to_pylist()],
-                      dtype=bool)
+      return np.array(
+        [t is not None and _ANY_PREFILTER_PY.search(t) is not None for t in values.to_pylist()], dtype=bool
+      )
     hits = np.zeros(len(values), dtype=bool)
     for pattern in _ANY_PREFILTERS:
       hits |= pc.match_substring_regex(values, pattern).fill_null(False).to_numpy(zero_copy_only=False)
@@ -310,8 +338,8 @@ class TextScanner:
       # single texts) the precompiled Python patterns are much cheaper.
       texts = values.to_pylist()
       return {
-          entity: np.array([t is not None and _PREFILTERS_PY[entity].search(t) is not None for t in texts], dtype=bool)
-          for entity in self.entities
+        entity: np.array([t is not None and _PREFILTERS_PY[entity].search(t) is not None for t in texts], dtype=bool)
+        for entity in self.entities
       }
     masks = {}
     for entity in self.entities:
@@ -323,8 +351,9 @@ class TextScanner:
       masks[entity] = hit.fill_null(False).to_numpy(zero_copy_only=False)
     return masks
 
-  def redact_array(self, values, use_prefilter: bool = True, skip: Optional[np.ndarray] = None,
-                   hint: Optional[str] = None):
+  def redact_array(
+    self, values, use_prefilter: bool = True, skip: Optional[np.ndarray] = None, hint: Optional[str] = None
+  ):
     """(values with findings replaced, counts per entity type) for a string column.
 
     Accepts string, large_string and dictionary<string> arrays (and chunked
@@ -340,7 +369,7 @@ class TextScanner:
       total = collections.Counter()
       chunks, offset = [], 0
       for chunk in values.chunks:
-        chunk_skip = skip[offset:offset + len(chunk)] if skip is not None else None
+        chunk_skip = skip[offset : offset + len(chunk)] if skip is not None else None
         out, counts = self.redact_array(chunk, use_prefilter, chunk_skip, hint)
         chunks.append(out)
         total.update(counts)
@@ -353,8 +382,9 @@ class TextScanner:
       per_entry, new_dictionary = self._redact_distinct(values.dictionary, use_prefilter, context)
       if new_dictionary is values.dictionary:
         return values, collections.Counter()
-      uses = np.bincount(values.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64),
-                         minlength=len(values.dictionary))
+      uses = np.bincount(
+        values.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64), minlength=len(values.dictionary)
+      )
       if values.indices.null_count:  # null indices were counted as entry 0 above
         uses[0] -= values.indices.null_count
       total = collections.Counter()
@@ -418,5 +448,3 @@ class TextScanner:
     for entry, out in replaced.items():
       new_values[entry] = out
     return per_entry, pa.array(new_values, type=distinct.type)
-
-

@@ -35,6 +35,7 @@ class PiiOptions:
     through untouched and nothing is counted.
   tenant_column: the column TagTenant filled in.
   """
+
   min_score: float = 0.4
   entities: Tuple[str, ...] = DEFAULT_ENTITIES
   scan_undeclared: bool = True
@@ -53,6 +54,7 @@ class PiiOptions:
 
 class PiiOutputs(typing.NamedTuple):
   """What RedactPII and RedactDeadLetters return."""
+
   records: beam.PCollection
   findings: beam.PCollection  # of (key, count); sum per key for the run's totals
 
@@ -66,8 +68,10 @@ def _key_ref_of(master_key, model, options: PiiOptions) -> Optional[KeyRef]:
   if isinstance(master_key, MasterKey):
     if master_key.ref is not None:
       return master_key.ref
-    raise TypeError('master_key must be a KeyRef, not key material: the key would be pickled into the job graph '
-                    '(see transforms.pii.key_ref)')
+    raise TypeError(
+      'master_key must be a KeyRef, not key material: the key would be pickled into the job graph '
+      '(see transforms.pii.key_ref)'
+    )
   if options.redact and not isinstance(master_key, KeyRef):
     raise TypeError(f'master_key must be a KeyRef (see transforms.pii.key_ref), got {type(master_key).__name__}')
   return master_key
@@ -108,14 +112,14 @@ def _no_findings(unused_element):
 
 
 class _RedactBatchFn(_KeyedDoFn):
-
   def __init__(self, model, key_ref: Optional[KeyRef], options: PiiOptions):
     super().__init__(key_ref, options)
     self._model = model
 
   def process(self, batch: pa.RecordBatch):
-    redacted, counts = redact_batch(batch, self._model, self._master_key, self._scanner,
-                                    self._options.tenant_column, self._options.scan_undeclared)
+    redacted, counts = redact_batch(
+      batch, self._model, self._master_key, self._scanner, self._options.tenant_column, self._options.scan_undeclared
+    )
     yield redacted
     for key, count in sorted(counts.items()):
       yield beam.pvalue.TaggedOutput(FINDINGS, (key, count))
@@ -133,8 +137,9 @@ class RedactPII(beam.PTransform):
   (per-batch, stateless).
   """
 
-  def __init__(self, entity='listening_event', master_key: Optional[KeyRef] = None,
-               options: Optional[PiiOptions] = None):
+  def __init__(
+    self, entity='listening_event', master_key: Optional[KeyRef] = None, options: Optional[PiiOptions] = None
+  ):
     super().__init__()
     self._model, self._master_key, self._options = _checked_arguments(entity, master_key, options)
 
@@ -142,13 +147,13 @@ class RedactPII(beam.PTransform):
     if not self._options.redact:
       # Derived from the input so that it has its windowing and boundedness.
       return PiiOutputs(pcoll, pcoll | 'NoFindings' >> beam.FlatMap(_no_findings))
-    result = pcoll | 'Redact' >> beam.ParDo(_RedactBatchFn(self._model, self._master_key,
-                                                           self._options)).with_outputs(FINDINGS, main='records')
+    result = pcoll | 'Redact' >> beam.ParDo(_RedactBatchFn(self._model, self._master_key, self._options)).with_outputs(
+      FINDINGS, main='records'
+    )
     return typed_outputs(PiiOutputs(result.records, result[FINDINGS]))
 
 
 class _RedactDeadLetterFn(_KeyedDoFn):
-
   def __init__(self, model, key_ref: Optional[KeyRef], options: PiiOptions, header, delimiter):
     super().__init__(key_ref, options)
     self._model = model
@@ -166,7 +171,6 @@ class _RedactDeadLetterFn(_KeyedDoFn):
     for key, count in sorted(counts.items()):
       yield beam.pvalue.TaggedOutput(FINDINGS, (key, count))
 
-
   def _file_header(self, source: str):
     if not hasattr(self, '_headers'):
       self._headers = {}
@@ -183,6 +187,7 @@ def read_file_header(path: str):
   if not path.lower().rstrip('/').endswith(('.csv', '.tsv', '.txt', '.csv.gz', '.tsv.gz')):
     return None
   from apache_beam.io.filesystems import FileSystems
+
   try:
     with FileSystems.open(path) as handle:
       first = handle.read(_HEADER_BYTES).decode('utf-8-sig', 'replace').splitlines()[0]
@@ -206,9 +211,14 @@ class RedactDeadLetters(beam.PTransform):
   PiiOutputs(records=dead letters, findings).
   """
 
-  def __init__(self, entity='listening_event', master_key: Optional[KeyRef] = None,
-               options: Optional[PiiOptions] = None, header: Optional[Sequence[str]] = None,
-               delimiter: str = ','):
+  def __init__(
+    self,
+    entity='listening_event',
+    master_key: Optional[KeyRef] = None,
+    options: Optional[PiiOptions] = None,
+    header: Optional[Sequence[str]] = None,
+    delimiter: str = ',',
+  ):
     super().__init__()
     self._model, key, self._options = _checked_arguments(entity, master_key, options)
     if header is not None and (isinstance(header, str) or not all(isinstance(h, str) for h in header)):
@@ -224,7 +234,6 @@ class RedactDeadLetters(beam.PTransform):
       # Derived from the input so that it has its windowing and boundedness.
       return PiiOutputs(pcoll, pcoll | 'NoFindings' >> beam.FlatMap(_no_findings))
     result = pcoll | 'Redact' >> beam.ParDo(
-        _RedactDeadLetterFn(self._model, self._master_key, self._options, self._header,
-                            self._delimiter)).with_outputs(FINDINGS, main='records')
+      _RedactDeadLetterFn(self._model, self._master_key, self._options, self._header, self._delimiter)
+    ).with_outputs(FINDINGS, main='records')
     return PiiOutputs(result.records, result[FINDINGS])
-

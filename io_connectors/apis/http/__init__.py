@@ -28,23 +28,76 @@ Usage::
                              RestOptions(rate=10))
 """
 
-from io_connectors.apis.http.auth import (ApiKeyAuth, Auth, BearerTokenAuth, NoAuth, OAuth2ClientCredentials,
-                                          OAuth2RefreshToken, SignedAuth, create_auth)
+from io_connectors.apis.http.auth import (
+  ApiKeyAuth,
+  Auth,
+  BearerTokenAuth,
+  NoAuth,
+  OAuth2ClientCredentials,
+  OAuth2RefreshToken,
+  SignedAuth,
+  create_auth,
+)
 from io_connectors.apis.http.client import ClientOptions, HttpClient, Masker, RetryPolicy
 from io_connectors.apis.http.graphql import ReadFromGraphQL, graphql_resource
-from io_connectors.apis.http.paginators import (HeaderLinkPaginator, JSONBodyCursorPaginator, JSONBodyNextUrlPaginator,
-                                                OffsetPaginator, PageNumberPaginator, Paginator, RelayCursorPaginator,
-                                                SinglePage, create_paginator)
+from io_connectors.apis.http.paginators import (
+  HeaderLinkPaginator,
+  JSONBodyCursorPaginator,
+  JSONBodyNextUrlPaginator,
+  OffsetPaginator,
+  PageNumberPaginator,
+  Paginator,
+  RelayCursorPaginator,
+  SinglePage,
+  create_paginator,
+)
 from io_connectors.apis.http.ratelimit import TokenBucket, limiter_for, parse_retry_after
 from io_connectors.apis.http.request import HostNotAllowed, Request, RequestFailed, Response, json_path
-from io_connectors.apis.http.rest import (IncrementalConfig, ReadFromRest, ReadRestResource, ResourceConfig,
-                                          RestOptions, records_to_batch)
+from io_connectors.apis.http.rest import (
+  IncrementalConfig,
+  ReadFromRest,
+  ReadRestResource,
+  ResourceConfig,
+  RestOptions,
+  records_to_batch,
+)
 
 __all__ = [
-    'ApiKeyAuth', 'Auth', 'BearerTokenAuth', 'NoAuth', 'OAuth2ClientCredentials', 'OAuth2RefreshToken', 'SignedAuth',
-    'create_auth', 'ClientOptions', 'HostNotAllowed', 'HttpClient', 'Masker', 'Request', 'RequestFailed', 'Response',
-    'RetryPolicy', 'json_path', 'ReadFromGraphQL', 'graphql_resource', 'HeaderLinkPaginator', 'JSONBodyCursorPaginator',
-    'JSONBodyNextUrlPaginator', 'OffsetPaginator', 'PageNumberPaginator', 'Paginator', 'RelayCursorPaginator',
-    'SinglePage', 'create_paginator', 'TokenBucket', 'limiter_for', 'parse_retry_after', 'IncrementalConfig',
-    'ReadFromRest', 'ReadRestResource', 'ResourceConfig', 'RestOptions', 'records_to_batch'
+  'ApiKeyAuth',
+  'Auth',
+  'BearerTokenAuth',
+  'NoAuth',
+  'OAuth2ClientCredentials',
+  'OAuth2RefreshToken',
+  'SignedAuth',
+  'create_auth',
+  'ClientOptions',
+  'HostNotAllowed',
+  'HttpClient',
+  'Masker',
+  'Request',
+  'RequestFailed',
+  'Response',
+  'RetryPolicy',
+  'json_path',
+  'ReadFromGraphQL',
+  'graphql_resource',
+  'HeaderLinkPaginator',
+  'JSONBodyCursorPaginator',
+  'JSONBodyNextUrlPaginator',
+  'OffsetPaginator',
+  'PageNumberPaginator',
+  'Paginator',
+  'RelayCursorPaginator',
+  'SinglePage',
+  'create_paginator',
+  'TokenBucket',
+  'limiter_for',
+  'parse_retry_after',
+  'IncrementalConfig',
+  'ReadFromRest',
+  'ReadRestResource',
+  'ResourceConfig',
+  'RestOptions',
+  'records_to_batch',
 ]

@@ -50,16 +50,16 @@ from typing import Callable, Iterable, List, Optional
 from io_connectors.apis.http.request import Request, RequestFailed
 
 __all__ = [
-    'Auth',
-    'NoAuth',
-    'ApiKeyAuth',
-    'BearerTokenAuth',
-    'OAuth2ClientCredentials',
-    'OAuth2RefreshToken',
-    'SignedAuth',
-    'create_auth',
-    'AUTHS',
-    'basic_client_credentials',
+  'Auth',
+  'NoAuth',
+  'ApiKeyAuth',
+  'BearerTokenAuth',
+  'OAuth2ClientCredentials',
+  'OAuth2RefreshToken',
+  'SignedAuth',
+  'create_auth',
+  'AUTHS',
+  'basic_client_credentials',
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ def basic_client_credentials(client_id: str, client_secret: str) -> str:
 
 class Auth:
   """Base class: no credentials."""
+
   can_refresh = False
 
   def bind(self, client) -> None:
@@ -98,6 +99,7 @@ class NoAuth(Auth):
 @dataclasses.dataclass
 class ApiKeyAuth(Auth):
   """An API key in header `name` (location 'header') or query parameter `name` ('query')."""
+
   api_key: str = dataclasses.field(default='', repr=False)
   name: str = 'api_key'
   location: str = 'query'
@@ -147,13 +149,15 @@ def _shared_lock(key: str) -> threading.Lock:
 
 class _OAuth2(Auth):
   """Shared token handling: one token per process and credentials, refreshed under a lock."""
+
   can_refresh = True
   # Refresh this long before the token's stated expiry, so a request never
   # leaves with a token that expires on the way.
   expiry_margin = 30.0
 
-  def __init__(self, token_url: str, client_id: str, client_secret: str, scopes: Iterable[str] = (),
-               client_auth: str = 'basic'):
+  def __init__(
+    self, token_url: str, client_id: str, client_secret: str, scopes: Iterable[str] = (), client_auth: str = 'basic'
+  ):
     if not token_url or not client_id or not client_secret:
       raise ValueError(f'{type(self).__name__} needs token_url, client_id and client_secret')
     if client_auth not in ('basic', 'body'):
@@ -174,8 +178,16 @@ class _OAuth2(Auth):
   def _key(self) -> str:
     # The refresh token as configured, not as rotated: instances built from
     # one config share one token however often it rotates.
-    identity = json.dumps([type(self).__name__, self.token_url, self.client_id, self.client_secret,
-                           getattr(self, 'configured_refresh_token', None), self.scopes])
+    identity = json.dumps(
+      [
+        type(self).__name__,
+        self.token_url,
+        self.client_id,
+        self.client_secret,
+        getattr(self, 'configured_refresh_token', None),
+        self.scopes,
+      ]
+    )
     return hashlib.sha256(identity.encode()).hexdigest()
 
   def __getstate__(self):
@@ -211,8 +223,11 @@ class _OAuth2(Auth):
       body = response.json()
       token = body['access_token']
     except (ValueError, KeyError, TypeError):
-      raise RequestFailed(f'POST {self._client.masker.text(self.token_url)}: no access_token in the answer '
-                          f'(HTTP {response.status})', self._client.describe(request), status=response.status) from None
+      raise RequestFailed(
+        f'POST {self._client.masker.text(self.token_url)}: no access_token in the answer (HTTP {response.status})',
+        self._client.describe(request),
+        status=response.status,
+      ) from None
     self._token = str(token)
     self._issued.append(self._token)
     self._client.masker = self._client.masker.with_secrets([self._token]).register()
@@ -278,9 +293,18 @@ class OAuth2RefreshToken(_OAuth2):
     instance is rotating to appear in the store.
   """
 
-  def __init__(self, token_url: str, client_id: str, client_secret: str, refresh_token: str, scopes=(),
-               client_auth: str = 'basic', token_store: Optional[str] = None, token_key: Optional[str] = None,
-               rotation_wait: float = 5.0):
+  def __init__(
+    self,
+    token_url: str,
+    client_id: str,
+    client_secret: str,
+    refresh_token: str,
+    scopes=(),
+    client_auth: str = 'basic',
+    token_store: Optional[str] = None,
+    token_key: Optional[str] = None,
+    rotation_wait: float = 5.0,
+  ):
     if not refresh_token:
       raise ValueError('OAuth2RefreshToken needs refresh_token')
     self.refresh_token = refresh_token
@@ -306,6 +330,7 @@ class OAuth2RefreshToken(_OAuth2):
     if not self.token_store:
       return None
     from io_connectors._common import state
+
     value = state.load_value(self.token_store, self.token_key)
     return str(value) if value else None
 
@@ -342,6 +367,7 @@ class OAuth2RefreshToken(_OAuth2):
     _SHARED_REFRESH[self._key()] = refresh_token
     if self.token_store:
       from io_connectors._common import state
+
       stored = self._stored()
       expected = stored if stored in (None, used) else used
       if not state.compare_and_set(self.token_store, self.token_key, expected, refresh_token):
@@ -382,7 +408,7 @@ def _from_env(config: dict) -> dict:
   resolved = {}
   for key, value in config.items():
     if key.endswith('_env'):
-      name = key[:-len('_env')]
+      name = key[: -len('_env')]
       if name not in config:
         if value not in os.environ:
           raise ValueError(f'auth option {name!r}: environment variable {value!r} is not set')
@@ -393,11 +419,11 @@ def _from_env(config: dict) -> dict:
 
 
 AUTHS = {
-    'none': NoAuth,
-    'api_key': ApiKeyAuth,
-    'bearer': BearerTokenAuth,
-    'oauth2_client_credentials': OAuth2ClientCredentials,
-    'oauth2_refresh_token': OAuth2RefreshToken,
+  'none': NoAuth,
+  'api_key': ApiKeyAuth,
+  'bearer': BearerTokenAuth,
+  'oauth2_client_credentials': OAuth2ClientCredentials,
+  'oauth2_refresh_token': OAuth2RefreshToken,
 }
 
 

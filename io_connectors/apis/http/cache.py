@@ -23,7 +23,6 @@ _LOG = logging.getLogger(__name__)
 
 
 class ResponseCache:
-
   def __init__(self, url: str, ttl: float = 3600.0):
     if ttl <= 0:
       raise ValueError(f'cache ttl must be positive, got {ttl}')
@@ -37,6 +36,7 @@ class ResponseCache:
     with self._lock:
       if self._client is None and not self._broken:
         import redis
+
         self._client = redis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=5)
       return self._client
 

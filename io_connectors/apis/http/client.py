@@ -67,18 +67,19 @@ from io_connectors.apis.http.auth import NoAuth
 from io_connectors.apis.http.request import HostNotAllowed, Request, RequestFailed, Response, unsafe_url_reason
 
 __all__ = [
-    'RetryPolicy',
-    'ClientOptions',
-    'HttpClient',
-    'Masker',
+  'RetryPolicy',
+  'ClientOptions',
+  'HttpClient',
+  'Masker',
 ]
 
 _LOG = logging.getLogger(__name__)
 
 # Query parameters and headers whose values are secrets whatever the API.
 _SECRET_NAME = re.compile(
-    r'(?i)(^|[_-])(api[_-]?key|key|token|access[_-]?token|refresh[_-]?token|secret|client[_-]?secret|sig|signature|'
-    r'password|passwd|code|session|sk|authorization|cookie)$')
+  r'(?i)(^|[_-])(api[_-]?key|key|token|access[_-]?token|refresh[_-]?token|secret|client[_-]?secret|sig|signature|'
+  r'password|passwd|code|session|sk|authorization|cookie)$'
+)
 MASK = '***'
 
 
@@ -105,17 +106,27 @@ class Masker:
         text = text.replace(quoted, MASK)
     # user:password@ in URLs, and secret-named query parameters anywhere.
     text = re.sub(r'(://[^/\s:@]*:)[^@/\s]+@', r'\1' + MASK + '@', text)
-    text = re.sub(r'([?&;]([A-Za-z0-9_.-]+)=)([^&#\s\'"]*)',
-                  lambda m: m.group(1) + MASK if _SECRET_NAME.search(m.group(2)) else m.group(0), text)
+    text = re.sub(
+      r'([?&;]([A-Za-z0-9_.-]+)=)([^&#\s\'"]*)',
+      lambda m: m.group(1) + MASK if _SECRET_NAME.search(m.group(2)) else m.group(0),
+      text,
+    )
     return text
 
   def params(self, params: Mapping[str, Any]) -> Dict[str, Any]:
-    return {k: (MASK if _SECRET_NAME.search(str(k)) else self.text(v) if isinstance(v, str) else v)
-            for k, v in params.items()}
+    return {
+      k: (MASK if _SECRET_NAME.search(str(k)) else self.text(v) if isinstance(v, str) else v) for k, v in params.items()
+    }
 
   def headers(self, headers: Mapping[str, str]) -> Dict[str, str]:
-    return {k: (MASK if _SECRET_NAME.search(k) or k.lower() in ('authorization', 'proxy-authorization', 'x-api-key')
-                else self.text(v)) for k, v in headers.items()}
+    return {
+      k: (
+        MASK
+        if _SECRET_NAME.search(k) or k.lower() in ('authorization', 'proxy-authorization', 'x-api-key')
+        else self.text(v)
+      )
+      for k, v in headers.items()
+    }
 
   def request(self, request: Request) -> dict:
     """A JSON-ready description of a request with every secret masked (for dead letters)."""
@@ -165,6 +176,7 @@ class RetryPolicy:
   host_retry_budget, host_retry_window: at most that many retries to one host
     in any rolling window of that many seconds, for the whole process.
   """
+
   max_attempts: int = 5
   max_rate_limited: int = 20
   backoff_base: float = 0.25
@@ -180,8 +192,10 @@ class RetryPolicy:
     if not self.deadline > 0:
       raise ValueError(f'retry deadline must be > 0 seconds, got {self.deadline!r}')
     if self.host_retry_budget < 0 or not self.host_retry_window > 0:
-      raise ValueError(f'host_retry_budget must be >= 0 and host_retry_window > 0, got '
-                       f'{self.host_retry_budget!r} and {self.host_retry_window!r}')
+      raise ValueError(
+        f'host_retry_budget must be >= 0 and host_retry_window > 0, got '
+        f'{self.host_retry_budget!r} and {self.host_retry_window!r}'
+      )
 
   def backoff(self, attempt: int) -> float:
     """uniform(0, min(backoff_max, backoff_base * 2**attempt)) seconds."""
@@ -220,6 +234,7 @@ class ClientOptions:
     .netrc credentials, as requests does by default. Off: the config alone
     says where requests go and with which credentials.
   """
+
   allowed_hosts: Sequence[str] = ()
   rate: Optional[float] = None
   burst: float = 1.0
@@ -269,9 +284,13 @@ class HttpClient:
     self.cache = None
     if options.cache_url:
       from io_connectors.apis.http.cache import ResponseCache
+
       self.cache = ResponseCache(options.cache_url, options.cache_ttl)
-    self.masker = Masker(self.auth.secrets()).with_secrets(
-        [urllib.parse.urlsplit(options.cache_url).password or ''] if options.cache_url else []).register()
+    self.masker = (
+      Masker(self.auth.secrets())
+      .with_secrets([urllib.parse.urlsplit(options.cache_url).password or ''] if options.cache_url else [])
+      .register()
+    )
     self.auth.bind(self)
 
   # requests.Session is not documented thread-safe: one per thread.
@@ -307,8 +326,10 @@ class HttpClient:
       raise HostNotAllowed(f'{request.method} {self.masker.text(url)!r}: refused, {reason}')
     host = (urllib.parse.urlsplit(url).hostname or '').lower()
     if not self.host_allowed(host):
-      raise HostNotAllowed(f'{request.method} {self.masker.text(url)}: host {host!r} is not in the '
-                           f'allow-list ({", ".join(self._allowed) or "empty"})')
+      raise HostNotAllowed(
+        f'{request.method} {self.masker.text(url)}: host {host!r} is not in the '
+        f'allow-list ({", ".join(self._allowed) or "empty"})'
+      )
     return url
 
   def check_address(self, request: Request, url: str) -> None:
@@ -333,8 +354,10 @@ class HttpClient:
       public = bool(addresses) and all(_public(a) for a in addresses)
       self._resolved[(host, port)] = (now + _RESOLVED_TTL, public)
     if not public:
-      raise HostNotAllowed(f'{request.method} {self.masker.text(url)}: host {host!r} is a loopback, private, '
-                           'link-local or reserved address; set allow_private_addresses to reach it')
+      raise HostNotAllowed(
+        f'{request.method} {self.masker.text(url)}: host {host!r} is a loopback, private, '
+        'link-local or reserved address; set allow_private_addresses to reach it'
+      )
 
   def _read_body(self, raw: requests.Response, request: Request) -> bytes:
     """The body, read in chunks; RequestFailed past max_response_bytes."""
@@ -342,15 +365,22 @@ class HttpClient:
     declared = raw.headers.get('Content-Length', '')
     if declared.isascii() and declared.isdigit() and int(declared) > cap:
       raw.close()
-      raise RequestFailed(f'{request.method} {self.masker.text(request.full_url())}: response of {declared} bytes '
-                          f'is over max_response_bytes={cap}', self.describe(request), status=raw.status_code)
+      raise RequestFailed(
+        f'{request.method} {self.masker.text(request.full_url())}: response of {declared} bytes '
+        f'is over max_response_bytes={cap}',
+        self.describe(request),
+        status=raw.status_code,
+      )
     chunks, size = [], 0
     for chunk in raw.iter_content(64 * 1024):
       size += len(chunk)
       if size > cap:
         raw.close()
-        raise RequestFailed(f'{request.method} {self.masker.text(request.full_url())}: response over '
-                            f'max_response_bytes={cap}', self.describe(request), status=raw.status_code)
+        raise RequestFailed(
+          f'{request.method} {self.masker.text(request.full_url())}: response over max_response_bytes={cap}',
+          self.describe(request),
+          status=raw.status_code,
+        )
       chunks.append(chunk)
     return b''.join(chunks)
 
@@ -375,8 +405,10 @@ class HttpClient:
         gave_up = f'the deadline of {policy.deadline:g}s would pass; '
         return False
       if not budget.spend():
-        gave_up = (f'the retry budget of host {request.host} ({policy.host_retry_budget} per '
-                   f'{policy.host_retry_window:g}s) is spent; ')
+        gave_up = (
+          f'the retry budget of host {request.host} ({policy.host_retry_budget} per '
+          f'{policy.host_retry_window:g}s) is spent; '
+        )
         return False
       return True
 
@@ -393,9 +425,15 @@ class HttpClient:
       bucket.acquire()
       try:
         raw = self.session.request(
-            prepared.method, url, headers={
-                'User-Agent': self.options.user_agent, **prepared.headers
-            }, json=prepared.json, data=prepared.data, timeout=policy.timeout, allow_redirects=False, stream=True)
+          prepared.method,
+          url,
+          headers={'User-Agent': self.options.user_agent, **prepared.headers},
+          json=prepared.json,
+          data=prepared.data,
+          timeout=policy.timeout,
+          allow_redirects=False,
+          stream=True,
+        )
         try:
           content = self._read_body(raw, request)
         finally:
@@ -407,8 +445,9 @@ class HttpClient:
         delay = policy.backoff(attempts)
         if attempts >= policy.max_attempts or not may_retry(delay):
           break
-        _LOG.info('%s %s: %s, retry %d in %.2fs', request.method, self.masker.text(request.url), last_error, attempts,
-                  delay)
+        _LOG.info(
+          '%s %s: %s, retry %d in %.2fs', request.method, self.masker.text(request.url), last_error, attempts, delay
+        )
         time.sleep(delay)
         continue
       response = Response(raw.status_code, raw.headers, content, request)
@@ -426,8 +465,9 @@ class HttpClient:
         wait = policy.rate_limited_wait(rate_limited, ratelimit.parse_retry_after(raw.headers.get('Retry-After')))
         if not may_retry(wait):
           break
-        _LOG.info('%s %s: 429, pausing host %s for %.2fs', request.method, self.masker.text(request.url), request.host,
-                  wait)
+        _LOG.info(
+          '%s %s: 429, pausing host %s for %.2fs', request.method, self.masker.text(request.url), request.host, wait
+        )
         bucket.pause(wait)
         continue
       if status in policy.retry_statuses:
@@ -439,28 +479,38 @@ class HttpClient:
           delay = max(delay, min(retry_after, policy.max_retry_after))
         if attempts >= policy.max_attempts or not may_retry(delay):
           break
-        _LOG.info('%s %s: %s, retry %d in %.2fs', request.method, self.masker.text(request.url), last_error, attempts,
-                  delay)
+        _LOG.info(
+          '%s %s: %s, retry %d in %.2fs', request.method, self.masker.text(request.url), last_error, attempts, delay
+        )
         time.sleep(delay)
         continue
       if status >= 400:
-        raise RequestFailed(f'{request.method} {self.masker.text(request.full_url())}: HTTP {status}: '
-                            f'{self.masker.text(response.text(300))}',
-                            self.describe(request),
-                            status=status,
-                            body=self.masker.text(response.text()))
+        raise RequestFailed(
+          f'{request.method} {self.masker.text(request.full_url())}: HTTP {status}: '
+          f'{self.masker.text(response.text(300))}',
+          self.describe(request),
+          status=status,
+          body=self.masker.text(response.text()),
+        )
       if cache_key and 200 <= status < 300:
         self.cache.set(cache_key, response.content)
       return response
     raise RequestFailed(
-        f'{request.method} {self.masker.text(request.full_url())}: gave up after {attempts} failed attempts and '
-        f'{rate_limited} rate-limited answers; {gave_up}last: {last_error}', self.describe(request))
+      f'{request.method} {self.masker.text(request.full_url())}: gave up after {attempts} failed attempts and '
+      f'{rate_limited} rate-limited answers; {gave_up}last: {last_error}',
+      self.describe(request),
+    )
 
   def _cache_key(self, prepared: Request) -> Optional[str]:
     if self.cache is None or prepared.method.upper() != 'GET':
       return None
     # Hashed: the key holds the credentials (answers differ per user) and
     # must not show them.
-    identity = json.dumps([prepared.url, sorted((str(k), str(v)) for k, v in prepared.params.items()),
-                           sorted((k.lower(), v) for k, v in prepared.headers.items())])
+    identity = json.dumps(
+      [
+        prepared.url,
+        sorted((str(k), str(v)) for k, v in prepared.params.items()),
+        sorted((k.lower(), v) for k, v in prepared.headers.items()),
+      ]
+    )
     return 'http-cache:' + hashlib.sha256(identity.encode()).hexdigest()

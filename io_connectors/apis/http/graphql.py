@@ -34,17 +34,19 @@ def _connection_nodes(connection_path: str):
   return f'{connection_path}.nodes'
 
 
-def graphql_resource(name: str,
-                     endpoint: str,
-                     query: str,
-                     connection_path: str,
-                     variables: Optional[Mapping[str, Any]] = None,
-                     auth: Any = None,
-                     page_size: Optional[int] = 100,
-                     fields: Optional[Mapping[str, str]] = None,
-                     include_params: Sequence[str] = (),
-                     headers: Optional[Mapping[str, str]] = None,
-                     allowed_hosts: Optional[Sequence[str]] = None) -> ResourceConfig:
+def graphql_resource(
+  name: str,
+  endpoint: str,
+  query: str,
+  connection_path: str,
+  variables: Optional[Mapping[str, Any]] = None,
+  auth: Any = None,
+  page_size: Optional[int] = 100,
+  fields: Optional[Mapping[str, str]] = None,
+  include_params: Sequence[str] = (),
+  headers: Optional[Mapping[str, str]] = None,
+  allowed_hosts: Optional[Sequence[str]] = None,
+) -> ResourceConfig:
   """The ResourceConfig that `ReadFromGraphQL` reads (usable with ReadFromRest too).
 
   Records are read from `<connection_path>.nodes`: write `nodes { ... }` in
@@ -53,43 +55,45 @@ def graphql_resource(name: str,
   if not query or not query.strip():
     raise ValueError('a GraphQL read needs a query')
   return ResourceConfig(
-      name=name,
-      base_url=endpoint,
-      method='POST',
-      json={'query': query, 'variables': dict(variables or {})},
-      headers={'Content-Type': 'application/json', **(headers or {})},
-      paginator=RelayCursorPaginator(page_info_path=f'{connection_path}.pageInfo', page_size=page_size),
-      auth=auth,
-      record_path=_connection_nodes(connection_path),
-      fields=fields,
-      include_params=include_params,
-      error_path='errors',
-      allowed_hosts=allowed_hosts)
+    name=name,
+    base_url=endpoint,
+    method='POST',
+    json={'query': query, 'variables': dict(variables or {})},
+    headers={'Content-Type': 'application/json', **(headers or {})},
+    paginator=RelayCursorPaginator(page_info_path=f'{connection_path}.pageInfo', page_size=page_size),
+    auth=auth,
+    record_path=_connection_nodes(connection_path),
+    fields=fields,
+    include_params=include_params,
+    error_path='errors',
+    allowed_hosts=allowed_hosts,
+  )
 
 
 class ReadFromGraphQL(beam.PTransform):
   """`variables | ReadFromGraphQL(endpoint, query, connection_path, ...)` -> Outputs."""
 
-  def __init__(self,
-               endpoint: str,
-               query: str,
-               connection_path: str,
-               variables: Optional[Mapping[str, Any]] = None,
-               auth: Any = None,
-               page_size: Optional[int] = 100,
-               fields: Optional[Mapping[str, str]] = None,
-               include_params: Sequence[str] = (),
-               options: Optional[RestOptions] = None,
-               name: str = 'graphql',
-               label: Optional[str] = None):
+  def __init__(
+    self,
+    endpoint: str,
+    query: str,
+    connection_path: str,
+    variables: Optional[Mapping[str, Any]] = None,
+    auth: Any = None,
+    page_size: Optional[int] = 100,
+    fields: Optional[Mapping[str, str]] = None,
+    include_params: Sequence[str] = (),
+    options: Optional[RestOptions] = None,
+    name: str = 'graphql',
+    label: Optional[str] = None,
+  ):
     super().__init__(label)
     if not connection_path:
       raise ValueError('connection_path (where the relay connection sits, e.g. data.user.followers) is required')
     self._read = ReadFromRest(
-        graphql_resource(name, endpoint, query, connection_path, variables, auth, page_size, fields, include_params),
-        options)
+      graphql_resource(name, endpoint, query, connection_path, variables, auth, page_size, fields, include_params),
+      options,
+    )
 
   def expand(self, variables):
     return variables | 'ReadGraphQL' >> self._read
-
-

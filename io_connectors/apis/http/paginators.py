@@ -34,16 +34,16 @@ from typing import Any, Optional
 from io_connectors.apis.http.request import Request, json_path, unsafe_url_reason
 
 __all__ = [
-    'Paginator',
-    'SinglePage',
-    'PageNumberPaginator',
-    'OffsetPaginator',
-    'JSONBodyCursorPaginator',
-    'HeaderLinkPaginator',
-    'JSONBodyNextUrlPaginator',
-    'RelayCursorPaginator',
-    'create_paginator',
-    'PAGINATORS',
+  'Paginator',
+  'SinglePage',
+  'PageNumberPaginator',
+  'OffsetPaginator',
+  'JSONBodyCursorPaginator',
+  'HeaderLinkPaginator',
+  'JSONBodyNextUrlPaginator',
+  'RelayCursorPaginator',
+  'create_paginator',
+  'PAGINATORS',
 ]
 
 
@@ -59,7 +59,6 @@ class Paginator:
 
 @dataclasses.dataclass(frozen=True)
 class SinglePage(Paginator):
-
   def next(self, request, response, body, count):
     return None
 
@@ -67,6 +66,7 @@ class SinglePage(Paginator):
 @dataclasses.dataclass(frozen=True)
 class PageNumberPaginator(Paginator):
   """Page numbers from `base_page`; stops at an empty page, `total_path` pages or `maximum_page`."""
+
   page_param: str = 'page'
   base_page: int = 1
   page_size: Optional[int] = None
@@ -98,6 +98,7 @@ class PageNumberPaginator(Paginator):
 @dataclasses.dataclass(frozen=True)
 class OffsetPaginator(Paginator):
   """offset/limit; stops when offset reaches `total_path`, or at a short page."""
+
   limit: int = 50
   offset_param: str = 'offset'
   limit_param: str = 'limit'
@@ -130,6 +131,7 @@ class JSONBodyCursorPaginator(Paginator):
   has_more_path: where the body says whether more pages exist (a flag or a
   next-page URL); a false or null value there ends it too.
   """
+
   cursor_path: str = 'cursors.next'
   cursor_param: str = 'cursor'
   has_more_path: Optional[str] = None
@@ -206,6 +208,7 @@ class RelayCursorPaginator(Paginator):
 
   page_info_path: where `{hasNextPage, endCursor}` sits in the response body.
   """
+
   page_info_path: str = 'data.items.pageInfo'
   cursor_variable: str = 'after'
   page_size_variable: Optional[str] = 'first'
@@ -224,13 +227,13 @@ class RelayCursorPaginator(Paginator):
 
 
 PAGINATORS = {
-    'single': SinglePage,
-    'page_number': PageNumberPaginator,
-    'offset': OffsetPaginator,
-    'cursor': JSONBodyCursorPaginator,
-    'header_link': HeaderLinkPaginator,
-    'json_link': JSONBodyNextUrlPaginator,
-    'relay': RelayCursorPaginator,
+  'single': SinglePage,
+  'page_number': PageNumberPaginator,
+  'offset': OffsetPaginator,
+  'cursor': JSONBodyCursorPaginator,
+  'header_link': HeaderLinkPaginator,
+  'json_link': JSONBodyNextUrlPaginator,
+  'relay': RelayCursorPaginator,
 }
 
 

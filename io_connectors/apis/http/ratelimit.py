@@ -41,8 +41,14 @@ class TokenBucket:
     accruing during one) without ever overrunning the server's window.
   """
 
-  def __init__(self, rate: Optional[float], burst: float = 1.0, window: Optional[Tuple[int, float]] = None,
-               clock=time.monotonic, sleep=time.sleep):
+  def __init__(
+    self,
+    rate: Optional[float],
+    burst: float = 1.0,
+    window: Optional[Tuple[int, float]] = None,
+    clock=time.monotonic,
+    sleep=time.sleep,
+  ):
     if rate is not None and rate <= 0:
       raise ValueError(f'rate must be positive, got {rate}')
     if burst < 1:
@@ -113,8 +119,9 @@ _LIMITERS: Dict[tuple, TokenBucket] = {}
 _LIMITERS_LOCK = threading.Lock()
 
 
-def limiter_for(host: str, rate: Optional[float], burst: float = 1.0,
-                window: Optional[Tuple[int, float]] = None) -> TokenBucket:
+def limiter_for(
+  host: str, rate: Optional[float], burst: float = 1.0, window: Optional[Tuple[int, float]] = None
+) -> TokenBucket:
   """The process-wide bucket of `host` for these settings (created on first use)."""
   key = (host.lower(), rate, float(burst), None if window is None else (int(window[0]), float(window[1])))
   with _LIMITERS_LOCK:

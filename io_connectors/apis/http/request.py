@@ -23,8 +23,11 @@ __all__ = ['Request', 'Response', 'HostNotAllowed', 'RequestFailed', 'json_path'
 # control characters or a fragment. URL parsers (urllib.parse, urllib3,
 # browsers) agree on every URL of this shape; they disagree on the rest
 # ('http://a:1\\@b/' is host 'a' to one and 'b' to another).
-_SAFE_URL = re.compile(r'(?P<scheme>https?)://(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])'
-                       r'(?::(?P<port>[0-9]{1,5}))?(?P<rest>[/?][^\x00-\x20\x7f\\#]*)?', re.IGNORECASE)
+_SAFE_URL = re.compile(
+  r'(?P<scheme>https?)://(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])'
+  r'(?::(?P<port>[0-9]{1,5}))?(?P<rest>[/?][^\x00-\x20\x7f\\#]*)?',
+  re.IGNORECASE,
+)
 
 
 def unsafe_url_reason(url: str) -> Optional[str]:
@@ -71,6 +74,7 @@ def json_path(body: Any, path: Optional[str]) -> Any:
 @dataclasses.dataclass(frozen=True)
 class Request:
   """One HTTP request: method, URL without query, query params, headers, JSON or form body."""
+
   method: str
   url: str = dataclasses.field(repr=False)
   params: Mapping[str, Any] = dataclasses.field(repr=False, default_factory=dict)

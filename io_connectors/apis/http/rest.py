@@ -89,8 +89,15 @@ from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the ba
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, json_safe
 
-__all__ = ['ResourceConfig', 'IncrementalConfig', 'RestOptions', 'ReadFromRest', 'ReadRestResource', 'records_to_batch',
-           'epoch_ms']
+__all__ = [
+  'ResourceConfig',
+  'IncrementalConfig',
+  'RestOptions',
+  'ReadFromRest',
+  'ReadRestResource',
+  'records_to_batch',
+  'epoch_ms',
+]
 
 _LOG = logging.getLogger(__name__)
 CURSORS = 'cursors'
@@ -110,6 +117,7 @@ class IncrementalConfig:
   param_format: how a value is sent: 'raw', or 'epoch_ms' (an ISO-8601 value
     sent as epoch milliseconds, Spotify's `after`).
   """
+
   cursor_field: str
   param: str
   key: str
@@ -155,6 +163,7 @@ class ResourceConfig:
     then; a page without records whose count there is 0 is an empty page, not
     a dead letter.
   """
+
   name: str
   base_url: str
   path: str = ''
@@ -226,6 +235,7 @@ class RestOptions:
     `io_connectors.apis.http.client.ClientOptions` (a local test server
     needs allow_private_addresses=True).
   """
+
   rate: Optional[float] = None
   burst: float = 1.0
   window: Optional[Tuple[int, float]] = None
@@ -317,16 +327,19 @@ def records_to_batch(rows: List[dict], sources: List[str], positions: List[int])
   batch = batch_from_rows(rows)
   names = sorted(set(sources))
   index = {s: i for i, s in enumerate(names)}
-  source_column = pa.DictionaryArray.from_arrays(pa.array([index[s] for s in sources], type=pa.int32()),
-                                                 pa.array(names, type=pa.string()))
+  source_column = pa.DictionaryArray.from_arrays(
+    pa.array([index[s] for s in sources], type=pa.int32()), pa.array(names, type=pa.string())
+  )
   return pa.RecordBatch.from_arrays(
-      list(batch.columns) + [source_column, pa.array(positions, type=pa.int64())],
-      names=list(batch.schema.names) + [SOURCE_COLUMN, ROW_COLUMN])
+    list(batch.columns) + [source_column, pa.array(positions, type=pa.int64())],
+    names=list(batch.schema.names) + [SOURCE_COLUMN, ROW_COLUMN],
+  )
 
 
 @dataclasses.dataclass
 class _Fetched:
   """What one element produced."""
+
   rows: List[dict] = dataclasses.field(default_factory=list)
   sources: List[str] = dataclasses.field(default_factory=list)
   positions: List[int] = dataclasses.field(default_factory=list)
@@ -343,17 +356,27 @@ class _Reader:
     self.paginator = paginator
     self.stage = stage
 
-  def _letter(self, request: Optional[Request], reason: str, detail: str, record: Any = None, position=None,
-              field=None, source=None) -> dict:
+  def _letter(
+    self,
+    request: Optional[Request],
+    reason: str,
+    detail: str,
+    record: Any = None,
+    position=None,
+    field=None,
+    source=None,
+  ) -> dict:
     described = self.client.describe(request) if request is not None else None
     payload = {'request': described} if record is None else {'request': described, 'response_record': record}
-    return dead_letter(source or f'{self.resource.name}',
-                       position,
-                       reason,
-                       field=field,
-                       record=json_safe(payload),
-                       detail=self.client.masker.text(detail),
-                       stage=self.stage)
+    return dead_letter(
+      source or f'{self.resource.name}',
+      position,
+      reason,
+      field=field,
+      record=json_safe(payload),
+      detail=self.client.masker.text(detail),
+      stage=self.stage,
+    )
 
   def _check_next(self, current: Request, following: Request) -> None:
     """ValueError when a next page would leave the resource's scheme or host."""
@@ -362,12 +385,16 @@ class _Reader:
     here, there = urllib.parse.urlsplit(current.url), urllib.parse.urlsplit(following.url)
     if here.scheme == 'https' and there.scheme != 'https':
       raise ValueError(f'the next link {self.client.masker.text(following.url)!r} leaves https for {there.scheme}')
-    allowed = {(urllib.parse.urlsplit(self.resource.base_url).hostname or '').lower(),
-               *(h.lower() for h in self.resource.next_link_hosts)}
+    allowed = {
+      (urllib.parse.urlsplit(self.resource.base_url).hostname or '').lower(),
+      *(h.lower() for h in self.resource.next_link_hosts),
+    }
     host = (there.hostname or '').lower()
     if host not in allowed:
-      raise ValueError(f'the next link goes to host {host!r}, not the resource\'s '
-                       f'({", ".join(sorted(allowed))}; next_link_hosts allows others)')
+      raise ValueError(
+        f'the next link goes to host {host!r}, not the resource\'s '
+        f'({", ".join(sorted(allowed))}; next_link_hosts allows others)'
+      )
 
   def first_request(self, params: dict, cursor_value: Any) -> Request:
     r = self.resource
@@ -380,8 +407,13 @@ class _Reader:
         body = {**body, 'variables': {**body.get('variables', {}), r.incremental.param: sent}}
       else:
         query[r.incremental.param] = sent
-    request = Request(r.method.upper(), url, {k: v for k, v in query.items() if v is not None},
-                      {k: str(_fill(v, params)) for k, v in r.headers.items()}, json=body)
+    request = Request(
+      r.method.upper(),
+      url,
+      {k: v for k, v in query.items() if v is not None},
+      {k: str(_fill(v, params)) for k, v in r.headers.items()},
+      json=body,
+    )
     return self.paginator.first(request)
 
   def _map(self, record: Any, params: dict) -> dict:
@@ -408,8 +440,9 @@ class _Reader:
       state_ref, cursor_value = cursor_lookup(params)
       request = self.first_request(params, cursor_value)
     except (ValueError, KeyError, IndexError) as e:
-      out.dead_letters.append(self._letter(None, 'source_error', f'cannot build the request: {e}',
-                                           record={'params': json_safe(params)}))
+      out.dead_letters.append(
+        self._letter(None, 'source_error', f'cannot build the request: {e}', record={'params': json_safe(params)})
+      )
       return out
     highest = None
     pages = 0
@@ -420,48 +453,100 @@ class _Reader:
       try:
         response = self.client.send(request)
       except (RequestFailed, HostNotAllowed) as e:
-        out.dead_letters.append(self._letter(request, 'source_error', str(e), position=f'page {pages}',
-                                             source=page_source))
+        out.dead_letters.append(
+          self._letter(request, 'source_error', str(e), position=f'page {pages}', source=page_source)
+        )
         break
       try:
         body = response.json()
       except ValueError as e:
-        out.dead_letters.append(self._letter(request, 'malformed_json', f'HTTP {response.status} body is not JSON: {e}',
-                                             record={'body': self.client.masker.text(response.text())},
-                                             position=f'page {pages}', source=page_source))
+        out.dead_letters.append(
+          self._letter(
+            request,
+            'malformed_json',
+            f'HTTP {response.status} body is not JSON: {e}',
+            record={'body': self.client.masker.text(response.text())},
+            position=f'page {pages}',
+            source=page_source,
+          )
+        )
         break
       records = json_path(body, r.record_path) if isinstance(body, (dict, list)) else None
       if isinstance(records, dict):
         records = [records]
       errors = json_path(body, r.error_path) if r.error_path and isinstance(body, dict) else None
-      if records is None and not errors and r.empty_path and isinstance(body, dict) and json_path(body, r.empty_path) == 0:
+      if (
+        records is None
+        and not errors
+        and r.empty_path
+        and isinstance(body, dict)
+        and json_path(body, r.empty_path) == 0
+      ):
         records = []  # an empty answer that leaves the record list out
       if records is None or not isinstance(records, list):
-        detail = (f'errors in the answer: {json.dumps(errors, default=str)[:500]}' if errors else
-                  f'no list of records at {r.record_path!r} in the answer (HTTP {response.status})')
-        out.dead_letters.append(self._letter(request, 'source_error', detail,
-                                             record={'body': self.client.masker.text(response.text())},
-                                             position=f'page {pages}', source=page_source))
+        detail = (
+          f'errors in the answer: {json.dumps(errors, default=str)[:500]}'
+          if errors
+          else f'no list of records at {r.record_path!r} in the answer (HTTP {response.status})'
+        )
+        out.dead_letters.append(
+          self._letter(
+            request,
+            'source_error',
+            detail,
+            record={'body': self.client.masker.text(response.text())},
+            position=f'page {pages}',
+            source=page_source,
+          )
+        )
         break
       if errors:
-        out.dead_letters.append(self._letter(request, 'source_error',
-                                             f'partial answer with errors: {json.dumps(errors, default=str)[:500]}',
-                                             position=f'page {pages}', source=page_source))
+        out.dead_letters.append(
+          self._letter(
+            request,
+            'source_error',
+            f'partial answer with errors: {json.dumps(errors, default=str)[:500]}',
+            position=f'page {pages}',
+            source=page_source,
+          )
+        )
       for index, record in enumerate(records, start=1):
         if record is None:
-          out.dead_letters.append(self._letter(request, 'source_error', 'the API returned null for this item',
-                                               position=f'row {index}', source=page_source))
+          out.dead_letters.append(
+            self._letter(
+              request,
+              'source_error',
+              'the API returned null for this item',
+              position=f'row {index}',
+              source=page_source,
+            )
+          )
           continue
         try:
           mapped = self._map(record, params)
         except (ValueError, KeyError, TypeError, AttributeError) as e:
-          out.dead_letters.append(self._letter(request, 'source_error', f'cannot map the record: {e}',
-                                               record=record, position=f'row {index}', source=page_source))
+          out.dead_letters.append(
+            self._letter(
+              request,
+              'source_error',
+              f'cannot map the record: {e}',
+              record=record,
+              position=f'row {index}',
+              source=page_source,
+            )
+          )
           continue
         if not isinstance(mapped, dict):
-          out.dead_letters.append(self._letter(request, 'source_error',
-                                               f'the record mapped to {type(mapped).__name__}, not a record',
-                                               record=record, position=f'row {index}', source=page_source))
+          out.dead_letters.append(
+            self._letter(
+              request,
+              'source_error',
+              f'the record mapped to {type(mapped).__name__}, not a record',
+              record=record,
+              position=f'row {index}',
+              source=page_source,
+            )
+          )
           continue
         out.rows.append(mapped)
         out.sources.append(page_source)
@@ -475,23 +560,37 @@ class _Reader:
         if following is not None:
           self._check_next(request, following)
       except ValueError as e:  # an unsafe or unparsable next link: the rest cannot be read
-        out.dead_letters.append(self._letter(request, 'source_error', f'next page refused: {e}',
-                                             position=f'page {pages + 1}', source=page_source))
+        out.dead_letters.append(
+          self._letter(
+            request, 'source_error', f'next page refused: {e}', position=f'page {pages + 1}', source=page_source
+          )
+        )
         break
       if following is None:
         break
       identity = _identity(following)
       if identity in seen:
-        out.dead_letters.append(self._letter(following, 'source_error',
-                                             f'pagination loop: page {pages + 1} is a page already read; '
-                                             'the answer points back at itself or an earlier page',
-                                             position=f'page {pages + 1}', source=page_source))
+        out.dead_letters.append(
+          self._letter(
+            following,
+            'source_error',
+            f'pagination loop: page {pages + 1} is a page already read; '
+            'the answer points back at itself or an earlier page',
+            position=f'page {pages + 1}',
+            source=page_source,
+          )
+        )
         break
       if pages >= r.max_pages:
-        out.dead_letters.append(self._letter(following, 'source_error',
-                                             f'page cap max_pages={r.max_pages} reached with more pages announced; '
-                                             'the pages from here on were not read',
-                                             position=f'page {pages + 1}', source=page_source))
+        out.dead_letters.append(
+          self._letter(
+            following,
+            'source_error',
+            f'page cap max_pages={r.max_pages} reached with more pages announced; the pages from here on were not read',
+            position=f'page {pages + 1}',
+            source=page_source,
+          )
+        )
         break
       seen.add(identity)
       request = following
@@ -502,8 +601,11 @@ class _Reader:
 
 def _identity(request: Request) -> str:
   """What makes two requests the same page: method, URL, query and body."""
-  return json.dumps([request.method, request.url, sorted((str(k), str(v)) for k, v in request.params.items()),
-                     request.json], sort_keys=True, default=str)
+  return json.dumps(
+    [request.method, request.url, sorted((str(k), str(v)) for k, v in request.params.items()), request.json],
+    sort_keys=True,
+    default=str,
+  )
 
 
 def _load_cursor(store: Optional[str], key: str):
@@ -524,13 +626,18 @@ class _ReadFn(beam.DoFn):
   def setup(self):
     r = self._resource
     auth = create_auth(r.auth)
-    client_options = ClientOptions(allowed_hosts=r.hosts(auth), rate=self._options.rate, burst=self._options.burst,
-                                   window=self._options.window,
-                                   retry=self._options.retry, cache_url=self._options.cache_url,
-                                   cache_ttl=self._options.cache_ttl,
-                                   allow_private_addresses=self._options.allow_private_addresses,
-                                   max_response_bytes=self._options.max_response_bytes,
-                                   trust_env=self._options.trust_env)
+    client_options = ClientOptions(
+      allowed_hosts=r.hosts(auth),
+      rate=self._options.rate,
+      burst=self._options.burst,
+      window=self._options.window,
+      retry=self._options.retry,
+      cache_url=self._options.cache_url,
+      cache_ttl=self._options.cache_ttl,
+      allow_private_addresses=self._options.allow_private_addresses,
+      max_response_bytes=self._options.max_response_bytes,
+      trust_env=self._options.trust_env,
+    )
     self._client = HttpClient(client_options, auth)
     self._reader = _Reader(r, self._client, create_paginator(r.paginator))
     self._pool = concurrent.futures.ThreadPoolExecutor(self._options.concurrency, thread_name_prefix=f'rest-{r.name}')
@@ -642,14 +749,16 @@ class ReadFromRest(beam.PTransform):
     if self._options.reshuffle:
       params = params | 'Spread' >> beam.Reshuffle()
     results = params | 'Fetch' >> beam.ParDo(_ReadFn(self._resource, self._options)).with_outputs(
-        DEAD_LETTER, CURSORS, main='records')
+      DEAD_LETTER, CURSORS, main='records'
+    )
     records = results.records | 'AsBatches' >> beam.Map(lambda b: b).with_output_types(pa.RecordBatch)
     if self._resource.incremental is None:
       return Outputs(records, results[DEAD_LETTER])
     cursors = (
-        results[CURSORS]
-        | 'Highest' >> beam.CombinePerKey(_highest)
-        | 'AsCursor' >> beam.MapTuple(lambda ref, value: {'store': ref[0], 'key': ref[1], 'value': value}))
+      results[CURSORS]
+      | 'Highest' >> beam.CombinePerKey(_highest)
+      | 'AsCursor' >> beam.MapTuple(lambda ref, value: {'store': ref[0], 'key': ref[1], 'value': value})
+    )
     return IncrementalOutputs(records, results[DEAD_LETTER], cursors)
 
 
@@ -659,8 +768,13 @@ class ReadRestResource(beam.PTransform):
   params: the request parameters (dicts or scalars); default one empty dict.
   """
 
-  def __init__(self, resource, params: Optional[Sequence[Any]] = None, options: Optional[RestOptions] = None,
-               label: Optional[str] = None):
+  def __init__(
+    self,
+    resource,
+    params: Optional[Sequence[Any]] = None,
+    options: Optional[RestOptions] = None,
+    label: Optional[str] = None,
+  ):
     super().__init__(label)
     self._read = ReadFromRest(resource, options)
     self._params = list(params) if params is not None else [{}]

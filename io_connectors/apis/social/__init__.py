@@ -61,13 +61,13 @@ from io_connectors.apis.http.request import json_path
 from io_connectors.apis.http.rest import ReadRestResource, ResourceConfig, RestOptions
 
 __all__ = [
-    'ReadFromSocial',
-    'BodyCursorPaginator',
-    'TikTokClientCredentials',
-    'AuthFromEnv',
-    'load_resource',
-    'resources',
-    'RESOURCE_DIR',
+  'ReadFromSocial',
+  'BodyCursorPaginator',
+  'TikTokClientCredentials',
+  'AuthFromEnv',
+  'load_resource',
+  'resources',
+  'RESOURCE_DIR',
 ]
 
 RESOURCE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -80,6 +80,7 @@ class BodyCursorPaginator(Paginator):
 
   carry: {body field: path in the answer} also sent back (TikTok's search_id).
   """
+
   cursor_path: str = 'data.cursor'
   cursor_field: str = 'cursor'
   has_more_path: str = 'data.has_more'
@@ -117,6 +118,7 @@ class AuthFromEnv(Auth):
   pipeline, never the secrets, as the framework does for its own auth types.
   auth_class: an Auth subclass (module level, picklable).
   """
+
   can_refresh = True
 
   def __init__(self, auth_class, options: Mapping[str, Any]):
@@ -156,7 +158,7 @@ def _resolve_env(options: Mapping[str, Any], what: str) -> dict:
   resolved = {}
   for key, value in options.items():
     if key.endswith('_env'):
-      name = key[:-len('_env')]
+      name = key[: -len('_env')]
       if name in options:
         continue
       if not os.environ.get(value):
@@ -259,7 +261,7 @@ def resources() -> Dict[str, str]:
   for entry in sorted(os.listdir(RESOURCE_DIR)):
     if entry.endswith('.yaml'):
       with open(os.path.join(RESOURCE_DIR, entry), encoding='utf-8') as handle:
-        found[entry[:-len('.yaml')]] = (yaml.safe_load(handle) or {}).get('description', '')
+        found[entry[: -len('.yaml')]] = (yaml.safe_load(handle) or {}).get('description', '')
   return found
 
 
@@ -273,8 +275,14 @@ class ReadFromSocial(beam.PTransform):
   options: RestOptions (rate per host and worker, retries, concurrency).
   """
 
-  def __init__(self, resource, params: Sequence[Mapping[str, Any]], overrides: Optional[Mapping[str, Any]] = None,
-               options: Optional[RestOptions] = None, label: Optional[str] = None):
+  def __init__(
+    self,
+    resource,
+    params: Sequence[Mapping[str, Any]],
+    overrides: Optional[Mapping[str, Any]] = None,
+    options: Optional[RestOptions] = None,
+    label: Optional[str] = None,
+  ):
     super().__init__(label)
     # Every bundled resource emits mention records; a resource of the user's own may not.
     self.default_entity = 'social_mention' if isinstance(resource, str) and resource in resources() else None

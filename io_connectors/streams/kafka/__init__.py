@@ -59,24 +59,27 @@ from __future__ import annotations
 from io_connectors import registry
 from io_connectors.streams.kafka._config import KafkaError, KafkaReadOptions, check, client_config, source_uri
 from io_connectors.streams.kafka._payloads import decode_values
-from io_connectors.streams.kafka.cross_language import (ReadFromKafkaCrossLanguage, java_expansion_service,
-                                                        java_kafka_config)
+from io_connectors.streams.kafka.cross_language import (
+  ReadFromKafkaCrossLanguage,
+  java_expansion_service,
+  java_kafka_config,
+)
 from io_connectors.streams.kafka.producer import KafkaWriteOptions, WriteToKafka
 from io_connectors.streams.kafka.reader import ReadFromKafka
 
 __all__ = [
-    'KafkaReadOptions',
-    'KafkaError',
-    'check',
-    'ReadFromKafka',
-    'ReadFromKafkaCrossLanguage',
-    'java_expansion_service',
-    'java_kafka_config',
-    'KafkaWriteOptions',
-    'WriteToKafka',
-    'client_config',
-    'decode_values',
-    'source_uri',
+  'KafkaReadOptions',
+  'KafkaError',
+  'check',
+  'ReadFromKafka',
+  'ReadFromKafkaCrossLanguage',
+  'java_expansion_service',
+  'java_kafka_config',
+  'KafkaWriteOptions',
+  'WriteToKafka',
+  'client_config',
+  'decode_values',
+  'source_uri',
 ]
 
 

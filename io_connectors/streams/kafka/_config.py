@@ -8,13 +8,24 @@ from typing import Any, Dict, List, Optional, Tuple
 from io_connectors._common.errors import ConnectorError
 from io_connectors._common.masking import mask_secrets
 
-__all__ = ['KafkaReadOptions', 'KafkaError', 'check', 'client_config', 'secrets_of', 'source_uri',
-           'START_POSITIONS', 'VALUE_FORMATS', 'SECURITY_PROTOCOLS', 'EVENT_HUBS_USERNAME']
+__all__ = [
+  'KafkaReadOptions',
+  'KafkaError',
+  'check',
+  'client_config',
+  'secrets_of',
+  'source_uri',
+  'START_POSITIONS',
+  'VALUE_FORMATS',
+  'SECURITY_PROTOCOLS',
+  'EVENT_HUBS_USERNAME',
+]
 
 START_POSITIONS = ('earliest', 'latest', 'timestamp')
 VALUE_FORMATS = ('json', 'avro')
 SECURITY_PROTOCOLS = ('PLAINTEXT', 'SSL', 'SASL_PLAINTEXT', 'SASL_SSL')
 EVENT_HUBS_USERNAME = '$ConnectionString'
+
 
 def source_uri(topic: str, partition: int) -> str:
   return f'kafka://{topic}/{partition}'
@@ -52,6 +63,7 @@ class KafkaReadOptions:
   streaming: read as an unbounded source (checkpoints, watermark progress)
     even when the ranges are bounded; default: when not bounded.
   """
+
   bootstrap_servers: str
   topics: Tuple[str, ...]
   group_id: Optional[str] = None
@@ -94,9 +106,12 @@ class KafkaReadOptions:
       raise ValueError("value_format 'avro' needs schema_registry_url or avro_schema_file")
     if not isinstance(self.batch_size, int) or self.batch_size < 1:
       raise ValueError(f'batch_size must be a positive integer, got {self.batch_size!r}')
-    if self.max_records_per_partition is not None and (not isinstance(self.max_records_per_partition, int) or
-                                                       self.max_records_per_partition < 0):
-      raise ValueError(f'max_records_per_partition must be a non-negative integer, got {self.max_records_per_partition!r}')
+    if self.max_records_per_partition is not None and (
+      not isinstance(self.max_records_per_partition, int) or self.max_records_per_partition < 0
+    ):
+      raise ValueError(
+        f'max_records_per_partition must be a non-negative integer, got {self.max_records_per_partition!r}'
+      )
     for name in ('max_out_of_orderness_s', 'idle_timeout_s', 'checkpoint_interval_s', 'poll_timeout_s'):
       if getattr(self, name) < 0:
         raise ValueError(f'{name} must not be negative')
@@ -161,12 +176,14 @@ def check(options, timeout_s: float = 10.0) -> str:
   topic not found), without secrets.
   """
   import confluent_kafka.admin
+
   where = f'Kafka at {options.bootstrap_servers}'
   # librdkafka says why (refused, authentication failed) through error_cb
   # only; its own log lines would repeat that on stderr every retry.
   errors: List[str] = []
   admin = confluent_kafka.admin.AdminClient(
-      dict(client_config(options), error_cb=lambda error: errors.append(str(error)), log_level=0))
+    dict(client_config(options), error_cb=lambda error: errors.append(str(error)), log_level=0)
+  )
   try:
     metadata = admin.list_topics(timeout=timeout_s)
   except Exception as e:

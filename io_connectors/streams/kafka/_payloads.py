@@ -19,12 +19,14 @@ class AvroDecoder:
 
   def __init__(self, registry_url: Optional[str], schema_file: Optional[str]):
     import fastavro
+
     self._fastavro = fastavro
     self._registry_url = registry_url.rstrip('/') if registry_url else None
     self._schemas: Dict[int, Any] = {}
     self._local = None
     if schema_file:
       from apache_beam.io.filesystems import FileSystems
+
       with FileSystems.open(schema_file) as handle:
         self._local = fastavro.parse_schema(json.loads(handle.read().decode('utf-8')))
 
@@ -38,6 +40,7 @@ class AvroDecoder:
 
   def decode(self, value: bytes) -> dict:
     import io
+
     wire = len(value) >= 5 and value[0] == CONFLUENT_MAGIC
     if self._registry_url:
       if not wire:

@@ -10,8 +10,7 @@ import numpy as np
 
 from io_connectors._common.arrow import batch_from_rows
 from io_connectors._common.masking import mask_secrets
-from io_connectors.streams.kafka._config import (KafkaReadOptions, check, client_config, secrets_of,
-                                               source_uri)
+from io_connectors.streams.kafka._config import KafkaReadOptions, check, client_config, secrets_of, source_uri
 from io_connectors.streams.kafka._payloads import decode_values, raw_text
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 from transforms.records import with_provenance
@@ -23,9 +22,21 @@ __all__ = ['ReadFromKafkaCrossLanguage', 'java_kafka_config', 'java_expansion_se
 # payload adds optional fields that the 2.62.0 expansion service rejects
 # ("missing a setter setDynamicReadPollIntervalSeconds"); newer expansion
 # services accept this smaller payload too (fields not sent keep their defaults).
-_KAFKA_IO_READ_FIELDS = ('consumer_config', 'topics', 'key_deserializer', 'value_deserializer', 'start_read_time',
-                         'max_num_records', 'max_read_time', 'commit_offset_in_finalize', 'timestamp_policy',
-                         'consumer_polling_timeout', 'redistribute', 'redistribute_num_keys', 'allow_duplicates')
+_KAFKA_IO_READ_FIELDS = (
+  'consumer_config',
+  'topics',
+  'key_deserializer',
+  'value_deserializer',
+  'start_read_time',
+  'max_num_records',
+  'max_read_time',
+  'commit_offset_in_finalize',
+  'timestamp_policy',
+  'consumer_polling_timeout',
+  'redistribute',
+  'redistribute_num_keys',
+  'allow_duplicates',
+)
 
 
 def java_kafka_config(options: KafkaReadOptions) -> Dict[str, str]:
@@ -34,8 +45,10 @@ def java_kafka_config(options: KafkaReadOptions) -> Dict[str, str]:
   if 'sasl.username' in config:
     user, password = config.pop('sasl.username'), config.pop('sasl.password')
     quote = lambda text: text.replace('\\', '\\\\').replace('"', '\\"')
-    config['sasl.jaas.config'] = ('org.apache.kafka.common.security.plain.PlainLoginModule required '
-                                  f'username="{quote(user)}" password="{quote(password)}";')
+    config['sasl.jaas.config'] = (
+      'org.apache.kafka.common.security.plain.PlainLoginModule required '
+      f'username="{quote(user)}" password="{quote(password)}";'
+    )
   config['auto.offset.reset'] = 'earliest' if options.start_position == 'earliest' else 'latest'
   if options.group_id:
     config['group.id'] = options.group_id
@@ -54,9 +67,12 @@ def java_expansion_service(jar: str, environment: str = 'EMBEDDED'):
   offsets are committed when Flink checkpoints complete.
   """
   from apache_beam.transforms.external import JavaJarExpansionService
+
   if environment not in ('EMBEDDED', 'PROCESS', 'DOCKER', 'EXTERNAL'):
     raise ValueError(f'environment must be EMBEDDED, PROCESS, DOCKER or EXTERNAL, got {environment!r}')
-  return JavaJarExpansionService(jar, append_args=[f'--defaultEnvironmentType={environment}', '--experiments=use_deprecated_read'])
+  return JavaJarExpansionService(
+    jar, append_args=[f'--defaultEnvironmentType={environment}', '--experiments=use_deprecated_read']
+  )
 
 
 class ReadFromKafkaCrossLanguage(beam.PTransform):
@@ -91,8 +107,10 @@ class ReadFromKafkaCrossLanguage(beam.PTransform):
     if commit_offsets and not options.group_id:
       raise ValueError('commit_offsets needs a group_id')
     if options.bounded and options.max_records_per_partition is None:
-      raise ValueError('ReadFromKafkaCrossLanguage cannot stop at end offsets (bounded); '
-                       'give max_records_per_partition or read unbounded')
+      raise ValueError(
+        'ReadFromKafkaCrossLanguage cannot stop at end offsets (bounded); '
+        'give max_records_per_partition or read unbounded'
+      )
     self._options = options
     self._expansion_service = expansion_service
     self._commit_offsets = bool(options.group_id) if commit_offsets is None else commit_offsets
@@ -106,47 +124,51 @@ class ReadFromKafkaCrossLanguage(beam.PTransform):
 
   def expand(self, pbegin):
     from apache_beam.io import kafka as beam_kafka
-    from apache_beam.transforms.external import (
-        ExternalTransform, NamedTupleBasedPayloadBuilder)
+    from apache_beam.transforms.external import ExternalTransform, NamedTupleBasedPayloadBuilder
+
     options = self._options
     schema = beam_kafka.ReadFromKafkaSchema
-    payload_type = typing.NamedTuple('KafkaIOReadConfiguration',
-                                     [(name, schema.__annotations__[name]) for name in _KAFKA_IO_READ_FIELDS])
+    payload_type = typing.NamedTuple(
+      'KafkaIOReadConfiguration', [(name, schema.__annotations__[name]) for name in _KAFKA_IO_READ_FIELDS]
+    )
     payload = payload_type(
-        consumer_config=java_kafka_config(options),
-        topics=list(options.topics),
-        key_deserializer=beam_kafka.ReadFromKafka.byte_array_deserializer,
-        value_deserializer=beam_kafka.ReadFromKafka.byte_array_deserializer,
-        start_read_time=options.start_timestamp_ms if options.start_position == 'timestamp' else None,
-        max_num_records=self._max_num_records,
-        max_read_time=None,
-        commit_offset_in_finalize=self._commit_offsets,
-        timestamp_policy=beam_kafka.ReadFromKafka.create_time_policy,
-        consumer_polling_timeout=None,  # KafkaIO's default; the legacy read rejects any value
-        redistribute=False,
-        redistribute_num_keys=np.int32(0),
-        allow_duplicates=False)
+      consumer_config=java_kafka_config(options),
+      topics=list(options.topics),
+      key_deserializer=beam_kafka.ReadFromKafka.byte_array_deserializer,
+      value_deserializer=beam_kafka.ReadFromKafka.byte_array_deserializer,
+      start_read_time=options.start_timestamp_ms if options.start_position == 'timestamp' else None,
+      max_num_records=self._max_num_records,
+      max_read_time=None,
+      commit_offset_in_finalize=self._commit_offsets,
+      timestamp_policy=beam_kafka.ReadFromKafka.create_time_policy,
+      consumer_polling_timeout=None,  # KafkaIO's default; the legacy read rejects any value
+      redistribute=False,
+      redistribute_num_keys=np.int32(0),
+      allow_duplicates=False,
+    )
     expansion_service = self._expansion_service
     if expansion_service is None:
       expansion_service = beam_kafka.default_io_expansion_service()
-    read = ExternalTransform(beam_kafka.ReadFromKafka.URN_WITH_METADATA, NamedTupleBasedPayloadBuilder(payload),
-                             expansion_service)
+    read = ExternalTransform(
+      beam_kafka.ReadFromKafka.URN_WITH_METADATA, NamedTupleBasedPayloadBuilder(payload), expansion_service
+    )
     try:
       rows = pbegin | 'ReadJava' >> read
     except Exception as e:
       # The expansion service's error quotes the payload, credentials included.
-      raise RuntimeError('Kafka cross-language expansion failed: ' +
-                         mask_secrets(str(e), secrets_of(options))) from None
-    result = (
-        rows
-        | 'Decode' >> beam.ParDo(_DecodeCrossLanguageFn(options.value_format, options.batch_size)).with_outputs(
-            DEAD_LETTER, main='records'))
+      raise RuntimeError(
+        'Kafka cross-language expansion failed: ' + mask_secrets(str(e), secrets_of(options))
+      ) from None
+    result = rows | 'Decode' >> beam.ParDo(
+      _DecodeCrossLanguageFn(options.value_format, options.batch_size)
+    ).with_outputs(DEAD_LETTER, main='records')
     return Outputs(result.records, result[DEAD_LETTER])
 
 
 def _partition_count(options: KafkaReadOptions) -> int:
   """How many partitions the topics have now (broker metadata)."""
   import confluent_kafka.admin
+
   admin = confluent_kafka.admin.AdminClient(client_config(options))
   count = 0
   for topic in options.topics:
@@ -181,10 +203,15 @@ class _DecodeCrossLanguageFn(beam.DoFn):
     rows, good, bad = decode_values([v for _, v, _ in items], self._value_format)
     for i, reason, detail in bad:
       yield beam.pvalue.TaggedOutput(
-          DEAD_LETTER,
-          beam.utils.windowed_value.WindowedValue(
-              dead_letter(source, f'offset {items[i][0]}', reason, record=raw_text(items[i][1]), detail=detail,
-                          stage='read'), items[i][2], [window]))
+        DEAD_LETTER,
+        beam.utils.windowed_value.WindowedValue(
+          dead_letter(
+            source, f'offset {items[i][0]}', reason, record=raw_text(items[i][1]), detail=detail, stage='read'
+          ),
+          items[i][2],
+          [window],
+        ),
+      )
     if rows:
       offsets = np.asarray([items[i][0] for i in good], dtype=np.int64)
       batch = with_provenance(batch_from_rows(rows), source, offsets)

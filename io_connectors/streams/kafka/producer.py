@@ -17,9 +17,11 @@ __all__ = ['KafkaWriteOptions', 'WriteToKafka']
 
 _LOG = logging.getLogger(__name__)
 
+
 @dataclasses.dataclass(frozen=True)
 class KafkaWriteOptions:
   """Options of `WriteToKafka`: bootstrap servers, topic, security as in KafkaReadOptions."""
+
   bootstrap_servers: str
   topic: str
   key_field: Optional[str] = None
@@ -37,7 +39,6 @@ class KafkaWriteOptions:
 
 
 class _ProduceFn(beam.DoFn):
-
   def __init__(self, options: KafkaWriteOptions):
     self._options = options
     self._producer = None
@@ -45,6 +46,7 @@ class _ProduceFn(beam.DoFn):
 
   def setup(self):
     import confluent_kafka
+
     config = dict(client_config(self._options))
     config.update({'enable.idempotence': True, 'linger.ms': 20})
     config.update(self._options.producer_config)
@@ -64,6 +66,7 @@ class _ProduceFn(beam.DoFn):
 
   def process(self, element):
     from transforms.records import json_safe, strip_internal
+
     rows = strip_internal(element).to_pylist() if isinstance(element, pa.RecordBatch) else [element]
     key_field = self._options.key_field
     for row in rows:
@@ -76,8 +79,11 @@ class _ProduceFn(beam.DoFn):
     remaining = self._producer.flush(120)
     if remaining or self._errors:
       errors, self._errors = self._errors[:3], []
-      raise RuntimeError(mask_secrets(f'Kafka topic {self._options.topic}: {remaining} undelivered, errors {errors}',
-                                      secrets_of(self._options)))
+      raise RuntimeError(
+        mask_secrets(
+          f'Kafka topic {self._options.topic}: {remaining} undelivered, errors {errors}', secrets_of(self._options)
+        )
+      )
 
 
 class WriteToKafka(beam.PTransform):

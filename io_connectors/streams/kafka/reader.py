@@ -22,8 +22,7 @@ from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Duration, 
 from io_connectors._common.arrow import batch_from_rows
 from io_connectors._common.masking import mask_secrets
 from io_connectors.streams._messages import CheckpointOnlyTracker
-from io_connectors.streams.kafka._config import (KafkaReadOptions, check, client_config, secrets_of,
-                                               source_uri)
+from io_connectors.streams.kafka._config import KafkaReadOptions, check, client_config, secrets_of, source_uri
 from io_connectors.streams.kafka._payloads import AvroDecoder, decode_values, raw_text
 from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
@@ -43,6 +42,7 @@ class KafkaPartition:
 
   partitions: how many partitions the read has over all its topics (0: unknown).
   """
+
   topic: str
   partition: int
   partitions: int = 0
@@ -67,14 +67,16 @@ class _Clients:
   def __init__(self, options: KafkaReadOptions):
     self._options = options
     config = dict(client_config(options))
-    config.update({
+    config.update(
+      {
         # Assign-only: a group id is needed to commit, never to join.
         'group.id': options.group_id or _PROCESS_GROUP,
         'enable.auto.commit': False,
         'enable.auto.offset.store': False,
         'enable.partition.eof': False,
         'auto.offset.reset': 'earliest',
-    })
+      }
+    )
     config.update(options.consumer_config)
     self._config = config
     self._key = json.dumps(config, sort_keys=True, default=str)
@@ -85,6 +87,7 @@ class _Clients:
       if idle:
         return idle.pop()
     import confluent_kafka
+
     return confluent_kafka.Consumer(self._config, logger=_LOG)
 
   def release(self, consumer, healthy: bool = True):
@@ -127,6 +130,7 @@ _COMMITS_LOCK = threading.Lock()
 
 def _tp(topic, partition, offset=None):
   import confluent_kafka
+
   if offset is None:
     return confluent_kafka.TopicPartition(topic, partition)
   return confluent_kafka.TopicPartition(topic, partition, offset)
@@ -159,7 +163,6 @@ class _PartitionWatermarkEstimator(ManualWatermarkEstimator):
 
 
 class _WatermarkProvider(WatermarkEstimatorProvider):
-
   def initial_estimator_state(self, element, restriction):
     # Hold the watermark until the partition's first record (or idleness)
     # moves it: a remainder deferred before any record was fetched (a slow
@@ -235,12 +238,16 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
       except Exception as e:
         error = e.args[0] if e.args else None
         retriable = getattr(error, 'retriable', lambda: False)() or getattr(error, 'code', lambda: None)() in (
-            16, 14, 15)  # NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE
+          16,
+          14,
+          15,
+        )  # NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE
         if retriable and time.monotonic() < deadline:
           time.sleep(0.5)
           continue
-        raise RuntimeError(mask_secrets(f'Kafka at {self._options.bootstrap_servers}: {e}',
-                                        secrets_of(self._options))) from None
+        raise RuntimeError(
+          mask_secrets(f'Kafka at {self._options.bootstrap_servers}: {e}', secrets_of(self._options))
+        ) from None
 
   def initial_restriction(self, element: KafkaPartition) -> OffsetRange:
     with self._lend().consumer() as consumer:
@@ -262,8 +269,11 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
       elif options.start_position == 'latest':
         start = high
       else:
-        found = self._safe(lambda: consumer.offsets_for_times(
-            [_tp(element.topic, element.partition, options.start_timestamp_ms)], timeout=timeout))[0].offset
+        found = self._safe(
+          lambda: consumer.offsets_for_times(
+            [_tp(element.topic, element.partition, options.start_timestamp_ms)], timeout=timeout
+          )
+        )[0].offset
         start = high if found is None or found < 0 else found
     stop = high if options.bounded else _UNBOUNDED_STOP
     if options.max_records_per_partition is not None:
@@ -315,8 +325,12 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
           consumer.commit(offsets=[_tp(topic, partition, frontier)], asynchronous=False)
           self._commits.inc()
     except Exception as e:
-      _LOG.warning('committing offset %d of %s failed (the next job re-reads from the previous commit): %s',
-                   end, source_uri(topic, partition), mask_secrets(str(e), secrets_of(self._options)))
+      _LOG.warning(
+        'committing offset %d of %s failed (the next job re-reads from the previous commit): %s',
+        end,
+        source_uri(topic, partition),
+        mask_secrets(str(e), secrets_of(self._options)),
+      )
 
   def _emit(self, element: KafkaPartition, messages):
     source = source_uri(element.topic, element.partition)
@@ -328,22 +342,27 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
     for i, reason, detail in bad:
       self._malformed.inc()
       yield beam.pvalue.TaggedOutput(
-          DEAD_LETTER,
-          beam.window.TimestampedValue(
-              dead_letter(source, f'offset {int(offsets[i])}', reason, record=raw_text(values[i]),
-                          detail=detail, stage='read'), Timestamp(micros=max(stamps[i], 0) * 1000)))
+        DEAD_LETTER,
+        beam.window.TimestampedValue(
+          dead_letter(
+            source, f'offset {int(offsets[i])}', reason, record=raw_text(values[i]), detail=detail, stage='read'
+          ),
+          Timestamp(micros=max(stamps[i], 0) * 1000),
+        ),
+      )
     if rows:
       batch = with_provenance(batch_from_rows(rows), source, offsets[np.asarray(good, dtype=np.int64)])
       oldest = min(stamps[i] for i in good)
       yield beam.window.TimestampedValue(batch, Timestamp(micros=max(oldest, 0) * 1000))
 
   def process(
-      self,
-      element: KafkaPartition,
-      bundle_finalizer=beam.DoFn.BundleFinalizerParam,
-      # Beam passes these two by name: they must follow the positional params.
-      tracker=beam.DoFn.RestrictionParam(),
-      watermark=beam.DoFn.WatermarkEstimatorParam(_WatermarkProvider())):
+    self,
+    element: KafkaPartition,
+    bundle_finalizer=beam.DoFn.BundleFinalizerParam,
+    # Beam passes these two by name: they must follow the positional params.
+    tracker=beam.DoFn.RestrictionParam(),
+    watermark=beam.DoFn.WatermarkEstimatorParam(_WatermarkProvider()),
+  ):
     options = self._options
     restriction = tracker.current_restriction()
     if restriction.start >= restriction.stop:
@@ -384,13 +403,20 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
           error = message.error()
           if error is not None:
             if error.fatal():
-              raise RuntimeError(mask_secrets(f'Kafka {source_uri(element.topic, element.partition)}: {error}',
-                                              secrets_of(options)))
-            _LOG.warning('Kafka %s: %s', source_uri(element.topic, element.partition),
-                         mask_secrets(str(error), secrets_of(options)))
+              raise RuntimeError(
+                mask_secrets(f'Kafka {source_uri(element.topic, element.partition)}: {error}', secrets_of(options))
+              )
+            _LOG.warning(
+              'Kafka %s: %s',
+              source_uri(element.topic, element.partition),
+              mask_secrets(str(error), secrets_of(options)),
+            )
             continue
-          if (message.topic() != element.topic or message.partition() != element.partition or
-              message.offset() < tracker.current_restriction().start):
+          if (
+            message.topic() != element.topic
+            or message.partition() != element.partition
+            or message.offset() < tracker.current_restriction().start
+          ):
             continue  # fetched for an earlier assignment of this consumer
           if not tracker.try_claim(message.offset()):
             done = True
@@ -404,8 +430,9 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
           yield from self._emit(element, pending)
           pending = []
           if newest_ms is not None:
-            self._report(element, watermark,
-                         Timestamp(micros=newest_ms * 1000) - Duration(options.max_out_of_orderness_s))
+            self._report(
+              element, watermark, Timestamp(micros=newest_ms * 1000) - Duration(options.max_out_of_orderness_s)
+            )
         if done:
           break
         stop = tracker.current_restriction().stop
@@ -434,15 +461,19 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
       clients.release(consumer, healthy)
       if claimed_to is not None and options.group_id:
         bundle_finalizer.register(
-            lambda t=element.topic, p=element.partition, s=restriction.start, o=claimed_to: self._commit(t, p, s, o))
+          lambda t=element.topic, p=element.partition, s=restriction.start, o=claimed_to: self._commit(t, p, s, o)
+        )
       else:
         # Runners that always send FinalizeBundle for this transform (Prism)
         # get an error back from a bundle that registered nothing.
         bundle_finalizer.register(_nothing)
 
   def _at_or_beyond_end(self, consumer, element, offset) -> bool:
-    unused_low, high = self._safe(lambda: consumer.get_watermark_offsets(
-        _tp(element.topic, element.partition), timeout=max(30.0, self._options.poll_timeout_s), cached=False))
+    unused_low, high = self._safe(
+      lambda: consumer.get_watermark_offsets(
+        _tp(element.topic, element.partition), timeout=max(30.0, self._options.poll_timeout_s), cached=False
+      )
+    )
     return offset >= high
 
   @staticmethod
@@ -470,17 +501,25 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
     with _PROGRESS_LOCK:
       _PROGRESS_STARTED.setdefault(self._read_id, now)
       _PROGRESS.setdefault(self._read_id, {})[(element.topic, element.partition)] = (
-          progress if progress is not None else MIN_TIMESTAMP, now)
+        progress if progress is not None else MIN_TIMESTAMP,
+        now,
+      )
 
   def _others_progress(self, element: KafkaPartition):
     """The least committed progress of the read's other partitions known here (None: no limit)."""
     now = time.monotonic()
     with _PROGRESS_LOCK:
       known = _PROGRESS.get(self._read_id, {})
-      fresh = [p for key, (p, noted) in known.items()
-               if key != (element.topic, element.partition) and now - noted < _PROGRESS_STALE_S]
-      if element.partitions and len(known) < element.partitions and (
-          now - _PROGRESS_STARTED.get(self._read_id, now) < _PROGRESS_STALE_S):
+      fresh = [
+        p
+        for key, (p, noted) in known.items()
+        if key != (element.topic, element.partition) and now - noted < _PROGRESS_STALE_S
+      ]
+      if (
+        element.partitions
+        and len(known) < element.partitions
+        and (now - _PROGRESS_STARTED.get(self._read_id, now) < _PROGRESS_STALE_S)
+      ):
         return MIN_TIMESTAMP  # partitions not started here yet: wait for them (or for the stale limit)
     return min(fresh) if fresh else None
 
@@ -508,6 +547,7 @@ class _ListPartitionsFn(beam.DoFn):
 
   def process(self, unused_impulse):
     import confluent_kafka.admin
+
     admin = confluent_kafka.admin.AdminClient(client_config(self._options))
     found = []
     for topic in self._options.topics:
@@ -516,8 +556,9 @@ class _ListPartitionsFn(beam.DoFn):
         try:
           metadata = admin.list_topics(topic=topic, timeout=30)
         except Exception as e:
-          raise RuntimeError(mask_secrets(f'Kafka at {self._options.bootstrap_servers}: {e}',
-                                          secrets_of(self._options))) from None
+          raise RuntimeError(
+            mask_secrets(f'Kafka at {self._options.bootstrap_servers}: {e}', secrets_of(self._options))
+          ) from None
         info = metadata.topics.get(topic)
         if info is not None and info.error is None and info.partitions:
           break
@@ -550,12 +591,13 @@ class ReadFromKafka(beam.PTransform):
     options = self._options
     fn_class = _UnboundedReadPartitionFn if options.is_streaming else _ReadPartitionFn
     result = (
-        pbegin
-        | 'Impulse' >> beam.Impulse()
-        | 'ListPartitions' >> beam.ParDo(_ListPartitionsFn(options))
-        # Spreads partitions over workers before the reads start.
-        | 'Spread' >> beam.Reshuffle()
-        | 'ReadPartitions' >> beam.ParDo(fn_class(options)).with_outputs(DEAD_LETTER, main='records'))
+      pbegin
+      | 'Impulse' >> beam.Impulse()
+      | 'ListPartitions' >> beam.ParDo(_ListPartitionsFn(options))
+      # Spreads partitions over workers before the reads start.
+      | 'Spread' >> beam.Reshuffle()
+      | 'ReadPartitions' >> beam.ParDo(fn_class(options)).with_outputs(DEAD_LETTER, main='records')
+    )
     records = result.records
     records.element_type = pa.RecordBatch
     return Outputs(records, result[DEAD_LETTER])
@@ -563,12 +605,15 @@ class ReadFromKafka(beam.PTransform):
 
 class _UnboundedReadPartitionFn(_ReadPartitionFn):
   """The same read as an unbounded source: self-checkpoints and idle watermarks."""
+
   _STREAMING = True
 
   @beam.DoFn.unbounded_per_element()
-  def process(self,
-              element,
-              bundle_finalizer=beam.DoFn.BundleFinalizerParam,
-              tracker=beam.DoFn.RestrictionParam(),
-              watermark=beam.DoFn.WatermarkEstimatorParam(_WatermarkProvider())):
+  def process(
+    self,
+    element,
+    bundle_finalizer=beam.DoFn.BundleFinalizerParam,
+    tracker=beam.DoFn.RestrictionParam(),
+    watermark=beam.DoFn.WatermarkEstimatorParam(_WatermarkProvider()),
+  ):
     return super().process(element, bundle_finalizer, tracker=tracker, watermark=watermark)

@@ -44,8 +44,15 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import yaml
 
-__all__ = ['FakeHttpServer', 'FakeSpotify', 'SchemaFaker', 'spotify_spec_path', 'load_spotify_spec', 'spotify_id',
-           'response_schema']
+__all__ = [
+  'FakeHttpServer',
+  'FakeSpotify',
+  'SchemaFaker',
+  'spotify_spec_path',
+  'load_spotify_spec',
+  'spotify_id',
+  'response_schema',
+]
 
 _REPO_ROOT = pathlib.Path(__file__).resolve().parents[3]
 
@@ -57,7 +64,9 @@ def spotify_spec_path() -> pathlib.Path:
   """The Spotify OpenAPI spec file: SPOTIFY_OPENAPI_SPEC if set, else the one in tests/fixtures."""
   path = pathlib.Path(os.environ.get('SPOTIFY_OPENAPI_SPEC') or SPOTIFY_SPEC)
   if not path.is_file():
-    raise FileNotFoundError(f'Spotify OpenAPI spec not found at {path} (SPOTIFY_OPENAPI_SPEC or tests/fixtures/spotify/)')
+    raise FileNotFoundError(
+      f'Spotify OpenAPI spec not found at {path} (SPOTIFY_OPENAPI_SPEC or tests/fixtures/spotify/)'
+    )
   return path
 
 
@@ -322,8 +331,12 @@ class FakeHttpServer:
         fault = self.fault_when(call)
       if wait is not None:
         self._count(call, 429, 'rate_limited')
-        self._send(handler, 429, {'Retry-After': str(max(1, math.ceil(wait)))},
-                   {'error': {'status': 429, 'message': 'API rate limit exceeded'}})
+        self._send(
+          handler,
+          429,
+          {'Retry-After': str(max(1, math.ceil(wait)))},
+          {'error': {'status': 429, 'message': 'API rate limit exceeded'}},
+        )
         return
     if fault == 'timeout':
       self._count(call, 0, 'timeouts')
@@ -349,8 +362,15 @@ class FakeHttpServer:
       self.stats[f'status_{status}'] += 1
       if kind:
         self.stats[kind] += 1
-      self.log.append({'method': call.method, 'path': call.path, 'query': call.query, 'status': status,
-                       'authorization': call.headers.get('Authorization')})
+      self.log.append(
+        {
+          'method': call.method,
+          'path': call.path,
+          'query': call.query,
+          'status': status,
+          'authorization': call.headers.get('Authorization'),
+        }
+      )
       now = time.monotonic()
       if status == 200 and not call.path.endswith('/token'):
         self.first_served = self.first_served or now
@@ -380,8 +400,15 @@ class FakeSpotify(FakeHttpServer):
   `now`), search finds `search_results` tracks.
   """
 
-  def __init__(self, spec: dict, client_id: str = 'fake-client-id', client_secret: str = 'fake-client-secret',
-               refresh_token: str = 'fake-refresh-token', token_lifetime: int = 3600, seed: int = 7):
+  def __init__(
+    self,
+    spec: dict,
+    client_id: str = 'fake-client-id',
+    client_secret: str = 'fake-client-secret',
+    refresh_token: str = 'fake-refresh-token',
+    token_lifetime: int = 3600,
+    seed: int = 7,
+  ):
     super().__init__(seed)
     self.spec = spec
     self.faker = SchemaFaker(spec)
@@ -404,21 +431,32 @@ class FakeSpotify(FakeHttpServer):
     self.search_results = 70
     self.now = dt.datetime(2024, 6, 1, 12, 0, tzinfo=dt.timezone.utc)
     self.served = collections.Counter()  # records served per kind
-    self._templates = {name: self.faker.schema(name) for name in (
-        'TrackObject', 'AudioFeaturesObject', 'ArtistObject', 'AlbumObject', 'PlaylistObject', 'SimplifiedTrackObject',
-        'PlaylistTrackObject', 'SavedTrackObject', 'PlayHistoryObject')}
+    self._templates = {
+      name: self.faker.schema(name)
+      for name in (
+        'TrackObject',
+        'AudioFeaturesObject',
+        'ArtistObject',
+        'AlbumObject',
+        'PlaylistObject',
+        'SimplifiedTrackObject',
+        'PlaylistTrackObject',
+        'SavedTrackObject',
+        'PlayHistoryObject',
+      )
+    }
     self.route('POST', r'/api/token', self._token, limited=False)
     for pattern, fn in (
-        (r'/v1/tracks', self._many('tracks', 50, self.track)),
-        (r'/v1/audio-features', self._many('audio_features', 100, self.audio_features)),
-        (r'/v1/artists', self._many('artists', 50, self.artist)),
-        (r'/v1/albums', self._many('albums', 20, self.album)),
-        (r'/v1/albums/(?P<id>[0-9A-Za-z]{22})/tracks', self._album_tracks),
-        (r'/v1/playlists/(?P<id>[0-9A-Za-z]{22})', self._playlist),
-        (r'/v1/playlists/(?P<id>[0-9A-Za-z]{22})/items', self._playlist_items),
-        (r'/v1/me/player/recently-played', self._recently_played),
-        (r'/v1/me/tracks', self._saved_tracks),
-        (r'/v1/search', self._search),
+      (r'/v1/tracks', self._many('tracks', 50, self.track)),
+      (r'/v1/audio-features', self._many('audio_features', 100, self.audio_features)),
+      (r'/v1/artists', self._many('artists', 50, self.artist)),
+      (r'/v1/albums', self._many('albums', 20, self.album)),
+      (r'/v1/albums/(?P<id>[0-9A-Za-z]{22})/tracks', self._album_tracks),
+      (r'/v1/playlists/(?P<id>[0-9A-Za-z]{22})', self._playlist),
+      (r'/v1/playlists/(?P<id>[0-9A-Za-z]{22})/items', self._playlist_items),
+      (r'/v1/me/player/recently-played', self._recently_played),
+      (r'/v1/me/tracks', self._saved_tracks),
+      (r'/v1/search', self._search),
     ):
       self.route('GET', pattern, self._authorized(fn))
 
@@ -439,32 +477,61 @@ class FakeSpotify(FakeHttpServer):
 
   def track(self, track_id: str, n: int = 0) -> dict:
     track = dict(self._templates['TrackObject'])
-    track.update(id=track_id, name=f'Track {track_id[:6]}', uri=f'spotify:track:{track_id}', type='track',
-                 href=f'{self.api_url}/tracks/{track_id}', duration_ms=180000 + n % 1000, popularity=n % 101,
-                 explicit=bool(n % 2), is_local=False)
+    track.update(
+      id=track_id,
+      name=f'Track {track_id[:6]}',
+      uri=f'spotify:track:{track_id}',
+      type='track',
+      href=f'{self.api_url}/tracks/{track_id}',
+      duration_ms=180000 + n % 1000,
+      popularity=n % 101,
+      explicit=bool(n % 2),
+      is_local=False,
+    )
     return track
 
   def simplified_track(self, track_id: str, n: int = 0) -> dict:
     track = dict(self._templates['SimplifiedTrackObject'])
-    track.update(id=track_id, name=f'Track {track_id[:6]}', uri=f'spotify:track:{track_id}', type='track',
-                 duration_ms=200000 + n, track_number=n + 1, is_local=False)
+    track.update(
+      id=track_id,
+      name=f'Track {track_id[:6]}',
+      uri=f'spotify:track:{track_id}',
+      type='track',
+      duration_ms=200000 + n,
+      track_number=n + 1,
+      is_local=False,
+    )
     return track
 
   def audio_features(self, track_id: str, n: int = 0) -> dict:
     features = dict(self._templates['AudioFeaturesObject'])
-    features.update(id=track_id, uri=f'spotify:track:{track_id}', type='audio_features', key=n % 12, mode=n % 2,
-                    time_signature=4, danceability=(n % 100) / 100)
+    features.update(
+      id=track_id,
+      uri=f'spotify:track:{track_id}',
+      type='audio_features',
+      key=n % 12,
+      mode=n % 2,
+      time_signature=4,
+      danceability=(n % 100) / 100,
+    )
     return features
 
   def artist(self, artist_id: str, n: int = 0) -> dict:
     artist = dict(self._templates['ArtistObject'])
-    artist.update(id=artist_id, name=f'Artist {artist_id[:6]}', uri=f'spotify:artist:{artist_id}', popularity=n % 101,
-                  followers={'href': None, 'total': 1000 + n})
+    artist.update(
+      id=artist_id,
+      name=f'Artist {artist_id[:6]}',
+      uri=f'spotify:artist:{artist_id}',
+      popularity=n % 101,
+      followers={'href': None, 'total': 1000 + n},
+    )
     return artist
 
   def album(self, album_id: str, n: int = 0) -> dict:
     album = dict(self._templates['AlbumObject'])
-    album.update(id=album_id, name=f'Album {album_id[:6]}', uri=f'spotify:album:{album_id}', total_tracks=self.album_tracks)
+    album.update(
+      id=album_id, name=f'Album {album_id[:6]}', uri=f'spotify:album:{album_id}', total_tracks=self.album_tracks
+    )
     return album
 
   # --- endpoints -----------------------------------------------------------
@@ -497,8 +564,9 @@ class FakeSpotify(FakeHttpServer):
       answer = {'access_token': token, 'token_type': 'Bearer', 'expires_in': self.token_lifetime}
       if grant == 'refresh_token' and self.rotate_refresh_tokens:
         # A new refresh token each time; the one just used is dead (reuse -> invalid_grant).
-        self.refresh_token = answer['refresh_token'] = f'rt-{self.stats["tokens_refresh_token"]}-' \
-                                                      f'{self._random.getrandbits(64):x}'
+        self.refresh_token = answer['refresh_token'] = (
+          f'rt-{self.stats["tokens_refresh_token"]}-{self._random.getrandbits(64):x}'
+        )
     return 200, {}, answer
 
   def _authorized(self, fn, user: bool = False):
@@ -557,13 +625,13 @@ class FakeSpotify(FakeHttpServer):
       return f'{self.base_url}{call.path}?' + urllib.parse.urlencode({**query, 'offset': o, 'limit': limit})
 
     return {
-        'href': link(offset),
-        'items': items,
-        'limit': limit,
-        'next': link(offset + limit) if offset + limit < total else None,
-        'offset': offset,
-        'previous': link(max(0, offset - limit)) if offset > 0 else None,
-        'total': total,
+      'href': link(offset),
+      'items': items,
+      'limit': limit,
+      'next': link(offset + limit) if offset + limit < total else None,
+      'offset': offset,
+      'previous': link(max(0, offset - limit)) if offset > 0 else None,
+      'total': total,
     }
 
   def _paged(self, call, key, total, make):
@@ -576,16 +644,27 @@ class FakeSpotify(FakeHttpServer):
 
   def _album_tracks(self, call: Call):
     album_id = call.match.group('id')
-    return self._paged(call, 'album_tracks', self.album_tracks,
-                       lambda n: self.simplified_track(spotify_id(f'albumtrack{album_id}', n), n))
+    return self._paged(
+      call,
+      'album_tracks',
+      self.album_tracks,
+      lambda n: self.simplified_track(spotify_id(f'albumtrack{album_id}', n), n),
+    )
 
   def _playlist(self, call: Call):
     playlist_id = call.match.group('id')
     if playlist_id in self.missing_ids:
       return self._error(404, 'Resource not found')
     playlist = dict(self._templates['PlaylistObject'])
-    playlist.update(id=playlist_id, name=f'Playlist {playlist_id[:6]}', uri=f'spotify:playlist:{playlist_id}',
-                    description='a fake playlist', public=True, collaborative=False, snapshot_id='snap1')
+    playlist.update(
+      id=playlist_id,
+      name=f'Playlist {playlist_id[:6]}',
+      uri=f'spotify:playlist:{playlist_id}',
+      description='a fake playlist',
+      public=True,
+      collaborative=False,
+      snapshot_id='snap1',
+    )
     with self._lock:
       self.served['playlists'] += 1
     return 200, {}, playlist
@@ -642,10 +721,16 @@ class FakeSpotify(FakeHttpServer):
     items = []
     for n in chosen:
       item = dict(self._templates['PlayHistoryObject'])
-      item.update(played_at=self.play_time(n).strftime('%Y-%m-%dT%H:%M:%S.000Z'),
-                  track=self.track(spotify_id('play', n % 40), n),
-                  context={'type': 'playlist', 'uri': 'spotify:playlist:37i9dQZF1DXcBWIGoYBM5M',
-                           'href': f'{self.api_url}/playlists/37i9dQZF1DXcBWIGoYBM5M', 'external_urls': {'spotify': 'https://open.spotify.com'}})
+      item.update(
+        played_at=self.play_time(n).strftime('%Y-%m-%dT%H:%M:%S.000Z'),
+        track=self.track(spotify_id('play', n % 40), n),
+        context={
+          'type': 'playlist',
+          'uri': 'spotify:playlist:37i9dQZF1DXcBWIGoYBM5M',
+          'href': f'{self.api_url}/playlists/37i9dQZF1DXcBWIGoYBM5M',
+          'external_urls': {'spotify': 'https://open.spotify.com'},
+        },
+      )
       items.append(item)
     with self._lock:
       self.served['recently_played'] += len(items)
@@ -655,7 +740,14 @@ class FakeSpotify(FakeHttpServer):
     next_url = None
     if after is None and chosen and chosen[-1] + 1 < self.plays:
       next_url = f'{self.api_url}/me/player/recently-played?' + urllib.parse.urlencode(
-          {'before': millis[chosen[-1]], 'limit': limit})
-    body = {'href': f'{self.base_url}{call.path}', 'limit': limit, 'next': next_url, 'cursors': cursors,
-            'total': self.plays, 'items': items}
+        {'before': millis[chosen[-1]], 'limit': limit}
+      )
+    body = {
+      'href': f'{self.base_url}{call.path}',
+      'limit': limit,
+      'next': next_url,
+      'cursors': cursors,
+      'total': self.plays,
+      'items': items,
+    }
     return 200, {}, body

@@ -15,9 +15,18 @@ import urllib.parse
 import pytest
 
 from io_connectors._common import state
-from io_connectors.apis.http import (BearerTokenAuth, ClientOptions, HostNotAllowed, HttpClient,
-                                     OAuth2ClientCredentials, OAuth2RefreshToken, Request, RequestFailed, RetryPolicy,
-                                     create_paginator)
+from io_connectors.apis.http import (
+  BearerTokenAuth,
+  ClientOptions,
+  HostNotAllowed,
+  HttpClient,
+  OAuth2ClientCredentials,
+  OAuth2RefreshToken,
+  Request,
+  RequestFailed,
+  RetryPolicy,
+  create_paginator,
+)
 from io_connectors.apis.http.auth import basic_client_credentials
 from io_connectors.apis.http.rest import ResourceConfig, _Reader
 from tests.conftest import REPO_ROOT
@@ -50,8 +59,16 @@ def test_a_next_link_that_parsers_read_differently_never_reaches_the_other_host(
     bypass = f'http://127.0.0.1:{evil.port}\\@localhost:{fake_server.port}/p'
     fake_server.route('GET', '/items', lambda c: _json({'items': [{'id': 1}], 'next': bypass}))
     client = _client(BearerTokenAuth('bearer-secret-bypass'), hosts=['localhost'])
-    out = _read({'base_url': f'http://localhost:{fake_server.port}', 'path': '/items', 'record_path': 'items',
-                 'paginator': 'json_link', 'auth': None}, client)
+    out = _read(
+      {
+        'base_url': f'http://localhost:{fake_server.port}',
+        'path': '/items',
+        'record_path': 'items',
+        'paginator': 'json_link',
+        'auth': None,
+      },
+      client,
+    )
     assert [r['id'] for r in out.rows] == [1]
     [letter] = out.dead_letters
     assert 'backslash' in letter['detail']
@@ -61,7 +78,9 @@ def test_a_next_link_that_parsers_read_differently_never_reaches_the_other_host(
     assert evil.stats['requests'] == 0
 
 
-@pytest.mark.parametrize('link, why', [
+@pytest.mark.parametrize(
+  'link, why',
+  [
     ('http://user:pw@127.0.0.1:{port}/items?page=2', 'userinfo'),
     ('/items?page=2\r\nX-Injected: 1', 'control characters'),
     ('/items?page=2\x00', 'control characters'),
@@ -69,13 +88,15 @@ def test_a_next_link_that_parsers_read_differently_never_reaches_the_other_host(
     ('http://localhost:{port}/items?page=2', 'not the resource'),  # another host, allowed or not
     ('//localhost:{port}/items?page=2', 'not the resource'),
     ('ftp://127.0.0.1:{port}/items', 'not an http'),
-])
+  ],
+)
 def test_unsafe_next_links_are_dead_letters_not_requests(fake_server, link, why):
   link = link.format(port=fake_server.port)
   fake_server.route('GET', '/items', lambda c: _json({'items': [{'id': c.query.get('page', '1')}], 'next': link}))
   client = _client(hosts=['127.0.0.1', 'localhost'])
-  out = _read({'base_url': fake_server.base_url, 'path': '/items', 'record_path': 'items', 'paginator': 'json_link'},
-              client)
+  out = _read(
+    {'base_url': fake_server.base_url, 'path': '/items', 'record_path': 'items', 'paginator': 'json_link'}, client
+  )
   assert [r['id'] for r in out.rows] == ['1']
   [letter] = out.dead_letters
   assert letter['reason'] == 'source_error' and why in letter['detail'], letter['detail']
@@ -84,12 +105,27 @@ def test_unsafe_next_links_are_dead_letters_not_requests(fake_server, link, why)
 
 
 def test_next_links_may_go_to_hosts_the_config_names(fake_server):
-  fake_server.route('GET', '/items', lambda c: _json({
-      'items': [{'id': c.query.get('page', '1')}],
-      'next': f'http://localhost:{fake_server.port}/items?page=2' if 'page' not in c.query else None}))
+  fake_server.route(
+    'GET',
+    '/items',
+    lambda c: _json(
+      {
+        'items': [{'id': c.query.get('page', '1')}],
+        'next': f'http://localhost:{fake_server.port}/items?page=2' if 'page' not in c.query else None,
+      }
+    ),
+  )
   client = _client(hosts=['127.0.0.1', 'localhost'])
-  out = _read({'base_url': fake_server.base_url, 'path': '/items', 'record_path': 'items', 'paginator': 'json_link',
-               'next_link_hosts': ['localhost']}, client)
+  out = _read(
+    {
+      'base_url': fake_server.base_url,
+      'path': '/items',
+      'record_path': 'items',
+      'paginator': 'json_link',
+      'next_link_hosts': ['localhost'],
+    },
+    client,
+  )
   assert [r['id'] for r in out.rows] == ['1', '2'] and not out.dead_letters
 
 
@@ -97,13 +133,17 @@ def test_a_next_link_never_leaves_https_for_http():
   resource = ResourceConfig(name='items', base_url='https://api.example.com', paginator='json_link')
   reader = _Reader(resource, _client(hosts=['api.example.com']), create_paginator('json_link'))
   with pytest.raises(ValueError, match='leaves https'):
-    reader._check_next(Request('GET', 'https://api.example.com/items'),
-                       Request('GET', 'http://api.example.com/items', {'page': 2}))
-  reader._check_next(Request('GET', 'https://api.example.com/items'),
-                     Request('GET', 'https://api.example.com/items', {'page': 2}))
+    reader._check_next(
+      Request('GET', 'https://api.example.com/items'), Request('GET', 'http://api.example.com/items', {'page': 2})
+    )
+  reader._check_next(
+    Request('GET', 'https://api.example.com/items'), Request('GET', 'https://api.example.com/items', {'page': 2})
+  )
 
 
-@pytest.mark.parametrize('url', [
+@pytest.mark.parametrize(
+  'url',
+  [
     'http://127.0.0.1:{port}/items',
     'http://localhost:{port}/items',
     'http://[::1]:{port}/items',
@@ -111,7 +151,8 @@ def test_a_next_link_never_leaves_https_for_http():
     'http://10.0.0.1/items',
     'http://192.168.1.1/items',
     'http://0.0.0.0:{port}/items',
-])
+  ],
+)
 def test_private_link_local_and_loopback_addresses_are_refused_unless_allowed(fake_server, url):
   fake_server.route('GET', '/items', lambda c: _json({'items': []}))
   url = url.format(port=fake_server.port)
@@ -204,8 +245,9 @@ def test_retry_after_zero_is_not_a_flood(fake_server):
 
 def test_retries_to_a_host_share_a_budget(fake_server):
   fake_server.route('GET', '/items', lambda c: _json({'error': 'down'}, 503))
-  policy = RetryPolicy(max_attempts=10, backoff_base=0.001, backoff_max=0.002, timeout=5, host_retry_budget=3,
-                       host_retry_window=61.0)
+  policy = RetryPolicy(
+    max_attempts=10, backoff_base=0.001, backoff_max=0.002, timeout=5, host_retry_budget=3, host_retry_window=61.0
+  )
   client = _client(retry=policy)
   for _ in range(2):
     with pytest.raises(RequestFailed, match='retry budget'):
@@ -221,10 +263,12 @@ def test_retries_to_a_host_share_a_budget(fake_server):
 
 
 def test_a_link_header_pointing_at_itself_is_a_loop_dead_letter(fake_server):
-  fake_server.route('GET', '/items', lambda c: _json([{'id': 1}], headers={
-      'Link': f'<{fake_server.base_url}/items>; rel="next"'}))
-  out = _read({'base_url': fake_server.base_url, 'path': '/items', 'paginator': 'header_link', 'max_pages': 50},
-              _client())
+  fake_server.route(
+    'GET', '/items', lambda c: _json([{'id': 1}], headers={'Link': f'<{fake_server.base_url}/items>; rel="next"'})
+  )
+  out = _read(
+    {'base_url': fake_server.base_url, 'path': '/items', 'paginator': 'header_link', 'max_pages': 50}, _client()
+  )
   assert [r['id'] for r in out.rows] == [1]
   [letter] = out.dead_letters
   assert 'pagination loop' in letter['detail'] and letter['position'] == 'page 2'
@@ -233,10 +277,21 @@ def test_a_link_header_pointing_at_itself_is_a_loop_dead_letter(fake_server):
 
 def test_a_cursor_cycle_is_a_loop_dead_letter(fake_server):
   cycle = {'': 'a', 'a': 'b', 'b': 'a'}  # a -> b -> a -> ...
-  fake_server.route('GET', '/items', lambda c: _json({
-      'data': [{'id': c.query.get('cursor', '')}], 'next': cycle[c.query.get('cursor', '')]}))
-  out = _read({'base_url': fake_server.base_url, 'path': '/items', 'record_path': 'data', 'max_pages': 50,
-               'paginator': {'type': 'cursor', 'cursor_path': 'next', 'cursor_param': 'cursor'}}, _client())
+  fake_server.route(
+    'GET',
+    '/items',
+    lambda c: _json({'data': [{'id': c.query.get('cursor', '')}], 'next': cycle[c.query.get('cursor', '')]}),
+  )
+  out = _read(
+    {
+      'base_url': fake_server.base_url,
+      'path': '/items',
+      'record_path': 'data',
+      'max_pages': 50,
+      'paginator': {'type': 'cursor', 'cursor_path': 'next', 'cursor_param': 'cursor'},
+    },
+    _client(),
+  )
   assert [r['id'] for r in out.rows] == ['', 'a', 'b']
   [letter] = out.dead_letters
   assert 'pagination loop' in letter['detail']
@@ -246,8 +301,16 @@ def test_a_cursor_cycle_is_a_loop_dead_letter(fake_server):
 def test_the_page_cap_has_a_sane_default_and_is_a_dead_letter_when_hit(fake_server):
   assert ResourceConfig(name='x', base_url='https://x.example').max_pages == 1000
   fake_server.route('GET', '/items', lambda c: _json({'data': [{'page': int(c.query['page'])}]}))  # never ends
-  out = _read({'base_url': fake_server.base_url, 'path': '/items', 'record_path': 'data', 'max_pages': 3,
-               'paginator': {'type': 'page_number'}}, _client())
+  out = _read(
+    {
+      'base_url': fake_server.base_url,
+      'path': '/items',
+      'record_path': 'data',
+      'max_pages': 3,
+      'paginator': {'type': 'page_number'},
+    },
+    _client(),
+  )
   assert [r['page'] for r in out.rows] == [1, 2, 3]
   [letter] = out.dead_letters
   assert 'max_pages=3' in letter['detail'] and letter['position'] == 'page 4'
@@ -258,10 +321,13 @@ def test_the_page_cap_has_a_sane_default_and_is_a_dead_letter_when_hit(fake_serv
 # ----- OAuth2 -----
 
 
-@pytest.mark.parametrize('client_id, secret', [
+@pytest.mark.parametrize(
+  'client_id, secret',
+  [
     ('id:with:colons', 'secret%with+odd chars'),
     ('plain-id', 'p@ss:w0rd/+=='),
-])
+  ],
+)
 def test_basic_client_credentials_are_form_urlencoded(spotify_spec, client_id, secret):
   pair = base64.b64decode(basic_client_credentials(client_id, secret)[6:]).decode()
   assert [urllib.parse.unquote_plus(p) for p in pair.split(':')] == [client_id, secret]
@@ -288,9 +354,15 @@ except RequestFailed as e:
 
 def _other_worker(fake, refresh_token, store):
   """A request from another process (another worker, or this one restarted) built from the same config."""
-  result = subprocess.run([sys.executable, '-c', _OTHER_WORKER, fake.token_url, fake.api_url, refresh_token, store],
-                          capture_output=True, text=True, timeout=120, check=True, cwd=REPO_ROOT,
-                          env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+  result = subprocess.run(
+    [sys.executable, '-c', _OTHER_WORKER, fake.token_url, fake.api_url, refresh_token, store],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=True,
+    cwd=REPO_ROOT,
+    env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+  )
   return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -298,8 +370,9 @@ def test_a_rotated_refresh_token_is_shared_through_the_state_store(fake_spotify,
   fake_spotify.rotate_refresh_tokens = True
   configured = fake_spotify.refresh_token
   store = str(tmp_path / 'state')
-  auth = OAuth2RefreshToken(fake_spotify.token_url, 'test-client-id', 'test-client-secret-0123', configured,
-                            token_store=store)
+  auth = OAuth2RefreshToken(
+    fake_spotify.token_url, 'test-client-id', 'test-client-secret-0123', configured, token_store=store
+  )
   client = _client(auth)
   me = f'{fake_spotify.api_url}/me/tracks'
   assert client.send(Request('GET', me, {'limit': 1})).status == 200
@@ -350,6 +423,7 @@ def test_compare_and_set_lets_one_writer_win(tmp_path):
 
 def test_compare_and_set_on_postgresql(postgres_url):
   import uuid
+
   store = f'{postgres_url}?table=oauth_cas_test'
   key = f'k-{uuid.uuid4().hex}'
   assert state.compare_and_set(store, key, None, 'v1')
@@ -373,16 +447,29 @@ def test_retry_policy_checks_its_budget_and_deadline():
     ClientOptions(max_response_bytes=0)
 
 
-@pytest.mark.parametrize('paginator, answer', [
+@pytest.mark.parametrize(
+  'paginator, answer',
+  [
     ({'type': 'json_link', 'next_url_path': 'next'}, lambda base: {'items': [{'id': 1}], 'next': f'{base}/items'}),
-    ({'type': 'cursor', 'cursor_path': 'next', 'cursor_param': 'cursor'},
-     lambda base: {'items': [{'id': 1}], 'next': 'same'}),
-])
+    (
+      {'type': 'cursor', 'cursor_path': 'next', 'cursor_param': 'cursor'},
+      lambda base: {'items': [{'id': 1}], 'next': 'same'},
+    ),
+  ],
+)
 def test_a_next_page_equal_to_this_one_is_a_dead_letter_not_a_silent_stop(fake_server, paginator, answer):
   fake_server.route('GET', '/items', lambda c: _json(answer(fake_server.base_url)))
   first = {'cursor': 'same'} if paginator['type'] == 'cursor' else {}
-  out = _read({'base_url': fake_server.base_url, 'path': '/items', 'params': first, 'record_path': 'items',
-               'paginator': paginator}, _client())
+  out = _read(
+    {
+      'base_url': fake_server.base_url,
+      'path': '/items',
+      'params': first,
+      'record_path': 'items',
+      'paginator': paginator,
+    },
+    _client(),
+  )
   assert [r['id'] for r in out.rows] == [1]
   [letter] = out.dead_letters
   assert 'pagination loop' in letter['detail']

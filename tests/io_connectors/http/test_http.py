@@ -14,10 +14,28 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 import apache_beam as beam
 
-from io_connectors.apis.http import (ApiKeyAuth, BearerTokenAuth, ClientOptions, HostNotAllowed, HttpClient, Masker,
-                                OAuth2ClientCredentials, OAuth2RefreshToken, PageNumberPaginator, ReadFromGraphQL,
-                                ReadFromRest, Request, RequestFailed, RestOptions, RetryPolicy, SignedAuth, TokenBucket,
-                                create_auth, create_paginator, parse_retry_after)
+from io_connectors.apis.http import (
+  ApiKeyAuth,
+  BearerTokenAuth,
+  ClientOptions,
+  HostNotAllowed,
+  HttpClient,
+  Masker,
+  OAuth2ClientCredentials,
+  OAuth2RefreshToken,
+  PageNumberPaginator,
+  ReadFromGraphQL,
+  ReadFromRest,
+  Request,
+  RequestFailed,
+  RestOptions,
+  RetryPolicy,
+  SignedAuth,
+  TokenBucket,
+  create_auth,
+  create_paginator,
+  parse_retry_after,
+)
 from io_connectors.apis.http.rest import ResourceConfig, _Reader
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN
 
@@ -35,14 +53,22 @@ def _json(body, status=200, headers=None):
 
 def _client(server, auth=None, **kw):
   # The fake servers listen on 127.0.0.1: private addresses are allowed explicitly.
-  return HttpClient(ClientOptions(allowed_hosts=['127.0.0.1'], retry=kw.pop('retry', FAST_RETRY),
-                                  allow_private_addresses=kw.pop('allow_private_addresses', True), **kw), auth)
+  return HttpClient(
+    ClientOptions(
+      allowed_hosts=['127.0.0.1'],
+      retry=kw.pop('retry', FAST_RETRY),
+      allow_private_addresses=kw.pop('allow_private_addresses', True),
+      **kw,
+    ),
+    auth,
+  )
 
 
 def _read_all(server, resource: dict, element=None, **client_options):
   resource = ResourceConfig.from_dict({'name': 'items', 'base_url': server.base_url, **resource})
-  reader = _Reader(resource, _client(server, create_auth(resource.auth), **client_options),
-                   create_paginator(resource.paginator))
+  reader = _Reader(
+    resource, _client(server, create_auth(resource.auth), **client_options), create_paginator(resource.paginator)
+  )
   return reader.read(element or {}, lambda params: (None, None))
 
 
@@ -56,18 +82,24 @@ def test_page_number_paginator_reads_to_the_empty_page(fake_server):
     return _json({'data': _items_page(call, (page - 1) * size, size)})
 
   fake_server.route('GET', '/items', pages)
-  out = _read_all(fake_server, {'path': '/items', 'record_path': 'data',
-                                'paginator': {'type': 'page_number', 'page_size': 5}})
+  out = _read_all(
+    fake_server, {'path': '/items', 'record_path': 'data', 'paginator': {'type': 'page_number', 'page_size': 5}}
+  )
   assert [r['id'] for r in out.rows] == list(range(ITEMS))
   assert [e['query']['page'] for e in fake_server.log] == ['1', '2', '3', '4', '5']  # 5th is short: last
   assert not out.dead_letters
 
 
 def test_offset_paginator_stops_at_total(fake_server):
-  fake_server.route('GET', '/items', lambda c: _json(
-      {'items': _items_page(c, int(c.query['offset']), int(c.query['limit'])), 'total': ITEMS}))
-  out = _read_all(fake_server, {'path': '/items', 'record_path': 'items',
-                                'paginator': {'type': 'offset', 'limit': 10, 'total_path': 'total'}})
+  fake_server.route(
+    'GET',
+    '/items',
+    lambda c: _json({'items': _items_page(c, int(c.query['offset']), int(c.query['limit'])), 'total': ITEMS}),
+  )
+  out = _read_all(
+    fake_server,
+    {'path': '/items', 'record_path': 'items', 'paginator': {'type': 'offset', 'limit': 10, 'total_path': 'total'}},
+  )
   assert [r['id'] for r in out.rows] == list(range(ITEMS))
   assert [e['query']['offset'] for e in fake_server.log] == ['0', '10', '20']
   assert out.positions[:3] == [1, 2, 3] and out.positions[10] == 1  # row within its page
@@ -81,8 +113,14 @@ def test_cursor_paginator_follows_body_cursor(fake_server):
     return _json({'data': _items_page(call, start, 7), 'meta': {'next': None if nxt is None else str(nxt)}})
 
   fake_server.route('GET', '/items', pages)
-  out = _read_all(fake_server, {'path': '/items', 'record_path': 'data',
-                                'paginator': {'type': 'cursor', 'cursor_path': 'meta.next', 'cursor_param': 'cursor'}})
+  out = _read_all(
+    fake_server,
+    {
+      'path': '/items',
+      'record_path': 'data',
+      'paginator': {'type': 'cursor', 'cursor_path': 'meta.next', 'cursor_param': 'cursor'},
+    },
+  )
   assert [r['id'] for r in out.rows] == list(range(ITEMS))
 
 
@@ -92,8 +130,10 @@ def test_link_header_and_next_url_paginators(fake_server):
     start = int(call.query.get('start', 0))
     headers = {}
     if start + 10 < ITEMS:
-      headers['Link'] = (f'<{fake_server.base_url}/linked?start={start - 10}>; rel="prev", '
-                         f'<{fake_server.base_url}/linked?start={start + 10}>; rel="next"')
+      headers['Link'] = (
+        f'<{fake_server.base_url}/linked?start={start - 10}>; rel="prev", '
+        f'<{fake_server.base_url}/linked?start={start + 10}>; rel="next"'
+      )
     return _json(_items_page(call, start, 10), headers=headers)
 
   def next_href(call):
@@ -104,8 +144,10 @@ def test_link_header_and_next_url_paginators(fake_server):
   fake_server.route('GET', '/linked', linked)
   fake_server.route('GET', '/next', next_href)
   by_link = _read_all(fake_server, {'path': '/linked', 'paginator': 'header_link'})
-  by_url = _read_all(fake_server, {'path': '/next', 'record_path': 'collection',
-                                   'paginator': {'type': 'json_link', 'next_url_path': 'next_href'}})
+  by_url = _read_all(
+    fake_server,
+    {'path': '/next', 'record_path': 'collection', 'paginator': {'type': 'json_link', 'next_url_path': 'next_href'}},
+  )
   assert [r['id'] for r in by_link.rows] == list(range(ITEMS))
   assert [r['id'] for r in by_url.rows] == list(range(ITEMS))
 
@@ -185,8 +227,14 @@ def test_retries_5xx_and_timeouts_with_backoff(fake_server):
 def test_bounded_retries_end_in_a_dead_letter_naming_the_request(fake_server):
   fake_server.route('GET', '/items', lambda c: _json({'items': []}))
   fake_server.fail_next(10, 502)
-  out = _read_all(fake_server, {'path': '/items', 'record_path': 'items',
-                                'auth': {'type': 'api_key', 'api_key': 'sekrit-api-key-1', 'name': 'api_key'}})
+  out = _read_all(
+    fake_server,
+    {
+      'path': '/items',
+      'record_path': 'items',
+      'auth': {'type': 'api_key', 'api_key': 'sekrit-api-key-1', 'name': 'api_key'},
+    },
+  )
   assert fake_server.stats['status_502'] == FAST_RETRY.max_attempts
   [letter] = out.dead_letters
   assert letter['reason'] == 'source_error' and 'HTTP 502' in letter['detail']
@@ -254,25 +302,34 @@ def test_oauth2_refresh_token_renews_before_expiry_and_keeps_rotated_token(fake_
 
 
 def test_api_key_bearer_and_signing_hook(fake_server):
-  fake_server.route('GET', '/items', lambda c: _json({'q': c.query, 'auth': c.headers.get('Authorization'),
-                                                      'key': c.headers.get('X-Api-Key')}))
+  fake_server.route(
+    'GET',
+    '/items',
+    lambda c: _json({'q': c.query, 'auth': c.headers.get('Authorization'), 'key': c.headers.get('X-Api-Key')}),
+  )
   url = f'{fake_server.base_url}/items'
 
   def sign(request):
     # Last.fm style: md5 over the sorted params and a shared secret.
     import hashlib
+
     text = ''.join(f'{k}{v}' for k, v in sorted(request.params.items())) + 'shared-secret-9'
     return request.with_params(api_sig=hashlib.md5(text.encode()).hexdigest())
 
   body = _client(fake_server, ApiKeyAuth('key-123456', 'api_key', 'query')).send(Request('GET', url, {'a': 1})).json()
   assert body['q'] == {'a': '1', 'api_key': 'key-123456'}
-  assert _client(fake_server, ApiKeyAuth('key-123456', 'X-Api-Key', 'header')).send(Request('GET', url)).json()['key'] \
-      == 'key-123456'
-  assert _client(fake_server, BearerTokenAuth('bearer-tok-1')).send(Request('GET', url)).json()['auth'] \
-      == 'Bearer bearer-tok-1'
+  assert (
+    _client(fake_server, ApiKeyAuth('key-123456', 'X-Api-Key', 'header')).send(Request('GET', url)).json()['key']
+    == 'key-123456'
+  )
+  assert (
+    _client(fake_server, BearerTokenAuth('bearer-tok-1')).send(Request('GET', url)).json()['auth']
+    == 'Bearer bearer-tok-1'
+  )
   signed = _client(fake_server, SignedAuth(sign, ApiKeyAuth('key-123456'), secrets=['shared-secret-9']))
   q = signed.send(Request('GET', url, {'method': 'track.getInfo'})).json()['q']
   import hashlib
+
   assert q['api_sig'] == hashlib.md5(b'api_keykey-123456methodtrack.getInfoshared-secret-9').hexdigest()
   assert 'shared-secret-9' not in signed.masker.text('secret was shared-secret-9')
 
@@ -306,8 +363,7 @@ def test_masker_hides_secrets_in_urls_params_and_headers():
   text = masker.text('GET https://u:pw123@h.example/x?api_key=abc&page=2&sig=ff&q=tok-SECRET-1')
   assert 'pw123' not in text and 'abc' not in text and '=ff' not in text and 'tok-SECRET-1' not in text
   assert 'page=2' in text
-  assert masker.headers({'Authorization': 'Bearer zzz', 'Accept': 'json'}) == {'Authorization': '***',
-                                                                               'Accept': 'json'}
+  assert masker.headers({'Authorization': 'Bearer zzz', 'Accept': 'json'}) == {'Authorization': '***', 'Accept': 'json'}
 
 
 # ----- malformed bodies -----
@@ -315,13 +371,24 @@ def test_masker_hides_secrets_in_urls_params_and_headers():
 
 def test_malformed_body_is_dead_lettered_with_its_request(fake_server):
   fake_server.route('GET', '/items', lambda c: (200, {}, b'{"items": [{"id": 1}, {"id": 2'))
-  out = _read_all(fake_server, {'path': '/items', 'params': {'user': '{user}'}, 'record_path': 'items',
-                                'auth': {'type': 'bearer', 'token': 'bearer-secret-77'}}, {'user': 'u9'})
+  out = _read_all(
+    fake_server,
+    {
+      'path': '/items',
+      'params': {'user': '{user}'},
+      'record_path': 'items',
+      'auth': {'type': 'bearer', 'token': 'bearer-secret-77'},
+    },
+    {'user': 'u9'},
+  )
   assert not out.rows
   [letter] = out.dead_letters
   assert letter['reason'] == 'malformed_json' and letter['position'] == 'page 1'
-  assert letter['record']['request'] == {'method': 'GET', 'url': f'{fake_server.base_url}/items',
-                                         'params': {'user': 'u9'}}
+  assert letter['record']['request'] == {
+    'method': 'GET',
+    'url': f'{fake_server.base_url}/items',
+    'params': {'user': 'u9'},
+  }
   assert letter['record']['response_record']['body'].startswith('{"items"')
   assert 'bearer-secret-77' not in json.dumps(letter)
 
@@ -331,8 +398,10 @@ def test_records_missing_at_the_record_path_and_null_items_are_dead_lettered(fak
   fake_server.route('GET', '/other', lambda c: _json({'unexpected': True}))
   out = _read_all(fake_server, {'path': '/items', 'record_path': 'items'})
   assert [r['id'] for r in out.rows] == [1, 3]
-  assert [(l['position'], l['reason']) for l in out.dead_letters] == [('row 2', 'source_error'),
-                                                                      ('row 4', 'source_error')]
+  assert [(l['position'], l['reason']) for l in out.dead_letters] == [
+    ('row 2', 'source_error'),
+    ('row 4', 'source_error'),
+  ]
   assert 'expected a JSON object' in out.dead_letters[1]['detail']
   out = _read_all(fake_server, {'path': '/other', 'record_path': 'items'})
   [letter] = out.dead_letters
@@ -348,14 +417,29 @@ def _rows(batches):
 
 def test_read_from_rest_fans_out_over_params(fake_server):
   fake_server.route('GET', r'/users/broken/items', lambda c: (200, {}, b'<html>oops</html>'))
-  fake_server.route('GET', r'/users/(?P<user>\w+)/items', lambda c: _json({
-      'items': [{'id': f'{c.match.group("user")}-{i}', 'n': {'v': i}} for i in range(
-          int(c.query['offset']), min(int(c.query['offset']) + int(c.query['limit']), 12))],
-      'total': 12}))
-  resource = {'name': 'items', 'base_url': fake_server.base_url, 'path': '/users/{user}/items',
-              'paginator': {'type': 'offset', 'limit': 5}, 'record_path': 'items',
-              'fields': {'item_id': 'id', 'value': 'n.v'}, 'include_params': ['user'],
-              'auth': {'type': 'bearer', 'token': 'bearer-secret-88'}}
+  fake_server.route(
+    'GET',
+    r'/users/(?P<user>\w+)/items',
+    lambda c: _json(
+      {
+        'items': [
+          {'id': f'{c.match.group("user")}-{i}', 'n': {'v': i}}
+          for i in range(int(c.query['offset']), min(int(c.query['offset']) + int(c.query['limit']), 12))
+        ],
+        'total': 12,
+      }
+    ),
+  )
+  resource = {
+    'name': 'items',
+    'base_url': fake_server.base_url,
+    'path': '/users/{user}/items',
+    'paginator': {'type': 'offset', 'limit': 5},
+    'record_path': 'items',
+    'fields': {'item_id': 'id', 'value': 'n.v'},
+    'include_params': ['user'],
+    'auth': {'type': 'bearer', 'token': 'bearer-secret-88'},
+  }
 
   def check_records(batches):
     rows = _rows(batches)
@@ -375,8 +459,11 @@ def test_read_from_rest_fans_out_over_params(fake_server):
     assert 'bearer-secret-88' not in json.dumps(letter)
 
   with TestPipeline() as p:
-    out = (p | beam.Create([{'user': 'a'}, {'user': 'b'}, {'user': 'c'}, {'user': 'broken'}])
-           | ReadFromRest(resource, RestOptions(concurrency=3, batch_size=10, allow_private_addresses=True)))
+    out = (
+      p
+      | beam.Create([{'user': 'a'}, {'user': 'b'}, {'user': 'c'}, {'user': 'broken'}])
+      | ReadFromRest(resource, RestOptions(concurrency=3, batch_size=10, allow_private_addresses=True))
+    )
     assert_that(out.records, check_records, label='records')
     assert_that(out.dead_letter, check_letters, label='letters')
 
@@ -392,8 +479,9 @@ def test_read_from_graphql_pages_relay_cursors(fake_server):
     first = variables['first']
     nodes = [{'id': f'{variables["artist"]}-{i}'} for i in range(start, min(start + first, 9))]
     end = start + len(nodes)
-    return _json({'data': {'artist': {'mentions': {'nodes': nodes,
-                                                    'pageInfo': {'hasNextPage': end < 9, 'endCursor': str(end)}}}}})
+    return _json(
+      {'data': {'artist': {'mentions': {'nodes': nodes, 'pageInfo': {'hasNextPage': end < 9, 'endCursor': str(end)}}}}}
+    )
 
   fake_server.route('POST', '/graphql', graphql)
   query = 'query($artist: ID!, $first: Int, $after: String) { artist(id: $artist) { mentions(first: $first, after: $after) { nodes { id } pageInfo { hasNextPage endCursor } } } }'
@@ -405,10 +493,18 @@ def test_read_from_graphql_pages_relay_cursors(fake_server):
     assert len(letters) == 1 and 'artist not found' in letters[0]['detail']
 
   with TestPipeline() as p:
-    out = (p | beam.Create([{'artist': 'x'}, {'artist': 'y'}, {'artist': 'bad'}])
-           | ReadFromGraphQL(f'{fake_server.base_url}/graphql', query, 'data.artist.mentions',
-                             variables={'artist': '{artist}'}, page_size=4,
-                             options=RestOptions(concurrency=2, allow_private_addresses=True)))
+    out = (
+      p
+      | beam.Create([{'artist': 'x'}, {'artist': 'y'}, {'artist': 'bad'}])
+      | ReadFromGraphQL(
+        f'{fake_server.base_url}/graphql',
+        query,
+        'data.artist.mentions',
+        variables={'artist': '{artist}'},
+        page_size=4,
+        options=RestOptions(concurrency=2, allow_private_addresses=True),
+      )
+    )
     assert_that(out.records, check, label='records')
     assert_that(out.dead_letter, check_letters, label='letters')
   # 3 pages (4 + 4 + 1) per artist and one for the bad one.
@@ -474,10 +570,17 @@ def test_oauth2_token_is_shared_by_auth_objects_of_a_process(fake_server):
 @pytest.fixture(scope='module')
 def redis_url():
   from tests.conftest import ensure_service
+
   port = ensure_service('redis')
   import subprocess
-  env = subprocess.run(['bash', 'scripts/services.sh', 'env', 'redis'], capture_output=True, text=True, check=True,
-                       cwd=str(__import__('pathlib').Path(__file__).resolve().parents[3])).stdout
+
+  env = subprocess.run(
+    ['bash', 'scripts/services.sh', 'env', 'redis'],
+    capture_output=True,
+    text=True,
+    check=True,
+    cwd=str(__import__('pathlib').Path(__file__).resolve().parents[3]),
+  ).stdout
   url = env.split('REDIS_URL=', 1)[1].split()[0]
   assert f':{port}/' in url
   return url
@@ -513,20 +616,40 @@ def test_redis_cache_answers_repeated_gets_until_the_ttl(fake_server, redis_url,
 def test_registry_rest_source_reads_a_declarative_resource(fake_server, monkeypatch):
   from io_connectors import registry
   from io_connectors.apis.http import ReadRestResource
+
   monkeypatch.setenv('TEST_REST_TOKEN', 'rest-token-secret-5')
-  fake_server.route('GET', r'/artists/(?P<a>\w+)/mentions', lambda c: _json({
-      'data': [{'id': f'{c.match.group("a")}-{i}'} for i in range(int(c.query['page']) * 3 - 3,
-                                                                min(int(c.query['page']) * 3, 7))],
-      'auth_ok': c.headers.get('Authorization') == 'Bearer rest-token-secret-5'}))
-  source = registry.build({
+  fake_server.route(
+    'GET',
+    r'/artists/(?P<a>\w+)/mentions',
+    lambda c: _json(
+      {
+        'data': [
+          {'id': f'{c.match.group("a")}-{i}'}
+          for i in range(int(c.query['page']) * 3 - 3, min(int(c.query['page']) * 3, 7))
+        ],
+        'auth_ok': c.headers.get('Authorization') == 'Bearer rest-token-secret-5',
+      }
+    ),
+  )
+  source = registry.build(
+    {
       'type': 'rest',
-      'resource': {'name': 'mentions', 'base_url': fake_server.base_url, 'path': '/artists/{artist}/mentions',
-                   'paginator': {'type': 'page_number', 'page_size': 3}, 'record_path': 'data',
-                   'auth': {'type': 'bearer', 'token_env': 'TEST_REST_TOKEN'}, 'include_params': ['artist']},
+      'resource': {
+        'name': 'mentions',
+        'base_url': fake_server.base_url,
+        'path': '/artists/{artist}/mentions',
+        'paginator': {'type': 'page_number', 'page_size': 3},
+        'record_path': 'data',
+        'auth': {'type': 'bearer', 'token_env': 'TEST_REST_TOKEN'},
+        'include_params': ['artist'],
+      },
       'params': [{'artist': 'daft'}, {'artist': 'punk'}],
-      'rate': 100, 'window': [100, 1], 'retry': {'max_attempts': 2, 'backoff_base': 0.01},
+      'rate': 100,
+      'window': [100, 1],
+      'retry': {'max_attempts': 2, 'backoff_base': 0.01},
       'allow_private_addresses': True,
-  })
+    }
+  )
   assert isinstance(source, ReadRestResource)
 
   def check(batches):
