@@ -232,6 +232,7 @@ def test_spotify_credentials_and_api(fake_spotify):
     'client_id': 'test-client-id',
     'rate': None,
     'retry': {'max_attempts': 2, 'backoff_base': 0.01, 'backoff_max': 0.05, 'timeout': 5},
+    'allow_private_addresses': True,  # the fake serves on 127.0.0.1
   }
   results = check.check_sources(
     [

@@ -197,6 +197,7 @@ def test_spotify_api_importer_reads_tracks_as_tracks(fake_spotify, tmp_path):
       **CLIENT,
       'api_url': fake_spotify.api_url,
       'token_url': fake_spotify.token_url,
+      'allow_private_addresses': True,  # the fake serves on 127.0.0.1
       'resource': 'tracks',
       'ids': ids,
       'rate_limit': None,

@@ -24,6 +24,7 @@ def _spotify_source(fake, resource, **kw):
       'rate': None,
       'retry': RETRY,
       'tenant_id': 'acme',
+      'allow_private_addresses': True,  # the fake serves on 127.0.0.1
     },
     **kw,
   )

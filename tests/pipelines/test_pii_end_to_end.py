@@ -163,8 +163,9 @@ def _decoded(path):
 
 
 def _output_text(directory):
+  """Every file of the output, by path: the published data/ and dead_letter/ links are followed (docs/lake.md)."""
   texts = {}
-  for root, _, files in os.walk(directory):
+  for root, _, files in os.walk(directory, followlinks=True):
     for name in files:
       path = os.path.join(root, name)
       texts[os.path.relpath(path, directory)] = _decoded(path)
