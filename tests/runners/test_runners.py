@@ -222,6 +222,8 @@ def test_direct_runner_output_is_exact(direct_output):
 
 def test_direct_runner_runs_on_local_prism(prism_binary, tmp_path, caplog):
   caplog.set_level(logging.INFO)
+  # An entry point run earlier in this process may have quietened Beam's loggers.
+  caplog.set_level(logging.INFO, logger='apache_beam')
   output = run_pipeline(runners.local_runner_args(['--runner=DirectRunner']), tmp_path)
   assert output == expected_output(make_batches(4))
   messages = '\n'.join(r.getMessage() for r in caplog.records)
