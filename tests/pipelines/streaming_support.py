@@ -20,6 +20,7 @@ __all__ = [
   'TRACK',
   'EventPlan',
   'iso',
+  'job_argv',
   'plan_events',
   'new_topic',
   'produce',
@@ -140,3 +141,11 @@ def final_metrics(output) -> Dict[Tuple[str, str], dict]:
     if key not in metrics or counted(doc) > counted(metrics[key]):
       metrics[key] = doc  # figures are cumulative: the one counting most is final
   return metrics
+
+
+def job_argv(**flags) -> List[str]:
+  """pipelines.spotify_streaming's argv: `--name value` per flag in the given order, a bare `--name` for True."""
+  argv: List[str] = []
+  for name, value in flags.items():
+    argv += [f'--{name}'] if value is True else [f'--{name}', str(value)]
+  return argv

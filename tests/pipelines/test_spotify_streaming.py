@@ -37,6 +37,7 @@ from pipelines import runners, spotify_streaming
 from tests.cluster_fixtures import wait_until as cluster_wait_until
 from tests.io_connectors.streams_support import fresh_name, redis_url, wait_until
 from tests.pipelines.streaming_support import (
+  job_argv,
   PARTITIONS,
   WINDOW_S,
   EventPlan,
@@ -212,31 +213,20 @@ def run_kafka_end_to_end(
   output = str(tmp_path / 'out')
   argv = (
     runner_argv
-    + [
-      '--streaming',
-      '--source',
-      'kafka',
-      '--bootstrap_servers',
-      kafka,
-      '--topic',
-      topic,
-      '--group_id',
-      f'g-{topic}',
-      '--tenant_field',
-      'tenant',
-      '--output',
-      output,
-      '--window_size_s',
-      str(WINDOW_S),
-      '--allowed_lateness_s',
-      '5',
-      '--session_gap_s',
-      '120',
-      '--idle_timeout_s',
-      '2',
-      '--dedup_ttl_s',
-      '86400',
-    ]
+    + job_argv(
+      streaming=True,
+      source='kafka',
+      bootstrap_servers=kafka,
+      topic=topic,
+      group_id=f'g-{topic}',
+      tenant_field='tenant',
+      output=output,
+      window_size_s=str(WINDOW_S),
+      allowed_lateness_s='5',
+      session_gap_s='120',
+      idle_timeout_s='2',
+      dedup_ttl_s='86400',
+    )
     + extra_argv
     + list(extra_job_argv)
   )
@@ -302,29 +292,19 @@ def run_redis_end_to_end(url, tmp_path, runner_argv: List[str], n: int = EVENTS,
       if not value.endswith(b'}')
     }
     output = str(tmp_path / 'out')
-    argv = runner_argv + [
-      '--streaming',
-      '--source',
-      'redis',
-      '--redis_streams',
-      stream,
-      '--redis_group',
-      group,
-      '--redis_count',
-      '1000',
-      '--tenant_field',
-      'tenant',
-      '--output',
-      output,
-      '--window_size_s',
-      str(WINDOW_S),
-      '--allowed_lateness_s',
-      '5',
-      '--session_gap_s',
-      '120',
-      '--dedup_ttl_s',
-      '86400',
-    ]
+    argv = runner_argv + job_argv(
+      streaming=True,
+      source='redis',
+      redis_streams=stream,
+      redis_group=group,
+      redis_count='1000',
+      tenant_field='tenant',
+      output=output,
+      window_size_s=str(WINDOW_S),
+      allowed_lateness_s='5',
+      session_gap_s='120',
+      dedup_ttl_s='86400',
+    )
     started = time.monotonic()
     result = spotify_streaming.run(argv, wait=False)
     try:

@@ -21,6 +21,7 @@ from apache_beam.runners.runner import PipelineState
 from io_connectors.registry import ConfigError
 from pipelines import runners, spotify_streaming
 from tests.pipelines.streaming_support import (
+  job_argv,
   PARTITIONS,
   WINDOW_S,
   dead_letters,
@@ -84,33 +85,21 @@ def test_end_to_end_with_java_kafkaio_on_flink(kafka, tmp_path, flink_cluster, f
   closers = [(p, b'closer', base_ms + 25 * WINDOW_S * 1000) for p in range(PARTITIONS)]
   produce(kafka, topic, plan.on_time + closers)
   output = str(tmp_path / 'out')
-  argv = flink_args['flink'] + [
-    '--streaming',
-    '--source',
-    'kafka',
-    '--kafka_reader',
-    'java',
-    '--bootstrap_servers',
-    kafka,
-    '--topic',
-    topic,
-    '--group_id',
-    f'g-{topic}',
-    '--tenant_field',
-    'tenant',
-    '--output',
-    output,
-    '--window_size_s',
-    str(WINDOW_S),
-    '--allowed_lateness_s',
-    '5',
-    '--session_gap_s',
-    '120',
-    '--dedup_ttl_s',
-    '86400',
-    '--checkpointing_interval',
-    '2000',
-  ]
+  argv = flink_args['flink'] + job_argv(
+    streaming=True,
+    source='kafka',
+    kafka_reader='java',
+    bootstrap_servers=kafka,
+    topic=topic,
+    group_id=f'g-{topic}',
+    tenant_field='tenant',
+    output=output,
+    window_size_s=str(WINDOW_S),
+    allowed_lateness_s='5',
+    session_gap_s='120',
+    dedup_ttl_s='86400',
+    checkpointing_interval='2000',
+  )
   jobs_before = set(flink_cluster.job_ids())
   result = spotify_streaming.run(argv, wait=False)
   try:

@@ -45,7 +45,7 @@ from io_connectors.sinks.window_files import WRITTEN, WriteWindowFiles
 from pipelines import runners, spotify_streaming, stream_sources
 from tests.cluster_fixtures import wait_until
 from tests.io_connectors.streams_support import fresh_name, redis_url
-from tests.pipelines.streaming_support import final_metrics, iso, produce
+from tests.pipelines.streaming_support import final_metrics, iso, job_argv, produce
 from transforms.records import with_provenance
 from transforms.windows import WindowBatch
 
@@ -244,32 +244,21 @@ def test_flink_job_recovers_from_a_killed_taskmanager(kafka, flink_cluster, flin
   malformed |= set(positions[len(before_kill.messages) + len(after_kill.messages) :])
   produce(kafka, topic, before_kill.messages, ordered=True)
   output = str(tmp_path / 'out')
-  argv = flink_args['flink'] + [
-    '--streaming',
-    '--checkpointing_interval=10000',
-    '--source',
-    'kafka',
-    '--bootstrap_servers',
-    kafka,
-    '--topic',
-    topic,
-    '--group_id',
-    f'g-{topic}',
-    '--tenant_field',
-    'tenant',
-    '--output',
-    output,
-    '--window_size_s',
-    str(WINDOW_S),
-    '--allowed_lateness_s',
-    '5',
-    '--session_gap_s',
-    '120',
-    '--idle_timeout_s',
-    '0',
-    '--dedup_ttl_s',
-    '86400',
-  ]
+  argv = flink_args['flink'] + job_argv(
+    streaming=True,
+    checkpointing_interval='10000',
+    source='kafka',
+    bootstrap_servers=kafka,
+    topic=topic,
+    group_id=f'g-{topic}',
+    tenant_field='tenant',
+    output=output,
+    window_size_s=str(WINDOW_S),
+    allowed_lateness_s='5',
+    session_gap_s='120',
+    idle_timeout_s='0',
+    dedup_ttl_s='86400',
+  )
   before = flink_cluster.job_ids()
   result = spotify_streaming.run(argv, wait=False)
   job_id = None
@@ -344,30 +333,19 @@ def test_redis_job_killed_mid_stream_resumes_without_loss_or_duplicates(prism_bi
   output, log = str(tmp_path / 'out'), tmp_path / 'job.log'
   # Entries another reader left pending are taken over after this idle time.
   min_idle_ms = 3000
-  argv = runner + [
-    '--source',
-    'redis',
-    '--redis_streams',
-    stream,
-    '--redis_group',
-    'lake',
-    '--redis_count',
-    '100',
-    '--redis_min_idle_ms',
-    str(min_idle_ms),
-    '--tenant_field',
-    'tenant',
-    '--output',
-    output,
-    '--window_size_s',
-    str(WINDOW_S),
-    '--allowed_lateness_s',
-    '5',
-    '--session_gap_s',
-    '120',
-    '--dedup_ttl_s',
-    '86400',
-  ]
+  argv = runner + job_argv(
+    source='redis',
+    redis_streams=stream,
+    redis_group='lake',
+    redis_count='100',
+    redis_min_idle_ms=str(min_idle_ms),
+    tenant_field='tenant',
+    output=output,
+    window_size_s=str(WINDOW_S),
+    allowed_lateness_s='5',
+    session_gap_s='120',
+    dedup_ttl_s='86400',
+  )
   now_ms = int(time.time() * 1000)
   base_ms = now_ms - 3_600_000 - now_ms % 60_000  # an hour ago, window-aligned
   before_kill = Events().add(seed=21, prefix='a', n=1500, first_ms=base_ms, span_ms=10 * WINDOW_S * 1000)
