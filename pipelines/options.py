@@ -79,3 +79,9 @@ class SpotifyBatchOptions(PipelineOptions):
     parser.add_argument(
       '--run_id', help='Identifier of this run in the manifest. Default: a UTC timestamp and random suffix.'
     )
+    parser.add_argument(
+      '--audit_log',
+      help='Audit log to append this run to (pipelines.audit): a postgresql:// URL without a password '
+      '(libpq reads $PGPASSWORD or ~/.pgpass; options are part of the job graph) or a local file. '
+      'Default: $PIPELINE_AUDIT_LOG.',
+    )
