@@ -175,7 +175,7 @@ class AuditLog:
       raise AuditError(f'audit details must be plain JSON values: {e}') from None
 
     def make_entry(seq: int, prev_hash: str) -> AuditEntry:
-      fields = {
+      fields: Dict[str, Any] = {
         'seq': seq,
         'at': dt.datetime.now(dt.timezone.utc).isoformat(timespec='microseconds'),
         'actor': actor or _default_actor(),
