@@ -2,9 +2,19 @@
 
 Usage::
 
+    # every record of these people in tenant acme's part of the lake, removed through an atomic commit
+    python -m pipelines.gdpr erase --output gs://lake/events --tenant acme --subject_file ids.txt \\
+        --pii_key_file key.hex --report erasure.json [Beam flags, e.g. --runner=DataflowRunner ...]
     python -m pipelines.gdpr verify-audit --audit_log postgresql://...?table=compliance.audit
     python -m pipelines.gdpr verify-audit --audit_log audit.jsonl --anchor 41:9f2c...   # also detect a cut-off tail
     python -m pipelines.gdpr show-audit --audit_log audit.jsonl --tenant acme --json
+
+``erase`` reads one raw identifier per line (user ids, emails), derives
+their pseudonyms with the tenant's key ($PII_MASTER_KEY or --pii_key_file,
+as the batch job) and runs `pipelines.erasure.erase`; it prints the
+verification report (files scanned and rewritten, records removed, the
+re-scan's zero) and appends an ``erasure`` entry to the audit log when one is
+configured. Exit status 0 when the subjects are gone (or were never there).
 
 ``verify-audit`` re-computes the audit log's hash chain (`pipelines.audit`)
 and prints the head (``seq:hash``, the anchor to keep elsewhere) or the
@@ -45,6 +55,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     return sub
 
+  erase = with_log(commands.add_parser('erase', help="remove data subjects' records from a lake output"))
+  erase.add_argument('--output', required=True, help='the batch job\'s output (local, s3:// or gs://)')
+  erase.add_argument('--tenant', required=True, help='the tenant whose subjects these are')
+  erase.add_argument('--subject_file', required=True, help='one raw identifier (user id, email) per line')
+  erase.add_argument('--pii_key_file', default=None, help='the PII master key file (default $PII_MASTER_KEY)')
+  erase.add_argument('--report', default=None, help='also write the verification report here (JSON)')
+  erase.add_argument('--actor', default=None, help='who asked, for the audit log (default: the OS user)')
+
   verify = with_log(commands.add_parser('verify-audit', help='check the audit log hash chain'))
   verify.add_argument('--anchor', default=None, help='SEQ:HASH of an entry kept elsewhere; fails if it is gone')
   verify.add_argument('--json', action='store_true', help='print the report as JSON')
@@ -55,11 +73,48 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
-def _audit_log(args):
-  store = args.audit_log or os.environ.get(AUDIT_LOG_VARIABLE)
+def _audit_log(args, required: bool = True):
+  store = getattr(args, 'audit_log', None) or os.environ.get(AUDIT_LOG_VARIABLE)
   if not store:
+    if not required:
+      return None
     raise AuditError(f'no audit log: give --audit_log or set ${AUDIT_LOG_VARIABLE}')
   return open_audit_log(store)
+
+
+def _erase(args, beam_args: Sequence[str]) -> int:
+  from pipelines.erasure import ErasureError, erase
+  from transforms.pii.keys import PiiKeyError, key_ref
+
+  try:
+    with open(args.subject_file, encoding='utf-8-sig') as handle:
+      subjects = [line.strip() for line in handle if line.strip()]
+  except (OSError, UnicodeDecodeError) as e:
+    raise _UsageError(f'--subject_file {args.subject_file}: {e}') from None
+  try:
+    master_key = key_ref(args.pii_key_file).load()
+  except PiiKeyError as e:
+    raise _UsageError(str(e)) from None
+  log = _audit_log(args, required=False)
+  try:
+    report = erase(args.output, args.tenant, subjects, master_key, beam_args=beam_args)
+  except ErasureError as e:
+    if log is not None:
+      log.append('erasure', actor=args.actor, tenant=args.tenant, details={'status': 'failed', 'error': str(e)[:300]})
+    raise _UsageError(str(e)) from None
+  if log is not None:
+    details = dict(report, status='succeeded', files_rewritten=len(report['files_rewritten']))
+    report['audit'] = log.append('erasure', actor=args.actor, tenant=args.tenant, details=details).anchor
+  text = json.dumps(report, indent=2, sort_keys=True)
+  if args.report:
+    with open(args.report, 'w', encoding='utf-8') as handle:
+      handle.write(text + '\n')
+  print(text)
+  return 0
+
+
+class _UsageError(Exception):
+  """A bad argument or input: one line on stderr, exit 2."""
 
 
 def _verify(args) -> int:
@@ -92,11 +147,15 @@ def _show(args) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  args = _parser().parse_args(list(argv) if argv is not None else None)
-  commands = {'verify-audit': _verify, 'show-audit': _show}
+  # Flags the command does not know go to Beam (the erasure job's runner and its options).
+  args, beam_args = _parser().parse_known_args(list(argv) if argv is not None else None)
+  if beam_args and args.command != 'erase':
+    _parser().error(f'unrecognized arguments: {" ".join(beam_args)}')
   try:
-    return commands[args.command](args)
-  except AuditError as e:
+    if args.command == 'erase':
+      return _erase(args, beam_args)
+    return {'verify-audit': _verify, 'show-audit': _show}[args.command](args)
+  except (AuditError, _UsageError) as e:
     print(f'gdpr {args.command}: {e}', file=sys.stderr)
     return 2
 

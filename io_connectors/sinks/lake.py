@@ -68,6 +68,7 @@ __all__ = [
   'example_bytes',
   'UNASSIGNED',
   'parquet_bytes',
+  'delete_tree',
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -367,7 +368,7 @@ def _partition_dir(base: str, written: WrittenFile) -> str:
   return _join(base, 'dead_letter', f'tenant={written.partition}')
 
 
-def _delete_tree(path: str) -> bool:
+def delete_tree(path: str) -> bool:
   """Deletes a directory (local) or every object under a prefix (object stores); False if nothing was there."""
   if '://' not in path or path.startswith('file://'):
     local = local_path(path)
@@ -425,7 +426,7 @@ def finalize_files(output: str, run_dir: str, files: Iterable[WrittenFile]) -> D
       FileSystems.mkdirs(directory)  # local renames need the directory; object stores have none
   if pending:
     FileSystems.rename(list(pending), list(pending.values()))
-  _delete_tree(_temp_dir(output, run_dir))
+  delete_tree(_temp_dir(output, run_dir))
   return moves
 
 
@@ -623,7 +624,7 @@ def sweep(output: str, grace_s: float = DEFAULT_GRACE_S, keep_run_dirs: Iterable
   doomed.append('_temporary')  # the old layout's temporary files, of runs that can no longer commit
   deleted = []
   for path in dict.fromkeys(doomed):
-    if _delete_tree(_join(output, *path.split('/'))):
+    if delete_tree(_join(output, *path.split('/'))):
       deleted.append(path)
   if deleted:
     _LOG.info('%s: collected %s', output, ', '.join(deleted))
