@@ -21,6 +21,8 @@ EXTRAS = {
   'pulsar': ['pulsar-client==3.13.0'],
   'websocket': ['websockets==17.4'],
   'webhooks': ['starlette==1.10.0', 'uvicorn==0.54.0', 'redis==8.1.0'],
+  # OpenLineage run events (--openlineage_url).
+  'lineage': ['openlineage-python==1.54.0'],
   'test': [
     'pytest>=8',
     'pytest-xdist>=3.5',
@@ -42,7 +44,18 @@ EXTRAS = {
 EXTRAS['test'] += sorted(
   {
     req
-    for name in ('postgres', 'mongodb', 'redis', 'search', 'clickhouse', 'kafka', 'pulsar', 'websocket', 'webhooks')
+    for name in (
+      'postgres',
+      'mongodb',
+      'redis',
+      'search',
+      'clickhouse',
+      'kafka',
+      'pulsar',
+      'websocket',
+      'webhooks',
+      'lineage',
+    )
     for req in EXTRAS[name]
   }
 )

@@ -56,7 +56,7 @@ from io_connectors.sinks.lake import (
   sweep,
 )
 from pipelines.config import RUN_KEYS, ConfigError, RunConfig, load_yaml, resolve
-from pipelines import audit, cli, runners
+from pipelines import audit, cli, lineage, runners
 from pipelines.options import SpotifyBatchOptions
 from transforms import entities, schema as schema_mod
 from transforms.dead_letter import flatten_dead_letters
@@ -680,10 +680,13 @@ def run(
     info['runner'],
   )
   audit_log = _audit_log(options)
+  emitter, inputs, entities = _lineage(options, info)
   # One run at a time on an output; OutputLockedError names the run that holds it.
   lock = OutputLock.acquire(config.output, run_id, run_dir_name(run_id), options=options)
   try:
     try:
+      if emitter is not None:
+        emitter.start(run_id, PIPELINE_NAME, inputs, lineage.output_datasets(config.output, entities))
       sweep(config.output, keep_run_dirs=(lock.run_dir,))  # what crashed runs left
       pipeline = beam.Pipeline(options=options)
       build(pipeline, config, master_key, info, previous_schema, lock)
@@ -698,10 +701,31 @@ def run(
   except Exception as e:
     if audit_log is not None:
       _audit_run(audit_log, info, status='failed', error=type(e).__name__)
+    if emitter is not None:
+      emitter.fail(run_id, PIPELINE_NAME, inputs, lineage.output_datasets(config.output, entities), e)
     raise
   if audit_log is not None:
     _audit_run(audit_log, info, status='succeeded', counts=manifest['counts'])
+  if emitter is not None:
+    if len(inputs) == 1:
+      inputs = [dataclasses.replace(inputs[0], rows=manifest['counts']['read'])]
+    schema_doc = read_json(FileSystems.join(config.output, '_schema.json'))
+    emitter.complete(
+      run_id, PIPELINE_NAME, inputs, lineage.output_datasets(config.output, entities, manifest, schema_doc)
+    )
   return manifest
+
+
+def _lineage(options, info: dict):
+  """(the run's OpenLineage emitter or None, its input datasets, its entities)."""
+  batch = options.view_as(SpotifyBatchOptions)
+  try:
+    emitter = lineage.LineageEmitter.from_options(batch.openlineage_url, batch.openlineage_namespace)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  inputs = [lineage.dataset_of_source(source) for source in info['inputs']]
+  entities = sorted({str(source.get('entity') or info['entity']) for source in info['inputs']} or {info['entity']})
+  return emitter, inputs, entities
 
 
 def _audit_log(options) -> Optional[audit.AuditLog]:
