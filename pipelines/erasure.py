@@ -46,7 +46,7 @@ import json
 import os
 import re
 import uuid
-from typing import Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
@@ -63,15 +63,17 @@ from io_connectors.sinks.lake import (
   OutputLock,
   commit_output,
   delete_tree,
+  example_features,
   parquet_bytes,
   read_manifest,
   run_dir_name,
 )
 from pipelines import runners
 from transforms.pii.batch import pseudonymise
+from transforms.records import json_safe
 from transforms.pii.keys import MasterKey
 
-__all__ = ['ErasureError', 'SubjectMatcher', 'erase', 'filter_file']
+__all__ = ['ErasureError', 'SubjectMatcher', 'erase', 'export_subjects', 'split_file']
 
 # Characters that continue a word around an identifier or email: a match must not touch them.
 _WORD = 'A-Za-z0-9_@.+-'
@@ -158,17 +160,21 @@ class SubjectMatcher:
 # ----- One lake file: (bytes, format) -> (bytes without the matches, removed, kept) -----
 
 
-def _filter_parquet(data: bytes, matcher: SubjectMatcher) -> Tuple[Optional[bytes], int, int]:
+# What splitting a file gives: (the file without the matching records, or None when none
+# matched; the matching records, decoded as JSON-able dicts; how many records stay).
+Split = Tuple[Optional[bytes], List[dict], int]
+
+
+def _split_parquet(data: bytes, matcher: SubjectMatcher) -> Split:
   table = pq.read_table(io.BytesIO(data))
   hit = matcher.rows(table)
-  removed = pc.sum(hit).as_py() or 0
-  if not removed:
-    return None, 0, table.num_rows
+  if not pc.any(hit).as_py():
+    return None, [], table.num_rows
   kept = table.filter(pc.invert(hit))
-  return parquet_bytes(kept), removed, kept.num_rows
+  return parquet_bytes(kept), [json_safe(r) for r in table.filter(hit).to_pylist()], kept.num_rows
 
 
-def _filter_avro(data: bytes, matcher: SubjectMatcher) -> Tuple[Optional[bytes], int, int]:
+def _split_avro(data: bytes, matcher: SubjectMatcher) -> Split:
   import fastavro
 
   reader = fastavro.reader(io.BytesIO(data))
@@ -176,61 +182,38 @@ def _filter_avro(data: bytes, matcher: SubjectMatcher) -> Tuple[Optional[bytes],
   records = list(reader)
   kept = [r for r in records if not matcher.value(r)]
   if len(kept) == len(records):
-    return None, 0, len(records)
+    return None, [], len(records)
   sink = io.BytesIO()
-  fastavro.writer(sink, schema, kept, codec=codec)
-  return sink.getvalue(), len(records) - len(kept), len(kept)
+  fastavro.writer(sink, schema, kept, codec=codec)  # the file's own schema and codec
+  return sink.getvalue(), [json_safe(r) for r in records if matcher.value(r)], len(kept)
 
 
-def _filter_lines(data: bytes, matcher: SubjectMatcher) -> Tuple[Optional[bytes], int, int]:
+def _split_lines(data: bytes, matcher: SubjectMatcher) -> Split:
   lines = [line for line in data.splitlines(keepends=True) if line.strip()]
   kept = [line for line in lines if not matcher.line(line)]
   if len(kept) == len(lines):
-    return None, 0, len(lines)
-  return b''.join(kept), len(lines) - len(kept), len(kept)
+    return None, [], len(lines)
+  return b''.join(kept), [json.loads(line) for line in lines if matcher.line(line)], len(kept)
 
 
-def _read_varint(data: bytes, at: int) -> Tuple[int, int]:
-  value = shift = 0
-  while True:
-    byte = data[at]
-    at += 1
-    value |= (byte & 0x7F) << shift
-    if byte < 0x80:
-      return value, at
-    shift += 7
+def _example_record(record: bytes) -> dict:
+  """A tf.train.Example as a dict: one value per single-valued feature, bytes as text where they are UTF-8."""
+
+  def text(value):
+    if isinstance(value, bytes):
+      try:
+        return value.decode('utf-8')
+      except UnicodeDecodeError:
+        return value.hex()
+    return value
+
+  return {
+    name: (text(values[0]) if len(values) == 1 else [text(v) for v in values])
+    for name, values in example_features(record).items()
+  }
 
 
-def _messages(message: bytes) -> Iterator[Tuple[int, bytes]]:
-  """(field number, bytes) of the length-delimited fields of a protobuf message; other fields skipped."""
-  at = 0
-  while at < len(message):
-    tag, at = _read_varint(message, at)
-    number, wire = tag >> 3, tag & 7
-    if wire == 0:
-      _, at = _read_varint(message, at)
-    elif wire in (1, 5):
-      at += 8 if wire == 1 else 4
-    elif wire == 2:
-      size, at = _read_varint(message, at)
-      yield number, message[at : at + size]
-      at += size
-    else:
-      raise ValueError(f'unsupported protobuf wire type {wire}')
-
-
-def _example_strings(example: bytes) -> List[bytes]:
-  """The bytes_list values of a tf.train.Example (Example.features.feature[*].bytes_list.value)."""
-  out: List[bytes] = []
-  for features in (value for number, value in _messages(example) if number == 1):
-    for entry in (value for number, value in _messages(features) if number == 1):
-      for feature in (value for number, value in _messages(entry) if number == 2):
-        for values in (value for number, value in _messages(feature) if number == 1):  # BytesList
-          out.extend(value for number, value in _messages(values) if number == 1)
-  return out
-
-
-def _filter_tfrecord(data: bytes, matcher: SubjectMatcher) -> Tuple[Optional[bytes], int, int]:
+def _split_tfrecord(data: bytes, matcher: SubjectMatcher) -> Split:
   from apache_beam.io.tfrecordio import _TFRecordUtil
 
   source, records = io.BytesIO(data), []
@@ -239,30 +222,31 @@ def _filter_tfrecord(data: bytes, matcher: SubjectMatcher) -> Tuple[Optional[byt
     if record is None:
       break
     records.append(record)
-  kept = [r for r in records if not any(matcher.line(v) for v in _example_strings(r))]
-  if len(kept) == len(records):
-    return None, 0, len(records)
+  hits = [matcher.value(example_features(r)) for r in records]
+  if not any(hits):
+    return None, [], len(records)
   sink = io.BytesIO()
-  for record in kept:
-    _TFRecordUtil.write_record(sink, record)
-  return sink.getvalue(), len(records) - len(kept), len(kept)
+  for record, hit in zip(records, hits):
+    if not hit:
+      _TFRecordUtil.write_record(sink, record)  # the record's own bytes: nothing re-encoded
+  return sink.getvalue(), [_example_record(r) for r, hit in zip(records, hits) if hit], hits.count(False)
 
 
-_FILTERS = {
-  'parquet': _filter_parquet,
-  'avro': _filter_avro,
-  'jsonl': _filter_lines,
-  'tfrecord': _filter_tfrecord,
+_SPLITTERS = {
+  'parquet': _split_parquet,
+  'avro': _split_avro,
+  'jsonl': _split_lines,
+  'tfrecord': _split_tfrecord,
 }
 
 
-def filter_file(path: str, data: bytes, matcher: SubjectMatcher) -> Tuple[Optional[bytes], int, int]:
-  """(the file without matching records, or None when none matched; records removed; records kept)."""
+def split_file(path: str, data: bytes, matcher: SubjectMatcher) -> Split:
+  """Splits one lake file into what stays and the subjects' records (see `Split`)."""
   extension = path.rsplit('.', 1)[-1]
-  if extension not in _FILTERS:
-    raise ErasureError(f'{path}: cannot read a .{extension} file (erasure reads {", ".join(sorted(_FILTERS))})')
+  if extension not in _SPLITTERS:
+    raise ErasureError(f'{path}: cannot read a .{extension} file (reads {", ".join(sorted(_SPLITTERS))})')
   try:
-    return _FILTERS[extension](data, matcher)
+    return _SPLITTERS[extension](data, matcher)
   except ErasureError:
     raise
   except Exception as e:
@@ -288,13 +272,17 @@ def _carry(source: str, target: str):
   FileSystems.copy([source], [target])
 
 
-class _EraseFileFn(beam.DoFn):
-  """Rewrites one file without the subjects' records (or carries it over untouched); emits what it did."""
+ERASE, RESCAN, EXPORT = 'erase', 'rescan', 'export'
 
-  def __init__(self, matcher: SubjectMatcher, scanned: Tuple[str, ...], rescan: bool):
+
+class _SubjectFilesFn(beam.DoFn):
+  """One file of the lake, by mode: erase (rewrite it without the subjects' records, or carry it
+  over untouched), rescan (count what is left) or export (emit the subjects' records)."""
+
+  def __init__(self, matcher: SubjectMatcher, scanned: Tuple[str, ...], mode: str):
     self._matcher = matcher
     self._scanned = scanned  # partition folder names: tenant=<id>, _unassigned
-    self._rescan = rescan
+    self._mode = mode
 
   def process(self, element):
     kind, source, target = element
@@ -302,22 +290,27 @@ class _EraseFileFn(beam.DoFn):
     partition = next((part for part in self._scanned if part in folders), None)
     result = {'kind': kind, 'partition': partition, 'path': target, 'removed': 0, 'rewritten': False}
     if partition is None:
-      if not self._rescan:
+      if self._mode == ERASE:
         _carry(source, target)
       yield result
       return
-    rewritten, removed, _ = filter_file(source, _read(source), self._matcher)
-    if not self._rescan:
+    rewritten, matched, _ = split_file(source, _read(source), self._matcher)
+    if self._mode == ERASE:
       if rewritten is None:
         _carry(source, target)
       else:
         with FileSystems.create(target) as handle:
           handle.write(rewritten)
-    yield dict(result, removed=removed, rewritten=rewritten is not None)
+    result = dict(result, removed=len(matched), rewritten=self._mode == ERASE and rewritten is not None)
+    if self._mode == EXPORT:
+      entity = next((f.split('=', 1)[1] for f in folders if f.startswith('entity=')), None)
+      result['records'] = matched
+      result['entity'] = entity
+    yield result
 
 
-def _run_files(files, matcher, scanned, rescan: bool, beam_args, work_dir: str) -> List[dict]:
-  """Runs `_EraseFileFn` over `files` as a Beam job; returns its per-file results."""
+def _run_files(files, matcher, scanned, mode: str, beam_args, work_dir: str) -> List[dict]:
+  """Runs `_SubjectFilesFn` over `files` as a Beam job; returns its per-file results."""
   results: List[dict] = []
   result_dir = FileSystems.join(work_dir, uuid.uuid4().hex)
   with beam.Pipeline(options=PipelineOptions(runners.local_runner_args(list(beam_args)))) as pipeline:
@@ -325,8 +318,8 @@ def _run_files(files, matcher, scanned, rescan: bool, beam_args, work_dir: str) 
       pipeline
       | 'Files' >> beam.Create(files)
       | 'Spread' >> beam.Reshuffle()
-      | ('Rescan' if rescan else 'Erase') >> beam.ParDo(_EraseFileFn(matcher, scanned, rescan))
-      | 'AsJson' >> beam.Map(json.dumps)
+      | mode.capitalize() >> beam.ParDo(_SubjectFilesFn(matcher, scanned, mode))
+      | 'AsJson' >> beam.Map(lambda result: json.dumps(result, default=str))
       | 'Results' >> beam.io.WriteToText(FileSystems.join(result_dir, 'part'), shard_name_template='-SS')
     )
   for match in FileSystems.match([FileSystems.join(result_dir, 'part*')])[0].metadata_list:
@@ -381,7 +374,7 @@ def erase(
   lock = OutputLock.acquire(output, run_id, run_dir, options=options)
   try:
     with lock.kept_alive():
-      results = _run_files(files, matcher, scanned, False, beam_args, work_dir)
+      results = _run_files(files, matcher, scanned, ERASE, beam_args, work_dir)
     removed = _removed(results)
     report.update(
       files_scanned=sum(r['partition'] is not None for r in results),
@@ -410,7 +403,7 @@ def erase(
     commit_output(output, run_dir, published, _read_json(FileSystems.join(output, SCHEMA_NAME)), lock=lock)
   finally:
     lock.release()
-  rescan = _run_files([(k, new, new) for k, _, new in files], matcher, scanned, True, beam_args, work_dir)
+  rescan = _run_files([(k, new, new) for k, _, new in files], matcher, scanned, RESCAN, beam_args, work_dir)
   delete_tree(work_dir)
   report.update(published=True, rescan_matches=sum(r['removed'] for r in rescan), finished_at=_now())
   if report['rescan_matches']:
@@ -450,3 +443,102 @@ def _counts_after(counts: dict, removed: Dict[Tuple[str, str], int]) -> dict:
         bucket[metric] = bucket.get(metric, 0) - n
         bucket['erased'] = bucket.get('erased', 0) + n
   return counts
+
+
+def export_subjects(
+  output: str,
+  tenant: str,
+  subjects: Sequence[str],
+  master_key: MasterKey,
+  destination: str,
+  beam_args: Sequence[str] = (),
+) -> dict:
+  """Writes every record of `subjects` in `tenant`'s part of the lake to `destination` (access / portability).
+
+  Files: ``<entity>.json`` (a JSON array of the records, per entity, as the
+  lake holds them: identifiers as their pseudonyms), ``dead_letters.json``
+  (records that failed validation, with the reason), ``summary.txt`` (for the
+  person: what is held, how much, from when to when) and ``export.json`` (the
+  request's metadata and counts). Reads the current run as the manifest lists
+  it; publishes nothing. Returns the metadata.
+  """
+  if not tenant or not re.match(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$', tenant):
+    raise ErasureError(f'tenant must be a tenant id, got {tenant!r}')
+  options = PipelineOptions(list(beam_args))
+  FileSystems.set_options(options)
+  manifest = read_manifest(output)
+  if manifest is None:
+    raise ErasureError(f'{output} has no committed run ({MANIFEST_NAME}): nothing to export')
+  matcher = SubjectMatcher.for_tenant(subjects, tenant, master_key)
+  files = [(kind, path, path) for kind, paths in sorted((manifest.get('files') or {}).items()) for path in paths]
+  work_dir = FileSystems.join(destination, f'_work-{uuid.uuid4().hex[:8]}')
+  results = _run_files(files, matcher, (f'tenant={tenant}', UNASSIGNED), EXPORT, beam_args, work_dir)
+  delete_tree(work_dir)
+  by_entity: Dict[str, List[dict]] = {}
+  letters: List[dict] = []
+  for r in results:
+    if not r.get('records'):
+      continue
+    if r['kind'] == 'data':
+      by_entity.setdefault(r.get('entity') or str(manifest.get('entity') or 'records'), []).extend(
+        r.get('records') or []
+      )
+    else:
+      letters.extend(r.get('records') or [])
+  metadata = {
+    'tenant': tenant,
+    'subjects': len({s.strip() for s in subjects if s and s.strip()}),
+    'run_id': manifest.get('run_id'),
+    'exported_at': _now(),
+    'records': {entity: len(records) for entity, records in sorted(by_entity.items())},
+    'dead_letters': len(letters),
+    'files': sorted([f'{entity}.json' for entity in by_entity] + ['dead_letters.json', 'summary.txt', 'export.json']),
+  }
+  for entity, records in by_entity.items():
+    _write_text(FileSystems.join(destination, f'{entity}.json'), json.dumps(records, indent=2, ensure_ascii=False))
+  _write_text(FileSystems.join(destination, 'dead_letters.json'), json.dumps(letters, indent=2, ensure_ascii=False))
+  _write_text(FileSystems.join(destination, 'summary.txt'), _summary_text(metadata, by_entity, letters))
+  _write_text(FileSystems.join(destination, 'export.json'), json.dumps(metadata, indent=2))
+  return metadata
+
+
+def _write_text(path: str, text: str):
+  with FileSystems.create(path) as handle:
+    handle.write(text.encode('utf-8') + b'\n')
+
+
+def _time_range(records: List[dict]) -> Optional[Tuple[str, str]]:
+  """The first and last time value of the records' first time-like field (played_at, *_at, timestamp)."""
+  for field in ('played_at', 'event_time', 'timestamp', 'created_at', 'updated_at', 'added_at'):
+    values = sorted(str(r[field]) for r in records if r.get(field) is not None)
+    if values:
+      return values[0], values[-1]
+  return None
+
+
+def _summary_text(metadata: dict, by_entity: Dict[str, List[dict]], letters: List[dict]) -> str:
+  lines = [
+    f'Your data held by tenant {metadata["tenant"]}',
+    f'Exported {metadata["exported_at"]} from the lake as of run {metadata["run_id"]}.',
+    '',
+  ]
+  if not by_entity and not letters:
+    lines.append('We hold no records of you.')
+  for entity, records in sorted(by_entity.items()):
+    span = _time_range(records)
+    when = f', from {span[0]} to {span[1]}' if span else ''
+    fields = sorted({name for r in records for name in r if not name.startswith('__')})
+    lines.append(f'- {entity.replace("_", " ")}: {len(records)} records{when}')
+    lines.append(f'  fields: {", ".join(fields)}')
+  if letters:
+    reasons: Dict[str, int] = {}
+    for letter in letters:
+      reasons[str(letter.get('reason'))] = reasons.get(str(letter.get('reason')), 0) + 1
+    listed = ', '.join(f'{reason} ({n})' for reason, n in sorted(reasons.items()))
+    lines.append(f'- records we could not process: {len(letters)} ({listed})')
+  lines += [
+    '',
+    'Identifiers (user ids, emails, addresses) are stored only as keyed pseudonyms; the files beside',
+    'this one hold every record in machine-readable JSON, one file per kind of record.',
+  ]
+  return '\n'.join(lines)

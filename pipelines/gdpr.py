@@ -5,6 +5,8 @@ Usage::
     # every record of these people in tenant acme's part of the lake, removed through an atomic commit
     python -m pipelines.gdpr erase --output gs://lake/events --tenant acme --subject_file ids.txt \\
         --pii_key_file key.hex --report erasure.json [Beam flags, e.g. --runner=DataflowRunner ...]
+    python -m pipelines.gdpr export --output gs://lake/events --tenant acme --subject_file ids.txt \\
+        --destination gs://requests/2026-0042/
     python -m pipelines.gdpr verify-audit --audit_log postgresql://...?table=compliance.audit
     python -m pipelines.gdpr verify-audit --audit_log audit.jsonl --anchor 41:9f2c...   # also detect a cut-off tail
     python -m pipelines.gdpr show-audit --audit_log audit.jsonl --tenant acme --json
@@ -15,6 +17,10 @@ as the batch job) and runs `pipelines.erasure.erase`; it prints the
 verification report (files scanned and rewritten, records removed, the
 re-scan's zero) and appends an ``erasure`` entry to the audit log when one is
 configured. Exit status 0 when the subjects are gone (or were never there).
+
+``export`` writes every record of the subjects (per entity, as JSON, with
+the dead letters and a plain-text summary for the person) to --destination
+and appends an ``export`` entry to the audit log.
 
 ``verify-audit`` re-computes the audit log's hash chain (`pipelines.audit`)
 and prints the head (``seq:hash``, the anchor to keep elsewhere) or the
@@ -63,6 +69,14 @@ def _parser() -> argparse.ArgumentParser:
   erase.add_argument('--report', default=None, help='also write the verification report here (JSON)')
   erase.add_argument('--actor', default=None, help='who asked, for the audit log (default: the OS user)')
 
+  export = with_log(commands.add_parser('export', help="write data subjects' records as JSON (access request)"))
+  export.add_argument('--output', required=True, help='the batch job\'s output (local, s3:// or gs://)')
+  export.add_argument('--tenant', required=True, help='the tenant whose subjects these are')
+  export.add_argument('--subject_file', required=True, help='one raw identifier (user id, email) per line')
+  export.add_argument('--destination', required=True, help='directory for the JSON files and the summary')
+  export.add_argument('--pii_key_file', default=None, help='the PII master key file (default $PII_MASTER_KEY)')
+  export.add_argument('--actor', default=None, help='who asked, for the audit log (default: the OS user)')
+
   verify = with_log(commands.add_parser('verify-audit', help='check the audit log hash chain'))
   verify.add_argument('--anchor', default=None, help='SEQ:HASH of an entry kept elsewhere; fails if it is gone')
   verify.add_argument('--json', action='store_true', help='print the report as JSON')
@@ -82,8 +96,8 @@ def _audit_log(args, required: bool = True):
   return open_audit_log(store)
 
 
-def _erase(args, beam_args: Sequence[str]) -> int:
-  from pipelines.erasure import ErasureError, erase
+def _request(args):
+  """(subjects, master key, audit log or None) of an erase or export request."""
   from transforms.pii.keys import PiiKeyError, key_ref
 
   try:
@@ -95,7 +109,28 @@ def _erase(args, beam_args: Sequence[str]) -> int:
     master_key = key_ref(args.pii_key_file).load()
   except PiiKeyError as e:
     raise _UsageError(str(e)) from None
-  log = _audit_log(args, required=False)
+  return subjects, master_key, _audit_log(args, required=False)
+
+
+def _export(args, beam_args: Sequence[str]) -> int:
+  from pipelines.erasure import ErasureError, export_subjects
+
+  subjects, master_key, log = _request(args)
+  try:
+    metadata = export_subjects(args.output, args.tenant, subjects, master_key, args.destination, beam_args)
+  except ErasureError as e:
+    raise _UsageError(str(e)) from None
+  if log is not None:
+    details = {k: metadata[k] for k in ('subjects', 'run_id', 'records', 'dead_letters')}
+    metadata['audit'] = log.append('export', actor=args.actor, tenant=args.tenant, details=details).anchor
+  print(json.dumps(metadata, indent=2, sort_keys=True))
+  return 0
+
+
+def _erase(args, beam_args: Sequence[str]) -> int:
+  from pipelines.erasure import ErasureError, erase
+
+  subjects, master_key, log = _request(args)
   try:
     report = erase(args.output, args.tenant, subjects, master_key, beam_args=beam_args)
   except ErasureError as e:
@@ -149,11 +184,11 @@ def _show(args) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   # Flags the command does not know go to Beam (the erasure job's runner and its options).
   args, beam_args = _parser().parse_known_args(list(argv) if argv is not None else None)
-  if beam_args and args.command != 'erase':
+  if beam_args and args.command not in ('erase', 'export'):
     _parser().error(f'unrecognized arguments: {" ".join(beam_args)}')
   try:
-    if args.command == 'erase':
-      return _erase(args, beam_args)
+    if args.command in ('erase', 'export'):
+      return {'erase': _erase, 'export': _export}[args.command](args, beam_args)
     return {'verify-audit': _verify, 'show-audit': _show}[args.command](args)
   except (AuditError, _UsageError) as e:
     print(f'gdpr {args.command}: {e}', file=sys.stderr)

@@ -66,6 +66,7 @@ __all__ = [
   'OutputLockedError',
   'LakeCommitError',
   'example_bytes',
+  'example_features',
   'UNASSIGNED',
   'parquet_bytes',
   'delete_tree',
@@ -225,6 +226,60 @@ def example_bytes(row: dict, schema: pa.Schema) -> bytes:
     feature = _feature(_feature_values(row.get(f.name), f.type, kind), kind)
     entries.append(_field(1, _field(1, f.name.encode('utf-8')) + _field(2, feature)))
   return _field(1, b''.join(entries))
+
+
+def _read_varint(data: bytes, at: int):
+  value = shift = 0
+  while True:
+    byte = data[at]
+    at += 1
+    value |= (byte & 0x7F) << shift
+    if byte < 0x80:
+      return value, at
+    shift += 7
+
+
+def _length_delimited(message: bytes):
+  """(field number, bytes) of the length-delimited fields of a protobuf message; other fields skipped."""
+  at = 0
+  while at < len(message):
+    tag, at = _read_varint(message, at)
+    number, wire = tag >> 3, tag & 7
+    if wire == 0:
+      _, at = _read_varint(message, at)
+    elif wire in (1, 5):
+      at += 8 if wire == 1 else 4
+    elif wire == 2:
+      size, at = _read_varint(message, at)
+      yield number, message[at : at + size]
+      at += size
+    else:
+      raise ValueError(f'unsupported protobuf wire type {wire}')
+
+
+def example_features(data: bytes) -> Dict[str, list]:
+  """The features of a serialized tf.train.Example: name -> values (bytes, ints or floats); the inverse of example_bytes."""
+  features: Dict[str, list] = {}
+  for _, body in (f for f in _length_delimited(data) if f[0] == 1):  # Example.features
+    for _, entry in (f for f in _length_delimited(body) if f[0] == 1):  # map entry
+      name, values = '', []
+      for number, value in _length_delimited(entry):
+        if number == 1:
+          name = value.decode('utf-8')
+          continue
+        for kind, typed in _length_delimited(value):  # Feature: 1 bytes, 2 float, 3 int64 list
+          for _, packed in (f for f in _length_delimited(typed) if f[0] == 1):
+            if kind == 1:
+              values.append(packed)
+            elif kind == 2:
+              values.extend(struct.unpack(f'<{len(packed) // 4}f', packed))
+            elif kind == 3:
+              at = 0
+              while at < len(packed):
+                number_value, at = _read_varint(packed, at)
+                values.append(number_value - (1 << 64) if number_value >= 1 << 63 else number_value)
+      features[name] = values
+  return features
 
 
 def _tfrecord_bytes(table: pa.Table) -> bytes:

@@ -173,9 +173,9 @@ def test_crash_before_the_commit_leaves_the_previous_output_and_a_rerun_complete
 
 def test_a_file_in_a_format_it_cannot_read_is_a_clear_error(tmp_path):
   with pytest.raises(ErasureError, match=r'part-0\.orc: cannot read a \.orc file'):
-    erasure.filter_file('out/data/tenant=acme/part-0.orc', b'', SubjectMatcher(['x']))
+    erasure.split_file('out/data/tenant=acme/part-0.orc', b'', SubjectMatcher(['x']))
   with pytest.raises(ErasureError, match=r'part-0\.parquet: cannot read it as parquet'):
-    erasure.filter_file('out/data/tenant=acme/part-0.parquet', b'not parquet', SubjectMatcher(['x']))
+    erasure.split_file('out/data/tenant=acme/part-0.parquet', b'not parquet', SubjectMatcher(['x']))
   with pytest.raises(ErasureError, match='no committed run'):
     erase(str(tmp_path / 'empty'), 'acme', ['u1'], _master_key())
 
@@ -219,3 +219,31 @@ def test_gdpr_erase_command_reports_and_audits(tmp_path, capsys):
   os.environ.pop('PII_MASTER_KEY')
   assert gdpr.main(argv) == 2
   assert 'no PII master key' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('output_format', ['parquet', 'tfrecord'])
+def test_export_writes_every_record_of_the_subject_as_json_and_a_summary(tmp_path, output_format, capsys):
+  output = _output(tmp_path, output_format)
+  subjects = tmp_path / 'ids.txt'
+  subjects.write_text('u1\n', encoding='utf-8')
+  destination = tmp_path / 'request-42'
+  audit = str(tmp_path / 'audit.jsonl')
+  argv = ['export', '--output', output, '--tenant', 'acme', '--subject_file', str(subjects)]
+  assert gdpr.main([*argv, '--destination', str(destination), '--audit_log', audit]) == 0
+  metadata = json.loads((destination / 'export.json').read_text())
+  assert metadata['records'] == {'listening_event': 4} and metadata['dead_letters'] == 1
+  records = json.loads((destination / 'listening_event.json').read_text())
+  assert {r['event_id'] for r in records} == {'ev-0', 'ev-1', 'ev-6', 'ev-7'}
+  assert {r['user_id'] for r in records} == {_pseudonym('u1', 'acme')}
+  letters = json.loads((destination / 'dead_letters.json').read_text())
+  assert len(letters) == 1 and letters[0]['reason']
+  summary = (destination / 'summary.txt').read_text()
+  assert 'listening event: 4 records' in summary
+  if output_format == 'parquet':  # TFRecord holds times as integers
+    assert 'listening event: 4 records, from 2024-03-01' in summary
+  assert 'records we could not process: 1' in summary
+  assert [e.action for e in open_audit_log(audit).entries()] == ['export']
+  # Nothing of the output changed, and an unknown subject gets an empty export that says so.
+  subjects.write_text('nobody\n', encoding='utf-8')
+  assert gdpr.main([*argv, '--destination', str(tmp_path / 'request-43')]) == 0
+  assert 'We hold no records of you.' in (tmp_path / 'request-43' / 'summary.txt').read_text()
