@@ -7,13 +7,14 @@ Usage::
         --pii_key_file key.hex --report erasure.json [Beam flags, e.g. --runner=DataflowRunner ...]
     python -m pipelines.gdpr export --output gs://lake/events --tenant acme --subject_file ids.txt \\
         --destination gs://requests/2026-0042/
+    python -m pipelines.gdpr retention --output gs://lake/events --config retention.yaml
     python -m pipelines.gdpr verify-audit --audit_log postgresql://...?table=compliance.audit
     python -m pipelines.gdpr verify-audit --audit_log audit.jsonl --anchor 41:9f2c...   # also detect a cut-off tail
     python -m pipelines.gdpr show-audit --audit_log audit.jsonl --tenant acme --json
 
 ``erase`` reads one raw identifier per line (user ids, emails), derives
 their pseudonyms with the tenant's key ($PII_MASTER_KEY or --pii_key_file,
-as the batch job) and runs `pipelines.erasure.erase`; it prints the
+as the batch job) and runs `pipelines.compliance.erase`; it prints the
 verification report (files scanned and rewritten, records removed, the
 re-scan's zero) and appends an ``erasure`` entry to the audit log when one is
 configured. Exit status 0 when the subjects are gone (or were never there).
@@ -21,6 +22,10 @@ configured. Exit status 0 when the subjects are gone (or were never there).
 ``export`` writes every record of the subjects (per entity, as JSON, with
 the dead letters and a plain-text summary for the person) to --destination
 and appends an ``export`` entry to the audit log.
+
+``retention`` drops the records older than the ``retention_days`` of the
+config ({tenant or '*': {entity or '*': days}}) through the lake's commit and
+appends a ``retention`` entry per tenant to the audit log.
 
 ``verify-audit`` re-computes the audit log's hash chain (`pipelines.audit`)
 and prints the head (``seq:hash``, the anchor to keep elsewhere) or the
@@ -77,6 +82,13 @@ def _parser() -> argparse.ArgumentParser:
   export.add_argument('--pii_key_file', default=None, help='the PII master key file (default $PII_MASTER_KEY)')
   export.add_argument('--actor', default=None, help='who asked, for the audit log (default: the OS user)')
 
+  retention = with_log(commands.add_parser('retention', help='drop records past their retention period'))
+  retention.add_argument('--output', required=True, help='the batch job\'s output (local, s3:// or gs://)')
+  retention.add_argument(
+    '--config', required=True, help="YAML file with retention_days: {tenant or '*': {entity or '*': days}}"
+  )
+  retention.add_argument('--actor', default=None, help='who ran it, for the audit log (default: the OS user)')
+
   verify = with_log(commands.add_parser('verify-audit', help='check the audit log hash chain'))
   verify.add_argument('--anchor', default=None, help='SEQ:HASH of an entry kept elsewhere; fails if it is gone')
   verify.add_argument('--json', action='store_true', help='print the report as JSON')
@@ -113,12 +125,12 @@ def _request(args):
 
 
 def _export(args, beam_args: Sequence[str]) -> int:
-  from pipelines.erasure import ErasureError, export_subjects
+  from pipelines.compliance import ComplianceError, export_subjects
 
   subjects, master_key, log = _request(args)
   try:
     metadata = export_subjects(args.output, args.tenant, subjects, master_key, args.destination, beam_args)
-  except ErasureError as e:
+  except ComplianceError as e:
     raise _UsageError(str(e)) from None
   if log is not None:
     details = {k: metadata[k] for k in ('subjects', 'run_id', 'records', 'dead_letters')}
@@ -127,13 +139,37 @@ def _export(args, beam_args: Sequence[str]) -> int:
   return 0
 
 
+def _retention(args, beam_args: Sequence[str]) -> int:
+  from pipelines.compliance import ComplianceError, apply_retention
+  from pipelines.config import ConfigError, load_yaml
+
+  try:
+    rules = (load_yaml(args.config) or {}).get('retention_days')
+  except ConfigError as e:
+    raise _UsageError(str(e)) from None
+  if rules is None:
+    raise _UsageError(f'{args.config}: no retention_days')
+  log = _audit_log(args, required=False)
+  try:
+    report = apply_retention(args.output, rules, beam_args=beam_args)
+  except ComplianceError as e:
+    raise _UsageError(f'{args.config}: {e}') from None
+  if log is not None:
+    details = {k: report[k] for k in ('run_id', 'published', 'records_removed', 'records_removed_by_tenant_and_entity')}
+    tenants = sorted(report['records_removed_by_tenant_and_entity']) or [None]
+    for tenant in tenants:
+      log.append('retention', actor=args.actor, tenant=tenant, details=details)
+  print(json.dumps(report, indent=2, sort_keys=True))
+  return 0
+
+
 def _erase(args, beam_args: Sequence[str]) -> int:
-  from pipelines.erasure import ErasureError, erase
+  from pipelines.compliance import ComplianceError, erase
 
   subjects, master_key, log = _request(args)
   try:
     report = erase(args.output, args.tenant, subjects, master_key, beam_args=beam_args)
-  except ErasureError as e:
+  except ComplianceError as e:
     if log is not None:
       log.append('erasure', actor=args.actor, tenant=args.tenant, details={'status': 'failed', 'error': str(e)[:300]})
     raise _UsageError(str(e)) from None
@@ -184,11 +220,11 @@ def _show(args) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   # Flags the command does not know go to Beam (the erasure job's runner and its options).
   args, beam_args = _parser().parse_known_args(list(argv) if argv is not None else None)
-  if beam_args and args.command not in ('erase', 'export'):
+  if beam_args and args.command not in ('erase', 'export', 'retention'):
     _parser().error(f'unrecognized arguments: {" ".join(beam_args)}')
   try:
-    if args.command in ('erase', 'export'):
-      return {'erase': _erase, 'export': _export}[args.command](args, beam_args)
+    if args.command in ('erase', 'export', 'retention'):
+      return {'erase': _erase, 'export': _export, 'retention': _retention}[args.command](args, beam_args)
     return {'verify-audit': _verify, 'show-audit': _show}[args.command](args)
   except (AuditError, _UsageError) as e:
     print(f'gdpr {args.command}: {e}', file=sys.stderr)

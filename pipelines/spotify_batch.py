@@ -55,7 +55,7 @@ from io_connectors.sinks.lake import (
   run_dir_name,
   sweep,
 )
-from pipelines.config import RUN_KEYS, ConfigError, RunConfig, load_yaml, resolve
+from pipelines.config import FILE_ONLY_KEYS, RUN_KEYS, ConfigError, RunConfig, load_yaml, resolve
 from pipelines import audit, cli, lineage, runners
 from pipelines.options import SpotifyBatchOptions
 from transforms import entities, schema as schema_mod
@@ -223,9 +223,9 @@ def _config_mapping(values) -> dict:
   """A config given as a mapping, checked for the keys a config file may hold (as load_yaml does)."""
   if not isinstance(values, dict):
     raise ConfigError(f'config must be a mapping of keys, got {type(values).__name__}')
-  unknown = sorted(set(values) - set(RUN_KEYS) - {'sources'})
+  unknown = sorted(set(values) - set(RUN_KEYS) - set(FILE_ONLY_KEYS))
   if unknown:
-    raise ConfigError(f'config: unknown key(s) {", ".join(unknown)}; known: {", ".join(RUN_KEYS + ("sources",))}')
+    raise ConfigError(f'config: unknown key(s) {", ".join(unknown)}; known: {", ".join(RUN_KEYS + FILE_ONLY_KEYS)}')
   return dict(values)
 
 

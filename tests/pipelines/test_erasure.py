@@ -1,4 +1,4 @@
-"""Erasure over a real batch output (pipelines.erasure, `python -m pipelines.gdpr erase`): every format, both kinds of file, S3."""
+"""Erasure over a real batch output (pipelines.compliance, `python -m pipelines.gdpr erase`): every format, both kinds of file, S3."""
 
 import csv
 import json
@@ -7,9 +7,9 @@ import os
 import pyarrow as pa
 import pytest
 
-from pipelines import erasure, gdpr
+from pipelines import compliance, gdpr
 from pipelines.audit import open_audit_log
-from pipelines.erasure import ErasureError, SubjectMatcher, erase
+from pipelines.compliance import ComplianceError, SubjectMatcher, erase
 from pipelines.spotify_batch import run
 from io_connectors.sinks.lake import read_manifest
 from transforms.pii.batch import pseudonymise
@@ -160,7 +160,7 @@ def test_crash_before_the_commit_leaves_the_previous_output_and_a_rerun_complete
   def crash(*args, **kwargs):
     raise OSError('worker preempted')
 
-  monkeypatch.setattr(erasure, 'commit_output', crash)
+  monkeypatch.setattr(compliance, 'commit_output', crash)
   with pytest.raises(OSError):
     erase(output, 'acme', ['u1'], _master_key())
   assert read_manifest(output) == before
@@ -172,11 +172,11 @@ def test_crash_before_the_commit_leaves_the_previous_output_and_a_rerun_complete
 
 
 def test_a_file_in_a_format_it_cannot_read_is_a_clear_error(tmp_path):
-  with pytest.raises(ErasureError, match=r'part-0\.orc: cannot read a \.orc file'):
-    erasure.split_file('out/data/tenant=acme/part-0.orc', b'', SubjectMatcher(['x']))
-  with pytest.raises(ErasureError, match=r'part-0\.parquet: cannot read it as parquet'):
-    erasure.split_file('out/data/tenant=acme/part-0.parquet', b'not parquet', SubjectMatcher(['x']))
-  with pytest.raises(ErasureError, match='no committed run'):
+  with pytest.raises(ComplianceError, match=r'part-0\.orc: cannot read a \.orc file'):
+    compliance.split_file('out/data/tenant=acme/part-0.orc', b'', SubjectMatcher(['x']))
+  with pytest.raises(ComplianceError, match=r'part-0\.parquet: cannot read it as parquet'):
+    compliance.split_file('out/data/tenant=acme/part-0.parquet', b'not parquet', SubjectMatcher(['x']))
+  with pytest.raises(ComplianceError, match='no committed run'):
     erase(str(tmp_path / 'empty'), 'acme', ['u1'], _master_key())
 
 
@@ -247,3 +247,80 @@ def test_export_writes_every_record_of_the_subject_as_json_and_a_summary(tmp_pat
   subjects.write_text('nobody\n', encoding='utf-8')
   assert gdpr.main([*argv, '--destination', str(tmp_path / 'request-43')]) == 0
   assert 'We hold no records of you.' in (tmp_path / 'request-43' / 'summary.txt').read_text()
+
+
+def _dated_output(tmp_path, output_format):
+  """acme and beat events on three days: 2024-01-05, 2024-03-01 and 2024-06-01."""
+  path = tmp_path / 'dated.csv'
+  rows = []
+  for i, (tenant, day) in enumerate(
+    [(t, d) for t in ('acme', 'beat') for d in ('2024-01-05', '2024-03-01', '2024-06-01') for _ in range(2)]
+  ):
+    rows.append(
+      {
+        'event_id': f'd-{i}',
+        'tenant_id': tenant,
+        'user_id': f'u{i % 3}',
+        'track_id': '4uLU6hMCjMI75M1A2tKUQC',
+        'played_at': f'{day}T08:00:00Z',
+        'ms_played': str(1000 + i),
+      }
+    )
+  with open(path, 'w', newline='', encoding='utf-8') as handle:
+    writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  output = str(tmp_path / f'dated-{output_format}')
+  run(['--input', str(path), '--output', output, '--tenant_field', 'tenant_id', '--output_format', output_format])
+  return output
+
+
+@pytest.mark.parametrize('output_format', ['parquet', 'avro', 'jsonl', 'tfrecord'])
+def test_retention_drops_expired_rows_per_tenant_and_entity(tmp_path, output_format):
+  import datetime as dt
+
+  output = _dated_output(tmp_path, output_format)
+  before = read_manifest(output)
+  now = dt.datetime(2024, 7, 1, tzinfo=dt.timezone.utc)
+  # acme keeps 60 days of listening events (only June stays); every other tenant 150 days (March and June).
+  rules = {'acme': {'listening_event': 60}, '*': {'*': 150}}
+  report = compliance.apply_retention(output, rules, now=now)
+  assert report['published'] and report['rescan_matches'] == 0
+  assert report['records_removed_by_tenant_and_entity'] == {
+    'acme': {'listening_event': 4},
+    'beat': {'listening_event': 2},
+  }
+  after = read_manifest(output)
+  assert after['counts']['written'] == before['counts']['written'] - 6 and after['counts']['expired'] == 6
+  assert after['retention']['previous_run_id'] == before['run_id']
+  rows = _all_bytes(output)
+  text = b''.join(rows.values())
+  for event_id, kept in [('d-0', False), ('d-2', False), ('d-4', True), ('d-6', False), ('d-8', True), ('d-10', True)]:
+    assert ((f'"d-{event_id[2:]}"'.encode() in text) or (f'd-{event_id[2:]}'.encode() in text)) == kept, event_id
+  # Again: nothing is older than the rules now.
+  again = compliance.apply_retention(output, rules, now=now)
+  assert not again['published'] and again['records_removed'] == {'data': 0, 'dead_letter': 0}
+
+
+def test_retention_rules_are_checked_and_the_command_audits(tmp_path, capsys):
+  with pytest.raises(ComplianceError, match=r'retention_days\.acme\.listening_event must be a whole number'):
+    compliance.check_retention_rules({'acme': {'listening_event': 0}})
+  assert compliance.retention_days({'acme': {'*': 30}, '*': {'track': 5}}, 'acme', 'track') == 30
+  assert compliance.retention_days({'acme': {'*': 30}, '*': {'track': 5}}, 'beat', 'track') == 5
+  assert compliance.retention_days({'acme': {'*': 30}}, 'beat', 'track') is None
+  output = _dated_output(tmp_path, 'parquet')
+  config = tmp_path / 'retention.yaml'
+  config.write_text("retention_days:\n  '*': {'*': 1}\n", encoding='utf-8')
+  audit = str(tmp_path / 'audit.jsonl')
+  assert gdpr.main(['retention', '--output', output, '--config', str(config), '--audit_log', audit]) == 0, capsys.readouterr().err
+  report = json.loads(capsys.readouterr().out)
+  assert report['records_removed'] == {'data': 12, 'dead_letter': 0}
+  assert len(report['files_dropped']) >= 2  # every file of both tenants expired: dropped, not rewritten empty
+  assert read_manifest(output)['files']['data'] == []
+  assert [(e.action, e.tenant) for e in open_audit_log(audit).entries()] == [
+    ('retention', 'acme'),
+    ('retention', 'beat'),
+  ]
+  config.write_text("retention_days:\n  acme: {listening_event: -3}\n", encoding='utf-8')
+  assert gdpr.main(['retention', '--output', output, '--config', str(config)]) == 2
+  assert 'retention_days.acme.listening_event' in capsys.readouterr().err

@@ -73,13 +73,23 @@ from transforms.pii.batch import pseudonymise
 from transforms.records import json_safe
 from transforms.pii.keys import MasterKey
 
-__all__ = ['ErasureError', 'SubjectMatcher', 'erase', 'export_subjects', 'split_file']
+__all__ = [
+  'ComplianceError',
+  'RetentionSelector',
+  'SubjectMatcher',
+  'apply_retention',
+  'check_retention_rules',
+  'erase',
+  'export_subjects',
+  'retention_days',
+  'split_file',
+]
 
 # Characters that continue a word around an identifier or email: a match must not touch them.
 _WORD = 'A-Za-z0-9_@.+-'
 
 
-class ErasureError(RuntimeError):
+class ComplianceError(RuntimeError):
   """An erasure that cannot start or did not remove every match; nothing half-published."""
 
 
@@ -89,7 +99,7 @@ class SubjectMatcher:
   def __init__(self, tokens: Iterable[str]):
     self.tokens: FrozenSet[str] = frozenset(t for t in tokens if t)
     if not self.tokens:
-      raise ErasureError('no subjects given')
+      raise ComplianceError('no subjects given')
     alternatives = '|'.join(re.escape(t) for t in sorted(self.tokens, key=len, reverse=True))
     self._text = re.compile(f'(?<![{_WORD}])(?:{alternatives})(?![{_WORD}])')
     self._bytes = re.compile(self._text.pattern.encode('utf-8'))
@@ -100,7 +110,7 @@ class SubjectMatcher:
   def for_tenant(cls, raw_values: Sequence[str], tenant: str, master_key: MasterKey) -> 'SubjectMatcher':
     raw = sorted({v.strip() for v in raw_values if v and v.strip()})
     if not raw:
-      raise ErasureError('no subjects given: the subject list is empty')
+      raise ComplianceError('no subjects given: the subject list is empty')
     pseudonyms = pseudonymise(pa.array(raw, pa.string()), master_key.tenant_key(tenant)).to_pylist()
     return cls([*raw, *pseudonyms])
 
@@ -244,13 +254,13 @@ def split_file(path: str, data: bytes, matcher: SubjectMatcher) -> Split:
   """Splits one lake file into what stays and the subjects' records (see `Split`)."""
   extension = path.rsplit('.', 1)[-1]
   if extension not in _SPLITTERS:
-    raise ErasureError(f'{path}: cannot read a .{extension} file (reads {", ".join(sorted(_SPLITTERS))})')
+    raise ComplianceError(f'{path}: cannot read a .{extension} file (reads {", ".join(sorted(_SPLITTERS))})')
   try:
     return _SPLITTERS[extension](data, matcher)
-  except ErasureError:
+  except ComplianceError:
     raise
   except Exception as e:
-    raise ErasureError(f'{path}: cannot read it as {extension}: {type(e).__name__}: {e}') from None
+    raise ComplianceError(f'{path}: cannot read it as {extension}: {type(e).__name__}: {e}') from None
 
 
 # ----- The Beam job -----
@@ -275,41 +285,69 @@ def _carry(source: str, target: str):
 ERASE, RESCAN, EXPORT = 'erase', 'rescan', 'export'
 
 
-class _SubjectFilesFn(beam.DoFn):
-  """One file of the lake, by mode: erase (rewrite it without the subjects' records, or carry it
-  over untouched), rescan (count what is left) or export (emit the subjects' records)."""
+def _folder_value(folders: Sequence[str], name: str) -> Optional[str]:
+  return next((f.split('=', 1)[1] for f in folders if f.startswith(f'{name}=')), None)
 
-  def __init__(self, matcher: SubjectMatcher, scanned: Tuple[str, ...], mode: str):
+
+class _SubjectScope:
+  """Erasure and export: the subjects' matcher, for the tenant's partitions and the dead letters of no tenant."""
+
+  def __init__(self, matcher: SubjectMatcher, tenant: str):
     self._matcher = matcher
-    self._scanned = scanned  # partition folder names: tenant=<id>, _unassigned
+    self._tenant = tenant
+
+  def selector(self, kind: str, folders: Sequence[str]):
+    if _folder_value(folders, 'tenant') == self._tenant or (kind == 'dead_letter' and UNASSIGNED in folders):
+      return self._matcher
+    return None
+
+
+class _SubjectFilesFn(beam.DoFn):
+  """One file of the lake, by mode: erase (rewrite it without the selected records, drop it when none
+  stay, or carry it over untouched), rescan (count what is still selected) or export (emit the selected
+  records). A scope says which selector, if any, applies to the file."""
+
+  def __init__(self, scope, mode: str, default_entity: Optional[str]):
+    self._scope = scope
     self._mode = mode
+    self._default_entity = default_entity
 
   def process(self, element):
     kind, source, target = element
     folders = source.replace('\\', '/').split('/')
-    partition = next((part for part in self._scanned if part in folders), None)
-    result = {'kind': kind, 'partition': partition, 'path': target, 'removed': 0, 'rewritten': False}
-    if partition is None:
+    result = {
+      'kind': kind,
+      'tenant': _folder_value(folders, 'tenant') or (UNASSIGNED if UNASSIGNED in folders else None),
+      'entity': _folder_value(folders, 'entity') or self._default_entity,
+      'path': target,
+      'scanned': False,
+      'removed': 0,
+      'rewritten': False,
+      'dropped': False,
+    }
+    selector = self._scope.selector(kind, folders)
+    if selector is None:
       if self._mode == ERASE:
         _carry(source, target)
       yield result
       return
-    rewritten, matched, _ = split_file(source, _read(source), self._matcher)
+    rewritten, matched, kept = split_file(source, _read(source), selector)
+    result.update(scanned=True, removed=len(matched))
     if self._mode == ERASE:
       if rewritten is None:
         _carry(source, target)
-      else:
+      elif kept:
         with FileSystems.create(target) as handle:
           handle.write(rewritten)
-    result = dict(result, removed=len(matched), rewritten=self._mode == ERASE and rewritten is not None)
+        result['rewritten'] = True
+      else:
+        result['dropped'] = True  # nothing stays: the new run has no such file
     if self._mode == EXPORT:
-      entity = next((f.split('=', 1)[1] for f in folders if f.startswith('entity=')), None)
       result['records'] = matched
-      result['entity'] = entity
     yield result
 
 
-def _run_files(files, matcher, scanned, mode: str, beam_args, work_dir: str) -> List[dict]:
+def _run_files(files, scope, mode: str, default_entity, beam_args, work_dir: str) -> List[dict]:
   """Runs `_SubjectFilesFn` over `files` as a Beam job; returns its per-file results."""
   results: List[dict] = []
   result_dir = FileSystems.join(work_dir, uuid.uuid4().hex)
@@ -318,7 +356,7 @@ def _run_files(files, matcher, scanned, mode: str, beam_args, work_dir: str) -> 
       pipeline
       | 'Files' >> beam.Create(files)
       | 'Spread' >> beam.Reshuffle()
-      | mode.capitalize() >> beam.ParDo(_SubjectFilesFn(matcher, scanned, mode))
+      | mode.capitalize() >> beam.ParDo(_SubjectFilesFn(scope, mode, default_entity))
       | 'AsJson' >> beam.Map(lambda result: json.dumps(result, default=str))
       | 'Results' >> beam.io.WriteToText(FileSystems.join(result_dir, 'part'), shard_name_template='-SS')
     )
@@ -329,8 +367,98 @@ def _run_files(files, matcher, scanned, mode: str, beam_args, work_dir: str) -> 
 
 def _retarget(path: str, old_base: str, new_base: str) -> str:
   if not path.startswith(old_base):
-    raise ErasureError(f'the manifest lists {path}, outside its run directory {old_base}')
+    raise ComplianceError(f'the manifest lists {path}, outside its run directory {old_base}')
   return new_base + path[len(old_base) :]
+
+
+def _check_tenant(tenant: str) -> str:
+  if not tenant or not re.match(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$', tenant):
+    raise ComplianceError(f'tenant must be a tenant id, got {tenant!r}')
+  return tenant
+
+
+def _committed_manifest(output: str, beam_args: Sequence[str], what: str):
+  """(pipeline options, the output's manifest); S3/GCS options set as the batch job sets them."""
+  options = PipelineOptions(list(beam_args))
+  FileSystems.set_options(options)
+  manifest = read_manifest(output)
+  if manifest is None:
+    raise ComplianceError(f'{output} has no committed run ({MANIFEST_NAME}): nothing to {what}')
+  return options, manifest
+
+
+def _rewrite_output(output: str, manifest: dict, options, scope, action: str, run_id: str, report: dict, beam_args):
+  """Publishes a new run of `output` without the records `scope` selects, through the lake's commit.
+
+  `action` names the manifest section and the count the removed records
+  move to ('erasure' -> 'erased', 'retention' -> 'expired'). Publishes
+  nothing when nothing is selected. After the commit a second pass must
+  find nothing selected. Returns `report`, completed.
+  """
+  run_dir = run_dir_name(run_id)
+  old_base = FileSystems.join(output, manifest['run_dir'])
+  new_base = FileSystems.join(output, RUNS_DIR, run_dir)
+  files = [
+    (kind, path, _retarget(path, old_base, new_base))
+    for kind, paths in sorted((manifest.get('files') or {}).items())
+    for path in paths
+  ]
+  # The jobs' per-file results: beside the runs, swept like a crashed run's if left behind.
+  work_dir = FileSystems.join(output, RUNS_DIR, f'{run_dir}.work')
+  entity = manifest.get('entity') if isinstance(manifest.get('entity'), str) else None
+  report.update(previous_run_id=manifest.get('run_id'), files_total=len(files))
+  lock = OutputLock.acquire(output, run_id, run_dir, options=options)
+  try:
+    with lock.kept_alive():
+      results = _run_files(files, scope, ERASE, entity, beam_args, work_dir)
+    removed = _removed(results)
+    report.update(
+      files_scanned=sum(r['scanned'] for r in results),
+      files_rewritten=sorted(r['path'] for r in results if r['rewritten']),
+      files_dropped=sorted(r['path'] for r in results if r['dropped']),
+      records_removed={
+        kind: sum(n for (k, _, _), n in removed.items() if k == kind) for kind in ('data', 'dead_letter')
+      },
+      records_removed_by_tenant_and_entity=_by_tenant_and_entity(removed),
+    )
+    if not removed:
+      # Nothing selected: publish nothing, so a repeated request changes nothing.
+      delete_tree(new_base)
+      delete_tree(work_dir)
+      report.update(published=False, rescan_matches=0, finished_at=_now())
+      return report
+    dropped = set(report['files_dropped'])
+    metric = {'erasure': 'erased', 'retention': 'expired'}[action]
+    counts = _counts_after(manifest.get('counts') or {}, removed, metric)
+    published = dict(
+      manifest,
+      run_id=run_id,
+      started_at=report['started_at'],
+      finished_at=_now(),
+      files={
+        kind: sorted(new for k, _, new in files if k == kind and new not in dropped)
+        for kind in (manifest.get('files') or {})
+      },
+      counts=counts,
+      conservation=dict(
+        manifest.get('conservation') or {},
+        rule=' + '.join(
+          ['read == written', 'dead_letter', 'deduplicated'] + [m for m in ('erased', 'expired') if m in counts]
+        ),
+      ),
+      **{action: dict(report, files_rewritten=len(report['files_rewritten']), files_dropped=len(dropped))},
+    )
+    published.pop('superseded', None)
+    commit_output(output, run_dir, published, _read_json(FileSystems.join(output, SCHEMA_NAME)), lock=lock)
+  finally:
+    lock.release()
+  kept = [(k, new, new) for k, _, new in files if new not in set(report['files_dropped'])]
+  rescan = _run_files(kept, scope, RESCAN, entity, beam_args, work_dir)
+  delete_tree(work_dir)
+  report.update(published=True, rescan_matches=sum(r['removed'] for r in rescan), finished_at=_now())
+  if report['rescan_matches']:
+    raise ComplianceError(f'the re-scan of {output} after the {action} still found {report["rescan_matches"]} records')
+  return report
 
 
 def erase(
@@ -342,87 +470,42 @@ def erase(
   beam_args: Sequence[str] = (),
 ) -> dict:
   """Erases `subjects` of `tenant` from the lake at `output`; returns the verification report (see module doc)."""
-  if not tenant or not re.match(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$', tenant):
-    raise ErasureError(f'tenant must be a tenant id, got {tenant!r}')
-  options = PipelineOptions(list(beam_args))
-  FileSystems.set_options(options)  # S3/GCS credentials and endpoints, as the batch job does
-  manifest = read_manifest(output)
-  if manifest is None:
-    raise ErasureError(f'{output} has no committed run ({MANIFEST_NAME}): nothing to erase from')
+  _check_tenant(tenant)
+  options, manifest = _committed_manifest(output, beam_args, 'erase from')
   matcher = SubjectMatcher.for_tenant(subjects, tenant, master_key)
-  scanned = (f'tenant={tenant}', UNASSIGNED)
   started_at = dt.datetime.now(dt.timezone.utc)
   run_id = run_id or 'erasure-' + started_at.strftime('%Y%m%dT%H%M%SZ-') + uuid.uuid4().hex[:8]
-  run_dir = run_dir_name(run_id)
-  old_base = FileSystems.join(output, manifest['run_dir'])
-  new_base = FileSystems.join(output, RUNS_DIR, run_dir)
-  files = [
-    (kind, path, _retarget(path, old_base, new_base))
-    for kind, paths in sorted((manifest.get('files') or {}).items())
-    for path in paths
-  ]
-  # The jobs' per-file results: beside the runs, swept like a crashed run's if left behind.
-  work_dir = FileSystems.join(output, RUNS_DIR, f'{run_dir}.work')
   report: dict = {
     'run_id': run_id,
     'tenant': tenant,
     'subjects': len({s.strip() for s in subjects if s and s.strip()}),
-    'previous_run_id': manifest.get('run_id'),
     'started_at': started_at.isoformat(),
-    'files_total': len(files),
   }
-  lock = OutputLock.acquire(output, run_id, run_dir, options=options)
-  try:
-    with lock.kept_alive():
-      results = _run_files(files, matcher, scanned, ERASE, beam_args, work_dir)
-    removed = _removed(results)
-    report.update(
-      files_scanned=sum(r['partition'] is not None for r in results),
-      files_rewritten=sorted(r['path'] for r in results if r['rewritten']),
-      records_removed={kind: sum(n for (k, _), n in removed.items() if k == kind) for kind in ('data', 'dead_letter')},
-    )
-    if not removed:
-      # Nothing of theirs is left: publish nothing, so a repeated erasure changes nothing.
-      delete_tree(new_base)
-      delete_tree(work_dir)
-      report.update(published=False, rescan_matches=0, finished_at=_now())
-      return report
-    published = dict(
-      manifest,
-      run_id=run_id,
-      started_at=report['started_at'],
-      finished_at=_now(),
-      files={kind: sorted(new for k, _, new in files if k == kind) for kind in (manifest.get('files') or {})},
-      counts=_counts_after(manifest.get('counts') or {}, removed),
-      conservation=dict(
-        manifest.get('conservation') or {}, rule='read == written + dead_letter + deduplicated + erased'
-      ),
-      erasure=dict(report, files_rewritten=len(report['files_rewritten'])),
-    )
-    published.pop('superseded', None)
-    commit_output(output, run_dir, published, _read_json(FileSystems.join(output, SCHEMA_NAME)), lock=lock)
-  finally:
-    lock.release()
-  rescan = _run_files([(k, new, new) for k, _, new in files], matcher, scanned, RESCAN, beam_args, work_dir)
-  delete_tree(work_dir)
-  report.update(published=True, rescan_matches=sum(r['removed'] for r in rescan), finished_at=_now())
-  if report['rescan_matches']:
-    raise ErasureError(f'the re-scan of {output} after the erasure still found {report["rescan_matches"]} records')
-  return report
+  return _rewrite_output(
+    output, manifest, options, _SubjectScope(matcher, tenant), 'erasure', run_id, report, beam_args
+  )
 
 
 def _now() -> str:
   return dt.datetime.now(dt.timezone.utc).isoformat()
 
 
-def _removed(results: List[dict]) -> Dict[Tuple[str, str], int]:
-  """Records removed per (kind, partition folder), only where some were."""
-  removed: Dict[Tuple[str, str], int] = {}
+def _removed(results: List[dict]) -> Dict[Tuple[str, str, str], int]:
+  """Records removed per (kind, tenant, entity), only where some were."""
+  removed: Dict[Tuple[str, str, str], int] = {}
   for r in results:
     if r['removed']:
-      key = (r['kind'], r['partition'])
+      key = (r['kind'], r['tenant'] or UNASSIGNED, r['entity'] or '')
       removed[key] = removed.get(key, 0) + r['removed']
   return removed
+
+
+def _by_tenant_and_entity(removed: Dict[Tuple[str, str, str], int]) -> Dict[str, Dict[str, int]]:
+  out: Dict[str, Dict[str, int]] = {}
+  for (kind, tenant, entity), n in sorted(removed.items()):
+    name = 'dead_letter' if kind == 'dead_letter' else (entity or 'data')
+    out.setdefault(tenant, {})[name] = out.get(tenant, {}).get(name, 0) + n
+  return out
 
 
 def _read_json(path: str) -> Optional[dict]:
@@ -432,17 +515,150 @@ def _read_json(path: str) -> Optional[dict]:
     return None
 
 
-def _counts_after(counts: dict, removed: Dict[Tuple[str, str], int]) -> dict:
-  """The manifest's counts with the erased records moved from `written` / `dead_letter` to `erased`."""
+def _counts_after(counts: dict, removed: Dict[Tuple[str, str, str], int], metric: str) -> dict:
+  """The manifest's counts with the removed records moved from `written` / `dead_letter` to `metric`."""
   counts = json.loads(json.dumps(counts))
-  for (kind, partition), n in removed.items():
-    metric = 'written' if kind == 'data' else 'dead_letter'
-    tenant = partition.split('=', 1)[1] if partition.startswith('tenant=') else partition
+  for (kind, tenant, entity), n in removed.items():
+    source = 'written' if kind == 'data' else 'dead_letter'
     for bucket in (counts, (counts.get('per_tenant') or {}).get(tenant)):
       if bucket is not None:
-        bucket[metric] = bucket.get(metric, 0) - n
-        bucket['erased'] = bucket.get('erased', 0) + n
+        bucket[source] = bucket.get(source, 0) - n
+        bucket[metric] = bucket.get(metric, 0) + n
+    per_entity = counts.get('written_per_entity')
+    if kind == 'data' and per_entity and entity in per_entity:
+      per_entity[entity] -= n
   return counts
+
+
+# ----- Retention -----
+
+# Where a record's time is, by first match: the entity's event time, else when it was made or changed.
+TIME_FIELDS = ('played_at', 'event_time', 'timestamp', 'occurred_at', 'created_at', 'added_at', 'updated_at')
+
+
+def _as_utc(value) -> Optional[dt.datetime]:
+  """A record's time value as an aware UTC datetime: datetimes, ISO text, or integers (TFRecord: microseconds)."""
+  if isinstance(value, (list, tuple)):
+    value = value[0] if value else None
+  if value is None or isinstance(value, bool):
+    return None
+  if isinstance(value, dt.datetime):
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+  if isinstance(value, (int, float)):
+    return dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=int(value))
+  if isinstance(value, bytes):
+    value = value.decode('utf-8', 'replace')
+  try:
+    parsed = dt.datetime.fromisoformat(str(value).replace('Z', '+00:00'))
+  except ValueError:
+    return None
+  return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+class RetentionSelector:
+  """Selects records whose time (the first of `time_fields` present) is before `cutoff`.
+
+  Records without a readable time are kept: retention never guesses.
+  """
+
+  def __init__(self, cutoff: dt.datetime, time_fields: Sequence[str] = TIME_FIELDS):
+    self.cutoff = cutoff.astimezone(dt.timezone.utc)
+    self.time_fields = tuple(time_fields)
+
+  def _field(self, names) -> Optional[str]:
+    return next((f for f in self.time_fields if f in names), None)
+
+  def rows(self, table: pa.Table) -> pa.Array:
+    field = self._field(table.column_names)
+    if field is None:
+      return pa.array([False] * table.num_rows, pa.bool_())
+    column = table.column(field)
+    if pa.types.is_timestamp(column.type):
+      cutoff = pa.scalar(self.cutoff, pa.timestamp('us', tz='UTC')).cast(column.type)
+      return pc.fill_null(pc.less(column, cutoff), False).combine_chunks()
+    return pa.array([self.value({field: v}) for v in column.to_pylist()], pa.bool_())
+
+  def value(self, record) -> bool:
+    if not isinstance(record, dict):
+      return False
+    field = self._field(record)
+    when = _as_utc(record.get(field)) if field else None
+    return when is not None and when < self.cutoff
+
+  def line(self, line: bytes) -> bool:
+    try:
+      return self.value(json.loads(line))
+    except ValueError:
+      return False
+
+
+def retention_days(rules: dict, tenant: Optional[str], entity: Optional[str]) -> Optional[int]:
+  """Days to keep `tenant`'s `entity` under `rules` ({tenant or '*': {entity or '*': days}}); None: keep all."""
+  for tenant_key in (tenant, '*'):
+    per_entity = rules.get(tenant_key) if tenant_key is not None else None
+    if isinstance(per_entity, dict):
+      for entity_key in (entity, '*'):
+        if entity_key is not None and entity_key in per_entity:
+          return per_entity[entity_key]
+  return None
+
+
+def check_retention_rules(rules) -> dict:
+  """`rules` if they are {tenant or '*': {entity or '*': positive int days}}; else ComplianceError naming the place."""
+  if not isinstance(rules, dict) or not rules:
+    raise ComplianceError("retention_days must be a mapping {tenant or '*': {entity or '*': days}}")
+  for tenant, per_entity in rules.items():
+    if not isinstance(per_entity, dict) or not per_entity:
+      raise ComplianceError(f'retention_days.{tenant} must be a mapping {{entity or "*": days}}, got {per_entity!r}')
+    for entity, days in per_entity.items():
+      if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+        raise ComplianceError(f'retention_days.{tenant}.{entity} must be a whole number of days >= 1, got {days!r}')
+  return rules
+
+
+class _RetentionScope:
+  """Retention: for each data file, the cutoff of its tenant and entity, if a rule covers them."""
+
+  def __init__(self, rules: dict, now: dt.datetime, time_fields: Sequence[str], default_entity: Optional[str]):
+    self._rules = rules
+    self._now = now
+    self._time_fields = tuple(time_fields)
+    self._default_entity = default_entity  # a one-entity run's files have no entity=<name> folder
+
+  def selector(self, kind: str, folders: Sequence[str]):
+    if kind != 'data':
+      return None  # dead letters hold no trusted event time: they follow the run, not a retention rule
+    tenant = _folder_value(folders, 'tenant')
+    entity = _folder_value(folders, 'entity') or self._default_entity
+    days = retention_days(self._rules, tenant, entity)
+    return None if days is None else RetentionSelector(self._now - dt.timedelta(days=days), self._time_fields)
+
+
+def apply_retention(
+  output: str,
+  rules: dict,
+  now: Optional[dt.datetime] = None,
+  time_fields: Sequence[str] = TIME_FIELDS,
+  run_id: Optional[str] = None,
+  beam_args: Sequence[str] = (),
+) -> dict:
+  """Drops the records of `output` older than their tenant's and entity's retention, as a new committed run.
+
+  `rules`: ``{tenant or '*': {entity or '*': days}}`` (the config's
+  ``retention_days``), the most specific rule winning. A record's time is the
+  first of `time_fields` it has; records without one are kept. Files whose
+  records all expired are dropped from the new run; the others are rewritten
+  or carried over as in erasure. Returns the report (records removed per
+  tenant and entity, files rewritten and dropped, the re-scan's zero).
+  """
+  check_retention_rules(rules)
+  options, manifest = _committed_manifest(output, beam_args, 'expire')
+  now = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
+  run_id = run_id or 'retention-' + now.strftime('%Y%m%dT%H%M%SZ-') + uuid.uuid4().hex[:8]
+  entity = manifest.get('entity') if isinstance(manifest.get('entity'), str) else None
+  scope = _RetentionScope(rules, now, time_fields, entity)
+  report: dict = {'run_id': run_id, 'rules': rules, 'as_of': now.isoformat(), 'started_at': _now()}
+  return _rewrite_output(output, manifest, options, scope, 'retention', run_id, report, beam_args)
 
 
 def export_subjects(
@@ -462,17 +678,13 @@ def export_subjects(
   request's metadata and counts). Reads the current run as the manifest lists
   it; publishes nothing. Returns the metadata.
   """
-  if not tenant or not re.match(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$', tenant):
-    raise ErasureError(f'tenant must be a tenant id, got {tenant!r}')
-  options = PipelineOptions(list(beam_args))
-  FileSystems.set_options(options)
-  manifest = read_manifest(output)
-  if manifest is None:
-    raise ErasureError(f'{output} has no committed run ({MANIFEST_NAME}): nothing to export')
+  _check_tenant(tenant)
+  _, manifest = _committed_manifest(output, beam_args, 'export')
   matcher = SubjectMatcher.for_tenant(subjects, tenant, master_key)
   files = [(kind, path, path) for kind, paths in sorted((manifest.get('files') or {}).items()) for path in paths]
   work_dir = FileSystems.join(destination, f'_work-{uuid.uuid4().hex[:8]}')
-  results = _run_files(files, matcher, (f'tenant={tenant}', UNASSIGNED), EXPORT, beam_args, work_dir)
+  entity = manifest.get('entity') if isinstance(manifest.get('entity'), str) else None
+  results = _run_files(files, _SubjectScope(matcher, tenant), EXPORT, entity, beam_args, work_dir)
   delete_tree(work_dir)
   by_entity: Dict[str, List[dict]] = {}
   letters: List[dict] = []
