@@ -1,4 +1,4 @@
-"""Erasure over a real batch output (pipelines.compliance, `python -m pipelines.gdpr erase`): every format, both kinds of file, S3."""
+"""Erasure, export and retention over a real batch output (pipelines.compliance, `python -m pipelines.gdpr`): every format, S3."""
 
 import csv
 import json
