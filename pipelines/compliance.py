@@ -679,6 +679,7 @@ def export_subjects(
   it; publishes nothing. Returns the metadata.
   """
   _check_tenant(tenant)
+  started_at = _now()
   _, manifest = _committed_manifest(output, beam_args, 'export')
   matcher = SubjectMatcher.for_tenant(subjects, tenant, master_key)
   files = [(kind, path, path) for kind, paths in sorted((manifest.get('files') or {}).items()) for path in paths]
@@ -701,6 +702,7 @@ def export_subjects(
     'tenant': tenant,
     'subjects': len({s.strip() for s in subjects if s and s.strip()}),
     'run_id': manifest.get('run_id'),
+    'started_at': started_at,
     'exported_at': _now(),
     'records': {entity: len(records) for entity, records in sorted(by_entity.items())},
     'dead_letters': len(letters),

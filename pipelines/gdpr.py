@@ -8,6 +8,7 @@ Usage::
     python -m pipelines.gdpr export --output gs://lake/events --tenant acme --subject_file ids.txt \\
         --destination gs://requests/2026-0042/
     python -m pipelines.gdpr retention --output gs://lake/events --config retention.yaml
+    python -m pipelines.gdpr report --tenant acme --since 2026-11-01 --until 2026-12-01 --out acme.html
     python -m pipelines.gdpr verify-audit --audit_log postgresql://...?table=compliance.audit
     python -m pipelines.gdpr verify-audit --audit_log audit.jsonl --anchor 41:9f2c...   # also detect a cut-off tail
     python -m pipelines.gdpr show-audit --audit_log audit.jsonl --tenant acme --json
@@ -26,6 +27,11 @@ and appends an ``export`` entry to the audit log.
 ``retention`` drops the records older than the ``retention_days`` of the
 config ({tenant or '*': {entity or '*': days}}) through the lake's commit and
 appends a ``retention`` entry per tenant to the audit log.
+
+``report`` writes a tenant's compliance report for a period as one HTML page
+(`pipelines.compliance_report`): runs and dead-letter rates, PII findings,
+erasure and access requests with their completion times, retention, and the
+audit chain's status (exit 1 when the chain is broken).
 
 ``verify-audit`` re-computes the audit log's hash chain (`pipelines.audit`)
 and prints the head (``seq:hash``, the anchor to keep elsewhere) or the
@@ -89,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
   )
   retention.add_argument('--actor', default=None, help='who ran it, for the audit log (default: the OS user)')
 
+  report = with_log(commands.add_parser('report', help="a tenant's compliance report (HTML) for a period"))
+  report.add_argument('--tenant', required=True, help='the tenant')
+  report.add_argument('--since', required=True, help='first day (YYYY-MM-DD, UTC), included')
+  report.add_argument('--until', required=True, help='last day (YYYY-MM-DD, UTC), excluded')
+  report.add_argument('--out', required=True, help='the HTML file to write')
+
   verify = with_log(commands.add_parser('verify-audit', help='check the audit log hash chain'))
   verify.add_argument('--anchor', default=None, help='SEQ:HASH of an entry kept elsewhere; fails if it is gone')
   verify.add_argument('--json', action='store_true', help='print the report as JSON')
@@ -133,10 +145,33 @@ def _export(args, beam_args: Sequence[str]) -> int:
   except ComplianceError as e:
     raise _UsageError(str(e)) from None
   if log is not None:
-    details = {k: metadata[k] for k in ('subjects', 'run_id', 'records', 'dead_letters')}
+    details = {k: metadata[k] for k in ('subjects', 'run_id', 'records', 'dead_letters', 'started_at', 'exported_at')}
     metadata['audit'] = log.append('export', actor=args.actor, tenant=args.tenant, details=details).anchor
   print(json.dumps(metadata, indent=2, sort_keys=True))
   return 0
+
+
+def _report(args) -> int:
+  import datetime as dt
+
+  from pipelines.compliance_report import build_report, render_html
+
+  try:
+    since, until = (
+      dt.datetime.strptime(value, '%Y-%m-%d').replace(tzinfo=dt.timezone.utc) for value in (args.since, args.until)
+    )
+  except ValueError:
+    raise _UsageError(f'--since and --until must be dates YYYY-MM-DD, got {args.since!r} and {args.until!r}') from None
+  if until <= since:
+    raise _UsageError('--until must be after --since')
+  report = build_report(_audit_log(args), args.tenant, since, until)
+  with open(args.out, 'w', encoding='utf-8') as handle:
+    handle.write(render_html(report))
+  print(
+    f'{args.out}: {len(report["runs"])} runs, {len(report["erasures"])} erasures, '
+    f'{len(report["exports"])} access requests; audit chain {"intact" if report["audit"]["ok"] else "BROKEN"}'
+  )
+  return 0 if report['audit']['ok'] else 1
 
 
 def _retention(args, beam_args: Sequence[str]) -> int:
@@ -225,7 +260,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     if args.command in ('erase', 'export', 'retention'):
       return {'erase': _erase, 'export': _export, 'retention': _retention}[args.command](args, beam_args)
-    return {'verify-audit': _verify, 'show-audit': _show}[args.command](args)
+    return {'verify-audit': _verify, 'show-audit': _show, 'report': _report}[args.command](args)
   except (AuditError, _UsageError) as e:
     print(f'gdpr {args.command}: {e}', file=sys.stderr)
     return 2

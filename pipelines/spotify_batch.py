@@ -705,7 +705,7 @@ def run(
       emitter.fail(run_id, PIPELINE_NAME, inputs, lineage.output_datasets(config.output, entities), e)
     raise
   if audit_log is not None:
-    _audit_run(audit_log, info, status='succeeded', counts=manifest['counts'])
+    _audit_run(audit_log, info, status='succeeded', counts=manifest['counts'], pii_findings=manifest['pii']['findings'])
   if emitter is not None:
     if len(inputs) == 1:
       inputs = [dataclasses.replace(inputs[0], rows=manifest['counts']['read'])]

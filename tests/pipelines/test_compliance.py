@@ -312,7 +312,9 @@ def test_retention_rules_are_checked_and_the_command_audits(tmp_path, capsys):
   config = tmp_path / 'retention.yaml'
   config.write_text("retention_days:\n  '*': {'*': 1}\n", encoding='utf-8')
   audit = str(tmp_path / 'audit.jsonl')
-  assert gdpr.main(['retention', '--output', output, '--config', str(config), '--audit_log', audit]) == 0, capsys.readouterr().err
+  assert gdpr.main(['retention', '--output', output, '--config', str(config), '--audit_log', audit]) == 0, (
+    capsys.readouterr().err
+  )
   report = json.loads(capsys.readouterr().out)
   assert report['records_removed'] == {'data': 12, 'dead_letter': 0}
   assert len(report['files_dropped']) >= 2  # every file of both tenants expired: dropped, not rewritten empty
@@ -324,3 +326,53 @@ def test_retention_rules_are_checked_and_the_command_audits(tmp_path, capsys):
   config.write_text("retention_days:\n  acme: {listening_event: -3}\n", encoding='utf-8')
   assert gdpr.main(['retention', '--output', output, '--config', str(config)]) == 2
   assert 'retention_days.acme.listening_event' in capsys.readouterr().err
+
+
+def test_compliance_report_shows_runs_requests_and_the_audit_chain(tmp_path, capsys):
+  import datetime as dt
+  from html.parser import HTMLParser
+
+  audit = str(tmp_path / 'audit.jsonl')
+  output = _output(tmp_path, beam_args=['--audit_log', audit])
+  subjects = tmp_path / 'ids.txt'
+  subjects.write_text('u1\n', encoding='utf-8')
+  request = ['--output', output, '--tenant', 'acme', '--subject_file', str(subjects), '--audit_log', audit]
+  assert gdpr.main(['export', *request, '--destination', str(tmp_path / 'access')]) == 0
+  assert gdpr.main(['erase', *request]) == 0
+  today = dt.datetime.now(dt.timezone.utc).date()
+  period = ['--since', str(today), '--until', str(today + dt.timedelta(days=1))]
+  page = tmp_path / 'acme.html'
+  assert gdpr.main(['report', '--tenant', 'acme', *period, '--out', str(page), '--audit_log', audit]) == 0
+
+  class Text(HTMLParser):
+    def __init__(self):
+      super().__init__()
+      self.parts, self.tags = [], set()
+
+    def handle_starttag(self, tag, attrs):
+      self.tags.add(tag)
+
+    def handle_data(self, data):
+      self.parts.append(data.strip())
+
+  parsed = Text()
+  parsed.feed(page.read_text(encoding='utf-8'))
+  text = ' | '.join(p for p in parsed.parts if p)
+  assert 'script' not in parsed.tags and 'link' not in parsed.tags  # self-contained
+  assert 'Compliance report: tenant acme' in text and 'intact' in text
+  # The run: acme read 10 rows (8 clean, 2 with a bad duration), wrote 8, dead-lettered 2.
+  assert '| succeeded | 10 | 8 | 2 |' in text and '20.0%' in text
+  assert 'Erasure requests' in text and 'data: 4, dead_letter: 1' in text
+  assert 'Access requests' in text and 'listening_event: 4' in text
+  reasons = text.split('Dead-letter reasons', 1)[1].split('PII findings', 1)[0]
+  assert '| 2 |' in reasons and 'None in this period' not in reasons
+  # Another tenant's report does not show acme's requests; a tampered log makes the report say so.
+  assert (
+    gdpr.main(['report', '--tenant', 'beat', *period, '--out', str(tmp_path / 'beat.html'), '--audit_log', audit]) == 0
+  )
+  assert 'data: 4' not in (tmp_path / 'beat.html').read_text()
+  lines = open(audit, encoding='utf-8').read().splitlines()
+  with open(audit, 'w', encoding='utf-8') as handle:
+    handle.write('\n'.join(lines[:1] + lines[2:]) + '\n')
+  assert gdpr.main(['report', '--tenant', 'acme', *period, '--out', str(page), '--audit_log', audit]) == 1
+  assert 'BROKEN' in page.read_text()
