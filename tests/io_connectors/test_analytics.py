@@ -1,0 +1,392 @@
+"""Analytics sources (Mixpanel, Amplitude, Segment) and the Mixpanel sink against local fakes of their APIs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import json
+import os
+import pickle
+import shutil
+import tempfile
+import uuid
+
+import apache_beam as beam
+import pyarrow as pa
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+
+from io_connectors import registry
+from io_connectors.apis.analytics.amplitude import AmplitudeOptions, ReadFromAmplitude
+from io_connectors.apis.analytics.mixpanel import (
+  MixpanelOptions,
+  MixpanelSinkOptions,
+  ReadFromMixpanel,
+  WriteToMixpanel,
+)
+from io_connectors.apis.http.client import RetryPolicy
+from tests.io_connectors.analytics_fakes import AmplitudeFake, MixpanelFake, amplitude_event, mixpanel_event
+from transforms.dead_letter import IncrementalOutputs
+from transforms.entities import AnalyticsEvent
+from transforms.records import ROW_COLUMN, SOURCE_COLUMN
+
+UTC = dt.timezone.utc
+FAST_RETRY = RetryPolicy(backoff_base=0.02, backoff_max=0.2, max_retry_after=2.0, timeout=30)
+DAY = dt.datetime(2024, 6, 1, tzinfo=UTC)
+
+
+def _rows(records, label='Rows'):
+  return records | label >> beam.FlatMap(lambda b: b.to_pylist())
+
+
+class _Saved:
+  """Elements a pipeline produced, written to files (the runner's workers are other processes)."""
+
+  def __init__(self):
+    self.dir = tempfile.mkdtemp(prefix='analytics-test-')
+
+  def save(self, pcoll, label):
+    directory = self.dir
+
+    def write(element):
+      with open(os.path.join(directory, uuid.uuid4().hex), 'wb') as handle:
+        pickle.dump(element, handle)
+
+    return pcoll | label >> beam.Map(write)
+
+  def items(self):
+    found = []
+    for name in sorted(os.listdir(self.dir)):
+      with open(os.path.join(self.dir, name), 'rb') as handle:
+        found.append(pickle.load(handle))
+    shutil.rmtree(self.dir, ignore_errors=True)
+    return found
+
+
+def _run(build):
+  """{'records': rows, 'dead_letter': letters, ...}: build(p) returns a mapping of named PCollections."""
+  saved = {}
+  with TestPipeline() as p:
+    for name, pcoll in build(p).items():
+      saved[name] = _Saved()
+      saved[name].save(pcoll, f'Save{name}')
+  out = {name: s.items() for name, s in saved.items()}
+  if 'records' in out and out['records'] and isinstance(out['records'][0], pa.RecordBatch):
+    out['records'] = [row for batch in out['records'] for row in batch.to_pylist()]
+  return out
+
+
+def _collect(transform):
+  """(rows, dead letters) of a source run on the DirectRunner."""
+
+  def build(p):
+    result = p | transform
+    return {'records': result.records, 'dead_letter': result.dead_letter}
+
+  out = _run(build)
+  return out['records'], out['dead_letter']
+
+
+@pytest.fixture
+def mixpanel(monkeypatch):
+  monkeypatch.setenv('MIXPANEL_USERNAME', MixpanelFake.USERNAME)
+  monkeypatch.setenv('MIXPANEL_SECRET', MixpanelFake.SECRET)
+  with MixpanelFake(timezone='Europe/Berlin') as fake:
+    yield fake
+
+
+@pytest.fixture
+def amplitude(monkeypatch):
+  monkeypatch.setenv('AMPLITUDE_API_KEY', AmplitudeFake.API_KEY)
+  monkeypatch.setenv('AMPLITUDE_SECRET_KEY', AmplitudeFake.SECRET_KEY)
+  with AmplitudeFake() as fake:
+    yield fake
+
+
+def _mixpanel_options(fake, **kwargs):
+  kwargs.setdefault('start_date', '2024-06-01')
+  kwargs.setdefault('end_date', '2024-06-03')
+  return MixpanelOptions(
+    project_id=MixpanelFake.PROJECT,
+    project_timezone='Europe/Berlin',
+    base_url=fake.url,
+    rate=None,
+    window=None,
+    retry=FAST_RETRY,
+    allow_private_addresses=True,
+    **kwargs,
+  )
+
+
+# ----- Mixpanel export -----
+
+
+def test_mixpanel_days_rate_limit_bad_lines_and_dedup_key(mixpanel):
+  # 3 project days (Berlin, 72 events each); Berlin's midnight is 22:00 UTC the day before.
+  start = dt.datetime(2024, 5, 31, 22, 0, tzinfo=UTC)
+  events = [mixpanel_event(i, start + dt.timedelta(minutes=20 * i)) for i in range(216)]
+  events[5]['properties'].pop('$insert_id')  # no insert id: the whole event is its identity
+  events[7]['properties']['nested'] = {'a': [1, 2], 'b': {'c': 'x'}}
+  mixpanel.add_events(events)
+  mixpanel.add_events([dict(events[10])])  # Mixpanel serves a duplicate: same dedup identity
+  mixpanel.raw_lines['2024-06-02'] = [
+    b'{"event": "Song Played", "properties": {"time": 17',  # cut line
+    b'["not", "an", "object"]',
+    json.dumps({'properties': {'time': 1717300000, 'distinct_id': 'u'}}).encode(),  # no event name
+    json.dumps(mixpanel_event(999, dt.datetime(2024, 6, 20, tzinfo=UTC))).encode(),  # outside its day
+  ]
+  mixpanel.inject('export', 'rate_limit')  # mid-run: waits and asks for that day again
+
+  rows, letters = _collect(ReadFromMixpanel(_mixpanel_options(mixpanel)))
+  assert len(rows) == 217
+  assert len({r['event_id'] for r in rows}) == 216  # the duplicate shares its event_id
+  by_insert = {r['insert_id']: r for r in rows}
+  first = by_insert['mpins0000000000']
+  assert first['provider'] == 'mixpanel' and first['event_name'] == 'Search'
+  assert first['event_time'] == start and first['user_id'] == 'user-0' and first['anonymous_id'] == 'dev-0'
+  assert first['os'] == 'Android' and first['country'] == 'DE' and first['app_version'] == '5.2.0'
+  assert first['properties']['track_id'] == 'trk00000' and first['properties']['position_ms'] == 0
+  assert 'distinct_id' not in first['properties'] and '$insert_id' not in first['properties']
+  assert by_insert['mpins0000000007']['properties']['nested'] == {'a': [1, 2], 'b': {'c': 'x'}}
+  assert sum(1 for r in rows if r['insert_id'] is None) == 1
+  assert all(MixpanelFake.SECRET not in r[SOURCE_COLUMN] for r in rows)
+  reasons = sorted((lt['reason'], lt['position']) for lt in letters)
+  assert reasons == [
+    ('invalid_value', 'line 75'),
+    ('invalid_value', 'line 76'),
+    ('malformed_json', 'line 73'),
+    ('malformed_json', 'line 74'),
+  ], reasons
+  outside = next(lt for lt in letters if 'outside' in lt['detail'])
+  assert 'day 2024-06-02' in outside['source'] and outside['record']['properties']['$insert_id'] == 'mpins0000000999'
+  assert any('unknown mixpanel event shape' in lt['detail'] for lt in letters)
+  exports = mixpanel.served('/api/2.0/export')
+  assert len(exports) == 4  # 3 days + the rate-limited request again
+  assert sorted({r['params']['from_date'] for r in exports}) == ['2024-06-01', '2024-06-02', '2024-06-03']
+  # Rows validate as the entity.
+  for row in rows[:20]:
+    AnalyticsEvent.model_validate({k: v for k, v in row.items() if k not in (SOURCE_COLUMN, ROW_COLUMN)})
+
+
+def test_mixpanel_expired_credentials_stop_with_a_clear_error(mixpanel):
+  mixpanel.add_events([mixpanel_event(1, DAY)])
+  mixpanel.revoke()
+  with pytest.raises(Exception) as info:
+    _collect(ReadFromMixpanel(_mixpanel_options(mixpanel, end_date='2024-06-01')))
+  text = str(info.value)
+  assert 'Mixpanel refused the credentials from $MIXPANEL_USERNAME, $MIXPANEL_SECRET (HTTP 401)' in text
+  assert MixpanelFake.SECRET not in text and MixpanelFake.USERNAME not in text
+
+
+def test_mixpanel_incremental_cursor_stops_before_a_failed_day(mixpanel, tmp_path):
+  mixpanel.add_events([mixpanel_event(i, DAY + dt.timedelta(hours=10 * i)) for i in range(8)])
+  mixpanel.inject('export', 'pass')
+  mixpanel.inject('export', 'http', 400)  # one day refused for good (requests run in day order here)
+  store = str(tmp_path / 'state')
+  transform = ReadFromMixpanel(_mixpanel_options(mixpanel, state_store=store, tenant='acme'))
+  assert transform.days() == ['2024-06-01', '2024-06-02', '2024-06-03']
+
+  def build(p):
+    result = p | transform
+    assert isinstance(result, IncrementalOutputs)
+    return {'cursors': result.cursors, 'l': result.dead_letter}
+
+  out = _run(build)
+  failed_day = out['l'][0]['position'].split()[-1]
+  assert [lt['reason'] for lt in out['l']] == ['source_error']
+  expected = {'2024-06-01': [], '2024-06-02': ['2024-06-01'], '2024-06-03': ['2024-06-02']}[failed_day]
+  assert [c['value'] for c in out['cursors']] == expected
+  if expected:
+    from io_connectors import commit_cursors
+
+    commit_cursors(out['cursors'])
+    again = ReadFromMixpanel(_mixpanel_options(mixpanel, state_store=store, tenant='acme', lookback_days=0))
+    # Starts at the cursor day (lookback 0 re-reads nothing before it).
+    assert again.days()[0] == expected[0]
+
+
+# ----- Mixpanel import (sink) -----
+
+
+def _event_batch(n, start=0):
+  rows = [
+    {
+      'event_id': f'mixpanel:{i:032x}',
+      'provider': 'segment',
+      'event_name': 'Song Played',
+      'event_time': DAY + dt.timedelta(seconds=i),
+      'user_id': f'pseudo-{i % 5}',
+      'anonymous_id': None,
+      'insert_id': f'ins-{i}' if i % 2 else None,
+      'os': 'iOS',
+      'properties': {'track_id': f'trk{i}', 'ms': i},
+    }
+    for i in range(start, start + n)
+  ]
+  return pa.RecordBatch.from_pylist(rows)
+
+
+def test_write_to_mixpanel_batches_waits_on_429_and_dead_letters_rejected_events(mixpanel):
+  bad = _event_batch(1, start=5000).to_pylist()[0]
+  bad['event_name'] = ''  # Mixpanel refuses an empty event name
+  batches = [_event_batch(1200), _event_batch(700, start=1200), pa.RecordBatch.from_pylist([bad])]
+  mixpanel.inject('import', 'rate_limit')  # the first batch waits and is sent again
+  sink = WriteToMixpanel(MixpanelSinkOptions(MixpanelFake.PROJECT, api_url=mixpanel.url, batch_size=500))
+
+  def build(p):
+    result = p | beam.Create(batches, reshuffle=False) | sink
+    return {'ok': result.records, 'l': result.dead_letter}
+
+  out = _run(build)
+  assert sum(r['imported'] for r in out['ok']) == 1900
+  assert len(mixpanel.imported) == 1900  # nothing doubled by the resend
+  assert [lt['reason'] for lt in out['l']] == ['source_error']
+  assert "'event' must be a non-empty string" in out['l'][0]['detail']
+  sent = mixpanel.served('/import')
+  assert all(len(json.loads(r['form']['data'])) <= 500 for r in sent)
+  assert all(r['params'].get('project_id') == MixpanelFake.PROJECT for r in sent)
+  one = next(e for e in mixpanel.imported.values() if e['properties']['track_id'] == 'trk3')
+  assert one['properties']['$insert_id'] == 'ins-3' and one['properties']['time'] == int((DAY.timestamp() + 3) * 1000)
+
+
+# ----- Amplitude export -----
+
+
+def _amplitude_options(fake, **kwargs):
+  kwargs.setdefault('start', '20240601T00')
+  kwargs.setdefault('end', '20240601T23')
+  return AmplitudeOptions(base_url=fake.url, rate=None, retry=FAST_RETRY, allow_private_addresses=True, **kwargs)
+
+
+def test_amplitude_hour_ranges_members_and_dedup(amplitude):
+  events = [amplitude_event(i, DAY + dt.timedelta(minutes=7 * i)) for i in range(200)]  # ~23 hours
+  events[3]['$insert_id'] = None
+  events.append(dict(events[20]))  # served twice: same insert_id, same device
+  late = amplitude_event(500, DAY - dt.timedelta(days=3))  # event time long before, uploaded in range
+  late['server_upload_time'] = (DAY + dt.timedelta(hours=2)).strftime('%Y-%m-%d %H:%M:%S.%f')
+  amplitude.add_events(events + [late])
+  amplitude.inject('export', 'pass')
+  amplitude.inject('export', 'rate_limit')  # the second range waits, then is asked again
+
+  rows, letters = _collect(ReadFromAmplitude(_amplitude_options(amplitude, hours_per_request=6)))
+  assert letters == []
+  assert len(rows) == 202 and len({r['event_id'] for r in rows}) == 201
+  exports = amplitude.served('/api/2/export')
+  assert sorted({(r['params']['start'], r['params']['end']) for r in exports}) == [
+    ('20240601T00', '20240601T05'),
+    ('20240601T06', '20240601T11'),
+    ('20240601T12', '20240601T17'),
+    ('20240601T18', '20240601T23'),
+  ]
+  assert len(exports) == 5
+  row = next(r for r in rows if r['insert_id'] == 'ins-00000007')
+  assert row['event_name'] == 'song_played' and row['user_id'] == 'user-0' and row['anonymous_id'] == 'dev-0007'
+  assert row['event_time'] == DAY + dt.timedelta(minutes=49) and row['os'] == 'ios' and row['app_version'] == '8.9.1'
+  assert row['properties'] == {'track_id': 'trk00007', 'ms_played': 7000, 'shuffle': True}
+  assert row['user_properties'] == {'plan': 'premium'} and row['context']['amplitude_id'] == 900000007
+  assert 'device_id' not in row['context'] and row['ip_address'] == '10.0.7.8'
+  assert row[SOURCE_COLUMN].endswith('.json.gz') and row[ROW_COLUMN] >= 1
+  assert any(r['event_time'] == DAY - dt.timedelta(days=3) for r in rows)  # late events are kept
+
+
+def test_amplitude_corrupt_zip_member_and_time_outside_range(amplitude):
+  amplitude.add_events([amplitude_event(i, DAY + dt.timedelta(minutes=30 * i)) for i in range(8)])
+  amplitude.inject('export', 'corrupt_member', DAY + dt.timedelta(hours=1))
+  rows, letters = _collect(ReadFromAmplitude(_amplitude_options(amplitude, end='20240601T03')))
+  assert len(rows) == 6
+  assert [(lt['reason'], lt['position']) for lt in letters] == [
+    ('corrupt_file', f'member {AmplitudeFake.PROJECT}/{AmplitudeFake.PROJECT}_2024-06-01_1#0.json.gz')
+  ]
+
+  amplitude.inject('export', 'corrupt_zip')
+  rows, letters = _collect(ReadFromAmplitude(_amplitude_options(amplitude, end='20240601T03')))
+  assert rows == [] and [lt['reason'] for lt in letters] == ['corrupt_file']
+  assert 'not a readable zip' in letters[0]['detail']
+
+
+def test_amplitude_expired_credentials(amplitude):
+  amplitude.add_events([amplitude_event(1, DAY)])
+  amplitude.revoke()
+  with pytest.raises(Exception) as info:
+    _collect(ReadFromAmplitude(_amplitude_options(amplitude, end='20240601T01')))
+  assert 'Amplitude refused the credentials from $AMPLITUDE_API_KEY, $AMPLITUDE_SECRET_KEY (HTTP 401)' in str(
+    info.value
+  )
+  assert AmplitudeFake.SECRET_KEY not in str(info.value)
+
+
+# ----- Segment archive -----
+
+
+def segment_message(i: int, kind: str = 'track') -> dict:
+  message = {
+    'type': kind,
+    'messageId': f'api-{i:06d}',
+    'timestamp': (DAY + dt.timedelta(seconds=i)).isoformat().replace('+00:00', 'Z'),
+    'receivedAt': (DAY + dt.timedelta(seconds=i + 1)).isoformat().replace('+00:00', 'Z'),
+    'userId': f'user-{i % 4}',
+    'anonymousId': f'anon-{i}',
+    'writeKey': 'wk-should-never-be-kept',
+    'context': {
+      'ip': '192.0.2.7',
+      'os': {'name': 'Android', 'version': '14'},
+      'app': {'version': '3.1.0', 'build': '310'},
+      'location': {'country': 'United States', 'city': 'Austin'},
+      'library': {'name': 'analytics-android', 'version': '4.11'},
+    },
+  }
+  if kind == 'track':
+    message.update(event='Song Played', properties={'track_id': f'trk{i}', 'position': i})
+  elif kind in ('page', 'screen'):
+    message.update(name='Home', properties={'url': 'https://m.example/home'} if kind == 'page' else {})
+  elif kind == 'identify':
+    message.update(traits={'plan': 'family', 'age': 31})
+  return message
+
+
+def test_segment_archive_layout_kinds_and_bad_files(tmp_path):
+  day_ms = int(DAY.timestamp() * 1000)
+  folder = tmp_path / 'segment-logs' / 'SrcA1' / str(day_ms)
+  folder.mkdir(parents=True)
+  kinds = ['track', 'identify', 'page', 'screen']
+  messages = [segment_message(i, kinds[i % 4]) for i in range(40)]
+  (folder / f'{day_ms + 1000}.a1.gz').write_bytes(
+    gzip.compress(b''.join(json.dumps(m).encode() + b'\n' for m in messages[:30]) + b'{"type": "track", \n')
+  )
+  (folder / f'{day_ms + 2000}.a2.gz').write_bytes(
+    gzip.compress(b''.join(json.dumps(m).encode() + b'\n' for m in messages[30:]) + b'{"weird": 1}\n')
+  )
+  (folder / f'{day_ms + 3000}.a3.gz').write_bytes(gzip.compress(b'{"type": "track"}\n' * 50)[:40])  # cut gzip
+  other = tmp_path / 'segment-logs' / 'SrcA1' / str(day_ms + 86400000 * 5)
+  other.mkdir()
+  (other / 'x.gz').write_bytes(gzip.compress(json.dumps(segment_message(99)).encode()))
+  pattern = str(tmp_path / 'segment-logs' / 'SrcA1' / '*' / '*.gz')
+
+  transform = registry.build({'type': 'segment_archive', 'input': pattern, 'end_date': '2024-06-02'})
+  assert len(transform.files()) == 3 and transform.default_entity == 'analytics_event'
+  rows, letters = _collect(transform)
+  assert len(rows) == 40
+  by_id = {r['insert_id']: r for r in rows}
+  track, ident, page, screen = (by_id[f'api-{i:06d}'] for i in range(4))
+  assert track['event_type'] == 'track' and track['event_name'] == 'Song Played'
+  assert track['properties'] == {'track_id': 'trk0', 'position': 0}  # url went to page
+  assert ident['event_name'] == 'identify' and ident['user_properties'] == {'plan': 'family', 'age': 31}
+  assert page['event_name'] == 'Home' and page['page'] == 'https://m.example/home'
+  assert screen['event_type'] == 'screen' and screen['event_name'] == 'Home'
+  assert track['os'] == 'Android' and track['app_version'] == '3.1.0' and track['city'] == 'Austin'
+  assert track['ip_address'] == '192.0.2.7' and track['event_time'] == DAY
+  assert 'ip' not in track['context']['context'] and track['context']['context']['os'] == {'version': '14'}
+  assert all('writeKey' not in (r['context'] or {}) for r in rows)
+  assert 'wk-should-never-be-kept' not in json.dumps([str(r) for r in rows])
+  got = sorted((lt['reason'], lt['position'] or '') for lt in letters)
+  assert got == [('corrupt_file', ''), ('invalid_value', 'line 11'), ('malformed_json', 'line 31')], got
+
+
+def test_registry_checks_analytics_config():
+  with pytest.raises(registry.ConfigError, match='unknown option'):
+    registry.build({'type': 'mixpanel', 'project_id': '1', 'start_date': '2024-01-01', 'projcet': 'x'})
+  with pytest.raises(registry.ConfigError, match='project_timezone'):
+    registry.build({'type': 'mixpanel', 'project_id': '1', 'start_date': '2024-01-01', 'project_timezone': 'Mars/Base'})
+  with pytest.raises(registry.ConfigError, match='end .* is before start'):
+    registry.build({'type': 'amplitude', 'start': '20240602T00', 'end': '20240601T00'})
+  assert registry.default_entity({'type': 'amplitude', 'start': '20240601T00'}) == 'analytics_event'
