@@ -21,6 +21,8 @@ EXTRAS = {
   'pulsar': ['pulsar-client==3.13.0'],
   'websocket': ['websockets==17.4'],
   'webhooks': ['starlette==1.10.0', 'uvicorn==0.54.0', 'redis==8.1.0'],
+  # Mixpanel's import sink and Google Analytics 4 reports (io_connectors.apis.analytics).
+  'analytics': ['mixpanel==5.4.1', 'google-analytics-data==0.23.3'],
   'test': [
     'pytest>=8',
     'pytest-xdist>=3.5',
@@ -42,7 +44,18 @@ EXTRAS = {
 EXTRAS['test'] += sorted(
   {
     req
-    for name in ('postgres', 'mongodb', 'redis', 'search', 'clickhouse', 'kafka', 'pulsar', 'websocket', 'webhooks')
+    for name in (
+      'postgres',
+      'mongodb',
+      'redis',
+      'search',
+      'clickhouse',
+      'kafka',
+      'pulsar',
+      'websocket',
+      'webhooks',
+      'analytics',
+    )
     for req in EXTRAS[name]
   }
 )

@@ -390,3 +390,75 @@ def test_registry_checks_analytics_config():
   with pytest.raises(registry.ConfigError, match='end .* is before start'):
     registry.build({'type': 'amplitude', 'start': '20240602T00', 'end': '20240601T00'})
   assert registry.default_entity({'type': 'amplitude', 'start': '20240601T00'}) == 'analytics_event'
+
+
+# ----- Segment webhooks: receiver -> Redis stream -> SegmentEvents -----
+
+
+def test_segment_webhook_deliveries_through_the_receiver_into_events(tmp_path, monkeypatch):
+  import redis
+
+  from io_connectors.apis.analytics.segment import SegmentEvents
+  from io_connectors.streams.redis_streams import ReadFromRedisStreams, RedisStreamsOptions
+  from io_connectors.streams.webhooks import segment_signature
+  from tests.conftest import ensure_service
+  from tests.io_connectors.test_webhooks import REDIS_PASSWORD, Receiver
+
+  secret = 'seg-shared-secret-19ad'
+  monkeypatch.setenv('WH_SECRET_SEG', secret)
+  port = ensure_service('redis')
+  prefix = f'test-{uuid.uuid4().hex[:12]}:'
+  receiver = Receiver(
+    tmp_path, port, prefix, extra_args=('--source', 'segment=WH_SECRET_SEG', '--segment_source', 'segment')
+  )
+  client = redis.Redis(host='127.0.0.1', port=port, password=REDIS_PASSWORD, socket_timeout=30)
+  try:
+
+    def post(message, signature=None, body=None):
+      body = json.dumps(message).encode() if body is None else body
+      headers = {'Content-Type': 'application/json', 'X-Signature': signature or segment_signature(secret, body)}
+      return receiver.client.post('/webhooks/segment', content=body, headers=headers)
+
+    kinds = ['track', 'identify', 'page', 'screen']
+    for i in range(12):
+      assert post(segment_message(i, kinds[i % 4])).status_code == 202
+    assert post(segment_message(3, 'screen')).status_code == 409  # Segment's retry of a stored message
+    assert post(segment_message(50), signature='0' * 40).status_code == 401
+    assert post(segment_message(51), signature=segment_signature('wrong', b'x')).status_code == 401
+    cut = b'{"type": "track", "messageId": "m-cut"'
+    assert post(None, body=cut, signature=segment_signature(secret, cut)).status_code == 400
+    odd = {'messageId': 'odd-1', 'foo': 'bar'}  # signed, JSON, but no Segment event shape
+    assert post(odd).status_code == 202
+
+    options = RedisStreamsOptions(
+      url=f'redis://127.0.0.1:{port}/0',
+      password_env='REDIS_PASSWORD',
+      streams=[f'{prefix}segment'],
+      group='analytics-test',
+      payload_field='body',
+      bounded=True,
+      block_ms=100,
+    )
+    monkeypatch.setenv('REDIS_PASSWORD', REDIS_PASSWORD)
+
+    def build(p):
+      stream = p | ReadFromRedisStreams(options)
+      events = stream.records | SegmentEvents()
+      return {'records': events.records, 'dead_letter': events.dead_letter, 'read_letters': stream.dead_letter}
+
+    out = _run(build)
+  finally:
+    receiver.close()
+    keys = list(client.scan_iter(match=f'{prefix}*', count=1000))
+    if keys:
+      client.delete(*keys)
+    client.close()
+  rows = out['records']
+  assert len(rows) == 12 and out['read_letters'] == []
+  assert {r['insert_id'] for r in rows} == {f'api-{i:06d}' for i in range(12)}
+  ident = next(r for r in rows if r['event_type'] == 'identify')
+  assert ident['user_properties'] == {'plan': 'family', 'age': 31} and ident['provider'] == 'segment'
+  assert all(r[SOURCE_COLUMN] == f'redis://{prefix}segment' for r in rows)
+  [letter] = out['dead_letter']
+  assert letter['reason'] == 'invalid_value' and 'unknown segment event shape' in letter['detail']
+  assert letter['position'].startswith('entry ') and letter['record']['messageId'] == 'odd-1'

@@ -26,7 +26,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -306,10 +306,22 @@ def _keep_nested(array: Optional[pa.Array], n: int) -> pa.Array:
 # ----- the mapping -----
 
 
+def _line(number: int) -> str:
+  return f'line {number}'
+
+
 def map_events(
-  raw: pa.Table, lines: np.ndarray, shape: EventShape, source: str, window: Optional[Window] = None
+  raw: pa.Table,
+  lines: np.ndarray,
+  shape: EventShape,
+  source: str,
+  window: Optional[Window] = None,
+  position: Callable[[int], str] = _line,
 ) -> Tuple[Optional[pa.RecordBatch], List[dict]]:
-  """Raw provider events to one batch of `analytics_event` columns (with __source/__row) and dead letters."""
+  """Raw provider events to one batch of `analytics_event` columns (with __source/__row) and dead letters.
+
+  lines: each raw row's __row number; position(number) the dead letters' wording of it.
+  """
   n = raw.num_rows
   if n == 0:
     return None, []
@@ -344,7 +356,7 @@ def map_events(
         )
       letters.append(
         dead_letter(
-          source, f'line {int(lines[i])}', 'invalid_value', record=json_safe(row), detail=detail, stage='read'
+          source, position(int(lines[i])), 'invalid_value', record=json_safe(row), detail=detail, stage='read'
         )
       )
     keep = pc.invert(bad)

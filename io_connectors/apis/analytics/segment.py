@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
-import hmac
 import re
 import zlib
 from typing import Any, Dict, List, Optional
@@ -53,9 +51,10 @@ from apache_beam.io.filesystems import FileSystems
 from io_connectors import registry
 from io_connectors.apis.analytics._events import EventShape, Window, map_events, parse_lines
 from io_connectors.apis.analytics._source import parse_date
+from io_connectors.streams.webhooks import segment_signature
 from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
-from transforms.records import ROW_COLUMN, SOURCE_COLUMN
+from transforms.records import ROW_COLUMN, SOURCE_COLUMN, position
 
 __all__ = ['ReadFromSegmentArchive', 'SegmentArchiveOptions', 'SegmentEvents', 'SEGMENT_SHAPE', 'segment_signature']
 
@@ -94,11 +93,6 @@ SEGMENT_SHAPE = EventShape(
   key_required=('messageId',),
   drop=('writeKey',),
 )
-
-
-def segment_signature(secret: str, body: bytes) -> str:
-  """The X-Signature Segment's webhook destination sends: hex HMAC-SHA1 of the raw body."""
-  return hmac.new(secret.encode('utf-8'), body, hashlib.sha1).hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,7 +200,14 @@ class _MapStreamBatchFn(beam.DoFn):
     for source in dict.fromkeys(sources):
       mask = pa.array([s == source for s in sources])
       part = table.filter(mask)
-      out, letters = map_events(part, rows[np.array(mask)], SEGMENT_SHAPE, str(source), self._window)
+      out, letters = map_events(
+        part,
+        rows[np.array(mask)],
+        SEGMENT_SHAPE,
+        str(source),
+        self._window,
+        position=lambda row, s=str(source): position(row, s),
+      )
       for letter in letters:
         yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
       if out is not None:
