@@ -52,6 +52,7 @@ _CONNECTOR_MODULES = (
   'io_connectors.apis.analytics.mixpanel',
   'io_connectors.apis.analytics.amplitude',
   'io_connectors.apis.analytics.segment',
+  'io_connectors.apis.analytics.ga4',
 )
 
 

@@ -201,8 +201,11 @@ def test_mixpanel_incremental_cursor_stops_before_a_failed_day(mixpanel, tmp_pat
 
     commit_cursors(out['cursors'])
     again = ReadFromMixpanel(_mixpanel_options(mixpanel, state_store=store, tenant='acme', lookback_days=0))
-    # Starts at the cursor day (lookback 0 re-reads nothing before it).
-    assert again.days()[0] == expected[0]
+    # lookback 0: starts the day after the cursor; 2: reads the cursor's day and the one before again.
+    after = (dt.date.fromisoformat(expected[0]) + dt.timedelta(days=1)).isoformat()
+    assert again.days()[0] == after
+    twice = ReadFromMixpanel(_mixpanel_options(mixpanel, state_store=store, tenant='acme', lookback_days=2))
+    assert twice.days()[0] == '2024-06-01' and twice.days()[-1] == '2024-06-03'
 
 
 # ----- Mixpanel import (sink) -----
@@ -462,3 +465,108 @@ def test_segment_webhook_deliveries_through_the_receiver_into_events(tmp_path, m
   [letter] = out['dead_letter']
   assert letter['reason'] == 'invalid_value' and 'unknown segment event shape' in letter['detail']
   assert letter['position'].startswith('entry ') and letter['record']['messageId'] == 'odd-1'
+
+
+# ----- Google Analytics 4 (gRPC) -----
+
+
+@pytest.fixture
+def ga4(monkeypatch):
+  from tests.io_connectors.ga4_fake import GA4Fake
+
+  monkeypatch.setenv('GA4_ACCESS_TOKEN', GA4Fake.TOKEN)
+  with GA4Fake() as fake:
+    yield fake
+
+
+def _ga4_options(fake, **kwargs):
+  from io_connectors.apis.analytics.ga4 import GA4Options
+
+  kwargs.setdefault('properties', ['314159', '271828'])
+  kwargs.setdefault('dimensions', ['country', 'deviceCategory'])
+  kwargs.setdefault('metrics', ['activeUsers', 'engagementRate', 'averageSessionDuration', 'totalRevenue'])
+  kwargs.setdefault('start_date', '2024-06-01')
+  kwargs.setdefault('end_date', '2024-06-02')
+  return GA4Options(
+    endpoint=fake.endpoint,
+    insecure=True,
+    access_token_env='GA4_ACCESS_TOKEN',
+    quota_pause_s=0.05,
+    min_tokens_remaining=0,
+    **kwargs,
+  )
+
+
+def _ga4_rows(n, seed=0):
+  countries = ['DE', 'US', 'BR', 'JP', 'IN', 'FR', 'GB']
+  return [
+    (
+      {'country': countries[i % 7], 'deviceCategory': f'device-{i}'},
+      {
+        'activeUsers': str(100 + i + seed),
+        'engagementRate': f'0.{i + 1:03d}',
+        'averageSessionDuration': f'{30.5 + i}',
+        'totalRevenue': f'{i * 1.25:.2f}',
+      },
+    )
+    for i in range(n)
+  ]
+
+
+def test_ga4_pages_to_row_count_types_and_quota_waits(ga4):
+  from io_connectors.apis.analytics.ga4 import ReadFromGA4
+
+  ga4.add_rows('314159', '2024-06-01', _ga4_rows(25))
+  ga4.add_rows('314159', '2024-06-02', _ga4_rows(7, seed=1))
+  ga4.add_rows('271828', '2024-06-01', _ga4_rows(3))
+  ga4.exhaust(2)  # RESOURCE_EXHAUSTED twice mid-run: waits, then the same page again
+  rows, letters = _collect(ReadFromGA4(_ga4_options(ga4, page_size=10)))
+  assert letters == []
+  assert len(rows) == 35 and len({r['report_id'] for r in rows}) == 35
+  first = next(
+    r
+    for r in rows
+    if r['property_id'] == '314159' and r['date'] == '2024-06-01' and r['dimensions']['deviceCategory'] == 'device-0'
+  )
+  assert first['dimensions'] == {'country': 'DE', 'deviceCategory': 'device-0'}
+  assert first['metrics'] == {
+    'activeUsers': 100,
+    'engagementRate': 0.001,
+    'averageSessionDuration': 30.5,
+    'totalRevenue': 0.0,
+  }
+  assert isinstance(first['metrics']['activeUsers'], int)
+  offsets = sorted(
+    r.offset for r in ga4.requests if r.property == 'properties/314159' and r.date_ranges[0].start_date == '2024-06-01'
+  )
+  assert [o for o in offsets if o] == [10, 20]  # paged to row_count, page size 10
+  assert all(r.return_property_quota and r.limit == 10 for r in ga4.requests)
+  # 4 property-days with data + 1 empty (271828 on 06-02) = 7 pages of data requests, plus the 2 refused
+  assert len(ga4.requests) == 3 + 1 + 1 + 1 + 2
+
+
+def test_ga4_expired_token_and_denied_property(ga4):
+  from io_connectors.apis.analytics.ga4 import ReadFromGA4
+
+  ga4.add_rows('314159', '2024-06-01', _ga4_rows(2))
+  ga4.revoke()
+  with pytest.raises(Exception) as info:
+    _collect(ReadFromGA4(_ga4_options(ga4, properties=['314159'], end_date='2024-06-01')))
+  assert 'GA4 refused the credentials from $GA4_ACCESS_TOKEN for property 314159 day 2024-06-01' in str(info.value)
+  assert ga4.TOKEN not in str(info.value)
+
+
+def test_ga4_unknown_metric_is_a_dead_letter_and_cursor_rereads_last_days(ga4, tmp_path):
+  from io_connectors import commit_cursors
+  from io_connectors.apis.analytics.ga4 import ReadFromGA4
+
+  rows, letters = _collect(ReadFromGA4(_ga4_options(ga4, properties=['314159'], metrics=['notAMetric'])))
+  assert rows == [] and [lt['reason'] for lt in letters] == ['source_error', 'source_error']
+  assert 'notAMetric' in letters[0]['detail']
+
+  store = str(tmp_path / 'state')
+  commit_cursors([{'store': store, 'key': 'ga4/acme/properties/314159', 'value': '2024-06-10'}])
+  transform = ReadFromGA4(
+    _ga4_options(ga4, properties=['314159'], end_date='2024-06-11', state_store=store, tenant='acme', lookback_days=3)
+  )
+  assert transform.days() == ['2024-06-08', '2024-06-09', '2024-06-10', '2024-06-11']

@@ -1,8 +1,8 @@
 """What the analytics export sources share: credentials from the environment, the HTTP client,
 refused credentials as one clear error, incremental windows and the cursor they reach.
 
-Incremental reads: with ``state_store`` a source starts at the committed
-cursor minus ``lookback`` units (providers settle late: GA4 revises the last
+Incremental reads: with ``state_store`` a source reads again the last
+``lookback`` units up to the committed cursor (providers settle late: GA4 revises the last
 days, Mixpanel and Amplitude accept late events) and emits as its cursor the
 last unit up to which every unit was read without a dead-lettered request.
 `pipelines.spotify_batch` commits it only once the run is published.
@@ -98,14 +98,16 @@ def days_between(start: dt.date, end: dt.date) -> List[dt.date]:
   return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
 
 
-def incremental_start(store: Optional[str], key: str, configured, lookback: dt.timedelta, parse):
-  """Where an incremental read starts: the committed cursor minus the lookback, never before `configured`."""
+def incremental_start(store: Optional[str], key: str, configured, rewind: dt.timedelta, parse):
+  """Where an incremental read starts: the committed cursor (the last unit read) minus `rewind`, never before
+  `configured`. A rewind of (N - 1) units reads the last N units again; of minus one unit, none.
+  """
   if not store:
     return configured
   committed = state.load_cursor(store, key)
   if committed is None:
     return configured
-  start = parse(committed) - lookback
+  start = parse(committed) - rewind
   return start if configured is None or start > configured else configured
 
 

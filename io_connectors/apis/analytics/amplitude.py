@@ -129,7 +129,7 @@ class AmplitudeOptions:
   api_key_env, secret_key_env: variables with the project's API key and secret key.
   base_url: https://amplitude.com (https://analytics.eu.amplitude.com for EU; a fake).
   rate: requests a second per worker process.
-  state_store, tenant, lookback_hours: incremental reads (see `_source`).
+  state_store, tenant, lookback_hours: incremental reads: the last lookback_hours hours read are read again.
   max_response_bytes: one range's archive larger than this fails (Amplitude caps exports at 4 GB).
   retry, allow_private_addresses: the HTTP client's.
   """
@@ -260,7 +260,7 @@ class ReadFromAmplitude(beam.PTransform):
       o.state_store,
       o.cursor_key,
       parse_hour(o.start, 'start'),
-      dt.timedelta(hours=o.lookback_hours - 1) if o.lookback_hours else dt.timedelta(hours=-1),
+      dt.timedelta(hours=o.lookback_hours - 1),
       lambda v: parse_hour(v, 'cursor'),
     )
     out = []

@@ -134,7 +134,7 @@ class MixpanelOptions:
   base_url: the export host (data-eu.mixpanel.com for EU residency; a proxy or a fake).
   rate, window: requests a second, and (requests, seconds) in any rolling
     window, per worker process (Mixpanel: 3/s and 60/hour per project).
-  state_store, tenant, lookback_days: incremental reads (see `_source`).
+  state_store, tenant, lookback_days: incremental reads: the last lookback_days days read are read again.
   chunk_bytes: the answer is parsed and emitted in batches of about this size.
   max_response_bytes: one day's answer larger than this fails (raise it for big projects).
   retry, allow_private_addresses: the HTTP client's (a local fake needs the latter).
@@ -273,7 +273,7 @@ class ReadFromMixpanel(beam.PTransform):
       o.state_store,
       o.cursor_key,
       parse_date(o.start_date, 'start_date'),
-      dt.timedelta(days=o.lookback_days),
+      dt.timedelta(days=o.lookback_days - 1),
       dt.date.fromisoformat,
     )
     if start is None or start > end:
