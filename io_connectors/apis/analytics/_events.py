@@ -298,8 +298,9 @@ def _struct_of_columns(table: pa.Table, names: Sequence[str], taken: Dict[str, L
 
 
 def _keep_nested(array: Optional[pa.Array], n: int) -> pa.Array:
+  # Absent: Arrow's null type, which schema inference widens to whatever other batches hold.
   if array is None or pa.types.is_null(array.type) or (pa.types.is_struct(array.type) and array.type.num_fields == 0):
-    return pa.nulls(n, pa.string())
+    return pa.nulls(n)
   return array
 
 
