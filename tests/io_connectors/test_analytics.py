@@ -288,7 +288,7 @@ def test_amplitude_hour_ranges_members_and_dedup(amplitude):
   assert row['properties'] == {'track_id': 'trk00007', 'ms_played': 7000, 'shuffle': True}
   assert row['user_properties'] == {'plan': 'premium'} and row['context']['amplitude_id'] == 900000007
   assert 'device_id' not in row['context'] and row['ip_address'] == '10.0.7.8'
-  assert row[SOURCE_COLUMN].endswith('.json.gz') and row[ROW_COLUMN] >= 1
+  assert row[SOURCE_COLUMN].startswith('amplitude export 20240601T') and row[ROW_COLUMN] >= 1
   assert any(r['event_time'] == DAY - dt.timedelta(days=3) for r in rows)  # late events are kept
 
 

@@ -26,6 +26,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -59,6 +60,7 @@ EVENT_FIELDS = (
 )
 _UTC = dt.timezone.utc
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=_UTC)
+_OFFSET = re.compile(r'([zZ]|[+-]\d\d:?\d\d)$')
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError, OverflowError)
 
 
@@ -117,8 +119,22 @@ def event_id(provider: str, parts: Sequence[Any]) -> str:
 # ----- JSON lines to a raw table -----
 
 
-def parse_lines(data: bytes, source: str, first_line: int = 1) -> Tuple[pa.Table, np.ndarray, List[dict]]:
+def _line(number: int) -> str:
+  return f'line {number}'
+
+
+def parse_lines(
+  data: bytes,
+  source: str,
+  first_line: int = 1,
+  string_columns: Sequence[str] = (),
+  position: Callable[[int], str] = _line,
+) -> Tuple[pa.Table, np.ndarray, List[dict]]:
   """JSON Lines to (table of the objects, their line numbers, dead letters of the bad lines).
+
+  string_columns: top-level fields read as text (time fields: pyarrow would
+  infer timestamps, which the shared rules read again as text).
+  position(number): the dead letters' wording of a line number.
 
   pyarrow's reader when every line is an object and no line is blank; line
   by line otherwise (a bad line is a `malformed_json` / `bad_encoding` dead letter).
@@ -127,7 +143,7 @@ def parse_lines(data: bytes, source: str, first_line: int = 1) -> Tuple[pa.Table
     return pa.table({}), np.zeros(0, dtype=np.int64), []
   if b'\n\n' not in data and not data.startswith((b'\n', b'\r')) and b'\r' not in data:
     try:
-      table = table_from_json_lines(data)
+      table = table_from_json_lines(data, string_columns)
       return table, np.arange(first_line, first_line + table.num_rows, dtype=np.int64), []
     except _ARROW_ERRORS:
       pass
@@ -139,21 +155,21 @@ def parse_lines(data: bytes, source: str, first_line: int = 1) -> Tuple[pa.Table
       text = line.decode('utf-8')
     except UnicodeDecodeError as e:
       letters.append(
-        dead_letter(source, f'line {number}', 'bad_encoding', detail=f'not UTF-8: {e}', record=None, stage='read')
+        dead_letter(source, position(number), 'bad_encoding', detail=f'not UTF-8: {e}', record=None, stage='read')
       )
       continue
     try:
       value = json.loads(text)
     except ValueError as e:
       letters.append(
-        dead_letter(source, f'line {number}', 'malformed_json', record=text[:2000], detail=str(e), stage='read')
+        dead_letter(source, position(number), 'malformed_json', record=text[:2000], detail=str(e), stage='read')
       )
       continue
     if not isinstance(value, dict):
       letters.append(
         dead_letter(
           source,
-          f'line {number}',
+          position(number),
           'malformed_json',
           record=json_safe(value),
           detail=f'expected a JSON object, got {type(value).__name__}',
@@ -163,7 +179,7 @@ def parse_lines(data: bytes, source: str, first_line: int = 1) -> Tuple[pa.Table
       continue
     rows.append(value)
     numbers.append(number)
-  return table_from_rows(rows), np.array(numbers, dtype=np.int64), letters
+  return table_from_rows(rows, string_columns), np.array(numbers, dtype=np.int64), letters
 
 
 # ----- columns -----
@@ -200,12 +216,18 @@ def _as_text(array: pa.Array) -> pa.Array:
 
 
 def _first_text(table: pa.Table, paths: Sequence[Path]) -> pa.Array:
-  found = [_as_text(a) for a in (_get(table, p) for p in paths) if a is not None]
-  if not found:
-    return pa.nulls(table.num_rows, pa.string())
-  # '' is no value (a later candidate may hold one).
-  found = [pc.if_else(pc.equal(a, ''), pa.scalar(None, pa.string()), a) for a in found]
-  return found[0] if len(found) == 1 else pc.coalesce(*found)
+  result = None
+  for path in paths:
+    array = _get(table, path)
+    if array is None:
+      continue
+    text = _as_text(array)
+    # '' is no value (a later candidate may hold one).
+    text = pc.if_else(pc.equal(text, ''), pa.scalar(None, pa.string()), text)
+    result = text if result is None else pc.coalesce(result, text)
+    if result.null_count == 0:
+      break
+  return pa.nulls(table.num_rows, pa.string()) if result is None else result
 
 
 def _parse_time_text(value: Optional[str]) -> Optional[dt.datetime]:
@@ -221,6 +243,22 @@ def _parse_time_text(value: Optional[str]) -> Optional[dt.datetime]:
   return moment.replace(tzinfo=_UTC) if moment.tzinfo is None else moment.astimezone(_UTC)
 
 
+def _cast_time_text(text: pa.Array) -> Optional[pa.Array]:
+  """ISO-8601 text as timestamps by Arrow's parser (all with offsets, or all without: UTC); None if it cannot."""
+  utc = pa.timestamp('us', tz='UTC')
+  casts = [lambda: pc.cast(text, utc), lambda: pc.cast(pc.cast(text, pa.timestamp('us')), utc)]
+  valid = text.drop_null()
+  sample = valid[0].as_py().rstrip() if len(valid) else ''
+  if not _OFFSET.search(sample):
+    casts.reverse()  # naive text (Amplitude's): the cast that fits first
+  for cast in casts:
+    try:
+      return cast()
+    except _ARROW_ERRORS:
+      pass
+  return None
+
+
 def _time_column(table: pa.Table, shape: EventShape, paths: Sequence[Path]) -> pa.Array:
   """Times at the first of `paths` that holds one, as timestamp[us, UTC]; null where absent or unreadable."""
   n = table.num_rows
@@ -230,6 +268,11 @@ def _time_column(table: pa.Table, shape: EventShape, paths: Sequence[Path]) -> p
     array = _get(table, path)
     if array is None:
       continue
+    if result.null_count < n:
+      # Only where no earlier path gave a time.
+      if result.null_count == 0:
+        break
+      array = pc.if_else(pc.is_null(result), array, pa.scalar(None, array.type))
     if pa.types.is_integer(array.type) or pa.types.is_floating(array.type):
       micros = pc.multiply(pc.cast(array, pa.float64()), float(per_second))
       # Beyond year 9999 (or negative): unreadable, not an overflow.
@@ -240,6 +283,8 @@ def _time_column(table: pa.Table, shape: EventShape, paths: Sequence[Path]) -> p
     elif pa.types.is_timestamp(array.type):
       times = pc.cast(array, pa.timestamp('us', tz='UTC'))
     else:
+      times = _cast_time_text(_as_text(array))
+    if times is None:
       values = []
       for value in _as_text(array).to_pylist():
         if value is not None and value.strip().isdigit():
@@ -307,8 +352,21 @@ def _keep_nested(array: Optional[pa.Array], n: int) -> pa.Array:
 # ----- the mapping -----
 
 
-def _line(number: int) -> str:
-  return f'line {number}'
+def _event_ids(raw: pa.Table, shape: EventShape) -> List[str]:
+  """event_id of each row: `event_id(provider, key values)`, joined by Arrow and hashed once a row."""
+  n = raw.num_rows
+  parts = [pc.fill_null(_first_text(raw, [p]), '') for p in shape.key]
+  joined = pc.binary_join_element_wise(pa.array([shape.provider] * n, pa.string()), *parts, '\x1f').to_pylist()
+  prefix = f'{shape.provider}:'
+  sha256 = hashlib.sha256
+  ids = [prefix + sha256(text.encode('utf-8')).hexdigest()[:32] for text in joined]
+  if shape.key_required in shape.key:
+    missing = np.flatnonzero(pc.is_null(_first_text(raw, [shape.key_required])).to_numpy(zero_copy_only=False))
+    if len(missing):
+      whole = raw.take(pa.array(missing)).to_pylist()
+      for i, row in zip(missing, whole):
+        ids[int(i)] = event_id(shape.provider, [json.dumps(json_safe(row), sort_keys=True)])
+  return ids
 
 
 def map_events(
@@ -369,18 +427,7 @@ def map_events(
       return None, letters
 
   # The dedup key, from the provider's identity or (without its insert id) the whole event.
-  key_columns = [_first_text(raw, [p]) for p in shape.key]
-  key_lists = [c.to_pylist() for c in key_columns]
-  required = key_lists[list(shape.key).index(shape.key_required)] if shape.key_required in shape.key else None
-  ids = []
-  whole = None
-  for i in range(n):
-    if required is not None and required[i] is None:
-      if whole is None:
-        whole = raw.to_pylist()
-      ids.append(event_id(shape.provider, [json.dumps(json_safe(whole[i]), sort_keys=True)]))
-    else:
-      ids.append(event_id(shape.provider, [column[i] for column in key_lists]))
+  ids = _event_ids(raw, shape)
 
   # What was mapped leaves the nested values it came from.
   taken: Dict[str, List[Path]] = {}

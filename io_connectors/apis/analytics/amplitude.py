@@ -37,6 +37,7 @@ Usage::
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import datetime as dt
 import io
@@ -96,6 +97,16 @@ AMPLITUDE_SHAPE = EventShape(
   key=[('device_id',), ('user_id',), ('$insert_id',), ('insert_id',)],
   key_required=('$insert_id',),
 )
+# Amplitude's time fields (text "YYYY-MM-DD HH:MM:SS.ffffff", UTC).
+_TIME_FIELDS = (
+  'event_time',
+  'server_upload_time',
+  'server_received_time',
+  'client_event_time',
+  'client_upload_time',
+  'processed_time',
+  'user_creation_time',
+)
 # Events with `insert_id` (the ingestion field) and no `$insert_id` (the export's) key on that.
 _AMPLITUDE_ALT_SHAPE = dataclasses.replace(AMPLITUDE_SHAPE, key_required=('insert_id',))
 
@@ -141,7 +152,7 @@ class AmplitudeOptions:
   secret_key_env: str = 'AMPLITUDE_SECRET_KEY'
   base_url: str = API_URL
   rate: Optional[float] = 1.0
-  state_store: Optional[str] = None
+  state_store: Optional[str] = dataclasses.field(default=None, repr=False)  # may hold a password
   tenant: Optional[str] = None
   lookback_hours: int = 6
   max_response_bytes: int = 1 << 31
@@ -203,15 +214,20 @@ class _ReadRangeFn(beam.DoFn):
       yield from self._failed(request, source, f'the answer is not a readable zip: {e}', outcome, 'corrupt_file')
       return
     window = Window(first, last + dt.timedelta(hours=1))
+    # The members' lines are parsed and mapped together (one pass of Arrow kernels a range, not a member);
+    # dead letters still name the member and its line.
+    parts: List[bytes] = []
+    starts: List[int] = []
+    names: List[str] = []
+    line = 1
     for member in members:
-      member_source = f'{source} {member.filename}'
       try:
         data = zlib.decompress(archive.read(member), 16 + zlib.MAX_WBITS)
       except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as e:
         yield beam.pvalue.TaggedOutput(
           DEAD_LETTER,
           dead_letter(
-            member_source,
+            f'{source} {member.filename}',
             f'member {member.filename}',
             'corrupt_file',
             detail=f'gzip member does not decompress: {e}',
@@ -219,13 +235,24 @@ class _ReadRangeFn(beam.DoFn):
           ),
         )
         continue
-      raw, lines, letters = parse_lines(data, member_source)
-      shape = AMPLITUDE_SHAPE if '$insert_id' in raw.schema.names else _AMPLITUDE_ALT_SHAPE
-      batch, mapped = map_events(raw, lines, shape, member_source, window)
-      for letter in letters + mapped:
-        yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
-      if batch is not None:
-        yield batch
+      if data and not data.endswith(b'\n'):
+        data += b'\n'
+      parts.append(data)
+      starts.append(line)
+      names.append(member.filename)
+      line += data.count(b'\n')
+
+    def position(number: int) -> str:
+      i = bisect.bisect_right(starts, number) - 1
+      return f'member {names[i]} line {number - starts[i] + 1}'
+
+    raw, lines, letters = parse_lines(b''.join(parts), source, string_columns=_TIME_FIELDS, position=position)
+    shape = AMPLITUDE_SHAPE if '$insert_id' in raw.schema.names else _AMPLITUDE_ALT_SHAPE
+    batch, mapped = map_events(raw, lines, shape, source, window, position=position)
+    for letter in letters + mapped:
+      yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
+    if batch is not None:
+      yield batch
     yield beam.pvalue.TaggedOutput(_OUTCOME, (outcome, True))
 
   def _failed(self, request, source, detail, outcome, reason='source_error'):

@@ -143,7 +143,7 @@ class GA4Options:
   quota_pause_s: float = 60.0
   max_quota_retries: int = 10
   max_quota_wait_s: float = 300.0
-  state_store: Optional[str] = None
+  state_store: Optional[str] = dataclasses.field(default=None, repr=False)  # may hold a password
   tenant: Optional[str] = None
   lookback_days: int = 3
   endpoint: Optional[str] = None

@@ -150,7 +150,7 @@ class MixpanelOptions:
   base_url: str = EXPORT_URL
   rate: Optional[float] = 3.0
   window: Optional[Sequence[float]] = (60, 3600.0)
-  state_store: Optional[str] = None
+  state_store: Optional[str] = dataclasses.field(default=None, repr=False)  # may hold a password
   tenant: Optional[str] = None
   lookback_days: int = 2
   chunk_bytes: int = 16 * 1024 * 1024
@@ -394,14 +394,13 @@ class _ImportFn(beam.DoFn):
         yield from self._flush()
 
   def finish_bundle(self):
-    from apache_beam.transforms.window import GlobalWindow
-    from apache_beam.utils.windowed_value import WindowedValue
+    from apache_beam.transforms.window import GlobalWindows
 
     for out in self._flush():
       if isinstance(out, beam.pvalue.TaggedOutput):
-        yield beam.pvalue.TaggedOutput(out.tag, WindowedValue(out.value, 0, [GlobalWindow()]))
+        yield beam.pvalue.TaggedOutput(out.tag, GlobalWindows.windowed_value(out.value))
       else:
-        yield WindowedValue(out, 0, [GlobalWindow()])
+        yield GlobalWindows.windowed_value(out)
 
   def _flush(self):
     rows, self._pending = self._pending, []

@@ -62,6 +62,9 @@ _UTC = dt.timezone.utc
 _DAY_FOLDER = re.compile(r'/(\d{10,14})/[^/]*$')
 
 
+_TIME_FIELDS = ('timestamp', 'originalTimestamp', 'receivedAt', 'sentAt')
+
+
 def _ctx(*path):
   return ('context', *path)
 
@@ -103,7 +106,7 @@ class SegmentArchiveOptions:
   start_date, end_date: the received days to read (UTC, both included); None: all matched.
   """
 
-  input: str
+  input: str = dataclasses.field(repr=False)  # a signed URL may hold a token
   start_date: Any = None
   end_date: Any = None
 
@@ -140,7 +143,7 @@ class _ReadArchiveFileFn(beam.DoFn):
         DEAD_LETTER, dead_letter(path, None, 'corrupt_file', detail=f'gzip does not decompress: {e}', stage='read')
       )
       return
-    raw, lines, letters = parse_lines(data, path)
+    raw, lines, letters = parse_lines(data, path, string_columns=_TIME_FIELDS)
     batch, mapped = map_events(raw, lines, SEGMENT_SHAPE, path)
     for letter in letters + mapped:
       yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
