@@ -73,7 +73,7 @@ def _amplitude_line(i: int, when: dt.datetime) -> bytes:
     {
       'event_type': 'song_played' if i % 3 else 'app_opened',
       'event_time': when.strftime('%Y-%m-%d %H:%M:%S.%f'),
-      'server_upload_time': (when + dt.timedelta(seconds=2)).strftime('%Y-%m-%d %H:%M:%S.%f'),
+      'server_upload_time': when.strftime('%Y-%m-%d %H:%M:%S.%f'),
       'user_id': f'user-{i % 5000}',
       'device_id': f'dev-{i % 7000}',
       '$insert_id': f'ins-{i:012d}',
