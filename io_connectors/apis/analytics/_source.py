@@ -31,6 +31,10 @@ __all__ = [
   'days_between',
   'incremental_start',
   'LastCompleteUnit',
+  'incremental_days',
+  'read_units',
+  'OUTCOME',
+  'failed_unit',
 ]
 
 UTC = dt.timezone.utc
@@ -109,6 +113,58 @@ def incremental_start(store: Optional[str], key: str, configured, rewind: dt.tim
     return configured
   start = parse(committed) - rewind
   return start if configured is None or start > configured else configured
+
+
+def incremental_days(store: Optional[str], key: str, start_date, end: dt.date, lookback_days: int) -> List[str]:
+  """The days (ISO) an incremental daily read covers: from the cursor minus the lookback (or start_date) to end."""
+  start = incremental_start(
+    store, key, parse_date(start_date, 'start_date'), dt.timedelta(days=lookback_days - 1), dt.date.fromisoformat
+  )
+  if start is None or start > end:
+    return []
+  return [d.isoformat() for d in days_between(start, end)]
+
+
+OUTCOME = 'outcome'
+
+
+def read_units(pbegin, units: list, read_fn: beam.DoFn, store: Optional[str], key: str):
+  """Units of work (days, hour ranges, property-days) spread across workers and read by `read_fn`.
+
+  read_fn yields record batches, dead letters (tagged DEAD_LETTER) and one
+  (unit, ok) outcome (tagged OUTCOME) per unit. Returns Outputs, or
+  IncrementalOutputs with the cursor when a state store is given.
+  """
+  import pyarrow as pa
+
+  from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs
+
+  results = (
+    pbegin
+    | 'Units' >> beam.Create(units, reshuffle=False)
+    | 'Spread' >> beam.Reshuffle()
+    | 'Read' >> beam.ParDo(read_fn).with_outputs(DEAD_LETTER, OUTCOME, main='records')
+  )
+  records = results.records | 'AsBatches' >> beam.Map(lambda b: b).with_output_types(pa.RecordBatch)
+  if not store:
+    return Outputs(records, results[DEAD_LETTER])
+  return IncrementalOutputs(records, results[DEAD_LETTER], cursor_updates(results[OUTCOME], store, key, 'Cursor'))
+
+
+def failed_unit(client: HttpClient, request, source: str, position: str, detail: str, unit, reason='source_error'):
+  """The outputs of a unit whose request failed for good: its dead letter (request masked) and a failed outcome."""
+  from transforms.dead_letter import DEAD_LETTER, dead_letter
+  from transforms.records import json_safe
+
+  letter = dead_letter(
+    source,
+    position,
+    reason,
+    record=json_safe({'request': client.describe(request)}),
+    detail=client.masker.text(detail),
+    stage='read',
+  )
+  return [beam.pvalue.TaggedOutput(DEAD_LETTER, letter), beam.pvalue.TaggedOutput(OUTCOME, (unit, False))]
 
 
 class LastCompleteUnit(beam.CombineFn):

@@ -46,29 +46,28 @@ import zlib
 from typing import Any, Dict, List, Optional, Tuple
 
 import apache_beam as beam
-import pyarrow as pa
 
 from io_connectors import registry
 from io_connectors._common import state
 from io_connectors.apis.analytics._events import EventShape, Window, map_events, parse_lines
 from io_connectors.apis.analytics._source import (
-  cursor_updates,
+  OUTCOME,
   env_secret,
+  failed_unit,
   incremental_start,
   make_client,
   raise_if_refused,
+  read_units,
 )
 from io_connectors.apis.http.auth import BasicAuth
 from io_connectors.apis.http.client import RetryPolicy
 from io_connectors.apis.http.request import HostNotAllowed, Request, RequestFailed
 from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
-from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
-from transforms.records import json_safe
+from transforms.dead_letter import DEAD_LETTER, dead_letter
 
 __all__ = ['ReadFromAmplitude', 'AmplitudeOptions', 'AMPLITUDE_SHAPE', 'parse_hour']
 
 API_URL = 'https://amplitude.com'
-_OUTCOME = 'outcome'
 _HOUR_FORMAT = '%Y%m%dT%H'
 _UTC = dt.timezone.utc
 
@@ -200,7 +199,7 @@ class _ReadRangeFn(beam.DoFn):
     except RequestFailed as e:
       raise_if_refused(e, 'Amplitude', (o.api_key_env, o.secret_key_env))
       if e.status == 404:  # Amplitude: no data in the range
-        yield beam.pvalue.TaggedOutput(_OUTCOME, (outcome, True))
+        yield beam.pvalue.TaggedOutput(OUTCOME, (outcome, True))
         return
       yield from self._failed(request, source, str(e), outcome)
       return
@@ -253,18 +252,11 @@ class _ReadRangeFn(beam.DoFn):
       yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
     if batch is not None:
       yield batch
-    yield beam.pvalue.TaggedOutput(_OUTCOME, (outcome, True))
+    yield beam.pvalue.TaggedOutput(OUTCOME, (outcome, True))
 
   def _failed(self, request, source, detail, outcome, reason='source_error'):
-    letter = dead_letter(
-      source,
-      f'hours {request.params["start"]}..{request.params["end"]}',
-      reason,
-      record=json_safe({'request': self._client.describe(request)}),
-      detail=self._client.masker.text(detail),
-      stage='read',
-    )
-    return [beam.pvalue.TaggedOutput(DEAD_LETTER, letter), beam.pvalue.TaggedOutput(_OUTCOME, (outcome, False))]
+    position = f'hours {request.params["start"]}..{request.params["end"]}'
+    return failed_unit(self._client, request, source, position, detail, outcome, reason)
 
 
 class ReadFromAmplitude(beam.PTransform):
@@ -298,17 +290,8 @@ class ReadFromAmplitude(beam.PTransform):
     return out
 
   def expand(self, pbegin):
-    results = (
-      pbegin
-      | 'Ranges' >> beam.Create(self.ranges(), reshuffle=False)
-      | 'Spread' >> beam.Reshuffle()
-      | 'Export' >> beam.ParDo(_ReadRangeFn(self._options)).with_outputs(DEAD_LETTER, _OUTCOME, main='records')
-    )
-    records = results.records | 'AsBatches' >> beam.Map(lambda b: b).with_output_types(pa.RecordBatch)
-    if not self._options.state_store:
-      return Outputs(records, results[DEAD_LETTER])
-    cursors = cursor_updates(results[_OUTCOME], self._options.state_store, self._options.cursor_key, 'Cursor')
-    return IncrementalOutputs(records, results[DEAD_LETTER], cursors)
+    o = self._options
+    return read_units(pbegin, self.ranges(), _ReadRangeFn(o), o.state_store, o.cursor_key)
 
 
 @registry.register('amplitude', 'Amplitude Export API (as analytics events), hour ranges across workers')

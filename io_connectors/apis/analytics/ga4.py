@@ -60,21 +60,14 @@ import pyarrow as pa
 
 from io_connectors import registry
 from io_connectors._common import state
-from io_connectors.apis.analytics._source import (
-  AnalyticsAuthError,
-  cursor_updates,
-  days_between,
-  incremental_start,
-  parse_date,
-)
+from io_connectors.apis.analytics._source import OUTCOME, AnalyticsAuthError, incremental_days, parse_date, read_units
 from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
-from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
+from transforms.dead_letter import DEAD_LETTER, dead_letter
 from transforms.records import with_provenance
 
 __all__ = ['ReadFromGA4', 'GA4Options', 'METRIC_ARROW_TYPES', 'metric_arrow_type']
 
 _LOG = logging.getLogger(__name__)
-_OUTCOME = 'outcome'
 MAX_LIMIT = 250_000  # GA4's largest page
 
 # MetricType names -> Arrow types of their values.
@@ -304,12 +297,12 @@ class _RunReportFn(beam.DoFn):
           stage='read',
         ),
       )
-      yield beam.pvalue.TaggedOutput(_OUTCOME, (day, False))
+      yield beam.pvalue.TaggedOutput(OUTCOME, (day, False))
       return
     n = offset
     if n:
       yield self._batch(property_id, day, dims, dim_values, metric_types, metric_values, n, source)
-    yield beam.pvalue.TaggedOutput(_OUTCOME, (day, True))
+    yield beam.pvalue.TaggedOutput(OUTCOME, (day, True))
 
   def _batch(self, property_id, day, dims, dim_values, metric_types, metric_values, n, source):
     o = self._options
@@ -352,32 +345,12 @@ class ReadFromGA4(beam.PTransform):
   def days(self) -> List[str]:
     o = self._options
     end = parse_date(o.end_date, 'end_date') or dt.datetime.now(dt.timezone.utc).date()
-    start = incremental_start(
-      o.state_store,
-      o.cursor_key(),
-      parse_date(o.start_date, 'start_date'),
-      dt.timedelta(days=o.lookback_days - 1),
-      dt.date.fromisoformat,
-    )
-    if start is None or start > end:
-      return []
-    return [d.isoformat() for d in days_between(start, end)]
+    return incremental_days(o.state_store, o.cursor_key(), o.start_date, end, o.lookback_days)
 
   def expand(self, pbegin):
     o = self._options
     elements = [(p, d) for p in o.properties for d in self.days()]
-    results = (
-      pbegin
-      | 'PropertyDays' >> beam.Create(elements, reshuffle=False)
-      | 'Spread' >> beam.Reshuffle()
-      | 'RunReport' >> beam.ParDo(_RunReportFn(o)).with_outputs(DEAD_LETTER, _OUTCOME, main='records')
-    )
-    records = results.records | 'AsBatches' >> beam.Map(lambda b: b).with_output_types(pa.RecordBatch)
-    if not o.state_store:
-      return Outputs(records, results[DEAD_LETTER])
-    return IncrementalOutputs(
-      records, results[DEAD_LETTER], cursor_updates(results[_OUTCOME], o.state_store, o.cursor_key(), 'Cursor')
-    )
+    return read_units(pbegin, elements, _RunReportFn(o), o.state_store, o.cursor_key())
 
 
 @registry.register('ga4', 'Google Analytics 4 reports (as analytics reports), one request per property and day')

@@ -65,21 +65,22 @@ from io_connectors import registry
 from io_connectors._common import state
 from io_connectors.apis.analytics._events import EventShape, Window, map_events, parse_lines
 from io_connectors.apis.analytics._source import (
+  OUTCOME,
   AnalyticsAuthError,
-  cursor_updates,
-  days_between,
   env_secret,
-  incremental_start,
+  failed_unit,
+  incremental_days,
   make_client,
   parse_date,
   raise_if_refused,
+  read_units,
 )
 from io_connectors.apis.http.auth import BasicAuth
 from io_connectors.apis.http.client import RetryPolicy
 from io_connectors.apis.http.ratelimit import parse_retry_after
 from io_connectors.apis.http.request import HostNotAllowed, Request, RequestFailed
 from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
-from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
+from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 from transforms.records import INTERNAL_COLUMNS, json_safe
 
 __all__ = ['ReadFromMixpanel', 'MixpanelOptions', 'WriteToMixpanel', 'MixpanelSinkOptions', 'MIXPANEL_SHAPE']
@@ -88,7 +89,6 @@ _LOG = logging.getLogger(__name__)
 
 EXPORT_URL = 'https://data.mixpanel.com'
 API_URL = 'https://api.mixpanel.com'
-_OUTCOME = 'outcome'
 _INSERT_ID = re.compile(r'^[A-Za-z0-9-]{1,36}$')
 
 
@@ -241,18 +241,10 @@ class _ReadDayFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
       if batch is not None:
         yield batch
-    yield beam.pvalue.TaggedOutput(_OUTCOME, (day_iso, True))
+    yield beam.pvalue.TaggedOutput(OUTCOME, (day_iso, True))
 
   def _failed(self, request, source, detail, day_iso):
-    letter = dead_letter(
-      source,
-      f'day {day_iso}',
-      'source_error',
-      record=json_safe({'request': self._client.describe(request)}),
-      detail=self._client.masker.text(detail),
-      stage='read',
-    )
-    return [beam.pvalue.TaggedOutput(DEAD_LETTER, letter), beam.pvalue.TaggedOutput(_OUTCOME, (day_iso, False))]
+    return failed_unit(self._client, request, source, f'day {day_iso}', detail, day_iso)
 
 
 class ReadFromMixpanel(beam.PTransform):
@@ -269,30 +261,11 @@ class ReadFromMixpanel(beam.PTransform):
   def days(self) -> List[str]:
     o = self._options
     end = parse_date(o.end_date, 'end_date') or _today(o.project_timezone) - dt.timedelta(days=1)
-    start = incremental_start(
-      o.state_store,
-      o.cursor_key,
-      parse_date(o.start_date, 'start_date'),
-      dt.timedelta(days=o.lookback_days - 1),
-      dt.date.fromisoformat,
-    )
-    if start is None or start > end:
-      return []
-    return [d.isoformat() for d in days_between(start, end)]
+    return incremental_days(o.state_store, o.cursor_key, o.start_date, end, o.lookback_days)
 
   def expand(self, pbegin):
-    results = (
-      pbegin
-      | 'Days' >> beam.Create(self.days(), reshuffle=False)
-      | 'Spread' >> beam.Reshuffle()
-      | 'Export' >> beam.ParDo(_ReadDayFn(self._options)).with_outputs(DEAD_LETTER, _OUTCOME, main='records')
-    )
-    records = results.records | 'AsBatches' >> beam.Map(lambda b: b).with_output_types(pa.RecordBatch)
-    letters = results[DEAD_LETTER]
-    if not self._options.state_store:
-      return Outputs(records, letters)
-    cursors = cursor_updates(results[_OUTCOME], self._options.state_store, self._options.cursor_key, 'Cursor')
-    return IncrementalOutputs(records, letters, cursors)
+    o = self._options
+    return read_units(pbegin, self.days(), _ReadDayFn(o), o.state_store, o.cursor_key)
 
 
 # ----- sink -----
