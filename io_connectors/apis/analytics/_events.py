@@ -139,8 +139,11 @@ def parse_lines(
   pyarrow's reader when every line is an object and no line is blank; line
   by line otherwise (a bad line is a `malformed_json` / `bad_encoding` dead letter).
   """
-  if not data.strip():
+  if not data or (len(data) < 4096 and not data.strip()):
     return pa.table({}), np.zeros(0, dtype=np.int64), []
+  # Only the text columns the first lines name (the shared reader looks for each in the whole text).
+  head = data[:65536]
+  string_columns = [c for c in string_columns if json.dumps(c).encode('utf-8') in head]
   if b'\n\n' not in data and not data.startswith((b'\n', b'\r')) and b'\r' not in data:
     try:
       table = table_from_json_lines(data, string_columns)
