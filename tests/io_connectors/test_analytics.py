@@ -570,3 +570,40 @@ def test_ga4_unknown_metric_is_a_dead_letter_and_cursor_rereads_last_days(ga4, t
     _ga4_options(ga4, properties=['314159'], end_date='2024-06-11', state_store=store, tenant='acme', lookback_days=3)
   )
   assert transform.days() == ['2024-06-08', '2024-06-09', '2024-06-10', '2024-06-11']
+
+
+def test_hostile_shapes_keep_every_event_and_write_to_parquet():
+  import io
+
+  import pyarrow.parquet as pq
+
+  from io_connectors.apis.analytics._events import map_events, parse_lines
+  from io_connectors.apis.analytics.mixpanel import MIXPANEL_SHAPE
+
+  lines = [
+    # Numeric ids, empty objects, odd keys, and a time as text: the shapes disagree, so the row path runs.
+    {'event': 'a', 'properties': {'time': 1717200000, 'distinct_id': 12345, '': 1, 'a.b': 2, 'e': {}, 'x': {'y': {}}}},
+    {'event': 'b', 'properties': {'time': '1717200001', 'distinct_id': 'u', 'emoji': '🎵', 'n': {'d': [{'k': 1}]}}},
+  ]
+  data = b'\n'.join(json.dumps(line).encode() for line in lines) + b'\n{"event": "c", "properties": {"x": "\xe9"}}\n'
+  raw, numbers, letters = parse_lines(data, 'src')
+  batch, mapped = map_events(raw, numbers, MIXPANEL_SHAPE, 'src')
+  assert [(lt['reason'], lt['position']) for lt in letters + mapped] == [('bad_encoding', 'line 3')]
+  rows = batch.to_pylist()
+  assert [r['user_id'] for r in rows] == ['12345', 'u']
+  assert [r['event_time'].timestamp() for r in rows] == [1717200000, 1717200001]
+  kept = json.loads(rows[0]['properties'])  # disagreeing shapes: JSON text, without what was mapped
+  assert kept == {'': 1, 'a.b': 2, 'e': {}, 'x': {'y': {}}}
+  assert 'distinct_id' not in rows[1]['properties'] and '🎵' in rows[1]['properties']
+
+  same_shape = b''.join(
+    json.dumps(
+      {'event': 'a', 'properties': {'time': 1717200000 + i, 'distinct_id': 'u', 'e': {}, 'x': {'y': {}}}}
+    ).encode()
+    + b'\n'
+    for i in range(3)
+  )
+  raw, numbers, _ = parse_lines(same_shape, 'src')
+  batch, _ = map_events(raw, numbers, MIXPANEL_SHAPE, 'src')
+  pq.write_table(pa.Table.from_batches([batch]), io.BytesIO())  # no struct without fields reaches Parquet
+  assert batch.column('properties').to_pylist()[0] == {'e': None, 'x': {'y': None}}

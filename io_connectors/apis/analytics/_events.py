@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from io_connectors._common.arrow import table_from_json_lines, table_from_rows, to_text
+from io_connectors._common.arrow import column, table_from_json_lines, table_from_rows, to_text
 from transforms.dead_letter import dead_letter
 from transforms.records import json_safe, with_provenance
 
@@ -195,11 +195,35 @@ def _child(array: pa.Array, name: str) -> Optional[pa.Array]:
   return array.flatten()[array.type.get_field_index(name)]
 
 
+def _json_values(array: pa.Array) -> List[Any]:
+  """A text column of JSON documents (nested values the shared rules kept as text) as Python values."""
+  out = []
+  for text in array.to_pylist():
+    try:
+      out.append(json.loads(text) if text is not None else None)
+    except ValueError:
+      out.append(text)
+  return out
+
+
+def _dig(values: List[Any], path: Path) -> Optional[pa.Array]:
+  found, any_found = [], False
+  for value in values:
+    for name in path:
+      value = value.get(name) if isinstance(value, dict) else None
+    any_found = any_found or value is not None
+    found.append(value)
+  return column(found) if any_found else None
+
+
 def _get(table: pa.Table, path: Path) -> Optional[pa.Array]:
   if table.schema.get_field_index(path[0]) < 0:
     return None
   array = table.column(path[0]).combine_chunks()
-  for name in path[1:]:
+  for i, name in enumerate(path[1:], start=1):
+    if pa.types.is_string(array.type):
+      # Nested values of disagreeing shapes are JSON text: read the path from the documents.
+      return _dig(_json_values(array), path[i:])
     array = _child(array, name)
     if array is None:
       return None
@@ -304,6 +328,8 @@ def _time_column(table: pa.Table, shape: EventShape, paths: Sequence[Path]) -> p
 
 def _without(array: pa.Array, paths: Sequence[Path]) -> Optional[pa.Array]:
   """A struct array without the sub-fields at `paths` (relative to it); None when no field is left."""
+  if pa.types.is_string(array.type) and paths:
+    return _text_without(array, paths)
   if not pa.types.is_struct(array.type):
     return array
   here = {p[0] for p in paths if len(p) == 1}
@@ -330,6 +356,22 @@ def _without(array: pa.Array, paths: Sequence[Path]) -> Optional[pa.Array]:
   return pa.StructArray.from_arrays(children, fields=fields, mask=mask)
 
 
+def _text_without(array: pa.Array, paths: Sequence[Path]) -> pa.Array:
+  """JSON text documents without the values at `paths` (what was mapped does not stay in clear)."""
+  out = []
+  for value in _json_values(array):
+    if isinstance(value, dict):
+      for path in paths:
+        parent = value
+        for name in path[:-1]:
+          parent = parent.get(name) if isinstance(parent, dict) else None
+        if isinstance(parent, dict):
+          parent.pop(path[-1], None)
+      value = json.dumps(value, ensure_ascii=False)
+    out.append(value if value is None or isinstance(value, str) else to_text(value))
+  return pa.array(out, pa.string())
+
+
 def _struct_of_columns(table: pa.Table, names: Sequence[str], taken: Dict[str, List[Path]]) -> Optional[pa.Array]:
   children, fields = [], []
   for name in names:
@@ -345,11 +387,34 @@ def _struct_of_columns(table: pa.Table, names: Sequence[str], taken: Dict[str, L
   return pa.StructArray.from_arrays(children, fields=fields)
 
 
+def _has_empty_struct(typ: pa.DataType) -> bool:
+  if pa.types.is_struct(typ):
+    return typ.num_fields == 0 or any(_has_empty_struct(typ.field(i).type) for i in range(typ.num_fields))
+  if pa.types.is_list(typ) or pa.types.is_large_list(typ):
+    return _has_empty_struct(typ.value_type)
+  return False
+
+
+def _no_empty_structs(array: pa.Array) -> pa.Array:
+  """Empty objects ({}) nested anywhere as null text: Parquet cannot store a struct without fields."""
+  typ = array.type
+  if not _has_empty_struct(typ):
+    return array
+  if pa.types.is_struct(typ) and typ.num_fields == 0:
+    return pa.nulls(len(array), pa.string())
+  if pa.types.is_struct(typ):
+    children = [_no_empty_structs(array.field(i)) for i in range(typ.num_fields)]
+    fields = [pa.field(typ.field(i).name, c.type) for i, c in enumerate(children)]
+    return pa.StructArray.from_arrays(children, fields=fields, mask=array.is_null() if array.null_count else None)
+  # A list of values holding empty objects: as JSON text, like other shapes Parquet cannot hold.
+  return pa.array([to_text(v) for v in array.to_pylist()], pa.string())
+
+
 def _keep_nested(array: Optional[pa.Array], n: int) -> pa.Array:
   # Absent: Arrow's null type, which schema inference widens to whatever other batches hold.
   if array is None or pa.types.is_null(array.type) or (pa.types.is_struct(array.type) and array.type.num_fields == 0):
     return pa.nulls(n)
-  return array
+  return _no_empty_structs(array)
 
 
 # ----- the mapping -----
