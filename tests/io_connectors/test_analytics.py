@@ -607,3 +607,20 @@ def test_hostile_shapes_keep_every_event_and_write_to_parquet():
   batch, _ = map_events(raw, numbers, MIXPANEL_SHAPE, 'src')
   pq.write_table(pa.Table.from_batches([batch]), io.BytesIO())  # no struct without fields reaches Parquet
   assert batch.column('properties').to_pylist()[0] == {'e': None, 'x': {'y': None}}
+
+
+def test_amplitude_incremental_ranges_read_the_last_hours_again(tmp_path):
+  from io_connectors import commit_cursors
+
+  store = str(tmp_path / 'state')
+  options = dict(start='20240601T00', end='20240601T23', hours_per_request=4, state_store=store, tenant='acme')
+  assert ReadFromAmplitude(AmplitudeOptions(**options)).ranges()[0] == ('20240601T00', '20240601T03')
+  commit_cursors([{'store': store, 'key': 'amplitude/acme/export', 'value': '20240601T11'}])
+  ranges = ReadFromAmplitude(AmplitudeOptions(lookback_hours=2, **options)).ranges()
+  assert ranges == [
+    ('20240601T10', '20240601T13'),
+    ('20240601T14', '20240601T17'),
+    ('20240601T18', '20240601T21'),
+    ('20240601T22', '20240601T23'),
+  ]
+  assert ReadFromAmplitude(AmplitudeOptions(lookback_hours=0, **options)).ranges()[0][0] == '20240601T12'
