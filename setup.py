@@ -21,6 +21,8 @@ EXTRAS = {
   'pulsar': ['pulsar-client==3.13.0'],
   'websocket': ['websockets==17.4'],
   'webhooks': ['starlette==1.10.0', 'uvicorn==0.54.0', 'redis==8.1.0'],
+  # Mixpanel's import sink and Google Analytics 4 reports (io_connectors.apis.analytics).
+  'analytics': ['mixpanel==5.4.1', 'google-analytics-data==0.23.3'],
   # OpenLineage run events (--openlineage_url).
   'lineage': ['openlineage-python==1.54.0'],
   'test': [
@@ -54,6 +56,7 @@ EXTRAS['test'] += sorted(
       'pulsar',
       'websocket',
       'webhooks',
+      'analytics',
       'lineage',
     )
     for req in EXTRAS[name]

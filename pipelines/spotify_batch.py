@@ -250,7 +250,17 @@ def _config_from(options: PipelineOptions, allow_demo: bool, config_values: Opti
 
 
 # Connectors whose incremental cursor is kept per tenant (`tenant` option).
-_TENANT_CURSOR_CONNECTORS = ('postgres', 'mongodb', 'redis', 'elasticsearch', 'opensearch', 'clickhouse')
+_TENANT_CURSOR_CONNECTORS = (
+  'postgres',
+  'mongodb',
+  'redis',
+  'elasticsearch',
+  'opensearch',
+  'clickhouse',
+  'mixpanel',
+  'amplitude',
+  'ga4',
+)
 
 
 def _source_transform(source: dict, config: RunConfig, model):
