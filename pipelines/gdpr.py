@@ -72,21 +72,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     return sub
 
-  erase = with_log(commands.add_parser('erase', help="remove data subjects' records from a lake output"))
-  erase.add_argument('--output', required=True, help='the batch job\'s output (local, s3:// or gs://)')
-  erase.add_argument('--tenant', required=True, help='the tenant whose subjects these are')
-  erase.add_argument('--subject_file', required=True, help='one raw identifier (user id, email) per line')
-  erase.add_argument('--pii_key_file', default=None, help='the PII master key file (default $PII_MASTER_KEY)')
-  erase.add_argument('--report', default=None, help='also write the verification report here (JSON)')
-  erase.add_argument('--actor', default=None, help='who asked, for the audit log (default: the OS user)')
+  def subject_request(name, help_text):
+    """A parser for a request about data subjects of one tenant of one output."""
+    sub = with_log(commands.add_parser(name, help=help_text))
+    sub.add_argument('--output', required=True, help='the batch job\'s output (local, s3:// or gs://)')
+    sub.add_argument('--tenant', required=True, help='the tenant whose subjects these are')
+    sub.add_argument('--subject_file', required=True, help='one raw identifier (user id, email) per line')
+    sub.add_argument('--pii_key_file', default=None, help='the PII master key file (default $PII_MASTER_KEY)')
+    sub.add_argument('--actor', default=None, help='who asked, for the audit log (default: the OS user)')
+    return sub
 
-  export = with_log(commands.add_parser('export', help="write data subjects' records as JSON (access request)"))
-  export.add_argument('--output', required=True, help='the batch job\'s output (local, s3:// or gs://)')
-  export.add_argument('--tenant', required=True, help='the tenant whose subjects these are')
-  export.add_argument('--subject_file', required=True, help='one raw identifier (user id, email) per line')
+  erase = subject_request('erase', "remove data subjects' records from a lake output")
+  erase.add_argument('--report', default=None, help='also write the verification report here (JSON)')
+  export = subject_request('export', "write data subjects' records as JSON (access request)")
   export.add_argument('--destination', required=True, help='directory for the JSON files and the summary')
-  export.add_argument('--pii_key_file', default=None, help='the PII master key file (default $PII_MASTER_KEY)')
-  export.add_argument('--actor', default=None, help='who asked, for the audit log (default: the OS user)')
 
   retention = with_log(commands.add_parser('retention', help='drop records past their retention period'))
   retention.add_argument('--output', required=True, help='the batch job\'s output (local, s3:// or gs://)')
