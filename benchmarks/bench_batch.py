@@ -45,6 +45,7 @@ import glob
 import importlib.util
 import json
 import os
+import resource
 import shlex
 import shutil
 import subprocess
@@ -177,6 +178,7 @@ def _tree_rss_bytes(pid: int) -> int:
 def run_measured(command: List[str], timeout_s: float, **popen_kwargs) -> Dict:
   """Runs `command`; returns seconds, return code, peak tree RSS (GB), load averages before and after."""
   load_before = os.getloadavg()
+  usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
   started = time.perf_counter()
   process = subprocess.Popen(command, **popen_kwargs)
   peak = [0]
@@ -198,8 +200,11 @@ def run_measured(command: List[str], timeout_s: float, **popen_kwargs) -> Dict:
   finally:
     done.set()
     poller.join()
+  usage_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+  cpu = (usage_after.ru_utime - usage_before.ru_utime) + (usage_after.ru_stime - usage_before.ru_stime)
   return {
     'seconds': time.perf_counter() - started,
+    'cpu_s': round(cpu, 2),
     'returncode': returncode,
     'peak_rss_gb': round(peak[0] / 2**30, 3),
     'load_avg': [round(x, 2) for x in load_before[:1] + os.getloadavg()[:1]],
@@ -215,6 +220,7 @@ def run_baseline(csv_path: str, out_dir: str) -> dict:
     return 'skip'
 
   out_path = os.path.join(out_dir, 'baseline.parquet')
+  cpu_started = time.process_time()
   started = time.perf_counter()
   table = pa_csv.read_csv(
     csv_path,
@@ -225,6 +231,7 @@ def run_baseline(csv_path: str, out_dir: str) -> dict:
   seconds = time.perf_counter() - started
   return {
     'seconds': seconds,
+    'cpu_s': round(time.process_time() - cpu_started, 2),
     'rows_read': table.num_rows,
     'rows_skipped': len(skipped),
     'parquet_bytes': os.path.getsize(out_path),
@@ -272,6 +279,7 @@ def run_pipeline(csv_path: str, out_dir: str, extra_args: str, timeout_s: float,
     return {'error': f'exit status {run["returncode"]}', 'log_tail': tail}
   return {
     'seconds': run['seconds'],
+    'cpu_s': run['cpu_s'],
     'peak_rss_gb': run['peak_rss_gb'],
     'load_avg': run['load_avg'],
     'parquet_rows': _parquet_rows(out_dir),
@@ -322,7 +330,12 @@ def run_floor(csv_path: str, out_dir: str, runner: str, timeout_s: float) -> dic
     return {'error': f'timed out after {timeout_s:.0f} s'}
   if run['returncode'] != 0:
     return {'error': f'exit status {run["returncode"]}'}
-  return {'seconds': run['seconds'], 'peak_rss_gb': run['peak_rss_gb'], 'load_avg': run['load_avg']}
+  return {
+    'seconds': run['seconds'],
+    'cpu_s': run['cpu_s'],
+    'peak_rss_gb': run['peak_rss_gb'],
+    'load_avg': run['load_avg'],
+  }
 
 
 def machine_info() -> dict:
@@ -364,6 +377,7 @@ def run_benchmark(options: BenchOptions) -> dict:
       'what': 'pyarrow.csv.read_csv + pyarrow.parquet.write_table(snappy), in process',
       'runs_s': [round(r['seconds'], 3) for r in runs],
       'load_avg': [r['load_avg'] for r in runs],
+      'cpu_s': [r['cpu_s'] for r in runs],
       'best_s': round(best, 3),
       'rows_per_s': round(options.rows / best),
       'rows_read': runs[0]['rows_read'],
@@ -387,6 +401,7 @@ def run_benchmark(options: BenchOptions) -> dict:
         'runner': options.floor_runner,
         'runs_s': [round(r['seconds'], 3) for r in floors if 'seconds' in r],
         'peak_rss_gb': [r['peak_rss_gb'] for r in floors if 'seconds' in r],
+        'cpu_s': [r['cpu_s'] for r in floors if 'seconds' in r],
         'load_avg': [r['load_avg'] for r in floors if 'seconds' in r],
         'errors': [r for r in floors if 'seconds' not in r],
       }
@@ -401,6 +416,7 @@ def run_benchmark(options: BenchOptions) -> dict:
         'extra_args': extra,
         'runs_s': [],
         'peak_rss_gb': [],
+        'cpu_s': [],
         'load_avg': [],
         'errors': [],
       }
@@ -414,6 +430,7 @@ def run_benchmark(options: BenchOptions) -> dict:
         if 'seconds' in run:
           variant['runs_s'].append(round(run['seconds'], 3))
           variant['peak_rss_gb'].append(run['peak_rss_gb'])
+          variant['cpu_s'].append(run['cpu_s'])
           variant['load_avg'].append(run['load_avg'])
           variant['parquet_rows'] = run['parquet_rows']
           variant['manifest_counts'] = run['manifest_counts']
@@ -433,6 +450,8 @@ def run_benchmark(options: BenchOptions) -> dict:
         variant['rows_per_s'] = round(options.rows / best_s)
         variant['ratio'] = round(variant['rows_per_s'] / result['baseline']['rows_per_s'], 4)
         variant['meets_target'] = variant['ratio'] >= result['target_ratio']
+        # CPU seconds, baseline over pipeline: less sensitive to other jobs on the machine than wall clock.
+        variant['cpu_ratio'] = round(min(result['baseline']['cpu_s']) / min(variant['cpu_s']), 4)
         if result['target_peak_rss_gb']:
           variant['meets_rss_target'] = max(variant['peak_rss_gb']) < result['target_peak_rss_gb']
       result['pipelines'].append(variant)
@@ -465,7 +484,8 @@ def report(result: dict) -> str:
       lines.append(
         f'pipeline [{name}]: best {variant["best_s"]:.2f} s = {variant["rows_per_s"]:,} rows/s, '
         f'ratio {variant["ratio"]:.3f} ({verdict} target {result["target_ratio"]}), '
-        f'peak RSS {max(variant["peak_rss_gb"]):.2f} GB'
+        f'peak RSS {max(variant["peak_rss_gb"]):.2f} GB, CPU {min(variant["cpu_s"]):.1f} s '
+        f'(CPU ratio {variant["cpu_ratio"]:.3f})'
       )
     else:
       lines.append(f'pipeline [{name}]: no successful run ({variant["errors"][0]["error"]})')
