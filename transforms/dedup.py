@@ -230,10 +230,8 @@ def _read_spill(path: str) -> typing.List[pa.RecordBatch]:
     return list(pa.ipc.open_stream(pa.BufferReader(handle.read())))
 
 
-class _SpillDedupFn(beam.DoFn):
-  def __init__(self, key_field):
-    self._key_field = key_field
-    self._dropped = beam.metrics.Metrics.counter('dedup', 'duplicates')
+class _SpillDedupFn(_DedupGroupFn):
+  """_DedupGroupFn for groups of SpillFile references: reads the group's rows back first."""
 
   def process(self, element):
     (tenant, _), spills = element
