@@ -1,8 +1,11 @@
 """Batch benchmark: the Spotify batch pipeline against bare pyarrow CSV -> Parquet.
 
 Generates (once, cached under ``benchmarks/data/``) a listening-events CSV with
-`pipelines.sample_data` (1M rows by default, 2% malformed, 1% duplicates),
-then measures in the same run, wall clock, best of N:
+`pipelines.sample_data` (1M rows by default, 2% malformed, 1% duplicates), or
+with ``--corpus wide`` the same rows made wide and id-heavy
+(`benchmarks/wide_corpus.py`: 40 columns, digit-bearing ids in undeclared
+columns, free text in 20% of rows), then measures in the same run, wall
+clock, best of N:
 
 (a) baseline: ``pyarrow.csv.read_csv`` + ``pyarrow.parquet.write_table``
     (snappy) of that file, in this process (bad rows skipped, UTF-8 not
@@ -16,6 +19,10 @@ then measures in the same run, wall clock, best of N:
     (b): what Beam's start-up and runner cost before any of our work.
 
 Throughput is input rows per second for both; the ratio is pipeline/baseline.
+Each subprocess run also reports its peak resident memory (the sum over the
+process and its children, polled every 0.2 s) and the load average before and
+after it; a pipeline run's output is checked against the expected counts
+(rows written, dead letters, duplicates).
 Results go to ``benchmarks/results/batch-<UTC time>.json`` (or to stdout with
 ``--json``). See docs/benchmarks.md.
 
@@ -26,6 +33,7 @@ Usage::
     python benchmarks/bench_batch.py --pipeline-runs 2 --pipeline-args "" \\
         --pipeline-args "--direct_num_workers=2 --direct_running_mode=multi_processing"
     python benchmarks/bench_batch.py --rows 100000 --json
+    python benchmarks/bench_batch.py --corpus wide --rows 1000000
 """
 
 from __future__ import annotations
@@ -35,14 +43,17 @@ import dataclasses
 import datetime as dt
 import glob
 import importlib.util
+import json
 import os
+import resource
 import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:  # run by path: make `pipelines` importable
@@ -54,13 +65,24 @@ import pyarrow.parquet as pq
 
 from pipelines import sample_data
 from benchmarks.common import machine_info as common_machine_info, publish_result
+from benchmarks import wide_corpus
 
 __all__ = ['BenchOptions', 'run_benchmark', 'main']
 
 PIPELINE_MODULE = 'pipelines.spotify_batch'
 # A fixed key for benchmark runs only: it protects nothing real.
 BENCH_PII_KEY = '5ca1ab1e' * 8
-TARGET_RATIO = 0.3
+CORPORA = ('sample', 'wide')
+# Issue targets: ratio >= 0.25 at 10M rows, >= 0.12 at 1M; peak RSS < 3 GB at 10M.
+TARGET_RATIO_10M = 0.25
+TARGET_RATIO_1M = 0.12
+TARGET_RSS_GB = 3.0
+
+
+def target_ratio(rows: int) -> float:
+  return TARGET_RATIO_10M if rows >= 10_000_000 else TARGET_RATIO_1M
+
+
 DEFAULT_DATA_DIR = os.path.join(REPO_ROOT, 'benchmarks', 'data')
 DEFAULT_RESULTS_DIR = os.path.join(REPO_ROOT, 'benchmarks', 'results')
 
@@ -71,6 +93,7 @@ class BenchOptions:
 
   rows: int = 1_000_000
   seed: int = 7
+  corpus: str = 'sample'
   data_dir: str = DEFAULT_DATA_DIR
   baseline_runs: int = 3
   pipeline_runs: int = 1
@@ -82,6 +105,8 @@ class BenchOptions:
   def validate(self) -> 'BenchOptions':
     if self.rows < 1:
       raise ValueError(f'--rows must be positive, got {self.rows}')
+    if self.corpus not in CORPORA:
+      raise ValueError(f'--corpus must be one of {", ".join(CORPORA)}, got {self.corpus!r}')
     if self.baseline_runs < 1 or self.pipeline_runs < 1:
       raise ValueError('--baseline-runs and --pipeline-runs must be at least 1')
     if self.timeout_s <= 0:
@@ -116,6 +141,76 @@ def ensure_data(options: BenchOptions) -> tuple:
   return path, sample_data.load_expected(out_dir)
 
 
+def ensure_corpus(options: BenchOptions) -> tuple:
+  """(CSV path, expected summary) of the run's corpus."""
+  path, expected = ensure_data(options)
+  if options.corpus == 'sample':
+    return path, expected
+  out_dir = os.path.join(options.data_dir, f'listening_events_wide-{options.rows}-seed{options.seed}')
+  started = time.perf_counter()
+  path, expected = wide_corpus.ensure_wide(os.path.dirname(path), path, expected, out_dir, options.seed)
+  _log(f'data: wide corpus {os.path.relpath(path, REPO_ROOT)} ready in {time.perf_counter() - started:.1f} s')
+  return path, expected
+
+
+def _children(pid: int) -> List[int]:
+  try:
+    with open(f'/proc/{pid}/task/{pid}/children', encoding='ascii') as f:
+      return [int(c) for c in f.read().split()]
+  except OSError:
+    return []
+
+
+def _tree_rss_bytes(pid: int) -> int:
+  """Resident memory of a process and its descendants (Linux /proc; 0 elsewhere)."""
+  total, stack = 0, [pid]
+  while stack:
+    current = stack.pop()
+    try:
+      with open(f'/proc/{current}/statm', encoding='ascii') as f:
+        total += int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+    except (OSError, ValueError, IndexError):
+      continue
+    stack.extend(_children(current))
+  return total
+
+
+def run_measured(command: List[str], timeout_s: float, **popen_kwargs) -> Dict:
+  """Runs `command`; returns seconds, return code, peak tree RSS (GB), load averages before and after."""
+  load_before = os.getloadavg()
+  usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+  started = time.perf_counter()
+  process = subprocess.Popen(command, **popen_kwargs)
+  peak = [0]
+  done = threading.Event()
+
+  def poll():
+    while not done.is_set():
+      peak[0] = max(peak[0], _tree_rss_bytes(process.pid))
+      done.wait(0.2)
+
+  poller = threading.Thread(target=poll, daemon=True)
+  poller.start()
+  try:
+    returncode = process.wait(timeout=timeout_s)
+  except subprocess.TimeoutExpired:
+    process.kill()
+    process.wait()
+    returncode = None
+  finally:
+    done.set()
+    poller.join()
+  usage_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+  cpu = (usage_after.ru_utime - usage_before.ru_utime) + (usage_after.ru_stime - usage_before.ru_stime)
+  return {
+    'seconds': time.perf_counter() - started,
+    'cpu_s': round(cpu, 2),
+    'returncode': returncode,
+    'peak_rss_gb': round(peak[0] / 2**30, 3),
+    'load_avg': [round(x, 2) for x in load_before[:1] + os.getloadavg()[:1]],
+  }
+
+
 def run_baseline(csv_path: str, out_dir: str) -> dict:
   """One read_csv + write_table (snappy); returns seconds and counts."""
   skipped = []
@@ -125,6 +220,7 @@ def run_baseline(csv_path: str, out_dir: str) -> dict:
     return 'skip'
 
   out_path = os.path.join(out_dir, 'baseline.parquet')
+  cpu_started = time.process_time()
   started = time.perf_counter()
   table = pa_csv.read_csv(
     csv_path,
@@ -135,6 +231,7 @@ def run_baseline(csv_path: str, out_dir: str) -> dict:
   seconds = time.perf_counter() - started
   return {
     'seconds': seconds,
+    'cpu_s': round(time.process_time() - cpu_started, 2),
     'rows_read': table.num_rows,
     'rows_skipped': len(skipped),
     'parquet_bytes': os.path.getsize(out_path),
@@ -172,20 +269,50 @@ def run_pipeline(csv_path: str, out_dir: str, extra_args: str, timeout_s: float,
   ]
   env = dict(os.environ, PII_MASTER_KEY=BENCH_PII_KEY)
   env['PYTHONPATH'] = os.pathsep.join(p for p in (REPO_ROOT, env.get('PYTHONPATH')) if p)
-  started = time.perf_counter()
   with open(log_path, 'wb') as log:
-    try:
-      done = subprocess.run(
-        command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s, check=False
-      )
-    except subprocess.TimeoutExpired:
-      return {'error': f'timed out after {timeout_s:.0f} s'}
-  seconds = time.perf_counter() - started
-  if done.returncode != 0:
+    run = run_measured(command, timeout_s, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+  if run['returncode'] is None:
+    return {'error': f'timed out after {timeout_s:.0f} s', 'peak_rss_gb': run['peak_rss_gb']}
+  if run['returncode'] != 0:
     with open(log_path, 'rb') as log:
       tail = log.read()[-2000:].decode('utf-8', 'replace').replace(BENCH_PII_KEY, '<key>')
-    return {'error': f'exit status {done.returncode}', 'log_tail': tail}
-  return {'seconds': seconds, 'parquet_rows': _parquet_rows(out_dir)}
+    return {'error': f'exit status {run["returncode"]}', 'log_tail': tail}
+  return {
+    'seconds': run['seconds'],
+    'cpu_s': run['cpu_s'],
+    'peak_rss_gb': run['peak_rss_gb'],
+    'load_avg': run['load_avg'],
+    'parquet_rows': _parquet_rows(out_dir),
+    'manifest_counts': _manifest_counts(out_dir),
+  }
+
+
+def _manifest_counts(out_dir: str) -> Optional[dict]:
+  try:
+    with open(os.path.join(out_dir, '_manifest.json'), encoding='utf-8') as f:
+      counts = json.load(f)['counts']
+  except (OSError, ValueError, KeyError):
+    return None
+  return {k: counts.get(k) for k in ('read', 'written', 'dead_letter', 'deduplicated')}
+
+
+def check_outputs(run: dict, expected: dict) -> List[str]:
+  """What differs between a pipeline run's outputs and the corpus's expected counts (empty: all as expected)."""
+  problems = []
+  written = run.get('parquet_rows', {}).get('_runs', sum(run.get('parquet_rows', {}).values()))
+  if written != expected['clean']:
+    problems.append(f'{written} rows in the data files, expected {expected["clean"]}')
+  counts = run.get('manifest_counts') or {}
+  wanted = {
+    'read': expected['rows'],
+    'written': expected['clean'],
+    'dead_letter': expected['malformed']['total'],
+    'deduplicated': expected['duplicates'],
+  }
+  for key, value in wanted.items():
+    if counts.get(key) != value:
+      problems.append(f'manifest {key} {counts.get(key)}, expected {value}')
+  return problems
 
 
 def run_floor(csv_path: str, out_dir: str, runner: str, timeout_s: float) -> dict:
@@ -198,15 +325,17 @@ def run_floor(csv_path: str, out_dir: str, runner: str, timeout_s: float) -> dic
     '--runner',
     runner,
   ]
-  started = time.perf_counter()
-  try:
-    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, timeout=timeout_s, check=False)
-  except subprocess.TimeoutExpired:
+  run = run_measured(command, timeout_s, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  if run['returncode'] is None:
     return {'error': f'timed out after {timeout_s:.0f} s'}
-  seconds = time.perf_counter() - started
-  if done.returncode != 0:
-    return {'error': f'exit status {done.returncode}', 'log_tail': done.stderr[-2000:].decode('utf-8', 'replace')}
-  return {'seconds': seconds}
+  if run['returncode'] != 0:
+    return {'error': f'exit status {run["returncode"]}'}
+  return {
+    'seconds': run['seconds'],
+    'cpu_s': run['cpu_s'],
+    'peak_rss_gb': run['peak_rss_gb'],
+    'load_avg': run['load_avg'],
+  }
 
 
 def machine_info() -> dict:
@@ -221,27 +350,34 @@ def _best(runs: List[dict]) -> Optional[float]:
 def run_benchmark(options: BenchOptions) -> dict:
   """Runs everything; returns the JSON-ready result."""
   options.validate()
-  csv_path, expected = ensure_data(options)
+  csv_path, expected = ensure_corpus(options)
   result = {
     'benchmark': 'batch',
     'started_utc': dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'),
+    'corpus': options.corpus,
     'rows': options.rows,
     'input_bytes': os.path.getsize(csv_path),
     'input': os.path.relpath(csv_path, REPO_ROOT),
     'expected': {k: expected[k] for k in ('clean', 'duplicates', 'valid', 'malformed', 'tenants')},
     'machine': machine_info(),
-    'target_ratio': TARGET_RATIO,
+    'target_ratio': target_ratio(options.rows),
+    'target_peak_rss_gb': TARGET_RSS_GB if options.rows >= 10_000_000 else None,
+    'load_avg_start': [round(x, 2) for x in os.getloadavg()],
   }
   work = tempfile.mkdtemp(prefix='bench_batch-')
   try:
     runs = []
     for i in range(options.baseline_runs):
+      load = os.getloadavg()[0]
       runs.append(run_baseline(csv_path, work))
-      _log(f'baseline run {i + 1}/{options.baseline_runs}: {runs[-1]["seconds"]:.2f} s')
+      runs[-1]['load_avg'] = [round(load, 2), round(os.getloadavg()[0], 2)]
+      _log(f'baseline run {i + 1}/{options.baseline_runs}: {runs[-1]["seconds"]:.2f} s (load {load:.1f})')
     best = _best(runs)
     result['baseline'] = {
       'what': 'pyarrow.csv.read_csv + pyarrow.parquet.write_table(snappy), in process',
       'runs_s': [round(r['seconds'], 3) for r in runs],
+      'load_avg': [r['load_avg'] for r in runs],
+      'cpu_s': [r['cpu_s'] for r in runs],
       'best_s': round(best, 3),
       'rows_per_s': round(options.rows / best),
       'rows_read': runs[0]['rows_read'],
@@ -264,6 +400,9 @@ def run_benchmark(options: BenchOptions) -> dict:
         'what': 'the baseline in one DoFn of a Beam pipeline (benchmarks/beam_floor.py), subprocess',
         'runner': options.floor_runner,
         'runs_s': [round(r['seconds'], 3) for r in floors if 'seconds' in r],
+        'peak_rss_gb': [r['peak_rss_gb'] for r in floors if 'seconds' in r],
+        'cpu_s': [r['cpu_s'] for r in floors if 'seconds' in r],
+        'load_avg': [r['load_avg'] for r in floors if 'seconds' in r],
         'errors': [r for r in floors if 'seconds' not in r],
       }
       if floor_best:
@@ -272,14 +411,33 @@ def run_benchmark(options: BenchOptions) -> dict:
         )
     available = importlib.util.find_spec(PIPELINE_MODULE) is not None
     for extra in options.pipeline_args:
-      variant = {'module': PIPELINE_MODULE, 'extra_args': extra, 'runs_s': [], 'errors': []}
+      variant = {
+        'module': PIPELINE_MODULE,
+        'extra_args': extra,
+        'runs_s': [],
+        'peak_rss_gb': [],
+        'cpu_s': [],
+        'load_avg': [],
+        'errors': [],
+      }
       for i in range(options.pipeline_runs if available else 0):
         out_dir = os.path.join(work, f'pipeline-{len(result["pipelines"])}-{i}')
         run = run_pipeline(csv_path, out_dir, extra, options.timeout_s, os.path.join(work, 'pipeline.log'))
         if 'seconds' in run:
+          problems = check_outputs(run, expected)
+          if problems:
+            run = {'error': 'wrong outputs: ' + '; '.join(problems), 'seconds_spent': run['seconds']}
+        if 'seconds' in run:
           variant['runs_s'].append(round(run['seconds'], 3))
+          variant['peak_rss_gb'].append(run['peak_rss_gb'])
+          variant['cpu_s'].append(run['cpu_s'])
+          variant['load_avg'].append(run['load_avg'])
           variant['parquet_rows'] = run['parquet_rows']
-          _log(f'pipeline [{extra or "defaults"}] run {i + 1}/{options.pipeline_runs}: {run["seconds"]:.2f} s')
+          variant['manifest_counts'] = run['manifest_counts']
+          _log(
+            f'pipeline [{extra or "defaults"}] run {i + 1}/{options.pipeline_runs}: {run["seconds"]:.2f} s, '
+            f'peak RSS {run["peak_rss_gb"]:.2f} GB, load {run["load_avg"][0]:.1f}-{run["load_avg"][1]:.1f}, outputs as expected'
+          )
         else:
           variant['errors'].append(run)
           _log(f'pipeline [{extra or "defaults"}] run {i + 1} failed: {run["error"]}\n{run.get("log_tail", "")}')
@@ -291,7 +449,11 @@ def run_benchmark(options: BenchOptions) -> dict:
         variant['best_s'] = best_s
         variant['rows_per_s'] = round(options.rows / best_s)
         variant['ratio'] = round(variant['rows_per_s'] / result['baseline']['rows_per_s'], 4)
-        variant['meets_target'] = variant['ratio'] >= TARGET_RATIO
+        variant['meets_target'] = variant['ratio'] >= result['target_ratio']
+        # CPU seconds, baseline over pipeline: less sensitive to other jobs on the machine than wall clock.
+        variant['cpu_ratio'] = round(min(result['baseline']['cpu_s']) / min(variant['cpu_s']), 4)
+        if result['target_peak_rss_gb']:
+          variant['meets_rss_target'] = max(variant['peak_rss_gb']) < result['target_peak_rss_gb']
       result['pipelines'].append(variant)
     return result
   finally:
@@ -304,7 +466,8 @@ def report(result: dict) -> str:
   lines = [
     f'machine: {m["nproc"]} CPUs ({m["cpu"]}), Python {m["python"]}, pyarrow {m["pyarrow"]}, '
     f'apache-beam {m["apache_beam"]}',
-    f'input: {result["rows"]:,} rows, {result["input_bytes"] / 2**20:.0f} MiB CSV ({result["input"]})',
+    f'input: {result["rows"]:,} rows, {result["input_bytes"] / 2**20:.0f} MiB CSV, corpus {result.get("corpus", "sample")} '
+    f'({result["input"]}); load average at start {result.get("load_avg_start", ["?"])[0]}',
     f'baseline (read_csv + write_table snappy): best {result["baseline"]["best_s"]:.2f} s '
     f'= {result["baseline"]["rows_per_s"]:,} rows/s',
   ]
@@ -320,7 +483,9 @@ def report(result: dict) -> str:
       verdict = 'meets' if variant['meets_target'] else 'below'
       lines.append(
         f'pipeline [{name}]: best {variant["best_s"]:.2f} s = {variant["rows_per_s"]:,} rows/s, '
-        f'ratio {variant["ratio"]:.3f} ({verdict} target {result["target_ratio"]})'
+        f'ratio {variant["ratio"]:.3f} ({verdict} target {result["target_ratio"]}), '
+        f'peak RSS {max(variant["peak_rss_gb"]):.2f} GB, CPU {min(variant["cpu_s"]):.1f} s '
+        f'(CPU ratio {variant["cpu_ratio"]:.3f})'
       )
     else:
       lines.append(f'pipeline [{name}]: no successful run ({variant["errors"][0]["error"]})')
@@ -344,6 +509,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(prog='bench_batch.py', description=__doc__.split('\n\n')[0])
   parser.add_argument('--rows', type=int, default=1_000_000, help='rows of the generated CSV (default 1000000)')
   parser.add_argument('--seed', type=int, default=7)
+  parser.add_argument(
+    '--corpus', choices=CORPORA, default='sample', help='sample data, or the wide id-heavy corpus (default sample)'
+  )
   parser.add_argument('--data-dir', default=DEFAULT_DATA_DIR, help='cache of generated data (default benchmarks/data)')
   parser.add_argument('--baseline-runs', type=int, default=3, help='baseline runs, best counts (default 3)')
   parser.add_argument('--pipeline-runs', type=int, default=1, help='pipeline runs per variant (default 1)')
@@ -365,6 +533,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   options = BenchOptions(
     rows=args.rows,
     seed=args.seed,
+    corpus=args.corpus,
     data_dir=args.data_dir,
     baseline_runs=args.baseline_runs,
     pipeline_runs=args.pipeline_runs,

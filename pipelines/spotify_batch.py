@@ -53,6 +53,7 @@ from io_connectors.sinks.lake import (
   commit_output,
   finalize_files,
   run_dir_name,
+  scratch_dir,
   sweep,
 )
 from pipelines.config import FILE_ONLY_KEYS, RUN_KEYS, ConfigError, RunConfig, load_yaml, resolve
@@ -523,8 +524,18 @@ def _entity_chain(p, entity: str, sources, config: RunConfig, master_key, run_id
   dead_letters.append(validated.dead_letter)
   pii_options = PiiOptions(redact=not config.keep_pii)
   redacted = validated.records | f'{label}RedactPII' >> RedactPII(model, master_key, pii_options)
-  deduped = redacted.records | f'{label}Deduplicate' >> Deduplicate(entities.key_field(model), config.num_shards)
-  inferred = deduped.records | f'{label}InferSchema' >> schema_mod.InferSchema()
+  # The rows reach dedup through spill files in the run's temporary directory,
+  # not the runner's shuffle: only file names are grouped (transforms/dedup.py).
+  deduped = redacted.records | f'{label}Deduplicate' >> Deduplicate(
+    entities.key_field(model), config.num_shards, spill_dir=scratch_dir(config.output, run_id, f'dedup{label.strip()}')
+  )
+  # The schema of the batches before dedup (the same columns and types reach the
+  # files): so writing needs no second pass over the deduplicated rows.
+  inferred = (
+    redacted.records
+    | f'{label}NonEmpty' >> beam.Filter(lambda batch: batch.num_rows > 0)
+    | f'{label}InferSchema' >> schema_mod.InferSchema()
+  )
   data_files = deduped.records | f'{label}WriteData' >> WriteRecordFiles(
     config.output,
     config.output_format,

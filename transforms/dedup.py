@@ -9,25 +9,43 @@ Dedup is per tenant: one tenant's records never suppress another's.
 In streaming, the GroupByKey is per window, so duplicates are removed within
 a window (`pipelines.spotify_streaming` adds state that expires for late copies).
 
+With ``spill_dir`` (bounded input only), the rows do not go through the
+shuffle at all: each bundle appends its (tenant, shard) parts to Arrow IPC
+files under ``spill_dir`` and the shuffle carries only those files' names and
+row counts. The group step then reads back one group's files. Runners that
+keep a shuffle in memory (the in-process FnApiRunner holds every grouped
+element until the next stage runs) so never hold the whole input; on
+distributed runners the rows cross the network once, through the file
+system, instead of through the runner's coders. ``spill_dir`` must be
+reachable from every worker (the run's temporary directory of the output);
+the caller deletes it once the run is committed.
+
 Usage::
 
     result = batches | Deduplicate('event_id', num_shards=4)
     result.records   # PCollection[pa.RecordBatch], one batch per (tenant, shard)
     result.counts    # PCollection[(tenant, duplicates dropped)]
+
+    result = batches | Deduplicate('event_id', spill_dir='gs://lake/events/_runs/r1/_temporary/dedup')
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import typing
+import uuid
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from apache_beam.io.filesystems import CompressionTypes, FileSystems
+from apache_beam.transforms.window import GlobalWindows
 
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN
 
-__all__ = ['Deduplicate', 'DedupOutputs', 'shard_of', 'dedup_table']
+__all__ = ['Deduplicate', 'DedupOutputs', 'SpillFile', 'shard_of', 'dedup_table']
 
 # Tabulation hashing: a fixed random table per byte position, so shards are
 # stable across processes, runs and runners (Python's hash() is salted).
@@ -76,6 +94,41 @@ def dedup_table(table: pa.Table, key_field: str) -> typing.Tuple[pa.Table, int]:
   return (table.filter(pa.array(first)) if dropped else table), dropped
 
 
+def _route(batch: pa.RecordBatch, key_field: str, num_shards: int):
+  """((tenant, shard), sub-batch) for each (tenant, shard) the batch's rows go to."""
+  shards = shard_of(batch.column(key_field), num_shards)
+  tenants = batch.column(TENANT_COLUMN)
+  if pa.types.is_dictionary(tenants.type):
+    tenants = tenants.dictionary_decode()
+  encoded = pc.dictionary_encode(tenants)
+  tenant_codes = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+  group = tenant_codes * num_shards + shards
+  order = np.argsort(group, kind='stable')
+  sorted_groups = group[order]
+  bounds = np.flatnonzero(np.diff(sorted_groups)) + 1
+  for chunk in np.split(order, bounds):
+    if not len(chunk):
+      continue
+    g = int(group[chunk[0]])
+    tenant = encoded.dictionary[g // num_shards].as_py()
+    yield (tenant, g % num_shards), batch.take(pa.array(chunk))
+
+
+def _dedup_group(tenant, batches: typing.List[pa.RecordBatch], key_field: str, dropped_counter):
+  """The kept rows of one (tenant, shard) group as batches, and ('counts', (tenant, dropped)) if any."""
+  table = (
+    pa.Table.from_batches(batches)
+    if len({b.schema for b in batches}) == 1
+    else pa.concat_tables([pa.Table.from_batches([b]) for b in batches], promote_options='permissive')
+  )
+  table, dropped = dedup_table(table, key_field)
+  dropped_counter.inc(dropped)
+  if dropped:
+    yield beam.pvalue.TaggedOutput('counts', (tenant, dropped))
+  for batch in table.combine_chunks().to_batches():
+    yield batch
+
+
 class _RouteFn(beam.DoFn):
   """Splits a batch into one sub-batch per (tenant, shard)."""
 
@@ -84,22 +137,7 @@ class _RouteFn(beam.DoFn):
     self._num_shards = num_shards
 
   def process(self, batch: pa.RecordBatch):
-    shards = shard_of(batch.column(self._key_field), self._num_shards)
-    tenants = batch.column(TENANT_COLUMN)
-    if pa.types.is_dictionary(tenants.type):
-      tenants = tenants.dictionary_decode()
-    encoded = pc.dictionary_encode(tenants)
-    tenant_codes = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
-    group = tenant_codes * self._num_shards + shards
-    order = np.argsort(group, kind='stable')
-    sorted_groups = group[order]
-    bounds = np.flatnonzero(np.diff(sorted_groups)) + 1
-    for chunk in np.split(order, bounds):
-      if not len(chunk):
-        continue
-      g = int(group[chunk[0]])
-      tenant = encoded.dictionary[g // self._num_shards].as_py()
-      yield (tenant, g % self._num_shards), batch.take(pa.array(chunk))
+    yield from _route(batch, self._key_field, self._num_shards)
 
 
 class _DedupGroupFn(beam.DoFn):
@@ -109,18 +147,98 @@ class _DedupGroupFn(beam.DoFn):
 
   def process(self, element):
     (tenant, _), batches = element
-    batches = list(batches)
-    table = (
-      pa.Table.from_batches(batches)
-      if len({b.schema for b in batches}) == 1
-      else pa.concat_tables([pa.Table.from_batches([b]) for b in batches], promote_options='permissive')
-    )
-    table, dropped = dedup_table(table, self._key_field)
-    self._dropped.inc(dropped)
-    if dropped:
-      yield beam.pvalue.TaggedOutput('counts', (tenant, dropped))
-    for batch in table.combine_chunks().to_batches():
-      yield batch
+    yield from _dedup_group(tenant, list(batches), self._key_field, self._dropped)
+
+
+@dataclasses.dataclass(frozen=True)
+class SpillFile:
+  """An Arrow IPC stream file of one bundle's rows of one (tenant, shard) group."""
+
+  path: str
+  rows: int
+
+
+def _local(path: str) -> bool:
+  return '://' not in path
+
+
+class _SpillWriter:
+  """One open IPC stream file; a batch of another schema starts a new file."""
+
+  def __init__(self, spill_dir: str, schema: pa.Schema):
+    self.path = FileSystems.join(spill_dir, f'{uuid.uuid4().hex}.arrows')
+    self.schema = schema
+    self.rows = 0
+    if _local(self.path):
+      os.makedirs(os.path.dirname(self.path), exist_ok=True)
+      self._handle = pa.OSFile(self.path, 'wb')
+    else:
+      self._handle = FileSystems.create(self.path, compression_type=CompressionTypes.UNCOMPRESSED)
+    self._writer = pa.ipc.new_stream(self._handle, schema)
+
+  def write(self, batch: pa.RecordBatch):
+    self._writer.write_batch(batch)
+    self.rows += batch.num_rows
+
+  def close(self) -> SpillFile:
+    self._writer.close()
+    self._handle.close()
+    return SpillFile(self.path, self.rows)
+
+
+# Open spill files per bundle at most: each holds a write buffer.
+_MAX_OPEN_SPILLS = 256
+
+
+class _SpillRouteFn(beam.DoFn):
+  """Routes like _RouteFn, but writes the sub-batches to spill files and emits ((tenant, shard), SpillFile)."""
+
+  def __init__(self, key_field, num_shards, spill_dir):
+    self._key_field = key_field
+    self._num_shards = num_shards
+    self._spill_dir = spill_dir
+    self._writers = {}
+
+  def start_bundle(self):
+    self._writers = {}
+
+  def process(self, batch: pa.RecordBatch):
+    for group, part in _route(batch, self._key_field, self._num_shards):
+      writer = self._writers.get(group)
+      if writer is not None and writer.schema != part.schema:
+        yield group, self._writers.pop(group).close()
+        writer = None
+      if writer is None:
+        if len(self._writers) >= _MAX_OPEN_SPILLS:
+          for full_group in list(self._writers):
+            yield full_group, self._writers.pop(full_group).close()
+        writer = self._writers[group] = _SpillWriter(self._spill_dir, part.schema)
+      writer.write(part)
+
+  def finish_bundle(self):
+    # Bounded input only (Deduplicate checks): the refs belong to the global window.
+    for group, writer in sorted(self._writers.items()):
+      yield GlobalWindows.windowed_value((group, writer.close()))
+    self._writers = {}
+
+
+def _read_spill(path: str) -> typing.List[pa.RecordBatch]:
+  if _local(path):
+    # Zero-copy: the batches' buffers keep the mapping alive after `source` is gone.
+    return list(pa.ipc.open_stream(pa.memory_map(path)))
+  with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+    return list(pa.ipc.open_stream(pa.BufferReader(handle.read())))
+
+
+class _SpillDedupFn(_DedupGroupFn):
+  """_DedupGroupFn for groups of SpillFile references: reads the group's rows back first."""
+
+  def process(self, element):
+    (tenant, _), spills = element
+    batches = []
+    for spill in sorted(spills, key=lambda s: s.path):
+      batches.extend(_read_spill(spill.path))
+    yield from _dedup_group(tenant, batches, self._key_field, self._dropped)
 
 
 class DedupOutputs(typing.NamedTuple):
@@ -131,22 +249,29 @@ class DedupOutputs(typing.NamedTuple):
 class Deduplicate(beam.PTransform):
   """Keeps the first copy of each `key_field` value per tenant."""
 
-  def __init__(self, key_field: str = 'event_id', num_shards: int = 4):
+  def __init__(self, key_field: str = 'event_id', num_shards: int = 4, spill_dir: typing.Optional[str] = None):
     super().__init__()
     if not key_field:
       raise ValueError('Deduplicate needs a key field')
     if not isinstance(num_shards, int) or num_shards < 1:
       raise ValueError(f'num_shards must be a positive integer, got {num_shards!r}')
+    if spill_dir is not None and (not isinstance(spill_dir, str) or not spill_dir):
+      raise ValueError(f'spill_dir must be a directory path, got {spill_dir!r}')
     self._key_field = key_field
     self._num_shards = num_shards
+    self._spill_dir = spill_dir
 
   def expand(self, batches):
-    routed = batches | 'Route' >> beam.ParDo(_RouteFn(self._key_field, self._num_shards))
-    routed.element_type = beam.typehints.KV[beam.typehints.Tuple[str, int], pa.RecordBatch]
-    result = (
-      routed
-      | 'Group' >> beam.GroupByKey()
-      | 'Dedup' >> beam.ParDo(_DedupGroupFn(self._key_field)).with_outputs('counts', main='records')
-    )
+    if self._spill_dir is not None:
+      if batches.is_bounded is False or not isinstance(batches.windowing.windowfn, beam.window.GlobalWindows):
+        raise ValueError('Deduplicate(spill_dir=...) needs bounded, globally windowed input; drop spill_dir')
+      routed = batches | 'Route' >> beam.ParDo(_SpillRouteFn(self._key_field, self._num_shards, self._spill_dir))
+      routed.element_type = beam.typehints.KV[beam.typehints.Tuple[str, int], SpillFile]
+      dedup = _SpillDedupFn(self._key_field)
+    else:
+      routed = batches | 'Route' >> beam.ParDo(_RouteFn(self._key_field, self._num_shards))
+      routed.element_type = beam.typehints.KV[beam.typehints.Tuple[str, int], pa.RecordBatch]
+      dedup = _DedupGroupFn(self._key_field)
+    result = routed | 'Group' >> beam.GroupByKey() | 'Dedup' >> beam.ParDo(dedup).with_outputs('counts', main='records')
     result.records.element_type = pa.RecordBatch
     return DedupOutputs(result.records, result.counts)

@@ -62,6 +62,7 @@ __all__ = [
   'sweep',
   'read_manifest',
   'run_dir_name',
+  'scratch_dir',
   'OutputLock',
   'OutputLockedError',
   'LakeCommitError',
@@ -314,6 +315,12 @@ class WrittenFile:
 
 def _temp_dir(output: str, run_dir: str) -> str:
   return _join(output, RUNS_DIR, run_dir, '_temporary')
+
+
+def scratch_dir(output: str, run_dir: str, name: str) -> str:
+  """A directory for a run's intermediate files (e.g. dedup spills); `finalize_files` deletes it with the temp files."""
+  safe = re.sub(r'[^A-Za-z0-9._=-]', '_', name).strip('.') or 'scratch'
+  return _join(_temp_dir(output, run_dir), '_scratch', safe)
 
 
 class _WriteBatchFn(beam.DoFn):

@@ -159,8 +159,15 @@ def test_runner_args_point_at_local_artifacts(prism_binary):
 def test_local_runner_args_point_the_direct_runner_at_our_prism(prism_binary, tmp_path, monkeypatch):
   from apache_beam.runners.portability import prism_runner
 
-  for argv in ([], ['--runner=DirectRunner'], ['--runner', 'DirectRunner', '--streaming']):
+  for argv in (['--streaming'], ['--runner', 'DirectRunner', '--streaming']):
     assert runners.local_runner_args(argv) == argv + [f'--prism_location={prism_binary}']
+  assert runners.local_runner_args(['--runner=DirectRunner'], streaming=True) == [
+    '--runner=DirectRunner',
+    f'--prism_location={prism_binary}',
+  ]
+  # Batch runs go to the in-process FnApiRunner, the faster of the two here (docs/benchmarks.md).
+  for argv in ([], ['--runner=DirectRunner']):
+    assert runners.local_runner_args(argv) == argv + ['--runner=FnApiRunner']
 
   def no_download(*args, **kwargs):
     raise AssertionError(f'Beam tried to download Prism: {args}')
@@ -168,12 +175,14 @@ def test_local_runner_args_point_the_direct_runner_at_our_prism(prism_binary, tm
   # Beam's own cache is empty here: the binary must come from --prism_location.
   monkeypatch.setattr(prism_runner, 'urlopen', no_download)
   monkeypatch.setattr(prism_runner.PrismJobServer, 'BIN_CACHE', str(tmp_path))
-  server = prism_runner.PrismJobServer(PipelineOptions(runners.local_runner_args(['--runner=DirectRunner'])))
+  server = prism_runner.PrismJobServer(
+    PipelineOptions(runners.local_runner_args(['--runner=DirectRunner'], streaming=True))
+  )
   assert server._get_executable_path() == prism_binary
   assert not any(tmp_path.iterdir())
 
 
-def test_local_runner_args_without_prism_run_batch_in_process(monkeypatch):
+def test_local_runner_args_without_prism_run_batch_in_process_and_leave_streaming_to_beam(monkeypatch):
   monkeypatch.setattr(runners, 'local_prism', lambda: None)
   assert runners.local_runner_args([]) == ['--runner=FnApiRunner']
   assert runners.local_runner_args(['--runner', 'DirectRunner']) == ['--runner', 'DirectRunner', '--runner=FnApiRunner']
@@ -209,7 +218,7 @@ def test_the_batch_job_by_default_never_tries_to_download_prism(prism_built, pri
     ['--input', str(tmp_path / 'in' / '*.csv'), '--tenant_field', 'tenant_id', '--output', str(tmp_path / 'out')]
   )
   assert tries == [] and not (tmp_path / 'beam-cache').exists()
-  assert manifest['runner'] == ('DirectRunner' if prism_built else 'FnApiRunner')
+  assert manifest['runner'] == 'FnApiRunner'  # batch runs in process, with or without Prism
   assert manifest['conservation']['ok']
 
 
@@ -224,7 +233,7 @@ def test_direct_runner_runs_on_local_prism(prism_binary, tmp_path, caplog):
   caplog.set_level(logging.INFO)
   # An entry point run earlier in this process may have quietened Beam's loggers.
   caplog.set_level(logging.INFO, logger='apache_beam')
-  output = run_pipeline(runners.local_runner_args(['--runner=DirectRunner']), tmp_path)
+  output = run_pipeline(runners.runner_args('direct'), tmp_path)
   assert output == expected_output(make_batches(4))
   messages = '\n'.join(r.getMessage() for r in caplog.records)
   assert 'Running pipeline with PrismRunner' in messages

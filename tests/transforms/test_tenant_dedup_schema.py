@@ -73,18 +73,47 @@ def test_dedup_keeps_first_copy_by_source_and_row():
   assert out.select(['event_id', 'v']).to_pylist() == [{'event_id': 'a', 'v': 1}, {'event_id': 'b', 'v': 2}]
 
 
-def test_deduplicate_is_per_tenant_in_a_pipeline():
+@pytest.mark.parametrize('spill', [False, True], ids=['shuffle', 'spill_files'])
+def test_deduplicate_is_per_tenant_in_a_pipeline(spill, tmp_path):
   b1 = _batch(
-    [{'event_id': 'a', 'tenant_id': 't1'}, {'event_id': 'a', 'tenant_id': 't2'}, {'event_id': 'b', 'tenant_id': 't1'}]
+    [
+      {'event_id': 'a', 'tenant_id': 't1', 'v': 1},
+      {'event_id': 'a', 'tenant_id': 't2', 'v': 2},
+      {'event_id': 'b', 'tenant_id': 't1', 'v': 3},
+    ]
   )
-  b2 = _batch([{'event_id': 'a', 'tenant_id': 't1'}, {'event_id': 'c', 'tenant_id': 't2'}], source='s2')
+  # Another schema (one more column): a spill file holds one schema, so this batch starts a new one.
+  b2 = _batch(
+    [{'event_id': 'a', 'tenant_id': 't1', 'v': 4, 'w': 'x'}, {'event_id': 'c', 'tenant_id': 't2', 'v': 6, 'w': 'y'}],
+    source='s2',
+  )
+  b3 = _batch([{'event_id': 'b', 'tenant_id': 't1', 'v': 5}], source='a0')
+  spill_dir = str(tmp_path / 'spill') if spill else None
   with TestPipeline() as p:
-    result = p | beam.Create([b1, b2]) | Deduplicate('event_id', num_shards=3)
+    batches = p | beam.Create([b1, b2, b3]).with_output_types(pa.RecordBatch)
+    result = batches | Deduplicate('event_id', num_shards=3, spill_dir=spill_dir)
     rows = result.records | beam.FlatMap(
-      lambda b: zip(b.column('tenant_id').to_pylist(), b.column('event_id').to_pylist())
+      lambda b: zip(*(b.column(c).to_pylist() for c in ('tenant_id', 'event_id', 'v')))
     )
-    assert_that(rows, equal_to([('t1', 'a'), ('t1', 'b'), ('t2', 'a'), ('t2', 'c')]), label='rows')
-    assert_that(result.counts, equal_to([('t1', 1)]), label='counts')
+    # The first copy by (key, source, row) survives, whatever the order of arrival: 'b' of source a0 beats s's.
+    assert_that(rows, equal_to([('t1', 'a', 1), ('t1', 'b', 5), ('t2', 'a', 2), ('t2', 'c', 6)]), label='rows')
+    assert_that(result.counts | beam.CombinePerKey(sum), equal_to([('t1', 2)]), label='counts')
+  if spill:
+    spilled = list((tmp_path / 'spill').iterdir())
+    assert spilled and all(f.suffix == '.arrows' for f in spilled)
+
+
+def test_deduplicate_with_spill_dir_refuses_unbounded_or_windowed_input(tmp_path):
+  with pytest.raises(ValueError, match='bounded, globally windowed'):
+    with TestPipeline() as p:
+      windowed = (
+        p
+        | beam.Create([_batch([{'event_id': 'a', 'tenant_id': 't1'}])])
+        | beam.WindowInto(beam.window.FixedWindows(10))
+      )
+      _ = windowed | Deduplicate('event_id', spill_dir=str(tmp_path))
+  with pytest.raises(ValueError, match='spill_dir'):
+    Deduplicate('event_id', spill_dir='')
 
 
 def test_dead_letter_tenant_assignment():

@@ -50,6 +50,7 @@ from transforms.pii.batch import (
   pseudonymise,
   redact_batch,
   redact_dead_letter,
+  redact_dead_letters,
   redact_record,
   scanned_columns,
 )
@@ -76,6 +77,7 @@ __all__ = [
   'redact_batch',
   'redact_record',
   'redact_dead_letter',
+  'redact_dead_letters',
   'PiiOptions',
   'PiiOutputs',
   'RedactPII',

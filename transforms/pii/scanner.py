@@ -148,6 +148,7 @@ class TextScanner:
     self.min_score = float(min_score)
     self._recognizers = None
     self._memo: Dict[tuple, tuple] = {}
+    self._prescanned: Dict[tuple, tuple] = {}
 
   def setup(self) -> 'TextScanner':
     """Builds the recognizers now (DoFn.setup) rather than on the first cell."""
@@ -159,6 +160,7 @@ class TextScanner:
     state = dict(self.__dict__)
     state['_recognizers'] = None
     state['_memo'] = {}
+    state['_prescanned'] = {}
     return state
 
   def __repr__(self):
@@ -303,18 +305,62 @@ class TextScanner:
     """
     total = collections.Counter()
     out: List[Optional[str]] = []
+    prescanned = self._prescanned
     for i, text in enumerate(texts):
+      if prescanned and text is not None:
+        known = prescanned.get((text, hints[i] if hints else None))
+        if known is not None:
+          out.append(known[0])
+          total.update(known[1])
+          continue
       if text is None or _ANY_PREFILTER_PY.search(text) is None:
         out.append(text)
         continue
       wanted = [e for e in self.entities if _PREFILTERS_PY[e].search(text) is not None]
-      if not wanted:
+      if not wanted or _WHOLE_ID_PY.fullmatch(text) is not None:
+        # As in redact_array: a value that is wholly an id of a known shape
+        # (UUID, hex digest, Spotify URI, ISO date-time) holds no PII.
         out.append(text)
         continue
       redacted, counts = self._redact(text, wanted, context_word(hints[i]) if hints else None)
       out.append(redacted)
       total.update(counts)
     return out, total
+
+  def prescan(self, texts: Iterable[Tuple[str, Optional[str]]]) -> None:
+    """Scans many (text, hint) pairs at once, so that `redact_texts` answers them from a table.
+
+    For callers that scan many small values one by one (dead letters): the
+    prefilters run vectorised (RE2, pyarrow.compute) over all the distinct
+    texts of a hint together, and only the flagged ones go to the
+    recognizers, as in `redact_array`. The answers are the ones
+    `redact_texts` would give; they replace the previous prescan's.
+    """
+    by_hint: Dict[Optional[str], set] = {}
+    for text, hint in texts:
+      if isinstance(text, str):
+        by_hint.setdefault(hint, set()).add(text)
+    table: Dict[tuple, tuple] = {}
+    nothing = collections.Counter()
+    for hint, distinct in by_hint.items():
+      values = pa.array(sorted(distinct), type=pa.string())
+      candidate = self._candidates(values)
+      rows = np.flatnonzero(candidate)
+      found_in, new_values = {}, None
+      if len(rows):
+        flagged = values.take(pa.array(rows))
+        found_in, new_flagged = self._redact_distinct(flagged, True, context_word(hint))
+        if new_flagged is not flagged:
+          new_values = dict(zip(rows.tolist(), new_flagged.to_pylist()))
+      entry_of = {int(row): entry for entry, row in enumerate(rows)}
+      for row, text in enumerate(values.to_pylist()):
+        entry = entry_of.get(row)
+        counts = found_in.get(entry) if entry is not None else None
+        if counts:
+          table[(text, hint)] = (new_values[row], counts)
+        else:
+          table[(text, hint)] = (text, nothing)
+    self._prescanned = table
 
   def _candidates(self, values: pa.Array) -> np.ndarray:
     """Cells any prefilter matches: one regex pass over the column."""

@@ -7,10 +7,13 @@ import dataclasses
 import typing
 from typing import Optional, Sequence, Tuple
 
+import collections
+
 import apache_beam as beam
 import pyarrow as pa
+from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms.pii.batch import _as_model, identifier_fields, redact_batch, redact_dead_letter
+from transforms.pii.batch import _as_model, identifier_fields, redact_batch, redact_dead_letters
 from transforms.pii.keys import KeyRef, MasterKey
 from transforms.pii.scanner import DEFAULT_ENTITIES, TextScanner
 from transforms.records import TENANT_COLUMN, typed_outputs
@@ -153,23 +156,60 @@ class RedactPII(beam.PTransform):
     return typed_outputs(PiiOutputs(result.records, result[FINDINGS]))
 
 
+# Dead letters redacted together: their texts are prefiltered as one Arrow array.
+_LETTERS_PER_SCAN = 2048
+
+
 class _RedactDeadLetterFn(_KeyedDoFn):
+  """Buffers a bundle's dead letters and redacts them in groups (`redact_dead_letters`).
+
+  Each letter keeps its window and timestamp; findings are summed per window
+  and group.
+  """
+
   def __init__(self, model, key_ref: Optional[KeyRef], options: PiiOptions, header, delimiter):
     super().__init__(key_ref, options)
     self._model = model
     self._header = header
     self._delimiter = delimiter
+    self._pending = []
 
-  def process(self, letter: dict):
-    header, delimiter = self._header, self._delimiter
-    if header is None and isinstance(letter.get('record'), str) and isinstance(letter.get('source'), str):
+  def start_bundle(self):
+    self._pending = []
+
+  def process(self, letter: dict, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
+    self._pending.append((letter, timestamp, window))
+    if len(self._pending) >= _LETTERS_PER_SCAN:
+      yield from self._flush()
+
+  def finish_bundle(self):
+    yield from self._flush()
+
+  def _header_of(self, letter: dict):
+    if self._header is not None:
+      return self._header, self._delimiter
+    if isinstance(letter.get('record'), str) and isinstance(letter.get('source'), str):
       # A raw line of a delimited file: its fields get their names from the
       # file's own header, so that identifiers and secrets in it are known.
-      header, delimiter = self._file_header(letter['source']) or (None, delimiter)
-    redacted, counts = redact_dead_letter(letter, self._model, self._master_key, self._scanner, header, delimiter)
-    yield redacted
-    for key, count in sorted(counts.items()):
-      yield beam.pvalue.TaggedOutput(FINDINGS, (key, count))
+      return self._file_header(letter['source'])
+    return None
+
+  def _flush(self):
+    pending, self._pending = self._pending, []
+    if not pending:
+      return
+    letters = [letter for letter, _, _ in pending]
+    headers = [self._header_of(letter) for letter in letters]
+    redacted = redact_dead_letters(letters, self._model, self._master_key, self._scanner, headers)
+    findings = {}  # window -> [latest timestamp, counts]: findings of a window stay in it
+    for (out, counts), (_, timestamp, window) in zip(redacted, pending):
+      yield WindowedValue(out, timestamp, [window])
+      summed = findings.setdefault(window, [timestamp, collections.Counter()])
+      summed[0] = max(summed[0], timestamp)
+      summed[1].update(counts)
+    for window, (timestamp, counts) in findings.items():
+      for key, count in sorted(counts.items()):
+        yield beam.pvalue.TaggedOutput(FINDINGS, WindowedValue((key, count), timestamp, [window]))
 
   def _file_header(self, source: str):
     if not hasattr(self, '_headers'):

@@ -1,0 +1,83 @@
+"""The pure helpers of benchmarks/bench_batch.py and its wide corpus: no pipeline run, no timing."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import sys
+
+import pyarrow.csv as pa_csv
+
+from pipelines import sample_data
+
+_ROOT = pathlib.Path(__file__).resolve().parents[2]
+if str(_ROOT) not in sys.path:
+  sys.path.insert(0, str(_ROOT))
+
+
+def _load(name):
+  spec = importlib.util.spec_from_file_location(name, _ROOT / 'benchmarks' / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  sys.modules.setdefault(name, module)
+  spec.loader.exec_module(module)
+  return module
+
+
+wide_corpus = _load('wide_corpus')
+bench = _load('bench_batch')
+
+
+def _read(path):
+  skipped = []
+  table = pa_csv.read_csv(
+    path,
+    parse_options=pa_csv.ParseOptions(invalid_row_handler=lambda row: skipped.append(row.number) or 'skip'),
+    convert_options=pa_csv.ConvertOptions(check_utf8=False),
+  )
+  return table, skipped
+
+
+def test_wide_corpus_keeps_the_rows_and_adds_25_columns(tmp_path):
+  sample_dir = tmp_path / 'sample'
+  [sample_csv] = sample_data.write_listening_events(str(sample_dir), rows=3000, files=1, seed=3)
+  expected = sample_data.load_expected(str(sample_dir))
+  path, wide_expected = wide_corpus.ensure_wide(str(sample_dir), sample_csv, expected, str(tmp_path / 'wide'), 3)
+  table, skipped = _read(path)
+  sample_table, sample_skipped = _read(sample_csv)
+  assert table.num_columns == 40 and table.column_names[15:] == list(wide_corpus.EXTRA_COLUMNS)
+  # The same lines are malformed; every other line keeps its first 15 values.
+  assert skipped == sample_skipped and table.num_rows == sample_table.num_rows
+  assert table.select(['event_id', 'note']).equals(sample_table.select(['event_id', 'note']))
+  assert {k: wide_expected[k] for k in ('clean', 'duplicates', 'malformed')} == {
+    k: expected[k] for k in ('clean', 'duplicates', 'malformed')
+  }
+  comments = [c for c in table.column('comment').to_pylist() if c]
+  assert 0.15 < len(comments) / table.num_rows < 0.25 and len(set(comments)) > 0.9 * len(comments)
+  assert all(s.startswith('sess-') and s[5:].isdigit() for s in table.column('session_id').to_pylist())
+  # Deterministic: generated again, the same bytes.
+  again = tmp_path / 'again.csv'
+  wide_corpus.write_wide_csv(sample_csv, str(again), 3)
+  assert again.read_bytes() == pathlib.Path(path).read_bytes()
+
+
+def test_check_outputs_names_every_count_that_differs():
+  expected = {'rows': 100, 'clean': 90, 'duplicates': 4, 'malformed': {'total': 6}}
+  good = {
+    'parquet_rows': {'_runs': 90, 'data': 90},
+    'manifest_counts': {'read': 100, 'written': 90, 'dead_letter': 6, 'deduplicated': 4},
+  }
+  assert bench.check_outputs(good, expected) == []
+  bad = {
+    'parquet_rows': {'_runs': 89},
+    'manifest_counts': {'read': 100, 'written': 89, 'dead_letter': 7, 'deduplicated': 4},
+  }
+  problems = bench.check_outputs(bad, expected)
+  assert problems == [
+    '89 rows in the data files, expected 90',
+    'manifest written 89, expected 90',
+    'manifest dead_letter 7, expected 6',
+  ]
+
+
+def test_target_ratio_by_scale():
+  assert bench.target_ratio(1_000_000) == 0.12 and bench.target_ratio(10_000_000) == 0.25
