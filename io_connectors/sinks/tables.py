@@ -433,6 +433,21 @@ def _explain(target: TableTarget, what: str, error: Exception) -> TableError:
   return TableError(f'{what}: {type(error).__name__}: {text[:400]}')
 
 
+# The catalog's password may stay out of the URL (and so out of the job graph): workers read it here.
+CATALOG_PASSWORD_ENV = 'LAKE_CATALOG_PASSWORD'
+
+
+def _with_password(rest: str) -> str:
+  """user@host/db -> user:<env password>@host/db when the URL has none and the environment holds it."""
+  password = os.environ.get(CATALOG_PASSWORD_ENV)
+  userinfo, at, host = rest.partition('@')
+  if not at or ':' in userinfo or not password:
+    return rest
+  import urllib.parse
+
+  return f'{userinfo}:{urllib.parse.quote(password, safe="")}@{host}'
+
+
 class _IcebergTables:
   """Iceberg tables in a SQL or REST catalog (pyiceberg)."""
 
@@ -480,7 +495,7 @@ class _IcebergTables:
           os.makedirs(_local(warehouse[len('file://') :] if warehouse.startswith('file://') else warehouse), exist_ok=True)
           uri = f'sqlite:///{os.path.join(_local(warehouse[len("file://") :]), "catalog.db")}'
         elif uri.startswith(('postgresql://', 'postgres://')):
-          uri = 'postgresql+psycopg://' + uri.split('://', 1)[1]
+          uri = 'postgresql+psycopg://' + _with_password(uri.split('://', 1)[1])
         elif not uri.startswith(('sqlite:', 'postgresql+')):
           raise TableError(f'catalog {mask_url(uri)}: give postgresql://, sqlite:/// or an http(s):// REST catalog')
         self._catalog = SqlCatalog('lake', uri=uri, warehouse=warehouse, **self._properties())
