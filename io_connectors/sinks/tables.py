@@ -192,14 +192,20 @@ def _join(base: str, *parts: str) -> str:
 
 
 def _write(path: str, payload: bytes):
-  if _is_local(path):
-    local = _local(path)
-    os.makedirs(os.path.dirname(local), exist_ok=True)
-    with open(local, 'wb') as handle:
+  try:
+    if _is_local(path):
+      local = _local(path)
+      os.makedirs(os.path.dirname(local), exist_ok=True)
+      with open(local, 'wb') as handle:
+        handle.write(payload)
+      return
+    with FileSystems.create(path) as handle:
       handle.write(payload)
-    return
-  with FileSystems.create(path) as handle:
-    handle.write(payload)
+  except Exception as e:
+    text = str(e).splitlines()[0] if str(e) else ''
+    for secret in _secrets():
+      text = text.replace(secret, '***')
+    raise TableError(f'cannot write the data file {path}: {type(e).__name__}: {text[:300]}') from None
 
 
 # ----- the data: types both formats hold -----
@@ -561,7 +567,7 @@ class _IcebergTables:
     return None
 
   def commit(self, table_name, files, schema, commit_id, summary=None, mode='append', day_field=None) -> CommitResult:
-    from pyiceberg.exceptions import CommitFailedException, ValidationError
+    from pyiceberg.exceptions import CommitFailedException, ValidationError, ValidationException
     from pyiceberg.expressions import In
 
     schema = table_schema(schema)
@@ -588,8 +594,9 @@ class _IcebergTables:
             tx.delete(In(TENANT_COLUMN, _tenants(files)), snapshot_properties=props)
           if paths:
             tx.add_files(paths, snapshot_properties=props, check_duplicate_files=False)
-      except CommitFailedException as e:
-        if mode == 'overwrite':
+      except (CommitFailedException, ValidationException) as e:
+        # ValidationException: pyiceberg's own retry found files added to a partition this commit deletes.
+        if mode == 'overwrite' or isinstance(e, ValidationException):
           raise CommitConflictError(
             f'{name}: another writer committed while this run overwrote tenant(s) {", ".join(_tenants(files))}; '
             'this run committed nothing (run it again to overwrite)'
