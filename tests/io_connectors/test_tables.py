@@ -153,3 +153,23 @@ def test_an_unwritable_warehouse_is_a_clear_error(tmp_path):
   target = tables.TableTarget('delta', str(tmp_path / 'file' / 'lake'))
   with pytest.raises(tables.TableError, match=r'cannot write the data file .*file/lake/events/tenant_id=acme/part-'):
     _write(target, tables.open_tables(target), _rows('acme', 2))
+
+
+def test_maintenance_compacts_and_expires_without_losing_rows(local_target):
+  from pipelines import lake_tables
+
+  committer = tables.open_tables(local_target)
+  for i in range(5):
+    committer.commit('events', _write(local_target, committer, _rows('acme', 3, start=10 * i)), _rows('acme', 1).schema,
+                     f'small-{i}', day_field='played_at')
+  before = _count(local_target, committer)
+  result = lake_tables.compact(local_target, 'events', min_files=4)
+  assert result.get('compacted_partitions') == {'acme': 5} or result.get('files_removed') == 5
+  assert _count(local_target, committer) == before == 15
+  lake_tables.expire(local_target, 'events', older_than_h=0)
+  assert _count(local_target, committer) == 15
+  if local_target.format == 'iceberg':
+    assert len(committer.load('events').snapshots()) == 1
+  assert lake_tables.main(['--format', local_target.format, '--output', local_target.location, '--table', 'nope',
+                           '--table_catalog', local_target.catalog or '', '--table_namespace', local_target.namespace,
+                           'compact']) == 2
