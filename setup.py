@@ -21,6 +21,8 @@ EXTRAS = {
   'pulsar': ['pulsar-client==3.13.0'],
   'websocket': ['websockets==17.4'],
   'webhooks': ['starlette==1.10.0', 'uvicorn==0.54.0', 'redis==8.1.0'],
+  # --output_format iceberg / delta (SQL catalogs on PostgreSQL through psycopg, the postgres extra).
+  'tables': ['pyiceberg[sql-sqlite,pyarrow]==0.12.0', 'deltalake==1.6.6', 'psycopg[binary]==3.3.9'],
   'test': [
     'pytest>=8',
     'pytest-xdist>=3.5',
@@ -42,7 +44,18 @@ EXTRAS = {
 EXTRAS['test'] += sorted(
   {
     req
-    for name in ('postgres', 'mongodb', 'redis', 'search', 'clickhouse', 'kafka', 'pulsar', 'websocket', 'webhooks')
+    for name in (
+      'postgres',
+      'mongodb',
+      'redis',
+      'search',
+      'clickhouse',
+      'kafka',
+      'pulsar',
+      'websocket',
+      'webhooks',
+      'tables',
+    )
     for req in EXTRAS[name]
   }
 )
