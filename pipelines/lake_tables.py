@@ -59,7 +59,11 @@ def compact(target: tables.TableTarget, table: str, min_files: int = 4) -> dict:
     raise tables.TableError(f'no table {table} in {target.location}')
   if target.format == 'delta':
     metrics = handle.optimize.compact()
-    return {'table': table, 'files_added': metrics.get('numFilesAdded'), 'files_removed': metrics.get('numFilesRemoved')}
+    return {
+      'table': table,
+      'files_added': metrics.get('numFilesAdded'),
+      'files_removed': metrics.get('numFilesRemoved'),
+    }
   from pyiceberg.expressions import EqualTo
 
   counts = {}

@@ -83,7 +83,9 @@ class SpotifyBatchOptions(PipelineOptions):
       help='--output_format iceberg: the catalog, postgresql://user@host/db or sqlite:///file.db (SQL catalog) or '
       'http(s)://... (REST). Its password may come from env LAKE_CATALOG_PASSWORD. Default: SQLite in --output.',
     )
-    parser.add_argument('--table_namespace', help='--output_format iceberg: the namespace of the tables. Default: music.')
+    parser.add_argument(
+      '--table_namespace', help='--output_format iceberg: the namespace of the tables. Default: music.'
+    )
     parser.add_argument(
       '--table_mode',
       choices=TABLE_MODES,

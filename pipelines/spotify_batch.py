@@ -543,7 +543,9 @@ class _CountReadFn(beam.DoFn):
 
 
 def _tenant_of(written) -> str:
-  return dict(written.partition)[lake_tables.TENANT_COLUMN] if isinstance(written.partition, tuple) else written.partition
+  return (
+    dict(written.partition)[lake_tables.TENANT_COLUMN] if isinstance(written.partition, tuple) else written.partition
+  )
 
 
 def _entity_of(written) -> Optional[str]:
@@ -620,7 +622,9 @@ def _entity_chain(
   # Dead letters are redacted with their own entity's identifiers.
   letters_redacted = letters | f'{label}RedactDeadLetters' >> RedactDeadLetters(model, master_key, pii_options)
 
-  counts.append(_counted(data_files, f'{label}CountWritten', lambda f: [(('written', _tenant_of(f), _entity_of(f)), f.rows)]))
+  counts.append(
+    _counted(data_files, f'{label}CountWritten', lambda f: [(('written', _tenant_of(f), _entity_of(f)), f.rows)])
+  )
   counts.append(_counted(deduped.counts, f'{label}CountDedup', lambda tc: [(('deduplicated', tc[0], None), tc[1])]))
   counts.append(_counted(redacted.findings, f'{label}CountPII', lambda kc: [(('pii', None, kc[0]), kc[1])]))
   counts.append(_counted(letters_redacted.findings, f'{label}CountPIIDL', lambda kc: [(('pii', None, kc[0]), kc[1])]))

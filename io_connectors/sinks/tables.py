@@ -279,7 +279,12 @@ def _compatible(old: pa.DataType, new: pa.DataType) -> bool:
     return all(f.name not in by_name or _compatible(by_name[f.name], f.type) for f in new)
   if (pa.types.is_list(old) or pa.types.is_large_list(old)) and (pa.types.is_list(new) or pa.types.is_large_list(new)):
     return _compatible(old.value_type, new.value_type)
-  if pa.types.is_string(old) and pa.types.is_large_string(new) or pa.types.is_large_string(old) and pa.types.is_string(new):
+  if (
+    pa.types.is_string(old)
+    and pa.types.is_large_string(new)
+    or pa.types.is_large_string(old)
+    and pa.types.is_string(new)
+  ):
     return True
   return False
 
@@ -500,7 +505,9 @@ class _IcebergTables:
         from pyiceberg.catalog.sql import SqlCatalog
 
         if uri is None:
-          os.makedirs(_local(warehouse[len('file://') :] if warehouse.startswith('file://') else warehouse), exist_ok=True)
+          os.makedirs(
+            _local(warehouse[len('file://') :] if warehouse.startswith('file://') else warehouse), exist_ok=True
+          )
           uri = f'sqlite:///{os.path.join(_local(warehouse[len("file://") :]), "catalog.db")}'
         elif uri.startswith(('postgresql://', 'postgres://')):
           uri = 'postgresql+psycopg://' + _with_password(uri.split('://', 1)[1])
@@ -683,7 +690,12 @@ class _DeltaTables:
     now_ms = int(time.time() * 1000)
     actions = [
       AddAction(
-        f.path, f.size, {TENANT_COLUMN: dict(f.partition)[TENANT_COLUMN]}, now_ms, True, json.dumps({'numRecords': f.rows})
+        f.path,
+        f.size,
+        {TENANT_COLUMN: dict(f.partition)[TENANT_COLUMN]},
+        now_ms,
+        True,
+        json.dumps({'numRecords': f.rows}),
       )
       for f in sorted(files, key=lambda f: (f.partition, f.order_key))
     ]
@@ -770,9 +782,7 @@ def commit_batch(
   for name, table_files in by_table.items():
     existing = tables.load(name)
     if existing is not None and not tables.committed(existing, commit_id):
-      current = (
-        existing.schema().as_arrow() if target.format == 'iceberg' else pa.schema(existing.schema().to_arrow())
-      )
+      current = existing.schema().as_arrow() if target.format == 'iceberg' else pa.schema(existing.schema().to_arrow())
       schema = schemas.get(name, DEAD_LETTER_SCHEMA)
       check_schema(name, current, table_schema(schema))
   results = {}
@@ -797,7 +807,9 @@ def window_commit_id(table: str, tenant: str, window_start_us: int, shard: int, 
   return f'{table}/window={moment:%Y%m%dT%H%M%S}Z/tenant={tenant}/shard={shard}/{digest}'
 
 
-def _committed_keys(committer, target: TableTarget, table_name: str, tenant: str, key_field: str, time_field, start_us, end_us):
+def _committed_keys(
+  committer, target: TableTarget, table_name: str, tenant: str, key_field: str, time_field, start_us, end_us
+):
   """The keys the table holds already for one tenant's window (a replay after a restart may bring some again)."""
   table = committer.load(table_name)
   if table is None:
@@ -811,7 +823,9 @@ def _committed_keys(committer, target: TableTarget, table_name: str, tenant: str
       return set()
     row_filter = EqualTo(TENANT_COLUMN, tenant)
     if time_field and time_field in table.schema().column_names:
-      row_filter = And(row_filter, GreaterThanOrEqual(time_field, start.isoformat()), LessThan(time_field, end.isoformat()))
+      row_filter = And(
+        row_filter, GreaterThanOrEqual(time_field, start.isoformat()), LessThan(time_field, end.isoformat())
+      )
     keys = table.scan(row_filter=row_filter, selected_fields=(key_field,)).to_arrow().column(key_field)
   else:
     import pyarrow.dataset as ds

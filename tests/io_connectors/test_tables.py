@@ -39,12 +39,20 @@ def _count(target, committer):
 @pytest.fixture(params=['iceberg', 'delta'])
 def local_target(request, tmp_path, postgres_url):
   catalog = postgres_url if request.param == 'iceberg' else None
-  return tables.TableTarget(request.param, str(tmp_path / 'lake'), catalog=catalog, namespace=f'n{uuid.uuid4().hex[:8]}')
+  return tables.TableTarget(
+    request.param, str(tmp_path / 'lake'), catalog=catalog, namespace=f'n{uuid.uuid4().hex[:8]}'
+  )
 
 
 def _create(target, committer):
-  committer.commit('events', _write(target, committer, _rows('acme', 3)), _rows('acme', 1).schema, 'create', None,
-                   day_field='played_at')
+  committer.commit(
+    'events',
+    _write(target, committer, _rows('acme', 3)),
+    _rows('acme', 1).schema,
+    'create',
+    None,
+    day_field='played_at',
+  )
 
 
 def test_two_concurrent_appends_both_land(local_target):
@@ -160,8 +168,13 @@ def test_maintenance_compacts_and_expires_without_losing_rows(local_target):
 
   committer = tables.open_tables(local_target)
   for i in range(5):
-    committer.commit('events', _write(local_target, committer, _rows('acme', 3, start=10 * i)), _rows('acme', 1).schema,
-                     f'small-{i}', day_field='played_at')
+    committer.commit(
+      'events',
+      _write(local_target, committer, _rows('acme', 3, start=10 * i)),
+      _rows('acme', 1).schema,
+      f'small-{i}',
+      day_field='played_at',
+    )
   before = _count(local_target, committer)
   result = lake_tables.compact(local_target, 'events', min_files=4)
   assert result.get('compacted_partitions') == {'acme': 5} or result.get('files_removed') == 5
@@ -170,6 +183,21 @@ def test_maintenance_compacts_and_expires_without_losing_rows(local_target):
   assert _count(local_target, committer) == 15
   if local_target.format == 'iceberg':
     assert len(committer.load('events').snapshots()) == 1
-  assert lake_tables.main(['--format', local_target.format, '--output', local_target.location, '--table', 'nope',
-                           '--table_catalog', local_target.catalog or '', '--table_namespace', local_target.namespace,
-                           'compact']) == 2
+  assert (
+    lake_tables.main(
+      [
+        '--format',
+        local_target.format,
+        '--output',
+        local_target.location,
+        '--table',
+        'nope',
+        '--table_catalog',
+        local_target.catalog or '',
+        '--table_namespace',
+        local_target.namespace,
+        'compact',
+      ]
+    )
+    == 2
+  )

@@ -138,6 +138,18 @@ def test_an_unreachable_catalog_is_a_clear_error_without_the_password(tmp_path):
   source = _csv(tmp_path / 'in.csv', _rows(4))
   url = 'postgresql://lake:Sup3rSecret@127.0.0.1:1/catalog'
   with pytest.raises(tables.TableError) as info:
-    run(['--input', source, '--output', str(tmp_path / 'lake'), '--tenant_field', 'tenant_id',
-         '--output_format', 'iceberg', '--table_catalog', url])
+    run(
+      [
+        '--input',
+        source,
+        '--output',
+        str(tmp_path / 'lake'),
+        '--tenant_field',
+        'tenant_id',
+        '--output_format',
+        'iceberg',
+        '--table_catalog',
+        url,
+      ]
+    )
   assert 'Sup3rSecret' not in str(info.value) and 'Iceberg catalog postgresql://lake:***@127.0.0.1:1' in str(info.value)
