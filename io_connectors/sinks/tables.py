@@ -55,6 +55,7 @@ from io_connectors._common.errors import ConnectorError
 from io_connectors._common.masking import mask_url, masked_message
 from io_connectors._common.retry import Backoff
 from io_connectors.sinks.lake import UNASSIGNED, parquet_bytes
+from io_connectors.sinks.window_files import WRITTEN, WriteDeadLettersFn, _positions
 from transforms.records import TENANT_COLUMN, json_safe, strip_internal
 
 __all__ = [
@@ -854,8 +855,6 @@ class _CommitWindowFn(beam.DoFn):
     self._latency = beam.metrics.Metrics.distribution('lake', 'table_commit_ms')
 
   def process(self, window):
-    from io_connectors.sinks.window_files import WRITTEN, _positions
-
     started = time.monotonic()
     rows = pa.Table.from_batches([strip_internal(window.batch)])
     if rows.num_rows:
@@ -909,41 +908,24 @@ class CommitWindowTables(beam.PTransform):
     self._positions = positions
 
   def expand(self, pcoll):
-    from io_connectors.sinks.window_files import WRITTEN
-
     if self._positions:
       return pcoll | 'Commit' >> beam.ParDo(self._fn).with_outputs(WRITTEN, main='commits')
     return pcoll | 'Commit' >> beam.ParDo(self._fn)
 
 
-class CommitDeadLetterTableFn(beam.DoFn):
+class CommitDeadLetterTableFn(WriteDeadLettersFn):
   """Streaming dead letters: one commit per bundle and tenant, its id the digest of the letters (replays skip)."""
 
   def __init__(self, target: TableTarget, positions: bool = False):
+    super().__init__(target.location, positions)
     self._target = target
-    self._positions = positions
-    self._pending: Dict[str, list] = {}
 
   def setup(self):
     self._committer = open_tables(self._target)
 
-  def start_bundle(self):
-    self._pending = {}
-
-  def process(self, letter: dict):
-    self._pending.setdefault(letter.get('tenant') or UNASSIGNED, []).append(letter)
-
-  def finish_bundle(self):
-    from apache_beam.transforms.window import GlobalWindows
-
-    for tenant, letters in sorted(self._pending.items()):
-      rows = dead_letter_rows(letters)
-      lines = sorted(json.dumps(json_safe(l), sort_keys=True, ensure_ascii=False) for l in letters)
-      commit_id = f'{DEAD_LETTER_TABLE}/tenant={tenant}/{hashlib.sha256(chr(10).join(lines).encode()).hexdigest()[:24]}'
-      location = self._committer.location(DEAD_LETTER_TABLE)
-      files = [write_data_file(self._target, location, DEAD_LETTER_TABLE, rows, {TENANT_COLUMN: tenant})]
-      self._committer.commit(DEAD_LETTER_TABLE, files, DEAD_LETTER_SCHEMA, commit_id)
-      if self._positions:
-        for letter in letters:
-          yield GlobalWindows.windowed_value((letter.get('source'), letter.get('position')))
-    self._pending = {}
+  def _write_letters(self, tenant, letters, payload, digest):
+    commit_id = f'{DEAD_LETTER_TABLE}/tenant={tenant}/{digest}'
+    location = self._committer.location(DEAD_LETTER_TABLE)
+    rows = dead_letter_rows(letters)
+    files = [write_data_file(self._target, location, DEAD_LETTER_TABLE, rows, {TENANT_COLUMN: tenant})]
+    self._committer.commit(DEAD_LETTER_TABLE, files, DEAD_LETTER_SCHEMA, commit_id)
