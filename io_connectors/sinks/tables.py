@@ -487,8 +487,15 @@ class _IcebergTables:
         }
       )
     elif warehouse.startswith('gs://') and os.environ.get('STORAGE_EMULATOR_HOST'):
-      props.update({'gcs.service.host': os.environ['STORAGE_EMULATOR_HOST'], 'gcs.oauth2.token': 'anonymous'})
-      props['gcs.project-id'] = os.environ.get('GOOGLE_CLOUD_PROJECT', 'test')
+      # The emulator takes any token; pyarrow's GcsFileSystem then skips Google's credential lookup.
+      props.update(
+        {
+          'gcs.service.host': os.environ['STORAGE_EMULATOR_HOST'],
+          'gcs.oauth2.token': 'emulator',
+          'gcs.oauth2.token-expires-at': str(int(time.time() * 1000) + 86_400_000),
+          'gcs.project-id': os.environ.get('GOOGLE_CLOUD_PROJECT', 'test'),
+        }
+      )
     return props
 
   def catalog(self):

@@ -201,3 +201,17 @@ def test_maintenance_compacts_and_expires_without_losing_rows(local_target):
     )
     == 2
   )
+
+
+def test_iceberg_on_the_gcs_emulator(gcs_env, postgres_url):
+  FileSystems.set_options(PipelineOptions(gcs_env.beam_args))
+  target = tables.TableTarget(
+    'iceberg', gcs_env.url('warehouse'), catalog=postgres_url, namespace=f'n{uuid.uuid4().hex[:8]}'
+  )
+  committer = tables.open_tables(target)
+  files = _write(target, committer, _rows('acme', 6))
+  assert all(f.path.startswith('gs://') for f in files)
+  first = committer.commit('events', files, _rows('acme', 1).schema, 'run-gcs', day_field='played_at')
+  again = committer.commit('events', files, _rows('acme', 1).schema, 'run-gcs')
+  assert not first.skipped and again.skipped
+  assert _count(target, committer) == 6
