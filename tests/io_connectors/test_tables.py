@@ -215,3 +215,20 @@ def test_iceberg_on_the_gcs_emulator(gcs_env, postgres_url):
   again = committer.commit('events', files, _rows('acme', 1).schema, 'run-gcs')
   assert not first.skipped and again.skipped
   assert _count(target, committer) == 6
+
+
+def test_the_catalog_password_may_come_from_the_environment(tmp_path, postgres_url, monkeypatch):
+  import urllib.parse
+
+  parts = urllib.parse.urlsplit(postgres_url)
+  without = postgres_url.replace(f':{parts.password}@', '@')
+  target = tables.TableTarget('iceberg', str(tmp_path / 'lake'), catalog=without, namespace=f'n{uuid.uuid4().hex[:8]}')
+  assert parts.password not in str(target.describe())
+  monkeypatch.delenv(tables.CATALOG_PASSWORD_ENV, raising=False)
+  with pytest.raises(tables.TableError, match='Iceberg catalog'):
+    tables.open_tables(target).location('events')
+  monkeypatch.setenv(tables.CATALOG_PASSWORD_ENV, parts.password)
+  committer = tables.open_tables(target)
+  assert (
+    committer.commit('events', _write(target, committer, _rows('acme', 2)), _rows('acme', 1).schema, 'env').rows == 2
+  )

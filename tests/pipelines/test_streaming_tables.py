@@ -33,6 +33,7 @@ def _run(kafka, topic, group, output, fmt, catalog, namespace, per_partition):
     session_gap_s='120',
     idle_timeout_s='2',
     dedup_ttl_s='86400',
+    num_shards='1',
     max_records_per_partition=str(per_partition),
     **({'table_catalog': catalog, 'table_namespace': namespace} if catalog else {}),
   )
