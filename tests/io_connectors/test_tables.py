@@ -232,3 +232,36 @@ def test_the_catalog_password_may_come_from_the_environment(tmp_path, postgres_u
   assert (
     committer.commit('events', _write(target, committer, _rows('acme', 2)), _rows('acme', 1).schema, 'env').rows == 2
   )
+
+
+def _window(tenant, ids, start_us=1_704_103_200_000_000):
+  from transforms.windows import WindowBatch
+
+  rows = _rows(tenant, len(ids)).set_column(0, 'event_id', pa.array(ids))
+  return WindowBatch(tenant, start_us, start_us + 60_000_000, 0, rows.to_batches()[0])
+
+
+def test_a_replayed_window_whole_or_in_part_is_committed_once(local_target):
+  import apache_beam as beam
+  from apache_beam.testing.test_pipeline import TestPipeline
+  from apache_beam.testing.util import assert_that, equal_to
+
+  def commit(windows):
+    with TestPipeline('FnApiRunner') as p:
+      results = (
+        p
+        | beam.Create(windows)
+        | tables.CommitWindowTables(local_target, 'events', 'event_id', 'played_at')
+        | beam.Map(lambda r: (r['skipped'], r['rows']))
+      )
+      assert_that(results, equal_to(expected.pop(0)))
+
+  expected = [[(False, 3)], [(False, 2)], []]
+  commit([_window('acme', ['a', 'b', 'c'])])
+  # A restart replays the window with two rows more: only those two are committed.
+  commit([_window('acme', ['a', 'b', 'c', 'd', 'e'])])
+  # The same window again, whole: nothing new, no commit.
+  commit([_window('acme', ['e', 'd', 'c', 'b', 'a'])])
+  table = tables.open_tables(local_target).load('events')
+  rows = table.scan().to_arrow() if local_target.format == 'iceberg' else table.to_pyarrow_table()
+  assert sorted(rows.column('event_id').to_pylist()) == ['a', 'b', 'c', 'd', 'e']
