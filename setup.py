@@ -22,7 +22,7 @@ EXTRAS = {
   'websocket': ['websockets==17.4'],
   'webhooks': ['starlette==1.10.0', 'uvicorn==0.54.0', 'redis==8.1.0'],
   # --output_format iceberg / delta (SQL catalogs on PostgreSQL through psycopg, the postgres extra).
-  'tables': ['pyiceberg[sql-sqlite,pyarrow]==0.12.0', 'deltalake==1.6.6', 'psycopg[binary]==3.3.9'],
+  'tables': ['pyiceberg[sql-sqlite,pyarrow,pyiceberg-core]==0.12.0', 'deltalake==1.6.6', 'psycopg[binary]==3.3.9'],
   'test': [
     'pytest>=8',
     'pytest-xdist>=3.5',

@@ -1,4 +1,4 @@
-"""Maintenance of the lake tables (Iceberg, Delta): expire old snapshots / vacuum, compact small files.
+"""Maintenance of the lake tables (Iceberg, Delta): expire old snapshots / vacuum, compact small files, erase rows.
 
 Usage::
 
@@ -6,6 +6,8 @@ Usage::
         --table_catalog postgresql://lake@db/catalog --table listening_event expire --older_than_h 168
     python -m pipelines.lake_tables --format delta --output gs://lake/tables --table listening_event compact
     python -m pipelines.lake_tables --format delta --output lake --table dead_letter vacuum --older_than_h 168
+    python -m pipelines.lake_tables --format delta --output lake --table listening_event \\
+        erase --tenant acme --column user_id --values <pseudonym>,<pseudonym>
 
 Safe while writers run: compaction commits like any writer (Delta: a
 ``dataChange=false`` rewrite that delta-rs reconciles with concurrent
@@ -22,11 +24,12 @@ import argparse
 import datetime as dt
 import json
 import sys
+import uuid
 from typing import Optional, Sequence
 
 from io_connectors.sinks import tables
 
-__all__ = ['expire', 'compact', 'main']
+__all__ = ['expire', 'compact', 'erase', 'main']
 
 
 def expire(target: tables.TableTarget, table: str, older_than_h: float) -> dict:
@@ -91,6 +94,39 @@ def compact(target: tables.TableTarget, table: str, min_files: int = 4) -> dict:
   return {'table': table, 'compacted_partitions': rewritten}
 
 
+def erase(target: tables.TableTarget, table: str, tenant: str, column: str, values: Sequence[str]) -> dict:
+  """Row-level delete of a tenant's rows whose `column` is one of `values` (e.g. a data subject's pseudonym).
+
+  Iceberg: copy-on-write (the files holding such rows are rewritten without them, one snapshot); Delta:
+  ``DELETE`` (one commit). Idempotent: a second call finds nothing. The old files stay reachable through
+  time travel until `expire` / `vacuum` removes them: erase, then expire, to have the bytes gone.
+  """
+  import re
+
+  if not re.fullmatch(r'[A-Za-z_][A-Za-z0-9_]*', column):
+    raise tables.TableError(f'--column {column!r} is not a column name')
+  committer = tables.open_tables(target)
+  handle = committer.load(table)
+  if handle is None:
+    raise tables.TableError(f'no table {table} in {target.location}')
+  values = sorted({str(v) for v in values})
+  if target.format == 'iceberg':
+    from pyiceberg.expressions import And, EqualTo, In
+
+    condition = And(EqualTo(tables.TENANT_COLUMN, tenant), In(column, values))
+    before = handle.scan(row_filter=condition, selected_fields=(column,)).to_arrow().num_rows
+    if before:
+      handle.delete(condition, snapshot_properties={tables.COMMIT_ID_KEY: f'erase/{tenant}/{uuid.uuid4().hex}'})
+    return {'table': table, 'deleted_rows': before}
+
+  def quoted(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+  predicate = f'{tables.TENANT_COLUMN} = {quoted(tenant)} AND {column} IN ({", ".join(map(quoted, values))})'
+  metrics = handle.delete(predicate)
+  return {'table': table, 'deleted_rows': metrics.get('num_deleted_rows', 0)}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(prog='python -m pipelines.lake_tables', description=__doc__.split('\n\n')[0])
   parser.add_argument('--format', required=True, choices=tables.TABLE_FORMATS)
@@ -104,11 +140,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sub.add_argument('--older_than_h', type=float, default=168.0)
   sub = commands.add_parser('compact', help='compact the small files of each tenant partition')
   sub.add_argument('--min_files', type=int, default=4)
+  sub = commands.add_parser('erase', help="row-level delete of a tenant's rows whose --column is one of --values")
+  sub.add_argument('--tenant', required=True)
+  sub.add_argument('--column', required=True)
+  sub.add_argument('--values', required=True, help='comma-separated values')
   args = parser.parse_args(argv)
   try:
     target = tables.TableTarget(args.format, args.output, catalog=args.table_catalog, namespace=args.table_namespace)
     if args.command in ('expire', 'vacuum'):
       result = expire(target, args.table, args.older_than_h)
+    elif args.command == 'erase':
+      result = erase(target, args.table, args.tenant, args.column, [v for v in args.values.split(',') if v])
     else:
       result = compact(target, args.table, args.min_files)
   except (tables.TableError, ValueError) as e:

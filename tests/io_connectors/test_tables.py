@@ -265,3 +265,28 @@ def test_a_replayed_window_whole_or_in_part_is_committed_once(local_target):
   table = tables.open_tables(local_target).load('events')
   rows = table.scan().to_arrow() if local_target.format == 'iceberg' else table.to_pyarrow_table()
   assert sorted(rows.column('event_id').to_pylist()) == ['a', 'b', 'c', 'd', 'e']
+
+
+def test_erase_deletes_rows_of_one_tenant_only_and_is_idempotent(local_target):
+  from pipelines import lake_tables
+
+  committer = tables.open_tables(local_target)
+  schema = _rows('acme', 1).schema
+  committer.commit('events', _write(local_target, committer, _rows('acme', 5)), schema, 'a', day_field='played_at')
+  # globex holds an event id equal to one of acme's: it must stay.
+  globex = _rows('globex', 2).set_column(0, 'event_id', pa.array(['acme-1', "o'brien"]))
+  committer.commit('events', _write(local_target, committer, globex), schema, 'g')
+  first = lake_tables.erase(local_target, 'events', 'acme', 'event_id', ['acme-1', 'acme-3', "o'brien"])
+  again = lake_tables.erase(local_target, 'events', 'acme', 'event_id', ['acme-1', 'acme-3'])
+  assert (first['deleted_rows'], again['deleted_rows']) == (2, 0)
+  table = committer.load('events')
+  rows = table.scan().to_arrow() if local_target.format == 'iceberg' else table.to_pyarrow_table()
+  assert sorted(zip(rows.column('tenant_id').to_pylist(), rows.column('event_id').to_pylist())) == [
+    ('acme', 'acme-0'),
+    ('acme', 'acme-2'),
+    ('acme', 'acme-4'),
+    ('globex', 'acme-1'),
+    ('globex', "o'brien"),
+  ]
+  with pytest.raises(tables.TableError, match='not a column name'):
+    lake_tables.erase(local_target, 'events', 'acme', 'event_id; drop', ['x'])
