@@ -377,7 +377,9 @@ def table_run_manifest_path(output: str, run_dir: str) -> str:
 class _TableFinalizeFn(beam.DoFn):
   """Commits every table's data files (one commit per table, carrying the run id), then writes the run's manifest."""
 
-  def __init__(self, target, run_dir: str, info: dict, previous_schema, mode: str, day_fields: Dict[str, str]):
+  def __init__(
+    self, target, run_dir: str, info: dict, previous_schema, mode: str, day_fields: Dict[str, Optional[str]]
+  ):
     self._target = target
     self._run_dir = run_dir
     self._info = info

@@ -776,7 +776,7 @@ def commit_batch(
   commit_id: str,
   summaries: Optional[Dict[str, dict]] = None,
   mode: str = 'append',
-  day_fields: Optional[Dict[str, str]] = None,
+  day_fields: Optional[Dict[str, Optional[str]]] = None,
 ) -> Dict[str, dict]:
   """Commits each table's files (one commit per table, all with `commit_id`); returns {table: CommitResult dict}.
 
