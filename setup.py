@@ -21,6 +21,10 @@ EXTRAS = {
   'pulsar': ['pulsar-client==3.13.0'],
   'websocket': ['websockets==17.4'],
   'webhooks': ['starlette==1.10.0', 'uvicorn==0.54.0', 'redis==8.1.0'],
+  # Mixpanel's import sink and Google Analytics 4 reports (io_connectors.apis.analytics).
+  'analytics': ['mixpanel==5.4.1', 'google-analytics-data==0.23.3'],
+  # OpenLineage run events (--openlineage_url).
+  'lineage': ['openlineage-python==1.54.0'],
   # --output_format iceberg / delta (SQL catalogs on PostgreSQL through psycopg, the postgres extra).
   'tables': ['pyiceberg[sql-sqlite,pyarrow,pyiceberg-core]==0.12.0', 'deltalake==1.6.6', 'psycopg[binary]==3.3.9'],
   'test': [
@@ -54,6 +58,8 @@ EXTRAS['test'] += sorted(
       'pulsar',
       'websocket',
       'webhooks',
+      'analytics',
+      'lineage',
       'tables',
     )
     for req in EXTRAS[name]

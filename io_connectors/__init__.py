@@ -6,8 +6,9 @@ Layout::
       registry.py    connectors by name, for a config's ``sources:`` list
       files/         CSV, JSON/JSONL, Parquet, Avro, Excel on local, s3://, gs://
       databases/     PostgreSQL, MongoDB, Redis, OpenSearch/Elasticsearch, ClickHouse
-      apis/          Spotify, Last.fm, SoundCloud, social networks, and the generic
-                     REST/GraphQL client they are built on (apis/http/)
+      apis/          Spotify, Last.fm, SoundCloud, social networks, product analytics
+                     (apis/analytics/: Mixpanel, Amplitude, Segment, GA4), and the
+                     generic REST/GraphQL client they are built on (apis/http/)
       streams/       Kafka, Pulsar, Pub/Sub, Redis Streams, WebSocket, and the
                      webhook receiver (an ASGI app landing events in Redis or Kafka)
       sinks/         the data lake's record and dead-letter files
@@ -73,6 +74,17 @@ _EXPORTS = {
   'ReadFromRest': 'io_connectors.apis.http',
   'ReadRestResource': 'io_connectors.apis.http',
   'ReadFromGraphQL': 'io_connectors.apis.http',
+  'MixpanelOptions': 'io_connectors.apis.analytics.mixpanel',
+  'ReadFromMixpanel': 'io_connectors.apis.analytics.mixpanel',
+  'MixpanelSinkOptions': 'io_connectors.apis.analytics.mixpanel',
+  'WriteToMixpanel': 'io_connectors.apis.analytics.mixpanel',
+  'AmplitudeOptions': 'io_connectors.apis.analytics.amplitude',
+  'ReadFromAmplitude': 'io_connectors.apis.analytics.amplitude',
+  'SegmentArchiveOptions': 'io_connectors.apis.analytics.segment',
+  'ReadFromSegmentArchive': 'io_connectors.apis.analytics.segment',
+  'SegmentEvents': 'io_connectors.apis.analytics.segment',
+  'GA4Options': 'io_connectors.apis.analytics.ga4',
+  'ReadFromGA4': 'io_connectors.apis.analytics.ga4',
   # streams
   'KafkaReadOptions': 'io_connectors.streams.kafka',
   'KafkaWriteOptions': 'io_connectors.streams.kafka',

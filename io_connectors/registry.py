@@ -49,6 +49,10 @@ _CONNECTOR_MODULES = (
   'io_connectors.apis.http.rest',
   'io_connectors.streams.websocket',
   'io_connectors.streams.pulsar',
+  'io_connectors.apis.analytics.mixpanel',
+  'io_connectors.apis.analytics.amplitude',
+  'io_connectors.apis.analytics.segment',
+  'io_connectors.apis.analytics.ga4',
 )
 
 

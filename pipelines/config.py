@@ -39,7 +39,7 @@ from pipelines.options import INPUT_FORMATS, OUTPUT_FORMATS, SpotifyBatchOptions
 from transforms import entities
 from transforms.tenant import check_tenant_id
 
-__all__ = ['ConfigError', 'RunConfig', 'load_yaml', 'resolve']
+__all__ = ['ConfigError', 'RunConfig', 'load_yaml', 'resolve', 'FILE_ONLY_KEYS']
 
 # Keys of the YAML file that mirror flags.
 RUN_KEYS = (
@@ -61,6 +61,9 @@ RUN_KEYS = (
   'table_namespace',
   'table_mode',
 )
+# Keys of the YAML file with no flag: the sources, and the retention rules that
+# `python -m pipelines.gdpr retention` applies to the output.
+FILE_ONLY_KEYS = ('sources', 'retention_days')
 DEFAULT_OUTPUT = 'output/spotify_batch'
 
 
@@ -108,13 +111,13 @@ def load_yaml(path: str) -> Dict[str, Any]:
     data = {}
   if not isinstance(data, dict):
     raise ConfigError(f'config {path} must be a mapping of keys, got {type(data).__name__}')
-  unknown = sorted(set(map(str, data)) - set(RUN_KEYS) - {'sources'})
+  unknown = sorted(set(map(str, data)) - set(RUN_KEYS) - set(FILE_ONLY_KEYS))
   if unknown:
     raise ConfigError(
-      f'config {path}: unknown key(s) {", ".join(unknown)}; known: {", ".join(RUN_KEYS + ("sources",))}'
+      f'config {path}: unknown key(s) {", ".join(unknown)}; known: {", ".join(RUN_KEYS + FILE_ONLY_KEYS)}'
     )
   return {
-    key: (value if key == 'sources' else typed_value(key, value, f'config {path}')) for key, value in data.items()
+    key: (value if key in FILE_ONLY_KEYS else typed_value(key, value, f'config {path}')) for key, value in data.items()
   }
 
 
@@ -189,9 +192,17 @@ def resolve(
   file name an input.
   """
   values = {
-    key: (value if key == 'sources' else typed_value(key, value, 'config'))
+    key: (value if key in FILE_ONLY_KEYS else typed_value(key, value, 'config'))
     for key, value in (file_values or {}).items()
   }
+  retention = values.pop('retention_days', None)
+  if retention is not None:
+    from pipelines.compliance import ComplianceError, check_retention_rules
+
+    try:
+      check_retention_rules(retention)  # applied by `pipelines.gdpr retention`, checked with the rest
+    except ComplianceError as e:
+      raise ConfigError(f'config: {e}') from None
   for key, value in flags.items():
     if value is not None and key in RUN_KEYS:
       if key == 'keep_pii' and value is False and 'keep_pii' in values:

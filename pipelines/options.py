@@ -94,3 +94,17 @@ class SpotifyBatchOptions(PipelineOptions):
     parser.add_argument(
       '--run_id', help='Identifier of this run in the manifest. Default: a UTC timestamp and random suffix.'
     )
+    parser.add_argument(
+      '--openlineage_url',
+      help='Send OpenLineage START/COMPLETE/FAIL events of the run to this HTTP endpoint '
+      '(e.g. http://marquez:5000/api/v1/lineage; token in $OPENLINEAGE_API_KEY). Default: $OPENLINEAGE_URL.',
+    )
+    parser.add_argument(
+      '--openlineage_namespace', default='music-beam-pipelines', help='OpenLineage namespace of the job.'
+    )
+    parser.add_argument(
+      '--audit_log',
+      help='Audit log to append this run to (pipelines.audit): a postgresql:// URL without a password '
+      '(libpq reads $PGPASSWORD or ~/.pgpass; options are part of the job graph) or a local file. '
+      'Default: $PIPELINE_AUDIT_LOG.',
+    )

@@ -44,7 +44,7 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from io_connectors import mask_url, registry
+from io_connectors import mask_url, registry, url_password
 from io_connectors.sinks.lake import (
   OutputLock,
   OutputLockedError,
@@ -56,8 +56,8 @@ from io_connectors.sinks.lake import (
   sweep,
 )
 from io_connectors.sinks import tables as lake_tables
-from pipelines.config import RUN_KEYS, ConfigError, RunConfig, load_yaml, resolve
-from pipelines import cli, runners
+from pipelines.config import FILE_ONLY_KEYS, RUN_KEYS, ConfigError, RunConfig, load_yaml, resolve
+from pipelines import audit, cli, lineage, runners
 from pipelines.options import SpotifyBatchOptions
 from transforms import entities, schema as schema_mod
 from transforms.dead_letter import flatten_dead_letters
@@ -224,9 +224,9 @@ def _config_mapping(values) -> dict:
   """A config given as a mapping, checked for the keys a config file may hold (as load_yaml does)."""
   if not isinstance(values, dict):
     raise ConfigError(f'config must be a mapping of keys, got {type(values).__name__}')
-  unknown = sorted(set(values) - set(RUN_KEYS) - {'sources'})
+  unknown = sorted(set(values) - set(RUN_KEYS) - set(FILE_ONLY_KEYS))
   if unknown:
-    raise ConfigError(f'config: unknown key(s) {", ".join(unknown)}; known: {", ".join(RUN_KEYS + ("sources",))}')
+    raise ConfigError(f'config: unknown key(s) {", ".join(unknown)}; known: {", ".join(RUN_KEYS + FILE_ONLY_KEYS)}')
   return dict(values)
 
 
@@ -251,7 +251,17 @@ def _config_from(options: PipelineOptions, allow_demo: bool, config_values: Opti
 
 
 # Connectors whose incremental cursor is kept per tenant (`tenant` option).
-_TENANT_CURSOR_CONNECTORS = ('postgres', 'mongodb', 'redis', 'elasticsearch', 'opensearch', 'clickhouse')
+_TENANT_CURSOR_CONNECTORS = (
+  'postgres',
+  'mongodb',
+  'redis',
+  'elasticsearch',
+  'opensearch',
+  'clickhouse',
+  'mixpanel',
+  'amplitude',
+  'ga4',
+)
 
 
 def _source_transform(source: dict, config: RunConfig, model):
@@ -800,22 +810,42 @@ def run(
     config.output_format,
     info['runner'],
   )
+  audit_log = _audit_log(options)
+  emitter, inputs, entities = _lineage(options, info)
   if config.output_format in lake_tables.TABLE_FORMATS:
     return _run_tables(options, config, master_key, info, previous_schema)
   # One run at a time on an output; OutputLockedError names the run that holds it.
   lock = OutputLock.acquire(config.output, run_id, run_dir_name(run_id), options=options)
   try:
-    sweep(config.output, keep_run_dirs=(lock.run_dir,))  # what crashed runs left
-    pipeline = beam.Pipeline(options=options)
-    build(pipeline, config, master_key, info, previous_schema, lock)
-    with lock.kept_alive():
-      result = pipeline.run()
-      _wait_with_progress(result)
-  finally:
-    lock.release()
-  manifest = read_json(FileSystems.join(config.output, '_manifest.json'))
-  if manifest is None or manifest.get('run_id') != run_id:
-    raise RuntimeError(f'the run finished but wrote no manifest at {config.output}/_manifest.json')
+    try:
+      if emitter is not None:
+        emitter.start(run_id, PIPELINE_NAME, inputs, lineage.output_datasets(config.output, entities))
+      sweep(config.output, keep_run_dirs=(lock.run_dir,))  # what crashed runs left
+      pipeline = beam.Pipeline(options=options)
+      build(pipeline, config, master_key, info, previous_schema, lock)
+      with lock.kept_alive():
+        result = pipeline.run()
+        _wait_with_progress(result)
+    finally:
+      lock.release()
+    manifest = read_json(FileSystems.join(config.output, '_manifest.json'))
+    if manifest is None or manifest.get('run_id') != run_id:
+      raise RuntimeError(f'the run finished but wrote no manifest at {config.output}/_manifest.json')
+  except Exception as e:
+    if audit_log is not None:
+      _audit_run(audit_log, info, status='failed', error=type(e).__name__)
+    if emitter is not None:
+      emitter.fail(run_id, PIPELINE_NAME, inputs, lineage.output_datasets(config.output, entities), e)
+    raise
+  if audit_log is not None:
+    _audit_run(audit_log, info, status='succeeded', counts=manifest['counts'], pii_findings=manifest['pii']['findings'])
+  if emitter is not None:
+    if len(inputs) == 1:
+      inputs = [dataclasses.replace(inputs[0], rows=manifest['counts']['read'])]
+    schema_doc = read_json(FileSystems.join(config.output, '_schema.json'))
+    emitter.complete(
+      run_id, PIPELINE_NAME, inputs, lineage.output_datasets(config.output, entities, manifest, schema_doc)
+    )
   return manifest
 
 
@@ -835,6 +865,51 @@ def _run_tables(options, config: RunConfig, master_key, info: dict, previous_sch
   if manifest is None or manifest.get('run_id') != info['run_id']:
     raise RuntimeError(f'the run finished but wrote no manifest at {table_run_manifest_path(target.location, run_dir)}')
   return manifest
+
+
+def _lineage(options, info: dict):
+  """(the run's OpenLineage emitter or None, its input datasets, its entities)."""
+  batch = options.view_as(SpotifyBatchOptions)
+  try:
+    emitter = lineage.LineageEmitter.from_options(batch.openlineage_url, batch.openlineage_namespace)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  inputs = [lineage.dataset_of_source(source) for source in info['inputs']]
+  entities = sorted({str(source.get('entity') or info['entity']) for source in info['inputs']} or {info['entity']})
+  return emitter, inputs, entities
+
+
+def _audit_log(options) -> Optional[audit.AuditLog]:
+  """The run's audit log (--audit_log, else $PIPELINE_AUDIT_LOG), or None; refuses a password in the flag."""
+  flag = options.view_as(SpotifyBatchOptions).audit_log
+  if flag and url_password(flag):
+    raise ConfigError(
+      f'--audit_log {mask_url(flag)} holds a password, which would be stored with the job\'s options: '
+      'give it in $PGPASSWORD (or ~/.pgpass), or set $PIPELINE_AUDIT_LOG instead of the flag'
+    )
+  store = flag or os.environ.get('PIPELINE_AUDIT_LOG')
+  if not store:
+    return None
+  try:
+    return audit.open_audit_log(store)
+  except audit.AuditError as e:
+    raise ConfigError(str(e)) from None
+
+
+def _audit_run(log: audit.AuditLog, info: dict, status: str, **details):
+  """Appends the run to the audit log: what ran, where to, with which counts (never a source's settings)."""
+  tenants = sorted((details.get('counts') or {}).get('per_tenant', {})) or [None]
+  summary = {
+    'run_id': info['run_id'],
+    'status': status,
+    'output': mask_url(info['output']),
+    'entity': info['entity'],
+    'sources': len(info['inputs']),
+    **details,
+  }
+  # One entry per tenant, so a tenant's history reads on its own; counts stay the run's.
+  for tenant in tenants:
+    log.append('run', tenant=tenant, details=summary, code_version=info['code_version'])
 
 
 def summary_table(manifest: dict) -> str:

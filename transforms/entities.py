@@ -40,6 +40,8 @@ __all__ = [
   'User',
   'Playlist',
   'SocialMention',
+  'AnalyticsEvent',
+  'AnalyticsReport',
   'ENTITIES',
   'entity_model',
   'field_rules',
@@ -404,6 +406,62 @@ class SocialMention(_Entity):
   subject_type: Optional[Str] = None
 
 
+class AnalyticsEvent(_Entity):
+  """One product-analytics event (Mixpanel, Amplitude, Segment), whatever tool recorded it.
+
+  ``event_id`` is the dedup key: a stable hash of the provider's own dedup
+  identity (Mixpanel: event, distinct_id, time and ``$insert_id``; Amplitude:
+  the device or user and ``insert_id``; Segment: ``messageId``), or of the
+  whole event when it has none. ``user_id`` and ``anonymous_id`` are
+  pseudonymised. ``properties`` keeps the event's properties that no field
+  above took (a struct, typed by `io_connectors._common.arrow`'s rules), so
+  nothing is dropped; ``user_properties`` the user's traits; ``context`` the
+  provider's other top-level fields (minus what was mapped).
+  """
+
+  __key_field__: typing.ClassVar[str] = 'event_id'
+  event_id: NonEmptyStr
+  provider: NonEmptyStr
+  event_name: NonEmptyStr
+  event_time: UtcTimestamp
+  event_type: Optional[Str] = None
+  user_id: Optional[Identifier(Str)] = None
+  anonymous_id: Optional[Identifier(Str)] = None
+  insert_id: Optional[Str] = None
+  session_id: Optional[Str] = None
+  platform: Optional[Str] = None
+  device: Optional[Str] = None
+  os: Optional[Str] = None
+  app_version: Optional[Str] = None
+  country: Optional[Str] = None
+  region: Optional[Str] = None
+  city: Optional[Str] = None
+  page: Optional[Str] = None
+  ip_address: Optional[IpAddress] = None
+  properties: Optional[Nested] = None
+  user_properties: Optional[Nested] = None
+  context: Optional[Nested] = None
+
+
+class AnalyticsReport(_Entity):
+  """One row of a Google Analytics 4 report: a property's metrics for one date and dimension values.
+
+  ``dimensions`` is a struct of the requested dimensions (text), ``metrics`` a
+  struct of the requested metrics with the types GA4 declares (integers
+  int64, floats, seconds and currencies float64). ``report_id`` (the dedup
+  key) hashes property, date and dimension values, so re-reading a day that
+  GA4 revised replaces nothing twice.
+  """
+
+  __key_field__: typing.ClassVar[str] = 'report_id'
+  report_id: NonEmptyStr
+  property_id: NonEmptyStr
+  date: NonEmptyStr
+  report_name: Optional[Str] = None
+  dimensions: Optional[Nested] = None
+  metrics: Optional[Nested] = None
+
+
 ENTITIES = {
   'listening_event': ListeningEvent,
   'track': Track,
@@ -412,6 +470,8 @@ ENTITIES = {
   'user': User,
   'playlist': Playlist,
   'social_mention': SocialMention,
+  'analytics_event': AnalyticsEvent,
+  'analytics_report': AnalyticsReport,
 }
 
 

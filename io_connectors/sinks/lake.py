@@ -66,8 +66,10 @@ __all__ = [
   'OutputLockedError',
   'LakeCommitError',
   'example_bytes',
+  'example_features',
   'UNASSIGNED',
   'parquet_bytes',
+  'delete_tree',
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -226,6 +228,60 @@ def example_bytes(row: dict, schema: pa.Schema) -> bytes:
   return _field(1, b''.join(entries))
 
 
+def _read_varint(data: bytes, at: int):
+  value = shift = 0
+  while True:
+    byte = data[at]
+    at += 1
+    value |= (byte & 0x7F) << shift
+    if byte < 0x80:
+      return value, at
+    shift += 7
+
+
+def _length_delimited(message: bytes):
+  """(field number, bytes) of the length-delimited fields of a protobuf message; other fields skipped."""
+  at = 0
+  while at < len(message):
+    tag, at = _read_varint(message, at)
+    number, wire = tag >> 3, tag & 7
+    if wire == 0:
+      _, at = _read_varint(message, at)
+    elif wire in (1, 5):
+      at += 8 if wire == 1 else 4
+    elif wire == 2:
+      size, at = _read_varint(message, at)
+      yield number, message[at : at + size]
+      at += size
+    else:
+      raise ValueError(f'unsupported protobuf wire type {wire}')
+
+
+def example_features(data: bytes) -> Dict[str, list]:
+  """The features of a serialized tf.train.Example: name -> values (bytes, ints or floats); the inverse of example_bytes."""
+  features: Dict[str, list] = {}
+  for _, body in (f for f in _length_delimited(data) if f[0] == 1):  # Example.features
+    for _, entry in (f for f in _length_delimited(body) if f[0] == 1):  # map entry
+      name, values = '', []
+      for number, value in _length_delimited(entry):
+        if number == 1:
+          name = value.decode('utf-8')
+          continue
+        for kind, typed in _length_delimited(value):  # Feature: 1 bytes, 2 float, 3 int64 list
+          for _, packed in (f for f in _length_delimited(typed) if f[0] == 1):
+            if kind == 1:
+              values.append(packed)
+            elif kind == 2:
+              values.extend(struct.unpack(f'<{len(packed) // 4}f', packed))
+            elif kind == 3:
+              at = 0
+              while at < len(packed):
+                number_value, at = _read_varint(packed, at)
+                values.append(number_value - (1 << 64) if number_value >= 1 << 63 else number_value)
+      features[name] = values
+  return features
+
+
 def _tfrecord_bytes(table: pa.Table) -> bytes:
   from apache_beam.io.tfrecordio import _TFRecordUtil
 
@@ -367,7 +423,7 @@ def _partition_dir(base: str, written: WrittenFile) -> str:
   return _join(base, 'dead_letter', f'tenant={written.partition}')
 
 
-def _delete_tree(path: str) -> bool:
+def delete_tree(path: str) -> bool:
   """Deletes a directory (local) or every object under a prefix (object stores); False if nothing was there."""
   if '://' not in path or path.startswith('file://'):
     local = local_path(path)
@@ -425,7 +481,7 @@ def finalize_files(output: str, run_dir: str, files: Iterable[WrittenFile]) -> D
       FileSystems.mkdirs(directory)  # local renames need the directory; object stores have none
   if pending:
     FileSystems.rename(list(pending), list(pending.values()))
-  _delete_tree(_temp_dir(output, run_dir))
+  delete_tree(_temp_dir(output, run_dir))
   return moves
 
 
@@ -623,7 +679,7 @@ def sweep(output: str, grace_s: float = DEFAULT_GRACE_S, keep_run_dirs: Iterable
   doomed.append('_temporary')  # the old layout's temporary files, of runs that can no longer commit
   deleted = []
   for path in dict.fromkeys(doomed):
-    if _delete_tree(_join(output, *path.split('/'))):
+    if delete_tree(_join(output, *path.split('/'))):
       deleted.append(path)
   if deleted:
     _LOG.info('%s: collected %s', output, ', '.join(deleted))

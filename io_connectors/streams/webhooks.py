@@ -45,6 +45,15 @@ produces it again: Kafka consumers dedup on the key). If the store fails the
 delivery is answered 503 and its id is not recorded, so the sender's retry is
 accepted: nothing is lost.
 
+Segment's webhook destination signs differently: ``X-Signature`` is the hex
+HMAC-SHA1 of the raw body under the shared secret, with no timestamp or
+delivery id header. Sources listed in ``segment_sources``
+(``--segment_source NAME``) are checked that way; their delivery id is the
+message's ``messageId`` (a digest of it when it holds other characters, of
+the body when it has none), so a message Segment retries is stored once.
+Segment bodies carry no signed time: only the id check stops a replay while
+the id is remembered (twice ``tolerance_seconds``).
+
 ``GET /health`` answers 200 when Redis answers (503 otherwise); ``GET /metrics``
 serves Prometheus text (``webhook_deliveries_accepted_total{source}`` and
 ``webhook_deliveries_rejected_total{source,reason}``) to callers with
@@ -98,7 +107,7 @@ from typing import Dict, Optional, Sequence
 
 from io_connectors._common.masking import mask_url
 
-__all__ = ['WebhookOptions', 'create_app', 'sign', 'main', 'REJECT_REASONS']
+__all__ = ['WebhookOptions', 'create_app', 'sign', 'segment_signature', 'main', 'REJECT_REASONS']
 
 _LOG = logging.getLogger('io_connectors.streams.webhooks')
 
@@ -151,6 +160,8 @@ class WebhookOptions:
   signature_versions: accepted X-Signature schemes, ('v2', 'v1') during the
     transition from v1, ('v2',) after it.
   metrics_token: the bearer token GET /metrics asks for; None disables it.
+  segment_sources: sources whose deliveries come from Segment's webhook
+    destination (X-Signature: hex HMAC-SHA1 of the body; id = messageId).
   """
 
   sources: Dict[str, object] = dataclasses.field(repr=False)  # name -> signing secret
@@ -169,6 +180,7 @@ class WebhookOptions:
   max_json_depth: int = 64
   signature_versions: Sequence[str] = SIGNATURE_VERSIONS
   metrics_token: Optional[str] = dataclasses.field(default=None, repr=False)
+  segment_sources: Sequence[str] = ()
 
   def __post_init__(self):
     if self.sink not in ('redis', 'kafka'):
@@ -190,6 +202,8 @@ class WebhookOptions:
       raise ValueError(f'body_timeout_seconds must be > 0, got {self.body_timeout_seconds}')
     if self.max_json_depth < 1:
       raise ValueError(f'max_json_depth must be >= 1, got {self.max_json_depth}')
+    if isinstance(self.segment_sources, str) or set(self.segment_sources) - set(self.sources):
+      raise ValueError(f'segment_sources must be a list of configured sources, got {self.segment_sources!r}')
     unknown = set(self.signature_versions) - set(SIGNATURE_VERSIONS)
     if unknown or not self.signature_versions:
       raise ValueError(
@@ -208,6 +222,12 @@ def sign(secret, timestamp: str, body: bytes, delivery_id: Optional[str] = None)
     return 'sha256=' + hmac.new(key, timestamp.encode('ascii') + b'.' + body, hashlib.sha256).hexdigest()
   signed = delivery_id.encode('ascii') + b'.' + timestamp.encode('ascii') + b'.' + body
   return 'v2=' + hmac.new(key, signed, hashlib.sha256).hexdigest()
+
+
+def segment_signature(secret, body: bytes) -> str:
+  """The X-Signature of Segment's webhook destination: hex HMAC-SHA1 of the raw body."""
+  key = secret.encode('utf-8') if isinstance(secret, str) else secret
+  return hmac.new(key, body, hashlib.sha1).hexdigest()
 
 
 def json_depth_exceeds(value, limit: int) -> bool:
@@ -344,6 +364,7 @@ def create_app(options: WebhookOptions, redis_client=None):
   secrets = {name: (s.encode('utf-8') if isinstance(s, str) else bytes(s)) for name, s in options.sources.items()}
   accepted_types = {_media_type(t) for t in options.content_types}
   metrics = _Metrics(secrets)
+  segment_sources = frozenset(options.segment_sources)
   if redis_client is None:
     redis_client = aioredis.Redis.from_url(
       options.redis_url, password=options.redis_password or None, socket_timeout=10, socket_connect_timeout=10
@@ -387,9 +408,39 @@ def create_app(options: WebhookOptions, redis_client=None):
       raise _Rejected('bad_signature', 'signature does not match')
     return version
 
+  def parse_document(body: bytes):
+    try:
+      document = json.loads(body)
+    except RecursionError:
+      raise _Rejected('too_deep', f'JSON nested deeper than {options.max_json_depth}') from None
+    except ValueError:
+      raise _Rejected('malformed_body', 'body is not a JSON document') from None
+    if json_depth_exceeds(document, options.max_json_depth):
+      raise _Rejected('too_deep', f'JSON nested deeper than {options.max_json_depth}')
+    return document
+
+  async def check_segment(source: str, request) -> dict:
+    body = await read_body_in_time(request)
+    signature = request.headers.get(SIGNATURE_HEADER)
+    if not signature:
+      raise _Rejected('missing_header', f'missing header(s): {SIGNATURE_HEADER}')
+    expected = segment_signature(secrets[source], body)
+    if not hmac.compare_digest(expected.encode('ascii'), signature.strip().lower().encode('ascii', 'replace')):
+      raise _Rejected('bad_signature', 'signature does not match')
+    document = parse_document(body)
+    message_id = document.get('messageId') if isinstance(document, dict) else None
+    if isinstance(message_id, str) and _DELIVERY_ID.match(message_id):
+      delivery_id = message_id
+    else:
+      seed = message_id.encode('utf-8') if isinstance(message_id, str) and message_id else body
+      delivery_id = 'sha256-' + hashlib.sha256(seed).hexdigest()
+    return {'timestamp': str(int(time.time())), 'delivery_id': delivery_id, 'body': body, 'digest': None}
+
   async def check(source: str, request) -> dict:
     if _media_type(request.headers.get('content-type', '')) not in accepted_types:
       raise _Rejected('unsupported_media_type', f'Content-Type must be one of {", ".join(sorted(accepted_types))}')
+    if source in segment_sources:
+      return await check_segment(source, request)
     body = await read_body_in_time(request)
     timestamp = request.headers.get(TIMESTAMP_HEADER)
     delivery_id = request.headers.get(DELIVERY_HEADER)
@@ -408,14 +459,7 @@ def create_app(options: WebhookOptions, redis_client=None):
     if not _DELIVERY_ID.match(delivery_id):
       raise _Rejected('missing_header', f'{DELIVERY_HEADER} must match {_DELIVERY_ID.pattern}')
     version = verify(source, signature, delivery_id, timestamp, body)
-    try:
-      document = json.loads(body)
-    except RecursionError:
-      raise _Rejected('too_deep', f'JSON nested deeper than {options.max_json_depth}') from None
-    except ValueError:
-      raise _Rejected('malformed_body', 'body is not a JSON document') from None
-    if json_depth_exceeds(document, options.max_json_depth):
-      raise _Rejected('too_deep', f'JSON nested deeper than {options.max_json_depth}')
+    parse_document(body)
     # v1 does not sign the id: the (timestamp, body) it signs must not come back under another id.
     digest = hashlib.sha256(timestamp.encode('ascii') + b'.' + body).hexdigest() if version == 'v1' else None
     return {'timestamp': timestamp, 'delivery_id': delivery_id, 'body': body, 'digest': digest}
@@ -576,6 +620,13 @@ def _parse_args(argv):
     help='accepted X-Signature schemes, comma-separated: v2,v1 (transition) or v2',
   )
   parser.add_argument(
+    '--segment_source',
+    action='append',
+    default=[],
+    metavar='NAME',
+    help="a --source whose deliveries come from Segment's webhook destination (X-Signature: HMAC-SHA1 of the body)",
+  )
+  parser.add_argument(
     '--metrics_token_env',
     default='WEBHOOK_METRICS_TOKEN',
     help='the environment variable holding the bearer token of GET /metrics (unset: no /metrics)',
@@ -623,6 +674,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       max_json_depth=args.max_json_depth,
       signature_versions=tuple(v.strip() for v in args.signature_versions.split(',') if v.strip()),
       metrics_token=os.environ.get(args.metrics_token_env) or None,
+      segment_sources=tuple(args.segment_source),
     )
   except ValueError as e:
     print(str(e), file=sys.stderr)

@@ -135,6 +135,19 @@ def _configs():
         'LASTFM_SESSION_KEY': c('lastfm', 'session_key'),
       },
     ),
+    'mixpanel': (
+      {'project_id': '1', 'start_date': '2024-01-01', 'state_store': url('mixpanel', 'postgresql')},
+      {'MIXPANEL_USERNAME': 'sa', 'MIXPANEL_SECRET': c('mixpanel', 'secret')},
+    ),
+    'amplitude': (
+      {'start': '20240101T00'},
+      {'AMPLITUDE_API_KEY': c('amplitude', 'api_key'), 'AMPLITUDE_SECRET_KEY': c('amplitude', 'secret_key')},
+    ),
+    'segment_archive': ({'input': f'gs://bucket/segment-logs/*/*/*.gz?token={c("segment_archive", "signed")}'}, {}),
+    'ga4': (
+      {'properties': ['1'], 'metrics': ['sessions'], 'start_date': '2024-01-01', 'access_token_env': 'CANARY_GA4'},
+      {'CANARY_GA4': c('ga4', 'token')},
+    ),
     'soundcloud': (
       {'resource': 'tracks', 'user_ids': [1]},
       {'SOUNDCLOUD_CLIENT_ID': 'id', 'SOUNDCLOUD_CLIENT_SECRET': c('soundcloud', 'client_secret')},

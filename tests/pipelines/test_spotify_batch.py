@@ -522,3 +522,23 @@ def test_a_run_that_fails_before_its_manifest_leaves_the_previous_output(tmp_pat
   # The failed run's directory was an orphan, swept by the third run.
   runs = os.listdir(os.path.join(output, '_runs'))
   assert not [r for r in runs if r.startswith('second-')] and len(runs) == 2
+
+
+def test_batch_runs_append_to_the_audit_log(tmp_path, monkeypatch):
+  """A batch run appends one entry per tenant with its counts; a password in --audit_log is refused."""
+  from pipelines.audit import open_audit_log
+  from pipelines.config import ConfigError
+
+  log_path = str(tmp_path / 'audit.jsonl')
+  rows = [_event('e1', 'u1', 'acme'), _event('e2', 'u2', 'beat'), _event('e3', 'u3', 'beat')]
+  manifest, _ = _run_small(tmp_path, rows, 'audited', extra=['--audit_log', log_path])
+  entries = list(open_audit_log(log_path).entries())
+  assert [(e.action, e.tenant) for e in entries] == [('run', 'acme'), ('run', 'beat')]
+  details = entries[1].details
+  assert details['run_id'] == manifest['run_id'] and details['status'] == 'succeeded'
+  assert details['counts']['per_tenant']['beat']['written'] == 2
+  assert entries[0].code_version == manifest['code_version']
+  assert open_audit_log(log_path).verify().ok
+  with pytest.raises(ConfigError, match='holds a password') as error:
+    _run_small(tmp_path, rows, 'refused', extra=['--audit_log', 'postgresql://music:hunter2@127.0.0.1/music'])
+  assert 'hunter2' not in str(error.value)

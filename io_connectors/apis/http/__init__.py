@@ -31,6 +31,7 @@ Usage::
 from io_connectors.apis.http.auth import (
   ApiKeyAuth,
   Auth,
+  BasicAuth,
   BearerTokenAuth,
   NoAuth,
   OAuth2ClientCredentials,
@@ -65,6 +66,7 @@ from io_connectors.apis.http.rest import (
 __all__ = [
   'ApiKeyAuth',
   'Auth',
+  'BasicAuth',
   'BearerTokenAuth',
   'NoAuth',
   'OAuth2ClientCredentials',

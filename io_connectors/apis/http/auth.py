@@ -53,6 +53,7 @@ __all__ = [
   'Auth',
   'NoAuth',
   'ApiKeyAuth',
+  'BasicAuth',
   'BearerTokenAuth',
   'OAuth2ClientCredentials',
   'OAuth2RefreshToken',
@@ -117,6 +118,26 @@ class ApiKeyAuth(Auth):
 
   def secrets(self):
     return [self.api_key]
+
+
+@dataclasses.dataclass
+class BasicAuth(Auth):
+  """HTTP Basic auth (a service account's user name and secret, e.g. Mixpanel's)."""
+
+  username: str = ''
+  password: str = dataclasses.field(default='', repr=False)
+
+  def __post_init__(self):
+    if not self.username or not self.password:
+      raise ValueError('BasicAuth needs username and password')
+    token = base64.b64encode(f'{self.username}:{self.password}'.encode('utf-8')).decode('ascii')
+    self._header = f'Basic {token}'
+
+  def apply(self, request):
+    return request.with_headers(Authorization=self._header)
+
+  def secrets(self):
+    return [self.password, self._header, self._header.split(' ', 1)[1]]
 
 
 @dataclasses.dataclass
@@ -421,6 +442,7 @@ def _from_env(config: dict) -> dict:
 AUTHS = {
   'none': NoAuth,
   'api_key': ApiKeyAuth,
+  'basic': BasicAuth,
   'bearer': BearerTokenAuth,
   'oauth2_client_credentials': OAuth2ClientCredentials,
   'oauth2_refresh_token': OAuth2RefreshToken,

@@ -1,0 +1,534 @@
+"""Provider events to `analytics_event` rows: one columnar mapping for every analytics source.
+
+A provider's export (Mixpanel JSONL, Amplitude's hourly JSON, Segment's
+archive or webhook bodies) is first read into an Arrow table by the shared
+rules (`io_connectors._common.arrow`: pyarrow's JSON reader on the fast path,
+line by line when a line is bad, so one bad line costs one dead letter).
+An `EventShape` then says where each canonical field lives in that table
+(candidate paths, first non-null wins); `map_events` builds the entity's
+columns with Arrow kernels, so the per-event Python work is the dedup hash.
+
+What does not map is kept: the provider's property struct becomes
+``properties`` (without the sub-fields a canonical field took, so an
+identifier does not stay there unpseudonymised), its user traits
+``user_properties``, and the other top-level fields ``context`` (again minus
+what was mapped and minus ``drop`` fields such as Segment's ``writeKey``).
+
+Rows that cannot be events become dead letters naming source and line:
+no event name or no time (``invalid_value``, "unknown event shape"), a time
+outside the requested window (``invalid_value``), a line that is not a JSON
+object (``malformed_json``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import re
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from io_connectors._common.arrow import column, table_from_json_lines, table_from_rows, to_text
+from transforms.dead_letter import dead_letter
+from transforms.records import json_safe, with_provenance
+
+__all__ = ['EventShape', 'Window', 'parse_lines', 'map_events', 'event_id', 'EVENT_FIELDS']
+
+Path = Tuple[str, ...]
+
+# Text fields of the entity, in output order (event_id, provider, event_name, event_time come first).
+EVENT_FIELDS = (
+  'event_type',
+  'user_id',
+  'anonymous_id',
+  'insert_id',
+  'session_id',
+  'platform',
+  'device',
+  'os',
+  'app_version',
+  'country',
+  'region',
+  'city',
+  'page',
+  'ip_address',
+)
+_UTC = dt.timezone.utc
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=_UTC)
+_OFFSET = re.compile(r'([zZ]|[+-]\d\d:?\d\d)$')
+_ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError, OverflowError)
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+  """The half-open time range [start, end) a read asked for (UTC); events outside are dead-lettered."""
+
+  start: dt.datetime
+  end: dt.datetime
+
+  def __post_init__(self):
+    if self.start.tzinfo is None or self.end.tzinfo is None:
+      raise ValueError('window bounds need a UTC offset')
+    if not self.start < self.end:
+      raise ValueError(f'window start {self.start.isoformat()} is not before its end {self.end.isoformat()}')
+
+
+@dataclasses.dataclass(frozen=True)
+class EventShape:
+  """Where a provider keeps each canonical field.
+
+  provider: the ``provider`` value and the event_id prefix.
+  name, time: candidate paths of the event name and time.
+  time_unit: 's' or 'ms' for epoch numbers; text is ISO-8601 (a time without
+    offset is UTC, as Amplitude documents) whatever the unit.
+  fields: {canonical text field: candidate paths}.
+  properties, user_properties: the path of the provider's property struct and of its user traits.
+  key: paths whose values (with the provider) are the dedup identity;
+    `key_required` among them must be present, else the whole event is hashed.
+  window_time: candidate paths of the time the requested range is about,
+    when it is not the event's (Amplitude exports by upload time); default: time.
+  constants: canonical fields with a fixed value (e.g. event_type).
+  drop: top-level fields never kept (credentials some payloads carry).
+  """
+
+  provider: str
+  name: Sequence[Path]
+  time: Sequence[Path]
+  time_unit: str = 's'
+  fields: Dict[str, Sequence[Path]] = dataclasses.field(default_factory=dict)
+  properties: Optional[str] = None
+  user_properties: Optional[str] = None
+  key: Sequence[Path] = ()
+  key_required: Optional[Path] = None
+  window_time: Sequence[Path] = ()
+  constants: Dict[str, str] = dataclasses.field(default_factory=dict)
+  drop: Sequence[str] = ()
+
+
+def event_id(provider: str, parts: Sequence[Any]) -> str:
+  """The stable dedup key: provider and a hash of its dedup identity (no identifier appears in clear)."""
+  text = '\x1f'.join('' if p is None else str(p) for p in (provider, *parts))
+  return f'{provider}:{hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]}'
+
+
+# ----- JSON lines to a raw table -----
+
+
+def _line(number: int) -> str:
+  return f'line {number}'
+
+
+def parse_lines(
+  data: bytes,
+  source: str,
+  first_line: int = 1,
+  string_columns: Sequence[str] = (),
+  position: Callable[[int], str] = _line,
+) -> Tuple[pa.Table, np.ndarray, List[dict]]:
+  """JSON Lines to (table of the objects, their line numbers, dead letters of the bad lines).
+
+  string_columns: top-level fields read as text (time fields: pyarrow would
+  infer timestamps, which the shared rules read again as text).
+  position(number): the dead letters' wording of a line number.
+
+  pyarrow's reader when every line is an object and no line is blank; line
+  by line otherwise (a bad line is a `malformed_json` / `bad_encoding` dead letter).
+  """
+  if not data or (len(data) < 4096 and not data.strip()):
+    return pa.table({}), np.zeros(0, dtype=np.int64), []
+  # Only the text columns the first lines name (the shared reader looks for each in the whole text).
+  head = data[:65536]
+  string_columns = [c for c in string_columns if json.dumps(c).encode('utf-8') in head]
+  if b'\n\n' not in data and not data.startswith((b'\n', b'\r')) and b'\r' not in data:
+    try:
+      table = table_from_json_lines(data, string_columns)
+      return table, np.arange(first_line, first_line + table.num_rows, dtype=np.int64), []
+    except _ARROW_ERRORS:
+      pass
+  rows, numbers, letters = [], [], []
+  for number, line in enumerate(data.split(b'\n'), start=first_line):
+    if not line.strip():
+      continue
+    try:
+      text = line.decode('utf-8')
+    except UnicodeDecodeError as e:
+      letters.append(
+        dead_letter(source, position(number), 'bad_encoding', detail=f'not UTF-8: {e}', record=None, stage='read')
+      )
+      continue
+    try:
+      value = json.loads(text)
+    except ValueError as e:
+      letters.append(
+        dead_letter(source, position(number), 'malformed_json', record=text[:2000], detail=str(e), stage='read')
+      )
+      continue
+    if not isinstance(value, dict):
+      letters.append(
+        dead_letter(
+          source,
+          position(number),
+          'malformed_json',
+          record=json_safe(value),
+          detail=f'expected a JSON object, got {type(value).__name__}',
+          stage='read',
+        )
+      )
+      continue
+    rows.append(value)
+    numbers.append(number)
+  return table_from_rows(rows, string_columns), np.array(numbers, dtype=np.int64), letters
+
+
+# ----- columns -----
+
+
+def _child(array: pa.Array, name: str) -> Optional[pa.Array]:
+  if not pa.types.is_struct(array.type) or array.type.get_field_index(name) < 0:
+    return None
+  # StructArray.field ignores the parent's nulls; flatten() applies them.
+  return array.flatten()[array.type.get_field_index(name)]
+
+
+def _json_values(array: pa.Array) -> List[Any]:
+  """A text column of JSON documents (nested values the shared rules kept as text) as Python values."""
+  out = []
+  for text in array.to_pylist():
+    try:
+      out.append(json.loads(text) if text is not None else None)
+    except ValueError:
+      out.append(text)
+  return out
+
+
+def _dig(values: List[Any], path: Path) -> Optional[pa.Array]:
+  found, any_found = [], False
+  for value in values:
+    for name in path:
+      value = value.get(name) if isinstance(value, dict) else None
+    any_found = any_found or value is not None
+    found.append(value)
+  return column(found) if any_found else None
+
+
+def _get(table: pa.Table, path: Path) -> Optional[pa.Array]:
+  if table.schema.get_field_index(path[0]) < 0:
+    return None
+  array = table.column(path[0]).combine_chunks()
+  for i, name in enumerate(path[1:], start=1):
+    if pa.types.is_string(array.type):
+      # Nested values of disagreeing shapes are JSON text: read the path from the documents.
+      return _dig(_json_values(array), path[i:])
+    array = _child(array, name)
+    if array is None:
+      return None
+  return array
+
+
+def _as_text(array: pa.Array) -> pa.Array:
+  if pa.types.is_string(array.type):
+    return array
+  if pa.types.is_large_string(array.type) or pa.types.is_dictionary(array.type):
+    return pc.cast(array, pa.string())
+  if pa.types.is_null(array.type):
+    return pa.nulls(len(array), pa.string())
+  if pa.types.is_integer(array.type) or pa.types.is_boolean(array.type):
+    return pc.cast(array, pa.string())
+  return pa.array([to_text(v) for v in array.to_pylist()], pa.string())
+
+
+def _first_text(table: pa.Table, paths: Sequence[Path]) -> pa.Array:
+  result = None
+  for path in paths:
+    array = _get(table, path)
+    if array is None:
+      continue
+    text = _as_text(array)
+    # '' is no value (a later candidate may hold one).
+    text = pc.if_else(pc.equal(text, ''), pa.scalar(None, pa.string()), text)
+    result = text if result is None else pc.coalesce(result, text)
+    if result.null_count == 0:
+      break
+  return pa.nulls(table.num_rows, pa.string()) if result is None else result
+
+
+def _parse_time_text(value: Optional[str]) -> Optional[dt.datetime]:
+  if value is None:
+    return None
+  text = value.strip()
+  if text.isdigit():
+    return None  # caller handles numbers
+  try:
+    moment = dt.datetime.fromisoformat(text.replace('Z', '+00:00').replace('z', '+00:00'))
+  except ValueError:
+    return None
+  return moment.replace(tzinfo=_UTC) if moment.tzinfo is None else moment.astimezone(_UTC)
+
+
+def _cast_time_text(text: pa.Array) -> Optional[pa.Array]:
+  """ISO-8601 text as timestamps by Arrow's parser (all with offsets, or all without: UTC); None if it cannot."""
+  utc = pa.timestamp('us', tz='UTC')
+  casts = [lambda: pc.cast(text, utc), lambda: pc.cast(pc.cast(text, pa.timestamp('us')), utc)]
+  valid = text.drop_null()
+  sample = valid[0].as_py().rstrip() if len(valid) else ''
+  if not _OFFSET.search(sample):
+    casts.reverse()  # naive text (Amplitude's): the cast that fits first
+  for cast in casts:
+    try:
+      return cast()
+    except _ARROW_ERRORS:
+      pass
+  return None
+
+
+def _time_column(table: pa.Table, shape: EventShape, paths: Sequence[Path]) -> pa.Array:
+  """Times at the first of `paths` that holds one, as timestamp[us, UTC]; null where absent or unreadable."""
+  n = table.num_rows
+  result = pa.nulls(n, pa.timestamp('us', tz='UTC'))
+  per_second = 1_000_000 if shape.time_unit == 's' else 1_000
+  for path in paths:
+    array = _get(table, path)
+    if array is None:
+      continue
+    if result.null_count < n:
+      # Only where no earlier path gave a time.
+      if result.null_count == 0:
+        break
+      array = pc.if_else(pc.is_null(result), array, pa.scalar(None, array.type))
+    if pa.types.is_integer(array.type) or pa.types.is_floating(array.type):
+      micros = pc.multiply(pc.cast(array, pa.float64()), float(per_second))
+      # Beyond year 9999 (or negative): unreadable, not an overflow.
+      micros = pc.if_else(
+        pc.and_(pc.greater_equal(micros, 0.0), pc.less(micros, 2.5e17)), micros, pa.scalar(None, pa.float64())
+      )
+      times = pc.cast(pc.cast(pc.round(micros), pa.int64()), pa.timestamp('us', tz='UTC'))
+    elif pa.types.is_timestamp(array.type):
+      times = pc.cast(array, pa.timestamp('us', tz='UTC'))
+    else:
+      times = _cast_time_text(_as_text(array))
+    if times is None:
+      values = []
+      for value in _as_text(array).to_pylist():
+        if value is not None and value.strip().isdigit():
+          number = int(value)
+          values.append(
+            _EPOCH + dt.timedelta(microseconds=number * per_second) if number < 2.5e17 // per_second else None
+          )
+        else:
+          values.append(_parse_time_text(value))
+      times = pa.array(values, pa.timestamp('us', tz='UTC'))
+    result = pc.coalesce(result, times)
+  return result
+
+
+def _without(array: pa.Array, paths: Sequence[Path]) -> Optional[pa.Array]:
+  """A struct array without the sub-fields at `paths` (relative to it); None when no field is left."""
+  if pa.types.is_string(array.type) and paths:
+    return _text_without(array, paths)
+  if not pa.types.is_struct(array.type):
+    return array
+  here = {p[0] for p in paths if len(p) == 1}
+  deeper: Dict[str, List[Path]] = {}
+  for p in paths:
+    if len(p) > 1:
+      deeper.setdefault(p[0], []).append(p[1:])
+  children, fields = [], []
+  for i in range(array.type.num_fields):
+    field = array.type.field(i)
+    if field.name in here:
+      continue
+    child = array.field(i)
+    if field.name in deeper:
+      child = _without(child, deeper[field.name])
+      if child is None:
+        continue
+      field = pa.field(field.name, child.type)
+    children.append(child)
+    fields.append(field)
+  if not children:
+    return None
+  mask = array.is_null() if array.null_count else None
+  return pa.StructArray.from_arrays(children, fields=fields, mask=mask)
+
+
+def _text_without(array: pa.Array, paths: Sequence[Path]) -> pa.Array:
+  """JSON text documents without the values at `paths` (what was mapped does not stay in clear)."""
+  out = []
+  for value in _json_values(array):
+    if isinstance(value, dict):
+      for path in paths:
+        parent = value
+        for name in path[:-1]:
+          parent = parent.get(name) if isinstance(parent, dict) else None
+        if isinstance(parent, dict):
+          parent.pop(path[-1], None)
+      value = json.dumps(value, ensure_ascii=False)
+    out.append(value if value is None or isinstance(value, str) else to_text(value))
+  return pa.array(out, pa.string())
+
+
+def _struct_of_columns(table: pa.Table, names: Sequence[str], taken: Dict[str, List[Path]]) -> Optional[pa.Array]:
+  children, fields = [], []
+  for name in names:
+    child = table.column(name).combine_chunks()
+    if name in taken:
+      child = _without(child, taken[name])
+      if child is None:
+        continue
+    children.append(child)
+    fields.append(pa.field(name, child.type))
+  if not children:
+    return None
+  return pa.StructArray.from_arrays(children, fields=fields)
+
+
+def _has_empty_struct(typ: pa.DataType) -> bool:
+  if pa.types.is_struct(typ):
+    return typ.num_fields == 0 or any(_has_empty_struct(typ.field(i).type) for i in range(typ.num_fields))
+  if pa.types.is_list(typ) or pa.types.is_large_list(typ):
+    return _has_empty_struct(typ.value_type)
+  return False
+
+
+def _no_empty_structs(array: pa.Array) -> pa.Array:
+  """Empty objects ({}) nested anywhere as null text: Parquet cannot store a struct without fields."""
+  typ = array.type
+  if not _has_empty_struct(typ):
+    return array
+  if pa.types.is_struct(typ) and typ.num_fields == 0:
+    return pa.nulls(len(array), pa.string())
+  if pa.types.is_struct(typ):
+    children = [_no_empty_structs(array.field(i)) for i in range(typ.num_fields)]
+    fields = [pa.field(typ.field(i).name, c.type) for i, c in enumerate(children)]
+    return pa.StructArray.from_arrays(children, fields=fields, mask=array.is_null() if array.null_count else None)
+  # A list of values holding empty objects: as JSON text, like other shapes Parquet cannot hold.
+  return pa.array([to_text(v) for v in array.to_pylist()], pa.string())
+
+
+def _keep_nested(array: Optional[pa.Array], n: int) -> pa.Array:
+  # Absent: Arrow's null type, which schema inference widens to whatever other batches hold.
+  if array is None or pa.types.is_null(array.type) or (pa.types.is_struct(array.type) and array.type.num_fields == 0):
+    return pa.nulls(n)
+  return _no_empty_structs(array)
+
+
+# ----- the mapping -----
+
+
+def _event_ids(raw: pa.Table, shape: EventShape) -> List[str]:
+  """event_id of each row: `event_id(provider, key values)`, joined by Arrow and hashed once a row."""
+  n = raw.num_rows
+  parts = [pc.fill_null(_first_text(raw, [p]), '') for p in shape.key]
+  joined = pc.binary_join_element_wise(pa.array([shape.provider] * n, pa.string()), *parts, '\x1f').to_pylist()
+  prefix = f'{shape.provider}:'
+  sha256 = hashlib.sha256
+  ids = [prefix + sha256(text.encode('utf-8')).hexdigest()[:32] for text in joined]
+  if shape.key_required in shape.key:
+    missing = np.flatnonzero(pc.is_null(_first_text(raw, [shape.key_required])).to_numpy(zero_copy_only=False))
+    if len(missing):
+      whole = raw.take(pa.array(missing)).to_pylist()
+      for i, row in zip(missing, whole):
+        ids[int(i)] = event_id(shape.provider, [json.dumps(json_safe(row), sort_keys=True)])
+  return ids
+
+
+def map_events(
+  raw: pa.Table,
+  lines: np.ndarray,
+  shape: EventShape,
+  source: str,
+  window: Optional[Window] = None,
+  position: Callable[[int], str] = _line,
+) -> Tuple[Optional[pa.RecordBatch], List[dict]]:
+  """Raw provider events to one batch of `analytics_event` columns (with __source/__row) and dead letters.
+
+  lines: each raw row's __row number; position(number) the dead letters' wording of it.
+  """
+  n = raw.num_rows
+  if n == 0:
+    return None, []
+  raw = raw.combine_chunks()
+  names = _first_text(raw, shape.name)
+  times = _time_column(raw, shape, shape.time)
+  texts = {field: _first_text(raw, paths) for field, paths in shape.fields.items()}
+
+  # Rows that are no event: no name or no time; then times outside the window.
+  unknown = pc.or_(pc.is_null(names), pc.is_null(times))
+  outside = pa.array(np.zeros(n, dtype=bool))
+  if window is not None:
+    start = pa.scalar(window.start, pa.timestamp('us', tz='UTC'))
+    end = pa.scalar(window.end, pa.timestamp('us', tz='UTC'))
+    against = _time_column(raw, shape, list(shape.window_time) + list(shape.time)) if shape.window_time else times
+    outside = pc.fill_null(pc.or_(pc.less(against, start), pc.greater_equal(against, end)), False)
+  bad = pc.or_(unknown, outside)
+  letters: List[dict] = []
+  bad_index = np.flatnonzero(bad.to_numpy(zero_copy_only=False))
+  if len(bad_index):
+    bad_rows = raw.take(pa.array(bad_index)).to_pylist()
+    unknown_np = unknown.to_numpy(zero_copy_only=False)
+    for i, row in zip(bad_index, bad_rows):
+      if unknown_np[i]:
+        what = 'no event name' if names[int(i)].as_py() is None else 'no readable event time'
+        detail = f'unknown {shape.provider} event shape: {what}'
+      else:
+        detail = (
+          f'{"upload" if shape.window_time else "event"} time {against[int(i)].as_py().isoformat()} '
+          'is outside the requested range '
+          f'[{window.start.isoformat()}, {window.end.isoformat()})'
+        )
+      letters.append(
+        dead_letter(
+          source, position(int(lines[i])), 'invalid_value', record=json_safe(row), detail=detail, stage='read'
+        )
+      )
+    keep = pc.invert(bad)
+    raw, names, times = raw.filter(keep), names.filter(keep), times.filter(keep)
+    texts = {k: v.filter(keep) for k, v in texts.items()}
+    lines = lines[~bad.to_numpy(zero_copy_only=False)]
+    n = raw.num_rows
+    if n == 0:
+      return None, letters
+
+  # The dedup key, from the provider's identity or (without its insert id) the whole event.
+  ids = _event_ids(raw, shape)
+
+  # What was mapped leaves the nested values it came from.
+  taken: Dict[str, List[Path]] = {}
+  for paths in [shape.name, shape.time, *shape.fields.values()]:
+    for path in paths:
+      taken.setdefault(path[0], []).append(path[1:])
+  nested = {shape.properties, shape.user_properties}
+  properties = _get(raw, (shape.properties,)) if shape.properties else None
+  if properties is not None:
+    properties = _without(properties, [p for p in taken.get(shape.properties, []) if p])
+  user_properties = _get(raw, (shape.user_properties,)) if shape.user_properties else None
+  if user_properties is not None:
+    user_properties = _without(user_properties, [p for p in taken.get(shape.user_properties, []) if p])
+  rest = [
+    name
+    for name in raw.schema.names
+    if name not in nested and name not in shape.drop and not (name in taken and () in taken[name])
+  ]
+  context = _struct_of_columns(raw, rest, taken)
+
+  columns = {
+    'event_id': pa.array(ids, pa.string()),
+    'provider': pa.array([shape.provider] * n, pa.string()),
+    'event_name': names,
+    'event_time': times,
+  }
+  for field in EVENT_FIELDS:
+    if field in shape.constants:
+      columns[field] = pa.array([shape.constants[field]] * n, pa.string())
+    else:
+      columns[field] = texts.get(field, pa.nulls(n, pa.string()))
+  columns['properties'] = _keep_nested(properties, n)
+  columns['user_properties'] = _keep_nested(user_properties, n)
+  columns['context'] = _keep_nested(context, n)
+  batch = pa.RecordBatch.from_arrays(list(columns.values()), names=list(columns))
+  return with_provenance(batch, source, lines), letters

@@ -1,0 +1,758 @@
+"""Erasure (the right to be forgotten) over a batch lake output, as a Beam job.
+
+`erase` removes every record of the given data subjects from one tenant's
+part of a lake output written by `pipelines.spotify_batch` (data in Parquet,
+Avro, JSON Lines or TFRecord, and the dead letters), and publishes the result
+through the lake's commit protocol (docs/lake.md): the erasure is a new run
+of the output, so a reader sees the output before the erasure or after it,
+never a mix; a crash part-way leaves the previous run published and the next
+attempt starts again.
+
+Subjects are given as raw values (user ids, emails: whatever the tenant's
+identifier fields held). The job derives each value's pseudonym with the
+tenant's key, exactly as `RedactPII` did on the way in, and a record matches
+when any of its string values, at any depth, is a subject's pseudonym or
+raw value, or holds one as a whole word (free text, a dead letter's record
+text). Only the tenant's own partitions (``tenant=<id>``) and the dead
+letters whose tenant is unknown (``_unassigned``) are read: other tenants'
+records carry other tenants' pseudonyms.
+
+A file with a match is rewritten without the matching records, in its own
+format and (Parquet, Avro) schema; a file without is carried into the new
+run byte for byte (a hard link on local disk, a server-side copy on S3 and
+GCS), never decoded and written again. When nothing matches, nothing is
+published: a second erasure of the same subjects changes nothing. After the
+commit, a second Beam pass re-scans the published files and the report
+states the matches left (zero, else the erasure fails).
+
+Usage::
+
+    python -m pipelines.gdpr erase --output gs://lake/events --tenant acme --subject_file ids.txt
+
+    from pipelines.erasure import erase
+    report = erase('out/events', 'acme', ['user-1', 'bob@example.com'], master_key)
+    report['records_removed']     # {'data': 41, 'dead_letter': 2}
+    report['rescan_matches']      # 0
+
+Not covered yet: the streaming job's window files, ML outputs, lake tables
+(Iceberg, Delta) and a suppression list for later imports (docs/compliance.md).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import re
+import uuid
+from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from io_connectors.sinks.lake import (
+  MANIFEST_NAME,
+  RUNS_DIR,
+  SCHEMA_NAME,
+  UNASSIGNED,
+  OutputLock,
+  commit_output,
+  delete_tree,
+  example_features,
+  parquet_bytes,
+  read_manifest,
+  run_dir_name,
+)
+from pipelines import runners
+from transforms.pii.batch import pseudonymise
+from transforms.records import json_safe
+from transforms.pii.keys import MasterKey
+
+__all__ = [
+  'ComplianceError',
+  'RetentionSelector',
+  'SubjectMatcher',
+  'apply_retention',
+  'check_retention_rules',
+  'erase',
+  'export_subjects',
+  'retention_days',
+  'split_file',
+]
+
+# Characters that continue a word around an identifier or email: a match must not touch them.
+_WORD = 'A-Za-z0-9_@.+-'
+
+
+class ComplianceError(RuntimeError):
+  """An erasure that cannot start or did not remove every match; nothing half-published."""
+
+
+class SubjectMatcher:
+  """Whether a value is, or holds as a whole word, one of a set of tokens (raw values and their pseudonyms)."""
+
+  def __init__(self, tokens: Iterable[str]):
+    self.tokens: FrozenSet[str] = frozenset(t for t in tokens if t)
+    if not self.tokens:
+      raise ComplianceError('no subjects given')
+    alternatives = '|'.join(re.escape(t) for t in sorted(self.tokens, key=len, reverse=True))
+    self._text = re.compile(f'(?<![{_WORD}])(?:{alternatives})(?![{_WORD}])')
+    self._bytes = re.compile(self._text.pattern.encode('utf-8'))
+    # RE2 (Arrow) has no look-around: the same word rule with explicit edges.
+    self._arrow = f'(?:^|[^{_WORD}])(?:{alternatives})(?:[^{_WORD}]|$)'
+
+  @classmethod
+  def for_tenant(cls, raw_values: Sequence[str], tenant: str, master_key: MasterKey) -> 'SubjectMatcher':
+    raw = sorted({v.strip() for v in raw_values if v and v.strip()})
+    if not raw:
+      raise ComplianceError('no subjects given: the subject list is empty')
+    pseudonyms = pseudonymise(pa.array(raw, pa.string()), master_key.tenant_key(tenant)).to_pylist()
+    return cls([*raw, *pseudonyms])
+
+  def text(self, value: str) -> bool:
+    return bool(self._text.search(value))
+
+  def line(self, value: bytes) -> bool:
+    return bool(self._bytes.search(value))
+
+  def value(self, value) -> bool:
+    """A Python value at any depth (dicts, lists, strings, bytes)."""
+    if isinstance(value, str):
+      return self.text(value)
+    if isinstance(value, bytes):
+      return self.line(value)
+    if isinstance(value, dict):
+      return any(self.value(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+      return any(self.value(v) for v in value)
+    return False
+
+  def rows(self, table: pa.Table) -> pa.Array:
+    """A boolean array: the rows of `table` with a match in any string value, at any depth."""
+    hit = pa.array([False] * table.num_rows, pa.bool_())
+    for column in table.columns:
+      hit = pc.or_(hit, self._column(column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)))
+    return hit
+
+  def _column(self, values: pa.Array) -> pa.Array:
+    t = values.type
+    if pa.types.is_dictionary(t):
+      return self._column(values.cast(t.value_type))
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+      return pc.fill_null(pc.match_substring_regex(values, self._arrow), False)
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+      return pa.array([v is not None and self.line(v) for v in values.to_pylist()], pa.bool_())
+    if pa.types.is_struct(t):
+      hit = pa.array([False] * len(values), pa.bool_())
+      for i in range(t.num_fields):
+        hit = pc.or_(hit, self._column(values.field(i)))
+      return pc.and_(hit, pc.is_valid(values))
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+      inner = self._column(pc.list_flatten(values))
+      parents = pc.list_parent_indices(values)
+      hit = [False] * len(values)
+      for parent in pc.filter(parents, inner).to_pylist():
+        hit[parent] = True
+      return pa.array(hit, pa.bool_())
+    if pa.types.is_map(t):
+      entries = pa.ListArray.from_arrays(
+        values.offsets, pa.StructArray.from_arrays([values.keys, values.items], ['k', 'v'])
+      )
+      return self._column(entries)
+    return pa.array([False] * len(values), pa.bool_())
+
+
+# ----- One lake file: (bytes, format) -> (bytes without the matches, removed, kept) -----
+
+
+# What splitting a file gives: (the file without the matching records, or None when none
+# matched; the matching records, decoded as JSON-able dicts; how many records stay).
+Split = Tuple[Optional[bytes], List[dict], int]
+
+
+def _split_parquet(data: bytes, matcher: SubjectMatcher) -> Split:
+  table = pq.read_table(io.BytesIO(data))
+  hit = matcher.rows(table)
+  if not pc.any(hit).as_py():
+    return None, [], table.num_rows
+  kept = table.filter(pc.invert(hit))
+  return parquet_bytes(kept), [json_safe(r) for r in table.filter(hit).to_pylist()], kept.num_rows
+
+
+def _split_avro(data: bytes, matcher: SubjectMatcher) -> Split:
+  import fastavro
+
+  reader = fastavro.reader(io.BytesIO(data))
+  schema, codec = reader.writer_schema, reader.codec
+  records = list(reader)
+  kept = [r for r in records if not matcher.value(r)]
+  if len(kept) == len(records):
+    return None, [], len(records)
+  sink = io.BytesIO()
+  fastavro.writer(sink, schema, kept, codec=codec)  # the file's own schema and codec
+  return sink.getvalue(), [json_safe(r) for r in records if matcher.value(r)], len(kept)
+
+
+def _split_lines(data: bytes, matcher: SubjectMatcher) -> Split:
+  lines = [line for line in data.splitlines(keepends=True) if line.strip()]
+  kept = [line for line in lines if not matcher.line(line)]
+  if len(kept) == len(lines):
+    return None, [], len(lines)
+  return b''.join(kept), [json.loads(line) for line in lines if matcher.line(line)], len(kept)
+
+
+def _example_record(record: bytes) -> dict:
+  """A tf.train.Example as a dict: one value per single-valued feature, bytes as text where they are UTF-8."""
+
+  def text(value):
+    if isinstance(value, bytes):
+      try:
+        return value.decode('utf-8')
+      except UnicodeDecodeError:
+        return value.hex()
+    return value
+
+  return {
+    name: (text(values[0]) if len(values) == 1 else [text(v) for v in values])
+    for name, values in example_features(record).items()
+  }
+
+
+def _split_tfrecord(data: bytes, matcher: SubjectMatcher) -> Split:
+  from apache_beam.io.tfrecordio import _TFRecordUtil
+
+  source, records = io.BytesIO(data), []
+  while True:
+    record = _TFRecordUtil.read_record(source)
+    if record is None:
+      break
+    records.append(record)
+  hits = [matcher.value(example_features(r)) for r in records]
+  if not any(hits):
+    return None, [], len(records)
+  sink = io.BytesIO()
+  for record, hit in zip(records, hits):
+    if not hit:
+      _TFRecordUtil.write_record(sink, record)  # the record's own bytes: nothing re-encoded
+  return sink.getvalue(), [_example_record(r) for r, hit in zip(records, hits) if hit], hits.count(False)
+
+
+_SPLITTERS = {
+  'parquet': _split_parquet,
+  'avro': _split_avro,
+  'jsonl': _split_lines,
+  'tfrecord': _split_tfrecord,
+}
+
+
+def split_file(path: str, data: bytes, matcher: SubjectMatcher) -> Split:
+  """Splits one lake file into what stays and the subjects' records (see `Split`)."""
+  extension = path.rsplit('.', 1)[-1]
+  if extension not in _SPLITTERS:
+    raise ComplianceError(f'{path}: cannot read a .{extension} file (reads {", ".join(sorted(_SPLITTERS))})')
+  try:
+    return _SPLITTERS[extension](data, matcher)
+  except ComplianceError:
+    raise
+  except Exception as e:
+    raise ComplianceError(f'{path}: cannot read it as {extension}: {type(e).__name__}: {e}') from None
+
+
+# ----- The Beam job -----
+
+
+def _read(path: str) -> bytes:
+  with FileSystems.open(path, compression_type='uncompressed') as handle:
+    return handle.read()
+
+
+def _carry(source: str, target: str):
+  """Puts `source` at `target` byte for byte: a hard link on local disk, else the store's copy."""
+  if '://' not in source:
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    if os.path.exists(target):
+      os.unlink(target)  # a retried bundle
+    os.link(source, target)
+    return
+  FileSystems.copy([source], [target])
+
+
+ERASE, RESCAN, EXPORT = 'erase', 'rescan', 'export'
+
+
+def _folder_value(folders: Sequence[str], name: str) -> Optional[str]:
+  return next((f.split('=', 1)[1] for f in folders if f.startswith(f'{name}=')), None)
+
+
+class _SubjectScope:
+  """Erasure and export: the subjects' matcher, for the tenant's partitions and the dead letters of no tenant."""
+
+  def __init__(self, matcher: SubjectMatcher, tenant: str):
+    self._matcher = matcher
+    self._tenant = tenant
+
+  def selector(self, kind: str, folders: Sequence[str]):
+    if _folder_value(folders, 'tenant') == self._tenant or (kind == 'dead_letter' and UNASSIGNED in folders):
+      return self._matcher
+    return None
+
+
+class _SubjectFilesFn(beam.DoFn):
+  """One file of the lake, by mode: erase (rewrite it without the selected records, drop it when none
+  stay, or carry it over untouched), rescan (count what is still selected) or export (emit the selected
+  records). A scope says which selector, if any, applies to the file."""
+
+  def __init__(self, scope, mode: str, default_entity: Optional[str]):
+    self._scope = scope
+    self._mode = mode
+    self._default_entity = default_entity
+
+  def process(self, element):
+    kind, source, target = element
+    folders = source.replace('\\', '/').split('/')
+    result = {
+      'kind': kind,
+      'tenant': _folder_value(folders, 'tenant') or (UNASSIGNED if UNASSIGNED in folders else None),
+      'entity': _folder_value(folders, 'entity') or self._default_entity,
+      'path': target,
+      'scanned': False,
+      'removed': 0,
+      'rewritten': False,
+      'dropped': False,
+    }
+    selector = self._scope.selector(kind, folders)
+    if selector is None:
+      if self._mode == ERASE:
+        _carry(source, target)
+      yield result
+      return
+    rewritten, matched, kept = split_file(source, _read(source), selector)
+    result.update(scanned=True, removed=len(matched))
+    if self._mode == ERASE:
+      if rewritten is None:
+        _carry(source, target)
+      elif kept:
+        with FileSystems.create(target) as handle:
+          handle.write(rewritten)
+        result['rewritten'] = True
+      else:
+        result['dropped'] = True  # nothing stays: the new run has no such file
+    if self._mode == EXPORT:
+      result['records'] = matched
+    yield result
+
+
+def _run_files(files, scope, mode: str, default_entity, beam_args, work_dir: str) -> List[dict]:
+  """Runs `_SubjectFilesFn` over `files` as a Beam job; returns its per-file results."""
+  results: List[dict] = []
+  result_dir = FileSystems.join(work_dir, uuid.uuid4().hex)
+  with beam.Pipeline(options=PipelineOptions(runners.local_runner_args(list(beam_args)))) as pipeline:
+    _ = (
+      pipeline
+      | 'Files' >> beam.Create(files)
+      | 'Spread' >> beam.Reshuffle()
+      | mode.capitalize() >> beam.ParDo(_SubjectFilesFn(scope, mode, default_entity))
+      | 'AsJson' >> beam.Map(lambda result: json.dumps(result, default=str))
+      | 'Results' >> beam.io.WriteToText(FileSystems.join(result_dir, 'part'), shard_name_template='-SS')
+    )
+  for match in FileSystems.match([FileSystems.join(result_dir, 'part*')])[0].metadata_list:
+    results.extend(json.loads(line) for line in _read(match.path).decode('utf-8').splitlines() if line)
+  return results
+
+
+def _retarget(path: str, old_base: str, new_base: str) -> str:
+  if not path.startswith(old_base):
+    raise ComplianceError(f'the manifest lists {path}, outside its run directory {old_base}')
+  return new_base + path[len(old_base) :]
+
+
+def _check_tenant(tenant: str) -> str:
+  if not tenant or not re.match(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$', tenant):
+    raise ComplianceError(f'tenant must be a tenant id, got {tenant!r}')
+  return tenant
+
+
+def _committed_manifest(output: str, beam_args: Sequence[str], what: str):
+  """(pipeline options, the output's manifest); S3/GCS options set as the batch job sets them."""
+  options = PipelineOptions(list(beam_args))
+  FileSystems.set_options(options)
+  manifest = read_manifest(output)
+  if manifest is None:
+    raise ComplianceError(f'{output} has no committed run ({MANIFEST_NAME}): nothing to {what}')
+  return options, manifest
+
+
+def _rewrite_output(output: str, manifest: dict, options, scope, action: str, run_id: str, report: dict, beam_args):
+  """Publishes a new run of `output` without the records `scope` selects, through the lake's commit.
+
+  `action` names the manifest section and the count the removed records
+  move to ('erasure' -> 'erased', 'retention' -> 'expired'). Publishes
+  nothing when nothing is selected. After the commit a second pass must
+  find nothing selected. Returns `report`, completed.
+  """
+  run_dir = run_dir_name(run_id)
+  old_base = FileSystems.join(output, manifest['run_dir'])
+  new_base = FileSystems.join(output, RUNS_DIR, run_dir)
+  files = [
+    (kind, path, _retarget(path, old_base, new_base))
+    for kind, paths in sorted((manifest.get('files') or {}).items())
+    for path in paths
+  ]
+  # The jobs' per-file results: beside the runs, swept like a crashed run's if left behind.
+  work_dir = FileSystems.join(output, RUNS_DIR, f'{run_dir}.work')
+  entity = manifest.get('entity') if isinstance(manifest.get('entity'), str) else None
+  report.update(previous_run_id=manifest.get('run_id'), files_total=len(files))
+  lock = OutputLock.acquire(output, run_id, run_dir, options=options)
+  try:
+    with lock.kept_alive():
+      results = _run_files(files, scope, ERASE, entity, beam_args, work_dir)
+    removed = _removed(results)
+    report.update(
+      files_scanned=sum(r['scanned'] for r in results),
+      files_rewritten=sorted(r['path'] for r in results if r['rewritten']),
+      files_dropped=sorted(r['path'] for r in results if r['dropped']),
+      records_removed={
+        kind: sum(n for (k, _, _), n in removed.items() if k == kind) for kind in ('data', 'dead_letter')
+      },
+      records_removed_by_tenant_and_entity=_by_tenant_and_entity(removed),
+    )
+    if not removed:
+      # Nothing selected: publish nothing, so a repeated request changes nothing.
+      delete_tree(new_base)
+      delete_tree(work_dir)
+      report.update(published=False, rescan_matches=0, finished_at=_now())
+      return report
+    dropped = set(report['files_dropped'])
+    metric = {'erasure': 'erased', 'retention': 'expired'}[action]
+    counts = _counts_after(manifest.get('counts') or {}, removed, metric)
+    published = dict(
+      manifest,
+      run_id=run_id,
+      started_at=report['started_at'],
+      finished_at=_now(),
+      files={
+        kind: sorted(new for k, _, new in files if k == kind and new not in dropped)
+        for kind in (manifest.get('files') or {})
+      },
+      counts=counts,
+      conservation=dict(
+        manifest.get('conservation') or {},
+        rule=' + '.join(
+          ['read == written', 'dead_letter', 'deduplicated'] + [m for m in ('erased', 'expired') if m in counts]
+        ),
+      ),
+      **{action: dict(report, files_rewritten=len(report['files_rewritten']), files_dropped=len(dropped))},
+    )
+    published.pop('superseded', None)
+    commit_output(output, run_dir, published, _read_json(FileSystems.join(output, SCHEMA_NAME)), lock=lock)
+  finally:
+    lock.release()
+  kept = [(k, new, new) for k, _, new in files if new not in set(report['files_dropped'])]
+  rescan = _run_files(kept, scope, RESCAN, entity, beam_args, work_dir)
+  delete_tree(work_dir)
+  report.update(published=True, rescan_matches=sum(r['removed'] for r in rescan), finished_at=_now())
+  if report['rescan_matches']:
+    raise ComplianceError(f'the re-scan of {output} after the {action} still found {report["rescan_matches"]} records')
+  return report
+
+
+def erase(
+  output: str,
+  tenant: str,
+  subjects: Sequence[str],
+  master_key: MasterKey,
+  run_id: Optional[str] = None,
+  beam_args: Sequence[str] = (),
+) -> dict:
+  """Erases `subjects` of `tenant` from the lake at `output`; returns the verification report (see module doc)."""
+  _check_tenant(tenant)
+  options, manifest = _committed_manifest(output, beam_args, 'erase from')
+  matcher = SubjectMatcher.for_tenant(subjects, tenant, master_key)
+  started_at = dt.datetime.now(dt.timezone.utc)
+  run_id = run_id or 'erasure-' + started_at.strftime('%Y%m%dT%H%M%SZ-') + uuid.uuid4().hex[:8]
+  report: dict = {
+    'run_id': run_id,
+    'tenant': tenant,
+    'subjects': len({s.strip() for s in subjects if s and s.strip()}),
+    'started_at': started_at.isoformat(),
+  }
+  return _rewrite_output(
+    output, manifest, options, _SubjectScope(matcher, tenant), 'erasure', run_id, report, beam_args
+  )
+
+
+def _now() -> str:
+  return dt.datetime.now(dt.timezone.utc).isoformat()
+
+
+def _removed(results: List[dict]) -> Dict[Tuple[str, str, str], int]:
+  """Records removed per (kind, tenant, entity), only where some were."""
+  removed: Dict[Tuple[str, str, str], int] = {}
+  for r in results:
+    if r['removed']:
+      key = (r['kind'], r['tenant'] or UNASSIGNED, r['entity'] or '')
+      removed[key] = removed.get(key, 0) + r['removed']
+  return removed
+
+
+def _by_tenant_and_entity(removed: Dict[Tuple[str, str, str], int]) -> Dict[str, Dict[str, int]]:
+  out: Dict[str, Dict[str, int]] = {}
+  for (kind, tenant, entity), n in sorted(removed.items()):
+    name = 'dead_letter' if kind == 'dead_letter' else (entity or 'data')
+    out.setdefault(tenant, {})[name] = out.get(tenant, {}).get(name, 0) + n
+  return out
+
+
+def _read_json(path: str) -> Optional[dict]:
+  try:
+    return json.loads(_read(path).decode('utf-8'))
+  except Exception:
+    return None
+
+
+def _counts_after(counts: dict, removed: Dict[Tuple[str, str, str], int], metric: str) -> dict:
+  """The manifest's counts with the removed records moved from `written` / `dead_letter` to `metric`."""
+  counts = json.loads(json.dumps(counts))
+  for (kind, tenant, entity), n in removed.items():
+    source = 'written' if kind == 'data' else 'dead_letter'
+    for bucket in (counts, (counts.get('per_tenant') or {}).get(tenant)):
+      if bucket is not None:
+        bucket[source] = bucket.get(source, 0) - n
+        bucket[metric] = bucket.get(metric, 0) + n
+    per_entity = counts.get('written_per_entity')
+    if kind == 'data' and per_entity and entity in per_entity:
+      per_entity[entity] -= n
+  return counts
+
+
+# ----- Retention -----
+
+# Where a record's time is, by first match: the entity's event time, else when it was made or changed.
+TIME_FIELDS = ('played_at', 'event_time', 'timestamp', 'occurred_at', 'created_at', 'added_at', 'updated_at')
+
+
+def _as_utc(value) -> Optional[dt.datetime]:
+  """A record's time value as an aware UTC datetime: datetimes, ISO text, or integers (TFRecord: microseconds)."""
+  if isinstance(value, (list, tuple)):
+    value = value[0] if value else None
+  if value is None or isinstance(value, bool):
+    return None
+  if isinstance(value, dt.datetime):
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+  if isinstance(value, (int, float)):
+    return dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=int(value))
+  if isinstance(value, bytes):
+    value = value.decode('utf-8', 'replace')
+  try:
+    parsed = dt.datetime.fromisoformat(str(value).replace('Z', '+00:00'))
+  except ValueError:
+    return None
+  return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+class RetentionSelector:
+  """Selects records whose time (the first of `time_fields` present) is before `cutoff`.
+
+  Records without a readable time are kept: retention never guesses.
+  """
+
+  def __init__(self, cutoff: dt.datetime, time_fields: Sequence[str] = TIME_FIELDS):
+    self.cutoff = cutoff.astimezone(dt.timezone.utc)
+    self.time_fields = tuple(time_fields)
+
+  def _field(self, names) -> Optional[str]:
+    return next((f for f in self.time_fields if f in names), None)
+
+  def rows(self, table: pa.Table) -> pa.Array:
+    field = self._field(table.column_names)
+    if field is None:
+      return pa.array([False] * table.num_rows, pa.bool_())
+    column = table.column(field)
+    if pa.types.is_timestamp(column.type):
+      cutoff = pa.scalar(self.cutoff, pa.timestamp('us', tz='UTC')).cast(column.type)
+      return pc.fill_null(pc.less(column, cutoff), False).combine_chunks()
+    return pa.array([self.value({field: v}) for v in column.to_pylist()], pa.bool_())
+
+  def value(self, record) -> bool:
+    if not isinstance(record, dict):
+      return False
+    field = self._field(record)
+    when = _as_utc(record.get(field)) if field else None
+    return when is not None and when < self.cutoff
+
+  def line(self, line: bytes) -> bool:
+    try:
+      return self.value(json.loads(line))
+    except ValueError:
+      return False
+
+
+def retention_days(rules: dict, tenant: Optional[str], entity: Optional[str]) -> Optional[int]:
+  """Days to keep `tenant`'s `entity` under `rules` ({tenant or '*': {entity or '*': days}}); None: keep all."""
+  for tenant_key in (tenant, '*'):
+    per_entity = rules.get(tenant_key) if tenant_key is not None else None
+    if isinstance(per_entity, dict):
+      for entity_key in (entity, '*'):
+        if entity_key is not None and entity_key in per_entity:
+          return per_entity[entity_key]
+  return None
+
+
+def check_retention_rules(rules) -> dict:
+  """`rules` if they are {tenant or '*': {entity or '*': positive int days}}; else ComplianceError naming the place."""
+  if not isinstance(rules, dict) or not rules:
+    raise ComplianceError("retention_days must be a mapping {tenant or '*': {entity or '*': days}}")
+  for tenant, per_entity in rules.items():
+    if not isinstance(per_entity, dict) or not per_entity:
+      raise ComplianceError(f'retention_days.{tenant} must be a mapping {{entity or "*": days}}, got {per_entity!r}')
+    for entity, days in per_entity.items():
+      if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+        raise ComplianceError(f'retention_days.{tenant}.{entity} must be a whole number of days >= 1, got {days!r}')
+  return rules
+
+
+class _RetentionScope:
+  """Retention: for each data file, the cutoff of its tenant and entity, if a rule covers them."""
+
+  def __init__(self, rules: dict, now: dt.datetime, time_fields: Sequence[str], default_entity: Optional[str]):
+    self._rules = rules
+    self._now = now
+    self._time_fields = tuple(time_fields)
+    self._default_entity = default_entity  # a one-entity run's files have no entity=<name> folder
+
+  def selector(self, kind: str, folders: Sequence[str]):
+    if kind != 'data':
+      return None  # dead letters hold no trusted event time: they follow the run, not a retention rule
+    tenant = _folder_value(folders, 'tenant')
+    entity = _folder_value(folders, 'entity') or self._default_entity
+    days = retention_days(self._rules, tenant, entity)
+    return None if days is None else RetentionSelector(self._now - dt.timedelta(days=days), self._time_fields)
+
+
+def apply_retention(
+  output: str,
+  rules: dict,
+  now: Optional[dt.datetime] = None,
+  time_fields: Sequence[str] = TIME_FIELDS,
+  run_id: Optional[str] = None,
+  beam_args: Sequence[str] = (),
+) -> dict:
+  """Drops the records of `output` older than their tenant's and entity's retention, as a new committed run.
+
+  `rules`: ``{tenant or '*': {entity or '*': days}}`` (the config's
+  ``retention_days``), the most specific rule winning. A record's time is the
+  first of `time_fields` it has; records without one are kept. Files whose
+  records all expired are dropped from the new run; the others are rewritten
+  or carried over as in erasure. Returns the report (records removed per
+  tenant and entity, files rewritten and dropped, the re-scan's zero).
+  """
+  check_retention_rules(rules)
+  options, manifest = _committed_manifest(output, beam_args, 'expire')
+  now = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
+  run_id = run_id or 'retention-' + now.strftime('%Y%m%dT%H%M%SZ-') + uuid.uuid4().hex[:8]
+  entity = manifest.get('entity') if isinstance(manifest.get('entity'), str) else None
+  scope = _RetentionScope(rules, now, time_fields, entity)
+  report: dict = {'run_id': run_id, 'rules': rules, 'as_of': now.isoformat(), 'started_at': _now()}
+  return _rewrite_output(output, manifest, options, scope, 'retention', run_id, report, beam_args)
+
+
+def export_subjects(
+  output: str,
+  tenant: str,
+  subjects: Sequence[str],
+  master_key: MasterKey,
+  destination: str,
+  beam_args: Sequence[str] = (),
+) -> dict:
+  """Writes every record of `subjects` in `tenant`'s part of the lake to `destination` (access / portability).
+
+  Files: ``<entity>.json`` (a JSON array of the records, per entity, as the
+  lake holds them: identifiers as their pseudonyms), ``dead_letters.json``
+  (records that failed validation, with the reason), ``summary.txt`` (for the
+  person: what is held, how much, from when to when) and ``export.json`` (the
+  request's metadata and counts). Reads the current run as the manifest lists
+  it; publishes nothing. Returns the metadata.
+  """
+  _check_tenant(tenant)
+  started_at = _now()
+  _, manifest = _committed_manifest(output, beam_args, 'export')
+  matcher = SubjectMatcher.for_tenant(subjects, tenant, master_key)
+  files = [(kind, path, path) for kind, paths in sorted((manifest.get('files') or {}).items()) for path in paths]
+  work_dir = FileSystems.join(destination, f'_work-{uuid.uuid4().hex[:8]}')
+  entity = manifest.get('entity') if isinstance(manifest.get('entity'), str) else None
+  results = _run_files(files, _SubjectScope(matcher, tenant), EXPORT, entity, beam_args, work_dir)
+  delete_tree(work_dir)
+  by_entity: Dict[str, List[dict]] = {}
+  letters: List[dict] = []
+  for r in results:
+    if not r.get('records'):
+      continue
+    if r['kind'] == 'data':
+      by_entity.setdefault(r.get('entity') or str(manifest.get('entity') or 'records'), []).extend(
+        r.get('records') or []
+      )
+    else:
+      letters.extend(r.get('records') or [])
+  metadata = {
+    'tenant': tenant,
+    'subjects': len({s.strip() for s in subjects if s and s.strip()}),
+    'run_id': manifest.get('run_id'),
+    'started_at': started_at,
+    'exported_at': _now(),
+    'records': {entity: len(records) for entity, records in sorted(by_entity.items())},
+    'dead_letters': len(letters),
+    'files': sorted([f'{entity}.json' for entity in by_entity] + ['dead_letters.json', 'summary.txt', 'export.json']),
+  }
+  for entity, records in by_entity.items():
+    _write_text(FileSystems.join(destination, f'{entity}.json'), json.dumps(records, indent=2, ensure_ascii=False))
+  _write_text(FileSystems.join(destination, 'dead_letters.json'), json.dumps(letters, indent=2, ensure_ascii=False))
+  _write_text(FileSystems.join(destination, 'summary.txt'), _summary_text(metadata, by_entity, letters))
+  _write_text(FileSystems.join(destination, 'export.json'), json.dumps(metadata, indent=2))
+  return metadata
+
+
+def _write_text(path: str, text: str):
+  with FileSystems.create(path) as handle:
+    handle.write(text.encode('utf-8') + b'\n')
+
+
+def _time_range(records: List[dict]) -> Optional[Tuple[str, str]]:
+  """The first and last time value of the records' first time-like field (played_at, *_at, timestamp)."""
+  for field in ('played_at', 'event_time', 'timestamp', 'created_at', 'updated_at', 'added_at'):
+    values = sorted(str(r[field]) for r in records if r.get(field) is not None)
+    if values:
+      return values[0], values[-1]
+  return None
+
+
+def _summary_text(metadata: dict, by_entity: Dict[str, List[dict]], letters: List[dict]) -> str:
+  lines = [
+    f'Your data held by tenant {metadata["tenant"]}',
+    f'Exported {metadata["exported_at"]} from the lake as of run {metadata["run_id"]}.',
+    '',
+  ]
+  if not by_entity and not letters:
+    lines.append('We hold no records of you.')
+  for entity, records in sorted(by_entity.items()):
+    span = _time_range(records)
+    when = f', from {span[0]} to {span[1]}' if span else ''
+    fields = sorted({name for r in records for name in r if not name.startswith('__')})
+    lines.append(f'- {entity.replace("_", " ")}: {len(records)} records{when}')
+    lines.append(f'  fields: {", ".join(fields)}')
+  if letters:
+    reasons: Dict[str, int] = {}
+    for letter in letters:
+      reasons[str(letter.get('reason'))] = reasons.get(str(letter.get('reason')), 0) + 1
+    listed = ', '.join(f'{reason} ({n})' for reason, n in sorted(reasons.items()))
+    lines.append(f'- records we could not process: {len(letters)} ({listed})')
+  lines += [
+    '',
+    'Identifiers (user ids, emails, addresses) are stored only as keyed pseudonyms; the files beside',
+    'this one hold every record in machine-readable JSON, one file per kind of record.',
+  ]
+  return '\n'.join(lines)

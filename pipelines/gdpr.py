@@ -1,0 +1,270 @@
+"""Compliance commands over the lake and its audit trail.
+
+Usage::
+
+    # every record of these people in tenant acme's part of the lake, removed through an atomic commit
+    python -m pipelines.gdpr erase --output gs://lake/events --tenant acme --subject_file ids.txt \\
+        --pii_key_file key.hex --report erasure.json [Beam flags, e.g. --runner=DataflowRunner ...]
+    python -m pipelines.gdpr export --output gs://lake/events --tenant acme --subject_file ids.txt \\
+        --destination gs://requests/2026-0042/
+    python -m pipelines.gdpr retention --output gs://lake/events --config retention.yaml
+    python -m pipelines.gdpr report --tenant acme --since 2026-11-01 --until 2026-12-01 --out acme.html
+    python -m pipelines.gdpr verify-audit --audit_log postgresql://...?table=compliance.audit
+    python -m pipelines.gdpr verify-audit --audit_log audit.jsonl --anchor 41:9f2c...   # also detect a cut-off tail
+    python -m pipelines.gdpr show-audit --audit_log audit.jsonl --tenant acme --json
+
+``erase`` reads one raw identifier per line (user ids, emails), derives
+their pseudonyms with the tenant's key ($PII_MASTER_KEY or --pii_key_file,
+as the batch job) and runs `pipelines.compliance.erase`; it prints the
+verification report (files scanned and rewritten, records removed, the
+re-scan's zero) and appends an ``erasure`` entry to the audit log when one is
+configured. Exit status 0 when the subjects are gone (or were never there).
+
+``export`` writes every record of the subjects (per entity, as JSON, with
+the dead letters and a plain-text summary for the person) to --destination
+and appends an ``export`` entry to the audit log.
+
+``retention`` drops the records older than the ``retention_days`` of the
+config ({tenant or '*': {entity or '*': days}}) through the lake's commit and
+appends a ``retention`` entry per tenant to the audit log.
+
+``report`` writes a tenant's compliance report for a period as one HTML page
+(`pipelines.compliance_report`): runs and dead-letter rates, PII findings,
+erasure and access requests with their completion times, retention, and the
+audit chain's status (exit 1 when the chain is broken).
+
+``verify-audit`` re-computes the audit log's hash chain (`pipelines.audit`)
+and prints the head (``seq:hash``, the anchor to keep elsewhere) or the
+entries that were changed or removed. Exit status: 0 when the chain is whole,
+1 when it is broken, 2 when the log cannot be read or the arguments are
+wrong. The log's URL is never printed with its password.
+
+The audit log's location may also come from ``$PIPELINE_AUDIT_LOG``, so a
+password-bearing URL need not be on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from typing import Optional, Sequence
+
+from io_connectors._common.masking import mask_url
+from pipelines.audit import AuditError, open_audit_log
+
+__all__ = ['main']
+
+AUDIT_LOG_VARIABLE = 'PIPELINE_AUDIT_LOG'
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog='python -m pipelines.gdpr', description=__doc__.split('\n\n')[0])
+  commands = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
+
+  def with_log(sub):
+    sub.add_argument(
+      '--audit_log',
+      default=None,
+      help=f'the audit log: postgresql://...[?table=schema.name] or a local file (default ${AUDIT_LOG_VARIABLE})',
+    )
+    return sub
+
+  erase = with_log(commands.add_parser('erase', help="remove data subjects' records from a lake output"))
+  erase.add_argument('--output', required=True, help='the batch job\'s output (local, s3:// or gs://)')
+  erase.add_argument('--tenant', required=True, help='the tenant whose subjects these are')
+  erase.add_argument('--subject_file', required=True, help='one raw identifier (user id, email) per line')
+  erase.add_argument('--pii_key_file', default=None, help='the PII master key file (default $PII_MASTER_KEY)')
+  erase.add_argument('--report', default=None, help='also write the verification report here (JSON)')
+  erase.add_argument('--actor', default=None, help='who asked, for the audit log (default: the OS user)')
+
+  export = with_log(commands.add_parser('export', help="write data subjects' records as JSON (access request)"))
+  export.add_argument('--output', required=True, help='the batch job\'s output (local, s3:// or gs://)')
+  export.add_argument('--tenant', required=True, help='the tenant whose subjects these are')
+  export.add_argument('--subject_file', required=True, help='one raw identifier (user id, email) per line')
+  export.add_argument('--destination', required=True, help='directory for the JSON files and the summary')
+  export.add_argument('--pii_key_file', default=None, help='the PII master key file (default $PII_MASTER_KEY)')
+  export.add_argument('--actor', default=None, help='who asked, for the audit log (default: the OS user)')
+
+  retention = with_log(commands.add_parser('retention', help='drop records past their retention period'))
+  retention.add_argument('--output', required=True, help='the batch job\'s output (local, s3:// or gs://)')
+  retention.add_argument(
+    '--config', required=True, help="YAML file with retention_days: {tenant or '*': {entity or '*': days}}"
+  )
+  retention.add_argument('--actor', default=None, help='who ran it, for the audit log (default: the OS user)')
+
+  report = with_log(commands.add_parser('report', help="a tenant's compliance report (HTML) for a period"))
+  report.add_argument('--tenant', required=True, help='the tenant')
+  report.add_argument('--since', required=True, help='first day (YYYY-MM-DD, UTC), included')
+  report.add_argument('--until', required=True, help='last day (YYYY-MM-DD, UTC), excluded')
+  report.add_argument('--out', required=True, help='the HTML file to write')
+
+  verify = with_log(commands.add_parser('verify-audit', help='check the audit log hash chain'))
+  verify.add_argument('--anchor', default=None, help='SEQ:HASH of an entry kept elsewhere; fails if it is gone')
+  verify.add_argument('--json', action='store_true', help='print the report as JSON')
+  show = with_log(commands.add_parser('show-audit', help='print the audit log entries'))
+  show.add_argument('--tenant', default=None, help='only entries of this tenant')
+  show.add_argument('--action', default=None, help='only entries of this action (run, erasure, ...)')
+  show.add_argument('--json', action='store_true', help='one JSON object per entry')
+  return parser
+
+
+def _audit_log(args, required: bool = True):
+  store = getattr(args, 'audit_log', None) or os.environ.get(AUDIT_LOG_VARIABLE)
+  if not store:
+    if not required:
+      return None
+    raise AuditError(f'no audit log: give --audit_log or set ${AUDIT_LOG_VARIABLE}')
+  return open_audit_log(store)
+
+
+def _request(args):
+  """(subjects, master key, audit log or None) of an erase or export request."""
+  from transforms.pii.keys import PiiKeyError, key_ref
+
+  try:
+    with open(args.subject_file, encoding='utf-8-sig') as handle:
+      subjects = [line.strip() for line in handle if line.strip()]
+  except (OSError, UnicodeDecodeError) as e:
+    raise _UsageError(f'--subject_file {args.subject_file}: {e}') from None
+  try:
+    master_key = key_ref(args.pii_key_file).load()
+  except PiiKeyError as e:
+    raise _UsageError(str(e)) from None
+  return subjects, master_key, _audit_log(args, required=False)
+
+
+def _export(args, beam_args: Sequence[str]) -> int:
+  from pipelines.compliance import ComplianceError, export_subjects
+
+  subjects, master_key, log = _request(args)
+  try:
+    metadata = export_subjects(args.output, args.tenant, subjects, master_key, args.destination, beam_args)
+  except ComplianceError as e:
+    raise _UsageError(str(e)) from None
+  if log is not None:
+    details = {k: metadata[k] for k in ('subjects', 'run_id', 'records', 'dead_letters', 'started_at', 'exported_at')}
+    metadata['audit'] = log.append('export', actor=args.actor, tenant=args.tenant, details=details).anchor
+  print(json.dumps(metadata, indent=2, sort_keys=True))
+  return 0
+
+
+def _report(args) -> int:
+  import datetime as dt
+
+  from pipelines.compliance_report import build_report, render_html
+
+  try:
+    since, until = (
+      dt.datetime.strptime(value, '%Y-%m-%d').replace(tzinfo=dt.timezone.utc) for value in (args.since, args.until)
+    )
+  except ValueError:
+    raise _UsageError(f'--since and --until must be dates YYYY-MM-DD, got {args.since!r} and {args.until!r}') from None
+  if until <= since:
+    raise _UsageError('--until must be after --since')
+  report = build_report(_audit_log(args), args.tenant, since, until)
+  with open(args.out, 'w', encoding='utf-8') as handle:
+    handle.write(render_html(report))
+  print(
+    f'{args.out}: {len(report["runs"])} runs, {len(report["erasures"])} erasures, '
+    f'{len(report["exports"])} access requests; audit chain {"intact" if report["audit"]["ok"] else "BROKEN"}'
+  )
+  return 0 if report['audit']['ok'] else 1
+
+
+def _retention(args, beam_args: Sequence[str]) -> int:
+  from pipelines.compliance import ComplianceError, apply_retention
+  from pipelines.config import ConfigError, load_yaml
+
+  try:
+    rules = (load_yaml(args.config) or {}).get('retention_days')
+  except ConfigError as e:
+    raise _UsageError(str(e)) from None
+  if rules is None:
+    raise _UsageError(f'{args.config}: no retention_days')
+  log = _audit_log(args, required=False)
+  try:
+    report = apply_retention(args.output, rules, beam_args=beam_args)
+  except ComplianceError as e:
+    raise _UsageError(f'{args.config}: {e}') from None
+  if log is not None:
+    details = {k: report[k] for k in ('run_id', 'published', 'records_removed', 'records_removed_by_tenant_and_entity')}
+    tenants = sorted(report['records_removed_by_tenant_and_entity']) or [None]
+    for tenant in tenants:
+      log.append('retention', actor=args.actor, tenant=tenant, details=details)
+  print(json.dumps(report, indent=2, sort_keys=True))
+  return 0
+
+
+def _erase(args, beam_args: Sequence[str]) -> int:
+  from pipelines.compliance import ComplianceError, erase
+
+  subjects, master_key, log = _request(args)
+  try:
+    report = erase(args.output, args.tenant, subjects, master_key, beam_args=beam_args)
+  except ComplianceError as e:
+    if log is not None:
+      log.append('erasure', actor=args.actor, tenant=args.tenant, details={'status': 'failed', 'error': str(e)[:300]})
+    raise _UsageError(str(e)) from None
+  if log is not None:
+    details = dict(report, status='succeeded', files_rewritten=len(report['files_rewritten']))
+    report['audit'] = log.append('erasure', actor=args.actor, tenant=args.tenant, details=details).anchor
+  text = json.dumps(report, indent=2, sort_keys=True)
+  if args.report:
+    with open(args.report, 'w', encoding='utf-8') as handle:
+      handle.write(text + '\n')
+  print(text)
+  return 0
+
+
+class _UsageError(Exception):
+  """A bad argument or input: one line on stderr, exit 2."""
+
+
+def _verify(args) -> int:
+  log = _audit_log(args)
+  report = log.verify(anchor=args.anchor)
+  if args.json:
+    print(json.dumps({'audit_log': mask_url(log.store), **dataclasses.asdict(report)}, indent=2))
+  elif report.ok:
+    print(f'audit log {mask_url(log.store)}: {report.entries} entries, chain intact; head {report.head or "(empty)"}')
+  else:
+    print(f'audit log {mask_url(log.store)}: BROKEN ({len(report.problems)} problems in {report.entries} entries)')
+    for problem in report.problems:
+      print(f'  {problem}')
+  return 0 if report.ok else 1
+
+
+def _show(args) -> int:
+  log = _audit_log(args)
+  for entry in log.entries():
+    if args.tenant is not None and entry.tenant != args.tenant:
+      continue
+    if args.action is not None and entry.action != args.action:
+      continue
+    if args.json:
+      print(json.dumps(dataclasses.asdict(entry), sort_keys=True))
+    else:
+      details = ', '.join(f'{k}={v}' for k, v in sorted(entry.details.items()))
+      print(f'{entry.seq:>6}  {entry.at}  {entry.action:<12} {entry.tenant or "-":<12} {entry.actor}  {details}')
+  return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  # Flags the command does not know go to Beam (the erasure job's runner and its options).
+  args, beam_args = _parser().parse_known_args(list(argv) if argv is not None else None)
+  if beam_args and args.command not in ('erase', 'export', 'retention'):
+    _parser().error(f'unrecognized arguments: {" ".join(beam_args)}')
+  try:
+    if args.command in ('erase', 'export', 'retention'):
+      return {'erase': _erase, 'export': _export, 'retention': _retention}[args.command](args, beam_args)
+    return {'verify-audit': _verify, 'show-audit': _show, 'report': _report}[args.command](args)
+  except (AuditError, _UsageError) as e:
+    print(f'gdpr {args.command}: {e}', file=sys.stderr)
+    return 2
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,143 @@
+"""A local gRPC server implementing GA4's ``google.analytics.data.v1beta.BetaAnalyticsData/RunReport``.
+
+Built on the `google-analytics-data` package's own message types (their
+protobuf wire format), served with grpc's generic handlers on 127.0.0.1 (an
+ephemeral port, plaintext). It answers as the API documents: dimension and
+metric headers (metric types per metric), ``limit``/``offset`` paging with
+``row_count``, ``property_quota`` when asked (hourly and daily tokens that
+each request consumes), RESOURCE_EXHAUSTED once the hourly tokens are spent,
+UNAUTHENTICATED without a valid bearer token, PERMISSION_DENIED for
+properties the token cannot read, INVALID_ARGUMENT for unknown names.
+
+    with GA4Fake() as ga4:
+      ga4.add_rows('123', '2024-06-01', [({'country': 'DE'}, {'activeUsers': '7'})])
+      ga4.exhaust(2)       # the next two requests: RESOURCE_EXHAUSTED
+      ... ga4.endpoint ...
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent import futures
+from typing import Dict, List, Tuple
+
+import grpc
+from google.analytics.data_v1beta.types import (
+  DimensionHeader,
+  DimensionValue,
+  MetricHeader,
+  MetricType,
+  MetricValue,
+  PropertyQuota,
+  QuotaStatus,
+  Row,
+  RunReportRequest,
+  RunReportResponse,
+)
+
+__all__ = ['GA4Fake', 'METRICS', 'DIMENSIONS']
+
+SERVICE = 'google.analytics.data.v1beta.BetaAnalyticsData'
+METRICS = {
+  'activeUsers': MetricType.TYPE_INTEGER,
+  'sessions': MetricType.TYPE_INTEGER,
+  'engagementRate': MetricType.TYPE_FLOAT,
+  'averageSessionDuration': MetricType.TYPE_SECONDS,
+  'totalRevenue': MetricType.TYPE_CURRENCY,
+}
+DIMENSIONS = ('country', 'deviceCategory', 'date', 'eventName', 'city')
+
+
+class GA4Fake:
+  TOKEN = 'ya29.ga4-fake-token-5d1e'
+
+  def __init__(self, tokens_per_hour: int = 10_000, tokens_per_day: int = 100_000):
+    self.lock = threading.Lock()
+    self.rows: Dict[Tuple[str, str], List[Tuple[dict, dict]]] = {}
+    self.requests: List[RunReportRequest] = []
+    self.tokens_per_hour = tokens_per_hour
+    self.tokens_per_day = tokens_per_day
+    self.consumed_hour = 0
+    self.consumed_day = 0
+    self._exhausted = 0
+    self.valid_token = self.TOKEN
+    self.denied_properties = set()
+    self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    handler = grpc.method_handlers_generic_handler(
+      SERVICE,
+      {
+        'RunReport': grpc.unary_unary_rpc_method_handler(
+          self._run_report,
+          request_deserializer=RunReportRequest.deserialize,
+          response_serializer=RunReportResponse.serialize,
+        )
+      },
+    )
+    self._server.add_generic_rpc_handlers((handler,))
+    self.port = self._server.add_insecure_port('127.0.0.1:0')
+
+  @property
+  def endpoint(self) -> str:
+    return f'127.0.0.1:{self.port}'
+
+  def __enter__(self):
+    self._server.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._server.stop(grace=None)
+
+  def add_rows(self, property_id: str, date: str, rows: List[Tuple[dict, dict]]):
+    self.rows.setdefault((property_id, date), []).extend(rows)
+
+  def exhaust(self, times: int = 1):
+    with self.lock:
+      self._exhausted += times
+
+  def revoke(self):
+    self.valid_token = None
+
+  def _run_report(self, request: RunReportRequest, context):
+    metadata = dict(context.invocation_metadata())
+    with self.lock:
+      self.requests.append(request)
+    if self.valid_token is None or metadata.get('authorization') != f'Bearer {self.valid_token}':
+      context.abort(grpc.StatusCode.UNAUTHENTICATED, 'Request had invalid authentication credentials.')
+    property_id = request.property.split('/')[-1]
+    if property_id in self.denied_properties:
+      context.abort(grpc.StatusCode.PERMISSION_DENIED, 'User does not have sufficient permissions for this property.')
+    unknown = [d.name for d in request.dimensions if d.name not in DIMENSIONS]
+    unknown += [m.name for m in request.metrics if m.name not in METRICS]
+    if unknown:
+      context.abort(grpc.StatusCode.INVALID_ARGUMENT, f'Field {unknown[0]} is not a valid dimension or metric.')
+    with self.lock:
+      if self._exhausted:
+        self._exhausted -= 1
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, 'Exhausted property tokens per hour for the property.')
+      if self.consumed_hour >= self.tokens_per_hour:
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, 'Exhausted property tokens per hour for the property.')
+      self.consumed_hour += 5
+      self.consumed_day += 5
+    rows = []
+    date = request.date_ranges[0].start_date
+    for dims, metrics in self.rows.get((property_id, date), []):
+      rows.append(
+        Row(
+          dimension_values=[DimensionValue(value=dims.get(d.name, '(not set)')) for d in request.dimensions],
+          metric_values=[MetricValue(value=str(metrics.get(m.name, '0'))) for m in request.metrics],
+        )
+      )
+    limit = request.limit or 10_000
+    page = rows[request.offset : request.offset + limit]
+    response = RunReportResponse(
+      dimension_headers=[DimensionHeader(name=d.name) for d in request.dimensions],
+      metric_headers=[MetricHeader(name=m.name, type_=METRICS[m.name]) for m in request.metrics],
+      rows=page,
+      row_count=len(rows),
+    )
+    if request.return_property_quota:
+      response.property_quota = PropertyQuota(
+        tokens_per_hour=QuotaStatus(consumed=5, remaining=max(0, self.tokens_per_hour - self.consumed_hour)),
+        tokens_per_day=QuotaStatus(consumed=5, remaining=max(0, self.tokens_per_day - self.consumed_day)),
+      )
+    return response

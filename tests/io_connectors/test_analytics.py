@@ -1,0 +1,626 @@
+"""Analytics sources (Mixpanel, Amplitude, Segment) and the Mixpanel sink against local fakes of their APIs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import json
+import os
+import pickle
+import shutil
+import tempfile
+import uuid
+
+import apache_beam as beam
+import pyarrow as pa
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+
+from io_connectors import registry
+from io_connectors.apis.analytics.amplitude import AmplitudeOptions, ReadFromAmplitude
+from io_connectors.apis.analytics.mixpanel import (
+  MixpanelOptions,
+  MixpanelSinkOptions,
+  ReadFromMixpanel,
+  WriteToMixpanel,
+)
+from io_connectors.apis.http.client import RetryPolicy
+from tests.io_connectors.analytics_fakes import AmplitudeFake, MixpanelFake, amplitude_event, mixpanel_event
+from transforms.dead_letter import IncrementalOutputs
+from transforms.entities import AnalyticsEvent
+from transforms.records import ROW_COLUMN, SOURCE_COLUMN
+
+UTC = dt.timezone.utc
+FAST_RETRY = RetryPolicy(backoff_base=0.02, backoff_max=0.2, max_retry_after=2.0, timeout=30)
+DAY = dt.datetime(2024, 6, 1, tzinfo=UTC)
+
+
+def _rows(records, label='Rows'):
+  return records | label >> beam.FlatMap(lambda b: b.to_pylist())
+
+
+class _Saved:
+  """Elements a pipeline produced, written to files (the runner's workers are other processes)."""
+
+  def __init__(self):
+    self.dir = tempfile.mkdtemp(prefix='analytics-test-')
+
+  def save(self, pcoll, label):
+    directory = self.dir
+
+    def write(element):
+      with open(os.path.join(directory, uuid.uuid4().hex), 'wb') as handle:
+        pickle.dump(element, handle)
+
+    return pcoll | label >> beam.Map(write)
+
+  def items(self):
+    found = []
+    for name in sorted(os.listdir(self.dir)):
+      with open(os.path.join(self.dir, name), 'rb') as handle:
+        found.append(pickle.load(handle))
+    shutil.rmtree(self.dir, ignore_errors=True)
+    return found
+
+
+def _run(build):
+  """{'records': rows, 'dead_letter': letters, ...}: build(p) returns a mapping of named PCollections."""
+  saved = {}
+  with TestPipeline() as p:
+    for name, pcoll in build(p).items():
+      saved[name] = _Saved()
+      saved[name].save(pcoll, f'Save{name}')
+  out = {name: s.items() for name, s in saved.items()}
+  if 'records' in out and out['records'] and isinstance(out['records'][0], pa.RecordBatch):
+    out['records'] = [row for batch in out['records'] for row in batch.to_pylist()]
+  return out
+
+
+def _collect(transform):
+  """(rows, dead letters) of a source run on the DirectRunner."""
+
+  def build(p):
+    result = p | transform
+    return {'records': result.records, 'dead_letter': result.dead_letter}
+
+  out = _run(build)
+  return out['records'], out['dead_letter']
+
+
+@pytest.fixture
+def mixpanel(monkeypatch):
+  monkeypatch.setenv('MIXPANEL_USERNAME', MixpanelFake.USERNAME)
+  monkeypatch.setenv('MIXPANEL_SECRET', MixpanelFake.SECRET)
+  with MixpanelFake(timezone='Europe/Berlin') as fake:
+    yield fake
+
+
+@pytest.fixture
+def amplitude(monkeypatch):
+  monkeypatch.setenv('AMPLITUDE_API_KEY', AmplitudeFake.API_KEY)
+  monkeypatch.setenv('AMPLITUDE_SECRET_KEY', AmplitudeFake.SECRET_KEY)
+  with AmplitudeFake() as fake:
+    yield fake
+
+
+def _mixpanel_options(fake, **kwargs):
+  kwargs.setdefault('start_date', '2024-06-01')
+  kwargs.setdefault('end_date', '2024-06-03')
+  return MixpanelOptions(
+    project_id=MixpanelFake.PROJECT,
+    project_timezone='Europe/Berlin',
+    base_url=fake.url,
+    rate=None,
+    window=None,
+    retry=FAST_RETRY,
+    allow_private_addresses=True,
+    **kwargs,
+  )
+
+
+# ----- Mixpanel export -----
+
+
+def test_mixpanel_days_rate_limit_bad_lines_and_dedup_key(mixpanel):
+  # 3 project days (Berlin, 72 events each); Berlin's midnight is 22:00 UTC the day before.
+  start = dt.datetime(2024, 5, 31, 22, 0, tzinfo=UTC)
+  events = [mixpanel_event(i, start + dt.timedelta(minutes=20 * i)) for i in range(216)]
+  events[5]['properties'].pop('$insert_id')  # no insert id: the whole event is its identity
+  events[7]['properties']['nested'] = {'a': [1, 2], 'b': {'c': 'x'}}
+  mixpanel.add_events(events)
+  mixpanel.add_events([dict(events[10])])  # Mixpanel serves a duplicate: same dedup identity
+  mixpanel.raw_lines['2024-06-02'] = [
+    b'{"event": "Song Played", "properties": {"time": 17',  # cut line
+    b'["not", "an", "object"]',
+    json.dumps({'properties': {'time': 1717300000, 'distinct_id': 'u'}}).encode(),  # no event name
+    json.dumps(mixpanel_event(999, dt.datetime(2024, 6, 20, tzinfo=UTC))).encode(),  # outside its day
+  ]
+  mixpanel.inject('export', 'rate_limit')  # mid-run: waits and asks for that day again
+
+  rows, letters = _collect(ReadFromMixpanel(_mixpanel_options(mixpanel)))
+  assert len(rows) == 217
+  assert len({r['event_id'] for r in rows}) == 216  # the duplicate shares its event_id
+  by_insert = {r['insert_id']: r for r in rows}
+  first = by_insert['mpins0000000000']
+  assert first['provider'] == 'mixpanel' and first['event_name'] == 'Search'
+  assert first['event_time'] == start and first['user_id'] == 'user-0' and first['anonymous_id'] == 'dev-0'
+  assert first['os'] == 'Android' and first['country'] == 'DE' and first['app_version'] == '5.2.0'
+  assert first['properties']['track_id'] == 'trk00000' and first['properties']['position_ms'] == 0
+  assert 'distinct_id' not in first['properties'] and '$insert_id' not in first['properties']
+  assert by_insert['mpins0000000007']['properties']['nested'] == {'a': [1, 2], 'b': {'c': 'x'}}
+  assert sum(1 for r in rows if r['insert_id'] is None) == 1
+  assert all(MixpanelFake.SECRET not in r[SOURCE_COLUMN] for r in rows)
+  reasons = sorted((lt['reason'], lt['position']) for lt in letters)
+  assert reasons == [
+    ('invalid_value', 'line 75'),
+    ('invalid_value', 'line 76'),
+    ('malformed_json', 'line 73'),
+    ('malformed_json', 'line 74'),
+  ], reasons
+  outside = next(lt for lt in letters if 'outside' in lt['detail'])
+  assert 'day 2024-06-02' in outside['source'] and outside['record']['properties']['$insert_id'] == 'mpins0000000999'
+  assert any('unknown mixpanel event shape' in lt['detail'] for lt in letters)
+  exports = mixpanel.served('/api/2.0/export')
+  assert len(exports) == 4  # 3 days + the rate-limited request again
+  assert sorted({r['params']['from_date'] for r in exports}) == ['2024-06-01', '2024-06-02', '2024-06-03']
+  # Rows validate as the entity.
+  for row in rows[:20]:
+    AnalyticsEvent.model_validate({k: v for k, v in row.items() if k not in (SOURCE_COLUMN, ROW_COLUMN)})
+
+
+def test_mixpanel_expired_credentials_stop_with_a_clear_error(mixpanel):
+  mixpanel.add_events([mixpanel_event(1, DAY)])
+  mixpanel.revoke()
+  with pytest.raises(Exception) as info:
+    _collect(ReadFromMixpanel(_mixpanel_options(mixpanel, end_date='2024-06-01')))
+  text = str(info.value)
+  assert 'Mixpanel refused the credentials from $MIXPANEL_USERNAME, $MIXPANEL_SECRET (HTTP 401)' in text
+  assert MixpanelFake.SECRET not in text and MixpanelFake.USERNAME not in text
+
+
+def test_mixpanel_incremental_cursor_stops_before_a_failed_day(mixpanel, tmp_path):
+  mixpanel.add_events([mixpanel_event(i, DAY + dt.timedelta(hours=10 * i)) for i in range(8)])
+  mixpanel.inject('export', 'pass')
+  mixpanel.inject('export', 'http', 400)  # one day refused for good (requests run in day order here)
+  store = str(tmp_path / 'state')
+  transform = ReadFromMixpanel(_mixpanel_options(mixpanel, state_store=store, tenant='acme'))
+  assert transform.days() == ['2024-06-01', '2024-06-02', '2024-06-03']
+
+  def build(p):
+    result = p | transform
+    assert isinstance(result, IncrementalOutputs)
+    return {'cursors': result.cursors, 'l': result.dead_letter}
+
+  out = _run(build)
+  failed_day = out['l'][0]['position'].split()[-1]
+  assert [lt['reason'] for lt in out['l']] == ['source_error']
+  expected = {'2024-06-01': [], '2024-06-02': ['2024-06-01'], '2024-06-03': ['2024-06-02']}[failed_day]
+  assert [c['value'] for c in out['cursors']] == expected
+  if expected:
+    from io_connectors import commit_cursors
+
+    commit_cursors(out['cursors'])
+    again = ReadFromMixpanel(_mixpanel_options(mixpanel, state_store=store, tenant='acme', lookback_days=0))
+    # lookback 0: starts the day after the cursor; 2: reads the cursor's day and the one before again.
+    after = (dt.date.fromisoformat(expected[0]) + dt.timedelta(days=1)).isoformat()
+    assert again.days()[0] == after
+    twice = ReadFromMixpanel(_mixpanel_options(mixpanel, state_store=store, tenant='acme', lookback_days=2))
+    assert twice.days()[0] == '2024-06-01' and twice.days()[-1] == '2024-06-03'
+
+
+# ----- Mixpanel import (sink) -----
+
+
+def _event_batch(n, start=0):
+  rows = [
+    {
+      'event_id': f'mixpanel:{i:032x}',
+      'provider': 'segment',
+      'event_name': 'Song Played',
+      'event_time': DAY + dt.timedelta(seconds=i),
+      'user_id': f'pseudo-{i % 5}',
+      'anonymous_id': None,
+      'insert_id': f'ins-{i}' if i % 2 else None,
+      'os': 'iOS',
+      'properties': {'track_id': f'trk{i}', 'ms': i},
+    }
+    for i in range(start, start + n)
+  ]
+  return pa.RecordBatch.from_pylist(rows)
+
+
+def test_write_to_mixpanel_batches_waits_on_429_and_dead_letters_rejected_events(mixpanel):
+  bad = _event_batch(1, start=5000).to_pylist()[0]
+  bad['event_name'] = ''  # Mixpanel refuses an empty event name
+  batches = [_event_batch(1200), _event_batch(700, start=1200), pa.RecordBatch.from_pylist([bad])]
+  mixpanel.inject('import', 'rate_limit')  # the first batch waits and is sent again
+  sink = WriteToMixpanel(MixpanelSinkOptions(MixpanelFake.PROJECT, api_url=mixpanel.url, batch_size=500))
+
+  def build(p):
+    result = p | beam.Create(batches, reshuffle=False) | sink
+    return {'ok': result.records, 'l': result.dead_letter}
+
+  out = _run(build)
+  assert sum(r['imported'] for r in out['ok']) == 1900
+  assert len(mixpanel.imported) == 1900  # nothing doubled by the resend
+  assert [lt['reason'] for lt in out['l']] == ['source_error']
+  assert "'event' must be a non-empty string" in out['l'][0]['detail']
+  sent = mixpanel.served('/import')
+  assert all(len(json.loads(r['form']['data'])) <= 500 for r in sent)
+  assert all(r['params'].get('project_id') == MixpanelFake.PROJECT for r in sent)
+  one = next(e for e in mixpanel.imported.values() if e['properties']['track_id'] == 'trk3')
+  assert one['properties']['$insert_id'] == 'ins-3' and one['properties']['time'] == int((DAY.timestamp() + 3) * 1000)
+
+
+# ----- Amplitude export -----
+
+
+def _amplitude_options(fake, **kwargs):
+  kwargs.setdefault('start', '20240601T00')
+  kwargs.setdefault('end', '20240601T23')
+  return AmplitudeOptions(base_url=fake.url, rate=None, retry=FAST_RETRY, allow_private_addresses=True, **kwargs)
+
+
+def test_amplitude_hour_ranges_members_and_dedup(amplitude):
+  events = [amplitude_event(i, DAY + dt.timedelta(minutes=7 * i)) for i in range(200)]  # ~23 hours
+  events[3]['$insert_id'] = None
+  events.append(dict(events[20]))  # served twice: same insert_id, same device
+  late = amplitude_event(500, DAY - dt.timedelta(days=3))  # event time long before, uploaded in range
+  late['server_upload_time'] = (DAY + dt.timedelta(hours=2)).strftime('%Y-%m-%d %H:%M:%S.%f')
+  amplitude.add_events(events + [late])
+  amplitude.inject('export', 'pass')
+  amplitude.inject('export', 'rate_limit')  # the second range waits, then is asked again
+
+  rows, letters = _collect(ReadFromAmplitude(_amplitude_options(amplitude, hours_per_request=6)))
+  assert letters == []
+  assert len(rows) == 202 and len({r['event_id'] for r in rows}) == 201
+  exports = amplitude.served('/api/2/export')
+  assert sorted({(r['params']['start'], r['params']['end']) for r in exports}) == [
+    ('20240601T00', '20240601T05'),
+    ('20240601T06', '20240601T11'),
+    ('20240601T12', '20240601T17'),
+    ('20240601T18', '20240601T23'),
+  ]
+  assert len(exports) == 5
+  row = next(r for r in rows if r['insert_id'] == 'ins-00000007')
+  assert row['event_name'] == 'song_played' and row['user_id'] == 'user-0' and row['anonymous_id'] == 'dev-0007'
+  assert row['event_time'] == DAY + dt.timedelta(minutes=49) and row['os'] == 'ios' and row['app_version'] == '8.9.1'
+  assert row['properties'] == {'track_id': 'trk00007', 'ms_played': 7000, 'shuffle': True}
+  assert row['user_properties'] == {'plan': 'premium'} and row['context']['amplitude_id'] == 900000007
+  assert 'device_id' not in row['context'] and row['ip_address'] == '10.0.7.8'
+  assert row[SOURCE_COLUMN].startswith('amplitude export 20240601T') and row[ROW_COLUMN] >= 1
+  assert any(r['event_time'] == DAY - dt.timedelta(days=3) for r in rows)  # late events are kept
+
+
+def test_amplitude_corrupt_zip_member_and_time_outside_range(amplitude):
+  amplitude.add_events([amplitude_event(i, DAY + dt.timedelta(minutes=30 * i)) for i in range(8)])
+  amplitude.inject('export', 'corrupt_member', DAY + dt.timedelta(hours=1))
+  rows, letters = _collect(ReadFromAmplitude(_amplitude_options(amplitude, end='20240601T03')))
+  assert len(rows) == 6
+  assert [(lt['reason'], lt['position']) for lt in letters] == [
+    ('corrupt_file', f'member {AmplitudeFake.PROJECT}/{AmplitudeFake.PROJECT}_2024-06-01_1#0.json.gz')
+  ]
+
+  amplitude.inject('export', 'corrupt_zip')
+  rows, letters = _collect(ReadFromAmplitude(_amplitude_options(amplitude, end='20240601T03')))
+  assert rows == [] and [lt['reason'] for lt in letters] == ['corrupt_file']
+  assert 'not a readable zip' in letters[0]['detail']
+
+
+def test_amplitude_expired_credentials(amplitude):
+  amplitude.add_events([amplitude_event(1, DAY)])
+  amplitude.revoke()
+  with pytest.raises(Exception) as info:
+    _collect(ReadFromAmplitude(_amplitude_options(amplitude, end='20240601T01')))
+  assert 'Amplitude refused the credentials from $AMPLITUDE_API_KEY, $AMPLITUDE_SECRET_KEY (HTTP 401)' in str(
+    info.value
+  )
+  assert AmplitudeFake.SECRET_KEY not in str(info.value)
+
+
+# ----- Segment archive -----
+
+
+def segment_message(i: int, kind: str = 'track') -> dict:
+  message = {
+    'type': kind,
+    'messageId': f'api-{i:06d}',
+    'timestamp': (DAY + dt.timedelta(seconds=i)).isoformat().replace('+00:00', 'Z'),
+    'receivedAt': (DAY + dt.timedelta(seconds=i + 1)).isoformat().replace('+00:00', 'Z'),
+    'userId': f'user-{i % 4}',
+    'anonymousId': f'anon-{i}',
+    'writeKey': 'wk-should-never-be-kept',
+    'context': {
+      'ip': '192.0.2.7',
+      'os': {'name': 'Android', 'version': '14'},
+      'app': {'version': '3.1.0', 'build': '310'},
+      'location': {'country': 'United States', 'city': 'Austin'},
+      'library': {'name': 'analytics-android', 'version': '4.11'},
+    },
+  }
+  if kind == 'track':
+    message.update(event='Song Played', properties={'track_id': f'trk{i}', 'position': i})
+  elif kind in ('page', 'screen'):
+    message.update(name='Home', properties={'url': 'https://m.example/home'} if kind == 'page' else {})
+  elif kind == 'identify':
+    message.update(traits={'plan': 'family', 'age': 31})
+  return message
+
+
+def test_segment_archive_layout_kinds_and_bad_files(tmp_path):
+  day_ms = int(DAY.timestamp() * 1000)
+  folder = tmp_path / 'segment-logs' / 'SrcA1' / str(day_ms)
+  folder.mkdir(parents=True)
+  kinds = ['track', 'identify', 'page', 'screen']
+  messages = [segment_message(i, kinds[i % 4]) for i in range(40)]
+  (folder / f'{day_ms + 1000}.a1.gz').write_bytes(
+    gzip.compress(b''.join(json.dumps(m).encode() + b'\n' for m in messages[:30]) + b'{"type": "track", \n')
+  )
+  (folder / f'{day_ms + 2000}.a2.gz').write_bytes(
+    gzip.compress(b''.join(json.dumps(m).encode() + b'\n' for m in messages[30:]) + b'{"weird": 1}\n')
+  )
+  (folder / f'{day_ms + 3000}.a3.gz').write_bytes(gzip.compress(b'{"type": "track"}\n' * 50)[:40])  # cut gzip
+  other = tmp_path / 'segment-logs' / 'SrcA1' / str(day_ms + 86400000 * 5)
+  other.mkdir()
+  (other / 'x.gz').write_bytes(gzip.compress(json.dumps(segment_message(99)).encode()))
+  pattern = str(tmp_path / 'segment-logs' / 'SrcA1' / '*' / '*.gz')
+
+  transform = registry.build({'type': 'segment_archive', 'input': pattern, 'end_date': '2024-06-02'})
+  assert len(transform.files()) == 3 and transform.default_entity == 'analytics_event'
+  rows, letters = _collect(transform)
+  assert len(rows) == 40
+  by_id = {r['insert_id']: r for r in rows}
+  track, ident, page, screen = (by_id[f'api-{i:06d}'] for i in range(4))
+  assert track['event_type'] == 'track' and track['event_name'] == 'Song Played'
+  assert track['properties'] == {'track_id': 'trk0', 'position': 0}  # url went to page
+  assert ident['event_name'] == 'identify' and ident['user_properties'] == {'plan': 'family', 'age': 31}
+  assert page['event_name'] == 'Home' and page['page'] == 'https://m.example/home'
+  assert screen['event_type'] == 'screen' and screen['event_name'] == 'Home'
+  assert track['os'] == 'Android' and track['app_version'] == '3.1.0' and track['city'] == 'Austin'
+  assert track['ip_address'] == '192.0.2.7' and track['event_time'] == DAY
+  assert 'ip' not in track['context']['context'] and track['context']['context']['os'] == {'version': '14'}
+  assert all('writeKey' not in (r['context'] or {}) for r in rows)
+  assert 'wk-should-never-be-kept' not in json.dumps([str(r) for r in rows])
+  got = sorted((lt['reason'], lt['position'] or '') for lt in letters)
+  assert got == [('corrupt_file', ''), ('invalid_value', 'line 11'), ('malformed_json', 'line 31')], got
+
+
+def test_registry_checks_analytics_config():
+  with pytest.raises(registry.ConfigError, match='unknown option'):
+    registry.build({'type': 'mixpanel', 'project_id': '1', 'start_date': '2024-01-01', 'projcet': 'x'})
+  with pytest.raises(registry.ConfigError, match='project_timezone'):
+    registry.build({'type': 'mixpanel', 'project_id': '1', 'start_date': '2024-01-01', 'project_timezone': 'Mars/Base'})
+  with pytest.raises(registry.ConfigError, match='end .* is before start'):
+    registry.build({'type': 'amplitude', 'start': '20240602T00', 'end': '20240601T00'})
+  assert registry.default_entity({'type': 'amplitude', 'start': '20240601T00'}) == 'analytics_event'
+
+
+# ----- Segment webhooks: receiver -> Redis stream -> SegmentEvents -----
+
+
+def test_segment_webhook_deliveries_through_the_receiver_into_events(tmp_path, monkeypatch):
+  import redis
+
+  from io_connectors.apis.analytics.segment import SegmentEvents
+  from io_connectors.streams.redis_streams import ReadFromRedisStreams, RedisStreamsOptions
+  from io_connectors.streams.webhooks import segment_signature
+  from tests.conftest import ensure_service
+  from tests.io_connectors.test_webhooks import REDIS_PASSWORD, Receiver
+
+  secret = 'seg-shared-secret-19ad'
+  monkeypatch.setenv('WH_SECRET_SEG', secret)
+  port = ensure_service('redis')
+  prefix = f'test-{uuid.uuid4().hex[:12]}:'
+  receiver = Receiver(
+    tmp_path, port, prefix, extra_args=('--source', 'segment=WH_SECRET_SEG', '--segment_source', 'segment')
+  )
+  client = redis.Redis(host='127.0.0.1', port=port, password=REDIS_PASSWORD, socket_timeout=30)
+  try:
+
+    def post(message, signature=None, body=None):
+      body = json.dumps(message).encode() if body is None else body
+      headers = {'Content-Type': 'application/json', 'X-Signature': signature or segment_signature(secret, body)}
+      return receiver.client.post('/webhooks/segment', content=body, headers=headers)
+
+    kinds = ['track', 'identify', 'page', 'screen']
+    for i in range(12):
+      assert post(segment_message(i, kinds[i % 4])).status_code == 202
+    assert post(segment_message(3, 'screen')).status_code == 409  # Segment's retry of a stored message
+    assert post(segment_message(50), signature='0' * 40).status_code == 401
+    assert post(segment_message(51), signature=segment_signature('wrong', b'x')).status_code == 401
+    cut = b'{"type": "track", "messageId": "m-cut"'
+    assert post(None, body=cut, signature=segment_signature(secret, cut)).status_code == 400
+    odd = {'messageId': 'odd-1', 'foo': 'bar'}  # signed, JSON, but no Segment event shape
+    assert post(odd).status_code == 202
+
+    options = RedisStreamsOptions(
+      url=f'redis://127.0.0.1:{port}/0',
+      password_env='REDIS_PASSWORD',
+      streams=[f'{prefix}segment'],
+      group='analytics-test',
+      payload_field='body',
+      bounded=True,
+      block_ms=100,
+    )
+    monkeypatch.setenv('REDIS_PASSWORD', REDIS_PASSWORD)
+
+    def build(p):
+      stream = p | ReadFromRedisStreams(options)
+      events = stream.records | SegmentEvents()
+      return {'records': events.records, 'dead_letter': events.dead_letter, 'read_letters': stream.dead_letter}
+
+    out = _run(build)
+  finally:
+    receiver.close()
+    keys = list(client.scan_iter(match=f'{prefix}*', count=1000))
+    if keys:
+      client.delete(*keys)
+    client.close()
+  rows = out['records']
+  assert len(rows) == 12 and out['read_letters'] == []
+  assert {r['insert_id'] for r in rows} == {f'api-{i:06d}' for i in range(12)}
+  ident = next(r for r in rows if r['event_type'] == 'identify')
+  assert ident['user_properties'] == {'plan': 'family', 'age': 31} and ident['provider'] == 'segment'
+  assert all(r[SOURCE_COLUMN] == f'redis://{prefix}segment' for r in rows)
+  [letter] = out['dead_letter']
+  assert letter['reason'] == 'invalid_value' and 'unknown segment event shape' in letter['detail']
+  assert letter['position'].startswith('entry ') and letter['record']['messageId'] == 'odd-1'
+
+
+# ----- Google Analytics 4 (gRPC) -----
+
+
+@pytest.fixture
+def ga4(monkeypatch):
+  from tests.io_connectors.ga4_fake import GA4Fake
+
+  monkeypatch.setenv('GA4_ACCESS_TOKEN', GA4Fake.TOKEN)
+  with GA4Fake() as fake:
+    yield fake
+
+
+def _ga4_options(fake, **kwargs):
+  from io_connectors.apis.analytics.ga4 import GA4Options
+
+  kwargs.setdefault('properties', ['314159', '271828'])
+  kwargs.setdefault('dimensions', ['country', 'deviceCategory'])
+  kwargs.setdefault('metrics', ['activeUsers', 'engagementRate', 'averageSessionDuration', 'totalRevenue'])
+  kwargs.setdefault('start_date', '2024-06-01')
+  kwargs.setdefault('end_date', '2024-06-02')
+  return GA4Options(
+    endpoint=fake.endpoint,
+    insecure=True,
+    access_token_env='GA4_ACCESS_TOKEN',
+    quota_pause_s=0.05,
+    min_tokens_remaining=0,
+    **kwargs,
+  )
+
+
+def _ga4_rows(n, seed=0):
+  countries = ['DE', 'US', 'BR', 'JP', 'IN', 'FR', 'GB']
+  return [
+    (
+      {'country': countries[i % 7], 'deviceCategory': f'device-{i}'},
+      {
+        'activeUsers': str(100 + i + seed),
+        'engagementRate': f'0.{i + 1:03d}',
+        'averageSessionDuration': f'{30.5 + i}',
+        'totalRevenue': f'{i * 1.25:.2f}',
+      },
+    )
+    for i in range(n)
+  ]
+
+
+def test_ga4_pages_to_row_count_types_and_quota_waits(ga4):
+  from io_connectors.apis.analytics.ga4 import ReadFromGA4
+
+  ga4.add_rows('314159', '2024-06-01', _ga4_rows(25))
+  ga4.add_rows('314159', '2024-06-02', _ga4_rows(7, seed=1))
+  ga4.add_rows('271828', '2024-06-01', _ga4_rows(3))
+  ga4.exhaust(2)  # RESOURCE_EXHAUSTED twice mid-run: waits, then the same page again
+  rows, letters = _collect(ReadFromGA4(_ga4_options(ga4, page_size=10)))
+  assert letters == []
+  assert len(rows) == 35 and len({r['report_id'] for r in rows}) == 35
+  first = next(
+    r
+    for r in rows
+    if r['property_id'] == '314159' and r['date'] == '2024-06-01' and r['dimensions']['deviceCategory'] == 'device-0'
+  )
+  assert first['dimensions'] == {'country': 'DE', 'deviceCategory': 'device-0'}
+  assert first['metrics'] == {
+    'activeUsers': 100,
+    'engagementRate': 0.001,
+    'averageSessionDuration': 30.5,
+    'totalRevenue': 0.0,
+  }
+  assert isinstance(first['metrics']['activeUsers'], int)
+  offsets = sorted(
+    r.offset for r in ga4.requests if r.property == 'properties/314159' and r.date_ranges[0].start_date == '2024-06-01'
+  )
+  assert [o for o in offsets if o] == [10, 20]  # paged to row_count, page size 10
+  assert all(r.return_property_quota and r.limit == 10 for r in ga4.requests)
+  # 4 property-days with data + 1 empty (271828 on 06-02) = 7 pages of data requests, plus the 2 refused
+  assert len(ga4.requests) == 3 + 1 + 1 + 1 + 2
+
+
+def test_ga4_expired_token_and_denied_property(ga4):
+  from io_connectors.apis.analytics.ga4 import ReadFromGA4
+
+  ga4.add_rows('314159', '2024-06-01', _ga4_rows(2))
+  ga4.revoke()
+  with pytest.raises(Exception) as info:
+    _collect(ReadFromGA4(_ga4_options(ga4, properties=['314159'], end_date='2024-06-01')))
+  assert 'GA4 refused the credentials from $GA4_ACCESS_TOKEN for property 314159 day 2024-06-01' in str(info.value)
+  assert ga4.TOKEN not in str(info.value)
+
+
+def test_ga4_unknown_metric_is_a_dead_letter_and_cursor_rereads_last_days(ga4, tmp_path):
+  from io_connectors import commit_cursors
+  from io_connectors.apis.analytics.ga4 import ReadFromGA4
+
+  rows, letters = _collect(ReadFromGA4(_ga4_options(ga4, properties=['314159'], metrics=['notAMetric'])))
+  assert rows == [] and [lt['reason'] for lt in letters] == ['source_error', 'source_error']
+  assert 'notAMetric' in letters[0]['detail']
+
+  store = str(tmp_path / 'state')
+  commit_cursors([{'store': store, 'key': 'ga4/acme/properties/314159', 'value': '2024-06-10'}])
+  transform = ReadFromGA4(
+    _ga4_options(ga4, properties=['314159'], end_date='2024-06-11', state_store=store, tenant='acme', lookback_days=3)
+  )
+  assert transform.days() == ['2024-06-08', '2024-06-09', '2024-06-10', '2024-06-11']
+
+
+def test_hostile_shapes_keep_every_event_and_write_to_parquet():
+  import io
+
+  import pyarrow.parquet as pq
+
+  from io_connectors.apis.analytics._events import map_events, parse_lines
+  from io_connectors.apis.analytics.mixpanel import MIXPANEL_SHAPE
+
+  lines = [
+    # Numeric ids, empty objects, odd keys, and a time as text: the shapes disagree, so the row path runs.
+    {'event': 'a', 'properties': {'time': 1717200000, 'distinct_id': 12345, '': 1, 'a.b': 2, 'e': {}, 'x': {'y': {}}}},
+    {'event': 'b', 'properties': {'time': '1717200001', 'distinct_id': 'u', 'emoji': '🎵', 'n': {'d': [{'k': 1}]}}},
+  ]
+  data = b'\n'.join(json.dumps(line).encode() for line in lines) + b'\n{"event": "c", "properties": {"x": "\xe9"}}\n'
+  raw, numbers, letters = parse_lines(data, 'src')
+  batch, mapped = map_events(raw, numbers, MIXPANEL_SHAPE, 'src')
+  assert [(lt['reason'], lt['position']) for lt in letters + mapped] == [('bad_encoding', 'line 3')]
+  rows = batch.to_pylist()
+  assert [r['user_id'] for r in rows] == ['12345', 'u']
+  assert [r['event_time'].timestamp() for r in rows] == [1717200000, 1717200001]
+  kept = json.loads(rows[0]['properties'])  # disagreeing shapes: JSON text, without what was mapped
+  assert kept == {'': 1, 'a.b': 2, 'e': {}, 'x': {'y': {}}}
+  assert 'distinct_id' not in rows[1]['properties'] and '🎵' in rows[1]['properties']
+
+  same_shape = b''.join(
+    json.dumps(
+      {'event': 'a', 'properties': {'time': 1717200000 + i, 'distinct_id': 'u', 'e': {}, 'x': {'y': {}}}}
+    ).encode()
+    + b'\n'
+    for i in range(3)
+  )
+  raw, numbers, _ = parse_lines(same_shape, 'src')
+  batch, _ = map_events(raw, numbers, MIXPANEL_SHAPE, 'src')
+  pq.write_table(pa.Table.from_batches([batch]), io.BytesIO())  # no struct without fields reaches Parquet
+  assert batch.column('properties').to_pylist()[0] == {'e': None, 'x': {'y': None}}
+
+
+def test_amplitude_incremental_ranges_read_the_last_hours_again(tmp_path):
+  from io_connectors import commit_cursors
+
+  store = str(tmp_path / 'state')
+  options = dict(start='20240601T00', end='20240601T23', hours_per_request=4, state_store=store, tenant='acme')
+  assert ReadFromAmplitude(AmplitudeOptions(**options)).ranges()[0] == ('20240601T00', '20240601T03')
+  commit_cursors([{'store': store, 'key': 'amplitude/acme/export', 'value': '20240601T11'}])
+  ranges = ReadFromAmplitude(AmplitudeOptions(lookback_hours=2, **options)).ranges()
+  assert ranges == [
+    ('20240601T10', '20240601T13'),
+    ('20240601T14', '20240601T17'),
+    ('20240601T18', '20240601T21'),
+    ('20240601T22', '20240601T23'),
+  ]
+  assert ReadFromAmplitude(AmplitudeOptions(lookback_hours=0, **options)).ranges()[0][0] == '20240601T12'
