@@ -25,6 +25,8 @@ EXTRAS = {
   'analytics': ['mixpanel==5.4.1', 'google-analytics-data==0.23.3'],
   # OpenLineage run events (--openlineage_url).
   'lineage': ['openlineage-python==1.54.0'],
+  # --output_format iceberg / delta (SQL catalogs on PostgreSQL through psycopg, the postgres extra).
+  'tables': ['pyiceberg[sql-sqlite,pyarrow,pyiceberg-core]==0.12.0', 'deltalake==1.6.6', 'psycopg[binary]==3.3.9'],
   'test': [
     'pytest>=8',
     'pytest-xdist>=3.5',
@@ -58,6 +60,7 @@ EXTRAS['test'] += sorted(
       'webhooks',
       'analytics',
       'lineage',
+      'tables',
     )
     for req in EXTRAS[name]
   }

@@ -57,6 +57,9 @@ RUN_KEYS = (
   'split_size_mb',
   'declared_schema',
   'run_id',
+  'table_catalog',
+  'table_namespace',
+  'table_mode',
 )
 # Keys of the YAML file with no flag: the sources, and the retention rules that
 # `python -m pipelines.gdpr retention` applies to the output.
@@ -81,6 +84,9 @@ class RunConfig:
   split_size_mb: int = 64
   declared_schema: Optional[str] = None
   run_id: Optional[str] = None
+  table_catalog: Optional[str] = None
+  table_namespace: str = 'music'
+  table_mode: str = 'append'
   demo: bool = False
 
 

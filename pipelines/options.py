@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-__all__ = ['SpotifyBatchOptions', 'INPUT_FORMATS', 'OUTPUT_FORMATS']
+__all__ = ['SpotifyBatchOptions', 'INPUT_FORMATS', 'OUTPUT_FORMATS', 'TABLE_MODES']
 
 INPUT_FORMATS = ('csv', 'jsonl', 'json', 'parquet', 'avro', 'excel')
-OUTPUT_FORMATS = ('parquet', 'avro', 'jsonl', 'tfrecord')
+OUTPUT_FORMATS = ('parquet', 'avro', 'jsonl', 'tfrecord', 'iceberg', 'delta')
+TABLE_MODES = ('append', 'overwrite')
 
 
 class SpotifyBatchOptions(PipelineOptions):
@@ -43,7 +44,8 @@ class SpotifyBatchOptions(PipelineOptions):
       '--output_format',
       default='parquet',
       choices=OUTPUT_FORMATS,
-      help='Format of the clean records: parquet (snappy), avro, jsonl or tfrecord (tf.train.Example).',
+      help='Format of the clean records: parquet (snappy), avro, jsonl or tfrecord (tf.train.Example) files, or '
+      'iceberg / delta tables (one per entity, plus a dead_letter table) under --output.',
     )
     parser.add_argument(
       '--config',
@@ -75,6 +77,19 @@ class SpotifyBatchOptions(PipelineOptions):
     parser.add_argument(
       '--declared_schema',
       help='JSON schema file (as written to _schema.json) to report drift against. Default: the previous run\'s _schema.json.',
+    )
+    parser.add_argument(
+      '--table_catalog',
+      help='--output_format iceberg: the catalog, postgresql://user@host/db or sqlite:///file.db (SQL catalog) or '
+      'http(s)://... (REST). Its password may come from env LAKE_CATALOG_PASSWORD. Default: SQLite in --output.',
+    )
+    parser.add_argument(
+      '--table_namespace', help='--output_format iceberg: the namespace of the tables. Default: music.'
+    )
+    parser.add_argument(
+      '--table_mode',
+      choices=TABLE_MODES,
+      help='--output_format iceberg/delta: append (default), or overwrite the partitions of the tenants this run writes.',
     )
     parser.add_argument(
       '--run_id', help='Identifier of this run in the manifest. Default: a UTC timestamp and random suffix.'

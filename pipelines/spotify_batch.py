@@ -56,6 +56,7 @@ from io_connectors.sinks.lake import (
   scratch_dir,
   sweep,
 )
+from io_connectors.sinks import tables as lake_tables
 from pipelines.config import FILE_ONLY_KEYS, RUN_KEYS, ConfigError, RunConfig, load_yaml, resolve
 from pipelines import audit, cli, lineage, runners
 from pipelines.options import SpotifyBatchOptions
@@ -376,6 +377,64 @@ class _FinalizeFn(beam.DoFn):
     yield published
 
 
+TABLE_RUNS_DIR = '_table_runs'
+
+
+def table_run_manifest_path(output: str, run_dir: str) -> str:
+  """Where a table run's manifest goes: a record of the run (the commit point is each table's own commit)."""
+  return FileSystems.join(output, TABLE_RUNS_DIR, f'{run_dir}.json')
+
+
+class _TableFinalizeFn(beam.DoFn):
+  """Commits every table's data files (one commit per table, carrying the run id), then writes the run's manifest."""
+
+  def __init__(
+    self, target, run_dir: str, info: dict, previous_schema, mode: str, day_fields: Dict[str, Optional[str]]
+  ):
+    self._target = target
+    self._run_dir = run_dir
+    self._info = info
+    self._previous_schema = previous_schema
+    self._mode = mode
+    self._day_fields = day_fields
+
+  def process(self, files, counts, schemas, cursors=()):
+    manifest = build_manifest(self._info, counts, schemas, self._previous_schema, [], {})
+    table_schemas = dict(schemas)
+    table_schemas[lake_tables.DEAD_LETTER_TABLE] = lake_tables.DEAD_LETTER_SCHEMA
+    per_table: Dict[str, Dict[str, Any]] = {}
+    for f in files:
+      entry = per_table.setdefault(f.table, {'rows': 0, 'files': 0})
+      entry['rows'] += f.rows
+      entry['files'] += 1
+    summaries = {
+      name: {'run_id': self._info['run_id'], 'pipeline': PIPELINE_NAME, 'rows_read': str(manifest['counts']['read'])}
+      for name in table_schemas
+    }
+    results = lake_tables.commit_batch(
+      self._target,
+      files,
+      table_schemas,
+      self._info['run_id'],
+      summaries,
+      mode=self._mode,
+      day_fields=self._day_fields,
+    )
+    manifest['tables'] = {'target': self._target.describe(), 'mode': self._mode, 'commits': results}
+    manifest['files'] = {
+      name: sorted(f.path for f in files if f.table == name) for name in sorted({f.table for f in files})
+    }
+    payload = json.dumps(manifest, indent=2, sort_keys=True, default=str).encode('utf-8') + b'\n'
+    from io_connectors.sinks.window_files import write_atomically
+
+    write_atomically(table_run_manifest_path(self._target.location, self._run_dir), payload)
+    if cursors:
+      from io_connectors import commit_cursors
+
+      commit_cursors(list(cursors))
+    yield manifest
+
+
 def read_json(path: str) -> Optional[dict]:
   try:
     if not FileSystems.exists(path):
@@ -496,7 +555,37 @@ class _CountReadFn(beam.DoFn):
     yield ('read', None, None), batch.num_rows
 
 
-def _entity_chain(p, entity: str, sources, config: RunConfig, master_key, run_id: str, label: str):
+def _tenant_of(written) -> str:
+  return (
+    dict(written.partition)[lake_tables.TENANT_COLUMN] if isinstance(written.partition, tuple) else written.partition
+  )
+
+
+def _entity_of(written) -> Optional[str]:
+  return written.table if isinstance(written, lake_tables.TableFile) else written.entity
+
+
+def table_target(config: RunConfig) -> lake_tables.TableTarget:
+  """Where --output_format iceberg/delta writes: tables under --output (Iceberg: in --table_catalog)."""
+  try:
+    return lake_tables.TableTarget(
+      config.output_format, config.output, catalog=config.table_catalog, namespace=config.table_namespace or 'music'
+    )
+  except ValueError as e:
+    raise ConfigError(f'--output_format {config.output_format}: {e}') from None
+
+
+def event_time_field(model) -> Optional[str]:
+  """The entity's first required timestamp field (Iceberg partitions by its day), if any."""
+  for name, (rule, required) in entities.field_rules(model).items():
+    if required and getattr(rule, 'kind', None) in ('timestamp', 'utc_timestamp'):
+      return name
+  return None
+
+
+def _entity_chain(
+  p, entity: str, sources, config: RunConfig, master_key, run_id: str, label: str, table_locations=None
+):
   """Reads `sources` and takes their records through the transforms of one entity.
 
   Returns (data files, redacted dead letters, counts, cursors, (entity, schema) PCollection).
@@ -524,10 +613,13 @@ def _entity_chain(p, entity: str, sources, config: RunConfig, master_key, run_id
   dead_letters.append(validated.dead_letter)
   pii_options = PiiOptions(redact=not config.keep_pii)
   redacted = validated.records | f'{label}RedactPII' >> RedactPII(model, master_key, pii_options)
-  # The rows reach dedup through spill files in the run's temporary directory,
-  # not the runner's shuffle: only file names are grouped (transforms/dedup.py).
+  # File runs: the rows reach dedup through spill files in the run's temporary
+  # directory (deleted by finalize), not the runner's shuffle: only file names
+  # are grouped (transforms/dedup.py). Table runs have no such directory and
+  # group the rows themselves.
+  spill_dir = None if table_locations is not None else scratch_dir(config.output, run_id, f'dedup{label.strip()}')
   deduped = redacted.records | f'{label}Deduplicate' >> Deduplicate(
-    entities.key_field(model), config.num_shards, spill_dir=scratch_dir(config.output, run_id, f'dedup{label.strip()}')
+    entities.key_field(model), config.num_shards, spill_dir=spill_dir
   )
   # The schema of the batches before dedup (the same columns and types reach the
   # files): so writing needs no second pass over the deduplicated rows.
@@ -536,18 +628,29 @@ def _entity_chain(p, entity: str, sources, config: RunConfig, master_key, run_id
     | f'{label}NonEmpty' >> beam.Filter(lambda batch: batch.num_rows > 0)
     | f'{label}InferSchema' >> schema_mod.InferSchema()
   )
-  data_files = deduped.records | f'{label}WriteData' >> WriteRecordFiles(
-    config.output,
-    config.output_format,
-    run_id,
-    schema=beam.pvalue.AsSingleton(inferred),
-    entity=entity if label else None,
-  )
+  if table_locations is not None:
+    data_files = deduped.records | f'{label}WriteData' >> lake_tables.WriteTableFiles(
+      table_target(config),
+      entity,
+      table_locations[entity],
+      day_field=event_time_field(model),
+      schema=beam.pvalue.AsSingleton(inferred),
+    )
+  else:
+    data_files = deduped.records | f'{label}WriteData' >> WriteRecordFiles(
+      config.output,
+      config.output_format,
+      run_id,
+      schema=beam.pvalue.AsSingleton(inferred),
+      entity=entity if label else None,
+    )
   letters = flatten_dead_letters(dead_letters, f'{label}AllDeadLetters')
   # Dead letters are redacted with their own entity's identifiers.
   letters_redacted = letters | f'{label}RedactDeadLetters' >> RedactDeadLetters(model, master_key, pii_options)
 
-  counts.append(_counted(data_files, f'{label}CountWritten', lambda f: [(('written', f.partition, f.entity), f.rows)]))
+  counts.append(
+    _counted(data_files, f'{label}CountWritten', lambda f: [(('written', _tenant_of(f), _entity_of(f)), f.rows)])
+  )
   counts.append(_counted(deduped.counts, f'{label}CountDedup', lambda tc: [(('deduplicated', tc[0], None), tc[1])]))
   counts.append(_counted(redacted.findings, f'{label}CountPII', lambda kc: [(('pii', None, kc[0]), kc[1])]))
   counts.append(_counted(letters_redacted.findings, f'{label}CountPIIDL', lambda kc: [(('pii', None, kc[0]), kc[1])]))
@@ -556,13 +659,22 @@ def _entity_chain(p, entity: str, sources, config: RunConfig, master_key, run_id
 
 
 def build(
-  p: beam.Pipeline, config: RunConfig, master_key, info: dict, previous_schema, lock: Optional[OutputLock] = None
+  p: beam.Pipeline,
+  config: RunConfig,
+  master_key,
+  info: dict,
+  previous_schema,
+  lock: Optional[OutputLock] = None,
+  table_locations: Optional[Dict[str, str]] = None,
+  run_dir: Optional[str] = None,
 ) -> None:
   """Adds the whole batch job to `p`: one chain of transforms per entity the sources hold.
 
   Files go to OUTPUT/_runs/<lock.run_dir> (or a fresh run directory when no lock is given).
+  table_locations (--output_format iceberg/delta): {table: where its files go};
+  the finalize step then commits them to the tables instead.
   """
-  run_id = lock.run_dir if lock is not None else run_dir_name(info['run_id'])
+  run_id = lock.run_dir if lock is not None else run_dir or run_dir_name(info['run_id'])
   groups: Dict[str, list] = {}
   for i, source in enumerate(config.sources):
     groups.setdefault(source['entity'], []).append((i, source))
@@ -570,7 +682,7 @@ def build(
   data_files, letters, counts, cursors, schemas = [], [], [], [], []
   for entity, sources in groups.items():
     files, redacted_letters, entity_counts, entity_cursors, schema = _entity_chain(
-      p, entity, sources, config, master_key, run_id, label=f'[{entity}] ' if several else ''
+      p, entity, sources, config, master_key, run_id, f'[{entity}] ' if several else '', table_locations
     )
     data_files.append(files)
     letters.append(redacted_letters)
@@ -580,7 +692,12 @@ def build(
 
   all_data_files = tuple(data_files) | 'AllDataFiles' >> beam.Flatten()
   all_letters = tuple(letters) | 'AllRedactedDeadLetters' >> beam.Flatten()
-  letter_files = all_letters | 'WriteDeadLetters' >> WriteDeadLetterFiles(config.output, run_id)
+  if table_locations is not None:
+    letter_files = all_letters | 'WriteDeadLetters' >> lake_tables.WriteTableFiles(
+      table_target(config), lake_tables.DEAD_LETTER_TABLE, table_locations[lake_tables.DEAD_LETTER_TABLE]
+    )
+  else:
+    letter_files = all_letters | 'WriteDeadLetters' >> WriteDeadLetterFiles(config.output, run_id)
   counts.append(
     _counted(all_letters, 'CountDL', lambda l: [(('dead_letter', l.get('tenant'), l['reason']), l.get('count', 1))])
   )
@@ -593,6 +710,13 @@ def build(
   }
   if cursors:
     side_inputs['cursors'] = beam.pvalue.AsList(tuple(cursors) | 'AllCursors' >> beam.Flatten())
+  if table_locations is not None:
+    day_fields = {e: event_time_field(entities.entity_model(e)) for e in groups}
+    _ = all_files | 'Finalize' >> beam.ParDo(
+      _TableFinalizeFn(table_target(config), run_id, info, previous_schema, config.table_mode, day_fields),
+      **side_inputs,
+    )
+    return
   portable_lock = dataclasses.replace(lock, options=None) if lock is not None else None  # workers use their own options
   _ = all_files | 'Finalize' >> beam.ParDo(
     _FinalizeFn(config.output, run_id, info, previous_schema, portable_lock), **side_inputs
@@ -702,27 +826,18 @@ def run(
   )
   audit_log = _audit_log(options)
   emitter, inputs, entities = _lineage(options, info)
-  # One run at a time on an output; OutputLockedError names the run that holds it.
-  lock = OutputLock.acquire(config.output, run_id, run_dir_name(run_id), options=options)
   try:
-    try:
+    if config.output_format in lake_tables.TABLE_FORMATS:
       if emitter is not None:
         emitter.start(run_id, PIPELINE_NAME, inputs, lineage.output_datasets(config.output, entities))
-      sweep(config.output, keep_run_dirs=(lock.run_dir,))  # what crashed runs left
-      pipeline = beam.Pipeline(options=options)
-      build(pipeline, config, master_key, info, previous_schema, lock)
-      with lock.kept_alive():
-        result = pipeline.run()
-        _wait_with_progress(result)
-    finally:
-      lock.release()
-    manifest = read_json(FileSystems.join(config.output, '_manifest.json'))
-    if manifest is None or manifest.get('run_id') != run_id:
-      raise RuntimeError(f'the run finished but wrote no manifest at {config.output}/_manifest.json')
+      manifest = _run_tables(options, config, master_key, info, previous_schema)
+    else:
+      manifest = _run_files(options, config, master_key, info, previous_schema, emitter, inputs, entities)
   except Exception as e:
     if audit_log is not None:
       _audit_run(audit_log, info, status='failed', error=type(e).__name__)
-    if emitter is not None:
+    # A run refused by another run's lock never started: no START was sent for it.
+    if emitter is not None and not isinstance(e, OutputLockedError):
       emitter.fail(run_id, PIPELINE_NAME, inputs, lineage.output_datasets(config.output, entities), e)
     raise
   if audit_log is not None:
@@ -734,6 +849,46 @@ def run(
     emitter.complete(
       run_id, PIPELINE_NAME, inputs, lineage.output_datasets(config.output, entities, manifest, schema_doc)
     )
+  return manifest
+
+
+def _run_files(options, config: RunConfig, master_key, info: dict, previous_schema, emitter, inputs, entities) -> dict:
+  """File formats: the run under the output's lock, published by its manifest (docs/lake.md)."""
+  run_id = info['run_id']
+  # One run at a time on an output; OutputLockedError names the run that holds it.
+  lock = OutputLock.acquire(config.output, run_id, run_dir_name(run_id), options=options)
+  try:
+    if emitter is not None:
+      emitter.start(run_id, PIPELINE_NAME, inputs, lineage.output_datasets(config.output, entities))
+    sweep(config.output, keep_run_dirs=(lock.run_dir,))  # what crashed runs left
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, config, master_key, info, previous_schema, lock)
+    with lock.kept_alive():
+      result = pipeline.run()
+      _wait_with_progress(result)
+  finally:
+    lock.release()
+  manifest = read_json(FileSystems.join(config.output, '_manifest.json'))
+  if manifest is None or manifest.get('run_id') != run_id:
+    raise RuntimeError(f'the run finished but wrote no manifest at {config.output}/_manifest.json')
+  return manifest
+
+
+def _run_tables(options, config: RunConfig, master_key, info: dict, previous_schema) -> dict:
+  """--output_format iceberg/delta: no output lock (the table formats serialise commits themselves)."""
+  target = table_target(config)
+  tables = lake_tables.open_tables(target)
+  names = sorted({s['entity'] for s in config.sources}) + [lake_tables.DEAD_LETTER_TABLE]
+  # Reaches the catalog / storage before the job starts: a bad URL or credentials stop the run here.
+  locations = {name: tables.location(name) for name in names}
+  run_dir = run_dir_name(info['run_id'])
+  pipeline = beam.Pipeline(options=options)
+  build(pipeline, config, master_key, info, previous_schema, table_locations=locations, run_dir=run_dir)
+  result = pipeline.run()
+  _wait_with_progress(result)
+  manifest = read_json(table_run_manifest_path(target.location, run_dir))
+  if manifest is None or manifest.get('run_id') != info['run_id']:
+    raise RuntimeError(f'the run finished but wrote no manifest at {table_run_manifest_path(target.location, run_dir)}')
   return manifest
 
 
@@ -824,6 +979,13 @@ def summary_table(manifest: dict) -> str:
         f"removed {d['removed']}, changed {[c['field'] for c in d['changed']]}",
       ]
   out = manifest['output']
+  if manifest.get('tables'):
+    target = manifest['tables']['target']
+    lines += ['', f"tables ({target['format']}, {manifest['tables']['mode']}) in {target['location']}:"]
+    for name, commit in sorted(manifest['tables']['commits'].items()):
+      state = 'already committed (skipped)' if commit['skipped'] else f"committed as {commit['version']}"
+      lines.append(f"  {commit['table']}: {commit['rows']} rows in {commit['files']} files, {state}")
+    return '\n'.join(lines)
   run_out = f"{out}/{manifest['run_dir']}" if manifest.get('run_dir') else out
   lines += [
     '',
@@ -840,7 +1002,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   cli.configure_logging()
   try:
     manifest = run(argv, allow_demo=True)
-  except (UsageError, ConfigError, OutputLockedError) as e:
+  except (UsageError, ConfigError, OutputLockedError, lake_tables.TableError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   print()

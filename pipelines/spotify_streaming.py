@@ -62,6 +62,7 @@ from apache_beam.options.pipeline_options import DebugOptions, FlinkRunnerOption
 
 from io_connectors.streams import kafka
 from io_connectors.registry import ConfigError
+from io_connectors.sinks import tables as lake_tables
 from io_connectors.sinks.window_files import (
   WRITTEN,
   WriteDeadLettersFn,
@@ -218,9 +219,21 @@ def build(p: beam.Pipeline, options: SpotifyStreamingOptions, master_key) -> Non
     )
   )
   acknowledge = getattr(source, 'acknowledge_written', lambda: None)()
-  written = windowed.windows | 'WriteData' >> WriteWindowFiles(
-    output, 'data', key_field=entities.key_field(model), positions=acknowledge is not None
-  )
+  target = _table_target(options)
+  if target is not None:
+    from pipelines.spotify_batch import event_time_field
+
+    written = windowed.windows | 'CommitData' >> lake_tables.CommitWindowTables(
+      target,
+      options.entity,
+      entities.key_field(model),
+      event_time_field(model),
+      positions=acknowledge is not None,
+    )
+  else:
+    written = windowed.windows | 'WriteData' >> WriteWindowFiles(
+      output, 'data', key_field=entities.key_field(model), positions=acknowledge is not None
+    )
   _ = windowed.sessions | 'WriteSessions' >> WriteWindowFiles(output, 'sessions')
   _ = windowed.metrics | 'WriteMetrics' >> beam.Map(metrics_writer(output))
   if options.output_topic:
@@ -252,9 +265,14 @@ def build(p: beam.Pipeline, options: SpotifyStreamingOptions, master_key) -> Non
     'AllDeadLetters',
   )
   redacted_letters = letters | 'RedactDeadLetters' >> RedactDeadLetters(model, master_key, pii_options)
-  letters_written = redacted_letters.records | 'WriteDeadLetters' >> beam.ParDo(
-    WriteDeadLettersFn(output, positions=acknowledge is not None)
-  )
+  if target is not None:
+    letters_written = redacted_letters.records | 'CommitDeadLetters' >> beam.ParDo(
+      lake_tables.CommitDeadLetterTableFn(target, positions=acknowledge is not None)
+    )
+  else:
+    letters_written = redacted_letters.records | 'WriteDeadLetters' >> beam.ParDo(
+      WriteDeadLettersFn(output, positions=acknowledge is not None)
+    )
   if acknowledge is not None:
     _ = (
       (
@@ -265,6 +283,23 @@ def build(p: beam.Pipeline, options: SpotifyStreamingOptions, master_key) -> Non
       | 'Committed' >> beam.Flatten()
       | 'Acknowledge' >> acknowledge
     )
+
+
+def _table_target(options: SpotifyStreamingOptions) -> Optional[lake_tables.TableTarget]:
+  """The tables of --output_format iceberg/delta, or None for window files."""
+  if options.output_format in (None, 'parquet'):
+    return None
+  if options.output_format not in lake_tables.TABLE_FORMATS:
+    raise ConfigError(f'--output_format {options.output_format!r}: the streaming job writes parquet, iceberg or delta')
+  try:
+    return lake_tables.TableTarget(
+      options.output_format,
+      options.output.rstrip('/'),
+      catalog=options.table_catalog,
+      namespace=options.table_namespace or 'music',
+    )
+  except ValueError as e:
+    raise ConfigError(f'--output_format {options.output_format}: {e}') from None
 
 
 def _check(options: SpotifyStreamingOptions):
@@ -283,6 +318,12 @@ def _check(options: SpotifyStreamingOptions):
     entities.entity_model(options.entity)
   except (KeyError, ValueError) as e:
     raise ConfigError(f'--entity: {e}') from None
+  target = _table_target(options)
+  if target is not None:
+    try:
+      lake_tables.open_tables(target).location(options.entity)  # the catalog is reachable before the job starts
+    except lake_tables.TableError as e:
+      raise ConfigError(str(e)) from None
 
 
 # Runners that run the job on Prism (Beam 2.77's DirectRunner hands streaming

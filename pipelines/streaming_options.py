@@ -55,6 +55,15 @@ class SpotifyStreamingOptions(PipelineOptions):
     _add(parser, '--tenant_id', help="Tenant of every event of this job.")
     _add(parser, '--tenant_field', help="Field holding each event's tenant id.")
     _add(parser, '--output', help='Output directory (local, s3:// or gs://).')
+    _add(
+      parser,
+      '--output_format',
+      default='parquet',
+      help='parquet: window files under --output; iceberg or delta: one commit per closed window to a table '
+      '(tables under --output; sessions and metrics stay files).',
+    )
+    _add(parser, '--table_catalog', help='--output_format iceberg: postgresql://, sqlite:/// or http(s):// (REST).')
+    _add(parser, '--table_namespace', help='--output_format iceberg: the namespace of the tables. Default: music.')
     _add(parser, '--output_topic', help='Also produce the clean, deduplicated events as JSON to this Kafka topic.')
     _add(parser, '--pii_key_file', help='File holding the PII master key. Default: env PII_MASTER_KEY.')
     _add(parser, '--keep_pii', action='store_true', default=False, help='Write PII unredacted.')

@@ -263,11 +263,11 @@ class Deduplicate(beam.PTransform):
 
   def expand(self, batches):
     if self._spill_dir is not None:
-      if batches.is_bounded is False or not isinstance(batches.windowing.windowfn, beam.window.GlobalWindows):
+      if batches.is_bounded is False or not isinstance(batches.windowing.windowfn, GlobalWindows):
         raise ValueError('Deduplicate(spill_dir=...) needs bounded, globally windowed input; drop spill_dir')
       routed = batches | 'Route' >> beam.ParDo(_SpillRouteFn(self._key_field, self._num_shards, self._spill_dir))
       routed.element_type = beam.typehints.KV[beam.typehints.Tuple[str, int], SpillFile]
-      dedup = _SpillDedupFn(self._key_field)
+      dedup: beam.DoFn = _SpillDedupFn(self._key_field)
     else:
       routed = batches | 'Route' >> beam.ParDo(_RouteFn(self._key_field, self._num_shards))
       routed.element_type = beam.typehints.KV[beam.typehints.Tuple[str, int], pa.RecordBatch]

@@ -192,12 +192,15 @@ class WriteDeadLettersFn(beam.DoFn):
   def process(self, letter: dict):
     self._pending.setdefault(letter.get('tenant') or UNASSIGNED, []).append(letter)
 
+  def _write_letters(self, tenant: str, letters: List[dict], payload: bytes, digest: str):
+    """Stores one tenant's letters of the bundle (`payload`: their sorted JSON lines, `digest` its hash)."""
+    write_atomically(f'{self._output}/dead_letter/tenant={tenant}/dl-{digest}.jsonl', payload)
+
   def finish_bundle(self):
     for tenant, letters in sorted(self._pending.items()):
       lines = sorted(json.dumps(json_safe(l), sort_keys=True, ensure_ascii=False) for l in letters)
       payload = ('\n'.join(lines) + '\n').encode('utf-8')
-      digest = hashlib.sha256(payload).hexdigest()[:24]
-      write_atomically(f'{self._output}/dead_letter/tenant={tenant}/dl-{digest}.jsonl', payload)
+      self._write_letters(tenant, letters, payload, hashlib.sha256(payload).hexdigest()[:24])
       if self._positions:
         for letter in letters:
           yield GlobalWindows.windowed_value((letter.get('source'), letter.get('position')))

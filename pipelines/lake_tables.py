@@ -1,0 +1,164 @@
+"""Maintenance of the lake tables (Iceberg, Delta): expire old snapshots / vacuum, compact small files, erase rows.
+
+Usage::
+
+    python -m pipelines.lake_tables --format iceberg --output s3://lake/warehouse \\
+        --table_catalog postgresql://lake@db/catalog --table listening_event expire --older_than_h 168
+    python -m pipelines.lake_tables --format delta --output gs://lake/tables --table listening_event compact
+    python -m pipelines.lake_tables --format delta --output lake --table dead_letter vacuum --older_than_h 168
+    python -m pipelines.lake_tables --format delta --output lake --table listening_event \\
+        erase --tenant acme --column user_id --values <pseudonym>,<pseudonym>
+
+Safe while writers run: compaction commits like any writer (Delta: a
+``dataChange=false`` rewrite that delta-rs reconciles with concurrent
+appends; Iceberg: an overwrite of the partition's files that fails with a
+conflict, changing nothing, when a writer committed to that partition in
+between); expiry keeps the current snapshot and everything younger than
+--older_than_h, so readers and retried commits within that time still find
+their snapshot (the idempotency of a retried finalize also looks there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import uuid
+from typing import Optional, Sequence
+
+from io_connectors.sinks import tables
+
+__all__ = ['expire', 'compact', 'erase', 'main']
+
+
+def expire(target: tables.TableTarget, table: str, older_than_h: float) -> dict:
+  """Iceberg: expires snapshots older than the cutoff (never the current one). Delta: vacuums unreferenced files."""
+  committer = tables.open_tables(target)
+  handle = committer.load(table)
+  if handle is None:
+    raise tables.TableError(f'no table {table} in {target.location}')
+  cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=older_than_h)
+  if target.format == 'iceberg':
+    current = handle.current_snapshot()
+    old = [
+      s.snapshot_id
+      for s in handle.snapshots()
+      if s.timestamp_ms < cutoff.timestamp() * 1000 and (current is None or s.snapshot_id != current.snapshot_id)
+    ]
+    if old:
+      handle.maintenance.expire_snapshots().by_ids(old).commit()
+    return {'table': table, 'expired_snapshots': len(old)}
+  removed = handle.vacuum(retention_hours=int(older_than_h), dry_run=False, enforce_retention_duration=False)
+  handle.cleanup_metadata()
+  return {'table': table, 'vacuumed_files': len(removed)}
+
+
+def compact(target: tables.TableTarget, table: str, min_files: int = 4) -> dict:
+  """Rewrites each tenant partition that holds at least `min_files` files into one file (per day for Iceberg)."""
+  committer = tables.open_tables(target)
+  handle = committer.load(table)
+  if handle is None:
+    raise tables.TableError(f'no table {table} in {target.location}')
+  if target.format == 'delta':
+    metrics = handle.optimize.compact()
+    return {
+      'table': table,
+      'files_added': metrics.get('numFilesAdded'),
+      'files_removed': metrics.get('numFilesRemoved'),
+    }
+  from pyiceberg.expressions import EqualTo
+
+  counts = {}
+  for task in handle.scan().plan_files():
+    tenant = task.file.partition[0]
+    counts[tenant] = counts.get(tenant, 0) + 1
+  rewritten = {}
+  for tenant, n in sorted(counts.items(), key=lambda kv: str(kv[0])):
+    if n < min_files:
+      continue
+    handle = committer.load(table)
+    rows = handle.scan(row_filter=EqualTo(tables.TENANT_COLUMN, tenant)).to_arrow()
+    location = handle.location().rstrip('/')
+    day_field = next((f.name[: -len('_day')] for f in handle.spec().fields if f.name.endswith('_day')), None)
+    files = [
+      tables.write_data_file(target, location, table, part, partition)
+      for partition, part in tables._partition_groups(rows, day_field)
+    ]
+    # One commit: a writer that committed to the partition since the scan makes it fail (nothing changes).
+    props = {tables.COMMIT_ID_KEY: f'compact/{tenant}/{dt.datetime.now(dt.timezone.utc).isoformat()}'}
+    with handle.transaction() as tx:
+      tx.delete(EqualTo(tables.TENANT_COLUMN, tenant), snapshot_properties=props)
+      tx.add_files([f.path for f in files], snapshot_properties=props, check_duplicate_files=False)
+    rewritten[tenant] = n
+  return {'table': table, 'compacted_partitions': rewritten}
+
+
+def erase(target: tables.TableTarget, table: str, tenant: str, column: str, values: Sequence[str]) -> dict:
+  """Row-level delete of a tenant's rows whose `column` is one of `values` (e.g. a data subject's pseudonym).
+
+  Iceberg: copy-on-write (the files holding such rows are rewritten without them, one snapshot); Delta:
+  ``DELETE`` (one commit). Idempotent: a second call finds nothing. The old files stay reachable through
+  time travel until `expire` / `vacuum` removes them: erase, then expire, to have the bytes gone.
+  """
+  import re
+
+  if not re.fullmatch(r'[A-Za-z_][A-Za-z0-9_]*', column):
+    raise tables.TableError(f'--column {column!r} is not a column name')
+  committer = tables.open_tables(target)
+  handle = committer.load(table)
+  if handle is None:
+    raise tables.TableError(f'no table {table} in {target.location}')
+  values = sorted({str(v) for v in values})
+  if target.format == 'iceberg':
+    from pyiceberg.expressions import And, EqualTo, In
+
+    condition = And(EqualTo(tables.TENANT_COLUMN, tenant), In(column, values))
+    before = handle.scan(row_filter=condition, selected_fields=(column,)).to_arrow().num_rows
+    if before:
+      handle.delete(condition, snapshot_properties={tables.COMMIT_ID_KEY: f'erase/{tenant}/{uuid.uuid4().hex}'})
+    return {'table': table, 'deleted_rows': before}
+
+  def quoted(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+  predicate = f'{tables.TENANT_COLUMN} = {quoted(tenant)} AND {column} IN ({", ".join(map(quoted, values))})'
+  metrics = handle.delete(predicate)
+  return {'table': table, 'deleted_rows': metrics.get('num_deleted_rows', 0)}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m pipelines.lake_tables', description=__doc__.split('\n\n')[0])
+  parser.add_argument('--format', required=True, choices=tables.TABLE_FORMATS)
+  parser.add_argument('--output', required=True, help='The warehouse (Iceberg) or root (Delta) the job wrote to.')
+  parser.add_argument('--table_catalog', help='Iceberg: the catalog URL (as the job got it).')
+  parser.add_argument('--table_namespace', default='music')
+  parser.add_argument('--table', required=True)
+  commands = parser.add_subparsers(dest='command', required=True)
+  for name in ('expire', 'vacuum'):
+    sub = commands.add_parser(name, help='expire old snapshots (Iceberg) / vacuum unreferenced files (Delta)')
+    sub.add_argument('--older_than_h', type=float, default=168.0)
+  sub = commands.add_parser('compact', help='compact the small files of each tenant partition')
+  sub.add_argument('--min_files', type=int, default=4)
+  sub = commands.add_parser('erase', help="row-level delete of a tenant's rows whose --column is one of --values")
+  sub.add_argument('--tenant', required=True)
+  sub.add_argument('--column', required=True)
+  sub.add_argument('--values', required=True, help='comma-separated values')
+  args = parser.parse_args(argv)
+  try:
+    target = tables.TableTarget(args.format, args.output, catalog=args.table_catalog, namespace=args.table_namespace)
+    if args.command in ('expire', 'vacuum'):
+      result = expire(target, args.table, args.older_than_h)
+    elif args.command == 'erase':
+      result = erase(target, args.table, args.tenant, args.column, [v for v in args.values.split(',') if v])
+    else:
+      result = compact(target, args.table, args.min_files)
+  except (tables.TableError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  print(json.dumps(result, default=str))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

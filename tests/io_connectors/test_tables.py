@@ -1,0 +1,292 @@
+"""Iceberg and Delta table sinks on PostgreSQL (catalog), local disk and moto S3: concurrency, idempotency, errors."""
+
+import datetime as dt
+import threading
+import uuid
+
+import pyarrow as pa
+import pytest
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from io_connectors.sinks import tables
+
+
+def _rows(tenant, n, start=0):
+  return pa.table(
+    {
+      'event_id': [f'{tenant}-{i}' for i in range(start, start + n)],
+      'tenant_id': [tenant] * n,
+      'played_at': pa.array([dt.datetime(2024, 1, 1, 10, tzinfo=dt.timezone.utc)] * n, pa.timestamp('us', tz='UTC')),
+      'ms_played': list(range(n)),
+    }
+  )
+
+
+def _write(target, committer, rows):
+  location = committer.location('events')
+  return [
+    tables.write_data_file(target, location, 'events', part, partition)
+    for partition, part in tables._partition_groups(rows, 'played_at' if target.format == 'iceberg' else None)
+  ]
+
+
+def _count(target, committer):
+  table = committer.load('events')
+  return table.scan().to_arrow().num_rows if target.format == 'iceberg' else table.to_pyarrow_table().num_rows
+
+
+@pytest.fixture(params=['iceberg', 'delta'])
+def local_target(request, tmp_path, postgres_url):
+  catalog = postgres_url if request.param == 'iceberg' else None
+  return tables.TableTarget(
+    request.param, str(tmp_path / 'lake'), catalog=catalog, namespace=f'n{uuid.uuid4().hex[:8]}'
+  )
+
+
+def _create(target, committer):
+  committer.commit(
+    'events',
+    _write(target, committer, _rows('acme', 3)),
+    _rows('acme', 1).schema,
+    'create',
+    None,
+    day_field='played_at',
+  )
+
+
+def test_two_concurrent_appends_both_land(local_target):
+  committer = tables.open_tables(local_target)
+  _create(local_target, committer)
+  files = {name: _write(local_target, committer, _rows(name, 5)) for name in ('acme', 'globex', 'initech', 'umbrella')}
+  results, errors = {}, []
+  barrier = threading.Barrier(len(files))
+
+  def commit(name):
+    try:
+      barrier.wait()
+      results[name] = tables.open_tables(local_target).commit('events', files[name], _rows(name, 1).schema, name)
+    except Exception as e:  # pragma: no cover - reported below
+      errors.append(e)
+
+  threads = [threading.Thread(target=commit, args=(name,)) for name in files]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert not errors, errors
+  assert _count(local_target, committer) == 3 + 4 * 5
+  assert all(not r.skipped for r in results.values())
+
+
+def test_two_overwrites_of_one_partition_one_wins_the_other_fails_clearly(local_target):
+  committer = tables.open_tables(local_target)
+  _create(local_target, committer)
+  first = _write(local_target, committer, _rows('acme', 7, start=100))
+  second = _write(local_target, committer, _rows('acme', 11, start=200))
+  schema = _rows('acme', 1).schema
+  # Both read the table as it is now; the first commits; the second then meets the first's commit.
+  if local_target.format == 'iceberg':
+    stale = committer.load('events')
+    committer.commit('events', first, schema, 'overwrite-1', mode='overwrite')
+    original = committer.load
+    calls = {'n': 0}
+
+    def load_stale(name):  # the first load sees the table as it was before the other run's commit
+      calls['n'] += 1
+      return stale if calls['n'] == 1 else original(name)
+
+    committer.load = load_stale
+    with pytest.raises(tables.CommitConflictError, match='overwrote tenant.*committed nothing'):
+      committer.commit('events', second, schema, 'overwrite-2', mode='overwrite')
+    committer.load = original
+  else:
+    stale = committer.load('events')
+    committer.commit('events', first, schema, 'overwrite-1', mode='overwrite')
+    original = committer.load
+    committer.load = lambda name: stale
+    with pytest.raises(tables.CommitConflictError, match='conflicted with another writer.*nothing of it was committed'):
+      committer.commit('events', second, schema, 'overwrite-2', mode='overwrite')
+    committer.load = original
+  table = committer.load('events')
+  ids = (table.scan().to_arrow() if local_target.format == 'iceberg' else table.to_pyarrow_table()).column('event_id')
+  assert sorted(ids.to_pylist()) == sorted(f'acme-{i}' for i in range(100, 107))
+
+
+def test_a_conflict_past_the_retries_commits_nothing(tmp_path, postgres_url, monkeypatch):
+  # Iceberg: the sink's own retry loop. Delta retries appends inside delta-rs (max_commit_retries).
+  local_target = tables.TableTarget('iceberg', str(tmp_path / 'lake'), postgres_url, f'n{uuid.uuid4().hex[:8]}')
+  committer = tables.open_tables(local_target)
+  _create(local_target, committer)
+  target = tables.TableTarget('iceberg', local_target.location, local_target.catalog, local_target.namespace, 1)
+  committer = tables.open_tables(target)
+  files = _write(target, committer, _rows('acme', 4, start=50))
+  from pyiceberg.exceptions import CommitFailedException
+  from pyiceberg.table import Transaction
+
+  monkeypatch.setattr(Transaction, 'commit_transaction', lambda self: (_ for _ in ()).throw(CommitFailedException('x')))
+  monkeypatch.setattr(tables, '_BACKOFF', tables.Backoff(first_delay_s=0.0))
+  with pytest.raises(tables.CommitConflictError, match='still conflicted after 2 attempts; nothing was committed'):
+    committer.commit('events', files, _rows('acme', 1).schema, 'doomed')
+  monkeypatch.undo()
+  assert _count(target, committer) == 3
+
+
+@pytest.mark.parametrize('fmt', ['iceberg', 'delta'])
+def test_tables_on_s3(fmt, s3_env, postgres_url):
+  FileSystems.set_options(PipelineOptions(s3_env.beam_args))
+  target = tables.TableTarget(
+    fmt, s3_env.url('lake'), catalog=postgres_url if fmt == 'iceberg' else None, namespace=f'n{uuid.uuid4().hex[:8]}'
+  )
+  committer = tables.open_tables(target)
+  files = _write(target, committer, _rows('acme', 6))
+  assert all(f.path.startswith('s3://') or fmt == 'delta' for f in files)
+  first = committer.commit('events', files, _rows('acme', 1).schema, 'run-s3', day_field='played_at')
+  again = committer.commit('events', files, _rows('acme', 1).schema, 'run-s3')
+  assert not first.skipped and again.skipped
+  assert _count(target, committer) == 6
+
+
+def test_wrong_s3_credentials_are_a_clear_error_without_the_secret(s3_env, postgres_url):
+  args = [a for a in s3_env.beam_args if not a.startswith('--s3_secret_access_key')]
+  FileSystems.set_options(PipelineOptions(args + ['--s3_secret_access_key=Wr0ngSecret', '--s3_access_key_id=nobody']))
+  target = tables.TableTarget('delta', 's3://no-such-bucket-' + uuid.uuid4().hex[:8] + '/lake')
+  with pytest.raises(tables.TableError) as info:
+    tables.open_tables(target).commit('events', [], _rows('acme', 1).schema, 'r')
+  assert 'Wr0ngSecret' not in str(info.value)
+
+
+def test_an_unwritable_warehouse_is_a_clear_error(tmp_path):
+  (tmp_path / 'file').write_text('not a directory')
+  target = tables.TableTarget('delta', str(tmp_path / 'file' / 'lake'))
+  with pytest.raises(tables.TableError, match=r'cannot write the data file .*file/lake/events/tenant_id=acme/part-'):
+    _write(target, tables.open_tables(target), _rows('acme', 2))
+
+
+def test_maintenance_compacts_and_expires_without_losing_rows(local_target):
+  from pipelines import lake_tables
+
+  committer = tables.open_tables(local_target)
+  for i in range(5):
+    committer.commit(
+      'events',
+      _write(local_target, committer, _rows('acme', 3, start=10 * i)),
+      _rows('acme', 1).schema,
+      f'small-{i}',
+      day_field='played_at',
+    )
+  before = _count(local_target, committer)
+  result = lake_tables.compact(local_target, 'events', min_files=4)
+  assert result.get('compacted_partitions') == {'acme': 5} or result.get('files_removed') == 5
+  assert _count(local_target, committer) == before == 15
+  lake_tables.expire(local_target, 'events', older_than_h=0)
+  assert _count(local_target, committer) == 15
+  if local_target.format == 'iceberg':
+    assert len(committer.load('events').snapshots()) == 1
+  assert (
+    lake_tables.main(
+      [
+        '--format',
+        local_target.format,
+        '--output',
+        local_target.location,
+        '--table',
+        'nope',
+        '--table_catalog',
+        local_target.catalog or '',
+        '--table_namespace',
+        local_target.namespace,
+        'compact',
+      ]
+    )
+    == 2
+  )
+
+
+def test_iceberg_on_the_gcs_emulator(gcs_env, postgres_url):
+  FileSystems.set_options(PipelineOptions(gcs_env.beam_args))
+  target = tables.TableTarget(
+    'iceberg', gcs_env.url('warehouse'), catalog=postgres_url, namespace=f'n{uuid.uuid4().hex[:8]}'
+  )
+  committer = tables.open_tables(target)
+  files = _write(target, committer, _rows('acme', 6))
+  assert all(f.path.startswith('gs://') for f in files)
+  first = committer.commit('events', files, _rows('acme', 1).schema, 'run-gcs', day_field='played_at')
+  again = committer.commit('events', files, _rows('acme', 1).schema, 'run-gcs')
+  assert not first.skipped and again.skipped
+  assert _count(target, committer) == 6
+
+
+def test_the_catalog_password_may_come_from_the_environment(tmp_path, postgres_url, monkeypatch):
+  import urllib.parse
+
+  parts = urllib.parse.urlsplit(postgres_url)
+  without = postgres_url.replace(f':{parts.password}@', '@')
+  target = tables.TableTarget('iceberg', str(tmp_path / 'lake'), catalog=without, namespace=f'n{uuid.uuid4().hex[:8]}')
+  assert parts.password not in str(target.describe())
+  monkeypatch.delenv(tables.CATALOG_PASSWORD_ENV, raising=False)
+  with pytest.raises(tables.TableError, match='Iceberg catalog'):
+    tables.open_tables(target).location('events')
+  monkeypatch.setenv(tables.CATALOG_PASSWORD_ENV, parts.password)
+  committer = tables.open_tables(target)
+  assert (
+    committer.commit('events', _write(target, committer, _rows('acme', 2)), _rows('acme', 1).schema, 'env').rows == 2
+  )
+
+
+def _window(tenant, ids, start_us=1_704_103_200_000_000):
+  from transforms.windows import WindowBatch
+
+  rows = _rows(tenant, len(ids)).set_column(0, 'event_id', pa.array(ids))
+  return WindowBatch(tenant, start_us, start_us + 60_000_000, 0, rows.to_batches()[0])
+
+
+def test_a_replayed_window_whole_or_in_part_is_committed_once(local_target):
+  import apache_beam as beam
+  from apache_beam.testing.test_pipeline import TestPipeline
+  from apache_beam.testing.util import assert_that, equal_to
+
+  def commit(windows):
+    with TestPipeline('FnApiRunner') as p:
+      results = (
+        p
+        | beam.Create(windows)
+        | tables.CommitWindowTables(local_target, 'events', 'event_id', 'played_at')
+        | beam.Map(lambda r: (r['skipped'], r['rows']))
+      )
+      assert_that(results, equal_to(expected.pop(0)))
+
+  expected = [[(False, 3)], [(False, 2)], []]
+  commit([_window('acme', ['a', 'b', 'c'])])
+  # A restart replays the window with two rows more: only those two are committed.
+  commit([_window('acme', ['a', 'b', 'c', 'd', 'e'])])
+  # The same window again, whole: nothing new, no commit.
+  commit([_window('acme', ['e', 'd', 'c', 'b', 'a'])])
+  table = tables.open_tables(local_target).load('events')
+  rows = table.scan().to_arrow() if local_target.format == 'iceberg' else table.to_pyarrow_table()
+  assert sorted(rows.column('event_id').to_pylist()) == ['a', 'b', 'c', 'd', 'e']
+
+
+def test_erase_deletes_rows_of_one_tenant_only_and_is_idempotent(local_target):
+  from pipelines import lake_tables
+
+  committer = tables.open_tables(local_target)
+  schema = _rows('acme', 1).schema
+  committer.commit('events', _write(local_target, committer, _rows('acme', 5)), schema, 'a', day_field='played_at')
+  # globex holds an event id equal to one of acme's: it must stay.
+  globex = _rows('globex', 2).set_column(0, 'event_id', pa.array(['acme-1', "o'brien"]))
+  committer.commit('events', _write(local_target, committer, globex), schema, 'g')
+  first = lake_tables.erase(local_target, 'events', 'acme', 'event_id', ['acme-1', 'acme-3', "o'brien"])
+  again = lake_tables.erase(local_target, 'events', 'acme', 'event_id', ['acme-1', 'acme-3'])
+  assert (first['deleted_rows'], again['deleted_rows']) == (2, 0)
+  table = committer.load('events')
+  rows = table.scan().to_arrow() if local_target.format == 'iceberg' else table.to_pyarrow_table()
+  assert sorted(zip(rows.column('tenant_id').to_pylist(), rows.column('event_id').to_pylist())) == [
+    ('acme', 'acme-0'),
+    ('acme', 'acme-2'),
+    ('acme', 'acme-4'),
+    ('globex', 'acme-1'),
+    ('globex', "o'brien"),
+  ]
+  with pytest.raises(tables.TableError, match='not a column name'):
+    lake_tables.erase(local_target, 'events', 'acme', 'event_id; drop', ['x'])
