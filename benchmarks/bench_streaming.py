@@ -129,6 +129,7 @@ class BenchOptions:
   pipeline_args: str = ''
   timeout_s: float = 1800.0
   profile_s: float = 0.0
+  worker_pool: bool = False
   keep_output: bool = False
 
   def validate(self) -> 'BenchOptions':
@@ -293,8 +294,9 @@ def _port_answers(port: int) -> bool:
 class Services:
   """Kafka leased from scripts/services.sh; the Flink cluster of scripts/flink.sh (FLINK_* variables)."""
 
-  def __init__(self):
+  def __init__(self, worker_pool: bool = False):
     self.lease = str(os.getpid())
+    self.worker_pool = worker_pool
     self.rest_port = int(os.environ.get('FLINK_REST_PORT', '8081'))
     self.started_flink = False
     self.bootstrap = None
@@ -304,8 +306,10 @@ class Services:
     self.bootstrap = f'127.0.0.1:{_script(SERVICES, "port", "kafka")}'
     if not _port_answers(self.rest_port):
       _log(f'starting the Flink cluster on REST port {self.rest_port} (scripts/flink.sh start)')
-      _script(FLINK_SCRIPT, 'start', timeout=900)
+      _script(FLINK_SCRIPT, 'start', *(['--with-worker-pool'] if self.worker_pool else []), timeout=900)
       self.started_flink = True
+    elif self.worker_pool:
+      _script(FLINK_SCRIPT, 'start', '--with-worker-pool', timeout=900)  # idempotent: adds the pool if missing
     deadline = time.monotonic() + 120
     while self.rest('/overview').get('slots-available', 0) < 1:
       if time.monotonic() > deadline:
@@ -325,6 +329,9 @@ class Services:
   def flink_args(self) -> List[str]:
     settings = runners.FlinkSettings.from_environment()
     settings = dataclasses.replace(settings, master=os.environ.get('FLINK_MASTER', f'localhost:{self.rest_port}'))
+    if self.worker_pool:
+      pool = os.environ.get('FLINK_WORKER_POOL', f'localhost:{os.environ.get("FLINK_WORKER_POOL_PORT", "25000")}')
+      return runners.runner_args('flink-external', dataclasses.replace(settings, worker_pool=pool))
     return runners.runner_args('flink', settings)
 
 
@@ -930,7 +937,7 @@ def run_benchmark(options: BenchOptions) -> dict:
   }
   work = tempfile.mkdtemp(prefix='bench_streaming-')
   try:
-    with Services() as services:
+    with Services(worker_pool=options.worker_pool) as services:
       result['flink_rest_port'] = services.rest_port
       for phase in options.phases:
         _log(f'phase {phase}')
@@ -1012,6 +1019,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     default=0.0,
     help='py-spy the throughput job\'s SDK worker for this long from its first window on (0: none)',
   )
+  parser.add_argument(
+    '--worker-pool',
+    action='store_true',
+    help='run the job\'s Python SDK workers in the worker pool of scripts/flink.sh start --with-worker-pool '
+    '(EXTERNAL: one worker process per TaskManager) instead of in the launching process (LOOPBACK)',
+  )
   parser.add_argument('--timeout', type=float, default=1800.0, help='seconds per job (1800)')
   parser.add_argument('--keep-output', action='store_true', help='keep the jobs\' outputs and logs (path logged)')
   parser.add_argument('--json', action='store_true', help='print the JSON result to stdout instead of a file')
@@ -1035,6 +1048,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     pipeline_args=args.pipeline_args,
     timeout_s=args.timeout,
     profile_s=args.profile_s,
+    worker_pool=args.worker_pool,
     keep_output=args.keep_output,
   )
   try:
