@@ -562,6 +562,12 @@ class PipelineJob:
       str(per_partition),
       *shlex.split(options.pipeline_args),
     ]
+    if services.worker_pool:
+      # The pool's workers do not inherit this process's environment: they read the key from a file.
+      key_file = os.path.join(os.path.dirname(log_path), 'pii-key')
+      with open(os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 'w') as handle:
+        handle.write(BENCH_PII_KEY)
+      self.command += ['--pii_key_file', key_file]
     self.process = None
     self.started = None
     self.job_id = None
