@@ -129,6 +129,7 @@ class BenchOptions:
   pipeline_args: str = ''
   timeout_s: float = 1800.0
   profile_s: float = 0.0
+  worker_pool: bool = False
   keep_output: bool = False
 
   def validate(self) -> 'BenchOptions':
@@ -293,8 +294,9 @@ def _port_answers(port: int) -> bool:
 class Services:
   """Kafka leased from scripts/services.sh; the Flink cluster of scripts/flink.sh (FLINK_* variables)."""
 
-  def __init__(self):
+  def __init__(self, worker_pool: bool = False):
     self.lease = str(os.getpid())
+    self.worker_pool = worker_pool
     self.rest_port = int(os.environ.get('FLINK_REST_PORT', '8081'))
     self.started_flink = False
     self.bootstrap = None
@@ -304,8 +306,10 @@ class Services:
     self.bootstrap = f'127.0.0.1:{_script(SERVICES, "port", "kafka")}'
     if not _port_answers(self.rest_port):
       _log(f'starting the Flink cluster on REST port {self.rest_port} (scripts/flink.sh start)')
-      _script(FLINK_SCRIPT, 'start', timeout=900)
+      _script(FLINK_SCRIPT, 'start', *(['--with-worker-pool'] if self.worker_pool else []), timeout=900)
       self.started_flink = True
+    elif self.worker_pool:
+      _script(FLINK_SCRIPT, 'start', '--with-worker-pool', timeout=900)  # idempotent: adds the pool if missing
     deadline = time.monotonic() + 120
     while self.rest('/overview').get('slots-available', 0) < 1:
       if time.monotonic() > deadline:
@@ -325,6 +329,9 @@ class Services:
   def flink_args(self) -> List[str]:
     settings = runners.FlinkSettings.from_environment()
     settings = dataclasses.replace(settings, master=os.environ.get('FLINK_MASTER', f'localhost:{self.rest_port}'))
+    if self.worker_pool:
+      pool = os.environ.get('FLINK_WORKER_POOL', f'localhost:{os.environ.get("FLINK_WORKER_POOL_PORT", "25000")}')
+      return runners.runner_args('flink-external', dataclasses.replace(settings, worker_pool=pool))
     return runners.runner_args('flink', settings)
 
 
@@ -555,6 +562,12 @@ class PipelineJob:
       str(per_partition),
       *shlex.split(options.pipeline_args),
     ]
+    if services.worker_pool:
+      # The pool's workers do not inherit this process's environment: they read the key from a file.
+      key_file = os.path.join(os.path.dirname(log_path), 'pii-key')
+      with open(os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 'w') as handle:
+        handle.write(BENCH_PII_KEY)
+      self.command += ['--pii_key_file', key_file]
     self.process = None
     self.started = None
     self.job_id = None
@@ -621,12 +634,20 @@ class PipelineJob:
 
 
 class WatermarkSampler(threading.Thread):
-  """Samples how far the input watermark of the job's windowing stage trails the wall clock (Flink REST)."""
+  """Samples the input watermark of every vertex of the job (Flink REST), to see where it lags and how it moves.
 
-  def __init__(self, services: Services, job: PipelineJob, interval_s: float = 2.0):
+  `lags`: how far the windowing stage's input watermark trails the wall clock
+  at each sample. `trace`: per vertex (its name cut to 60 characters), the
+  (wall time, least input watermark over its subtasks) samples; `summary()`
+  reduces them to lag percentiles and the size and spacing of the
+  watermark's steps.
+  """
+
+  def __init__(self, services: Services, job: PipelineJob, interval_s: float = 1.0):
     super().__init__(daemon=True)
     self._services, self._job, self._interval = services, job, interval_s
     self.lags: List[float] = []
+    self.trace: Dict[str, List[Tuple[float, float]]] = {}
     self.stop_event = threading.Event()
 
   def run(self):
@@ -634,15 +655,33 @@ class WatermarkSampler(threading.Thread):
       try:
         detail = self._services.rest(f'/jobs/{self._job.job_id}')
         for vertex in detail['vertices']:
-          if 'Windows' not in vertex['name'] or 'WriteData' not in vertex['name']:
-            continue  # the fused stage holding WindowEvents' stateful DoFn and the Parquet writes
           marks = [
             int(w['value']) for w in self._services.rest(f'/jobs/{self._job.job_id}/vertices/{vertex["id"]}/watermarks')
           ]
-          if marks and min(marks) > 0:
-            self.lags.append(time.time() - min(marks) / 1000)
+          now = time.time()
+          if not marks or min(marks) <= 0 or min(marks) >= 2**62:
+            continue
+          self.trace.setdefault(vertex['name'][:60], []).append((now, min(marks) / 1000))
+          if 'Windows' in vertex['name'] and 'WriteData' in vertex['name']:
+            # the fused stage holding WindowEvents' stateful DoFn and the Parquet writes
+            self.lags.append(now - min(marks) / 1000)
       except (OSError, KeyError, ValueError):
         continue
+
+  def summary(self) -> dict:
+    out = {}
+    for name, samples in self.trace.items():
+      walls = np.asarray([w for w, _ in samples])
+      marks = np.asarray([m for _, m in samples])
+      moved = np.flatnonzero(np.diff(marks) > 0) + 1
+      out[name] = {
+        'samples': len(samples),
+        'lag': latency_summary(walls - marks),
+        # how far the watermark jumped when it moved, and the wall time between its moves
+        'step': latency_summary(np.diff(marks)[moved - 1]) if moved.size else {'count': 0},
+        'between_steps': latency_summary(np.diff(walls[moved])) if moved.size > 1 else {'count': 0},
+      }
+    return out
 
 
 def _profile(pid: int, seconds: float, out_path: str) -> Optional[subprocess.Popen]:
@@ -848,8 +887,9 @@ def run_latency(services: Services, options: BenchOptions, work: str) -> dict:
       'latency': latency_summary(latencies),
       'after_window_close': latency_summary(after_close),
       'sustained': window_rates(measured_windows),
-      # Sampled every 2 s while the measured events were produced.
+      # Sampled every 1 s while the measured events were produced.
       'windowing_watermark_lag': latency_summary(sampler.lags),
+      'watermarks_by_vertex': sampler.summary(),
     }
     third = max(1, len(after_close) // 3)
     result['pipeline']['after_window_close_p50_first_vs_last_third'] = (
@@ -903,7 +943,7 @@ def run_benchmark(options: BenchOptions) -> dict:
   }
   work = tempfile.mkdtemp(prefix='bench_streaming-')
   try:
-    with Services() as services:
+    with Services(worker_pool=options.worker_pool) as services:
       result['flink_rest_port'] = services.rest_port
       for phase in options.phases:
         _log(f'phase {phase}')
@@ -985,6 +1025,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     default=0.0,
     help='py-spy the throughput job\'s SDK worker for this long from its first window on (0: none)',
   )
+  parser.add_argument(
+    '--worker-pool',
+    action='store_true',
+    help='run the job\'s Python SDK workers in the worker pool of scripts/flink.sh start --with-worker-pool '
+    '(EXTERNAL: one worker process per TaskManager) instead of in the launching process (LOOPBACK)',
+  )
   parser.add_argument('--timeout', type=float, default=1800.0, help='seconds per job (1800)')
   parser.add_argument('--keep-output', action='store_true', help='keep the jobs\' outputs and logs (path logged)')
   parser.add_argument('--json', action='store_true', help='print the JSON result to stdout instead of a file')
@@ -1008,6 +1054,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     pipeline_args=args.pipeline_args,
     timeout_s=args.timeout,
     profile_s=args.profile_s,
+    worker_pool=args.worker_pool,
     keep_output=args.keep_output,
   )
   try:

@@ -58,7 +58,13 @@ from typing import Callable, Dict, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import DebugOptions, FlinkRunnerOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import (
+  DebugOptions,
+  FlinkRunnerOptions,
+  PipelineOptions,
+  StandardOptions,
+  WorkerOptions,
+)
 
 from io_connectors.streams import kafka
 from io_connectors.registry import ConfigError
@@ -385,6 +391,23 @@ def _flink_checkpoints_by_default(pipeline_options: PipelineOptions):
   options.finish_bundle_before_checkpointing = True
 
 
+# Beam's SDK workers cache no user state unless told (max_cache_memory_usage_mb
+# is 0 by default): every read of WindowEvents' state is then a round trip to
+# the runner (on Flink, a gRPC request answered by the TaskManager), several
+# per batch and per timer. Runners that hand out cache tokens (Flink) let the
+# worker keep what it wrote and read it back locally.
+DEFAULT_STATE_CACHE_MB = 100
+
+
+def _state_cache_by_default(pipeline_options: PipelineOptions, argv: Sequence[str]):
+  """Streaming jobs cache user state in the SDK worker (DEFAULT_STATE_CACHE_MB) unless the flag says otherwise."""
+  if not pipeline_options.view_as(StandardOptions).streaming:
+    return
+  if any(arg.split('=', 1)[0] == '--max_cache_memory_usage_mb' for arg in argv):
+    return
+  pipeline_options.view_as(WorkerOptions).max_cache_memory_usage_mb = DEFAULT_STATE_CACHE_MB
+
+
 def print_help(file=None) -> None:
   """`--help`: every flag of the job and of each source, grouped by source."""
   cli.print_help(
@@ -418,6 +441,7 @@ def run(argv: Optional[Sequence[str]] = None, wait: bool = True, pii_key_secret:
     pipeline_options.view_as(StandardOptions).streaming = True
   _prism_runs_without_splits(pipeline_options)
   _flink_checkpoints_by_default(pipeline_options)
+  _state_cache_by_default(pipeline_options, argv)
   if options.source == 'kafka' and options.kafka_reader == 'java' and _runner_name(options) in ('FlinkRunner', 'flink'):
     _prepare_flink_for_java_kafka(pipeline_options)
   try:

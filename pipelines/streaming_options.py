@@ -116,6 +116,22 @@ class SpotifyStreamingOptions(PipelineOptions):
       'jobs with checkpoints). Beam otherwise buffers their output until the operator next sees '
       'an element or a watermark, which a stage fed once (the Kafka partition list) never does.',
     )
+    # Beam's Flink operators hold a stage's watermark while its bundle is open
+    # and finish bundles after this many elements or milliseconds (Beam's
+    # defaults: 1000 and 1000): smaller bundles move windows' closes sooner.
+    _add(
+      flink,
+      '--max_bundle_size',
+      type=int,
+      help="FlinkRunner: most elements in one bundle (Beam's default 1000).",
+    )
+    _add(
+      flink,
+      '--max_bundle_time_mills',
+      type=int,
+      help="FlinkRunner: most milliseconds one bundle stays open (Beam's default 1000); the "
+      "watermark a stage passes on waits for its bundle to finish.",
+    )
     _add(
       kafka,
       '--kafka_expansion_service',

@@ -220,10 +220,22 @@ def main(argv: Optional[Sequence[str]] = None):
     'sent to it without authentication: name another address (0.0.0.0, ::) only on a network '
     'that admits nothing but your TaskManagers.',
   )
+  parser.add_argument(
+    '--state_cache_mb',
+    type=int,
+    default=100,
+    help='user state each SDK worker caches, in MB (default %(default)s; 0: none). The pool\'s workers do not '
+    'read the job\'s --max_cache_memory_usage_mb, so the pool sets it for all of them.',
+  )
   args = parser.parse_args(argv)
+  if args.state_cache_mb < 0:
+    parser.error('--state_cache_mb must not be negative')
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
   address, server = SharedWorkerPoolServicer.start(
-    use_process=True, port=args.service_port, bind_address=args.bind_address
+    use_process=True,
+    port=args.service_port,
+    bind_address=args.bind_address,
+    state_cache_size=args.state_cache_mb << 20,
   )
   _LOG.info('worker pool listening at %s', address)
   # `kill` (scripts/flink.sh stop) ends the pool through sys.exit, so atexit stops the workers.

@@ -197,11 +197,30 @@ def _concat(batches: List[pa.RecordBatch]) -> pa.RecordBatch:
   )
 
 
+PENDING_SLOTS = 4
+SEEN_SLOTS = 8
+
+
+def _first_occurrences(ids: pa.Array) -> np.ndarray:
+  """Mask of the first occurrence of each value (nulls are one value) in `ids`."""
+  codes = np.asarray(ids.dictionary_encode().indices.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
+  first = np.zeros(len(codes), dtype=bool)
+  first[np.unique(codes, return_index=True)[1]] = True
+  return first
+
+
 class _WindowDedupFn(beam.DoFn):
   """Per (tenant, shard): late routing, dedup with expiring state, fixed windows, sessions."""
 
-  PENDING = BagStateSpec('pending', TupleCoder([VarIntCoder(), RecordBatchCoder()]))
-  SEEN = ReadModifyWriteStateSpec('seen', PickleCoder())  # {window start: set of ids}
+  # Pending rows and remembered ids live in a few bags chosen by window start
+  # (slots), so a timer reads and clears only the bags of the windows it
+  # closes or expires, and `process` only appends. LAYOUT says which window
+  # starts the slots hold: {'pending': set of starts, 'seen': set of starts}.
+  PENDING = tuple(
+    BagStateSpec(f'pending{i}', TupleCoder([VarIntCoder(), RecordBatchCoder()])) for i in range(PENDING_SLOTS)
+  )
+  SEEN = tuple(BagStateSpec(f'seen{i}', PickleCoder()) for i in range(SEEN_SLOTS))  # (start, ids as pa.Array)
+  LAYOUT = ReadModifyWriteStateSpec('layout', PickleCoder())
   FIRED = ReadModifyWriteStateSpec('fired', VarIntCoder())  # micros of the last fired timer
   NEXT = ReadModifyWriteStateSpec('next', VarIntCoder())  # micros the timer is set to
   SESSIONS = ReadModifyWriteStateSpec('sessions', PickleCoder())  # {user: [start, last, events, ms, skips]}
@@ -221,15 +240,42 @@ class _WindowDedupFn(beam.DoFn):
     end = last_us + int(self._options.session_gap_s * _MICROS)
     return (end // size) * size + size + self._options.lateness_us
 
+  def _pending_slot(self, start_us: int) -> int:
+    return (start_us // self._options.size_us) % PENDING_SLOTS
+
+  def _seen_slot(self, start_us: int) -> int:
+    # Consecutive windows share a slot (a bucket of about a sixth of the ids'
+    # lifetime), so a slot usually empties all at once when its ids expire.
+    options = self._options
+    lifetime = options.size_us + options.lateness_us + int(options.dedup_ttl_s * _MICROS)
+    bucket = max(options.size_us, -(-lifetime // (SEEN_SLOTS - 2)))
+    return (start_us // bucket) % SEEN_SLOTS
+
+  def _expires_at(self, start_us: int) -> int:
+    return self._close_of(start_us) + int(self._options.dedup_ttl_s * _MICROS)
+
   def process(
     self,
     element,
-    pending=beam.DoFn.StateParam(PENDING),
-    seen_state=beam.DoFn.StateParam(SEEN),
+    pending0=beam.DoFn.StateParam(PENDING[0]),
+    pending1=beam.DoFn.StateParam(PENDING[1]),
+    pending2=beam.DoFn.StateParam(PENDING[2]),
+    pending3=beam.DoFn.StateParam(PENDING[3]),
+    seen0=beam.DoFn.StateParam(SEEN[0]),
+    seen1=beam.DoFn.StateParam(SEEN[1]),
+    seen2=beam.DoFn.StateParam(SEEN[2]),
+    seen3=beam.DoFn.StateParam(SEEN[3]),
+    seen4=beam.DoFn.StateParam(SEEN[4]),
+    seen5=beam.DoFn.StateParam(SEEN[5]),
+    seen6=beam.DoFn.StateParam(SEEN[6]),
+    seen7=beam.DoFn.StateParam(SEEN[7]),
+    layout_state=beam.DoFn.StateParam(LAYOUT),
     fired_state=beam.DoFn.StateParam(FIRED),
     next_state=beam.DoFn.StateParam(NEXT),
     timer=beam.DoFn.TimerParam(CLOSE),
   ):
+    pending = (pending0, pending1, pending2, pending3)
+    seen_bags = (seen0, seen1, seen2, seen3, seen4, seen5, seen6, seen7)
     (tenant, shard), batch = element
     options = self._options
     times = _micros(batch, options.time_field)
@@ -265,17 +311,25 @@ class _WindowDedupFn(beam.DoFn):
     keep = ~late
     if not keep.any():
       return
-    ids = _strings(batch, options.key_field)
-    seen: Dict[int, set] = seen_state.read() or {}
-    known = set().union(*seen.values()) if seen else set()
-    duplicate = np.zeros(len(ids), dtype=bool)
-    in_batch = set()
-    for i in np.flatnonzero(keep):
-      key = ids[i]
-      if key in known or key in in_batch:
-        duplicate[i] = True
-      else:
-        in_batch.add(key)
+    ids = batch.column(options.key_field)
+    if pa.types.is_dictionary(ids.type):
+      ids = ids.dictionary_decode()
+    ids = ids.cast(pa.string())
+    layout = layout_state.read() or {'pending': set(), 'seen': set()}
+    # Ids still remembered: those of windows whose ids had not expired at the last timer.
+    remembered = []
+    for slot in sorted({self._seen_slot(start) for start in layout['seen']}):
+      for start, known in seen_bags[slot].read():
+        if fired is None or self._expires_at(start) > fired:
+          remembered.append(known)
+    duplicate = np.zeros(len(times), dtype=bool)
+    if remembered:
+      known = pa.concat_arrays(remembered) if len(remembered) > 1 else remembered[0]
+      duplicate |= np.asarray(pc.is_in(ids, value_set=known).to_numpy(zero_copy_only=False), dtype=bool)
+    # Within the batch the first copy wins.
+    fresh = np.flatnonzero(keep & ~duplicate)
+    duplicate[fresh[~_first_occurrences(ids.take(pa.array(fresh)))]] = True
+    duplicate &= keep
     if duplicate.any():
       self._duplicates.inc(int(duplicate.sum()))
       if SOURCE_COLUMN in batch.schema.names and ROW_COLUMN in batch.schema.names:
@@ -289,11 +343,13 @@ class _WindowDedupFn(beam.DoFn):
     if not accepted.any():
       return
     self._accepted.inc(int(accepted.sum()))
-    for start in np.unique(starts[accepted]):
-      mask = accepted & (starts == start)
-      pending.add((int(start), batch.filter(pa.array(mask))))
-      seen.setdefault(int(start), set()).update(ids[mask].tolist())
-    seen_state.write(seen)
+    for start in np.unique(starts[accepted]).tolist():
+      mask = pa.array(accepted & (starts == start))
+      pending[self._pending_slot(start)].add((start, batch.filter(mask)))
+      seen_bags[self._seen_slot(start)].add((start, ids.filter(mask)))
+      layout['pending'].add(start)
+      layout['seen'].add(start)
+    layout_state.write(layout)
     earliest = int(closes[accepted].min())
     current = next_state.read()
     if current is None or earliest < current:
@@ -305,27 +361,45 @@ class _WindowDedupFn(beam.DoFn):
     self,
     key=beam.DoFn.KeyParam,
     fire=beam.DoFn.TimestampParam,
-    pending=beam.DoFn.StateParam(PENDING),
-    seen_state=beam.DoFn.StateParam(SEEN),
+    pending0=beam.DoFn.StateParam(PENDING[0]),
+    pending1=beam.DoFn.StateParam(PENDING[1]),
+    pending2=beam.DoFn.StateParam(PENDING[2]),
+    pending3=beam.DoFn.StateParam(PENDING[3]),
+    seen0=beam.DoFn.StateParam(SEEN[0]),
+    seen1=beam.DoFn.StateParam(SEEN[1]),
+    seen2=beam.DoFn.StateParam(SEEN[2]),
+    seen3=beam.DoFn.StateParam(SEEN[3]),
+    seen4=beam.DoFn.StateParam(SEEN[4]),
+    seen5=beam.DoFn.StateParam(SEEN[5]),
+    seen6=beam.DoFn.StateParam(SEEN[6]),
+    seen7=beam.DoFn.StateParam(SEEN[7]),
+    layout_state=beam.DoFn.StateParam(LAYOUT),
     fired_state=beam.DoFn.StateParam(FIRED),
     next_state=beam.DoFn.StateParam(NEXT),
     sessions_state=beam.DoFn.StateParam(SESSIONS),
     timer=beam.DoFn.TimerParam(CLOSE),
   ):
+    pending = (pending0, pending1, pending2, pending3)
+    seen_bags = (seen0, seen1, seen2, seen3, seen4, seen5, seen6, seen7)
     tenant, shard = key
     options = self._options
     now = int(fire.micros)
     fired_state.write(now)
+    layout = layout_state.read() or {'pending': set(), 'seen': set()}
+    closing = {start for start in layout['pending'] if self._close_of(start) <= now}
     ready: Dict[int, List[pa.RecordBatch]] = {}
-    later = []
-    for start, batch in pending.read():
-      if self._close_of(start) <= now:
-        ready.setdefault(start, []).append(batch)
-      else:
-        later.append((start, batch))
-    pending.clear()
-    for item in later:
-      pending.add(item)
+    # Only the bags of closing windows; rows of other windows in them (rare) go back.
+    for slot in sorted({self._pending_slot(start) for start in closing}):
+      later = []
+      for start, batch in pending[slot].read():
+        if start in closing:
+          ready.setdefault(start, []).append(batch)
+        else:
+          later.append((start, batch))
+      pending[slot].clear()
+      for item in later:
+        pending[slot].add(item)
+    layout['pending'] -= closing
     sessions = sessions_state.read() or {}
     for start in sorted(ready):
       rows = _concat(ready[start])
@@ -337,14 +411,24 @@ class _WindowDedupFn(beam.DoFn):
       for user in closed:
         del sessions[user]
       yield from self._emit_sessions(tenant, shard, closed)
-    sessions_state.write(sessions)
-    seen = seen_state.read() or {}
-    ttl = int(options.dedup_ttl_s * _MICROS)
-    seen = {start: ids for start, ids in seen.items() if self._close_of(start) + ttl > now}
-    seen_state.write(seen)
-    candidates = [self._close_of(start) for start, _ in later]
+    if closed or ready:
+      sessions_state.write(sessions)
+    expired = {start for start in layout['seen'] if self._expires_at(start) <= now}
+    if expired:
+      layout['seen'] -= expired
+      live_slots = {self._seen_slot(start) for start in layout['seen']}
+      for slot in sorted({self._seen_slot(start) for start in expired}):
+        if slot in live_slots:  # windows of another bucket share it: keep theirs
+          survivors = [item for item in seen_bags[slot].read() if item[0] not in expired]
+          seen_bags[slot].clear()
+          for item in survivors:
+            seen_bags[slot].add(item)
+        else:
+          seen_bags[slot].clear()
+    layout_state.write(layout)
+    candidates = [self._close_of(start) for start in layout['pending']]
     candidates += [self._session_close(s[1]) for s in sessions.values()]
-    candidates += [self._close_of(start) + ttl for start in seen]
+    candidates += [self._expires_at(start) for start in layout['seen']]
     candidates = [c for c in candidates if c > now]
     if candidates:
       upcoming = min(candidates)

@@ -34,8 +34,12 @@ How a read works:
 2. Workers read each split in their own read-only transaction that first
    runs ``SET TRANSACTION SNAPSHOT``: every split sees the same point in time,
    so rows committed by others during the read are seen by no split.
-   Rows stream with ``COPY (SELECT ...) TO STDOUT (FORMAT csv)`` and are
-   parsed by pyarrow's CSV reader into typed batches (no Python per row).
+   Rows stream with ``COPY (SELECT ...) TO STDOUT (FORMAT binary)``: the
+   messages of ``batch_size`` rows are gathered into one buffer and decoded
+   column by column into Arrow arrays with numpy (`_pg_binary`; one C call
+   per row to take the message from libpq, no Python per value). Types
+   without a simple binary form (numeric, json, uuid, arrays, ...) are
+   selected as text.
 3. When all splits are read a last step releases the snapshot: in the
    launching process (DirectRunner, Prism, Flink with an attached launcher)
    it closes the coordinator; elsewhere it ends the coordinator's backend
@@ -76,7 +80,6 @@ are deterministic for one snapshot, not across runs).
 from __future__ import annotations
 
 import atexit
-import binascii
 import dataclasses
 import datetime as dt
 import decimal
@@ -92,14 +95,13 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
 
 from io_connectors import registry
 from io_connectors._common import state as state_store
 from io_connectors._common.errors import ConnectorError
 from io_connectors._common.masking import connection_url
 from io_connectors._common.retry import Backoff
+from io_connectors.databases._pg_binary import BINARY_TYPES, TRAILER, RowBuffer, decode
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
 from transforms.records import with_provenance
 
@@ -335,26 +337,23 @@ class _Column:
   name: str
   type_name: str
   arrow: pa.DataType
-  read_as: pa.DataType  # what the CSV parser produces
-  convert: Optional[str] = None  # 'utc', 'bytea', 'array'
+  read_as: pa.DataType  # what the binary COPY decoder produces
+  convert: Optional[str] = None  # 'decimal', 'array'
+
+  @property
+  def sent_as(self) -> str:
+    """The type name the binary COPY decoder reads: the column's own, or 'text' for ``::text`` columns."""
+    return self.type_name if self.type_name in BINARY_TYPES else 'text'
 
 
 def _column(name: str, type_name: str, category: str, element: Optional[str], precision, scale) -> _Column:
-  if type_name in _SIMPLE_TYPES:
-    return _Column(name, type_name, _SIMPLE_TYPES[type_name], _SIMPLE_TYPES[type_name])
+  if type_name in BINARY_TYPES:
+    read_as = BINARY_TYPES[type_name][1]
+    return _Column(name, type_name, read_as, read_as)
   if type_name == 'numeric':
     if precision and precision <= 38:
-      t = pa.decimal128(precision, scale or 0)
-      return _Column(name, type_name, t, t)
+      return _Column(name, type_name, pa.decimal128(precision, scale or 0), pa.string(), 'decimal')
     return _Column(name, type_name, pa.string(), pa.string())
-  if type_name == 'timestamptz':
-    return _Column(name, type_name, pa.timestamp('us', tz='UTC'), pa.timestamp('us'), 'utc')
-  if type_name == 'timestamp':
-    return _Column(name, type_name, pa.timestamp('us'), pa.timestamp('us'))
-  if type_name == 'date':
-    return _Column(name, type_name, pa.date32(), pa.date32())
-  if type_name == 'bytea':
-    return _Column(name, type_name, pa.binary(), pa.string(), 'bytea')
   if category == 'A':
     item = _SIMPLE_TYPES.get(element, pa.string())
     return _Column(name, type_name, pa.list_(item), pa.string(), 'array')
@@ -365,18 +364,18 @@ def _select_expr(column: _Column):
   from psycopg import sql
 
   ref = sql.SQL('q.{}').format(sql.Identifier(column.name))
-  if column.convert == 'utc':
-    return sql.SQL("({} AT TIME ZONE 'UTC')").format(ref)
   if column.convert == 'array':
     return sql.SQL('to_json({})::text').format(ref)
+  if column.type_name not in BINARY_TYPES:
+    # PostgreSQL's text form; binary forms are decoded only for BINARY_TYPES
+    return sql.SQL('{}::text').format(ref)
   return ref
 
 
 def _convert(column: _Column, array: pa.Array) -> pa.Array:
-  if column.convert == 'utc':
-    return array.cast(pa.timestamp('us', tz='UTC'))
-  if column.convert == 'bytea':
-    return pa.array([None if v is None else binascii.unhexlify(v[2:]) for v in array.to_pylist()], type=pa.binary())
+  """The column's Arrow type from what was decoded; raises pa.ArrowInvalid if a value does not fit."""
+  if column.convert == 'decimal':
+    return array.cast(column.arrow)
   if column.convert == 'array':
     values = [None if v is None else json.loads(v) for v in array.to_pylist()]
     if column.arrow.value_type == pa.string():
@@ -386,6 +385,17 @@ def _convert(column: _Column, array: pa.Array) -> pa.Array:
       ]
     return pa.array(values, type=column.arrow)
   return array
+
+
+def _text_form(value) -> Optional[str]:
+  """A decoded value as PostgreSQL would print it (for dead letters)."""
+  if value is None or isinstance(value, str):
+    return value
+  if isinstance(value, bool):
+    return 't' if value else 'f'
+  if isinstance(value, bytes):
+    return '\\x' + value.hex()
+  return str(value)
 
 
 # ----- splits -----
@@ -663,22 +673,7 @@ class _ReadSplitFn(beam.DoFn):
 
   def setup(self):
     self._pool = _Pool.of(self._plan.url, self._options.pool_size)
-    self._names = [f'c{i}' for i in range(len(self._plan.columns))]
-    self._csv_convert = pa_csv.ConvertOptions(
-      column_types={n: c.read_as for n, c in zip(self._names, self._plan.columns)},
-      null_values=[''],
-      strings_can_be_null=True,
-      quoted_strings_can_be_null=False,
-      true_values=['t'],
-      false_values=['f'],
-    )
-    self._csv_strings = pa_csv.ConvertOptions(
-      column_types={n: pa.string() for n in self._names},
-      null_values=[''],
-      strings_can_be_null=True,
-      quoted_strings_can_be_null=False,
-    )
-    self._csv_read = pa_csv.ReadOptions(column_names=self._names, block_size=1 << 26)
+    self._sent_as = [c.sent_as for c in self._plan.columns]
 
   def _what(self, split: _Split) -> str:
     return f'{self._plan.source_name} split {split.index + 1}/{split.count}'
@@ -738,92 +733,116 @@ class _ReadSplitFn(beam.DoFn):
       try:
         if plan.snapshot:
           cur.execute(sql.SQL('SET TRANSACTION SNAPSHOT {}').format(sql.Literal(plan.snapshot)))
-        copy_sql = sql.SQL('COPY ({}) TO STDOUT (FORMAT csv)').format(select)
+        copy_sql = sql.SQL('COPY ({}) TO STDOUT (FORMAT binary)').format(select)
         with cur.copy(copy_sql, params) as copy:
-          chunk, rows = [], 0
-          while True:
-            data = copy.read()
-            if not data:
-              break
-            chunk.append(bytes(data))
-            rows += 1
-            if rows >= self._options.batch_size:
-              b, l = self._parse(b''.join(chunk), rows, first_row)
-              batches.extend(b)
-              letters.extend(l)
-              first_row += rows
-              chunk, rows = [], 0
-          if rows:
-            b, l = self._parse(b''.join(chunk), rows, first_row)
+          for rows in self._row_buffers(conn, copy):
+            b, l, count = self._parse(rows, first_row)
             batches.extend(b)
             letters.extend(l)
+            first_row += count
       finally:
         if not conn.broken and not conn.closed:
           cur.execute('ROLLBACK')
     return batches, letters
 
-  def _parse(self, data: bytes, rows: int, first_row: int):
-    try:
-      table = pa_csv.read_csv(pa.py_buffer(data), read_options=self._csv_read, convert_options=self._csv_convert)
-      row_numbers = None
-      letters = []
-    except pa.ArrowInvalid:
-      # Some value does not fit its column's type: find the rows, dead-letter them, keep the rest.
-      table = pa_csv.read_csv(pa.py_buffer(data), read_options=self._csv_read, convert_options=self._csv_strings)
-      table, row_numbers, letters = self._split_bad_rows(table, first_row)
-    arrays = []
-    for name, column in zip(self._names, self._plan.columns):
-      arrays.append(_convert(column, table.column(name).combine_chunks()))
-    batch = pa.RecordBatch.from_arrays(arrays, names=[c.name for c in self._plan.columns])
-    if not batch.num_rows:
-      return [], letters
-    rows_arg = first_row if row_numbers is None else row_numbers
-    return [with_provenance(batch, self._plan.source_name, rows_arg)], letters
+  def _row_buffers(self, conn, copy):
+    """The COPY's rows, batch_size messages at a time, as `RowBuffer`s.
 
-  def _split_bad_rows(self, table: pa.Table, first_row: int):
-    bad: Dict[int, List[str]] = {}  # row index -> what does not fit, one dead letter per row
-    for name, column in zip(self._names, self._plan.columns):
-      if column.read_as == pa.string():
-        continue
-      for i, value in enumerate(table.column(name).to_pylist()):
-        try:
-          _cast_one(value, column.read_as)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
-          bad.setdefault(i, []).append(f'{column.name}: {column.type_name} value {value!r} does not fit {column.arrow}')
-    letters = []
-    for i, problems in sorted(bad.items()):
-      row = table.slice(i, 1).to_pylist()[0]
-      letters.append(
-        dead_letter(
-          self._plan.source_name,
-          f'row {first_row + i}',
-          'invalid_type',
-          problems[0].split(':', 1)[0],
-          {c.name: row[n] for n, c in zip(self._names, self._plan.columns)},
-          '; '.join(problems),
-          'read',
+    Reads libpq's messages directly while they are buffered (one C call a
+    row) and lets psycopg wait for the socket and end the COPY otherwise.
+    """
+    get_copy_data = conn.pgconn.get_copy_data
+    batch_size = self._options.batch_size
+    rows = RowBuffer()
+    data, lengths = rows.data, rows.lengths
+    while True:
+      size, message = get_copy_data(1)
+      if size < 0:  # the COPY ended without its trailer: an error (libpq wants its results fetched now)
+        _finish_copy(conn)
+        break
+      if size == 0:  # nothing buffered: psycopg waits for the socket (and ends the COPY if it ends)
+        message = copy.read()
+        size = len(message)
+        if not size:
+          break
+      if size == 2 and message == TRAILER:
+        while copy.read():  # the end of the COPY
+          pass
+        break
+      data += message
+      lengths.append(size)
+      if len(lengths) >= batch_size:
+        yield rows
+        rows = RowBuffer(header_seen=True)
+        data, lengths = rows.data, rows.lengths
+    if lengths:
+      yield rows
+
+  def _parse(self, rows: RowBuffer, first_row: int):
+    arrays, problems = decode(rows, self._sent_as)
+    count = len(arrays[0]) if arrays else 0
+    bad: Dict[int, List[Tuple[int, str]]] = {}  # row -> (column, what does not fit); one dead letter a row
+    bad_text: Dict[Tuple[int, int], str] = {}
+    for index, mask, texts in problems:
+      column = self._plan.columns[index]
+      for i in mask.nonzero()[0].tolist():
+        bad.setdefault(i, []).append(
+          (index, f'{column.name}: {column.type_name} value {texts[i]!r} does not fit {column.arrow}')
         )
-      )
-    good = pa.array([i not in bad for i in range(table.num_rows)], type=pa.bool_())
-    numbers = pa.array(range(first_row, first_row + table.num_rows), type=pa.int64()).filter(good)
-    table = table.filter(good)
-    for name, column in zip(self._names, self._plan.columns):
-      if column.read_as != pa.string():
-        typed = _cast_text(table.column(name).combine_chunks(), column.read_as)
-        table = table.set_column(table.schema.get_field_index(name), name, typed)
-    return table, numbers, letters
+        bad_text[i, index] = str(texts[i])
+    converted = []
+    for index, (column, array) in enumerate(zip(self._plan.columns, arrays)):
+      try:
+        converted.append(_convert(column, array))
+      except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
+        # Some value does not fit: find which, one at a time (rare)
+        values = array.to_pylist()
+        for i, value in enumerate(values):
+          try:
+            _convert(column, pa.array([value], type=array.type))
+          except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
+            bad.setdefault(i, []).append(
+              (index, f'{column.name}: {column.type_name} value {value!r} does not fit {column.arrow}')
+            )
+            values[i] = None
+        converted.append(_convert(column, pa.array(values, type=array.type)))
+    batch = pa.RecordBatch.from_arrays(converted, names=[c.name for c in self._plan.columns])
+    letters = []
+    rows_arg: Any = first_row
+    if bad:
+      for i, found in sorted(bad.items()):
+        problems_of_row = [problem for _, problem in sorted(found)]
+        record = {
+          c.name: bad_text[i, index] if (i, index) in bad_text else _text_form(arrays[index][i].as_py())
+          for index, c in enumerate(self._plan.columns)
+        }
+        letters.append(
+          dead_letter(
+            self._plan.source_name,
+            f'row {first_row + i}',
+            'invalid_type',
+            problems_of_row[0].split(':', 1)[0],
+            record,
+            '; '.join(problems_of_row),
+            'read',
+          )
+        )
+      good = pa.array([i not in bad for i in range(count)], type=pa.bool_())
+      rows_arg = pa.array(range(first_row, first_row + count), type=pa.int64()).filter(good)
+      batch = batch.filter(good)
+    if not batch.num_rows:
+      return [], letters, count
+    return [with_provenance(batch, self._plan.source_name, rows_arg)], letters, count
 
 
-def _cast_text(values: pa.Array, target: pa.DataType) -> pa.Array:
-  if pa.types.is_boolean(target):
-    return pc.equal(values, 't')
-  return values.cast(target)
+def _finish_copy(conn):
+  """Fetches a COPY's final results after libpq reported its end; raises the server's error, if any."""
+  import psycopg
+  from psycopg import generators
 
-
-def _cast_one(value: Optional[str], target: pa.DataType):
-  if value is None:
-    return
-  _cast_text(pa.array([value], type=pa.string()), target)
+  for result in conn.wait(generators.fetch_many(conn.pgconn)):
+    if result.status == psycopg.pq.ExecStatus.FATAL_ERROR:
+      raise psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
 
 
 class _ReleaseSnapshotFn(beam.DoFn):

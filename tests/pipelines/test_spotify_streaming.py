@@ -460,3 +460,20 @@ def test_streaming_jobs_on_flink_checkpoint_by_default():
     # What FlinkRunner hands to Beam's job server.
     assert options.get_all_options().get('checkpointing_interval') == expected, argv
     assert options.get_all_options().get('finish_bundle_before_checkpointing') == (True if expected else None), argv
+
+
+def test_streaming_jobs_cache_user_state_unless_told():
+  """WindowEvents reads its state at every batch and timer: without the SDK's cache each read is a runner round trip."""
+  from apache_beam.options.pipeline_options import PipelineOptions, WorkerOptions
+
+  default = spotify_streaming.DEFAULT_STATE_CACHE_MB
+  for argv, expected in (
+    (['--runner=FlinkRunner', '--streaming'], default),
+    (['--runner=PrismRunner', '--streaming', '--max_records_per_partition=5'], default),
+    (['--runner=FlinkRunner', '--streaming', '--max_cache_memory_usage_mb=0'], 0),
+    (['--runner=FlinkRunner', '--streaming', '--max_cache_memory_usage_mb', '7'], 7),
+    (['--runner=FlinkRunner'], 0),  # a batch job: Beam's default
+  ):
+    options = PipelineOptions(argv)
+    spotify_streaming._state_cache_by_default(options, argv)
+    assert options.view_as(WorkerOptions).max_cache_memory_usage_mb == expected, argv
