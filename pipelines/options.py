@@ -13,10 +13,28 @@ from __future__ import annotations
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-__all__ = ['SpotifyBatchOptions', 'INPUT_FORMATS', 'OUTPUT_FORMATS']
+__all__ = ['SpotifyBatchOptions', 'INPUT_FORMATS', 'OUTPUT_FORMATS', 'add_mlflow_arguments']
 
 INPUT_FORMATS = ('csv', 'jsonl', 'json', 'parquet', 'avro', 'excel')
 OUTPUT_FORMATS = ('parquet', 'avro', 'jsonl', 'tfrecord')
+
+
+def add_mlflow_arguments(parser):
+  """--mlflow_tracking_uri and --mlflow_experiment, shared by every job (pipelines.mlflow_logging).
+
+  Beam parses every options class's flags with one parser: a flag another
+  class defined already is left as it is.
+  """
+  flags = (
+    (
+      '--mlflow_tracking_uri',
+      dict(help='MLflow tracking server (e.g. http://127.0.0.1:5065): the run is logged there. Needs the ml extra.'),
+    ),
+    ('--mlflow_experiment', dict(default='music-beam-pipelines', help='MLflow experiment the run is logged in.')),
+  )
+  for flag, kwargs in flags:
+    if flag not in parser._option_string_actions:
+      parser.add_argument(flag, **kwargs)
 
 
 class SpotifyBatchOptions(PipelineOptions):
@@ -79,3 +97,4 @@ class SpotifyBatchOptions(PipelineOptions):
     parser.add_argument(
       '--run_id', help='Identifier of this run in the manifest. Default: a UTC timestamp and random suffix.'
     )
+    add_mlflow_arguments(parser)

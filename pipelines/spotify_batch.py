@@ -693,6 +693,17 @@ def run(
   manifest = read_json(FileSystems.join(config.output, '_manifest.json'))
   if manifest is None or manifest.get('run_id') != run_id:
     raise RuntimeError(f'the run finished but wrote no manifest at {config.output}/_manifest.json')
+  batch_options = options.view_as(SpotifyBatchOptions)
+  if batch_options.mlflow_tracking_uri:
+    from pipelines import mlflow_logging
+
+    schema_doc = read_json(FileSystems.join(config.output, '_schema.json'))
+    mlflow_logging.log_run(
+      batch_options.mlflow_tracking_uri,
+      batch_options.mlflow_experiment,
+      manifest,
+      artifacts={'schema.json': json.dumps(schema_doc, indent=2, sort_keys=True)} if schema_doc else None,
+    )
   return manifest
 
 
