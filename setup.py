@@ -15,6 +15,8 @@ EXTRAS = {
     'tensorflow-transform>=1.21,<1.22',
     'tensorflow-metadata>=1.21,<1.22',
     'tensorflow-datasets>=4.9',
+    # tfds reads its resources through etils.epath, which needs it but does not declare it.
+    'importlib_resources>=6',
     'mlflow>=3.10',
     'datasets>=3.0',
   ],

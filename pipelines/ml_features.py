@@ -57,7 +57,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from io_connectors.sinks.lake import (
   OutputLock,
@@ -529,7 +529,7 @@ def _delete_run_dir(output: str, run_dir: str):
 
 def run(argv: Optional[Sequence[str]] = None) -> dict:
   """Runs the job and returns its published manifest; raises UsageError for bad flags or input."""
-  from pipelines.spotify_batch import _wait_with_progress, code_version
+  from pipelines.spotify_batch import _wait_with_progress, new_run_id, run_info
 
   argv = runners.local_runner_args(sys.argv[1:] if argv is None else argv)
   options = _options_from(argv)
@@ -551,14 +551,9 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
   check_splits(counts, ratios, ml_options.min_train_rows)
   groups = sorted(counts)
   preprocessing_fn, fn_name = load_preprocessing(ml_options.preprocessing_module, ml_options)
-  run_id = ml_options.run_id or dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ-') + uuid.uuid4().hex[:8]
-  runner = options.view_as(StandardOptions).runner or 'DirectRunner'
+  run_id = ml_options.run_id or new_run_id()
   info = {
-    'pipeline': PIPELINE_NAME,
-    'run_id': run_id,
-    'started_at': dt.datetime.now(dt.timezone.utc).isoformat(),
-    'runner': runner if isinstance(runner, str) else type(runner).__name__,
-    'code_version': code_version(),
+    **run_info(PIPELINE_NAME, run_id, options),
     'input': {'lake': ml_options.input, 'run_id': lake_manifest.get('run_id'), 'files': len(files)},
     'output': ml_options.output,
     'split_ratios': list(ratios),

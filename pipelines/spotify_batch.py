@@ -100,6 +100,23 @@ def code_version() -> Dict[str, Optional[str]]:
   return {'package': package, 'git_commit': commit, 'beam': beam.__version__}
 
 
+def new_run_id() -> str:
+  """A run id for a run not given one: the UTC time and a random suffix."""
+  return dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ-') + uuid.uuid4().hex[:8]
+
+
+def run_info(pipeline: str, run_id: str, options: PipelineOptions) -> Dict[str, Any]:
+  """The fields every job's manifest starts with: pipeline, run id, start time, runner, code version."""
+  runner = options.view_as(StandardOptions).runner or 'DirectRunner'
+  return {
+    'pipeline': pipeline,
+    'run_id': run_id,
+    'started_at': dt.datetime.now(dt.timezone.utc).isoformat(),
+    'runner': runner if isinstance(runner, str) else type(runner).__name__,
+    'code_version': code_version(),
+  }
+
+
 # ----- Argument handling -----
 
 
@@ -654,14 +671,9 @@ def run(
   except PiiKeyError as e:
     raise ConfigError(str(e)) from None
   previous_schema, baseline = _previous_schema(config)
-  run_id = config.run_id or dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ-') + uuid.uuid4().hex[:8]
-  runner = options.view_as(StandardOptions).runner or 'DirectRunner'
+  run_id = config.run_id or new_run_id()
   info = {
-    'pipeline': PIPELINE_NAME,
-    'run_id': run_id,
-    'started_at': dt.datetime.now(dt.timezone.utc).isoformat(),
-    'runner': runner if isinstance(runner, str) else type(runner).__name__,
-    'code_version': code_version(),
+    **run_info(PIPELINE_NAME, run_id, options),
     # The entity of every source when they share one (a config without
     # `entity:` whose sources know theirs), else the run's.
     'entity': _run_entity(config),

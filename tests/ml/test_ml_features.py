@@ -129,8 +129,9 @@ def test_transform_fn_serves_raw_features(features):
   out, manifest = features
   group_dir = os.path.join(out, manifest['run_dir'], 'data', 'tenant=acme')
   layer = tft.TFTransformOutput(group_dir).transform_features_layer()
+  dtypes = {'bytes': tf.string, 'int64': tf.int64, 'float': tf.float32}
   raw = {
-    name: tf.constant([value])
+    name: tf.constant([value], dtype=dtypes[ml.RAW_FEATURES[name]])
     for name, value in {
       'tenant_id': b'acme',
       'event_id': b'x',
