@@ -206,16 +206,20 @@ def _open_parquet(path: str) -> pq.ParquetFile:
     return pq.ParquetFile(io.BytesIO(handle.read()))
 
 
-def check_columns(files: Sequence[Tuple[str, str]]):
-  """Every file has the required columns (optional ones may be missing: read as null)."""
+def check_columns(files: Sequence[Tuple[str, str]]) -> int:
+  """Checks that every file has the required columns (optional ones may be missing: read as null); returns the rows."""
+  rows = 0
   for path, _ in files:
     with FileSystems.open(path) as handle:
-      names = set(pq.read_schema(io.BytesIO(handle.read())).names)
+      metadata = pq.read_metadata(io.BytesIO(handle.read()))
+    names = set(metadata.schema.to_arrow_schema().names)
+    rows += metadata.num_rows
     missing = [c for c in ml.LAKE_REQUIRED if c not in names]
     if missing:
       raise UsageError(
         f'{path}: column(s) {", ".join(missing)} missing; the raw features need {", ".join(ml.LAKE_REQUIRED)}'
       )
+  return rows
 
 
 def split_counts(files: Sequence[Tuple[str, str]], ratios, salt: str, across: bool) -> Dict[str, List[int]]:
@@ -388,17 +392,26 @@ class _FinalizeFn(beam.DoFn):
     moves = finalize_files(self._output, self._run_dir, letter_files)
     dead = sum(n for _, n in letter_counts)
     transformed = sum(n for _, n in counts)
+    read = self._info['input']['rows']
+    if read != transformed + dead:
+      # A row neither transformed nor set aside: publish nothing rather than a run that lost data.
+      raise RuntimeError(
+        f'{read} lake rows read but {transformed} transformed + {dead} dead letters; nothing published'
+      )
     manifest = dict(
       self._info,
       finished_at=dt.datetime.now(dt.timezone.utc).isoformat(),
       counts={
-        'read': transformed + dead,
+        'read': read,
         'transformed': transformed,
         'dead_letter': dead,
         'dead_letter_by_reason': _by_reason(letter_counts),
         'per_group': per_group,
       },
-      conservation={'ok': True, 'rule': 'read == transformed + dead_letter'},
+      conservation={
+        'ok': read == transformed + dead,
+        'rule': 'read (rows of the lake files) == transformed + dead_letter',
+      },
       files={
         'data': sorted(examples_files),
         # transform_fns only orders this step after WriteTransformFn (its elements say nothing).
@@ -546,7 +559,7 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
     if unknown:
       raise UsageError(f'--tenants: {", ".join(unknown)} not in the lake run')
     files = [(path, tenant) for path, tenant in files if tenant in wanted]
-  check_columns(files)
+  lake_rows = check_columns(files)
   counts = split_counts(files, ratios, ml_options.split_salt, ml_options.across_tenants)
   check_splits(counts, ratios, ml_options.min_train_rows)
   groups = sorted(counts)
@@ -554,7 +567,7 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
   run_id = ml_options.run_id or new_run_id()
   info = {
     **run_info(PIPELINE_NAME, run_id, options),
-    'input': {'lake': ml_options.input, 'run_id': lake_manifest.get('run_id'), 'files': len(files)},
+    'input': {'lake': ml_options.input, 'run_id': lake_manifest.get('run_id'), 'files': len(files), 'rows': lake_rows},
     'output': ml_options.output,
     'split_ratios': list(ratios),
     'split_salt_set': bool(ml_options.split_salt),

@@ -20,6 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.conftest import ensure_service
+
 _STATUS = {'exit': 0}
 
 
@@ -62,3 +64,9 @@ def write_lake(
   with open(os.path.join(root, '_manifest.json'), 'w', encoding='utf-8') as handle:
     json.dump(manifest, handle)
   return root
+
+
+@pytest.fixture(scope='module')
+def mlflow_uri() -> str:
+  """The local MLflow tracking server (scripts/services.d/mlflow.sh)."""
+  return f'http://127.0.0.1:{ensure_service("mlflow")}'

@@ -78,7 +78,7 @@ def read_examples(pattern: str):
 def test_default_features_per_tenant(lake, features):
   out, manifest = features
   counts = manifest['counts']
-  assert counts['read'] == 2 * 60 * 8 and counts['dead_letter'] == 0
+  assert counts['read'] == 2 * 60 * 8 and counts['dead_letter'] == 0 and manifest['conservation']['ok']
   assert set(counts['per_group']) == set(TENANTS)
   run_dir = os.path.join(out, manifest['run_dir'])
   source = pa.concat_tables([events(t, 60, 8, i + 1) for i, t in enumerate(TENANTS)]).to_pylist()
@@ -155,7 +155,7 @@ def test_transform_fn_serves_raw_features(features):
   assert int(transformed['track_id_id'][0]) == vocab  # the OOV bucket
 
 
-def test_custom_module_across_tenants(lake, tmp_path):
+def test_custom_module_across_tenants_logged_to_mlflow(lake, tmp_path, mlflow_uri):
   module = tmp_path / 'team_features.py'
   module.write_text(
     'import tensorflow_transform as tft\n'
@@ -165,9 +165,11 @@ def test_custom_module_across_tenants(lake, tmp_path):
     "          'tenant': inputs['tenant_id']}\n"
   )
   out = str(tmp_path / 'out')
+  experiment = f'test-ml-{os.urandom(4).hex()}'
   manifest = ml_features.run(
     ['--input', lake, '--output', out, '--preprocessing_module', str(module), '--across_tenants']
-    + ['--split_ratios', '0.6,0.4,0']
+    + ['--split_ratios', '0.6,0.4,0', '--run_id', 'team-run', '--mlflow_tracking_uri', mlflow_uri]
+    + ['--mlflow_experiment', experiment]
   )
   assert manifest['groups'] == [ml_features.ALL_TENANTS] and manifest['preprocessing']['name'] == 'team-v2'
   per_split = manifest['counts']['per_group'][ml_features.ALL_TENANTS]
@@ -178,6 +180,18 @@ def test_custom_module_across_tenants(lake, tmp_path):
   assert {r['tenant'] for r in rows} == {b'acme', b'nord7'}
   assert min(r['ms_scaled'] for r in rows) == 0.0 and max(r['ms_scaled'] for r in rows) == 1.0
   assert not os.path.exists(os.path.join(group_dir, 'test'))
+  # The run in MLflow: params, counts per split, manifest and raw schema.
+  from mlflow.tracking import MlflowClient
+
+  client = MlflowClient(tracking_uri=mlflow_uri)
+  found = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+  assert [r.info.run_name for r in found] == ['ml_features:team-run']
+  logged = found[0]
+  assert logged.data.metrics['all_tenants.train.rows'] == per_split['train']
+  assert logged.data.metrics['dead_letter_rate'] == 0.0
+  assert json.loads(logged.data.params['preprocessing'])['name'] == 'team-v2'
+  artifacts = {a.path for a in client.list_artifacts(logged.info.run_id, 'schema')}
+  assert artifacts == {'schema/raw_schema.pbtxt'}
 
 
 def _nothing_published(out: str):
@@ -232,7 +246,7 @@ def test_nan_inf_and_null_label_become_dead_letters(tmp_path):
   out = str(tmp_path / 'out')
   manifest = ml_features.run(['--input', lake, '--output', out, '--split_ratios', '0.7,0.3,0'])
   counts = manifest['counts']
-  assert counts['dead_letter'] == 3 and counts['transformed'] == 50 * 6 - 3
+  assert counts['dead_letter'] == 3 and counts['transformed'] == 50 * 6 - 3 and counts['read'] == 50 * 6
   assert counts['dead_letter_by_reason'] == {'invalid_value': 2, 'missing_field': 1}
   letters = [json.loads(line) for p in manifest['files']['dead_letter'] for line in open(p)]
   assert sorted(l['position'] for l in letters) == ['row 4', 'row 5', 'row 8']

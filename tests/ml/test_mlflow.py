@@ -10,12 +10,6 @@ from mlflow.tracking import MlflowClient
 
 from pipelines import mlflow_logging, sample_data
 from pipelines.spotify_batch import run as run_batch
-from tests.conftest import ensure_service
-
-
-@pytest.fixture(scope='module')
-def mlflow_uri() -> str:
-  return f'http://127.0.0.1:{ensure_service("mlflow")}'
 
 
 def _only_run(client: MlflowClient, experiment: str, name: str):
