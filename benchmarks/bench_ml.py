@@ -113,9 +113,7 @@ def run_baseline(raw_path: str, out: str, runner: str):
   def only(split):
     def select(table):
       part = table.filter(pc.equal(table.column('split'), split)).select(names)
-      return [
-        pa.RecordBatch.from_arrays(b.columns, schema=ml.tfxio_schema()) for b in part.to_batches() if b.num_rows
-      ]
+      return [pa.RecordBatch.from_arrays(b.columns, schema=ml.tfxio_schema()) for b in part.to_batches() if b.num_rows]
 
     return select
 

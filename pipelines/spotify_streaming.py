@@ -393,7 +393,7 @@ def run(argv: Optional[Sequence[str]] = None, wait: bool = True, pii_key_secret:
       result.wait_until_finish()
   except BaseException:
     if tracking:
-      mlflow_logging.finish_run(*tracking, metrics={}, status='FAILED')
+      mlflow_logging.finish_run(tracking[0], tracking[1], metrics={}, status='FAILED')
     raise
   if tracking and wait:
     metrics = mlflow_logging.counter_metrics(result)
@@ -402,7 +402,7 @@ def run(argv: Optional[Sequence[str]] = None, wait: bool = True, pii_key_secret:
     seen = letters + metrics.get('windows.accepted', 0.0) + metrics.get('windows.duplicates', 0.0)
     if seen:
       metrics['dead_letter_rate'] = letters / seen
-    mlflow_logging.finish_run(*tracking, metrics=metrics)
+    mlflow_logging.finish_run(tracking[0], tracking[1], metrics=metrics)
   return result
 
 
