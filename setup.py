@@ -10,7 +10,16 @@ EXTRAS = {
   'gcp': ['apache-beam[gcp]==2.77.0', 'google-cloud-storage>=2.14'],
   'aws': ['apache-beam[aws]==2.77.0', 'boto3>=1.34'],
   # TensorFlow alone is ~2 GB: only ML users pay for it.
-  'ml': ['tensorflow>=2.16', 'tensorflow-transform>=1.16', 'tensorflow-datasets>=4.9'],
+  'ml': [
+    'tensorflow>=2.16',
+    'tensorflow-transform>=1.21,<1.22',
+    'tensorflow-metadata>=1.21,<1.22',
+    'tensorflow-datasets>=4.9',
+    # tfds reads its resources through etils.epath, which needs it but does not declare it.
+    'importlib_resources>=6',
+    'mlflow>=3.10',
+    'datasets>=3.0',
+  ],
   # Source and sink families: each imports its client only when used.
   'postgres': ['psycopg[binary]==3.3.9'],
   'mongodb': ['pymongo>=4.6'],

@@ -13,11 +13,29 @@ from __future__ import annotations
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-__all__ = ['SpotifyBatchOptions', 'INPUT_FORMATS', 'OUTPUT_FORMATS', 'TABLE_MODES']
+__all__ = ['SpotifyBatchOptions', 'INPUT_FORMATS', 'OUTPUT_FORMATS', 'TABLE_MODES', 'add_mlflow_arguments']
 
 INPUT_FORMATS = ('csv', 'jsonl', 'json', 'parquet', 'avro', 'excel')
 OUTPUT_FORMATS = ('parquet', 'avro', 'jsonl', 'tfrecord', 'iceberg', 'delta')
 TABLE_MODES = ('append', 'overwrite')
+
+
+def add_mlflow_arguments(parser):
+  """--mlflow_tracking_uri and --mlflow_experiment, shared by every job (pipelines.mlflow_logging).
+
+  Beam parses every options class's flags with one parser: a flag another
+  class defined already is left as it is.
+  """
+  flags = (
+    (
+      '--mlflow_tracking_uri',
+      dict(help='MLflow tracking server (e.g. http://127.0.0.1:5065): the run is logged there. Needs the ml extra.'),
+    ),
+    ('--mlflow_experiment', dict(default='music-beam-pipelines', help='MLflow experiment the run is logged in.')),
+  )
+  for flag, kwargs in flags:
+    if flag not in parser._option_string_actions:
+      parser.add_argument(flag, **kwargs)
 
 
 class SpotifyBatchOptions(PipelineOptions):
@@ -108,3 +126,4 @@ class SpotifyBatchOptions(PipelineOptions):
       '(libpq reads $PGPASSWORD or ~/.pgpass; options are part of the job graph) or a local file. '
       'Default: $PIPELINE_AUDIT_LOG.',
     )
+    add_mlflow_arguments(parser)

@@ -102,6 +102,23 @@ def code_version() -> Dict[str, Optional[str]]:
   return {'package': package, 'git_commit': commit, 'beam': beam.__version__}
 
 
+def new_run_id() -> str:
+  """A run id for a run not given one: the UTC time and a random suffix."""
+  return dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ-') + uuid.uuid4().hex[:8]
+
+
+def run_info(pipeline: str, run_id: str, options: PipelineOptions) -> Dict[str, Any]:
+  """The fields every job's manifest starts with: pipeline, run id, start time, runner, code version."""
+  runner = options.view_as(StandardOptions).runner or 'DirectRunner'
+  return {
+    'pipeline': pipeline,
+    'run_id': run_id,
+    'started_at': dt.datetime.now(dt.timezone.utc).isoformat(),
+    'runner': runner if isinstance(runner, str) else type(runner).__name__,
+    'code_version': code_version(),
+  }
+
+
 # ----- Argument handling -----
 
 
@@ -799,14 +816,9 @@ def run(
   except PiiKeyError as e:
     raise ConfigError(str(e)) from None
   previous_schema, baseline = _previous_schema(config)
-  run_id = config.run_id or dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ-') + uuid.uuid4().hex[:8]
-  runner = options.view_as(StandardOptions).runner or 'DirectRunner'
+  run_id = config.run_id or new_run_id()
   info = {
-    'pipeline': PIPELINE_NAME,
-    'run_id': run_id,
-    'started_at': dt.datetime.now(dt.timezone.utc).isoformat(),
-    'runner': runner if isinstance(runner, str) else type(runner).__name__,
-    'code_version': code_version(),
+    **run_info(PIPELINE_NAME, run_id, options),
     # The entity of every source when they share one (a config without
     # `entity:` whose sources know theirs), else the run's.
     'entity': _run_entity(config),
@@ -871,6 +883,17 @@ def _run_files(options, config: RunConfig, master_key, info: dict, previous_sche
   manifest = read_json(FileSystems.join(config.output, '_manifest.json'))
   if manifest is None or manifest.get('run_id') != run_id:
     raise RuntimeError(f'the run finished but wrote no manifest at {config.output}/_manifest.json')
+  batch_options = options.view_as(SpotifyBatchOptions)
+  if batch_options.mlflow_tracking_uri:
+    from pipelines import mlflow_logging
+
+    schema_doc = read_json(FileSystems.join(config.output, '_schema.json'))
+    mlflow_logging.log_run(
+      batch_options.mlflow_tracking_uri,
+      batch_options.mlflow_experiment,
+      manifest,
+      artifacts={'schema.json': json.dumps(schema_doc, indent=2, sort_keys=True)} if schema_doc else None,
+    )
   return manifest
 
 

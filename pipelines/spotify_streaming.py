@@ -76,7 +76,7 @@ from io_connectors.sinks.window_files import (
   metrics_writer,
   sweep_temporaries,
 )
-from pipelines import cli, runners, stream_sources
+from pipelines import cli, mlflow_logging, runners, stream_sources
 from pipelines.streaming_options import SpotifyStreamingOptions
 from transforms import entities
 from transforms.dead_letter import flatten_dead_letters
@@ -451,10 +451,55 @@ def run(argv: Optional[Sequence[str]] = None, wait: bool = True, pii_key_secret:
     raise ConfigError(str(e)) from None
   pipeline = beam.Pipeline(options=pipeline_options)
   build(pipeline, options, master_key)
-  result = pipeline.run()
-  if wait:
-    result.wait_until_finish()
+  tracking = _start_mlflow_run(options, pipeline_options) if options.mlflow_tracking_uri else None
+  try:
+    result = pipeline.run()
+    if wait:
+      result.wait_until_finish()
+  except BaseException:
+    if tracking:
+      mlflow_logging.finish_run(tracking[0], tracking[1], metrics={}, status='FAILED')
+    raise
+  if tracking and wait:
+    metrics = mlflow_logging.counter_metrics(result)
+    # Events that reached validation: valid ones end accepted, late or duplicate in the windows.
+    letters = metrics.get('validate.invalid_rows', 0.0) + metrics.get('windows.late_events', 0.0)
+    seen = letters + metrics.get('windows.accepted', 0.0) + metrics.get('windows.duplicates', 0.0)
+    if seen:
+      metrics['dead_letter_rate'] = letters / seen
+    mlflow_logging.finish_run(tracking[0], tracking[1], metrics=metrics)
   return result
+
+
+def _start_mlflow_run(options: SpotifyStreamingOptions, pipeline_options: PipelineOptions):
+  """(client, MLflow run id) of the job's run: its flags as params (no secret: those are never flags' values here)."""
+  import datetime as dt
+
+  flags = options.get_all_options(drop_default=False, retain_unknown_options=False)
+  keep = (
+    'source',
+    'entity',
+    'output',
+    'tenant_id',
+    'tenant_field',
+    'window_size_s',
+    'allowed_lateness_s',
+    'session_gap_s',
+    'bounded',
+    'runner',
+    'streaming',
+    'topics',
+    'keep_pii',
+  )
+  params = {k: str(flags[k]) for k in keep if flags.get(k) is not None}
+  run_id = dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')
+  return mlflow_logging.start_run(
+    options.mlflow_tracking_uri,
+    options.mlflow_experiment,
+    f'spotify_streaming:{run_id}',
+    params,
+    {'pipeline': 'spotify_streaming', 'runner': str(_runner_name(pipeline_options))},
+  )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

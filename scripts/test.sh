@@ -5,7 +5,7 @@
 #   scripts/test.sh [PYTEST ARGS...]     # e.g. scripts/test.sh tests/io_connectors -k csv -n 2
 #
 # 1. Creates .venv (python3 -m venv) when missing and installs the package with
-#    pip install -e '.[test,aws,gcp]' when setup.py changed since the last
+#    pip install -e '.[test,aws,gcp,ml]' when setup.py changed since the last
 #    install (stamp: .cache/install.stamp, keyed on setup.py and the venv).
 # 2. Runs .venv/bin/python -m pytest tests -q with the given arguments (without
 #    `tests` when they name test files or folders). The tests start the local
@@ -27,7 +27,7 @@ source scripts/venv.sh
 
 log() { echo "test.sh: $*" >&2; }
 
-ensure_venv '.[test,aws,gcp]'
+ensure_venv '.[test,aws,gcp,ml]'
 
 # `tests` unless the arguments name test paths themselves: pytest would run
 # the whole of tests/ as well as the paths given.

@@ -1,0 +1,61 @@
+"""pipelines.hf_export: a lake table as a Hugging Face dataset that datasets.load_dataset reads."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+import datasets
+import pyarrow as pa
+import pytest
+
+from pipelines import hf_export
+from tests.ml.conftest import write_lake
+
+
+def _events(tenant: str, n: int, with_platform: bool = True) -> pa.Table:
+  columns = {
+    'event_id': [f'{tenant}-{i}' for i in range(n)],
+    'tenant_id': [tenant] * n,
+    'user_id': [f'u{i % 7}x9' for i in range(n)],
+    'played_at': pa.array(
+      [dt.datetime(2024, 6, 1, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=i) for i in range(n)],
+      pa.timestamp('us', 'UTC'),
+    ),
+    'ms_played': pa.array(range(n), pa.int64()),
+    'skipped': [i % 3 == 0 for i in range(n)],
+    'context': pa.array([{'uri': f'spotify:album:{i}', 'n': i} for i in range(n)]),
+  }
+  if with_platform:
+    columns['platform'] = ['ios'] * n
+  return pa.table(columns)
+
+
+def test_export_loads_with_datasets(tmp_path):
+  # An older file of one tenant lacks `platform`: the export gives it nulls, same features everywhere.
+  lake = write_lake(str(tmp_path / 'lake'), {'acme': _events('acme', 25), 'nord7': _events('nord7', 10, False)})
+  out = str(tmp_path / 'hf')
+  result = hf_export.export(lake, out, max_shard_rows=10)
+  assert result['rows'] == {'acme': 25, 'nord7': 10}
+  assert sorted(os.listdir(os.path.join(out, 'data', 'acme'))) == [f'train-0000{i}-of-00003.parquet' for i in range(3)]
+  card = open(os.path.join(out, 'README.md'), encoding='utf-8').read()
+  assert 'lake-run' in card and 'pseudonym' in card and '| nord7 | train | 10 |' in card
+
+  everything = datasets.load_dataset(out, split='train')
+  assert everything.num_rows == 35
+  features = everything.features
+  assert features['ms_played'].dtype == 'int64' and features['skipped'].dtype == 'bool'
+  assert features['played_at'].dtype == 'timestamp[us, tz=UTC]'
+  assert features['context'].dtype == 'string'  # nested values as JSON text
+  nord = datasets.load_dataset(out, 'nord7', split='train')
+  assert nord.num_rows == 10 and set(nord['platform']) == {None}
+  row = sorted(nord, key=lambda r: r['ms_played'])[3]
+  assert row['event_id'] == 'nord7-3' and row['ms_played'] == 3 and row['skipped'] is True
+  assert row['context'] == '{"uri": "spotify:album:3", "n": 3}'
+
+  # An existing export is replaced only when asked; a failed export leaves nothing behind.
+  with pytest.raises(hf_export.ExportError, match='exists'):
+    hf_export.export(lake, out)
+  assert hf_export.main(['--input', lake, '--output', out, '--overwrite', '--entity', 'track']) == 2
+  assert datasets.load_dataset(out, split='train').num_rows == 35
+  assert sorted(os.listdir(tmp_path)) == ['hf', 'lake']
