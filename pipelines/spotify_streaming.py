@@ -32,16 +32,18 @@ the rows being written, by `event_id`: a replay that brings only part of a
 window's rows (a restarted job reclaiming what a killed one left pending)
 neither drops the rows written before nor writes one twice.
 
-Sources that acknowledge after the sink (Redis Streams, ``--redis_ack sink``,
-the default) are told what was written: each entry is acknowledged once its
-row is in a file, its dead letter is written, or it was dropped as a
-duplicate; a job killed with windows still open leaves their entries pending
-for the next run.
+Sources acknowledge after the sink (``--ack sink``, the default on runners
+without checkpoints: Prism, the FnApiRunner, the DirectRunner): Kafka
+commits offsets, Pulsar acks messages and Redis Streams (also the WebSocket
+source's durable stream) XACKs entries only once each record's row is in a
+file, its dead letter is written, or it was dropped as a duplicate
+(`io_connectors.streams._acknowledge`); a job killed with windows still open
+leaves them to be read again by the next run.
 
-On FlinkRunner a streaming job checkpoints every 10 s unless
---checkpointing_interval says otherwise (recovery restores the last
-checkpoint; Kafka offsets are committed and Redis entries acknowledged with
---redis_ack finalize once a checkpoint completes) and finishes its bundles
+On FlinkRunner (and Dataflow) ``--ack auto`` is ``finalize``: a streaming job
+checkpoints every 10 s unless --checkpointing_interval says otherwise
+(recovery restores the last checkpoint; offsets are committed, messages and
+entries acknowledged once a checkpoint completes) and finishes its bundles
 before a checkpoint barrier (see `_flink_checkpoints_by_default`).
 
 Adding a source: one entry in `SOURCES` (name -> function(options) returning a
@@ -115,6 +117,8 @@ def kafka_read_options(options: SpotifyStreamingOptions) -> kafka.KafkaReadOptio
         or (os.environ.get('EVENT_HUBS_CONNECTION_STRING') if options.source == 'eventhubs' else None)
       ),
       streaming=True if streaming else None,
+      # KafkaIO (--kafka_reader java) commits with its checkpoints; without a group there is nothing to commit.
+      ack=stream_sources.ack_mode(options) if options.group_id and options.kafka_reader == 'python' else 'finalize',
     )
   except ValueError as e:
     raise ConfigError(str(e)) from None
