@@ -67,7 +67,7 @@ class _Kafka:
     self.group = f'g-{self.topic}'
     self._next = collections.Counter()
 
-  def flags(self) -> dict:
+  def flags(self, runner: str) -> dict:
     return dict(
       source='kafka',
       bootstrap_servers=self.bootstrap,
@@ -110,7 +110,7 @@ class _Pulsar:
     self._client.subscribe(self.topic, 'lake', consumer_type=pulsar.ConsumerType.Shared).close()
     self._producer = self._client.create_producer(self.topic, batching_enabled=False)
 
-  def flags(self) -> dict:
+  def flags(self, runner: str) -> dict:
     return dict(
       source='pulsar', pulsar_service_url=self.service_url, pulsar_topics=self.topic, pulsar_subscription='lake'
     )
@@ -143,12 +143,15 @@ class _Redis:
     self.client = redis.Redis.from_url(url)
     self.stream = f'kill-{uuid.uuid4().hex[:10]}'
 
-  def flags(self) -> dict:
+  def flags(self, runner: str) -> dict:
     return dict(
       source='redis',
       redis_streams=self.stream,
       redis_group='lake',
-      redis_count='50',
+      # The FnApiRunner hands a streaming reader's later bundles to the windows
+      # late or never (with 50-entry reads the job stalled after five windows,
+      # --ack finalize too): there the first read takes the whole backlog.
+      redis_count='50' if runner == 'prism' else '1000',
       redis_min_idle_ms=str(self.MIN_IDLE_MS),
     )
 
@@ -207,7 +210,7 @@ def kill_and_restart(source, runner: str, output: str, log_path, seed: int):
   first_ids = {i for i in plan.unique_valid if int(i.split('-')[1]) < EVENTS_PER_PHASE}
   runner_flags = runners.runner_args('prism') if runner == 'prism' else ['--runner=FnApiRunner']
   argv = runner_flags + job_argv(
-    **source.flags(),
+    **source.flags(runner),
     tenant_field='tenant',
     output=output,
     window_size_s=str(WINDOW_S),
