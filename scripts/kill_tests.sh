@@ -16,12 +16,12 @@ repeats="${1:-5}"
 [ $# -gt 0 ] && shift
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
-KILL_TEST_REPEATS="$repeats" .venv/bin/python -m pytest tests/pipelines/test_streaming_kill.py -q -rA "$@" | tee "$log"
+KILL_TEST_REPEATS="$repeats" .venv/bin/python -m pytest tests/pipelines/test_streaming_kill.py -v "$@" | tee "$log"
 status="${PIPESTATUS[0]}"
 echo
 echo "kill/restart runs (passes/total), load average: $(cut -d' ' -f1-3 /proc/loadavg)"
-grep -oE '^(PASSED|FAILED|ERROR) [^ ]*\[[a-z]+-[a-z]+-r[0-9]+\]' "$log" \
-  | sed -E 's/^([A-Z]+) .*\[([a-z]+)-([a-z]+)-r[0-9]+\]$/\2 \3 \1/' \
+grep -oE '\[[a-z]+-[a-z]+-r[0-9]+\] (PASSED|FAILED|ERROR)' "$log" \
+  | sed -E 's/^\[([a-z]+)-([a-z]+)-r[0-9]+\] ([A-Z]+)$/\1 \2 \3/' \
   | awk '{ total[$1" on "$2]++; if ($3 == "PASSED") passed[$1" on "$2]++ }
          END { for (k in total) printf "  %-16s %d/%d\n", k, passed[k] + 0, total[k] }' \
   | sort

@@ -16,8 +16,12 @@ Delivery (at-least-once), as `io_connectors.streams.redis_streams`:
   restriction, then ``defer_remainder``). It receives up to ``batch_size``
   messages for at most ``poll_seconds``.
 - Messages are acknowledged individually in the bundle's finalization
-  callback (`DoFn.BundleFinalizerParam`), i.e. after the runner committed
-  the bundle's output. The subscription keeps every unacknowledged message.
+  callback (`DoFn.BundleFinalizerParam`, ``ack='finalize'``), i.e. after the
+  runner committed the bundle's output, or once the pipeline wrote them
+  (``ack='sink'``: `ReadFromPulsar.acknowledge_written()` acks them through
+  the consumer that received them, in the same process; see
+  `io_connectors.streams._acknowledge`). The subscription keeps every
+  unacknowledged message.
 - A consumer that dies (process killed) loses its connection, and the broker
   redelivers its unacknowledged messages to the subscription's other or next
   consumers (subscription type ``Shared`` by default, so several readers

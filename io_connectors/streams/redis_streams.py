@@ -37,10 +37,11 @@ Delivery (at-least-once, no loss):
   the process, so there the guarantee holds for sinks fused with the read.
 
 Acknowledging after the sink (``ack='sink'``, what `pipelines.spotify_streaming`
-uses): the reader does not XACK; the pipeline XACKs each entry once what it
-became is durably written (its row in a file, its dead letter, or its drop as
-a duplicate), with `ReadFromRedisStreams.acknowledge_written()`, which takes
-(source, position) pairs. A pipeline process killed with windows still open
+uses off Flink and Dataflow): the reader does not XACK; the pipeline XACKs each
+entry once what it became is durably written (its row in a file, its dead
+letter, or its drop as a duplicate), with `ReadFromRedisStreams.acknowledge_written()`,
+which takes (source, position) pairs (the mechanism every broker source shares:
+`io_connectors.streams._acknowledge`). A pipeline process killed with windows still open
 in the runner's memory then leaves those entries pending, and the next run
 reclaims them. A reader reclaims only entries of other processes' consumers
 (consumer names carry a token of the process), so ``min_idle_ms`` need only
