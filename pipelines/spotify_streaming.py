@@ -56,6 +56,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
+import uuid
 from typing import Callable, Dict, Optional, Sequence
 
 import apache_beam as beam
@@ -64,6 +66,7 @@ from apache_beam.options.pipeline_options import DebugOptions, FlinkRunnerOption
 
 from io_connectors.streams import kafka
 from io_connectors.registry import ConfigError
+from io_connectors.sinks._commit import OutputLock, OutputLockedError
 from io_connectors.sinks.window_files import (
   WRITTEN,
   WriteDeadLettersFn,
@@ -348,6 +351,40 @@ def _flink_checkpoints_by_default(pipeline_options: PipelineOptions):
   options.finish_bundle_before_checkpointing = True
 
 
+# The streaming job's lock on its output (OUTPUT/_lock.json, the batch lake's
+# `OutputLock`): renewed every third of this while the job runs; a lock of a
+# killed job expires after it (at once when its process on this host is gone).
+OUTPUT_LOCK_TTL_S = 180.0
+
+
+def _lock_output(output: str, pipeline_options: PipelineOptions) -> OutputLock:
+  """Takes the output's lock, or ConfigError naming the run that holds it (two jobs would interleave files)."""
+  try:
+    return OutputLock.acquire(
+      output.rstrip('/'), f'streaming-{uuid.uuid4().hex[:12]}', '', ttl_s=OUTPUT_LOCK_TTL_S, options=pipeline_options
+    )
+  except OutputLockedError as e:
+    raise ConfigError(str(e)) from None
+
+
+def _release_when_done(result, lock: OutputLock, keep_alive):
+  """run(wait=False): renews the lock until the job reaches a terminal state, then releases it."""
+  from apache_beam.runners.runner import PipelineState
+
+  def watch():
+    try:
+      while not PipelineState.is_terminal(result.state):
+        threading.Event().wait(2.0)
+    except Exception as e:  # a job service gone: the lock then expires by itself
+      _LOG.info('%s: cannot follow the job (%s); its lock expires by itself', lock.output, type(e).__name__)
+      keep_alive.__exit__(None, None, None)
+      return
+    keep_alive.__exit__(None, None, None)
+    lock.release()
+
+  threading.Thread(target=watch, name='streaming-output-lock', daemon=True).start()
+
+
 def print_help(file=None) -> None:
   """`--help`: every flag of the job and of each source, grouped by source."""
   cli.print_help(
@@ -376,7 +413,6 @@ def run(argv: Optional[Sequence[str]] = None, wait: bool = True, pii_key_secret:
   options = pipeline_options.view_as(SpotifyStreamingOptions)
   _check(options)
   FileSystems.set_options(pipeline_options)
-  sweep_temporaries(options.output)  # what writers of earlier, crashed runs left
   if streaming:
     pipeline_options.view_as(StandardOptions).streaming = True
   _prism_runs_without_splits(pipeline_options)
@@ -388,11 +424,26 @@ def run(argv: Optional[Sequence[str]] = None, wait: bool = True, pii_key_secret:
     master_key = None if options.keep_pii else key_ref(options.pii_key_file, pii_key_secret)
   except PiiKeyError as e:
     raise ConfigError(str(e)) from None
-  pipeline = beam.Pipeline(options=pipeline_options)
-  build(pipeline, options, master_key)
-  result = pipeline.run()
+  # One job per output: a second one would interleave its files with this one's.
+  lock = _lock_output(options.output, pipeline_options)
+  sweep_temporaries(options.output)  # what writers of earlier, crashed runs left
+  keep_alive = lock.kept_alive()
+  keep_alive.__enter__()
+  try:
+    pipeline = beam.Pipeline(options=pipeline_options)
+    build(pipeline, options, master_key)
+    result = pipeline.run()
+    if wait:
+      result.wait_until_finish()
+  except BaseException:
+    keep_alive.__exit__(None, None, None)
+    lock.release()
+    raise
   if wait:
-    result.wait_until_finish()
+    keep_alive.__exit__(None, None, None)
+    lock.release()
+  else:
+    _release_when_done(result, lock, keep_alive)
   return result
 
 
