@@ -20,8 +20,8 @@ KILL_TEST_REPEATS="$repeats" .venv/bin/python -m pytest tests/pipelines/test_str
 status="${PIPESTATUS[0]}"
 echo
 echo "kill/restart runs (passes/total), load average: $(cut -d' ' -f1-3 /proc/loadavg)"
-grep -oE '\[[a-z]+-[a-z]+-r[0-9]+\] (PASSED|FAILED|ERROR)' "$log" \
-  | sed -E 's/^\[([a-z]+)-([a-z]+)-r[0-9]+\] ([A-Z]+)$/\1 \2 \3/' \
+grep -oE '\[r[0-9]+-[a-z]+-[a-z]+\] (PASSED|FAILED|ERROR)' "$log" \
+  | sed -E 's/^\[r[0-9]+-([a-z]+)-([a-z]+)\] ([A-Z]+)$/\1 \2 \3/' \
   | awk '{ total[$1" on "$2]++; if ($3 == "PASSED") passed[$1" on "$2]++ }
          END { for (k in total) printf "  %-16s %d/%d\n", k, passed[k] + 0, total[k] }' \
   | sort

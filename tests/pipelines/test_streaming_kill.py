@@ -276,9 +276,10 @@ def stream_source(request, monkeypatch):
   source.close()
 
 
-@pytest.mark.parametrize('repeat', range(REPEATS), ids=lambda r: f'r{r}')
+# Repeats vary slowest: a longer loop cut short has run every source and runner alike.
 @pytest.mark.parametrize('runner', RUNNERS)
 @pytest.mark.parametrize('stream_source', SOURCES, indirect=True)
+@pytest.mark.parametrize('repeat', range(REPEATS), ids=lambda r: f'r{r}')
 def test_job_killed_mid_run_and_restarted_writes_every_event_once(stream_source, runner, repeat, tmp_path, request):
   if runner == 'prism':
     request.getfixturevalue('prism_binary')
