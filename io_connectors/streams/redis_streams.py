@@ -296,8 +296,8 @@ def _nothing():
   pass
 
 
-class _RedisClientFn(beam.DoFn):
-  """A DoFn with one Redis client per instance, opened in setup and closed in teardown."""
+class _RedisClientHolder:
+  """One Redis client per instance, opened in setup and closed in teardown (DoFns and acknowledgers)."""
 
   def __init__(self, options: RedisStreamsOptions):
     self._options = options
@@ -310,6 +310,10 @@ class _RedisClientFn(beam.DoFn):
     if self._client is not None:
       self._client.close()
       self._client = None
+
+
+class _RedisClientFn(_RedisClientHolder, beam.DoFn):
+  """A DoFn with one Redis client per instance."""
 
 
 class _ReadStreamFn(_RedisClientFn):
@@ -541,20 +545,8 @@ class ReadFromRedisStreams(beam.PTransform):
     return AcknowledgeEntries(self._options) if self._options.ack == 'sink' else None
 
 
-class RedisAcknowledger(Acknowledger):
+class RedisAcknowledger(_RedisClientHolder, Acknowledger):
   """XACKs written entries, per stream, 10,000 ids per call."""
-
-  def __init__(self, options: RedisStreamsOptions):
-    self._options = options
-    self._client = None
-
-  def setup(self):
-    self._client = redis_client(self._options)
-
-  def teardown(self):
-    if self._client is not None:
-      self._client.close()
-      self._client = None
 
   def parse(self, source, position):
     source = str(source or '')

@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import collections
 import os
-import pathlib
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from typing import Dict, List, Set, Tuple
@@ -43,13 +41,14 @@ from tests.pipelines.streaming_support import (
   WINDOW_S,
   dead_letters,
   job_argv,
+  log_tail,
   new_topic,
   plan_events,
   produce,
+  start_job,
   written_ids,
 )
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 EVENTS_PER_PHASE = 600
 SOURCES = ('kafka', 'pulsar', 'redis')
 RUNNERS = ('prism', 'fnapi')
@@ -173,24 +172,6 @@ class _Redis:
     self.client.close()
 
 
-def _start_job(argv: List[str], log_path) -> subprocess.Popen:
-  """pipelines.spotify_streaming as its own process group (the runner's processes die with it)."""
-  with open(log_path, 'ab') as log:
-    return subprocess.Popen(
-      [sys.executable, '-m', 'pipelines.spotify_streaming'] + argv,
-      cwd=REPO_ROOT,
-      env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
-      stdout=log,
-      stderr=subprocess.STDOUT,
-      stdin=subprocess.DEVNULL,
-      start_new_session=True,
-    )
-
-
-def _log_tail(log_path) -> str:
-  return pathlib.Path(log_path).read_text(errors='replace')[-3000:]
-
-
 def _kill(job: subprocess.Popen):
   if job.poll() is None:
     os.killpg(job.pid, signal.SIGKILL)
@@ -219,7 +200,7 @@ def kill_and_restart(source, runner: str, output: str, log_path, seed: int):
     dedup_ttl_s='86400',
   )
   positions = source.add(first)
-  job = _start_job(argv + ['--streaming'], log_path)
+  job = start_job(argv + ['--streaming'], log_path)
   try:
     # Killed once some windows are written: the rest is in the runner's memory.
     wait_until(
@@ -228,7 +209,7 @@ def kill_and_restart(source, runner: str, output: str, log_path, seed: int):
       interval=0.2,
       what='windows to be written',
     )
-    assert job.poll() is None, f'the job ended early:\n{_log_tail(log_path)}'
+    assert job.poll() is None, f'the job ended early:\n{log_tail(log_path)}'
     os.killpg(job.pid, signal.SIGKILL)
     job.wait(60)
     written_before = set(written_ids(output))
@@ -238,8 +219,8 @@ def kill_and_restart(source, runner: str, output: str, log_path, seed: int):
 
     positions += source.add(second)
     getattr(source, 'before_restart', lambda: None)()
-    job = _start_job(argv + ['--bounded'], log_path)
-    assert job.wait(300) == 0, _log_tail(log_path)
+    job = start_job(argv + ['--bounded'], log_path)
+    assert job.wait(300) == 0, log_tail(log_path)
   finally:
     _kill(job)
 
