@@ -40,6 +40,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from io_connectors.sinks.window_files import WRITTEN, WriteWindowFiles
 from pipelines import runners, spotify_streaming, stream_sources
+from pipelines.streaming_options import SpotifyStreamingOptions
 from tests.cluster_fixtures import wait_until
 from tests.io_connectors.streams_support import fresh_name, redis_url
 from tests.pipelines.streaming_support import final_metrics, iso, job_argv, log_tail, produce, start_job
@@ -175,6 +176,35 @@ def test_redis_ack_mode_follows_the_runner():
   assert mode() == 'sink' and mode('--runner=PrismRunner') == 'sink' and mode('--runner=FnApiRunner') == 'sink'
   assert mode('--runner=FlinkRunner') == 'finalize' and mode('--runner', 'DataflowRunner') == 'finalize'
   assert mode('--runner=FlinkRunner', '--redis_ack=sink') == 'sink'
+
+
+def test_every_broker_source_acknowledges_once_written_unless_the_runner_checkpoints():
+  """--ack auto: Kafka, Pulsar, Redis and the WebSocket durable stream hand the job an acknowledging step off Flink."""
+  flags = [
+    '--redis_url=redis://127.0.0.1:1/0',
+    '--redis_streams=s',
+    '--websocket_url=ws://127.0.0.1:1/feed',
+    '--websocket_durable_stream=landing',
+    '--pulsar_service_url=pulsar://127.0.0.1:1',
+    '--pulsar_topics=t',
+    '--topic=t',
+    '--group_id=g',
+  ]
+
+  def acknowledges(name, *argv):
+    options = PipelineOptions(['--source', name] + flags + list(argv)).view_as(SpotifyStreamingOptions)
+    return spotify_streaming.SOURCES[name](options).acknowledge_written() is not None
+
+  for name in ('kafka', 'pulsar', 'redis', 'websocket'):
+    for runner in ('--runner=PrismRunner', '--runner=FnApiRunner', '--runner=DirectRunner'):
+      assert acknowledges(name, runner), (name, runner)
+    assert not acknowledges(name, '--runner=FlinkRunner'), name
+    assert not acknowledges(name, '--runner=PrismRunner', '--ack=finalize'), name
+    assert acknowledges(name, '--runner=FlinkRunner', '--ack=sink'), name
+  # Without a group Kafka has nothing to commit; KafkaIO commits with its own checkpoints.
+  kafka_flags = [f for f in flags if not f.startswith('--group_id')]
+  options = PipelineOptions(['--source=kafka', '--runner=PrismRunner'] + kafka_flags).view_as(SpotifyStreamingOptions)
+  assert spotify_streaming.kafka_read_options(options).ack == 'finalize'
 
 
 # ----- Flink: a TaskManager killed mid-stream -----
