@@ -27,6 +27,13 @@ and renamed):
 Dead-letter files are named by their content: a replay that re-groups them may
 write a letter twice under another name; (source, position, reason) identifies it.
 
+One job per output: a job holds ``OUTPUT/_lock.json`` (the batch lake's
+`OutputLock`: run id, host, pid, expiry) while it runs, renewed every minute
+by the launching process; a second job on the output is refused with an error
+naming the holder. A lock whose process on this host is gone, or that expired
+(3 minutes without renewal), is taken over, so a killed job's restart starts
+at once.
+
 A window file that exists already (a replay after a failure) is merged with
 the rows being written, by `event_id`: a replay that brings only part of a
 window's rows (a restarted job reclaiming what a killed one left pending)
