@@ -100,10 +100,10 @@ class _Kafka:
 class _Pulsar:
   """A fresh topic with its subscription (created before the messages, so it holds them all)."""
 
-  def __init__(self):
+  def __init__(self, service_url: str, admin_url: str):
     import pulsar
 
-    self.service_url, self.admin_url = pulsar_urls()
+    self.service_url, self.admin_url = service_url, admin_url
     self.topic = f'persistent://public/default/kill-{uuid.uuid4().hex[:10]}'
     self._client = pulsar.Client(self.service_url, logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn))
     self._client.subscribe(self.topic, 'lake', consumer_type=pulsar.ConsumerType.Shared).close()
@@ -136,8 +136,7 @@ class _Redis:
 
   MIN_IDLE_MS = 2000
 
-  def __init__(self, monkeypatch):
-    url = redis_url()
+  def __init__(self, url: str, monkeypatch):
     monkeypatch.setenv('REDIS_URL', url)
     self.client = redis.Redis.from_url(url)
     self.stream = f'kill-{uuid.uuid4().hex[:10]}'
@@ -250,9 +249,9 @@ def stream_source(request, monkeypatch):
   if name == 'kafka':
     source = _Kafka(request.getfixturevalue('kafka'))
   elif name == 'pulsar':
-    source = _Pulsar()
+    source = _Pulsar(*pulsar_urls())
   else:
-    source = _Redis(monkeypatch)
+    source = _Redis(redis_url(), monkeypatch)
   yield source
   source.close()
 
