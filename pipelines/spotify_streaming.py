@@ -27,21 +27,30 @@ and renamed):
 Dead-letter files are named by their content: a replay that re-groups them may
 write a letter twice under another name; (source, position, reason) identifies it.
 
+One job per output: a job holds ``OUTPUT/_lock.json`` (the batch lake's
+`OutputLock`: run id, host, pid, expiry) while it runs, renewed every minute
+by the launching process; a second job on the output is refused with an error
+naming the holder. A lock whose process on this host is gone, or that expired
+(3 minutes without renewal), is taken over, so a killed job's restart starts
+at once.
+
 A window file that exists already (a replay after a failure) is merged with
 the rows being written, by `event_id`: a replay that brings only part of a
 window's rows (a restarted job reclaiming what a killed one left pending)
 neither drops the rows written before nor writes one twice.
 
-Sources that acknowledge after the sink (Redis Streams, ``--redis_ack sink``,
-the default) are told what was written: each entry is acknowledged once its
-row is in a file, its dead letter is written, or it was dropped as a
-duplicate; a job killed with windows still open leaves their entries pending
-for the next run.
+Sources acknowledge after the sink (``--ack sink``, the default on runners
+without checkpoints: Prism, the FnApiRunner, the DirectRunner): Kafka
+commits offsets, Pulsar acks messages and Redis Streams (also the WebSocket
+source's durable stream) XACKs entries only once each record's row is in a
+file, its dead letter is written, or it was dropped as a duplicate
+(`io_connectors.streams._acknowledge`); a job killed with windows still open
+leaves them to be read again by the next run.
 
-On FlinkRunner a streaming job checkpoints every 10 s unless
---checkpointing_interval says otherwise (recovery restores the last
-checkpoint; Kafka offsets are committed and Redis entries acknowledged with
---redis_ack finalize once a checkpoint completes) and finishes its bundles
+On FlinkRunner (and Dataflow) ``--ack auto`` is ``finalize``: a streaming job
+checkpoints every 10 s unless --checkpointing_interval says otherwise
+(recovery restores the last checkpoint; offsets are committed, messages and
+entries acknowledged once a checkpoint completes) and finishes its bundles
 before a checkpoint barrier (see `_flink_checkpoints_by_default`).
 
 Adding a source: one entry in `SOURCES` (name -> function(options) returning a
@@ -54,6 +63,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
+import uuid
 from typing import Callable, Dict, Optional, Sequence
 
 import apache_beam as beam
@@ -69,6 +80,7 @@ from apache_beam.options.pipeline_options import (
 from io_connectors.streams import kafka
 from io_connectors.registry import ConfigError
 from io_connectors.sinks import tables as lake_tables
+from io_connectors.sinks._commit import OutputLock, OutputLockedError
 from io_connectors.sinks.window_files import (
   WRITTEN,
   WriteDeadLettersFn,
@@ -122,6 +134,8 @@ def kafka_read_options(options: SpotifyStreamingOptions) -> kafka.KafkaReadOptio
         or (os.environ.get('EVENT_HUBS_CONNECTION_STRING') if options.source == 'eventhubs' else None)
       ),
       streaming=True if streaming else None,
+      # KafkaIO (--kafka_reader java) commits with its checkpoints; without a group there is nothing to commit.
+      ack=stream_sources.ack_mode(options) if options.group_id and options.kafka_reader == 'python' else 'finalize',
     )
   except ValueError as e:
     raise ConfigError(str(e)) from None
@@ -408,6 +422,40 @@ def _state_cache_by_default(pipeline_options: PipelineOptions, argv: Sequence[st
   pipeline_options.view_as(WorkerOptions).max_cache_memory_usage_mb = DEFAULT_STATE_CACHE_MB
 
 
+# The streaming job's lock on its output (OUTPUT/_lock.json, the batch lake's
+# `OutputLock`): renewed every third of this while the job runs; a lock of a
+# killed job expires after it (at once when its process on this host is gone).
+OUTPUT_LOCK_TTL_S = 180.0
+
+
+def _lock_output(output: str, pipeline_options: PipelineOptions) -> OutputLock:
+  """Takes the output's lock, or ConfigError naming the run that holds it (two jobs would interleave files)."""
+  try:
+    return OutputLock.acquire(
+      output.rstrip('/'), f'streaming-{uuid.uuid4().hex[:12]}', '', ttl_s=OUTPUT_LOCK_TTL_S, options=pipeline_options
+    )
+  except OutputLockedError as e:
+    raise ConfigError(str(e)) from None
+
+
+def _release_when_done(result, lock: OutputLock, keep_alive):
+  """run(wait=False): renews the lock until the job reaches a terminal state, then releases it."""
+  from apache_beam.runners.runner import PipelineState
+
+  def watch():
+    try:
+      while not PipelineState.is_terminal(result.state):
+        threading.Event().wait(2.0)
+    except Exception as e:  # a job service gone: the lock then expires by itself
+      _LOG.info('%s: cannot follow the job (%s); its lock expires by itself', lock.output, type(e).__name__)
+      keep_alive.__exit__(None, None, None)
+      return
+    keep_alive.__exit__(None, None, None)
+    lock.release()
+
+  threading.Thread(target=watch, name='streaming-output-lock', daemon=True).start()
+
+
 def print_help(file=None) -> None:
   """`--help`: every flag of the job and of each source, grouped by source."""
   cli.print_help(
@@ -436,7 +484,6 @@ def run(argv: Optional[Sequence[str]] = None, wait: bool = True, pii_key_secret:
   options = pipeline_options.view_as(SpotifyStreamingOptions)
   _check(options)
   FileSystems.set_options(pipeline_options)
-  sweep_temporaries(options.output)  # what writers of earlier, crashed runs left
   if streaming:
     pipeline_options.view_as(StandardOptions).streaming = True
   _prism_runs_without_splits(pipeline_options)
@@ -449,17 +496,30 @@ def run(argv: Optional[Sequence[str]] = None, wait: bool = True, pii_key_secret:
     master_key = None if options.keep_pii else key_ref(options.pii_key_file, pii_key_secret)
   except PiiKeyError as e:
     raise ConfigError(str(e)) from None
-  pipeline = beam.Pipeline(options=pipeline_options)
-  build(pipeline, options, master_key)
-  tracking = _start_mlflow_run(options, pipeline_options) if options.mlflow_tracking_uri else None
+  # One job per output: a second one would interleave its files with this one's.
+  lock = _lock_output(options.output, pipeline_options)
+  sweep_temporaries(options.output)  # what writers of earlier, crashed runs left
+  keep_alive = lock.kept_alive()
+  keep_alive.__enter__()
+  tracking = None
   try:
+    pipeline = beam.Pipeline(options=pipeline_options)
+    build(pipeline, options, master_key)
+    tracking = _start_mlflow_run(options, pipeline_options) if options.mlflow_tracking_uri else None
     result = pipeline.run()
     if wait:
       result.wait_until_finish()
   except BaseException:
+    keep_alive.__exit__(None, None, None)
+    lock.release()
     if tracking:
       mlflow_logging.finish_run(tracking[0], tracking[1], metrics={}, status='FAILED')
     raise
+  if wait:
+    keep_alive.__exit__(None, None, None)
+    lock.release()
+  else:
+    _release_when_done(result, lock, keep_alive)
   if tracking and wait:
     metrics = mlflow_logging.counter_metrics(result)
     # Events that reached validation: valid ones end accepted, late or duplicate in the windows.

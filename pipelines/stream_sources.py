@@ -29,11 +29,12 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from io_connectors.registry import ConfigError
-from pipelines.streaming_options import group
+from pipelines.streaming_options import SpotifyStreamingOptions, group
 
 __all__ = [
   'StreamSourceOptions',
   'redis_source',
+  'ack_mode',
   'redis_ack_mode',
   'pubsub_source',
   'websocket_source',
@@ -78,7 +79,7 @@ class StreamSourceOptions(PipelineOptions):
       choices=('auto', 'sink', 'finalize'),
       help="When entries are acknowledged (XACK): 'sink', once their rows or dead letters are written (a "
       "killed job process loses nothing), 'finalize', when the runner finalizes the reading bundle (durable "
-      "on runners that checkpoint the whole pipeline: Flink, Dataflow); 'auto': 'finalize' on those, else 'sink'.",
+      "on runners that checkpoint the whole pipeline: Flink, Dataflow); 'auto': what --ack says.",
     )
     _add(
       redis,
@@ -151,14 +152,23 @@ def _redis_options(options: PipelineOptions, streams, flag: str, ack: str = 'fin
 _CHECKPOINTING_RUNNERS = ('flinkrunner', 'dataflowrunner')
 
 
-def redis_ack_mode(options: PipelineOptions) -> str:
-  """The --redis_ack mode, 'auto' resolved by the runner."""
-  ack = options.view_as(StreamSourceOptions).redis_ack
+def ack_mode(options: PipelineOptions, source_flag: str = 'auto') -> str:
+  """When a source acknowledges: `source_flag` (e.g. --redis_ack) unless 'auto', then --ack; 'auto' by the runner.
+
+  'finalize' on runners whose bundle finalization follows a durable
+  checkpoint of the whole pipeline (Flink, Dataflow), else 'sink'.
+  """
+  ack = source_flag if source_flag != 'auto' else options.view_as(SpotifyStreamingOptions).ack
   if ack != 'auto':
     return ack
   runner = options.view_as(StandardOptions).runner
   name = (runner if isinstance(runner, str) else type(runner).__name__ if runner else '').lower()
   return 'finalize' if name.rsplit('.', 1)[-1] in _CHECKPOINTING_RUNNERS else 'sink'
+
+
+def redis_ack_mode(options: PipelineOptions) -> str:
+  """The --redis_ack mode, 'auto' resolved by --ack and the runner."""
+  return ack_mode(options, options.view_as(StreamSourceOptions).redis_ack)
 
 
 def redis_source(options: PipelineOptions) -> beam.PTransform:
@@ -199,7 +209,9 @@ def websocket_source(options: PipelineOptions) -> beam.PTransform:
     headers['Authorization'] = value
   durable = None
   if flags.websocket_durable_stream:
-    durable = _redis_options(options, [flags.websocket_durable_stream], '--websocket_durable_stream')
+    durable = _redis_options(
+      options, [flags.websocket_durable_stream], '--websocket_durable_stream', ack=redis_ack_mode(options)
+    )
   try:
     return ReadFromWebSocket(
       WebSocketOptions(
@@ -230,6 +242,7 @@ def pulsar_source(options: PipelineOptions) -> beam.PTransform:
         subscription_type=flags.pulsar_subscription_type,
         token_env=flags.pulsar_token_env,
         bounded=bool(getattr(options, 'bounded', False)),
+        ack=ack_mode(options),
       )
     )
   except ValueError as e:

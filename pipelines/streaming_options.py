@@ -68,6 +68,16 @@ class SpotifyStreamingOptions(PipelineOptions):
     _add(parser, '--output_topic', help='Also produce the clean, deduplicated events as JSON to this Kafka topic.')
     _add(parser, '--pii_key_file', help='File holding the PII master key. Default: env PII_MASTER_KEY.')
     _add(parser, '--keep_pii', action='store_true', default=False, help='Write PII unredacted.')
+    _add(
+      parser,
+      '--ack',
+      default='auto',
+      choices=('auto', 'sink', 'finalize'),
+      help="When Kafka offsets are committed, Pulsar messages acked and Redis entries (also the WebSocket "
+      "durable stream's) XACKed: 'sink', once their rows or dead letters are written (a killed job process "
+      "loses nothing); 'finalize', when the runner finalizes the reading bundle (durable on runners that "
+      "checkpoint the whole pipeline: Flink, Dataflow); 'auto': 'finalize' on those, else 'sink'.",
+    )
     windows = group(parser, 'Windows, sessions and deduplication')
     _add(windows, '--window_size_s', type=float, default=60.0, help='Fixed event-time window length (s).')
     _add(

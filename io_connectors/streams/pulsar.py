@@ -16,8 +16,12 @@ Delivery (at-least-once), as `io_connectors.streams.redis_streams`:
   restriction, then ``defer_remainder``). It receives up to ``batch_size``
   messages for at most ``poll_seconds``.
 - Messages are acknowledged individually in the bundle's finalization
-  callback (`DoFn.BundleFinalizerParam`), i.e. after the runner committed
-  the bundle's output. The subscription keeps every unacknowledged message.
+  callback (`DoFn.BundleFinalizerParam`, ``ack='finalize'``), i.e. after the
+  runner committed the bundle's output, or once the pipeline wrote them
+  (``ack='sink'``: `ReadFromPulsar.acknowledge_written()` acks them through
+  the consumer that received them, in the same process; see
+  `io_connectors.streams._acknowledge`). The subscription keeps every
+  unacknowledged message.
 - A consumer that dies (process killed) loses its connection, and the broker
   redelivers its unacknowledged messages to the subscription's other or next
   consumers (subscription type ``Shared`` by default, so several readers
@@ -70,6 +74,7 @@ from apache_beam.utils.timestamp import Timestamp
 from io_connectors import registry
 from io_connectors._common.errors import ConnectorError
 from io_connectors._common.masking import mask_url
+from io_connectors.streams._acknowledge import Acknowledger, AcknowledgeWritten, check_ack_mode, position_number
 from io_connectors.streams._messages import (
   ManualWatermarkProvider,
   ReadsRestrictionProvider,
@@ -80,7 +85,7 @@ from io_connectors.streams._messages import (
 from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, Outputs
 
-__all__ = ['PulsarOptions', 'ReadFromPulsar', 'PulsarError', 'message_row']
+__all__ = ['PulsarOptions', 'ReadFromPulsar', 'PulsarError', 'PulsarAcknowledger', 'message_row']
 
 _LOG = logging.getLogger(__name__)
 
@@ -111,6 +116,10 @@ class PulsarOptions:
     of a live consumer that were never acknowledged.
   string_columns: columns read as text (as the file readers' option).
   bounded: stop when a read receives nothing.
+  ack: 'finalize' (acks in bundle finalization) or 'sink' (the pipeline acks
+    written messages with `ReadFromPulsar.acknowledge_written()`; see
+    `io_connectors.streams._acknowledge`). With 'sink' keep
+    ``redeliver_unacked_after_ms`` above the time from read to write.
   """
 
   service_url: str = dataclasses.field(repr=False)
@@ -125,6 +134,7 @@ class PulsarOptions:
   redeliver_unacked_after_ms: int = 600_000
   string_columns: Sequence[str] = ()
   bounded: bool = False
+  ack: str = 'finalize'
 
   def __post_init__(self):
     if not isinstance(self.service_url, str) or not self.service_url.startswith(('pulsar://', 'pulsar+ssl://')):
@@ -155,6 +165,7 @@ class PulsarOptions:
     if isinstance(columns, str) or not all(isinstance(c, str) for c in columns):
       raise ValueError(f'string_columns must be a list of column names, got {self.string_columns!r}')
     object.__setattr__(self, 'string_columns', tuple(columns))
+    check_ack_mode(self.ack)
 
   @property
   def safe_url(self) -> str:
@@ -233,6 +244,45 @@ class _Consumers:
 _CONSUMERS = _Consumers()
 
 
+class _Received:
+  """ack='sink': the messages this process received and has not acknowledged, by topic and `__row`.
+
+  A position names a message by its row; acking needs its exact id (batch
+  index included) and the consumer that received it.
+  """
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self._messages: Dict[Tuple, Dict[int, Tuple[Any, Any]]] = {}
+
+  @staticmethod
+  def _key(options: PulsarOptions, topic: str) -> Tuple:
+    return (options.service_url, options.subscription, topic)
+
+  def note(self, options: PulsarOptions, topic: str, consumer, message_ids):
+    with self._lock:
+      held = self._messages.setdefault(self._key(options, topic), {})
+      for message_id in message_ids:
+        held[message_row(message_id.ledger_id(), message_id.entry_id(), message_id.batch_index())] = (
+          consumer,
+          message_id,
+        )
+
+  def take(self, options: PulsarOptions, topic: str, rows) -> Tuple[List[Tuple[Any, Any]], int]:
+    """((consumer, message id) of the rows held here, how many rows were not)."""
+    with self._lock:
+      held = self._messages.get(self._key(options, topic), {})
+      found = [held.pop(row) for row in rows if row in held]
+    return found, len(rows) - len(found)
+
+
+_RECEIVED = _Received()
+
+
+def _nothing():
+  pass
+
+
 def _quiet_logger(pulsar):
   # The C++ client logs every lookup and connect at INFO (and more) on stderr.
   return pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn)
@@ -298,6 +348,14 @@ class _ReadTopicFn(beam.DoFn):
     yield from emit_at_watermark(
       watermark, Timestamp.of(max(m.publish_timestamp() for m in messages) / 1000), batch, dead
     )
+    if self._options.ack == 'sink':
+      # The pipeline acks what it wrote (PulsarAcknowledger), through the
+      # consumer that received it; runners that finalize every bundle (Prism)
+      # need a callback to call.
+      _RECEIVED.note(self._options, topic, consumer, ids)
+      finalizer.register(_nothing)
+      tracker.defer_remainder()
+      return
 
     def ack():
       # Runs once the runner has committed this bundle's output.
@@ -318,6 +376,38 @@ class _UnboundedReadTopicFn(_ReadTopicFn):
     watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkProvider()),
   ):
     yield from super().process(element, finalizer, tracker, watermark)
+
+
+class PulsarAcknowledger(Acknowledger):
+  """ack='sink': acknowledges written messages through the consumer that received them (in this process).
+
+  A message received in another process is left alone: the broker sends it
+  again once that process's consumer is gone (or after
+  ``redeliver_unacked_after_ms``), and dedup absorbs the second copy.
+  """
+
+  def __init__(self, options: PulsarOptions):
+    self._options = options
+
+  def parse(self, source, position):
+    source = str(source or '')
+    topic = source[len('pulsar://') :] if source.startswith('pulsar://') else None
+    if topic not in self._options.topics:
+      return None
+    row = position_number(position)
+    kind, _, text = str(position or '').partition(' ')
+    if row is None and kind == 'message':
+      parts = text.split(':')
+      if len(parts) == 4 and all(p.lstrip('-').isdigit() for p in parts):
+        row = message_row(int(parts[0]), int(parts[1]), int(parts[3]))
+    return None if row is None else (topic, row)
+
+  def acknowledge(self, topic, rows):
+    found, missing = _RECEIVED.take(self._options, topic, rows)
+    for consumer, message_id in found:
+      consumer.acknowledge(message_id)
+    if missing:
+      _LOG.info('pulsar://%s: %d written message(s) were received by another process: not acked here', topic, missing)
 
 
 class ReadFromPulsar(beam.PTransform):
@@ -351,6 +441,10 @@ class ReadFromPulsar(beam.PTransform):
       if client is not None:
         client.close()
     return f'ok: {where}; ' + ', '.join(f'{topic} ({n} partition(s))' for topic, n in partitions.items())
+
+  def acknowledge_written(self) -> Optional[AcknowledgeWritten]:
+    """With ack='sink', the transform that acks written (source, position) pairs; else None."""
+    return AcknowledgeWritten(PulsarAcknowledger(self._options)) if self._options.ack == 'sink' else None
 
   def expand(self, pbegin):
     opts = self._options

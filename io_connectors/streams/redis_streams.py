@@ -37,10 +37,11 @@ Delivery (at-least-once, no loss):
   the process, so there the guarantee holds for sinks fused with the read.
 
 Acknowledging after the sink (``ack='sink'``, what `pipelines.spotify_streaming`
-uses): the reader does not XACK; the pipeline XACKs each entry once what it
-became is durably written (its row in a file, its dead letter, or its drop as
-a duplicate), with `ReadFromRedisStreams.acknowledge_written()`, which takes
-(source, position) pairs. A pipeline process killed with windows still open
+uses off Flink and Dataflow): the reader does not XACK; the pipeline XACKs each
+entry once what it became is durably written (its row in a file, its dead
+letter, or its drop as a duplicate), with `ReadFromRedisStreams.acknowledge_written()`,
+which takes (source, position) pairs (the mechanism every broker source shares:
+`io_connectors.streams._acknowledge`). A pipeline process killed with windows still open
 in the runner's memory then leaves those entries pending, and the next run
 reclaims them. A reader reclaims only entries of other processes' consumers
 (consumer names carry a token of the process), so ``min_idle_ms`` need only
@@ -99,6 +100,7 @@ from apache_beam.utils.timestamp import Timestamp
 from io_connectors import registry
 from io_connectors._common.errors import ConnectorError
 from io_connectors._common.masking import mask_url
+from io_connectors.streams._acknowledge import ACK_MODES, Acknowledger, AcknowledgeWritten, check_ack_mode
 from io_connectors.streams._messages import (
   ManualWatermarkProvider,
   ReadsRestrictionProvider,
@@ -114,6 +116,7 @@ __all__ = [
   'ReadFromRedisStreams',
   'RedisStreamsError',
   'AcknowledgeEntries',
+  'RedisAcknowledger',
   'read_with_readers',
   'readers_of',
   'entry_row',
@@ -126,7 +129,6 @@ __all__ = [
 _LOG = logging.getLogger(__name__)
 
 STAGE = 'read'
-ACK_MODES = ('finalize', 'sink')
 _SEQ_BASE = 1_000_000
 # Names this process's consumers with ack='sink' (see _ReadStreamFn._process_prefix).
 _PROCESS_TOKEN = os.urandom(4).hex()
@@ -227,8 +229,7 @@ class RedisStreamsOptions:
       raise ValueError(f'idle_watermark_lag_s must be a non-negative number, got {self.idle_watermark_lag_s!r}')
     if self.event_time_field is not None and (not isinstance(self.event_time_field, str) or not self.event_time_field):
       raise ValueError(f'event_time_field must be a field name or None, got {self.event_time_field!r}')
-    if self.ack not in ACK_MODES:
-      raise ValueError(f'ack must be one of {", ".join(ACK_MODES)}, got {self.ack!r}')
+    check_ack_mode(self.ack)
     if not isinstance(self.start_id, str) or not self.start_id:
       raise ValueError(f'start_id must be an entry id, "0" or "$", got {self.start_id!r}')
     if self.payload_field is not None and (not isinstance(self.payload_field, str) or not self.payload_field):
@@ -295,8 +296,8 @@ def _nothing():
   pass
 
 
-class _RedisClientFn(beam.DoFn):
-  """A DoFn with one Redis client per instance, opened in setup and closed in teardown."""
+class _RedisClientHolder:
+  """One Redis client per instance, opened in setup and closed in teardown (DoFns and acknowledgers)."""
 
   def __init__(self, options: RedisStreamsOptions):
     self._options = options
@@ -309,6 +310,10 @@ class _RedisClientFn(beam.DoFn):
     if self._client is not None:
       self._client.close()
       self._client = None
+
+
+class _RedisClientFn(_RedisClientHolder, beam.DoFn):
+  """A DoFn with one Redis client per instance."""
 
 
 class _ReadStreamFn(_RedisClientFn):
@@ -540,32 +545,24 @@ class ReadFromRedisStreams(beam.PTransform):
     return AcknowledgeEntries(self._options) if self._options.ack == 'sink' else None
 
 
-class _AcknowledgeFn(_RedisClientFn):
-  """Collects a bundle's (source, position) pairs and XACKs them per stream when it ends."""
+class RedisAcknowledger(_RedisClientHolder, Acknowledger):
+  """XACKs written entries, per stream, 10,000 ids per call."""
 
-  def __init__(self, options: RedisStreamsOptions):
-    super().__init__(options)
-    self._ids = None
-
-  def start_bundle(self):
-    self._ids = {}
-
-  def process(self, element):
-    source, position = element
-    stream = str(source or '')[len('redis://') :] if str(source or '').startswith('redis://') else None
+  def parse(self, source, position):
+    source = str(source or '')
+    stream = source[len('redis://') :] if source.startswith('redis://') else None
     entry_id = position_entry_id(position)
     if stream in self._options.streams and entry_id is not None:
-      self._ids.setdefault(stream, set()).add(entry_id)
+      return stream, entry_id
+    return None
 
-  def finish_bundle(self):
-    for stream, ids in sorted(self._ids.items()):
-      ordered = sorted(ids, key=entry_row)
-      for i in range(0, len(ordered), 10_000):
-        self._client.xack(stream, self._options.group, *ordered[i : i + 10_000])
-    self._ids = {}
+  def acknowledge(self, stream, ids):
+    ordered = sorted(ids, key=entry_row)
+    for i in range(0, len(ordered), 10_000):
+      self._client.xack(stream, self._options.group, *ordered[i : i + 10_000])
 
 
-class AcknowledgeEntries(beam.PTransform):
+class AcknowledgeEntries(AcknowledgeWritten):
   """XACKs the entries named by (source, position) pairs: call once they are durably written.
 
   source is 'redis://<stream>' (pairs of other sources are ignored); position
@@ -573,13 +570,9 @@ class AcknowledgeEntries(beam.PTransform):
   """
 
   def __init__(self, options: RedisStreamsOptions):
-    super().__init__()
     if not isinstance(options, RedisStreamsOptions):
       raise ValueError(f'options must be a RedisStreamsOptions, got {type(options).__name__}')
-    self._options = options
-
-  def expand(self, positions):
-    return positions | 'XACK' >> beam.ParDo(_AcknowledgeFn(self._options))
+    super().__init__(RedisAcknowledger(options))
 
 
 def readers_of(options: RedisStreamsOptions) -> List[Tuple[str, int]]:

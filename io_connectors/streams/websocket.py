@@ -27,7 +27,9 @@ Delivery guarantees, honestly:
 - Durable mode is at-least-once **from the moment a message is in Redis**:
   the receiver XADDs each message before it receives the next one, and the
   Redis Streams reader acknowledges entries only after the runner committed
-  them (see `io_connectors.streams.redis_streams`). What is still lost: a message
+  them (``ack='finalize'``) or once the pipeline wrote them (``ack='sink'``,
+  `acknowledge_written()`: what `pipelines.spotify_streaming` uses on
+  runners without checkpoints; see `io_connectors.streams._acknowledge`). What is still lost: a message
   received while the process dies before its XADD returned (one message in
   flight), and every message the server sent while no connection was open
   (between a drop and the reconnect; only a server with resume tokens could
@@ -129,7 +131,9 @@ class WebSocketOptions:
     stops reading the socket while it is full, so the server buffers).
   string_columns: columns read as text (as the file readers' option).
   durable: land messages in this Redis stream (its first stream) and read
-    them from there; its ``bounded`` is set from this source's bounded mode.
+    them from there; its ``bounded`` is set from this source's bounded mode,
+    its ``ack`` says when entries are acknowledged (with 'sink', through
+    `ReadFromWebSocket.acknowledge_written()`).
   """
 
   url: str = dataclasses.field(repr=False)
@@ -448,6 +452,12 @@ class ReadFromWebSocket(beam.PTransform):
     if opts.durable is not None:
       summary += '; durable: ' + ReadFromRedisStreams(opts.durable).check()
     return summary
+
+  def acknowledge_written(self):
+    """Durable mode with the stream's ack='sink': the transform that XACKs written entries; else None."""
+    if self._options.durable is None:
+      return None
+    return ReadFromRedisStreams(self._options.durable).acknowledge_written()
 
   def expand(self, pbegin):
     opts = self._options

@@ -6,6 +6,7 @@ which runs bundle finalization, so the offset commits are checked too.
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import io
 import json
@@ -616,3 +617,70 @@ def test_check_finds_the_topics_and_names_what_is_wrong_without_secrets(kafka, k
       )
     ).check()
   assert 'Authentication failed' in str(failure.value) and secret not in str(failure.value)
+
+
+# ----- when offsets are committed -----
+
+
+def test_a_later_range_finalized_first_never_moves_a_new_groups_offset_past_the_read_start(kafka):
+  """A group with no committed offset: finalizing offsets 100-200 first must not commit 200 (a restart would skip 0-100)."""
+  from io_connectors.streams.kafka.reader import KafkaPartition, _ReadPartitionFn
+
+  topic = new_topic(kafka, partitions=1)
+  group = f'group-{uuid.uuid4().hex[:8]}'
+  produce(kafka, topic, [(0, event(i), None) for i in range(200)])
+  read = _ReadPartitionFn(KafkaReadOptions(bootstrap_servers=kafka, topics=topic, group_id=group, bounded=True))
+  restriction = read.initial_restriction(KafkaPartition(topic, 0, 1))
+  assert (restriction.start, restriction.stop) == (0, 200)
+  read._commit(topic, 0, 100, 200)
+  assert committed(kafka, topic, group, 1) == {0: 0}
+  read._commit(topic, 0, 0, 100)
+  assert committed(kafka, topic, group, 1) == {0: 200}
+
+
+def _transactional_batches(bootstrap, topic, batches):
+  """Each batch of values in its own committed transaction: a control record follows each (an offset with no record)."""
+  producer = confluent_kafka.Producer({'bootstrap.servers': bootstrap, 'transactional.id': f'tx-{uuid.uuid4().hex}'})
+  producer.init_transactions(60)
+  for values in batches:
+    producer.begin_transaction()
+    for value in values:
+      producer.produce(topic, value, partition=0)
+    producer.commit_transaction(60)
+  assert producer.flush(60) == 0
+
+
+def test_sink_mode_commits_only_written_offsets_contiguous_with_the_start(kafka):
+  """ack='sink': the read commits nothing past its start; written offsets move it, over holes that hold no record."""
+  topic = new_topic(kafka, partitions=1)
+  group = f'group-{uuid.uuid4().hex[:8]}'
+  # offsets 0-4, marker 5, 6-10, marker 11
+  _transactional_batches(kafka, topic, [[event(i) for i in range(5)], [event(i) for i in range(5, 10)]])
+  options = KafkaReadOptions(bootstrap_servers=kafka, topics=topic, group_id=group, bounded=True, ack='sink')
+  source = ReadFromKafka(options)
+  rows, _, _ = run_read(options)
+  assert sorted(r[1] for r in rows) == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10]
+  assert committed(kafka, topic, group, 1) == {0: 0}  # read and finalized, but nothing written
+
+  # Written out of order: the later transaction first, then part of the first.
+  def acknowledge(pairs):
+    with beam.Pipeline('FnApiRunner') as p:
+      _ = p | beam.Create(pairs) | source.acknowledge_written()
+
+  acknowledge([(f'kafka://{topic}/0', o) for o in (6, 7, 8, 9, 10)] + [('redis://elsewhere', 1)])
+  assert committed(kafka, topic, group, 1) == {0: 0}
+  acknowledge([(f'kafka://{topic}/0', o) for o in (0, 1, 3)] + [(f'kafka://{topic}/0', 'offset 4')])
+  assert committed(kafka, topic, group, 1) == {0: 2}  # offset 2 holds a record not written yet
+  acknowledge([(f'kafka://{topic}/0', 'offset 2')])
+  assert committed(kafka, topic, group, 1) == {0: 11}  # over the marker at 5
+  # A new job of the group reads nothing again.
+  assert run_read(dataclasses.replace(options, ack='finalize'))[0] == []
+
+
+def test_ack_modes_are_checked():
+  with pytest.raises(ValueError, match='ack must be one of'):
+    KafkaReadOptions(bootstrap_servers='127.0.0.1:9092', topics='t', group_id='g', ack='never')
+  with pytest.raises(ValueError, match='give group_id'):
+    KafkaReadOptions(bootstrap_servers='127.0.0.1:9092', topics='t', ack='sink')
+  finalize = ReadFromKafka(KafkaReadOptions(bootstrap_servers='127.0.0.1:9092', topics='t', group_id='g'))
+  assert finalize.acknowledge_written() is None

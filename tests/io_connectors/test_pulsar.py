@@ -6,6 +6,7 @@ after it: the acknowledgements happen there.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -13,7 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-import urllib.request
+import time
 
 import apache_beam as beam
 import pytest
@@ -22,39 +23,19 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from io_connectors import registry
 from io_connectors.streams.pulsar import PulsarOptions, ReadFromPulsar, message_row
-from tests.conftest import SERVICES_SCRIPT, ensure_service
-from tests.io_connectors.streams_support import fresh_name, wait_until
+from tests.io_connectors.streams_support import fresh_name, pulsar_backlog, pulsar_urls, wait_until
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _env(name):
-  out = subprocess.run(
-    ['bash', str(SERVICES_SCRIPT), 'env', 'pulsar'],
-    capture_output=True,
-    text=True,
-    check=True,
-    stdin=subprocess.DEVNULL,
-  ).stdout
-  return next(line.split('=', 1)[1] for line in out.split() if line.startswith(name + '='))
-
-
-def _namespace_ready(admin_url):
-  try:
-    with urllib.request.urlopen(f'{admin_url}/admin/v2/namespaces/public', timeout=5) as response:
-      return 'public/default' in response.read().decode()
-  except OSError:
-    return False
+@pytest.fixture(scope='module')
+def service_url():
+  return pulsar_urls()[0]
 
 
 @pytest.fixture(scope='module')
-def service_url():
-  ensure_service('pulsar')
-  # The broker port answers a few seconds before the default namespace exists.
-  wait_until(
-    lambda: _namespace_ready(_env('PULSAR_ADMIN_URL')), timeout=180, interval=0.5, what='the public/default namespace'
-  )
-  return _env('PULSAR_SERVICE_URL')
+def admin_url(service_url):
+  return pulsar_urls()[1]
 
 
 @pytest.fixture(scope='module')
@@ -84,13 +65,6 @@ def _produce(client, topic, payloads):
   return ids
 
 
-def _backlog(admin_url, topic):
-  path = topic.replace('persistent://', '')
-  with urllib.request.urlopen(f'{admin_url}/admin/v2/persistent/{path}/stats', timeout=10) as response:
-    stats = json.loads(response.read())
-  return stats['subscriptions']['pipeline']['msgBacklog']
-
-
 def _events(n, start=0):
   return [json.dumps({'event_id': f'e{i}', 'ms_played': i}).encode() for i in range(start, start + n)]
 
@@ -113,7 +87,7 @@ def test_options_are_checked():
   assert message_row(3, 250, -1) == 3_000_000_250_000
 
 
-def test_reads_every_message_dead_letters_bad_ones_and_acks(service_url, client):
+def test_reads_every_message_dead_letters_bad_ones_and_acks(service_url, admin_url, client):
   topic = _topic()
   payloads = _events(250) + [b'not json', b'[1]', b'\xff']
   ids = _produce(client, topic, payloads)
@@ -142,7 +116,44 @@ def test_reads_every_message_dead_letters_bad_ones_and_acks(service_url, client)
       ),
       label='dead letters',
     )
-  wait_until(lambda: _backlog(_env('PULSAR_ADMIN_URL'), topic) == 0, timeout=30, what='every message acknowledged')
+  wait_until(lambda: pulsar_backlog(admin_url, topic, 'pipeline') == 0, timeout=30, what='every message acknowledged')
+
+
+def test_sink_mode_acks_only_the_messages_the_pipeline_acknowledges(service_url, admin_url, client):
+  """ack='sink': nothing is acked in finalization; written rows and dead letters are, by their positions."""
+  topic = _topic()
+  _produce(client, topic, _events(100) + [b'not json'])
+  options = PulsarOptions(
+    service_url=service_url,
+    topics=[topic],
+    subscription='pipeline',
+    bounded=True,
+    batch_size=40,
+    poll_seconds=2.0,
+    ack='sink',
+  )
+  source = ReadFromPulsar(options)
+  with beam.Pipeline(runner=FnApiRunner()) as p:
+    out = p | source
+    even = out.records | beam.FlatMap(
+      lambda b: [
+        (s, row)
+        for s, row, event_id in zip(
+          b.column('__source').to_pylist(), b.column('__row').to_pylist(), b.column('event_id').to_pylist()
+        )
+        if int(event_id[1:]) % 2 == 0
+      ]
+    )
+    letters = out.dead_letter | beam.Map(lambda d: (d['source'], d['position']))
+    _ = (
+      (even, letters, p | 'Other' >> beam.Create([('kafka://t/0', 5)])) | beam.Flatten() | source.acknowledge_written()
+    )
+  wait_until(
+    lambda: pulsar_backlog(admin_url, topic, 'pipeline') == 50, timeout=30, what='the 51 written messages acknowledged'
+  )
+  time.sleep(1)  # acks are sent grouped: none of the other 50 follows
+  assert pulsar_backlog(admin_url, topic, 'pipeline') == 50
+  assert ReadFromPulsar(dataclasses.replace(options, ack='finalize')).acknowledge_written() is None
 
 
 _KILLED_PIPELINE = textwrap.dedent('''
@@ -188,7 +199,7 @@ _KILLED_PIPELINE = textwrap.dedent('''
 ''')
 
 
-def test_a_killed_pipeline_process_loses_nothing_and_writes_nothing_twice(service_url, client, tmp_path):
+def test_a_killed_pipeline_process_loses_nothing_and_writes_nothing_twice(service_url, admin_url, client, tmp_path):
   topic = _topic()
   _produce(client, topic, _events(600))
   script = tmp_path / 'killed_pipeline.py'
@@ -198,7 +209,7 @@ def test_a_killed_pipeline_process_loses_nothing_and_writes_nothing_twice(servic
   resumed.mkdir()
   env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
   run = subprocess.run(
-    [sys.executable, str(script), service_url, _env('PULSAR_ADMIN_URL'), topic, str(first), 'e350', '600'],
+    [sys.executable, str(script), service_url, admin_url, topic, str(first), 'e350', '600'],
     env=env,
     cwd=REPO_ROOT,
     capture_output=True,
@@ -223,7 +234,7 @@ def test_a_killed_pipeline_process_loses_nothing_and_writes_nothing_twice(servic
     _ = (p | ReadFromPulsar(options)).records | beam.Map(write)
   written = written_first + [e for path in resumed.glob('*.json') for e in json.loads(path.read_text())]
   assert sorted(written) == sorted(f'e{i}' for i in range(600))  # each exactly once
-  wait_until(lambda: _backlog(_env('PULSAR_ADMIN_URL'), topic) == 0, timeout=30, what='every message acknowledged')
+  wait_until(lambda: pulsar_backlog(admin_url, topic, 'pipeline') == 0, timeout=30, what='every message acknowledged')
 
 
 def test_check_finds_the_topics(service_url):

@@ -6,7 +6,11 @@ import dataclasses
 import datetime as dt
 import glob
 import json
+import os
+import pathlib
 import random
+import subprocess
+import sys
 import uuid
 from typing import Dict, List, Tuple
 
@@ -21,6 +25,8 @@ __all__ = [
   'EventPlan',
   'iso',
   'job_argv',
+  'start_job',
+  'log_tail',
   'plan_events',
   'new_topic',
   'produce',
@@ -29,6 +35,7 @@ __all__ = [
   'final_metrics',
 ]
 
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 WINDOW_S = 60
 PARTITIONS = 4
 TRACK = '4uLU6hMCjMI75M1A2tKUQC'
@@ -149,3 +156,22 @@ def job_argv(**flags) -> List[str]:
   for name, value in flags.items():
     argv += [f'--{name}'] if value is True else [f'--{name}', str(value)]
   return argv
+
+
+def start_job(argv: List[str], log_path) -> subprocess.Popen:
+  """pipelines.spotify_streaming as its own process group (the runner's processes die with it), output to log_path."""
+  with open(log_path, 'ab') as log:
+    return subprocess.Popen(
+      [sys.executable, '-m', 'pipelines.spotify_streaming'] + argv,
+      cwd=REPO_ROOT,
+      env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+      stdout=log,
+      stderr=subprocess.STDOUT,
+      stdin=subprocess.DEVNULL,
+      start_new_session=True,
+    )
+
+
+def log_tail(log_path) -> str:
+  """The last 3,000 characters of a job's log."""
+  return pathlib.Path(log_path).read_text(errors='replace')[-3000:]

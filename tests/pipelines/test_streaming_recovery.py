@@ -24,11 +24,8 @@ import dataclasses
 import glob
 import json
 import os
-import pathlib
 import random
 import signal
-import subprocess
-import sys
 import time
 from typing import Dict, List, Set, Tuple
 
@@ -43,16 +40,16 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from io_connectors.sinks.window_files import WRITTEN, WriteWindowFiles
 from pipelines import runners, spotify_streaming, stream_sources
+from pipelines.streaming_options import SpotifyStreamingOptions
 from tests.cluster_fixtures import wait_until
 from tests.io_connectors.streams_support import fresh_name, redis_url
-from tests.pipelines.streaming_support import final_metrics, iso, job_argv, produce
+from tests.pipelines.streaming_support import final_metrics, iso, job_argv, log_tail, produce, start_job
 from transforms.records import with_provenance
 from transforms.windows import WindowBatch
 
 import confluent_kafka  # noqa: E402
 import confluent_kafka.admin  # noqa: E402
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 WINDOW_S = 60
 PARTITIONS = 4
 USERS = 120
@@ -181,6 +178,35 @@ def test_redis_ack_mode_follows_the_runner():
   assert mode('--runner=FlinkRunner', '--redis_ack=sink') == 'sink'
 
 
+def test_every_broker_source_acknowledges_once_written_unless_the_runner_checkpoints():
+  """--ack auto: Kafka, Pulsar, Redis and the WebSocket durable stream hand the job an acknowledging step off Flink."""
+  flags = [
+    '--redis_url=redis://127.0.0.1:1/0',
+    '--redis_streams=s',
+    '--websocket_url=ws://127.0.0.1:1/feed',
+    '--websocket_durable_stream=landing',
+    '--pulsar_service_url=pulsar://127.0.0.1:1',
+    '--pulsar_topics=t',
+    '--topic=t',
+    '--group_id=g',
+  ]
+
+  def acknowledges(name, *argv):
+    options = PipelineOptions(['--source', name] + flags + list(argv)).view_as(SpotifyStreamingOptions)
+    return spotify_streaming.SOURCES[name](options).acknowledge_written() is not None
+
+  for name in ('kafka', 'pulsar', 'redis', 'websocket'):
+    for runner in ('--runner=PrismRunner', '--runner=FnApiRunner', '--runner=DirectRunner'):
+      assert acknowledges(name, runner), (name, runner)
+    assert not acknowledges(name, '--runner=FlinkRunner'), name
+    assert not acknowledges(name, '--runner=PrismRunner', '--ack=finalize'), name
+    assert acknowledges(name, '--runner=FlinkRunner', '--ack=sink'), name
+  # Without a group Kafka has nothing to commit; KafkaIO commits with its own checkpoints.
+  kafka_flags = [f for f in flags if not f.startswith('--group_id')]
+  options = PipelineOptions(['--source=kafka', '--runner=PrismRunner'] + kafka_flags).view_as(SpotifyStreamingOptions)
+  assert spotify_streaming.kafka_read_options(options).ack == 'finalize'
+
+
 # ----- Flink: a TaskManager killed mid-stream -----
 
 
@@ -305,25 +331,6 @@ def _xadd(client, stream: str, events: Events) -> List[str]:
   return [entry_id.decode() for entry_id in pipe.execute()]
 
 
-def _start_job(argv: List[str], log_path) -> subprocess.Popen:
-  """pipelines.spotify_streaming as its own process group (the runner's processes die with it)."""
-  env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-  with open(log_path, 'ab') as log:
-    return subprocess.Popen(
-      [sys.executable, '-m', 'pipelines.spotify_streaming'] + argv,
-      cwd=REPO_ROOT,
-      env=env,
-      stdout=log,
-      stderr=subprocess.STDOUT,
-      stdin=subprocess.DEVNULL,
-      start_new_session=True,
-    )
-
-
-def _log_tail(log_path) -> str:
-  return pathlib.Path(log_path).read_text(errors='replace')[-3000:]
-
-
 def test_redis_job_killed_mid_stream_resumes_without_loss_or_duplicates(prism_binary, tmp_path, monkeypatch):
   runner = runners.runner_args('prism')
   url = redis_url()
@@ -355,14 +362,14 @@ def test_redis_job_killed_mid_stream_resumes_without_loss_or_duplicates(prism_bi
   job = None
   try:
     ids = _xadd(client, stream, before_kill)
-    job = _start_job(argv + ['--streaming'], log)
+    job = start_job(argv + ['--streaming'], log)
     # Killed once some windows are written: the rest is in the runner's memory.
     wait_until(
       lambda: job.poll() is not None or len(set(written_ids(output))) >= len(before_kill.valid) // 3,
       300,
       'windows to be written',
     )
-    assert job.poll() is None, f'the job ended early:\n{_log_tail(log)}'
+    assert job.poll() is None, f'the job ended early:\n{log_tail(log)}'
     os.killpg(job.pid, signal.SIGKILL)
     job.wait(60)
     assert len(set(written_ids(output))) < len(before_kill.valid), 'the job had written everything: no kill mid-stream'
@@ -378,8 +385,8 @@ def test_redis_job_killed_mid_stream_resumes_without_loss_or_duplicates(prism_bi
       f'pending entries idle for {min_idle_ms} ms',
     )
     # Started again with the same group; bounded: it stops once the stream is drained.
-    job = _start_job(argv + ['--bounded'], log)
-    assert job.wait(300) == 0, _log_tail(log)
+    job = start_job(argv + ['--bounded'], log)
+    assert job.wait(300) == 0, log_tail(log)
 
     everything = Events(valid={**before_kill.valid, **after_kill.valid})
     malformed = {(f'redis://{stream}', f'entry {ids[i]}') for i in before_kill.malformed}

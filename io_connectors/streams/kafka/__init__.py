@@ -11,10 +11,13 @@ Flink, Dataflow) with no Java on the Python side:
   checkpoints with the restriction); a partition that is caught up and idle
   for `idle_timeout_s` advances its watermark to wall-clock time minus
   `idle_timeout_s`, so one silent partition does not hold every window open;
-- offsets are committed to the consumer group only in bundle finalization
-  (`DoFn.BundleFinalizerParam`), i.e. after the runner durably committed the
-  bundle's output. The committed offset is where a new job of the same group
-  starts (`resume_from_committed`);
+- offsets are committed to the consumer group in bundle finalization
+  (`DoFn.BundleFinalizerParam`, ``ack='finalize'``), i.e. after the runner
+  durably committed the bundle's output, or once the pipeline wrote the
+  records (``ack='sink'``, `ReadFromKafka.acknowledge_written()`, see
+  `io_connectors.streams._acknowledge`), over ranges contiguous with the
+  read's start (committed when the group has no offset there). The committed
+  offset is where a new job of the same group starts (`resume_from_committed`);
 - payloads are JSON objects, or Avro: Confluent's wire format (magic byte 0 +
   4-byte schema id, writer schema from `schema_registry_url`) or plain Avro
   binary with the writer schema from `avro_schema_file`;

@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from io_connectors._common.errors import ConnectorError
 from io_connectors._common.masking import mask_secrets
+from io_connectors.streams._acknowledge import check_ack_mode
 
 __all__ = [
   'KafkaReadOptions',
@@ -62,6 +63,9 @@ class KafkaReadOptions:
   consumer_config: extra librdkafka settings (passed as they are).
   streaming: read as an unbounded source (checkpoints, watermark progress)
     even when the ranges are bounded; default: when not bounded.
+  ack: when offsets are committed (with `group_id`): 'finalize', in bundle
+    finalization; 'sink', once the pipeline wrote what the records became
+    (`ReadFromKafka.acknowledge_written()`, see `io_connectors.streams._acknowledge`).
   """
 
   bootstrap_servers: str
@@ -87,6 +91,7 @@ class KafkaReadOptions:
   event_hubs_connection_string: Optional[str] = dataclasses.field(default=None, repr=False)
   consumer_config: Dict[str, Any] = dataclasses.field(default_factory=dict)
   streaming: Optional[bool] = None
+  ack: str = 'finalize'
 
   def __post_init__(self):
     if isinstance(self.topics, str):
@@ -117,6 +122,9 @@ class KafkaReadOptions:
         raise ValueError(f'{name} must not be negative')
     if self.security_protocol is not None and self.security_protocol.upper() not in SECURITY_PROTOCOLS:
       raise ValueError(f'security_protocol must be one of {SECURITY_PROTOCOLS}, got {self.security_protocol!r}')
+    check_ack_mode(self.ack)
+    if self.ack == 'sink' and not self.group_id:
+      raise ValueError("ack 'sink' commits offsets to a consumer group: give group_id")
     client_config(self)  # checks the security settings fit together
 
   @property

@@ -106,6 +106,8 @@ class ReadFromKafkaCrossLanguage(beam.PTransform):
       raise ValueError('ReadFromKafkaCrossLanguage decodes JSON payloads only')
     if commit_offsets and not options.group_id:
       raise ValueError('commit_offsets needs a group_id')
+    if options.ack != 'finalize':
+      raise ValueError("ReadFromKafkaCrossLanguage commits offsets with KafkaIO's checkpoints: ack must be 'finalize'")
     if options.bounded and options.max_records_per_partition is None:
       raise ValueError(
         'ReadFromKafkaCrossLanguage cannot stop at end offsets (bounded); '

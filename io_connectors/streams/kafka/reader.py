@@ -21,6 +21,7 @@ from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Duration, 
 
 from io_connectors._common.arrow import batch_from_rows
 from io_connectors._common.masking import mask_secrets
+from io_connectors.streams._acknowledge import Acknowledger, AcknowledgeWritten, position_number
 from io_connectors.streams._messages import CheckpointOnlyTracker
 from io_connectors.streams.kafka._config import KafkaReadOptions, check, client_config, secrets_of, source_uri
 from io_connectors.streams.kafka._payloads import AvroDecoder, decode_values, raw_text
@@ -28,7 +29,7 @@ from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the ba
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 from transforms.records import with_provenance
 
-__all__ = ['ReadFromKafka', 'KafkaPartition']
+__all__ = ['ReadFromKafka', 'KafkaPartition', 'KafkaAcknowledger']
 
 _LOG = logging.getLogger(__name__)
 
@@ -122,18 +123,104 @@ def _nothing():
   pass
 
 
-# Finalized offset ranges not yet contiguous with the group's committed offset,
-# per (group, topic, partition), in this worker process.
-_FINALIZED: Dict[Tuple[Optional[str], str, int], List[Tuple[int, int]]] = {}
-_COMMITS_LOCK = threading.Lock()
-
-
 def _tp(topic, partition, offset=None):
   import confluent_kafka
 
   if offset is None:
     return confluent_kafka.TopicPartition(topic, partition)
   return confluent_kafka.TopicPartition(topic, partition, offset)
+
+
+# Finalized (or, with ack='sink', written) offset ranges not yet contiguous with
+# the group's committed offset, per (group, topic, partition), in this process.
+_FINALIZED: Dict[Tuple[Optional[str], str, int], List[Tuple[int, int]]] = {}
+# Where this process's reads of a partition started (the frontier when the group has no offset yet).
+_READ_STARTS: Dict[Tuple[Optional[str], str, int], int] = {}
+# An offset found to hold a record that is not written yet (no need to look again).
+_RECORD_AT: Dict[Tuple[Optional[str], str, int], int] = {}
+_COMMITS_LOCK = threading.Lock()
+
+
+class _OffsetCommits:
+  """Moves a group's committed offset over contiguous done ranges, never past a record still on its way.
+
+  A runner may finalize a partition's split ranges in any order, and written
+  records come back in any order (windows close per tenant and shard), so the
+  offset only moves to the end of ranges contiguous with it. The frontier is
+  the group's committed offset, or the read's start when it has none (the
+  read commits its start, so a restart never skips what was before a later
+  range). With `look_for_gaps` (written records: offsets that hold no record,
+  such as transaction markers, are never written) a hole below written offsets
+  is looked up once: when the next record is further on, the offsets between
+  hold none and the frontier moves over them.
+  """
+
+  def __init__(self, options: KafkaReadOptions, clients: '_Clients'):
+    self._options = options
+    self._clients = clients
+
+  def start(self, consumer, topic: str, partition: int, offset: int, commit: bool):
+    """Notes where a read starts; commits it when the group has no offset there (none, or one not used)."""
+    _READ_STARTS[(self._options.group_id, topic, partition)] = offset
+    if commit:
+      consumer.commit(offsets=[_tp(topic, partition, offset)], asynchronous=False)
+
+  def done(self, topic: str, partition: int, ranges: List[Tuple[int, int]], look_for_gaps: bool = False) -> bool:
+    """Adds done [start, end) ranges; commits the new frontier. False when committing failed (logged)."""
+    key = (self._options.group_id, topic, partition)
+    try:
+      with _COMMITS_LOCK, self._clients.consumer() as consumer:
+        pending = _FINALIZED.setdefault(key, [])
+        pending.extend(ranges)
+        known = consumer.committed([_tp(topic, partition)], timeout=30)[0].offset
+        known = known if known is not None and known >= 0 else None
+        frontier = known if known is not None else _READ_STARTS.get(key)
+        if frontier is None:
+          _LOG.warning(
+            '%s: the group has no committed offset and this process did not start the read: not committing',
+            source_uri(topic, partition),
+          )
+          return False
+        while True:
+          advanced = True
+          while advanced:
+            advanced = False
+            for s, e in pending:
+              if s <= frontier < e:
+                frontier, advanced = e, True
+          pending[:] = [(s, e) for s, e in pending if e > frontier]
+          if not look_for_gaps or not pending or _RECORD_AT.get(key) == frontier:
+            break
+          following = self._next_record(consumer, topic, partition, frontier)
+          if following is None or following <= frontier:
+            _RECORD_AT[key] = frontier  # a record not written yet: wait for it
+            break
+          frontier = following  # no record in [frontier, following)
+        if known is None or frontier > known:
+          consumer.commit(offsets=[_tp(topic, partition, frontier)], asynchronous=False)
+          return True
+    except Exception as e:
+      _LOG.warning(
+        'committing offsets of %s failed (the next job re-reads from the previous commit): %s',
+        source_uri(topic, partition),
+        mask_secrets(str(e), secrets_of(self._options)),
+      )
+      return False
+    return True
+
+  def _next_record(self, consumer, topic: str, partition: int, offset: int) -> Optional[int]:
+    """The offset of the first record at or after `offset` (None: none fetched in time)."""
+    consumer.assign([_tp(topic, partition, offset)])
+    deadline = time.monotonic() + max(10.0, self._options.poll_timeout_s)
+    try:
+      while time.monotonic() < deadline:
+        for message in consumer.consume(num_messages=1, timeout=1.0):
+          if message.error() is None and message.topic() == topic and message.partition() == partition:
+            if message.offset() >= offset:
+              return message.offset()
+      return None
+    finally:
+      consumer.unassign()
 
 
 class _PartitionWatermarkEstimator(ManualWatermarkEstimator):
@@ -258,27 +345,38 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
     timeout = max(30.0, options.poll_timeout_s)
     tp = _tp(element.topic, element.partition)
     low, high = self._safe(lambda: consumer.get_watermark_offsets(tp, timeout=timeout, cached=False))
-    start = None
-    if options.group_id and options.resume_from_committed:
+    committed = None
+    if options.group_id:
       committed = self._safe(lambda: consumer.committed([tp], timeout=timeout))[0].offset
-      if committed is not None and committed >= 0:
-        start = max(committed, low)
-    if start is None:
-      if options.start_position == 'earliest':
-        start = low
-      elif options.start_position == 'latest':
-        start = high
-      else:
-        found = self._safe(
-          lambda: consumer.offsets_for_times(
-            [_tp(element.topic, element.partition, options.start_timestamp_ms)], timeout=timeout
-          )
-        )[0].offset
-        start = high if found is None or found < 0 else found
+      committed = committed if committed is not None and committed >= 0 else None
+    if committed is not None and options.resume_from_committed:
+      start = max(committed, low)
+    else:
+      start = self._start_position(consumer, element, low, high, timeout)
+    if options.group_id:
+      # The group's offset starts at the read's start: offsets are committed
+      # only over ranges contiguous with it, so a range finalized (or written)
+      # first further on cannot make a restart skip what precedes it.
+      commits = _OffsetCommits(options, self._lend())
+      self._safe(lambda: commits.start(consumer, element.topic, element.partition, start, commit=start != committed))
     stop = high if options.bounded else _UNBOUNDED_STOP
     if options.max_records_per_partition is not None:
       stop = min(stop, start + options.max_records_per_partition)
     return OffsetRange(start, max(start, stop))
+
+  def _start_position(self, consumer, element: KafkaPartition, low: int, high: int, timeout: float) -> int:
+    """Where a partition starts without a (used) committed offset, by `start_position`."""
+    options = self._options
+    if options.start_position == 'earliest':
+      return low
+    if options.start_position == 'latest':
+      return high
+    found = self._safe(
+      lambda: consumer.offsets_for_times(
+        [_tp(element.topic, element.partition, options.start_timestamp_ms)], timeout=timeout
+      )
+    )[0].offset
+    return high if found is None or found < 0 else found
 
   def create_tracker(self, restriction: OffsetRange) -> OffsetRestrictionTracker:
     if self._STREAMING:
@@ -304,33 +402,9 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
     return restriction
 
   def _commit(self, topic, partition, start, end):
-    # Runs after the runner committed the bundle's output. A runner may split
-    # a partition's range and finalize the parts in any order, so the group's
-    # offset only moves to the end of ranges contiguous with it: it never
-    # passes a record whose result could still be lost.
-    try:
-      with _COMMITS_LOCK, self._lend().consumer() as consumer:
-        ranges = _FINALIZED.setdefault((self._options.group_id, topic, partition), [])
-        ranges.append((start, end))
-        known = consumer.committed([_tp(topic, partition)], timeout=30)[0].offset
-        frontier = known if known is not None and known >= 0 else min(s for s, _ in ranges)
-        advanced = True
-        while advanced:
-          advanced = False
-          for s, e in ranges:
-            if s <= frontier < e:
-              frontier, advanced = e, True
-        ranges[:] = [(s, e) for s, e in ranges if e > frontier]
-        if known is None or frontier > known:
-          consumer.commit(offsets=[_tp(topic, partition, frontier)], asynchronous=False)
-          self._commits.inc()
-    except Exception as e:
-      _LOG.warning(
-        'committing offset %d of %s failed (the next job re-reads from the previous commit): %s',
-        end,
-        source_uri(topic, partition),
-        mask_secrets(str(e), secrets_of(self._options)),
-      )
+    # Runs after the runner committed the bundle's output (ack='finalize').
+    if _OffsetCommits(self._options, self._lend()).done(topic, partition, [(start, end)]):
+      self._commits.inc()
 
   def _emit(self, element: KafkaPartition, messages):
     source = source_uri(element.topic, element.partition)
@@ -459,13 +533,14 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
       raise
     finally:
       clients.release(consumer, healthy)
-      if claimed_to is not None and options.group_id:
+      if claimed_to is not None and options.group_id and options.ack == 'finalize':
         bundle_finalizer.register(
           lambda t=element.topic, p=element.partition, s=restriction.start, o=claimed_to: self._commit(t, p, s, o)
         )
       else:
         # Runners that always send FinalizeBundle for this transform (Prism)
-        # get an error back from a bundle that registered nothing.
+        # get an error back from a bundle that registered nothing. With
+        # ack='sink' the pipeline commits what it wrote (KafkaAcknowledger).
         bundle_finalizer.register(_nothing)
 
   def _at_or_beyond_end(self, consumer, element, offset) -> bool:
@@ -539,6 +614,37 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
       watermark.set_watermark(timestamp)
 
 
+class KafkaAcknowledger(Acknowledger):
+  """ack='sink': commits the group's offset over the written records of each partition (see `_OffsetCommits`)."""
+
+  def __init__(self, options: KafkaReadOptions):
+    self._options = options
+    self._commits = None
+
+  def setup(self):
+    self._commits = _OffsetCommits(self._options, _Clients(self._options))
+
+  def parse(self, source, position):
+    source = str(source or '')
+    if not source.startswith('kafka://'):
+      return None
+    topic, _, partition = source[len('kafka://') :].rpartition('/')
+    offset = position_number(position, ('offset', 'row'))
+    if topic not in self._options.topics or not partition.isdigit() or offset is None:
+      return None
+    return (topic, int(partition)), offset
+
+  def acknowledge(self, key, offsets):
+    topic, partition = key
+    ranges, ordered = [], sorted(offsets)
+    for offset in ordered:
+      if ranges and ranges[-1][1] == offset:
+        ranges[-1][1] = offset + 1
+      else:
+        ranges.append([offset, offset + 1])
+    self._commits.done(topic, partition, [tuple(r) for r in ranges], look_for_gaps=True)
+
+
 class _ListPartitionsFn(beam.DoFn):
   """The partitions of each topic, looked up when the job runs (not at construction)."""
 
@@ -586,6 +692,10 @@ class ReadFromKafka(beam.PTransform):
   def check(self, timeout_s: float = 10.0) -> str:
     """Reaches the brokers and finds the topics; raises KafkaError saying what is wrong."""
     return check(self._options, timeout_s)
+
+  def acknowledge_written(self) -> Optional[AcknowledgeWritten]:
+    """With ack='sink', the transform that commits the offsets of written (source, position) pairs; else None."""
+    return AcknowledgeWritten(KafkaAcknowledger(self._options)) if self._options.ack == 'sink' else None
 
   def expand(self, pbegin):
     options = self._options

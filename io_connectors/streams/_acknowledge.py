@@ -1,0 +1,123 @@
+"""Acknowledging what was written: one mechanism for every source that can hold records until then.
+
+A broker-backed source (Kafka, Pulsar, Redis Streams and the WebSocket
+source's durable Redis stream) keeps a record until it is acknowledged (a
+committed offset, an ack, an XACK). Two moments to acknowledge:
+
+- ``'finalize'``: in the reading bundle's finalization. Durable on runners
+  that finalize after a checkpoint of the whole pipeline (Flink, Dataflow):
+  a failure restores that checkpoint, windows included.
+- ``'sink'``: once what the record became is durably written: its row in a
+  file, its dead letter, or its drop as a duplicate. For runners whose
+  windows live in the job process's memory (Prism, the FnApiRunner, the
+  DirectRunner): they finalize a reading bundle as soon as it is handed over,
+  so a process killed with windows still open would lose records that were
+  acknowledged already. With ``'sink'`` a restarted job reads them again.
+
+In ``'sink'`` mode the pipeline sends the (source, position) pairs of what it
+wrote to the source's ``acknowledge_written()`` transform, an
+`AcknowledgeWritten` with the source's `Acknowledger`: it collects a bundle's
+pairs per key (stream, topic partition, topic) and acknowledges them when the
+bundle ends. Usage::
+
+    source = ReadFromKafka(KafkaReadOptions(..., group_id='lake', ack='sink'))
+    read = p | source
+    ...
+    written = windows | WriteWindowFiles(output, 'data', key_field='event_id', positions=True)
+    _ = written[WRITTEN] | beam.FlatMap(lambda ps: ps) | source.acknowledge_written()
+
+A position is a record's ``__row`` number or a dead letter's position text
+(``'row N'``, or the source's own wording: ``'offset N'``, ``'entry <id>'``,
+``'message <id>'``); pairs of other sources are ignored, so one stream of
+pairs can feed every source's transform.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Hashable, Optional, Set, Tuple
+
+import apache_beam as beam
+
+__all__ = ['ACK_MODES', 'check_ack_mode', 'Acknowledger', 'AcknowledgeWritten', 'position_number']
+
+ACK_MODES = ('finalize', 'sink')
+
+
+def check_ack_mode(ack) -> str:
+  """`ack` if it is one of ACK_MODES; else ValueError."""
+  if ack not in ACK_MODES:
+    raise ValueError(f'ack must be one of {", ".join(ACK_MODES)}, got {ack!r}')
+  return ack
+
+
+def position_number(position, kinds=('row',)) -> Optional[int]:
+  """The number of a `__row` (int) or of a position text '<kind> N' with kind in `kinds`; else None."""
+  if isinstance(position, int) and not isinstance(position, bool):
+    return position
+  kind, _, value = str(position or '').partition(' ')
+  if kind in kinds and value.isdigit():
+    return int(value)
+  return None
+
+
+class Acknowledger:
+  """One source's way to acknowledge written records (a small class per source; pickled with the pipeline).
+
+  Clients are opened in `setup` on the worker, never in `__init__`.
+  """
+
+  def setup(self) -> None:
+    pass
+
+  def teardown(self) -> None:
+    pass
+
+  def parse(self, source, position) -> Optional[Tuple[Hashable, Any]]:
+    """(key, record id) of a pair of this source, e.g. (stream, entry id); None for pairs of other sources."""
+    raise NotImplementedError
+
+  def acknowledge(self, key: Hashable, ids: Set[Any]) -> None:
+    """Acknowledges records `ids` of `key`: they are durably written."""
+    raise NotImplementedError
+
+
+class _AcknowledgeFn(beam.DoFn):
+  """Collects a bundle's (source, position) pairs and acknowledges them per key when it ends."""
+
+  def __init__(self, acknowledger: Acknowledger):
+    self._acknowledger = acknowledger
+    self._ids: Dict[Hashable, Set[Any]] = {}
+
+  def setup(self):
+    self._acknowledger.setup()
+
+  def teardown(self):
+    self._acknowledger.teardown()
+
+  def start_bundle(self):
+    self._ids = {}
+
+  def process(self, element):
+    source, position = element
+    parsed = self._acknowledger.parse(source, position)
+    if parsed is not None:
+      key, record_id = parsed
+      self._ids.setdefault(key, set()).add(record_id)
+
+  def finish_bundle(self):
+    ids, self._ids = self._ids, {}
+    for key in sorted(ids, key=repr):
+      self._acknowledger.acknowledge(key, ids[key])
+
+
+class AcknowledgeWritten(beam.PTransform):
+  """Acknowledges the records named by (source, position) pairs: apply to pairs of durably written records."""
+
+  def __init__(self, acknowledger: Acknowledger):
+    super().__init__()
+    if not isinstance(acknowledger, Acknowledger):
+      raise ValueError(f'acknowledger must be an Acknowledger, got {type(acknowledger).__name__}')
+    self._acknowledger = acknowledger
+
+  def expand(self, positions):
+    return positions | 'Acknowledge' >> beam.ParDo(_AcknowledgeFn(self._acknowledger))
