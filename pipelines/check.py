@@ -13,12 +13,12 @@ its connector's ``check()``: PostgreSQL, MongoDB, Redis, Elasticsearch /
 OpenSearch, ClickHouse connect, authenticate and read the table, collection,
 key pattern or index once; Kafka finds the brokers and topics, Pulsar the
 topics, Pub/Sub the subscription or topic, Redis Streams the streams; a
-WebSocket feed is opened; the REST sources (Spotify, social, rest) get a
-token and send their first request. File sources are checked by listing
-their pattern. A connector without a check (Last.fm, SoundCloud) is reported
-as ``skipped``
-and does not fail the command. Each check has --timeout seconds; all run at
-once.
+WebSocket feed is opened; the REST sources (Spotify, SoundCloud, social,
+rest) get a token and send their first request, Last.fm its first request
+with the API key (signed when a secret is set). File sources are checked by
+listing their pattern. A connector without a check (one of the user's own)
+is reported as ``skipped`` and does not fail the command. Each check has
+--timeout seconds; all run at once.
 
 Exit status: 0 when no source failed, 1 when one did, 2 for a config that
 cannot be read or is wrong before any connector is tried. The table never

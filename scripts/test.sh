@@ -14,6 +14,9 @@
 #    started when it ends (one that another session still uses is stopped when
 #    that session ends). So `scripts/test.sh -m unit` (the unit tier) starts no
 #    server; Prism is built once per machine when a session starts.
+# 3. The unit tier (`-m unit`) runs on two processes (pytest-xdist, `-n 2
+#    --dist worksteal`) unless the arguments choose (`-n ...`, `-p no:xdist`):
+#    its tests share no server, and most of its time is CPU.
 # Exits with pytest's status; "no tests collected" (pytest's 5) fails too.
 #
 # Environment:
@@ -39,8 +42,21 @@ for arg in "$@"; do
   fi
 done
 
+# The unit tier on both cores, unless told otherwise.
+parallel=()
+unit_tier=0
+previous=''
+for arg in "$@"; do
+  [[ "${previous}" == '-m' && "${arg}" == 'unit' ]] && unit_tier=1
+  [[ "${arg}" == '-m=unit' || "${arg}" == '-munit' ]] && unit_tier=1
+  previous="${arg}"
+done
+if [[ ${unit_tier} -eq 1 ]] && ! printf '%s\n' "$@" | grep -qE '^(-n|--numprocesses|--dist|no:xdist$|-pno:xdist)'; then
+  parallel=(-n 2 --dist worksteal)
+fi
+
 status=0
-.venv/bin/python -m pytest "${targets[@]}" -q "$@" || status=$?
+.venv/bin/python -m pytest "${targets[@]}" -q "${parallel[@]}" "$@" || status=$?
 if [[ ${status} -eq 5 ]]; then
   log "pytest collected no tests: failing"
 fi

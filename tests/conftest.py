@@ -66,7 +66,11 @@ def pytest_configure(config):
   # TestPipeline's default options (Beam's hook for --test-pipeline-options).
   TestPipeline.pytest_test_pipeline_options = f'--prism_location={ensure_prism()}'
   config.addinivalue_line('markers', 'unit: needs no server (set by conftest: `-m unit` runs the unit tier)')
-  config.addinivalue_line('markers', 'integration: talks to a local server or the Flink cluster (set by conftest)')
+  config.addinivalue_line(
+    'markers',
+    'integration: talks to a local server or the Flink cluster (set by conftest), or runs a whole job '
+    'in another process (set by hand)',
+  )
 
 
 # What reaches a server, in a test's or a fixture's code (or in a helper that
@@ -113,7 +117,11 @@ def _reaches_a_server(item, server_call: re.Pattern) -> bool:
 def pytest_collection_modifyitems(items):
   server_call = _server_call([module for name, module in list(sys.modules.items()) if name.split('.')[0] == 'tests'])
   for item in items:
-    item.add_marker('integration' if _reaches_a_server(item, server_call) else 'unit')
+    # A test that runs a whole job in another process is marked integration
+    # by hand (@pytest.mark.integration): it reaches no server, yet the
+    # process's start and its run are the tier's cost, not a unit's.
+    if item.get_closest_marker('integration') is None:
+      item.add_marker('integration' if _reaches_a_server(item, server_call) else 'unit')
 
 
 _UNIT_TIER = {'active': False}

@@ -548,6 +548,10 @@ class _ReadLastfmFn(beam.DoFn):
     return [{'artist_name': artist, 'tag': t.get('name'), 'count': _int(t.get('count'))} for t in tags]
 
 
+def _signed(options: LastfmOptions) -> bool:
+  return bool(options.api_secret_env and os.environ.get(options.api_secret_env))
+
+
 def _json_loads(content: bytes):
   import json
 
@@ -576,6 +580,35 @@ class ReadFromLastfm(beam.PTransform):
       raise ValueError(f'environment variable {options.api_key_env} (the Last.fm API key) is not set')
     urllib.parse.urlsplit(options.base_url)
     self._options = options
+
+  def check(self) -> str:
+    """Sends this resource's first request (the first user or item, one track) with the key; a one-line summary.
+
+    Signed when an API secret is set, so a wrong secret or session key fails
+    here too. Raises LastfmKeyError (key unset or refused), RequestFailed
+    (unreachable, retries spent) or ConnectorError (any other Last.fm error,
+    e.g. 6: user not found); URLs and secrets masked.
+    """
+    fn = _ReadLastfmFn(self._options)
+    fn.setup()
+    element = self._elements[0]
+    resource = self._options.resource
+    if resource == 'recent_tracks':
+      request = fn._request('user.getRecentTracks', user=element['user'], limit=1)
+    elif resource == 'track_info':
+      request = fn._request('track.getInfo', artist=element.get('artist', ''), track=element.get('track', ''))
+    else:
+      request = fn._request('artist.getTopTags', artist=element.get('artist', ''))
+    where = f'Last.fm {request.params["method"]} at {fn._client.masker.text(request.url)}'
+    try:
+      fn._call(request)
+    except _LastfmError as e:
+      raise ConnectorError(f'{where}: {e}') from None
+    except HostNotAllowed:
+      raise
+    except ValueError as e:
+      raise ConnectorError(f'{where}: the answer is not JSON ({e})') from None
+    return f'ok: {where}: key accepted' + (' (signed)' if _signed(self._options) else '')
 
   @property
   def default_entity(self) -> Optional[str]:

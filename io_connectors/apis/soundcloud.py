@@ -220,17 +220,21 @@ class ReadFromSoundCloud(beam.PTransform):
       record_path='collection' if paged else None,
       process_record=functools.partial(mapper),
     )
-    self._params = [{'user_id': u} for u in user_ids]
-    self._rest_options = RestOptions(
+    rest_options = RestOptions(
       rate=options.rate,
       burst=options.burst,
       concurrency=options.concurrency,
       retry=options.retry,
       allow_private_addresses=options.allow_private_addresses,
     )
+    self._read = ReadRestResource(self._resource, params=[{'user_id': u} for u in user_ids], options=rest_options)
+
+  def check(self) -> str:
+    """Gets a token and sends the first user's first request (see ReadFromRest.check)."""
+    return self._read.check()
 
   def expand(self, pbegin):
-    return pbegin | 'Read' >> ReadRestResource(self._resource, params=self._params, options=self._rest_options)
+    return pbegin | 'Read' >> self._read
 
 
 @registry.register('soundcloud', 'SoundCloud tracks, users and playlists with engagement counts (OAuth2)')

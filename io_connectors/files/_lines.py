@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import codecs
-from typing import Any, List, Tuple
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
 
 from io_connectors.files._ranges import open_file, read_exactly
 
-__all__ = ['read_owned_lines', 'is_blank', 'first_line', 'to_utf8', 'line_count']
+__all__ = ['read_owned_lines', 'is_blank', 'first_line', 'to_utf8', 'line_count', 'range_as_utf8']
 
 _SLACK = 1 << 16  # read past a range's end in the same call, to finish its last line
 
@@ -154,3 +154,12 @@ def line_count(data) -> int:
   else:
     newlines = int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == 0x0A))
   return newlines + (0 if data[-1] in (0x0A, b'\n') else 1)
+
+
+def range_as_utf8(rng, encoding: str, keep_bad_lines: bool) -> Optional[Tuple[Any, List[Tuple[int, str]]]]:
+  """The lines a range owns (`_ranges.Range`) as UTF-8 and its bad lines (see `to_utf8`); None when blank."""
+  with open_file(rng.path) as f:
+    raw = read_owned_lines(f, rng.start, rng.end)
+  if is_blank(raw):
+    return None
+  return to_utf8(raw, encoding, keep_bad_lines=keep_bad_lines)

@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 
 from io_connectors._common.errors import short_error
-from io_connectors.files._lines import first_line, is_blank, line_count, read_owned_lines, to_utf8
+from io_connectors.files._lines import first_line, line_count, range_as_utf8, to_utf8
 from io_connectors.files._options import CsvOptions
-from io_connectors.files._ranges import Range, open_file
+from io_connectors.files._ranges import Range
 from io_connectors.files._read import READERS, STAGE, ReadFormat, emit
 from transforms.dead_letter import dead_letter
 from transforms.records import position
@@ -71,11 +71,10 @@ class CsvReader:
   def read(self, rng: Range, options: CsvOptions):
     path, start = rng.path, rng.start
     source = rng.source
-    with open_file(path) as f:
-      raw = read_owned_lines(f, start, rng.end)
-    if is_blank(raw):
+    lines = range_as_utf8(rng, options.encoding, keep_bad_lines=True)
+    if lines is None:
       return
-    data, bad_lines = to_utf8(raw, options.encoding, keep_bad_lines=True)
+    data, bad_lines = lines
     # Record numbers (pyarrow's numbering: blank lines are not records) of
     # the lines with bad bytes; they are parsed like the others (to keep the
     # numbering) and then set aside.

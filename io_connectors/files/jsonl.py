@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from io_connectors._common.arrow import table_from_json_lines, table_from_rows
 from io_connectors._common.errors import short_error
-from io_connectors.files._lines import is_blank, line_count, read_owned_lines, to_utf8
+from io_connectors.files._lines import line_count, range_as_utf8
 from io_connectors.files._options import JsonOptions
 from io_connectors.files._ranges import Range, open_file
 from io_connectors.files._read import READERS, STAGE, ReadFormat, emit
@@ -51,13 +51,11 @@ def _nonblank_lines(data: bytes, first_line: int) -> np.ndarray:
 
 
 def read_jsonl(rng: Range, options: JsonOptions):
-  path, start = rng.path, rng.start
   source = rng.source
-  with open_file(path) as f:
-    raw = read_owned_lines(f, start, rng.end)
-  if is_blank(raw):
+  lines = range_as_utf8(rng, 'utf-8', keep_bad_lines=False)
+  if lines is None:
     return
-  data, bad_lines = to_utf8(raw, 'utf-8', keep_bad_lines=False)
+  data, bad_lines = lines
   data = bytes(data)  # JSON Lines' slow paths search and split the bytes
   for i, text in bad_lines:
     yield dead_letter(

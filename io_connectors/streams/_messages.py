@@ -20,9 +20,10 @@ Usage::
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple, Type, TypeVar
 
 import apache_beam as beam
 import numpy as np
@@ -42,6 +43,7 @@ __all__ = [
   'advance_watermark',
   'emit_at_watermark',
   'CheckpointOnlyTracker',
+  'unbounded_reader',
 ]
 
 # A dead letter keeps at most this much of a payload that is not JSON.
@@ -147,6 +149,45 @@ def emit_at_watermark(
     yield beam.window.TimestampedValue(batch, stamp)
   for letter in dead:
     yield beam.pvalue.TaggedOutput(DEAD_LETTER, beam.window.TimestampedValue(letter, stamp))
+
+
+_DoFn = TypeVar('_DoFn', bound=beam.DoFn)
+
+
+def unbounded_reader(reader_class: Type[_DoFn], **attributes: Any) -> Type[_DoFn]:
+  """`reader_class` as an unbounded source: a subclass whose `process` is marked unbounded per element.
+
+  A stream reader is one splittable DoFn, bounded or unbounded by option;
+  Beam takes the unbounded kind from an attribute of the process method, so
+  that kind is a subclass whose process calls the reader's own under the
+  mark, with the same parameters (Beam reads them, restriction and watermark
+  providers included, through the wrapper). `attributes` become class
+  attributes of the subclass. Assign the result at module level to the
+  name it gets, ``_Unbounded<Name>`` (``_ReadTopicFn`` -> ``_UnboundedReadTopicFn``),
+  so that pickled DoFns refer to it by name::
+
+      _UnboundedReadTopicFn = unbounded_reader(_ReadTopicFn)
+  """
+  bounded_process = reader_class.process
+
+  @functools.wraps(bounded_process)
+  def process(self, *args, **kwargs):
+    yield from bounded_process(self, *args, **kwargs)
+
+  name = '_Unbounded' + reader_class.__name__.lstrip('_')
+  unbounded = beam.DoFn.unbounded_per_element()(process)
+  unbounded.__qualname__ = f'{name}.process'
+  return type(
+    name,
+    (reader_class,),
+    {
+      '__module__': reader_class.__module__,
+      '__qualname__': name,
+      '__doc__': f'{reader_class.__name__} as an unbounded source (its output is an unbounded PCollection).',
+      'process': unbounded,
+      **attributes,
+    },
+  )
 
 
 class CheckpointOnlyTracker(OffsetRestrictionTracker):

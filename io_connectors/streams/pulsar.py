@@ -81,6 +81,7 @@ from io_connectors.streams._messages import (
   advance_watermark,
   emit_at_watermark,
   messages_to_batch,
+  unbounded_reader,
 )
 from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, Outputs
@@ -366,16 +367,7 @@ class _ReadTopicFn(beam.DoFn):
     tracker.defer_remainder()
 
 
-class _UnboundedReadTopicFn(_ReadTopicFn):
-  @beam.DoFn.unbounded_per_element()
-  def process(
-    self,
-    element,
-    finalizer=beam.DoFn.BundleFinalizerParam,
-    tracker=beam.DoFn.RestrictionParam(ReadsRestrictionProvider()),
-    watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkProvider()),
-  ):
-    yield from super().process(element, finalizer, tracker, watermark)
+_UnboundedReadTopicFn = unbounded_reader(_ReadTopicFn)
 
 
 class PulsarAcknowledger(Acknowledger):

@@ -107,6 +107,7 @@ from io_connectors.streams._messages import (
   advance_watermark,
   emit_at_watermark,
   messages_to_batch,
+  unbounded_reader,
 )
 from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
@@ -491,18 +492,7 @@ class _ReadStreamFn(_RedisClientFn):
     yield from emit_at_watermark(watermark, stamp, batch, dead)
 
 
-class _UnboundedReadStreamFn(_ReadStreamFn):
-  """The same reader, declared unbounded (its output is an unbounded PCollection)."""
-
-  @beam.DoFn.unbounded_per_element()
-  def process(
-    self,
-    element,
-    finalizer=beam.DoFn.BundleFinalizerParam,
-    tracker=beam.DoFn.RestrictionParam(ReadsRestrictionProvider()),
-    watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkProvider()),
-  ):
-    yield from super().process(element, finalizer, tracker, watermark)
+_UnboundedReadStreamFn = unbounded_reader(_ReadStreamFn)
 
 
 class ReadFromRedisStreams(beam.PTransform):

@@ -6,6 +6,11 @@ delivery is accepted only when
 
 - its ``Content-Type`` is JSON (else 415) and its body is at most
   ``max_body_bytes`` (else 413);
+- the request headers arrive within ``header_timeout_seconds`` of the
+  connection opening, or of the first byte of a later request on it (else
+  408 and the connection is closed: a client sending its headers a byte at
+  a time cannot hold it; the deadline is kept by the HTTP protocol that
+  `main` runs uvicorn with, `header_deadline_protocol`);
 - the body arrives within ``body_timeout_seconds`` (else 408, and the
   connection is closed: a slow client cannot hold it);
 - it carries ``X-Timestamp`` (Unix seconds, ASCII digits) and
@@ -107,7 +112,15 @@ from typing import Dict, Optional, Sequence
 
 from io_connectors._common.masking import mask_url
 
-__all__ = ['WebhookOptions', 'create_app', 'sign', 'segment_signature', 'main', 'REJECT_REASONS']
+__all__ = [
+  'WebhookOptions',
+  'create_app',
+  'header_deadline_protocol',
+  'sign',
+  'segment_signature',
+  'main',
+  'REJECT_REASONS',
+]
 
 _LOG = logging.getLogger('io_connectors.streams.webhooks')
 
@@ -155,6 +168,8 @@ class WebhookOptions:
   sink: 'redis' (streams) or 'kafka' (topics).
   kafka_bootstrap, kafka_topic_prefix: the brokers and topic = prefix + source name.
   kafka_config: more librdkafka settings (security.protocol, sasl.*).
+  header_timeout_seconds: the request headers must arrive within this (else
+    408 and the connection is closed); kept by the server `main` runs.
   body_timeout_seconds: the whole body must arrive within this (else 408).
   max_json_depth: deeper JSON documents are refused with 400.
   signature_versions: accepted X-Signature schemes, ('v2', 'v1') during the
@@ -176,6 +191,7 @@ class WebhookOptions:
   kafka_bootstrap: Optional[str] = None
   kafka_topic_prefix: str = 'webhooks.'
   kafka_config: Dict[str, str] = dataclasses.field(default_factory=dict)
+  header_timeout_seconds: float = 10.0
   body_timeout_seconds: float = 10.0
   max_json_depth: int = 64
   signature_versions: Sequence[str] = SIGNATURE_VERSIONS
@@ -198,6 +214,8 @@ class WebhookOptions:
       raise ValueError(f'tolerance_seconds must be >= 1, got {self.tolerance_seconds}')
     if self.max_body_bytes < 1:
       raise ValueError(f'max_body_bytes must be >= 1, got {self.max_body_bytes}')
+    if not self.header_timeout_seconds > 0:
+      raise ValueError(f'header_timeout_seconds must be > 0, got {self.header_timeout_seconds}')
     if not self.body_timeout_seconds > 0:
       raise ValueError(f'body_timeout_seconds must be > 0, got {self.body_timeout_seconds}')
     if self.max_json_depth < 1:
@@ -585,6 +603,74 @@ def create_app(options: WebhookOptions, redis_client=None):
   )
 
 
+def header_deadline_protocol(seconds: float):
+  """uvicorn's h11 HTTP protocol with a deadline on reading each request's headers.
+
+  uvicorn bounds neither the wait for a new connection's first request nor
+  the time its headers take: any byte received cancels its keep-alive timer,
+  so a client that sends its headers a byte at a time holds the connection
+  (slowloris). This protocol starts a clock when the connection opens and
+  when the first byte of a later request on it arrives; if the headers are
+  not complete when it runs out, it answers 408 and closes the connection.
+  The body is bounded by the app (``body_timeout_seconds``).
+
+  Usage: ``uvicorn.run(app, http=header_deadline_protocol(10.0), ...)``.
+  """
+  if not seconds > 0:
+    raise ValueError(f'the header deadline must be > 0 seconds, got {seconds}')
+  import h11
+  from uvicorn.protocols.http.h11_impl import H11Protocol
+
+  message = f'request headers not received within {seconds:g}s'.encode()
+  answer = (
+    b'HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\n'
+    + f'content-length: {len(message)}\r\n\r\n'.encode()
+    + message
+  )
+
+  class HeaderDeadlineProtocol(H11Protocol):
+    _header_timer: Optional[asyncio.TimerHandle] = None
+
+    def connection_made(self, transport):
+      super().connection_made(transport)
+      self._start_header_clock()
+
+    def data_received(self, data: bytes) -> None:
+      if self.conn.their_state is h11.IDLE:
+        self._start_header_clock()  # the first bytes of a request on a kept-alive connection
+      super().data_received(data)
+
+    def handle_events(self) -> None:
+      super().handle_events()
+      if self.conn.their_state is not h11.IDLE:
+        self._stop_header_clock()  # the headers are in
+      elif self.conn.trailing_data[0]:
+        self._start_header_clock()  # a pipelined request, read after the previous response
+
+    def connection_lost(self, exc):
+      self._stop_header_clock()
+      super().connection_lost(exc)
+
+    def _start_header_clock(self):
+      if self._header_timer is None:
+        self._header_timer = self.loop.call_later(seconds, self._headers_too_late)
+
+    def _stop_header_clock(self):
+      if self._header_timer is not None:
+        self._header_timer.cancel()
+        self._header_timer = None
+
+    def _headers_too_late(self):
+      self._header_timer = None
+      if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+        return
+      _LOG.warning('request headers not received within %gs: connection closed', seconds)
+      self.transport.write(answer)
+      self.transport.close()
+
+  return HeaderDeadlineProtocol
+
+
 def _parse_args(argv):
   parser = argparse.ArgumentParser(
     prog='python -m io_connectors.streams.webhooks', description=__doc__.split('\n\n')[0]
@@ -612,6 +698,7 @@ def _parse_args(argv):
   parser.add_argument('--kafka_security_protocol', default=None, help='e.g. SASL_SSL')
   parser.add_argument('--kafka_sasl_mechanism', default='PLAIN')
   parser.add_argument('--kafka_sasl_username', default=None, help='the password is read from $KAFKA_PASSWORD')
+  parser.add_argument('--header_timeout_seconds', type=float, default=10.0)
   parser.add_argument('--body_timeout_seconds', type=float, default=10.0)
   parser.add_argument('--max_json_depth', type=int, default=64)
   parser.add_argument(
@@ -670,6 +757,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       kafka_bootstrap=args.kafka_bootstrap,
       kafka_topic_prefix=args.kafka_topic_prefix,
       kafka_config=kafka_config,
+      header_timeout_seconds=args.header_timeout_seconds,
       body_timeout_seconds=args.body_timeout_seconds,
       max_json_depth=args.max_json_depth,
       signature_versions=tuple(v.strip() for v in args.signature_versions.split(',') if v.strip()),
@@ -683,7 +771,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
   target = f'Kafka {args.kafka_bootstrap}' if args.sink == 'kafka' else mask_url(args.redis_url)
   _LOG.info('webhook receiver on %s:%d for %s -> %s', args.host, args.port, ', '.join(sorted(sources)), target)
-  uvicorn.run(create_app(options), host=args.host, port=args.port, log_level='warning', access_log=False)
+  uvicorn.run(
+    create_app(options),
+    host=args.host,
+    port=args.port,
+    http=header_deadline_protocol(options.header_timeout_seconds),
+    log_level='warning',
+    access_log=False,
+  )
   return 0
 
 

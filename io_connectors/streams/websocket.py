@@ -85,6 +85,7 @@ from io_connectors.streams._messages import (
   ReadsRestrictionProvider,
   emit_at_watermark,
   messages_to_batch,
+  unbounded_reader,
 )
 from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, Outputs
@@ -353,15 +354,7 @@ class _ReceiveFn(beam.DoFn):
     tracker.defer_remainder()
 
 
-class _UnboundedReceiveFn(_ReceiveFn):
-  @beam.DoFn.unbounded_per_element()
-  def process(
-    self,
-    element,
-    tracker=beam.DoFn.RestrictionParam(ReadsRestrictionProvider()),
-    watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkProvider()),
-  ):
-    yield from super().process(element, tracker, watermark)
+_UnboundedReceiveFn = unbounded_reader(_ReceiveFn)
 
 
 class _LandInRedisFn(beam.DoFn):
@@ -421,10 +414,7 @@ class _LandInRedisFn(beam.DoFn):
     tracker.defer_remainder()
 
 
-class _UnboundedLandInRedisFn(_LandInRedisFn):
-  @beam.DoFn.unbounded_per_element()
-  def process(self, element, tracker=beam.DoFn.RestrictionParam(ReadsRestrictionProvider())):
-    yield from super().process(element, tracker)
+_UnboundedLandInRedisFn = unbounded_reader(_LandInRedisFn)
 
 
 class ReadFromWebSocket(beam.PTransform):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import apache_beam as beam
 import pytest
@@ -10,9 +11,10 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
 from io_connectors import registry
+from io_connectors._common.errors import ConnectorError
 from io_connectors.apis.http.client import RetryPolicy
-from io_connectors.apis.lastfm import LastfmOptions, ReadFromLastfm, sign_request, track_key
-from io_connectors.apis.http.request import Request
+from io_connectors.apis.http.request import Request, RequestFailed
+from io_connectors.apis.lastfm import LastfmKeyError, LastfmOptions, ReadFromLastfm, sign_request, track_key
 from tests.io_connectors.api_fakes import LastfmFake, lastfm_signature
 from tests.io_connectors.api_fixtures import T0, add_durations, scrobbles
 from transforms.entities import ListeningEvent
@@ -269,3 +271,47 @@ def test_batch_job_reads_lastfm_and_a_social_api_for_two_tenants(lastfm, tmp_pat
   assert set(acme.column('platform').to_pylist()) == {'lastfm'}
   # user_id is an identifier: pseudonymised, never the Last.fm user name.
   assert 'rj' not in set(acme.column('user_id').to_pylist())
+
+
+def test_check_sends_the_first_request_with_the_key(lastfm, monkeypatch):
+  lastfm.add_scrobbles('rj', scrobbles(3))
+  lastfm.durations[('Daft Punk', 'One More Time')] = 320000
+  lastfm.tags['Daft Punk'] = [('house', 80)]
+  summary = ReadFromLastfm(_options(lastfm, users=['rj', 'nobody'])).check()
+  assert summary.startswith('ok: Last.fm user.getRecentTracks at http://127.0.0.1:') and 'signed' not in summary
+  sent = lastfm.served('user.getRecentTracks')[-1]['params']
+  assert sent['user'] == 'rj' and sent['limit'] == '1' and sent['api_key'] == LastfmFake.API_KEY
+  info = _options(lastfm, resource='track_info', items=[{'artist': 'Daft Punk', 'track': 'One More Time'}])
+  assert 'track.getInfo' in ReadFromLastfm(info).check()
+  tags = _options(lastfm, resource='artist_top_tags', items=[{'artist': 'Daft Punk'}])
+  assert 'artist.getTopTags' in ReadFromLastfm(tags).check()
+  # Signed with the secret: a wrong secret fails the check as it would fail the read.
+  monkeypatch.setenv('LASTFM_API_SECRET', LastfmFake.SECRET)
+  assert ReadFromLastfm(_options(lastfm, users=['rj'])).check().endswith('key accepted (signed)')
+  monkeypatch.setenv('LASTFM_API_SECRET', 'not-the-secret-31337')
+  with pytest.raises(ConnectorError, match='error 13') as raised:
+    ReadFromLastfm(_options(lastfm, users=['rj'])).check()
+  assert 'not-the-secret-31337' not in str(raised.value)
+
+
+def test_check_fails_clearly_without_showing_the_key(lastfm, monkeypatch):
+  with pytest.raises(ConnectorError, match='user.getRecentTracks .*error 6: User not found'):
+    ReadFromLastfm(_options(lastfm, users=['nobody'])).check()
+  monkeypatch.setenv('LASTFM_API_KEY', 'not-a-valid-key-555')
+  with pytest.raises(LastfmKeyError, match='refused the API key') as raised:
+    ReadFromLastfm(_options(lastfm, users=['rj'])).check()
+  assert 'not-a-valid-key-555' not in str(raised.value)
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    closed = s.getsockname()[1]
+  options = LastfmOptions(
+    resource='recent_tracks',
+    users=['rj'],
+    base_url=f'http://127.0.0.1:{closed}/2.0/',
+    retry=RetryPolicy(max_attempts=1, timeout=5),
+    rate=None,
+    allow_private_addresses=True,
+  )
+  with pytest.raises(RequestFailed) as raised:
+    ReadFromLastfm(options).check()
+  assert 'not-a-valid-key-555' not in str(raised.value)

@@ -12,6 +12,7 @@ from apache_beam.testing.util import assert_that
 
 from io_connectors import registry
 from io_connectors.apis.http.client import RetryPolicy
+from io_connectors.apis.http.request import RequestFailed
 from io_connectors.apis.soundcloud import ReadFromSoundCloud, SoundCloudOptions, parse_soundcloud_time
 from tests.io_connectors.api_fakes import SoundCloudFake
 from transforms.records import SOURCE_COLUMN
@@ -189,3 +190,20 @@ def test_options_are_checked_and_no_secret_is_pickled(soundcloud):
   assert parse_soundcloud_time('2013/03/26 14:46:34 +0100') == '2013-03-26T13:46:34+00:00'
   with pytest.raises(ValueError):
     parse_soundcloud_time('yesterday')
+
+
+def test_check_gets_a_token_and_sends_the_first_request(soundcloud, monkeypatch):
+  soundcloud.tracks[7] = _tracks(7, 2)
+  soundcloud.users[7] = {'id': 7, 'username': 'seven'}
+  summary = ReadFromSoundCloud(_options(soundcloud, 'tracks', [7, 8])).check()
+  assert summary.startswith('GET http://127.0.0.1:') and summary.endswith('/users/7/tracks: HTTP 200')
+  assert soundcloud.issued == 1 and soundcloud.served('/users/7/tracks')[-1]['headers']['Authorization'].startswith(
+    'OAuth '
+  )
+  assert ReadFromSoundCloud(_options(soundcloud, 'user', [7])).check().endswith('/users/7: HTTP 200')
+  with pytest.raises(RequestFailed, match='/users/8: HTTP 404'):
+    ReadFromSoundCloud(_options(soundcloud, 'user', [8])).check()
+  monkeypatch.setenv('SOUNDCLOUD_CLIENT_SECRET', 'not-the-secret-999')
+  with pytest.raises(Exception, match='401') as raised:
+    ReadFromSoundCloud(_options(soundcloud, 'user', [7])).check()
+  assert 'not-the-secret-999' not in str(raised.value) and SoundCloudFake.CLIENT_SECRET not in str(raised.value)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
+import select
 import socket
 import subprocess
 import sys
@@ -16,7 +18,7 @@ import httpx
 import pytest
 
 from io_connectors._common.masking import mask_url
-from io_connectors.streams.webhooks import REJECT_REASONS, WebhookOptions, sign
+from io_connectors.streams.webhooks import REJECT_REASONS, WebhookOptions, header_deadline_protocol, sign
 from tests.conftest import REPO_ROOT, ensure_service
 from tests.io_connectors.flaky_proxy import CuttingProxy
 
@@ -24,6 +26,7 @@ SECRETS = {'soundcloud': 'sc-webhook-secret-4f1d', 'lastfm': 'lf-webhook-secret-
 METRICS_TOKEN = 'metrics-token-7c3e91'
 TOLERANCE = 120
 BODY_TIMEOUT = 1.5
+HEADER_TIMEOUT = 2.0
 
 
 def _free_port() -> int:
@@ -77,6 +80,8 @@ class Receiver:
         str(max_body_bytes),
         '--body_timeout_seconds',
         str(BODY_TIMEOUT),
+        '--header_timeout_seconds',
+        str(HEADER_TIMEOUT),
         '--stream_prefix',
         prefix,
         *extra_args,
@@ -344,6 +349,10 @@ def test_options_are_checked():
     WebhookOptions(sources={'a': ''})
   with pytest.raises(ValueError, match='must match'):
     WebhookOptions(sources={'Bad Name': 's'})
+  with pytest.raises(ValueError, match='header_timeout_seconds must be > 0'):
+    WebhookOptions(sources={'a': 's'}, header_timeout_seconds=0)
+  with pytest.raises(ValueError, match='header deadline'):
+    header_deadline_protocol(-1)
   assert mask_url('redis://:pw@127.0.0.1:6380/0') == 'redis://:***@127.0.0.1:6380/0'
   assert 'pw' not in mask_url('redis://user:pw@host/0')
 
@@ -567,6 +576,58 @@ def test_a_slow_body_is_answered_408_and_the_connection_closed(receiver):
   assert BODY_TIMEOUT - 0.1 <= elapsed < BODY_TIMEOUT + 10
   assert closed
   assert receiver.metric('webhook_deliveries_rejected_total', source='soundcloud', reason='body_timeout') >= 1
+
+
+def _trickle(port: int, first: bytes, wait_s: float):
+  """Sends `first`, then one header byte every 0.2 s; returns (what the server answered, seconds to close)."""
+  with socket.create_connection(('127.0.0.1', port), timeout=wait_s) as conn:
+    started = time.monotonic()
+    conn.sendall(first)
+    answer = b''
+    filler = iter(b'X-Slow: ' + b'a' * 10_000)
+    while time.monotonic() - started < wait_s:
+      readable, _, _ = select.select([conn], [], [], 0.2)
+      if readable:
+        chunk = conn.recv(65536)
+        if not chunk:
+          return answer, time.monotonic() - started  # closed by the server
+        answer += chunk
+        continue
+      with contextlib.suppress(OSError):  # the server may close between two bytes
+        conn.sendall(bytes([next(filler)]))
+    return answer, None
+
+
+def test_headers_sent_a_byte_at_a_time_are_cut_off_at_the_deadline(receiver):
+  head = f'POST /webhooks/soundcloud HTTP/1.1\r\nHost: 127.0.0.1:{receiver.port}\r\n'.encode()
+  # A new connection: the clock runs from its opening, whatever trickles in.
+  answer, closed_after = _trickle(receiver.port, head, wait_s=HEADER_TIMEOUT + 20)
+  assert closed_after is not None and HEADER_TIMEOUT - 0.1 <= closed_after < HEADER_TIMEOUT + 10, closed_after
+  assert answer.startswith(b'HTTP/1.1 408 ') and b'request headers not received within 2s' in answer
+  # A connection that says nothing at all is closed too.
+  with socket.create_connection(('127.0.0.1', receiver.port), timeout=HEADER_TIMEOUT + 20) as conn:
+    started = time.monotonic()
+    answer = conn.recv(65536)
+    assert answer.startswith(b'HTTP/1.1 408 ') and conn.recv(65536) == b''
+    assert HEADER_TIMEOUT - 0.1 <= time.monotonic() - started < HEADER_TIMEOUT + 10
+  # A kept-alive connection: a full request is answered, then the next one's headers are timed from its first byte.
+  body = b'{"n": 1}'
+  ts = str(int(time.time()))
+  delivery = uuid.uuid4().hex
+  headers = {
+    'Content-Type': 'application/json',
+    'X-Timestamp': ts,
+    'X-Delivery-Id': delivery,
+    'X-Signature': sign(SECRETS['soundcloud'], ts, body, delivery),
+    'Content-Length': str(len(body)),
+  }
+  answer, closed_after = _trickle(
+    receiver.port, _head(receiver.port, 'soundcloud', headers) + body + head, wait_s=HEADER_TIMEOUT + 20
+  )
+  assert answer.startswith(b'HTTP/1.1 202 ') and b'HTTP/1.1 408 ' in answer
+  assert closed_after is not None and closed_after < HEADER_TIMEOUT + 10
+  # The receiver still serves everyone else.
+  assert receiver.post('soundcloud', {'n': 2}).status_code == 202
 
 
 @pytest.mark.parametrize('depth, reason', [(100, 'too_deep'), (2000, 'too_deep')])

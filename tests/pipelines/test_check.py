@@ -9,10 +9,13 @@ import subprocess
 import sys
 import urllib.parse
 
+import apache_beam as beam
 import pytest
 import yaml
 
+from io_connectors import registry
 from pipelines import check
+from tests.io_connectors.api_fakes import LastfmFake, SoundCloudFake
 from tests.io_connectors.streams_support import redis_url
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -153,22 +156,63 @@ def test_a_bad_config_exits_2_with_one_line(tmp_path, config, message):
 
 def test_files_are_listed_and_connectors_without_check_are_skipped(tmp_path, monkeypatch):
   (tmp_path / 'a.csv').write_text('event_id\n1\n')
-  monkeypatch.setenv('SOUNDCLOUD_CLIENT_ID', 'id')
-  monkeypatch.setenv('SOUNDCLOUD_CLIENT_SECRET', 'very-secret-value')
+  # A connector of the user's own without a check() (every bundled one has one).
+  registry.names()  # loads the bundled connectors into the registry the copy is made of
+  monkeypatch.setattr(registry, '_REGISTRY', dict(registry._REGISTRY))
+  registry.register('no_check', 'a connector without check()')(lambda config: beam.Create([]))
   results = check.check_sources(
     [
       {'type': 'csv', 'input': str(tmp_path / '*.csv')},
       {'type': 'csv', 'input': str(tmp_path / 'none' / '*.csv')},
-      # The WebSocket source checks its feed (nothing listens on port 9); SoundCloud has no check().
+      # The WebSocket source checks its feed (nothing listens on port 9).
       {'type': 'websocket', 'url': 'ws://127.0.0.1:9/feed', 'max_messages': 1},
-      {'type': 'soundcloud', 'resource': 'user', 'user_ids': [1]},
+      {'type': 'no_check'},
     ]
   )
   assert [r.status for r in results] == [check.OK, check.FAILED, check.FAILED, check.SKIPPED]
   assert results[0].detail.startswith('1 file(s)')
   assert 'no file matches' in results[1].detail
   assert 'cannot open the feed' in results[2].detail
-  assert all('very-secret-value' not in r.detail for r in results)
+  assert 'no_check connector has no check()' in results[3].detail
+
+
+def test_lastfm_and_soundcloud_sources_are_checked_against_their_apis(tmp_path, lastfm, monkeypatch):
+  lastfm.add_scrobbles('rj', [{'uts': 1704067200, 'artist': 'A', 'track': 'T'}])
+  monkeypatch.setenv('LASTFM_API_SECRET', 'not-the-secret-4242')
+  with SoundCloudFake() as soundcloud:
+    soundcloud.users[7] = {'id': 7, 'username': 'seven'}
+    monkeypatch.setenv('SOUNDCLOUD_CLIENT_ID', SoundCloudFake.CLIENT_ID)
+    monkeypatch.setenv('SOUNDCLOUD_CLIENT_SECRET', SoundCloudFake.CLIENT_SECRET)
+    local = {'allow_private_addresses': True, 'rate': None, 'retry': {'max_attempts': 1}}
+    sources = [
+      {'type': 'lastfm', 'resource': 'recent_tracks', 'users': ['rj'], 'base_url': f'{lastfm.url}/2.0/', **local},
+      {
+        'type': 'soundcloud',
+        'resource': 'user',
+        'user_ids': [7],
+        'base_url': soundcloud.url,
+        **local,
+        'token_url': f'{soundcloud.url}/oauth/token',
+      },
+      {
+        'type': 'soundcloud',
+        'resource': 'user',
+        'user_ids': [8],
+        'base_url': soundcloud.url,
+        **local,
+        'token_url': f'{soundcloud.url}/oauth/token',
+      },
+    ]
+    failed = check.check_sources(sources)
+    # The Last.fm secret is wrong: the signed call is refused (error 13).
+    assert [r.status for r in failed] == [check.FAILED, check.OK, check.FAILED], failed
+    assert 'error 13' in failed[0].detail and 'HTTP 404' in failed[2].detail
+    monkeypatch.setenv('LASTFM_API_SECRET', LastfmFake.SECRET)
+    passed = check.check_sources(sources[:2])
+    assert [r.status for r in passed] == [check.OK, check.OK], passed
+    assert 'user.getRecentTracks' in passed[0].detail and '/users/7: HTTP 200' in passed[1].detail
+  secrets = (LastfmFake.API_KEY, LastfmFake.SECRET, 'not-the-secret-4242', SoundCloudFake.CLIENT_SECRET)
+  assert not [r for r in failed + passed if any(s in r.detail for s in secrets)]
 
 
 def test_secrets_of_the_config_are_scrubbed_from_any_message():

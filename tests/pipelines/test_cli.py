@@ -136,6 +136,7 @@ def test_the_filter_drops_only_the_unactionable_lines(caplog):
   assert messages == ['Failed to import S3FileSystem; loading of this filesystem will be skipped.']
 
 
+@pytest.mark.integration  # the whole batch job, in a process of its own
 def test_a_run_logs_its_progress_in_the_jobs_format_without_apitools(without_apitools, tmp_path, monkeypatch):
   # The apitools line is logged through logging.warning(), which configures the
   # root logger by itself: the job's own format and INFO level must still apply.

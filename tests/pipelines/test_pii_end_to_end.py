@@ -19,6 +19,7 @@ import apache_beam as beam
 import fastavro
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import yaml
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.testing.test_stream import TestStream
@@ -187,6 +188,7 @@ def assert_no_raw_values(texts):
         assert form not in text, f'{place} ({value!r}) in {name}'
 
 
+@pytest.mark.integration  # the whole batch job, in a process of its own
 def test_batch_job_leaves_no_raw_value_in_any_output_or_log(tmp_path):
   inputs, output = tmp_path / 'in', tmp_path / 'out'
   write_inputs(str(inputs))

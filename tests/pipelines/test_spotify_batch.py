@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipelines import sample_data
-from pipelines.spotify_batch import run
+from pipelines import cli, sample_data
+from pipelines.spotify_batch import main, run
 from transforms.dead_letter import REASONS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -347,12 +347,24 @@ def _cli(*args, env_key=KEY, cwd=None):
     (['--entity', 'song', '--input', 'x.csv', '--tenant_id', 'acme'], 'unknown entity'),
   ],
 )
-def test_cli_errors_are_one_clear_line(args, message):
-  result = _cli(*args)
+def test_cli_errors_are_one_clear_line(args, message, capsys, monkeypatch):
+  # main() as `python -m pipelines.spotify_batch` runs it, in this process (one
+  # process start per case cost seconds); the process itself is the next test's.
+  # Its logging set-up would replace pytest's handlers on the root logger.
+  monkeypatch.setattr(cli, 'configure_logging', lambda: None)
+  assert main(args) == 2
+  stderr = capsys.readouterr().err
+  assert 'Traceback' not in stderr
+  error_lines = [l for l in stderr.splitlines() if l.startswith('error:')]
+  assert len(error_lines) == 1 and message in error_lines[0], stderr
+
+
+def test_a_cli_error_ends_the_process_with_status_2_and_one_line():
+  result = _cli('--bogus_flag', '1')
   assert result.returncode == 2
   assert 'Traceback' not in result.stderr
   error_lines = [l for l in result.stderr.splitlines() if l.startswith('error:')]
-  assert len(error_lines) == 1 and message in error_lines[0], result.stderr
+  assert len(error_lines) == 1 and 'unknown flag' in error_lines[0], result.stderr
 
 
 def test_cli_bad_yaml_and_missing_key(tmp_path, sample):

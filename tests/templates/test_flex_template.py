@@ -133,6 +133,7 @@ def test_requirements_are_exact_pins_of_this_beam():
   assert 'templates/spotify_batch/lock_requirements.sh' in REQUIREMENTS.read_text(encoding='utf-8')[:400]
 
 
+@pytest.mark.integration  # the whole batch job, in the launcher's process
 def test_launcher_runs_the_pipeline_on_the_direct_runner(tmp_path):
   source = tmp_path / 'listening_events.csv'
   source.write_text(

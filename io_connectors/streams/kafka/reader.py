@@ -22,7 +22,7 @@ from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Duration, 
 from io_connectors._common.arrow import batch_from_rows
 from io_connectors._common.masking import mask_secrets
 from io_connectors.streams._acknowledge import Acknowledger, AcknowledgeWritten, position_number
-from io_connectors.streams._messages import CheckpointOnlyTracker
+from io_connectors.streams._messages import CheckpointOnlyTracker, unbounded_reader
 from io_connectors.streams.kafka._config import KafkaReadOptions, check, client_config, secrets_of, source_uri
 from io_connectors.streams.kafka._payloads import AvroDecoder, decode_values, raw_text
 from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
@@ -713,17 +713,5 @@ class ReadFromKafka(beam.PTransform):
     return Outputs(records, result[DEAD_LETTER])
 
 
-class _UnboundedReadPartitionFn(_ReadPartitionFn):
-  """The same read as an unbounded source: self-checkpoints and idle watermarks."""
-
-  _STREAMING = True
-
-  @beam.DoFn.unbounded_per_element()
-  def process(
-    self,
-    element,
-    bundle_finalizer=beam.DoFn.BundleFinalizerParam,
-    tracker=beam.DoFn.RestrictionParam(),
-    watermark=beam.DoFn.WatermarkEstimatorParam(_WatermarkProvider()),
-  ):
-    return super().process(element, bundle_finalizer, tracker=tracker, watermark=watermark)
+# The same read as an unbounded source: self-checkpoints and idle watermarks.
+_UnboundedReadPartitionFn = unbounded_reader(_ReadPartitionFn, _STREAMING=True)
