@@ -44,11 +44,12 @@ def _ts(i: int) -> dt.datetime:
 def extended_plays(
   indices: Iterable[int], username: Optional[str] = 'listener', variant: str = 'newer', ip_base: str = '192.0.2.'
 ) -> List[Dict[str, Any]]:
-  """Extended Streaming History elements: every 10th play an episode, every 25th an audiobook chapter (newer only).
+  """Extended Streaming History elements: every 10th play an episode, every 25th an audiobook chapter.
 
   variant ``older``: ``ip_addr_decrypted``, ``user_agent_decrypted``,
   ``offline_timestamp`` in seconds, no audiobook fields; ``newer``:
   ``ip_addr``, ``offline_timestamp`` in milliseconds, audiobook fields.
+  Older exports predate audiobooks: the chapter plays are not in them.
   username None leaves the field out (newer exports may).
   """
   if variant not in ('older', 'newer'):
@@ -57,7 +58,9 @@ def extended_plays(
   for i in indices:
     ts = _ts(i)
     episode = i % 10 == 3
-    chapter = variant == 'newer' and i % 25 == 7
+    chapter = i % 25 == 7
+    if chapter and variant == 'older':
+      continue
     offline = i % 4 == 0
     row: Dict[str, Any] = {'ts': ts.strftime('%Y-%m-%dT%H:%M:%SZ')}
     if username is not None:
