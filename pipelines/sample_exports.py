@@ -123,7 +123,12 @@ def library(n: int) -> Dict[str, Any]:
   """YourLibrary.json with n saved tracks (and the other lists Spotify puts there)."""
   return {
     'tracks': [
-      {'artist': f'Artist {i % 17}', 'album': f'Album {i % 31}', 'track': f'Song {i}', 'uri': f'spotify:track:{spotify_id(i)}'}
+      {
+        'artist': f'Artist {i % 17}',
+        'album': f'Album {i % 31}',
+        'track': f'Song {i}',
+        'uri': f'spotify:track:{spotify_id(i)}',
+      }
       for i in range(n)
     ],
     'albums': [],

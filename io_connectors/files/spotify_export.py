@@ -399,9 +399,7 @@ class _ReadExportFn(beam.DoFn):
     try:
       with open_file(path) as handle:
         with zipfile.ZipFile(handle) as archive:
-          members = sorted(
-            (info for info in archive.infolist() if not info.is_dir()), key=lambda info: info.filename
-          )
+          members = sorted((info for info in archive.infolist() if not info.is_dir()), key=lambda info: info.filename)
           user = _export_username(archive) or self._user_id
           for info in members:
             kind = member_kind(info.filename)
@@ -583,4 +581,3 @@ def _spotify_export(config: dict) -> ReadFromSpotifyExport:
     raise ValueError('"input" (the ZIP path or glob) is required')
   config.pop('split_size_bytes', None)  # one export is one element: nothing to split
   return ReadFromSpotifyExport(pattern, **config)
-

@@ -157,7 +157,9 @@ def test_not_a_zip_and_a_damaged_member_are_corrupt_files(tmp_path):
   data[data.index(b'Song 2')] ^= 0x01  # the stored bytes no longer match the member's CRC
   (tmp_path / 'crc.zip').write_bytes(bytes(data))
   rows, letters = _read(tmp_path / 'crc.zip', user_id='bob')
-  assert [l['reason'] for l in letters] == ['corrupt_file'] and letters[0]['source'].endswith('!StreamingHistory_music_0.json')
+  assert [l['reason'] for l in letters] == ['corrupt_file'] and letters[0]['source'].endswith(
+    '!StreamingHistory_music_0.json'
+  )
   assert len(rows) + 1 <= 4
 
 
