@@ -35,6 +35,7 @@ __all__ = ['ConfigError', 'register', 'build', 'names', 'describe', 'check_keys'
 _CONNECTOR_MODULES = (
   'io_connectors.files',
   'io_connectors.files.spotify_export',
+  'io_connectors.files.audio',
   'io_connectors.databases.postgres',
   'io_connectors.streams.redis_streams',
   'io_connectors.apis.social',

@@ -64,6 +64,7 @@ from __future__ import annotations
 import math
 import os
 import posixpath
+import re
 from typing import Any, BinaryIO, Dict, Iterator, List, Mapping, Optional
 
 import apache_beam as beam
@@ -89,6 +90,8 @@ HOP = 512
 N_MFCC = 13
 CLIP_LEVEL = 0.999
 TOP_DB = 80.0
+TEMPOGRAM_WINDOW = 384  # librosa's default: ~8.9 s of onset envelope
+TEMPOGRAM_CHUNK = 1024  # onset frames per tempogram chunk (~24 s; ~20 MB of librosa's work arrays)
 # An onset envelope that never rises this much (dB) is a steady sound: no tempo.
 MIN_ONSET_DB = 0.5
 # Frames quieter than this (RMS, dBFS) are left out of the spectral means.
@@ -123,6 +126,9 @@ AUDIO_FEATURES_SCHEMA = pa.schema(
 # profiles take a bare C-E-G triad for E minor; these do not.
 _MAJOR = np.array([0.748, 0.060, 0.488, 0.082, 0.670, 0.460, 0.096, 0.715, 0.104, 0.366, 0.057, 0.400])
 _MINOR = np.array([0.712, 0.084, 0.474, 0.618, 0.049, 0.460, 0.105, 0.747, 0.404, 0.067, 0.133, 0.330])
+
+
+_OPENING = re.compile(r'^Error opening .*?: ')
 
 
 class AudioDecodeError(ValueError):
@@ -278,7 +284,21 @@ def _tempo(env: np.ndarray, duration_s: float):
   fps = ANALYSIS_RATE / HOP
   onsets = librosa.onset.onset_detect(onset_envelope=env, sr=ANALYSIS_RATE, hop_length=HOP, units='frames')
   onset_rate = len(onsets) / duration_s if duration_s > 0 else 0.0
-  estimate = float(librosa.feature.tempo(onset_envelope=env, sr=ANALYSIS_RATE, hop_length=HOP)[0])
+  # The mean tempogram, a chunk of frames at a time: librosa's over the whole envelope
+  # holds win_length x frames floats (~160 MB for 20 minutes).
+  # Each chunk is read with half a window on either side, so its columns are the whole envelope's.
+  tempogram = np.zeros(TEMPOGRAM_WINDOW)
+  pad = TEMPOGRAM_WINDOW // 2
+  for start in range(0, len(env), TEMPOGRAM_CHUNK):
+    low, high = max(0, start - pad), min(len(env), start + TEMPOGRAM_CHUNK + pad)
+    columns = librosa.feature.tempogram(
+      onset_envelope=env[low:high], sr=ANALYSIS_RATE, hop_length=HOP, win_length=TEMPOGRAM_WINDOW
+    )
+    tempogram += columns[:, start - low : start - low + min(TEMPOGRAM_CHUNK, len(env) - start)].sum(axis=1)
+  tempogram /= len(env)
+  estimate = float(
+    librosa.feature.tempo(tg=tempogram[:, None], sr=ANALYSIS_RATE, hop_length=HOP, aggregate=None).ravel()[0]
+  )
   if not estimate > 0:
     return None, 0.0, onset_rate
   _, beats = librosa.beat.beat_track(onset_envelope=env, sr=ANALYSIS_RATE, hop_length=HOP, bpm=estimate)
@@ -306,10 +326,14 @@ def compute_features(file: BinaryIO, block_seconds: float = 20.0) -> Dict[str, A
   import soundfile
   import soxr
 
+  if not file.read(1):
+    raise AudioDecodeError('the file is empty (0 bytes)')
+  file.seek(0)
   try:
     sound = soundfile.SoundFile(file)
   except Exception as e:  # libsndfile says "Format not recognised", "Error in WAV file", ...
-    raise AudioDecodeError(f'not audio soundfile can decode: {str(e).splitlines()[0][:200]}') from None
+    message = _OPENING.sub('', str(e).splitlines()[0] if str(e) else type(e).__name__)
+    raise AudioDecodeError(f'not audio that libsndfile decodes: {message[:200]}') from None
   with sound:
     rate, channels = int(sound.samplerate), int(sound.channels)
     loudness = _Loudness(rate, channels)
