@@ -21,6 +21,10 @@ EXTRAS = {
   'pulsar': ['pulsar-client==3.13.0'],
   'websocket': ['websockets==17.4'],
   'webhooks': ['starlette==1.10.0', 'uvicorn==0.54.0', 'redis==8.1.0'],
+  # Spotify privacy exports: JSON arrays streamed member by member.
+  'exports': ['ijson==3.6.0'],
+  # Audio features: librosa (numba, scipy, soxr) and libsndfile's decoders.
+  'audio': ['librosa==0.11.0', 'soundfile==0.14.0'],
   'test': [
     'pytest>=8',
     'pytest-xdist>=3.5',
@@ -42,7 +46,19 @@ EXTRAS = {
 EXTRAS['test'] += sorted(
   {
     req
-    for name in ('postgres', 'mongodb', 'redis', 'search', 'clickhouse', 'kafka', 'pulsar', 'websocket', 'webhooks')
+    for name in (
+      'postgres',
+      'mongodb',
+      'redis',
+      'search',
+      'clickhouse',
+      'kafka',
+      'pulsar',
+      'websocket',
+      'webhooks',
+      'exports',
+      'audio',
+    )
     for req in EXTRAS[name]
   }
 )

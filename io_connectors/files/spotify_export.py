@@ -97,7 +97,8 @@ _MEMBER_KINDS = (
   (re.compile(r'^Playlist\d*\.json$', re.I), 'playlists', 'playlists'),
 )
 _ACCOUNT_TIME = re.compile(r'^\s*(\d{4}-\d{2}-\d{2})[ T](\d{2}:\d{2})(:\d{2})?\s*$')
-_URI = re.compile(r'^spotify:([a-z]+):([0-9A-Za-z]+)$')
+_URI = re.compile(r'spotify:([a-z]+):([0-9A-Za-z]+)\s*$')
+_UTC_SECONDS = re.compile(r'\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$')
 # offline_timestamp: epoch seconds below this, milliseconds above (1e11 s is the year 5138).
 _MILLIS_FROM = 100_000_000_000
 
@@ -119,9 +120,9 @@ def event_id(*parts: Any) -> str:
 
 def _uri_id(uri: Any, kinds: Sequence[str]) -> Optional[str]:
   """The id of a ``spotify:<kind>:<id>`` URI of one of `kinds`; else None."""
-  if not isinstance(uri, str):
+  if uri is None or not isinstance(uri, str):
     return None
-  match = _URI.match(uri.strip())
+  match = _URI.match(uri)
   return match.group(2) if match and match.group(1) in kinds else None
 
 
@@ -129,13 +130,16 @@ def _canonical_time(value: Any) -> Any:
   """ISO time text in one spelling (UTC, seconds), so equal times hash alike; other values as they are."""
   if not isinstance(value, str):
     return value
+  if _UTC_SECONDS.match(value):  # Spotify's own spelling: the common case, already canonical
+    return value
   try:
     parsed = dt.datetime.fromisoformat(value.strip())
   except ValueError:
     return value
   if parsed.tzinfo is None:
     parsed = parsed.replace(tzinfo=dt.timezone.utc)
-  return parsed.astimezone(dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%S.%f')
+  parsed = parsed.astimezone(dt.timezone.utc)
+  return parsed.strftime('%Y-%m-%dT%H:%M:%SZ') if not parsed.microsecond else parsed.strftime('%Y-%m-%dT%H:%M:%S.%fZ')
 
 
 def _offline_millis(value: Any) -> Any:
@@ -155,30 +159,31 @@ def _text(value: Any) -> Any:
 
 
 def _extended_play(e: dict, user: Optional[str], kind: str) -> dict:
-  track_uri = _text(e.get('spotify_track_uri'))
-  episode_uri = _text(e.get('spotify_episode_uri'))
-  chapter_uri = _text(e.get('audiobook_chapter_uri'))
-  book_uri = _text(e.get('audiobook_uri'))
-  track_name = e.get('master_metadata_track_name')
-  episode_name = e.get('episode_name')
+  get = e.get
+  track_uri = _text(get('spotify_track_uri'))
+  episode_uri = _text(get('spotify_episode_uri'))
+  chapter_uri = _text(get('audiobook_chapter_uri'))
+  book_uri = _text(get('audiobook_uri'))
+  track_name = get('master_metadata_track_name')
+  episode_name = get('episode_name')
   if track_uri or (track_name and not (episode_uri or chapter_uri or book_uri)):
     content_type = 'track'
   elif episode_uri or episode_name:
     content_type = 'episode'
-  elif chapter_uri or book_uri or e.get('audiobook_title') or e.get('audiobook_chapter_title'):
+  elif chapter_uri or book_uri or get('audiobook_title') or get('audiobook_chapter_title'):
     content_type = 'audiobook_chapter'
   else:
     content_type = 'unknown'
   content_uri = track_uri or episode_uri or chapter_uri or book_uri
-  user_id = _text(e.get('username')) or user
-  ip = e.get('ip_addr')
+  user_id = _text(get('username')) or user
+  ip = get('ip_addr')
   if ip is None:
-    ip = e.get('ip_addr_decrypted')
-  country = e.get('conn_country')
-  ts = e.get('ts')
-  ms_played = e.get('ms_played')
+    ip = get('ip_addr_decrypted')
+  country = get('conn_country')
+  ts = get('ts')
+  ms_played = get('ms_played')
   what = content_uri or '\x1e'.join(
-    str(e.get(k) or '')
+    str(get(k) or '')
     for k in ('master_metadata_album_artist_name', 'master_metadata_track_name', 'episode_show_name', 'episode_name')
   )
   return {
@@ -194,23 +199,23 @@ def _extended_play(e: dict, user: Optional[str], kind: str) -> dict:
     'audiobook_id': _uri_id(book_uri, ('audiobook', 'show')),
     'chapter_id': _uri_id(chapter_uri, ('chapter', 'episode')),
     'track_name': track_name,
-    'artist_name': e.get('master_metadata_album_artist_name'),
-    'album_name': e.get('master_metadata_album_album_name'),
+    'artist_name': get('master_metadata_album_artist_name'),
+    'album_name': get('master_metadata_album_album_name'),
     'episode_name': episode_name,
-    'show_name': e.get('episode_show_name'),
-    'audiobook_title': e.get('audiobook_title'),
-    'chapter_title': e.get('audiobook_chapter_title'),
+    'show_name': get('episode_show_name'),
+    'audiobook_title': get('audiobook_title'),
+    'chapter_title': get('audiobook_chapter_title'),
     'country': None if country == 'ZZ' else country,
-    'platform': e.get('platform'),
+    'platform': get('platform'),
     'ip_address': ip,
-    'user_agent': e.get('user_agent_decrypted', e.get('user_agent')),
-    'reason_start': e.get('reason_start'),
-    'reason_end': e.get('reason_end'),
-    'shuffle': e.get('shuffle'),
-    'skipped': e.get('skipped'),
-    'offline': e.get('offline'),
-    'offline_at': _offline_millis(e.get('offline_timestamp')),
-    'incognito_mode': e.get('incognito_mode'),
+    'user_agent': get('user_agent_decrypted', get('user_agent')),
+    'reason_start': get('reason_start'),
+    'reason_end': get('reason_end'),
+    'shuffle': get('shuffle'),
+    'skipped': get('skipped'),
+    'offline': get('offline'),
+    'offline_at': _offline_millis(get('offline_timestamp')),
+    'incognito_mode': get('incognito_mode'),
     'history_format': 'extended',
   }
 
@@ -347,6 +352,85 @@ def _export_username(archive: zipfile.ZipFile) -> Optional[str]:
   return None
 
 
+class MalformedJson(ValueError):
+  """A JSON member that stops parsing (or is not the array it should be)."""
+
+
+_WHITESPACE = re.compile(r'[ \t\n\r]*')
+_DECODER = json.JSONDecoder()
+_CHUNK_CHARS = 1 << 20
+# An element larger than this is taken for a broken one (Spotify's are ~1 KB).
+_MAX_ELEMENT_CHARS = 64 << 20
+
+
+def json_array_elements(stream) -> Iterator[Any]:
+  """The elements of the JSON array in a binary UTF-8 stream, decoded one at a time (memory: one chunk).
+
+  The C scanner of the json module does the parsing (`JSONDecoder.raw_decode`)
+  on a sliding window of text, so a 100 MB history is never held whole.
+  Raises MalformedJson where the text stops being an array of JSON values,
+  and UnicodeDecodeError (with the byte offset as its reason) for bytes that
+  are not UTF-8.
+  """
+  decode = codecs.getincrementaldecoder('utf-8')().decode
+  text, pos, offset, eof = '', 0, 0, False
+
+  def more() -> bool:
+    nonlocal text, pos, offset, eof
+    if eof:
+      return False
+    data = stream.read(_CHUNK_CHARS)
+    try:
+      chunk = decode(data, final=not data)
+    except UnicodeDecodeError as e:
+      raise UnicodeDecodeError(e.encoding, e.object, e.start, e.end, f'at byte {offset + e.start}') from None
+    offset += len(data)
+    eof = not data
+    text = text[pos:] + chunk
+    pos = 0
+    return True
+
+  def skip_whitespace() -> bool:
+    """Moves past whitespace; False at the end of the text."""
+    nonlocal pos
+    while True:
+      pos = _WHITESPACE.match(text, pos).end()
+      if pos < len(text):
+        return True
+      if not more():
+        return False
+
+  if not skip_whitespace() or text[pos] != '[':
+    raise MalformedJson('the member is not a JSON array')
+  pos += 1
+  first = True
+  while True:
+    if not skip_whitespace():
+      raise MalformedJson('the array is not closed (the member ends early)')
+    if text[pos] == ']':
+      return
+    if not first:
+      if text[pos] != ',':
+        raise MalformedJson(f'expected "," or "]" between elements, found {text[pos]!r}')
+      pos += 1
+      if not skip_whitespace():
+        raise MalformedJson('the array is not closed (the member ends early)')
+    while True:
+      try:
+        element, end = _DECODER.raw_decode(text, pos)
+        break
+      except json.JSONDecodeError as e:
+        # Most often the element runs past the text read so far: read on and retry.
+        if len(text) - pos > _MAX_ELEMENT_CHARS or not more():
+          raise MalformedJson(f'{e.msg} at character {e.pos - pos} of the element') from None
+    # A number may end at the window's edge ("12" of "1234"): read on before trusting it.
+    if end == len(text) and not isinstance(element, (dict, list, str)) and more():
+      continue
+    pos = end
+    first = False
+    yield element
+
+
 class _Utf8Checked(io.RawIOBase):
   """A member's bytes as they are, raising UnicodeDecodeError at the first byte that is not UTF-8.
 
@@ -449,7 +533,7 @@ class _ReadExportFn(beam.DoFn):
         source, position(number + 1), 'bad_encoding', detail=f'bytes not valid in utf-8 {e.reason}', stage=STAGE
       )
       return
-    except self._ijson.JSONError as e:
+    except (self._ijson.JSONError, MalformedJson) as e:
       yield from flush() if rows else ()
       yield dead_letter(
         source,
@@ -489,11 +573,13 @@ class _ReadExportFn(beam.DoFn):
           yield (number, None, entry) if isinstance(entry, str) else (number, entry, None)
       return
     prefix, make = _ROW_MAKERS[kind]
-    expected = b'{' if prefix != 'item' else b'['
-    if top != expected:
-      what = 'an array' if expected == b'[' else 'an object'
-      raise self._ijson.JSONError(f'the member is not {what} at its top level')
-    for number, element in enumerate(self._ijson.items(stream, prefix, use_float=True), start=1):
+    if prefix == 'item':
+      elements = json_array_elements(stream)
+    elif top != b'{':
+      raise self._ijson.JSONError('the member is not a JSON object at its top level')
+    else:
+      elements = self._ijson.items(stream, prefix, use_float=True)
+    for number, element in enumerate(elements, start=1):
       if isinstance(element, dict):
         yield number, make(element, user, kind), None
       else:
