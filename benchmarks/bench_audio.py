@@ -32,7 +32,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.common import machine_info, publish_result  # noqa: E402
+from benchmarks.common import machine_info, publish_result, read_row_count, write_row_count  # noqa: E402
 
 DATA = os.path.join(ROOT, 'benchmarks', 'data', 'audio')
 
@@ -89,14 +89,8 @@ def pipeline(paths, workers: int) -> int:
   )
   with beam.Pipeline(options=options) as p:
     result = p | beam.Create(paths) | beam.Reshuffle() | ExtractAudioFeatures()
-    _ = (
-      result.records
-      | beam.Map(lambda b: b.num_rows)
-      | beam.CombineGlobally(sum)
-      | beam.Map(lambda n: open(out, 'w').write(str(n)))
-    )
-  with open(out) as f:
-    return int(f.read())
+    write_row_count(result.records, out)
+  return read_row_count(out)
 
 
 def main(argv=None):

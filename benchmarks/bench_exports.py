@@ -36,7 +36,7 @@ import pyarrow as pa
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.common import machine_info, publish_result  # noqa: E402
+from benchmarks.common import machine_info, publish_result, read_row_count, write_row_count  # noqa: E402
 from io_connectors.files.spotify_export import _ReadExportFn  # noqa: E402
 from pipelines.sample_exports import EXTENDED_FOLDER, extended_plays, write_export_zip  # noqa: E402
 
@@ -88,14 +88,8 @@ def pipeline(paths):
   pattern = os.path.join(DATA, f'export-{os.path.basename(paths[0]).split("-")[1]}-*.zip')
   with beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions([])) as p:
     read = p | ReadFromSpotifyExport(pattern, batch_size=65536)
-    _ = (
-      read.records
-      | beam.Map(lambda b: b.num_rows)
-      | beam.CombineGlobally(sum)
-      | beam.Map(lambda n: open(out, 'w').write(str(n)))
-    )
-  with open(out) as f:
-    return int(f.read())
+    write_row_count(read.records, out)
+  return read_row_count(out)
 
 
 def _best(fn, paths, repeats):
