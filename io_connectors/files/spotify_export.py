@@ -361,6 +361,7 @@ _DECODER = json.JSONDecoder()
 _CHUNK_CHARS = 1 << 20
 # An element larger than this is taken for a broken one (Spotify's are ~1 KB).
 _MAX_ELEMENT_CHARS = 64 << 20
+_SCALAR_LOOKAHEAD = 32
 
 
 def json_array_elements(stream) -> Iterator[Any]:
@@ -418,14 +419,16 @@ def json_array_elements(stream) -> Iterator[Any]:
     while True:
       try:
         element, end = _DECODER.raw_decode(text, pos)
-        break
       except json.JSONDecodeError as e:
         # Most often the element runs past the text read so far: read on and retry.
         if len(text) - pos > _MAX_ELEMENT_CHARS or not more():
           raise MalformedJson(f'{e.msg} at character {e.pos - pos} of the element') from None
-    # A number may end at the window's edge ("12" of "1234"): read on before trusting it.
-    if end == len(text) and not isinstance(element, (dict, list, str)) and more():
-      continue
+        continue
+      # A number may end at the window's edge ("12" of "1234", "-0" of "-0.5e-3"): with a
+      # little text after it, or none left to read, it is whole.
+      if len(text) - end < _SCALAR_LOOKAHEAD and not isinstance(element, (dict, list, str)) and more():
+        continue
+      break
     pos = end
     first = False
     yield element

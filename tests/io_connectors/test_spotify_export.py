@@ -12,6 +12,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from io_connectors import registry
+from io_connectors.files import spotify_export
 from io_connectors.files.spotify_export import ReadFromSpotifyExport, _ReadExportFn
 from pipelines.sample_exports import (
   EXTENDED_FOLDER,
@@ -209,3 +210,20 @@ def test_reads_export_zips_from_object_stores(object_store_env, tmp_path):
       equal_to([spotify_id(0), spotify_id(1)]),
       label='Library',
     )
+
+
+@pytest.mark.parametrize('chunk', [1, 2, 3, 7, 64, 1 << 20])
+def test_array_decoder_streams_across_any_window_edge(monkeypatch, chunk):
+  monkeypatch.setattr(spotify_export, '_CHUNK_CHARS', chunk)
+  values = [{'a': 1, 'b': 'x\u00e9\u4e2d'}, 1234567, -0.5e-3, 'text', True, None, [1, [2]], {}, 42]
+  data = (' \n[ ' + ' ,\n '.join(json.dumps(v, ensure_ascii=False) for v in values) + ' ] \n').encode('utf-8')
+  assert list(spotify_export.json_array_elements(io.BytesIO(data))) == values
+  assert list(spotify_export.json_array_elements(io.BytesIO(b'[]'))) == []
+  for broken, words in (
+    (b'[1, 2', 'not closed'),
+    (b'[1 2]', 'expected ","'),
+    (b'{"a": 1}', 'not a JSON array'),
+    (b'[1, {"a": ]', 'element'),
+  ):
+    with pytest.raises(spotify_export.MalformedJson, match=words):
+      list(spotify_export.json_array_elements(io.BytesIO(broken)))
