@@ -65,7 +65,7 @@ import math
 import os
 import posixpath
 import re
-from typing import Any, BinaryIO, Dict, Iterator, List, Mapping, Optional
+from typing import Any, BinaryIO, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -266,7 +266,7 @@ def _key(chroma: np.ndarray):
   """(key, mode, confidence) from summed chroma; (-1, None, None) without pitched content."""
   if not np.isfinite(chroma).all() or chroma.sum() <= 0 or np.ptp(chroma) <= 1e-9 * chroma.max():
     return -1, None, None
-  best = (-2.0, -1, None)
+  best: Tuple[float, int, Optional[int]] = (-2.0, -1, None)
   for mode, profile in ((1, _MAJOR), (0, _MINOR)):
     for key in range(12):
       r = float(np.corrcoef(chroma, np.roll(profile, key))[0, 1])

@@ -395,7 +395,7 @@ def json_array_elements(stream) -> Iterator[Any]:
     """Moves past whitespace; False at the end of the text."""
     nonlocal pos
     while True:
-      pos = _WHITESPACE.match(text, pos).end()
+      pos = _WHITESPACE.match(text, pos).end()  # type: ignore[union-attr]  # '*' always matches
       if pos < len(text):
         return True
       if not more():
