@@ -71,9 +71,10 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 
 from io_connectors import registry
-from io_connectors._common.arrow import table_from_rows
+from io_connectors._common.arrow import column, table_from_rows
 from io_connectors._common.errors import short_error
 from io_connectors.files._ranges import MatchFn, open_file
 from io_connectors.files._read import STAGE, emit
@@ -460,6 +461,20 @@ class _Utf8Checked(io.RawIOBase):
     return len(data)
 
 
+def _table(rows: List[dict], string_columns: Sequence[str]) -> pa.Table:
+  """Rows of one member kind as a table by the shared rules (`column` per field).
+
+  The row makers give every row of a kind the same keys in the same order, so
+  the columns are cut with one zip instead of a lookup per row and field.
+  """
+  names = list(rows[0])
+  if any(len(row) != len(names) for row in rows):
+    return table_from_rows(rows, string_columns)
+  text = set(string_columns)
+  values = zip(*(row.values() for row in rows))
+  return pa.Table.from_arrays([column(list(v), n in text) for n, v in zip(names, values)], names=names)
+
+
 class _ReadExportFn(beam.DoFn):
   """One export ZIP (file metadata) -> RecordBatches of one resource; dead letters tagged."""
 
@@ -502,7 +517,7 @@ class _ReadExportFn(beam.DoFn):
     number = 0
 
     def flush():
-      table = table_from_rows(rows, self._string_columns)
+      table = _table(rows, self._string_columns)
       batches = list(emit(table, source, np.array(numbers, dtype=np.int64), self._batch_size))
       rows.clear()
       numbers.clear()
@@ -510,7 +525,9 @@ class _ReadExportFn(beam.DoFn):
 
     try:
       with archive.open(info) as raw:
-        stream = io.BufferedReader(_Utf8Checked(raw), buffer_size=1 << 16)
+        # History arrays are UTF-8-checked by their decoder; ijson's members here.
+        array = _ROW_MAKERS.get(kind, ('',))[0] == 'item'
+        stream = raw if array else io.BufferedReader(_Utf8Checked(raw), buffer_size=1 << 16)
         if stream.peek(3)[:3] == codecs.BOM_UTF8:
           stream.read(3)
         for number, element, problem in self._elements(stream, kind, user):
