@@ -36,6 +36,10 @@ EXTRAS = {
   'lineage': ['openlineage-python==1.54.0'],
   # --output_format iceberg / delta (SQL catalogs on PostgreSQL through psycopg, the postgres extra).
   'tables': ['pyiceberg[sql-sqlite,pyarrow,pyiceberg-core]==0.12.0', 'deltalake==1.6.6', 'psycopg[binary]==3.3.9'],
+  # Spotify privacy exports: JSON arrays streamed member by member.
+  'exports': ['ijson==3.6.0'],
+  # Audio features: librosa (numba, scipy, soxr) and libsndfile's decoders.
+  'audio': ['librosa==0.11.0', 'soundfile==0.14.0'],
   'test': [
     'pytest>=8',
     'pytest-xdist>=3.5',
@@ -70,6 +74,8 @@ EXTRAS['test'] += sorted(
       'analytics',
       'lineage',
       'tables',
+      'exports',
+      'audio',
     )
     for req in EXTRAS[name]
   }

@@ -9,7 +9,7 @@ import platform
 import sys
 from typing import Callable, Sequence
 
-__all__ = ['machine_info', 'publish_result']
+__all__ = ['machine_info', 'publish_result', 'write_row_count', 'read_row_count']
 
 
 def machine_info(packages: Sequence[str]) -> dict:
@@ -54,3 +54,24 @@ def publish_result(
     json.dump(result, f, indent=1)
     f.write('\n')
   print(f'result: {os.path.relpath(path, repo_root)}')
+
+
+def write_row_count(records, path: str):
+  """Adds to the pipeline of `records` (RecordBatches) the writing of their total row count to `path`."""
+  import apache_beam as beam
+
+  def write(n):
+    with open(path, 'w', encoding='utf-8') as f:
+      f.write(str(n))
+
+  return (
+    records
+    | 'RowsPerBatch' >> beam.Map(lambda b: b.num_rows)
+    | 'TotalRows' >> beam.CombineGlobally(sum)
+    | 'WriteCount' >> beam.Map(write)
+  )
+
+
+def read_row_count(path: str) -> int:
+  with open(path, encoding='utf-8') as f:
+    return int(f.read())

@@ -34,6 +34,8 @@ __all__ = ['ConfigError', 'register', 'build', 'names', 'describe', 'check_keys'
 # a missing optional dependency of one family does not break the others.
 _CONNECTOR_MODULES = (
   'io_connectors.files',
+  'io_connectors.files.spotify_export',
+  'io_connectors.files.audio',
   'io_connectors.databases.postgres',
   'io_connectors.streams.redis_streams',
   'io_connectors.apis.social',

@@ -74,7 +74,7 @@ _LOG = logging.getLogger('pipelines.spotify_batch')
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_DIR = os.path.join(_ROOT, 'samples', 'generated', 'listening_events')
 DEMO_ROWS = 50000
-_FILE_CONNECTORS = ('csv', 'jsonl', 'json', 'parquet', 'avro', 'excel', 'files')
+_FILE_CONNECTORS = ('csv', 'jsonl', 'json', 'parquet', 'avro', 'excel', 'files', 'spotify_export', 'audio_files')
 
 
 class UsageError(Exception):

@@ -42,6 +42,10 @@ __all__ = [
   'SocialMention',
   'AnalyticsEvent',
   'AnalyticsReport',
+  'MediaPlay',
+  'SavedTrack',
+  'PlaylistTrack',
+  'CONTENT_TYPES',
   'ENTITIES',
   'entity_model',
   'field_rules',
@@ -462,6 +466,96 @@ class AnalyticsReport(_Entity):
   metrics: Optional[Nested] = None
 
 
+# What a play or a playlist entry is of (Spotify's privacy exports hold all four).
+CONTENT_TYPES = ('track', 'episode', 'audiobook_chapter', 'unknown')
+CONTENT_TYPE_PATTERN = '^(' + '|'.join(CONTENT_TYPES) + ')$'
+ContentType = Annotated[
+  str,
+  BeforeValidator(to_string),
+  pydantic.AfterValidator(_pattern_check(CONTENT_TYPE_PATTERN)),
+  FieldRule('string', pattern=CONTENT_TYPE_PATTERN),
+]
+
+
+class MediaPlay(_Entity):
+  """One play of any Spotify content (track, podcast episode, audiobook chapter), as a listening-history export holds it.
+
+  The fields that a `ListeningEvent` also has carry the same names and rules
+  (a track play with its track id is a valid listening event); the others
+  say what was played when it is not a track, and how. ``track_id`` is
+  optional here because Spotify's account-data history names tracks only
+  by title and artist. See docs/sources.md.
+  """
+
+  __key_field__: typing.ClassVar[str] = 'event_id'
+  event_id: NonEmptyStr
+  user_id: Identifier()
+  played_at: UtcTimestamp
+  ms_played: Int(ge=0)
+  content_type: ContentType
+  media_type: Optional[Str] = None
+  content_uri: Optional[Str] = None
+  track_id: Optional[SpotifyId] = None
+  episode_id: Optional[SpotifyId] = None
+  audiobook_id: Optional[SpotifyId] = None
+  chapter_id: Optional[SpotifyId] = None
+  track_name: Optional[Str] = None
+  artist_name: Optional[Str] = None
+  album_name: Optional[Str] = None
+  episode_name: Optional[Str] = None
+  show_name: Optional[Str] = None
+  audiobook_title: Optional[Str] = None
+  chapter_title: Optional[Str] = None
+  country: Optional[Country] = None
+  platform: Optional[Str] = None
+  ip_address: Optional[IpAddress] = None
+  user_agent: Optional[Identifier(Str)] = None
+  reason_start: Optional[Str] = None
+  reason_end: Optional[Str] = None
+  shuffle: Optional[Bool] = None
+  skipped: Optional[Bool] = None
+  offline: Optional[Bool] = None
+  offline_at: Optional[UtcTimestamp] = None
+  incognito_mode: Optional[Bool] = None
+  history_format: Optional[Str] = None
+
+
+class SavedTrack(_Entity):
+  """A track in a user's library (Liked Songs), as an account-data export lists it."""
+
+  __key_field__: typing.ClassVar[str] = 'saved_id'
+  saved_id: NonEmptyStr
+  user_id: Identifier()
+  track_id: Optional[SpotifyId] = None
+  track_uri: Optional[Str] = None
+  track_name: Optional[Str] = None
+  artist_name: Optional[Str] = None
+  album_name: Optional[Str] = None
+
+
+class PlaylistTrack(_Entity):
+  """One entry of a user's playlist, as an account-data export lists it (exports carry no playlist ids)."""
+
+  __key_field__: typing.ClassVar[str] = 'entry_id'
+  entry_id: NonEmptyStr
+  user_id: Identifier()
+  playlist_name: NonEmptyStr
+  position: Int(ge=1)
+  content_type: ContentType
+  playlist_description: Optional[FreeText] = None
+  playlist_modified: Optional[Str] = None
+  added_date: Optional[Str] = None
+  content_uri: Optional[Str] = None
+  track_id: Optional[SpotifyId] = None
+  episode_id: Optional[SpotifyId] = None
+  track_name: Optional[Str] = None
+  artist_name: Optional[Str] = None
+  album_name: Optional[Str] = None
+  episode_name: Optional[Str] = None
+  show_name: Optional[Str] = None
+  local_track: Optional[Bool] = None
+
+
 ENTITIES = {
   'listening_event': ListeningEvent,
   'track': Track,
@@ -472,6 +566,9 @@ ENTITIES = {
   'social_mention': SocialMention,
   'analytics_event': AnalyticsEvent,
   'analytics_report': AnalyticsReport,
+  'media_play': MediaPlay,
+  'saved_track': SavedTrack,
+  'playlist_track': PlaylistTrack,
 }
 
 

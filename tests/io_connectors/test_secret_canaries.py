@@ -51,6 +51,11 @@ def _configs():
     'json': files('json'),
     'jsonl': files('jsonl'),
     'parquet': files('parquet'),
+    'spotify_export': (
+      {'input': f'gs://bucket/in/*.zip?token={c("spotify_export", "signed")}', 'tenant_id': 'acme'},
+      {},
+    ),
+    'audio_files': ({'input': f'gs://bucket/in/*.wav?token={c("audio_files", "signed")}', 'tenant_id': 'acme'}, {}),
     'clickhouse': (
       {'url': url('clickhouse', 'http'), 'password': c('clickhouse', 'password'), 'table': 't', 'tenant_id': 'acme'},
       {},

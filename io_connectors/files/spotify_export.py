@@ -1,0 +1,689 @@
+"""Spotify privacy exports (the ZIP a listener downloads) as record batches.
+
+Reads each ZIP directly (local, ``s3://``, ``gs://``; Beam's filesystems, no
+unpacking to disk), one export per element, and streams its JSON arrays
+member by member (ijson), so a 100 MB listening history is never loaded
+whole. What it reads, by ``resource``:
+
+- ``plays`` (entity ``media_play``): every play of the Extended Streaming
+  History (``Streaming_History_Audio_*.json``, ``Streaming_History_Video_*.json``,
+  in any folder, usually ``Spotify Extended Streaming History/``) and of the
+  account data (``StreamingHistory_music_*.json``,
+  ``StreamingHistory_podcast_*.json``, and the older ``StreamingHistory*.json``).
+  Tracks, podcast episodes and audiobook chapters are one entity with a
+  ``content_type``; the fields a `ListeningEvent` has keep its names, so
+  ``content_types: [track]`` with ``entity: listening_event`` gives
+  canonical listening events.
+- ``library`` (``saved_track``): the ``tracks`` of ``YourLibrary.json``.
+- ``playlists`` (``playlist_track``): every entry of ``Playlist*.json``.
+
+Field variants: ``ip_addr_decrypted`` (older exports) and ``ip_addr``
+(newer) both become ``ip_address``; ``user_agent_decrypted`` becomes
+``user_agent``; ``offline_timestamp`` in seconds or milliseconds becomes
+``offline_at`` (epoch milliseconds; 0 is null); ``conn_country`` ``ZZ``
+(Spotify's "unknown") is null; any field may be null or absent.
+
+The listener: a record's ``username``, else the export's ``Userdata.json``
+``username``, else the source's ``user_id`` option. A record with none of
+them is dead-lettered by validation (``missing_field`` ``user_id``). The
+username, IP and user agent are identifiers: the pipeline's PII step
+pseudonymises them like any other (transforms/pii).
+
+Ids are deterministic from the play: ``event_id`` is a hash of (user, end
+time, what was played: its URI or else its names, ms played), so two
+overlapping exports of one person give each play the same id and the
+pipeline's deduplication keeps it once. The hash is computed before
+pseudonymisation; it reveals nothing without the play's other fields.
+
+Provenance: ``__source`` is ``<zip path>!<member name>``, ``__row`` the
+element's 1-based index in the member's array (library: in ``tracks``;
+playlists: the entry's number in the member, counting across playlists).
+
+Dead letters (stage ``read``): ``corrupt_file`` for a file that is not a
+ZIP or a member that fails its checksum (the member's rows read before the
+damage are kept); ``malformed_json`` for a member that stops parsing (rows
+before it kept, one dead letter at the element where it broke) or an
+element that is not an object; ``bad_encoding`` for bytes that are not
+UTF-8.
+
+Usage::
+
+    plays = p | ReadFromSpotifyExport('gs://drop/exports/*.zip')
+    library = p | ReadFromSpotifyExport('s3://drop/exports/*.zip', resource='library')
+
+    # --config
+    sources:
+      - {type: spotify_export, input: 'drop/*.zip', tenant_id: acme}                   # media_play
+      - {type: spotify_export, input: 'drop/*.zip', resource: playlists, tenant_id: acme}
+"""
+
+from __future__ import annotations
+
+import codecs
+import datetime as dt
+import hashlib
+import io
+import json
+import posixpath
+import re
+import zipfile
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+
+from io_connectors import registry
+from io_connectors._common.arrow import column, table_from_rows
+from io_connectors._common.errors import short_error
+from io_connectors.files._ranges import MatchFn, open_file
+from io_connectors.files._read import STAGE, emit
+from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
+from transforms.entities import CONTENT_TYPES
+from transforms.records import position, typed_outputs
+
+__all__ = ['ReadFromSpotifyExport', 'RESOURCES', 'event_id', 'member_kind']
+
+# resource -> the entity its records are.
+RESOURCES = {'plays': 'media_play', 'library': 'saved_track', 'playlists': 'playlist_track'}
+DEFAULT_BATCH_SIZE = 10_000
+
+# Member file name -> (resource, kind). Names are matched on the base name.
+_MEMBER_KINDS = (
+  (re.compile(r'^Streaming_History_Audio_.*\.json$', re.I), 'plays', 'extended_audio'),
+  (re.compile(r'^Streaming_History_Video_.*\.json$', re.I), 'plays', 'extended_video'),
+  (re.compile(r'^StreamingHistory_podcast_?\d*\.json$', re.I), 'plays', 'account_podcast'),
+  (re.compile(r'^StreamingHistory(_music_?)?\d*\.json$', re.I), 'plays', 'account_music'),
+  (re.compile(r'^YourLibrary\.json$', re.I), 'library', 'library'),
+  (re.compile(r'^Playlist\d*\.json$', re.I), 'playlists', 'playlists'),
+)
+_ACCOUNT_TIME = re.compile(r'^\s*(\d{4}-\d{2}-\d{2})[ T](\d{2}:\d{2})(:\d{2})?\s*$')
+_URI = re.compile(r'spotify:([a-z]+):([0-9A-Za-z]+)\s*$')
+_UTC_SECONDS = re.compile(r'\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$')
+# offline_timestamp: epoch seconds below this, milliseconds above (1e11 s is the year 5138).
+_MILLIS_FROM = 100_000_000_000
+
+
+def member_kind(name: str):
+  """(resource, kind) of a ZIP member by its base name, or None for members that are not read."""
+  base = posixpath.basename(name)
+  for pattern, resource, kind in _MEMBER_KINDS:
+    if pattern.match(base):
+      return resource, kind
+  return None
+
+
+def event_id(*parts: Any) -> str:
+  """A stable id from the parts that identify a play (or an entry): 32 hex digits."""
+  text = '\x1f'.join('' if p is None else str(p) for p in parts)
+  return hashlib.blake2b(text.encode('utf-8', errors='surrogatepass'), digest_size=16).hexdigest()
+
+
+def _uri_id(uri: Any, kinds: Sequence[str]) -> Optional[str]:
+  """The id of a ``spotify:<kind>:<id>`` URI of one of `kinds`; else None."""
+  if uri is None or not isinstance(uri, str):
+    return None
+  match = _URI.match(uri)
+  return match.group(2) if match and match.group(1) in kinds else None
+
+
+def _canonical_time(value: Any) -> Any:
+  """ISO time text in one spelling (UTC, seconds), so equal times hash alike; other values as they are."""
+  if not isinstance(value, str):
+    return value
+  if _UTC_SECONDS.match(value):  # Spotify's own spelling: the common case, already canonical
+    return value
+  try:
+    parsed = dt.datetime.fromisoformat(value.strip())
+  except ValueError:
+    return value
+  if parsed.tzinfo is None:
+    parsed = parsed.replace(tzinfo=dt.timezone.utc)
+  parsed = parsed.astimezone(dt.timezone.utc)
+  return parsed.strftime('%Y-%m-%dT%H:%M:%SZ') if not parsed.microsecond else parsed.strftime('%Y-%m-%dT%H:%M:%S.%fZ')
+
+
+def _offline_millis(value: Any) -> Any:
+  """offline_timestamp (epoch s or ms; 0 or negative: none) as epoch ms; other values as they are."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    return value
+  if value <= 0:
+    return None
+  return int(value if value >= _MILLIS_FROM else value * 1000)
+
+
+def _text(value: Any) -> Any:
+  return value.strip() or None if isinstance(value, str) else value
+
+
+# ----- Records of each member kind -----
+
+
+def _extended_play(e: dict, user: Optional[str], kind: str) -> dict:
+  get = e.get
+  track_uri = _text(get('spotify_track_uri'))
+  episode_uri = _text(get('spotify_episode_uri'))
+  chapter_uri = _text(get('audiobook_chapter_uri'))
+  book_uri = _text(get('audiobook_uri'))
+  track_name = get('master_metadata_track_name')
+  episode_name = get('episode_name')
+  if track_uri or (track_name and not (episode_uri or chapter_uri or book_uri)):
+    content_type = 'track'
+  elif episode_uri or episode_name:
+    content_type = 'episode'
+  elif chapter_uri or book_uri or get('audiobook_title') or get('audiobook_chapter_title'):
+    content_type = 'audiobook_chapter'
+  else:
+    content_type = 'unknown'
+  content_uri = track_uri or episode_uri or chapter_uri or book_uri
+  user_id = _text(get('username')) or user
+  ip = get('ip_addr')
+  if ip is None:
+    ip = get('ip_addr_decrypted')
+  country = get('conn_country')
+  ts = get('ts')
+  ms_played = get('ms_played')
+  what = content_uri or '\x1e'.join(
+    str(get(k) or '')
+    for k in ('master_metadata_album_artist_name', 'master_metadata_track_name', 'episode_show_name', 'episode_name')
+  )
+  return {
+    'event_id': event_id(user_id, _canonical_time(ts), what, ms_played),
+    'user_id': user_id,
+    'played_at': ts,
+    'ms_played': ms_played,
+    'content_type': content_type,
+    'media_type': 'video' if kind == 'extended_video' else 'audio',
+    'content_uri': content_uri,
+    'track_id': _uri_id(track_uri, ('track',)),
+    'episode_id': _uri_id(episode_uri, ('episode',)),
+    'audiobook_id': _uri_id(book_uri, ('audiobook', 'show')),
+    'chapter_id': _uri_id(chapter_uri, ('chapter', 'episode')),
+    'track_name': track_name,
+    'artist_name': get('master_metadata_album_artist_name'),
+    'album_name': get('master_metadata_album_album_name'),
+    'episode_name': episode_name,
+    'show_name': get('episode_show_name'),
+    'audiobook_title': get('audiobook_title'),
+    'chapter_title': get('audiobook_chapter_title'),
+    'country': None if country == 'ZZ' else country,
+    'platform': get('platform'),
+    'ip_address': ip,
+    'user_agent': get('user_agent_decrypted', get('user_agent')),
+    'reason_start': get('reason_start'),
+    'reason_end': get('reason_end'),
+    'shuffle': get('shuffle'),
+    'skipped': get('skipped'),
+    'offline': get('offline'),
+    'offline_at': _offline_millis(get('offline_timestamp')),
+    'incognito_mode': get('incognito_mode'),
+    'history_format': 'extended',
+  }
+
+
+def _account_time(value: Any) -> Any:
+  """Account data's ``endTime`` ("YYYY-MM-DD HH:MM", UTC) as ISO-8601 with an offset; other values as they are."""
+  if isinstance(value, str):
+    match = _ACCOUNT_TIME.match(value)
+    if match:
+      return f'{match.group(1)}T{match.group(2)}{match.group(3) or ":00"}Z'
+  return value
+
+
+def _account_play(e: dict, user: Optional[str], kind: str) -> dict:
+  podcast = kind == 'account_podcast' or 'podcastName' in e or 'episodeName' in e
+  end_time = _account_time(e.get('endTime'))
+  ms_played = e.get('msPlayed')
+  row = dict.fromkeys(_PLAY_FIELDS)
+  if podcast:
+    show, name = e.get('podcastName'), e.get('episodeName')
+    row.update(content_type='episode', show_name=show, episode_name=name)
+  else:
+    artist, name = e.get('artistName'), e.get('trackName')
+    row.update(content_type='track', artist_name=artist, track_name=name)
+    show = artist
+  row.update(
+    event_id=event_id(user, _canonical_time(end_time), f'{show or ""}\x1e{name or ""}', ms_played),
+    user_id=user,
+    played_at=end_time,
+    ms_played=ms_played,
+    media_type='audio',
+    history_format='account',
+  )
+  return row
+
+
+_PLAY_FIELDS = tuple(_extended_play({}, None, 'extended_audio'))
+
+
+def _library_track(e: dict, user: Optional[str], kind: str) -> dict:
+  uri = _text(e.get('uri'))
+  what = uri or '\x1e'.join(str(e.get(k) or '') for k in ('artist', 'album', 'track'))
+  return {
+    'saved_id': event_id(user, what),
+    'user_id': user,
+    'track_id': _uri_id(uri, ('track',)),
+    'track_uri': uri,
+    'track_name': e.get('track'),
+    'artist_name': e.get('artist'),
+    'album_name': e.get('album'),
+  }
+
+
+def _playlist_entries(playlist: dict, user: Optional[str]) -> Iterator[Any]:
+  """The rows of one playlist's entries; a non-object entry yields its problem (a str)."""
+  name = playlist.get('name')
+  items = playlist.get('items') or []
+  if not isinstance(items, list):
+    yield f'"items" of playlist {name!r} is a JSON {type(items).__name__}, not an array'
+    return
+  for index, item in enumerate(items, start=1):
+    if not isinstance(item, dict):
+      yield f'entry {index} of playlist {name!r} is a JSON {type(item).__name__}, not an object'
+      continue
+    track = item.get('track') if isinstance(item.get('track'), dict) else None
+    episode = item.get('episode') if isinstance(item.get('episode'), dict) else None
+    book = item.get('audiobook') if isinstance(item.get('audiobook'), dict) else None
+    local = item.get('localTrack') if isinstance(item.get('localTrack'), dict) else None
+    row = {
+      'user_id': user,
+      'playlist_name': name,
+      'position': index,
+      'playlist_description': playlist.get('description'),
+      'playlist_modified': playlist.get('lastModifiedDate'),
+      'added_date': item.get('addedDate'),
+      'content_type': 'unknown',
+      'content_uri': None,
+      'track_id': None,
+      'episode_id': None,
+      'track_name': None,
+      'artist_name': None,
+      'album_name': None,
+      'episode_name': None,
+      'show_name': None,
+      'local_track': local is not None,
+    }
+    if track is not None:
+      uri = _text(track.get('trackUri'))
+      row.update(
+        content_type='track',
+        content_uri=uri,
+        track_id=_uri_id(uri, ('track',)),
+        track_name=track.get('trackName'),
+        artist_name=track.get('artistName'),
+        album_name=track.get('albumName'),
+      )
+    elif episode is not None:
+      uri = _text(episode.get('episodeUri'))
+      row.update(
+        content_type='episode',
+        content_uri=uri,
+        episode_id=_uri_id(uri, ('episode',)),
+        episode_name=episode.get('episodeName'),
+        show_name=episode.get('showName'),
+      )
+    elif book is not None:
+      row.update(content_type='audiobook_chapter', content_uri=_text(book.get('audiobookUri')))
+    elif local is not None:
+      row.update(content_type='track', content_uri=_text(local.get('uri')))
+    row['entry_id'] = event_id(user, name, index, row['content_uri'] or row['track_name'] or row['episode_name'])
+    yield row
+
+
+# kind -> (ijson prefix of the elements, element -> row)
+_ROW_MAKERS: Dict[str, Any] = {
+  'extended_audio': ('item', _extended_play),
+  'extended_video': ('item', _extended_play),
+  'account_music': ('item', _account_play),
+  'account_podcast': ('item', _account_play),
+  'library': ('tracks.item', _library_track),
+}
+
+
+def _export_username(archive: zipfile.ZipFile) -> Optional[str]:
+  """``username`` of the export's Userdata.json, if it has one that reads."""
+  for info in archive.infolist():
+    if posixpath.basename(info.filename).lower() == 'userdata.json' and info.file_size < (1 << 20):
+      try:
+        data = json.loads(archive.read(info).decode('utf-8-sig'))
+      except (ValueError, OSError, zipfile.BadZipFile, RuntimeError):
+        return None
+      user = data.get('username') if isinstance(data, dict) else None
+      return user.strip() or None if isinstance(user, str) else None
+  return None
+
+
+class MalformedJson(ValueError):
+  """A JSON member that stops parsing (or is not the array it should be)."""
+
+
+_WHITESPACE = re.compile(r'[ \t\n\r]*')
+_DECODER = json.JSONDecoder()
+_CHUNK_CHARS = 1 << 20
+# An element larger than this is taken for a broken one (Spotify's are ~1 KB).
+_MAX_ELEMENT_CHARS = 64 << 20
+_SCALAR_LOOKAHEAD = 32
+
+
+def json_array_elements(stream) -> Iterator[Any]:
+  """The elements of the JSON array in a binary UTF-8 stream, decoded one at a time (memory: one chunk).
+
+  The C scanner of the json module does the parsing (`JSONDecoder.raw_decode`)
+  on a sliding window of text, so a 100 MB history is never held whole.
+  Raises MalformedJson where the text stops being an array of JSON values,
+  and UnicodeDecodeError (with the byte offset as its reason) for bytes that
+  are not UTF-8.
+  """
+  decode = codecs.getincrementaldecoder('utf-8')().decode
+  text, pos, offset, eof = '', 0, 0, False
+
+  def more() -> bool:
+    nonlocal text, pos, offset, eof
+    if eof:
+      return False
+    data = stream.read(_CHUNK_CHARS)
+    try:
+      chunk = decode(data, final=not data)
+    except UnicodeDecodeError as e:
+      raise UnicodeDecodeError(e.encoding, e.object, e.start, e.end, f'at byte {offset + e.start}') from None
+    offset += len(data)
+    eof = not data
+    text = text[pos:] + chunk
+    pos = 0
+    return True
+
+  def skip_whitespace() -> bool:
+    """Moves past whitespace; False at the end of the text."""
+    nonlocal pos
+    while True:
+      pos = _WHITESPACE.match(text, pos).end()  # type: ignore[union-attr]  # '*' always matches
+      if pos < len(text):
+        return True
+      if not more():
+        return False
+
+  if not skip_whitespace() or text[pos] != '[':
+    raise MalformedJson('the member is not a JSON array')
+  pos += 1
+  first = True
+  while True:
+    if not skip_whitespace():
+      raise MalformedJson('the array is not closed (the member ends early)')
+    if text[pos] == ']':
+      return
+    if not first:
+      if text[pos] != ',':
+        raise MalformedJson(f'expected "," or "]" between elements, found {text[pos]!r}')
+      pos += 1
+      if not skip_whitespace():
+        raise MalformedJson('the array is not closed (the member ends early)')
+    while True:
+      try:
+        element, end = _DECODER.raw_decode(text, pos)
+      except json.JSONDecodeError as e:
+        # Most often the element runs past the text read so far: read on and retry.
+        if len(text) - pos > _MAX_ELEMENT_CHARS or not more():
+          raise MalformedJson(f'{e.msg} at character {e.pos - pos} of the element') from None
+        continue
+      # A number may end at the window's edge ("12" of "1234", "-0" of "-0.5e-3"): with a
+      # little text after it, or none left to read, it is whole.
+      if len(text) - end < _SCALAR_LOOKAHEAD and not isinstance(element, (dict, list, str)) and more():
+        continue
+      break
+    pos = end
+    first = False
+    yield element
+
+
+class _Utf8Checked(io.RawIOBase):
+  """A member's bytes as they are, raising UnicodeDecodeError at the first byte that is not UTF-8.
+
+  ijson's C parser would otherwise stop with a vague error (or pass bad
+  bytes through), and the dead letter must say "bad_encoding".
+  """
+
+  def __init__(self, raw):
+    self._raw = raw
+    self._decoder = codecs.getincrementaldecoder('utf-8')()
+    self._offset = 0
+
+  def readable(self):
+    return True
+
+  def readinto(self, buffer):
+    data = self._raw.read(len(buffer))
+    try:
+      self._decoder.decode(data, final=not data)
+    except UnicodeDecodeError as e:
+      raise UnicodeDecodeError(e.encoding, e.object, e.start, e.end, f'at byte {self._offset + e.start}') from None
+    self._offset += len(data)
+    buffer[: len(data)] = data
+    return len(data)
+
+
+def _table(rows: List[dict], string_columns: Sequence[str]) -> pa.Table:
+  """Rows of one member kind as a table by the shared rules (`column` per field).
+
+  The row makers give every row of a kind the same keys in the same order, so
+  the columns are cut with one zip instead of a lookup per row and field.
+  """
+  names = list(rows[0])
+  if any(len(row) != len(names) for row in rows):
+    return table_from_rows(rows, string_columns)
+  text = set(string_columns)
+  values = zip(*(row.values() for row in rows))
+  return pa.Table.from_arrays([column(list(v), n in text) for n, v in zip(names, values)], names=names)
+
+
+class _ReadExportFn(beam.DoFn):
+  """One export ZIP (file metadata) -> RecordBatches of one resource; dead letters tagged."""
+
+  def __init__(self, resource: str, user_id: Optional[str], content_types, batch_size: int, string_columns):
+    self._resource = resource
+    self._user_id = user_id
+    self._content_types = frozenset(content_types) if content_types else None
+    self._batch_size = batch_size
+    self._string_columns = tuple(string_columns)
+
+  def setup(self):
+    import ijson
+
+    self._ijson = ijson
+
+  def process(self, metadata):
+    for item in self.read(metadata.path):
+      if isinstance(item, dict):
+        yield beam.pvalue.TaggedOutput(DEAD_LETTER, item)
+      else:
+        yield item
+
+  def read(self, path: str) -> Iterator[Any]:
+    try:
+      with open_file(path) as handle:
+        with zipfile.ZipFile(handle) as archive:
+          members = sorted((info for info in archive.infolist() if not info.is_dir()), key=lambda info: info.filename)
+          user = _export_username(archive) or self._user_id
+          for info in members:
+            kind = member_kind(info.filename)
+            if kind is None or kind[0] != self._resource:
+              continue
+            yield from self._read_member(archive, info, kind[1], f'{path}!{info.filename}', user)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError) as e:
+      yield dead_letter(path, None, 'corrupt_file', detail=f'cannot open as a ZIP: {short_error(e)}', stage=STAGE)
+
+  def _read_member(self, archive, info, kind: str, source: str, user: Optional[str]) -> Iterator[Any]:
+    rows: List[dict] = []
+    numbers: List[int] = []
+    number = 0
+
+    def flush():
+      table = _table(rows, self._string_columns)
+      batches = list(emit(table, source, np.array(numbers, dtype=np.int64), self._batch_size))
+      rows.clear()
+      numbers.clear()
+      return batches
+
+    try:
+      with archive.open(info) as raw:
+        # History arrays are UTF-8-checked by their decoder; ijson's members here.
+        array = _ROW_MAKERS.get(kind, ('',))[0] == 'item'
+        stream = raw if array else io.BufferedReader(_Utf8Checked(raw), buffer_size=1 << 16)
+        if stream.peek(3)[:3] == codecs.BOM_UTF8:
+          stream.read(3)
+        for number, element, problem in self._elements(stream, kind, user):
+          if problem is not None:
+            yield dead_letter(
+              source,
+              position(number),
+              'malformed_json',
+              record=element if isinstance(element, (str, int, float, bool, list)) or element is None else None,
+              detail=problem,
+              stage=STAGE,
+            )
+            continue
+          if self._content_types is not None and element.get('content_type') not in self._content_types:
+            continue
+          rows.append(element)
+          numbers.append(number)
+          if len(rows) >= self._batch_size:
+            yield from flush()
+    except UnicodeDecodeError as e:
+      yield from flush() if rows else ()
+      yield dead_letter(
+        source, position(number + 1), 'bad_encoding', detail=f'bytes not valid in utf-8 {e.reason}', stage=STAGE
+      )
+      return
+    except (self._ijson.JSONError, MalformedJson) as e:
+      yield from flush() if rows else ()
+      yield dead_letter(
+        source,
+        position(number + 1),
+        'malformed_json',
+        detail=f'the member does not parse after element {number}: {short_error(e)}',
+        stage=STAGE,
+      )
+      return
+    except (zipfile.BadZipFile, EOFError, OSError, RuntimeError, NotImplementedError) as e:
+      yield from flush() if rows else ()
+      yield dead_letter(
+        source,
+        position(number + 1),
+        'corrupt_file',
+        detail=f'the member cannot be read past element {number}: {short_error(e)}',
+        stage=STAGE,
+      )
+      return
+    if rows:
+      yield from flush()
+
+  def _elements(self, stream, kind: str, user: Optional[str]) -> Iterator[tuple]:
+    """(number, row or raw element, problem or None) of one member, streamed."""
+    top = stream.peek(64).lstrip()[:1]
+    if kind == 'playlists':
+      if top != b'{':
+        raise self._ijson.JSONError('the member is not a JSON object with "playlists"')
+      number = 0
+      for playlist in self._ijson.items(stream, 'playlists.item', use_float=True):
+        if not isinstance(playlist, dict):
+          number += 1
+          yield number, playlist, f'a playlist is a JSON {type(playlist).__name__}, not an object'
+          continue
+        for entry in _playlist_entries(playlist, user):
+          number += 1
+          yield (number, None, entry) if isinstance(entry, str) else (number, entry, None)
+      return
+    prefix, make = _ROW_MAKERS[kind]
+    if prefix == 'item':
+      elements = json_array_elements(stream)
+    elif top != b'{':
+      raise self._ijson.JSONError('the member is not a JSON object at its top level')
+    else:
+      elements = self._ijson.items(stream, prefix, use_float=True)
+    for number, element in enumerate(elements, start=1):
+      if isinstance(element, dict):
+        yield number, make(element, user, kind), None
+      else:
+        yield number, element, f'element {number} is a JSON {type(element).__name__}, not an object'
+
+
+class ReadFromSpotifyExport(beam.PTransform):
+  """Spotify privacy-export ZIPs (local, s3://, gs://; globs) as record batches of one resource.
+
+  Args:
+    file_pattern: path or glob of the ZIPs.
+    resource: ``plays`` (media_play), ``library`` (saved_track) or
+      ``playlists`` (playlist_track).
+    user_id: the listener when neither the records nor Userdata.json name
+      one (e.g. an Extended Streaming History ZIP of a newer export).
+    content_types: plays only: keep plays of these content types (``track``,
+      ``episode``, ``audiobook_chapter``, ``unknown``); default all.
+    batch_size: rows per RecordBatch.
+    string_columns: columns read as text (the pipeline passes the entity's
+      fields so that validation converts them).
+  """
+
+  def __init__(
+    self,
+    file_pattern: str,
+    resource: str = 'plays',
+    user_id: Optional[str] = None,
+    content_types: Optional[Iterable[str]] = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    string_columns: Iterable[str] = (),
+  ):
+    super().__init__()
+    if not isinstance(file_pattern, str) or not file_pattern.strip():
+      raise ValueError(f'file_pattern must be a non-empty string, got {file_pattern!r}')
+    if resource not in RESOURCES:
+      raise ValueError(f'unknown resource {resource!r}; known: {", ".join(RESOURCES)}')
+    if user_id is not None and (not isinstance(user_id, str) or not user_id.strip()):
+      raise ValueError(f'user_id must be a non-empty string, got {user_id!r}')
+    if content_types is not None:
+      if isinstance(content_types, str):
+        content_types = [content_types]
+      content_types = list(content_types)
+      unknown = sorted(set(content_types) - set(CONTENT_TYPES))
+      if resource != 'plays':
+        raise ValueError('content_types applies to resource "plays" only')
+      if unknown or not content_types:
+        raise ValueError(f'content_types must name some of {", ".join(CONTENT_TYPES)}, got {content_types!r}')
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+      raise ValueError(f'batch_size must be a positive integer, got {batch_size!r}')
+    self._pattern = file_pattern
+    self._resource = resource
+    self._user_id = user_id
+    self._content_types = content_types
+    self._batch_size = batch_size
+    self._string_columns = list(string_columns or ())
+
+  @property
+  def default_entity(self) -> str:
+    return RESOURCES[self._resource]
+
+  def expand(self, pbegin):
+    result = (
+      pbegin
+      | 'Pattern' >> beam.Create([self._pattern])
+      | 'Match' >> beam.ParDo(MatchFn())
+      # One export per element, spread over the workers.
+      | 'Spread' >> beam.Reshuffle()
+      | 'Read'
+      >> beam.ParDo(
+        _ReadExportFn(self._resource, self._user_id, self._content_types, self._batch_size, self._string_columns)
+      ).with_outputs(DEAD_LETTER, main='records')
+    )
+    return typed_outputs(Outputs(result.records, result[DEAD_LETTER]))
+
+
+_CONFIG_KEYS = ('input', 'resource', 'user_id', 'content_types', 'batch_size', 'string_columns', 'split_size_bytes')
+
+
+@registry.register('spotify_export', 'Spotify privacy-export ZIPs: plays, library or playlists (local, s3://, gs://)')
+def _spotify_export(config: dict) -> ReadFromSpotifyExport:
+  config = dict(config)
+  registry.check_keys(config, None, _CONFIG_KEYS)
+  pattern = config.pop('input', None)
+  if not pattern:
+    raise ValueError('"input" (the ZIP path or glob) is required')
+  config.pop('split_size_bytes', None)  # one export is one element: nothing to split
+  return ReadFromSpotifyExport(pattern, **config)

@@ -1,0 +1,229 @@
+"""ReadFromSpotifyExport: the export variants, bad members, and ZIPs on S3 (moto) and GCS (the emulator)."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from io_connectors import registry
+from io_connectors.files import spotify_export
+from io_connectors.files.spotify_export import ReadFromSpotifyExport, _ReadExportFn
+from pipelines.sample_exports import (
+  EXTENDED_FOLDER,
+  account_plays,
+  extended_plays,
+  library,
+  playlists,
+  spotify_id,
+  write_export_zip,
+)
+from tests.conftest import pipeline_options
+from transforms import entities
+from transforms.records import ROW_COLUMN, SOURCE_COLUMN
+
+AUDIO = f'{EXTENDED_FOLDER}/Streaming_History_Audio_2023.json'
+
+
+def _read(path, resource='plays', **kw):
+  """(rows, dead letters) of one export, read by the DoFn as a worker would."""
+  fn = _ReadExportFn(resource, kw.get('user_id'), kw.get('content_types'), kw.get('batch_size', 1000), ())
+  fn.setup()
+  rows, letters = [], []
+  for item in fn.read(str(path)):
+    if isinstance(item, dict):
+      letters.append(item)
+    else:
+      rows.extend(item.to_pylist())
+  return rows, letters
+
+
+def test_older_and_newer_extended_variants_give_the_same_plays(tmp_path):
+  older = write_export_zip(str(tmp_path / 'older.zip'), {AUDIO: extended_plays(range(40), 'ann', 'older')})
+  newer = write_export_zip(
+    str(tmp_path / 'newer.zip'), {AUDIO: extended_plays(range(40), None, 'newer'), 'Userdata.json': {'username': 'ann'}}
+  )
+  old_rows, old_letters = _read(older)
+  new_rows, new_letters = _read(newer)
+  assert old_letters == new_letters == []
+  chapters = [r for r in new_rows if r['content_type'] == 'audiobook_chapter']
+  assert [r['__row'] for r in chapters] == [8, 33]  # plays 7 and 32: not in the older export
+  assert len(old_rows) == 38 and len(new_rows) == 40
+  by_id = {r['event_id']: r for r in new_rows}
+  assert {r['event_id'] for r in old_rows} <= set(by_id)
+  for old in old_rows:
+    new = by_id[old['event_id']]
+    # ip_addr_decrypted and ip_addr, offline_timestamp in s and ms, username and Userdata.json: one meaning.
+    for field in ('user_id', 'ip_address', 'offline_at', 'played_at', 'ms_played', 'track_id', 'episode_id', 'country'):
+      assert old[field] == new[field], field
+  assert {r['user_id'] for r in new_rows} == {'ann'}
+  assert old_rows[0]['offline_at'] == 1672531140000 and old_rows[1]['offline_at'] is None  # 0 is "not offline"
+  assert old_rows[0]['country'] is None  # ZZ: Spotify's unknown country
+  assert {r['content_type'] for r in old_rows} == {'track', 'episode'}
+  chapter = chapters[0]
+  assert chapter['chapter_id'] == spotify_id(7, 3) and chapter['audiobook_title'] == 'Book 1'
+  assert chapter['track_id'] is None and chapter['content_uri'] == f'spotify:chapter:{spotify_id(7, 3)}'
+  for row in new_rows:
+    entities.MediaPlay.model_validate({k: v for k, v in row.items() if not k.startswith('__')})
+
+
+def test_account_data_plays_library_and_playlists(tmp_path):
+  path = write_export_zip(
+    str(tmp_path / 'account.zip'),
+    {
+      'MyData/Userdata.json': {'username': 'ann', 'email': 'ann@example.com'},
+      'MyData/StreamingHistory_music_0.json': account_plays(range(6)),
+      'MyData/StreamingHistory_podcast_0.json': account_plays(range(3), podcast=True),
+      'MyData/YourLibrary.json': library(4),
+      'MyData/Playlist1.json': playlists([3, 2]),
+      'MyData/Inferences.json': {'inferences': ['x']},
+    },
+  )
+  plays, letters = _read(path)
+  assert letters == [] and len(plays) == 9
+  assert plays[1]['played_at'] == '2023-01-01T00:07:00Z' and plays[1]['ms_played'] == 1000
+  assert [p['content_type'] for p in plays] == ['track'] * 6 + ['episode'] * 3
+  assert plays[6]['show_name'] == 'Show 0' and plays[6]['episode_name'] == 'Episode 0'
+  saved, letters = _read(path, 'library')
+  assert letters == [] and [s['track_id'] for s in saved] == [spotify_id(i) for i in range(4)]
+  assert [s['__row'] for s in saved] == [1, 2, 3, 4] and saved[0]['user_id'] == 'ann'
+  entries, letters = _read(path, 'playlists')
+  assert letters == []
+  assert [(e['playlist_name'], e['position'], e['content_type']) for e in entries] == [
+    ('Playlist 0', 1, 'track'),
+    ('Playlist 0', 2, 'track'),
+    ('Playlist 0', 3, 'episode'),
+    ('Playlist 1', 1, 'track'),
+    ('Playlist 1', 2, 'track'),
+  ]
+  assert [e['__row'] for e in entries] == [1, 2, 3, 4, 5]
+  assert len({e['entry_id'] for e in entries}) == 5
+
+
+def test_bad_members_keep_what_was_read_and_say_where(tmp_path):
+  whole = json.dumps(account_plays(range(10))).encode()
+  cut = whole.rindex(b'{')  # the 10th element is cut in the middle
+  not_utf8 = json.dumps(account_plays(range(3))).encode().replace(b'Song 1', b'Song \xff1')
+  path = write_export_zip(
+    str(tmp_path / 'broken.zip'),
+    {
+      'StreamingHistory_music_0.json': whole[: cut + 20],
+      'StreamingHistory_music_1.json': json.dumps([account_plays([50])[0], 42, None]).encode(),
+      'StreamingHistory_music_2.json': b'{"not": "an array"}',
+      'StreamingHistory_music_3.json': not_utf8,
+      'StreamingHistory_music_4.json': b'',
+    },
+  )
+  rows, letters = _read(path, user_id='bob')
+  by_member = {}
+  for row in rows:
+    by_member.setdefault(row['__source'].rsplit('!', 1)[1], []).append(row['__row'])
+  assert by_member == {
+    'StreamingHistory_music_0.json': list(range(1, 10)),
+    'StreamingHistory_music_1.json': [1],
+  }
+  assert {r['user_id'] for r in rows} == {'bob'}  # no username anywhere: the source's user_id
+  found = sorted((l['source'].rsplit('!', 1)[1], l['position'], l['reason'], l['count']) for l in letters)
+  assert found == [
+    ('StreamingHistory_music_0.json', 'row 10', 'malformed_json', 1),
+    ('StreamingHistory_music_1.json', 'row 2', 'malformed_json', 1),
+    ('StreamingHistory_music_1.json', 'row 3', 'malformed_json', 1),
+    ('StreamingHistory_music_2.json', 'row 1', 'malformed_json', 1),
+    # Bytes are checked a block at a time: the elements of the block holding a bad byte are not read.
+    ('StreamingHistory_music_3.json', 'row 1', 'bad_encoding', 1),
+    ('StreamingHistory_music_4.json', 'row 1', 'malformed_json', 1),
+  ]
+  assert all(l['stage'] == 'read' and l['detail'] for l in letters)
+  bad_byte = not_utf8.index(b'\xff')
+  assert [l['detail'] for l in letters if l['reason'] == 'bad_encoding'] == [
+    f'bytes not valid in utf-8 at byte {bad_byte}'
+  ]
+
+
+def test_not_a_zip_and_a_damaged_member_are_corrupt_files(tmp_path):
+  (tmp_path / 'empty.zip').write_bytes(b'')
+  (tmp_path / 'text.zip').write_bytes(b'hello')
+  rows, letters = _read(tmp_path / 'empty.zip')
+  assert rows == [] and [(l['reason'], l['position']) for l in letters] == [('corrupt_file', None)]
+  assert _read(tmp_path / 'text.zip')[1][0]['reason'] == 'corrupt_file'
+  sink = io.BytesIO()
+  with zipfile.ZipFile(sink, 'w', zipfile.ZIP_STORED) as archive:
+    archive.writestr('StreamingHistory_music_0.json', json.dumps(account_plays(range(3))))
+  data = bytearray(sink.getvalue())
+  data[data.index(b'Song 2')] ^= 0x01  # the stored bytes no longer match the member's CRC
+  (tmp_path / 'crc.zip').write_bytes(bytes(data))
+  rows, letters = _read(tmp_path / 'crc.zip', user_id='bob')
+  assert [l['reason'] for l in letters] == ['corrupt_file'] and letters[0]['source'].endswith(
+    '!StreamingHistory_music_0.json'
+  )
+  assert len(rows) + 1 <= 4
+
+
+def test_content_types_keeps_the_track_plays_as_listening_events(tmp_path):
+  path = write_export_zip(str(tmp_path / 'a.zip'), {AUDIO: extended_plays(range(30), 'ann', 'newer')})
+  rows, _ = _read(path, content_types=['track'])
+  assert len(rows) == 30 - 3 - 1 and {r['content_type'] for r in rows} == {'track'}
+  for row in rows:
+    entities.ListeningEvent.model_validate({k: v for k, v in row.items() if not k.startswith('__')})
+
+
+def test_config_is_checked():
+  assert registry.default_entity({'type': 'spotify_export', 'input': 'x.zip'}) == 'media_play'
+  assert registry.default_entity({'type': 'spotify_export', 'input': 'x.zip', 'resource': 'library'}) == 'saved_track'
+  assert registry.default_entity({'type': 'spotify_export', 'input': 'x.zip', 'resource': 'playlists'}) == (
+    'playlist_track'
+  )
+  for bad, words in (
+    ({'input': 'x.zip', 'resource': 'tracks'}, 'unknown resource'),
+    ({'input': 'x.zip', 'colour': 1}, 'unknown option'),
+    ({'resource': 'plays'}, '"input"'),
+    ({'input': 'x.zip', 'content_types': ['songs']}, 'content_types'),
+    ({'input': 'x.zip', 'resource': 'library', 'content_types': ['track']}, '"plays" only'),
+  ):
+    with pytest.raises(registry.ConfigError, match=words):
+      registry.build(dict(bad, type='spotify_export'))
+
+
+def test_reads_export_zips_from_object_stores(object_store_env, tmp_path):
+  local = write_export_zip(
+    str(tmp_path / 'export.zip'),
+    {AUDIO: extended_plays(range(12), 'ann', 'newer'), 'YourLibrary.json': library(2)},
+  )
+  with open(local, 'rb') as f:
+    url = object_store_env.upload('exports/ann.zip', f.read())
+  object_store_env.upload('exports/README.txt', b'not an export')
+  with TestPipeline(options=pipeline_options(object_store_env.beam_args)) as p:
+    plays = p | 'Plays' >> ReadFromSpotifyExport(object_store_env.url('exports/*.zip'), batch_size=5)
+    saved = p | 'Library' >> ReadFromSpotifyExport(url, resource='library')
+    rows = plays.records | beam.FlatMap(
+      lambda b: zip(b.column(SOURCE_COLUMN).to_pylist(), b.column(ROW_COLUMN).to_pylist())
+    )
+    assert_that(rows, equal_to([(f'{url}!{AUDIO}', i) for i in range(1, 13)]))
+    assert_that(plays.dead_letter, equal_to([]), label='NoDeadLetters')
+    assert_that(
+      saved.records | 'Ids' >> beam.FlatMap(lambda b: b.column('track_id').to_pylist()),
+      equal_to([spotify_id(0), spotify_id(1)]),
+      label='Library',
+    )
+
+
+@pytest.mark.parametrize('chunk', [1, 2, 3, 7, 64, 1 << 20])
+def test_array_decoder_streams_across_any_window_edge(monkeypatch, chunk):
+  monkeypatch.setattr(spotify_export, '_CHUNK_CHARS', chunk)
+  values = [{'a': 1, 'b': 'x\u00e9\u4e2d'}, 1234567, -0.5e-3, 'text', True, None, [1, [2]], {}, 42]
+  data = (' \n[ ' + ' ,\n '.join(json.dumps(v, ensure_ascii=False) for v in values) + ' ] \n').encode('utf-8')
+  assert list(spotify_export.json_array_elements(io.BytesIO(data))) == values
+  assert list(spotify_export.json_array_elements(io.BytesIO(b'[]'))) == []
+  for broken, words in (
+    (b'[1, 2', 'not closed'),
+    (b'[1 2]', 'expected ","'),
+    (b'{"a": 1}', 'not a JSON array'),
+    (b'[1, {"a": ]', 'element'),
+  ):
+    with pytest.raises(spotify_export.MalformedJson, match=words):
+      list(spotify_export.json_array_elements(io.BytesIO(broken)))

@@ -1,0 +1,156 @@
+"""ExtractAudioFeatures on synthesized signals with known answers, bad files, and a 20-minute file in bounded memory."""
+
+from __future__ import annotations
+
+import io
+import tracemalloc
+
+import apache_beam as beam
+import numpy as np
+import pytest
+import soundfile
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from pipelines.sample_audio import RATE, click_track, clipped_square, sine, silence, triad, write_audio
+from transforms.audio_features import AudioDecodeError, ExtractAudioFeatures, compute_features, track_id_for
+
+
+def _features(y, rate=RATE, format='WAV', subtype=None):
+  buffer = io.BytesIO()
+  soundfile.write(buffer, y, rate, format=format, subtype=subtype)
+  buffer.seek(0)
+  return compute_features(buffer)
+
+
+def test_sine_440_has_its_centroid_at_440_hz():
+  f = _features(sine(440.0, seconds=6))
+  assert f['spectral_centroid'] == pytest.approx(440, abs=8)
+  assert f['spectral_rolloff'] == pytest.approx(440, abs=25)
+  assert f['rms_energy'] == pytest.approx(0.5 / np.sqrt(2), rel=0.01)
+  assert f['zero_crossing_rate'] == pytest.approx(2 * 440 / RATE, rel=0.05)
+  assert f['duration_ms'] == 6000 and f['tempo'] is None and f['onset_rate'] == 0
+  assert f['peak_dbfs'] == pytest.approx(-6.02, abs=0.05) and f['clipped_fraction'] == 0
+  assert len(f['mfcc_mean']) == 13
+
+
+def test_click_track_at_120_bpm():
+  f = _features(click_track(120.0, seconds=20), format='FLAC')
+  assert f['tempo'] == pytest.approx(120, abs=2)
+  assert f['onset_rate'] == pytest.approx(2.0, abs=0.15)
+  assert f['beat_confidence'] > 0.3
+
+
+@pytest.mark.parametrize('bpm', [90.0, 140.0])
+def test_click_tracks_at_other_tempi(bpm):
+  assert _features(click_track(bpm, seconds=20))['tempo'] == pytest.approx(bpm, abs=2)
+
+
+def test_c_major_triad_is_c_major():
+  f = _features(triad(261.63, seconds=12))
+  assert (f['key'], f['mode']) == (0, 1)
+  assert f['key_confidence'] > 0.5
+
+
+def test_a_minor_triad_is_a_minor():
+  t = np.arange(RATE) / RATE
+  note = sum(np.sin(2 * np.pi * hz * t) for hz in (220.0, 261.63, 329.63)) * 0.2
+  f = _features(np.tile(note, 10).astype(np.float32), format='OGG', subtype='VORBIS')
+  assert (f['key'], f['mode']) == (9, 0)
+
+
+def test_silence_has_no_tempo_key_or_loudness():
+  f = _features(silence(seconds=4))
+  assert f['duration_ms'] == 4000
+  assert (f['tempo'], f['key'], f['mode'], f['loudness'], f['peak_dbfs']) == (None, -1, None, None, None)
+  assert f['rms_energy'] == 0 and f['spectral_centroid'] is None and f['beat_confidence'] == 0
+
+
+def test_clipped_square_wave():
+  f = _features(clipped_square(220.0, seconds=4), subtype='FLOAT')
+  assert f['clipped_fraction'] > 0.99 and f['peak_dbfs'] == pytest.approx(0.0, abs=0.01)
+  assert f['zero_crossing_rate'] == pytest.approx(2 * 220 / RATE, rel=0.05)
+  assert f['rms_energy'] == pytest.approx(1.0, abs=0.01)
+  assert f['loudness'] > -2 and f['tempo'] is None
+
+
+def test_loudness_is_bs1770():
+  # BS.1770's reference: a full-scale 997 Hz sine in one channel reads -3.01 LUFS; in two, 0.
+  mono = sine(997.0, seconds=5, amplitude=1.0, rate=48000)
+  assert _features(mono, 48000, subtype='FLOAT')['loudness'] == pytest.approx(-3.01, abs=0.05)
+  stereo = np.stack([mono, mono], axis=1)
+  f = _features(stereo, 48000, subtype='FLOAT')
+  assert f['loudness'] == pytest.approx(0.0, abs=0.05) and f['channels'] == 2 and f['sample_rate'] == 48000
+  assert _features(mono * 0.1, 48000, subtype='FLOAT')['loudness'] == pytest.approx(-23.01, abs=0.05)
+
+
+def test_bad_files_raise_a_clear_error():
+  with pytest.raises(AudioDecodeError, match='empty'):
+    compute_features(io.BytesIO(b''))
+  with pytest.raises(AudioDecodeError, match='libsndfile'):
+    compute_features(io.BytesIO(b'RIFF\x00\x00\x00\x00WAVEnot really'))
+  header_only = io.BytesIO()
+  soundfile.write(header_only, np.zeros(0, dtype=np.float32), RATE, format='WAV')
+  header_only.seek(0)
+  with pytest.raises(AudioDecodeError, match='no audio frames'):
+    compute_features(header_only)
+
+
+def test_a_20_minute_file_is_analysed_in_bounded_memory(tmp_path):
+  path = str(tmp_path / 'long.wav')
+  with soundfile.SoundFile(path, 'w', 8000, 1, subtype='PCM_16') as out:
+    minute = click_track(100.0, seconds=60, rate=8000)
+    for _ in range(20):
+      out.write(minute)
+  tracemalloc.start()
+  try:
+    with open(path, 'rb') as f:
+      features = compute_features(f, block_seconds=20)
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  assert features['duration_ms'] == 20 * 60 * 1000
+  assert features['tempo'] == pytest.approx(100, abs=2)
+  # The track decoded whole at the analysis rate would be 106 MB of float32.
+  assert peak < 64 * 1024 * 1024, f'peak {peak / 1e6:.0f} MB'
+
+
+def test_track_ids_from_mapping_or_file_name():
+  mapping = {'song.flac': '4uLU6hMCjMI75M1A2tKUQC', 'gs://b/x/other.wav': '0VjIjW4GlUZAMYd2vXMi3b'}
+  assert track_id_for('s3://bucket/a/song.flac', mapping) == '4uLU6hMCjMI75M1A2tKUQC'
+  assert track_id_for('gs://b/x/other.wav', mapping) == '0VjIjW4GlUZAMYd2vXMi3b'
+  assert track_id_for('/data/7ouMYWpwJ422jRcDASZB7P.mp3', mapping) == '7ouMYWpwJ422jRcDASZB7P'
+
+
+def test_transform_keeps_events_apart_from_bytes_and_dead_letters_bad_files(tmp_path):
+  good = write_audio(str(tmp_path / '4uLU6hMCjMI75M1A2tKUQC.wav'), sine(440.0, seconds=3))
+  mp3 = write_audio(str(tmp_path / 'song.mp3'), click_track(120.0, seconds=8))
+  corrupt = tmp_path / 'corrupt.flac'
+  corrupt.write_bytes(b'fLaC' + bytes(range(256)) * 4)
+  empty = tmp_path / 'empty.wav'
+  empty.write_bytes(b'')
+  with TestPipeline() as p:
+    result = (
+      p
+      | beam.Create([good, mp3, str(corrupt), str(empty)])
+      | ExtractAudioFeatures(id_mapping={'song.mp3': '0VjIjW4GlUZAMYd2vXMi3b'})
+    )
+    rows = result.records | beam.FlatMap(lambda b: b.to_pylist())
+    assert_that(
+      rows | beam.Map(lambda r: (r['id'], r['__source'], r['__row'], r['duration_ms'], r['source_file'])),
+      equal_to([('4uLU6hMCjMI75M1A2tKUQC', good, 1, 3000, good), ('0VjIjW4GlUZAMYd2vXMi3b', mp3, 1, 8000, mp3)]),
+    )
+    assert_that(
+      result.dead_letter | beam.Map(lambda l: (l['source'], l['reason'], l['position'], l['stage'])),
+      equal_to(
+        [(str(corrupt), 'corrupt_file', None, 'audio_features'), (str(empty), 'corrupt_file', None, 'audio_features')]
+      ),
+      label='DeadLetters',
+    )
+
+
+def test_transform_checks_its_arguments():
+  with pytest.raises(ValueError, match='block_seconds'):
+    ExtractAudioFeatures(block_seconds=0)
+  with pytest.raises(ValueError, match='id_mapping'):
+    ExtractAudioFeatures(id_mapping=['a'])
