@@ -532,10 +532,10 @@ def _options_from(argv: Sequence[str]) -> PipelineOptions:
 
 
 def _delete_run_dir(output: str, run_dir: str):
-  from io_connectors.sinks.lake import _delete_tree
+  from io_connectors.sinks.lake import delete_tree
 
   try:
-    _delete_tree(FileSystems.join(output, '_runs', run_dir))
+    delete_tree(FileSystems.join(output, '_runs', run_dir))
   except Exception as e:  # the next run's sweep collects it
     _LOG.warning('could not delete the failed run directory %s: %s', run_dir, e)
 
