@@ -69,8 +69,10 @@ from io_connectors.sinks.lake import (
   run_dir_name,
 )
 from pipelines import runners
+from pipelines.spotify_batch import read_json
 from transforms.pii.batch import pseudonymise
 from transforms.records import json_safe
+from transforms.tenant import check_tenant_id
 from transforms.pii.keys import MasterKey
 
 __all__ = [
@@ -372,9 +374,11 @@ def _retarget(path: str, old_base: str, new_base: str) -> str:
 
 
 def _check_tenant(tenant: str) -> str:
-  if not tenant or not re.match(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$', tenant):
-    raise ComplianceError(f'tenant must be a tenant id, got {tenant!r}')
-  return tenant
+  """The lake's own rule for tenant ids (transforms.tenant), as a ComplianceError."""
+  try:
+    return check_tenant_id(tenant, 'tenant')
+  except ValueError as e:
+    raise ComplianceError(str(e)) from None
 
 
 def _committed_manifest(output: str, beam_args: Sequence[str], what: str):
@@ -449,7 +453,7 @@ def _rewrite_output(output: str, manifest: dict, options, scope, action: str, ru
       **{action: dict(report, files_rewritten=len(report['files_rewritten']), files_dropped=len(dropped))},
     )
     published.pop('superseded', None)
-    commit_output(output, run_dir, published, _read_json(FileSystems.join(output, SCHEMA_NAME)), lock=lock)
+    commit_output(output, run_dir, published, read_json(FileSystems.join(output, SCHEMA_NAME)), lock=lock)
   finally:
     lock.release()
   kept = [(k, new, new) for k, _, new in files if new not in set(report['files_dropped'])]
@@ -506,13 +510,6 @@ def _by_tenant_and_entity(removed: Dict[Tuple[str, str, str], int]) -> Dict[str,
     name = 'dead_letter' if kind == 'dead_letter' else (entity or 'data')
     out.setdefault(tenant, {})[name] = out.get(tenant, {}).get(name, 0) + n
   return out
-
-
-def _read_json(path: str) -> Optional[dict]:
-  try:
-    return json.loads(_read(path).decode('utf-8'))
-  except Exception:
-    return None
 
 
 def _counts_after(counts: dict, removed: Dict[Tuple[str, str, str], int], metric: str) -> dict:
