@@ -5,7 +5,8 @@ protobuf wire format), served with grpc's generic handlers on 127.0.0.1 (an
 ephemeral port, plaintext). It answers as the API documents: dimension and
 metric headers (metric types per metric), ``limit``/``offset`` paging with
 ``row_count``, ``property_quota`` when asked (hourly and daily tokens that
-each request consumes), RESOURCE_EXHAUSTED once the hourly tokens are spent,
+each request consumes), RESOURCE_EXHAUSTED once the hourly tokens are spent
+(counted over a rolling `hour_s`, an hour unless a benchmark shortens it),
 UNAUTHENTICATED without a valid bearer token, PERMISSION_DENIED for
 properties the token cannot read, INVALID_ARGUMENT for unknown names.
 
@@ -17,7 +18,9 @@ properties the token cannot read, INVALID_ARGUMENT for unknown names.
 
 from __future__ import annotations
 
+import collections
 import threading
+import time
 from concurrent import futures
 from typing import Dict, List, Tuple
 
@@ -51,8 +54,19 @@ DIMENSIONS = ('country', 'deviceCategory', 'date', 'eventName', 'city')
 class GA4Fake:
   TOKEN = 'ya29.ga4-fake-token-5d1e'
 
-  def __init__(self, tokens_per_hour: int = 10_000, tokens_per_day: int = 100_000):
+  def __init__(
+    self,
+    tokens_per_hour: int = 10_000,
+    tokens_per_day: int = 100_000,
+    tokens_per_request: int = 5,
+    hour_s: float = 3600.0,
+  ):
     self.lock = threading.Lock()
+    self.tokens_per_request = tokens_per_request
+    self.hour_s = hour_s
+    self._spent = collections.deque()  # (time, tokens) of the last hour_s
+    self.exhausted_answers = 0
+    self.request_log: List[Tuple[float, bool]] = []  # (monotonic time, answered) of each quota-checked request
     self.rows: Dict[Tuple[str, str], List[Tuple[dict, dict]]] = {}
     self.requests: List[RunReportRequest] = []
     self.tokens_per_hour = tokens_per_hour
@@ -114,30 +128,38 @@ class GA4Fake:
       if self._exhausted:
         self._exhausted -= 1
         context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, 'Exhausted property tokens per hour for the property.')
-      if self.consumed_hour >= self.tokens_per_hour:
+      now = time.monotonic()
+      while self._spent and self._spent[0][0] <= now - self.hour_s:
+        self.consumed_hour -= self._spent.popleft()[1]
+      if self.consumed_hour + self.tokens_per_request > self.tokens_per_hour:
+        self.exhausted_answers += 1
+        self.request_log.append((now, False))
         context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, 'Exhausted property tokens per hour for the property.')
-      self.consumed_hour += 5
-      self.consumed_day += 5
-    rows = []
+      cost = self.tokens_per_request
+      self.request_log.append((now, True))
+      self._spent.append((now, cost))
+      self.consumed_hour += cost
+      self.consumed_day += cost
     date = request.date_ranges[0].start_date
-    for dims, metrics in self.rows.get((property_id, date), []):
-      rows.append(
-        Row(
-          dimension_values=[DimensionValue(value=dims.get(d.name, '(not set)')) for d in request.dimensions],
-          metric_values=[MetricValue(value=str(metrics.get(m.name, '0'))) for m in request.metrics],
-        )
-      )
+    stored = self.rows.get((property_id, date), [])
     limit = request.limit or 10_000
-    page = rows[request.offset : request.offset + limit]
+    # Only the page's rows become messages (building all of a large day's per page would time the fake).
+    page = [
+      Row(
+        dimension_values=[DimensionValue(value=dims.get(d.name, '(not set)')) for d in request.dimensions],
+        metric_values=[MetricValue(value=str(metrics.get(m.name, '0'))) for m in request.metrics],
+      )
+      for dims, metrics in stored[request.offset : request.offset + limit]
+    ]
     response = RunReportResponse(
       dimension_headers=[DimensionHeader(name=d.name) for d in request.dimensions],
       metric_headers=[MetricHeader(name=m.name, type_=METRICS[m.name]) for m in request.metrics],
       rows=page,
-      row_count=len(rows),
+      row_count=len(stored),
     )
     if request.return_property_quota:
       response.property_quota = PropertyQuota(
-        tokens_per_hour=QuotaStatus(consumed=5, remaining=max(0, self.tokens_per_hour - self.consumed_hour)),
-        tokens_per_day=QuotaStatus(consumed=5, remaining=max(0, self.tokens_per_day - self.consumed_day)),
+        tokens_per_hour=QuotaStatus(consumed=cost, remaining=max(0, self.tokens_per_hour - self.consumed_hour)),
+        tokens_per_day=QuotaStatus(consumed=cost, remaining=max(0, self.tokens_per_day - self.consumed_day)),
       )
     return response

@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import shutil
+import time
 import tempfile
 import uuid
 
@@ -543,6 +544,37 @@ def test_ga4_pages_to_row_count_types_and_quota_waits(ga4):
   assert all(r.return_property_quota and r.limit == 10 for r in ga4.requests)
   # 4 property-days with data + 1 empty (271828 on 06-02) = 7 pages of data requests, plus the 2 refused
   assert len(ga4.requests) == 3 + 1 + 1 + 1 + 2
+
+
+def test_ga4_paced_to_the_configured_quota_is_never_refused(monkeypatch):
+  from io_connectors.apis.analytics.ga4 import ReadFromGA4
+  from tests.io_connectors.ga4_fake import GA4Fake
+
+  monkeypatch.setenv('GA4_ACCESS_TOKEN', GA4Fake.TOKEN)
+  # 200 tokens per (2-second) hour, 10 per request: 20 requests per window; the read needs 30 (15 pages a day).
+  with GA4Fake(tokens_per_hour=200, tokens_per_request=10, hour_s=2.0) as fake:
+    fake.add_rows('314159', '2024-06-01', _ga4_rows(30))
+    fake.add_rows('314159', '2024-06-02', _ga4_rows(30, seed=1))
+    options = _ga4_options(fake, properties=['314159'], page_size=2, quota_tokens_per_hour=200, quota_window_s=2.0)
+    started = time.monotonic()
+    rows, letters = _collect(ReadFromGA4(options))
+    elapsed = time.monotonic() - started
+  assert letters == [] and len({r['report_id'] for r in rows}) == 60
+  assert fake.exhausted_answers == 0  # paced under the quota: GA4 never had to refuse
+  # 30 pages of 10 tokens at 95 tokens/s cannot take less than about 3 s (less would overrun the quota).
+  assert elapsed >= (30 * 10 - 2) / 95 - 0.2
+
+
+def test_ga4_unpaced_reads_are_refused_and_wait_but_lose_nothing(monkeypatch):
+  from io_connectors.apis.analytics.ga4 import ReadFromGA4
+  from tests.io_connectors.ga4_fake import GA4Fake
+
+  monkeypatch.setenv('GA4_ACCESS_TOKEN', GA4Fake.TOKEN)
+  with GA4Fake(tokens_per_hour=50, tokens_per_request=10, hour_s=0.5) as fake:
+    fake.add_rows('314159', '2024-06-01', _ga4_rows(20))
+    rows, letters = _collect(ReadFromGA4(_ga4_options(fake, properties=['314159'], end_date='2024-06-01', page_size=2)))
+  assert letters == [] and len({r['report_id'] for r in rows}) == 20
+  assert fake.exhausted_answers > 0  # the baseline the pacing avoids
 
 
 def test_ga4_expired_token_and_denied_property(ga4):

@@ -9,9 +9,17 @@ text, ``metrics`` a struct typed from the response's metric headers
 TYPE_MINUTES, TYPE_HOURS, TYPE_STANDARD, TYPE_CURRENCY and the distances ->
 float64, in the unit GA4 declares).
 
-Quota: every request asks ``return_property_quota``. When the remaining
-hourly (or daily) tokens fall below ``min_tokens_remaining`` the worker
-pauses ``quota_pause_s`` before the next page; RESOURCE_EXHAUSTED waits
+Quota: with ``quota_tokens_per_hour`` (the share of the property's hourly
+tokens this job may spend) a worker process paces its requests to that rate:
+a token bucket per property (`io_connectors.apis.http.ratelimit`) that each
+answer charges with the tokens GA4 says the request consumed, so the job
+reads at the quota's rate instead of spending it in a burst and then
+stalling (GA4 refuses every request of a property once its hour's tokens are
+spent). The bucket is per worker process: give each process its share (the
+quota divided by the processes, or one worker). Every request also asks
+``return_property_quota``. When the remaining hourly (or daily) tokens fall
+below ``min_tokens_remaining`` the worker pauses ``quota_pause_s`` before
+the next page (other jobs may share the property); RESOURCE_EXHAUSTED waits
 (growing to ``max_quota_wait_s``) and asks for the same page again, up to
 ``max_quota_retries`` times: a page is never skipped, and since offsets are
 absolute nothing is read twice. UNAUTHENTICATED / PERMISSION_DENIED stop the
@@ -61,6 +69,7 @@ import pyarrow as pa
 from io_connectors import registry
 from io_connectors._common import state
 from io_connectors.apis.analytics._source import OUTCOME, AnalyticsAuthError, incremental_days, parse_date, read_units
+from io_connectors.apis.http.ratelimit import limiter_for
 from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, dead_letter
 from transforms.records import with_provenance
@@ -117,6 +126,9 @@ class GA4Options:
     as GA4 reads dates).
   report_name: a label kept on each row.
   page_size: rows per request (GA4: at most 250,000).
+  quota_tokens_per_hour: pace requests to spend at most this many GA4 tokens an hour (per worker process;
+    None: no pacing, only the reactions below). quota_window_s: the quota's period (GA4: an hour; shorter only
+    for tests and benchmarks against a local server).
   min_tokens_remaining, quota_pause_s: pause before the next request when fewer hourly tokens remain.
   max_quota_retries, max_quota_wait_s: RESOURCE_EXHAUSTED retries of one page and the longest wait.
   state_store, tenant, lookback_days: incremental reads; the last lookback_days days read are read again.
@@ -132,6 +144,8 @@ class GA4Options:
   end_date: Any = None
   report_name: Optional[str] = None
   page_size: int = 100_000
+  quota_tokens_per_hour: Optional[int] = None
+  quota_window_s: float = 3600.0
   min_tokens_remaining: int = 50
   quota_pause_s: float = 60.0
   max_quota_retries: int = 10
@@ -166,6 +180,14 @@ class GA4Options:
       raise ValueError(f'page_size must be in [1, {MAX_LIMIT}], got {self.page_size}')
     if self.insecure and not self.endpoint:
       raise ValueError('insecure needs an endpoint (a local server)')
+    if self.quota_tokens_per_hour is not None and (
+      isinstance(self.quota_tokens_per_hour, bool)
+      or not isinstance(self.quota_tokens_per_hour, int)
+      or self.quota_tokens_per_hour < 1
+    ):
+      raise ValueError(f'quota_tokens_per_hour must be a positive integer, got {self.quota_tokens_per_hour!r}')
+    if not self.quota_window_s > 0:
+      raise ValueError(f'quota_window_s must be positive, got {self.quota_window_s!r}')
     if self.lookback_days < 0 or self.max_quota_retries < 0:
       raise ValueError('lookback_days and max_quota_retries must be >= 0')
 
@@ -215,7 +237,17 @@ class _RunReportFn(beam.DoFn):
     o = self._options
     return f'${o.access_token_env}' if o.access_token_env else 'Application Default Credentials'
 
-  def _page(self, request, where: str):
+  def _pacer(self, property_id: str):
+    """The process's token bucket of `property_id` (None without quota_tokens_per_hour)."""
+    o = self._options
+    if o.quota_tokens_per_hour is None:
+      return None
+    # 93% of the quota: GA4 counts a rolling window that the bucket's one
+    # saved-up request and the network's jitter must fit in as well.
+    rate = 0.93 * o.quota_tokens_per_hour / o.quota_window_s
+    return limiter_for(f'ga4:properties/{property_id}', rate, burst=max(1.0, o.quota_tokens_per_hour / 100))
+
+  def _page(self, request, where: str, pacer=None):
     """One page, through quota waits; AnalyticsAuthError for refused credentials."""
     from google.api_core import exceptions as gexc
 
@@ -223,7 +255,16 @@ class _RunReportFn(beam.DoFn):
     attempt = 0
     while True:
       try:
-        return self._client.run_report(request=request, metadata=self._metadata, timeout=o.timeout, retry=None)
+        estimate = self._cost_estimate
+        if pacer is not None:
+          pacer.acquire(cost=estimate)
+        response = self._client.run_report(request=request, metadata=self._metadata, timeout=o.timeout, retry=None)
+        cost = response.property_quota.tokens_per_hour.consumed
+        if pacer is not None and cost:
+          # The answer says what the request cost; the next of this report's costs about as much.
+          pacer.charge(cost - estimate)
+          self._cost_estimate = cost
+        return response
       except gexc.ResourceExhausted as e:
         attempt += 1
         if attempt > o.max_quota_retries:
@@ -259,6 +300,8 @@ class _RunReportFn(beam.DoFn):
     where = f'property {property_id} day {day}'
     source = f'ga4 properties/{property_id} {day}'
     offset, dims, metric_types = 0, None, None
+    pacer = self._pacer(property_id)
+    self._cost_estimate = 1.0  # tokens of a request of this report, learnt from the answers
     dim_values: Dict[str, List[str]] = {d: [] for d in o.dimensions}
     metric_values: Dict[str, List[str]] = {m: [] for m in o.metrics}
     try:
@@ -272,7 +315,7 @@ class _RunReportFn(beam.DoFn):
           offset=offset,
           return_property_quota=True,
         )
-        response = self._page(request, where)
+        response = self._page(request, where, pacer)
         if dims is None:
           dims = [h.name for h in response.dimension_headers]
           metric_types = {h.name: MetricType(h.type_).name for h in response.metric_headers}

@@ -68,8 +68,8 @@ class TokenBucket:
     self._paused_until = 0.0
     self._sent: collections.deque = collections.deque()
 
-  def _wait_time(self, now: float) -> float:
-    """Seconds until a request may go; takes its token when 0. Called under the lock."""
+  def _wait_time(self, now: float, cost: float = 1.0) -> float:
+    """Seconds until a request may go; takes its `cost` in tokens when 0. Called under the lock."""
     if self.rate is not None:
       self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
       self._updated = now
@@ -82,23 +82,40 @@ class TokenBucket:
       if len(self._sent) >= requests:
         return self._sent[0] + seconds - now + 1e-3
     if self.rate is not None:
-      if self._tokens < 1.0:
-        return (1.0 - self._tokens) / self.rate
-      self._tokens -= 1.0
+      # A cost above the burst waits for a full bucket and leaves a debt.
+      needed = min(cost, self.burst)
+      if self._tokens < needed:
+        return (needed - self._tokens) / self.rate
+      self._tokens -= cost
     if self.window is not None:
       self._sent.append(now)
     return 0.0
 
-  def acquire(self, deadline: Optional[float] = None) -> bool:
-    """Blocks until a token is taken; False if `deadline` (clock time) passes first."""
+  def acquire(self, deadline: Optional[float] = None, cost: float = 1.0) -> bool:
+    """Blocks until `cost` tokens are taken; False if `deadline` (clock time) passes first."""
+    cost = max(cost, 0.0)
     while True:
       with self._lock:
-        wait = self._wait_time(self._clock())
+        wait = self._wait_time(self._clock(), cost)
       if wait <= 0:
         return True
       if deadline is not None and self._clock() + wait > deadline:
         return False
       self._sleep(min(wait, 1.0))
+
+  def charge(self, tokens: float) -> None:
+    """Corrects a request's cost after the fact: takes `tokens` more, or gives them back when negative.
+
+    For requests whose cost the answer tells (GA4 reports the quota tokens each consumed): `acquire`
+    takes an estimate, `charge` the difference. The bucket may go into debt; later `acquire`s wait
+    until the rate has paid it back.
+    """
+    if not tokens or self.rate is None:
+      return
+    with self._lock:
+      now = self._clock()
+      self._tokens = min(self.burst, min(self.burst, self._tokens + (now - self._updated) * self.rate) - tokens)
+      self._updated = now
 
   def pause(self, seconds: float) -> None:
     """Holds every request back for `seconds` (a 429's Retry-After)."""
