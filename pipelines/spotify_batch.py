@@ -58,7 +58,7 @@ from io_connectors.sinks.lake import (
 )
 from io_connectors.sinks import tables as lake_tables
 from pipelines.config import FILE_ONLY_KEYS, RUN_KEYS, ConfigError, RunConfig, load_yaml, resolve
-from pipelines import audit, cli, lineage, runners
+from pipelines import audit, cli, lineage, runners, tracing
 from pipelines.options import SpotifyBatchOptions
 from transforms import entities, schema as schema_mod
 from transforms.dead_letter import flatten_dead_letters
@@ -601,22 +601,27 @@ def event_time_field(model) -> Optional[str]:
 
 
 def _entity_chain(
-  p, entity: str, sources, config: RunConfig, master_key, run_id: str, label: str, table_locations=None
+  p, entity: str, sources, config: RunConfig, master_key, run_id: str, label: str, table_locations=None, trace=None
 ):
   """Reads `sources` and takes their records through the transforms of one entity.
+
+  trace: the run's tracing.TraceConfig; sampled bundles of the read, validate,
+  redact, dedup and write stages then get spans.
 
   Returns (data files, redacted dead letters, counts, cursors, (entity, schema) PCollection).
   """
   model = entities.entity_model(entity)
+  trace = trace or tracing.TraceConfig()
   records, dead_letters, counts, cursors = [], [], [], []
   for i, source in sources:
     name = f'Source[{i}:{source["type"]}]'
     outs = p | f'Read {name}' >> _source_transform(source, config, model)
-    counts.append(outs.records | f'CountRead {name}' >> beam.ParDo(_CountReadFn(source.get('input') or source['type'])))
+    read = outs.records | f'Trace Read {name}' >> tracing.TraceBundles(trace, f'Read {name}')
+    counts.append(read | f'CountRead {name}' >> beam.ParDo(_CountReadFn(source.get('input') or source['type'])))
     counts.append(
       _counted(outs.dead_letter, f'CountReadDL {name}', lambda l: [(('read', None, None), l.get('count', 1))])
     )
-    tagged = outs.records | f'Tag {name}' >> TagTenant(source['tenant_id'], source['tenant_field'])
+    tagged = read | f'Tag {name}' >> TagTenant(source['tenant_id'], source['tenant_field'])
     records.append(tagged.records)
     dead_letters.append(tagged.dead_letter)
     if getattr(outs, 'cursors', None) is not None:
@@ -629,15 +634,18 @@ def _entity_chain(
   validated = all_records | f'{label}Validate' >> Validate(model)
   dead_letters.append(validated.dead_letter)
   pii_options = PiiOptions(redact=not config.keep_pii)
-  redacted = validated.records | f'{label}RedactPII' >> RedactPII(model, master_key, pii_options)
+  valid = validated.records | f'{label}Trace Validate' >> tracing.TraceBundles(trace, f'{label}Validate')
+  redacted = valid | f'{label}RedactPII' >> RedactPII(model, master_key, pii_options)
   # File runs: the rows reach dedup through spill files in the run's temporary
   # directory (deleted by finalize), not the runner's shuffle: only file names
   # are grouped (transforms/dedup.py). Table runs have no such directory and
   # group the rows themselves.
   spill_dir = None if table_locations is not None else scratch_dir(config.output, run_id, f'dedup{label.strip()}')
-  deduped = redacted.records | f'{label}Deduplicate' >> Deduplicate(
+  clean = redacted.records | f'{label}Trace RedactPII' >> tracing.TraceBundles(trace, f'{label}RedactPII')
+  deduped = clean | f'{label}Deduplicate' >> Deduplicate(
     entities.key_field(model), config.num_shards, spill_dir=spill_dir
   )
+  unique = deduped.records | f'{label}Trace Deduplicate' >> tracing.TraceBundles(trace, f'{label}Deduplicate')
   # The schema of the batches before dedup (the same columns and types reach the
   # files): so writing needs no second pass over the deduplicated rows.
   inferred = (
@@ -646,7 +654,7 @@ def _entity_chain(
     | f'{label}InferSchema' >> schema_mod.InferSchema()
   )
   if table_locations is not None:
-    data_files = deduped.records | f'{label}WriteData' >> lake_tables.WriteTableFiles(
+    data_files = unique | f'{label}WriteData' >> lake_tables.WriteTableFiles(
       table_target(config),
       entity,
       table_locations[entity],
@@ -654,13 +662,14 @@ def _entity_chain(
       schema=beam.pvalue.AsSingleton(inferred),
     )
   else:
-    data_files = deduped.records | f'{label}WriteData' >> WriteRecordFiles(
+    data_files = unique | f'{label}WriteData' >> WriteRecordFiles(
       config.output,
       config.output_format,
       run_id,
       schema=beam.pvalue.AsSingleton(inferred),
       entity=entity if label else None,
     )
+  data_files = data_files | f'{label}Trace WriteData' >> tracing.TraceBundles(trace, f'{label}WriteData')
   letters = flatten_dead_letters(dead_letters, f'{label}AllDeadLetters')
   # Dead letters are redacted with their own entity's identifiers.
   letters_redacted = letters | f'{label}RedactDeadLetters' >> RedactDeadLetters(model, master_key, pii_options)
@@ -684,12 +693,14 @@ def build(
   lock: Optional[OutputLock] = None,
   table_locations: Optional[Dict[str, str]] = None,
   run_dir: Optional[str] = None,
+  trace: Optional[tracing.TraceConfig] = None,
 ) -> None:
   """Adds the whole batch job to `p`: one chain of transforms per entity the sources hold.
 
   Files go to OUTPUT/_runs/<lock.run_dir> (or a fresh run directory when no lock is given).
   table_locations (--output_format iceberg/delta): {table: where its files go};
   the finalize step then commits them to the tables instead.
+  trace: the run's tracing.TraceConfig (from `tracing.run_span`): bundle spans.
   """
   run_id = lock.run_dir if lock is not None else run_dir or run_dir_name(info['run_id'])
   groups: Dict[str, list] = {}
@@ -699,7 +710,7 @@ def build(
   data_files, letters, counts, cursors, schemas = [], [], [], [], []
   for entity, sources in groups.items():
     files, redacted_letters, entity_counts, entity_cursors, schema = _entity_chain(
-      p, entity, sources, config, master_key, run_id, f'[{entity}] ' if several else '', table_locations
+      p, entity, sources, config, master_key, run_id, f'[{entity}] ' if several else '', table_locations, trace
     )
     data_files.append(files)
     letters.append(redacted_letters)
@@ -817,6 +828,18 @@ def run(
     raise ConfigError(str(e)) from None
   previous_schema, baseline = _previous_schema(config)
   run_id = config.run_id or new_run_id()
+  try:
+    trace = tracing.TraceConfig.from_options(
+      options, PIPELINE_NAME, run_id, [source.get('tenant_id') for source in config.sources]
+    )
+  except tracing.TracingError as e:
+    raise ConfigError(str(e)) from None
+  with tracing.run_span(trace) as trace:
+    return _run_traced(options, config, master_key, previous_schema, baseline, run_id, trace)
+
+
+def _run_traced(options, config: RunConfig, master_key, previous_schema, baseline, run_id: str, trace) -> dict:
+  """`run` inside the run's span."""
   info = {
     **run_info(PIPELINE_NAME, run_id, options),
     # The entity of every source when they share one (a config without
@@ -842,9 +865,9 @@ def run(
     if config.output_format in lake_tables.TABLE_FORMATS:
       if emitter is not None:
         emitter.start(run_id, PIPELINE_NAME, inputs, lineage.output_datasets(config.output, entities))
-      manifest = _run_tables(options, config, master_key, info, previous_schema)
+      manifest = _run_tables(options, config, master_key, info, previous_schema, trace)
     else:
-      manifest = _run_files(options, config, master_key, info, previous_schema, emitter, inputs, entities)
+      manifest = _run_files(options, config, master_key, info, previous_schema, emitter, inputs, entities, trace)
   except Exception as e:
     if audit_log is not None:
       _audit_run(audit_log, info, status='failed', error=type(e).__name__)
@@ -864,7 +887,9 @@ def run(
   return manifest
 
 
-def _run_files(options, config: RunConfig, master_key, info: dict, previous_schema, emitter, inputs, entities) -> dict:
+def _run_files(
+  options, config: RunConfig, master_key, info: dict, previous_schema, emitter, inputs, entities, trace=None
+) -> dict:
   """File formats: the run under the output's lock, published by its manifest (docs/lake.md)."""
   run_id = info['run_id']
   # One run at a time on an output; OutputLockedError names the run that holds it.
@@ -874,7 +899,7 @@ def _run_files(options, config: RunConfig, master_key, info: dict, previous_sche
       emitter.start(run_id, PIPELINE_NAME, inputs, lineage.output_datasets(config.output, entities))
     sweep(config.output, keep_run_dirs=(lock.run_dir,))  # what crashed runs left
     pipeline = beam.Pipeline(options=options)
-    build(pipeline, config, master_key, info, previous_schema, lock)
+    build(pipeline, config, master_key, info, previous_schema, lock, trace=trace)
     with lock.kept_alive():
       result = pipeline.run()
       _wait_with_progress(result)
@@ -897,7 +922,7 @@ def _run_files(options, config: RunConfig, master_key, info: dict, previous_sche
   return manifest
 
 
-def _run_tables(options, config: RunConfig, master_key, info: dict, previous_schema) -> dict:
+def _run_tables(options, config: RunConfig, master_key, info: dict, previous_schema, trace=None) -> dict:
   """--output_format iceberg/delta: no output lock (the table formats serialise commits themselves)."""
   target = table_target(config)
   tables = lake_tables.open_tables(target)
@@ -906,7 +931,9 @@ def _run_tables(options, config: RunConfig, master_key, info: dict, previous_sch
   locations = {name: tables.location(name) for name in names}
   run_dir = run_dir_name(info['run_id'])
   pipeline = beam.Pipeline(options=options)
-  build(pipeline, config, master_key, info, previous_schema, table_locations=locations, run_dir=run_dir)
+  build(
+    pipeline, config, master_key, info, previous_schema, table_locations=locations, run_dir=run_dir, trace=trace
+  )
   result = pipeline.run()
   _wait_with_progress(result)
   manifest = read_json(table_run_manifest_path(target.location, run_dir))
@@ -1022,7 +1049,7 @@ def summary_table(manifest: dict) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  cli.configure_logging()
+  cli.configure_logging(cli.log_format_of(argv))
   try:
     manifest = run(argv, allow_demo=True)
   except (UsageError, ConfigError, OutputLockedError, lake_tables.TableError) as e:

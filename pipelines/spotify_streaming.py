@@ -563,7 +563,7 @@ def _start_mlflow_run(options: SpotifyStreamingOptions, pipeline_options: Pipeli
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  cli.configure_logging()
+  cli.configure_logging(cli.log_format_of(argv))
   try:
     run(argv)
   except ConfigError as e:
