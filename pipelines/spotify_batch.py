@@ -875,6 +875,13 @@ def _run_traced(options, config: RunConfig, master_key, previous_schema, baselin
     if emitter is not None and not isinstance(e, OutputLockedError):
       emitter.fail(run_id, PIPELINE_NAME, inputs, lineage.output_datasets(config.output, entities), e)
     raise
+  counts = manifest['counts']
+  tracing.annotate_run(
+    pipeline__tenants=sorted(counts['per_tenant']),
+    pipeline__rows_read=counts['read'],
+    pipeline__rows_written=counts['written'],
+    pipeline__rows_dead_letter=counts['dead_letter'],
+  )
   if audit_log is not None:
     _audit_run(audit_log, info, status='succeeded', counts=manifest['counts'], pii_findings=manifest['pii']['findings'])
   if emitter is not None:

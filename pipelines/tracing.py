@@ -61,7 +61,9 @@ __all__ = [
   'configure',
   'enabled',
   'flush',
+  'shutdown',
   'run_span',
+  'annotate_run',
   'request_span',
   'TraceBundles',
   'set_log_context',
@@ -226,6 +228,15 @@ def flush(timeout_s: float = 10.0) -> None:
     provider.force_flush(int(timeout_s * 1000))
 
 
+def shutdown() -> None:
+  """Exports what is left and turns tracing off in this process (a test's teardown)."""
+  global _PROVIDER, _PROVIDER_ENDPOINT
+  with _LOCK:
+    provider, _PROVIDER, _PROVIDER_ENDPOINT = _PROVIDER, None, None
+  if provider is not None:
+    provider.shutdown()
+
+
 def _parent_context(config: TraceConfig):
   if not config.parent:
     return None
@@ -237,6 +248,9 @@ def _parent_context(config: TraceConfig):
 # ----- Log context: run id, tenant, stage -----
 
 _PROCESS_LOG_CONTEXT: Dict[str, Optional[str]] = {}
+# The run span's context in this process: the parent of spans started where
+# no span is current (a connector's own threads, a stage without TraceBundles).
+_RUN_CONTEXT = None
 _STAGE: contextvars.ContextVar = contextvars.ContextVar('pipeline_stage', default=None)
 
 
@@ -286,7 +300,9 @@ def run_span(config: TraceConfig) -> Iterator[TraceConfig]:
     'pipeline.runner': config.runner,
     'pipeline.tenants': list(config.tenants),
   }
+  global _RUN_CONTEXT
   span = _tracer().start_span(f'run {config.job}', attributes=attributes)
+  _RUN_CONTEXT = trace.set_span_in_context(span)
   try:
     with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
       carrier: Dict[str, str] = {}
@@ -296,8 +312,18 @@ def run_span(config: TraceConfig) -> Iterator[TraceConfig]:
     _record_error(span, e)
     raise
   finally:
+    _RUN_CONTEXT = None
     span.end()
     flush()
+
+
+def annotate_run(**attributes) -> None:
+  """Adds attributes to the current (run) span, '__' for '.' in names: e.g. the tenants and counts at the end."""
+  from opentelemetry import trace
+
+  span = trace.get_current_span()
+  if span.is_recording():
+    RequestSpan(span).set(**attributes)
 
 
 def _masked(text: Any) -> str:
@@ -342,7 +368,8 @@ def request_span(name: str, **attributes) -> Iterator[RequestSpan]:
     return
   from opentelemetry import trace
 
-  span = tracer.start_span(name, kind=trace.SpanKind.CLIENT)
+  current = trace.get_current_span().get_span_context().is_valid
+  span = tracer.start_span(name, context=None if current else _RUN_CONTEXT, kind=trace.SpanKind.CLIENT)
   request = RequestSpan(span)
   request.set(**attributes)
   try:
@@ -368,9 +395,12 @@ class _TraceBundlesFn(beam.DoFn):
     self._stage = stage
 
   def setup(self):
+    global _RUN_CONTEXT
     configure(self._config)
     set_log_context(self._config.run_id or None, _config_tenant(self._config))
     self._parent = _parent_context(self._config)
+    if self._parent is not None:
+      _RUN_CONTEXT = self._parent
     self._span = self._token = None
 
   def start_bundle(self):
