@@ -938,9 +938,7 @@ def _run_tables(options, config: RunConfig, master_key, info: dict, previous_sch
   locations = {name: tables.location(name) for name in names}
   run_dir = run_dir_name(info['run_id'])
   pipeline = beam.Pipeline(options=options)
-  build(
-    pipeline, config, master_key, info, previous_schema, table_locations=locations, run_dir=run_dir, trace=trace
-  )
+  build(pipeline, config, master_key, info, previous_schema, table_locations=locations, run_dir=run_dir, trace=trace)
   result = pipeline.run()
   _wait_with_progress(result)
   manifest = read_json(table_run_manifest_path(target.location, run_dir))

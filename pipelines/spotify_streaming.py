@@ -556,7 +556,6 @@ def _run_traced(options, pipeline_options, master_key, wait: bool, trace):
 
 def _start_mlflow_run(options: SpotifyStreamingOptions, pipeline_options: PipelineOptions):
   """(client, MLflow run id) of the job's run: its flags as params (no secret: those are never flags' values here)."""
-  import datetime as dt
 
   flags = options.get_all_options(drop_default=False, retain_unknown_options=False)
   keep = (

@@ -195,7 +195,9 @@ def configure(config: TraceConfig) -> bool:
     previous = _PROVIDER
     provider = TracerProvider(resource=Resource.create({'service.name': _SERVICE_NAME}), shutdown_on_exit=True)
     # headers=None: the exporter reads $OTEL_EXPORTER_OTLP_(TRACES_)HEADERS itself.
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=url, timeout=10), schedule_delay_millis=2000))
+    provider.add_span_processor(
+      BatchSpanProcessor(OTLPSpanExporter(endpoint=url, timeout=10), schedule_delay_millis=2000)
+    )
     _PROVIDER, _PROVIDER_ENDPOINT = provider, url
   if previous is not None:
     previous.shutdown()

@@ -45,9 +45,7 @@ def _span(span, resource: Dict) -> Dict:
     'parent_span_id': span.parent_span_id.hex() or None,
     'kind': span.kind,
     'attributes': {kv.key: _value(kv.value) for kv in span.attributes},
-    'events': [
-      {'name': e.name, 'attributes': {kv.key: _value(kv.value) for kv in e.attributes}} for e in span.events
-    ],
+    'events': [{'name': e.name, 'attributes': {kv.key: _value(kv.value) for kv in e.attributes}} for e in span.events],
     'status_code': span.status.code,
     'status_message': span.status.message,
     'resource': resource,

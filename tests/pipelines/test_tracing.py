@@ -18,7 +18,7 @@ from io_connectors.apis.http.auth import BearerTokenAuth
 from io_connectors.apis.http.request import Request, RequestFailed
 from pipelines import cli, runners, sample_data, tracing
 from pipelines.spotify_batch import main, run
-from tests.io_connectors.api_fixtures import CLIENT, SECRETS, USER
+from tests.io_connectors.api_fixtures import CLIENT, SECRETS, USER, spotify_plays_source
 from tests.otlp_receiver import OtlpReceiver
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -65,19 +65,14 @@ def test_batch_run_over_the_spotify_api_exports_its_spans_and_json_logs(fake_spo
     return None
 
   fake_spotify.fault_when = first_page_fails_once
-  source = {
-    'type': 'spotify',
-    'resource': 'recently_played',
-    'api_url': fake_spotify.api_url,
-    'token_url': fake_spotify.token_url,
-    'rate': None,
-    'allow_private_addresses': True,
-    'retry': {'backoff_base': 0.02, 'backoff_max': 0.2, 'max_attempts': 4},
-  }
+  source = spotify_plays_source(fake_spotify, max_attempts=4)
   config = {
     'output': str(tmp_path / 'lake'),
     'entity': 'listening_event',
-    'sources': [dict(source, user='listener-a', tenant_id='acme'), dict(source, user='listener-b', tenant_id='beatbox')],
+    'sources': [
+      dict(source, user='listener-a', tenant_id='acme'),
+      dict(source, user='listener-b', tenant_id='beatbox'),
+    ],
   }
   (tmp_path / 'spotify.yaml').write_text(yaml.safe_dump(config))
   env = dict(
@@ -122,7 +117,9 @@ def test_batch_run_over_the_spotify_api_exports_its_spans_and_json_logs(fake_spo
   _check_bundles(spans, run_span, 'Read Source[0:spotify]')
 
   requests = [s for s in spans if s['name'].startswith('HTTP ')]
-  api = [s for s in requests if s['attributes']['url.full'].startswith(fake_spotify.api_url + '/me/player/recently-played')]
+  api = [
+    s for s in requests if s['attributes']['url.full'].startswith(fake_spotify.api_url + '/me/player/recently-played')
+  ]
   assert api and {s['trace_id'] for s in requests} == {run_span['trace_id']}
   assert all(s['attributes']['http.request.method'] == 'GET' for s in api)
   assert {s['attributes']['http.response.status_code'] for s in api} == {200}
@@ -220,7 +217,9 @@ def test_json_log_lines_mask_secrets_and_carry_the_current_span(receiver):
     return json.loads(formatter.format(record))
 
   with tracing.run_span(config):
-    inside = line('connect to %s failed', 'postgresql://music:pg-pass-31337@db:5432/music?sslmode=require&password=x1y2z3')
+    inside = line(
+      'connect to %s failed', 'postgresql://music:pg-pass-31337@db:5432/music?sslmode=require&password=x1y2z3'
+    )
   assert set(inside) == LOG_FIELDS
   assert inside['level'] == 'WARNING' and inside['logger'] == 'pipelines.x' and inside['timestamp'].endswith('+00:00')
   assert inside['run_id'] == 'run-7' and inside['tenant'] == 'acme' and inside['stage'] is None
@@ -255,3 +254,27 @@ def test_log_format_is_read_before_the_options():
   assert cli.log_format_of(['--log_format', 'json', '--x']) == 'json'
   assert cli.log_format_of(['--log_format=json']) == 'json'
   assert cli.log_format_of(['--input', 'a']) == 'text'
+
+
+def test_postgres_split_queries_get_spans_without_the_password(pg, receiver):
+  import apache_beam as beam
+  from apache_beam.testing.test_pipeline import TestPipeline
+  from apache_beam.testing.util import assert_that
+
+  from io_connectors._common.masking import url_password
+  from io_connectors.databases.postgres import PostgresOptions, ReadFromPostgres
+
+  pg.execute(f"CREATE TABLE {pg.table('plays')} (id int4 PRIMARY KEY, track text)")
+  pg.execute(f"INSERT INTO {pg.table('plays')} SELECT i, 'track ' || i FROM generate_series(1, 40) AS i")
+  tracing.configure(tracing.TraceConfig(endpoint=receiver.endpoint))
+  with TestPipeline(argv=['--runner=FnApiRunner']) as p:
+    outs = p | ReadFromPostgres(table=pg.table('plays'), options=PostgresOptions(num_partitions=2))
+    assert_that(outs.records | beam.Map(lambda b: b.num_rows) | beam.CombineGlobally(sum), lambda n: n == [40])
+  tracing.flush()
+  spans = receiver.wait_for(lambda spans: len(spans) == 2)
+  assert {s['name'] for s in spans} == {'postgresql COPY'}
+  assert sorted(s['attributes']['db.split'] for s in spans) == ['1/2', '2/2']
+  assert sum(s['attributes']['db.response.returned_rows'] for s in spans) == 40
+  assert all(s['attributes']['db.query.summary'].endswith(pg.table('plays')) for s in spans)
+  password = url_password(pg.url)
+  assert password and password.encode() not in b''.join(receiver.raw)

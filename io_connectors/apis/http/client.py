@@ -414,7 +414,9 @@ class HttpClient:
         span.set(http__response__status_code=e.status)
         raise
       finally:
-        span.set(http__request__retries=tries['attempts'] + tries['rate_limited'], http__rate_limited=tries['rate_limited'])
+        span.set(
+          http__request__retries=tries['attempts'] + tries['rate_limited'], http__rate_limited=tries['rate_limited']
+        )
       span.set(http__response__status_code=response.status, http__from_cache=bool(response.from_cache))
       return response
 
