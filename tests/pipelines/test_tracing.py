@@ -278,3 +278,38 @@ def test_postgres_split_queries_get_spans_without_the_password(pg, receiver):
   assert all(s['attributes']['db.query.summary'].endswith(pg.table('plays')) for s in spans)
   password = url_password(pg.url)
   assert password and password.encode() not in b''.join(receiver.raw)
+
+
+def test_streaming_job_exports_its_run_and_bundle_spans(receiver, tmp_path, monkeypatch):
+  """pipelines.spotify_streaming over a Redis stream (--bounded: the in-process runner): run and bundle spans."""
+  import time
+
+  import redis
+
+  from pipelines import spotify_streaming
+  from tests.io_connectors.streams_support import fresh_name, redis_url
+  from tests.pipelines.streaming_support import plan_events
+
+  url = redis_url()
+  monkeypatch.setenv('REDIS_URL', url)
+  monkeypatch.setenv('PII_MASTER_KEY', KEY)
+  stream = fresh_name('traced')
+  client = redis.Redis.from_url(url)
+  try:
+    plan = plan_events(30, int(time.time() * 1000) - 3_600_000, 0)
+    for _, value, _ in plan.on_time:
+      client.xadd(stream, {'data': value})
+    argv = ['--source', 'redis', '--redis_streams', stream, '--redis_group', 'lake', '--bounded']
+    argv += ['--tenant_field', 'tenant', '--output', str(tmp_path / 'out')]
+    argv += ['--otlp_endpoint', receiver.endpoint, '--trace_sample_ratio', '1']
+    spotify_streaming.run(argv)
+  finally:
+    client.delete(stream)
+    client.close()
+  spans = receiver.wait_for(lambda spans: any(s['name'] == 'run spotify_streaming' for s in spans))
+  run_span = _one(spans, 'run spotify_streaming')
+  assert run_span['attributes']['pipeline.runner'] == 'FnApiRunner'
+  for stage in ('Read[redis]', 'Validate', 'RedactPII'):
+    bundles = [s for s in spans if s['name'] == f'bundle {stage}']
+    assert bundles and all(b['parent_span_id'] == run_span['span_id'] for b in bundles), stage
+  assert sum(s['attributes']['pipeline.bundle.rows'] for s in spans if s['name'] == 'bundle Validate') > 0
