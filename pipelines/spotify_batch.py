@@ -830,7 +830,7 @@ def run(
   run_id = config.run_id or new_run_id()
   try:
     trace = tracing.TraceConfig.from_options(
-      options, PIPELINE_NAME, run_id, [source.get('tenant_id') for source in config.sources]
+      options, PIPELINE_NAME, run_id, [source['tenant_id'] for source in config.sources if source.get('tenant_id')]
     )
   except tracing.TracingError as e:
     raise ConfigError(str(e)) from None
