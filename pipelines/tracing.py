@@ -41,7 +41,6 @@ Usage::
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import dataclasses
 import datetime as dt
 import json
@@ -253,7 +252,23 @@ _PROCESS_LOG_CONTEXT: Dict[str, Optional[str]] = {}
 # The run span's context in this process: the parent of spans started where
 # no span is current (a connector's own threads, a stage without TraceBundles).
 _RUN_CONTEXT = None
-_STAGE: contextvars.ContextVar = contextvars.ContextVar('pipeline_stage', default=None)
+# The bundle a worker thread is in: (owner, OpenTelemetry context or None, stage).
+# A thread-local, not an attached context: the steps of one fused stage start
+# and finish their bundles in orders that would not nest.
+_BUNDLE = threading.local()
+
+
+def _current_bundle():
+  return getattr(_BUNDLE, 'value', None) or (None, None, None)
+
+
+def _current_context():
+  """The context new spans and log lines belong to: the current span's, else the bundle's, else the run's."""
+  from opentelemetry import trace
+
+  if trace.get_current_span().get_span_context().is_valid:
+    return None  # OpenTelemetry's own current context
+  return _current_bundle()[1] or _RUN_CONTEXT
 
 
 def set_log_context(run_id: Optional[str] = None, tenant: Optional[str] = None) -> None:
@@ -265,12 +280,12 @@ def log_context() -> Dict[str, Optional[str]]:
   """{run_id, tenant, stage, trace_id, span_id} of the current thread (None where unknown)."""
   from opentelemetry import trace
 
-  span_context = trace.get_current_span().get_span_context()
+  span_context = trace.get_current_span(_current_context()).get_span_context()
   valid = span_context.is_valid
   return {
     'run_id': _PROCESS_LOG_CONTEXT.get('run_id'),
     'tenant': _PROCESS_LOG_CONTEXT.get('tenant'),
-    'stage': _STAGE.get(),
+    'stage': _current_bundle()[2],
     'trace_id': format(span_context.trace_id, '032x') if valid else None,
     'span_id': format(span_context.span_id, '016x') if valid else None,
   }
@@ -370,8 +385,7 @@ def request_span(name: str, **attributes) -> Iterator[RequestSpan]:
     return
   from opentelemetry import trace
 
-  current = trace.get_current_span().get_span_context().is_valid
-  span = tracer.start_span(name, context=None if current else _RUN_CONTEXT, kind=trace.SpanKind.CLIENT)
+  span = tracer.start_span(name, context=_current_context(), kind=trace.SpanKind.CLIENT)
   request = RequestSpan(span)
   request.set(**attributes)
   try:
@@ -390,7 +404,7 @@ def masked_url(url: str) -> str:
 
 
 class _TraceBundlesFn(beam.DoFn):
-  """Passes elements through; a sampled bundle gets a span (elements, rows) and is the current context."""
+  """Passes elements through; a sampled bundle gets a span (elements, rows) that its thread's requests and logs join."""
 
   def __init__(self, config: TraceConfig, stage: str):
     self._config = config
@@ -403,10 +417,10 @@ class _TraceBundlesFn(beam.DoFn):
     self._parent = _parent_context(self._config)
     if self._parent is not None:
       _RUN_CONTEXT = self._parent
-    self._span = self._token = None
+    self._span = None
 
   def start_bundle(self):
-    from opentelemetry import context, trace
+    from opentelemetry import trace
 
     self._elements = self._rows = 0
     tracer = _tracer()
@@ -421,7 +435,7 @@ class _TraceBundlesFn(beam.DoFn):
       ctx = trace.set_span_in_context(self._span, ctx)
     # Current for the bundle (the stage's other steps run on this thread):
     # their log lines and connector requests belong to it.
-    self._token = (context.attach(ctx) if ctx is not None else None, _STAGE.set(self._stage), threading.get_ident())
+    _BUNDLE.value = (self, ctx, self._stage)
 
   def process(self, element):
     self._elements += 1
@@ -429,28 +443,19 @@ class _TraceBundlesFn(beam.DoFn):
     yield element
 
   def finish_bundle(self):
-    self._end(None)
+    self._end()
 
-  def _end(self, error):
-    from opentelemetry import context
-
+  def _end(self):
     if self._span is not None:
       self._span.set_attribute('pipeline.bundle.elements', self._elements)
       self._span.set_attribute('pipeline.bundle.rows', self._rows)
-      if error is not None:
-        _record_error(self._span, error)
       self._span.end()
       self._span = None
-    if self._token is not None:
-      otel_token, stage_token, thread = self._token
-      self._token = None
-      if thread == threading.get_ident():
-        _STAGE.reset(stage_token)
-        if otel_token is not None:
-          context.detach(otel_token)
+    if _current_bundle()[0] is self:
+      _BUNDLE.value = None
 
   def teardown(self):
-    self._end(None)
+    self._end()
     flush()
 
 

@@ -146,6 +146,10 @@ def test_batch_run_over_the_spotify_api_exports_its_spans_and_json_logs(fake_spo
   started = [line for line in lines if line['message'].startswith(f"run {attributes['pipeline.run_id']}:")]
   assert started and started[0]['logger'] == 'pipelines.spotify_batch' and started[0]['level'] == 'INFO'
   assert started[0]['span_id'] == run_span['span_id']
+  # Logged in a worker thread by the HTTP client: the run's trace, a received span.
+  retried = [line for line in lines if 'HTTP 503, retry 1' in line['message']]
+  assert len(retried) == 1 and retried[0]['trace_id'] == run_span['trace_id'], retried
+  assert not [line for line in lines if line['level'] == 'ERROR']
 
 
 def test_bundle_spans_reach_the_collector_from_prism_loopback_workers(receiver, tmp_path, monkeypatch, prism_binary):
