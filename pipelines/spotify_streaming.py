@@ -92,6 +92,7 @@ from pipelines import cli, mlflow_logging, runners, stream_sources, tracing
 from pipelines.streaming_options import SpotifyStreamingOptions
 from transforms import entities
 from transforms.dead_letter import flatten_dead_letters
+from transforms.lineage_columns import AddLineageColumns
 from transforms.pii import PiiKeyError, PiiOptions, RedactDeadLetters, RedactPII, key_ref
 from transforms.tenant import AssignDeadLetterTenant, TagTenant, check_tenant_id
 from transforms.validate import Validate
@@ -218,8 +219,13 @@ SOURCES: Dict[str, Callable[[SpotifyStreamingOptions], beam.PTransform]] = {
 # ----- the job -----
 
 
-def build(p: beam.Pipeline, options: SpotifyStreamingOptions, master_key, trace=None) -> None:
-  """Adds the streaming job to `p`; `trace` (tracing.TraceConfig): sampled bundles of read, validate, redact get spans."""
+def build(
+  p: beam.Pipeline, options: SpotifyStreamingOptions, master_key, run_id: Optional[str] = None, trace=None
+) -> None:
+  """Adds the streaming job to `p`; run_id (the output lock's) goes to the lineage columns.
+
+  trace (tracing.TraceConfig): sampled bundles of read, validate and redact get spans.
+  """
   model = entities.entity_model(options.entity)
   trace = trace or tracing.TraceConfig()
   output = options.output.rstrip('/')
@@ -232,6 +238,12 @@ def build(p: beam.Pipeline, options: SpotifyStreamingOptions, master_key, trace=
   pii_options = PiiOptions(redact=not options.keep_pii)
   redacted = valid | 'RedactPII' >> RedactPII(model, master_key, pii_options)
   clean = redacted.records | 'Trace RedactPII' >> tracing.TraceBundles(trace, 'RedactPII')
+  if not options.no_lineage_columns:
+    from pipelines.spotify_batch import code_version, lineage_code_version
+
+    clean = clean | 'Lineage' >> AddLineageColumns(
+      run_id or f'streaming-{uuid.uuid4().hex[:12]}', lineage_code_version(code_version())
+    )
   windowed = clean | 'Windows' >> WindowEvents(
     WindowOptions(
       window_size_s=options.window_size_s,
@@ -527,7 +539,7 @@ def _run_traced(options, pipeline_options, master_key, wait: bool, trace):
   tracking = None
   try:
     pipeline = beam.Pipeline(options=pipeline_options)
-    build(pipeline, options, master_key, trace)
+    build(pipeline, options, master_key, lock.run_id, trace)
     tracking = _start_mlflow_run(options, pipeline_options) if options.mlflow_tracking_uri else None
     result = pipeline.run()
     if wait:
