@@ -19,7 +19,9 @@ from io_connectors.apis.http.request import Request, RequestFailed
 from pipelines import cli, runners, sample_data, tracing
 from pipelines.spotify_batch import main, run
 from tests.io_connectors.api_fixtures import CLIENT, SECRETS, USER, spotify_plays_source
+from tests.io_connectors.streams_support import fresh_name, redis_url
 from tests.otlp_receiver import OtlpReceiver
+from tests.pipelines.streaming_support import plan_events
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KEY = 'ab' * 32
@@ -152,6 +154,7 @@ def test_batch_run_over_the_spotify_api_exports_its_spans_and_json_logs(fake_spo
   assert not [line for line in lines if line['level'] == 'ERROR']
 
 
+@pytest.mark.integration  # runs a whole job in process
 def test_bundle_spans_reach_the_collector_from_prism_loopback_workers(receiver, tmp_path, monkeypatch, prism_binary):
   monkeypatch.setenv('PII_MASTER_KEY', KEY)
   sample_data.write_listening_events(str(tmp_path / 'in'), rows=300, files=1, seed=5)
@@ -175,6 +178,7 @@ def test_bundle_spans_reach_the_collector_from_prism_loopback_workers(receiver, 
   _check_bundles(spans, run_span, 'Read Source[0:files]')
 
 
+@pytest.mark.integration  # runs a whole job in process
 def test_sample_ratio_zero_gives_no_bundle_spans(receiver, tmp_path, monkeypatch):
   monkeypatch.setenv('PII_MASTER_KEY', KEY)
   sample_data.write_listening_events(str(tmp_path / 'in'), rows=50, files=1, seed=5)
@@ -291,8 +295,6 @@ def test_streaming_job_exports_its_run_and_bundle_spans(receiver, tmp_path, monk
   import redis
 
   from pipelines import spotify_streaming
-  from tests.io_connectors.streams_support import fresh_name, redis_url
-  from tests.pipelines.streaming_support import plan_events
 
   url = redis_url()
   monkeypatch.setenv('REDIS_URL', url)
