@@ -40,6 +40,8 @@ EXTRAS = {
   'exports': ['ijson==3.6.0'],
   # Audio features: librosa (numba, scipy, soxr) and libsndfile's decoders.
   'audio': ['librosa==0.11.0', 'soundfile==0.14.0'],
+  # --otlp_endpoint (pipelines.tracing): OpenTelemetry spans over OTLP/HTTP.
+  'tracing': ['opentelemetry-sdk==1.45.2', 'opentelemetry-exporter-otlp-proto-http==1.45.2'],
   'test': [
     'pytest>=8',
     'pytest-xdist>=3.5',
@@ -76,6 +78,7 @@ EXTRAS['test'] += sorted(
       'tables',
       'exports',
       'audio',
+      'tracing',
     )
     for req in EXTRAS[name]
   }

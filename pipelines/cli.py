@@ -30,6 +30,7 @@ __all__ = [
   'UNACTIONABLE_LOG_LINES',
   'drop_unactionable_log_lines',
   'configure_logging',
+  'log_format_of',
   'wants_help',
   'help_text',
   'print_help',
@@ -69,8 +70,23 @@ def drop_unactionable_log_lines() -> None:
 _QUIET_LOGGERS = ('apache_beam', 'presidio-analyzer', 'presidio_analyzer', 'urllib3', 'google', 'botocore')
 
 
-def configure_logging() -> None:
+def log_format_of(argv: Optional[Sequence[str]]) -> str:
+  """The --log_format of a command line (text unless given), read before its options are parsed."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  for i, arg in enumerate(argv):
+    if arg.startswith('--log_format='):
+      return arg.split('=', 1)[1]
+    if arg == '--log_format' and i + 1 < len(argv):
+      return argv[i + 1]
+  return 'text'
+
+
+def configure_logging(log_format: str = 'text') -> None:
   """The entry points' logging: INFO lines with time, level and logger; libraries at WARNING.
+
+  log_format 'json' (--log_format json): one JSON object per line with the
+  run id, tenant, stage and trace/span ids, secrets masked
+  (pipelines.tracing.JsonFormatter); anything else: text lines.
 
   force=True: a library that logged through `logging.warning()` while being
   imported (Beam's apitools line, even though dropped) has already given the
@@ -80,6 +96,11 @@ def configure_logging() -> None:
   logging.basicConfig(
     level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s', datefmt='%H:%M:%S', force=True
   )
+  if log_format == 'json':
+    from pipelines.tracing import JsonFormatter
+
+    for handler in logging.getLogger().handlers:
+      handler.setFormatter(JsonFormatter())
   for name in _QUIET_LOGGERS:
     logging.getLogger(name).setLevel(logging.WARNING)
   for handler in logging.getLogger().handlers:

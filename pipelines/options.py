@@ -13,7 +13,14 @@ from __future__ import annotations
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-__all__ = ['SpotifyBatchOptions', 'INPUT_FORMATS', 'OUTPUT_FORMATS', 'TABLE_MODES', 'add_mlflow_arguments']
+__all__ = [
+  'SpotifyBatchOptions',
+  'INPUT_FORMATS',
+  'OUTPUT_FORMATS',
+  'TABLE_MODES',
+  'add_mlflow_arguments',
+  'add_tracing_arguments',
+]
 
 INPUT_FORMATS = ('csv', 'jsonl', 'json', 'parquet', 'avro', 'excel')
 OUTPUT_FORMATS = ('parquet', 'avro', 'jsonl', 'tfrecord', 'iceberg', 'delta')
@@ -32,6 +39,35 @@ def add_mlflow_arguments(parser):
       dict(help='MLflow tracking server (e.g. http://127.0.0.1:5065): the run is logged there. Needs the ml extra.'),
     ),
     ('--mlflow_experiment', dict(default='music-beam-pipelines', help='MLflow experiment the run is logged in.')),
+  )
+  for flag, kwargs in flags:
+    if flag not in parser._option_string_actions:
+      parser.add_argument(flag, **kwargs)
+
+
+def add_tracing_arguments(parser):
+  """--otlp_endpoint, --trace_sample_ratio and --log_format, shared by every job (pipelines.tracing)."""
+  flags = (
+    (
+      '--otlp_endpoint',
+      dict(
+        help='Export OpenTelemetry spans of the run, its sampled bundles and every connector request over '
+        'OTLP/HTTP to this collector (e.g. http://otel-collector:4318). Credentials: env '
+        'OTEL_EXPORTER_OTLP_HEADERS, never in the URL.'
+      ),
+    ),
+    (
+      '--trace_sample_ratio',
+      dict(type=float, default=0.1, help='Share of bundles (0 to 1) given a span; the run and requests always are.'),
+    ),
+    (
+      '--log_format',
+      dict(
+        default='text',
+        choices=('text', 'json'),
+        help='json: one JSON object per log line with run id, tenant, stage and trace id.',
+      ),
+    ),
   )
   for flag, kwargs in flags:
     if flag not in parser._option_string_actions:
@@ -134,3 +170,4 @@ class SpotifyBatchOptions(PipelineOptions):
       'Default: $PIPELINE_AUDIT_LOG.',
     )
     add_mlflow_arguments(parser)
+    add_tracing_arguments(parser)

@@ -58,7 +58,7 @@ from io_connectors.sinks.lake import (
 )
 from io_connectors.sinks import tables as lake_tables
 from pipelines.config import FILE_ONLY_KEYS, RUN_KEYS, ConfigError, RunConfig, load_yaml, resolve
-from pipelines import audit, cli, lineage, runners
+from pipelines import audit, cli, lineage, runners, tracing
 from pipelines.options import SpotifyBatchOptions
 from transforms import entities, schema as schema_mod
 from transforms.dead_letter import flatten_dead_letters
@@ -607,22 +607,36 @@ def event_time_field(model) -> Optional[str]:
 
 
 def _entity_chain(
-  p, entity: str, sources, config: RunConfig, master_key, run_id: str, label: str, table_locations=None, info=None
+  p,
+  entity: str,
+  sources,
+  config: RunConfig,
+  master_key,
+  run_id: str,
+  label: str,
+  table_locations=None,
+  info=None,
+  trace=None,
 ):
   """Reads `sources` and takes their records through the transforms of one entity.
+
+  trace: the run's tracing.TraceConfig; sampled bundles of the read, validate,
+  redact, dedup and write stages then get spans.
 
   Returns (data files, redacted dead letters, counts, cursors, (entity, schema) PCollection).
   """
   model = entities.entity_model(entity)
+  trace = trace or tracing.TraceConfig()
   records, dead_letters, counts, cursors = [], [], [], []
   for i, source in sources:
     name = f'Source[{i}:{source["type"]}]'
     outs = p | f'Read {name}' >> _source_transform(source, config, model)
-    counts.append(outs.records | f'CountRead {name}' >> beam.ParDo(_CountReadFn(source.get('input') or source['type'])))
+    read = outs.records | f'Trace Read {name}' >> tracing.TraceBundles(trace, f'Read {name}')
+    counts.append(read | f'CountRead {name}' >> beam.ParDo(_CountReadFn(source.get('input') or source['type'])))
     counts.append(
       _counted(outs.dead_letter, f'CountReadDL {name}', lambda l: [(('read', None, None), l.get('count', 1))])
     )
-    tagged = outs.records | f'Tag {name}' >> TagTenant(source['tenant_id'], source['tenant_field'])
+    tagged = read | f'Tag {name}' >> TagTenant(source['tenant_id'], source['tenant_field'])
     records.append(tagged.records)
     dead_letters.append(tagged.dead_letter)
     if getattr(outs, 'cursors', None) is not None:
@@ -635,8 +649,9 @@ def _entity_chain(
   validated = all_records | f'{label}Validate' >> Validate(model)
   dead_letters.append(validated.dead_letter)
   pii_options = PiiOptions(redact=not config.keep_pii)
-  redacted = validated.records | f'{label}RedactPII' >> RedactPII(model, master_key, pii_options)
-  clean = redacted.records
+  valid = validated.records | f'{label}Trace Validate' >> tracing.TraceBundles(trace, f'{label}Validate')
+  redacted = valid | f'{label}RedactPII' >> RedactPII(model, master_key, pii_options)
+  clean = redacted.records | f'{label}Trace RedactPII' >> tracing.TraceBundles(trace, f'{label}RedactPII')
   if not config.no_lineage_columns and info is not None:
     clean = clean | f'{label}Lineage' >> AddLineageColumns(info['run_id'], lineage_code_version(info['code_version']))
   # File runs: the rows reach dedup through spill files in the run's temporary
@@ -647,6 +662,7 @@ def _entity_chain(
   deduped = clean | f'{label}Deduplicate' >> Deduplicate(
     entities.key_field(model), config.num_shards, spill_dir=spill_dir
   )
+  unique = deduped.records | f'{label}Trace Deduplicate' >> tracing.TraceBundles(trace, f'{label}Deduplicate')
   # The schema of the batches before dedup (the same columns and types reach the
   # files): so writing needs no second pass over the deduplicated rows.
   inferred = (
@@ -655,7 +671,7 @@ def _entity_chain(
     | f'{label}InferSchema' >> schema_mod.InferSchema()
   )
   if table_locations is not None:
-    data_files = deduped.records | f'{label}WriteData' >> lake_tables.WriteTableFiles(
+    data_files = unique | f'{label}WriteData' >> lake_tables.WriteTableFiles(
       table_target(config),
       entity,
       table_locations[entity],
@@ -663,13 +679,14 @@ def _entity_chain(
       schema=beam.pvalue.AsSingleton(inferred),
     )
   else:
-    data_files = deduped.records | f'{label}WriteData' >> WriteRecordFiles(
+    data_files = unique | f'{label}WriteData' >> WriteRecordFiles(
       config.output,
       config.output_format,
       run_id,
       schema=beam.pvalue.AsSingleton(inferred),
       entity=entity if label else None,
     )
+  data_files = data_files | f'{label}Trace WriteData' >> tracing.TraceBundles(trace, f'{label}WriteData')
   letters = flatten_dead_letters(dead_letters, f'{label}AllDeadLetters')
   # Dead letters are redacted with their own entity's identifiers.
   letters_redacted = letters | f'{label}RedactDeadLetters' >> RedactDeadLetters(model, master_key, pii_options)
@@ -693,12 +710,14 @@ def build(
   lock: Optional[OutputLock] = None,
   table_locations: Optional[Dict[str, str]] = None,
   run_dir: Optional[str] = None,
+  trace: Optional[tracing.TraceConfig] = None,
 ) -> None:
   """Adds the whole batch job to `p`: one chain of transforms per entity the sources hold.
 
   Files go to OUTPUT/_runs/<lock.run_dir> (or a fresh run directory when no lock is given).
   table_locations (--output_format iceberg/delta): {table: where its files go};
   the finalize step then commits them to the tables instead.
+  trace: the run's tracing.TraceConfig (from `tracing.run_span`): bundle spans.
   """
   run_id = lock.run_dir if lock is not None else run_dir or run_dir_name(info['run_id'])
   groups: Dict[str, list] = {}
@@ -708,7 +727,7 @@ def build(
   data_files, letters, counts, cursors, schemas = [], [], [], [], []
   for entity, sources in groups.items():
     files, redacted_letters, entity_counts, entity_cursors, schema = _entity_chain(
-      p, entity, sources, config, master_key, run_id, f'[{entity}] ' if several else '', table_locations, info
+      p, entity, sources, config, master_key, run_id, f'[{entity}] ' if several else '', table_locations, info, trace
     )
     data_files.append(files)
     letters.append(redacted_letters)
@@ -826,6 +845,18 @@ def run(
     raise ConfigError(str(e)) from None
   previous_schema, baseline = _previous_schema(config)
   run_id = config.run_id or new_run_id()
+  try:
+    trace = tracing.TraceConfig.from_options(
+      options, PIPELINE_NAME, run_id, [source['tenant_id'] for source in config.sources if source.get('tenant_id')]
+    )
+  except tracing.TracingError as e:
+    raise ConfigError(str(e)) from None
+  with tracing.run_span(trace) as trace:
+    return _run_traced(options, config, master_key, previous_schema, baseline, run_id, trace)
+
+
+def _run_traced(options, config: RunConfig, master_key, previous_schema, baseline, run_id: str, trace) -> dict:
+  """`run` inside the run's span."""
   info = {
     **run_info(PIPELINE_NAME, run_id, options),
     # The entity of every source when they share one (a config without
@@ -851,9 +882,9 @@ def run(
     if config.output_format in lake_tables.TABLE_FORMATS:
       if emitter is not None:
         emitter.start(run_id, PIPELINE_NAME, inputs, lineage.output_datasets(config.output, entities))
-      manifest = _run_tables(options, config, master_key, info, previous_schema)
+      manifest = _run_tables(options, config, master_key, info, previous_schema, trace)
     else:
-      manifest = _run_files(options, config, master_key, info, previous_schema, emitter, inputs, entities)
+      manifest = _run_files(options, config, master_key, info, previous_schema, emitter, inputs, entities, trace)
   except Exception as e:
     if audit_log is not None:
       _audit_run(audit_log, info, status='failed', error=type(e).__name__)
@@ -861,6 +892,13 @@ def run(
     if emitter is not None and not isinstance(e, OutputLockedError):
       emitter.fail(run_id, PIPELINE_NAME, inputs, lineage.output_datasets(config.output, entities), e)
     raise
+  counts = manifest['counts']
+  tracing.annotate_run(
+    pipeline__tenants=sorted(counts['per_tenant']),
+    pipeline__rows_read=counts['read'],
+    pipeline__rows_written=counts['written'],
+    pipeline__rows_dead_letter=counts['dead_letter'],
+  )
   if audit_log is not None:
     _audit_run(audit_log, info, status='succeeded', counts=manifest['counts'], pii_findings=manifest['pii']['findings'])
   if emitter is not None:
@@ -873,7 +911,9 @@ def run(
   return manifest
 
 
-def _run_files(options, config: RunConfig, master_key, info: dict, previous_schema, emitter, inputs, entities) -> dict:
+def _run_files(
+  options, config: RunConfig, master_key, info: dict, previous_schema, emitter, inputs, entities, trace=None
+) -> dict:
   """File formats: the run under the output's lock, published by its manifest (docs/lake.md)."""
   run_id = info['run_id']
   # One run at a time on an output; OutputLockedError names the run that holds it.
@@ -883,7 +923,7 @@ def _run_files(options, config: RunConfig, master_key, info: dict, previous_sche
       emitter.start(run_id, PIPELINE_NAME, inputs, lineage.output_datasets(config.output, entities))
     sweep(config.output, keep_run_dirs=(lock.run_dir,))  # what crashed runs left
     pipeline = beam.Pipeline(options=options)
-    build(pipeline, config, master_key, info, previous_schema, lock)
+    build(pipeline, config, master_key, info, previous_schema, lock, trace=trace)
     with lock.kept_alive():
       result = pipeline.run()
       _wait_with_progress(result)
@@ -906,7 +946,7 @@ def _run_files(options, config: RunConfig, master_key, info: dict, previous_sche
   return manifest
 
 
-def _run_tables(options, config: RunConfig, master_key, info: dict, previous_schema) -> dict:
+def _run_tables(options, config: RunConfig, master_key, info: dict, previous_schema, trace=None) -> dict:
   """--output_format iceberg/delta: no output lock (the table formats serialise commits themselves)."""
   target = table_target(config)
   tables = lake_tables.open_tables(target)
@@ -915,7 +955,7 @@ def _run_tables(options, config: RunConfig, master_key, info: dict, previous_sch
   locations = {name: tables.location(name) for name in names}
   run_dir = run_dir_name(info['run_id'])
   pipeline = beam.Pipeline(options=options)
-  build(pipeline, config, master_key, info, previous_schema, table_locations=locations, run_dir=run_dir)
+  build(pipeline, config, master_key, info, previous_schema, table_locations=locations, run_dir=run_dir, trace=trace)
   result = pipeline.run()
   _wait_with_progress(result)
   manifest = read_json(table_run_manifest_path(target.location, run_dir))
@@ -1031,7 +1071,7 @@ def summary_table(manifest: dict) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  cli.configure_logging()
+  cli.configure_logging(cli.log_format_of(argv))
   try:
     manifest = run(argv, allow_demo=True)
   except (UsageError, ConfigError, OutputLockedError, lake_tables.TableError) as e:

@@ -88,7 +88,7 @@ from io_connectors.sinks.window_files import (
   metrics_writer,
   sweep_temporaries,
 )
-from pipelines import cli, mlflow_logging, runners, stream_sources
+from pipelines import cli, mlflow_logging, runners, stream_sources, tracing
 from pipelines.streaming_options import SpotifyStreamingOptions
 from transforms import entities
 from transforms.dead_letter import flatten_dead_letters
@@ -219,17 +219,25 @@ SOURCES: Dict[str, Callable[[SpotifyStreamingOptions], beam.PTransform]] = {
 # ----- the job -----
 
 
-def build(p: beam.Pipeline, options: SpotifyStreamingOptions, master_key, run_id: Optional[str] = None) -> None:
-  """Adds the streaming job to `p`; run_id (the output lock's) goes to the lineage columns."""
+def build(
+  p: beam.Pipeline, options: SpotifyStreamingOptions, master_key, run_id: Optional[str] = None, trace=None
+) -> None:
+  """Adds the streaming job to `p`; run_id (the output lock's) goes to the lineage columns.
+
+  trace (tracing.TraceConfig): sampled bundles of read, validate and redact get spans.
+  """
   model = entities.entity_model(options.entity)
+  trace = trace or tracing.TraceConfig()
   output = options.output.rstrip('/')
   source = SOURCES[options.source](options)
   read = p | f'Read[{options.source}]' >> source
-  tagged = read.records | 'TagTenant' >> TagTenant(options.tenant_id, options.tenant_field)
+  records = read.records | 'Trace Read' >> tracing.TraceBundles(trace, f'Read[{options.source}]')
+  tagged = records | 'TagTenant' >> TagTenant(options.tenant_id, options.tenant_field)
   validated = tagged.records | 'Validate' >> Validate(model)
+  valid = validated.records | 'Trace Validate' >> tracing.TraceBundles(trace, 'Validate')
   pii_options = PiiOptions(redact=not options.keep_pii)
-  redacted = validated.records | 'RedactPII' >> RedactPII(model, master_key, pii_options)
-  clean = redacted.records
+  redacted = valid | 'RedactPII' >> RedactPII(model, master_key, pii_options)
+  clean = redacted.records | 'Trace RedactPII' >> tracing.TraceBundles(trace, 'RedactPII')
   if not options.no_lineage_columns:
     from pipelines.spotify_batch import code_version, lineage_code_version
 
@@ -504,6 +512,25 @@ def run(argv: Optional[Sequence[str]] = None, wait: bool = True, pii_key_secret:
     master_key = None if options.keep_pii else key_ref(options.pii_key_file, pii_key_secret)
   except PiiKeyError as e:
     raise ConfigError(str(e)) from None
+  try:
+    trace = tracing.TraceConfig.from_options(
+      pipeline_options, 'spotify_streaming', _streaming_run_id(), [options.tenant_id] if options.tenant_id else []
+    )
+  except tracing.TracingError as e:
+    raise ConfigError(str(e)) from None
+  # The run span covers the job while run() waits for it, else its submission.
+  with tracing.run_span(trace) as trace:
+    return _run_traced(options, pipeline_options, master_key, wait, trace)
+
+
+def _streaming_run_id() -> str:
+  import datetime as dt
+
+  return dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')
+
+
+def _run_traced(options, pipeline_options, master_key, wait: bool, trace):
+  """`run` from the output's lock on, inside the run's span."""
   # One job per output: a second one would interleave its files with this one's.
   lock = _lock_output(options.output, pipeline_options)
   sweep_temporaries(options.output)  # what writers of earlier, crashed runs left
@@ -512,7 +539,7 @@ def run(argv: Optional[Sequence[str]] = None, wait: bool = True, pii_key_secret:
   tracking = None
   try:
     pipeline = beam.Pipeline(options=pipeline_options)
-    build(pipeline, options, master_key, lock.run_id)
+    build(pipeline, options, master_key, lock.run_id, trace)
     tracking = _start_mlflow_run(options, pipeline_options) if options.mlflow_tracking_uri else None
     result = pipeline.run()
     if wait:
@@ -541,7 +568,6 @@ def run(argv: Optional[Sequence[str]] = None, wait: bool = True, pii_key_secret:
 
 def _start_mlflow_run(options: SpotifyStreamingOptions, pipeline_options: PipelineOptions):
   """(client, MLflow run id) of the job's run: its flags as params (no secret: those are never flags' values here)."""
-  import datetime as dt
 
   flags = options.get_all_options(drop_default=False, retain_unknown_options=False)
   keep = (
@@ -560,7 +586,7 @@ def _start_mlflow_run(options: SpotifyStreamingOptions, pipeline_options: Pipeli
     'keep_pii',
   )
   params = {k: str(flags[k]) for k in keep if flags.get(k) is not None}
-  run_id = dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')
+  run_id = _streaming_run_id()
   return mlflow_logging.start_run(
     options.mlflow_tracking_uri,
     options.mlflow_experiment,
@@ -571,7 +597,7 @@ def _start_mlflow_run(options: SpotifyStreamingOptions, pipeline_options: Pipeli
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  cli.configure_logging()
+  cli.configure_logging(cli.log_format_of(argv))
   try:
     run(argv)
   except ConfigError as e:

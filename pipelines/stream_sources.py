@@ -113,6 +113,12 @@ class StreamSourceOptions(PipelineOptions):
     _add(pulsar, '--pulsar_subscription', default='spotify-streaming', help='Subscription name.')
     _add(pulsar, '--pulsar_subscription_type', default='Shared', help='Shared, Failover, Exclusive or KeyShared.')
     _add(pulsar, '--pulsar_token_env', help='Environment variable holding a Pulsar JWT token.')
+    _add(
+      pulsar,
+      '--pulsar_event_time_field',
+      default='played_at',
+      help="Payload field whose earliest value stamps each batch and drives the watermark; '' for publish time.",
+    )
 
 
 def _names(value, flag):
@@ -241,6 +247,7 @@ def pulsar_source(options: PipelineOptions) -> beam.PTransform:
         subscription=flags.pulsar_subscription,
         subscription_type=flags.pulsar_subscription_type,
         token_env=flags.pulsar_token_env,
+        event_time_field=flags.pulsar_event_time_field or None,
         bounded=bool(getattr(options, 'bounded', False)),
         ack=ack_mode(options),
       )

@@ -46,6 +46,7 @@ class SpotifyStreamingOptions(PipelineOptions):
   @classmethod
   def _add_argparse_args(cls, parser):
     pipelines.options.add_mlflow_arguments(parser)
+    pipelines.options.add_tracing_arguments(parser)
     _add(
       parser,
       '--source',

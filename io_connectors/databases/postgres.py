@@ -674,10 +674,27 @@ class _ReadSplitFn(beam.DoFn):
     return f'{self._plan.source_name} split {split.index + 1}/{split.count}'
 
   def process(self, split: _Split):
+    # One span per split's query (pipelines.tracing; a no-op unless the run is traced).
+    from pipelines import tracing
+
+    with tracing.request_span(
+      'postgresql COPY',
+      db__system__name='postgresql',
+      db__query__summary=self._plan.source_name,
+      db__split=f'{split.index + 1}/{split.count}',
+    ) as span:
+      # The split is read whole before anything is emitted (a retry starts it
+      # again): the span ends before downstream steps run.
+      outputs = list(self._process(split, span))
+      span.set(db__response__returned_rows=sum(o.num_rows for o in outputs if isinstance(o, pa.RecordBatch)))
+    yield from outputs
+
+  def _process(self, split: _Split, span):
     import psycopg
 
     attempt = 0
     while True:
+      span.set(db__retries=attempt)
       conn = self._pool.acquire(self._plan.url, self._options, self._what(split))
       broken = False
       try:

@@ -42,6 +42,7 @@ __all__ = [
   'messages_to_batch',
   'advance_watermark',
   'emit_at_watermark',
+  'earliest_event_time',
   'CheckpointOnlyTracker',
   'unbounded_reader',
 ]
@@ -134,6 +135,35 @@ def advance_watermark(watermark: ManualWatermarkEstimator, stamp: Timestamp) -> 
     stamp = current
   watermark.set_watermark(stamp)
   return stamp
+
+
+def earliest_event_time(batch: pa.RecordBatch, field: str) -> Optional[Timestamp]:
+  """The smallest value of `field` (ISO-8601 text, timestamp or epoch ms) in the batch, or None.
+
+  What the stream readers' ``event_time_field`` stamps a batch with.
+  """
+  import pyarrow.compute as pc
+
+  index = batch.schema.get_field_index(field)
+  if index < 0:
+    return None
+  column = batch.column(index)
+  try:
+    if pa.types.is_integer(column.type):
+      value = pc.min(column).as_py()
+      return None if value is None else Timestamp.of(value / 1000)
+    if not pa.types.is_timestamp(column.type):
+      column = pc.cast(column, pa.timestamp('us', tz='UTC'))
+    value = pc.min(pc.cast(column, pa.int64())).as_py()
+    if value is None:
+      return None
+    return Timestamp(
+      micros=value
+      * {'s': 1_000_000, 'ms': 1000, 'us': 1, 'ns': 1}[column.type.unit]
+      // (1000 if column.type.unit == 'ns' else 1)
+    )
+  except (pa.ArrowInvalid, pa.ArrowNotImplementedError, KeyError):
+    return None  # unparseable times: validation dead-letters those rows; stamp by arrival
 
 
 def emit_at_watermark(

@@ -42,9 +42,15 @@ Records and positions: ``__source`` is ``pulsar://<topic>``; ``__row`` is the
 message id as ``ledger_id * 10**12 + entry_id * 1000 + batch_index`` (entry id
 and batch index clamped to their slots; ``divmod`` decodes them); dead
 letters (``stage='read'``, ``malformed_json`` / ``bad_encoding``) carry
-``position='message <ledger>:<entry>:<partition>:<batch_index>'``. A batch
-is stamped with its latest publish time, never below the watermark; the
-watermark follows the reads' wall-clock time when nothing arrives.
+``position='message <ledger>:<entry>:<partition>:<batch_index>'``.
+
+Timestamps and watermark (as `io_connectors.streams.redis_streams`): a batch
+is stamped with the earliest ``event_time_field`` value of its rows when that
+option is set (the job sets ``played_at``), else with its latest publish
+time; never below the watermark, which follows those stamps and the reads'
+wall-clock time when nothing arrives. Without ``event_time_field`` a message
+redelivered after its ack timeout is stamped by its (old) publish time under
+a watermark that moved on, so a window downstream sees it as late.
 
 Tested against a real Apache Pulsar 4.2.4 standalone broker (Maven Central
 jars, scripts/services.d/pulsar.sh) on the FnApiRunner: delivery, dead
@@ -79,6 +85,7 @@ from io_connectors.streams._messages import (
   ManualWatermarkProvider,
   ReadsRestrictionProvider,
   advance_watermark,
+  earliest_event_time,
   emit_at_watermark,
   messages_to_batch,
   unbounded_reader,
@@ -117,6 +124,9 @@ class PulsarOptions:
     of a live consumer that were never acknowledged.
   string_columns: columns read as text (as the file readers' option).
   bounded: stop when a read receives nothing.
+  event_time_field: a payload field holding the event time (ISO-8601 text,
+    timestamp or epoch ms, e.g. 'played_at'): batches are stamped with its
+    earliest value and the watermark follows it; default: publish time.
   ack: 'finalize' (acks in bundle finalization) or 'sink' (the pipeline acks
     written messages with `ReadFromPulsar.acknowledge_written()`; see
     `io_connectors.streams._acknowledge`). With 'sink' keep
@@ -135,6 +145,7 @@ class PulsarOptions:
   redeliver_unacked_after_ms: int = 600_000
   string_columns: Sequence[str] = ()
   bounded: bool = False
+  event_time_field: Optional[str] = None
   ack: str = 'finalize'
 
   def __post_init__(self):
@@ -166,6 +177,8 @@ class PulsarOptions:
     if isinstance(columns, str) or not all(isinstance(c, str) for c in columns):
       raise ValueError(f'string_columns must be a list of column names, got {self.string_columns!r}')
     object.__setattr__(self, 'string_columns', tuple(columns))
+    if self.event_time_field is not None and (not isinstance(self.event_time_field, str) or not self.event_time_field):
+      raise ValueError(f'event_time_field must be a field name or None, got {self.event_time_field!r}')
     check_ack_mode(self.ack)
 
   @property
@@ -346,9 +359,12 @@ class _ReadTopicFn(beam.DoFn):
       STAGE,
       self._options.string_columns,
     )
-    yield from emit_at_watermark(
-      watermark, Timestamp.of(max(m.publish_timestamp() for m in messages) / 1000), batch, dead
-    )
+    stamp = Timestamp.of(max(m.publish_timestamp() for m in messages) / 1000)
+    if self._options.event_time_field and batch is not None:
+      earliest = earliest_event_time(batch, self._options.event_time_field)
+      if earliest is not None:
+        stamp = earliest
+    yield from emit_at_watermark(watermark, stamp, batch, dead)
     if self._options.ack == 'sink':
       # The pipeline acks what it wrote (PulsarAcknowledger), through the
       # consumer that received it; runners that finalize every bundle (Prism)

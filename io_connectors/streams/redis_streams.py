@@ -105,6 +105,7 @@ from io_connectors.streams._messages import (
   ManualWatermarkProvider,
   ReadsRestrictionProvider,
   advance_watermark,
+  earliest_event_time,
   emit_at_watermark,
   messages_to_batch,
   unbounded_reader,
@@ -265,32 +266,6 @@ def redis_client(options: RedisStreamsOptions):
 
 def _text(value) -> str:
   return value.decode('utf-8', errors='replace') if isinstance(value, bytes) else str(value)
-
-
-def _earliest_event_time(batch: pa.RecordBatch, field: str) -> Optional[Timestamp]:
-  """The smallest value of `field` (ISO-8601 text, timestamp or epoch ms) in the batch, or None."""
-  import pyarrow.compute as pc
-
-  index = batch.schema.get_field_index(field)
-  if index < 0:
-    return None
-  column = batch.column(index)
-  try:
-    if pa.types.is_integer(column.type):
-      value = pc.min(column).as_py()
-      return None if value is None else Timestamp.of(value / 1000)
-    if not pa.types.is_timestamp(column.type):
-      column = pc.cast(column, pa.timestamp('us', tz='UTC'))
-    value = pc.min(pc.cast(column, pa.int64())).as_py()
-    if value is None:
-      return None
-    return Timestamp(
-      micros=value
-      * {'s': 1_000_000, 'ms': 1000, 'us': 1, 'ns': 1}[column.type.unit]
-      // (1000 if column.type.unit == 'ns' else 1)
-    )
-  except (pa.ArrowInvalid, pa.ArrowNotImplementedError, KeyError):
-    return None  # unparseable times: validation dead-letters those rows; stamp by arrival
 
 
 def _nothing():
@@ -486,7 +461,7 @@ class _ReadStreamFn(_RedisClientFn):
     last_ms = int((ids[-1] if ids else _text(deleted[-1])).partition('-')[0])
     stamp = Timestamp.of(last_ms / 1000)
     if opts.event_time_field and batch is not None:
-      earliest = _earliest_event_time(batch, opts.event_time_field)
+      earliest = earliest_event_time(batch, opts.event_time_field)
       if earliest is not None:
         stamp = earliest
     yield from emit_at_watermark(watermark, stamp, batch, dead)

@@ -25,6 +25,7 @@ __all__ = [
   'SECRETS',
   'T0',
   'scrobbles',
+  'spotify_plays_source',
   'add_durations',
   'spotify_spec',
   'fake_spotify',
@@ -50,6 +51,19 @@ def scrobbles(n, start=T0, artists=3):
     }
     for i in range(n)
   ]
+
+
+def spotify_plays_source(fake, max_attempts=6) -> dict:
+  """A --config source reading recently played tracks from FakeSpotify `fake`, retrying fast."""
+  return {
+    'type': 'spotify',
+    'resource': 'recently_played',
+    'api_url': fake.api_url,
+    'token_url': fake.token_url,
+    'rate': None,
+    'allow_private_addresses': True,
+    'retry': {'backoff_base': 0.02, 'backoff_max': 0.2, 'max_attempts': max_attempts},
+  }
 
 
 def add_durations(fake, artists=3):

@@ -245,3 +245,37 @@ def test_check_finds_the_topics(service_url):
   assert summary == f'ok: Pulsar {service_url}; {topic} (1 partition(s))'
   with pytest.raises(ConnectorError, match='Pulsar pulsar://127.0.0.1:1'):
     ReadFromPulsar(PulsarOptions(service_url='pulsar://127.0.0.1:1', topics=[topic], subscription='s')).check()
+
+
+def test_batches_are_stamped_with_their_earliest_event_time(service_url, client):
+  """A redelivered (old-publish-time) message keeps its event time; without the option, the publish time stamps."""
+  topic = _topic()
+  played = ['2024-05-01T10:00:05Z', '2024-05-01T10:00:01Z', '2024-05-01T10:00:09Z']
+  _produce(client, topic, [json.dumps({'event_id': f'e{i}', 'played_at': t}).encode() for i, t in enumerate(played)])
+
+  def read(subscription, check, **kw):
+    options = PulsarOptions(
+      service_url=service_url,
+      topics=[topic],
+      subscription=subscription,
+      bounded=True,
+      batch_size=10,
+      poll_seconds=2.0,
+      **kw,
+    )
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+      out = (p | ReadFromPulsar(options)).records | beam.Map(
+        lambda b, t=beam.DoFn.TimestampParam: (b.num_rows, t.to_rfc3339())
+      )
+      assert_that(out, check)
+
+  read('pipeline', equal_to([(3, '2024-05-01T10:00:01Z')]), event_time_field='played_at')
+  year = time.strftime('%Y-', time.gmtime())
+
+  def by_publish_time(found):
+    # Another subscription of the same messages, without the option: stamped by publish time (now).
+    assert len(found) == 1 and found[0][0] == 3 and found[0][1].startswith(year), found
+
+  read('by-publish-time', by_publish_time)
+  with pytest.raises(ValueError, match='event_time_field'):
+    PulsarOptions(service_url=service_url, topics=[topic], subscription='s', event_time_field='')

@@ -13,7 +13,7 @@ from openapi_schema_validator import OAS30Validator
 from io_connectors import registry
 from io_connectors.apis.http import RetryPolicy
 from io_connectors.apis.spotify import RESOURCES, ReadFromSpotify, SpotifyOptions
-from tests.io_connectors.api_fixtures import CLIENT, SECRETS, USER
+from tests.io_connectors.api_fixtures import CLIENT, SECRETS, USER, spotify_plays_source
 from tests.io_connectors.http.fake_servers import response_schema, spotify_id
 from transforms.dead_letter import IncrementalOutputs
 from transforms.validate import Validate
@@ -384,15 +384,7 @@ def test_batch_job_reads_spotify_plays_for_two_tenants(fake_spotify, tmp_path, m
   monkeypatch.setenv('SPOTIFY_CLIENT_SECRET', CLIENT['client_secret'])
   monkeypatch.setenv('SPOTIFY_REFRESH_TOKEN', USER['refresh_token'])
   fake_spotify.fault_rate = 0.1
-  source = {
-    'type': 'spotify',
-    'resource': 'recently_played',
-    'api_url': fake_spotify.api_url,
-    'token_url': fake_spotify.token_url,
-    'rate': None,
-    'allow_private_addresses': True,
-    'retry': {'backoff_base': 0.02, 'backoff_max': 0.2, 'max_attempts': 6},
-  }
+  source = spotify_plays_source(fake_spotify)
   config = {
     'output': str(tmp_path / 'lake'),
     'entity': 'listening_event',

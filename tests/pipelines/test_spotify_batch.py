@@ -373,7 +373,7 @@ def test_cli_errors_are_one_clear_line(args, message, capsys, monkeypatch):
   # main() as `python -m pipelines.spotify_batch` runs it, in this process (one
   # process start per case cost seconds); the process itself is the next test's.
   # Its logging set-up would replace pytest's handlers on the root logger.
-  monkeypatch.setattr(cli, 'configure_logging', lambda: None)
+  monkeypatch.setattr(cli, 'configure_logging', lambda log_format='text': None)
   assert main(args) == 2
   stderr = capsys.readouterr().err
   assert 'Traceback' not in stderr

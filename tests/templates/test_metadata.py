@@ -214,7 +214,8 @@ def test_parameter_names_are_flags_the_options_parse(committed_metadata):
     argv = launcher.to_beam_argv([f'--{parameter["name"]}={value}'], environ={})
     known, unknown = parser.parse_known_args(argv)
     assert not unknown, f'parameter {parameter["name"]} is not an option of the pipeline or launcher: {unknown}'
-    expected = {'NUMBER': int, 'BOOLEAN': lambda text: text == 'true'}.get(parameter['paramType'], str)(value)
+    number = lambda text: float(text) if '.' in text else int(text)  # noqa: E731
+    expected = {'NUMBER': number, 'BOOLEAN': lambda text: text == 'true'}.get(parameter['paramType'], str)(value)
     assert getattr(known, parameter['name']) == expected, parameter['name']
 
 

@@ -71,6 +71,7 @@ __all__ = [
   'ClientOptions',
   'HttpClient',
   'Masker',
+  'process_masker',
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -140,6 +141,11 @@ class Masker:
 _PROCESS_SECRETS: set = set()
 
 
+def process_masker() -> Masker:
+  """A Masker of every secret registered in this process (log lines, span attributes)."""
+  return Masker(_PROCESS_SECRETS)
+
+
 class _MaskingFilter(logging.Filter):
   """Masks secrets in records of the HTTP libraries' loggers.
 
@@ -152,7 +158,7 @@ class _MaskingFilter(logging.Filter):
       message = record.getMessage()
     except Exception:
       return True
-    masked = Masker(_PROCESS_SECRETS).text(message)
+    masked = process_masker().text(message)
     if masked != message:
       record.msg, record.args = masked, ()
     return True
@@ -388,7 +394,33 @@ class HttpClient:
     return self.masker.request(request)
 
   def send(self, request: Request, authenticate: bool = True) -> Response:
-    """The response (2xx-4xx except 401/429) of `request`; RequestFailed when retries run out."""
+    """The response (2xx-4xx except 401/429) of `request`; RequestFailed when retries run out.
+
+    Traced (pipelines.tracing): one span per request with its method, masked
+    URL, final status, retries and whether the cache answered.
+    """
+    from pipelines import tracing
+
+    tries = {'attempts': 0, 'rate_limited': 0}
+    with tracing.request_span(
+      f'HTTP {request.method.upper()}',
+      http__request__method=request.method.upper(),
+      url__full=tracing.masked_url(self.masker.text(request.full_url())),
+      server__address=request.host,
+    ) as span:
+      try:
+        response = self._send(request, authenticate, tries)
+      except RequestFailed as e:
+        span.set(http__response__status_code=e.status)
+        raise
+      finally:
+        span.set(
+          http__request__retries=tries['attempts'] + tries['rate_limited'], http__rate_limited=tries['rate_limited']
+        )
+      span.set(http__response__status_code=response.status, http__from_cache=bool(response.from_cache))
+      return response
+
+  def _send(self, request: Request, authenticate: bool, tries: dict) -> Response:
     self.checked_url(request)
     policy = self.options.retry
     bucket = ratelimit.limiter_for(request.host, self.options.rate, self.options.burst, self.options.window)
@@ -441,6 +473,7 @@ class HttpClient:
       except requests.RequestException as e:
         # Timeouts, refused or reset connections, bodies cut short: retried.
         attempts += 1
+        tries['attempts'] = attempts
         last_error = f'{type(e).__name__}'
         delay = policy.backoff(attempts)
         if attempts >= policy.max_attempts or not may_retry(delay):
@@ -459,6 +492,7 @@ class HttpClient:
         continue
       if status == 429:
         rate_limited += 1
+        tries['rate_limited'] = rate_limited
         last_error = 'HTTP 429'
         if rate_limited > policy.max_rate_limited:
           break
@@ -472,6 +506,7 @@ class HttpClient:
         continue
       if status in policy.retry_statuses:
         attempts += 1
+        tries['attempts'] = attempts
         last_error = f'HTTP {status}'
         delay = policy.backoff(attempts)
         retry_after = ratelimit.parse_retry_after(raw.headers.get('Retry-After'))
