@@ -600,6 +600,21 @@ def event_time_field(model) -> Optional[str]:
   return None
 
 
+def pii_options_of(config: RunConfig) -> PiiOptions:
+  """How the run redacts: the output's suppression list always; crypto-shredding for the configured tenants."""
+  if config.keep_pii:
+    return PiiOptions(redact=False)
+  shredding = config.crypto_shredding or {}
+  store = None
+  if shredding:
+    from pipelines.keystore import PostgresKeyStore
+
+    store = PostgresKeyStore(shredding.get('key_store'))
+  return PiiOptions(
+    crypto_shred_tenants=tuple(shredding.get('tenants') or ()), key_store=store, suppression=config.output
+  )
+
+
 def _entity_chain(
   p, entity: str, sources, config: RunConfig, master_key, run_id: str, label: str, table_locations=None
 ):
@@ -628,8 +643,9 @@ def _entity_chain(
   all_records = tuple(records) | f'{label}AllRecords' >> beam.Flatten()
   validated = all_records | f'{label}Validate' >> Validate(model)
   dead_letters.append(validated.dead_letter)
-  pii_options = PiiOptions(redact=not config.keep_pii)
+  pii_options = pii_options_of(config)
   redacted = validated.records | f'{label}RedactPII' >> RedactPII(model, master_key, pii_options)
+  dead_letters.append(redacted.dead_letter)  # rows of erased subjects (the output's suppression list)
   # File runs: the rows reach dedup through spill files in the run's temporary
   # directory (deleted by finalize), not the runner's shuffle: only file names
   # are grouped (transforms/dedup.py). Table runs have no such directory and

@@ -218,6 +218,19 @@ SOURCES: Dict[str, Callable[[SpotifyStreamingOptions], beam.PTransform]] = {
 # ----- the job -----
 
 
+def streaming_pii_options(options: SpotifyStreamingOptions, output: str) -> PiiOptions:
+  """The output's suppression list (re-read every few minutes); crypto-shredding for --crypto_shred_tenants."""
+  if options.keep_pii:
+    return PiiOptions(redact=False)
+  tenants = tuple(t.strip() for t in (options.crypto_shred_tenants or '').split(',') if t.strip())
+  store = None
+  if tenants:
+    from pipelines.keystore import PostgresKeyStore
+
+    store = PostgresKeyStore(options.key_store)
+  return PiiOptions(crypto_shred_tenants=tenants, key_store=store, suppression=output)
+
+
 def build(p: beam.Pipeline, options: SpotifyStreamingOptions, master_key) -> None:
   """Adds the streaming job to `p`."""
   model = entities.entity_model(options.entity)
@@ -226,7 +239,7 @@ def build(p: beam.Pipeline, options: SpotifyStreamingOptions, master_key) -> Non
   read = p | f'Read[{options.source}]' >> source
   tagged = read.records | 'TagTenant' >> TagTenant(options.tenant_id, options.tenant_field)
   validated = tagged.records | 'Validate' >> Validate(model)
-  pii_options = PiiOptions(redact=not options.keep_pii)
+  pii_options = streaming_pii_options(options, output)
   redacted = validated.records | 'RedactPII' >> RedactPII(model, master_key, pii_options)
   windowed = redacted.records | 'Windows' >> WindowEvents(
     WindowOptions(
@@ -280,6 +293,7 @@ def build(p: beam.Pipeline, options: SpotifyStreamingOptions, master_key) -> Non
       read.dead_letter | 'TenantOfReadDL' >> AssignDeadLetterTenant(options.tenant_id, options.tenant_field),
       tagged.dead_letter,
       validated.dead_letter,
+      redacted.dead_letter,
       windowed.late,
     ],
     'AllDeadLetters',
