@@ -35,7 +35,8 @@ Usage::
     report['rescan_matches']      # 0
 
 Each erasure also records the subjects' pseudonyms in the output's
-suppression list (``_compliance/suppression/``, `transforms.pii.suppression`),
+suppression list (``_compliance/suppression/``, keyed tokens of their pseudonyms,
+`transforms.pii.suppression`),
 which `RedactPII` consults: a later import of old data into this output sends
 their rows to the dead letter (reason ``suppressed``) instead of the lake.
 
@@ -76,7 +77,7 @@ from io_connectors.sinks.lake import (
 from pipelines import runners
 from pipelines.spotify_batch import read_json
 from transforms.pii.batch import pseudonymise
-from transforms.pii.suppression import record_suppressed
+from transforms.pii.suppression import record_suppressed, suppression_tokens
 from transforms.records import json_safe
 from transforms.tenant import check_tenant_id
 from transforms.pii.keys import MasterKey
@@ -494,7 +495,8 @@ def erase(
   }
   # Recorded first: a request stands even if the rewrite below fails, and later imports
   # into this output leave the subjects out (transforms.pii.suppression).
-  report['suppression_list'] = record_suppressed(output, tenant, _request_name(pseudonyms), pseudonyms)
+  tokens = suppression_tokens(pseudonyms, master_key, tenant).to_pylist()
+  report['suppression_list'] = record_suppressed(output, tenant, _request_name(tokens), tokens)
   return _rewrite_output(
     output, manifest, options, _SubjectScope(matcher, tenant), 'erasure', run_id, report, beam_args
   )
@@ -508,11 +510,11 @@ def subject_pseudonyms(subjects: Sequence[str], tenant: str, master_key: MasterK
   return sorted(set(pseudonymise(pa.array(raw, pa.string()), master_key.tenant_key(tenant)).to_pylist()))
 
 
-def _request_name(pseudonyms: Sequence[str]) -> str:
+def _request_name(tokens: Sequence[str]) -> str:
   """A name that is the same for the same subjects: repeating a request rewrites the same list file."""
   import hashlib
 
-  return 'request-' + hashlib.sha256('\n'.join(sorted(pseudonyms)).encode('ascii')).hexdigest()[:24]
+  return 'request-' + hashlib.sha256('\n'.join(sorted(tokens)).encode('ascii')).hexdigest()[:24]
 
 
 def _now() -> str:
@@ -821,8 +823,8 @@ def reidentify_records(records: Iterable[dict], tenant: str, keys) -> Tuple[List
         restored.setdefault(name, value)
         continue
       field = name[: -len(ENCRYPTED_SUFFIX)]
-      if value is None:
-        continue
+      if value is None or value == [] or value == '':
+        continue  # a null (TFRecord writes a null as an empty feature)
       plain = decrypt_value(keys, tenant, field, value)
       counts['decrypted' if plain is not None else 'shredded'] += 1
       restored[field] = plain

@@ -1,9 +1,13 @@
-"""The suppression list: pseudonyms of erased subjects, which later imports must not bring back.
+"""The suppression list: erased subjects, which later imports must not bring back.
 
-``python -m pipelines.gdpr erase`` records each request's pseudonyms (never
-the raw values) in the lake next to the data it erased::
+``python -m pipelines.gdpr erase`` records each request in the lake next to
+the data it erased, as *suppression tokens*: the hex HMAC-SHA256 of each
+subject's pseudonym under a key derived (HKDF) from the tenant's PII key.
+Neither the raw values nor the pseudonyms are written, so the list holds no
+byte that a scan for the person (by raw value or pseudonym) finds, and only
+a holder of the master key can test a value against it::
 
-    <output>/_compliance/suppression/tenant=<tenant>/<erasure run id>.txt   # one pseudonym per line
+    <output>/_compliance/suppression/tenant=<tenant>/request-<hash>.txt   # one token per line
 
 One immutable file per request, so concurrent requests never rewrite each
 other's (and object stores, which cannot append, work the same). `RedactPII`
@@ -17,8 +21,9 @@ Usage::
 
     from transforms.pii.suppression import record_suppressed, load_suppressed
 
-    record_suppressed('gs://lake/events', 'acme', 'erasure-20261203T...', pseudonyms)
-    load_suppressed('gs://lake/events')   # {'acme': frozenset({...})}
+    tokens = suppression_tokens(pseudonyms, master_key, 'acme')
+    record_suppressed('gs://lake/events', 'acme', 'request-...', tokens)
+    load_suppressed('gs://lake/events')   # {'acme': frozenset(tokens)}
 """
 
 from __future__ import annotations
@@ -26,10 +31,37 @@ from __future__ import annotations
 import time
 from typing import Dict, FrozenSet, Iterable, Optional
 
-__all__ = ['SUPPRESSION_DIR', 'REFRESH_S', 'suppression_path', 'record_suppressed', 'load_suppressed', 'Suppressed']
+import pyarrow as pa
+
+from transforms.pii.keys import MasterKey, hkdf_sha256
+
+__all__ = [
+  'SUPPRESSION_DIR',
+  'REFRESH_S',
+  'suppression_key',
+  'suppression_tokens',
+  'suppression_path',
+  'record_suppressed',
+  'load_suppressed',
+  'Suppressed',
+]
 
 SUPPRESSION_DIR = '_compliance/suppression'
 REFRESH_S = 300.0
+_SALT = b'music-beam-pipelines/suppression/v1'
+
+
+def suppression_key(master_key: MasterKey, tenant: str) -> bytes:
+  """The tenant's 32-byte key of suppression tokens (HKDF of the tenant's PII key)."""
+  return hkdf_sha256(master_key.tenant_key(tenant), _SALT, b'suppression-token')
+
+
+def suppression_tokens(pseudonyms, master_key: MasterKey, tenant: str):
+  """The tokens of `pseudonyms` (a list or Arrow array; nulls stay null) as an Arrow string array."""
+  from transforms.pii.batch import pseudonymise
+
+  values = pseudonyms if isinstance(pseudonyms, (pa.Array, pa.ChunkedArray)) else pa.array(list(pseudonyms), pa.string())
+  return pseudonymise(values, suppression_key(master_key, tenant))
 
 
 def suppression_path(output: str, tenant: str, request_id: str) -> str:
@@ -38,11 +70,11 @@ def suppression_path(output: str, tenant: str, request_id: str) -> str:
   return FileSystems.join(output.rstrip('/'), SUPPRESSION_DIR, f'tenant={tenant}', f'{request_id}.txt')
 
 
-def record_suppressed(output: str, tenant: str, request_id: str, pseudonyms: Iterable[str]) -> Optional[str]:
-  """Writes one request's pseudonyms; returns the file's path (None when there are none)."""
+def record_suppressed(output: str, tenant: str, request_id: str, tokens: Iterable[str]) -> Optional[str]:
+  """Writes one request's suppression tokens; returns the file's path (None when there are none)."""
   from apache_beam.io.filesystems import FileSystems
 
-  values = sorted({p for p in pseudonyms if p})
+  values = sorted({t for t in tokens if t})
   if not values:
     return None
   path = suppression_path(output, tenant, request_id)
@@ -56,7 +88,7 @@ def record_suppressed(output: str, tenant: str, request_id: str, pseudonyms: Ite
 
 
 def load_suppressed(output: str) -> Dict[str, FrozenSet[str]]:
-  """{tenant: pseudonyms} of every request recorded under `output` (empty when none)."""
+  """{tenant: suppression tokens} of every request recorded under `output` (empty when none)."""
   from apache_beam.io.filesystems import FileSystems
 
   pattern = FileSystems.join(output.rstrip('/'), SUPPRESSION_DIR, 'tenant=*', '*.txt')

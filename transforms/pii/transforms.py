@@ -18,7 +18,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from transforms.dead_letter import DEAD_LETTER, dead_letter
 from transforms.pii.batch import _as_model, identifier_fields, redact_batch, redact_dead_letters
 from transforms.pii.crypto_shred import DataKeys, KeyStore, add_encrypted_columns
-from transforms.pii.suppression import Suppressed
+from transforms.pii.suppression import Suppressed, suppression_tokens
 from transforms.pii.keys import KeyRef, MasterKey
 from transforms.pii.scanner import DEFAULT_ENTITIES, TextScanner
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN, position, typed_outputs
@@ -49,7 +49,8 @@ class PiiOptions:
     `pipelines.keystore.PostgresKeyStore`); workers connect in setup.
   suppression: the lake output whose suppression list (`suppression`) is
     consulted: rows of erased subjects go to the dead letter as
-    ``suppressed``. None: no list.
+    ``suppressed``. None: no list. Needs the master key (the list holds
+    keyed tokens of pseudonyms).
   """
 
   min_score: float = 0.4
@@ -198,15 +199,17 @@ class _RedactBatchFn(_KeyedDoFn):
       return batch, raw, []
     tenants = batch.column(names.index(self._options.tenant_column)).cast(pa.string())
     hit = np.zeros(batch.num_rows, bool)
-    for tenant, pseudonyms in lists.items():
+    for tenant, tokens in lists.items():
       of_tenant = pc.equal(tenants, tenant).fill_null(False).to_numpy(zero_copy_only=False)
       if not of_tenant.any():
         continue
-      listed = pa.array(sorted(pseudonyms), pa.string())
+      listed = pa.array(sorted(tokens), pa.string())
       for field in self._fields:
         if field in names:
           values = batch.column(names.index(field)).cast(pa.string())
-          hit |= of_tenant & pc.is_in(values, value_set=listed).fill_null(False).to_numpy(zero_copy_only=False)
+          values = suppression_tokens(values.filter(pa.array(of_tenant)), self._master_key, tenant)
+          tenant_hit = pc.is_in(values, value_set=listed).fill_null(False).to_numpy(zero_copy_only=False)
+          hit[np.flatnonzero(of_tenant)[tenant_hit]] = True
     if not hit.any():
       return batch, raw, []
     rows = np.flatnonzero(hit)
