@@ -206,9 +206,9 @@ class PostgresKeyStore(KeyStore):
     try:
       with conn.transaction():
         rows = conn.execute(
-          sql.SQL(
-            'SELECT subject, key_version, kek_version, wrapped_key FROM {} WHERE tenant = %s FOR UPDATE'
-          ).format(self._table),
+          sql.SQL('SELECT subject, key_version, kek_version, wrapped_key FROM {} WHERE tenant = %s FOR UPDATE').format(
+            self._table
+          ),
           (tenant,),
         ).fetchall()
         old_versions = sorted({r[2] for r in rows})

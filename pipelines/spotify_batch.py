@@ -607,8 +607,12 @@ def pii_options_of(config: RunConfig) -> PiiOptions:
   shredding = config.crypto_shredding or {}
   store = None
   if shredding:
-    from pipelines.keystore import PostgresKeyStore
+    from pipelines.keystore import KEY_STORE_VARIABLE, PostgresKeyStore
 
+    if not shredding.get('key_store') and not os.environ.get(KEY_STORE_VARIABLE):
+      raise ConfigError(
+        f'crypto_shredding needs a key store: crypto_shredding.key_store in the config or ${KEY_STORE_VARIABLE}'
+      )
     store = PostgresKeyStore(shredding.get('key_store'))
   return PiiOptions(
     crypto_shred_tenants=tuple(shredding.get('tenants') or ()), key_store=store, suppression=config.output

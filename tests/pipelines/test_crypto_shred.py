@@ -177,8 +177,10 @@ def test_ciphertexts_are_bound_to_tenant_and_field(store_url, pg):
   with pytest.raises(CryptoShredError, match="tenant 'beat'"):
     decrypt_value(DataKeys(PostgresKeyStore(), master_key), 'beat', 'user_id', text)
   # A key row copied to another tenant does not unwrap there.
-  pg.execute(f"UPDATE {pg.table('keys')} SET wrapped_key = (SELECT wrapped_key FROM {pg.table('keys')} "
-             f"WHERE tenant = 'acme') WHERE tenant = 'beat'")
+  pg.execute(
+    f"UPDATE {pg.table('keys')} SET wrapped_key = (SELECT wrapped_key FROM {pg.table('keys')} "
+    f"WHERE tenant = 'acme') WHERE tenant = 'beat'"
+  )
   with pytest.raises(CryptoShredError, match='does not unwrap'):
     decrypt_value(DataKeys(PostgresKeyStore(), master_key), 'beat', 'user_id', text)
 

@@ -143,7 +143,9 @@ def unwrap_data_key(kek_bytes: bytes, tenant: str, subject: str, key_version: in
 
 
 def _value_aad(tenant: str, field: str, subject: str, key_version: int) -> bytes:
-  return b'\0'.join((b'value', tenant.encode('utf-8'), field.encode('utf-8'), subject.encode('ascii'), b'%d' % key_version))
+  return b'\0'.join(
+    (b'value', tenant.encode('utf-8'), field.encode('utf-8'), subject.encode('ascii'), b'%d' % key_version)
+  )
 
 
 def encrypt_value(data_key: bytes, tenant: str, field: str, subject: str, key_version: int, plaintext: str) -> str:

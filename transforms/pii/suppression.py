@@ -60,7 +60,9 @@ def suppression_tokens(pseudonyms, master_key: MasterKey, tenant: str):
   """The tokens of `pseudonyms` (a list or Arrow array; nulls stay null) as an Arrow string array."""
   from transforms.pii.batch import pseudonymise
 
-  values = pseudonyms if isinstance(pseudonyms, (pa.Array, pa.ChunkedArray)) else pa.array(list(pseudonyms), pa.string())
+  values = (
+    pseudonyms if isinstance(pseudonyms, (pa.Array, pa.ChunkedArray)) else pa.array(list(pseudonyms), pa.string())
+  )
   return pseudonymise(values, suppression_key(master_key, tenant))
 
 
