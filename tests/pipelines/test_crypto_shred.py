@@ -1,7 +1,6 @@
 """Crypto-shredding (transforms.pii.crypto_shred, pipelines.keystore, `gdpr shred/reidentify/rotate-keys`)
 and the suppression list of erased subjects, on real batch runs and the local PostgreSQL server."""
 
-import csv
 import json
 import os
 import shutil
@@ -18,7 +17,7 @@ from pipelines import gdpr
 from pipelines.audit import open_audit_log
 from pipelines.compliance import erase, read_records, reidentify_records
 from pipelines.keystore import KEY_STORE_VARIABLE, PostgresKeyStore
-from pipelines.spotify_batch import run
+from tests.pipelines.test_compliance import _output
 from transforms.pii import PiiOptions, RedactPII, key_ref
 from transforms.pii.batch import pseudonymise
 from transforms.pii.crypto_shred import (
@@ -56,38 +55,14 @@ def _pseudonym(value, tenant):
   return pseudonymise(pa.array([value]), _master_key().tenant_key(tenant))[0].as_py()
 
 
-def _input(tmp_path):
-  path = tmp_path / 'events.csv'
-  rows = []
-  for i, (user, tenant) in enumerate([('u1', 'acme'), ('u2', 'acme'), ('u1', 'acme'), ('u1', 'beat'), ('u3', 'beat')]):
-    rows.append(
-      {
-        'event_id': f'ev-{i}',
-        'tenant_id': tenant,
-        'user_id': user,
-        'track_id': '4uLU6hMCjMI75M1A2tKUQC',
-        'played_at': '2024-03-01T12:30:00+01:00',
-        'ms_played': str(1000 + i),
-        'user_email': f'{user}@example.com',
-        'ip_address': f'192.0.2.{i + 1}',
-      }
-    )
-  with open(path, 'w', newline='', encoding='utf-8') as handle:
-    writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-  return str(path)
-
-
 def _batch(tmp_path, output, output_format='parquet', shred_tenants=None):
-  args = ['--input', _input(tmp_path), '--output', output, '--tenant_field', 'tenant_id']
-  args += ['--output_format', output_format]
+  """The batch job over test_compliance's rows: u1, u2, u10 of acme and u1, u3 of beat; two invalid rows of acme."""
+  args = []
   if shred_tenants:
     config = tmp_path / f'config-{output_format}.yaml'
     config.write_text(json.dumps({'crypto_shredding': {'tenants': shred_tenants}}))
-    args += ['--config', str(config)]
-  run(args)
-  return output
+    args = ['--config', str(config)]
+  return _output(tmp_path, output_format, output=output, beam_args=args)
 
 
 def _files(output, kind, tenant):
@@ -106,10 +81,10 @@ def test_encrypt_reidentify_rotate_and_shred_in_every_format(tmp_path, store_url
     fmt: _batch(tmp_path, str(tmp_path / f'out-{fmt}'), fmt, shred_tenants=['acme'])
     for fmt in ('parquet', 'avro', 'jsonl', 'tfrecord')
   }
-  u1, u2 = _pseudonym('u1', 'acme'), _pseudonym('u2', 'acme')
+  u1, u2, u10 = (_pseudonym(u, 'acme') for u in ('u1', 'u2', 'u10'))
   # One key per acme subject, created once across four runs (ON CONFLICT), none for beat (not enabled).
   rows = pg.execute(f'SELECT tenant, subject, key_version, kek_version FROM {pg.table("keys")}').fetchall()
-  assert sorted(rows) == sorted([('acme', u1, 1, 1), ('acme', u2, 1, 1)])
+  assert sorted(rows) == sorted([('acme', u, 1, 1) for u in (u1, u2, u10)])
 
   # An ML-export-like copy of one file, made outside the lake.
   export_dir = tmp_path / 'ml_export'
@@ -121,12 +96,12 @@ def test_encrypt_reidentify_rotate_and_shred_in_every_format(tmp_path, store_url
   for fmt, output in outputs.items():
     records, counts = _reidentified(_files(output, 'data', 'acme'), 'acme')
     by_user = {r['user_email']: r for r in records}
-    assert set(by_user) == {'u1@example.com', 'u2@example.com'}, fmt
+    assert set(by_user) == {'u1@example.com', 'u2@example.com', 'u10@example.com'}, fmt
     assert by_user['u1@example.com']['user_id'] == 'u1' and counts['shredded'] == 0, fmt
-    assert by_user['u1@example.com']['ip_address'].startswith('192.0.2.'), fmt
+    assert by_user['u1@example.com']['ip_address'] == '192.0.2.7', fmt
     # The lake itself holds pseudonyms and ciphertexts only.
     raw = read_records(_files(output, 'data', 'acme')[0])
-    assert all(r['user_id'] in (u1, u2) and r['user_id__enc'].startswith('enc1:') for r in raw), fmt
+    assert all(r['user_id'] in (u1, u2, u10) and r['user_id__enc'].startswith('enc1:') for r in raw), fmt
     beat = read_records(_files(output, 'data', 'beat')[0])
     assert beat and not any(r.get('user_id__enc') for r in beat), fmt  # TFRecord: a null is an empty feature
 
@@ -138,7 +113,7 @@ def test_encrypt_reidentify_rotate_and_shred_in_every_format(tmp_path, store_url
   assert gdpr.main([*argv, '--audit_log', audit]) == 2  # no typed opt-in
   assert '--reveal_personal_data' in capsys.readouterr().err
   assert gdpr.main([*argv, '--reveal_personal_data', '--audit_log', audit]) == 0
-  assert {json.loads(line)['user_id'] for line in out.read_text().splitlines()} <= {'u1', 'u2'}
+  assert {json.loads(line)['user_id'] for line in out.read_text().splitlines()} <= {'u1', 'u2', 'u10'}
 
   # Shred u1 (by email: the row's subject is its user id's pseudonym, found through the key of either value).
   subjects = tmp_path / 'ids.txt'
@@ -153,7 +128,7 @@ def test_encrypt_reidentify_rotate_and_shred_in_every_format(tmp_path, store_url
     others = [r for r in records if r['user_email'] is not None]
     assert mine and counts['shredded'] == 3 * len(mine), fmt  # user_id, user_email, ip_address of each u1 row
     assert all(r['user_id'] is None and r['ip_address'] is None for r in mine), fmt
-    assert {r['user_id'] for r in others} <= {'u2'}, fmt
+    assert others and {r['user_id'] for r in others} <= {'u2', 'u10'}, fmt
   actions = [e.action for e in open_audit_log(audit).entries()]
   assert actions == ['key_rotation', 'reidentification', 'key_deletion']
   assert open_audit_log(audit).verify().ok
@@ -246,14 +221,17 @@ def test_an_erased_subject_is_not_imported_again(tmp_path):
   _batch(tmp_path, output)  # the same old data imported again
   u1 = _pseudonym('u1', 'acme')
   data = [r for path in _files(output, 'data', 'acme') for r in read_records(path)]
-  assert data and u1 not in {r['user_id'] for r in data}
+  assert {r['user_id'] for r in data} == {_pseudonym('u2', 'acme'), _pseudonym('u10', 'acme')}
   letters = [r for path in _files(output, 'dead_letter', 'acme') for r in read_records(path)]
   suppressed = [letter for letter in letters if letter['reason'] == 'suppressed']
-  assert len(suppressed) == 2 and all(letter['tenant'] == 'acme' and letter['record'] is None for letter in suppressed)
+  # u1's 4 valid rows, and its invalid one (a validation dead letter that would have held its pseudonym).
+  assert len(suppressed) == 5 and all(letter['tenant'] == 'acme' and letter['record'] is None for letter in suppressed)
+  assert sum('(was: invalid_type)' in letter['detail'] for letter in suppressed) == 1
+  assert [letter['reason'] for letter in letters if letter['reason'] != 'suppressed'] == ['invalid_type']  # u2's
   assert all(letter['source'].endswith('events.csv') and letter['position'] for letter in suppressed)
   text = json.dumps(letters)
   assert 'u1@example.com' not in text and u1 not in text
   # Per tenant: beat's u1 is someone else and stays.
   beat = [r for path in _files(output, 'data', 'beat') for r in read_records(path)]
   assert _pseudonym('u1', 'beat') in {r['user_id'] for r in beat}
-  assert read_manifest(output)['counts']['dead_letter'] == 2
+  assert read_manifest(output)['counts']['dead_letter'] == 6

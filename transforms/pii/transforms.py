@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
+import re
 import typing
 from typing import Optional, Sequence, Tuple
 
@@ -225,7 +227,7 @@ class _RedactBatchFn(_KeyedDoFn):
           position(row_numbers[i] if row_numbers else None, source),
           'suppressed',
           record=None,  # the row is a person's who asked to be erased: nothing of it is kept
-          detail='the subject is on the tenant\'s suppression list (erased); the record was not imported',
+          detail=_SUPPRESSED_DETAIL,
           stage='pii',
           tenant=tenant_values[i],
         )
@@ -266,6 +268,10 @@ class RedactPII(beam.PTransform):
     return typed_outputs(PiiOutputs(result.records, result[FINDINGS], letters))
 
 
+# A pseudonym (hex HMAC-SHA256) as redaction writes it.
+_PSEUDONYM = re.compile(r'(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])')
+_SUPPRESSED_DETAIL = "the subject is on the tenant's suppression list (erased); the record was not imported"
+
 # Dead letters redacted together: their texts are prefiltered as one Arrow array.
 _LETTERS_PER_SCAN = 2048
 
@@ -283,6 +289,7 @@ class _RedactDeadLetterFn(_KeyedDoFn):
     self._header = header
     self._delimiter = delimiter
     self._pending = []
+    self._suppressed = None
 
   def start_bundle(self):
     self._pending = []
@@ -311,6 +318,8 @@ class _RedactDeadLetterFn(_KeyedDoFn):
     letters = [letter for letter, _, _ in pending]
     headers = [self._header_of(letter) for letter in letters]
     redacted = redact_dead_letters(letters, self._model, self._master_key, self._scanner, headers)
+    if self._suppressed is not None:
+      redacted = self._suppress(redacted)
     findings = {}  # window -> [latest timestamp, counts]: findings of a window stay in it
     for (out, counts), (_, timestamp, window) in zip(redacted, pending):
       yield WindowedValue(out, timestamp, [window])
@@ -320,6 +329,41 @@ class _RedactDeadLetterFn(_KeyedDoFn):
     for window, (timestamp, counts) in findings.items():
       for key, count in sorted(counts.items()):
         yield beam.pvalue.TaggedOutput(FINDINGS, WindowedValue((key, count), timestamp, [window]))
+
+  def setup(self):
+    super().setup()
+    self._suppressed = Suppressed(self._options.suppression) if self._options.suppression else None
+
+  def __getstate__(self):
+    state = super().__getstate__()
+    state['_suppressed'] = None
+    return state
+
+  def _suppress(self, redacted):
+    """Letters of suppressed subjects (a pseudonym of theirs anywhere in the redacted letter) lose their content.
+
+    They become reason 'suppressed' with source, position and tenant only,
+    like the rows RedactPII holds back.
+    """
+    lists = self._suppressed.lists()
+    if not lists or self._master_key is None:
+      return redacted
+    out = []
+    for letter, counts in redacted:
+      tenant = letter.get('tenant')
+      listed = lists.get(tenant) if isinstance(tenant, str) else None
+      if listed:
+        text = json.dumps([letter.get('record'), letter.get('detail')], default=str)
+        candidates = sorted(set(_PSEUDONYM.findall(text)))
+        if candidates and set(suppression_tokens(candidates, self._master_key, tenant).to_pylist()) & listed:
+          was = letter.get('reason')
+          letter = dict(
+            letter, reason='suppressed', field=None, record=None, detail=_SUPPRESSED_DETAIL + f' (was: {was})'
+          )
+          counts = collections.Counter(counts)
+          counts['SUPPRESSED'] += 1
+      out.append((letter, counts))
+    return out
 
   def _file_header(self, source: str):
     if not hasattr(self, '_headers'):
