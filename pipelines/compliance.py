@@ -51,6 +51,7 @@ import io
 import json
 import os
 import re
+import typing
 import uuid
 from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
@@ -800,7 +801,7 @@ class _EveryRecord:
 
 def read_records(path: str) -> List[dict]:
   """Every record of one lake file (Parquet, Avro, JSON Lines, TFRecord) as JSON-able dicts."""
-  return split_file(path, _read(path), _EveryRecord())[1]
+  return split_file(path, _read(path), typing.cast(SubjectMatcher, _EveryRecord()))[1]
 
 
 def reidentify_records(records: Iterable[dict], tenant: str, keys) -> Tuple[List[dict], Dict[str, int]]:
@@ -817,7 +818,7 @@ def reidentify_records(records: Iterable[dict], tenant: str, keys) -> Tuple[List
   out = []
   for record in records:
     counts['records'] += 1
-    restored = {}
+    restored: Dict[str, object] = {}
     for name, value in record.items():
       if not name.endswith(ENCRYPTED_SUFFIX):
         restored.setdefault(name, value)

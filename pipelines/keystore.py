@@ -153,21 +153,26 @@ class PostgresKeyStore(KeyStore):
     return (rows[0][0], bytes(rows[0][1])) if rows else None
 
   def insert_absent(self, tenant: str, rows: Sequence[Tuple[str, int, int, bytes]]) -> None:
-    import psycopg
     from psycopg import sql
 
-    conn = self._connection()
+    self._connection()
+    self._run_many(
+      'create keys',
+      sql.SQL(
+        'INSERT INTO {} (tenant, subject, key_version, kek_version, wrapped_key) VALUES (%s, %s, %s, %s, %s) '
+        'ON CONFLICT (tenant, subject, key_version) DO NOTHING'
+      ).format(self._table),
+      [(tenant, subject, version, kek_version, wrapped) for subject, version, kek_version, wrapped in rows],
+    )
+
+  def _run_many(self, what: str, statement, rows) -> None:
+    import psycopg
+
     try:
-      with conn.cursor() as cursor:
-        cursor.executemany(
-          sql.SQL(
-            'INSERT INTO {} (tenant, subject, key_version, kek_version, wrapped_key) VALUES (%s, %s, %s, %s, %s) '
-            'ON CONFLICT (tenant, subject, key_version) DO NOTHING'
-          ).format(self._table),
-          [(tenant, subject, version, kek_version, wrapped) for subject, version, kek_version, wrapped in rows],
-        )
+      with self._connection().cursor() as cursor:
+        cursor.executemany(statement, rows)
     except psycopg.Error as e:
-      raise CryptoShredError(f'key store {self.name}: cannot create keys: {first_line(e)}') from None
+      raise CryptoShredError(f'key store {self.name}: cannot {what}: {first_line(e)}') from None
 
   def kek_version(self, tenant: str) -> int:
     from psycopg import sql
@@ -221,14 +226,14 @@ class PostgresKeyStore(KeyStore):
           updates.append(
             (new_version, wrap_data_key(new_kek, tenant, subject, key_version, data_key), tenant, subject, key_version)
           )
-        with conn.cursor() as cursor:
-          cursor.executemany(
-            sql.SQL(
-              'UPDATE {} SET kek_version = %s, wrapped_key = %s, rotated_at = now() '
-              'WHERE tenant = %s AND subject = %s AND key_version = %s'
-            ).format(self._table),
-            updates,
-          )
+        self._run_many(
+          'rotate keys',
+          sql.SQL(
+            'UPDATE {} SET kek_version = %s, wrapped_key = %s, rotated_at = now() '
+            'WHERE tenant = %s AND subject = %s AND key_version = %s'
+          ).format(self._table),
+          updates,
+        )
     except psycopg.Error as e:
       raise CryptoShredError(f'key store {self.name}: cannot rotate keys: {first_line(e)}') from None
     return {'keys': len(rows), 'previous_kek_versions': old_versions, 'kek_version': new_version}
