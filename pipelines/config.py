@@ -52,6 +52,7 @@ RUN_KEYS = (
   'output_format',
   'pii_key_file',
   'keep_pii',
+  'no_lineage_columns',
   'num_shards',
   'batch_size',
   'split_size_mb',
@@ -66,6 +67,8 @@ RUN_KEYS = (
 # identifiers are crypto-shreddable (docs/compliance.md):
 #   crypto_shredding: {tenants: [acme] or '*', key_store: postgresql://user@host/db?table=...}
 FILE_ONLY_KEYS = ('sources', 'retention_days', 'crypto_shredding')
+# Flags that take no value (argparse store_true).
+_SWITCHES = ('keep_pii', 'no_lineage_columns')
 DEFAULT_OUTPUT = 'output/spotify_batch'
 
 
@@ -81,6 +84,7 @@ class RunConfig:
   tenant_field: Optional[str] = None
   pii_key_file: Optional[str] = None
   keep_pii: bool = False
+  no_lineage_columns: bool = False
   num_shards: int = 4
   batch_size: int = 65536
   split_size_mb: int = 64
@@ -242,8 +246,8 @@ def resolve(
     values['crypto_shredding'] = check_crypto_shredding(shredding)
   for key, value in flags.items():
     if value is not None and key in RUN_KEYS:
-      if key == 'keep_pii' and value is False and 'keep_pii' in values:
-        continue
+      if key in _SWITCHES and value is False and key in values:
+        continue  # a switch not given on the command line leaves the file's value
       values[key] = value
   sources = values.pop('sources', None)
   demo = False
