@@ -108,6 +108,8 @@ setuptools.setup(
     'pyyaml>=6',
     # Python twins of the RE2 prefilters (\\p{..} classes) in transforms.pii.scanner.
     'regex>=2023.0',
+    # AES-256-GCM of crypto-shredding (transforms.pii.crypto_shred); its key store needs the postgres extra.
+    'cryptography>=42',
   ],
   extras_require=EXTRAS,
 )

@@ -34,8 +34,14 @@ Usage::
     report['records_removed']     # {'data': 41, 'dead_letter': 2}
     report['rescan_matches']      # 0
 
-Not covered yet: the streaming job's window files, ML outputs, lake tables
-(Iceberg, Delta) and a suppression list for later imports (docs/compliance.md).
+Each erasure also records the subjects' pseudonyms in the output's
+suppression list (``_compliance/suppression/``, keyed tokens of their pseudonyms,
+`transforms.pii.suppression`),
+which `RedactPII` consults: a later import of old data into this output sends
+their rows to the dead letter (reason ``suppressed``) instead of the lake.
+
+Not covered yet: the streaming job's window files, ML outputs and lake tables
+(Iceberg, Delta) (docs/compliance.md).
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ import io
 import json
 import os
 import re
+import typing
 import uuid
 from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
@@ -71,6 +78,7 @@ from io_connectors.sinks.lake import (
 from pipelines import runners
 from pipelines.spotify_batch import read_json
 from transforms.pii.batch import pseudonymise
+from transforms.pii.suppression import record_suppressed, suppression_tokens
 from transforms.records import json_safe
 from transforms.tenant import check_tenant_id
 from transforms.pii.keys import MasterKey
@@ -85,6 +93,7 @@ __all__ = [
   'export_subjects',
   'retention_days',
   'split_file',
+  'subject_pseudonyms',
 ]
 
 # Characters that continue a word around an identifier or email: a match must not touch them.
@@ -113,8 +122,7 @@ class SubjectMatcher:
     raw = sorted({v.strip() for v in raw_values if v and v.strip()})
     if not raw:
       raise ComplianceError('no subjects given: the subject list is empty')
-    pseudonyms = pseudonymise(pa.array(raw, pa.string()), master_key.tenant_key(tenant)).to_pylist()
-    return cls([*raw, *pseudonyms])
+    return cls([*raw, *subject_pseudonyms(raw, tenant, master_key)])
 
   def text(self, value: str) -> bool:
     return bool(self._text.search(value))
@@ -477,6 +485,7 @@ def erase(
   _check_tenant(tenant)
   options, manifest = _committed_manifest(output, beam_args, 'erase from')
   matcher = SubjectMatcher.for_tenant(subjects, tenant, master_key)
+  pseudonyms = subject_pseudonyms(subjects, tenant, master_key)
   started_at = dt.datetime.now(dt.timezone.utc)
   run_id = run_id or 'erasure-' + started_at.strftime('%Y%m%dT%H%M%SZ-') + uuid.uuid4().hex[:8]
   report: dict = {
@@ -485,9 +494,28 @@ def erase(
     'subjects': len({s.strip() for s in subjects if s and s.strip()}),
     'started_at': started_at.isoformat(),
   }
+  # Recorded first: a request stands even if the rewrite below fails, and later imports
+  # into this output leave the subjects out (transforms.pii.suppression).
+  tokens = suppression_tokens(pseudonyms, master_key, tenant).to_pylist()
+  report['suppression_list'] = record_suppressed(output, tenant, _request_name(tokens), tokens)
   return _rewrite_output(
     output, manifest, options, _SubjectScope(matcher, tenant), 'erasure', run_id, report, beam_args
   )
+
+
+def subject_pseudonyms(subjects: Sequence[str], tenant: str, master_key: MasterKey) -> List[str]:
+  """The tenant's pseudonyms of raw subject values (as RedactPII derives them), sorted, distinct."""
+  raw = sorted({v.strip() for v in subjects if v and v.strip()})
+  if not raw:
+    raise ComplianceError('no subjects given: the subject list is empty')
+  return sorted(set(pseudonymise(pa.array(raw, pa.string()), master_key.tenant_key(tenant)).to_pylist()))
+
+
+def _request_name(tokens: Sequence[str]) -> str:
+  """A name that is the same for the same subjects: repeating a request rewrites the same list file."""
+  import hashlib
+
+  return 'request-' + hashlib.sha256('\n'.join(sorted(tokens)).encode('ascii')).hexdigest()[:24]
 
 
 def _now() -> str:
@@ -753,3 +781,53 @@ def _summary_text(metadata: dict, by_entity: Dict[str, List[dict]], letters: Lis
     'this one hold every record in machine-readable JSON, one file per kind of record.',
   ]
   return '\n'.join(lines)
+
+
+# ----- Crypto-shredding: authorised re-identification -----
+
+
+class _EveryRecord:
+  """A matcher that takes every record: `split_file` then decodes a whole file as dicts."""
+
+  def rows(self, table: pa.Table) -> pa.Array:
+    return pa.array([True] * table.num_rows, pa.bool_())
+
+  def value(self, value) -> bool:
+    return True
+
+  def line(self, value: bytes) -> bool:
+    return True
+
+
+def read_records(path: str) -> List[dict]:
+  """Every record of one lake file (Parquet, Avro, JSON Lines, TFRecord) as JSON-able dicts."""
+  return split_file(path, _read(path), typing.cast(SubjectMatcher, _EveryRecord()))[1]
+
+
+def reidentify_records(records: Iterable[dict], tenant: str, keys) -> Tuple[List[dict], Dict[str, int]]:
+  """`records` with each ``<field>__enc`` decrypted back into ``<field>`` (crypto-shredding).
+
+  keys: a `transforms.pii.crypto_shred.DataKeys` on the tenant's key store.
+  Where the subject's key was deleted (shredded), ``<field>`` is None.
+  Counts: records, decrypted and shredded values. A ciphertext of another
+  tenant or column fails (CryptoShredError), it is never decrypted.
+  """
+  from transforms.pii.crypto_shred import ENCRYPTED_SUFFIX, decrypt_value
+
+  counts = {'records': 0, 'decrypted': 0, 'shredded': 0}
+  out = []
+  for record in records:
+    counts['records'] += 1
+    restored: Dict[str, object] = {}
+    for name, value in record.items():
+      if not name.endswith(ENCRYPTED_SUFFIX):
+        restored.setdefault(name, value)
+        continue
+      field = name[: -len(ENCRYPTED_SUFFIX)]
+      if value is None or value == [] or value == '':
+        continue  # a null (TFRecord writes a null as an empty feature)
+      plain = decrypt_value(keys, tenant, field, value)
+      counts['decrypted' if plain is not None else 'shredded'] += 1
+      restored[field] = plain
+    out.append(restored)
+  return out, counts

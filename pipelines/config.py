@@ -39,7 +39,7 @@ from pipelines.options import INPUT_FORMATS, OUTPUT_FORMATS, SpotifyBatchOptions
 from transforms import entities
 from transforms.tenant import check_tenant_id
 
-__all__ = ['ConfigError', 'RunConfig', 'load_yaml', 'resolve', 'FILE_ONLY_KEYS']
+__all__ = ['ConfigError', 'RunConfig', 'check_crypto_shredding', 'load_yaml', 'resolve', 'FILE_ONLY_KEYS']
 
 # Keys of the YAML file that mirror flags.
 RUN_KEYS = (
@@ -62,9 +62,11 @@ RUN_KEYS = (
   'table_namespace',
   'table_mode',
 )
-# Keys of the YAML file with no flag: the sources, and the retention rules that
-# `python -m pipelines.gdpr retention` applies to the output.
-FILE_ONLY_KEYS = ('sources', 'retention_days')
+# Keys of the YAML file with no flag: the sources, the retention rules that
+# `python -m pipelines.gdpr retention` applies to the output, and which tenants'
+# identifiers are crypto-shreddable (docs/compliance.md):
+#   crypto_shredding: {tenants: [acme] or '*', key_store: postgresql://user@host/db?table=...}
+FILE_ONLY_KEYS = ('sources', 'retention_days', 'crypto_shredding')
 # Flags that take no value (argparse store_true).
 _SWITCHES = ('keep_pii', 'no_lineage_columns')
 DEFAULT_OUTPUT = 'output/spotify_batch'
@@ -92,6 +94,38 @@ class RunConfig:
   table_namespace: str = 'music'
   table_mode: str = 'append'
   demo: bool = False
+  # {'tenants': tuple of tenant ids or ('*',), 'key_store': URL without password or None ($PIPELINE_KEY_STORE)}
+  crypto_shredding: Optional[Dict[str, Any]] = None
+
+
+def check_crypto_shredding(value: Any, where: str = 'config') -> Dict[str, Any]:
+  """The checked ``crypto_shredding`` setting; ConfigError naming the key."""
+  if not isinstance(value, dict):
+    raise ConfigError(f'{where}: crypto_shredding must be a mapping {{tenants: [...] or "*", key_store: URL}}')
+  unknown = sorted(set(map(str, value)) - {'tenants', 'key_store'})
+  if unknown:
+    raise ConfigError(f'{where}: crypto_shredding: unknown key(s) {", ".join(unknown)}; known: tenants, key_store')
+  tenants = value.get('tenants')
+  if tenants == '*':
+    tenants = ['*']
+  if not isinstance(tenants, list) or not tenants or not all(isinstance(t, str) for t in tenants):
+    raise ConfigError(f'{where}: crypto_shredding.tenants must be a non-empty list of tenant ids, or "*"')
+  for tenant in tenants:
+    if tenant != '*':
+      try:
+        check_tenant_id(tenant, f'{where}: crypto_shredding.tenants')
+      except ValueError as e:
+        raise ConfigError(str(e)) from None
+  store = value.get('key_store')
+  if store is not None:
+    from pipelines.keystore import PostgresKeyStore
+    from transforms.pii.crypto_shred import CryptoShredError
+
+    try:
+      PostgresKeyStore(str(store))
+    except CryptoShredError as e:
+      raise ConfigError(f'{where}: crypto_shredding.key_store: {e}') from None
+  return {'tenants': tuple(tenants), 'key_store': store}
 
 
 def load_yaml(path: str) -> Dict[str, Any]:
@@ -207,6 +241,9 @@ def resolve(
       check_retention_rules(retention)  # applied by `pipelines.gdpr retention`, checked with the rest
     except ComplianceError as e:
       raise ConfigError(f'config: {e}') from None
+  shredding = values.pop('crypto_shredding', None)
+  if shredding is not None:
+    values['crypto_shredding'] = check_crypto_shredding(shredding)
   for key, value in flags.items():
     if value is not None and key in RUN_KEYS:
       if key in _SWITCHES and value is False and key in values:

@@ -12,6 +12,11 @@ Usage::
     python -m pipelines.gdpr verify-audit --audit_log postgresql://...?table=compliance.audit
     python -m pipelines.gdpr verify-audit --audit_log audit.jsonl --anchor 41:9f2c...   # also detect a cut-off tail
     python -m pipelines.gdpr show-audit --audit_log audit.jsonl --tenant acme --json
+    # crypto-shredding (key store: --key_store or $PIPELINE_KEY_STORE)
+    python -m pipelines.gdpr shred --tenant acme --subject-file ids.txt
+    python -m pipelines.gdpr reidentify --tenant acme --input part-0.parquet --out plain.jsonl \\
+        --purpose 'ticket 42' --reveal_personal_data
+    python -m pipelines.gdpr rotate-keys --tenant acme
 
 ``erase`` reads one raw identifier per line (user ids, emails), derives
 their pseudonyms with the tenant's key ($PII_MASTER_KEY or --pii_key_file,
@@ -39,6 +44,13 @@ entries that were changed or removed. Exit status: 0 when the chain is whole,
 1 when it is broken, 2 when the log cannot be read or the arguments are
 wrong. The log's URL is never printed with its password.
 
+``shred`` deletes the subjects' data keys from the key store (every copy of
+their ``<field>__enc`` ciphertexts becomes unreadable), ``reidentify``
+decrypts those columns of lake files for an authorised request (typed
+opt-in: --reveal_personal_data and a --purpose), ``rotate-keys`` re-wraps a
+tenant's data keys under the next KEK version; each appends an entry
+(``key_deletion``, ``reidentification``, ``key_rotation``) to the audit log.
+
 The audit log's location may also come from ``$PIPELINE_AUDIT_LOG``, so a
 password-bearing URL need not be on the command line.
 """
@@ -54,6 +66,8 @@ from typing import Optional, Sequence
 
 from io_connectors._common.masking import mask_url
 from pipelines.audit import AuditError, open_audit_log
+from pipelines.keystore import KEY_STORE_VARIABLE
+from transforms.pii.crypto_shred import CryptoShredError
 
 __all__ = ['main']
 
@@ -77,7 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = with_log(commands.add_parser(name, help=help_text))
     sub.add_argument('--output', required=True, help='the batch job\'s output (local, s3:// or gs://)')
     sub.add_argument('--tenant', required=True, help='the tenant whose subjects these are')
-    sub.add_argument('--subject_file', required=True, help='one raw identifier (user id, email) per line')
+    sub.add_argument(
+      '--subject_file', '--subject-file', required=True, help='one raw identifier (user id, email) per line'
+    )
     sub.add_argument('--pii_key_file', default=None, help='the PII master key file (default $PII_MASTER_KEY)')
     sub.add_argument('--actor', default=None, help='who asked, for the audit log (default: the OS user)')
     return sub
@@ -86,6 +102,34 @@ def _parser() -> argparse.ArgumentParser:
   erase.add_argument('--report', default=None, help='also write the verification report here (JSON)')
   export = subject_request('export', "write data subjects' records as JSON (access request)")
   export.add_argument('--destination', required=True, help='directory for the JSON files and the summary')
+
+  def key_command(sub):
+    sub.add_argument('--tenant', required=True, help='the tenant whose keys these are')
+    sub.add_argument(
+      '--key_store',
+      default=None,
+      help=f'postgresql://user@host/db[?table=...] without password (default ${KEY_STORE_VARIABLE})',
+    )
+    sub.add_argument('--pii_key_file', default=None, help='the PII master key file (default $PII_MASTER_KEY)')
+    sub.add_argument('--actor', default=None, help='who asked, for the audit log (default: the OS user)')
+    return sub
+
+  shred = with_log(key_command(commands.add_parser('shred', help="delete data subjects' keys (crypto-shredding)")))
+  shred.add_argument(
+    '--subject_file', '--subject-file', required=True, help='one raw identifier (user id, email) per line'
+  )
+  reidentify = with_log(
+    key_command(commands.add_parser('reidentify', help='decrypt <field>__enc columns of lake files (authorised)'))
+  )
+  reidentify.add_argument('--input', required=True, nargs='+', help='lake files (.parquet, .avro, .jsonl, .tfrecord)')
+  reidentify.add_argument('--out', required=True, help='JSON Lines file for the re-identified records')
+  reidentify.add_argument('--purpose', required=True, help='why (a ticket, a legal basis): kept in the audit log')
+  reidentify.add_argument(
+    '--reveal_personal_data',
+    action='store_true',
+    help='required: the output holds raw identifiers (the typed opt-in of this command)',
+  )
+  with_log(key_command(commands.add_parser('rotate-keys', help="re-wrap a tenant's data keys under a new KEK version")))
 
   retention = with_log(commands.add_parser('retention', help='drop records past their retention period'))
   retention.add_argument('--output', required=True, help='the batch job\'s output (local, s3:// or gs://)')
@@ -218,6 +262,86 @@ def _erase(args, beam_args: Sequence[str]) -> int:
   return 0
 
 
+def _key_request(args):
+  """(master key, key store, audit log or None) of a shred / reidentify / rotate-keys request."""
+  from pipelines.keystore import PostgresKeyStore
+  from transforms.pii.keys import PiiKeyError, key_ref
+  from transforms.tenant import check_tenant_id
+
+  try:
+    check_tenant_id(args.tenant, '--tenant')
+  except ValueError as e:
+    raise _UsageError(str(e)) from None
+  try:
+    master_key = key_ref(args.pii_key_file).load()
+  except PiiKeyError as e:
+    raise _UsageError(f'{e} (the tenant key wraps the data keys)') from None
+  return master_key, PostgresKeyStore(args.key_store), _audit_log(args, required=False)
+
+
+def _shred(args) -> int:
+  from pipelines.compliance import ComplianceError, subject_pseudonyms
+
+  master_key, store, log = _key_request(args)
+  subjects, _, _ = _request(args)
+  try:
+    pseudonyms = subject_pseudonyms(subjects, args.tenant, master_key)
+  except ComplianceError as e:
+    raise _UsageError(str(e)) from None
+  try:
+    deleted = store.delete(args.tenant, pseudonyms)
+  finally:
+    store.close()
+  report = {'tenant': args.tenant, 'subjects': len(pseudonyms), 'keys_deleted': deleted, 'key_store': store.name}
+  if log is not None:
+    report['audit'] = log.append('key_deletion', actor=args.actor, tenant=args.tenant, details=dict(report)).anchor
+  print(json.dumps(report, indent=2, sort_keys=True))
+  return 0
+
+
+def _reidentify(args) -> int:
+  from pipelines.compliance import ComplianceError, read_records, reidentify_records
+  from transforms.pii.crypto_shred import DataKeys
+
+  if not args.reveal_personal_data:
+    raise _UsageError('re-identification writes raw identifiers: pass --reveal_personal_data to confirm')
+  if not args.purpose.strip():
+    raise _UsageError('--purpose must say why (it goes to the audit log)')
+  master_key, store, log = _key_request(args)
+  keys = DataKeys(store, master_key)
+  totals = {'records': 0, 'decrypted': 0, 'shredded': 0}
+  try:
+    with open(args.out, 'w', encoding='utf-8') as handle:
+      for path in args.input:
+        try:
+          records, counts = reidentify_records(read_records(path), args.tenant, keys)
+        except ComplianceError as e:
+          raise _UsageError(str(e)) from None
+        for record in records:
+          handle.write(json.dumps(record, ensure_ascii=False, sort_keys=True, default=str) + '\n')
+        for name, count in counts.items():
+          totals[name] += count
+  finally:
+    store.close()
+  report = {'tenant': args.tenant, 'files': len(args.input), 'purpose': args.purpose, **totals}
+  if log is not None:
+    report['audit'] = log.append('reidentification', actor=args.actor, tenant=args.tenant, details=dict(report)).anchor
+  print(json.dumps(report, indent=2, sort_keys=True))
+  return 0
+
+
+def _rotate_keys(args) -> int:
+  master_key, store, log = _key_request(args)
+  try:
+    report = dict(store.rotate(args.tenant, master_key), tenant=args.tenant, key_store=store.name)
+  finally:
+    store.close()
+  if log is not None:
+    report['audit'] = log.append('key_rotation', actor=args.actor, tenant=args.tenant, details=dict(report)).anchor
+  print(json.dumps(report, indent=2, sort_keys=True))
+  return 0
+
+
 class _UsageError(Exception):
   """A bad argument or input: one line on stderr, exit 2."""
 
@@ -259,8 +383,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     if args.command in ('erase', 'export', 'retention'):
       return {'erase': _erase, 'export': _export, 'retention': _retention}[args.command](args, beam_args)
-    return {'verify-audit': _verify, 'show-audit': _show, 'report': _report}[args.command](args)
-  except (AuditError, _UsageError) as e:
+    return {
+      'verify-audit': _verify,
+      'show-audit': _show,
+      'report': _report,
+      'shred': _shred,
+      'reidentify': _reidentify,
+      'rotate-keys': _rotate_keys,
+    }[args.command](args)
+  except (AuditError, CryptoShredError, _UsageError) as e:
     print(f'gdpr {args.command}: {e}', file=sys.stderr)
     return 2
 

@@ -606,6 +606,25 @@ def event_time_field(model) -> Optional[str]:
   return None
 
 
+def pii_options_of(config: RunConfig) -> PiiOptions:
+  """How the run redacts: the output's suppression list always; crypto-shredding for the configured tenants."""
+  if config.keep_pii:
+    return PiiOptions(redact=False)
+  shredding = config.crypto_shredding or {}
+  store = None
+  if shredding:
+    from pipelines.keystore import KEY_STORE_VARIABLE, PostgresKeyStore
+
+    if not shredding.get('key_store') and not os.environ.get(KEY_STORE_VARIABLE):
+      raise ConfigError(
+        f'crypto_shredding needs a key store: crypto_shredding.key_store in the config or ${KEY_STORE_VARIABLE}'
+      )
+    store = PostgresKeyStore(shredding.get('key_store'))
+  return PiiOptions(
+    crypto_shred_tenants=tuple(shredding.get('tenants') or ()), key_store=store, suppression=config.output
+  )
+
+
 def _entity_chain(
   p,
   entity: str,
@@ -648,9 +667,10 @@ def _entity_chain(
   all_records = tuple(records) | f'{label}AllRecords' >> beam.Flatten()
   validated = all_records | f'{label}Validate' >> Validate(model)
   dead_letters.append(validated.dead_letter)
-  pii_options = PiiOptions(redact=not config.keep_pii)
+  pii_options = pii_options_of(config)
   valid = validated.records | f'{label}Trace Validate' >> tracing.TraceBundles(trace, f'{label}Validate')
   redacted = valid | f'{label}RedactPII' >> RedactPII(model, master_key, pii_options)
+  dead_letters.append(redacted.dead_letter)  # rows of erased subjects (the output's suppression list)
   clean = redacted.records | f'{label}Trace RedactPII' >> tracing.TraceBundles(trace, f'{label}RedactPII')
   if not config.no_lineage_columns and info is not None:
     clean = clean | f'{label}Lineage' >> AddLineageColumns(info['run_id'], lineage_code_version(info['code_version']))

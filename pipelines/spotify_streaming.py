@@ -219,6 +219,19 @@ SOURCES: Dict[str, Callable[[SpotifyStreamingOptions], beam.PTransform]] = {
 # ----- the job -----
 
 
+def streaming_pii_options(options: SpotifyStreamingOptions, output: str) -> PiiOptions:
+  """The output's suppression list (re-read every few minutes); crypto-shredding for --crypto_shred_tenants."""
+  if options.keep_pii:
+    return PiiOptions(redact=False)
+  tenants = tuple(t.strip() for t in (options.crypto_shred_tenants or '').split(',') if t.strip())
+  store = None
+  if tenants:
+    from pipelines.keystore import PostgresKeyStore
+
+    store = PostgresKeyStore(options.key_store)
+  return PiiOptions(crypto_shred_tenants=tenants, key_store=store, suppression=output)
+
+
 def build(
   p: beam.Pipeline, options: SpotifyStreamingOptions, master_key, run_id: Optional[str] = None, trace=None
 ) -> None:
@@ -235,7 +248,7 @@ def build(
   tagged = records | 'TagTenant' >> TagTenant(options.tenant_id, options.tenant_field)
   validated = tagged.records | 'Validate' >> Validate(model)
   valid = validated.records | 'Trace Validate' >> tracing.TraceBundles(trace, 'Validate')
-  pii_options = PiiOptions(redact=not options.keep_pii)
+  pii_options = streaming_pii_options(options, output)
   redacted = valid | 'RedactPII' >> RedactPII(model, master_key, pii_options)
   clean = redacted.records | 'Trace RedactPII' >> tracing.TraceBundles(trace, 'RedactPII')
   if not options.no_lineage_columns:
@@ -296,6 +309,7 @@ def build(
       read.dead_letter | 'TenantOfReadDL' >> AssignDeadLetterTenant(options.tenant_id, options.tenant_field),
       tagged.dead_letter,
       validated.dead_letter,
+      redacted.dead_letter,
       windowed.late,
     ],
     'AllDeadLetters',

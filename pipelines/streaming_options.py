@@ -71,6 +71,18 @@ class SpotifyStreamingOptions(PipelineOptions):
     _add(parser, '--keep_pii', action='store_true', default=False, help='Write PII unredacted.')
     _add(
       parser,
+      '--crypto_shred_tenants',
+      help="Comma-separated tenants (or '*') whose identifiers are also stored encrypted in <field>__enc "
+      'under per-subject keys (docs/compliance.md). Needs a key store.',
+    )
+    _add(
+      parser,
+      '--key_store',
+      help='postgresql://user@host/db[?table=...] of the crypto-shredding keys, without password '
+      '(default: env PIPELINE_KEY_STORE on the workers).',
+    )
+    _add(
+      parser,
       '--no_lineage_columns',
       action='store_true',
       default=False,

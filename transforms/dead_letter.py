@@ -49,6 +49,7 @@ REASONS = {
   'source_error': 'a connector-specific failure that is not retried further (HTTP, database)',
   'malformed_avro': 'a stream message whose Avro payload does not decode (wire format, schema id, bytes)',
   'late_event': 'an event behind the watermark by more than the allowed lateness of its window',
+  'suppressed': "a record of a subject on the tenant's suppression list (erased earlier); nothing of it is kept",
 }
 
 

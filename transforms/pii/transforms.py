@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
+import re
 import typing
 from typing import Optional, Sequence, Tuple
 
 import collections
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.utils.windowed_value import WindowedValue
 
+from transforms.dead_letter import DEAD_LETTER, dead_letter
 from transforms.pii.batch import _as_model, identifier_fields, redact_batch, redact_dead_letters
+from transforms.pii.crypto_shred import DataKeys, KeyStore, add_encrypted_columns
+from transforms.pii.suppression import Suppressed, suppression_tokens
 from transforms.pii.keys import KeyRef, MasterKey
 from transforms.pii.scanner import DEFAULT_ENTITIES, TextScanner
-from transforms.records import TENANT_COLUMN, typed_outputs
+from transforms.records import ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN, position, typed_outputs
 
 __all__ = ['PiiOptions', 'PiiOutputs', 'RedactPII', 'RedactDeadLetters', 'read_file_header']
 
@@ -37,6 +44,15 @@ class PiiOptions:
   redact: False only when a run explicitly asks to keep PII: records pass
     through untouched and nothing is counted.
   tenant_column: the column TagTenant filled in.
+  crypto_shred_tenants: tenants whose identifiers are also stored encrypted
+    in ``<field>__enc`` under per-subject data keys (`crypto_shred`); ('*',)
+    for every tenant; empty: off. Needs `key_store`.
+  key_store: a picklable `crypto_shred.KeyStore` reference (e.g.
+    `pipelines.keystore.PostgresKeyStore`); workers connect in setup.
+  suppression: the lake output whose suppression list (`suppression`) is
+    consulted: rows of erased subjects go to the dead letter as
+    ``suppressed``. None: no list. Needs the master key (the list holds
+    keyed tokens of pseudonyms).
   """
 
   min_score: float = 0.4
@@ -44,8 +60,16 @@ class PiiOptions:
   scan_undeclared: bool = True
   redact: bool = True
   tenant_column: str = TENANT_COLUMN
+  crypto_shred_tenants: Tuple[str, ...] = ()
+  key_store: Optional[KeyStore] = None
+  suppression: Optional[str] = None
 
   def __post_init__(self):
+    if isinstance(self.crypto_shred_tenants, str):
+      object.__setattr__(self, 'crypto_shred_tenants', (self.crypto_shred_tenants,))
+    object.__setattr__(self, 'crypto_shred_tenants', tuple(self.crypto_shred_tenants or ()))
+    if self.crypto_shred_tenants and self.key_store is None:
+      raise ValueError('crypto_shred_tenants needs a key_store (a crypto_shred.KeyStore, e.g. PostgresKeyStore)')
     if isinstance(self.entities, str):
       object.__setattr__(self, 'entities', (self.entities,))
     object.__setattr__(self, 'entities', tuple(self.entities))
@@ -60,6 +84,8 @@ class PiiOutputs(typing.NamedTuple):
 
   records: beam.PCollection
   findings: beam.PCollection  # of (key, count); sum per key for the run's totals
+  # RedactPII: rows of suppressed (erased) subjects, reason 'suppressed'; None when no list is consulted.
+  dead_letter: Optional[beam.PCollection] = None
 
 
 def _key_ref_of(master_key, model, options: PiiOptions) -> Optional[KeyRef]:
@@ -118,14 +144,96 @@ class _RedactBatchFn(_KeyedDoFn):
   def __init__(self, model, key_ref: Optional[KeyRef], options: PiiOptions):
     super().__init__(key_ref, options)
     self._model = model
+    self._fields = identifier_fields(model)
+    self._data_keys = None
+    self._suppressed = None
+
+  def setup(self):
+    super().setup()
+    if self._options.crypto_shred_tenants:
+      self._data_keys = DataKeys(self._options.key_store, self._master_key)
+    if self._options.suppression:
+      self._suppressed = Suppressed(self._options.suppression)
+
+  def start_bundle(self):
+    # Keys are cached per bundle: a shredded key is not used past the bundle that had it.
+    if self._data_keys is not None:
+      self._data_keys.reset()
+
+  def teardown(self):
+    if self._options.key_store is not None:
+      self._options.key_store.close()
+
+  def __getstate__(self):
+    state = super().__getstate__()
+    state['_data_keys'] = None
+    state['_suppressed'] = None
+    return state
 
   def process(self, batch: pa.RecordBatch):
+    raw = {}
+    if self._data_keys is not None:
+      raw = {f: batch.column(batch.schema.get_field_index(f)) for f in self._fields if f in batch.schema.names}
     redacted, counts = redact_batch(
       batch, self._model, self._master_key, self._scanner, self._options.tenant_column, self._options.scan_undeclared
     )
+    if self._suppressed is not None:
+      redacted, raw, letters = self._suppress(redacted, raw)
+      for letter in letters:
+        yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
+      if letters:
+        counts['SUPPRESSED'] += len(letters)
+    if self._data_keys is not None and self._options.tenant_column in redacted.schema.names:
+      tenants = redacted.column(redacted.schema.get_field_index(self._options.tenant_column))
+      shred = self._options.crypto_shred_tenants
+      redacted = add_encrypted_columns(
+        redacted, raw, self._fields, tenants, None if '*' in shred else shred, self._data_keys
+      )
     yield redacted
     for key, count in sorted(counts.items()):
       yield beam.pvalue.TaggedOutput(FINDINGS, (key, count))
+
+  def _suppress(self, batch: pa.RecordBatch, raw: dict):
+    """(batch without suppressed subjects' rows, raw columns alike, their dead letters)."""
+    lists = self._suppressed.lists()
+    names = batch.schema.names
+    if not lists or self._options.tenant_column not in names or not batch.num_rows:
+      return batch, raw, []
+    tenants = batch.column(names.index(self._options.tenant_column)).cast(pa.string())
+    hit = np.zeros(batch.num_rows, bool)
+    for tenant, tokens in lists.items():
+      of_tenant = pc.equal(tenants, tenant).fill_null(False).to_numpy(zero_copy_only=False)
+      if not of_tenant.any():
+        continue
+      listed = pa.array(sorted(tokens), pa.string())
+      for field in self._fields:
+        if field in names:
+          values = batch.column(names.index(field)).cast(pa.string())
+          values = suppression_tokens(values.filter(pa.array(of_tenant)), self._master_key, tenant)
+          tenant_hit = pc.is_in(values, value_set=listed).fill_null(False).to_numpy(zero_copy_only=False)
+          hit[np.flatnonzero(of_tenant)[tenant_hit]] = True
+    if not hit.any():
+      return batch, raw, []
+    rows = np.flatnonzero(hit)
+    sources = batch.column(names.index(SOURCE_COLUMN)).to_pylist() if SOURCE_COLUMN in names else None
+    row_numbers = batch.column(names.index(ROW_COLUMN)).to_pylist() if ROW_COLUMN in names else None
+    tenant_values = tenants.to_pylist()
+    letters = []
+    for i in rows:
+      source = sources[i] if sources else None
+      letters.append(
+        dead_letter(
+          source or '',
+          position(row_numbers[i] if row_numbers else None, source),
+          'suppressed',
+          record=None,  # the row is a person's who asked to be erased: nothing of it is kept
+          detail=_SUPPRESSED_DETAIL,
+          stage='pii',
+          tenant=tenant_values[i],
+        )
+      )
+    keep = pa.array(~hit)
+    return batch.filter(keep), {f: v.filter(keep) for f, v in raw.items()}, letters
 
 
 class RedactPII(beam.PTransform):
@@ -135,9 +243,12 @@ class RedactPII(beam.PTransform):
   MasterKey from load_master_key, which is replaced by the KeyRef it was
   loaded from; None only with `options.redact` False or for an entity
   without identifiers.
-  Returns PiiOutputs(records, findings); findings carries (key, count) per
-  batch, keys as in `redact_batch`. Works in batch and streaming pipelines
-  (per-batch, stateless).
+  Returns PiiOutputs(records, findings, dead_letter); findings carries (key,
+  count) per batch, keys as in `redact_batch` (plus 'SUPPRESSED'); the dead
+  letter holds the rows of suppressed subjects (`options.suppression`),
+  else None. With `options.crypto_shred_tenants`, identifier fields also go
+  encrypted to ``<field>__enc`` (`crypto_shred`). Works in batch and
+  streaming pipelines (per batch; data keys cached per bundle).
   """
 
   def __init__(
@@ -151,10 +262,15 @@ class RedactPII(beam.PTransform):
       # Derived from the input so that it has its windowing and boundedness.
       return PiiOutputs(pcoll, pcoll | 'NoFindings' >> beam.FlatMap(_no_findings))
     result = pcoll | 'Redact' >> beam.ParDo(_RedactBatchFn(self._model, self._master_key, self._options)).with_outputs(
-      FINDINGS, main='records'
+      FINDINGS, DEAD_LETTER, main='records'
     )
-    return typed_outputs(PiiOutputs(result.records, result[FINDINGS]))
+    letters = result[DEAD_LETTER] if self._options.suppression else None
+    return typed_outputs(PiiOutputs(result.records, result[FINDINGS], letters))
 
+
+# A pseudonym (hex HMAC-SHA256) as redaction writes it.
+_PSEUDONYM = re.compile(r'(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])')
+_SUPPRESSED_DETAIL = "the subject is on the tenant's suppression list (erased); the record was not imported"
 
 # Dead letters redacted together: their texts are prefiltered as one Arrow array.
 _LETTERS_PER_SCAN = 2048
@@ -173,6 +289,7 @@ class _RedactDeadLetterFn(_KeyedDoFn):
     self._header = header
     self._delimiter = delimiter
     self._pending = []
+    self._suppressed = None
 
   def start_bundle(self):
     self._pending = []
@@ -201,6 +318,8 @@ class _RedactDeadLetterFn(_KeyedDoFn):
     letters = [letter for letter, _, _ in pending]
     headers = [self._header_of(letter) for letter in letters]
     redacted = redact_dead_letters(letters, self._model, self._master_key, self._scanner, headers)
+    if self._suppressed is not None:
+      redacted = self._suppress(redacted)
     findings = {}  # window -> [latest timestamp, counts]: findings of a window stay in it
     for (out, counts), (_, timestamp, window) in zip(redacted, pending):
       yield WindowedValue(out, timestamp, [window])
@@ -210,6 +329,41 @@ class _RedactDeadLetterFn(_KeyedDoFn):
     for window, (timestamp, counts) in findings.items():
       for key, count in sorted(counts.items()):
         yield beam.pvalue.TaggedOutput(FINDINGS, WindowedValue((key, count), timestamp, [window]))
+
+  def setup(self):
+    super().setup()
+    self._suppressed = Suppressed(self._options.suppression) if self._options.suppression else None
+
+  def __getstate__(self):
+    state = super().__getstate__()
+    state['_suppressed'] = None
+    return state
+
+  def _suppress(self, redacted):
+    """Letters of suppressed subjects (a pseudonym of theirs anywhere in the redacted letter) lose their content.
+
+    They become reason 'suppressed' with source, position and tenant only,
+    like the rows RedactPII holds back.
+    """
+    lists = self._suppressed.lists()
+    if not lists or self._master_key is None:
+      return redacted
+    out = []
+    for letter, counts in redacted:
+      tenant = letter.get('tenant')
+      listed = lists.get(tenant) if isinstance(tenant, str) else None
+      if listed:
+        text = json.dumps([letter.get('record'), letter.get('detail')], default=str)
+        candidates = sorted(set(_PSEUDONYM.findall(text)))
+        if candidates and set(suppression_tokens(candidates, self._master_key, tenant).to_pylist()) & listed:
+          was = letter.get('reason')
+          letter = dict(
+            letter, reason='suppressed', field=None, record=None, detail=_SUPPRESSED_DETAIL + f' (was: {was})'
+          )
+          counts = collections.Counter(counts)
+          counts['SUPPRESSED'] += 1
+      out.append((letter, counts))
+    return out
 
   def _file_header(self, source: str):
     if not hasattr(self, '_headers'):
