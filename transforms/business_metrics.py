@@ -198,7 +198,9 @@ class MetricsOptions:
         raise ValueError(f'window_s must be positive, got {self.window_s!r}')
       longer = [p for p in periods if _PERIOD_MIN_US[p] > self.window_s * 1e6]
       if longer:
-        raise ValueError(f'period(s) {", ".join(longer)} are longer than window_s={self.window_s}: use periods=("day",)')
+        raise ValueError(
+          f'period(s) {", ".join(longer)} are longer than window_s={self.window_s}: use periods=("day",)'
+        )
     if self.allowed_lateness_s < 0:
       raise ValueError(f'allowed_lateness_s must not be negative, got {self.allowed_lateness_s!r}')
 
@@ -311,8 +313,12 @@ def extract_plays(batch: pa.RecordBatch, fields: PlayFields = PlayFields(), sour
 
   tenants = _as_text(column(TENANT_COLUMN))
   users = _as_text(column(fields.user_field))
-  flag(~np.asarray(tenants.is_valid().to_numpy(zero_copy_only=False), bool), 'missing_field', TENANT_COLUMN, 'no tenant')
-  flag(~np.asarray(users.is_valid().to_numpy(zero_copy_only=False), bool), 'missing_field', fields.user_field, 'no user')
+  flag(
+    ~np.asarray(tenants.is_valid().to_numpy(zero_copy_only=False), bool), 'missing_field', TENANT_COLUMN, 'no tenant'
+  )
+  flag(
+    ~np.asarray(users.is_valid().to_numpy(zero_copy_only=False), bool), 'missing_field', fields.user_field, 'no user'
+  )
   time_column = column(fields.time_field)
   micros, time_ok = _times(time_column)
   time_present = np.asarray(time_column.is_valid().to_numpy(zero_copy_only=False), bool)
