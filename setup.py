@@ -105,6 +105,8 @@ setuptools.setup(
     'pyyaml>=6',
     # Python twins of the RE2 prefilters (\\p{..} classes) in transforms.pii.scanner.
     'regex>=2023.0',
+    # The batch job's data-quality report (OUTPUT/_report.html): charts with plotly's JavaScript inlined.
+    'plotly==7.1.0',
   ],
   extras_require=EXTRAS,
 )
