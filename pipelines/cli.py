@@ -27,6 +27,7 @@ import sys
 from typing import Optional, Sequence, TextIO
 
 __all__ = [
+  'option_adder',
   'UNACTIONABLE_LOG_LINES',
   'drop_unactionable_log_lines',
   'configure_logging',
@@ -133,3 +134,17 @@ def print_help(
   file: Optional[TextIO] = None,
 ) -> None:
   (file or sys.stdout).write(help_text(prog, description, options_classes, first_group, epilog))
+
+
+def option_adder(parser, title: str):
+  """add(flag, **kwargs) for an options class: adds to group `title` the flags no class defined yet.
+
+  Flags several jobs define (--input, --output, ...) are parsed once, by whichever options class is first.
+  """
+  group = parser.add_argument_group(title)
+
+  def add(flag, **kwargs):
+    if flag not in parser._option_string_actions:
+      group.add_argument(flag, **kwargs)
+
+  return add

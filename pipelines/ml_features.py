@@ -68,6 +68,7 @@ from io_connectors.sinks.lake import (
   read_manifest,
   run_dir_name,
   sweep,
+  tenant_of_path,
 )
 from pipelines import cli, runners
 from pipelines.options import add_mlflow_arguments
@@ -131,13 +132,7 @@ class MlFeaturesOptions(PipelineOptions):
 
   @classmethod
   def _add_argparse_args(cls, parser):
-    group = parser.add_argument_group('ML features')
-
-    def add(flag, **kwargs):
-      # Flags the batch job defines too (--input, --output, ...) are parsed once, by whichever class is first.
-      if flag not in parser._option_string_actions:
-        group.add_argument(flag, **kwargs)
-
+    add = cli.option_adder(parser, 'ML features')
     add('--input', help='The lake: an output directory of pipelines.spotify_batch (local, s3://, gs://).')
     add('--output', help='Where the features are published (the lake commit protocol).')
     add(
@@ -172,13 +167,6 @@ class MlFeaturesOptions(PipelineOptions):
 # ----- Reading the lake -----
 
 
-def _tenant_of(path: str) -> Optional[str]:
-  for part in path.replace('\\', '/').split('/'):
-    if part.startswith('tenant='):
-      return part[len('tenant=') :]
-  return None
-
-
 def lake_files(lake: str) -> Tuple[dict, List[Tuple[str, str]]]:
   """(manifest, [(parquet path, tenant)]) of the listening events of the lake's committed run."""
   manifest = read_manifest(lake)
@@ -191,7 +179,7 @@ def lake_files(lake: str) -> Tuple[dict, List[Tuple[str, str]]]:
   for path in (manifest.get('files') or {}).get('data', []):
     if several and '/entity=listening_event/' not in path.replace('\\', '/'):
       continue
-    tenant = _tenant_of(path)
+    tenant = tenant_of_path(path)
     if tenant is not None and path.endswith('.parquet'):
       files.append((path, tenant))
   if not several and manifest.get('entity') not in (None, 'listening_event'):

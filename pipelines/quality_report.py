@@ -281,6 +281,16 @@ def _entity_sections(report) -> List[str]:
   return sections
 
 
+def _letters_table(letters: Sequence[dict], shown: int = 8) -> str:
+  """This run's dead letters by tenant, reason, stage and field: the largest first, the rest folded."""
+  headers = ['tenant', 'reason', 'stage', 'field', 'records']
+  rows = [[e(r['tenant']), e(r['reason']), e(r['stage']), e(r['field'] or '-'), e(r['count'])] for r in letters]
+  html = table(headers, rows[:shown], frozenset({4}))
+  if len(rows) > shown:
+    html += f'<details><summary>all {len(rows)} rows</summary>{table(headers, rows, frozenset({4}))}</details>'
+  return html
+
+
 def render_html(report: Dict[str, Any]) -> str:
   """The report as one self-contained HTML page (plotly inlined, no external resource)."""
   run = report['run']
@@ -320,14 +330,7 @@ def render_html(report: Dict[str, Any]) -> str:
     ),
     '<h2>Dead letters</h2>',
     _reasons_over_time_chart(report['history']),
-    table(
-      ['tenant', 'reason', 'stage', 'field', 'records'],
-      [
-        [e(r['tenant']), e(r['reason']), e(r['stage']), e(r['field'] or '-'), e(r['count'])]
-        for r in report['dead_letters']
-      ],
-      frozenset({4}),
-    ),
+    _letters_table(report['dead_letters']),
     *_entity_sections(report),
     '<h2>Schema drift</h2>',
     table(['entity', 'against', 'added', 'removed', 'changed'], drift_rows),

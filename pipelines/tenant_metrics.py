@@ -51,6 +51,7 @@ from io_connectors.sinks.lake import (
   read_manifest,
   run_dir_name,
   sweep,
+  tenant_of_path,
 )
 from pipelines import cli, runners
 
@@ -75,13 +76,7 @@ class TenantMetricsOptions(PipelineOptions):
 
   @classmethod
   def _add_argparse_args(cls, parser):
-    group = parser.add_argument_group('Tenant metrics')
-
-    def add(flag, **kwargs):
-      # Flags other jobs define too (--input, --output, ...) are parsed once, by whichever class is first.
-      if flag not in parser._option_string_actions:
-        group.add_argument(flag, **kwargs)
-
+    add = cli.option_adder(parser, 'Tenant metrics')
     add('--input', help='The lake: an output directory of pipelines.spotify_batch (local, s3://, gs://).')
     add('--output', help='Where the metrics are published (the lake commit protocol).')
     add('--play_entity', help='Entity of the plays in a lake run of several entities (listening_event, media_play).')
@@ -92,13 +87,6 @@ class TenantMetricsOptions(PipelineOptions):
     add('--top_k', type=int, default=10, help='Top tracks listed per tenant and period.')
     add('--batch_size', type=int, default=65536, help='Rows per Arrow record batch.')
     add('--run_id', help='Identifier of this run in the manifest. Default: a UTC timestamp.')
-
-
-def _tenant_of(path: str) -> Optional[str]:
-  for part in path.replace('\\', '/').split('/'):
-    if part.startswith('tenant='):
-      return part[len('tenant=') :]
-  return None
 
 
 def play_files(lake: str, entity: Optional[str] = None) -> Tuple[dict, str, List[str]]:
@@ -139,7 +127,7 @@ class _ReadPlaysFn(beam.DoFn):
   def process(self, path: str):
     with FileSystems.open(path) as handle:
       parquet = pq.ParquetFile(io.BytesIO(handle.read()))
-    tenant = _tenant_of(path)
+    tenant = tenant_of_path(path)
     row = 1
     for batch in parquet.iter_batches(batch_size=self._batch_size, use_threads=False):
       if TENANT_COLUMN not in batch.schema.names and tenant is not None:

@@ -18,27 +18,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 KEY = 'ab' * 32
 
 
-@pytest.fixture(autouse=True)
-def _pii_key(monkeypatch):
-  monkeypatch.setenv('PII_MASTER_KEY', KEY)
-
-
 @pytest.fixture(scope='module')
-def sample(tmp_path_factory):
-  out = str(tmp_path_factory.mktemp('sample'))
-  sample_data.write_listening_events(out, rows=1500, files=1, seed=11)
-  return out
+def two_runs(tmp_path_factory):
+  """Two runs of a small sample into one output (a history of two; drift against the first's schema).
 
-
-@pytest.fixture(scope='module')
-def two_runs(sample, tmp_path_factory):
-  """Two runs into one output (a history of two, drift against the first's schema)."""
+  Returns (sample directory, first manifest, second manifest, output).
+  """
+  sample = str(tmp_path_factory.mktemp('sample'))
+  sample_data.write_listening_events(sample, rows=1500, files=1, seed=11)
   output = str(tmp_path_factory.mktemp('lake'))
-  os.environ['PII_MASTER_KEY'] = KEY
-  args = ['--input', os.path.join(sample, '*.csv'), '--tenant_field', 'tenant_id', '--output', output]
-  first = run(args)
-  second = run(args)
-  return first, second, output
+  with pytest.MonkeyPatch.context() as env:
+    env.setenv('PII_MASTER_KEY', KEY)
+    args = ['--input', os.path.join(sample, '*.csv'), '--tenant_field', 'tenant_id', '--output', output]
+    first = run(args)
+    second = run(args)
+  return sample, first, second, output
 
 
 def _raw_pii(sample):
@@ -55,7 +49,7 @@ def _raw_pii(sample):
 
 
 def test_each_run_writes_the_report_and_its_history(two_runs):
-  first, second, output = two_runs
+  _, first, second, output = two_runs
   assert first['quality_report'] and second['quality_report']
   page = open(os.path.join(output, quality_report.REPORT_NAME), encoding='utf-8').read()
   assert f'run {second["run_id"]}' in page
@@ -74,8 +68,8 @@ def test_each_run_writes_the_report_and_its_history(two_runs):
   assert page.count('Plotly.newPlot') >= 6
 
 
-def test_the_report_holds_no_raw_pii(sample, two_runs):
-  _, _, output = two_runs
+def test_the_report_holds_no_raw_pii(two_runs):
+  sample, _, _, output = two_runs
   page = open(os.path.join(output, quality_report.REPORT_NAME), encoding='utf-8').read()
   # Without plotly's own code (the first script): the report's text and its figures' data stay.
   page = re.sub(r'<script type="text/javascript">.*?</script>', '', page, count=1, flags=re.S)
@@ -89,7 +83,9 @@ def test_the_report_holds_no_raw_pii(sample, two_runs):
     assert re.search(rf'<td class="">{hidden}</td>.*?not shown', stats_part), hidden
 
 
-def test_no_report_flag_and_rolling_report(sample, two_runs, tmp_path):
+def test_no_report_flag_and_rolling_report(two_runs, tmp_path, monkeypatch):
+  sample, _, second, lake = two_runs
+  monkeypatch.setenv('PII_MASTER_KEY', KEY)
   output = str(tmp_path / 'quiet')
   manifest = run(
     ['--input', os.path.join(sample, '*.csv'), '--tenant_field', 'tenant_id', '--output', output, '--no_report']
@@ -97,7 +93,6 @@ def test_no_report_flag_and_rolling_report(sample, two_runs, tmp_path):
   assert manifest['quality_report'] is False
   assert not os.path.exists(os.path.join(output, quality_report.REPORT_NAME))
   assert not os.path.exists(os.path.join(output, quality_report.HISTORY_NAME))
-  _, second, lake = two_runs
   path = quality_report.write_rolling_report(lake, str(tmp_path / 'rolling.html'), days=None)
   page = open(path, encoding='utf-8').read()
   assert 'Rolling data-quality report: 2 run(s)' in page
@@ -134,7 +129,7 @@ def _headless(chromium: str, *args: str):
 
 
 def test_headless_chromium_renders_the_charts_without_console_errors(two_runs, tmp_path):
-  _, _, output = two_runs
+  _, _, _, output = two_runs
   chromium = _chromium()
   url = 'file://' + os.path.join(output, quality_report.REPORT_NAME)
   page = open(os.path.join(output, quality_report.REPORT_NAME), encoding='utf-8').read()
@@ -164,7 +159,7 @@ def test_tenant_metrics_job_on_the_lake(two_runs, tmp_path):
 
   from pipelines import tenant_metrics
 
-  _, second, lake = two_runs
+  _, _, second, lake = two_runs
   output = str(tmp_path / 'metrics')
   assert tenant_metrics.main(['--input', lake, '--output', output, '--churn_days', '3', '--top_k', '3']) == 0
   manifest = json.load(open(os.path.join(output, '_manifest.json'), encoding='utf-8'))
