@@ -504,19 +504,7 @@ def build(p, files, options, preprocessing_fn, groups: List[str], run_dir: str, 
 
 
 def _options_from(argv: Sequence[str]) -> PipelineOptions:
-  from pipelines.spotify_batch import _all_options_parser
-
-  if cli.wants_help(argv):
-    cli.print_help('python -m pipelines.ml_features', __doc__.split('\n\n', 1)[0], [MlFeaturesOptions])
-    raise SystemExit(0)
-  _, unknown = _all_options_parser().parse_known_args(list(argv))
-  if unknown:
-    raise UsageError(f'unknown argument(s): {" ".join(unknown)} (see --help)')
-  options = PipelineOptions(list(argv))
-  ml_options = options.view_as(MlFeaturesOptions)
-  if not ml_options.input or not ml_options.output:
-    raise UsageError('--input (a lake) and --output are required')
-  return options
+  return cli.lake_job_options(argv, 'python -m pipelines.ml_features', __doc__, MlFeaturesOptions, UsageError)
 
 
 def _delete_run_dir(output: str, run_dir: str):

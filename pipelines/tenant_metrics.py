@@ -210,19 +210,7 @@ def _metrics_options(options: TenantMetricsOptions) -> bm.MetricsOptions:
 
 
 def _options_from(argv: Sequence[str]) -> PipelineOptions:
-  from pipelines.spotify_batch import _all_options_parser
-
-  if cli.wants_help(argv):
-    cli.print_help('python -m pipelines.tenant_metrics', __doc__.split('\n\n', 1)[0], [TenantMetricsOptions])
-    raise SystemExit(0)
-  _, unknown = _all_options_parser().parse_known_args(list(argv))
-  if unknown:
-    raise UsageError(f'unknown argument(s): {" ".join(unknown)} (see --help)')
-  options = PipelineOptions(list(argv))
-  ours = options.view_as(TenantMetricsOptions)
-  if not ours.input or not ours.output:
-    raise UsageError('--input (a lake) and --output are required')
-  return options
+  return cli.lake_job_options(argv, 'python -m pipelines.tenant_metrics', __doc__, TenantMetricsOptions, UsageError)
 
 
 def run(argv: Optional[Sequence[str]] = None) -> dict:
