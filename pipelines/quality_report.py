@@ -272,7 +272,9 @@ def _entity_sections(report) -> List[str]:
             e(name),
             e(c['type']),
             e(f'{c["nulls"] / rows:.1%}'),
-            e('not shown (personal data or undeclared)' if c.get('kind') == 'hidden' else c.get('kind')),
+            e(
+              'not shown (personal data, undeclared or the record key)' if c.get('kind') == 'hidden' else c.get('kind')
+            ),
           ]
           for name, c in columns.items()
         ],

@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms.entities import field_rules
+from transforms.entities import field_rules, key_field
 from transforms.records import INTERNAL_COLUMNS, TENANT_COLUMN
 
 __all__ = ['QualityStats', 'DeadLetterStats', 'visible_columns', 'batch_stats', 'merge_stats', 'TOP_CAPACITY']
@@ -50,9 +50,17 @@ _MAX_BINS = 4000
 
 
 def visible_columns(model: type) -> FrozenSet[str]:
-  """The columns of `model` whose values may be shown: declared, not PII, plus the tenant."""
+  """The columns of `model` whose values may be shown: declared, not PII, plus the tenant.
+
+  The record key is left out too: unique per row, its "distribution" says nothing and costs the most.
+  """
+  key = key_field(model)
   return frozenset(
-    [name for name, (rule, _) in field_rules(model).items() if rule.pii is None and rule.kind != 'nested']
+    [
+      name
+      for name, (rule, _) in field_rules(model).items()
+      if rule.pii is None and rule.kind != 'nested' and name != key
+    ]
     + [TENANT_COLUMN]
   )
 
@@ -106,15 +114,18 @@ def _column_stats(column: pa.Array, visible: bool) -> Dict[str, Any]:
       bins, counts = np.unique(_bin(values), return_counts=True)
       _add_counts(stats['histogram'], [_bin_label(b) for b in bins.tolist()], counts.tolist())
   elif pa.types.is_timestamp(t) or pa.types.is_date(t):
-    days = pc.strftime(present.cast(pa.timestamp('us', tz='UTC')) if pa.types.is_timestamp(t) else present, '%Y-%m-%d')
-    counts = pc.value_counts(days)
+    days = present.cast(pa.date32()) if pa.types.is_timestamp(t) else present.cast(pa.date32())
+    numbers, counts = np.unique(np.asarray(days.cast(pa.int32()).to_numpy(zero_copy_only=False)), return_counts=True)
+    labels = pa.array(numbers.astype(np.int32), pa.int32()).cast(pa.date32()).to_pylist()
     stats.update(kind='time', per_day={})
-    _add_counts(stats['per_day'], counts.field('values').to_pylist(), counts.field('counts').to_pylist())
+    _add_counts(stats['per_day'], [d.isoformat() for d in labels], counts.tolist())
   elif pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_boolean(t):
     counts = pc.value_counts(present)
-    stats.update(kind='categorical', top={}, truncated=False)
+    stats.update(kind='categorical', top={}, truncated=len(counts) > TOP_CAPACITY)
+    if len(counts) > TOP_CAPACITY:
+      # Only the most frequent leave Arrow: an id column has as many values as rows.
+      counts = counts.take(pc.select_k_unstable(counts.field('counts'), TOP_CAPACITY, [('', 'descending')]))
     _add_counts(stats['top'], [str(v) for v in counts.field('values').to_pylist()], counts.field('counts').to_pylist())
-    stats['truncated'] = _cap(stats['top'], TOP_CAPACITY)
   else:
     stats['kind'] = 'other'
   return stats
