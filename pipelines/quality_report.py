@@ -217,7 +217,8 @@ def _distribution_chart(entity: str, name: str, column: dict, div_id: str) -> Op
   kind = column.get('kind')
   if kind == 'numeric' and column.get('histogram'):
     bins = sorted(column['histogram'].items(), key=lambda kv: float(kv[0]))
-    trace = go.Bar(x=[float(k) for k, _ in bins], y=[n for _, n in bins], marker_color='#3465a4')
+    # Bins as categories in value order: bars of one width whatever the spacing of the bins.
+    trace = go.Bar(x=[k for k, _ in bins], y=[n for _, n in bins], marker_color='#3465a4')
     title = f'{name}: values (2 significant digits)'
   elif kind == 'time' and column.get('per_day'):
     days = sorted(column['per_day'].items())
@@ -232,6 +233,8 @@ def _distribution_chart(entity: str, name: str, column: dict, div_id: str) -> Op
     return None
   figure = go.Figure(trace)
   figure.update_layout(title=f'{entity}.{title}' if entity else title)
+  if kind == 'numeric':
+    figure.update_xaxes(type='category')
   return _figure_html(figure, div_id)
 
 

@@ -454,8 +454,21 @@ def _by_user(plays: pa.RecordBatch):
       start = i
 
 
+# What each user adds to a (tenant, period, start): summed over users, then turned into the metrics.
+_SUMS = (
+  'active_users',
+  'plays',
+  'listening_ms',
+  'skips',
+  'skip_known',
+  'sessions',
+  'new_listeners',
+  'returning_listeners',
+)
+
+
 class _UserContributionsFn(beam.DoFn):
-  """All plays of one user -> ((tenant, period, start, metric), count) and the user's last play for churn."""
+  """All plays of one user -> ((tenant, period, start), vector of _SUMS) and the user's last play for churn."""
 
   def __init__(self, options: MetricsOptions):
     self._options = options
@@ -480,18 +493,14 @@ class _UserContributionsFn(beam.DoFn):
       sessions = dict(zip(*np.unique(period_starts(session_starts, period), return_counts=True)))
       for j, start in enumerate(keys.tolist()):
         first = j == 0
-        values = {
-          'active_users': 1,
-          'plays': int(plays[j]),
-          'listening_ms': float(listening[j]),
-          'skips': int(skips[j]),
-          'skip_known': int(known[j]),
-          'sessions': int(sessions.get(start, 0)),
-          'new_listeners': int(first),
-          'returning_listeners': int(not first),
-        }
-        for metric, value in values.items():
-          yield (tenant, period, start, metric), value
+        # One vector per (tenant, period, start), in _SUMS order: summed element-wise downstream.
+        yield (
+          (tenant, period, start),
+          np.array(
+            [1, plays[j], listening[j], skips[j], known[j], sessions.get(start, 0), int(first), int(not first)],
+            np.float64,
+          ),
+        )
     yield beam.pvalue.TaggedOutput('last_play', (tenant, int(micros[-1])))
 
 
@@ -558,9 +567,9 @@ def _track_counts(plays: pa.RecordBatch, periods: Sequence[str]):
 
 
 def _metric_rows(element) -> Iterable[dict]:
-  """((tenant, period, start), {metric: sum}) -> the tenant_metrics rows of that period."""
-  (tenant, period, start), sums = element
-  sums = dict(sums)
+  """((tenant, period, start), vector of _SUMS) -> the tenant_metrics rows of that period."""
+  (tenant, period, start), vector = element
+  sums = {name: float(v) for name, v in zip(_SUMS, vector)}
   row = lambda metric, value, dims=None: {
     TENANT_COLUMN: tenant,
     'metric': metric,
@@ -579,7 +588,7 @@ def _metric_rows(element) -> Iterable[dict]:
     yield row(
       'skip_rate',
       round(sums['skips'] / sums['skip_known'], 6),
-      {'skips': sums['skips'], 'known': sums['skip_known']},
+      {'skips': int(sums['skips']), 'known': int(sums['skip_known'])},
     )
 
 
@@ -685,13 +694,7 @@ class TenantMetrics(beam.PTransform):
       | 'GroupByUser' >> beam.GroupByKey()
       | 'UserContributions' >> beam.ParDo(_UserContributionsFn(o)).with_outputs('last_play', main='sums')
     )
-    period_rows = (
-      per_user.sums
-      | 'SumPerMetric' >> beam.CombinePerKey(sum)
-      | 'ByPeriod' >> beam.MapTuple(lambda k, v: ((k[0], k[1], k[2]), (k[3], v)))
-      | 'GroupByPeriod' >> beam.GroupByKey()
-      | 'PeriodRows' >> beam.FlatMap(_metric_rows)
-    )
+    period_rows = per_user.sums | 'SumPerPeriod' >> beam.CombinePerKey(sum) | 'PeriodRows' >> beam.FlatMap(_metric_rows)
     top_rows = (
       plays
       | 'TrackCounts' >> beam.FlatMap(_track_counts, o.periods)
