@@ -92,6 +92,7 @@ from pipelines import cli, mlflow_logging, runners, stream_sources
 from pipelines.streaming_options import SpotifyStreamingOptions
 from transforms import entities
 from transforms.dead_letter import flatten_dead_letters
+from transforms.lineage_columns import AddLineageColumns
 from transforms.pii import PiiKeyError, PiiOptions, RedactDeadLetters, RedactPII, key_ref
 from transforms.tenant import AssignDeadLetterTenant, TagTenant, check_tenant_id
 from transforms.validate import Validate
@@ -218,8 +219,8 @@ SOURCES: Dict[str, Callable[[SpotifyStreamingOptions], beam.PTransform]] = {
 # ----- the job -----
 
 
-def build(p: beam.Pipeline, options: SpotifyStreamingOptions, master_key) -> None:
-  """Adds the streaming job to `p`."""
+def build(p: beam.Pipeline, options: SpotifyStreamingOptions, master_key, run_id: Optional[str] = None) -> None:
+  """Adds the streaming job to `p`; run_id (the output lock's) goes to the lineage columns."""
   model = entities.entity_model(options.entity)
   output = options.output.rstrip('/')
   source = SOURCES[options.source](options)
@@ -228,7 +229,14 @@ def build(p: beam.Pipeline, options: SpotifyStreamingOptions, master_key) -> Non
   validated = tagged.records | 'Validate' >> Validate(model)
   pii_options = PiiOptions(redact=not options.keep_pii)
   redacted = validated.records | 'RedactPII' >> RedactPII(model, master_key, pii_options)
-  windowed = redacted.records | 'Windows' >> WindowEvents(
+  clean = redacted.records
+  if not options.no_lineage_columns:
+    from pipelines.spotify_batch import code_version, lineage_code_version
+
+    clean = clean | 'Lineage' >> AddLineageColumns(
+      run_id or f'streaming-{uuid.uuid4().hex[:12]}', lineage_code_version(code_version())
+    )
+  windowed = clean | 'Windows' >> WindowEvents(
     WindowOptions(
       window_size_s=options.window_size_s,
       allowed_lateness_s=options.allowed_lateness_s,
@@ -504,7 +512,7 @@ def run(argv: Optional[Sequence[str]] = None, wait: bool = True, pii_key_secret:
   tracking = None
   try:
     pipeline = beam.Pipeline(options=pipeline_options)
-    build(pipeline, options, master_key)
+    build(pipeline, options, master_key, lock.run_id)
     tracking = _start_mlflow_run(options, pipeline_options) if options.mlflow_tracking_uri else None
     result = pipeline.run()
     if wait:
