@@ -14,6 +14,9 @@ import pytest
 from pipelines import quality_report, sample_data
 from pipelines.spotify_batch import run
 
+# Whole batch and metrics jobs, and a browser: the integration tier.
+pytestmark = pytest.mark.integration
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KEY = 'ab' * 32
 
