@@ -110,6 +110,8 @@ setuptools.setup(
     'regex>=2023.0',
     # AES-256-GCM of crypto-shredding (transforms.pii.crypto_shred); its key store needs the postgres extra.
     'cryptography>=42',
+    # The batch job's data-quality report (OUTPUT/_report.html): charts with plotly's JavaScript inlined.
+    'plotly==7.1.0',
   ],
   extras_require=EXTRAS,
 )

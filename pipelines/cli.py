@@ -27,6 +27,8 @@ import sys
 from typing import Optional, Sequence, TextIO
 
 __all__ = [
+  'option_adder',
+  'lake_job_options',
   'UNACTIONABLE_LOG_LINES',
   'drop_unactionable_log_lines',
   'configure_logging',
@@ -154,3 +156,40 @@ def print_help(
   file: Optional[TextIO] = None,
 ) -> None:
   (file or sys.stdout).write(help_text(prog, description, options_classes, first_group, epilog))
+
+
+def option_adder(parser, title: str):
+  """add(flag, **kwargs) for an options class: adds to group `title` the flags no class defined yet.
+
+  Flags several jobs define (--input, --output, ...) are parsed once, by whichever options class is first.
+  """
+  group = parser.add_argument_group(title)
+
+  def add(flag, **kwargs):
+    if flag not in parser._option_string_actions:
+      group.add_argument(flag, **kwargs)
+
+  return add
+
+
+def lake_job_options(argv: Sequence[str], prog: str, doc: str, options_class, usage_error):
+  """The PipelineOptions of a job from a lake (--input) to an output (--output); `usage_error` for mistakes.
+
+  --help prints the job's flags (`options_class`) and exits; an unknown flag or a
+  missing --input or --output raises `usage_error` with one line.
+  """
+  from apache_beam.options.pipeline_options import PipelineOptions
+
+  from pipelines.spotify_batch import _all_options_parser
+
+  if wants_help(argv):
+    print_help(prog, doc.split('\n\n', 1)[0], [options_class])
+    raise SystemExit(0)
+  _, unknown = _all_options_parser().parse_known_args(list(argv))
+  if unknown:
+    raise usage_error(f'unknown argument(s): {" ".join(unknown)} (see --help)')
+  options = PipelineOptions(list(argv))
+  ours = options.view_as(options_class)
+  if not ours.input or not ours.output:
+    raise usage_error('--input (a lake) and --output are required')
+  return options

@@ -24,22 +24,12 @@ mail attachment or an archive years later.
 from __future__ import annotations
 
 import datetime as dt
-import html
 from typing import Any, Dict, List, Optional
 
 from pipelines.audit import AuditEntry, AuditLog
+from pipelines.html_report import e as _e, page, parse_time as _when, table as _table
 
 __all__ = ['build_report', 'render_html']
-
-
-def _when(text: Optional[str]) -> Optional[dt.datetime]:
-  if not text:
-    return None
-  try:
-    value = dt.datetime.fromisoformat(str(text).replace('Z', '+00:00'))
-  except ValueError:
-    return None
-  return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
 def _duration_s(details: Dict[str, Any], end_key: str) -> Optional[float]:
@@ -123,32 +113,6 @@ def build_report(log: AuditLog, tenant: str, since: dt.datetime, until: dt.datet
   }
 
 
-_STYLE = """
-body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1000px;color:#1d2330}
-h1{font-size:22px}h2{font-size:17px;margin-top:1.8em;border-bottom:1px solid #d5d9e0}
-table{border-collapse:collapse;width:100%}td,th{padding:4px 8px;border-bottom:1px solid #eceef2;text-align:left}
-td.n,th.n{text-align:right}.ok{color:#1a7f37}.bad{color:#c62828;font-weight:600}.muted{color:#667}
-.bar{display:inline-block;height:10px;background:#c62828;vertical-align:middle}
-"""
-
-
-def _table(headers: List[str], rows: List[List[Any]], numeric: frozenset = frozenset()) -> str:
-  if not rows:
-    return '<p class="muted">None in this period.</p>'
-  head = ''.join(f'<th class="{"n" if i in numeric else ""}">{html.escape(h)}</th>' for i, h in enumerate(headers))
-  body = ''.join(
-    '<tr>' + ''.join(f'<td class="{"n" if i in numeric else ""}">{cell}</td>' for i, cell in enumerate(row)) + '</tr>'
-    for row in rows
-  )
-  return f'<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def _e(value: Any) -> str:
-  if isinstance(value, dict):
-    return html.escape(', '.join(f'{k}: {v}' for k, v in value.items()) or '-')
-  return html.escape('-' if value is None else str(value))
-
-
 def render_html(report: Dict[str, Any]) -> str:
   """The report as one self-contained HTML page (inline CSS, no script)."""
   audit = report['audit']
@@ -214,9 +178,4 @@ def render_html(report: Dict[str, Any]) -> str:
       [[_e(x['at'][:19]), _e(x['run_id']), _e(x['removed'])] for x in report['retention']],
     ),
   ]
-  return (
-    '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-    f'<title>Compliance report {_e(report["tenant"])}</title><style>{_STYLE}</style></head><body>'
-    + '\n'.join(sections)
-    + '</body></html>\n'
-  )
+  return page(f'Compliance report {report["tenant"]}', sections)

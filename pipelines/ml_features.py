@@ -68,6 +68,7 @@ from io_connectors.sinks.lake import (
   read_manifest,
   run_dir_name,
   sweep,
+  tenant_of_path,
 )
 from pipelines import cli, runners
 from pipelines.options import add_mlflow_arguments
@@ -131,13 +132,7 @@ class MlFeaturesOptions(PipelineOptions):
 
   @classmethod
   def _add_argparse_args(cls, parser):
-    group = parser.add_argument_group('ML features')
-
-    def add(flag, **kwargs):
-      # Flags the batch job defines too (--input, --output, ...) are parsed once, by whichever class is first.
-      if flag not in parser._option_string_actions:
-        group.add_argument(flag, **kwargs)
-
+    add = cli.option_adder(parser, 'ML features')
     add('--input', help='The lake: an output directory of pipelines.spotify_batch (local, s3://, gs://).')
     add('--output', help='Where the features are published (the lake commit protocol).')
     add(
@@ -172,13 +167,6 @@ class MlFeaturesOptions(PipelineOptions):
 # ----- Reading the lake -----
 
 
-def _tenant_of(path: str) -> Optional[str]:
-  for part in path.replace('\\', '/').split('/'):
-    if part.startswith('tenant='):
-      return part[len('tenant=') :]
-  return None
-
-
 def lake_files(lake: str) -> Tuple[dict, List[Tuple[str, str]]]:
   """(manifest, [(parquet path, tenant)]) of the listening events of the lake's committed run."""
   manifest = read_manifest(lake)
@@ -191,7 +179,7 @@ def lake_files(lake: str) -> Tuple[dict, List[Tuple[str, str]]]:
   for path in (manifest.get('files') or {}).get('data', []):
     if several and '/entity=listening_event/' not in path.replace('\\', '/'):
       continue
-    tenant = _tenant_of(path)
+    tenant = tenant_of_path(path)
     if tenant is not None and path.endswith('.parquet'):
       files.append((path, tenant))
   if not several and manifest.get('entity') not in (None, 'listening_event'):
@@ -516,19 +504,7 @@ def build(p, files, options, preprocessing_fn, groups: List[str], run_dir: str, 
 
 
 def _options_from(argv: Sequence[str]) -> PipelineOptions:
-  from pipelines.spotify_batch import _all_options_parser
-
-  if cli.wants_help(argv):
-    cli.print_help('python -m pipelines.ml_features', __doc__.split('\n\n', 1)[0], [MlFeaturesOptions])
-    raise SystemExit(0)
-  _, unknown = _all_options_parser().parse_known_args(list(argv))
-  if unknown:
-    raise UsageError(f'unknown argument(s): {" ".join(unknown)} (see --help)')
-  options = PipelineOptions(list(argv))
-  ml_options = options.view_as(MlFeaturesOptions)
-  if not ml_options.input or not ml_options.output:
-    raise UsageError('--input (a lake) and --output are required')
-  return options
+  return cli.lake_job_options(argv, 'python -m pipelines.ml_features', __doc__, MlFeaturesOptions, UsageError)
 
 
 def _delete_run_dir(output: str, run_dir: str):

@@ -169,5 +169,11 @@ class SpotifyBatchOptions(PipelineOptions):
       '(libpq reads $PGPASSWORD or ~/.pgpass; options are part of the job graph) or a local file. '
       'Default: $PIPELINE_AUDIT_LOG.',
     )
+    parser.add_argument(
+      '--no_report',
+      action='store_true',
+      help='Do not write OUTPUT/_report.html, the data-quality report (counts, dead letters, null rates, '
+      'distributions, schema drift, PII findings with charts).',
+    )
     add_mlflow_arguments(parser)
     add_tracing_arguments(parser)

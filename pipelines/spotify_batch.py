@@ -60,7 +60,7 @@ from io_connectors.sinks import tables as lake_tables
 from pipelines.config import FILE_ONLY_KEYS, RUN_KEYS, ConfigError, RunConfig, load_yaml, resolve
 from pipelines import audit, cli, lineage, runners, tracing
 from pipelines.options import SpotifyBatchOptions
-from transforms import entities, schema as schema_mod
+from transforms import entities, quality, schema as schema_mod
 from transforms.dead_letter import flatten_dead_letters
 from transforms.dedup import Deduplicate
 from transforms.lineage_columns import AddLineageColumns
@@ -636,13 +636,15 @@ def _entity_chain(
   table_locations=None,
   info=None,
   trace=None,
+  report=True,
 ):
   """Reads `sources` and takes their records through the transforms of one entity.
 
   trace: the run's tracing.TraceConfig; sampled bundles of the read, validate,
   redact, dedup and write stages then get spans.
 
-  Returns (data files, redacted dead letters, counts, cursors, (entity, schema) PCollection).
+  Returns (data files, redacted dead letters, counts, cursors, (entity, schema) PCollection,
+  (entity, quality statistics) PCollection or None when `report` is off).
   """
   model = entities.entity_model(entity)
   trace = trace or tracing.TraceConfig()
@@ -718,7 +720,15 @@ def _entity_chain(
   counts.append(_counted(redacted.findings, f'{label}CountPII', lambda kc: [(('pii', None, kc[0]), kc[1])]))
   counts.append(_counted(letters_redacted.findings, f'{label}CountPIIDL', lambda kc: [(('pii', None, kc[0]), kc[1])]))
   schema = inferred | f'{label}KeySchema' >> beam.Map(lambda s, e=entity: (e, s))
-  return data_files, letters_redacted.records, counts, cursors, schema
+  stats = None
+  if report:
+    # Statistics of the rows written (after dedup), computed on the way: the report never re-reads the output.
+    stats = (
+      deduped.records
+      | f'{label}KeyForStats' >> beam.Map(lambda b, e=entity: (e, b))
+      | f'{label}QualityStats' >> quality.QualityStats({entity: quality.visible_columns(model)})
+    )
+  return data_files, letters_redacted.records, counts, cursors, schema, stats
 
 
 def build(
@@ -731,6 +741,7 @@ def build(
   table_locations: Optional[Dict[str, str]] = None,
   run_dir: Optional[str] = None,
   trace: Optional[tracing.TraceConfig] = None,
+  report: bool = True,
 ) -> None:
   """Adds the whole batch job to `p`: one chain of transforms per entity the sources hold.
 
@@ -738,17 +749,29 @@ def build(
   table_locations (--output_format iceberg/delta): {table: where its files go};
   the finalize step then commits them to the tables instead.
   trace: the run's tracing.TraceConfig (from `tracing.run_span`): bundle spans.
+  report: write OUTPUT/_report.html (`pipelines.quality_report`) once the run is committed.
   """
   run_id = lock.run_dir if lock is not None else run_dir or run_dir_name(info['run_id'])
   groups: Dict[str, list] = {}
   for i, source in enumerate(config.sources):
     groups.setdefault(source['entity'], []).append((i, source))
   several = len(groups) > 1
-  data_files, letters, counts, cursors, schemas = [], [], [], [], []
+  data_files, letters, counts, cursors, schemas, stats = [], [], [], [], [], []
   for entity, sources in groups.items():
-    files, redacted_letters, entity_counts, entity_cursors, schema = _entity_chain(
-      p, entity, sources, config, master_key, run_id, f'[{entity}] ' if several else '', table_locations, info, trace
+    files, redacted_letters, entity_counts, entity_cursors, schema, entity_stats = _entity_chain(
+      p,
+      entity,
+      sources,
+      config,
+      master_key,
+      run_id,
+      f'[{entity}] ' if several else '',
+      table_locations,
+      info,
+      trace,
+      report,
     )
+    stats.append(entity_stats)
     data_files.append(files)
     letters.append(redacted_letters)
     counts.extend(entity_counts)
@@ -777,15 +800,40 @@ def build(
     side_inputs['cursors'] = beam.pvalue.AsList(tuple(cursors) | 'AllCursors' >> beam.Flatten())
   if table_locations is not None:
     day_fields = {e: event_time_field(entities.entity_model(e)) for e in groups}
-    _ = all_files | 'Finalize' >> beam.ParDo(
+    published = all_files | 'Finalize' >> beam.ParDo(
       _TableFinalizeFn(table_target(config), run_id, info, previous_schema, config.table_mode, day_fields),
       **side_inputs,
     )
-    return
-  portable_lock = dataclasses.replace(lock, options=None) if lock is not None else None  # workers use their own options
-  _ = all_files | 'Finalize' >> beam.ParDo(
-    _FinalizeFn(config.output, run_id, info, previous_schema, portable_lock), **side_inputs
-  )
+  else:
+    portable_lock = (
+      dataclasses.replace(lock, options=None) if lock is not None else None
+    )  # workers use their own options
+    published = all_files | 'Finalize' >> beam.ParDo(
+      _FinalizeFn(config.output, run_id, info, previous_schema, portable_lock), **side_inputs
+    )
+  if report:
+    _ = published | 'QualityReport' >> beam.ParDo(
+      _ReportFn(config.output),
+      stats=beam.pvalue.AsList(tuple(stats) | 'AllQualityStats' >> beam.Flatten()),
+      letter_stats=beam.pvalue.AsSingleton(all_letters | 'DeadLetterStats' >> quality.DeadLetterStats()),
+    )
+
+
+class _ReportFn(beam.DoFn):
+  """Writes OUTPUT/_report.html once the run is published; a failure to write it fails nothing but itself."""
+
+  def __init__(self, output: str):
+    self._output = output
+
+  def process(self, manifest, stats, letter_stats):
+    from pipelines import quality_report
+
+    try:
+      path = quality_report.write_report(self._output, manifest, [s for _, s in stats], letter_stats)
+    except Exception as e:  # the data is committed: a report that cannot be written is logged, not fatal
+      _LOG.warning('could not write the data-quality report in %s: %s: %s', self._output, type(e).__name__, e)
+      return
+    yield path
 
 
 def _run_entity(config: RunConfig) -> str:
@@ -887,6 +935,7 @@ def _run_traced(options, config: RunConfig, master_key, previous_schema, baselin
     'output_format': config.output_format,
     'pii': {'redacted': not config.keep_pii, 'ephemeral_key': bool(master_key is not None and master_key.ephemeral)},
     'schema_baseline': baseline,
+    'quality_report': not options.view_as(SpotifyBatchOptions).no_report,
   }
   _LOG.info(
     'run %s: %d source(s) -> %s (%s) on %s',
@@ -943,7 +992,7 @@ def _run_files(
       emitter.start(run_id, PIPELINE_NAME, inputs, lineage.output_datasets(config.output, entities))
     sweep(config.output, keep_run_dirs=(lock.run_dir,))  # what crashed runs left
     pipeline = beam.Pipeline(options=options)
-    build(pipeline, config, master_key, info, previous_schema, lock, trace=trace)
+    build(pipeline, config, master_key, info, previous_schema, lock, trace=trace, report=info['quality_report'])
     with lock.kept_alive():
       result = pipeline.run()
       _wait_with_progress(result)
@@ -975,7 +1024,17 @@ def _run_tables(options, config: RunConfig, master_key, info: dict, previous_sch
   locations = {name: tables.location(name) for name in names}
   run_dir = run_dir_name(info['run_id'])
   pipeline = beam.Pipeline(options=options)
-  build(pipeline, config, master_key, info, previous_schema, table_locations=locations, run_dir=run_dir, trace=trace)
+  build(
+    pipeline,
+    config,
+    master_key,
+    info,
+    previous_schema,
+    table_locations=locations,
+    run_dir=run_dir,
+    trace=trace,
+    report=info['quality_report'],
+  )
   result = pipeline.run()
   _wait_with_progress(result)
   manifest = read_json(table_run_manifest_path(target.location, run_dir))
@@ -1087,6 +1146,8 @@ def summary_table(manifest: dict) -> str:
     f'  {out}/_schema.json       inferred schema',
     f'  {out}/_manifest.json     this run\'s manifest: the commit point readers start from (docs/lake.md)',
   ]
+  if manifest.get('quality_report'):
+    lines.append(f'  {out}/_report.html      data-quality report (charts; --no_report turns it off)')
   return '\n'.join(lines)
 
 

@@ -71,6 +71,7 @@ __all__ = [
   'UNASSIGNED',
   'parquet_bytes',
   'delete_tree',
+  'tenant_of_path',
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -428,6 +429,14 @@ def _partition_dir(base: str, written: WrittenFile) -> str:
   if written.partition == UNASSIGNED:
     return _join(base, 'dead_letter', UNASSIGNED)
   return _join(base, 'dead_letter', f'tenant={written.partition}')
+
+
+def tenant_of_path(path: str) -> Optional[str]:
+  """The tenant of a lake file from its ``tenant=<id>`` partition directory, or None."""
+  for part in path.replace('\\', '/').split('/'):
+    if part.startswith('tenant='):
+      return part[len('tenant=') :]
+  return None
 
 
 def delete_tree(path: str) -> bool:

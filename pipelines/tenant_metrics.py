@@ -1,0 +1,272 @@
+"""Business metrics per tenant from the lake's plays, written back to a lake as ``entity=tenant_metrics``.
+
+Reads the committed run of a lake (a ``pipelines.spotify_batch`` output: its
+``_manifest.json`` lists the Parquet files) holding play-like records
+(``listening_event`` or ``media_play``), computes per tenant and period
+(`transforms.business_metrics`: active users per day, week and month,
+listening minutes, plays, skip rate, sessions per user, new vs returning
+listeners, churn risk, top tracks) and publishes, with the lake's commit
+protocol (docs/lake.md)::
+
+    OUTPUT/_manifest.json                                   counts, input run, options, files
+    OUTPUT/data/entity=tenant_metrics/tenant=<id>/part-*.parquet
+        tenant_id, metric, period, period_start, value, dims (JSON text)
+    OUTPUT/dead_letter/tenant=<id>/part-*.jsonl             plays the metrics could not use, with reason
+
+The same values go to Beam gauges (namespace ``business``, see
+`transforms.business_metrics`) for the Prometheus exporter.
+
+Usage::
+
+    python -m pipelines.tenant_metrics --input out/lake --output out/metrics
+    python -m pipelines.tenant_metrics --input gs://lake/plays --output gs://lake/tenant_metrics \\
+        --churn_days 30 --periods day,week --runner DataflowRunner ...
+
+    from pipelines.tenant_metrics import run
+    manifest = run(['--input', 'out/lake', '--output', 'out/metrics'])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import io
+import logging
+import sys
+from typing import List, Optional, Sequence, Tuple
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from io_connectors.sinks.lake import (
+  OutputLock,
+  OutputLockedError,
+  WriteDeadLetterFiles,
+  WriteRecordFiles,
+  commit_output,
+  finalize_files,
+  read_manifest,
+  run_dir_name,
+  sweep,
+  tenant_of_path,
+)
+from pipelines import cli, runners
+
+# Registered before ours: its flags (--input, --output, ...) take no `add` check, ours do.
+from pipelines.options import SpotifyBatchOptions  # noqa: F401
+from transforms import business_metrics as bm
+from transforms.records import TENANT_COLUMN, with_provenance
+
+__all__ = ['TenantMetricsOptions', 'run', 'main', 'UsageError', 'PIPELINE_NAME', 'PLAY_ENTITIES']
+
+PIPELINE_NAME = 'tenant_metrics'
+PLAY_ENTITIES = ('listening_event', 'media_play')
+_LOG = logging.getLogger('pipelines.tenant_metrics')
+
+
+class UsageError(Exception):
+  """A mistake in the flags or the input lake: one line for the user, exit 2."""
+
+
+class TenantMetricsOptions(PipelineOptions):
+  """Options of `python -m pipelines.tenant_metrics`."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    add = cli.option_adder(parser, 'Tenant metrics')
+    add('--input', help='The lake: an output directory of pipelines.spotify_batch (local, s3://, gs://).')
+    add('--output', help='Where the metrics are published (the lake commit protocol).')
+    add('--play_entity', help='Entity of the plays in a lake run of several entities (listening_event, media_play).')
+    add('--periods', default='day,week,month', help='Comma-separated periods: day, week, month.')
+    add('--session_gap_s', type=float, default=1800.0, help='A listening session ends after this long without a play.')
+    add('--churn_days', type=int, default=14, help='Users silent this many days are at churn risk.')
+    add('--as_of', help='Reference time of churn risk (ISO-8601 with offset). Default: each tenant\'s last play.')
+    add('--top_k', type=int, default=10, help='Top tracks listed per tenant and period.')
+    add('--batch_size', type=int, default=65536, help='Rows per Arrow record batch.')
+    add('--run_id', help='Identifier of this run in the manifest. Default: a UTC timestamp.')
+
+
+def play_files(lake: str, entity: Optional[str] = None) -> Tuple[dict, str, List[str]]:
+  """(manifest, entity, Parquet files) of the plays of the lake's committed run."""
+  manifest = read_manifest(lake)
+  if manifest is None:
+    raise UsageError(f'{lake}: no committed lake run (no _manifest.json); run pipelines.spotify_batch first')
+  if manifest.get('output_format', 'parquet') != 'parquet':
+    raise UsageError(f'{lake}: the run wrote {manifest.get("output_format")}; tenant_metrics reads parquet lake runs')
+  per_entity = (manifest.get('counts') or {}).get('written_per_entity')
+  paths = [p for p in (manifest.get('files') or {}).get('data', []) if p.endswith('.parquet')]
+  if per_entity:
+    candidates = [e for e in PLAY_ENTITIES if e in per_entity] if entity is None else [entity]
+    if len(candidates) != 1:
+      raise UsageError(
+        f'{lake}: the run holds {", ".join(sorted(per_entity))}; name the plays with --play_entity '
+        f'({" or ".join(PLAY_ENTITIES)})'
+      )
+    entity = candidates[0]
+    paths = [p for p in paths if f'/entity={entity}/' in p.replace('\\', '/')]
+  else:
+    entity = entity or manifest.get('entity')
+    if entity != manifest.get('entity'):
+      raise UsageError(f'{lake}: the committed run holds {manifest.get("entity")!r}, not {entity!r}')
+  if entity not in PLAY_ENTITIES:
+    raise UsageError(f'{lake}: the committed run holds {entity!r}; plays are {" or ".join(PLAY_ENTITIES)}')
+  if not paths:
+    raise UsageError(f'{lake}: the committed run lists no Parquet files of {entity}')
+  return manifest, entity, sorted(paths)
+
+
+class _ReadPlaysFn(beam.DoFn):
+  """A lake Parquet file -> record batches with the tenant (from the partition when absent) and provenance."""
+
+  def __init__(self, batch_size: int):
+    self._batch_size = batch_size
+
+  def process(self, path: str):
+    with FileSystems.open(path) as handle:
+      parquet = pq.ParquetFile(io.BytesIO(handle.read()))
+    tenant = tenant_of_path(path)
+    row = 1
+    for batch in parquet.iter_batches(batch_size=self._batch_size, use_threads=False):
+      if TENANT_COLUMN not in batch.schema.names and tenant is not None:
+        batch = batch.append_column(TENANT_COLUMN, pa.array([tenant] * batch.num_rows, type=pa.string()))
+      yield with_provenance(batch, path, row)
+      row += batch.num_rows
+
+
+class _FinalizeFn(beam.DoFn):
+  """Names the files, writes the manifest and publishes the run."""
+
+  def __init__(self, output: str, run_dir: str, info: dict, lock=None):
+    self._output, self._run_dir, self._info, self._lock = output, run_dir, info, lock
+
+  def process(self, files, counts):
+    moves = finalize_files(self._output, self._run_dir, files)
+    totals = dict(counts)
+    manifest = dict(
+      self._info,
+      finished_at=dt.datetime.now(dt.timezone.utc).isoformat(),
+      counts={
+        'plays': totals.get('plays', 0),
+        'dead_letter': totals.get('dead_letter', 0),
+        'metric_rows': totals.get('metric_rows', 0),
+        'dead_letter_by_reason': {k[len('reason:') :]: v for k, v in sorted(totals.items()) if k.startswith('reason:')},
+      },
+      files={kind: sorted(moves[f.temp_path] for f in files if f.kind == kind) for kind in ('data', 'dead_letter')},
+    )
+    yield commit_output(self._output, self._run_dir, manifest, None, lock=self._lock)
+
+
+def build(
+  p, files: Sequence[str], options: TenantMetricsOptions, metrics_options: bm.MetricsOptions, run_dir, info, lock=None
+):
+  """Adds the job to `p`: read the plays, compute the metrics, write them and the dead letters, publish."""
+  batches = (
+    p
+    | 'LakeFiles' >> beam.Create(list(files))
+    | 'SpreadFiles' >> beam.Reshuffle()
+    | 'ReadLake' >> beam.ParDo(_ReadPlaysFn(options.batch_size))
+  )
+  plays = batches | 'ExtractPlays' >> bm.ExtractPlays()
+  metrics = plays.records | 'TenantMetrics' >> bm.TenantMetrics(metrics_options)
+  data_files = metrics | 'WriteMetrics' >> WriteRecordFiles(options.output, 'parquet', run_dir, entity=bm.ENTITY)
+  letter_files = plays.dead_letter | 'WriteDeadLetters' >> WriteDeadLetterFiles(options.output, run_dir)
+  counts = (
+    (
+      plays.records | 'CountPlays' >> beam.Map(lambda b: ('plays', b.num_rows)),
+      plays.dead_letter | 'CountLetters' >> beam.FlatMap(lambda l: [('dead_letter', 1), (f'reason:{l["reason"]}', 1)]),
+      metrics | 'CountRows' >> beam.Map(lambda b: ('metric_rows', b.num_rows)),
+    )
+    | 'AllCounts' >> beam.Flatten()
+    | 'SumCounts' >> beam.CombinePerKey(sum)
+  )
+  _ = (
+    (data_files, letter_files)
+    | 'AllFiles' >> beam.Flatten()
+    | 'FileList' >> beam.combiners.ToList()
+    | 'Finalize' >> beam.ParDo(_FinalizeFn(options.output, run_dir, info, lock), counts=beam.pvalue.AsList(counts))
+  )
+
+
+def _metrics_options(options: TenantMetricsOptions) -> bm.MetricsOptions:
+  as_of = None
+  if options.as_of:
+    try:
+      as_of = dt.datetime.fromisoformat(options.as_of.replace('Z', '+00:00'))
+    except ValueError:
+      raise UsageError(f'--as_of {options.as_of!r}: not an ISO-8601 date-time') from None
+  try:
+    return bm.MetricsOptions(
+      periods=tuple(p.strip() for p in options.periods.split(',') if p.strip()),
+      session_gap_s=options.session_gap_s,
+      churn_days=options.churn_days,
+      as_of=as_of,
+      top_k=options.top_k,
+    )
+  except ValueError as e:
+    raise UsageError(str(e)) from None
+
+
+def _options_from(argv: Sequence[str]) -> PipelineOptions:
+  return cli.lake_job_options(argv, 'python -m pipelines.tenant_metrics', __doc__, TenantMetricsOptions, UsageError)
+
+
+def run(argv: Optional[Sequence[str]] = None) -> dict:
+  """Runs the job and returns its published manifest; raises UsageError for bad flags or input."""
+  from pipelines.spotify_batch import _wait_with_progress, new_run_id, run_info
+
+  argv = runners.local_runner_args(sys.argv[1:] if argv is None else argv)
+  options = _options_from(argv)
+  FileSystems.set_options(options)
+  ours = options.view_as(TenantMetricsOptions)
+  metrics_options = _metrics_options(ours)
+  lake_manifest, entity, files = play_files(ours.input, ours.play_entity)
+  run_id = ours.run_id or new_run_id()
+  info = {
+    **run_info(PIPELINE_NAME, run_id, options),
+    'entity': bm.ENTITY,
+    'input': {'lake': ours.input, 'run_id': lake_manifest.get('run_id'), 'entity': entity, 'files': len(files)},
+    'output': ours.output,
+    'options': {
+      'periods': list(metrics_options.periods),
+      'session_gap_s': metrics_options.session_gap_s,
+      'churn_days': metrics_options.churn_days,
+      'as_of': ours.as_of,
+      'top_k': metrics_options.top_k,
+    },
+  }
+  lock = OutputLock.acquire(ours.output, run_id, run_dir_name(run_id), options=options)
+  try:
+    sweep(ours.output, keep_run_dirs=(lock.run_dir,))
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, files, ours, metrics_options, lock.run_dir, info, lock=dataclasses.replace(lock, options=None))
+    with lock.kept_alive():
+      result = pipeline.run()
+      _wait_with_progress(result)
+  finally:
+    lock.release()
+  manifest = read_manifest(ours.output)
+  if manifest is None or manifest.get('run_id') != run_id:
+    raise RuntimeError(f'the run finished but published no manifest at {ours.output}/_manifest.json')
+  return manifest
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  cli.configure_logging()
+  try:
+    manifest = run(argv)
+  except (UsageError, OutputLockedError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  counts = manifest['counts']
+  print(
+    f"run {manifest['run_id']}: {manifest['input']['lake']} ({manifest['input']['entity']}) -> {manifest['output']}: "
+    f"{counts['plays']} plays, {counts['metric_rows']} metric rows, {counts['dead_letter']} dead letters"
+  )
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
