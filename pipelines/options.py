@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipelines.prometheus_export import add_prometheus_arguments
+
 __all__ = ['SpotifyBatchOptions', 'INPUT_FORMATS', 'OUTPUT_FORMATS', 'TABLE_MODES', 'add_mlflow_arguments']
 
 INPUT_FORMATS = ('csv', 'jsonl', 'json', 'parquet', 'avro', 'excel')
@@ -127,3 +129,4 @@ class SpotifyBatchOptions(PipelineOptions):
       'Default: $PIPELINE_AUDIT_LOG.',
     )
     add_mlflow_arguments(parser)
+    add_prometheus_arguments(parser)

@@ -58,11 +58,12 @@ from io_connectors.sinks.lake import (
 )
 from io_connectors.sinks import tables as lake_tables
 from pipelines.config import FILE_ONLY_KEYS, RUN_KEYS, ConfigError, RunConfig, load_yaml, resolve
-from pipelines import audit, cli, lineage, runners
+from pipelines import audit, cli, lineage, prometheus_export, runners
 from pipelines.options import SpotifyBatchOptions
 from transforms import entities, schema as schema_mod
 from transforms.dead_letter import flatten_dead_letters
 from transforms.dedup import Deduplicate
+from transforms.metrics import LabelledCounters
 from transforms.pii import PiiKeyError, PiiOptions, RedactDeadLetters, RedactPII, key_ref
 from transforms.tenant import AssignDeadLetterTenant, TagTenant
 from transforms.validate import Validate
@@ -572,6 +573,35 @@ class _CountReadFn(beam.DoFn):
     yield ('read', None, None), batch.num_rows
 
 
+class _CountMetricsFn(beam.DoFn):
+  """The run's counts as labelled Beam counters (transforms.metrics), passed through unchanged.
+
+  rows_read, rows_written{tenant, entity}, rows_dead_lettered{tenant, reason},
+  rows_deduplicated{tenant} and pii_findings{type}: what `--prometheus_pushgateway`
+  pushes at the end of the run (pipelines.prometheus_export).
+  """
+
+  _NAMES = {
+    'read': ('read', ()),
+    'written': ('written', ('tenant', 'entity')),
+    'dead_letter': ('dead_lettered', ('tenant', 'reason')),
+    'deduplicated': ('deduplicated', ('tenant',)),
+  }
+
+  def setup(self):
+    self._counters = {metric: LabelledCounters('rows', name) for metric, (name, _) in self._NAMES.items()}
+    self._pii = LabelledCounters('pii', 'findings')
+
+  def process(self, element):
+    (metric, tenant, detail), n = element
+    if metric == 'pii':
+      self._pii.inc(n, type=detail)
+    elif metric in self._NAMES:
+      labels = dict(zip(self._NAMES[metric][1], (tenant or '_unassigned', detail)))
+      self._counters[metric].inc(n, **labels)
+    yield element
+
+
 def _tenant_of(written) -> str:
   return (
     dict(written.partition)[lake_tables.TENANT_COLUMN] if isinstance(written.partition, tuple) else written.partition
@@ -718,7 +748,12 @@ def build(
   counts.append(
     _counted(all_letters, 'CountDL', lambda l: [(('dead_letter', l.get('tenant'), l['reason']), l.get('count', 1))])
   )
-  summed = tuple(counts) | 'AllCounts' >> beam.Flatten() | 'SumCounts' >> beam.CombinePerKey(sum)
+  summed = (
+    tuple(counts)
+    | 'AllCounts' >> beam.Flatten()
+    | 'CountMetrics' >> beam.ParDo(_CountMetricsFn())
+    | 'SumCounts' >> beam.CombinePerKey(sum)
+  )
 
   all_files = (all_data_files, letter_files) | 'AllFiles' >> beam.Flatten() | 'FileList' >> beam.combiners.ToList()
   side_inputs = {
@@ -880,6 +915,7 @@ def _run_files(options, config: RunConfig, master_key, info: dict, previous_sche
       _wait_with_progress(result)
   finally:
     lock.release()
+  _push_metrics(options, result, info)
   manifest = read_json(FileSystems.join(config.output, '_manifest.json'))
   if manifest is None or manifest.get('run_id') != run_id:
     raise RuntimeError(f'the run finished but wrote no manifest at {config.output}/_manifest.json')
@@ -909,10 +945,20 @@ def _run_tables(options, config: RunConfig, master_key, info: dict, previous_sch
   build(pipeline, config, master_key, info, previous_schema, table_locations=locations, run_dir=run_dir)
   result = pipeline.run()
   _wait_with_progress(result)
+  _push_metrics(options, result, info)
   manifest = read_json(table_run_manifest_path(target.location, run_dir))
   if manifest is None or manifest.get('run_id') != info['run_id']:
     raise RuntimeError(f'the run finished but wrote no manifest at {table_run_manifest_path(target.location, run_dir)}')
   return manifest
+
+
+def _push_metrics(options, result, info: dict) -> None:
+  """--prometheus_pushgateway: the finished run's Beam metrics, grouped by job and run id."""
+  batch = options.view_as(SpotifyBatchOptions)
+  if batch.prometheus_pushgateway:
+    prometheus_export.push_run_metrics(
+      result.metrics(), batch.prometheus_pushgateway, PIPELINE_NAME, info['run_id'], batch.prometheus_max_series
+    )
 
 
 def _lineage(options, info: dict):
