@@ -36,7 +36,10 @@ import logging
 import re
 import socket
 import threading
+import time
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import apache_beam as beam
 
 from io_connectors._common.masking import mask_url
 from transforms.metrics import parse_name
@@ -53,6 +56,8 @@ __all__ = [
   'push_collectors',
   'serve',
   'add_prometheus_arguments',
+  'process_sample_store',
+  'ExportSamples',
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -357,5 +362,72 @@ def serve(port: int, collectors: Iterable, address: str = '127.0.0.1'):
   return server
 
 
-def hostname() -> str:
-  return socket.gethostname()
+_PROCESS_STORE: Dict[str, SampleStore] = {}
+_PROCESS_LOCK = threading.Lock()
+
+
+def process_sample_store(max_series: int = DEFAULT_MAX_SERIES) -> SampleStore:
+  """The sample store of this process: what its /metrics endpoint serves and `ExportSamples` fills.
+
+  On the local runners (Prism with LOOPBACK, the in-process runners) the
+  workers run in the launching process, so the endpoint the job's main
+  process serves sees every sample; on remote workers use the Pushgateway.
+  """
+  with _PROCESS_LOCK:
+    if 'store' not in _PROCESS_STORE:
+      _PROCESS_STORE['store'] = SampleStore(max_series)
+    return _PROCESS_STORE['store']
+
+
+class _ExportSamplesFn(beam.DoFn):
+  def __init__(self, pushgateway: Optional[str], job: str, max_series: int, push_interval_s: float):
+    self._pushgateway = pushgateway
+    self._job = job
+    self._max_series = max_series
+    self._push_interval_s = push_interval_s
+
+  def setup(self):
+    self._store = process_sample_store(self._max_series)
+    self._refused = beam.metrics.Metrics.counter('prometheus_export', 'samples_refused')
+    self._pushed_at = 0.0
+    self._push_failed = False
+
+  def process(self, sample):
+    if not self._store.add(sample):
+      self._refused.inc()
+    yield sample
+
+  def finish_bundle(self):
+    if not self._pushgateway or time.monotonic() - self._pushed_at < self._push_interval_s:
+      return
+    self._pushed_at = time.monotonic()
+    try:
+      push_collectors(self._pushgateway, self._job, [self._store], {'instance': socket.gethostname()})
+      self._push_failed = False
+    except Exception as e:  # a gateway down never stops the job; said once until it answers again
+      if not self._push_failed:
+        _LOG.error('pushing samples to %s failed: %s', mask_url(self._pushgateway), _one_line(e, self._pushgateway))
+      self._push_failed = True
+
+
+class ExportSamples(beam.PTransform):
+  """Keeps each metric sample in the process's `SampleStore` (served on /metrics) and passes it on.
+
+  pushgateway: also push the store there (grouped by job and instance = the
+  worker's host name) at most every `push_interval_s`.
+  """
+
+  def __init__(
+    self,
+    pushgateway: Optional[str] = None,
+    job: str = 'spotify_monitoring',
+    max_series: int = DEFAULT_MAX_SERIES,
+    push_interval_s: float = 5.0,
+  ):
+    super().__init__()
+    if max_series < 1:
+      raise ValueError(f'max_series must be at least 1, got {max_series}')
+    self._fn = _ExportSamplesFn(pushgateway, job, max_series, push_interval_s)
+
+  def expand(self, samples):
+    return samples | 'Export' >> beam.ParDo(self._fn)
