@@ -40,6 +40,8 @@ EXTRAS = {
   'exports': ['ijson==3.6.0'],
   # Audio features: librosa (numba, scipy, soxr) and libsndfile's decoders.
   'audio': ['librosa==0.11.0', 'soundfile==0.14.0'],
+  # Metrics out (pipelines.prometheus_export) and the monitoring job's collectors (io_connectors.monitoring).
+  'monitoring': ['prometheus-client==0.26.0', 'psutil==7.2.2'],
   'test': [
     'pytest>=8',
     'pytest-xdist>=3.5',
@@ -76,6 +78,7 @@ EXTRAS['test'] += sorted(
       'tables',
       'exports',
       'audio',
+      'monitoring',
     )
     for req in EXTRAS[name]
   }

@@ -37,7 +37,7 @@ import re
 import socket
 import threading
 import time
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import apache_beam as beam
 
@@ -198,11 +198,11 @@ def beam_metric_families(results: Mapping[str, Sequence], limiter: SeriesLimiter
       else:
         sums[key] = [value.value]  # one gauge per name and labels: the latest step's
   rows: Dict[Tuple[str, str], list] = {}  # (kind, name) -> [(labels, values)]
-  for (kind, name, labels), values in sorted(sums.items(), key=lambda kv: kv[0]):
-    label_map = dict(labels)
+  for (kind, name, label_items), values in sorted(sums.items(), key=lambda kv: kv[0]):
+    label_map = dict(label_items)
     if limiter.admit(name, label_map):
       rows.setdefault((kind, name), []).append((label_map, values))
-  families = []
+  families: List[Any] = []
   for (kind, name), series in rows.items():
     names = _label_union(labels for labels, _ in series)
     if kind == 'counters':
@@ -239,7 +239,7 @@ def _label_union(label_maps: Iterable[Mapping[str, str]]) -> List[str]:
 class BeamMetricsCollector:
   """A prometheus_client collector serving a job's Beam metrics, read at each scrape from `metrics()`."""
 
-  def __init__(self, metrics: Callable[[], object], limiter: Optional[SeriesLimiter] = None, const_labels=None):
+  def __init__(self, metrics: Callable[[], Any], limiter: Optional[SeriesLimiter] = None, const_labels=None):
     self._metrics = metrics
     self._limiter = limiter or SeriesLimiter()
     self._const_labels = const_labels or {}
@@ -431,3 +431,8 @@ class ExportSamples(beam.PTransform):
 
   def expand(self, samples):
     return samples | 'Export' >> beam.ParDo(self._fn)
+
+
+def hostname() -> str:
+  """This process's host name: the `instance` of the groups it pushes."""
+  return socket.gethostname()

@@ -191,4 +191,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 if __name__ == '__main__':
   sys.exit(main())
-

@@ -27,7 +27,7 @@ series of each metric anyway (--prometheus_max_series).
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import apache_beam as beam
 
@@ -61,12 +61,12 @@ def parse_name(name: str) -> Tuple[str, Dict[str, str]]:
 
 
 class _Labelled:
-  _factory = None
+  _factory: Callable[..., Any]
 
   def __init__(self, namespace: str, name: str):
     self._namespace = namespace
     self._name = name
-    self._metrics: Dict[Tuple, object] = {}
+    self._metrics: Dict[Tuple, Any] = {}
 
   def _metric(self, labels: Mapping[str, object]):
     key = tuple(sorted((k, _clean(v)) for k, v in labels.items()))
@@ -90,5 +90,5 @@ class LabelledDistributions(_Labelled):
 
   _factory = staticmethod(beam.metrics.Metrics.distribution)
 
-  def update(self, value: int, **labels: Optional[object]) -> None:
+  def update(self, value: float, **labels: Optional[object]) -> None:
     self._metric(labels).update(int(value))

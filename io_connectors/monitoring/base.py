@@ -29,7 +29,7 @@ import dataclasses
 import datetime as dt
 import math
 import re
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type
 
 from io_connectors.registry import ConfigError, check_keys
 from transforms.tenant import check_tenant_id
@@ -132,7 +132,7 @@ class Collector:
     return out
 
 
-_COLLECTORS: Dict[str, type] = {}
+_COLLECTORS: Dict[str, Type[Collector]] = {}
 
 
 def register_collector(name: str, description: str):

@@ -122,9 +122,9 @@ class PostgresCollector(Collector):
   def _replication(self, conn) -> Iterable[Metric]:
     standby = conn.execute('SELECT pg_is_in_recovery()').fetchone()[0]
     if standby:
-      lag = conn.execute(
-        'SELECT coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0)'
-      ).fetchone()[0]
+      lag = conn.execute('SELECT coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0)').fetchone()[
+        0
+      ]
       yield 'postgres_replication_lag_seconds', float(lag), {'role': 'standby'}
       return
     rows = conn.execute(

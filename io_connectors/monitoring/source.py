@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.transforms.periodicsequence import PeriodicImpulse
@@ -103,9 +103,10 @@ class ReadFromCollectors(beam.PTransform):
     fire_interval_s: Optional[float] = None,
   ):
     super().__init__()
-    self._configs = [c if isinstance(c, CollectorConfig) else None for c in collectors]
-    if None in self._configs:
-      self._configs = parse_collectors(list(collectors))
+    configs = list(collectors)
+    self._configs: List[CollectorConfig] = (
+      configs if all(isinstance(c, CollectorConfig) for c in configs) else parse_collectors(configs)
+    )
     if duration_s is not None and duration_s <= 0:
       raise ValueError(f'duration_s must be positive, got {duration_s}')
     self._duration_s = duration_s
