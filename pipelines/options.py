@@ -15,7 +15,14 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.prometheus_export import add_prometheus_arguments
 
-__all__ = ['SpotifyBatchOptions', 'INPUT_FORMATS', 'OUTPUT_FORMATS', 'TABLE_MODES', 'add_mlflow_arguments']
+__all__ = [
+  'SpotifyBatchOptions',
+  'INPUT_FORMATS',
+  'OUTPUT_FORMATS',
+  'TABLE_MODES',
+  'add_mlflow_arguments',
+  'add_prometheus_arguments',
+]
 
 INPUT_FORMATS = ('csv', 'jsonl', 'json', 'parquet', 'avro', 'excel')
 OUTPUT_FORMATS = ('parquet', 'avro', 'jsonl', 'tfrecord', 'iceberg', 'delta')

@@ -55,6 +55,7 @@ __all__ = [
   'push_run_metrics',
   'push_collectors',
   'serve',
+  'JobMetricsEndpoint',
   'add_prometheus_arguments',
   'process_sample_store',
   'ExportSamples',
@@ -321,24 +322,57 @@ def push_run_metrics(
   metrics,
   gateway: str,
   job: str,
-  run_id: str,
+  grouping_key: Mapping[str, str],
   max_series: int = DEFAULT_MAX_SERIES,
-  extra_labels: Optional[Mapping[str, str]] = None,
 ) -> bool:
-  """Pushes a finished run's Beam metrics (`result.metrics()`) under job/run_id; False (logged) if the push failed.
+  """Pushes a finished run's Beam metrics (`result.metrics()`) under job/grouping_key; False (logged) if it failed.
 
   A Pushgateway that is down does not fail a run that has finished: the run's
   counts are in its manifest anyway.
   """
   limiter = SeriesLimiter(max_series)
-  families = beam_metric_families(metrics.query(), limiter, extra_labels)
+  families = beam_metric_families(metrics.query(), limiter)
   try:
-    push_collectors(gateway, job, [_Static(families)], {'run_id': run_id})
+    push_collectors(gateway, job, [_Static(families)], grouping_key)
   except Exception as e:
     _LOG.error('pushing the run\'s metrics to %s failed: %s', mask_url(gateway), _one_line(e, gateway))
     return False
-  _LOG.info('pushed the run\'s metrics to %s (job=%s, run_id=%s)', mask_url(gateway), job, run_id)
+  _LOG.info('pushed the run\'s metrics to %s (job=%s, %s)', mask_url(gateway), job, dict(grouping_key))
   return True
+
+
+class JobMetricsEndpoint:
+  """/metrics of a long-running job, served by its launching process from before the job starts.
+
+  Serves the job's Beam metrics (once `result` is set: ``endpoint.result =
+  pipeline.run()``) and `collectors` (e.g. the process's SampleStore)::
+
+      endpoint = JobMetricsEndpoint('spotify_streaming', options.prometheus_port)
+      endpoint.result = pipeline.run()
+      ...
+      endpoint.close()
+  """
+
+  def __init__(
+    self,
+    job: str,
+    port: int,
+    address: str = '127.0.0.1',
+    max_series: int = DEFAULT_MAX_SERIES,
+    collectors: Sequence = (),
+  ):
+    self.result: Any = None  # the PipelineResult, once running
+    beam_metrics = BeamMetricsCollector(self._metrics, SeriesLimiter(max_series), {'job': job})
+    self._server = serve(port, [*collectors, beam_metrics], address)
+    self.port = self._server.server_port
+
+  def _metrics(self):
+    if self.result is None:
+      raise RuntimeError('the job has not started')
+    return self.result.metrics()
+
+  def close(self) -> None:
+    self._server.shutdown()
 
 
 def _one_line(error: Exception, url: str) -> str:

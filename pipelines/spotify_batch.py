@@ -63,7 +63,7 @@ from pipelines.options import SpotifyBatchOptions
 from transforms import entities, schema as schema_mod
 from transforms.dead_letter import flatten_dead_letters
 from transforms.dedup import Deduplicate
-from transforms.metrics import LabelledCounters
+from transforms.metrics import CountDeadLetters, LabelledCounters
 from transforms.pii import PiiKeyError, PiiOptions, RedactDeadLetters, RedactPII, key_ref
 from transforms.tenant import AssignDeadLetterTenant, TagTenant
 from transforms.validate import Validate
@@ -576,15 +576,14 @@ class _CountReadFn(beam.DoFn):
 class _CountMetricsFn(beam.DoFn):
   """The run's counts as labelled Beam counters (transforms.metrics), passed through unchanged.
 
-  rows_read, rows_written{tenant, entity}, rows_dead_lettered{tenant, reason},
-  rows_deduplicated{tenant} and pii_findings{type}: what `--prometheus_pushgateway`
-  pushes at the end of the run (pipelines.prometheus_export).
+  rows_read, rows_written{tenant, entity}, rows_deduplicated{tenant} and
+  pii_findings{type} (rows_dead_lettered{tenant, reason}: CountDeadLetters): what
+  `--prometheus_pushgateway` pushes at the end of the run (pipelines.prometheus_export).
   """
 
   _NAMES = {
     'read': ('read', ()),
     'written': ('written', ('tenant', 'entity')),
-    'dead_letter': ('dead_lettered', ('tenant', 'reason')),
     'deduplicated': ('deduplicated', ('tenant',)),
   }
 
@@ -745,6 +744,7 @@ def build(
     )
   else:
     letter_files = all_letters | 'WriteDeadLetters' >> WriteDeadLetterFiles(config.output, run_id)
+  _ = all_letters | 'DeadLetterMetrics' >> CountDeadLetters()
   counts.append(
     _counted(all_letters, 'CountDL', lambda l: [(('dead_letter', l.get('tenant'), l['reason']), l.get('count', 1))])
   )
@@ -957,7 +957,11 @@ def _push_metrics(options, result, info: dict) -> None:
   batch = options.view_as(SpotifyBatchOptions)
   if batch.prometheus_pushgateway:
     prometheus_export.push_run_metrics(
-      result.metrics(), batch.prometheus_pushgateway, PIPELINE_NAME, info['run_id'], batch.prometheus_max_series
+      result.metrics(),
+      batch.prometheus_pushgateway,
+      PIPELINE_NAME,
+      {'run_id': info['run_id']},
+      batch.prometheus_max_series,
     )
 
 

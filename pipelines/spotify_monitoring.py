@@ -122,18 +122,6 @@ def _log_dead_letter(letter: dict) -> dict:
   return letter
 
 
-class _LateMetrics:
-  """The running job's Beam metrics, once there is a job (the endpoint starts before it)."""
-
-  def __init__(self):
-    self.result = None
-
-  def __call__(self):
-    if self.result is None:
-      raise RuntimeError('not started')
-    return self.result.metrics()
-
-
 def run(argv: Optional[Sequence[str]] = None):
   """Runs the job until --duration_seconds pass (or forever); returns the PipelineResult."""
   argv = list(sys.argv[1:] if argv is None else argv)
@@ -148,22 +136,24 @@ def run(argv: Optional[Sequence[str]] = None):
   if options.prometheus_max_series < 1:
     raise ConfigError(f'--prometheus_max_series must be at least 1, got {options.prometheus_max_series}')
   pipeline_options.view_as(StandardOptions).streaming = True
-  metrics = _LateMetrics()
-  server = None
+  endpoint = None
   if options.prometheus_port is not None:
     store = prometheus_export.process_sample_store(options.prometheus_max_series)
-    beam_metrics = prometheus_export.BeamMetricsCollector(metrics, const_labels={'job': PIPELINE_NAME})
     try:
-      server = prometheus_export.serve(options.prometheus_port, [store, beam_metrics], options.prometheus_address)
+      endpoint = prometheus_export.JobMetricsEndpoint(
+        PIPELINE_NAME, options.prometheus_port, options.prometheus_address, options.prometheus_max_series, [store]
+      )
     except ValueError as e:
       raise ConfigError(str(e)) from None
     # On stderr too: a caller that asked for any free port (0) reads it here.
-    print(f'metrics endpoint: http://{options.prometheus_address}:{server.server_port}/metrics', file=sys.stderr)
+    print(f'metrics endpoint: http://{options.prometheus_address}:{endpoint.port}/metrics', file=sys.stderr)
   try:
     pipeline = beam.Pipeline(options=pipeline_options)
     build_monitoring(pipeline, options, configs)
-    metrics.result = pipeline.run()
-    metrics.result.wait_until_finish()
+    result = pipeline.run()
+    if endpoint is not None:
+      endpoint.result = result
+    result.wait_until_finish()
     if options.prometheus_pushgateway:
       # The last samples of workers that ran in this process, whatever the pushes' timing.
       store = prometheus_export.process_sample_store(options.prometheus_max_series)
@@ -174,9 +164,9 @@ def run(argv: Optional[Sequence[str]] = None):
       except Exception as e:
         _LOG.error('final push to the Pushgateway failed: %s', type(e).__name__)
   finally:
-    if server is not None:
-      server.shutdown()
-  return metrics.result
+    if endpoint is not None:
+      endpoint.close()
+  return result
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -46,6 +46,8 @@ class SpotifyStreamingOptions(PipelineOptions):
   @classmethod
   def _add_argparse_args(cls, parser):
     pipelines.options.add_mlflow_arguments(parser)
+    # --prometheus_port: /metrics while the job runs; --prometheus_pushgateway: its metrics when it ends.
+    pipelines.options.add_prometheus_arguments(parser)
     _add(
       parser,
       '--source',

@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import apache_beam as beam
 
-__all__ = ['SEPARATOR', 'labelled_name', 'parse_name', 'LabelledCounters', 'LabelledDistributions']
+__all__ = ['SEPARATOR', 'labelled_name', 'parse_name', 'LabelledCounters', 'LabelledDistributions', 'CountDeadLetters']
 
 SEPARATOR = '|'
 _MAX_VALUE = 100
@@ -92,3 +92,22 @@ class LabelledDistributions(_Labelled):
 
   def update(self, value: float, **labels: Optional[object]) -> None:
     self._metric(labels).update(int(value))
+
+
+class _CountDeadLettersFn(beam.DoFn):
+  def setup(self):
+    self._counters = LabelledCounters('rows', 'dead_lettered')
+
+  def process(self, letter: dict):
+    self._counters.inc(letter.get('count', 1), tenant=letter.get('tenant') or '_unassigned', reason=letter['reason'])
+
+
+class CountDeadLetters(beam.PTransform):
+  """Counts dead letters in ``rows/dead_lettered|reason=..|tenant=..`` (rows_dead_lettered_total{tenant, reason}).
+
+  Applied to every dead letter of a job (late events included: reason
+  late_event); a letter's `count` is the rows it stands for. Outputs nothing.
+  """
+
+  def expand(self, letters):
+    return letters | 'CountDeadLetters' >> beam.ParDo(_CountDeadLettersFn())

@@ -297,3 +297,36 @@ def test_docs_list_every_collector():
   doc = pathlib.Path(REPO_ROOT, 'docs', 'monitoring.md').read_text()
   for name in collector_types():
     assert f'`{name}`' in doc
+
+
+def test_streaming_job_pushes_dead_letters_per_tenant_and_reason_when_it_ends(prometheus, tmp_path):
+  """A bounded streaming run (a fixed count per partition) pushes its metrics to the Pushgateway as it ends."""
+  from pipelines import spotify_streaming
+  from tests.pipelines.streaming_support import PARTITIONS, job_argv, new_topic, plan_events, produce
+
+  server, gateway, _ = prometheus
+  bootstrap = f'127.0.0.1:{ensure_service("kafka")}'
+  topic = new_topic(bootstrap)
+  plan = plan_events(200, int(time.time() * 1000) - 3_600_000, late=0, seed=11)
+  per_partition = {p: 0 for p in range(PARTITIONS)}
+  for partition, _, _ in plan.on_time:
+    per_partition[partition] += 1
+  target = max(per_partition.values()) + 1
+  # Every partition padded to the same count with malformed messages: the job stops after `target` each.
+  pads = [(p, b'pad', plan.on_time[0][2]) for p in range(PARTITIONS) for _ in range(target - per_partition[p])]
+  produce(bootstrap, topic, plan.on_time + pads)
+  run_id = f'stream-{uuid.uuid4().hex[:8]}'
+  os.environ['PII_MASTER_KEY'] = KEY
+  argv = job_argv(
+    streaming=True, source='kafka', bootstrap_servers=bootstrap, topic=topic, group_id=f'g-{topic}',
+    tenant_field='tenant', output=str(tmp_path / 'out'), window_size_s='60', allowed_lateness_s='5',
+    idle_timeout_s='2', max_records_per_partition=str(target), run_id=run_id, prometheus_pushgateway=gateway,
+  )  # fmt: skip
+  spotify_streaming.run(argv)
+  selector = f'job="spotify_streaming",run_id="{run_id}"'
+  dead = _query(server, f'rows_dead_lettered_total{{{selector}}}', bool)
+  assert {(s['metric']['tenant'], s['metric']['reason']): float(s['value'][1]) for s in dead} == {
+    ('_unassigned', 'malformed_json'): float(plan.malformed + len(pads))
+  }
+  accepted = _query(server, f'windows_accepted_total{{{selector}}}', bool)
+  assert float(accepted[0]['value'][1]) == len(plan.unique_valid)
