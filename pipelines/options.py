@@ -136,4 +136,5 @@ class SpotifyBatchOptions(PipelineOptions):
       'Default: $PIPELINE_AUDIT_LOG.',
     )
     add_mlflow_arguments(parser)
-    add_prometheus_arguments(parser)
+    # Batch runs push at their end: no /metrics endpoint flags.
+    add_prometheus_arguments(parser, endpoint=False)

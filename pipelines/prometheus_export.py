@@ -70,8 +70,9 @@ _URL = re.compile(r'[a-zA-Z][a-zA-Z0-9+.-]*://\S+')
 _MAX_LABEL_VALUE = 200
 
 
-def add_prometheus_arguments(parser) -> None:
-  """--prometheus_pushgateway, --prometheus_port and --prometheus_max_series, shared by every job.
+def add_prometheus_arguments(parser, endpoint: bool = True) -> None:
+  """--prometheus_pushgateway and --prometheus_max_series, shared by every job; with `endpoint` (long-running
+  jobs) also --prometheus_port and --prometheus_address.
 
   Beam parses every options class's flags with one parser: a flag another class
   defined already is left as it is.
@@ -102,6 +103,8 @@ def add_prometheus_arguments(parser) -> None:
     ),
   )
   for flag, kwargs in flags:
+    if flag in ('--prometheus_port', '--prometheus_address') and not endpoint:
+      continue
     if flag not in parser._option_string_actions:
       parser.add_argument(flag, **kwargs)
 
