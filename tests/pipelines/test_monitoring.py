@@ -54,34 +54,13 @@ def _by(result, label):
 
 def test_batch_run_pushes_its_metrics_to_the_pushgateway(prometheus, tmp_path):
   server, gateway, _ = prometheus
-  rows = [
-    {
-      'event_id': f'e{i}',
-      'tenant_id': 'acme',
-      'user_id': f'u{i}',
-      'track_id': '4uLU6hMCjMI75M1A2tKUQC',
-      'played_at': '2024-03-01T12:30:00+01:00',
-      'ms_played': '-5' if i % 4 == 0 else '1000',
-    }
-    for i in range(12)
-  ] + [
-    {
-      'event_id': 'g1',
-      'tenant_id': 'globex',
-      'user_id': 'u1',
-      'track_id': '4uLU6hMCjMI75M1A2tKUQC',
-      'played_at': '2024-03-01T12:30:00+01:00',
-      'ms_played': '1000',
-    },
-    {
-      'event_id': 'g1',
-      'tenant_id': 'globex',
-      'user_id': 'u1',
-      'track_id': '4uLU6hMCjMI75M1A2tKUQC',
-      'played_at': '2024-03-01T12:30:00+01:00',
-      'ms_played': '1000',
-    },
-  ]
+
+  def play(event_id, tenant, ms_played='1000'):
+    return {'event_id': event_id, 'tenant_id': tenant, 'user_id': 'u1', 'track_id': '4uLU6hMCjMI75M1A2tKUQC',
+            'played_at': '2024-03-01T12:30:00+01:00', 'ms_played': ms_played}  # fmt: skip
+
+  # acme: 3 of 12 rows out of range; globex: one row twice.
+  rows = [play(f'e{i}', 'acme', '-5' if i % 4 == 0 else '1000') for i in range(12)] + [play('g1', 'globex')] * 2
   path = tmp_path / 'plays.csv'
   with open(path, 'w', newline='', encoding='utf-8') as handle:
     writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
