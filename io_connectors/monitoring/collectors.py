@@ -18,7 +18,7 @@ import os
 import socket
 import time
 import urllib.parse
-from typing import Any, Iterable, Mapping, Tuple
+from typing import Any, Iterable, Mapping, Optional, Tuple
 
 from io_connectors._common.masking import connection_url, mask_url
 from io_connectors.monitoring.base import Collector, register_collector
@@ -215,6 +215,7 @@ class RedisCollector(Collector):
 class KafkaCollector(Collector):
   option_keys = ('bootstrap_servers', 'groups', 'timeout_s')
   required_keys = ('groups',)
+  _kafka: Optional[Tuple[Any, Any]] = None
 
   @classmethod
   def check_options(cls, options):
@@ -230,36 +231,49 @@ class KafkaCollector(Collector):
   def target(self) -> str:
     return f'kafka {self.config.option("bootstrap_servers") or os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")}'.strip()
 
+  def _clients(self):
+    """(admin client, watermark consumer), kept between polls: librdkafka clients are costly to make and end."""
+    if self._kafka is None:
+      import confluent_kafka
+      import confluent_kafka.admin
+
+      servers = self._bootstrap()
+      timeout_ms = int(float(self.config.option('timeout_s', 5)) * 1000)
+      admin = confluent_kafka.admin.AdminClient({'bootstrap.servers': servers, 'socket.timeout.ms': timeout_ms})
+      # Only reads watermarks: never subscribes, never commits.
+      watermarks = confluent_kafka.Consumer(
+        {'bootstrap.servers': servers, 'group.id': 'monitoring-watermarks', 'enable.auto.commit': False}
+      )
+      self._kafka = (admin, watermarks)
+    return self._kafka
+
+  def close(self) -> None:
+    clients, self._kafka = self._kafka, None
+    if clients is not None:
+      clients[1].close()
+
   def collect(self) -> Iterable[Metric]:
     import confluent_kafka
-    import confluent_kafka.admin
 
     timeout = float(self.config.option('timeout_s', 5))
-    servers = self._bootstrap()
-    admin = confluent_kafka.admin.AdminClient({'bootstrap.servers': servers, 'socket.timeout.ms': int(timeout * 1000)})
-    # Only reads watermarks: never joins a group, never commits.
-    watermarks = confluent_kafka.Consumer(
-      {'bootstrap.servers': servers, 'group.id': 'monitoring-watermarks', 'enable.auto.commit': False}
-    )
-    try:
-      for group in self.config.option('groups'):
-        request = [confluent_kafka.ConsumerGroupTopicPartitions(group)]
-        committed = admin.list_consumer_group_offsets(request, request_timeout=timeout)[group].result(timeout)
-        total = 0
-        for tp in committed.topic_partitions or []:
-          if tp.error is not None:
-            raise RuntimeError(f'group {group}: {tp.error}')
-          low, high = watermarks.get_watermark_offsets(
-            confluent_kafka.TopicPartition(tp.topic, tp.partition), timeout=timeout
-          )
-          lag = high - tp.offset if tp.offset >= 0 else high - low
-          total += lag
-          labels = {'group': group, 'topic': tp.topic, 'partition': str(tp.partition)}
-          yield 'kafka_consumer_group_lag', lag, labels
-          yield 'kafka_partition_high_watermark', high, labels
-        yield 'kafka_consumer_group_lag_total', total, {'group': group}
-    finally:
-      watermarks.close()
+    admin, watermarks = self._clients()
+    for group in self.config.option('groups'):
+      request = [confluent_kafka.ConsumerGroupTopicPartitions(group)]
+      committed = admin.list_consumer_group_offsets(request, request_timeout=timeout)[group].result(timeout)
+      total = 0
+      for tp in committed.topic_partitions or []:
+        if tp.error is not None:
+          raise RuntimeError(f'group {group}: {tp.error}')
+        low, high = watermarks.get_watermark_offsets(
+          confluent_kafka.TopicPartition(tp.topic, tp.partition), timeout=timeout
+        )
+        # No committed offset yet: the whole retained partition is behind.
+        lag = high - tp.offset if tp.offset >= 0 else high - low
+        total += lag
+        labels = {'group': group, 'topic': tp.topic, 'partition': str(tp.partition)}
+        yield 'kafka_consumer_group_lag', lag, labels
+        yield 'kafka_partition_high_watermark', high, labels
+      yield 'kafka_consumer_group_lag_total', total, {'group': group}
 
 
 def _public_target(url: str) -> str:
