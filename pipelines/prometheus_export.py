@@ -185,6 +185,8 @@ def beam_metric_families(results: Mapping[str, Sequence], limiter: SeriesLimiter
   sums: Dict[Tuple[str, str, Tuple], list] = {}
   for kind in ('counters', 'distributions', 'gauges'):
     for result in results.get(kind, ()):
+      if ':' in (result.key.metric.name or ''):
+        continue  # a runner's own metric (beam:metric:...:v1), not the job's
       base, labels = parse_name(result.key.metric.name)
       name = metric_name(result.key.metric.namespace, base)
       key = (kind, name, tuple(sorted(safe_labels({**labels, **const_labels}).items())))
@@ -194,6 +196,8 @@ def beam_metric_families(results: Mapping[str, Sequence], limiter: SeriesLimiter
       if kind == 'counters':
         sums.setdefault(key, [0])[0] += value
       elif kind == 'distributions':
+        if not value.count or value.min is None or value.max is None:
+          continue  # nothing recorded yet
         total = sums.setdefault(key, [0, 0, None, None])
         total[0] += value.count
         total[1] += value.sum
@@ -241,20 +245,46 @@ def _label_union(label_maps: Iterable[Mapping[str, str]]) -> List[str]:
 
 
 class BeamMetricsCollector:
-  """A prometheus_client collector serving a job's Beam metrics, read at each scrape from `metrics()`."""
+  """A prometheus_client collector serving a job's Beam metrics, read from `metrics()`.
 
-  def __init__(self, metrics: Callable[[], Any], limiter: Optional[SeriesLimiter] = None, const_labels=None):
+  A runner may take a while to answer (a gRPC call to the job server): a scrape
+  gets the latest families at once, and starts a refresh in the background when
+  they are older than `refresh_s`.
+  """
+
+  def __init__(
+    self, metrics: Callable[[], Any], limiter: Optional[SeriesLimiter] = None, const_labels=None, refresh_s=1.0
+  ):
     self._metrics = metrics
     self._limiter = limiter or SeriesLimiter()
     self._const_labels = const_labels or {}
+    self._refresh_s = refresh_s
+    self._families: List[Any] = []
+    self._fetched_at = float('-inf')
+    self._fetching = False
+    self._lock = threading.Lock()
 
-  def collect(self):
+  def _refresh(self) -> None:
     try:
-      results = self._metrics().query()
+      families = beam_metric_families(self._metrics().query(), self._limiter, self._const_labels)
     except Exception as e:  # some runners serve no metrics while running
       _LOG.debug('no Beam metrics to serve: %s', type(e).__name__)
-      return []
-    return beam_metric_families(results, self._limiter, self._const_labels)
+      families = None
+    with self._lock:
+      if families is not None:
+        self._families = families
+      self._fetched_at = time.monotonic()
+      self._fetching = False
+
+  def collect(self):
+    with self._lock:
+      start = not self._fetching and time.monotonic() - self._fetched_at >= self._refresh_s
+      if start:
+        self._fetching = True
+      families = list(self._families)
+    if start:
+      threading.Thread(target=self._refresh, name='beam-metrics-refresh', daemon=True).start()
+    return families
 
 
 class SampleStore:
