@@ -166,6 +166,10 @@ def test_monitoring_job_samples_reach_prometheus_and_a_down_target_is_reported(p
     breached = _query(server, f'threshold_breached{{job="{job}",metric="postgres_connections"}}', bool)
     assert float(breached[0]['value'][1]) == 0.0
     assert _query(server, f'system_memory_used_bytes{{job="{job}"}}', bool)
+    # The same endpoint serves the job's own Beam metrics (their job label wins: honor_labels).
+    polls = f'max_over_time(monitoring_polls_total{{job="spotify_monitoring",instance="127.0.0.1:{port}"}}[5m])'
+    # Prism reports running metrics as bundles finish: some, not all, polls are counted by now.
+    assert _query(server, polls, lambda r: r and float(r[0]['value'][1]) >= 1)
     assert process.wait(timeout=60) == 0
   finally:
     target_file.unlink(missing_ok=True)
