@@ -33,6 +33,7 @@ __all__ = [
   'wants_help',
   'help_text',
   'print_help',
+  'run_as_command',
 ]
 
 # Starts of log messages emitted while a library is imported that name no
@@ -133,3 +134,16 @@ def print_help(
   file: Optional[TextIO] = None,
 ) -> None:
   (file or sys.stdout).write(help_text(prog, description, options_classes, first_group, epilog))
+
+
+def run_as_command(run, argv: Optional[Sequence[str]] = None) -> int:
+  """The exit code of a long-running job's command: 0 when `run(argv)` returns, 2 (one line) for a config error."""
+  from io_connectors.registry import ConfigError
+
+  configure_logging()
+  try:
+    run(argv)
+  except ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  return 0

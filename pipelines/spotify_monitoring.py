@@ -170,13 +170,7 @@ def run(argv: Optional[Sequence[str]] = None):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  cli.configure_logging()
-  try:
-    run(argv)
-  except ConfigError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  return 0
+  return cli.run_as_command(run, argv)
 
 
 if __name__ == '__main__':

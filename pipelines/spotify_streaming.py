@@ -602,13 +602,7 @@ def _start_mlflow_run(options: SpotifyStreamingOptions, pipeline_options: Pipeli
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  cli.configure_logging()
-  try:
-    run(argv)
-  except ConfigError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  return 0
+  return cli.run_as_command(run, argv)
 
 
 if __name__ == '__main__':
