@@ -313,3 +313,33 @@ def test_streaming_job_pushes_dead_letters_per_tenant_and_reason_when_it_ends(pr
   }
   accepted = _query(server, f'windows_accepted_total{{{selector}}}', bool)
   assert float(accepted[0]['value'][1]) == len(plan.unique_valid)
+
+
+def test_http_api_pipeline_and_postgres_collectors(prometheus):
+  from io_connectors.monitoring import build_collector
+
+  server, gateway, _ = prometheus
+  http = build_collector({'type': 'http_api', 'urls': [f'{server}/-/ready', 'http://127.0.0.1:1/x?api_key=k'], 'window': 2,
+                          'timeout_s': 1})  # fmt: skip
+  for _ in range(2):
+    samples = http.samples()
+  by = {(s['metric'], s['labels']['target']): s['value'] for s in samples}
+  assert by[('http_api_up', f'{server}/-/ready')] == 1.0 and by[('http_api_status', f'{server}/-/ready')] == 200
+  assert by[('http_api_error_rate', f'{server}/-/ready')] == 0.0
+  assert (
+    by[('http_api_up', 'http://127.0.0.1:1/x')] == 0.0 and by[('http_api_error_rate', 'http://127.0.0.1:1/x')] == 1.0
+  )
+  assert not any('api_key' in s['labels']['target'] for s in samples)
+
+  # Another job's metrics, here the Pushgateway's own, re-emitted as samples.
+  pipeline = build_collector({'type': 'pipeline', 'url': f'{gateway}/metrics', 'prefixes': ['pushgateway_build_info']})
+  assert [s['metric'] for s in pipeline.samples()] == ['pushgateway_build_info']
+
+  postgres = build_collector({'type': 'postgres', 'url': POSTGRES_URL.format(port=ensure_service('postgres'))})
+  samples = postgres.samples()
+  metrics = {s['metric'] for s in samples}
+  assert {'postgres_connections', 'postgres_activity', 'postgres_replicas', 'postgres_cache_hit_ratio'} <= metrics
+  available = [s['value'] for s in samples if s['metric'] == 'postgres_pg_stat_statements_available']
+  assert available in ([0.0], [1.0])
+  # Without the extension, no slow-query samples (the 0 above says why); with it, a count.
+  assert ('postgres_slow_queries' in metrics) == (available == [1.0])
