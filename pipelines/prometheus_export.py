@@ -185,9 +185,9 @@ def beam_metric_families(results: Mapping[str, Sequence], limiter: SeriesLimiter
   sums: Dict[Tuple[str, str, Tuple], list] = {}
   for kind in ('counters', 'distributions', 'gauges'):
     for result in results.get(kind, ()):
-      if ':' in (result.key.metric.name or ''):
+      base, labels = parse_name(result.key.metric.name or '')
+      if ':' in base:
         continue  # a runner's own metric (beam:metric:...:v1), not the job's
-      base, labels = parse_name(result.key.metric.name)
       name = metric_name(result.key.metric.namespace, base)
       key = (kind, name, tuple(sorted(safe_labels({**labels, **const_labels}).items())))
       value = _value(result)

@@ -576,9 +576,9 @@ class _CountReadFn(beam.DoFn):
 class _CountMetricsFn(beam.DoFn):
   """The run's counts as labelled Beam counters (transforms.metrics), passed through unchanged.
 
-  rows_read, rows_written{tenant, entity}, rows_deduplicated{tenant} and
-  pii_findings{type} (rows_dead_lettered{tenant, reason}: CountDeadLetters): what
-  `--prometheus_pushgateway` pushes at the end of the run (pipelines.prometheus_export).
+  rows_read, rows_written{tenant, entity} and rows_deduplicated{tenant}
+  (rows_dead_lettered{tenant, reason}: CountDeadLetters; pii_findings{type}: the
+  PII transforms): what `--prometheus_pushgateway` pushes at the end of the run.
   """
 
   _NAMES = {
@@ -589,13 +589,10 @@ class _CountMetricsFn(beam.DoFn):
 
   def setup(self):
     self._counters = {metric: LabelledCounters('rows', name) for metric, (name, _) in self._NAMES.items()}
-    self._pii = LabelledCounters('pii', 'findings')
 
   def process(self, element):
     (metric, tenant, detail), n = element
-    if metric == 'pii':
-      self._pii.inc(n, type=detail)
-    elif metric in self._NAMES:
+    if metric in self._NAMES:
       labels = dict(zip(self._NAMES[metric][1], (tenant or '_unassigned', detail)))
       self._counters[metric].inc(n, **labels)
     yield element

@@ -87,6 +87,8 @@ def test_batch_run_pushes_its_metrics_to_the_pushgateway(prometheus, tmp_path):
   # The validation step's own counter, per reason and tenant, and a distribution of the lake sink.
   invalid = _query(server, f'validate_rows_invalid_total{{{selector}}}', bool)
   assert _by(invalid, 'tenant') == {'acme': 3.0}
+  pii = _query(server, f'pii_findings_total{{{selector},type="PSEUDONYMISED:user_id"}}', bool)
+  assert float(pii[0]['value'][1]) == manifest['pii']['pseudonymised']['user_id'] > 0
   assert _query(server, f'prometheus_export_series_refused_total{{{selector}}}', lambda r: True) == []
 
 

@@ -16,6 +16,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from transforms.pii.batch import _as_model, identifier_fields, redact_batch, redact_dead_letters
 from transforms.pii.keys import KeyRef, MasterKey
 from transforms.pii.scanner import DEFAULT_ENTITIES, TextScanner
+from transforms.metrics import LabelledCounters
 from transforms.records import TENANT_COLUMN, typed_outputs
 
 __all__ = ['PiiOptions', 'PiiOutputs', 'RedactPII', 'RedactDeadLetters', 'read_file_header']
@@ -102,6 +103,8 @@ class _KeyedDoFn(beam.DoFn):
     # PiiKeyError names the reference and what to do on this worker.
     self._master_key = self._key_ref.load() if self._key_ref is not None else None
     self._scanner = self._options.scanner().setup()
+    # pii_findings_total{type} once exported (transforms.metrics): entity types and PSEUDONYMISED:<field>.
+    self._findings_metric = LabelledCounters('pii', 'findings')
 
   def __getstate__(self):
     state = dict(self.__dict__)
@@ -125,6 +128,7 @@ class _RedactBatchFn(_KeyedDoFn):
     )
     yield redacted
     for key, count in sorted(counts.items()):
+      self._findings_metric.inc(count, type=key)
       yield beam.pvalue.TaggedOutput(FINDINGS, (key, count))
 
 
@@ -209,6 +213,7 @@ class _RedactDeadLetterFn(_KeyedDoFn):
       summed[1].update(counts)
     for window, (timestamp, counts) in findings.items():
       for key, count in sorted(counts.items()):
+        self._findings_metric.inc(count, type=key)
         yield beam.pvalue.TaggedOutput(FINDINGS, WindowedValue((key, count), timestamp, [window]))
 
   def _file_header(self, source: str):
