@@ -52,14 +52,15 @@ import re
 import urllib.parse
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from io_connectors._common.errors import first_line
 from io_connectors._common.masking import mask_url
+from io_connectors._common.state import postgres_table_target
 
 __all__ = ['AuditEntry', 'AuditError', 'AuditLog', 'VerifyReport', 'open_audit_log', 'GENESIS_HASH']
 
 DEFAULT_TABLE = 'pipeline_audit'
 # prev_hash of the first entry.
 GENESIS_HASH = '0' * 64
-_TABLE_PATTERN = re.compile(r'^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$')
 _ACTION_PATTERN = re.compile(r'^[a-z][a-z0-9_]{0,62}$')
 _ANCHOR_PATTERN = re.compile(r'^([0-9]+):([0-9a-f]{64})$')
 
@@ -286,14 +287,10 @@ class _PostgresAuditLog(AuditLog):
 
   def __init__(self, store: str):
     super().__init__(store)
-    parts = urllib.parse.urlsplit(store)
-    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    table = dict(query).get('table', DEFAULT_TABLE)
-    if not _TABLE_PATTERN.match(table):
-      raise AuditError(f'audit table {table!r} in {mask_url(store)} is not a [schema.]name identifier')
-    rest = [(name, value) for name, value in query if name != 'table']
-    self._url = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(rest)))
-    self._table = table.split('.')
+    try:
+      self._url, self._table = postgres_table_target(store, DEFAULT_TABLE, 'audit')
+    except ValueError as e:
+      raise AuditError(str(e)) from None
 
   def _connect(self):
     import psycopg
@@ -301,7 +298,7 @@ class _PostgresAuditLog(AuditLog):
     try:
       return psycopg.connect(self._url, connect_timeout=10, application_name='pipeline-audit')
     except psycopg.Error as e:
-      raise AuditError(f'cannot connect to audit log {mask_url(self.store)}: {_first_line(e)}') from None
+      raise AuditError(f'cannot connect to audit log {mask_url(self.store)}: {first_line(e)}') from None
 
   def _ensure_table(self, conn):
     from psycopg import sql
@@ -358,7 +355,7 @@ class _PostgresAuditLog(AuditLog):
         )
       return entry
     except psycopg.Error as e:
-      raise AuditError(f'cannot append to audit log {mask_url(self.store)}: {_first_line(e)}') from None
+      raise AuditError(f'cannot append to audit log {mask_url(self.store)}: {first_line(e)}') from None
     finally:
       conn.close()
 
@@ -376,16 +373,11 @@ class _PostgresAuditLog(AuditLog):
         except psycopg.errors.UndefinedTable:
           rows = []
     except psycopg.Error as e:
-      raise AuditError(f'cannot read audit log {mask_url(self.store)}: {_first_line(e)}') from None
+      raise AuditError(f'cannot read audit log {mask_url(self.store)}: {first_line(e)}') from None
     finally:
       conn.close()
     for seq, body, stored_hash in rows:
       yield seq, _fields_of(body, f'audit log {mask_url(self.store)} entry {seq}'), stored_hash
-
-
-def _first_line(error) -> str:
-  text = str(error).strip()
-  return text.splitlines()[0] if text else type(error).__name__
 
 
 def open_audit_log(store: str) -> AuditLog:

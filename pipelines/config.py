@@ -52,6 +52,7 @@ RUN_KEYS = (
   'output_format',
   'pii_key_file',
   'keep_pii',
+  'no_lineage_columns',
   'num_shards',
   'batch_size',
   'split_size_mb',
@@ -64,6 +65,8 @@ RUN_KEYS = (
 # Keys of the YAML file with no flag: the sources, and the retention rules that
 # `python -m pipelines.gdpr retention` applies to the output.
 FILE_ONLY_KEYS = ('sources', 'retention_days')
+# Flags that take no value (argparse store_true).
+_SWITCHES = ('keep_pii', 'no_lineage_columns')
 DEFAULT_OUTPUT = 'output/spotify_batch'
 
 
@@ -79,6 +82,7 @@ class RunConfig:
   tenant_field: Optional[str] = None
   pii_key_file: Optional[str] = None
   keep_pii: bool = False
+  no_lineage_columns: bool = False
   num_shards: int = 4
   batch_size: int = 65536
   split_size_mb: int = 64
@@ -205,8 +209,8 @@ def resolve(
       raise ConfigError(f'config: {e}') from None
   for key, value in flags.items():
     if value is not None and key in RUN_KEYS:
-      if key == 'keep_pii' and value is False and 'keep_pii' in values:
-        continue
+      if key in _SWITCHES and value is False and key in values:
+        continue  # a switch not given on the command line leaves the file's value
       values[key] = value
   sources = values.pop('sources', None)
   demo = False

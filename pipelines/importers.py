@@ -79,7 +79,17 @@ NAMES = {
 }
 DEFAULT_OUTPUT = 'output/importers'
 # Keys of `config` that are the run's, not the connector's (see pipelines.config.RUN_KEYS).
-_RUN_KEYS = ('output', 'output_format', 'entity', 'pii_key_file', 'keep_pii', 'num_shards', 'run_id', 'declared_schema')
+_RUN_KEYS = (
+  'output',
+  'output_format',
+  'entity',
+  'pii_key_file',
+  'keep_pii',
+  'no_lineage_columns',
+  'num_shards',
+  'run_id',
+  'declared_schema',
+)
 # Product keys -> ours, per connector; a value of None drops the key (no meaning on Beam).
 _PRODUCT_KEYS: Dict[str, Dict[str, Optional[str]]] = {
   'spotify': {'rate_limit': 'rate'},

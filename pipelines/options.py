@@ -89,6 +89,13 @@ class SpotifyBatchOptions(PipelineOptions):
       help='Write PII unredacted. Only for runs that must, e.g. a tenant\'s own export.',
     )
     parser.add_argument(
+      '--no_lineage_columns',
+      action='store_true',
+      default=False,
+      help='Leave out the per-record lineage columns (_lineage_run_id, _lineage_source, _lineage_row, '
+      '_lineage_code_version) that the outputs carry by default.',
+    )
+    parser.add_argument(
       '--num_shards',
       type=int,
       default=4,

@@ -63,6 +63,7 @@ from pipelines.options import SpotifyBatchOptions
 from transforms import entities, schema as schema_mod
 from transforms.dead_letter import flatten_dead_letters
 from transforms.dedup import Deduplicate
+from transforms.lineage_columns import AddLineageColumns
 from transforms.metrics import CountDeadLetters, LabelledCounters
 from transforms.pii import PiiKeyError, PiiOptions, RedactDeadLetters, RedactPII, key_ref
 from transforms.tenant import AssignDeadLetterTenant, TagTenant
@@ -101,6 +102,11 @@ def code_version() -> Dict[str, Optional[str]]:
   except Exception:
     package = None
   return {'package': package, 'git_commit': commit, 'beam': beam.__version__}
+
+
+def lineage_code_version(version: Dict[str, Optional[str]]) -> Optional[str]:
+  """The `_lineage_code_version` value of a `code_version()`: the commit, else the package version."""
+  return version.get('git_commit') or version.get('package')
 
 
 def new_run_id() -> str:
@@ -627,7 +633,7 @@ def event_time_field(model) -> Optional[str]:
 
 
 def _entity_chain(
-  p, entity: str, sources, config: RunConfig, master_key, run_id: str, label: str, table_locations=None
+  p, entity: str, sources, config: RunConfig, master_key, run_id: str, label: str, table_locations=None, info=None
 ):
   """Reads `sources` and takes their records through the transforms of one entity.
 
@@ -656,18 +662,21 @@ def _entity_chain(
   dead_letters.append(validated.dead_letter)
   pii_options = PiiOptions(redact=not config.keep_pii)
   redacted = validated.records | f'{label}RedactPII' >> RedactPII(model, master_key, pii_options)
+  clean = redacted.records
+  if not config.no_lineage_columns and info is not None:
+    clean = clean | f'{label}Lineage' >> AddLineageColumns(info['run_id'], lineage_code_version(info['code_version']))
   # File runs: the rows reach dedup through spill files in the run's temporary
   # directory (deleted by finalize), not the runner's shuffle: only file names
   # are grouped (transforms/dedup.py). Table runs have no such directory and
   # group the rows themselves.
   spill_dir = None if table_locations is not None else scratch_dir(config.output, run_id, f'dedup{label.strip()}')
-  deduped = redacted.records | f'{label}Deduplicate' >> Deduplicate(
+  deduped = clean | f'{label}Deduplicate' >> Deduplicate(
     entities.key_field(model), config.num_shards, spill_dir=spill_dir
   )
   # The schema of the batches before dedup (the same columns and types reach the
   # files): so writing needs no second pass over the deduplicated rows.
   inferred = (
-    redacted.records
+    clean
     | f'{label}NonEmpty' >> beam.Filter(lambda batch: batch.num_rows > 0)
     | f'{label}InferSchema' >> schema_mod.InferSchema()
   )
@@ -725,7 +734,7 @@ def build(
   data_files, letters, counts, cursors, schemas = [], [], [], [], []
   for entity, sources in groups.items():
     files, redacted_letters, entity_counts, entity_cursors, schema = _entity_chain(
-      p, entity, sources, config, master_key, run_id, f'[{entity}] ' if several else '', table_locations
+      p, entity, sources, config, master_key, run_id, f'[{entity}] ' if several else '', table_locations, info
     )
     data_files.append(files)
     letters.append(redacted_letters)

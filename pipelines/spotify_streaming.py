@@ -93,6 +93,7 @@ from pipelines.options import SpotifyBatchOptions
 from pipelines.streaming_options import SpotifyStreamingOptions
 from transforms import entities
 from transforms.dead_letter import flatten_dead_letters
+from transforms.lineage_columns import AddLineageColumns
 from transforms.metrics import CountDeadLetters
 from transforms.pii import PiiKeyError, PiiOptions, RedactDeadLetters, RedactPII, key_ref
 from transforms.tenant import AssignDeadLetterTenant, TagTenant, check_tenant_id
@@ -220,8 +221,8 @@ SOURCES: Dict[str, Callable[[SpotifyStreamingOptions], beam.PTransform]] = {
 # ----- the job -----
 
 
-def build(p: beam.Pipeline, options: SpotifyStreamingOptions, master_key) -> None:
-  """Adds the streaming job to `p`."""
+def build(p: beam.Pipeline, options: SpotifyStreamingOptions, master_key, run_id: Optional[str] = None) -> None:
+  """Adds the streaming job to `p`; run_id (the output lock's) goes to the lineage columns."""
   model = entities.entity_model(options.entity)
   output = options.output.rstrip('/')
   source = SOURCES[options.source](options)
@@ -230,7 +231,14 @@ def build(p: beam.Pipeline, options: SpotifyStreamingOptions, master_key) -> Non
   validated = tagged.records | 'Validate' >> Validate(model)
   pii_options = PiiOptions(redact=not options.keep_pii)
   redacted = validated.records | 'RedactPII' >> RedactPII(model, master_key, pii_options)
-  windowed = redacted.records | 'Windows' >> WindowEvents(
+  clean = redacted.records
+  if not options.no_lineage_columns:
+    from pipelines.spotify_batch import code_version, lineage_code_version
+
+    clean = clean | 'Lineage' >> AddLineageColumns(
+      run_id or f'streaming-{uuid.uuid4().hex[:12]}', lineage_code_version(code_version())
+    )
+  windowed = clean | 'Windows' >> WindowEvents(
     WindowOptions(
       window_size_s=options.window_size_s,
       allowed_lateness_s=options.allowed_lateness_s,
@@ -507,7 +515,7 @@ def run(argv: Optional[Sequence[str]] = None, wait: bool = True, pii_key_secret:
   tracking = endpoint = None
   try:
     pipeline = beam.Pipeline(options=pipeline_options)
-    build(pipeline, options, master_key)
+    build(pipeline, options, master_key, lock.run_id)
     tracking = _start_mlflow_run(options, pipeline_options) if options.mlflow_tracking_uri else None
     endpoint = _metrics_endpoint(options)
     result = pipeline.run()

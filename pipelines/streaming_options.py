@@ -72,6 +72,14 @@ class SpotifyStreamingOptions(PipelineOptions):
     _add(parser, '--keep_pii', action='store_true', default=False, help='Write PII unredacted.')
     _add(
       parser,
+      '--no_lineage_columns',
+      action='store_true',
+      default=False,
+      help='Leave out the per-record lineage columns (_lineage_run_id, _lineage_source, _lineage_row, '
+      '_lineage_code_version) that the outputs carry by default.',
+    )
+    _add(
+      parser,
       '--ack',
       default='auto',
       choices=('auto', 'sink', 'finalize'),

@@ -80,8 +80,14 @@ def pytest_configure(config):
 _SERVER_FIXTURES = ('flink_cluster', 'flink_args', 'object_store_env', 's3_env', 'gcs_env', 'store_output')
 
 
+# A test that starts a Python process (a job, a launcher, a linter) pays for the
+# interpreter's start and the package's imports: integration tier too.
+_STARTS_A_PROCESS = 'sys.executable'
+
+
 def _server_call(modules) -> re.Pattern:
-  """A pattern matching a call of ensure_service or of any plain helper in `modules` that calls it, however deep."""
+  """A pattern matching a call of ensure_service, or of any plain helper in `modules` that calls it or starts a
+  Python process, however deep."""
   helpers = {}
   for module in modules:
     for name, value in vars(module).items():
@@ -89,7 +95,7 @@ def _server_call(modules) -> re.Pattern:
       if inspect.isfunction(value) and not hasattr(value, '_pytestfixturefunction'):
         with contextlib.suppress(OSError, TypeError):
           helpers[name] = inspect.getsource(value)
-  names = {'ensure_service'}
+  names = {'ensure_service'} | {name for name, source in helpers.items() if _STARTS_A_PROCESS in source}
   while True:
     calls = re.compile(r'(?<![\w.])(' + '|'.join(sorted(names)) + r')\(')
     found = {name for name, source in helpers.items() if name not in names and calls.search(source)}
@@ -108,7 +114,11 @@ def _reaches_a_server(item, server_call: re.Pattern) -> bool:
       source = inspect.getsource(function)
     except (OSError, TypeError):
       continue
-    if server_call.search(source) or any(fixture in source for fixture in _SERVER_FIXTURES):
+    if (
+      server_call.search(source)
+      or _STARTS_A_PROCESS in source
+      or any(fixture in source for fixture in _SERVER_FIXTURES)
+    ):
       return True
   return False
 
@@ -117,9 +127,9 @@ def _reaches_a_server(item, server_call: re.Pattern) -> bool:
 def pytest_collection_modifyitems(items):
   server_call = _server_call([module for name, module in list(sys.modules.items()) if name.split('.')[0] == 'tests'])
   for item in items:
-    # A test that runs a whole job in another process is marked integration
-    # by hand (@pytest.mark.integration): it reaches no server, yet the
-    # process's start and its run are the tier's cost, not a unit's.
+    # A test that runs a whole job in process is marked integration by hand
+    # (@pytest.mark.integration): it reaches no server, yet the job's run is
+    # the tier's cost, not a unit's. One that starts a process is found above.
     if item.get_closest_marker('integration') is None:
       item.add_marker('integration' if _reaches_a_server(item, server_call) else 'unit')
 

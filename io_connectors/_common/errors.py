@@ -8,7 +8,7 @@ in one place and print it as one clear line; messages never hold secrets
 
 from __future__ import annotations
 
-__all__ = ['ConnectorError', 'short_error']
+__all__ = ['ConnectorError', 'first_line', 'short_error']
 
 
 class ConnectorError(Exception):
@@ -19,3 +19,9 @@ def short_error(error: BaseException) -> str:
   """`Type: first line of the message`, at most 500 characters (for dead letters and logs)."""
   text = str(error).strip().splitlines()
   return f'{type(error).__name__}: {text[0] if text else ""}'[:500]
+
+
+def first_line(error: BaseException) -> str:
+  """The first line of `error`'s message, or its type's name when it has none (drivers' messages run long)."""
+  text = str(error).strip()
+  return text.splitlines()[0] if text else type(error).__name__

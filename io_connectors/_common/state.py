@@ -47,10 +47,18 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from apache_beam.io.filesystems import FileSystems
 
-from io_connectors._common.errors import ConnectorError
+from io_connectors._common.errors import ConnectorError, first_line
 from io_connectors._common.masking import mask_url
 
-__all__ = ['StateError', 'cursor_key', 'load_cursor', 'load_value', 'commit_cursors', 'compare_and_set']
+__all__ = [
+  'StateError',
+  'cursor_key',
+  'load_cursor',
+  'load_value',
+  'commit_cursors',
+  'compare_and_set',
+  'postgres_table_target',
+]
 
 DEFAULT_TABLE = 'pipeline_cursors'
 _TABLE_PATTERN = re.compile(r'^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$')
@@ -141,11 +149,14 @@ def _write_file(store: str, key: str, doc: dict):
 # ----- PostgreSQL table store -----
 
 
-def _postgres_target(store: str) -> Tuple[str, List[str]]:
-  """(connection URL without the table parameter, [schema, table] or [table])."""
+def postgres_table_target(store: str, default_table: str, what: str) -> Tuple[str, List[str]]:
+  """Splits `postgresql://...?table=[schema.]name` into (connection URL without `table`, [schema, name] or [name]).
+
+  `what` names the store in the ValueError raised for a table that is not a plain identifier.
+  """
   parts = urllib.parse.urlsplit(store)
   query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-  table = DEFAULT_TABLE
+  table = default_table
   rest = []
   for name, value in query:
     if name == 'table':
@@ -153,7 +164,7 @@ def _postgres_target(store: str) -> Tuple[str, List[str]]:
     else:
       rest.append((name, value))
   if not _TABLE_PATTERN.match(table):
-    raise StateError(f'state table {table!r} in {mask_url(store)} is not a [schema.]name identifier')
+    raise ValueError(f'{what} table {table!r} in {mask_url(store)} is not a [schema.]name identifier')
   url = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(rest)))
   return url, table.split('.')
 
@@ -162,17 +173,15 @@ def _postgres_connect(store: str):
   import psycopg
   from psycopg import sql
 
-  url, table = _postgres_target(store)
+  try:
+    url, table = postgres_table_target(store, DEFAULT_TABLE, 'state')
+  except ValueError as e:
+    raise StateError(str(e)) from None
   try:
     conn = psycopg.connect(url, connect_timeout=10, application_name='pipeline-cursor-state')
   except psycopg.Error as e:
-    raise StateError(f'cannot connect to state store {mask_url(store)}: {_first_line(e)}') from None
+    raise StateError(f'cannot connect to state store {mask_url(store)}: {first_line(e)}') from None
   return conn, sql.Identifier(*table)
-
-
-def _first_line(error) -> str:
-  text = str(error).strip()
-  return text.splitlines()[0] if text else type(error).__name__
 
 
 def _ensure_table(conn, table):
@@ -197,7 +206,7 @@ def _load_postgres(store: str, key: str) -> Optional[dict]:
   except psycopg.errors.UndefinedTable:
     return None
   except psycopg.Error as e:
-    raise StateError(f'cannot read cursor {key!r} from {mask_url(store)}: {_first_line(e)}') from None
+    raise StateError(f'cannot read cursor {key!r} from {mask_url(store)}: {first_line(e)}') from None
   finally:
     conn.close()
   return None if row is None else row[0]
@@ -221,7 +230,7 @@ def _write_postgres(store: str, docs: Dict[str, dict]):
           [(key, Jsonb(doc)) for key, doc in docs.items()],
         )
   except psycopg.Error as e:
-    raise StateError(f'cannot write cursors to {mask_url(store)}: {_first_line(e)}') from None
+    raise StateError(f'cannot write cursors to {mask_url(store)}: {first_line(e)}') from None
   finally:
     conn.close()
 
@@ -295,7 +304,7 @@ def _cas_postgres(store: str, key: str, expected: Any, new: Any) -> bool:
       )
       return True
   except psycopg.Error as e:
-    raise StateError(f'cannot update {key!r} in {mask_url(store)}: {_first_line(e)}') from None
+    raise StateError(f'cannot update {key!r} in {mask_url(store)}: {first_line(e)}') from None
   finally:
     conn.close()
 

@@ -98,7 +98,7 @@ import pyarrow as pa
 
 from io_connectors import registry
 from io_connectors._common import state as state_store
-from io_connectors._common.errors import ConnectorError
+from io_connectors._common.errors import ConnectorError, first_line
 from io_connectors._common.masking import connection_url
 from io_connectors._common.retry import Backoff
 from io_connectors.databases._pg_binary import BINARY_TYPES, TRAILER, RowBuffer, decode
@@ -186,11 +186,6 @@ def _table_parts(table: str) -> List[str]:
   return [_check_identifier(part, 'table name part') for part in parts]
 
 
-def _first_line(error) -> str:
-  text = str(error).strip()
-  return text.splitlines()[0] if text else type(error).__name__
-
-
 def _where(url: str) -> str:
   """postgresql://host:port/db without user or password."""
   parts = urllib.parse.urlsplit(url)
@@ -211,7 +206,7 @@ def _connect(url: str, options: PostgresOptions, what: str, autocommit: bool = F
       autocommit=autocommit,
     )
   except psycopg.Error as e:
-    raise PostgresError(f'{what}: cannot connect to {_where(url)}: {_first_line(e)}') from None
+    raise PostgresError(f'{what}: cannot connect to {_where(url)}: {first_line(e)}') from None
   with conn.cursor() as cur:
     # Text forms the CSV parser understands whatever the server's defaults.
     cur.execute("SET TimeZone = 'UTC'")
@@ -542,7 +537,7 @@ class _Planner:
           cursor_low, update = self._cursor(cur, names.get(cursor_col) if cursor_col else None)
           splits = self._splits(cur, partition, names, cursor_low)
       except psycopg.Error as e:
-        raise PostgresError(f'{self.what} on {_where(self.url)}: {_first_line(e)}') from None
+        raise PostgresError(f'{self.what} on {_where(self.url)}: {first_line(e)}') from None
       plan = _Plan(
         self.url,
         self.source_name,
@@ -693,12 +688,12 @@ class _ReadSplitFn(beam.DoFn):
         attempt += 1
         if attempt > self._options.max_retries:
           raise PostgresError(
-            f'{self._what(split)}: connection lost {attempt} times, giving up: {_first_line(e)}'
+            f'{self._what(split)}: connection lost {attempt} times, giving up: {first_line(e)}'
           ) from None
         _LOG.warning(
           '%s: connection lost (%s); reading the split again (attempt %d of %d)',
           self._what(split),
-          _first_line(e),
+          first_line(e),
           attempt + 1,
           self._options.max_retries + 1,
         )
@@ -707,11 +702,11 @@ class _ReadSplitFn(beam.DoFn):
         broken = True
         if 'snapshot' in str(e).lower() and self._plan.snapshot:
           raise PostgresError(
-            f'{self._what(split)}: cannot import snapshot {self._plan.snapshot} ({_first_line(e)}); the launching '
+            f'{self._what(split)}: cannot import snapshot {self._plan.snapshot} ({first_line(e)}); the launching '
             'process that holds it exited or snapshot_hold_s passed: keep it running until the job ends or set '
             'consistent_snapshot=False'
           ) from None
-        raise PostgresError(f'{self._what(split)}: {_first_line(e)}') from None
+        raise PostgresError(f'{self._what(split)}: {first_line(e)}') from None
       finally:
         self._pool.release(conn, broken)
     for batch in batches:
@@ -872,7 +867,7 @@ class _ReleaseSnapshotFn(beam.DoFn):
         '%s: could not release snapshot %s (%s); it ends after snapshot_hold_s or with the launcher',
         plan.source_name,
         plan.snapshot,
-        _first_line(e),
+        first_line(e),
       )
 
 
@@ -959,7 +954,7 @@ def check(options: Optional[PostgresOptions] = None, table: Optional[str] = None
         try:
           cur.execute(sql.SQL('SELECT * FROM {} AS q LIMIT 0').format(_source_sql(parts, query)))
         except psycopg.Error as e:
-          raise PostgresError(f'check: {what} on {_where(url)}: {_first_line(e)}') from None
+          raise PostgresError(f'check: {what} on {_where(url)}: {first_line(e)}') from None
     return f'ok: {_where(url)} as {user} (database {database}, {version.split(",")[0]})' + (
       f'; {what} readable' if what else ''
     )

@@ -34,6 +34,7 @@ def _synthesized_set(folder):
   return names, str(sidecar)
 
 
+@pytest.mark.integration  # the whole audio job on a synthesized set
 def test_synthesized_set_through_config_gives_the_expected_features(tmp_path, monkeypatch):
   monkeypatch.setenv('PII_MASTER_KEY', PII_KEY)
   names, sidecar = _synthesized_set(tmp_path / 'audio')

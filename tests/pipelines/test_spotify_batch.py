@@ -221,6 +221,28 @@ def test_other_output_formats(tmp_path, fmt):
   notes = [r['note'] for r in records if r['event_id'] == 'e0']
   assert notes == ['call <PHONE_NUMBER>']
   assert all(len(r['user_id']) == 64 for r in records)
+  # Lineage columns survive every format: the input file and the CSV record number (header = row 1).
+  lineage = sorted((r['event_id'], r['_lineage_row'], r['_lineage_run_id']) for r in records)
+  assert lineage == [(f'e{i}', i + 2, manifest['run_id']) for i in range(5)]
+  assert {r['_lineage_source'] for r in records} == {str(tmp_path / f'{fmt}.csv')}
+
+
+def test_lineage_columns_name_run_source_row_and_code_and_can_be_left_out(sample, sample_run, tmp_path):
+  manifest, output = sample_run
+  rows = _input_rows(sample)
+  for table in _read_partitions(output).values():
+    assert set(table.column('_lineage_run_id').to_pylist()) == {manifest['run_id']}
+    commit = manifest['code_version']['git_commit'] or manifest['code_version']['package']
+    assert set(table.column('_lineage_code_version').to_pylist()) == {commit}
+    for record in table.select(['event_id', '_lineage_source', '_lineage_row']).to_pylist()[:200]:
+      # The named row of the named file is the record's own input row.
+      with open(record['_lineage_source'], encoding='utf-8', errors='replace', newline='') as handle:
+        source_rows = list(csv.DictReader(handle))
+      assert source_rows[record['_lineage_row'] - 2]['event_id'] == record['event_id']
+      assert record['event_id'] in rows
+  _, out = _run_small(tmp_path, [_event('e1', 'u1', 'acme')], 'nolineage', ['--no_lineage_columns'])
+  names = _read_partitions(out)['acme'].schema.names
+  assert not [n for n in names if n.startswith('_lineage')]
 
 
 def _tfrecords(path):

@@ -116,6 +116,14 @@ def check_outputs(
   assert all(m['distinct_users'] <= 100 and m['listening_minutes'] > 0 for m in metrics.values())
   sessions = [pq.read_table(p) for p in glob.glob(f'{output}/sessions/**/*.parquet', recursive=True)]
   assert sum(t.column('events').to_numpy().sum() for t in sessions) == len(plan.unique_valid)
+  # Lineage columns: one run, the stream as the source, a position in it per row.
+  lineage = [
+    pq.read_table(p, columns=['_lineage_run_id', '_lineage_source', '_lineage_row'])
+    for p in glob.glob(f'{output}/data/**/*.parquet', recursive=True)
+  ]
+  assert len({r for t in lineage for r in t.column('_lineage_run_id').to_pylist()}) == 1
+  assert all(s.startswith(source_prefix) for t in lineage for s in t.column('_lineage_source').to_pylist())
+  assert all(r is not None for t in lineage for r in t.column('_lineage_row').to_pylist())
   # Names derive from (tenant, window, shard): a replay rewrites the same ones.
   names = [p[len(output) :] for p in glob.glob(f'{output}/data/**/*.parquet', recursive=True)]
   assert all(

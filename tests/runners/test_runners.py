@@ -144,6 +144,7 @@ def test_runner_args_rejects_unknown_runner():
     runners.runner_args('spark')
 
 
+@pytest.mark.integration  # fetches the Flink job server jar from Maven Central on a new machine
 def test_runner_args_point_at_local_artifacts(prism_binary):
   prism = runners.runner_args('prism')
   assert prism[0] == '--runner=PrismRunner' and '--environment_type=LOOPBACK' in prism

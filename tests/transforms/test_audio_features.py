@@ -96,6 +96,7 @@ def test_bad_files_raise_a_clear_error():
     compute_features(header_only)
 
 
+@pytest.mark.integration  # analyses 20 minutes of audio
 def test_a_20_minute_file_is_analysed_in_bounded_memory(tmp_path):
   path = str(tmp_path / 'long.wav')
   with soundfile.SoundFile(path, 'w', 8000, 1, subtype='PCM_16') as out:
