@@ -42,6 +42,8 @@ EXTRAS = {
   'audio': ['librosa==0.11.0', 'soundfile==0.14.0'],
   # --otlp_endpoint (pipelines.tracing): OpenTelemetry spans over OTLP/HTTP.
   'tracing': ['opentelemetry-sdk==1.45.2', 'opentelemetry-exporter-otlp-proto-http==1.45.2'],
+  # Metrics out (pipelines.prometheus_export) and the monitoring job's collectors (io_connectors.monitoring).
+  'monitoring': ['prometheus-client==0.26.0', 'psutil==7.2.2'],
   'test': [
     'pytest>=8',
     'pytest-xdist>=3.5',
@@ -79,6 +81,7 @@ EXTRAS['test'] += sorted(
       'exports',
       'audio',
       'tracing',
+      'monitoring',
     )
     for req in EXTRAS[name]
   }

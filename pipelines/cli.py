@@ -36,6 +36,7 @@ __all__ = [
   'wants_help',
   'help_text',
   'print_help',
+  'run_as_command',
 ]
 
 # Starts of log messages emitted while a library is imported that name no
@@ -193,3 +194,16 @@ def lake_job_options(argv: Sequence[str], prog: str, doc: str, options_class, us
   if not ours.input or not ours.output:
     raise usage_error('--input (a lake) and --output are required')
   return options
+
+
+def run_as_command(run, argv: Optional[Sequence[str]] = None) -> int:
+  """The exit code of a long-running job's command: 0 when `run(argv)` returns, 2 (one line) for a config error."""
+  from io_connectors.registry import ConfigError
+
+  configure_logging(log_format_of(argv))
+  try:
+    run(argv)
+  except ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  return 0

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipelines.prometheus_export import add_prometheus_arguments
+
 __all__ = [
   'SpotifyBatchOptions',
   'INPUT_FORMATS',
@@ -20,6 +22,7 @@ __all__ = [
   'TABLE_MODES',
   'add_mlflow_arguments',
   'add_tracing_arguments',
+  'add_prometheus_arguments',
 ]
 
 INPUT_FORMATS = ('csv', 'jsonl', 'json', 'parquet', 'avro', 'excel')
@@ -177,3 +180,5 @@ class SpotifyBatchOptions(PipelineOptions):
     )
     add_mlflow_arguments(parser)
     add_tracing_arguments(parser)
+    # Batch runs push at their end: no /metrics endpoint flags.
+    add_prometheus_arguments(parser, endpoint=False)

@@ -58,12 +58,13 @@ from io_connectors.sinks.lake import (
 )
 from io_connectors.sinks import tables as lake_tables
 from pipelines.config import FILE_ONLY_KEYS, RUN_KEYS, ConfigError, RunConfig, load_yaml, resolve
-from pipelines import audit, cli, lineage, runners, tracing
+from pipelines import audit, cli, lineage, prometheus_export, runners, tracing
 from pipelines.options import SpotifyBatchOptions
 from transforms import entities, quality, schema as schema_mod
 from transforms.dead_letter import flatten_dead_letters
 from transforms.dedup import Deduplicate
 from transforms.lineage_columns import AddLineageColumns
+from transforms.metrics import CountDeadLetters, LabelledCounters
 from transforms.pii import PiiKeyError, PiiOptions, RedactDeadLetters, RedactPII, key_ref
 from transforms.tenant import AssignDeadLetterTenant, TagTenant
 from transforms.validate import Validate
@@ -578,6 +579,31 @@ class _CountReadFn(beam.DoFn):
     yield ('read', None, None), batch.num_rows
 
 
+class _CountMetricsFn(beam.DoFn):
+  """The run's counts as labelled Beam counters (transforms.metrics), passed through unchanged.
+
+  rows_read, rows_written{tenant, entity} and rows_deduplicated{tenant}
+  (rows_dead_lettered{tenant, reason}: CountDeadLetters; pii_findings{type}: the
+  PII transforms): what `--prometheus_pushgateway` pushes at the end of the run.
+  """
+
+  _NAMES = {
+    'read': ('read', ()),
+    'written': ('written', ('tenant', 'entity')),
+    'deduplicated': ('deduplicated', ('tenant',)),
+  }
+
+  def setup(self):
+    self._counters = {metric: LabelledCounters('rows', name) for metric, (name, _) in self._NAMES.items()}
+
+  def process(self, element):
+    (metric, tenant, detail), n = element
+    if metric in self._NAMES:
+      labels = dict(zip(self._NAMES[metric][1], (tenant or '_unassigned', detail)))
+      self._counters[metric].inc(n, **labels)
+    yield element
+
+
 def _tenant_of(written) -> str:
   return (
     dict(written.partition)[lake_tables.TENANT_COLUMN] if isinstance(written.partition, tuple) else written.partition
@@ -786,10 +812,16 @@ def build(
     )
   else:
     letter_files = all_letters | 'WriteDeadLetters' >> WriteDeadLetterFiles(config.output, run_id)
+  _ = all_letters | 'DeadLetterMetrics' >> CountDeadLetters()
   counts.append(
     _counted(all_letters, 'CountDL', lambda l: [(('dead_letter', l.get('tenant'), l['reason']), l.get('count', 1))])
   )
-  summed = tuple(counts) | 'AllCounts' >> beam.Flatten() | 'SumCounts' >> beam.CombinePerKey(sum)
+  summed = (
+    tuple(counts)
+    | 'AllCounts' >> beam.Flatten()
+    | 'CountMetrics' >> beam.ParDo(_CountMetricsFn())
+    | 'SumCounts' >> beam.CombinePerKey(sum)
+  )
 
   all_files = (all_data_files, letter_files) | 'AllFiles' >> beam.Flatten() | 'FileList' >> beam.combiners.ToList()
   side_inputs = {
@@ -998,6 +1030,7 @@ def _run_files(
       _wait_with_progress(result)
   finally:
     lock.release()
+  _push_metrics(options, result, info)
   manifest = read_json(FileSystems.join(config.output, '_manifest.json'))
   if manifest is None or manifest.get('run_id') != run_id:
     raise RuntimeError(f'the run finished but wrote no manifest at {config.output}/_manifest.json')
@@ -1037,10 +1070,24 @@ def _run_tables(options, config: RunConfig, master_key, info: dict, previous_sch
   )
   result = pipeline.run()
   _wait_with_progress(result)
+  _push_metrics(options, result, info)
   manifest = read_json(table_run_manifest_path(target.location, run_dir))
   if manifest is None or manifest.get('run_id') != info['run_id']:
     raise RuntimeError(f'the run finished but wrote no manifest at {table_run_manifest_path(target.location, run_dir)}')
   return manifest
+
+
+def _push_metrics(options, result, info: dict) -> None:
+  """--prometheus_pushgateway: the finished run's Beam metrics, grouped by job and run id."""
+  batch = options.view_as(SpotifyBatchOptions)
+  if batch.prometheus_pushgateway:
+    prometheus_export.push_run_metrics(
+      result.metrics(),
+      batch.prometheus_pushgateway,
+      PIPELINE_NAME,
+      {'run_id': info['run_id']},
+      batch.prometheus_max_series,
+    )
 
 
 def _lineage(options, info: dict):

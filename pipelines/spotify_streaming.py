@@ -88,11 +88,13 @@ from io_connectors.sinks.window_files import (
   metrics_writer,
   sweep_temporaries,
 )
-from pipelines import cli, mlflow_logging, runners, stream_sources, tracing
+from pipelines import cli, mlflow_logging, prometheus_export, runners, stream_sources, tracing
+from pipelines.options import SpotifyBatchOptions
 from pipelines.streaming_options import SpotifyStreamingOptions
 from transforms import entities
 from transforms.dead_letter import flatten_dead_letters
 from transforms.lineage_columns import AddLineageColumns
+from transforms.metrics import CountDeadLetters
 from transforms.pii import PiiKeyError, PiiOptions, RedactDeadLetters, RedactPII, key_ref
 from transforms.tenant import AssignDeadLetterTenant, TagTenant, check_tenant_id
 from transforms.validate import Validate
@@ -314,6 +316,7 @@ def build(
     ],
     'AllDeadLetters',
   )
+  _ = letters | 'DeadLetterMetrics' >> CountDeadLetters()
   redacted_letters = letters | 'RedactDeadLetters' >> RedactDeadLetters(model, master_key, pii_options)
   if target is not None:
     letters_written = redacted_letters.records | 'CommitDeadLetters' >> beam.ParDo(
@@ -550,15 +553,20 @@ def _run_traced(options, pipeline_options, master_key, wait: bool, trace):
   sweep_temporaries(options.output)  # what writers of earlier, crashed runs left
   keep_alive = lock.kept_alive()
   keep_alive.__enter__()
-  tracking = None
+  tracking = endpoint = None
   try:
     pipeline = beam.Pipeline(options=pipeline_options)
     build(pipeline, options, master_key, lock.run_id, trace)
     tracking = _start_mlflow_run(options, pipeline_options) if options.mlflow_tracking_uri else None
+    endpoint = _metrics_endpoint(options)
     result = pipeline.run()
+    if endpoint is not None:
+      endpoint.result = result
     if wait:
       result.wait_until_finish()
   except BaseException:
+    if endpoint is not None:
+      endpoint.close()
     keep_alive.__exit__(None, None, None)
     lock.release()
     if tracking:
@@ -567,6 +575,9 @@ def _run_traced(options, pipeline_options, master_key, wait: bool, trace):
   if wait:
     keep_alive.__exit__(None, None, None)
     lock.release()
+    _push_metrics(options, result)
+    if endpoint is not None:
+      endpoint.close()
   else:
     _release_when_done(result, lock, keep_alive)
   if tracking and wait:
@@ -578,6 +589,34 @@ def _run_traced(options, pipeline_options, master_key, wait: bool, trace):
       metrics['dead_letter_rate'] = letters / seen
     mlflow_logging.finish_run(tracking[0], tracking[1], metrics=metrics)
   return result
+
+
+def _metrics_endpoint(options: SpotifyStreamingOptions) -> Optional[prometheus_export.JobMetricsEndpoint]:
+  """--prometheus_port: the job's Beam metrics on /metrics while it runs (a port in use is a ConfigError)."""
+  if options.prometheus_port is None:
+    return None
+  try:
+    endpoint = prometheus_export.JobMetricsEndpoint(
+      'spotify_streaming', options.prometheus_port, options.prometheus_address, options.prometheus_max_series
+    )
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  print(f'metrics endpoint: http://{options.prometheus_address}:{endpoint.port}/metrics', file=sys.stderr)
+  return endpoint
+
+
+def _push_metrics(options: SpotifyStreamingOptions, result) -> None:
+  """--prometheus_pushgateway: the metrics of the job that ended (drained or bounded), by host."""
+  if options.prometheus_pushgateway:
+    # --run_id (a flag of the batch job's options, which every job parses) names the group, else a fresh id.
+    run_id = options.view_as(SpotifyBatchOptions).run_id or uuid.uuid4().hex[:12]
+    prometheus_export.push_run_metrics(
+      result.metrics(),
+      options.prometheus_pushgateway,
+      'spotify_streaming',
+      {'instance': prometheus_export.hostname(), 'run_id': run_id},
+      options.prometheus_max_series,
+    )
 
 
 def _start_mlflow_run(options: SpotifyStreamingOptions, pipeline_options: PipelineOptions):
@@ -611,13 +650,7 @@ def _start_mlflow_run(options: SpotifyStreamingOptions, pipeline_options: Pipeli
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  cli.configure_logging(cli.log_format_of(argv))
-  try:
-    run(argv)
-  except ConfigError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  return 0
+  return cli.run_as_command(run, argv)
 
 
 if __name__ == '__main__':

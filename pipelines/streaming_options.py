@@ -47,6 +47,8 @@ class SpotifyStreamingOptions(PipelineOptions):
   def _add_argparse_args(cls, parser):
     pipelines.options.add_mlflow_arguments(parser)
     pipelines.options.add_tracing_arguments(parser)
+    # --prometheus_port: /metrics while the job runs; --prometheus_pushgateway: its metrics when it ends.
+    pipelines.options.add_prometheus_arguments(parser)
     _add(
       parser,
       '--source',

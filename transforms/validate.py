@@ -33,6 +33,7 @@ import pydantic
 
 from transforms import entities
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
+from transforms.metrics import LabelledCounters
 from transforms.records import (
   INTERNAL_COLUMNS,
   ROW_COLUMN,
@@ -383,12 +384,17 @@ class _ValidateFn(beam.DoFn):
     self._options = options
     self._invalid = beam.metrics.Metrics.counter('validate', 'invalid_rows')
 
+  def setup(self):
+    # validate_rows_invalid{reason, tenant} once exported (transforms.metrics).
+    self._invalid_by = LabelledCounters('validate', 'rows_invalid')
+
   def process(self, batch: pa.RecordBatch):
     valid, letters = validate_batch(batch, self._model, pydantic_details=self._options.pydantic_details)
     if valid.num_rows:
       yield valid
     self._invalid.inc(len(letters))
     for letter in letters:
+      self._invalid_by.inc(1, reason=letter['reason'], tenant=letter.get('tenant'))
       yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
 
 

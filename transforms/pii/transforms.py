@@ -23,6 +23,7 @@ from transforms.pii.crypto_shred import DataKeys, KeyStore, add_encrypted_column
 from transforms.pii.suppression import Suppressed, suppression_tokens
 from transforms.pii.keys import KeyRef, MasterKey
 from transforms.pii.scanner import DEFAULT_ENTITIES, TextScanner
+from transforms.metrics import LabelledCounters
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN, position, typed_outputs
 
 __all__ = ['PiiOptions', 'PiiOutputs', 'RedactPII', 'RedactDeadLetters', 'read_file_header']
@@ -128,6 +129,8 @@ class _KeyedDoFn(beam.DoFn):
     # PiiKeyError names the reference and what to do on this worker.
     self._master_key = self._key_ref.load() if self._key_ref is not None else None
     self._scanner = self._options.scanner().setup()
+    # pii_findings_total{type} once exported (transforms.metrics): entity types and PSEUDONYMISED:<field>.
+    self._findings_metric = LabelledCounters('pii', 'findings')
 
   def __getstate__(self):
     state = dict(self.__dict__)
@@ -191,6 +194,7 @@ class _RedactBatchFn(_KeyedDoFn):
       )
     yield redacted
     for key, count in sorted(counts.items()):
+      self._findings_metric.inc(count, type=key)
       yield beam.pvalue.TaggedOutput(FINDINGS, (key, count))
 
   def _suppress(self, batch: pa.RecordBatch, raw: dict):
@@ -328,6 +332,7 @@ class _RedactDeadLetterFn(_KeyedDoFn):
       summed[1].update(counts)
     for window, (timestamp, counts) in findings.items():
       for key, count in sorted(counts.items()):
+        self._findings_metric.inc(count, type=key)
         yield beam.pvalue.TaggedOutput(FINDINGS, WindowedValue((key, count), timestamp, [window]))
 
   def setup(self):

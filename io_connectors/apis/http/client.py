@@ -65,6 +65,7 @@ from io_connectors._common.retry import Backoff
 from io_connectors.apis.http import ratelimit
 from io_connectors.apis.http.auth import NoAuth
 from io_connectors.apis.http.request import HostNotAllowed, Request, RequestFailed, Response, unsafe_url_reason
+from transforms.metrics import LabelledCounters, LabelledDistributions
 
 __all__ = [
   'RetryPolicy',
@@ -75,6 +76,10 @@ __all__ = [
 ]
 
 _LOG = logging.getLogger(__name__)
+# http_request_ms{host} and http_requests{host, status="2xx"|...|"error"} once exported
+# (transforms.metrics): what the http_api collector and Prometheus read.
+_REQUEST_MS = LabelledDistributions('http', 'request_ms')
+_REQUESTS = LabelledCounters('http', 'requests')
 
 # Query parameters and headers whose values are secrets whatever the API.
 _SECRET_NAME = re.compile(
@@ -455,6 +460,7 @@ class HttpClient:
           return Response(200, {'Content-Type': 'application/json'}, cached, request, from_cache=True)
       self.check_address(prepared, url)
       bucket.acquire()
+      started = time.monotonic()
       try:
         raw = self.session.request(
           prepared.method,
@@ -471,6 +477,7 @@ class HttpClient:
         finally:
           raw.close()
       except requests.RequestException as e:
+        _REQUESTS.inc(1, host=request.host, status='error')
         # Timeouts, refused or reset connections, bodies cut short: retried.
         attempts += 1
         tries['attempts'] = attempts
@@ -485,6 +492,8 @@ class HttpClient:
         continue
       response = Response(raw.status_code, raw.headers, content, request)
       status = raw.status_code
+      _REQUEST_MS.update(1000 * (time.monotonic() - started), host=request.host)
+      _REQUESTS.inc(1, host=request.host, status=f'{status // 100}xx')
       if status == 401 and authenticate and not refreshed and self.auth.can_refresh:
         refreshed = True
         _LOG.info('%s %s: 401, refreshing credentials', request.method, self.masker.text(request.url))

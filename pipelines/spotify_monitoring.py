@@ -1,0 +1,177 @@
+"""The monitoring job: collectors polled as a streaming Beam source, their samples exported to Prometheus.
+
+    python -m pipelines.spotify_monitoring \\
+      --collectors '[{"type": "system", "interval_s": 5},
+                     {"type": "postgres", "tenant": "acme", "thresholds": {"postgres_connections": 50}},
+                     {"type": "redis", "streams": ["plays"]},
+                     {"type": "kafka", "groups": ["spotify-streaming"]}]' \\
+      --prometheus_port 9108 --prometheus_pushgateway http://127.0.0.1:9091 --duration_seconds 60
+
+or ``--config monitoring.yaml`` with a ``collectors:`` list (the same keys).
+Each collector's keys: type, name, interval_s, tenant, tags, thresholds, and
+its own (docs/monitoring.md). A malformed entry stops the job before it starts
+(exit 2) naming the entry. A target that is down is reported (``collector_up 0``
+and a logged dead letter naming the target, never its password) while the
+other collectors keep going.
+
+The samples are served on ``--prometheus_port`` (``/metrics``, with the job's
+own Beam metrics) and/or pushed to ``--prometheus_pushgateway``.
+
+`build_monitoring(pipeline, options)` returns the samples PCollection: the hook
+where anomaly detection, alert rules and business metrics attach.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, List, Optional, Sequence
+
+import apache_beam as beam
+import yaml
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from io_connectors.monitoring import ReadFromCollectors, parse_collectors
+from io_connectors.registry import ConfigError as RegistryConfigError
+from pipelines import cli, prometheus_export, runners
+from pipelines.config import ConfigError
+from transforms.dead_letter import Outputs
+
+__all__ = ['SpotifyMonitoringOptions', 'collector_configs', 'build_monitoring', 'run', 'main']
+
+PIPELINE_NAME = 'spotify_monitoring'
+_LOG = logging.getLogger(__name__)
+
+
+class SpotifyMonitoringOptions(PipelineOptions):
+  """Options of `python -m pipelines.spotify_monitoring`."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    group = parser.add_argument_group('monitoring')
+    group.add_argument(
+      '--collectors',
+      help='The collectors, as a JSON or YAML list of mappings: type (system, postgres, redis, kafka, http_api, '
+      'pipeline), name, interval_s, tenant, tags, thresholds, and the type\'s own keys (docs/monitoring.md).',
+    )
+    group.add_argument('--monitoring_config', help='YAML file with a "collectors:" list (instead of --collectors).')
+    group.add_argument(
+      '--duration_seconds',
+      type=float,
+      help='Stop polling after this many seconds (demos and tests). Default: run until cancelled.',
+    )
+    prometheus_export.add_prometheus_arguments(parser)
+
+
+def collector_configs(options: SpotifyMonitoringOptions) -> List[Any]:
+  """The checked collector configs of --collectors or --monitoring_config; ConfigError names a bad entry."""
+  if bool(options.collectors) == bool(options.monitoring_config):
+    raise ConfigError('give the collectors in --collectors (JSON or YAML) or --monitoring_config (a file), not both')
+  if options.collectors:
+    try:
+      entries = yaml.safe_load(options.collectors)  # JSON is YAML
+    except yaml.YAMLError as e:
+      raise ConfigError(f'--collectors is neither JSON nor YAML: {getattr(e, "problem", e)}') from None
+    where = '--collectors'
+  else:
+    data = _load_config(options.monitoring_config)
+    entries = data.get('collectors')
+    where = f'config {options.monitoring_config}'
+  try:
+    return parse_collectors(entries)
+  except RegistryConfigError as e:
+    raise ConfigError(f'{where}: {e}') from None
+
+
+def _load_config(path: str) -> dict:
+  from apache_beam.io.filesystems import FileSystems
+
+  try:
+    with FileSystems.open(path) as handle:
+      data = yaml.safe_load(handle.read().decode('utf-8')) or {}
+  except yaml.YAMLError as e:
+    raise ConfigError(f'config {path} is not valid YAML: {getattr(e, "problem", e)}') from None
+  except Exception as e:
+    raise ConfigError(f'cannot read config {path}: {type(e).__name__}') from None
+  if not isinstance(data, dict):
+    raise ConfigError(f'config {path} must be a mapping with a "collectors:" list, got {type(data).__name__}')
+  unknown = sorted(set(map(str, data)) - {'collectors'})
+  if unknown:
+    raise ConfigError(f'config {path}: unknown key(s) {", ".join(unknown)}; known: collectors')
+  return data
+
+
+def build_monitoring(pipeline: beam.Pipeline, options: SpotifyMonitoringOptions, configs=None) -> Outputs:
+  """Adds the collectors and the export of their samples; returns Outputs(samples, dead letters).
+
+  The hook for what watches the samples (anomaly detection, alert rules,
+  business metrics): apply it to the returned `records`.
+  """
+  configs = configs if configs is not None else collector_configs(options)
+  outs = pipeline | 'Collectors' >> ReadFromCollectors(configs, duration_s=options.duration_seconds)
+  samples = outs.records | 'ExportSamples' >> prometheus_export.ExportSamples(
+    options.prometheus_pushgateway, PIPELINE_NAME, options.prometheus_max_series
+  )
+  # A failed poll: its sample (collector_up 0) is in `samples`; the letter says why, on the job's log.
+  _ = outs.dead_letter | 'LogFailedPolls' >> beam.Map(_log_dead_letter)
+  return Outputs(samples, outs.dead_letter)
+
+
+def _log_dead_letter(letter: dict) -> dict:
+  _LOG.warning('collector poll failed: %s: %s', letter['source'], letter['detail'])
+  return letter
+
+
+def run(argv: Optional[Sequence[str]] = None):
+  """Runs the job until --duration_seconds pass (or forever); returns the PipelineResult."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if cli.wants_help(argv):
+    cli.print_help('python -m pipelines.spotify_monitoring', __doc__, [SpotifyMonitoringOptions])
+    raise SystemExit(0)
+  pipeline_options = PipelineOptions(runners.local_runner_args(argv, streaming=True))
+  options = pipeline_options.view_as(SpotifyMonitoringOptions)
+  configs = collector_configs(options)
+  if options.duration_seconds is not None and options.duration_seconds <= 0:
+    raise ConfigError(f'--duration_seconds must be positive, got {options.duration_seconds}')
+  if options.prometheus_max_series < 1:
+    raise ConfigError(f'--prometheus_max_series must be at least 1, got {options.prometheus_max_series}')
+  pipeline_options.view_as(StandardOptions).streaming = True
+  endpoint = None
+  if options.prometheus_port is not None:
+    store = prometheus_export.process_sample_store(options.prometheus_max_series)
+    try:
+      endpoint = prometheus_export.JobMetricsEndpoint(
+        PIPELINE_NAME, options.prometheus_port, options.prometheus_address, options.prometheus_max_series, [store]
+      )
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+    # On stderr too: a caller that asked for any free port (0) reads it here.
+    print(f'metrics endpoint: http://{options.prometheus_address}:{endpoint.port}/metrics', file=sys.stderr)
+  try:
+    pipeline = beam.Pipeline(options=pipeline_options)
+    build_monitoring(pipeline, options, configs)
+    result = pipeline.run()
+    if endpoint is not None:
+      endpoint.result = result
+    result.wait_until_finish()
+    if options.prometheus_pushgateway:
+      # The last samples of workers that ran in this process, whatever the pushes' timing.
+      store = prometheus_export.process_sample_store(options.prometheus_max_series)
+      try:
+        prometheus_export.push_collectors(
+          options.prometheus_pushgateway, PIPELINE_NAME, [store], {'instance': prometheus_export.hostname()}
+        )
+      except Exception as e:
+        _LOG.error('final push to the Pushgateway failed: %s', type(e).__name__)
+  finally:
+    if endpoint is not None:
+      endpoint.close()
+  return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  return cli.run_as_command(run, argv)
+
+
+if __name__ == '__main__':
+  sys.exit(main())
