@@ -43,6 +43,7 @@ def synthetic_plays(
   tenants: Sequence[str] = ('acme', 'beta-2'),
   tracks_per_tenant: int = 4,
   rate: float = 30.0,
+  users: int = 500,
   injections: Sequence[Tuple[int, int, int, float]] = ((0, 1, 10, 20.0), (1, 2, 12, 0.05)),
   seed: int = 7,
 ) -> Tuple[List[pa.RecordBatch], set]:
@@ -69,7 +70,7 @@ def synthetic_plays(
         offsets = rng.uniform(0, window_size_s, n)
         tenant_col += [tenant] * n
         track_col += [track] * n
-        user_col += [f'user{int(u)}' for u in rng.integers(0, 500, n)]
+        user_col += [f'user{int(u)}' for u in rng.integers(0, users, n)]
         time_col += list((start + offsets) * 1_000_000)
         event_col += [f'e{event + i}' for i in range(n)]
         event += n
@@ -175,7 +176,9 @@ def run_quality(detectors: Sequence[str], windows: int, tracks: int) -> dict:
         | beam.Map(_AppendJson(sink))
       )
     found = _read_lines(sink)
-    results[detector] = dict(score_detections(anomaly_subjects(found), truth), seconds=round(time.perf_counter() - started, 1))
+    results[detector] = dict(
+      score_detections(anomaly_subjects(found), truth), seconds=round(time.perf_counter() - started, 1)
+    )
   return {'windows': windows, 'series': 2 * tracks, 'points': 2 * tracks * windows, 'detectors': results}
 
 
