@@ -1,6 +1,6 @@
 """Benchmark of transforms.anomaly: precision/recall on injected spikes and drops, and throughput on Prism.
 
-Two phases:
+Three phases:
 
 - ``quality``: a synthetic play stream (Poisson plays per track and window,
   tracks with string ids, several tenants) with injected spikes (x20) and
@@ -13,11 +13,15 @@ Two phases:
   RecordBatches of 5,000 rows through the same transforms on Prism (the
   portable runner, LOOPBACK); the sustained rate is rows over wall time of
   the pipeline run.
+- ``delivery``: a burst of notifications through `WriteToAlerts` (outbox on
+  PostgreSQL, three HTTP channels answering on a local port) on the
+  DirectRunner; latency from emission to the channel's answer, p50/p99.
 
 Usage::
 
     python -m benchmarks.bench_anomaly --phase quality
     python -m benchmarks.bench_anomaly --phase throughput --rows 1200000
+    POSTGRES_URL=... python -m benchmarks.bench_anomaly --phase delivery --burst 20
 """
 
 from __future__ import annotations
@@ -211,7 +215,9 @@ def run_throughput(rows: int, batch_rows: int, tracks: int) -> dict:
     )
 
   sink = tempfile.mktemp(suffix='.jsonl')
-  options = PipelineOptions(['--runner=PrismRunner', '--environment_type=LOOPBACK'])
+  from pipelines import runners
+
+  options = PipelineOptions(runners.runner_args('prism'))
   started = time.perf_counter()
   with beam.Pipeline(options=options) as p:
     (
@@ -236,9 +242,93 @@ def run_throughput(rows: int, batch_rows: int, tracks: int) -> dict:
   }
 
 
+def run_delivery(burst: int, table: str) -> dict:
+  """`burst` notifications at once through WriteToAlerts to 3 HTTP channels on a local receiver; latency percentiles.
+
+  Latency: from the notification's emission (stamped just before the sink, as
+  EvaluateAlerts does) to the channel's answer (its receipt), per delivery.
+  """
+  import http.server
+  import threading
+
+  import apache_beam as beam
+  from apache_beam.options.pipeline_options import PipelineOptions
+
+  from io_connectors.sinks.alerts import DeliveryOptions, Outbox, WriteToAlerts
+
+  class Receiver(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+      pass
+
+    def do_POST(self):
+      self.rfile.read(int(self.headers.get('Content-Length', 0)))
+      status = 202 if self.path.startswith('/pagerduty') else 200
+      self.send_response(status)
+      self.send_header('Content-Length', '2')
+      self.end_headers()
+      self.wfile.write(b'ok')
+
+  server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Receiver)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  url = f'http://127.0.0.1:{server.server_address[1]}'
+  channels = [
+    {'name': 'slack', 'type': 'slack', 'url': f'{url}/slack/services/T/B/C'},
+    {'name': 'hook', 'type': 'webhook', 'url': f'{url}/webhook', 'secret': 'bench-secret'},
+    {'name': 'pager', 'type': 'pagerduty', 'url': f'{url}/pagerduty', 'routing_key': 'R' * 32},
+  ]
+  run = int(time.time())
+  notes = [
+    {
+      'alert_id': f'bench{run}-{i}',
+      'notification_id': f'bench{run}-{i}:firing:0',
+      'status': 'firing',
+      'rule': 'track-spike',
+      'kind': 'anomaly',
+      'severity': 'critical',
+      'tenant_id': f'tenant{i % 5}',
+      'group': {'tenant_id': f'tenant{i % 5}'},
+      'metric': 'plays_per_track',
+      'value': 950.0,
+      'series': [{'subject': f'track_id=trk{i}', 'value': 950.0}],
+      'series_count': 1,
+      'summary': f'[CRITICAL] track-spike: anomalous plays_per_track for tenant tenant{i % 5}',
+      'started_at': '2026-01-01T00:00:00Z',
+      'ended_at': None,
+      'at': '2026-01-01T00:00:00Z',
+      'channels': [],
+    }
+    for i in range(burst)
+  ]
+  sink = tempfile.mktemp(suffix='.jsonl')
+  options = DeliveryOptions(outbox_table=table)
+  with beam.Pipeline(options=PipelineOptions([])) as p:
+    (
+      p
+      | beam.Create(notes)
+      | 'Stamp' >> beam.Map(lambda n: dict(n, emitted_at=time.time()))
+      | WriteToAlerts(channels, options)
+    ).records | beam.Map(_AppendJson(sink))
+  server.shutdown()
+  outbox = Outbox(None, table)
+  outbox._connection().execute(f"DELETE FROM {table} WHERE notification_id LIKE 'bench{run}-%'")
+  outbox.close()
+  latencies = sorted(r['latency_s'] for r in _read_lines(sink))
+  pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
+  return {
+    'burst': burst,
+    'deliveries': len(latencies),
+    'p50_s': pick(0.5),
+    'p99_s': pick(0.99),
+    'max_s': latencies[-1],
+    'load_average': os.getloadavg(),
+  }
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--phase', choices=('quality', 'throughput'), default='quality')
+  parser.add_argument('--phase', choices=('quality', 'throughput', 'delivery'), default='quality')
+  parser.add_argument('--burst', type=int, default=20, help='delivery: notifications emitted at once')
+  parser.add_argument('--outbox_table', default='alert_outbox_bench', help='delivery: outbox table ($POSTGRES_URL)')
   parser.add_argument('--detectors', default='zscore,robust_zscore,iqr')
   parser.add_argument('--windows', type=int, default=40)
   parser.add_argument('--tracks', type=int, default=20)
@@ -248,6 +338,8 @@ def main(argv=None):
   load_before = os.getloadavg()
   if args.phase == 'quality':
     result = run_quality(args.detectors.split(','), args.windows, args.tracks)
+  elif args.phase == 'delivery':
+    result = run_delivery(args.burst, args.outbox_table)
   else:
     result = run_throughput(args.rows, args.batch_rows, args.tracks * 100)
   result['load_average_before'] = load_before
