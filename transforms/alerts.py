@@ -44,8 +44,9 @@ group's episode: the first firing series opens it (one notification: that is
 the grouping and the dedup), later series join it silently, a still-firing
 group is re-notified after `repeat_interval_s`, and the episode resolves
 (one notification, same `alert_id`) when no series fires any more. Silences
-are matched at the notification's event time; a silenced episode sends
-neither its firing nor its resolve. Counters: alerts_fired, alerts_resolved,
+are matched at the notification's event time: a silenced episode sends
+nothing while the silence lasts (a firing still going when it ends is sent
+then; a resolve only follows a sent firing). Counters: alerts_fired, alerts_resolved,
 alerts_deduplicated, alerts_silenced, alerts_rate_limited.
 """
 
@@ -390,34 +391,41 @@ class _AlertGroupFn(beam.DoFn):
     episode = s['episode']
     if s['firing'] and episode is None:
       s['opened'] = [t for t in s['opened'] if t > now - 3600]
-      episode = {'started_at': now, 'notified_at': None, 'sent': 0, 'silenced': False}
+      episode = {'started_at': now, 'notified_at': None, 'sent': 0, 'limited': False}
       episode['id'] = _fingerprint(rule.name, group, now)
       s['episode'] = episode
-      notification = self._notification(rule, group, s, 'firing', now)
-      if self._silenced(notification, now):
-        episode['silenced'] = True
-        self._counters['silenced'].inc()
-      elif len(s['opened']) >= rule.max_per_hour:
-        episode['silenced'] = True
+      if len(s['opened']) >= rule.max_per_hour:
+        # Flapping: this episode stays quiet, firing and resolve alike.
+        episode['limited'] = True
         self._counters['rate_limited'].inc()
-      else:
-        s['opened'].append(now)
-        yield self._sent(episode, notification, now)
+        return
+      yield from self._fire(rule, group, s, episode, now)
     elif s['firing'] and episode is not None:
-      if not episode['silenced'] and now - episode['notified_at'] >= rule.repeat_interval_s:
-        notification = self._notification(rule, group, s, 'firing', now)
-        if self._silenced(notification, now):
-          self._counters['silenced'].inc()
-        else:
-          yield self._sent(episode, notification, now)
+      # Not yet notified (silenced so far) or due again: notify; else one more point of a known episode.
+      due = episode['notified_at'] is None or now - episode['notified_at'] >= rule.repeat_interval_s
+      if due and not episode['limited']:
+        yield from self._fire(rule, group, s, episode, now)
       else:
         self._counters['deduplicated'].inc()
     elif not s['firing'] and episode is not None:
       s['episode'] = None
-      if not episode['silenced']:
+      # A resolve only for an episode whose firing was sent.
+      if episode['sent']:
         notification = self._notification(rule, group, s, 'resolved', now, episode)
-        self._counters['resolved'].inc()
-        yield window.TimestampedValue(notification, now)
+        if self._silenced(notification, now):
+          self._counters['silenced'].inc()
+        else:
+          self._counters['resolved'].inc()
+          yield window.TimestampedValue(notification, now)
+
+  def _fire(self, rule: Rule, group, s: dict, episode: dict, now: float):
+    notification = self._notification(rule, group, s, 'firing', now)
+    if self._silenced(notification, now):
+      self._counters['silenced'].inc()
+      return
+    if episode['sent'] == 0:
+      s['opened'].append(now)
+    yield self._sent(episode, notification, now)
 
   def _sent(self, episode: dict, notification: dict, now: float):
     episode['notified_at'] = now
