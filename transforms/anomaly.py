@@ -61,7 +61,7 @@ from apache_beam.ml.anomaly.transforms import AnomalyDetection
 from apache_beam.ml.anomaly.univariate.mad import MadTracker
 from apache_beam.ml.anomaly.univariate.mean import IncSlidingMeanTracker
 from apache_beam.ml.anomaly.univariate.median import MedianTracker
-from apache_beam.ml.anomaly.univariate.quantile import BufferedSlidingQuantileTracker, SecondaryBufferedQuantileTracker
+from apache_beam.ml.anomaly.univariate.quantile import BufferedSlidingQuantileTracker
 from apache_beam.ml.anomaly.univariate.stdev import IncSlidingStdevTracker
 from apache_beam.transforms import trigger, window
 
@@ -164,10 +164,11 @@ def build_detector(options: AnomalyOptions):
         model_id='zscore',
       )
     if kind == 'iqr':
-      q1 = BufferedSlidingQuantileTracker(options.history, 0.25)
+      # Only q1's tracker is given: IQR links its q3 tracker to it in __init__,
+      # which Beam re-runs from the spec on the workers (a q3 tracker passed in
+      # would be rebuilt there linked to a copy of q1 that never learns).
       return IQR(
-        q1_tracker=q1,
-        q3_tracker=SecondaryBufferedQuantileTracker(q1, 0.75),
+        q1_tracker=BufferedSlidingQuantileTracker(options.history, 0.25),
         threshold_criterion=cut,
         features=['value'],
         model_id='iqr',
