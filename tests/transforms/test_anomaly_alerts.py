@@ -204,3 +204,33 @@ def test_load_rules_reads_a_file(tmp_path):
   assert [r.name for r in load_rules(str(path)).rules] == ['track-spike', 'too-many-plays']
   with pytest.raises(AlertRuleError, match='cannot be read'):
     load_rules(str(tmp_path / 'missing.yaml'))
+
+
+def test_rate_limits_cap_flapping_episodes_and_space_repeats():
+  config = parse_config(
+    {
+      'rules': [
+        {'name': 'flappy', 'kind': 'threshold', 'metric': 'flap', 'op': '>', 'value': 1, 'max_per_hour': 3},
+        {'name': 'steady', 'kind': 'threshold', 'metric': 'steady', 'op': '>', 'value': 1, 'repeat_interval_s': 120},
+      ]
+    }
+  )
+  stream = TestStream().advance_watermark_to(T0)
+  for i in range(10):
+    for metric, value in (('flap', 5.0 if i % 2 == 0 else 0.0), ('steady', 5.0 if i < 6 else 0.0)):
+      point = {'tenant_id': 'acme', 'metric': metric, 'subject': '', 'value': value}
+      stream = stream.add_elements([TimestampedValue(point, T0 + 60 * i)])
+    stream = stream.advance_watermark_to(T0 + 60 * i + 1)
+  with streaming_pipeline() as p:
+    notes = p | stream.advance_watermark_to_infinity() | EvaluateAlerts(config)
+    assert_that(
+      notes | beam.Map(lambda n: (n['rule'], n['notification_id'].split(':', 1)[1], n['at'])),
+      equal_to(
+        # flappy: 5 episodes in 10 minutes, the first 3 notified (firing and resolve), the rest held back.
+        [('flappy', s, iso(T0 + 60 * i)) for i in (0, 2, 4) for s in ['firing:0']]
+        + [('flappy', 'resolved', iso(T0 + 60 * i)) for i in (1, 3, 5)]
+        # steady: fires 6 minutes, re-notified every 2 minutes, then one resolve.
+        + [('steady', f'firing:{k}', iso(T0 + 120 * k)) for k in range(3)]
+        + [('steady', 'resolved', iso(T0 + 360))]
+      ),
+    )
