@@ -628,19 +628,33 @@ class _DrainFn(beam.DoFn):
 class OutboxRelay(beam.PTransform):
   """For streaming jobs: every interval_s, delivers the outbox's due rows (retries of failed channels)."""
 
-  def __init__(self, channels, options: Optional[DeliveryOptions] = None, interval_s: float = 30.0):
+  def __init__(
+    self,
+    channels,
+    options: Optional[DeliveryOptions] = None,
+    interval_s: float = 30.0,
+    stop_after_s: Optional[float] = None,
+  ):
     super().__init__()
+    if not interval_s > 0:
+      raise ValueError(f'interval_s must be > 0, got {interval_s!r}')
     self._channels = [dict(c) for c in channels]
     self._options = options or DeliveryOptions()
     self._interval_s = interval_s
+    self._stop_after_s = stop_after_s  # None: for ever (a streaming job)
     build_channels(self._channels)
 
   def expand(self, pbegin):
     from apache_beam.transforms.periodicsequence import PeriodicImpulse
 
+    start = time.time()
+    stop = start + self._stop_after_s if self._stop_after_s is not None else None
+    tick = PeriodicImpulse(start_timestamp=start, fire_interval=self._interval_s)
+    if stop is not None:
+      tick = PeriodicImpulse(start_timestamp=start, stop_timestamp=stop, fire_interval=self._interval_s)
     results = (
       pbegin
-      | 'Tick' >> PeriodicImpulse(fire_interval=self._interval_s)
+      | 'Tick' >> tick
       | 'Drain' >> beam.ParDo(_DrainFn(self._channels, self._options)).with_outputs(DEAD_LETTER, main='records')
     )
     return Outputs(results.records, results[DEAD_LETTER])

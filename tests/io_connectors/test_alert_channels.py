@@ -399,3 +399,21 @@ def test_a_malformed_rule_or_channel_exits_2_naming_it(capsys, env):
   with pytest.raises(SystemExit):
     check_alert_config(bad)
   assert "channel 'pager': $UNSET_PD_KEY_VARIABLE is not set" in capsys.readouterr().err
+
+
+def test_the_outbox_relay_delivers_what_waits_in_the_outbox(fakes, env, pg):
+  from io_connectors.sinks.alerts import OutboxRelay
+
+  providers, smtp = fakes
+  chans = [c for c in channels(providers, smtp) if c['name'] == 'pager']
+  options = DeliveryOptions(outbox_table=pg.table('outbox'))
+  outbox = Outbox(None, pg.table('outbox'))
+  outbox.enqueue(notification(7), 'pager')  # left by a run whose channel was down
+  with TestPipeline(options=PipelineOptions([])) as p:
+    out = p | OutboxRelay(chans, options, interval_s=1, stop_after_s=2)
+    assert_that(
+      out.records | beam.Map(lambda r: (r['channel'], r['notification_id'])), equal_to([('pager', 'a7:firing:0')])
+    )
+  assert outbox.status()[('a7:firing:0', 'pager')][0] == 'delivered'
+  assert [e['event_action'] for e in providers.received['pagerduty']] == ['trigger']
+  outbox.close()
