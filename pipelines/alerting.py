@@ -26,7 +26,9 @@ Usage::
 
 A malformed config raises `transforms.alerts.AlertRuleError` naming the
 rule (or section) while the pipeline is built: the job prints it and exits 2
-(`check_alert_config`).
+(`check_alert_config`). Checking a config alone::
+
+    python -m pipelines.alerting --alert_config alerts.yaml     # exit 0, or 2 naming the bad rule
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from transforms.alerts import AlertConfig, AlertRuleError, EvaluateAlerts, load_
 from transforms.anomaly import AnomalyOptions, CountPlays, DetectAnomalies
 from transforms.dead_letter import Outputs
 
-__all__ = ['AlertingOptions', 'PlayAlerting', 'add_play_alerting', 'alerting_config', 'check_alert_config']
+__all__ = ['AlertingOptions', 'PlayAlerting', 'add_play_alerting', 'alerting_config', 'check_alert_config', 'main']
 
 _COUNT_KEYS = ('window_size_s', 'dimensions', 'tenant_column', 'time_column')
 
@@ -135,3 +137,17 @@ def check_alert_config(options_or_config) -> PlayAlerting:
   except AlertRuleError as e:
     print(f'error: {e}', file=sys.stderr)
     raise SystemExit(2) from None
+
+
+def main(argv=None) -> int:
+  """`python -m pipelines.alerting --alert_config alerts.yaml`: checks the config (exit 2 naming a bad rule)."""
+  options = PipelineOptions(argv if argv is not None else sys.argv[1:])
+  config = check_alert_config(options)
+  rules = ', '.join(f'{r.name} ({r.kind}, {r.severity})' for r in config.alerts.rules)
+  channels = ', '.join(f'{c["name"]} ({c["type"]})' for c in config.alerts.channels)
+  print(f'alert config OK: rules {rules}; channels {channels}; {len(config.alerts.silences)} silence(s)')
+  return 0
+
+
+if __name__ == '__main__':
+  raise SystemExit(main())

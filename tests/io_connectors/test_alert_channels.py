@@ -417,3 +417,19 @@ def test_the_outbox_relay_delivers_what_waits_in_the_outbox(fakes, env, pg):
   assert outbox.status()[('a7:firing:0', 'pager')][0] == 'delivered'
   assert [e['event_action'] for e in providers.received['pagerduty']] == ['trigger']
   outbox.close()
+
+
+def test_the_config_check_command(tmp_path, capsys, env):
+  from pipelines.alerting import main
+
+  path = tmp_path / 'alerts.yaml'
+  path.write_text(
+    'rules:\n  - {name: spike, kind: anomaly, metric: plays_per_track}\n'
+    'channels:\n  - {name: pager, type: pagerduty, routing_key_env: TEST_PD_KEY}\n'
+  )
+  assert main(['--alert_config', str(path)]) == 0
+  assert 'rules spike (anomaly, warning); channels pager (pagerduty)' in capsys.readouterr().out
+  path.write_text('rules:\n  - {name: spike, kind: anomaly, metric: plays_per_track, window: 5}\nchannels: []\n')
+  with pytest.raises(SystemExit) as exit_:
+    main(['--alert_config', str(path)])
+  assert exit_.value.code == 2 and "alert rule 'spike' (rules[0]): unknown key(s) window" in capsys.readouterr().err
