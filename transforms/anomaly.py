@@ -72,6 +72,7 @@ __all__ = [
   'DetectAnomalies',
   'MetricSamplesToSeries',
   'build_detector',
+  'count_metric',
   'iso',
 ]
 
@@ -248,16 +249,20 @@ class _WindowCounts(beam.DoFn):
         yield window.TimestampedValue(((tenant, dimension, subject), count), start)
 
 
+def count_metric(dimension: str, prefix: str = 'plays') -> str:
+  """The metric name CountPlays gives a dimension's counts: track_id -> plays_per_track."""
+  return f'{prefix}_per_{dimension[:-3] if dimension.endswith("_id") else dimension}'
+
+
 class _CountRecord(beam.DoFn):
   def __init__(self, metric_prefix: str):
     self._prefix = metric_prefix
 
   def process(self, element, win=beam.DoFn.WindowParam):
     (tenant, dimension, subject), count = element
-    name = dimension[:-3] if dimension.endswith('_id') else dimension
     yield {
       'tenant_id': tenant,
-      'metric': f'{self._prefix}_per_{name}',
+      'metric': count_metric(dimension, self._prefix),
       'subject': f'{dimension}={subject}',
       'value': float(count),
       'window_start': iso(float(win.start)),

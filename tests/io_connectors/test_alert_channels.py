@@ -433,3 +433,17 @@ def test_the_config_check_command(tmp_path, capsys, env):
   with pytest.raises(SystemExit) as exit_:
     main(['--alert_config', str(path)])
   assert exit_.value.code == 2 and "alert rule 'spike' (rules[0]): unknown key(s) window" in capsys.readouterr().err
+
+
+def test_detection_runs_on_the_configured_dimensions_only(env):
+  from pipelines.alerting import alerting_config
+  from transforms.alerts import AlertRuleError
+
+  base = {
+    'rules': [{'name': 'spike', 'kind': 'anomaly', 'metric': 'plays_per_*'}],
+    'channels': [{'name': 'pager', 'type': 'pagerduty', 'routing_key_env': 'TEST_PD_KEY'}],
+  }
+  assert alerting_config(base).detect == ('track_id',)
+  assert alerting_config(dict(base, anomaly={'detect': ['track_id', 'user_id']})).detect == ('track_id', 'user_id')
+  with pytest.raises(AlertRuleError, match=r"detect \['artist_id'\] not among dimensions"):
+    alerting_config(dict(base, anomaly={'detect': ['artist_id']}))
