@@ -56,6 +56,8 @@ EXTRAS = {
     'connectorx==0.4.6',
     # ClickHouse's engine in process: no ClickHouse server installs on our machines (see README).
     'chdb==4.4.0',
+    # A real SMTP server in process for the alert email channel's tests (io_connectors.sinks.alerts).
+    'aiosmtpd==1.4.6',
     # scripts/lint.sh: pinned, since a new release may add findings.
     'ruff==0.17.6',
     'mypy==2.4.1',

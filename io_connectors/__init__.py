@@ -11,7 +11,8 @@ Layout::
                      generic REST/GraphQL client they are built on (apis/http/)
       streams/       Kafka, Pulsar, Pub/Sub, Redis Streams, WebSocket, and the
                      webhook receiver (an ASGI app landing events in Redis or Kafka)
-      sinks/         the data lake's record and dead-letter files
+      sinks/         the data lake's record and dead-letter files; alert channels
+                     (Slack, signed webhook, SMTP, PagerDuty) through an outbox
       _common/       private parts shared by the connectors, one way each:
                      rows to Arrow (arrow), ConnectorError (errors), secret
                      masking, retry/backoff, the cursor store (state)
@@ -104,6 +105,8 @@ _EXPORTS = {
   'WriteRecordFiles': 'io_connectors.sinks.lake',
   'WriteDeadLetterFiles': 'io_connectors.sinks.lake',
   'WriteWindowFiles': 'io_connectors.sinks.window_files',
+  'WriteToAlerts': 'io_connectors.sinks.alerts',
+  'DeliveryOptions': 'io_connectors.sinks.alerts',
   # what every connector's failure is (catch this one)
   'ConnectorError': 'io_connectors._common.errors',
   # for the jobs: secrets out of messages, cursors committed after a run's outputs
