@@ -257,14 +257,10 @@ def stream_source(request, monkeypatch):
 
 
 def _case(source: str, runner: str):
-  # Pulsar on Prism: about one run in five, the broker redelivers the killed
-  # consumer's messages after newer ones; the reader stamps batches with their
-  # publish time, so those events arrive after their windows closed and end as
-  # late_event dead letters (nothing lost or doubled; docs/streaming.md). Kept
-  # out of the default run until the Pulsar reader takes an event-time field;
-  # scripts/kill_tests.sh runs it with the others.
-  flaky = [pytest.mark.known_flaky] if (source, runner) == ('pulsar', 'prism') else []
-  return pytest.param(source, runner, id=f'{source}-{runner}', marks=flaky)
+  # Pulsar on Prism was known_flaky until the reader took an event-time field
+  # (redelivered messages of the killed consumer became late_event dead
+  # letters); since, 10 of 10 runs passed (docs/streaming.md).
+  return pytest.param(source, runner, id=f'{source}-{runner}')
 
 
 # Repeats vary slowest: a longer loop cut short has run every source and runner alike.
