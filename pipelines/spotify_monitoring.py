@@ -162,6 +162,11 @@ def _log_dead_letter(letter: dict) -> dict:
   return letter
 
 
+def _log_undelivered(letter: dict) -> dict:
+  _LOG.error('alert not delivered: %s: %s', letter['source'], letter['detail'])
+  return letter
+
+
 def _log_play_letter(letter: dict) -> dict:
   # Letters of the play stream are redacted: their payload is not logged, only where and why.
   _LOG.warning('play set aside: %s %s: %s', letter.get('source'), letter.get('position'), letter.get('reason'))
@@ -216,7 +221,7 @@ def build_plays(pipeline: beam.Pipeline, pipeline_options: PipelineOptions, mast
   )
   if pipeline_options.view_as(AlertingOptions).alert_config:
     alerts = add_play_alerting(clean, pipeline_options)
-    _ = alerts.dead_letter | 'LogUndelivered' >> beam.Map(_log_dead_letter)
+    _ = alerts.dead_letter | 'LogUndelivered' >> beam.Map(_log_undelivered)
   letters = flatten_dead_letters(
     [
       read.dead_letter | 'TenantOfReadDL' >> AssignDeadLetterTenant(stream.tenant_id, stream.tenant_field),
