@@ -290,6 +290,15 @@ def run(argv: Optional[Sequence[str]] = None):
         )
       except Exception as e:
         _LOG.error('final push to the Pushgateway failed: %s', type(e).__name__)
+      if options.plays_source:
+        # The job's Beam metrics (the business gauges of the plays among them), in a group of their own.
+        prometheus_export.push_run_metrics(
+          prometheus_export.fresh_metrics(result),
+          options.prometheus_pushgateway,
+          PIPELINE_NAME,
+          {'instance': prometheus_export.hostname(), 'metrics': 'beam'},
+          options.prometheus_max_series,
+        )
   finally:
     if endpoint is not None:
       endpoint.close()

@@ -21,7 +21,7 @@ from io_connectors.sinks.alerts import Outbox
 from pipelines import spotify_monitoring
 from tests.conftest import REPO_ROOT, ensure_service
 from tests.io_connectors.alert_fakes import channels
-from tests.pipelines.test_monitoring import KEY, REDIS_PASSWORD, _query, prometheus  # noqa: F401 (a fixture)
+from tests.pipelines.test_monitoring import KEY, REDIS_PASSWORD, _by, _query, prometheus  # noqa: F401 (a fixture)
 
 RAW_USER = 'raw-listener-'  # every raw user id starts with it; none may reach a payload
 
@@ -30,8 +30,8 @@ def _track(k: int) -> str:
   return f'{k}uLU6hMCjMI75M1A2tKUQ{k}'  # 22 base62 characters, as Spotify track ids
 
 
-def _produce_plays(client, stream) -> int:
-  """Steady plays of 4 tracks over 14 one-minute windows, one track 20x in window 9 (from one tenant)."""
+def _produce_plays(client, stream, tenant: str) -> int:
+  """Steady plays of 4 tracks over 14 one-minute windows, one track 20x in window 9; one tenant."""
   batches, _ = synthetic_plays(windows=14, tenants=('acme',), rate=40.0, users=30, injections=[(0, 1, 9, 20.0)])
   pipe = client.pipeline(transaction=False)
   n = 0
@@ -47,7 +47,7 @@ def _produce_plays(client, stream) -> int:
         'played_at': time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds)) + f'.{int(seconds * 1000) % 1000:03d}Z',
         'ms_played': 30000,
         'skipped': False,
-        'tenant': row['tenant_id'],
+        'tenant': tenant,
       }
       pipe.xadd(stream, {'data': json.dumps(body)})
       n += 1
@@ -62,12 +62,13 @@ def test_a_play_spike_alerts_each_channel_once_and_resolves_while_collectors_rea
   pg,
   tmp_path,
 ):
-  server, _, targets = prometheus
+  server, gateway, targets = prometheus
   providers, smtp = fakes
   redis_url = f'redis://:{REDIS_PASSWORD}@127.0.0.1:{ensure_service("redis")}/0'
   client = redis.Redis.from_url(redis_url)
   stream = f'mon-plays-{uuid.uuid4().hex[:8]}'
-  _produce_plays(client, stream)
+  tenant = f'tenant-{uuid.uuid4().hex[:8]}'  # its own series in Prometheus, whatever earlier runs pushed
+  plays = _produce_plays(client, stream, tenant)
   config = {
     'rules': [
       {'name': 'track-spike', 'kind': 'anomaly', 'metric': 'plays_per_track', 'severity': 'critical',
@@ -87,7 +88,7 @@ def test_a_play_spike_alerts_each_channel_once_and_resolves_while_collectors_rea
        '--collectors', json.dumps([{'type': 'system', 'interval_s': 1}]),
        '--plays_source', 'redis', '--redis_url', redis_url, '--redis_streams', stream, '--redis_group', 'watch',
        '--bounded', '--tenant_field', 'tenant', '--alert_config', str(config_path),
-       '--prometheus_port', '0', '--duration_seconds', '15'],
+       '--prometheus_port', '0', '--prometheus_pushgateway', gateway, '--duration_seconds', '15'],
       cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT), PII_MASTER_KEY=KEY),
       stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
@@ -105,6 +106,9 @@ def test_a_play_spike_alerts_each_channel_once_and_resolves_while_collectors_rea
     up = _query(server, f'collector_up{{job="{job}"}}', bool, timeout_s=45)
     assert float(up[0]['value'][1]) == 1.0
     assert process.wait(timeout=90) == 0, log_path.read_text(errors='replace')[-3000:]
+    # The tenant's business gauges, pushed with the job's Beam metrics when it ended.
+    daily = _query(server, f'business_tenant_metric{{job="spotify_monitoring",tenant="{tenant}",period="day"}}', bool)
+    assert _by(daily, 'metric')['plays'] == plays and _by(daily, 'metric')['active_users'] == 30
   finally:
     target_file.unlink(missing_ok=True)
     if process.poll() is None:
