@@ -6,10 +6,6 @@ tests/io_connectors/alert_fakes.py.
 """
 
 import json
-import os
-import re
-import subprocess
-import sys
 import time
 import uuid
 
@@ -19,9 +15,9 @@ import redis
 from benchmarks.bench_anomaly import synthetic_plays
 from io_connectors.sinks.alerts import Outbox
 from pipelines import spotify_monitoring
-from tests.conftest import REPO_ROOT, ensure_service
+from tests.conftest import ensure_service
 from tests.io_connectors.alert_fakes import channels
-from tests.pipelines.test_monitoring import KEY, REDIS_PASSWORD, _by, _query, prometheus  # noqa: F401 (a fixture)
+from tests.pipelines.test_monitoring import KEY, REDIS_PASSWORD, _by, _query, prometheus, scraped_monitoring_job  # noqa: F401 (a fixture)
 
 RAW_USER = 'raw-listener-'  # every raw user id starts with it; none may reach a payload
 
@@ -82,38 +78,21 @@ def test_a_play_spike_alerts_each_channel_once_and_resolves_while_collectors_rea
   config_path.write_text(json.dumps(config))
   job = f'monitoring-plays-{uuid.uuid4().hex[:8]}'
   log_path = tmp_path / 'job.log'
-  with open(log_path, 'wb') as log:
-    process = subprocess.Popen(
-      [sys.executable, '-m', 'pipelines.spotify_monitoring',
-       '--collectors', json.dumps([{'type': 'system', 'interval_s': 1}]),
-       '--plays_source', 'redis', '--redis_url', redis_url, '--redis_streams', stream, '--redis_group', 'watch',
-       '--bounded', '--tenant_field', 'tenant', '--alert_config', str(config_path),
-       '--prometheus_port', '0', '--prometheus_pushgateway', gateway, '--duration_seconds', '15'],
-      cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT), PII_MASTER_KEY=KEY),
-      stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-  target_file = targets / f'{job}.json'
+  argv = [
+    '--collectors', json.dumps([{'type': 'system', 'interval_s': 1}]),
+    '--plays_source', 'redis', '--redis_url', redis_url, '--redis_streams', stream, '--redis_group', 'watch',
+    '--bounded', '--tenant_field', 'tenant', '--alert_config', str(config_path),
+    '--prometheus_port', '0', '--prometheus_pushgateway', gateway, '--duration_seconds', '15',
+  ]  # fmt: skip
   try:
-    port = None
-    deadline = time.monotonic() + 30
-    while port is None and time.monotonic() < deadline and process.poll() is None:
-      found = re.search(r'metrics endpoint: http://127\.0\.0\.1:(\d+)/metrics', log_path.read_text(errors='replace'))
-      port = found and int(found.group(1))
-      time.sleep(0.2)
-    assert port, log_path.read_text(errors='replace')[-3000:]
-    targets.mkdir(parents=True, exist_ok=True)
-    target_file.write_text(json.dumps([{'targets': [f'127.0.0.1:{port}'], 'labels': {'job': job}}]))
-    up = _query(server, f'collector_up{{job="{job}"}}', bool, timeout_s=45)
-    assert float(up[0]['value'][1]) == 1.0
-    assert process.wait(timeout=90) == 0, log_path.read_text(errors='replace')[-3000:]
+    with scraped_monitoring_job(argv, log_path, targets, job, env={'PII_MASTER_KEY': KEY}) as (process, _):
+      up = _query(server, f'collector_up{{job="{job}"}}', bool, timeout_s=45)
+      assert float(up[0]['value'][1]) == 1.0
+      assert process.wait(timeout=90) == 0, log_path.read_text(errors='replace')[-3000:]
     # The tenant's business gauges, pushed with the job's Beam metrics when it ended.
     daily = _query(server, f'business_tenant_metric{{job="spotify_monitoring",tenant="{tenant}",period="day"}}', bool)
     assert _by(daily, 'metric')['plays'] == plays and _by(daily, 'metric')['active_users'] == 30
   finally:
-    target_file.unlink(missing_ok=True)
-    if process.poll() is None:
-      process.kill()
-      process.wait()
     client.delete(stream)
     client.close()
   log = log_path.read_text(errors='replace')
