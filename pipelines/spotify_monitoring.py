@@ -199,22 +199,18 @@ def build_plays(pipeline: beam.Pipeline, pipeline_options: PipelineOptions, mast
   Returns Outputs(clean plays, dead letters of the plays (redacted)); the
   alert deliveries' own dead letters (channels that gave up) are logged.
   """
-  from pipelines.spotify_streaming import SOURCES
+  from pipelines.spotify_streaming import read_clean_events
   from transforms import business_metrics as bm
   from transforms import entities
   from transforms.dead_letter import flatten_dead_letters
-  from transforms.pii import PiiOptions, RedactDeadLetters, RedactPII
-  from transforms.tenant import AssignDeadLetterTenant, TagTenant
-  from transforms.validate import Validate
+  from transforms.pii import PiiOptions, RedactDeadLetters
 
   options = pipeline_options.view_as(SpotifyMonitoringOptions)
-  stream = pipeline_options.view_as(SpotifyStreamingOptions)
   model = entities.entity_model('listening_event')
-  read = pipeline | f'ReadPlays[{options.plays_source}]' >> SOURCES[options.plays_source](stream)
-  tagged = read.records | 'TagTenant' >> TagTenant(stream.tenant_id, stream.tenant_field)
-  validated = tagged.records | 'Validate' >> Validate(model)
-  redacted = validated.records | 'RedactPII' >> RedactPII(model, master_key, PiiOptions())
-  clean = redacted.records
+  front = read_clean_events(
+    pipeline, pipeline_options.view_as(SpotifyStreamingOptions), model, master_key, PiiOptions()
+  )
+  clean = front.clean
   extracted = clean | 'ExtractPlays' >> bm.ExtractPlays()
   _ = extracted.records | 'BusinessMetrics' >> bm.TenantMetrics(
     bm.MetricsOptions(periods=('day',), window_s=options.business_window_s)
@@ -222,16 +218,7 @@ def build_plays(pipeline: beam.Pipeline, pipeline_options: PipelineOptions, mast
   if pipeline_options.view_as(AlertingOptions).alert_config:
     alerts = add_play_alerting(clean, pipeline_options)
     _ = alerts.dead_letter | 'LogUndelivered' >> beam.Map(_log_undelivered)
-  letters = flatten_dead_letters(
-    [
-      read.dead_letter | 'TenantOfReadDL' >> AssignDeadLetterTenant(stream.tenant_id, stream.tenant_field),
-      tagged.dead_letter,
-      validated.dead_letter,
-      redacted.dead_letter,
-      extracted.dead_letter,
-    ],
-    'PlayDeadLetters',
-  )
+  letters = flatten_dead_letters([*front.dead_letters, extracted.dead_letter], 'PlayDeadLetters')
   redacted_letters = letters | 'RedactDeadLetters' >> RedactDeadLetters(model, master_key, PiiOptions())
   _ = redacted_letters.records | 'LogPlayLetters' >> beam.Map(_log_play_letter)
   return Outputs(clean, redacted_letters.records)
