@@ -9,6 +9,18 @@
 
 or ``--config monitoring.yaml`` with a ``collectors:`` list (the same keys).
 
+Each collector's keys: type, name, interval_s, tenant, tags, thresholds, and
+its own (docs/monitoring.md). A malformed entry stops the job before it starts
+(exit 2) naming the entry. A target that is down is reported (``collector_up 0``
+and a logged dead letter naming the target, never its password) while the
+other collectors keep going.
+
+The samples are served on ``--prometheus_port`` (``/metrics``, with the job's
+own Beam metrics) and/or pushed to ``--prometheus_pushgateway``.
+
+`build_monitoring(pipeline, options)` returns the samples PCollection: the hook
+where anomaly detection, alert rules and business metrics attach.
+
 The play stream (``--plays_source NAME``: one of the streaming job's sources,
 configured by its own flags, e.g. ``--redis_url/--redis_streams`` or
 ``--bootstrap_servers/--topic``) goes through the streaming job's front half
@@ -23,17 +35,6 @@ channels). Collectors, the play stream, or both::
     python -m pipelines.spotify_monitoring --plays_source redis \\
       --redis_url redis://127.0.0.1:6379/0 --redis_streams plays --tenant_field tenant \\
       --alert_config alerts.yaml --prometheus_port 9108
-Each collector's keys: type, name, interval_s, tenant, tags, thresholds, and
-its own (docs/monitoring.md). A malformed entry stops the job before it starts
-(exit 2) naming the entry. A target that is down is reported (``collector_up 0``
-and a logged dead letter naming the target, never its password) while the
-other collectors keep going.
-
-The samples are served on ``--prometheus_port`` (``/metrics``, with the job's
-own Beam metrics) and/or pushed to ``--prometheus_pushgateway``.
-
-`build_monitoring(pipeline, options)` returns the samples PCollection: the hook
-where anomaly detection, alert rules and business metrics attach.
 """
 
 from __future__ import annotations
@@ -228,7 +229,7 @@ def run(argv: Optional[Sequence[str]] = None):
   """Runs the job until --duration_seconds pass (or forever); returns the PipelineResult."""
   argv = list(sys.argv[1:] if argv is None else argv)
   if cli.wants_help(argv):
-    cli.print_help('python -m pipelines.spotify_monitoring', __doc__, [SpotifyMonitoringOptions])
+    cli.print_help('python -m pipelines.spotify_monitoring', __doc__, [SpotifyMonitoringOptions, AlertingOptions])
     raise SystemExit(0)
   pipeline_options = PipelineOptions(runners.local_runner_args(argv, streaming=True))
   options = pipeline_options.view_as(SpotifyMonitoringOptions)
