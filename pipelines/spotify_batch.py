@@ -701,7 +701,9 @@ def _entity_chain(
   dead_letters.append(redacted.dead_letter)  # rows of erased subjects (the output's suppression list)
   clean = redacted.records | f'{label}Trace RedactPII' >> tracing.TraceBundles(trace, f'{label}RedactPII')
   if not config.no_lineage_columns and info is not None:
-    clean = clean | f'{label}Lineage' >> AddLineageColumns(info['run_id'], lineage_code_version(info['code_version']))
+    clean = clean | f'{label}Lineage' >> AddLineageColumns(
+      info['run_id'], lineage_code_version(info.get('code_version') or code_version())
+    )
   # File runs: the rows reach dedup through spill files in the run's temporary
   # directory (deleted by finalize), not the runner's shuffle: only file names
   # are grouped (transforms/dedup.py). Table runs have no such directory and

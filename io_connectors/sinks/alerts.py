@@ -477,7 +477,7 @@ class DeliveryOptions:
   max_attempts: attempts (each up to 1 + retries sends) before a (notification, channel) is dead;
   backoff_s: first wait before the next attempt from the outbox (doubling, at most max_backoff_s)."""
 
-  outbox_url: Optional[str] = None
+  outbox_url: Optional[str] = dataclasses.field(default=None, repr=False)  # may hold a password
   outbox_table: str = _TABLE
   retries: int = 2
   retry_delay_s: float = 0.2

@@ -21,6 +21,9 @@ from pipelines import ml_features
 from tests.ml.conftest import write_lake
 from transforms.ml import features as ml
 
+# Whole batch jobs, run in process: the integration tier (tests/conftest.py).
+pytestmark = pytest.mark.integration
+
 
 TENANTS = ('acme', 'nord7')
 START = dt.datetime(2024, 6, 3, 0, 30, tzinfo=dt.timezone.utc)  # a Monday

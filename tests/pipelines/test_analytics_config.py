@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import datetime as dt
 import gzip
 import json
@@ -13,6 +14,9 @@ from pipelines.spotify_batch import run
 from tests.io_connectors.analytics_fakes import AmplitudeFake, MixpanelFake, amplitude_event, mixpanel_event
 from tests.io_connectors.ga4_fake import GA4Fake
 from tests.io_connectors.test_analytics import segment_message
+
+# A whole batch job, run in process: the integration tier (tests/conftest.py).
+pytestmark = pytest.mark.integration
 
 DAY = dt.datetime(2024, 6, 1, tzinfo=dt.timezone.utc)
 RETRY = {'backoff_base': 0.02, 'backoff_max': 0.2, 'max_retry_after': 2.0, 'timeout': 30}

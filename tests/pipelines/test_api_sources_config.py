@@ -1,5 +1,6 @@
 """One batch config that reads Spotify, Last.fm and a social API for two tenants (local fakes)."""
 
+import pytest
 import json
 
 import pyarrow.parquet as pq
@@ -8,6 +9,9 @@ import yaml
 from pipelines.spotify_batch import run
 from tests.io_connectors.api_fakes import TwitterFake
 from tests.io_connectors.api_fixtures import CLIENT, SECRETS, T0, USER, add_durations, scrobbles
+
+# A whole batch job, run in process: the integration tier (tests/conftest.py).
+pytestmark = pytest.mark.integration
 
 
 def test_spotify_lastfm_and_twitter_for_two_tenants_in_one_run(fake_spotify, lastfm, tmp_path, monkeypatch):

@@ -15,6 +15,9 @@ from io_connectors.sinks.lake import read_manifest
 from transforms.pii.batch import pseudonymise
 from transforms.pii.keys import load_master_key
 
+# Whole batch jobs, run in process: the integration tier (tests/conftest.py).
+pytestmark = pytest.mark.integration
+
 KEY = 'ef' * 32
 
 

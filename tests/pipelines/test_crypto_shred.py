@@ -30,6 +30,9 @@ from transforms.pii.crypto_shred import (
 )
 from transforms.pii.keys import load_master_key
 
+# Whole batch jobs, run in process: the integration tier (tests/conftest.py).
+pytestmark = pytest.mark.integration
+
 KEY = 'cd' * 32
 OTHER_KEY = 'ab' * 32
 

@@ -11,6 +11,9 @@ from pipelines.spotify_batch import run, with_known_entities
 from tests.io_connectors.http.fake_servers import spotify_id
 from tests.io_connectors.api_fixtures import CLIENT, SECRETS
 
+# Whole batch jobs, run in process: the integration tier (tests/conftest.py).
+pytestmark = pytest.mark.integration
+
 RETRY = {'backoff_base': 0.02, 'backoff_max': 0.2, 'max_attempts': 6}
 
 

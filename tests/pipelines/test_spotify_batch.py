@@ -19,6 +19,9 @@ from pipelines import cli, sample_data
 from pipelines.spotify_batch import main, run
 from transforms.dead_letter import REASONS
 
+# Whole batch jobs, run in process: the integration tier (tests/conftest.py).
+pytestmark = pytest.mark.integration
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KEY = 'ab' * 32
 OTHER_KEY = 'cd' * 32

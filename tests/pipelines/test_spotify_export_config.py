@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import json
 
 import pyarrow.parquet as pq
@@ -16,6 +17,9 @@ from pipelines.sample_exports import (
   write_export_zip,
 )
 from pipelines.spotify_batch import run
+
+# A whole batch job, run in process: the integration tier (tests/conftest.py).
+pytestmark = pytest.mark.integration
 
 AUDIO = f'{EXTENDED_FOLDER}/Streaming_History_Audio_2023.json'
 VIDEO = f'{EXTENDED_FOLDER}/Streaming_History_Video_2023.json'
