@@ -139,8 +139,11 @@ def add_play_alerting(plays: beam.PCollection, options_or_config) -> Outputs:
     | 'ScoredDimensions' >> beam.Filter(lambda r, metrics=frozenset(scored): r['metric'] in metrics)
     | 'DetectPlayAnomalies' >> DetectAnomalies(config.anomaly)
   )
+  # One windowing on both sides of the Flatten: Prism refuses to flatten fixed-window counts with the
+  # detector's global-window anomalies (EvaluateAlerts goes to the global window anyway).
+  global_counts = counts | 'CountsToGlobalWindow' >> beam.WindowInto(beam.window.GlobalWindows())
   notifications = (
-    (counts, anomalies) | 'PlaySignals' >> beam.Flatten() | 'EvaluateAlerts' >> EvaluateAlerts(config.alerts)
+    (global_counts, anomalies) | 'PlaySignals' >> beam.Flatten() | 'EvaluateAlerts' >> EvaluateAlerts(config.alerts)
   )
   return notifications | 'WriteToAlerts' >> WriteToAlerts(config.alerts.channels, config.delivery)
 

@@ -351,6 +351,18 @@ def push_collectors(gateway: str, job: str, collectors: Iterable, grouping_key: 
   push_to_gateway(gateway, job=job, registry=_registry(collectors), grouping_key=dict(grouping_key or {}), timeout=10)
 
 
+def fresh_metrics(result):
+  """`result.metrics()` as the runner has them now.
+
+  Beam's portable PipelineResult (Prism, Flink) keeps its first GetJobMetrics
+  answer and returns it ever after: a live endpoint would serve the metrics of
+  its first scrape for the whole run, and a push when the job ends would send them too.
+  """
+  if getattr(result, '_job_service', None) is not None and getattr(result, '_metrics', None) is not None:
+    result._metrics = None
+  return result.metrics()
+
+
 def push_run_metrics(
   metrics,
   gateway: str,
@@ -402,7 +414,7 @@ class JobMetricsEndpoint:
   def _metrics(self):
     if self.result is None:
       raise RuntimeError('the job has not started')
-    return self.result.metrics()
+    return fresh_metrics(self.result)
 
   def close(self) -> None:
     self._server.shutdown()

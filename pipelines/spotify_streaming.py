@@ -65,7 +65,7 @@ import os
 import sys
 import threading
 import uuid
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -100,7 +100,7 @@ from transforms.tenant import AssignDeadLetterTenant, TagTenant, check_tenant_id
 from transforms.validate import Validate
 from transforms.windows import WindowEvents, WindowOptions
 
-__all__ = ['SOURCES', 'run', 'build', 'main', 'kafka_read_options']
+__all__ = ['SOURCES', 'CleanEvents', 'read_clean_events', 'run', 'build', 'main', 'kafka_read_options']
 
 _LOG = logging.getLogger(__name__)
 UNASSIGNED = '_unassigned'
@@ -234,6 +234,39 @@ def streaming_pii_options(options: SpotifyStreamingOptions, output: str) -> PiiO
   return PiiOptions(crypto_shred_tenants=tenants, key_store=store, suppression=output)
 
 
+class CleanEvents(NamedTuple):
+  """What `read_clean_events` adds: the source (for its acknowledgement), clean events, and dead letters."""
+
+  source: beam.PTransform
+  clean: beam.PCollection
+  dead_letters: List[beam.PCollection]  # of the read (tenant assigned), TagTenant, Validate and RedactPII
+
+
+def read_clean_events(
+  p: beam.Pipeline, options: SpotifyStreamingOptions, model, master_key, pii_options: PiiOptions, trace=None
+) -> CleanEvents:
+  """The job's front half: --source -> TagTenant -> Validate(model) -> RedactPII; also the monitoring job's.
+
+  trace (tracing.TraceConfig): sampled bundles of read, validate and redact get spans.
+  """
+  trace = trace or tracing.TraceConfig()
+  source = SOURCES[options.source](options)
+  read = p | f'Read[{options.source}]' >> source
+  records = read.records | 'Trace Read' >> tracing.TraceBundles(trace, f'Read[{options.source}]')
+  tagged = records | 'TagTenant' >> TagTenant(options.tenant_id, options.tenant_field)
+  validated = tagged.records | 'Validate' >> Validate(model)
+  valid = validated.records | 'Trace Validate' >> tracing.TraceBundles(trace, 'Validate')
+  redacted = valid | 'RedactPII' >> RedactPII(model, master_key, pii_options)
+  clean = redacted.records | 'Trace RedactPII' >> tracing.TraceBundles(trace, 'RedactPII')
+  letters = [
+    read.dead_letter | 'TenantOfReadDL' >> AssignDeadLetterTenant(options.tenant_id, options.tenant_field),
+    tagged.dead_letter,
+    validated.dead_letter,
+    redacted.dead_letter,
+  ]
+  return CleanEvents(source, clean, letters)
+
+
 def build(
   p: beam.Pipeline, options: SpotifyStreamingOptions, master_key, run_id: Optional[str] = None, trace=None
 ) -> None:
@@ -242,17 +275,10 @@ def build(
   trace (tracing.TraceConfig): sampled bundles of read, validate and redact get spans.
   """
   model = entities.entity_model(options.entity)
-  trace = trace or tracing.TraceConfig()
   output = options.output.rstrip('/')
-  source = SOURCES[options.source](options)
-  read = p | f'Read[{options.source}]' >> source
-  records = read.records | 'Trace Read' >> tracing.TraceBundles(trace, f'Read[{options.source}]')
-  tagged = records | 'TagTenant' >> TagTenant(options.tenant_id, options.tenant_field)
-  validated = tagged.records | 'Validate' >> Validate(model)
-  valid = validated.records | 'Trace Validate' >> tracing.TraceBundles(trace, 'Validate')
   pii_options = streaming_pii_options(options, output)
-  redacted = valid | 'RedactPII' >> RedactPII(model, master_key, pii_options)
-  clean = redacted.records | 'Trace RedactPII' >> tracing.TraceBundles(trace, 'RedactPII')
+  front = read_clean_events(p, options, model, master_key, pii_options, trace)
+  source, clean = front.source, front.clean
   if not options.no_lineage_columns:
     from pipelines.spotify_batch import code_version, lineage_code_version
 
@@ -306,16 +332,7 @@ def build(
         )
       )
     )
-  letters = flatten_dead_letters(
-    [
-      read.dead_letter | 'TenantOfReadDL' >> AssignDeadLetterTenant(options.tenant_id, options.tenant_field),
-      tagged.dead_letter,
-      validated.dead_letter,
-      redacted.dead_letter,
-      windowed.late,
-    ],
-    'AllDeadLetters',
-  )
+  letters = flatten_dead_letters([*front.dead_letters, windowed.late], 'AllDeadLetters')
   _ = letters | 'DeadLetterMetrics' >> CountDeadLetters()
   redacted_letters = letters | 'RedactDeadLetters' >> RedactDeadLetters(model, master_key, pii_options)
   if target is not None:

@@ -50,7 +50,12 @@ from tests.cluster_fixtures import ensure_prism
 
 # Fixtures that test modules of several folders take (no test imports another's),
 # and the session fixtures for Prism and Flink.
-pytest_plugins = ('tests.cluster_fixtures', 'tests.io_connectors.api_fixtures', 'tests.io_connectors.postgres_fixtures')
+pytest_plugins = (
+  'tests.cluster_fixtures',
+  'tests.io_connectors.api_fixtures',
+  'tests.io_connectors.postgres_fixtures',
+  'tests.io_connectors.alert_fakes',
+)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SERVICES_SCRIPT = REPO_ROOT / 'scripts' / 'services.sh'

@@ -403,14 +403,19 @@ class Outbox:
         raise ConnectorError(
           f'alert outbox at {mask_url(self.url)}: {mask_secrets(short_error(e), [self.url])}'
         ) from None
-      self._conn.execute(
-        f'CREATE TABLE IF NOT EXISTS {self.table} ('
-        'notification_id text NOT NULL, channel text NOT NULL, payload jsonb NOT NULL, '
-        "status text NOT NULL DEFAULT 'pending', attempts int NOT NULL DEFAULT 0, "
-        'next_attempt_at timestamptz NOT NULL DEFAULT now(), lease_until timestamptz, last_error text, '
-        'created_at timestamptz NOT NULL DEFAULT now(), delivered_at timestamptz, '
-        'PRIMARY KEY (notification_id, channel))'
-      )
+      try:
+        self._conn.execute(
+          f'CREATE TABLE IF NOT EXISTS {self.table} ('
+          'notification_id text NOT NULL, channel text NOT NULL, payload jsonb NOT NULL, '
+          "status text NOT NULL DEFAULT 'pending', attempts int NOT NULL DEFAULT 0, "
+          'next_attempt_at timestamptz NOT NULL DEFAULT now(), lease_until timestamptz, last_error text, '
+          'created_at timestamptz NOT NULL DEFAULT now(), delivered_at timestamptz, '
+          'PRIMARY KEY (notification_id, channel))'
+        )
+      except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
+        # IF NOT EXISTS is not safe against a concurrent CREATE: two workers starting together (the first
+        # alerts of a job) race, and the loser sees the winner's type or table. The table is there: go on.
+        pass
     return self._conn
 
   def enqueue(self, notification: Mapping[str, Any], channel: str) -> None:

@@ -1,5 +1,6 @@
 """Metrics out and the monitoring job, against real Prometheus, Pushgateway, PostgreSQL, Redis and Kafka."""
 
+import contextlib
 import csv
 import json
 import os
@@ -111,6 +112,37 @@ def _free_kafka_group(bootstrap: str, lag: int) -> tuple:
   return topic, group
 
 
+@contextlib.contextmanager
+def scraped_monitoring_job(argv, log_path, targets, job: str, env=None):
+  """`python -m pipelines.spotify_monitoring ARGV --prometheus_port 0` scraped by Prometheus as `job`: (process, port).
+
+  The job's log goes to log_path; the scrape target is removed and the process killed (if still running) on exit.
+  """
+  with open(log_path, 'wb') as log:
+    process = subprocess.Popen(
+      [sys.executable, '-m', 'pipelines.spotify_monitoring', *argv],
+      cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT), **(env or {})), stdout=log,
+      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+  target_file = targets / f'{job}.json'
+  try:
+    port = None
+    deadline = time.monotonic() + 30
+    while port is None and time.monotonic() < deadline and process.poll() is None:
+      found = re.search(r'metrics endpoint: http://127\.0\.0\.1:(\d+)/metrics', log_path.read_text(errors='replace'))
+      port = found and int(found.group(1))
+      time.sleep(0.2)
+    assert port, log_path.read_text(errors='replace')[-3000:]
+    targets.mkdir(parents=True, exist_ok=True)
+    target_file.write_text(json.dumps([{'targets': [f'127.0.0.1:{port}'], 'labels': {'job': job}}]))
+    yield process, port
+  finally:
+    target_file.unlink(missing_ok=True)
+    if process.poll() is None:
+      process.kill()
+      process.wait()
+
+
 def test_monitoring_job_samples_reach_prometheus_and_a_down_target_is_reported(prometheus, tmp_path):
   server, gateway, targets = prometheus
   pg_url = POSTGRES_URL.format(port=ensure_service('postgres'))
@@ -133,25 +165,8 @@ def test_monitoring_job_samples_reach_prometheus_and_a_down_target_is_reported(p
     {'type': 'kafka', 'name': 'lag', 'bootstrap_servers': bootstrap, 'groups': [group], 'interval_s': 2},
   ]  # fmt: skip
   log_path = tmp_path / 'job.log'
-  with open(log_path, 'wb') as log:
-    process = subprocess.Popen(
-      [sys.executable, '-m', 'pipelines.spotify_monitoring', '--collectors', json.dumps(collectors),
-       '--prometheus_port', '0', '--duration_seconds', '20'],
-      cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), stdout=log, stderr=subprocess.STDOUT,
-      stdin=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-  target_file = targets / f'{job}.json'
-  try:
-    port = None
-    deadline = time.monotonic() + 30
-    while port is None and time.monotonic() < deadline and process.poll() is None:
-      found = re.search(r'metrics endpoint: http://127\.0\.0\.1:(\d+)/metrics', log_path.read_text(errors='replace'))
-      port = found and int(found.group(1))
-      time.sleep(0.2)
-    assert port, log_path.read_text(errors='replace')[-3000:]
-    targets.mkdir(parents=True, exist_ok=True)
-    target_file.write_text(json.dumps([{'targets': [f'127.0.0.1:{port}'], 'labels': {'job': job}}]))
-
+  argv = ['--collectors', json.dumps(collectors), '--prometheus_port', '0', '--duration_seconds', '20']
+  with scraped_monitoring_job(argv, log_path, targets, job) as (process, port):
     up = _query(server, f'collector_up{{job="{job}"}}', lambda r: len(r) == 5, timeout_s=45)
     assert _by(up, 'collector') == {'system': 1.0, 'db': 1.0, 'cache': 1.0, 'lag': 1.0, 'down_cache': 0.0}
     down = [s['metric'] for s in up if s['metric']['collector'] == 'down_cache'][0]
@@ -173,11 +188,6 @@ def test_monitoring_job_samples_reach_prometheus_and_a_down_target_is_reported(p
     # Prism reports running metrics as bundles finish: some, not all, polls are counted by now.
     assert _query(server, polls, lambda r: r and float(r[0]['value'][1]) >= 1)
     assert process.wait(timeout=60) == 0
-  finally:
-    target_file.unlink(missing_ok=True)
-    if process.poll() is None:
-      process.kill()
-      process.wait()
   text = log_path.read_text(errors='replace')
   assert 'collector poll failed: collector down_cache: redis redis://:***@127.0.0.1:1/0' in text
   assert down_secret not in text and REDIS_PASSWORD not in text
