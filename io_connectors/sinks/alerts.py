@@ -571,6 +571,34 @@ class _Deliver(beam.DoFn):
       outbox.close()
 
 
+class _InEpisodeOrder(beam.DoFn):
+  """Per alert: its firing reaches the channels before its resolve.
+
+  EvaluateAlerts emits them in that order, but a replay or a jumping
+  watermark can hand both over at once, and parallel bundles would then
+  race (a PagerDuty resolve before its trigger is dropped by PagerDuty, and
+  the incident stays open). Keyed by alert_id: a resolve that arrives first
+  waits in state for its firing, then both go on in order to the fused
+  delivery step, which takes elements in the order they are emitted.
+  """
+
+  FIRED = beam.transforms.userstate.ReadModifyWriteStateSpec('fired', beam.coders.BooleanCoder())
+  HELD = beam.transforms.userstate.BagStateSpec('held_resolves', beam.coders.StrUtf8Coder())
+
+  def process(self, element, fired=beam.DoFn.StateParam(FIRED), held=beam.DoFn.StateParam(HELD)):
+    _, notification = element
+    if notification.get('status') != 'resolved':
+      fired.write(True)
+      yield notification
+      for text in held.read():
+        yield json.loads(text)
+      held.clear()
+    elif fired.read():
+      yield notification
+    else:
+      held.add(json.dumps(notification, default=str))
+
+
 class WriteToAlerts(beam.PTransform):
   """Notifications -> Outputs(records: one per delivery, dead_letter: one per delivery given up)."""
 
@@ -583,11 +611,13 @@ class WriteToAlerts(beam.PTransform):
       raise ValueError('WriteToAlerts needs at least one channel')
 
   def expand(self, notifications):
-    # The reshuffle takes delivery off the fused path of the evaluation: a slow
-    # channel delays its own bundle only.
+    # Keyed by alert: the shuffle takes delivery off the fused path of the
+    # evaluation (a slow channel delays its own bundle only), and each alert's
+    # firing goes out before its resolve.
     results = (
       notifications
-      | 'OffMainPath' >> beam.Reshuffle()
+      | 'KeyByAlert' >> beam.Map(lambda n: (str(n.get('alert_id') or n['notification_id']), n))
+      | 'InEpisodeOrder' >> beam.ParDo(_InEpisodeOrder())
       | 'Deliver' >> beam.ParDo(_Deliver(self._channels, self._options)).with_outputs(DEAD_LETTER, main='records')
     )
     return Outputs(results.records, results[DEAD_LETTER])
