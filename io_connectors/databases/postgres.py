@@ -674,8 +674,8 @@ class _ReadSplitFn(beam.DoFn):
     return f'{self._plan.source_name} split {split.index + 1}/{split.count}'
 
   def process(self, split: _Split):
-    # One span per split's query (pipelines.tracing; a no-op unless the run is traced).
-    from pipelines import tracing
+    # One span per split's query (io_connectors._common.tracing; a no-op unless the run is traced).
+    from io_connectors._common import tracing
 
     with tracing.request_span(
       'postgresql COPY',

@@ -401,10 +401,10 @@ class HttpClient:
   def send(self, request: Request, authenticate: bool = True) -> Response:
     """The response (2xx-4xx except 401/429) of `request`; RequestFailed when retries run out.
 
-    Traced (pipelines.tracing): one span per request with its method, masked
+    Traced (io_connectors._common.tracing): one span per request with its method, masked
     URL, final status, retries and whether the cache answered.
     """
-    from pipelines import tracing
+    from io_connectors._common import tracing
 
     tries = {'attempts': 0, 'rate_limited': 0}
     with tracing.request_span(
