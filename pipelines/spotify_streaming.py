@@ -80,7 +80,7 @@ from apache_beam.options.pipeline_options import (
 from io_connectors.streams import kafka
 from io_connectors.registry import ConfigError
 from io_connectors.sinks import tables as lake_tables
-from io_connectors.sinks._commit import OutputLock, OutputLockedError
+from io_connectors.sinks._commit import OutputLock, OutputLockedError, RenewOutputLock
 from io_connectors.sinks.window_files import (
   WRITTEN,
   WriteDeadLettersFn,
@@ -488,6 +488,13 @@ def _lock_output(output: str, pipeline_options: PipelineOptions) -> OutputLock:
     raise ConfigError(str(e)) from None
 
 
+def _renews_lock_from_workers(pipeline_options: PipelineOptions, wait: bool) -> bool:
+  """An unbounded job whose launcher may exit before it ends (Dataflow, run(wait=False)): its workers renew the lock."""
+  if not pipeline_options.view_as(StandardOptions).streaming:
+    return False
+  return not wait or 'dataflow' in str(_runner_name(pipeline_options)).lower()
+
+
 def _release_when_done(result, lock: OutputLock, keep_alive):
   """run(wait=False): renews the lock until the job reaches a terminal state, then releases it."""
   from apache_beam.runners.runner import PipelineState
@@ -574,6 +581,8 @@ def _run_traced(options, pipeline_options, master_key, wait: bool, trace):
   try:
     pipeline = beam.Pipeline(options=pipeline_options)
     build(pipeline, options, master_key, lock.run_id, trace)
+    if _renews_lock_from_workers(pipeline_options, wait):
+      _ = pipeline | 'RenewOutputLock' >> RenewOutputLock(lock)
     tracking = _start_mlflow_run(options, pipeline_options) if options.mlflow_tracking_uri else None
     endpoint = _metrics_endpoint(options)
     result = pipeline.run()

@@ -35,14 +35,16 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from typing import Optional, Tuple
 
+import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from io_connectors._common.errors import ConnectorError
 
-__all__ = ['LakeCommitError', 'OutputLockedError', 'OutputLock', 'store_for', 'LOCK_NAME']
+__all__ = ['LakeCommitError', 'OutputLockedError', 'OutputLock', 'RenewOutputLock', 'store_for', 'LOCK_NAME']
 
 _LOG = logging.getLogger(__name__)
 LOCK_NAME = '_lock.json'
@@ -432,6 +434,64 @@ class _KeepAlive:
   def __exit__(self, *unused):
     self._stop.set()
     self._thread.join(timeout=5)
+
+
+class _RenewFn(beam.DoFn):
+  """Renews the lock at each tick; a lock another run took is logged, not retried (its files stay unpublished)."""
+
+  def __init__(self, lock: OutputLock):
+    self._document = {f.name: getattr(lock, f.name) for f in dataclasses.fields(lock) if f.name != 'options'}
+    self._options = lock.options
+
+  def setup(self):
+    self._lock = OutputLock(**self._document, options=self._options)
+    self._lost = False
+
+  def process(self, unused_tick):
+    if self._lost:
+      return
+    try:
+      self._lock.renew()
+    except LakeCommitError as e:
+      self._lost = True
+      _LOG.error('%s', e)
+    except Exception as e:  # a store that is down for a moment: the next tick tries again
+      _LOG.warning('cannot renew the lake lock of %s: %s: %s', self._lock.output, type(e).__name__, e)
+
+
+class RenewOutputLock(beam.PTransform):
+  """Renews a streaming job's output lock from its workers, every ttl/3, for as long as the job runs.
+
+  A launcher that exits after submitting (a Flex Template, ``run(wait=False)``)
+  can no longer renew the lock it took, and a second job could take it over
+  once it expired. This step renews it wherever the job runs (Dataflow, a
+  Flink cluster): a tick of Beam's `PeriodicImpulse`, one renewal each. When
+  the job is drained or cancelled the renewals stop and the lock expires
+  after its ttl. stop_after_s bounds the ticks (tests).
+  """
+
+  def __init__(self, lock: OutputLock, stop_after_s: Optional[float] = None, interval_s: Optional[float] = None):
+    super().__init__()
+    if not isinstance(lock, OutputLock):
+      raise ValueError(f'lock must be an OutputLock, got {type(lock).__name__}')
+    self._lock = lock
+    self._stop_after_s = stop_after_s
+    self._interval_s = interval_s or max(1.0, lock.ttl_s / 3)
+
+  def expand(self, pbegin):
+    from apache_beam.transforms.periodicsequence import PeriodicImpulse, RebaseMode
+
+    start = time.time()
+    if self._stop_after_s is None:
+      ticks = PeriodicImpulse(start_timestamp=start, fire_interval=self._interval_s, rebase=RebaseMode.REBASE_START)
+    else:
+      ticks = PeriodicImpulse(
+        start_timestamp=start,
+        stop_timestamp=start + self._stop_after_s,
+        fire_interval=self._interval_s,
+        rebase=RebaseMode.REBASE_ALL,
+      )
+    return pbegin | 'Ticks' >> ticks | 'Renew' >> beam.ParDo(_RenewFn(self._lock))
 
 
 def _parse(data: bytes) -> dict:

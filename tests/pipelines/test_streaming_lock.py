@@ -7,13 +7,16 @@ bounded, on the FnApiRunner: they end at once.
 
 from __future__ import annotations
 
+import json
 import os
 
+import apache_beam as beam
 import pytest
 import redis
+from apache_beam.options.pipeline_options import PipelineOptions
 
-from io_connectors.sinks._commit import LOCK_NAME, OutputLock
-from pipelines import spotify_streaming
+from io_connectors.sinks._commit import LOCK_NAME, OutputLock, RenewOutputLock
+from pipelines import runners, spotify_streaming
 from tests.io_connectors.streams_support import fresh_name, redis_url
 from tests.pipelines.streaming_support import job_argv
 
@@ -59,3 +62,45 @@ def test_a_finished_job_releases_its_lock_and_a_dead_ones_is_taken_over(empty_st
   dead.renew()
   spotify_streaming.run(_argv(empty_stream, output))
   assert not os.path.exists(os.path.join(output, LOCK_NAME))
+
+
+def _lock_document(output) -> dict:
+  with open(os.path.join(output, LOCK_NAME), encoding='utf-8') as f:
+    return json.load(f)
+
+
+def test_workers_renew_the_lock_when_the_launcher_cannot(tmp_path, prism_binary):
+  # A launcher that exits after submitting (Dataflow, run(wait=False)) renews nothing: the job's own
+  # RenewOutputLock step does, on its workers (here Prism's LOOPBACK workers, in this process).
+  output = str(tmp_path / 'out')
+  os.makedirs(output)
+  lock = OutputLock.acquire(output, 'streaming-renewed', '', ttl_s=30.0)
+  first = _lock_document(output)
+  with beam.Pipeline(options=PipelineOptions(runners.runner_args('prism'))) as p:
+    _ = p | RenewOutputLock(lock, stop_after_s=3.0, interval_s=1.0)
+  renewed = _lock_document(output)
+  assert renewed['token'] == first['token'] and renewed['run_id'] == 'streaming-renewed'
+  assert renewed['expires'] > first['expires']
+  lock.verify()  # the launcher's handle still holds it
+  lock.release()
+
+
+def test_a_worker_never_renews_a_lock_another_run_took_over(tmp_path, prism_binary):
+  output = str(tmp_path / 'out')
+  os.makedirs(output)
+  ours = OutputLock.acquire(output, 'streaming-old', '', ttl_s=30.0)
+  os.remove(os.path.join(output, LOCK_NAME))  # expired and taken over by another run
+  theirs = OutputLock.acquire(output, 'streaming-new', '', ttl_s=30.0)
+  before = _lock_document(output)
+  with beam.Pipeline(options=PipelineOptions(runners.runner_args('prism'))) as p:
+    _ = p | RenewOutputLock(ours, stop_after_s=2.0, interval_s=1.0)
+  assert _lock_document(output) == before  # the other run's lock, untouched
+  theirs.release()
+
+
+def test_only_unbounded_jobs_whose_launcher_may_exit_renew_from_workers():
+  streaming = PipelineOptions(['--streaming'])
+  assert spotify_streaming._renews_lock_from_workers(streaming, wait=False)
+  assert not spotify_streaming._renews_lock_from_workers(streaming, wait=True)
+  assert spotify_streaming._renews_lock_from_workers(PipelineOptions(['--streaming', '--runner=DataflowRunner']), True)
+  assert not spotify_streaming._renews_lock_from_workers(PipelineOptions([]), wait=False)  # bounded: it ends
