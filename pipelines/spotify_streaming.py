@@ -488,11 +488,14 @@ def _lock_output(output: str, pipeline_options: PipelineOptions) -> OutputLock:
     raise ConfigError(str(e)) from None
 
 
-def _renews_lock_from_workers(pipeline_options: PipelineOptions, wait: bool) -> bool:
-  """An unbounded job whose launcher may exit before it ends (Dataflow, run(wait=False)): its workers renew the lock."""
+def _renews_lock_from_workers(pipeline_options: PipelineOptions) -> bool:
+  """An unbounded job whose launcher exits after submitting it (Dataflow, or --renew_lock_from_workers): its
+  workers renew the output lock. Elsewhere the launching process renews it while the job runs."""
   if not pipeline_options.view_as(StandardOptions).streaming:
     return False
-  return not wait or 'dataflow' in str(_runner_name(pipeline_options)).lower()
+  if pipeline_options.view_as(SpotifyStreamingOptions).renew_lock_from_workers:
+    return True
+  return 'dataflow' in str(_runner_name(pipeline_options)).lower()
 
 
 def _release_when_done(result, lock: OutputLock, keep_alive):
@@ -581,7 +584,7 @@ def _run_traced(options, pipeline_options, master_key, wait: bool, trace):
   try:
     pipeline = beam.Pipeline(options=pipeline_options)
     build(pipeline, options, master_key, lock.run_id, trace)
-    if _renews_lock_from_workers(pipeline_options, wait):
+    if _renews_lock_from_workers(pipeline_options):
       _ = pipeline | 'RenewOutputLock' >> RenewOutputLock(lock)
     tracking = _start_mlflow_run(options, pipeline_options) if options.mlflow_tracking_uri else None
     endpoint = _metrics_endpoint(options)

@@ -101,6 +101,14 @@ class SpotifyStreamingOptions(PipelineOptions):
       "loses nothing); 'finalize', when the runner finalizes the reading bundle (durable on runners that "
       "checkpoint the whole pipeline: Flink, Dataflow); 'auto': 'finalize' on those, else 'sink'.",
     )
+    _add(
+      parser,
+      '--renew_lock_from_workers',
+      action='store_true',
+      default=False,
+      help='The job\'s workers renew its output lock (always on Dataflow): for a launcher that exits after '
+      'submitting the job to another runner.',
+    )
     windows = group(parser, 'Windows, sessions and deduplication')
     _add(windows, '--window_size_s', type=float, default=60.0, help='Fixed event-time window length (s).')
     _add(

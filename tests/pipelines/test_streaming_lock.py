@@ -98,9 +98,9 @@ def test_a_worker_never_renews_a_lock_another_run_took_over(tmp_path, prism_bina
   theirs.release()
 
 
-def test_only_unbounded_jobs_whose_launcher_may_exit_renew_from_workers():
-  streaming = PipelineOptions(['--streaming'])
-  assert spotify_streaming._renews_lock_from_workers(streaming, wait=False)
-  assert not spotify_streaming._renews_lock_from_workers(streaming, wait=True)
-  assert spotify_streaming._renews_lock_from_workers(PipelineOptions(['--streaming', '--runner=DataflowRunner']), True)
-  assert not spotify_streaming._renews_lock_from_workers(PipelineOptions([]), wait=False)  # bounded: it ends
+def test_only_unbounded_jobs_whose_launcher_exits_renew_from_workers():
+  renews = spotify_streaming._renews_lock_from_workers
+  assert renews(PipelineOptions(['--streaming', '--runner=DataflowRunner']))
+  assert renews(PipelineOptions(['--streaming', '--renew_lock_from_workers']))
+  assert not renews(PipelineOptions(['--streaming']))  # the launching process renews it
+  assert not renews(PipelineOptions(['--renew_lock_from_workers']))  # bounded: it ends
