@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import time
 import typing
 from typing import Dict, List, Optional
 
@@ -60,6 +61,7 @@ from apache_beam.utils.timestamp import Timestamp
 from transforms.coders import RecordBatchCoder
 from transforms.dead_letter import dead_letter
 from transforms.dedup import shard_of
+from transforms.metrics import labelled_name
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN, position, rows_as_dicts
 
 __all__ = ['WindowOptions', 'WindowEvents', 'WindowedOutputs', 'WindowBatch', 'window_label', 'SESSION_SCHEMA']
@@ -385,6 +387,11 @@ class _WindowDedupFn(beam.DoFn):
     options = self._options
     now = int(fire.micros)
     fired_state.write(now)
+    # Watermark lag: how far the event time that fired this timer is behind the wall clock. A watermark
+    # ahead of the clock is the end of a bounded input (or events from the future): no lag to report.
+    lag_s = time.time() - now / _MICROS
+    if lag_s >= 0:
+      beam.metrics.Metrics.gauge('windows', labelled_name('watermark_lag_seconds', tenant=tenant)).set(int(lag_s))
     layout = layout_state.read() or {'pending': set(), 'seen': set()}
     closing = {start for start in layout['pending'] if self._close_of(start) <= now}
     ready: Dict[int, List[pa.RecordBatch]] = {}
