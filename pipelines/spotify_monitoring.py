@@ -47,6 +47,9 @@ import apache_beam as beam
 import yaml
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from io_connectors._common.errors import short_error
+from io_connectors._common.masking import mask_url, masked_message
+from io_connectors._common.ticks import Ticks
 from io_connectors.monitoring import ReadFromCollectors, parse_collectors
 from io_connectors.registry import ConfigError as RegistryConfigError
 from pipelines import cli, prometheus_export, runners
@@ -90,6 +93,13 @@ class SpotifyMonitoringOptions(PipelineOptions):
       default=86400.0,
       help='--plays_source: event-time window of the business metrics (s). Default: a day.',
     )
+    group.add_argument(
+      '--report_lakes',
+      help='Comma-separated outputs of the batch job: each gets a rolling data-quality report of its recent runs, '
+      'OUTPUT/_rolling_report.html, rewritten every --report_interval_s.',
+    )
+    group.add_argument('--report_interval_s', type=float, default=3600.0, help='Seconds between rolling reports.')
+    group.add_argument('--report_days', type=float, default=7.0, help='Days of runs a rolling report covers.')
     prometheus_export.add_prometheus_arguments(parser)
 
 
@@ -101,7 +111,7 @@ def collector_configs(options: SpotifyMonitoringOptions) -> List[Any]:
   if options.collectors and options.monitoring_config:
     raise ConfigError('give the collectors in --collectors (JSON or YAML) or --monitoring_config (a file), not both')
   if not options.collectors and not options.monitoring_config:
-    if options.plays_source:
+    if options.plays_source or options.report_lakes:
       return []
     raise ConfigError(
       'give the collectors in --collectors (JSON or YAML) or --monitoring_config (a file), or --plays_source'
@@ -147,6 +157,13 @@ def build_monitoring(pipeline: beam.Pipeline, options: SpotifyMonitoringOptions,
   business metrics): apply it to the returned `records`.
   """
   configs = configs if configs is not None else collector_configs(options)
+  if options.report_lakes:
+    lakes = [lake.strip() for lake in options.report_lakes.split(',') if lake.strip()]
+    _ = (
+      pipeline
+      | 'ReportTicks' >> Ticks(options.report_interval_s, options.duration_seconds)
+      | 'RollingReports' >> beam.ParDo(_WriteRollingReportsFn(lakes, options.report_days))
+    )
   if not configs:
     return Outputs(pipeline | 'NoCollectors' >> beam.Create([]), pipeline | 'NoFailedPolls' >> beam.Create([]))
   outs = pipeline | 'Collectors' >> ReadFromCollectors(configs, duration_s=options.duration_seconds)
@@ -156,6 +173,23 @@ def build_monitoring(pipeline: beam.Pipeline, options: SpotifyMonitoringOptions,
   # A failed poll: its sample (collector_up 0) is in `samples`; the letter says why, on the job's log.
   _ = outs.dead_letter | 'LogFailedPolls' >> beam.Map(_log_dead_letter)
   return Outputs(samples, outs.dead_letter)
+
+
+class _WriteRollingReportsFn(beam.DoFn):
+  """At each tick, each lake's OUTPUT/_rolling_report.html (pipelines.quality_report); a lake that fails is logged."""
+
+  def __init__(self, lakes: List[str], days: float):
+    self._lakes = lakes
+    self._days = days
+
+  def process(self, unused_tick):
+    from pipelines import quality_report
+
+    for lake in self._lakes:
+      try:
+        yield quality_report.write_rolling_report(lake, None, self._days)
+      except Exception as e:
+        _LOG.warning('rolling report of %s not written: %s', mask_url(lake), masked_message(short_error(e), lake))
 
 
 def _log_dead_letter(letter: dict) -> dict:

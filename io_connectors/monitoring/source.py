@@ -24,9 +24,9 @@ import time
 from typing import Any, List, Optional, Sequence
 
 import apache_beam as beam
-from apache_beam.transforms.periodicsequence import PeriodicImpulse, RebaseMode
 
 from io_connectors._common.masking import masked_message
+from io_connectors._common.ticks import Ticks
 from io_connectors.monitoring.base import CollectorConfig, build_collector, parse_collectors, sample
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 
@@ -113,15 +113,6 @@ class ReadFromCollectors(beam.PTransform):
     self._fire_interval_s = fire_interval_s or min(c.interval_s for c in self._configs)
 
   def expand(self, pbegin):
-    start = time.time()
-    stop = start + self._duration_s if self._duration_s is not None else None
-    # Rebased: the duration counts from when the runner starts the source, not from now.
-    impulse = pbegin | 'Timer' >> (
-      PeriodicImpulse(
-        start_timestamp=start, stop_timestamp=stop, fire_interval=self._fire_interval_s, rebase=RebaseMode.REBASE_ALL
-      )
-      if stop is not None
-      else PeriodicImpulse(start_timestamp=start, fire_interval=self._fire_interval_s, rebase=RebaseMode.REBASE_START)
-    )
+    impulse = pbegin | 'Timer' >> Ticks(self._fire_interval_s, self._duration_s)
     result = impulse | 'Poll' >> beam.ParDo(_PollCollectorsFn(self._configs)).with_outputs(DEAD_LETTER, main='records')
     return Outputs(result.records, result[DEAD_LETTER])

@@ -35,7 +35,6 @@ import logging
 import os
 import socket
 import threading
-import time
 import uuid
 from typing import Optional, Tuple
 
@@ -43,6 +42,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from io_connectors._common.errors import ConnectorError
+from io_connectors._common.ticks import Ticks
 
 __all__ = ['LakeCommitError', 'OutputLockedError', 'OutputLock', 'RenewOutputLock', 'store_for', 'LOCK_NAME']
 
@@ -479,19 +479,7 @@ class RenewOutputLock(beam.PTransform):
     self._interval_s = interval_s or max(1.0, lock.ttl_s / 3)
 
   def expand(self, pbegin):
-    from apache_beam.transforms.periodicsequence import PeriodicImpulse, RebaseMode
-
-    start = time.time()
-    if self._stop_after_s is None:
-      ticks = PeriodicImpulse(start_timestamp=start, fire_interval=self._interval_s, rebase=RebaseMode.REBASE_START)
-    else:
-      ticks = PeriodicImpulse(
-        start_timestamp=start,
-        stop_timestamp=start + self._stop_after_s,
-        fire_interval=self._interval_s,
-        rebase=RebaseMode.REBASE_ALL,
-      )
-    return pbegin | 'Ticks' >> ticks | 'Renew' >> beam.ParDo(_RenewFn(self._lock))
+    return pbegin | 'Ticks' >> Ticks(self._interval_s, self._stop_after_s) | 'Renew' >> beam.ParDo(_RenewFn(self._lock))
 
 
 def _parse(data: bytes) -> dict:

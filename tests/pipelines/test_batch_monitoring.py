@@ -102,6 +102,19 @@ def test_no_report_flag_and_rolling_report(two_runs, tmp_path, monkeypatch):
   assert f'Read {2 * second["counts"]["read"]:,}' in page
 
 
+def test_the_monitoring_job_writes_the_rolling_report_of_each_lake(two_runs, tmp_path):
+  from pipelines import spotify_monitoring
+
+  _, _, second, lake = two_runs
+  missing = str(tmp_path / 'no-lake')  # a lake that cannot be read is logged; the others still get theirs
+  spotify_monitoring.run(
+    [f'--report_lakes={lake},{missing}', '--report_interval_s=2', '--report_days=1', '--duration_seconds=3']
+  )
+  page = open(os.path.join(lake, '_rolling_report.html'), encoding='utf-8').read()
+  assert 'Rolling data-quality report: 2 run(s)' in page
+  assert f'Read {2 * second["counts"]["read"]:,}' in page
+
+
 def _chromium() -> str:
   """Debian's Chromium, installed by scripts/install_chromium.sh when missing (idempotent)."""
   done = subprocess.run(
