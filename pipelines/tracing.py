@@ -11,36 +11,7 @@ and how. The entry points use it through this module::
       records = outs.records | 'Trace Read' >> tracing.TraceBundles(config, 'Read')
 """
 
-from io_connectors._common.tracing import (
-  LOG_FORMATS,
-  TraceConfig,
-  TracingError,
-  configure,
-  enabled,
-  flush,
-  shutdown,
-  run_span,
-  annotate_run,
-  request_span,
-  TraceBundles,
-  set_log_context,
-  log_context,
-  JsonFormatter,
-)
+from io_connectors._common import tracing as _implementation
+from io_connectors._common.tracing import *  # noqa: F403  # the same public names
 
-__all__ = [
-  'LOG_FORMATS',
-  'TraceConfig',
-  'TracingError',
-  'configure',
-  'enabled',
-  'flush',
-  'shutdown',
-  'run_span',
-  'annotate_run',
-  'request_span',
-  'TraceBundles',
-  'set_log_context',
-  'log_context',
-  'JsonFormatter',
-]
+__all__ = list(_implementation.__all__)
