@@ -61,6 +61,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from io_connectors.sinks.lake import (
   OutputLock,
+  ReadLakeParquetFn,
   OutputLockedError,
   WriteDeadLetterFiles,
   commit_output,
@@ -74,7 +75,7 @@ from pipelines import cli, runners
 from pipelines.options import add_mlflow_arguments
 from transforms.dead_letter import DEAD_LETTER
 from transforms.ml import features as ml
-from transforms.records import TENANT_COLUMN, with_provenance
+from transforms.records import TENANT_COLUMN
 
 __all__ = ['MlFeaturesOptions', 'run', 'main', 'UsageError', 'PreprocessingError', 'PIPELINE_NAME', 'ALL_TENANTS']
 
@@ -240,24 +241,6 @@ def check_splits(counts: Dict[str, List[int]], ratios, min_train_rows: int):
           f'{where}: the {name} split is empty ({sum(per_split)} rows in all; ratios {",".join(map(str, ratios))}); '
           f'too few users to split, change --split_ratios or --split_salt'
         )
-
-
-class _ReadLakeFile(beam.DoFn):
-  """(path, tenant) -> record batches with the tenant and provenance (__source, __row) columns."""
-
-  def __init__(self, batch_size: int):
-    self._batch_size = batch_size
-
-  def process(self, element):
-    path, tenant = element
-    parquet = _open_parquet(path)
-    wanted = [c for c in ml.LAKE_REQUIRED + ml.LAKE_OPTIONAL + (TENANT_COLUMN,) if c in parquet.schema_arrow.names]
-    row = 1
-    for batch in parquet.iter_batches(batch_size=self._batch_size, columns=wanted, use_threads=False):
-      if TENANT_COLUMN not in batch.schema.names:
-        batch = batch.append_column(TENANT_COLUMN, pa.array([tenant] * batch.num_rows, type=pa.string()))
-      yield with_provenance(batch, path, row)
-      row += batch.num_rows
 
 
 # ----- The preprocessing_fn -----
@@ -430,7 +413,8 @@ def build(p, files, options, preprocessing_fn, groups: List[str], run_dir: str, 
     p
     | 'LakeFiles' >> beam.Create(list(files))
     | 'SpreadFiles' >> beam.Reshuffle()
-    | 'ReadLake' >> beam.ParDo(_ReadLakeFile(options.batch_size))
+    | 'ReadLake'
+    >> beam.ParDo(ReadLakeParquetFn(options.batch_size, ml.LAKE_REQUIRED + ml.LAKE_OPTIONAL + (TENANT_COLUMN,)))
   )
   prepared = batches | 'Prepare' >> beam.ParDo(ml.PrepareEvents(ratios, options.split_salt)).with_outputs(
     DEAD_LETTER, main='records'

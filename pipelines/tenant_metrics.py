@@ -30,19 +30,17 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import io
 import logging
 import sys
 from typing import List, Optional, Sequence, Tuple
 
 import apache_beam as beam
-import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from io_connectors.sinks.lake import (
   OutputLock,
+  ReadLakeParquetFn,
   OutputLockedError,
   WriteDeadLetterFiles,
   WriteRecordFiles,
@@ -51,14 +49,12 @@ from io_connectors.sinks.lake import (
   read_manifest,
   run_dir_name,
   sweep,
-  tenant_of_path,
 )
 from pipelines import cli, runners
 
 # Registered before ours: its flags (--input, --output, ...) take no `add` check, ours do.
 from pipelines.options import SpotifyBatchOptions  # noqa: F401
 from transforms import business_metrics as bm
-from transforms.records import TENANT_COLUMN, with_provenance
 
 __all__ = ['TenantMetricsOptions', 'run', 'main', 'UsageError', 'PIPELINE_NAME', 'PLAY_ENTITIES']
 
@@ -118,24 +114,6 @@ def play_files(lake: str, entity: Optional[str] = None) -> Tuple[dict, str, List
   return manifest, entity, sorted(paths)
 
 
-class _ReadPlaysFn(beam.DoFn):
-  """A lake Parquet file -> record batches with the tenant (from the partition when absent) and provenance."""
-
-  def __init__(self, batch_size: int):
-    self._batch_size = batch_size
-
-  def process(self, path: str):
-    with FileSystems.open(path) as handle:
-      parquet = pq.ParquetFile(io.BytesIO(handle.read()))
-    tenant = tenant_of_path(path)
-    row = 1
-    for batch in parquet.iter_batches(batch_size=self._batch_size, use_threads=False):
-      if TENANT_COLUMN not in batch.schema.names and tenant is not None:
-        batch = batch.append_column(TENANT_COLUMN, pa.array([tenant] * batch.num_rows, type=pa.string()))
-      yield with_provenance(batch, path, row)
-      row += batch.num_rows
-
-
 class _FinalizeFn(beam.DoFn):
   """Names the files, writes the manifest and publishes the run."""
 
@@ -167,7 +145,7 @@ def build(
     p
     | 'LakeFiles' >> beam.Create(list(files))
     | 'SpreadFiles' >> beam.Reshuffle()
-    | 'ReadLake' >> beam.ParDo(_ReadPlaysFn(options.batch_size))
+    | 'ReadLake' >> beam.ParDo(ReadLakeParquetFn(options.batch_size))
   )
   plays = batches | 'ExtractPlays' >> bm.ExtractPlays()
   metrics = plays.records | 'TenantMetrics' >> bm.TenantMetrics(metrics_options)

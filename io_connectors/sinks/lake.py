@@ -50,12 +50,13 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from io_connectors.sinks._commit import LOCK_NAME, LakeCommitError, OutputLock, OutputLockedError, local_path, store_for
-from transforms.records import TENANT_COLUMN, json_safe, strip_internal
+from transforms.records import TENANT_COLUMN, json_safe, strip_internal, with_provenance
 from transforms.schema import conform
 
 __all__ = [
   'OUTPUT_FORMATS',
   'WriteRecordFiles',
+  'ReadLakeParquetFn',
   'WriteDeadLetterFiles',
   'finalize_files',
   'commit_output',
@@ -437,6 +438,33 @@ def tenant_of_path(path: str) -> Optional[str]:
     if part.startswith('tenant='):
       return part[len('tenant=') :]
   return None
+
+
+class ReadLakeParquetFn(beam.DoFn):
+  """A lake Parquet file -> its record batches, for jobs that read a committed run (ML features, tenant metrics).
+
+  The element is the file's path, or (path, tenant). Rows without a tenant_id
+  column get the tenant (the element's, else the file's ``tenant=``
+  partition); every batch gets the provenance columns (the file, 1-based
+  rows). columns: read only these (those the file has), or all.
+  """
+
+  def __init__(self, batch_size: int, columns: Optional[Iterable[str]] = None):
+    self._batch_size = batch_size
+    self._columns = None if columns is None else tuple(columns)
+
+  def process(self, element):
+    path, tenant = element if isinstance(element, tuple) else (element, tenant_of_path(element))
+    with FileSystems.open(path) as handle:
+      parquet = pq.ParquetFile(io.BytesIO(handle.read()))
+    names = parquet.schema_arrow.names
+    columns = None if self._columns is None else [c for c in self._columns if c in names]
+    row = 1
+    for batch in parquet.iter_batches(batch_size=self._batch_size, columns=columns, use_threads=False):
+      if TENANT_COLUMN not in batch.schema.names and tenant is not None:
+        batch = batch.append_column(TENANT_COLUMN, pa.array([tenant] * batch.num_rows, type=pa.string()))
+      yield with_provenance(batch, path, row)
+      row += batch.num_rows
 
 
 def delete_tree(path: str) -> bool:
