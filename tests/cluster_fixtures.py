@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -39,6 +40,13 @@ PRISM_SCRIPT = REPO_ROOT / 'scripts' / 'prism.sh'
 REST_PORT = int(os.environ.get('FLINK_REST_PORT', '8081'))
 WORKER_POOL_PORT = int(os.environ.get('FLINK_WORKER_POOL_PORT', '25000'))
 TASKMANAGERS = int(os.environ.get('FLINK_TASKMANAGERS', '2'))
+# Where scripts/flink.sh writes the cluster's logs (the same rule as its INSTANCE_HOME).
+_FLINK_CACHE = REPO_ROOT / '.cache' / 'flink'
+LOG_DIR = (
+  _FLINK_CACHE / 'instances' / os.environ['FLINK_INSTANCE'] / 'log'
+  if os.environ.get('FLINK_INSTANCE')
+  else _FLINK_CACHE / 'flink-1.19.3' / 'log'
+)
 
 
 def _port_answers(port: int) -> bool:
@@ -125,6 +133,36 @@ class FlinkCluster:
           f'{self.get("/overview")}; unfinished jobs: {self.unfinished_jobs()}'
         )
       time.sleep(1)
+
+
+def flink_log_excerpt(since_s: float, max_lines: int = 120) -> str:
+  """The cluster's error lines (with their stack traces) logged since `since_s` (epoch seconds).
+
+  A job that fails on the cluster often reaches the client as one line
+  (e.g. "java.lang.InterruptedException"); the cause is in the JobManager's,
+  a TaskManager's or the worker pool's log, which a CI machine does not keep.
+  """
+  excerpt = []
+  for path in sorted(LOG_DIR.glob('*.log')) + sorted(LOG_DIR.glob('worker-pool.out')):
+    try:
+      if path.stat().st_mtime < since_s:
+        continue
+      lines = path.read_text(errors='replace').splitlines()
+    except OSError:
+      continue
+    since = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since_s))
+    keep, picked = False, []
+    for line in lines:
+      stamped = re.match(r'\d{4}-\d\d-\d\d \d\d:\d\d:\d\d', line)
+      if stamped:
+        keep = stamped.group(0) >= since and (' ERROR ' in line or (' WARN ' in line and 'Exception' in line))
+      elif path.suffix == '.out':
+        keep = bool(re.search(r'Exception|Error|Traceback', line)) or (keep and line.startswith((' ', '\t')))
+      if keep and 'Dropped unknown InstructionResponse' not in line:
+        picked.append(line[:400])
+    if picked:
+      excerpt += [f'--- {path.name}'] + picked[:max_lines]
+  return '\n'.join(excerpt[: 3 * max_lines])
 
 
 def ensure_prism() -> str:

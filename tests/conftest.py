@@ -46,7 +46,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 
-from tests.cluster_fixtures import ensure_prism
+from tests.cluster_fixtures import ensure_prism, flink_log_excerpt
 
 # Fixtures that test modules of several folders take (no test imports another's),
 # and the session fixtures for Prism and Flink.
@@ -137,6 +137,17 @@ def pytest_collection_modifyitems(items):
     # the tier's cost, not a unit's. One that starts a process is found above.
     if item.get_closest_marker('integration') is None:
       item.add_marker('integration' if _reaches_a_server(item, server_call) else 'unit')
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+  """A failed test that used the Flink cluster carries the cluster's error log lines of its run."""
+  outcome = yield
+  report = outcome.get_result()
+  if report.failed and call.when == 'call' and {'flink_cluster', 'flink_args'} & set(item.fixturenames):
+    excerpt = flink_log_excerpt(since_s=call.start)
+    if excerpt:
+      report.sections.append(('Flink cluster log (errors during the test)', excerpt))
 
 
 _UNIT_TIER = {'active': False}

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import glob
 import os
+import time
+import warnings
 
 import pytest
 import tensorflow as tf
 
 from pipelines import ml_features
-from tests.cluster_fixtures import time_limit
+from tests.cluster_fixtures import flink_log_excerpt, time_limit
 from tests.ml.conftest import write_lake
 from tests.ml.test_ml_features import events
 from transforms.ml import features as ml
@@ -34,10 +36,24 @@ def test_flink_parity(flink_args, tmp_path):
   common = ['--input', lake, '--across_tenants', '--split_ratios', '0.6,0.2,0.2', '--vocab_top_k', '25']
   direct_out, flink_out = str(tmp_path / 'direct'), str(tmp_path / 'flink')
   direct = ml_features.run(common + ['--output', direct_out])
-  with time_limit(600, 'ml_features on Flink'):
-    # Parallelism 1: at 2, tf.Transform's graph needs more network buffers than scripts/flink.sh's
-    # TaskManagers have ("Insufficient number of network buffers: required 256, but only 250 available").
-    flink = ml_features.run(common + ['--output', flink_out] + flink_args['flink'] + ['--parallelism=1'])
+  # Parallelism 1: at 2, tf.Transform's graph needs more network buffers than scripts/flink.sh's
+  # TaskManagers have ("Insufficient number of network buffers: required 256, but only 250 available").
+  flink_run = common + flink_args['flink'] + ['--parallelism=1']
+  started = time.time()
+  try:
+    with time_limit(600, 'ml_features on Flink'):
+      flink = ml_features.run(flink_run + ['--output', flink_out])
+  except RuntimeError as e:
+    # Once in CI (the session's first job on a freshly started cluster) the
+    # job failed with only "java.lang.InterruptedException" and no cause on
+    # the client; it passed on every run here. One more run, on a new output,
+    # with what the cluster logged kept as a warning so the cause can be found.
+    if 'InterruptedException' not in str(e):
+      raise
+    warnings.warn(f'ml_features on Flink failed once ({e}); cluster log:\n{flink_log_excerpt(started)}', stacklevel=1)
+    flink_out = str(tmp_path / 'flink-again')
+    with time_limit(600, 'ml_features on Flink (second run)'):
+      flink = ml_features.run(flink_run + ['--output', flink_out])
   assert flink['runner'] == 'FlinkRunner'
   assert flink['counts']['per_group'] == direct['counts']['per_group']
   expected, got = _examples(direct_out, direct), _examples(flink_out, flink)
