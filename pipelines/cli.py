@@ -27,6 +27,7 @@ import sys
 from typing import Optional, Sequence, TextIO
 
 __all__ = [
+  'UsageError',
   'option_adder',
   'lake_job_options',
   'UNACTIONABLE_LOG_LINES',
@@ -48,6 +49,10 @@ UNACTIONABLE_LOG_LINES = (
   # apache_beam.io.gcp.bigtableio without google-cloud-bigtable.
   'ImportError: from google.cloud.bigtable import Client',
 )
+
+
+class UsageError(Exception):
+  """A mistake in how a job was called or in the input it was pointed at: one line for the user, exit 2."""
 
 
 class _DropUnactionable(logging.Filter):

@@ -59,12 +59,14 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from io_connectors.registry import ConfigError
 from io_connectors.sinks.lake import (
   OutputLock,
   ReadLakeParquetFn,
   OutputLockedError,
   WriteDeadLetterFiles,
   commit_output,
+  committed_entity_files,
   finalize_files,
   read_manifest,
   run_dir_name,
@@ -72,6 +74,7 @@ from io_connectors.sinks.lake import (
   tenant_of_path,
 )
 from pipelines import cli, runners
+from pipelines.cli import UsageError
 from pipelines.options import add_mlflow_arguments
 from transforms.dead_letter import DEAD_LETTER
 from transforms.ml import features as ml
@@ -120,10 +123,6 @@ def _serialize_tft_saved_model_builds():
 _serialize_tft_saved_model_builds()
 
 
-class UsageError(Exception):
-  """A mistake in the call or the input (missing column, empty split): one line for the user, exit 2."""
-
-
 class PreprocessingError(UsageError):
   """The preprocessing_fn could not be loaded or traced."""
 
@@ -166,28 +165,6 @@ class MlFeaturesOptions(PipelineOptions):
 
 
 # ----- Reading the lake -----
-
-
-def lake_files(lake: str) -> Tuple[dict, List[Tuple[str, str]]]:
-  """(manifest, [(parquet path, tenant)]) of the listening events of the lake's committed run."""
-  manifest = read_manifest(lake)
-  if manifest is None:
-    raise UsageError(f'{lake}: no committed lake run (no _manifest.json); run pipelines.spotify_batch first')
-  if manifest.get('output_format', 'parquet') != 'parquet':
-    raise UsageError(f'{lake}: the run wrote {manifest.get("output_format")}; ml_features reads parquet lake runs')
-  several = bool((manifest.get('counts') or {}).get('written_per_entity'))
-  files = []
-  for path in (manifest.get('files') or {}).get('data', []):
-    if several and '/entity=listening_event/' not in path.replace('\\', '/'):
-      continue
-    tenant = tenant_of_path(path)
-    if tenant is not None and path.endswith('.parquet'):
-      files.append((path, tenant))
-  if not several and manifest.get('entity') not in (None, 'listening_event'):
-    raise UsageError(f'{lake}: the committed run holds {manifest.get("entity")!r}, not listening events')
-  if not files:
-    raise UsageError(f'{lake}: the committed run lists no listening-event Parquet files')
-  return manifest, sorted(files)
 
 
 def _open_parquet(path: str) -> pq.ParquetFile:
@@ -501,7 +478,7 @@ def _delete_run_dir(output: str, run_dir: str):
 
 
 def run(argv: Optional[Sequence[str]] = None) -> dict:
-  """Runs the job and returns its published manifest; raises UsageError for bad flags or input."""
+  """Runs the job and returns its published manifest; raises UsageError for bad flags or input, ConfigError for a lake it cannot read."""
   from pipelines.spotify_batch import _wait_with_progress, new_run_id, run_info
 
   argv = runners.local_runner_args(sys.argv[1:] if argv is None else argv)
@@ -512,7 +489,10 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
     ratios = ml.check_ratios([r for r in ml_options.split_ratios.split(',') if r.strip()])
   except ValueError as e:
     raise UsageError(f'--split_ratios: {e}') from None
-  lake_manifest, files = lake_files(ml_options.input)
+  lake_manifest, _, paths = committed_entity_files(ml_options.input, ('listening_event',), 'ml_features')
+  files = [(path, tenant_of_path(path)) for path in paths if tenant_of_path(path) is not None]
+  if not files:
+    raise UsageError(f'{ml_options.input}: the committed run lists no listening-event files in tenant partitions')
   if ml_options.tenants:
     wanted = {t.strip() for t in ml_options.tenants.split(',') if t.strip()}
     unknown = sorted(wanted - {t for _, t in files})
@@ -596,7 +576,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   cli.configure_logging()
   try:
     manifest = run(argv)
-  except (UsageError, OutputLockedError) as e:
+  except (UsageError, ConfigError, OutputLockedError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   print(summary(manifest))

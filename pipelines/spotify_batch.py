@@ -59,6 +59,7 @@ from io_connectors.sinks.lake import (
 from io_connectors.sinks import tables as lake_tables
 from pipelines.config import FILE_ONLY_KEYS, RUN_KEYS, ConfigError, RunConfig, load_yaml, resolve
 from pipelines import audit, cli, lineage, prometheus_export, runners, tracing
+from pipelines.cli import UsageError
 from pipelines.options import SpotifyBatchOptions
 from transforms import entities, quality, schema as schema_mod
 from transforms.dead_letter import flatten_dead_letters
@@ -77,10 +78,6 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_DIR = os.path.join(_ROOT, 'samples', 'generated', 'listening_events')
 DEMO_ROWS = 50000
 _FILE_CONNECTORS = ('csv', 'jsonl', 'json', 'parquet', 'avro', 'excel', 'files', 'spotify_export', 'audio_files')
-
-
-class UsageError(Exception):
-  """A mistake in how the pipeline was called: one line for the user, exit 2."""
 
 
 def code_version() -> Dict[str, Optional[str]]:

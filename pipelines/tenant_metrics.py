@@ -32,12 +32,13 @@ import dataclasses
 import datetime as dt
 import logging
 import sys
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from io_connectors.registry import ConfigError
 from io_connectors.sinks.lake import (
   OutputLock,
   ReadLakeParquetFn,
@@ -45,12 +46,14 @@ from io_connectors.sinks.lake import (
   WriteDeadLetterFiles,
   WriteRecordFiles,
   commit_output,
+  committed_entity_files,
   finalize_files,
   read_manifest,
   run_dir_name,
   sweep,
 )
 from pipelines import cli, runners
+from pipelines.cli import UsageError
 
 # Registered before ours: its flags (--input, --output, ...) take no `add` check, ours do.
 from pipelines.options import SpotifyBatchOptions  # noqa: F401
@@ -61,10 +64,6 @@ __all__ = ['TenantMetricsOptions', 'run', 'main', 'UsageError', 'PIPELINE_NAME',
 PIPELINE_NAME = 'tenant_metrics'
 PLAY_ENTITIES = ('listening_event', 'media_play')
 _LOG = logging.getLogger('pipelines.tenant_metrics')
-
-
-class UsageError(Exception):
-  """A mistake in the flags or the input lake: one line for the user, exit 2."""
 
 
 class TenantMetricsOptions(PipelineOptions):
@@ -83,35 +82,6 @@ class TenantMetricsOptions(PipelineOptions):
     add('--top_k', type=int, default=10, help='Top tracks listed per tenant and period.')
     add('--batch_size', type=int, default=65536, help='Rows per Arrow record batch.')
     add('--run_id', help='Identifier of this run in the manifest. Default: a UTC timestamp.')
-
-
-def play_files(lake: str, entity: Optional[str] = None) -> Tuple[dict, str, List[str]]:
-  """(manifest, entity, Parquet files) of the plays of the lake's committed run."""
-  manifest = read_manifest(lake)
-  if manifest is None:
-    raise UsageError(f'{lake}: no committed lake run (no _manifest.json); run pipelines.spotify_batch first')
-  if manifest.get('output_format', 'parquet') != 'parquet':
-    raise UsageError(f'{lake}: the run wrote {manifest.get("output_format")}; tenant_metrics reads parquet lake runs')
-  per_entity = (manifest.get('counts') or {}).get('written_per_entity')
-  paths = [p for p in (manifest.get('files') or {}).get('data', []) if p.endswith('.parquet')]
-  if per_entity:
-    candidates = [e for e in PLAY_ENTITIES if e in per_entity] if entity is None else [entity]
-    if len(candidates) != 1:
-      raise UsageError(
-        f'{lake}: the run holds {", ".join(sorted(per_entity))}; name the plays with --play_entity '
-        f'({" or ".join(PLAY_ENTITIES)})'
-      )
-    entity = candidates[0]
-    paths = [p for p in paths if f'/entity={entity}/' in p.replace('\\', '/')]
-  else:
-    entity = entity or manifest.get('entity')
-    if entity != manifest.get('entity'):
-      raise UsageError(f'{lake}: the committed run holds {manifest.get("entity")!r}, not {entity!r}')
-  if entity not in PLAY_ENTITIES:
-    raise UsageError(f'{lake}: the committed run holds {entity!r}; plays are {" or ".join(PLAY_ENTITIES)}')
-  if not paths:
-    raise UsageError(f'{lake}: the committed run lists no Parquet files of {entity}')
-  return manifest, entity, sorted(paths)
 
 
 class _FinalizeFn(beam.DoFn):
@@ -192,7 +162,7 @@ def _options_from(argv: Sequence[str]) -> PipelineOptions:
 
 
 def run(argv: Optional[Sequence[str]] = None) -> dict:
-  """Runs the job and returns its published manifest; raises UsageError for bad flags or input."""
+  """Runs the job and returns its published manifest; raises UsageError for bad flags or input, ConfigError for a lake it cannot read."""
   from pipelines.spotify_batch import _wait_with_progress, new_run_id, run_info
 
   argv = runners.local_runner_args(sys.argv[1:] if argv is None else argv)
@@ -200,7 +170,9 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
   FileSystems.set_options(options)
   ours = options.view_as(TenantMetricsOptions)
   metrics_options = _metrics_options(ours)
-  lake_manifest, entity, files = play_files(ours.input, ours.play_entity)
+  lake_manifest, entity, files = committed_entity_files(
+    ours.input, PLAY_ENTITIES, 'tenant_metrics', ours.play_entity, '--play_entity'
+  )
   run_id = ours.run_id or new_run_id()
   info = {
     **run_info(PIPELINE_NAME, run_id, options),
@@ -235,7 +207,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   cli.configure_logging()
   try:
     manifest = run(argv)
-  except (UsageError, OutputLockedError) as e:
+  except (UsageError, ConfigError, OutputLockedError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   counts = manifest['counts']

@@ -41,7 +41,7 @@ import re
 import shutil
 import struct
 import uuid
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
@@ -62,6 +62,7 @@ __all__ = [
   'commit_output',
   'sweep',
   'read_manifest',
+  'committed_entity_files',
   'run_dir_name',
   'scratch_dir',
   'OutputLock',
@@ -543,6 +544,46 @@ def read_manifest(output: str) -> Optional[dict]:
   except ValueError as e:
     raise LakeCommitError(f'{_control(output, MANIFEST_NAME)} is not JSON: {e}') from None
   return doc if isinstance(doc, dict) else None
+
+
+def committed_entity_files(
+  lake: str, entities: Sequence[str], reader: str, entity: Optional[str] = None, choose_flag: Optional[str] = None
+) -> Tuple[dict, str, List[str]]:
+  """(manifest, entity, sorted Parquet paths) of one entity of the lake's committed run.
+
+  For the jobs that read a batch run's Parquet back (`reader` names the job in
+  messages). `entities`: those the job accepts; when the run holds several of
+  them, `entity` (the job's `choose_flag`) says which. Raises ConfigError,
+  naming the lake, when nothing is committed, the run is not Parquet, or it
+  holds none (or no files) of the accepted entities.
+  """
+  from io_connectors.registry import ConfigError  # the registry imports the connectors
+
+  manifest = read_manifest(lake)
+  if manifest is None:
+    raise ConfigError(f'{lake}: no committed lake run (no {MANIFEST_NAME}); run pipelines.spotify_batch first')
+  if manifest.get('output_format', 'parquet') != 'parquet':
+    raise ConfigError(f'{lake}: the run wrote {manifest.get("output_format")}; {reader} reads parquet lake runs')
+  accepted = ' or '.join(entities)
+  per_entity = (manifest.get('counts') or {}).get('written_per_entity')
+  paths = [p for p in (manifest.get('files') or {}).get('data', []) if p.endswith('.parquet')]
+  if per_entity:
+    candidates = [e for e in entities if e in per_entity] if entity is None else [entity]
+    if len(candidates) != 1:
+      choose = f'; name one with {choose_flag}' if choose_flag and candidates else ''
+      raise ConfigError(f'{lake}: the run holds {", ".join(sorted(per_entity))}; {reader} reads {accepted}{choose}')
+    entity = candidates[0]
+    paths = [p for p in paths if f'/entity={entity}/' in p.replace('\\', '/')]
+  else:
+    held = manifest.get('entity') or (entities[0] if len(entities) == 1 else None)
+    if entity is not None and entity != held:
+      raise ConfigError(f'{lake}: the committed run holds {held!r}, not {entity!r}')
+    entity = held
+  if entity not in entities:
+    raise ConfigError(f'{lake}: the committed run holds {entity!r}; {reader} reads {accepted}')
+  if not paths:
+    raise ConfigError(f'{lake}: the committed run lists no Parquet files of {entity}')
+  return manifest, entity, sorted(paths)
 
 
 def _control(output: str, name: str) -> str:

@@ -33,9 +33,26 @@ def pytest_sessionfinish(session, exitstatus):
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config):
   if 'tensorflow' in sys.modules and not hasattr(config, 'workerinput'):
+    _stop_job_servers()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(_STATUS['exit'])
+
+
+def _stop_job_servers():
+  """Stops the Flink job servers Beam started in this process (one per portable run).
+
+  Beam stops them in an atexit handler, which os._exit skips: without this each
+  session left a job server JVM running after it ended.
+  """
+  from apache_beam.utils import subprocess_server
+
+  cache = getattr(subprocess_server.SubprocessServer, '_cache', None)
+  for key in list(getattr(cache, '_cache', {})):
+    try:
+      cache.force_remove(*key)
+    except Exception as e:  # a server that already exited
+      print(f'could not stop a job server: {e}', file=sys.stderr)
 
 
 def write_lake(
