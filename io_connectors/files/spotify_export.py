@@ -1,9 +1,11 @@
 """Spotify privacy exports (the ZIP a listener downloads) as record batches.
 
 Reads each ZIP directly (local, ``s3://``, ``gs://``; Beam's filesystems, no
-unpacking to disk), one export per element, and streams its JSON arrays
-member by member (ijson), so a 100 MB listening history is never loaded
-whole. What it reads, by ``resource``:
+unpacking to disk), one export per element, member by member. A history
+member up to 32 MB (Spotify's are ~12 MB) is decoded whole, at the json
+module's C speed; a bigger one is streamed an element at a time (as are
+the library and playlists, with ijson), so a 100 MB listening history is
+never loaded whole. What it reads, by ``resource``:
 
 - ``plays`` (entity ``media_play``): every play of the Extended Streaming
   History (``Streaming_History_Audio_*.json``, ``Streaming_History_Video_*.json``,
