@@ -7,9 +7,10 @@ this process:
 
 - baseline: for each ZIP, each member: ``json.load`` of the whole member and
   ``pyarrow.Table.from_pylist`` of its elements (no field mapping, no ids);
-- reader: `io_connectors.files.spotify_export`'s read of each ZIP (streamed
-  with ijson, fields mapped, event ids hashed, rows to Arrow by the shared
-  rules) as a worker runs it, without Beam around it;
+- reader: `io_connectors.files.spotify_export`'s read of each ZIP (members
+  up to 32 MB decoded whole, bigger ones streamed; fields mapped, event ids
+  hashed, columns to Arrow by the shared rules) as a worker runs it, without
+  Beam around it;
 - with `--pipeline`: also `ReadFromSpotifyExport` in a Beam pipeline
   (FnApiRunner in process) counting the rows.
 

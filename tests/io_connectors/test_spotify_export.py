@@ -227,3 +227,117 @@ def test_array_decoder_streams_across_any_window_edge(monkeypatch, chunk):
   ):
     with pytest.raises(spotify_export.MalformedJson, match=words):
       list(spotify_export.json_array_elements(io.BytesIO(broken)))
+
+
+def _odd_plays():
+  """Extended history elements beyond the sample's: odd types, padding, unknown countries, missing fields."""
+  track = f'spotify:track:{spotify_id(1)}'
+  base = extended_plays([5], 'ann', 'newer')[0]
+  odd = [
+    {**base, 'ms_played': '1234', 'platform': {'os': 'android', 'v': [1, 2]}, 'reason_start': ['a', 1]},
+    {**base, 'ms_played': 12.5, 'shuffle': 1, 'skipped': 'yes', 'offline': None, 'incognito_mode': 0},
+    {**base, 'ms_played': 2**70, 'offline_timestamp': 1.5e9, 'conn_country': 'zz'},
+    {**base, 'spotify_track_uri': f'  {track}\n', 'username': '  bob  ', 'conn_country': 'ZZ'},
+    {**base, 'spotify_track_uri': '   ', 'master_metadata_track_name': '', 'username': '   ', 'ts': None},
+    {**base, 'spotify_track_uri': f'spotify:episode:{spotify_id(2)}', 'offline_timestamp': -5},
+    {**base, 'offline_timestamp': False, 'ip_addr': '', 'ip_addr_decrypted': '203.0.113.9'},
+    {**base, 'offline_timestamp': '', 'user_agent_decrypted': 'ua/2'},
+    {**base, 'spotify_track_uri': 42, 'username': 7, 'ts': '2023-01-01 10:00:00+01:00', 'offline_timestamp': '17'},
+    {**base, 'offline_timestamp': True, 'ts': 1672531200, 'audiobook_uri': f'spotify:show:{spotify_id(3)}'},
+    {
+      'ts': '2023-05-01T10:00:00.250+00:00',
+      'master_metadata_track_name': 'Ünïcødé 🎵 名前',
+      'master_metadata_album_artist_name': 'Björk',
+      'ip_addr': None,
+      'ip_addr_decrypted': '198.51.100.7',
+      'user_agent': 'ua/1.0',
+    },
+    {'user_agent_decrypted': None, 'user_agent': 'ignored', 'episode_name': 'Ep', 'episode_show_name': 'Show'},
+    {'audiobook_chapter_title': 'Ch 1', 'offline_timestamp': 1672531200123},
+    {},
+  ]
+  plays = extended_plays(range(0, 60), 'ann', 'older') + extended_plays(range(40, 100), None, 'newer')
+  return plays[:30] + odd + plays[30:]
+
+
+def _batches_and_letters(path, **kw):
+  fn = _ReadExportFn(
+    'plays', kw.get('user_id'), kw.get('content_types'), kw['batch_size'], kw.get('string_columns', ())
+  )
+  fn.setup()
+  items = list(fn.read(str(path)))
+  return [i for i in items if not isinstance(i, dict)], [i for i in items if isinstance(i, dict)]
+
+
+@pytest.mark.parametrize(
+  'options',
+  [
+    {'batch_size': 1000},
+    {'batch_size': 7, 'content_types': ['track', 'unknown']},
+    {'batch_size': 13, 'string_columns': ('ms_played', 'user_id', 'offline_at', 'platform', 'shuffle')},
+  ],
+)
+def test_whole_member_and_column_mapping_give_what_the_streamed_row_path_gives(tmp_path, monkeypatch, options):
+  plays = _odd_plays()
+  good = json.dumps(plays, indent=2, ensure_ascii=False).encode()
+  cut = good.index(b'{', len(good) // 2)
+  members = {
+    AUDIO: plays,
+    f'{EXTENDED_FOLDER}/Streaming_History_Video_2023.json': plays[::-1] + [42, None, 'x', [1]],
+    f'{EXTENDED_FOLDER}/Streaming_History_Audio_2024.json': good[: cut + 30],  # breaks mid-element
+    f'{EXTENDED_FOLDER}/Streaming_History_Audio_2025.json': good + b' trailing',  # the stream stops at "]"
+    f'{EXTENDED_FOLDER}/Streaming_History_Audio_2026.json': b'\xef\xbb\xbf' + good,  # BOM
+    f'{EXTENDED_FOLDER}/Streaming_History_Audio_2027.json': good.replace(b'Song 45', b'Song \xff45'),
+    f'{EXTENDED_FOLDER}/Streaming_History_Audio_2028.json': b'{"not": "an array"}',
+  }
+  path = write_export_zip(str(tmp_path / 'odd.zip'), members)
+  decoded = []
+  whole_array = spotify_export._whole_array
+
+  def spy(archive, info):
+    elements = whole_array(archive, info)
+    decoded.append((info.filename.rsplit('_', 1)[1], elements is not None))
+    return elements
+
+  monkeypatch.setattr(spotify_export, '_whole_array', spy)
+  fast = _batches_and_letters(path, user_id='fallback', **options)
+  # The sound members are decoded whole; the others fall back to the streaming path.
+  assert sorted(decoded) == [
+    ('2023.json', True),
+    ('2023.json', True),
+    ('2024.json', False),
+    ('2025.json', False),
+    ('2026.json', True),
+    ('2027.json', False),
+    ('2028.json', False),
+  ]
+  # The reader before: every member streamed, one dict per row, rows to Arrow by `_table`.
+  monkeypatch.setattr(spotify_export, '_WHOLE_MEMBER_BYTES', -1)
+  monkeypatch.setattr(spotify_export, '_TABLE_MAKERS', {})
+  for kind in ('extended_audio', 'extended_video'):
+    monkeypatch.setitem(spotify_export._ROW_MAKERS, kind, ('item', spotify_export._extended_play))
+  rows = _batches_and_letters(path, user_id='fallback', **options)
+  assert [b.num_rows for b in fast[0]] == [b.num_rows for b in rows[0]] and len(fast[0]) > 4
+  for got, want in zip(fast[0], rows[0]):
+    assert got.schema == want.schema and got.equals(want), got.column(SOURCE_COLUMN)[0]
+  assert fast[1] == rows[1]
+  reasons = sorted({(l['source'].rsplit('_', 1)[1], l['reason']) for l in fast[1]})
+  assert reasons == [
+    ('2023.json', 'malformed_json'),
+    ('2024.json', 'malformed_json'),
+    ('2027.json', 'bad_encoding'),
+    ('2028.json', 'malformed_json'),
+  ]
+
+
+def test_members_above_the_bound_are_streamed(tmp_path, monkeypatch):
+  small, big = extended_plays(range(3), 'ann'), extended_plays(range(200), 'ann')
+  path = write_export_zip(
+    str(tmp_path / 'a.zip'), {AUDIO: big, f'{EXTENDED_FOLDER}/Streaming_History_Audio_2024.json': small}
+  )
+  whole = []
+  monkeypatch.setattr(spotify_export, '_WHOLE_MEMBER_BYTES', len(json.dumps(small, indent=2)))
+  monkeypatch.setattr(spotify_export, '_whole_array', lambda archive, info: whole.append(info.filename))
+  batches, letters = _batches_and_letters(path, batch_size=1000)
+  assert whole == [f'{EXTENDED_FOLDER}/Streaming_History_Audio_2024.json'] and letters == []
+  assert sum(b.num_rows for b in batches) == 203  # the small one read by the streaming path after None
