@@ -218,12 +218,14 @@ def _may_hold_text(t: pa.DataType) -> bool:
   )
 
 
-def _text_columns(data: bytes) -> Optional[pa.Table]:
-  """A Parquet file's columns that can hold text, the flat ones as dictionaries; None when column names repeat."""
+def _text_columns(data: bytes, also: Iterable[str] = ()) -> Optional[pa.Table]:
+  """A Parquet file's columns that can hold text, and those named in `also`, the flat ones as
+  dictionaries; None when column names repeat."""
   schema = pq.read_schema(io.BytesIO(data))
   if len(set(schema.names)) != len(schema.names):
     return None  # columns are chosen by name
-  names = [f.name for f in schema if _may_hold_text(f.type)]
+  also = set(also)
+  names = [f.name for f in schema if _may_hold_text(f.type) or f.name in also]
   flat = [f.name for f in schema if f.name in names and not pa.types.is_nested(f.type)]
   return pq.ParquetFile(io.BytesIO(data), read_dictionary=flat).read(columns=names)
 
@@ -231,7 +233,8 @@ def _text_columns(data: bytes) -> Optional[pa.Table]:
 def _split_parquet(data: bytes, matcher: SubjectMatcher) -> Split:
   # An erasure reads the text columns (each distinct string matched once) and decodes
   # the whole file only where it removes records: most files hold none of the subjects.
-  probe = _text_columns(data) if isinstance(matcher, SubjectMatcher) else None
+  # Fields a matcher compares whole, whatever their type (record keys), are read too.
+  probe = _text_columns(data, getattr(matcher, 'keys', ())) if isinstance(matcher, SubjectMatcher) else None
   table = pq.read_table(io.BytesIO(data)) if probe is None else None
   hit = matcher.rows(probe if probe is not None else table)
   if not pc.any(hit).as_py():
