@@ -78,8 +78,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from benchmarks.bench_batch import BENCH_PII_KEY, run_measured  # noqa: E402
-from benchmarks.common import machine_info, publish_result  # noqa: E402
+# Nothing else at the top: the baseline runs this file as its own process, with pyarrow alone.
 
 __all__ = ['build_lake', 'run_baseline', 'main']
 
@@ -98,8 +97,14 @@ def _log(message: str) -> None:
   print(message, file=sys.stderr, flush=True)
 
 
+def _bench_key() -> str:
+  from benchmarks.bench_batch import BENCH_PII_KEY
+
+  return BENCH_PII_KEY
+
+
 def _env() -> dict:
-  env = dict(os.environ, PII_MASTER_KEY=BENCH_PII_KEY)
+  env = dict(os.environ, PII_MASTER_KEY=_bench_key())
   env['PYTHONPATH'] = os.pathsep.join(p for p in (REPO_ROOT, env.get('PYTHONPATH')) if p)
   return env
 
@@ -107,7 +112,7 @@ def _env() -> dict:
 def _master_key():
   from transforms.pii.keys import load_master_key
 
-  return load_master_key(environ={'PII_MASTER_KEY': BENCH_PII_KEY})
+  return load_master_key(environ={'PII_MASTER_KEY': _bench_key()})
 
 
 # ----- The lake -----
@@ -298,10 +303,10 @@ def hardlink_copy(source: str, target: str) -> None:
 
 def run_baseline(lake: str, tenant: str, pseudonyms: List[str], out_dir: str) -> dict:
   """Scan every data file of the tenant, rewrite the affected ones; then the rewrite alone, told which."""
-  from io_connectors.sinks.lake import read_manifest
-
+  with open(os.path.join(lake, '_manifest.json'), encoding='utf-8') as f:
+    manifest = json.load(f)
   wanted = pa.array(pseudonyms, pa.string())
-  paths = [p for p in read_manifest(lake)['files']['data'] if f'/tenant={tenant}/' in p]
+  paths = [p for p in manifest['files']['data'] if f'/tenant={tenant}/' in p]
 
   def rewrite(path: str, table: pa.Table, hit: pa.Array) -> int:
     kept = table.filter(pc.invert(hit))
@@ -367,6 +372,7 @@ def check_erasure(before: dict, after: dict, report: dict, baseline: dict, lake:
 
 
 def run_pipeline(lake: str, tenant: str, subject_file: str, timeout_s: float, log_path: str, report_path: str) -> dict:
+  from benchmarks.bench_batch import run_measured
   from io_connectors.sinks.lake import read_manifest
 
   before = read_manifest(lake)
@@ -377,7 +383,7 @@ def run_pipeline(lake: str, tenant: str, subject_file: str, timeout_s: float, lo
     run = run_measured(command, timeout_s, cwd=REPO_ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT)
   if run['returncode'] != 0:
     with open(log_path, 'rb') as log:
-      tail = log.read()[-2000:].decode('utf-8', 'replace').replace(BENCH_PII_KEY, '<key>')
+      tail = log.read()[-2000:].decode('utf-8', 'replace').replace(_bench_key(), '<key>')
     return {'error': f'exit status {run["returncode"]}', 'log_tail': tail}, None, None
   with open(report_path, encoding='utf-8') as f:
     report = json.load(f)
@@ -497,6 +503,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.profile:
       print(profile_erasure(lake, tenant, raw, work))
       return 0
+    from benchmarks.bench_batch import run_measured
+    from benchmarks.common import machine_info, publish_result
     from io_connectors.sinks.lake import read_manifest
 
     result = {
