@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pathlib
-import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from benchmarks import bench_erase as bench
 from io_connectors.sinks.lake import commit_output, parquet_bytes, read_manifest, run_dir_name
-
-_ROOT = pathlib.Path(__file__).resolve().parents[2]
-if str(_ROOT) not in sys.path:
-  sys.path.insert(0, str(_ROOT))
-
-
-def _load(name):
-  spec = importlib.util.spec_from_file_location(name, _ROOT / 'benchmarks' / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  sys.modules.setdefault(name, module)
-  spec.loader.exec_module(module)
-  return module
-
-
-bench = _load('bench_erase')
 
 
 def _template(tmp_path) -> str:
