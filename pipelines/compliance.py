@@ -144,15 +144,31 @@ class SubjectMatcher:
 
   def rows(self, table: pa.Table) -> pa.Array:
     """A boolean array: the rows of `table` with a match in any string value, at any depth."""
-    hit = pa.array([False] * table.num_rows, pa.bool_())
+    hit = pa.repeat(pa.scalar(False), table.num_rows)
+    texts = []  # (column, its strings): a dictionary column's strings are its distinct values
     for column in table.columns:
-      hit = pc.or_(hit, self._column(column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)))
+      values = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+      strings = values.dictionary if pa.types.is_dictionary(values.type) else values
+      if pa.types.is_string(strings.type) or pa.types.is_large_string(strings.type):
+        texts.append((values, strings))
+      else:
+        hit = pc.or_(hit, self._column(values))
+    if texts:
+      # One regex pass over all the string columns: Arrow compiles the pattern at each call,
+      # which cost more than the matching when done per column.
+      every = pa.concat_arrays([strings.cast(pa.large_string()) for _, strings in texts])
+      matched = pc.fill_null(pc.match_substring_regex(every, self._arrow), False)
+      offset = 0
+      for values, strings in texts:
+        part = matched.slice(offset, len(strings))
+        offset += len(strings)
+        hit = pc.or_(hit, part if values is strings else pc.fill_null(pc.take(part, values.indices), False))
     return hit
 
   def _column(self, values: pa.Array) -> pa.Array:
     t = values.type
     if pa.types.is_dictionary(t):
-      return self._column(values.cast(t.value_type))
+      return pc.fill_null(pc.take(self._column(values.dictionary), values.indices), False)
     if pa.types.is_string(t) or pa.types.is_large_string(t):
       return pc.fill_null(pc.match_substring_regex(values, self._arrow), False)
     if pa.types.is_binary(t) or pa.types.is_large_binary(t):
@@ -185,11 +201,46 @@ class SubjectMatcher:
 Split = Tuple[Optional[bytes], List[dict], int]
 
 
+def _may_hold_text(t: pa.DataType) -> bool:
+  """Whether values of type `t` can hold a string or bytes value, at any depth."""
+  if pa.types.is_dictionary(t):
+    return _may_hold_text(t.value_type)
+  return (
+    pa.types.is_string(t)
+    or pa.types.is_large_string(t)
+    or pa.types.is_binary(t)
+    or pa.types.is_large_binary(t)
+    or pa.types.is_struct(t)
+    or pa.types.is_list(t)
+    or pa.types.is_large_list(t)
+    or pa.types.is_fixed_size_list(t)
+    or pa.types.is_map(t)
+  )
+
+
+def _text_columns(data: bytes, also: Iterable[str] = ()) -> Optional[pa.Table]:
+  """A Parquet file's columns that can hold text, and those named in `also`, the flat ones as
+  dictionaries; None when column names repeat."""
+  schema = pq.read_schema(io.BytesIO(data))
+  if len(set(schema.names)) != len(schema.names):
+    return None  # columns are chosen by name
+  also = set(also)
+  names = [f.name for f in schema if _may_hold_text(f.type) or f.name in also]
+  flat = [f.name for f in schema if f.name in names and not pa.types.is_nested(f.type)]
+  return pq.ParquetFile(io.BytesIO(data), read_dictionary=flat).read(columns=names)
+
+
 def _split_parquet(data: bytes, matcher: SubjectMatcher) -> Split:
-  table = pq.read_table(io.BytesIO(data))
-  hit = matcher.rows(table)
+  # An erasure reads the text columns (each distinct string matched once) and decodes
+  # the whole file only where it removes records: most files hold none of the subjects.
+  # Fields a matcher compares whole, whatever their type (record keys), are read too.
+  probe = _text_columns(data, getattr(matcher, 'keys', ())) if isinstance(matcher, SubjectMatcher) else None
+  table = pq.read_table(io.BytesIO(data)) if probe is None else None
+  hit = matcher.rows(probe if probe is not None else table)
   if not pc.any(hit).as_py():
-    return None, [], table.num_rows
+    return None, [], len(hit)
+  if table is None:
+    table = pq.read_table(io.BytesIO(data))
   kept = table.filter(pc.invert(hit))
   return parquet_bytes(kept), [json_safe(r) for r in table.filter(hit).to_pylist()], kept.num_rows
 

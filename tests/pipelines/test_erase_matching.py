@@ -1,0 +1,59 @@
+"""The erasure's matching of Parquet files (pipelines.compliance): text columns only, dictionaries, whole-file decode
+only where records go."""
+
+import io
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from io_connectors.sinks.lake import parquet_bytes
+from pipelines import compliance
+from pipelines.compliance import SubjectMatcher, split_file
+
+
+def _table():
+  return pa.table(
+    {
+      'user_id': ['u1', 'u2', None, 'u3', 'u2', 'xu1'],
+      'plays': [1, 2, 3, 4, 5, 6],
+      'tags': [['a'], [], None, ['u1 x'], ['b'], ['c']],
+      'note': ['', 'mail bob@example.com now', None, '', 'hi', 'bob@example.community'],
+      'blob': [b'', b'', b'u1', b'', b'', b''],
+    }
+  )
+
+
+def test_dictionary_columns_match_as_their_values_do_and_unused_entries_match_no_row():
+  matcher = SubjectMatcher(['u1', 'bob@example.com'])
+  dense = _table()
+  assert matcher.rows(dense).to_pylist() == [True, True, True, True, False, False]
+  # The same values as dictionaries (how the erasure reads Parquet), with 'u1' an entry no row uses.
+  values = pa.array(['u1', 'u2', 'u3', 'xu1'])
+  user_id = pa.DictionaryArray.from_arrays(pa.array([1, 1, None, 2, 1, 3], pa.int32()), values)
+  note = dense.column('note').combine_chunks().dictionary_encode()
+  encoded = dense.set_column(0, 'user_id', user_id).set_column(3, 'note', note)
+  assert matcher.rows(encoded).to_pylist() == [False, True, True, True, False, False]
+  assert matcher.rows(dense.select(['tags', 'blob'])).to_pylist() == [False, False, True, True, False, False]
+
+
+def test_a_parquet_file_without_subjects_is_judged_on_its_text_columns(monkeypatch):
+  data = parquet_bytes(_table())
+  decoded = []
+  real = compliance.pq.read_table
+  monkeypatch.setattr(compliance.pq, 'read_table', lambda *a, **k: decoded.append(1) or real(*a, **k))
+  assert split_file('part-0.parquet', data, SubjectMatcher(['nobody', 'u9'])) == (None, [], 6)
+  assert decoded == []  # not decoded whole
+  rewritten, removed, kept = split_file('part-0.parquet', data, SubjectMatcher(['u1', 'bob@example.com']))
+  assert decoded == [1] and kept == 2 and [r['plays'] for r in removed] == [1, 2, 3, 4]
+  # The rewritten file keeps the file's own schema (strings stay strings, not dictionaries).
+  assert pq.read_schema(io.BytesIO(rewritten)) == pq.read_schema(io.BytesIO(data))
+  assert pq.read_table(io.BytesIO(rewritten)).column('plays').to_pylist() == [5, 6]
+  # A file with no text column at all holds no subject.
+  assert split_file('p.parquet', parquet_bytes(pa.table({'n': [1, 2]})), SubjectMatcher(['u1'])) == (None, [], 2)
+
+
+def test_row_groups_with_their_own_dictionaries_match_row_for_row():
+  sink = io.BytesIO()
+  pq.write_table(_table(), sink, row_group_size=2)  # three row groups, three dictionaries per column
+  _, removed, kept = split_file('part-0.parquet', sink.getvalue(), SubjectMatcher(['u3', 'bob@example.com']))
+  assert [r['plays'] for r in removed] == [2, 4] and kept == 4
