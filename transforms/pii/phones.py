@@ -1,0 +1,251 @@
+"""An exact rejection in front of libphonenumber's matcher: the regions in which a text can hold no number.
+
+presidio's phone recognizer runs `phonenumbers.PhoneNumberMatcher` once per
+region over the text (~0.1 ms a region even when it finds nothing).
+`regions_that_may_match` answers, for a text and the configured regions, in
+which regions the matcher could report anything; the others need not run.
+It never drops a region in which the matcher would report a number: it
+reasons on the matcher's own candidates with the library's own functions,
+and where a text is outside what it reasons about it keeps every region.
+
+Why this is exact (leniency VALID or stricter, as presidio uses):
+
+1. What the matcher parses does not depend on the region until it finds a
+   number. It searches the text with its candidate pattern
+   (`phonenumbermatcher._PATTERN`), tries the candidate and then pieces of
+   it (its "inner matches", split at slashes, brackets, dashes, dots and
+   spaces), and moves on to the end of the candidate when nothing is found;
+   only a number found changes where it searches next. `_pieces` walks the
+   same candidates and pieces once, with the library's own patterns, and
+   applies the checks that come before parsing (dates, time stamps,
+   unbalanced brackets, page ranges, a Latin letter touching the piece).
+2. A candidate made only of ASCII digits and the matcher's punctuation
+   (without 'x' and '~', which can mark extensions or carrier codes) has no
+   plus sign, no extension and no letters: parsed with default region R, a
+   piece's country code is R's, unless R's international prefix starts its
+   digits with more than two digits after it (then R is kept). Its national
+   significant number is then one of a few strings, computed with the
+   library's own national-prefix stripping
+   (`_maybe_strip_national_prefix_carrier_code`) on both branches of every
+   condition parse applies there.
+3. R is dropped only when none of those numbers passes the library's
+   `is_valid_number` and, for a number read in national format,
+   `_is_national_prefix_present_if_required` (the two checks of leniency
+   VALID for such a piece; stricter leniencies add checks).
+
+Any other candidate (a plus sign, letters, 'x', '#', non-ASCII digits)
+keeps every region. tests/transforms/test_pii_phones.py runs the matcher of
+every region on generated phone numbers, ids, dates, amounts and text, and
+checks that no dropped region would have found anything.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import List, Optional, Sequence, Set
+
+from phonenumbers import PhoneNumber, is_valid_number
+from phonenumbers import phonenumbermatcher as _matcher
+from phonenumbers import phonenumberutil as _util
+from phonenumbers.phonemetadata import PhoneMetadata
+from phonenumbers.phonenumber import CountryCodeSource
+
+__all__ = ['regions_that_may_match']
+
+# A candidate holding anything but ASCII digits and the matcher's punctuation
+# ('x' and '~' excluded) is not reasoned about: every region is kept.
+_NOT_PLAIN = re.compile('[^' + _util._VALID_PUNCTUATION + '0-9]|[xX~\uff5e]')
+_GROUP = re.compile(r'[0-9]+')
+# Leniency VALID: the level from which the matcher validates numbers (presidio's default).
+_VALID = _matcher.Leniency.VALID
+_VERDICTS = 4096
+
+
+@functools.lru_cache(maxsize=4096)
+def _refused_neighbour(char: str) -> bool:
+  """The matcher (leniency VALID) refuses a candidate touching this character."""
+  return _matcher.PhoneNumberMatcher._is_invalid_punctuation_symbol(
+    char
+  ) or _matcher.PhoneNumberMatcher._is_latin_letter(char)
+
+
+def _trim_end(piece: str) -> str:
+  match = _util._UNWANTED_END_CHAR_PATTERN.search(piece)
+  return piece[: match.start()] if match else piece
+
+
+def _add_piece(text: str, piece: str, offset: int, out: set) -> None:
+  """The digits of `piece` (at `offset` of `text`) into `out`, unless the matcher refuses it before parsing."""
+  digits = ''.join(_GROUP.findall(piece))
+  if len(digits) < _util._MIN_LENGTH_FOR_NSN or digits in out:
+    return  # parse raises on fewer digits
+  if not _matcher.fullmatch(_matcher._MATCHING_BRACKETS, piece) or _matcher._PUB_PAGES.search(piece):
+    return
+  if offset > 0 and not _matcher._LEAD_PATTERN.match(piece) and _refused_neighbour(text[offset - 1]):
+    return
+  after = offset + len(piece)
+  if after < len(text) and _refused_neighbour(text[after]):
+    return
+  out.add(digits)
+
+
+def _pieces(text: str) -> Optional[Set[str]]:
+  """The digits of every piece of `text` the matcher would parse while it finds nothing; None if one is not plain.
+
+  `PhoneNumberMatcher._find`, `_extract_match` and `_extract_inner_match`
+  without parsing (and without their limit on tries, so perhaps more pieces).
+  """
+  out: Set[str] = set()
+  index = 0
+  while True:
+    match = _matcher._PATTERN.search(text, index)
+    if match is None:
+      return out
+    start, end = match.span()
+    candidate = text[start:end]
+    if _NOT_PLAIN.search(candidate):
+      return None  # a plus, an extension, letters: not reasoned about
+    index = end  # no 'x': the matcher trims nothing off the candidate
+    if _matcher._SLASH_SEPARATED_DATES.search(candidate) or (
+      _matcher._TIME_STAMPS.search(candidate) and _matcher._TIME_STAMPS_SUFFIX.match(text[end:])
+    ):
+      continue
+    _add_piece(text, candidate, start, out)
+    for inner in _matcher._INNER_MATCHES:
+      group = inner.search(candidate)
+      if group is not None:
+        _add_piece(text, _trim_end(candidate[: group.start()]), start, out)
+      while group is not None:
+        _add_piece(text, _trim_end(group.group(1)), start + group.start(1), out)
+        group = inner.search(candidate, group.start() + 1)
+
+
+def _transform_growth(metadata) -> int:
+  """How many digits longer a national-prefix transform rule (`9$1`) can make a number: 0 without one."""
+  rule = metadata.national_prefix_transform_rule
+  if not rule:
+    return 0
+  references = len(re.findall(r'\\\d', rule))
+  return len(re.sub(r'\\\d', '', rule)) + _util._MAX_LENGTH_FOR_NSN * max(0, references - 1)
+
+
+class _Region:
+  """What parsing a plain run of digits in one default region can give, from the library's metadata."""
+
+  def __init__(self, region: str):
+    metadata = PhoneMetadata.metadata_for_region(region)
+    if metadata is None:
+      raise ValueError(f'unknown phone number region {region!r}')
+    self.region = region
+    self.metadata = metadata
+    self.country_code = metadata.country_code
+    self.country_digits = str(metadata.country_code)
+    main = _util.region_code_for_country_code(metadata.country_code)
+    # After a country code is read from the digits, parse strips the national
+    # prefix again with the metadata of the code's main region.
+    self.main_metadata = metadata if main == region else PhoneMetadata.metadata_for_region(main)
+    self.idd = re.compile(metadata.international_prefix) if metadata.international_prefix else None
+    # A national number is valid only if it matches the general description
+    # (length and pattern) of some region sharing the country code: a fast
+    # necessary test before `is_valid_number`.
+    patterns, lengths, any_length = [], set(), False
+    for peer in _util.COUNTRY_CODE_TO_REGION_CODE.get(metadata.country_code, ()):
+      general = PhoneMetadata.metadata_for_region(peer).general_desc
+      if general is None or not general.national_number_pattern:
+        continue  # never matches (`_match_national_number`)
+      patterns.append(f'(?:{general.national_number_pattern})')
+      if general.possible_length:
+        lengths.update(general.possible_length)
+      else:
+        any_length = True
+    self.general = re.compile('|'.join(patterns)) if patterns else None
+    self.lengths = None if any_length else frozenset(lengths)
+    # No national number shorter than this, nor longer than the digits
+    # written plus what a national-prefix transform rule adds.
+    self.min_length = min(lengths) if lengths and not any_length else _util._MIN_LENGTH_FOR_NSN
+    self.growth = _transform_growth(metadata) + _transform_growth(self.main_metadata)
+    self._verdicts = {}  # digits -> may_be_valid: pieces recur (4-digit groups, local numbers)
+
+  def _general_match(self, national: str) -> bool:
+    return (
+      self.general is not None
+      and (self.lengths is None or len(national) in self.lengths)
+      and self.general.fullmatch(national) is not None
+    )
+
+  def _valid(self, national: str, digits: str, in_national_format: bool) -> bool:
+    """Whether `national` (read from the written `digits`) passes the matcher's checks of leniency VALID."""
+    if not _util._MIN_LENGTH_FOR_NSN <= len(national) <= _util._MAX_LENGTH_FOR_NSN:
+      return False  # parse raises
+    if not self._general_match(national):
+      return False
+    number = PhoneNumber(country_code=self.country_code, national_number=int(national))
+    _util._set_italian_leading_zeros_for_phone_number(national, number)
+    if not is_valid_number(number):
+      return False
+    if not in_national_format:
+      return True
+    number.country_code_source = CountryCodeSource.FROM_DEFAULT_COUNTRY
+    number.raw_input = digits
+    return _matcher._is_national_prefix_present_if_required(number)
+
+  def may_be_valid(self, digits: str) -> bool:
+    """Whether a piece whose digits are `digits` (no plus, no IDD) can parse to a valid number in this region."""
+    verdict = self._verdicts.get(digits)
+    if verdict is None:
+      if len(self._verdicts) >= _VERDICTS:
+        self._verdicts.clear()
+      verdict = self._verdicts[digits] = self._may_be_valid(digits)
+    return verdict
+
+  def _may_be_valid(self, digits: str) -> bool:
+    strip = _util._maybe_strip_national_prefix_carrier_code
+    # Read in national format: the digits, with or without the national prefix.
+    for national in {digits, strip(digits, self.metadata)[1]}:
+      if self._valid(national, digits, True):
+        return True
+    if digits.startswith(self.country_digits):
+      # The region's country code written without '+': stripped, then the
+      # national prefix with this region's and the code's main region's metadata.
+      after_code = strip(digits[len(self.country_digits) :], self.metadata)[1]
+      for national in {after_code, strip(after_code, self.main_metadata)[1]}:
+        if self._valid(national, digits, False):
+          return True
+    return False
+
+  def may_match(self, pieces: Set[str]) -> bool:
+    """Whether the matcher of this region could report a number among `pieces` (`_pieces`)."""
+    for digits in pieces:
+      idd = self.idd.match(digits) if self.idd is not None else None
+      if idd is not None and not digits.startswith('0', idd.end()):
+        # An international prefix (`_parse_prefix_as_idd`): any country code
+        # can follow, unless too few digits do (parse raises).
+        if len(digits) - idd.end() > _util._MIN_LENGTH_FOR_NSN:
+          return True
+        continue
+      if len(digits) + self.growth >= self.min_length and self.may_be_valid(digits):
+        return True
+    return False
+
+
+@functools.lru_cache(maxsize=None)
+def _region(region: str) -> _Region:
+  return _Region(region)
+
+
+def regions_that_may_match(text: str, regions: Sequence[str], leniency: int = _VALID) -> List[str]:
+  """The regions of `regions` whose `PhoneNumberMatcher(text, region, leniency)` could find a number.
+
+  Every region where the matcher finds one is kept (see the module's
+  docstring); most regions where it finds none are dropped. Below leniency
+  VALID (numbers only possible, not valid) every region is kept.
+  """
+  if leniency is None or leniency < _VALID:
+    return list(regions)
+  pieces = _pieces(text)
+  if pieces is None:
+    return list(regions)
+  if not pieces:
+    return []
+  return [region for region in regions if _region(region).may_match(pieces)]
