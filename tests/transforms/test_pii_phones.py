@@ -17,6 +17,7 @@ import pytest
 from transforms.pii import TextScanner
 from transforms.pii import recognizers as pii_recognizers
 from transforms.pii.phones import regions_that_may_match
+from transforms.pii.recognizers import phone_like_integer
 
 # presidio's regions (the scanner's), and others whose rules differ: a
 # national-prefix transform (AR, BR, JE), Italian leading zeros (IT), carrier
@@ -194,3 +195,33 @@ def test_scanner_redacts_the_same_with_and_without_the_rejection(corpus, monkeyp
   assert with_rejection.to_pylist() == without.to_pylist()
   assert found_with == found_without
   assert found_with['PHONE_NUMBER'] > 300
+
+
+def _phone_like_integer_reference(value):
+  """phone_like_integer without the exact rejections: every reading parsed and validated."""
+  digits = str(value)
+  try:
+    readings = [phonenumbers.parse('+' + digits)]
+  except phonenumbers.NumberParseException:
+    readings = []
+  if len(digits) == 10:
+    try:
+      readings.append(phonenumbers.parse(digits, 'US'))
+    except phonenumbers.NumberParseException:
+      pass
+  return any(phonenumbers.is_valid_number(number) for number in readings)
+
+
+def test_phone_like_integers_are_the_same_with_and_without_the_rejection():
+  rng = random.Random(11)
+  values = [rng.randint(10 ** (n - 1), 10**n - 1) for n in range(10, 16) for _ in range(250)]
+  for region in REGIONS + ('NG', 'ZA', 'ES', 'NL', 'KR', 'SG', 'CH', 'PL', 'AE', 'EG', 'ID', 'PH', 'VN'):
+    for kind in TYPES:
+      number = phonenumbers.example_number_for_type(region, kind)
+      if number is not None:
+        e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)[1:]
+        values += [int(e164), int(e164) + 1, int(phonenumbers.national_significant_number(number))]
+  values = [v for v in values if 10**9 <= v < 10**15]
+  verdicts = [phone_like_integer(v) for v in values]
+  assert verdicts == [_phone_like_integer_reference(v) for v in values]
+  assert 100 < sum(verdicts) < len(values) - 100

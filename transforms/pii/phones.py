@@ -45,13 +45,22 @@ import functools
 import re
 from typing import List, Optional, Sequence, Set
 
+import phonenumbers
 from phonenumbers import PhoneNumber, is_valid_number
 from phonenumbers import phonenumbermatcher as _matcher
 from phonenumbers import phonenumberutil as _util
 from phonenumbers.phonemetadata import PhoneMetadata
 from phonenumbers.phonenumber import CountryCodeSource
 
-__all__ = ['regions_that_may_match']
+__all__ = ['may_be_valid_in_region', 'may_be_valid_international', 'regions_that_may_match']
+
+# libphonenumber compiles its metadata's patterns with re.compile on every
+# use and relies on the re module's cache (512 patterns); numbers of many
+# countries (ids read as '+' and a country code) overflow it, and ~0.3 ms a
+# recompilation was 8% of the wide corpus's scan. The library's own switch
+# keeps every compiled pattern (same results, a few MB).
+if hasattr(phonenumbers, 'enable_pattern_cache'):
+  phonenumbers.enable_pattern_cache()
 
 # A candidate holding anything but ASCII digits and the matcher's punctuation
 # ('x' and '~' excluded) is not reasoned about: every region is kept.
@@ -130,28 +139,17 @@ def _transform_growth(metadata) -> int:
   return len(re.sub(r'\\\d', '', rule)) + _util._MAX_LENGTH_FOR_NSN * max(0, references - 1)
 
 
-class _Region:
-  """What parsing a plain run of digits in one default region can give, from the library's metadata."""
+class _CountryCode:
+  """The general descriptions of the regions sharing a country calling code: a fast necessary test of validity."""
 
-  def __init__(self, region: str):
-    metadata = PhoneMetadata.metadata_for_region(region)
-    if metadata is None:
-      raise ValueError(f'unknown phone number region {region!r}')
-    self.region = region
-    self.metadata = metadata
-    self.country_code = metadata.country_code
-    self.country_digits = str(metadata.country_code)
-    main = _util.region_code_for_country_code(metadata.country_code)
-    # After a country code is read from the digits, parse strips the national
-    # prefix again with the metadata of the code's main region.
-    self.main_metadata = metadata if main == region else PhoneMetadata.metadata_for_region(main)
-    self.idd = re.compile(metadata.international_prefix) if metadata.international_prefix else None
+  def __init__(self, country_code: int):
+    self.country_code = country_code
     # A national number is valid only if it matches the general description
-    # (length and pattern) of some region sharing the country code: a fast
-    # necessary test before `is_valid_number`.
+    # (length and pattern) of the region `is_valid_number` picks among these.
     patterns, lengths, any_length = [], set(), False
-    for peer in _util.COUNTRY_CODE_TO_REGION_CODE.get(metadata.country_code, ()):
-      general = PhoneMetadata.metadata_for_region(peer).general_desc
+    for peer in _util.COUNTRY_CODE_TO_REGION_CODE.get(country_code, ()):
+      metadata = PhoneMetadata.metadata_for_region_or_calling_code(country_code, peer)
+      general = metadata.general_desc if metadata is not None else None
       if general is None or not general.national_number_pattern:
         continue  # never matches (`_match_national_number`)
       patterns.append(f'(?:{general.national_number_pattern})')
@@ -161,58 +159,97 @@ class _Region:
         any_length = True
     self.general = re.compile('|'.join(patterns)) if patterns else None
     self.lengths = None if any_length else frozenset(lengths)
-    # No national number shorter than this, nor longer than the digits
-    # written plus what a national-prefix transform rule adds.
     self.min_length = min(lengths) if lengths and not any_length else _util._MIN_LENGTH_FOR_NSN
-    self.growth = _transform_growth(metadata) + _transform_growth(self.main_metadata)
-    self._verdicts = {}  # digits -> may_be_valid: pieces recur (4-digit groups, local numbers)
 
-  def _general_match(self, national: str) -> bool:
-    return (
-      self.general is not None
-      and (self.lengths is None or len(national) in self.lengths)
-      and self.general.fullmatch(national) is not None
-    )
-
-  def _valid(self, national: str, digits: str, in_national_format: bool) -> bool:
-    """Whether `national` (read from the written `digits`) passes the matcher's checks of leniency VALID."""
+  def valid(self, national: str):
+    """The number of this code with national significant number `national` if `is_valid_number`, else None."""
     if not _util._MIN_LENGTH_FOR_NSN <= len(national) <= _util._MAX_LENGTH_FOR_NSN:
-      return False  # parse raises
-    if not self._general_match(national):
-      return False
+      return None  # parse raises
+    if (
+      self.general is None
+      or (self.lengths is not None and len(national) not in self.lengths)
+      or self.general.fullmatch(national) is None
+    ):
+      return None
     number = PhoneNumber(country_code=self.country_code, national_number=int(national))
     _util._set_italian_leading_zeros_for_phone_number(national, number)
-    if not is_valid_number(number):
+    return number if is_valid_number(number) else None
+
+
+@functools.lru_cache(maxsize=None)
+def _country(country_code: int) -> _CountryCode:
+  return _CountryCode(country_code)
+
+
+class _Region:
+  """What parsing a plain run of digits in one default region can give, from the library's metadata."""
+
+  def __init__(self, region: str):
+    metadata = PhoneMetadata.metadata_for_region(region)
+    if metadata is None:
+      raise ValueError(f'unknown phone number region {region!r}')
+    self.region = region
+    self.metadata = metadata
+    self.country = _country(metadata.country_code)
+    self.country_digits = str(metadata.country_code)
+    main = _util.region_code_for_country_code(metadata.country_code)
+    # After a country code is read from the digits, parse strips the national
+    # prefix again with the metadata of the code's main region.
+    self.main_metadata = metadata if main == region else PhoneMetadata.metadata_for_region(main)
+    self.idd = re.compile(metadata.international_prefix) if metadata.international_prefix else None
+    # No national number is shorter than the country code's shortest, nor
+    # longer than the digits written plus what a transform rule adds.
+    self.min_length = self.country.min_length
+    self.growth = _transform_growth(metadata) + _transform_growth(self.main_metadata)
+    self._verdicts = {}  # (digits, matcher) -> verdict: pieces recur (4-digit groups, local numbers)
+
+  def _valid(self, national: str, digits: str, in_national_format: bool, matcher: bool) -> bool:
+    """Whether `national` (read from the written `digits`) passes `is_valid_number`, and with `matcher`
+    the other check of the matcher's leniency VALID for a number read in national format."""
+    number = self.country.valid(national)
+    if number is None:
       return False
-    if not in_national_format:
+    if not (matcher and in_national_format):
       return True
     number.country_code_source = CountryCodeSource.FROM_DEFAULT_COUNTRY
     number.raw_input = digits
     return _matcher._is_national_prefix_present_if_required(number)
 
-  def may_be_valid(self, digits: str) -> bool:
-    """Whether a piece whose digits are `digits` (no plus, no IDD) can parse to a valid number in this region."""
-    verdict = self._verdicts.get(digits)
+  def may_be_valid(self, digits: str, matcher: bool = True) -> bool:
+    """Whether a piece whose digits are `digits` (no plus, no IDD) can parse to a valid number in this region.
+
+    matcher: also apply the matcher's national-prefix check (leniency VALID);
+    without it, whether `is_valid_number(parse(digits, region))` can hold.
+    """
+    key = (digits, matcher)
+    verdict = self._verdicts.get(key)
     if verdict is None:
       if len(self._verdicts) >= _VERDICTS:
         self._verdicts.clear()
-      verdict = self._verdicts[digits] = self._may_be_valid(digits)
+      verdict = self._verdicts[key] = self._may_be_valid(digits, matcher)
     return verdict
 
-  def _may_be_valid(self, digits: str) -> bool:
+  def _may_be_valid(self, digits: str, matcher: bool) -> bool:
     strip = _util._maybe_strip_national_prefix_carrier_code
     # Read in national format: the digits, with or without the national prefix.
     for national in {digits, strip(digits, self.metadata)[1]}:
-      if self._valid(national, digits, True):
+      if self._valid(national, digits, True, matcher):
         return True
     if digits.startswith(self.country_digits):
       # The region's country code written without '+': stripped, then the
       # national prefix with this region's and the code's main region's metadata.
       after_code = strip(digits[len(self.country_digits) :], self.metadata)[1]
       for national in {after_code, strip(after_code, self.main_metadata)[1]}:
-        if self._valid(national, digits, False):
+        if self._valid(national, digits, False, matcher):
           return True
     return False
+
+  def may_parse_valid(self, digits: str) -> bool:
+    """False only when `is_valid_number(parse(digits, region))` cannot hold (`digits`: ASCII digits only)."""
+    idd = self.idd.match(digits) if self.idd is not None else None
+    if idd is not None and not digits.startswith('0', idd.end()):
+      return True  # an international prefix: any country code can follow
+    return self.may_be_valid(digits, matcher=False)
 
   def may_match(self, pieces: Set[str]) -> bool:
     """Whether the matcher of this region could report a number among `pieces` (`_pieces`)."""
@@ -232,6 +269,36 @@ class _Region:
 @functools.lru_cache(maxsize=None)
 def _region(region: str) -> _Region:
   return _Region(region)
+
+
+def may_be_valid_international(digits: str) -> bool:
+  """False only when `is_valid_number(parse('+' + digits))` cannot hold (`digits`: ASCII digits only).
+
+  parse reads the country code from the first one to three digits
+  (`_extract_country_code`) and the national number from the rest, with or
+  without the national prefix of the code's main region; the number is
+  valid only if one of those matches the code's general descriptions.
+  """
+  if not digits or digits[0] == '0':
+    return True  # parse's other paths: not reasoned about
+  for size in range(1, min(_util._MAX_LENGTH_COUNTRY_CODE, len(digits)) + 1):
+    code = int(digits[:size])
+    if code in _util.COUNTRY_CODE_TO_REGION_CODE:
+      break
+  else:
+    return True
+  rest = digits[size:]
+  metadata = PhoneMetadata.metadata_for_region_or_calling_code(code, _util.region_code_for_country_code(code))
+  if metadata is None:
+    return True
+  country = _country(code)
+  nationals = {rest, _util._maybe_strip_national_prefix_carrier_code(rest, metadata)[1]}
+  return any(country.valid(national) is not None for national in nationals)
+
+
+def may_be_valid_in_region(digits: str, region: str) -> bool:
+  """False only when `is_valid_number(parse(digits, region))` cannot hold (`digits`: ASCII digits only)."""
+  return _region(region).may_parse_valid(digits)
 
 
 def regions_that_may_match(text: str, regions: Sequence[str], leniency: int = _VALID) -> List[str]:

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional
 
 import regex
 
-from transforms.pii.phones import regions_that_may_match
+from transforms.pii.phones import may_be_valid_in_region, may_be_valid_international, regions_that_may_match
 
 __all__ = [
   'URL_WITH_CREDENTIALS',
@@ -287,8 +287,10 @@ def phone_like_integer(value: int) -> bool:
   if isinstance(value, bool) or not isinstance(value, int) or value < 10**9 or value >= 10**15:
     return False
   digits = str(value)
-  candidates = ['+' + digits]
-  if len(digits) == 10:
+  # The exact rejections skip the parses that cannot give a valid number
+  # (most 12-digit ids: ~0.03 ms a parse and validation).
+  candidates = ['+' + digits] if may_be_valid_international(digits) else []
+  if len(digits) == 10 and may_be_valid_in_region(digits, 'US'):
     candidates.append(('US', digits))
   for candidate in candidates:
     try:
