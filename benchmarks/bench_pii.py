@@ -279,18 +279,38 @@ def wide_batches(rows: int, batch_rows: int, seed: int):
 
 @contextlib.contextmanager
 def exact_rejection(enabled: bool):
-  """The phone recognizer with (this tree) or without `phones.regions_that_may_match` (every region asked)."""
+  """The phone checks as in this tree, or (off) as before `transforms/pii/phones.py`.
+
+  Off: every region's matcher runs for each text that passes the
+  plausibility rules, phone_like_integer parses every reading, and
+  libphonenumber's pattern cache is off (the re module's cache only).
+  """
+  from phonenumbers import re_util
+
   from transforms.pii import recognizers
 
   if enabled:
     yield
     return
-  original = recognizers.regions_that_may_match
+  saved = (
+    recognizers.regions_that_may_match,
+    recognizers.may_be_valid_international,
+    recognizers.may_be_valid_in_region,
+    re_util._COMPILED_PATTERNS,
+  )
   recognizers.regions_that_may_match = lambda text, regions, leniency=1: list(regions)
+  recognizers.may_be_valid_international = lambda digits: True
+  recognizers.may_be_valid_in_region = lambda digits, region: True
+  re_util._COMPILED_PATTERNS = None
   try:
     yield
   finally:
-    recognizers.regions_that_may_match = original
+    (
+      recognizers.regions_that_may_match,
+      recognizers.may_be_valid_international,
+      recognizers.may_be_valid_in_region,
+      re_util._COMPILED_PATTERNS,
+    ) = saved
 
 
 def _redact_all(batches, scanner, master_key):
