@@ -183,6 +183,8 @@ def test_ids_and_versions_ask_no_region():
   assert 'DE' in regions_that_may_match('0049 30 123456', CONFIGURED)
   assert regions_that_may_match('+44 20 7946 0958', CONFIGURED) == list(CONFIGURED)
   assert regions_that_may_match('555-1234 ext 12', CONFIGURED) == list(CONFIGURED)
+  # A region libphonenumber does not know is never dropped (its matcher decides).
+  assert regions_that_may_match('8.9.75.320', ('US', 'XX')) == ['XX']
   # Leniency POSSIBLE accepts numbers that are not valid: nothing is dropped.
   assert regions_that_may_match('8.9.75.320', CONFIGURED, leniency=0) == list(CONFIGURED)
 

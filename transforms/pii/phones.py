@@ -186,8 +186,6 @@ class _Region:
 
   def __init__(self, region: str):
     metadata = PhoneMetadata.metadata_for_region(region)
-    if metadata is None:
-      raise ValueError(f'unknown phone number region {region!r}')
     self.region = region
     self.metadata = metadata
     self.country = _country(metadata.country_code)
@@ -267,7 +265,10 @@ class _Region:
 
 
 @functools.lru_cache(maxsize=None)
-def _region(region: str) -> _Region:
+def _region(region: str) -> Optional[_Region]:
+  """The rules of `region`; None for a code libphonenumber has no metadata for (such a region is always kept)."""
+  if PhoneMetadata.metadata_for_region(region) is None:
+    return None
   return _Region(region)
 
 
@@ -298,7 +299,8 @@ def may_be_valid_international(digits: str) -> bool:
 
 def may_be_valid_in_region(digits: str, region: str) -> bool:
   """False only when `is_valid_number(parse(digits, region))` cannot hold (`digits`: ASCII digits only)."""
-  return _region(region).may_parse_valid(digits)
+  rules = _region(region)
+  return rules is None or rules.may_parse_valid(digits)
 
 
 def regions_that_may_match(text: str, regions: Sequence[str], leniency: int = _VALID) -> List[str]:
@@ -315,4 +317,9 @@ def regions_that_may_match(text: str, regions: Sequence[str], leniency: int = _V
     return list(regions)
   if not pieces:
     return []
-  return [region for region in regions if _region(region).may_match(pieces)]
+  kept = []
+  for region in regions:
+    rules = _region(region)
+    if rules is None or rules.may_match(pieces):
+      kept.append(region)
+  return kept
