@@ -36,7 +36,15 @@ Why this is exact (leniency VALID or stricter, as presidio uses):
 Any other candidate (a plus sign, letters, 'x', '#', non-ASCII digits)
 keeps every region. tests/transforms/test_pii_phones.py runs the matcher of
 every region on generated phone numbers, ids, dates, amounts and text, and
-checks that no dropped region would have found anything.
+checks that no dropped region would have found anything. The reasoning
+follows the matcher of the phonenumbers release pinned in
+scripts/constraints.txt and uses its private helpers; that test is the check
+to run when the release changes.
+
+`may_be_valid_international` and `may_be_valid_in_region` are the same
+reasoning for `recognizers.phone_like_integer` (an integer read as
+'+digits', or as digits of a region): False only when parsing cannot give a
+valid number.
 """
 
 from __future__ import annotations
