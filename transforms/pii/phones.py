@@ -28,8 +28,9 @@ Why this is exact (leniency VALID or stricter, as presidio uses):
    library's own national-prefix stripping
    (`_maybe_strip_national_prefix_carrier_code`) on both branches of every
    condition parse applies there.
-3. R is dropped only when none of those numbers passes the library's
-   `is_valid_number` and, for a number read in national format,
+3. R is dropped only when none of those numbers can pass the library's
+   `is_valid_number` (no region of the country code knows its number type:
+   `_number_type_helper`) and, for a number read in national format,
    `_is_national_prefix_present_if_required` (the two checks of leniency
    VALID for such a piece; stricter leniencies add checks).
 
@@ -54,7 +55,7 @@ import re
 from typing import List, Optional, Sequence, Set
 
 import phonenumbers
-from phonenumbers import PhoneNumber, is_valid_number
+from phonenumbers import PhoneNumber
 from phonenumbers import phonenumbermatcher as _matcher
 from phonenumbers import phonenumberutil as _util
 from phonenumbers.phonemetadata import PhoneMetadata
@@ -148,21 +149,25 @@ def _transform_growth(metadata) -> int:
 
 
 class _CountryCode:
-  """The general descriptions of the regions sharing a country calling code: a fast necessary test of validity."""
+  """The regions sharing a country calling code: fast necessary tests of a national number's validity."""
 
   def __init__(self, country_code: int):
     self.country_code = country_code
-    # A national number is valid only if it matches the general description
-    # (length and pattern) of the region `is_valid_number` picks among these.
+    # `is_valid_number` accepts a national number only if the number type of
+    # the region it picks among these is known (`_number_type_helper`), which
+    # needs that region's general description (length and pattern) to match.
+    self.peers = []  # (possible lengths or None, general pattern, metadata)
     patterns, lengths, any_length = [], set(), False
     for peer in _util.COUNTRY_CODE_TO_REGION_CODE.get(country_code, ()):
       metadata = PhoneMetadata.metadata_for_region_or_calling_code(country_code, peer)
       general = metadata.general_desc if metadata is not None else None
       if general is None or not general.national_number_pattern:
         continue  # never matches (`_match_national_number`)
+      peer_lengths = frozenset(general.possible_length) if general.possible_length else None
+      self.peers.append((peer_lengths, re.compile(general.national_number_pattern), metadata))
       patterns.append(f'(?:{general.national_number_pattern})')
-      if general.possible_length:
-        lengths.update(general.possible_length)
+      if peer_lengths:
+        lengths.update(peer_lengths)
       else:
         any_length = True
     self.general = re.compile('|'.join(patterns)) if patterns else None
@@ -170,7 +175,11 @@ class _CountryCode:
     self.min_length = min(lengths) if lengths and not any_length else _util._MIN_LENGTH_FOR_NSN
 
   def valid(self, national: str):
-    """The number of this code with national significant number `national` if `is_valid_number`, else None."""
+    """None when a number of this code with national significant number `national` cannot be valid.
+
+    Otherwise the number (`is_valid_number` may still refuse it when the
+    code has several regions: the test is necessary, not sufficient).
+    """
     if not _util._MIN_LENGTH_FOR_NSN <= len(national) <= _util._MAX_LENGTH_FOR_NSN:
       return None  # parse raises
     if (
@@ -178,10 +187,17 @@ class _CountryCode:
       or (self.lengths is not None and len(national) not in self.lengths)
       or self.general.fullmatch(national) is None
     ):
-      return None
-    number = PhoneNumber(country_code=self.country_code, national_number=int(national))
-    _util._set_italian_leading_zeros_for_phone_number(national, number)
-    return number if is_valid_number(number) else None
+      return None  # one pattern for all the regions first: most numbers stop here
+    for lengths, general, metadata in self.peers:
+      if (
+        (lengths is None or len(national) in lengths)
+        and general.fullmatch(national) is not None
+        and _util._number_type_helper(national, metadata) != _util.PhoneNumberType.UNKNOWN
+      ):
+        number = PhoneNumber(country_code=self.country_code, national_number=int(national))
+        _util._set_italian_leading_zeros_for_phone_number(national, number)
+        return number
+    return None
 
 
 @functools.lru_cache(maxsize=None)
