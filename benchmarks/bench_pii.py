@@ -24,9 +24,11 @@ With `--wide-rows` (default 20,000), the batch benchmark's second corpus
 (`benchmarks/wide_corpus.py`: 40 columns, digit-bearing ids, free text in
 20% of rows), read as the batch job reads it (declared fields as text, the
 rest type-inferred) and validated, goes through `redact_batch` in batches of
-`--batch-rows` twice per round, interleaved: "exact rejection off" (every
-phone region's matcher runs for each text that passes the plausibility
-rules, as before `transforms/pii/phones.py`) and "on" (this tree). Both
+`--batch-rows` twice per round, interleaved: "exact rejection off" (the
+phone checks as before `transforms/pii/phones.py`: every region's matcher
+for each text that passes the plausibility rules, every parse of
+`phone_like_integer`, no libphonenumber pattern cache) and "on" (this tree;
+the scanner's other changes, such as its memo, are in both). Both
 must give the same batches and counts. `--profile FILE` writes a cProfile
 of one "on" pass over the wide rows and prints its top functions.
 The load average is printed beside every timed section.
