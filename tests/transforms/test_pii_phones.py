@@ -145,9 +145,15 @@ def _other_texts(rng):
   return out
 
 
+def _soup(rng, n=800):
+  """Digits among the matcher's separators, brackets, extension marks, plus signs and commas."""
+  chars = '0123456789' * 6 + ' .-/()[]\u2013\u00a0\u3000\uff0d\uff0f~x#+,;:'
+  return [''.join(rng.choice(chars) for _ in range(rng.randint(5, 25))) for _ in range(n)]
+
+
 def _corpus(seed=7):
   rng = random.Random(seed)
-  pieces = _phone_texts(rng) + _other_texts(rng)
+  pieces = _phone_texts(rng) + _other_texts(rng) + _soup(rng)
   texts = list(pieces)
   for _ in range(600):  # pieces inside sentences, alone or two at a time
     template = rng.choice(TEMPLATES)
