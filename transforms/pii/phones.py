@@ -66,7 +66,7 @@ __all__ = ['may_be_valid_in_region', 'may_be_valid_international', 'regions_that
 # libphonenumber compiles its metadata's patterns with re.compile on every
 # use and relies on the re module's cache (512 patterns); numbers of many
 # countries (ids read as '+' and a country code) overflow it, and ~0.3 ms a
-# recompilation was 8% of the wide corpus's scan. The library's own switch
+# recompilation was 2-8% of the wide corpus's scan. The library's own switch
 # keeps every compiled pattern (same results, a few MB).
 if hasattr(phonenumbers, 'enable_pattern_cache'):
   phonenumbers.enable_pattern_cache()
