@@ -20,16 +20,35 @@ and prints cells/s for both, their ratio, and a bare
 `pyarrow.compute.match_substring_regex` pass for scale. The before scanner
 knows fewer entity types; the findings columns say what each one found.
 
+With `--wide-rows` (default 20,000), the batch benchmark's second corpus
+(`benchmarks/wide_corpus.py`: 40 columns, digit-bearing ids, free text in
+20% of rows), read as the batch job reads it (declared fields as text, the
+rest type-inferred) and validated, goes through `redact_batch` in batches of
+`--batch-rows` twice per round, interleaved: "exact rejection off" (the
+phone checks as before `transforms/pii/phones.py`: every region's matcher
+for each text that passes the plausibility rules, every parse of
+`phone_like_integer`, no libphonenumber pattern cache) and "on" (this tree;
+the scanner's other changes, such as its memo, are in both). Both
+must give the same batches and counts. `--profile FILE` writes a cProfile
+of one "on" pass over the wide rows and prints its top functions.
+The load average is printed beside every timed section.
+
 Usage::
 
     .venv/bin/python benchmarks/bench_pii.py [--cells 100000] [--pii_share 0.05] [--seed 7] [--before REF] [--repeats 3]
+    .venv/bin/python benchmarks/bench_pii.py --cells 0 --rows 0 --wide-rows 50000 --repeats 3 --profile wide.prof
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
+import cProfile
 import importlib.util
+import io
 import os
+import pstats
 import random
 import subprocess
 import sys
@@ -165,7 +184,14 @@ def main(argv=None):
   parser.add_argument('--before', default=DEFAULT_BEFORE, help='git ref whose transforms/pii.py is "before"')
   parser.add_argument('--repeats', type=int, default=3, help='timed runs per scanner and input; the best counts')
   parser.add_argument('--rows', type=int, default=50_000, help='sample listening events for redact_batch; 0: skip')
+  parser.add_argument('--wide-rows', type=int, default=20_000, help='wide-corpus rows for redact_batch; 0: skip')
+  parser.add_argument('--batch-rows', type=int, default=65_536, help='rows per record batch of the wide corpus')
+  parser.add_argument('--profile', default=None, help='write a cProfile of one pass over the wide rows here')
   args = parser.parse_args(argv)
+  if args.wide_rows:
+    wide_rates(args.wide_rows, args.batch_rows, args.seed, args.repeats, args.profile)
+  if not args.cells and not args.rows:
+    return
 
   inputs = {
     'notes': generate_notes(args.cells, args.pii_share, args.seed),
@@ -177,6 +203,8 @@ def main(argv=None):
   print(f'cells per input: {args.cells:,}; before = {args.before[:12]}')
   print(f'{"input":<8} {"regex pass":>12} {"before":>12} {"after":>12} {"after/before":>13}  findings before | after')
   for name, cells in inputs.items():
+    if not len(cells):
+      continue
     start = time.perf_counter()
     pc.match_substring_regex(cells, r'[0-9]{3}[- ][0-9]{4}|@')
     regex_rate = len(cells) / (time.perf_counter() - start)
@@ -213,6 +241,138 @@ def batch_rates(before, batch: pa.RecordBatch, repeats: int):
     f'before {rates["before"]:,.0f} rows/s, after {rates["after"]:,.0f} rows/s, '
     f'after/before {rates["after"] / rates["before"]:.2f}x'
   )
+
+
+def load_average() -> str:
+  return ' '.join(f'{v:.2f}' for v in os.getloadavg())
+
+
+def wide_batches(rows: int, batch_rows: int, seed: int):
+  """Clean rows of the wide corpus as the batch job has them before RedactPII: read, then validated."""
+  import pyarrow.csv as pa_csv
+
+  from benchmarks import wide_corpus
+  from pipelines import sample_data
+  from transforms.entities import ListeningEvent
+  from transforms.records import TENANT_COLUMN
+  from transforms.validate import validate_batch
+
+  with tempfile.TemporaryDirectory() as tmp:
+    # Clean rows only: the job sets malformed rows and duplicates aside before RedactPII.
+    [sample_csv] = sample_data.write_listening_events(
+      os.path.join(tmp, 'sample'), rows=rows, files=1, seed=seed, malformed=0.0, duplicates=0.0
+    )
+    path = os.path.join(tmp, 'wide.csv')
+    wide_corpus.write_wide_csv(sample_csv, path, seed)
+    # As the job's CSV reader: declared fields as text (validation converts
+    # them), the undeclared columns type-inferred, only '' null.
+    declared = list(ListeningEvent.model_fields) + [TENANT_COLUMN]
+    convert = pa_csv.ConvertOptions(
+      column_types={c: pa.string() for c in declared}, null_values=[''], strings_can_be_null=True
+    )
+    table = pa_csv.read_csv(path, convert_options=convert)
+  batches = []
+  for offset in range(0, table.num_rows, batch_rows):
+    raw = table.slice(offset, batch_rows).combine_chunks().to_batches()[0]
+    valid, _ = validate_batch(raw, ListeningEvent)
+    batches.append(valid)
+  return batches
+
+
+@contextlib.contextmanager
+def exact_rejection(enabled: bool):
+  """The phone checks as in this tree, or (off) as before `transforms/pii/phones.py`.
+
+  Off: every region's matcher runs for each text that passes the
+  plausibility rules, phone_like_integer parses every reading, and
+  libphonenumber's pattern cache is off (the re module's cache only).
+  """
+  from phonenumbers import re_util
+
+  from transforms.pii import recognizers
+
+  if enabled:
+    yield
+    return
+  saved = (
+    recognizers.regions_that_may_match,
+    recognizers.may_be_valid_international,
+    recognizers.may_be_valid_in_region,
+    re_util._COMPILED_PATTERNS,
+  )
+  recognizers.regions_that_may_match = lambda text, regions, leniency=1: list(regions)
+  recognizers.may_be_valid_international = lambda digits: True
+  recognizers.may_be_valid_in_region = lambda digits, region: True
+  re_util._COMPILED_PATTERNS = None
+  try:
+    yield
+  finally:
+    (
+      recognizers.regions_that_may_match,
+      recognizers.may_be_valid_international,
+      recognizers.may_be_valid_in_region,
+      re_util._COMPILED_PATTERNS,
+    ) = saved
+
+
+def _redact_all(batches, scanner, master_key):
+  from transforms import pii
+  from transforms.entities import ListeningEvent
+
+  out, counts = [], collections.Counter()
+  for batch in batches:
+    redacted, found = pii.redact_batch(batch, ListeningEvent, master_key, scanner)
+    out.append(redacted)
+    counts.update(found)
+  return out, counts
+
+
+def wide_rates(rows: int, batch_rows: int, seed: int, repeats: int, profile_path=None):
+  """rows/s of redact_batch on the wide corpus with the exact phone rejection off and on, interleaved."""
+  from transforms import pii
+
+  print(f'load average before generating the wide corpus: {load_average()}')
+  batches = wide_batches(rows, batch_rows, seed)
+  n = sum(b.num_rows for b in batches)
+  key = pii.MasterKey(bytes(range(32)))
+  print(f'wide corpus: {n:,} clean rows of {rows:,}, {batches[0].num_columns} columns, {len(batches)} batch(es)')
+  _redact_all([b.slice(0, 200) for b in batches[:1]], TextScanner().setup(), key)  # warm-up
+  best = {'off': float('inf'), 'on': float('inf')}
+  results = {}
+  for round_ in range(repeats):
+    for label in ('off', 'on'):
+      scanner = TextScanner().setup()
+      with exact_rejection(label == 'on'):
+        before_load = load_average()
+        start = time.perf_counter()
+        results[label] = _redact_all(batches, scanner, key)
+        elapsed = time.perf_counter() - start
+      best[label] = min(best[label], elapsed)
+      print(
+        f'  round {round_ + 1}, exact rejection {label:<3}: {elapsed:8.2f} s, {n / elapsed:>9,.0f} rows/s '
+        f'(load average {before_load} -> {load_average()})'
+      )
+  same = all(a.equals(b) for a, b in zip(results['off'][0], results['on'][0])) and (
+    results['off'][1] == results['on'][1]
+  )
+  if not same:
+    raise SystemExit('the exact phone rejection changed the redacted batches or the counts')
+  found = ', '.join(f'{k}={v}' for k, v in sorted(results['on'][1].items()) if not k.startswith('PSEUDONYMISED'))
+  print(
+    f'redact_batch on {n:,} wide rows: off {n / best["off"]:,.0f} rows/s, on {n / best["on"]:,.0f} rows/s, '
+    f'on/off {best["off"] / best["on"]:.2f}x (best of {repeats}); same batches and counts: {found or "-"}'
+  )
+  if profile_path:
+    profiler = cProfile.Profile()
+    scanner = TextScanner().setup()
+    profiler.enable()
+    _redact_all(batches, scanner, key)
+    profiler.disable()
+    profiler.dump_stats(profile_path)
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats('cumulative').print_stats(30)
+    print(f'profile of one pass (exact rejection on), load average {load_average()}: {profile_path}')
+    print(text.getvalue())
 
 
 if __name__ == '__main__':

@@ -39,7 +39,8 @@ Usage::
                                                header=['event_id', 'user_id', ...])
 
 Modules: `keys` (master key, KeyRef, tenant keys), `recognizers` (presidio
-recognizers, plausibility rules), `scanner` (prefilters, distinct values, JSON
+recognizers, plausibility rules), `phones` (the exact rejection of regions
+before libphonenumber's matcher), `scanner` (prefilters, distinct values, JSON
 in text), `batch` (record batches and dead letters), `transforms` (RedactPII,
 RedactDeadLetters).
 """

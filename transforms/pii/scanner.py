@@ -147,7 +147,7 @@ class TextScanner:
     self.entities = tuple(e for e in SUPPORTED_ENTITIES if e in set(entities))
     self.min_score = float(min_score)
     self._recognizers = None
-    self._memo: Dict[tuple, tuple] = {}
+    self._memo: Dict[tuple, tuple] = collections.OrderedDict()
     self._prescanned: Dict[tuple, tuple] = {}
 
   def setup(self) -> 'TextScanner':
@@ -159,7 +159,7 @@ class TextScanner:
   def __getstate__(self):
     state = dict(self.__dict__)
     state['_recognizers'] = None
-    state['_memo'] = {}
+    state['_memo'] = collections.OrderedDict()
     state['_prescanned'] = {}
     return state
 
@@ -217,7 +217,10 @@ class TextScanner:
     if cached is None:
       cached = self._redact_uncached(text, key[1], context)
       if len(self._memo) >= _MEMO_SIZE:
-        self._memo.pop(next(iter(self._memo)))
+        # The oldest answer goes. OrderedDict: a plain dict's first key is
+        # found by skipping the slots of the keys removed before it (~10 us
+        # an eviction once the memo is full: 8% of a wide-corpus scan).
+        self._memo.popitem(last=False)
       self._memo[key] = cached
     return cached[0], collections.Counter(cached[1])
 

@@ -1,0 +1,349 @@
+"""An exact rejection in front of libphonenumber's matcher: the regions in which a text can hold no number.
+
+presidio's phone recognizer runs `phonenumbers.PhoneNumberMatcher` once per
+region over the text (~0.1 ms a region even when it finds nothing).
+`regions_that_may_match` answers, for a text and the configured regions, in
+which regions the matcher could report anything; the others need not run.
+It never drops a region in which the matcher would report a number: it
+reasons on the matcher's own candidates with the library's own functions,
+and where a text is outside what it reasons about it keeps every region.
+
+Why this is exact (leniency VALID or stricter, as presidio uses):
+
+1. What the matcher parses does not depend on the region until it finds a
+   number. It searches the text with its candidate pattern
+   (`phonenumbermatcher._PATTERN`), tries the candidate and then pieces of
+   it (its "inner matches", split at slashes, brackets, dashes, dots and
+   spaces), and moves on to the end of the candidate when nothing is found;
+   only a number found changes where it searches next. `_pieces` walks the
+   same candidates and pieces once, with the library's own patterns, and
+   applies the checks that come before parsing (dates, time stamps,
+   unbalanced brackets, page ranges, a Latin letter touching the piece).
+2. A candidate made only of ASCII digits and the matcher's punctuation
+   (without 'x' and '~', which can mark extensions or carrier codes) has no
+   plus sign, no extension and no letters: parsed with default region R, a
+   piece's country code is R's, unless R's international prefix starts its
+   digits with more than two digits after it (then R is kept). Its national
+   significant number is then one of a few strings, computed with the
+   library's own national-prefix stripping
+   (`_maybe_strip_national_prefix_carrier_code`) on both branches of every
+   condition parse applies there.
+3. R is dropped only when none of those numbers can pass the library's
+   `is_valid_number` (no region of the country code knows its number type:
+   `_number_type_helper`) and, for a number read in national format,
+   `_is_national_prefix_present_if_required` (the two checks of leniency
+   VALID for such a piece; stricter leniencies add checks).
+
+Any other candidate (a plus sign, letters, 'x', '#', non-ASCII digits)
+keeps every region. tests/transforms/test_pii_phones.py runs the matcher of
+every region on generated phone numbers, ids, dates, amounts and text, and
+checks that no dropped region would have found anything. The reasoning
+follows the matcher of the phonenumbers release pinned in
+scripts/constraints.txt and uses its private helpers; that test is the check
+to run when the release changes.
+
+`may_be_valid_international` and `may_be_valid_in_region` are the same
+reasoning for `recognizers.phone_like_integer` (an integer read as
+'+digits', or as digits of a region): False only when parsing cannot give a
+valid number.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import List, Optional, Sequence, Set
+
+import phonenumbers
+from phonenumbers import PhoneNumber
+from phonenumbers import phonenumbermatcher as _matcher
+from phonenumbers import phonenumberutil as _util
+from phonenumbers.phonemetadata import PhoneMetadata
+from phonenumbers.phonenumber import CountryCodeSource
+
+__all__ = ['may_be_valid_in_region', 'may_be_valid_international', 'regions_that_may_match']
+
+# libphonenumber compiles its metadata's patterns with re.compile on every
+# use and relies on the re module's cache (512 patterns); numbers of many
+# countries (ids read as '+' and a country code) overflow it, and ~0.3 ms a
+# recompilation was 2-8% of the wide corpus's scan. The library's own switch
+# keeps every compiled pattern (same results, a few MB).
+if hasattr(phonenumbers, 'enable_pattern_cache'):
+  phonenumbers.enable_pattern_cache()
+
+# A candidate holding anything but ASCII digits and the matcher's punctuation
+# ('x' and '~' excluded) is not reasoned about: every region is kept.
+_NOT_PLAIN = re.compile('[^' + _util._VALID_PUNCTUATION + '0-9]|[xX~\uff5e]')
+_GROUP = re.compile(r'[0-9]+')
+# Leniency VALID: the level from which the matcher validates numbers (presidio's default).
+_VALID = _matcher.Leniency.VALID
+_VERDICTS = 4096
+
+
+@functools.lru_cache(maxsize=4096)
+def _refused_neighbour(char: str) -> bool:
+  """The matcher (leniency VALID) refuses a candidate touching this character."""
+  return _matcher.PhoneNumberMatcher._is_invalid_punctuation_symbol(
+    char
+  ) or _matcher.PhoneNumberMatcher._is_latin_letter(char)
+
+
+def _trim_end(piece: str) -> str:
+  match = _util._UNWANTED_END_CHAR_PATTERN.search(piece)
+  return piece[: match.start()] if match else piece
+
+
+def _add_piece(text: str, piece: str, offset: int, out: set) -> None:
+  """The digits of `piece` (at `offset` of `text`) into `out`, unless the matcher refuses it before parsing."""
+  digits = ''.join(_GROUP.findall(piece))
+  if len(digits) < _util._MIN_LENGTH_FOR_NSN or digits in out:
+    return  # parse raises on fewer digits
+  if not _matcher.fullmatch(_matcher._MATCHING_BRACKETS, piece) or _matcher._PUB_PAGES.search(piece):
+    return
+  if offset > 0 and not _matcher._LEAD_PATTERN.match(piece) and _refused_neighbour(text[offset - 1]):
+    return
+  after = offset + len(piece)
+  if after < len(text) and _refused_neighbour(text[after]):
+    return
+  out.add(digits)
+
+
+def _pieces(text: str) -> Optional[Set[str]]:
+  """The digits of every piece of `text` the matcher would parse while it finds nothing; None if one is not plain.
+
+  `PhoneNumberMatcher._find`, `_extract_match` and `_extract_inner_match`
+  without parsing (and without their limit on tries, so perhaps more pieces).
+  """
+  out: Set[str] = set()
+  index = 0
+  while True:
+    match = _matcher._PATTERN.search(text, index)
+    if match is None:
+      return out
+    start, end = match.span()
+    candidate = text[start:end]
+    if _NOT_PLAIN.search(candidate):
+      return None  # a plus, an extension, letters: not reasoned about
+    index = end  # no 'x': the matcher trims nothing off the candidate
+    if _matcher._SLASH_SEPARATED_DATES.search(candidate) or (
+      _matcher._TIME_STAMPS.search(candidate) and _matcher._TIME_STAMPS_SUFFIX.match(text[end:])
+    ):
+      continue
+    _add_piece(text, candidate, start, out)
+    for inner in _matcher._INNER_MATCHES:
+      group = inner.search(candidate)
+      if group is not None:
+        _add_piece(text, _trim_end(candidate[: group.start()]), start, out)
+      while group is not None:
+        _add_piece(text, _trim_end(group.group(1)), start + group.start(1), out)
+        group = inner.search(candidate, group.start() + 1)
+
+
+def _transform_growth(metadata) -> int:
+  """How many digits longer a national-prefix transform rule (`9$1`) can make a number: 0 without one."""
+  rule = metadata.national_prefix_transform_rule
+  if not rule:
+    return 0
+  references = len(re.findall(r'\\\d', rule))
+  return len(re.sub(r'\\\d', '', rule)) + _util._MAX_LENGTH_FOR_NSN * max(0, references - 1)
+
+
+class _CountryCode:
+  """The regions sharing a country calling code: fast necessary tests of a national number's validity."""
+
+  def __init__(self, country_code: int):
+    self.country_code = country_code
+    # `is_valid_number` accepts a national number only if the number type of
+    # the region it picks among these is known (`_number_type_helper`), which
+    # needs that region's general description (length and pattern) to match.
+    self.peers = []  # (possible lengths or None, general pattern, metadata)
+    patterns, lengths, any_length = [], set(), False
+    for peer in _util.COUNTRY_CODE_TO_REGION_CODE.get(country_code, ()):
+      metadata = PhoneMetadata.metadata_for_region_or_calling_code(country_code, peer)
+      general = metadata.general_desc if metadata is not None else None
+      if general is None or not general.national_number_pattern:
+        continue  # never matches (`_match_national_number`)
+      peer_lengths = frozenset(general.possible_length) if general.possible_length else None
+      self.peers.append((peer_lengths, re.compile(general.national_number_pattern), metadata))
+      patterns.append(f'(?:{general.national_number_pattern})')
+      if peer_lengths:
+        lengths.update(peer_lengths)
+      else:
+        any_length = True
+    self.general = re.compile('|'.join(patterns)) if patterns else None
+    self.lengths = None if any_length else frozenset(lengths)
+    self.min_length = min(lengths) if lengths and not any_length else _util._MIN_LENGTH_FOR_NSN
+
+  def valid(self, national: str):
+    """None when a number of this code with national significant number `national` cannot be valid.
+
+    Otherwise the number (`is_valid_number` may still refuse it when the
+    code has several regions: the test is necessary, not sufficient).
+    """
+    if not _util._MIN_LENGTH_FOR_NSN <= len(national) <= _util._MAX_LENGTH_FOR_NSN:
+      return None  # parse raises
+    if (
+      self.general is None
+      or (self.lengths is not None and len(national) not in self.lengths)
+      or self.general.fullmatch(national) is None
+    ):
+      return None  # one pattern for all the regions first: most numbers stop here
+    for lengths, general, metadata in self.peers:
+      if (
+        (lengths is None or len(national) in lengths)
+        and general.fullmatch(national) is not None
+        and _util._number_type_helper(national, metadata) != _util.PhoneNumberType.UNKNOWN
+      ):
+        number = PhoneNumber(country_code=self.country_code, national_number=int(national))
+        _util._set_italian_leading_zeros_for_phone_number(national, number)
+        return number
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _country(country_code: int) -> _CountryCode:
+  return _CountryCode(country_code)
+
+
+class _Region:
+  """What parsing a plain run of digits in one default region can give, from the library's metadata."""
+
+  def __init__(self, region: str):
+    metadata = PhoneMetadata.metadata_for_region(region)
+    self.region = region
+    self.metadata = metadata
+    self.country = _country(metadata.country_code)
+    self.country_digits = str(metadata.country_code)
+    main = _util.region_code_for_country_code(metadata.country_code)
+    # After a country code is read from the digits, parse strips the national
+    # prefix again with the metadata of the code's main region.
+    self.main_metadata = metadata if main == region else PhoneMetadata.metadata_for_region(main)
+    self.idd = re.compile(metadata.international_prefix) if metadata.international_prefix else None
+    # No national number is shorter than the country code's shortest, nor
+    # longer than the digits written plus what a transform rule adds.
+    self.min_length = self.country.min_length
+    self.growth = _transform_growth(metadata) + _transform_growth(self.main_metadata)
+    self._verdicts = {}  # (digits, matcher) -> verdict: pieces recur (4-digit groups, local numbers)
+
+  def _valid(self, national: str, digits: str, in_national_format: bool, matcher: bool) -> bool:
+    """Whether `national` (read from the written `digits`) passes `is_valid_number`, and with `matcher`
+    the other check of the matcher's leniency VALID for a number read in national format."""
+    number = self.country.valid(national)
+    if number is None:
+      return False
+    if not (matcher and in_national_format):
+      return True
+    number.country_code_source = CountryCodeSource.FROM_DEFAULT_COUNTRY
+    number.raw_input = digits
+    return _matcher._is_national_prefix_present_if_required(number)
+
+  def may_be_valid(self, digits: str, matcher: bool = True) -> bool:
+    """Whether a piece whose digits are `digits` (no plus, no IDD) can parse to a valid number in this region.
+
+    matcher: also apply the matcher's national-prefix check (leniency VALID);
+    without it, whether `is_valid_number(parse(digits, region))` can hold.
+    """
+    key = (digits, matcher)
+    verdict = self._verdicts.get(key)
+    if verdict is None:
+      if len(self._verdicts) >= _VERDICTS:
+        self._verdicts.clear()
+      verdict = self._verdicts[key] = self._may_be_valid(digits, matcher)
+    return verdict
+
+  def _may_be_valid(self, digits: str, matcher: bool) -> bool:
+    strip = _util._maybe_strip_national_prefix_carrier_code
+    # Read in national format: the digits, with or without the national prefix.
+    for national in {digits, strip(digits, self.metadata)[1]}:
+      if self._valid(national, digits, True, matcher):
+        return True
+    if digits.startswith(self.country_digits):
+      # The region's country code written without '+': stripped, then the
+      # national prefix with this region's and the code's main region's metadata.
+      after_code = strip(digits[len(self.country_digits) :], self.metadata)[1]
+      for national in {after_code, strip(after_code, self.main_metadata)[1]}:
+        if self._valid(national, digits, False, matcher):
+          return True
+    return False
+
+  def may_parse_valid(self, digits: str) -> bool:
+    """False only when `is_valid_number(parse(digits, region))` cannot hold (`digits`: ASCII digits only)."""
+    idd = self.idd.match(digits) if self.idd is not None else None
+    if idd is not None and not digits.startswith('0', idd.end()):
+      return True  # an international prefix: any country code can follow
+    return self.may_be_valid(digits, matcher=False)
+
+  def may_match(self, pieces: Set[str]) -> bool:
+    """Whether the matcher of this region could report a number among `pieces` (`_pieces`)."""
+    for digits in pieces:
+      idd = self.idd.match(digits) if self.idd is not None else None
+      if idd is not None and not digits.startswith('0', idd.end()):
+        # An international prefix (`_parse_prefix_as_idd`): any country code
+        # can follow, unless too few digits do (parse raises).
+        if len(digits) - idd.end() > _util._MIN_LENGTH_FOR_NSN:
+          return True
+        continue
+      if len(digits) + self.growth >= self.min_length and self.may_be_valid(digits):
+        return True
+    return False
+
+
+@functools.lru_cache(maxsize=None)
+def _region(region: str) -> Optional[_Region]:
+  """The rules of `region`; None for a code libphonenumber has no metadata for (such a region is always kept)."""
+  if PhoneMetadata.metadata_for_region(region) is None:
+    return None
+  return _Region(region)
+
+
+def may_be_valid_international(digits: str) -> bool:
+  """False only when `is_valid_number(parse('+' + digits))` cannot hold (`digits`: ASCII digits only).
+
+  parse reads the country code from the first one to three digits
+  (`_extract_country_code`) and the national number from the rest, with or
+  without the national prefix of the code's main region; the number is
+  valid only if one of those matches the code's general descriptions.
+  """
+  if not digits or digits[0] == '0':
+    return True  # parse's other paths: not reasoned about
+  for size in range(1, min(_util._MAX_LENGTH_COUNTRY_CODE, len(digits)) + 1):
+    code = int(digits[:size])
+    if code in _util.COUNTRY_CODE_TO_REGION_CODE:
+      break
+  else:
+    return True
+  rest = digits[size:]
+  metadata = PhoneMetadata.metadata_for_region_or_calling_code(code, _util.region_code_for_country_code(code))
+  if metadata is None:
+    return True
+  country = _country(code)
+  nationals = {rest, _util._maybe_strip_national_prefix_carrier_code(rest, metadata)[1]}
+  return any(country.valid(national) is not None for national in nationals)
+
+
+def may_be_valid_in_region(digits: str, region: str) -> bool:
+  """False only when `is_valid_number(parse(digits, region))` cannot hold (`digits`: ASCII digits only)."""
+  rules = _region(region)
+  return rules is None or rules.may_parse_valid(digits)
+
+
+def regions_that_may_match(text: str, regions: Sequence[str], leniency: int = _VALID) -> List[str]:
+  """The regions of `regions` whose `PhoneNumberMatcher(text, region, leniency)` could find a number.
+
+  Every region where the matcher finds one is kept (see the module's
+  docstring); most regions where it finds none are dropped. Below leniency
+  VALID (numbers only possible, not valid) every region is kept.
+  """
+  if leniency is None or leniency < _VALID:
+    return list(regions)
+  pieces = _pieces(text)
+  if pieces is None:
+    return list(regions)
+  if not pieces:
+    return []
+  kept = []
+  for region in regions:
+    rules = _region(region)
+    if rules is None or rules.may_match(pieces):
+      kept.append(region)
+  return kept
