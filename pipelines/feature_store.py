@@ -139,33 +139,26 @@ _SCHEMA = [
   Field(name='skip_rate', dtype=Float64, description='skip_count / play_count.'),
 ]
 
-user_stats = FeatureView(
-  name='user_stats',
-  entities=[tenant, user],
-  ttl=timedelta(0),  # an aggregate stays valid until the next one: no expiry
-  schema=list(_SCHEMA),
-  source=FileSource(
-    name='user_stats_source',
-    path=os.path.join(_DATA, 'user_stats'),
-    timestamp_field='event_timestamp',
-    created_timestamp_column='created_timestamp',
-  ),
-  online=True,
-)
 
-track_stats = FeatureView(
-  name='track_stats',
-  entities=[tenant, track],
-  ttl=timedelta(0),
-  schema=list(_SCHEMA),
-  source=FileSource(
-    name='track_stats_source',
-    path=os.path.join(_DATA, 'track_stats'),
-    timestamp_field='event_timestamp',
-    created_timestamp_column='created_timestamp',
-  ),
-  online=True,
-)
+def _stats_view(name, entity, description):
+  return FeatureView(
+    name=name,
+    entities=[tenant, entity],
+    ttl=timedelta(0),  # an aggregate stays valid until the next one: no expiry
+    schema=list(_SCHEMA),
+    source=FileSource(
+      name=f'{name}_source',
+      path=os.path.join(_DATA, name),
+      timestamp_field='event_timestamp',
+      created_timestamp_column='created_timestamp',
+    ),
+    online=True,
+    description=description,
+  )
+
+
+user_stats = _stats_view('user_stats', user, 'Plays and skips of a user of a tenant.')
+track_stats = _stats_view('track_stats', track, 'Plays and skips of a track in a tenant.')
 '''
 
 
