@@ -71,10 +71,10 @@ import pyarrow.parquet as pq
 
 from io_connectors._common.masking import mask_secrets
 from io_connectors.sinks.lake import ReadLakeParquetFn
-from pipelines.ml_features import UsageError, check_columns, lake_files
-from transforms.dead_letter import DEAD_LETTER
+from pipelines.lake_events import UsageError, check_columns, lake_files
+from transforms.dead_letter import DEAD_LETTER, dead_letter
 from transforms.ml import features as ml
-from transforms.records import TENANT_COLUMN
+from transforms.records import ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN, position, rows_as_dicts
 
 __all__ = [
   'build',
@@ -216,11 +216,28 @@ def _checked_events(files: Sequence[Tuple[str, str]]) -> Tuple[pa.Table, List[di
       for out in prepare.process(batch):
         if getattr(out, 'tag', None) == DEAD_LETTER:
           letters.append(out.value)
-        else:
-          batches.append(out.select(columns))
+          continue
+        # A row's own tenant_id column wins over the partition's: an empty one cannot be keyed.
+        no_tenant = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(out.column(TENANT_COLUMN)), ''), True)
+        for i in pc.indices_nonzero(no_tenant).to_pylist():
+          letters.append(_no_tenant_letter(out, i))
+        batches.append(out.filter(pc.invert(no_tenant)).select(columns))
   if not batches:
     return pa.table({c: [] for c in columns}), letters, read
   return pa.Table.from_batches(batches), letters, read
+
+
+def _no_tenant_letter(batch: pa.RecordBatch, i: int) -> dict:
+  source = batch.column(SOURCE_COLUMN)[i].as_py()
+  return dead_letter(
+    source,
+    position(batch.column(ROW_COLUMN)[i].as_py(), source),
+    'missing_field',
+    field=TENANT_COLUMN,
+    record=rows_as_dicts(batch, [i])[0],
+    detail='tenant_id is empty',
+    stage='feature_store',
+  )
 
 
 def _file_name(tenant: str) -> str:

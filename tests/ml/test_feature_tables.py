@@ -64,3 +64,26 @@ def test_generated_repository_keeps_the_password_out(tmp_path):
   compile((tmp_path / 'features.py').read_text(), 'features.py', 'exec')
   with pytest.raises(feature_store.UsageError, match='--project'):
     feature_store.write_repo(str(tmp_path), '_bad name')
+
+
+def test_rows_with_an_empty_tenant_are_dead_letters(tmp_path):
+  from tests.ml.conftest import write_lake
+
+  table = pa.table(
+    {
+      'event_id': ['e1', 'e2', 'e3'],
+      'tenant_id': ['acme', ' ', None],
+      'user_id': ['u1', 'u2', 'u3'],
+      'track_id': ['t1', 't1', 't1'],
+      'played_at': pa.array([T0, T0 + 1, T0 + 2], pa.timestamp('s', 'UTC')),
+      'ms_played': [1000, 2000, 3000],
+      'skipped': [True, False, False],
+    }
+  )
+  _, files = feature_store.lake_files(write_lake(str(tmp_path), {'acme': table}))
+  events, letters, read = feature_store._checked_events(files)
+  assert read == 3 and events.column('user_id').to_pylist() == ['u1']
+  assert [(l['reason'], l['field'], l['position']) for l in letters] == [
+    ('missing_field', 'tenant_id', 'row 2'),
+    ('missing_field', 'tenant_id', 'row 3'),
+  ]
