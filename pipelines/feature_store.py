@@ -56,6 +56,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -325,8 +326,18 @@ def feast_apply(repo: str, env: Dict[str, str]):
     raise RuntimeError(f'feast apply in {repo} failed (exit {result.returncode}):\n{tail}')
 
 
+def _require_feast():
+  if importlib.util.find_spec('feast') is None:
+    raise UsageError("Feast is not installed: it comes with the ml extra (pip install -e '.[ml]')")
+
+
 def open_store(repo: str, redis_url: Optional[str] = None):
-  """The Feast FeatureStore of a generated repository, connected to Redis (--redis_url, REDIS_URL)."""
+  """The Feast FeatureStore of a generated repository, connected to Redis (--redis_url, REDIS_URL).
+
+  Sets FEAST_REDIS_CONNECTION_STRING in this process's environment: Feast
+  reads the connection from it when it loads feature_store.yaml.
+  """
+  _require_feast()
   if not os.path.isfile(os.path.join(repo, 'feature_store.yaml')):
     raise UsageError(f'{repo}: no feature_store.yaml; generate it with python -m pipelines.feature_store')
   os.environ.update(_redis_env(redis_url))
@@ -347,7 +358,11 @@ def read_repo_manifest(repo: str) -> dict:
 
 
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog='python -m pipelines.feature_store', description=__doc__.split('\n\n', 1)[0])
+  parser = argparse.ArgumentParser(
+    prog='python -m pipelines.feature_store',
+    description=__doc__.split('\n\n', 1)[0],
+    epilog='Read back: python -m pipelines.feature_store online --repo REPO --tenant T --user U [--track K]',
+  )
   parser.add_argument('--input', required=True, help='The lake: an output directory of pipelines.spotify_batch.')
   parser.add_argument('--repo', default='feature_repo', help='The Feast repository to write (default feature_repo).')
   parser.add_argument('--redis_url', help='redis://[:password@]host:port/db of the online store. Default: REDIS_URL.')
@@ -360,6 +375,7 @@ def _parser() -> argparse.ArgumentParser:
 def build(argv: Sequence[str]) -> dict:
   """Writes the feature tables and the repository, runs feast apply and materialize; returns the repo manifest."""
   args = _parser().parse_args(list(argv))
+  _require_feast()
   env = _redis_env(args.redis_url)
   manifest, files = lake_files(args.input)
   if args.tenants is not None:
