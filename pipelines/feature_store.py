@@ -71,8 +71,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from io_connectors._common.masking import mask_secrets
-from io_connectors.sinks.lake import ReadLakeParquetFn
-from pipelines.lake_events import UsageError, check_columns, lake_files
+from io_connectors.registry import ConfigError
+from io_connectors.sinks.lake import ReadLakeParquetFn, committed_entity_files, tenant_of_path
+from pipelines.cli import UsageError
 from transforms.dead_letter import DEAD_LETTER, dead_letter
 from transforms.ml import features as ml
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN, position, rows_as_dicts
@@ -213,6 +214,11 @@ def _checked_events(files: Sequence[Tuple[str, str]]) -> Tuple[pa.Table, List[di
   batches, letters, read = [], [], 0
   for path, tenant in files:
     for batch in read_fn.process((path, tenant)):
+      missing = [c for c in ml.LAKE_REQUIRED if c not in batch.schema.names]
+      if missing:
+        raise UsageError(
+          f'{path}: column(s) {", ".join(missing)} missing; the aggregates need {", ".join(ml.LAKE_REQUIRED)}'
+        )
       read += batch.num_rows
       for out in prepare.process(batch):
         if getattr(out, 'tag', None) == DEAD_LETTER:
@@ -377,7 +383,10 @@ def build(argv: Sequence[str]) -> dict:
   args = _parser().parse_args(list(argv))
   _require_feast()
   env = _redis_env(args.redis_url)
-  manifest, files = lake_files(args.input)
+  manifest, _, paths = committed_entity_files(args.input, ('listening_event',), 'feature_store')
+  files = [(path, tenant_of_path(path)) for path in paths]
+  if any(tenant is None for _, tenant in files):
+    raise UsageError(f'{args.input}: a listening-event file outside a tenant= partition; fix the lake run')
   if args.tenants is not None:
     wanted = [t.strip() for t in args.tenants.split(',')]
     if not all(wanted):
@@ -390,10 +399,7 @@ def build(argv: Sequence[str]) -> dict:
     files = [(path, tenant) for path, tenant in files if tenant in wanted]
   if any(not tenant for _, tenant in files):
     raise UsageError(f'{args.input}: a lake file has an empty tenant partition (tenant=); fix the lake run')
-  lake_rows = check_columns(files)
   events, letters, read = _checked_events(files)
-  if read != lake_rows:
-    raise RuntimeError(f'{lake_rows} rows in the lake files but {read} read; nothing written')
   tenants = sorted({t for _, t in files})
   counted = events.column(TENANT_COLUMN).to_pylist() if events.num_rows else []
   empty = [t for t in tenants if t not in set(counted)]
@@ -556,7 +562,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv[:1] == ['online']:
       return _online_main(argv[1:])
     manifest = build(argv)
-  except UsageError as e:
+  except (UsageError, ConfigError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   counts = manifest['counts']

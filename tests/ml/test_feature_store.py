@@ -179,7 +179,7 @@ def test_bad_input_gives_a_clear_error(repo, lake, redis_url, tmp_path, capsys):
   tracks_lake = write_lake(str(tmp_path / 'tracks'), {'acme': pa.table({'track_id': ['t1']})}, entity='track')
   code = feature_store.main(['--input', tracks_lake, '--repo', str(tmp_path / 'r'), '--redis_url', redis_url])
   assert code == 2
-  assert "holds 'track', not listening events" in capsys.readouterr().err
+  assert "holds 'track'; feature_store reads listening_event" in capsys.readouterr().err
   # A tenant whose every row is a dead letter.
   bad = write_lake(str(tmp_path / 'bad'), {'acme': _events([('x1', None, 't1', DAY1, False)])})
   with pytest.raises(feature_store.UsageError, match=r'tenant\(s\) acme: no valid listening events'):

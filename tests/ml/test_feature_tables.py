@@ -80,10 +80,18 @@ def test_rows_with_an_empty_tenant_are_dead_letters(tmp_path):
       'skipped': [True, False, False],
     }
   )
-  _, files = feature_store.lake_files(write_lake(str(tmp_path), {'acme': table}))
+  root = write_lake(str(tmp_path), {'acme': table})
+  files = [(f'{root}/_runs/lake-run/data/tenant=acme/part-00000-of-00001.parquet', 'acme')]
   events, letters, read = feature_store._checked_events(files)
   assert read == 3 and events.column('user_id').to_pylist() == ['u1']
   assert [(l['reason'], l['field'], l['position']) for l in letters] == [
     ('missing_field', 'tenant_id', 'row 2'),
     ('missing_field', 'tenant_id', 'row 3'),
   ]
+  # A lake file without a required column: an error naming the file and the column.
+  older = write_lake(str(tmp_path / 'older'), {'acme': table.drop_columns(['skipped'])})
+  path = f'{older}/_runs/lake-run/data/tenant=acme/part-00000-of-00001.parquet'
+  with pytest.raises(
+    feature_store.UsageError, match=r'tenant=acme/part-00000-of-00001\.parquet: column\(s\) skipped missing'
+  ):
+    feature_store._checked_events([(path, 'acme')])
