@@ -19,7 +19,7 @@ EXTRAS = {
     'importlib_resources>=6',
     'mlflow>=3.10',
     'datasets>=3.0',
-    # The feature store (pipelines.feature_store): Feast 0.67 is the first release that accepts dill 0.4
+    # The feature store (pipelines.feature_store): Feast 0.67 is the first recent release that accepts dill 0.4
     # (datasets' multiprocess needs it); it needs tenacity<9 and prometheus-client<0.25 (pinned below).
     # Not feast[redis]: that extra caps redis<8; Feast's Redis online store runs on our redis 8.1 (tested).
     'feast==0.67.0',
