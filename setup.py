@@ -19,6 +19,11 @@ EXTRAS = {
     'importlib_resources>=6',
     'mlflow>=3.10',
     'datasets>=3.0',
+    # The feature store (pipelines.feature_store): Feast 0.67 is the first recent release that accepts dill 0.4
+    # (datasets' multiprocess needs it); it needs tenacity<9 and prometheus-client<0.25 (pinned below).
+    # Not feast[redis]: that extra caps redis<8; Feast's Redis online store runs on our redis 8.1 (tested).
+    'feast==0.67.0',
+    'redis==8.1.0',
   ],
   # Source and sink families: each imports its client only when used.
   'postgres': ['psycopg[binary]==3.3.9'],
@@ -43,7 +48,8 @@ EXTRAS = {
   # --otlp_endpoint (pipelines.tracing): OpenTelemetry spans over OTLP/HTTP.
   'tracing': ['opentelemetry-sdk==1.45.2', 'opentelemetry-exporter-otlp-proto-http==1.45.2'],
   # Metrics out (pipelines.prometheus_export) and the monitoring job's collectors (io_connectors.monitoring).
-  'monitoring': ['prometheus-client==0.26.0', 'psutil==7.2.2'],
+  # prometheus-client 0.24: the newest Feast (the ml extra) accepts (<0.25); the API used here is the same.
+  'monitoring': ['prometheus-client==0.24.1', 'psutil==7.2.2'],
   'test': [
     'pytest>=8',
     'pytest-xdist>=3.5',
