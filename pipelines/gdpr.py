@@ -86,10 +86,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     return sub
 
-  def subject_request(name, help_text):
-    """A parser for a request about data subjects of one tenant of one output."""
+  def subject_request(name, help_text, outputs='the batch job\'s output (local, s3:// or gs://)', several=False):
+    """A parser for a request about data subjects of one tenant of one output (or several)."""
     sub = with_log(commands.add_parser(name, help=help_text))
-    sub.add_argument('--output', required=True, help='the batch job\'s output (local, s3:// or gs://)')
+    sub.add_argument('--output', required=not several, action='append' if several else 'store', help=outputs)
     sub.add_argument('--tenant', required=True, help='the tenant whose subjects these are')
     sub.add_argument(
       '--subject_file', '--subject-file', required=True, help='one raw identifier (user id, email) per line'
@@ -98,8 +98,20 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument('--actor', default=None, help='who asked, for the audit log (default: the OS user)')
     return sub
 
-  erase = subject_request('erase', "remove data subjects' records from a lake output")
+  erase = subject_request(
+    'erase',
+    "remove data subjects' records from lake outputs",
+    outputs='an output to erase from (repeat for more): a batch lake, the streaming job\'s window files, '
+    'an ML features run, a Hugging Face export (local, s3:// or gs://)',
+    several=True,
+  )
   erase.add_argument('--report', default=None, help='also write the verification report here (JSON)')
+  erase.add_argument(
+    '--table_output', nargs='+', default=[], help='lake tables to erase from too: the warehouse / Delta root'
+  )
+  erase.add_argument('--table_format', choices=('iceberg', 'delta'), help='the format of --table_output')
+  erase.add_argument('--table_catalog', default=None, help='Iceberg: the catalog URL (as the job got it)')
+  erase.add_argument('--table_namespace', default='music', help='Iceberg: the namespace of the tables')
   export = subject_request('export', "write data subjects' records as JSON (access request)")
   export.add_argument('--destination', required=True, help='directory for the JSON files and the summary')
 
@@ -241,18 +253,67 @@ def _retention(args, beam_args: Sequence[str]) -> int:
   return 0
 
 
+def _erase_targets(args):
+  """(output, table target or None) of every output of the request, derived data first: an ML features
+  run finds its examples by the event ids of the subjects' records in its lake, so it goes before it."""
+  from io_connectors.sinks import tables
+  from pipelines.compliance import FEATURES, HF_DATASET, ComplianceError, output_kind
+
+  if args.table_output and not args.table_format:
+    raise _UsageError('--table_output needs --table_format iceberg|delta')
+  targets = []
+  for location in args.table_output:
+    try:
+      targets.append(
+        (location, tables.TableTarget(args.table_format, location, args.table_catalog, args.table_namespace))
+      )
+    except ValueError as e:
+      raise _UsageError(str(e)) from None
+  outputs = list(args.output or [])
+  if args.table_format and not args.table_output:
+    # --table_format alone: --output names the table lakes.
+    return _erase_targets(argparse.Namespace(**dict(vars(args), table_output=outputs, output=[])))
+  if not outputs and not targets:
+    raise _UsageError('give --output (or --table_output with --table_format)')
+  files = []
+  for output in (o for o in outputs if o):
+    try:
+      files.append((0 if output_kind(output) in (FEATURES, HF_DATASET) else 1, output))
+    except ComplianceError as e:
+      raise _UsageError(str(e)) from None
+  return [(output, None) for _, output in sorted(files, key=lambda f: f[0])] + targets
+
+
 def _erase(args, beam_args: Sequence[str]) -> int:
   from pipelines.compliance import ComplianceError, erase
 
   subjects, master_key, log = _request(args)
+  reports = []
   try:
-    report = erase(args.output, args.tenant, subjects, master_key, beam_args=beam_args)
+    for output, target in _erase_targets(args):
+      reports.append(erase(output, args.tenant, subjects, master_key, beam_args=beam_args, table_target=target))
+      reports[-1]['output'] = mask_url(output)
   except ComplianceError as e:
     if log is not None:
       log.append('erasure', actor=args.actor, tenant=args.tenant, details={'status': 'failed', 'error': str(e)[:300]})
     raise _UsageError(str(e)) from None
+  if len(reports) == 1:
+    report = reports[0]
+  else:
+    # One request over several outputs: each output's report, and the totals.
+    report = {
+      'tenant': args.tenant,
+      'subjects': reports[0]['subjects'],
+      'outputs': reports,
+      'published': any(r['published'] for r in reports),
+      'rescan_matches': sum(r['rescan_matches'] for r in reports),
+      'records_removed': _summed(r['records_removed'] for r in reports),
+      'files_rewritten': sorted(p for r in reports for p in r['files_rewritten']),
+    }
   if log is not None:
     details = dict(report, status='succeeded', files_rewritten=len(report['files_rewritten']))
+    if 'outputs' in details:
+      details['outputs'] = [dict(r, files_rewritten=len(r['files_rewritten'])) for r in reports]
     report['audit'] = log.append('erasure', actor=args.actor, tenant=args.tenant, details=details).anchor
   text = json.dumps(report, indent=2, sort_keys=True)
   if args.report:
@@ -260,6 +321,14 @@ def _erase(args, beam_args: Sequence[str]) -> int:
       handle.write(text + '\n')
   print(text)
   return 0
+
+
+def _summed(counts) -> dict:
+  out: dict = {}
+  for per_kind in counts:
+    for kind, n in per_kind.items():
+      out[kind] = out.get(kind, 0) + n
+  return out
 
 
 def _key_request(args):

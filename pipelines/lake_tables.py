@@ -25,11 +25,14 @@ import datetime as dt
 import json
 import sys
 import uuid
-from typing import Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from io_connectors.sinks import tables
 
-__all__ = ['expire', 'compact', 'erase', 'main']
+__all__ = ['expire', 'compact', 'erase', 'erase_matching', 'table_names', 'main']
 
 
 def expire(target: tables.TableTarget, table: str, older_than_h: float) -> dict:
@@ -125,6 +128,143 @@ def erase(target: tables.TableTarget, table: str, tenant: str, column: str, valu
   predicate = f'{tables.TENANT_COLUMN} = {quoted(tenant)} AND {column} IN ({", ".join(map(quoted, values))})'
   metrics = handle.delete(predicate)
   return {'table': table, 'deleted_rows': metrics.get('num_deleted_rows', 0)}
+
+
+def table_names(target: tables.TableTarget) -> List[str]:
+  """The tables of `target`: the Iceberg namespace's, or the Delta root's folders with a ``_delta_log``."""
+  if target.format == 'iceberg':
+    catalog = tables.open_tables(target).catalog()
+    try:
+      return sorted(identifier[-1] for identifier in catalog.list_tables(target.namespace))
+    except Exception as e:
+      raise tables.TableError(f'cannot list the tables of {target.namespace}: {type(e).__name__}: {e}') from None
+  from apache_beam.io.filesystems import FileSystems
+
+  root = target.location
+  pattern = f'{tables._local(root) if tables._is_local(root) else root}/*/_delta_log/*.json'
+  try:
+    matches = FileSystems.match([pattern])[0].metadata_list
+  except Exception:
+    return []
+  return sorted({m.path.replace('\\', '/').rsplit('/_delta_log/', 1)[0].rsplit('/', 1)[-1] for m in matches})
+
+
+def _string_columns(schema: pa.Schema) -> List[str]:
+  return [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+
+
+def erase_matching(
+  target: tables.TableTarget, table: str, tenants: Sequence[str], rows_of: Callable[[pa.Table], pa.Array]
+) -> dict:
+  """Row-level delete of the rows of `tenants` that `rows_of` selects (a data subject's erasure), then
+  deletes the data files the delete replaced, so no byte of those rows stays in the table's storage.
+
+  `rows_of(arrow table) -> boolean array` (`pipelines.compliance.SubjectMatcher.rows`). The rows are
+  found by a scan of the tenants' partitions; the delete is one predicate, ``tenant IN (...) AND
+  (c1 IN (cells of c1 that match) OR c2 IN (...))`` over the top-level string columns, so it removes
+  exactly the selected rows (a row whose cell equals a selected cell is selected too), in one snapshot
+  (Iceberg, copy-on-write) or one commit (Delta). A row selected only inside a nested column cannot be
+  named that way: TableError, nothing deleted. The replaced files are deleted at once: time travel to a
+  snapshot before the erasure can no longer read them. Returns deleted rows, the files removed and a
+  re-scan's matches (0).
+  """
+  committer = tables.open_tables(target)
+  handle = committer.load(table)
+  if handle is None:
+    raise tables.TableError(f'no table {table} in {target.location}')
+  tenants = sorted(set(tenants))
+  rows = _tenant_rows(target, handle, tenants)
+  hit = rows_of(rows)
+  matched = rows.filter(hit)
+  result = {'table': table, 'deleted_rows': 0, 'files_removed': [], 'rescan_matches': 0}
+  if not matched.num_rows:
+    return result
+  cells: Dict[str, List[str]] = {}
+  covered = pa.array([False] * matched.num_rows, pa.bool_())
+  for name in _string_columns(matched.schema):
+    if name == tables.TENANT_COLUMN:
+      continue
+    column = matched.select([name])
+    cell_hit = rows_of(column)
+    values = sorted({v for v in pc.filter(column.column(0), cell_hit).to_pylist() if v is not None})
+    if values:
+      cells[name] = values
+      covered = pc.or_(covered, cell_hit)
+  if not pc.all(covered).as_py():
+    raise tables.TableError(
+      f'{table}: {matched.num_rows - pc.sum(covered.cast(pa.int64())).as_py()} rows of the subjects match only '
+      'inside nested columns, which a row-level delete cannot name; nothing deleted'
+    )
+  before = _data_files(target, handle, tenants)
+  commit_id = f'erase/{"+".join(tenants)}/{uuid.uuid4().hex}'
+  if target.format == 'iceberg':
+    from pyiceberg.expressions import And, In, Or
+
+    condition = None
+    for name, values in cells.items():
+      condition = In(name, values) if condition is None else Or(condition, In(name, values))
+    handle.delete(
+      And(In(tables.TENANT_COLUMN, tenants), condition), snapshot_properties={tables.COMMIT_ID_KEY: commit_id}
+    )
+  else:
+    from deltalake import CommitProperties
+
+    def quoted(value: str) -> str:
+      return "'" + value.replace("'", "''") + "'"
+
+    tenant_set = ', '.join(map(quoted, tenants))
+    named = ' OR '.join(f'"{name}" IN ({", ".join(map(quoted, values))})' for name, values in cells.items())
+    handle.delete(
+      f'{tables.TENANT_COLUMN} IN ({tenant_set}) AND ({named})',
+      commit_properties=CommitProperties(custom_metadata={tables.COMMIT_ID_KEY: commit_id}),
+    )
+  handle = committer.load(table)
+  removed = sorted(before - _data_files(target, handle, tenants))
+  for path in removed:
+    _delete_file(target, handle, path)
+  result.update(
+    deleted_rows=matched.num_rows,
+    files_removed=removed,
+    rescan_matches=int(pc.sum(rows_of(_tenant_rows(target, handle, tenants)).cast(pa.int64())).as_py() or 0),
+  )
+  return result
+
+
+def _tenant_rows(target: tables.TableTarget, handle, tenants: Sequence[str]) -> pa.Table:
+  if target.format == 'iceberg':
+    from pyiceberg.expressions import In
+
+    return handle.scan(row_filter=In(tables.TENANT_COLUMN, list(tenants))).to_arrow()
+  import pyarrow.dataset as ds
+
+  return handle.to_pyarrow_dataset().to_table(filter=ds.field(tables.TENANT_COLUMN).isin(list(tenants)))
+
+
+def _data_files(target: tables.TableTarget, handle, tenants: Sequence[str]) -> set:
+  """The data files of the current snapshot / version that may hold rows of `tenants` (absolute URIs)."""
+  if target.format == 'iceberg':
+    from pyiceberg.expressions import In
+
+    return {
+      task.file.file_path for task in handle.scan(row_filter=In(tables.TENANT_COLUMN, list(tenants))).plan_files()
+    }
+  return set(handle.file_uris())
+
+
+def _delete_file(target: tables.TableTarget, handle, path: str):
+  if target.format == 'iceberg':
+    handle.io.delete(path)
+    return
+  from apache_beam.io.filesystems import FileSystems
+
+  local = tables._local(path)
+  if tables._is_local(path):
+    import os
+
+    if os.path.exists(local):
+      os.remove(local)
+    return
+  FileSystems.delete([path])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
