@@ -700,7 +700,24 @@ def erase(
     return _erase_hf_dataset(output, tenant, matcher, report, beam_args)
   if kind == WINDOW_FILES:
     return _erase_window_files(output, tenant, scope, run_id, report, options, beam_args)
-  return _erase_tables(table_target, tenant, matcher, report)
+  report = _erase_tables(table_target, tenant, matcher, report, options)
+  location = table_target.location
+  if any(_matches(FileSystems.join(location, kind, 'tenant=*', '**')) for kind in WINDOW_KINDS):
+    # A streaming job writing tables keeps its sessions (and metrics) as window files beside them.
+    files = _erase_window_files(location, tenant, scope, run_id, dict(report), options, beam_args)
+    report['window_files'] = {
+      k: files[k] for k in ('files_total', 'files_scanned', 'files_rewritten', 'files_dropped', 'records_removed')
+    }
+    report['files_rewritten'] = sorted(report['files_rewritten'] + files['files_rewritten'])
+    report['published'] = report['published'] or files['published']
+    for name, n in files['records_removed'].items():
+      if n and name != 'dead_letter':
+        report['records_removed'][name] = report['records_removed'].get(name, 0) + n
+    by_tenant = report['records_removed_by_tenant_and_entity']
+    for tenant_name, per_entity in files['records_removed_by_tenant_and_entity'].items():
+      for name, n in per_entity.items():
+        by_tenant.setdefault(tenant_name, {})[name] = by_tenant.get(tenant_name, {}).get(name, 0) + n
+  return report
 
 
 # ----- The streaming job's window files -----
@@ -723,17 +740,23 @@ def _window_files(output: str, tenant: str) -> List[Tuple[str, str, str]]:
   return sorted(set(files))
 
 
-def _erase_window_files(output, tenant, scope, run_id, report, options, beam_args) -> dict:
-  """Rewrites the streaming job's files that hold the subjects in place, each through a temporary
-  name and a rename (the window sink's own commit), under the output's lock; then re-scans them."""
-  output = output.rstrip('/')
+def _job_lock(output: str, run_id: str, options) -> OutputLock:
+  """The output's lock, which a streaming job holds while it runs (window files and tables alike):
+  its merges and replays would otherwise write back what the erasure removes."""
   try:
-    lock = OutputLock.acquire(output, run_id, '', ttl_s=600.0, options=options)
+    return OutputLock.acquire(output, run_id, '', ttl_s=600.0, options=options)
   except OutputLockedError as e:
     raise ComplianceError(
       f'{e}: a streaming job writes this output; stop it (its source keeps what it did not acknowledge), '
       'erase, then start it again'
     ) from None
+
+
+def _erase_window_files(output, tenant, scope, run_id, report, options, beam_args) -> dict:
+  """Rewrites the streaming job's files that hold the subjects in place, each through a temporary
+  name and a rename (the window sink's own commit), under the output's lock; then re-scans them."""
+  output = output.rstrip('/')
+  lock = _job_lock(output, run_id, options)
   work_dir = FileSystems.join(output, '_compliance', f'_work-{run_id}')
   try:
     files = _window_files(output, tenant)
@@ -838,15 +861,13 @@ def _erase_hf_dataset(output, tenant, matcher, report, beam_args) -> dict:
     _remove(staging)
   dropped = {r['path'] for r in results if r['dropped']}
   published = [(k, output + new[len(staging) :]) for k, _, new in files if new not in dropped]
-  rescan = (
-    _run_files(
-      [(k, p, p) for k, p in published], scope, RESCAN, None, beam_args, f'{output}.rescan-{uuid.uuid4().hex[:8]}'
+  rescan_dir = f'{output}.rescan-{uuid.uuid4().hex[:8]}'
+  try:
+    rescan = (
+      _run_files([(k, p, p) for k, p in published], scope, RESCAN, None, beam_args, rescan_dir) if removed else []
     )
-    if removed
-    else []
-  )
-  for path in _matches(f'{output}.rescan-*'):
-    FileSystems.delete([path])
+  finally:
+    delete_tree(rescan_dir)
   report.update(
     files_scanned=sum(r['scanned'] for r in results),
     files_rewritten=sorted(output + r['path'][len(staging) :] for r in results if r['rewritten']),
@@ -865,25 +886,30 @@ def _erase_hf_dataset(output, tenant, matcher, report, beam_args) -> dict:
 # ----- Lake tables (Iceberg, Delta) -----
 
 
-def _erase_tables(target, tenant, matcher, report) -> dict:
-  """Row-level deletes of the subjects' rows in every table of `target` (`pipelines.lake_tables.erase_matching`)."""
+def _erase_tables(target, tenant, matcher, report, options) -> dict:
+  """Row-level deletes of the subjects' rows in every table of `target` (`pipelines.lake_tables.erase_matching`),
+  under the output's lock (a streaming job writing the tables holds it)."""
   from io_connectors.sinks import tables
   from pipelines import lake_tables
 
   removed: Dict[str, int] = {}
-  rescan = 0
+  rescan = metadata = 0
   files_rewritten: List[str] = []
+  lock = _job_lock(target.location, report['run_id'], options)
   try:
     names = lake_tables.table_names(target)
     for name in names:
       tenants = [tenant, UNASSIGNED] if name == tables.DEAD_LETTER_TABLE else [tenant]
-      result = lake_tables.erase_matching(target, name, tenants, matcher.rows)
+      result = lake_tables.erase_matching(target, name, tenants, matcher)
+      metadata += result['metadata_matches']
       if result['deleted_rows']:
         removed[name] = result['deleted_rows']
       files_rewritten += result['files_removed']
       rescan += result['rescan_matches']
   except tables.TableError as e:
     raise ComplianceError(str(e)) from None
+  finally:
+    lock.release()
   report.update(
     tables=names,
     files_total=None,
@@ -897,8 +923,14 @@ def _erase_tables(target, tenant, matcher, report) -> dict:
     records_removed_by_tenant_and_entity={tenant: dict(sorted(removed.items()))} if removed else {},
     published=bool(removed),
     rescan_matches=rescan,
+    metadata_matches=metadata,
     finished_at=_now(),
   )
+  if metadata:
+    raise ComplianceError(
+      f'{target.location}: the rows are deleted but {metadata} metadata files of the tables still hold a '
+      "subject's value (column statistics)"
+    )
   if rescan:
     raise ComplianceError(f'the re-scan of {target.location} after the erasure still found {rescan} records')
   return report

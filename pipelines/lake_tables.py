@@ -25,7 +25,7 @@ import datetime as dt
 import json
 import sys
 import uuid
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -153,13 +153,12 @@ def _string_columns(schema: pa.Schema) -> List[str]:
   return [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
 
 
-def erase_matching(
-  target: tables.TableTarget, table: str, tenants: Sequence[str], rows_of: Callable[[pa.Table], pa.Array]
-) -> dict:
+def erase_matching(target: tables.TableTarget, table: str, tenants: Sequence[str], matcher) -> dict:
   """Row-level delete of the rows of `tenants` that `rows_of` selects (a data subject's erasure), then
   deletes the data files the delete replaced, so no byte of those rows stays in the table's storage.
 
-  `rows_of(arrow table) -> boolean array` (`pipelines.compliance.SubjectMatcher.rows`). The rows are
+  `matcher`: a `pipelines.compliance.SubjectMatcher` (``rows(arrow table) -> boolean array``, ``line(bytes)``).
+  The rows are
   found by a scan of the tenants' partitions; the delete is one predicate, ``tenant IN (...) AND
   (c1 IN (cells of c1 that match) OR c2 IN (...))`` over the top-level string columns, so it removes
   exactly the selected rows (a row whose cell equals a selected cell is selected too), in one snapshot
@@ -167,7 +166,14 @@ def erase_matching(
   named that way: TableError, nothing deleted. The replaced files are deleted at once: time travel to a
   snapshot before the erasure can no longer read them. Returns deleted rows, the files removed and a
   re-scan's matches (0).
+
+  The table's metadata may hold values too: Delta keeps each added file's min/max statistics in its log.
+  After the delete, a checkpoint is written and the log entries (and older checkpoints) before it that
+  hold a subject's value are deleted: the table reads from the checkpoint on; time travel to versions
+  before it is gone. Iceberg's manifests keep bounds truncated to 16 characters; any metadata file that
+  still holds a subject's value is counted in ``metadata_matches`` (a non-zero count fails the erasure).
   """
+  rows_of = matcher.rows
   committer = tables.open_tables(target)
   handle = committer.load(table)
   if handle is None:
@@ -178,6 +184,7 @@ def erase_matching(
   matched = rows.filter(hit)
   result = {'table': table, 'deleted_rows': 0, 'files_removed': [], 'rescan_matches': 0}
   if not matched.num_rows:
+    result['metadata_matches'] = _purge_metadata(target, committer, handle, table, matcher, tenants)
     return result
   cells: Dict[str, List[str]] = {}
   covered = pa.array([False] * matched.num_rows, pa.bool_())
@@ -185,7 +192,8 @@ def erase_matching(
     if name == tables.TENANT_COLUMN:
       continue
     column = matched.select([name])
-    cell_hit = rows_of(column)
+    # Only rows no earlier column names: the fewest values, and no delete that finds nothing.
+    cell_hit = pc.and_(rows_of(column), pc.invert(covered))
     values = sorted({v for v in pc.filter(column.column(0), cell_hit).to_pylist() if v is not None})
     if values:
       cells[name] = values
@@ -198,14 +206,16 @@ def erase_matching(
   before = _data_files(target, handle, tenants)
   commit_id = f'erase/{"+".join(tenants)}/{uuid.uuid4().hex}'
   if target.format == 'iceberg':
-    from pyiceberg.expressions import And, In, Or
+    from pyiceberg.expressions import And, In
 
-    condition = None
-    for name, values in cells.items():
-      condition = In(name, values) if condition is None else Or(condition, In(name, values))
-    handle.delete(
-      And(In(tables.TENANT_COLUMN, tenants), condition), snapshot_properties={tables.COMMIT_ID_KEY: commit_id}
-    )
+    # One delete per column, in one transaction (one catalog commit: readers see all or none of them):
+    # pyiceberg 0.12 keeps rows an Or of In's selects when another of its columns is null.
+    with handle.transaction() as tx:
+      for name, values in cells.items():
+        tx.delete(
+          And(In(tables.TENANT_COLUMN, tenants), In(name, values)),
+          snapshot_properties={tables.COMMIT_ID_KEY: commit_id},
+        )
   else:
     from deltalake import CommitProperties
 
@@ -222,12 +232,131 @@ def erase_matching(
   removed = sorted(before - _data_files(target, handle, tenants))
   for path in removed:
     _delete_file(target, handle, path)
+  after = _tenant_rows(target, handle, tenants)
+  result['metadata_matches'] = _purge_metadata(target, committer, handle, table, matcher, tenants)
   result.update(
     deleted_rows=matched.num_rows,
     files_removed=removed,
-    rescan_matches=int(pc.sum(rows_of(_tenant_rows(target, handle, tenants)).cast(pa.int64())).as_py() or 0),
+    rows_before=rows.num_rows,
+    rows_after=after.num_rows,
+    rescan_matches=int(pc.sum(rows_of(after).cast(pa.int64())).as_py() or 0),
   )
   return result
+
+
+# The Delta table property set when an erasure purged the log (the time, no identifier).
+ERASED_AT_PROPERTY = 'music.erased_at'
+
+
+def _metadata_files(location: str, folder: str) -> List[str]:
+  from apache_beam.io.filesystems import FileSystems
+
+  base = tables._local(location) if tables._is_local(location) else location
+  try:
+    return sorted(m.path for m in FileSystems.match([f'{base}/{folder}/*'])[0].metadata_list)
+  except Exception:
+    return []
+
+
+def _entries(path: str) -> List[dict]:
+  """The entries of a table metadata file: a Delta log's actions (JSON lines, or a Parquet checkpoint's
+  rows), an Iceberg manifest's or manifest list's records (Avro), a JSON document as one entry."""
+  import io
+
+  from apache_beam.io.filesystems import FileSystems
+
+  with FileSystems.open(path, compression_type='uncompressed') as handle:
+    data = handle.read()
+  if path.endswith('.parquet'):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(io.BytesIO(data)).to_pylist()
+  if path.endswith('.avro'):
+    import fastavro
+
+    return list(fastavro.reader(io.BytesIO(data)))
+  entries = []
+  for line in data.splitlines() if path.endswith('.json') and '/_delta_log/' in path else [data]:
+    try:
+      entries.append(json.loads(line))
+    except ValueError:
+      entries.append({'text': line})
+  return entries
+
+
+def _tenant_of(entry: dict) -> Optional[str]:
+  """The tenant partition an entry describes (a Delta add/remove, an Iceberg manifest entry), if any."""
+  for key in ('add', 'remove', 'data_file'):
+    action = entry.get(key)
+    if isinstance(action, dict):
+      partition = action.get('partitionValues') or action.get('partition') or {}
+      if isinstance(partition, list):  # a map read from Parquet: [(key, value), ...]
+        partition = dict(partition)
+      if isinstance(partition, dict) and tables.TENANT_COLUMN in partition:
+        return partition[tables.TENANT_COLUMN]
+  return None
+
+
+def _holds(path: str, matcher, tenants: Sequence[str]) -> bool:
+  """Whether a metadata file holds a subject's value in an entry of `tenants` (or of no tenant): column
+  statistics of their files, a delete's predicate. Other tenants' entries may hold the same raw value of
+  another person."""
+  return any(
+    _tenant_of(entry) in (None, *tenants) and matcher.value(entry)
+    for entry in _entries(path)
+    if isinstance(entry, dict)
+  )
+
+
+def _purge_metadata(target: tables.TableTarget, committer, handle, table: str, matcher, tenants) -> int:
+  """Removes the table metadata that still holds a subject's value after the delete; returns how many
+  metadata files still hold one (0, else the erasure fails).
+
+  Delta: one more commit (a table property: when the last erasure ran) and a checkpoint at it, then the
+  log entries and older checkpoints before it that hold a value are deleted (the delete's own entry names
+  the values in its predicate; earlier ``add`` actions keep min/max statistics). Iceberg: manifests keep
+  bounds (16 characters) of every file, the deleted ones included: an empty append (its manifest list
+  leaves out manifests of deleted files only), then the snapshots before it expire and the manifests that
+  hold a value and no snapshot references are deleted. Time travel to before the erasure ends with it.
+  """
+  import re
+
+  from apache_beam.io.filesystems import FileSystems
+
+  if target.format == 'iceberg':
+    folder = handle.location().rstrip('/')
+    holding = [p for p in _metadata_files(folder, 'metadata') if _holds(p, matcher, tenants)]
+    if not holding:
+      return 0
+    props = {tables.COMMIT_ID_KEY: f'erase-metadata/{uuid.uuid4().hex}'}
+    handle.append(handle.schema().as_arrow().empty_table(), snapshot_properties=props)
+    handle = committer.load(table)
+    current = handle.current_snapshot()
+    older = [s.snapshot_id for s in handle.snapshots() if s.snapshot_id != current.snapshot_id]
+    if older:
+      handle.maintenance.expire_snapshots().by_ids(older).commit()
+      handle = committer.load(table)
+    live = {handle.current_snapshot().manifest_list} | {m.manifest_path for m in current.manifests(handle.io)}
+    live = {tables._local(p) for p in live}
+    for path in holding:
+      if tables._local(path) not in live and path.endswith('.avro'):
+        handle.io.delete(path if '://' in path else 'file://' + path)
+    return sum(_holds(p, matcher, tenants) for p in _metadata_files(folder, 'metadata'))
+  location = committer.location(table)
+  versioned = [p for p in _metadata_files(location, '_delta_log') if re.search(r'/\d{20}\.', p)]
+  holding = [p for p in versioned if _holds(p, matcher, tenants)]
+  if not holding:
+    return 0
+  handle.alter.set_table_properties(
+    {ERASED_AT_PROPERTY: dt.datetime.now(dt.timezone.utc).isoformat()}, raise_if_not_exists=False
+  )
+  handle = committer.load(table)
+  handle.create_checkpoint()
+  checkpoint = handle.version()
+  stale = [p for p in holding if int(re.search(r'/(\d{20})\.', p).group(1)) < checkpoint]
+  if stale:
+    FileSystems.delete(stale)
+  return len(holding) - len(stale)
 
 
 def _tenant_rows(target: tables.TableTarget, handle, tenants: Sequence[str]) -> pa.Table:

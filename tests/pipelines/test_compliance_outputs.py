@@ -13,6 +13,7 @@ import pytest
 from io_connectors.sinks.lake import OutputLock
 from io_connectors.sinks.window_files import WriteDeadLettersFn, WriteWindowFiles
 from pipelines import gdpr, hf_export
+from pipelines.audit import open_audit_log
 from pipelines.compliance import ComplianceError, erase
 from tests.pipelines.test_compliance import KEY, _master_key, _output, _pseudonym
 from transforms.windows import WindowBatch
@@ -26,14 +27,15 @@ def _pii_key(monkeypatch):
 
 
 def _decoded(path):
-  """A file's bytes, Parquet decoded to JSON (it compresses), everything else as it is."""
+  """A file's bytes, with Parquet and Avro (which compress) decoded as JSON after them."""
+  import fastavro
+
   with open(path, 'rb') as handle:
     data = handle.read()
   if path.endswith('.parquet'):
-    try:
-      data += json.dumps(pq.read_table(io.BytesIO(data)).to_pylist(), default=str).encode()
-    except Exception:
-      pass
+    data += json.dumps(pq.read_table(io.BytesIO(data)).to_pylist(), default=str).encode()
+  elif path.endswith('.avro'):
+    data += repr(list(fastavro.reader(io.BytesIO(data)))).encode()
   return data
 
 
@@ -83,7 +85,7 @@ def test_streaming_window_files(tmp_path):
     },
     {'tenant': None, 'reason': 'no tenant', 'source': 's', 'position': 3, 'record': {'text': 'from u1@example.com'}},
   ]
-  with beam.Pipeline() as p:
+  with beam.Pipeline(runner='FnApiRunner') as p:
     _ = p | 'W' >> beam.Create(windows) | WriteWindowFiles(output, 'data', key_field='event_id')
     _ = p | 'S' >> beam.Create(sessions) | 'Sessions' >> WriteWindowFiles(output, 'sessions')
     _ = p | 'L' >> beam.Create(letters) | beam.ParDo(WriteDeadLettersFn(output))
@@ -128,6 +130,10 @@ def test_streaming_window_files(tmp_path):
 @pytest.mark.parametrize('fmt', ['delta', 'iceberg'])
 def test_lake_tables_row_level_deletes(tmp_path, fmt, capsys):
   output = _output(tmp_path, fmt)
+  # A streaming job writing tables keeps its sessions as window files beside them.
+  sessions = [('acme', 0, 0, _events('acme', ['u1', 'u2']).select(['user_id']).to_batches()[0])]
+  with beam.Pipeline(runner='FnApiRunner') as p:
+    _ = p | beam.Create(sessions) | WriteWindowFiles(output, 'sessions')
   u1, u1_beat = _pseudonym('u1', 'acme').encode(), _pseudonym('u1', 'beat').encode()
   assert any(u1 in data for data in _tree(output).values())
   subjects = tmp_path / 'ids.txt'
@@ -140,22 +146,33 @@ def test_lake_tables_row_level_deletes(tmp_path, fmt, capsys):
 
   report = json.loads((tmp_path / 'report.json').read_text())
   assert report['output_kind'] == 'tables' and report['rescan_matches'] == 0
-  # 4 clean rows and 1 dead letter of u1 in acme (as in the batch lake's test).
-  assert report['records_removed'] == {'data': 4, 'dead_letter': 1}
-  assert report['records_removed_by_tenant_and_entity'] == {'acme': {'dead_letter': 1, 'listening_event': 4}}
-  data_files = {p: d for p, d in _tree(output).items() if p.endswith('.parquet')}
-  for path, data in data_files.items():
+  # 4 clean rows and 1 dead letter of u1 in acme (as in the batch lake's test), and their session.
+  assert report['records_removed'] == {'data': 4, 'dead_letter': 1, 'sessions': 1}
+  assert report['records_removed_by_tenant_and_entity'] == {
+    'acme': {'dead_letter': 1, 'listening_event': 4, 'sessions': 1}
+  }
+  files = _tree(output)  # data files, the Delta log and its checkpoints, Iceberg's metadata and manifests
+  for path, data in files.items():
     assert u1 not in data and b'u1@example.com' not in data, path
+  data_files = {p: d for p, d in files.items() if p.endswith('.parquet')}
   assert any(u1_beat in data for data in data_files.values()), 'the same user id in another tenant stays'
   assert any(_pseudonym('u10', 'acme').encode() in data for data in data_files.values())
-  entry = [json.loads(line) for line in audit.read_text().splitlines()][-1]
-  assert entry['action'] == 'erasure' and entry['details']['records_removed'] == {'data': 4, 'dead_letter': 1}
+  entry = list(open_audit_log(str(audit)).entries())[-1]
+  assert entry.action == 'erasure' and entry.details['records_removed'] == report['records_removed']
   assert u1 not in audit.read_bytes()
 
   capsys.readouterr()
   assert gdpr.main(command) == 0  # idempotent
   again = json.loads((tmp_path / 'report.json').read_text())
   assert not again['published'] and again['records_removed'] == {'data': 0, 'dead_letter': 0}
+
+  # A streaming job on the tables holds the output's lock: the erasure waits for it.
+  lock = OutputLock.acquire(output, 'streaming-test', '', ttl_s=60)
+  try:
+    assert gdpr.main(command) == 2
+  finally:
+    lock.release()
+  assert 'a streaming job writes this output' in capsys.readouterr().err
 
 
 def test_hugging_face_export(tmp_path):
