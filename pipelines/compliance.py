@@ -40,8 +40,15 @@ suppression list (``_compliance/suppression/``, keyed tokens of their pseudonyms
 which `RedactPII` consults: a later import of old data into this output sends
 their rows to the dead letter (reason ``suppressed``) instead of the lake.
 
-Not covered yet: the streaming job's window files, ML outputs and lake tables
-(Iceberg, Delta) (docs/compliance.md).
+The same request erases from the other outputs (`output_kind` finds which
+by the layout; docs/compliance.md says what each guarantees): the streaming
+job's window files (rewritten in place, each through a temporary name and a
+rename as the window sink writes them, under the output's lock), an
+``ml_features`` run (examples found by the event ids of the subjects'
+records in the lake it read, published as a new run), a Hugging Face export
+(a new folder replaces it), and lake tables (``table_target``: row-level
+deletes, then the replaced data files and the table metadata naming the
+subjects deleted; `pipelines.lake_tables.erase_matching`).
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ Usage::
     # every record of these people in tenant acme's part of the lake, removed through an atomic commit
     python -m pipelines.gdpr erase --output gs://lake/events --tenant acme --subject_file ids.txt \\
         --pii_key_file key.hex --report erasure.json [Beam flags, e.g. --runner=DataflowRunner ...]
+    # ... and from ML features, a Hugging Face export, streaming window files and Iceberg tables at once
+    python -m pipelines.gdpr erase --output gs://ml/features --output gs://ml/hf --output gs://lake/events \\
+        --output gs://lake/stream --table_output s3://wh --table_format iceberg --table_catalog postgresql://... \\
+        --tenant acme --subject_file ids.txt
     python -m pipelines.gdpr export --output gs://lake/events --tenant acme --subject_file ids.txt \\
         --destination gs://requests/2026-0042/
     python -m pipelines.gdpr retention --output gs://lake/events --config retention.yaml
@@ -20,7 +24,10 @@ Usage::
 
 ``erase`` reads one raw identifier per line (user ids, emails), derives
 their pseudonyms with the tenant's key ($PII_MASTER_KEY or --pii_key_file,
-as the batch job) and runs `pipelines.compliance.erase`; it prints the
+as the batch job) and runs `pipelines.compliance.erase` on every --output
+(repeatable: batch lakes, the streaming job's window files, ML features
+runs, Hugging Face exports) and --table_output (lake tables, with
+--table_format and --table_catalog); it prints the
 verification report (files scanned and rewritten, records removed, the
 re-scan's zero) and appends an ``erasure`` entry to the audit log when one is
 configured. Exit status 0 when the subjects are gone (or were never there).
@@ -253,7 +260,7 @@ def _retention(args, beam_args: Sequence[str]) -> int:
   return 0
 
 
-def _erase_targets(args):
+def _erase_targets(args, beam_args: Sequence[str]):
   """(output, table target or None) of every output of the request, derived data first: an ML features
   run finds its examples by the event ids of the subjects' records in its lake, so it goes before it."""
   from io_connectors.sinks import tables
@@ -272,9 +279,13 @@ def _erase_targets(args):
   outputs = list(args.output or [])
   if args.table_format and not args.table_output:
     # --table_format alone: --output names the table lakes.
-    return _erase_targets(argparse.Namespace(**dict(vars(args), table_output=outputs, output=[])))
+    return _erase_targets(argparse.Namespace(**dict(vars(args), table_output=outputs, output=[])), beam_args)
   if not outputs and not targets:
     raise _UsageError('give --output (or --table_output with --table_format)')
+  from apache_beam.io.filesystems import FileSystems
+  from apache_beam.options.pipeline_options import PipelineOptions
+
+  FileSystems.set_options(PipelineOptions(list(beam_args)))  # S3 / GCS settings, to see what each output is
   files = []
   for output in (o for o in outputs if o):
     try:
@@ -290,7 +301,7 @@ def _erase(args, beam_args: Sequence[str]) -> int:
   subjects, master_key, log = _request(args)
   reports = []
   try:
-    for output, target in _erase_targets(args):
+    for output, target in _erase_targets(args, beam_args):
       reports.append(erase(output, args.tenant, subjects, master_key, beam_args=beam_args, table_target=target))
       reports[-1]['output'] = mask_url(output)
   except ComplianceError as e:

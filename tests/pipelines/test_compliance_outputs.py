@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from io_connectors.sinks.lake import OutputLock
+from io_connectors.sinks.lake import OutputLock, read_manifest
 from io_connectors.sinks.window_files import WriteDeadLettersFn, WriteWindowFiles
 from pipelines import gdpr, hf_export
 from pipelines.audit import open_audit_log
@@ -175,18 +175,25 @@ def test_lake_tables_row_level_deletes(tmp_path, fmt, capsys):
   assert 'a streaming job writes this output' in capsys.readouterr().err
 
 
-def test_hugging_face_export(tmp_path):
+def test_one_request_erases_a_lake_and_its_hugging_face_export(tmp_path, capsys):
   lake = _output(tmp_path)
   dataset = str(tmp_path / 'hf')
   hf_export.export(lake, dataset, max_shard_rows=3)
   u1, u1_beat = _pseudonym('u1', 'acme').encode(), _pseudonym('u1', 'beat').encode()
   before = _stats(dataset)
   rows_before = sum(pq.read_metadata(p).num_rows for p in before if p.endswith('.parquet') and '/acme/' in p)
+  subjects = tmp_path / 'ids.txt'
+  subjects.write_text('u1\n')
+  command = ['erase', '--output', lake, '--output', dataset, '--tenant', 'acme', '--subject_file', str(subjects)]
 
-  report = erase(dataset, 'acme', ['u1'], _master_key())
+  assert gdpr.main([*command, '--report', str(tmp_path / 'report.json')]) == 0
 
-  assert report['output_kind'] == 'hf_dataset' and report['rescan_matches'] == 0
-  assert report['records_removed'] == {'data': 4}
+  report = json.loads((tmp_path / 'report.json').read_text())
+  # The export goes first (derived data), then the lake; totals over both.
+  assert [r['output_kind'] for r in report['outputs']] == ['hf_dataset', 'lake']
+  assert report['outputs'][0]['records_removed'] == {'data': 4}
+  assert report['outputs'][1]['records_removed'] == {'data': 4, 'dead_letter': 1}
+  assert report['records_removed'] == {'data': 8, 'dead_letter': 1} and report['rescan_matches'] == 0
   after = _tree(dataset)
   assert not any(u1 in data for data in after.values())
   assert any(u1_beat in data for data in after.values())
@@ -197,5 +204,11 @@ def test_hugging_face_export(tmp_path):
   beat = [p for p in before if '/data/beat/' in p]
   assert beat and all(os.stat(p).st_ino == before[p][0] for p in beat), 'untouched shards are linked, not rewritten'
   assert not [p for p in os.listdir(tmp_path) if '.tmp-' in p or '.rescan-' in p]
-  again = erase(dataset, 'acme', ['u1'], _master_key())
-  assert not again['published'] and again['records_removed'] == {'data': 0}
+  lake_files = read_manifest(lake)['files']
+  for path in lake_files['data'] + lake_files['dead_letter']:
+    assert u1 not in _decoded(path), path
+
+  capsys.readouterr()
+  assert gdpr.main([*command, '--report', str(tmp_path / 'again.json')]) == 0  # idempotent
+  again = json.loads((tmp_path / 'again.json').read_text())
+  assert not again['published'] and again['records_removed'] == {'data': 0, 'dead_letter': 0}
