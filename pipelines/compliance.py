@@ -318,7 +318,7 @@ def split_file(path: str, data: bytes, matcher: SubjectMatcher) -> Split:
       raise ComplianceError(f'{path}: cannot read it as gzip: {type(e).__name__}: {e}') from None
     rewritten, matched, kept = split_file(path[: -len('.gz')], inner, matcher)
     return (None if rewritten is None else gzip.compress(rewritten, mtime=0)), matched, kept
-  extension = path.rsplit('.', 1)[-1]
+  extension = 'tfrecord' if _TFDS_SHARD.search(path) else path.rsplit('.', 1)[-1]
   if extension not in _SPLITTERS:
     raise ComplianceError(f'{path}: cannot read a .{extension} file (reads {", ".join(sorted(_SPLITTERS))})')
   try:
@@ -426,7 +426,7 @@ class _SubjectFilesFn(beam.DoFn):
       if rewritten is None:
         if not in_place:
           _carry(source, target)
-      elif kept:
+      elif kept or getattr(self._scope, 'keeps_empty_files', False):
         if in_place:
           write_atomically(target, rewritten)
         else:
@@ -631,7 +631,14 @@ def _rewrite_output(
 
 
 # What `erase` can erase from, by how the output is laid out (see `output_kind`).
-LAKE, FEATURES, HF_DATASET, WINDOW_FILES, TABLES = 'lake', 'ml_features', 'hf_dataset', 'window_files', 'tables'
+LAKE, FEATURES, HF_DATASET, TFDS, WINDOW_FILES, TABLES = (
+  'lake',
+  'ml_features',
+  'hf_dataset',
+  'tfds',
+  'window_files',
+  'tables',
+)
 
 
 def output_kind(output: str, table_target=None) -> str:
@@ -646,6 +653,8 @@ def output_kind(output: str, table_target=None) -> str:
     FileSystems.join(output, 'data', '*', '*.parquet')
   ):
     return HF_DATASET
+  if tfds_dirs(output):
+    return TFDS
   if any(_matches(FileSystems.join(output, kind, 'tenant=*', '**')) for kind in WINDOW_KINDS):
     return WINDOW_FILES
   raise ComplianceError(
@@ -669,12 +678,16 @@ def erase(
   run_id: Optional[str] = None,
   beam_args: Sequence[str] = (),
   table_target=None,
+  event_ids: Optional[set] = None,
 ) -> dict:
   """Erases `subjects` of `tenant` from `output`; returns the verification report (see module doc).
 
-  `output` is a batch lake, an ML features output, a Hugging Face export or
-  the streaming job's window files (found by their layout), or, with
-  `table_target` (`io_connectors.sinks.tables.TableTarget`), lake tables.
+  `output` is a batch lake, an ML features output, a Hugging Face export, a
+  prepared TFDS dataset or the streaming job's window files (found by their
+  layout), or, with `table_target` (`io_connectors.sinks.tables.TableTarget`),
+  lake tables. `event_ids`: a set shared by the outputs of one request: an ML
+  features erasure adds the event ids of the subjects' records it found, a
+  TFDS dataset's erasure (which has nothing else to find them by) uses them.
   """
   _check_tenant(tenant)
   options = PipelineOptions(list(beam_args))
@@ -702,7 +715,9 @@ def erase(
     _, manifest = _committed_manifest(output, beam_args, 'erase from')
     return _rewrite_output(output, manifest, options, scope, 'erasure', run_id, report, beam_args)
   if kind == FEATURES:
-    return _erase_features(output, tenant, matcher, run_id, report, options, beam_args)
+    return _erase_features(output, tenant, matcher, run_id, report, options, beam_args, event_ids)
+  if kind == TFDS:
+    return _erase_tfds(output, tenant, matcher, event_ids, report, beam_args)
   if kind == HF_DATASET:
     return _erase_hf_dataset(output, tenant, matcher, report, beam_args)
   if kind == WINDOW_FILES:
@@ -794,7 +809,7 @@ def _erase_window_files(output, tenant, scope, run_id, report, options, beam_arg
 # ----- ML outputs: pipelines.ml_features and pipelines.hf_export -----
 
 
-def _erase_features(output, tenant, matcher, run_id, report, options, beam_args) -> dict:
+def _erase_features(output, tenant, matcher, run_id, report, options, beam_args, found=None) -> dict:
   """An ML features run: its examples keep `event_id` but no identifier (the user pseudonym is hashed
   into a bucket shared with other users), so the subjects' examples are found by the event ids of
   their records in the lake the run read, as well as by any value that holds a pseudonym or raw value
@@ -811,6 +826,8 @@ def _erase_features(output, tenant, matcher, run_id, report, options, beam_args)
     event_ids = sorted({key for r in results for key in r.get('keys') or ()})
   report['lake'] = {'run_id': (lake_manifest or {}).get('run_id'), 'read': lake_manifest is not None}
   report['event_ids_found'] = len(event_ids)
+  if found is not None:
+    found.update(event_ids)
   keyed = matcher.with_keys({KEY_FIELD: event_ids})
   return _rewrite_output(
     output, manifest, options, _SubjectScope(keyed, tenant), 'erasure', run_id, report, beam_args, _FeaturesLayout()
@@ -844,30 +861,122 @@ def _card_after(card: str, tenant: str, removed: int) -> str:
 
 
 def _erase_hf_dataset(output, tenant, matcher, report, beam_args) -> dict:
-  """A Hugging Face export: a new copy of the folder (untouched shards linked or copied, the tenant's
-  shards with a match rewritten, the card's row counts lowered) replaces it the way the export
-  publishes it (`pipelines.hf_export`: one rename on local disk)."""
+  """A Hugging Face export: the tenant's shards (``data/<tenant>/*.parquet``) with a match rewritten, the
+  card's row counts lowered (`_erase_folder`)."""
+  output = output.rstrip('/')
+  shards = sorted(_matches(FileSystems.join(output, 'data', '*', '*.parquet')))
+
+  def card(results, staging):
+    removed = sum(r['removed'] for r in results)
+    text = _read(FileSystems.join(output, 'README.md')).decode('utf-8')
+    with FileSystems.create(FileSystems.join(staging, 'README.md')) as handle:
+      handle.write(_card_after(text, tenant, removed).encode('utf-8'))
+
+  report = _erase_folder(output, shards, ['README.md'], _DatasetScope(matcher, tenant), card, report, beam_args)
+  removed = report['records_removed']['data']
+  report['records_removed_by_tenant_and_entity'] = {tenant: {'data': removed}} if removed else {}
+  return report
+
+
+# A TFDS shard: <dataset>-<split>.tfrecord-<shard>-of-<shards> (TFDS's default file name template).
+_TFDS_SHARD = re.compile(r'(?P<dataset>[^/]+)-(?P<split>[^-/.]+)\.tfrecord-(?P<shard>\d{5})-of-(?P<shards>\d{5})$')
+
+
+def tfds_dirs(output: str) -> List[str]:
+  """The prepared TFDS dataset versions under `output`: itself, or <data_dir>/<name>/<version>/."""
+  infos = _matches(FileSystems.join(output, 'dataset_info.json')) or _matches(
+    FileSystems.join(output, '*', '*', 'dataset_info.json')
+  )
+  return sorted(path.rsplit('/', 1)[0] for path in infos)
+
+
+def _erase_tfds(output, tenant, matcher, event_ids, report, beam_args) -> dict:
+  """A prepared TFDS dataset (`pipelines.tfds_music` copies the ML features' examples into its own
+  shards): examples found as in the features run (by event id, given by the features output erased in
+  the same request), shards rewritten (a shard left empty stays, as TFDS counts its shards), and
+  ``dataset_info.json``'s shard lengths lowered."""
+  folders = tfds_dirs(output)
+  if not event_ids:
+    raise ComplianceError(
+      f'{output}: a TFDS dataset of ML features holds no identifier, only event ids: give the ML features '
+      'output it was prepared from (--output) in the same request'
+    )
+  reports = []
+  for folder in folders:
+    info = json.loads(_read(FileSystems.join(folder, 'dataset_info.json')).decode('utf-8'))
+    group = (info.get('metadata') or {}).get('group')
+    selected = matcher.with_keys({KEY_FIELD: event_ids})
+    scope = _TfdsScope(selected if group in (tenant, FEATURES_ALL_TENANTS, None) else None)
+    shards = sorted(p for p in _matches(FileSystems.join(folder, '*.tfrecord-*')) if _TFDS_SHARD.search(p))
+
+    def lengths(results, staging, info=info, folder=folder):
+      removed: Dict[Tuple[str, int], int] = {}
+      for r in results:
+        name = _TFDS_SHARD.search(r['path'])
+        removed[(name['split'], int(name['shard']))] = r['removed']
+      for split in info.get('splits') or []:
+        split['shardLengths'] = [
+          str(int(n) - removed.get((split['name'], i), 0)) for i, n in enumerate(split.get('shardLengths') or [])
+        ]
+      with FileSystems.create(FileSystems.join(staging, 'dataset_info.json')) as handle:
+        handle.write(json.dumps(info, indent=2).encode('utf-8'))
+
+    reports.append(_erase_folder(folder, shards, ['dataset_info.json'], scope, lengths, {}, beam_args))
+  removed = sum(r['records_removed']['data'] for r in reports)
+  report.update(
+    datasets=folders,
+    files_total=sum(r['files_total'] for r in reports),
+    files_scanned=sum(r['files_scanned'] for r in reports),
+    files_rewritten=sorted(p for r in reports for p in r['files_rewritten']),
+    files_dropped=[],
+    records_removed={'data': removed},
+    records_removed_by_tenant_and_entity={tenant: {'data': removed}} if removed else {},
+    published=any(r['published'] for r in reports),
+    rescan_matches=sum(r['rescan_matches'] for r in reports),
+    finished_at=_now(),
+  )
+  return report
+
+
+class _TfdsScope:
+  """Every shard of a TFDS dataset of the tenant's group (None: another tenant's); a shard whose
+  examples all go stays, empty."""
+
+  keeps_empty_files = True
+
+  def __init__(self, matcher: Optional[SubjectMatcher]):
+    self._matcher = matcher
+
+  def selector(self, kind: str, folders: Sequence[str]):
+    return self._matcher if kind == 'data' else None
+
+
+def _erase_folder(output, shards, metadata, scope, write_metadata, report, beam_args) -> dict:
+  """Erases from a dataset folder published whole (a Hugging Face export, a TFDS dataset): a new copy
+  (untouched files hard-linked on local disk, copied on object stores; `shards` with a match rewritten;
+  the `metadata` files written again by `write_metadata(results, staging)`) replaces the folder the way
+  `pipelines.hf_export` publishes one (one rename on local disk), then a re-scan."""
   from pipelines.hf_export import _publish, _remove
 
   output = output.rstrip('/')
-  shards = sorted(_matches(FileSystems.join(output, 'data', '*', '*.parquet')))
   staging = f'{output}.tmp-{uuid.uuid4().hex[:8]}'
+  listed = set(shards) | {FileSystems.join(output, name) for name in metadata}
+  others = [p for p in _matches(FileSystems.join(output, '**')) if p not in listed]
   files = [('data', path, staging + path[len(output) :]) for path in shards]
-  scope = _DatasetScope(matcher, tenant)
-  report['files_total'] = len(files)
+  files += [(OTHER, path, staging + path[len(output) :]) for path in others]
+  report['files_total'] = len(shards)
   try:
     results = _run_files(files, scope, ERASE, None, beam_args, FileSystems.join(staging, '_work'))
     delete_tree(FileSystems.join(staging, '_work'))
+    results = [r for r in results if r['kind'] == 'data']
     removed = sum(r['removed'] for r in results)
     if removed:
-      card = _read(FileSystems.join(output, 'README.md')).decode('utf-8')
-      with FileSystems.create(FileSystems.join(staging, 'README.md')) as handle:
-        handle.write(_card_after(card, tenant, removed).encode('utf-8'))
+      write_metadata(results, staging)
       _publish(staging, output)
   finally:
     _remove(staging)
   dropped = {r['path'] for r in results if r['dropped']}
-  published = [(k, output + new[len(staging) :]) for k, _, new in files if new not in dropped]
+  published = [(k, output + new[len(staging) :]) for k, _, new in files if k == 'data' and new not in dropped]
   rescan_dir = f'{output}.rescan-{uuid.uuid4().hex[:8]}'
   try:
     rescan = (
@@ -880,7 +989,6 @@ def _erase_hf_dataset(output, tenant, matcher, report, beam_args) -> dict:
     files_rewritten=sorted(output + r['path'][len(staging) :] for r in results if r['rewritten']),
     files_dropped=sorted(output + p[len(staging) :] for p in dropped),
     records_removed={'data': removed},
-    records_removed_by_tenant_and_entity={tenant: {'data': removed}} if removed else {},
     published=bool(removed),
     rescan_matches=sum(r['removed'] for r in rescan),
     finished_at=_now(),

@@ -264,7 +264,7 @@ def _erase_targets(args, beam_args: Sequence[str]):
   """(output, table target or None) of every output of the request, derived data first: an ML features
   run finds its examples by the event ids of the subjects' records in its lake, so it goes before it."""
   from io_connectors.sinks import tables
-  from pipelines.compliance import FEATURES, HF_DATASET, ComplianceError, output_kind
+  from pipelines.compliance import FEATURES, HF_DATASET, TFDS, ComplianceError, output_kind
 
   if args.table_output and not args.table_format:
     raise _UsageError('--table_output needs --table_format iceberg|delta')
@@ -289,7 +289,10 @@ def _erase_targets(args, beam_args: Sequence[str]):
   files = []
   for output in (o for o in outputs if o):
     try:
-      files.append((0 if output_kind(output) in (FEATURES, HF_DATASET) else 1, output))
+      # ML features first (they find the event ids a TFDS copy of them is erased by), then the other
+      # derived data, then the lakes they were made from.
+      kind = output_kind(output)
+      files.append((0 if kind == FEATURES else 1 if kind in (TFDS, HF_DATASET) else 2, output))
     except ComplianceError as e:
       raise _UsageError(str(e)) from None
   return [(output, None) for _, output in sorted(files, key=lambda f: f[0])] + targets
@@ -299,10 +302,12 @@ def _erase(args, beam_args: Sequence[str]) -> int:
   from pipelines.compliance import ComplianceError, erase
 
   subjects, master_key, log = _request(args)
-  reports = []
+  reports, event_ids = [], set()
   try:
     for output, target in _erase_targets(args, beam_args):
-      reports.append(erase(output, args.tenant, subjects, master_key, beam_args=beam_args, table_target=target))
+      reports.append(
+        erase(output, args.tenant, subjects, master_key, beam_args=beam_args, table_target=target, event_ids=event_ids)
+      )
       reports[-1]['output'] = mask_url(output)
   except ComplianceError as e:
     if log is not None:

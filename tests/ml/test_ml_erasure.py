@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import gzip
 import io
+import json
 import os
 
 import pyarrow as pa
@@ -13,7 +14,7 @@ import pyarrow.compute as pc
 import pytest
 
 from io_connectors.sinks.lake import read_manifest
-from pipelines import ml_features
+from pipelines import gdpr, ml_features
 from pipelines.compliance import ComplianceError, erase
 from tests.ml.conftest import write_lake
 from tests.ml.test_ml_features import events
@@ -60,7 +61,23 @@ def _examples(output):
   return out
 
 
-def test_erase_from_ml_features_and_the_tfds_builder(tmp_path):
+def _tfds_event_ids(data_dir):
+  """Every event id in the prepared TFDS shards."""
+  from apache_beam.io.tfrecordio import _TFRecordUtil
+
+  from io_connectors.sinks.lake import example_features
+
+  ids = set()
+  for path in glob.glob(os.path.join(data_dir, '*', '*', '*.tfrecord-*')):
+    with open(path, 'rb') as handle:
+      source = io.BytesIO(handle.read())
+    while (record := _TFRecordUtil.read_record(source)) is not None:
+      ids.add(example_features(record)['event_id'][0].decode())
+  return ids
+
+
+def test_erase_from_ml_features_and_a_tfds_copy(tmp_path, capsys, monkeypatch):
+  monkeypatch.setenv('PII_MASTER_KEY', KEY)
   lake = str(tmp_path / 'lake')
   acme = _with_subject(events('acme', users=30, plays_per_user=6, seed=1), 'acme', 'u1x00039')
   nord7 = _with_subject(events('nord7', users=30, plays_per_user=6, seed=2), 'nord7', 'u2x00049')
@@ -75,11 +92,30 @@ def test_erase_from_ml_features_and_the_tfds_builder(tmp_path):
   out = str(tmp_path / 'features')
   before = ml_features.run(['--input', lake, '--output', out, '--run_id', 'feat-1', '--num_tfrecord_shards', '2'])
   assert subject_events & {i for ids, _ in _examples(out).values() for i in ids}
+  # A TFDS dataset prepared from the run before the erasure: a copy of its examples.
+  import tensorflow_datasets as tfds
 
-  report = erase(out, 'acme', [SUBJECT], _key())
+  import pipelines.tfds_music  # noqa: F401  # registers music_listening_events
 
-  assert report['output_kind'] == 'ml_features' and report['rescan_matches'] == 0
+  data_dir = str(tmp_path / 'tfds')
+  tfds.builder('music_listening_events', data_dir=data_dir, features_dir=out, group='acme').download_and_prepare()
+  assert subject_events & _tfds_event_ids(data_dir)
+  subjects = tmp_path / 'ids.txt'
+  subjects.write_text(SUBJECT + '\n')
+  command = ['erase', '--tenant', 'acme', '--subject_file', str(subjects), '--output', data_dir, '--output', out]
+
+  assert gdpr.main([*command, '--report', str(tmp_path / 'report.json')]) == 0
+
+  request = json.loads((tmp_path / 'report.json').read_text())
+  # The features run first (it finds the event ids), then its TFDS copy.
+  report, copy = request['outputs']
+  assert (report['output_kind'], copy['output_kind']) == ('ml_features', 'tfds')
+  assert report['rescan_matches'] == 0 and copy['rescan_matches'] == 0
   assert report['event_ids_found'] == 6 and report['records_removed'] == {'data': 6, 'dead_letter': 0}
+  assert copy['records_removed'] == {'data': 6}
+  assert not [e for e in subject_events if f'"{e}"' in json.dumps(request)], 'no event id in the report'
+  tfds_ids = _tfds_event_ids(data_dir)
+  assert not tfds_ids & subject_events and len(tfds_ids) == sum(before['counts']['per_group']['acme'].values()) - 6
   after = read_manifest(out)
   examples = _examples(out)
   ids = {i for found, _ in examples.values() for i in found}
@@ -103,20 +139,20 @@ def test_erase_from_ml_features_and_the_tfds_builder(tmp_path):
   new_nord7 = sorted(p for p in after['files']['data'] if 'tenant=nord7' in p)
   assert all(os.path.samefile(a, b) for a, b in zip(old_nord7, new_nord7))
 
-  # The TFDS builder over the erased run: the split sizes are the manifest's.
-  import tensorflow_datasets as tfds
-
-  import pipelines.tfds_music  # noqa: F401  # registers music_listening_events
-
-  builder = tfds.builder('music_listening_events', data_dir=str(tmp_path / 'tfds'), features_dir=out, group='acme')
-  builder.download_and_prepare()
+  # The erased TFDS copy reads as TFDS reads it: split sizes are the erased run's.
+  builder = tfds.builder('music_listening_events', data_dir=data_dir)
   assert {s: builder.info.splits[s].num_examples for s in per_split if per_split[s]} == {
     s: n for s, n in per_split.items() if n
   }
+  assert sum(1 for _ in builder.as_dataset(split='train')) == per_split['train']
 
-  again = erase(out, 'acme', [SUBJECT], _key())
+  assert gdpr.main([*command, '--report', str(tmp_path / 'again.json')]) == 0  # idempotent
+  again = json.loads((tmp_path / 'again.json').read_text())
   assert not again['published'] and again['records_removed'] == {'data': 0, 'dead_letter': 0}
   assert read_manifest(out)['run_id'] == after['run_id']
+  # A TFDS copy alone cannot be erased: it holds event ids, no identifier.
+  with pytest.raises(ComplianceError, match='same request'):
+    erase(data_dir, 'acme', [SUBJECT], _key())
 
   # A user vocabulary in the transform's assets (a custom preprocessing_fn) cannot be erased by dropping
   # records: the erasure says so and publishes nothing.
