@@ -584,9 +584,7 @@ def _rewrite_output(
         'run the job that wrote this output again from the erased lake. Nothing published'
       )
     report.update(
-      files_scanned=sum(r['scanned'] for r in results),
-      files_rewritten=sorted(r['path'] for r in results if r['rewritten']),
-      files_dropped=sorted(r['path'] for r in results if r['dropped']),
+      _file_counts(results),
       records_removed={
         kind: sum(n for (k, _, _), n in removed.items() if k == kind) for kind in ('data', 'dead_letter')
       },
@@ -624,10 +622,8 @@ def _rewrite_output(
   kept = [(k, new, new) for k, _, new in files if new not in set(report['files_dropped']) and k != OTHER]
   rescan = _run_files(kept, scope, RESCAN, entity, beam_args, work_dir)
   delete_tree(work_dir)
-  report.update(published=True, rescan_matches=sum(r['removed'] for r in rescan), finished_at=_now())
-  if report['rescan_matches']:
-    raise ComplianceError(f'the re-scan of {output} after the {action} still found {report["rescan_matches"]} records')
-  return report
+  report['published'] = True
+  return _verified(report, output, action, rescan)
 
 
 # What `erase` can erase from, by how the output is laid out (see `output_kind`).
@@ -792,17 +788,28 @@ def _erase_window_files(output, tenant, scope, run_id, report, options, beam_arg
     delete_tree(work_dir)
     lock.release()
   report.update(
-    files_scanned=sum(r['scanned'] for r in results),
-    files_rewritten=sorted(r['path'] for r in results if r['rewritten']),
-    files_dropped=sorted(r['path'] for r in results if r['dropped']),
+    _file_counts(results),
     records_removed={kind: sum(n for (k, _, _), n in removed.items() if k == kind) for kind in WINDOW_KINDS},
     records_removed_by_tenant_and_entity=_by_tenant_and_entity(removed),
     published=bool(removed),
-    rescan_matches=sum(r['removed'] for r in rescan),
-    finished_at=_now(),
   )
+  return _verified(report, output, 'erasure', rescan)
+
+
+def _file_counts(results: List[dict], path=lambda p: p) -> dict:
+  """The report's files scanned, rewritten and dropped (`path`: where a result's file is published)."""
+  return {
+    'files_scanned': sum(r['scanned'] for r in results),
+    'files_rewritten': sorted(path(r['path']) for r in results if r['rewritten']),
+    'files_dropped': sorted(path(r['path']) for r in results if r['dropped']),
+  }
+
+
+def _verified(report: dict, output: str, action: str, rescan: List[dict]) -> dict:
+  """`report` with the re-scan's matches, which must be none (else ComplianceError)."""
+  report.update(rescan_matches=sum(r['removed'] for r in rescan), finished_at=_now())
   if report['rescan_matches']:
-    raise ComplianceError(f'the re-scan of {output} after the erasure still found {report["rescan_matches"]} records')
+    raise ComplianceError(f'the re-scan of {output} after the {action} still found {report["rescan_matches"]} records')
   return report
 
 
@@ -985,17 +992,11 @@ def _erase_folder(output, shards, metadata, scope, write_metadata, report, beam_
   finally:
     delete_tree(rescan_dir)
   report.update(
-    files_scanned=sum(r['scanned'] for r in results),
-    files_rewritten=sorted(output + r['path'][len(staging) :] for r in results if r['rewritten']),
-    files_dropped=sorted(output + p[len(staging) :] for p in dropped),
+    _file_counts(results, lambda p: output + p[len(staging) :]),
     records_removed={'data': removed},
     published=bool(removed),
-    rescan_matches=sum(r['removed'] for r in rescan),
-    finished_at=_now(),
   )
-  if report['rescan_matches']:
-    raise ComplianceError(f'the re-scan of {output} after the erasure still found {report["rescan_matches"]} records')
-  return report
+  return _verified(report, output, 'erasure', rescan)
 
 
 # ----- Lake tables (Iceberg, Delta) -----
