@@ -430,7 +430,8 @@ class _SubjectFilesFn(beam.DoFn):
         if in_place:
           write_atomically(target, rewritten)
         else:
-          with FileSystems.create(target) as handle:
+          # Bytes as split_file made them (a .gz file is compressed already): no compression by name.
+          with FileSystems.create(target, compression_type='uncompressed') as handle:
             handle.write(rewritten)
         result['rewritten'] = True
       else:
