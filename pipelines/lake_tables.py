@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 import uuid
 from typing import Dict, List, Optional, Sequence
@@ -230,8 +231,7 @@ def erase_matching(target: tables.TableTarget, table: str, tenants: Sequence[str
     )
   handle = committer.load(table)
   removed = sorted(before - _data_files(target, handle, tenants))
-  for path in removed:
-    _delete_file(target, handle, path)
+  _delete_files(target, handle, removed)
   after = _tenant_rows(target, handle, tenants)
   result['metadata_matches'] = _purge_metadata(target, committer, handle, table, matcher, tenants)
   result.update(
@@ -380,20 +380,21 @@ def _data_files(target: tables.TableTarget, handle, tenants: Sequence[str]) -> s
   return set(handle.file_uris())
 
 
-def _delete_file(target: tables.TableTarget, handle, path: str):
+def _delete_files(target: tables.TableTarget, handle, paths: Sequence[str]):
+  """Deletes data files no snapshot / version of the table references any more."""
   if target.format == 'iceberg':
-    handle.io.delete(path)
+    for path in paths:
+      handle.io.delete(path)
     return
-  from apache_beam.io.filesystems import FileSystems
+  local = [tables._local(p) for p in paths if tables._is_local(p)]
+  for path in local:
+    if os.path.exists(path):
+      os.remove(path)
+  remote = [p for p in paths if not tables._is_local(p)]
+  if remote:
+    from apache_beam.io.filesystems import FileSystems
 
-  local = tables._local(path)
-  if tables._is_local(path):
-    import os
-
-    if os.path.exists(local):
-      os.remove(local)
-    return
-  FileSystems.delete([path])
+    FileSystems.delete(remote)  # one call: the S3 / GCS client is made once
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

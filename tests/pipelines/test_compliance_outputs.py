@@ -6,11 +6,15 @@ import json
 import os
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from io_connectors.sinks.lake import OutputLock, read_manifest
+from io_connectors.sinks import tables
+from io_connectors.sinks.tables import TableTarget
 from io_connectors.sinks.window_files import WriteDeadLettersFn, WriteWindowFiles
 from pipelines import gdpr, hf_export
 from pipelines.audit import open_audit_log
@@ -212,3 +216,47 @@ def test_one_request_erases_a_lake_and_its_hugging_face_export(tmp_path, capsys)
   assert gdpr.main([*command, '--report', str(tmp_path / 'again.json')]) == 0  # idempotent
   again = json.loads((tmp_path / 'again.json').read_text())
   assert not again['published'] and again['records_removed'] == {'data': 0, 'dead_letter': 0}
+
+
+def test_delta_tables_on_s3(s3_env, s3_server):
+  """Delta tables on S3 (moto), written by the table sink: the log purge and the file deletes go through
+  the object store."""
+  FileSystems.set_options(PipelineOptions(s3_env.beam_args))
+  output = f's3://{s3_env.bucket}/tables'
+  table = TableTarget('delta', output)
+  committer = tables.open_tables(table)
+  for tenant in ('acme', 'beat'):
+    rows = _events(tenant, ['u1', 'u2', 'u1']).append_column(tables.TENANT_COLUMN, pa.array([tenant] * 3))
+    location = committer.location('listening_event')
+    files = [tables.write_data_file(table, location, 'listening_event', rows, {tables.TENANT_COLUMN: tenant})]
+    committer.commit('listening_event', files, rows.schema, f'run-{tenant}')
+  letters = tables.dead_letter_rows(
+    [{'tenant': 'acme', 'reason': 'invalid', 'record': {'user': _pseudonym('u1', 'acme')}}]
+  )
+  location = committer.location(tables.DEAD_LETTER_TABLE)
+  files = [tables.write_data_file(table, location, tables.DEAD_LETTER_TABLE, letters, {tables.TENANT_COLUMN: 'acme'})]
+  committer.commit(tables.DEAD_LETTER_TABLE, files, tables.DEAD_LETTER_SCHEMA, 'run-letters')
+  _, client = s3_server
+
+  def objects():
+    listed = client.list_objects_v2(Bucket=s3_env.bucket, Prefix='tables/').get('Contents', [])
+    out = {}
+    for item in listed:
+      data = client.get_object(Bucket=s3_env.bucket, Key=item['Key'])['Body'].read()
+      if item['Key'].endswith('.parquet'):
+        data += json.dumps(pq.read_table(io.BytesIO(data)).to_pylist(), default=str).encode()
+      out[item['Key']] = data
+    return out
+
+  u1 = _pseudonym('u1', 'acme').encode()
+  assert any(u1 in data for data in objects().values())
+
+  report = erase(output, 'acme', ['u1'], _master_key(), beam_args=s3_env.beam_args, table_target=table)
+
+  assert report['records_removed'] == {'data': 2, 'dead_letter': 1} and report['metadata_matches'] == 0
+  after = objects()
+  assert not [key for key, data in after.items() if u1 in data]
+  assert any(_pseudonym('u1', 'beat').encode() in data for data in after.values())
+  assert any(_pseudonym('u2', 'acme').encode() in data for data in after.values())
+  again = erase(output, 'acme', ['u1'], _master_key(), beam_args=s3_env.beam_args, table_target=table)
+  assert not again['published']
