@@ -1216,8 +1216,10 @@ def apply_retention(
   time_fields: Sequence[str] = TIME_FIELDS,
   run_id: Optional[str] = None,
   beam_args: Sequence[str] = (),
+  table_target=None,
 ) -> dict:
-  """Drops the records of `output` older than their tenant's and entity's retention, as a new committed run.
+  """Drops the records of `output` older than their tenant's and entity's retention, as a new committed run
+  (with `table_target`: row-level deletes in each table, the entity being the table's name).
 
   `rules`: ``{tenant or '*': {entity or '*': days}}`` (the config's
   ``retention_days``), the most specific rule winning. A record's time is the
@@ -1227,13 +1229,58 @@ def apply_retention(
   tenant and entity, files rewritten and dropped, the re-scan's zero).
   """
   check_retention_rules(rules)
-  options, manifest = _committed_manifest(output, beam_args, 'expire')
   now = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
   run_id = run_id or 'retention-' + now.strftime('%Y%m%dT%H%M%SZ-') + uuid.uuid4().hex[:8]
+  if table_target is not None:
+    return _expire_tables(table_target, rules, now, time_fields, run_id, beam_args)
+  options, manifest = _committed_manifest(output, beam_args, 'expire')
   entity = manifest.get('entity') if isinstance(manifest.get('entity'), str) else None
   scope = _RetentionScope(rules, now, time_fields, entity)
   report: dict = {'run_id': run_id, 'rules': rules, 'as_of': now.isoformat(), 'started_at': _now()}
   return _rewrite_output(output, manifest, options, scope, 'retention', run_id, report, beam_args)
+
+
+def _expire_tables(target, rules: dict, now: dt.datetime, time_fields, run_id: str, beam_args) -> dict:
+  """Retention over lake tables (`pipelines.lake_tables.expire_rows`), under the output's lock. The
+  dead-letter table has no trusted event time and is not expired, as in the file lake."""
+  from io_connectors.sinks import tables
+  from pipelines import lake_tables
+
+  options = PipelineOptions(list(beam_args))
+  FileSystems.set_options(options)
+  report: dict = {'run_id': run_id, 'rules': rules, 'as_of': now.isoformat(), 'started_at': _now()}
+  by_tenant: Dict[str, Dict[str, int]] = {}
+  files: List[str] = []
+  rescan = 0
+  lock = _job_lock(target.location, run_id, options)
+  try:
+    for name in lake_tables.table_names(target):
+      if name == tables.DEAD_LETTER_TABLE:
+        continue
+
+      def cutoff(tenant, entity=name):
+        days = retention_days(rules, tenant, entity)
+        return None if days is None else now - dt.timedelta(days=days)
+
+      result = lake_tables.expire_rows(target, name, cutoff, time_fields)
+      for tenant, n in result['deleted_rows'].items():
+        by_tenant.setdefault(tenant, {})[name] = n
+      files += result['files_removed']
+      rescan += result['rescan_matches']
+  except tables.TableError as e:
+    raise ComplianceError(str(e)) from None
+  finally:
+    lock.release()
+  removed = sum(n for per_entity in by_tenant.values() for n in per_entity.values())
+  report.update(
+    output_kind=TABLES,
+    files_rewritten=sorted(files),
+    files_dropped=[],
+    records_removed={'data': removed, 'dead_letter': 0},
+    records_removed_by_tenant_and_entity=by_tenant,
+    published=bool(removed),
+  )
+  return _verified(report, target.location, 'retention', [{'removed': rescan}])
 
 
 def export_subjects(

@@ -156,6 +156,9 @@ def _parser() -> argparse.ArgumentParser:
     '--config', required=True, help="YAML file with retention_days: {tenant or '*': {entity or '*': days}}"
   )
   retention.add_argument('--actor', default=None, help='who ran it, for the audit log (default: the OS user)')
+  retention.add_argument('--table_format', choices=('iceberg', 'delta'), help='--output is lake tables of this format')
+  retention.add_argument('--table_catalog', default=None, help='Iceberg: the catalog URL (as the job got it)')
+  retention.add_argument('--table_namespace', default='music', help='Iceberg: the namespace of the tables')
 
   report = with_log(commands.add_parser('report', help="a tenant's compliance report (HTML) for a period"))
   report.add_argument('--tenant', required=True, help='the tenant')
@@ -247,8 +250,16 @@ def _retention(args, beam_args: Sequence[str]) -> int:
   if rules is None:
     raise _UsageError(f'{args.config}: no retention_days')
   log = _audit_log(args, required=False)
+  target = None
+  if args.table_format:
+    from io_connectors.sinks import tables
+
+    try:
+      target = tables.TableTarget(args.table_format, args.output, args.table_catalog, args.table_namespace)
+    except ValueError as e:
+      raise _UsageError(str(e)) from None
   try:
-    report = apply_retention(args.output, rules, beam_args=beam_args)
+    report = apply_retention(args.output, rules, beam_args=beam_args, table_target=target)
   except ComplianceError as e:
     raise _UsageError(f'{args.config}: {e}') from None
   if log is not None:

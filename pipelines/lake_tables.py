@@ -26,14 +26,14 @@ import json
 import os
 import sys
 import uuid
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from io_connectors.sinks import tables
 
-__all__ = ['expire', 'compact', 'erase', 'erase_matching', 'table_names', 'main']
+__all__ = ['expire', 'compact', 'erase', 'erase_matching', 'expire_rows', 'table_names', 'main']
 
 
 def expire(target: tables.TableTarget, table: str, older_than_h: float) -> dict:
@@ -357,6 +357,80 @@ def _purge_metadata(target: tables.TableTarget, committer, handle, table: str, m
   if stale:
     FileSystems.delete(stale)
   return len(holding) - len(stale)
+
+
+def expire_rows(
+  target: tables.TableTarget,
+  table: str,
+  cutoff_of: Callable[[str], Optional[dt.datetime]],
+  time_fields: Sequence[str],
+) -> dict:
+  """Retention: row-level delete of each tenant's rows whose time (the first of `time_fields` the table
+  has, a timestamp column) is before `cutoff_of(tenant)` (None: keep the tenant's rows). One commit
+  (Iceberg: one transaction; Delta: one ``DELETE``); the data files it replaced are deleted. Rows without
+  a time are kept. Returns rows deleted per tenant and a re-scan's count of rows still past their cutoff.
+  """
+  committer = tables.open_tables(target)
+  handle = committer.load(table)
+  if handle is None:
+    raise tables.TableError(f'no table {table} in {target.location}')
+  schema = handle.schema().as_arrow() if target.format == 'iceberg' else pa.schema(handle.schema().to_arrow())
+  field = next((f for f in time_fields if f in schema.names and pa.types.is_timestamp(schema.field(f).type)), None)
+  result = {'table': table, 'time_field': field, 'deleted_rows': {}, 'files_removed': [], 'rescan_matches': 0}
+  if field is None:
+    return result
+  tenants = sorted(set(_columns(target, handle, [tables.TENANT_COLUMN]).column(0).to_pylist()) - {None})
+  cutoffs = {t: c for t in tenants if (c := cutoff_of(t)) is not None}
+
+  def expired(rows: pa.Table) -> Dict[str, int]:
+    out = {}
+    for tenant, cutoff in cutoffs.items():
+      scalar = pa.scalar(cutoff, pa.timestamp('us', tz='UTC')).cast(rows.schema.field(field).type)
+      mask = pc.and_(pc.equal(rows.column(tables.TENANT_COLUMN), tenant), pc.less(rows.column(field), scalar))
+      n = int(pc.sum(pc.fill_null(mask, False).cast(pa.int64())).as_py() or 0)
+      if n:
+        out[tenant] = n
+    return out
+
+  deleted = expired(_columns(target, handle, [tables.TENANT_COLUMN, field]))
+  if not deleted:
+    return result
+  before = _data_files(target, handle, sorted(deleted))
+  commit_id = f'retention/{uuid.uuid4().hex}'
+  if target.format == 'iceberg':
+    from pyiceberg.expressions import And, EqualTo, LessThan
+
+    with handle.transaction() as tx:
+      for tenant in sorted(deleted):
+        when = cutoffs[tenant].astimezone(dt.timezone.utc).isoformat()
+        tx.delete(
+          And(EqualTo(tables.TENANT_COLUMN, tenant), LessThan(field, when)),
+          snapshot_properties={tables.COMMIT_ID_KEY: commit_id},
+        )
+  else:
+    from deltalake import CommitProperties
+
+    def quoted(value: str) -> str:
+      return "'" + value.replace("'", "''") + "'"
+
+    predicate = ' OR '.join(
+      f'({tables.TENANT_COLUMN} = {quoted(tenant)} AND "{field}" < '
+      f'{quoted(cutoffs[tenant].astimezone(dt.timezone.utc).isoformat())})'
+      for tenant in sorted(deleted)
+    )
+    handle.delete(predicate, commit_properties=CommitProperties(custom_metadata={tables.COMMIT_ID_KEY: commit_id}))
+  handle = committer.load(table)
+  removed = sorted(before - _data_files(target, handle, sorted(deleted)))
+  _delete_files(target, handle, removed)
+  left = expired(_columns(target, handle, [tables.TENANT_COLUMN, field]))
+  result.update(deleted_rows=deleted, files_removed=removed, rescan_matches=sum(left.values()))
+  return result
+
+
+def _columns(target: tables.TableTarget, handle, names: Sequence[str]) -> pa.Table:
+  if target.format == 'iceberg':
+    return handle.scan(selected_fields=tuple(names)).to_arrow()
+  return handle.to_pyarrow_dataset().to_table(columns=list(names))
 
 
 def _tenant_rows(target: tables.TableTarget, handle, tenants: Sequence[str]) -> pa.Table:

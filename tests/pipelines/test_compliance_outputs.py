@@ -16,10 +16,10 @@ from io_connectors.sinks.lake import OutputLock, read_manifest
 from io_connectors.sinks import tables
 from io_connectors.sinks.tables import TableTarget
 from io_connectors.sinks.window_files import WriteDeadLettersFn, WriteWindowFiles
-from pipelines import gdpr, hf_export
+from pipelines import compliance, gdpr, hf_export
 from pipelines.audit import open_audit_log
 from pipelines.compliance import ComplianceError, erase
-from tests.pipelines.test_compliance import KEY, _master_key, _output, _pseudonym
+from tests.pipelines.test_compliance import KEY, _dated_output, _master_key, _output, _pseudonym
 from transforms.windows import WindowBatch
 
 pytestmark = pytest.mark.integration
@@ -260,3 +260,44 @@ def test_delta_tables_on_s3(s3_env, s3_server):
   assert any(_pseudonym('u2', 'acme').encode() in data for data in after.values())
   again = erase(output, 'acme', ['u1'], _master_key(), beam_args=s3_env.beam_args, table_target=table)
   assert not again['published']
+
+
+@pytest.mark.parametrize('fmt', ['delta', 'iceberg'])
+def test_retention_on_lake_tables(tmp_path, fmt, capsys):
+  import datetime as dt
+
+  output = _dated_output(tmp_path, fmt)
+  table = TableTarget(fmt, output)
+  now = dt.datetime(2024, 7, 1, tzinfo=dt.timezone.utc)
+  # acme keeps 60 days of listening events (only June stays); every other tenant 150 days (March and June).
+  rules = {'acme': {'listening_event': 60}, '*': {'*': 150}}
+
+  report = compliance.apply_retention(output, rules, now=now, table_target=table)
+
+  assert report['published'] and report['rescan_matches'] == 0
+  assert report['records_removed_by_tenant_and_entity'] == {
+    'acme': {'listening_event': 4},
+    'beat': {'listening_event': 2},
+  }
+  rows = tables.open_tables(table).load('listening_event')
+  rows = rows.scan().to_arrow() if fmt == 'iceberg' else rows.to_pyarrow_table()
+  assert sorted(rows.column('event_id').to_pylist()) == ['d-10', 'd-11', 'd-4', 'd-5', 'd-8', 'd-9']
+  # The replaced data files are gone too: no file holds an expired row.
+  files = _tree(output)
+  assert not [p for p, data in files.items() if p.endswith('.parquet') and b'"d-0"' in data]
+  assert any(b'"d-4"' in data for data in files.values())
+  again = compliance.apply_retention(output, rules, now=now, table_target=table)
+  assert not again['published'] and again['records_removed'] == {'data': 0, 'dead_letter': 0}
+
+  # The command: with a one-day rule every row goes; one audit entry per tenant.
+  config = tmp_path / 'retention.yaml'
+  config.write_text("retention_days:\n  '*': {'*': 1}\n", encoding='utf-8')
+  audit = str(tmp_path / 'audit.jsonl')
+  command = ['retention', '--output', output, '--config', str(config), '--table_format', fmt, '--audit_log', audit]
+  capsys.readouterr()
+  assert gdpr.main(command) == 0, capsys.readouterr().err
+  assert json.loads(capsys.readouterr().out)['records_removed'] == {'data': 6, 'dead_letter': 0}
+  assert [(e.action, e.tenant) for e in open_audit_log(audit).entries()] == [
+    ('retention', 'acme'),
+    ('retention', 'beat'),
+  ]
