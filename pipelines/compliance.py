@@ -1003,54 +1003,53 @@ def _erase_folder(output, shards, metadata, scope, write_metadata, report, beam_
 # ----- Lake tables (Iceberg, Delta) -----
 
 
-def _erase_tables(target, tenant, matcher, report, options) -> dict:
-  """Row-level deletes of the subjects' rows in every table of `target` (`pipelines.lake_tables.erase_matching`),
-  under the output's lock (a streaming job writing the tables holds it)."""
+def _over_tables(target, run_id: str, options, each) -> Dict[str, dict]:
+  """{table: each(table)} for every table of `target`, under the output's lock (a streaming job writing
+  the tables holds it); a table error as a ComplianceError."""
   from io_connectors.sinks import tables
   from pipelines import lake_tables
 
-  removed: Dict[str, int] = {}
-  rescan = metadata = 0
-  files_rewritten: List[str] = []
-  lock = _job_lock(target.location, report['run_id'], options)
+  lock = _job_lock(target.location, run_id, options)
   try:
-    names = lake_tables.table_names(target)
-    for name in names:
-      tenants = [tenant, UNASSIGNED] if name == tables.DEAD_LETTER_TABLE else [tenant]
-      result = lake_tables.erase_matching(target, name, tenants, matcher)
-      metadata += result['metadata_matches']
-      if result['deleted_rows']:
-        removed[name] = result['deleted_rows']
-      files_rewritten += result['files_removed']
-      rescan += result['rescan_matches']
+    return {name: each(name) for name in lake_tables.table_names(target)}
   except tables.TableError as e:
     raise ComplianceError(str(e)) from None
   finally:
     lock.release()
+
+
+def _erase_tables(target, tenant, matcher, report, options) -> dict:
+  """Row-level deletes of the subjects' rows in every table of `target` (`pipelines.lake_tables.erase_matching`)."""
+  from io_connectors.sinks import tables
+  from pipelines import lake_tables
+
+  def each(name):
+    tenants = [tenant, UNASSIGNED] if name == tables.DEAD_LETTER_TABLE else [tenant]
+    return lake_tables.erase_matching(target, name, tenants, matcher)
+
+  results = _over_tables(target, report['run_id'], options, each)
+  removed = {name: r['deleted_rows'] for name, r in sorted(results.items()) if r['deleted_rows']}
+  metadata = sum(r['metadata_matches'] for r in results.values())
   report.update(
-    tables=names,
+    tables=sorted(results),
     files_total=None,
     files_scanned=None,
-    files_rewritten=sorted(files_rewritten),
+    files_rewritten=sorted(p for r in results.values() for p in r['files_removed']),
     files_dropped=[],
     records_removed={
       'data': sum(n for t, n in removed.items() if t != tables.DEAD_LETTER_TABLE),
       'dead_letter': removed.get(tables.DEAD_LETTER_TABLE, 0),
     },
-    records_removed_by_tenant_and_entity={tenant: dict(sorted(removed.items()))} if removed else {},
+    records_removed_by_tenant_and_entity={tenant: removed} if removed else {},
     published=bool(removed),
-    rescan_matches=rescan,
     metadata_matches=metadata,
-    finished_at=_now(),
   )
   if metadata:
     raise ComplianceError(
       f'{target.location}: the rows are deleted but {metadata} metadata files of the tables still hold a '
       "subject's value (column statistics)"
     )
-  if rescan:
-    raise ComplianceError(f'the re-scan of {target.location} after the erasure still found {rescan} records')
-  return report
+  return _verified(report, target.location, 'erasure', [{'removed': r['rescan_matches']} for r in results.values()])
 
 
 def subject_pseudonyms(subjects: Sequence[str], tenant: str, master_key: MasterKey) -> List[str]:
@@ -1241,46 +1240,40 @@ def apply_retention(
 
 
 def _expire_tables(target, rules: dict, now: dt.datetime, time_fields, run_id: str, beam_args) -> dict:
-  """Retention over lake tables (`pipelines.lake_tables.expire_rows`), under the output's lock. The
-  dead-letter table has no trusted event time and is not expired, as in the file lake."""
+  """Retention over lake tables (`pipelines.lake_tables.expire_rows`). The dead-letter table has no
+  trusted event time and is not expired, as in the file lake."""
   from io_connectors.sinks import tables
   from pipelines import lake_tables
 
   options = PipelineOptions(list(beam_args))
   FileSystems.set_options(options)
   report: dict = {'run_id': run_id, 'rules': rules, 'as_of': now.isoformat(), 'started_at': _now()}
+
+  def each(name):
+    if name == tables.DEAD_LETTER_TABLE:
+      return {'deleted_rows': {}, 'files_removed': [], 'rescan_matches': 0}
+
+    def cutoff(tenant):
+      days = retention_days(rules, tenant, name)
+      return None if days is None else now - dt.timedelta(days=days)
+
+    return lake_tables.expire_rows(target, name, cutoff, time_fields)
+
+  results = _over_tables(target, run_id, options, each)
   by_tenant: Dict[str, Dict[str, int]] = {}
-  files: List[str] = []
-  rescan = 0
-  lock = _job_lock(target.location, run_id, options)
-  try:
-    for name in lake_tables.table_names(target):
-      if name == tables.DEAD_LETTER_TABLE:
-        continue
-
-      def cutoff(tenant, entity=name):
-        days = retention_days(rules, tenant, entity)
-        return None if days is None else now - dt.timedelta(days=days)
-
-      result = lake_tables.expire_rows(target, name, cutoff, time_fields)
-      for tenant, n in result['deleted_rows'].items():
-        by_tenant.setdefault(tenant, {})[name] = n
-      files += result['files_removed']
-      rescan += result['rescan_matches']
-  except tables.TableError as e:
-    raise ComplianceError(str(e)) from None
-  finally:
-    lock.release()
+  for name, result in sorted(results.items()):
+    for tenant, n in result['deleted_rows'].items():
+      by_tenant.setdefault(tenant, {})[name] = n
   removed = sum(n for per_entity in by_tenant.values() for n in per_entity.values())
   report.update(
     output_kind=TABLES,
-    files_rewritten=sorted(files),
+    files_rewritten=sorted(p for r in results.values() for p in r['files_removed']),
     files_dropped=[],
     records_removed={'data': removed, 'dead_letter': 0},
     records_removed_by_tenant_and_entity=by_tenant,
     published=bool(removed),
   )
-  return _verified(report, target.location, 'retention', [{'removed': rescan}])
+  return _verified(report, target.location, 'retention', [{'removed': r['rescan_matches']} for r in results.values()])
 
 
 def export_subjects(

@@ -123,10 +123,7 @@ def erase(target: tables.TableTarget, table: str, tenant: str, column: str, valu
       handle.delete(condition, snapshot_properties={tables.COMMIT_ID_KEY: f'erase/{tenant}/{uuid.uuid4().hex}'})
     return {'table': table, 'deleted_rows': before}
 
-  def quoted(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-  predicate = f'{tables.TENANT_COLUMN} = {quoted(tenant)} AND {column} IN ({", ".join(map(quoted, values))})'
+  predicate = f'{tables.TENANT_COLUMN} = {_sql_text(tenant)} AND {column} IN ({", ".join(map(_sql_text, values))})'
   metrics = handle.delete(predicate)
   return {'table': table, 'deleted_rows': metrics.get('num_deleted_rows', 0)}
 
@@ -205,30 +202,17 @@ def erase_matching(target: tables.TableTarget, table: str, tenants: Sequence[str
       'inside nested columns, which a row-level delete cannot name; nothing deleted'
     )
   before = _data_files(target, handle, tenants)
-  commit_id = f'erase/{"+".join(tenants)}/{uuid.uuid4().hex}'
   if target.format == 'iceberg':
     from pyiceberg.expressions import And, In
 
-    # One delete per column, in one transaction (one catalog commit: readers see all or none of them):
-    # pyiceberg 0.12 keeps rows an Or of In's selects when another of its columns is null.
-    with handle.transaction() as tx:
-      for name, values in cells.items():
-        tx.delete(
-          And(In(tables.TENANT_COLUMN, tenants), In(name, values)),
-          snapshot_properties={tables.COMMIT_ID_KEY: commit_id},
-        )
+    # One delete per column, in one transaction: pyiceberg 0.12 keeps rows an Or of In's selects when
+    # another of its columns is null.
+    conditions = [And(In(tables.TENANT_COLUMN, tenants), In(name, values)) for name, values in cells.items()]
+    _delete_rows(target, handle, conditions, f'erase/{"+".join(tenants)}/{uuid.uuid4().hex}')
   else:
-    from deltalake import CommitProperties
-
-    def quoted(value: str) -> str:
-      return "'" + value.replace("'", "''") + "'"
-
-    tenant_set = ', '.join(map(quoted, tenants))
-    named = ' OR '.join(f'"{name}" IN ({", ".join(map(quoted, values))})' for name, values in cells.items())
-    handle.delete(
-      f'{tables.TENANT_COLUMN} IN ({tenant_set}) AND ({named})',
-      commit_properties=CommitProperties(custom_metadata={tables.COMMIT_ID_KEY: commit_id}),
-    )
+    named = ' OR '.join(f'"{name}" IN ({", ".join(map(_sql_text, values))})' for name, values in cells.items())
+    predicate = f'{tables.TENANT_COLUMN} IN ({", ".join(map(_sql_text, tenants))}) AND ({named})'
+    _delete_rows(target, handle, [predicate], f'erase/{"+".join(tenants)}/{uuid.uuid4().hex}')
   handle = committer.load(table)
   removed = sorted(before - _data_files(target, handle, tenants))
   _delete_files(target, handle, removed)
@@ -396,35 +380,41 @@ def expire_rows(
   if not deleted:
     return result
   before = _data_files(target, handle, sorted(deleted))
-  commit_id = f'retention/{uuid.uuid4().hex}'
+  when = {tenant: cutoffs[tenant].astimezone(dt.timezone.utc).isoformat() for tenant in sorted(deleted)}
   if target.format == 'iceberg':
     from pyiceberg.expressions import And, EqualTo, LessThan
 
-    with handle.transaction() as tx:
-      for tenant in sorted(deleted):
-        when = cutoffs[tenant].astimezone(dt.timezone.utc).isoformat()
-        tx.delete(
-          And(EqualTo(tables.TENANT_COLUMN, tenant), LessThan(field, when)),
-          snapshot_properties={tables.COMMIT_ID_KEY: commit_id},
-        )
+    conditions = [And(EqualTo(tables.TENANT_COLUMN, t), LessThan(field, w)) for t, w in when.items()]
   else:
-    from deltalake import CommitProperties
-
-    def quoted(value: str) -> str:
-      return "'" + value.replace("'", "''") + "'"
-
-    predicate = ' OR '.join(
-      f'({tables.TENANT_COLUMN} = {quoted(tenant)} AND "{field}" < '
-      f'{quoted(cutoffs[tenant].astimezone(dt.timezone.utc).isoformat())})'
-      for tenant in sorted(deleted)
-    )
-    handle.delete(predicate, commit_properties=CommitProperties(custom_metadata={tables.COMMIT_ID_KEY: commit_id}))
+    conditions = [
+      ' OR '.join(f'({tables.TENANT_COLUMN} = {_sql_text(t)} AND "{field}" < {_sql_text(w)})' for t, w in when.items())
+    ]
+  _delete_rows(target, handle, conditions, f'retention/{uuid.uuid4().hex}')
   handle = committer.load(table)
   removed = sorted(before - _data_files(target, handle, sorted(deleted)))
   _delete_files(target, handle, removed)
   left = expired(_columns(target, handle, [tables.TENANT_COLUMN, field]))
   result.update(deleted_rows=deleted, files_removed=removed, rescan_matches=sum(left.values()))
   return result
+
+
+def _sql_text(value: str) -> str:
+  """A SQL string literal (Delta predicates)."""
+  return "'" + value.replace("'", "''") + "'"
+
+
+def _delete_rows(target: tables.TableTarget, handle, conditions: Sequence, commit_id: str):
+  """One commit deleting rows: Iceberg, a delete per condition (pyiceberg expressions) in one transaction
+  (one catalog commit: readers see all or none); Delta, one ``DELETE`` of the one SQL predicate."""
+  if target.format == 'iceberg':
+    with handle.transaction() as tx:
+      for condition in conditions:
+        tx.delete(condition, snapshot_properties={tables.COMMIT_ID_KEY: commit_id})
+    return
+  from deltalake import CommitProperties
+
+  (predicate,) = conditions
+  handle.delete(predicate, commit_properties=CommitProperties(custom_metadata={tables.COMMIT_ID_KEY: commit_id}))
 
 
 def _columns(target: tables.TableTarget, handle, names: Sequence[str]) -> pa.Table:
