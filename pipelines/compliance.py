@@ -655,7 +655,7 @@ def output_kind(output: str, table_target=None) -> str:
   if any(_matches(FileSystems.join(output, kind, 'tenant=*', '**')) for kind in WINDOW_KINDS):
     return WINDOW_FILES
   raise ComplianceError(
-    f'{output} has no committed run ({MANIFEST_NAME}), no Hugging Face dataset card and no streaming window '
+    f'{output} has no committed run ({MANIFEST_NAME}), no Hugging Face dataset card, no TFDS dataset_info.json and no streaming window '
     'files: nothing to erase from (lake tables: give the table format)'
   )
 

@@ -26,7 +26,7 @@ Usage::
 their pseudonyms with the tenant's key ($PII_MASTER_KEY or --pii_key_file,
 as the batch job) and runs `pipelines.compliance.erase` on every --output
 (repeatable: batch lakes, the streaming job's window files, ML features
-runs, Hugging Face exports) and --table_output (lake tables, with
+runs, TFDS datasets prepared from them, Hugging Face exports) and --table_output (lake tables, with
 --table_format and --table_catalog); it prints the
 verification report (files scanned and rewritten, records removed, the
 re-scan's zero) and appends an ``erasure`` entry to the audit log when one is
@@ -109,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     'erase',
     "remove data subjects' records from lake outputs",
     outputs='an output to erase from (repeat for more): a batch lake, the streaming job\'s window files, '
-    'an ML features run, a Hugging Face export (local, s3:// or gs://)',
+    'an ML features run, a prepared TFDS dataset, a Hugging Face export (local, s3:// or gs://)',
     several=True,
   )
   erase.add_argument('--report', default=None, help='also write the verification report here (JSON)')
