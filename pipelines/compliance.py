@@ -45,8 +45,9 @@ by the layout; docs/compliance.md says what each guarantees): the streaming
 job's window files (rewritten in place, each through a temporary name and a
 rename as the window sink writes them, under the output's lock), an
 ``ml_features`` run (examples found by the event ids of the subjects'
-records in the lake it read, published as a new run), a Hugging Face export
-(a new folder replaces it), and lake tables (``table_target``: row-level
+records in the lake it read, published as a new run), a TFDS dataset
+prepared from it (by those event ids, in the same request), a Hugging Face
+export (a new folder replaces it), and lake tables (``table_target``: row-level
 deletes, then the replaced data files and the table metadata naming the
 subjects deleted; `pipelines.lake_tables.erase_matching`).
 """
