@@ -40,8 +40,16 @@ suppression list (``_compliance/suppression/``, keyed tokens of their pseudonyms
 which `RedactPII` consults: a later import of old data into this output sends
 their rows to the dead letter (reason ``suppressed``) instead of the lake.
 
-Not covered yet: the streaming job's window files, ML outputs and lake tables
-(Iceberg, Delta) (docs/compliance.md).
+The same request erases from the other outputs (`output_kind` finds which
+by the layout; docs/compliance.md says what each guarantees): the streaming
+job's window files (rewritten in place, each through a temporary name and a
+rename as the window sink writes them, under the output's lock), an
+``ml_features`` run (examples found by the event ids of the subjects'
+records in the lake it read, published as a new run), a TFDS dataset
+prepared from it (by those event ids, in the same request), a Hugging Face
+export (a new folder replaces it), and lake tables (``table_target``: row-level
+deletes, then the replaced data files and the table metadata naming the
+subjects deleted; `pipelines.lake_tables.erase_matching`).
 """
 
 from __future__ import annotations
@@ -68,6 +76,7 @@ from io_connectors.sinks.lake import (
   SCHEMA_NAME,
   UNASSIGNED,
   OutputLock,
+  OutputLockedError,
   commit_output,
   delete_tree,
   example_features,
@@ -75,6 +84,7 @@ from io_connectors.sinks.lake import (
   read_manifest,
   run_dir_name,
 )
+from io_connectors.sinks.window_files import write_atomically
 from pipelines import runners
 from pipelines.spotify_batch import read_json
 from transforms.pii.batch import pseudonymise
@@ -107,10 +117,13 @@ class ComplianceError(RuntimeError):
 class SubjectMatcher:
   """Whether a value is, or holds as a whole word, one of a set of tokens (raw values and their pseudonyms)."""
 
-  def __init__(self, tokens: Iterable[str]):
+  def __init__(self, tokens: Iterable[str], keys: Optional[Dict[str, Iterable[str]]] = None):
+    """keys: also match a record whose top-level field (e.g. ``event_id``) equals one of these values:
+    the subjects' records in derived data (ML features) that keep a record key but no identifier."""
     self.tokens: FrozenSet[str] = frozenset(t for t in tokens if t)
     if not self.tokens:
       raise ComplianceError('no subjects given')
+    self.keys: Dict[str, FrozenSet[str]] = {f: frozenset(map(str, v)) for f, v in (keys or {}).items() if v}
     alternatives = '|'.join(re.escape(t) for t in sorted(self.tokens, key=len, reverse=True))
     self._text = re.compile(f'(?<![{_WORD}])(?:{alternatives})(?![{_WORD}])')
     self._bytes = re.compile(self._text.pattern.encode('utf-8'))
@@ -127,8 +140,32 @@ class SubjectMatcher:
   def text(self, value: str) -> bool:
     return bool(self._text.search(value))
 
+  def with_keys(self, keys: Dict[str, Iterable[str]]) -> 'SubjectMatcher':
+    """The same tokens, also matching records whose field equals one of `keys`' values."""
+    return SubjectMatcher(self.tokens, keys)
+
   def line(self, value: bytes) -> bool:
-    return bool(self._bytes.search(value))
+    if self._bytes.search(value):
+      return True
+    if self.keys:
+      try:
+        return self._keyed(json.loads(value))
+      except ValueError:
+        return False
+    return False
+
+  def _keyed(self, record) -> bool:
+    """Whether a record's top-level key field holds one of `keys` (TFRecord features: a list of bytes)."""
+    if not isinstance(record, dict):
+      return False
+    for field, values in self.keys.items():
+      value = record.get(field)
+      for v in value if isinstance(value, (list, tuple)) else [value]:
+        if isinstance(v, bytes):
+          v = v.decode('utf-8', 'replace')
+        if v is not None and str(v) in values:
+          return True
+    return False
 
   def value(self, value) -> bool:
     """A Python value at any depth (dicts, lists, strings, bytes)."""
@@ -137,7 +174,7 @@ class SubjectMatcher:
     if isinstance(value, bytes):
       return self.line(value)
     if isinstance(value, dict):
-      return any(self.value(v) for v in value.values())
+      return self._keyed(value) or any(self.value(v) for v in value.values())
     if isinstance(value, (list, tuple)):
       return any(self.value(v) for v in value)
     return False
@@ -163,6 +200,13 @@ class SubjectMatcher:
         part = matched.slice(offset, len(strings))
         offset += len(strings)
         hit = pc.or_(hit, part if values is strings else pc.fill_null(pc.take(part, values.indices), False))
+    for field, values in self.keys.items():
+      if field in table.column_names:
+        column = table.column(field).combine_chunks()
+        if pa.types.is_dictionary(column.type):
+          column = column.dictionary_decode()
+        keyed = pc.is_in(column.cast(pa.string()), value_set=pa.array(sorted(values), pa.string()))
+        hit = pc.or_(hit, pc.fill_null(keyed, False))
     return hit
 
   def _column(self, values: pa.Array) -> pa.Array:
@@ -312,8 +356,21 @@ _SPLITTERS = {
 
 
 def split_file(path: str, data: bytes, matcher: SubjectMatcher) -> Split:
-  """Splits one lake file into what stays and the subjects' records (see `Split`)."""
-  extension = path.rsplit('.', 1)[-1]
+  """Splits one lake file into what stays and the subjects' records (see `Split`).
+
+  A ``.gz`` file (the ML features' ``.tfrecord.gz``) is split by its inner
+  format and written back gzip-compressed.
+  """
+  if path.endswith('.gz'):
+    import gzip
+
+    try:
+      inner = gzip.decompress(data)
+    except (OSError, EOFError) as e:
+      raise ComplianceError(f'{path}: cannot read it as gzip: {type(e).__name__}: {e}') from None
+    rewritten, matched, kept = split_file(path[: -len('.gz')], inner, matcher)
+    return (None if rewritten is None else gzip.compress(rewritten, mtime=0)), matched, kept
+  extension = 'tfrecord' if _TFDS_SHARD.search(path) else path.rsplit('.', 1)[-1]
   if extension not in _SPLITTERS:
     raise ComplianceError(f'{path}: cannot read a .{extension} file (reads {", ".join(sorted(_SPLITTERS))})')
   try:
@@ -343,7 +400,11 @@ def _carry(source: str, target: str):
   FileSystems.copy([source], [target])
 
 
-ERASE, RESCAN, EXPORT = 'erase', 'rescan', 'export'
+ERASE, RESCAN, EXPORT, KEYS = 'erase', 'rescan', 'export', 'keys'
+# The record key that derived data (ML features) keeps to join back: matched in it exactly.
+KEY_FIELD = 'event_id'
+# The kind of a run's file that holds no record (carried over, never scanned).
+OTHER = 'other'
 
 
 def _folder_value(folders: Sequence[str], name: str) -> Optional[str]:
@@ -357,8 +418,17 @@ class _SubjectScope:
     self._matcher = matcher
     self._tenant = tenant
 
+  @property
+  def matcher(self) -> SubjectMatcher:
+    return self._matcher
+
   def selector(self, kind: str, folders: Sequence[str]):
-    if _folder_value(folders, 'tenant') == self._tenant or (kind == 'dead_letter' and UNASSIGNED in folders):
+    if kind == OTHER:
+      return None  # a run's files that hold no record (an ML run's SavedModel): carried as they are
+    tenant = _folder_value(folders, 'tenant')
+    if kind == 'data' and FEATURES_ALL_TENANTS in folders:
+      return self._matcher  # ML features of every tenant together: this tenant's pseudonyms are its own
+    if tenant == self._tenant or (kind == 'dead_letter' and (UNASSIGNED in folders or tenant == UNASSIGNED)):
       return self._matcher
     return None
 
@@ -386,9 +456,19 @@ class _SubjectFilesFn(beam.DoFn):
       'rewritten': False,
       'dropped': False,
     }
+    if kind == OTHER and self._mode == ERASE:
+      # Files that hold no record (an ML run's SavedModel, schemas) are carried as they are, but one that
+      # holds a subject's identifier (a custom preprocessing_fn's vocabulary of user ids) cannot be erased
+      # by dropping records: the erasure stops before it publishes anything (see _rewrite_output).
+      tokens = getattr(self._scope, 'matcher', None)
+      data = _read(source) if tokens is not None else b''
+      result['identifiers'] = bool(tokens is not None and tokens.line(data))
     selector = self._scope.selector(kind, folders)
+    # In place (source == target: the streaming job's window files): each file is replaced through a
+    # temporary name and a rename, as the window sink writes it; untouched files are left alone.
+    in_place = source == target
     if selector is None:
-      if self._mode == ERASE:
+      if self._mode == ERASE and not in_place:
         _carry(source, target)
       yield result
       return
@@ -396,15 +476,25 @@ class _SubjectFilesFn(beam.DoFn):
     result.update(scanned=True, removed=len(matched))
     if self._mode == ERASE:
       if rewritten is None:
-        _carry(source, target)
-      elif kept:
-        with FileSystems.create(target) as handle:
-          handle.write(rewritten)
+        if not in_place:
+          _carry(source, target)
+      elif kept or getattr(self._scope, 'keeps_empty_files', False):
+        if in_place:
+          write_atomically(target, rewritten)
+        else:
+          # Bytes as split_file made them (a .gz file is compressed already): no compression by name.
+          with FileSystems.create(target, compression_type='uncompressed') as handle:
+            handle.write(rewritten)
         result['rewritten'] = True
       else:
+        if in_place:
+          FileSystems.delete([source])
         result['dropped'] = True  # nothing stays: the new run has no such file
     if self._mode == EXPORT:
       result['records'] = matched
+    if self._mode == KEYS:
+      # The record keys of the subjects' records: how derived data without identifiers names them.
+      result['keys'] = sorted({str(r[KEY_FIELD]) for r in matched if r.get(KEY_FIELD) is not None})
     yield result
 
 
@@ -450,7 +540,67 @@ def _committed_manifest(output: str, beam_args: Sequence[str], what: str):
   return options, manifest
 
 
-def _rewrite_output(output: str, manifest: dict, options, scope, action: str, run_id: str, report: dict, beam_args):
+class _LakeLayout:
+  """What a committed run of `pipelines.spotify_batch` holds: its files are the manifest's, its counts
+  ``written`` / ``dead_letter``, its schema ``_schema.json``."""
+
+  scanned_kinds: Optional[Tuple[str, ...]] = None  # of the manifest's files; None: every kind
+
+  def other_files(self, manifest: dict, old_base: str) -> List[str]:
+    """Files of the run the manifest does not list (carried over as they are)."""
+    return []
+
+  def counts(self, manifest: dict, removed, results: List[dict], metric: str) -> Tuple[dict, dict]:
+    counts = _counts_after(manifest.get('counts') or {}, removed, metric)
+    rule = ['read == written', 'dead_letter', 'deduplicated'] + [m for m in ('erased', 'expired') if m in counts]
+    return counts, dict(manifest.get('conservation') or {}, rule=' + '.join(rule))
+
+  def schema(self, output: str):
+    return read_json(FileSystems.join(output, SCHEMA_NAME))
+
+
+class _FeaturesLayout(_LakeLayout):
+  """A committed run of `pipelines.ml_features`: gzip TFRecords of examples per group and split, dead
+  letters, and per group the transform's SavedModel and schemas (carried over: they hold no record)."""
+
+  scanned_kinds = ('data', 'dead_letter')
+
+  def other_files(self, manifest: dict, old_base: str) -> List[str]:
+    listed = {p for paths in (manifest.get('files') or {}).values() for p in paths}
+    matches = FileSystems.match([FileSystems.join(old_base, '**')])[0].metadata_list
+    return sorted(m.path for m in matches if m.path not in listed)
+
+  def counts(self, manifest: dict, removed, results: List[dict], metric: str) -> Tuple[dict, dict]:
+    counts = json.loads(json.dumps(manifest.get('counts') or {}))
+    for r in results:
+      if not r['removed']:
+        continue
+      source = 'transformed' if r['kind'] == 'data' else 'dead_letter'
+      counts[source] = counts.get(source, 0) - r['removed']
+      counts[metric] = counts.get(metric, 0) + r['removed']
+      if r['kind'] == 'data':
+        # .../data/<group dir>/<split>/part-...: the group is the tenant's folder or all_tenants.
+        folders = r['path'].replace('\\', '/').split('/')
+        group = r['tenant'] if r['tenant'] not in (None, UNASSIGNED) else FEATURES_ALL_TENANTS
+        split = folders[-2]
+        per_split = (counts.get('per_group') or {}).get(group) or {}
+        if split in per_split:
+          per_split[split] -= r['removed']
+    rule = f'read (rows of the lake files) == transformed + dead_letter + {metric}'
+    return counts, dict(manifest.get('conservation') or {}, rule=rule)
+
+  def schema(self, output: str):
+    return None
+
+
+# The ML features' group of every tenant together (pipelines.ml_features.ALL_TENANTS; not imported:
+# that module loads TensorFlow).
+FEATURES_ALL_TENANTS = 'all_tenants'
+
+
+def _rewrite_output(
+  output: str, manifest: dict, options, scope, action: str, run_id: str, report: dict, beam_args, layout=None
+):
   """Publishes a new run of `output` without the records `scope` selects, through the lake's commit.
 
   `action` names the manifest section and the count the removed records
@@ -461,11 +611,13 @@ def _rewrite_output(output: str, manifest: dict, options, scope, action: str, ru
   run_dir = run_dir_name(run_id)
   old_base = FileSystems.join(output, manifest['run_dir'])
   new_base = FileSystems.join(output, RUNS_DIR, run_dir)
+  layout = layout or _LakeLayout()
   files = [
     (kind, path, _retarget(path, old_base, new_base))
     for kind, paths in sorted((manifest.get('files') or {}).items())
+    if layout.scanned_kinds is None or kind in layout.scanned_kinds
     for path in paths
-  ]
+  ] + [(OTHER, path, _retarget(path, old_base, new_base)) for path in layout.other_files(manifest, old_base)]
   # The jobs' per-file results: beside the runs, swept like a crashed run's if left behind.
   work_dir = FileSystems.join(output, RUNS_DIR, f'{run_dir}.work')
   entity = manifest.get('entity') if isinstance(manifest.get('entity'), str) else None
@@ -475,10 +627,17 @@ def _rewrite_output(output: str, manifest: dict, options, scope, action: str, ru
     with lock.kept_alive():
       results = _run_files(files, scope, ERASE, entity, beam_args, work_dir)
     removed = _removed(results)
+    holding = sorted(_retarget(r['path'], new_base, old_base) for r in results if r.get('identifiers'))
+    if holding:
+      delete_tree(new_base)
+      delete_tree(work_dir)
+      raise ComplianceError(
+        f'{output}: {len(holding)} files that hold no records hold a subject\'s identifier (e.g. '
+        f'{holding[0]}: a vocabulary of a custom preprocessing_fn?); dropping records cannot erase it: '
+        'run the job that wrote this output again from the erased lake. Nothing published'
+      )
     report.update(
-      files_scanned=sum(r['scanned'] for r in results),
-      files_rewritten=sorted(r['path'] for r in results if r['rewritten']),
-      files_dropped=sorted(r['path'] for r in results if r['dropped']),
+      _file_counts(results),
       records_removed={
         kind: sum(n for (k, _, _), n in removed.items() if k == kind) for kind in ('data', 'dead_letter')
       },
@@ -492,7 +651,8 @@ def _rewrite_output(output: str, manifest: dict, options, scope, action: str, ru
       return report
     dropped = set(report['files_dropped'])
     metric = {'erasure': 'erased', 'retention': 'expired'}[action]
-    counts = _counts_after(manifest.get('counts') or {}, removed, metric)
+    counts, conservation = layout.counts(manifest, removed, results, metric)
+    listed = {kind for kind, _, _ in files}
     published = dict(
       manifest,
       run_id=run_id,
@@ -500,28 +660,63 @@ def _rewrite_output(output: str, manifest: dict, options, scope, action: str, ru
       finished_at=_now(),
       files={
         kind: sorted(new for k, _, new in files if k == kind and new not in dropped)
-        for kind in (manifest.get('files') or {})
+        if kind in listed
+        else [_retarget(path, old_base, new_base) for path in paths]  # folders (a SavedModel), carried whole
+        for kind, paths in (manifest.get('files') or {}).items()
       },
       counts=counts,
-      conservation=dict(
-        manifest.get('conservation') or {},
-        rule=' + '.join(
-          ['read == written', 'dead_letter', 'deduplicated'] + [m for m in ('erased', 'expired') if m in counts]
-        ),
-      ),
+      conservation=conservation,
       **{action: dict(report, files_rewritten=len(report['files_rewritten']), files_dropped=len(dropped))},
     )
     published.pop('superseded', None)
-    commit_output(output, run_dir, published, read_json(FileSystems.join(output, SCHEMA_NAME)), lock=lock)
+    commit_output(output, run_dir, published, layout.schema(output), lock=lock)
   finally:
     lock.release()
-  kept = [(k, new, new) for k, _, new in files if new not in set(report['files_dropped'])]
+  kept = [(k, new, new) for k, _, new in files if new not in set(report['files_dropped']) and k != OTHER]
   rescan = _run_files(kept, scope, RESCAN, entity, beam_args, work_dir)
   delete_tree(work_dir)
-  report.update(published=True, rescan_matches=sum(r['removed'] for r in rescan), finished_at=_now())
-  if report['rescan_matches']:
-    raise ComplianceError(f'the re-scan of {output} after the {action} still found {report["rescan_matches"]} records')
-  return report
+  report['published'] = True
+  return _verified(report, output, action, rescan)
+
+
+# What `erase` can erase from, by how the output is laid out (see `output_kind`).
+LAKE, FEATURES, HF_DATASET, TFDS, WINDOW_FILES, TABLES = (
+  'lake',
+  'ml_features',
+  'hf_dataset',
+  'tfds',
+  'window_files',
+  'tables',
+)
+
+
+def output_kind(output: str, table_target=None) -> str:
+  """Which job wrote `output`: a batch lake run, ML features, a Hugging Face export, the streaming
+  job's window files, or lake tables (given as `table_target`); ComplianceError when none."""
+  if table_target is not None:
+    return TABLES
+  manifest = read_manifest(output)
+  if manifest is not None:
+    return FEATURES if manifest.get('pipeline') == 'ml_features' else LAKE
+  if FileSystems.exists(FileSystems.join(output, 'README.md')) and _matches(
+    FileSystems.join(output, 'data', '*', '*.parquet')
+  ):
+    return HF_DATASET
+  if tfds_dirs(output):
+    return TFDS
+  if any(_matches(FileSystems.join(output, kind, 'tenant=*', '**')) for kind in WINDOW_KINDS):
+    return WINDOW_FILES
+  raise ComplianceError(
+    f'{output} has no committed run ({MANIFEST_NAME}), no Hugging Face dataset card, no TFDS dataset_info.json and no streaming window '
+    'files: nothing to erase from (lake tables: give the table format)'
+  )
+
+
+def _matches(pattern: str) -> List[str]:
+  try:
+    return [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+  except Exception:
+    return []  # nothing there (a local match raises on a missing directory)
 
 
 def erase(
@@ -531,10 +726,22 @@ def erase(
   master_key: MasterKey,
   run_id: Optional[str] = None,
   beam_args: Sequence[str] = (),
+  table_target=None,
+  event_ids: Optional[set] = None,
 ) -> dict:
-  """Erases `subjects` of `tenant` from the lake at `output`; returns the verification report (see module doc)."""
+  """Erases `subjects` of `tenant` from `output`; returns the verification report (see module doc).
+
+  `output` is a batch lake, an ML features output, a Hugging Face export, a
+  prepared TFDS dataset or the streaming job's window files (found by their
+  layout), or, with `table_target` (`io_connectors.sinks.tables.TableTarget`),
+  lake tables. `event_ids`: a set shared by the outputs of one request: an ML
+  features erasure adds the event ids of the subjects' records it found, a
+  TFDS dataset's erasure (which has nothing else to find them by) uses them.
+  """
   _check_tenant(tenant)
-  options, manifest = _committed_manifest(output, beam_args, 'erase from')
+  options = PipelineOptions(list(beam_args))
+  FileSystems.set_options(options)
+  kind = output_kind(output, table_target)
   matcher = SubjectMatcher.for_tenant(subjects, tenant, master_key)
   pseudonyms = subject_pseudonyms(subjects, tenant, master_key)
   started_at = dt.datetime.now(dt.timezone.utc)
@@ -542,16 +749,359 @@ def erase(
   report: dict = {
     'run_id': run_id,
     'tenant': tenant,
+    'output_kind': kind,
     'subjects': len({s.strip() for s in subjects if s and s.strip()}),
     'started_at': started_at.isoformat(),
   }
-  # Recorded first: a request stands even if the rewrite below fails, and later imports
-  # into this output leave the subjects out (transforms.pii.suppression).
-  tokens = suppression_tokens(pseudonyms, master_key, tenant).to_pylist()
-  report['suppression_list'] = record_suppressed(output, tenant, _request_name(tokens), tokens)
-  return _rewrite_output(
-    output, manifest, options, _SubjectScope(matcher, tenant), 'erasure', run_id, report, beam_args
+  if kind in (LAKE, WINDOW_FILES, TABLES):
+    # Recorded first: a request stands even if the rewrite below fails, and later imports
+    # into this output leave the subjects out (transforms.pii.suppression).
+    tokens = suppression_tokens(pseudonyms, master_key, tenant).to_pylist()
+    where = table_target.location if kind == TABLES else output
+    report['suppression_list'] = record_suppressed(where, tenant, _request_name(tokens), tokens)
+  scope = _SubjectScope(matcher, tenant)
+  if kind == LAKE:
+    _, manifest = _committed_manifest(output, beam_args, 'erase from')
+    return _rewrite_output(output, manifest, options, scope, 'erasure', run_id, report, beam_args)
+  if kind == FEATURES:
+    return _erase_features(output, tenant, matcher, run_id, report, options, beam_args, event_ids)
+  if kind == TFDS:
+    return _erase_tfds(output, tenant, matcher, event_ids, report, beam_args)
+  if kind == HF_DATASET:
+    return _erase_hf_dataset(output, tenant, matcher, report, beam_args)
+  if kind == WINDOW_FILES:
+    return _erase_window_files(output, tenant, scope, run_id, report, options, beam_args)
+  report = _erase_tables(table_target, tenant, matcher, report, options)
+  location = table_target.location
+  if any(_matches(FileSystems.join(location, kind, 'tenant=*', '**')) for kind in WINDOW_KINDS):
+    # A streaming job writing tables keeps its sessions (and metrics) as window files beside them.
+    files = _erase_window_files(location, tenant, scope, run_id, dict(report), options, beam_args)
+    report['window_files'] = {
+      k: files[k] for k in ('files_total', 'files_scanned', 'files_rewritten', 'files_dropped', 'records_removed')
+    }
+    report['files_rewritten'] = sorted(report['files_rewritten'] + files['files_rewritten'])
+    report['published'] = report['published'] or files['published']
+    for name, n in files['records_removed'].items():
+      if n and name != 'dead_letter':
+        report['records_removed'][name] = report['records_removed'].get(name, 0) + n
+    by_tenant = report['records_removed_by_tenant_and_entity']
+    for tenant_name, per_entity in files['records_removed_by_tenant_and_entity'].items():
+      for name, n in per_entity.items():
+        by_tenant.setdefault(tenant_name, {})[name] = by_tenant.get(tenant_name, {}).get(name, 0) + n
+  return report
+
+
+# ----- The streaming job's window files -----
+
+# The streaming job's folders that hold records (io_connectors.sinks.window_files); metrics/ holds
+# per-window aggregates (counts, distinct users), no record of anyone.
+WINDOW_KINDS = ('data', 'sessions', 'dead_letter')
+
+
+def _window_files(output: str, tenant: str) -> List[Tuple[str, str, str]]:
+  """(kind, path, path) of the tenant's window files and the dead letters of no tenant; never temporaries."""
+  files = []
+  for kind in WINDOW_KINDS:
+    folders = [f'tenant={tenant}'] + ([f'tenant={UNASSIGNED}'] if kind == 'dead_letter' else [])
+    for folder in folders:
+      for path in _matches(FileSystems.join(output, kind, folder, '**')):
+        name = path.replace('\\', '/').rsplit('/', 1)[-1]
+        if not name.startswith('.tmp-'):
+          files.append((kind, path, path))
+  return sorted(set(files))
+
+
+def _job_lock(output: str, run_id: str, options) -> OutputLock:
+  """The output's lock, which a streaming job holds while it runs (window files and tables alike):
+  its merges and replays would otherwise write back what the erasure removes."""
+  try:
+    return OutputLock.acquire(output, run_id, '', ttl_s=600.0, options=options)
+  except OutputLockedError as e:
+    raise ComplianceError(
+      f'{e}: a streaming job writes this output; stop it (its source keeps what it did not acknowledge), '
+      'erase, then start it again'
+    ) from None
+
+
+def _erase_window_files(output, tenant, scope, run_id, report, options, beam_args) -> dict:
+  """Rewrites the streaming job's files that hold the subjects in place, each through a temporary
+  name and a rename (the window sink's own commit), under the output's lock; then re-scans them."""
+  output = output.rstrip('/')
+  lock = _job_lock(output, run_id, options)
+  work_dir = FileSystems.join(output, '_compliance', f'_work-{run_id}')
+  try:
+    files = _window_files(output, tenant)
+    report['files_total'] = len(files)
+    with lock.kept_alive():
+      results = _run_files(files, scope, ERASE, None, beam_args, work_dir)
+      removed = _removed(results)
+      kept = [(k, path, path) for k, path, _ in files if path not in {r['path'] for r in results if r['dropped']}]
+      rescan = _run_files(kept, scope, RESCAN, None, beam_args, work_dir) if removed else []
+  finally:
+    delete_tree(work_dir)
+    lock.release()
+  report.update(
+    _file_counts(results),
+    records_removed={kind: sum(n for (k, _, _), n in removed.items() if k == kind) for kind in WINDOW_KINDS},
+    records_removed_by_tenant_and_entity=_by_tenant_and_entity(removed),
+    published=bool(removed),
   )
+  return _verified(report, output, 'erasure', rescan)
+
+
+def _file_counts(results: List[dict], path=lambda p: p) -> dict:
+  """The report's files scanned, rewritten and dropped (`path`: where a result's file is published)."""
+  return {
+    'files_scanned': sum(r['scanned'] for r in results),
+    'files_rewritten': sorted(path(r['path']) for r in results if r['rewritten']),
+    'files_dropped': sorted(path(r['path']) for r in results if r['dropped']),
+  }
+
+
+def _verified(report: dict, output: str, action: str, rescan: List[dict]) -> dict:
+  """`report` with the re-scan's matches, which must be none (else ComplianceError)."""
+  report.update(rescan_matches=sum(r['removed'] for r in rescan), finished_at=_now())
+  if report['rescan_matches']:
+    raise ComplianceError(f'the re-scan of {output} after the {action} still found {report["rescan_matches"]} records')
+  return report
+
+
+# ----- ML outputs: pipelines.ml_features and pipelines.hf_export -----
+
+
+def _erase_features(output, tenant, matcher, run_id, report, options, beam_args, found=None) -> dict:
+  """An ML features run: its examples keep `event_id` but no identifier (the user pseudonym is hashed
+  into a bucket shared with other users), so the subjects' examples are found by the event ids of
+  their records in the lake the run read, as well as by any value that holds a pseudonym or raw value
+  (a team's preprocessing_fn may pass one through; the dead letters hold the raw rows)."""
+  _, manifest = _committed_manifest(output, beam_args, 'erase from')
+  lake = (manifest.get('input') or {}).get('lake')
+  lake_manifest = read_manifest(lake) if lake else None
+  event_ids: List[str] = []
+  if lake_manifest is not None:
+    files = [(k, path, path) for k, paths in sorted((lake_manifest.get('files') or {}).items()) for path in paths]
+    work_dir = FileSystems.join(output, RUNS_DIR, f'{run_dir_name(run_id)}.keys')
+    results = _run_files(files, _SubjectScope(matcher, report['tenant']), KEYS, None, beam_args, work_dir)
+    delete_tree(work_dir)
+    event_ids = sorted({key for r in results for key in r.get('keys') or ()})
+  report['lake'] = {'run_id': (lake_manifest or {}).get('run_id'), 'read': lake_manifest is not None}
+  report['event_ids_found'] = len(event_ids)
+  if found is not None:
+    found.update(event_ids)
+  keyed = matcher.with_keys({KEY_FIELD: event_ids})
+  return _rewrite_output(
+    output, manifest, options, _SubjectScope(keyed, tenant), 'erasure', run_id, report, beam_args, _FeaturesLayout()
+  )
+
+
+class _DatasetScope:
+  """A Hugging Face export (data/<tenant>/train-*.parquet): the tenant's shards."""
+
+  def __init__(self, matcher: SubjectMatcher, tenant: str):
+    self._matcher = matcher
+    self._tenant = tenant
+
+  def selector(self, kind: str, folders: Sequence[str]):
+    return self._matcher if len(folders) >= 2 and folders[-2] == self._tenant else None
+
+
+def _card_after(card: str, tenant: str, removed: int) -> str:
+  """The dataset card with `removed` rows fewer in the `default` and the tenant's configs."""
+  lines, config = card.split('\n'), None
+  for i, line in enumerate(lines):
+    stripped = line.strip()
+    if stripped.startswith('- config_name:'):
+      config = json.loads(stripped.split(':', 1)[1].strip())
+    elif stripped.startswith('num_examples:') and config in ('default', tenant):
+      lines[i] = line.replace(stripped, f'num_examples: {int(stripped.split(":", 1)[1]) - removed}')
+    elif stripped.startswith(('| default | train |', f'| {tenant} | train |')):
+      name, split, n = [cell.strip() for cell in stripped.strip('|').split('|')]
+      lines[i] = f'| {name} | {split} | {int(n) - removed} |'
+  return '\n'.join(lines)
+
+
+def _erase_hf_dataset(output, tenant, matcher, report, beam_args) -> dict:
+  """A Hugging Face export: the tenant's shards (``data/<tenant>/*.parquet``) with a match rewritten, the
+  card's row counts lowered (`_erase_folder`)."""
+  output = output.rstrip('/')
+  shards = sorted(_matches(FileSystems.join(output, 'data', '*', '*.parquet')))
+
+  def card(results, staging):
+    removed = sum(r['removed'] for r in results)
+    text = _read(FileSystems.join(output, 'README.md')).decode('utf-8')
+    with FileSystems.create(FileSystems.join(staging, 'README.md')) as handle:
+      handle.write(_card_after(text, tenant, removed).encode('utf-8'))
+
+  report = _erase_folder(output, shards, ['README.md'], _DatasetScope(matcher, tenant), card, report, beam_args)
+  removed = report['records_removed']['data']
+  report['records_removed_by_tenant_and_entity'] = {tenant: {'data': removed}} if removed else {}
+  return report
+
+
+# A TFDS shard: <dataset>-<split>.tfrecord-<shard>-of-<shards> (TFDS's default file name template).
+_TFDS_SHARD = re.compile(r'(?P<dataset>[^/]+)-(?P<split>[^-/.]+)\.tfrecord-(?P<shard>\d{5})-of-(?P<shards>\d{5})$')
+
+
+def tfds_dirs(output: str) -> List[str]:
+  """The prepared TFDS dataset versions under `output`: itself, or <data_dir>/<name>/<version>/."""
+  infos = _matches(FileSystems.join(output, 'dataset_info.json')) or _matches(
+    FileSystems.join(output, '*', '*', 'dataset_info.json')
+  )
+  return sorted(path.rsplit('/', 1)[0] for path in infos)
+
+
+def _erase_tfds(output, tenant, matcher, event_ids, report, beam_args) -> dict:
+  """A prepared TFDS dataset (`pipelines.tfds_music` copies the ML features' examples into its own
+  shards): examples found as in the features run (by event id, given by the features output erased in
+  the same request), shards rewritten (a shard left empty stays, as TFDS counts its shards), and
+  ``dataset_info.json``'s shard lengths lowered."""
+  folders = tfds_dirs(output)
+  if not event_ids:
+    raise ComplianceError(
+      f'{output}: a TFDS dataset of ML features holds no identifier, only event ids: give the ML features '
+      'output it was prepared from (--output) in the same request'
+    )
+  reports = []
+  for folder in folders:
+    info = json.loads(_read(FileSystems.join(folder, 'dataset_info.json')).decode('utf-8'))
+    group = (info.get('metadata') or {}).get('group')
+    selected = matcher.with_keys({KEY_FIELD: event_ids})
+    scope = _TfdsScope(selected if group in (tenant, FEATURES_ALL_TENANTS, None) else None)
+    shards = sorted(p for p in _matches(FileSystems.join(folder, '*.tfrecord-*')) if _TFDS_SHARD.search(p))
+
+    def lengths(results, staging, info=info, folder=folder):
+      removed: Dict[Tuple[str, int], int] = {}
+      for r in results:
+        name = _TFDS_SHARD.search(r['path'])
+        removed[(name['split'], int(name['shard']))] = r['removed']
+      for split in info.get('splits') or []:
+        split['shardLengths'] = [
+          str(int(n) - removed.get((split['name'], i), 0)) for i, n in enumerate(split.get('shardLengths') or [])
+        ]
+      with FileSystems.create(FileSystems.join(staging, 'dataset_info.json')) as handle:
+        handle.write(json.dumps(info, indent=2).encode('utf-8'))
+
+    reports.append(_erase_folder(folder, shards, ['dataset_info.json'], scope, lengths, {}, beam_args))
+  removed = sum(r['records_removed']['data'] for r in reports)
+  report.update(
+    datasets=folders,
+    files_total=sum(r['files_total'] for r in reports),
+    files_scanned=sum(r['files_scanned'] for r in reports),
+    files_rewritten=sorted(p for r in reports for p in r['files_rewritten']),
+    files_dropped=[],
+    records_removed={'data': removed},
+    records_removed_by_tenant_and_entity={tenant: {'data': removed}} if removed else {},
+    published=any(r['published'] for r in reports),
+    rescan_matches=sum(r['rescan_matches'] for r in reports),
+    finished_at=_now(),
+  )
+  return report
+
+
+class _TfdsScope:
+  """Every shard of a TFDS dataset of the tenant's group (None: another tenant's); a shard whose
+  examples all go stays, empty."""
+
+  keeps_empty_files = True
+
+  def __init__(self, matcher: Optional[SubjectMatcher]):
+    self._matcher = matcher
+
+  def selector(self, kind: str, folders: Sequence[str]):
+    return self._matcher if kind == 'data' else None
+
+
+def _erase_folder(output, shards, metadata, scope, write_metadata, report, beam_args) -> dict:
+  """Erases from a dataset folder published whole (a Hugging Face export, a TFDS dataset): a new copy
+  (untouched files hard-linked on local disk, copied on object stores; `shards` with a match rewritten;
+  the `metadata` files written again by `write_metadata(results, staging)`) replaces the folder the way
+  `pipelines.hf_export` publishes one (one rename on local disk), then a re-scan."""
+  from pipelines.hf_export import _publish, _remove
+
+  output = output.rstrip('/')
+  staging = f'{output}.tmp-{uuid.uuid4().hex[:8]}'
+  listed = set(shards) | {FileSystems.join(output, name) for name in metadata}
+  others = [p for p in _matches(FileSystems.join(output, '**')) if p not in listed]
+  files = [('data', path, staging + path[len(output) :]) for path in shards]
+  files += [(OTHER, path, staging + path[len(output) :]) for path in others]
+  report['files_total'] = len(shards)
+  try:
+    results = _run_files(files, scope, ERASE, None, beam_args, FileSystems.join(staging, '_work'))
+    delete_tree(FileSystems.join(staging, '_work'))
+    results = [r for r in results if r['kind'] == 'data']
+    removed = sum(r['removed'] for r in results)
+    if removed:
+      write_metadata(results, staging)
+      _publish(staging, output)
+  finally:
+    _remove(staging)
+  dropped = {r['path'] for r in results if r['dropped']}
+  published = [(k, output + new[len(staging) :]) for k, _, new in files if k == 'data' and new not in dropped]
+  rescan_dir = f'{output}.rescan-{uuid.uuid4().hex[:8]}'
+  try:
+    rescan = (
+      _run_files([(k, p, p) for k, p in published], scope, RESCAN, None, beam_args, rescan_dir) if removed else []
+    )
+  finally:
+    delete_tree(rescan_dir)
+  report.update(
+    _file_counts(results, lambda p: output + p[len(staging) :]),
+    records_removed={'data': removed},
+    published=bool(removed),
+  )
+  return _verified(report, output, 'erasure', rescan)
+
+
+# ----- Lake tables (Iceberg, Delta) -----
+
+
+def _over_tables(target, run_id: str, options, each) -> Dict[str, dict]:
+  """{table: each(table)} for every table of `target`, under the output's lock (a streaming job writing
+  the tables holds it); a table error as a ComplianceError."""
+  from io_connectors.sinks import tables
+  from pipelines import lake_tables
+
+  lock = _job_lock(target.location, run_id, options)
+  try:
+    return {name: each(name) for name in lake_tables.table_names(target)}
+  except tables.TableError as e:
+    raise ComplianceError(str(e)) from None
+  finally:
+    lock.release()
+
+
+def _erase_tables(target, tenant, matcher, report, options) -> dict:
+  """Row-level deletes of the subjects' rows in every table of `target` (`pipelines.lake_tables.erase_matching`)."""
+  from io_connectors.sinks import tables
+  from pipelines import lake_tables
+
+  def each(name):
+    tenants = [tenant, UNASSIGNED] if name == tables.DEAD_LETTER_TABLE else [tenant]
+    return lake_tables.erase_matching(target, name, tenants, matcher)
+
+  results = _over_tables(target, report['run_id'], options, each)
+  removed = {name: r['deleted_rows'] for name, r in sorted(results.items()) if r['deleted_rows']}
+  metadata = sum(r['metadata_matches'] for r in results.values())
+  report.update(
+    tables=sorted(results),
+    files_total=None,
+    files_scanned=None,
+    files_rewritten=sorted(p for r in results.values() for p in r['files_removed']),
+    files_dropped=[],
+    records_removed={
+      'data': sum(n for t, n in removed.items() if t != tables.DEAD_LETTER_TABLE),
+      'dead_letter': removed.get(tables.DEAD_LETTER_TABLE, 0),
+    },
+    records_removed_by_tenant_and_entity={tenant: removed} if removed else {},
+    published=bool(removed),
+    metadata_matches=metadata,
+  )
+  if metadata:
+    raise ComplianceError(
+      f'{target.location}: the rows are deleted but {metadata} metadata files of the tables still hold a '
+      "subject's value (column statistics)"
+    )
+  return _verified(report, target.location, 'erasure', [{'removed': r['rescan_matches']} for r in results.values()])
 
 
 def subject_pseudonyms(subjects: Sequence[str], tenant: str, master_key: MasterKey) -> List[str]:
@@ -586,7 +1136,7 @@ def _removed(results: List[dict]) -> Dict[Tuple[str, str, str], int]:
 def _by_tenant_and_entity(removed: Dict[Tuple[str, str, str], int]) -> Dict[str, Dict[str, int]]:
   out: Dict[str, Dict[str, int]] = {}
   for (kind, tenant, entity), n in sorted(removed.items()):
-    name = 'dead_letter' if kind == 'dead_letter' else (entity or 'data')
+    name = (entity or 'data') if kind == 'data' else kind
     out.setdefault(tenant, {})[name] = out.get(tenant, {}).get(name, 0) + n
   return out
 
@@ -717,8 +1267,10 @@ def apply_retention(
   time_fields: Sequence[str] = TIME_FIELDS,
   run_id: Optional[str] = None,
   beam_args: Sequence[str] = (),
+  table_target=None,
 ) -> dict:
-  """Drops the records of `output` older than their tenant's and entity's retention, as a new committed run.
+  """Drops the records of `output` older than their tenant's and entity's retention, as a new committed run
+  (with `table_target`: row-level deletes in each table, the entity being the table's name).
 
   `rules`: ``{tenant or '*': {entity or '*': days}}`` (the config's
   ``retention_days``), the most specific rule winning. A record's time is the
@@ -728,13 +1280,52 @@ def apply_retention(
   tenant and entity, files rewritten and dropped, the re-scan's zero).
   """
   check_retention_rules(rules)
-  options, manifest = _committed_manifest(output, beam_args, 'expire')
   now = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
   run_id = run_id or 'retention-' + now.strftime('%Y%m%dT%H%M%SZ-') + uuid.uuid4().hex[:8]
+  if table_target is not None:
+    return _expire_tables(table_target, rules, now, time_fields, run_id, beam_args)
+  options, manifest = _committed_manifest(output, beam_args, 'expire')
   entity = manifest.get('entity') if isinstance(manifest.get('entity'), str) else None
   scope = _RetentionScope(rules, now, time_fields, entity)
   report: dict = {'run_id': run_id, 'rules': rules, 'as_of': now.isoformat(), 'started_at': _now()}
   return _rewrite_output(output, manifest, options, scope, 'retention', run_id, report, beam_args)
+
+
+def _expire_tables(target, rules: dict, now: dt.datetime, time_fields, run_id: str, beam_args) -> dict:
+  """Retention over lake tables (`pipelines.lake_tables.expire_rows`). The dead-letter table has no
+  trusted event time and is not expired, as in the file lake."""
+  from io_connectors.sinks import tables
+  from pipelines import lake_tables
+
+  options = PipelineOptions(list(beam_args))
+  FileSystems.set_options(options)
+  report: dict = {'run_id': run_id, 'rules': rules, 'as_of': now.isoformat(), 'started_at': _now()}
+
+  def each(name):
+    if name == tables.DEAD_LETTER_TABLE:
+      return {'deleted_rows': {}, 'files_removed': [], 'rescan_matches': 0}
+
+    def cutoff(tenant):
+      days = retention_days(rules, tenant, name)
+      return None if days is None else now - dt.timedelta(days=days)
+
+    return lake_tables.expire_rows(target, name, cutoff, time_fields)
+
+  results = _over_tables(target, run_id, options, each)
+  by_tenant: Dict[str, Dict[str, int]] = {}
+  for name, result in sorted(results.items()):
+    for tenant, n in result['deleted_rows'].items():
+      by_tenant.setdefault(tenant, {})[name] = n
+  removed = sum(n for per_entity in by_tenant.values() for n in per_entity.values())
+  report.update(
+    output_kind=TABLES,
+    files_rewritten=sorted(p for r in results.values() for p in r['files_removed']),
+    files_dropped=[],
+    records_removed={'data': removed, 'dead_letter': 0},
+    records_removed_by_tenant_and_entity=by_tenant,
+    published=bool(removed),
+  )
+  return _verified(report, target.location, 'retention', [{'removed': r['rescan_matches']} for r in results.values()])
 
 
 def export_subjects(

@@ -5,6 +5,10 @@ Usage::
     # every record of these people in tenant acme's part of the lake, removed through an atomic commit
     python -m pipelines.gdpr erase --output gs://lake/events --tenant acme --subject_file ids.txt \\
         --pii_key_file key.hex --report erasure.json [Beam flags, e.g. --runner=DataflowRunner ...]
+    # ... and from ML features, a Hugging Face export, streaming window files and Iceberg tables at once
+    python -m pipelines.gdpr erase --output gs://ml/features --output gs://ml/hf --output gs://lake/events \\
+        --output gs://lake/stream --table_output s3://wh --table_format iceberg --table_catalog postgresql://... \\
+        --tenant acme --subject_file ids.txt
     python -m pipelines.gdpr export --output gs://lake/events --tenant acme --subject_file ids.txt \\
         --destination gs://requests/2026-0042/
     python -m pipelines.gdpr retention --output gs://lake/events --config retention.yaml
@@ -20,7 +24,10 @@ Usage::
 
 ``erase`` reads one raw identifier per line (user ids, emails), derives
 their pseudonyms with the tenant's key ($PII_MASTER_KEY or --pii_key_file,
-as the batch job) and runs `pipelines.compliance.erase`; it prints the
+as the batch job) and runs `pipelines.compliance.erase` on every --output
+(repeatable: batch lakes, the streaming job's window files, ML features
+runs, TFDS datasets prepared from them, Hugging Face exports) and --table_output (lake tables, with
+--table_format and --table_catalog); it prints the
 verification report (files scanned and rewritten, records removed, the
 re-scan's zero) and appends an ``erasure`` entry to the audit log when one is
 configured. Exit status 0 when the subjects are gone (or were never there).
@@ -86,10 +93,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     return sub
 
-  def subject_request(name, help_text):
-    """A parser for a request about data subjects of one tenant of one output."""
+  def subject_request(name, help_text, outputs='the batch job\'s output (local, s3:// or gs://)', several=False):
+    """A parser for a request about data subjects of one tenant of one output (or several)."""
     sub = with_log(commands.add_parser(name, help=help_text))
-    sub.add_argument('--output', required=True, help='the batch job\'s output (local, s3:// or gs://)')
+    sub.add_argument('--output', required=not several, action='append' if several else 'store', help=outputs)
     sub.add_argument('--tenant', required=True, help='the tenant whose subjects these are')
     sub.add_argument(
       '--subject_file', '--subject-file', required=True, help='one raw identifier (user id, email) per line'
@@ -98,8 +105,20 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument('--actor', default=None, help='who asked, for the audit log (default: the OS user)')
     return sub
 
-  erase = subject_request('erase', "remove data subjects' records from a lake output")
+  erase = subject_request(
+    'erase',
+    "remove data subjects' records from lake outputs",
+    outputs='an output to erase from (repeat for more): a batch lake, the streaming job\'s window files, '
+    'an ML features run, a prepared TFDS dataset, a Hugging Face export (local, s3:// or gs://)',
+    several=True,
+  )
   erase.add_argument('--report', default=None, help='also write the verification report here (JSON)')
+  erase.add_argument(
+    '--table_output', nargs='+', default=[], help='lake tables to erase from too: the warehouse / Delta root'
+  )
+  erase.add_argument('--table_format', choices=('iceberg', 'delta'), help='the format of --table_output')
+  erase.add_argument('--table_catalog', default=None, help='Iceberg: the catalog URL (as the job got it)')
+  erase.add_argument('--table_namespace', default='music', help='Iceberg: the namespace of the tables')
   export = subject_request('export', "write data subjects' records as JSON (access request)")
   export.add_argument('--destination', required=True, help='directory for the JSON files and the summary')
 
@@ -137,6 +156,9 @@ def _parser() -> argparse.ArgumentParser:
     '--config', required=True, help="YAML file with retention_days: {tenant or '*': {entity or '*': days}}"
   )
   retention.add_argument('--actor', default=None, help='who ran it, for the audit log (default: the OS user)')
+  retention.add_argument('--table_format', choices=('iceberg', 'delta'), help='--output is lake tables of this format')
+  retention.add_argument('--table_catalog', default=None, help='Iceberg: the catalog URL (as the job got it)')
+  retention.add_argument('--table_namespace', default='music', help='Iceberg: the namespace of the tables')
 
   report = with_log(commands.add_parser('report', help="a tenant's compliance report (HTML) for a period"))
   report.add_argument('--tenant', required=True, help='the tenant')
@@ -228,8 +250,16 @@ def _retention(args, beam_args: Sequence[str]) -> int:
   if rules is None:
     raise _UsageError(f'{args.config}: no retention_days')
   log = _audit_log(args, required=False)
+  target = None
+  if args.table_format:
+    from io_connectors.sinks import tables
+
+    try:
+      target = tables.TableTarget(args.table_format, args.output, args.table_catalog, args.table_namespace)
+    except ValueError as e:
+      raise _UsageError(str(e)) from None
   try:
-    report = apply_retention(args.output, rules, beam_args=beam_args)
+    report = apply_retention(args.output, rules, beam_args=beam_args, table_target=target)
   except ComplianceError as e:
     raise _UsageError(f'{args.config}: {e}') from None
   if log is not None:
@@ -241,18 +271,76 @@ def _retention(args, beam_args: Sequence[str]) -> int:
   return 0
 
 
+def _erase_targets(args, beam_args: Sequence[str]):
+  """(output, table target or None) of every output of the request, derived data first: an ML features
+  run finds its examples by the event ids of the subjects' records in its lake, so it goes before it."""
+  from io_connectors.sinks import tables
+  from pipelines.compliance import FEATURES, HF_DATASET, TFDS, ComplianceError, output_kind
+
+  if args.table_output and not args.table_format:
+    raise _UsageError('--table_output needs --table_format iceberg|delta')
+  targets = []
+  for location in args.table_output:
+    try:
+      targets.append(
+        (location, tables.TableTarget(args.table_format, location, args.table_catalog, args.table_namespace))
+      )
+    except ValueError as e:
+      raise _UsageError(str(e)) from None
+  outputs = list(args.output or [])
+  if args.table_format and not args.table_output:
+    # --table_format alone: --output names the table lakes.
+    return _erase_targets(argparse.Namespace(**dict(vars(args), table_output=outputs, output=[])), beam_args)
+  if not outputs and not targets:
+    raise _UsageError('give --output (or --table_output with --table_format)')
+  from apache_beam.io.filesystems import FileSystems
+  from apache_beam.options.pipeline_options import PipelineOptions
+
+  FileSystems.set_options(PipelineOptions(list(beam_args)))  # S3 / GCS settings, to see what each output is
+  files = []
+  for output in (o for o in outputs if o):
+    try:
+      # ML features first (they find the event ids a TFDS copy of them is erased by), then the other
+      # derived data, then the lakes they were made from.
+      kind = output_kind(output)
+      files.append((0 if kind == FEATURES else 1 if kind in (TFDS, HF_DATASET) else 2, output))
+    except ComplianceError as e:
+      raise _UsageError(str(e)) from None
+  return [(output, None) for _, output in sorted(files, key=lambda f: f[0])] + targets
+
+
 def _erase(args, beam_args: Sequence[str]) -> int:
   from pipelines.compliance import ComplianceError, erase
 
   subjects, master_key, log = _request(args)
+  reports, event_ids = [], set()
   try:
-    report = erase(args.output, args.tenant, subjects, master_key, beam_args=beam_args)
+    for output, target in _erase_targets(args, beam_args):
+      reports.append(
+        erase(output, args.tenant, subjects, master_key, beam_args=beam_args, table_target=target, event_ids=event_ids)
+      )
+      reports[-1]['output'] = mask_url(output)
   except ComplianceError as e:
     if log is not None:
       log.append('erasure', actor=args.actor, tenant=args.tenant, details={'status': 'failed', 'error': str(e)[:300]})
     raise _UsageError(str(e)) from None
+  if len(reports) == 1:
+    report = reports[0]
+  else:
+    # One request over several outputs: each output's report, and the totals.
+    report = {
+      'tenant': args.tenant,
+      'subjects': reports[0]['subjects'],
+      'outputs': reports,
+      'published': any(r['published'] for r in reports),
+      'rescan_matches': sum(r['rescan_matches'] for r in reports),
+      'records_removed': _summed(r['records_removed'] for r in reports),
+      'files_rewritten': sorted(p for r in reports for p in r['files_rewritten']),
+    }
   if log is not None:
     details = dict(report, status='succeeded', files_rewritten=len(report['files_rewritten']))
+    if 'outputs' in details:
+      details['outputs'] = [dict(r, files_rewritten=len(r['files_rewritten'])) for r in reports]
     report['audit'] = log.append('erasure', actor=args.actor, tenant=args.tenant, details=details).anchor
   text = json.dumps(report, indent=2, sort_keys=True)
   if args.report:
@@ -260,6 +348,14 @@ def _erase(args, beam_args: Sequence[str]) -> int:
       handle.write(text + '\n')
   print(text)
   return 0
+
+
+def _summed(counts) -> dict:
+  out: dict = {}
+  for per_kind in counts:
+    for kind, n in per_kind.items():
+      out[kind] = out.get(kind, 0) + n
+  return out
 
 
 def _key_request(args):
