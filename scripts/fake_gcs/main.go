@@ -45,19 +45,20 @@ func main() {
 		Scheme:      "http",
 		Host:        *host,
 		Port:        uint16(*port),
-		NoListener:  true, // served below, through the XML writes
+		NoListener:  true, // served below, through gcsExtensions
 		PublicHost:  addr,
 		ExternalURL: "http://" + addr,
 	})
 	if err != nil {
 		log.Fatalf("fake-gcs: %v", err)
 	}
-	handler := &xmlObjectWrites{server: server, next: server.HTTPHandler()}
+	handler := &gcsExtensions{server: server, next: server.HTTPHandler()}
 	log.Printf("fake-gcs: serving http://%s", addr)
 	log.Fatal(http.ListenAndServe(addr, handler))
 }
 
-type xmlObjectWrites struct {
+// gcsExtensions answers what the emulator lacks and hands every other request to it.
+type gcsExtensions struct {
 	server *fakestorage.Server
 	next   http.Handler
 	lock   sync.Mutex
@@ -105,7 +106,7 @@ func fail(w http.ResponseWriter, status int, code, message string) {
 	_, _ = w.Write(append([]byte(xml.Header), body...))
 }
 
-func (h *xmlObjectWrites) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (h *gcsExtensions) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodPost && r.URL.Path == "/batch/storage/v1" {
 		if err := numberBatchParts(r); err != nil {
 			http.Error(w, "invalid batch request: "+err.Error(), http.StatusBadRequest)
@@ -208,7 +209,7 @@ func xmlListAfter(r *http.Request) (string, bool) {
 }
 
 // listAfter answers a listing of the keys after start-after (exclusive), in one page.
-func (h *xmlObjectWrites) listAfter(w http.ResponseWriter, r *http.Request, bucket string) {
+func (h *gcsExtensions) listAfter(w http.ResponseWriter, r *http.Request, bucket string) {
 	query := r.URL.Query()
 	after := query.Get("start-after")
 	options := fakestorage.ListOptions{Prefix: query.Get("prefix"), Delimiter: query.Get("delimiter"), StartOffset: after}
