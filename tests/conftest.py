@@ -261,6 +261,17 @@ def s3_env(s3_server) -> ObjectStoreEnv:
   )
 
 
+# A never-expiring "authorized_user" token: sent nowhere but to the local emulators, which ignore it.
+_EMULATOR_CREDENTIALS = {
+  'type': 'authorized_user',
+  'client_id': 'emulator',
+  'client_secret': 'emulator',
+  'refresh_token': 'emulator',
+  'token': 'emulator',
+  'expiry': '2999-01-01T00:00:00Z',
+}
+
+
 @pytest.fixture(scope='session')
 def gcs_server(tmp_path_factory):
   """A google.cloud.storage client of the local GCS emulator.
@@ -280,18 +291,7 @@ def gcs_server(tmp_path_factory):
 
   port = ensure_service('gcs')
   credentials_file = tmp_path_factory.mktemp('gcs') / 'emulator-credentials.json'
-  credentials_file.write_text(
-    json.dumps(
-      {
-        'type': 'authorized_user',
-        'client_id': 'emulator',
-        'client_secret': 'emulator',
-        'refresh_token': 'emulator',
-        'token': 'emulator',
-        'expiry': '2999-01-01T00:00:00Z',
-      }
-    )
-  )
+  credentials_file.write_text(json.dumps(_EMULATOR_CREDENTIALS))
   with pytest.MonkeyPatch.context() as patch:
     patch.setenv('STORAGE_EMULATOR_HOST', f'http://127.0.0.1:{port}')
     patch.setenv('GOOGLE_APPLICATION_CREDENTIALS', str(credentials_file))
@@ -314,3 +314,35 @@ def gcs_env(gcs_server) -> ObjectStoreEnv:
 def object_store_env(request) -> ObjectStoreEnv:
   """s3_env, then gcs_env: for tests that hold for any object store."""
   return request.getfixturevalue(f'{request.param}_env')
+
+
+@pytest.fixture(scope='session')
+def fake_gcs_server(tmp_path_factory):
+  """(URL, dummy credentials file) of fake-gcs-server (service fake_gcs), which also serves GCS's XML API.
+
+  object_store (so deltalake) speaks the XML API, which gcp-storage-emulator
+  (`gcs_server`) does not serve.
+  """
+  port = ensure_service('fake_gcs')
+  credentials_file = tmp_path_factory.mktemp('fake-gcs') / 'emulator-credentials.json'
+  credentials_file.write_text(json.dumps(_EMULATOR_CREDENTIALS))
+  return f'http://127.0.0.1:{port}', str(credentials_file)
+
+
+@pytest.fixture
+def fake_gcs_env(fake_gcs_server, monkeypatch) -> ObjectStoreEnv:
+  """A fresh bucket on fake-gcs-server; for the test, STORAGE_EMULATOR_HOST points there (Beam's gcsio, the table sinks)."""
+  from google.auth.credentials import AnonymousCredentials
+  from google.cloud import storage
+
+  url, credentials_file = fake_gcs_server
+  monkeypatch.setenv('STORAGE_EMULATOR_HOST', url)
+  monkeypatch.setenv('GOOGLE_APPLICATION_CREDENTIALS', credentials_file)
+  monkeypatch.setenv('GOOGLE_CLOUD_PROJECT', GCP_PROJECT)
+  bucket = storage.Client(project=GCP_PROJECT, credentials=AnonymousCredentials()).create_bucket(_fresh_bucket_name())
+  return ObjectStoreEnv(
+    scheme='gs',
+    bucket=bucket.name,
+    beam_args=[f'--project={GCP_PROJECT}'],
+    _put=lambda key, data: bucket.blob(key).upload_from_string(data),
+  )

@@ -24,7 +24,7 @@ Usage::
 Catalogs (Iceberg): a SQL catalog (``postgresql://...`` or ``sqlite:///path.db``)
 or a REST catalog (``http(s)://...``). Warehouse / Delta root: local disk,
 ``s3://`` (credentials and endpoint from Beam's ``--s3_*`` options) or
-``gs://`` (Iceberg only against the emulator; see docs/lake.md).
+``gs://`` (STORAGE_EMULATOR_HOST, when set, points both formats at a local emulator; see docs/lake.md).
 
 Schema: a column the table lacks is added (union by name); a column whose
 type changed incompatibly (string to int) stops the commit with
@@ -660,6 +660,18 @@ class _DeltaTables:
       if s3['endpoint'] and s3['endpoint'].startswith('http://'):
         options['AWS_ALLOW_HTTP'] = 'true'
       return {k: v for k, v in options.items() if v}
+    if root.startswith('gs://') and os.environ.get('STORAGE_EMULATOR_HOST'):
+      # A local emulator (the one google-cloud-storage, so Beam's gcsio, talks to): object_store takes its
+      # URL from a service-account key with no key in it and no OAuth. Real GCS: object_store's own
+      # credential lookup (GOOGLE_APPLICATION_CREDENTIALS, the metadata server).
+      key = {
+        'gcs_base_url': os.environ['STORAGE_EMULATOR_HOST'].rstrip('/'),
+        'disable_oauth': True,
+        'client_email': '',
+        'private_key': '',
+        'private_key_id': '',
+      }
+      return {'google_service_account_key': json.dumps(key)}
     return {}
 
   def location(self, table: str) -> str:

@@ -9,6 +9,7 @@ import pytest
 
 from io_connectors.sinks import tables
 from pipelines.spotify_batch import run
+from tests.cluster_fixtures import time_limit
 
 KEY = '00' * 32
 
@@ -132,6 +133,47 @@ def test_an_incompatible_schema_stops_the_run_and_commits_nothing(fmt, tmp_path,
     tables.commit_batch(target, [], {'listening_event': changed, 'dead_letter': tables.DEAD_LETTER_SCHEMA}, 'r-bad')
   assert _read(fmt, out, 'listening_event', postgres_url, namespace)[0].num_rows == before
   assert committer.load('listening_event') is not None
+
+
+def test_batch_delta_on_gcs(tmp_path, fake_gcs_env):
+  """--output_format delta to gs:// (fake-gcs-server): read back with deltalake and pyarrow.dataset."""
+  import pyarrow.fs
+
+  source = _csv(tmp_path / 'in.csv', _rows(12))
+  out = fake_gcs_env.url('lake')
+  manifest = run([*fake_gcs_env.beam_args, '--input', source, '--run_id', 'gcs-1', *_args('delta', out)])
+  assert manifest['counts']['written'] == 12 and manifest['counts']['dead_letter'] == 2
+  assert manifest['conservation']['ok']
+  endpoint = os.environ['STORAGE_EMULATOR_HOST'].removeprefix('http://')
+  gcs = pyarrow.fs.GcsFileSystem(anonymous=True, scheme='http', endpoint_override=endpoint)
+  committer = tables.open_tables(tables.TableTarget('delta', out))
+  for name, expected in (('listening_event', 'written'), ('dead_letter', 'dead_letter')):
+    table = committer.load(name)
+    assert table.table_uri.startswith(out) and table.history(1)[0]['music.run_id'] == 'gcs-1'
+    paths = [uri.removeprefix('gs://') for uri in table.file_uris()]
+    files = ds.dataset(paths, format='parquet', filesystem=gcs).to_table()
+    assert table.to_pyarrow_table().num_rows == files.num_rows == manifest['counts'][expected], name
+  clean = committer.load('listening_event').to_pyarrow_table()
+  assert sorted(clean.column('event_id').to_pylist()) == sorted(str(i) for i in range(12))
+
+
+def test_batch_tables_on_flink(tmp_path, postgres_url, flink_args):
+  """The batch job on a Flink cluster, once per format: each table read back with exact counts."""
+  namespace = f'ns_{uuid.uuid4().hex[:8]}'
+  source = _csv(tmp_path / 'in.csv', _rows(12))
+  for fmt in ('iceberg', 'delta'):
+    out = str(tmp_path / fmt)
+    with time_limit(600, f'spotify_batch --output_format {fmt} on the Flink cluster'):
+      manifest = run(
+        [*flink_args['flink'], '--input', source, '--run_id', f'flink-{fmt}', *_args(fmt, out, postgres_url, namespace)]
+      )
+    assert manifest['counts']['written'] == 12 and manifest['counts']['dead_letter'] == 2, fmt
+    assert manifest['conservation']['ok'], fmt
+    clean, files, _ = _read(fmt, out, 'listening_event', postgres_url, namespace)
+    assert clean.num_rows == files.num_rows == manifest['counts']['written'], fmt
+    assert sorted(clean.column('event_id').to_pylist()) == sorted(str(i) for i in range(12)), fmt
+    letters, letter_files, _ = _read(fmt, out, 'dead_letter', postgres_url, namespace)
+    assert letters.num_rows == letter_files.num_rows == manifest['counts']['dead_letter'], fmt
 
 
 def test_an_unreachable_catalog_is_a_clear_error_without_the_password(tmp_path):
