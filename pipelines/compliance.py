@@ -973,7 +973,8 @@ def _erase_tfds(output, tenant, matcher, event_ids, report, beam_args) -> dict:
       removed: Dict[Tuple[str, int], int] = {}
       for r in results:
         name = _TFDS_SHARD.search(r['path'])
-        removed[(name['split'], int(name['shard']))] = r['removed']
+        if name:  # every shard listed above matched
+          removed[(name['split'], int(name['shard']))] = r['removed']
       for split in info.get('splits') or []:
         split['shardLengths'] = [
           str(int(n) - removed.get((split['name'], i), 0)) for i, n in enumerate(split.get('shardLengths') or [])

@@ -73,6 +73,7 @@ from typing import Optional, Sequence
 
 from io_connectors._common.masking import mask_url
 from pipelines.audit import AuditError, open_audit_log
+from pipelines.cli import UsageError
 from pipelines.keystore import KEY_STORE_VARIABLE
 from transforms.pii.crypto_shred import CryptoShredError
 
@@ -193,11 +194,11 @@ def _request(args):
     with open(args.subject_file, encoding='utf-8-sig') as handle:
       subjects = [line.strip() for line in handle if line.strip()]
   except (OSError, UnicodeDecodeError) as e:
-    raise _UsageError(f'--subject_file {args.subject_file}: {e}') from None
+    raise UsageError(f'--subject_file {args.subject_file}: {e}') from None
   try:
     master_key = key_ref(args.pii_key_file).load()
   except PiiKeyError as e:
-    raise _UsageError(str(e)) from None
+    raise UsageError(str(e)) from None
   return subjects, master_key, _audit_log(args, required=False)
 
 
@@ -208,7 +209,7 @@ def _export(args, beam_args: Sequence[str]) -> int:
   try:
     metadata = export_subjects(args.output, args.tenant, subjects, master_key, args.destination, beam_args)
   except ComplianceError as e:
-    raise _UsageError(str(e)) from None
+    raise UsageError(str(e)) from None
   if log is not None:
     details = {k: metadata[k] for k in ('subjects', 'run_id', 'records', 'dead_letters', 'started_at', 'exported_at')}
     metadata['audit'] = log.append('export', actor=args.actor, tenant=args.tenant, details=details).anchor
@@ -226,9 +227,9 @@ def _report(args) -> int:
       dt.datetime.strptime(value, '%Y-%m-%d').replace(tzinfo=dt.timezone.utc) for value in (args.since, args.until)
     )
   except ValueError:
-    raise _UsageError(f'--since and --until must be dates YYYY-MM-DD, got {args.since!r} and {args.until!r}') from None
+    raise UsageError(f'--since and --until must be dates YYYY-MM-DD, got {args.since!r} and {args.until!r}') from None
   if until <= since:
-    raise _UsageError('--until must be after --since')
+    raise UsageError('--until must be after --since')
   report = build_report(_audit_log(args), args.tenant, since, until)
   with open(args.out, 'w', encoding='utf-8') as handle:
     handle.write(render_html(report))
@@ -246,9 +247,9 @@ def _retention(args, beam_args: Sequence[str]) -> int:
   try:
     rules = (load_yaml(args.config) or {}).get('retention_days')
   except ConfigError as e:
-    raise _UsageError(str(e)) from None
+    raise UsageError(str(e)) from None
   if rules is None:
-    raise _UsageError(f'{args.config}: no retention_days')
+    raise UsageError(f'{args.config}: no retention_days')
   log = _audit_log(args, required=False)
   target = None
   if args.table_format:
@@ -257,11 +258,11 @@ def _retention(args, beam_args: Sequence[str]) -> int:
     try:
       target = tables.TableTarget(args.table_format, args.output, args.table_catalog, args.table_namespace)
     except ValueError as e:
-      raise _UsageError(str(e)) from None
+      raise UsageError(str(e)) from None
   try:
     report = apply_retention(args.output, rules, beam_args=beam_args, table_target=target)
   except ComplianceError as e:
-    raise _UsageError(f'{args.config}: {e}') from None
+    raise UsageError(f'{args.config}: {e}') from None
   if log is not None:
     details = {k: report[k] for k in ('run_id', 'published', 'records_removed', 'records_removed_by_tenant_and_entity')}
     tenants = sorted(report['records_removed_by_tenant_and_entity']) or [None]
@@ -278,7 +279,7 @@ def _erase_targets(args, beam_args: Sequence[str]):
   from pipelines.compliance import FEATURES, HF_DATASET, TFDS, ComplianceError, output_kind
 
   if args.table_output and not args.table_format:
-    raise _UsageError('--table_output needs --table_format iceberg|delta')
+    raise UsageError('--table_output needs --table_format iceberg|delta')
   targets = []
   for location in args.table_output:
     try:
@@ -286,13 +287,13 @@ def _erase_targets(args, beam_args: Sequence[str]):
         (location, tables.TableTarget(args.table_format, location, args.table_catalog, args.table_namespace))
       )
     except ValueError as e:
-      raise _UsageError(str(e)) from None
+      raise UsageError(str(e)) from None
   outputs = list(args.output or [])
   if args.table_format and not args.table_output:
     # --table_format alone: --output names the table lakes.
     return _erase_targets(argparse.Namespace(**dict(vars(args), table_output=outputs, output=[])), beam_args)
   if not outputs and not targets:
-    raise _UsageError('give --output (or --table_output with --table_format)')
+    raise UsageError('give --output (or --table_output with --table_format)')
   from apache_beam.io.filesystems import FileSystems
   from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -305,7 +306,7 @@ def _erase_targets(args, beam_args: Sequence[str]):
       kind = output_kind(output)
       files.append((0 if kind == FEATURES else 1 if kind in (TFDS, HF_DATASET) else 2, output))
     except ComplianceError as e:
-      raise _UsageError(str(e)) from None
+      raise UsageError(str(e)) from None
   return [(output, None) for _, output in sorted(files, key=lambda f: f[0])] + targets
 
 
@@ -313,7 +314,8 @@ def _erase(args, beam_args: Sequence[str]) -> int:
   from pipelines.compliance import ComplianceError, erase
 
   subjects, master_key, log = _request(args)
-  reports, event_ids = [], set()
+  reports: list = []
+  event_ids: set = set()
   try:
     for output, target in _erase_targets(args, beam_args):
       reports.append(
@@ -323,7 +325,7 @@ def _erase(args, beam_args: Sequence[str]) -> int:
   except ComplianceError as e:
     if log is not None:
       log.append('erasure', actor=args.actor, tenant=args.tenant, details={'status': 'failed', 'error': str(e)[:300]})
-    raise _UsageError(str(e)) from None
+    raise UsageError(str(e)) from None
   if len(reports) == 1:
     report = reports[0]
   else:
@@ -367,11 +369,11 @@ def _key_request(args):
   try:
     check_tenant_id(args.tenant, '--tenant')
   except ValueError as e:
-    raise _UsageError(str(e)) from None
+    raise UsageError(str(e)) from None
   try:
     master_key = key_ref(args.pii_key_file).load()
   except PiiKeyError as e:
-    raise _UsageError(f'{e} (the tenant key wraps the data keys)') from None
+    raise UsageError(f'{e} (the tenant key wraps the data keys)') from None
   return master_key, PostgresKeyStore(args.key_store), _audit_log(args, required=False)
 
 
@@ -383,7 +385,7 @@ def _shred(args) -> int:
   try:
     pseudonyms = subject_pseudonyms(subjects, args.tenant, master_key)
   except ComplianceError as e:
-    raise _UsageError(str(e)) from None
+    raise UsageError(str(e)) from None
   try:
     deleted = store.delete(args.tenant, pseudonyms)
   finally:
@@ -400,9 +402,9 @@ def _reidentify(args) -> int:
   from transforms.pii.crypto_shred import DataKeys
 
   if not args.reveal_personal_data:
-    raise _UsageError('re-identification writes raw identifiers: pass --reveal_personal_data to confirm')
+    raise UsageError('re-identification writes raw identifiers: pass --reveal_personal_data to confirm')
   if not args.purpose.strip():
-    raise _UsageError('--purpose must say why (it goes to the audit log)')
+    raise UsageError('--purpose must say why (it goes to the audit log)')
   master_key, store, log = _key_request(args)
   keys = DataKeys(store, master_key)
   totals = {'records': 0, 'decrypted': 0, 'shredded': 0}
@@ -412,7 +414,7 @@ def _reidentify(args) -> int:
         try:
           records, counts = reidentify_records(read_records(path), args.tenant, keys)
         except ComplianceError as e:
-          raise _UsageError(str(e)) from None
+          raise UsageError(str(e)) from None
         for record in records:
           handle.write(json.dumps(record, ensure_ascii=False, sort_keys=True, default=str) + '\n')
         for name, count in counts.items():
@@ -436,10 +438,6 @@ def _rotate_keys(args) -> int:
     report['audit'] = log.append('key_rotation', actor=args.actor, tenant=args.tenant, details=dict(report)).anchor
   print(json.dumps(report, indent=2, sort_keys=True))
   return 0
-
-
-class _UsageError(Exception):
-  """A bad argument or input: one line on stderr, exit 2."""
 
 
 def _verify(args) -> int:
@@ -487,7 +485,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       'reidentify': _reidentify,
       'rotate-keys': _rotate_keys,
     }[args.command](args)
-  except (AuditError, CryptoShredError, _UsageError) as e:
+  except (AuditError, CryptoShredError, UsageError) as e:
     print(f'gdpr {args.command}: {e}', file=sys.stderr)
     return 2
 

@@ -324,7 +324,7 @@ def _extended_table(elements: List[dict], user: Optional[str], kind: str, string
     _play_event_id(u, _canonical_time(ts), uri or _played_what(e, uri), ms)
     for u, ts, e, uri, ms in zip(users, passed['played_at'], elements, content_uris, passed['ms_played'])
   ]
-  values = {
+  values: Dict[str, Sequence[Any]] = {
     'event_id': event_ids,
     'user_id': users,
     'content_type': content_types,
