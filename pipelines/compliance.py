@@ -672,11 +672,36 @@ def _rewrite_output(
     commit_output(output, run_dir, published, layout.schema(output), lock=lock)
   finally:
     lock.release()
-  kept = [(k, new, new) for k, _, new in files if new not in set(report['files_dropped']) and k != OTHER]
-  rescan = _run_files(kept, scope, RESCAN, entity, beam_args, work_dir)
+  # The re-scan reads the rewritten files. A carried file is the very bytes the first pass scanned
+  # and found clean (lake runs are immutable, and the lock was held): proving it is that file is
+  # enough, and re-reading it cost ~40% of an erasure's file work.
+  rewritten = set(report['files_rewritten'])
+  carried = [(old, new) for k, old, new in files if k != OTHER and new not in rewritten and new not in dropped]
+  changed = _not_carried_as_is(carried)
+  again = [(k, new, new) for k, _, new in files if new in rewritten]
+  rescan = _run_files(again, scope, RESCAN, entity, beam_args, work_dir) if again else []
   delete_tree(work_dir)
-  report['published'] = True
+  report.update(published=True, files_rescanned=len(rewritten), files_carried=len(carried))
+  if changed:
+    raise ComplianceError(
+      f'{output}: {len(changed)} carried-over files differ from the files the erasure scanned, e.g. {changed[0]}'
+    )
   return _verified(report, output, action, rescan)
+
+
+def _not_carried_as_is(pairs: Sequence[Tuple[str, str]]) -> List[str]:
+  """The published paths of (scanned, published) pairs that are not the scanned file: the same inode on local
+  disk (a hard link), the same size in an object store (a server-side copy)."""
+  local = [(a, b) for a, b in pairs if '://' not in a]
+  changed = [b for a, b in local if not os.path.samefile(a, b)] if local else []
+  remote = [(a, b) for a, b in pairs if '://' in a]
+  if remote:
+    sizes = {}
+    for result in FileSystems.match([p for pair in remote for p in pair]):
+      for metadata in result.metadata_list:
+        sizes[metadata.path] = metadata.size_in_bytes
+    changed += [b for a, b in remote if sizes.get(a) is None or sizes.get(a) != sizes.get(b)]
+  return changed
 
 
 # What `erase` can erase from, by how the output is laid out (see `output_kind`).
@@ -835,8 +860,9 @@ def _erase_window_files(output, tenant, scope, run_id, report, options, beam_arg
     with lock.kept_alive():
       results = _run_files(files, scope, ERASE, None, beam_args, work_dir)
       removed = _removed(results)
-      kept = [(k, path, path) for k, path, _ in files if path not in {r['path'] for r in results if r['dropped']}]
-      rescan = _run_files(kept, scope, RESCAN, None, beam_args, work_dir) if removed else []
+      # Files without a match were not touched (under the lock): the re-scan reads the rewritten ones.
+      rewritten = [(r['kind'], r['path'], r['path']) for r in results if r['rewritten']]
+      rescan = _run_files(rewritten, scope, RESCAN, None, beam_args, work_dir) if rewritten else []
   finally:
     delete_tree(work_dir)
     lock.release()

@@ -57,3 +57,15 @@ def test_row_groups_with_their_own_dictionaries_match_row_for_row():
   pq.write_table(_table(), sink, row_group_size=2)  # three row groups, three dictionaries per column
   _, removed, kept = split_file('part-0.parquet', sink.getvalue(), SubjectMatcher(['u3', 'bob@example.com']))
   assert [r['plays'] for r in removed] == [2, 4] and kept == 4
+
+
+def test_a_carried_file_must_be_the_scanned_file(tmp_path):
+  """The re-scan skips carried files only after proving each is the file the first pass scanned."""
+  scanned = tmp_path / 'old' / 'part-0.parquet'
+  scanned.parent.mkdir()
+  scanned.write_bytes(b'clean bytes')
+  linked, copied = tmp_path / 'new' / 'part-0.parquet', tmp_path / 'new' / 'part-1.parquet'
+  compliance._carry(str(scanned), str(linked))
+  copied.write_bytes(b'clean bytes')  # the same bytes, but not the scanned file: it could have changed since
+  assert compliance._not_carried_as_is([(str(scanned), str(linked))]) == []
+  assert compliance._not_carried_as_is([(str(scanned), str(copied))]) == [str(copied)]
