@@ -61,6 +61,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shlex
 import resource
 import shutil
 import subprocess
@@ -371,14 +372,16 @@ def check_erasure(before: dict, after: dict, report: dict, baseline: dict, lake:
   return problems
 
 
-def run_pipeline(lake: str, tenant: str, subject_file: str, timeout_s: float, log_path: str, report_path: str) -> dict:
+def run_pipeline(
+  lake: str, tenant: str, subject_file: str, timeout_s: float, log_path: str, report_path: str, extra=()
+) -> dict:
   from benchmarks.bench_batch import run_measured
   from io_connectors.sinks.lake import read_manifest
 
   before = read_manifest(lake)
   before['inodes'] = _inodes([p for paths in before['files'].values() for p in paths])
   command = [sys.executable, '-m', 'pipelines.gdpr', 'erase', '--output', lake, '--tenant', tenant]
-  command += ['--subject_file', subject_file, '--report', report_path]
+  command += ['--subject_file', subject_file, '--report', report_path, *extra]
   with open(log_path, 'wb') as log:
     run = run_measured(command, timeout_s, cwd=REPO_ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT)
   if run['returncode'] != 0:
@@ -464,6 +467,9 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument('--seed', type=int, default=7)
   parser.add_argument('--data-dir', default=DEFAULT_DATA_DIR)
   parser.add_argument('--timeout', type=float, default=3600.0, help='seconds per pipeline run')
+  parser.add_argument(
+    '--pipeline-args', default='', help='more flags for the erase command, e.g. Beam runner flags (one string)'
+  )
   parser.add_argument('--profile', action='store_true', help='print a cProfile of one erasure instead')
   parser.add_argument('--json', action='store_true', help='print the JSON result on stdout (no result file)')
   parser.add_argument(
@@ -509,6 +515,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     result = {
       'benchmark': 'erase',
+      'pipeline_args': args.pipeline_args,
       'started_utc': dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'),
       'machine': machine_info(['apache-beam', 'pyarrow']),
       'rows': args.rows,
@@ -553,6 +560,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.timeout,
         os.path.join(work, f'pipeline-{repeat}.log'),
         os.path.join(work, f'report-{repeat}.json'),
+        shlex.split(args.pipeline_args),
       )
       if report is None:
         result['problems'].append(f'pipeline run {repeat + 1}: {run["error"]}: {run["log_tail"]}')
