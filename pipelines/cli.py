@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Optional, Sequence, TextIO
+from typing import Optional, Sequence, TextIO, Tuple, Type
 
 __all__ = [
   'UsageError',
@@ -201,14 +201,20 @@ def lake_job_options(argv: Sequence[str], prog: str, doc: str, options_class, us
   return options
 
 
-def run_as_command(run, argv: Optional[Sequence[str]] = None) -> int:
-  """The exit code of a long-running job's command: 0 when `run(argv)` returns, 2 (one line) for a config error."""
+def run_as_command(
+  run, argv: Optional[Sequence[str]] = None, summary=None, errors: Tuple[Type[BaseException], ...] = ()
+) -> int:
+  """The exit code of a job's command: 0 when `run(argv)` returns (after printing `summary(its result)`
+  when given), 2 with one line on stderr for a UsageError, a ConfigError or one of `errors`."""
   from io_connectors.registry import ConfigError
 
+  caught: Tuple[Type[BaseException], ...] = (UsageError, ConfigError, *errors)
   configure_logging(log_format_of(argv))
   try:
-    run(argv)
-  except ConfigError as e:
+    result = run(argv)
+  except caught as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
+  if summary is not None:
+    print(summary(result))
   return 0

@@ -71,8 +71,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from io_connectors._common.masking import mask_secrets
-from io_connectors.registry import ConfigError
 from io_connectors.sinks.lake import ReadLakeParquetFn, committed_entity_files, tenant_of_path
+from pipelines import cli
 from pipelines.cli import UsageError
 from transforms.dead_letter import DEAD_LETTER, dead_letter
 from transforms.ml import features as ml
@@ -558,20 +558,18 @@ def _online_main(argv: Sequence[str]) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
-  try:
-    if argv[:1] == ['online']:
-      return _online_main(argv[1:])
-    manifest = build(argv)
-  except (UsageError, ConfigError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  if argv[:1] == ['online']:
+    return cli.run_as_command(_online_main, argv[1:])
+  return cli.run_as_command(build, argv, _summary)
+
+
+def _summary(manifest: dict) -> str:
   counts = manifest['counts']
-  print(
+  return (
     f"feature repository {manifest['repo']}: tenants {', '.join(manifest['tenants'])}; "
     f"{counts['counted']} plays counted, {counts['dead_letter']} dead letter(s); "
     f"materialized: {manifest['materialized']}"
   )
-  return 0
 
 
 if __name__ == '__main__':

@@ -59,7 +59,6 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from io_connectors.registry import ConfigError
 from io_connectors.sinks.lake import (
   OutputLock,
   ReadLakeParquetFn,
@@ -573,15 +572,10 @@ def summary(manifest: dict) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  cli.configure_logging()
-  try:
-    manifest = run(argv)
-  except (UsageError, ConfigError, OutputLockedError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  print(summary(manifest))
-  print(json.dumps({'manifest': f"{manifest['output']}/_manifest.json"}))
-  return 0
+  def summary_and_manifest(manifest: dict) -> str:
+    return summary(manifest) + '\n' + json.dumps({'manifest': f"{manifest['output']}/_manifest.json"})
+
+  return cli.run_as_command(run, argv, summary_and_manifest, (OutputLockedError,))
 
 
 if __name__ == '__main__':

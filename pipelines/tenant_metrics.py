@@ -38,7 +38,6 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from io_connectors.registry import ConfigError
 from io_connectors.sinks.lake import (
   OutputLock,
   ReadLakeParquetFn,
@@ -203,19 +202,16 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
   return manifest
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  cli.configure_logging()
-  try:
-    manifest = run(argv)
-  except (UsageError, ConfigError, OutputLockedError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+def _summary(manifest: dict) -> str:
   counts = manifest['counts']
-  print(
+  return (
     f"run {manifest['run_id']}: {manifest['input']['lake']} ({manifest['input']['entity']}) -> {manifest['output']}: "
     f"{counts['plays']} plays, {counts['metric_rows']} metric rows, {counts['dead_letter']} dead letters"
   )
-  return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  return cli.run_as_command(run, argv, _summary, (OutputLockedError,))
 
 
 if __name__ == '__main__':

@@ -163,3 +163,29 @@ def test_a_run_logs_its_progress_in_the_jobs_format_without_apitools(without_api
   )
   assert APITOOLS_LINE not in result.stderr
   assert 'WARNING:root' not in result.stderr
+
+
+def test_a_command_prints_its_summary_or_one_error_line(capsys):
+  from io_connectors.registry import ConfigError
+
+  class Locked(Exception):
+    pass
+
+  def run(argv):
+    if argv == ['usage']:
+      raise cli.UsageError('--input: missing')
+    if argv == ['config']:
+      raise ConfigError('lake: no committed run')
+    if argv == ['locked']:
+      raise Locked('the output is locked by run r1')
+    return {'rows': 3}
+
+  assert cli.run_as_command(run, [], lambda result: f'{result["rows"]} rows') == 0
+  assert capsys.readouterr().out.strip() == '3 rows'
+  for argv, message in (('usage', '--input: missing'), ('config', 'lake: no committed run')):
+    assert cli.run_as_command(run, [argv]) == 2
+    assert capsys.readouterr().err.strip() == f'error: {message}'
+  assert cli.run_as_command(run, ['locked'], errors=(Locked,)) == 2
+  assert 'locked by run r1' in capsys.readouterr().err
+  with pytest.raises(Locked):
+    cli.run_as_command(run, ['locked'])
