@@ -83,6 +83,37 @@ def _concurrent_appends_all_land(local_target):
   assert all(not r.skipped for r in results.values())
 
 
+@pytest.mark.parametrize('fmt', ['iceberg', 'delta'])
+def test_concurrent_first_commits_create_the_table_once_and_all_land(fmt, tmp_path):
+  """Writers that all find no table (a streaming job's first windows) create it once; every commit lands.
+
+  SQLite catalog in the warehouse (Iceberg): it reports a table created
+  between its existence check and its commit as a failed commit.
+  """
+  target = tables.TableTarget(fmt, str(tmp_path / 'lake'), namespace=f'n{uuid.uuid4().hex[:8]}')
+  committer = tables.open_tables(target)
+  names = [f'tenant{i}' for i in range(6)]
+  files = {name: _write(target, committer, _rows(name, 5)) for name in names}
+  errors = []
+  barrier = threading.Barrier(len(names))
+
+  def commit(name):
+    try:
+      writer = tables.open_tables(target)
+      barrier.wait()
+      writer.commit('events', files[name], _rows(name, 1).schema, name, day_field='played_at')
+    except Exception as e:  # pragma: no cover - reported below
+      errors.append(e)
+
+  threads = [threading.Thread(target=commit, args=(name,)) for name in names]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert not errors, errors
+  assert _count(target, committer) == 6 * 5
+
+
 def test_two_overwrites_of_one_partition_one_wins_the_other_fails_clearly(local_target):
   committer = tables.open_tables(local_target)
   _create(local_target, committer)
