@@ -468,7 +468,7 @@ def run_format(fmt: str, args, work: str) -> dict:
 
 def run(args) -> dict:
   os.environ.setdefault('PII_MASTER_KEY', '11' * 32)
-  work = tempfile.mkdtemp(prefix='bench-table-commits-')
+  work = tempfile.mkdtemp(prefix='bench-table-commits-', dir=args.work_dir)
   started = dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
   formats = FORMATS if args.format == 'both' else (args.format,)
   results = {fmt: run_format(fmt, args, work) for fmt in formats}
@@ -511,7 +511,7 @@ def report(result: dict) -> str:
   return '\n'.join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--format', choices=FORMATS + ('both',), default='both')
   parser.add_argument('--rate', type=float, default=2000.0, help='events per second (2000)')
@@ -525,7 +525,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--seed', type=int, default=7)
   parser.add_argument('--pipeline-args', default='', help='extra flags for the job, as one string')
   parser.add_argument('--json', action='store_true', help='JSON result on stdout instead of a file')
-  args = parser.parse_args(argv)
+  parser.add_argument('--work-dir', help='where the tables go (default: a new temporary directory)')
+  return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = build_parser().parse_args(argv)
   result = run(args)
   publish_result(
     result, 'table_commits', report, args.json, os.path.join(REPO_ROOT, 'benchmarks', 'results'), REPO_ROOT
