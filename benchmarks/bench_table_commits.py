@@ -227,9 +227,7 @@ def read_back(fmt: str, output: str, catalog: Optional[str], namespace: str) -> 
       if row:
         commits.append(row)
     ids = table.scan(selected_fields=('event_id',)).to_arrow().column('event_id').to_pylist()
-    reasons = (
-      letters.scan(selected_fields=('reason',)).to_arrow().column('reason').to_pylist() if letters is not None else []
-    )
+    letter_rows = letters.scan(selected_fields=('reason', 'record')).to_arrow() if letters is not None else None
   else:
     location = committer.location(EVENTS_TABLE)
     root = location[len('file://') :] if location.startswith('file://') else location
