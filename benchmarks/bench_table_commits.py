@@ -16,7 +16,7 @@ Measured, per format:
 - per window (listening_event table; its commits carry the window start in
   their summary / commit info): when the window closed (its end; event time is
   wall time) and when its last commit landed (Iceberg snapshot / Delta commit
-  timestamp), so the **delay after window close**, p50/p99/max over the
+  timestamp), so the **delay after window close** (end + allowed lateness), p50/p99/max over the
   windows (and over every commit);
 - **commit latency**: per commit, commit timestamp minus the last data-file
   write of that commit (file mtime), p50/p99/max; and the job's own
@@ -88,8 +88,12 @@ def expected_events(rows) -> dict:
   }
 
 
-def window_delays(commits: Sequence[dict], window_s: float, first_event_s: float, last_event_s: float) -> dict:
+def window_delays(
+  commits: Sequence[dict], window_s: float, first_event_s: float, last_event_s: float, lateness_s: float = 0.0
+) -> dict:
   """Per window of `commits` ({'window_start_s', 'committed_s', 'rows'}): its end, last commit and delay after close.
+
+  A window closes at its end plus the allowed lateness (when the job emits it).
 
   Windows that started before the first event or ended after the last one
   are partial (start-up, tail) and kept apart from the steady ones.
@@ -104,14 +108,16 @@ def window_delays(commits: Sequence[dict], window_s: float, first_event_s: float
   for start in sorted(windows):
     w = windows[start]
     w['window_end_s'] = start + window_s
-    w['delay_s'] = round(w['last_commit_s'] - w['window_end_s'], 3)
+    w['delay_s'] = round(w['last_commit_s'] - w['window_end_s'] - lateness_s, 3)
     w['steady'] = start >= first_event_s and start + window_s <= last_event_s
     out.append(w)
   return {
     'windows': out,
     'delay_after_close_all': latency_summary(w['delay_s'] for w in out),
     'delay_after_close_steady': latency_summary(w['delay_s'] for w in out if w['steady']),
-    'commit_delay_after_close': latency_summary(c['committed_s'] - c['window_start_s'] - window_s for c in commits),
+    'commit_delay_after_close': latency_summary(
+      c['committed_s'] - c['window_start_s'] - window_s - lateness_s for c in commits
+    ),
   }
 
 
@@ -391,7 +397,7 @@ def run_format(fmt: str, args, work: str) -> dict:
   client.delete(stream)
   client.close()
   back = read_back(fmt, output, args.catalog if fmt == 'iceberg' else None, namespace)
-  windows = window_delays(back['commits'], args.window_s, produce_started, produce_finished)
+  windows = window_delays(back['commits'], args.window_s, produce_started, produce_finished, args.lateness_s)
   check = exactly_once(back['ids'], expected['clean_ids'])
   reasons = back['dead_letter_reasons']
   late = reasons.get('late_event', 0)

@@ -43,6 +43,8 @@ def test_window_delays_take_each_windows_last_commit_and_keep_partial_windows_ap
   assert out['delay_after_close_steady']['count'] == 2 and out['delay_after_close_steady']['max_s'] == 3.5
   assert out['delay_after_close_all']['max_s'] == 10.0
   assert out['commit_delay_after_close']['count'] == 5
+  later = bench.window_delays(commits, 10.0, first_event_s=105.0, last_event_s=135.0, lateness_s=2.0)
+  assert later['delay_after_close_steady']['max_s'] == 1.5  # closed at end + lateness
 
 
 def test_progress_counts_produced_and_committed_at_each_sample():
