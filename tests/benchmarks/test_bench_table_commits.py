@@ -6,18 +6,9 @@ it runs, commits every window and reads every event back exactly once is.
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-import sys
-
+from benchmarks import bench_table_commits as bench  # by module name: its producer runs in a spawned process
 from pipelines import sample_data
 from tests.conftest import ensure_service
-
-_PATH = pathlib.Path(__file__).resolve().parents[2] / 'benchmarks' / 'bench_table_commits.py'
-_SPEC = importlib.util.spec_from_file_location('bench_table_commits', _PATH)
-bench = importlib.util.module_from_spec(_SPEC)
-sys.modules.setdefault('bench_table_commits', bench)
-_SPEC.loader.exec_module(bench)
 
 
 def test_expected_events_counts_clean_malformed_and_duplicates():
