@@ -560,7 +560,7 @@ class _IcebergTables:
     return f'{warehouse}/{self._target.namespace}.db/{table}'
 
   def _create(self, table: str, schema: pa.Schema, day_field: Optional[str]):
-    from pyiceberg.exceptions import TableAlreadyExistsError
+    from pyiceberg.exceptions import CommitFailedException, TableAlreadyExistsError
     from pyiceberg.transforms import DayTransform
 
     try:
@@ -573,6 +573,11 @@ class _IcebergTables:
             spec.add_field(day_field, DayTransform(), f'{day_field}_day')
     except TableAlreadyExistsError:
       pass  # another writer created it first
+    except CommitFailedException:
+      # The SQL catalog reports a table created by another writer between its
+      # existence check and its commit as a failed create (AssertCreate).
+      if self.load(table) is None:
+        raise
     return self.load(table)
 
   @staticmethod
@@ -725,7 +730,7 @@ class _DeltaTables:
       app_transactions=[Transaction(self._app_id(commit_id), 0)],
     )
     rows = sum(f.rows for f in files)
-    for attempt in (1, 2):
+    for attempt in range(1, self._target.max_retries + 2):
       table = self.load(table_name)
       try:
         if table is None:
@@ -761,8 +766,15 @@ class _DeltaTables:
         )
       except (CommitFailedError, DeltaError) as e:
         text = str(e)
-        if table is None and 'exist' in text.lower() and attempt == 1:
-          continue  # another writer created the table first: commit to it
+        # Another writer created the table first (delta-rs says so, or reports its
+        # version 0 as a metadata/protocol conflict): commit to it.
+        if table is None and attempt == 1 and ('exist' in text.lower() or self.load(table_name) is not None):
+          continue
+        # delta-rs does not retry an append over a commit that changed the metadata (a
+        # concurrent create or schema change): load the new version, check the schema again.
+        if mode == 'append' and 'Metadata changed' in text and attempt <= self._target.max_retries:
+          time.sleep(_BACKOFF.delay_s(attempt))
+          continue
         if isinstance(e, CommitFailedError) or 'conflict' in text.lower() or 'Transaction failed' in text:
           raise CommitConflictError(
             f'{location}: commit {commit_id} conflicted with another writer ({text.splitlines()[0][:200]}); '

@@ -55,6 +55,27 @@ def _create(target, committer):
   )
 
 
+def _commit_at_once(target, files, **kwargs):
+  """Commits each {name: files} from its own thread, all released together; ({name: CommitResult}, [errors])."""
+  results, errors = {}, []
+  barrier = threading.Barrier(len(files))
+
+  def commit(name):
+    try:
+      writer = tables.open_tables(target)
+      barrier.wait()
+      results[name] = writer.commit('events', files[name], _rows(name, 1).schema, name, **kwargs)
+    except Exception as e:  # pragma: no cover - reported by the caller
+      errors.append(e)
+
+  threads = [threading.Thread(target=commit, args=(name,)) for name in files]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  return results, errors
+
+
 def test_two_concurrent_appends_both_land(local_target):
   _concurrent_appends_all_land(local_target)
 
@@ -63,24 +84,26 @@ def _concurrent_appends_all_land(local_target):
   committer = tables.open_tables(local_target)
   _create(local_target, committer)
   files = {name: _write(local_target, committer, _rows(name, 5)) for name in ('acme', 'globex', 'initech', 'umbrella')}
-  results, errors = {}, []
-  barrier = threading.Barrier(len(files))
-
-  def commit(name):
-    try:
-      barrier.wait()
-      results[name] = tables.open_tables(local_target).commit('events', files[name], _rows(name, 1).schema, name)
-    except Exception as e:  # pragma: no cover - reported below
-      errors.append(e)
-
-  threads = [threading.Thread(target=commit, args=(name,)) for name in files]
-  for t in threads:
-    t.start()
-  for t in threads:
-    t.join()
+  results, errors = _commit_at_once(local_target, files)
   assert not errors, errors
   assert _count(local_target, committer) == 3 + 4 * 5
   assert all(not r.skipped for r in results.values())
+
+
+@pytest.mark.parametrize('fmt', ['iceberg', 'delta'])
+def test_concurrent_first_commits_create_the_table_once_and_all_land(fmt, tmp_path):
+  """Writers that all find no table (a streaming job's first windows) create it once; every commit lands.
+
+  SQLite catalog in the warehouse (Iceberg): it reports a table created
+  between its existence check and its commit as a failed commit.
+  """
+  target = tables.TableTarget(fmt, str(tmp_path / 'lake'), namespace=f'n{uuid.uuid4().hex[:8]}')
+  committer = tables.open_tables(target)
+  names = [f'tenant{i}' for i in range(6)]
+  files = {name: _write(target, committer, _rows(name, 5)) for name in names}
+  _, errors = _commit_at_once(target, files, day_field='played_at')
+  assert not errors, errors
+  assert _count(target, committer) == 6 * 5
 
 
 def test_two_overwrites_of_one_partition_one_wins_the_other_fails_clearly(local_target):
