@@ -44,7 +44,7 @@ from transforms.records import (
   typed_outputs,
 )
 
-__all__ = ['Validate', 'ValidateOptions', 'validate_batch', 'arrow_type']
+__all__ = ['Validate', 'ValidateOptions', 'validate_batch', 'arrow_type', 'utc_timestamps']
 
 _LOG = logging.getLogger(__name__)
 
@@ -287,6 +287,13 @@ def _convert_timestamp(arr, rule) -> _Column:
     iso = pa.array(parsed, type=_UTC_US)
   values = pc.if_else(pa.array(is_epoch), epoch, iso)
   return _Column(values, present & ~is_epoch & ~is_iso, bad_value)
+
+
+def utc_timestamps(arr: pa.Array) -> pa.Array:
+  """`arr` as UTC microsecond timestamps by the `timestamp` rule (ISO-8601 with an offset, epoch ms, tz-aware
+  timestamps); null where a value breaks it. What a stream reader stamps its batches with, so a row that
+  validation accepts is never earlier than its batch's stamp."""
+  return _convert_timestamp(arr, None).values
 
 
 def _convert_nested(arr, rule) -> _Column:

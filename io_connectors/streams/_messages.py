@@ -138,32 +138,23 @@ def advance_watermark(watermark: ManualWatermarkEstimator, stamp: Timestamp) -> 
 
 
 def earliest_event_time(batch: pa.RecordBatch, field: str) -> Optional[Timestamp]:
-  """The smallest value of `field` (ISO-8601 text, timestamp or epoch ms) in the batch, or None.
+  """The smallest valid value of `field` in the batch (by validation's timestamp rule: ISO-8601 with an
+  offset, epoch ms, tz-aware timestamps), or None when no row has one.
 
-  What the stream readers' ``event_time_field`` stamps a batch with.
+  What the stream readers' ``event_time_field`` stamps a batch with. Values
+  that break the rule are left out, not allowed to void the stamp: validation
+  dead-letters those rows, and a batch stamped by arrival instead would be
+  later than its earliest valid rows, which the windows then count as late.
   """
   import pyarrow.compute as pc
+
+  from transforms.validate import utc_timestamps
 
   index = batch.schema.get_field_index(field)
   if index < 0:
     return None
-  column = batch.column(index)
-  try:
-    if pa.types.is_integer(column.type):
-      value = pc.min(column).as_py()
-      return None if value is None else Timestamp.of(value / 1000)
-    if not pa.types.is_timestamp(column.type):
-      column = pc.cast(column, pa.timestamp('us', tz='UTC'))
-    value = pc.min(pc.cast(column, pa.int64())).as_py()
-    if value is None:
-      return None
-    return Timestamp(
-      micros=value
-      * {'s': 1_000_000, 'ms': 1000, 'us': 1, 'ns': 1}[column.type.unit]
-      // (1000 if column.type.unit == 'ns' else 1)
-    )
-  except (pa.ArrowInvalid, pa.ArrowNotImplementedError, KeyError):
-    return None  # unparseable times: validation dead-letters those rows; stamp by arrival
+  value = pc.min(utc_timestamps(batch.column(index)).cast(pa.int64())).as_py()
+  return None if value is None else Timestamp(micros=value)
 
 
 def emit_at_watermark(
