@@ -524,7 +524,11 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument('--lateness-s', type=float, default=0.0, help='--allowed_lateness_s of the job (0)')
   parser.add_argument('--num-shards', type=int, default=4, help="--num_shards of the job (4, the job's default)")
   parser.add_argument('--drain-timeout-s', type=float, default=180.0, help='wait for the backlog to drain (180)')
-  parser.add_argument('--redis_url', default=DEFAULT_REDIS_URL, help=f'the Redis server ({DEFAULT_REDIS_URL})')
+  parser.add_argument(
+    '--redis_url',
+    default=os.environ.get('REDIS_URL') or DEFAULT_REDIS_URL,
+    help=f'the Redis server (env REDIS_URL, as `scripts/services.sh env redis` prints it; else {DEFAULT_REDIS_URL})',
+  )
   parser.add_argument('--catalog', help='Iceberg catalog URL (default: SQLite in the warehouse)')
   parser.add_argument('--seed', type=int, default=7)
   parser.add_argument('--pipeline-args', default='', help='extra flags for the job, as one string')
