@@ -80,6 +80,7 @@ from io_connectors.sinks.lake import (
   commit_output,
   delete_tree,
   example_features,
+  matched_paths,
   parquet_bytes,
   read_manifest,
   run_dir_name,
@@ -723,25 +724,18 @@ def output_kind(output: str, table_target=None) -> str:
   manifest = read_manifest(output)
   if manifest is not None:
     return FEATURES if manifest.get('pipeline') == 'ml_features' else LAKE
-  if FileSystems.exists(FileSystems.join(output, 'README.md')) and _matches(
+  if FileSystems.exists(FileSystems.join(output, 'README.md')) and matched_paths(
     FileSystems.join(output, 'data', '*', '*.parquet')
   ):
     return HF_DATASET
   if tfds_dirs(output):
     return TFDS
-  if any(_matches(FileSystems.join(output, kind, 'tenant=*', '**')) for kind in WINDOW_KINDS):
+  if any(matched_paths(FileSystems.join(output, kind, 'tenant=*', '**')) for kind in WINDOW_KINDS):
     return WINDOW_FILES
   raise ComplianceError(
     f'{output} has no committed run ({MANIFEST_NAME}), no Hugging Face dataset card, no TFDS dataset_info.json and no streaming window '
     'files: nothing to erase from (lake tables: give the table format)'
   )
-
-
-def _matches(pattern: str) -> List[str]:
-  try:
-    return [m.path for m in FileSystems.match([pattern])[0].metadata_list]
-  except Exception:
-    return []  # nothing there (a local match raises on a missing directory)
 
 
 def erase(
@@ -798,7 +792,7 @@ def erase(
     return _erase_window_files(output, tenant, scope, run_id, report, options, beam_args)
   report = _erase_tables(table_target, tenant, matcher, report, options)
   location = table_target.location
-  if any(_matches(FileSystems.join(location, kind, 'tenant=*', '**')) for kind in WINDOW_KINDS):
+  if any(matched_paths(FileSystems.join(location, kind, 'tenant=*', '**')) for kind in WINDOW_KINDS):
     # A streaming job writing tables keeps its sessions (and metrics) as window files beside them.
     files = _erase_window_files(location, tenant, scope, run_id, dict(report), options, beam_args)
     report['window_files'] = {
@@ -829,7 +823,7 @@ def _window_files(output: str, tenant: str) -> List[Tuple[str, str, str]]:
   for kind in WINDOW_KINDS:
     folders = [f'tenant={tenant}'] + ([f'tenant={UNASSIGNED}'] if kind == 'dead_letter' else [])
     for folder in folders:
-      for path in _matches(FileSystems.join(output, kind, folder, '**')):
+      for path in matched_paths(FileSystems.join(output, kind, folder, '**')):
         name = path.replace('\\', '/').rsplit('/', 1)[-1]
         if not name.startswith('.tmp-'):
           files.append((kind, path, path))
@@ -950,7 +944,7 @@ def _erase_hf_dataset(output, tenant, matcher, report, beam_args) -> dict:
   """A Hugging Face export: the tenant's shards (``data/<tenant>/*.parquet``) with a match rewritten, the
   card's row counts lowered (`_erase_folder`)."""
   output = output.rstrip('/')
-  shards = sorted(_matches(FileSystems.join(output, 'data', '*', '*.parquet')))
+  shards = sorted(matched_paths(FileSystems.join(output, 'data', '*', '*.parquet')))
 
   def card(results, staging):
     removed = sum(r['removed'] for r in results)
@@ -970,7 +964,7 @@ _TFDS_SHARD = re.compile(r'(?P<dataset>[^/]+)-(?P<split>[^-/.]+)\.tfrecord-(?P<s
 
 def tfds_dirs(output: str) -> List[str]:
   """The prepared TFDS dataset versions under `output`: itself, or <data_dir>/<name>/<version>/."""
-  infos = _matches(FileSystems.join(output, 'dataset_info.json')) or _matches(
+  infos = matched_paths(FileSystems.join(output, 'dataset_info.json')) or matched_paths(
     FileSystems.join(output, '*', '*', 'dataset_info.json')
   )
   return sorted(path.rsplit('/', 1)[0] for path in infos)
@@ -993,7 +987,7 @@ def _erase_tfds(output, tenant, matcher, event_ids, report, beam_args) -> dict:
     group = (info.get('metadata') or {}).get('group')
     selected = matcher.with_keys({KEY_FIELD: event_ids})
     scope = _TfdsScope(selected if group in (tenant, FEATURES_ALL_TENANTS, None) else None)
-    shards = sorted(p for p in _matches(FileSystems.join(folder, '*.tfrecord-*')) if _TFDS_SHARD.search(p))
+    shards = sorted(p for p in matched_paths(FileSystems.join(folder, '*.tfrecord-*')) if _TFDS_SHARD.search(p))
 
     def lengths(results, staging, info=info, folder=folder):
       removed: Dict[Tuple[str, int], int] = {}
@@ -1048,7 +1042,7 @@ def _erase_folder(output, shards, metadata, scope, write_metadata, report, beam_
   output = output.rstrip('/')
   staging = f'{output}.tmp-{uuid.uuid4().hex[:8]}'
   listed = set(shards) | {FileSystems.join(output, name) for name in metadata}
-  others = [p for p in _matches(FileSystems.join(output, '**')) if p not in listed]
+  others = [p for p in matched_paths(FileSystems.join(output, '**')) if p not in listed]
   files = [('data', path, staging + path[len(output) :]) for path in shards]
   files += [(OTHER, path, staging + path[len(output) :]) for path in others]
   report['files_total'] = len(shards)

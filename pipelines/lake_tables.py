@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from io_connectors.sinks import tables
+from io_connectors.sinks.lake import matched_paths
 
 __all__ = ['expire', 'compact', 'erase', 'erase_matching', 'expire_rows', 'table_names', 'main']
 
@@ -136,15 +137,9 @@ def table_names(target: tables.TableTarget) -> List[str]:
       return sorted(identifier[-1] for identifier in catalog.list_tables(target.namespace))
     except Exception as e:
       raise tables.TableError(f'cannot list the tables of {target.namespace}: {type(e).__name__}: {e}') from None
-  from apache_beam.io.filesystems import FileSystems
-
   root = target.location
   pattern = f'{tables._local(root) if tables._is_local(root) else root}/*/_delta_log/*.json'
-  try:
-    matches = FileSystems.match([pattern])[0].metadata_list
-  except Exception:
-    return []
-  return sorted({m.path.replace('\\', '/').rsplit('/_delta_log/', 1)[0].rsplit('/', 1)[-1] for m in matches})
+  return sorted({p.replace('\\', '/').rsplit('/_delta_log/', 1)[0].rsplit('/', 1)[-1] for p in matched_paths(pattern)})
 
 
 def _string_columns(schema: pa.Schema) -> List[str]:
@@ -233,13 +228,8 @@ ERASED_AT_PROPERTY = 'music.erased_at'
 
 
 def _metadata_files(location: str, folder: str) -> List[str]:
-  from apache_beam.io.filesystems import FileSystems
-
   base = tables._local(location) if tables._is_local(location) else location
-  try:
-    return sorted(m.path for m in FileSystems.match([f'{base}/{folder}/*'])[0].metadata_list)
-  except Exception:
-    return []
+  return sorted(matched_paths(f'{base}/{folder}/*'))
 
 
 def _entries(path: str) -> List[dict]:

@@ -63,6 +63,7 @@ __all__ = [
   'sweep',
   'read_manifest',
   'committed_entity_files',
+  'matched_paths',
   'run_dir_name',
   'scratch_dir',
   'OutputLock',
@@ -544,6 +545,15 @@ def read_manifest(output: str) -> Optional[dict]:
   except ValueError as e:
     raise LakeCommitError(f'{_control(output, MANIFEST_NAME)} is not JSON: {e}') from None
   return doc if isinstance(doc, dict) else None
+
+
+def matched_paths(pattern: str) -> List[str]:
+  """The paths `pattern` matches (any filesystem Beam knows); empty when nothing is there (a local match
+  raises on a missing directory)."""
+  try:
+    return [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+  except Exception:
+    return []
 
 
 def committed_entity_files(
