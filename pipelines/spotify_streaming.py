@@ -139,6 +139,7 @@ def kafka_read_options(options: SpotifyStreamingOptions) -> kafka.KafkaReadOptio
       streaming=True if streaming else None,
       # KafkaIO (--kafka_reader java) commits with its checkpoints; without a group there is nothing to commit.
       ack=stream_sources.ack_mode(options) if options.group_id and options.kafka_reader == 'python' else 'finalize',
+      hold_for_other_partitions=not _holds_residual_watermarks(options),
     )
   except ValueError as e:
     raise ConfigError(str(e)) from None
@@ -147,6 +148,12 @@ def kafka_read_options(options: SpotifyStreamingOptions) -> kafka.KafkaReadOptio
 def _runner_name(options: PipelineOptions) -> str:
   runner = options.view_as(StandardOptions).runner or 'DirectRunner'
   return runner if isinstance(runner, str) else type(runner).__name__
+
+
+def _holds_residual_watermarks(options: PipelineOptions) -> bool:
+  """Flink and Dataflow hold each split read's watermark themselves (Prism does not: see the Kafka reader)."""
+  runner = str(_runner_name(options)).lower()
+  return 'flink' in runner or 'dataflow' in runner
 
 
 def _java_kafka_source(options: SpotifyStreamingOptions, read_options: kafka.KafkaReadOptions) -> beam.PTransform:

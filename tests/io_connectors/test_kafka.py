@@ -457,6 +457,44 @@ def test_a_partition_watermark_waits_for_the_other_partitions():
   assert bundle(0, 140) == Timestamp(50)
 
 
+def test_runners_that_hold_residual_watermarks_report_a_partitions_own_progress():
+  """hold_for_other_partitions=False (Flink, Dataflow): a partition reports its own progress at once.
+
+  With one worker process per TaskManager a process never hears of the
+  partitions another one reads; the hold kept every window open for its
+  first minute there.
+  """
+  from apache_beam.utils.timestamp import Timestamp
+  from io_connectors.streams.kafka import reader as kafka_module
+
+  fn = kafka_module._UnboundedReadPartitionFn(
+    KafkaReadOptions(bootstrap_servers='127.0.0.1:1', topics='t', hold_for_other_partitions=False)
+  )
+  provider = kafka_module._WatermarkProvider()
+  partition = kafka_module.KafkaPartition('t', 0, 4)  # partitions 1-3 are read elsewhere
+  estimator = provider.create_watermark_estimator(None)
+  fn._note_progress(partition, estimator.progress())
+  fn._report(partition, estimator, Timestamp(100))
+  assert estimator.current_watermark() == Timestamp(100)
+  fn._report(partition, estimator, Timestamp(90))  # never backwards
+  assert estimator.current_watermark() == Timestamp(100)
+
+
+def test_the_streaming_job_holds_partition_watermarks_only_where_the_runner_does_not():
+  from apache_beam.options.pipeline_options import PipelineOptions
+  from pipelines import spotify_streaming
+  from pipelines.streaming_options import SpotifyStreamingOptions
+
+  def holds(runner):
+    options = PipelineOptions(
+      ['--source=kafka', '--bootstrap_servers=127.0.0.1:1', '--topic=t', f'--runner={runner}']
+    ).view_as(SpotifyStreamingOptions)
+    return spotify_streaming.kafka_read_options(options).hold_for_other_partitions
+
+  assert holds('PrismRunner') and holds('DirectRunner') and holds('FnApiRunner')
+  assert not holds('FlinkRunner') and not holds('DataflowRunner')
+
+
 def test_a_caught_up_partition_lifts_its_cap_when_the_others_progress(kafka):
   """A partition that read all its records while another had not started must not hold the watermark for ever.
 

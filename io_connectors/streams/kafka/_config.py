@@ -66,6 +66,12 @@ class KafkaReadOptions:
   ack: when offsets are committed (with `group_id`): 'finalize', in bundle
     finalization; 'sink', once the pipeline wrote what the records became
     (`ReadFromKafka.acknowledge_written()`, see `io_connectors.streams._acknowledge`).
+  hold_for_other_partitions: a partition's watermark never passes the progress
+    of the read's other partitions known in this process (what Prism needs: it
+    takes a stage's watermark from the bundle that completed last). Runners
+    that hold each residual's watermark themselves (Flink, Dataflow) need not:
+    there, with one worker process per TaskManager, a process never hears of
+    the partitions another one reads, so the hold only delays every window.
   """
 
   bootstrap_servers: str
@@ -92,6 +98,7 @@ class KafkaReadOptions:
   consumer_config: Dict[str, Any] = dataclasses.field(default_factory=dict)
   streaming: Optional[bool] = None
   ack: str = 'finalize'
+  hold_for_other_partitions: bool = True
 
   def __post_init__(self):
     if isinstance(self.topics, str):

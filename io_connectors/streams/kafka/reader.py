@@ -602,7 +602,7 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
     """Notes the partition's own progress; reports it as the watermark, capped by the other partitions'."""
     watermark.set_progress(progress)
     own = watermark.progress()
-    limit = self._others_progress(element)
+    limit = self._others_progress(element) if self._options.hold_for_other_partitions else None
     self._advance(watermark, own if limit is None else min(own, limit))
 
   @staticmethod
