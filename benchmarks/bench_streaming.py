@@ -99,6 +99,7 @@ __all__ = [
 ]
 
 PIPELINE_MODULE = 'pipelines.spotify_streaming'
+FLOOR_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'streaming_floor.py')
 # A fixed key for benchmark runs only: it protects nothing real.
 BENCH_PII_KEY = '5ca1ab1e' * 8
 PARTITIONS = 4
@@ -131,6 +132,7 @@ class BenchOptions:
   profile_s: float = 0.0
   worker_pool: bool = False
   keep_output: bool = False
+  floor: bool = False
 
   def validate(self) -> 'BenchOptions':
     if not self.phases or any(p not in ('throughput', 'latency') for p in self.phases):
@@ -526,14 +528,21 @@ class PipelineJob:
   """python -m pipelines.spotify_streaming on Flink in a subprocess, and its Flink job."""
 
   def __init__(
-    self, services: Services, topic: str, output: str, per_partition: int, options: BenchOptions, log_path: str
+    self,
+    services: Services,
+    topic: str,
+    output: str,
+    per_partition: int,
+    options: BenchOptions,
+    log_path: str,
+    floor: bool = False,
   ):
     self._services = services
     self.log_path = log_path
+    # The floor job (streaming_floor.py) takes the same flags and reads with the same reader options.
     self.command = [
       sys.executable,
-      '-m',
-      PIPELINE_MODULE,
+      *([FLOOR_SCRIPT] if floor else ['-m', PIPELINE_MODULE]),
       *services.flink_args(),
       '--streaming',
       '--source',
@@ -543,7 +552,7 @@ class PipelineJob:
       '--topic',
       topic,
       '--group_id',
-      f'g-{topic}',
+      f'g-{topic}' + ('-floor' if floor else ''),
       '--tenant_field',
       'tenant_id',
       '--output',
@@ -794,9 +803,37 @@ def run_throughput(services: Services, options: BenchOptions, work: str) -> dict
     result['check'] = _correctness(scan, rows)
     if options.profile_s and os.path.exists(os.path.join(work, 'profile.txt')):
       result['profile'] = profile_summary(os.path.join(work, 'profile.txt'))
+    if options.floor:
+      result['floor'] = run_floor(services, options, work, topic, per_partition, total)
+      if result['baseline']['events_per_s'] and result['floor'].get('events_per_s'):
+        result['floor']['ratio'] = round(result['floor']['events_per_s'] / result['baseline']['events_per_s'], 4)
     return result
   finally:
     delete_topic(services.bootstrap, topic)
+
+
+def run_floor(services: Services, options: BenchOptions, work: str, topic: str, per_partition: int, total: int):
+  """The floor job (streaming_floor.py: read, window, write ids) on the same topic, measured as the job is."""
+  output = os.path.join(work, 'floor-out')
+  job = PipelineJob(services, topic, output, per_partition, options, os.path.join(work, 'floor.log'), floor=True)
+  job.start()
+  try:
+    running = job.wait_running(options.timeout_s)
+    wall = job.wait(options.timeout_s)
+  finally:
+    job.stop()
+  scan = scan_output(output)
+  rates = window_rates(scan.windows)
+  return {
+    'what': 'streaming_floor.py: the same reader and flags; fixed windows, GroupByKey, one Parquet file of ids '
+    'per window and shard; nothing else',
+    'job_running_after_s': round(running, 1),
+    'wall_s': round(wall, 1),
+    'rows_written': len(scan.ids),
+    'sustained': rates,
+    'events_per_s': rates.get('events_per_s'),
+    'wall_events_per_s': round(total / (scan.last_visible - job.started), 1) if scan.last_visible else None,
+  }
 
 
 def run_latency(services: Services, options: BenchOptions, work: str) -> dict:
@@ -977,6 +1014,12 @@ def report(result: dict) -> str:
       f'windows ({p["wall_events_per_s"]} events/s over the wall clock, {p["wall_s"]} s); '
       f'ratio {t.get("ratio")}; exactly once: {t["check"]["ok"]}'
     )
+    if t.get('floor'):
+      f = t['floor']
+      lines.append(
+        f'floor (read, window, write ids): sustained {f.get("events_per_s")} events/s over '
+        f'{f["sustained"].get("windows")} windows, ratio {f.get("ratio")}; {f["rows_written"]:,} rows written'
+      )
   elif t:
     lines.append(f'throughput: failed: {t["error"][:300]}')
   lat = result.get('latency')
@@ -1031,6 +1074,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     help='run the job\'s Python SDK workers in the worker pool of scripts/flink.sh start --with-worker-pool '
     '(EXTERNAL: one worker process per TaskManager) instead of in the launching process (LOOPBACK)',
   )
+  parser.add_argument(
+    '--floor',
+    action='store_true',
+    help='after the throughput job, run streaming_floor.py (read, window, write ids: the least a windowed Beam '
+    'job does) on the same topic and flags, measured the same way',
+  )
   parser.add_argument('--timeout', type=float, default=1800.0, help='seconds per job (1800)')
   parser.add_argument('--keep-output', action='store_true', help='keep the jobs\' outputs and logs (path logged)')
   parser.add_argument('--json', action='store_true', help='print the JSON result to stdout instead of a file')
@@ -1056,6 +1105,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     profile_s=args.profile_s,
     worker_pool=args.worker_pool,
     keep_output=args.keep_output,
+    floor=args.floor,
   )
   try:
     options.validate()

@@ -1,6 +1,7 @@
-"""The pure helpers of benchmarks/bench_streaming.py: percentiles, output paths, messages, rates, the check.
+"""benchmarks/bench_streaming.py: its pure helpers (percentiles, output paths, messages, rates, the check)
+and its floor job (streaming_floor.py) on the local Kafka with the FnApiRunner.
 
-No Kafka, no Flink, no timing: the benchmark itself is run by hand (docs/benchmarks.md).
+No Flink, no timing: the benchmark itself is run by hand (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -75,3 +76,40 @@ def test_exactly_once_names_missing_doubled_and_unexpected():
   check = bench.exactly_once(['a', 'a', 'x'], ['a', 'b'])
   assert (check['missing'], check['doubled'], check['unexpected'], check['ok']) == (1, 1, 1, False)
   assert sorted(check['examples']) == ['a', 'b', 'x']
+
+
+def test_the_floor_job_writes_every_decoded_event_once_per_window(tmp_path):
+  """streaming_floor.py (bench_streaming.py --floor) on the local Kafka: the job layout, every valid id once."""
+  import confluent_kafka.admin
+
+  from tests.conftest import ensure_service
+
+  bootstrap = f'127.0.0.1:{ensure_service("kafka")}'
+  topic = bench.new_topic(bootstrap)
+  try:
+    rows = list(sample_data.iter_rows(rows=400, seed=3, malformed=0.0, duplicates=0.0))
+    base_ms = 1_700_000_000_000 - 1_700_000_000_000 % 10_000
+    producer = bench.Producer(bootstrap, topic, rows)
+    producer.send(len(rows), [base_ms + i * 100 for i in range(len(rows))])  # 4 windows of 10 s
+    producer.flush()
+    floor_spec = importlib.util.spec_from_file_location('streaming_floor', bench.FLOOR_SCRIPT)
+    floor = importlib.util.module_from_spec(floor_spec)
+    floor_spec.loader.exec_module(floor)
+    output = tmp_path / 'out'
+    floor.main(
+      [
+        '--runner=FnApiRunner',
+        '--source=kafka',
+        f'--bootstrap_servers={bootstrap}',
+        f'--topic={topic}',
+        f'--max_records_per_partition={len(rows) // bench.PARTITIONS}',
+        f'--output={output}',
+        '--window_size_s=10',
+        '--kafka_batch_size=10',  # a batch is windowed by its earliest event: 10 rows of a partition span 4 s
+      ]
+    )
+    scan = bench.scan_output(str(output))
+    assert sorted(scan.ids) == sorted(r.values[0] for r in rows)
+    assert len(scan.windows) == 4
+  finally:
+    confluent_kafka.admin.AdminClient({'bootstrap.servers': bootstrap}).delete_topics([topic])
