@@ -38,7 +38,9 @@ Each erasure also records the subjects' pseudonyms in the output's
 suppression list (``_compliance/suppression/``, keyed tokens of their pseudonyms,
 `transforms.pii.suppression`),
 which `RedactPII` consults: a later import of old data into this output sends
-their rows to the dead letter (reason ``suppressed``) instead of the lake.
+their rows to the dead letter (reason ``suppressed``) instead of the lake;
+with ``suppression_list`` also in the shared list that imports into any
+output of the tenant consult.
 
 The same request erases from the other outputs (`output_kind` finds which
 by the layout; docs/compliance.md says what each guarantees): the streaming
