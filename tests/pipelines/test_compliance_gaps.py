@@ -2,14 +2,12 @@
 local and on S3), Iceberg tables with a PostgreSQL catalog, and the streaming job's window files on S3.
 Each proven by bytes, as tests/pipelines/test_compliance_outputs.py does."""
 
-import io
 import json
 import uuid
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
-import pyarrow.parquet as pq
 import pytest
 
 from io_connectors.sinks.lake import OutputLock, read_manifest
@@ -19,9 +17,8 @@ from pipelines.compliance import ComplianceError, erase, read_records
 from pipelines.config import resolve
 from pipelines.spotify_batch import pii_options_of
 from tests.pipelines.test_compliance import KEY, _all_bytes, _master_key, _output, _pseudonym
-from tests.pipelines.test_compliance_outputs import _events, _tree
+from tests.pipelines.test_compliance_outputs import _s3_objects, _tree, _window_inputs
 from transforms.pii.suppression import SUPPRESSION_LIST_VARIABLE, load_suppressed, shared_list
-from transforms.windows import WindowBatch
 
 pytestmark = pytest.mark.integration
 
@@ -103,7 +100,7 @@ def test_the_shared_list_comes_from_the_flag_the_config_or_the_environment(monke
 
 
 def test_a_shared_list_on_s3(s3_env, s3_server, tmp_path):
-  """The list on moto S3: erasure writes it there, a re-import into a new S3 output reads it."""
+  """The list on moto S3: erasure writes it there, a re-import into a new output reads it from there."""
   shared = s3_env.url('compliance/suppression')
   output_a = _output(tmp_path, output=str(tmp_path / 'a'))
   command = ['erase', '--output', output_a, '--tenant', 'acme', '--subject_file', _subjects(tmp_path, 'u1')]
@@ -117,9 +114,8 @@ def test_a_shared_list_on_s3(s3_env, s3_server, tmp_path):
   assert len(keys) == 1 and keys[0].startswith('compliance/suppression/tenant=acme/request-')
   assert _pseudonym('u1', 'acme').encode() not in client.get_object(Bucket=s3_env.bucket, Key=keys[0])['Body'].read()
 
-  output_b = s3_env.url('events-b')
-  _output(tmp_path, output=output_b, beam_args=[*s3_env.beam_args, '--suppression_list', shared])
-  FileSystems.set_options(PipelineOptions(s3_env.beam_args))
+  # A new output (local: the list is what is on S3 here) whose workers read the list from S3.
+  output_b = _output(tmp_path, output=str(tmp_path / 'b'), beam_args=[*s3_env.beam_args, '--suppression_list', shared])
   _assert_suppressed_in(output_b)
 
 
@@ -179,54 +175,27 @@ def test_streaming_window_files_on_s3(s3_env, s3_server):
   output = s3_env.url('stream')
   options = PipelineOptions(s3_env.beam_args)
   FileSystems.set_options(options)
-  windows = [
-    WindowBatch('acme', 0, 60_000_000, 0, _events('acme', ['u1', 'u2', 'u1']).to_batches()[0]),
-    WindowBatch('acme', 60_000_000, 120_000_000, 0, _events('acme', ['u2', 'u10'], 3).to_batches()[0]),
-    WindowBatch('acme', 120_000_000, 180_000_000, 1, _events('acme', ['u1'], 5).to_batches()[0]),
-    WindowBatch('beat', 0, 60_000_000, 0, _events('beat', ['u1', 'u3']).to_batches()[0]),
-  ]
-  letters = [
-    {
-      'tenant': 'acme',
-      'reason': 'invalid',
-      'source': 's',
-      'position': 1,
-      'record': {'user_id': _pseudonym('u1', 'acme')},
-    },
-    {
-      'tenant': 'acme',
-      'reason': 'invalid',
-      'source': 's',
-      'position': 2,
-      'record': {'user_id': _pseudonym('u2', 'acme')},
-    },
-  ]
+  windows, sessions, letters = _window_inputs()
   with beam.Pipeline(runner='FnApiRunner', options=options) as p:
     _ = p | 'W' >> beam.Create(windows) | WriteWindowFiles(output, 'data', key_field='event_id')
+    _ = p | 'S' >> beam.Create(sessions) | 'Sessions' >> WriteWindowFiles(output, 'sessions')
     _ = p | 'L' >> beam.Create(letters) | beam.ParDo(WriteDeadLettersFn(output))
   _, client = s3_server
 
   def objects():
-    listed = client.list_objects_v2(Bucket=s3_env.bucket, Prefix='stream/').get('Contents', [])
-    out = {}
-    for item in listed:
-      data = client.get_object(Bucket=s3_env.bucket, Key=item['Key'])['Body'].read()
-      if item['Key'].endswith('.parquet'):
-        data += json.dumps(pq.read_table(io.BytesIO(data)).to_pylist(), default=str).encode()
-      out[item['Key']] = (item['ETag'], data)
-    return out
+    return _s3_objects(client, s3_env.bucket, 'stream/')
 
   u1 = _pseudonym('u1', 'acme').encode()
   before = objects()
   assert any(u1 in data for _, data in before.values())
 
-  report = erase(output, 'acme', ['u1'], _master_key(), beam_args=s3_env.beam_args)
+  report = erase(output, 'acme', ['u1', 'u1@example.com'], _master_key(), beam_args=s3_env.beam_args)
 
   assert report['output_kind'] == 'window_files' and report['rescan_matches'] == 0
-  assert report['records_removed'] == {'data': 3, 'sessions': 0, 'dead_letter': 1}
+  assert report['records_removed'] == {'data': 3, 'sessions': 1, 'dead_letter': 2}
   after = objects()
   for key, (_, data) in after.items():
-    assert u1 not in data, key
+    assert u1 not in data and b'u1@example.com' not in data, key
   assert not [key for key in after if '.tmp-' in key or '_work-' in key or key.endswith('_lock.json')]
   assert not any('window_start=19700101T000200Z' in key for key in after), "u1's window alone is deleted"
   untouched = [k for k in before if '/tenant=beat/' in k or 'window_start=19700101T000100Z' in k]
