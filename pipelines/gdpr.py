@@ -325,6 +325,12 @@ def _erase(args, beam_args: Sequence[str]) -> int:
     shared = shared_list(args.suppression_list)
   except ValueError as e:
     raise UsageError(f'--suppression_list: {e}') from None
+  if shared is None:
+    print(
+      f'gdpr erase: no shared suppression list (--suppression_list or ${SUPPRESSION_LIST_VARIABLE}): the request '
+      "is recorded in each output's own list only, which imports into other outputs do not consult",
+      file=sys.stderr,
+    )
   reports: list = []
   event_ids: set = set()
   try:

@@ -76,7 +76,7 @@ def test_a_shared_list_keeps_an_erased_subject_out_of_a_new_output(tmp_path, mon
   assert any(_pseudonym('u1', 'acme').encode() in data for data in _all_bytes(output_c).values())
 
 
-def test_the_shared_list_comes_from_the_flag_the_config_or_the_environment(monkeypatch):
+def test_the_shared_list_comes_from_the_flag_the_config_or_the_environment(monkeypatch, tmp_path, capsys):
   config = resolve({'input': 'x.csv', 'tenant_id': 'acme'}, {'suppression_list': 's3://compliance/list/'})
   assert pii_options_of(config).suppression_list == 's3://compliance/list'
   flag = resolve({'input': 'x.csv', 'tenant_id': 'acme', 'suppression_list': 'gs://b/l'}, {'suppression_list': 'x'})
@@ -97,6 +97,22 @@ def test_the_shared_list_comes_from_the_flag_the_config_or_the_environment(monke
   assert streaming_pii_options(options, 'out').suppression_list == 's3://b/list'
   options = PipelineOptions([]).view_as(SpotifyStreamingOptions)
   assert streaming_pii_options(options, 'out').suppression_list == 'gs://tenant-wide/suppression'
+
+  # gdpr erase without any shared list says so (the request then reaches each output's own list only).
+  monkeypatch.delenv(SUPPRESSION_LIST_VARIABLE)
+  command = [
+    'erase',
+    '--output',
+    str(tmp_path / 'none'),
+    '--tenant',
+    'acme',
+    '--subject_file',
+    _subjects(tmp_path, 'u1'),
+  ]
+  assert gdpr.main(command) == 2  # nothing there to erase from
+  assert 'no shared suppression list' in capsys.readouterr().err
+  assert gdpr.main([*command, '--suppression_list', '/']) == 2
+  assert '--suppression_list' in capsys.readouterr().err
 
 
 def test_a_shared_list_on_s3(s3_env, s3_server, tmp_path):
