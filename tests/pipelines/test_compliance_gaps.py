@@ -8,6 +8,7 @@ import uuid
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
+import pyarrow as pa
 import pytest
 
 from io_connectors.sinks.lake import OutputLock, read_manifest
@@ -227,3 +228,75 @@ def test_streaming_window_files_on_s3(s3_env, s3_server):
   finally:
     lock.release()
   assert any(_pseudonym('u2', 'acme').encode() in data for _, data in objects().values())
+
+
+def test_a_stream_consults_the_shared_list_alone(tmp_path, monkeypatch):
+  """RedactPII in a streaming pipeline (TestStream) with only the shared list (no output of its own): the
+  listed subject's events and dead letters become `suppressed` letters without content; the rest passes."""
+  from apache_beam.options.pipeline_options import StandardOptions
+  from apache_beam.testing.test_pipeline import TestPipeline
+  from apache_beam.testing.test_stream import TestStream
+  from apache_beam.testing.util import assert_that, equal_to
+
+  from transforms.coders import RecordBatchCoder
+  from transforms.pii import PiiOptions, RedactDeadLetters, RedactPII, key_ref
+  from transforms.pii.suppression import record_in_shared_list, suppression_tokens
+  from transforms.records import ROW_COLUMN, SOURCE_COLUMN
+
+  shared = str(tmp_path / 'suppression')
+  tokens = suppression_tokens([_pseudonym('u1', 'acme')], _master_key(), 'acme').to_pylist()
+  record_in_shared_list(shared, 'acme', 'request-test', tokens)
+  events = pa.record_batch(
+    {
+      'event_id': ['e1', 'e2', 'e3', 'e4'],
+      'tenant_id': ['acme', 'acme', 'beat', 'acme'],
+      'user_id': ['u1', 'u2', 'u1', 'u10'],
+      'ms_played': [1, 2, 3, 4],
+      SOURCE_COLUMN: ['kafka://t/0'] * 4,
+      ROW_COLUMN: [10, 11, 12, 13],
+    }
+  )
+  letter = {
+    'source': 'kafka://t/0',
+    'position': 14,
+    'reason': 'invalid_value',
+    'field': 'ms_played',
+    'record': {'user_id': 'u1', 'ms_played': 'x'},
+    'detail': '',
+    'stage': 'validate',
+    'tenant': 'acme',
+  }
+  options = PiiOptions(suppression_list=shared)
+  pipeline_options = PipelineOptions([])
+  pipeline_options.view_as(StandardOptions).streaming = True
+  with TestPipeline(options=pipeline_options) as p:
+    stream = (
+      p
+      | TestStream(coder=RecordBatchCoder())
+      .add_elements([events.slice(0, 2)])
+      .add_elements([events.slice(2)])
+      .advance_watermark_to_infinity()
+    )
+    redacted = stream | RedactPII('listening_event', master_key=key_ref(None), options=options)
+    letters = (
+      p
+      | 'Letters' >> beam.Create([letter])
+      | RedactDeadLetters('listening_event', master_key=key_ref(None), options=options)
+    )
+    assert_that(
+      redacted.records | beam.FlatMap(lambda b: b.to_pylist()) | beam.Map(lambda r: (r['tenant_id'], r['user_id'])),
+      equal_to(
+        [('acme', _pseudonym('u2', 'acme')), ('beat', _pseudonym('u1', 'beat')), ('acme', _pseudonym('u10', 'acme'))]
+      ),
+      label='Kept',
+    )
+    assert_that(
+      redacted.dead_letter | beam.Map(lambda l: (l['reason'], l['position'], l['record'])),
+      equal_to([('suppressed', 'offset 10', None)]),
+      label='Suppressed',
+    )
+    assert_that(
+      letters.records | beam.Map(lambda l: (l['reason'], l['record'])),
+      equal_to([('suppressed', None)]),
+      label='Letters',
+    )
