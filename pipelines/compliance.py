@@ -38,7 +38,9 @@ Each erasure also records the subjects' pseudonyms in the output's
 suppression list (``_compliance/suppression/``, keyed tokens of their pseudonyms,
 `transforms.pii.suppression`),
 which `RedactPII` consults: a later import of old data into this output sends
-their rows to the dead letter (reason ``suppressed``) instead of the lake.
+their rows to the dead letter (reason ``suppressed``) instead of the lake;
+with ``suppression_list`` also in the shared list that imports into any
+output of the tenant consult.
 
 The same request erases from the other outputs (`output_kind` finds which
 by the layout; docs/compliance.md says what each guarantees): the streaming
@@ -89,7 +91,7 @@ from io_connectors.sinks.window_files import write_atomically
 from pipelines import runners
 from pipelines.spotify_batch import read_json
 from transforms.pii.batch import pseudonymise
-from transforms.pii.suppression import record_suppressed, suppression_tokens
+from transforms.pii.suppression import record_in_shared_list, record_suppressed, suppression_tokens
 from transforms.records import json_safe
 from transforms.tenant import check_tenant_id
 from transforms.pii.keys import MasterKey
@@ -747,6 +749,7 @@ def erase(
   beam_args: Sequence[str] = (),
   table_target=None,
   event_ids: Optional[set] = None,
+  suppression_list: Optional[str] = None,
 ) -> dict:
   """Erases `subjects` of `tenant` from `output`; returns the verification report (see module doc).
 
@@ -756,6 +759,9 @@ def erase(
   lake tables. `event_ids`: a set shared by the outputs of one request: an ML
   features erasure adds the event ids of the subjects' records it found, a
   TFDS dataset's erasure (which has nothing else to find them by) uses them.
+  `suppression_list`: the shared suppression list (a directory) that every
+  import of the tenant consults: the request is recorded there too, whatever
+  the output's kind (`transforms.pii.suppression`).
   """
   _check_tenant(tenant)
   options = PipelineOptions(list(beam_args))
@@ -778,6 +784,10 @@ def erase(
     tokens = suppression_tokens(pseudonyms, master_key, tenant).to_pylist()
     where = table_target.location if kind == TABLES else output
     report['suppression_list'] = record_suppressed(where, tenant, _request_name(tokens), tokens)
+  if suppression_list:
+    # The shared list: imports into any output (a re-import into a new one too) leave them out.
+    tokens = suppression_tokens(pseudonyms, master_key, tenant).to_pylist()
+    report['shared_suppression_list'] = record_in_shared_list(suppression_list, tenant, _request_name(tokens), tokens)
   scope = _SubjectScope(matcher, tenant)
   if kind == LAKE:
     _, manifest = _committed_manifest(output, beam_args, 'erase from')

@@ -61,6 +61,7 @@ RUN_KEYS = (
   'table_catalog',
   'table_namespace',
   'table_mode',
+  'suppression_list',
 )
 # Keys of the YAML file with no flag: the sources, the retention rules that
 # `python -m pipelines.gdpr retention` applies to the output, and which tenants'
@@ -96,6 +97,8 @@ class RunConfig:
   demo: bool = False
   # {'tenants': tuple of tenant ids or ('*',), 'key_store': URL without password or None ($PIPELINE_KEY_STORE)}
   crypto_shredding: Optional[Dict[str, Any]] = None
+  # The shared suppression list (transforms.pii.suppression); None: $PIPELINE_SUPPRESSION_LIST, else none.
+  suppression_list: Optional[str] = None
 
 
 def check_crypto_shredding(value: Any, where: str = 'config') -> Dict[str, Any]:

@@ -76,6 +76,7 @@ from pipelines.audit import AuditError, open_audit_log
 from pipelines.cli import UsageError
 from pipelines.keystore import KEY_STORE_VARIABLE
 from transforms.pii.crypto_shred import CryptoShredError
+from transforms.pii.suppression import SUPPRESSION_LIST_VARIABLE, shared_list
 
 __all__ = ['main']
 
@@ -120,6 +121,12 @@ def _parser() -> argparse.ArgumentParser:
   erase.add_argument('--table_format', choices=('iceberg', 'delta'), help='the format of --table_output')
   erase.add_argument('--table_catalog', default=None, help='Iceberg: the catalog URL (as the job got it)')
   erase.add_argument('--table_namespace', default='music', help='Iceberg: the namespace of the tables')
+  erase.add_argument(
+    '--suppression_list',
+    default=None,
+    help='the shared suppression list (a directory: local, s3:// or gs://) the tenant\'s imports consult: the '
+    f'request is recorded there too (default ${SUPPRESSION_LIST_VARIABLE}; unset: only each output\'s own list)',
+  )
   export = subject_request('export', "write data subjects' records as JSON (access request)")
   export.add_argument('--destination', required=True, help='directory for the JSON files and the summary')
 
@@ -314,12 +321,31 @@ def _erase(args, beam_args: Sequence[str]) -> int:
   from pipelines.compliance import ComplianceError, erase
 
   subjects, master_key, log = _request(args)
+  try:
+    shared = shared_list(args.suppression_list)
+  except ValueError as e:
+    raise UsageError(f'--suppression_list: {e}') from None
+  if shared is None:
+    print(
+      f'gdpr erase: no shared suppression list (--suppression_list or ${SUPPRESSION_LIST_VARIABLE}): the request '
+      "is recorded in each output's own list only, which imports into other outputs do not consult",
+      file=sys.stderr,
+    )
   reports: list = []
   event_ids: set = set()
   try:
     for output, target in _erase_targets(args, beam_args):
       reports.append(
-        erase(output, args.tenant, subjects, master_key, beam_args=beam_args, table_target=target, event_ids=event_ids)
+        erase(
+          output,
+          args.tenant,
+          subjects,
+          master_key,
+          beam_args=beam_args,
+          table_target=target,
+          event_ids=event_ids,
+          suppression_list=shared,
+        )
       )
       reports[-1]['output'] = mask_url(output)
   except ComplianceError as e:
@@ -339,6 +365,8 @@ def _erase(args, beam_args: Sequence[str]) -> int:
       'records_removed': _summed(r['records_removed'] for r in reports),
       'files_rewritten': sorted(p for r in reports for p in r['files_rewritten']),
     }
+    if shared:
+      report['shared_suppression_list'] = reports[0].get('shared_suppression_list')
   if log is not None:
     details = dict(report, status='succeeded', files_rewritten=len(report['files_rewritten']))
     if 'outputs' in details:

@@ -173,6 +173,12 @@ class SpotifyBatchOptions(PipelineOptions):
       'Default: $PIPELINE_AUDIT_LOG.',
     )
     parser.add_argument(
+      '--suppression_list',
+      help='Shared suppression list of erased subjects (a directory: local, s3:// or gs://) that this import '
+      'consults besides OUTPUT\'s own, and that `pipelines.gdpr erase` records to (docs/compliance.md). '
+      'Default: $PIPELINE_SUPPRESSION_LIST; unset: only OUTPUT\'s own list.',
+    )
+    parser.add_argument(
       '--no_report',
       action='store_true',
       help='Do not write OUTPUT/_report.html, the data-quality report (counts, dead letters, null rates, '

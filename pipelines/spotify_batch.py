@@ -67,6 +67,7 @@ from transforms.dedup import Deduplicate
 from transforms.lineage_columns import AddLineageColumns
 from transforms.metrics import CountDeadLetters, LabelledCounters
 from transforms.pii import PiiKeyError, PiiOptions, RedactDeadLetters, RedactPII, key_ref
+from transforms.pii.suppression import shared_list
 from transforms.tenant import AssignDeadLetterTenant, TagTenant
 from transforms.validate import Validate
 
@@ -630,7 +631,8 @@ def event_time_field(model) -> Optional[str]:
 
 
 def pii_options_of(config: RunConfig) -> PiiOptions:
-  """How the run redacts: the output's suppression list always; crypto-shredding for the configured tenants."""
+  """How the run redacts: the output's suppression list always, and the shared one (`suppression_list`, else
+  $PIPELINE_SUPPRESSION_LIST) when there is one; crypto-shredding for the configured tenants."""
   if config.keep_pii:
     return PiiOptions(redact=False)
   shredding = config.crypto_shredding or {}
@@ -643,8 +645,15 @@ def pii_options_of(config: RunConfig) -> PiiOptions:
         f'crypto_shredding needs a key store: crypto_shredding.key_store in the config or ${KEY_STORE_VARIABLE}'
       )
     store = PostgresKeyStore(shredding.get('key_store'))
+  try:
+    shared = shared_list(config.suppression_list)
+  except ValueError as e:
+    raise ConfigError(f'suppression_list: {e}') from None
   return PiiOptions(
-    crypto_shred_tenants=tuple(shredding.get('tenants') or ()), key_store=store, suppression=config.output
+    crypto_shred_tenants=tuple(shredding.get('tenants') or ()),
+    key_store=store,
+    suppression=config.output,
+    suppression_list=shared,
   )
 
 

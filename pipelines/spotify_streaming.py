@@ -229,7 +229,8 @@ SOURCES: Dict[str, Callable[[SpotifyStreamingOptions], beam.PTransform]] = {
 
 
 def streaming_pii_options(options: SpotifyStreamingOptions, output: str) -> PiiOptions:
-  """The output's suppression list (re-read every few minutes); crypto-shredding for --crypto_shred_tenants."""
+  """The output's suppression list and the shared one (--suppression_list, else $PIPELINE_SUPPRESSION_LIST),
+  re-read every few minutes; crypto-shredding for --crypto_shred_tenants."""
   if options.keep_pii:
     return PiiOptions(redact=False)
   tenants = tuple(t.strip() for t in (options.crypto_shred_tenants or '').split(',') if t.strip())
@@ -238,7 +239,13 @@ def streaming_pii_options(options: SpotifyStreamingOptions, output: str) -> PiiO
     from pipelines.keystore import PostgresKeyStore
 
     store = PostgresKeyStore(options.key_store)
-  return PiiOptions(crypto_shred_tenants=tenants, key_store=store, suppression=output)
+  from transforms.pii.suppression import shared_list
+
+  try:
+    shared = shared_list(getattr(options, 'suppression_list', None))
+  except ValueError as e:
+    raise ConfigError(f'--suppression_list: {e}') from None
+  return PiiOptions(crypto_shred_tenants=tenants, key_store=store, suppression=output, suppression_list=shared)
 
 
 class CleanEvents(NamedTuple):

@@ -85,6 +85,12 @@ class SpotifyStreamingOptions(PipelineOptions):
     )
     _add(
       parser,
+      '--suppression_list',
+      help='Shared suppression list of erased subjects (a directory: local, s3:// or gs://) consulted besides '
+      "--output's own. Default: $PIPELINE_SUPPRESSION_LIST.",
+    )
+    _add(
+      parser,
       '--no_lineage_columns',
       action='store_true',
       default=False,

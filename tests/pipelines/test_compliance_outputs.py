@@ -63,8 +63,9 @@ def _events(tenant, users, start=0):
   )
 
 
-def test_streaming_window_files(tmp_path):
-  output = str(tmp_path / 'stream')
+def _window_inputs():
+  """(windows, sessions, dead letters) of the window sink: u1 of acme in two of three windows, a session
+  and a dead letter; u2 and u10 of acme; u1 of beat; u1's email in a dead letter of no tenant."""
   windows = [
     WindowBatch('acme', 0, 60_000_000, 0, _events('acme', ['u1', 'u2', 'u1']).to_batches()[0]),
     WindowBatch('acme', 60_000_000, 120_000_000, 0, _events('acme', ['u2', 'u10'], 3).to_batches()[0]),
@@ -89,6 +90,23 @@ def test_streaming_window_files(tmp_path):
     },
     {'tenant': None, 'reason': 'no tenant', 'source': 's', 'position': 3, 'record': {'text': 'from u1@example.com'}},
   ]
+  return windows, sessions, letters
+
+
+def _s3_objects(client, bucket: str, prefix: str) -> dict:
+  """{key: (ETag, bytes)} of the objects under `prefix`, Parquet decoded as JSON after its bytes."""
+  out = {}
+  for item in client.list_objects_v2(Bucket=bucket, Prefix=prefix).get('Contents', []):
+    data = client.get_object(Bucket=bucket, Key=item['Key'])['Body'].read()
+    if item['Key'].endswith('.parquet'):
+      data += json.dumps(pq.read_table(io.BytesIO(data)).to_pylist(), default=str).encode()
+    out[item['Key']] = (item['ETag'], data)
+  return out
+
+
+def test_streaming_window_files(tmp_path):
+  output = str(tmp_path / 'stream')
+  windows, sessions, letters = _window_inputs()
   with beam.Pipeline(runner='FnApiRunner') as p:
     _ = p | 'W' >> beam.Create(windows) | WriteWindowFiles(output, 'data', key_field='event_id')
     _ = p | 'S' >> beam.Create(sessions) | 'Sessions' >> WriteWindowFiles(output, 'sessions')
@@ -239,14 +257,7 @@ def test_delta_tables_on_s3(s3_env, s3_server):
   _, client = s3_server
 
   def objects():
-    listed = client.list_objects_v2(Bucket=s3_env.bucket, Prefix='tables/').get('Contents', [])
-    out = {}
-    for item in listed:
-      data = client.get_object(Bucket=s3_env.bucket, Key=item['Key'])['Body'].read()
-      if item['Key'].endswith('.parquet'):
-        data += json.dumps(pq.read_table(io.BytesIO(data)).to_pylist(), default=str).encode()
-      out[item['Key']] = data
-    return out
+    return {key: data for key, (_, data) in _s3_objects(client, s3_env.bucket, 'tables/').items()}
 
   u1 = _pseudonym('u1', 'acme').encode()
   assert any(u1 in data for data in objects().values())

@@ -54,6 +54,9 @@ class PiiOptions:
     consulted: rows of erased subjects go to the dead letter as
     ``suppressed``. None: no list. Needs the master key (the list holds
     keyed tokens of pseudonyms).
+  suppression_list: a shared suppression list (a directory, local, s3:// or
+    gs://; `suppression.shared_list`) consulted as well: the tenant-wide
+    list every import reads, whatever its output. None: only the output's.
   """
 
   min_score: float = 0.4
@@ -64,6 +67,7 @@ class PiiOptions:
   crypto_shred_tenants: Tuple[str, ...] = ()
   key_store: Optional[KeyStore] = None
   suppression: Optional[str] = None
+  suppression_list: Optional[str] = None
 
   def __post_init__(self):
     if isinstance(self.crypto_shred_tenants, str):
@@ -78,6 +82,12 @@ class PiiOptions:
 
   def scanner(self) -> TextScanner:
     return TextScanner(self.entities, self.min_score)
+
+  def suppressed(self) -> Optional[Suppressed]:
+    """A worker's copy of the suppression lists this run consults; None when it consults none."""
+    if not (self.suppression or self.suppression_list):
+      return None
+    return Suppressed(self.suppression, shared=self.suppression_list)
 
 
 class PiiOutputs(typing.NamedTuple):
@@ -155,8 +165,7 @@ class _RedactBatchFn(_KeyedDoFn):
     super().setup()
     if self._options.crypto_shred_tenants:
       self._data_keys = DataKeys(self._options.key_store, self._master_key)
-    if self._options.suppression:
-      self._suppressed = Suppressed(self._options.suppression)
+    self._suppressed = self._options.suppressed()
 
   def start_bundle(self):
     # Keys are cached per bundle: a shredded key is not used past the bundle that had it.
@@ -268,7 +277,7 @@ class RedactPII(beam.PTransform):
     result = pcoll | 'Redact' >> beam.ParDo(_RedactBatchFn(self._model, self._master_key, self._options)).with_outputs(
       FINDINGS, DEAD_LETTER, main='records'
     )
-    letters = result[DEAD_LETTER] if self._options.suppression else None
+    letters = result[DEAD_LETTER] if self._options.suppression or self._options.suppression_list else None
     return typed_outputs(PiiOutputs(result.records, result[FINDINGS], letters))
 
 
@@ -337,7 +346,7 @@ class _RedactDeadLetterFn(_KeyedDoFn):
 
   def setup(self):
     super().setup()
-    self._suppressed = Suppressed(self._options.suppression) if self._options.suppression else None
+    self._suppressed = self._options.suppressed()
 
   def __getstate__(self):
     state = super().__getstate__()
