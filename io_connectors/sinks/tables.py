@@ -43,6 +43,7 @@ import json
 import logging
 import os
 import time
+import typing
 import uuid
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -50,13 +51,17 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.coders import PickleCoder
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import GlobalWindows
+from apache_beam.utils.timestamp import Timestamp
 
 from io_connectors._common.errors import ConnectorError
 from io_connectors._common.masking import mask_url, masked_message
 from io_connectors._common.retry import Backoff
 from io_connectors.sinks.lake import UNASSIGNED, parquet_bytes
-from io_connectors.sinks.window_files import WRITTEN, WriteDeadLettersFn, _positions
+from io_connectors.sinks.window_files import WRITTEN, _positions
 from transforms.records import TENANT_COLUMN, json_safe, strip_internal
 from transforms.windows import window_label
 
@@ -71,7 +76,7 @@ __all__ = [
   'CommitConflictError',
   'WriteTableFiles',
   'CommitWindowTables',
-  'CommitDeadLetterTableFn',
+  'CommitDeadLetterTables',
   'commit_window',
   'dead_letter_rows',
   'open_tables',
@@ -1190,37 +1195,87 @@ class CommitWindowTables(beam.PTransform):
     return pcoll | 'Commit' >> beam.ParDo(self._fn)
 
 
-class CommitDeadLetterTableFn(WriteDeadLettersFn):
-  """Streaming dead letters: one commit per bundle (every tenant's file in it), its id the letters' digest.
+class _CommitDeadLettersFn(beam.DoFn):
+  """Holds dead letters (one key) until the watermark passes the end of their period, then commits them at once."""
 
-  A replayed bundle with the same letters is skipped by its commit id.
-  """
+  LETTERS = BagStateSpec('letters', PickleCoder())
+  NEXT = ReadModifyWriteStateSpec('next', PickleCoder())
+  FLUSH = TimerSpec('flush', TimeDomain.WATERMARK)
 
-  def __init__(self, target: TableTarget, positions: bool = False):
-    super().__init__(target.location, positions)
-    self._target = target
+  def __init__(self, target: TableTarget, period_us: int, positions: bool):
+    self._target, self._period_us, self._positions = target, period_us, positions
 
   def setup(self):
     self._committer = open_tables(self._target)
     self._latency = beam.metrics.Metrics.distribution('lake', 'dead_letter_commit_ms')
 
-  def start_bundle(self):
-    super().start_bundle()
-    self._files, self._digests, self._location = [], [], None
+  def process(
+    self,
+    element,
+    timestamp=beam.DoFn.TimestampParam,
+    letters=beam.DoFn.StateParam(LETTERS),
+    pending=beam.DoFn.StateParam(NEXT),
+    flush=beam.DoFn.TimerParam(FLUSH),
+  ):
+    letters.add(element[1])
+    # The end of the letter's period; the earliest pending one stays set.
+    due = (int(timestamp.micros) // self._period_us + 1) * self._period_us
+    current = pending.read()
+    if current is None or due < current:
+      flush.set(Timestamp(micros=due))
+      pending.write(due)
 
-  def _write_letters(self, tenant, letters, payload, digest):
-    self._location = self._location or self._committer.location(DEAD_LETTER_TABLE)
-    rows = dead_letter_rows(letters)
-    self._files.append(write_data_file(self._target, self._location, DEAD_LETTER_TABLE, rows, {TENANT_COLUMN: tenant}))
-    self._digests.append(f'{tenant}:{digest}')
+  @on_timer(FLUSH)
+  def on_flush(self, letters=beam.DoFn.StateParam(LETTERS), pending=beam.DoFn.StateParam(NEXT)):
+    held = list(letters.read())
+    letters.clear()
+    pending.clear()
+    if not held:
+      return
+    started = time.monotonic()
+    by_tenant: Dict[str, list] = {}
+    for letter in held:
+      by_tenant.setdefault(letter.get('tenant') or UNASSIGNED, []).append(letter)
+    location = self._committer.location(DEAD_LETTER_TABLE)
+    files, digests = [], []
+    for tenant, group in sorted(by_tenant.items()):
+      lines = sorted(json.dumps(json_safe(letter), sort_keys=True, ensure_ascii=False) for letter in group)
+      digests.append(f'{tenant}:' + hashlib.sha256('\n'.join(lines).encode('utf-8')).hexdigest())
+      files.append(
+        write_data_file(self._target, location, DEAD_LETTER_TABLE, dead_letter_rows(group), {TENANT_COLUMN: tenant})
+      )
+    # The same letters (a replay of the held state) give the same id: that commit is skipped.
+    digest = hashlib.sha256('\n'.join(digests).encode('utf-8')).hexdigest()[:24]
+    self._committer.commit(DEAD_LETTER_TABLE, files, DEAD_LETTER_SCHEMA, f'{DEAD_LETTER_TABLE}/{digest}')
+    self._latency.update(int((time.monotonic() - started) * 1000))
+    if self._positions:
+      for letter in held:
+        yield (letter.get('source'), letter.get('position'))
 
-  def finish_bundle(self):
-    # The letters are written per tenant (the parent), then committed in one go before any is acknowledged.
-    outputs = list(super().finish_bundle() or [])
-    if self._files:
-      started = time.monotonic()
-      digest = hashlib.sha256('\n'.join(sorted(self._digests)).encode('utf-8')).hexdigest()[:24]
-      self._committer.commit(DEAD_LETTER_TABLE, self._files, DEAD_LETTER_SCHEMA, f'{DEAD_LETTER_TABLE}/{digest}')
-      self._latency.update(int((time.monotonic() - started) * 1000))
-    self._files, self._digests, self._location = [], [], None
-    yield from outputs
+
+class CommitDeadLetterTables(beam.PTransform):
+  """Streaming dead letters to DEAD_LETTER_TABLE: one commit per period of event time, not per bundle.
+
+  A job's bundles are small (one read each) and most hold a few dead letters:
+  committing each bundle's made the dead-letter table take most of the job's
+  commits (docs/benchmarks.md, "Streaming commits"). The letters are held in
+  state (one key) until the watermark passes the end of their period
+  (`period_s`, the job's window size: the data windows close at the same
+  moments), then written (one file per tenant) and committed in one commit
+  whose id is the letters' digest, so a replay of the held state is skipped.
+  positions: returns the (source, position) of each letter once committed (for
+  sources that acknowledge after the sink); otherwise an empty PCollection.
+  """
+
+  def __init__(self, target: TableTarget, period_s: float, positions: bool = False):
+    super().__init__()
+    if period_s <= 0:
+      raise ValueError(f'period_s must be positive, got {period_s!r}')
+    self._fn = _CommitDeadLettersFn(target, int(round(period_s * 1_000_000)), positions)
+
+  def expand(self, letters):
+    return (
+      letters
+      | 'OneKey' >> beam.Map(lambda letter: (DEAD_LETTER_TABLE, letter)).with_output_types(Tuple[str, typing.Any])
+      | 'Commit' >> beam.ParDo(self._fn)
+    )

@@ -398,3 +398,46 @@ def test_erase_deletes_rows_of_one_tenant_only_and_is_idempotent(local_target):
   ]
   with pytest.raises(tables.TableError, match='not a column name'):
     lake_tables.erase(local_target, 'events', 'acme', 'event_id; drop', ['x'])
+
+
+def test_dead_letters_are_committed_once_per_period_for_every_tenant_and_a_replay_adds_nothing(local_target):
+  from apache_beam.options.pipeline_options import StandardOptions
+  from apache_beam.testing.test_pipeline import TestPipeline
+  from apache_beam.testing.test_stream import TestStream
+  from apache_beam.testing.util import assert_that, equal_to
+  from apache_beam.transforms.window import TimestampedValue
+
+  t0 = 1_704_103_200
+
+  def letter(tenant, position, at):
+    record = {'event_id': f'e{position}', 'nested': {'a': [1, 2]}}
+    value = {'tenant': tenant, 'source': 'topic', 'position': position, 'reason': 'bad', 'record': record}
+    return TimestampedValue(value, t0 + at)
+
+  def run():
+    stream = (
+      TestStream()
+      .advance_watermark_to(t0)
+      .add_elements([letter('acme', 1, 1), letter('globex', 2, 3)])
+      .add_elements([letter('acme', 3, 12)])
+      .advance_watermark_to(t0 + 11)  # the first period (0-10 s) is committed, both tenants at once
+      .add_elements([letter('acme', 4, 15)])
+      .advance_watermark_to(t0 + 1000)
+      .advance_watermark_to_infinity()
+    )
+    options = PipelineOptions()
+    options.view_as(StandardOptions).streaming = True
+    with TestPipeline(options=options) as p:
+      positions = p | stream | tables.CommitDeadLetterTables(local_target, 10, positions=True)
+      assert_that(positions, equal_to([('topic', 1), ('topic', 2), ('topic', 3), ('topic', 4)]))
+
+  def table_state():
+    table = tables.open_tables(local_target).load(tables.DEAD_LETTER_TABLE)
+    if local_target.format == 'iceberg':
+      return len(table.snapshots()), sorted(table.scan().to_arrow().column('position').to_pylist())
+    return table.version() + 1, sorted(table.to_pyarrow_table().column('position').to_pylist())
+
+  run()
+  assert table_state() == (2, ['1', '2', '3', '4'])  # two periods, two commits
+  run()  # a replay of the same letters: its commits are skipped
+  assert table_state() == (2, ['1', '2', '3', '4'])
