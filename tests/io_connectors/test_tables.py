@@ -443,3 +443,29 @@ def test_dead_letters_are_committed_once_per_period_for_every_tenant_and_a_repla
   assert table_state() == (3, ['1', '2', '3', '4', '5'])  # three flushes (two periods, one late letter)
   run()  # a replay of the same letters: its commits are skipped
   assert table_state() == (3, ['1', '2', '3', '4', '5'])
+
+
+def test_two_commits_of_one_window_at_once_add_each_key_once(local_target):
+  """A window replayed while its first commit lands (overlapping keys, released together): each key once."""
+  committer = tables.open_tables(local_target)
+  _create(local_target, committer)
+  start = 1_704_103_200_000_000
+  batches = {'first': ['a', 'b', 'c'], 'replay': ['b', 'c', 'd']}
+  errors, barrier = [], threading.Barrier(len(batches))
+
+  def commit(name):
+    try:
+      writer = tables.open_tables(local_target)
+      rows = _rows('globex', 3).set_column(0, 'event_id', pa.array(batches[name]))
+      barrier.wait()
+      tables.commit_window(writer, local_target, 'events', rows, 'event_id', 'played_at', start, start + 60_000_000)
+    except Exception as e:  # pragma: no cover - reported below
+      errors.append(e)
+
+  threads = [threading.Thread(target=commit, args=(name,)) for name in batches]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert not errors
+  assert [i for t, i in _ids(local_target) if t == 'globex'] == ['a', 'b', 'c', 'd']
