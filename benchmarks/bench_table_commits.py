@@ -32,7 +32,8 @@ Measured, per format:
 - **exactly once**: the table's event ids read back with pyiceberg /
   deltalake against the unique valid ids produced (none missing, none twice,
   none unexpected) and the dead-letter table's row count against the
-  malformed events produced.
+  malformed events produced; and the number of commits of each table
+  (window commits, dead-letter commits).
 
 Iceberg uses a SQLite catalog in the local warehouse unless `--catalog`.
 

@@ -7,6 +7,10 @@ carries a commit id (the run id of a batch run, the window of a streaming
 job): a commit whose id the table already holds is skipped, so a retried
 finalize or a replayed window never commits twice (Iceberg: the id is in a
 snapshot's summary; Delta: a ``txn`` action, app id = the commit id).
+Streaming (`CommitWindowTables`): one commit per closed window for all its
+tenants and shards, and only the rows no earlier commit of that window
+added (`commit_window`); dead letters once per window period
+(`CommitDeadLetterTables`).
 
 Tables are partitioned by tenant (``tenant_id``), and for Iceberg also by the
 day of the entity's event time where it has one (``day(played_at)``).
