@@ -55,25 +55,35 @@ def _create(target, committer):
   )
 
 
-def _commit_at_once(target, files, **kwargs):
-  """Commits each {name: files} from its own thread, all released together; ({name: CommitResult}, [errors])."""
+def _at_once(target, names, act):
+  """act(writer, name) for each name from its own thread (its own committer), all released together;
+  ({name: result}, [errors])."""
   results, errors = {}, []
-  barrier = threading.Barrier(len(files))
+  barrier = threading.Barrier(len(names))
 
-  def commit(name):
+  def run(name):
     try:
       writer = tables.open_tables(target)
       barrier.wait()
-      results[name] = writer.commit('events', files[name], _rows(name, 1).schema, name, **kwargs)
+      results[name] = act(writer, name)
     except Exception as e:  # pragma: no cover - reported by the caller
       errors.append(e)
 
-  threads = [threading.Thread(target=commit, args=(name,)) for name in files]
+  threads = [threading.Thread(target=run, args=(name,)) for name in names]
   for t in threads:
     t.start()
   for t in threads:
     t.join()
   return results, errors
+
+
+def _commit_at_once(target, files, **kwargs):
+  """Commits each {name: files} from its own thread, all released together; ({name: CommitResult}, [errors])."""
+  return _at_once(
+    target,
+    list(files),
+    lambda writer, name: writer.commit('events', files[name], _rows(name, 1).schema, name, **kwargs),
+  )
 
 
 def test_two_concurrent_appends_both_land(local_target):
@@ -451,21 +461,13 @@ def test_two_commits_of_one_window_at_once_add_each_key_once(local_target):
   _create(local_target, committer)
   start = 1_704_103_200_000_000
   batches = {'first': ['a', 'b', 'c'], 'replay': ['b', 'c', 'd']}
-  errors, barrier = [], threading.Barrier(len(batches))
 
-  def commit(name):
-    try:
-      writer = tables.open_tables(local_target)
-      rows = _rows('globex', 3).set_column(0, 'event_id', pa.array(batches[name]))
-      barrier.wait()
-      tables.commit_window(writer, local_target, 'events', rows, 'event_id', 'played_at', start, start + 60_000_000)
-    except Exception as e:  # pragma: no cover - reported below
-      errors.append(e)
+  def commit(writer, name):
+    rows = _rows('globex', 3).set_column(0, 'event_id', pa.array(batches[name]))
+    return tables.commit_window(
+      writer, local_target, 'events', rows, 'event_id', 'played_at', start, start + 60_000_000
+    )
 
-  threads = [threading.Thread(target=commit, args=(name,)) for name in batches]
-  for t in threads:
-    t.start()
-  for t in threads:
-    t.join()
+  _, errors = _at_once(local_target, list(batches), commit)
   assert not errors
   assert [i for t, i in _ids(local_target) if t == 'globex'] == ['a', 'b', 'c', 'd']
