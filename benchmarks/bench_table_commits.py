@@ -32,7 +32,8 @@ Measured, per format:
 - **exactly once**: the table's event ids read back with pyiceberg /
   deltalake against the unique valid ids produced (none missing, none twice,
   none unexpected) and the dead-letter table's row count against the
-  malformed events produced.
+  malformed events produced; and the number of commits of each table
+  (window commits, dead-letter commits).
 
 Iceberg uses a SQLite catalog in the local warehouse unless `--catalog`.
 
@@ -234,6 +235,7 @@ def read_back(fmt: str, output: str, catalog: Optional[str], namespace: str) -> 
         commits.append(row)
     ids = table.scan(selected_fields=('event_id',)).to_arrow().column('event_id').to_pylist()
     letter_rows = letters.scan(selected_fields=('reason', 'record')).to_arrow() if letters is not None else None
+    letter_commits = len(letters.snapshots()) if letters is not None else 0
   else:
     location = committer.location(EVENTS_TABLE)
     root = location[len('file://') :] if location.startswith('file://') else location
@@ -251,13 +253,20 @@ def read_back(fmt: str, output: str, catalog: Optional[str], namespace: str) -> 
         commits.append(row)
     ids = table.to_pyarrow_table(columns=['event_id']).column('event_id').to_pylist()
     letter_rows = letters.to_pyarrow_table(columns=['reason', 'record']) if letters is not None else None
+    letter_commits = letters.version() + 1 if letters is not None else 0
   reasons, late_ids = collections.Counter(), set()
   if letter_rows is not None:
     for reason, record in zip(letter_rows.column('reason').to_pylist(), letter_rows.column('record').to_pylist()):
       reasons[reason] += 1
       if reason == 'late_event':
         late_ids.add(json.loads(record).get('event_id'))
-  return {'commits': commits, 'ids': ids, 'dead_letter_reasons': dict(reasons), 'late_ids': late_ids}
+  return {
+    'commits': commits,
+    'ids': ids,
+    'dead_letter_reasons': dict(reasons),
+    'late_ids': late_ids,
+    'dead_letter_commits': letter_commits,
+  }
 
 
 # ----- one run -----
@@ -439,6 +448,7 @@ def run_format(fmt: str, args, work: str) -> dict:
     'windows_produced': len(produced_windows),
     'windows_committed': len(committed_windows),
     'window_commits': len(back['commits']),
+    'dead_letter_commits': back.get('dead_letter_commits'),
     'delay_after_close_steady': steady,
     'delay_after_close_all': windows['delay_after_close_all'],
     'commit_delay_after_close': windows['commit_delay_after_close'],
@@ -500,7 +510,7 @@ def report(result: dict) -> str:
     e = r['exactly_once']
     lines += [
       f'  {fmt}: kept up: {r["kept_up"]}; windows committed {r["windows_committed"]}/{r["windows_produced"]} '
-      f'({r["window_commits"]} commits)',
+      f'({r["window_commits"]} commits; dead-letter table: {r.get("dead_letter_commits")} commits)',
       f'    delay after window close (steady windows): p50 {d.get("p50_s")} s, p99 {d.get("p99_s")} s, '
       f'max {d.get("max_s")} s ({d.get("count", 0)} windows)',
       f'    commit latency (commit ts - data file written): p50 {c.get("p50_ms")} ms, p99 {c.get("p99_ms")} ms, '

@@ -350,8 +350,8 @@ def build(
   _ = letters | 'DeadLetterMetrics' >> CountDeadLetters()
   redacted_letters = letters | 'RedactDeadLetters' >> RedactDeadLetters(model, master_key, pii_options)
   if target is not None:
-    letters_written = redacted_letters.records | 'CommitDeadLetters' >> beam.ParDo(
-      lake_tables.CommitDeadLetterTableFn(target, positions=acknowledge is not None)
+    letters_written = redacted_letters.records | 'CommitDeadLetters' >> lake_tables.CommitDeadLetterTables(
+      target, options.window_size_s, positions=acknowledge is not None
     )
   else:
     letters_written = redacted_letters.records | 'WriteDeadLetters' >> beam.ParDo(

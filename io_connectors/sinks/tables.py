@@ -7,6 +7,10 @@ carries a commit id (the run id of a batch run, the window of a streaming
 job): a commit whose id the table already holds is skipped, so a retried
 finalize or a replayed window never commits twice (Iceberg: the id is in a
 snapshot's summary; Delta: a ``txn`` action, app id = the commit id).
+Streaming (`CommitWindowTables`): one commit per closed window for all its
+tenants and shards, and only the rows no earlier commit of that window
+added (`commit_window`); dead letters once per window period
+(`CommitDeadLetterTables`).
 
 Tables are partitioned by tenant (``tenant_id``), and for Iceberg also by the
 day of the entity's event time where it has one (``day(played_at)``).
@@ -43,6 +47,7 @@ import json
 import logging
 import os
 import time
+import typing
 import uuid
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -50,13 +55,19 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.coders import PickleCoder
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.window import GlobalWindows
+from apache_beam.utils.timestamp import Timestamp
 
 from io_connectors._common.errors import ConnectorError
 from io_connectors._common.masking import mask_url, masked_message
 from io_connectors._common.retry import Backoff
 from io_connectors.sinks.lake import UNASSIGNED, parquet_bytes
-from io_connectors.sinks.window_files import WRITTEN, WriteDeadLettersFn, _positions
+from io_connectors.sinks.window_files import WRITTEN, _positions
 from transforms.records import TENANT_COLUMN, json_safe, strip_internal
+from transforms.windows import window_label
 
 __all__ = [
   'TABLE_FORMATS',
@@ -69,7 +80,8 @@ __all__ = [
   'CommitConflictError',
   'WriteTableFiles',
   'CommitWindowTables',
-  'CommitDeadLetterTableFn',
+  'CommitDeadLetterTables',
+  'commit_window',
   'dead_letter_rows',
   'open_tables',
   'table_schema',
@@ -81,6 +93,12 @@ DEAD_LETTER_TABLE = 'dead_letter'
 # Keys of the snapshot summary (Iceberg) / commit info (Delta) this sink writes.
 COMMIT_ID_KEY = 'music.commit_id'
 SUMMARY_PREFIX = 'music.'
+# The window id of a streaming commit (Iceberg: in the snapshot summary; Delta: a txn app id).
+WINDOW_KEY = 'music.window'
+# Window commits a snapshot expiry may have removed: those of windows that ended before the oldest retained
+# snapshot plus this (Iceberg; see _IcebergTables.window_keys).
+_EXPIRY_MARGIN_US = 15 * 60 * 1_000_000
+_WINDOW_APP_PREFIX = 'window:'
 DEAD_LETTER_SCHEMA = pa.schema(
   [
     (TENANT_COLUMN, pa.string()),
@@ -326,10 +344,20 @@ def _partition_groups(table: pa.Table, day_field: Optional[str]) -> Iterable[Tup
     yield values, part
 
 
-def write_data_file(target: TableTarget, table_location: str, table_name: str, rows: pa.Table, partition: dict):
-  """Writes `rows` (one partition) as a Parquet file under the table's data location; returns its TableFile."""
+def window_file_tag(window: str) -> str:
+  """The part of a data file's name that says which window committed it (`window` a window id)."""
+  return 'w' + hashlib.sha256(window.encode('utf-8')).hexdigest()[:12]
+
+
+def write_data_file(
+  target: TableTarget, table_location: str, table_name: str, rows: pa.Table, partition: dict, tag: str = ''
+):
+  """Writes `rows` (one partition) as a Parquet file under the table's data location; returns its TableFile.
+
+  tag: a name part (`window_file_tag`) that says which window's commit adds the file.
+  """
   rows = _storable(rows)
-  name = f'{uuid.uuid4().hex}.parquet'
+  name = f'{tag}-{uuid.uuid4().hex}.parquet' if tag else f'{uuid.uuid4().hex}.parquet'
   if target.format == 'delta':
     # Delta keeps partition values in the log, not in the files.
     relative = f'{TENANT_COLUMN}={partition[TENANT_COLUMN]}/part-{name}'
@@ -462,6 +490,39 @@ def _with_password(rest: str) -> str:
   return f'{userinfo}:{urllib.parse.quote(password, safe="")}@{host}'
 
 
+def _transaction(table):
+  """`table.transaction()` whose `table_metadata` is computed once per staged change.
+
+  pyiceberg 0.12 rebuilds the table metadata (a deep copy of every snapshot
+  the table retains) at each of the ~17 reads of `Transaction.table_metadata`
+  during one append: most of a commit's time once a table holds hundreds of
+  snapshots (docs/benchmarks.md, "Streaming commits"). The result depends only
+  on the table's metadata and the staged updates (both immutable), so it is
+  kept until either changes.
+  """
+  from pyiceberg.table import Transaction
+
+  class _Memoized(Transaction):
+    @property
+    def table_metadata(self):
+      cached = getattr(self, '_memo', None)
+      if cached is not None and cached[0] is self._updates and cached[1] is self._table.metadata:
+        return cached[2]
+      value = Transaction.table_metadata.fget(self)
+      self._memo = (self._updates, self._table.metadata, value)
+      return value
+
+  return _Memoized(table)
+
+
+# Tables this sink creates merge small manifests as they append (Iceberg's merge append): a streaming job
+# adds one manifest per commit, which every reader's scan planning would otherwise open (150 commits:
+# 150 manifests -> 51, planning -25%, commits no slower; docs/benchmarks.md, "Streaming commits").
+# pyiceberg's own retry after a conflict re-applies the append to the new snapshot without asking the
+# sink: off, so the sink's loop retries and looks again (commit id; a window's keys) before it commits.
+_ICEBERG_TABLE_PROPERTIES = {'commit.manifest-merge.enabled': 'true', 'commit.retry.num-retries': '0'}
+
+
 class _IcebergTables:
   """Iceberg tables in a SQL or REST catalog (pyiceberg)."""
 
@@ -565,7 +626,7 @@ class _IcebergTables:
 
     try:
       with self.catalog().create_table_transaction(
-        self._identifier(table), schema=schema, location=self.location(table)
+        self._identifier(table), schema=schema, location=self.location(table), properties=_ICEBERG_TABLE_PROPERTIES
       ) as tx:
         with tx.update_spec() as spec:
           spec.add_identity(TENANT_COLUMN)
@@ -588,18 +649,77 @@ class _IcebergTables:
         return str(snapshot.snapshot_id)
     return None
 
-  def commit(self, table_name, files, schema, commit_id, summary=None, mode='append', day_field=None) -> CommitResult:
+  def window_keys(self, table, window: str, key_field: str, window_end_us: int) -> Optional[set]:
+    """(tenant, key) of the rows earlier commits of `window` added; None: not known from the snapshots.
+
+    The snapshots' summaries name their window (no I/O: they are in the
+    metadata just loaded); only the data files those snapshots added are
+    read, and only when there are any (a replay). None (the caller scans the
+    table instead) when one of those files is gone, or when expired
+    snapshots may have held commits of the window: the table's oldest
+    snapshot is not its first (sequence number), and the window ended less than
+    `_EXPIRY_MARGIN_US` after that snapshot was committed (a window is
+    committed after it ends; the margin covers event times ahead of the
+    clocks).
+    """
+    import pyarrow.parquet as pq
+    from pyiceberg.manifest import ManifestEntryStatus
+
+    snapshots = table.snapshots()
+    if snapshots:
+      oldest = min(snapshots, key=lambda s: s.timestamp_ms)
+      # Expiry clears the parent of the oldest snapshot it keeps; its sequence number (v2) still tells.
+      expired = (oldest.sequence_number or 0) > 1 or oldest.parent_snapshot_id is not None
+      if expired and window_end_us < oldest.timestamp_ms * 1000 + _EXPIRY_MARGIN_US:
+        return None
+    ids = {s.snapshot_id for s in snapshots if s.summary is not None and s.summary.get(WINDOW_KEY) == window}
+    known = set()
+    if not ids:
+      return known
+    paths = []
+    for snapshot in snapshots:
+      if snapshot.snapshot_id not in ids:
+        continue
+      for manifest in snapshot.manifests(table.io):
+        if manifest.added_snapshot_id == snapshot.snapshot_id:
+          paths += [
+            e.data_file.file_path
+            for e in manifest.fetch_manifest_entry(table.io, discard_deleted=False)
+            if e.snapshot_id == snapshot.snapshot_id and e.status == ManifestEntryStatus.ADDED
+          ]
+    for path in sorted(set(paths)):
+      try:
+        with table.io.new_input(path).open() as handle:
+          rows = pq.read_table(handle, columns=[TENANT_COLUMN, key_field])
+      except (FileNotFoundError, OSError):
+        return None
+      except Exception:  # noqa: BLE001 - a file without the columns: the scan decides
+        return None
+      known.update(
+        zip(rows.column(TENANT_COLUMN).to_pylist(), pc.cast(rows.column(key_field), pa.string()).to_pylist())
+      )
+    return known
+
+  def commit(
+    self, table_name, files, schema, commit_id, summary=None, mode='append', day_field=None, window=None, table=None
+  ) -> CommitResult:
+    """window: the window id of a streaming commit (kept in the summary, see `window_keys`); its conflicts are
+    not retried here (CommitConflictError): the caller looks the window's keys up again first.
+    table: the table as just loaded (saves a load on the first attempt)."""
     from pyiceberg.exceptions import CommitFailedException, ValidationError, ValidationException
     from pyiceberg.expressions import In
 
     schema = table_schema(schema)
     props = _summary(commit_id, files, summary)
+    if window:
+      props[WINDOW_KEY] = window
     name = '.'.join(self._identifier(table_name))
     paths = [f.path for f in sorted(files, key=lambda f: (f.partition, f.order_key))]
     attempt = 0
     while True:
       attempt += 1
-      table = self.load(table_name) or self._create(table_name, schema, day_field)
+      if table is None or attempt > 1:
+        table = self.load(table_name) or self._create(table_name, schema, day_field)
       done = self.committed(table, commit_id)
       if done:
         _LOG.info('%s: commit %s is there already (snapshot %s); skipped', name, commit_id, done)
@@ -608,7 +728,7 @@ class _IcebergTables:
       if not files and not added:
         return CommitResult(name, commit_id, False, 0, 0, [], None, attempt)
       try:
-        with table.transaction() as tx:
+        with _transaction(table) as tx:
           if added:
             with tx.update_schema() as update:
               update.union_by_name(schema)
@@ -618,6 +738,8 @@ class _IcebergTables:
             tx.add_files(paths, snapshot_properties=props, check_duplicate_files=False)
       except (CommitFailedException, ValidationException) as e:
         # ValidationException: pyiceberg's own retry found files added to a partition this commit deletes.
+        if window and isinstance(e, CommitFailedException):
+          raise CommitConflictError(f'{name}: commit {commit_id} conflicted with another writer') from None
         if mode == 'overwrite' or isinstance(e, ValidationException):
           raise CommitConflictError(
             f'{name}: another writer committed while this run overwrote tenant(s) {", ".join(_tenants(files))}; '
@@ -637,7 +759,7 @@ class _IcebergTables:
         raise
       except Exception as e:
         raise _explain(self._target, f'{name}: commit {commit_id} failed, nothing was committed', e) from None
-      table = self.load(table_name)
+      # The transaction left `table` at the snapshot it committed: no reload.
       version = self.committed(table, commit_id)
       return CommitResult(
         name, commit_id, False, len(files), sum(f.rows for f in files), [f.name for f in added], version, attempt
@@ -703,7 +825,37 @@ class _DeltaTables:
   def committed(self, table, commit_id: str) -> Optional[str]:
     return None if table.transaction_version(self._app_id(commit_id)) is None else str(table.version())
 
-  def commit(self, table_name, files, schema, commit_id, summary=None, mode='append', day_field=None) -> CommitResult:
+  def window_keys(self, table, window: str, key_field: str, window_end_us: int) -> Optional[set]:
+    """(tenant, key) of the rows earlier commits of `window` added; None: not known from the log.
+
+    The window's txn app id (kept in every checkpoint) holds how many files
+    its commits added; those files carry the window in their names
+    (`window_file_tag`). Only they are read, and only when there are any (a
+    replay). None (the caller scans the table instead) when fewer of them
+    are live than were committed (a compaction rewrote some).
+    """
+    import pyarrow.dataset as ds
+
+    committed_files = table.transaction_version(self._app_id(_WINDOW_APP_PREFIX + window))
+    known = set()
+    if committed_files is None:
+      return known
+    tag = f'/part-{window_file_tag(window)}-'
+    data = table.to_pyarrow_dataset()
+    fragments = [f for f in data.get_fragments() if tag in '/' + f.path]
+    if len(fragments) < committed_files or key_field not in data.schema.names:
+      return None
+    for fragment in fragments:
+      tenant = ds.get_partition_keys(fragment.partition_expression).get(TENANT_COLUMN)
+      keys = fragment.to_table(columns=[key_field], schema=data.schema).column(key_field)
+      known.update((tenant, k) for k in pc.cast(keys, pa.string()).to_pylist())
+    return known
+
+  def commit(
+    self, table_name, files, schema, commit_id, summary=None, mode='append', day_field=None, window=None, table=None
+  ) -> CommitResult:
+    """window: the window id of a streaming commit (a txn app id whose version counts the window's files, see
+    `window_keys`); its conflicts are not retried here (CommitConflictError). table: the table as just loaded."""
     from deltalake import CommitProperties, Schema, Transaction
     from deltalake.exceptions import CommitFailedError, DeltaError
     from deltalake.transaction import AddAction, create_table_with_add_actions
@@ -724,14 +876,27 @@ class _DeltaTables:
       )
       for f in sorted(files, key=lambda f: (f.partition, f.order_key))
     ]
-    props = CommitProperties(
-      custom_metadata=_summary(commit_id, files, summary),
-      max_commit_retries=self._target.max_retries if mode == 'append' else 0,
-      app_transactions=[Transaction(self._app_id(commit_id), 0)],
-    )
+    custom = _summary(commit_id, files, summary)
+    if window:
+      custom[WINDOW_KEY] = window
+
+    def properties(table):
+      transactions = [Transaction(self._app_id(commit_id), 0)]
+      if window:
+        app = self._app_id(_WINDOW_APP_PREFIX + window)
+        before = (table.transaction_version(app) if table is not None else None) or 0
+        transactions.append(Transaction(app, before + len(files)))
+      return CommitProperties(
+        custom_metadata=custom,
+        max_commit_retries=self._target.max_retries if mode == 'append' else 0,
+        app_transactions=transactions,
+      )
+
     rows = sum(f.rows for f in files)
     for attempt in range(1, self._target.max_retries + 2):
-      table = self.load(table_name)
+      if table is None or attempt > 1:
+        table = self.load(table_name)
+      props = properties(table)
       try:
         if table is None:
           create_table_with_add_actions(
@@ -775,7 +940,12 @@ class _DeltaTables:
         if mode == 'append' and 'Metadata changed' in text and attempt <= self._target.max_retries:
           time.sleep(_BACKOFF.delay_s(attempt))
           continue
-        if isinstance(e, CommitFailedError) or 'conflict' in text.lower() or 'Transaction failed' in text:
+        if (
+          isinstance(e, CommitFailedError)
+          or 'conflict' in text.lower()
+          or 'Transaction failed' in text
+          or (window and 'concurrent' in text.lower())
+        ):
           raise CommitConflictError(
             f'{location}: commit {commit_id} conflicted with another writer ({text.splitlines()[0][:200]}); '
             'nothing of it was committed'
@@ -832,105 +1002,198 @@ def commit_batch(
   return results
 
 
-def window_commit_id(table: str, tenant: str, window_start_us: int, shard: int, keys: Sequence[str]) -> str:
-  """The commit id of one (tenant, window, shard) pane: the same rows give the same id on a replay."""
-  digest = hashlib.sha256('\n'.join(sorted(keys)).encode('utf-8')).hexdigest()[:16]
-  moment = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=int(window_start_us))
-  return f'{table}/window={moment:%Y%m%dT%H%M%S}Z/tenant={tenant}/shard={shard}/{digest}'
+def window_id(table: str, window_start_us: int) -> str:
+  """The id every commit of one window of `table` carries (all tenants and shards)."""
+  return f'{table}/window={window_label(window_start_us)}'
 
 
-def _committed_keys(
-  committer, target: TableTarget, table_name: str, tenant: str, key_field: str, time_field, start_us, end_us
-):
-  """The keys the table holds already for one tenant's window (a replay after a restart may bring some again)."""
-  table = committer.load(table_name)
-  if table is None:
-    return set()
+def window_commit_id(table: str, window_start_us: int, pairs: Sequence[Tuple[str, str]]) -> str:
+  """The commit id of one window's rows: the same (tenant, key) pairs give the same id on a replay."""
+  digest = hashlib.sha256('\n'.join(f'{t}\x1f{k}' for t, k in sorted(pairs)).encode('utf-8')).hexdigest()[:16]
+  return f'{window_id(table, window_start_us)}/{digest}'
+
+
+def _scanned_keys(committer, target: TableTarget, table, tenants, key_field: str, time_field, start_us, end_us) -> set:
+  """(tenant, key) the table holds for the tenants' window, by a scan of its data (when its commits cannot tell)."""
   start = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=int(start_us))
   end = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=int(end_us))
-  if target.format == 'iceberg':
-    from pyiceberg.expressions import And, EqualTo, GreaterThanOrEqual, LessThan
+  known = set()
+  for tenant in sorted(tenants):
+    if target.format == 'iceberg':
+      from pyiceberg.expressions import And, EqualTo, GreaterThanOrEqual, LessThan
 
-    if key_field not in table.schema().column_names:
-      return set()
-    row_filter = EqualTo(TENANT_COLUMN, tenant)
-    if time_field and time_field in table.schema().column_names:
-      row_filter = And(
-        row_filter, GreaterThanOrEqual(time_field, start.isoformat()), LessThan(time_field, end.isoformat())
-      )
-    keys = table.scan(row_filter=row_filter, selected_fields=(key_field,)).to_arrow().column(key_field)
-  else:
-    import pyarrow.dataset as ds
+      if key_field not in table.schema().column_names:
+        return set()
+      row_filter = EqualTo(TENANT_COLUMN, tenant)
+      if time_field and time_field in table.schema().column_names:
+        row_filter = And(
+          row_filter, GreaterThanOrEqual(time_field, start.isoformat()), LessThan(time_field, end.isoformat())
+        )
+      keys = table.scan(row_filter=row_filter, selected_fields=(key_field,)).to_arrow().column(key_field)
+    else:
+      import pyarrow.dataset as ds
 
-    data = table.to_pyarrow_dataset(partitions=[(TENANT_COLUMN, '=', tenant)])
-    if key_field not in data.schema.names:
-      return set()
-    condition = None
-    if time_field and time_field in data.schema.names:
-      condition = (ds.field(time_field) >= pa.scalar(start, pa.timestamp('us', tz='UTC'))) & (
-        ds.field(time_field) < pa.scalar(end, pa.timestamp('us', tz='UTC'))
+      data = table.to_pyarrow_dataset(partitions=[(TENANT_COLUMN, '=', tenant)])
+      if key_field not in data.schema.names:
+        return set()
+      condition = None
+      if time_field and time_field in data.schema.names:
+        condition = (ds.field(time_field) >= pa.scalar(start, pa.timestamp('us', tz='UTC'))) & (
+          ds.field(time_field) < pa.scalar(end, pa.timestamp('us', tz='UTC'))
+        )
+      keys = data.to_table(columns=[key_field], filter=condition).column(key_field)
+    known.update((tenant, k) for k in pc.cast(keys, pa.string()).to_pylist())
+  return known
+
+
+def _pairs(rows: pa.Table, key_field: str) -> List[Tuple[str, str]]:
+  tenants = pc.fill_null(pc.cast(rows.column(TENANT_COLUMN), pa.string()), UNASSIGNED).to_pylist()
+  return list(zip(tenants, pc.cast(rows.column(key_field), pa.string()).to_pylist()))
+
+
+def commit_window(
+  committer,
+  target: TableTarget,
+  table_name: str,
+  rows: pa.Table,
+  key_field: str,
+  time_field: Optional[str],
+  window_start_us: int,
+  window_end_us: int,
+  summary: Optional[dict] = None,
+  executor=None,
+) -> Optional[CommitResult]:
+  """Commits one window's rows (any tenants and shards) in one commit, exactly once across replays.
+
+  The rows whose (tenant, key) earlier commits of the window added are left
+  out (a replay, whole or in part, adds nothing twice); those keys come from
+  the window's own earlier commits (`window_keys`: usually none, so nothing
+  is read), else from a scan. None: nothing left to commit. A commit that
+  conflicts with another writer's is looked up and tried again.
+  executor: writes the data files in parallel (a concurrent.futures executor).
+  """
+  window = window_id(table_name, window_start_us)
+  tag = window_file_tag(window)
+  day_field = time_field if target.format == 'iceberg' else None
+  for attempt in range(1, target.max_retries + 2):
+    table = committer.load(table_name)
+    todo = rows
+    if table is not None:
+      known = committer.window_keys(table, window, key_field, window_end_us)
+      if known is None:
+        tenants = set(pc.unique(pc.fill_null(pc.cast(rows.column(TENANT_COLUMN), pa.string()), UNASSIGNED)).to_pylist())
+        known = _scanned_keys(committer, target, table, tenants, key_field, time_field, window_start_us, window_end_us)
+      if known:
+        fresh = [pair not in known for pair in _pairs(rows, key_field)]
+        todo = rows.filter(pa.array(fresh, pa.bool_()))
+    if not todo.num_rows:
+      return None
+    location = table.location().rstrip('/') if target.format == 'iceberg' and table is not None else None
+    location = location or committer.location(table_name)
+    parts = list(_partition_groups(todo, day_field))
+
+    def write(part, location=location):
+      return write_data_file(target, location, table_name, part[1], part[0], tag=tag)
+
+    files = list(executor.map(write, parts)) if executor is not None and len(parts) > 1 else [write(p) for p in parts]
+    try:
+      return committer.commit(
+        table_name,
+        files,
+        todo.schema,
+        window_commit_id(table_name, window_start_us, _pairs(todo, key_field)),
+        dict(summary or {}, window_start_us=str(window_start_us)),
+        day_field=time_field,
+        window=window,
+        table=table,
       )
-    keys = data.to_table(columns=[key_field], filter=condition).column(key_field)
-  return set(pc.cast(keys, pa.string()).to_pylist())
+    except CommitConflictError:
+      if attempt > target.max_retries:
+        raise
+      _LOG.warning('%s: window commit conflicted (attempt %d); looking its keys up again', table_name, attempt)
+      time.sleep(_BACKOFF.delay_s(attempt))
+  return None
 
 
 class _CommitWindowFn(beam.DoFn):
-  """One commit per closed (tenant, window, shard): data file written, then committed with the window's id."""
+  """The closed panes of a bundle, one commit per window (all its tenants and shards)."""
 
   def __init__(self, target: TableTarget, table: str, key_field: str, time_field: Optional[str], positions: bool):
     self._target, self._table, self._key_field = target, table, key_field
     self._time_field, self._positions = time_field, positions
+    self._panes: Dict[int, list] = {}
 
   def setup(self):
-    self._committer = open_tables(self._target)
-    self._latency = beam.metrics.Metrics.distribution('lake', 'table_commit_ms')
+    from concurrent.futures import ThreadPoolExecutor
 
-  def process(self, window):
-    started = time.monotonic()
-    rows = pa.Table.from_batches([strip_internal(window.batch)])
-    if rows.num_rows:
-      known = _committed_keys(
-        self._committer,
-        self._target,
-        self._table,
-        window.tenant,
-        self._key_field,
-        self._time_field,
-        window.window_start_us,
-        window.window_end_us,
-      )
-      keys = pc.cast(rows.column(self._key_field), pa.string())
-      if known:
-        rows = rows.filter(pc.invert(pc.is_in(keys, value_set=pa.array(sorted(known), pa.string()))))
-        keys = pc.cast(rows.column(self._key_field), pa.string())
-      if rows.num_rows:
-        commit_id = window_commit_id(self._table, window.tenant, window.window_start_us, window.shard, keys.to_pylist())
-        location = self._committer.location(self._table)
-        files = [
-          write_data_file(self._target, location, self._table, part, partition)
-          for partition, part in _partition_groups(rows, self._time_field if self._target.format == 'iceberg' else None)
-        ]
-        result = self._committer.commit(
+    self._committer = open_tables(self._target)
+    self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix='table-files')
+    self._latency = beam.metrics.Metrics.distribution('lake', 'table_commit_ms')
+    self._commits = beam.metrics.Metrics.counter('lake', 'table_commits')
+
+  def teardown(self):
+    executor = getattr(self, '_executor', None)
+    if executor is not None:
+      executor.shutdown(wait=False)
+
+  def start_bundle(self):
+    self._panes = {}
+
+  def process(self, window, timestamp=beam.DoFn.TimestampParam):
+    self._panes.setdefault(window.window_start_us, []).append((window, timestamp))
+
+  def finish_bundle(self):
+    for start in sorted(self._panes):
+      panes = self._panes[start]
+      started = time.monotonic()
+      latest = max(t for _, t in panes)
+      parts = [pa.Table.from_batches([strip_internal(w.batch)]) for w, _ in panes if w.batch.num_rows]
+      if parts:
+        rows = pa.concat_tables(parts, promote_options='permissive') if len(parts) > 1 else parts[0]
+        result = commit_window(
+          self._committer,
+          self._target,
           self._table,
-          files,
-          rows.schema,
-          commit_id,
-          {'window_start_us': str(window.window_start_us), 'tenant': window.tenant, 'shard': str(window.shard)},
-          day_field=self._time_field,
+          rows,
+          self._key_field,
+          self._time_field,
+          start,
+          panes[0][0].window_end_us,
+          {
+            'tenants': ','.join(sorted({w.tenant for w, _ in panes})),
+            'panes': str(len(panes)),
+          },
+          self._executor,
         )
-        self._latency.update(int((time.monotonic() - started) * 1000))
-        yield result.as_dict()
-    if self._positions:
-      yield beam.pvalue.TaggedOutput(WRITTEN, _positions(window.batch))
+        if result is not None:
+          self._commits.inc()
+          self._latency.update(int((time.monotonic() - started) * 1000))
+          yield GlobalWindows.windowed_value(result.as_dict(), latest)
+      if self._positions:
+        for w, _ in panes:
+          yield beam.pvalue.TaggedOutput(WRITTEN, GlobalWindows.windowed_value(_positions(w.batch), latest))
+    self._panes = {}
 
 
 class CommitWindowTables(beam.PTransform):
   """Streaming: commits each closed window's rows (WindowBatch) to a table, exactly once across replays.
 
-  A commit carries the window's id (tenant, window start, shard and a digest
-  of its keys); before it commits, the rows whose key the table already holds
-  for that tenant and window are dropped, so a replayed window, whole or in
-  part, adds nothing twice. positions: as WriteWindowFiles (tagged output WRITTEN).
+  One commit per window and bundle, not per pane: the panes of a window
+  (one per tenant and shard) are closed by the same watermark advance, so
+  they reach this step together, and each bundle's panes are committed in
+  its finish_bundle (the files written in parallel, then one snapshot / log
+  entry per window). Why not a GroupByKey per (table, window): in the global
+  window it would need a trigger, and an event-time one waits for the
+  watermark to pass again (one more hop of latency); this way a window is
+  committed as soon as its panes are emitted, and nothing is acknowledged
+  (positions) before its commit.
+
+  Exactly once: a commit carries the window's id (Iceberg: snapshot summary;
+  Delta: a txn app id) and a digest of its (tenant, key) pairs; before it
+  commits, the rows whose key an earlier commit of the same window added are
+  dropped (read from those commits' files only; `commit_window`), so a
+  replayed window, whole or in part, adds nothing twice.
+  positions: as WriteWindowFiles (tagged output WRITTEN).
   """
 
   def __init__(self, target: TableTarget, table: str, key_field: str, time_field=None, positions: bool = False):
@@ -944,19 +1207,87 @@ class CommitWindowTables(beam.PTransform):
     return pcoll | 'Commit' >> beam.ParDo(self._fn)
 
 
-class CommitDeadLetterTableFn(WriteDeadLettersFn):
-  """Streaming dead letters: one commit per bundle and tenant, its id the digest of the letters (replays skip)."""
+class _CommitDeadLettersFn(beam.DoFn):
+  """Holds dead letters (one key) until the watermark passes the end of their period, then commits them at once."""
 
-  def __init__(self, target: TableTarget, positions: bool = False):
-    super().__init__(target.location, positions)
-    self._target = target
+  LETTERS = BagStateSpec('letters', PickleCoder())
+  NEXT = ReadModifyWriteStateSpec('next', PickleCoder())
+  FLUSH = TimerSpec('flush', TimeDomain.WATERMARK)
+
+  def __init__(self, target: TableTarget, period_us: int, positions: bool):
+    self._target, self._period_us, self._positions = target, period_us, positions
 
   def setup(self):
     self._committer = open_tables(self._target)
+    self._latency = beam.metrics.Metrics.distribution('lake', 'dead_letter_commit_ms')
 
-  def _write_letters(self, tenant, letters, payload, digest):
-    commit_id = f'{DEAD_LETTER_TABLE}/tenant={tenant}/{digest}'
+  def process(
+    self,
+    element,
+    timestamp=beam.DoFn.TimestampParam,
+    letters=beam.DoFn.StateParam(LETTERS),
+    pending=beam.DoFn.StateParam(NEXT),
+    flush=beam.DoFn.TimerParam(FLUSH),
+  ):
+    letters.add(element[1])
+    # The end of the letter's period; the earliest pending one stays set.
+    due = (int(timestamp.micros) // self._period_us + 1) * self._period_us
+    current = pending.read()
+    if current is None or due < current:
+      flush.set(Timestamp(micros=due))
+      pending.write(due)
+
+  @on_timer(FLUSH)
+  def on_flush(self, letters=beam.DoFn.StateParam(LETTERS), pending=beam.DoFn.StateParam(NEXT)):
+    held = list(letters.read())
+    letters.clear()
+    pending.clear()
+    if not held:
+      return
+    started = time.monotonic()
+    by_tenant: Dict[str, list] = {}
+    for letter in held:
+      by_tenant.setdefault(letter.get('tenant') or UNASSIGNED, []).append(letter)
     location = self._committer.location(DEAD_LETTER_TABLE)
-    rows = dead_letter_rows(letters)
-    files = [write_data_file(self._target, location, DEAD_LETTER_TABLE, rows, {TENANT_COLUMN: tenant})]
-    self._committer.commit(DEAD_LETTER_TABLE, files, DEAD_LETTER_SCHEMA, commit_id)
+    files, digests = [], []
+    for tenant, group in sorted(by_tenant.items()):
+      lines = sorted(json.dumps(json_safe(letter), sort_keys=True, ensure_ascii=False) for letter in group)
+      digests.append(f'{tenant}:' + hashlib.sha256('\n'.join(lines).encode('utf-8')).hexdigest())
+      files.append(
+        write_data_file(self._target, location, DEAD_LETTER_TABLE, dead_letter_rows(group), {TENANT_COLUMN: tenant})
+      )
+    # The same letters (a replay of the held state) give the same id: that commit is skipped.
+    digest = hashlib.sha256('\n'.join(digests).encode('utf-8')).hexdigest()[:24]
+    self._committer.commit(DEAD_LETTER_TABLE, files, DEAD_LETTER_SCHEMA, f'{DEAD_LETTER_TABLE}/{digest}')
+    self._latency.update(int((time.monotonic() - started) * 1000))
+    if self._positions:
+      for letter in held:
+        yield (letter.get('source'), letter.get('position'))
+
+
+class CommitDeadLetterTables(beam.PTransform):
+  """Streaming dead letters to DEAD_LETTER_TABLE: one commit per period of event time, not per bundle.
+
+  A job's bundles are small (one read each) and most hold a few dead letters:
+  committing each bundle's made the dead-letter table take most of the job's
+  commits (docs/benchmarks.md, "Streaming commits"). The letters are held in
+  state (one key) until the watermark passes the end of their period
+  (`period_s`, the job's window size: the data windows close at the same
+  moments), then written (one file per tenant) and committed in one commit
+  whose id is the letters' digest, so a replay of the held state is skipped.
+  positions: returns the (source, position) of each letter once committed (for
+  sources that acknowledge after the sink); otherwise an empty PCollection.
+  """
+
+  def __init__(self, target: TableTarget, period_s: float, positions: bool = False):
+    super().__init__()
+    if period_s <= 0:
+      raise ValueError(f'period_s must be positive, got {period_s!r}')
+    self._fn = _CommitDeadLettersFn(target, int(round(period_s * 1_000_000)), positions)
+
+  def expand(self, letters):
+    return (
+      letters
+      | 'OneKey' >> beam.Map(lambda letter: (DEAD_LETTER_TABLE, letter)).with_output_types(Tuple[str, typing.Any])
+      | 'Commit' >> beam.ParDo(self._fn)
+    )

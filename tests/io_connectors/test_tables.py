@@ -55,25 +55,35 @@ def _create(target, committer):
   )
 
 
-def _commit_at_once(target, files, **kwargs):
-  """Commits each {name: files} from its own thread, all released together; ({name: CommitResult}, [errors])."""
+def _at_once(target, names, act):
+  """act(writer, name) for each name from its own thread (its own committer), all released together;
+  ({name: result}, [errors])."""
   results, errors = {}, []
-  barrier = threading.Barrier(len(files))
+  barrier = threading.Barrier(len(names))
 
-  def commit(name):
+  def run(name):
     try:
       writer = tables.open_tables(target)
       barrier.wait()
-      results[name] = writer.commit('events', files[name], _rows(name, 1).schema, name, **kwargs)
+      results[name] = act(writer, name)
     except Exception as e:  # pragma: no cover - reported by the caller
       errors.append(e)
 
-  threads = [threading.Thread(target=commit, args=(name,)) for name in files]
+  threads = [threading.Thread(target=run, args=(name,)) for name in names]
   for t in threads:
     t.start()
   for t in threads:
     t.join()
   return results, errors
+
+
+def _commit_at_once(target, files, **kwargs):
+  """Commits each {name: files} from its own thread, all released together; ({name: CommitResult}, [errors])."""
+  return _at_once(
+    target,
+    list(files),
+    lambda writer, name: writer.commit('events', files[name], _rows(name, 1).schema, name, **kwargs),
+  )
 
 
 def test_two_concurrent_appends_both_land(local_target):
@@ -309,6 +319,72 @@ def test_a_replayed_window_whole_or_in_part_is_committed_once(local_target):
   assert sorted(rows.column('event_id').to_pylist()) == ['a', 'b', 'c', 'd', 'e']
 
 
+def _commit_windows(target, windows, expected):
+  """CommitWindowTables over `windows` (one bundle on the FnApiRunner); its commits are `expected`
+  [(rows, window)]."""
+  import apache_beam as beam
+  from apache_beam.testing.test_pipeline import TestPipeline
+  from apache_beam.testing.util import assert_that, equal_to
+
+  with TestPipeline('FnApiRunner') as p:
+    results = (
+      p
+      | beam.Create(windows, reshuffle=False)
+      | tables.CommitWindowTables(target, 'events', 'event_id', 'played_at')
+      | beam.Map(lambda r: (r['skipped'], r['rows'], r['commit_id'].split('/')[1]))
+    )
+    assert_that(results, equal_to([(False, rows, f'window={label}') for rows, label in expected]))
+
+
+def _pane(tenant, ids, shard, start_us=1_704_103_200_000_000):
+  return _window(tenant, ids, start_us)._replace(shard=shard)
+
+
+def _ids(target):
+  table = tables.open_tables(target).load('events')
+  rows = table.scan().to_arrow() if target.format == 'iceberg' else table.to_pyarrow_table()
+  return sorted(zip(rows.column('tenant_id').to_pylist(), rows.column('event_id').to_pylist()))
+
+
+def test_the_panes_of_a_window_are_one_commit_and_a_replay_reads_only_that_windows_files(local_target):
+  start, later = 1_704_103_200_000_000, 1_704_103_260_000_000
+  panes = [_pane('acme', ['a1', 'a2'], 0), _pane('acme', ['a3'], 1), _pane('globex', ['a1', 'g1'], 0)]
+  panes.append(_pane('acme', ['n1'], 0, later))
+  # One commit per window (all its tenants and shards), not one per pane.
+  _commit_windows(local_target, panes, [(5, '20240101T100000Z'), (1, '20240101T100100Z')])
+  committer = tables.open_tables(local_target)
+  table = committer.load('events')
+  window = tables.window_id('events', start)
+  # The earlier commits of the window say which keys it holds (nothing scanned); another window has none.
+  expected = {('acme', 'a1'), ('acme', 'a2'), ('acme', 'a3'), ('globex', 'a1'), ('globex', 'g1')}
+  assert committer.window_keys(table, window, 'event_id', start + 60_000_000) == expected
+  assert committer.window_keys(table, tables.window_id('events', later + 60_000_000), 'event_id', 0) == set()
+  # A replay in part, split differently and with one row more: only that row lands; whole again: nothing.
+  replay = [_pane('acme', ['a3', 'a2', 'a4'], 0), _pane('globex', ['g1'], 1)]
+  _commit_windows(local_target, replay, [(1, '20240101T100000Z')])
+  _commit_windows(local_target, panes, [])
+  assert _ids(local_target) == sorted(expected | {('acme', 'a4'), ('acme', 'n1')})
+
+
+def test_after_expiry_or_compaction_a_replay_falls_back_to_a_scan_and_adds_nothing(local_target):
+  from pipelines import lake_tables
+
+  start = 1_704_103_200_000_000
+  for i in range(4):
+    _commit_windows(
+      local_target, [_pane('acme', [f'a{i}'], 0, start + i * 60_000_000)], [(1, f'20240101T10{i:02d}00Z')]
+    )
+  if local_target.format == 'iceberg':
+    lake_tables.expire(local_target, 'events', older_than_h=0)  # the windows' snapshots are gone
+  else:
+    lake_tables.compact(local_target, 'events', min_files=2)  # the windows' files are rewritten
+  committer = tables.open_tables(local_target)
+  window = tables.window_id('events', start)
+  assert committer.window_keys(committer.load('events'), window, 'event_id', start + 60_000_000) is None
+  _commit_windows(local_target, [_pane('acme', ['a0', 'b0'], 0)], [(1, '20240101T100000Z')])
+  assert _ids(local_target) == [('acme', 'a0'), ('acme', 'a1'), ('acme', 'a2'), ('acme', 'a3'), ('acme', 'b0')]
+
+
 def test_erase_deletes_rows_of_one_tenant_only_and_is_idempotent(local_target):
   from pipelines import lake_tables
 
@@ -332,3 +408,66 @@ def test_erase_deletes_rows_of_one_tenant_only_and_is_idempotent(local_target):
   ]
   with pytest.raises(tables.TableError, match='not a column name'):
     lake_tables.erase(local_target, 'events', 'acme', 'event_id; drop', ['x'])
+
+
+def test_dead_letters_are_committed_once_per_period_for_every_tenant_and_a_replay_adds_nothing(local_target):
+  from apache_beam.options.pipeline_options import StandardOptions
+  from apache_beam.testing.test_pipeline import TestPipeline
+  from apache_beam.testing.test_stream import TestStream
+  from apache_beam.testing.util import assert_that, equal_to
+  from apache_beam.transforms.window import TimestampedValue
+
+  t0 = 1_704_103_200
+
+  def letter(tenant, position, at):
+    record = {'event_id': f'e{position}', 'nested': {'a': [1, 2]}}
+    value = {'tenant': tenant, 'source': 'topic', 'position': position, 'reason': 'bad', 'record': record}
+    return TimestampedValue(value, t0 + at)
+
+  def run():
+    stream = (
+      TestStream()
+      .advance_watermark_to(t0)
+      .add_elements([letter('acme', 1, 1), letter('globex', 2, 3)])
+      .add_elements([letter('acme', 3, 12)])
+      .advance_watermark_to(t0 + 11)  # the first period (0-10 s) is committed, both tenants at once
+      .add_elements([letter('acme', 4, 15)])
+      .advance_watermark_to(t0 + 30)
+      .add_elements([letter('globex', 5, 2)])  # its period is past: committed at the next watermark step
+      .advance_watermark_to(t0 + 1000)
+      .advance_watermark_to_infinity()
+    )
+    options = PipelineOptions()
+    options.view_as(StandardOptions).streaming = True
+    with TestPipeline(options=options) as p:
+      positions = p | stream | tables.CommitDeadLetterTables(local_target, 10, positions=True)
+      assert_that(positions, equal_to([('topic', 1), ('topic', 2), ('topic', 3), ('topic', 4), ('topic', 5)]))
+
+  def table_state():
+    table = tables.open_tables(local_target).load(tables.DEAD_LETTER_TABLE)
+    if local_target.format == 'iceberg':
+      return len(table.snapshots()), sorted(table.scan().to_arrow().column('position').to_pylist())
+    return table.version() + 1, sorted(table.to_pyarrow_table().column('position').to_pylist())
+
+  run()
+  assert table_state() == (3, ['1', '2', '3', '4', '5'])  # three flushes (two periods, one late letter)
+  run()  # a replay of the same letters: its commits are skipped
+  assert table_state() == (3, ['1', '2', '3', '4', '5'])
+
+
+def test_two_commits_of_one_window_at_once_add_each_key_once(local_target):
+  """A window replayed while its first commit lands (overlapping keys, released together): each key once."""
+  committer = tables.open_tables(local_target)
+  _create(local_target, committer)
+  start = 1_704_103_200_000_000
+  batches = {'first': ['a', 'b', 'c'], 'replay': ['b', 'c', 'd']}
+
+  def commit(writer, name):
+    rows = _rows('globex', 3).set_column(0, 'event_id', pa.array(batches[name]))
+    return tables.commit_window(
+      writer, local_target, 'events', rows, 'event_id', 'played_at', start, start + 60_000_000
+    )
+
+  _, errors = _at_once(local_target, list(batches), commit)
+  assert not errors
+  assert [i for t, i in _ids(local_target) if t == 'globex'] == ['a', 'b', 'c', 'd']
