@@ -87,7 +87,7 @@ from io_connectors.sinks.lake import (
 )
 from io_connectors.sinks.window_files import write_atomically
 from pipelines import runners
-from pipelines.spotify_batch import read_json
+
 from transforms.pii.batch import pseudonymise
 from transforms.pii.suppression import record_suppressed, suppression_tokens
 from transforms.records import json_safe
@@ -194,7 +194,10 @@ class SubjectMatcher:
     if texts:
       # One regex pass over all the string columns: Arrow compiles the pattern at each call,
       # which cost more than the matching when done per column.
-      every = pa.concat_arrays([strings.cast(pa.large_string()) for _, strings in texts])
+      # Concatenated as they are when they share a type and fit 32-bit offsets (no cast: one copy, not two).
+      kinds = {strings.type for _, strings in texts}
+      small = kinds == {pa.string()} and sum(strings.nbytes for _, strings in texts) < 2**31 - 1
+      every = pa.concat_arrays([s if small else s.cast(pa.large_string()) for _, s in texts])
       matched = pc.fill_null(pc.match_substring_regex(every, self._arrow), False)
       offset = 0
       for values, strings in texts:
@@ -508,24 +511,63 @@ class _SubjectFilesFn(beam.DoFn):
     yield result
 
 
+class _ResultFiles(beam.DoFn):
+  """Writes a bundle's per-file results as one JSON-lines file in `directory`: a few hundred small results
+  need no sink (WriteToText's stages were most of an erasure job's fixed cost)."""
+
+  def __init__(self, directory: str):
+    self._directory = directory
+
+  def start_bundle(self):
+    self._lines: List[str] = []
+
+  def process(self, result):
+    self._lines.append(json.dumps(result, default=str))
+
+  def finish_bundle(self):
+    if self._lines:
+      with FileSystems.create(FileSystems.join(self._directory, f'{uuid.uuid4().hex}.jsonl')) as handle:
+        handle.write('\n'.join(self._lines).encode('utf-8') + b'\n')
+      self._lines = []
+
+
+def _job_args(beam_args: Sequence[str]) -> List[str]:
+  """The job's flags: the local runner `runners.local_runner_args` picks, on the in-process FnApiRunner with
+  a worker thread per core unless the flags say otherwise (the file work, Parquet decoding and encoding and
+  the regex, runs in pyarrow, which releases the GIL)."""
+  argv = runners.local_runner_args(list(beam_args))
+  local = runners._flag_value(argv, 'runner') == 'FnApiRunner'
+  told = any(runners._flag_value(argv, name) is not None for name in ('direct_num_workers', 'direct_running_mode'))
+  if local and not told and (os.cpu_count() or 1) > 1:
+    argv += ['--direct_num_workers=0', '--direct_running_mode=multi_threading']  # 0: one per core
+  return argv
+
+
 def _run_files(
   files, scope, mode: str, default_entity, beam_args, work_dir: str, rescan_written: bool = False
 ) -> List[dict]:
-  """Runs `_SubjectFilesFn` over `files` as a Beam job; returns its per-file results."""
-  results: List[dict] = []
+  """Runs `_SubjectFilesFn` over `files` as a Beam job; returns its per-file results (one per file: a
+  retried bundle's results are merged, the one that removed most records kept)."""
   result_dir = FileSystems.join(work_dir, uuid.uuid4().hex)
-  with beam.Pipeline(options=PipelineOptions(runners.local_runner_args(list(beam_args)))) as pipeline:
+  with beam.Pipeline(options=PipelineOptions(_job_args(beam_args))) as pipeline:
     _ = (
       pipeline
       | 'Files' >> beam.Create(files)
       | 'Spread' >> beam.Reshuffle()
       | mode.capitalize() >> beam.ParDo(_SubjectFilesFn(scope, mode, default_entity, rescan_written))
-      | 'AsJson' >> beam.Map(lambda result: json.dumps(result, default=str))
-      | 'Results' >> beam.io.WriteToText(FileSystems.join(result_dir, 'part'), shard_name_template='-SS')
+      | 'Results' >> beam.ParDo(_ResultFiles(result_dir))
     )
-  for match in FileSystems.match([FileSystems.join(result_dir, 'part*')])[0].metadata_list:
-    results.extend(json.loads(line) for line in _read(match.path).decode('utf-8').splitlines() if line)
-  return results
+  results: Dict[Tuple[str, str], dict] = {}
+  for path in matched_paths(FileSystems.join(result_dir, '*.jsonl')):
+    for line in _read(path).decode('utf-8').splitlines():
+      if line:
+        result = json.loads(line)
+        key = (result['kind'], result['path'])
+        if key not in results or result['removed'] > results[key]['removed']:
+          results[key] = result
+  if len(results) != len({(kind, target) for kind, _, target in files}):
+    raise ComplianceError(f'{work_dir}: the job reported on {len(results)} of {len(files)} files')
+  return list(results.values())
 
 
 def _retarget(path: str, old_base: str, new_base: str) -> str:
@@ -568,6 +610,8 @@ class _LakeLayout:
     return counts, dict(manifest.get('conservation') or {}, rule=' + '.join(rule))
 
   def schema(self, output: str):
+    from pipelines.spotify_batch import read_json  # the batch job's imports: only when its schema is read
+
     return read_json(FileSystems.join(output, SCHEMA_NAME))
 
 
