@@ -422,7 +422,7 @@ def _summary(run: dict, report: dict) -> dict:
 
 
 def profile_erasure(lake: str, tenant: str, subjects: List[str], work: str, top: int = 40) -> str:
-  """cProfile of `pipelines.compliance.erase` in this process (the FnApiRunner runs the DoFns here)."""
+  """cProfile of `pipelines.compliance.erase` in this process (the FnApiRunner runs the DoFns here, on one worker)."""
   import cProfile
   import io
   import pstats
@@ -433,7 +433,8 @@ def profile_erasure(lake: str, tenant: str, subjects: List[str], work: str, top:
   hardlink_copy(lake, copy)
   profiler = cProfile.Profile()
   profiler.enable()
-  erase(copy, tenant, subjects, _master_key())
+  # One worker, in this thread: cProfile sees only the thread it runs in.
+  erase(copy, tenant, subjects, _master_key(), beam_args=['--direct_num_workers=1'])
   profiler.disable()
   out = io.StringIO()
   pstats.Stats(profiler, stream=out).sort_stats('cumulative').print_stats(top)

@@ -203,7 +203,10 @@ class SubjectMatcher:
       for values, strings in texts:
         part = matched.slice(offset, len(strings))
         offset += len(strings)
-        hit = pc.or_(hit, part if values is strings else pc.fill_null(pc.take(part, values.indices), False))
+        if values is strings:
+          hit = pc.or_(hit, part)
+        elif pc.any(part).as_py():  # mapped back to rows only where a value matched (most files: none)
+          hit = pc.or_(hit, pc.fill_null(pc.take(part, values.indices), False))
     for field, values in self.keys.items():
       if field in table.column_names:
         column = table.column(field).combine_chunks()
