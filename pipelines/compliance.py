@@ -21,9 +21,11 @@ A file with a match is rewritten without the matching records, in its own
 format and (Parquet, Avro) schema; a file without is carried into the new
 run byte for byte (a hard link on local disk, a server-side copy on S3 and
 GCS), never decoded and written again. When nothing matches, nothing is
-published: a second erasure of the same subjects changes nothing. After the
-commit, a second Beam pass re-scans the published files and the report
-states the matches left (zero, else the erasure fails).
+published: a second erasure of the same subjects changes nothing. Every
+rewritten file is re-scanned where it is published, read back by the pass
+that wrote it (a match left: nothing is published); after the commit each
+published file is checked to be the file scanned, and the report states the
+matches left (zero, else the erasure fails).
 
 Usage::
 
