@@ -32,6 +32,9 @@ fails (exit 1) when the pipeline's rewritten files are not exactly the
 baseline's affected files, when it removed a different number of rows, or
 when a file without a subject was written again: every other file of the new
 run must be the same inode as before (a hard link), byte for byte the same.
+The package's bytecode is compiled before the timed runs, as an installed
+package has it (a command started with PYTHONDONTWRITEBYTECODE set in a
+fresh checkout would otherwise compile its modules at every start).
 
 The lake: the batch job (`pipelines.spotify_batch`) runs once over a small
 `pipelines.sample_data` corpus to give the real manifest, ``_schema.json``,
@@ -270,6 +273,15 @@ def build_lake(data_dir: str, rows: int, files: int, seed: int = 7, template_dir
   return description
 
 
+def compile_package() -> None:
+  """The package's bytecode written, as an installed package has it: with PYTHONDONTWRITEBYTECODE set (or
+  a fresh checkout) every timed command would otherwise compile its modules from source at start-up."""
+  import compileall
+
+  for folder in ('pipelines', 'transforms', 'io_connectors'):
+    compileall.compile_dir(os.path.join(REPO_ROOT, folder), quiet=1)
+
+
 def choose_subjects(description: dict, subjects: int, affected_fraction: float, seed: int) -> List[int]:
   """`subjects` users of the tenant, drawn from the users of `affected_fraction` of its files."""
   rng = np.random.default_rng(seed + 1)
@@ -410,7 +422,7 @@ def _summary(run: dict, report: dict) -> dict:
 
 
 def profile_erasure(lake: str, tenant: str, subjects: List[str], work: str, top: int = 40) -> str:
-  """cProfile of `pipelines.compliance.erase` in this process (the FnApiRunner runs the DoFns here)."""
+  """cProfile of `pipelines.compliance.erase` in this process (the FnApiRunner runs the DoFns here, on one worker)."""
   import cProfile
   import io
   import pstats
@@ -421,7 +433,8 @@ def profile_erasure(lake: str, tenant: str, subjects: List[str], work: str, top:
   hardlink_copy(lake, copy)
   profiler = cProfile.Profile()
   profiler.enable()
-  erase(copy, tenant, subjects, _master_key())
+  # One worker, in this thread: cProfile sees only the thread it runs in.
+  erase(copy, tenant, subjects, _master_key(), beam_args=['--direct_num_workers=1'])
   profiler.disable()
   out = io.StringIO()
   pstats.Stats(profiler, stream=out).sort_stats('cumulative').print_stats(top)
@@ -493,6 +506,7 @@ def main(argv: Optional[List[str]] = None) -> int:
   args.data_dir = os.path.abspath(args.data_dir)
   os.makedirs(args.data_dir, exist_ok=True)
   description = build_lake(args.data_dir, args.rows, args.files, args.seed)
+  compile_package()
   tenant = description['tenant']
   chosen = choose_subjects(description, args.subjects, args.affected_fraction, args.seed)
   raw = [_raw_user(tenant, i) for i in chosen]

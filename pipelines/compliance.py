@@ -21,9 +21,11 @@ A file with a match is rewritten without the matching records, in its own
 format and (Parquet, Avro) schema; a file without is carried into the new
 run byte for byte (a hard link on local disk, a server-side copy on S3 and
 GCS), never decoded and written again. When nothing matches, nothing is
-published: a second erasure of the same subjects changes nothing. After the
-commit, a second Beam pass re-scans the published files and the report
-states the matches left (zero, else the erasure fails).
+published: a second erasure of the same subjects changes nothing. Every
+rewritten file is re-scanned where it is published, read back by the pass
+that wrote it (a match left: nothing is published); after the commit each
+published file is checked to be the file scanned, and the report states the
+matches left (zero, else the erasure fails).
 
 Usage::
 
@@ -89,7 +91,7 @@ from io_connectors.sinks.lake import (
 )
 from io_connectors.sinks.window_files import write_atomically
 from pipelines import runners
-from pipelines.spotify_batch import read_json
+
 from transforms.pii.batch import pseudonymise
 from transforms.pii.suppression import record_in_shared_list, record_suppressed, suppression_tokens
 from transforms.records import json_safe
@@ -196,13 +198,19 @@ class SubjectMatcher:
     if texts:
       # One regex pass over all the string columns: Arrow compiles the pattern at each call,
       # which cost more than the matching when done per column.
-      every = pa.concat_arrays([strings.cast(pa.large_string()) for _, strings in texts])
+      # Concatenated as they are when they share a type and fit 32-bit offsets (no cast: one copy, not two).
+      kinds = {strings.type for _, strings in texts}
+      small = kinds == {pa.string()} and sum(strings.nbytes for _, strings in texts) < 2**31 - 1
+      every = pa.concat_arrays([s if small else s.cast(pa.large_string()) for _, s in texts])
       matched = pc.fill_null(pc.match_substring_regex(every, self._arrow), False)
       offset = 0
       for values, strings in texts:
         part = matched.slice(offset, len(strings))
         offset += len(strings)
-        hit = pc.or_(hit, part if values is strings else pc.fill_null(pc.take(part, values.indices), False))
+        if values is strings:
+          hit = pc.or_(hit, part)
+        elif pc.any(part).as_py():  # mapped back to rows only where a value matched (most files: none)
+          hit = pc.or_(hit, pc.fill_null(pc.take(part, values.indices), False))
     for field, values in self.keys.items():
       if field in table.column_names:
         column = table.column(field).combine_chunks()
@@ -439,12 +447,17 @@ class _SubjectScope:
 class _SubjectFilesFn(beam.DoFn):
   """One file of the lake, by mode: erase (rewrite it without the selected records, drop it when none
   stay, or carry it over untouched), rescan (count what is still selected) or export (emit the selected
-  records). A scope says which selector, if any, applies to the file."""
+  records). A scope says which selector, if any, applies to the file.
 
-  def __init__(self, scope, mode: str, default_entity: Optional[str]):
+  rescan_written: in erase mode, re-scan each file it writes: read back from the store once written
+  (``rescan_removed``: what is still selected in it) and note which file that is (``written``, see
+  `_file_identity`), so the re-scan costs no second job and reads no file twice over."""
+
+  def __init__(self, scope, mode: str, default_entity: Optional[str], rescan_written: bool = False):
     self._scope = scope
     self._mode = mode
     self._default_entity = default_entity
+    self._rescan_written = rescan_written
 
   def process(self, element):
     kind, source, target = element
@@ -489,6 +502,10 @@ class _SubjectFilesFn(beam.DoFn):
           with FileSystems.create(target, compression_type='uncompressed') as handle:
             handle.write(rewritten)
         result['rewritten'] = True
+        if self._rescan_written:
+          # The bytes the store now holds at the published path, not the ones meant to be written.
+          result['rescan_removed'] = len(split_file(target, _read(target), selector)[1])
+          result['written'] = _file_identity([target]).get(target)
       else:
         if in_place:
           FileSystems.delete([source])
@@ -501,22 +518,63 @@ class _SubjectFilesFn(beam.DoFn):
     yield result
 
 
-def _run_files(files, scope, mode: str, default_entity, beam_args, work_dir: str) -> List[dict]:
-  """Runs `_SubjectFilesFn` over `files` as a Beam job; returns its per-file results."""
-  results: List[dict] = []
+class _ResultFiles(beam.DoFn):
+  """Writes a bundle's per-file results as one JSON-lines file in `directory`: a few hundred small results
+  need no sink (WriteToText's stages were most of an erasure job's fixed cost)."""
+
+  def __init__(self, directory: str):
+    self._directory = directory
+
+  def start_bundle(self):
+    self._lines: List[str] = []
+
+  def process(self, result):
+    self._lines.append(json.dumps(result, default=str))
+
+  def finish_bundle(self):
+    if self._lines:
+      with FileSystems.create(FileSystems.join(self._directory, f'{uuid.uuid4().hex}.jsonl')) as handle:
+        handle.write('\n'.join(self._lines).encode('utf-8') + b'\n')
+      self._lines = []
+
+
+def _job_args(beam_args: Sequence[str]) -> List[str]:
+  """The job's flags: the local runner `runners.local_runner_args` picks, on the in-process FnApiRunner with
+  a worker thread per core unless the flags say otherwise (the file work, Parquet decoding and encoding and
+  the regex, runs in pyarrow, which releases the GIL)."""
+  argv = runners.local_runner_args(list(beam_args))
+  local = runners._flag_value(argv, 'runner') == 'FnApiRunner'
+  told = any(runners._flag_value(argv, name) is not None for name in ('direct_num_workers', 'direct_running_mode'))
+  if local and not told and (os.cpu_count() or 1) > 1:
+    argv += ['--direct_num_workers=0', '--direct_running_mode=multi_threading']  # 0: one per core
+  return argv
+
+
+def _run_files(
+  files, scope, mode: str, default_entity, beam_args, work_dir: str, rescan_written: bool = False
+) -> List[dict]:
+  """Runs `_SubjectFilesFn` over `files` as a Beam job; returns its per-file results (one per file: a
+  retried bundle's results are merged, the one that removed most records kept)."""
   result_dir = FileSystems.join(work_dir, uuid.uuid4().hex)
-  with beam.Pipeline(options=PipelineOptions(runners.local_runner_args(list(beam_args)))) as pipeline:
+  with beam.Pipeline(options=PipelineOptions(_job_args(beam_args))) as pipeline:
     _ = (
       pipeline
       | 'Files' >> beam.Create(files)
       | 'Spread' >> beam.Reshuffle()
-      | mode.capitalize() >> beam.ParDo(_SubjectFilesFn(scope, mode, default_entity))
-      | 'AsJson' >> beam.Map(lambda result: json.dumps(result, default=str))
-      | 'Results' >> beam.io.WriteToText(FileSystems.join(result_dir, 'part'), shard_name_template='-SS')
+      | mode.capitalize() >> beam.ParDo(_SubjectFilesFn(scope, mode, default_entity, rescan_written))
+      | 'Results' >> beam.ParDo(_ResultFiles(result_dir))
     )
-  for match in FileSystems.match([FileSystems.join(result_dir, 'part*')])[0].metadata_list:
-    results.extend(json.loads(line) for line in _read(match.path).decode('utf-8').splitlines() if line)
-  return results
+  results: Dict[Tuple[str, str], dict] = {}
+  for path in matched_paths(FileSystems.join(result_dir, '*.jsonl')):
+    for line in _read(path).decode('utf-8').splitlines():
+      if line:
+        result = json.loads(line)
+        key = (result['kind'], result['path'])
+        if key not in results or result['removed'] > results[key]['removed']:
+          results[key] = result
+  if len(results) != len({(kind, target) for kind, _, target in files}):
+    raise ComplianceError(f'{work_dir}: the job reported on {len(results)} of {len(files)} files')
+  return list(results.values())
 
 
 def _retarget(path: str, old_base: str, new_base: str) -> str:
@@ -559,6 +617,8 @@ class _LakeLayout:
     return counts, dict(manifest.get('conservation') or {}, rule=' + '.join(rule))
 
   def schema(self, output: str):
+    from pipelines.spotify_batch import read_json  # the batch job's imports: only when its schema is read
+
     return read_json(FileSystems.join(output, SCHEMA_NAME))
 
 
@@ -628,16 +688,23 @@ def _rewrite_output(
   lock = OutputLock.acquire(output, run_id, run_dir, options=options)
   try:
     with lock.kept_alive():
-      results = _run_files(files, scope, ERASE, entity, beam_args, work_dir)
+      results = _run_files(files, scope, ERASE, entity, beam_args, work_dir, rescan_written=True)
+    delete_tree(work_dir)
     removed = _removed(results)
     holding = sorted(_retarget(r['path'], new_base, old_base) for r in results if r.get('identifiers'))
     if holding:
       delete_tree(new_base)
-      delete_tree(work_dir)
       raise ComplianceError(
         f'{output}: {len(holding)} files that hold no records hold a subject\'s identifier (e.g. '
         f'{holding[0]}: a vocabulary of a custom preprocessing_fn?); dropping records cannot erase it: '
         'run the job that wrote this output again from the erased lake. Nothing published'
+      )
+    left = sum(r['removed'] for r in _rescanned(results))
+    if left:
+      # The re-scan ran before the commit: a rewrite that kept a match is never published.
+      delete_tree(new_base)
+      raise ComplianceError(
+        f'{output}: the re-scan of the rewritten files still found {left} records of the {action}; nothing published'
       )
     report.update(
       _file_counts(results),
@@ -649,7 +716,6 @@ def _rewrite_output(
     if not removed:
       # Nothing selected: publish nothing, so a repeated request changes nothing.
       delete_tree(new_base)
-      delete_tree(work_dir)
       report.update(published=False, rescan_matches=0, finished_at=_now())
       return report
     dropped = set(report['files_dropped'])
@@ -675,21 +741,38 @@ def _rewrite_output(
     commit_output(output, run_dir, published, layout.schema(output), lock=lock)
   finally:
     lock.release()
-  # The re-scan reads the rewritten files. A carried file is the very bytes the first pass scanned
-  # and found clean (lake runs are immutable, and the lock was held): proving it is that file is
-  # enough, and re-reading it cost ~40% of an erasure's file work.
+  # The re-scan: each rewritten file was read back and scanned by the pass that wrote it, at the path
+  # the manifest now publishes; a carried file is the very bytes the pass scanned and found clean
+  # (lake runs are immutable, and the lock was held). What is left to prove after the commit is that
+  # the published files are those files: no file is read twice, and no second job is built.
   rewritten = set(report['files_rewritten'])
   carried = [(old, new) for k, old, new in files if k != OTHER and new not in rewritten and new not in dropped]
-  changed = _not_carried_as_is(carried)
-  again = [(k, new, new) for k, _, new in files if new in rewritten]
-  rescan = _run_files(again, scope, RESCAN, entity, beam_args, work_dir) if again else []
-  delete_tree(work_dir)
+  changed = _not_carried_as_is(carried) + _not_as_rescanned([r for r in results if r['rewritten']])
   report.update(published=True, files_rescanned=len(rewritten), files_carried=len(carried))
   if changed:
     raise ComplianceError(
-      f'{output}: {len(changed)} carried-over files differ from the files the erasure scanned, e.g. {changed[0]}'
+      f'{output}: {len(changed)} published files differ from the files the erasure scanned, e.g. {changed[0]}'
     )
-  return _verified(report, output, action, rescan)
+  return _verified(report, output, action, _rescanned(results))
+
+
+def _file_identity(paths: Sequence[str]) -> Dict[str, list]:
+  """What says a file is still the same file, per path that exists: [device, inode, size] on local disk,
+  [size] in an object store (its objects are replaced whole, never changed in place)."""
+  out: Dict[str, list] = {}
+  remote = [p for p in paths if '://' in p]
+  for path in paths:
+    if '://' not in path:
+      try:
+        stat = os.stat(path)
+      except FileNotFoundError:
+        continue
+      out[path] = [stat.st_dev, stat.st_ino, stat.st_size]
+  if remote:
+    for result in FileSystems.match(remote):
+      for metadata in result.metadata_list:
+        out[metadata.path] = [metadata.size_in_bytes]
+  return out
 
 
 def _not_carried_as_is(pairs: Sequence[Tuple[str, str]]) -> List[str]:
@@ -699,12 +782,21 @@ def _not_carried_as_is(pairs: Sequence[Tuple[str, str]]) -> List[str]:
   changed = [b for a, b in local if not os.path.samefile(a, b)] if local else []
   remote = [(a, b) for a, b in pairs if '://' in a]
   if remote:
-    sizes = {}
-    for result in FileSystems.match([p for pair in remote for p in pair]):
-      for metadata in result.metadata_list:
-        sizes[metadata.path] = metadata.size_in_bytes
+    sizes = _file_identity([p for pair in remote for p in pair])
     changed += [b for a, b in remote if sizes.get(a) is None or sizes.get(a) != sizes.get(b)]
   return changed
+
+
+def _not_as_rescanned(results: List[dict]) -> List[str]:
+  """The paths of files the pass wrote and re-scanned (`_SubjectFilesFn` ``written``) that are no longer
+  the file it re-scanned."""
+  now = _file_identity([r['path'] for r in results])
+  return [r['path'] for r in results if r.get('written') is None or now.get(r['path']) != r['written']]
+
+
+def _rescanned(results: List[dict]) -> List[dict]:
+  """The in-pass re-scan's per-file results, as a re-scan job's (`_verified`)."""
+  return [{'removed': r.get('rescan_removed', 0)} for r in results if r['rewritten']]
 
 
 # What `erase` can erase from, by how the output is laid out (see `output_kind`).
@@ -862,11 +954,10 @@ def _erase_window_files(output, tenant, scope, run_id, report, options, beam_arg
     files = _window_files(output, tenant)
     report['files_total'] = len(files)
     with lock.kept_alive():
-      results = _run_files(files, scope, ERASE, None, beam_args, work_dir)
+      # Files without a match are not touched (under the lock): the re-scan reads the rewritten ones,
+      # each read back by the pass that replaced it.
+      results = _run_files(files, scope, ERASE, None, beam_args, work_dir, rescan_written=True)
       removed = _removed(results)
-      # Files without a match were not touched (under the lock): the re-scan reads the rewritten ones.
-      rewritten = [(r['kind'], r['path'], r['path']) for r in results if r['rewritten']]
-      rescan = _run_files(rewritten, scope, RESCAN, None, beam_args, work_dir) if rewritten else []
   finally:
     delete_tree(work_dir)
     lock.release()
@@ -876,7 +967,7 @@ def _erase_window_files(output, tenant, scope, run_id, report, options, beam_arg
     records_removed_by_tenant_and_entity=_by_tenant_and_entity(removed),
     published=bool(removed),
   )
-  return _verified(report, output, 'erasure', rescan)
+  return _verified(report, output, 'erasure', _rescanned(results))
 
 
 def _file_counts(results: List[dict], path=lambda p: p) -> dict:

@@ -518,5 +518,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 2
 
 
+def _exit(status: int):
+  """Ends the command without tearing the interpreter down: the work is written and the streams flushed,
+  and finalizing every module Beam, pyarrow and gRPC import took ~0.7 s at each exit (a tenth of an
+  erasure's wall time). The exit handlers still run (logging, multiprocessing, pyarrow's S3)."""
+  import atexit
+
+  atexit._run_exitfuncs()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(status)
+
+
 if __name__ == '__main__':
-  sys.exit(main())
+  _exit(main())

@@ -174,6 +174,25 @@ def test_crash_before_the_commit_leaves_the_previous_output_and_a_rerun_complete
   assert report['published'] and report['records_removed']['data'] == 4
 
 
+def test_a_rewrite_that_still_holds_a_subject_is_not_published(tmp_path, monkeypatch):
+  """The re-scan reads back every file the pass wrote, before the commit: a bad rewrite publishes nothing."""
+  output = _output(tmp_path)
+  before = read_manifest(output)
+  split = compliance._SPLITTERS['parquet']
+
+  def keeps_everything(data, matcher):  # a writer that "rewrites" a file with its records unchanged
+    rewritten, matched, kept = split(data, matcher)
+    return (data if rewritten is not None else None), matched, kept
+
+  monkeypatch.setitem(compliance._SPLITTERS, 'parquet', keeps_everything)
+  with pytest.raises(
+    ComplianceError, match=r're-scan of the rewritten files still found \d+ records.*nothing published'
+  ):
+    erase(output, 'acme', ['u1'], _master_key())
+  assert read_manifest(output) == before
+  assert not [d for d in os.listdir(os.path.join(output, '_runs')) if d.startswith('erasure')]
+
+
 def test_a_file_in_a_format_it_cannot_read_is_a_clear_error(tmp_path):
   with pytest.raises(ComplianceError, match=r'part-0\.orc: cannot read a \.orc file'):
     compliance.split_file('out/data/tenant=acme/part-0.orc', b'', SubjectMatcher(['x']))

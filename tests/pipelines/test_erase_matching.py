@@ -2,6 +2,7 @@
 only where records go."""
 
 import io
+import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -69,3 +70,18 @@ def test_a_carried_file_must_be_the_scanned_file(tmp_path):
   copied.write_bytes(b'clean bytes')  # the same bytes, but not the scanned file: it could have changed since
   assert compliance._not_carried_as_is([(str(scanned), str(linked))]) == []
   assert compliance._not_carried_as_is([(str(scanned), str(copied))]) == [str(copied)]
+
+
+def test_a_rewritten_file_must_be_the_file_the_pass_re_scanned(tmp_path):
+  """After the commit, each rewritten file is proven to be the file its pass read back and re-scanned."""
+  written = tmp_path / 'part-0.parquet'
+  written.write_bytes(b'rewritten bytes')
+  result = {'path': str(written), 'written': compliance._file_identity([str(written)])[str(written)]}
+  assert compliance._not_as_rescanned([result]) == []
+  replaced = tmp_path / 'other'
+  replaced.write_bytes(b'rewritten bytes')
+  os.replace(replaced, written)  # the same bytes at the same path, but another file
+  assert compliance._not_as_rescanned([result]) == [str(written)]
+  written.unlink()
+  assert compliance._not_as_rescanned([result]) == [str(written)]
+  assert compliance._not_as_rescanned([{'path': str(written)}]) == [str(written)]  # never re-scanned
