@@ -53,8 +53,10 @@ from io_connectors.sinks.lake import (
   commit_output,
   finalize_files,
   run_dir_name,
+  delete_tree,
   scratch_dir,
   sweep,
+  table_scratch_dir,
 )
 from io_connectors.sinks import tables as lake_tables
 from pipelines.config import FILE_ONLY_KEYS, RUN_KEYS, ConfigError, RunConfig, load_yaml, resolve
@@ -450,6 +452,7 @@ class _TableFinalizeFn(beam.DoFn):
     from io_connectors.sinks.window_files import write_atomically
 
     write_atomically(table_run_manifest_path(self._target.location, self._run_dir), payload)
+    delete_tree(table_scratch_dir(self._target.location, self._run_dir))
     if cursors:
       from io_connectors import commit_cursors
 
@@ -710,11 +713,15 @@ def _entity_chain(
     clean = clean | f'{label}Lineage' >> AddLineageColumns(
       info['run_id'], lineage_code_version(info.get('code_version') or code_version())
     )
-  # File runs: the rows reach dedup through spill files in the run's temporary
-  # directory (deleted by finalize), not the runner's shuffle: only file names
-  # are grouped (transforms/dedup.py). Table runs have no such directory and
-  # group the rows themselves.
-  spill_dir = None if table_locations is not None else scratch_dir(config.output, run_id, f'dedup{label.strip()}')
+  # The rows reach dedup through spill files, not the runner's shuffle: only
+  # file names are grouped (transforms/dedup.py); the runner would hold every
+  # row in memory otherwise (19 GB at 10M rows). File runs spill into the run's
+  # temporary directory (deleted by finalize), table runs into a scratch
+  # directory the table finalize deletes after its commits.
+  if table_locations is not None:
+    spill_dir = table_scratch_dir(config.output, run_id, f'dedup{label.strip()}')
+  else:
+    spill_dir = scratch_dir(config.output, run_id, f'dedup{label.strip()}')
   deduped = clean | f'{label}Deduplicate' >> Deduplicate(
     entities.key_field(model), config.num_shards, spill_dir=spill_dir
   )

@@ -66,6 +66,8 @@ __all__ = [
   'matched_paths',
   'run_dir_name',
   'scratch_dir',
+  'table_scratch_dir',
+  'TABLE_SCRATCH_DIR',
   'OutputLock',
   'OutputLockedError',
   'LakeCommitError',
@@ -83,6 +85,8 @@ _EXTENSIONS = {'parquet': 'parquet', 'avro': 'avro', 'jsonl': 'jsonl', 'tfrecord
 # Dead letters whose tenant is unknown: not a valid tenant id, so no tenant can own it.
 UNASSIGNED = '_unassigned'
 RUNS_DIR = '_runs'
+# Table runs (Iceberg, Delta) publish through the table's commit; their intermediate files go here.
+TABLE_SCRATCH_DIR = '_table_scratch'
 MANIFEST_NAME = '_manifest.json'
 SCHEMA_NAME = '_schema.json'
 _PUBLISHED = ('data', 'dead_letter')
@@ -321,10 +325,22 @@ def _temp_dir(output: str, run_dir: str) -> str:
   return _join(output, RUNS_DIR, run_dir, '_temporary')
 
 
+def _safe_name(name: str) -> str:
+  return re.sub(r'[^A-Za-z0-9._=-]', '_', name).strip('.') or 'scratch'
+
+
 def scratch_dir(output: str, run_dir: str, name: str) -> str:
   """A directory for a run's intermediate files (e.g. dedup spills); `finalize_files` deletes it with the temp files."""
-  safe = re.sub(r'[^A-Za-z0-9._=-]', '_', name).strip('.') or 'scratch'
-  return _join(_temp_dir(output, run_dir), '_scratch', safe)
+  return _join(_temp_dir(output, run_dir), '_scratch', _safe_name(name))
+
+
+def table_scratch_dir(output: str, run_dir: str, name: str = '') -> str:
+  """A table run's directory for intermediate files (under `TABLE_SCRATCH_DIR`); deleted after its commits.
+
+  Without `name`, the run's whole scratch directory (what `delete_tree` removes).
+  """
+  run_scratch = _join(output, TABLE_SCRATCH_DIR, _safe_name(run_dir))
+  return _join(run_scratch, _safe_name(name)) if name else run_scratch
 
 
 class _WriteBatchFn(beam.DoFn):

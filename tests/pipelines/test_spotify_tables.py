@@ -7,7 +7,7 @@ import uuid
 import pyarrow.dataset as ds
 import pytest
 
-from io_connectors.sinks import tables
+from io_connectors.sinks import lake, tables
 from pipelines.spotify_batch import run
 from tests.cluster_fixtures import time_limit
 
@@ -73,11 +73,14 @@ def _read(fmt, out, name, postgres_url=None, namespace=None):
 @pytest.mark.parametrize('fmt', ['iceberg', 'delta'])
 def test_batch_commits_one_snapshot_per_table_and_a_retry_is_skipped(fmt, tmp_path, postgres_url):
   namespace = f'ns_{uuid.uuid4().hex[:8]}'
-  source = _csv(tmp_path / 'in.csv', _rows())
+  source = _csv(tmp_path / 'in.csv', _rows() + [_event('7', 'acme'), _event('8', 'globex')])  # two re-deliveries
   out = str(tmp_path / 'lake')
   manifest = run(['--input', source, '--run_id', 'nightly-1', *_args(fmt, out, postgres_url, namespace)])
   assert manifest['counts']['written'] == 30 and manifest['counts']['dead_letter'] == 2
+  assert manifest['counts']['deduplicated'] == 2
   assert manifest['conservation']['ok']
+  # Dedup spilled the rows to the run's scratch directory (not the runner's memory); the finalize deleted it.
+  assert not os.listdir(os.path.join(out, lake.TABLE_SCRATCH_DIR))
   commits = manifest['tables']['commits']
   assert commits['listening_event']['rows'] == 30 and not commits['listening_event']['skipped']
   assert commits['dead_letter']['rows'] == 2
