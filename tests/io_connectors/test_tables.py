@@ -471,3 +471,41 @@ def test_two_commits_of_one_window_at_once_add_each_key_once(local_target):
   _, errors = _at_once(local_target, list(batches), commit)
   assert not errors
   assert [i for t, i in _ids(local_target) if t == 'globex'] == ['a', 'b', 'c', 'd']
+
+
+def test_partition_groups_split_by_tenant_and_day_keeping_row_order_and_nulls_apart():
+  """Rows without a tenant or a time go to their own partitions, each with the right value, in their order."""
+  utc = dt.timezone.utc
+  times = [
+    dt.datetime(2024, 3, 1, 23, 59, tzinfo=utc),
+    None,
+    dt.datetime(2024, 3, 2, 0, 0, tzinfo=utc),
+    dt.datetime(1969, 12, 31, 12, 0, tzinfo=utc),
+    dt.datetime(2024, 3, 1, 1, 0, tzinfo=utc),
+    None,
+    dt.datetime(2024, 3, 2, 5, 0, tzinfo=utc),
+  ]
+  rows = pa.table(
+    {
+      'tenant_id': ['acme', 'acme', None, 'acme', 'acme', 'globex', None],
+      'played_at': pa.array(times, pa.timestamp('us', tz='UTC')),
+      'n': list(range(7)),
+    }
+  )
+  rows = pa.concat_tables([rows.slice(0, 3), rows.slice(3)])  # several chunks
+  groups = {
+    tuple(sorted(values.items())): part.column('n').to_pylist()
+    for values, part in tables._partition_groups(rows, 'played_at')
+  }
+  assert groups == {
+    (('played_at_day', '2024-03-01'), ('tenant_id', 'acme')): [0, 4],
+    (('played_at_day', 'null'), ('tenant_id', 'acme')): [1],
+    (('played_at_day', '2024-03-02'), ('tenant_id', '_unassigned')): [2, 6],
+    (('played_at_day', '1969-12-31'), ('tenant_id', 'acme')): [3],
+    (('played_at_day', 'null'), ('tenant_id', 'globex')): [5],
+  }
+  by_tenant = {
+    values['tenant_id']: part.column('n').to_pylist() for values, part in tables._partition_groups(rows, None)
+  }
+  assert by_tenant == {'acme': [0, 1, 3, 4], '_unassigned': [2, 6], 'globex': [5]}
+  assert list(tables._partition_groups(rows.slice(0, 0), 'played_at')) == []
