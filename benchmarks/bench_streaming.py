@@ -823,17 +823,24 @@ def run_floor(services: Services, options: BenchOptions, work: str, topic: str, 
   finally:
     job.stop()
   scan = scan_output(output)
-  rates = window_rates(scan.windows)
-  return {
+  result = {
     'what': 'streaming_floor.py: the same reader and flags; fixed windows, GroupByKey, one Parquet file of ids '
     'per window and shard; nothing else',
     'job_running_after_s': round(running, 1),
     'wall_s': round(wall, 1),
     'rows_written': len(scan.ids),
-    'sustained': rates,
-    'events_per_s': rates.get('events_per_s'),
+    'sustained_windows': window_rates(scan.windows),
     'wall_events_per_s': round(total / (scan.last_visible - job.started), 1) if scan.last_visible else None,
   }
+  if scan.last_visible:
+    # The floor's GroupByKey fires when the watermark passes a window, and a bounded read that is this fast
+    # moves it to the end of time at once: its windows land together, so the job's sustained rate (between
+    # window completions) says nothing here. Its rate is the events over the time from RUNNING to the last
+    # file (SDK workers' start included: a lower bound).
+    result['first_file_after_s'] = round(scan.first_visible - job.started, 1)
+    result['last_file_after_s'] = round(scan.last_visible - job.started, 1)
+    result['events_per_s'] = round(total / max(scan.last_visible - job.started - running, 1e-3), 1)
+  return result
 
 
 def run_latency(services: Services, options: BenchOptions, work: str) -> dict:
@@ -1017,8 +1024,8 @@ def report(result: dict) -> str:
     if t.get('floor'):
       f = t['floor']
       lines.append(
-        f'floor (read, window, write ids): sustained {f.get("events_per_s")} events/s over '
-        f'{f["sustained"].get("windows")} windows, ratio {f.get("ratio")}; {f["rows_written"]:,} rows written'
+        f'floor (read, window, write ids): {f.get("events_per_s")} events/s from RUNNING to its last file, '
+        f'ratio {f.get("ratio")}; {f["rows_written"]:,} rows written'
       )
   elif t:
     lines.append(f'throughput: failed: {t["error"][:300]}')
@@ -1078,7 +1085,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     '--floor',
     action='store_true',
     help='after the throughput job, run streaming_floor.py (read, window, write ids: the least a windowed Beam '
-    'job does) on the same topic and flags, measured the same way',
+    'job does) on the same topic and flags; its events/s: from the job RUNNING to its last file',
   )
   parser.add_argument('--timeout', type=float, default=1800.0, help='seconds per job (1800)')
   parser.add_argument('--keep-output', action='store_true', help='keep the jobs\' outputs and logs (path logged)')

@@ -9,8 +9,10 @@ event-time stamps (a batch goes whole to the window of its earliest event,
 where the job splits it by row), one GroupByKey per window and shard, and one Parquet file
 of event ids per window and shard, written in the job's layout
 (``data/tenant=all/window_start=<start>/part-<shard>.parquet``, through a
-temporary name and a rename) so the benchmark measures it as it measures the
-job. No validation, PII, dedup, sessions, metrics or dead-letter files: no
+temporary name and a rename), which the benchmark scans as it scans the
+job's. A bounded read this fast moves the watermark to the end at once, so the
+floor's windows land together: its rate is the events over the time from the
+job RUNNING to its last file. No validation, PII, dedup, sessions, metrics or dead-letter files: no
 job that does those on the same runner and flags can sustain more than this.
 
 Usage (the benchmark builds the command)::
