@@ -149,7 +149,7 @@ def _raw_email(tenant: str, i: int) -> str:
 
 
 def _pseudonyms(values: List[str], tenant: str) -> pa.Array:
-  from transforms.pii.batch import pseudonymise
+  from transforms.pii.pseudonyms import pseudonymise
 
   return pseudonymise(pa.array(values, pa.string()), _master_key().tenant_key(tenant))
 

@@ -86,13 +86,14 @@ from io_connectors.sinks.lake import (
   example_features,
   matched_paths,
   parquet_bytes,
+  read_json_document,
   read_manifest,
   run_dir_name,
 )
 from io_connectors.sinks.window_files import write_atomically
 from pipelines import runners
 
-from transforms.pii.batch import pseudonymise
+from transforms.pii.pseudonyms import pseudonymise
 from transforms.pii.suppression import record_in_shared_list, record_suppressed, suppression_tokens
 from transforms.records import json_safe
 from transforms.tenant import check_tenant_id
@@ -617,9 +618,7 @@ class _LakeLayout:
     return counts, dict(manifest.get('conservation') or {}, rule=' + '.join(rule))
 
   def schema(self, output: str):
-    from pipelines.spotify_batch import read_json  # the batch job's imports: only when its schema is read
-
-    return read_json(FileSystems.join(output, SCHEMA_NAME))
+    return read_json_document(FileSystems.join(output, SCHEMA_NAME))
 
 
 class _FeaturesLayout(_LakeLayout):

@@ -52,6 +52,7 @@ from io_connectors.sinks.lake import (
   WriteRecordFiles,
   commit_output,
   finalize_files,
+  read_json_document,
   run_dir_name,
   delete_tree,
   scratch_dir,
@@ -458,16 +459,6 @@ class _TableFinalizeFn(beam.DoFn):
 
       commit_cursors(list(cursors))
     yield manifest
-
-
-def read_json(path: str) -> Optional[dict]:
-  try:
-    if not FileSystems.exists(path):
-      return None
-    with FileSystems.open(path) as handle:
-      return json.loads(handle.read().decode('utf-8'))
-  except (OSError, ValueError):
-    return None
 
 
 def schema_document(schemas: Dict[str, pa.Schema]) -> dict:
@@ -891,7 +882,7 @@ def _run_entity(config: RunConfig) -> str:
 def _previous_schema(config: RunConfig):
   """(schema to report drift against, where it came from)."""
   path = config.declared_schema or FileSystems.join(config.output, '_schema.json')
-  doc = read_json(path)
+  doc = read_json_document(path)
   if doc is None:
     if config.declared_schema:
       raise ConfigError(f'--declared_schema {config.declared_schema}: cannot read a schema document there')
@@ -1020,7 +1011,7 @@ def _run_traced(options, config: RunConfig, master_key, previous_schema, baselin
   if emitter is not None:
     if len(inputs) == 1:
       inputs = [dataclasses.replace(inputs[0], rows=manifest['counts']['read'])]
-    schema_doc = read_json(FileSystems.join(config.output, '_schema.json'))
+    schema_doc = read_json_document(FileSystems.join(config.output, '_schema.json'))
     emitter.complete(
       run_id, PIPELINE_NAME, inputs, lineage.output_datasets(config.output, entities, manifest, schema_doc)
     )
@@ -1046,14 +1037,14 @@ def _run_files(
   finally:
     lock.release()
   _push_metrics(options, result, info)
-  manifest = read_json(FileSystems.join(config.output, '_manifest.json'))
+  manifest = read_json_document(FileSystems.join(config.output, '_manifest.json'))
   if manifest is None or manifest.get('run_id') != run_id:
     raise RuntimeError(f'the run finished but wrote no manifest at {config.output}/_manifest.json')
   batch_options = options.view_as(SpotifyBatchOptions)
   if batch_options.mlflow_tracking_uri:
     from pipelines import mlflow_logging
 
-    schema_doc = read_json(FileSystems.join(config.output, '_schema.json'))
+    schema_doc = read_json_document(FileSystems.join(config.output, '_schema.json'))
     mlflow_logging.log_run(
       batch_options.mlflow_tracking_uri,
       batch_options.mlflow_experiment,
@@ -1086,7 +1077,7 @@ def _run_tables(options, config: RunConfig, master_key, info: dict, previous_sch
   result = pipeline.run()
   _wait_with_progress(result)
   _push_metrics(options, result, info)
-  manifest = read_json(table_run_manifest_path(target.location, run_dir))
+  manifest = read_json_document(table_run_manifest_path(target.location, run_dir))
   if manifest is None or manifest.get('run_id') != info['run_id']:
     raise RuntimeError(f'the run finished but wrote no manifest at {table_run_manifest_path(target.location, run_dir)}')
   return manifest

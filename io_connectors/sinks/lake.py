@@ -62,6 +62,7 @@ __all__ = [
   'commit_output',
   'sweep',
   'read_manifest',
+  'read_json_document',
   'committed_entity_files',
   'matched_paths',
   'run_dir_name',
@@ -561,6 +562,18 @@ def read_manifest(output: str) -> Optional[dict]:
   except ValueError as e:
     raise LakeCommitError(f'{_control(output, MANIFEST_NAME)} is not JSON: {e}') from None
   return doc if isinstance(doc, dict) else None
+
+
+def read_json_document(path: str) -> Optional[dict]:
+  """A JSON control file of a run (``_schema.json``, a table run's manifest) from any filesystem, or None
+  when it is missing or unreadable."""
+  try:
+    if not FileSystems.exists(path):
+      return None
+    with FileSystems.open(path) as handle:
+      return json.loads(handle.read().decode('utf-8'))
+  except (OSError, ValueError):
+    return None
 
 
 def matched_paths(pattern: str) -> List[str]:

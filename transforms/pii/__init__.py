@@ -38,26 +38,56 @@ Usage::
     letters = dead_letters | RedactDeadLetters('listening_event', master_key=key,
                                                header=['event_id', 'user_id', ...])
 
-Modules: `keys` (master key, KeyRef, tenant keys), `recognizers` (presidio
+Modules: `keys` (master key, KeyRef, tenant keys), `pseudonyms` (the HMAC of
+identifiers), `recognizers` (presidio
 recognizers, plausibility rules), `phones` (the exact rejection of regions
 before libphonenumber's matcher), `scanner` (prefilters, distinct values, JSON
 in text), `batch` (record batches and dead letters), `transforms` (RedactPII,
 RedactDeadLetters).
 """
 
-from transforms.pii.batch import (
-  REDACTED,
-  identifier_fields,
-  pseudonymise,
-  redact_batch,
-  redact_dead_letter,
-  redact_dead_letters,
-  redact_record,
-  scanned_columns,
-)
-from transforms.pii.keys import PII_KEY_ENV, KeyRef, MasterKey, PiiKeyError, hkdf_sha256, key_ref, load_master_key
-from transforms.pii.scanner import DEFAULT_ENTITIES, SUPPORTED_ENTITIES, TextScanner
-from transforms.pii.transforms import PiiOptions, PiiOutputs, RedactDeadLetters, RedactPII
+import importlib
+
+# Where each public name lives. Imported on first use (PEP 562): a command
+# that needs only keys or pseudonyms (erasure, the key store) does not pay for
+# libphonenumber, presidio's recognizers and the entity models at start-up.
+_EXPORTS = {
+  'REDACTED': 'batch',
+  'identifier_fields': 'batch',
+  'redact_batch': 'batch',
+  'redact_dead_letter': 'batch',
+  'redact_dead_letters': 'batch',
+  'redact_record': 'batch',
+  'scanned_columns': 'batch',
+  'pseudonymise': 'pseudonyms',
+  'PII_KEY_ENV': 'keys',
+  'KeyRef': 'keys',
+  'MasterKey': 'keys',
+  'PiiKeyError': 'keys',
+  'hkdf_sha256': 'keys',
+  'key_ref': 'keys',
+  'load_master_key': 'keys',
+  'DEFAULT_ENTITIES': 'scanner',
+  'SUPPORTED_ENTITIES': 'scanner',
+  'TextScanner': 'scanner',
+  'PiiOptions': 'transforms',
+  'PiiOutputs': 'transforms',
+  'RedactDeadLetters': 'transforms',
+  'RedactPII': 'transforms',
+}
+
+
+def __getattr__(name):
+  module = _EXPORTS.get(name)
+  if module is None:
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+  value = getattr(importlib.import_module(f'{__name__}.{module}'), name)
+  globals()[name] = value
+  return value
+
+
+def __dir__():
+  return sorted({*globals(), *_EXPORTS})
 
 
 __all__ = [

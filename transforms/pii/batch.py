@@ -29,6 +29,7 @@ from transforms.entities import (
   to_utc_timestamp,
 )
 from transforms.pii.keys import MasterKey
+from transforms.pii.pseudonyms import pseudonymise
 from transforms.pii.recognizers import is_placeholder, is_secret_name, phone_like_integer
 from transforms.pii.scanner import TextScanner, _is_string_type, _is_text_type
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN
@@ -55,29 +56,6 @@ __all__ = [
 REDACTED = '<REDACTED>'
 # Below this many rows, a regex pass costs more than it saves.
 _SMALL_BATCH = 64
-
-# ---------------------------------------------------------------------------
-# Pseudonyms
-
-
-def pseudonymise(values, key: bytes):
-  """Hex HMAC-SHA256 of each value under `key`; nulls stay null.
-
-  Non-string arrays are cast to string first. Each distinct value is hashed
-  once (dictionary encoding), then spread back with a vectorised take.
-  Returns a string array (a ChunkedArray for a ChunkedArray).
-  """
-  if isinstance(values, pa.ChunkedArray):
-    return pa.chunked_array([pseudonymise(chunk, key) for chunk in values.chunks], type=pa.string())
-  if pa.types.is_dictionary(values.type):
-    values = values.cast(values.type.value_type)
-  if not _is_string_type(values.type):
-    values = values.cast(pa.string())
-  encoded = pc.dictionary_encode(values)
-  distinct = encoded.dictionary.to_pylist()
-  digests = pa.array([hmac.digest(key, v.encode('utf-8'), 'sha256').hex() for v in distinct], type=pa.string())
-  return pc.take(digests, encoded.indices)
-
 
 # ---------------------------------------------------------------------------
 # Record batches

@@ -46,6 +46,7 @@ from typing import Dict, FrozenSet, Iterable, Optional
 import pyarrow as pa
 
 from transforms.pii.keys import MasterKey, hkdf_sha256
+from transforms.pii.pseudonyms import pseudonymise
 
 __all__ = [
   'SUPPRESSION_DIR',
@@ -75,8 +76,6 @@ def suppression_key(master_key: MasterKey, tenant: str) -> bytes:
 
 def suppression_tokens(pseudonyms, master_key: MasterKey, tenant: str):
   """The tokens of `pseudonyms` (a list or Arrow array; nulls stay null) as an Arrow string array."""
-  from transforms.pii.batch import pseudonymise
-
   values = (
     pseudonyms if isinstance(pseudonyms, (pa.Array, pa.ChunkedArray)) else pa.array(list(pseudonyms), pa.string())
   )
