@@ -1,6 +1,7 @@
 """The erasure's matching of Parquet files (pipelines.compliance): text columns only, dictionaries, whole-file decode
 only where records go."""
 
+import hashlib
 import io
 import os
 
@@ -58,6 +59,25 @@ def test_row_groups_with_their_own_dictionaries_match_row_for_row():
   pq.write_table(_table(), sink, row_group_size=2)  # three row groups, three dictionaries per column
   _, removed, kept = split_file('part-0.parquet', sink.getvalue(), SubjectMatcher(['u3', 'bob@example.com']))
   assert [r['plays'] for r in removed] == [2, 4] and kept == 4
+
+
+def test_a_column_whose_dictionary_overflowed_is_read_plain_and_still_matched():
+  # 4,000 distinct ids (256 KB) overflow a 4 KB dictionary page: the writer falls back to plain pages.
+  ids = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(4000)]
+  ids[3217] = 'u7'
+  table = pa.table({'event_id': ids, 'country': ['SE', 'DE'] * 2000, 'plays': list(range(4000))})
+  sink = io.BytesIO()
+  pq.write_table(table, sink, dictionary_pagesize_limit=4096)
+  data = sink.getvalue()
+  overflowed = compliance._dictionary_overflowed(pq.read_metadata(io.BytesIO(data)))
+  assert 'event_id' in overflowed and 'country' not in overflowed
+  probe = compliance._text_columns(data)
+  assert probe.schema.field('event_id').type == pa.string()  # plain, not hashed into a dictionary again
+  assert pa.types.is_dictionary(probe.schema.field('country').type)
+  _, removed, kept = split_file('part-0.parquet', data, SubjectMatcher(['u7']))
+  assert [r['plays'] for r in removed] == [3217] and kept == 3999
+  # A file whose writer kept every dictionary reads them all as dictionaries.
+  assert compliance._dictionary_overflowed(pq.read_metadata(io.BytesIO(parquet_bytes(_table())))) == set()
 
 
 def test_a_carried_file_must_be_the_scanned_file(tmp_path):
