@@ -39,11 +39,10 @@ Usage::
                                                header=['event_id', 'user_id', ...])
 
 Modules: `keys` (master key, KeyRef, tenant keys), `pseudonyms` (the HMAC of
-identifiers), `recognizers` (presidio
-recognizers, plausibility rules), `phones` (the exact rejection of regions
-before libphonenumber's matcher), `scanner` (prefilters, distinct values, JSON
-in text), `batch` (record batches and dead letters), `transforms` (RedactPII,
-RedactDeadLetters).
+identifiers), `recognizers` (presidio recognizers, plausibility rules),
+`phones` (the exact rejection of regions before libphonenumber's matcher),
+`scanner` (prefilters, distinct values, JSON in text), `batch` (record batches
+and dead letters), `transforms` (RedactPII, RedactDeadLetters).
 """
 
 import importlib
