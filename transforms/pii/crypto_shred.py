@@ -49,6 +49,7 @@ import numpy as np
 import pyarrow as pa
 
 from transforms.pii.keys import MasterKey, hkdf_sha256
+from transforms.pii.pseudonyms import string_array
 
 __all__ = [
   'ENCRYPTED_SUFFIX',
@@ -273,11 +274,7 @@ def encrypted_column(field: str) -> str:
 def _as_strings(values) -> List[Optional[str]]:
   if isinstance(values, pa.ChunkedArray):
     values = values.combine_chunks()
-  if pa.types.is_dictionary(values.type):
-    values = values.cast(values.type.value_type)
-  if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
-    values = values.cast(pa.string())
-  return values.to_pylist()
+  return string_array(values).to_pylist()
 
 
 def add_encrypted_columns(

@@ -13,7 +13,7 @@ import hmac
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ['pseudonymise']
+__all__ = ['pseudonymise', 'string_array']
 
 
 def pseudonymise(values, key: bytes):
@@ -25,11 +25,17 @@ def pseudonymise(values, key: bytes):
   """
   if isinstance(values, pa.ChunkedArray):
     return pa.chunked_array([pseudonymise(chunk, key) for chunk in values.chunks], type=pa.string())
+  encoded = pc.dictionary_encode(string_array(values))
+  distinct = encoded.dictionary.to_pylist()
+  digests = pa.array([hmac.digest(key, v.encode('utf-8'), 'sha256').hex() for v in distinct], type=pa.string())
+  return pc.take(digests, encoded.indices)
+
+
+def string_array(values: pa.Array) -> pa.Array:
+  """`values` as identifiers are hashed and encrypted: dictionaries decoded, other non-string types cast to
+  string (large strings stay large)."""
   if pa.types.is_dictionary(values.type):
     values = values.cast(values.type.value_type)
   if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
     values = values.cast(pa.string())
-  encoded = pc.dictionary_encode(values)
-  distinct = encoded.dictionary.to_pylist()
-  digests = pa.array([hmac.digest(key, v.encode('utf-8'), 'sha256').hex() for v in distinct], type=pa.string())
-  return pc.take(digests, encoded.indices)
+  return values
