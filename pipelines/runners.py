@@ -53,6 +53,9 @@ __all__ = [
   'kafka_expansion_jars',
   'local_prism',
   'local_runner_args',
+  'LOCAL_PROCESSES_MIN_INPUT_BYTES',
+  'parallelism_told',
+  'local_worker_processes',
 ]
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -225,6 +228,34 @@ def local_runner_args(argv: Sequence[str], streaming: bool = False) -> List[str]
   if prism:
     return argv + [f'--prism_location={prism}']
   return argv
+
+
+# A local batch run over at least this much input gets a worker process per core. On the batch benchmark
+# (docs/benchmarks.md, 2 cores) two worker processes cost ~2.4 s more than the in-process runner at 100k rows
+# (23 MB: 9.3 s against 6.9 s) and save 3.4 s at 1M (235 MB) and 135 s at 10M (2.3 GB, 153 s against 288 s,
+# with 1.3 GB resident against 5.4 GB); the two lines cross near 400k rows, ~95 MB.
+LOCAL_PROCESSES_MIN_INPUT_BYTES = 128 * 2**20
+
+
+def parallelism_told(argv: Sequence[str]) -> bool:
+  """Whether argv says how many local workers to run, or in which mode."""
+  return any(_flag_value(argv, name) is not None for name in ('direct_num_workers', 'direct_running_mode'))
+
+
+def local_worker_processes(argv: Sequence[str], input_bytes: int) -> List[str]:
+  """The flags that run a batch job on the in-process FnApiRunner (what `local_runner_args` picks) with a
+  worker process per core, for a job that reads at least `LOCAL_PROCESSES_MIN_INPUT_BYTES`; [] for a
+  smaller job, another runner, one core, or flags that already say how many workers to run.
+
+  The in-process runner is one Python process: one core, whatever the machine has. Worker processes
+  each start Beam and the job's modules (~2 s) and exchange batches with the runner over its data plane,
+  which pays off only on large inputs. Pass ``--direct_num_workers=1`` to keep a run in one process."""
+  if _flag_value(argv, 'runner') != 'FnApiRunner' or parallelism_told(argv):
+    return []
+  cores = os.cpu_count() or 1
+  if cores < 2 or input_bytes < LOCAL_PROCESSES_MIN_INPUT_BYTES:
+    return []
+  return [f'--direct_num_workers={cores}', '--direct_running_mode=multi_processing']
 
 
 def _main(argv: Sequence[str]) -> int:

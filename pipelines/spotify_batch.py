@@ -304,8 +304,10 @@ def _source_transform(source: dict, config: RunConfig, model):
   return registry.build(spec)
 
 
-def _check_inputs(config: RunConfig):
-  """A file source whose pattern matches nothing stops the run before it starts."""
+def _check_inputs(config: RunConfig) -> int:
+  """A file source whose pattern matches nothing stops the run before it starts; returns the bytes its
+  file sources match (what the run will read of files)."""
+  size = 0
   for i, source in enumerate(config.sources):
     pattern = source.get('input')
     if source['type'] not in _FILE_CONNECTORS or not pattern:
@@ -318,6 +320,8 @@ def _check_inputs(config: RunConfig):
       ) from None
     if not matched:
       raise ConfigError(f'sources[{i}] input {pattern}: no file matches')
+    size += sum(max(m.size_in_bytes or 0, 0) for m in matched)
+  return size
 
 
 # What the manifest may say of a source: keys that never hold a secret, at any depth
@@ -943,7 +947,11 @@ def run(
   # Beam's S3/GCS options must be known before paths are probed.
   FileSystems.set_options(options)
   config = _config_from(options, allow_demo=allow_demo, config_values=config_values)
-  _check_inputs(config)
+  processes = runners.local_worker_processes(argv, _check_inputs(config))
+  if processes:
+    # A large input on the local runner: a worker process per core (runners.local_worker_processes).
+    argv = argv + processes
+    options = _options_from(argv)
   try:
     # A reference (env var, file, secret), checked here; workers load the key.
     master_key = None if config.keep_pii else key_ref(config.pii_key_file, pii_key_secret, allow_ephemeral=config.demo)

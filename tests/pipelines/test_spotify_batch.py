@@ -579,3 +579,34 @@ def test_batch_runs_append_to_the_audit_log(tmp_path, monkeypatch):
   with pytest.raises(ConfigError, match='holds a password') as error:
     _run_small(tmp_path, rows, 'refused', extra=['--audit_log', 'postgresql://music:hunter2@127.0.0.1/music'])
   assert 'hunter2' not in str(error.value)
+
+
+def test_a_large_input_runs_on_a_worker_process_per_core_with_the_same_outputs(
+  sample, sample_run, tmp_path, monkeypatch
+):
+  """Above runners.LOCAL_PROCESSES_MIN_INPUT_BYTES (lowered here to the sample's size) a local run starts a
+  worker process per core, and writes what the in-process run wrote."""
+  from apache_beam.runners.portability import local_job_service
+
+  from pipelines import runners
+
+  monkeypatch.setattr(runners, 'LOCAL_PROCESSES_MIN_INPUT_BYTES', 1)
+  monkeypatch.setattr(runners.os, 'cpu_count', lambda: 2)
+  workers = []
+  start_worker = local_job_service.SubprocessSdkWorker.run
+
+  def run_worker(self):
+    workers.append(self._worker_command_line)
+    return start_worker(self)
+
+  monkeypatch.setattr(local_job_service.SubprocessSdkWorker, 'run', run_worker)
+  output = str(tmp_path / 'out')
+  manifest = run(['--input', os.path.join(sample, '*.csv'), '--tenant_field', 'tenant_id', '--output', output])
+  assert len(workers) == 2 and all('sdk_worker_main' in w for w in workers)
+  in_process, in_process_output = sample_run
+  assert manifest['counts'] == in_process['counts'] and manifest['conservation']['ok']
+  lineage = [n for n in _read_partitions(output)['acme-music'].schema.names if n.startswith('_lineage')]
+  for tenant, table in _read_partitions(output).items():
+    expected = _read_partitions(in_process_output)[tenant].drop_columns(lineage).sort_by('event_id')
+    assert table.drop_columns(lineage).sort_by('event_id').equals(expected), tenant
+  assert len(_dead_letters(output)) == len(_dead_letters(in_process_output)) > 0

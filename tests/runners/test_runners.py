@@ -310,3 +310,21 @@ def test_flink_job_survives_killed_taskmanager(flink_cluster, flink_args, tmp_pa
   exceptions = flink_cluster.get(f'/jobs/{job_id}/exceptions')
   assert exceptions['exceptionHistory']['entries'], exceptions
   assert flink_cluster.get(f'/jobs/{job_id}')['state'] == 'FINISHED'
+
+
+def test_local_batch_runs_over_large_inputs_get_a_worker_process_per_core(monkeypatch):
+  monkeypatch.setattr(runners.os, 'cpu_count', lambda: 4)
+  big, small = runners.LOCAL_PROCESSES_MIN_INPUT_BYTES, runners.LOCAL_PROCESSES_MIN_INPUT_BYTES - 1
+  local = runners.local_runner_args([])
+  assert runners.local_worker_processes(local, big) == [
+    '--direct_num_workers=4',
+    '--direct_running_mode=multi_processing',
+  ]
+  assert runners.local_worker_processes(local, small) == []
+  # Told how many workers, or in which mode, or another runner: left as it is.
+  assert runners.local_worker_processes(local + ['--direct_num_workers=1'], big) == []
+  assert runners.local_worker_processes(local + ['--direct_running_mode', 'multi_threading'], big) == []
+  assert runners.local_worker_processes(['--runner=PrismRunner'], big) == []
+  assert runners.local_worker_processes(['--runner=FlinkRunner'], big) == []
+  monkeypatch.setattr(runners.os, 'cpu_count', lambda: 1)
+  assert runners.local_worker_processes(local, big) == []
