@@ -230,3 +230,11 @@ class SpotifyStreamingOptions(PipelineOptions):
       help='An idle partition advances its watermark to now minus this (s); 0: never.',
     )
     _add(kafka, '--kafka_batch_size', type=int, default=1000, help='Records per Arrow batch read.')
+    _add(
+      kafka,
+      '--kafka_checkpoint_interval_s',
+      type=float,
+      default=1.0,
+      help='An unbounded read hands its remainder back to the runner this often (s): bundle ends, offset commits '
+      'and watermark reports.',
+    )

@@ -495,6 +495,20 @@ def test_the_streaming_job_holds_partition_watermarks_only_where_the_runner_does
   assert not holds('FlinkRunner') and not holds('DataflowRunner')
 
 
+def test_the_streaming_job_passes_its_checkpoint_interval_to_the_reader():
+  from apache_beam.options.pipeline_options import PipelineOptions
+
+  from pipelines import spotify_streaming
+  from pipelines.streaming_options import SpotifyStreamingOptions
+
+  def interval(*flags):
+    options = PipelineOptions(['--source=kafka', '--bootstrap_servers=127.0.0.1:1', '--topic=t', *flags])
+    return spotify_streaming.kafka_read_options(options.view_as(SpotifyStreamingOptions)).checkpoint_interval_s
+
+  assert interval() == 1.0
+  assert interval('--kafka_checkpoint_interval_s=0.25') == 0.25
+
+
 def test_a_caught_up_partition_lifts_its_cap_when_the_others_progress(kafka):
   """A partition that read all its records while another had not started must not hold the watermark for ever.
 
