@@ -129,6 +129,7 @@ def kafka_read_options(options: SpotifyStreamingOptions) -> kafka.KafkaReadOptio
       max_records_per_partition=options.max_records_per_partition,
       idle_timeout_s=options.idle_timeout_s,
       checkpoint_interval_s=options.kafka_checkpoint_interval_s,
+      poll_timeout_s=options.kafka_poll_timeout_s,
       security_protocol=options.security_protocol,
       sasl_mechanism=options.sasl_mechanism,
       sasl_username=options.sasl_username,

@@ -235,6 +235,14 @@ class SpotifyStreamingOptions(PipelineOptions):
       '--kafka_checkpoint_interval_s',
       type=float,
       default=1.0,
-      help='An unbounded read hands its remainder back to the runner this often (s): bundle ends, offset commits '
-      'and watermark reports.',
+      help='An unbounded read with a backlog hands its remainder back to the runner this often (s): bundle ends, '
+      'offset commits and watermark reports.',
+    )
+    _add(
+      kafka,
+      '--kafka_poll_timeout_s',
+      type=float,
+      default=0.5,
+      help='One consumer poll waits at most this long (s): at the head of a partition, how long a batch gathers '
+      'records before it goes on (lower: less delay, smaller batches).',
     )

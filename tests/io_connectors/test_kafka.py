@@ -12,6 +12,7 @@ import io
 import json
 import struct
 import threading
+import time
 import uuid
 
 import apache_beam as beam
@@ -507,6 +508,86 @@ def test_the_streaming_job_passes_its_checkpoint_interval_to_the_reader():
 
   assert interval() == 1.0
   assert interval('--kafka_checkpoint_interval_s=0.25') == 0.25
+
+
+def test_the_streaming_job_passes_its_poll_timeout_to_the_reader():
+  from apache_beam.options.pipeline_options import PipelineOptions
+
+  from pipelines import spotify_streaming
+  from pipelines.streaming_options import SpotifyStreamingOptions
+
+  def timeout(*flags):
+    options = PipelineOptions(['--source=kafka', '--bootstrap_servers=127.0.0.1:1', '--topic=t', *flags])
+    return spotify_streaming.kafka_read_options(options.view_as(SpotifyStreamingOptions)).poll_timeout_s
+
+  assert timeout() == 0.5
+  assert timeout('--kafka_poll_timeout_s=0.1') == 0.1
+
+
+def test_a_streaming_read_hands_back_its_remainder_at_the_partitions_head_and_reads_a_backlog_on(kafka):
+  """A read that reaches the partition's head returns at once, not after checkpoint_interval_s.
+
+  Its watermark reaches the runner only when the call returns (Flink holds a
+  stage's output watermark while its bundle runs), so polling on at the head
+  delays every window. A backlog (full batches) is still read in one call.
+  """
+  from apache_beam.io.restriction_trackers import OffsetRange
+  from apache_beam.runners.sdf_utils import ThreadsafeRestrictionTracker
+  from apache_beam.utils.timestamp import Timestamp
+  from io_connectors.streams.kafka import reader as kafka_module
+
+  topic = new_topic(kafka, partitions=1)
+  base_ms = 1_700_000_000_000
+  produce(kafka, topic, [(0, event(i), base_ms + i) for i in range(250)])
+  # No idle timeout, and a checkpoint interval far longer than the test: only
+  # reaching the head can end a call quickly.
+  fn = kafka_module._UnboundedReadPartitionFn(
+    KafkaReadOptions(
+      bootstrap_servers=kafka,
+      topics=topic,
+      streaming=True,
+      idle_timeout_s=0,
+      checkpoint_interval_s=120,
+      poll_timeout_s=1.0,
+      batch_size=100,
+    )
+  )
+  fn.setup()
+  provider = kafka_module._WatermarkProvider()
+  partition = kafka_module.KafkaPartition(topic, 0, 1)
+  restriction = OffsetRange(0, kafka_module._UNBOUNDED_STOP)
+  state = provider.initial_estimator_state(partition, restriction)
+
+  class Finalizer:
+    def register(self, callback):
+      pass
+
+  def call():
+    nonlocal restriction, state
+    tracker = ThreadsafeRestrictionTracker(fn.create_tracker(restriction))
+    estimator = provider.create_watermark_estimator(state)
+    began = time.monotonic()
+    outputs = list(fn.process(partition, Finalizer(), tracker=tracker, watermark=estimator))
+    elapsed = time.monotonic() - began
+    restriction = tracker.deferred_status()[0]
+    state = estimator.get_estimator_state()
+    rows = sum(o.value.num_rows for o in outputs if not isinstance(o, beam.pvalue.TaggedOutput))
+    return rows, elapsed, estimator.current_watermark()
+
+  try:
+    # The backlog: two full batches and a partial one, in one call that ends at the head.
+    rows, elapsed, reported = call()
+    assert rows == 250 and restriction.start == 250
+    assert elapsed < 60, elapsed
+    assert reported == Timestamp(micros=(base_ms + 249) * 1000)
+    # New records at the head: the next call returns with them after one poll.
+    produce(kafka, topic, [(0, event(i), base_ms + i) for i in range(250, 260)])
+    rows, elapsed, reported = call()
+    assert rows == 10 and restriction.start == 260
+    assert elapsed < 60, elapsed
+    assert reported == Timestamp(micros=(base_ms + 259) * 1000)
+  finally:
+    fn.teardown()
 
 
 def test_a_caught_up_partition_lifts_its_cap_when_the_others_progress(kafka):

@@ -5,7 +5,8 @@ Flink, Dataflow) with no Java on the Python side:
 
 - each topic partition is one element whose restriction is an offset range
   (`OffsetRestrictionTracker`); the runner checkpoints the range and splits it
-  (self-checkpoints every `checkpoint_interval_s`, or when a partition is idle);
+  (self-checkpoints every `checkpoint_interval_s` while there is a backlog, as
+  soon as a poll finds the partition's head, or when a partition is idle);
 - the watermark is the newest record timestamp seen in the partition minus
   `max_out_of_orderness_s` (a ManualWatermarkEstimator whose state the runner
   checkpoints with the restriction); a partition that is caught up and idle

@@ -54,9 +54,13 @@ class KafkaReadOptions:
   idle_timeout_s: in a streaming read, a partition that is caught up (a poll
     returned nothing at its end offset) advances its watermark to
     now - idle_timeout_s (0: never), so windows close while it is silent.
-  checkpoint_interval_s: an unbounded read hands its remainder back to the
-    runner after this long, so bundles (and offset commits) complete regularly.
-  poll_timeout_s: one consumer poll waits at most this long.
+  checkpoint_interval_s: an unbounded read with a backlog hands its remainder
+    back to the runner after this long, so bundles (and offset commits)
+    complete regularly. A read at the partition's head (a poll returned less
+    than a full batch) hands it back at once: its watermark reaches the
+    runner only when it does.
+  poll_timeout_s: one consumer poll waits at most this long; at the
+    partition's head, this is how long a batch gathers records.
   security_protocol, sasl_mechanism, sasl_username, sasl_password: client security.
   event_hubs_connection_string: Azure Event Hubs namespace connection string;
     sets SASL_SSL/PLAIN with user '$ConnectionString' unless given otherwise.

@@ -507,6 +507,15 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
             self._report(
               element, watermark, Timestamp(micros=newest_ms * 1000) - Duration(options.max_out_of_orderness_s)
             )
+          if self._STREAMING and not done and len(messages) < options.batch_size:
+            # The poll ended on its timeout, not on a full batch: the read is at
+            # the partition's head. Hand the remainder back now rather than poll
+            # on until checkpoint_interval_s: the watermark reported above
+            # reaches the runner only when this call returns (Flink holds a
+            # stage's output watermark while its bundle runs, and the bundle
+            # runs this call and the other partitions' one after another).
+            tracker.defer_remainder()
+            break
         if done:
           break
         stop = tracker.current_restriction().stop
