@@ -63,6 +63,7 @@ from transforms.dead_letter import dead_letter
 from transforms.dedup import shard_of
 from transforms.metrics import labelled_name
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN, position, rows_as_dicts
+from transforms.state_cache import weigh_cached_state_without_module_scan
 
 __all__ = ['WindowOptions', 'WindowEvents', 'WindowedOutputs', 'WindowBatch', 'window_label', 'SESSION_SCHEMA']
 
@@ -233,6 +234,9 @@ class _WindowDedupFn(beam.DoFn):
     self._late = beam.metrics.Metrics.counter('windows', 'late_events')
     self._duplicates = beam.metrics.Metrics.counter('windows', 'duplicates')
     self._accepted = beam.metrics.Metrics.counter('windows', 'accepted')
+
+  def setup(self):
+    weigh_cached_state_without_module_scan()
 
   def _close_of(self, start_us: int) -> int:
     return start_us + self._options.size_us + self._options.lateness_us
@@ -529,6 +533,9 @@ class _MergeMetricsFn(beam.DoFn):
 
   def __init__(self, options: WindowOptions):
     self._options = options
+
+  def setup(self):
+    weigh_cached_state_without_module_scan()
 
   def process(
     self,
