@@ -656,3 +656,41 @@ def test_region_by_region_phone_recognizer_finds_what_the_stock_one_finds():
     found_ours = spans(ours.analyze(note, ['PHONE_NUMBER'], None))
     # Every number the stock recognizer finds (and a person wrote) is covered by one of ours.
     assert all(any(s <= a and b <= e for s, e in found_ours) for a, b in found_stock), note
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize('arrow_pass_s', [0.0, float('inf')], ids=['arrow-after-one-slice', 'python-only'])
+def test_prefilter_masks_agree_however_a_column_is_split_between_python_and_arrow(monkeypatch, arrow_pass_s):
+  """Short columns go through the precompiled Python patterns, long ones partly through Arrow's: same cells."""
+  rng = random.Random(11)
+  cells = [
+    None,
+    'plain note',
+    'mail ana.perez+1@example.org now',
+    'call +44 20 7946 0958',
+    'sess-48213377',
+    '7d0c6f2e-4b1a-4c55-9a43-0f6b3c2d9e11',
+    'card 4111 1111 1111 1111',
+    'spotify:user:ana',
+    'token=abc123',
+    '2026-12-04T12:00:00Z',
+    'ünïcödé 電話 0301234567',
+    'from 192.168.10.20',
+    'https://user:pw@host.example/x',
+    'DE89 3704 0044 0532 0130 00',
+  ]
+  values = pa.array([rng.choice(cells) for _ in range(3000)], pa.string())
+  scanner = pii_scanner.TextScanner()
+  cases = [
+    (pii_scanner._ANY_PREFILTERS, pii_scanner._ANY_PREFILTER_PY.search),
+    (pii_scanner._WHOLE_ID_PATTERNS, pii_scanner._WHOLE_ID_PY.fullmatch),
+    *((pii_scanner._ENTITY_PATTERNS[e], pii_scanner._PREFILTERS_PY[e].search) for e in scanner.entities),
+  ]
+  found = 0
+  for patterns, match in cases:
+    monkeypatch.setitem(pii_scanner._ARROW_PASS_S, patterns, arrow_pass_s)
+    mixed = pii_scanner._regex_mask(values, patterns, match)
+    arrow = pii_scanner._arrow_mask(values, patterns)
+    assert mixed.tolist() == arrow.tolist(), patterns
+    found += bool(arrow.any())
+  assert found >= len(cases) // 2  # the cells above are what the patterns look for
