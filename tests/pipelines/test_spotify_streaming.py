@@ -470,6 +470,24 @@ def test_streaming_jobs_on_flink_checkpoint_by_default():
     assert options.get_all_options().get('finish_bundle_before_checkpointing') == (True if expected else None), argv
 
 
+def test_streaming_jobs_on_flink_close_bundles_sooner_unless_told():
+  """Flink holds a stage's watermark while its bundle is open: Beam's 1,000 ms delayed every window's files."""
+  from apache_beam.options.pipeline_options import PipelineOptions
+
+  default = spotify_streaming.DEFAULT_FLINK_BUNDLE_MS
+  for argv, expected in (
+    (['--runner=FlinkRunner', '--streaming'], default),
+    (['--runner=FlinkRunner', '--streaming', '--max_records_per_partition=5'], default),
+    (['--runner=FlinkRunner', '--streaming', '--max_bundle_time_mills=1000'], 1000),
+    (['--runner=FlinkRunner'], None),  # a batch job
+    (['--runner=PrismRunner', '--streaming'], None),
+  ):
+    options = PipelineOptions(argv)
+    spotify_streaming._flink_short_bundles_by_default(options)
+    # What FlinkRunner hands to Beam's job server.
+    assert options.get_all_options().get('max_bundle_time_mills') == expected, argv
+
+
 def test_streaming_jobs_cache_user_state_unless_told():
   """WindowEvents reads its state at every batch and timer: without the SDK's cache each read is a runner round trip."""
   from apache_beam.options.pipeline_options import PipelineOptions, WorkerOptions
