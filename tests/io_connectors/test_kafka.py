@@ -496,32 +496,19 @@ def test_the_streaming_job_holds_partition_watermarks_only_where_the_runner_does
   assert not holds('FlinkRunner') and not holds('DataflowRunner')
 
 
-def test_the_streaming_job_passes_its_checkpoint_interval_to_the_reader():
+def test_the_streaming_job_passes_its_checkpoint_interval_and_poll_timeout_to_the_reader():
   from apache_beam.options.pipeline_options import PipelineOptions
 
   from pipelines import spotify_streaming
   from pipelines.streaming_options import SpotifyStreamingOptions
 
-  def interval(*flags):
+  def read_options(*flags):
     options = PipelineOptions(['--source=kafka', '--bootstrap_servers=127.0.0.1:1', '--topic=t', *flags])
-    return spotify_streaming.kafka_read_options(options.view_as(SpotifyStreamingOptions)).checkpoint_interval_s
+    return spotify_streaming.kafka_read_options(options.view_as(SpotifyStreamingOptions))
 
-  assert interval() == 1.0
-  assert interval('--kafka_checkpoint_interval_s=0.25') == 0.25
-
-
-def test_the_streaming_job_passes_its_poll_timeout_to_the_reader():
-  from apache_beam.options.pipeline_options import PipelineOptions
-
-  from pipelines import spotify_streaming
-  from pipelines.streaming_options import SpotifyStreamingOptions
-
-  def timeout(*flags):
-    options = PipelineOptions(['--source=kafka', '--bootstrap_servers=127.0.0.1:1', '--topic=t', *flags])
-    return spotify_streaming.kafka_read_options(options.view_as(SpotifyStreamingOptions)).poll_timeout_s
-
-  assert timeout() == 0.5
-  assert timeout('--kafka_poll_timeout_s=0.1') == 0.1
+  assert (read_options().checkpoint_interval_s, read_options().poll_timeout_s) == (1.0, 0.5)
+  told = read_options('--kafka_checkpoint_interval_s=0.25', '--kafka_poll_timeout_s=0.1')
+  assert (told.checkpoint_interval_s, told.poll_timeout_s) == (0.25, 0.1)
 
 
 def test_a_streaming_read_hands_back_its_remainder_at_the_partitions_head_and_reads_a_backlog_on(kafka):
