@@ -25,6 +25,7 @@ Usage::
 
 from __future__ import annotations
 
+import inspect
 import threading
 
 __all__ = ['weigh_cached_state_without_module_scan']
@@ -44,8 +45,12 @@ def weigh_cached_state_without_module_scan() -> bool:
     if getattr(current, 'skips_module_scan', False):
       return True
     needed = ('_size_func', '_get_referents_func', '_filter_func')
-    if current is None or not all(callable(getattr(statecache, name, None)) for name in needed):
-      return False  # not the Beam this was written against: keep its own weigher
+    if (
+      current is None
+      or not all(callable(getattr(statecache, name, None)) for name in needed)
+      or 'exclude_modules_globals' not in inspect.signature(objsize.get_deep_size).parameters
+    ):
+      return False  # not the Beam (or objsize) this was written against: keep its own weigher
 
     def get_deep_size(*objs) -> int:
       return objsize.get_deep_size(
