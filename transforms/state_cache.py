@@ -62,5 +62,6 @@ def weigh_cached_state_without_module_scan() -> bool:
       )
 
     get_deep_size.skips_module_scan = True  # type: ignore[attr-defined]
+    get_deep_size.replaces = current  # type: ignore[attr-defined]
     statecache.get_deep_size = get_deep_size
     return True

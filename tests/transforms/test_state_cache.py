@@ -11,8 +11,9 @@ pytestmark = pytest.mark.unit
 
 @pytest.fixture
 def weigher(monkeypatch):
-  """Beam's own weigher, put back after the test (the replacement is process-wide)."""
-  original = statecache.get_deep_size
+  """Beam's own weigher, in place for the test (a stateful DoFn run earlier in this process may have replaced it)."""
+  current = statecache.get_deep_size
+  original = getattr(current, 'replaces', current)
   monkeypatch.setattr(statecache, 'get_deep_size', original)
   return original
 
