@@ -152,6 +152,14 @@ def _runner_name(options: PipelineOptions) -> str:
   return runner if isinstance(runner, str) else type(runner).__name__
 
 
+_FLINK_RUNNERS = ('FlinkRunner', 'flink')
+
+
+def _flink_streaming(pipeline_options: PipelineOptions) -> bool:
+  """A streaming job on FlinkRunner."""
+  return _runner_name(pipeline_options) in _FLINK_RUNNERS and bool(pipeline_options.view_as(StandardOptions).streaming)
+
+
 def _holds_residual_watermarks(options: PipelineOptions) -> bool:
   """Flink and Dataflow hold each split read's watermark themselves (Prism does not: see the Kafka reader)."""
   runner = str(_runner_name(options)).lower()
@@ -162,7 +170,7 @@ def _java_kafka_source(options: SpotifyStreamingOptions, read_options: kafka.Kaf
   """Beam's KafkaIO: expanded by --kafka_expansion_service, or on Flink by ours (EMBEDDED), or Beam's default."""
   runner = _runner_name(options)
   expansion_service = options.kafka_expansion_service
-  if not expansion_service and runner in ('FlinkRunner', 'flink'):
+  if not expansion_service and runner in _FLINK_RUNNERS:
     try:
       expansion_service = kafka.java_expansion_service(runners.kafka_expansion_jars().expansion_service, 'EMBEDDED')
     except runners.RunnerSetupError as e:
@@ -175,7 +183,7 @@ def _java_kafka_source(options: SpotifyStreamingOptions, read_options: kafka.Kaf
   # On Flink, KafkaIO (the legacy read, see kafka.java_expansion_service)
   # commits offsets when a Flink checkpoint completes: only with checkpoints on.
   commit_offsets = bool(read_options.group_id) and (
-    runner not in ('FlinkRunner', 'flink') or bool(options.checkpointing_interval)
+    runner not in _FLINK_RUNNERS or bool(options.checkpointing_interval)
   )
   try:
     return kafka.ReadFromKafkaCrossLanguage(
@@ -457,11 +465,7 @@ def _flink_checkpoints_by_default(pipeline_options: PipelineOptions):
   # Not for bounded reads: with checkpoints on, Beam keeps the job's Impulse
   # source alive and the job would never end.
   bounded = options.bounded or options.max_records_per_partition is not None
-  if (
-    _runner_name(pipeline_options) not in ('FlinkRunner', 'flink')
-    or not pipeline_options.view_as(StandardOptions).streaming
-    or bounded
-  ):
+  if not _flink_streaming(pipeline_options) or bounded:
     return
   if options.checkpointing_interval is None:
     options.checkpointing_interval = DEFAULT_FLINK_CHECKPOINT_MS
@@ -481,10 +485,7 @@ DEFAULT_FLINK_BUNDLE_MS = 100
 
 def _flink_short_bundles_by_default(pipeline_options: PipelineOptions):
   """Streaming jobs on FlinkRunner close bundles after DEFAULT_FLINK_BUNDLE_MS unless --max_bundle_time_mills says."""
-  if (
-    _runner_name(pipeline_options) not in ('FlinkRunner', 'flink')
-    or not pipeline_options.view_as(StandardOptions).streaming
-  ):
+  if not _flink_streaming(pipeline_options):
     return
   options = pipeline_options.view_as(SpotifyStreamingOptions)
   if options.max_bundle_time_mills is None:
@@ -586,7 +587,7 @@ def run(argv: Optional[Sequence[str]] = None, wait: bool = True, pii_key_secret:
   _flink_checkpoints_by_default(pipeline_options)
   _flink_short_bundles_by_default(pipeline_options)
   _state_cache_by_default(pipeline_options, argv)
-  if options.source == 'kafka' and options.kafka_reader == 'java' and _runner_name(options) in ('FlinkRunner', 'flink'):
+  if options.source == 'kafka' and options.kafka_reader == 'java' and _runner_name(options) in _FLINK_RUNNERS:
     _prepare_flink_for_java_kafka(pipeline_options)
   try:
     # A reference (env var, file or secret), checked here; workers load the key in DoFn.setup.
