@@ -26,7 +26,8 @@ EXTRAS = {
     'redis==8.1.0',
   ],
   # Source and sink families: each imports its client only when used.
-  'postgres': ['psycopg[binary]==3.3.9'],
+  # psycopg plans and coordinates; ADBC's driver reads splits by binary COPY straight into Arrow (C++).
+  'postgres': ['psycopg[binary]==3.3.9', 'adbc-driver-postgresql==1.13.0'],
   'mongodb': ['pymongo>=4.6'],
   'redis': ['redis==8.1.0'],
   'search': ['opensearch-py==3.2.0', 'elasticsearch==8.19.2'],

@@ -34,12 +34,16 @@ How a read works:
 2. Workers read each split in their own read-only transaction that first
    runs ``SET TRANSACTION SNAPSHOT``: every split sees the same point in time,
    so rows committed by others during the read are seen by no split.
-   Rows stream with ``COPY (SELECT ...) TO STDOUT (FORMAT binary)``: the
-   messages of ``batch_size`` rows are gathered into one buffer and decoded
-   column by column into Arrow arrays with numpy (`_pg_binary`; one C call
-   per row to take the message from libpq, no Python per value). Types
-   without a simple binary form (numeric, json, uuid, arrays, ...) are
-   selected as text.
+   Rows stream with ``COPY (SELECT ...) TO STDOUT (FORMAT binary)``, read by
+   Apache Arrow's ADBC PostgreSQL driver, which decodes them into Arrow in
+   C++ (`_pg_adbc`). A split the driver cannot read exactly (an error, or a
+   timestamp or date it would wrap, such as ``infinity``) is read again by
+   our own decoder: the messages of ``batch_size`` rows are gathered into one
+   buffer and decoded column by column with numpy (`_pg_binary`; one C call
+   per row to take the message from libpq, no Python per value), and values
+   that do not fit become dead letters. ``adbc=False`` uses our decoder
+   only. Types without a simple binary form (numeric, json, uuid, arrays,
+   ...) are selected as text.
 3. When all splits are read a last step releases the snapshot: in the
    launching process (DirectRunner, Prism, Flink with an attached launcher)
    it closes the coordinator; elsewhere it ends the coordinator's backend
@@ -101,6 +105,7 @@ from io_connectors._common import state as state_store
 from io_connectors._common.errors import ConnectorError, first_line
 from io_connectors._common.masking import connection_url
 from io_connectors._common.retry import Backoff
+from io_connectors.databases._pg_adbc import ArrowSplitReader, ConnectionLost
 from io_connectors.databases._pg_binary import BINARY_TYPES, TRAILER, RowBuffer, decode
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
 from transforms.records import with_provenance
@@ -112,6 +117,13 @@ _IDENTIFIER = re.compile(r'^[A-Za-z_][A-Za-z0-9_$]{0,62}$')
 _INT_TYPES = {'int2': pa.int16(), 'int4': pa.int32(), 'int8': pa.int64(), 'oid': pa.int64()}
 _SIMPLE_TYPES = dict(_INT_TYPES, float4=pa.float32(), float8=pa.float64(), bool=pa.bool_())
 _DONE = 'split_done'
+# Every connection's session: the text forms of ::text columns whatever the server's defaults.
+_SESSION_SETTINGS = (
+  "SET TimeZone = 'UTC'",
+  "SET DateStyle = 'ISO, YMD'",
+  'SET extra_float_digits = 3',
+  "SET bytea_output = 'hex'",
+)
 
 
 class PostgresError(ConnectorError, RuntimeError):
@@ -128,6 +140,9 @@ class PostgresOptions:
   batch_size: rows per Arrow batch.
   pool_size: connections one worker process keeps open and uses at once.
   connect_timeout_s / statement_timeout_s: per connection / per statement (None: no limit).
+  adbc: read splits with ADBC's PostgreSQL driver (C++), our binary COPY
+    decoder taking the splits it cannot read exactly; False: our decoder only.
+    The driver opens one more connection per reading thread.
   max_retries / retry_backoff_s: a split whose connection is lost is read again this often.
   consistent_snapshot: all splits read one exported snapshot (see the module docstring).
   snapshot_hold_s: the longest the coordinator keeps the snapshot open.
@@ -153,6 +168,7 @@ class PostgresOptions:
   lag: float = 0
   full_refresh: bool = False
   tenant: Optional[str] = None
+  adbc: bool = True
 
   def __post_init__(self):
     for name in ('partition_column', 'cursor_column'):
@@ -201,23 +217,28 @@ def _connect(url: str, options: PostgresOptions, what: str, autocommit: bool = F
   try:
     conn = psycopg.connect(
       url,
-      connect_timeout=max(1, int(math.ceil(options.connect_timeout_s))),
+      connect_timeout=_connect_timeout(options),
       application_name='beam-read-postgres',
       autocommit=autocommit,
     )
   except psycopg.Error as e:
     raise PostgresError(f'{what}: cannot connect to {_where(url)}: {first_line(e)}') from None
   with conn.cursor() as cur:
-    # Text forms the CSV parser understands whatever the server's defaults.
-    cur.execute("SET TimeZone = 'UTC'")
-    cur.execute("SET DateStyle = 'ISO, YMD'")
-    cur.execute("SET extra_float_digits = 3")
-    cur.execute("SET bytea_output = 'hex'")
-    if options.statement_timeout_s:
-      cur.execute(f'SET statement_timeout = {int(options.statement_timeout_s * 1000)}')
+    for statement in _session_settings(options):
+      cur.execute(statement)
   if not autocommit:
     conn.commit()
   return conn
+
+
+def _session_settings(options: PostgresOptions) -> Tuple[str, ...]:
+  if options.statement_timeout_s:
+    return _SESSION_SETTINGS + (f'SET statement_timeout = {int(options.statement_timeout_s * 1000)}',)
+  return _SESSION_SETTINGS
+
+
+def _connect_timeout(options: PostgresOptions) -> int:
+  return max(1, int(math.ceil(options.connect_timeout_s)))
 
 
 class _Pool:
@@ -634,7 +655,13 @@ class _Planner:
     n = options.num_partitions or max(options.pool_size, int(math.ceil(max(estimate or 0, 0) / 500_000)) or 1)
     if partition:
       ref = sql.Identifier(partition)
-      cur.execute(sql.SQL('SELECT min(q.{0}), max(q.{0}), bool_or(q.{0} IS NULL) FROM {1} AS q').format(ref, source))
+      # min and max in one query and the NULL test in its own: the planner then
+      # answers all three from an index on the column (bool_or scanned the table).
+      cur.execute(
+        sql.SQL(
+          'SELECT min(q.{0}), max(q.{0}), EXISTS (SELECT 1 FROM {1} AS n WHERE n.{0} IS NULL) FROM {1} AS q'
+        ).format(ref, source)
+      )
       low, high, has_null = cur.fetchone()
       splits = []
       if low is not None:
@@ -665,10 +692,22 @@ class _ReadSplitFn(beam.DoFn):
   def __init__(self, plan: _Plan, options: PostgresOptions):
     self._plan = plan
     self._options = options
+    # Which reader took each split: a run whose splits all go to the decoder is worth a look.
+    self._by_adbc = beam.metrics.Metrics.counter('postgres', 'splits_read_by_adbc')
+    self._by_decoder = beam.metrics.Metrics.counter('postgres', 'splits_read_by_decoder')
 
   def setup(self):
     self._pool = _Pool.of(self._plan.url, self._options.pool_size)
     self._sent_as = [c.sent_as for c in self._plan.columns]
+    self._arrow = None
+    if self._options.adbc:
+      self._arrow = ArrowSplitReader(
+        self._plan.url, _session_settings(self._options), _connect_timeout(self._options), self._plan.source_name
+      )
+
+  def teardown(self):
+    if getattr(self, '_arrow', None) is not None:
+      self._arrow.close()
 
   def _what(self, split: _Split) -> str:
     return f'{self._plan.source_name} split {split.index + 1}/{split.count}'
@@ -700,7 +739,7 @@ class _ReadSplitFn(beam.DoFn):
       try:
         batches, letters = self._read(conn, split)
         break
-      except psycopg.OperationalError as e:
+      except (psycopg.OperationalError, ConnectionLost) as e:
         broken = True
         attempt += 1
         if attempt > self._options.max_retries:
@@ -738,6 +777,11 @@ class _ReadSplitFn(beam.DoFn):
 
     plan = self._plan
     select, params = _split_statement(plan, split)
+    if self._arrow is not None:
+      read = self._read_arrow(conn, select, params)
+      if read is not None:
+        self._by_adbc.inc()
+        return read, []
     batches, letters = [], []
     first_row = 1
     with conn.cursor() as cur:
@@ -755,7 +799,37 @@ class _ReadSplitFn(beam.DoFn):
       finally:
         if not conn.broken and not conn.closed:
           cur.execute('ROLLBACK')
+    self._by_decoder.inc()
     return batches, letters
+
+  def _read_arrow(self, conn, select, params) -> Optional[List[pa.RecordBatch]]:
+    """The split's batches read by ADBC's driver, or None: the binary COPY decoder reads it."""
+    import psycopg
+    from psycopg import sql
+
+    statement = psycopg.ClientCursor(conn).mogrify(select, params)
+    snapshot_sql = None
+    if self._plan.snapshot:
+      snapshot_sql = sql.SQL('SET TRANSACTION SNAPSHOT {}').format(sql.Literal(self._plan.snapshot)).as_string(conn)
+    table = self._arrow.read(statement, snapshot_sql)
+    if table is None:
+      return None
+    arrays = []
+    for column, chunks in zip(self._plan.columns, table.columns):
+      array = chunks.combine_chunks()
+      if column.type_name == 'oid':
+        array = array.view(pa.uint32())  # the driver reads the unsigned oid as int32
+      try:
+        arrays.append(_convert(column, array.cast(column.read_as)))
+      except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
+        return None  # a value that does not fit: the decoder makes its row a dead letter
+    names = [c.name for c in self._plan.columns]
+    batches, first_row = [], 1
+    for batch in pa.Table.from_arrays(arrays, names=names).to_batches(max_chunksize=self._options.batch_size):
+      if batch.num_rows:
+        batches.append(with_provenance(batch, self._plan.source_name, first_row))
+        first_row += batch.num_rows
+    return batches
 
   def _row_buffers(self, conn, copy):
     """The COPY's rows, batch_size messages at a time, as `RowBuffer`s.
