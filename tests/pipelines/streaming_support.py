@@ -30,6 +30,7 @@ __all__ = [
   'plan_events',
   'new_topic',
   'produce',
+  'data_files',
   'written_ids',
   'dead_letters',
   'final_metrics',
@@ -124,9 +125,14 @@ def produce(bootstrap, topic, items, ordered: bool = False):
   assert producer.flush(60) == 0
 
 
+def data_files(output) -> List[str]:
+  """The job's windowed Parquet files (written whole: the sink renames them into place)."""
+  return glob.glob(f'{output}/data/**/*.parquet', recursive=True)
+
+
 def written_ids(output) -> List[str]:
   ids = []
-  for path in glob.glob(f'{output}/data/**/*.parquet', recursive=True):
+  for path in data_files(output):
     ids += pq.read_table(path).column('event_id').to_pylist()
   return ids
 

@@ -23,7 +23,6 @@ docs/streaming.md).
 from __future__ import annotations
 
 import collections
-import glob
 import os
 import signal
 import subprocess
@@ -40,6 +39,7 @@ from tests.io_connectors.streams_support import pulsar_backlog, pulsar_urls, red
 from tests.pipelines.streaming_support import (
   PARTITIONS,
   WINDOW_S,
+  data_files,
   dead_letters,
   job_argv,
   log_tail,
@@ -211,7 +211,7 @@ def kill_and_restart(source, runner: str, output: str, log_path, seed: int):
     # writes every window of the backlog within a second, so the check is a
     # cheap glob every 20 ms, to land inside that burst.
     wait_until(
-      lambda: job.poll() is not None or glob.glob(f'{output}/data/**/*.parquet', recursive=True),
+      lambda: job.poll() is not None or data_files(output),
       300,
       interval=0.02,
       what='a window to be written',
