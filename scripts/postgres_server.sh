@@ -38,6 +38,21 @@ as_owner() {
   fi
 }
 
+# As root the server runs as `postgres`, which must reach DATA_DIR: a checkout
+# under a 0700 directory (/root, mktemp -d) would make initdb fail. The cluster
+# then lives under /var/tmp, in a directory named after DATA_DIR so that every
+# start finds the same one, and DATA_DIR becomes a symlink to it.
+if [[ "$(id -u)" == 0 ]] && ! as_owner test -x "$(dirname "${DATA_DIR}")" 2>/dev/null; then
+  reachable="/var/tmp/music-test-pgdata-$(printf '%s' "${DATA_DIR}" | sha256sum | cut -c1-16)"
+  if [[ ! -L "${DATA_DIR}" ]]; then
+    rm -rf "${DATA_DIR}"  # never a cluster: postgres could not have created it
+    mkdir -p "$(dirname "${DATA_DIR}")"
+    ln -s "${reachable}" "${DATA_DIR}"
+  fi
+  echo "postgres_server.sh: the postgres user cannot reach $(dirname "${DATA_DIR}"); data in ${reachable}" >&2
+  DATA_DIR="${reachable}"
+fi
+
 if [[ ! -f "${DATA_DIR}/PG_VERSION" ]]; then
   rm -rf "${DATA_DIR}.init"
   mkdir -p "${DATA_DIR}.init"
