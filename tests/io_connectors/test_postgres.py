@@ -174,6 +174,45 @@ def test_adbc_reads_unsigned_oids_and_hands_infinite_dates_to_the_decoder(pg):
   assert [(l['record']['id'], l['field']) for l in letters] == [('3', 'd')]
 
 
+def test_a_split_the_driver_returns_in_several_chunks_keeps_every_row_and_its_number(pg):
+  from io_connectors.databases._pg_adbc import ArrowSplitReader
+  from transforms.records import ROW_COLUMN
+
+  table = pg.table('chunks')
+  pg.execute(f'CREATE TABLE {table} (id int8 PRIMARY KEY, o oid, n numeric(12, 2), a int4[], t text)')
+  # ~26 MB of text: more than the driver's 16 MB batch hint, so it returns the split in several chunks.
+  pg.execute(
+    f"INSERT INTO {table} SELECT g, 3000000000 + g, g / 100.0, ARRAY[g, -g], repeat(md5(g::text), 6) "
+    'FROM generate_series(1, 120000) g'
+  )
+  reader = ArrowSplitReader(pg.url, (), 10, 'test')
+  try:
+    chunks = reader.read(f'SELECT id, t FROM {table}', None).column(0).num_chunks
+  finally:
+    reader.close()
+  assert chunks > 1, 'the table is too small to make the driver return several chunks'
+
+  batches, counters = _Collect(), {}
+  p = TestPipeline()
+  outs = p | ReadFromPostgres(table=table, options=PostgresOptions(num_partitions=1, batch_size=50_000))
+  _ = outs.records | batches
+  result = p.run()
+  result.wait_until_finish()
+  for counter in result.metrics().query(MetricsFilter().with_namespace('postgres'))['counters']:
+    counters[counter.key.metric.name] = counter.committed
+  assert counters == {'splits_read_by_adbc': 1}, counters
+  got = pa.Table.from_batches(batches.items())
+  assert got.num_rows == 120_000
+  assert got.schema.field('o').type == pa.int64()
+  assert got.schema.field('n').type == pa.decimal128(12, 2)
+  # One split: its rows are numbered 1..N, each once, as the decoder numbers them.
+  assert sorted(got.column(ROW_COLUMN).to_pylist()) == list(range(1, 120_001))
+  rows = {r['id']: r for r in got.select(['id', 'o', 'n', 'a']).to_pylist()}
+  assert sorted(rows) == list(range(1, 120_001))
+  for i in (1, 65_536, 120_000):
+    assert rows[i] == {'id': i, 'o': 3_000_000_000 + i, 'n': decimal.Decimal(i) / 100, 'a': [i, -i]}
+
+
 @pytest.mark.parametrize('layout', ['primary_key', 'nullable_column', 'no_key_ctid'])
 def test_parallel_splits_give_every_row_exactly_once(pg, layout):
   table = pg.table('plays')
