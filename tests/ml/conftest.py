@@ -12,6 +12,7 @@ not import TensorFlow exits as usual.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from typing import Dict, List
@@ -47,6 +48,9 @@ def _stop_job_servers():
   """
   from apache_beam.utils import subprocess_server
 
+  # Beam warns as it stops each one, through handlers that write to pytest's captured streams,
+  # closed by now: each warning became a "--- Logging error ---" traceback at the end of CI's output.
+  logging.getLogger(subprocess_server.__name__).setLevel(logging.ERROR)
   cache = getattr(subprocess_server.SubprocessServer, '_cache', None)
   for key in list(getattr(cache, '_cache', {})):
     try:
