@@ -824,10 +824,9 @@ class _ReadSplitFn(beam.DoFn):
       try:
         if chunks.type != column.read_as:
           chunks = chunks.cast(column.read_as)
-        converted = _convert(column, chunks)
+        arrays.append(_convert(column, chunks))  # Table.from_arrays takes Arrays beside ChunkedArrays
       except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
         return None  # a value that does not fit: the decoder makes its row a dead letter
-      arrays.append(converted if isinstance(converted, pa.ChunkedArray) else pa.chunked_array([converted]))
     names = [c.name for c in self._plan.columns]
     batches, first_row = [], 1
     for batch in pa.Table.from_arrays(arrays, names=names).to_batches(max_chunksize=self._options.batch_size):
