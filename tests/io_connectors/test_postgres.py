@@ -61,6 +61,12 @@ def _collect_rows(collector):
 
 def _read(table=None, query=None, counters=None, **options):
   """(rows, dead letters, cursor updates) of one read on the direct runner; `counters` gets the reader's counters."""
+  records, letters, cursors = _run(table, query, counters, options)
+  return _collect_rows(records), letters.items(), cursors.items()
+
+
+def _run(table, query, counters, options):
+  """`_read`'s collectors: record batches as read (internal columns kept), dead letters, cursor updates."""
   rows, letters, cursors = _Collect(), _Collect(), _Collect()
   p = TestPipeline()
   outs = p | ReadFromPostgres(table=table, query=query, options=PostgresOptions(**options))
@@ -73,7 +79,7 @@ def _read(table=None, query=None, counters=None, **options):
   if counters is not None:
     for counter in result.metrics().query(MetricsFilter().with_namespace('postgres'))['counters']:
       counters[counter.key.metric.name] = counters.get(counter.key.metric.name, 0) + counter.committed
-  return _collect_rows(rows), letters.items(), cursors.items()
+  return rows, letters, cursors
 
 
 # ADBC's driver reads the splits by default; our binary COPY decoder is the fallback and adbc=False.
@@ -192,15 +198,10 @@ def test_a_split_the_driver_returns_in_several_chunks_keeps_every_row_and_its_nu
     reader.close()
   assert chunks > 1, 'the table is too small to make the driver return several chunks'
 
-  batches, counters = _Collect(), {}
-  p = TestPipeline()
-  outs = p | ReadFromPostgres(table=table, options=PostgresOptions(num_partitions=1, batch_size=50_000))
-  _ = outs.records | batches
-  result = p.run()
-  result.wait_until_finish()
-  for counter in result.metrics().query(MetricsFilter().with_namespace('postgres'))['counters']:
-    counters[counter.key.metric.name] = counter.committed
+  counters = {}
+  batches, letters, _ = _run(table, None, counters, {'num_partitions': 1, 'batch_size': 50_000})
   assert counters == {'splits_read_by_adbc': 1}, counters
+  assert letters.items() == []
   got = pa.Table.from_batches(batches.items())
   assert got.num_rows == 120_000
   assert got.schema.field('o').type == pa.int64()
