@@ -45,7 +45,7 @@ as_owner() {
 if [[ "$(id -u)" == 0 ]] && ! as_owner test -x "$(dirname "${DATA_DIR}")" 2>/dev/null; then
   reachable="/var/tmp/music-test-pgdata-$(printf '%s' "${DATA_DIR}" | sha256sum | cut -c1-16)"
   if [[ ! -L "${DATA_DIR}" ]]; then
-    rm -rf "${DATA_DIR}"  # never a cluster: postgres could not have created it
+    rm -rf "${DATA_DIR}"  # nothing postgres can use: the test cluster is made again where it can
     mkdir -p "$(dirname "${DATA_DIR}")"
     ln -s "${reachable}" "${DATA_DIR}"
   fi
