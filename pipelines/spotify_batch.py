@@ -37,7 +37,7 @@ import sys
 import time
 import urllib.parse
 import uuid
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
@@ -725,7 +725,7 @@ def _entity_chain(
   # files): so writing needs no second pass over the deduplicated rows.
   inferred = (
     clean
-    | f'{label}NonEmpty' >> beam.Filter(lambda batch: batch.num_rows > 0)
+    | f'{label}NonEmpty' >> beam.Filter(lambda batch: batch.num_rows > 0).with_output_types(pa.RecordBatch)
     | f'{label}InferSchema' >> schema_mod.InferSchema()
   )
   if table_locations is not None:
@@ -761,7 +761,8 @@ def _entity_chain(
     # Statistics of the rows written (after dedup), computed on the way: the report never re-reads the output.
     stats = (
       deduped.records
-      | f'{label}KeyForStats' >> beam.Map(lambda b, e=entity: (e, b))
+      | f'{label}KeyForStats'
+      >> beam.Map(lambda b, e=entity: (e, b)).with_output_types(Tuple[str, pa.RecordBatch])
       | f'{label}QualityStats' >> quality.QualityStats({entity: quality.visible_columns(model)})
     )
   return data_files, letters_redacted.records, counts, cursors, schema, stats

@@ -85,4 +85,7 @@ class AddLineageColumns(beam.PTransform):
 
   def expand(self, batches):
     run_id, code_version = self._run_id, self._code_version
-    return batches | 'AddLineageColumns' >> beam.Map(add_lineage_columns, run_id, code_version)
+    # Typed: RecordBatchCoder estimates sizes from buffers (untyped, Beam pickles sampled batches).
+    return batches | 'AddLineageColumns' >> beam.Map(add_lineage_columns, run_id, code_version).with_output_types(
+      pa.RecordBatch
+    )
