@@ -5,7 +5,9 @@ one Python object per row: every hot-path step is vectorised over a batch.
 Two internal columns carry provenance so that any row can be dead-lettered
 with its source and position, and are dropped by the sinks:
 
-- ``__source`` (string): where the row was read (a path, a URI, a table).
+- ``__source`` (string): where the row was read (a path, a URI, a table);
+  for a byte range of a file that does not start at byte 0, ``path@start``
+  (`range_source`; `source_path` gives the path back).
 - ``__row`` (int64): the row's 1-based position in that source. For CSV it is
   the record number with the header as row 1 (what a spreadsheet shows); for
   JSON Lines the line number; for Parquet, Avro and Excel the record index
@@ -20,6 +22,7 @@ import base64
 import datetime as dt
 import decimal
 import math
+import re
 from typing import Any, Dict, Iterable, List, Optional
 
 import numpy as np
@@ -34,6 +37,8 @@ __all__ = [
   'TENANT_COLUMN',
   'INTERNAL_COLUMNS',
   'position',
+  'range_source',
+  'source_path',
   'with_provenance',
   'strip_internal',
   'rows_as_dicts',
@@ -45,6 +50,22 @@ SOURCE_COLUMN = '__source'
 ROW_COLUMN = '__row'
 TENANT_COLUMN = 'tenant_id'
 INTERNAL_COLUMNS = (SOURCE_COLUMN, ROW_COLUMN)
+
+_RANGE_START = re.compile(r'@[0-9]+$')
+
+
+def range_source(path: str, start: int) -> str:
+  """The ``__source`` of a byte range's rows: the path, or ``path@start`` when it starts past byte 0.
+
+  Such a range cannot know how many rows precede it, so its rows count from 1
+  and the start names where.
+  """
+  return path if start == 0 else f'{path}@{start}'
+
+
+def source_path(source: str) -> str:
+  """The file a ``__source`` names: `range_source`'s ``path@start`` -> ``path``; other sources as they are."""
+  return _RANGE_START.sub('', source)
 
 
 def position(row: Optional[int], source: Optional[str] = None) -> Optional[str]:

@@ -17,6 +17,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from io_connectors._common.errors import short_error
 from io_connectors.files._options import FileOptions, detect_format, options_for
+from transforms.records import range_source
 
 __all__ = ['Range', 'open_file', 'read_exactly', 'MatchFn', 'SplitFn', 'byte_ranges']
 
@@ -35,7 +36,7 @@ class Range(NamedTuple):
   @property
   def source(self) -> str:
     """The rows' ``__source``: the path, or ``path@start`` for a range not at byte 0 (its rows count from 1)."""
-    return self.path if self.start == 0 else f'{self.path}@{self.start}'
+    return range_source(self.path, self.start)
 
 
 def open_file(path: str):

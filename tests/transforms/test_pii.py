@@ -38,7 +38,7 @@ from transforms.pii import (
   redact_record,
   key_ref,
 )
-from transforms.records import with_provenance
+from transforms.records import range_source, source_path, with_provenance
 
 KEY_HEX = '6b' * 16 + '3f' * 16  # 32 bytes
 KEY_BYTES = bytes.fromhex(KEY_HEX)
@@ -600,6 +600,32 @@ def test_redact_pii_and_dead_letters_in_a_pipeline(key, ref, scanner):
       ),
       label='DeadLetterFindings',
     )
+
+
+def test_a_raw_line_from_a_range_past_byte_0_takes_the_names_of_its_files_header(key, ref, tmp_path):
+  """A CSV range not at byte 0 names its rows' source `path@start`; their raw lines are still parsed by the header."""
+  path = tmp_path / 'events.csv'
+  path.write_text(','.join(HEADER) + '\n' + 'e1,u1,x,2024,1,a@example.org,hi\n' * 200, encoding='utf-8')
+  line = 'e9,u42,x,2024,1,ann@example.org,to ann@example.org,surplus'
+  letters = [
+    dead_letter(range_source(str(path), start), 'row 3', 'malformed_row', None, line, 'wrong columns', 'read', 'acme')
+    for start in (0, 4096)
+  ]
+  assert letters[1]['source'] == f'{path}@4096' and source_path(letters[1]['source']) == str(path)
+  pseudonym = lambda v: hmac.new(key.tenant_key('acme'), v.encode(), hashlib.sha256).hexdigest()
+  parsed = {
+    'event_id': 'e9',
+    'user_id': pseudonym('u42'),
+    'track_id': 'x',
+    'played_at': '2024',
+    'ms_played': '1',
+    'user_email': pseudonym('ann@example.org'),
+    'note': 'to <EMAIL_ADDRESS>',
+    '_extra_1': 'surplus',
+  }
+  with TestPipeline() as p:
+    dl = p | beam.Create(letters) | RedactDeadLetters('listening_event', master_key=ref)
+    assert_that(dl.records | beam.Map(lambda l: l['record']), equal_to([parsed, parsed]))
 
 
 def test_keep_pii_passes_everything_through(key):

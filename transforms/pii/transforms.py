@@ -24,7 +24,7 @@ from transforms.pii.suppression import Suppressed, suppression_tokens
 from transforms.pii.keys import KeyRef, MasterKey
 from transforms.pii.scanner import DEFAULT_ENTITIES, TextScanner
 from transforms.metrics import LabelledCounters
-from transforms.records import ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN, position, typed_outputs
+from transforms.records import ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN, position, source_path, typed_outputs
 
 __all__ = ['PiiOptions', 'PiiOutputs', 'RedactPII', 'RedactDeadLetters', 'read_file_header']
 
@@ -382,9 +382,11 @@ class _RedactDeadLetterFn(_KeyedDoFn):
   def _file_header(self, source: str):
     if not hasattr(self, '_headers'):
       self._headers = {}
-    if source not in self._headers:
-      self._headers[source] = read_file_header(source) if len(self._headers) < 1000 else None
-    return self._headers[source]
+    # A range past byte 0 names its file as `path@start`: the header is the file's.
+    path = source_path(source)
+    if path not in self._headers:
+      self._headers[path] = read_file_header(path) if len(self._headers) < 1000 else None
+    return self._headers[path]
 
 
 _HEADER_BYTES = 1 << 16
