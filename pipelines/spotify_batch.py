@@ -761,8 +761,7 @@ def _entity_chain(
     # Statistics of the rows written (after dedup), computed on the way: the report never re-reads the output.
     stats = (
       deduped.records
-      | f'{label}KeyForStats'
-      >> beam.Map(lambda b, e=entity: (e, b)).with_output_types(Tuple[str, pa.RecordBatch])
+      | f'{label}KeyForStats' >> beam.Map(lambda b, e=entity: (e, b)).with_output_types(Tuple[str, pa.RecordBatch])
       | f'{label}QualityStats' >> quality.QualityStats({entity: quality.visible_columns(model)})
     )
   return data_files, letters_redacted.records, counts, cursors, schema, stats
