@@ -720,3 +720,28 @@ def test_prefilter_masks_agree_however_a_column_is_split_between_python_and_arro
     assert mixed.tolist() == arrow.tolist(), patterns
     found += bool(arrow.any())
   assert found >= len(cases) // 2  # the cells above are what the patterns look for
+
+
+@pytest.mark.unit
+def test_a_column_of_few_distinct_values_is_prefiltered_on_its_dictionary_with_the_same_result(monkeypatch):
+  """Repeating columns take the dictionary path; its candidates and redactions equal the per-cell pass."""
+  rng = random.Random(3)
+  few = [None, 'SE', 'iPhone15,2', 'mail ana.perez+1@example.org now', 'call +44 20 7946 0958', 'from 192.168.10.20']
+  values = pa.array([rng.choice(few) for _ in range(20000)], pa.string())
+  per_cell = pii_scanner.TextScanner().setup()
+  monkeypatch.setattr(pii_scanner, '_REPEATS_MIN_CELLS', 10**9)  # the per-cell pass, for reference
+  reference_mask = per_cell._candidates(values)
+  reference, reference_counts = per_cell.redact_array(values)
+  monkeypatch.undo()
+  assert pii_scanner._mostly_repeats(values)
+  assert not pii_scanner._mostly_repeats(pa.array([f'id-{i}' for i in range(20000)]))
+  dictionary_path = pii_scanner.TextScanner().setup()
+  calls = []
+  real_regex_mask = pii_scanner._regex_mask
+  monkeypatch.setattr(pii_scanner, '_regex_mask', lambda v, *a: calls.append(len(v)) or real_regex_mask(v, *a))
+  assert dictionary_path._candidates(values).tolist() == reference_mask.tolist()
+  assert calls == [len(few) - 1]  # one pass over the distinct values, not 20,000 cells
+  out, counts = dictionary_path.redact_array(values)
+  assert out.to_pylist() == reference.to_pylist() and counts == reference_counts
+  assert counts['EMAIL_ADDRESS'] > 1000 and out.null_count == values.null_count
+  assert not dictionary_path._candidates(pa.nulls(20000, pa.string())).any()
