@@ -521,17 +521,23 @@ class TextScanner:
   def _redact_distinct(self, distinct: pa.Array, use_prefilter: bool, context: Optional[str] = None):
     """({entry: counts} for entries with findings, new values or `distinct` itself)."""
     if use_prefilter:
-      masks = self._entity_masks(distinct)
+      # A value that is wholly an id of a known shape (UUID, hex digest,
+      # Spotify id or URI, ISO date-time) holds no PII: neither prefiltered
+      # per entity nor sent to presidio (a column of UUIDs stops here).
+      rest = np.flatnonzero(~self._whole_ids(distinct))
+      if not len(rest):
+        return {}, distinct
+      subset = distinct if len(rest) == len(distinct) else distinct.take(pa.array(rest))
+      masks = {}
+      for entity, mask in self._entity_masks(subset).items():
+        masks[entity] = np.zeros(len(distinct), dtype=bool)
+        masks[entity][rest] = mask
     else:
       valid = distinct.is_valid().to_numpy(zero_copy_only=False)
       masks = {entity: valid for entity in self.entities}
     wanted = np.zeros(len(distinct), dtype=bool)
     for mask in masks.values():
       wanted |= mask
-    if use_prefilter and wanted.any():
-      # A value that is wholly an id of a known shape (UUID, hex digest,
-      # Spotify id or URI, ISO date-time) holds no PII: not sent to presidio.
-      wanted &= ~self._whole_ids(distinct)
     per_entry = {}
     replaced = {}
     for entry in np.flatnonzero(wanted):
