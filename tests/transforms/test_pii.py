@@ -112,6 +112,26 @@ def test_pseudonymise_casts_other_types_and_hashes_each_distinct_value_once(key)
   assert out[1].as_py() is None and out[0] == out[2]
 
 
+def test_remembered_pseudonyms_equal_fresh_ones_per_key_and_the_memory_stays_bounded(key, monkeypatch):
+  from transforms.pii import pseudonyms
+
+  monkeypatch.setattr(pseudonyms, '_memo', {})
+  monkeypatch.setattr(pseudonyms, '_memo_size', 0)
+  monkeypatch.setattr(pseudonyms, '_MEMO_ENTRIES', 100)
+  acme, kaze = key.tenant_key('acme'), key.tenant_key('kaze')
+  fresh = lambda k, v: hmac.new(k, v.encode(), hashlib.sha256).hexdigest()
+  values = [f'u{i % 30}' for i in range(90)]
+  for _ in range(2):  # the second round comes from memory: nothing new is remembered
+    for tenant_key in (acme, kaze):
+      assert pseudonymise(pa.array(values), tenant_key).to_pylist() == [fresh(tenant_key, v) for v in values]
+    assert pseudonyms._memo_size == 60 and len(pseudonyms._memo) == 2
+  assert acme not in pseudonyms._memo and kaze not in pseudonyms._memo  # keyed by a digest of the key
+  more = [f'v{i}' for i in range(50)]
+  assert pseudonymise(pa.array(more), acme).to_pylist() == [fresh(acme, v) for v in more]
+  assert pseudonyms._memo_size == 0 and not pseudonyms._memo  # past the bound: emptied
+  assert pseudonymise(pa.array(values), kaze).to_pylist() == [fresh(kaze, v) for v in values]
+
+
 @pytest.mark.parametrize(
   'environ, needle',
   [

@@ -8,26 +8,68 @@ libphonenumber and pydantic models at start-up (~0.2 s a command).
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import threading
+from typing import Dict
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 __all__ = ['pseudonymise', 'string_array']
 
+# Pseudonyms already derived, per key. A user's id, email and address recur
+# in every batch of their events (the sample: 7.4k distinct user ids in each
+# 64k-row batch, 7.9k in 200k rows), and an HMAC costs 1.3-2.8 us where a
+# lookup costs 0.06 us. Keyed by a digest of the key, never the key itself;
+# at most _MEMO_ENTRIES pseudonyms over all keys (~40 MB), then emptied.
+_MEMO_ENTRIES = 200_000
+_memo: Dict[bytes, Dict[str, str]] = {}
+_memo_size = 0
+_memo_lock = threading.Lock()
+
+
+def _memo_of(key: bytes) -> Dict[str, str]:
+  fingerprint = hashlib.sha256(b'pseudonym memo\0' + key).digest()
+  memo = _memo.get(fingerprint)
+  if memo is None:
+    memo = _memo.setdefault(fingerprint, {})
+  return memo
+
+
+def _derive(key: bytes, distinct: list) -> list:
+  global _memo_size
+  memo = _memo_of(key)
+  keyed = hmac.new(key, digestmod=hashlib.sha256)  # copied per value: the key is padded once
+  out, new = [], 0
+  for value in distinct:
+    pseudonym = memo.get(value)
+    if pseudonym is None:
+      h = keyed.copy()
+      h.update(value.encode('utf-8'))
+      pseudonym = memo[value] = h.hexdigest()
+      new += 1
+    out.append(pseudonym)
+  with _memo_lock:
+    _memo_size += new
+    if _memo_size > _MEMO_ENTRIES:
+      _memo.clear()
+      _memo_size = 0
+  return out
+
 
 def pseudonymise(values, key: bytes):
   """Hex HMAC-SHA256 of each value under `key`; nulls stay null.
 
   Non-string arrays are cast to string first. Each distinct value is hashed
-  once (dictionary encoding), then spread back with a vectorised take.
-  Returns a string array (a ChunkedArray for a ChunkedArray).
+  once (dictionary encoding; values seen in earlier batches are remembered),
+  then spread back with a vectorised take. Returns a string array (a
+  ChunkedArray for a ChunkedArray).
   """
   if isinstance(values, pa.ChunkedArray):
     return pa.chunked_array([pseudonymise(chunk, key) for chunk in values.chunks], type=pa.string())
   encoded = pc.dictionary_encode(string_array(values))
-  distinct = encoded.dictionary.to_pylist()
-  digests = pa.array([hmac.digest(key, v.encode('utf-8'), 'sha256').hex() for v in distinct], type=pa.string())
+  digests = pa.array(_derive(key, encoded.dictionary.to_pylist()), type=pa.string())
   return pc.take(digests, encoded.indices)
 
 
