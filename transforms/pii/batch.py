@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import csv
 import functools
-import hmac
 import io
 import json
 import re
@@ -29,7 +28,7 @@ from transforms.entities import (
   to_utc_timestamp,
 )
 from transforms.pii.keys import MasterKey
-from transforms.pii.pseudonyms import pseudonymise
+from transforms.pii.pseudonyms import pseudonym, pseudonymise
 from transforms.pii.recognizers import is_placeholder, is_secret_name, phone_like_integer
 from transforms.pii.scanner import TextScanner, _is_string_type, _is_text_type
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN
@@ -439,7 +438,7 @@ class _RecordRedactor:
       return None
     text = value if isinstance(value, str) else str(value) if isinstance(value, (int, float)) else None
     if text is not None and self.tenant_key is not None:
-      out = hmac.digest(self.tenant_key, text.encode('utf-8'), 'sha256').hex()
+      out = pseudonym(text, self.tenant_key)
       self.counts[f'PSEUDONYMISED:{field}'] += 1
     else:
       out = REDACTED

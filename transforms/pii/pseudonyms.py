@@ -16,7 +16,7 @@ from typing import Dict
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ['pseudonymise', 'string_array']
+__all__ = ['pseudonym', 'pseudonymise', 'string_array']
 
 # Pseudonyms already derived, per key. A user's id, email and address recur
 # in every batch of their events (the sample: 7.4k distinct user ids in each
@@ -40,11 +40,13 @@ def _memo_of(key: bytes) -> Dict[str, str]:
 def _derive(key: bytes, distinct: list) -> list:
   global _memo_size
   memo = _memo_of(key)
-  keyed = hmac.new(key, digestmod=hashlib.sha256)  # copied per value: the key is padded once
+  keyed = None  # copied per value: the key is padded once
   out, new = [], 0
   for value in distinct:
     pseudonym = memo.get(value)
     if pseudonym is None:
+      if keyed is None:
+        keyed = hmac.new(key, digestmod=hashlib.sha256)
       h = keyed.copy()
       h.update(value.encode('utf-8'))
       pseudonym = memo[value] = h.hexdigest()
@@ -56,6 +58,11 @@ def _derive(key: bytes, distinct: list) -> list:
       _memo.clear()
       _memo_size = 0
   return out
+
+
+def pseudonym(value: str, key: bytes) -> str:
+  """The pseudonym of one value: what `pseudonymise` gives it."""
+  return _derive(key, [value])[0]
 
 
 def pseudonymise(values, key: bytes):

@@ -375,6 +375,7 @@ _PLACEHOLDERS = frozenset(
 _SECRET_NAME = regex.compile(SECRET_NAME, regex.IGNORECASE)
 
 
+@functools.lru_cache(maxsize=4096)  # asked for every field of every dead letter; names recur
 def is_secret_name(name: Optional[str]) -> bool:
   """Whether a field or column name says its value is a secret (`password`, `client_secret`, `api_key`)."""
   return bool(name) and _SECRET_NAME.fullmatch(name) is not None
