@@ -743,6 +743,34 @@ def test_prefilter_masks_agree_however_a_column_is_split_between_python_and_arro
 
 
 @pytest.mark.unit
+def test_the_ip_prefilter_flags_every_cell_presidio_finds_an_address_in():
+  """Dotted quads in every neighbourhood: wherever presidio's IP patterns report, both prefilters (RE2, Python) flag."""
+  from presidio_analyzer.predefined_recognizers import IpRecognizer
+
+  rng = random.Random(17)
+  octets = ['0', '7', '09', '010', '99', '100', '199', '200', '249', '250', '255', '256', '300', '832', '1000']
+  around = ['', ' ', 'x', '1', '.', '-', '/', ':', 'é', '٣', '(', 'v', '_']
+  cells = []
+  for _ in range(6000):
+    quad = '.'.join(rng.choice(octets) for _ in range(4))
+    if rng.random() < 0.15:
+      quad += '/' + str(rng.randint(0, 40))
+    if rng.random() < 0.1:
+      quad = rng.choice(['::ffff:', '::', '2001:db8::', '64:ff9b::', 'fe80:1:2:3:4:5:']) + quad
+    cells.append(f'{rng.choice(around)}{quad}{rng.choice(around)}')
+  stock = IpRecognizer()
+  found = [bool(stock.analyze(cell, ['IP_ADDRESS'], None)) for cell in cells]
+  arrow = pii_scanner._arrow_mask(pa.array(cells), pii_scanner._ENTITY_PATTERNS['IP_ADDRESS'])
+  python = [pii_scanner._PREFILTERS_PY['IP_ADDRESS'].search(cell) is not None for cell in cells]
+  missed = [cell for cell, f, a, py in zip(cells, found, arrow, python) if f and not (a and py)]
+  assert not missed, missed[:5]
+  assert sum(found) > 200 and sum(arrow) < len(cells) * 0.9  # addresses found, and the prefilter does reject
+  assert not pii_scanner._arrow_mask(
+    pa.array(['8.9.15.832', 'build 10.20.300.4']), pii_scanner._ENTITY_PATTERNS['IP_ADDRESS']
+  ).any()
+
+
+@pytest.mark.unit
 def test_a_column_of_few_distinct_values_is_prefiltered_on_its_dictionary_with_the_same_result(monkeypatch):
   """Repeating columns take the dictionary path; its candidates and redactions equal the per-cell pass."""
   rng = random.Random(3)

@@ -67,10 +67,15 @@ _PREFILTERS = {
   # presidio: [A-Z]{2}[0-9]{2}(?:[ -]?[A-Z0-9]{4}){2,6}... under IGNORECASE
   # (device models such as 'iPhone15,2' no longer qualify).
   'IBAN_CODE': r'\p{L}{2}[0-9]{2}(?:[ -]?[\p{L}\p{Nd}]{4}){2}',
-  # IPv4 (dotted quad), or two colons with at most four hex digits between
-  # them, which every IPv6 form of presidio's patterns holds ('::' or
-  # ':h:'); 'spotify:track:...' URIs and 'HH:MM' times do not.
-  'IP_ADDRESS': r'[0-9]\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]|:[0-9A-Fa-f]{0,4}:',
+  # IPv4: presidio's dotted quad of octets up to 255 between word boundaries
+  # (RE2's ASCII \b holds wherever presidio's Unicode one does), without its
+  # CIDR suffix; versions such as 8.9.15.832 do not qualify. IPv6: two colons
+  # with at most four hex digits between them, which every IPv6 form of
+  # presidio's patterns holds ('::' or ':h:'); 'spotify:track:...' URIs and
+  # 'HH:MM' times do not.
+  'IP_ADDRESS': r'\b(?:{o})\.(?:{o})\.(?:{o})\.(?:{o})\b|:[0-9A-Fa-f]{{0,4}}:'.format(
+    o=r'25[0-5]|2[0-4][0-9]|[01]?[0-9][0-9]?'
+  ),
   URL_WITH_CREDENTIALS: r'(?s:://.*@)',
   'JWT': r'eyJ[A-Za-z0-9_-]{8,}\.eyJ',
   'BEARER_TOKEN': r'(?i:bearer|basic)\s+[A-Za-z0-9\-._~+/]{12}',
