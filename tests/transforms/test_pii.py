@@ -555,6 +555,22 @@ def _rows(batches):
   return sorted((row for b in batches for row in b.to_pylist()), key=lambda r: r['event_id'])
 
 
+def _line_redacted(key, surplus):
+  """The record of tenant acme's dead letter 'e9,u42,x,2024,1,ann@example.org,to ann@example.org,<surplus>',
+  parsed with HEADER and redacted."""
+  pseudonym = lambda v: hmac.new(key.tenant_key('acme'), v.encode(), hashlib.sha256).hexdigest()
+  return {
+    'event_id': 'e9',
+    'user_id': pseudonym('u42'),
+    'track_id': 'x',
+    'played_at': '2024',
+    'ms_played': '1',
+    'user_email': pseudonym('ann@example.org'),
+    'note': 'to <EMAIL_ADDRESS>',
+    '_extra_1': surplus,
+  }
+
+
 def test_redact_pii_and_dead_letters_in_a_pipeline(key, ref, scanner):
   batch = _events()
   expected_batch, expected_counts = redact_batch(batch, ListeningEvent, key, scanner)
@@ -584,24 +600,11 @@ def test_redact_pii_and_dead_letters_in_a_pipeline(key, ref, scanner):
       result.findings | 'Sum' >> beam.CombinePerKey(sum), equal_to(list(expected_counts.items())), label='Findings'
     )
     dl = p | 'Letters' >> beam.Create(letters) | RedactDeadLetters('listening_event', master_key=ref, header=HEADER)
-    pseudonym = lambda v: hmac.new(key.tenant_key('acme'), v.encode(), hashlib.sha256).hexdigest()
     assert_that(
       dl.records | beam.Map(lambda l: (l['position'], l['record'])),
       equal_to(
         [
-          (
-            'row 9',
-            {
-              'event_id': 'e9',
-              'user_id': pseudonym('u42'),
-              'track_id': 'x',
-              'played_at': '2024',
-              'ms_played': '1',
-              'user_email': pseudonym('ann@example.org'),
-              'note': 'to <EMAIL_ADDRESS>',
-              '_extra_1': '4',
-            },
-          ),
+          ('row 9', _line_redacted(key, '4')),
           ('row 10', {'user_id': REDACTED, 'note': 'ip <IP_ADDRESS>'}),
         ]
       ),
@@ -632,17 +635,7 @@ def test_a_raw_line_from_a_range_past_byte_0_takes_the_names_of_its_files_header
     for start in (0, 4096)
   ]
   assert letters[1]['source'] == f'{path}@4096' and source_path(letters[1]['source']) == str(path)
-  pseudonym = lambda v: hmac.new(key.tenant_key('acme'), v.encode(), hashlib.sha256).hexdigest()
-  parsed = {
-    'event_id': 'e9',
-    'user_id': pseudonym('u42'),
-    'track_id': 'x',
-    'played_at': '2024',
-    'ms_played': '1',
-    'user_email': pseudonym('ann@example.org'),
-    'note': 'to <EMAIL_ADDRESS>',
-    '_extra_1': 'surplus',
-  }
+  parsed = _line_redacted(key, 'surplus')
   with TestPipeline() as p:
     dl = p | beam.Create(letters) | RedactDeadLetters('listening_event', master_key=ref)
     assert_that(dl.records | beam.Map(lambda l: l['record']), equal_to([parsed, parsed]))
