@@ -10,6 +10,7 @@ import random
 import socket
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
@@ -761,6 +762,30 @@ def test_the_ip_prefilter_flags_every_cell_presidio_finds_an_address_in():
   assert not pii_scanner._arrow_mask(
     pa.array(['8.9.15.832', 'build 10.20.300.4']), pii_scanner._ENTITY_PATTERNS['IP_ADDRESS']
   ).any()
+
+
+def test_glued_id_tokens_are_set_aside_only_where_the_phone_recognizer_finds_nothing(scanner, monkeypatch):
+  """Letters then glued digit groups (sess-13380235): no phone in any; with a phone word (tel-...) they stay."""
+  rng = random.Random(23)
+  letters = ['sess', 'INV', 'SN', 'ORD', 'x', 'USRC', 'tel', 'Tel', 'phone', 'no', 'NR', 'call', 'text', 'fax']
+  letters += ['abcdefghijklmno', 'abcdefghijklmnop', 'telabcdefghijkl', 'abcdefghijkltel']
+  glue = ['', '-', '_', '/', '#', '.', ':', '=', '&', '\\', '@', ' ', '+', '(']
+  numbers = ['4155552671', '+14155552671', '0301234567', '2024', '409363', '442079460958', '13380235', '7']
+  tokens = []
+  for _ in range(3000):
+    groups = ''.join(rng.choice(glue[:11]) + rng.choice(numbers).lstrip('+') for _ in range(rng.randint(1, 3)))
+    tokens.append(rng.choice(letters) + rng.choice(glue) + rng.choice(numbers) + (groups if rng.random() < 0.4 else ''))
+  tokens = sorted(set(tokens))
+  glued = pii_scanner._glued_id_tokens(pa.array(tokens))
+  with_phone = [bool(scanner.findings(t, ['PHONE_NUMBER'])) for t in tokens]
+  wrongly_set_aside = [t for t, g, p in zip(tokens, glued, with_phone) if g and p]
+  assert not wrongly_set_aside, wrongly_set_aside[:5]
+  assert sum(glued) > 500 and sum(with_phone) > 50  # both kinds are there
+  # The column's redaction is the same with and without the rule.
+  monkeypatch.setattr(pii_scanner, '_glued_id_tokens', lambda v: np.zeros(len(v), dtype=bool))
+  reference = pii_scanner.TextScanner().setup().redact_array(pa.array(tokens))
+  monkeypatch.undo()
+  assert pii_scanner.TextScanner().setup().redact_array(pa.array(tokens)) == reference
 
 
 @pytest.mark.unit

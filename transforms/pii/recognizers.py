@@ -180,6 +180,17 @@ _CONTEXT_WINDOW = 32
 _GLUE = '-_/#.:=&\\@'
 
 
+# One token of letters, then digit groups each after an optional glue
+# character: sess-13380235, INV640236734, ORD-2024-409363. `_glued` rejects
+# every digit group of such a token (a letter, a digit or a glue character
+# after an id word touches it), so no phone number is found in it, unless the
+# letters are a phone or number word (tel-4155552671, no.0301234567). At most
+# 15 letters: `_glued` reads the word before a glue character from the 16
+# characters before the digits. RE2 syntax, anchored on the whole value.
+GLUED_ID_TOKEN = r'^(?P<letters>[A-Za-z]{1,15})(?:[%s]?[0-9]+)+$' % regex.escape(_GLUE)
+PHONE_LABELS = tuple(sorted(set(PHONE_CONTEXT + NUMBER_WORDS)))
+
+
 def has_context(text: str, start: int, words, n_words: int = 3) -> bool:
   """True when one of the `n_words` words just before `start` is in `words`."""
   before = _WORD.findall(text[max(0, start - _CONTEXT_WINDOW) : start].lower())
