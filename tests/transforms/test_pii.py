@@ -520,6 +520,8 @@ def test_dead_letters_redacted_together_match_one_by_one(key):
       'device_model': f'{rng.choice(texts)} #{i % 7}',
       'played_at': rng.choice(['2024-06-03T09:42:24Z', 'yesterday +1 415 555 2671']),
       'nested': {'phone': str(4155550100 + i % 50), 'list': [rng.choice(texts)]},
+      # The same text with and without a phone word in its name: answered per context.
+      'contact': {'mobile': f'ref {4155550100 + i % 50}', 'ref': f'ref {4155550100 + i % 50}'},
     }
     if i % 5 == 0:
       record = f'e{i},u{i},x,2024,1,ann{i}@example.org,{rng.choice(texts).replace(",", " ")},4'

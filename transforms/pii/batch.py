@@ -8,6 +8,7 @@ import functools
 import io
 import json
 import re
+import typing
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -503,10 +504,14 @@ class _RecordRedactor:
 
     return _BARE_NUMBER.sub(replace, text)
 
+  def hints(self) -> List[Optional[str]]:
+    """The field name of each remembered text (None for list items): the scanner's context."""
+    return [key if isinstance(key, str) else None for _, key in self.slots]
+
   def scan(self, scanner: TextScanner):
     if not self.texts:
       return
-    redacted, found = scanner.redact_texts(self.texts, [key if isinstance(key, str) else None for _, key in self.slots])
+    redacted, found = scanner.redact_texts(self.texts, self.hints())
     self.counts.update(found)
     for (container, key), before, after in zip(self.slots, self.texts, redacted):
       if after != before:
@@ -549,12 +554,18 @@ def _check_pattern(compiled, value):
     raise ValueError('does not match')
 
 
-def _redact_record(record, model, master_key, scanner, tenant, header, delimiter):
-  identifiers = identifier_fields(model)
+def _walk_record(record, identifiers, formats, master_key, entities, tenant, header, delimiter):
+  """(walker, finish) of a dead letter's record, walked but not yet scanned.
+
+  The walker has replaced the identifiers and remembered the texts to scan
+  (`walker.texts`, `walker.hints()`); after `walker.scan`, `finish()` gives
+  the redacted record. Split so that many letters' texts can be prescanned
+  together between the two (`redact_dead_letters`).
+  """
   tenant_key = master_key.tenant_key(tenant) if (tenant and master_key is not None) else None
-  walker = _RecordRedactor(identifiers, tenant_key, strict_formats(model))
+  walker = _RecordRedactor(identifiers, tenant_key, formats)
   if record is None:
-    return None, walker
+    return walker, lambda: None
   if isinstance(record, (bytes, bytearray)):  # a raw message payload: its text is what a reader would see
     record = bytes(record).decode('utf-8', 'replace')
   if isinstance(record, str) and record.lstrip()[:1] == '{':
@@ -565,27 +576,35 @@ def _redact_record(record, model, master_key, scanner, tenant, header, delimiter
     except ValueError:
       document = None
     if isinstance(document, dict):
-      out = walker.walk(document, top=True)
-      walker.scan(scanner)
-      return json.dumps(out, ensure_ascii=False, default=str), walker
+      walked = walker.walk(document, top=True)
+      return walker, lambda: json.dumps(walked, ensure_ascii=False, default=str)
   if isinstance(record, str):
     parsed = _parse_csv_line(record, header, delimiter) if header else None
     if parsed is None:  # a raw string: scanned as text
       holder = [record]
       walker.remember(holder, 0, record)
-      walker.scan(scanner)
-      if 'PHONE_NUMBER' in scanner.entities and isinstance(holder[0], str):
-        holder[0] = walker.bare_phone_numbers(holder[0])
-      return holder[0], walker
+
+      def finish_text():
+        if 'PHONE_NUMBER' in entities and isinstance(holder[0], str):
+          holder[0] = walker.bare_phone_numbers(holder[0])
+        return holder[0]
+
+      return walker, finish_text
     record = parsed
   out = walker.walk(record, top=True)
   if not isinstance(out, (dict, list)):  # a bare scalar record
     holder = [out]
     walker.remember(holder, 0, record)
-    walker.scan(scanner)
-    return holder[0], walker
+    return walker, lambda: holder[0]
+  return walker, lambda: out
+
+
+def _redact_record(record, model, master_key, scanner, tenant, header, delimiter):
+  walker, finish = _walk_record(
+    record, identifier_fields(model), strict_formats(model), master_key, scanner.entities, tenant, header, delimiter
+  )
   walker.scan(scanner)
-  return out, walker
+  return finish(), walker
 
 
 def redact_record(
@@ -626,43 +645,60 @@ def redact_dead_letter(
   scanned like any text; `source` is scanned for credentials in URLs.
   """
   model = _as_model(model)
-  out = dict(letter)
-  tenant = letter.get('tenant')
-  record, walker = _redact_record(
-    letter.get('record'), model, master_key, scanner, tenant if isinstance(tenant, str) else None, header, delimiter
+  walked = _walk_letter(
+    letter,
+    frozenset(identifier_fields(model)),
+    strict_formats(model),
+    master_key,
+    scanner.setup().entities,
+    header,
+    delimiter,
   )
-  out['record'] = record
-  counts = walker.counts
+  return _finish_letter(walked, scanner)
+
+
+class _WalkedLetter(typing.NamedTuple):
+  letter: dict
+  walker: '_RecordRedactor'
+  finish: Any  # () -> the redacted record, once the walker has scanned
+  texts: Dict[str, str]  # 'detail' / 'source': the text to scan (identifiers in detail already replaced)
+
+
+def _walk_letter(letter: dict, identifiers, formats, master_key, entities, header, delimiter) -> _WalkedLetter:
+  tenant = letter.get('tenant')
+  walker, finish = _walk_record(
+    letter.get('record'),
+    identifiers,
+    formats,
+    master_key,
+    entities,
+    tenant if isinstance(tenant, str) else None,
+    header,
+    delimiter,
+  )
+  texts = {}
   for key in ('detail', 'source'):
-    text = out.get(key)
+    text = letter.get(key)
     if not isinstance(text, str) or not text:
       continue
     if key == 'detail':
       # Longest first, so that an identifier containing another is replaced whole.
       for original in sorted(walker.replaced_identifiers, key=len, reverse=True):
         text = text.replace(original, walker.replaced_identifiers[original])
+    texts[key] = text
+  return _WalkedLetter(letter, walker, finish, texts)
+
+
+def _finish_letter(walked: _WalkedLetter, scanner: TextScanner) -> Tuple[dict, collections.Counter]:
+  walked.walker.scan(scanner)
+  out = dict(walked.letter)
+  out['record'] = walked.finish()
+  counts = walked.walker.counts
+  for key, text in walked.texts.items():
     text, found = scanner.redact_text(text)
     counts.update(found)
     out[key] = text
   return out, counts
-
-
-def _scanned_texts(value, identifiers, formats, hint=None, top=False):
-  """The (text, field name) pairs `_RecordRedactor` would scan in a record (a superset is harmless)."""
-  if isinstance(value, str):
-    yield value, hint
-  elif isinstance(value, dict):
-    for k, v in value.items():
-      if k in identifiers and not isinstance(v, (dict, list, tuple)):
-        continue
-      if top and k in formats and _conforms(formats[k], v):
-        continue
-      yield from _scanned_texts(v, identifiers, formats, k if isinstance(k, str) else None)
-  elif isinstance(value, (list, tuple)):
-    for v in value:
-      yield from _scanned_texts(v, identifiers, formats)
-  elif isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _RecordRedactor._SCANNED_INT:
-    yield str(value), hint
 
 
 def redact_dead_letters(
@@ -682,26 +718,19 @@ def redact_dead_letters(
   model = _as_model(model)
   identifiers = frozenset(identifier_fields(model))
   formats = strict_formats(model)
+  entities = scanner.setup().entities
   headers = headers if headers is not None else [None] * len(letters)
+  walked = [
+    _walk_letter(letter, identifiers, formats, master_key, entities, *(header or (None, ',')))
+    for letter, header in zip(letters, headers)
+  ]
+  # The very (text, hint) pairs the walkers and the detail/source scans will ask for.
   texts = []
-  for letter, header in zip(letters, headers):
-    record = letter.get('record')
-    if isinstance(record, str) and header:
-      record = _parse_csv_line(record, header[0], header[1]) or record
-    if isinstance(record, str) and record.lstrip()[:1] == '{':
-      try:
-        record = json.loads(record)
-      except ValueError:
-        pass
-    texts.extend(_scanned_texts(record, identifiers, formats, top=True))
-    for key in ('detail', 'source'):
-      if isinstance(letter.get(key), str):
-        texts.append((letter[key], None))
-  scanner.setup().prescan(texts)
+  for w in walked:
+    texts.extend(zip(w.walker.texts, w.walker.hints()))
+    texts.extend((text, None) for text in w.texts.values())
+  scanner.prescan(texts)
   try:
-    return [
-      redact_dead_letter(letter, model, master_key, scanner, *(header or (None, ',')))
-      for letter, header in zip(letters, headers)
-    ]
+    return [_finish_letter(w, scanner) for w in walked]
   finally:
     scanner.prescan(())

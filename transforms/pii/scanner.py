@@ -413,34 +413,42 @@ class TextScanner:
 
     For callers that scan many small values one by one (dead letters): the
     prefilters run vectorised (RE2, pyarrow.compute) over all the distinct
-    texts of a hint together, and only the flagged ones go to the
-    recognizers, as in `redact_array`. The answers are the ones
+    texts together, and only the flagged ones go to the recognizers, as in
+    `redact_array`. The answers are the ones
     `redact_texts` would give; they replace the previous prescan's.
     """
-    by_hint: Dict[Optional[str], set] = {}
+    # What a text gives depends on its hint only through the hint's context
+    # word (`context_word`), and whether it is a candidate on the text alone:
+    # one prefilter pass over all the distinct texts (long enough for Arrow's
+    # single pass to pay), then the recognizers per context.
+    context_of: Dict[Optional[str], Optional[str]] = {}
+    pairs = set()
     for text, hint in texts:
       if isinstance(text, str):
-        by_hint.setdefault(hint, set()).add(text)
-    table: Dict[tuple, tuple] = {}
-    nothing = collections.Counter()
-    for hint, distinct in by_hint.items():
-      values = pa.array(sorted(distinct), type=pa.string())
-      candidate = self._candidates(values)
-      rows = np.flatnonzero(candidate)
-      found_in, new_values = {}, None
-      if len(rows):
-        flagged = values.take(pa.array(rows))
-        found_in, new_flagged = self._redact_distinct(flagged, True, context_word(hint))
-        if new_flagged is not flagged:
-          new_values = dict(zip(rows.tolist(), new_flagged.to_pylist()))
-      entry_of = {int(row): entry for entry, row in enumerate(rows)}
-      for row, text in enumerate(values.to_pylist()):
-        entry = entry_of.get(row)
-        counts = found_in.get(entry) if entry is not None else None
+        pairs.add((text, hint))
+        if hint not in context_of:
+          context_of[hint] = context_word(hint)
+    distinct = sorted({text for text, _ in pairs})
+    candidate = self._candidates(pa.array(distinct, type=pa.string())) if distinct else np.zeros(0, dtype=bool)
+    flagged = {distinct[row] for row in np.flatnonzero(candidate).tolist()}
+    by_context: Dict[Optional[str], set] = {}
+    for text, hint in pairs:
+      if text in flagged:
+        by_context.setdefault(context_of[hint], set()).add(text)
+    answers: Dict[tuple, tuple] = {}
+    for context, texts_of_context in by_context.items():
+      values = pa.array(sorted(texts_of_context), type=pa.string())
+      found_in, new_values = self._redact_distinct(values, True, context)
+      if not found_in:
+        continue
+      new_list = new_values.to_pylist()
+      for entry, counts in found_in.items():
         if counts:
-          table[(text, hint)] = (new_values[row], counts)
-        else:
-          table[(text, hint)] = (text, nothing)
+          answers[(values[entry].as_py(), context)] = (new_list[entry], counts)
+    nothing = collections.Counter()
+    table: Dict[tuple, tuple] = {}
+    for text, hint in pairs:
+      table[(text, hint)] = answers.get((text, context_of[hint])) or (text, nothing)
     self._prescanned = table
 
   def _candidates(self, values: pa.Array) -> np.ndarray:
