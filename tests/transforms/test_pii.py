@@ -2,6 +2,7 @@
 
 import base64
 import collections
+import gc
 import hashlib
 import hmac
 import logging
@@ -20,6 +21,7 @@ from transforms.dead_letter import dead_letter
 from transforms.entities import ListeningEvent
 from transforms.pii import recognizers as pii_recognizers
 from transforms.pii import scanner as pii_scanner
+from transforms.pii import transforms as pii_transforms
 from transforms.pii import (
   PII_KEY_ENV,
   REDACTED,
@@ -813,3 +815,15 @@ def test_a_column_of_few_distinct_values_is_prefiltered_on_its_dictionary_with_t
   assert out.to_pylist() == reference.to_pylist() and counts == reference_counts
   assert counts['EMAIL_ADDRESS'] > 1000 and out.null_count == values.null_count
   assert not dictionary_path._candidates(pa.nulls(20000, pa.string())).any()
+
+
+def test_the_first_setup_in_a_process_freezes_its_start_up_objects_and_later_ones_do_not(monkeypatch):
+  """Full collections skip what the imports left (`_freeze_imported_objects`); a later run's objects stay collectable."""
+  frozen = []
+  monkeypatch.setattr(gc, 'freeze', lambda: frozen.append(True))
+  monkeypatch.setattr(pii_transforms, '_imported_objects_frozen', False)
+  first = pii_transforms._RedactDeadLetterFn(ListeningEvent, None, PiiOptions(), None, ',')
+  first.setup()
+  assert frozen == [True]
+  pii_transforms._RedactBatchFn(ListeningEvent, None, PiiOptions()).setup()
+  assert frozen == [True]
