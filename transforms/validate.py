@@ -21,6 +21,7 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import logging
 from typing import Dict, List, Optional, Tuple
@@ -319,13 +320,60 @@ _CONVERTERS = {
 
 
 def _pydantic_detail(model, record: dict, field: str) -> Optional[str]:
+  key = _detail_key(model, record, field)
+  if key is not None and key in _DETAILS:
+    return _DETAILS[key]
+  detail = None
   try:
     model.model_validate(record)
   except pydantic.ValidationError as e:
     for error in e.errors(include_url=False, include_input=False):
       if error['loc'] and error['loc'][0] == field:
-        return error['msg']
-  return None
+        detail = error['msg']
+        break
+  if key is not None:
+    if len(_DETAILS) >= _DETAILS_MAX:
+      _DETAILS.clear()
+    _DETAILS[key] = detail
+  return detail
+
+
+# pydantic's message for a field, remembered by the field's value: a whole
+# model_validate per rejected row costs ~40 us, and a dirty export repeats its
+# bad values ('UK', 'N/A', 'maybe'). Only for models whose messages cannot
+# depend on other fields (no validators but the entities' per-key blanks rule).
+_DETAILS: Dict[tuple, Optional[str]] = {}
+_DETAILS_MAX = 10_000
+_ABSENT = object()
+
+
+def _underlying(function):
+  return getattr(function, '__func__', function)
+
+
+@functools.lru_cache(maxsize=None)
+def _messages_are_per_field(model) -> bool:
+  decorators = getattr(model, '__pydantic_decorators__', None)
+  if decorators is None:
+    return False
+  blanks_rule = _underlying(entities._Entity.__pydantic_decorators__.model_validators['_blanks_are_nulls'].func)
+  return (
+    not decorators.validators
+    and not decorators.field_validators
+    and not decorators.root_validators
+    and all(_underlying(d.func) is blanks_rule for d in decorators.model_validators.values())
+  )
+
+
+def _detail_key(model, record: dict, field: str) -> Optional[tuple]:
+  if not _messages_are_per_field(model):
+    return None
+  value = record.get(field, _ABSENT)
+  try:
+    hash(value)
+  except TypeError:
+    return None
+  return (model, field, type(value), value)
 
 
 def validate_batch(

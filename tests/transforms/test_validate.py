@@ -5,11 +5,13 @@ import random
 
 import apache_beam as beam
 import pyarrow as pa
+import pydantic
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from transforms import entities
+from transforms import validate as validate_module
 from transforms.records import with_provenance
 from transforms.validate import Validate, validate_batch
 
@@ -178,3 +180,53 @@ def test_validate_transform_in_a_pipeline():
 def test_unknown_entity_is_a_clear_error():
   with pytest.raises(ValueError, match='unknown entity'):
     Validate('song')
+
+
+def _fresh_detail(model, record, field):
+  try:
+    model.model_validate(record)
+  except pydantic.ValidationError as e:
+    return next((x['msg'] for x in e.errors(include_url=False) if x['loc'] and x['loc'][0] == field), None)
+  return None
+
+
+def test_remembered_pydantic_messages_are_the_ones_pydantic_gives_each_row(monkeypatch):
+  """Messages are remembered per field value (repeated bad values cost one model_validate), and are pydantic's own."""
+  monkeypatch.setattr(validate_module, '_DETAILS', {})
+  rng = random.Random(7)
+  rows = []
+  for _ in range(2000):
+    row = dict(GOOD)
+    for field in rng.sample(sorted(CANDIDATES), k=rng.randint(1, 3)):
+      row[field] = rng.choice(CANDIDATES[field])
+    rows.append(row)
+  batch = with_provenance(
+    pa.RecordBatch.from_pylist(rows, schema=pa.schema([(k, pa.string()) for k in GOOD])), 'gen', 2
+  )
+  _, letters = validate_batch(batch, entities.ListeningEvent)
+  assert len(letters) > 500 and len(validate_module._DETAILS) < len(letters) / 5
+  for letter in letters:
+    row = rows[int(letter['position'].split()[1]) - 2]
+    expected = _fresh_detail(entities.ListeningEvent, row, letter['field'])
+    assert letter['detail'] == (expected or f"{letter['field']}: {letter['reason']}")
+
+
+class _EndAfterStart(pydantic.BaseModel):
+  start: int
+  end: int
+
+  @pydantic.field_validator('end')
+  @classmethod
+  def _after_start(cls, value, info):
+    if value < info.data.get('start', 0):
+      raise ValueError(f'end {value} is before start {info.data.get("start")}')
+    return value
+
+
+def test_a_model_whose_messages_read_other_fields_is_asked_each_time(monkeypatch):
+  monkeypatch.setattr(validate_module, '_DETAILS', {})
+  assert not validate_module._messages_are_per_field(_EndAfterStart)
+  assert validate_module._messages_are_per_field(entities.ListeningEvent)
+  first = validate_module._pydantic_detail(_EndAfterStart, {'start': 5, 'end': 3}, 'end')
+  second = validate_module._pydantic_detail(_EndAfterStart, {'start': 9, 'end': 3}, 'end')
+  assert 'before start 5' in first and 'before start 9' in second and not validate_module._DETAILS
