@@ -9,6 +9,7 @@ import logging
 import pickle
 import random
 import socket
+import uuid
 
 import apache_beam as beam
 import numpy as np
@@ -816,6 +817,39 @@ def test_a_column_of_few_distinct_values_is_prefiltered_on_its_dictionary_with_t
   assert counts['EMAIL_ADDRESS'] > 1000 and out.null_count == values.null_count
   assert not dictionary_path._candidates(pa.nulls(20000, pa.string())).any()
 
+
+@pytest.mark.unit
+def test_a_column_of_ids_sets_its_whole_ids_aside_before_the_prefilter_with_the_same_result(monkeypatch):
+  """A column whose first cells are UUIDs or digests: the rest is prefiltered alone; redactions equal the usual pass."""
+  rng = random.Random(11)
+  pii = ['ana.perez+1@example.org', 'call +44 20 7946 0958', '192.168.10.20', 'DE89370400440532013000', 'plain']
+  cells = []
+  for i in range(12000):
+    roll = rng.random()
+    if roll < 0.85:
+      cells.append(str(uuid.UUID(int=rng.getrandbits(128))))
+    elif roll < 0.9:
+      cells.append(hashlib.sha256(str(i).encode()).hexdigest())
+    elif roll < 0.95:
+      cells.append(None)
+    else:
+      cells.append(f'{rng.choice(pii)} {i}')
+  values = pa.array(cells, pa.string())
+  monkeypatch.setattr(pii_scanner.TextScanner, '_id_column_candidates', lambda self, v: None)
+  reference, reference_counts = pii_scanner.TextScanner().setup().redact_array(values)
+  monkeypatch.undo()
+  id_path = pii_scanner.TextScanner().setup()
+  prefiltered = []
+  real_candidates = pii_scanner.TextScanner._candidates
+  monkeypatch.setattr(
+    pii_scanner.TextScanner, '_candidates', lambda self, v: prefiltered.append(len(v)) or real_candidates(self, v)
+  )
+  out, counts = id_path.redact_array(values)
+  assert out.to_pylist() == reference.to_pylist() and counts == reference_counts
+  assert counts['EMAIL_ADDRESS'] > 50 and counts['IP_ADDRESS'] > 50
+  assert prefiltered and prefiltered[0] < len(values) * 0.1  # only the cells that are not whole ids
+  # A column of text is not taken for one of ids.
+  assert id_path._id_column_candidates(pa.array([f'{rng.choice(pii)} {i}' for i in range(10000)])) is None
 
 def test_the_first_setup_in_a_process_freezes_its_start_up_objects_and_later_ones_do_not(monkeypatch):
   """Full collections skip what the imports left (`_freeze_imported_objects`); a later run's objects stay collectable."""

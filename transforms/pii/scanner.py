@@ -464,6 +464,25 @@ class TextScanner:
       return hits
     return _regex_mask(values, _ANY_PREFILTERS, _ANY_PREFILTER_PY.search)
 
+  def _id_column_candidates(self, values: pa.Array) -> Optional[np.ndarray]:
+    """`_candidates` of a column of ids (UUIDs, digests, Spotify URIs), whole ids set aside first; None for others.
+
+    `_redact_distinct` drops whole ids anyway, after the prefilter pass; on a
+    UUID column that pass cost three times the id check (21 against 6 ms per
+    64k cells, measured), and flagged half the cells. Judged on the first
+    cells; a wrong guess only costs time.
+    """
+    if len(values) < _REPEATS_MIN_CELLS:
+      return None
+    head = [t for t in values.slice(0, _SMALL_ARRAY).to_pylist() if t is not None]
+    if not head or sum(_WHOLE_ID_PY.fullmatch(t) is not None for t in head) * 2 < len(head):
+      return None
+    rest = np.flatnonzero(~self._whole_ids(values) & values.is_valid().to_numpy(zero_copy_only=False))
+    candidate = np.zeros(len(values), dtype=bool)
+    if len(rest):
+      candidate[rest] = self._candidates(values.take(pa.array(rest)))
+    return candidate
+
   def _whole_ids(self, values: pa.Array) -> np.ndarray:
     return _regex_mask(values, _WHOLE_ID_PATTERNS, _WHOLE_ID_PY.fullmatch)
 
@@ -519,7 +538,9 @@ class TextScanner:
     if len(values) == values.null_count:
       return values, collections.Counter()
     if use_prefilter:
-      candidate = self._candidates(values)
+      candidate = self._id_column_candidates(values)
+      if candidate is None:
+        candidate = self._candidates(values)
     else:
       candidate = values.is_valid().to_numpy(zero_copy_only=False)
     if skip is not None:
