@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 
 from io_connectors._common.errors import short_error
-from io_connectors.files._lines import first_line, line_count, range_as_utf8, to_utf8
+from io_connectors.files._lines import first_line, line_count, nonblank_lines_before, range_as_utf8, to_utf8
 from io_connectors.files._options import CsvOptions
 from io_connectors.files._ranges import Range
 from io_connectors.files._read import READERS, STAGE, ReadFormat, emit
@@ -80,8 +80,7 @@ class CsvReader:
     # numbering) and then set aside.
     bad_records = {}
     if bad_lines:
-      lines = data.split(b'\n')
-      nonblank_before = np.cumsum([0] + [1 if line.strip(b'\r') else 0 for line in lines])
+      nonblank_before = nonblank_lines_before(data)
       for i, text in bad_lines:
         bad_records[int(nonblank_before[i]) + 1] = text
       for number, text in sorted(bad_records.items()):

@@ -176,6 +176,28 @@ def test_utf8_bad_lines_found_like_a_full_decode(keep_bad_lines):
   assert seen_bad > 100
 
 
+
+def test_nonblank_lines_before_each_line_counts_as_a_split_does():
+  """The vectorised count that maps a bad line to pyarrow's record number, against a per-line split."""
+  import random
+
+  from io_connectors.files import _lines
+
+  rng = random.Random(9)
+  kinds = [b'', b'\r', b'\r\r', b'a', b' ', b'\ra', b'a\r', b'x,y', b'\r \r']
+  for _ in range(2000):
+    data = b'\n'.join(rng.choice(kinds) for _ in range(rng.randint(0, 12))) + (b'\n' if rng.random() < 0.5 else b'')
+    want = np.cumsum([0] + [1 if line.strip(b'\r') else 0 for line in data.split(b'\n')])
+    assert _lines.nonblank_lines_before(data).tolist() == want.tolist(), data
+    assert _lines.nonblank_lines_before(memoryview(data)).tolist() == want.tolist(), data
+
+
+def test_csv_bad_encoding_after_blank_and_carriage_return_lines_names_pyarrows_row(tmp_path):
+  path = write(tmp_path, 'events.csv', b'a,b\r\n1,ok\r\n\r\n\r\r\n2,bad\xff\r\n3,fine\r\n')
+  result = read(tmp_path, ReadFromCsv(path))
+  assert result.reasons() == [('bad_encoding', 'row 3')]
+  assert [r[1] for r in result.rows()] == [2, 4]
+
 def test_csv_other_encoding_and_delimiter(tmp_path):
   path = write(tmp_path, 'legacy.csv', 'name;city\nJosé;Málaga\n'.encode('latin-1'))
   result = read(tmp_path, ReadFromCsv(path, CsvOptions(delimiter=';', encoding='latin-1')))
