@@ -62,6 +62,14 @@ def test_shards_are_stable_and_spread():
   assert set(counts) == set(range(8)) and min(counts.values()) > 2000
   # Known values pin the hash: a change would move keys between shards across versions.
   assert shard_of(pa.array(['a', 'event-1', 'x' * 100]), 1000).tolist() == [626, 672, 642]
+  # Keys all of one length take the matrix path: the same values as the per-byte path.
+  uuids = ['1d2ed677-e50a-4fe3-bb37-2b5a0ee41fd8', '00000000-0000-0000-0000-000000000000', '-'.join(['f' * 8] + ['f' * 4] * 3 + ['f' * 12])]
+  assert shard_of(pa.array(uuids), 1000).tolist() == [184, 327, 107]
+  assert shard_of(pa.array(['a', 'b', 'c']), 1000).tolist() == [626, 706, 554]
+  same_length = pa.array([f'evt-{i:08d}' for i in range(5000)])
+  mixed_lengths = pa.concat_arrays([same_length, pa.array(['longer key'])])
+  assert shard_of(same_length, 97).tolist() == shard_of(mixed_lengths, 97).tolist()[:-1]
+  assert shard_of(same_length.slice(7, 100), 97).tolist() == shard_of(same_length, 97).tolist()[7:107]
 
 
 def test_dedup_keeps_first_copy_by_source_and_row():
