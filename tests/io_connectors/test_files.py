@@ -176,7 +176,6 @@ def test_utf8_bad_lines_found_like_a_full_decode(keep_bad_lines):
   assert seen_bad > 100
 
 
-
 def test_nonblank_lines_before_each_line_counts_as_a_split_does():
   """The vectorised count that maps a bad line to pyarrow's record number, against a per-line split."""
   import random
@@ -197,6 +196,7 @@ def test_csv_bad_encoding_after_blank_and_carriage_return_lines_names_pyarrows_r
   result = read(tmp_path, ReadFromCsv(path))
   assert result.reasons() == [('bad_encoding', 'row 3')]
   assert [r[1] for r in result.rows()] == [2, 4]
+
 
 def test_csv_other_encoding_and_delimiter(tmp_path):
   path = write(tmp_path, 'legacy.csv', 'name;city\nJosé;Málaga\n'.encode('latin-1'))

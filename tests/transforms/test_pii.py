@@ -851,6 +851,7 @@ def test_a_column_of_ids_sets_its_whole_ids_aside_before_the_prefilter_with_the_
   # A column of text is not taken for one of ids.
   assert id_path._id_column_candidates(pa.array([f'{rng.choice(pii)} {i}' for i in range(10000)])) is None
 
+
 def test_the_first_setup_in_a_process_freezes_its_start_up_objects_and_later_ones_do_not(monkeypatch):
   """Full collections skip what the imports left (`_freeze_imported_objects`); a later run's objects stay collectable."""
   frozen = []

@@ -1,6 +1,7 @@
 """TagTenant, Deduplicate and InferSchema on record batches."""
 
 import collections
+import random
 
 import apache_beam as beam
 import pyarrow as pa
@@ -63,7 +64,11 @@ def test_shards_are_stable_and_spread():
   # Known values pin the hash: a change would move keys between shards across versions.
   assert shard_of(pa.array(['a', 'event-1', 'x' * 100]), 1000).tolist() == [626, 672, 642]
   # Keys all of one length take the matrix path: the same values as the per-byte path.
-  uuids = ['1d2ed677-e50a-4fe3-bb37-2b5a0ee41fd8', '00000000-0000-0000-0000-000000000000', '-'.join(['f' * 8] + ['f' * 4] * 3 + ['f' * 12])]
+  uuids = [
+    '1d2ed677-e50a-4fe3-bb37-2b5a0ee41fd8',
+    '00000000-0000-0000-0000-000000000000',
+    '-'.join(['f' * 8] + ['f' * 4] * 3 + ['f' * 12]),
+  ]
   assert shard_of(pa.array(uuids), 1000).tolist() == [184, 327, 107]
   assert shard_of(pa.array(['a', 'b', 'c']), 1000).tolist() == [626, 706, 554]
   same_length = pa.array([f'evt-{i:08d}' for i in range(5000)])
@@ -79,6 +84,43 @@ def test_dedup_keeps_first_copy_by_source_and_row():
   out, dropped = dedup_table(table, 'event_id')
   assert dropped == 1
   assert out.select(['event_id', 'v']).to_pylist() == [{'event_id': 'a', 'v': 1}, {'event_id': 'b', 'v': 2}]
+
+
+@pytest.mark.parametrize('key_type', [pa.string(), pa.int64(), pa.dictionary(pa.int32(), pa.string())])
+def test_dedup_keeps_exactly_the_first_copy_by_source_and_row_of_each_key(key_type):
+  """Against the definition, on chunked tables with null keys and dictionary-encoded sources."""
+  rng = random.Random(17)
+  rows = []
+  for i in range(6000):
+    key = None if rng.random() < 0.03 else rng.randrange(2500)
+    rows.append({'event_id': key, '__source': rng.choice(['b.csv', 'a.csv', 'a.csv@1024']), '__row': rng.randrange(50)})
+  rows += [dict(row) for row in rows[:20]]  # exact copies: the earlier one in the table is kept
+  for i, row in enumerate(rows):
+    row['i'] = i
+  chunks = [rows[start : start + 700] for start in range(0, len(rows), 700)]
+  key_values = lambda chunk: [
+    None if r['event_id'] is None else r['event_id'] if key_type == pa.int64() else f'k{r["event_id"]}' for r in chunk
+  ]
+  batches = [
+    pa.RecordBatch.from_arrays(
+      [
+        pa.array(key_values(chunk)).cast(key_type),
+        pa.array([r['__source'] for r in chunk]).dictionary_encode(),
+        pa.array([r['__row'] for r in chunk], pa.int64()),
+        pa.array([r['i'] for r in chunk], pa.int64()),
+      ],
+      names=['event_id', '__source', '__row', 'i'],
+    )
+    for chunk in chunks
+  ]
+  out, dropped = dedup_table(pa.Table.from_batches(batches), 'event_id')
+  first = {}
+  for row in sorted(rows, key=lambda r: (r['__source'], r['__row'], r['i'])):
+    if row['event_id'] is not None:
+      first.setdefault(row['event_id'], row['i'])
+  expected = sorted(list(first.values()) + [r['i'] for r in rows if r['event_id'] is None])
+  assert out.column('i').to_pylist() == expected  # the kept rows, in the table's order
+  assert dropped == len(rows) - len(expected) > 3000
 
 
 @pytest.mark.parametrize('spill', [False, True], ids=['shuffle', 'spill_files'])
