@@ -154,11 +154,20 @@ def ensure_corpus(options: BenchOptions) -> tuple:
 
 
 def _children(pid: int) -> List[int]:
+  # Every thread's children: Beam starts its SDK worker processes from a thread, and the main
+  # thread's list alone missed them (the figures before 2026-12-05 counted the runner process only).
+  children = []
   try:
-    with open(f'/proc/{pid}/task/{pid}/children', encoding='ascii') as f:
-      return [int(c) for c in f.read().split()]
+    tasks = os.listdir(f'/proc/{pid}/task')
   except OSError:
     return []
+  for task in tasks:
+    try:
+      with open(f'/proc/{pid}/task/{task}/children', encoding='ascii') as f:
+        children.extend(int(c) for c in f.read().split())
+    except OSError:
+      continue
+  return children
 
 
 def _tree_rss_bytes(pid: int) -> int:

@@ -86,7 +86,7 @@ class RunConfig:
   pii_key_file: Optional[str] = None
   keep_pii: bool = False
   no_lineage_columns: bool = False
-  num_shards: int = 4
+  num_shards: Optional[int] = None  # None: from the input's size (spotify_batch.dedup_shards)
   batch_size: int = 65536
   split_size_mb: int = 64
   declared_schema: Optional[str] = None
@@ -278,8 +278,10 @@ def resolve(
     raise ConfigError(str(e)) from None
   if config.output_format not in OUTPUT_FORMATS:
     raise ConfigError(f'output_format {config.output_format!r} is not one of {", ".join(OUTPUT_FORMATS)}')
-  for name in ('num_shards', 'batch_size', 'split_size_mb'):
+  for name in ('batch_size', 'split_size_mb'):
     _positive_int(name, getattr(config, name))
+  if config.num_shards is not None:  # None: from the input's size
+    _positive_int('num_shards', config.num_shards)
   for i, source in enumerate(config.sources):
     where = f'sources[{i}]'
     if not source.get('type'):

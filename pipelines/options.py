@@ -128,8 +128,9 @@ class SpotifyBatchOptions(PipelineOptions):
     parser.add_argument(
       '--num_shards',
       type=int,
-      default=4,
-      help='Output files per tenant (the dedup shuffle is keyed by tenant and shard).',
+      default=None,
+      help='Output files per tenant (the dedup shuffle is keyed by tenant and shard). Default: one per '
+      '128 MiB of file input, at least 4, so that no shard holds more rows than a worker should.',
     )
     parser.add_argument('--batch_size', type=int, default=65536, help='Rows per Arrow record batch.')
     parser.add_argument(

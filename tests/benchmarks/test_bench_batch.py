@@ -1,10 +1,14 @@
-"""The pure helpers of benchmarks/bench_batch.py and its wide corpus: no pipeline run, no timing."""
+"""The pure helpers of benchmarks/bench_batch.py and its wide corpus: no pipeline run, no timing (one test starts a
+process tree to measure)."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import pathlib
+import subprocess
 import sys
+import time
 
 import pyarrow.csv as pa_csv
 
@@ -81,3 +85,27 @@ def test_check_outputs_names_every_count_that_differs():
 
 def test_target_ratio_by_scale():
   assert bench.target_ratio(1_000_000) == 0.12 and bench.target_ratio(10_000_000) == 0.25
+
+
+def test_tree_rss_counts_processes_a_thread_started():
+  """Beam starts its worker processes from a thread: their memory is the job's too."""
+  script = (
+    'import subprocess, sys, threading, time\n'
+    'kids = []\n'
+    'def start():\n'
+    '  kids.append(subprocess.Popen([sys.executable, "-c", "b = bytearray(300 * 2**20); import time; time.sleep(30)"]))\n'
+    '  time.sleep(30)  # a live thread keeps its children (an exited one hands them to the main thread)\n'
+    'threading.Thread(target=start, daemon=True).start()\n'
+    'time.sleep(30)\n'
+  )
+  parent = subprocess.Popen([sys.executable, '-c', script])
+  try:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and bench._tree_rss_bytes(parent.pid) < 300 * 2**20:
+      time.sleep(0.2)
+    assert bench._tree_rss_bytes(parent.pid) > 300 * 2**20
+  finally:
+    for child in bench._children(parent.pid):
+      os.kill(child, 9)
+    parent.kill()
+    parent.wait()

@@ -610,3 +610,20 @@ def test_a_large_input_runs_on_a_worker_process_per_core_with_the_same_outputs(
     expected = _read_partitions(in_process_output)[tenant].drop_columns(lineage).sort_by('event_id')
     assert table.drop_columns(lineage).sort_by('event_id').equals(expected), tenant
   assert len(_dead_letters(output)) == len(_dead_letters(in_process_output)) > 0
+
+
+def test_shards_default_to_one_per_128_mib_of_input_and_the_flag_wins(tmp_path, monkeypatch):
+  """A shard is deduplicated in one worker's memory: its size, not the input's, bounds that memory."""
+  from pipelines import spotify_batch
+
+  assert spotify_batch.dedup_shards(0) == spotify_batch.MIN_DEDUP_SHARDS == 4
+  assert spotify_batch.dedup_shards(10 * 128 * 2**20 + 1) == 11
+  rows = [_event(f'e{i}', f'u{i}', 'acme') for i in range(400)]
+  monkeypatch.setattr(spotify_batch, 'DEDUP_SHARD_INPUT_BYTES', 4096)
+  _, out = _run_small(tmp_path, rows, 'auto')
+  auto_files = glob.glob(os.path.join(out, 'data', 'tenant=acme', '*.parquet'))
+  _, out = _run_small(tmp_path, rows, 'told', ['--num_shards', '2'])
+  told_files = glob.glob(os.path.join(out, 'data', 'tenant=acme', '*.parquet'))
+  shards = -(-os.path.getsize(tmp_path / 'auto.csv') // 4096)
+  assert len(told_files) == 2 and len(auto_files) == shards > 4  # 40 rows a shard: none is empty
+  assert sum(pq.ParquetFile(f).metadata.num_rows for f in auto_files) == 400
