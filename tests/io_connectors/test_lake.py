@@ -6,6 +6,7 @@ every step where a commit can fail it must get the previous complete output
 or the new complete output, never a mix or nothing.
 """
 
+import collections
 import json
 import os
 
@@ -288,3 +289,40 @@ def test_an_old_layout_output_is_kept_for_the_grace_period_then_collected(tmp_pa
   sweep(output, grace_s=0)
   assert not os.path.exists(os.path.join(output, parked[0]))
   assert _read_committed(output) == ('r1', _expected('one'))
+
+
+def test_dead_letters_are_written_per_bundle_and_tenant_without_a_shuffle(tmp_path):
+  """Every letter lands in one file of its tenant; a file holds at most letters_per_file; windowed input is refused."""
+  import apache_beam as beam
+  from apache_beam.testing.test_pipeline import TestPipeline
+  from apache_beam.testing.util import assert_that
+
+  letters = [
+    {'source': 'f.csv', 'position': f'row {i}', 'reason': 'invalid_value', 'tenant': ['acme', 'beat', None][i % 3]}
+    for i in range(50)
+  ]
+  output = str(tmp_path / 'out')
+
+  def check(files):
+    assert files and all(f.kind == 'dead_letter' and f.rows <= 7 for f in files)
+    seen = collections.Counter()
+    for written in files:
+      lines = open(written.temp_path, encoding='utf-8').read().splitlines()
+      assert len(lines) == written.rows and lines == sorted(lines)
+      for line in lines:
+        letter = json.loads(line)
+        assert (letter['tenant'] or '_unassigned') == written.partition
+        seen[letter['position']] += 1
+    assert seen == collections.Counter(f'row {i}' for i in range(50))
+
+  with TestPipeline() as p:
+    files = p | beam.Create(letters) | lake_mod.WriteDeadLetterFiles(output, 'run', letters_per_file=7)
+    assert_that(files, check)
+  with pytest.raises(ValueError, match='globally windowed'):
+    with TestPipeline() as p:
+      _ = (
+        p
+        | beam.Create(letters)
+        | beam.WindowInto(beam.window.FixedWindows(10))
+        | lake_mod.WriteDeadLetterFiles(output, 'run')
+      )
