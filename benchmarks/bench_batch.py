@@ -184,18 +184,34 @@ def _tree_rss_bytes(pid: int) -> int:
   return total
 
 
+def _tree_pss_bytes(pid: int) -> int:
+  """Proportional set size of a process tree: shared pages (libraries, the page cache a file map holds)
+  counted once in all, where a sum of RSS counts them once per process."""
+  total, stack = 0, [pid]
+  while stack:
+    current = stack.pop()
+    try:
+      with open(f'/proc/{current}/smaps_rollup', encoding='ascii') as f:
+        total += next(int(line.split()[1]) * 1024 for line in f if line.startswith('Pss:'))
+    except (OSError, ValueError, IndexError, StopIteration):
+      continue
+    stack.extend(_children(current))
+  return total
+
+
 def run_measured(command: List[str], timeout_s: float, **popen_kwargs) -> Dict:
   """Runs `command`; returns seconds, return code, peak tree RSS (GB), load averages before and after."""
   load_before = os.getloadavg()
   usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
   started = time.perf_counter()
   process = subprocess.Popen(command, **popen_kwargs)
-  peak = [0]
+  peak = [0, 0]
   done = threading.Event()
 
   def poll():
     while not done.is_set():
       peak[0] = max(peak[0], _tree_rss_bytes(process.pid))
+      peak[1] = max(peak[1], _tree_pss_bytes(process.pid))
       done.wait(0.2)
 
   poller = threading.Thread(target=poll, daemon=True)
@@ -216,6 +232,7 @@ def run_measured(command: List[str], timeout_s: float, **popen_kwargs) -> Dict:
     'cpu_s': round(cpu, 2),
     'returncode': returncode,
     'peak_rss_gb': round(peak[0] / 2**30, 3),
+    'peak_pss_gb': round(peak[1] / 2**30, 3),
     'load_avg': [round(x, 2) for x in load_before[:1] + os.getloadavg()[:1]],
   }
 
@@ -290,6 +307,7 @@ def run_pipeline(csv_path: str, out_dir: str, extra_args: str, timeout_s: float,
     'seconds': run['seconds'],
     'cpu_s': run['cpu_s'],
     'peak_rss_gb': run['peak_rss_gb'],
+    'peak_pss_gb': run['peak_pss_gb'],
     'load_avg': run['load_avg'],
     'parquet_rows': _parquet_rows(out_dir),
     'manifest_counts': _manifest_counts(out_dir),
@@ -425,6 +443,7 @@ def run_benchmark(options: BenchOptions) -> dict:
         'extra_args': extra,
         'runs_s': [],
         'peak_rss_gb': [],
+        'peak_pss_gb': [],
         'cpu_s': [],
         'load_avg': [],
         'errors': [],
@@ -439,13 +458,14 @@ def run_benchmark(options: BenchOptions) -> dict:
         if 'seconds' in run:
           variant['runs_s'].append(round(run['seconds'], 3))
           variant['peak_rss_gb'].append(run['peak_rss_gb'])
+          variant['peak_pss_gb'].append(run['peak_pss_gb'])
           variant['cpu_s'].append(run['cpu_s'])
           variant['load_avg'].append(run['load_avg'])
           variant['parquet_rows'] = run['parquet_rows']
           variant['manifest_counts'] = run['manifest_counts']
           _log(
             f'pipeline [{extra or "defaults"}] run {i + 1}/{options.pipeline_runs}: {run["seconds"]:.2f} s, '
-            f'peak RSS {run["peak_rss_gb"]:.2f} GB, load {run["load_avg"][0]:.1f}-{run["load_avg"][1]:.1f}, outputs as expected'
+            f'peak RSS {run["peak_rss_gb"]:.2f} GB (PSS {run["peak_pss_gb"]:.2f}), load {run["load_avg"][0]:.1f}-{run["load_avg"][1]:.1f}, outputs as expected'
           )
         else:
           variant['errors'].append(run)
@@ -493,7 +513,7 @@ def report(result: dict) -> str:
       lines.append(
         f'pipeline [{name}]: best {variant["best_s"]:.2f} s = {variant["rows_per_s"]:,} rows/s, '
         f'ratio {variant["ratio"]:.3f} ({verdict} target {result["target_ratio"]}), '
-        f'peak RSS {max(variant["peak_rss_gb"]):.2f} GB, CPU {min(variant["cpu_s"]):.1f} s '
+        f'peak RSS {max(variant["peak_rss_gb"]):.2f} GB (PSS {max(variant["peak_pss_gb"]):.2f}), CPU {min(variant["cpu_s"]):.1f} s '
         f'(CPU ratio {variant["cpu_ratio"]:.3f})'
       )
     else:

@@ -104,6 +104,7 @@ def test_tree_rss_counts_processes_a_thread_started():
     while time.monotonic() < deadline and bench._tree_rss_bytes(parent.pid) < 300 * 2**20:
       time.sleep(0.2)
     assert bench._tree_rss_bytes(parent.pid) > 300 * 2**20
+    assert bench._tree_pss_bytes(parent.pid) > 250 * 2**20
   finally:
     for child in bench._children(parent.pid):
       os.kill(child, 9)
