@@ -85,17 +85,23 @@ def _pydantic_accepts(row):
     return False
 
 
-def test_vectorised_rules_agree_with_pydantic_on_generated_rows():
-  rng = random.Random(20241122)
+def _generated_rows(seed, count, fewest_changed):
+  """(rows of GOOD with 0-3 fields swapped for CANDIDATES, the same as a batch of strings from row 2 of 'gen')."""
+  rng = random.Random(seed)
   rows = []
-  for _ in range(3000):
+  for _ in range(count):
     row = dict(GOOD)
-    for field in rng.sample(sorted(CANDIDATES), k=rng.randint(0, 3)):
+    for field in rng.sample(sorted(CANDIDATES), k=rng.randint(fewest_changed, 3)):
       row[field] = rng.choice(CANDIDATES[field])
     rows.append(row)
   batch = with_provenance(
     pa.RecordBatch.from_pylist(rows, schema=pa.schema([(k, pa.string()) for k in GOOD])), 'gen', 2
   )
+  return rows, batch
+
+
+def test_vectorised_rules_agree_with_pydantic_on_generated_rows():
+  rows, batch = _generated_rows(20241122, 3000, 0)
   valid, letters = validate_batch(batch, entities.ListeningEvent, pydantic_details=False)
   rejected = {int(letter['position'].split()[1]) - 2 for letter in letters}
   expected_rejected = {i for i, row in enumerate(rows) if not _pydantic_accepts(row)}
@@ -193,16 +199,7 @@ def _fresh_detail(model, record, field):
 def test_remembered_pydantic_messages_are_the_ones_pydantic_gives_each_row(monkeypatch):
   """Messages are remembered per field value (repeated bad values cost one model_validate), and are pydantic's own."""
   monkeypatch.setattr(validate_module, '_DETAILS', {})
-  rng = random.Random(7)
-  rows = []
-  for _ in range(2000):
-    row = dict(GOOD)
-    for field in rng.sample(sorted(CANDIDATES), k=rng.randint(1, 3)):
-      row[field] = rng.choice(CANDIDATES[field])
-    rows.append(row)
-  batch = with_provenance(
-    pa.RecordBatch.from_pylist(rows, schema=pa.schema([(k, pa.string()) for k in GOOD])), 'gen', 2
-  )
+  rows, batch = _generated_rows(7, 2000, 1)
   _, letters = validate_batch(batch, entities.ListeningEvent)
   assert len(letters) > 500 and len(validate_module._DETAILS) < len(letters) / 5
   for letter in letters:
