@@ -232,8 +232,9 @@ def local_runner_args(argv: Sequence[str], streaming: bool = False) -> List[str]
 
 # A local batch run over at least this much input gets a worker process per core. On the batch benchmark
 # (docs/benchmarks.md, 2 cores) two worker processes cost ~2.4 s more than the in-process runner at 100k rows
-# (23 MB: 9.3 s against 6.9 s) and save 3.4 s at 1M (235 MB) and 135 s at 10M (2.3 GB, 153 s against 288 s,
-# with 1.3 GB resident against 5.4 GB); the two lines cross near 400k rows, ~95 MB.
+# (23 MB: 9.3 s against 6.9 s) and save 3.4 s at 1M (235 MB) and 135 s at 10M (2.3 GB, 153 s against 288 s;
+# the in-process run peaked at 5.4 GB resident, the two workers' run at 2.9 GB PSS for the whole tree once
+# its dedup shards followed the input's size); the two lines cross near 400k rows, ~95 MB.
 LOCAL_PROCESSES_MIN_INPUT_BYTES = 128 * 2**20
 
 
