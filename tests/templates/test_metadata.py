@@ -208,8 +208,8 @@ def test_parameter_names_are_flags_the_options_parse(committed_metadata):
   for parameter in committed_metadata['parameters']:
     if parameter['paramType'] == 'ENUM':
       value = parameter['enumOptions'][-1]['value']
-    else:
-      value = parameter.get('defaultValue', 'x')
+    else:  # a parameter without a default gets a value of its type
+      value = parameter.get('defaultValue', '7' if parameter['paramType'] == 'NUMBER' else 'x')
     # As Dataflow passes it, through the launcher's boolean handling.
     argv = launcher.to_beam_argv([f'--{parameter["name"]}={value}'], environ={})
     known, unknown = parser.parse_known_args(argv)
