@@ -53,7 +53,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:  # run by path: make `pipelines` importable
@@ -170,33 +170,32 @@ def _children(pid: int) -> List[int]:
   return children
 
 
-def _tree_rss_bytes(pid: int) -> int:
-  """Resident memory of a process and its descendants (Linux /proc; 0 elsewhere)."""
-  total, stack = 0, [pid]
+def _process_memory_bytes(pid: int) -> Tuple[int, int]:
+  """(RSS, PSS) of one process; raises OSError once it has gone."""
+  with open(f'/proc/{pid}/statm', encoding='ascii') as f:
+    rss = int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+  with open(f'/proc/{pid}/smaps_rollup', encoding='ascii') as f:
+    pss = next((int(line.split()[1]) * 1024 for line in f if line.startswith('Pss:')), 0)
+  return rss, pss
+
+
+def _tree_memory_bytes(pid: int) -> Tuple[int, int]:
+  """(RSS, PSS) summed over a process and its descendants (Linux /proc; zeros elsewhere).
+
+  PSS counts shared pages (libraries, the page cache a file map holds) once in all, where the sum of
+  RSS counts them once per process.
+  """
+  rss = pss = 0
+  stack = [pid]
   while stack:
     current = stack.pop()
     try:
-      with open(f'/proc/{current}/statm', encoding='ascii') as f:
-        total += int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+      one_rss, one_pss = _process_memory_bytes(current)
     except (OSError, ValueError, IndexError):
       continue
+    rss, pss = rss + one_rss, pss + one_pss
     stack.extend(_children(current))
-  return total
-
-
-def _tree_pss_bytes(pid: int) -> int:
-  """Proportional set size of a process tree: shared pages (libraries, the page cache a file map holds)
-  counted once in all, where a sum of RSS counts them once per process."""
-  total, stack = 0, [pid]
-  while stack:
-    current = stack.pop()
-    try:
-      with open(f'/proc/{current}/smaps_rollup', encoding='ascii') as f:
-        total += next(int(line.split()[1]) * 1024 for line in f if line.startswith('Pss:'))
-    except (OSError, ValueError, IndexError, StopIteration):
-      continue
-    stack.extend(_children(current))
-  return total
+  return rss, pss
 
 
 def run_measured(command: List[str], timeout_s: float, **popen_kwargs) -> Dict:
@@ -210,8 +209,8 @@ def run_measured(command: List[str], timeout_s: float, **popen_kwargs) -> Dict:
 
   def poll():
     while not done.is_set():
-      peak[0] = max(peak[0], _tree_rss_bytes(process.pid))
-      peak[1] = max(peak[1], _tree_pss_bytes(process.pid))
+      rss, pss = _tree_memory_bytes(process.pid)
+      peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
       done.wait(0.2)
 
   poller = threading.Thread(target=poll, daemon=True)
