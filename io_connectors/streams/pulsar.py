@@ -32,8 +32,9 @@ Delivery (at-least-once), as `io_connectors.streams.redis_streams`:
   but its ack never reached the broker: a crash between commit and
   finalization, or within the client's ack grouping delay (the C++ client
   sends acks grouped, up to 100 ms after ``acknowledge``, and this Python
-  client has no ack receipts to wait for). Dedup on ``event_id`` downstream
-  absorbs it. Nothing is lost either way.
+  client has no ack receipts to wait for). A process that ends normally
+  closes its consumers at exit, which sends the acks still grouped. Dedup on
+  ``event_id`` downstream absorbs a second copy. Nothing is lost either way.
 
 Bounded mode (``bounded=True``, tests and backfills): a reader stops when one
 read receives nothing.
@@ -65,6 +66,7 @@ message-id (Pulsar Reader API) start positions: the subscription's position
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import logging
 import os
@@ -205,12 +207,17 @@ class _Consumers:
 
   Acks must go through the consumer that received the message, and the
   finalization callback may run on another DoFn instance than the read.
+  Closed at the process's exit: the client sends acks grouped, up to 100 ms
+  after ``acknowledge``, and only closing a consumer flushes them; without
+  it a bounded job's last acks were lost as it ended (the broker sent those
+  messages again to the next run).
   """
 
   def __init__(self):
     self._lock = threading.Lock()
     self._clients: Dict[Tuple, Any] = {}
     self._consumers: Dict[Tuple, Any] = {}
+    atexit.register(self.close_all)
 
   def get(self, options: PulsarOptions, topic: str, index: int):
     import pulsar

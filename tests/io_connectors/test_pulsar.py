@@ -156,6 +156,51 @@ def test_sink_mode_acks_only_the_messages_the_pipeline_acknowledges(service_url,
   assert ReadFromPulsar(dataclasses.replace(options, ack='finalize')).acknowledge_written() is None
 
 
+_ACK_THEN_EXIT = textwrap.dedent('''
+    """Receives every message through the reader's consumers, acknowledges them and exits at once.
+
+    The exit handlers run, then the process ends without the interpreter's
+    slow teardown (which gave the client's 100 ms ack timer time to fire in
+    this script but not always in a job).
+    """
+    import atexit, os, sys
+    from io_connectors.streams.pulsar import _CONSUMERS, PulsarOptions
+
+    url, topic, total = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    options = PulsarOptions(service_url=url, topics=[topic], subscription='pipeline')
+    consumer = _CONSUMERS.get(options, topic, 0)
+    ids = [consumer.receive(timeout_millis=10_000).message_id() for _ in range(total)]
+    for message_id in ids:
+      consumer.acknowledge(message_id)
+    atexit._run_exitfuncs()
+    os._exit(0)
+''')
+
+
+def test_acks_still_grouped_when_the_process_ends_reach_the_broker(service_url, admin_url, client, tmp_path):
+  """A bounded job acks its last writes just before it ends; the exit must not lose them.
+
+  The client sends acks grouped, up to 100 ms later: a consumer destroyed
+  without close() dropped all 200 of these, and the next run read them again.
+  """
+  topic = _topic()
+  _produce(client, topic, _events(200))
+  script = tmp_path / 'ack_then_exit.py'
+  script.write_text(_ACK_THEN_EXIT)
+  run = subprocess.run(
+    [sys.executable, str(script), service_url, topic, '200'],
+    env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=False,
+  )
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert 'not properly closed' not in run.stderr
+  wait_until(lambda: pulsar_backlog(admin_url, topic, 'pipeline') == 0, timeout=10, what='all 200 acks at the broker')
+
+
 _KILLED_PIPELINE = textwrap.dedent('''
     """Reads a topic, writes one file per batch; SIGKILLs itself on the batch holding KILL_ON.
 
