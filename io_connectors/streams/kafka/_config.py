@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from io_connectors._common.errors import ConnectorError
@@ -14,6 +15,7 @@ __all__ = [
   'KafkaError',
   'check',
   'client_config',
+  'list_metadata',
   'secrets_of',
   'source_uri',
   'START_POSITIONS',
@@ -188,29 +190,56 @@ class KafkaError(ConnectorError, RuntimeError):
   """Brokers unreachable, credentials refused or a topic missing; the message holds no secret."""
 
 
+# The broker refused the credentials: retrying cannot help (librdkafka retries anyway).
+_REFUSED_CODES = ('_AUTHENTICATION', 'SASL_AUTHENTICATION_FAILED', 'TOPIC_AUTHORIZATION_FAILED')
+# How long the first metadata request may wait before the error callbacks are
+# looked at; each next one waits twice as long (a slow, distant broker still
+# gets requests long enough to answer).
+_FIRST_METADATA_WAIT_S = 0.5
+
+
+def list_metadata(options, topic: Optional[str] = None, timeout_s: float = 30.0):
+  """The brokers' metadata (of `topic` only, if given), waiting up to `timeout_s` for them.
+
+  Unreachable brokers are waited for; refused credentials fail at once
+  (librdkafka reports them only through its error callback, ~0.3 s in, and
+  `list_topics` would wait out its whole timeout, then say "Broker transport
+  failure"). Raises KafkaError with librdkafka's reason, without secrets.
+  """
+  import confluent_kafka
+  import confluent_kafka.admin
+
+  where = f'Kafka at {options.bootstrap_servers}'
+  # librdkafka says why (refused, authentication failed) through error_cb
+  # only; its own log lines would repeat that on stderr every retry.
+  errors: List[Any] = []
+  admin = confluent_kafka.admin.AdminClient(dict(client_config(options), error_cb=errors.append, log_level=0))
+  deadline = time.monotonic() + timeout_s
+  wait_s = _FIRST_METADATA_WAIT_S
+  try:
+    while True:
+      wait_s = min(wait_s, max(deadline - time.monotonic(), 0.01))
+      try:
+        return admin.list_topics(topic=topic, timeout=wait_s) if topic else admin.list_topics(timeout=wait_s)
+      except confluent_kafka.KafkaException as e:
+        admin.poll(0)  # serves the queued error callbacks
+        refused = [error for error in errors if error.name() in _REFUSED_CODES]
+        if refused or time.monotonic() >= deadline:
+          reason = str((refused or errors or [e])[-1])
+          raise KafkaError(mask_secrets(f'{where}: {reason}', secrets_of(options))) from None
+      wait_s *= 2
+  finally:
+    del admin  # stops its threads (and their retries) now
+
+
 def check(options, timeout_s: float = 10.0) -> str:
   """Reaches the brokers with the options' security settings and finds every topic; a one-line summary.
 
   Raises KafkaError saying what is wrong (refused, authentication failed,
   topic not found), without secrets.
   """
-  import confluent_kafka.admin
-
   where = f'Kafka at {options.bootstrap_servers}'
-  # librdkafka says why (refused, authentication failed) through error_cb
-  # only; its own log lines would repeat that on stderr every retry.
-  errors: List[str] = []
-  admin = confluent_kafka.admin.AdminClient(
-    dict(client_config(options), error_cb=lambda error: errors.append(str(error)), log_level=0)
-  )
-  try:
-    metadata = admin.list_topics(timeout=timeout_s)
-  except Exception as e:
-    admin.poll(0)  # serves the queued error callbacks
-    reason = errors[-1] if errors else str(e)
-    raise KafkaError(mask_secrets(f'{where}: {reason}', secrets_of(options))) from None
-  finally:
-    del admin  # stops its threads (and their retries) now
+  metadata = list_metadata(options, timeout_s=timeout_s)
   topics = tuple(getattr(options, 'topics', None) or (options.topic,))
   missing = [t for t in topics if t not in metadata.topics or metadata.topics[t].error is not None]
   if missing:

@@ -10,7 +10,14 @@ import numpy as np
 
 from io_connectors._common.arrow import batch_from_rows
 from io_connectors._common.masking import mask_secrets
-from io_connectors.streams.kafka._config import KafkaReadOptions, check, client_config, secrets_of, source_uri
+from io_connectors.streams.kafka._config import (
+  KafkaReadOptions,
+  check,
+  client_config,
+  list_metadata,
+  secrets_of,
+  source_uri,
+)
 from io_connectors.streams.kafka._payloads import decode_values, raw_text
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 from transforms.records import with_provenance
@@ -169,12 +176,9 @@ class ReadFromKafkaCrossLanguage(beam.PTransform):
 
 def _partition_count(options: KafkaReadOptions) -> int:
   """How many partitions the topics have now (broker metadata)."""
-  import confluent_kafka.admin
-
-  admin = confluent_kafka.admin.AdminClient(client_config(options))
   count = 0
   for topic in options.topics:
-    metadata = admin.list_topics(topic, timeout=30).topics[topic]
+    metadata = list_metadata(options, topic, timeout_s=30).topics[topic]
     if metadata.error is not None or not metadata.partitions:
       raise ValueError(f'Kafka topic {topic}: no partitions ({metadata.error})')
     count += len(metadata.partitions)

@@ -23,7 +23,14 @@ from io_connectors._common.arrow import batch_from_rows
 from io_connectors._common.masking import mask_secrets
 from io_connectors.streams._acknowledge import Acknowledger, AcknowledgeWritten, position_number
 from io_connectors.streams._messages import CheckpointOnlyTracker, unbounded_reader
-from io_connectors.streams.kafka._config import KafkaReadOptions, check, client_config, secrets_of, source_uri
+from io_connectors.streams.kafka._config import (
+  KafkaReadOptions,
+  check,
+  client_config,
+  list_metadata,
+  secrets_of,
+  source_uri,
+)
 from io_connectors.streams.kafka._payloads import AvroDecoder, decode_values, raw_text
 from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
@@ -661,19 +668,12 @@ class _ListPartitionsFn(beam.DoFn):
     self._options = options
 
   def process(self, unused_impulse):
-    import confluent_kafka.admin
-
-    admin = confluent_kafka.admin.AdminClient(client_config(self._options))
     found = []
     for topic in self._options.topics:
       deadline = time.monotonic() + 60
       while True:
-        try:
-          metadata = admin.list_topics(topic=topic, timeout=30)
-        except Exception as e:
-          raise RuntimeError(
-            mask_secrets(f'Kafka at {self._options.bootstrap_servers}: {e}', secrets_of(self._options))
-          ) from None
+        # Waits for unreachable brokers; refused credentials fail at once (KafkaError, no secrets).
+        metadata = list_metadata(self._options, topic, timeout_s=30)
         info = metadata.topics.get(topic)
         if info is not None and info.error is None and info.partitions:
           break
