@@ -34,6 +34,7 @@ import contextlib
 import dataclasses
 import inspect
 import json
+import logging
 import os
 import pathlib
 import re
@@ -155,6 +156,24 @@ _UNIT_TIER = {'active': False}
 
 def pytest_sessionstart(session):
   _UNIT_TIER['active'] = session.config.option.markexpr.strip() == 'unit'
+
+
+@pytest.fixture(autouse=True)
+def _job_log_handlers_removed():
+  """Root-logger stream handlers a test's job added are removed when it ends.
+
+  A job's `cli.configure_logging` (basicConfig with force=True) gives the
+  root logger a handler on the test's captured stderr. Threads that outlive
+  the test (Beam's subprocess servers relay Prism's and the job server's
+  output) then logged into a closed file: '--- Logging error ---' and a
+  traceback in CI's output, dozens per run.
+  """
+  root = logging.getLogger()
+  before = set(root.handlers)
+  yield
+  for handler in root.handlers[:]:
+    if handler not in before and type(handler) is logging.StreamHandler:
+      root.removeHandler(handler)
 
 
 def pipeline_options(beam_args=(), **flags) -> PipelineOptions:
