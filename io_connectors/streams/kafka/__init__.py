@@ -36,7 +36,10 @@ Azure Event Hubs is reached through its Kafka endpoint: `security_protocol=
 'SASL_SSL'`, `sasl_mechanism='PLAIN'`, `sasl_username='$ConnectionString'` and
 the namespace connection string as `sasl_password` (or just
 `event_hubs_connection_string=...`). Tested against SASL_PLAINTEXT on the local
-broker; TLS (SASL_SSL) is passed to librdkafka but untested here.
+broker; TLS (SASL_SSL) is passed to librdkafka but untested here. Credentials
+the broker refuses fail the job (and `check`) at once with the broker's reason
+(`KafkaError`, secrets masked); unreachable brokers are waited for, up to 30 s
+when the job starts (`_config.list_metadata`).
 
 Usage::
 
