@@ -156,6 +156,20 @@ def test_sink_mode_acks_only_the_messages_the_pipeline_acknowledges(service_url,
   assert ReadFromPulsar(dataclasses.replace(options, ack='finalize')).acknowledge_written() is None
 
 
+def _run_script(path, text: str, *args: str, timeout: float) -> subprocess.CompletedProcess:
+  """Writes `text` to `path` and runs it with the repository importable; its output captured."""
+  path.write_text(text)
+  return subprocess.run(
+    [sys.executable, str(path), *args],
+    env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    check=False,
+  )
+
+
 _ACK_THEN_EXIT = textwrap.dedent('''
     """Receives every message through the reader's consumers, acknowledges them and exits at once.
 
@@ -185,17 +199,7 @@ def test_acks_still_grouped_when_the_process_ends_reach_the_broker(service_url, 
   """
   topic = _topic()
   _produce(client, topic, _events(200))
-  script = tmp_path / 'ack_then_exit.py'
-  script.write_text(_ACK_THEN_EXIT)
-  run = subprocess.run(
-    [sys.executable, str(script), service_url, topic, '200'],
-    env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
-    cwd=REPO_ROOT,
-    capture_output=True,
-    text=True,
-    timeout=120,
-    check=False,
-  )
+  run = _run_script(tmp_path / 'ack_then_exit.py', _ACK_THEN_EXIT, service_url, topic, '200', timeout=120)
   assert run.returncode == 0, run.stderr[-3000:]
   assert 'not properly closed' not in run.stderr
   wait_until(lambda: pulsar_backlog(admin_url, topic, 'pipeline') == 0, timeout=10, what='all 200 acks at the broker')
@@ -247,20 +251,19 @@ _KILLED_PIPELINE = textwrap.dedent('''
 def test_a_killed_pipeline_process_loses_nothing_and_writes_nothing_twice(service_url, admin_url, client, tmp_path):
   topic = _topic()
   _produce(client, topic, _events(600))
-  script = tmp_path / 'killed_pipeline.py'
-  script.write_text(_KILLED_PIPELINE)
   first, resumed = tmp_path / 'first', tmp_path / 'resumed'
   first.mkdir()
   resumed.mkdir()
-  env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-  run = subprocess.run(
-    [sys.executable, str(script), service_url, admin_url, topic, str(first), 'e350', '600'],
-    env=env,
-    cwd=REPO_ROOT,
-    capture_output=True,
-    text=True,
+  run = _run_script(
+    tmp_path / 'killed_pipeline.py',
+    _KILLED_PIPELINE,
+    service_url,
+    admin_url,
+    topic,
+    str(first),
+    'e350',
+    '600',
     timeout=300,
-    check=False,
   )
   assert run.returncode == -signal.SIGKILL, run.stderr[-3000:]
   written_first = [e for path in first.glob('*.json') for e in json.loads(path.read_text())]
