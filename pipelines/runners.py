@@ -12,7 +12,7 @@ The same pipeline runs unchanged on every runner; only the flags differ:
 - ``prism``: the PrismRunner with our build of Prism (``scripts/prism.sh build``).
 - ``flink``: the FlinkRunner on the Flink session cluster of
   ``scripts/flink.sh start``; Python SDK workers run inside the submitting
-  process (LOOPBACK).
+  process (LOOPBACK; the pipelines serve them from `flink_loopback_worker_pool`).
 - ``flink-external``: the same cluster, with SDK workers from the worker pool of
   ``scripts/flink.sh start --with-worker-pool`` (EXTERNAL environment).
 
@@ -34,6 +34,7 @@ Environment overrides: ``PRISM_LOCATION`` (a Prism binary), ``FLINK_MASTER``
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import pathlib
 import subprocess
@@ -53,6 +54,7 @@ __all__ = [
   'kafka_expansion_jars',
   'local_prism',
   'local_runner_args',
+  'flink_loopback_worker_pool',
   'LOCAL_PROCESSES_MIN_INPUT_BYTES',
   'parallelism_told',
   'local_worker_processes',
@@ -71,6 +73,8 @@ FLINK_VERSION = '1.19'
 
 # Runner names under which Beam runs a pipeline on its DirectRunner (None: no --runner).
 _DIRECT_RUNNERS = (None, 'DirectRunner', 'SwitchingDirectRunner')
+# Runner names under which Beam runs a pipeline on its FlinkRunner.
+_FLINK_RUNNERS = ('FlinkRunner', 'flink')
 
 
 class RunnerSetupError(RuntimeError):
@@ -217,9 +221,19 @@ def local_runner_args(argv: Sequence[str], streaming: bool = False) -> List[str]
     PRISM_LOCATION) through ``--prism_location``, or is left to Beam when
     there is none (Prism is what runs it).
 
+  A FlinkRunner run with ``--environment_type=LOOPBACK`` gets its SDK workers from
+  `flink_loopback_worker_pool` (workers on threads of this process, as with
+  LOOPBACK) instead of Beam's loopback pool, which lets one TaskManager's
+  StopWorker end another's worker (`pipelines.worker_pool` says how).
+
   Other runners and an explicit ``--prism_location`` are left as they are.
   """
   argv = list(argv)
+  if (
+    _flag_value(argv, 'runner') in _FLINK_RUNNERS
+    and (_flag_value(argv, 'environment_type') or '').upper() == 'LOOPBACK'
+  ):
+    return argv + ['--environment_type=EXTERNAL', f'--environment_config={flink_loopback_worker_pool(argv)}']
   if _flag_value(argv, 'runner') not in _DIRECT_RUNNERS or _flag_value(argv, 'prism_location') is not None:
     return argv
   if not streaming and '--streaming' not in argv:
@@ -228,6 +242,42 @@ def local_runner_args(argv: Sequence[str], streaming: bool = False) -> List[str]
   if prism:
     return argv + [f'--prism_location={prism}']
   return argv
+
+
+def flink_loopback_worker_pool(argv: Sequence[str]) -> str:
+  """The address of this process's SDK worker pool for Flink jobs (started at the first call), on 127.0.0.1.
+
+  What Beam's LOOPBACK environment starts, with the settings Beam takes from
+  the job's flags (state cache size, data buffer time limit, the
+  ``use_loopback_process_worker`` experiment), but `worker_pool.SharedWorkerPoolServicer`:
+  TaskManagers number their workers alike, and Beam's pool keeps one worker per
+  number. Jobs of one process with the same settings share a pool, which
+  lives as long as the process (a streaming job's workers do too).
+  """
+  from apache_beam.options.pipeline_options import DebugOptions, PipelineOptions
+  from apache_beam.runners.worker import sdk_worker_main
+
+  options = PipelineOptions(list(argv))
+  experiments = options.view_as(DebugOptions).experiments or []
+  return _worker_pool_address(
+    sdk_worker_main._get_state_cache_size_bytes(options=options),
+    sdk_worker_main._get_data_buffer_time_limit_ms(experiments),
+    bool(options.view_as(DebugOptions).lookup_experiment('use_loopback_process_worker', False)),
+  )
+
+
+@functools.lru_cache(maxsize=None)
+def _worker_pool_address(state_cache_size: int, data_buffer_time_limit_ms: int, use_process: bool) -> str:
+  from pipelines.worker_pool import SharedWorkerPoolServicer
+
+  address, server = SharedWorkerPoolServicer.start(
+    use_process=use_process, state_cache_size=state_cache_size, data_buffer_time_limit_ms=data_buffer_time_limit_ms
+  )
+  _WORKER_POOL_SERVERS.append(server)  # a gRPC server that is garbage-collected stops serving
+  return address
+
+
+_WORKER_POOL_SERVERS: List[object] = []
 
 
 # A local batch run over at least this much input gets a worker process per core. On the batch benchmark

@@ -28,6 +28,16 @@ which of two live workers with one id was meant.
 Workers' stdout is inherited (Beam's pool pipes it and never reads it, so a
 worker that prints enough blocks forever).
 
+The same collision happens to Flink jobs run with ``--environment_type=LOOPBACK``:
+Beam's PortableRunner then serves its own pool in the submitting process,
+with workers on threads, and a second TaskManager's ``1-1`` replaces the
+first in that pool's table too. Its ``StopWorker`` ends the control stream of
+the wrong worker; the other TaskManager's task fails with "SDK harness closed
+connection" and Flink restarts the job (up to 9 times in one job of this
+project's suite). ``SharedWorkerPoolServicer.start(use_process=False)`` is
+this pool with workers on threads, and `pipelines.runners.local_runner_args`
+gives LOOPBACK runs on Flink that pool instead of Beam's.
+
 The pool runs whatever pipeline code a caller sends and has no
 authentication, so it listens on 127.0.0.1 only unless ``--bind_address``
 names another interface (e.g. ``0.0.0.0`` in a pod whose network policy
@@ -47,12 +57,13 @@ import sys
 import threading
 import time
 import traceback
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import grpc
 from apache_beam.portability.api import beam_fn_api_pb2, beam_fn_api_pb2_grpc
-from apache_beam.runners.worker import worker_pool_main
+from apache_beam.runners.worker import sdk_worker, worker_pool_main
 from apache_beam.utils import thread_pool_executor
+from apache_beam.utils.sentinel import Sentinel
 
 __all__ = ['DEFAULT_BIND_ADDRESS', 'SharedWorkerPoolServicer', 'main']
 
@@ -61,8 +72,52 @@ _LOG = logging.getLogger('pipelines.worker_pool')
 DEFAULT_BIND_ADDRESS = '127.0.0.1'
 
 
+class _ProcessWorker:
+  """An SDK worker in a child process."""
+
+  def __init__(self, process: subprocess.Popen):
+    self.process = process
+
+  def __str__(self):
+    return f'pid {self.process.pid}'
+
+  def alive(self) -> bool:
+    return self.process.poll() is None
+
+  def stop(self, timeout_s: float = 10):
+    worker_pool_main.kill_process_gracefully(self.process, timeout=timeout_s)
+
+
+class _ThreadWorker:
+  """An SDK worker on a thread of this process (a LOOPBACK worker)."""
+
+  def __init__(self, harness, thread: threading.Thread):
+    self.harness = harness
+    self.thread = thread
+
+  def __str__(self):
+    return f'thread {self.thread.name}'
+
+  def alive(self) -> bool:
+    return self.thread.is_alive()
+
+  def stop(self, timeout_s: float = 0):
+    # What Beam's pool does for a thread worker: end its response stream, so its control stream closes.
+    self.harness._responses.put(Sentinel.sentinel)
+
+
+def _serve(harness, worker_id: str):
+  """Runs a thread worker's harness; a runner that cancels the job ends it, which is no error."""
+  try:
+    harness.run()
+  except grpc.RpcError as e:
+    if e.code() != grpc.StatusCode.CANCELLED:
+      raise
+    _LOG.info('SDK worker %s: the runner closed its connection (%s)', worker_id, e.details())
+
+
 class SharedWorkerPoolServicer(worker_pool_main.BeamFnExternalWorkerPoolServicer):
-  """A process-per-worker pool whose StopWorker never stops another runner's worker."""
+  """A pool whose StopWorker never stops another runner's worker; workers are processes or threads."""
 
   # Seconds a stopped worker gets to exit by itself before it is killed.
   stop_grace_s = 30.0
@@ -73,10 +128,10 @@ class SharedWorkerPoolServicer(worker_pool_main.BeamFnExternalWorkerPoolServicer
     if container_executable:
       raise ValueError('this pool starts Python SDK workers itself; container_executable is not supported')
     super().__init__(
-      use_process=True, state_cache_size=state_cache_size, data_buffer_time_limit_ms=data_buffer_time_limit_ms
+      use_process=use_process, state_cache_size=state_cache_size, data_buffer_time_limit_ms=data_buffer_time_limit_ms
     )
     self._lock = threading.Lock()
-    self._processes: Dict[str, List[subprocess.Popen]] = collections.defaultdict(list)
+    self._workers: Dict[str, List[Union[_ProcessWorker, _ThreadWorker]]] = collections.defaultdict(list)
     self._should_run: Dict[str, int] = collections.Counter()
     atexit.register(self.stop_all)
 
@@ -124,20 +179,39 @@ class SharedWorkerPoolServicer(worker_pool_main.BeamFnExternalWorkerPoolServicer
       f'data_buffer_time_limit_ms={int(self._data_buffer_time_limit_ms)}).run()',
     ]
 
+  def worker_harness(self, request: beam_fn_api_pb2.StartWorkerRequest):
+    """The SDK harness of one thread worker (its `run()` serves the runner's control stream)."""
+    return sdk_worker.SdkHarness(
+      request.control_endpoint.url,
+      worker_id=request.worker_id,
+      state_cache_size=self._state_cache_size,
+      data_buffer_time_limit_ms=self._data_buffer_time_limit_ms,
+    )
+
+  def _start_worker(self, request: beam_fn_api_pb2.StartWorkerRequest) -> Union[_ProcessWorker, _ThreadWorker]:
+    if self._use_process:
+      return _ProcessWorker(subprocess.Popen(self.worker_command(request), close_fds=True))
+    harness = self.worker_harness(request)
+    thread = threading.Thread(
+      target=_serve, args=(harness, request.worker_id), name=f'sdk-worker-{request.worker_id}', daemon=True
+    )
+    thread.start()
+    return _ThreadWorker(harness, thread)
+
   def StartWorker(self, start_worker_request, unused_context):
     worker_id = start_worker_request.worker_id
     try:
-      process = subprocess.Popen(self.worker_command(start_worker_request), close_fds=True)
+      worker = self._start_worker(start_worker_request)
     except Exception:
       return beam_fn_api_pb2.StartWorkerResponse(error=traceback.format_exc())
     with self._lock:
-      self._processes[worker_id].append(process)
+      self._workers[worker_id].append(worker)
       self._should_run[worker_id] += 1
-      sharing = len(self._processes[worker_id])
+      sharing = len(self._workers[worker_id])
     _LOG.info(
-      'started SDK worker %s (pid %d, control %s)%s',
+      'started SDK worker %s (%s, control %s)%s',
       worker_id,
-      process.pid,
+      worker,
       start_worker_request.control_endpoint.url,
       f'; {sharing} live workers share this id' if sharing > 1 else '',
     )
@@ -152,22 +226,22 @@ class SharedWorkerPoolServicer(worker_pool_main.BeamFnExternalWorkerPoolServicer
     return beam_fn_api_pb2.StopWorkerResponse()
 
   def _settle(self, worker_id: str):
-    """Waits until no more workers of `worker_id` run than should; kills only when none should."""
+    """Waits until no more workers of `worker_id` run than should; stops them only when none should."""
     deadline = time.monotonic() + self.stop_grace_s
     while True:
       with self._lock:
-        live = [p for p in self._processes.get(worker_id, []) if p.poll() is None]
-        self._processes[worker_id] = live
+        live = [w for w in self._workers.get(worker_id, []) if w.alive()]
+        self._workers[worker_id] = live
         should_run = self._should_run[worker_id]
         if len(live) <= should_run:
           if not live:
-            self._processes.pop(worker_id, None)
+            self._workers.pop(worker_id, None)
             self._should_run.pop(worker_id, None)
           return
         if time.monotonic() >= deadline:
           if should_run:
             _LOG.warning(
-              'SDK worker %s: %d live, %d still in use; not killing any (cannot tell which was stopped)',
+              'SDK worker %s: %d live, %d still in use; not stopping any (cannot tell which was stopped)',
               worker_id,
               len(live),
               should_run,
@@ -176,27 +250,24 @@ class SharedWorkerPoolServicer(worker_pool_main.BeamFnExternalWorkerPoolServicer
           victims = live
           break
       time.sleep(0.2)
-    for process in victims:
+    for worker in victims:
       _LOG.warning(
-        'SDK worker %s (pid %d) did not exit %.0f s after StopWorker; killing it',
-        worker_id,
-        process.pid,
-        self.stop_grace_s,
+        'SDK worker %s (%s) did not exit %.0f s after StopWorker; stopping it', worker_id, worker, self.stop_grace_s
       )
-      worker_pool_main.kill_process_gracefully(process)
+      worker.stop()
 
-  def live_workers(self) -> Dict[str, List[int]]:
-    """{worker id: pids still running}."""
+  def live_workers(self) -> Dict[str, List[str]]:
+    """{worker id: the workers still running, as 'pid N' or 'thread NAME'}."""
     with self._lock:
-      return {wid: [p.pid for p in ps if p.poll() is None] for wid, ps in self._processes.items() if ps}
+      return {wid: [str(w) for w in ws if w.alive()] for wid, ws in self._workers.items() if ws}
 
   def stop_all(self):
     with self._lock:
-      processes = [p for ps in self._processes.values() for p in ps]
-      self._processes.clear()
-    for process in processes:
-      if process.poll() is None:
-        worker_pool_main.kill_process_gracefully(process, timeout=5)
+      workers = [w for ws in self._workers.values() for w in ws]
+      self._workers.clear()
+    for worker in workers:
+      if worker.alive():
+        worker.stop(timeout_s=5)
 
 
 def _grpc_host(bind_address: str) -> str:

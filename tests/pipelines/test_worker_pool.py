@@ -1,5 +1,6 @@
 """The shared SDK worker pool never stops one runner's worker for another's StopWorker, and listens on loopback."""
 
+import queue
 import socket
 import sys
 import time
@@ -111,3 +112,72 @@ def test_the_pool_listens_on_loopback_unless_told_otherwise(bind_address, reacha
 def test_main_refuses_an_empty_bind_address():
   with pytest.raises(ValueError, match='address to bind'):
     main(['--service_port', '0', '--bind_address', ' '])
+
+
+class _SleeperHarness:
+  """Stands for an SDK harness on a thread: serves 'url' seconds, or until its response stream ends."""
+
+  def __init__(self, lifetime_s):
+    self._responses = queue.Queue()
+    self.lifetime_s = lifetime_s
+    self.stopped = False
+
+  def run(self):
+    try:
+      self._responses.get(timeout=self.lifetime_s)
+      self.stopped = True
+    except queue.Empty:
+      pass  # its runner closed the control stream: the harness ends by itself
+
+
+class _ThreadSleeperPool(_SleeperPool):
+  harnesses = []
+
+  def worker_harness(self, request):
+    harness = _SleeperHarness(float(request.control_endpoint.url))
+    type(self).harnesses.append(harness)
+    return harness
+
+
+@pytest.fixture
+def thread_pool():
+  _ThreadSleeperPool.harnesses = []
+  address, server = _ThreadSleeperPool.start(use_process=False, port=0)
+  channel = grpc.insecure_channel(address)
+  stub = beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolStub(channel)
+  servicer = _ThreadSleeperPool.latest
+  yield stub, servicer
+  servicer.stop_all()
+  channel.close()
+  server.stop(0)
+
+
+def test_thread_workers_of_two_runners_with_one_worker_id_keep_their_own_workers(thread_pool):
+  # What Flink LOOPBACK jobs get (pipelines.runners.flink_loopback_worker_pool): Beam's loopback pool would
+  # end B's worker's response stream at A's StopWorker, failing B's task with "SDK harness closed connection".
+  stub, servicer = thread_pool
+  _start(stub, '1-1', 0.5)
+  _start(stub, '1-1', 120)
+  assert [w.startswith('thread ') for w in servicer.live_workers()['1-1']] == [True, True]
+  time.sleep(1.0)
+  stub.StopWorker(beam_fn_api_pb2.StopWorkerRequest(worker_id='1-1'))
+  time.sleep(_ThreadSleeperPool.stop_grace_s + 1.5)
+  assert len(servicer.live_workers().get('1-1', [])) == 1
+  assert not any(h.stopped for h in _ThreadSleeperPool.harnesses)
+  stub.StopWorker(beam_fn_api_pb2.StopWorkerRequest(worker_id='1-1'))
+  _wait_for(lambda: not servicer.live_workers().get('1-1'))
+  assert [h.stopped for h in _ThreadSleeperPool.harnesses] == [False, True]  # B's, after its own StopWorker
+
+
+def test_loopback_flink_runs_get_the_shared_thread_pool():
+  from pipelines import runners
+
+  argv = ['--runner=FlinkRunner', '--flink_master=localhost:1', '--environment_type=LOOPBACK']
+  local = runners.local_runner_args(argv)
+  assert local[: len(argv)] == argv and local[-2] == '--environment_type=EXTERNAL'
+  host, port = local[-1].split('=', 1)[1].rsplit(':', 1)
+  assert host == '127.0.0.1' and _answers(host, int(port))
+  assert runners.local_runner_args(argv) == local  # one pool per process and settings
+  assert runners.local_runner_args(argv + ['--max_cache_memory_usage_mb=7']) != local
+  external = ['--runner=FlinkRunner', '--environment_type=EXTERNAL', '--environment_config=localhost:25000']
+  assert runners.local_runner_args(external) == external

@@ -125,7 +125,7 @@ def finish(result, timeout: float = RUN_TIMEOUT_SECONDS):
 def run_pipeline(args: List[str], out_dir: pathlib.Path, batches=None) -> Dict[str, dict]:
   batches = batches or make_batches(4)
   out_dir.mkdir(parents=True, exist_ok=True)
-  pipeline = beam.Pipeline(options=PipelineOptions(args))
+  pipeline = beam.Pipeline(options=PipelineOptions(runners.local_runner_args(args)))  # as the pipelines do
   build(pipeline, batches, out_dir)
   assert finish(pipeline.run()) == PipelineState.DONE
   return read_output(out_dir)
@@ -287,7 +287,7 @@ def test_flink_job_survives_killed_taskmanager(flink_cluster, flink_args, tmp_pa
   # 48 batches x 0.5 s over 2 parallel workers: ~12 s of work per attempt.
   batches = make_batches(48, rows=10)
   before = flink_cluster.job_ids()
-  pipeline = beam.Pipeline(options=PipelineOptions(flink_args['flink']))
+  pipeline = beam.Pipeline(options=PipelineOptions(runners.local_runner_args(flink_args['flink'])))
   build(pipeline, batches, tmp_path, sleep_per_batch=0.5)
   result = pipeline.run()
   try:
