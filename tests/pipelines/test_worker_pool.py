@@ -1,5 +1,6 @@
 """The shared SDK worker pool never stops one runner's worker for another's StopWorker, and listens on loopback."""
 
+import contextlib
 import queue
 import socket
 import sys
@@ -30,16 +31,24 @@ class _SleeperPool(SharedWorkerPoolServicer):
     return [sys.executable, '-c', 'import sys, time; time.sleep(float(sys.argv[1]))', request.control_endpoint.url]
 
 
+@contextlib.contextmanager
+def _serving(pool_class, use_process):
+  """(a stub of the pool, the pool) for a pool of `pool_class` served on a free port."""
+  address, server = pool_class.start(use_process=use_process, port=0)
+  channel = grpc.insecure_channel(address)
+  servicer = pool_class.latest
+  try:
+    yield beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolStub(channel), servicer
+  finally:
+    servicer.stop_all()
+    channel.close()
+    server.stop(0)
+
+
 @pytest.fixture
 def pool():
-  address, server = _SleeperPool.start(use_process=True, port=0)
-  channel = grpc.insecure_channel(address)
-  stub = beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolStub(channel)
-  servicer = _SleeperPool.latest
-  yield stub, servicer
-  servicer.stop_all()
-  channel.close()
-  server.stop(0)
+  with _serving(_SleeperPool, use_process=True) as served:
+    yield served
 
 
 def _start(stub, worker_id, lifetime_s):
@@ -142,14 +151,8 @@ class _ThreadSleeperPool(_SleeperPool):
 @pytest.fixture
 def thread_pool():
   _ThreadSleeperPool.harnesses = []
-  address, server = _ThreadSleeperPool.start(use_process=False, port=0)
-  channel = grpc.insecure_channel(address)
-  stub = beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolStub(channel)
-  servicer = _ThreadSleeperPool.latest
-  yield stub, servicer
-  servicer.stop_all()
-  channel.close()
-  server.stop(0)
+  with _serving(_ThreadSleeperPool, use_process=False) as served:
+    yield served
 
 
 def test_thread_workers_of_two_runners_with_one_worker_id_keep_their_own_workers(thread_pool):
