@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A real multi-process Flink session cluster on 127.0.0.1, assembled from
 # Maven Central jars (Flink's binary tarball is not reachable from here), plus
-# the Beam Flink job server that Beam's Python FlinkRunner starts.
+# the Beam Flink job server that Beam's Python FlinkRunner starts. Beam's
+# runner jars are on the cluster's classpath, and this job server stages no
+# jars with a job (scripts/flink/NoStagingFlinkJobServer.java; docs/runners.md).
 #
 # Usage:
 #   scripts/flink.sh start [--with-worker-pool]  # 1 JobManager + 2 TaskManagers (REST on :8081);
@@ -137,13 +139,32 @@ verify_jars() {  # lockfile libdir
 }
 
 # FlinkRunner starts its job server with `java -jar <flink_job_server_jar>`.
-# This launcher jar holds only a manifest: the job-server main class, the
-# resolved jars as Class-Path, and the Java 17 opens Flink's client needs.
+# This launcher jar holds a manifest (the main class, the resolved jars as
+# Class-Path, and the Java 17 opens Flink's client needs) and the classes of
+# scripts/flink/NoStagingFlinkJobServer.java: Beam's job server, but jobs stage
+# no jars, since this cluster has Beam's runner jars on its classpath
+# (cluster_beam_jars). Without javac the launcher runs Beam's own
+# FlinkJobServerDriver, which stages its whole classpath with every job.
 build_launcher_jar() {
-  [[ -f "${JOB_SERVER_JAR}" ]] && return
-  "${PYTHON}" - "${JOB_SERVER_HOME}/lib" "${JOB_SERVER_JAR}" <<'EOF'
+  local source="${TEMPLATES}/NoStagingFlinkJobServer.java" stamp="${JOB_SERVER_JAR}.stamp"
+  local want classes="" main=org.apache.beam.runners.flink.FlinkJobServerDriver
+  if command -v javac >/dev/null; then
+    want="$(sha256sum "${source}" | cut -d' ' -f1) no-staging"
+  else
+    want="no javac"
+  fi
+  [[ -f "${JOB_SERVER_JAR}" && -f "${stamp}" && "$(cat "${stamp}")" == "${want}" ]] && return
+  if [[ "${want}" == "no javac" ]]; then
+    log "javac not found: the job server will stage its 150 MB classpath with every job (slower submissions)"
+  else
+    classes="$(mktemp -d "${FLINK_CACHE}/.classes.XXXXXX")"
+    javac -nowarn --release 11 -cp "${JOB_SERVER_HOME}/lib/*" -d "${classes}" "${source}" >&2 \
+      || { rm -rf "${classes}"; die "could not compile $(basename "${source}")"; }
+    main=org.apache.beam.runners.flink.NoStagingFlinkJobServer
+  fi
+  "${PYTHON}" - "${JOB_SERVER_HOME}/lib" "${JOB_SERVER_JAR}" "${main}" "${classes}" <<'EOF'
 import os, sys, zipfile
-lib, jar = sys.argv[1:]
+lib, jar, main_class, classes = sys.argv[1:]
 def wrap(line):  # manifest lines are at most 72 bytes; continuations start with a space
   out, line = [line[:72]], line[72:]
   while line:
@@ -153,7 +174,7 @@ def wrap(line):  # manifest lines are at most 72 bytes; continuations start with
 jars = sorted(name for name in os.listdir(lib) if name.endswith('.jar'))
 attributes = [
     'Manifest-Version: 1.0',
-    'Main-Class: org.apache.beam.runners.flink.FlinkJobServerDriver',
+    'Main-Class: ' + main_class,
     'Class-Path: ' + ' '.join('lib/' + name for name in jars),
     'Add-Opens: java.base/java.lang java.base/java.util java.base/java.nio '
     'java.base/java.io java.base/java.net java.base/sun.nio.ch java.base/java.lang.reflect '
@@ -161,11 +182,31 @@ attributes = [
     'java.base/java.util.concurrent.atomic',
 ]
 manifest = '\r\n'.join(wrap(a) for a in attributes) + '\r\n\r\n'
+stamp = (1980, 1, 1, 0, 0, 0)  # the same bytes from the same inputs
 with zipfile.ZipFile(jar + '.tmp', 'w') as z:
-  info = zipfile.ZipInfo('META-INF/MANIFEST.MF', date_time=(1980, 1, 1, 0, 0, 0))
-  z.writestr(info, manifest)
+  z.writestr(zipfile.ZipInfo('META-INF/MANIFEST.MF', date_time=stamp), manifest)
+  for root, _, names in os.walk(classes) if classes else ():
+    for name in sorted(names):
+      path = os.path.join(root, name)
+      with open(path, 'rb') as f:
+        z.writestr(zipfile.ZipInfo(os.path.relpath(path, classes), date_time=stamp), f.read())
 os.replace(jar + '.tmp', jar)
 EOF
+  [[ -n "${classes}" ]] && rm -rf "${classes}"
+  echo "${want}" > "${stamp}"
+}
+
+# Beam's runner jars for the cluster's own classpath: the job server's jars,
+# less the artifacts Flink's lib already has (Flink's own versions stay) and
+# less slf4j-jdk14 (a second logging binding). With them there, jobs need not
+# ship Beam with them (NoStagingFlinkJobServer).
+cluster_beam_jars() {
+  local flink_artifacts
+  flink_artifacts="$(cd "${FLINK_LIB}" && ls -1 -- *.jar | sed -E 's/-[0-9].*$//' | tr '\n' ' ')"
+  (cd "${JOB_SERVER_HOME}/lib" && ls -1 -- *.jar) | awk -v lib="${JOB_SERVER_HOME}/lib" -v flink="${flink_artifacts}" '
+    BEGIN { n = split(flink, a, " "); for (i = 1; i <= n; i++) has[a[i]] = 1 }
+    { artifact = $0; sub(/-[0-9].*$/, "", artifact) }
+    !(artifact in has) && artifact !~ /^flink-/ && artifact != "slf4j-jdk14" { print lib "/" $0 }'
 }
 
 fetch() {
@@ -193,7 +234,8 @@ lock() {
 # --- processes --------------------------------------------------------------
 
 classpath() {
-  local jars=("${FLINK_LIB}"/*.jar)
+  local jars
+  mapfile -t jars < <(ls -1 "${FLINK_LIB}"/*.jar; cluster_beam_jars)
   local IFS=:
   echo "${jars[*]}"
 }
@@ -363,6 +405,9 @@ start() {
     fi
     launch jobmanager "${JM_CLASS}" --executionMode cluster
   else
+    # The job server stages no jars, so a cluster started before Beam's jars joined its classpath cannot run jobs.
+    grep -qF "beam-runners-flink-${FLINK_MINOR}-${BEAM_JOB_SERVER_VERSION}.jar" "/proc/$(cat "${RUN_DIR}/jobmanager.pid")/cmdline" \
+      || die "the running cluster lacks Beam's runner jars on its classpath (started by an older flink.sh); restart it: scripts/flink.sh stop, then start"
     log "jobmanager already running (pid $(cat "${RUN_DIR}/jobmanager.pid"))"
   fi
   wait_for 90 "the JobManager REST API on port ${REST_PORT}" rest_up
