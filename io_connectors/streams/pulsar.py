@@ -70,6 +70,7 @@ import atexit
 import dataclasses
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -190,6 +191,30 @@ class PulsarOptions:
 
 class PulsarError(ConnectorError, RuntimeError):
   """Pulsar unreachable, the token refused or a topic missing; the message holds no secret."""
+
+
+def _brokers_refusing(service_url: str) -> Optional[str]:
+  """The brokers of a pulsar(+ssl):// URL, as 'host:port, ...', when every one refuses a connection; else None.
+
+  The client retries a refused connection until its operation timeout (10 s in `check`) and then reports a
+  timeout; a refusal from every broker is an answer worth giving at once. Anything else (a slow or unknown
+  host) is left to the client.
+  """
+  scheme, _, hosts = service_url.partition('://')
+  default_port = 6651 if scheme == 'pulsar+ssl' else 6650
+  brokers = []
+  for broker in hosts.split('/', 1)[0].split(','):
+    broker = broker.rsplit('@', 1)[-1].strip()
+    host_port = re.fullmatch(r'\[?(.*?)\]?:(\d+)', broker)
+    host, port = (host_port.group(1), int(host_port.group(2))) if host_port else (broker.strip('[]'), default_port)
+    try:
+      with socket.create_connection((host, port), timeout=2):
+        return None
+    except ConnectionRefusedError:
+      brokers.append(f'[{host}]:{port}' if ':' in host else f'{host}:{port}')
+    except OSError:
+      return None
+  return ', '.join(brokers) or None
 
 
 def _authentication(options: PulsarOptions, pulsar):
@@ -440,6 +465,9 @@ class ReadFromPulsar(beam.PTransform):
 
     options = self._options
     where = f'Pulsar {options.safe_url}'
+    refusing = _brokers_refusing(options.service_url)
+    if refusing:
+      raise PulsarError(f'{where}: connection refused by {refusing} (no broker listens there)')
     client = None
     try:
       client = pulsar.Client(

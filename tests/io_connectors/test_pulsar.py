@@ -11,6 +11,7 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -291,8 +292,23 @@ def test_check_finds_the_topics(service_url):
   topic = f'persistent://public/default/{fresh_name("checked")}'
   summary = ReadFromPulsar(PulsarOptions(service_url=service_url, topics=[topic], subscription='s')).check()
   assert summary == f'ok: Pulsar {service_url}; {topic} (1 partition(s))'
-  with pytest.raises(ConnectorError, match='Pulsar pulsar://127.0.0.1:1'):
+  # Nothing listens on port 1: said at once (the client itself would retry for 10 s, then report a timeout).
+  with pytest.raises(ConnectorError, match=r'Pulsar pulsar://127.0.0.1:1: connection refused by 127.0.0.1:1'):
     ReadFromPulsar(PulsarOptions(service_url='pulsar://127.0.0.1:1', topics=[topic], subscription='s')).check()
+
+
+def test_check_waits_for_the_client_unless_every_broker_refuses():
+  from io_connectors.streams.pulsar import _brokers_refusing
+
+  with socket.socket() as listening, socket.socket() as closed:
+    listening.bind(('127.0.0.1', 0))
+    listening.listen()
+    closed.bind(('127.0.0.1', 0))  # bound, not listening: connections to it are refused
+    up, down = listening.getsockname()[1], closed.getsockname()[1]
+    assert _brokers_refusing(f'pulsar://127.0.0.1:{down}') == f'127.0.0.1:{down}'
+    assert _brokers_refusing(f'pulsar://127.0.0.1:{down},127.0.0.1:{down}/') == f'127.0.0.1:{down}, 127.0.0.1:{down}'
+    assert _brokers_refusing(f'pulsar://127.0.0.1:{down},127.0.0.1:{up}') is None  # one broker answers
+    assert _brokers_refusing(f'pulsar+ssl://127.0.0.1:{up}') is None
 
 
 def test_batches_are_stamped_with_their_earliest_event_time(service_url, client):
