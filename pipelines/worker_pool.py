@@ -107,13 +107,17 @@ class _ThreadWorker:
 
 
 def _serve(harness, worker_id: str):
-  """Runs a thread worker's harness; a runner that cancels the job ends it, which is no error."""
+  """Runs a thread worker's harness until its runner ends the control stream: a cancelled job, or a
+  TaskManager that went away (its task is Flink's to recover), is logged here, not raised in a thread."""
   try:
     harness.run()
   except grpc.RpcError as e:
-    if e.code() != grpc.StatusCode.CANCELLED:
+    if e.code() == grpc.StatusCode.CANCELLED:
+      _LOG.info('SDK worker %s: the runner closed its connection (%s)', worker_id, e.details())
+    elif e.code() == grpc.StatusCode.UNAVAILABLE:
+      _LOG.warning('SDK worker %s: the runner is gone (%s)', worker_id, e.details())
+    else:
       raise
-    _LOG.info('SDK worker %s: the runner closed its connection (%s)', worker_id, e.details())
 
 
 class SharedWorkerPoolServicer(worker_pool_main.BeamFnExternalWorkerPoolServicer):

@@ -1,6 +1,7 @@
 """The shared SDK worker pool never stops one runner's worker for another's StopWorker, and listens on loopback."""
 
 import contextlib
+import logging
 import queue
 import socket
 import sys
@@ -184,3 +185,39 @@ def test_loopback_flink_runs_get_the_shared_thread_pool():
   assert runners.local_runner_args(argv + ['--max_cache_memory_usage_mb=7']) != local
   external = ['--runner=FlinkRunner', '--environment_type=EXTERNAL', '--environment_config=localhost:25000']
   assert runners.local_runner_args(external) == external
+
+
+class _EndedStream(grpc.RpcError):
+  def __init__(self, code):
+    self._code = code
+
+  def code(self):
+    return self._code
+
+  def details(self):
+    return str(self._code)
+
+
+@pytest.mark.parametrize('code', [grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE])
+def test_a_thread_worker_whose_runner_cancelled_or_went_away_ends_quietly(code, caplog):
+  from pipelines.worker_pool import _serve
+
+  caplog.set_level(logging.INFO, logger='pipelines.worker_pool')
+
+  class Harness:
+    def run(self):
+      raise _EndedStream(code)
+
+  _serve(Harness(), '7-1')  # a cancelled job, a killed TaskManager: logged, not raised in the worker's thread
+  assert '7-1' in caplog.text
+
+
+def test_a_thread_worker_fails_loudly_on_other_errors():
+  from pipelines.worker_pool import _serve
+
+  class Harness:
+    def run(self):
+      raise _EndedStream(grpc.StatusCode.INTERNAL)
+
+  with pytest.raises(grpc.RpcError):
+    _serve(Harness(), '7-1')
