@@ -229,12 +229,10 @@ def local_runner_args(argv: Sequence[str], streaming: bool = False) -> List[str]
   Other runners and an explicit ``--prism_location`` are left as they are.
   """
   argv = list(argv)
-  if (
-    _flag_value(argv, 'runner') in _FLINK_RUNNERS
-    and (_flag_value(argv, 'environment_type') or '').upper() == 'LOOPBACK'
-  ):
+  runner = _flag_value(argv, 'runner')
+  if runner in _FLINK_RUNNERS and (_flag_value(argv, 'environment_type') or '').upper() == 'LOOPBACK':
     return argv + ['--environment_type=EXTERNAL', f'--environment_config={flink_loopback_worker_pool(argv)}']
-  if _flag_value(argv, 'runner') not in _DIRECT_RUNNERS or _flag_value(argv, 'prism_location') is not None:
+  if runner not in _DIRECT_RUNNERS or _flag_value(argv, 'prism_location') is not None:
     return argv
   if not streaming and '--streaming' not in argv:
     return argv + ['--runner=FnApiRunner']
@@ -259,25 +257,23 @@ def flink_loopback_worker_pool(argv: Sequence[str]) -> str:
 
   options = PipelineOptions(list(argv))
   experiments = options.view_as(DebugOptions).experiments or []
-  return _worker_pool_address(
+  address, _server = _worker_pool(
     sdk_worker_main._get_state_cache_size_bytes(options=options),
     sdk_worker_main._get_data_buffer_time_limit_ms(experiments),
     bool(options.view_as(DebugOptions).lookup_experiment('use_loopback_process_worker', False)),
   )
-
-
-@functools.lru_cache(maxsize=None)
-def _worker_pool_address(state_cache_size: int, data_buffer_time_limit_ms: int, use_process: bool) -> str:
-  from pipelines.worker_pool import SharedWorkerPoolServicer
-
-  address, server = SharedWorkerPoolServicer.start(
-    use_process=use_process, state_cache_size=state_cache_size, data_buffer_time_limit_ms=data_buffer_time_limit_ms
-  )
-  _WORKER_POOL_SERVERS.append(server)  # a gRPC server that is garbage-collected stops serving
   return address
 
 
-_WORKER_POOL_SERVERS: List[object] = []
+# The cache also keeps each pool's gRPC server referenced: one that is garbage-collected stops serving.
+@functools.lru_cache(maxsize=None)
+def _worker_pool(state_cache_size: int, data_buffer_time_limit_ms: int, use_process: bool):
+  """(address, gRPC server) of the pool for these settings, started at the first call."""
+  from pipelines.worker_pool import SharedWorkerPoolServicer
+
+  return SharedWorkerPoolServicer.start(
+    use_process=use_process, state_cache_size=state_cache_size, data_buffer_time_limit_ms=data_buffer_time_limit_ms
+  )
 
 
 # A local batch run over at least this much input gets a worker process per core. On the batch benchmark
