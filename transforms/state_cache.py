@@ -1,40 +1,72 @@
-"""How Beam's SDK worker weighs the user state it caches: without a scan of every module per write.
+"""How Beam's SDK worker weighs the user state it caches: by the values' shapes, without a scan of every module.
 
 With a state cache (`--max_cache_memory_usage_mb`, on by default in the
 streaming job), the SDK worker re-measures a bag's whole cached value each time
-a bundle appends to it (`StateCache.put` -> `statecache.get_deep_size`).
-objsize's default for that measurement first collects the id of every global of
-every loaded module, so as not to count them: with pyarrow, numpy, presidio and
-Beam loaded, that scan is most of the cost. In a streaming job on Flink at
-1,000 events/s with 100 ms bundles it was 24% of the SDK worker's CPU
-(docs/benchmarks.md, the streaming section).
+a bundle appends to it (`StateCache.put` -> `statecache.get_deep_size`), so a
+bag of n items costs O(n) per append. Beam measures with objsize, which walks
+every object breadth-first through `gc.get_referents`, and by default first
+collects the id of every global of every loaded module, so as not to count
+them. In a streaming job on Flink at 1,000 events/s with 100 ms bundles the
+module scan was 24% of the SDK worker's CPU; without it, the walk itself was
+still 12% in the throughput benchmark (docs/benchmarks.md, the streaming
+section).
 
-`weigh_cached_state_without_module_scan()` makes the worker measure cached
-values the same way minus that scan: the bags hold Arrow batches, arrays,
-ids and small dicts, which reference no module globals except types,
-functions and modules, and Beam's filter leaves those out already. Called from
-the `setup()` of the stateful DoFns (`transforms.windows`,
-`io_connectors.sinks.tables`); a Beam without these internals is left as it is.
+`weigh_cached_state_by_shape()` makes the worker weigh cached values
+by their shape: the bags hold tuples, lists, dicts and sets of numbers, strings
+and Arrow batches or arrays. Those are summed directly (`sys.getsizeof` of each
+container and scalar, the buffers of each Arrow object), and anything else goes to objsize as Beam does it, minus the module scan. The
+weight is an estimate for eviction, as Beam's is: an object referenced twice is
+counted twice here, where objsize counts it once, and an Arrow slice
+counts the whole buffers it keeps alive. Called from the `setup()` of
+the stateful DoFns (`transforms.windows`, `io_connectors.sinks.tables`); a Beam
+without these internals is left as it is.
 
 Usage::
 
     class _MyStatefulFn(beam.DoFn):
       def setup(self):
-        weigh_cached_state_without_module_scan()
+        weigh_cached_state_by_shape()
 """
 
 from __future__ import annotations
 
 import inspect
+import sys
 import threading
 
-__all__ = ['weigh_cached_state_without_module_scan']
+import pyarrow as pa
+
+__all__ = ['weigh_by_shape', 'weigh_cached_state_by_shape']
 
 _LOCK = threading.Lock()
+_SCALARS = frozenset((int, float, bool, complex, str, bytes, type(None)))
+# Arrow objects by their buffers: `get_total_buffer_size()` costs ~0.1 us where `nbytes` and
+# `__sizeof__` cost 2-4 us (they work out a slice's share), and a slice keeps its whole buffers alive.
+_ARROW = (pa.Array, pa.ChunkedArray, pa.RecordBatch, pa.Table)
+_ARROW_OBJECT_BYTES = 64
+_MAX_DEPTH = 16  # deeper values go to objsize, which walks them without recursion
 
 
-def weigh_cached_state_without_module_scan() -> bool:
-  """Replaces Beam's state cache weigher with the same one minus the module scan; True when it is in place."""
+def weigh_by_shape(obj, weigh_other, depth: int = 0) -> int:
+  """Bytes of `obj`: containers and scalars summed, Arrow objects by their buffers, others by `weigh_other`."""
+  kind = type(obj)
+  if kind in _SCALARS:
+    return sys.getsizeof(obj)
+  if depth < _MAX_DEPTH:
+    if kind is tuple or kind is list or kind is set or kind is frozenset:
+      return sys.getsizeof(obj) + sum(weigh_by_shape(item, weigh_other, depth + 1) for item in obj)
+    if kind is dict:
+      return sys.getsizeof(obj) + sum(
+        weigh_by_shape(key, weigh_other, depth + 1) + weigh_by_shape(value, weigh_other, depth + 1)
+        for key, value in obj.items()
+      )
+  if isinstance(obj, _ARROW):
+    return _ARROW_OBJECT_BYTES + obj.get_total_buffer_size()
+  return weigh_other(obj)
+
+
+def weigh_cached_state_by_shape() -> bool:
+  """Replaces Beam's state cache weigher with `weigh_by_shape` (objsize minus the module scan for the rest); True when in place."""
   try:
     import objsize
     from apache_beam.runners.worker import statecache
@@ -52,7 +84,7 @@ def weigh_cached_state_without_module_scan() -> bool:
     ):
       return False  # not the Beam (or objsize) this was written against: keep its own weigher
 
-    def get_deep_size(*objs) -> int:
+    def objsize_without_module_scan(*objs) -> int:
       return objsize.get_deep_size(
         *objs,
         get_size_func=statecache._size_func,
@@ -60,6 +92,9 @@ def weigh_cached_state_without_module_scan() -> bool:
         filter_func=statecache._filter_func,
         exclude_modules_globals=False,
       )
+
+    def get_deep_size(*objs) -> int:
+      return sum(weigh_by_shape(obj, objsize_without_module_scan) for obj in objs)
 
     get_deep_size.skips_module_scan = True  # type: ignore[attr-defined]
     get_deep_size.replaces = current  # type: ignore[attr-defined]

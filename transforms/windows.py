@@ -43,6 +43,7 @@ Usage::
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import time
@@ -63,7 +64,7 @@ from transforms.dead_letter import dead_letter
 from transforms.dedup import shard_of
 from transforms.metrics import labelled_name
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN, position, rows_as_dicts
-from transforms.state_cache import weigh_cached_state_without_module_scan
+from transforms.state_cache import weigh_cached_state_by_shape
 
 __all__ = ['WindowOptions', 'WindowEvents', 'WindowedOutputs', 'WindowBatch', 'window_label', 'SESSION_SCHEMA']
 
@@ -212,6 +213,56 @@ def _first_occurrences(ids: pa.Array) -> np.ndarray:
   return first
 
 
+class _RememberedIds:
+  """Which ids of a batch a key remembers: a set per key, extended by the seen bags' new arrays only.
+
+  `pc.is_in` against the key's remembered arrays hashes every remembered id
+  again for each batch: O(ids remembered) per batch, and a key remembers
+  `dedup_ttl_s` worth of ids (a day's in production). With Beam's state cache
+  (on in the streaming job) reading a bag returns the same array objects bundle
+  after bundle, so a set built once and extended by the arrays not seen before
+  answers in O(batch). Arrays are matched by identity (the memo holds them, so
+  an object id cannot be reused). When the arrays read are not a superset of
+  the memo's (ids expired, state restored, no cache), the memo starts again and
+  `pc.is_in` answers; the set is built only when the same arrays come back, so
+  a run without the cache pays little more than before. The memo holds at most
+  `max_ids` ids in all (least recently used keys dropped first); a key with
+  more is answered by `pc.is_in`.
+  """
+
+  def __init__(self, max_ids: int = 1_000_000):
+    self._max_ids = max_ids
+    self._held = 0  # ids in the memo's arrays
+    # key -> ({id(array): array}, set of their ids or None, ids in the arrays)
+    self._memo: 'collections.OrderedDict[tuple, tuple]' = collections.OrderedDict()
+
+  def contains(self, key: tuple, ids: pa.Array, remembered: List[pa.Array]) -> np.ndarray:
+    """Mask of the `ids` found in the `remembered` arrays."""
+    arrays = {id(array): array for array in remembered}
+    size = sum(len(array) for array in remembered)
+    entry = self._memo.pop(key, None)
+    if entry is not None:
+      self._held -= entry[2]
+    known = None
+    if size <= self._max_ids:
+      if entry is not None and entry[0].keys() <= arrays.keys():
+        # The arrays of the last call came back (the state cache serves this key): build or extend.
+        known = entry[1]
+        added = remembered if known is None else [array for ident, array in arrays.items() if ident not in entry[0]]
+        known = set() if known is None else known
+        for array in added:
+          known.update(array.to_pylist())
+      self._memo[key] = (arrays, known, size)
+      self._held += size
+      while self._held > self._max_ids:
+        _, (_, _, dropped) = self._memo.popitem(last=False)
+        self._held -= dropped
+    if known is None:
+      value_set = pa.concat_arrays(remembered) if len(remembered) > 1 else remembered[0]
+      return np.asarray(pc.is_in(ids, value_set=value_set).to_numpy(zero_copy_only=False), dtype=bool)
+    return np.fromiter((value in known for value in ids.to_pylist()), dtype=bool, count=len(ids))
+
+
 class _WindowDedupFn(beam.DoFn):
   """Per (tenant, shard): late routing, dedup with expiring state, fixed windows, sessions."""
 
@@ -236,7 +287,8 @@ class _WindowDedupFn(beam.DoFn):
     self._accepted = beam.metrics.Metrics.counter('windows', 'accepted')
 
   def setup(self):
-    weigh_cached_state_without_module_scan()
+    weigh_cached_state_by_shape()
+    self._remembered = _RememberedIds()
 
   def _close_of(self, start_us: int) -> int:
     return start_us + self._options.size_us + self._options.lateness_us
@@ -330,8 +382,7 @@ class _WindowDedupFn(beam.DoFn):
           remembered.append(known)
     duplicate = np.zeros(len(times), dtype=bool)
     if remembered:
-      known = pa.concat_arrays(remembered) if len(remembered) > 1 else remembered[0]
-      duplicate |= np.asarray(pc.is_in(ids, value_set=known).to_numpy(zero_copy_only=False), dtype=bool)
+      duplicate |= self._remembered.contains((tenant, shard), ids, remembered)
     # Within the batch the first copy wins.
     fresh = np.flatnonzero(keep & ~duplicate)
     duplicate[fresh[~_first_occurrences(ids.take(pa.array(fresh)))]] = True
@@ -535,7 +586,7 @@ class _MergeMetricsFn(beam.DoFn):
     self._options = options
 
   def setup(self):
-    weigh_cached_state_without_module_scan()
+    weigh_cached_state_by_shape()
 
   def process(
     self,

@@ -68,7 +68,7 @@ from io_connectors._common.retry import Backoff
 from io_connectors.sinks.lake import UNASSIGNED, parquet_bytes
 from io_connectors.sinks.window_files import WRITTEN, _positions
 from transforms.records import TENANT_COLUMN, json_safe, strip_internal
-from transforms.state_cache import weigh_cached_state_without_module_scan
+from transforms.state_cache import weigh_cached_state_by_shape
 from transforms.windows import window_label
 
 __all__ = [
@@ -1234,7 +1234,7 @@ class _CommitDeadLettersFn(beam.DoFn):
     self._target, self._period_us, self._positions = target, period_us, positions
 
   def setup(self):
-    weigh_cached_state_without_module_scan()
+    weigh_cached_state_by_shape()
     self._committer = open_tables(self._target)
     self._latency = beam.metrics.Metrics.distribution('lake', 'dead_letter_commit_ms')
 

@@ -282,3 +282,53 @@ def test_options_are_checked():
     WindowOptions(num_shards=0)
   with pytest.raises(TypeError):
     WindowEvents('60s')
+
+
+def _is_in(ids: pa.Array, remembered) -> list:
+  import pyarrow.compute as pc
+
+  return pc.is_in(ids, value_set=pa.concat_arrays(remembered)).to_pylist()
+
+
+def test_remembered_ids_answer_as_is_in_while_the_bags_grow_expire_and_come_back_as_new_objects():
+  import random
+
+  from transforms.windows import _RememberedIds
+
+  rng = random.Random(5)
+  memo = _RememberedIds()
+  key = ('t1', 0)
+
+  def ids(n):
+    # Digit-bearing ids, some repeated, and nulls (a null is found when a null is remembered).
+    return pa.array(
+      [None if rng.random() < 0.05 else f'sess-{rng.randrange(5_000):08d}' for _ in range(n)], pa.string()
+    )
+
+  bag = [ids(50)]
+  used_a_set = False
+  for step in range(60):
+    batch = ids(40)
+    assert memo.contains(key, batch, list(bag)).tolist() == _is_in(batch, bag), step
+    used_a_set |= memo._memo[key][1] is not None
+    bag.append(ids(30))  # the batch's accepted ids, appended as the DoFn appends them
+    if step % 17 == 16:
+      bag = bag[3:]  # a timer expired the oldest windows' ids
+    if step % 23 == 22:
+      bag = [pa.array(array.to_pylist(), pa.string()) for array in bag]  # state read back from the runner
+  assert used_a_set  # the same arrays came back: the set answered, not pc.is_in
+
+
+def test_remembered_ids_stay_within_their_budget():
+  from transforms.windows import _RememberedIds
+
+  memo = _RememberedIds(max_ids=1_000)
+  arrays = {tenant: [pa.array([f'{tenant}-{i}' for i in range(400)])] for tenant in ('a', 'b', 'c')}
+  for _ in range(2):
+    for tenant, remembered in arrays.items():
+      probe = pa.array([f'{tenant}-5', f'{tenant}-400', 'x'])
+      assert memo.contains((tenant, 0), probe, remembered).tolist() == [True, False, False]
+  assert memo._held <= 1_000 and len(memo._memo) == 2
+  big = [pa.array([str(i) for i in range(2_000)])]
+  assert memo.contains(('big', 0), pa.array(['7', 'y']), big).tolist() == [True, False]
+  assert ('big', 0) not in memo._memo and memo._held <= 1_000
