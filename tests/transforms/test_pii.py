@@ -769,6 +769,55 @@ def test_the_ip_prefilter_flags_every_cell_presidio_finds_an_address_in():
   ).any()
 
 
+def _iban(country: str, bban: str) -> str:
+  """A valid IBAN (mod-97 check digits) of `country` and `bban`."""
+  digits = ''.join(str(int(c, 36)) for c in bban + country + '00')
+  return f'{country}{98 - int(digits) % 97:02d}{bban}'
+
+
+def test_the_iban_prefilter_flags_every_cell_the_iban_recognizer_reports():
+  """IBANs of several countries in any grouping, case and neighbourhood: wherever the recognizer reports, both
+  prefilters (RE2, Python) flag (the \\p{L} prefilter before this one missed IBANs written in pairs)."""
+  rng = random.Random(29)
+  recognizer = pii_recognizers.build_recognizers()['IBAN_CODE']
+  bbans = {
+    'NO': ('n', 11),
+    'DE': ('n', 18),
+    'GB': ('a4n14', None),
+    'FR': ('n', 23),
+    'SE': ('n', 20),
+    'NL': ('a4n10', None),
+  }
+  around = ['', ' ', 'iban ', 'x', '.', '(', 'é', ' please', ':', '1']
+  cells = []
+  for _ in range(3000):
+    country = rng.choice(sorted(bbans))
+    shape, length = bbans[country]
+    if shape == 'n':
+      bban = ''.join(rng.choice('0123456789') for _ in range(length))
+    else:
+      bban = ''.join(rng.choice('ABCDEFGHIJKLMNOPQRSTUVWXYZ') for _ in range(4))
+      bban += ''.join(rng.choice('0123456789') for _ in range(int(shape[3:])))
+    text = _iban(country, bban)
+    step = rng.choice([0, 1, 2, 3, 4])
+    if step:  # the check digits' group kept whole, the rest in groups of `step`
+      separator = rng.choice([' ', '-'])
+      text = text[:4] + separator + separator.join(text[i : i + step] for i in range(4, len(text), step))
+    text = rng.choice([text, text.lower(), text.swapcase(), text.replace('S', '\u017f', 1)])
+    if rng.random() < 0.2:  # not an IBAN any more
+      text = text[: rng.randint(4, len(text))]
+    cells.append(f'{rng.choice(around)}{text}{rng.choice(around)}')
+  found = [bool(recognizer.analyze(cell, ['IBAN_CODE'], None)) for cell in cells]
+  arrow = pii_scanner._arrow_mask(pa.array(cells), pii_scanner._ENTITY_PATTERNS['IBAN_CODE'])
+  python = [pii_scanner._PREFILTERS_PY['IBAN_CODE'].search(cell) is not None for cell in cells]
+  missed = [cell for cell, f, a, py in zip(cells, found, arrow, python) if f and not (a and py)]
+  assert not missed, missed[:5]
+  assert sum(found) > 300  # the recognizer does report many of them
+  assert not pii_scanner._arrow_mask(
+    pa.array(['iPhone15,2', 'SM-G991B build 2024', 'de12 3', 'Track AB12']), pii_scanner._ENTITY_PATTERNS['IBAN_CODE']
+  ).any()
+
+
 def test_glued_id_tokens_are_set_aside_only_where_the_phone_recognizer_finds_nothing(scanner, monkeypatch):
   """Letters then glued digit groups (sess-13380235): no phone in any; with a phone word (tel-...) they stay."""
   rng = random.Random(23)
