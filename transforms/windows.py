@@ -400,13 +400,16 @@ class _WindowDedupFn(beam.DoFn):
     if not accepted.any():
       return
     self._accepted.inc(int(accepted.sum()))
+    new_starts = False
     for start in np.unique(starts[accepted]).tolist():
       mask = pa.array(accepted & (starts == start))
       pending[self._pending_slot(start)].add((start, batch.filter(mask)))
       seen_bags[self._seen_slot(start)].add((start, ids.filter(mask)))
+      new_starts |= start not in layout['pending'] or start not in layout['seen']
       layout['pending'].add(start)
       layout['seen'].add(start)
-    layout_state.write(layout)
+    if new_starts:  # most batches fall in windows the layout already holds: no state write for them
+      layout_state.write(layout)
     earliest = int(closes[accepted].min())
     current = next_state.read()
     if current is None or earliest < current:
