@@ -9,6 +9,7 @@ parse at all (e.g. an unclosed quote) is one dead letter counting its lines.
 from __future__ import annotations
 
 import codecs
+import csv
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -30,6 +31,40 @@ def _csv_delimiter(options: CsvOptions, path: str) -> str:
   if options.delimiter is not None:
     return options.delimiter
   return '\t' if path.lower().endswith('.tsv') else ','
+
+
+def _records_of_lines(data, lines: List[int], delimiter: str, quote_char: Optional[str]) -> Dict[int, int]:
+  """{line index (split at b'\\n'): pyarrow's number of the record holding that line} for `lines`.
+
+  pyarrow numbers records from 1 without blank lines, and a quoted value may
+  hold newlines whatever `newlines_in_values` says (that option only keeps a
+  file from being cut into ranges), so a record can span lines. Without a
+  quote character in the data, record = nonblank lines before + 1. With one,
+  Python's csv reader, whose quoting rules are pyarrow's defaults (a quote
+  opens a value only at its start, "" inside one is a quote), says where each
+  record starts: slower, but only ranges with bad lines come here.
+  """
+  nonblank_before = nonblank_lines_before(data)
+  quote = quote_char.encode('utf-8') if quote_char else b''
+  if not quote or not (np.frombuffer(data, dtype=np.uint8) == quote[0]).any():
+    return {i: int(nonblank_before[i]) + 1 for i in lines}
+  text = bytes(data).decode('utf-8', errors='replace')
+  physical = (line + '\n' for line in text.split('\n'))
+  reader = csv.reader(physical, delimiter=delimiter, quotechar=quote_char, doublequote=True, strict=False)
+  wanted = sorted(set(lines))
+  found: Dict[int, int] = {}
+  record, k = 0, 0
+  for row in reader:
+    if row:  # the reader yields [] for a blank line (carriage returns only included), as pyarrow skips it
+      record += 1
+    while k < len(wanted) and wanted[k] < reader.line_num:
+      found[wanted[k]] = max(record, 1)
+      k += 1
+    if k == len(wanted):
+      break
+  for line in wanted[k:]:  # not reached (the reader stopped early): the line count is the best guess
+    found[line] = int(nonblank_before[line]) + 1
+  return found
 
 
 class CsvReader:
@@ -80,9 +115,9 @@ class CsvReader:
     # numbering) and then set aside.
     bad_records = {}
     if bad_lines:
-      nonblank_before = nonblank_lines_before(data)
+      records = _records_of_lines(data, [i for i, _ in bad_lines], _csv_delimiter(options, path), options.quote_char)
       for i, text in bad_lines:
-        bad_records[int(nonblank_before[i]) + 1] = text
+        bad_records.setdefault(records[i], text)
       for number, text in sorted(bad_records.items()):
         yield dead_letter(
           source,

@@ -585,3 +585,55 @@ def test_pattern_matching_nothing_fails_naming_the_pattern(tmp_path):
     with TestPipeline() as p:
       _ = p | ReadFromCsv(pattern)
   assert pattern in str(info.value)
+
+
+def test_csv_bad_encoding_after_values_holding_newlines_sets_aside_its_own_row(tmp_path):
+  """A quoted value spanning lines makes line and record numbers differ: the bad line's own row is set aside,
+  every other row is written once (none lost, none both written and dead-lettered)."""
+  path = write(
+    tmp_path,
+    'events.csv',
+    b'id,note\r\n'
+    b'1,"two\r\nlines"\r\n'
+    b'2,"a ""quoted"" value\nover\n\nthree lines"\n'
+    b'3,caf\xe9 latin-1\r\n'
+    b'\r\n'
+    b'4,fine\n'
+    b'5,"after, with \xff"\n'
+    b'6,"last\nline"\n',
+  )
+  result = read(tmp_path, ReadFromCsv(path))
+  assert result.reasons() == [('bad_encoding', 'row 4'), ('bad_encoding', 'row 6')]
+  assert [(r[1], r[2]['id']) for r in result.rows()] == [(2, 1), (3, 2), (5, 4), (7, 6)]
+  assert result.dead_letters[0]['record'] == '3,caf\ufffd latin-1'
+
+
+def test_csv_record_numbers_of_lines_agree_with_pyarrows_row_numbers():
+  """For generated CSV (quoted values with newlines, doubled quotes, blank and CR-only lines, stray quotes inside
+  unquoted values), the record each line belongs to is the one pyarrow numbers."""
+  import random
+
+  import pyarrow.csv as pa_csv
+
+  from io_connectors.files import csv as csv_reader
+
+  rng = random.Random(11)
+  values = ['a', '', 'x y', '"q"', '"two\nlines"', '"with ""quotes"""', '"\n"', '5\'10"', '"a,b"', '"\r\nz"']
+  for _ in range(300):
+    lines = [b'h1,h2']
+    for _ in range(rng.randint(1, 8)):
+      if rng.random() < 0.15:
+        lines.append(rng.choice([b'', b'\r']))
+      else:
+        lines.append(f'{rng.choice(values)},{rng.choice(values)}'.encode())
+    data = b'\n'.join(lines) + b'\n'
+    try:
+      table = pa_csv.read_csv(pa.BufferReader(data), parse_options=pa_csv.ParseOptions(newlines_in_values=True))
+    except pa.ArrowInvalid:
+      continue
+    # Tag each record's first field by its number (as pyarrow counts), then find the lines holding each tag.
+    physical = data.split(b'\n')
+    records = csv_reader._records_of_lines(data, list(range(len(physical))), ',', '"')
+    numbered = [records[i] for i, line in enumerate(physical) if line.strip(b'\r')]
+    assert numbered == sorted(numbered), data  # records never go back
+    assert max(numbered) == table.num_rows + 1, data  # the header is record 1
