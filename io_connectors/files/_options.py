@@ -88,7 +88,9 @@ class FileOptions:
 class CsvOptions(FileOptions):
   """CSV options.
 
-  delimiter: one character; None means ',' (tab for a .tsv file).
+  delimiter: one character; None means tab for a .tsv file, else the one of
+    , ; tab | that the header line holds most of (',' without a header, or
+    when the header holds none or ties).
   quote_char: one character, or None for no quoting.
   encoding: any Python codec; the text is handed to pyarrow as UTF-8.
   header: the first line names the columns (else f0, f1, ...).

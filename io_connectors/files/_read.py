@@ -4,7 +4,7 @@ read), the readers by format, and building batches with provenance.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import apache_beam as beam
 import numpy as np
@@ -15,7 +15,7 @@ from io_connectors.files._ranges import MatchFn, Range, SplitFn
 from transforms.dead_letter import DEAD_LETTER, Outputs
 from transforms.records import typed_outputs, with_provenance
 
-__all__ = ['STAGE', 'READERS', 'ReadRangeFn', 'ReadFormat', 'emit']
+__all__ = ["STAGE", "READERS", "ReadRangeFn", "ReadFormat", "emit", "unique_column_names"]
 
 STAGE = 'read'
 
@@ -25,8 +25,32 @@ STAGE = 'read'
 READERS: Dict[str, Callable[[], Callable[[Range, FileOptions], Iterator[Any]]]] = {}
 
 
+def unique_column_names(names: List[str]) -> List[str]:
+  """`names` with repeats renamed `<name>_2`, `<name>_3`, ... (skipping names taken), first occurrences kept.
+
+  A header may repeat a name ('note,note'); pyarrow reads both columns, and
+  every step after the read looks columns up by name.
+  """
+  taken = set(names)
+  seen: set = set()
+  unique = []
+  for name in names:
+    if name in seen:
+      n = 2
+      while f'{name}_{n}' in taken:
+        n += 1
+      name = f'{name}_{n}'
+      taken.add(name)
+    seen.add(name)
+    unique.append(name)
+  return unique
+
+
 def emit(table: pa.Table, source: str, rows: np.ndarray, batch_size: int) -> Iterator[pa.RecordBatch]:
-  """The table as batches of at most batch_size rows with provenance."""
+  """The table as batches of at most batch_size rows with provenance (repeated column names made unique)."""
+  names = table.column_names
+  if len(set(names)) != len(names):
+    table = table.rename_columns(unique_column_names(names))
   offset = 0
   for batch in table.to_batches(max_chunksize=batch_size):
     n = batch.num_rows

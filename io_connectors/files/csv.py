@@ -24,13 +24,26 @@ from io_connectors.files._read import READERS, STAGE, ReadFormat, emit
 from transforms.dead_letter import dead_letter
 from transforms.records import position
 
-__all__ = ['ReadFromCsv', 'CsvOptions', 'CsvReader']
+__all__ = ['ReadFromCsv', 'CsvOptions', 'CsvReader', 'sniff_delimiter']
 
 
-def _csv_delimiter(options: CsvOptions, path: str) -> str:
+_SNIFFED_DELIMITERS = (',', ';', '\t', '|')
+
+
+def sniff_delimiter(header_line: bytes) -> str:
+  """The delimiter a header line uses: of , ; tab |, the most frequent; ',' when none occurs or on a tie."""
+  counts = [header_line.count(d.encode()) for d in _SNIFFED_DELIMITERS]
+  best = max(range(len(counts)), key=lambda i: (counts[i], i == 0))
+  return _SNIFFED_DELIMITERS[best] if counts[best] else ','
+
+
+def _csv_delimiter(options: CsvOptions, path: str, header_line: Optional[bytes] = None) -> str:
+  """The option's delimiter; else tab for a .tsv file; else the one the header line uses (',' without one)."""
   if options.delimiter is not None:
     return options.delimiter
-  return '\t' if path.lower().endswith('.tsv') else ','
+  if path.lower().endswith('.tsv'):
+    return '\t'
+  return sniff_delimiter(header_line) if header_line else ','
 
 
 def _records_of_lines(data, lines: List[int], delimiter: str, quote_char: Optional[str]) -> Dict[int, int]:
@@ -72,10 +85,21 @@ class CsvReader:
 
   def __init__(self):
     self._headers: Dict[Tuple[str, CsvOptions], List[str]] = {}
+    self._delimiters: Dict[str, str] = {}
+
+  def _delimiter(self, options: CsvOptions, path: str) -> str:
+    if options.delimiter is not None or path.lower().endswith('.tsv') or not options.header:
+      return _csv_delimiter(options, path)
+    if path not in self._delimiters:
+      if len(self._delimiters) > 256:
+        self._delimiters.clear()
+      line, _ = to_utf8(first_line(path), options.encoding, keep_bad_lines=True)
+      self._delimiters[path] = _csv_delimiter(options, path, bytes(line))
+    return self._delimiters[path]
 
   def _parse_options(self, options, path, invalid_row_handler=None):
     return pa_csv.ParseOptions(
-      delimiter=_csv_delimiter(options, path),
+      delimiter=self._delimiter(options, path),
       quote_char=options.quote_char or False,
       newlines_in_values=options.newlines_in_values,
       invalid_row_handler=invalid_row_handler,
@@ -115,7 +139,7 @@ class CsvReader:
     # numbering) and then set aside.
     bad_records = {}
     if bad_lines:
-      records = _records_of_lines(data, [i for i, _ in bad_lines], _csv_delimiter(options, path), options.quote_char)
+      records = _records_of_lines(data, [i for i, _ in bad_lines], self._delimiter(options, path), options.quote_char)
       for i, text in bad_lines:
         bad_records.setdefault(records[i], text)
       for number, text in sorted(bad_records.items()):

@@ -637,3 +637,36 @@ def test_csv_record_numbers_of_lines_agree_with_pyarrows_row_numbers():
     numbered = [records[i] for i, line in enumerate(physical) if line.strip(b'\r')]
     assert numbered == sorted(numbered), data  # records never go back
     assert max(numbered) == table.num_rows + 1, data  # the header is record 1
+
+
+def test_csv_delimiter_is_sniffed_from_the_header_unless_given(tmp_path):
+  from io_connectors.files.csv import sniff_delimiter
+
+  assert [sniff_delimiter(h) for h in (b'a;b;c', b'a\tb', b'a|b|c', b'a,b;c', b'single', b'a,b,c;d;e;f')] == [
+    ';',
+    '\t',
+    '|',
+    ',',
+    ',',
+    ';',
+  ]
+  path = write(tmp_path, 'export.csv', 'event_id;note;ms_played\ne1;a, b;10\ne2;"x;y";20\n')
+  result = read(tmp_path, ReadFromCsv(path))
+  assert result.dead_letters == []
+  assert [r[2] for r in result.rows()] == [
+    {'event_id': 'e1', 'note': 'a, b', 'ms_played': 10},
+    {'event_id': 'e2', 'note': 'x;y', 'ms_played': 20},
+  ]
+  # A delimiter given wins over the header's: the same file read with ',' has one column per line.
+  told = read(tmp_path, ReadFromCsv(path, CsvOptions(delimiter=',')))
+  assert told.table.column_names[0] == 'event_id;note;ms_played'
+
+
+def test_repeated_column_names_are_made_unique_not_a_crash(tmp_path):
+  from io_connectors.files._read import unique_column_names
+
+  assert unique_column_names(['a', 'b', 'a', 'a_2', 'a']) == ['a', 'b', 'a_3', 'a_2', 'a_4']
+  path = write(tmp_path, 'dup.csv', 'id,note,note\n1,first,second\n')
+  result = read(tmp_path, ReadFromCsv(path))
+  assert result.dead_letters == []
+  assert [r[2] for r in result.rows()] == [{'id': 1, 'note': 'first', 'note_2': 'second'}]
