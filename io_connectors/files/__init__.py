@@ -34,6 +34,13 @@ workers, so that one large file is many bundles:
 - Avro: byte ranges, each owning the blocks that start after the first sync
   marker at or past its start (as Beam's avroio).
 - JSON documents and Excel workbooks: one range per file.
+- Compressed CSV, JSON Lines and JSON files (``events.csv.gz``; ``.gz``,
+  ``.bz2``, ``.zst``, ``.deflate``, ``.xz``, by Beam's compression names):
+  one range per file, since a compressed stream has no seeks, read as a
+  stream in parts of ``split_size_bytes`` decompressed, each numbered as a
+  range at its decompressed offset (``path@offset``, below); only a part is
+  in memory at a time. Parquet, Avro and Excel compress inside and are not
+  read compressed.
 
 Row positions (``__row``, and a dead letter's ``position`` "row N"):
 
@@ -70,7 +77,8 @@ rules every connector shares (`io_connectors._common.arrow`: nested objects
 structs, arrays lists, mixed types text, ISO-8601 times kept as text), except
 the ``string_columns``, read as text so that validation converts them with
 the entity rules. Parquet and Avro keep the types the file declares (nothing
-is inferred there). In CSV an empty field is null. Each range infers its own types, so batches of
+is inferred there). In CSV an empty field is null. A header (or workbook)
+that repeats a column name gets ``name_2``, ``name_3``... for the repeats. Each range infers its own types, so batches of
 one file can differ in the type of an undeclared column (e.g. all-null in
 one range).
 

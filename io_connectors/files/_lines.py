@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import codecs
-from typing import Any, List, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
 
-from io_connectors.files._ranges import open_file, read_exactly
+from io_connectors.files._ranges import is_compressed, open_file, read_exactly
 
-__all__ = ['read_owned_lines', 'is_blank', 'first_line', 'to_utf8', 'line_count', 'range_as_utf8']
+__all__ = ['read_owned_lines', 'is_blank', 'first_line', 'to_utf8', 'line_count', 'ranges_as_utf8']
 
 _SLACK = 1 << 16  # read past a range's end in the same call, to finish its last line
 
@@ -175,10 +175,36 @@ def nonblank_lines_before(data) -> np.ndarray:
   return np.concatenate(([0], np.cumsum(~blank)))
 
 
-def range_as_utf8(rng, encoding: str, keep_bad_lines: bool) -> Optional[Tuple[Any, List[Tuple[int, str]]]]:
-  """The lines a range owns (`_ranges.Range`) as UTF-8 and its bad lines (see `to_utf8`); None when blank."""
+def ranges_as_utf8(
+  rng, encoding: str, keep_bad_lines: bool, part_bytes: Optional[int]
+) -> Iterator[Tuple[Any, Any, List[Tuple[int, str]]]]:
+  """(range, its lines as UTF-8, its bad lines (see `to_utf8`)) of a range (`_ranges.Range`), blank ones left out.
+
+  A plain file's range is one part. A compressed file is one range (no seeks)
+  read as a stream in parts of about `part_bytes` decompressed bytes cut after
+  a newline (None: the whole file, for quoted values holding newlines or an
+  encoding whose newline is not the byte 0x0A); each part is a range at its
+  decompressed offset, so its rows are numbered as a plain file's range's are
+  (`path@offset`, from 1), and no part is held beside the next.
+  """
+  if not is_compressed(rng.path):
+    with open_file(rng.path) as f:
+      raw = read_owned_lines(f, rng.start, rng.end)
+    if not is_blank(raw):
+      yield (rng, *to_utf8(raw, encoding, keep_bad_lines=keep_bad_lines))
+    return
   with open_file(rng.path) as f:
-    raw = read_owned_lines(f, rng.start, rng.end)
-  if is_blank(raw):
-    return None
-  return to_utf8(raw, encoding, keep_bad_lines=keep_bad_lines)
+    offset, rest = 0, b''
+    while True:
+      piece = f.read() if part_bytes is None else read_exactly(f, part_bytes)
+      data = rest + piece if rest else piece
+      cut = len(data) if not piece else data.rfind(b'\n') + 1
+      if cut:
+        raw, rest = data[:cut], data[cut:]
+        if not is_blank(raw):
+          yield (rng._replace(start=offset, end=offset + cut), *to_utf8(raw, encoding, keep_bad_lines=keep_bad_lines))
+        offset += cut
+      else:
+        rest = data
+      if not piece:
+        return

@@ -40,15 +40,32 @@ FORMATS = ('csv', 'jsonl', 'json', 'parquet', 'avro', 'excel')
 GLOB_CHARS = re.compile(r'[*?\[]')
 
 
+# Formats that may come compressed as a whole file (events.csv.gz); the others compress inside.
+COMPRESSIBLE_FORMATS = ('csv', 'jsonl', 'json')
+COMPRESSION_EXTENSIONS = ('.gz', '.bz2', '.zst', '.zstd', '.deflate', '.xz', '.lzma')
+
+
 def detect_format(path: str) -> str:
-  """The format of a file from its extension; ValueError for an unknown one."""
-  ext = os.path.splitext(path.rstrip('/'))[1].lower()
+  """The format of a file from its extension (a text format's may be followed by .gz, .bz2, .zst, ...).
+
+  ValueError for an unknown one.
+  """
+  stem, ext = os.path.splitext(path.rstrip('/'))
+  compressed = ext.lower() in COMPRESSION_EXTENSIONS
+  if compressed:
+    ext = os.path.splitext(stem)[1]
+  ext = ext.lower()
   fmt = EXTENSIONS.get(ext)
+  if fmt is not None and compressed and fmt not in COMPRESSIBLE_FORMATS:
+    raise ValueError(
+      f'{path!r}: a compressed {fmt} file is not read (the format compresses inside; '
+      f'compressed files are read for {", ".join(COMPRESSIBLE_FORMATS)})'
+    )
   if fmt is None:
     raise ValueError(
       f'cannot tell the format of {path!r} from its extension {ext or "(none)"!r}; '
-      f'known extensions: {", ".join(sorted(EXTENSIONS))} '
-      f'(or pass format= one of {", ".join(FORMATS)})'
+      f'known extensions: {", ".join(sorted(EXTENSIONS))}, the text ones optionally followed by '
+      f'{", ".join(COMPRESSION_EXTENSIONS)} (or pass format= one of {", ".join(FORMATS)})'
     )
   return fmt
 

@@ -19,7 +19,7 @@ from io_connectors._common.errors import short_error
 from io_connectors.files._options import FileOptions, detect_format, options_for
 from transforms.records import range_source
 
-__all__ = ['Range', 'open_file', 'read_exactly', 'MatchFn', 'SplitFn', 'byte_ranges']
+__all__ = ['Range', 'open_file', 'is_compressed', 'read_exactly', 'MatchFn', 'SplitFn', 'byte_ranges']
 
 
 class Range(NamedTuple):
@@ -39,9 +39,20 @@ class Range(NamedTuple):
     return range_source(self.path, self.start)
 
 
+def is_compressed(path: str) -> bool:
+  """A file named as compressed (.gz, .bz2, .zst, .deflate, .xz, ...): Beam's names, by extension."""
+  return CompressionTypes.detect_compression_type(path) != CompressionTypes.UNCOMPRESSED
+
+
 def open_file(path: str):
-  # UNCOMPRESSED: AUTO would decompress by extension, and ranges need seeks.
-  return FileSystems.open(path, mime_type='application/octet-stream', compression_type=CompressionTypes.UNCOMPRESSED)
+  """The file's bytes: decompressed for a compressed file's name, else as stored.
+
+  Not AUTO for every file: ranges of plain files need seeks, and only a name
+  says a file is compressed (`detect_format` accepts the suffix for text
+  formats only, which are then read as one range, from the start).
+  """
+  compression = CompressionTypes.detect_compression_type(path)
+  return FileSystems.open(path, mime_type='application/octet-stream', compression_type=compression)
 
 
 def read_exactly(f, n: int) -> bytes:
@@ -112,7 +123,10 @@ class SplitFn(beam.DoFn):
         raise ValueError(f'{e}; file matched by {self._pattern!r}') from None
     options = options_for(fmt, self._options)
     split = options.split_size_bytes
-    if fmt == 'csv':
+    if is_compressed(path):
+      # A compressed stream has no seeks: one range, which its reader reads in parts (`_lines.ranges_as_utf8`).
+      yield Range(path, fmt, 0, size)
+    elif fmt == 'csv':
       if options.newlines_in_values or not ascii_compatible(options.encoding):
         split = max(size, 1)
       yield from byte_ranges(path, fmt, size, split)

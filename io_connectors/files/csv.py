@@ -17,9 +17,9 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 
 from io_connectors._common.errors import short_error
-from io_connectors.files._lines import first_line, line_count, nonblank_lines_before, range_as_utf8, to_utf8
+from io_connectors.files._lines import first_line, line_count, nonblank_lines_before, ranges_as_utf8, to_utf8
 from io_connectors.files._options import CsvOptions
-from io_connectors.files._ranges import Range
+from io_connectors.files._ranges import Range, ascii_compatible
 from io_connectors.files._read import READERS, STAGE, ReadFormat, emit
 from transforms.dead_letter import dead_letter
 from transforms.records import position
@@ -128,12 +128,14 @@ class CsvReader:
     return self._headers[key]
 
   def read(self, rng: Range, options: CsvOptions):
+    whole = options.newlines_in_values or not ascii_compatible(options.encoding)
+    part_bytes = None if whole else options.split_size_bytes
+    for part, data, bad_lines in ranges_as_utf8(rng, options.encoding, True, part_bytes):
+      yield from self._read_part(part, data, bad_lines, options)
+
+  def _read_part(self, rng: Range, data, bad_lines, options: CsvOptions):
     path, start = rng.path, rng.start
     source = rng.source
-    lines = range_as_utf8(rng, options.encoding, keep_bad_lines=True)
-    if lines is None:
-      return
-    data, bad_lines = lines
     # Record numbers (pyarrow's numbering: blank lines are not records) of
     # the lines with bad bytes; they are parsed like the others (to keep the
     # numbering) and then set aside.

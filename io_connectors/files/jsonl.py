@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from io_connectors._common.arrow import table_from_json_lines, table_from_rows
 from io_connectors._common.errors import short_error
-from io_connectors.files._lines import line_count, range_as_utf8
+from io_connectors.files._lines import line_count, ranges_as_utf8
 from io_connectors.files._options import JsonOptions
 from io_connectors.files._ranges import Range, open_file
 from io_connectors.files._read import READERS, STAGE, ReadFormat, emit
@@ -51,11 +51,12 @@ def _nonblank_lines(data: bytes, first_line: int) -> np.ndarray:
 
 
 def read_jsonl(rng: Range, options: JsonOptions):
+  for part, data, bad_lines in ranges_as_utf8(rng, 'utf-8', False, options.split_size_bytes):
+    yield from _read_jsonl_part(part, data, bad_lines, options)
+
+
+def _read_jsonl_part(rng: Range, data, bad_lines, options: JsonOptions):
   source = rng.source
-  lines = range_as_utf8(rng, 'utf-8', keep_bad_lines=False)
-  if lines is None:
-    return
-  data, bad_lines = lines
   data = bytes(data)  # JSON Lines' slow paths search and split the bytes
   for i, text in bad_lines:
     yield dead_letter(

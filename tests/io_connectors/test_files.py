@@ -670,3 +670,54 @@ def test_repeated_column_names_are_made_unique_not_a_crash(tmp_path):
   result = read(tmp_path, ReadFromCsv(path))
   assert result.dead_letters == []
   assert [r[2] for r in result.rows()] == [{'id': 1, 'note': 'first', 'note_2': 'second'}]
+
+
+@pytest.mark.parametrize('suffix', ['.gz', '.bz2', '.zst'])
+def test_compressed_csv_is_read_in_parts_every_row_once_and_a_bad_line_set_aside(tmp_path, suffix):
+  """events.csv.gz (and .bz2, .zst) read as a stream in parts of split_size_bytes, each numbered as a range is."""
+  import bz2
+  import gzip
+
+  import zstandard
+
+  lines = [b'id,note'] + [f'{i},note number {i}'.encode() for i in range(1, 301)]
+  lines[150] = b'150,bad \xff byte'
+  content = b'\n'.join(lines) + b'\n'
+  compress = {'.gz': gzip.compress, '.bz2': bz2.compress, '.zst': zstandard.ZstdCompressor().compress}[suffix]
+  path = write(tmp_path, f'events.csv{suffix}', compress(content))
+  result = read(tmp_path, ReadFromCsv(path, CsvOptions(split_size_bytes=1000)))
+  ids = sorted(r[2]['id'] for r in result.rows())
+  assert ids == [i for i in range(1, 301) if i != 150]
+  assert [d['reason'] for d in result.dead_letters] == ['bad_encoding']
+  assert result.dead_letters[0]['record'] == '150,bad \ufffd byte'
+  # Parts past the first are named path@offset and count their rows from 1, as ranges of a plain file do.
+  sources = {r[0] for r in result.rows()}
+  assert path in sources and len(sources) > 5
+  offset = len(b'\n'.join(lines[:150])) + 1
+  starts = sorted(0 if s == path else int(s.rsplit('@', 1)[1]) for s in sources)
+  first = max(start for start in starts if start <= offset)
+  part = path if first == 0 else f'{path}@{first}'
+  expected_row = content[first:offset].count(b'\n') + 1
+  assert (result.dead_letters[0]['source'], result.dead_letters[0]['position']) == (part, f'row {expected_row}')
+
+
+def test_compressed_json_lines_and_json_documents_are_read(tmp_path):
+  import gzip
+
+  jsonl = write(tmp_path, 'a.jsonl.gz', gzip.compress(b'{"id": 1}\n{"id": 2}\nnot json\n'))
+  result = read(tmp_path, ReadFromJsonLines(jsonl))
+  assert [r[2]['id'] for r in result.rows()] == [1, 2]
+  assert result.reasons() == [('malformed_json', 'row 3')]
+  document = write(tmp_path, 'b.json.gz', gzip.compress(b'[{"id": 3}, {"id": 4}]'))
+  assert [r[2]['id'] for r in read(tmp_path, ReadFromJson(document)).rows()] == [3, 4]
+
+
+def test_formats_that_compress_inside_are_not_read_compressed():
+  from io_connectors.files._options import detect_format
+
+  assert detect_format('s3://b/events.CSV.GZ') == 'csv'
+  assert detect_format('x/events.ndjson.zst') == 'jsonl'
+  with pytest.raises(ValueError, match='compressed parquet'):
+    detect_format('events.parquet.gz')
+  with pytest.raises(ValueError, match='cannot tell the format'):
+    detect_format('events.gz')
