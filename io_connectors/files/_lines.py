@@ -76,6 +76,23 @@ _MARK_ERRORS = 'io_connectors.files.mark'
 codecs.register_error(_MARK_ERRORS, lambda e: (_BAD_BYTES_MARK, e.end))
 
 
+# Byte order marks of the encodings whose newline is not the byte 0x0A (UTF-32 first: its LE mark starts as UTF-16's).
+_UNICODE_BOMS = (
+  (codecs.BOM_UTF32_LE, 'utf-32'),
+  (codecs.BOM_UTF32_BE, 'utf-32'),
+  (codecs.BOM_UTF16_LE, 'utf-16'),
+  (codecs.BOM_UTF16_BE, 'utf-16'),
+)
+
+
+def unicode_bom_encoding(head: bytes) -> Optional[str]:
+  """'utf-16' or 'utf-32' when `head` (a file's first bytes) starts with that encoding's byte order mark."""
+  for bom, name in _UNICODE_BOMS:
+    if head.startswith(bom):
+      return name
+  return None
+
+
 def _is_utf8(encoding: str) -> bool:
   return codecs.lookup(encoding).name == 'utf-8'
 
@@ -189,7 +206,17 @@ def ranges_as_utf8(
   """
   if not is_compressed(rng.path):
     with open_file(rng.path) as f:
-      raw = read_owned_lines(f, rng.start, rng.end)
+      marked = _is_utf8(encoding) and unicode_bom_encoding(read_exactly(f, 4))
+      if marked:
+        # A UTF-8 read of a UTF-16/32 file (Excel's "Unicode text" is UTF-16 with a BOM): the file is
+        # read whole by its first range (its newlines are not the byte 0x0A), the others read nothing.
+        if rng.start:
+          return
+        encoding = marked
+        f.seek(0)
+        raw = f.read()
+      else:
+        raw = read_owned_lines(f, rng.start, rng.end)
     if not is_blank(raw):
       yield (rng, *to_utf8(raw, encoding, keep_bad_lines=keep_bad_lines))
     return

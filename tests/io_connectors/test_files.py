@@ -721,3 +721,18 @@ def test_formats_that_compress_inside_are_not_read_compressed():
     detect_format('events.parquet.gz')
   with pytest.raises(ValueError, match='cannot tell the format'):
     detect_format('events.gz')
+
+
+@pytest.mark.parametrize('encoding', ['utf-16', 'utf-16-be', 'utf-32'])
+def test_a_utf16_or_utf32_file_with_a_byte_order_mark_is_read_whole_once(tmp_path, encoding):
+  """Excel's "Unicode text" export: UTF-16 with a BOM, tab-separated. Read by its first range, whatever the split."""
+  import codecs
+
+  bom = {'utf-16': b'', 'utf-16-be': codecs.BOM_UTF16_BE, 'utf-32': b''}[encoding]
+  text = 'id\tname\tnote\n' + ''.join(f'{i}\tZoë {i}\tnote, {i}\n' for i in range(1, 201))
+  path = write(tmp_path, 'export.csv', bom + text.encode(encoding))
+  result = read(tmp_path, ReadFromCsv(path, CsvOptions(split_size_bytes=500)))
+  assert result.dead_letters == []
+  rows = result.rows()
+  assert [r[2]['id'] for r in rows] == list(range(1, 201))
+  assert rows[0] == (path, 2, {'id': 1, 'name': 'Zoë 1', 'note': 'note, 1'})
