@@ -45,6 +45,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from io_connectors import mask_url, registry, url_password
+from io_connectors.files import is_compressed
 from io_connectors.sinks.lake import (
   OutputLock,
   OutputLockedError,
@@ -333,8 +334,17 @@ def _check_inputs(config: RunConfig) -> int:
       ) from None
     if not matched:
       raise ConfigError(f'sources[{i}] input {pattern}: no file matches')
-    size += sum(max(m.size_in_bytes or 0, 0) for m in matched)
+    size += sum(_read_bytes(m.path, max(m.size_in_bytes or 0, 0)) for m in matched)
   return size
+
+
+# Text compresses ~5-10x; the shards and worker processes follow what is read, not what is stored.
+_COMPRESSED_TEXT_RATIO = 6
+
+
+def _read_bytes(path: str, stored: int) -> int:
+  """About how many bytes reading the file yields: its size, times `_COMPRESSED_TEXT_RATIO` when compressed."""
+  return stored * _COMPRESSED_TEXT_RATIO if is_compressed(path) else stored
 
 
 # What the manifest may say of a source: keys that never hold a secret, at any depth

@@ -109,6 +109,7 @@ from io_connectors.files._options import (
   ParquetOptions,
   detect_format,
 )
+from io_connectors.files._ranges import is_compressed
 from io_connectors.files._read import ReadFormat
 from io_connectors.files.avro import ReadFromAvro
 from io_connectors.files.csv import ReadFromCsv
@@ -125,6 +126,7 @@ __all__ = [
   'AvroOptions',
   'ExcelOptions',
   'detect_format',
+  'is_compressed',
   'ReadFromCsv',
   'ReadFromJsonLines',
   'ReadFromJson',

@@ -627,3 +627,12 @@ def test_shards_default_to_one_per_128_mib_of_input_and_the_flag_wins(tmp_path, 
   shards = -(-os.path.getsize(tmp_path / 'auto.csv') // 4096)
   assert len(told_files) == 2 and len(auto_files) == shards > 4  # 40 rows a shard: none is empty
   assert sum(pq.ParquetFile(f).metadata.num_rows for f in auto_files) == 400
+
+
+def test_a_compressed_input_counts_as_what_it_decompresses_to(tmp_path):
+  """Shards and worker processes follow the bytes read: a .csv.gz of 100 MiB is ~600 MiB of CSV, not 100."""
+  from pipelines import spotify_batch
+
+  assert spotify_batch._read_bytes('s3://drop/events.csv.gz', 100) == 100 * spotify_batch._COMPRESSED_TEXT_RATIO
+  assert spotify_batch._read_bytes('drop/events.jsonl.zst', 7) == 7 * spotify_batch._COMPRESSED_TEXT_RATIO
+  assert spotify_batch._read_bytes('drop/events.csv', 100) == 100
