@@ -55,13 +55,14 @@ def decode_json_message(payload: Optional[bytes]) -> Tuple[Optional[dict], Optio
   """One message payload as a JSON object: (object, None), or (None, (reason, detail, record)) for its dead letter.
 
   The one decoding of every stream's JSON messages: UTF-8 (else
-  'bad_encoding'), JSON (else 'malformed_json'), an object (else
+  'bad_encoding'; a leading byte order mark, which some Windows producers
+  write, is dropped), JSON (else 'malformed_json'), an object (else
   'malformed_json'); the record keeps at most 10,000 characters of the text.
   """
   if payload is None:
     return None, ('malformed_json', 'the message has no payload', None)
   try:
-    text = payload.decode('utf-8')
+    text = payload.decode('utf-8-sig')
   except UnicodeDecodeError as e:
     return None, (
       'bad_encoding',

@@ -238,3 +238,15 @@ def test_a_batch_is_stamped_with_its_earliest_valid_event_time():
   utc = dt.timezone.utc
   assert stamp(pa.array([dt.datetime(2026, 12, 3, 10, tzinfo=utc)])) == Timestamp.from_rfc3339('2026-12-03T10:00:00Z')
   assert earliest_event_time(pa.RecordBatch.from_pydict({'n': [1]}), 'played_at') is None
+
+
+def test_stream_messages_with_a_byte_order_mark_decode_and_bad_bytes_are_dead_letters():
+  batch, dead = messages_to_batch(
+    [b'\xef\xbb\xbf{"id": 1}', b'{"id": 2}', b'{"id": "\xff"}', b'\xef\xbb\xbf[1]'],
+    ['offset 0', 'offset 1', 'offset 2', 'offset 3'],
+    [1, 2, 3, 4],
+    'kafka://t/0',
+    'read',
+  )
+  assert batch.column('id').to_pylist() == [1, 2]
+  assert [(d['position'], d['reason']) for d in dead] == [('offset 2', 'bad_encoding'), ('offset 3', 'malformed_json')]
