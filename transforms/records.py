@@ -41,6 +41,7 @@ __all__ = [
   'source_path',
   'with_provenance',
   'strip_internal',
+  'without_view_types',
   'rows_as_dicts',
   'json_safe',
   'split_by_mask',
@@ -98,6 +99,20 @@ def with_provenance(batch: pa.RecordBatch, source: str, rows) -> pa.RecordBatch:
     list(batch.columns) + [src, pa.array(rows, type=pa.int64())],
     names=list(batch.schema.names) + [SOURCE_COLUMN, ROW_COLUMN],
   )
+
+
+def without_view_types(batch):
+  """The batch (or table) with string_view / binary_view columns as string / binary, others untouched.
+
+  Parquet written by Polars or DuckDB may declare view types, and pyarrow's
+  take, is_in and other kernels have no view kernels yet.
+  """
+  checks = [getattr(pa.types, name) for name in ('is_string_view', 'is_binary_view') if hasattr(pa.types, name)]
+  for i, field in enumerate(batch.schema):
+    if any(check(field.type) for check in checks):
+      plain = pa.string() if pa.types.is_string_view(field.type) else pa.binary()
+      batch = batch.set_column(i, field.with_type(plain), batch.column(i).cast(plain))
+  return batch
 
 
 def strip_internal(batch):

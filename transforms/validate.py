@@ -43,6 +43,7 @@ from transforms.records import (
   json_safe,
   position,
   typed_outputs,
+  without_view_types,
 )
 
 __all__ = ['Validate', 'ValidateOptions', 'validate_batch', 'arrow_type', 'utc_timestamps']
@@ -130,6 +131,20 @@ def _to_strings(arr: pa.Array) -> Tuple[pa.Array, np.ndarray]:
     return pa.nulls(n, pa.string()), none
   if pa.types.is_integer(arr.type):
     return arr.cast(pa.string()), none
+  if pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type):
+    # Parquet from older writers (Hive, Impala) stores text as BINARY without the UTF8 annotation:
+    # UTF-8 bytes are the text; other bytes are the wrong type.
+    try:
+      return _blank_to_null(arr.cast(pa.string())), none
+    except pa.ArrowInvalid:
+      texts: List[Optional[str]] = []
+      for value in arr.to_pylist():
+        try:
+          texts.append(None if value is None else value.decode('utf-8'))
+        except UnicodeDecodeError:
+          texts.append(None)
+      strings = pa.array(texts, pa.string())
+      return _blank_to_null(strings), _not_null(arr) & ~_not_null(strings)
   return pa.nulls(n, pa.string()), _not_null(arr)
 
 
@@ -196,6 +211,15 @@ def _convert_int(arr, rule) -> _Column:
     integral = _mask(pc.and_(pc.is_finite(arr), pc.equal(pc.floor(arr), arr)))
     present = _not_null(arr)
     col = _Column(_null_where(arr, ~integral).cast(pa.int64(), safe=False), present & ~integral, none)
+  elif pa.types.is_decimal(arr.type):
+    # NUMERIC columns (databases, Parquet): whole values are integers, others wrong values, as for floats.
+    try:
+      col = _Column(arr.cast(pa.int64()), none, none.copy())
+    except pa.ArrowInvalid:  # a fraction, or beyond int64: judged one by one
+      values = arr.to_pylist()
+      whole = [v is not None and v == v.to_integral_value() and -(2**63) <= v < 2**63 for v in values]
+      ints = pa.array([int(v) if ok else None for v, ok in zip(values, whole)], pa.int64())
+      col = _Column(ints, none, _not_null(arr) & ~np.array(whole, dtype=bool))
   elif pa.types.is_string(arr.type):
     col = _numeric_from_strings(_blank_to_null(arr), entities.INT_PATTERN, pa.int64(), entities.to_int)
   elif pa.types.is_null(arr.type):
@@ -380,6 +404,7 @@ def validate_batch(
   batch: pa.RecordBatch, model, stage: str = 'validate', pydantic_details: bool = True
 ) -> Tuple[pa.RecordBatch, List[dict]]:
   """(valid rows converted to the canonical types, dead letters for the others)."""
+  batch = without_view_types(batch)
   n = batch.num_rows
   rules = entities.field_rules(model)
   reason = np.zeros(n, dtype=np.int8)

@@ -13,7 +13,7 @@ import pyarrow as pa
 from io_connectors.files._options import OPTIONS_CLASS, FileOptions, options_for
 from io_connectors.files._ranges import MatchFn, Range, SplitFn
 from transforms.dead_letter import DEAD_LETTER, Outputs
-from transforms.records import typed_outputs, with_provenance
+from transforms.records import typed_outputs, with_provenance, without_view_types
 
 __all__ = ["STAGE", "READERS", "ReadRangeFn", "ReadFormat", "emit", "unique_column_names"]
 
@@ -47,10 +47,12 @@ def unique_column_names(names: List[str]) -> List[str]:
 
 
 def emit(table: pa.Table, source: str, rows: np.ndarray, batch_size: int) -> Iterator[pa.RecordBatch]:
-  """The table as batches of at most batch_size rows with provenance (repeated column names made unique)."""
+  """The table as batches of at most batch_size rows with provenance (repeated column names made unique,
+  view types made plain)."""
   names = table.column_names
   if len(set(names)) != len(names):
     table = table.rename_columns(unique_column_names(names))
+  table = without_view_types(table)
   offset = 0
   for batch in table.to_batches(max_chunksize=batch_size):
     n = batch.num_rows

@@ -227,3 +227,38 @@ def test_a_model_whose_messages_read_other_fields_is_asked_each_time(monkeypatch
   first = validate_module._pydantic_detail(_EndAfterStart, {'start': 5, 'end': 3}, 'end')
   second = validate_module._pydantic_detail(_EndAfterStart, {'start': 9, 'end': 3}, 'end')
   assert 'before start 5' in first and 'before start 9' in second and not validate_module._DETAILS
+
+
+def _event_columns(n):
+  return {
+    'event_id': [f'e{i}' for i in range(n)],
+    'user_id': [f'u-{i}' for i in range(n)],
+    'track_id': ['4uLU6hMCjMI75M1A2tKUQC'] * n,
+    'played_at': ['2024-03-01T10:00:00Z'] * n,
+    'tenant_id': ['acme'] * n,
+  }
+
+
+def test_numeric_and_binary_columns_from_databases_and_old_parquet_writers_convert():
+  """NUMERIC (decimal) ints, text stored as BINARY (Hive, Impala), view types (Polars, DuckDB)."""
+  import decimal
+
+  D = decimal.Decimal
+  columns = _event_columns(5)
+  columns['ms_played'] = pa.array(
+    [D('1000.00'), D('2000.50'), None, D('3'), D('99999999999999999999')], pa.decimal128(22, 2)
+  )
+  columns['note'] = pa.array([b'plain text', None, b'caf\xc3\xa9', b'\xff\xfe', b'  '], pa.binary())
+  columns['track_id'] = pa.array(columns['track_id'], pa.string_view())
+  columns['session_id'] = pa.array(['s1', 's2', 's3', 's4', 's5'], pa.string_view())  # undeclared
+  valid, dead = validate_module.validate_batch(pa.record_batch(columns), entities.ListeningEvent)
+  assert valid.column('ms_played').to_pylist() == [1000]
+  assert valid.column('note').to_pylist() == ['plain text']
+  assert valid.column('session_id').type == pa.string()
+  by_row = {d['record']['event_id']: (d['reason'], d['field']) for d in dead}
+  assert by_row == {
+    'e1': ('invalid_value', 'ms_played'),  # a fraction
+    'e2': ('missing_field', 'ms_played'),
+    'e3': ('invalid_type', 'note'),  # bytes that are not UTF-8
+    'e4': ('invalid_value', 'ms_played'),  # beyond int64
+  }
