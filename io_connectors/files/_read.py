@@ -15,7 +15,7 @@ from io_connectors.files._ranges import MatchFn, Range, SplitFn
 from transforms.dead_letter import DEAD_LETTER, Outputs
 from transforms.records import typed_outputs, with_provenance, without_view_types
 
-__all__ = ["STAGE", "READERS", "ReadRangeFn", "ReadFormat", "emit", "unique_column_names"]
+__all__ = ['STAGE', 'READERS', 'ReadRangeFn', 'ReadFormat', 'emit', 'unique_column_names']
 
 STAGE = 'read'
 
