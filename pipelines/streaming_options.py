@@ -242,7 +242,8 @@ class SpotifyStreamingOptions(PipelineOptions):
       kafka,
       '--kafka_poll_timeout_s',
       type=float,
-      default=0.5,
+      default=None,
       help='One consumer poll waits at most this long (s): at the head of a partition, how long a batch gathers '
-      'records before it goes on (lower: less delay, smaller batches).',
+      'records before it goes on (lower: less delay, smaller batches). Default 0.1 for streaming jobs on '
+      'FlinkRunner, else 0.5.',
     )

@@ -511,6 +511,10 @@ def test_the_streaming_job_passes_its_checkpoint_interval_and_poll_timeout_to_th
   assert (read_options().checkpoint_interval_s, read_options().poll_timeout_s) == (1.0, 0.5)
   told = read_options('--kafka_checkpoint_interval_s=0.25', '--kafka_poll_timeout_s=0.1')
   assert (told.checkpoint_interval_s, told.poll_timeout_s) == (0.25, 0.1)
+  # Streaming on Flink polls for 0.1 s at a partition's head unless told (the watermark returns with the call).
+  assert read_options('--runner=FlinkRunner', '--streaming').poll_timeout_s == 0.1
+  assert read_options('--runner=FlinkRunner', '--streaming', '--kafka_poll_timeout_s=0.7').poll_timeout_s == 0.7
+  assert read_options('--runner=PrismRunner', '--streaming').poll_timeout_s == 0.5
 
 
 def test_a_streaming_read_hands_back_its_remainder_at_the_partitions_head_and_reads_a_backlog_on(kafka):
