@@ -911,3 +911,18 @@ def test_the_first_setup_in_a_process_freezes_its_start_up_objects_and_later_one
   assert frozen == [True]
   pii_transforms._RedactBatchFn(ListeningEvent, None, PiiOptions()).setup()
   assert frozen == [True]
+
+
+@pytest.mark.unit
+def test_the_header_of_a_compressed_delimited_file_is_read_for_its_raw_lines(tmp_path):
+  import gzip
+
+  import zstandard
+
+  from transforms.pii.transforms import read_file_header
+
+  (tmp_path / 'a.csv.zst').write_bytes(zstandard.ZstdCompressor().compress(b'id;email\n1;a@b.c\n'))
+  (tmp_path / 'b.tsv.gz').write_bytes(gzip.compress(b'id\temail\n1\ta@b.c\n'))
+  assert read_file_header(str(tmp_path / 'a.csv.zst')) == (['id', 'email'], ';')
+  assert read_file_header(str(tmp_path / 'b.tsv.gz')) == (['id', 'email'], '\t')
+  assert read_file_header(str(tmp_path / 'c.parquet.gz')) is None

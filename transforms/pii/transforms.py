@@ -410,11 +410,16 @@ class _RedactDeadLetterFn(_KeyedDoFn):
 
 
 _HEADER_BYTES = 1 << 16
+# Beam's FileSystems.open decompresses these by name (the file readers accept them too).
+_COMPRESSED_SUFFIXES = ('.gz', '.bz2', '.zst', '.zstd', '.deflate', '.xz', '.lzma')
 
 
 def read_file_header(path: str):
   """(column names, delimiter) from the first line of a delimited text file; None when it has none."""
-  if not path.lower().rstrip('/').endswith(('.csv', '.tsv', '.txt', '.csv.gz', '.tsv.gz')):
+  name = path.lower().rstrip('/')
+  for compressed in _COMPRESSED_SUFFIXES:
+    name = name[: -len(compressed)] if name.endswith(compressed) else name
+  if not name.endswith(('.csv', '.tsv', '.txt')):
     return None
   from apache_beam.io.filesystems import FileSystems
 
