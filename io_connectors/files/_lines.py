@@ -8,7 +8,7 @@ from typing import Any, Iterator, List, Optional, Tuple
 import numpy as np
 import pyarrow as pa
 
-from io_connectors.files._ranges import is_compressed, open_file, read_exactly
+from io_connectors.files._ranges import is_compressed, open_file, read_exactly, unicode_bom_encoding
 
 __all__ = ['read_owned_lines', 'is_blank', 'first_line', 'to_utf8', 'line_count', 'ranges_as_utf8']
 
@@ -74,23 +74,6 @@ def first_line(path: str) -> bytes:
 _BAD_BYTES_MARK = '\U0010fffd'
 _MARK_ERRORS = 'io_connectors.files.mark'
 codecs.register_error(_MARK_ERRORS, lambda e: (_BAD_BYTES_MARK, e.end))
-
-
-# Byte order marks of the encodings whose newline is not the byte 0x0A (UTF-32 first: its LE mark starts as UTF-16's).
-_UNICODE_BOMS = (
-  (codecs.BOM_UTF32_LE, 'utf-32'),
-  (codecs.BOM_UTF32_BE, 'utf-32'),
-  (codecs.BOM_UTF16_LE, 'utf-16'),
-  (codecs.BOM_UTF16_BE, 'utf-16'),
-)
-
-
-def unicode_bom_encoding(head: bytes) -> Optional[str]:
-  """'utf-16' or 'utf-32' when `head` (a file's first bytes) starts with that encoding's byte order mark."""
-  for bom, name in _UNICODE_BOMS:
-    if head.startswith(bom):
-      return name
-  return None
 
 
 def _is_utf8(encoding: str) -> bool:
@@ -206,12 +189,11 @@ def ranges_as_utf8(
   """
   if not is_compressed(rng.path):
     with open_file(rng.path) as f:
-      marked = _is_utf8(encoding) and unicode_bom_encoding(read_exactly(f, 4))
+      # A UTF-8 read of a UTF-16/32 file (Excel's "Unicode text" is UTF-16 with a BOM) is read whole: its
+      # newlines are not the byte 0x0A. `SplitFn` made such a file one range, so only a range at byte 0
+      # looks (one read of the file's head, not one per range: a request each on S3 or GCS).
+      marked = not rng.start and _is_utf8(encoding) and unicode_bom_encoding(read_exactly(f, 4))
       if marked:
-        # A UTF-8 read of a UTF-16/32 file (Excel's "Unicode text" is UTF-16 with a BOM): the file is
-        # read whole by its first range (its newlines are not the byte 0x0A), the others read nothing.
-        if rng.start:
-          return
         encoding = marked
         f.seek(0)
         raw = f.read()

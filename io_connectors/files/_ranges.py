@@ -8,6 +8,7 @@ Excel workbooks are one range.
 
 from __future__ import annotations
 
+import codecs
 import os
 from typing import Any, Iterator, NamedTuple, Optional
 
@@ -19,7 +20,16 @@ from io_connectors._common.errors import short_error
 from io_connectors.files._options import FileOptions, detect_format, options_for
 from transforms.records import range_source
 
-__all__ = ['Range', 'open_file', 'is_compressed', 'read_exactly', 'MatchFn', 'SplitFn', 'byte_ranges']
+__all__ = [
+  'Range',
+  'open_file',
+  'is_compressed',
+  'read_exactly',
+  'unicode_bom_encoding',
+  'MatchFn',
+  'SplitFn',
+  'byte_ranges',
+]
 
 
 class Range(NamedTuple):
@@ -97,11 +107,34 @@ def byte_ranges(path: str, fmt: str, size: int, split_size: int) -> Iterator[Ran
     yield Range(path, fmt, start, min(start + split_size, size))
 
 
+# Byte order marks of the encodings whose newline is not the byte 0x0A (UTF-32 first: its LE mark starts as UTF-16's).
+_UNICODE_BOMS = (
+  (codecs.BOM_UTF32_LE, 'utf-32'),
+  (codecs.BOM_UTF32_BE, 'utf-32'),
+  (codecs.BOM_UTF16_LE, 'utf-16'),
+  (codecs.BOM_UTF16_BE, 'utf-16'),
+)
+
+
+def unicode_bom_encoding(head: bytes) -> Optional[str]:
+  """'utf-16' or 'utf-32' when `head` (a file's first bytes) starts with that encoding's byte order mark."""
+  for bom, name in _UNICODE_BOMS:
+    if head.startswith(bom):
+      return name
+  return None
+
+
 def ascii_compatible(encoding: str) -> bool:
   try:
     return 'a,\n'.encode(encoding) == b'a,\n'
   except (LookupError, UnicodeError):
     return False
+
+
+def _starts_with_unicode_bom(path: str) -> bool:
+  """A UTF-16/32 file marked so, read as UTF-8 (the default): its newlines are not the byte 0x0A."""
+  with open_file(path) as f:
+    return unicode_bom_encoding(read_exactly(f, 4)) is not None
 
 
 class SplitFn(beam.DoFn):
@@ -126,11 +159,14 @@ class SplitFn(beam.DoFn):
     if is_compressed(path):
       # A compressed stream has no seeks: one range, which its reader reads in parts (`_lines.ranges_as_utf8`).
       yield Range(path, fmt, 0, size)
-    elif fmt == 'csv':
-      if options.newlines_in_values or not ascii_compatible(options.encoding):
-        split = max(size, 1)
+    elif fmt in ('csv', 'jsonl'):
+      if size > split and (
+        (fmt == 'csv' and (options.newlines_in_values or not ascii_compatible(options.encoding)))
+        or _starts_with_unicode_bom(path)
+      ):
+        split = size  # one range: lines that cannot be found by the byte 0x0A, or whose values may hold one
       yield from byte_ranges(path, fmt, size, split)
-    elif fmt in ('jsonl', 'avro'):
+    elif fmt == 'avro':
       yield from byte_ranges(path, fmt, size, split)
     elif fmt == 'parquet':
       yield from self._parquet_ranges(path, size, split)

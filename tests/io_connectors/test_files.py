@@ -640,7 +640,7 @@ def test_csv_record_numbers_of_lines_agree_with_pyarrows_row_numbers():
 
 
 def test_csv_delimiter_is_sniffed_from_the_header_unless_given(tmp_path):
-  from io_connectors.files.csv import sniff_delimiter
+  from transforms.text_files import sniff_delimiter
 
   assert [sniff_delimiter(h) for h in (b'a;b;c', b'a\tb', b'a|b|c', b'a,b;c', b'single', b'a,b,c;d;e;f')] == [
     ';',
@@ -736,3 +736,19 @@ def test_a_utf16_or_utf32_file_with_a_byte_order_mark_is_read_whole_once(tmp_pat
   rows = result.rows()
   assert [r[2]['id'] for r in rows] == list(range(1, 201))
   assert rows[0] == (path, 2, {'id': 1, 'name': 'Zoë 1', 'note': 'note, 1'})
+
+
+def test_the_byte_order_mark_is_looked_for_once_a_file_when_it_is_cut_into_ranges(tmp_path):
+  """The planner reads a file's head once: a marked UTF-16 file is one range, a UTF-8 one is cut."""
+  from apache_beam.io.filesystem import FileMetadata
+
+  from io_connectors.files._ranges import SplitFn
+
+  text = 'id,name\n' + ''.join(f'{i},Zoë {i}\n' for i in range(1, 201))
+  for name, data, expected in (('utf16.csv', text.encode('utf-16'), 1), ('utf8.csv', text.encode(), 4)):
+    path = write(tmp_path, name, data)
+    quarter = -(-len(data) // 4)
+    for fmt, options in (('csv', CsvOptions(split_size_bytes=quarter)), ('jsonl', JsonOptions(split_size_bytes=quarter))):
+      ranges = list(SplitFn(fmt, options, path).process(FileMetadata(path, len(data))))
+      assert len(ranges) == expected, (name, fmt)
+      assert (ranges[0].start, ranges[-1].end) == (0, len(data))
