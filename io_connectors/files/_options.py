@@ -8,6 +8,8 @@ import os
 import re
 from typing import Optional, Sequence
 
+from transforms.text_files import COMPRESSION_EXTENSIONS
+
 __all__ = [
   'FORMATS',
   'EXTENSIONS',
@@ -42,7 +44,6 @@ GLOB_CHARS = re.compile(r'[*?\[]')
 
 # Formats that may come compressed as a whole file (events.csv.gz); the others compress inside.
 COMPRESSIBLE_FORMATS = ('csv', 'jsonl', 'json')
-COMPRESSION_EXTENSIONS = ('.gz', '.bz2', '.zst', '.zstd', '.deflate', '.xz', '.lzma')
 
 
 def detect_format(path: str) -> str:

@@ -23,18 +23,9 @@ from io_connectors.files._ranges import Range, ascii_compatible
 from io_connectors.files._read import READERS, STAGE, ReadFormat, emit
 from transforms.dead_letter import dead_letter
 from transforms.records import position
+from transforms.text_files import sniff_delimiter
 
-__all__ = ['ReadFromCsv', 'CsvOptions', 'CsvReader', 'sniff_delimiter']
-
-
-_SNIFFED_DELIMITERS = (',', ';', '\t', '|')
-
-
-def sniff_delimiter(header_line: bytes) -> str:
-  """The delimiter a header line uses: of , ; tab |, the most frequent; ',' when none occurs or on a tie."""
-  counts = [header_line.count(d.encode()) for d in _SNIFFED_DELIMITERS]
-  best = max(range(len(counts)), key=lambda i: (counts[i], i == 0))
-  return _SNIFFED_DELIMITERS[best] if counts[best] else ','
+__all__ = ['ReadFromCsv', 'CsvOptions', 'CsvReader']
 
 
 def _csv_delimiter(options: CsvOptions, path: str, header_line: Optional[bytes] = None) -> str:
@@ -57,9 +48,9 @@ def _records_of_lines(data, lines: List[int], delimiter: str, quote_char: Option
   opens a value only at its start, "" inside one is a quote), says where each
   record starts: slower, but only ranges with bad lines come here.
   """
-  nonblank_before = nonblank_lines_before(data)
   quote = quote_char.encode('utf-8') if quote_char else b''
   if not quote or not (np.frombuffer(data, dtype=np.uint8) == quote[0]).any():
+    nonblank_before = nonblank_lines_before(data)
     return {i: int(nonblank_before[i]) + 1 for i in lines}
   text = bytes(data).decode('utf-8', errors='replace')
   physical = (line + '\n' for line in text.split('\n'))
@@ -75,8 +66,9 @@ def _records_of_lines(data, lines: List[int], delimiter: str, quote_char: Option
       k += 1
     if k == len(wanted):
       break
-  for line in wanted[k:]:  # not reached (the reader stopped early): the line count is the best guess
-    found[line] = int(nonblank_before[line]) + 1
+  if k < len(wanted):  # not reached (the reader stopped early): the line count is the best guess
+    nonblank_before = nonblank_lines_before(data)
+    found.update((line, int(nonblank_before[line]) + 1) for line in wanted[k:])
   return found
 
 

@@ -26,6 +26,7 @@ from transforms.pii.keys import KeyRef, MasterKey
 from transforms.pii.scanner import DEFAULT_ENTITIES, TextScanner
 from transforms.metrics import LabelledCounters
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN, position, source_path, typed_outputs
+from transforms.text_files import sniff_delimiter, without_compression_extension
 
 __all__ = ['PiiOptions', 'PiiOutputs', 'RedactPII', 'RedactDeadLetters', 'read_file_header']
 
@@ -410,16 +411,11 @@ class _RedactDeadLetterFn(_KeyedDoFn):
 
 
 _HEADER_BYTES = 1 << 16
-# Beam's FileSystems.open decompresses these by name (the file readers accept them too).
-_COMPRESSED_SUFFIXES = ('.gz', '.bz2', '.zst', '.zstd', '.deflate', '.xz', '.lzma')
 
 
 def read_file_header(path: str):
   """(column names, delimiter) from the first line of a delimited text file; None when it has none."""
-  name = path.lower().rstrip('/')
-  for compressed in _COMPRESSED_SUFFIXES:
-    name = name[: -len(compressed)] if name.endswith(compressed) else name
-  if not name.endswith(('.csv', '.tsv', '.txt')):
+  if not without_compression_extension(path.rstrip('/')).lower().endswith(('.csv', '.tsv', '.txt')):
     return None
   from apache_beam.io.filesystems import FileSystems
 
@@ -428,9 +424,8 @@ def read_file_header(path: str):
       first = handle.read(_HEADER_BYTES).decode('utf-8-sig', 'replace').splitlines()[0]
   except Exception:
     return None  # moved or unreadable: the line is scanned as text
-  counts = {d: first.count(d) for d in (',', ';', '\t', '|')}
-  delimiter = max(counts, key=counts.get)
-  if not counts[delimiter]:
+  delimiter = sniff_delimiter(first, default=None)
+  if delimiter is None:
     return None
   names = next(csv.reader([first], delimiter=delimiter), [])
   return (names, delimiter) if names and all(n.strip() for n in names) else None
