@@ -57,6 +57,18 @@ PII_IDENTIFIER = 'identifier'  # pseudonymised with a keyed HMAC per tenant
 PII_FREE_TEXT = 'free_text'  # scanned by presidio, findings replaced
 
 SPOTIFY_ID_PATTERN = r'^[0-9A-Za-z]{22}$'
+
+
+def spotify_reference_pattern(item_type: str) -> str:
+  """A Spotify URI or open.spotify.com link of an `item_type` ('track', 'artist', ...); group 1 is its id.
+
+  Exports and the Web API name items as `spotify:track:<id>`, people paste share links
+  (`https://open.spotify.com/intl-de/track/<id>?si=...`), where a table wants the bare id.
+  """
+  return (
+    rf'^[ \t]*(?:spotify:{item_type}:|https?://open\.spotify\.com/(?:intl-[A-Za-z-]+/)?{item_type}/)'
+    r'([0-9A-Za-z]{22})(?:[?#][^ \t]*)?[ \t]*$'
+  )
 EMAIL_PATTERN = r'^[^@ \t\r\n]+@[^@ \t\r\n]+\.[^@ \t\r\n]+$'
 INT_PATTERN = r'^[ \t]*[+-]?[0-9]+[ \t]*$'
 EPOCH_MS_PATTERN = r'^[ \t]*[0-9]{1,15}[ \t]*$'
@@ -91,12 +103,15 @@ class FieldRule:
   kind: 'string', 'int', 'float', 'bool', 'timestamp', 'ip', 'country',
     'nested' (kept as inferred).
   pattern: RE2/Python regex a string value must match (after conversion).
+  reference: RE2/Python regex of another way to write a value (a Spotify URI);
+    a value matching it is replaced by its group 1, then checked.
   ge, le: inclusive numeric bounds.
   pii: None, PII_IDENTIFIER or PII_FREE_TEXT.
   """
 
   kind: str
   pattern: Optional[str] = None
+  reference: Optional[str] = None
   ge: Optional[float] = None
   le: Optional[float] = None
   pii: Optional[str] = None
@@ -249,12 +264,29 @@ Str = Annotated[str, BeforeValidator(to_string), FieldRule('string')]
 NonEmptyStr = Annotated[
   str, BeforeValidator(to_string), pydantic.AfterValidator(_non_empty), FieldRule('string', non_empty=True)
 ]
-SpotifyId = Annotated[
-  str,
-  BeforeValidator(to_string),
-  pydantic.AfterValidator(_pattern_check(SPOTIFY_ID_PATTERN)),
-  FieldRule('string', pattern=SPOTIFY_ID_PATTERN),
-]
+
+
+def _reference_to_id(pattern: str):
+  compiled = re.compile(pattern)
+
+  def to_id(value: Any) -> Optional[str]:
+    text = to_string(value)
+    match = compiled.fullmatch(text) if text is not None else None
+    return match.group(1) if match else text
+
+  return to_id
+
+
+def SpotifyId(item_type: str):
+  """A base-62 Spotify id of an `item_type`; its URI or open.spotify.com link is taken as the id."""
+  reference = spotify_reference_pattern(item_type)
+  return Annotated[
+    str,
+    BeforeValidator(_reference_to_id(reference)),
+    pydantic.AfterValidator(_pattern_check(SPOTIFY_ID_PATTERN)),
+    FieldRule('string', pattern=SPOTIFY_ID_PATTERN, reference=reference),
+  ]
+
 Email = Annotated[
   str,
   BeforeValidator(to_string),
@@ -311,7 +343,7 @@ class ListeningEvent(_Entity):
   __key_field__: typing.ClassVar[str] = 'event_id'
   event_id: NonEmptyStr
   user_id: Identifier()
-  track_id: SpotifyId
+  track_id: SpotifyId('track')
   played_at: UtcTimestamp
   ms_played: Int(ge=0)
   country: Optional[Country] = None
@@ -326,7 +358,7 @@ class ListeningEvent(_Entity):
 class Track(_Entity):
   """TrackObject."""
 
-  id: SpotifyId
+  id: SpotifyId('track')
   name: NonEmptyStr
   duration_ms: Optional[Int(ge=0)] = None
   explicit: Optional[Bool] = None
@@ -342,7 +374,7 @@ class Track(_Entity):
 class AudioFeatures(_Entity):
   """AudioFeaturesObject."""
 
-  id: SpotifyId
+  id: SpotifyId('track')
   acousticness: Optional[Float(ge=0, le=1)] = None
   danceability: Optional[Float(ge=0, le=1)] = None
   energy: Optional[Float(ge=0, le=1)] = None
@@ -361,7 +393,7 @@ class AudioFeatures(_Entity):
 class Artist(_Entity):
   """ArtistObject."""
 
-  id: SpotifyId
+  id: SpotifyId('artist')
   name: NonEmptyStr
   popularity: Optional[Int(ge=0, le=100)] = None
   genres: Optional[Nested] = None
@@ -383,7 +415,7 @@ class User(_Entity):
 class Playlist(_Entity):
   """PlaylistObject (SimplifiedPlaylistObject fields)."""
 
-  id: SpotifyId
+  id: SpotifyId('playlist')
   name: NonEmptyStr
   description: Optional[FreeText] = None
   public: Optional[Bool] = None

@@ -150,6 +150,8 @@ def _to_strings(arr: pa.Array) -> Tuple[pa.Array, np.ndarray]:
 
 def _convert_string(arr, rule) -> _Column:
   values, bad_type = _to_strings(arr)
+  if rule.reference:
+    values = pc.replace_substring_regex(values, rule.reference, r'\1')
   bad_value = np.zeros(len(arr), dtype=bool)
   if rule.pattern:
     bad_value = _not_null(values) & ~_mask(pc.match_substring_regex(values, rule.pattern))

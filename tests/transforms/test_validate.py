@@ -39,6 +39,10 @@ CANDIDATES = {
     '4uLU6hMCjMI75M1A2tKUQ',
     '4uLU6hMCjMI75M1A2tKUQC\n',
     '4uLU6hMCjMI75M1A2tKU-C',
+    'spotify:track:4uLU6hMCjMI75M1A2tKUQC',
+    ' https://open.spotify.com/intl-pt-BR/track/4uLU6hMCjMI75M1A2tKUQC?si=9c1e ',
+    'spotify:episode:4uLU6hMCjMI75M1A2tKUQC',
+    'spotify:track:4uLU6hMCjMI75M1A2tKUQ',
     None,
   ],
   'played_at': [
@@ -262,3 +266,23 @@ def test_numeric_and_binary_columns_from_databases_and_old_parquet_writers_conve
     'e3': ('invalid_type', 'note'),  # bytes that are not UTF-8
     'e4': ('invalid_value', 'ms_played'),  # beyond int64
   }
+
+
+def test_spotify_uris_and_links_of_the_right_type_become_ids():
+  """Exports name tracks `spotify:track:<id>`, people paste share links: the table holds the bare id."""
+  rows = [
+    dict(GOOD, event_id='uri', track_id='spotify:track:4uLU6hMCjMI75M1A2tKUQC'),
+    dict(GOOD, event_id='link', track_id='https://open.spotify.com/track/4uLU6hMCjMI75M1A2tKUQC?si=x1'),
+    dict(GOOD, event_id='episode', track_id='spotify:episode:4uLU6hMCjMI75M1A2tKUQC'),
+    dict(GOOD, event_id='artist-link', track_id='https://open.spotify.com/artist/4uLU6hMCjMI75M1A2tKUQC'),
+  ]
+  batch = with_provenance(pa.RecordBatch.from_pylist(rows), 'f.jsonl', 1)
+  clean, letters = validate_batch(batch, entities.ListeningEvent)
+  assert clean.column('event_id').to_pylist() == ['uri', 'link']
+  assert clean.column('track_id').to_pylist() == ['4uLU6hMCjMI75M1A2tKUQC'] * 2
+  assert [(d['reason'], d['field'], d['record']['event_id']) for d in letters] == [
+    ('invalid_value', 'track_id', 'episode'),
+    ('invalid_value', 'track_id', 'artist-link'),
+  ]
+  artist = entities.Artist.model_validate({'id': 'spotify:artist:0OdUWJ0sBjDrqHygGUXeCF', 'name': 'Band'})
+  assert artist.id == '0OdUWJ0sBjDrqHygGUXeCF'
