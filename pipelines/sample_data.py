@@ -73,7 +73,7 @@ __all__ = [
 
 EXPECTED_FILE = '_expected.json'
 FILE_PREFIX = 'listening_events'
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: a bad track id is an album URI (a track URI is a valid way to give the id)
 
 # Model fields first (in ListeningEvent order, tenant after the id), then the
 # columns the model does not declare, then the free text last so that
@@ -312,7 +312,7 @@ MALFORMED_KINDS = {
         '4iV5W9uYEdYUVa79Axb7R',
         '4iV5W9uYEdYUVa79Axb7Rhh',
         '4iV5W9uYEdYUVa-9Axb7Rh',
-        'spotify:track:4iV5W9uYEdYUVa79Axb7Rh',
+        'spotify:album:4iV5W9uYEdYUVa79Axb7Rh',  # a URI of another item type
         '0000_not_a_track_000',
       ),
     ),
