@@ -136,7 +136,24 @@ class CsvOptions(FileOptions):
 
 @dataclasses.dataclass(frozen=True)
 class JsonOptions(FileOptions):
-  """JSON and JSON Lines options (UTF-8, as JSON mandates)."""
+  """JSON and JSON Lines options (UTF-8, as JSON mandates).
+
+  records_path: where a JSON document (not JSON Lines) holds its records,
+    as dotted keys: 'data.items' for `{"data": {"items": [...]}}`. '' takes
+    the document itself (an array's elements, or an object as one record).
+    None (default) looks for an API's envelope: an object whose array of
+    objects sits under one of `ENVELOPE_KEYS` at most two keys deep (a Web
+    API paging object's `items`, `data`, `results`, ...); a document without
+    exactly one such array is taken itself.
+  """
+
+  records_path: Optional[str] = None
+
+  def __post_init__(self):
+    super().__post_init__()
+    path = self.records_path
+    if path is not None and (not isinstance(path, str) or (path and not all(path.split('.')))):
+      raise ValueError(f'records_path must be dotted keys such as "data.items", or "", got {path!r}')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,13 +5,17 @@ Columns are typed by the rules every connector shares
 `table_from_rows` for lines that parse one by one but not together (a column
 of mixed types). Lines that do not parse, or parse to something other than
 an object, are dead-lettered one by one.
+
+A JSON document's records are its array's elements, or the array an API's
+envelope holds (`{"items": [...], "next": ...}`: `JsonOptions.records_path`);
+the envelope's other keys are not records and are not read.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +29,7 @@ from io_connectors.files._read import READERS, STAGE, ReadFormat, emit
 from transforms.dead_letter import dead_letter
 from transforms.records import position
 
-__all__ = ['ReadFromJsonLines', 'ReadFromJson', 'JsonOptions']
+__all__ = ['ReadFromJsonLines', 'ReadFromJson', 'JsonOptions', 'records_of_document', 'ENVELOPE_KEYS']
 
 _LOG = logging.getLogger(__name__)
 
@@ -122,16 +126,13 @@ def read_json(rng: Range, options: JsonOptions):
   except ValueError as e:
     yield dead_letter(path, None, 'malformed_json', detail=f'the document does not parse: {e}', stage=STAGE)
     return
-  elements = [document] if isinstance(document, dict) else document
-  if not isinstance(elements, list):
-    yield dead_letter(
-      path,
-      None,
-      'malformed_json',
-      detail=f'the document is a JSON {type(document).__name__}, not an array or object',
-      stage=STAGE,
-    )
+  try:
+    elements, where = records_of_document(document, options.records_path)
+  except ValueError as e:
+    yield dead_letter(path, None, 'malformed_json', detail=str(e), stage=STAGE)
     return
+  if where:
+    _LOG.info('%s: records read from the array at %r', path, where)
   objects, numbers, lines = [], [], []
   for i, element in enumerate(elements, start=1):
     if isinstance(element, dict):
@@ -145,7 +146,7 @@ def read_json(rng: Range, options: JsonOptions):
         position(i),
         'malformed_json',
         record=element if _jsonable(element) else str(element),
-        detail=f'element {i} is a JSON {type(element).__name__}, not an object',
+        detail=f'element {i} is a JSON {_json_type(element)}, not an object',
         stage=STAGE,
       )
   if not objects:
@@ -153,6 +154,74 @@ def read_json(rng: Range, options: JsonOptions):
   data = '\n'.join(lines).encode('utf-8')
   table, rows = _json_rows(data, np.array(numbers, dtype=np.int64), options.string_columns, path, objects)
   yield from emit(table, path, rows, options.batch_size)
+
+
+# Keys under which APIs put a page's records (dlt's record detector knows the same names).
+ENVELOPE_KEYS = ('items', 'data', 'results', 'records', 'rows', 'entries', 'objects', 'values', 'hits', 'elements')
+# What an envelope holds beside its records: paging and response metadata (compared lower-case, without
+# '_': Spotify's `next`, Google's `nextPageToken`, Stripe's `has_more`, Elasticsearch's `_shards`).
+_PAGING_KEYS = frozenset(
+  'href next previous prev total count totalcount totalresults limit offset cursor nextcursor page pagesize '
+  'perpage hasmore nextpage nextpagetoken prevpagetoken pagetoken pageinfo meta links paging pagination '
+  'metadata status success took timedout shards maxscore object url kind etag'.split()
+)
+
+
+def _is_paging_key(key: str) -> bool:
+  return key.lower().replace('_', '') in _PAGING_KEYS
+
+
+def records_of_document(document, records_path: Optional[str]) -> Tuple[list, str]:
+  """(the records of a JSON document, the dotted path they were found at; '' for the document itself).
+
+  See `JsonOptions.records_path`. ValueError naming the path when the
+  document has no array there, or is neither an array nor an object.
+  """
+  if records_path:
+    found = document
+    for depth, key in enumerate(records_path.split('.')):
+      if not isinstance(found, dict) or key not in found:
+        at = '.'.join(records_path.split('.')[:depth]) or 'the top'
+        raise ValueError(f'records_path {records_path!r}: no key {key!r} in the object at {at}')
+      found = found[key]
+    if not isinstance(found, list):
+      raise ValueError(f'records_path {records_path!r} holds a JSON {_json_type(found)}, not an array')
+    return found, records_path
+  if records_path is None and isinstance(document, dict):
+    envelopes = list(_arrays_of_objects(document, depth=2))
+    if len(envelopes) == 1:
+      return envelopes[0][1], envelopes[0][0]
+  if isinstance(document, dict):
+    return [document], ''
+  if isinstance(document, list):
+    return document, ''
+  raise ValueError(f'the document is a JSON {_json_type(document)}, not an array or object')
+
+
+def _arrays_of_objects(document: dict, depth: int, prefix: str = ''):
+  """(dotted path, array) of the arrays of objects under envelope keys, `depth` keys deep at most.
+
+  An array holding an object is one of objects (its other elements are dead-lettered as such).
+
+  A key is an envelope's only where everything beside it is paging metadata
+  (`total`, `next`, ...), so that a record holding a list (an order's
+  `items` beside its `order_id`) stays one record; an empty array is an
+  empty page.
+  """
+  for key in ENVELOPE_KEYS:
+    value = document.get(key)
+    if not all(_is_paging_key(k) for k in document if k != key):
+      continue
+    if isinstance(value, list) and (not value or any(isinstance(v, dict) for v in value)):
+      yield prefix + key, value
+    elif isinstance(value, dict) and depth > 1:
+      yield from _arrays_of_objects(value, depth - 1, f'{prefix}{key}.')
+
+
+def _json_type(value) -> str:
+  return {dict: 'object', list: 'array', str: 'string', bool: 'boolean', type(None): 'null'}.get(
+    type(value), 'number'
+  )
 
 
 def _jsonable(value) -> bool:
@@ -173,7 +242,15 @@ class ReadFromJsonLines(ReadFormat):
 
 
 class ReadFromJson(ReadFormat):
-  """JSON documents (an array of objects, or one object, per file) as record batches."""
+  """JSON documents as record batches: an array of objects, an API page's records, or one object, per file.
+
+  A page saved from an API (`{"items": [...], "total": 40, "next": ...}`,
+  `{"data": {"results": [...]}}`) gives its records, found under a known key
+  beside paging metadata only; `JsonOptions(records_path='data.rows')` names
+  the place, `records_path=''` takes the document itself. Usage::
+
+    records = p | ReadFromJson('gs://drop/saved-tracks-*.json', JsonOptions(records_path='items')).records
+  """
 
   _FORMAT = 'json'
 

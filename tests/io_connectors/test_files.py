@@ -354,6 +354,41 @@ def test_json_array_object_and_broken_documents(tmp_path):
   ]
 
 
+def test_json_records_in_an_api_envelope_are_found_or_named(tmp_path):
+  """A saved Web API page (`{"items": [...], "next": ...}`) is its items; a record holding a list stays one."""
+  page = write(
+    tmp_path,
+    'page.json',
+    json.dumps({'href': 'h', 'items': [{'id': 1}, {'id': 2}], 'limit': 2, 'next': 'n', 'offset': 0, 'total': 9}),
+  )
+  nested = write(tmp_path, 'nested.json', json.dumps({'data': {'results': [{'id': 3}, 'x']}, 'nextPageToken': 't'}))
+  order = write(tmp_path, 'order.json', json.dumps({'id': 4, 'items': [{'sku': 'a'}]}))
+  empty = write(tmp_path, 'empty.json', json.dumps({'items': [], 'total': 0}))
+  result = read(tmp_path, ReadFromJson(str(tmp_path / '*.json')))
+  assert sorted((r[0], r[1], r[2]['id']) for r in result.rows()) == [
+    (nested, 1, 3),
+    (order, 1, 4),
+    (page, 1, 1),
+    (page, 2, 2),
+  ]
+  assert [(d['source'], d['position'], d['detail']) for d in result.dead_letters] == [
+    (nested, 'row 2', 'element 2 is a JSON string, not an object')
+  ]
+  assert empty  # an empty page: no rows, no dead letter
+
+  explicit = read(tmp_path, ReadFromJson(order, JsonOptions(records_path='items')))
+  assert [r[2] for r in explicit.rows()] == [{'sku': 'a'}]
+  whole = read(tmp_path, ReadFromJson(page, JsonOptions(records_path='')))
+  assert [r[2]['total'] for r in whole.rows()] == [9]
+  missing = read(tmp_path, ReadFromJson(page, JsonOptions(records_path='data.items')))
+  assert missing.rows() == []
+  assert [(d['reason'], d['detail']) for d in missing.dead_letters] == [
+    ('malformed_json', "records_path 'data.items': no key 'data' in the object at the top")
+  ]
+  with pytest.raises(ValueError, match='records_path'):
+    JsonOptions(records_path='data..items')
+
+
 # ---------------------------------------------------------------------------
 # Parquet
 
