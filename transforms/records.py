@@ -44,6 +44,7 @@ __all__ = [
   'without_view_types',
   'rows_as_dicts',
   'json_safe',
+  'BINARY_TEXT_PREFIX',
   'split_by_mask',
 ]
 
@@ -131,6 +132,10 @@ def split_by_mask(batch: pa.RecordBatch, mask) -> tuple:
   return batch.filter(mask), batch.filter(pc.invert(mask))
 
 
+# How `json_safe` writes bytes that are not UTF-8 text; the dead-letter redaction drops such values.
+BINARY_TEXT_PREFIX = 'base64:'
+
+
 def json_safe(value: Any) -> Any:
   """A value as JSON can hold it (timestamps ISO-8601, bytes base64, NaN null)."""
   if value is None or isinstance(value, (str, bool, int)):
@@ -149,7 +154,7 @@ def json_safe(value: Any) -> Any:
     try:
       return value.decode('utf-8')
     except UnicodeDecodeError:
-      return 'base64:' + base64.b64encode(value).decode('ascii')
+      return BINARY_TEXT_PREFIX + base64.b64encode(value).decode('ascii')
   if isinstance(value, dict):
     return {str(k): json_safe(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):

@@ -310,3 +310,18 @@ def test_whole_ids_of_known_shapes_skip_the_recognizers(scanner):
     scanner.redact_array(pa.array([text] * 100))[0][0].as_py()
     == '543c004d-153f-4411-be65-2446bb150280 from <EMAIL_ADDRESS>'
   )
+
+
+def test_bytes_a_stage_made_json_ready_are_dropped_from_dead_letters_as_bytes_are(scanner):
+  """Validate's dead letter holds a Parquet binary column as json_safe wrote it: base64 text hides PII."""
+  from transforms.records import json_safe
+
+  secret = 'call +1 415 555 2671, ann@example.org'.encode('utf-16')  # not UTF-8: becomes base64 text
+  record = {'event_id': 'e1', 'blob': json_safe(secret), 'utf8_blob': json_safe(b'ann@example.org')}
+  assert record['blob'].startswith('base64:')
+  out, counts = redact_record(record, ListeningEvent, KEY, scanner, tenant='acme')
+  assert out['blob'] is None and counts['DROPPED_BINARY:blob'] == 1
+  assert out['utf8_blob'] == '<EMAIL_ADDRESS>'  # bytes that are text are scanned as text
+  assert redact_record({'note': 'base64: is a prefix'}, ListeningEvent, KEY, scanner, tenant='acme')[0] == {
+    'note': 'base64: is a prefix'
+  }

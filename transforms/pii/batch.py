@@ -32,7 +32,7 @@ from transforms.pii.keys import MasterKey
 from transforms.pii.pseudonyms import pseudonym, pseudonymise
 from transforms.pii.recognizers import is_placeholder, is_secret_name, phone_like_integer
 from transforms.pii.scanner import TextScanner, _is_string_type, _is_text_type
-from transforms.records import ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN
+from transforms.records import BINARY_TEXT_PREFIX, ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN
 
 __all__ = [
   'REDACTED',
@@ -415,6 +415,7 @@ def _parse_csv_line(text: str, header: Sequence[str], delimiter: str):
 
 # A field of digits only: between delimiters, quotes, brackets or spaces.
 _BARE_NUMBER = regex.compile(r'(?<![\w.+\-/:@])[0-9]{10,15}(?![\w.\-/:@])')
+_BASE64 = re.compile(r'[A-Za-z0-9+/]*={0,2}')
 
 
 class _RecordRedactor:
@@ -471,7 +472,11 @@ class _RecordRedactor:
     return value
 
   def remember(self, container, key, original):
-    if isinstance(original, str):
+    if isinstance(original, str) and original.startswith(BINARY_TEXT_PREFIX) and _BASE64.fullmatch(original, len(BINARY_TEXT_PREFIX)):
+      # Bytes a stage before made JSON-ready (`json_safe`): dropped as bytes are, base64 hides PII from a scan.
+      container[key] = None
+      self.counts[f'DROPPED_BINARY:{key}'] += 1
+    elif isinstance(original, str):
       self.slots.append((container, key))
       self.texts.append(original)
     elif isinstance(original, float) and original.is_integer() and abs(original) < 10**15:
