@@ -41,7 +41,8 @@ __all__ = [
   'source_path',
   'with_provenance',
   'strip_internal',
-  'without_view_types',
+  'with_plain_types',
+  'uuid_text',
   'rows_as_dicts',
   'json_safe',
   'BINARY_TEXT_PREFIX',
@@ -102,18 +103,54 @@ def with_provenance(batch: pa.RecordBatch, source: str, rows) -> pa.RecordBatch:
   )
 
 
-def without_view_types(batch):
-  """The batch (or table) with string_view / binary_view columns as string / binary, others untouched.
+def with_plain_types(batch):
+  """The batch (or table) with its top-level columns in types every kernel and writer takes; others untouched.
 
-  Parquet written by Polars or DuckDB may declare view types, and pyarrow's
-  take, is_in and other kernels have no view kernels yet.
+  - string_view / binary_view -> string / binary: Parquet written by Polars or
+    DuckDB may declare view types, and pyarrow's take, is_in and other
+    kernels have no view kernels yet.
+  - the `arrow.uuid` extension (Avro's and Parquet's UUID logical type) ->
+    its canonical text, as the id reads everywhere else (CSV, JSON, APIs).
+  - other extension types -> their storage type.
   """
   checks = [getattr(pa.types, name) for name in ('is_string_view', 'is_binary_view') if hasattr(pa.types, name)]
   for i, field in enumerate(batch.schema):
-    if any(check(field.type) for check in checks):
-      plain = pa.string() if pa.types.is_string_view(field.type) else pa.binary()
-      batch = batch.set_column(i, field.with_type(plain), batch.column(i).cast(plain))
+    column = batch.column(i)
+    if isinstance(field.type, pa.BaseExtensionType):
+      plain = uuid_text(column) if field.type.extension_name == 'arrow.uuid' else _extension_storage(column)
+    elif any(check(field.type) for check in checks):
+      plain = column.cast(pa.string() if pa.types.is_string_view(field.type) else pa.binary())
+    else:
+      continue
+    batch = batch.set_column(i, field.with_type(plain.type), plain)
   return batch
+
+
+def _extension_storage(column):
+  if isinstance(column, pa.ChunkedArray):
+    return pa.chunked_array([chunk.storage for chunk in column.chunks], column.type.storage_type)
+  return column.storage
+
+
+_HEX_DIGITS = np.frombuffer(b'0123456789abcdef', dtype=np.uint8)
+_UUID_HEX_AT = np.array([i for i in range(36) if i not in (8, 13, 18, 23)])
+
+
+def uuid_text(column):
+  """16-byte UUIDs (`arrow.uuid` or fixed_size_binary(16)) as lowercase 8-4-4-4-12 text; nulls stay null."""
+  if isinstance(column, pa.ChunkedArray):
+    return pa.chunked_array([uuid_text(chunk) for chunk in column.chunks], pa.string())
+  storage = column.storage if isinstance(column, pa.ExtensionArray) else column
+  n = len(storage)
+  raw = np.frombuffer(storage.buffers()[1], dtype=np.uint8, count=16 * (storage.offset + n))
+  octets = raw[16 * storage.offset :].reshape(n, 16)
+  digits = np.empty((n, 32), dtype=np.uint8)
+  digits[:, 0::2], digits[:, 1::2] = _HEX_DIGITS[octets >> 4], _HEX_DIGITS[octets & 15]
+  text = np.full((n, 36), ord('-'), dtype=np.uint8)
+  text[:, _UUID_HEX_AT] = digits
+  offsets = pa.py_buffer(np.arange(0, 36 * n + 1, 36, dtype=np.int32))
+  validity = pa.py_buffer(np.packbits(storage.is_valid().to_numpy(zero_copy_only=False), bitorder='little'))
+  return pa.StringArray.from_buffers(n, offsets, pa.py_buffer(text.tobytes()), validity, storage.null_count)
 
 
 def strip_internal(batch):

@@ -43,7 +43,7 @@ from transforms.records import (
   json_safe,
   position,
   typed_outputs,
-  without_view_types,
+  with_plain_types,
 )
 
 __all__ = ['Validate', 'ValidateOptions', 'validate_batch', 'arrow_type', 'utc_timestamps']
@@ -406,7 +406,7 @@ def validate_batch(
   batch: pa.RecordBatch, model, stage: str = 'validate', pydantic_details: bool = True
 ) -> Tuple[pa.RecordBatch, List[dict]]:
   """(valid rows converted to the canonical types, dead letters for the others)."""
-  batch = without_view_types(batch)
+  batch = with_plain_types(batch)
   n = batch.num_rows
   rules = entities.field_rules(model)
   reason = np.zeros(n, dtype=np.int8)

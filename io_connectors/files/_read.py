@@ -13,7 +13,7 @@ import pyarrow as pa
 from io_connectors.files._options import OPTIONS_CLASS, FileOptions, options_for
 from io_connectors.files._ranges import MatchFn, Range, SplitFn
 from transforms.dead_letter import DEAD_LETTER, Outputs
-from transforms.records import typed_outputs, with_provenance, without_view_types
+from transforms.records import typed_outputs, with_provenance, with_plain_types
 
 __all__ = ['STAGE', 'READERS', 'ReadRangeFn', 'ReadFormat', 'emit', 'unique_column_names']
 
@@ -52,7 +52,7 @@ def emit(table: pa.Table, source: str, rows: np.ndarray, batch_size: int) -> Ite
   names = table.column_names
   if len(set(names)) != len(names):
     table = table.rename_columns(unique_column_names(names))
-  table = without_view_types(table)
+  table = with_plain_types(table)
   offset = 0
   for batch in table.to_batches(max_chunksize=batch_size):
     n = batch.num_rows

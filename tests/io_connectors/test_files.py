@@ -490,6 +490,32 @@ def test_avro_round_trip_split_at_sync_markers(tmp_path):
   assert schema.field('tags').type == pa.list_(pa.string())
 
 
+def test_uuid_logical_types_are_read_as_their_text(tmp_path):
+  """Avro's and Parquet's UUID type arrives as pyarrow's arrow.uuid extension; ids read as text everywhere else."""
+  import uuid
+
+  ids = [uuid.UUID(int=(i + 1) * 0x1234_5678_9ABC_DEF0_1234_5678_9ABC_DEF % 2**128) for i in range(300)]
+  schema = {
+    'type': 'record',
+    'name': 'Play',
+    'fields': [
+      {'name': 'event_id', 'type': {'type': 'string', 'logicalType': 'uuid'}},
+      {'name': 'session', 'type': ['null', {'type': 'string', 'logicalType': 'uuid'}]},
+    ],
+  }
+  avro_path = str(tmp_path / 'plays.avro')
+  with open(avro_path, 'wb') as f:
+    fastavro.writer(f, schema, [{'event_id': str(u), 'session': None if i % 3 else str(u)} for i, u in enumerate(ids)])
+  storage = pa.array([u.bytes for u in ids], pa.binary(16))
+  pq.write_table(pa.table({'event_id': pa.ExtensionArray.from_storage(pa.uuid(), storage)}), tmp_path / 'plays.parquet')
+  result = read(tmp_path, ReadFromAvro(avro_path))
+  assert result.table.schema.field('event_id').type == pa.string()
+  assert [r[2]['event_id'] for r in result.rows()] == [str(u) for u in ids]
+  assert [r[2]['session'] for r in result.rows()][:4] == [str(ids[0]), None, None, str(ids[3])]
+  parquet = read(tmp_path, ReadFromParquet(str(tmp_path / 'plays.parquet')))
+  assert [r[2]['event_id'] for r in parquet.rows()] == [str(u) for u in ids]
+
+
 def test_avro_not_avro_and_truncated(tmp_path):
   garbage = write(tmp_path, 'garbage.avro', b'this is not avro at all')
   path, records = _avro_file(tmp_path, 'events.avro')
