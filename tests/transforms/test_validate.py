@@ -268,6 +268,22 @@ def test_numeric_and_binary_columns_from_databases_and_old_parquet_writers_conve
   }
 
 
+def test_uuid_columns_of_stream_rows_are_validated_as_their_text():
+  """A stream's Avro rows carry uuid.UUID values, which Arrow types as the arrow.uuid extension."""
+  import uuid
+
+  from io_connectors._common.arrow import table_from_rows
+
+  ids = [uuid.uuid4() for _ in range(3)]
+  rows = [dict(GOOD, event_id=i, session=i if n else None) for n, i in enumerate(ids)]
+  batch = table_from_rows(rows).to_batches()[0]
+  assert isinstance(batch.schema.field('event_id').type, pa.BaseExtensionType)
+  valid, dead = validate_batch(with_provenance(batch, 'topic', 1), entities.ListeningEvent)
+  assert dead == []
+  assert valid.column('event_id').to_pylist() == [str(i) for i in ids]
+  assert valid.column('session').to_pylist() == [None, str(ids[1]), str(ids[2])]
+
+
 def test_spotify_uris_and_links_of_the_right_type_become_ids():
   """Exports name tracks `spotify:track:<id>`, people paste share links: the table holds the bare id."""
   rows = [
