@@ -170,14 +170,22 @@ class AvroOptions(FileOptions):
 class ExcelOptions(FileOptions):
   """Excel (.xlsx) options.
 
-  sheets: names of the sheets to read; None reads every sheet. The first row
-    of a sheet names its columns. Workbooks are not split.
+  sheets: names of the sheets to read; None reads every sheet. Workbooks are
+    not split.
+  header_row: the 1-based row that names a sheet's columns. None finds it:
+    the first row with two or more cells, all text, within the first 10 rows
+    that hold a value (a report's title and notes lines sit above it; they
+    are dead letters, not records); else the first row with a value.
   """
 
   sheets: Optional[Sequence[str]] = None
+  header_row: Optional[int] = None
 
   def __post_init__(self):
     super().__post_init__()
+    row = self.header_row
+    if row is not None and (not isinstance(row, int) or isinstance(row, bool) or row < 1):
+      raise ValueError(f'header_row must be a row number from 1, got {row!r}')
     if self.sheets is not None:
       if isinstance(self.sheets, str) or not all(isinstance(s, str) for s in self.sheets):
         raise ValueError(f'sheets must be a list of sheet names, got {self.sheets!r}')
@@ -185,7 +193,7 @@ class ExcelOptions(FileOptions):
 
 
 @dataclasses.dataclass(frozen=True)
-class AnyOptions(CsvOptions, ExcelOptions):
+class AnyOptions(CsvOptions, ExcelOptions, JsonOptions):
   """Every option of every format, for ReadFromFiles picking formats per file."""
 
 

@@ -1,9 +1,9 @@
-"""Excel .xlsx workbooks (openpyxl, read-only): one source per sheet, the first row with a value names the columns."""
+"""Excel .xlsx workbooks (openpyxl, read-only): one source per sheet, its header row (found, or given) names the columns."""
 
 from __future__ import annotations
 
 import io
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -65,12 +65,37 @@ def read_excel(rng: Range, options: ExcelOptions):
     workbook.close()
 
 
+# Rows with a value looked at for a header below a report's title lines.
+_HEADER_LOOKAHEAD = 10
+
+
+def _is_blank_row(values) -> bool:
+  return all(v is None or (isinstance(v, str) and not v.strip()) for v in values)
+
+
+def _looks_like_header(values) -> bool:
+  cells = [v for v in values if not (v is None or (isinstance(v, str) and not v.strip()))]
+  return len(cells) >= 2 and all(isinstance(v, str) for v in cells)
+
+
+def _header_index(rows: List[Tuple[int, tuple]], header_row: Optional[int]) -> Optional[int]:
+  """Index in `rows` (the first rows with a value) of the header; None while undecided (more rows may tell)."""
+  if header_row is not None:
+    at = [i for i, (number, _) in enumerate(rows) if number == header_row]
+    return at[0] if at else None
+  for i, (_, values) in enumerate(rows):
+    if _looks_like_header(values):
+      return i
+  return 0 if len(rows) >= _HEADER_LOOKAHEAD else None
+
+
 def _read_sheet(worksheet, source: str, options: ExcelOptions):
   as_text = set(options.string_columns)
   names: Optional[List[str]] = None
   buffered: List[tuple] = []
   numbers: List[int] = []
   number = 0
+  above_header: List[Tuple[int, tuple]] = []  # rows with a value while the header is not known
 
   def flush():
     columns = [
@@ -82,29 +107,65 @@ def _read_sheet(worksheet, source: str, options: ExcelOptions):
     numbers.clear()
     return emit(table, source, rows, options.batch_size)
 
+  def not_a_record(row_number, values, header_number):
+    cells = list(values)
+    while cells and cells[-1] is None:  # read-only sheets pad rows to the sheet's width
+      cells.pop()
+    return dead_letter(
+      source,
+      position(row_number),
+      'malformed_row',
+      record=[to_text(v) for v in cells],
+      detail=f'above the header (row {header_number}): a title or note line, not a record',
+      stage=STAGE,
+    )
+
+  def take(row_number, values):
+    """Dead letters of one data row (none when buffered)."""
+    if len(values) > len(names) and any(v is not None for v in values[len(names) :]):
+      yield dead_letter(
+        source,
+        position(row_number),
+        'malformed_row',
+        record=[to_text(v) for v in values],
+        detail=f'expected {len(names)} columns, got {len(values)}',
+        stage=STAGE,
+      )
+      return
+    buffered.append(values)
+    numbers.append(row_number)
+    if len(buffered) >= options.batch_size:
+      yield from flush()
+
+  def settle(header_at):
+    """Names from the header; rows before it are not records, rows after it are data."""
+    nonlocal names
+    header_number, header = above_header[header_at]
+    names = _excel_names(header)
+    for row_number, values in above_header[:header_at]:
+      yield not_a_record(row_number, values, header_number)
+    for row_number, values in above_header[header_at + 1 :]:
+      yield from take(row_number, values)
+    above_header.clear()
+
   try:
     for number, values in enumerate(worksheet.iter_rows(values_only=True), start=1):
       if names is None:
-        # The first row with a value is the header.
-        if any(v is not None for v in values):
-          names = _excel_names(values)
+        if options.header_row is not None and number < options.header_row:
+          if not _is_blank_row(values):
+            yield not_a_record(number, values, options.header_row)
+          continue
+        if not _is_blank_row(values) or (options.header_row is not None and number == options.header_row):
+          above_header.append((number, values))
+          header_at = _header_index(above_header, options.header_row)
+          if header_at is not None:
+            yield from settle(header_at)
         continue
-      if all(v is None or (isinstance(v, str) and not v.strip()) for v in values):
+      if _is_blank_row(values):
         continue
-      if len(values) > len(names) and any(v is not None for v in values[len(names) :]):
-        yield dead_letter(
-          source,
-          position(number),
-          'malformed_row',
-          record=[to_text(v) for v in values],
-          detail=f'expected {len(names)} columns, got {len(values)}',
-          stage=STAGE,
-        )
-        continue
-      buffered.append(values)
-      numbers.append(number)
-      if len(buffered) >= options.batch_size:
-        yield from flush()
+      yield from take(number, values)
+    if names is None and above_header:  # a short sheet: no row looked like a header, the first one is
+      yield from settle(0)
   except Exception as e:
     if buffered:
       yield from flush()

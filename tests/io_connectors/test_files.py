@@ -578,6 +578,42 @@ def test_excel_selected_sheet_and_corrupt_workbook(tmp_path):
   ]
 
 
+def test_excel_header_below_a_report_title_is_found_or_given(tmp_path):
+  """Report exports put a title and notes above the header: those lines are dead letters, not the header."""
+  workbook = openpyxl.Workbook()
+  report = workbook.active
+  report.title = 'Report'
+  report.append(['Plays, December'])
+  report.append([])
+  report.append(['Generated', dt.datetime(2024, 1, 3)])
+  report.append(['id', 'name', None, 'plays'])
+  report.append([1, 'Zoë', None, 10])
+  report.append([2, 'Ann', 'x', 11])
+  single = workbook.create_sheet('Single')  # one column, one value a row: the first row is the header
+  for value in ('user', 'u1', 'u2'):
+    single.append([value])
+  path = str(tmp_path / 'report.xlsx')
+  workbook.save(path)
+
+  result = read(tmp_path, ReadFromExcel(path))
+  assert result.rows() == [
+    (f'{path}#Report', 5, {'id': 1, 'name': 'Zoë', 'column_3': None, 'plays': 10}),
+    (f'{path}#Report', 6, {'id': 2, 'name': 'Ann', 'column_3': 'x', 'plays': 11}),
+    (f'{path}#Single', 2, {'user': 'u1'}),
+    (f'{path}#Single', 3, {'user': 'u2'}),
+  ]
+  assert [(d['position'], d['reason'], d['record'], d['detail']) for d in result.dead_letters] == [
+    ('row 1', 'malformed_row', ['Plays, December'], 'above the header (row 4): a title or note line, not a record'),
+    ('row 3', 'malformed_row', ['Generated', '2024-01-03T00:00:00'], 'above the header (row 4): a title or note line, not a record'),
+  ]
+
+  given = read(tmp_path, ReadFromExcel(path, ExcelOptions(sheets=['Single'], header_row=2)))
+  assert given.rows() == [(f'{path}#Single', 3, {'u1': 'u2'})]
+  assert [(d['position'], d['record']) for d in given.dead_letters] == [('row 1', ['user'])]
+  with pytest.raises(ValueError, match='header_row'):
+    ExcelOptions(header_row=0)
+
+
 # ---------------------------------------------------------------------------
 # Formats, registry, patterns
 
