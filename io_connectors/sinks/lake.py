@@ -51,6 +51,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
 from io_connectors.sinks._commit import LOCK_NAME, LakeCommitError, OutputLock, OutputLockedError, local_path, store_for
+from io_connectors.sinks._avro import avro_file_bytes
 from transforms.records import TENANT_COLUMN, json_safe, strip_internal, with_provenance
 from transforms.schema import conform
 
@@ -120,55 +121,6 @@ def _jsonl_bytes(table: pa.Table) -> bytes:
   return b''.join(
     json.dumps(json_safe(row), ensure_ascii=False, sort_keys=False).encode('utf-8') + b'\n' for row in table.to_pylist()
   )
-
-
-def _avro_type(t: pa.DataType, name: str, names: set):
-  if pa.types.is_boolean(t):
-    return 'boolean'
-  if pa.types.is_integer(t):
-    return 'long'
-  if pa.types.is_floating(t):
-    return 'double'
-  if pa.types.is_timestamp(t):
-    return {'type': 'long', 'logicalType': 'timestamp-micros'}
-  if pa.types.is_date(t):
-    return {'type': 'int', 'logicalType': 'date'}
-  if pa.types.is_binary(t) or pa.types.is_large_binary(t):
-    return 'bytes'
-  if pa.types.is_struct(t):
-    record_name = name
-    while record_name in names:
-      record_name += '_'
-    names.add(record_name)
-    return {
-      'type': 'record',
-      'name': record_name,
-      'fields': [
-        {'name': f.name, 'type': ['null', _avro_type(f.type, f'{record_name}_{f.name}', names)], 'default': None}
-        for f in t
-      ],
-    }
-  if pa.types.is_list(t) or pa.types.is_large_list(t):
-    return {'type': 'array', 'items': ['null', _avro_type(t.value_type, name + '_item', names)]}
-  return 'string'
-
-
-def avro_schema(schema: pa.Schema) -> dict:
-  names = {'Record'}
-  return {
-    'type': 'record',
-    'name': 'Record',
-    'namespace': 'music_beam_pipelines',
-    'fields': [{'name': f.name, 'type': ['null', _avro_type(f.type, f.name, names)], 'default': None} for f in schema],
-  }
-
-
-def _avro_bytes(table: pa.Table) -> bytes:
-  import fastavro
-
-  sink = io.BytesIO()
-  fastavro.writer(sink, fastavro.parse_schema(avro_schema(table.schema)), table.to_pylist(), codec='deflate')
-  return sink.getvalue()
 
 
 # tf.train.Example encoded with protobuf wire format directly, so writing
@@ -306,7 +258,7 @@ def _tfrecord_bytes(table: pa.Table) -> bytes:
 
 _WRITERS: Dict[str, Callable[[pa.Table], bytes]] = {
   'parquet': parquet_bytes,
-  'avro': _avro_bytes,
+  'avro': avro_file_bytes,
   'jsonl': _jsonl_bytes,
   'tfrecord': _tfrecord_bytes,
 }

@@ -1,0 +1,161 @@
+"""Arrow tables as Avro container files: the schema from the Arrow schema, values converted where Avro differs.
+
+Every Arrow type gets an Avro type: maps as maps (string keys), decimals as
+the decimal logical type, times and dates as their logical types, dictionary
+columns as their values; what Avro has no type for (durations, intervals,
+maps with other keys) is written as text, as the JSON Lines sink writes it.
+Column and struct field names that Avro's name rules refuse (`extra.key`,
+`1st`) are made valid, and the original name is kept in the field's
+`arrow_name` attribute.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from typing import Any, Callable, Dict, List, Optional, Set
+
+import pyarrow as pa
+
+from transforms.records import json_safe
+
+__all__ = ['avro_schema', 'avro_file_bytes']
+
+_INVALID_NAME_CHARS = re.compile(r'[^A-Za-z0-9_]')
+_VALID_NAME = re.compile(r'[A-Za-z_][A-Za-z0-9_]*')
+# A converter of one value of a column, or None where fastavro takes Arrow's Python value as it is.
+Convert = Optional[Callable[[Any], Any]]
+
+
+def _avro_name(name: str, taken: Set[str]) -> str:
+  valid = _INVALID_NAME_CHARS.sub('_', name) or '_'
+  if valid[0].isdigit():
+    valid = '_' + valid
+  candidate, k = valid, 2
+  while candidate in taken:
+    candidate, k = f'{valid}_{k}', k + 1
+  taken.add(candidate)
+  return candidate
+
+
+def _as_text(value):
+  if value is None or isinstance(value, str):
+    return value
+  safe = json_safe(value)
+  return safe if isinstance(safe, str) else json.dumps(safe, ensure_ascii=False)
+
+
+class _SchemaBuilder:
+  """Avro types and value converters of Arrow types; record names kept unique in one schema."""
+
+  def __init__(self):
+    self._record_names = {'Record'}
+
+  def fields(self, arrow_fields, scope: str):
+    """(Avro fields, [(Arrow name, Avro name, converter)]) of a struct's or the table's fields."""
+    # Names Avro accepts are kept; the others are made valid around them.
+    kept = {f.name for f in arrow_fields if _VALID_NAME.fullmatch(f.name)}
+    taken: Set[str] = set()
+    fields, converters = [], []
+    for f in arrow_fields:
+      if f.name in kept and f.name not in taken:
+        name = f.name
+        taken.add(name)
+      else:
+        name = _avro_name(f.name, taken | kept)
+        taken.add(name)
+      avro_type, convert = self.type_of(f.type, f'{scope}_{name}' if scope else name)
+      field = {'name': name, 'type': ['null', avro_type], 'default': None}
+      if name != f.name:
+        field['arrow_name'] = f.name
+      fields.append(field)
+      converters.append((f.name, name, convert))
+    return fields, converters
+
+  def type_of(self, t: pa.DataType, name: str):
+    if pa.types.is_dictionary(t):
+      return self.type_of(t.value_type, name)
+    if pa.types.is_boolean(t):
+      return 'boolean', None
+    if pa.types.is_integer(t):
+      return 'long', None
+    if pa.types.is_floating(t):
+      return 'double', None
+    if pa.types.is_timestamp(t):
+      return {'type': 'long', 'logicalType': 'timestamp-micros'}, None
+    if pa.types.is_date(t):
+      return {'type': 'int', 'logicalType': 'date'}, None
+    if pa.types.is_time(t):
+      return {'type': 'long', 'logicalType': 'time-micros'}, None
+    if pa.types.is_decimal(t):
+      return {'type': 'bytes', 'logicalType': 'decimal', 'precision': t.precision, 'scale': t.scale}, None
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
+      return 'bytes', None
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+      return 'string', None
+    if pa.types.is_struct(t):
+      record_name = name
+      while record_name in self._record_names:
+        record_name += '_'
+      self._record_names.add(record_name)
+      fields, converters = self.fields(list(t), record_name)
+      return {'type': 'record', 'name': record_name, 'fields': fields}, _record_converter(converters)
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+      item_type, convert = self.type_of(t.value_type, name + '_item')
+      each = (lambda items: [None if v is None else convert(v) for v in items]) if convert else None
+      return {'type': 'array', 'items': ['null', item_type]}, each and _skip_none(each)
+    if pa.types.is_map(t) and (pa.types.is_string(t.key_type) or pa.types.is_large_string(t.key_type)):
+      value_type, convert = self.type_of(t.item_type, name + '_value')
+      # Arrow gives a map as a list of (key, value) pairs; Avro wants a dict.
+      if convert:
+        return {'type': 'map', 'values': ['null', value_type]}, _skip_none(
+          lambda pairs: {k: None if v is None else convert(v) for k, v in pairs}
+        )
+      return {'type': 'map', 'values': ['null', value_type]}, _skip_none(dict)
+    return 'string', _as_text  # durations, intervals, other maps, null columns: as the JSON Lines sink writes
+
+
+def _skip_none(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+  return lambda value: None if value is None else convert(value)
+
+
+def _record_converter(converters: List[tuple]) -> Convert:
+  """Renames and converts a struct's (or row's) values; None when nothing changes."""
+  if all(arrow == avro and convert is None for arrow, avro, convert in converters):
+    return None
+
+  def convert_record(record: Optional[Dict[str, Any]]):
+    if record is None:
+      return None
+    out = {}
+    for arrow, avro, convert in converters:
+      value = record.get(arrow)
+      out[avro] = value if convert is None or value is None else convert(value)
+    return out
+
+  return convert_record
+
+
+def _schema_and_row_converter(schema: pa.Schema):
+  fields, converters = _SchemaBuilder().fields(list(schema), '')
+  avro = {'type': 'record', 'name': 'Record', 'namespace': 'music_beam_pipelines', 'fields': fields}
+  return avro, _record_converter(converters)
+
+
+def avro_schema(schema: pa.Schema) -> dict:
+  """The Avro record schema the sink writes a table of `schema` with (every field nullable)."""
+  return _schema_and_row_converter(schema)[0]
+
+
+def avro_file_bytes(table: pa.Table) -> bytes:
+  """An Avro container file (deflate) of the table's rows."""
+  import fastavro
+
+  schema, convert_row = _schema_and_row_converter(table.schema)
+  rows = table.to_pylist()
+  if convert_row is not None:
+    rows = [convert_row(row) for row in rows]
+  sink = io.BytesIO()
+  fastavro.writer(sink, fastavro.parse_schema(schema), rows, codec='deflate')
+  return sink.getvalue()
