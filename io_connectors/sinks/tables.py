@@ -245,21 +245,48 @@ def _storable_type(t: pa.DataType) -> pa.DataType:
     return pa.int64() if t.bit_width >= 32 else pa.int32()
   if pa.types.is_float16(t):
     return pa.float32()
+  # Neither format has durations, and Delta has no time of day or fixed-size binary.
+  if pa.types.is_duration(t):
+    return pa.duration('us')  # stored as int64 microseconds (`_storable`)
+  if pa.types.is_time(t):
+    return pa.time64('us')  # stored as int64 microseconds since midnight (`_storable`)
+  if pa.types.is_fixed_size_binary(t) or pa.types.is_large_binary(t):
+    return pa.binary()
   if pa.types.is_struct(t):
     return pa.struct([pa.field(f.name, _storable_type(f.type)) for f in t])
-  if pa.types.is_list(t) or pa.types.is_large_list(t):
+  if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
     return pa.list_(_storable_type(t.value_type))
+  if pa.types.is_map(t):
+    return pa.map_(_storable_type(t.key_type), _storable_type(t.item_type))
+  return t
+
+
+def _as_int64(t: pa.DataType) -> pa.DataType:
+  """Durations and times (already in microseconds) as the int64 counts both formats store."""
+  if pa.types.is_duration(t) or pa.types.is_time(t):
+    return pa.int64()
+  if pa.types.is_struct(t):
+    return pa.struct([pa.field(f.name, _as_int64(f.type)) for f in t])
+  if pa.types.is_list(t):
+    return pa.list_(_as_int64(t.value_type))
+  if pa.types.is_map(t):
+    return pa.map_(_as_int64(t.key_type), _as_int64(t.item_type))
   return t
 
 
 def table_schema(schema: pa.Schema) -> pa.Schema:
-  """`schema` in types both Iceberg and Delta hold (null -> string, timestamps in us, ...), all nullable."""
-  return pa.schema([pa.field(f.name, _storable_type(f.type)) for f in schema])
+  """`schema` in types both Iceberg and Delta hold, all nullable: null -> string, timestamps in us,
+  durations and times -> int64 microseconds, fixed-size binary -> binary, ..."""
+  return pa.schema([pa.field(f.name, _as_int64(_storable_type(f.type))) for f in schema])
 
 
 def _storable(table: pa.Table) -> pa.Table:
   target = table_schema(table.schema)
-  return table if target.equals(table.schema) else table.cast(target)
+  if target.equals(table.schema):
+    return table
+  # Durations and times reach int64 by way of microseconds (Arrow casts them to int64 in their own unit).
+  in_microseconds = pa.schema([pa.field(f.name, _storable_type(f.type)) for f in table.schema])
+  return table.cast(in_microseconds).cast(target)
 
 
 def dead_letter_rows(letters: Sequence[dict]) -> pa.Table:
@@ -300,14 +327,14 @@ def _compatible(old: pa.DataType, new: pa.DataType) -> bool:
     return all(f.name not in by_name or _compatible(by_name[f.name], f.type) for f in new)
   if (pa.types.is_list(old) or pa.types.is_large_list(old)) and (pa.types.is_list(new) or pa.types.is_large_list(new)):
     return _compatible(old.value_type, new.value_type)
-  if (
-    pa.types.is_string(old)
-    and pa.types.is_large_string(new)
-    or pa.types.is_large_string(old)
-    and pa.types.is_string(new)
-  ):
-    return True
-  return False
+  if pa.types.is_map(old) and pa.types.is_map(new):
+    return _compatible(old.key_type, new.key_type) and _compatible(old.item_type, new.item_type)
+  # pyiceberg reads strings and binaries back as their large types.
+  texts = (pa.types.is_string, pa.types.is_large_string)
+  binaries = (pa.types.is_binary, pa.types.is_large_binary)
+  return any(is_a(old) for is_a in texts) and any(is_a(new) for is_a in texts) or (
+    any(is_a(old) for is_a in binaries) and any(is_a(new) for is_a in binaries)
+  )
 
 
 def check_schema(table: str, current: pa.Schema, incoming: pa.Schema) -> List[pa.Field]:

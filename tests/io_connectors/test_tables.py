@@ -509,3 +509,22 @@ def test_partition_groups_split_by_tenant_and_day_keeping_row_order_and_nulls_ap
   }
   assert by_tenant == {'acme': [0, 1, 3, 4], '_unassigned': [2, 6], 'globex': [5]}
   assert list(tables._partition_groups(rows.slice(0, 0), 'played_at')) == []
+
+
+def test_durations_times_maps_and_fixed_binaries_are_stored_and_appended_again(local_target):
+  """Types the lake files carry that a table format lacks: stored as both formats can, and comparable on append."""
+  n = 3
+  rows = _rows('acme', n).append_column('gap', pa.array([dt.timedelta(milliseconds=1500)] * n, pa.duration('ms')))
+  rows = rows.append_column('at', pa.array([dt.time(0, 0, 2)] * n, pa.time32('s')))
+  rows = rows.append_column('tags', pa.array([[('k', 'v')]] * n, pa.map_(pa.string(), pa.string())))
+  rows = rows.append_column('digest', pa.array([b'1234'] * n, pa.binary(4)))
+  committer = tables.open_tables(local_target)
+  for run in ('first', 'second'):  # the second compares its schema with the table the first created
+    result = committer.commit('events', _write(local_target, committer, rows), rows.schema, run, None)
+    assert not result.skipped
+  table = committer.load('events')
+  stored = table.scan().to_arrow() if local_target.format == 'iceberg' else table.to_pyarrow_table()
+  assert stored.num_rows == 2 * n
+  first = stored.to_pylist()[0]
+  assert (first['gap'], first['at'], first['digest']) == (1_500_000, 2_000_000, b'1234')
+  assert dict(first['tags']) == {'k': 'v'}
