@@ -126,6 +126,10 @@ class PreprocessingError(UsageError):
   """The preprocessing_fn could not be loaded or traced."""
 
 
+class EmptySplitError(UsageError):
+  """A split of a tenant (or of all) has no row left after the checks: the lake run gives nothing to learn from."""
+
+
 class MlFeaturesOptions(PipelineOptions):
   """Options of `python -m pipelines.ml_features`."""
 
@@ -331,7 +335,11 @@ class _FinalizeFn(beam.DoFn):
     for group, splits in per_group.items():
       for split, ratio in zip(ml.SPLITS, ratios):
         if ratio > 0 and splits[split] == 0:
-          raise RuntimeError(f'{group}: the {split} split is empty after checks; nothing published')
+          reasons = ', '.join(f'{n} {reason}' for reason, n in sorted(_by_reason(letter_counts).items())) or 'none'
+          raise EmptySplitError(
+            f'{group}: the {split} split is empty after checks; nothing published '
+            f'(dead letters of the run: {reasons}; see --min_train_rows, --split_ratios)'
+          )
     base = FileSystems.join(self._output, '_runs', self._run_dir, 'data')
     for group in self._groups:
       with FileSystems.create(FileSystems.join(base, _group_dir(group), 'raw_metadata', 'schema.pbtxt')) as handle:

@@ -257,6 +257,17 @@ def test_nan_inf_and_null_label_become_dead_letters(tmp_path):
   assert {l['field'] for l in letters} == {'ms_played', 'skipped'}
 
 
+def test_a_lake_whose_every_label_is_null_stops_with_one_line_and_publishes_nothing(tmp_path):
+  """An export without the label (`skipped` never set): every row is a dead letter, the train split empty."""
+  table = events('acme', 50, 6, 13)
+  table = table.set_column(table.schema.get_field_index('skipped'), 'skipped', pa.nulls(len(table), pa.bool_()))
+  lake = write_lake(str(tmp_path / 'lake'), {'acme': table})
+  out = str(tmp_path / 'out')
+  with pytest.raises(ml_features.EmptySplitError, match=r'train split is empty after checks.*300 missing_field'):
+    ml_features.run(['--input', lake, '--output', out, '--split_ratios', '0.7,0.3,0'])
+  _nothing_published(out)
+
+
 def test_tfds_builder_and_a_tiny_keras_model(features, tmp_path):
   import tensorflow_datasets as tfds
 
