@@ -49,6 +49,7 @@ __all__ = [
   'ENTITIES',
   'entity_model',
   'field_rules',
+  'comparable_name',
   'key_field',
 ]
 
@@ -629,6 +630,17 @@ def _rule_of(annotation) -> Optional[FieldRule]:
 
 
 @functools.lru_cache(maxsize=None)
+def comparable_name(name: str) -> str:
+  """A column name as compared with the declared fields: `PlayedAt`, `played at`, `PLAYED-AT` -> `played_at`."""
+  spaced = _CAMEL_BOUNDARY.sub(r'\1_\2', _ACRONYM_BOUNDARY.sub(r'\1_\2', name.strip()))
+  return _NOT_ALNUM.sub('_', spaced.lower()).strip('_')
+
+
+_ACRONYM_BOUNDARY = re.compile(r'([A-Z]+)([A-Z][a-z])')  # IPAddress -> IP_Address
+_CAMEL_BOUNDARY = re.compile(r'([a-z0-9])([A-Z])')  # playedAt -> played_At
+_NOT_ALNUM = re.compile(r'[^a-z0-9]+')
+
+
 def field_rules(model: type) -> dict:
   """{field name: (FieldRule, required)} for a model, in declaration order (cached: do not mutate)."""
   rules = {}

@@ -24,7 +24,7 @@ import dataclasses
 import functools
 import ipaddress
 import logging
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -402,11 +402,49 @@ def _detail_key(model, record: dict, field: str) -> Optional[tuple]:
   return (model, field, type(value), value)
 
 
+_DECLARED_NAMES: Dict[tuple, Dict[str, str]] = {}
+
+
+def declared_names(names: Sequence[str], model) -> Dict[str, str]:
+  """{column: declared field} for the columns that name an absent field another way (`PlayedAt`, `Track ID`).
+
+  A field is matched only by one column (two spellings of one field are
+  both kept as they are), and a column only when its field is not present.
+  """
+  key = (model, tuple(names))
+  found = _DECLARED_NAMES.get(key)
+  if found is None:
+    present = set(names)
+    absent = {entities.comparable_name(f): f for f in entities.field_rules(model) if f not in present}
+    candidates: Dict[str, List[str]] = {}
+    for name in names:
+      field = absent.get(entities.comparable_name(name)) if name not in INTERNAL_COLUMNS else None
+      if field is not None:
+        candidates.setdefault(field, []).append(name)
+    found = {columns[0]: field for field, columns in candidates.items() if len(columns) == 1}
+    if len(_DECLARED_NAMES) > 1024:
+      _DECLARED_NAMES.clear()
+    _DECLARED_NAMES[key] = found
+  return found
+
+
+def with_declared_names(batch: pa.RecordBatch, model) -> pa.RecordBatch:
+  """The batch with columns that name a declared field another way renamed to it (see `declared_names`)."""
+  renames = declared_names(batch.schema.names, model)
+  if not renames:
+    return batch
+  return batch.rename_columns([renames.get(name, name) for name in batch.schema.names])
+
+
 def validate_batch(
   batch: pa.RecordBatch, model, stage: str = 'validate', pydantic_details: bool = True
 ) -> Tuple[pa.RecordBatch, List[dict]]:
-  """(valid rows converted to the canonical types, dead letters for the others)."""
-  batch = with_plain_types(batch)
+  """(valid rows converted to the canonical types, dead letters for the others).
+
+  Columns are first made plain (`records.with_plain_types`) and those naming a
+  declared field another way (`PlayedAt`, `played at`) take its name.
+  """
+  batch = with_declared_names(with_plain_types(batch), model)
   n = batch.num_rows
   rules = entities.field_rules(model)
   reason = np.zeros(n, dtype=np.int8)

@@ -22,6 +22,7 @@ from io_connectors.files._options import CsvOptions
 from io_connectors.files._ranges import Range, ascii_compatible
 from io_connectors.files._read import READERS, STAGE, ReadFormat, emit
 from transforms.dead_letter import dead_letter
+from transforms.entities import comparable_name
 from transforms.records import position
 from transforms.text_files import sniff_delimiter
 
@@ -119,6 +120,13 @@ class CsvReader:
       self._headers[key] = names
     return self._headers[key]
 
+  def _text_columns(self, path: str, options: CsvOptions) -> List[str]:
+    """The string_columns, and the header's names that spell one another way (`Event ID` for event_id):
+    validation gives those the field's name, and a value such as 007 must reach it as text."""
+    wanted = {comparable_name(c) for c in options.string_columns}
+    header = (self._column_names(path, options) or []) if options.header and wanted else []
+    return list(options.string_columns) + [n for n in header if comparable_name(n) in wanted]
+
   def read(self, rng: Range, options: CsvOptions):
     whole = options.newlines_in_values or not ascii_compatible(options.encoding)
     part_bytes = None if whole else options.split_size_bytes
@@ -165,7 +173,9 @@ class CsvReader:
     # Only an empty field is null: pyarrow's default null markers would also
     # null "NA" (Namibia's country code), "NULL", "N/A" and "nan" as text.
     convert_options = pa_csv.ConvertOptions(
-      column_types={c: pa.string() for c in options.string_columns}, null_values=[''], strings_can_be_null=True
+      column_types={c: pa.string() for c in self._text_columns(path, options)},
+      null_values=[''],
+      strings_can_be_null=True,
     )
     try:
       table = pa_csv.read_csv(

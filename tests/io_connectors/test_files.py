@@ -736,6 +736,13 @@ def test_csv_record_numbers_of_lines_agree_with_pyarrows_row_numbers():
     assert max(numbered) == table.num_rows + 1, data  # the header is record 1
 
 
+def test_csv_header_spelling_a_text_column_another_way_is_read_as_text(tmp_path):
+  """`Event ID` is event_id to validation: its 007 must not become the number 7 at the read."""
+  path = write(tmp_path, 'export.csv', 'Event ID,Plays,event_idx\n007,3,010\n')
+  rows = read(tmp_path, ReadFromCsv(path, CsvOptions(string_columns=['event_id']))).rows()
+  assert rows == [(path, 2, {'Event ID': '007', 'Plays': 3, 'event_idx': 10})]
+
+
 def test_csv_delimiter_is_sniffed_from_the_header_unless_given(tmp_path):
   from transforms.text_files import sniff_delimiter
 

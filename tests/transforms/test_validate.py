@@ -302,3 +302,26 @@ def test_spotify_uris_and_links_of_the_right_type_become_ids():
   ]
   artist = entities.Artist.model_validate({'id': 'spotify:artist:0OdUWJ0sBjDrqHygGUXeCF', 'name': 'Band'})
   assert artist.id == '0OdUWJ0sBjDrqHygGUXeCF'
+
+
+def test_columns_that_name_a_declared_field_another_way_take_its_name():
+  """Exports write `PlayedAt`, `Track ID`, `userID`: validated as the fields, not dead-lettered as missing."""
+  row = {
+    'Event ID': 'e1',
+    'userID': 'u1',
+    'Track ID': 'spotify:track:4uLU6hMCjMI75M1A2tKUQC',
+    'PlayedAt': '2024-03-01T12:30:00Z',
+    'msPlayed': '1000',
+    'IPAddress': '192.0.2.1',
+    'note': 'kept',
+    'Note': 'a second spelling of a present field stays as it is',
+    'country': None,
+    'COUNTRY': 'SE',  # the field is present (null): its other spelling is not taken for it
+  }
+  valid, dead = validate_batch(with_provenance(pa.RecordBatch.from_pylist([row]), 'f.csv', 2), entities.ListeningEvent)
+  assert dead == []
+  out = valid.to_pylist()[0]
+  assert (out['event_id'], out['user_id'], out['track_id'], out['ms_played']) == ('e1', 'u1', '4uLU6hMCjMI75M1A2tKUQC', 1000)
+  assert out['ip_address'] == '192.0.2.1' and out['country'] is None and out['COUNTRY'] == 'SE'
+  assert out['note'] == 'kept' and out['Note'].startswith('a second')
+  assert validate_module.declared_names(['Skipped', 'skipped_'], entities.ListeningEvent) == {}  # two spellings: neither
