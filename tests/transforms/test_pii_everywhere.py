@@ -325,3 +325,13 @@ def test_bytes_a_stage_made_json_ready_are_dropped_from_dead_letters_as_bytes_ar
   assert redact_record({'note': 'base64: is a prefix'}, ListeningEvent, KEY, scanner, tenant='acme')[0] == {
     'note': 'base64: is a prefix'
   }
+
+
+def test_a_dead_letter_identifier_spelled_another_way_is_pseudonymised(scanner):
+  """A raw CSV line read with its header `UserID,User Email`, a nested `userId`: identifiers all the same."""
+  record = {'UserID': '0042', 'User Email': 'x', 'ctx': {'userId': 17, 'ip-address': '10.0.0.1'}, 'plays': '0042'}
+  out, counts = redact_record(record, ListeningEvent, KEY, scanner, tenant='acme')
+  assert out['UserID'] != '0042' and len(out['UserID']) == 64
+  assert out['ctx']['userId'] != 17 and out['ctx']['ip-address'] != '10.0.0.1'
+  assert out['User Email'] != 'x' and out['plays'] == '0042'
+  assert counts['PSEUDONYMISED:UserID'] == 1 and counts['PSEUDONYMISED:userId'] == 1

@@ -21,6 +21,7 @@ from transforms.entities import (
   PII_FREE_TEXT,
   PII_IDENTIFIER,
   check_country,
+  comparable_name,
   entity_model,
   field_rules,
   to_bool,
@@ -418,6 +419,11 @@ _BARE_NUMBER = regex.compile(r'(?<![\w.+\-/:@])[0-9]{10,15}(?![\w.\-/:@])')
 _BASE64 = re.compile(r'[A-Za-z0-9+/]*={0,2}')
 
 
+@functools.lru_cache(maxsize=4096)
+def _comparable(key: str) -> str:
+  return comparable_name(key)  # keys repeat from letter to letter
+
+
 class _RecordRedactor:
   """Walks a JSON-like value: identifiers replaced at once, strings scanned together."""
 
@@ -426,6 +432,8 @@ class _RecordRedactor:
 
   def __init__(self, identifiers, tenant_key: Optional[bytes], formats: Optional[Mapping[str, Any]] = None):
     self.identifiers = frozenset(identifiers)
+    # A raw CSV line's header or a nested object may spell an identifier another way (`UserID`, `userId`).
+    self.identifier_spellings = {comparable_name(f): f for f in identifiers}
     self.tenant_key = tenant_key
     # Top-level fields whose value, when valid for the field, cannot be free
     # text (a timestamp, a number, a country code, a base62 id): not scanned.
@@ -434,6 +442,9 @@ class _RecordRedactor:
     self.texts: List[str] = []
     self.slots: List[Tuple[Any, Any]] = []  # (container, key) of each text
     self.replaced_identifiers: Dict[str, str] = {}
+
+  def is_identifier(self, key: Any) -> bool:
+    return key in self.identifiers or (isinstance(key, str) and _comparable(key) in self.identifier_spellings)
 
   def identifier(self, field: str, value: Any) -> Any:
     if value is None:
@@ -453,7 +464,7 @@ class _RecordRedactor:
     if isinstance(value, dict):
       out = {}
       for k, v in value.items():
-        if k in self.identifiers and not isinstance(v, (dict, list, tuple)):
+        if self.is_identifier(k) and not isinstance(v, (dict, list, tuple)):
           out[k] = self.identifier(k, v)
         elif top and k in self.formats and _conforms(self.formats[k], v):
           out[k] = v
