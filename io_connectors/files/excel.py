@@ -107,30 +107,21 @@ def _read_sheet(worksheet, source: str, options: ExcelOptions):
     numbers.clear()
     return emit(table, source, rows, options.batch_size)
 
+  def malformed(row_number, values, detail):
+    return dead_letter(
+      source, position(row_number), 'malformed_row', record=[to_text(v) for v in values], detail=detail, stage=STAGE
+    )
+
   def not_a_record(row_number, values, header_number):
     cells = list(values)
     while cells and cells[-1] is None:  # read-only sheets pad rows to the sheet's width
       cells.pop()
-    return dead_letter(
-      source,
-      position(row_number),
-      'malformed_row',
-      record=[to_text(v) for v in cells],
-      detail=f'above the header (row {header_number}): a title or note line, not a record',
-      stage=STAGE,
-    )
+    return malformed(row_number, cells, f'above the header (row {header_number}): a title or note line, not a record')
 
   def take(row_number, values):
     """Dead letters of one data row (none when buffered)."""
     if len(values) > len(names) and any(v is not None for v in values[len(names) :]):
-      yield dead_letter(
-        source,
-        position(row_number),
-        'malformed_row',
-        record=[to_text(v) for v in values],
-        detail=f'expected {len(names)} columns, got {len(values)}',
-        stage=STAGE,
-      )
+      yield malformed(row_number, values, f'expected {len(names)} columns, got {len(values)}')
       return
     buffered.append(values)
     numbers.append(row_number)
