@@ -44,6 +44,7 @@ from apache_beam.io.filesystems import CompressionTypes, FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN
+from transforms.schema import concat_widened
 
 __all__ = ['Deduplicate', 'DedupOutputs', 'SpillFile', 'shard_of', 'dedup_table']
 
@@ -145,7 +146,7 @@ def _dedup_group(tenant, batches: typing.List[pa.RecordBatch], key_field: str, d
   table = (
     pa.Table.from_batches(batches)
     if len({b.schema for b in batches}) == 1
-    else pa.concat_tables([pa.Table.from_batches([b]) for b in batches], promote_options='permissive')
+    else concat_widened([pa.Table.from_batches([b]) for b in batches])
   )
   table, dropped = dedup_table(table, key_field)
   dropped_counter.inc(dropped)

@@ -19,7 +19,8 @@ Usage::
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+import functools
+from typing import Dict, List, Optional, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
@@ -27,7 +28,7 @@ import pyarrow.compute as pc
 
 from transforms.records import INTERNAL_COLUMNS
 
-__all__ = ['widen', 'merge_schemas', 'InferSchema', 'conform', 'schema_to_json', 'schema_from_json', 'drift']
+__all__ = ['widen', 'merge_schemas', 'public_schema', 'concat_widened', 'InferSchema', 'conform', 'schema_to_json', 'schema_from_json', 'drift']
 
 
 def _rank(t: pa.DataType) -> Optional[int]:
@@ -87,7 +88,8 @@ def merge_schemas(a: Optional[pa.Schema], b: Optional[pa.Schema]) -> Optional[pa
   return pa.schema([pa.field(k, v) for k, v in fields.items()])
 
 
-def _public(schema: pa.Schema) -> pa.Schema:
+def public_schema(schema: pa.Schema) -> pa.Schema:
+  """`schema` without the internal columns."""
   return pa.schema([f for f in schema if f.name not in INTERNAL_COLUMNS])
 
 
@@ -96,7 +98,7 @@ class _MergeSchemasFn(beam.CombineFn):
     return None
 
   def add_input(self, acc, batch):
-    return merge_schemas(acc, _public(batch.schema))
+    return merge_schemas(acc, public_schema(batch.schema))
 
   def merge_accumulators(self, accs):
     merged = None
@@ -133,12 +135,26 @@ def _conform_array(arr: pa.Array, target: pa.DataType) -> pa.Array:
       for f in target
     ]
     return pa.StructArray.from_arrays(children, fields=list(target), mask=pc.is_null(arr))
-  if pa.types.is_string(target) and (pa.types.is_struct(arr.type) or pa.types.is_list(arr.type)):
-    import json
-    from transforms.records import json_safe
+  if pa.types.is_string(target) and pa.types.is_nested(arr.type):
+    return _as_json_text(arr)
+  try:
+    return arr.cast(target)
+  except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+    if pa.types.is_string(target):  # what `widen` gives two types no cast joins: JSON text holds anything
+      return _as_json_text(arr)
+    raise
 
-    return pa.array([None if v is None else json.dumps(json_safe(v)) for v in arr.to_pylist()], pa.string())
-  return arr.cast(target)
+
+def _as_json_text(arr: pa.Array) -> pa.Array:
+  import json
+
+  from transforms.records import json_safe
+
+  def text(value):
+    safe = json_safe(value)
+    return safe if isinstance(safe, str) else json.dumps(safe, ensure_ascii=False)
+
+  return pa.array([None if v is None else text(v) for v in arr.to_pylist()], pa.string())
 
 
 def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
@@ -155,6 +171,17 @@ def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
       arrays.append(batch.column(internal))
       names.append(internal)
   return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+def concat_widened(tables: Sequence[pa.Table]) -> pa.Table:
+  """One table of `tables` whose schemas may differ: Arrow's permissive promotion, else `widen`ed and
+  `conform`ed (a column that is a list in one source and a map in another becomes JSON text)."""
+  try:
+    return pa.concat_tables(tables, promote_options='permissive')
+  except (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
+    schema = functools.reduce(merge_schemas, [public_schema(t.schema) for t in tables], None)
+    conformed = [pa.Table.from_batches([conform(b, schema) for b in t.to_batches()]) for t in tables if t.num_rows]
+    return pa.concat_tables(conformed, promote_options='permissive') if conformed else tables[0]
 
 
 def _type_to_json(t: pa.DataType):

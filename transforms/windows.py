@@ -64,6 +64,7 @@ from transforms.dead_letter import dead_letter
 from transforms.dedup import shard_of
 from transforms.metrics import labelled_name
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN, position, rows_as_dicts
+from transforms.schema import concat_widened
 from transforms.state_cache import weigh_cached_state_by_shape
 
 __all__ = ['WindowOptions', 'WindowEvents', 'WindowedOutputs', 'WindowBatch', 'window_label', 'SESSION_SCHEMA']
@@ -189,7 +190,7 @@ def _concat(batches: List[pa.RecordBatch]) -> pa.RecordBatch:
   if len(batches) == 1:
     table = pa.Table.from_batches(batches)
   else:
-    table = pa.concat_tables([pa.Table.from_batches([b]) for b in batches], promote_options='permissive')
+    table = concat_widened([pa.Table.from_batches([b]) for b in batches])
   if SOURCE_COLUMN in table.schema.names and ROW_COLUMN in table.schema.names:
     # The same rows in the same order on every replay and runner.
     sources = table.column(SOURCE_COLUMN)

@@ -68,6 +68,7 @@ from io_connectors._common.retry import Backoff
 from io_connectors.sinks.lake import UNASSIGNED, parquet_bytes
 from io_connectors.sinks.window_files import WRITTEN, _positions
 from transforms.records import TENANT_COLUMN, json_safe, strip_internal
+from transforms.schema import concat_widened
 from transforms.state_cache import weigh_cached_state_by_shape
 from transforms.windows import window_label
 
@@ -1192,7 +1193,7 @@ class _CommitWindowFn(beam.DoFn):
       latest = max(t for _, t in panes)
       parts = [pa.Table.from_batches([strip_internal(w.batch)]) for w, _ in panes if w.batch.num_rows]
       if parts:
-        rows = pa.concat_tables(parts, promote_options='permissive') if len(parts) > 1 else parts[0]
+        rows = concat_widened(parts) if len(parts) > 1 else parts[0]
         result = commit_window(
           self._committer,
           self._target,

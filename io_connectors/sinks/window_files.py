@@ -36,6 +36,7 @@ from apache_beam.transforms.window import GlobalWindows
 
 from io_connectors.sinks.lake import UNASSIGNED, parquet_bytes
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, json_safe, strip_internal
+from transforms.schema import concat_widened
 from transforms.windows import WindowBatch, window_label
 
 __all__ = [
@@ -106,7 +107,7 @@ def _merge_with_existing(path: str, table: pa.Table, key_field: str) -> Optional
   new = table.filter(pc.invert(pc.is_in(table.column(key_field).cast(pa.string()), value_set=known)))
   if not new.num_rows:
     return None
-  return pa.concat_tables([existing, new], promote_options='permissive')
+  return concat_widened([existing, new])
 
 
 class _WriteWindowFn(beam.DoFn):

@@ -153,6 +153,35 @@ def test_deduplicate_is_per_tenant_in_a_pipeline(spill, tmp_path):
     assert spilled and all(f.suffix == '.arrows' for f in spilled)
 
 
+@pytest.mark.parametrize('spill', [False, True], ids=['shuffle', 'spill_files'])
+def test_a_column_typed_differently_by_two_sources_is_deduplicated_as_json_text(spill, tmp_path):
+  """`tags` is a list in a JSON export and a map in a Parquet file: Arrow promotes neither to the other."""
+  listed = _batch([{'event_id': 'a', 'tenant_id': 't1', 'tags': ['x']}], source='s1')
+  mapped = pa.RecordBatch.from_arrays(
+    [pa.array(['a', 'b']), pa.array(['t1', 't1']), pa.array([[('k', 'v')], None], pa.map_(pa.string(), pa.string()))],
+    names=['event_id', 'tenant_id', 'tags'],
+  )
+  mapped = with_provenance(mapped, 's2', 2)
+  with TestPipeline() as p:
+    batches = p | beam.Create([listed, mapped]).with_output_types(pa.RecordBatch)
+    result = batches | Deduplicate('event_id', num_shards=1, spill_dir=str(tmp_path / 'spill') if spill else None)
+    rows = result.records | beam.FlatMap(lambda b: zip(*(b.column(c).to_pylist() for c in ('event_id', 'tags'))))
+    assert_that(rows, equal_to([('a', '["x"]'), ('b', None)]))
+
+
+def test_concat_widened_joins_what_arrow_does_not_promote():
+  listed = pa.table({'tags': pa.array([['x']]), 'n': [1]})
+  mapped = pa.table({'tags': pa.array([[('k', 'v')]], pa.map_(pa.string(), pa.string())), 'n': [2.5]})
+  joined = schema_mod.concat_widened([listed, mapped.slice(0, 0), mapped])
+  assert joined.to_pylist() == [{'tags': '["x"]', 'n': 1.0}, {'tags': '[["k", "v"]]', 'n': 2.5}]
+
+
+def test_conform_writes_what_no_cast_joins_as_json_text():
+  batch = pa.record_batch({'m': pa.array([[('k', 1)], None], pa.map_(pa.string(), pa.int64()))})
+  assert schema_mod.conform(batch, pa.schema([('m', pa.string())])).column('m').to_pylist() == ['[["k", 1]]', None]
+  assert schema_mod.widen(pa.list_(pa.string()), pa.map_(pa.string(), pa.string())) == pa.string()
+
+
 def test_deduplicate_with_spill_dir_refuses_unbounded_or_windowed_input(tmp_path):
   with pytest.raises(ValueError, match='bounded, globally windowed'):
     with TestPipeline() as p:
@@ -213,7 +242,7 @@ def test_infer_schema_across_files_and_conform():
         ]
       ),
     )
-  s = schema_mod.merge_schemas(schema_mod._public(b1.schema), schema_mod._public(b2.schema))
+  s = schema_mod.merge_schemas(schema_mod.public_schema(b1.schema), schema_mod.public_schema(b2.schema))
   c = schema_mod.conform(b1, s)
   assert c.schema.names[:3] == ['x', 'n', 'y'] and c.column('x').type == pa.float64()
   assert c.column('n').to_pylist() == [{'a': 1, 'b': None}]
