@@ -26,15 +26,18 @@ READERS: Dict[str, Callable[[], Callable[[Range, FileOptions], Iterator[Any]]]] 
 
 
 def unique_column_names(names: List[str]) -> List[str]:
-  """`names` with repeats renamed `<name>_2`, `<name>_3`, ... (skipping names taken), first occurrences kept.
+  """`names` with blank ones named `column_<position>` and repeats renamed `<name>_2`, `<name>_3`, ...
+  (skipping names taken), first occurrences kept.
 
-  A header may repeat a name ('note,note'); pyarrow reads both columns, and
-  every step after the read looks columns up by name.
+  A header may repeat a name ('note,note') or leave one empty (a trailing
+  delimiter, an unnamed spreadsheet column); pyarrow reads every column,
+  and every step after the read looks columns up by name.
   """
-  taken = set(names)
+  named = [name if name.strip() else f'column_{i}' for i, name in enumerate(names, start=1)]
+  taken = set(named)
   seen: set = set()
   unique = []
-  for name in names:
+  for name in named:
     if name in seen:
       n = 2
       while f'{name}_{n}' in taken:
@@ -47,11 +50,11 @@ def unique_column_names(names: List[str]) -> List[str]:
 
 
 def emit(table: pa.Table, source: str, rows: np.ndarray, batch_size: int) -> Iterator[pa.RecordBatch]:
-  """The table as batches of at most batch_size rows with provenance (repeated column names made unique,
-  view types made plain)."""
-  names = table.column_names
-  if len(set(names)) != len(names):
-    table = table.rename_columns(unique_column_names(names))
+  """The table as batches of at most batch_size rows with provenance (blank and repeated column names made
+  unique, view types made plain)."""
+  names = unique_column_names(table.column_names)
+  if names != table.column_names:
+    table = table.rename_columns(names)
   table = with_plain_types(table)
   offset = 0
   for batch in table.to_batches(max_chunksize=batch_size):

@@ -12,7 +12,7 @@ from io_connectors._common.arrow import column, to_text
 from io_connectors._common.errors import short_error
 from io_connectors.files._options import ExcelOptions
 from io_connectors.files._ranges import Range, open_file
-from io_connectors.files._read import READERS, STAGE, ReadFormat, emit
+from io_connectors.files._read import READERS, STAGE, ReadFormat, emit, unique_column_names
 from transforms.dead_letter import dead_letter
 from transforms.records import position
 
@@ -23,15 +23,7 @@ def _excel_names(header) -> List[str]:
   header = list(header)
   while header and header[-1] is None:  # read-only sheets pad rows with empty cells
     header.pop()
-  names, seen = [], set()
-  for i, value in enumerate(header, start=1):
-    name = str(value).strip() if value is not None and str(value).strip() else f'column_{i}'
-    base, k = name, 2
-    while name in seen:
-      name, k = f'{base}_{k}', k + 1
-    seen.add(name)
-    names.append(name)
-  return names
+  return unique_column_names(['' if value is None else str(value).strip() for value in header])
 
 
 def read_excel(rng: Range, options: ExcelOptions):

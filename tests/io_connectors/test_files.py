@@ -743,6 +743,14 @@ def test_csv_header_spelling_a_text_column_another_way_is_read_as_text(tmp_path)
   assert rows == [(path, 2, {'Event ID': '007', 'Plays': 3, 'event_idx': 10})]
 
 
+def test_a_trailing_delimiter_column_is_named_by_its_position(tmp_path):
+  path = write(tmp_path, 'trailing.csv', 'id,name,\r\n1,a,\r\n2,b,\r\n')
+  assert [r[2] for r in read(tmp_path, ReadFromCsv(path)).rows()] == [
+    {'id': 1, 'name': 'a', 'column_3': None},
+    {'id': 2, 'name': 'b', 'column_3': None},
+  ]
+
+
 def test_csv_delimiter_is_sniffed_from_the_header_unless_given(tmp_path):
   from transforms.text_files import sniff_delimiter
 
