@@ -629,18 +629,19 @@ def _rule_of(annotation) -> Optional[FieldRule]:
   return None
 
 
-@functools.lru_cache(maxsize=None)
+_ACRONYM_BOUNDARY = re.compile(r'([A-Z]+)([A-Z][a-z])')  # IPAddress -> IP_Address
+_CAMEL_BOUNDARY = re.compile(r'([a-z0-9])([A-Z])')  # playedAt -> played_At
+_NOT_ALNUM = re.compile(r'[^a-z0-9]+')
+
+
+@functools.lru_cache(maxsize=4096)  # names repeat from batch to batch and letter to letter
 def comparable_name(name: str) -> str:
   """A column name as compared with the declared fields: `PlayedAt`, `played at`, `PLAYED-AT` -> `played_at`."""
   spaced = _CAMEL_BOUNDARY.sub(r'\1_\2', _ACRONYM_BOUNDARY.sub(r'\1_\2', name.strip()))
   return _NOT_ALNUM.sub('_', spaced.lower()).strip('_')
 
 
-_ACRONYM_BOUNDARY = re.compile(r'([A-Z]+)([A-Z][a-z])')  # IPAddress -> IP_Address
-_CAMEL_BOUNDARY = re.compile(r'([a-z0-9])([A-Z])')  # playedAt -> played_At
-_NOT_ALNUM = re.compile(r'[^a-z0-9]+')
-
-
+@functools.lru_cache(maxsize=None)
 def field_rules(model: type) -> dict:
   """{field name: (FieldRule, required)} for a model, in declaration order (cached: do not mutate)."""
   rules = {}

@@ -419,11 +419,6 @@ _BARE_NUMBER = regex.compile(r'(?<![\w.+\-/:@])[0-9]{10,15}(?![\w.\-/:@])')
 _BASE64 = re.compile(r'[A-Za-z0-9+/]*={0,2}')
 
 
-@functools.lru_cache(maxsize=4096)
-def _comparable(key: str) -> str:
-  return comparable_name(key)  # keys repeat from letter to letter
-
-
 class _RecordRedactor:
   """Walks a JSON-like value: identifiers replaced at once, strings scanned together."""
 
@@ -444,7 +439,7 @@ class _RecordRedactor:
     self.replaced_identifiers: Dict[str, str] = {}
 
   def is_identifier(self, key: Any) -> bool:
-    return key in self.identifiers or (isinstance(key, str) and _comparable(key) in self.identifier_spellings)
+    return key in self.identifiers or (isinstance(key, str) and comparable_name(key) in self.identifier_spellings)
 
   def identifier(self, field: str, value: Any) -> Any:
     if value is None:
