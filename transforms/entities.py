@@ -70,6 +70,8 @@ def spotify_reference_pattern(item_type: str) -> str:
     rf'^[ \t]*(?:spotify:{item_type}:|https?://open\.spotify\.com/(?:intl-[A-Za-z-]+/)?{item_type}/)'
     r'([0-9A-Za-z]{22})(?:[?#][^ \t]*)?[ \t]*$'
   )
+
+
 EMAIL_PATTERN = r'^[^@ \t\r\n]+@[^@ \t\r\n]+\.[^@ \t\r\n]+$'
 INT_PATTERN = r'^[ \t]*[+-]?[0-9]+[ \t]*$'
 EPOCH_MS_PATTERN = r'^[ \t]*[0-9]{1,15}[ \t]*$'
@@ -287,6 +289,7 @@ def SpotifyId(item_type: str):
     pydantic.AfterValidator(_pattern_check(SPOTIFY_ID_PATTERN)),
     FieldRule('string', pattern=SPOTIFY_ID_PATTERN, reference=reference),
   ]
+
 
 Email = Annotated[
   str,

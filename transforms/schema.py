@@ -28,7 +28,17 @@ import pyarrow.compute as pc
 
 from transforms.records import INTERNAL_COLUMNS
 
-__all__ = ['widen', 'merge_schemas', 'public_schema', 'concat_widened', 'InferSchema', 'conform', 'schema_to_json', 'schema_from_json', 'drift']
+__all__ = [
+  'widen',
+  'merge_schemas',
+  'public_schema',
+  'concat_widened',
+  'InferSchema',
+  'conform',
+  'schema_to_json',
+  'schema_from_json',
+  'drift',
+]
 
 
 def _rank(t: pa.DataType) -> Optional[int]:
@@ -152,7 +162,7 @@ def _as_json_text(arr: pa.Array) -> pa.Array:
 
   def text(value):
     safe = json_safe(value)
-    return safe if isinstance(safe, str) else json.dumps(safe, ensure_ascii=False)
+    return safe if isinstance(safe, str) else json.dumps(safe)
 
   return pa.array([None if v is None else text(v) for v in arr.to_pylist()], pa.string())
 

@@ -46,7 +46,7 @@ from transforms.records import (
   with_plain_types,
 )
 
-__all__ = ['Validate', 'ValidateOptions', 'validate_batch', 'arrow_type', 'utc_timestamps']
+__all__ = ['Validate', 'ValidateOptions', 'validate_batch', 'declared_names', 'arrow_type', 'utc_timestamps']
 
 _LOG = logging.getLogger(__name__)
 

@@ -219,9 +219,7 @@ def _arrays_of_objects(document: dict, depth: int, prefix: str = ''):
 
 
 def _json_type(value) -> str:
-  return {dict: 'object', list: 'array', str: 'string', bool: 'boolean', type(None): 'null'}.get(
-    type(value), 'number'
-  )
+  return {dict: 'object', list: 'array', str: 'string', bool: 'boolean', type(None): 'null'}.get(type(value), 'number')
 
 
 def _jsonable(value) -> bool:

@@ -333,8 +333,10 @@ def _compatible(old: pa.DataType, new: pa.DataType) -> bool:
   # pyiceberg reads strings and binaries back as their large types.
   texts = (pa.types.is_string, pa.types.is_large_string)
   binaries = (pa.types.is_binary, pa.types.is_large_binary)
-  return any(is_a(old) for is_a in texts) and any(is_a(new) for is_a in texts) or (
-    any(is_a(old) for is_a in binaries) and any(is_a(new) for is_a in binaries)
+  return (
+    any(is_a(old) for is_a in texts)
+    and any(is_a(new) for is_a in texts)
+    or (any(is_a(old) for is_a in binaries) and any(is_a(new) for is_a in binaries))
   )
 
 

@@ -604,7 +604,12 @@ def test_excel_header_below_a_report_title_is_found_or_given(tmp_path):
   ]
   assert [(d['position'], d['reason'], d['record'], d['detail']) for d in result.dead_letters] == [
     ('row 1', 'malformed_row', ['Plays, December'], 'above the header (row 4): a title or note line, not a record'),
-    ('row 3', 'malformed_row', ['Generated', '2024-01-03T00:00:00'], 'above the header (row 4): a title or note line, not a record'),
+    (
+      'row 3',
+      'malformed_row',
+      ['Generated', '2024-01-03T00:00:00'],
+      'above the header (row 4): a title or note line, not a record',
+    ),
   ]
 
   given = read(tmp_path, ReadFromExcel(path, ExcelOptions(sheets=['Single'], header_row=2)))
@@ -860,7 +865,10 @@ def test_the_byte_order_mark_is_looked_for_once_a_file_when_it_is_cut_into_range
   for name, data, expected in (('utf16.csv', text.encode('utf-16'), 1), ('utf8.csv', text.encode(), 4)):
     path = write(tmp_path, name, data)
     quarter = -(-len(data) // 4)
-    for fmt, options in (('csv', CsvOptions(split_size_bytes=quarter)), ('jsonl', JsonOptions(split_size_bytes=quarter))):
+    for fmt, options in (
+      ('csv', CsvOptions(split_size_bytes=quarter)),
+      ('jsonl', JsonOptions(split_size_bytes=quarter)),
+    ):
       ranges = list(SplitFn(fmt, options, path).process(FileMetadata(path, len(data))))
       assert len(ranges) == expected, (name, fmt)
       assert (ranges[0].start, ranges[-1].end) == (0, len(data))

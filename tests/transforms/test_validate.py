@@ -321,7 +321,14 @@ def test_columns_that_name_a_declared_field_another_way_take_its_name():
   valid, dead = validate_batch(with_provenance(pa.RecordBatch.from_pylist([row]), 'f.csv', 2), entities.ListeningEvent)
   assert dead == []
   out = valid.to_pylist()[0]
-  assert (out['event_id'], out['user_id'], out['track_id'], out['ms_played']) == ('e1', 'u1', '4uLU6hMCjMI75M1A2tKUQC', 1000)
+  assert (out['event_id'], out['user_id'], out['track_id'], out['ms_played']) == (
+    'e1',
+    'u1',
+    '4uLU6hMCjMI75M1A2tKUQC',
+    1000,
+  )
   assert out['ip_address'] == '192.0.2.1' and out['country'] is None and out['COUNTRY'] == 'SE'
   assert out['note'] == 'kept' and out['Note'].startswith('a second')
-  assert validate_module.declared_names(['Skipped', 'skipped_'], entities.ListeningEvent) == {}  # two spellings: neither
+  assert (
+    validate_module.declared_names(['Skipped', 'skipped_'], entities.ListeningEvent) == {}
+  )  # two spellings: neither

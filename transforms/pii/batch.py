@@ -478,7 +478,11 @@ class _RecordRedactor:
     return value
 
   def remember(self, container, key, original):
-    if isinstance(original, str) and original.startswith(BINARY_TEXT_PREFIX) and _BASE64.fullmatch(original, len(BINARY_TEXT_PREFIX)):
+    if (
+      isinstance(original, str)
+      and original.startswith(BINARY_TEXT_PREFIX)
+      and _BASE64.fullmatch(original, len(BINARY_TEXT_PREFIX))
+    ):
       # Bytes a stage before made JSON-ready (`json_safe`): dropped as bytes are, base64 hides PII from a scan.
       container[key] = None
       self.counts[f'DROPPED_BINARY:{key}'] += 1
