@@ -91,9 +91,9 @@ def _scrubbed(text: str, source: dict) -> str:
 
 
 def _probe_files(pattern: str) -> str:
-  from apache_beam.io.filesystems import FileSystems
+  from io_connectors.files import match_files
 
-  matched = FileSystems.match([pattern])[0].metadata_list
+  matched = match_files(pattern)
   if not matched:
     raise FileNotFoundError(f'no file matches {pattern}')
   size = sum(m.size_in_bytes for m in matched)

@@ -45,7 +45,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from io_connectors import mask_url, registry, url_password
-from io_connectors.files import is_compressed
+from io_connectors.files import is_compressed, match_files
 from io_connectors.sinks.lake import (
   OutputLock,
   OutputLockedError,
@@ -327,7 +327,7 @@ def _check_inputs(config: RunConfig) -> int:
     if source['type'] not in _FILE_CONNECTORS or not pattern:
       continue
     try:
-      matched = FileSystems.match([pattern])[0].metadata_list
+      matched = match_files(pattern)
     except Exception as e:
       raise ConfigError(
         f'sources[{i}] input {pattern}: cannot list it ({type(e).__name__}: {str(e).splitlines()[0][:200]})'

@@ -109,7 +109,7 @@ from io_connectors.files._options import (
   ParquetOptions,
   detect_format,
 )
-from io_connectors.files._ranges import is_compressed
+from io_connectors.files._ranges import is_compressed, is_directory, match_files
 from io_connectors.files._read import ReadFormat
 from io_connectors.files.avro import ReadFromAvro
 from io_connectors.files.csv import ReadFromCsv
@@ -127,6 +127,7 @@ __all__ = [
   'ExcelOptions',
   'detect_format',
   'is_compressed',
+  'match_files',
   'ReadFromCsv',
   'ReadFromJsonLines',
   'ReadFromJson',
@@ -141,9 +142,10 @@ class ReadFromFiles(ReadFormat):
   """Files of any supported format: `format` or each file's extension decides.
 
   With no `format`, a pattern whose own extension is known (``*.csv``) is
-  checked now; one that ends in a wildcard (``drop/*``) has each matched
-  file's extension checked when the pipeline runs (ValueError naming the
-  file if unknown). `options` may be any options class: the fields a format
+  checked now; one that ends in a wildcard (``drop/*``) or names a folder
+  (``drop/``: its files at any depth, not those named ``_*`` or ``.*``) has
+  each matched file's extension checked when the pipeline runs (ValueError
+  naming the file if unknown). `options` may be any options class: the fields a format
   has are taken from it.
   """
 
@@ -152,7 +154,7 @@ class ReadFromFiles(ReadFormat):
     if format is not None:
       if format not in FORMATS:
         raise ValueError(f'unknown format {format!r}; known formats: {", ".join(FORMATS)}')
-    else:
+    elif not is_directory(file_pattern):
       basename = os.path.basename(file_pattern)
       ext = os.path.splitext(basename)[1]
       if (ext and not GLOB_CHARS.search(ext)) or not GLOB_CHARS.search(basename):

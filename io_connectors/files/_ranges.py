@@ -26,6 +26,8 @@ __all__ = [
   'is_compressed',
   'read_exactly',
   'unicode_bom_encoding',
+  'is_directory',
+  'match_files',
   'MatchFn',
   'SplitFn',
   'byte_ranges',
@@ -77,23 +79,37 @@ def read_exactly(f, n: int) -> bytes:
   return parts[0] if len(parts) == 1 else b''.join(parts)
 
 
+def is_directory(pattern: str) -> bool:
+  """A pattern that names a folder: ending in '/' (any filesystem) or a local directory."""
+  return pattern.endswith('/') or ('://' not in pattern and os.path.isdir(pattern))
+
+
+def match_files(pattern: str) -> list:
+  """The metadata of the files `pattern` matches, by path; a folder's files at any depth.
+
+  A folder is read as Spark and Hadoop read one: names starting with '_' or
+  '.' below it (`_SUCCESS`, `_manifest.json`, `.DS_Store`, `_runs/`) are
+  not data. Exceptions from listing propagate.
+  """
+  folder = pattern.rstrip('/') if is_directory(pattern) else None
+  result = FileSystems.match([FileSystems.join(folder, '**') if folder else pattern])[0]
+  # Object stores list "folder/" placeholders and local globs directories: not files.
+  files = [
+    m for m in result.metadata_list if not m.path.endswith('/') and not ('://' not in m.path and os.path.isdir(m.path))
+  ]
+  if folder:
+    files = [m for m in files if not any(part[:1] in ('_', '.') for part in m.path[len(folder) :].split('/'))]
+  return sorted(files, key=lambda m: m.path)
+
+
 class MatchFn(beam.DoFn):
   """A pattern -> the metadata of every file it matches, or a clear error."""
 
   def process(self, pattern):
     try:
-      result = FileSystems.match([pattern])[0]
+      files = match_files(pattern)
     except Exception as e:
       raise FileNotFoundError(f'cannot list files matching {pattern!r}: {e}') from None
-    # Object stores list "folder/" placeholders and local globs directories: not files.
-    files = sorted(
-      (
-        m
-        for m in result.metadata_list
-        if not m.path.endswith('/') and not ('://' not in m.path and os.path.isdir(m.path))
-      ),
-      key=lambda m: m.path,
-    )
     if not files:
       raise FileNotFoundError(f'no file matches the pattern {pattern!r}')
     yield from files

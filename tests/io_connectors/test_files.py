@@ -623,6 +623,19 @@ def test_excel_header_below_a_report_title_is_found_or_given(tmp_path):
 # Formats, registry, patterns
 
 
+def test_a_folder_is_read_as_its_files_at_any_depth_without_hidden_ones(tmp_path):
+  """`--input drop/`: Spark's reading of a folder; `_SUCCESS`, `_runs/`, `.DS_Store` are not data."""
+  drop = tmp_path / 'drop'
+  (drop / 'day=1').mkdir(parents=True)
+  (drop / '_runs').mkdir()
+  write(drop, 'a.csv', 'id\n1\n')
+  write(drop / 'day=1', 'b.jsonl', '{"id": 2}\n')
+  for hidden in ('_SUCCESS', '.DS_Store', '_runs/c.csv'):
+    write(drop, hidden, 'id\n99\n')
+  for pattern in (str(drop), str(drop) + '/'):
+    assert sorted(r[2]['id'] for r in read(tmp_path, ReadFromFiles(pattern)).rows()) == [1, 2]
+
+
 def test_detect_format():
   assert detect_format('gs://b/x/EVENTS.CSV') == 'csv'
   assert detect_format('a.tsv') == 'csv'
