@@ -84,7 +84,8 @@ class SpotifyBatchOptions(PipelineOptions):
   def _add_argparse_args(cls, parser):
     parser.add_argument(
       '--input',
-      help='Input file path or glob: local, s3:// or gs://. Without --input and --config the bundled sample is used.',
+      help='Input file path, glob or folder (its files at any depth): local, s3:// or gs://. Without --input and '
+      '--config the bundled sample is used.',
     )
     parser.add_argument(
       '--input_format', choices=INPUT_FORMATS, help='Input format; by default taken from the file extension.'
