@@ -531,10 +531,10 @@ class MediaPlay(_Entity):
   content_type: ContentType
   media_type: Optional[Str] = None
   content_uri: Optional[Str] = None
-  track_id: Optional[SpotifyId] = None
-  episode_id: Optional[SpotifyId] = None
-  audiobook_id: Optional[SpotifyId] = None
-  chapter_id: Optional[SpotifyId] = None
+  track_id: Optional[SpotifyId('track')] = None
+  episode_id: Optional[SpotifyId('episode')] = None
+  audiobook_id: Optional[SpotifyId('audiobook')] = None
+  chapter_id: Optional[SpotifyId('chapter')] = None
   track_name: Optional[Str] = None
   artist_name: Optional[Str] = None
   album_name: Optional[Str] = None
@@ -562,7 +562,7 @@ class SavedTrack(_Entity):
   __key_field__: typing.ClassVar[str] = 'saved_id'
   saved_id: NonEmptyStr
   user_id: Identifier()
-  track_id: Optional[SpotifyId] = None
+  track_id: Optional[SpotifyId('track')] = None
   track_uri: Optional[Str] = None
   track_name: Optional[Str] = None
   artist_name: Optional[Str] = None
@@ -582,8 +582,8 @@ class PlaylistTrack(_Entity):
   playlist_modified: Optional[Str] = None
   added_date: Optional[Str] = None
   content_uri: Optional[Str] = None
-  track_id: Optional[SpotifyId] = None
-  episode_id: Optional[SpotifyId] = None
+  track_id: Optional[SpotifyId('track')] = None
+  episode_id: Optional[SpotifyId('episode')] = None
   track_name: Optional[Str] = None
   artist_name: Optional[Str] = None
   album_name: Optional[Str] = None
