@@ -73,7 +73,8 @@ def spotify_reference_pattern(item_type: str) -> str:
 
 
 EMAIL_PATTERN = r'^[^@ \t\r\n]+@[^@ \t\r\n]+\.[^@ \t\r\n]+$'
-INT_PATTERN = r'^[ \t]*[+-]?[0-9]+[ \t]*$'
+# A whole number; `1234.0` too (pandas writes an integer column holding nulls as floats).
+INT_PATTERN = r'^[ \t]*[+-]?[0-9]+(\.0*)?[ \t]*$'
 EPOCH_MS_PATTERN = r'^[ \t]*[0-9]{1,15}[ \t]*$'
 FLOAT_PATTERN = r'^[ \t]*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?[ \t]*$'
 # ISO-8601 date-time with a mandatory offset (Z or +hh:mm / +hhmm).
@@ -160,7 +161,7 @@ def to_int(value: Any) -> Optional[int]:
       raise ValueError(f'expected an integer, got {value!r}')
     value = int(value)
   elif isinstance(value, str) and re.fullmatch(INT_PATTERN, value):
-    value = int(value)
+    value = int(value.strip().split('.')[0])
   if not isinstance(value, int):
     raise ValueError(f'expected an integer, got {value!r}')
   if not INT64_MIN <= value <= INT64_MAX:  # stored as Arrow int64

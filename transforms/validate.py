@@ -201,6 +201,9 @@ def _numeric_from_strings(strings: pa.Array, pattern: str, target: pa.DataType, 
   return _Column(values, present & ~ok, bad_value)
 
 
+_WHOLE_DECIMAL = r'^([ \t]*[+-]?[0-9]+)\.0*([ \t]*)$'
+
+
 def _convert_int(arr, rule) -> _Column:
   n = len(arr)
   none = np.zeros(n, dtype=bool)
@@ -223,7 +226,12 @@ def _convert_int(arr, rule) -> _Column:
       ints = pa.array([int(v) if ok else None for v, ok in zip(values, whole)], pa.int64())
       col = _Column(ints, none, _not_null(arr) & ~np.array(whole, dtype=bool))
   elif pa.types.is_string(arr.type):
-    col = _numeric_from_strings(_blank_to_null(arr), entities.INT_PATTERN, pa.int64(), entities.to_int)
+    strings = _blank_to_null(arr)
+    if pc.any(pc.match_substring(strings, '.')).as_py():
+      strings = pc.replace_substring_regex(
+        strings, _WHOLE_DECIMAL, r'\1\2'
+      )  # 1234.0 -> 1234: Arrow's cast wants digits
+    col = _numeric_from_strings(strings, entities.INT_PATTERN, pa.int64(), entities.to_int)
   elif pa.types.is_null(arr.type):
     col = _Column(pa.nulls(n, pa.int64()), none, none.copy())
   else:

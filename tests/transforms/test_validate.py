@@ -60,7 +60,23 @@ CANDIDATES = {
     None,
     '2024-02-30T00:00:00Z',
   ],
-  'ms_played': ['0', '215000', '-1', '1.5', 'abc', ' 42 ', '', None, '+7', '99999999999999999999999'],
+  'ms_played': [
+    '0',
+    '215000',
+    '-1',
+    '1.5',
+    'abc',
+    ' 42 ',
+    '',
+    None,
+    '+7',
+    '99999999999999999999999',
+    '1002.0',
+    ' 7. ',
+    '-3.00',
+    '1.50',
+    '.0',
+  ],
   'country': ['SE', 'GB', 'XX', 'se', '', None, 'SWE'],
   'platform': ['ios', '', None],
   'ip_address': [
@@ -332,3 +348,11 @@ def test_columns_that_name_a_declared_field_another_way_take_its_name():
   assert (
     validate_module.declared_names(['Skipped', 'skipped_'], entities.ListeningEvent) == {}
   )  # two spellings: neither
+
+
+def test_whole_numbers_written_as_decimals_are_integers():
+  """pandas writes an integer column that holds nulls as floats: `1234.0` in a CSV is the integer 1234."""
+  rows = [dict(GOOD, event_id=f'e{i}', ms_played=v) for i, v in enumerate(['1234.0', ' 7. ', '1.5', '+3.000'])]
+  valid, dead = validate_batch(with_provenance(pa.RecordBatch.from_pylist(rows), 'f.csv', 2), entities.ListeningEvent)
+  assert valid.column('ms_played').to_pylist() == [1234, 7, 3]
+  assert [(d['record']['event_id'], d['reason']) for d in dead] == [('e2', 'invalid_type')]
