@@ -494,7 +494,10 @@ def validate_batch(
   for i, row_index in enumerate(bad_rows):
     field = names[field_at_fault[row_index]]
     code = reason[row_index]
-    detail = _pydantic_detail(model, records[i], field) if pydantic_details else None
+    if code == _MISSING:  # pydantic would say a null is not a valid integer, string, ...
+      detail = f'{field} is null or blank' if field in records[i] else f'no {field} field'
+    else:
+      detail = _pydantic_detail(model, records[i], field) if pydantic_details else None
     letters.append(
       dead_letter(
         source=sources[i],

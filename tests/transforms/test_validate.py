@@ -224,6 +224,9 @@ def test_remembered_pydantic_messages_are_the_ones_pydantic_gives_each_row(monke
   assert len(letters) > 500 and len(validate_module._DETAILS) < len(letters) / 5
   for letter in letters:
     row = rows[int(letter['position'].split()[1]) - 2]
+    if letter['reason'] == 'missing_field':  # said without pydantic, whose message is about the null's type
+      assert letter['detail'] == f"{letter['field']} is null or blank"
+      continue
     expected = _fresh_detail(entities.ListeningEvent, row, letter['field'])
     assert letter['detail'] == (expected or f"{letter['field']}: {letter['reason']}")
 
@@ -356,3 +359,14 @@ def test_whole_numbers_written_as_decimals_are_integers():
   valid, dead = validate_batch(with_provenance(pa.RecordBatch.from_pylist(rows), 'f.csv', 2), entities.ListeningEvent)
   assert valid.column('ms_played').to_pylist() == [1234, 7, 3]
   assert [(d['record']['event_id'], d['reason']) for d in dead] == [('e2', 'invalid_type')]
+
+
+def test_a_missing_field_says_whether_it_is_absent_or_empty():
+  rows = [dict(GOOD, event_id='null', ms_played=None), dict(GOOD, event_id='blank', ms_played='  ')]
+  absent = {k: v for k, v in GOOD.items() if k != 'ms_played'}
+  _, dead = validate_batch(with_provenance(pa.RecordBatch.from_pylist(rows), 'f.csv', 2), entities.ListeningEvent)
+  _, dead_absent = validate_batch(
+    with_provenance(pa.RecordBatch.from_pylist([absent]), 'f.csv', 2), entities.ListeningEvent
+  )
+  assert [(d['reason'], d['detail']) for d in dead] == [('missing_field', 'ms_played is null or blank')] * 2
+  assert [(d['reason'], d['detail']) for d in dead_absent] == [('missing_field', 'no ms_played field')]
