@@ -1,12 +1,14 @@
 """Parquet files, read a run of whole row groups per range; types as the file declares.
 
 A row group is decoded whole before any of it is emitted, so a damaged group
-is set aside whole (one dead letter counting the rows not read).
+is set aside whole (one dead letter counting the rows not read). INT96
+timestamps (Spark's default, Hive's, Impala's) are read as the UTC instants
+they are, where pyarrow leaves them without a time zone.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 
@@ -35,6 +37,7 @@ def read_parquet(rng: Range, options: ParquetOptions):
       yield dead_letter(path, None, 'corrupt_file', detail=f'cannot open as Parquet: {short_error(e)}', stage=STAGE)
       return
     metadata = parquet.metadata
+    int96 = _int96_columns(parquet)
     row = first_row
     for k, group in enumerate(groups):
       group_rows = metadata.row_group(group).num_rows
@@ -53,8 +56,31 @@ def read_parquet(rng: Range, options: ParquetOptions):
           count=max(unread, 1),
         )
         return
+      if int96:
+        table = _int96_as_utc(table, int96)
       yield from emit(table, path, np.arange(row, row + group_rows, dtype=np.int64), options.batch_size)
       row += group_rows
+
+
+def _int96_columns(parquet) -> List[str]:
+  """Top-level columns stored as INT96: Spark's, Hive's and Impala's timestamps (Spark's default type)."""
+  schema = parquet.schema
+  columns = (schema.column(i) for i in range(len(schema)))
+  return [c.path for c in columns if c.physical_type == 'INT96' and '.' not in c.path]
+
+
+def _int96_as_utc(table, names: List[str]):
+  """INT96 timestamps as the UTC instants their writers store; pyarrow reads them without a time zone,
+  which validation would take for local times of an unknown offset."""
+  import pyarrow as pa
+
+  for name in names:
+    i = table.schema.get_field_index(name)
+    field = table.schema.field(i) if i >= 0 else None
+    if field is not None and pa.types.is_timestamp(field.type) and field.type.tz is None:
+      utc = pa.timestamp(field.type.unit, tz='UTC')
+      table = table.set_column(i, field.with_type(utc), table.column(i).cast(utc))
+  return table
 
 
 READERS['parquet'] = lambda: read_parquet

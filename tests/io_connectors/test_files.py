@@ -885,3 +885,16 @@ def test_the_byte_order_mark_is_looked_for_once_a_file_when_it_is_cut_into_range
       ranges = list(SplitFn(fmt, options, path).process(FileMetadata(path, len(data))))
       assert len(ranges) == expected, (name, fmt)
       assert (ranges[0].start, ranges[-1].end) == (0, len(data))
+
+
+def test_spark_int96_timestamps_are_utc_instants(tmp_path):
+  """Spark writes timestamps as INT96 by default; pyarrow reads them without a zone, validation would reject them."""
+  at = dt.datetime(2026, 1, 1, 12, 30)
+  table = pa.table({'played_at': pa.array([at, None], pa.timestamp('ns'))})
+  pq.write_table(table, tmp_path / 'spark.parquet', use_deprecated_int96_timestamps=True)
+  pq.write_table(table, tmp_path / 'naive.parquet')  # not INT96: a local time of unknown offset, left so
+  result = read(tmp_path, ReadFromParquet(str(tmp_path / 'spark.parquet')))
+  assert result.table.schema.field('played_at').type == pa.timestamp('ns', tz='UTC')
+  assert [r[2]['played_at'] for r in result.rows()] == [at.replace(tzinfo=dt.timezone.utc), None]
+  naive = read(tmp_path, ReadFromParquet(str(tmp_path / 'naive.parquet')))
+  assert naive.table.schema.field('played_at').type.tz is None
