@@ -38,6 +38,7 @@ from io_connectors.registry import ConfigError
 from pipelines.options import INPUT_FORMATS, OUTPUT_FORMATS, SpotifyBatchOptions
 from transforms import entities
 from transforms.tenant import check_tenant_id
+from transforms.validate import check_time_zone
 
 __all__ = ['ConfigError', 'RunConfig', 'check_crypto_shredding', 'load_yaml', 'resolve', 'FILE_ONLY_KEYS']
 
@@ -57,6 +58,7 @@ RUN_KEYS = (
   'batch_size',
   'split_size_mb',
   'declared_schema',
+  'naive_time_zone',
   'run_id',
   'table_catalog',
   'table_namespace',
@@ -90,6 +92,8 @@ class RunConfig:
   batch_size: int = 65536
   split_size_mb: int = 64
   declared_schema: Optional[str] = None
+  # The time zone of times without an offset (transforms.validate.ValidateOptions); None: they are dead letters.
+  naive_time_zone: Optional[str] = None
   run_id: Optional[str] = None
   table_catalog: Optional[str] = None
   table_namespace: str = 'music'
@@ -282,6 +286,11 @@ def resolve(
     _positive_int(name, getattr(config, name))
   if config.num_shards is not None:  # None: from the input's size
     _positive_int('num_shards', config.num_shards)
+  if config.naive_time_zone is not None:
+    try:
+      check_time_zone(config.naive_time_zone)
+    except ValueError as e:
+      raise ConfigError(f'naive_time_zone: {e}') from None
   for i, source in enumerate(config.sources):
     where = f'sources[{i}]'
     if not source.get('type'):

@@ -141,6 +141,11 @@ class SpotifyBatchOptions(PipelineOptions):
       help='CSV and JSON Lines files are split into byte ranges of this size, read in parallel.',
     )
     parser.add_argument(
+      '--naive_time_zone',
+      help='IANA time zone (e.g. Europe/Berlin, UTC) of times written without an offset (2024-06-01 12:30, '
+      'Excel date cells, Parquet without a zone). Default: such rows are dead letters, their instant unknown.',
+    )
+    parser.add_argument(
       '--declared_schema',
       help='JSON schema file (as written to _schema.json) to report drift against. Default: the previous run\'s _schema.json.',
     )

@@ -73,7 +73,7 @@ from transforms.metrics import CountDeadLetters, LabelledCounters
 from transforms.pii import PiiKeyError, PiiOptions, RedactDeadLetters, RedactPII, key_ref
 from transforms.pii.suppression import shared_list
 from transforms.tenant import AssignDeadLetterTenant, TagTenant
-from transforms.validate import Validate
+from transforms.validate import Validate, ValidateOptions
 
 __all__ = ['run', 'build', 'main', 'PIPELINE_NAME', 'dedup_shards']
 
@@ -720,7 +720,9 @@ def _entity_chain(
     )
 
   all_records = tuple(records) | f'{label}AllRecords' >> beam.Flatten()
-  validated = all_records | f'{label}Validate' >> Validate(model)
+  validated = all_records | f'{label}Validate' >> Validate(
+    model, ValidateOptions(naive_time_zone=config.naive_time_zone)
+  )
   dead_letters.append(validated.dead_letter)
   pii_options = pii_options_of(config)
   valid = validated.records | f'{label}Trace Validate' >> tracing.TraceBundles(trace, f'{label}Validate')

@@ -21,6 +21,7 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import functools
 import ipaddress
 import logging
@@ -46,7 +47,15 @@ from transforms.records import (
   with_plain_types,
 )
 
-__all__ = ['Validate', 'ValidateOptions', 'validate_batch', 'declared_names', 'arrow_type', 'utc_timestamps']
+__all__ = [
+  'Validate',
+  'ValidateOptions',
+  'validate_batch',
+  'declared_names',
+  'check_time_zone',
+  'arrow_type',
+  'utc_timestamps',
+]
 
 _LOG = logging.getLogger(__name__)
 
@@ -79,9 +88,30 @@ class ValidateOptions:
 
   pydantic_details: fill each dead letter's `detail` with pydantic's message
     for the field (costs one model validation per invalid row).
+  naive_time_zone: the IANA time zone (`Europe/Berlin`, `UTC`) of times that
+    carry no offset (`2024-06-01 12:30`, Excel's date cells, Parquet written
+    without a zone). None (default): such times are dead letters, since the
+    instant they name is unknown. An explicit choice: a wrong zone shifts
+    every such time.
   """
 
   pydantic_details: bool = True
+  naive_time_zone: Optional[str] = None
+
+  def __post_init__(self):
+    if self.naive_time_zone is not None:
+      check_time_zone(self.naive_time_zone)
+
+
+def check_time_zone(name: str) -> str:
+  """`name` if it is an IANA time zone; ValueError otherwise."""
+  import zoneinfo
+
+  try:
+    zoneinfo.ZoneInfo(name)
+  except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
+    raise ValueError(f'{name!r} is not an IANA time zone (such as UTC or Europe/Berlin)') from None
+  return name
 
 
 @dataclasses.dataclass
@@ -289,11 +319,20 @@ def _convert_bool(arr, rule) -> _Column:
 _UTC_US = pa.timestamp('us', tz='UTC')
 
 
-def _convert_timestamp(arr, rule) -> _Column:
+def _in_time_zone(naive: pa.Array, time_zone: str) -> pa.Array:
+  """Zoneless timestamps read as local times of `time_zone`, as UTC microseconds (a time a DST change skips
+  or repeats takes the earlier instant)."""
+  local = pc.assume_timezone(naive, time_zone, ambiguous='earliest', nonexistent='earliest')
+  return local.cast(pa.timestamp(local.type.unit, tz='UTC')).cast(_UTC_US, safe=False)
+
+
+def _convert_timestamp(arr, rule, naive_time_zone: Optional[str] = None) -> _Column:
   del rule
   n = len(arr)
   none = np.zeros(n, dtype=bool)
   if pa.types.is_timestamp(arr.type):
+    if arr.type.tz is None and naive_time_zone:
+      return _Column(_in_time_zone(arr, naive_time_zone), none, none.copy())
     if arr.type.tz is None:  # naive: the offset is unknown
       return _Column(pa.nulls(n, _UTC_US), none, _not_null(arr))
     return _Column(arr.cast(pa.timestamp(arr.type.unit, tz='UTC')).cast(_UTC_US, safe=False), none, none.copy())
@@ -325,7 +364,29 @@ def _convert_timestamp(arr, rule) -> _Column:
         bad_value[i] = True
     iso = pa.array(parsed, type=_UTC_US)
   values = pc.if_else(pa.array(is_epoch), epoch, iso)
-  return _Column(values, present & ~is_epoch & ~is_iso, bad_value)
+  is_naive = np.zeros(n, dtype=bool)
+  if naive_time_zone:
+    is_naive = present & ~is_epoch & ~is_iso & _mask(pc.match_substring_regex(strings, entities.ISO_NAIVE_PATTERN))
+    if is_naive.any():
+      local, bad_local = _naive_times(_null_where(trimmed, ~is_naive))
+      values = pc.if_else(pa.array(is_naive & ~bad_local), _in_time_zone(local, naive_time_zone), values)
+      bad_value |= bad_local
+  return _Column(values, present & ~is_epoch & ~is_iso & ~is_naive, bad_value)
+
+
+def _naive_times(texts: pa.Array) -> Tuple[pa.Array, np.ndarray]:
+  """(zoneless microsecond timestamps, where the calendar refuses a value) of ISO texts without an offset."""
+  try:
+    return texts.cast(pa.timestamp('us')), np.zeros(len(texts), dtype=bool)
+  except pa.ArrowInvalid:  # a month 13 the pattern admits: judged one by one
+    parsed, bad = [], np.zeros(len(texts), dtype=bool)
+    for i, text in enumerate(texts.to_pylist()):
+      try:
+        parsed.append(None if text is None else dt.datetime.fromisoformat(text))
+      except ValueError:
+        parsed.append(None)
+        bad[i] = True
+    return pa.array(parsed, pa.timestamp('us')), bad
 
 
 def utc_timestamps(arr: pa.Array) -> pa.Array:
@@ -445,9 +506,13 @@ def with_declared_names(batch: pa.RecordBatch, model) -> pa.RecordBatch:
 
 
 def validate_batch(
-  batch: pa.RecordBatch, model, stage: str = 'validate', pydantic_details: bool = True
+  batch: pa.RecordBatch,
+  model,
+  stage: str = 'validate',
+  pydantic_details: bool = True,
+  naive_time_zone: Optional[str] = None,
 ) -> Tuple[pa.RecordBatch, List[dict]]:
-  """(valid rows converted to the canonical types, dead letters for the others).
+  """(valid rows converted to the canonical types, dead letters for the others); see `ValidateOptions`.
 
   Columns are first made plain (`records.with_plain_types`) and those naming a
   declared field another way (`PlayedAt`, `played at`) take its name.
@@ -464,7 +529,10 @@ def validate_batch(
       raw = _plain(batch.column(name))
     else:
       raw = pa.nulls(n)
-    col = _CONVERTERS[rule.kind](raw, rule)
+    if rule.kind == 'timestamp':
+      col = _convert_timestamp(raw, rule, naive_time_zone)
+    else:
+      col = _CONVERTERS[rule.kind](raw, rule)
     missing = ~_not_null(col.values) & ~col.invalid_type & ~col.invalid_value if required else np.zeros(n, bool)
     for code, mask in ((_MISSING, missing), (_INVALID_TYPE, col.invalid_type), (_INVALID_VALUE, col.invalid_value)):
       fresh = mask & (reason == _OK)
@@ -524,7 +592,12 @@ class _ValidateFn(beam.DoFn):
     self._invalid_by = LabelledCounters('validate', 'rows_invalid')
 
   def process(self, batch: pa.RecordBatch):
-    valid, letters = validate_batch(batch, self._model, pydantic_details=self._options.pydantic_details)
+    valid, letters = validate_batch(
+      batch,
+      self._model,
+      pydantic_details=self._options.pydantic_details,
+      naive_time_zone=self._options.naive_time_zone,
+    )
     if valid.num_rows:
       yield valid
     self._invalid.inc(len(letters))

@@ -636,3 +636,23 @@ def test_a_compressed_input_counts_as_what_it_decompresses_to(tmp_path):
   assert spotify_batch._read_bytes('s3://drop/events.csv.gz', 100) == 100 * spotify_batch._COMPRESSED_TEXT_RATIO
   assert spotify_batch._read_bytes('drop/events.jsonl.zst', 7) == 7 * spotify_batch._COMPRESSED_TEXT_RATIO
   assert spotify_batch._read_bytes('drop/events.csv', 100) == 100
+
+
+def test_naive_time_zone_reads_times_without_an_offset_and_a_wrong_name_stops_the_run(tmp_path, monkeypatch):
+  from pipelines.config import ConfigError, resolve
+
+  monkeypatch.setenv('PII_MASTER_KEY', 'ab' * 32)
+  path = tmp_path / 'plays.csv'
+  path.write_text(
+    'event_id,tenant_id,user_id,track_id,played_at,ms_played\n'
+    '1,acme,u1,4uLU6hMCjMI75M1A2tKUQC,2024-06-01 12:30,100\n'
+    '2,acme,u2,4uLU6hMCjMI75M1A2tKUQC,2024-06-01T12:30:00+02:00,100\n'
+  )
+  argv = ['--input', str(path), '--tenant_field', 'tenant_id', '--num_shards', '1']
+  assert run(argv + ['--output', str(tmp_path / 'a')])['counts']['dead_letter'] == 1
+  manifest = run(argv + ['--output', str(tmp_path / 'b'), '--naive_time_zone', 'Europe/Berlin'])
+  assert manifest['counts']['dead_letter'] == 0 and manifest['counts']['written'] == 2
+  times = pa.concat_tables(pq.read_table(p) for p in glob.glob(str(tmp_path / 'b/data/**/*.parquet'), recursive=True))
+  assert {t.isoformat() for t in times.column('played_at').to_pylist()} == {'2024-06-01T10:30:00+00:00'}
+  with pytest.raises(ConfigError, match='naive_time_zone'):
+    resolve({'input': 'x.csv', 'tenant_id': 'acme', 'naive_time_zone': 'Europe/Atlantis'})

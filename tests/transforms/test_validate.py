@@ -370,3 +370,34 @@ def test_a_missing_field_says_whether_it_is_absent_or_empty():
   )
   assert [(d['reason'], d['detail']) for d in dead] == [('missing_field', 'ms_played is null or blank')] * 2
   assert [(d['reason'], d['detail']) for d in dead_absent] == [('missing_field', 'no ms_played field')]
+
+
+def test_times_without_an_offset_are_read_in_the_time_zone_a_run_names():
+  """Excel date cells and `2024-06-01 12:30` name no instant: dead letters, unless the run gives their zone."""
+  import datetime as dt
+
+  texts = ['2024-06-01 12:30', '2024-06-01T12:30:15.5', '2024-13-01 10:00', '2024-06-01T12:30:00Z', 'yesterday']
+  rows = [dict(GOOD, event_id=f'e{i}', played_at=v) for i, v in enumerate(texts)]
+  batch = with_provenance(pa.RecordBatch.from_pylist(rows), 'f.csv', 2)
+  _, dead = validate_batch(batch, entities.ListeningEvent)
+  assert [d['record']['event_id'] for d in dead] == ['e0', 'e1', 'e2', 'e4']
+  valid, dead = validate_batch(batch, entities.ListeningEvent, naive_time_zone='Europe/Berlin')
+  utc = dt.timezone.utc
+  assert valid.column('played_at').to_pylist() == [
+    dt.datetime(2024, 6, 1, 10, 30, tzinfo=utc),  # CEST is UTC+2
+    dt.datetime(2024, 6, 1, 10, 30, 15, 500000, tzinfo=utc),
+    dt.datetime(2024, 6, 1, 12, 30, tzinfo=utc),  # an offset of its own wins
+  ]
+  assert [(d['record']['event_id'], d['reason']) for d in dead] == [('e2', 'invalid_value'), ('e4', 'invalid_type')]
+
+  cells = dict(GOOD)
+  del cells['played_at']
+  excel = pa.RecordBatch.from_pylist([cells]).append_column(
+    'played_at', pa.array([dt.datetime(2024, 1, 15, 9, 0)], pa.timestamp('us'))
+  )
+  valid, dead = validate_batch(
+    with_provenance(excel, 'f.xlsx#Plays', 2), entities.ListeningEvent, naive_time_zone='UTC'
+  )
+  assert dead == [] and valid.column('played_at').to_pylist() == [dt.datetime(2024, 1, 15, 9, 0, tzinfo=utc)]
+  with pytest.raises(ValueError, match='IANA time zone'):
+    validate_module.ValidateOptions(naive_time_zone='Mars/Olympus')
