@@ -2,6 +2,7 @@
 
 import datetime as dt
 import random
+import typing
 
 import apache_beam as beam
 import pyarrow as pa
@@ -401,3 +402,24 @@ def test_times_without_an_offset_are_read_in_the_time_zone_a_run_names():
   assert dead == [] and valid.column('played_at').to_pylist() == [dt.datetime(2024, 1, 15, 9, 0, tzinfo=utc)]
   with pytest.raises(ValueError, match='IANA time zone'):
     validate_module.ValidateOptions(naive_time_zone='Mars/Olympus')
+
+
+@pytest.mark.parametrize('name', sorted(entities.ENTITIES))
+def test_every_spotify_id_field_of_every_entity_takes_its_own_uri_and_refuses_another(name):
+  """Each id field names its item type (`SpotifyId('episode')`), in pydantic and in the vectorised rules alike."""
+  model = entities.ENTITIES[name]
+  ids = {f: rule for f, (rule, _) in entities.field_rules(model).items() if rule.pattern == entities.SPOTIFY_ID_PATTERN}
+  for field, rule in ids.items():
+    item_type = rule.reference.split('spotify:')[1].split(':')[0]
+    other = 'album' if item_type != 'album' else 'track'
+    texts = [f'spotify:{item_type}:4uLU6hMCjMI75M1A2tKUQC', f'spotify:{other}:4uLU6hMCjMI75M1A2tKUQC']
+    column = validate_module._convert_string(pa.array(texts), rule)
+    assert column.values.to_pylist()[0] == '4uLU6hMCjMI75M1A2tKUQC', (name, field)
+    assert column.invalid_value.tolist() == [False, True], (name, field)
+    info = model.model_fields[field]
+    # A required field's validators are in its metadata; an Optional one's inside its annotation.
+    annotation = typing.Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+    adapter = pydantic.TypeAdapter(annotation)
+    assert adapter.validate_python(texts[0]) == '4uLU6hMCjMI75M1A2tKUQC', (name, field)
+    with pytest.raises(pydantic.ValidationError):
+      adapter.validate_python(texts[1])
