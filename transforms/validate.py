@@ -212,23 +212,27 @@ def _invalid_ips(values: pa.Array) -> np.ndarray:
 
 def _numeric_from_strings(strings: pa.Array, pattern: str, target: pa.DataType, python_convert) -> _Column:
   """Strings matching `pattern` cast to `target`; per-value fallback if the cast overflows."""
-  n = len(strings)
   present = _not_null(strings)
   ok = present & _mask(pc.match_substring_regex(strings, pattern))
   trimmed = _null_where(pc.utf8_trim(strings, characters=' \t'), ~ok)
+  values, bad_value = _cast_or_each(trimmed, target, python_convert)
+  return _Column(values, present & ~ok, bad_value)
+
+
+def _cast_or_each(texts: pa.Array, target: pa.DataType, convert) -> Tuple[pa.Array, np.ndarray]:
+  """(`texts` cast to `target`, where a value was refused): Arrow's cast, else `convert` on each value, for
+  texts a pattern admits but the cast cannot take (beyond int64, a month 13)."""
   try:
-    values = trimmed.cast(target)
-    bad_value = np.zeros(n, dtype=bool)
+    return texts.cast(target), np.zeros(len(texts), dtype=bool)
   except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-    converted, bad_value = [], np.zeros(n, dtype=bool)
-    for i, text in enumerate(trimmed.to_pylist()):
+    converted, bad = [], np.zeros(len(texts), dtype=bool)
+    for i, text in enumerate(texts.to_pylist()):
       try:
-        converted.append(None if text is None else python_convert(text))
+        converted.append(None if text is None else convert(text))
       except (ValueError, OverflowError):
         converted.append(None)
-        bad_value[i] = True
-    values = pa.array(converted, type=target)
-  return _Column(values, present & ~ok, bad_value)
+        bad[i] = True
+    return pa.array(converted, type=target), bad
 
 
 _WHOLE_DECIMAL = r'^([ \t]*[+-]?[0-9]+)\.0*([ \t]*)$'
@@ -258,9 +262,8 @@ def _convert_int(arr, rule) -> _Column:
   elif pa.types.is_string(arr.type):
     strings = _blank_to_null(arr)
     if pc.any(pc.match_substring(strings, '.')).as_py():
-      strings = pc.replace_substring_regex(
-        strings, _WHOLE_DECIMAL, r'\1\2'
-      )  # 1234.0 -> 1234: Arrow's cast wants digits
+      # 1234.0 -> 1234: Arrow's cast to int64 wants digits.
+      strings = pc.replace_substring_regex(strings, _WHOLE_DECIMAL, r'\1\2')
     col = _numeric_from_strings(strings, entities.INT_PATTERN, pa.int64(), entities.to_int)
   elif pa.types.is_null(arr.type):
     col = _Column(pa.nulls(n, pa.int64()), none, none.copy())
@@ -350,43 +353,16 @@ def _convert_timestamp(arr, rule, naive_time_zone: Optional[str] = None) -> _Col
   trimmed = pc.utf8_trim(strings, characters=' \t')
   epoch = _null_where(trimmed, ~is_epoch).cast(pa.int64()).cast(pa.timestamp('ms', tz='UTC')).cast(_UTC_US)
   iso_text = pc.replace_substring_regex(_null_where(trimmed, ~is_iso), 'z$', 'Z')
-  bad_value = np.zeros(n, dtype=bool)
-  try:
-    iso = iso_text.cast(_UTC_US)
-  except pa.ArrowInvalid:
-    # A value the regex admits but the calendar does not (month 13): judge each.
-    parsed = []
-    for i, text in enumerate(iso_text.to_pylist()):
-      try:
-        parsed.append(None if text is None else entities.to_utc_timestamp(text))
-      except ValueError:
-        parsed.append(None)
-        bad_value[i] = True
-    iso = pa.array(parsed, type=_UTC_US)
+  iso, bad_value = _cast_or_each(iso_text, _UTC_US, entities.to_utc_timestamp)
   values = pc.if_else(pa.array(is_epoch), epoch, iso)
   is_naive = np.zeros(n, dtype=bool)
   if naive_time_zone:
     is_naive = present & ~is_epoch & ~is_iso & _mask(pc.match_substring_regex(strings, entities.ISO_NAIVE_PATTERN))
     if is_naive.any():
-      local, bad_local = _naive_times(_null_where(trimmed, ~is_naive))
+      local, bad_local = _cast_or_each(_null_where(trimmed, ~is_naive), pa.timestamp('us'), dt.datetime.fromisoformat)
       values = pc.if_else(pa.array(is_naive & ~bad_local), _in_time_zone(local, naive_time_zone), values)
       bad_value |= bad_local
   return _Column(values, present & ~is_epoch & ~is_iso & ~is_naive, bad_value)
-
-
-def _naive_times(texts: pa.Array) -> Tuple[pa.Array, np.ndarray]:
-  """(zoneless microsecond timestamps, where the calendar refuses a value) of ISO texts without an offset."""
-  try:
-    return texts.cast(pa.timestamp('us')), np.zeros(len(texts), dtype=bool)
-  except pa.ArrowInvalid:  # a month 13 the pattern admits: judged one by one
-    parsed, bad = [], np.zeros(len(texts), dtype=bool)
-    for i, text in enumerate(texts.to_pylist()):
-      try:
-        parsed.append(None if text is None else dt.datetime.fromisoformat(text))
-      except ValueError:
-        parsed.append(None)
-        bad[i] = True
-    return pa.array(parsed, pa.timestamp('us')), bad
 
 
 def utc_timestamps(arr: pa.Array) -> pa.Array:
