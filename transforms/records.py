@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import decimal
+import json
 import math
 import re
 from typing import Any, Dict, Iterable, List, Optional
@@ -45,6 +46,7 @@ __all__ = [
   'uuid_text',
   'rows_as_dicts',
   'json_safe',
+  'json_text',
   'BINARY_TEXT_PREFIX',
   'split_by_mask',
 ]
@@ -198,6 +200,18 @@ def json_safe(value: Any) -> Any:
     # Arrow map columns come back as lists of (key, value) tuples.
     return [json_safe(v) for v in value]
   return str(value)
+
+
+def json_text(value: Any, ensure_ascii: bool = True) -> Optional[str]:
+  """A value as text: itself when `json_safe` makes it a string (a timestamp, bytes), else its JSON.
+
+  Where a column holds what its type cannot (a list in one file, a map in
+  another; a duration in Avro), JSON text holds anything.
+  """
+  if value is None:
+    return None
+  safe = json_safe(value)
+  return safe if isinstance(safe, str) else json.dumps(safe, ensure_ascii=ensure_ascii)
 
 
 def rows_as_dicts(batch: pa.RecordBatch, indices: Optional[Iterable[int]] = None) -> List[dict]:

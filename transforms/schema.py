@@ -26,7 +26,7 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms.records import INTERNAL_COLUMNS
+from transforms.records import INTERNAL_COLUMNS, json_text
 
 __all__ = [
   'widen',
@@ -156,15 +156,7 @@ def _conform_array(arr: pa.Array, target: pa.DataType) -> pa.Array:
 
 
 def _as_json_text(arr: pa.Array) -> pa.Array:
-  import json
-
-  from transforms.records import json_safe
-
-  def text(value):
-    safe = json_safe(value)
-    return safe if isinstance(safe, str) else json.dumps(safe)
-
-  return pa.array([None if v is None else text(v) for v in arr.to_pylist()], pa.string())
+  return pa.array([json_text(v) for v in arr.to_pylist()], pa.string())
 
 
 def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:

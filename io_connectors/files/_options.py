@@ -8,7 +8,7 @@ import os
 import re
 from typing import Optional, Sequence
 
-from transforms.text_files import COMPRESSION_EXTENSIONS
+from transforms.text_files import COMPRESSION_EXTENSIONS, without_compression_extension
 
 __all__ = [
   'FORMATS',
@@ -51,11 +51,10 @@ def detect_format(path: str) -> str:
 
   ValueError for an unknown one.
   """
-  stem, ext = os.path.splitext(path.rstrip('/'))
-  compressed = ext.lower() in COMPRESSION_EXTENSIONS
-  if compressed:
-    ext = os.path.splitext(stem)[1]
-  ext = ext.lower()
+  named = path.rstrip('/')
+  plain = without_compression_extension(named)
+  compressed = plain != named
+  ext = os.path.splitext(plain)[1].lower()
   fmt = EXTENSIONS.get(ext)
   if fmt is not None and compressed and fmt not in COMPRESSIBLE_FORMATS:
     raise ValueError(

@@ -19,11 +19,16 @@ from transforms.records import position
 __all__ = ['ReadFromExcel', 'ExcelOptions']
 
 
+def _without_padding(values) -> list:
+  """A row's cells without the empty ones read-only sheets pad it with up to the sheet's width."""
+  cells = list(values)
+  while cells and cells[-1] is None:
+    cells.pop()
+  return cells
+
+
 def _excel_names(header) -> List[str]:
-  header = list(header)
-  while header and header[-1] is None:  # read-only sheets pad rows with empty cells
-    header.pop()
-  return unique_column_names(['' if value is None else str(value).strip() for value in header])
+  return unique_column_names(['' if value is None else str(value).strip() for value in _without_padding(header)])
 
 
 def read_excel(rng: Range, options: ExcelOptions):
@@ -61,12 +66,16 @@ def read_excel(rng: Range, options: ExcelOptions):
 _HEADER_LOOKAHEAD = 10
 
 
+def _is_blank(value) -> bool:
+  return value is None or (isinstance(value, str) and not value.strip())
+
+
 def _is_blank_row(values) -> bool:
-  return all(v is None or (isinstance(v, str) and not v.strip()) for v in values)
+  return all(_is_blank(v) for v in values)
 
 
 def _looks_like_header(values) -> bool:
-  cells = [v for v in values if not (v is None or (isinstance(v, str) and not v.strip()))]
+  cells = [v for v in values if not _is_blank(v)]
   return len(cells) >= 2 and all(isinstance(v, str) for v in cells)
 
 
@@ -105,10 +114,8 @@ def _read_sheet(worksheet, source: str, options: ExcelOptions):
     )
 
   def not_a_record(row_number, values, header_number):
-    cells = list(values)
-    while cells and cells[-1] is None:  # read-only sheets pad rows to the sheet's width
-      cells.pop()
-    return malformed(row_number, cells, f'above the header (row {header_number}): a title or note line, not a record')
+    detail = f'above the header (row {header_number}): a title or note line, not a record'
+    return malformed(row_number, _without_padding(values), detail)
 
   def take(row_number, values):
     """Dead letters of one data row (none when buffered)."""

@@ -201,12 +201,11 @@ def records_of_document(document, records_path: Optional[str]) -> Tuple[list, st
 def _arrays_of_objects(document: dict, depth: int, prefix: str = ''):
   """(dotted path, array) of the arrays of objects under envelope keys, `depth` keys deep at most.
 
-  An array holding an object is one of objects (its other elements are dead-lettered as such).
-
   A key is an envelope's only where everything beside it is paging metadata
   (`total`, `next`, ...), so that a record holding a list (an order's
   `items` beside its `order_id`) stays one record; an empty array is an
-  empty page.
+  empty page. An array holding an object is one of objects (its other
+  elements are dead-lettered as such).
   """
   for key in ENVELOPE_KEYS:
     value = document.get(key)

@@ -12,13 +12,12 @@ Column and struct field names that Avro's name rules refuse (`extra.key`,
 from __future__ import annotations
 
 import io
-import json
 import re
 from typing import Any, Callable, Dict, List, Optional, Set
 
 import pyarrow as pa
 
-from transforms.records import json_safe
+from transforms.records import json_text
 
 __all__ = ['avro_schema', 'avro_file_bytes']
 
@@ -29,21 +28,18 @@ Convert = Optional[Callable[[Any], Any]]
 
 
 def _avro_name(name: str, taken: Set[str]) -> str:
+  """`name` made valid for Avro, and not one of `taken`."""
   valid = _INVALID_NAME_CHARS.sub('_', name) or '_'
   if valid[0].isdigit():
     valid = '_' + valid
   candidate, k = valid, 2
   while candidate in taken:
     candidate, k = f'{valid}_{k}', k + 1
-  taken.add(candidate)
   return candidate
 
 
 def _as_text(value):
-  if value is None or isinstance(value, str):
-    return value
-  safe = json_safe(value)
-  return safe if isinstance(safe, str) else json.dumps(safe, ensure_ascii=False)
+  return json_text(value, ensure_ascii=False)  # as the JSON Lines sink writes it
 
 
 class _SchemaBuilder:
@@ -59,12 +55,8 @@ class _SchemaBuilder:
     taken: Set[str] = set()
     fields, converters = [], []
     for f in arrow_fields:
-      if f.name in kept and f.name not in taken:
-        name = f.name
-        taken.add(name)
-      else:
-        name = _avro_name(f.name, taken | kept)
-        taken.add(name)
+      name = f.name if f.name in kept and f.name not in taken else _avro_name(f.name, taken | kept)
+      taken.add(name)
       avro_type, convert = self.type_of(f.type, f'{scope}_{name}' if scope else name)
       field = {'name': name, 'type': ['null', avro_type], 'default': None}
       if name != f.name:
