@@ -27,6 +27,7 @@ one.
 from __future__ import annotations
 
 import argparse
+import codecs
 import dataclasses
 import functools
 import os
@@ -46,6 +47,7 @@ __all__ = ['ConfigError', 'RunConfig', 'check_crypto_shredding', 'load_yaml', 'r
 RUN_KEYS = (
   'input',
   'input_format',
+  'input_encoding',
   'entity',
   'tenant_id',
   'tenant_field',
@@ -216,10 +218,25 @@ def typed_value(key: str, value: Any, where: str) -> Any:
   return converted
 
 
-def _source_from_input(pattern: str, input_format: Optional[str]) -> Dict[str, Any]:
+# Input formats whose reader takes an `encoding` (JSON is UTF-8 by its standard; the others are binary).
+_ENCODED_FORMATS = ('csv',)
+
+
+def _source_from_input(pattern: str, input_format: Optional[str], input_encoding: Optional[str]) -> Dict[str, Any]:
   if input_format and input_format not in INPUT_FORMATS:
     raise ConfigError(f'input_format {input_format!r} is not one of {", ".join(INPUT_FORMATS)}')
-  return {'type': input_format or 'files', 'input': pattern}
+  source = {'type': input_format or 'files', 'input': pattern}
+  if input_encoding is not None:
+    if input_format and input_format not in _ENCODED_FORMATS:
+      raise ConfigError(f'input_encoding applies to CSV input, not to input_format {input_format}')
+    try:
+      codecs.lookup(input_encoding)
+    except LookupError:
+      raise ConfigError(
+        f'input_encoding {input_encoding!r} is not a known text encoding (e.g. cp1252, latin-1)'
+      ) from None
+    source['encoding'] = input_encoding
+  return source
 
 
 def _positive_int(name, value):
@@ -261,7 +278,9 @@ def resolve(
   if values.get('input'):
     if sources:
       raise ConfigError('give either --input or a "sources:" list, not both')
-    sources = [_source_from_input(values['input'], values.get('input_format'))]
+    sources = [_source_from_input(values['input'], values.get('input_format'), values.get('input_encoding'))]
+  elif values.get('input_encoding') is not None:
+    raise ConfigError('input_encoding applies to --input; give a "sources:" entry its own "encoding:" key')
   elif not sources:
     if demo_input is None:
       raise ConfigError('no input: give --input or a config with a "sources:" list')
@@ -272,6 +291,7 @@ def resolve(
     raise ConfigError('"sources:" must be a list of mappings, each with a "type"')
   values.pop('input', None)
   values.pop('input_format', None)
+  values.pop('input_encoding', None)
   config = RunConfig(
     sources=[dict(s) for s in sources], demo=demo, **{k: v for k, v in values.items() if v is not None}
   )

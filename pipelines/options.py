@@ -91,6 +91,12 @@ class SpotifyBatchOptions(PipelineOptions):
       '--input_format', choices=INPUT_FORMATS, help='Input format; by default taken from the file extension.'
     )
     parser.add_argument(
+      '--input_encoding',
+      help='Text encoding of --input\'s CSV files, any Python codec (cp1252, latin-1, shift_jis, utf-16...). '
+      'Default: UTF-8, or UTF-16/32 where the file starts with that byte order mark; lines not valid in the '
+      'encoding are bad_encoding dead letters.',
+    )
+    parser.add_argument(
       '--entity',
       default='listening_event',
       help='Canonical entity the records are validated as: listening_event, track, audio_features, artist, user, playlist.',

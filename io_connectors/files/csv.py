@@ -150,7 +150,9 @@ class CsvReader:
           position(number),
           'bad_encoding',
           record=text,
-          detail=f'bytes not valid in {options.encoding}',
+          # The usual cause is a whole file in another encoding (cp1252 from Excel): say how to read it.
+          detail=f'bytes not valid in {options.encoding}; a file in another encoding is read with that encoding '
+          '(the encoding option, --input_encoding)',
           stage=STAGE,
         )
     if start == 0:

@@ -656,3 +656,34 @@ def test_naive_time_zone_reads_times_without_an_offset_and_a_wrong_name_stops_th
   assert {t.isoformat() for t in times.column('played_at').to_pylist()} == {'2024-06-01T10:30:00+00:00'}
   with pytest.raises(ConfigError, match='naive_time_zone'):
     resolve({'input': 'x.csv', 'tenant_id': 'acme', 'naive_time_zone': 'Europe/Atlantis'})
+
+
+def test_input_encoding_reads_a_cp1252_csv_whose_rows_utf8_would_dead_letter(tmp_path, monkeypatch):
+  from pipelines.config import ConfigError, resolve
+
+  monkeypatch.setenv('PII_MASTER_KEY', 'ab' * 32)
+  path = tmp_path / 'plays.csv'
+  path.write_bytes(
+    (
+      'event_id,tenant_id,user_id,track_id,played_at,ms_played,device\n'
+      '1,acme,u1,4uLU6hMCjMI75M1A2tKUQC,2024-06-01T12:30:00Z,100,Büro-Lautsprecher\n'
+      '2,acme,u2,4uLU6hMCjMI75M1A2tKUQC,2024-06-01T12:31:00Z,100,Salon télé\n'
+      '3,acme,u3,4uLU6hMCjMI75M1A2tKUQC,2024-06-01T12:32:00Z,100,kitchen\n'
+    ).encode('cp1252')
+  )
+  argv = ['--input', str(path), '--tenant_field', 'tenant_id', '--num_shards', '1']
+  as_utf8 = run(argv + ['--output', str(tmp_path / 'a')])
+  assert as_utf8['counts']['written'] == 1
+  letters = _dead_letters(str(tmp_path / 'a'))
+  assert sorted(letter['reason'] for letter in letters) == ['bad_encoding', 'bad_encoding']
+  assert all('encoding' in letter['detail'] for letter in letters)
+
+  manifest = run(argv + ['--output', str(tmp_path / 'b'), '--input_encoding', 'cp1252'])
+  assert manifest['counts']['dead_letter'] == 0 and manifest['counts']['written'] == 3
+  rows = pa.concat_tables(pq.read_table(p) for p in glob.glob(str(tmp_path / 'b/data/**/*.parquet'), recursive=True))
+  assert sorted(rows.column('device').to_pylist()) == ['Büro-Lautsprecher', 'Salon télé', 'kitchen']
+
+  with pytest.raises(ConfigError, match='input_encoding .*not a known text encoding'):
+    resolve({'input': 'x.csv', 'tenant_id': 'acme', 'input_encoding': 'klingon'})
+  with pytest.raises(ConfigError, match='input_encoding applies to CSV input, not to input_format parquet'):
+    resolve({'input': 'x.parquet', 'input_format': 'parquet', 'tenant_id': 'acme', 'input_encoding': 'cp1252'})
