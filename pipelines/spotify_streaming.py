@@ -97,7 +97,7 @@ from transforms.lineage_columns import AddLineageColumns
 from transforms.metrics import CountDeadLetters
 from transforms.pii import PiiKeyError, PiiOptions, RedactDeadLetters, RedactPII, key_ref
 from transforms.tenant import AssignDeadLetterTenant, TagTenant, check_tenant_id
-from transforms.validate import Validate
+from transforms.validate import Validate, ValidateOptions, check_time_zone
 from transforms.windows import WindowEvents, WindowOptions
 
 __all__ = ['SOURCES', 'CleanEvents', 'read_clean_events', 'run', 'build', 'main', 'kafka_read_options']
@@ -278,7 +278,7 @@ def read_clean_events(
   read = p | f'Read[{options.source}]' >> source
   records = read.records | 'Trace Read' >> tracing.TraceBundles(trace, f'Read[{options.source}]')
   tagged = records | 'TagTenant' >> TagTenant(options.tenant_id, options.tenant_field)
-  validated = tagged.records | 'Validate' >> Validate(model)
+  validated = tagged.records | 'Validate' >> Validate(model, ValidateOptions(naive_time_zone=options.naive_time_zone))
   valid = validated.records | 'Trace Validate' >> tracing.TraceBundles(trace, 'Validate')
   redacted = valid | 'RedactPII' >> RedactPII(model, master_key, pii_options)
   clean = redacted.records | 'Trace RedactPII' >> tracing.TraceBundles(trace, 'RedactPII')
@@ -412,6 +412,11 @@ def _check(options: SpotifyStreamingOptions):
     entities.entity_model(options.entity)
   except (KeyError, ValueError) as e:
     raise ConfigError(f'--entity: {e}') from None
+  if options.naive_time_zone is not None:
+    try:
+      check_time_zone(options.naive_time_zone)
+    except ValueError as e:
+      raise ConfigError(f'--naive_time_zone: {e}') from None
   target = _table_target(options)
   if target is not None:
     try:

@@ -70,6 +70,12 @@ class SpotifyStreamingOptions(PipelineOptions):
     _add(parser, '--table_namespace', help='--output_format iceberg: the namespace of the tables. Default: music.')
     _add(parser, '--output_topic', help='Also produce the clean, deduplicated events as JSON to this Kafka topic.')
     _add(parser, '--pii_key_file', help='File holding the PII master key. Default: env PII_MASTER_KEY.')
+    _add(
+      parser,
+      '--naive_time_zone',
+      help='IANA time zone (e.g. Europe/Berlin, UTC) of event times written without an offset. Default: such '
+      'events are dead letters, their instant unknown.',
+    )
     _add(parser, '--keep_pii', action='store_true', default=False, help='Write PII unredacted.')
     _add(
       parser,

@@ -503,3 +503,38 @@ def test_streaming_jobs_cache_user_state_unless_told():
     options = PipelineOptions(argv)
     spotify_streaming._state_cache_by_default(options, argv)
     assert options.view_as(WorkerOptions).max_cache_memory_usage_mb == expected, argv
+
+
+def test_naive_time_zone_places_events_written_without_an_offset(tmp_path, monkeypatch):
+  """--naive_time_zone reaches the job's Validate: a zoneless time is read in that zone, not dead-lettered."""
+  import apache_beam as beam
+  import pyarrow as pa
+  from apache_beam.testing.test_pipeline import TestPipeline
+  from apache_beam.testing.util import assert_that, equal_to
+
+  from pipelines.streaming_options import SpotifyStreamingOptions
+  from transforms import entities
+  from transforms.dead_letter import Outputs
+  from transforms.pii import PiiOptions
+
+  class _Events(beam.PTransform):
+    def expand(self, p):
+      row = {'event_id': 'e1', 'user_id': 'u1', 'track_id': '4uLU6hMCjMI75M1A2tKUQC', 'ms_played': 100}
+      row.update({'played_at': '2024-06-01 12:30:00', '__source': 'stream', '__row': 1})
+      return Outputs(p | beam.Create([pa.RecordBatch.from_pylist([row])]), p | 'NoLetters' >> beam.Create([]))
+
+  monkeypatch.setitem(spotify_streaming.SOURCES, 'kafka', lambda options: _Events())
+  model = entities.entity_model('listening_event')
+  argv = ['--tenant_id', 'acme', '--output', str(tmp_path)]
+
+  with TestPipeline() as p:
+    options = SpotifyStreamingOptions(argv + ['--naive_time_zone', 'Europe/Berlin'])
+    front = spotify_streaming.read_clean_events(p, options, model, None, PiiOptions(redact=False))
+    times = front.clean | beam.FlatMap(lambda b: [t.isoformat() for t in b.column('played_at').to_pylist()])
+    assert_that(times, equal_to(['2024-06-01T10:30:00+00:00']))
+  with TestPipeline() as p:
+    front = spotify_streaming.read_clean_events(p, SpotifyStreamingOptions(argv), model, None, PiiOptions(redact=False))
+    validate_letters = front.dead_letters[2]
+    assert_that(validate_letters | beam.Map(lambda letter: letter['reason']), equal_to(['invalid_type']))
+  with pytest.raises(ConfigError, match='--naive_time_zone'):
+    spotify_streaming.run(['--topic', 't', *argv, '--naive_time_zone', 'Mars/Olympus'])
