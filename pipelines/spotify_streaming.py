@@ -480,12 +480,12 @@ def _flink_checkpoints_by_default(pipeline_options: PipelineOptions):
   options.finish_bundle_before_checkpointing = True
 
 
-# At a partition's head a poll waits up to its timeout for a full batch, and the
-# read's watermark reaches the runner only when the call returns. Measured on
-# Flink at 2,000 events/s (docs/benchmarks.md): p99 delay after the window's
-# close 3.62 s with 0.5 s polls, 2.72-2.95 s with 0.1 s. A backlog fills its
-# batches at once whatever the timeout; other runners keep 0.5 s (bigger
-# batches at the head, fewer calls).
+# A streaming poll waits up to its timeout for a first record (a partition with
+# records goes on at once), and a worker reads its partitions one after another
+# in a bundle: a silent partition holds the others' watermarks for that long.
+# Measured on Flink at 2,000 events/s when polls still gathered full batches
+# (docs/benchmarks.md): p99 delay after the window's close 3.62 s with 0.5 s
+# polls, 2.72-2.95 s with 0.1 s. Other runners keep 0.5 s (fewer empty calls).
 DEFAULT_KAFKA_POLL_TIMEOUT_S = 0.5
 DEFAULT_FLINK_KAFKA_POLL_TIMEOUT_S = 0.1
 

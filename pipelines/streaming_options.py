@@ -249,7 +249,7 @@ class SpotifyStreamingOptions(PipelineOptions):
       '--kafka_poll_timeout_s',
       type=float,
       default=None,
-      help='One consumer poll waits at most this long (s): at the head of a partition, how long a batch gathers '
-      'records before it goes on (lower: less delay, smaller batches). Default 0.1 for streaming jobs on '
-      'FlinkRunner, else 0.5.',
+      help='One consumer poll waits at most this long (s) for a first record; a read takes what has arrived and '
+      'goes on, so this is how long a silent partition holds up the others its worker reads (lower: less delay, '
+      'more empty polls). Default 0.1 for streaming jobs on FlinkRunner, else 0.5.',
     )

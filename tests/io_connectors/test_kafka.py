@@ -583,6 +583,44 @@ def test_a_streaming_read_hands_back_its_remainder_at_the_partitions_head_and_re
     fn.teardown()
 
 
+def test_a_streaming_read_at_the_head_takes_what_has_arrived_without_waiting_for_a_full_batch(kafka):
+  """The poll timeout bounds the wait for a first record, not for a full batch.
+
+  A worker reads its partitions one after another; a read that gathered a full
+  batch at one partition's head held back every partition's watermark.
+  """
+  from apache_beam.io.restriction_trackers import OffsetRange
+  from apache_beam.runners.sdf_utils import ThreadsafeRestrictionTracker
+  from io_connectors.streams.kafka import reader as kafka_module
+
+  topic = new_topic(kafka, partitions=1)
+  produce(kafka, topic, [(0, event(i), 1_700_000_000_000 + i) for i in range(10)])
+  options = KafkaReadOptions(
+    bootstrap_servers=kafka, topics=topic, streaming=True, idle_timeout_s=0, poll_timeout_s=30.0, batch_size=1000
+  )
+  fn = kafka_module._UnboundedReadPartitionFn(options)
+  fn.setup()
+
+  class Finalizer:
+    def register(self, callback):
+      pass
+
+  partition = kafka_module.KafkaPartition(topic, 0, 1)
+  provider = kafka_module._WatermarkProvider()
+  restriction = OffsetRange(0, kafka_module._UNBOUNDED_STOP)
+  tracker = ThreadsafeRestrictionTracker(fn.create_tracker(restriction))
+  estimator = provider.create_watermark_estimator(provider.initial_estimator_state(partition, restriction))
+  try:
+    began = time.monotonic()
+    outputs = list(fn.process(partition, Finalizer(), tracker=tracker, watermark=estimator))
+    elapsed = time.monotonic() - began
+  finally:
+    fn.teardown()
+  assert sum(o.value.num_rows for o in outputs if not isinstance(o, beam.pvalue.TaggedOutput)) == 10
+  assert tracker.deferred_status()[0].start == 10
+  assert elapsed < 15, f'the read waited {elapsed:.1f} s of its 30 s poll for a batch that was not coming'
+
+
 def test_a_caught_up_partition_lifts_its_cap_when_the_others_progress(kafka):
   """A partition that read all its records while another had not started must not hold the watermark for ever.
 

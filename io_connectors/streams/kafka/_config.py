@@ -61,8 +61,10 @@ class KafkaReadOptions:
     complete regularly. A read at the partition's head (a poll returned less
     than a full batch) hands it back at once: its watermark reaches the
     runner only when it does.
-  poll_timeout_s: one consumer poll waits at most this long; at the
-    partition's head, this is how long a batch gathers records.
+  poll_timeout_s: one consumer poll waits at most this long. A bounded read
+    gathers a batch for up to this long; a streaming read waits for the first
+    record only and takes what the client has fetched with it (at the
+    partition's head, waiting for more would hold back the watermark).
   security_protocol, sasl_mechanism, sasl_username, sasl_password: client security.
   event_hubs_connection_string: Azure Event Hubs namespace connection string;
     sets SASL_SSL/PLAIN with user '$ConnectionString' unless given otherwise.

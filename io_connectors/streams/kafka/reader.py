@@ -479,7 +479,10 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
       except Exception as e:
         raise RuntimeError(mask_secrets(f'Kafka at {options.bootstrap_servers}: {e}', secrets_of(options))) from None
       while not done:
-        messages = consumer.consume(num_messages=options.batch_size, timeout=options.poll_timeout_s)
+        messages = self._fetch(consumer)
+        # Judged at once: while the batch is processed the client fetches on, and the end it
+        # reports would always look ahead of a read that keeps up.
+        at_head = len(messages) < options.batch_size and not self._behind(consumer, element, messages)
         for message in messages:
           error = message.error()
           if error is not None:
@@ -514,10 +517,10 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
             self._report(
               element, watermark, Timestamp(micros=newest_ms * 1000) - Duration(options.max_out_of_orderness_s)
             )
-          if self._STREAMING and not done and len(messages) < options.batch_size:
-            # The poll ended on its timeout, not on a full batch: the read is at
-            # the partition's head. Hand the remainder back now rather than poll
-            # on until checkpoint_interval_s: the watermark reported above
+          if self._STREAMING and not done and at_head:
+            # Less than a full batch and nothing more on the broker: the read is
+            # at the partition's head. Hand the remainder back now rather than
+            # poll on until checkpoint_interval_s: the watermark reported above
             # reaches the runner only when this call returns (Flink holds a
             # stage's output watermark while its bundle runs, and the bundle
             # runs this call and the other partitions' one after another).
@@ -566,6 +569,38 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
       )
     )
     return offset >= high
+
+  def _fetch(self, consumer) -> list:
+    """The next messages: up to batch_size, waiting at most poll_timeout_s.
+
+    A streaming read waits for the first message only and takes with it what
+    the client has fetched already: gathering a fuller batch at the
+    partition's head would hold back this partition's watermark, and every
+    other partition read after it in the same bundle (measured on Flink: four
+    partitions of one worker were each read every 0.75 s, 0.4 s of it spent
+    in such waits). A backlog still comes in full batches, as the client
+    fetches ahead of the read.
+    """
+    options = self._options
+    if not self._STREAMING:
+      return consumer.consume(num_messages=options.batch_size, timeout=options.poll_timeout_s)
+    first = consumer.consume(num_messages=1, timeout=options.poll_timeout_s)
+    if not first or options.batch_size == 1:
+      return first
+    return first + consumer.consume(num_messages=options.batch_size - 1, timeout=0)
+
+  @staticmethod
+  def _behind(consumer, element, messages) -> bool:
+    """Whether the partition's end, as the client's last fetch saw it, lies beyond `messages`."""
+    offsets = [m.offset() for m in messages if m.error() is None and m.offset() is not None]
+    if not offsets:
+      return False
+    position = max(offsets) + 1
+    try:
+      unused_low, high = consumer.get_watermark_offsets(_tp(element.topic, element.partition), cached=True)
+    except Exception:
+      return False
+    return high is not None and high > position
 
   @staticmethod
   def _caught_up(consumer, element, position) -> bool:
