@@ -204,6 +204,8 @@ def _concat(batches: List[pa.RecordBatch]) -> pa.RecordBatch:
 
 PENDING_SLOTS = 4
 SEEN_SLOTS = 8
+# A seen bag holding this many more arrays than window starts has them merged, one per start.
+SEEN_ARRAYS_PER_SLOT = 16
 
 
 def _first_occurrences(ids: pa.Array) -> np.ndarray:
@@ -263,6 +265,21 @@ class _RememberedIds:
       return np.asarray(pc.is_in(ids, value_set=value_set).to_numpy(zero_copy_only=False), dtype=bool)
     return np.fromiter((value in known for value in ids.to_pylist()), dtype=bool, count=len(ids))
 
+  def merged(self, key: tuple, parts: List[pa.Array], merged: pa.Array) -> None:
+    """`merged`, the concatenation of `parts`, replaces them in `key`'s memo: the same ids, one array."""
+    entry = self._memo.get(key)
+    if entry is None:
+      return
+    arrays = entry[0]
+    if not all(id(part) in arrays for part in parts):
+      # Ids the memo's set may not hold: start again (pc.is_in answers until the arrays come back).
+      del self._memo[key]
+      self._held -= entry[2]
+      return
+    for part in parts:
+      del arrays[id(part)]
+    arrays[id(merged)] = merged
+
 
 class _WindowDedupFn(beam.DoFn):
   """Per (tenant, shard): late routing, dedup with expiring state, fixed windows, sessions."""
@@ -312,6 +329,25 @@ class _WindowDedupFn(beam.DoFn):
 
   def _expires_at(self, start_us: int) -> int:
     return self._close_of(start_us) + int(self._options.dedup_ttl_s * _MICROS)
+
+  def _merge_seen(self, bag, key: tuple, live_after: Optional[int]) -> None:
+    """Rewrites a seen bag with one array of ids per window start.
+
+    Each accepted batch appends an array; a key remembers `dedup_ttl_s` worth
+    of them, and every batch walks them all (and Beam re-weighs the cached
+    bag). With small batches that walk grew to 20% of the workers' time
+    (profiled on Flink, 2,000 events/s, ids kept an hour). A window's ids stop
+    growing once it closes, so each is merged about once more after that.
+    """
+    by_start: Dict[int, List[pa.Array]] = {}
+    for start, known in bag.read():
+      by_start.setdefault(start, []).append(known)
+    bag.clear()
+    for start, parts in sorted(by_start.items()):
+      merged = parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
+      bag.add((start, merged))
+      if len(parts) > 1 and (live_after is None or start > live_after):
+        self._remembered.merged(key, parts, merged)
 
   def process(
     self,
@@ -376,14 +412,24 @@ class _WindowDedupFn(beam.DoFn):
     ids = ids.cast(pa.string())
     layout = layout_state.read() or {'pending': set(), 'seen': set()}
     # Ids still remembered: those of windows whose ids had not expired at the last timer.
+    live_after = None if fired is None else fired - self._expires_at(0)  # expires_at(start) > fired
     remembered = []
+    crowded = []
     for slot in sorted({self._seen_slot(start) for start in layout['seen']}):
+      items = 0
+      slot_starts = set()
       for start, known in seen_bags[slot].read():
-        if fired is None or self._expires_at(start) > fired:
+        items += 1
+        slot_starts.add(start)
+        if live_after is None or start > live_after:
           remembered.append(known)
+      if items - len(slot_starts) > SEEN_ARRAYS_PER_SLOT:
+        crowded.append(slot)
     duplicate = np.zeros(len(times), dtype=bool)
     if remembered:
       duplicate |= self._remembered.contains((tenant, shard), ids, remembered)
+    for slot in crowded:
+      self._merge_seen(seen_bags[slot], (tenant, shard), live_after)
     # Within the batch the first copy wins.
     fresh = np.flatnonzero(keep & ~duplicate)
     duplicate[fresh[~_first_occurrences(ids.take(pa.array(fresh)))]] = True

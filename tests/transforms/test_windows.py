@@ -313,10 +313,18 @@ def test_remembered_ids_answer_as_is_in_while_the_bags_grow_expire_and_come_back
     used_a_set |= memo._memo[key][1] is not None
     bag.append(ids(30))  # the batch's accepted ids, appended as the DoFn appends them
     if step % 17 == 16:
-      bag = bag[3:]  # a timer expired the oldest windows' ids
+      bag = bag[min(3, len(bag) - 1) :]  # a timer expired the oldest windows' ids
     if step % 23 == 22:
       bag = [pa.array(array.to_pylist(), pa.string()) for array in bag]  # state read back from the runner
+    if step % 11 == 10:
+      # The DoFn merged a crowded bag (right after a call, so the memo knows every part but the newest).
+      parts, newest = bag[:-1], bag[-1]
+      merged = pa.concat_arrays(parts)
+      memo.merged(key, parts, merged)
+      bag = [merged, newest]
+      merged_kept_the_set = memo._memo.get(key, (None, None))[1] is not None
   assert used_a_set  # the same arrays came back: the set answered, not pc.is_in
+  assert merged_kept_the_set  # merging did not throw the set away
 
 
 def test_remembered_ids_stay_within_their_budget():
@@ -332,3 +340,37 @@ def test_remembered_ids_stay_within_their_budget():
   big = [pa.array([str(i) for i in range(2_000)])]
   assert memo.contains(('big', 0), pa.array(['7', 'y']), big).tolist() == [True, False]
   assert ('big', 0) not in memo._memo and memo._held <= 1_000
+
+
+def test_many_small_batches_are_deduplicated_across_the_merges_of_their_remembered_ids():
+  """Each accepted batch appends its ids to a seen bag; crowded bags are merged into an array per window.
+
+  60 one-event batches in two windows, then copies of every id: all are duplicates, whether their
+  first copy's array was merged (early ones) or not (the last few).
+  """
+  from transforms import windows
+
+  batches = [events([(f'sess-{i:08d}', 'u1', 10 + i, 1000, False)], first_row=i + 1) for i in range(60)]
+  copies = [events([(f'sess-{i:08d}', 'u1', 10 + i, 1000, False)], first_row=100 + i) for i in range(0, 60, 7)]
+  stream = TestStream(coder=RecordBatchCoder()).advance_watermark_to(ts(0))
+  for batch in batches + copies:
+    stream = stream.add_elements([TimestampedValue(batch, ts(10))])
+  stream = stream.advance_watermark_to(ts(END)).advance_watermark_to_infinity()
+  merges = []
+  original = windows._WindowDedupFn._merge_seen
+
+  def counting_merge(self, bag, key, live_after):
+    merges.append(key)
+    return original(self, bag, key, live_after)
+
+  windows._WindowDedupFn._merge_seen = counting_merge
+  try:
+    with streaming_pipeline() as p:
+      out = p | stream | WindowEvents(WindowOptions(window_size_s=60, num_shards=1))
+      rows = out.windows | beam.FlatMap(lambda w: w.batch.column('event_id').to_pylist())
+      assert_that(rows, equal_to([f'sess-{i:08d}' for i in range(60)]), label='rows')
+      absorbed = out.absorbed | beam.Map(lambda position: position[1])
+      assert_that(absorbed, equal_to(list(range(100, 160, 7))), label='absorbed')
+  finally:
+    windows._WindowDedupFn._merge_seen = original
+  assert merges  # the bags were merged along the way
