@@ -202,6 +202,26 @@ def _concat(batches: List[pa.RecordBatch]) -> pa.RecordBatch:
   )
 
 
+# Beam fires an event-time timer once the watermark is past its time, and
+# runners keep watermarks in milliseconds: a timer set at a window's close
+# fires when the watermark reaches close + 1 ms. Beam's Flink runner holds a
+# splittable read's watermark in whole seconds, so that millisecond cost a
+# whole second there (measured: the windows' timers fired ~1 s after the read
+# had passed their close). So the timer is set 1 ms before the instant it
+# stands for, and a timer that fired at t means the watermark reached t + 1 ms.
+_TIMER_LEAD_US = 1000
+
+
+def _timer_time(instant_us: int) -> Timestamp:
+  """The time to set a watermark timer to so that it fires once the watermark reaches `instant_us`."""
+  return Timestamp(micros=instant_us - _TIMER_LEAD_US)
+
+
+def _reached(fire: Timestamp) -> int:
+  """The watermark (micros) a timer firing at `fire` (set by `_timer_time`) guarantees."""
+  return int(fire.micros) + _TIMER_LEAD_US
+
+
 PENDING_SLOTS = 4
 SEEN_SLOTS = 8
 # A seen bag holding this many more arrays than window starts has them merged, one per start.
@@ -460,7 +480,7 @@ class _WindowDedupFn(beam.DoFn):
     earliest = int(closes[accepted].min())
     current = next_state.read()
     if current is None or earliest < current:
-      timer.set(Timestamp(micros=earliest))
+      timer.set(_timer_time(earliest))
       next_state.write(earliest)
 
   @on_timer(CLOSE)
@@ -490,7 +510,7 @@ class _WindowDedupFn(beam.DoFn):
     seen_bags = (seen0, seen1, seen2, seen3, seen4, seen5, seen6, seen7)
     tenant, shard = key
     options = self._options
-    now = int(fire.micros)
+    now = _reached(fire)
     fired_state.write(now)
     # Watermark lag: how far the event time that fired this timer is behind the wall clock. A watermark
     # ahead of the clock is the end of a bounded input (or events from the future): no lag to report.
@@ -544,7 +564,7 @@ class _WindowDedupFn(beam.DoFn):
     candidates = [c for c in candidates if c > now]
     if candidates:
       upcoming = min(candidates)
-      timer.set(Timestamp(micros=upcoming))
+      timer.set(_timer_time(upcoming))
       next_state.write(upcoming)
     else:
       next_state.clear()

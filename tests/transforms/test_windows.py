@@ -374,3 +374,35 @@ def test_many_small_batches_are_deduplicated_across_the_merges_of_their_remember
   finally:
     windows._WindowDedupFn._merge_seen = original
   assert merges  # the bags were merged along the way
+
+
+def test_a_window_closes_when_the_watermark_reaches_its_end_not_a_millisecond_later():
+  """Beam fires a timer once the watermark is past it; runners count watermarks in milliseconds.
+
+  Set at the close itself, the window would wait for the watermark to pass close + 1 ms, which on
+  Flink (a read's watermark held in whole seconds) is a second later. At exactly its end the window
+  is emitted, and an event of it that comes after is late.
+  """
+  stream = (
+    TestStream(coder=RecordBatchCoder())
+    .advance_watermark_to(ts(0))
+    .add_elements([TimestampedValue(events([('e1', 'u1', 10, 1000, False)]), ts(10))])
+    .advance_watermark_to(ts(60))  # the first window's end, exactly
+    .add_elements([TimestampedValue(events([('e2', 'u1', 59, 1000, False)], first_row=2), ts(59))])
+    .advance_watermark_to(ts(END))
+    .advance_watermark_to_infinity()
+  )
+  with streaming_pipeline() as p:
+    out = p | stream | WindowEvents(WindowOptions(window_size_s=60, num_shards=1))
+    rows = out.windows | beam.FlatMap(lambda w: w.batch.column('event_id').to_pylist())
+    assert_that(rows, equal_to(['e1']), label='rows')
+    late = out.late | beam.Map(lambda l: (l['reason'], l['record']['event_id']))
+    assert_that(late, equal_to([('late_event', 'e2')]), label='late')
+  # The local runners fire a timer at a watermark equal to it, so the run above passes either way.
+  # Beam's Flink runner registers a timer at its millisecond + 1 (DoFnOperator.adjustTimestampForFlink):
+  # the close's timer must come out registered at the close itself.
+  from transforms.windows import _reached, _timer_time
+
+  close_us = ts(60) * 1_000_000
+  assert _timer_time(close_us).micros // 1000 + 1 == close_us // 1000
+  assert _reached(_timer_time(close_us)) == close_us
