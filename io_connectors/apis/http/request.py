@@ -11,11 +11,11 @@ import dataclasses
 import json
 import re
 import urllib.parse
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Union
 
 from io_connectors._common.errors import ConnectorError
 
-__all__ = ['Request', 'Response', 'HostNotAllowed', 'RequestFailed', 'json_path', 'unsafe_url_reason']
+__all__ = ['Request', 'Response', 'HostNotAllowed', 'RequestFailed', 'json_path', 'parse_json', 'unsafe_url_reason']
 
 # What an http(s) URL the client sends may look like: no userinfo, a host of
 # letters, digits, '.' and '-' (IDNA names in their xn-- form) or an IPv6
@@ -51,6 +51,19 @@ def unsafe_url_reason(url: str) -> Optional[str]:
   if match.group('port') is not None and not 0 < int(match.group('port')) < 65536:
     return 'a port out of range'
   return None
+
+
+def parse_json(content: Union[bytes, str]) -> Any:
+  """The JSON value of a body (or one JSON line); ValueError (never another error) when it is not JSON.
+
+  A body nested deeper than the parser's recursion limit ('[[[[...') raises
+  RecursionError in the json module: it is turned into a ValueError here so
+  that it is a malformed body like any other, not a crash of the reader.
+  """
+  try:
+    return json.loads(content)
+  except RecursionError:
+    raise ValueError('JSON nested too deeply to parse') from None
 
 
 def json_path(body: Any, path: Optional[str]) -> Any:
@@ -114,8 +127,8 @@ class Response:
   from_cache: bool = False
 
   def json(self) -> Any:
-    """The parsed body; json.JSONDecodeError (a ValueError) when it is not JSON."""
-    return json.loads(self.content)
+    """The parsed body; ValueError when it is not JSON (see `parse_json`)."""
+    return parse_json(self.content)
 
   def text(self, limit: int = 2000) -> str:
     return self.content[:limit].decode('utf-8', errors='replace')

@@ -231,6 +231,26 @@ def test_chunked_responses_over_the_cap_are_cut_off():
     server.server_close()
 
 
+def test_a_body_nested_too_deeply_is_a_malformed_json_dead_letter_not_a_crash(fake_server):
+  """json.loads raises RecursionError (not a ValueError) on '[[[[...': it must not escape the reader."""
+  deep = b'{"items": ' + b'[' * 100_000 + b']' * 100_000 + b'}'
+  fake_server.route('GET', '/items', lambda c: _json(deep))
+  out = _read({'base_url': fake_server.base_url, 'path': '/items', 'record_path': 'items'}, _client())
+  [letter] = out.dead_letters
+  assert not out.rows
+  assert letter['reason'] == 'malformed_json' and letter['position'] == 'page 1'
+  assert 'nested too deeply' in letter['detail'] and '/items' in letter['source']
+
+
+def test_a_json_line_nested_too_deeply_is_a_dead_letter_of_its_line():
+  from io_connectors.apis.analytics._events import parse_lines
+
+  _, numbers, letters = parse_lines(b'{"a": 1}\n\n{"b": ' + b'[' * 100_000 + b']' * 100_000 + b'}\n', 'export.json')
+  assert list(numbers) == [1]
+  [letter] = letters
+  assert letter['reason'] == 'malformed_json' and 'nested too deeply' in letter['detail']
+
+
 # ----- retries -----
 
 
