@@ -129,6 +129,29 @@ def test_next_links_may_go_to_hosts_the_config_names(fake_server):
   assert [r['id'] for r in out.rows] == ['1', '2'] and not out.dead_letters
 
 
+def test_a_next_link_to_another_port_of_the_host_gets_no_token(fake_server):
+  """Same host name, another port: another server, which must not get the bearer token."""
+  with FakeHttpServer() as other:
+    other.route('GET', '/items', lambda c: _json({'items': [{'id': 'stolen'}]}))
+    link = f'http://127.0.0.1:{other.port}/items'
+    fake_server.route('GET', '/items', lambda c: _json({'items': [{'id': 1}], 'next': link}))
+    out = _read(
+      {'base_url': fake_server.base_url, 'path': '/items', 'record_path': 'items', 'paginator': 'json_link'},
+      _client(BearerTokenAuth('bearer-secret-port')),
+    )
+    assert [r['id'] for r in out.rows] == [1]
+    [letter] = out.dead_letters
+    assert letter['position'] == 'page 2' and f'port {other.port}' in letter['detail'], letter['detail']
+    assert other.stats['requests'] == 0
+  # The scheme's default port written out is the same port.
+  reader = _Reader(
+    ResourceConfig(name='items', base_url='https://api.example.com', paginator='json_link'),
+    _client(hosts=['api.example.com']),
+    create_paginator('json_link'),
+  )
+  reader._check_next(Request('GET', 'https://api.example.com/items'), Request('GET', 'https://api.example.com:443/p'))
+
+
 def test_a_next_link_never_leaves_https_for_http():
   resource = ResourceConfig(name='items', base_url='https://api.example.com', paginator='json_link')
   reader = _Reader(resource, _client(hosts=['api.example.com']), create_paginator('json_link'))
