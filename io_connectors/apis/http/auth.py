@@ -288,7 +288,10 @@ class _OAuth2(Auth):
     self._current(failed=self._token)
 
   def secrets(self):
-    return [self.client_secret, *self._issued]
+    # The Basic header carries the secret base64-encoded: a token endpoint
+    # that echoes the request's headers in its error must not show it.
+    basic = basic_client_credentials(self.client_id, self.client_secret)
+    return [self.client_secret, basic, basic.split(' ', 1)[1], *self._issued]
 
 
 class OAuth2ClientCredentials(_OAuth2):

@@ -409,6 +409,26 @@ def _other_worker(fake, refresh_token, store):
   return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def test_a_token_endpoint_echoing_the_basic_credentials_does_not_show_them(fake_server):
+  """The client secret base64-encoded in the Basic header is as secret as the secret itself."""
+  echoed = {}
+
+  def token(call):
+    echoed['authorization'] = call.headers.get('Authorization')
+    return _json({'error': 'invalid_client', 'received': {'Authorization': echoed['authorization']}}, status=400)
+
+  fake_server.route('POST', '/token', token)
+  auth = OAuth2ClientCredentials(
+    token_url=f'{fake_server.base_url}/token', client_id='echo-client', client_secret='echo-secret-42'
+  )
+  out = _read({'base_url': fake_server.base_url, 'path': '/items', 'record_path': 'items'}, _client(auth))
+  [letter] = out.dead_letters
+  encoded = echoed['authorization'].split(' ', 1)[1]
+  assert base64.b64decode(encoded) == b'echo-client:echo-secret-42'
+  assert 'HTTP 400' in letter['detail'] and 'invalid_client' in letter['detail']
+  assert encoded not in json.dumps(letter) and 'echo-secret-42' not in json.dumps(letter)
+
+
 def test_a_rotated_refresh_token_is_shared_through_the_state_store(fake_spotify, tmp_path):
   fake_spotify.rotate_refresh_tokens = True
   configured = fake_spotify.refresh_token
