@@ -429,6 +429,23 @@ def test_a_token_endpoint_echoing_the_basic_credentials_does_not_show_them(fake_
   assert encoded not in json.dumps(letter) and 'echo-secret-42' not in json.dumps(letter)
 
 
+@pytest.mark.parametrize('expires_in', ['soon', [3600], 'NaN', -10])
+def test_a_token_answer_with_a_bad_expires_in_still_reads_and_says_so(fake_server, expires_in, caplog):
+  """Not a positive number of seconds: the token is used for an hour, with a warning, not a traceback."""
+  fake_server.route('POST', '/token', lambda c: _json({'access_token': 'tok-expiry-1234', 'expires_in': expires_in}))
+  fake_server.route('GET', '/items', lambda c: _json({'items': [{'id': 1}, {'id': 2}]}))
+  auth = OAuth2ClientCredentials(
+    token_url=f'{fake_server.base_url}/token', client_id=f'expiry-{expires_in}', client_secret='expiry-secret'
+  )
+  with caplog.at_level('WARNING', logger='io_connectors.apis.http.auth'):
+    for _ in range(2):
+      out = _read({'base_url': fake_server.base_url, 'path': '/items', 'record_path': 'items'}, _client(auth))
+      assert [r['id'] for r in out.rows] == [1, 2] and not out.dead_letters
+  # One token for both reads: a negative lifetime does not fetch one per request.
+  assert sum(1 for entry in fake_server.log if entry['path'] == '/token') == 1
+  assert 'expires_in' in caplog.text and '/token' in caplog.text
+
+
 def test_a_rotated_refresh_token_is_shared_through_the_state_store(fake_spotify, tmp_path):
   fake_spotify.rotate_refresh_tokens = True
   configured = fake_spotify.refresh_token
