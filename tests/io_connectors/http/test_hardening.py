@@ -254,6 +254,21 @@ def test_chunked_responses_over_the_cap_are_cut_off():
     server.server_close()
 
 
+def test_a_body_in_the_charset_it_declares_is_read_in_that_charset(fake_server):
+  body = json.dumps({'items': [{'id': 1, 'name': 'Beyoncé, Sigur Rós'}]}, ensure_ascii=False).encode('iso-8859-1')
+  fake_server.route(
+    'GET', '/latin', lambda c: _json(body, headers={'Content-Type': 'application/json; charset=ISO-8859-1'})
+  )
+  fake_server.route(
+    'GET', '/unknown', lambda c: _json(body, headers={'Content-Type': 'application/json; charset=x-nope'})
+  )
+  out = _read({'base_url': fake_server.base_url, 'path': '/latin', 'record_path': 'items'}, _client())
+  assert out.rows == [{'id': 1, 'name': 'Beyoncé, Sigur Rós'}] and not out.dead_letters
+  out = _read({'base_url': fake_server.base_url, 'path': '/unknown', 'record_path': 'items'}, _client())
+  [letter] = out.dead_letters
+  assert not out.rows and letter['reason'] == 'malformed_json' and "unknown charset 'x-nope'" in letter['detail']
+
+
 def test_a_body_nested_too_deeply_is_a_malformed_json_dead_letter_not_a_crash(fake_server):
   """json.loads raises RecursionError (not a ValueError) on '[[[[...': it must not escape the reader."""
   deep = b'{"items": ' + b'[' * 100_000 + b']' * 100_000 + b'}'
