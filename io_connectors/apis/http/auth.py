@@ -244,6 +244,8 @@ class _OAuth2(Auth):
     try:
       body = response.json()
       token = body['access_token']
+      if not isinstance(token, str) or not token:
+        raise ValueError('access_token is not a string')  # str(None) would go out as 'Bearer None'
     except (ValueError, KeyError, TypeError):
       raise RequestFailed(
         f'POST {self._client.masker.text(self.token_url)}: no access_token in the answer (HTTP {response.status})',

@@ -444,6 +444,19 @@ def test_a_token_endpoint_echoing_the_basic_credentials_does_not_show_them(fake_
   assert encoded not in json.dumps(letter) and 'echo-secret-42' not in json.dumps(letter)
 
 
+@pytest.mark.parametrize('token', [None, '', 12345678, {'value': 'tok'}])
+def test_a_token_answer_without_a_string_token_is_a_clear_error_and_nothing_is_sent(fake_server, token):
+  fake_server.route('POST', '/token', lambda c: _json({'access_token': token, 'expires_in': 3600}))
+  fake_server.route('GET', '/items', lambda c: _json({'items': [{'id': 1}]}))
+  auth = OAuth2ClientCredentials(
+    token_url=f'{fake_server.base_url}/token', client_id=f'no-token-{token}', client_secret='no-token-secret'
+  )
+  out = _read({'base_url': fake_server.base_url, 'path': '/items', 'record_path': 'items'}, _client(auth))
+  [letter] = out.dead_letters
+  assert not out.rows and 'no access_token in the answer' in letter['detail']
+  assert not [entry for entry in fake_server.log if entry['path'] == '/items']
+
+
 @pytest.mark.parametrize('expires_in', ['soon', [3600], 'NaN', -10])
 def test_a_token_answer_with_a_bad_expires_in_still_reads_and_says_so(fake_server, expires_in, caplog):
   """Not a positive number of seconds: the token is used for an hour, with a warning, not a traceback."""
