@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from io_connectors._common.arrow import column, table_from_json_lines, table_from_rows, to_text
+from io_connectors.apis.http.request import parse_json
 from transforms.dead_letter import dead_letter
 from transforms.records import json_safe, with_provenance
 
@@ -162,7 +163,7 @@ def parse_lines(
       )
       continue
     try:
-      value = json.loads(text)
+      value = parse_json(text)
     except ValueError as e:
       letters.append(
         dead_letter(source, position(number), 'malformed_json', record=text[:2000], detail=str(e), stage='read')
