@@ -9,7 +9,8 @@ never loaded whole. What it reads, by ``resource``:
 
 - ``plays`` (entity ``media_play``): every play of the Extended Streaming
   History (``Streaming_History_Audio_*.json``, ``Streaming_History_Video_*.json``,
-  in any folder, usually ``Spotify Extended Streaming History/``) and of the
+  in any folder, usually ``Spotify Extended Streaming History/``; until 2023
+  ``MyData/endsong_*.json`` and ``endvideo.json``) and of the
   account data (``StreamingHistory_music_*.json``,
   ``StreamingHistory_podcast_*.json``, and the older ``StreamingHistory*.json``).
   Tracks, podcast episodes and audiobook chapters are one entity with a
@@ -95,6 +96,9 @@ DEFAULT_BATCH_SIZE = 10_000
 _MEMBER_KINDS = (
   (re.compile(r'^Streaming_History_Audio_.*\.json$', re.I), 'plays', 'extended_audio'),
   (re.compile(r'^Streaming_History_Video_.*\.json$', re.I), 'plays', 'extended_video'),
+  # The Extended Streaming History's names until 2023: same fields.
+  (re.compile(r'^endsong(_\d+)?\.json$', re.I), 'plays', 'extended_audio'),
+  (re.compile(r'^endvideo(_\d+)?\.json$', re.I), 'plays', 'extended_video'),
   (re.compile(r'^StreamingHistory_podcast_?\d*\.json$', re.I), 'plays', 'account_podcast'),
   (re.compile(r'^StreamingHistory(_music_?)?\d*\.json$', re.I), 'plays', 'account_music'),
   (re.compile(r'^YourLibrary\.json$', re.I), 'library', 'library'),

@@ -72,6 +72,29 @@ def test_older_and_newer_extended_variants_give_the_same_plays(tmp_path):
     entities.MediaPlay.model_validate({k: v for k, v in row.items() if not k.startswith('__')})
 
 
+def test_extended_history_of_exports_before_2023_is_read_by_its_old_member_names(tmp_path):
+  # Until 2023 the Extended Streaming History came as MyData/endsong_<n>.json and endvideo.json.
+  path = write_export_zip(
+    str(tmp_path / 'old.zip'),
+    {
+      'MyData/endsong_0.json': extended_plays(range(3), 'ann', 'older'),
+      'MyData/endsong_1.json': extended_plays(range(3, 5), 'ann', 'older'),
+      'MyData/endvideo.json': extended_plays(range(5, 6), 'ann', 'older'),
+    },
+  )
+  rows, letters = _read(path)
+  assert letters == []
+  assert [(r['__source'].rsplit('/', 1)[1], r['__row'], r['media_type']) for r in rows] == [
+    ('endsong_0.json', 1, 'audio'),
+    ('endsong_0.json', 2, 'audio'),
+    ('endsong_0.json', 3, 'audio'),
+    ('endsong_1.json', 1, 'audio'),
+    ('endsong_1.json', 2, 'audio'),
+    ('endvideo.json', 1, 'video'),
+  ]
+  assert {r['history_format'] for r in rows} == {'extended'} and rows[0]['track_id'] == spotify_id(0)
+
+
 def test_account_data_plays_library_and_playlists(tmp_path):
   path = write_export_zip(
     str(tmp_path / 'account.zip'),
