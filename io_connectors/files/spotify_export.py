@@ -23,8 +23,10 @@ never loaded whole. What it reads, by ``resource``:
 Field variants: ``ip_addr_decrypted`` (older exports) and ``ip_addr``
 (newer) both become ``ip_address``; ``user_agent_decrypted`` becomes
 ``user_agent``; ``offline_timestamp`` in seconds or milliseconds becomes
-``offline_at`` (epoch milliseconds; 0 is null); ``conn_country`` ``ZZ``
-(Spotify's "unknown") is null; any field may be null or absent.
+``offline_at`` (epoch milliseconds; 0 is null); ``ts`` (UTC) is written
+in one spelling, ``...Z``, also when it came without an offset;
+``conn_country`` ``ZZ`` (Spotify's "unknown") is null; any field may be
+null or absent.
 
 The listener: a record's ``username``, else the export's ``Userdata.json``
 ``username``, else the source's ``user_id`` option. A record with none of
@@ -144,7 +146,11 @@ def _uri_id(uri: Any, kinds: Sequence[str]) -> Optional[str]:
 
 
 def _canonical_time(value: Any) -> Any:
-  """ISO time text in one spelling (UTC, seconds), so equal times hash alike; other values as they are."""
+  """ISO time text in one spelling (UTC, seconds), so equal times hash alike; other values as they are.
+
+  Spotify's times are UTC: one written without an offset ("2023-01-01T12:00:00",
+  as a spreadsheet saves it) is read as UTC, not left for validation to refuse.
+  """
   if not isinstance(value, str):
     return value
   if _UTC_SECONDS.match(value):  # Spotify's own spelling: the common case, already canonical
@@ -219,10 +225,10 @@ def _extended_play(e: dict, user: Optional[str], kind: str) -> dict:
   if ip is None:
     ip = get('ip_addr_decrypted')
   country = get('conn_country')
-  ts = get('ts')
+  ts = _canonical_time(get('ts'))
   ms_played = get('ms_played')
   return {
-    'event_id': event_id(user_id, _canonical_time(ts), _played_what(e, content_uri), ms_played),
+    'event_id': event_id(user_id, ts, _played_what(e, content_uri), ms_played),
     'user_id': user_id,
     'played_at': ts,
     'ms_played': ms_played,
@@ -307,6 +313,7 @@ def _extended_table(elements: List[dict], user: Optional[str], kind: str, string
     return [v.strip() or None if isinstance(v, str) else v for v in field(key)]
 
   passed = {name: field(key) for name, key in _PASSED_FIELDS.items()}
+  passed['played_at'] = list(map(_canonical_time, passed['played_at']))
   track_uris, episode_uris = stripped('spotify_track_uri'), stripped('spotify_episode_uri')
   chapter_uris, book_uris = stripped('audiobook_chapter_uri'), stripped('audiobook_uri')
   content_types = list(
@@ -325,7 +332,7 @@ def _extended_table(elements: List[dict], user: Optional[str], kind: str, string
   content_uris = [t or e or c or b for t, e, c, b in zip(track_uris, episode_uris, chapter_uris, book_uris)]
   users = [(v.strip() or None if isinstance(v, str) else v) or user for v in field('username')]
   event_ids = [
-    _play_event_id(u, _canonical_time(ts), uri or _played_what(e, uri), ms)
+    _play_event_id(u, ts, uri or _played_what(e, uri), ms)
     for u, ts, e, uri, ms in zip(users, passed['played_at'], elements, content_uris, passed['ms_played'])
   ]
   values: Dict[str, Sequence[Any]] = {

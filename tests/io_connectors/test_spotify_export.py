@@ -95,6 +95,20 @@ def test_extended_history_of_exports_before_2023_is_read_by_its_old_member_names
   assert {r['history_format'] for r in rows} == {'extended'} and rows[0]['track_id'] == spotify_id(0)
 
 
+@pytest.mark.parametrize('by_row', [False, True])
+def test_a_ts_without_an_offset_is_utc_like_spotifys_own(tmp_path, monkeypatch, by_row):
+  if by_row:  # the streamed path, a row per element (`_extended_play`)
+    monkeypatch.setattr(spotify_export, '_WHOLE_MEMBER_BYTES', -1)
+    monkeypatch.setattr(spotify_export, '_TABLE_MAKERS', {})
+    monkeypatch.setitem(spotify_export._ROW_MAKERS, 'extended_audio', ('item', spotify_export._extended_play))
+  play = extended_plays([0], 'ann', 'newer')[0]
+  assert play['ts'] == '2023-01-01T00:00:00Z'
+  spellings = [play, dict(play, ts='2023-01-01T00:00:00'), dict(play, ts='2023-01-01T01:00:00+01:00')]
+  rows, letters = _read(write_export_zip(str(tmp_path / 'a.zip'), {AUDIO: spellings}))
+  assert letters == [] and [r['played_at'] for r in rows] == ['2023-01-01T00:00:00Z'] * 3
+  assert len({r['event_id'] for r in rows}) == 1  # one play, however its time was spelled
+
+
 def test_account_data_plays_library_and_playlists(tmp_path):
   path = write_export_zip(
     str(tmp_path / 'account.zip'),
