@@ -1,7 +1,9 @@
 """Spotify privacy exports (the ZIP a listener downloads) as record batches.
 
 Reads each ZIP directly (local, ``s3://``, ``gs://``; Beam's filesystems, no
-unpacking to disk), one export per element, member by member. A history
+unpacking to disk), one export per element, member by member; a ZIP inside
+it (an export zipped again) is read as well, its members named
+``outer.zip!inner.zip!member``. A history
 member up to 32 MB (Spotify's are ~12 MB) is decoded whole, at the json
 module's C speed; a bigger one is streamed an element at a time (as are
 the library and playlists, with ijson), so a 100 MB listening history is
@@ -44,8 +46,8 @@ Provenance: ``__source`` is ``<zip path>!<member name>``, ``__row`` the
 element's 1-based index in the member's array (library: in ``tracks``;
 playlists: the entry's number in the member, counting across playlists).
 
-Dead letters (stage ``read``): ``corrupt_file`` for a file that is not a
-ZIP or a member that fails its checksum (the member's rows read before the
+Dead letters (stage ``read``): ``corrupt_file`` for a file (or a ``.zip``
+member) that is not a ZIP or a member that fails its checksum (the member's rows read before the
 damage are kept); ``malformed_json`` for a member that stops parsing (rows
 before it kept, one dead letter at the element where it broke) or an
 element that is not an object; ``bad_encoding`` for bytes that are not
@@ -71,6 +73,8 @@ import io
 import json
 import posixpath
 import re
+import shutil
+import tempfile
 import zipfile
 from itertools import repeat
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
@@ -478,6 +482,17 @@ _ROW_MAKERS: Dict[str, Any] = {
 _TABLE_MAKERS: Dict[str, Any] = {'extended_audio': _extended_table, 'extended_video': _extended_table}
 
 
+# ZIPs inside the export's ZIP (an export zipped again, or several in one) are read to this depth.
+_MAX_ZIP_DEPTH = 3
+# An inner ZIP is copied to memory up to this size, to a temporary file past it.
+_SPOOL_BYTES = 64 << 20
+
+
+def _is_resource_fork(name: str) -> bool:
+  """macOS's metadata copies (``__MACOSX/...``, ``._name``): not the files they are named after."""
+  return name.startswith('__MACOSX/') or posixpath.basename(name).startswith('._')
+
+
 def _export_username(archive: zipfile.ZipFile) -> Optional[str]:
   """``username`` of the export's Userdata.json, if it has one that reads."""
   for info in archive.infolist():
@@ -659,16 +674,39 @@ class _ReadExportFn(beam.DoFn):
   def read(self, path: str) -> Iterator[Any]:
     try:
       with open_file(path) as handle:
-        with zipfile.ZipFile(handle) as archive:
-          members = sorted((info for info in archive.infolist() if not info.is_dir()), key=lambda info: info.filename)
-          user = _export_username(archive) or self._user_id
-          for info in members:
-            kind = member_kind(info.filename)
-            if kind is None or kind[0] != self._resource:
-              continue
-            yield from self._read_member(archive, info, kind[1], f'{path}!{info.filename}', user)
+        yield from self._read_archive(handle, path, self._user_id, 0)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError) as e:
       yield dead_letter(path, None, 'corrupt_file', detail=f'cannot open as a ZIP: {short_error(e)}', stage=STAGE)
+
+  def _read_archive(self, handle, source: str, user: Optional[str], depth: int) -> Iterator[Any]:
+    """The resource's members of one ZIP, and of the ZIPs inside it (an export zipped again), as `source!member`."""
+    with zipfile.ZipFile(handle) as archive:
+      members = sorted((info for info in archive.infolist() if not info.is_dir()), key=lambda info: info.filename)
+      user = _export_username(archive) or user
+      for info in members:
+        if info.filename.lower().endswith('.zip') and not _is_resource_fork(info.filename):
+          yield from self._read_inner_zip(archive, info, f'{source}!{info.filename}', user, depth + 1)
+          continue
+        kind = member_kind(info.filename)
+        if kind is None or kind[0] != self._resource:
+          continue
+        yield from self._read_member(archive, info, kind[1], f'{source}!{info.filename}', user)
+
+  def _read_inner_zip(self, archive, info, source: str, user: Optional[str], depth: int) -> Iterator[Any]:
+    """A ZIP member, read as an export of its own (copied to a spooled file: a ZIP needs seeks)."""
+    if depth > _MAX_ZIP_DEPTH:
+      yield dead_letter(
+        source, None, 'corrupt_file', detail=f'a ZIP nested more than {_MAX_ZIP_DEPTH} deep is not read', stage=STAGE
+      )
+      return
+    try:
+      with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as copy:
+        with archive.open(info) as raw:
+          shutil.copyfileobj(raw, copy, 1 << 20)
+        copy.seek(0)
+        yield from self._read_archive(copy, source, user, depth)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, RuntimeError, NotImplementedError) as e:
+      yield dead_letter(source, None, 'corrupt_file', detail=f'cannot open as a ZIP: {short_error(e)}', stage=STAGE)
 
   def _read_member(self, archive, info, kind: str, source: str, user: Optional[str]) -> Iterator[Any]:
     pending: List[dict] = []  # rows, or the elements of a kind mapped a batch at a time

@@ -109,6 +109,24 @@ def test_a_ts_without_an_offset_is_utc_like_spotifys_own(tmp_path, monkeypatch, 
   assert len({r['event_id'] for r in rows}) == 1  # one play, however its time was spelled
 
 
+def test_an_export_zipped_again_is_read_from_the_inner_zip(tmp_path):
+  inner = write_export_zip(
+    str(tmp_path / 'inner.zip'), {AUDIO: extended_plays(range(3), None, 'newer'), 'Userdata.json': {'username': 'ann'}}
+  )
+  with open(inner, 'rb') as f:
+    inner_bytes = f.read()
+  outer = str(tmp_path / 'outer.zip')
+  with zipfile.ZipFile(outer, 'w', zipfile.ZIP_DEFLATED) as archive:
+    archive.writestr('my_spotify_data.zip', inner_bytes)
+    archive.writestr('__MACOSX/._my_spotify_data.zip', b'\x00\x05\x16\x07')  # macOS metadata, not a ZIP
+    archive.writestr('broken.zip', b'PK not really')
+    archive.writestr('README.pdf', b'%PDF-1.4')
+  rows, letters = _read(outer)
+  assert [(r['__source'], r['__row']) for r in rows] == [(f'{outer}!my_spotify_data.zip!{AUDIO}', n) for n in (1, 2, 3)]
+  assert {r['user_id'] for r in rows} == {'ann'}  # the inner export's Userdata.json
+  assert [(l['source'], l['reason'], l['position']) for l in letters] == [(f'{outer}!broken.zip', 'corrupt_file', None)]
+
+
 def test_account_data_plays_library_and_playlists(tmp_path):
   path = write_export_zip(
     str(tmp_path / 'account.zip'),
