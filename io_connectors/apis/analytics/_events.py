@@ -35,8 +35,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from io_connectors._common.arrow import column, table_from_json_lines, table_from_rows, to_text
-from io_connectors.apis.http.request import parse_json
 from transforms.dead_letter import dead_letter
+from transforms.json_values import loads
 from transforms.records import json_safe, with_provenance
 
 __all__ = ['EventShape', 'Window', 'parse_lines', 'map_events', 'event_id', 'EVENT_FIELDS', 'gunzip', 'complete_lines']
@@ -201,11 +201,10 @@ def parse_lines(
       )
       continue
     try:
-      value = parse_json(text)
+      value = loads(text)
     except ValueError as e:
-      letters.append(
-        dead_letter(source, position(number), 'malformed_json', record=text[:2000], detail=str(e), stage='read')
-      )
+      reason = getattr(e, 'reason', 'malformed_json')
+      letters.append(dead_letter(source, position(number), reason, record=text[:2000], detail=str(e), stage='read'))
       continue
     if not isinstance(value, dict):
       letters.append(

@@ -8,12 +8,12 @@ on the client that depends on them.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import urllib.parse
 from typing import Any, Mapping, Optional, Union
 
 from io_connectors._common.errors import ConnectorError
+from transforms.json_values import loads
 
 __all__ = [
   'Request',
@@ -69,19 +69,16 @@ def parse_json(content: Union[bytes, str], charset: Optional[str] = None) -> Any
   charset than UTF-8 are decoded with it (the json module reads UTF-8/16/32
   only). An unknown charset or bytes that are not in it are a ValueError.
 
-  A body nested deeper than the parser's recursion limit ('[[[[...') raises
-  RecursionError in the json module: it is turned into a ValueError here so
-  that it is a malformed body like any other, not a crash of the reader.
+  JSON a record cannot hold (nested too deep, a lone surrogate escape) is a
+  ValueError too (`json_values.loads`): a malformed body like any other, not
+  a crash of the reader.
   """
   if isinstance(content, bytes) and charset and not _is_utf(charset):
     try:
       content = content.decode(charset)
     except LookupError:
       raise ValueError(f'the answer declares an unknown charset {charset!r}') from None
-  try:
-    return json.loads(content)
-  except RecursionError:
-    raise ValueError('JSON nested too deeply to parse') from None
+  return loads(content)
 
 
 def _is_utf(charset: str) -> bool:
