@@ -90,6 +90,7 @@ from io_connectors.files._ranges import MatchFn, open_file
 from io_connectors.files._read import STAGE, emit
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 from transforms.entities import CONTENT_TYPES
+from transforms.json_values import lone_surrogate
 from transforms.records import position, typed_outputs
 
 __all__ = ['ReadFromSpotifyExport', 'RESOURCES', 'event_id', 'member_kind']
@@ -714,15 +715,32 @@ class _ReadExportFn(beam.DoFn):
     number = 0
     make_table = _TABLE_MAKERS.get(kind)
 
+    def build(rows):
+      return (
+        _table(rows, self._string_columns) if make_table is None else make_table(rows, user, kind, self._string_columns)
+      )
+
     def flush():
-      if make_table is None:
-        table = _table(pending, self._string_columns)
-      else:
-        table = make_table(pending, user, kind, self._string_columns)
-      batches = list(emit(table, source, np.array(numbers, dtype=np.int64), self._batch_size))
+      out: List[Any] = []
+      try:
+        table = build(pending)
+        kept = numbers
+      except UnicodeEncodeError:
+        # A lone surrogate escape ("\ud800") decodes into a string no Arrow column holds: those rows are
+        # dead letters, the others are written. Looked for only when the batch fails, so it costs nothing else.
+        kept, rows = [], []
+        for row_number, row in zip(numbers, pending):
+          detail = lone_surrogate(row)
+          if detail is None:
+            kept.append(row_number)
+            rows.append(row)
+          else:
+            out.append(dead_letter(source, position(row_number), 'bad_encoding', detail=detail, stage=STAGE))
+        table = build(rows)
+      out.extend(emit(table, source, np.array(kept, dtype=np.int64), self._batch_size))
       pending.clear()
       numbers.clear()
-      return batches
+      return out
 
     try:
       for number, element, problem in self._member_elements(archive, info, kind, user):

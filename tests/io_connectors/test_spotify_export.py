@@ -109,6 +109,22 @@ def test_a_ts_without_an_offset_is_utc_like_spotifys_own(tmp_path, monkeypatch, 
   assert len({r['event_id'] for r in rows}) == 1  # one play, however its time was spelled
 
 
+@pytest.mark.parametrize('by_row', [False, True])
+def test_a_play_holding_a_lone_surrogate_escape_is_a_dead_letter_the_others_are_read(tmp_path, monkeypatch, by_row):
+  # JSON allows "\\ud800" alone; the string it decodes to is no text, and no Arrow column takes it.
+  if by_row:  # the streamed path, a row per element
+    monkeypatch.setattr(spotify_export, '_WHOLE_MEMBER_BYTES', -1)
+    monkeypatch.setattr(spotify_export, '_TABLE_MAKERS', {})
+    monkeypatch.setitem(spotify_export._ROW_MAKERS, 'extended_audio', ('item', spotify_export._extended_play))
+  plays = extended_plays(range(3), 'ann', 'newer')
+  plays[1]['master_metadata_track_name'] = 'B\ud800side'
+  rows, letters = _read(write_export_zip(str(tmp_path / 'a.zip'), {AUDIO: plays}))
+  assert [r['__row'] for r in rows] == [1, 3]
+  assert [(l['reason'], l['position'], l['detail']) for l in letters] == [
+    ('bad_encoding', 'row 2', 'a lone UTF-16 surrogate escape (\\ud800): not text')
+  ]
+
+
 def test_an_export_zipped_again_is_read_from_the_inner_zip(tmp_path):
   inner = write_export_zip(
     str(tmp_path / 'inner.zip'), {AUDIO: extended_plays(range(3), None, 'newer'), 'Userdata.json': {'username': 'ann'}}
