@@ -639,6 +639,20 @@ def test_a_streaming_read_at_the_head_takes_what_has_arrived_without_waiting_for
   assert elapsed < 15, f'the read waited {elapsed:.1f} s of its 30 s poll for a batch that was not coming'
 
 
+def test_only_a_read_that_commits_in_bundle_finalization_asks_for_it():
+  """Asking for finalization keeps each bundle's processor until the runner finalizes it (Flink: at a checkpoint)."""
+  from apache_beam.runners.common import DoFnSignature
+  from io_connectors.streams.kafka import reader as kafka_module
+
+  def asks(**kw):
+    return DoFnSignature(
+      kafka_module._read_partition_fn(KafkaReadOptions(bootstrap_servers='k:9092', topics='t', **kw))
+    ).has_bundle_finalization()
+
+  assert asks(group_id='g', ack='finalize') and asks(group_id='g', ack='finalize', bounded=True)
+  assert not asks(group_id='g', ack='sink') and not asks() and not asks(bounded=True)
+
+
 def test_a_caught_up_partition_lifts_its_cap_when_the_others_progress(kafka):
   """A partition that read all its records while another had not started must not hold the watermark for ever.
 
