@@ -162,14 +162,22 @@ def ack_mode(options: PipelineOptions, source_flag: str = 'auto') -> str:
   """When a source acknowledges: `source_flag` (e.g. --redis_ack) unless 'auto', then --ack; 'auto' by the runner.
 
   'finalize' on runners whose bundle finalization follows a durable
-  checkpoint of the whole pipeline (Flink, Dataflow), else 'sink'.
+  checkpoint of the whole pipeline (Flink, Dataflow), else 'sink'. A
+  bounded job on Flink (--bounded, --max_records_per_partition) runs without
+  checkpoints unless --checkpointing_interval is given, and Flink finalizes
+  bundles only when a checkpoint completes: there 'sink', or nothing would
+  ever be acknowledged.
   """
-  ack = source_flag if source_flag != 'auto' else options.view_as(SpotifyStreamingOptions).ack
+  streaming = options.view_as(SpotifyStreamingOptions)
+  ack = source_flag if source_flag != 'auto' else streaming.ack
   if ack != 'auto':
     return ack
   runner = options.view_as(StandardOptions).runner
-  name = (runner if isinstance(runner, str) else type(runner).__name__ if runner else '').lower()
-  return 'finalize' if name.rsplit('.', 1)[-1] in _CHECKPOINTING_RUNNERS else 'sink'
+  name = (runner if isinstance(runner, str) else type(runner).__name__ if runner else '').lower().rsplit('.', 1)[-1]
+  bounded = streaming.bounded or streaming.max_records_per_partition is not None
+  if name == 'flinkrunner' and bounded and not streaming.checkpointing_interval:
+    return 'sink'
+  return 'finalize' if name in _CHECKPOINTING_RUNNERS else 'sink'
 
 
 def redis_ack_mode(options: PipelineOptions) -> str:

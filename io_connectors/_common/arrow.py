@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
+from transforms.json_values import MAX_DEPTH
 from transforms.records import json_safe
 
 __all__ = ['to_text', 'column', 'table_from_rows', 'batch_from_rows', 'parse_json_lines', 'table_from_json_lines']
@@ -59,6 +60,23 @@ def to_text(value: Any) -> Optional[str]:
 
 def _text_column(values: Sequence[Any]) -> pa.Array:
   return pa.array([to_text(v) for v in values], pa.string())
+
+
+def _nesting(typ: pa.DataType) -> int:
+  """How many struct, list and map levels a type nests (0 for a scalar); iterative, so any depth is safe."""
+  deepest = 0
+  stack = [(typ, 0)]
+  while stack:
+    node, depth = stack.pop()
+    if pa.types.is_struct(node):
+      stack.extend((node.field(i).type, depth + 1) for i in range(node.num_fields))
+    elif pa.types.is_list(node) or pa.types.is_large_list(node) or pa.types.is_fixed_size_list(node):
+      stack.append((node.value_type, depth + 1))
+    elif pa.types.is_map(node):
+      stack.append((node.item_type, depth + 1))
+    else:
+      deepest = max(deepest, depth)
+  return deepest
 
 
 def _is_time(typ: pa.DataType) -> bool:
@@ -216,6 +234,10 @@ def table_from_json_lines(data: bytes, string_columns: Sequence[str] = ()) -> pa
   types.
   """
   table = parse_json_lines(data, string_columns)
+  # A record (depth 1) whose columns nest past json_values.MAX_DEPTH: the caller's line-by-line
+  # parse refuses those lines (the recursive type checks below would not survive a few hundred levels).
+  if any(1 + _nesting(f.type) > MAX_DEPTH for f in table.schema):
+    raise pa.ArrowInvalid(f'a line nests deeper than {MAX_DEPTH} levels')
   inferred_times = [f.name for f in table.schema if _is_time(f.type)]
   if inferred_times:
     table = parse_json_lines(data, list(string_columns) + inferred_times)

@@ -70,7 +70,7 @@ from io_connectors.apis.http.auth import ApiKeyAuth, SignedAuth
 from io_connectors.apis.http.client import ClientOptions, HttpClient, RetryPolicy
 from io_connectors.apis.http.paginators import PageNumberPaginator
 from io_connectors.apis.http.ratelimit import limiter_for
-from io_connectors.apis.http.request import HostNotAllowed, Request, RequestFailed, json_path
+from io_connectors.apis.http.request import HostNotAllowed, Request, RequestFailed, json_path, parse_json
 from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, json_safe
@@ -296,13 +296,13 @@ class _ReadLastfmFn(beam.DoFn):
           raise
         text, status = e.body.encode('utf-8'), e.status
         try:
-          body = _json_loads(text)
+          body = parse_json(text)
         except ValueError:
           raise e from None
         if not (isinstance(body, dict) and 'error' in body):
           raise
       try:
-        body = _json_loads(text)
+        body = parse_json(text)
       except ValueError:
         malformed += 1
         if malformed > 1:
@@ -550,12 +550,6 @@ class _ReadLastfmFn(beam.DoFn):
 
 def _signed(options: LastfmOptions) -> bool:
   return bool(options.api_secret_env and os.environ.get(options.api_secret_env))
-
-
-def _json_loads(content: bytes):
-  import json
-
-  return json.loads(content)
 
 
 def _int(value: Any) -> Optional[int]:

@@ -102,6 +102,7 @@ from io_connectors._common.masking import connection_url, mask_url, masked_messa
 from io_connectors._common.retry import Backoff, call_with_retries
 from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
+from transforms.json_values import loads
 from transforms.records import json_safe, with_provenance
 
 __all__ = ['RedisOptions', 'RedisSourceError', 'ReadFromRedis']
@@ -404,11 +405,11 @@ def _json_object(text: str, value_format: str) -> Optional[dict]:
   if value_format == 'auto' and not stripped.startswith('{'):
     return None
   try:
-    parsed = json.loads(text)
+    parsed = loads(text)
   except ValueError as e:
     if value_format == 'json':
-      raise _BadValue('malformed_json', f'not JSON: {e}', text) from None
-    return None
+      raise _BadValue(getattr(e, 'reason', 'malformed_json'), f'not JSON: {e}', text) from None
+    return None  # 'auto': kept as the text it is
   if not isinstance(parsed, dict):
     if value_format == 'json':
       raise _BadValue('malformed_json', f'JSON {type(parsed).__name__}, not an object', text)

@@ -27,6 +27,7 @@ from io_connectors.files._options import JsonOptions
 from io_connectors.files._ranges import Range, open_file
 from io_connectors.files._read import READERS, STAGE, ReadFormat, emit
 from transforms.dead_letter import dead_letter
+from transforms.json_values import loads
 from transforms.records import position
 
 __all__ = ['ReadFromJsonLines', 'ReadFromJson', 'JsonOptions', 'records_of_document', 'ENVELOPE_KEYS']
@@ -41,7 +42,7 @@ def _json_rows(data: bytes, rows: np.ndarray, string_columns, source: str, parse
   except pa.ArrowInvalid:
     # Lines that parse one by one but not together (a column of mixed types).
     if parsed is None:
-      parsed = [json.loads(line) for line in data.split(b'\n') if line.strip()]
+      parsed = [loads(line) for line in data.split(b'\n') if line.strip()]
     table = table_from_rows(parsed, string_columns)
   if table.num_rows != len(rows):
     _LOG.warning('%s: %d rows parsed for %d lines; rows numbered in order', source, table.num_rows, len(rows))
@@ -76,18 +77,19 @@ def _read_jsonl_part(rng: Range, data, bad_lines, options: JsonOptions):
     for i, line in enumerate(lines):
       if not line.strip():
         continue
+      reason = 'malformed_json'
       try:
-        value = json.loads(line)
+        value = loads(line)
         problem = None if isinstance(value, dict) else f'a JSON {type(value).__name__}, not an object'
       except ValueError as e:
-        problem = str(e)
+        problem, reason = str(e), getattr(e, 'reason', reason)
       if problem is None:
         parsed.append(value)
       else:
         yield dead_letter(
           source,
           position(i + 1),
-          'malformed_json',
+          reason,
           record=line.decode('utf-8', errors='replace').rstrip('\r'),
           detail=problem,
           stage=STAGE,
@@ -122,9 +124,10 @@ def read_json(rng: Range, options: JsonOptions):
     yield dead_letter(path, None, 'bad_encoding', detail=f'bytes not valid in utf-8 at byte {e.start}', stage=STAGE)
     return
   try:
-    document = json.loads(text)
+    document = loads(text)
   except ValueError as e:
-    yield dead_letter(path, None, 'malformed_json', detail=f'the document does not parse: {e}', stage=STAGE)
+    reason = getattr(e, 'reason', 'malformed_json')
+    yield dead_letter(path, None, reason, detail=f'the document does not parse: {e}', stage=STAGE)
     return
   try:
     elements, where = records_of_document(document, options.records_path)

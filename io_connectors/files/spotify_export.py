@@ -1,7 +1,9 @@
 """Spotify privacy exports (the ZIP a listener downloads) as record batches.
 
 Reads each ZIP directly (local, ``s3://``, ``gs://``; Beam's filesystems, no
-unpacking to disk), one export per element, member by member. A history
+unpacking to disk), one export per element, member by member; a ZIP inside
+it (an export zipped again) is read as well, its members named
+``outer.zip!inner.zip!member``. A history
 member up to 32 MB (Spotify's are ~12 MB) is decoded whole, at the json
 module's C speed; a bigger one is streamed an element at a time (as are
 the library and playlists, with ijson), so a 100 MB listening history is
@@ -9,7 +11,8 @@ never loaded whole. What it reads, by ``resource``:
 
 - ``plays`` (entity ``media_play``): every play of the Extended Streaming
   History (``Streaming_History_Audio_*.json``, ``Streaming_History_Video_*.json``,
-  in any folder, usually ``Spotify Extended Streaming History/``) and of the
+  in any folder, usually ``Spotify Extended Streaming History/``; until 2023
+  ``MyData/endsong_*.json`` and ``endvideo.json``) and of the
   account data (``StreamingHistory_music_*.json``,
   ``StreamingHistory_podcast_*.json``, and the older ``StreamingHistory*.json``).
   Tracks, podcast episodes and audiobook chapters are one entity with a
@@ -22,8 +25,10 @@ never loaded whole. What it reads, by ``resource``:
 Field variants: ``ip_addr_decrypted`` (older exports) and ``ip_addr``
 (newer) both become ``ip_address``; ``user_agent_decrypted`` becomes
 ``user_agent``; ``offline_timestamp`` in seconds or milliseconds becomes
-``offline_at`` (epoch milliseconds; 0 is null); ``conn_country`` ``ZZ``
-(Spotify's "unknown") is null; any field may be null or absent.
+``offline_at`` (epoch milliseconds; 0 is null); ``ts`` (UTC) is written
+in one spelling, ``...Z``, also when it came without an offset;
+``conn_country`` ``ZZ`` (Spotify's "unknown") is null; any field may be
+null or absent.
 
 The listener: a record's ``username``, else the export's ``Userdata.json``
 ``username``, else the source's ``user_id`` option. A record with none of
@@ -41,8 +46,8 @@ Provenance: ``__source`` is ``<zip path>!<member name>``, ``__row`` the
 element's 1-based index in the member's array (library: in ``tracks``;
 playlists: the entry's number in the member, counting across playlists).
 
-Dead letters (stage ``read``): ``corrupt_file`` for a file that is not a
-ZIP or a member that fails its checksum (the member's rows read before the
+Dead letters (stage ``read``): ``corrupt_file`` for a file (or a ``.zip``
+member) that is not a ZIP or a member that fails its checksum (the member's rows read before the
 damage are kept); ``malformed_json`` for a member that stops parsing (rows
 before it kept, one dead letter at the element where it broke) or an
 element that is not an object; ``bad_encoding`` for bytes that are not
@@ -68,6 +73,8 @@ import io
 import json
 import posixpath
 import re
+import shutil
+import tempfile
 import zipfile
 from itertools import repeat
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
@@ -83,6 +90,7 @@ from io_connectors.files._ranges import MatchFn, open_file
 from io_connectors.files._read import STAGE, emit
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 from transforms.entities import CONTENT_TYPES
+from transforms.json_values import lone_surrogate
 from transforms.records import position, typed_outputs
 
 __all__ = ['ReadFromSpotifyExport', 'RESOURCES', 'event_id', 'member_kind']
@@ -95,6 +103,9 @@ DEFAULT_BATCH_SIZE = 10_000
 _MEMBER_KINDS = (
   (re.compile(r'^Streaming_History_Audio_.*\.json$', re.I), 'plays', 'extended_audio'),
   (re.compile(r'^Streaming_History_Video_.*\.json$', re.I), 'plays', 'extended_video'),
+  # The Extended Streaming History's names until 2023: same fields.
+  (re.compile(r'^endsong(_\d+)?\.json$', re.I), 'plays', 'extended_audio'),
+  (re.compile(r'^endvideo(_\d+)?\.json$', re.I), 'plays', 'extended_video'),
   (re.compile(r'^StreamingHistory_podcast_?\d*\.json$', re.I), 'plays', 'account_podcast'),
   (re.compile(r'^StreamingHistory(_music_?)?\d*\.json$', re.I), 'plays', 'account_music'),
   (re.compile(r'^YourLibrary\.json$', re.I), 'library', 'library'),
@@ -140,7 +151,11 @@ def _uri_id(uri: Any, kinds: Sequence[str]) -> Optional[str]:
 
 
 def _canonical_time(value: Any) -> Any:
-  """ISO time text in one spelling (UTC, seconds), so equal times hash alike; other values as they are."""
+  """ISO time text in one spelling (UTC, seconds), so equal times hash alike; other values as they are.
+
+  Spotify's times are UTC: one written without an offset ("2023-01-01T12:00:00",
+  as a spreadsheet saves it) is read as UTC, not left for validation to refuse.
+  """
   if not isinstance(value, str):
     return value
   if _UTC_SECONDS.match(value):  # Spotify's own spelling: the common case, already canonical
@@ -215,10 +230,10 @@ def _extended_play(e: dict, user: Optional[str], kind: str) -> dict:
   if ip is None:
     ip = get('ip_addr_decrypted')
   country = get('conn_country')
-  ts = get('ts')
+  ts = _canonical_time(get('ts'))
   ms_played = get('ms_played')
   return {
-    'event_id': event_id(user_id, _canonical_time(ts), _played_what(e, content_uri), ms_played),
+    'event_id': event_id(user_id, ts, _played_what(e, content_uri), ms_played),
     'user_id': user_id,
     'played_at': ts,
     'ms_played': ms_played,
@@ -303,6 +318,7 @@ def _extended_table(elements: List[dict], user: Optional[str], kind: str, string
     return [v.strip() or None if isinstance(v, str) else v for v in field(key)]
 
   passed = {name: field(key) for name, key in _PASSED_FIELDS.items()}
+  passed['played_at'] = list(map(_canonical_time, passed['played_at']))
   track_uris, episode_uris = stripped('spotify_track_uri'), stripped('spotify_episode_uri')
   chapter_uris, book_uris = stripped('audiobook_chapter_uri'), stripped('audiobook_uri')
   content_types = list(
@@ -321,7 +337,7 @@ def _extended_table(elements: List[dict], user: Optional[str], kind: str, string
   content_uris = [t or e or c or b for t, e, c, b in zip(track_uris, episode_uris, chapter_uris, book_uris)]
   users = [(v.strip() or None if isinstance(v, str) else v) or user for v in field('username')]
   event_ids = [
-    _play_event_id(u, _canonical_time(ts), uri or _played_what(e, uri), ms)
+    _play_event_id(u, ts, uri or _played_what(e, uri), ms)
     for u, ts, e, uri, ms in zip(users, passed['played_at'], elements, content_uris, passed['ms_played'])
   ]
   values: Dict[str, Sequence[Any]] = {
@@ -465,6 +481,17 @@ _ROW_MAKERS: Dict[str, Any] = {
 }
 # kind -> (elements, user, kind, string_columns) -> table
 _TABLE_MAKERS: Dict[str, Any] = {'extended_audio': _extended_table, 'extended_video': _extended_table}
+
+
+# ZIPs inside the export's ZIP (an export zipped again, or several in one) are read to this depth.
+_MAX_ZIP_DEPTH = 3
+# An inner ZIP is copied to memory up to this size, to a temporary file past it.
+_SPOOL_BYTES = 64 << 20
+
+
+def _is_resource_fork(name: str) -> bool:
+  """macOS's metadata copies (``__MACOSX/...``, ``._name``): not the files they are named after."""
+  return name.startswith('__MACOSX/') or posixpath.basename(name).startswith('._')
 
 
 def _export_username(archive: zipfile.ZipFile) -> Optional[str]:
@@ -648,16 +675,39 @@ class _ReadExportFn(beam.DoFn):
   def read(self, path: str) -> Iterator[Any]:
     try:
       with open_file(path) as handle:
-        with zipfile.ZipFile(handle) as archive:
-          members = sorted((info for info in archive.infolist() if not info.is_dir()), key=lambda info: info.filename)
-          user = _export_username(archive) or self._user_id
-          for info in members:
-            kind = member_kind(info.filename)
-            if kind is None or kind[0] != self._resource:
-              continue
-            yield from self._read_member(archive, info, kind[1], f'{path}!{info.filename}', user)
+        yield from self._read_archive(handle, path, self._user_id, 0)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError) as e:
       yield dead_letter(path, None, 'corrupt_file', detail=f'cannot open as a ZIP: {short_error(e)}', stage=STAGE)
+
+  def _read_archive(self, handle, source: str, user: Optional[str], depth: int) -> Iterator[Any]:
+    """The resource's members of one ZIP, and of the ZIPs inside it (an export zipped again), as `source!member`."""
+    with zipfile.ZipFile(handle) as archive:
+      members = sorted((info for info in archive.infolist() if not info.is_dir()), key=lambda info: info.filename)
+      user = _export_username(archive) or user
+      for info in members:
+        if info.filename.lower().endswith('.zip') and not _is_resource_fork(info.filename):
+          yield from self._read_inner_zip(archive, info, f'{source}!{info.filename}', user, depth + 1)
+          continue
+        kind = member_kind(info.filename)
+        if kind is None or kind[0] != self._resource:
+          continue
+        yield from self._read_member(archive, info, kind[1], f'{source}!{info.filename}', user)
+
+  def _read_inner_zip(self, archive, info, source: str, user: Optional[str], depth: int) -> Iterator[Any]:
+    """A ZIP member, read as an export of its own (copied to a spooled file: a ZIP needs seeks)."""
+    if depth > _MAX_ZIP_DEPTH:
+      yield dead_letter(
+        source, None, 'corrupt_file', detail=f'a ZIP nested more than {_MAX_ZIP_DEPTH} deep is not read', stage=STAGE
+      )
+      return
+    try:
+      with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as copy:
+        with archive.open(info) as raw:
+          shutil.copyfileobj(raw, copy, 1 << 20)
+        copy.seek(0)
+        yield from self._read_archive(copy, source, user, depth)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, RuntimeError, NotImplementedError) as e:
+      yield dead_letter(source, None, 'corrupt_file', detail=f'cannot open as a ZIP: {short_error(e)}', stage=STAGE)
 
   def _read_member(self, archive, info, kind: str, source: str, user: Optional[str]) -> Iterator[Any]:
     pending: List[dict] = []  # rows, or the elements of a kind mapped a batch at a time
@@ -665,15 +715,32 @@ class _ReadExportFn(beam.DoFn):
     number = 0
     make_table = _TABLE_MAKERS.get(kind)
 
+    def build(rows):
+      return (
+        _table(rows, self._string_columns) if make_table is None else make_table(rows, user, kind, self._string_columns)
+      )
+
     def flush():
-      if make_table is None:
-        table = _table(pending, self._string_columns)
-      else:
-        table = make_table(pending, user, kind, self._string_columns)
-      batches = list(emit(table, source, np.array(numbers, dtype=np.int64), self._batch_size))
+      out: List[Any] = []
+      try:
+        table = build(pending)
+        kept = numbers
+      except UnicodeEncodeError:
+        # A lone surrogate escape ("\ud800") decodes into a string no Arrow column holds: those rows are
+        # dead letters, the others are written. Looked for only when the batch fails, so it costs nothing else.
+        kept, rows = [], []
+        for row_number, row in zip(numbers, pending):
+          detail = lone_surrogate(row)
+          if detail is None:
+            kept.append(row_number)
+            rows.append(row)
+          else:
+            out.append(dead_letter(source, position(row_number), 'bad_encoding', detail=detail, stage=STAGE))
+        table = build(rows)
+      out.extend(emit(table, source, np.array(kept, dtype=np.int64), self._batch_size))
       pending.clear()
       numbers.clear()
-      return batches
+      return out
 
     try:
       for number, element, problem in self._member_elements(archive, info, kind, user):

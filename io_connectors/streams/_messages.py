@@ -35,6 +35,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from io_connectors._common.arrow import table_from_json_lines, table_from_rows
 from transforms.dead_letter import DEAD_LETTER, dead_letter
+from transforms.json_values import loads
 from transforms.records import with_provenance
 
 __all__ = [
@@ -56,8 +57,10 @@ def decode_json_message(payload: Optional[bytes]) -> Tuple[Optional[dict], Optio
 
   The one decoding of every stream's JSON messages: UTF-8 (else
   'bad_encoding'; a leading byte order mark, which some Windows producers
-  write, is dropped), JSON (else 'malformed_json'), an object (else
-  'malformed_json'); the record keeps at most 10,000 characters of the text.
+  write, is dropped), JSON a record can hold (`json_values.loads`: else
+  'malformed_json', or 'bad_encoding' for a lone surrogate escape), an
+  object (else 'malformed_json'); the record keeps at most 10,000 characters
+  of the text.
   """
   if payload is None:
     return None, ('malformed_json', 'the message has no payload', None)
@@ -70,9 +73,9 @@ def decode_json_message(payload: Optional[bytes]) -> Tuple[Optional[dict], Optio
       payload.decode('utf-8', errors='replace')[:_MAX_RAW_CHARS],
     )
   try:
-    value = json.loads(text)
+    value = loads(text)
   except ValueError as e:
-    return None, ('malformed_json', f'not JSON: {e}', text[:_MAX_RAW_CHARS])
+    return None, (getattr(e, 'reason', 'malformed_json'), f'not JSON: {e}', text[:_MAX_RAW_CHARS])
   if not isinstance(value, dict):
     return None, ('malformed_json', f'a JSON {type(value).__name__}, not an object', text[:_MAX_RAW_CHARS])
   return value, None

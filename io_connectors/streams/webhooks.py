@@ -111,6 +111,7 @@ import time
 from typing import Dict, Optional, Sequence
 
 from io_connectors._common.masking import mask_url
+from transforms.json_values import depth_exceeds
 
 __all__ = [
   'WebhookOptions',
@@ -246,19 +247,6 @@ def segment_signature(secret, body: bytes) -> str:
   """The X-Signature of Segment's webhook destination: hex HMAC-SHA1 of the raw body."""
   key = secret.encode('utf-8') if isinstance(secret, str) else secret
   return hmac.new(key, body, hashlib.sha1).hexdigest()
-
-
-def json_depth_exceeds(value, limit: int) -> bool:
-  """Whether a parsed JSON value nests deeper than `limit` (iterative: no recursion)."""
-  stack = [(value, 1)]
-  while stack:
-    node, depth = stack.pop()
-    if isinstance(node, (dict, list)):
-      if depth > limit:
-        return True
-      children = node.values() if isinstance(node, dict) else node
-      stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
-  return False
 
 
 # Appends the event and records its id (and the v1 body digest) in one atomic
@@ -433,7 +421,7 @@ def create_app(options: WebhookOptions, redis_client=None):
       raise _Rejected('too_deep', f'JSON nested deeper than {options.max_json_depth}') from None
     except ValueError:
       raise _Rejected('malformed_body', 'body is not a JSON document') from None
-    if json_depth_exceeds(document, options.max_json_depth):
+    if depth_exceeds(document, options.max_json_depth):
       raise _Rejected('too_deep', f'JSON nested deeper than {options.max_json_depth}')
     return document
 

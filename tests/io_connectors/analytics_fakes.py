@@ -16,7 +16,8 @@ Built from the providers' published request and response shapes:
   (gzipped JSON, one event per line, grouped by ``server_upload_time``); 404 when no data.
 
 Faults (``fake.inject(key, *fault)``): ('rate_limit',) a 429 with Retry-After 1; ('http', status);
-('pass',); for Amplitude ('corrupt_zip',) a cut archive and ('corrupt_member', hour) a bad gzip member.
+('pass',); for Amplitude ('corrupt_zip',) a cut archive, ('corrupt_member', hour) a bad gzip member and
+('gzip_members', hour) an hour's file made of several gzip members (as `cat a.gz b.gz` makes).
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ class AmplitudeFake(FakeApi):
     fault = self._take_fault('export')
     if fault and fault[0] == 'rate_limit':
       return 429, {'Retry-After': '1'}, {'error': 'Too many requests'}
-    if fault and fault[0] not in ('pass', 'corrupt_zip', 'corrupt_member'):
+    if fault and fault[0] not in ('pass', 'corrupt_zip', 'corrupt_member', 'gzip_members'):
       return self.generic_fault(fault)
     if self.valid_secret is None or headers.get('Authorization') != basic_header(self.API_KEY, self.valid_secret):
       return 401, {}, b'Invalid API key or secret key'
@@ -182,9 +183,12 @@ class AmplitudeFake(FakeApi):
     with zipfile.ZipFile(archive, 'w', zipfile.ZIP_STORED) as zf:
       for hour in sorted(by_hour):
         name = f'{self.PROJECT}/{self.PROJECT}_{hour:%Y-%m-%d}_{hour.hour}#0.json.gz'
-        data = gzip.compress(b''.join(json.dumps(e).encode() + b'\n' for e in by_hour[hour]))
+        lines = [json.dumps(e).encode() + b'\n' for e in by_hour[hour]]
+        data = gzip.compress(b''.join(lines))
         if fault and fault[0] == 'corrupt_member' and hour == fault[1]:
           data = data[: len(data) // 2]
+        if fault and fault[0] == 'gzip_members' and hour == fault[1]:  # one gzip member a line, joined
+          data = b''.join(gzip.compress(line) for line in lines)
         zf.writestr(name, data)
     payload = archive.getvalue()
     if fault and fault[0] == 'corrupt_zip':

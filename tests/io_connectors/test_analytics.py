@@ -18,6 +18,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from io_connectors import registry
+from io_connectors.apis.analytics._events import complete_lines, gunzip
 from io_connectors.apis.analytics.amplitude import AmplitudeOptions, ReadFromAmplitude
 from io_connectors.apis.analytics.mixpanel import (
   MixpanelOptions,
@@ -308,6 +309,25 @@ def test_amplitude_corrupt_zip_member_and_time_outside_range(amplitude):
   assert 'not a readable zip' in letters[0]['detail']
 
 
+def test_amplitude_file_of_several_gzip_members_is_read_whole(amplitude):
+  amplitude.add_events([amplitude_event(i, DAY + dt.timedelta(minutes=10 * i)) for i in range(12)])
+  amplitude.inject('export', 'gzip_members', DAY + dt.timedelta(hours=1))
+  rows, letters = _collect(ReadFromAmplitude(_amplitude_options(amplitude, end='20240601T01')))
+  assert letters == [] and len(rows) == 12  # zlib alone reads only the first member: 7 rows
+
+
+def test_gzip_damage_keeps_the_lines_before_it():
+  lines = b''.join(b'{"n": %d}\n' % i for i in range(20000))
+  data, damage = gunzip(gzip.compress(lines) + gzip.compress(b'{"n": "next"}\n') + b'\0\0')
+  assert (data, damage) == (lines + b'{"n": "next"}\n', None)
+  cut = gzip.compress(lines, compresslevel=0)[: len(lines) // 2]
+  data, damage = gunzip(cut)
+  assert damage == 'the gzip data ends early (the file is cut)'
+  assert lines.startswith(data) and complete_lines(data).count(b'\n') > 9000
+  data, damage = gunzip(b'not gzip at all')
+  assert data == b'' and damage
+
+
 def test_amplitude_expired_credentials(amplitude):
   amplitude.add_events([amplitude_event(1, DAY)])
   amplitude.revoke()
@@ -382,8 +402,15 @@ def test_segment_archive_layout_kinds_and_bad_files(tmp_path):
   assert 'ip' not in track['context']['context'] and track['context']['context']['os'] == {'version': '14'}
   assert all('writeKey' not in (r['context'] or {}) for r in rows)
   assert 'wk-should-never-be-kept' not in json.dumps([str(r) for r in rows])
-  got = sorted((lt['reason'], lt['position'] or '') for lt in letters)
-  assert got == [('corrupt_file', ''), ('invalid_value', 'line 11'), ('malformed_json', 'line 31')], got
+  # The cut file's 50 lines decompress before the damage: each is read (a track without a name), then one
+  # corrupt_file letter at the first line not read.
+  cut = [lt for lt in letters if lt['source'].endswith('.a3.gz')]
+  assert sorted((lt['reason'], lt['position']) for lt in cut if lt['reason'] != 'invalid_value') == [
+    ('corrupt_file', 'line 51')
+  ]
+  assert len(cut) == 51
+  got = sorted((lt['reason'], lt['position'] or '') for lt in letters if lt not in cut)
+  assert got == [('invalid_value', 'line 11'), ('malformed_json', 'line 31')], got
 
 
 def test_registry_checks_analytics_config():

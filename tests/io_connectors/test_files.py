@@ -309,6 +309,29 @@ def test_jsonl_broken_lines_and_bad_bytes_are_dead_lettered(tmp_path):
   assert result.dead_letters[2]['record'] == '{"id": "\ufffd"}'
 
 
+def test_json_too_deep_or_holding_a_lone_surrogate_is_a_dead_letter_the_rest_is_read(tmp_path):
+  """JSON that parses but no record can hold stops nothing: its line (or document) is a dead letter.
+
+  100,000 levels raise RecursionError in the json module; 700 parse, in pyarrow too, and broke the
+  recursive type checks after it; a lone surrogate escape is a string no Arrow column can hold.
+  """
+  abyss = b'{"id": 2, "a": ' + b'[' * 100_000 + b']' * 100_000 + b'}'
+  deep = b'{"id": 3, "a": ' + b'{"b": ' * 700 + b'1' + b'}' * 700 + b'}'
+  lines = [b'{"id": 1}', abyss, deep, b'{"id": 4, "name": "\\ud800"}', b'{"id": 5, "name": "\\ud83c\\udfb5"}']
+  path = write(tmp_path, 'events.jsonl', b'\n'.join(lines) + b'\n')
+  document = write(tmp_path, 'deep.json', b'[' + deep + b']')
+  result = read(tmp_path, ReadFromJsonLines(path))
+  assert [(r[1], r[2]['id'], r[2]['name']) for r in result.rows()] == [(1, 1, None), (5, 5, '\U0001f3b5')]
+  assert result.reasons() == [('malformed_json', 'row 2'), ('malformed_json', 'row 3'), ('bad_encoding', 'row 4')]
+  assert [d['detail'] for d in result.dead_letters] == [
+    'JSON nested too deeply to decode',
+    'JSON nested deeper than 64 levels',
+    'a lone UTF-16 surrogate escape (\\ud800): not text',
+  ]
+  whole = read(tmp_path, ReadFromJson(document))
+  assert whole.rows() == [] and [(d['reason'], d['position']) for d in whole.dead_letters] == [('malformed_json', None)]
+
+
 def test_jsonl_string_columns_and_mixed_types(tmp_path):
   path = write(tmp_path, 'events.jsonl', '{"user_id": 42, "x": 1}\n{"user_id": "u2", "x": "one"}\n')
   result = read(tmp_path, ReadFromJsonLines(path, JsonOptions(string_columns=['user_id'])))

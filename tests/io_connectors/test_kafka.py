@@ -383,6 +383,24 @@ def test_decode_values_mixed_types_become_text():
   assert rows == [{'a': 1}, {'a': 'x'}]
 
 
+def test_json_too_deep_or_with_a_lone_surrogate_is_a_dead_letter_not_a_failed_read(kafka):
+  """Payloads json decodes but a record cannot hold: a dead letter at their offset, the read goes on."""
+  topic = new_topic(kafka, partitions=1)
+  abyss = b'{"event_id": "d", "a": ' + b'[' * 100_000 + b']' * 100_000 + b'}'
+  deep = b'{"event_id": "n", "a": ' + b'{"b": ' * 700 + b'1' + b'}' * 700 + b'}'
+  values = [abyss, deep, b'{"event_id": "\\ud800"}', event(1)]
+  produce(kafka, topic, [(0, v, None) for v in values])
+  rows, letters, _ = run_read(KafkaReadOptions(bootstrap_servers=kafka, topics=topic, bounded=True))
+  source = f'kafka://{topic}/0'
+  assert sorted(rows) == [(source, 3, 'e1')]
+  assert sorted((l['position'], l['reason'], l['detail'][:40]) for l in letters) == [
+    ('offset 0', 'malformed_json', 'not JSON: JSON nested too deeply to deco'),
+    ('offset 1', 'malformed_json', 'not JSON: JSON nested deeper than 64 leve'),
+    ('offset 2', 'bad_encoding', 'not JSON: a lone UTF-16 surrogate escape'),
+  ]
+  assert all(len(l['record']) <= 10_003 for l in letters)
+
+
 def test_write_to_kafka_round_trip(kafka):
   topic = new_topic(kafka)
   batch = pa.RecordBatch.from_pylist([{'event_id': 'w1', 'ms_played': 1}, {'event_id': 'w2', 'ms_played': 2}])
@@ -619,6 +637,20 @@ def test_a_streaming_read_at_the_head_takes_what_has_arrived_without_waiting_for
   assert sum(o.value.num_rows for o in outputs if not isinstance(o, beam.pvalue.TaggedOutput)) == 10
   assert tracker.deferred_status()[0].start == 10
   assert elapsed < 15, f'the read waited {elapsed:.1f} s of its 30 s poll for a batch that was not coming'
+
+
+def test_only_a_read_that_commits_in_bundle_finalization_asks_for_it():
+  """Asking for finalization keeps each bundle's processor until the runner finalizes it (Flink: at a checkpoint)."""
+  from apache_beam.runners.common import DoFnSignature
+  from io_connectors.streams.kafka import reader as kafka_module
+
+  def asks(**kw):
+    return DoFnSignature(
+      kafka_module._read_partition_fn(KafkaReadOptions(bootstrap_servers='k:9092', topics='t', **kw))
+    ).has_bundle_finalization()
+
+  assert asks(group_id='g', ack='finalize') and asks(group_id='g', ack='finalize', bounded=True)
+  assert not asks(group_id='g', ack='sink') and not asks() and not asks(bounded=True)
 
 
 def test_a_caught_up_partition_lifts_its_cap_when_the_others_progress(kafka):

@@ -72,6 +72,77 @@ def test_older_and_newer_extended_variants_give_the_same_plays(tmp_path):
     entities.MediaPlay.model_validate({k: v for k, v in row.items() if not k.startswith('__')})
 
 
+def test_extended_history_of_exports_before_2023_is_read_by_its_old_member_names(tmp_path):
+  # Until 2023 the Extended Streaming History came as MyData/endsong_<n>.json and endvideo.json.
+  path = write_export_zip(
+    str(tmp_path / 'old.zip'),
+    {
+      'MyData/endsong_0.json': extended_plays(range(3), 'ann', 'older'),
+      'MyData/endsong_1.json': extended_plays(range(3, 5), 'ann', 'older'),
+      'MyData/endvideo.json': extended_plays(range(5, 6), 'ann', 'older'),
+    },
+  )
+  rows, letters = _read(path)
+  assert letters == []
+  assert [(r['__source'].rsplit('/', 1)[1], r['__row'], r['media_type']) for r in rows] == [
+    ('endsong_0.json', 1, 'audio'),
+    ('endsong_0.json', 2, 'audio'),
+    ('endsong_0.json', 3, 'audio'),
+    ('endsong_1.json', 1, 'audio'),
+    ('endsong_1.json', 2, 'audio'),
+    ('endvideo.json', 1, 'video'),
+  ]
+  assert {r['history_format'] for r in rows} == {'extended'} and rows[0]['track_id'] == spotify_id(0)
+
+
+@pytest.mark.parametrize('by_row', [False, True])
+def test_a_ts_without_an_offset_is_utc_like_spotifys_own(tmp_path, monkeypatch, by_row):
+  if by_row:  # the streamed path, a row per element (`_extended_play`)
+    monkeypatch.setattr(spotify_export, '_WHOLE_MEMBER_BYTES', -1)
+    monkeypatch.setattr(spotify_export, '_TABLE_MAKERS', {})
+    monkeypatch.setitem(spotify_export._ROW_MAKERS, 'extended_audio', ('item', spotify_export._extended_play))
+  play = extended_plays([0], 'ann', 'newer')[0]
+  assert play['ts'] == '2023-01-01T00:00:00Z'
+  spellings = [play, dict(play, ts='2023-01-01T00:00:00'), dict(play, ts='2023-01-01T01:00:00+01:00')]
+  rows, letters = _read(write_export_zip(str(tmp_path / 'a.zip'), {AUDIO: spellings}))
+  assert letters == [] and [r['played_at'] for r in rows] == ['2023-01-01T00:00:00Z'] * 3
+  assert len({r['event_id'] for r in rows}) == 1  # one play, however its time was spelled
+
+
+@pytest.mark.parametrize('by_row', [False, True])
+def test_a_play_holding_a_lone_surrogate_escape_is_a_dead_letter_the_others_are_read(tmp_path, monkeypatch, by_row):
+  # JSON allows "\\ud800" alone; the string it decodes to is no text, and no Arrow column takes it.
+  if by_row:  # the streamed path, a row per element
+    monkeypatch.setattr(spotify_export, '_WHOLE_MEMBER_BYTES', -1)
+    monkeypatch.setattr(spotify_export, '_TABLE_MAKERS', {})
+    monkeypatch.setitem(spotify_export._ROW_MAKERS, 'extended_audio', ('item', spotify_export._extended_play))
+  plays = extended_plays(range(3), 'ann', 'newer')
+  plays[1]['master_metadata_track_name'] = 'B\ud800side'
+  rows, letters = _read(write_export_zip(str(tmp_path / 'a.zip'), {AUDIO: plays}))
+  assert [r['__row'] for r in rows] == [1, 3]
+  assert [(l['reason'], l['position'], l['detail']) for l in letters] == [
+    ('bad_encoding', 'row 2', 'a lone UTF-16 surrogate escape (\\ud800): not text')
+  ]
+
+
+def test_an_export_zipped_again_is_read_from_the_inner_zip(tmp_path):
+  inner = write_export_zip(
+    str(tmp_path / 'inner.zip'), {AUDIO: extended_plays(range(3), None, 'newer'), 'Userdata.json': {'username': 'ann'}}
+  )
+  with open(inner, 'rb') as f:
+    inner_bytes = f.read()
+  outer = str(tmp_path / 'outer.zip')
+  with zipfile.ZipFile(outer, 'w', zipfile.ZIP_DEFLATED) as archive:
+    archive.writestr('my_spotify_data.zip', inner_bytes)
+    archive.writestr('__MACOSX/._my_spotify_data.zip', b'\x00\x05\x16\x07')  # macOS metadata, not a ZIP
+    archive.writestr('broken.zip', b'PK not really')
+    archive.writestr('README.pdf', b'%PDF-1.4')
+  rows, letters = _read(outer)
+  assert [(r['__source'], r['__row']) for r in rows] == [(f'{outer}!my_spotify_data.zip!{AUDIO}', n) for n in (1, 2, 3)]
+  assert {r['user_id'] for r in rows} == {'ann'}  # the inner export's Userdata.json
+  assert [(l['source'], l['reason'], l['position']) for l in letters] == [(f'{outer}!broken.zip', 'corrupt_file', None)]
+
+
 def test_account_data_plays_library_and_playlists(tmp_path):
   path = write_export_zip(
     str(tmp_path / 'account.zip'),

@@ -176,6 +176,9 @@ def test_redis_ack_mode_follows_the_runner():
   assert mode() == 'sink' and mode('--runner=PrismRunner') == 'sink' and mode('--runner=FnApiRunner') == 'sink'
   assert mode('--runner=FlinkRunner') == 'finalize' and mode('--runner', 'DataflowRunner') == 'finalize'
   assert mode('--runner=FlinkRunner', '--redis_ack=sink') == 'sink'
+  # A bounded job on Flink has no checkpoints, so no bundle would ever be finalized.
+  assert mode('--runner=FlinkRunner', '--max_records_per_partition=10') == 'sink'
+  assert mode('--runner=FlinkRunner', '--bounded', '--checkpointing_interval=5000') == 'finalize'
 
 
 def test_every_broker_source_acknowledges_once_written_unless_the_runner_checkpoints():

@@ -29,6 +29,7 @@ from transforms.entities import (
   to_int,
   to_utc_timestamp,
 )
+from transforms.json_values import loads
 from transforms.pii.keys import MasterKey
 from transforms.pii.pseudonyms import pseudonym, pseudonymise
 from transforms.pii.recognizers import is_placeholder, is_secret_name, phone_like_integer
@@ -587,8 +588,8 @@ def _walk_record(record, identifiers, formats, master_key, entities, tenant, hea
     # A JSON object kept as text (a stream message rejected after decoding):
     # walked like a record, so that its identifiers are known by name.
     try:
-      document = json.loads(record)
-    except ValueError:
+      document = loads(record)
+    except ValueError:  # not JSON, or none a record holds (too deep to walk): scanned as text below
       document = None
     if isinstance(document, dict):
       walked = walker.walk(document, top=True)

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import regex
 
+from transforms.json_values import loads
 from transforms.pii.recognizers import (
   CARD_CONTEXT,
   GLUED_ID_TOKEN,
@@ -342,8 +343,8 @@ class TextScanner:
   def _redact_json(self, text: str) -> Optional[Tuple[str, collections.Counter]]:
     """A JSON document's strings (keys too) and phone-like numbers redacted; None if `text` is not JSON."""
     try:
-      document = json.loads(text)
-    except ValueError:
+      document = loads(text)
+    except ValueError:  # not JSON, or none a record holds (too deep to walk): scanned as text
       return None
     if not isinstance(document, (dict, list)):
       return None

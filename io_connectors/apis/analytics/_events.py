@@ -27,6 +27,7 @@ import datetime as dt
 import hashlib
 import json
 import re
+import zlib
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -35,9 +36,10 @@ import pyarrow.compute as pc
 
 from io_connectors._common.arrow import column, table_from_json_lines, table_from_rows, to_text
 from transforms.dead_letter import dead_letter
+from transforms.json_values import loads
 from transforms.records import json_safe, with_provenance
 
-__all__ = ['EventShape', 'Window', 'parse_lines', 'map_events', 'event_id', 'EVENT_FIELDS']
+__all__ = ['EventShape', 'Window', 'parse_lines', 'map_events', 'event_id', 'EVENT_FIELDS', 'gunzip', 'complete_lines']
 
 Path = Tuple[str, ...]
 
@@ -123,6 +125,43 @@ def _line(number: int) -> str:
   return f'line {number}'
 
 
+# Compressed bytes fed a step: what a damaged step decompressed is lost (zlib returns nothing of it).
+_GUNZIP_STEP = 1 << 14
+
+
+def gunzip(data: bytes) -> Tuple[bytes, Optional[str]]:
+  """A gzip file's text and None; on damage, the text before it and what is wrong.
+
+  Every member of the file is read: ``cat a.gz b.gz`` (and writers that
+  append) make one file of several, of which zlib alone reads the first.
+  The input is fed a step at a time so that a cut or corrupt file still
+  gives what decompressed before the damage.
+  """
+  out: List[bytes] = []
+  rest = data
+  while rest:
+    decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+      for start in range(0, len(rest), _GUNZIP_STEP):
+        out.append(decoder.decompress(rest[start : start + _GUNZIP_STEP]))
+        if decoder.eof:
+          break
+    except zlib.error as e:
+      return b''.join(out), str(e)
+    if not decoder.eof:
+      out.append(decoder.flush())
+      return b''.join(out), 'the gzip data ends early (the file is cut)'
+    rest = decoder.unused_data
+    if not rest.strip(b'\0'):  # zero padding after the last member
+      break
+  return b''.join(out), None
+
+
+def complete_lines(data: bytes) -> bytes:
+  """`data` up to its last line break: the lines that came whole out of a damaged file."""
+  return data[: data.rfind(b'\n') + 1]
+
+
 def parse_lines(
   data: bytes,
   source: str,
@@ -162,11 +201,10 @@ def parse_lines(
       )
       continue
     try:
-      value = json.loads(text)
+      value = loads(text)
     except ValueError as e:
-      letters.append(
-        dead_letter(source, position(number), 'malformed_json', record=text[:2000], detail=str(e), stage='read')
-      )
+      reason = getattr(e, 'reason', 'malformed_json')
+      letters.append(dead_letter(source, position(number), reason, record=text[:2000], detail=str(e), stage='read'))
       continue
     if not isinstance(value, dict):
       letters.append(

@@ -9,8 +9,9 @@ range with no data answers 404, which is no error.
 
 Bad input, each a dead letter naming the range and the member: a zip that
 does not open (``corrupt_file``, the range's cursor does not advance), a
-gzip member that does not decompress (``corrupt_file``, the other members
-are read), a bad line (``malformed_json``), an event without type or time
+gzip member that does not decompress (``corrupt_file`` at its first line not
+read; its lines before the damage and the other members are read; a gzip
+file of several members is read whole), a bad line (``malformed_json``), an event without type or time
 (``invalid_value``), an upload time outside the requested range
 (``invalid_value``). 401/403 stop the job with `AnalyticsAuthError` naming the
 variables; 429 waits for Retry-After and asks for the same range again.
@@ -42,14 +43,13 @@ import dataclasses
 import datetime as dt
 import io
 import zipfile
-import zlib
 from typing import Any, Dict, List, Optional, Tuple
 
 import apache_beam as beam
 
 from io_connectors import registry
 from io_connectors._common import state
-from io_connectors.apis.analytics._events import EventShape, Window, map_events, parse_lines
+from io_connectors.apis.analytics._events import EventShape, Window, complete_lines, gunzip, map_events, parse_lines
 from io_connectors.apis.analytics._source import (
   OUTCOME,
   env_secret,
@@ -221,19 +221,25 @@ class _ReadRangeFn(beam.DoFn):
     line = 1
     for member in members:
       try:
-        data = zlib.decompress(archive.read(member), 16 + zlib.MAX_WBITS)
-      except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as e:
+        data, damage = gunzip(archive.read(member))
+      except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        data, damage = b'', str(e)
+      if damage is not None:
+        # The member's lines before the damage are read; one dead letter at the first that is not.
+        data = complete_lines(data)
+        lines_read = data.count(b'\n')
         yield beam.pvalue.TaggedOutput(
           DEAD_LETTER,
           dead_letter(
             f'{source} {member.filename}',
-            f'member {member.filename}',
+            f'member {member.filename}' + (f' line {lines_read + 1}' if lines_read else ''),
             'corrupt_file',
-            detail=f'gzip member does not decompress: {e}',
+            detail=f'gzip member does not decompress past line {lines_read}: {damage}',
             stage='read',
           ),
         )
-        continue
+        if not data:
+          continue
       if data and not data.endswith(b'\n'):
         data += b'\n'
       parts.append(data)

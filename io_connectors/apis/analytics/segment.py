@@ -5,8 +5,10 @@ Archive (`ReadFromSegmentArchive`): Segment's S3 destination writes
 each a gzipped JSON Lines file of the day's messages. ``input`` is a pattern
 over that layout (local, s3://, gs://); ``start_date``/``end_date`` keep only
 the day folders in range (by the folder's name, without opening the others).
-Files are spread across workers; a file that does not decompress is one
-``corrupt_file`` dead letter, a bad line one ``malformed_json`` dead letter.
+Files are spread across workers; every gzip member of a file is read
+(``cat``-joined files too); a file cut or damaged is read up to the damage,
+then one ``corrupt_file`` dead letter at the first line not read; a bad line
+is one ``malformed_json`` dead letter.
 
 Webhooks: Segment's webhook destination POSTs each message signed with
 ``X-Signature`` = hex HMAC-SHA1 of the body under the shared secret. The
@@ -39,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import re
-import zlib
 from typing import Any, Dict, List, Optional
 
 import apache_beam as beam
@@ -49,7 +50,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from io_connectors import registry
-from io_connectors.apis.analytics._events import EventShape, Window, map_events, parse_lines
+from io_connectors.apis.analytics._events import EventShape, Window, complete_lines, gunzip, map_events, parse_lines
 from io_connectors.apis.analytics._source import parse_date
 from io_connectors.streams.webhooks import segment_signature
 from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
@@ -136,13 +137,21 @@ class _ReadArchiveFileFn(beam.DoFn):
         dead_letter(path, None, 'corrupt_file', detail=f'cannot read: {type(e).__name__}: {e}', stage='read'),
       )
       return
-    try:
-      data = zlib.decompress(compressed, 16 + zlib.MAX_WBITS) if compressed[:2] == b'\x1f\x8b' else compressed
-    except zlib.error as e:
+    data, damage = gunzip(compressed) if compressed[:2] == b'\x1f\x8b' else (compressed, None)
+    if damage is not None:
+      # The lines before the damage are read; one dead letter at the first line that is not.
+      data = complete_lines(data)
+      lines_read = data.count(b'\n')
       yield beam.pvalue.TaggedOutput(
-        DEAD_LETTER, dead_letter(path, None, 'corrupt_file', detail=f'gzip does not decompress: {e}', stage='read')
+        DEAD_LETTER,
+        dead_letter(
+          path,
+          f'line {lines_read + 1}',
+          'corrupt_file',
+          detail=f'gzip does not decompress past line {lines_read}: {damage}',
+          stage='read',
+        ),
       )
-      return
     raw, lines, letters = parse_lines(data, path, string_columns=_TIME_FIELDS)
     batch, mapped = map_events(raw, lines, SEGMENT_SHAPE, path)
     for letter in letters + mapped:

@@ -41,11 +41,12 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import threading
 import time
 import urllib.parse
-from typing import Callable, Iterable, List, Optional
+from typing import Any, Callable, Iterable, List, Optional
 
 from io_connectors.apis.http.request import Request, RequestFailed
 
@@ -243,6 +244,8 @@ class _OAuth2(Auth):
     try:
       body = response.json()
       token = body['access_token']
+      if not isinstance(token, str) or not token:
+        raise ValueError('access_token is not a string')  # str(None) would go out as 'Bearer None'
     except (ValueError, KeyError, TypeError):
       raise RequestFailed(
         f'POST {self._client.masker.text(self.token_url)}: no access_token in the answer (HTTP {response.status})',
@@ -252,10 +255,32 @@ class _OAuth2(Auth):
     self._token = str(token)
     self._issued.append(self._token)
     self._client.masker = self._client.masker.with_secrets([self._token]).register()
-    expires_in = body.get('expires_in')
-    self._expires_at = time.monotonic() + (float(expires_in) - self.expiry_margin if expires_in else 3600.0)
+    self._expires_at = time.monotonic() + self._lifetime(body.get('expires_in'), self._client.masker)
     if body.get('refresh_token'):
       self._rotated(str(body['refresh_token']))
+
+  def _lifetime(self, expires_in: Any, masker) -> float:
+    """Seconds to use the token: `expires_in` less the margin; an hour when absent.
+
+    An `expires_in` that is not a positive finite number ('abc', a list, NaN,
+    -10) is logged and taken as absent: NaN would never expire the token and a
+    negative value would fetch a new token for every request.
+    """
+    if expires_in is None or expires_in == '':
+      return 3600.0
+    try:
+      seconds = float(expires_in)
+    except (TypeError, ValueError):
+      seconds = math.nan
+    if isinstance(expires_in, bool) or not (math.isfinite(seconds) and seconds > 0):
+      _LOG.warning(
+        'POST %s: expires_in %s is not a positive number of seconds; the token is used for an hour '
+        '(a 401 renews it sooner)',
+        masker.text(self.token_url),
+        masker.text(repr(expires_in))[:100],
+      )
+      return 3600.0
+    return seconds - self.expiry_margin
 
   def _rotated(self, refresh_token: str) -> None:
     """A new refresh token in the answer (some servers rotate them)."""
@@ -288,7 +313,10 @@ class _OAuth2(Auth):
     self._current(failed=self._token)
 
   def secrets(self):
-    return [self.client_secret, *self._issued]
+    # The Basic header carries the secret base64-encoded: a token endpoint
+    # that echoes the request's headers in its error must not show it.
+    basic = basic_client_credentials(self.client_id, self.client_secret)
+    return [self.client_secret, basic, basic.split(' ', 1)[1], *self._issued]
 
 
 class OAuth2ClientCredentials(_OAuth2):

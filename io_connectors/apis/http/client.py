@@ -61,6 +61,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import requests
 
+from io_connectors._common.masking import mask_secrets
 from io_connectors._common.retry import Backoff
 from io_connectors.apis.http import ratelimit
 from io_connectors.apis.http.auth import NoAuth
@@ -104,12 +105,9 @@ class Masker:
     return self
 
   def text(self, text: Any) -> str:
-    text = str(text)
-    for secret in self._secrets:
-      text = text.replace(secret, MASK)
-      quoted = urllib.parse.quote(secret, safe='')
-      if quoted != secret:
-        text = text.replace(quoted, MASK)
+    # Longest first (a secret containing another is masked whole), and each
+    # also as it appears percent-encoded in a URL.
+    text = mask_secrets(str(text), (v for s in self._secrets for v in (s, urllib.parse.quote(s, safe=''))))
     # user:password@ in URLs, and secret-named query parameters anywhere.
     text = re.sub(r'(://[^/\s:@]*:)[^@/\s]+@', r'\1' + MASK + '@', text)
     text = re.sub(

@@ -8,14 +8,23 @@ on the client that depends on them.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import urllib.parse
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Union
 
 from io_connectors._common.errors import ConnectorError
+from transforms.json_values import loads
 
-__all__ = ['Request', 'Response', 'HostNotAllowed', 'RequestFailed', 'json_path', 'unsafe_url_reason']
+__all__ = [
+  'Request',
+  'Response',
+  'HostNotAllowed',
+  'RequestFailed',
+  'json_path',
+  'parse_json',
+  'content_charset',
+  'unsafe_url_reason',
+]
 
 # What an http(s) URL the client sends may look like: no userinfo, a host of
 # letters, digits, '.' and '-' (IDNA names in their xn-- form) or an IPv6
@@ -51,6 +60,37 @@ def unsafe_url_reason(url: str) -> Optional[str]:
   if match.group('port') is not None and not 0 < int(match.group('port')) < 65536:
     return 'a port out of range'
   return None
+
+
+def parse_json(content: Union[bytes, str], charset: Optional[str] = None) -> Any:
+  """The JSON value of a body (or one JSON line); ValueError (never another error) when it is not JSON.
+
+  charset: the one the answer declares (`content_charset`); bytes in another
+  charset than UTF-8 are decoded with it (the json module reads UTF-8/16/32
+  only). An unknown charset or bytes that are not in it are a ValueError.
+
+  JSON a record cannot hold (nested too deep, a lone surrogate escape) is a
+  ValueError too (`json_values.loads`): a malformed body like any other, not
+  a crash of the reader.
+  """
+  if isinstance(content, bytes) and charset and not _is_utf(charset):
+    try:
+      content = content.decode(charset)
+    except LookupError:
+      raise ValueError(f'the answer declares an unknown charset {charset!r}') from None
+  return loads(content)
+
+
+def _is_utf(charset: str) -> bool:
+  # UTF-8/16/32 are what json.loads detects in bytes (BOMs included).
+  return charset.lower().replace('_', '-').startswith(('utf-8', 'utf8', 'utf-16', 'utf-32'))
+
+
+def content_charset(headers: Mapping[str, str]) -> Optional[str]:
+  """The charset parameter of the Content-Type header, or None."""
+  value = next((v for k, v in headers.items() if k.lower() == 'content-type'), '') or ''
+  match = re.search(r';\s*charset\s*=\s*"?([A-Za-z0-9_.:+-]+)', value, re.IGNORECASE)
+  return match.group(1) if match else None
 
 
 def json_path(body: Any, path: Optional[str]) -> Any:
@@ -114,11 +154,16 @@ class Response:
   from_cache: bool = False
 
   def json(self) -> Any:
-    """The parsed body; json.JSONDecodeError (a ValueError) when it is not JSON."""
-    return json.loads(self.content)
+    """The parsed body, in the charset the answer declares; ValueError when it is not JSON (see `parse_json`)."""
+    return parse_json(self.content, content_charset(self.headers))
 
   def text(self, limit: int = 2000) -> str:
-    return self.content[:limit].decode('utf-8', errors='replace')
+    """The first `limit` bytes as text, in the declared charset (UTF-8 when none or unknown)."""
+    charset = content_charset(self.headers) or 'utf-8'
+    try:
+      return self.content[:limit].decode(charset, errors='replace')
+    except LookupError:
+      return self.content[:limit].decode('utf-8', errors='replace')
 
 
 class HostNotAllowed(ConnectorError, ValueError):

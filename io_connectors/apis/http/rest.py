@@ -22,8 +22,8 @@ expected or a record that cannot be mapped becomes a dead letter
 
 Pagination is held to the resource: a next-page link (Link header, next URL
 in the body) with userinfo, a backslash, whitespace or control characters,
-one to another host (unless in `next_link_hosts`) or from https to http is
-refused; a next page identical to one already read (a Link pointing at
+one to another host (unless in `next_link_hosts`), to another port of the
+resource's host or from https to http is refused; a next page identical to one already read (a Link pointing at
 itself, a cursor cycle) ends the element; and so does `max_pages` (default
 1000) when more pages are announced. Each of these leaves a dead letter
 naming the page it did not read and why, never a silent stop.
@@ -156,7 +156,8 @@ class ResourceConfig:
     so a cap that is hit is seen, never silent.
   next_link_hosts: hosts (besides base_url's) that next-page links found in
     responses (Link headers, next URLs) may lead to; they must be in the
-    allow-list too. A next link may never leave https for http.
+    allow-list too, on any port; base_url's host only on base_url's port
+    unless listed here. A next link may never leave https for http.
   incremental: an IncrementalConfig (or dict).
   empty_path: for APIs that leave the records out of an empty answer (Twitter/X
     omits `data` when nothing matches): the dotted path of a count that is 0
@@ -379,21 +380,27 @@ class _Reader:
     )
 
   def _check_next(self, current: Request, following: Request) -> None:
-    """ValueError when a next page would leave the resource's scheme or host."""
+    """ValueError when a next page would leave the resource's scheme, host or port."""
     if following.url == current.url:
       return
     here, there = urllib.parse.urlsplit(current.url), urllib.parse.urlsplit(following.url)
     if here.scheme == 'https' and there.scheme != 'https':
       raise ValueError(f'the next link {self.client.masker.text(following.url)!r} leaves https for {there.scheme}')
-    allowed = {
-      (urllib.parse.urlsplit(self.resource.base_url).hostname or '').lower(),
-      *(h.lower() for h in self.resource.next_link_hosts),
-    }
+    base = urllib.parse.urlsplit(self.resource.base_url)
+    home = (base.hostname or '').lower()
+    others = {h.lower() for h in self.resource.next_link_hosts}
+    allowed = {home, *others}
     host = (there.hostname or '').lower()
     if host not in allowed:
       raise ValueError(
         f'the next link goes to host {host!r}, not the resource\'s '
         f'({", ".join(sorted(allowed))}; next_link_hosts allows others)'
+      )
+    # Another port of the resource's host is another server (another origin):
+    # it would get the credentials too.
+    if host == home and host not in others and _port(there) != _port(base):
+      raise ValueError(
+        f'the next link goes to port {_port(there)} of host {host!r}, not the resource\'s port {_port(base)}'
       )
 
   def first_request(self, params: dict, cursor_value: Any) -> Request:
@@ -597,6 +604,11 @@ class _Reader:
     if r.incremental is not None and highest is not None and state_ref is not None:
       out.cursor = (state_ref, highest)
     return out
+
+
+def _port(parts: urllib.parse.SplitResult) -> int:
+  """The port a URL connects to, its scheme's default when it names none."""
+  return parts.port or (443 if parts.scheme == 'https' else 80)
 
 
 def _identity(request: Request) -> str:

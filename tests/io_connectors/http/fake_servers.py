@@ -380,7 +380,8 @@ class FakeHttpServer:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     try:
       handler.send_response(status)
-      handler.send_header('Content-Type', 'application/json; charset=utf-8')
+      if not any(name.lower() == 'content-type' for name in headers):  # a handler's own type replaces it
+        handler.send_header('Content-Type', 'application/json; charset=utf-8')
       handler.send_header('Content-Length', str(len(data)))
       for name, value in headers.items():
         handler.send_header(name, value)

@@ -129,6 +129,29 @@ def test_next_links_may_go_to_hosts_the_config_names(fake_server):
   assert [r['id'] for r in out.rows] == ['1', '2'] and not out.dead_letters
 
 
+def test_a_next_link_to_another_port_of_the_host_gets_no_token(fake_server):
+  """Same host name, another port: another server, which must not get the bearer token."""
+  with FakeHttpServer() as other:
+    other.route('GET', '/items', lambda c: _json({'items': [{'id': 'stolen'}]}))
+    link = f'http://127.0.0.1:{other.port}/items'
+    fake_server.route('GET', '/items', lambda c: _json({'items': [{'id': 1}], 'next': link}))
+    out = _read(
+      {'base_url': fake_server.base_url, 'path': '/items', 'record_path': 'items', 'paginator': 'json_link'},
+      _client(BearerTokenAuth('bearer-secret-port')),
+    )
+    assert [r['id'] for r in out.rows] == [1]
+    [letter] = out.dead_letters
+    assert letter['position'] == 'page 2' and f'port {other.port}' in letter['detail'], letter['detail']
+    assert other.stats['requests'] == 0
+  # The scheme's default port written out is the same port.
+  reader = _Reader(
+    ResourceConfig(name='items', base_url='https://api.example.com', paginator='json_link'),
+    _client(hosts=['api.example.com']),
+    create_paginator('json_link'),
+  )
+  reader._check_next(Request('GET', 'https://api.example.com/items'), Request('GET', 'https://api.example.com:443/p'))
+
+
 def test_a_next_link_never_leaves_https_for_http():
   resource = ResourceConfig(name='items', base_url='https://api.example.com', paginator='json_link')
   reader = _Reader(resource, _client(hosts=['api.example.com']), create_paginator('json_link'))
@@ -229,6 +252,41 @@ def test_chunked_responses_over_the_cap_are_cut_off():
   finally:
     server.shutdown()
     server.server_close()
+
+
+def test_a_body_in_the_charset_it_declares_is_read_in_that_charset(fake_server):
+  body = json.dumps({'items': [{'id': 1, 'name': 'Beyoncé, Sigur Rós'}]}, ensure_ascii=False).encode('iso-8859-1')
+  fake_server.route(
+    'GET', '/latin', lambda c: _json(body, headers={'Content-Type': 'application/json; charset=ISO-8859-1'})
+  )
+  fake_server.route(
+    'GET', '/unknown', lambda c: _json(body, headers={'Content-Type': 'application/json; charset=x-nope'})
+  )
+  out = _read({'base_url': fake_server.base_url, 'path': '/latin', 'record_path': 'items'}, _client())
+  assert out.rows == [{'id': 1, 'name': 'Beyoncé, Sigur Rós'}] and not out.dead_letters
+  out = _read({'base_url': fake_server.base_url, 'path': '/unknown', 'record_path': 'items'}, _client())
+  [letter] = out.dead_letters
+  assert not out.rows and letter['reason'] == 'malformed_json' and "unknown charset 'x-nope'" in letter['detail']
+
+
+def test_a_body_nested_too_deeply_is_a_malformed_json_dead_letter_not_a_crash(fake_server):
+  """json.loads raises RecursionError (not a ValueError) on '[[[[...': it must not escape the reader."""
+  deep = b'{"items": ' + b'[' * 100_000 + b']' * 100_000 + b'}'
+  fake_server.route('GET', '/items', lambda c: _json(deep))
+  out = _read({'base_url': fake_server.base_url, 'path': '/items', 'record_path': 'items'}, _client())
+  [letter] = out.dead_letters
+  assert not out.rows
+  assert letter['reason'] == 'malformed_json' and letter['position'] == 'page 1'
+  assert 'nested too deeply' in letter['detail'] and '/items' in letter['source']
+
+
+def test_a_json_line_nested_too_deeply_is_a_dead_letter_of_its_line():
+  from io_connectors.apis.analytics._events import parse_lines
+
+  _, numbers, letters = parse_lines(b'{"a": 1}\n\n{"b": ' + b'[' * 100_000 + b']' * 100_000 + b'}\n', 'export.json')
+  assert list(numbers) == [1]
+  [letter] = letters
+  assert letter['reason'] == 'malformed_json' and 'nested too deeply' in letter['detail']
 
 
 # ----- retries -----
@@ -364,6 +422,56 @@ def _other_worker(fake, refresh_token, store):
     env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
   )
   return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_a_token_endpoint_echoing_the_basic_credentials_does_not_show_them(fake_server):
+  """The client secret base64-encoded in the Basic header is as secret as the secret itself."""
+  echoed = {}
+
+  def token(call):
+    echoed['authorization'] = call.headers.get('Authorization')
+    return _json({'error': 'invalid_client', 'received': {'Authorization': echoed['authorization']}}, status=400)
+
+  fake_server.route('POST', '/token', token)
+  auth = OAuth2ClientCredentials(
+    token_url=f'{fake_server.base_url}/token', client_id='echo-client', client_secret='echo-secret-42'
+  )
+  out = _read({'base_url': fake_server.base_url, 'path': '/items', 'record_path': 'items'}, _client(auth))
+  [letter] = out.dead_letters
+  encoded = echoed['authorization'].split(' ', 1)[1]
+  assert base64.b64decode(encoded) == b'echo-client:echo-secret-42'
+  assert 'HTTP 400' in letter['detail'] and 'invalid_client' in letter['detail']
+  assert encoded not in json.dumps(letter) and 'echo-secret-42' not in json.dumps(letter)
+
+
+@pytest.mark.parametrize('token', [None, '', 12345678, {'value': 'tok'}])
+def test_a_token_answer_without_a_string_token_is_a_clear_error_and_nothing_is_sent(fake_server, token):
+  fake_server.route('POST', '/token', lambda c: _json({'access_token': token, 'expires_in': 3600}))
+  fake_server.route('GET', '/items', lambda c: _json({'items': [{'id': 1}]}))
+  auth = OAuth2ClientCredentials(
+    token_url=f'{fake_server.base_url}/token', client_id=f'no-token-{token}', client_secret='no-token-secret'
+  )
+  out = _read({'base_url': fake_server.base_url, 'path': '/items', 'record_path': 'items'}, _client(auth))
+  [letter] = out.dead_letters
+  assert not out.rows and 'no access_token in the answer' in letter['detail']
+  assert not [entry for entry in fake_server.log if entry['path'] == '/items']
+
+
+@pytest.mark.parametrize('expires_in', ['soon', [3600], 'NaN', -10])
+def test_a_token_answer_with_a_bad_expires_in_still_reads_and_says_so(fake_server, expires_in, caplog):
+  """Not a positive number of seconds: the token is used for an hour, with a warning, not a traceback."""
+  fake_server.route('POST', '/token', lambda c: _json({'access_token': 'tok-expiry-1234', 'expires_in': expires_in}))
+  fake_server.route('GET', '/items', lambda c: _json({'items': [{'id': 1}, {'id': 2}]}))
+  auth = OAuth2ClientCredentials(
+    token_url=f'{fake_server.base_url}/token', client_id=f'expiry-{expires_in}', client_secret='expiry-secret'
+  )
+  with caplog.at_level('WARNING', logger='io_connectors.apis.http.auth'):
+    for _ in range(2):
+      out = _read({'base_url': fake_server.base_url, 'path': '/items', 'record_path': 'items'}, _client(auth))
+      assert [r['id'] for r in out.rows] == [1, 2] and not out.dead_letters
+  # One token for both reads: a negative lifetime does not fetch one per request.
+  assert sum(1 for entry in fake_server.log if entry['path'] == '/token') == 1
+  assert 'expires_in' in caplog.text and '/token' in caplog.text
 
 
 def test_a_rotated_refresh_token_is_shared_through_the_state_store(fake_spotify, tmp_path):

@@ -1,0 +1,97 @@
+"""JSON text to Python values: the one decoding of the JSON the pipelines read.
+
+`json.loads` fails in three ways a reader must not let through as a crash:
+
+- a document nested deeper than Python's stack raises `RecursionError`, not
+  a ValueError ('[[[[...' a hundred thousand deep);
+- one nested a few hundred deep parses, and then breaks the recursive steps
+  after it (the shared type rules, Parquet's nested types);
+- a lone UTF-16 surrogate escape ("\\ud800") parses into a string that is
+  no text: UTF-8 and Arrow strings refuse it.
+
+`loads` turns all three into a `JsonValueError` (a ValueError), whose
+`reason` is the dead letter's ('malformed_json', or 'bad_encoding' for the
+surrogate), so that the record (a line, a message, a page) is a dead letter
+naming its place like any other that does not parse. What json itself
+refuses is its own ValueError, as before.
+
+Usage::
+
+    try:
+      value = loads(line)
+    except ValueError as e:
+      reason = getattr(e, 'reason', 'malformed_json')
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Optional, Union
+
+__all__ = ['MAX_DEPTH', 'JsonValueError', 'loads', 'depth_exceeds', 'lone_surrogate']
+
+# Deeper records are refused: real events nest a handful of levels; the
+# recursive steps after decoding (type rules, writers) hold a few hundred.
+MAX_DEPTH = 64
+
+# A \uD800-\uDFFF escape. A pair of them is one character and decodes fine;
+# only a lone one is left in the string, which the check below finds.
+_SURROGATE_ESCAPE = re.compile(r'\\u[dD][89a-fA-F][0-9a-fA-F]{2}')
+_SURROGATE_ESCAPE_BYTES = re.compile(_SURROGATE_ESCAPE.pattern.encode('ascii'))
+
+
+class JsonValueError(ValueError):
+  """JSON that decodes into no value a record can hold; `reason` names its dead letter's reason."""
+
+  def __init__(self, detail: str, reason: str = 'malformed_json'):
+    super().__init__(detail)
+    self.reason = reason
+
+
+def depth_exceeds(value: Any, limit: int) -> bool:
+  """Whether a decoded JSON value nests deeper than `limit` (iterative: no recursion)."""
+  stack = [(value, 1)]
+  while stack:
+    node, depth = stack.pop()
+    if isinstance(node, (dict, list)):
+      if depth > limit:
+        return True
+      children = node.values() if isinstance(node, dict) else node
+      stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+  return False
+
+
+def lone_surrogate(value: Any) -> Optional[str]:
+  """What is wrong with a decoded value that holds a lone surrogate (no text), else None."""
+  try:
+    json.dumps(value, ensure_ascii=False, default=str).encode('utf-8')
+  except UnicodeEncodeError as e:
+    return f'a lone UTF-16 surrogate escape (\\u{ord(e.object[e.start]):04x}): not text'
+  return None
+
+
+def loads(text: Union[str, bytes, bytearray], max_depth: int = MAX_DEPTH) -> Any:
+  """The value of JSON `text`; ValueError (never another error) when it is none a record can hold.
+
+  max_depth: objects and arrays nested deeper are refused (JsonValueError).
+  """
+  try:
+    value = json.loads(text)
+  except RecursionError:
+    raise JsonValueError('JSON nested too deeply to decode') from None
+  if not isinstance(value, (dict, list)):
+    containers = 0
+  elif isinstance(text, str):
+    containers = text.count('{') + text.count('[')
+  else:
+    containers = text.count(b'{') + text.count(b'[')
+  # Fewer brackets than the limit cannot nest past it: most records skip the walk.
+  if containers > max_depth and depth_exceeds(value, max_depth):
+    raise JsonValueError(f'JSON nested deeper than {max_depth} levels')
+  escapes = _SURROGATE_ESCAPE if isinstance(text, str) else _SURROGATE_ESCAPE_BYTES
+  if escapes.search(text) is not None:
+    detail = lone_surrogate(value)
+    if detail is not None:
+      raise JsonValueError(detail, 'bad_encoding')
+  return value
