@@ -395,7 +395,7 @@ def test_json_too_deep_or_with_a_lone_surrogate_is_a_dead_letter_not_a_failed_re
   assert sorted(rows) == [(source, 3, 'e1')]
   assert sorted((l['position'], l['reason'], l['detail'][:40]) for l in letters) == [
     ('offset 0', 'malformed_json', 'not JSON: JSON nested too deeply to deco'),
-    ('offset 1', 'malformed_json', 'not JSON: JSON nested deeper than 64 leve'),
+    ('offset 1', 'malformed_json', 'not JSON: JSON nested deeper than 64 lev'),
     ('offset 2', 'bad_encoding', 'not JSON: a lone UTF-16 surrogate escape'),
   ]
   assert all(len(l['record']) <= 10_003 for l in letters)

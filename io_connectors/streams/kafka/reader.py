@@ -445,9 +445,9 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
     tracker=beam.DoFn.RestrictionParam(),
     watermark=beam.DoFn.WatermarkEstimatorParam(_WatermarkProvider()),
   ):
-    yield from self._read(element, bundle_finalizer, tracker, watermark)
+    yield from self._read_range(element, bundle_finalizer, tracker, watermark)
 
-  def _read(self, element: KafkaPartition, bundle_finalizer, tracker, watermark):
+  def _read_range(self, element: KafkaPartition, bundle_finalizer, tracker, watermark):
     """The read of one call; bundle_finalizer None when the DoFn asks for no finalization."""
     options = self._options
     restriction = tracker.current_restriction()
@@ -780,7 +780,7 @@ class _ReadPartitionWithoutFinalizerFn(_ReadPartitionFn):
     tracker=beam.DoFn.RestrictionParam(),
     watermark=beam.DoFn.WatermarkEstimatorParam(_WatermarkProvider()),
   ):
-    yield from self._read(element, None, tracker, watermark)
+    yield from self._read_range(element, None, tracker, watermark)
 
 
 # The same reads as unbounded sources: self-checkpoints and idle watermarks.
