@@ -67,9 +67,10 @@ Dead letters (``stage='read'``):
 - ``bad_encoding``: a line with bytes that are invalid in the encoding (CSV,
   JSON Lines); record = the line decoded with errors='replace'. A JSON
   document with such bytes is one dead letter for the file.
-- ``malformed_json``: a JSON Lines line that does not parse or is not an
-  object (that line only); a JSON document that does not parse (the file,
-  position None).
+- ``malformed_json``: a JSON Lines line that does not parse, nests deeper
+  than 64 levels or is not an object (that line only); a JSON document that
+  does not parse (the file, position None). A line holding a lone surrogate
+  escape (``"\\ud800"``, no text) is ``bad_encoding``.
 - ``corrupt_file``: a Parquet, Avro, Excel or JSON file that cannot be opened
   (record None, position None, count 1). When part of it was read before the
   damage, those rows are emitted and one dead letter marks where it broke,
