@@ -571,6 +571,12 @@ class PipelineJob:
       '3600',
       '--max_records_per_partition',
       str(per_partition),
+      # As a job on Flink commits its offsets (an unbounded one, whose checkpoints finalize its
+      # bundles): this bounded one takes no checkpoints, so it commits nothing, but its steps are
+      # those of the deployed job. '--ack sink' (the default for a bounded job on Flink) adds the
+      # step that commits once written: measured, 0.2-0.4 s more delay after a window's close.
+      '--ack',
+      'finalize',
       *shlex.split(options.pipeline_args),
     ]
     if services.worker_pool:

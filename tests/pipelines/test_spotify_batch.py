@@ -638,6 +638,11 @@ def test_a_compressed_input_counts_as_what_it_decompresses_to(tmp_path):
   assert spotify_batch._read_bytes('drop/events.csv', 100) == 100
 
 
+def _written(output) -> pa.Table:
+  """Every data row a run wrote to `output`, as one table."""
+  return pa.concat_tables(pq.read_table(p) for p in glob.glob(str(output / 'data/**/*.parquet'), recursive=True))
+
+
 def test_naive_time_zone_reads_times_without_an_offset_and_a_wrong_name_stops_the_run(tmp_path, monkeypatch):
   from pipelines.config import ConfigError, resolve
 
@@ -652,8 +657,8 @@ def test_naive_time_zone_reads_times_without_an_offset_and_a_wrong_name_stops_th
   assert run(argv + ['--output', str(tmp_path / 'a')])['counts']['dead_letter'] == 1
   manifest = run(argv + ['--output', str(tmp_path / 'b'), '--naive_time_zone', 'Europe/Berlin'])
   assert manifest['counts']['dead_letter'] == 0 and manifest['counts']['written'] == 2
-  times = pa.concat_tables(pq.read_table(p) for p in glob.glob(str(tmp_path / 'b/data/**/*.parquet'), recursive=True))
-  assert {t.isoformat() for t in times.column('played_at').to_pylist()} == {'2024-06-01T10:30:00+00:00'}
+  times = _written(tmp_path / 'b').column('played_at').to_pylist()
+  assert {t.isoformat() for t in times} == {'2024-06-01T10:30:00+00:00'}
   with pytest.raises(ConfigError, match='naive_time_zone'):
     resolve({'input': 'x.csv', 'tenant_id': 'acme', 'naive_time_zone': 'Europe/Atlantis'})
 
@@ -680,8 +685,7 @@ def test_input_encoding_reads_a_cp1252_csv_whose_rows_utf8_would_dead_letter(tmp
 
   manifest = run(argv + ['--output', str(tmp_path / 'b'), '--input_encoding', 'cp1252'])
   assert manifest['counts']['dead_letter'] == 0 and manifest['counts']['written'] == 3
-  rows = pa.concat_tables(pq.read_table(p) for p in glob.glob(str(tmp_path / 'b/data/**/*.parquet'), recursive=True))
-  assert sorted(rows.column('device').to_pylist()) == ['Büro-Lautsprecher', 'Salon télé', 'kitchen']
+  assert sorted(_written(tmp_path / 'b').column('device').to_pylist()) == ['Büro-Lautsprecher', 'Salon télé', 'kitchen']
 
   with pytest.raises(ConfigError, match='input_encoding .*not a known text encoding'):
     resolve({'input': 'x.csv', 'tenant_id': 'acme', 'input_encoding': 'klingon'})
