@@ -90,7 +90,7 @@ from io_connectors.sinks.window_files import (
 )
 from pipelines import cli, mlflow_logging, prometheus_export, runners, stream_sources, tracing
 from pipelines.options import SpotifyBatchOptions
-from pipelines.streaming_options import SpotifyStreamingOptions
+from pipelines.streaming_options import SpotifyStreamingOptions, reads_bounded
 from transforms import entities
 from transforms.dead_letter import flatten_dead_letters
 from transforms.lineage_columns import AddLineageColumns
@@ -469,8 +469,7 @@ def _flink_checkpoints_by_default(pipeline_options: PipelineOptions):
   options = pipeline_options.view_as(SpotifyStreamingOptions)
   # Not for bounded reads: with checkpoints on, Beam keeps the job's Impulse
   # source alive and the job would never end.
-  bounded = options.bounded or options.max_records_per_partition is not None
-  if not _flink_streaming(pipeline_options) or bounded:
+  if not _flink_streaming(pipeline_options) or reads_bounded(options):
     return
   if options.checkpointing_interval is None:
     options.checkpointing_interval = DEFAULT_FLINK_CHECKPOINT_MS
@@ -598,7 +597,7 @@ def run(argv: Optional[Sequence[str]] = None, wait: bool = True, pii_key_secret:
     raise SystemExit(0)
   options = PipelineOptions(argv).view_as(SpotifyStreamingOptions)
   # An unbounded source: the runner must run the job as a streaming job.
-  streaming = not (options.bounded or options.max_records_per_partition is not None)
+  streaming = not reads_bounded(options)
   # A DirectRunner run (the default) uses our Prism build, or runs in process, instead of downloading Prism.
   pipeline_options = PipelineOptions(runners.local_runner_args(argv, streaming=streaming))
   options = pipeline_options.view_as(SpotifyStreamingOptions)

@@ -29,7 +29,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from io_connectors.registry import ConfigError
-from pipelines.streaming_options import SpotifyStreamingOptions, group
+from pipelines.streaming_options import SpotifyStreamingOptions, group, reads_bounded
 
 __all__ = [
   'StreamSourceOptions',
@@ -174,8 +174,7 @@ def ack_mode(options: PipelineOptions, source_flag: str = 'auto') -> str:
     return ack
   runner = options.view_as(StandardOptions).runner
   name = (runner if isinstance(runner, str) else type(runner).__name__ if runner else '').lower().rsplit('.', 1)[-1]
-  bounded = streaming.bounded or streaming.max_records_per_partition is not None
-  if name == 'flinkrunner' and bounded and not streaming.checkpointing_interval:
+  if name == 'flinkrunner' and reads_bounded(options) and not streaming.checkpointing_interval:
     return 'sink'
   return 'finalize' if name in _CHECKPOINTING_RUNNERS else 'sink'
 

@@ -20,9 +20,15 @@ from apache_beam.options.pipeline_options import PipelineOptions
 # skipped by the later ones (see _add).
 import pipelines.options  # noqa: F401
 
-__all__ = ['SpotifyStreamingOptions', 'KAFKA_READERS']
+__all__ = ['SpotifyStreamingOptions', 'KAFKA_READERS', 'reads_bounded']
 
 KAFKA_READERS = ('python', 'java')
+
+
+def reads_bounded(options: PipelineOptions) -> bool:
+  """Whether the job reads a bounded Kafka range (--bounded, --max_records_per_partition): it then ends by itself."""
+  streaming = options.view_as(SpotifyStreamingOptions)
+  return bool(streaming.bounded) or streaming.max_records_per_partition is not None
 
 
 def _add(parser, flag, **kwargs):
