@@ -20,7 +20,7 @@ Usage::
     try:
       value = loads(line)
     except ValueError as e:
-      reason = getattr(e, 'reason', 'malformed_json')
+      reason = reason_of(e)
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import json
 import re
 from typing import Any, Optional, Union
 
-__all__ = ['MAX_DEPTH', 'JsonValueError', 'loads', 'depth_exceeds', 'lone_surrogate']
+__all__ = ['MAX_DEPTH', 'JsonValueError', 'loads', 'reason_of', 'depth_exceeds', 'lone_surrogate']
 
 # Deeper records are refused: real events nest a handful of levels; the
 # recursive steps after decoding (type rules, writers) hold a few hundred.
@@ -47,6 +47,11 @@ class JsonValueError(ValueError):
   def __init__(self, detail: str, reason: str = 'malformed_json'):
     super().__init__(detail)
     self.reason = reason
+
+
+def reason_of(error: ValueError) -> str:
+  """The dead-letter reason of an error `loads` raised: its own, else 'malformed_json' (json's ValueError)."""
+  return getattr(error, 'reason', 'malformed_json')
 
 
 def depth_exceeds(value: Any, limit: int) -> bool:

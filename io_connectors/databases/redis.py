@@ -102,7 +102,7 @@ from io_connectors._common.masking import connection_url, mask_url, masked_messa
 from io_connectors._common.retry import Backoff, call_with_retries
 from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
-from transforms.json_values import loads
+from transforms.json_values import loads, reason_of
 from transforms.records import json_safe, with_provenance
 
 __all__ = ['RedisOptions', 'RedisSourceError', 'ReadFromRedis']
@@ -408,7 +408,7 @@ def _json_object(text: str, value_format: str) -> Optional[dict]:
     parsed = loads(text)
   except ValueError as e:
     if value_format == 'json':
-      raise _BadValue(getattr(e, 'reason', 'malformed_json'), f'not JSON: {e}', text) from None
+      raise _BadValue(reason_of(e), f'not JSON: {e}', text) from None
     return None  # 'auto': kept as the text it is
   if not isinstance(parsed, dict):
     if value_format == 'json':

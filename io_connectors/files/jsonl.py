@@ -27,7 +27,7 @@ from io_connectors.files._options import JsonOptions
 from io_connectors.files._ranges import Range, open_file
 from io_connectors.files._read import READERS, STAGE, ReadFormat, emit
 from transforms.dead_letter import dead_letter
-from transforms.json_values import loads
+from transforms.json_values import loads, reason_of
 from transforms.records import position
 
 __all__ = ['ReadFromJsonLines', 'ReadFromJson', 'JsonOptions', 'records_of_document', 'ENVELOPE_KEYS']
@@ -82,7 +82,7 @@ def _read_jsonl_part(rng: Range, data, bad_lines, options: JsonOptions):
         value = loads(line)
         problem = None if isinstance(value, dict) else f'a JSON {type(value).__name__}, not an object'
       except ValueError as e:
-        problem, reason = str(e), getattr(e, 'reason', reason)
+        problem, reason = str(e), reason_of(e)
       if problem is None:
         parsed.append(value)
       else:
@@ -126,7 +126,7 @@ def read_json(rng: Range, options: JsonOptions):
   try:
     document = loads(text)
   except ValueError as e:
-    reason = getattr(e, 'reason', 'malformed_json')
+    reason = reason_of(e)
     yield dead_letter(path, None, reason, detail=f'the document does not parse: {e}', stage=STAGE)
     return
   try:

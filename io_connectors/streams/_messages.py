@@ -35,7 +35,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from io_connectors._common.arrow import table_from_json_lines, table_from_rows
 from transforms.dead_letter import DEAD_LETTER, dead_letter
-from transforms.json_values import loads
+from transforms.json_values import loads, reason_of
 from transforms.records import with_provenance
 
 __all__ = [
@@ -75,7 +75,7 @@ def decode_json_message(payload: Optional[bytes]) -> Tuple[Optional[dict], Optio
   try:
     value = loads(text)
   except ValueError as e:
-    return None, (getattr(e, 'reason', 'malformed_json'), f'not JSON: {e}', text[:_MAX_RAW_CHARS])
+    return None, (reason_of(e), f'not JSON: {e}', text[:_MAX_RAW_CHARS])
   if not isinstance(value, dict):
     return None, ('malformed_json', f'a JSON {type(value).__name__}, not an object', text[:_MAX_RAW_CHARS])
   return value, None

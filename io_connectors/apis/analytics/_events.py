@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 
 from io_connectors._common.arrow import column, table_from_json_lines, table_from_rows, to_text
 from transforms.dead_letter import dead_letter
-from transforms.json_values import loads
+from transforms.json_values import loads, reason_of
 from transforms.records import json_safe, with_provenance
 
 __all__ = ['EventShape', 'Window', 'parse_lines', 'map_events', 'event_id', 'EVENT_FIELDS', 'gunzip', 'complete_lines']
@@ -203,7 +203,7 @@ def parse_lines(
     try:
       value = loads(text)
     except ValueError as e:
-      reason = getattr(e, 'reason', 'malformed_json')
+      reason = reason_of(e)
       letters.append(dead_letter(source, position(number), reason, record=text[:2000], detail=str(e), stage='read'))
       continue
     if not isinstance(value, dict):
