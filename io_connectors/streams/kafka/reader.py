@@ -597,28 +597,30 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
     return first + consumer.consume(num_messages=options.batch_size - 1, timeout=0)
 
   @staticmethod
-  def _behind(consumer, element, messages) -> bool:
+  def _cached_end(consumer, element) -> Optional[int]:
+    """The partition's end offset as the client's last fetch response gave it; None when not known."""
+    try:
+      unused_low, high = consumer.get_watermark_offsets(_tp(element.topic, element.partition), cached=True)
+    except Exception:
+      return None
+    return high if high is not None and high >= 0 else None
+
+  @classmethod
+  def _behind(cls, consumer, element, messages) -> bool:
     """Whether the partition's end, as the client's last fetch saw it, lies beyond `messages`."""
     offsets = [m.offset() for m in messages if m.error() is None and m.offset() is not None]
     if not offsets:
       return False
-    position = max(offsets) + 1
-    try:
-      unused_low, high = consumer.get_watermark_offsets(_tp(element.topic, element.partition), cached=True)
-    except Exception:
-      return False
-    return high is not None and high > position
+    end = cls._cached_end(consumer, element)
+    return end is not None and end > max(offsets) + 1
 
-  @staticmethod
-  def _caught_up(consumer, element, position) -> bool:
+  @classmethod
+  def _caught_up(cls, consumer, element, position) -> bool:
     """Whether the consumer has read up to the partition's end (from its last fetch response)."""
     if position is None:
       return False
-    try:
-      unused_low, high = consumer.get_watermark_offsets(_tp(element.topic, element.partition), cached=True)
-    except Exception:
-      return False
-    return high is not None and high >= 0 and position >= high
+    end = cls._cached_end(consumer, element)
+    return end is not None and position >= end
 
   @staticmethod
   def _position(consumer, element):
