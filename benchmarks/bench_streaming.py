@@ -879,11 +879,14 @@ def run_latency(services: Services, options: BenchOptions, work: str) -> dict:
   }
   baseline_latencies: List[float] = []
   measured_ms = [None, None]  # produce-time bounds (ms) of the measured events
+  received: List[Tuple[int, int, float]] = []  # (partition, stamp ms, receive time) of the bare loop's messages
 
   def on_message(message):
     stamp = message.timestamp()[1]
+    now = time.time()
+    received.append((message.partition(), stamp, now))
     if measured_ms[0] is not None and stamp >= measured_ms[0] and (measured_ms[1] is None or stamp <= measured_ms[1]):
-      baseline_latencies.append(time.time() - stamp / 1000)
+      baseline_latencies.append(now - stamp / 1000)
 
   try:
     producer = Producer(services.bootstrap, topic, rows)
@@ -950,6 +953,7 @@ def run_latency(services: Services, options: BenchOptions, work: str) -> dict:
       'windowing_watermark_lag': latency_summary(sampler.lags),
       'watermarks_by_vertex': sampler.summary(),
     }
+    result['pipeline']['per_window'] = window_delays(measured_windows, received, close_offset)
     third = max(1, len(after_close) // 3)
     result['pipeline']['after_window_close_p50_first_vs_last_third'] = (
       [round(float(np.median(after_close[:third])), 3), round(float(np.median(after_close[-third:])), 3)]
@@ -966,6 +970,39 @@ def run_latency(services: Services, options: BenchOptions, work: str) -> dict:
     return result
   finally:
     delete_topic(services.bootstrap, topic)
+
+
+def window_delays(
+  windows: Dict[float, Tuple[float, int]], received: Sequence[Tuple[int, int, float]], close_offset: float
+) -> List[dict]:
+  """Per measured window, how late its last file came after the close, beside what the job could not beat.
+
+  A window can close only once every partition holds a record stamped at or
+  after the close. `produced_after_close_s`: when the first such record was
+  produced (a stalled producer delays it); `bare_loop_past_close_s`: when the
+  bare consume loop, reading the same topic at the same time, had received
+  one from every partition. Both relative to the close; a slow window whose
+  bare loop was as late was slowed before the job (producer, broker, machine).
+  """
+  if not received:
+    return []
+  parts = np.asarray([r[0] for r in received])
+  stamps = np.asarray([r[1] for r in received], dtype=np.int64)
+  seen = np.asarray([r[2] for r in received])
+  out = []
+  for start in sorted(windows):
+    close = start + close_offset
+    after = stamps >= int(round(close * 1000))
+    firsts = [seen[after & (parts == p)].min() for p in np.unique(parts) if (after & (parts == p)).any()]
+    out.append(
+      {
+        'window_start': start,
+        'last_file_after_close_s': round(windows[start][0] - close, 3),
+        'produced_after_close_s': round(float(stamps[after].min()) / 1000 - close, 3) if after.any() else None,
+        'bare_loop_past_close_s': round(max(firsts) - close, 3) if firsts else None,
+      }
+    )
+  return out
 
 
 def profile_summary(path: str, top: int = 25) -> dict:
@@ -1056,6 +1093,12 @@ def report(result: dict) -> str:
       f'bare consume loop p50 {lat["baseline"]["latency"].get("p50_s")} s, p99 '
       f'{lat["baseline"]["latency"].get("p99_s")} s; exactly once: {lat["check"]["ok"]}'
     )
+    slow = [w for w in p.get('per_window', []) if w['last_file_after_close_s'] > 2]
+    if slow:
+      lines.append(
+        'windows whose last file came > 2 s after the close (after close: last file / bare loop past it): '
+        + ', '.join(f'{w["last_file_after_close_s"]} / {w["bare_loop_past_close_s"]} s' for w in slow)
+      )
   elif lat:
     lines.append(f'latency: failed: {lat["error"][:300]}')
   return '\n'.join(lines)

@@ -71,6 +71,23 @@ def test_window_rates_leave_out_the_first_window():
   assert bench.window_rates({0.0: (1.0, 5)}) == {'windows': 1}
 
 
+def test_window_delays_set_a_slow_window_beside_the_bare_loop():
+  # Window [100, 110): its last file at 112.5. Partition 0's first record stamped at or after the close
+  # was produced at 110.2 and received at 110.3, partition 1's received at 111.9: the bare loop passed the
+  # close 1.9 s after it, so most of the window's 2.5 s were spent before the job.
+  received = [(0, 109_900, 109.95), (0, 110_200, 110.3), (1, 109_990, 110.0), (1, 110_400, 111.9), (0, 111_000, 111.1)]
+  (window,) = bench.window_delays({100.0: (112.5, 10)}, received, close_offset=10.0)
+  assert window == {
+    'window_start': 100.0,
+    'last_file_after_close_s': 2.5,
+    'produced_after_close_s': 0.2,
+    'bare_loop_past_close_s': 1.9,
+  }
+  assert bench.window_delays({100.0: (112.5, 10)}, [], 10.0) == []
+  # Nothing received after a window's close (the topic's end): no figure rather than a wrong one.
+  assert bench.window_delays({200.0: (211.0, 3)}, received, 10.0)[0]['bare_loop_past_close_s'] is None
+
+
 def test_exactly_once_names_missing_doubled_and_unexpected():
   assert bench.exactly_once(['a', 'b', 'c'], ['a', 'b', 'c'])['ok']
   check = bench.exactly_once(['a', 'a', 'x'], ['a', 'b'])
