@@ -60,6 +60,7 @@ import json
 import math
 import operator
 import os
+import string
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -135,6 +136,8 @@ class Rule:
     unknown = [f for f in self.group_by if f not in GROUP_FIELDS]
     if unknown:
       raise ValueError(f'group_by field(s) {", ".join(map(str, unknown))} unknown; known: {", ".join(GROUP_FIELDS)}')
+    if self.summary is not None:
+      _check_summary(self.summary)
 
   def watches(self, record: Mapping[str, Any]) -> bool:
     if not fnmatch.fnmatchcase(str(record.get('metric')), self.metric):
@@ -168,6 +171,35 @@ class AlertConfig:
   silences: Tuple[Silence, ...] = ()
   channels: Tuple[Dict[str, Any], ...] = ()
   extra: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _check_summary(template: Any) -> None:
+  """Refuses a summary template that could not render a notification: the job would stop at its first alert.
+
+  Fields are names (rule, value, count, the group's fields; an unknown name
+  is shown as written); positional fields and attribute or index access are
+  refused, and a format spec must suit the field (tried on a sample).
+  """
+  if not isinstance(template, str):
+    raise ValueError(f'summary must be a text template, got {template!r}')
+  try:
+    names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+  except ValueError as e:
+    raise ValueError(f'summary {template!r} is not a template: {e}') from None
+  bad = [name for name in names if not name.isidentifier()]
+  if bad:
+    raise ValueError(f'summary {template!r}: fields must be names such as {{rule}} or {{value}}, got {{{bad[0]}}}')
+  try:
+    _render_summary(template, {f: 'x' for f in GROUP_FIELDS}, 'rule', 1.0, 1)
+  except (ValueError, TypeError) as e:
+    raise ValueError(f'summary {template!r} does not render: {e}') from None
+
+
+def _render_summary(template: str, group: Mapping[str, str], rule: str, value: Optional[float], count: int) -> str:
+  """The rule's summary template filled in; a field without a value (a resolve's value, an unknown name) is
+  shown as text whatever its format spec."""
+  fields = _Missing(group, rule=rule, value=_Placeholder(str(value)) if value is None else value, count=count)
+  return template.format_map(fields)
 
 
 def _is_number(value) -> bool:
@@ -445,7 +477,7 @@ class _AlertGroupFn(beam.DoFn):
     tenant = group_dict.get('tenant_id') or (firing[0][1]['tenant_id'] if firing else None)
     value = firing[0][1]['value'] if firing else None
     if rule.summary:
-      summary = rule.summary.format_map(_Missing(group_dict, rule=rule.name, value=value, count=len(firing)))
+      summary = _render_summary(rule.summary, group_dict, rule.name, value, len(firing))
     elif status == 'resolved':
       summary = f'[RESOLVED] {rule.name}: {rule.metric} back to normal' + (f' for tenant {tenant}' if tenant else '')
     else:
@@ -482,12 +514,27 @@ class _AlertGroupFn(beam.DoFn):
     }
 
 
+class _Placeholder:
+  """A summary field without a value: its text under any format spec ('{value:.1f}' on a resolve)."""
+
+  def __init__(self, text: str):
+    self._text = text
+
+  def __format__(self, spec: str) -> str:
+    return self._text
+
+  def __str__(self) -> str:
+    return self._text
+
+  __repr__ = __str__
+
+
 class _Missing(dict):
   def __init__(self, group, **extra):
     super().__init__(group, **extra)
 
   def __missing__(self, key):
-    return '{' + key + '}'
+    return _Placeholder('{' + key + '}')
 
 
 class EvaluateAlerts(beam.PTransform):

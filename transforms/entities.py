@@ -211,7 +211,10 @@ def to_utc_timestamp(value: Any) -> Optional[dt.datetime]:
     raise ValueError('expected a timestamp, got a boolean')
   if isinstance(value, int) or (isinstance(value, str) and re.fullmatch(EPOCH_MS_PATTERN, value)):
     millis = int(value)
-    return dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(milliseconds=millis)
+    try:
+      return dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(milliseconds=millis)
+    except OverflowError:
+      raise ValueError(f'epoch ms {millis} is beyond the years 1 to 9999') from None
   if isinstance(value, str) and re.fullmatch(ISO_OFFSET_PATTERN, value):
     text = value.strip().replace('z', 'Z').replace('Z', '+00:00')
     try:

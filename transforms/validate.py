@@ -329,6 +329,27 @@ def _in_time_zone(naive: pa.Array, time_zone: str) -> pa.Array:
   return local.cast(pa.timestamp(local.type.unit, tz='UTC')).cast(_UTC_US, safe=False)
 
 
+# Epoch ms of the first and last instant a datetime holds (years 1 to 9999): the
+# records' times are read back as datetimes (pydantic, writers, dead letters).
+_EPOCH_MS_RANGE = (-62_135_596_800_000, 253_402_300_799_999)
+
+
+def _epoch_ms(arr) -> Tuple[pa.Array, np.ndarray]:
+  """Epoch ms (integers, or text of digits) as UTC timestamps, and where they are beyond the calendar (null there).
+
+  A producer's nanoseconds or a garbled number must be the row's invalid
+  value: cast as they are, they overflow and stop the step for the batch.
+  """
+  low, high = _EPOCH_MS_RANGE
+  beyond = np.zeros(len(arr), dtype=bool)
+  if pa.types.is_uint64(arr.type):  # past int64 it would not cast
+    beyond = _mask(pc.greater(arr, pa.scalar(high, pa.uint64())))
+    arr = _null_where(arr, beyond)
+  millis = arr.cast(pa.int64())
+  beyond |= _mask(pc.or_(pc.less(millis, low), pc.greater(millis, high)))
+  return _null_where(millis, beyond).cast(pa.timestamp('ms', tz='UTC')).cast(_UTC_US), beyond
+
+
 def _convert_timestamp(arr, rule, naive_time_zone: Optional[str] = None) -> _Column:
   del rule
   n = len(arr)
@@ -340,7 +361,8 @@ def _convert_timestamp(arr, rule, naive_time_zone: Optional[str] = None) -> _Col
       return _Column(pa.nulls(n, _UTC_US), none, _not_null(arr))
     return _Column(arr.cast(pa.timestamp(arr.type.unit, tz='UTC')).cast(_UTC_US, safe=False), none, none.copy())
   if pa.types.is_integer(arr.type):
-    return _Column(arr.cast(pa.int64()).cast(pa.timestamp('ms', tz='UTC')).cast(_UTC_US), none, none.copy())
+    values, beyond = _epoch_ms(arr)
+    return _Column(values, none, beyond)
   if pa.types.is_null(arr.type):
     return _Column(pa.nulls(n, _UTC_US), none, none.copy())
   if not pa.types.is_string(arr.type):
@@ -351,9 +373,10 @@ def _convert_timestamp(arr, rule, naive_time_zone: Optional[str] = None) -> _Col
   is_epoch = present & _mask(pc.match_substring_regex(strings, entities.EPOCH_MS_PATTERN))
   is_iso = present & ~is_epoch & _mask(pc.match_substring_regex(strings, entities.ISO_OFFSET_PATTERN))
   trimmed = pc.utf8_trim(strings, characters=' \t')
-  epoch = _null_where(trimmed, ~is_epoch).cast(pa.int64()).cast(pa.timestamp('ms', tz='UTC')).cast(_UTC_US)
+  epoch, epoch_beyond = _epoch_ms(_null_where(trimmed, ~is_epoch))
   iso_text = pc.replace_substring_regex(_null_where(trimmed, ~is_iso), 'z$', 'Z')
   iso, bad_value = _cast_or_each(iso_text, _UTC_US, entities.to_utc_timestamp)
+  bad_value |= epoch_beyond
   values = pc.if_else(pa.array(is_epoch), epoch, iso)
   is_naive = np.zeros(n, dtype=bool)
   if naive_time_zone:

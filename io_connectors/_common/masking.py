@@ -8,6 +8,8 @@ Usage::
     mask_secrets('login failed for key sk-123', ['sk-123'])   # 'login failed for key ***'
     # A driver's error text, which may quote the URL or the password alone:
     masked_message('auth failed for music:s3cret', 'redis://music:s3cret@db')  # 'auth failed for music:***'
+    # ... and the query values, wherever its name=value pairs stand:
+    masked_message('failed: /metrics?token=t0k', 'https://gw/metrics?token=t0k')  # 'failed: /metrics?token=***'
     # The option, else $POSTGRES_URL; a missing or wrong URL is an error that shows it masked.
     connection_url(options.url, 'POSTGRES_URL', ('postgresql://', 'postgres://'), 'PostgreSQL')
 """
@@ -50,13 +52,33 @@ def url_password(url: str) -> Optional[str]:
 
 
 def masked_message(message: object, url: str) -> str:
-  """`message` with the URL masked and its password replaced by ***, on one line of at most 500 characters."""
+  """`message` with the URL masked, its password and its query values replaced by ***, on one line of at
+  most 500 characters."""
   text = str(message)
   password = url_password(url)
   if password:
     text = text.replace(password, '***')
-  text = text.replace(url, mask_url(url))
+  text = _query_values_masked(text.replace(url, mask_url(url)), url)
   return ' '.join(text.split())[:500]
+
+
+def _query_values_masked(text: str, url: str) -> str:
+  """`text` with each ``name=value`` of the URL's query written ``name=***``.
+
+  A query may hold a key (``?token=...``, a Pushgateway's or a webhook's),
+  and clients quote the whole URL or its path and query alone (requests:
+  "Max retries exceeded with url: /metrics?token=..."), so the pairs are
+  masked wherever they stand whole.
+  """
+  try:
+    query = urllib.parse.urlsplit(url or '').query
+  except ValueError:
+    return text
+  for pair in query.split('&'):
+    name, sep, value = pair.partition('=')
+    if sep and value:
+      text = re.sub(re.escape(pair) + r'(?=[&#\s\'"<>()]|$)', lambda _m, name=name: f'{name}=***', text)
+  return text
 
 
 def connection_url(url: Optional[str], variable: str, schemes: Sequence[str], system: str, hint: str = '') -> str:

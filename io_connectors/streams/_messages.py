@@ -44,6 +44,7 @@ __all__ = [
   'advance_watermark',
   'emit_at_watermark',
   'earliest_event_time',
+  'batch_stamp',
   'CheckpointOnlyTracker',
   'unbounded_reader',
 ]
@@ -159,6 +160,19 @@ def earliest_event_time(batch: pa.RecordBatch, field: str) -> Optional[Timestamp
     return None
   value = pc.min(utc_timestamps(batch.column(index)).cast(pa.int64())).as_py()
   return None if value is None else Timestamp(micros=value)
+
+
+def batch_stamp(batch: Optional[pa.RecordBatch], field: Optional[str], arrival: Timestamp) -> Timestamp:
+  """What a read batch is stamped with: its earliest `field` value (`earliest_event_time`), never later than
+  `arrival` (when the broker received its last message); `arrival` without a field or a valid value.
+
+  An event does not happen after it arrived: a time ahead of that is a
+  producer's wrong clock or a hostile value (year 9999), and the watermark,
+  which never goes back, would carry every later batch of the stream there.
+  A stamp earlier than some rows only makes no row late.
+  """
+  earliest = earliest_event_time(batch, field) if field and batch is not None else None
+  return arrival if earliest is None else min(earliest, arrival)
 
 
 def emit_at_watermark(

@@ -47,8 +47,8 @@ letters (``stage='read'``, ``malformed_json`` / ``bad_encoding``) carry
 
 Timestamps and watermark (as `io_connectors.streams.redis_streams`): a batch
 is stamped with the earliest ``event_time_field`` value of its rows when that
-option is set (the job sets ``played_at``), else with its latest publish
-time; never below the watermark, which follows those stamps and the reads'
+option is set (the job sets ``played_at``) but never later than its latest
+publish time, else with that publish time; never below the watermark, which follows those stamps and the reads'
 wall-clock time when nothing arrives. Without ``event_time_field`` a message
 redelivered after its ack timeout is stamped by its (old) publish time under
 a watermark that moved on, so a window downstream sees it as late.
@@ -88,7 +88,7 @@ from io_connectors.streams._messages import (
   ManualWatermarkProvider,
   ReadsRestrictionProvider,
   advance_watermark,
-  earliest_event_time,
+  batch_stamp,
   emit_at_watermark,
   messages_to_batch,
   unbounded_reader,
@@ -391,11 +391,8 @@ class _ReadTopicFn(beam.DoFn):
       STAGE,
       self._options.string_columns,
     )
-    stamp = Timestamp.of(max(m.publish_timestamp() for m in messages) / 1000)
-    if self._options.event_time_field and batch is not None:
-      earliest = earliest_event_time(batch, self._options.event_time_field)
-      if earliest is not None:
-        stamp = earliest
+    arrival = Timestamp.of(max(m.publish_timestamp() for m in messages) / 1000)
+    stamp = batch_stamp(batch, self._options.event_time_field, arrival)
     yield from emit_at_watermark(watermark, stamp, batch, dead)
     if self._options.ack == 'sink':
       # The pipeline acks what it wrote (PulsarAcknowledger), through the

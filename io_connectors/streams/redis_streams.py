@@ -75,8 +75,10 @@ Records and positions:
 
 Timestamps and watermark: a batch is stamped with the earliest
 ``event_time_field`` value of its rows when that option is set (as the job
-does with ``played_at``), else with its last entry's id time (the Redis
-server's clock when the entry was added); never below the watermark, which
+does with ``played_at``) but never later than its last entry's id time (the
+Redis server's clock when the entry was added: a time ahead of that is a
+wrong clock, and would carry the watermark there), else with that id time;
+never below the watermark, which
 follows those stamps. When a read finds nothing the watermark moves to the
 server's TIME minus ``idle_watermark_lag_s``: an entry whose event time is
 older than that when it arrives is late downstream (as with Kafka's idle
@@ -105,7 +107,7 @@ from io_connectors.streams._messages import (
   ManualWatermarkProvider,
   ReadsRestrictionProvider,
   advance_watermark,
-  earliest_event_time,
+  batch_stamp,
   emit_at_watermark,
   messages_to_batch,
   unbounded_reader,
@@ -459,11 +461,7 @@ class _ReadStreamFn(_RedisClientFn):
         )
       )
     last_ms = int((ids[-1] if ids else _text(deleted[-1])).partition('-')[0])
-    stamp = Timestamp.of(last_ms / 1000)
-    if opts.event_time_field and batch is not None:
-      earliest = earliest_event_time(batch, opts.event_time_field)
-      if earliest is not None:
-        stamp = earliest
+    stamp = batch_stamp(batch, opts.event_time_field, Timestamp.of(last_ms / 1000))
     yield from emit_at_watermark(watermark, stamp, batch, dead)
 
 

@@ -26,7 +26,8 @@ delivery is accepted only when
   (``--signature_versions v2``); as v1 does not cover the id, a v1 delivery
   is also refused (409) when a delivery with the same timestamp and body
   digest was accepted before;
-- the body is a JSON document nested at most ``max_json_depth`` deep (else 400);
+- the body is a UTF-8 JSON document nested at most ``max_json_depth`` deep,
+  that the stream readers can decode (else 400: UTF-16, a lone surrogate escape);
 - its delivery id was not accepted before within the tolerance window (else
   409): the ids are kept in Redis so that every replica of the receiver
   shares them.
@@ -101,7 +102,6 @@ import dataclasses
 import functools
 import hashlib
 import hmac
-import json
 import logging
 import os
 import re
@@ -111,7 +111,7 @@ import time
 from typing import Dict, Optional, Sequence
 
 from io_connectors._common.masking import mask_url
-from transforms.json_values import depth_exceeds
+from transforms.json_values import JsonValueError, loads, reason_of
 
 __all__ = [
   'WebhookOptions',
@@ -415,15 +415,21 @@ def create_app(options: WebhookOptions, redis_client=None):
     return version
 
   def parse_document(body: bytes):
+    """The body's JSON document, decoded as the stream readers will (UTF-8, a byte order mark dropped;
+    `json_values.loads`): a body they could never read is refused here, not acknowledged with 202 and
+    dead-lettered later (UTF-16 that json alone detects, a lone surrogate escape)."""
     try:
-      document = json.loads(body)
-    except RecursionError:
-      raise _Rejected('too_deep', f'JSON nested deeper than {options.max_json_depth}') from None
-    except ValueError:
+      text = body.decode('utf-8-sig')
+    except UnicodeDecodeError as e:
+      raise _Rejected('malformed_body', f'body is not UTF-8 text ({e.reason} at byte {e.start})') from None
+    try:
+      return loads(text, max_depth=options.max_json_depth)
+    except ValueError as e:
+      if reason_of(e) == 'bad_encoding':
+        raise _Rejected('malformed_body', f'body is not text: {e}') from None
+      if isinstance(e, JsonValueError):  # what json parses but loads refuses, other than text: the depth
+        raise _Rejected('too_deep', f'JSON nested deeper than {options.max_json_depth}') from None
       raise _Rejected('malformed_body', 'body is not a JSON document') from None
-    if depth_exceeds(document, options.max_json_depth):
-      raise _Rejected('too_deep', f'JSON nested deeper than {options.max_json_depth}')
-    return document
 
   async def check_segment(source: str, request) -> dict:
     body = await read_body_in_time(request)

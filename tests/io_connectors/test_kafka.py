@@ -401,6 +401,17 @@ def test_json_too_deep_or_with_a_lone_surrogate_is_a_dead_letter_not_a_failed_re
   assert all(len(l['record']) <= 10_003 for l in letters)
 
 
+def test_message_timestamps_beam_cannot_hold_are_read_as_no_timestamp(kafka):
+  """A CreateTime in nanoseconds (time.time_ns()) or near the int64 end: the records are read, the read goes on."""
+  topic = new_topic(kafka, partitions=1)
+  produce(kafka, topic, [(0, event(1), 1_700_000_000_000_000_000), (0, event(2), 2**62), (0, b'oops', 2**62)])
+  produce(kafka, topic, [(0, event(3), None)])
+  rows, letters, _ = run_read(KafkaReadOptions(bootstrap_servers=kafka, topics=topic, bounded=True))
+  source = f'kafka://{topic}/0'
+  assert sorted(rows) == [(source, 0, 'e1'), (source, 1, 'e2'), (source, 3, 'e3')]
+  assert [(l['position'], l['reason']) for l in letters] == [('offset 2', 'malformed_json')]
+
+
 def test_write_to_kafka_round_trip(kafka):
   topic = new_topic(kafka)
   batch = pa.RecordBatch.from_pylist([{'event_id': 'w1', 'ms_played': 1}, {'event_id': 'w2', 'ms_played': 2}])

@@ -54,3 +54,14 @@ def test_masked_message_hides_the_password_alone_and_in_the_url():
   message = f'auth failed for {url}\n  (password s3cret rejected)'
   assert masked_message(message, url) == ('auth failed for mongodb://music:***@db:27017/music (password *** rejected)')
   assert len(masked_message('x' * 900, url)) == 500
+
+
+def test_masked_message_hides_the_query_values_of_the_url_however_it_is_quoted():
+  url = 'https://push.example.com/metrics?job=etl&token=t0k3n&flag'
+  for quoted in (url, '/metrics?job=etl&token=t0k3n&flag'):
+    message = f'401 Client Error: Unauthorized for url: {quoted}'
+    assert (
+      masked_message(message, url)
+      == f'401 Client Error: Unauthorized for url: {quoted.split("?")[0]}?job=***&token=***&flag'
+    )
+  assert masked_message('token=t0k3nized stays', url) == 'token=t0k3nized stays'

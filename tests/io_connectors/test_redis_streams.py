@@ -379,6 +379,24 @@ def test_batches_are_stamped_with_their_earliest_event_time(url, client, stream)
   _run(build)
 
 
+def test_an_event_time_after_the_entry_arrived_does_not_carry_the_watermark_ahead(url, client, stream):
+  # A producer's wrong clock or a hostile year 9999: the stream's later batches must not be stamped there.
+  for i, played_at in enumerate(['9999-01-01T00:00:00Z', '2024-05-01T10:00:01Z']):
+    client.xadd(stream, {'data': json.dumps({'event_id': f'e{i}', 'played_at': played_at})})
+  arrived = int(client.xrange(stream, count=1)[0][0].decode().partition('-')[0]) / 1000
+  options = RedisStreamsOptions(
+    url=url, streams=[stream], group='pipeline', count=1, bounded=True, event_time_field='played_at'
+  )
+
+  def build(p):
+    stamps = (p | ReadFromRedisStreams(options)).records | beam.Map(
+      lambda b, t=beam.DoFn.TimestampParam: (b.column('event_id')[0].as_py(), float(t) <= arrived + 60)
+    )
+    assert_that(stamps, equal_to([('e0', True), ('e1', True)]))
+
+  _run(build)
+
+
 def test_whole_second_times_stay_text():
   """pyarrow infers a time type from a batch of whole-second ISO times and drops their offset: not here."""
   from io_connectors.streams._messages import messages_to_batch

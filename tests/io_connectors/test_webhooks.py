@@ -226,6 +226,8 @@ def test_each_source_has_its_own_secret_and_stream(receiver, redis_client):
     ('old_timestamp', 400, 'stale_timestamp'),
     ('future_timestamp', 400, 'stale_timestamp'),
     ('not_json', 400, 'malformed_body'),
+    ('utf16_body', 400, 'malformed_body'),
+    ('lone_surrogate', 400, 'malformed_body'),
     ('text_plain', 415, 'unsupported_media_type'),
     ('no_content_type', 415, 'unsupported_media_type'),
     ('too_large', 413, 'too_large'),
@@ -255,6 +257,11 @@ def test_rejections_have_the_right_status_and_reason(receiver, redis_client, cas
     'old_timestamp': dict(timestamp=str(now - TOLERANCE - 60)),
     'future_timestamp': dict(timestamp=str(now + TOLERANCE + 60)),
     'not_json': dict(body=b'{"a": '),
+    # JSON the stream readers could never decode: refused now, not acknowledged and dead-lettered later.
+    'utf16_body': dict(
+      body=json.dumps({'a': 'caf\u00e9'}).encode('utf-16'), content_type='application/json; charset=utf-16'
+    ),
+    'lone_surrogate': dict(body=b'{"a": "\\ud800"}'),
     'text_plain': dict(content_type='text/plain'),
     'no_content_type': dict(content_type=''),
     'too_large': dict(event={'blob': 'x' * 5000}),

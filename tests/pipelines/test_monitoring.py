@@ -286,6 +286,21 @@ def test_collectors_report_a_down_target_without_its_secret():
   assert 'hush' not in _masked(raised.value, collector)
 
 
+@pytest.mark.parametrize(
+  'url', ['http://127.0.0.1:1/metrics?token=hush-4a1f', 'http://u:pw@127.0.0.1:1/metrics/job/x?a=1&key=hush-4a1f']
+)
+def test_a_down_pipeline_target_is_reported_without_the_key_in_its_query(url):
+  # requests quotes the URL, or its path and query alone: neither may carry the key into the dead letter.
+  from io_connectors.monitoring import build_collector
+  from io_connectors.monitoring.source import _masked
+
+  collector = build_collector({'type': 'pipeline', 'url': url, 'timeout_s': 1})
+  with pytest.raises(Exception) as raised:
+    collector.samples()
+  detail = _masked(raised.value, collector)
+  assert 'hush' not in detail and 'pw' not in detail and '/metrics' in detail
+
+
 def test_docs_list_every_collector():
   from io_connectors.monitoring import collector_types
 

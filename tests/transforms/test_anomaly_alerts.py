@@ -234,3 +234,41 @@ def test_rate_limits_cap_flapping_episodes_and_space_repeats():
         + [('steady', 'resolved', iso(T0 + 360))]
       ),
     )
+
+
+def test_a_summary_template_with_a_number_format_renders_firing_and_resolve():
+  # The resolve has no value: '{value:.1f}' must not stop the job there.
+  config = parse_config(
+    {
+      'rules': [
+        {
+          'name': 'hot',
+          'kind': 'threshold',
+          'metric': 'm',
+          'value': 1,
+          'summary': '{rule} for {tenant_id}: {value:.1f} in {count} series ({subject:>3})',
+        }
+      ]
+    }
+  )
+  stream = TestStream().advance_watermark_to(T0)
+  for i, value in enumerate([5.0, 0.0]):
+    point = {'tenant_id': 'acme', 'metric': 'm', 'subject': 's', 'value': value}
+    stream = stream.add_elements([TimestampedValue(point, T0 + 60 * i)]).advance_watermark_to(T0 + 60 * i + 1)
+  with streaming_pipeline() as p:
+    notes = p | stream.advance_watermark_to_infinity() | EvaluateAlerts(config)
+    assert_that(
+      notes | beam.Map(lambda n: (n['status'], n['summary'])),
+      equal_to(
+        [
+          ('firing', 'hot for acme: 5.0 in 1 series ({subject})'),
+          ('resolved', 'hot for acme: None in 0 series ({subject})'),
+        ]
+      ),
+    )
+
+
+@pytest.mark.parametrize('summary', ['{0} is hot', '{tenant_id.upper} is hot', '{count:s} series', '{rule'])
+def test_a_summary_template_that_cannot_render_is_refused_when_loaded(summary):
+  with pytest.raises(AlertRuleError, match=r"alert rule 'hot' \(rules\[0\]\): summary"):
+    parse_config({'rules': [{'name': 'hot', 'kind': 'threshold', 'metric': 'm', 'value': 1, 'summary': summary}]})

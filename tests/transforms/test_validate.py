@@ -423,3 +423,17 @@ def test_every_spotify_id_field_of_every_entity_takes_its_own_uri_and_refuses_an
     assert adapter.validate_python(texts[0]) == '4uLU6hMCjMI75M1A2tKUQC', (name, field)
     with pytest.raises(pydantic.ValidationError):
       adapter.validate_python(texts[1])
+
+
+def test_epoch_milliseconds_beyond_the_calendar_are_an_invalid_value_not_a_failed_step():
+  # A producer's nanoseconds or a garbled number: the row is a dead letter, the batch goes on.
+  times = [1709296200000, 2**62, 10**15, -(10**15)]
+  batch = pa.RecordBatch.from_pylist([dict(GOOD, played_at=t) for t in times])
+  valid, letters = validate_batch(batch, entities.ListeningEvent)
+  assert valid.num_rows == 1
+  assert [(l['reason'], l['field']) for l in letters] == [('invalid_value', 'played_at')] * 3
+  # The stream readers' batch stamp leaves them out, as validation does.
+  assert validate_module.utc_timestamps(pa.array(times)).to_pylist()[1:] == [None] * 3
+  text = pa.RecordBatch.from_pylist([dict(GOOD, played_at='999999999999999')])
+  valid, letters = validate_batch(text, entities.ListeningEvent)
+  assert valid.num_rows == 0 and [(l['reason'], l['field']) for l in letters] == [('invalid_value', 'played_at')]

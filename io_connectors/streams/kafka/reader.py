@@ -17,6 +17,7 @@ import pyarrow as pa
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorProvider
+from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Duration, Timestamp
 
 from io_connectors._common.arrow import batch_from_rows
@@ -42,6 +43,8 @@ _LOG = logging.getLogger(__name__)
 
 # The stop of an unbounded partition's offset range (OffsetRange needs one).
 _UNBOUNDED_STOP = 2**63 - 1
+# The latest message timestamp (ms) an element may carry: the end of Beam's global window.
+_LATEST_STAMP_MS = GlobalWindow().max_timestamp().micros // 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +131,17 @@ class _Clients:
 
 def _nothing():
   pass
+
+
+def _stamp_ms(message) -> int:
+  """The message's timestamp in epoch ms, or -1 (none) when it has none or one Beam cannot hold.
+
+  Kafka takes any int64 as a CreateTime: a producer that sends nanoseconds
+  (time.time_ns()) writes one past Beam's last instant, and stamping an
+  element with it fails the read at that offset on every retry.
+  """
+  stamp = message.timestamp()[1]
+  return stamp if 0 <= stamp <= _LATEST_STAMP_MS else -1
 
 
 def _tp(topic, partition, offset=None):
@@ -418,7 +432,7 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
     source = source_uri(element.topic, element.partition)
     values = [m.value() for m in messages]
     offsets = np.fromiter((m.offset() for m in messages), dtype=np.int64, count=len(messages))
-    stamps = [m.timestamp()[1] for m in messages]
+    stamps = [_stamp_ms(m) for m in messages]
     rows, good, bad = decode_values(values, self._options.value_format, self._avro)
     self._read.inc(len(messages))
     for i, reason, detail in bad:
@@ -512,7 +526,7 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
             break
           pending.append(message)
           claimed_to = message.offset() + 1
-          stamp = message.timestamp()[1]
+          stamp = _stamp_ms(message)
           if stamp >= 0:
             newest_ms = stamp if newest_ms is None else max(newest_ms, stamp)
         if pending:
