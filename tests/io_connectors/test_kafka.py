@@ -412,6 +412,25 @@ def test_message_timestamps_beam_cannot_hold_are_read_as_no_timestamp(kafka):
   assert [(l['position'], l['reason']) for l in letters] == [('offset 2', 'malformed_json')]
 
 
+def test_message_timestamps_far_ahead_of_the_clock_are_no_timestamp():
+  """A producer that sends microseconds (a time 50,000 years ahead) would carry the partition's watermark there."""
+  from io_connectors.streams.kafka.reader import _stamp_ms
+
+  class Stamped:  # what the reader asks of a confluent_kafka.Message
+    def __init__(self, ms):
+      self._ms = ms
+
+    def timestamp(self):
+      return (1, self._ms)  # TIMESTAMP_CREATE_TIME
+
+  now_ms = 1_800_000_000_000
+  assert _stamp_ms(Stamped(now_ms * 1000), now_ms) == -1  # microseconds
+  assert _stamp_ms(Stamped(now_ms + 25 * 3600 * 1000), now_ms) == -1
+  assert _stamp_ms(Stamped(now_ms + 3600 * 1000), now_ms) == now_ms + 3600 * 1000  # a clock an hour fast
+  assert _stamp_ms(Stamped(1_000), now_ms) == 1_000  # old records keep their time
+  assert _stamp_ms(Stamped(-1), now_ms) == -1
+
+
 def test_write_to_kafka_round_trip(kafka):
   topic = new_topic(kafka)
   batch = pa.RecordBatch.from_pylist([{'event_id': 'w1', 'ms_played': 1}, {'event_id': 'w2', 'ms_played': 2}])

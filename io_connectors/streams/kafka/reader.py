@@ -133,15 +133,27 @@ def _nothing():
   pass
 
 
-def _stamp_ms(message) -> int:
-  """The message's timestamp in epoch ms, or -1 (none) when it has none or one Beam cannot hold.
+# How far ahead of the reader's clock a message timestamp may be and still be
+# believed: producers' clocks drift by seconds, not days.
+_FUTURE_STAMP_TOLERANCE_MS = 24 * 3600 * 1000
+
+
+def _stamp_ms(message, now_ms: Optional[int] = None) -> int:
+  """The message's timestamp in epoch ms, or -1 (none) when it has none, one Beam cannot hold, or one from
+  more than a day after the reader's clock (`now_ms`, default the current time).
 
   Kafka takes any int64 as a CreateTime: a producer that sends nanoseconds
   (time.time_ns()) writes one past Beam's last instant, and stamping an
-  element with it fails the read at that offset on every retry.
+  element with it fails the read at that offset on every retry. One that
+  sends microseconds writes a time 50,000 years ahead, which Beam can hold:
+  reported as the partition's progress, it would carry the watermark there
+  for good and make every later record late.
   """
   stamp = message.timestamp()[1]
-  return stamp if 0 <= stamp <= _LATEST_STAMP_MS else -1
+  latest = min(
+    _LATEST_STAMP_MS, (time.time_ns() // 1_000_000 if now_ms is None else now_ms) + _FUTURE_STAMP_TOLERANCE_MS
+  )
+  return stamp if 0 <= stamp <= latest else -1
 
 
 def _tp(topic, partition, offset=None):
@@ -432,7 +444,8 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
     source = source_uri(element.topic, element.partition)
     values = [m.value() for m in messages]
     offsets = np.fromiter((m.offset() for m in messages), dtype=np.int64, count=len(messages))
-    stamps = [_stamp_ms(m) for m in messages]
+    now_ms = time.time_ns() // 1_000_000
+    stamps = [_stamp_ms(m, now_ms) for m in messages]
     rows, good, bad = decode_values(values, self._options.value_format, self._avro)
     self._read.inc(len(messages))
     for i, reason, detail in bad:
@@ -502,6 +515,7 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
         # Judged at once: while the batch is processed the client fetches on, and the end it
         # reports would always look ahead of a read that keeps up.
         at_head = len(messages) < options.batch_size and not self._behind(consumer, element, messages)
+        now_ms = time.time_ns() // 1_000_000
         for message in messages:
           error = message.error()
           if error is not None:
@@ -526,7 +540,7 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
             break
           pending.append(message)
           claimed_to = message.offset() + 1
-          stamp = _stamp_ms(message)
+          stamp = _stamp_ms(message, now_ms)
           if stamp >= 0:
             newest_ms = stamp if newest_ms is None else max(newest_ms, stamp)
         if pending:
