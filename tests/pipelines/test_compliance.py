@@ -341,6 +341,28 @@ def test_retention_drops_expired_rows_per_tenant_and_entity(tmp_path, output_for
   assert not again['published'] and again['records_removed'] == {'data': 0, 'dead_letter': 0}
 
 
+@pytest.mark.parametrize('output_format', ['parquet', 'avro', 'jsonl'])
+def test_retention_reads_a_source_s_integer_time_as_epoch_milliseconds(tmp_path, output_format):
+  """Users carry `created_at` as epoch ms (as the validator reads integer times): last week's stay."""
+  import datetime as dt
+
+  now = dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc)
+  at = lambda days: int((now - dt.timedelta(days=days)).timestamp() * 1000)
+  users = [('recent', at(7)), ('old', at(800)), ('beyond-the-calendar', 9 * 10**18)]
+  path = tmp_path / 'users.jsonl'
+  path.write_text(''.join(json.dumps({'id': i, 'tenant_id': 'acme', 'created_at': t}) + '\n' for i, t in users))
+  output = str(tmp_path / 'users')
+  run(
+    ['--input', str(path), '--output', output, '--tenant_field', 'tenant_id', '--entity', 'user']
+    + ['--output_format', output_format]
+  )
+
+  report = compliance.apply_retention(output, {'*': {'*': 365}}, now=now)
+
+  assert report['records_removed'] == {'data': 1, 'dead_letter': 0}
+  assert read_manifest(output)['counts']['written'] == 2
+
+
 def test_retention_rules_are_checked_and_the_command_audits(tmp_path, capsys):
   with pytest.raises(ComplianceError, match=r'retention_days\.acme\.listening_event must be a whole number'):
     compliance.check_retention_rules({'acme': {'listening_event': 0}})
