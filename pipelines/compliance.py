@@ -1309,16 +1309,29 @@ def _counts_after(counts: dict, removed: Dict[Tuple[str, str, str], int], metric
 TIME_FIELDS = ('played_at', 'event_time', 'timestamp', 'occurred_at', 'created_at', 'added_at', 'updated_at')
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
 def _as_utc(value) -> Optional[dt.datetime]:
-  """A record's time value as an aware UTC datetime: datetimes, ISO text, or integers (TFRecord: microseconds)."""
+  """A record's time value as an aware UTC datetime: datetimes, ISO text, or integers.
+
+  An integer in a TFRecord feature (a list) is the sink's encoding of a
+  timestamp: microseconds. Elsewhere the sinks write times as timestamps or
+  ISO text, so an integer is a source's own column, read as the validator
+  reads an integer time: epoch milliseconds (read as microseconds, a record
+  made last week was from January 1970 and expired). A float, or an integer
+  beyond the calendar, is no time: the record is kept.
+  """
   if isinstance(value, (list, tuple)):
     value = value[0] if value else None
-  if value is None or isinstance(value, bool):
+    if isinstance(value, int) and not isinstance(value, bool):
+      return _after_epoch(microseconds=value)
+  if value is None or isinstance(value, (bool, float)):
     return None
   if isinstance(value, dt.datetime):
     return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-  if isinstance(value, (int, float)):
-    return dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=int(value))
+  if isinstance(value, int):
+    return _after_epoch(milliseconds=value)
   if isinstance(value, bytes):
     value = value.decode('utf-8', 'replace')
   try:
@@ -1326,6 +1339,13 @@ def _as_utc(value) -> Optional[dt.datetime]:
   except ValueError:
     return None
   return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+def _after_epoch(**delta: int) -> Optional[dt.datetime]:
+  try:
+    return _EPOCH + dt.timedelta(**delta)
+  except OverflowError:
+    return None
 
 
 class RetentionSelector:

@@ -205,7 +205,7 @@ def erase_matching(target: tables.TableTarget, table: str, tenants: Sequence[str
     conditions = [And(In(tables.TENANT_COLUMN, tenants), In(name, values)) for name, values in cells.items()]
     _delete_rows(target, handle, conditions, f'erase/{"+".join(tenants)}/{uuid.uuid4().hex}')
   else:
-    named = ' OR '.join(f'"{name}" IN ({", ".join(map(_sql_text, values))})' for name, values in cells.items())
+    named = ' OR '.join(f'{_sql_name(name)} IN ({", ".join(map(_sql_text, values))})' for name, values in cells.items())
     predicate = f'{tables.TENANT_COLUMN} IN ({", ".join(map(_sql_text, tenants))}) AND ({named})'
     _delete_rows(target, handle, [predicate], f'erase/{"+".join(tenants)}/{uuid.uuid4().hex}')
   handle = committer.load(table)
@@ -391,6 +391,12 @@ def expire_rows(
 def _sql_text(value: str) -> str:
   """A SQL string literal (Delta predicates)."""
   return "'" + value.replace("'", "''") + "'"
+
+
+def _sql_name(name: str) -> str:
+  """A quoted SQL identifier (Delta predicates). Column names come from the input: a quote in one must
+  not end the name (`x" IS NOT NULL OR "x` deleted every row of the tenant with an `x`)."""
+  return '"' + name.replace('"', '""') + '"'
 
 
 def _delete_rows(target: tables.TableTarget, handle, conditions: Sequence, commit_id: str):

@@ -391,12 +391,13 @@ def _public_url(url: str) -> str:
   return urllib.parse.urlunsplit(parts._replace(query=query))
 
 
-def _described(value):
+def _described(value, key=None):
   if isinstance(value, dict):
-    return {k: _described(v) for k, v in value.items() if k in _DESCRIBED_KEYS}
+    return {k: _described(v, k) for k, v in value.items() if k in _DESCRIBED_KEYS}
   if isinstance(value, (list, tuple)):
-    return [_described(v) for v in value]
-  if isinstance(value, str) and '://' in value:
+    return [_described(v, key) for v in value]
+  if isinstance(value, str) and ('://' in value or key == 'path'):
+    # A resource's `path` is the rest of its URL: a query in it (`?api_key=...`) is masked as in a URL.
     return _public_url(value)
   return value if isinstance(value, (str, int, float, bool)) or value is None else type(value).__name__
 

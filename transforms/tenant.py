@@ -13,6 +13,8 @@ Usage::
 
 from __future__ import annotations
 
+import decimal
+import math
 import re
 from typing import Optional
 
@@ -35,6 +37,40 @@ def check_tenant_id(tenant: object, where: str = 'tenant id') -> str:
   if not isinstance(tenant, str) or not _TENANT_RE.fullmatch(tenant):
     raise ValueError(f'{where} {tenant!r} is not a valid tenant id: it must match {TENANT_PATTERN}')
   return tenant
+
+
+# What a value that cannot be a tenant id is checked as: it never matches the
+# pattern and never equals a run's tenant.
+_NOT_A_TENANT = '<not a tenant id>'
+
+
+def _tenant_text(values: pa.Array) -> pa.Array:
+  """A record's tenant values as text, to be checked against the pattern.
+
+  Text, integers, whole numbers and UTF-8 bytes are their text (`42` in one
+  file and `"42"` in another are one tenant). Anything else (`true`, `1.5`,
+  NaN, an object, a list, bytes that are not UTF-8) is no tenant id: the row
+  becomes a dead letter (its record keeps the value), not a crash of the cast
+  and not a record of the run's tenant.
+  """
+  if pa.types.is_dictionary(values.type):
+    values = values.dictionary_decode()
+  if pa.types.is_string(values.type):
+    return values
+  if pa.types.is_large_string(values.type) or pa.types.is_integer(values.type):
+    return values.cast(pa.string())
+  return pa.array([None if value is None else _scalar_text(value) for value in values.to_pylist()], type=pa.string())
+
+
+def _scalar_text(value: object) -> str:
+  if isinstance(value, bytes):
+    try:
+      return value.decode('utf-8')
+    except UnicodeDecodeError:
+      return _NOT_A_TENANT
+  if isinstance(value, (float, decimal.Decimal)) and math.isfinite(value) and value == int(value):
+    return str(int(value))
+  return _NOT_A_TENANT
 
 
 def _letters(batch: pa.RecordBatch, bad: np.ndarray, field: str, detail_of) -> list:
@@ -63,11 +99,7 @@ def tag_batch(batch: pa.RecordBatch, tenant_id: Optional[str], tenant_field: Opt
   names = batch.schema.names
   if tenant_field:
     if tenant_field in names:
-      values = batch.column(tenant_field)
-      if pa.types.is_dictionary(values.type):
-        values = values.dictionary_decode()
-      if not pa.types.is_string(values.type):
-        values = values.cast(pa.string())
+      values = _tenant_text(batch.column(tenant_field))
     else:
       values = pa.nulls(n, pa.string())
     ok = np.asarray(
@@ -81,7 +113,7 @@ def tag_batch(batch: pa.RecordBatch, tenant_id: Optional[str], tenant_field: Opt
     ok = np.ones(n, dtype=bool)
     if TENANT_COLUMN in names:
       # A record that names another tenant must not land under this run's tenant.
-      own = batch.column(TENANT_COLUMN).cast(pa.string())
+      own = _tenant_text(batch.column(TENANT_COLUMN))
       ok = np.asarray(
         pc.fill_null(pc.or_(pc.is_null(own), pc.equal(own, tenant_id)), True).to_numpy(zero_copy_only=False), bool
       )

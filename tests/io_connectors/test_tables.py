@@ -410,6 +410,28 @@ def test_erase_deletes_rows_of_one_tenant_only_and_is_idempotent(local_target):
     lake_tables.erase(local_target, 'events', 'acme', 'event_id; drop', ['x'])
 
 
+def test_erasure_names_a_column_with_a_quote_in_its_name_as_one_column(tmp_path):
+  """An undeclared column's name comes from the input: it must not end the quoted name in the DELETE."""
+  import deltalake
+
+  from pipelines import lake_tables
+  from pipelines.compliance import SubjectMatcher
+
+  target = tables.TableTarget('delta', str(tmp_path / 'lake'))
+  hostile = 'x" IS NOT NULL OR "x'
+  rows = pa.table({'tenant_id': ['acme', 'acme', 'beat'], hostile: ['u1', 'u2', 'u1'], 'x': ['a', 'b', 'c']})
+  deltalake.write_deltalake(str(tmp_path / 'lake' / 'events'), rows, partition_by=['tenant_id'])
+
+  result = lake_tables.erase_matching(target, 'events', ['acme'], SubjectMatcher(['u1']))
+
+  assert result['deleted_rows'] == 1
+  left = deltalake.DeltaTable(str(tmp_path / 'lake' / 'events')).to_pyarrow_table()
+  assert sorted(zip(left.column('tenant_id').to_pylist(), left.column(hostile).to_pylist())) == [
+    ('acme', 'u2'),
+    ('beat', 'u1'),
+  ]
+
+
 def test_dead_letters_are_committed_once_per_period_for_every_tenant_and_a_replay_adds_nothing(local_target):
   from apache_beam.options.pipeline_options import StandardOptions
   from apache_beam.testing.test_pipeline import TestPipeline

@@ -58,9 +58,9 @@ def _rows():
   return rows
 
 
-def _output(tmp_path, output_format='parquet', output=None, beam_args=()):
+def _output(tmp_path, output_format='parquet', output=None, beam_args=(), rows=None):
   path = tmp_path / 'events.csv'
-  rows = _rows()
+  rows = rows or _rows()
   with open(path, 'w', newline='', encoding='utf-8') as handle:
     writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
     writer.writeheader()
@@ -139,6 +139,23 @@ def test_erase_removes_every_record_of_the_subject_and_nothing_else(tmp_path, ou
   again = erase(output, 'acme', ['u1', 'u1@example.com'], _master_key())
   assert not again['published'] and again['records_removed'] == {'data': 0, 'dead_letter': 0}
   assert read_manifest(output)['run_id'] == after['run_id']
+
+
+def test_an_identifier_stored_with_surrounding_whitespace_is_erased_by_its_value(tmp_path):
+  """CSV exports pad values (`u1, u1@example.com`): the padded copies are the same person's."""
+  rows = [dict(row, user_id='u2', user_email='u2@example.com', note='') for row in _rows()[:2]]
+  rows[0].update(event_id='ev-padded', user_id=' u1', user_email='u1@example.com')
+  rows.append(dict(rows[1], event_id='ev-trailing', user_id='u1 \t'))
+  # An anonymous play (no user id): a dead letter whose only trace of u1 is the padded email.
+  rows.append(dict(rows[1], event_id='ev-anonymous', user_id='', user_email=' u1@example.com'))
+  output = _output(tmp_path, rows=rows)
+
+  report = erase(output, 'acme', ['u1', 'u1@example.com'], _master_key())
+
+  assert report['records_removed'] == {'data': 2, 'dead_letter': 1}
+  files = _all_bytes(output)
+  assert not any(b'ev-padded' in data or b'ev-trailing' in data or b'ev-anonymous' in data for data in files.values())
+  assert any(_pseudonym('u2', 'acme').encode() in data for data in files.values())
 
 
 def test_unknown_subject_finds_nothing_and_publishes_nothing(tmp_path):
@@ -322,6 +339,28 @@ def test_retention_drops_expired_rows_per_tenant_and_entity(tmp_path, output_for
   # Again: nothing is older than the rules now.
   again = compliance.apply_retention(output, rules, now=now)
   assert not again['published'] and again['records_removed'] == {'data': 0, 'dead_letter': 0}
+
+
+@pytest.mark.parametrize('output_format', ['parquet', 'avro', 'jsonl'])
+def test_retention_reads_a_source_s_integer_time_as_epoch_milliseconds(tmp_path, output_format):
+  """Users carry `created_at` as epoch ms (as the validator reads integer times): last week's stay."""
+  import datetime as dt
+
+  now = dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc)
+  at = lambda days: int((now - dt.timedelta(days=days)).timestamp() * 1000)
+  users = [('recent', at(7)), ('old', at(800)), ('beyond-the-calendar', 9 * 10**18)]
+  path = tmp_path / 'users.jsonl'
+  path.write_text(''.join(json.dumps({'id': i, 'tenant_id': 'acme', 'created_at': t}) + '\n' for i, t in users))
+  output = str(tmp_path / 'users')
+  run(
+    ['--input', str(path), '--output', output, '--tenant_field', 'tenant_id', '--entity', 'user']
+    + ['--output_format', output_format]
+  )
+
+  report = compliance.apply_retention(output, {'*': {'*': 365}}, now=now)
+
+  assert report['records_removed'] == {'data': 1, 'dead_letter': 0}
+  assert read_manifest(output)['counts']['written'] == 2
 
 
 def test_retention_rules_are_checked_and_the_command_audits(tmp_path, capsys):

@@ -445,6 +445,16 @@ def test_manifest_never_holds_a_source_password():
   }
 
 
+def test_manifest_and_lineage_never_hold_a_key_in_a_resource_path():
+  from pipelines import lineage
+  from pipelines.spotify_batch import _describe
+
+  resource = {'name': 'followers', 'base_url': 'https://api.example.com/v2', 'path': '/followers?api_key=s3cret&n=5'}
+  described = _describe({'type': 'rest', 'resource': resource})
+  assert described['resource']['path'] == '/followers?api_key=***&n=***'
+  assert 's3cret' not in str(lineage.dataset_of_source(described))
+
+
 def test_flags_shared_with_other_options_classes_are_still_known():
   # The streaming job's options declare some of the same flags; importing them
   # must not hide the batch job's own (it did: a conflict dropped the rest).

@@ -46,6 +46,27 @@ def test_run_tenant_rejects_records_of_another_tenant():
   assert letters[0]['record']['tenant_id'] == 'other'
 
 
+@pytest.mark.parametrize('value', [{'id': 'acme'}, ['acme'], True, 1.5, float('nan'), b'\xffacme'], ids=repr)
+def test_a_tenant_value_that_is_not_text_or_a_number_is_a_dead_letter_not_a_crash(value):
+  bad = _batch([{'event_id': 'b', 'tenant_id': value}])
+  tagged, letters = tag_batch(bad, None, 'tenant_id')
+  assert tagged.num_rows == 0
+  assert [(l['reason'], l['position']) for l in letters] == [('invalid_tenant', 'row 2')]
+  tagged, letters = tag_batch(bad, 'acme', None)
+  assert tagged.num_rows == 0
+  assert [(l['reason'], l['position']) for l in letters] == [('invalid_tenant', 'row 2')]
+
+
+def test_a_numeric_tenant_is_the_tenant_of_its_digits():
+  rows = [{'event_id': 'a', 'tenant_id': 42}, {'event_id': 'b', 'tenant_id': 7}]
+  tagged, letters = tag_batch(_batch(rows), None, 'tenant_id')
+  assert tagged.column('tenant_id').to_pylist() == ['42', '7'] and letters == []
+  tagged, letters = tag_batch(_batch([{'event_id': 'a', 'tenant_id': 42.0}]), None, 'tenant_id')
+  assert tagged.column('tenant_id').to_pylist() == ['42'] and letters == []
+  tagged, letters = tag_batch(_batch(rows), '42', None)
+  assert tagged.column('event_id').to_pylist() == ['a'] and len(letters) == 1
+
+
 def test_tenant_arguments_are_checked():
   with pytest.raises(ValueError, match='exactly one'):
     TagTenant()

@@ -38,6 +38,16 @@ def _memo_of(key: bytes) -> Dict[str, str]:
   return memo
 
 
+def _identifier(value: str) -> str:
+  """What is hashed of a value: without surrounding whitespace, which no identifier holds.
+
+  A padded copy (`u1, u1@example.com` in a CSV export) is the same person's;
+  hashed as it was, it got a pseudonym of its own that an erasure of `u1`
+  (subjects are stripped) never derived, so it stayed in the lake.
+  """
+  return value.strip()
+
+
 def _derive(key: bytes, distinct: list) -> list:
   global _memo_size
   memo = _memo_of(key)
@@ -49,7 +59,7 @@ def _derive(key: bytes, distinct: list) -> list:
       if keyed is None:
         keyed = hmac.new(key, digestmod=hashlib.sha256)
       h = keyed.copy()
-      h.update(value.encode('utf-8'))
+      h.update(_identifier(value).encode('utf-8'))
       digest = memo[value] = h.hexdigest()
       new += 1
     out.append(digest)
@@ -67,7 +77,7 @@ def pseudonym(value: str, key: bytes) -> str:
 
 
 def pseudonymise(values, key: bytes):
-  """Hex HMAC-SHA256 of each value under `key`; nulls stay null.
+  """Hex HMAC-SHA256 of each value (without surrounding whitespace) under `key`; nulls stay null.
 
   Non-string arrays are cast to string first. Each distinct value is hashed
   once (dictionary encoding; values seen in earlier batches are remembered),
