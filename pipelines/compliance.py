@@ -93,7 +93,7 @@ from io_connectors.sinks.lake import (
 from io_connectors.sinks.window_files import write_atomically
 from pipelines import runners
 
-from transforms.pii.pseudonyms import pseudonymise
+from transforms.pii.pseudonyms import is_email_address, pseudonymise
 from transforms.pii.suppression import record_in_shared_list, record_suppressed, suppression_tokens
 from transforms.records import json_safe
 from transforms.tenant import check_tenant_id
@@ -130,7 +130,11 @@ class SubjectMatcher:
     if not self.tokens:
       raise ComplianceError('no subjects given')
     self.keys: Dict[str, FrozenSet[str]] = {f: frozenset(map(str, v)) for f, v in (keys or {}).items() if v}
-    alternatives = '|'.join(re.escape(t) for t in sorted(self.tokens, key=len, reverse=True))
+    # An email address matches in any case, as its pseudonym is derived (`pseudonyms.is_email_address`).
+    alternatives = '|'.join(
+      f'(?i:{re.escape(t)})' if is_email_address(t) else re.escape(t)
+      for t in sorted(self.tokens, key=len, reverse=True)
+    )
     self._text = re.compile(f'(?<![{_WORD}])(?:{alternatives})(?![{_WORD}])')
     self._bytes = re.compile(self._text.pattern.encode('utf-8'))
     # RE2 (Arrow) has no look-around: the same word rule with explicit edges.

@@ -158,6 +158,25 @@ def test_an_identifier_stored_with_surrounding_whitespace_is_erased_by_its_value
   assert any(_pseudonym('u2', 'acme').encode() in data for data in files.values())
 
 
+@pytest.mark.parametrize('beam_args', [(), ('--keep_pii',)], ids=['pseudonymised', 'kept'])
+def test_an_email_written_in_another_case_is_erased_by_its_address(tmp_path, beam_args):
+  """`Bob@Example.COM` and `bob@example.com` reach one inbox: erasing one finds the other, pseudonymised or kept."""
+  rows = [dict(row, user_id='u2', user_email='u2@example.com', note='') for row in _rows()[:3]]
+  rows[0].update(event_id='ev-upper', user_id='u7', user_email='Bob@Example.COM')
+  rows[1].update(event_id='ev-lower', user_id='u8', user_email='bob@example.com')
+  output = _output(tmp_path, rows=rows, beam_args=beam_args)
+
+  report = erase(output, 'acme', ['bob@example.com'], _master_key())
+
+  assert report['records_removed']['data'] == 2
+  files = _all_bytes(output)
+  assert not any(b'ev-upper' in data or b'ev-lower' in data for data in files.values())
+  assert any(b'ev-2' in data for data in files.values())
+  # A user id keeps its case: `U2` is another user than `u2`.
+  assert _pseudonym('U2', 'acme') != _pseudonym('u2', 'acme')
+  assert _pseudonym(' Bob@Example.COM', 'acme') == _pseudonym('bob@example.com', 'acme')
+
+
 def test_unknown_subject_finds_nothing_and_publishes_nothing(tmp_path):
   output = _output(tmp_path)
   before = read_manifest(output)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import threading
 from typing import Dict
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ['pseudonym', 'pseudonymise', 'string_array']
+__all__ = ['pseudonym', 'pseudonymise', 'string_array', 'is_email_address']
 
 # Pseudonyms already derived, per key. A user's id, email and address recur
 # in every batch of their events (the sample: 7.4k distinct user ids in each
@@ -38,14 +39,28 @@ def _memo_of(key: bytes) -> Dict[str, str]:
   return memo
 
 
+# An email address as a whole value: its case is not part of who it names.
+_EMAIL = re.compile(r'[^@\s]+@[^@\s]+\.[^@\s]+')
+
+
 def _identifier(value: str) -> str:
-  """What is hashed of a value: without surrounding whitespace, which no identifier holds.
+  """What is hashed of a value: without surrounding whitespace, which no identifier holds; an email
+  address in lower case.
 
   A padded copy (`u1, u1@example.com` in a CSV export) is the same person's;
   hashed as it was, it got a pseudonym of its own that an erasure of `u1`
-  (subjects are stripped) never derived, so it stayed in the lake.
+  (subjects are stripped) never derived, so it stayed in the lake. Likewise
+  `Bob@Example.com` and `bob@example.com`: mail providers deliver both to one
+  inbox, and an erasure of one must find the other. Other identifiers keep
+  their case (user ids may differ by case alone).
   """
-  return value.strip()
+  value = value.strip()
+  return value.lower() if is_email_address(value) else value
+
+
+def is_email_address(value: str) -> bool:
+  """Whether `value` is wholly an email address (whose case `pseudonym` ignores)."""
+  return _EMAIL.fullmatch(value) is not None
 
 
 def _derive(key: bytes, distinct: list) -> list:
@@ -77,7 +92,8 @@ def pseudonym(value: str, key: bytes) -> str:
 
 
 def pseudonymise(values, key: bytes):
-  """Hex HMAC-SHA256 of each value (without surrounding whitespace) under `key`; nulls stay null.
+  """Hex HMAC-SHA256 of each value (without surrounding whitespace; emails in lower case) under `key`; nulls
+  stay null.
 
   Non-string arrays are cast to string first. Each distinct value is hashed
   once (dictionary encoding; values seen in earlier batches are remembered),
