@@ -12,6 +12,7 @@ Column and struct field names that Avro's name rules refuse (`extra.key`,
 
 from __future__ import annotations
 
+import datetime as dt
 import decimal
 import io
 import re
@@ -38,6 +39,10 @@ def _avro_name(name: str, taken: Set[str]) -> str:
   while candidate in taken:
     candidate, k = f'{valid}_{k}', k + 1
   return candidate
+
+
+def _as_utc(moment):
+  return moment.replace(tzinfo=dt.timezone.utc)
 
 
 def _as_text(value):
@@ -80,7 +85,8 @@ class _SchemaBuilder:
     if pa.types.is_floating(t):
       return 'double', None
     if pa.types.is_timestamp(t):
-      return {'type': 'long', 'logicalType': 'timestamp-micros'}, None
+      # fastavro reads a zoneless time in the worker's own zone; Arrow's is a UTC wall clock.
+      return {'type': 'long', 'logicalType': 'timestamp-micros'}, None if t.tz else _skip_none(_as_utc)
     if pa.types.is_date(t):
       return {'type': 'int', 'logicalType': 'date'}, None
     if pa.types.is_time(t):

@@ -165,6 +165,20 @@ def _feature_kind(t: pa.DataType) -> str:
   return 'bytes'
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def _epoch_micros(moment: dt.datetime) -> int:
+  """Microseconds since the epoch, exactly; a zoneless time is UTC, as Arrow and the Parquet sink store it.
+
+  Not `datetime.timestamp()`: that reads a zoneless time in the worker's own
+  zone, so the same file would differ by the machine that wrote it.
+  """
+  if moment.tzinfo is None:
+    moment = moment.replace(tzinfo=dt.timezone.utc)
+  return (moment - _EPOCH) // dt.timedelta(microseconds=1)
+
+
 def _feature_values(value, t: pa.DataType, kind: str) -> list:
   if value is None:
     return []
@@ -172,7 +186,7 @@ def _feature_values(value, t: pa.DataType, kind: str) -> list:
     return [x for v in value for x in _feature_values(v, t.value_type, kind)]
   if kind == 'int64':
     if pa.types.is_timestamp(t):
-      return [int(value.timestamp() * 1_000_000) if hasattr(value, 'timestamp') else int(value)]
+      return [_epoch_micros(value) if isinstance(value, dt.datetime) else int(value)]
     return [int(value)]
   if kind == 'float':
     return [float(value)]
