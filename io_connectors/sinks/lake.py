@@ -158,6 +158,8 @@ def _feature(values, kind: str) -> bytes:
 def _feature_kind(t: pa.DataType) -> str:
   if pa.types.is_list(t) or pa.types.is_large_list(t):
     return _feature_kind(t.value_type)
+  if pa.types.is_uint64(t):
+    return 'bytes'  # int64_list cannot hold 2**63 and above: the decimal digits, exactly
   if pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_timestamp(t):
     return 'int64'
   if pa.types.is_floating(t):
@@ -198,7 +200,7 @@ def _feature_values(value, t: pa.DataType, kind: str) -> list:
 
 
 def example_bytes(row: dict, schema: pa.Schema) -> bytes:
-  """One serialized tf.train.Example; timestamps as int64 microseconds, structs as JSON bytes."""
+  """One serialized tf.train.Example; timestamps as int64 microseconds, structs as JSON bytes, UInt64 as digits."""
   entries = []
   for f in schema:
     kind = _feature_kind(f.type)

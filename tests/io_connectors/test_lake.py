@@ -378,3 +378,14 @@ def test_zoneless_times_are_utc_whatever_the_worker_zone(tmp_path, berlin_clock,
     'avro': [{'created': noon.replace(tzinfo=dt.timezone.utc)}, {'created': None}],
   }[fmt]
   _assert_written_rows(tmp_path, table, fmt, expected)
+
+
+def test_tfrecord_uint64_values_beyond_an_int64_are_kept_exactly(tmp_path):
+  # tf.train.Example holds int64 only: a UInt64 column (Parquet, ClickHouse) is written as its decimal digits.
+  table = pa.table({'id': pa.array([2**64 - 1, 7, None], pa.uint64()), 'small': pa.array([1, None, 3], pa.uint32())})
+  expected = [
+    {'id': [b'18446744073709551615'], 'small': [1]},
+    {'id': [b'7'], 'small': []},
+    {'id': [], 'small': [3]},
+  ]
+  _assert_written_rows(tmp_path, table, 'tfrecord', expected)
