@@ -287,7 +287,13 @@ def _storable(table: pa.Table) -> pa.Table:
     return table
   # Durations and times reach int64 by way of microseconds (Arrow casts them to int64 in their own unit).
   in_microseconds = pa.schema([pa.field(f.name, _storable_type(f.type)) for f in table.schema])
-  return table.cast(in_microseconds).cast(target)
+  # Nanoseconds (pandas' unit) lose their last three digits, as the formats' microseconds must; every
+  # other cast stays checked (an integer out of range still fails).
+  columns = [
+    pc.cast(table.column(i), options=pc.CastOptions(f.type, allow_time_truncate=True))
+    for i, f in enumerate(in_microseconds)
+  ]
+  return pa.Table.from_arrays(columns, schema=in_microseconds).cast(target)
 
 
 def dead_letter_rows(letters: Sequence[dict]) -> pa.Table:

@@ -528,3 +528,23 @@ def test_durations_times_maps_and_fixed_binaries_are_stored_and_appended_again(l
   first = stored.to_pylist()[0]
   assert (first['gap'], first['at'], first['digest']) == (1_500_000, 2_000_000, b'1234')
   assert dict(first['tags']) == {'k': 'v'}
+
+
+def test_nanosecond_times_are_stored_in_microseconds(local_target):
+  """pandas writes timestamps in nanoseconds; both formats hold microseconds: the extra digits are cut, rows kept."""
+  n = 2
+  created = pa.array([1717245000123456789, None], pa.timestamp('ns'))
+  rows = _rows('acme', n).append_column('created', created)
+  rows = rows.append_column('seen', pa.array([1717245000123456789, 1], pa.timestamp('ns', tz='Europe/Berlin')))
+  committer = tables.open_tables(local_target)
+  committer.commit('events', _write(local_target, committer, rows), rows.schema, 'ns', None)
+  table = committer.load('events')
+  stored = table.scan().to_arrow() if local_target.format == 'iceberg' else table.to_pyarrow_table()
+  stored = stored.sort_by('event_id')
+  assert _micros(stored.column('created')) == [1717245000123456, None]
+  assert _micros(stored.column('seen')) == [1717245000123456, 0]
+
+
+def _micros(column):
+  """A timestamp column's values as int64 microseconds since the epoch."""
+  return column.cast(pa.int64()).to_pylist()
