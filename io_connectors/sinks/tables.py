@@ -242,6 +242,8 @@ def _storable_type(t: pa.DataType) -> pa.DataType:
     return pa.timestamp('us', tz='UTC' if t.tz else None)
   if pa.types.is_large_string(t):
     return pa.string()
+  if pa.types.is_uint64(t):
+    return pa.decimal128(20, 0)  # neither format has unsigned integers; a long stops at 2**63 - 1
   if pa.types.is_unsigned_integer(t) or (pa.types.is_integer(t) and t.bit_width < 32):
     return pa.int64() if t.bit_width >= 32 else pa.int32()
   if pa.types.is_float16(t):
@@ -277,7 +279,7 @@ def _as_int64(t: pa.DataType) -> pa.DataType:
 
 def table_schema(schema: pa.Schema) -> pa.Schema:
   """`schema` in types both Iceberg and Delta hold, all nullable: null -> string, timestamps in us,
-  durations and times -> int64 microseconds, fixed-size binary -> binary, ..."""
+  durations and times -> int64 microseconds, fixed-size binary -> binary, uint64 -> decimal(20, 0), ..."""
   return pa.schema([pa.field(f.name, _as_int64(_storable_type(f.type))) for f in schema])
 
 

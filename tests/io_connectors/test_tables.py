@@ -548,3 +548,16 @@ def test_nanosecond_times_are_stored_in_microseconds(local_target):
 def _micros(column):
   """A timestamp column's values as int64 microseconds since the epoch."""
   return column.cast(pa.int64()).to_pylist()
+
+
+def test_uint64_values_beyond_a_long_are_stored_exactly(local_target):
+  """Neither format has unsigned integers: a UInt64 column (Parquet, ClickHouse ids) is a decimal of 20 digits."""
+  rows = _rows('acme', 3).append_column('hash', pa.array([2**64 - 1, 7, None], pa.uint64()))
+  rows = rows.append_column('small', pa.array([1, None, 2**32 - 1], pa.uint32()))
+  committer = tables.open_tables(local_target)
+  for run in ('first', 'second'):  # the second compares its schema with the table the first created
+    committer.commit('events', _write(local_target, committer, rows), rows.schema, run, None)
+  table = committer.load('events')
+  stored = table.scan().to_arrow() if local_target.format == 'iceberg' else table.to_pyarrow_table()
+  got = {(r['event_id'], r['hash'] if r['hash'] is None else int(r['hash']), r['small']) for r in stored.to_pylist()}
+  assert stored.num_rows == 6 and got == {('acme-0', 2**64 - 1, 1), ('acme-1', 7, None), ('acme-2', None, 2**32 - 1)}
