@@ -283,6 +283,19 @@ def table_schema(schema: pa.Schema) -> pa.Schema:
   return pa.schema([pa.field(f.name, _as_int64(_storable_type(f.type))) for f in schema])
 
 
+def _fit_null_columns(schema: pa.Schema, current: pa.Schema) -> pa.Schema:
+  """`schema` with each column null in every row (Arrow's null type) typed as the table `current` has it.
+
+  Such a column says nothing of its type (an optional field empty in one
+  export): it changes no type, and the data files leave it out
+  (`write_data_file`), so its rows read as null.
+  """
+  have = {f.name: f.type for f in current}
+  return pa.schema(
+    [pa.field(f.name, have[f.name]) if pa.types.is_null(f.type) and f.name in have else f for f in schema]
+  )
+
+
 def _storable(table: pa.Table) -> pa.Table:
   target = table_schema(table.schema)
   if target.equals(table.schema):
@@ -410,7 +423,9 @@ def write_data_file(
 
   tag: a name part (`window_file_tag`) that says which window's commit adds the file.
   """
-  rows = _storable(rows)
+  # A column null in every row holds no value: left out, it reads as null whatever the table's type for it.
+  empty = [f.name for f in rows.schema if pa.types.is_null(f.type) and f.name != TENANT_COLUMN]
+  rows = _storable(rows.drop_columns(empty))
   name = f'{tag}-{uuid.uuid4().hex}.parquet' if tag else f'{uuid.uuid4().hex}.parquet'
   if target.format == 'delta':
     # Delta keeps partition values in the log, not in the files.
@@ -763,6 +778,7 @@ class _IcebergTables:
     from pyiceberg.exceptions import CommitFailedException, ValidationError, ValidationException
     from pyiceberg.expressions import In
 
+    incoming = schema
     schema = table_schema(schema)
     props = _summary(commit_id, files, summary)
     if window:
@@ -778,7 +794,9 @@ class _IcebergTables:
       if done:
         _LOG.info('%s: commit %s is there already (snapshot %s); skipped', name, commit_id, done)
         return CommitResult(name, commit_id, True, len(files), sum(f.rows for f in files), [], done, attempt)
-      added = check_schema(name, table.schema().as_arrow(), schema)
+      current = table.schema().as_arrow()
+      schema = table_schema(_fit_null_columns(incoming, current))
+      added = check_schema(name, current, schema)
       if not files and not added:
         return CommitResult(name, commit_id, False, 0, 0, [], None, attempt)
       try:
@@ -914,6 +932,7 @@ class _DeltaTables:
     from deltalake.exceptions import CommitFailedError, DeltaError
     from deltalake.transaction import AddAction, create_table_with_add_actions
 
+    incoming = schema
     schema = table_schema(schema)
     if TENANT_COLUMN not in schema.names:
       schema = schema.append(pa.field(TENANT_COLUMN, pa.string()))
@@ -968,7 +987,7 @@ class _DeltaTables:
           _LOG.info('%s: commit %s is there already; skipped', location, commit_id)
           return CommitResult(location, commit_id, True, len(files), rows, [], done, attempt)
         current = pa.schema(table.schema().to_arrow())
-        added = check_schema(location, current, schema)
+        added = check_schema(location, current, table_schema(_fit_null_columns(incoming, current)))
         if added:
           from deltalake.schema import Field
 
@@ -1040,7 +1059,7 @@ def commit_batch(
     if existing is not None and not tables.committed(existing, commit_id):
       current = existing.schema().as_arrow() if target.format == 'iceberg' else pa.schema(existing.schema().to_arrow())
       schema = schemas.get(name, DEAD_LETTER_SCHEMA)
-      check_schema(name, current, table_schema(schema))
+      check_schema(name, current, table_schema(_fit_null_columns(schema, current)))
   results = {}
   for name, table_files in sorted(by_table.items()):
     result = tables.commit(

@@ -561,3 +561,18 @@ def test_uint64_values_beyond_a_long_are_stored_exactly(local_target):
   stored = table.scan().to_arrow() if local_target.format == 'iceberg' else table.to_pyarrow_table()
   got = {(r['event_id'], r['hash'] if r['hash'] is None else int(r['hash']), r['small']) for r in stored.to_pylist()}
   assert stored.num_rows == 6 and got == {('acme-0', 2**64 - 1, 1), ('acme-1', 7, None), ('acme-2', None, 2**32 - 1)}
+
+
+def test_a_column_null_in_every_row_of_a_run_appends_to_a_typed_column(local_target):
+  """An optional extra column empty in today's export (Arrow's null type) is not a type change: its rows read null."""
+  committer = tables.open_tables(local_target)
+  first = _rows('acme', 2).append_column('score', pa.array([1, 2], pa.int64()))
+  committer.commit('events', _write(local_target, committer, first), first.schema, 'first', None)
+  second = _rows('acme', 2, start=2).append_column('score', pa.nulls(2))
+  second = second.append_column('later', pa.nulls(2))  # new and empty: added as text, as before
+  tables.commit_batch(local_target, _write(local_target, committer, second), {'events': second.schema}, 'second')
+  table = committer.load('events')
+  stored = table.scan().to_arrow() if local_target.format == 'iceberg' else table.to_pyarrow_table()
+  assert stored.schema.field('score').type == pa.int64()
+  got = sorted((r['event_id'], r['score'], r['later']) for r in stored.to_pylist())
+  assert got == [('acme-0', 1, None), ('acme-1', 2, None), ('acme-2', None, None), ('acme-3', None, None)]
