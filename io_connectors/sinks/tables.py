@@ -283,16 +283,22 @@ def table_schema(schema: pa.Schema) -> pa.Schema:
   return pa.schema([pa.field(f.name, _as_int64(_storable_type(f.type))) for f in schema])
 
 
-def _fit_null_columns(schema: pa.Schema, current: pa.Schema) -> pa.Schema:
-  """`schema` with each column null in every row (Arrow's null type) typed as the table `current` has it.
+def _fit_null_columns(schema: pa.Schema, current: Optional[pa.Schema] = None) -> pa.Schema:
+  """`schema` with each column null in every row (Arrow's null type) typed as the table `current` has it,
+  and left out where the table has no such column (or there is no table yet).
 
   Such a column says nothing of its type (an optional field empty in one
   export): it changes no type, and the data files leave it out
-  (`write_data_file`), so its rows read as null.
+  (`write_data_file`), so its rows read as null; the first run with a value
+  adds it with the value's type.
   """
-  have = {f.name: f.type for f in current}
+  have = {f.name: f.type for f in current or ()}
   return pa.schema(
-    [pa.field(f.name, have[f.name]) if pa.types.is_null(f.type) and f.name in have else f for f in schema]
+    [
+      pa.field(f.name, have[f.name]) if pa.types.is_null(f.type) else f
+      for f in schema
+      if not pa.types.is_null(f.type) or f.name in have
+    ]
   )
 
 
@@ -779,7 +785,7 @@ class _IcebergTables:
     from pyiceberg.expressions import In
 
     incoming = schema
-    schema = table_schema(schema)
+    schema = table_schema(_fit_null_columns(incoming))
     props = _summary(commit_id, files, summary)
     if window:
       props[WINDOW_KEY] = window
@@ -933,7 +939,7 @@ class _DeltaTables:
     from deltalake.transaction import AddAction, create_table_with_add_actions
 
     incoming = schema
-    schema = table_schema(schema)
+    schema = table_schema(_fit_null_columns(incoming))
     if TENANT_COLUMN not in schema.names:
       schema = schema.append(pa.field(TENANT_COLUMN, pa.string()))
     location = self.location(table_name)

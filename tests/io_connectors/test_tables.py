@@ -564,15 +564,24 @@ def test_uint64_values_beyond_a_long_are_stored_exactly(local_target):
 
 
 def test_a_column_null_in_every_row_of_a_run_appends_to_a_typed_column(local_target):
-  """An optional extra column empty in today's export (Arrow's null type) is not a type change: its rows read null."""
+  """An optional extra column empty in a run's export (Arrow's null type) is no type change: its rows read null,
+  and a column that starts empty gets its type from the first run with a value."""
   committer = tables.open_tables(local_target)
   first = _rows('acme', 2).append_column('score', pa.array([1, 2], pa.int64()))
   committer.commit('events', _write(local_target, committer, first), first.schema, 'first', None)
   second = _rows('acme', 2, start=2).append_column('score', pa.nulls(2))
-  second = second.append_column('later', pa.nulls(2))  # new and empty: added as text, as before
+  second = second.append_column('later', pa.nulls(2))  # new and empty: no type yet, so not added
   tables.commit_batch(local_target, _write(local_target, committer, second), {'events': second.schema}, 'second')
+  third = _rows('acme', 1, start=4).append_column('score', pa.array([3])).append_column('later', pa.array([1.5]))
+  tables.commit_batch(local_target, _write(local_target, committer, third), {'events': third.schema}, 'third')
   table = committer.load('events')
   stored = table.scan().to_arrow() if local_target.format == 'iceberg' else table.to_pyarrow_table()
-  assert stored.schema.field('score').type == pa.int64()
+  assert (stored.schema.field('score').type, stored.schema.field('later').type) == (pa.int64(), pa.float64())
   got = sorted((r['event_id'], r['score'], r['later']) for r in stored.to_pylist())
-  assert got == [('acme-0', 1, None), ('acme-1', 2, None), ('acme-2', None, None), ('acme-3', None, None)]
+  assert got == [
+    ('acme-0', 1, None),
+    ('acme-1', 2, None),
+    ('acme-2', None, None),
+    ('acme-3', None, None),
+    ('acme-4', 3, 1.5),
+  ]
