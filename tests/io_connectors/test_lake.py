@@ -389,3 +389,16 @@ def test_tfrecord_uint64_values_beyond_an_int64_are_kept_exactly(tmp_path):
     {'id': [], 'small': [3]},
   ]
   _assert_written_rows(tmp_path, table, 'tfrecord', expected)
+
+
+def test_tfrecord_lists_of_lists_keep_their_inner_lists_as_json(tmp_path):
+  # A flat int64_list of [[1, 2], [3]] would read back as [1, 2, 3]: as structs, each inner list is JSON bytes.
+  segments = pa.array([[[1, 2], [3]], [], None, [[], None]], pa.list_(pa.list_(pa.int64())))
+  table = pa.table({'segments': segments, 'tags': pa.array([['pop', 'rock'], [], None, ['']])})
+  expected = [
+    {'segments': [b'[1, 2]', b'[3]'], 'tags': [b'pop', b'rock']},
+    {'segments': [], 'tags': []},
+    {'segments': [], 'tags': []},
+    {'segments': [b'[]', b'null'], 'tags': [b'']},
+  ]
+  _assert_written_rows(tmp_path, table, 'tfrecord', expected)
