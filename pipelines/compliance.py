@@ -1114,7 +1114,7 @@ def _erase_tfds(output, tenant, matcher, event_ids, report, beam_args) -> dict:
   reports = []
   for folder in folders:
     info = json.loads(_read(FileSystems.join(folder, 'dataset_info.json')).decode('utf-8'))
-    group = (info.get('metadata') or {}).get('group')
+    group = _tfds_group(folder)
     selected = matcher.with_keys({KEY_FIELD: event_ids})
     scope = _TfdsScope(selected if group in (tenant, FEATURES_ALL_TENANTS, None) else None)
     shards = sorted(p for p in matched_paths(FileSystems.join(folder, '*.tfrecord-*')) if _TFDS_SHARD.search(p))
@@ -1147,6 +1147,19 @@ def _erase_tfds(output, tenant, matcher, event_ids, report, beam_args) -> dict:
     finished_at=_now(),
   )
   return report
+
+
+def _tfds_group(folder: str) -> Optional[str]:
+  """The group (tenant, or all tenants) a prepared TFDS dataset holds, None when it does not say.
+
+  TFDS keeps the builder's metadata (`pipelines.tfds_music`: features_run, group) in
+  ``metadata.json`` beside ``dataset_info.json``, not in it: read from there, another
+  tenant's dataset is left alone even where its event ids equal the subject's.
+  """
+  path = FileSystems.join(folder, 'metadata.json')
+  if not FileSystems.exists(path):
+    return None
+  return json.loads(_read(path).decode('utf-8')).get('group')
 
 
 class _TfdsScope:

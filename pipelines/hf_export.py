@@ -9,7 +9,8 @@ or after ``huggingface-cli upload``::
 
 Configs: ``default`` (every tenant) and one per tenant, each with a ``train``
 split. Features are the lake's Arrow types (string, int64, float64, bool,
-timestamp[us, tz=UTC]); nested columns (structs, lists) are kept as JSON
+timestamp[us, tz=UTC]; UInt64, decimals and timestamps in other units kept
+as they are, exactly); nested columns (structs, lists) are kept as JSON
 text, so every config has the same flat features. User ids in the lake are
 already pseudonymised (transforms.pii); the card says so.
 
@@ -56,28 +57,35 @@ def hf_dtype(t: pa.DataType) -> str:
   """The Hugging Face `Value` dtype of a flat Arrow type."""
   if pa.types.is_boolean(t):
     return 'bool'
+  if pa.types.is_uint64(t):
+    return 'uint64'
   if pa.types.is_integer(t):
     return 'int64'
   if pa.types.is_floating(t):
     return 'float64'
+  if pa.types.is_decimal(t):
+    return str(t)  # decimal128(16, 2)
   if pa.types.is_timestamp(t):
     return f'timestamp[{t.unit}, tz={t.tz}]' if t.tz else f'timestamp[{t.unit}]'
   if pa.types.is_date(t):
-    return 'date32'
+    return 'date64' if pa.types.is_date64(t) else 'date32'
   if pa.types.is_binary(t) or pa.types.is_large_binary(t):
     return 'binary'
   return 'string'
 
 
 def _flat_type(t: pa.DataType) -> pa.DataType:
+  """The feature type of a flat lake column; values kept exact (datasets holds UInt64, decimals, nanoseconds)."""
   if pa.types.is_dictionary(t):
     return _flat_type(t.value_type)
+  if pa.types.is_uint64(t):
+    return t  # int64 stops at 2**63 - 1
   if pa.types.is_integer(t):
     return pa.int64()
-  if pa.types.is_floating(t) or pa.types.is_decimal(t):
+  if pa.types.is_floating(t):
     return pa.float64()
-  if pa.types.is_timestamp(t):
-    return pa.timestamp('us', tz=t.tz) if t.tz else pa.timestamp('us')
+  if pa.types.is_decimal(t) or pa.types.is_timestamp(t):
+    return t  # as float64 or microseconds they would lose digits
   if pa.types.is_boolean(t) or pa.types.is_date(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
     return t
   return pa.string()

@@ -20,6 +20,8 @@ Usage::
     #               builder_kwargs={'features_dir': 'out/features', 'group': 'acme-music'})
 
 ``features_dir`` may be left out once the dataset is prepared in ``data_dir``.
+A ``data_dir`` holds one prepared dataset: each group (and features run) is
+prepared into its own; a builder for another one there is refused.
 """
 
 from __future__ import annotations
@@ -59,6 +61,27 @@ class MusicListeningEvents(tfds.core.GeneratorBasedBuilder):
         raise ValueError(f'{features_dir}: group {group!r} is not in the run; groups: {", ".join(groups)}')
     self._group = group
     super().__init__(**kwargs)
+    if self._manifest is not None:
+      self._check_prepared()
+
+  def _check_prepared(self):
+    """Refuses a data_dir that holds the dataset of another group or features run.
+
+    TFDS prepares a dataset once per data_dir (and version): download_and_prepare
+    would keep the one there and serve it as this group's, another tenant's
+    examples under this tenant's name.
+    """
+    path = os.path.join(str(self.data_path), 'metadata.json')
+    if not tf.io.gfile.exists(path):
+      return
+    with tf.io.gfile.GFile(path) as handle:
+      prepared = json.load(handle)
+    group, run = prepared.get('group'), prepared.get('features_run')
+    if (group, run) != (self._group, self._manifest['run_id']):
+      raise ValueError(
+        f'{self.data_dir}: holds the dataset of group {group!r} (features run {run!r}), not group '
+        f'{self._group!r} of run {self._manifest["run_id"]!r}; prepare each group and run into its own data_dir'
+      )
 
   def _group_path(self) -> str:
     return os.path.join(self._features_dir, self._manifest['run_dir'], 'data', _group_dir(self._group))

@@ -1,8 +1,9 @@
 """Arrow tables as Avro container files: the schema from the Arrow schema, values converted where Avro differs.
 
-Every Arrow type gets an Avro type: maps as maps (string keys), decimals as
-the decimal logical type, times and dates as their logical types, dictionary
-columns as their values; what Avro has no type for (durations, intervals,
+Every Arrow type gets an Avro type: maps as maps (string keys), decimals
+(and unsigned 64-bit integers, which a long cannot hold) as the decimal
+logical type, times and dates as their logical types, dictionary columns as
+their values; what Avro has no type for (durations, intervals,
 maps with other keys) is written as text, as the JSON Lines sink writes it.
 Column and struct field names that Avro's name rules refuse (`extra.key`,
 `1st`) are made valid, and the original name is kept in the field's
@@ -11,6 +12,8 @@ Column and struct field names that Avro's name rules refuse (`extra.key`,
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
 import io
 import re
 from typing import Any, Callable, Dict, List, Optional, Set
@@ -36,6 +39,10 @@ def _avro_name(name: str, taken: Set[str]) -> str:
   while candidate in taken:
     candidate, k = f'{valid}_{k}', k + 1
   return candidate
+
+
+def _as_utc(moment):
+  return moment.replace(tzinfo=dt.timezone.utc)
 
 
 def _as_text(value):
@@ -70,12 +77,16 @@ class _SchemaBuilder:
       return self.type_of(t.value_type, name)
     if pa.types.is_boolean(t):
       return 'boolean', None
+    if pa.types.is_uint64(t):
+      # Avro's long stops at 2**63 - 1; a decimal of 20 digits holds every UInt64 exactly.
+      return {'type': 'bytes', 'logicalType': 'decimal', 'precision': 20, 'scale': 0}, _skip_none(decimal.Decimal)
     if pa.types.is_integer(t):
       return 'long', None
     if pa.types.is_floating(t):
       return 'double', None
     if pa.types.is_timestamp(t):
-      return {'type': 'long', 'logicalType': 'timestamp-micros'}, None
+      # fastavro reads a zoneless time in the worker's own zone; Arrow's is a UTC wall clock.
+      return {'type': 'long', 'logicalType': 'timestamp-micros'}, None if t.tz else _skip_none(_as_utc)
     if pa.types.is_date(t):
       return {'type': 'int', 'logicalType': 'date'}, None
     if pa.types.is_time(t):

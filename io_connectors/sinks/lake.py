@@ -155,9 +155,16 @@ def _feature(values, kind: str) -> bytes:
   return _field(1, b''.join(_field(1, v) for v in values))
 
 
+def _is_list(t: pa.DataType) -> bool:
+  return pa.types.is_list(t) or pa.types.is_large_list(t)
+
+
 def _feature_kind(t: pa.DataType) -> str:
-  if pa.types.is_list(t) or pa.types.is_large_list(t):
-    return _feature_kind(t.value_type)
+  if _is_list(t):
+    # A feature is one flat list: inner lists are JSON bytes, as structs are (flattened, [[1, 2], [3]] read [1, 2, 3]).
+    return 'bytes' if _is_list(t.value_type) else _feature_kind(t.value_type)
+  if pa.types.is_uint64(t):
+    return 'bytes'  # int64_list cannot hold 2**63 and above: the decimal digits, exactly
   if pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_timestamp(t):
     return 'int64'
   if pa.types.is_floating(t):
@@ -165,26 +172,47 @@ def _feature_kind(t: pa.DataType) -> str:
   return 'bytes'
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def _epoch_micros(moment: dt.datetime) -> int:
+  """Microseconds since the epoch, exactly; a zoneless time is UTC, as Arrow and the Parquet sink store it.
+
+  Not `datetime.timestamp()`: that reads a zoneless time in the worker's own
+  zone, so the same file would differ by the machine that wrote it.
+  """
+  if moment.tzinfo is None:
+    moment = moment.replace(tzinfo=dt.timezone.utc)
+  return (moment - _EPOCH) // dt.timedelta(microseconds=1)
+
+
 def _feature_values(value, t: pa.DataType, kind: str) -> list:
   if value is None:
     return []
-  if pa.types.is_list(t) or pa.types.is_large_list(t):
+  if _is_list(t) and _is_list(t.value_type):
+    return [_feature_json(v) for v in value]
+  if _is_list(t):
     return [x for v in value for x in _feature_values(v, t.value_type, kind)]
   if kind == 'int64':
     if pa.types.is_timestamp(t):
-      return [int(value.timestamp() * 1_000_000) if hasattr(value, 'timestamp') else int(value)]
+      return [_epoch_micros(value) if isinstance(value, dt.datetime) else int(value)]
     return [int(value)]
   if kind == 'float':
     return [float(value)]
   if isinstance(value, bytes):
     return [value]
   if isinstance(value, (dict, list)):
-    return [json.dumps(json_safe(value), ensure_ascii=False).encode('utf-8')]
+    return [_feature_json(value)]
   return [str(value).encode('utf-8')]
 
 
+def _feature_json(value) -> bytes:
+  return json.dumps(json_safe(value), ensure_ascii=False).encode('utf-8')
+
+
 def example_bytes(row: dict, schema: pa.Schema) -> bytes:
-  """One serialized tf.train.Example; timestamps as int64 microseconds, structs as JSON bytes."""
+  """One serialized tf.train.Example; timestamps as int64 microseconds, structs and inner lists as JSON bytes,
+  UInt64 as digits."""
   entries = []
   for f in schema:
     kind = _feature_kind(f.type)

@@ -242,6 +242,8 @@ def _storable_type(t: pa.DataType) -> pa.DataType:
     return pa.timestamp('us', tz='UTC' if t.tz else None)
   if pa.types.is_large_string(t):
     return pa.string()
+  if pa.types.is_uint64(t):
+    return pa.decimal128(20, 0)  # neither format has unsigned integers; a long stops at 2**63 - 1
   if pa.types.is_unsigned_integer(t) or (pa.types.is_integer(t) and t.bit_width < 32):
     return pa.int64() if t.bit_width >= 32 else pa.int32()
   if pa.types.is_float16(t):
@@ -277,8 +279,27 @@ def _as_int64(t: pa.DataType) -> pa.DataType:
 
 def table_schema(schema: pa.Schema) -> pa.Schema:
   """`schema` in types both Iceberg and Delta hold, all nullable: null -> string, timestamps in us,
-  durations and times -> int64 microseconds, fixed-size binary -> binary, ..."""
+  durations and times -> int64 microseconds, fixed-size binary -> binary, uint64 -> decimal(20, 0), ..."""
   return pa.schema([pa.field(f.name, _as_int64(_storable_type(f.type))) for f in schema])
+
+
+def _fit_null_columns(schema: pa.Schema, current: Optional[pa.Schema] = None) -> pa.Schema:
+  """`schema` with each column null in every row (Arrow's null type) typed as the table `current` has it,
+  and left out where the table has no such column (or there is no table yet).
+
+  Such a column says nothing of its type (an optional field empty in one
+  export): it changes no type, and the data files leave it out
+  (`write_data_file`), so its rows read as null; the first run with a value
+  adds it with the value's type.
+  """
+  have = {f.name: f.type for f in current or ()}
+  return pa.schema(
+    [
+      pa.field(f.name, have[f.name]) if pa.types.is_null(f.type) else f
+      for f in schema
+      if not pa.types.is_null(f.type) or f.name in have
+    ]
+  )
 
 
 def _storable(table: pa.Table) -> pa.Table:
@@ -287,7 +308,13 @@ def _storable(table: pa.Table) -> pa.Table:
     return table
   # Durations and times reach int64 by way of microseconds (Arrow casts them to int64 in their own unit).
   in_microseconds = pa.schema([pa.field(f.name, _storable_type(f.type)) for f in table.schema])
-  return table.cast(in_microseconds).cast(target)
+  # Nanoseconds (pandas' unit) lose their last three digits, as the formats' microseconds must; every
+  # other cast stays checked (an integer out of range still fails).
+  columns = [
+    pc.cast(table.column(i), options=pc.CastOptions(f.type, allow_time_truncate=True))
+    for i, f in enumerate(in_microseconds)
+  ]
+  return pa.Table.from_arrays(columns, schema=in_microseconds).cast(target)
 
 
 def dead_letter_rows(letters: Sequence[dict]) -> pa.Table:
@@ -402,7 +429,9 @@ def write_data_file(
 
   tag: a name part (`window_file_tag`) that says which window's commit adds the file.
   """
-  rows = _storable(rows)
+  # A column null in every row holds no value: left out, it reads as null whatever the table's type for it.
+  empty = [f.name for f in rows.schema if pa.types.is_null(f.type) and f.name != TENANT_COLUMN]
+  rows = _storable(rows.drop_columns(empty))
   name = f'{tag}-{uuid.uuid4().hex}.parquet' if tag else f'{uuid.uuid4().hex}.parquet'
   if target.format == 'delta':
     # Delta keeps partition values in the log, not in the files.
@@ -755,7 +784,8 @@ class _IcebergTables:
     from pyiceberg.exceptions import CommitFailedException, ValidationError, ValidationException
     from pyiceberg.expressions import In
 
-    schema = table_schema(schema)
+    incoming = schema
+    schema = table_schema(_fit_null_columns(incoming))
     props = _summary(commit_id, files, summary)
     if window:
       props[WINDOW_KEY] = window
@@ -770,7 +800,9 @@ class _IcebergTables:
       if done:
         _LOG.info('%s: commit %s is there already (snapshot %s); skipped', name, commit_id, done)
         return CommitResult(name, commit_id, True, len(files), sum(f.rows for f in files), [], done, attempt)
-      added = check_schema(name, table.schema().as_arrow(), schema)
+      current = table.schema().as_arrow()
+      schema = table_schema(_fit_null_columns(incoming, current))
+      added = check_schema(name, current, schema)
       if not files and not added:
         return CommitResult(name, commit_id, False, 0, 0, [], None, attempt)
       try:
@@ -906,7 +938,8 @@ class _DeltaTables:
     from deltalake.exceptions import CommitFailedError, DeltaError
     from deltalake.transaction import AddAction, create_table_with_add_actions
 
-    schema = table_schema(schema)
+    incoming = schema
+    schema = table_schema(_fit_null_columns(incoming))
     if TENANT_COLUMN not in schema.names:
       schema = schema.append(pa.field(TENANT_COLUMN, pa.string()))
     location = self.location(table_name)
@@ -960,7 +993,7 @@ class _DeltaTables:
           _LOG.info('%s: commit %s is there already; skipped', location, commit_id)
           return CommitResult(location, commit_id, True, len(files), rows, [], done, attempt)
         current = pa.schema(table.schema().to_arrow())
-        added = check_schema(location, current, schema)
+        added = check_schema(location, current, table_schema(_fit_null_columns(incoming, current)))
         if added:
           from deltalake.schema import Field
 
@@ -1032,7 +1065,7 @@ def commit_batch(
     if existing is not None and not tables.committed(existing, commit_id):
       current = existing.schema().as_arrow() if target.format == 'iceberg' else pa.schema(existing.schema().to_arrow())
       schema = schemas.get(name, DEAD_LETTER_SCHEMA)
-      check_schema(name, current, table_schema(schema))
+      check_schema(name, current, table_schema(_fit_null_columns(schema, current)))
   results = {}
   for name, table_files in sorted(by_table.items()):
     result = tables.commit(

@@ -60,3 +60,13 @@ def test_renamed_fields_keep_their_arrow_name():
   assert 'arrow_name' not in fields['event_id']
   clash = pa.schema([('a.b', pa.int64()), ('a_b', pa.int64()), ('a-b', pa.int64())])
   assert [f['name'] for f in avro_schema(clash)['fields']] == ['a_b_2', 'a_b', 'a_b_3']
+
+
+def test_uint64_values_beyond_a_long_are_written_exactly():
+  # Parquet and ClickHouse exports carry UInt64 ids; Avro's long stops at 2**63 - 1.
+  table = pa.table({'id': pa.array([2**64 - 1, 7, None], pa.uint64()), 'small': pa.array([1, None, 3], pa.uint32())})
+  rows = list(fastavro.reader(io.BytesIO(avro_file_bytes(table))))
+  assert [r['id'] for r in rows] == [decimal.Decimal(2**64 - 1), decimal.Decimal(7), None]
+  assert [r['small'] for r in rows] == [1, None, 3]
+  fields = {f['name']: f for f in avro_schema(table.schema)['fields']}
+  assert fields['id']['type'][1] == {'type': 'bytes', 'logicalType': 'decimal', 'precision': 20, 'scale': 0}

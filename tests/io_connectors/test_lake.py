@@ -7,9 +7,11 @@ or the new complete output, never a mix or nothing.
 """
 
 import collections
+import datetime as dt
 import json
 import os
 
+import pyarrow as pa
 import pytest
 from apache_beam.io.filesystems import FileSystems
 
@@ -326,3 +328,77 @@ def test_dead_letters_are_written_per_bundle_and_tenant_without_a_shuffle(tmp_pa
         | beam.WindowInto(beam.window.FixedWindows(10))
         | lake_mod.WriteDeadLetterFiles(output, 'run')
       )
+
+
+@pytest.fixture
+def berlin_clock(monkeypatch):
+  """The worker's local time zone is not UTC (a laptop, an on-premises cluster)."""
+  import time
+
+  monkeypatch.setenv('TZ', 'Europe/Berlin')
+  time.tzset()
+  yield
+  monkeypatch.undo()
+  time.tzset()
+
+
+def _assert_written_rows(tmp_path, table, fmt, expected):
+  """The files WriteRecordFiles writes for one batch of tenant acme hold `expected` rows (read back per format)."""
+  import apache_beam as beam
+  import fastavro
+  from apache_beam.io.tfrecordio import _TFRecordUtil
+  from apache_beam.testing.test_pipeline import TestPipeline
+  from apache_beam.testing.util import assert_that
+
+  batch = table.append_column('tenant_id', pa.array(['acme'] * table.num_rows)).to_batches()[0]
+
+  def read(files):
+    rows = []
+    for written in files:
+      with open(written.temp_path, 'rb') as handle:
+        if fmt == 'avro':
+          rows.extend(fastavro.reader(handle))
+        else:
+          while (record := _TFRecordUtil.read_record(handle)) is not None:
+            rows.append(lake_mod.example_features(record))
+    assert [{k: v for k, v in row.items() if k != 'tenant_id'} for row in rows] == expected
+
+  with TestPipeline() as p:
+    files = p | beam.Create([batch]) | lake_mod.WriteRecordFiles(str(tmp_path / 'out'), fmt, 'run')
+    assert_that(files, read)
+
+
+@pytest.mark.parametrize('fmt', ['tfrecord', 'avro'])
+def test_zoneless_times_are_utc_whatever_the_worker_zone(tmp_path, berlin_clock, fmt):
+  noon = dt.datetime(2024, 6, 1, 12, 30, 0, 123457)
+  table = pa.table({'created': pa.array([noon, None], pa.timestamp('us'))})
+  # Arrow (and the Parquet and JSON Lines sinks) store a zoneless time as that wall clock in UTC.
+  expected = {
+    'tfrecord': [{'created': [1717245000123457]}, {'created': []}],
+    'avro': [{'created': noon.replace(tzinfo=dt.timezone.utc)}, {'created': None}],
+  }[fmt]
+  _assert_written_rows(tmp_path, table, fmt, expected)
+
+
+def test_tfrecord_uint64_values_beyond_an_int64_are_kept_exactly(tmp_path):
+  # tf.train.Example holds int64 only: a UInt64 column (Parquet, ClickHouse) is written as its decimal digits.
+  table = pa.table({'id': pa.array([2**64 - 1, 7, None], pa.uint64()), 'small': pa.array([1, None, 3], pa.uint32())})
+  expected = [
+    {'id': [b'18446744073709551615'], 'small': [1]},
+    {'id': [b'7'], 'small': []},
+    {'id': [], 'small': [3]},
+  ]
+  _assert_written_rows(tmp_path, table, 'tfrecord', expected)
+
+
+def test_tfrecord_lists_of_lists_keep_their_inner_lists_as_json(tmp_path):
+  # A flat int64_list of [[1, 2], [3]] would read back as [1, 2, 3]: as structs, each inner list is JSON bytes.
+  segments = pa.array([[[1, 2], [3]], [], None, [[], None]], pa.list_(pa.list_(pa.int64())))
+  table = pa.table({'segments': segments, 'tags': pa.array([['pop', 'rock'], [], None, ['']])})
+  expected = [
+    {'segments': [b'[1, 2]', b'[3]'], 'tags': [b'pop', b'rock']},
+    {'segments': [], 'tags': []},
+    {'segments': [], 'tags': []},
+    {'segments': [b'[]', b'null'], 'tags': [b'']},
+  ]
+  _assert_written_rows(tmp_path, table, 'tfrecord', expected)

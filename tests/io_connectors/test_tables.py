@@ -550,3 +550,60 @@ def test_durations_times_maps_and_fixed_binaries_are_stored_and_appended_again(l
   first = stored.to_pylist()[0]
   assert (first['gap'], first['at'], first['digest']) == (1_500_000, 2_000_000, b'1234')
   assert dict(first['tags']) == {'k': 'v'}
+
+
+def test_nanosecond_times_are_stored_in_microseconds(local_target):
+  """pandas writes timestamps in nanoseconds; both formats hold microseconds: the extra digits are cut, rows kept."""
+  n = 2
+  created = pa.array([1717245000123456789, None], pa.timestamp('ns'))
+  rows = _rows('acme', n).append_column('created', created)
+  rows = rows.append_column('seen', pa.array([1717245000123456789, 1], pa.timestamp('ns', tz='Europe/Berlin')))
+  committer = tables.open_tables(local_target)
+  committer.commit('events', _write(local_target, committer, rows), rows.schema, 'ns', None)
+  table = committer.load('events')
+  stored = table.scan().to_arrow() if local_target.format == 'iceberg' else table.to_pyarrow_table()
+  stored = stored.sort_by('event_id')
+  assert _micros(stored.column('created')) == [1717245000123456, None]
+  assert _micros(stored.column('seen')) == [1717245000123456, 0]
+
+
+def _micros(column):
+  """A timestamp column's values as int64 microseconds since the epoch."""
+  return column.cast(pa.int64()).to_pylist()
+
+
+def test_uint64_values_beyond_a_long_are_stored_exactly(local_target):
+  """Neither format has unsigned integers: a UInt64 column (Parquet, ClickHouse ids) is a decimal of 20 digits."""
+  rows = _rows('acme', 3).append_column('hash', pa.array([2**64 - 1, 7, None], pa.uint64()))
+  rows = rows.append_column('small', pa.array([1, None, 2**32 - 1], pa.uint32()))
+  committer = tables.open_tables(local_target)
+  for run in ('first', 'second'):  # the second compares its schema with the table the first created
+    committer.commit('events', _write(local_target, committer, rows), rows.schema, run, None)
+  table = committer.load('events')
+  stored = table.scan().to_arrow() if local_target.format == 'iceberg' else table.to_pyarrow_table()
+  got = {(r['event_id'], r['hash'] if r['hash'] is None else int(r['hash']), r['small']) for r in stored.to_pylist()}
+  assert stored.num_rows == 6 and got == {('acme-0', 2**64 - 1, 1), ('acme-1', 7, None), ('acme-2', None, 2**32 - 1)}
+
+
+def test_a_column_null_in_every_row_of_a_run_appends_to_a_typed_column(local_target):
+  """An optional extra column empty in a run's export (Arrow's null type) is no type change: its rows read null,
+  and a column that starts empty gets its type from the first run with a value."""
+  committer = tables.open_tables(local_target)
+  first = _rows('acme', 2).append_column('score', pa.array([1, 2], pa.int64()))
+  committer.commit('events', _write(local_target, committer, first), first.schema, 'first', None)
+  second = _rows('acme', 2, start=2).append_column('score', pa.nulls(2))
+  second = second.append_column('later', pa.nulls(2))  # new and empty: no type yet, so not added
+  tables.commit_batch(local_target, _write(local_target, committer, second), {'events': second.schema}, 'second')
+  third = _rows('acme', 1, start=4).append_column('score', pa.array([3])).append_column('later', pa.array([1.5]))
+  tables.commit_batch(local_target, _write(local_target, committer, third), {'events': third.schema}, 'third')
+  table = committer.load('events')
+  stored = table.scan().to_arrow() if local_target.format == 'iceberg' else table.to_pyarrow_table()
+  assert (stored.schema.field('score').type, stored.schema.field('later').type) == (pa.int64(), pa.float64())
+  got = sorted((r['event_id'], r['score'], r['later']) for r in stored.to_pylist())
+  assert got == [
+    ('acme-0', 1, None),
+    ('acme-1', 2, None),
+    ('acme-2', None, None),
+    ('acme-3', None, None),
+    ('acme-4', 3, 1.5),
+  ]

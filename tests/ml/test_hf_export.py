@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import os
 
 import datasets
@@ -59,3 +60,19 @@ def test_export_loads_with_datasets(tmp_path):
   assert hf_export.main(['--input', lake, '--output', out, '--overwrite', '--entity', 'track']) == 2
   assert datasets.load_dataset(out, split='train').num_rows == 35
   assert sorted(os.listdir(tmp_path)) == ['hf', 'lake']
+
+
+def test_nanosecond_times_uint64_and_decimals_are_exported_exactly(tmp_path):
+  # Extra columns of Parquet inputs (pandas, ClickHouse, NUMERIC): datasets holds their types as they are.
+  table = _events('acme', 3).append_column('created', pa.array([1717245000123456789, None, 1], pa.timestamp('ns')))
+  table = table.append_column('hash', pa.array([2**64 - 1, 7, None], pa.uint64()))
+  table = table.append_column('price', pa.array([decimal.Decimal('99999999999999.99'), None, 1], pa.decimal128(16, 2)))
+  lake = write_lake(str(tmp_path / 'lake'), {'acme': table})
+  out = str(tmp_path / 'hf')
+  hf_export.export(lake, out)
+  loaded = datasets.load_dataset(out, split='train').with_format('arrow')[:]
+  rows = sorted(loaded.select(['ms_played', 'created', 'hash', 'price']).to_pylist(), key=lambda r: r['ms_played'])
+  assert [r['hash'] for r in rows] == [2**64 - 1, 7, None]
+  assert [r['price'] for r in rows] == [decimal.Decimal('99999999999999.99'), None, decimal.Decimal('1.00')]
+  created = pa.array([r['created'] for r in rows], loaded.schema.field('created').type).cast(pa.int64())
+  assert created.to_pylist() == [1717245000123456789, None, 1]

@@ -162,3 +162,32 @@ def test_erase_from_ml_features_and_a_tfds_copy(tmp_path, capsys, monkeypatch):
   with pytest.raises(ComplianceError, match='hold a subject'):
     erase(out, 'acme', ['listener-8'], _key())
   assert read_manifest(out)['run_id'] == after['run_id']
+
+
+def test_erasure_leaves_the_tfds_dataset_of_another_tenant_alone(tmp_path, monkeypatch):
+  """Event ids are the sources' own (here the same in both tenants): a TFDS dataset of another tenant's group
+  holds none of the subject's examples, whatever its event ids."""
+  import tensorflow_datasets as tfds
+
+  import pipelines.tfds_music  # noqa: F401  # registers music_listening_events
+
+  monkeypatch.setenv('PII_MASTER_KEY', KEY)
+  acme = _with_subject(events('acme', users=30, plays_per_user=6, seed=1), 'acme', 'u1x00039')
+  nord7 = events('nord7', users=30, plays_per_user=6, seed=2)
+  nord7 = nord7.set_column(nord7.schema.get_field_index('event_id'), 'event_id', acme.column('event_id'))
+  lake = write_lake(str(tmp_path / 'lake'), {'acme': acme, 'nord7': nord7})
+  out = str(tmp_path / 'features')
+  ml_features.run(['--input', lake, '--output', out, '--run_id', 'feat-1'])
+  dirs = {tenant: str(tmp_path / 'tfds' / tenant) for tenant in ('acme', 'nord7')}
+  for tenant, data_dir in dirs.items():
+    tfds.builder('music_listening_events', data_dir=data_dir, features_dir=out, group=tenant).download_and_prepare()
+  nord7_before = _tfds_event_ids(dirs['nord7'])
+  subjects = tmp_path / 'ids.txt'
+  subjects.write_text(SUBJECT + '\n')
+  report = tmp_path / 'report.json'
+  command = ['erase', '--tenant', 'acme', '--subject_file', str(subjects), '--output', out]
+  assert gdpr.main([*command, '--output', dirs['acme'], '--output', dirs['nord7'], '--report', str(report)]) == 0
+
+  removed = {o['output']: o['records_removed'] for o in json.loads(report.read_text())['outputs']}
+  assert removed[dirs['acme']] == {'data': 6} and removed[dirs['nord7']] == {'data': 0}
+  assert _tfds_event_ids(dirs['nord7']) == nord7_before

@@ -268,6 +268,26 @@ def test_a_lake_whose_every_label_is_null_stops_with_one_line_and_publishes_noth
   _nothing_published(out)
 
 
+def test_tfds_refuses_a_data_dir_holding_another_tenants_dataset(features, tmp_path):
+  """TFDS prepares once per data_dir: a second tenant prepared there would silently get the first one's examples."""
+  import tensorflow_datasets as tfds
+
+  import pipelines.tfds_music  # noqa: F401  # registers music_listening_events
+
+  out, manifest = features
+  shared = str(tmp_path / 'tfds')
+  tfds.builder('music_listening_events', data_dir=shared, features_dir=out, group='acme').download_and_prepare()
+  with pytest.raises(ValueError, match=r"holds the dataset of group 'acme'.*not group 'nord7'.*its own data_dir"):
+    tfds.builder('music_listening_events', data_dir=shared, features_dir=out, group='nord7')
+  own = tfds.builder('music_listening_events', data_dir=str(tmp_path / 'nord7'), features_dir=out, group='nord7')
+  own.download_and_prepare()
+  rows = manifest['counts']['per_group']['nord7']
+  assert {s: own.info.splits[s].num_examples for s in ml.SPLITS} == rows
+  # The same group and run again: the prepared dataset is reused, as TFDS does.
+  again = tfds.builder('music_listening_events', data_dir=shared, features_dir=out, group='acme')
+  assert again.info.metadata['group'] == 'acme'
+
+
 def test_tfds_builder_and_a_tiny_keras_model(features, tmp_path):
   import tensorflow_datasets as tfds
 
