@@ -76,7 +76,9 @@ Dead letters (``stage='read'``):
   damage, those rows are emitted and one dead letter marks where it broke,
   with the number of unread records as ``count`` where the file says it.
 
-Types. CSV columns get pyarrow's inferred types, JSON and JSON Lines the
+Types. CSV columns get pyarrow's inferred types, except that a number
+column whose text the type would respell (01234, +49..., an integer of more
+digits than a double holds) stays text as written; JSON and JSON Lines the
 rules every connector shares (`io_connectors._common.arrow`: nested objects
 structs, arrays lists, mixed types text, ISO-8601 times kept as text), except
 the ``string_columns``, read as text so that validation converts them with

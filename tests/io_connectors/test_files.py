@@ -779,7 +779,7 @@ def test_csv_record_numbers_of_lines_agree_with_pyarrows_row_numbers():
 
 def test_csv_header_spelling_a_text_column_another_way_is_read_as_text(tmp_path):
   """`Event ID` is event_id to validation: its 007 must not become the number 7 at the read."""
-  path = write(tmp_path, 'export.csv', 'Event ID,Plays,event_idx\n007,3,010\n')
+  path = write(tmp_path, 'export.csv', 'Event ID,Plays,event_idx\n007,3,10\n')
   rows = read(tmp_path, ReadFromCsv(path, CsvOptions(string_columns=['event_id']))).rows()
   assert rows == [(path, 2, {'Event ID': '007', 'Plays': 3, 'event_idx': 10})]
 
@@ -921,3 +921,31 @@ def test_spark_int96_timestamps_are_utc_instants(tmp_path):
   assert [r[2]['played_at'] for r in result.rows()] == [at.replace(tzinfo=dt.timezone.utc), None]
   naive = read(tmp_path, ReadFromParquet(str(tmp_path / 'naive.parquet')))
   assert naive.table.schema.field('played_at').type.tz is None
+
+
+def test_csv_numbers_a_type_would_respell_are_kept_as_written(tmp_path):
+  """An undeclared column is typed only when its values survive the type: leading zeros (ZIP codes, ids),
+  a plus sign and integers a double cannot hold exactly are kept as text, not silently respelled."""
+  path = write(
+    tmp_path,
+    'ids.csv',
+    'zip,account,big_id,phone,plays,ratio,mixed_big\n'
+    '01234,007123,12345678901234567890,+4917612345678,3,0.5,12345678901234567\n'
+    '99999,1,1,+1,4,1.25,1.5\n',
+  )
+  result = read(tmp_path, ReadFromCsv(path))
+  assert result.dead_letters == []
+  schema = result.table.schema
+  assert [schema.field(c).type for c in ('plays', 'ratio')] == [pa.int64(), pa.float64()]  # numbers stay numbers
+  assert [r[2] for r in result.rows()] == [
+    {
+      'zip': '01234',
+      'account': '007123',
+      'big_id': '12345678901234567890',
+      'phone': '+4917612345678',
+      'plays': 3,
+      'ratio': 0.5,
+      'mixed_big': '12345678901234567',
+    },
+    {'zip': '99999', 'account': '1', 'big_id': '1', 'phone': '+1', 'plays': 4, 'ratio': 1.25, 'mixed_big': '1.5'},
+  ]
