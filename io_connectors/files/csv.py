@@ -74,6 +74,15 @@ def _records_of_lines(data, lines: List[int], delimiter: str, quote_char: Option
   return found
 
 
+def _ended_line(data):
+  """`data` with a newline after its last line when it holds no other: pyarrow refuses a block without one
+  ('Empty CSV file or block'), which made an export of no rows ('id,note') or a one-record file without a
+  header a malformed range; a line is short, so the copy is too."""
+  if not len(data) or data[-1] in (0x0A, 0x0D) or line_count(data) > 1:
+    return data
+  return bytes(data) + b'\n'
+
+
 class CsvReader:
   """Reads CSV ranges; remembers the header of files it read ranges of."""
 
@@ -156,6 +165,7 @@ class CsvReader:
           '(the encoding option, --input_encoding)',
           stage=STAGE,
         )
+    data = _ended_line(data)
     if start == 0:
       read_options = pa_csv.ReadOptions(use_threads=False, autogenerate_column_names=not options.header)
       first_data_record = 2 if options.header else 1

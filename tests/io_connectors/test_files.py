@@ -949,3 +949,15 @@ def test_csv_numbers_a_type_would_respell_are_kept_as_written(tmp_path):
     },
     {'zip': '99999', 'account': '1', 'big_id': '1', 'phone': '+1', 'plays': 4, 'ratio': 1.25, 'mixed_big': '1.5'},
   ]
+
+
+def test_csv_of_one_line_without_a_newline_is_read_not_dead_lettered(tmp_path):
+  """pyarrow cannot parse a block holding no newline: an export of no rows ('id,note', no newline) is no record,
+  and a one-record file without a header ('1,a') is that record, not a malformed_row without its text."""
+  header_only = write(tmp_path, 'empty_export.csv', b'\xef\xbb\xbfid,note')
+  result = read(tmp_path, ReadFromCsv(header_only))
+  assert result.dead_letters == [] and result.rows() == []
+  one_record = write(tmp_path, 'one.csv', '1,a')
+  result = read(tmp_path, ReadFromCsv(one_record, CsvOptions(header=False)))
+  assert result.dead_letters == []
+  assert result.rows() == [(one_record, 1, {'f0': 1, 'f1': 'a'})]
