@@ -36,7 +36,8 @@ workers, so that one large file is many bundles:
 - Parquet: runs of whole row groups of about ``split_size_bytes`` compressed.
 - Avro: byte ranges, each owning the blocks that start after the first sync
   marker at or past its start (as Beam's avroio).
-- JSON documents and Excel workbooks: one range per file.
+- JSON documents and Excel workbooks: one range per file (a JSON document
+  with a UTF-16 or UTF-32 byte order mark is read in that encoding).
 - Compressed CSV, JSON Lines and JSON files (``events.csv.gz``; ``.gz``,
   ``.bz2``, ``.zst``, ``.deflate``, ``.xz``, by Beam's compression names):
   one range per file, since a compressed stream has no seeks, read as a

@@ -24,7 +24,7 @@ from io_connectors._common.arrow import table_from_json_lines, table_from_rows
 from io_connectors._common.errors import short_error
 from io_connectors.files._lines import line_count, ranges_as_utf8
 from io_connectors.files._options import JsonOptions
-from io_connectors.files._ranges import Range, open_file
+from io_connectors.files._ranges import Range, open_file, unicode_bom_encoding
 from io_connectors.files._read import READERS, STAGE, ReadFormat, emit
 from transforms.dead_letter import dead_letter
 from transforms.json_values import loads, reason_of
@@ -118,10 +118,14 @@ def read_json(rng: Range, options: JsonOptions):
   except Exception as e:
     yield dead_letter(path, None, 'corrupt_file', detail=f'cannot read: {short_error(e)}', stage=STAGE)
     return
+  # A document marked UTF-16/32 (PowerShell's Out-File, Excel's "Unicode text") is read in that encoding, as
+  # CSV and JSON Lines files so marked are; UTF-8 may carry its BOM.
+  encoding = unicode_bom_encoding(raw[:4]) or 'utf-8-sig'
   try:
-    text = raw.decode('utf-8-sig')
+    text = raw.decode(encoding)
   except UnicodeDecodeError as e:
-    yield dead_letter(path, None, 'bad_encoding', detail=f'bytes not valid in utf-8 at byte {e.start}', stage=STAGE)
+    shown = 'utf-8' if encoding == 'utf-8-sig' else encoding
+    yield dead_letter(path, None, 'bad_encoding', detail=f'bytes not valid in {shown} at byte {e.start}', stage=STAGE)
     return
   try:
     document = loads(text)

@@ -961,3 +961,17 @@ def test_csv_of_one_line_without_a_newline_is_read_not_dead_lettered(tmp_path):
   result = read(tmp_path, ReadFromCsv(one_record, CsvOptions(header=False)))
   assert result.dead_letters == []
   assert result.rows() == [(one_record, 1, {'f0': 1, 'f1': 'a'})]
+
+
+@pytest.mark.parametrize('encoding', ['utf-16', 'utf-16-be', 'utf-32'])
+def test_a_json_document_with_a_utf16_or_utf32_byte_order_mark_is_read(tmp_path, encoding):
+  """PowerShell's ConvertTo-Json | Out-File writes UTF-16 with a BOM: read as CSV and JSON Lines files so marked
+  are, not one bad_encoding dead letter for the whole file."""
+  import codecs
+
+  bom = {'utf-16': b'', 'utf-16-be': codecs.BOM_UTF16_BE, 'utf-32': b''}[encoding]
+  document = json.dumps([{'id': '007', 'name': 'Zoë'}, {'id': '2', 'name': '東京'}], ensure_ascii=False)
+  path = write(tmp_path, 'export.json', bom + document.encode(encoding))
+  result = read(tmp_path, ReadFromJson(path))
+  assert result.dead_letters == []
+  assert result.rows() == [(path, 1, {'id': '007', 'name': 'Zoë'}), (path, 2, {'id': '2', 'name': '東京'})]
