@@ -85,7 +85,8 @@ structs, arrays lists, mixed types text, ISO-8601 times kept as text), except
 the ``string_columns``, read as text so that validation converts them with
 the entity rules. Parquet and Avro keep the types the file declares (nothing
 is inferred there). In CSV an empty field is null. A header (or workbook)
-that repeats a column name gets ``name_2``, ``name_3``... for the repeats. Each range infers its own types, so batches of
+that repeats a column name gets ``name_2``, ``name_3``... for the repeats,
+as does a file's own ``__source`` or ``__row`` column (``__source_2``). Each range infers its own types, so batches of
 one file can differ in the type of an undeclared column (e.g. all-null in
 one range).
 

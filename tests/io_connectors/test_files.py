@@ -975,3 +975,16 @@ def test_a_json_document_with_a_utf16_or_utf32_byte_order_mark_is_read(tmp_path,
   result = read(tmp_path, ReadFromJson(path))
   assert result.dead_letters == []
   assert result.rows() == [(path, 1, {'id': '007', 'name': 'Zoë'}), (path, 2, {'id': '2', 'name': '東京'})]
+
+
+def test_a_column_named_like_a_provenance_column_is_renamed_not_a_crash(tmp_path):
+  """A file's own __source or __row column (a re-imported export) beside the reader's provenance columns
+  made two columns of one name, which failed the job at validation; it is kept, renamed as a repeat is."""
+  path = write(tmp_path, 'reimport.csv', 'id,__source,__row\n1,crm,7\n')
+  result = read(tmp_path, ReadFromCsv(path))
+  assert result.dead_letters == []
+  (batch,) = result.batches
+  assert batch.schema.names == ['id', '__source_2', '__row_2', SOURCE_COLUMN, ROW_COLUMN]
+  assert result.rows() == [(path, 2, {'id': 1, '__source_2': 'crm', '__row_2': 7})]
+  lines = write(tmp_path, 'reimport.jsonl', '{"id": 1, "__row": "r1"}\n')
+  assert read(tmp_path, ReadFromJsonLines(lines)).rows() == [(lines, 1, {'id': 1, '__row_2': 'r1'})]
