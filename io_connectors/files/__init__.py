@@ -32,7 +32,8 @@ workers, so that one large file is many bundles:
   range. Encodings that are not ASCII-compatible (UTF-16/32) are not split;
   a file read as UTF-8 (the default) that starts with a UTF-16 or UTF-32
   byte order mark (Excel's "Unicode text") is read in that encoding, whole,
-  by its first range.
+  by its first range. So is a file whose lines end in carriage returns only
+  (classic Mac, Excel's "CSV (Macintosh)"): it has no newline byte to cut at.
 - Parquet: runs of whole row groups of about ``split_size_bytes`` compressed.
 - Avro: byte ranges, each owning the blocks that start after the first sync
   marker at or past its start (as Beam's avroio).

@@ -988,3 +988,20 @@ def test_a_column_named_like_a_provenance_column_is_renamed_not_a_crash(tmp_path
   assert result.rows() == [(path, 2, {'id': 1, '__source_2': 'crm', '__row_2': 7})]
   lines = write(tmp_path, 'reimport.jsonl', '{"id": 1, "__row": "r1"}\n')
   assert read(tmp_path, ReadFromJsonLines(lines)).rows() == [(lines, 1, {'id': 1, '__row_2': 'r1'})]
+
+
+def test_a_file_whose_lines_end_in_carriage_returns_sets_aside_only_its_bad_line(tmp_path):
+  """Classic Mac line ends (Excel's "CSV (Macintosh)"): a line with bad bytes or broken JSON is that line's dead
+  letter, not the whole file as row 1 (the CSV rows still written with U+FFFD, the JSON Lines ones all lost)."""
+  path = write(tmp_path, 'mac.csv', b'id,name\r1,a\r2,caf\xe9\r3,c\r')
+  result = read(tmp_path, ReadFromCsv(path))
+  assert [(d['reason'], d['position'], d['record']) for d in result.dead_letters] == [
+    ('bad_encoding', 'row 3', '2,caf\ufffd')
+  ]
+  assert result.rows() == [(path, 2, {'id': 1, 'name': 'a'}), (path, 4, {'id': 3, 'name': 'c'})]
+  lines = write(tmp_path, 'mac.jsonl', b'{"a": 1}\rbroken\r{"a": 2}\r')
+  result = read(tmp_path, ReadFromJsonLines(lines))
+  assert [(d['reason'], d['position'], d['record']) for d in result.dead_letters] == [
+    ('malformed_json', 'row 2', 'broken')
+  ]
+  assert result.rows() == [(lines, 1, {'a': 1}), (lines, 3, {'a': 2})]
