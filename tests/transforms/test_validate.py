@@ -423,3 +423,31 @@ def test_every_spotify_id_field_of_every_entity_takes_its_own_uri_and_refuses_an
     assert adapter.validate_python(texts[0]) == '4uLU6hMCjMI75M1A2tKUQC', (name, field)
     with pytest.raises(pydantic.ValidationError):
       adapter.validate_python(texts[1])
+
+
+def test_times_with_seven_to_nine_fraction_digits_are_read_to_the_microsecond():
+  """.NET's round-trip format writes 7 fraction digits, Java's Instant and Go's RFC 3339 up to 9: such times
+  are instants, not invalid_type dead letters; digits past the microsecond go, as they do for nanosecond
+  Parquet times and in pydantic's (Python's) parse."""
+  utc = dt.timezone.utc
+  texts = [
+    '2024-06-01T12:00:00.1234567Z',
+    '2024-06-01T12:00:00.123456789+02:00',
+    '2024-06-01 12:00:00.9999999-0530',
+    '2024-06-01T12:00:00.1234567891Z',  # ten digits: no ISO-8601 writer's
+  ]
+  rows = [dict(GOOD, event_id=f'e{i}', played_at=v) for i, v in enumerate(texts)]
+  valid, dead = validate_batch(with_provenance(pa.RecordBatch.from_pylist(rows), 'f.csv', 2), entities.ListeningEvent)
+  expected = [
+    dt.datetime(2024, 6, 1, 12, 0, 0, 123456, tzinfo=utc),
+    dt.datetime(2024, 6, 1, 10, 0, 0, 123456, tzinfo=utc),
+    dt.datetime(2024, 6, 1, 17, 30, 0, 999999, tzinfo=utc),
+  ]
+  assert valid.column('played_at').to_pylist() == expected
+  assert [entities.ListeningEvent.model_validate(r).played_at for r in rows[:3]] == expected
+  assert [(d['record']['event_id'], d['reason']) for d in dead] == [('e3', 'invalid_type')]
+  naive = dict(GOOD, played_at='2024-06-01T12:00:00.1234567')
+  valid, dead = validate_batch(
+    with_provenance(pa.RecordBatch.from_pylist([naive]), 'f.csv', 2), entities.ListeningEvent, naive_time_zone='UTC'
+  )
+  assert dead == [] and valid.column('played_at').to_pylist() == [dt.datetime(2024, 6, 1, 12, 0, 0, 123456, tzinfo=utc)]
