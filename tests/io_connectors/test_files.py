@@ -1005,3 +1005,41 @@ def test_a_file_whose_lines_end_in_carriage_returns_sets_aside_only_its_bad_line
     ('malformed_json', 'row 2', 'broken')
   ]
   assert result.rows() == [(lines, 1, {'a': 1}), (lines, 3, {'a': 2})]
+
+
+def test_avro_maps_of_named_or_union_values_stay_maps(tmp_path):
+  """A map whose values are a named type defined earlier ('Address') or a union (event properties) was inferred
+  from its Python dicts as a struct of its keys: an empty map read as keys with nulls. Named types resolve,
+  and map values of no one type are JSON text."""
+  address = {'type': 'record', 'name': 'Address', 'fields': [{'name': 'zip', 'type': 'string'}]}
+  schema = {
+    'type': 'record',
+    'name': 'Profile',
+    'fields': [
+      {'name': 'id', 'type': 'string'},
+      {'name': 'home', 'type': address},
+      {'name': 'others', 'type': {'type': 'map', 'values': 'Address'}},
+      {'name': 'properties', 'type': {'type': 'map', 'values': ['null', 'string', 'long', 'boolean']}},
+    ],
+  }
+  records = [
+    {
+      'id': '1',
+      'home': {'zip': '01234'},
+      'others': {'work': {'zip': '10115'}},
+      'properties': {'plan': 'free', 'age': 7, 'beta': True},
+    },
+    {'id': '2', 'home': {'zip': '99999'}, 'others': {}, 'properties': {}},
+  ]
+  path = str(tmp_path / 'profiles.avro')
+  with open(path, 'wb') as f:
+    fastavro.writer(f, schema, records)
+  result = read(tmp_path, ReadFromAvro(path))
+  assert result.dead_letters == []
+  types = result.table.schema
+  assert types.field('others').type == pa.map_(pa.string(), pa.struct([('zip', pa.string())]))
+  assert types.field('properties').type == pa.map_(pa.string(), pa.string())
+  assert [(r[2]['others'], r[2]['properties']) for r in result.rows()] == [
+    ([('work', {'zip': '10115'})], [('plan', 'free'), ('age', '7'), ('beta', 'true')]),
+    ([], []),
+  ]
