@@ -52,7 +52,9 @@ Row positions (``__row``, and a dead letter's ``position`` "row N"):
 - CSV: the record number with the header as row 1 (blank lines are not
   records), the numbering of pyarrow's ``InvalidRow.number``.
 - JSON Lines: the line number.
-- JSON: the element's 1-based index in the top-level array (1 for an object).
+- JSON: the element's 1-based index in the top-level array (1 for an object);
+  a .json file of one object a line (BigQuery's JSON export, mongoexport) is
+  read as JSON Lines, by line number.
 - Parquet, Avro: the 1-based record index in the file.
 - Excel: the sheet's row number; ``__source`` is ``path#SheetName``.
 

@@ -8,7 +8,8 @@ an object, are dead-lettered one by one.
 
 A JSON document's records are its array's elements, or the array an API's
 envelope holds (`{"items": [...], "next": ...}`: `JsonOptions.records_path`);
-the envelope's other keys are not records and are not read.
+the envelope's other keys are not records and are not read. A .json file of
+one object a line (BigQuery's JSON export, mongoexport) is read as JSON Lines.
 """
 
 from __future__ import annotations
@@ -130,6 +131,10 @@ def read_json(rng: Range, options: JsonOptions):
   try:
     document = loads(text)
   except ValueError as e:
+    if _holds_json_lines(text, e):
+      _LOG.info('%s: one JSON object a line: read as JSON Lines', path)
+      yield from _read_jsonl_part(rng, text.encode('utf-8'), [], options)
+      return
     reason = reason_of(e)
     yield dead_letter(path, None, reason, detail=f'the document does not parse: {e}', stage=STAGE)
     return
@@ -161,6 +166,18 @@ def read_json(rng: Range, options: JsonOptions):
   data = '\n'.join(lines).encode('utf-8')
   table, rows = _json_rows(data, np.array(numbers, dtype=np.int64), options.string_columns, path, objects)
   yield from emit(table, path, rows, options.batch_size)
+
+
+def _holds_json_lines(text: str, error: ValueError) -> bool:
+  """Whether a .json file that does not parse is JSON Lines: an object on one line, then more.
+
+  BigQuery's JSON export and mongoexport write one object a line into .json
+  files; read as one document, all their records were one malformed_json.
+  """
+  if not isinstance(error, json.JSONDecodeError) or error.msg != 'Extra data':
+    return False
+  first = text[: error.pos].strip()
+  return first.startswith('{') and '\n' not in first
 
 
 # Keys under which APIs put a page's records (dlt's record detector knows the same names).

@@ -1043,3 +1043,14 @@ def test_avro_maps_of_named_or_union_values_stay_maps(tmp_path):
     ([('work', {'zip': '10115'})], [('plan', 'free'), ('age', '7'), ('beta', 'true')]),
     ([], []),
   ]
+
+
+def test_a_json_file_holding_one_object_a_line_is_read_as_json_lines(tmp_path):
+  """BigQuery's JSON export and mongoexport write newline-delimited objects into .json files: each line is a
+  record (numbered by its line, a broken line its own dead letter), not the whole file one malformed_json."""
+  path = write(tmp_path, 'export.json', '{"id": "007", "n": 1}\n\n{"id": "8", "n": {"x": 2}}\n{"id": \n{"id": "9"}\n')
+  result = read(tmp_path, ReadFromJson(path))
+  assert [(r[1], r[2]['id']) for r in result.rows()] == [(1, '007'), (3, '8'), (5, '9')]
+  assert [(d['reason'], d['position'], d['record']) for d in result.dead_letters] == [
+    ('malformed_json', 'row 4', '{"id": ')
+  ]
