@@ -301,8 +301,18 @@ def _source_transform(source: dict, config: RunConfig, model):
     if spec['type'] not in ('parquet', 'avro'):
       # Declared fields arrive as text and are converted by Validate, so a bad
       # value in one row does not change the column's type for the others.
-      spec.setdefault('string_columns', list(model.model_fields) + [source['tenant_field'] or 'tenant_id'])
+      spec.setdefault('string_columns', _scalar_fields(model) + [source['tenant_field'] or 'tenant_id'])
   return registry.build(spec)
+
+
+def _scalar_fields(model) -> List[str]:
+  """The entity's declared fields but its nested ones (a track's album, artists): those a reader takes as text.
+
+  A nested field is an object or an array, kept as a struct or a list; read
+  as text it became JSON text whenever a line of its range did not parse or
+  another column mixed types, so one dirty line changed every row's album.
+  """
+  return [name for name, (rule, _) in entities.field_rules(model).items() if rule.kind != 'nested']
 
 
 # A (tenant, shard) group's rows are read back together to be deduplicated and written as one file, so

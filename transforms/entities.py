@@ -79,11 +79,11 @@ EPOCH_MS_PATTERN = r'^[ \t]*[0-9]{1,15}[ \t]*$'
 FLOAT_PATTERN = r'^[ \t]*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?[ \t]*$'
 # ISO-8601 date-time with a mandatory offset (Z or +hh:mm / +hhmm).
 ISO_OFFSET_PATTERN = (
-  r'^[ \t]*[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?'
+  r'^[ \t]*[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?'
   r'(Z|z|[+-][0-9]{2}:?[0-9]{2})[ \t]*$'
 )
 # The same without the offset: a local time (read only with ValidateOptions.naive_time_zone).
-ISO_NAIVE_PATTERN = r'^[ \t]*[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?[ \t]*$'
+ISO_NAIVE_PATTERN = r'^[ \t]*[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?[ \t]*$'
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 TRUE_STRINGS = frozenset({'true', 't', 'yes', 'y', 'on', '1'})
 FALSE_STRINGS = frozenset({'false', 'f', 'no', 'n', 'off', '0'})

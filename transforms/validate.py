@@ -375,17 +375,32 @@ def _convert_timestamp(arr, rule, naive_time_zone: Optional[str] = None) -> _Col
   trimmed = pc.utf8_trim(strings, characters=' \t')
   epoch, epoch_beyond = _epoch_ms(_null_where(trimmed, ~is_epoch))
   iso_text = pc.replace_substring_regex(_null_where(trimmed, ~is_iso), 'z$', 'Z')
-  iso, bad_value = _cast_or_each(iso_text, _UTC_US, entities.to_utc_timestamp)
+  iso, bad_value = _times_of_text(iso_text, _UTC_US, entities.to_utc_timestamp)
   bad_value |= epoch_beyond
   values = pc.if_else(pa.array(is_epoch), epoch, iso)
   is_naive = np.zeros(n, dtype=bool)
   if naive_time_zone:
     is_naive = present & ~is_epoch & ~is_iso & _mask(pc.match_substring_regex(strings, entities.ISO_NAIVE_PATTERN))
     if is_naive.any():
-      local, bad_local = _cast_or_each(_null_where(trimmed, ~is_naive), pa.timestamp('us'), dt.datetime.fromisoformat)
+      naive = _null_where(trimmed, ~is_naive)
+      local, bad_local = _times_of_text(naive, pa.timestamp('us'), dt.datetime.fromisoformat)
       values = pc.if_else(pa.array(is_naive & ~bad_local), _in_time_zone(local, naive_time_zone), values)
       bad_value |= bad_local
   return _Column(values, present & ~is_epoch & ~is_iso & ~is_naive, bad_value)
+
+
+def _times_of_text(texts: pa.Array, target: pa.DataType, convert) -> Tuple[pa.Array, np.ndarray]:
+  """ISO-8601 `texts` as microsecond `target` timestamps, as `_cast_or_each` gives them; a batch whose times
+  carry 7 to 9 fraction digits (.NET's round-trip format, Java's Instant, Go's RFC 3339) is cast through
+  nanoseconds, the digits past the microsecond dropped as Python's parse drops them, not judged one by one."""
+  try:
+    return texts.cast(target), np.zeros(len(texts), dtype=bool)
+  except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+    pass
+  try:
+    return texts.cast(pa.timestamp('ns', tz=target.tz)).cast(target, safe=False), np.zeros(len(texts), dtype=bool)
+  except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+    return _cast_or_each(texts, target, convert)
 
 
 def utc_timestamps(arr: pa.Array) -> pa.Array:

@@ -32,11 +32,13 @@ workers, so that one large file is many bundles:
   range. Encodings that are not ASCII-compatible (UTF-16/32) are not split;
   a file read as UTF-8 (the default) that starts with a UTF-16 or UTF-32
   byte order mark (Excel's "Unicode text") is read in that encoding, whole,
-  by its first range.
+  by its first range. So is a file whose lines end in carriage returns only
+  (classic Mac, Excel's "CSV (Macintosh)"): it has no newline byte to cut at.
 - Parquet: runs of whole row groups of about ``split_size_bytes`` compressed.
 - Avro: byte ranges, each owning the blocks that start after the first sync
   marker at or past its start (as Beam's avroio).
-- JSON documents and Excel workbooks: one range per file.
+- JSON documents and Excel workbooks: one range per file (a JSON document
+  with a UTF-16 or UTF-32 byte order mark is read in that encoding).
 - Compressed CSV, JSON Lines and JSON files (``events.csv.gz``; ``.gz``,
   ``.bz2``, ``.zst``, ``.deflate``, ``.xz``, by Beam's compression names):
   one range per file, since a compressed stream has no seeks, read as a
@@ -50,7 +52,9 @@ Row positions (``__row``, and a dead letter's ``position`` "row N"):
 - CSV: the record number with the header as row 1 (blank lines are not
   records), the numbering of pyarrow's ``InvalidRow.number``.
 - JSON Lines: the line number.
-- JSON: the element's 1-based index in the top-level array (1 for an object).
+- JSON: the element's 1-based index in the top-level array (1 for an object);
+  a .json file of one object a line (BigQuery's JSON export, mongoexport) is
+  read as JSON Lines, by line number.
 - Parquet, Avro: the 1-based record index in the file.
 - Excel: the sheet's row number; ``__source`` is ``path#SheetName``.
 
@@ -76,13 +80,16 @@ Dead letters (``stage='read'``):
   damage, those rows are emitted and one dead letter marks where it broke,
   with the number of unread records as ``count`` where the file says it.
 
-Types. CSV columns get pyarrow's inferred types, JSON and JSON Lines the
+Types. CSV columns get pyarrow's inferred types, except that a number
+column whose text the type would respell (01234, +49..., an integer of more
+digits than a double holds) stays text as written; JSON and JSON Lines the
 rules every connector shares (`io_connectors._common.arrow`: nested objects
 structs, arrays lists, mixed types text, ISO-8601 times kept as text), except
 the ``string_columns``, read as text so that validation converts them with
 the entity rules. Parquet and Avro keep the types the file declares (nothing
 is inferred there). In CSV an empty field is null. A header (or workbook)
-that repeats a column name gets ``name_2``, ``name_3``... for the repeats. Each range infers its own types, so batches of
+that repeats a column name gets ``name_2``, ``name_3``... for the repeats,
+as does a file's own ``__source`` or ``__row`` column (``__source_2``). Each range infers its own types, so batches of
 one file can differ in the type of an undeclared column (e.g. all-null in
 one range).
 

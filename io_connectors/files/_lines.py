@@ -8,9 +8,9 @@ from typing import Any, Iterator, List, Optional, Tuple
 import numpy as np
 import pyarrow as pa
 
-from io_connectors.files._ranges import is_compressed, open_file, read_exactly, unicode_bom_encoding
+from io_connectors.files._ranges import ascii_compatible, is_compressed, open_file, read_exactly, unicode_bom_encoding
 
-__all__ = ['read_owned_lines', 'is_blank', 'first_line', 'to_utf8', 'line_count', 'ranges_as_utf8']
+__all__ = ['read_owned_lines', 'is_blank', 'first_line', 'to_utf8', 'line_count', 'with_line_feeds', 'ranges_as_utf8']
 
 _SLACK = 1 << 16  # read past a range's end in the same call, to finish its last line
 
@@ -175,6 +175,23 @@ def nonblank_lines_before(data) -> np.ndarray:
   return np.concatenate(([0], np.cumsum(~blank)))
 
 
+def with_line_feeds(data, encoding: str):
+  """`data` with its carriage returns as line feeds when it holds no line feed (classic Mac line ends, Excel's
+  "CSV (Macintosh)"); else `data` as it is.
+
+  Every step that finds a line (bad bytes, a line that does not parse, row
+  numbers) splits at b'\\n': a file of CR-ended lines was one line, so one
+  bad line set the whole file aside as row 1. Only ASCII-compatible
+  encodings, where the byte 0x0D is always a carriage return.
+  """
+  if not len(data) or data[-1] == 0x0A or not ascii_compatible(encoding):
+    return data
+  codes = np.frombuffer(data, dtype=np.uint8)
+  if (codes == 0x0A).any() or not (codes == 0x0D).any():
+    return data
+  return bytes(data).replace(b'\r', b'\n')
+
+
 def ranges_as_utf8(
   rng, encoding: str, keep_bad_lines: bool, part_bytes: Optional[int]
 ) -> Iterator[Tuple[Any, Any, List[Tuple[int, str]]]]:
@@ -200,7 +217,7 @@ def ranges_as_utf8(
       else:
         raw = read_owned_lines(f, rng.start, rng.end)
     if not is_blank(raw):
-      yield (rng, *to_utf8(raw, encoding, keep_bad_lines=keep_bad_lines))
+      yield (rng, *to_utf8(with_line_feeds(raw, encoding), encoding, keep_bad_lines=keep_bad_lines))
     return
   with open_file(rng.path) as f:
     offset, rest = 0, b''
@@ -211,7 +228,8 @@ def ranges_as_utf8(
       if cut:
         raw, rest = data[:cut], data[cut:]
         if not is_blank(raw):
-          yield (rng._replace(start=offset, end=offset + cut), *to_utf8(raw, encoding, keep_bad_lines=keep_bad_lines))
+          part = with_line_feeds(raw, encoding)
+          yield (rng._replace(start=offset, end=offset + cut), *to_utf8(part, encoding, keep_bad_lines=keep_bad_lines))
         offset += cut
       else:
         rest = data

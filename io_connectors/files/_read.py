@@ -13,7 +13,7 @@ import pyarrow as pa
 from io_connectors.files._options import OPTIONS_CLASS, FileOptions, options_for
 from io_connectors.files._ranges import MatchFn, Range, SplitFn
 from transforms.dead_letter import DEAD_LETTER, Outputs
-from transforms.records import typed_outputs, with_provenance, with_plain_types
+from transforms.records import INTERNAL_COLUMNS, typed_outputs, with_provenance, with_plain_types
 
 __all__ = ['STAGE', 'READERS', 'ReadRangeFn', 'ReadFormat', 'emit', 'unique_column_names']
 
@@ -27,15 +27,16 @@ READERS: Dict[str, Callable[[], Callable[[Range, FileOptions], Iterator[Any]]]] 
 
 def unique_column_names(names: List[str]) -> List[str]:
   """`names` with blank ones named `column_<position>` and repeats renamed `<name>_2`, `<name>_3`, ...
-  (skipping names taken), first occurrences kept.
+  (skipping names taken), first occurrences kept; a name of a provenance column (``__source``, ``__row``)
+  counts as a repeat of it.
 
   A header may repeat a name ('note,note') or leave one empty (a trailing
   delimiter, an unnamed spreadsheet column); pyarrow reads every column,
   and every step after the read looks columns up by name.
   """
   named = [name if name.strip() else f'column_{i}' for i, name in enumerate(names, start=1)]
-  taken = set(named)
-  seen: set = set()
+  taken = set(named) | set(INTERNAL_COLUMNS)
+  seen: set = set(INTERNAL_COLUMNS)
   unique = []
   for name in named:
     if name in seen:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -19,24 +19,60 @@ from transforms.records import position
 __all__ = ['ReadFromAvro', 'AvroOptions']
 
 
-def _avro_type(schema) -> Optional[pa.DataType]:
-  """The Arrow type of an Avro (fastavro-parsed) schema; None when Arrow should infer."""
+_PRIMITIVES = {
+  'null': pa.null(),
+  'boolean': pa.bool_(),
+  'int': pa.int32(),
+  'long': pa.int64(),
+  'float': pa.float32(),
+  'double': pa.float64(),
+  'bytes': pa.binary(),
+  'string': pa.string(),
+}
+
+
+def _named_types(schema, found: Optional[Dict[str, dict]] = None) -> Dict[str, dict]:
+  """{full name: definition} of the records, enums and fixed types a schema defines.
+
+  A schema names a type once and refers to it by name after (an `Address`
+  for home and work, a map of them): the reference is only the name.
+  """
+  found = {} if found is None else found
+  stack = [schema]
+  while stack:
+    node = stack.pop()
+    if isinstance(node, list):
+      stack.extend(node)
+    elif isinstance(node, dict):
+      if node.get('type') in ('record', 'error', 'enum', 'fixed') and isinstance(node.get('name'), str):
+        found.setdefault(node['name'], node)
+      stack.extend(f.get('type') for f in node.get('fields', []) if isinstance(f, dict))
+      stack.extend(node[key] for key in ('items', 'values') if key in node)
+      if isinstance(node.get('type'), (dict, list)):
+        stack.append(node['type'])
+  return found
+
+
+def _avro_type(schema, named: Optional[Dict[str, dict]] = None, resolving: frozenset = frozenset()):
+  """The Arrow type of an Avro (fastavro-parsed) schema; None when Arrow should infer.
+
+  named: the schema's named types (`_named_types`), for references to them;
+  a type that refers to itself (a linked list) is inferred.
+  """
+  named = named or {}
   if isinstance(schema, list):
     branches = [s for s in schema if s != 'null']
-    return _avro_type(branches[0]) if len(branches) == 1 else None
+    return _avro_type(branches[0], named, resolving) if len(branches) == 1 else None
   if isinstance(schema, str):
-    return {
-      'null': pa.null(),
-      'boolean': pa.bool_(),
-      'int': pa.int32(),
-      'long': pa.int64(),
-      'float': pa.float32(),
-      'double': pa.float64(),
-      'bytes': pa.binary(),
-      'string': pa.string(),
-    }.get(schema)
+    if schema in _PRIMITIVES:
+      return _PRIMITIVES[schema]
+    if schema in named and schema not in resolving:
+      return _avro_type(named[schema], named, resolving | {schema})
+    return None
   if not isinstance(schema, dict):
     return None
+  if isinstance(schema.get('name'), str):
+    resolving = resolving | {schema['name']}
   logical, kind = schema.get('logicalType'), schema.get('type')
   if logical == 'timestamp-millis':
     return pa.timestamp('ms', tz='UTC')
@@ -52,34 +88,63 @@ def _avro_type(schema) -> Optional[pa.DataType]:
     return pa.decimal128(schema.get('precision', 38), schema.get('scale', 0))
   if logical == 'uuid':
     return pa.string()
-  if kind == 'record':
-    fields = [(f['name'], _avro_type(f['type'])) for f in schema.get('fields', [])]
+  if kind in ('record', 'error'):
+    fields = [(f['name'], _avro_type(f['type'], named, resolving)) for f in schema.get('fields', [])]
     if any(t is None for _, t in fields):
       return None
     return pa.struct(fields)
   if kind == 'array':
-    item = _avro_type(schema.get('items'))
+    item = _avro_type(schema.get('items'), named, resolving)
     return None if item is None else pa.list_(item)
   if kind == 'map':
-    value = _avro_type(schema.get('values'))
-    return None if value is None else pa.map_(pa.string(), value)
+    # Values of no one type (a union of several) are JSON text: inferred from the Python dicts, a map became a
+    # struct of its keys, and an empty map keys with nulls.
+    value = _avro_type(schema.get('values'), named, resolving)
+    return pa.map_(pa.string(), pa.string() if value is None else value)
   if kind == 'enum':
     return pa.string()
   if kind == 'fixed':
     return pa.binary(schema['size'])
-  return _avro_type(kind) if isinstance(kind, (str, list)) else None
+  return _avro_type(kind, named, resolving) if isinstance(kind, (str, list)) else None
+
+
+def _fitted(value, typ: pa.DataType):
+  """A decoded Avro value shaped for `typ`: maps as (key, value) pairs, and values of a text map that are not
+  text (a union's numbers and booleans) as `to_text` gives them, at any depth."""
+  if value is None:
+    return None
+  if isinstance(typ, pa.MapType) and isinstance(value, dict):
+    return [(k, _fitted(v, typ.item_type)) for k, v in value.items()]
+  if pa.types.is_struct(typ) and isinstance(value, dict):
+    return {f.name: _fitted(value.get(f.name), f.type) for f in typ}
+  if pa.types.is_list(typ) and isinstance(value, list):
+    return [_fitted(v, typ.value_type) for v in value]
+  if pa.types.is_string(typ) and not isinstance(value, str):
+    return to_text(value)
+  return value
+
+
+_ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError)
+
+
+def _declared_column(values: List[Any], typ: pa.DataType) -> pa.Array:
+  """`values` as `typ`; shaped by `_fitted` where they do not go as they are (a union's values in a text
+  map); the shared rules where they do not fit at all."""
+  try:
+    return pa.array(values, type=typ)
+  except _ARROW_ERRORS:
+    pass
+  try:
+    return pa.array([_fitted(v, typ) for v in values], type=typ)
+  except _ARROW_ERRORS:
+    return column(values)
 
 
 def _avro_table(records: List[dict], fields) -> pa.Table:
   arrays, names = [], []
   for name, typ in fields:
     values = [r.get(name) for r in records]
-    if isinstance(typ, pa.MapType):
-      values = [None if v is None else list(v.items()) for v in values]
-    try:
-      arrays.append(column(values) if typ is None else pa.array(values, type=typ))
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
-      arrays.append(column(values))  # values that do not fit the declared type: the shared rules
+    arrays.append(column(values) if typ is None else _declared_column(values, typ))
     names.append(name)
   return pa.Table.from_arrays(arrays, names=names)
 
@@ -113,8 +178,9 @@ def read_avro(rng: Range, options: AvroOptions):
       if start == 0:
         yield dead_letter(path, None, 'corrupt_file', detail=f'cannot open as Avro: {short_error(e)}', stage=STAGE)
       return
+    named = _named_types(schema)
     fields = (
-      [(field['name'], _avro_type(field['type'])) for field in schema.get('fields', [])]
+      [(field['name'], _avro_type(field['type'], named)) for field in schema.get('fields', [])]
       if isinstance(schema, dict) and schema.get('type') == 'record'
       else None
     )

@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from io_connectors._common.errors import short_error
@@ -71,6 +72,15 @@ def _records_of_lines(data, lines: List[int], delimiter: str, quote_char: Option
     nonblank_before = nonblank_lines_before(data)
     found.update((line, int(nonblank_before[line]) + 1) for line in wanted[k:])
   return found
+
+
+def _ended_line(data):
+  """`data` with a newline after its last line when it holds no other: pyarrow refuses a block without one
+  ('Empty CSV file or block'), which made an export of no rows ('id,note') or a one-record file without a
+  header a malformed range; a line is short, so the copy is too."""
+  if not len(data) or data[-1] in (0x0A, 0x0D) or line_count(data) > 1:
+    return data
+  return bytes(data) + b'\n'
 
 
 class CsvReader:
@@ -155,6 +165,7 @@ class CsvReader:
           '(the encoding option, --input_encoding)',
           stage=STAGE,
         )
+    data = _ended_line(data)
     if start == 0:
       read_options = pa_csv.ReadOptions(use_threads=False, autogenerate_column_names=not options.header)
       first_data_record = 2 if options.header else 1
@@ -200,6 +211,7 @@ class CsvReader:
         count=count,
       )
       return
+    table = self._numbers_as_written(table, data, read_options, path, options)
     for number, text, expected, actual in invalid:
       if number in bad_records:
         continue
@@ -218,6 +230,48 @@ class CsvReader:
       keep = ~np.isin(rows, np.array(list(bad_records), dtype=np.int64))
       table, rows = table.filter(pa.array(keep)), rows[keep]
     yield from emit(table, source, rows, options.batch_size)
+
+  def _numbers_as_written(self, table: pa.Table, data, read_options, path: str, options: CsvOptions) -> pa.Table:
+    """`table` with the number columns whose text the type would respell read again as text.
+
+    pyarrow types 01234 (a ZIP code, an account id) as the int 1234, +49...
+    as a number without its sign and an integer beyond int64 as a double
+    that loses digits: the value written would not be the one read. Only the
+    columns typed as numbers are parsed again (about a fifth of a full parse),
+    and only when there are some.
+    """
+    names = table.column_names
+    numeric = [
+      name
+      for name, typ in zip(names, table.schema.types)
+      if (pa.types.is_integer(typ) or pa.types.is_floating(typ)) and names.count(name) == 1
+    ]
+    if not numeric:
+      return table
+    texts = pa_csv.read_csv(
+      pa.BufferReader(data),
+      read_options=read_options,
+      parse_options=self._parse_options(options, path, lambda row: 'skip'),
+      convert_options=pa_csv.ConvertOptions(
+        include_columns=numeric,
+        column_types={name: pa.string() for name in numeric},
+        null_values=[''],
+        strings_can_be_null=True,
+      ),
+    )
+    for name in numeric:
+      i = names.index(name)
+      respelled = _INTEGER_RESPELLED if pa.types.is_integer(table.schema.field(i).type) else _FLOAT_RESPELLED
+      text = texts.column(name)
+      if pc.any(pc.match_substring_regex(text, respelled)).as_py():
+        table = table.set_column(i, name, text)
+    return table
+
+
+# Number text that the type would not give back as written: a leading zero or plus sign, and (doubles)
+# an integer of more digits than a double holds exactly.
+_INTEGER_RESPELLED = r'^\s*(\+|-?0[0-9])'
+_FLOAT_RESPELLED = _INTEGER_RESPELLED + r'|^\s*-?[0-9]{16,}\s*$'
 
 
 READERS['csv'] = lambda: CsvReader().read  # one header cache per worker DoFn

@@ -8,7 +8,8 @@ an object, are dead-lettered one by one.
 
 A JSON document's records are its array's elements, or the array an API's
 envelope holds (`{"items": [...], "next": ...}`: `JsonOptions.records_path`);
-the envelope's other keys are not records and are not read.
+the envelope's other keys are not records and are not read. A .json file of
+one object a line (BigQuery's JSON export, mongoexport) is read as JSON Lines.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from io_connectors._common.arrow import table_from_json_lines, table_from_rows
 from io_connectors._common.errors import short_error
 from io_connectors.files._lines import line_count, ranges_as_utf8
 from io_connectors.files._options import JsonOptions
-from io_connectors.files._ranges import Range, open_file
+from io_connectors.files._ranges import Range, open_file, unicode_bom_encoding
 from io_connectors.files._read import READERS, STAGE, ReadFormat, emit
 from transforms.dead_letter import dead_letter
 from transforms.json_values import loads, reason_of
@@ -118,14 +119,22 @@ def read_json(rng: Range, options: JsonOptions):
   except Exception as e:
     yield dead_letter(path, None, 'corrupt_file', detail=f'cannot read: {short_error(e)}', stage=STAGE)
     return
+  # A document marked UTF-16/32 (PowerShell's Out-File, Excel's "Unicode text") is read in that encoding, as
+  # CSV and JSON Lines files so marked are; UTF-8 may carry its BOM.
+  encoding = unicode_bom_encoding(raw[:4]) or 'utf-8-sig'
   try:
-    text = raw.decode('utf-8-sig')
+    text = raw.decode(encoding)
   except UnicodeDecodeError as e:
-    yield dead_letter(path, None, 'bad_encoding', detail=f'bytes not valid in utf-8 at byte {e.start}', stage=STAGE)
+    shown = 'utf-8' if encoding == 'utf-8-sig' else encoding
+    yield dead_letter(path, None, 'bad_encoding', detail=f'bytes not valid in {shown} at byte {e.start}', stage=STAGE)
     return
   try:
     document = loads(text)
   except ValueError as e:
+    if _holds_json_lines(text, e):
+      _LOG.info('%s: one JSON object a line: read as JSON Lines', path)
+      yield from _read_jsonl_part(rng, text.encode('utf-8'), [], options)
+      return
     reason = reason_of(e)
     yield dead_letter(path, None, reason, detail=f'the document does not parse: {e}', stage=STAGE)
     return
@@ -157,6 +166,18 @@ def read_json(rng: Range, options: JsonOptions):
   data = '\n'.join(lines).encode('utf-8')
   table, rows = _json_rows(data, np.array(numbers, dtype=np.int64), options.string_columns, path, objects)
   yield from emit(table, path, rows, options.batch_size)
+
+
+def _holds_json_lines(text: str, error: ValueError) -> bool:
+  """Whether a .json file that does not parse is JSON Lines: an object on one line, then more.
+
+  BigQuery's JSON export and mongoexport write one object a line into .json
+  files; read as one document, all their records were one malformed_json.
+  """
+  if not isinstance(error, json.JSONDecodeError) or error.msg != 'Extra data':
+    return False
+  first = text[: error.pos].strip()
+  return first.startswith('{') and '\n' not in first
 
 
 # Keys under which APIs put a page's records (dlt's record detector knows the same names).

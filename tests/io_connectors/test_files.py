@@ -779,7 +779,7 @@ def test_csv_record_numbers_of_lines_agree_with_pyarrows_row_numbers():
 
 def test_csv_header_spelling_a_text_column_another_way_is_read_as_text(tmp_path):
   """`Event ID` is event_id to validation: its 007 must not become the number 7 at the read."""
-  path = write(tmp_path, 'export.csv', 'Event ID,Plays,event_idx\n007,3,010\n')
+  path = write(tmp_path, 'export.csv', 'Event ID,Plays,event_idx\n007,3,10\n')
   rows = read(tmp_path, ReadFromCsv(path, CsvOptions(string_columns=['event_id']))).rows()
   assert rows == [(path, 2, {'Event ID': '007', 'Plays': 3, 'event_idx': 10})]
 
@@ -921,3 +921,136 @@ def test_spark_int96_timestamps_are_utc_instants(tmp_path):
   assert [r[2]['played_at'] for r in result.rows()] == [at.replace(tzinfo=dt.timezone.utc), None]
   naive = read(tmp_path, ReadFromParquet(str(tmp_path / 'naive.parquet')))
   assert naive.table.schema.field('played_at').type.tz is None
+
+
+def test_csv_numbers_a_type_would_respell_are_kept_as_written(tmp_path):
+  """An undeclared column is typed only when its values survive the type: leading zeros (ZIP codes, ids),
+  a plus sign and integers a double cannot hold exactly are kept as text, not silently respelled."""
+  path = write(
+    tmp_path,
+    'ids.csv',
+    'zip,account,big_id,phone,plays,ratio,mixed_big\n'
+    '01234,007123,12345678901234567890,+4917612345678,3,0.5,12345678901234567\n'
+    '99999,1,1,+1,4,1.25,1.5\n',
+  )
+  result = read(tmp_path, ReadFromCsv(path))
+  assert result.dead_letters == []
+  schema = result.table.schema
+  assert [schema.field(c).type for c in ('plays', 'ratio')] == [pa.int64(), pa.float64()]  # numbers stay numbers
+  assert [r[2] for r in result.rows()] == [
+    {
+      'zip': '01234',
+      'account': '007123',
+      'big_id': '12345678901234567890',
+      'phone': '+4917612345678',
+      'plays': 3,
+      'ratio': 0.5,
+      'mixed_big': '12345678901234567',
+    },
+    {'zip': '99999', 'account': '1', 'big_id': '1', 'phone': '+1', 'plays': 4, 'ratio': 1.25, 'mixed_big': '1.5'},
+  ]
+
+
+def test_csv_of_one_line_without_a_newline_is_read_not_dead_lettered(tmp_path):
+  """pyarrow cannot parse a block holding no newline: an export of no rows ('id,note', no newline) is no record,
+  and a one-record file without a header ('1,a') is that record, not a malformed_row without its text."""
+  header_only = write(tmp_path, 'empty_export.csv', b'\xef\xbb\xbfid,note')
+  result = read(tmp_path, ReadFromCsv(header_only))
+  assert result.dead_letters == [] and result.rows() == []
+  one_record = write(tmp_path, 'one.csv', '1,a')
+  result = read(tmp_path, ReadFromCsv(one_record, CsvOptions(header=False)))
+  assert result.dead_letters == []
+  assert result.rows() == [(one_record, 1, {'f0': 1, 'f1': 'a'})]
+
+
+@pytest.mark.parametrize('encoding', ['utf-16', 'utf-16-be', 'utf-32'])
+def test_a_json_document_with_a_utf16_or_utf32_byte_order_mark_is_read(tmp_path, encoding):
+  """PowerShell's ConvertTo-Json | Out-File writes UTF-16 with a BOM: read as CSV and JSON Lines files so marked
+  are, not one bad_encoding dead letter for the whole file."""
+  import codecs
+
+  bom = {'utf-16': b'', 'utf-16-be': codecs.BOM_UTF16_BE, 'utf-32': b''}[encoding]
+  document = json.dumps([{'id': '007', 'name': 'Zoë'}, {'id': '2', 'name': '東京'}], ensure_ascii=False)
+  path = write(tmp_path, 'export.json', bom + document.encode(encoding))
+  result = read(tmp_path, ReadFromJson(path))
+  assert result.dead_letters == []
+  assert result.rows() == [(path, 1, {'id': '007', 'name': 'Zoë'}), (path, 2, {'id': '2', 'name': '東京'})]
+
+
+def test_a_column_named_like_a_provenance_column_is_renamed_not_a_crash(tmp_path):
+  """A file's own __source or __row column (a re-imported export) beside the reader's provenance columns
+  made two columns of one name, which failed the job at validation; it is kept, renamed as a repeat is."""
+  path = write(tmp_path, 'reimport.csv', 'id,__source,__row\n1,crm,7\n')
+  result = read(tmp_path, ReadFromCsv(path))
+  assert result.dead_letters == []
+  (batch,) = result.batches
+  assert batch.schema.names == ['id', '__source_2', '__row_2', SOURCE_COLUMN, ROW_COLUMN]
+  assert result.rows() == [(path, 2, {'id': 1, '__source_2': 'crm', '__row_2': 7})]
+  lines = write(tmp_path, 'reimport.jsonl', '{"id": 1, "__row": "r1"}\n')
+  assert read(tmp_path, ReadFromJsonLines(lines)).rows() == [(lines, 1, {'id': 1, '__row_2': 'r1'})]
+
+
+def test_a_file_whose_lines_end_in_carriage_returns_sets_aside_only_its_bad_line(tmp_path):
+  """Classic Mac line ends (Excel's "CSV (Macintosh)"): a line with bad bytes or broken JSON is that line's dead
+  letter, not the whole file as row 1 (the CSV rows still written with U+FFFD, the JSON Lines ones all lost)."""
+  path = write(tmp_path, 'mac.csv', b'id,name\r1,a\r2,caf\xe9\r3,c\r')
+  result = read(tmp_path, ReadFromCsv(path))
+  assert [(d['reason'], d['position'], d['record']) for d in result.dead_letters] == [
+    ('bad_encoding', 'row 3', '2,caf\ufffd')
+  ]
+  assert result.rows() == [(path, 2, {'id': 1, 'name': 'a'}), (path, 4, {'id': 3, 'name': 'c'})]
+  lines = write(tmp_path, 'mac.jsonl', b'{"a": 1}\rbroken\r{"a": 2}\r')
+  result = read(tmp_path, ReadFromJsonLines(lines))
+  assert [(d['reason'], d['position'], d['record']) for d in result.dead_letters] == [
+    ('malformed_json', 'row 2', 'broken')
+  ]
+  assert result.rows() == [(lines, 1, {'a': 1}), (lines, 3, {'a': 2})]
+
+
+def test_avro_maps_of_named_or_union_values_stay_maps(tmp_path):
+  """A map whose values are a named type defined earlier ('Address') or a union (event properties) was inferred
+  from its Python dicts as a struct of its keys: an empty map read as keys with nulls. Named types resolve,
+  and map values of no one type are JSON text."""
+  address = {'type': 'record', 'name': 'Address', 'fields': [{'name': 'zip', 'type': 'string'}]}
+  schema = {
+    'type': 'record',
+    'name': 'Profile',
+    'fields': [
+      {'name': 'id', 'type': 'string'},
+      {'name': 'home', 'type': address},
+      {'name': 'others', 'type': {'type': 'map', 'values': 'Address'}},
+      {'name': 'properties', 'type': {'type': 'map', 'values': ['null', 'string', 'long', 'boolean']}},
+    ],
+  }
+  records = [
+    {
+      'id': '1',
+      'home': {'zip': '01234'},
+      'others': {'work': {'zip': '10115'}},
+      'properties': {'plan': 'free', 'age': 7, 'beta': True},
+    },
+    {'id': '2', 'home': {'zip': '99999'}, 'others': {}, 'properties': {}},
+  ]
+  path = str(tmp_path / 'profiles.avro')
+  with open(path, 'wb') as f:
+    fastavro.writer(f, schema, records)
+  result = read(tmp_path, ReadFromAvro(path))
+  assert result.dead_letters == []
+  types = result.table.schema
+  assert types.field('others').type == pa.map_(pa.string(), pa.struct([('zip', pa.string())]))
+  assert types.field('properties').type == pa.map_(pa.string(), pa.string())
+  assert [(r[2]['others'], r[2]['properties']) for r in result.rows()] == [
+    ([('work', {'zip': '10115'})], [('plan', 'free'), ('age', '7'), ('beta', 'true')]),
+    ([], []),
+  ]
+
+
+def test_a_json_file_holding_one_object_a_line_is_read_as_json_lines(tmp_path):
+  """BigQuery's JSON export and mongoexport write newline-delimited objects into .json files: each line is a
+  record (numbered by its line, a broken line its own dead letter), not the whole file one malformed_json."""
+  path = write(tmp_path, 'export.json', '{"id": "007", "n": 1}\n\n{"id": "8", "n": {"x": 2}}\n{"id": \n{"id": "9"}\n')
+  result = read(tmp_path, ReadFromJson(path))
+  assert [(r[1], r[2]['id']) for r in result.rows()] == [(1, '007'), (3, '8'), (5, '9')]
+  assert [(d['reason'], d['position'], d['record']) for d in result.dead_letters] == [
+    ('malformed_json', 'row 4', '{"id": ')
+  ]

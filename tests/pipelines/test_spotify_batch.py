@@ -701,3 +701,28 @@ def test_input_encoding_reads_a_cp1252_csv_whose_rows_utf8_would_dead_letter(tmp
     resolve({'input': 'x.csv', 'tenant_id': 'acme', 'input_encoding': 'klingon'})
   with pytest.raises(ConfigError, match='input_encoding applies to CSV input, not to input_format parquet'):
     resolve({'input': 'x.parquet', 'input_format': 'parquet', 'tenant_id': 'acme', 'input_encoding': 'cp1252'})
+
+
+def test_declared_nested_fields_stay_nested_when_a_line_is_dirty(tmp_path):
+  """A track's album and artists are objects and arrays, not text: one line of another shape or a broken line
+  in the file must not turn every row's album into a JSON string."""
+  tracks = [
+    {
+      'id': '4uLU6hMCjMI75M1A2tKUQC',
+      'name': 'Song',
+      'popularity': 50,
+      'album': {'name': 'A'},
+      'artists': [{'id': 'x'}],
+    },
+    {'id': '5uLU6hMCjMI75M1A2tKUQC', 'name': 'Other', 'popularity': 'high', 'album': {'name': 'B'}, 'artists': []},
+  ]
+  path = tmp_path / 'tracks.jsonl'
+  path.write_text('\n'.join(json.dumps(t) for t in tracks) + '\n{"id": "broken\n')
+  argv = ['--input', str(path), '--tenant_id', 'acme', '--entity', 'track', '--num_shards', '1']
+  manifest = run(argv + ['--output', str(tmp_path / 'out')])
+  assert (manifest['counts']['written'], manifest['counts']['dead_letter']) == (1, 2)
+  written = _written(tmp_path / 'out')
+  assert pa.types.is_struct(written.schema.field('album').type)
+  assert pa.types.is_list(written.schema.field('artists').type)
+  assert written.column('album').to_pylist() == [{'name': 'A'}]
+  assert written.column('artists').to_pylist() == [[{'id': 'x'}]]

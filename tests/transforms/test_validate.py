@@ -437,3 +437,31 @@ def test_epoch_milliseconds_beyond_the_calendar_are_an_invalid_value_not_a_faile
   text = pa.RecordBatch.from_pylist([dict(GOOD, played_at='999999999999999')])
   valid, letters = validate_batch(text, entities.ListeningEvent)
   assert valid.num_rows == 0 and [(l['reason'], l['field']) for l in letters] == [('invalid_value', 'played_at')]
+
+
+def test_times_with_seven_to_nine_fraction_digits_are_read_to_the_microsecond():
+  """.NET's round-trip format writes 7 fraction digits, Java's Instant and Go's RFC 3339 up to 9: such times
+  are instants, not invalid_type dead letters; digits past the microsecond go, as they do for nanosecond
+  Parquet times and in pydantic's (Python's) parse."""
+  utc = dt.timezone.utc
+  texts = [
+    '2024-06-01T12:00:00.1234567Z',
+    '2024-06-01T12:00:00.123456789+02:00',
+    '2024-06-01 12:00:00.9999999-0530',
+    '2024-06-01T12:00:00.1234567891Z',  # ten digits: no ISO-8601 writer's
+  ]
+  rows = [dict(GOOD, event_id=f'e{i}', played_at=v) for i, v in enumerate(texts)]
+  valid, dead = validate_batch(with_provenance(pa.RecordBatch.from_pylist(rows), 'f.csv', 2), entities.ListeningEvent)
+  expected = [
+    dt.datetime(2024, 6, 1, 12, 0, 0, 123456, tzinfo=utc),
+    dt.datetime(2024, 6, 1, 10, 0, 0, 123456, tzinfo=utc),
+    dt.datetime(2024, 6, 1, 17, 30, 0, 999999, tzinfo=utc),
+  ]
+  assert valid.column('played_at').to_pylist() == expected
+  assert [entities.ListeningEvent.model_validate(r).played_at for r in rows[:3]] == expected
+  assert [(d['record']['event_id'], d['reason']) for d in dead] == [('e3', 'invalid_type')]
+  naive = dict(GOOD, played_at='2024-06-01T12:00:00.1234567')
+  valid, dead = validate_batch(
+    with_provenance(pa.RecordBatch.from_pylist([naive]), 'f.csv', 2), entities.ListeningEvent, naive_time_zone='UTC'
+  )
+  assert dead == [] and valid.column('played_at').to_pylist() == [dt.datetime(2024, 6, 1, 12, 0, 0, 123456, tzinfo=utc)]
