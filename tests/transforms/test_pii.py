@@ -823,6 +823,7 @@ def test_glued_id_tokens_are_set_aside_only_where_the_phone_recognizer_finds_not
   rng = random.Random(23)
   letters = ['sess', 'INV', 'SN', 'ORD', 'x', 'USRC', 'tel', 'Tel', 'phone', 'no', 'NR', 'call', 'text', 'fax']
   letters += ['abcdefghijklmno', 'abcdefghijklmnop', 'telabcdefghijkl', 'abcdefghijkltel']
+  letters += ['phoneNumber', 'mobileNo', 'userPhone', 'PhoneId']
   glue = ['', '-', '_', '/', '#', '.', ':', '=', '&', '\\', '@', ' ', '+', '(']
   numbers = ['4155552671', '+14155552671', '0301234567', '2024', '409363', '442079460958', '13380235', '7']
   tokens = []

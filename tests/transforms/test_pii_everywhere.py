@@ -218,6 +218,27 @@ def test_a_column_named_like_a_phone_or_a_secret_is_context(scanner):
   )
 
 
+def test_camel_case_and_compound_names_are_context_in_columns_json_keys_and_dead_letters(scanner):
+  """`phoneNumber`, `contactPhone`, `cardNumber`: the words of a name count, however it is spelled."""
+  batch = pa.RecordBatch.from_pylist(
+    [
+      dict(
+        event_id='e1',
+        tenant_id='acme',
+        phoneNumber='4155552671',
+        contactPhone='07700900123',
+        PhoneNo='4155552671',
+        payload='{"user": {"mobileNumber": "4155552671", "sessionId": "03639122"}}',
+      )
+    ]
+  )
+  row = redact_batch(batch, ListeningEvent, KEY, scanner)[0].to_pylist()[0]
+  assert row['phoneNumber'] == row['contactPhone'] == row['PhoneNo'] == '<PHONE_NUMBER>'
+  assert json.loads(row['payload']) == {'user': {'mobileNumber': '<PHONE_NUMBER>', 'sessionId': '03639122'}}
+  out, counts = redact_record({'userPhone': '4155552671', 'n': '4155552671'}, ListeningEvent, KEY, scanner, 'acme')
+  assert out == {'userPhone': '<PHONE_NUMBER>', 'n': '4155552671'} and counts['PHONE_NUMBER'] == 1
+
+
 def test_dead_letter_records_follow_the_same_rules(scanner):
   record = {
     'event_id': 'e1',
@@ -252,6 +273,13 @@ def test_dead_letter_records_follow_the_same_rules(scanner):
     ('Authorization: token ghp_' + 'A1b2' * 9, 'Authorization: token <API_KEY>'),
     ('IBAN de89 3704 0044 0532 0130 00 please', 'IBAN <IBAN_CODE> please'),
     ('card 2223 0031 2200 3222', 'card <CREDIT_CARD>'),
+    # A label glued to its value (key=value logs, query strings), compound and camelCase names:
+    ('card=4111111111111111', 'card=<CREDIT_CARD>'),
+    ('payment failed cc=4111-1111-1111-1111 exp=12/27', 'payment failed cc=<CREDIT_CARD> exp=12/27'),
+    ('phone_number=+447946095800', 'phone_number=<PHONE_NUMBER>'),
+    ('phoneNumber: 4155552671', 'phoneNumber: <PHONE_NUMBER>'),
+    ('userPhone=4155552671&x=1', 'userPhone=<PHONE_NUMBER>&x=1'),
+    ('mobile_no:07700900123', 'mobile_no:<PHONE_NUMBER>'),
     # Not PII:
     ('Track 01 - 03:25', None),
     ('ISRC: GB-AYE-06-01498', None),
@@ -269,6 +297,10 @@ def test_dead_letter_records_follow_the_same_rules(scanner):
     ('item no. 0301234567', None),
     ('customer 0151 23456789', None),
     ('track no. 12345678', None),
+    ('call_id=4155552671', None),
+    ('phoneId 4155552671', None),
+    ('order_number=4155552671', None),
+    ('session_id:4111111111111111', None),
   ],
 )
 def test_formats_outside_the_corpus(scanner, text, expected):

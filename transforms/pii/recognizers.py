@@ -20,7 +20,7 @@ import base64
 import binascii
 import functools
 import json
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import regex
 
@@ -31,6 +31,7 @@ __all__ = [
   'SUPPORTED_ENTITIES',
   'build_recognizers',
   'has_context',
+  'name_words',
   'is_secret_name',
   'phone_like_integer',
 ]
@@ -184,37 +185,73 @@ _GLUE = '-_/#.:=&\\@'
 # character: sess-13380235, INV640236734, ORD-2024-409363. `_glued` rejects
 # every digit group of such a token (a letter, a digit or a glue character
 # after an id word touches it), so no phone number is found in it, unless the
-# letters are a phone or number word (tel-4155552671, no.0301234567). At most
-# 15 letters: `_glued` reads the word before a glue character from the 16
-# characters before the digits. RE2 syntax, anchored on the whole value.
+# letters hold a phone or number word (tel-4155552671, no.0301234567,
+# phoneNumber=4155552671: `scanner._glued_id_tokens` looks for one anywhere in
+# them). At most 15 letters, so that `_glued` reads the whole word before a
+# glue character. RE2 syntax, anchored on the whole value.
 GLUED_ID_TOKEN = r'^(?P<letters>[A-Za-z]{1,15})(?:[%s]?[0-9]+)+$' % regex.escape(_GLUE)
 PHONE_LABELS = tuple(sorted(set(PHONE_CONTEXT + NUMBER_WORDS)))
 
 
+CARD_LABELS = tuple(sorted(set(CARD_CONTEXT + NUMBER_WORDS)))
+# The parts of a name however it is spelled: phone_number, phoneNumber, Phone-No, MSISDN, HTTPServer.
+_NAME_PART = regex.compile(r'\p{Lu}?\p{Ll}+|\p{Lu}+(?!\p{Ll})')
+
+
+def name_words(name: str) -> List[str]:
+  """The lower-case words of a name: `phoneNumber` -> ['phone', 'number'], `user_phone` -> ['user', 'phone']."""
+  return [part.lower() for part in _NAME_PART.findall(name)]
+
+
+@functools.lru_cache(maxsize=4096)  # asked for each word before each candidate; the words recur
+def _token_words(token: str) -> Tuple[str, ...]:
+  """What one word before a number says: the word itself and, for a compound name, its head (last) word.
+
+  The head says what the value is: `contactPhone` and `user_phone` are phone
+  words, `phoneId` and `call_id` id words. A number word's head also keeps
+  the words before it: `phone_number`, `cardNumber`, `order_no`.
+  """
+  lower = token.lower()
+  parts = [p for p in name_words(token) if len(p) > 1]
+  if len(parts) < 2:
+    return (lower, *parts)
+  head = parts[-1]
+  return (lower, *parts) if head in NUMBER_WORDS else (lower, head)
+
+
 def has_context(text: str, start: int, words, n_words: int = 3) -> bool:
-  """True when one of the `n_words` words just before `start` is in `words`."""
-  before = _WORD.findall(text[max(0, start - _CONTEXT_WINDOW) : start].lower())
-  return any(w in words for w in before[-n_words:])
+  """True when one of the `n_words` words just before `start` says one of `words` (`_token_words`)."""
+  before = _WORD.findall(text[max(0, start - _CONTEXT_WINDOW) : start])
+  return any(w in words for token in before[-n_words:] for w in _token_words(token))
 
 
-def _glued(text: str, start: int, end: int) -> bool:
-  """True when the span is part of a longer token (a letter, digit or id glue character touches it)."""
+def _labelled(text: str, glue_at: int, labels) -> bool:
+  """Whether the word right before the glue character at `glue_at` is one of `labels` (`phone_number=`, `card:`)."""
+  window = text[max(0, glue_at - _CONTEXT_WINDOW) : glue_at]
+  label = _WORD.findall(window)
+  return bool(label) and window.endswith(label[-1]) and any(w in labels for w in _token_words(label[-1]))
+
+
+def _glued(text: str, start: int, end: int, labels=PHONE_LABELS) -> bool:
+  """True when the span is part of a longer token (a letter, digit or id glue character touches it).
+
+  A glue character after a label is no glue: tel:+44..., phone_number=0207...,
+  card=4111... (key=value logs and query strings, whose next parameter may follow: &x=1).
+  """
+  labelled = False
   if start > 0:
     before = text[start - 1]
     if before.isalnum():
       return True
     if before in _GLUE:
-      # tel:+44..., phone:0207..., tel.+1...: a label, not an identifier.
-      label = _WORD.findall(text[max(0, start - 16) : start].lower())
-      if not (
-        label
-        and text[max(0, start - 16) : start].lower().endswith(label[-1] + before)
-        and label[-1] in PHONE_CONTEXT + NUMBER_WORDS
-      ):
+      if not _labelled(text, start - 1, labels):
         return True
+      labelled = True
   if end < len(text):
     after = text[end]
-    if after.isalnum() or (after in _GLUE and end + 1 < len(text) and text[end + 1].isalnum()):
+    if after.isalnum() or (
+      after in _GLUE and end + 1 < len(text) and text[end + 1].isalnum() and not (labelled and after == '&')
+    ):
       return True
   return False
 
@@ -271,7 +308,7 @@ def plausible_card(text: str, start: int, end: int) -> bool:
   """Whether a Luhn-valid number is a card number, not a barcode, an epoch or an id."""
   span = text[start:end]
   digits = ''.join(c for c in span if c.isdigit())
-  if _glued(text, start, end):
+  if _glued(text, start, end, CARD_LABELS):
     return False
   says_card = has_context(text, start, CARD_CONTEXT)
   if not says_card and has_context(text, start, ID_WORDS):

@@ -39,6 +39,7 @@ from transforms.pii.recognizers import (
   enough_phone_digits,
   is_placeholder,
   is_secret_name,
+  name_words,
   phone_like_integer,
 )
 
@@ -130,7 +131,7 @@ def context_word(name: Optional[str]) -> Optional[str]:
   """The phone or card word in a column name (`mobile_number` -> 'mobile'), if any."""
   if not name:
     return None
-  for word in regex.findall(r'[a-z]+', name.lower()):
+  for word in name_words(name):
     if word in PHONE_CONTEXT or word in CARD_CONTEXT:
       return word
   return None
@@ -197,10 +198,19 @@ def _mostly_repeats(values: pa.Array) -> bool:
   return pc.count_distinct(head, mode='all').as_py() * 8 <= len(head)
 
 
+# Letters that may hold a phone word as one of their words (`recognizers.name_words`): at
+# their start in any case (tel, Phone, phoneNumber), or after it capitalised (userPhone,
+# mobileNo). A superset of the labels `recognizers._glued` reads.
+_PHONE_LABEL_IN = '^(?i:{})|{}'.format(
+  '|'.join(regex.escape(w) for w in PHONE_LABELS),
+  '|'.join(f'{regex.escape(w[0].upper())}(?i:{regex.escape(w[1:])})' for w in PHONE_LABELS),
+)
+
+
 def _glued_id_tokens(values: pa.Array) -> np.ndarray:
   """Values that are one glued id token without a phone word (`recognizers.GLUED_ID_TOKEN`)."""
   letters = pc.struct_field(pc.extract_regex(values, GLUED_ID_TOKEN), 'letters')
-  labelled = pc.is_in(pc.utf8_lower(letters), value_set=pa.array(PHONE_LABELS))
+  labelled = pc.match_substring_regex(letters, _PHONE_LABEL_IN)
   return pc.and_(letters.is_valid(), pc.invert(labelled)).fill_null(False).to_numpy(zero_copy_only=False)
 
 
