@@ -367,3 +367,31 @@ def test_a_dead_letter_identifier_spelled_another_way_is_pseudonymised(scanner):
   assert out['ctx']['userId'] != 17 and out['ctx']['ip-address'] != '10.0.0.1'
   assert out['User Email'] != 'x' and out['plays'] == '0042'
   assert counts['PSEUDONYMISED:UserID'] == 1 and counts['PSEUDONYMISED:userId'] == 1
+
+
+def test_card_numbers_stored_as_numbers_are_redacted_as_dead_letters_redact_them(scanner):
+  """A CSV reader infers int64 for a column of card numbers; JSON writes them unquoted. Epochs and ids stay."""
+  batch = pa.RecordBatch.from_pylist(
+    [
+      dict(
+        event_id='e1',
+        tenant_id='acme',
+        card_number=4111111111111111,
+        cc=5555555555554444.0,
+        epoch_ms=1717245296000,
+        epoch_us=1717245296000000,
+        big_id=4111111111111112,
+        nested={'pan': 378282246310005, 'n': 7},
+      ),
+    ]
+  )
+  out, counts = redact_batch(batch, ListeningEvent, KEY, scanner)
+  row = out.to_pylist()[0]
+  assert row['card_number'] is None and row['cc'] is None and row['nested'] == {'pan': None, 'n': 7}
+  assert (row['epoch_ms'], row['epoch_us'], row['big_id']) == (1717245296000, 1717245296000000, 4111111111111112)
+  assert counts['CREDIT_CARD'] == 3
+  assert out.schema.field('card_number').type == pa.int64()
+  text = '{"card": 4111111111111111, "ts": 1717245296000000, "n": 5555555555554445}'
+  redacted, found = scanner.redact_text(text)
+  assert json.loads(redacted) == {'card': '<CREDIT_CARD>', 'ts': 1717245296000000, 'n': 5555555555554445}
+  assert found == {'CREDIT_CARD': 1}

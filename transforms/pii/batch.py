@@ -33,7 +33,7 @@ from transforms.json_values import loads
 from transforms.pii.keys import MasterKey
 from transforms.pii.pseudonyms import pseudonym, pseudonymise
 from transforms.pii.recognizers import is_placeholder, is_secret_name, phone_like_integer
-from transforms.pii.scanner import TextScanner, _is_string_type, _is_text_type
+from transforms.pii.scanner import SCANNED_INT, TextScanner, _is_string_type, _is_text_type, context_word
 from transforms.records import BINARY_TEXT_PREFIX, ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN
 
 __all__ = [
@@ -147,14 +147,18 @@ def scanned_columns(
 _PHONE_INT_MIN, _PHONE_INT_MAX = 2 * 10**9, 10**15
 
 
-def _phone_number_cells(values: pa.Array) -> np.ndarray:
-  """Rows of a numeric column whose value is a phone number (`phone_like_integer`): vectorised range tests first."""
+def _integers(values: pa.Array, below: float) -> np.ndarray:
+  """A numeric column as int64: nulls, and floats that are not integers below `below`, as 0."""
   if pa.types.is_floating(values.type):
     numbers = values.fill_null(0).to_numpy(zero_copy_only=False)
     integral = np.isfinite(numbers) & (np.floor(numbers) == numbers)
-    numbers = np.where(integral & (numbers < _PHONE_INT_MAX), numbers, 0).astype(np.int64)
-  else:
-    numbers = values.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    return np.where(integral & (np.abs(numbers) < below), numbers, 0).astype(np.int64)
+  return values.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+
+
+def _phone_number_cells(values: pa.Array) -> np.ndarray:
+  """Rows of a numeric column whose value is a phone number (`phone_like_integer`): vectorised range tests first."""
+  numbers = _integers(values, _PHONE_INT_MAX)
   in_range = (numbers >= _PHONE_INT_MIN) & (numbers < _PHONE_INT_MAX)
   if not in_range.any():
     return np.zeros(len(values), dtype=bool)
@@ -170,6 +174,59 @@ def _phone_number_cells(values: pa.Array) -> np.ndarray:
     verdicts = np.array([phone_like_integer(int(v)) for v in distinct], dtype=bool)
     phones[candidates] = verdicts[inverse]
   return phones
+
+
+def _luhn_valid(numbers: np.ndarray) -> np.ndarray:
+  """Which non-negative int64 values pass the Luhn check (every card number does)."""
+  total = np.zeros(len(numbers), dtype=np.int64)
+  rest = numbers.copy()
+  for position in range(19):  # int64 has at most 19 digits
+    digit = rest % 10
+    if position % 2:
+      digit = digit * 2 - 9 * (digit > 4)
+    total += digit
+    rest //= 10
+  return total % 10 == 0
+
+
+def _card_number_cells(
+  values: pa.Array, scanner: TextScanner, path: str, counts: collections.Counter
+) -> Optional[np.ndarray]:
+  """Rows of a numeric column holding a card number, found as a dead letter's is (`TextScanner.redact_value`).
+
+  The scanner reads the number's decimal text with the column's name as
+  context, and its findings are added to `counts`; None when there are none.
+
+  Vectorised first: only Luhn-valid integers of at least `SCANNED_INT` can be
+  one, and without a card or phone word in the name only those of 15 or 16
+  digits not starting with 1 (`recognizers.plausible_card`): epochs in
+  milliseconds or microseconds never reach the scanner.
+  """
+  if 'CREDIT_CARD' not in scanner.entities:
+    return None
+  numbers = _integers(values, 2**63)
+  candidate = numbers >= SCANNED_INT
+  if not candidate.any():
+    return None
+  if context_word(path) is None:
+    candidate &= (numbers >= 2 * 10**14) & (numbers < 10**16) & ((numbers < 10**15) | (numbers >= 2 * 10**15))
+  candidate[candidate] = _luhn_valid(numbers[candidate])
+  rows = np.flatnonzero(candidate)
+  if not len(rows):
+    return None
+  distinct, inverse = np.unique(numbers[rows], return_inverse=True)
+  uses = np.bincount(inverse, minlength=len(distinct))
+  found = np.zeros(len(distinct), dtype=bool)
+  for i, number in enumerate(distinct.tolist()):
+    _, in_number = scanner.redact_texts([str(number)], [path])
+    for entity, n in in_number.items():
+      counts[entity] += n * int(uses[i])
+    found[i] = bool(in_number)
+  if not found.any():
+    return None
+  cards = np.zeros(len(values), dtype=bool)
+  cards[rows] = found[inverse]
+  return cards
 
 
 def _scan_values(
@@ -206,13 +263,19 @@ def _scan_values(
     counts[f'DROPPED_BINARY:{path}'] += len(values) - values.null_count
     return None
   if pa.types.is_integer(t) or pa.types.is_floating(t):
-    if 'PHONE_NUMBER' not in scanner.entities or not len(values):
+    if not len(values):
       return values
-    phones = _phone_number_cells(values)
-    if not phones.any():
+    found = np.zeros(len(values), dtype=bool)
+    if 'PHONE_NUMBER' in scanner.entities:
+      found = _phone_number_cells(values)
+      if found.any():
+        counts['PHONE_NUMBER'] += int(found.sum())
+    cards = _card_number_cells(values, scanner, path, counts)
+    if cards is not None:
+      found |= cards
+    if not found.any():
       return values
-    counts['PHONE_NUMBER'] += int(phones.sum())
-    return pc.if_else(pa.array(phones), pa.nulls(len(values), t), values)
+    return pc.if_else(pa.array(found), pa.nulls(len(values), t), values)
   if pa.types.is_struct(t):
     children, fields, changed = [], [], False
     for field, child in zip(t, values.flatten()):
@@ -423,9 +486,6 @@ _BASE64 = re.compile(r'[A-Za-z0-9+/]*={0,2}')
 class _RecordRedactor:
   """Walks a JSON-like value: identifiers replaced at once, strings scanned together."""
 
-  # Integers this long may be card numbers written without quotes.
-  _SCANNED_INT = 10**12
-
   def __init__(self, identifiers, tenant_key: Optional[bytes], formats: Optional[Mapping[str, Any]] = None):
     self.identifiers = frozenset(identifiers)
     # A raw CSV line's header or a nested object may spell an identifier another way (`UserID`, `userId`).
@@ -496,7 +556,7 @@ class _RecordRedactor:
       if phone_like_integer(original):
         container[key] = '<PHONE_NUMBER>'
         self.counts['PHONE_NUMBER'] += 1
-      elif abs(original) >= self._SCANNED_INT:  # a card number written without quotes
+      elif abs(original) >= SCANNED_INT:  # a card number written without quotes
         self.slots.append((container, key))
         self.texts.append(str(original))
     elif isinstance(original, (bytes, bytearray, memoryview)):

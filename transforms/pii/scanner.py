@@ -43,7 +43,7 @@ from transforms.pii.recognizers import (
   phone_like_integer,
 )
 
-__all__ = ['DEFAULT_ENTITIES', 'SUPPORTED_ENTITIES', 'TextScanner', 'context_word']
+__all__ = ['DEFAULT_ENTITIES', 'SCANNED_INT', 'SUPPORTED_ENTITIES', 'TextScanner', 'context_word']
 
 DEFAULT_ENTITIES = SUPPORTED_ENTITIES
 
@@ -115,6 +115,9 @@ _NOT_PHONES = regex.compile(
   r'|\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b'
 )
 _JSON_START = regex.compile(r'\s*[\[{]')
+# Integers this long may be card numbers written as numbers (a JSON number, an
+# int64 column a CSV reader inferred): scanned as their decimal text.
+SCANNED_INT = 10**12
 # Whole values of these shapes are ids, never PII (a test keeps each shape honest).
 _WHOLE_ID_SHAPES = (
   r'[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}',  # UUID
@@ -384,9 +387,15 @@ class TextScanner:
       }
     if isinstance(value, (list, tuple)):
       return [self.redact_value(v, counts, name) for v in value]
-    if 'PHONE_NUMBER' in self.entities and isinstance(value, int) and phone_like_integer(value):
-      counts['PHONE_NUMBER'] += 1
-      return '<PHONE_NUMBER>'
+    if isinstance(value, int) and not isinstance(value, bool):
+      if 'PHONE_NUMBER' in self.entities and phone_like_integer(value):
+        counts['PHONE_NUMBER'] += 1
+        return '<PHONE_NUMBER>'
+      if abs(value) >= SCANNED_INT:
+        out, found = self.redact_texts([str(value)], [name])
+        if found:
+          counts.update(found)
+          return out[0]
     return value
 
   def redact_text(self, text: Optional[str]) -> Tuple[Optional[str], collections.Counter]:
