@@ -280,6 +280,14 @@ def test_dead_letter_records_follow_the_same_rules(scanner):
     ('phoneNumber: 4155552671', 'phoneNumber: <PHONE_NUMBER>'),
     ('userPhone=4155552671&x=1', 'userPhone=<PHONE_NUMBER>&x=1'),
     ('mobile_no:07700900123', 'mobile_no:<PHONE_NUMBER>'),
+    # Addresses in URLs: URL-encoded in a query string, and the URL around them kept.
+    ('https://x.com/unsubscribe?email=ann%40example.org&u=1', 'https://x.com/unsubscribe?<EMAIL_ADDRESS>&u=1'),
+    ('to: ann%40example.org, ann%2Bspotify%40gmail.com', 'to: <EMAIL_ADDRESS>, <EMAIL_ADDRESS>'),
+    (
+      'GET https://api.example.com/v1/users/ann@example.org/plays',
+      'GET https://api.example.com/v1/users/<EMAIL_ADDRESS>/plays',
+    ),
+    ('list-bounces+ann=example.org@lists.example.com', '<EMAIL_ADDRESS>'),
     # Not PII:
     ('Track 01 - 03:25', None),
     ('ISRC: GB-AYE-06-01498', None),
@@ -298,6 +306,7 @@ def test_dead_letter_records_follow_the_same_rules(scanner):
     ('customer 0151 23456789', None),
     ('track no. 12345678', None),
     ('call_id=4155552671', None),
+    ('mix 50%40 off', None),
     ('phoneId 4155552671', None),
     ('order_number=4155552671', None),
     ('session_id:4111111111111111', None),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import functools
 import json
 from typing import Any, Dict, List, Optional, Tuple
@@ -463,6 +464,26 @@ def build_recognizers() -> Dict[str, Any]:
   offline_tld = _offline_tld()
 
   class OfflineEmailRecognizer(EmailRecognizer):
+    """presidio's EmailRecognizer, in URL-encoded text too and without the URL around an address.
+
+    An address in a query string is often URL-encoded (?email=ann%40example.org):
+    presidio's pattern runs on the text with each '%40' read as '@', and the
+    spans are mapped back. Its local part admits '/', '?' and '&', so a match
+    in a URL began at the host (https://x.com/?email=ann@...): it now begins
+    after the last of them (not after '=': bounce addresses hold one).
+    """
+
+    def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
+      decoded, ats = _decode_url_at(text)
+      results = []
+      for r in super().analyze(decoded, entities, nlp_artifacts, regex_flags):
+        start = _local_part_start(decoded, r.start, r.end)
+        if start is None:
+          continue
+        r.start, r.end = start + 2 * bisect.bisect_left(ats, start), r.end + 2 * bisect.bisect_left(ats, r.end)
+        results.append(r)
+      return results
+
     def validate_result(self, pattern_text: str):
       return offline_tld(pattern_text).fqdn != ''
 
@@ -655,6 +676,29 @@ def build_recognizers() -> Dict[str, Any]:
       'SPOTIFY_USER', [('spotify_user', SPOTIFY_USER_PATTERN)], 0.9, ['user', 'profile']
     ),
   }
+
+
+URL_ENCODED_AT = '%40'
+
+
+def _decode_url_at(text: str):
+  """(`text` with each URL-encoded '@' decoded, the decoded offsets of those '@'s, ascending)."""
+  if URL_ENCODED_AT not in text:
+    return text, []
+  pieces = text.split(URL_ENCODED_AT)
+  ats, at = [], -1
+  for piece in pieces[:-1]:
+    at += len(piece) + 1
+    ats.append(at)
+  return '@'.join(pieces), ats
+
+
+def _local_part_start(text: str, start: int, end: int) -> Optional[int]:
+  """Where the address of an email match begins: after the URL it was read from; None if nothing is left."""
+  at = text.index('@', start, end)
+  cut = max(text.rfind(c, start, at) for c in '/?&') + 1
+  start = max(start, cut)
+  return start if start < at else None
 
 
 def _glued_version(text: str, start: int, end: int) -> bool:
