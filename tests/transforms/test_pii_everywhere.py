@@ -288,6 +288,10 @@ def test_dead_letter_records_follow_the_same_rules(scanner):
       'GET https://api.example.com/v1/users/<EMAIL_ADDRESS>/plays',
     ),
     ('list-bounces+ann=example.org@lists.example.com', '<EMAIL_ADDRESS>'),
+    # An international number as any key's value, URL-encoded too:
+    ('sms sent to=+447946095800 status=ok', 'sms sent to=<PHONE_NUMBER> status=ok'),
+    ('recipient:+14155552671', 'recipient:<PHONE_NUMBER>'),
+    ('POST /Messages?To=%2B14155552671&From=%2b447946095800', 'POST /Messages?To=<PHONE_NUMBER>&From=<PHONE_NUMBER>'),
     # Not PII:
     ('Track 01 - 03:25', None),
     ('ISRC: GB-AYE-06-01498', None),
@@ -307,6 +311,8 @@ def test_dead_letter_records_follow_the_same_rules(scanner):
     ('track no. 12345678', None),
     ('call_id=4155552671', None),
     ('mix 50%40 off', None),
+    ('user_id=+447946095800', None),
+    ('tz=+0530 gain=+12.5', None),
     ('phoneId 4155552671', None),
     ('order_number=4155552671', None),
     ('session_id:4111111111111111', None),

@@ -237,7 +237,7 @@ def _glued(text: str, start: int, end: int, labels=PHONE_LABELS) -> bool:
   """True when the span is part of a longer token (a letter, digit or id glue character touches it).
 
   A glue character after a label is no glue: tel:+44..., phone_number=0207...,
-  card=4111... (key=value logs and query strings, whose next parameter may follow: &x=1).
+  card=4111..., to=+44... (key=value logs and query strings, whose next parameter may follow: &x=1).
   """
   labelled = False
   if start > 0:
@@ -245,7 +245,8 @@ def _glued(text: str, start: int, end: int, labels=PHONE_LABELS) -> bool:
     if before.isalnum():
       return True
     if before in _GLUE:
-      if not _labelled(text, start - 1, labels):
+      # After a key, '+' starts an international number (to=+447946095800, recipient:+1...), never an id.
+      if not (_labelled(text, start - 1, labels) or (before in ':=' and text[start] == '+')):
         return True
       labelled = True
   if end < len(text):
@@ -474,13 +475,13 @@ def build_recognizers() -> Dict[str, Any]:
     """
 
     def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
-      decoded, ats = _decode_url_at(text)
+      decoded, ats = _url_decoded(text, URL_ENCODED_AT, '@')
       results = []
       for r in super().analyze(decoded, entities, nlp_artifacts, regex_flags):
         start = _local_part_start(decoded, r.start, r.end)
         if start is None:
           continue
-        r.start, r.end = start + 2 * bisect.bisect_left(ats, start), r.end + 2 * bisect.bisect_left(ats, r.end)
+        r.start, r.end = _encoded_span(start, r.end, ats)
         results.append(r)
       return results
 
@@ -510,6 +511,8 @@ def build_recognizers() -> Dict[str, Any]:
       }
 
     def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
+      # A query string's international number is URL-encoded: To=%2B14155552671.
+      text, pluses = _url_decoded(text, URL_ENCODED_PLUS, '+')
       if not may_hold_a_phone(text):
         return []  # libphonenumber (~0.1 ms a region) would find only ids here
       results, seen = [], []
@@ -520,6 +523,8 @@ def build_recognizers() -> Dict[str, Any]:
         if seen and not enough_phone_digits(blank_spans(text, seen)):
           break
       unique = {(r.start, r.end, r.entity_type): r for r in results}
+      for r in unique.values():
+        r.start, r.end = _encoded_span(r.start, r.end, pluses)
       return list(unique.values())
 
   class CardRecognizer(CreditCardRecognizer):
@@ -678,19 +683,29 @@ def build_recognizers() -> Dict[str, Any]:
   }
 
 
-URL_ENCODED_AT = '%40'
+# '@' and '+' URL-encoded, as query strings carry addresses and international numbers.
+URL_ENCODED_AT = regex.compile('%40')
+URL_ENCODED_PLUS = regex.compile('%2[Bb]')
 
 
-def _decode_url_at(text: str):
-  """(`text` with each URL-encoded '@' decoded, the decoded offsets of those '@'s, ascending)."""
-  if URL_ENCODED_AT not in text:
+def _url_decoded(text: str, encoded, char: str):
+  """(`text` with each match of `encoded` (a URL-encoded `char`) decoded, the decoded offsets of those chars).
+
+  A decoded offset i is offset i + 2 * bisect_left(offsets, i) of `text`.
+  """
+  pieces = encoded.split(text)
+  if len(pieces) == 1:
     return text, []
-  pieces = text.split(URL_ENCODED_AT)
-  ats, at = [], -1
+  offsets, at = [], -1
   for piece in pieces[:-1]:
     at += len(piece) + 1
-    ats.append(at)
-  return '@'.join(pieces), ats
+    offsets.append(at)
+  return char.join(pieces), offsets
+
+
+def _encoded_span(start: int, end: int, offsets) -> tuple:
+  """The span of `text` that the span start:end of its `_url_decoded` text was read from."""
+  return start + 2 * bisect.bisect_left(offsets, start), end + 2 * bisect.bisect_left(offsets, end)
 
 
 def _local_part_start(text: str, start: int, end: int) -> Optional[int]:
