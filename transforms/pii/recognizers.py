@@ -227,8 +227,8 @@ def has_context(text: str, start: int, words, n_words: int = 3) -> bool:
 
 
 def _labelled(text: str, glue_at: int, labels) -> bool:
-  """Whether the word right before the glue character at `glue_at` is one of `labels` (`phone_number=`, `card:`)."""
-  window = text[max(0, glue_at - _CONTEXT_WINDOW) : glue_at]
+  """Whether the word right before the glue character at `glue_at` is one of `labels` (`phone_number=`, `card #`)."""
+  window = text[max(0, glue_at - _CONTEXT_WINDOW) : glue_at].rstrip()
   label = _WORD.findall(window)
   return bool(label) and window.endswith(label[-1]) and any(w in labels for w in _token_words(label[-1]))
 
