@@ -414,3 +414,33 @@ def test_card_numbers_stored_as_numbers_are_redacted_as_dead_letters_redact_them
   redacted, found = scanner.redact_text(text)
   assert json.loads(redacted) == {'card': '<CREDIT_CARD>', 'ts': 1717245296000000, 'n': 5555555555554445}
   assert found == {'CREDIT_CARD': 1}
+
+
+def test_pii_in_column_field_and_key_names_is_redacted_and_names_stay_distinct(scanner):
+  """A headerless CSV's first row becomes the column names; objects are keyed by address: names are scanned too."""
+  batch = pa.RecordBatch.from_pylist(
+    [
+      {
+        'event_id': 'e1',
+        'tenant_id': 'acme',
+        'ann@example.org': 'x',
+        '+44 20 7946 0958': 'y',
+        'bob@example.com': 'z',
+        'extra': {'carol@example.net': 'k', 'plays': 3},
+      }
+    ]
+  )
+  out, counts = redact_batch(batch, ListeningEvent, KEY, scanner)
+  names = ['event_id', 'tenant_id', '<EMAIL_ADDRESS>', '<PHONE_NUMBER>', '<EMAIL_ADDRESS>_2', 'extra']
+  assert out.schema.names == names
+  assert out.to_pylist()[0]['extra'] == {'<EMAIL_ADDRESS>': 'k', 'plays': 3}
+  assert counts['EMAIL_ADDRESS'] == 3 and counts['PHONE_NUMBER'] == 1
+  assert (
+    redact_batch(batch, ListeningEvent, KEY, scanner, scan_undeclared=False)[0].schema.names[2] == 'ann@example.org'
+  )
+  record = {'event_id': 'e2', 'ann@example.org': 'x', 'bob@example.com': 'y', 'extra': {'carol@example.net': 'k'}}
+  out, counts = redact_record(record, ListeningEvent, KEY, scanner, tenant='acme')
+  assert out == {'event_id': 'e2', '<EMAIL_ADDRESS>': 'x', '<EMAIL_ADDRESS>_2': 'y', 'extra': {'<EMAIL_ADDRESS>': 'k'}}
+  assert counts['EMAIL_ADDRESS'] == 3
+  text = json.dumps({'ann@example.org': 1, 'bob@example.com': 2})
+  assert json.loads(scanner.redact_text(text)[0]) == {'<EMAIL_ADDRESS>': 1, '<EMAIL_ADDRESS>_2': 2}

@@ -278,14 +278,15 @@ def _scan_values(
     return pc.if_else(pa.array(found), pa.nulls(len(values), t), values)
   if pa.types.is_struct(t):
     children, fields, changed = [], [], False
-    for field, child in zip(t, values.flatten()):
+    names = scanner.redact_names([field.name for field in t], counts)
+    for field, name, child in zip(t, names, values.flatten()):
       out = _scan_values(child, scanner, counts, f'{path}.{field.name}')
       if out is None:
         changed = True
         continue
-      changed |= out is not child
+      changed |= out is not child or name != field.name
       children.append(out)
-      fields.append(field.with_type(out.type))
+      fields.append(field.with_name(name).with_type(out.type))
     if not changed:
       return values
     if not fields:
@@ -450,10 +451,19 @@ def redact_batch(
           .to_numpy(zero_copy_only=False)
         )
       columns[i] = _scan_values(values, scanner, counts, name, skip=skip)
-  if all(new is old for new, old in zip(columns, batch.columns)):
+  # Undeclared column names are scanned as their values are (a headerless CSV's first row).
+  new_names = scanner.redact_names(names, counts) if scan_undeclared else names
+  new_names = [
+    new if actions[name] in (SCAN, DROP) and name not in rules else name for name, new in zip(names, new_names)
+  ]
+  if new_names == names and all(new is old for new, old in zip(columns, batch.columns)):
     return batch, counts
-  kept = [(name, column) for name, column in zip(names, columns) if column is not None]
-  if len(kept) == len(names) and all(new.type == old.type for new, old in zip(columns, batch.columns)):
+  kept = [(name, column) for name, column in zip(new_names, columns) if column is not None]
+  if (
+    new_names == names
+    and len(kept) == len(names)
+    and all(new.type == old.type for new, old in zip(columns, batch.columns))
+  ):
     return pa.RecordBatch.from_arrays(columns, schema=batch.schema), counts
   return pa.RecordBatch.from_arrays([c for _, c in kept], names=[n for n, _ in kept]), counts
 
@@ -498,6 +508,7 @@ class _RecordRedactor:
     self.texts: List[str] = []
     self.slots: List[Tuple[Any, Any]] = []  # (container, key) of each text
     self.replaced_identifiers: Dict[str, str] = {}
+    self.objects: List[dict] = []  # the walked dicts: their keys are scanned too
 
   def is_identifier(self, key: Any) -> bool:
     return key in self.identifiers or (isinstance(key, str) and comparable_name(key) in self.identifier_spellings)
@@ -530,6 +541,7 @@ class _RecordRedactor:
         else:
           out[k] = self.walk(v)
           self.remember(out, k, v)
+      self.objects.append(out)
       return out
     if isinstance(value, (list, tuple)):
       out = [self.walk(v) for v in value]
@@ -584,14 +596,25 @@ class _RecordRedactor:
     """The field name of each remembered text (None for list items): the scanner's context."""
     return [key if isinstance(key, str) else None for _, key in self.slots]
 
+  def names(self) -> List[str]:
+    """The keys of the walked dicts (scanned as names: `TextScanner.redact_names`)."""
+    return [k for obj in self.objects for k in obj if isinstance(k, str)]
+
   def scan(self, scanner: TextScanner):
-    if not self.texts:
-      return
-    redacted, found = scanner.redact_texts(self.texts, self.hints())
-    self.counts.update(found)
-    for (container, key), before, after in zip(self.slots, self.texts, redacted):
-      if after != before:
-        container[key] = after
+    if self.texts:
+      redacted, found = scanner.redact_texts(self.texts, self.hints())
+      self.counts.update(found)
+      for (container, key), before, after in zip(self.slots, self.texts, redacted):
+        if after != before:
+          container[key] = after
+    for obj in self.objects:
+      keys = [k for k in obj if isinstance(k, str)]
+      new_keys = scanner.redact_names(keys, self.counts)
+      if new_keys != keys:
+        renamed = dict(zip(keys, new_keys))
+        items = [(renamed.get(k, k) if isinstance(k, str) else k, v) for k, v in obj.items()]
+        obj.clear()
+        obj.update(items)
 
 
 def _conforms(check, value) -> bool:
@@ -804,6 +827,7 @@ def redact_dead_letters(
   texts = []
   for w in walked:
     texts.extend(zip(w.walker.texts, w.walker.hints()))
+    texts.extend((name, None) for name in w.walker.names())
     texts.extend((text, None) for text in w.texts.values())
   scanner.prescan(texts)
   try:

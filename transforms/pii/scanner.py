@@ -382,10 +382,9 @@ class TextScanner:
       counts.update(found)
       return out[0]
     if isinstance(value, dict):
-      return {
-        self.redact_value(k, counts) if isinstance(k, str) else k: self.redact_value(v, counts, k)
-        for k, v in value.items()
-      }
+      keys = [k for k in value if isinstance(k, str)]
+      renamed = dict(zip(keys, self.redact_names(keys, counts)))
+      return {renamed.get(k, k) if isinstance(k, str) else k: self.redact_value(v, counts, k) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
       return [self.redact_value(v, counts, name) for v in value]
     if isinstance(value, int) and not isinstance(value, bool):
@@ -398,6 +397,29 @@ class TextScanner:
           counts.update(found)
           return out[0]
     return value
+
+  def redact_names(self, names: Sequence[str], counts: collections.Counter) -> List[str]:
+    """Names (columns, struct fields, object keys) with their PII redacted, still distinct; findings added to `counts`.
+
+    A headerless CSV's first row becomes the column names, and objects are
+    keyed by address or number: a name is scanned as any text. Names that
+    redact alike get a suffix (<EMAIL_ADDRESS>, <EMAIL_ADDRESS>_2), so that
+    no column or value is lost to another.
+    """
+    out, found = self.redact_texts(names)
+    if not found:
+      return list(names)
+    counts.update(found)
+    taken = {new for name, new in zip(names, out) if new == name}
+    for i, (name, new) in enumerate(zip(names, out)):
+      if new != name:
+        unique, n = new, 1
+        while unique in taken:
+          n += 1
+          unique = f'{new}_{n}'
+        taken.add(unique)
+        out[i] = unique
+    return out
 
   def redact_text(self, text: Optional[str]) -> Tuple[Optional[str], collections.Counter]:
     """`text` with each finding replaced by <ENTITY_TYPE>, and the counts per type."""
