@@ -281,6 +281,8 @@ def test_dead_letter_records_follow_the_same_rules(scanner):
     ('userPhone=4155552671&x=1', 'userPhone=<PHONE_NUMBER>&x=1'),
     ('mobile_no:07700900123', 'mobile_no:<PHONE_NUMBER>'),
     ('card #4111111111111111 declined', 'card #<CREDIT_CARD> declined'),
+    ('phone_numbers: 4155552671, 4155552672', 'phone_numbers: <PHONE_NUMBER>, <PHONE_NUMBER>'),
+    ('{"phones": ["4155552671", "07700900123"]}', '{"phones": ["<PHONE_NUMBER>", "<PHONE_NUMBER>"]}'),
     ('mobile #07700900123', 'mobile #<PHONE_NUMBER>'),
     # Addresses in URLs: URL-encoded in a query string, and the URL around them kept.
     ('https://x.com/unsubscribe?email=ann%40example.org&u=1', 'https://x.com/unsubscribe?<EMAIL_ADDRESS>&u=1'),
@@ -314,6 +316,7 @@ def test_dead_letter_records_follow_the_same_rules(scanner):
     ('call_id=4155552671', None),
     ('mix 50%40 off', None),
     ('order #4111111111111111', None),
+    ('{"sessionIds": ["4155552671"]}', None),
     ('ticket #4155552671', None),
     ('user_id=+447946095800', None),
     ('tz=+0530 gain=+12.5', None),

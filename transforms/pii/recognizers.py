@@ -200,8 +200,18 @@ _NAME_PART = regex.compile(r'\p{Lu}?\p{Ll}+|\p{Lu}+(?!\p{Ll})')
 
 
 def name_words(name: str) -> List[str]:
-  """The lower-case words of a name: `phoneNumber` -> ['phone', 'number'], `user_phone` -> ['user', 'phone']."""
-  return [part.lower() for part in _NAME_PART.findall(name)]
+  """The lower-case words of a name: `phoneNumber` -> ['phone', 'number'], `user_phone` -> ['user', 'phone'].
+
+  A plural word is followed by its singular (`phones` -> ['phones', 'phone']):
+  a list of numbers is named like one (`phone_numbers`, `"phones": [...]`).
+  """
+  words = []
+  for part in _NAME_PART.findall(name):
+    word = part.lower()
+    words.append(word)
+    if len(word) > 3 and word[-1] == 's':
+      words.append(word[:-1])
+  return words
 
 
 @functools.lru_cache(maxsize=4096)  # asked for each word before each candidate; the words recur
