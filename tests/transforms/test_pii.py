@@ -488,6 +488,21 @@ def test_redact_record_raw_csv_line_with_and_without_header(key, scanner):
   assert counts == {'EMAIL_ADDRESS': 1, 'PHONE_NUMBER': 1}
 
 
+def test_a_raw_csv_line_with_an_unclosed_quote_still_has_its_identifiers_pseudonymised(key, scanner):
+  """An unclosed quote swallows the rest of the line into one field, the identifiers with it; a stray quote is common."""
+  pseudonym = lambda v: hmac.new(key.tenant_key('acme'), v.encode(), hashlib.sha256).hexdigest()
+  line = 'e9,u42,4iV5W9uYEdYUVa79Axb7Rh,2024-01-01T00:00:00Z,1000,ann@example.org,"call +1 415 555 2671'
+  out, counts = redact_record(line, ListeningEvent, key, scanner, tenant='acme', header=HEADER)
+  assert out['user_id'] == pseudonym('u42') and out['user_email'] == pseudonym('ann@example.org')
+  assert out['note'] == 'call <PHONE_NUMBER>' and counts['PHONE_NUMBER'] == 1
+  line = '"e9,u42,4iV5W9uYEdYUVa79Axb7Rh,2024-01-01T00:00:00Z,1000,ann@example.org,call +1 415 555 2671'
+  out, counts = redact_record(line, ListeningEvent, key, scanner, tenant='acme', header=HEADER)
+  assert out['event_id'] == '"e9' and out['user_id'] == pseudonym('u42') and 'u42' not in repr(out)
+  # Balanced quotes keep their meaning: a delimiter inside a quoted field.
+  out, _ = redact_record('e9,u42,"a, b",x', ListeningEvent, key, scanner, tenant='acme', header=HEADER)
+  assert out['track_id'] == 'a, b' and out['played_at'] == 'x'
+
+
 def test_redact_dead_letter_scrubs_identifiers_quoted_in_detail(key, scanner):
   letter = dead_letter(
     's3://b/e.csv',

@@ -472,13 +472,24 @@ def redact_batch(
 # Dead letters
 
 
-def _parse_csv_line(text: str, header: Sequence[str], delimiter: str):
+def _csv_rows(text: str, delimiter: str, quoting: int):
   try:
-    rows = list(csv.reader(io.StringIO(text), delimiter=delimiter))
+    return list(csv.reader(io.StringIO(text), delimiter=delimiter, quoting=quoting))
   except csv.Error:
     return None
+
+
+def _parse_csv_line(text: str, header: Sequence[str], delimiter: str):
+  rows = _csv_rows(text, delimiter, csv.QUOTE_MINIMAL)
   if not rows:
     return None
+  if len(rows) == 1 and text.count('"') % 2:
+    # An unclosed quote swallows the rest of the line into one field, the
+    # identifiers with it (a stray quote is a common reason a row is
+    # malformed): split without quoting when that finds more fields.
+    unquoted = _csv_rows(text, delimiter, csv.QUOTE_NONE)
+    if unquoted and len(unquoted) == 1 and len(unquoted[0]) > len(rows[0]):
+      rows = unquoted
   parsed = []
   for row in rows:
     record = {}
