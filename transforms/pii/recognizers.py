@@ -289,8 +289,9 @@ def plausible_phone(text: str, start: int, end: int) -> bool:
   return True
 
 
-# Where libphonenumber can match: digit runs with <= 4 non-letters between digits (as PHONE_PREFILTER).
-_PHONE_RUN = regex.compile(r'[+(]?\p{Nd}(?:[^\p{L}\p{Nd}\n]{0,4}\p{Nd})*')
+# Where libphonenumber can match: digit runs with <= 4 non-letters between digits, or an
+# extension's 'x' (415-555-2671x123: the matcher's span holds it), as PHONE_PREFILTER.
+_PHONE_RUN = regex.compile(r'[+(]?\p{Nd}(?:(?:[^\p{L}\p{Nd}\n]|[xX]){0,4}\p{Nd})*')
 
 
 def may_hold_a_phone(text: str) -> bool:
