@@ -451,3 +451,33 @@ def test_pii_in_column_field_and_key_names_is_redacted_and_names_stay_distinct(s
   assert counts['EMAIL_ADDRESS'] == 3
   text = json.dumps({'ann@example.org': 1, 'bob@example.com': 2})
   assert json.loads(scanner.redact_text(text)[0]) == {'<EMAIL_ADDRESS>': 1, '<EMAIL_ADDRESS>_2': 2}
+
+
+def test_known_spotify_uris_skip_the_scan_but_a_users_link_does_not(scanner):
+  """Declared plain strings of a known URI shape are not scanned (batches over 64 rows); a user's link is PII."""
+  rows = [
+    dict(
+      event_id=f'e{i}',
+      tenant_id='acme',
+      context_uri='spotify:track:4uLU6hMCjMI75M1A2tKUQC' if i else 'https://open.spotify.com/user/jane.doe',
+      platform='https://open.spotify.com/user/bob99/playlist/37i9dQZF1DXcBWIGoYBM5M' if i == 1 else 'ios',
+    )
+    for i in range(100)
+  ]
+  for batch_rows in (rows, rows[:10]):
+    out, counts = redact_batch(pa.RecordBatch.from_pylist(batch_rows), ListeningEvent, KEY, scanner)
+    assert out.column('context_uri')[0].as_py() == 'https://<SPOTIFY_USER>'
+    assert out.column('platform')[1].as_py() == 'https://<SPOTIFY_USER>/playlist/37i9dQZF1DXcBWIGoYBM5M'
+    assert out.column('context_uri')[1].as_py() == 'spotify:track:4uLU6hMCjMI75M1A2tKUQC'
+    assert counts == {'SPOTIFY_USER': 2}
+  known = [
+    'https://open.spotify.com/track/4uLU6hMCjMI75M1A2tKUQC',
+    'https://open.spotify.com/intl-de/album/4uLU6hMCjMI75M1A2tKUQC',
+    'https://i.scdn.co/image/ab67616d0000b273' + '0' * 24,
+    'https://api.spotify.com/v1/tracks/4uLU6hMCjMI75M1A2tKUQC',
+  ]
+  import re
+
+  from transforms.pii.batch import KNOWN_URI_PATTERN
+
+  assert all(re.match(KNOWN_URI_PATTERN, uri) for uri in known)

@@ -83,11 +83,13 @@ SCAN_NONCONFORMING = 'scan_nonconforming'  # a declared strict format: only valu
 KEEP = 'keep'  # typed declared values (numbers, timestamps, booleans) and internal columns
 DROP = 'drop'  # an undeclared binary column: no text scan can see PII inside bytes
 
-# Declared plain-string values that are URIs of a known scheme (never hold PII).
+# Declared plain-string values that are URIs of a known scheme (never hold PII). A link's
+# path starts with a kind of catalogue item: a user's link (open.spotify.com/user/<id>) is PII.
+_KNOWN_KINDS = 'track|album|artist|playlist|show|episode|genre|station|concert|prerelease'
 KNOWN_URI_PATTERN = (
-  r'^(?:spotify:(?:track|album|artist|playlist|show|episode|genre|station|concert|prerelease)'
-  r':[0-9A-Za-z]{22}|https://(?:open\.spotify\.com|api\.spotify\.com|i\.scdn\.co|p\.scdn\.co)'
-  r'/[A-Za-z0-9/_.-]*(?:\?cid=[0-9a-f]+)?)$'
+  rf'^(?:spotify:(?:{_KNOWN_KINDS}):[0-9A-Za-z]{{22}}'
+  rf'|https://(?:(?:open|api)\.spotify\.com/(?:v1/)?(?:intl-[A-Za-z-]+/)?(?:{_KNOWN_KINDS})s?/|[ip]\.scdn\.co/)'
+  r'[A-Za-z0-9/_.-]*(?:\?cid=[0-9a-f]+)?)$'
 )
 
 
