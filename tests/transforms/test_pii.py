@@ -62,7 +62,11 @@ SENTENCES = {
   'BEARER_TOKEN': ['Authorization: Bearer abcDEF123456ghiJKL789 sent', 'auth Basic Ym9iOmh1bnRlcjI= sent'],
   'API_KEY': ['leaked sk_live_4eC39HqLyjWDarjtT1zdp7dc today', 'aws AKIAIOSFODNN7EXAMPLE in logs'],
   'SECRET_ASSIGNMENT': ['login user=bob password=hunter22 failed', 'config client_secret: "s3cr3t-Value" loaded'],
-  'SPOTIFY_USER': ['shared spotify:user:jane.doe today', 'see https://open.spotify.com/user/bob99 now'],
+  'SPOTIFY_USER': [
+    'shared spotify:user:jane.doe today',
+    'see https://open.spotify.com/user/bob99 now',
+    'owner https://api.spotify.com/v1/users/jane.doe/playlists listed',
+  ],
 }
 
 

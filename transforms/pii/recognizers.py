@@ -454,7 +454,11 @@ def is_placeholder(value: str) -> bool:
 
 JWT_PATTERN = r'\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}'
 BEARER_PATTERN = r'(?i)\b(?:bearer|basic)\s+[A-Za-z0-9\-._~+/]{12,}=*'
-SPOTIFY_USER_PATTERN = r'(?i)\bspotify:user:[^\s:/?#"\'<>]+|\bopen\.spotify\.com/user/[^\s/?#"\'<>]+'
+# A user's URI, link, or Web API address (a playlist owner's `href`: api.spotify.com/v1/users/<id>).
+SPOTIFY_USER_PATTERN = (
+  r'(?i)\bspotify:user:[^\s:/?#"\'<>]+|\bopen\.spotify\.com/user/[^\s/?#"\'<>]+'
+  r'|\bapi\.spotify\.com/v1/users/[^\s/?#"\'<>]+'
+)
 
 
 def build_recognizers() -> Dict[str, Any]:

@@ -95,7 +95,7 @@ _PREFILTERS = {
     r'|sk-|SG\.|glpat-|npm_|shp(?:at|ss|ca|pa)_'
   ),
   'SECRET_ASSIGNMENT': r'(?i:pass\w*|pwd|secret|key|token)["\']?\s*[:=]',
-  'SPOTIFY_USER': r'(?i:spotify:user:|spotify\.com/user/)',
+  'SPOTIFY_USER': r'(?i:spotify:user:|spotify\.com/user/|spotify\.com/v1/users/)',
 }
 # Any of them: the two regexes every cell of a column goes through (the phone
 # one apart: in one alternation with the others, RE2 runs 3x slower).
