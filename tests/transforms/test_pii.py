@@ -507,6 +507,22 @@ def test_a_raw_csv_line_with_an_unclosed_quote_still_has_its_identifiers_pseudon
   assert out['track_id'] == 'a, b' and out['played_at'] == 'x'
 
 
+def test_a_raw_csv_line_in_another_delimiter_is_split_by_it_so_its_identifiers_are_known(key, scanner):
+  """Files joined from two exports: a ';' or tab line in a ',' file is one field, the user id inside it."""
+  pseudonym = lambda v: hmac.new(key.tenant_key('acme'), v.encode(), hashlib.sha256).hexdigest()
+  for delimiter in (';', '\t', '|'):
+    line = delimiter.join(['e9', 'u42', '4iV5W9uYEdYUVa79Axb7Rh', '2024-01-01T00:00:00Z', '1000', 'ann@example.org'])
+    out, _ = redact_record(line, ListeningEvent, key, scanner, tenant='acme', header=HEADER)
+    assert out['user_id'] == pseudonym('u42') and out['user_email'] == pseudonym('ann@example.org'), delimiter
+    assert out['event_id'] == 'e9' and 'u42' not in repr(out)
+  line = 'e9,u42,x'
+  out, _ = redact_record(line, ListeningEvent, key, scanner, tenant='acme', header=HEADER, delimiter=';')
+  assert out['user_id'] == pseudonym('u42')
+  assert redact_record('just a note', ListeningEvent, key, scanner, tenant='acme', header=HEADER)[0] == {
+    'event_id': 'just a note'
+  }
+
+
 def test_redact_dead_letter_scrubs_identifiers_quoted_in_detail(key, scanner):
   letter = dead_letter(
     's3://b/e.csv',

@@ -481,6 +481,9 @@ def _csv_rows(text: str, delimiter: str, quoting: int):
     return None
 
 
+_OTHER_DELIMITERS = (',', ';', '\t', '|')
+
+
 def _parse_csv_line(text: str, header: Sequence[str], delimiter: str):
   rows = _csv_rows(text, delimiter, csv.QUOTE_MINIMAL)
   if not rows:
@@ -492,6 +495,14 @@ def _parse_csv_line(text: str, header: Sequence[str], delimiter: str):
     unquoted = _csv_rows(text, delimiter, csv.QUOTE_NONE)
     if unquoted and len(unquoted) == 1 and len(unquoted[0]) > len(rows[0]):
       rows = unquoted
+  if len(rows) == 1 and len(rows[0]) == 1 and len(header) > 1:
+    # One field where the header has several: a line of another export (a ';' or tab
+    # line in a ',' file) keeps its identifiers inside it; split by the delimiter that
+    # finds the most fields.
+    for other in _OTHER_DELIMITERS:
+      split = _csv_rows(text, other, csv.QUOTE_MINIMAL) if other != delimiter else None
+      if split and len(split) == 1 and len(split[0]) > len(rows[0]):
+        rows = split
   parsed = []
   for row in rows:
     record = {}
