@@ -62,7 +62,11 @@ SENTENCES = {
   'BEARER_TOKEN': ['Authorization: Bearer abcDEF123456ghiJKL789 sent', 'auth Basic Ym9iOmh1bnRlcjI= sent'],
   'API_KEY': ['leaked sk_live_4eC39HqLyjWDarjtT1zdp7dc today', 'aws AKIAIOSFODNN7EXAMPLE in logs'],
   'SECRET_ASSIGNMENT': ['login user=bob password=hunter22 failed', 'config client_secret: "s3cr3t-Value" loaded'],
-  'SPOTIFY_USER': ['shared spotify:user:jane.doe today', 'see https://open.spotify.com/user/bob99 now'],
+  'SPOTIFY_USER': [
+    'shared spotify:user:jane.doe today',
+    'see https://open.spotify.com/user/bob99 now',
+    'owner https://api.spotify.com/v1/users/jane.doe/playlists listed',
+  ],
 }
 
 
@@ -488,6 +492,37 @@ def test_redact_record_raw_csv_line_with_and_without_header(key, scanner):
   assert counts == {'EMAIL_ADDRESS': 1, 'PHONE_NUMBER': 1}
 
 
+def test_a_raw_csv_line_with_an_unclosed_quote_still_has_its_identifiers_pseudonymised(key, scanner):
+  """An unclosed quote swallows the rest of the line into one field, the identifiers with it; a stray quote is common."""
+  pseudonym = lambda v: hmac.new(key.tenant_key('acme'), v.encode(), hashlib.sha256).hexdigest()
+  line = 'e9,u42,4iV5W9uYEdYUVa79Axb7Rh,2024-01-01T00:00:00Z,1000,ann@example.org,"call +1 415 555 2671'
+  out, counts = redact_record(line, ListeningEvent, key, scanner, tenant='acme', header=HEADER)
+  assert out['user_id'] == pseudonym('u42') and out['user_email'] == pseudonym('ann@example.org')
+  assert out['note'] == 'call <PHONE_NUMBER>' and counts['PHONE_NUMBER'] == 1
+  line = '"e9,u42,4iV5W9uYEdYUVa79Axb7Rh,2024-01-01T00:00:00Z,1000,ann@example.org,call +1 415 555 2671'
+  out, counts = redact_record(line, ListeningEvent, key, scanner, tenant='acme', header=HEADER)
+  assert out['event_id'] == '"e9' and out['user_id'] == pseudonym('u42') and 'u42' not in repr(out)
+  # Balanced quotes keep their meaning: a delimiter inside a quoted field.
+  out, _ = redact_record('e9,u42,"a, b",x', ListeningEvent, key, scanner, tenant='acme', header=HEADER)
+  assert out['track_id'] == 'a, b' and out['played_at'] == 'x'
+
+
+def test_a_raw_csv_line_in_another_delimiter_is_split_by_it_so_its_identifiers_are_known(key, scanner):
+  """Files joined from two exports: a ';' or tab line in a ',' file is one field, the user id inside it."""
+  pseudonym = lambda v: hmac.new(key.tenant_key('acme'), v.encode(), hashlib.sha256).hexdigest()
+  for delimiter in (';', '\t', '|'):
+    line = delimiter.join(['e9', 'u42', '4iV5W9uYEdYUVa79Axb7Rh', '2024-01-01T00:00:00Z', '1000', 'ann@example.org'])
+    out, _ = redact_record(line, ListeningEvent, key, scanner, tenant='acme', header=HEADER)
+    assert out['user_id'] == pseudonym('u42') and out['user_email'] == pseudonym('ann@example.org'), delimiter
+    assert out['event_id'] == 'e9' and 'u42' not in repr(out)
+  line = 'e9,u42,x'
+  out, _ = redact_record(line, ListeningEvent, key, scanner, tenant='acme', header=HEADER, delimiter=';')
+  assert out['user_id'] == pseudonym('u42')
+  assert redact_record('just a note', ListeningEvent, key, scanner, tenant='acme', header=HEADER)[0] == {
+    'event_id': 'just a note'
+  }
+
+
 def test_redact_dead_letter_scrubs_identifiers_quoted_in_detail(key, scanner):
   letter = dead_letter(
     's3://b/e.csv',
@@ -823,6 +858,7 @@ def test_glued_id_tokens_are_set_aside_only_where_the_phone_recognizer_finds_not
   rng = random.Random(23)
   letters = ['sess', 'INV', 'SN', 'ORD', 'x', 'USRC', 'tel', 'Tel', 'phone', 'no', 'NR', 'call', 'text', 'fax']
   letters += ['abcdefghijklmno', 'abcdefghijklmnop', 'telabcdefghijkl', 'abcdefghijkltel']
+  letters += ['phoneNumber', 'mobileNo', 'userPhone', 'PhoneId']
   glue = ['', '-', '_', '/', '#', '.', ':', '=', '&', '\\', '@', ' ', '+', '(']
   numbers = ['4155552671', '+14155552671', '0301234567', '2024', '409363', '442079460958', '13380235', '7']
   tokens = []

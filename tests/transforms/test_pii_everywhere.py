@@ -218,6 +218,27 @@ def test_a_column_named_like_a_phone_or_a_secret_is_context(scanner):
   )
 
 
+def test_camel_case_and_compound_names_are_context_in_columns_json_keys_and_dead_letters(scanner):
+  """`phoneNumber`, `contactPhone`, `cardNumber`: the words of a name count, however it is spelled."""
+  batch = pa.RecordBatch.from_pylist(
+    [
+      dict(
+        event_id='e1',
+        tenant_id='acme',
+        phoneNumber='4155552671',
+        contactPhone='07700900123',
+        PhoneNo='4155552671',
+        payload='{"user": {"mobileNumber": "4155552671", "sessionId": "03639122"}}',
+      )
+    ]
+  )
+  row = redact_batch(batch, ListeningEvent, KEY, scanner)[0].to_pylist()[0]
+  assert row['phoneNumber'] == row['contactPhone'] == row['PhoneNo'] == '<PHONE_NUMBER>'
+  assert json.loads(row['payload']) == {'user': {'mobileNumber': '<PHONE_NUMBER>', 'sessionId': '03639122'}}
+  out, counts = redact_record({'userPhone': '4155552671', 'n': '4155552671'}, ListeningEvent, KEY, scanner, 'acme')
+  assert out == {'userPhone': '<PHONE_NUMBER>', 'n': '4155552671'} and counts['PHONE_NUMBER'] == 1
+
+
 def test_dead_letter_records_follow_the_same_rules(scanner):
   record = {
     'event_id': 'e1',
@@ -252,6 +273,31 @@ def test_dead_letter_records_follow_the_same_rules(scanner):
     ('Authorization: token ghp_' + 'A1b2' * 9, 'Authorization: token <API_KEY>'),
     ('IBAN de89 3704 0044 0532 0130 00 please', 'IBAN <IBAN_CODE> please'),
     ('card 2223 0031 2200 3222', 'card <CREDIT_CARD>'),
+    # A label glued to its value (key=value logs, query strings), compound and camelCase names:
+    ('card=4111111111111111', 'card=<CREDIT_CARD>'),
+    ('payment failed cc=4111-1111-1111-1111 exp=12/27', 'payment failed cc=<CREDIT_CARD> exp=12/27'),
+    ('phone_number=+447946095800', 'phone_number=<PHONE_NUMBER>'),
+    ('phoneNumber: 4155552671', 'phoneNumber: <PHONE_NUMBER>'),
+    ('userPhone=4155552671&x=1', 'userPhone=<PHONE_NUMBER>&x=1'),
+    ('mobile_no:07700900123', 'mobile_no:<PHONE_NUMBER>'),
+    ('card #4111111111111111 declined', 'card #<CREDIT_CARD> declined'),
+    ('call 415-555-2671x123', 'call <PHONE_NUMBER>'),
+    ('+1 415-555-2671X12, thanks', '<PHONE_NUMBER>, thanks'),
+    ('phone_numbers: 4155552671, 4155552672', 'phone_numbers: <PHONE_NUMBER>, <PHONE_NUMBER>'),
+    ('{"phones": ["4155552671", "07700900123"]}', '{"phones": ["<PHONE_NUMBER>", "<PHONE_NUMBER>"]}'),
+    ('mobile #07700900123', 'mobile #<PHONE_NUMBER>'),
+    # Addresses in URLs: URL-encoded in a query string, and the URL around them kept.
+    ('https://x.com/unsubscribe?email=ann%40example.org&u=1', 'https://x.com/unsubscribe?<EMAIL_ADDRESS>&u=1'),
+    ('to: ann%40example.org, ann%2Bspotify%40gmail.com', 'to: <EMAIL_ADDRESS>, <EMAIL_ADDRESS>'),
+    (
+      'GET https://api.example.com/v1/users/ann@example.org/plays',
+      'GET https://api.example.com/v1/users/<EMAIL_ADDRESS>/plays',
+    ),
+    ('list-bounces+ann=example.org@lists.example.com', '<EMAIL_ADDRESS>'),
+    # An international number as any key's value, URL-encoded too:
+    ('sms sent to=+447946095800 status=ok', 'sms sent to=<PHONE_NUMBER> status=ok'),
+    ('recipient:+14155552671', 'recipient:<PHONE_NUMBER>'),
+    ('POST /Messages?To=%2B14155552671&From=%2b447946095800', 'POST /Messages?To=<PHONE_NUMBER>&From=<PHONE_NUMBER>'),
     # Not PII:
     ('Track 01 - 03:25', None),
     ('ISRC: GB-AYE-06-01498', None),
@@ -269,6 +315,18 @@ def test_dead_letter_records_follow_the_same_rules(scanner):
     ('item no. 0301234567', None),
     ('customer 0151 23456789', None),
     ('track no. 12345678', None),
+    ('call_id=4155552671', None),
+    ('mix 50%40 off', None),
+    ('order #4111111111111111', None),
+    ('video 1920x1080, 3840x2160, 2560x1440px', None),
+    ('phone 1080x2400 screen', None),
+    ('{"sessionIds": ["4155552671"]}', None),
+    ('ticket #4155552671', None),
+    ('user_id=+447946095800', None),
+    ('tz=+0530 gain=+12.5', None),
+    ('phoneId 4155552671', None),
+    ('order_number=4155552671', None),
+    ('session_id:4111111111111111', None),
   ],
 )
 def test_formats_outside_the_corpus(scanner, text, expected):
@@ -335,3 +393,91 @@ def test_a_dead_letter_identifier_spelled_another_way_is_pseudonymised(scanner):
   assert out['ctx']['userId'] != 17 and out['ctx']['ip-address'] != '10.0.0.1'
   assert out['User Email'] != 'x' and out['plays'] == '0042'
   assert counts['PSEUDONYMISED:UserID'] == 1 and counts['PSEUDONYMISED:userId'] == 1
+
+
+def test_card_numbers_stored_as_numbers_are_redacted_as_dead_letters_redact_them(scanner):
+  """A CSV reader infers int64 for a column of card numbers; JSON writes them unquoted. Epochs and ids stay."""
+  batch = pa.RecordBatch.from_pylist(
+    [
+      dict(
+        event_id='e1',
+        tenant_id='acme',
+        card_number=4111111111111111,
+        cc=5555555555554444.0,
+        epoch_ms=1717245296000,
+        epoch_us=1717245296000000,
+        big_id=4111111111111112,
+        nested={'pan': 378282246310005, 'n': 7},
+      ),
+    ]
+  )
+  out, counts = redact_batch(batch, ListeningEvent, KEY, scanner)
+  row = out.to_pylist()[0]
+  assert row['card_number'] is None and row['cc'] is None and row['nested'] == {'pan': None, 'n': 7}
+  assert (row['epoch_ms'], row['epoch_us'], row['big_id']) == (1717245296000, 1717245296000000, 4111111111111112)
+  assert counts['CREDIT_CARD'] == 3
+  assert out.schema.field('card_number').type == pa.int64()
+  text = '{"card": 4111111111111111, "ts": 1717245296000000, "n": 5555555555554445}'
+  redacted, found = scanner.redact_text(text)
+  assert json.loads(redacted) == {'card': '<CREDIT_CARD>', 'ts': 1717245296000000, 'n': 5555555555554445}
+  assert found == {'CREDIT_CARD': 1}
+
+
+def test_pii_in_column_field_and_key_names_is_redacted_and_names_stay_distinct(scanner):
+  """A headerless CSV's first row becomes the column names; objects are keyed by address: names are scanned too."""
+  batch = pa.RecordBatch.from_pylist(
+    [
+      {
+        'event_id': 'e1',
+        'tenant_id': 'acme',
+        'ann@example.org': 'x',
+        '+44 20 7946 0958': 'y',
+        'bob@example.com': 'z',
+        'extra': {'carol@example.net': 'k', 'plays': 3},
+      }
+    ]
+  )
+  out, counts = redact_batch(batch, ListeningEvent, KEY, scanner)
+  names = ['event_id', 'tenant_id', '<EMAIL_ADDRESS>', '<PHONE_NUMBER>', '<EMAIL_ADDRESS>_2', 'extra']
+  assert out.schema.names == names
+  assert out.to_pylist()[0]['extra'] == {'<EMAIL_ADDRESS>': 'k', 'plays': 3}
+  assert counts['EMAIL_ADDRESS'] == 3 and counts['PHONE_NUMBER'] == 1
+  assert (
+    redact_batch(batch, ListeningEvent, KEY, scanner, scan_undeclared=False)[0].schema.names[2] == 'ann@example.org'
+  )
+  record = {'event_id': 'e2', 'ann@example.org': 'x', 'bob@example.com': 'y', 'extra': {'carol@example.net': 'k'}}
+  out, counts = redact_record(record, ListeningEvent, KEY, scanner, tenant='acme')
+  assert out == {'event_id': 'e2', '<EMAIL_ADDRESS>': 'x', '<EMAIL_ADDRESS>_2': 'y', 'extra': {'<EMAIL_ADDRESS>': 'k'}}
+  assert counts['EMAIL_ADDRESS'] == 3
+  text = json.dumps({'ann@example.org': 1, 'bob@example.com': 2})
+  assert json.loads(scanner.redact_text(text)[0]) == {'<EMAIL_ADDRESS>': 1, '<EMAIL_ADDRESS>_2': 2}
+
+
+def test_known_spotify_uris_skip_the_scan_but_a_users_link_does_not(scanner):
+  """Declared plain strings of a known URI shape are not scanned (batches over 64 rows); a user's link is PII."""
+  rows = [
+    dict(
+      event_id=f'e{i}',
+      tenant_id='acme',
+      context_uri='spotify:track:4uLU6hMCjMI75M1A2tKUQC' if i else 'https://open.spotify.com/user/jane.doe',
+      platform='https://open.spotify.com/user/bob99/playlist/37i9dQZF1DXcBWIGoYBM5M' if i == 1 else 'ios',
+    )
+    for i in range(100)
+  ]
+  for batch_rows in (rows, rows[:10]):
+    out, counts = redact_batch(pa.RecordBatch.from_pylist(batch_rows), ListeningEvent, KEY, scanner)
+    assert out.column('context_uri')[0].as_py() == 'https://<SPOTIFY_USER>'
+    assert out.column('platform')[1].as_py() == 'https://<SPOTIFY_USER>/playlist/37i9dQZF1DXcBWIGoYBM5M'
+    assert out.column('context_uri')[1].as_py() == 'spotify:track:4uLU6hMCjMI75M1A2tKUQC'
+    assert counts == {'SPOTIFY_USER': 2}
+  known = [
+    'https://open.spotify.com/track/4uLU6hMCjMI75M1A2tKUQC',
+    'https://open.spotify.com/intl-de/album/4uLU6hMCjMI75M1A2tKUQC',
+    'https://i.scdn.co/image/ab67616d0000b273' + '0' * 24,
+    'https://api.spotify.com/v1/tracks/4uLU6hMCjMI75M1A2tKUQC',
+  ]
+  import re
+
+  from transforms.pii.batch import KNOWN_URI_PATTERN
+
+  assert all(re.match(KNOWN_URI_PATTERN, uri) for uri in known)

@@ -33,7 +33,7 @@ from transforms.json_values import loads
 from transforms.pii.keys import MasterKey
 from transforms.pii.pseudonyms import pseudonym, pseudonymise
 from transforms.pii.recognizers import is_placeholder, is_secret_name, phone_like_integer
-from transforms.pii.scanner import TextScanner, _is_string_type, _is_text_type
+from transforms.pii.scanner import SCANNED_INT, TextScanner, _is_string_type, _is_text_type, context_word
 from transforms.records import BINARY_TEXT_PREFIX, ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN
 
 __all__ = [
@@ -83,11 +83,13 @@ SCAN_NONCONFORMING = 'scan_nonconforming'  # a declared strict format: only valu
 KEEP = 'keep'  # typed declared values (numbers, timestamps, booleans) and internal columns
 DROP = 'drop'  # an undeclared binary column: no text scan can see PII inside bytes
 
-# Declared plain-string values that are URIs of a known scheme (never hold PII).
+# Declared plain-string values that are URIs of a known scheme (never hold PII). A link's
+# path starts with a kind of catalogue item: a user's link (open.spotify.com/user/<id>) is PII.
+_KNOWN_KINDS = 'track|album|artist|playlist|show|episode|genre|station|concert|prerelease'
 KNOWN_URI_PATTERN = (
-  r'^(?:spotify:(?:track|album|artist|playlist|show|episode|genre|station|concert|prerelease)'
-  r':[0-9A-Za-z]{22}|https://(?:open\.spotify\.com|api\.spotify\.com|i\.scdn\.co|p\.scdn\.co)'
-  r'/[A-Za-z0-9/_.-]*(?:\?cid=[0-9a-f]+)?)$'
+  rf'^(?:spotify:(?:{_KNOWN_KINDS}):[0-9A-Za-z]{{22}}'
+  rf'|https://(?:(?:open|api)\.spotify\.com/(?:v1/)?(?:intl-[A-Za-z-]+/)?(?:{_KNOWN_KINDS})s?/|[ip]\.scdn\.co/)'
+  r'[A-Za-z0-9/_.-]*(?:\?cid=[0-9a-f]+)?)$'
 )
 
 
@@ -147,14 +149,18 @@ def scanned_columns(
 _PHONE_INT_MIN, _PHONE_INT_MAX = 2 * 10**9, 10**15
 
 
-def _phone_number_cells(values: pa.Array) -> np.ndarray:
-  """Rows of a numeric column whose value is a phone number (`phone_like_integer`): vectorised range tests first."""
+def _integers(values: pa.Array, below: float) -> np.ndarray:
+  """A numeric column as int64: nulls, and floats that are not integers below `below`, as 0."""
   if pa.types.is_floating(values.type):
     numbers = values.fill_null(0).to_numpy(zero_copy_only=False)
     integral = np.isfinite(numbers) & (np.floor(numbers) == numbers)
-    numbers = np.where(integral & (numbers < _PHONE_INT_MAX), numbers, 0).astype(np.int64)
-  else:
-    numbers = values.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    return np.where(integral & (np.abs(numbers) < below), numbers, 0).astype(np.int64)
+  return values.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+
+
+def _phone_number_cells(values: pa.Array) -> np.ndarray:
+  """Rows of a numeric column whose value is a phone number (`phone_like_integer`): vectorised range tests first."""
+  numbers = _integers(values, _PHONE_INT_MAX)
   in_range = (numbers >= _PHONE_INT_MIN) & (numbers < _PHONE_INT_MAX)
   if not in_range.any():
     return np.zeros(len(values), dtype=bool)
@@ -170,6 +176,59 @@ def _phone_number_cells(values: pa.Array) -> np.ndarray:
     verdicts = np.array([phone_like_integer(int(v)) for v in distinct], dtype=bool)
     phones[candidates] = verdicts[inverse]
   return phones
+
+
+def _luhn_valid(numbers: np.ndarray) -> np.ndarray:
+  """Which non-negative int64 values pass the Luhn check (every card number does)."""
+  total = np.zeros(len(numbers), dtype=np.int64)
+  rest = numbers.copy()
+  for position in range(19):  # int64 has at most 19 digits
+    digit = rest % 10
+    if position % 2:
+      digit = digit * 2 - 9 * (digit > 4)
+    total += digit
+    rest //= 10
+  return total % 10 == 0
+
+
+def _card_number_cells(
+  values: pa.Array, scanner: TextScanner, path: str, counts: collections.Counter
+) -> Optional[np.ndarray]:
+  """Rows of a numeric column holding a card number, found as a dead letter's is (`TextScanner.redact_value`).
+
+  The scanner reads the number's decimal text with the column's name as
+  context, and its findings are added to `counts`; None when there are none.
+
+  Vectorised first: only Luhn-valid integers of at least `SCANNED_INT` can be
+  one, and without a card or phone word in the name only those of 15 or 16
+  digits not starting with 1 (`recognizers.plausible_card`): epochs in
+  milliseconds or microseconds never reach the scanner.
+  """
+  if 'CREDIT_CARD' not in scanner.entities:
+    return None
+  numbers = _integers(values, 2**63)
+  candidate = numbers >= SCANNED_INT
+  if not candidate.any():
+    return None
+  if context_word(path) is None:
+    candidate &= (numbers >= 2 * 10**14) & (numbers < 10**16) & ((numbers < 10**15) | (numbers >= 2 * 10**15))
+  candidate[candidate] = _luhn_valid(numbers[candidate])
+  rows = np.flatnonzero(candidate)
+  if not len(rows):
+    return None
+  distinct, inverse = np.unique(numbers[rows], return_inverse=True)
+  uses = np.bincount(inverse, minlength=len(distinct))
+  found = np.zeros(len(distinct), dtype=bool)
+  for i, number in enumerate(distinct.tolist()):
+    _, in_number = scanner.redact_texts([str(number)], [path])
+    for entity, n in in_number.items():
+      counts[entity] += n * int(uses[i])
+    found[i] = bool(in_number)
+  if not found.any():
+    return None
+  cards = np.zeros(len(values), dtype=bool)
+  cards[rows] = found[inverse]
+  return cards
 
 
 def _scan_values(
@@ -206,23 +265,30 @@ def _scan_values(
     counts[f'DROPPED_BINARY:{path}'] += len(values) - values.null_count
     return None
   if pa.types.is_integer(t) or pa.types.is_floating(t):
-    if 'PHONE_NUMBER' not in scanner.entities or not len(values):
+    if not len(values):
       return values
-    phones = _phone_number_cells(values)
-    if not phones.any():
+    found = np.zeros(len(values), dtype=bool)
+    if 'PHONE_NUMBER' in scanner.entities:
+      found = _phone_number_cells(values)
+      if found.any():
+        counts['PHONE_NUMBER'] += int(found.sum())
+    cards = _card_number_cells(values, scanner, path, counts)
+    if cards is not None:
+      found |= cards
+    if not found.any():
       return values
-    counts['PHONE_NUMBER'] += int(phones.sum())
-    return pc.if_else(pa.array(phones), pa.nulls(len(values), t), values)
+    return pc.if_else(pa.array(found), pa.nulls(len(values), t), values)
   if pa.types.is_struct(t):
     children, fields, changed = [], [], False
-    for field, child in zip(t, values.flatten()):
+    names = scanner.redact_names([field.name for field in t], counts)
+    for field, name, child in zip(t, names, values.flatten()):
       out = _scan_values(child, scanner, counts, f'{path}.{field.name}')
       if out is None:
         changed = True
         continue
-      changed |= out is not child
+      changed |= out is not child or name != field.name
       children.append(out)
-      fields.append(field.with_type(out.type))
+      fields.append(field.with_name(name).with_type(out.type))
     if not changed:
       return values
     if not fields:
@@ -387,10 +453,19 @@ def redact_batch(
           .to_numpy(zero_copy_only=False)
         )
       columns[i] = _scan_values(values, scanner, counts, name, skip=skip)
-  if all(new is old for new, old in zip(columns, batch.columns)):
+  # Undeclared column names are scanned as their values are (a headerless CSV's first row).
+  new_names = scanner.redact_names(names, counts) if scan_undeclared else names
+  new_names = [
+    new if actions[name] in (SCAN, DROP) and name not in rules else name for name, new in zip(names, new_names)
+  ]
+  if new_names == names and all(new is old for new, old in zip(columns, batch.columns)):
     return batch, counts
-  kept = [(name, column) for name, column in zip(names, columns) if column is not None]
-  if len(kept) == len(names) and all(new.type == old.type for new, old in zip(columns, batch.columns)):
+  kept = [(name, column) for name, column in zip(new_names, columns) if column is not None]
+  if (
+    new_names == names
+    and len(kept) == len(names)
+    and all(new.type == old.type for new, old in zip(columns, batch.columns))
+  ):
     return pa.RecordBatch.from_arrays(columns, schema=batch.schema), counts
   return pa.RecordBatch.from_arrays([c for _, c in kept], names=[n for n, _ in kept]), counts
 
@@ -399,13 +474,35 @@ def redact_batch(
 # Dead letters
 
 
-def _parse_csv_line(text: str, header: Sequence[str], delimiter: str):
+def _csv_rows(text: str, delimiter: str, quoting: int):
   try:
-    rows = list(csv.reader(io.StringIO(text), delimiter=delimiter))
+    return list(csv.reader(io.StringIO(text), delimiter=delimiter, quoting=quoting))
   except csv.Error:
     return None
+
+
+_OTHER_DELIMITERS = (',', ';', '\t', '|')
+
+
+def _parse_csv_line(text: str, header: Sequence[str], delimiter: str):
+  rows = _csv_rows(text, delimiter, csv.QUOTE_MINIMAL)
   if not rows:
     return None
+  if len(rows) == 1 and text.count('"') % 2:
+    # An unclosed quote swallows the rest of the line into one field, the
+    # identifiers with it (a stray quote is a common reason a row is
+    # malformed): split without quoting when that finds more fields.
+    unquoted = _csv_rows(text, delimiter, csv.QUOTE_NONE)
+    if unquoted and len(unquoted) == 1 and len(unquoted[0]) > len(rows[0]):
+      rows = unquoted
+  if len(rows) == 1 and len(rows[0]) == 1 and len(header) > 1:
+    # One field where the header has several: a line of another export (a ';' or tab
+    # line in a ',' file) keeps its identifiers inside it; split by the delimiter that
+    # finds the most fields.
+    for other in _OTHER_DELIMITERS:
+      split = _csv_rows(text, other, csv.QUOTE_MINIMAL) if other != delimiter else None
+      if split and len(split) == 1 and len(split[0]) > len(rows[0]):
+        rows = split
   parsed = []
   for row in rows:
     record = {}
@@ -423,9 +520,6 @@ _BASE64 = re.compile(r'[A-Za-z0-9+/]*={0,2}')
 class _RecordRedactor:
   """Walks a JSON-like value: identifiers replaced at once, strings scanned together."""
 
-  # Integers this long may be card numbers written without quotes.
-  _SCANNED_INT = 10**12
-
   def __init__(self, identifiers, tenant_key: Optional[bytes], formats: Optional[Mapping[str, Any]] = None):
     self.identifiers = frozenset(identifiers)
     # A raw CSV line's header or a nested object may spell an identifier another way (`UserID`, `userId`).
@@ -438,6 +532,7 @@ class _RecordRedactor:
     self.texts: List[str] = []
     self.slots: List[Tuple[Any, Any]] = []  # (container, key) of each text
     self.replaced_identifiers: Dict[str, str] = {}
+    self.objects: List[dict] = []  # the walked dicts: their keys are scanned too
 
   def is_identifier(self, key: Any) -> bool:
     return key in self.identifiers or (isinstance(key, str) and comparable_name(key) in self.identifier_spellings)
@@ -470,6 +565,7 @@ class _RecordRedactor:
         else:
           out[k] = self.walk(v)
           self.remember(out, k, v)
+      self.objects.append(out)
       return out
     if isinstance(value, (list, tuple)):
       out = [self.walk(v) for v in value]
@@ -496,7 +592,7 @@ class _RecordRedactor:
       if phone_like_integer(original):
         container[key] = '<PHONE_NUMBER>'
         self.counts['PHONE_NUMBER'] += 1
-      elif abs(original) >= self._SCANNED_INT:  # a card number written without quotes
+      elif abs(original) >= SCANNED_INT:  # a card number written without quotes
         self.slots.append((container, key))
         self.texts.append(str(original))
     elif isinstance(original, (bytes, bytearray, memoryview)):
@@ -524,14 +620,25 @@ class _RecordRedactor:
     """The field name of each remembered text (None for list items): the scanner's context."""
     return [key if isinstance(key, str) else None for _, key in self.slots]
 
+  def names(self) -> List[str]:
+    """The keys of the walked dicts (scanned as names: `TextScanner.redact_names`)."""
+    return [k for obj in self.objects for k in obj if isinstance(k, str)]
+
   def scan(self, scanner: TextScanner):
-    if not self.texts:
-      return
-    redacted, found = scanner.redact_texts(self.texts, self.hints())
-    self.counts.update(found)
-    for (container, key), before, after in zip(self.slots, self.texts, redacted):
-      if after != before:
-        container[key] = after
+    if self.texts:
+      redacted, found = scanner.redact_texts(self.texts, self.hints())
+      self.counts.update(found)
+      for (container, key), before, after in zip(self.slots, self.texts, redacted):
+        if after != before:
+          container[key] = after
+    for obj in self.objects:
+      keys = [k for k in obj if isinstance(k, str)]
+      new_keys = scanner.redact_names(keys, self.counts)
+      if new_keys != keys:
+        renamed = dict(zip(keys, new_keys))
+        items = [(renamed.get(k, k) if isinstance(k, str) else k, v) for k, v in obj.items()]
+        obj.clear()
+        obj.update(items)
 
 
 def _conforms(check, value) -> bool:
@@ -744,6 +851,7 @@ def redact_dead_letters(
   texts = []
   for w in walked:
     texts.extend(zip(w.walker.texts, w.walker.hints()))
+    texts.extend((name, None) for name in w.walker.names())
     texts.extend((text, None) for text in w.texts.values())
   scanner.prescan(texts)
   try:

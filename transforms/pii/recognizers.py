@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import functools
 import json
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import regex
 
@@ -31,6 +32,7 @@ __all__ = [
   'SUPPORTED_ENTITIES',
   'build_recognizers',
   'has_context',
+  'name_words',
   'is_secret_name',
   'phone_like_integer',
 ]
@@ -184,37 +186,84 @@ _GLUE = '-_/#.:=&\\@'
 # character: sess-13380235, INV640236734, ORD-2024-409363. `_glued` rejects
 # every digit group of such a token (a letter, a digit or a glue character
 # after an id word touches it), so no phone number is found in it, unless the
-# letters are a phone or number word (tel-4155552671, no.0301234567). At most
-# 15 letters: `_glued` reads the word before a glue character from the 16
-# characters before the digits. RE2 syntax, anchored on the whole value.
+# letters hold a phone or number word (tel-4155552671, no.0301234567,
+# phoneNumber=4155552671: `scanner._glued_id_tokens` looks for one anywhere in
+# them). At most 15 letters, so that `_glued` reads the whole word before a
+# glue character. RE2 syntax, anchored on the whole value.
 GLUED_ID_TOKEN = r'^(?P<letters>[A-Za-z]{1,15})(?:[%s]?[0-9]+)+$' % regex.escape(_GLUE)
 PHONE_LABELS = tuple(sorted(set(PHONE_CONTEXT + NUMBER_WORDS)))
 
 
+CARD_LABELS = tuple(sorted(set(CARD_CONTEXT + NUMBER_WORDS)))
+# The parts of a name however it is spelled: phone_number, phoneNumber, Phone-No, MSISDN, HTTPServer.
+_NAME_PART = regex.compile(r'\p{Lu}?\p{Ll}+|\p{Lu}+(?!\p{Ll})')
+
+
+def name_words(name: str) -> List[str]:
+  """The lower-case words of a name: `phoneNumber` -> ['phone', 'number'], `user_phone` -> ['user', 'phone'].
+
+  A plural word is followed by its singular (`phones` -> ['phones', 'phone']):
+  a list of numbers is named like one (`phone_numbers`, `"phones": [...]`).
+  """
+  words = []
+  for part in _NAME_PART.findall(name):
+    word = part.lower()
+    words.append(word)
+    if len(word) > 3 and word[-1] == 's':
+      words.append(word[:-1])
+  return words
+
+
+@functools.lru_cache(maxsize=4096)  # asked for each word before each candidate; the words recur
+def _token_words(token: str) -> Tuple[str, ...]:
+  """What one word before a number says: the word itself and, for a compound name, its head (last) word.
+
+  The head says what the value is: `contactPhone` and `user_phone` are phone
+  words, `phoneId` and `call_id` id words. A number word's head also keeps
+  the words before it: `phone_number`, `cardNumber`, `order_no`.
+  """
+  lower = token.lower()
+  parts = [p for p in name_words(token) if len(p) > 1]
+  if len(parts) < 2:
+    return (lower, *parts)
+  head = parts[-1]
+  return (lower, *parts) if head in NUMBER_WORDS else (lower, head)
+
+
 def has_context(text: str, start: int, words, n_words: int = 3) -> bool:
-  """True when one of the `n_words` words just before `start` is in `words`."""
-  before = _WORD.findall(text[max(0, start - _CONTEXT_WINDOW) : start].lower())
-  return any(w in words for w in before[-n_words:])
+  """True when one of the `n_words` words just before `start` says one of `words` (`_token_words`)."""
+  before = _WORD.findall(text[max(0, start - _CONTEXT_WINDOW) : start])
+  return any(w in words for token in before[-n_words:] for w in _token_words(token))
 
 
-def _glued(text: str, start: int, end: int) -> bool:
-  """True when the span is part of a longer token (a letter, digit or id glue character touches it)."""
+def _labelled(text: str, glue_at: int, labels) -> bool:
+  """Whether the word right before the glue character at `glue_at` is one of `labels` (`phone_number=`, `card #`)."""
+  window = text[max(0, glue_at - _CONTEXT_WINDOW) : glue_at].rstrip()
+  label = _WORD.findall(window)
+  return bool(label) and window.endswith(label[-1]) and any(w in labels for w in _token_words(label[-1]))
+
+
+def _glued(text: str, start: int, end: int, labels=PHONE_LABELS) -> bool:
+  """True when the span is part of a longer token (a letter, digit or id glue character touches it).
+
+  A glue character after a label is no glue: tel:+44..., phone_number=0207...,
+  card=4111..., to=+44... (key=value logs and query strings, whose next parameter may follow: &x=1).
+  """
+  labelled = False
   if start > 0:
     before = text[start - 1]
     if before.isalnum():
       return True
     if before in _GLUE:
-      # tel:+44..., phone:0207..., tel.+1...: a label, not an identifier.
-      label = _WORD.findall(text[max(0, start - 16) : start].lower())
-      if not (
-        label
-        and text[max(0, start - 16) : start].lower().endswith(label[-1] + before)
-        and label[-1] in PHONE_CONTEXT + NUMBER_WORDS
-      ):
+      # After a key, '+' starts an international number (to=+447946095800, recipient:+1...), never an id.
+      if not (_labelled(text, start - 1, labels) or (before in ':=' and text[start] == '+')):
         return True
+      labelled = True
   if end < len(text):
     after = text[end]
-    if after.isalnum() or (after in _GLUE and end + 1 < len(text) and text[end + 1].isalnum()):
+    if after.isalnum() or (
+      after in _GLUE and end + 1 < len(text) and text[end + 1].isalnum() and not (labelled and after == '&')
+    ):
       return True
   return False
 
@@ -240,8 +289,9 @@ def plausible_phone(text: str, start: int, end: int) -> bool:
   return True
 
 
-# Where libphonenumber can match: digit runs with <= 4 non-letters between digits (as PHONE_PREFILTER).
-_PHONE_RUN = regex.compile(r'[+(]?\p{Nd}(?:[^\p{L}\p{Nd}\n]{0,4}\p{Nd})*')
+# Where libphonenumber can match: digit runs with <= 4 non-letters between digits, or an
+# extension's 'x' (415-555-2671x123: the matcher's span holds it), as PHONE_PREFILTER.
+_PHONE_RUN = regex.compile(r'[+(]?\p{Nd}(?:(?:[^\p{L}\p{Nd}\n]|[xX]){0,4}\p{Nd})*')
 
 
 def may_hold_a_phone(text: str) -> bool:
@@ -271,7 +321,7 @@ def plausible_card(text: str, start: int, end: int) -> bool:
   """Whether a Luhn-valid number is a card number, not a barcode, an epoch or an id."""
   span = text[start:end]
   digits = ''.join(c for c in span if c.isdigit())
-  if _glued(text, start, end):
+  if _glued(text, start, end, CARD_LABELS):
     return False
   says_card = has_context(text, start, CARD_CONTEXT)
   if not says_card and has_context(text, start, ID_WORDS):
@@ -404,7 +454,11 @@ def is_placeholder(value: str) -> bool:
 
 JWT_PATTERN = r'\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}'
 BEARER_PATTERN = r'(?i)\b(?:bearer|basic)\s+[A-Za-z0-9\-._~+/]{12,}=*'
-SPOTIFY_USER_PATTERN = r'(?i)\bspotify:user:[^\s:/?#"\'<>]+|\bopen\.spotify\.com/user/[^\s/?#"\'<>]+'
+# A user's URI, link, or Web API address (a playlist owner's `href`: api.spotify.com/v1/users/<id>).
+SPOTIFY_USER_PATTERN = (
+  r'(?i)\bspotify:user:[^\s:/?#"\'<>]+|\bopen\.spotify\.com/user/[^\s/?#"\'<>]+'
+  r'|\bapi\.spotify\.com/v1/users/[^\s/?#"\'<>]+'
+)
 
 
 def build_recognizers() -> Dict[str, Any]:
@@ -426,6 +480,26 @@ def build_recognizers() -> Dict[str, Any]:
   offline_tld = _offline_tld()
 
   class OfflineEmailRecognizer(EmailRecognizer):
+    """presidio's EmailRecognizer, in URL-encoded text too and without the URL around an address.
+
+    An address in a query string is often URL-encoded (?email=ann%40example.org):
+    presidio's pattern runs on the text with each '%40' read as '@', and the
+    spans are mapped back. Its local part admits '/', '?' and '&', so a match
+    in a URL began at the host (https://x.com/?email=ann@...): it now begins
+    after the last of them (not after '=': bounce addresses hold one).
+    """
+
+    def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
+      decoded, ats = _url_decoded(text, URL_ENCODED_AT, '@')
+      results = []
+      for r in super().analyze(decoded, entities, nlp_artifacts, regex_flags):
+        start = _local_part_start(decoded, r.start, r.end)
+        if start is None:
+          continue
+        r.start, r.end = _encoded_span(start, r.end, ats)
+        results.append(r)
+      return results
+
     def validate_result(self, pattern_text: str):
       return offline_tld(pattern_text).fqdn != ''
 
@@ -452,6 +526,8 @@ def build_recognizers() -> Dict[str, Any]:
       }
 
     def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
+      # A query string's international number is URL-encoded: To=%2B14155552671.
+      text, pluses = _url_decoded(text, URL_ENCODED_PLUS, '+')
       if not may_hold_a_phone(text):
         return []  # libphonenumber (~0.1 ms a region) would find only ids here
       results, seen = [], []
@@ -462,6 +538,8 @@ def build_recognizers() -> Dict[str, Any]:
         if seen and not enough_phone_digits(blank_spans(text, seen)):
           break
       unique = {(r.start, r.end, r.entity_type): r for r in results}
+      for r in unique.values():
+        r.start, r.end = _encoded_span(r.start, r.end, pluses)
       return list(unique.values())
 
   class CardRecognizer(CreditCardRecognizer):
@@ -618,6 +696,39 @@ def build_recognizers() -> Dict[str, Any]:
       'SPOTIFY_USER', [('spotify_user', SPOTIFY_USER_PATTERN)], 0.9, ['user', 'profile']
     ),
   }
+
+
+# '@' and '+' URL-encoded, as query strings carry addresses and international numbers.
+URL_ENCODED_AT = regex.compile('%40')
+URL_ENCODED_PLUS = regex.compile('%2[Bb]')
+
+
+def _url_decoded(text: str, encoded, char: str):
+  """(`text` with each match of `encoded` (a URL-encoded `char`) decoded, the decoded offsets of those chars).
+
+  A decoded offset i is offset i + 2 * bisect_left(offsets, i) of `text`.
+  """
+  pieces = encoded.split(text)
+  if len(pieces) == 1:
+    return text, []
+  offsets, at = [], -1
+  for piece in pieces[:-1]:
+    at += len(piece) + 1
+    offsets.append(at)
+  return char.join(pieces), offsets
+
+
+def _encoded_span(start: int, end: int, offsets) -> tuple:
+  """The span of `text` that the span start:end of its `_url_decoded` text was read from."""
+  return start + 2 * bisect.bisect_left(offsets, start), end + 2 * bisect.bisect_left(offsets, end)
+
+
+def _local_part_start(text: str, start: int, end: int) -> Optional[int]:
+  """Where the address of an email match begins: after the URL it was read from; None if nothing is left."""
+  at = text.index('@', start, end)
+  cut = max(text.rfind(c, start, at) for c in '/?&') + 1
+  start = max(start, cut)
+  return start if start < at else None
 
 
 def _glued_version(text: str, start: int, end: int) -> bool:

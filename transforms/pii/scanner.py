@@ -39,10 +39,11 @@ from transforms.pii.recognizers import (
   enough_phone_digits,
   is_placeholder,
   is_secret_name,
+  name_words,
   phone_like_integer,
 )
 
-__all__ = ['DEFAULT_ENTITIES', 'SUPPORTED_ENTITIES', 'TextScanner', 'context_word']
+__all__ = ['DEFAULT_ENTITIES', 'SCANNED_INT', 'SUPPORTED_ENTITIES', 'TextScanner', 'context_word']
 
 DEFAULT_ENTITIES = SUPPORTED_ENTITIES
 
@@ -61,7 +62,8 @@ def _is_text_type(t: pa.DataType) -> bool:
 # tests/transforms/test_pii.py checks this property on generated cells.
 _IBAN_LETTERS = 'A-Za-z\u0130\u017f\u212a'  # what [a-z] matches under the `regex` module's IGNORECASE
 _PREFILTERS = {
-  'EMAIL_ADDRESS': '@',
+  # '%40': an address URL-encoded in a query string (`recognizers.URL_ENCODED_AT`).
+  'EMAIL_ADDRESS': r'@|%40',
   # A superset of PHONE_PREFILTER (the exact rule, checked on each
   # candidate before libphonenumber runs) that RE2 runs ~40x faster: its
   # Unicode classes between repeated groups make a large automaton.
@@ -93,7 +95,7 @@ _PREFILTERS = {
     r'|sk-|SG\.|glpat-|npm_|shp(?:at|ss|ca|pa)_'
   ),
   'SECRET_ASSIGNMENT': r'(?i:pass\w*|pwd|secret|key|token)["\']?\s*[:=]',
-  'SPOTIFY_USER': r'(?i:spotify:user:|spotify\.com/user/)',
+  'SPOTIFY_USER': r'(?i:spotify:user:|spotify\.com/user/|spotify\.com/v1/users/)',
 }
 # Any of them: the two regexes every cell of a column goes through (the phone
 # one apart: in one alternation with the others, RE2 runs 3x slower).
@@ -114,6 +116,9 @@ _NOT_PHONES = regex.compile(
   r'|\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b'
 )
 _JSON_START = regex.compile(r'\s*[\[{]')
+# Integers this long may be card numbers written as numbers (a JSON number, an
+# int64 column a CSV reader inferred): scanned as their decimal text.
+SCANNED_INT = 10**12
 # Whole values of these shapes are ids, never PII (a test keeps each shape honest).
 _WHOLE_ID_SHAPES = (
   r'[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}',  # UUID
@@ -130,7 +135,7 @@ def context_word(name: Optional[str]) -> Optional[str]:
   """The phone or card word in a column name (`mobile_number` -> 'mobile'), if any."""
   if not name:
     return None
-  for word in regex.findall(r'[a-z]+', name.lower()):
+  for word in name_words(name):
     if word in PHONE_CONTEXT or word in CARD_CONTEXT:
       return word
   return None
@@ -197,10 +202,19 @@ def _mostly_repeats(values: pa.Array) -> bool:
   return pc.count_distinct(head, mode='all').as_py() * 8 <= len(head)
 
 
+# Letters that may hold a phone word as one of their words (`recognizers.name_words`): at
+# their start in any case (tel, Phone, phoneNumber), or after it capitalised (userPhone,
+# mobileNo). A superset of the labels `recognizers._glued` reads.
+_PHONE_LABEL_IN = '^(?i:{})|{}'.format(
+  '|'.join(regex.escape(w) for w in PHONE_LABELS),
+  '|'.join(f'{regex.escape(w[0].upper())}(?i:{regex.escape(w[1:])})' for w in PHONE_LABELS),
+)
+
+
 def _glued_id_tokens(values: pa.Array) -> np.ndarray:
   """Values that are one glued id token without a phone word (`recognizers.GLUED_ID_TOKEN`)."""
   letters = pc.struct_field(pc.extract_regex(values, GLUED_ID_TOKEN), 'letters')
-  labelled = pc.is_in(pc.utf8_lower(letters), value_set=pa.array(PHONE_LABELS))
+  labelled = pc.match_substring_regex(letters, _PHONE_LABEL_IN)
   return pc.and_(letters.is_valid(), pc.invert(labelled)).fill_null(False).to_numpy(zero_copy_only=False)
 
 
@@ -368,16 +382,44 @@ class TextScanner:
       counts.update(found)
       return out[0]
     if isinstance(value, dict):
-      return {
-        self.redact_value(k, counts) if isinstance(k, str) else k: self.redact_value(v, counts, k)
-        for k, v in value.items()
-      }
+      keys = [k for k in value if isinstance(k, str)]
+      renamed = dict(zip(keys, self.redact_names(keys, counts)))
+      return {renamed.get(k, k) if isinstance(k, str) else k: self.redact_value(v, counts, k) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
       return [self.redact_value(v, counts, name) for v in value]
-    if 'PHONE_NUMBER' in self.entities and isinstance(value, int) and phone_like_integer(value):
-      counts['PHONE_NUMBER'] += 1
-      return '<PHONE_NUMBER>'
+    if isinstance(value, int) and not isinstance(value, bool):
+      if 'PHONE_NUMBER' in self.entities and phone_like_integer(value):
+        counts['PHONE_NUMBER'] += 1
+        return '<PHONE_NUMBER>'
+      if abs(value) >= SCANNED_INT:
+        out, found = self.redact_texts([str(value)], [name])
+        if found:
+          counts.update(found)
+          return out[0]
     return value
+
+  def redact_names(self, names: Sequence[str], counts: collections.Counter) -> List[str]:
+    """Names (columns, struct fields, object keys) with their PII redacted, still distinct; findings added to `counts`.
+
+    A headerless CSV's first row becomes the column names, and objects are
+    keyed by address or number: a name is scanned as any text. Names that
+    redact alike get a suffix (<EMAIL_ADDRESS>, <EMAIL_ADDRESS>_2), so that
+    no column or value is lost to another.
+    """
+    out, found = self.redact_texts(names)
+    if not found:
+      return list(names)
+    counts.update(found)
+    taken = {new for name, new in zip(names, out) if new == name}
+    for i, (name, new) in enumerate(zip(names, out)):
+      if new != name:
+        unique, n = new, 1
+        while unique in taken:
+          n += 1
+          unique = f'{new}_{n}'
+        taken.add(unique)
+        out[i] = unique
+    return out
 
   def redact_text(self, text: Optional[str]) -> Tuple[Optional[str], collections.Counter]:
     """`text` with each finding replaced by <ENTITY_TYPE>, and the counts per type."""
