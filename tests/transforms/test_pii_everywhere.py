@@ -423,6 +423,25 @@ def test_card_numbers_stored_as_numbers_are_redacted_as_dead_letters_redact_them
   assert found == {'CREDIT_CARD': 1}
 
 
+def test_numbers_under_an_identifier_name_stay_whatever_checksum_they_pass(scanner):
+  """`order_id` 4111111111111111 is an order number: about one random 16-digit id in ten passes the card
+  checksum, and ids of 10-15 digits parse as phone numbers. Under a phone or card name they still go."""
+  ids = dict(order_id=4111111111111111, invoiceNo='5555555555554444', session=447946095800, created_ts='14155552671')
+  batch = pa.RecordBatch.from_pylist(
+    [dict(event_id='e1', tenant_id='acme', **ids, card_number=4111111111111111, contact_phone=447946095800)]
+  )
+  out, counts = redact_batch(batch, ListeningEvent, KEY, scanner)
+  row = out.to_pylist()[0]
+  assert {name: row[name] for name in ids} == ids
+  assert row['card_number'] is None and row['contact_phone'] is None
+  assert (counts['CREDIT_CARD'], counts['PHONE_NUMBER']) == (1, 1)
+  record, _ = redact_record(
+    dict(ids, note='call 4155552671 or 4111 1111 1111 1111'), ListeningEvent, KEY, scanner, 'acme'
+  )
+  assert {name: record[name] for name in ids} == ids
+  assert '4155552671' not in record['note'] and '4111' not in record['note']
+
+
 def test_pii_in_column_field_and_key_names_is_redacted_and_names_stay_distinct(scanner):
   """A headerless CSV's first row becomes the column names; objects are keyed by address: names are scanned too."""
   batch = pa.RecordBatch.from_pylist(

@@ -32,7 +32,7 @@ from transforms.entities import (
 from transforms.json_values import loads
 from transforms.pii.keys import MasterKey
 from transforms.pii.pseudonyms import pseudonym, pseudonymise
-from transforms.pii.recognizers import is_placeholder, is_secret_name, phone_like_integer
+from transforms.pii.recognizers import is_placeholder, is_secret_name, names_an_identifier, phone_like_integer
 from transforms.pii.scanner import SCANNED_INT, TextScanner, _is_string_type, _is_text_type, context_word
 from transforms.records import BINARY_TEXT_PREFIX, ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN
 
@@ -258,6 +258,9 @@ def _scan_values(
     out = pc.if_else(pa.array(secret), pa.scalar('<SECRET_ASSIGNMENT>', plain.type), plain)
     return out.dictionary_encode().cast(t) if pa.types.is_dictionary(t) else out
   if _is_text_type(t):
+    if names_an_identifier(_last_name(path)):
+      # `order_id` = '4111111111111111': an order number, however well it passes the card checksum.
+      skip = _or_skip(skip, _whole_numbers(values))
     out, found = scanner.redact_array(values, skip=skip, hint=path)
     counts.update(found)
     return out
@@ -265,7 +268,7 @@ def _scan_values(
     counts[f'DROPPED_BINARY:{path}'] += len(values) - values.null_count
     return None
   if pa.types.is_integer(t) or pa.types.is_floating(t):
-    if not len(values):
+    if not len(values) or names_an_identifier(_last_name(path)):
       return values
     found = np.zeros(len(values), dtype=bool)
     if 'PHONE_NUMBER' in scanner.entities:
@@ -326,6 +329,21 @@ def _scan_values(
       new_inner, t.list_size, mask=values.is_null() if values.null_count else None
     )
   return values  # booleans, timestamps, dates, decimals: no text
+
+
+_WHOLE_NUMBER = regex.compile(r'[0-9]+')
+
+
+def _whole_numbers(values: pa.Array) -> np.ndarray:
+  """Rows of a text column whose value is one run of digits."""
+  plain = values.cast(values.type.value_type) if pa.types.is_dictionary(values.type) else values
+  return np.asarray(pc.match_substring_regex(plain, r'^[0-9]+$').fill_null(False).to_numpy(zero_copy_only=False), bool)
+
+
+def _or_skip(skip: Optional[np.ndarray], more: np.ndarray) -> Optional[np.ndarray]:
+  if not more.any():
+    return skip
+  return more if skip is None else (skip | more)
 
 
 def _last_name(path: str) -> str:
@@ -584,12 +602,15 @@ class _RecordRedactor:
       container[key] = None
       self.counts[f'DROPPED_BINARY:{key}'] += 1
     elif isinstance(original, str):
-      self.slots.append((container, key))
-      self.texts.append(original)
+      if not (_WHOLE_NUMBER.fullmatch(original) and isinstance(key, str) and names_an_identifier(key)):
+        self.slots.append((container, key))
+        self.texts.append(original)
     elif isinstance(original, float) and original.is_integer() and abs(original) < 10**15:
       self.remember(container, key, int(original))
     elif isinstance(original, int) and not isinstance(original, bool):
-      if phone_like_integer(original):
+      if isinstance(key, str) and names_an_identifier(key):
+        pass  # an order number or an epoch, as in a record batch's column of that name
+      elif phone_like_integer(original):
         container[key] = '<PHONE_NUMBER>'
         self.counts['PHONE_NUMBER'] += 1
       elif abs(original) >= SCANNED_INT:  # a card number written without quotes

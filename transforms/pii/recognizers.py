@@ -33,6 +33,7 @@ __all__ = [
   'build_recognizers',
   'has_context',
   'name_words',
+  'names_an_identifier',
   'is_secret_name',
   'phone_like_integer',
 ]
@@ -228,6 +229,18 @@ def _token_words(token: str) -> Tuple[str, ...]:
     return (lower, *parts)
   head = parts[-1]
   return (lower, *parts) if head in NUMBER_WORDS else (lower, head)
+
+
+def names_an_identifier(name: Optional[str]) -> bool:
+  """Whether a column or key name says its values are identifiers or times (`order_id`, `invoiceNo`,
+  `session`, `created_ts`), as a word before a number in text does (ID_WORDS; the head word decides:
+  `phoneId` is an id, `phone_number` is not).
+
+  A whole number under such a name is an order number, an epoch or a serial,
+  not a phone or card number, however many digits it has: about one random
+  16-digit id in ten passes the card checksum.
+  """
+  return bool(name) and any(w in ID_WORDS for w in _token_words(name))
 
 
 def has_context(text: str, start: int, words, n_words: int = 3) -> bool:
