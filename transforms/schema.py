@@ -3,9 +3,10 @@
 Each batch has the schema its reader inferred; files (and chunks of a file)
 may disagree: an int column in one and a float in another, a struct with more
 fields. `widen` merges two types into the narrowest type that holds both
-(int -> float -> string; struct fields united; list items widened), and
-`InferSchema` combines all batches into one schema, which the sinks use to
-write every file with the same types (`conform`).
+(int -> float -> string, decimals to a decimal that holds both; struct fields
+united; list items widened), and `InferSchema` combines all batches into one
+schema, which the sinks use to write every file with the same types
+(`conform`).
 
 `schema_to_json` / `schema_from_json` give the `_schema.json` form, and
 `drift` reports added, removed and changed fields against a declared or a
@@ -51,6 +52,32 @@ def _rank(t: pa.DataType) -> Optional[int]:
   return None
 
 
+def _whole_digits(t: pa.DataType) -> Optional[int]:
+  """Digits before the point a decimal or integer type holds (int64: 19), None for other types."""
+  if pa.types.is_decimal(t):
+    return t.precision - t.scale
+  if pa.types.is_integer(t):
+    signed = pa.types.is_signed_integer(t)
+    return len(str(2 ** (t.bit_width - 1 if signed else t.bit_width) - 1))
+  return None
+
+
+def _exact_decimal(a: pa.DataType, b: pa.DataType) -> Optional[pa.DataType]:
+  """The decimal128 that holds every value of two decimals (or a decimal and an integer type), or None.
+
+  float64 holds 15-16 significant digits: two exports of one NUMERIC column
+  with different precisions would otherwise lose digits on the way to it.
+  """
+  if not (pa.types.is_decimal(a) or pa.types.is_decimal(b)):
+    return None
+  whole_a, whole_b = _whole_digits(a), _whole_digits(b)
+  if whole_a is None or whole_b is None:
+    return None
+  scale = max(t.scale if pa.types.is_decimal(t) else 0 for t in (a, b))
+  precision = max(whole_a, whole_b) + scale
+  return pa.decimal128(precision, scale) if precision <= 38 else None
+
+
 def widen(a: pa.DataType, b: pa.DataType) -> pa.DataType:
   """The narrowest type that holds values of both `a` and `b`."""
   if a == b:
@@ -63,6 +90,9 @@ def widen(a: pa.DataType, b: pa.DataType) -> pa.DataType:
     return widen(a.value_type, b)
   if pa.types.is_dictionary(b):
     return widen(a, b.value_type)
+  exact = _exact_decimal(a, b)
+  if exact is not None:
+    return exact
   ra, rb = _rank(a), _rank(b)
   if ra is not None and rb is not None:
     if max(ra, rb) == 2:
