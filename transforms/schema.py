@@ -21,6 +21,7 @@ Usage::
 from __future__ import annotations
 
 import functools
+import re
 from typing import Dict, List, Optional, Sequence
 
 import apache_beam as beam
@@ -221,6 +222,8 @@ def _type_to_json(t: pa.DataType):
     return {'struct': [{'name': f.name, 'type': _type_to_json(f.type)} for f in t]}
   if pa.types.is_list(t) or pa.types.is_large_list(t):
     return {'list': _type_to_json(t.value_type)}
+  if pa.types.is_map(t):
+    return {'map': [_type_to_json(t.key_type), _type_to_json(t.item_type)]}
   return str(t)
 
 
@@ -240,8 +243,15 @@ _SCALARS = {
   'string': pa.string(),
   'large_string': pa.large_string(),
   'binary': pa.binary(),
+  'large_binary': pa.large_binary(),
+  'halffloat': pa.float16(),
   'date32[day]': pa.date32(),
+  'date64[ms]': pa.date64(),
 }
+# Types with parameters, as Arrow writes them: decimal128(16, 2), time64[us], duration[ms], fixed_size_binary[4].
+_DECIMAL = re.compile(r'(decimal128|decimal256)\((\d+), (\d+)\)')
+_UNIT = re.compile(r'(time32|time64|duration)\[(s|ms|us|ns)\]')
+_FIXED_BINARY = re.compile(r'fixed_size_binary\[(\d+)\]')
 
 
 def _type_from_json(value) -> pa.DataType:
@@ -249,9 +259,19 @@ def _type_from_json(value) -> pa.DataType:
     return pa.struct([pa.field(f['name'], _type_from_json(f['type'])) for f in value['struct']])
   if isinstance(value, dict) and 'list' in value:
     return pa.list_(_type_from_json(value['list']))
+  if isinstance(value, dict) and 'map' in value:
+    return pa.map_(_type_from_json(value['map'][0]), _type_from_json(value['map'][1]))
+  if not isinstance(value, str):
+    raise ValueError(f'unknown type {value!r} in schema JSON')
   if value in _SCALARS:
     return _SCALARS[value]
-  if isinstance(value, str) and value.startswith('timestamp['):
+  if match := _DECIMAL.fullmatch(value):
+    return getattr(pa, match[1])(int(match[2]), int(match[3]))
+  if match := _UNIT.fullmatch(value):
+    return getattr(pa, match[1])(match[2])
+  if match := _FIXED_BINARY.fullmatch(value):
+    return pa.binary(int(match[1]))
+  if value.startswith('timestamp['):
     unit, _, tz = value[len('timestamp[') : -1].partition(', tz=')
     return pa.timestamp(unit, tz=tz or None)
   raise ValueError(f'unknown type {value!r} in schema JSON')

@@ -272,3 +272,21 @@ def test_decimals_widen_to_a_decimal_that_holds_both_exactly():
   s = schema_mod.merge_schemas(schema_mod.public_schema(b1.schema), schema_mod.public_schema(b2.schema))
   prices = [schema_mod.conform(b, s).column('price')[0].as_py() for b in (b1, b2)]
   assert prices == [decimal.Decimal('12345678.910'), decimal.Decimal('12345678901234.567')]
+
+
+def test_schema_json_reads_back_every_type_a_run_writes():
+  # A previous run's _schema.json is what the next run reports drift against (and a --declared_schema).
+  schema = pa.schema(
+    [
+      ('price', pa.decimal128(16, 2)),
+      ('big', pa.decimal256(40, 2)),
+      ('at', pa.time64('us')),
+      ('gap', pa.duration('ms')),
+      ('day', pa.date64()),
+      ('digest', pa.binary(4)),
+      ('blob', pa.large_binary()),
+      ('tags', pa.map_(pa.string(), pa.int64())),
+      ('nested', pa.struct([('m', pa.map_(pa.string(), pa.list_(pa.decimal128(5, 1))))])),
+    ]
+  )
+  assert schema_mod.schema_from_json(schema_mod.schema_to_json(schema)) == schema
