@@ -3,9 +3,10 @@
 Each batch has the schema its reader inferred; files (and chunks of a file)
 may disagree: an int column in one and a float in another, a struct with more
 fields. `widen` merges two types into the narrowest type that holds both
-(int -> float -> string; struct fields united; list items widened), and
-`InferSchema` combines all batches into one schema, which the sinks use to
-write every file with the same types (`conform`).
+(int -> float -> string, decimals to a decimal that holds both; struct fields
+united; list items widened), and `InferSchema` combines all batches into one
+schema, which the sinks use to write every file with the same types
+(`conform`).
 
 `schema_to_json` / `schema_from_json` give the `_schema.json` form, and
 `drift` reports added, removed and changed fields against a declared or a
@@ -20,6 +21,7 @@ Usage::
 from __future__ import annotations
 
 import functools
+import re
 from typing import Dict, List, Optional, Sequence
 
 import apache_beam as beam
@@ -51,6 +53,32 @@ def _rank(t: pa.DataType) -> Optional[int]:
   return None
 
 
+def _whole_digits(t: pa.DataType) -> Optional[int]:
+  """Digits before the point a decimal or integer type holds (int64: 19), None for other types."""
+  if pa.types.is_decimal(t):
+    return t.precision - t.scale
+  if pa.types.is_integer(t):
+    signed = pa.types.is_signed_integer(t)
+    return len(str(2 ** (t.bit_width - 1 if signed else t.bit_width) - 1))
+  return None
+
+
+def _exact_decimal(a: pa.DataType, b: pa.DataType) -> Optional[pa.DataType]:
+  """The decimal128 that holds every value of two decimals (or a decimal and an integer type), or None.
+
+  float64 holds 15-16 significant digits: two exports of one NUMERIC column
+  with different precisions would otherwise lose digits on the way to it.
+  """
+  if not (pa.types.is_decimal(a) or pa.types.is_decimal(b)):
+    return None
+  whole_a, whole_b = _whole_digits(a), _whole_digits(b)
+  if whole_a is None or whole_b is None:
+    return None
+  scale = max(t.scale if pa.types.is_decimal(t) else 0 for t in (a, b))
+  precision = max(whole_a, whole_b) + scale
+  return pa.decimal128(precision, scale) if precision <= 38 else None
+
+
 def widen(a: pa.DataType, b: pa.DataType) -> pa.DataType:
   """The narrowest type that holds values of both `a` and `b`."""
   if a == b:
@@ -63,6 +91,9 @@ def widen(a: pa.DataType, b: pa.DataType) -> pa.DataType:
     return widen(a.value_type, b)
   if pa.types.is_dictionary(b):
     return widen(a, b.value_type)
+  exact = _exact_decimal(a, b)
+  if exact is not None:
+    return exact
   ra, rb = _rank(a), _rank(b)
   if ra is not None and rb is not None:
     if max(ra, rb) == 2:
@@ -191,6 +222,8 @@ def _type_to_json(t: pa.DataType):
     return {'struct': [{'name': f.name, 'type': _type_to_json(f.type)} for f in t]}
   if pa.types.is_list(t) or pa.types.is_large_list(t):
     return {'list': _type_to_json(t.value_type)}
+  if pa.types.is_map(t):
+    return {'map': [_type_to_json(t.key_type), _type_to_json(t.item_type)]}
   return str(t)
 
 
@@ -210,8 +243,15 @@ _SCALARS = {
   'string': pa.string(),
   'large_string': pa.large_string(),
   'binary': pa.binary(),
+  'large_binary': pa.large_binary(),
+  'halffloat': pa.float16(),
   'date32[day]': pa.date32(),
+  'date64[ms]': pa.date64(),
 }
+# Types with parameters, as Arrow writes them: decimal128(16, 2), time64[us], duration[ms], fixed_size_binary[4].
+_DECIMAL = re.compile(r'(decimal128|decimal256)\((\d+), (\d+)\)')
+_UNIT = re.compile(r'(time32|time64|duration)\[(s|ms|us|ns)\]')
+_FIXED_BINARY = re.compile(r'fixed_size_binary\[(\d+)\]')
 
 
 def _type_from_json(value) -> pa.DataType:
@@ -219,9 +259,19 @@ def _type_from_json(value) -> pa.DataType:
     return pa.struct([pa.field(f['name'], _type_from_json(f['type'])) for f in value['struct']])
   if isinstance(value, dict) and 'list' in value:
     return pa.list_(_type_from_json(value['list']))
+  if isinstance(value, dict) and 'map' in value:
+    return pa.map_(_type_from_json(value['map'][0]), _type_from_json(value['map'][1]))
+  if not isinstance(value, str):
+    raise ValueError(f'unknown type {value!r} in schema JSON')
   if value in _SCALARS:
     return _SCALARS[value]
-  if isinstance(value, str) and value.startswith('timestamp['):
+  if match := _DECIMAL.fullmatch(value):
+    return getattr(pa, match[1])(int(match[2]), int(match[3]))
+  if match := _UNIT.fullmatch(value):
+    return getattr(pa, match[1])(match[2])
+  if match := _FIXED_BINARY.fullmatch(value):
+    return pa.binary(int(match[1]))
+  if value.startswith('timestamp['):
     unit, _, tz = value[len('timestamp[') : -1].partition(', tz=')
     return pa.timestamp(unit, tz=tz or None)
   raise ValueError(f'unknown type {value!r} in schema JSON')

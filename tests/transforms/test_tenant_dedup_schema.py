@@ -1,6 +1,7 @@
 """TagTenant, Deduplicate and InferSchema on record batches."""
 
 import collections
+import decimal
 import random
 
 import apache_beam as beam
@@ -276,3 +277,37 @@ def test_drift_report():
   d = schema_mod.drift(before, after)
   assert d['added'] == ['new'] and d['removed'] == ['gone']
   assert d['changed'] == [{'field': 'a', 'from': 'int64', 'to': 'double', 'widened': True}]
+
+
+def test_decimals_widen_to_a_decimal_that_holds_both_exactly():
+  # Two Parquet exports of one money column (NUMERIC(10, 2) and (17, 3)): float64 would round 17 digits to 16.
+  w = schema_mod.widen
+  assert w(pa.decimal128(10, 2), pa.decimal128(17, 3)) == pa.decimal128(17, 3)
+  assert w(pa.decimal128(10, 2), pa.int64()) == pa.decimal128(21, 2)
+  assert w(pa.uint64(), pa.decimal128(5, 0)) == pa.decimal128(20, 0)
+  assert w(pa.decimal128(38, 30), pa.int64()) == pa.float64()  # 49 digits: no decimal128 holds both
+  assert w(pa.decimal128(10, 2), pa.float64()) == pa.float64()
+  b1 = _batch([{'price': decimal.Decimal('12345678.91')}])
+  b2 = _batch([{'price': decimal.Decimal('12345678901234.567')}])
+  b2 = b2.set_column(0, 'price', b2.column(0).cast(pa.decimal128(17, 3)))
+  s = schema_mod.merge_schemas(schema_mod.public_schema(b1.schema), schema_mod.public_schema(b2.schema))
+  prices = [schema_mod.conform(b, s).column('price')[0].as_py() for b in (b1, b2)]
+  assert prices == [decimal.Decimal('12345678.910'), decimal.Decimal('12345678901234.567')]
+
+
+def test_schema_json_reads_back_every_type_a_run_writes():
+  # A previous run's _schema.json is what the next run reports drift against (and a --declared_schema).
+  schema = pa.schema(
+    [
+      ('price', pa.decimal128(16, 2)),
+      ('big', pa.decimal256(40, 2)),
+      ('at', pa.time64('us')),
+      ('gap', pa.duration('ms')),
+      ('day', pa.date64()),
+      ('digest', pa.binary(4)),
+      ('blob', pa.large_binary()),
+      ('tags', pa.map_(pa.string(), pa.int64())),
+      ('nested', pa.struct([('m', pa.map_(pa.string(), pa.list_(pa.decimal128(5, 1))))])),
+    ]
+  )
+  assert schema_mod.schema_from_json(schema_mod.schema_to_json(schema)) == schema
