@@ -11,6 +11,7 @@ import pytest
 
 from transforms.entities import ListeningEvent, Track
 from transforms.pii import MasterKey, TextScanner, redact_batch, redact_record
+from transforms.pii.pseudonyms import pseudonymise
 from transforms.pii.batch import DROP, KEEP, PSEUDONYMISE, SCAN, SCAN_NONCONFORMING, column_actions
 from transforms.records import with_provenance
 
@@ -440,6 +441,23 @@ def test_numbers_under_an_identifier_name_stay_whatever_checksum_they_pass(scann
   )
   assert {name: record[name] for name in ids} == ids
   assert '4155552671' not in record['note'] and '4111' not in record['note']
+
+
+def test_a_broken_json_line_has_the_values_of_its_identifier_keys_pseudonymised(scanner):
+  """A truncated or badly encoded JSON Lines row is a dead letter holding its raw text: its `"user_id": ...`
+  pairs still name the identifiers, which a text scan alone keeps (an id is no pattern)."""
+  pseudonym = pseudonymise(pa.array(['u-123']), KEY.tenant_key('acme'))[0].as_py()
+  lines = [
+    '{"user_id": "u-123", "userEmail": "ann@example.org", "ms_played": 12, "note": "call 4155552671',
+    '{"event_id": "e1", "user_id": "u-123"} trailing',
+    '{"user_id": 12345678, "track_id": "x", "skipped": false',
+    '{"user_id": "u-12',  # cut inside the value
+  ]
+  out = [redact_record(line, ListeningEvent, KEY, scanner, 'acme')[0] for line in lines]
+  assert f'"user_id": "{pseudonym}"' in out[0] and f'"user_id": "{pseudonym}"' in out[1]
+  assert not any('u-12' in text or 'ann@example.org' in text or '4155552671' in text for text in out)
+  assert '"user_id": 12345678' not in out[2] and '"track_id": "x", "skipped": false' in out[2]
+  assert '"ms_played": 12' in out[0] and '"event_id": "e1"' in out[1]
 
 
 def test_pii_in_column_field_and_key_names_is_redacted_and_names_stay_distinct(scanner):

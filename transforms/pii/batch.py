@@ -332,6 +332,19 @@ def _scan_values(
 
 
 _WHOLE_NUMBER = regex.compile(r'[0-9]+')
+# A `"key": value` pair of JSON text, a string value possibly cut off by the text's end.
+_JSON_PAIR = regex.compile(
+  r'(?P<head>"(?P<key>(?:[^"\\]|\\.)*)"\s*:\s*)'
+  r'(?:"(?P<text>(?:[^"\\]|\\.)*)(?:"|\\?$)|(?P<number>-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?))'
+)
+
+
+def _json_text(escaped: str) -> str:
+  """The text of a JSON string's inside (escapes undone); as it stands when they cannot be."""
+  try:
+    return json.loads(f'"{escaped}"')
+  except ValueError:
+    return escaped
 
 
 def _whole_numbers(values: pa.Array) -> np.ndarray:
@@ -621,6 +634,25 @@ class _RecordRedactor:
       container[key] = None
       self.counts[f'DROPPED_BINARY:{key}'] += 1
 
+  def json_identifiers_replaced(self, text: str) -> str:
+    """Broken JSON text (a truncated or badly encoded line) with the values of its identifier keys replaced.
+
+    The text as a whole is not JSON, so no walk knows its keys; but its
+    `"user_id": "u-123"` pairs still say which values are identifiers, which a
+    text scan would keep (an id is no pattern). A value the text cuts off is
+    replaced as far as it goes.
+    """
+
+    def replace(match):
+      key = _json_text(match.group('key'))
+      if not self.is_identifier(key):
+        return match.group(0)
+      value = match.group('text')
+      value = _json_text(value) if value is not None else match.group('number')
+      return f'{match.group("head")}{json.dumps(self.identifier(key, value), ensure_ascii=False)}'
+
+    return _JSON_PAIR.sub(replace, text)
+
   def bare_phone_numbers(self, text: str) -> str:
     """A raw line's fields that are phone numbers written as integers, replaced.
 
@@ -723,8 +755,11 @@ def _walk_record(record, identifiers, formats, master_key, entities, tenant, hea
       walked = walker.walk(document, top=True)
       return walker, lambda: json.dumps(walked, ensure_ascii=False, default=str)
   if isinstance(record, str):
-    parsed = _parse_csv_line(record, header, delimiter) if header else None
+    looks_json = record.lstrip().startswith(('{', '['))
+    parsed = _parse_csv_line(record, header, delimiter) if header and not looks_json else None
     if parsed is None:  # a raw string: scanned as text
+      if looks_json:
+        record = walker.json_identifiers_replaced(record)
       holder = [record]
       walker.remember(holder, 0, record)
 
