@@ -3,9 +3,10 @@
 Each batch has the schema its reader inferred; files (and chunks of a file)
 may disagree: an int column in one and a float in another, a struct with more
 fields. `widen` merges two types into the narrowest type that holds both
-(int -> float -> string; struct fields united; list items widened), and
-`InferSchema` combines all batches into one schema, which the sinks use to
-write every file with the same types (`conform`).
+(int -> float -> string; struct fields united; list items widened; decimals
+to a decimal with the digits of both, not to float), and `InferSchema`
+combines all batches into one schema, which the sinks use to write every
+file with the same types (`conform`).
 
 `schema_to_json` / `schema_from_json` give the `_schema.json` form, and
 `drift` reports added, removed and changed fields against a declared or a
@@ -51,6 +52,38 @@ def _rank(t: pa.DataType) -> Optional[int]:
   return None
 
 
+# Decimal digits of the largest value of each integer type.
+_INTEGER_DIGITS = {8: 3, 16: 5, 32: 10, 64: 19}
+
+
+def _digits(t: pa.DataType):
+  """(digits before the point, digits after) that `t` holds exactly; None for a type without a fixed count."""
+  if pa.types.is_decimal(t):
+    return t.precision - t.scale, t.scale
+  if pa.types.is_integer(t):
+    return _INTEGER_DIGITS[t.bit_width] + (1 if pa.types.is_unsigned_integer(t) and t.bit_width == 64 else 0), 0
+  return None
+
+
+def _exact_decimal(a: pa.DataType, b: pa.DataType) -> Optional[pa.DataType]:
+  """The decimal that holds every value of decimal `a` and decimal or integer `b` exactly (their integer and
+  fraction digits); text when no decimal has that many digits; None when `b` has no fixed digits (a float).
+
+  Two exports of one money column with other precisions (NUMERIC(10,2),
+  NUMERIC(20,4)) were widened to double, which loses cents past 2**53.
+  """
+  da, db = _digits(a), _digits(b)
+  if da is None or db is None:
+    return None
+  scale = max(da[1], db[1])
+  precision = max(da[0], db[0]) + scale
+  if precision <= 38:
+    return pa.decimal128(precision, scale)
+  if precision <= 76 and (isinstance(a, pa.Decimal256Type) or isinstance(b, pa.Decimal256Type)):
+    return pa.decimal256(precision, scale)
+  return pa.string()
+
+
 def widen(a: pa.DataType, b: pa.DataType) -> pa.DataType:
   """The narrowest type that holds values of both `a` and `b`."""
   if a == b:
@@ -63,6 +96,9 @@ def widen(a: pa.DataType, b: pa.DataType) -> pa.DataType:
     return widen(a.value_type, b)
   if pa.types.is_dictionary(b):
     return widen(a, b.value_type)
+  exact = _exact_decimal(a, b) if pa.types.is_decimal(a) or pa.types.is_decimal(b) else None
+  if exact is not None:
+    return exact
   ra, rb = _rank(a), _rank(b)
   if ra is not None and rb is not None:
     if max(ra, rb) == 2:

@@ -255,3 +255,24 @@ def test_drift_report():
   d = schema_mod.drift(before, after)
   assert d['added'] == ['new'] and d['removed'] == ['gone']
   assert d['changed'] == [{'field': 'a', 'from': 'int64', 'to': 'double', 'widened': True}]
+
+
+def test_decimals_of_two_sources_widen_to_a_decimal_that_holds_both_exactly():
+  """Money columns exported with different precisions (NUMERIC(10,2) here, NUMERIC(20,4) there) were widened to
+  double, which cannot hold 12345678901234567.89; digits of both are kept, and text where no decimal can."""
+  w = schema_mod.widen
+  assert w(pa.decimal128(10, 2), pa.decimal128(20, 4)) == pa.decimal128(20, 4)
+  assert w(pa.decimal128(19, 2), pa.decimal128(5, 4)) == pa.decimal128(21, 4)
+  assert w(pa.decimal128(10, 2), pa.int64()) == pa.decimal128(21, 2)
+  assert w(pa.decimal128(38, 10), pa.decimal128(38, 0)) == pa.string()
+  assert w(pa.decimal128(10, 2), pa.float64()) == pa.float64()
+  import decimal
+
+  big = _batch([{'amount': decimal.Decimal('12345678901234567.89')}])
+  small = _batch([{'amount': decimal.Decimal('0.0001')}])
+  small = small.set_column(0, 'amount', small.column(0).cast(pa.decimal128(5, 4)))
+  schema = schema_mod.merge_schemas(schema_mod.public_schema(big.schema), schema_mod.public_schema(small.schema))
+  assert [schema_mod.conform(b, schema).column('amount').to_pylist()[0] for b in (big, small)] == [
+    decimal.Decimal('12345678901234567.89'),
+    decimal.Decimal('0.0001'),
+  ]
