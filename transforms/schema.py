@@ -21,6 +21,7 @@ Usage::
 from __future__ import annotations
 
 import functools
+import re
 from typing import Dict, List, Optional, Sequence
 
 import apache_beam as beam
@@ -227,6 +228,8 @@ def _type_to_json(t: pa.DataType):
     return {'struct': [{'name': f.name, 'type': _type_to_json(f.type)} for f in t]}
   if pa.types.is_list(t) or pa.types.is_large_list(t):
     return {'list': _type_to_json(t.value_type)}
+  if pa.types.is_map(t):
+    return {'map': [_type_to_json(t.key_type), _type_to_json(t.item_type)]}
   return str(t)
 
 
@@ -247,7 +250,20 @@ _SCALARS = {
   'large_string': pa.large_string(),
   'binary': pa.binary(),
   'date32[day]': pa.date32(),
+  'date64[ms]': pa.date64(),
+  'halffloat': pa.float16(),
+  'large_binary': pa.large_binary(),
 }
+
+# Scalar types spelled with parameters (Parquet's and Avro's decimals, times of day, durations, fixed-size binary).
+_PARAMETRIC = (
+  (re.compile(r'decimal128\((\d+), (-?\d+)\)'), lambda p, s: pa.decimal128(int(p), int(s))),
+  (re.compile(r'decimal256\((\d+), (-?\d+)\)'), lambda p, s: pa.decimal256(int(p), int(s))),
+  (re.compile(r'time32\[(s|ms)\]'), pa.time32),
+  (re.compile(r'time64\[(us|ns)\]'), pa.time64),
+  (re.compile(r'duration\[(s|ms|us|ns)\]'), pa.duration),
+  (re.compile(r'fixed_size_binary\[(\d+)\]'), lambda n: pa.binary(int(n))),
+)
 
 
 def _type_from_json(value) -> pa.DataType:
@@ -255,8 +271,16 @@ def _type_from_json(value) -> pa.DataType:
     return pa.struct([pa.field(f['name'], _type_from_json(f['type'])) for f in value['struct']])
   if isinstance(value, dict) and 'list' in value:
     return pa.list_(_type_from_json(value['list']))
+  if isinstance(value, dict) and 'map' in value:
+    return pa.map_(_type_from_json(value['map'][0]), _type_from_json(value['map'][1]))
+  if not isinstance(value, str):
+    raise ValueError(f'unknown type {value!r} in schema JSON')
   if value in _SCALARS:
     return _SCALARS[value]
+  for pattern, make in _PARAMETRIC:
+    match = pattern.fullmatch(value)
+    if match:
+      return make(*match.groups())
   if isinstance(value, str) and value.startswith('timestamp['):
     unit, _, tz = value[len('timestamp[') : -1].partition(', tz=')
     return pa.timestamp(unit, tz=tz or None)

@@ -276,3 +276,24 @@ def test_decimals_of_two_sources_widen_to_a_decimal_that_holds_both_exactly():
     decimal.Decimal('12345678901234567.89'),
     decimal.Decimal('0.0001'),
   ]
+
+
+def test_a_schema_of_parquet_and_avro_types_reads_back_from_its_json():
+  """`_schema.json` is the next run's drift baseline (or its --declared_schema): a decimal, map, time of day,
+  duration or fixed-size binary column made it unreadable, so drift was silently not reported."""
+  schema = pa.schema(
+    [
+      ('amount', pa.decimal128(21, 2)),
+      ('huge', pa.decimal256(50, 3)),
+      ('props', pa.map_(pa.string(), pa.int64())),
+      ('nested', pa.list_(pa.map_(pa.string(), pa.struct([('x', pa.time64('us'))])))),
+      ('at', pa.time32('ms')),
+      ('took', pa.duration('s')),
+      ('day', pa.date64()),
+      ('digest', pa.binary(16)),
+      ('blob', pa.large_binary()),
+      ('ratio', pa.float16()),
+    ]
+  )
+  assert schema_mod.schema_from_json(schema_mod.schema_to_json(schema)) == schema
+  assert schema_mod.drift(schema, schema)['changed'] == []
