@@ -45,9 +45,11 @@ def read_owned_lines(f, start: int, end: int) -> memoryview:
 
 
 def is_blank(data) -> bool:
-  if len(data) > 4096 and bytes(data[:4096]).strip():
+  """Whether `data` holds no more than whitespace, after a UTF-8 byte order mark if it starts with one (an empty
+  sheet saved as "CSV UTF-8" is its mark alone)."""
+  if len(data) > 4096 and bytes(data[:4096]).strip().removeprefix(codecs.BOM_UTF8):
     return False
-  return not bytes(data).strip()
+  return not bytes(data).strip().removeprefix(codecs.BOM_UTF8).strip()
 
 
 def _to_end_of_line(f) -> List[bytes]:
@@ -217,7 +219,9 @@ def ranges_as_utf8(
       else:
         raw = read_owned_lines(f, rng.start, rng.end)
     if not is_blank(raw):
-      yield (rng, *to_utf8(with_line_feeds(raw, encoding), encoding, keep_bad_lines=keep_bad_lines))
+      data, bad_lines = to_utf8(with_line_feeds(raw, encoding), encoding, keep_bad_lines=keep_bad_lines)
+      if bad_lines or not is_blank(data):  # a UTF-16/32 file of its mark alone is blank once decoded
+        yield rng, data, bad_lines
     return
   with open_file(rng.path) as f:
     offset, rest = 0, b''

@@ -1054,3 +1054,12 @@ def test_a_json_file_holding_one_object_a_line_is_read_as_json_lines(tmp_path):
   assert [(d['reason'], d['position'], d['record']) for d in result.dead_letters] == [
     ('malformed_json', 'row 4', '{"id": ')
   ]
+
+
+@pytest.mark.parametrize('content', [b'\xef\xbb\xbf', b'\xef\xbb\xbf\r\n', b'\xff\xfe', b'\xfe\xff\x00\n'])
+def test_a_csv_of_only_a_byte_order_mark_is_empty_not_a_malformed_row(tmp_path, content):
+  """An empty sheet saved as "CSV UTF-8" or "Unicode text" is its byte order mark alone: no record, as an
+  empty file is, not a malformed_row counted as one."""
+  path = write(tmp_path, 'empty.csv', content)
+  result = read(tmp_path, ReadFromCsv(path))
+  assert result.dead_letters == [] and result.rows() == []
