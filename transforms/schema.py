@@ -64,10 +64,12 @@ def _whole_digits(t: pa.DataType) -> Optional[int]:
 
 
 def _exact_decimal(a: pa.DataType, b: pa.DataType) -> Optional[pa.DataType]:
-  """The decimal128 that holds every value of two decimals (or a decimal and an integer type), or None.
+  """The decimal128 that holds every value of two decimals (or a decimal and an integer type), text when
+  none can (over 38 digits), or None for other types.
 
   float64 holds 15-16 significant digits: two exports of one NUMERIC column
   with different precisions would otherwise lose digits on the way to it.
+  Past 38 digits text keeps them (Iceberg and Delta hold no wider decimal).
   """
   if not (pa.types.is_decimal(a) or pa.types.is_decimal(b)):
     return None
@@ -76,7 +78,7 @@ def _exact_decimal(a: pa.DataType, b: pa.DataType) -> Optional[pa.DataType]:
     return None
   scale = max(t.scale if pa.types.is_decimal(t) else 0 for t in (a, b))
   precision = max(whole_a, whole_b) + scale
-  return pa.decimal128(precision, scale) if precision <= 38 else None
+  return pa.decimal128(precision, scale) if precision <= 38 else pa.string()
 
 
 def widen(a: pa.DataType, b: pa.DataType) -> pa.DataType:

@@ -285,7 +285,7 @@ def test_decimals_widen_to_a_decimal_that_holds_both_exactly():
   assert w(pa.decimal128(10, 2), pa.decimal128(17, 3)) == pa.decimal128(17, 3)
   assert w(pa.decimal128(10, 2), pa.int64()) == pa.decimal128(21, 2)
   assert w(pa.uint64(), pa.decimal128(5, 0)) == pa.decimal128(20, 0)
-  assert w(pa.decimal128(38, 30), pa.int64()) == pa.float64()  # 49 digits: no decimal128 holds both
+  assert w(pa.decimal128(38, 30), pa.int64()) == pa.string()  # 49 digits: no decimal128 holds both, text does
   assert w(pa.decimal128(10, 2), pa.float64()) == pa.float64()
   b1 = _batch([{'price': decimal.Decimal('12345678.91')}])
   b2 = _batch([{'price': decimal.Decimal('12345678901234.567')}])
@@ -311,3 +311,45 @@ def test_schema_json_reads_back_every_type_a_run_writes():
     ]
   )
   assert schema_mod.schema_from_json(schema_mod.schema_to_json(schema)) == schema
+
+
+def test_decimals_of_two_sources_widen_to_a_decimal_that_holds_both_exactly():
+  """Money columns exported with different precisions (NUMERIC(10,2) here, NUMERIC(20,4) there) were widened to
+  double, which cannot hold 12345678901234567.89; digits of both are kept, and text where no decimal can."""
+  w = schema_mod.widen
+  assert w(pa.decimal128(10, 2), pa.decimal128(20, 4)) == pa.decimal128(20, 4)
+  assert w(pa.decimal128(19, 2), pa.decimal128(5, 4)) == pa.decimal128(21, 4)
+  assert w(pa.decimal128(10, 2), pa.int64()) == pa.decimal128(21, 2)
+  assert w(pa.decimal128(38, 10), pa.decimal128(38, 0)) == pa.string()
+  assert w(pa.decimal128(10, 2), pa.float64()) == pa.float64()
+  import decimal
+
+  big = _batch([{'amount': decimal.Decimal('12345678901234567.89')}])
+  small = _batch([{'amount': decimal.Decimal('0.0001')}])
+  small = small.set_column(0, 'amount', small.column(0).cast(pa.decimal128(5, 4)))
+  schema = schema_mod.merge_schemas(schema_mod.public_schema(big.schema), schema_mod.public_schema(small.schema))
+  assert [schema_mod.conform(b, schema).column('amount').to_pylist()[0] for b in (big, small)] == [
+    decimal.Decimal('12345678901234567.89'),
+    decimal.Decimal('0.0001'),
+  ]
+
+
+def test_a_schema_of_parquet_and_avro_types_reads_back_from_its_json():
+  """`_schema.json` is the next run's drift baseline (or its --declared_schema): a decimal, map, time of day,
+  duration or fixed-size binary column made it unreadable, so drift was silently not reported."""
+  schema = pa.schema(
+    [
+      ('amount', pa.decimal128(21, 2)),
+      ('huge', pa.decimal256(50, 3)),
+      ('props', pa.map_(pa.string(), pa.int64())),
+      ('nested', pa.list_(pa.map_(pa.string(), pa.struct([('x', pa.time64('us'))])))),
+      ('at', pa.time32('ms')),
+      ('took', pa.duration('s')),
+      ('day', pa.date64()),
+      ('digest', pa.binary(16)),
+      ('blob', pa.large_binary()),
+      ('ratio', pa.float16()),
+    ]
+  )
+  assert schema_mod.schema_from_json(schema_mod.schema_to_json(schema)) == schema
+  assert schema_mod.drift(schema, schema)['changed'] == []
