@@ -1255,7 +1255,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   cli.configure_logging(cli.log_format_of(argv))
   try:
     manifest = run(argv, allow_demo=True)
-  except (UsageError, ConfigError, OutputLockedError, lake_tables.TableError) as e:
+  except (UsageError, ConfigError, OutputLockedError, lake_tables.TableError, schema_mod.SchemaConflictError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   print()

@@ -37,6 +37,7 @@ __all__ = [
   'concat_widened',
   'InferSchema',
   'conform',
+  'SchemaConflictError',
   'schema_to_json',
   'schema_from_json',
   'drift',
@@ -192,12 +193,28 @@ def _as_json_text(arr: pa.Array) -> pa.Array:
   return pa.array([json_text(v) for v in arr.to_pylist()], pa.string())
 
 
+class SchemaConflictError(ValueError):
+  """A column whose values no one type of the run holds exactly; the message names it and what to do."""
+
+
 def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
-  """The batch with exactly `schema`'s public columns (cast, null-filled), internal columns kept."""
+  """The batch with exactly `schema`'s public columns (cast, null-filled), internal columns kept.
+
+  SchemaConflictError when a column's values do not fit its widened type:
+  integers beyond 2**53 in one input and fractions in another (float64
+  would change the integers' digits).
+  """
   arrays, names = [], []
   for f in schema:
     if f.name in batch.schema.names:
-      arrays.append(_conform_array(batch.column(f.name), f.type))
+      try:
+        arrays.append(_conform_array(batch.column(f.name), f.type))
+      except pa.ArrowInvalid as e:
+        raise SchemaConflictError(
+          f'column {f.name!r}: its {batch.schema.field(f.name).type} values do not fit {f.type}, the type that '
+          f'holds every input\'s ({str(e).splitlines()[0][:200]}); read it as text (string_columns: '
+          f'[{f.name}] in the source\'s --config options)'
+        ) from None
     else:
       arrays.append(pa.nulls(batch.num_rows, f.type))
     names.append(f.name)

@@ -536,6 +536,33 @@ def test_a_run_on_an_output_another_run_holds_is_refused_naming_it(tmp_path, cap
   assert not os.path.exists(os.path.join(output, '_lock.json'))  # released after the run
 
 
+def test_integers_beyond_a_double_in_one_file_and_fractions_in_another_stop_the_run_naming_the_column(tmp_path, capsys):
+  """No one type holds 9007199254740993 and 1.5 exactly: one error line names the column and the way out
+  (read it as text), and that way out reads both values as written."""
+  from pipelines.spotify_batch import main
+
+  for name, event_id, big in (('a.csv', 'e1', '9007199254740993'), ('b.csv', 'e2', '1.5')):
+    rows = [dict(_event(event_id, 'u1', 'acme'), big=big)]
+    with open(tmp_path / name, 'w', newline='', encoding='utf-8') as handle:
+      writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+      writer.writeheader()
+      writer.writerows(rows)
+  pattern = str(tmp_path / '*.csv')
+  code = main(['--input', pattern, '--tenant_field', 'tenant_id', '--output', str(tmp_path / 'out')])
+  assert code == 2
+  err = capsys.readouterr().err.strip().splitlines()[-1]
+  assert err.startswith("error: column 'big': its int64 values do not fit double") and 'string_columns' in err
+  config = tmp_path / 'run.yaml'
+  config.write_text(
+    f'output: {tmp_path / "out"}\ntenant_field: tenant_id\nsources:\n'
+    f"  - {{type: csv, input: '{pattern}', string_columns: [big]}}\n"
+  )
+  manifest = run(['--config', str(config)])
+  assert manifest['counts']['written'] == 2
+  big = pq.read_table(str(tmp_path / 'out' / 'data' / 'tenant=acme')).column('big').to_pylist()
+  assert sorted(big) == ['1.5', '9007199254740993']
+
+
 def test_a_run_that_fails_before_its_manifest_leaves_the_previous_output(tmp_path, monkeypatch):
   from io_connectors.sinks import lake
 
