@@ -93,6 +93,7 @@ from io_connectors.sinks.lake import (
 from io_connectors.sinks.window_files import write_atomically
 from pipelines import runners
 
+from transforms.entities import epoch_millis
 from transforms.pii.pseudonyms import is_email_address, pseudonymise
 from transforms.pii.suppression import record_in_shared_list, record_suppressed, suppression_tokens
 from transforms.records import json_safe
@@ -1335,7 +1336,7 @@ def _as_utc(value) -> Optional[dt.datetime]:
   An integer in a TFRecord feature (a list) is the sink's encoding of a
   timestamp: microseconds. Elsewhere the sinks write times as timestamps or
   ISO text, so an integer is a source's own column, read as the validator
-  reads an integer time: epoch milliseconds (read as microseconds, a record
+  reads an integer time: epoch milliseconds, ten digits seconds (read as microseconds, a record
   made last week was from January 1970 and expired). A float, or an integer
   beyond the calendar, is no time: the record is kept.
   """
@@ -1348,7 +1349,7 @@ def _as_utc(value) -> Optional[dt.datetime]:
   if isinstance(value, dt.datetime):
     return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
   if isinstance(value, int):
-    return _after_epoch(milliseconds=value)
+    return _after_epoch(milliseconds=epoch_millis(value))
   if isinstance(value, bytes):
     value = value.decode('utf-8', 'replace')
   try:

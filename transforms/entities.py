@@ -51,6 +51,7 @@ __all__ = [
   'field_rules',
   'comparable_name',
   'key_field',
+  'epoch_millis',
 ]
 
 # Roles a field plays for PII redaction (transforms.pii).
@@ -199,8 +200,20 @@ def to_bool(value: Any) -> Optional[bool]:
   raise ValueError(f'expected a boolean, got {value!r}')
 
 
+# Ten-digit epoch values are seconds (2001-09-09 to 2286-11-20): as milliseconds they would be
+# January to April 1970, which no event of a streaming platform is. Exported from systems that count
+# seconds (Unix time, most SQL databases' epoch functions), they must not become 1970.
+EPOCH_SECONDS_RANGE = (10**9, 10**10)
+
+
+def epoch_millis(value: int) -> int:
+  """An integer epoch time in milliseconds: ten-digit values are seconds (EPOCH_SECONDS_RANGE), others ms."""
+  low, high = EPOCH_SECONDS_RANGE
+  return value * 1000 if low <= value < high else value
+
+
 def to_utc_timestamp(value: Any) -> Optional[dt.datetime]:
-  """ISO-8601 with an offset, or epoch milliseconds; returned in UTC."""
+  """ISO-8601 with an offset, or epoch milliseconds (ten digits: seconds, `epoch_millis`); returned in UTC."""
   if value is None or _blank(value):
     return None
   if isinstance(value, dt.datetime):
@@ -210,7 +223,7 @@ def to_utc_timestamp(value: Any) -> Optional[dt.datetime]:
   if isinstance(value, bool):
     raise ValueError('expected a timestamp, got a boolean')
   if isinstance(value, int) or (isinstance(value, str) and re.fullmatch(EPOCH_MS_PATTERN, value)):
-    millis = int(value)
+    millis = epoch_millis(int(value))
     try:
       return dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(milliseconds=millis)
     except OverflowError:

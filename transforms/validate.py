@@ -335,7 +335,8 @@ _EPOCH_MS_RANGE = (-62_135_596_800_000, 253_402_300_799_999)
 
 
 def _epoch_ms(arr) -> Tuple[pa.Array, np.ndarray]:
-  """Epoch ms (integers, or text of digits) as UTC timestamps, and where they are beyond the calendar (null there).
+  """Epoch ms (integers, or text of digits; ten digits are seconds) as UTC timestamps, and where they are
+  beyond the calendar (null there).
 
   A producer's nanoseconds or a garbled number must be the row's invalid
   value: cast as they are, they overflow and stop the step for the batch.
@@ -346,6 +347,9 @@ def _epoch_ms(arr) -> Tuple[pa.Array, np.ndarray]:
     beyond = _mask(pc.greater(arr, pa.scalar(high, pa.uint64())))
     arr = _null_where(arr, beyond)
   millis = arr.cast(pa.int64())
+  seconds_low, seconds_high = entities.EPOCH_SECONDS_RANGE  # ten digits: seconds (`entities.epoch_millis`)
+  seconds = pc.and_(pc.greater_equal(millis, seconds_low), pc.less(millis, seconds_high))
+  millis = pc.if_else(seconds, pc.multiply(millis, 1000), millis)
   beyond |= _mask(pc.or_(pc.less(millis, low), pc.greater(millis, high)))
   return _null_where(millis, beyond).cast(pa.timestamp('ms', tz='UTC')).cast(_UTC_US), beyond
 

@@ -439,6 +439,31 @@ def test_epoch_milliseconds_beyond_the_calendar_are_an_invalid_value_not_a_faile
   assert valid.num_rows == 0 and [(l['reason'], l['field']) for l in letters] == [('invalid_value', 'played_at')]
 
 
+def test_ten_digit_epoch_times_are_seconds_not_january_1970():
+  """Unix time and SQL epoch functions count seconds: 1717243200 is 2024-06-01 12:00 UTC, not 1970-01-20.
+  As milliseconds a ten-digit value would be January to April 1970; other lengths stay milliseconds."""
+  utc = dt.timezone.utc
+  values = [1717243200, '1717243200', 1717243200000, ' 1717243200123 ', 1000, 999_999_999]
+  rows = [dict(GOOD, event_id=f'e{i}', played_at=v) for i, v in enumerate(values)]
+  expected = [
+    dt.datetime(2024, 6, 1, 12, 0, tzinfo=utc),
+    dt.datetime(2024, 6, 1, 12, 0, tzinfo=utc),
+    dt.datetime(2024, 6, 1, 12, 0, tzinfo=utc),
+    dt.datetime(2024, 6, 1, 12, 0, 0, 123000, tzinfo=utc),
+    dt.datetime(1970, 1, 1, 0, 0, 1, tzinfo=utc),
+    dt.datetime(1970, 1, 12, 13, 46, 39, 999000, tzinfo=utc),
+  ]
+  for batch in (
+    pa.RecordBatch.from_pylist(rows[:1] + rows[2:3] + rows[4:]),
+    pa.RecordBatch.from_pylist(rows[1:2] + rows[3:4]),
+  ):
+    valid, dead = validate_batch(with_provenance(batch, 'f.csv', 2), entities.ListeningEvent)
+    assert dead == []
+    by_id = dict(zip(valid.column('event_id').to_pylist(), valid.column('played_at').to_pylist()))
+    assert all(by_id[f'e{i}'] == expected[i] for i in range(len(values)) if f'e{i}' in by_id)
+  assert [entities.ListeningEvent.model_validate(r).played_at for r in rows] == expected
+
+
 def test_times_with_seven_to_nine_fraction_digits_are_read_to_the_microsecond():
   """.NET's round-trip format writes 7 fraction digits, Java's Instant and Go's RFC 3339 up to 9: such times
   are instants, not invalid_type dead letters; digits past the microsecond go, as they do for nanosecond
