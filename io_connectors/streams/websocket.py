@@ -131,6 +131,10 @@ class WebSocketOptions:
   queue_size: plain mode: messages held in memory at most (the receiver
     stops reading the socket while it is full, so the server buffers).
   string_columns: columns read as text (as the file readers' option).
+  max_message_bytes: the largest message received (websockets' own limit is
+    1 MiB: a larger message closed the connection and was lost). A message
+    above it still closes the connection (code 1009) and is logged as an
+    error naming this option; the feed is then read again after a reconnect.
   durable: land messages in this Redis stream (its first stream) and read
     them from there; its ``bounded`` is set from this source's bounded mode,
     its ``ack`` says when entries are acknowledged (with 'sink', through
@@ -149,6 +153,7 @@ class WebSocketOptions:
   orphan_timeout_s: float = 120.0
   queue_size: int = 100_000
   string_columns: Sequence[str] = ()
+  max_message_bytes: int = 16 * 1024 * 1024
   durable: Optional[RedisStreamsOptions] = None
 
   def __post_init__(self):
@@ -157,7 +162,7 @@ class WebSocketOptions:
     if not isinstance(self.headers, Mapping):
       raise ValueError('headers must be a mapping of header names to values')
     object.__setattr__(self, 'headers', dict(self.headers))
-    for name in ('batch_size', 'queue_size'):
+    for name in ('batch_size', 'queue_size', 'max_message_bytes'):
       value = getattr(self, name)
       if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f'{name} must be a positive integer, got {value!r}')
@@ -231,7 +236,13 @@ class WebSocketReceiver:
     delays = _reconnect_backoff(opts.initial_backoff_s, opts.max_backoff_s)
     while not self._stop.is_set() and not self.reached_max:
       try:
-        with connect(opts.url, additional_headers=opts.headers or None, open_timeout=30, close_timeout=5) as ws:
+        with connect(
+          opts.url,
+          additional_headers=opts.headers or None,
+          open_timeout=30,
+          close_timeout=5,
+          max_size=opts.max_message_bytes,
+        ) as ws:
           self.connections += 1
           delays = _reconnect_backoff(opts.initial_backoff_s, opts.max_backoff_s)  # a connection resets the backoff
           if opts.subscribe_message is not None:
@@ -245,10 +256,29 @@ class WebSocketReceiver:
             self.last_message_at = time.monotonic()
             self._deliver(message)
       except (WebSocketException, OSError, TimeoutError) as e:
-        # Only the class and the public URL: the error text may quote headers.
-        _LOG.warning('websocket %s: %s; reconnecting', opts.source, type(e).__name__)
+        if _too_big(e):
+          _LOG.error(
+            'websocket %s: a message larger than max_message_bytes (%d) closed the connection; it was not read. '
+            'Raise max_message_bytes to read such messages. Reconnecting',
+            opts.source,
+            opts.max_message_bytes,
+          )
+        else:
+          # Only the class and the public URL: the error text may quote headers.
+          _LOG.warning('websocket %s: %s; reconnecting', opts.source, type(e).__name__)
       if not self._stop.is_set() and not self.reached_max:
         self._stop.wait(next(delays))
+
+
+def _too_big(error: BaseException) -> bool:
+  """Whether the connection closed because a message exceeded the size limit (close code 1009)."""
+  from websockets.exceptions import ConnectionClosed, PayloadTooBig
+
+  if isinstance(error, PayloadTooBig):
+    return True
+  if isinstance(error, ConnectionClosed):
+    return any(frame is not None and frame.code == 1009 for frame in (error.sent, error.rcvd))
+  return False
 
 
 class _Feed:

@@ -138,6 +138,31 @@ def test_plain_mode_reconnects_and_reads_every_message_sent(tmp_path):
     assert feed.authorizations == [f'Bearer {TOKEN}'] * 2
 
 
+def test_a_message_over_websockets_default_1_mib_is_read(caplog):
+  """websockets closes a connection on a message over 1 MiB (its default), and plain mode cannot read it again:
+  feeds that send large snapshots must get them. A message over max_message_bytes is logged as an error."""
+  feed_messages = _messages(120)
+  feed_messages[100] = json.dumps({'event_id': 'e100', 'action': 'like', 'user_id': 'u0', 'note': 'x' * (2 << 20)})
+  with _Feed(feed_messages, cut=50) as feed:
+    options = WebSocketOptions(
+      url=f'ws://127.0.0.1:{feed.port}/live',
+      subscribe_message='{"op": "subscribe"}',
+      max_messages=120,
+      idle_timeout_s=5,  # a lost message would leave the read waiting for it
+      initial_backoff_s=0.1,
+      poll_seconds=0.2,
+    )
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+      out = p | ReadFromWebSocket(options)
+      notes = out.records | beam.FlatMap(
+        lambda b: [len(n) for n in b.column('note').to_pylist() if n] if 'note' in b.schema.names else []
+      )
+      assert_that(notes, equal_to([2 << 20]))
+  assert not [r for r in caplog.records if 'max_message_bytes' in r.getMessage()]
+  with pytest.raises(ValueError, match='max_message_bytes'):
+    WebSocketOptions(url="ws://127.0.0.1:1/live", max_message_bytes=0)
+
+
 def test_durable_mode_lands_in_redis_then_reads_through_the_consumer_group():
   url = redis_url()
   stream = fresh_name('ws')
