@@ -69,6 +69,7 @@ from apache_beam.coders import PickleCoder
 from apache_beam.transforms import window
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
 
 from transforms.anomaly import iso
 
@@ -332,6 +333,10 @@ def _fingerprint(*parts) -> str:
   return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
+def _point_name(record: Mapping) -> str:
+  return f"{record.get('metric')!s}{{tenant_id={record.get('tenant_id')!s}, subject={record.get('subject')!s}}}"
+
+
 class _MatchRules(beam.DoFn):
   def __init__(self, rules: Sequence[Rule]):
     self._rules = tuple(rules)
@@ -339,6 +344,12 @@ class _MatchRules(beam.DoFn):
   def process(self, record, timestamp=beam.DoFn.TimestampParam):
     if not isinstance(record, Mapping) or not _is_number(record.get('value')):
       return
+    if timestamp <= MIN_TIMESTAMP:
+      # Episodes, silences and rate limits run on event time: a point without one has no place in them.
+      raise ValueError(
+        f'EvaluateAlerts: the point {_point_name(record)} has no event time (a beam.Create, or a source that '
+        'does not stamp its elements); emit points as beam.window.TimestampedValue(point, epoch_seconds)'
+      )
     for rule in self._rules:
       if rule.watches(record):
         point = {

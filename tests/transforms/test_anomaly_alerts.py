@@ -272,3 +272,13 @@ def test_a_summary_template_with_a_number_format_renders_firing_and_resolve():
 def test_a_summary_template_that_cannot_render_is_refused_when_loaded(summary):
   with pytest.raises(AlertRuleError, match=r"alert rule 'hot' \(rules\[0\]\): summary"):
     parse_config({'rules': [{'name': 'hot', 'kind': 'threshold', 'metric': 'm', 'value': 1, 'summary': summary}]})
+
+
+def test_points_without_an_event_time_are_refused_naming_the_point():
+  """Episodes run on event time: a batch Create's points (Beam's minimum timestamp) stopped the job with
+  'year -290308 is out of range'; the error now names the point and how to stamp it."""
+  config = parse_config({'rules': [{'name': 'hot', 'kind': 'threshold', 'metric': 'm', 'value': 1}]})
+  with pytest.raises(Exception, match=r'no event time.*TimestampedValue') as raised:
+    with TestPipeline() as p:
+      _ = p | beam.Create([{'tenant_id': 'acme', 'metric': 'm', 'subject': 's', 'value': 5.0}]) | EvaluateAlerts(config)
+  assert 'm{tenant_id=acme, subject=s}' in str(raised.value)
