@@ -441,6 +441,15 @@ def test_numbers_under_an_identifier_name_stay_whatever_checksum_they_pass(scann
   )
   assert {name: record[name] for name in ids} == ids
   assert '4155552671' not in record['note'] and '4111' not in record['note']
+  # JSON text in a column: the same rule for its keys.
+  text = '{"order_id": 4111111111111111, "invoiceNo": "5555555555554444", "card": 4111111111111111}'
+  redacted, found = scanner.redact_text(text)
+  assert json.loads(redacted) == {
+    'order_id': 4111111111111111,
+    'invoiceNo': '5555555555554444',
+    'card': '<CREDIT_CARD>',
+  }
+  assert found == {'CREDIT_CARD': 1}
 
 
 def test_a_broken_json_line_has_the_values_of_its_identifier_keys_pseudonymised(scanner):

@@ -32,7 +32,13 @@ from transforms.entities import (
 from transforms.json_values import loads
 from transforms.pii.keys import MasterKey
 from transforms.pii.pseudonyms import pseudonym, pseudonymise
-from transforms.pii.recognizers import is_placeholder, is_secret_name, names_an_identifier, phone_like_integer
+from transforms.pii.recognizers import (
+  is_identifier_number,
+  is_placeholder,
+  is_secret_name,
+  names_an_identifier,
+  phone_like_integer,
+)
 from transforms.pii.scanner import SCANNED_INT, TextScanner, _is_string_type, _is_text_type, context_word
 from transforms.records import BINARY_TEXT_PREFIX, ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN
 
@@ -331,7 +337,6 @@ def _scan_values(
   return values  # booleans, timestamps, dates, decimals: no text
 
 
-_WHOLE_NUMBER = regex.compile(r'[0-9]+')
 # A `"key": value` pair of JSON text, a string value possibly cut off by the text's end.
 _JSON_PAIR = regex.compile(
   r'(?P<head>"(?P<key>(?:[^"\\]|\\.)*)"\s*:\s*)'
@@ -614,16 +619,15 @@ class _RecordRedactor:
       # Bytes a stage before made JSON-ready (`json_safe`): dropped as bytes are, base64 hides PII from a scan.
       container[key] = None
       self.counts[f'DROPPED_BINARY:{key}'] += 1
+    elif is_identifier_number(original, key):
+      pass  # an order number or an epoch, as in a record batch's column of that name
     elif isinstance(original, str):
-      if not (_WHOLE_NUMBER.fullmatch(original) and isinstance(key, str) and names_an_identifier(key)):
-        self.slots.append((container, key))
-        self.texts.append(original)
+      self.slots.append((container, key))
+      self.texts.append(original)
     elif isinstance(original, float) and original.is_integer() and abs(original) < 10**15:
       self.remember(container, key, int(original))
     elif isinstance(original, int) and not isinstance(original, bool):
-      if isinstance(key, str) and names_an_identifier(key):
-        pass  # an order number or an epoch, as in a record batch's column of that name
-      elif phone_like_integer(original):
+      if phone_like_integer(original):
         container[key] = '<PHONE_NUMBER>'
         self.counts['PHONE_NUMBER'] += 1
       elif abs(original) >= SCANNED_INT:  # a card number written without quotes

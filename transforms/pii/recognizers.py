@@ -34,6 +34,7 @@ __all__ = [
   'has_context',
   'name_words',
   'names_an_identifier',
+  'is_identifier_number',
   'is_secret_name',
   'phone_like_integer',
 ]
@@ -241,6 +242,19 @@ def names_an_identifier(name: Optional[str]) -> bool:
   16-digit id in ten passes the card checksum.
   """
   return bool(name) and any(w in ID_WORDS for w in _token_words(name))
+
+
+_WHOLE_NUMBER = regex.compile(r'[0-9]+')
+
+
+def is_identifier_number(value: Any, name: Any) -> bool:
+  """Whether `value` is a whole number (an int, or text of digits only) under a `names_an_identifier` name:
+  kept as it is, never scanned as a phone or card number."""
+  if not isinstance(name, str):
+    return False
+  if isinstance(value, str):
+    return _WHOLE_NUMBER.fullmatch(value) is not None and names_an_identifier(name)
+  return isinstance(value, int) and not isinstance(value, bool) and names_an_identifier(name)
 
 
 def has_context(text: str, start: int, words, n_words: int = 3) -> bool:

@@ -38,6 +38,7 @@ from transforms.pii.recognizers import (
   build_recognizers,
   enough_phone_digits,
   is_placeholder,
+  is_identifier_number,
   is_secret_name,
   name_words,
   phone_like_integer,
@@ -374,6 +375,8 @@ class TextScanner:
     name: the key the value is under: a secret's name (`password`) makes the
     whole value a SECRET_ASSIGNMENT, a phone or card word is context.
     """
+    if is_identifier_number(value, name):
+      return value  # `"order_id": 4111111111111111`: an order number, as in a column of that name
     if isinstance(value, str):
       if 'SECRET_ASSIGNMENT' in self.entities and is_secret_name(name) and not is_placeholder(value):
         counts['SECRET_ASSIGNMENT'] += 1
