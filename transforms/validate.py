@@ -225,14 +225,19 @@ def _cast_or_each(texts: pa.Array, target: pa.DataType, convert) -> Tuple[pa.Arr
   try:
     return texts.cast(target), np.zeros(len(texts), dtype=bool)
   except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-    converted, bad = [], np.zeros(len(texts), dtype=bool)
-    for i, text in enumerate(texts.to_pylist()):
-      try:
-        converted.append(None if text is None else convert(text))
-      except (ValueError, OverflowError):
-        converted.append(None)
-        bad[i] = True
-    return pa.array(converted, type=target), bad
+    return _each(texts, target, convert)
+
+
+def _each(texts: pa.Array, target: pa.DataType, convert) -> Tuple[pa.Array, np.ndarray]:
+  """`convert` on each of `texts`: (the values as `target`, where one was refused)."""
+  converted, bad = [], np.zeros(len(texts), dtype=bool)
+  for i, text in enumerate(texts.to_pylist()):
+    try:
+      converted.append(None if text is None else convert(text))
+    except (ValueError, OverflowError):
+      converted.append(None)
+      bad[i] = True
+  return pa.array(converted, type=target), bad
 
 
 _WHOLE_DECIMAL = r'^([ \t]*[+-]?[0-9]+)\.0*([ \t]*)$'
@@ -404,7 +409,7 @@ def _times_of_text(texts: pa.Array, target: pa.DataType, convert) -> Tuple[pa.Ar
   try:
     return texts.cast(pa.timestamp('ns', tz=target.tz)).cast(target, safe=False), np.zeros(len(texts), dtype=bool)
   except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-    return _cast_or_each(texts, target, convert)
+    return _each(texts, target, convert)
 
 
 def utc_timestamps(arr: pa.Array) -> pa.Array:
