@@ -77,10 +77,13 @@ def _tfds_event_ids(data_dir):
 
 
 def test_erase_from_ml_features_and_a_tfds_copy(tmp_path, capsys, monkeypatch):
+  """Also: event ids are the sources' own, here the same in both tenants. The other tenant's examples, in the
+  features and in a TFDS dataset of its group, are left alone whatever their event ids."""
   monkeypatch.setenv('PII_MASTER_KEY', KEY)
   lake = str(tmp_path / 'lake')
   acme = _with_subject(events('acme', users=30, plays_per_user=6, seed=1), 'acme', 'u1x00039')
   nord7 = _with_subject(events('nord7', users=30, plays_per_user=6, seed=2), 'nord7', 'u2x00049')
+  nord7 = nord7.set_column(nord7.schema.get_field_index('event_id'), 'event_id', acme.column('event_id'))
   write_lake(lake, {'acme': acme, 'nord7': nord7})
   subject_events = set(
     acme.filter(pc.equal(acme.column('user_id'), _pseudonym(SUBJECT, 'acme')))['event_id'].to_pylist()
@@ -98,30 +101,41 @@ def test_erase_from_ml_features_and_a_tfds_copy(tmp_path, capsys, monkeypatch):
   import pipelines.tfds_music  # noqa: F401  # registers music_listening_events
 
   data_dir = str(tmp_path / 'tfds')
+  nord7_dir = str(tmp_path / 'tfds-nord7')
   tfds.builder('music_listening_events', data_dir=data_dir, features_dir=out, group='acme').download_and_prepare()
+  tfds.builder('music_listening_events', data_dir=nord7_dir, features_dir=out, group='nord7').download_and_prepare()
   assert subject_events & _tfds_event_ids(data_dir)
+  nord7_before = _tfds_event_ids(nord7_dir)
+  assert subject_events <= nord7_before  # the same event ids, another tenant's plays
   subjects = tmp_path / 'ids.txt'
   subjects.write_text(SUBJECT + '\n')
   command = ['erase', '--tenant', 'acme', '--subject_file', str(subjects), '--output', data_dir, '--output', out]
 
-  assert gdpr.main([*command, '--report', str(tmp_path / 'report.json')]) == 0
+  assert gdpr.main([*command, '--output', nord7_dir, '--report', str(tmp_path / 'report.json')]) == 0
 
   request = json.loads((tmp_path / 'report.json').read_text())
-  # The features run first (it finds the event ids), then its TFDS copy.
-  report, copy = request['outputs']
-  assert (report['output_kind'], copy['output_kind']) == ('ml_features', 'tfds')
+  # The features run first (it finds the event ids), then its TFDS copies.
+  report, copy, nord7_copy = request['outputs']
+  assert (report['output_kind'], copy['output_kind'], nord7_copy['output_kind']) == ('ml_features', 'tfds', 'tfds')
+  assert (copy['output'], nord7_copy['output']) == (data_dir, nord7_dir)
   assert report['rescan_matches'] == 0 and copy['rescan_matches'] == 0
   assert report['event_ids_found'] == 6 and report['records_removed'] == {'data': 6, 'dead_letter': 0}
   assert copy['records_removed'] == {'data': 6}
+  assert nord7_copy['records_removed'] == {'data': 0}
+  assert _tfds_event_ids(nord7_dir) == nord7_before
   assert not [e for e in subject_events if f'"{e}"' in json.dumps(request)], 'no event id in the report'
   tfds_ids = _tfds_event_ids(data_dir)
   assert not tfds_ids & subject_events and len(tfds_ids) == sum(before['counts']['per_group']['acme'].values()) - 6
   after = read_manifest(out)
   examples = _examples(out)
-  ids = {i for found, _ in examples.values() for i in found}
+  ids = {i for path, (found, _) in examples.items() if 'tenant=acme' in path for i in found}
+  nord7_ids = [i for path, (found, _) in examples.items() if 'tenant=nord7' in path for i in found]
   assert not ids & subject_events, 'the subject\'s examples are gone'
-  assert other_tenant <= ids, 'the same person in another tenant is another subject'
-  assert len(ids) == before['counts']['transformed'] - 6
+  assert other_tenant <= set(nord7_ids), 'the same person in another tenant is another subject'
+  assert len(nord7_ids) == sum(before['counts']['per_group']['nord7'].values()), (
+    'and the same event ids in another tenant are other plays'
+  )
+  assert len(ids) + len(nord7_ids) == before['counts']['transformed'] - 6
   assert after['counts']['transformed'] == before['counts']['transformed'] - 6 and after['counts']['erased'] == 6
   per_split = after['counts']['per_group']['acme']
   assert sum(per_split.values()) == sum(before['counts']['per_group']['acme'].values()) - 6
@@ -162,32 +176,3 @@ def test_erase_from_ml_features_and_a_tfds_copy(tmp_path, capsys, monkeypatch):
   with pytest.raises(ComplianceError, match='hold a subject'):
     erase(out, 'acme', ['listener-8'], _key())
   assert read_manifest(out)['run_id'] == after['run_id']
-
-
-def test_erasure_leaves_the_tfds_dataset_of_another_tenant_alone(tmp_path, monkeypatch):
-  """Event ids are the sources' own (here the same in both tenants): a TFDS dataset of another tenant's group
-  holds none of the subject's examples, whatever its event ids."""
-  import tensorflow_datasets as tfds
-
-  import pipelines.tfds_music  # noqa: F401  # registers music_listening_events
-
-  monkeypatch.setenv('PII_MASTER_KEY', KEY)
-  acme = _with_subject(events('acme', users=30, plays_per_user=6, seed=1), 'acme', 'u1x00039')
-  nord7 = events('nord7', users=30, plays_per_user=6, seed=2)
-  nord7 = nord7.set_column(nord7.schema.get_field_index('event_id'), 'event_id', acme.column('event_id'))
-  lake = write_lake(str(tmp_path / 'lake'), {'acme': acme, 'nord7': nord7})
-  out = str(tmp_path / 'features')
-  ml_features.run(['--input', lake, '--output', out, '--run_id', 'feat-1'])
-  dirs = {tenant: str(tmp_path / 'tfds' / tenant) for tenant in ('acme', 'nord7')}
-  for tenant, data_dir in dirs.items():
-    tfds.builder('music_listening_events', data_dir=data_dir, features_dir=out, group=tenant).download_and_prepare()
-  nord7_before = _tfds_event_ids(dirs['nord7'])
-  subjects = tmp_path / 'ids.txt'
-  subjects.write_text(SUBJECT + '\n')
-  report = tmp_path / 'report.json'
-  command = ['erase', '--tenant', 'acme', '--subject_file', str(subjects), '--output', out]
-  assert gdpr.main([*command, '--output', dirs['acme'], '--output', dirs['nord7'], '--report', str(report)]) == 0
-
-  removed = {o['output']: o['records_removed'] for o in json.loads(report.read_text())['outputs']}
-  assert removed[dirs['acme']] == {'data': 6} and removed[dirs['nord7']] == {'data': 0}
-  assert _tfds_event_ids(dirs['nord7']) == nord7_before

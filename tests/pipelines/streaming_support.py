@@ -58,10 +58,12 @@ def iso(ms: int) -> str:
   return dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc).isoformat().replace('+00:00', 'Z')
 
 
-def plan_events(n: int, base_ms: int, late: int, seed: int = 7) -> EventPlan:
-  """n distinct valid events over 20 windows in event-time order (1% duplicated, 2% malformed), and late ones.
+def plan_events(n: int, base_ms: int, late: int, seed: int = 7, windows: int = 20) -> EventPlan:
+  """n distinct valid events over `windows` windows in event-time order (1% duplicated, 2% malformed), and late ones.
 
   A user's events go to one partition; tenants 'acme' and 'globex' by user.
+  Runners close a backlog's windows one timer firing at a time (Prism ~1.5 s
+  each): tests that are not about many windows ask for fewer.
   """
   rng = random.Random(seed)
   users = [f'user-{i:04d}' for i in range(200)]
@@ -81,7 +83,7 @@ def plan_events(n: int, base_ms: int, late: int, seed: int = 7) -> EventPlan:
     return partition_of(user), json.dumps(body).encode('utf-8'), at_ms
 
   on_time, unique_valid, duplicates, malformed = [], {}, 0, 0
-  span_ms = 20 * WINDOW_S * 1000
+  span_ms = windows * WINDOW_S * 1000
   for i in range(n):
     user = rng.choice(users)
     at_ms = base_ms + i * span_ms // n

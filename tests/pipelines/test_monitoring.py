@@ -317,7 +317,7 @@ def test_streaming_job_pushes_dead_letters_per_tenant_and_reason_when_it_ends(pr
   server, gateway, _ = prometheus
   bootstrap = f'127.0.0.1:{ensure_service("kafka")}'
   topic = new_topic(bootstrap)
-  plan = plan_events(200, int(time.time() * 1000) - 3_600_000, late=0, seed=11)
+  plan = plan_events(200, int(time.time() * 1000) - 3_600_000, late=0, seed=11, windows=4)
   per_partition = {p: 0 for p in range(PARTITIONS)}
   for partition, _, _ in plan.on_time:
     per_partition[partition] += 1

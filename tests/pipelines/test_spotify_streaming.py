@@ -193,6 +193,7 @@ def run_kafka_end_to_end(
   ends_by_itself: bool = True,
   flink_cluster=None,
   extra_job_argv: Sequence[str] = (),
+  windows: int = 20,
 ):
   """Produces the plan to a new topic and runs the job; checks outputs and the group's committed offsets.
 
@@ -202,7 +203,7 @@ def run_kafka_end_to_end(
   """
   topic = new_topic(kafka)
   base_ms = _window_aligned_hour_ago()
-  plan = plan_events(n, base_ms, late)
+  plan = plan_events(n, base_ms, late, windows=windows)
   produce(kafka, topic, plan.on_time)
   extra_argv, pads = [], []
   if ends_by_itself:
@@ -392,7 +393,13 @@ def test_clean_events_also_go_to_a_kafka_topic(request, kafka, tmp_path):
   """--output_topic: every event written to the files is produced once more, as the files have it (PII redacted)."""
   output_topic = new_topic(kafka)
   output = run_kafka_end_to_end(
-    kafka, tmp_path, _runner_argv(request, 'prism'), n=2000, late=10, extra_job_argv=['--output_topic', output_topic]
+    kafka,
+    tmp_path,
+    _runner_argv(request, 'prism'),
+    n=2000,
+    late=10,
+    extra_job_argv=['--output_topic', output_topic],
+    windows=4,
   )
   consumer = confluent_kafka.Consumer(
     {

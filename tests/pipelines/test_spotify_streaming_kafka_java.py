@@ -36,6 +36,9 @@ import confluent_kafka  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures('streaming_pii_key')
 
+# The events' windows: each closes in a timer firing of its own, and the test is about the reader.
+WINDOWS = 4
+
 
 def _java_available() -> bool:
   try:
@@ -78,11 +81,11 @@ def test_end_to_end_with_java_kafkaio_on_flink(kafka, tmp_path, flink_cluster, f
   topic = new_topic(kafka)
   now_ms = int(time.time() * 1000)
   base_ms = now_ms - 3_600_000 - now_ms % 60_000  # an hour ago, window-aligned
-  plan = plan_events(2000, base_ms, late=20)
+  plan = plan_events(2000, base_ms, late=20, windows=WINDOWS)
   # KafkaIO's watermark follows each partition's record timestamps (an idle
   # partition holds it): one record past the last window per partition lets
   # every window close. It is malformed, so it is a dead letter.
-  closers = [(p, b'closer', base_ms + 25 * WINDOW_S * 1000) for p in range(PARTITIONS)]
+  closers = [(p, b'closer', base_ms + (WINDOWS + 5) * WINDOW_S * 1000) for p in range(PARTITIONS)]
   produce(kafka, topic, plan.on_time + closers)
   output = str(tmp_path / 'out')
   argv = flink_args['flink'] + job_argv(

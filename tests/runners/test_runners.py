@@ -284,8 +284,8 @@ def _taskmanager_running(flink_cluster, job_id: str, vertex_name: str):
 
 
 def test_flink_job_survives_killed_taskmanager(flink_cluster, flink_args, tmp_path):
-  # 48 batches x 0.5 s over 2 parallel workers: ~12 s of work per attempt.
-  batches = make_batches(48, rows=10)
+  # 24 batches x 0.5 s over 2 parallel workers: ~6 s of work per attempt, the kill 2 s in.
+  batches = make_batches(24, rows=10)
   before = flink_cluster.job_ids()
   pipeline = beam.Pipeline(options=PipelineOptions(runners.local_runner_args(flink_args['flink'])))
   build(pipeline, batches, tmp_path, sleep_per_batch=0.5)
