@@ -112,7 +112,9 @@ class CsvOptions(FileOptions):
   encoding: any Python codec; the text is handed to pyarrow as UTF-8.
   header: the first line names the columns (else f0, f1, ...).
   newlines_in_values: quoted values may hold newlines; such files are not
-    split into ranges (a cut could fall inside a value).
+    split into ranges (a cut could fall inside a value). Without it, a file
+    whose first MiB has such a value is not split either; set it for files
+    whose first multi-line value comes later.
   """
 
   delimiter: Optional[str] = None

@@ -153,6 +153,13 @@ def _starts_with_unicode_bom(path: str) -> bool:
     return unicode_bom_encoding(read_exactly(f, 4)) is not None
 
 
+def _quoted_newlines_in_head(path: str, options) -> bool:
+  # Imported here: the CSV reader plans its reads with this module.
+  from io_connectors.files.csv import quoted_newlines_in_head
+
+  return quoted_newlines_in_head(path, options)
+
+
 class SplitFn(beam.DoFn):
   """File metadata -> the ranges to read, by the file's format."""
 
@@ -179,6 +186,7 @@ class SplitFn(beam.DoFn):
       if size > split and (
         (fmt == 'csv' and (options.newlines_in_values or not ascii_compatible(options.encoding)))
         or _starts_with_unicode_bom(path)
+        or (fmt == 'csv' and _quoted_newlines_in_head(path, options))
       ):
         split = size  # one range: lines that cannot be found by the byte 0x0A, or whose values may hold one
       yield from byte_ranges(path, fmt, size, split)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import io
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -20,7 +21,7 @@ import pyarrow.csv as pa_csv
 from io_connectors._common.errors import short_error
 from io_connectors.files._lines import first_line, line_count, nonblank_lines_before, ranges_as_utf8, to_utf8
 from io_connectors.files._options import CsvOptions
-from io_connectors.files._ranges import Range, ascii_compatible
+from io_connectors.files._ranges import Range, ascii_compatible, is_compressed, open_file, read_exactly
 from io_connectors.files._read import READERS, STAGE, ReadFormat, emit
 from transforms.dead_letter import dead_letter
 from transforms.entities import comparable_name
@@ -37,6 +38,43 @@ def _csv_delimiter(options: CsvOptions, path: str, header_line: Optional[bytes] 
   if path.lower().endswith('.tsv'):
     return '\t'
   return sniff_delimiter(header_line) if header_line else ','
+
+
+# How much of a file's head is looked at for quoted values holding newlines: a read of its own (one
+# request on S3 or GCS), once per large or compressed file.
+_HEAD_BYTES = 1 << 20
+
+
+def quoted_newlines_in_head(path: str, options: CsvOptions) -> bool:
+  """Whether a quoted value in the file's first MiB holds a newline (notes, addresses, support tickets).
+
+  Such a file must not be cut at newlines: a range boundary inside a value
+  would turn the two halves of its record into malformed rows. `SplitFn`
+  then makes it one range, and a compressed one is read as one part, as
+  `newlines_in_values` asks. A file whose first such value comes later
+  needs that option (a `sources:` entry's `newlines_in_values: true`).
+  """
+  quote = options.quote_char
+  if not quote or not ascii_compatible(options.encoding):
+    return False  # no quoting; or read whole anyway
+  with open_file(path) as f:
+    head = read_exactly(f, _HEAD_BYTES)
+  if quote.encode('utf-8') not in head:
+    return False
+  if len(head) == _HEAD_BYTES:
+    head = head[: head.rfind(b'\n') + 1]  # whole lines only: a cut value is no evidence
+  text = head.decode(options.encoding, errors='replace').removeprefix('\ufeff')
+  delimiter = _csv_delimiter(options, path, text.split('\n', 1)[0].encode('utf-8'))
+  reader = csv.reader(io.StringIO(text, newline=''), delimiter=delimiter, quotechar=quote, strict=False)
+  lines_before = 0
+  try:
+    for _ in reader:
+      if reader.line_num - lines_before > 1:
+        return True
+      lines_before = reader.line_num
+  except csv.Error:
+    return reader.line_num - lines_before > 1  # the head ends in an unclosed value that spans lines
+  return False
 
 
 def _records_of_lines(data, lines: List[int], delimiter: str, quote_char: Optional[str]) -> Dict[int, int]:
@@ -89,6 +127,7 @@ class CsvReader:
   def __init__(self):
     self._headers: Dict[Tuple[str, CsvOptions], List[str]] = {}
     self._delimiters: Dict[str, str] = {}
+    self._quoted_newline_files: Dict[Tuple[str, CsvOptions], bool] = {}
 
   def _delimiter(self, options: CsvOptions, path: str) -> str:
     if options.delimiter is not None or path.lower().endswith('.tsv') or not options.header:
@@ -107,6 +146,14 @@ class CsvReader:
       newlines_in_values=options.newlines_in_values,
       invalid_row_handler=invalid_row_handler,
     )
+
+  def _quoted_newlines(self, path: str, options: CsvOptions) -> bool:
+    key = (path, options)
+    if key not in self._quoted_newline_files:
+      if len(self._quoted_newline_files) > 256:
+        self._quoted_newline_files.clear()
+      self._quoted_newline_files[key] = quoted_newlines_in_head(path, options)
+    return self._quoted_newline_files[key]
 
   def _column_names(self, path: str, options: CsvOptions) -> Optional[List[str]]:
     key = (path, options)
@@ -138,7 +185,12 @@ class CsvReader:
     return list(options.string_columns) + [n for n in header if comparable_name(n) in wanted]
 
   def read(self, rng: Range, options: CsvOptions):
-    whole = options.newlines_in_values or not ascii_compatible(options.encoding)
+    whole = (
+      options.newlines_in_values
+      or not ascii_compatible(options.encoding)
+      # A compressed file is one range read in parts cut at newlines (a plain file's range is one part).
+      or (is_compressed(rng.path) and self._quoted_newlines(rng.path, options))
+    )
     part_bytes = None if whole else options.split_size_bytes
     for part, data, bad_lines in ranges_as_utf8(rng, options.encoding, True, part_bytes):
       yield from self._read_part(part, data, bad_lines, options)

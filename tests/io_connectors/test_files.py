@@ -1,9 +1,13 @@
 """File connectors on local files: every format, every read dead letter, ranges."""
 
+import csv
 import datetime as dt
+import gzip
+import io
 import json
 import os
 import pickle
+from typing import Dict, Tuple
 
 import fastavro
 import numpy as np
@@ -270,6 +274,44 @@ def test_csv_quoted_newlines_when_enabled(tmp_path):
   path = write(tmp_path, 'notes.csv', 'id,note\n1,"two\nlines"\n2,plain\n')
   result = read(tmp_path, ReadFromCsv(path, CsvOptions(newlines_in_values=True, split_size_bytes=5)))
   assert result.rows() == [(path, 2, {'id': 1, 'note': 'two\nlines'}), (path, 3, {'id': 2, 'note': 'plain'})]
+
+
+def _notes_csv(n: int) -> Tuple[str, Dict[int, str]]:
+  """A CSV export whose notes often span lines; some hold text shaped like a whole record, or quotes."""
+  notes = {}
+  for i in range(n):
+    notes[i] = (
+      f'call back {i}\nline two, with a comma\n{i + 1},"fake",{i * 2}',
+      f'plain {i}',
+      f'she said "hi"\non {i}',
+    )[i % 3]
+  out = io.StringIO()
+  writer = csv.writer(out, lineterminator='\n')
+  writer.writerow(['id', 'note', 'n'])
+  writer.writerows([i, note, i * 2] for i, note in notes.items())
+  return out.getvalue(), notes
+
+
+@pytest.mark.parametrize('name', ['notes.csv', 'notes.csv.gz'])
+def test_csv_quoted_newlines_in_a_large_files_head_keep_it_whole(tmp_path, name):
+  """Without newlines_in_values, a file cut at newlines split records whose values hold one into malformed
+  rows (and a value shaped like a record could pass for one): values spanning lines in its first MiB keep
+  the file one range (a compressed one one part)."""
+  content, notes = _notes_csv(600)
+  data = gzip.compress(content.encode()) if name.endswith('.gz') else content.encode()
+  path = write(tmp_path, name, data)
+  result = read(tmp_path, ReadFromCsv(path, CsvOptions(split_size_bytes=2000)))
+  assert result.dead_letters == []
+  assert {r[2]['id']: (r[2]['note'], r[2]['n']) for r in result.rows()} == {i: (notes[i], i * 2) for i in notes}
+  assert len(result.rows()) == len(notes)
+
+
+def test_csv_quoted_values_without_newlines_still_split(tmp_path):
+  lines = ['id,note'] + [f'{i},"a, {i}"' for i in range(500)]
+  path = write(tmp_path, 'quoted.csv', '\n'.join(lines) + '\n')
+  result = read(tmp_path, ReadFromCsv(path, CsvOptions(split_size_bytes=1000)))
+  assert result.dead_letters == [] and len(result.rows()) == 500
+  assert len({r[0] for r in result.rows()}) > 1  # rows of several ranges (path@offset)
 
 
 # ---------------------------------------------------------------------------
