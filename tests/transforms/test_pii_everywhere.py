@@ -7,6 +7,7 @@ import collections
 import json
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from transforms.entities import ListeningEvent, Track
@@ -217,6 +218,43 @@ def test_a_column_named_like_a_phone_or_a_secret_is_context(scanner):
     api_key='<SECRET_ASSIGNMENT>',
     token_count='12',
   )
+
+
+def test_whole_versions_in_a_column_named_for_a_version_are_not_ip_addresses(scanner):
+  """8.9.75.120 in `app_version` is a version (a quarter of random four-part versions are dotted quads an IP
+  recognizer takes); the same text elsewhere, or a version column's free text, is still scanned."""
+  quad = '8.9.75.120'
+  batch = pa.RecordBatch.from_pylist(
+    [
+      dict(
+        event_id='e1',
+        tenant_id='acme',
+        app_version=quad,
+        osBuild='v10.0.190.45-beta.2',
+        firmware_rev='2.1.0',
+        ip_version=quad,  # names an address too: scanned
+        client_ip=quad,
+        note=quad,
+        sdk_version=f'{quad} on 10.1.2.3',
+        release_notes='mail a.b@example.com',
+      )
+    ]
+  )
+  row = redact_batch(batch, ListeningEvent, KEY, scanner)[0].to_pylist()[0]
+  assert row['app_version'] == quad and row['osBuild'] == 'v10.0.190.45-beta.2' and row['firmware_rev'] == '2.1.0'
+  assert row['ip_version'] == row['client_ip'] == row['note'] == '<IP_ADDRESS>'
+  assert row['sdk_version'] != f'{quad} on 10.1.2.3'  # not a whole version: scanned as any text
+  assert row['release_notes'] == 'mail <EMAIL_ADDRESS>'
+  # The rule holds for a column's dictionary too, and for many distinct values.
+  versions = pa.array(
+    [f'{a}.{b}.{c}.{d}' for a in range(1, 5) for b in range(5) for c in range(0, 250, 50) for d in (1, 200)]
+  )
+  out, counts = scanner.redact_array(versions, hint='app_version')
+  assert out is versions and not counts
+  out, counts = scanner.redact_array(pc.dictionary_encode(versions), hint='appVersion')
+  assert not counts
+  out, counts = scanner.redact_array(versions, hint='remote_addr')
+  assert counts['IP_ADDRESS'] == len(versions)
 
 
 def test_camel_case_and_compound_names_are_context_in_columns_json_keys_and_dead_letters(scanner):

@@ -132,6 +132,25 @@ _WHOLE_ID_PY = regex.compile('(?:' + '|'.join(_WHOLE_ID_SHAPES) + ')')
 _WHOLE_ID_PATTERNS = (_WHOLE_ID,)
 
 
+# A column named for a version (`app_version`, `os_build`, `firmware`) holds
+# versions: a whole value of a version's shape (8.9.75.120, v2.1.0,
+# 10.0.19045.3693-beta) there is no IP address and holds no PII. Not for a name
+# that also says address (`ip_version`, `host_release`).
+_VERSION_NAME_WORDS = frozenset({'version', 'ver', 'build', 'release', 'firmware', 'fw', 'sdk', 'rev', 'revision'})
+_ADDRESS_NAME_WORDS = frozenset({'ip', 'ipv4', 'ipv6', 'address', 'addr', 'host', 'remote', 'client', 'server'})
+_WHOLE_VERSION = r'^[vV]?[0-9]{1,9}(?:\.[0-9]{1,9}){1,5}(?:[-+][0-9A-Za-z.-]{1,32})?$'
+
+
+def is_version_column(name: Optional[str]) -> bool:
+  """Whether a column's name says it holds versions (see _VERSION_NAME_WORDS)."""
+  words = set(name_words(name)) if name else set()
+  return bool(words & _VERSION_NAME_WORDS) and not words & _ADDRESS_NAME_WORDS
+
+
+def _whole_versions(values: pa.Array) -> np.ndarray:
+  return pc.match_substring_regex(values, _WHOLE_VERSION).fill_null(False).to_numpy(zero_copy_only=False)
+
+
 def context_word(name: Optional[str]) -> Optional[str]:
   """The phone or card word in a column name (`mobile_number` -> 'mobile'), if any."""
   if not name:
@@ -556,9 +575,11 @@ class TextScanner:
     every recognizer (the reference the prefilter is tested against).
     skip: a boolean mask of rows left as they are (values of a strict format).
     hint: the column's name: a phone or card word in it (`phone`,
-    `mobile_number`, `card`) counts as context for every value.
+    `mobile_number`, `card`) counts as context for every value; in a column
+    named for a version, whole version numbers are left alone.
     """
     context = context_word(hint)
+    versions = is_version_column(hint)
     if isinstance(values, pa.ChunkedArray):
       total = collections.Counter()
       chunks, offset = [], 0
@@ -573,7 +594,7 @@ class TextScanner:
       if skip is not None and skip.any():
         plain, counts = self.redact_array(values.cast(values.type.value_type), use_prefilter, skip, hint)
         return (values, counts) if not counts else (pc.dictionary_encode(plain).cast(values.type), counts)
-      per_entry, new_dictionary = self._redact_distinct(values.dictionary, use_prefilter, context)
+      per_entry, new_dictionary = self._redact_distinct(values.dictionary, use_prefilter, context, versions)
       if new_dictionary is values.dictionary:
         return values, collections.Counter()
       uses = np.bincount(
@@ -604,7 +625,7 @@ class TextScanner:
       return values, collections.Counter()
     # Each distinct value is scanned once.
     encoded = pc.dictionary_encode(values.take(pa.array(rows)))
-    per_entry, new_distinct = self._redact_distinct(encoded.dictionary, use_prefilter, context)
+    per_entry, new_distinct = self._redact_distinct(encoded.dictionary, use_prefilter, context, versions)
     if new_distinct is encoded.dictionary:
       return values, collections.Counter()
     uses = np.bincount(encoded.indices.to_numpy(zero_copy_only=False), minlength=len(encoded.dictionary))
@@ -615,13 +636,21 @@ class TextScanner:
     replacement = pc.take(new_distinct, encoded.indices)
     return pc.replace_with_mask(values, pa.array(candidate), replacement), total
 
-  def _redact_distinct(self, distinct: pa.Array, use_prefilter: bool, context: Optional[str] = None):
-    """({entry: counts} for entries with findings, new values or `distinct` itself)."""
+  def _redact_distinct(
+    self, distinct: pa.Array, use_prefilter: bool, context: Optional[str] = None, versions: bool = False
+  ):
+    """({entry: counts} for entries with findings, new values or `distinct` itself).
+
+    versions: the values are a version column's (`is_version_column`).
+    """
     if use_prefilter:
       # A value that is wholly an id of a known shape (UUID, hex digest,
       # Spotify id or URI, ISO date-time) holds no PII: neither prefiltered
       # per entity nor sent to presidio (a column of UUIDs stops here).
-      rest = np.flatnonzero(~self._whole_ids(distinct))
+      whole = self._whole_ids(distinct)
+      if versions:
+        whole |= _whole_versions(distinct)
+      rest = np.flatnonzero(~whole)
       if not len(rest):
         return {}, distinct
       subset = distinct if len(rest) == len(distinct) else distinct.take(pa.array(rest))
