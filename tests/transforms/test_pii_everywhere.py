@@ -490,6 +490,28 @@ def test_numbers_under_an_identifier_name_stay_whatever_checksum_they_pass(scann
   assert found == {'CREDIT_CARD': 1}
 
 
+def test_numbers_under_a_measure_name_are_amounts_not_phone_numbers(scanner):
+  """Analytics exports hold large whole numbers: Google Ads' `cost_micros`, GA4's revenue, byte counts. Most
+  10-digit ones parse as North American numbers; under a name of a measure they are kept."""
+  measures = dict(
+    cost_micros=4155552671,
+    purchase_revenue_in_usd=4155552671.0,
+    download_bytes=2147483648,
+    playsCount=4155552671,
+    impressions=2125551234,
+    total_amount='4155552671',
+  )
+  batch = pa.RecordBatch.from_pylist(
+    [dict(event_id='e1', tenant_id='acme', **measures, contact=4155552671, reach_me='4155552671')]
+  )
+  out, counts = redact_batch(batch, ListeningEvent, KEY, scanner)
+  row = out.to_pylist()[0]
+  assert {name: row[name] for name in measures} == measures
+  assert row['contact'] is None and row['reach_me'] == '<PHONE_NUMBER>' and counts['PHONE_NUMBER'] == 2
+  redacted, found = scanner.redact_text('{"cost_micros": 4155552671, "phone": 4155552671}')
+  assert json.loads(redacted) == {'cost_micros': 4155552671, 'phone': '<PHONE_NUMBER>'}
+
+
 def test_a_broken_json_line_has_the_values_of_its_identifier_keys_pseudonymised(scanner):
   """A truncated or badly encoded JSON Lines row is a dead letter holding its raw text: its `"user_id": ...`
   pairs still name the identifiers, which a text scan alone keeps (an id is no pattern)."""

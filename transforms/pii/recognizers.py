@@ -125,6 +125,52 @@ ID_WORDS = (
   'ipi',
   'mbid',
 )
+# Names of measures (the head word of a column or key name: `cost_micros`, `purchase_revenue_in_usd`,
+# `download_bytes`, `plays_count`): a whole number under them is an amount or a count, not a phone or card
+# number (4155552671 micros is $4,155; 2147483648 bytes, 2 GiB, parses as a Dallas number).
+MEASURE_WORDS = (
+  # Singular too: a plural name's head word is its singular (`name_words`).
+  'amount',
+  'amt',
+  'price',
+  'cost',
+  'revenue',
+  'total',
+  'sum',
+  'balance',
+  'fee',
+  'tax',
+  'micro',
+  'micros',
+  'cent',
+  'cents',
+  'usd',
+  'eur',
+  'gbp',
+  'jpy',
+  'byte',
+  'bytes',
+  'size',
+  'count',
+  'qty',
+  'quantity',
+  'play',
+  'plays',
+  'stream',
+  'streams',
+  'view',
+  'views',
+  'impression',
+  'click',
+  'listen',
+  'follower',
+  'millis',
+  'second',
+  'seconds',
+  'sec',
+  'secs',
+  'bitrate',
+)
 # presidio's PhoneRecognizer context, and the words people write before a number.
 PHONE_CONTEXT = (
   'phone',
@@ -233,15 +279,16 @@ def _token_words(token: str) -> Tuple[str, ...]:
 
 
 def names_an_identifier(name: Optional[str]) -> bool:
-  """Whether a column or key name says its values are identifiers or times (`order_id`, `invoiceNo`,
-  `session`, `created_ts`), as a word before a number in text does (ID_WORDS; the head word decides:
-  `phoneId` is an id, `phone_number` is not).
+  """Whether a column or key name says its values are identifiers, times or measures (`order_id`,
+  `invoiceNo`, `session`, `created_ts`, `cost_micros`), as a word before a number in text does for ids
+  (ID_WORDS, MEASURE_WORDS; the head word decides: `phoneId` is an id, `phone_number` is not).
 
-  A whole number under such a name is an order number, an epoch or a serial,
-  not a phone or card number, however many digits it has: about one random
-  16-digit id in ten passes the card checksum.
+  A whole number under such a name is an order number, an epoch, a serial or
+  an amount, not a phone or card number, however many digits it has: about
+  one random 16-digit id in ten passes the card checksum, and most 10-digit
+  amounts parse as North American numbers.
   """
-  return bool(name) and any(w in ID_WORDS for w in _token_words(name))
+  return bool(name) and any(w in ID_WORDS or w in MEASURE_WORDS for w in _token_words(name))
 
 
 _WHOLE_NUMBER = regex.compile(r'[0-9]+')
