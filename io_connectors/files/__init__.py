@@ -29,7 +29,8 @@ workers, so that one large file is many bundles:
   its last line). A CSV range that does not start at byte 0 reads the file's
   header line separately. Quoted values holding newlines cannot be cut
   safely: with ``CsvOptions(newlines_in_values=True)``, or when the file's
-  first MiB holds one, a CSV file is one range. Encodings that are not ASCII-compatible (UTF-16/32) are not split;
+  first MiB holds one, a CSV file is one range. Encodings that are not
+  ASCII-compatible (UTF-16/32) are not split;
   a file read as UTF-8 (the default) that starts with a UTF-16 or UTF-32
   byte order mark (Excel's "Unicode text") is read in that encoding, whole,
   by its first range. So is a file whose lines end in carriage returns only

@@ -232,6 +232,7 @@ def test_whole_versions_in_a_column_named_for_a_version_are_not_ip_addresses(sca
         app_version=quad,
         osBuild='v10.0.190.45-beta.2',
         firmware_rev='2.1.0',
+        client_version='8.9.75.121',
         ip_version=quad,  # names an address too: scanned
         client_ip=quad,
         note=quad,
@@ -242,6 +243,7 @@ def test_whole_versions_in_a_column_named_for_a_version_are_not_ip_addresses(sca
   )
   row = redact_batch(batch, ListeningEvent, KEY, scanner)[0].to_pylist()[0]
   assert row['app_version'] == quad and row['osBuild'] == 'v10.0.190.45-beta.2' and row['firmware_rev'] == '2.1.0'
+  assert row['client_version'] == '8.9.75.121'
   assert row['ip_version'] == row['client_ip'] == row['note'] == '<IP_ADDRESS>'
   assert row['sdk_version'] != f'{quad} on 10.1.2.3'  # not a whole version: scanned as any text
   assert row['release_notes'] == 'mail <EMAIL_ADDRESS>'

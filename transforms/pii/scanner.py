@@ -137,7 +137,7 @@ _WHOLE_ID_PATTERNS = (_WHOLE_ID,)
 # 10.0.19045.3693-beta) there is no IP address and holds no PII. Not for a name
 # that also says address (`ip_version`, `host_release`).
 _VERSION_NAME_WORDS = frozenset({'version', 'ver', 'build', 'release', 'firmware', 'fw', 'sdk', 'rev', 'revision'})
-_ADDRESS_NAME_WORDS = frozenset({'ip', 'ipv4', 'ipv6', 'address', 'addr', 'host', 'remote', 'client', 'server'})
+_ADDRESS_NAME_WORDS = frozenset({'ip', 'ipv4', 'ipv6', 'address', 'addr', 'host', 'remote'})
 _WHOLE_VERSION = r'^[vV]?[0-9]{1,9}(?:\.[0-9]{1,9}){1,5}(?:[-+][0-9A-Za-z.-]{1,32})?$'
 
 
@@ -649,7 +649,7 @@ class TextScanner:
       # per entity nor sent to presidio (a column of UUIDs stops here).
       whole = self._whole_ids(distinct)
       if versions:
-        whole |= _whole_versions(distinct)
+        whole = whole | _whole_versions(distinct)
       rest = np.flatnonzero(~whole)
       if not len(rest):
         return {}, distinct
