@@ -160,6 +160,13 @@ def _flink_streaming(pipeline_options: PipelineOptions) -> bool:
   return _runner_name(pipeline_options) in _FLINK_RUNNERS and bool(pipeline_options.view_as(StandardOptions).streaming)
 
 
+def _follows_source_watermarks(options: PipelineOptions) -> bool:
+  """Prism, Flink and Dataflow hold a stage's input watermark to its sources' (`WindowOptions.timer_per_window`);
+  the FnApiRunner and the DirectRunner are not relied on to."""
+  runner = str(_runner_name(options)).lower()
+  return any(name in runner for name in ('prism', 'flink', 'dataflow'))
+
+
 def _holds_residual_watermarks(options: PipelineOptions) -> bool:
   """Flink and Dataflow hold each split read's watermark themselves (Prism does not: see the Kafka reader)."""
   runner = str(_runner_name(options)).lower()
@@ -317,6 +324,7 @@ def build(
       dedup_ttl_s=options.dedup_ttl_s,
       key_field=entities.key_field(model),
       num_shards=options.num_shards,
+      timer_per_window=_follows_source_watermarks(options),
     )
   )
   acknowledge = getattr(source, 'acknowledge_written', lambda: None)()

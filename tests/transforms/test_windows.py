@@ -406,3 +406,99 @@ def test_a_window_closes_when_the_watermark_reaches_its_end_not_a_millisecond_la
   close_us = ts(60) * 1_000_000
   assert _timer_time(close_us).micros // 1000 + 1 == close_us // 1000
   assert _reached(_timer_time(close_us)) == close_us
+
+
+class _Bag:
+  def __init__(self):
+    self.items = []
+
+  def read(self):
+    return list(self.items)
+
+  def add(self, item):
+    self.items.append(item)
+
+  def clear(self):
+    self.items = []
+
+
+class _Value:
+  def __init__(self, value=None):
+    self.value = value
+
+  def read(self):
+    return self.value
+
+  def write(self, value):
+    self.value = value
+
+  def clear(self):
+    self.value = None
+
+
+class _Timer:
+  def __init__(self):
+    self.sets = {}
+
+  def set(self, timestamp, dynamic_timer_tag=''):
+    self.sets[dynamic_timer_tag] = timestamp
+
+  def clear(self, dynamic_timer_tag=''):
+    self.sets.pop(dynamic_timer_tag, None)
+
+
+def _dedup_fn(**options):
+  from transforms.windows import _WindowDedupFn
+
+  fn = _WindowDedupFn(WindowOptions(window_size_s=60, num_shards=1, **options))
+  fn.setup()
+  state = dict(
+    **{f'pending{i}': _Bag() for i in range(4)},
+    **{f'seen{i}': _Bag() for i in range(8)},
+    layout_state=_Value(),
+    fired_state=_Value(),
+    next_state=_Value(),
+  )
+  return fn, state
+
+
+def test_each_window_gets_a_timer_of_its_own_so_a_jump_of_the_watermark_closes_them_together():
+  """With one timer set to the next close after each firing, a watermark past ten closes took ten firings
+  (on Prism ~1.5 s each: a backlog's windows were written one by one). Each window's first rows set a
+  timer tagged with its start; its later rows, and runners that do not follow the sources' watermark
+  (timer_per_window=False), set none."""
+  from transforms.windows import _reached
+
+  fn, state = _dedup_fn()
+  timer = _Timer()
+  rows = [(f'e{i}', 'u1', 60 * i + 5, 1000, False) for i in range(10)]
+  list(fn.process((('acme', 0), events(rows)), timer=timer, **state))
+  starts = sorted(int(tag) for tag in timer.sets if tag)
+  assert starts == [ts(60 * i) * 1_000_000 for i in range(10)]
+  assert all(_reached(timer.sets[str(s)]) == s + 60_000_000 for s in starts)  # at each window's close
+  again = _Timer()
+  list(fn.process((('acme', 0), events([('e20', 'u2', 65, 1000, False)], first_row=20)), timer=again, **state))
+  assert not [tag for tag in again.sets if tag]  # a window that has its timer already
+
+  fn, state = _dedup_fn(timer_per_window=False)
+  timer = _Timer()
+  list(fn.process((('acme', 0), events(rows)), timer=timer, **state))
+  assert list(timer.sets) == ['']
+
+
+def test_a_timer_firing_after_a_later_one_does_not_take_the_watermark_back():
+  """Timers of one key may fire in any order within a bundle: an event of a window closed by the later
+  one stays late after the earlier one fired."""
+  from transforms.windows import _timer_time
+
+  fn, state = _dedup_fn()
+  rows = [(f'e{i}', 'u1', 60 * i + 5, 1000, False) for i in range(3)]
+  list(fn.process((('acme', 0), events(rows)), timer=_Timer(), **state))
+  timers = dict(key=('acme', 0), sessions_state=_Value(), timer=_Timer(), **state)
+  third_close = ts(180) * 1_000_000
+  emitted = list(fn.on_close(fire=_timer_time(third_close), **timers))
+  assert len([w for w in emitted if not isinstance(w, beam.pvalue.TaggedOutput)]) == 3
+  list(fn.on_close(fire=_timer_time(ts(60) * 1_000_000), **timers))
+  assert state['fired_state'].read() == third_close
+  out = list(fn.process((('acme', 0), events([('e9', 'u3', 125, 1000, False)], first_row=9)), timer=_Timer(), **state))
+  assert [o.value['reason'] for o in out if getattr(o, 'tag', None) == 'late'] == ['late_event']
