@@ -99,7 +99,8 @@ class WindowOptions:
     firing (on Prism ~1.5 s a firing otherwise). Only for runners that hold
     a stage's input watermark to its sources': the FnApiRunner moves it to
     the end of time when a bundle's input is done, which closed each window
-    with its first rows and made the rest of it late.
+    with its first rows and made the rest of it late. The streaming job
+    sets it on Prism only (`spotify_streaming._timer_per_window`).
   """
 
   window_size_s: float = 60.0
@@ -110,7 +111,7 @@ class WindowOptions:
   key_field: str = 'event_id'
   user_field: str = 'user_id'
   num_shards: int = 4
-  timer_per_window: bool = True
+  timer_per_window: bool = False
 
   def __post_init__(self):
     if self.window_size_s <= 0:
@@ -491,6 +492,8 @@ class _WindowDedupFn(beam.DoFn):
       layout['seen'].add(start)
     if new_starts:  # most batches fall in windows the layout already holds: no state write for them
       layout_state.write(layout)
+    if options.timer_per_window:
+      return  # the windows' own timers; their firings set the next-instant one for sessions and expiry
     earliest = int(closes[accepted].min())
     current = next_state.read()
     if current is None or earliest < current:
@@ -574,12 +577,17 @@ class _WindowDedupFn(beam.DoFn):
             seen_bags[slot].add(item)
         else:
           seen_bags[slot].clear()
-    if closing or expired:  # a window's own timer and the next-instant timer often fire together
+    if closing or expired:
       layout_state.write(layout)
-    candidates = [self._close_of(start) for start in layout['pending']]
-    candidates += [self._session_close(s[1]) for s in sessions.values()]
+    closes = {self._close_of(start) for start in layout['pending']}
+    candidates = [self._session_close(s[1]) for s in sessions.values()]
     candidates += [self._expires_at(start) for start in layout['seen']]
-    candidates = [c for c in candidates if c > now]
+    if options.timer_per_window:
+      # Sessions and expiry fall on window closes (window-aligned): a window's own timer does them then.
+      # One firing a close, not two.
+      candidates = [c for c in candidates if c > now and c not in closes]
+    else:
+      candidates = [c for c in list(closes) + candidates if c > now]
     if candidates:
       upcoming = min(candidates)
       timer.set(_timer_time(upcoming))

@@ -469,7 +469,7 @@ def test_each_window_gets_a_timer_of_its_own_so_a_jump_of_the_watermark_closes_t
   (timer_per_window=False), set none."""
   from transforms.windows import _reached
 
-  fn, state = _dedup_fn()
+  fn, state = _dedup_fn(timer_per_window=True)
   timer = _Timer()
   rows = [(f'e{i}', 'u1', 60 * i + 5, 1000, False) for i in range(10)]
   list(fn.process((('acme', 0), events(rows)), timer=timer, **state))
@@ -491,7 +491,7 @@ def test_a_timer_firing_after_a_later_one_does_not_take_the_watermark_back():
   one stays late after the earlier one fired."""
   from transforms.windows import _timer_time
 
-  fn, state = _dedup_fn()
+  fn, state = _dedup_fn(timer_per_window=True)
   rows = [(f'e{i}', 'u1', 60 * i + 5, 1000, False) for i in range(3)]
   list(fn.process((('acme', 0), events(rows)), timer=_Timer(), **state))
   timers = dict(key=('acme', 0), sessions_state=_Value(), timer=_Timer(), **state)
