@@ -121,6 +121,19 @@ def _ended_line(data):
   return bytes(data) + b'\n'
 
 
+# What a reader remembers per file (header, delimiter, multi-line values): emptied past this many files.
+_FILES_REMEMBERED = 256
+
+
+def _remember(cache: dict, key, compute):
+  """cache[key], computed on first use; the cache is emptied when it holds more than _FILES_REMEMBERED."""
+  if key not in cache:
+    if len(cache) > _FILES_REMEMBERED:
+      cache.clear()
+    cache[key] = compute()
+  return cache[key]
+
+
 class CsvReader:
   """Reads CSV ranges; remembers the header of files it read ranges of."""
 
@@ -132,12 +145,12 @@ class CsvReader:
   def _delimiter(self, options: CsvOptions, path: str) -> str:
     if options.delimiter is not None or path.lower().endswith('.tsv') or not options.header:
       return _csv_delimiter(options, path)
-    if path not in self._delimiters:
-      if len(self._delimiters) > 256:
-        self._delimiters.clear()
-      line, _ = to_utf8(first_line(path), options.encoding, keep_bad_lines=True)
-      self._delimiters[path] = _csv_delimiter(options, path, bytes(line))
-    return self._delimiters[path]
+    return _remember(self._delimiters, path, lambda: self._sniffed_delimiter(options, path))
+
+  @staticmethod
+  def _sniffed_delimiter(options: CsvOptions, path: str) -> str:
+    line, _ = to_utf8(first_line(path), options.encoding, keep_bad_lines=True)
+    return _csv_delimiter(options, path, bytes(line))
 
   def _parse_options(self, options, path, invalid_row_handler=None):
     return pa_csv.ParseOptions(
@@ -148,34 +161,26 @@ class CsvReader:
     )
 
   def _quoted_newlines(self, path: str, options: CsvOptions) -> bool:
-    key = (path, options)
-    if key not in self._quoted_newline_files:
-      if len(self._quoted_newline_files) > 256:
-        self._quoted_newline_files.clear()
-      self._quoted_newline_files[key] = quoted_newlines_in_head(path, options)
-    return self._quoted_newline_files[key]
+    return _remember(self._quoted_newline_files, (path, options), lambda: quoted_newlines_in_head(path, options))
 
   def _column_names(self, path: str, options: CsvOptions) -> Optional[List[str]]:
-    key = (path, options)
-    if key not in self._headers:
-      line, _ = to_utf8(first_line(path), options.encoding, keep_bad_lines=True)
-      line = bytes(line)
-      if line.startswith(codecs.BOM_UTF8):
-        line = line[len(codecs.BOM_UTF8) :]
-      names = None
-      if line.strip():
-        try:
-          names = pa_csv.read_csv(
-            pa.BufferReader(line),
-            read_options=pa_csv.ReadOptions(use_threads=False, autogenerate_column_names=not options.header),
-            parse_options=self._parse_options(options, path),
-          ).column_names
-        except pa.ArrowInvalid:
-          pass  # the range then fails to parse and is dead-lettered whole
-      if len(self._headers) > 256:
-        self._headers.clear()
-      self._headers[key] = names
-    return self._headers[key]
+    return _remember(self._headers, (path, options), lambda: self._header_names(path, options))
+
+  def _header_names(self, path: str, options: CsvOptions) -> Optional[List[str]]:
+    line, _ = to_utf8(first_line(path), options.encoding, keep_bad_lines=True)
+    line = bytes(line)
+    if line.startswith(codecs.BOM_UTF8):
+      line = line[len(codecs.BOM_UTF8) :]
+    if not line.strip():
+      return None
+    try:
+      return pa_csv.read_csv(
+        pa.BufferReader(line),
+        read_options=pa_csv.ReadOptions(use_threads=False, autogenerate_column_names=not options.header),
+        parse_options=self._parse_options(options, path),
+      ).column_names
+    except pa.ArrowInvalid:
+      return None  # the range then fails to parse and is dead-lettered whole
 
   def _text_columns(self, path: str, options: CsvOptions) -> List[str]:
     """The string_columns, and the header's names that spell one another way (`Event ID` for event_id):
