@@ -321,7 +321,7 @@ class _WindowDedupFn(beam.DoFn):
   )
   SEEN = tuple(BagStateSpec(f'seen{i}', PickleCoder()) for i in range(SEEN_SLOTS))  # (start, ids as pa.Array)
   LAYOUT = ReadModifyWriteStateSpec('layout', PickleCoder())
-  FIRED = ReadModifyWriteStateSpec('fired', VarIntCoder())  # micros of the last fired timer
+  FIRED = ReadModifyWriteStateSpec('fired', VarIntCoder())  # micros of the watermark the timers so far reached
   NEXT = ReadModifyWriteStateSpec('next', VarIntCoder())  # micros the timer is set to
   SESSIONS = ReadModifyWriteStateSpec('sessions', PickleCoder())  # {user: [start, last, events, ms, skips]}
   # Two kinds of timers, by dynamic tag. '' is set to the next instant anything is due (a window's close,

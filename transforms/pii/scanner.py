@@ -34,6 +34,7 @@ from transforms.pii.recognizers import (
   PHONE_LABELS,
   SUPPORTED_ENTITIES,
   URL_WITH_CREDENTIALS,
+  VERSION_WORDS,
   analyze,
   build_recognizers,
   enough_phone_digits,
@@ -136,7 +137,8 @@ _WHOLE_ID_PATTERNS = (_WHOLE_ID,)
 # versions: a whole value of a version's shape (8.9.75.120, v2.1.0,
 # 10.0.19045.3693-beta) there is no IP address and holds no PII. Not for a name
 # that also says address (`ip_version`, `host_release`).
-_VERSION_NAME_WORDS = frozenset({'version', 'ver', 'build', 'release', 'firmware', 'fw', 'sdk', 'rev', 'revision'})
+# The words that make a dotted quad a version in text, less 'v': a name part alone (`ip_v4`).
+_VERSION_NAME_WORDS = frozenset(VERSION_WORDS) - {'v'}
 _ADDRESS_NAME_WORDS = frozenset({'ip', 'ipv4', 'ipv6', 'address', 'addr', 'host', 'remote'})
 _WHOLE_VERSION = r'^[vV]?[0-9]{1,9}(?:\.[0-9]{1,9}){1,5}(?:[-+][0-9A-Za-z.-]{1,32})?$'
 
