@@ -878,6 +878,85 @@ def test_glued_id_tokens_are_set_aside_only_where_the_phone_recognizer_finds_not
   assert pii_scanner.TextScanner().setup().redact_array(pa.array(tokens)) == reference
 
 
+def _glue_texts(rng: random.Random, n: int):
+  """Texts of digit runs among glue, letters, labels, separators and odd characters, in every order."""
+  pieces = ['4155552671', '+14155552671', '0301234567', '555 1234', '(415) 555-2671', '13380235', '20240101']
+  pieces += ['2024', '7', '%2B', '%2b', '%2B1415', '²', '٣٤٥٦٧٨٩', '+', '(', ')', ' ', '\n', 'x', 'X']
+  pieces += list('-_/#.:=&\\@,;"\'?!%$') + ['é', 'a', 'Z', 'ß', 'ー', '\u212a', '\u00bd']
+  pieces += [
+    'tel',
+    'Phone',
+    'no',
+    'call',
+    'sms',
+    'order',
+    'id',
+    'sess',
+    'https://example.com/p/',
+    'SN',
+    '{"a": ',
+    '{"n":',
+    '[',
+  ]
+  return sorted({''.join(rng.choice(pieces) for _ in range(rng.randint(1, 7))) for _ in range(n)})
+
+
+@pytest.mark.unit
+def test_texts_the_phone_start_rule_rejects_hold_no_phone(scanner, monkeypatch):
+  """Where neither form of recognizers.PHONE_MAY_START matches, may_hold_a_phone is False (URL-decoded) and the
+  phone recognizer finds nothing; a column's redaction is the same with and without the rule."""
+  texts = _glue_texts(random.Random(41), 12000)
+  texts += ['https://example.com/p/5288523', 'SN5874439718', 'To=%2B14155552671', 'x=+14155552671', 'tel/5551234']
+  texts += ['{"n":4155552671}', ' [{"n":"+1-415-555-2671"}]', '{"x":"a/b"}']
+  arrow = pii_scanner._arrow_mask(pa.array(texts), (pii_recognizers.PHONE_MAY_START,))
+  python = [pii_scanner._PHONE_MAY_START_PY.search(t) is not None for t in texts]
+  held = [
+    pii_recognizers.may_hold_a_phone(pii_recognizers._url_decoded(t, pii_recognizers.URL_ENCODED_PLUS, '+')[0])
+    for t in texts
+  ]
+  missed = [t for t, a, py, h in zip(texts, arrow, python, held) if h and not (a and py)]
+  assert not missed, missed[:5]
+  rejected = [t for t, a in zip(texts, arrow) if not a]
+  assert len(rejected) > 1000 and sum(held) > 1000  # both kinds are there
+  assert not [t for t in rejected[:3000] if scanner.findings(t, ['PHONE_NUMBER'])]
+  assert pii_scanner._phone_free(pa.array(['https://example.com/p/5288523', 'call 4155552671'])).tolist() == [
+    True,
+    False,
+  ]
+  values = pa.array(texts)
+  monkeypatch.setattr(pii_scanner, '_phone_free', lambda v: np.zeros(len(v), dtype=bool))
+  reference = pii_scanner.TextScanner().setup().redact_array(values)
+  monkeypatch.undo()
+  assert pii_scanner.TextScanner().setup().redact_array(values) == reference
+
+
+@pytest.mark.unit
+def test_whole_ipv4_values_are_redacted_as_the_recognizers_redact_them(monkeypatch):
+  """A column of addresses, canonical or not, alone or among text: the same values and counts as the
+  recognizers give one by one; a minimum score above the IPv4 pattern's finds none."""
+  rng = random.Random(43)
+  octets = ['0', '7', '09', '010', '99', '100', '199', '200', '249', '250', '255', '256', '300']
+  cells = []
+  for _ in range(3000):
+    quad = '.'.join(rng.choice(octets) for _ in range(4))
+    cells.append(rng.choice([quad, quad, f'from {quad}', f'{quad}/24', f'v{quad}', f'{quad}\n', f' {quad}']))
+  values = pa.array(cells + [None])
+  whole = pii_scanner.TextScanner().setup()._whole_ipv4
+  asked = []
+  monkeypatch.setattr(
+    pii_scanner.TextScanner, '_whole_ipv4', lambda self, *args: asked.append(1) or whole.__func__(self, *args)
+  )
+  fast, fast_counts = pii_scanner.TextScanner().setup().redact_array(values)
+  assert asked
+  monkeypatch.setattr(pii_scanner.TextScanner, '_whole_ipv4', lambda self, *args: np.zeros(0, dtype=np.int64))
+  reference, reference_counts = pii_scanner.TextScanner().setup().redact_array(values)
+  assert fast.to_pylist() == reference.to_pylist()
+  assert fast_counts == reference_counts and reference_counts['IP_ADDRESS'] > 300
+  monkeypatch.undo()
+  strict, strict_counts = pii_scanner.TextScanner(min_score=0.9).setup().redact_array(values)
+  assert strict_counts['IP_ADDRESS'] == 0 and strict.to_pylist()[0] == cells[0]
+
+
 @pytest.mark.unit
 def test_a_column_of_few_distinct_values_is_prefiltered_on_its_dictionary_with_the_same_result(monkeypatch):
   """Repeating columns take the dictionary path; its candidates and redactions equal the per-cell pass."""

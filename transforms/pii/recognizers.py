@@ -391,6 +391,29 @@ def may_hold_a_phone(text: str) -> bool:
   return False
 
 
+def _class_chars(chars: str) -> str:
+  """`chars` written inside a regex character class (RE2 and the `regex` module alike)."""
+  return ''.join('\\' + c if c in '\\[]^-' else c for c in chars)
+
+
+# Where a phone finding can be free of glue (`_glued`), for RE2 and the `regex` module: a start at the
+# text's start, after a character neither alphanumeric nor glue, or a '+' after ':' or '='; then digits
+# and separators up to the text's end, a character neither alphanumeric nor glue, or glue not followed
+# by one; '%2B' stands for the '+' it decodes to (`PlausiblePhoneRecognizer`). Glue after a phone label
+# frees a number, so any label anywhere counts, and JSON text does (its values are scanned one by one).
+# A text none of this matches holds no plausible phone: every span `may_hold_a_phone` tries is glued on
+# one side (https://example.com/p/5288523, SN5874439718, 4075123a1c9e3). A superset (a start that is no
+# phone, a character Python calls alphanumeric and Unicode does not) only costs time;
+# tests/transforms/test_pii.py checks it against `may_hold_a_phone`.
+_FREE_NEXT = r'(?:$|[^\p{L}\p{Nd}' + _class_chars(_GLUE) + r']|[' + _class_chars(_GLUE) + r'](?:$|[^\p{L}\p{Nd}]))'
+PHONE_MAY_START = (
+  '(?i:' + '|'.join(regex.escape(w) for w in PHONE_LABELS) + ')'
+  r'|^\s*[\[{]'
+  r'|(?:(?:^|[^\p{L}\p{Nd}' + _class_chars(_GLUE) + r'])(?:[+(]|%2[Bb]|[\p{Nd}\p{No}])|[:=](?:\+|%2[Bb]))'
+  r'(?:[^\p{L}\n]|[xX]|%2[Bb])*' + _FREE_NEXT
+)
+
+
 def plausible_card(text: str, start: int, end: int) -> bool:
   """Whether a Luhn-valid number is a card number, not a barcode, an epoch or an id."""
   span = text[start:end]

@@ -32,6 +32,7 @@ from transforms.pii.recognizers import (
   MIN_PHONE_DIGITS,
   PHONE_CONTEXT,
   PHONE_LABELS,
+  PHONE_MAY_START,
   SUPPORTED_ENTITIES,
   URL_WITH_CREDENTIALS,
   VERSION_WORDS,
@@ -73,13 +74,15 @@ _PREFILTERS = {
   # presidio: (4|5[0-5]\d|2[2-7]\d|6|1|3)\d{3}[- ]?\d{3,4}[- ]?\d{3,4}[- ]?\d{3,5} with \b anchors.
   'CREDIT_CARD': r'\p{Nd}{4}[- ]?\p{Nd}{3,4}[- ]?\p{Nd}{3,4}[- ]?\p{Nd}{3}',
   # The IBAN recognizer (`recognizers.AnyCaseIbanRecognizer`): two letters,
-  # two check digits, then groups of 1-4 alphanumerics, validated only from 15
-  # characters on (Norway's length), so at least 8 more alphanumerics however
-  # they are grouped. Its letters are [a-z] under IGNORECASE: ASCII plus the
+  # two check digits, then groups of 1-4 alphanumerics; presidio validates a
+  # piece with its separators removed, and the shortest country format is
+  # Norway's 15 characters, so 11 more alphanumerics however they are grouped
+  # (a 12-character serial such as SN5874439718 does not qualify). Its
+  # letters are [a-z] under IGNORECASE: ASCII plus the
   # three that fold into it (U+0130, U+017F, U+212A). Not \p{L}: RE2 compiles
   # that class in ~4 ms, on every pyarrow call, and the stream's batches are
   # small. Device models such as 'iPhone15,2' do not qualify.
-  'IBAN_CODE': f'[{_IBAN_LETTERS}]{{2}}[0-9]{{2}}(?:[ -]?[0-9{_IBAN_LETTERS}]){{8}}',
+  'IBAN_CODE': f'[{_IBAN_LETTERS}]{{2}}[0-9]{{2}}(?:[ -]?[0-9{_IBAN_LETTERS}]){{11}}',
   # IPv4: presidio's dotted quad of octets up to 255 between word boundaries
   # (RE2's ASCII \b holds wherever presidio's Unicode one does), without its
   # CIDR suffix; versions such as 8.9.15.832 do not qualify. IPv6: two colons
@@ -238,6 +241,22 @@ def _glued_id_tokens(values: pa.Array) -> np.ndarray:
   letters = pc.struct_field(pc.extract_regex(values, GLUED_ID_TOKEN), 'letters')
   labelled = pc.match_substring_regex(letters, _PHONE_LABEL_IN)
   return pc.and_(letters.is_valid(), pc.invert(labelled)).fill_null(False).to_numpy(zero_copy_only=False)
+
+
+_PHONE_MAY_START_PY = regex.compile(PHONE_MAY_START)
+
+
+def _phone_free(values: pa.Array) -> np.ndarray:
+  """Values in which the phone recognizer can find nothing: glued id tokens, and texts whose every digit
+  run is glued on its left (`recognizers.PHONE_MAY_START`: https://example.com/p/5288523)."""
+  may_start = _regex_mask(values, (PHONE_MAY_START,), _PHONE_MAY_START_PY.search)
+  return _glued_id_tokens(values) | ~may_start
+
+
+# A whole value that is one IPv4 address in its canonical spelling (no leading zeros, which Python's
+# `ipaddress` refuses): presidio's IPv4 pattern reports it whole, and nothing else can outlive it.
+_WHOLE_IPV4 = r'^(?:{o})\.(?:{o})\.(?:{o})\.(?:{o})$'.format(o=r'25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9]')
+_WHOLE_IPV4_PY = regex.compile(_WHOLE_IPV4)
 
 
 def _resolve_overlaps(findings: List[Tuple[int, int, str, float]]) -> List[Tuple[int, int, str, float]]:
@@ -638,6 +657,26 @@ class TextScanner:
     replacement = pc.take(new_distinct, encoded.indices)
     return pc.replace_with_mask(values, pa.array(candidate), replacement), total
 
+  def _whole_ipv4(self, subset: pa.Array, masks: Dict[str, np.ndarray], rest: np.ndarray) -> np.ndarray:
+    """Entries (of the distinct values) that are wholly one IPv4 address: each is '<IP_ADDRESS>', counted once.
+
+    What the recognizers give such a value (presidio's IPv4 pattern reports
+    it whole, above the minimum score, and the phone recognizer cannot
+    outlive it), without asking them: an IP address column costs one regex
+    pass instead of ~100 us a distinct address.
+    """
+    if 'IP_ADDRESS' not in masks or self._ipv4_score() < self.min_score:
+      return np.zeros(0, dtype=np.int64)
+    asked = np.flatnonzero(masks['IP_ADDRESS'][rest])
+    if not len(asked):
+      return asked
+    texts = subset if len(asked) == len(subset) else subset.take(pa.array(asked))
+    return rest[asked[_regex_mask(texts, (_WHOLE_IPV4,), _WHOLE_IPV4_PY.fullmatch)]]
+
+  def _ipv4_score(self) -> float:
+    self.setup()
+    return max(p.score for p in self._recognizers['IP_ADDRESS'].patterns if p.name == 'IPv4')
+
   def _redact_distinct(
     self, distinct: pa.Array, use_prefilter: bool, context: Optional[str] = None, versions: bool = False
   ):
@@ -661,17 +700,27 @@ class TextScanner:
         masks[entity] = np.zeros(len(distinct), dtype=bool)
         masks[entity][rest] = mask
       if context is None and 'PHONE_NUMBER' in masks and masks['PHONE_NUMBER'].any():
-        # Glued id tokens (sess-13380235, INV640236734) hold no phone number:
-        # the phone recognizer is not asked (~20 us a text in Python).
-        masks['PHONE_NUMBER'][rest[_glued_id_tokens(subset)]] = False
+        # Glued id tokens (sess-13380235, INV640236734) and links whose numbers
+        # are path segments hold no phone number: the phone recognizer is not
+        # asked (~20 us a text in Python).
+        asked = np.flatnonzero(masks['PHONE_NUMBER'][rest])
+        texts = subset if len(asked) == len(subset) else subset.take(pa.array(asked))
+        masks['PHONE_NUMBER'][rest[asked[_phone_free(texts)]]] = False
+      whole_ips = self._whole_ipv4(subset, masks, rest) if context is None else ()
     else:
       valid = distinct.is_valid().to_numpy(zero_copy_only=False)
       masks = {entity: valid for entity in self.entities}
+      whole_ips = ()
     wanted = np.zeros(len(distinct), dtype=bool)
     for mask in masks.values():
       wanted |= mask
     per_entry = {}
     replaced = {}
+    for entry in whole_ips:
+      entry = int(entry)
+      wanted[entry] = False
+      per_entry[entry] = collections.Counter(IP_ADDRESS=1)
+      replaced[entry] = '<IP_ADDRESS>'
     for entry in np.flatnonzero(wanted):
       entry = int(entry)
       text = distinct[entry].as_py()
