@@ -819,6 +819,40 @@ def test_csv_record_numbers_of_lines_agree_with_pyarrows_row_numbers():
     assert max(numbered) == table.num_rows + 1, data  # the header is record 1
 
 
+def test_csv_record_numbers_of_lines_from_the_quotes_equal_the_csv_modules():
+  """The quote walk (`_quoted_values`) gives each line the record Python's csv reader gives it, on generated CSV
+  of every quoting shape; data it does not model (a lone carriage return, a value left open) goes to the csv
+  reader, which no longer stops the read on a lone carriage return."""
+  import random
+
+  from io_connectors.files import _lines
+  from io_connectors.files import csv as csv_reader
+
+  rng = random.Random(5)
+  values = ['a', '', '"q"', '"two\nlines"', '"with ""quotes"""', '"\n\n"', '5\'10"', '"a,b"', '"\r\nz"', '""']
+  values += ['"a"b"c', 'x"y', '""""', '"""\n"""', '"é\n"', '\xff\xfe', ' "lead', '"x",', '"\n,"']
+  modelled = 0
+  for _ in range(600):
+    lines = []
+    for _ in range(rng.randint(1, 10)):
+      if rng.random() < 0.15:
+        lines.append(rng.choice([b'', b'\r']))
+      else:
+        fields = [rng.choice(values) for _ in range(rng.randint(1, 3))]
+        lines.append(rng.choice([',', ';']).join(fields).encode('utf-8', errors='surrogateescape'))
+    data = b'\n'.join(lines) + rng.choice([b'\n', b''])
+    physical = list(range(len(data.split(b'\n'))))
+    for delimiter in (',', ';'):
+      fast = csv_reader._records_of_lines(data, physical, delimiter, '"')
+      reference = csv_reader._records_by_csv_module(data, physical, delimiter, '"', _lines.nonblank_lines_before(data))
+      assert fast == reference, (data, delimiter)
+      modelled += csv_reader._quoted_values(data, delimiter, '"') is not None
+  assert modelled > 600  # most of them took the quote walk
+  lone_return = b'a,b\rc,d\n"e\n",\xff\n'
+  assert csv_reader._quoted_values(lone_return, ',', '"') is None
+  assert csv_reader._records_of_lines(lone_return, [2], ',', '"') == {2: 3}  # pyarrow's number too
+
+
 def test_csv_header_spelling_a_text_column_another_way_is_read_as_text(tmp_path):
   """`Event ID` is event_id to validation: its 007 must not become the number 7 at the read."""
   path = write(tmp_path, 'export.csv', 'Event ID,Plays,event_idx\n007,3,10\n')
