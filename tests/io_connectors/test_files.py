@@ -160,9 +160,25 @@ def test_utf8_bad_lines_found_like_a_full_decode(keep_bad_lines):
     b'\xe2\x82',
     b'plain,1,2',
     b'\xf0\x9f\x8e\xb5 ok',
+    # The edges of the well-formed table: surrogates, overlongs, beyond U+10FFFF, lone and stray bytes.
+    b'\xed\xa0\x80',
+    b'\xed\x9f\xbf',
+    b'\xe0\x80\x80',
+    b'\xe0\xa0\x80',
+    b'\xf0\x80\x80\x80',
+    b'\xf0\x90\x80\x80',
+    b'\xf4\x8f\xbf\xbf',
+    b'\xf4\x90\x80\x80',
+    b'\xc0\x80',
+    b'\xc1\xbf',
+    b'\xc2\x80',
+    b'\xf5\x80\x80\x80',
+    b'x\x80y',
+    b'\xc3\xa9\xa9',
+    b'\xe2\x82\xac\xe2',
   ]
   seen_bad = 0
-  for _ in range(200):
+  for _ in range(600):
     lines = [rng.choice(kinds) for _ in range(rng.randint(0, 10))]
     data = b'\n'.join(lines) + (b'\n' if rng.random() < 0.5 else b'')
     want_lines, want_bad = [], []
