@@ -931,6 +931,21 @@ def test_texts_the_phone_start_rule_rejects_hold_no_phone(scanner, monkeypatch):
 
 
 @pytest.mark.unit
+def test_email_validation_asked_once_per_domain_answers_as_per_address():
+  """The email recognizer's domain check, remembered per domain, gives tldextract's answer on each whole text."""
+  recognizer = pii_recognizers.build_recognizers()['EMAIL_ADDRESS']
+  offline_tld = pii_recognizers._offline_tld()
+  rng = random.Random(47)
+  locals_ = ['ann', 'a.b+tag', 'x/y', 'q?z', 'h#1', 'o@p', '']
+  domains = ['example.com', 'yahoo.co.jp', 'mail.example.invalidtld', 'localhost', 'EXAMPLE.ORG.', 'x.com:8080']
+  domains += ['[::1]', 'b\u3002com', 'sub.domain.co.uk/path', 'a.b?c=d']
+  texts = [f'{rng.choice(locals_)}@{rng.choice(domains)}' for _ in range(2000)]
+  verdicts = [recognizer.validate_result(text) for text in texts]
+  assert verdicts == [offline_tld(text).fqdn != '' for text in texts]
+  assert any(verdicts) and not all(verdicts)
+
+
+@pytest.mark.unit
 def test_whole_ipv4_values_are_redacted_as_the_recognizers_redact_them(monkeypatch):
   """A column of addresses, canonical or not, alone or among text: the same values and counts as the
   recognizers give one by one; a minimum score above the IPv4 pattern's finds none."""

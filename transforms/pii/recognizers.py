@@ -598,7 +598,14 @@ def build_recognizers() -> Dict[str, Any]:
       return results
 
     def validate_result(self, pattern_text: str):
-      return offline_tld(pattern_text).fqdn != ''
+      if '/' in pattern_text or '?' in pattern_text or '#' in pattern_text:
+        return offline_tld(pattern_text).fqdn != ''
+      # tldextract reads only the host, here all after the last '@': asked once per domain, not per address.
+      return _known_domain(pattern_text.rpartition('@')[2])
+
+  @functools.lru_cache(maxsize=4096)
+  def _known_domain(domain: str) -> bool:
+    return offline_tld(domain).fqdn != ''
 
   class PlausiblePhoneRecognizer(PhoneRecognizer):
     """presidio's PhoneRecognizer, asking one region at a time, keeping numbers a person wrote.
