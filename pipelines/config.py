@@ -48,6 +48,7 @@ RUN_KEYS = (
   'input',
   'input_format',
   'input_encoding',
+  'input_newlines_in_values',
   'entity',
   'tenant_id',
   'tenant_field',
@@ -73,7 +74,7 @@ RUN_KEYS = (
 #   crypto_shredding: {tenants: [acme] or '*', key_store: postgresql://user@host/db?table=...}
 FILE_ONLY_KEYS = ('sources', 'retention_days', 'crypto_shredding')
 # Flags that take no value (argparse store_true).
-_SWITCHES = ('keep_pii', 'no_lineage_columns')
+_SWITCHES = ('keep_pii', 'no_lineage_columns', 'input_newlines_in_values')
 DEFAULT_OUTPUT = 'output/spotify_batch'
 
 
@@ -222,10 +223,16 @@ def typed_value(key: str, value: Any, where: str) -> Any:
 _ENCODED_FORMATS = ('csv',)
 
 
-def _source_from_input(pattern: str, input_format: Optional[str], input_encoding: Optional[str]) -> Dict[str, Any]:
+def _source_from_input(
+  pattern: str, input_format: Optional[str], input_encoding: Optional[str], newlines_in_values: bool = False
+) -> Dict[str, Any]:
   if input_format and input_format not in INPUT_FORMATS:
     raise ConfigError(f'input_format {input_format!r} is not one of {", ".join(INPUT_FORMATS)}')
-  source = {'type': input_format or 'files', 'input': pattern}
+  source: Dict[str, Any] = {'type': input_format or 'files', 'input': pattern}
+  if newlines_in_values:
+    if input_format and input_format != 'csv':
+      raise ConfigError(f'input_newlines_in_values applies to CSV input, not to input_format {input_format}')
+    source['newlines_in_values'] = True
   if input_encoding is not None:
     if input_format and input_format not in _ENCODED_FORMATS:
       raise ConfigError(f'input_encoding applies to CSV input, not to input_format {input_format}')
@@ -278,9 +285,20 @@ def resolve(
   if values.get('input'):
     if sources:
       raise ConfigError('give either --input or a "sources:" list, not both')
-    sources = [_source_from_input(values['input'], values.get('input_format'), values.get('input_encoding'))]
+    sources = [
+      _source_from_input(
+        values['input'],
+        values.get('input_format'),
+        values.get('input_encoding'),
+        bool(values.get('input_newlines_in_values')),
+      )
+    ]
   elif values.get('input_encoding') is not None:
     raise ConfigError('input_encoding applies to --input; give a "sources:" entry its own "encoding:" key')
+  elif values.get('input_newlines_in_values'):
+    raise ConfigError(
+      'input_newlines_in_values applies to --input; give a "sources:" entry its own "newlines_in_values:" key'
+    )
   elif not sources:
     if demo_input is None:
       raise ConfigError('no input: give --input or a config with a "sources:" list')
@@ -292,6 +310,7 @@ def resolve(
   values.pop('input', None)
   values.pop('input_format', None)
   values.pop('input_encoding', None)
+  values.pop('input_newlines_in_values', None)
   config = RunConfig(
     sources=[dict(s) for s in sources], demo=demo, **{k: v for k, v in values.items() if v is not None}
   )

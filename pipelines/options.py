@@ -97,6 +97,14 @@ class SpotifyBatchOptions(PipelineOptions):
       'encoding are bad_encoding dead letters.',
     )
     parser.add_argument(
+      '--input_newlines_in_values',
+      action='store_true',
+      default=False,
+      help='Quoted values in --input\'s CSV files may hold newlines anywhere (notes, addresses): each file is read '
+      'whole, not cut into ranges at newlines. Without it a file is read whole only when such a value shows in its '
+      'first MiB.',
+    )
+    parser.add_argument(
       '--entity',
       default='listening_event',
       help='Canonical entity the records are validated as: listening_event, track, audio_features, artist, user, playlist.',
