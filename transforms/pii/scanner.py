@@ -256,7 +256,7 @@ _PHONE_MAY_START_PY = regex.compile(PHONE_MAY_START)
 
 def _phone_free(values: pa.Array) -> np.ndarray:
   """Values in which the phone recognizer can find nothing: glued id tokens, and texts whose every digit
-  run is glued on its left (`recognizers.PHONE_MAY_START`: https://example.com/p/5288523)."""
+  run is glued to what is around it (`recognizers.PHONE_MAY_START`: https://example.com/p/5288523)."""
   may_start = _regex_mask(values, (PHONE_MAY_START,), _PHONE_MAY_START_PY.search)
   return _glued_id_tokens(values) | ~may_start
 
