@@ -92,6 +92,8 @@ def test_shards_are_stable_and_spread():
     '-'.join(['f' * 8] + ['f' * 4] * 3 + ['f' * 12]),
   ]
   assert shard_of(pa.array(uuids), 1000).tolist() == [184, 327, 107]
+  # Empty and null keys beside them (no bytes) leave the others on the matrix path, with the same values.
+  assert shard_of(pa.array([None, uuids[0], '', uuids[1], uuids[2]]), 1000).tolist() == [0, 184, 0, 327, 107]
   assert shard_of(pa.array(['a', 'b', 'c']), 1000).tolist() == [626, 706, 554]
   same_length = pa.array([f'evt-{i:08d}' for i in range(5000)])
   mixed_lengths = pa.concat_arrays([same_length, pa.array(['longer key'])])
