@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import codecs
-from typing import Any, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -15,33 +15,108 @@ __all__ = ['read_owned_lines', 'is_blank', 'first_line', 'to_utf8', 'line_count'
 _SLACK = 1 << 16  # read past a range's end in the same call, to finish its last line
 
 
-def read_owned_lines(f, start: int, end: int) -> memoryview:
+def read_owned_lines(
+  f,
+  start: int,
+  end: int,
+  value_open: Optional[Callable[[Any, bool], bool]] = None,
+  range_size: Optional[int] = None,
+  follow_value: bool = True,
+) -> memoryview:
   """The bytes of the lines that start in [start, end), each with its newline.
 
+  value_open(data, inside): whether CSV bytes `data` (starting at a record,
+  or inside a quoted value when `inside`) end inside a quoted value. With
+  it, a range whose last line opens a quoted value that holds newlines
+  reads on to the line that closes it, and the range after it (`range_size`
+  later) starts after that line (`_skipped_value_end`): cut at the line,
+  the value came out truncated and its rest was the next range's first,
+  malformed, row. That costs 64 KiB more in the range's read (the bytes
+  before it). follow_value=False: without reading on (the lines as the
+  range before decides on them).
   A view into one read (no copy of a range's tens of MiB on the happy path).
   """
   seek_to = max(start - 1, 0)
-  f.seek(seek_to)
+  looks_back = value_open is not None and range_size and start > 0
+  read_from = max(seek_to - _LINE_BACK, 0) if looks_back else seek_to
+  back_bytes = seek_to - read_from
+  f.seek(read_from)
   wanted = end - seek_to
-  data = read_exactly(f, wanted + _SLACK)
+  whole = read_exactly(f, back_bytes + wanted + _SLACK)
+  data = memoryview(whole)[back_bytes:]
   lo, hi = 0, min(len(data), wanted)
   if start > 0:
     # The byte before `start` tells whether a line starts at `start`.
-    lo = data.find(b'\n', 0, hi) + 1
-    if lo == 0:
+    lo = whole.find(b'\n', back_bytes, back_bytes + hi) + 1 - back_bytes
+    if lo <= 0:
       return memoryview(b'')
+    if looks_back:
+      back = whole[:back_bytes]
+      newline = back.rfind(b'\n')
+      line = back[newline + 1 :] + bytes(data[:lo]) if newline >= 0 or read_from == 0 else None
+      skip_to = _skipped_value_end(f, seek_to + lo, line, start, range_size, value_open)
+      if skip_to is not None:
+        if skip_to >= end:
+          return memoryview(b'')
+        lo = skip_to - seek_to
   if lo >= hi:
     return memoryview(b'')
+  owned: Any = data[lo:hi]
   if data[hi - 1] != 0x0A:
     # The last line started in the range: it is ours to its end.
-    newline = data.find(b'\n', hi)
+    newline = whole.find(b'\n', back_bytes + hi)
     if newline >= 0:
-      hi = newline + 1
+      owned = data[lo : newline - back_bytes + 1]
     elif len(data) < wanted + _SLACK:
-      hi = len(data)  # the file ends within the slack
+      return data[lo:]  # the file ends within the slack
     else:
-      return memoryview(b''.join([data[lo:]] + _to_end_of_line(f)))
-  return memoryview(data)[lo:hi]
+      f.seek(read_from + len(whole))  # `_skipped_value_end` may have read elsewhere
+      owned = memoryview(b''.join([bytes(data[lo:])] + _to_end_of_line(f)))
+  if value_open is None or not follow_value or owned[-1] != 0x0A or not value_open(owned, False):
+    return owned
+  owned_end = seek_to + lo + len(owned)
+  value_end = _value_end(f, owned_end, value_open, end + range_size if range_size else None)
+  if value_end is None:
+    return owned
+  f.seek(owned_end)
+  return memoryview(bytes(owned) + read_exactly(f, value_end - owned_end))
+
+
+# How far past a range's lines a quoted value that opens on its last line is followed; and how far back
+# the range after it reads to find the start of that line.
+_VALUE_SLACK = 1 << 20
+_LINE_BACK = 1 << 16
+
+
+def _value_end(f, at: int, value_open: Callable[[Any, bool], bool], stop_before: Optional[int]) -> Optional[int]:
+  """The offset after the line (from offset `at` on, inside a quoted value) that closes the value; None when
+  the file, _VALUE_SLACK or `stop_before` (the next range's end: no line is read by two ranges) comes first."""
+  limit = at + _VALUE_SLACK if stop_before is None else min(at + _VALUE_SLACK, stop_before - 1)
+  while at < limit:
+    f.seek(at)
+    line = b''.join(_to_end_of_line(f))
+    if not line or at + len(line) > limit:
+      return None
+    at += len(line)
+    if not value_open(line, True):
+      return at
+  return None
+
+
+def _skipped_value_end(
+  f, line_end: int, line: Optional[bytes], start: int, range_size: int, value_open: Callable[[Any, bool], bool]
+) -> Optional[int]:
+  """Where the range at `start` starts instead of `line_end`: after the rest of a quoted value that `line` (the
+  range before's last, which ends at `line_end`; None when longer than _LINE_BACK) opens, which the range
+  before reads on to (`read_owned_lines`, whose decision this repeats on the same bytes); None for no value.
+  """
+  if line is not None and (not line.endswith(b'\n') or not value_open(line, False)):
+    return None  # the line opens no value (the usual case)
+  previous = max(start - range_size, 0)
+  owned = read_owned_lines(f, previous, start, value_open, range_size, follow_value=False)
+  if not len(owned) or not value_open(owned, False):
+    return None
+  return _value_end(f, line_end, value_open, start + range_size)
 
 
 def is_blank(data) -> bool:
@@ -228,7 +303,12 @@ def with_line_feeds(data, encoding: str):
 
 
 def ranges_as_utf8(
-  rng, encoding: str, keep_bad_lines: bool, part_bytes: Optional[int]
+  rng,
+  encoding: str,
+  keep_bad_lines: bool,
+  part_bytes: Optional[int],
+  value_open: Optional[Callable[[Any, bool], bool]] = None,
+  range_size: Optional[int] = None,
 ) -> Iterator[Tuple[Any, Any, List[Tuple[int, str]]]]:
   """(range, its lines as UTF-8, its bad lines (see `to_utf8`)) of a range (`_ranges.Range`), blank ones left out.
 
@@ -250,7 +330,7 @@ def ranges_as_utf8(
         f.seek(0)
         raw = f.read()
       else:
-        raw = read_owned_lines(f, rng.start, rng.end)
+        raw = read_owned_lines(f, rng.start, rng.end, value_open, range_size)
     if not is_blank(raw):
       data, bad_lines = to_utf8(with_line_feeds(raw, encoding), encoding, keep_bad_lines=keep_bad_lines)
       if bad_lines or not is_blank(data):  # a UTF-16/32 file of its mark alone is blank once decoded

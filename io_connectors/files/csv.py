@@ -77,16 +77,20 @@ def quoted_newlines_in_head(path: str, options: CsvOptions) -> bool:
   return False
 
 
-def _quoted_values(data, delimiter: str, quote_char: str) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-  """(offsets of opening quotes, of closing quotes) of the quoted values in CSV bytes, or None.
+def _quote_walk(
+  data, delimiter: str, quote_char: str, inside: bool = False
+) -> Optional[Tuple[np.ndarray, np.ndarray, Optional[int]]]:
+  """(offsets of opening quotes, of closing quotes, offset of the opening quote of a value still open at the
+  end or None) of the quoted values in CSV bytes, or None for data these rules do not model.
 
   The rules pyarrow's parser and Python's csv reader share (their defaults):
   a quote opens a value only at a field's start (the data's start, after
   the delimiter or a line feed), "" inside one is a quote, and the next
   single quote closes it; after that, quotes up to the delimiter are text.
-  None for what these rules do not model alike: a value still open at the
-  end, a carriage return not before a line feed, a delimiter or quote
-  outside ASCII. Only the quotes are walked in Python, not every byte.
+  `inside`: the data starts inside a quoted value (its opening quote is
+  before it: offset -1). Not modelled alike: a carriage return not before a
+  line feed, a delimiter or quote outside ASCII. Only the quotes are walked
+  in Python, not every byte.
   """
   if len(delimiter.encode('utf-8')) != 1 or len(quote_char.encode('utf-8')) != 1:
     return None
@@ -96,35 +100,40 @@ def _quoted_values(data, delimiter: str, quote_char: str) -> Optional[Tuple[np.n
     return None
   quotes = np.flatnonzero(buf == ord(quote_char))
   before = buf[np.maximum(quotes - 1, 0)]
-  at_field_start = (quotes == 0) | (before == ord(delimiter)) | (before == 0x0A)
-  if len(quotes) % 2 == 0 and at_field_start[0::2].all():
+  at_field_start = ((quotes == 0) & (not inside)) | (before == ord(delimiter)) | (before == 0x0A)
+  if not inside and len(quotes) % 2 == 0 and at_field_start[0::2].all():
     # The usual shape, checked whole: each opening quote's next quote closes its value, which a delimiter, a
     # line end or the data's end follows; no "" anywhere.
     closes = quotes[1::2]
     after = buf[np.minimum(closes + 1, len(buf) - 1)]
     ended = (closes == len(buf) - 1) | (after == ord(delimiter)) | (after == 0x0A) | (after == 0x0D)
     if ended.all() and not (np.diff(quotes) == 1).any():
-      return quotes[0::2], closes
+      return quotes[0::2], closes, None
   at_field_start = at_field_start.tolist()
   quotes = quotes.tolist()
   opens, closes = [], []
   opened, i, n = -1, 0, len(quotes)
   while i < n:
     at = quotes[i]
-    if opened < 0:
+    if not inside:
       if at_field_start[i]:
-        opened = at
+        inside, opened = True, at
       i += 1
     elif i + 1 < n and quotes[i + 1] == at + 1:
       i += 2  # "" inside a quoted value
     else:
       opens.append(opened)
       closes.append(at)
-      opened = -1
+      inside = False
       i += 1
-  if opened >= 0:
-    return None
-  return np.asarray(opens, dtype=np.int64), np.asarray(closes, dtype=np.int64)
+  return np.asarray(opens, dtype=np.int64), np.asarray(closes, dtype=np.int64), opened if inside else None
+
+
+def _quoted_values(data, delimiter: str, quote_char: str) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+  """(offsets of opening quotes, of closing quotes) of the quoted values of CSV bytes (`_quote_walk`); None
+  when a value is still open at the end or the data is not modelled."""
+  walk = _quote_walk(data, delimiter, quote_char)
+  return None if walk is None or walk[2] is not None else walk[:2]
 
 
 def _records_of_lines(data, lines: List[int], delimiter: str, quote_char: Optional[str]) -> Dict[int, int]:
@@ -182,6 +191,10 @@ def _records_by_csv_module(data, lines: List[int], delimiter: str, quote_char: s
   if k < len(wanted):  # not reached (the reader stopped early): the line count is the best guess
     found.update((line, int(nonblank_before[line]) + 1) for line in wanted[k:])
   return found
+
+
+# How much of a range's end is read for its last line (a longer line: the whole range is walked).
+_LAST_LINE_BYTES = 1 << 16
 
 
 def _ended_line(data):
@@ -269,8 +282,39 @@ class CsvReader:
       or (is_compressed(rng.path) and self._quoted_newlines(rng.path, options))
     )
     part_bytes = None if whole else options.split_size_bytes
-    for part, data, bad_lines in ranges_as_utf8(rng, options.encoding, True, part_bytes):
+    value_open = None if whole else self._value_open(rng.path, options)
+    for part, data, bad_lines in ranges_as_utf8(
+      rng, options.encoding, True, part_bytes, value_open, options.split_size_bytes
+    ):
       yield from self._read_part(part, data, bad_lines, options)
+
+  def _value_open(self, path: str, options: CsvOptions):
+    """`read_owned_lines`'s value_open for this file: whether CSV bytes end inside a quoted value; None without
+    quoting.
+
+    A range's last line is walked alone first: the value followed is one
+    that opens on it (a note or an address of a few lines; one opened on an
+    earlier line and running past the range is not). Only when it opens one
+    is the whole range walked, to confirm it.
+    """
+    if not options.quote_char:
+      return None
+    delimiter, quote = self._delimiter(options, path), options.quote_char
+
+    def still_open(data, inside: bool) -> bool:
+      if not inside:
+        tail = bytes(data[-_LAST_LINE_BYTES:])
+        start = tail.rfind(b'\n', 0, len(tail) - 1) + 1
+        if start or len(tail) == len(data):
+          walk = _quote_walk(tail[start:], delimiter, quote)
+          if walk is None or walk[2] is None:
+            return False
+        if bytes(data[:3]) == codecs.BOM_UTF8:
+          data = data[3:]
+      walk = _quote_walk(data, delimiter, quote, inside)
+      return walk is not None and walk[2] is not None
+
+    return still_open
 
   def _read_part(self, rng: Range, data, bad_lines, options: CsvOptions):
     path, start = rng.path, rng.start
@@ -358,7 +402,39 @@ class CsvReader:
     if bad_records:
       keep = ~np.isin(rows, np.array(list(bad_records), dtype=np.int64))
       table, rows = table.filter(pa.array(keep)), rows[keep]
+    cut_at = self._value_cut_at_end(table, data, options, path)
+    if cut_at is not None:
+      # Its quoted value runs on into the next range (a value of three or more lines, a later line of which
+      # holds that range's start; `read_owned_lines` follows one that opens on the range's last line):
+      # set aside, not written cut short.
+      text = bytes(data[bytes(data[:cut_at]).rfind(b'\n') + 1 :]).decode('utf-8', 'replace')
+      yield dead_letter(
+        source,
+        position(int(rows[-1])),
+        'malformed_row',
+        record=text[:10_000],
+        detail='a quoted value is not closed before the end of this part of the file: the file ends inside it, '
+        'or a value holding newlines runs into the next part (such a file is read whole with '
+        'newlines_in_values: true, --input_newlines_in_values)',
+        stage=STAGE,
+      )
+      table, rows = table.slice(0, table.num_rows - 1), rows[:-1]
     yield from emit(table, source, rows, options.batch_size)
+
+  def _value_cut_at_end(self, table: pa.Table, data, options: CsvOptions, path: str) -> Optional[int]:
+    """The offset of the opening quote of a quoted value the range's data ends inside, else None.
+
+    pyarrow reads such a value to the end of the data, so it ends with a
+    newline: only when a value of the last row does is the data walked.
+    """
+    if not table.num_rows or not options.quote_char:
+      return None
+    last = table.slice(table.num_rows - 1).to_pylist()[0]
+    if not any(isinstance(v, str) and v.endswith('\n') for v in last.values()):
+      return None
+    bom = len(codecs.BOM_UTF8) if bytes(data[:3]) == codecs.BOM_UTF8 else 0
+    walk = _quote_walk(data[bom:], self._delimiter(options, path), options.quote_char)
+    return None if walk is None or walk[2] is None else walk[2] + bom
 
   def _numbers_as_written(self, table: pa.Table, data, read_options, path: str, options: CsvOptions) -> pa.Table:
     """`table` with the number columns whose text the type would respell read again as text.

@@ -869,6 +869,70 @@ def test_csv_record_numbers_of_lines_from_the_quotes_equal_the_csv_modules():
   assert csv_reader._records_of_lines(lone_return, [2], ',', '"') == {2: 3}  # pyarrow's number too
 
 
+def _read_in_ranges(path: str, split: int):
+  """(rows, dead letters) of a CSV file read range by range, as the batch job's workers read it."""
+  from io_connectors.files import csv as csv_reader
+  from io_connectors.files._ranges import byte_ranges
+
+  reader, rows, letters = csv_reader.CsvReader(), [], []
+  for part in byte_ranges(path, 'csv', os.path.getsize(path), split):
+    for item in reader.read(part, CsvOptions(split_size_bytes=split)):
+      if isinstance(item, dict):
+        letters.append(item)
+      else:
+        rows.extend(item.to_pylist())
+  return rows, letters
+
+
+@pytest.mark.parametrize('most_newlines', [1, 4])
+def test_csv_values_with_newlines_across_range_starts_are_never_cut_short(tmp_path, most_newlines):
+  """Quoted values holding newlines, in any column, split by small ranges. A value that opens on a range's
+  last line is read whole by that range and skipped by the next: the rows are pyarrow's reading of the whole
+  file (before, the value was cut at the line and its rest was a row of its own). A record whose value a
+  range's start falls later in (three lines or more) is never written cut short or twice: it is a
+  dead letter (its rest, read from the next range's start, may still parse as a row of fragments; such
+  files need newlines_in_values)."""
+  import random
+
+  import pyarrow.csv as pa_csv
+
+  rng = random.Random(19 + most_newlines)
+  for trial in range(60):
+    eol, note_last = rng.choice(['\n', '\r\n']), rng.random() < 0.5
+    lines = ['id,n,note' if note_last else 'id,note,n']
+    for i in range(rng.randint(20, 200)):
+      newlines = rng.randint(1, most_newlines)
+      note = rng.choice(
+        [
+          'plain',
+          '"a, b"',
+          '"say ""hi"""',
+          '"' + eol.join(['line'] * (newlines + 1)) + '"',
+          '"x ""q""' + eol * newlines + ',y"',
+        ]
+      )
+      lines.append(f'r{i},{i},{note}' if note_last else f'r{i},{note},{i}')
+    path = tmp_path / f'notes{trial}.csv'
+    path.write_bytes((eol.join(lines) + eol).encode('utf-8'))
+    whole = pa_csv.read_csv(
+      str(path),
+      parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+      convert_options=pa_csv.ConvertOptions(column_types={'id': pa.string(), 'note': pa.string()}),
+    )
+    want = {(row['id'], row['note']) for row in whole.to_pylist()}
+    assert len(want) == whole.num_rows
+    rows, letters = _read_in_ranges(str(path), rng.randint(60, 3000))
+    got = [(row['id'], row['note']) for row in rows]
+    if most_newlines == 1:
+      assert sorted(got) == sorted(want) and not letters, path.read_bytes()
+      continue
+    ids = {row_id for row_id, _ in want}
+    written = [(row_id, note) for row_id, note in got if row_id in ids]
+    assert len(written) == len({row_id for row_id, _ in written}) and set(written) <= want, path.read_bytes()
+    missing = ids - {row_id for row_id, _ in written}
+    assert all(any(row_id in str(letter['record']) for letter in letters) for row_id in missing)
+
+
 def test_csv_header_spelling_a_text_column_another_way_is_read_as_text(tmp_path):
   """`Event ID` is event_id to validation: its 007 must not become the number 7 at the read."""
   path = write(tmp_path, 'export.csv', 'Event ID,Plays,event_idx\n007,3,10\n')

@@ -257,11 +257,12 @@ def test_flink_job_recovers_from_a_killed_taskmanager(kafka, flink_cluster, flin
   now_ms = int(time.time() * 1000)
   base_ms = now_ms - 3_600_000 - now_ms % 60_000  # an hour ago, window-aligned
   # Windows close as record timestamps advance (no idle timeout): before the
-  # kill ten windows, after it the next ten, then one malformed message per
+  # kill six windows, after it the next six (Flink closes a backlog's windows
+  # one timer firing at a time: ~1.5 s each), then one malformed message per
   # partition stamped later, which closes the last windows.
-  before_kill = Events().add(seed=11, prefix='a', n=1500, first_ms=base_ms, span_ms=10 * WINDOW_S * 1000)
+  before_kill = Events().add(seed=11, prefix='a', n=900, first_ms=base_ms, span_ms=6 * WINDOW_S * 1000)
   after_kill = Events().add(
-    seed=12, prefix='b', n=1500, first_ms=base_ms + 10 * WINDOW_S * 1000, span_ms=10 * WINDOW_S * 1000
+    seed=12, prefix='b', n=900, first_ms=base_ms + 6 * WINDOW_S * 1000, span_ms=6 * WINDOW_S * 1000
   )
   closers = [(p, b'closer', base_ms + 30 * WINDOW_S * 1000) for p in range(PARTITIONS)]
   everything = Events(
