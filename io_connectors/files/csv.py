@@ -129,6 +129,14 @@ def _quote_walk(
   return np.asarray(opens, dtype=np.int64), np.asarray(closes, dtype=np.int64), opened if inside else None
 
 
+def _open_value_at(data, delimiter: str, quote_char: str, inside: bool = False) -> Optional[int]:
+  """The offset of the opening quote of a quoted value CSV bytes end inside (after a UTF-8 byte order mark
+  at their start), else None (also for data `_quote_walk` does not model)."""
+  bom = len(codecs.BOM_UTF8) if not inside and bytes(data[:3]) == codecs.BOM_UTF8 else 0
+  walk = _quote_walk(data[bom:], delimiter, quote_char, inside)
+  return None if walk is None or walk[2] is None else walk[2] + bom
+
+
 def _quoted_values(data, delimiter: str, quote_char: str) -> Optional[Tuple[np.ndarray, np.ndarray]]:
   """(offsets of opening quotes, of closing quotes) of the quoted values of CSV bytes (`_quote_walk`); None
   when a value is still open at the end or the data is not modelled."""
@@ -305,14 +313,9 @@ class CsvReader:
       if not inside:
         tail = bytes(data[-_LAST_LINE_BYTES:])
         start = tail.rfind(b'\n', 0, len(tail) - 1) + 1
-        if start or len(tail) == len(data):
-          walk = _quote_walk(tail[start:], delimiter, quote)
-          if walk is None or walk[2] is None:
-            return False
-        if bytes(data[:3]) == codecs.BOM_UTF8:
-          data = data[3:]
-      walk = _quote_walk(data, delimiter, quote, inside)
-      return walk is not None and walk[2] is not None
+        if (start or len(tail) == len(data)) and _open_value_at(tail[start:], delimiter, quote) is None:
+          return False
+      return _open_value_at(data, delimiter, quote, inside) is not None
 
     return still_open
 
@@ -402,7 +405,8 @@ class CsvReader:
     if bad_records:
       keep = ~np.isin(rows, np.array(list(bad_records), dtype=np.int64))
       table, rows = table.filter(pa.array(keep)), rows[keep]
-    cut_at = self._value_cut_at_end(table, data, options, path)
+    last_record = first_data_record + table.num_rows + len(invalid) - 1
+    cut_at = self._value_cut_at_end(table, rows, last_record, data, options, path)
     if cut_at is not None:
       # Its quoted value runs on into the next range (a value of three or more lines, a later line of which
       # holds that range's start; `read_owned_lines` follows one that opens on the range's last line):
@@ -421,20 +425,21 @@ class CsvReader:
       table, rows = table.slice(0, table.num_rows - 1), rows[:-1]
     yield from emit(table, source, rows, options.batch_size)
 
-  def _value_cut_at_end(self, table: pa.Table, data, options: CsvOptions, path: str) -> Optional[int]:
-    """The offset of the opening quote of a quoted value the range's data ends inside, else None.
+  def _value_cut_at_end(
+    self, table: pa.Table, rows: np.ndarray, last_record: int, data, options: CsvOptions, path: str
+  ) -> Optional[int]:
+    """The offset of the opening quote of a quoted value the range's data ends inside, when the table's last
+    row is the data's last record (`last_record`; a malformed one is a dead letter already), else None.
 
     pyarrow reads such a value to the end of the data, so it ends with a
     newline: only when a value of the last row does is the data walked.
     """
-    if not table.num_rows or not options.quote_char:
+    if not table.num_rows or not options.quote_char or int(rows[-1]) != last_record:
       return None
     last = table.slice(table.num_rows - 1).to_pylist()[0]
     if not any(isinstance(v, str) and v.endswith('\n') for v in last.values()):
       return None
-    bom = len(codecs.BOM_UTF8) if bytes(data[:3]) == codecs.BOM_UTF8 else 0
-    walk = _quote_walk(data[bom:], self._delimiter(options, path), options.quote_char)
-    return None if walk is None or walk[2] is None else walk[2] + bom
+    return _open_value_at(data, self._delimiter(options, path), options.quote_char)
 
   def _numbers_as_written(self, table: pa.Table, data, read_options, path: str, options: CsvOptions) -> pa.Table:
     """`table` with the number columns whose text the type would respell read again as text.

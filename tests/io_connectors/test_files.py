@@ -933,6 +933,20 @@ def test_csv_values_with_newlines_across_range_starts_are_never_cut_short(tmp_pa
     assert all(any(row_id in str(letter['record']) for letter in letters) for row_id in missing)
 
 
+def test_csv_unclosed_quote_at_the_end_sets_aside_only_its_own_record(tmp_path):
+  """A value left open at the end of the data is its record's dead letter; when that record is malformed
+  anyway, the row before it (a value ending in a newline) is still written, not taken for the cut one."""
+  path = write(tmp_path, 'open.csv', 'a,b\n1,"x\n"\n2,3,"unclosed\n')
+  result = read(tmp_path, ReadFromCsv(path))
+  assert [(r[1], r[2]) for r in result.rows()] == [(2, {'a': 1, 'b': 'x\n'})]
+  assert result.reasons() == [('malformed_row', 'row 3')]
+  path = write(tmp_path, 'open2.csv', 'a,b\n1,"x"\n2,"unclosed\n')
+  result = read(tmp_path, ReadFromCsv(path))
+  assert [(r[1], r[2]) for r in result.rows()] == [(2, {'a': 1, 'b': 'x'})]
+  assert result.reasons() == [('malformed_row', 'row 3')]
+  assert 'not closed' in result.dead_letters[0]['detail']
+
+
 def test_csv_header_spelling_a_text_column_another_way_is_read_as_text(tmp_path):
   """`Event ID` is event_id to validation: its 007 must not become the number 7 at the read."""
   path = write(tmp_path, 'export.csv', 'Event ID,Plays,event_idx\n007,3,10\n')
