@@ -16,7 +16,11 @@ clock, best of N:
     per ``--pipeline-args`` variant;
 (c) the Beam floor (``benchmarks/beam_floor.py``, ``--floor-runner``): the
     baseline's own work in a one-DoFn Beam pipeline, in a subprocess timed like
-    (b): what Beam's start-up and runner cost before any of our work.
+    (b): what Beam's start-up and runner cost before any of our work;
+(d) with ``--work-floor-runs N``, the work floor (``benchmarks/work_floor.py``):
+    the pipeline's own steps on the same file in a plain process pool, without
+    Beam, in a subprocess timed like (b), its outputs checked as (b)'s: what
+    the job's work costs with no runner at all.
 
 Throughput is input rows per second for both; the ratio is pipeline/baseline.
 Each subprocess run also reports its peak resident memory (the sum over the
@@ -34,6 +38,7 @@ Usage::
         --pipeline-args "--direct_num_workers=2 --direct_running_mode=multi_processing"
     python benchmarks/bench_batch.py --rows 100000 --json
     python benchmarks/bench_batch.py --corpus wide --rows 1000000
+    python benchmarks/bench_batch.py --rows 10000000 --work-floor-runs 1 --floor-runner ''
 """
 
 from __future__ import annotations
@@ -101,6 +106,7 @@ class BenchOptions:
   baseline_only: bool = False
   timeout_s: float = 3600.0
   floor_runner: str = 'FnApiRunner'
+  work_floor_runs: int = 0
 
   def validate(self) -> 'BenchOptions':
     if self.rows < 1:
@@ -109,6 +115,8 @@ class BenchOptions:
       raise ValueError(f'--corpus must be one of {", ".join(CORPORA)}, got {self.corpus!r}')
     if self.baseline_runs < 1 or self.pipeline_runs < 1:
       raise ValueError('--baseline-runs and --pipeline-runs must be at least 1')
+    if self.work_floor_runs < 0:
+      raise ValueError(f'--work-floor-runs must be 0 or more, got {self.work_floor_runs}')
     if self.timeout_s <= 0:
       raise ValueError(f'--timeout must be positive, got {self.timeout_s}')
     for extra in self.pipeline_args:
@@ -364,6 +372,39 @@ def run_floor(csv_path: str, out_dir: str, runner: str, timeout_s: float) -> dic
   }
 
 
+def run_work_floor(csv_path: str, out_dir: str, timeout_s: float, expected: dict) -> dict:
+  """One run of benchmarks/work_floor.py in a subprocess; returns seconds and its per-step CPU, or the error."""
+  command = [sys.executable, os.path.join(REPO_ROOT, 'benchmarks', 'work_floor.py'), 'batch', csv_path, out_dir]
+  env = dict(os.environ, PII_MASTER_KEY=BENCH_PII_KEY)
+  report_path = out_dir.rstrip(os.sep) + '.json'
+  with open(report_path, 'wb') as out:
+    run = run_measured(command, timeout_s, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.DEVNULL)
+  shutil.rmtree(out_dir, ignore_errors=True)
+  if run['returncode'] is None:
+    return {'error': f'timed out after {timeout_s:.0f} s'}
+  if run['returncode'] != 0:
+    return {'error': f'exit status {run["returncode"]}'}
+  with open(report_path, encoding='utf-8') as f:
+    steps = json.loads(f.read().strip().splitlines()[-1])
+  counts = steps['counts']
+  wanted = {
+    'written': expected['clean'],
+    'dead_letter': expected['malformed']['total'],
+    'deduplicated': expected['duplicates'],
+  }
+  wrong = [f'{k} {counts.get(k)}, expected {v}' for k, v in wanted.items() if counts.get(k) != v]
+  if wrong:
+    return {'error': 'wrong outputs: ' + '; '.join(wrong)}
+  return {
+    'seconds': run['seconds'],
+    'cpu_s': run['cpu_s'],
+    'peak_rss_gb': run['peak_rss_gb'],
+    'load_avg': run['load_avg'],
+    'cpu_s_by_step': steps['cpu_s_by_step'],
+    'counts': counts,
+  }
+
+
 def machine_info() -> dict:
   return common_machine_info(('pyarrow', 'apache-beam', 'numpy', 'pandas', 'pydantic'))
 
@@ -433,6 +474,28 @@ def run_benchmark(options: BenchOptions) -> dict:
       }
       if floor_best:
         result['beam_floor'].update(
+          best_s=round(floor_best, 3), rows_per_s=round(options.rows / floor_best), ratio=round(best / floor_best, 4)
+        )
+    if options.work_floor_runs:
+      floors = []
+      for i in range(options.work_floor_runs):
+        floors.append(run_work_floor(csv_path, os.path.join(work, f'work-floor-{i}'), options.timeout_s, expected))
+        _log(
+          f'work floor run {i + 1}/{options.work_floor_runs}: '
+          + (f'{floors[-1]["seconds"]:.2f} s' if 'seconds' in floors[-1] else floors[-1]['error'])
+        )
+      floor_best = _best(floors)
+      result['work_floor'] = {
+        'what': "the pipeline's own steps without Beam, a process per core (benchmarks/work_floor.py), subprocess",
+        'runs_s': [round(r['seconds'], 3) for r in floors if 'seconds' in r],
+        'peak_rss_gb': [r['peak_rss_gb'] for r in floors if 'seconds' in r],
+        'cpu_s': [r['cpu_s'] for r in floors if 'seconds' in r],
+        'load_avg': [r['load_avg'] for r in floors if 'seconds' in r],
+        'cpu_s_by_step': [r['cpu_s_by_step'] for r in floors if 'seconds' in r],
+        'errors': [r for r in floors if 'seconds' not in r],
+      }
+      if floor_best:
+        result['work_floor'].update(
           best_s=round(floor_best, 3), rows_per_s=round(options.rows / floor_best), ratio=round(best / floor_best, 4)
         )
     available = importlib.util.find_spec(PIPELINE_MODULE) is not None
@@ -505,6 +568,15 @@ def report(result: dict) -> str:
       f'Beam floor (the baseline in one DoFn, {floor["runner"]}): best {floor["best_s"]:.2f} s '
       f'= {floor["rows_per_s"]:,} rows/s, ratio {floor["ratio"]:.3f} (the most any Beam pipeline reaches here)'
     )
+  work_floor = result.get('work_floor') or {}
+  if 'best_s' in work_floor:
+    steps = work_floor['cpu_s_by_step'][0]
+    lines.append(
+      f"work floor (the pipeline's steps without Beam): best {work_floor['best_s']:.2f} s "
+      f"= {work_floor['rows_per_s']:,} rows/s, ratio {work_floor['ratio']:.3f} (the most this job's work reaches "
+      f'here); CPU {min(work_floor["cpu_s"]):.1f} s: '
+      + ', '.join(f'{step} {seconds:.1f}' for step, seconds in list(steps.items())[:6])
+    )
   for variant in result['pipelines']:
     name = variant['extra_args'] or 'defaults'
     if 'rows_per_s' in variant:
@@ -554,6 +626,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     default='FnApiRunner',
     help="runner of the Beam floor measurement (default FnApiRunner; '' skips it)",
   )
+  parser.add_argument(
+    '--work-floor-runs',
+    type=int,
+    default=0,
+    help="runs of the work floor, the pipeline's steps without Beam (benchmarks/work_floor.py; default 0)",
+  )
   parser.add_argument('--timeout', type=float, default=3600.0, help='seconds per pipeline run (default 3600)')
   parser.add_argument('--json', action='store_true', help='print the JSON result to stdout instead of a file')
   parser.add_argument('--results-dir', default=DEFAULT_RESULTS_DIR, help='where the JSON result is written')
@@ -569,6 +647,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     baseline_only=args.baseline_only,
     timeout_s=args.timeout,
     floor_runner=args.floor_runner,
+    work_floor_runs=args.work_floor_runs,
   )
   try:
     options.validate()

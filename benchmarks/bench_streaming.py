@@ -526,6 +526,19 @@ def scan_output(output: str) -> OutputScan:
   )
 
 
+def machine_busy_s() -> float:
+  """CPU seconds this machine has spent busy since boot, all cores and processes (/proc/stat).
+
+  Read around a job on an otherwise idle machine, the difference is what the
+  job costs in all: its Python workers, Flink's JVMs, the job server and the
+  Kafka broker serving it.
+  """
+  with open('/proc/stat', encoding='ascii') as f:
+    fields = [int(x) for x in f.readline().split()[1:]]
+  user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+  return (user + nice + system + irq + softirq + steal) / os.sysconf('SC_CLK_TCK')
+
+
 class PipelineJob:
   """python -m pipelines.spotify_streaming on Flink in a subprocess, and its Flink job."""
 
@@ -607,6 +620,7 @@ class PipelineJob:
       for job in self._services.rest('/jobs/overview')['jobs']:
         if job['jid'] not in self._known_jobs and job['state'] == 'RUNNING':
           self.job_id = job['jid']
+          self.busy_at_running = machine_busy_s()
           return time.time() - self.started
       time.sleep(0.5)
     raise RuntimeError(f'the Flink job was not RUNNING after {timeout:.0f} s')
@@ -623,7 +637,13 @@ class PipelineJob:
       self.stop()
       raise RuntimeError(f'the pipeline did not finish within {timeout:.0f} s: {self.log_tail()}') from None
     self.check_alive()
+    self.busy_at_end = machine_busy_s()
     return time.time() - self.started
+
+  def busy_per_event(self, events: int) -> dict:
+    """The machine's busy CPU from RUNNING to the job's end, in all and per event (see `machine_busy_s`)."""
+    busy = self.busy_at_end - self.busy_at_running
+    return {'machine_busy_cpu_s': round(busy, 1), 'machine_busy_us_per_event': round(1e6 * busy / events, 1)}
 
   def stop(self):
     """Stops the launching process and cancels its Flink job (after a failure)."""
@@ -812,6 +832,7 @@ def run_throughput(services: Services, options: BenchOptions, work: str) -> dict
         if scan.last_visible
         else None
       ),
+      **job.busy_per_event(total),
     }
     if result['baseline']['events_per_s'] and rates.get('events_per_s'):
       result['ratio'] = round(rates['events_per_s'] / result['baseline']['events_per_s'], 4)
@@ -846,6 +867,7 @@ def run_floor(services: Services, options: BenchOptions, work: str, topic: str, 
     'rows_written': len(scan.ids),
     'sustained_windows': window_rates(scan.windows),
     'wall_events_per_s': round(total / (scan.last_visible - job.started), 1) if scan.last_visible else None,
+    **job.busy_per_event(total),
   }
   if scan.last_visible:
     # The floor's GroupByKey fires when the watermark passes a window, and a bounded read that is this fast
@@ -1072,13 +1094,15 @@ def report(result: dict) -> str:
       f'events/s; pipeline sustained {p["events_per_s"]} events/s over {p["sustained"].get("windows")} '
       f'windows ({p["wall_events_per_s"]} events/s over the wall clock, {p["wall_s"]} s; '
       f'{p.get("running_events_per_s")} events/s from RUNNING to the last file); '
-      f'ratio {t.get("ratio")}; exactly once: {t["check"]["ok"]}'
+      f'ratio {t.get("ratio")}; exactly once: {t["check"]["ok"]}; machine busy '
+      f'{p.get("machine_busy_us_per_event")} us of CPU per event from RUNNING to the end'
     )
     if t.get('floor'):
       f = t['floor']
       lines.append(
         f'floor (read, window, write ids): {f.get("events_per_s")} events/s from RUNNING to its last file, '
-        f'ratio {f.get("ratio")}; {f["rows_written"]:,} rows written'
+        f'ratio {f.get("ratio")}; {f["rows_written"]:,} rows written; machine busy '
+        f'{f.get("machine_busy_us_per_event")} us of CPU per event'
       )
   elif t:
     lines.append(f'throughput: failed: {t["error"][:300]}')

@@ -111,3 +111,21 @@ def test_tree_rss_counts_processes_a_thread_started():
       os.kill(child, 9)
     parent.kill()
     parent.wait()
+
+
+def test_work_floor_runs_the_pipelines_steps_with_its_outputs(tmp_path):
+  """The floor counts as the pipeline must (rows written, dead letters, duplicates), else it is an error."""
+  [sample_csv] = sample_data.write_listening_events(str(tmp_path / 'sample'), rows=3000, files=1, seed=3)
+  expected = sample_data.load_expected(str(tmp_path / 'sample'))
+  run = bench.run_work_floor(sample_csv, str(tmp_path / 'floor'), 300, expected)
+  assert 'error' not in run, run
+  assert (
+    run['counts']['written'] == expected['clean'] and run['counts']['dead_letter'] == expected['malformed']['total']
+  )
+  assert {'read CSV', 'validate', 'redact PII', 'dead letters: redact', 'dedup', 'write Parquet'} <= set(
+    run['cpu_s_by_step']
+  )
+  wrong = dict(expected, clean=expected['clean'] + 1)
+  assert bench.run_work_floor(sample_csv, str(tmp_path / 'again'), 300, wrong)['error'].startswith(
+    f'wrong outputs: written {expected["clean"]}, expected {expected["clean"] + 1}'
+  )

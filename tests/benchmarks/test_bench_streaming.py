@@ -9,8 +9,11 @@ from __future__ import annotations
 import datetime as dt
 import importlib.util
 import json
+import os
 import pathlib
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -130,3 +133,28 @@ def test_the_floor_job_writes_every_decoded_event_once_per_window(tmp_path):
     assert len(scan.windows) == 4
   finally:
     confluent_kafka.admin.AdminClient({'bootstrap.servers': bootstrap}).delete_topics([topic])
+
+
+def test_machine_busy_seconds_grow_with_work():
+  before = bench.machine_busy_s()
+  deadline = time.process_time() + 0.3
+  while time.process_time() < deadline:
+    pass
+  assert bench.machine_busy_s() - before >= 0.25
+
+
+def test_stream_work_floor_accounts_for_every_event(tmp_path):
+  """Each generated message is a written row or a dead letter (the floor keeps duplicates: it has no dedup)."""
+  done = subprocess.run(
+    [sys.executable, str(_PATH.parent / 'work_floor.py'), 'stream', str(tmp_path / 'out'), '--events', '3000'],
+    env=dict(os.environ, PII_MASTER_KEY=bench.BENCH_PII_KEY),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert done.returncode == 0, done.stderr[-2000:]
+  result = json.loads(done.stdout.strip().splitlines()[-1])
+  expected = sum(1 for row in sample_data.iter_rows(rows=3000, seed=7) if row.kind not in ('clean', 'duplicate'))
+  assert result['counts']['written'] + result['counts']['dead_letter'] == 3000
+  assert result['counts']['dead_letter'] == expected
+  assert {'decode messages', 'validate', 'redact PII', 'dead letters: redact'} <= set(result['cpu_s_by_step'])
