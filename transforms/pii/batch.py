@@ -599,7 +599,8 @@ class _RecordRedactor:
           out[k] = '<SECRET_ASSIGNMENT>'
           self.counts['SECRET_ASSIGNMENT'] += 1
         else:
-          out[k] = self.walk(v)
+          # Only containers are walked: anything else is itself (most values are strings).
+          out[k] = self.walk(v) if isinstance(v, (dict, list, tuple)) else v
           self.remember(out, k, v)
       self.objects.append(out)
       return out

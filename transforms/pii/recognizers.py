@@ -278,6 +278,7 @@ def _token_words(token: str) -> Tuple[str, ...]:
   return (lower, *parts) if head in NUMBER_WORDS else (lower, head)
 
 
+@functools.lru_cache(maxsize=4096)  # asked for every digit-only value of every dead letter; names recur
 def names_an_identifier(name: Optional[str]) -> bool:
   """Whether a column or key name says its values are identifiers, times or measures (`order_id`,
   `invoiceNo`, `session`, `created_ts`, `cost_micros`), as a word before a number in text does for ids

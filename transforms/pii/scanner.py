@@ -494,7 +494,8 @@ class TextScanner:
         known = prescanned.get((text, hints[i] if hints else None))
         if known is not None:
           out.append(known[0])
-          total.update(known[1])
+          if known[1]:  # most prescanned texts hold nothing: an empty update still costs a call
+            total.update(known[1])
           continue
       if text is None or _ANY_PREFILTER_PY.search(text) is None:
         out.append(text)
