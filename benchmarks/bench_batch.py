@@ -414,6 +414,32 @@ def _best(runs: List[dict]) -> Optional[float]:
   return min(seconds) if seconds else None
 
 
+def _floor_summary(name: str, what: str, runs: int, run_once, rows: int, baseline_s: float) -> dict:
+  """`runs` runs of a floor (`run_once(i)` -> seconds and figures, or the error), summarised as the JSON holds it."""
+  floors = []
+  for i in range(runs):
+    floors.append(run_once(i))
+    outcome = f'{floors[-1]["seconds"]:.2f} s' if 'seconds' in floors[-1] else floors[-1]['error']
+    _log(f'{name} run {i + 1}/{runs}: {outcome}')
+  done = [r for r in floors if 'seconds' in r]
+  summary = {
+    'what': what,
+    'runs_s': [round(r['seconds'], 3) for r in done],
+    'peak_rss_gb': [r['peak_rss_gb'] for r in done],
+    'cpu_s': [r['cpu_s'] for r in done],
+    'load_avg': [r['load_avg'] for r in done],
+    'errors': [r for r in floors if 'seconds' not in r],
+  }
+  if any('cpu_s_by_step' in r for r in done):
+    summary['cpu_s_by_step'] = [r['cpu_s_by_step'] for r in done]
+  floor_best = _best(floors)
+  if floor_best:
+    summary.update(
+      best_s=round(floor_best, 3), rows_per_s=round(rows / floor_best), ratio=round(baseline_s / floor_best, 4)
+    )
+  return summary
+
+
 def run_benchmark(options: BenchOptions) -> dict:
   """Runs everything; returns the JSON-ready result."""
   options.validate()
@@ -455,49 +481,24 @@ def run_benchmark(options: BenchOptions) -> dict:
     if options.baseline_only:
       return result
     if options.floor_runner:
-      floors = []
-      for i in range(options.baseline_runs):
-        floors.append(run_floor(csv_path, os.path.join(work, f'floor-{i}'), options.floor_runner, options.timeout_s))
-        _log(
-          f'Beam floor [{options.floor_runner}] run {i + 1}/{options.baseline_runs}: '
-          + (f'{floors[-1]["seconds"]:.2f} s' if 'seconds' in floors[-1] else floors[-1]['error'])
-        )
-      floor_best = _best(floors)
-      result['beam_floor'] = {
-        'what': 'the baseline in one DoFn of a Beam pipeline (benchmarks/beam_floor.py), subprocess',
-        'runner': options.floor_runner,
-        'runs_s': [round(r['seconds'], 3) for r in floors if 'seconds' in r],
-        'peak_rss_gb': [r['peak_rss_gb'] for r in floors if 'seconds' in r],
-        'cpu_s': [r['cpu_s'] for r in floors if 'seconds' in r],
-        'load_avg': [r['load_avg'] for r in floors if 'seconds' in r],
-        'errors': [r for r in floors if 'seconds' not in r],
-      }
-      if floor_best:
-        result['beam_floor'].update(
-          best_s=round(floor_best, 3), rows_per_s=round(options.rows / floor_best), ratio=round(best / floor_best, 4)
-        )
+      result['beam_floor'] = _floor_summary(
+        'Beam floor',
+        'the baseline in one DoFn of a Beam pipeline (benchmarks/beam_floor.py), subprocess',
+        options.baseline_runs,
+        lambda i: run_floor(csv_path, os.path.join(work, f'floor-{i}'), options.floor_runner, options.timeout_s),
+        options.rows,
+        best,
+      )
+      result['beam_floor']['runner'] = options.floor_runner
     if options.work_floor_runs:
-      floors = []
-      for i in range(options.work_floor_runs):
-        floors.append(run_work_floor(csv_path, os.path.join(work, f'work-floor-{i}'), options.timeout_s, expected))
-        _log(
-          f'work floor run {i + 1}/{options.work_floor_runs}: '
-          + (f'{floors[-1]["seconds"]:.2f} s' if 'seconds' in floors[-1] else floors[-1]['error'])
-        )
-      floor_best = _best(floors)
-      result['work_floor'] = {
-        'what': "the pipeline's own steps without Beam, a process per core (benchmarks/work_floor.py), subprocess",
-        'runs_s': [round(r['seconds'], 3) for r in floors if 'seconds' in r],
-        'peak_rss_gb': [r['peak_rss_gb'] for r in floors if 'seconds' in r],
-        'cpu_s': [r['cpu_s'] for r in floors if 'seconds' in r],
-        'load_avg': [r['load_avg'] for r in floors if 'seconds' in r],
-        'cpu_s_by_step': [r['cpu_s_by_step'] for r in floors if 'seconds' in r],
-        'errors': [r for r in floors if 'seconds' not in r],
-      }
-      if floor_best:
-        result['work_floor'].update(
-          best_s=round(floor_best, 3), rows_per_s=round(options.rows / floor_best), ratio=round(best / floor_best, 4)
-        )
+      result['work_floor'] = _floor_summary(
+        'work floor',
+        "the pipeline's own steps without Beam, a process per core (benchmarks/work_floor.py), subprocess",
+        options.work_floor_runs,
+        lambda i: run_work_floor(csv_path, os.path.join(work, f'work-floor-{i}'), options.timeout_s, expected),
+        options.rows,
+        best,
+      )
     available = importlib.util.find_spec(PIPELINE_MODULE) is not None
     for extra in options.pipeline_args:
       variant = {
