@@ -1029,6 +1029,19 @@ def test_a_column_of_ids_sets_its_whole_ids_aside_before_the_prefilter_with_the_
   assert prefiltered and prefiltered[0] < len(values) * 0.1  # only the cells that are not whole ids
   # A column of text is not taken for one of ids.
   assert id_path._id_column_candidates(pa.array([f'{rng.choice(pii)} {i}' for i in range(10000)])) is None
+  # A streaming job's batches (1,000 cells, 100): the same, whole ids set aside there too.
+  for size in (1000, 100):
+    small = values.slice(0, size)
+    monkeypatch.setattr(pii_scanner.TextScanner, '_id_column_candidates', lambda self, v: None)
+    reference, reference_counts = pii_scanner.TextScanner().setup().redact_array(small)
+    monkeypatch.undo()
+    prefiltered.clear()
+    monkeypatch.setattr(
+      pii_scanner.TextScanner, '_candidates', lambda self, v: prefiltered.append(len(v)) or real_candidates(self, v)
+    )
+    out, counts = pii_scanner.TextScanner().setup().redact_array(small)
+    assert out.to_pylist() == reference.to_pylist() and counts == reference_counts and counts
+    assert prefiltered and prefiltered[0] < size * 0.2
 
 
 def test_the_first_setup_in_a_process_freezes_its_start_up_objects_and_later_ones_do_not(monkeypatch):

@@ -572,10 +572,11 @@ class TextScanner:
 
     `_redact_distinct` drops whole ids anyway, after the prefilter pass; on a
     UUID column that pass cost three times the id check (21 against 6 ms per
-    64k cells, measured), and flagged half the cells. Judged on the first
-    cells; a wrong guess only costs time.
+    64k cells, measured), and flagged half the cells; on a streaming batch of
+    1,000 UUIDs, 5 ms against 1 ms. Judged on the first cells; a wrong guess
+    only costs time.
     """
-    if len(values) < _REPEATS_MIN_CELLS:
+    if len(values) <= _SMALL_ARRAY:
       return None
     head = [t for t in values.slice(0, _SMALL_ARRAY).to_pylist() if t is not None]
     if not head or sum(_WHOLE_ID_PY.fullmatch(t) is not None for t in head) * 2 < len(head):
