@@ -13,6 +13,14 @@ with its source and position, and are dropped by the sinks:
   JSON Lines the line number; for Parquet, Avro and Excel the record index
   (Excel: the sheet row).
 
+A third, ``__json_types`` (map<string, string>), is there only when a JSON
+reader was asked to read a column as text (``string_columns``) and a row held
+an object, an array or a boolean in it: column -> JSON type (``object``,
+``array``, ``boolean``) for that row, null for the others. Text cannot say
+what the value was (``true``, ``{"id": 5}`` read as text are valid strings),
+so `transforms.validate` reads it to refuse such values in declared scalar
+fields; it is not passed on.
+
 The tenant of a row lives in the ``tenant_id`` column once `TagTenant` ran.
 """
 
@@ -37,6 +45,8 @@ __all__ = [
   'ROW_COLUMN',
   'TENANT_COLUMN',
   'INTERNAL_COLUMNS',
+  'JSON_TYPES_COLUMN',
+  'JSON_TYPES_TYPE',
   'position',
   'range_source',
   'source_path',
@@ -54,7 +64,9 @@ __all__ = [
 SOURCE_COLUMN = '__source'
 ROW_COLUMN = '__row'
 TENANT_COLUMN = 'tenant_id'
-INTERNAL_COLUMNS = (SOURCE_COLUMN, ROW_COLUMN)
+JSON_TYPES_COLUMN = '__json_types'
+JSON_TYPES_TYPE = pa.map_(pa.string(), pa.string())
+INTERNAL_COLUMNS = (SOURCE_COLUMN, ROW_COLUMN, JSON_TYPES_COLUMN)
 
 _RANGE_START = re.compile(r'@[0-9]+$')
 

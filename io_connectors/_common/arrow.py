@@ -21,7 +21,13 @@ values get the same column types:
 - a column of only empty objects is null text (Parquet cannot store a struct
   without fields);
 - ``string_columns`` are text whatever they hold (the entity's declared text
-  fields, so that ``42`` and ``"u42"`` land in one column).
+  fields, so that ``42`` and ``"u42"`` land in one column; a number as
+  written, ``12345`` -> ``"12345"``). An object, an array or a boolean there
+  is not text a user wrote: the row's ``__json_types`` column
+  (`transforms.records.JSON_TYPES_COLUMN`) names the column and the JSON type,
+  so that validation refuses it in a declared string or number field (as
+  text, ``true`` and ``{"id": 5}`` would pass for strings). A column holding
+  only objects or arrays stays a struct or a list, marked all the same.
 
 Usage::
 
@@ -41,7 +47,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
 from transforms.json_values import MAX_DEPTH
-from transforms.records import json_safe
+from transforms.records import JSON_TYPES_COLUMN, JSON_TYPES_TYPE, json_safe
 
 __all__ = ['to_text', 'column', 'table_from_rows', 'batch_from_rows', 'parse_json_lines', 'table_from_json_lines']
 
@@ -123,17 +129,45 @@ def column(values: Sequence[Any], as_text: bool = False) -> pa.Array:
   return array
 
 
+def _json_type(value: Any) -> Optional[str]:
+  """The JSON type of a value that is not text a user wrote (object, array, boolean); None for the others."""
+  if isinstance(value, bool):  # before int: a bool is an int
+    return 'boolean'
+  if isinstance(value, dict):
+    return 'object'
+  if isinstance(value, list):
+    return 'array'
+  return None
+
+
+def _with_json_types(table: pa.Table, marks: Dict[int, Dict[str, str]]) -> pa.Table:
+  """The table with its `JSON_TYPES_COLUMN` (row -> {column: JSON type}) when a row is marked."""
+  if not marks:
+    return table
+  column_of_marks = pa.array([marks.get(i) for i in range(table.num_rows)], JSON_TYPES_TYPE)
+  return table.append_column(pa.field(JSON_TYPES_COLUMN, JSON_TYPES_TYPE), column_of_marks)
+
+
 def table_from_rows(rows: Sequence[Dict[str, Any]], string_columns: Iterable[str] = ()) -> pa.Table:
   """Rows (dicts) as a table, by the module's rules."""
   names: Dict[str, None] = {}
   for row in rows:
     names.update(dict.fromkeys(row))
   text = set(string_columns)
-  arrays = [column([row.get(name) for row in rows], name in text) for name in names]
+  arrays = []
+  marks: Dict[int, Dict[str, str]] = {}
+  for name in names:
+    values = [row.get(name) for row in rows]
+    if name in text:
+      for i, value in enumerate(values):
+        kind = _json_type(value)
+        if kind is not None:
+          marks.setdefault(i, {})[name] = kind
+    arrays.append(column(values, name in text))
   if not arrays:
     # Rows without fields still count (a table of no columns has no rows otherwise).
     return pa.table({'_': pa.nulls(len(rows))}).drop_columns(['_'])
-  return pa.Table.from_arrays(arrays, names=list(names))
+  return _with_json_types(pa.Table.from_arrays(arrays, names=list(names)), marks)
 
 
 def batch_from_rows(rows: Sequence[Dict[str, Any]], string_columns: Iterable[str] = ()) -> pa.RecordBatch:
@@ -169,8 +203,36 @@ def _to_string(table: pa.Table, names) -> pa.Table:
   return table
 
 
+def _arrow_json_type(typ: pa.DataType) -> Optional[str]:
+  """The JSON type pyarrow's reader gave `typ` to, for the types that are not text a user wrote."""
+  if pa.types.is_boolean(typ):
+    return 'boolean'
+  if pa.types.is_struct(typ):
+    return 'object'
+  if pa.types.is_list(typ) or pa.types.is_large_list(typ):
+    return 'array'
+  return None
+
+
+def _json_types_of(table: pa.Table, names: Sequence[str]) -> Dict[int, Dict[str, str]]:
+  """row -> {column: JSON type} for the named columns that pyarrow read as booleans, structs or lists."""
+  marks: Dict[int, Dict[str, str]] = {}
+  for name in names:
+    i = table.schema.get_field_index(name)
+    kind = _arrow_json_type(table.schema.field(i).type) if i >= 0 else None
+    if kind is not None:
+      for row in np.flatnonzero(_valid(table.column(i))):
+        marks.setdefault(int(row), {})[name] = kind
+  return marks
+
+
+def _valid(values: pa.ChunkedArray) -> np.ndarray:
+  return np.asarray(pc.is_valid(values).to_numpy(zero_copy_only=False), dtype=bool)
+
+
 def _parse_json_text_columns(data: bytes, as_text: List[str], cast_after: List[str]) -> pa.Table:
-  """Parses with `as_text` columns as strings; moves those holding non-strings to `cast_after`."""
+  """Parses with `as_text` columns as strings; moves those holding non-strings to `cast_after` (their
+  objects, arrays and booleans marked, see `_with_json_types`)."""
   read_options = pa_json.ReadOptions(use_threads=False, block_size=max(min(len(data) + 1, 1 << 30), 1 << 20))
   while True:
     parse_options = pa_json.ParseOptions(
@@ -178,7 +240,8 @@ def _parse_json_text_columns(data: bytes, as_text: List[str], cast_after: List[s
     )
     try:
       table = pa_json.read_json(pa.BufferReader(data), read_options=read_options, parse_options=parse_options)
-      return _to_string(table, cast_after)
+      # Only the cast_after columns hold other than strings; the others are read as text.
+      return _with_json_types(_to_string(table, cast_after), _json_types_of(table, cast_after))
     except pa.ArrowInvalid as e:
       # A text column holding numbers or booleans: read it as inferred, then cast.
       match = _CONFLICT.search(str(e))
@@ -189,7 +252,8 @@ def _parse_json_text_columns(data: bytes, as_text: List[str], cast_after: List[s
 
 
 def parse_json_lines(data: bytes, string_columns: Iterable[str] = ()) -> pa.Table:
-  """pyarrow's JSON reader with string_columns as text; ArrowInvalid if it cannot (no other rule applied)."""
+  """pyarrow's JSON reader with string_columns as text (their objects, arrays and booleans marked in
+  `JSON_TYPES_COLUMN`); ArrowInvalid if it cannot (no other rule applied)."""
   # Only columns the data names go into the explicit schema (it would add
   # the others as all-null columns).
   as_text = [c for c in string_columns if json.dumps(c).encode('utf-8') in data]
