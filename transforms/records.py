@@ -57,6 +57,7 @@ __all__ = [
   'rows_as_dicts',
   'json_safe',
   'json_text',
+  'float_texts',
   'BINARY_TEXT_PREFIX',
   'split_by_mask',
 ]
@@ -224,6 +225,22 @@ def json_text(value: Any, ensure_ascii: bool = True) -> Optional[str]:
     return None
   safe = json_safe(value)
   return safe if isinstance(safe, str) else json.dumps(safe, ensure_ascii=ensure_ascii)
+
+
+def float_texts(values) -> pa.Array:
+  """A float column (Array or ChunkedArray) as text, each value in its shortest round-trip form as Python
+  writes it (12.0, 1e-05, 0.1 for a float32 0.1); nulls stay null.
+
+  Not Arrow's cast: it writes 12.0 as '12', an integer's spelling, and 1e-05
+  as '0.00001'. Where a float column becomes text (merged with text, or read
+  into a text field), its numbers' spelling in the source is no longer
+  known; this keeps at least that they were not integers.
+  """
+  if pa.types.is_float64(values.type):
+    return pa.array([None if v is None else repr(v) for v in values.to_pylist()], pa.string())
+  valid = values.is_valid().to_numpy(zero_copy_only=False)
+  numbers = values.to_numpy(zero_copy_only=False)
+  return pa.array([str(v) if ok else None for v, ok in zip(numbers, valid)], pa.string())
 
 
 def rows_as_dicts(batch: pa.RecordBatch, indices: Optional[Iterable[int]] = None) -> List[dict]:

@@ -14,7 +14,10 @@ values get the same column types:
 - everything else is text, nothing dropped: mixed types (``1`` and ``"x"``,
   ``true`` and ``1``, an object and a string), integers beyond 64 bits,
   nested values whose shapes disagree. Strings stay as they are, other
-  values become JSON (times ISO-8601, see `to_text`);
+  values become JSON (times ISO-8601, see `to_text`); a JSON number is its
+  text as written (``12.0``, ``1e3``) where the readers parsed it keeping
+  that (`json_values.loads(floats_as_written=True)`, their row path), else
+  Python's repr of the float (``12.0``, never ``12``);
 - JSON has no time type: text that looks like a time stays text (the
   entity's validation converts it), even where pyarrow's JSON reader would
   infer a timestamp;
@@ -46,8 +49,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
-from transforms.json_values import MAX_DEPTH
-from transforms.records import JSON_TYPES_COLUMN, JSON_TYPES_TYPE, json_safe
+from transforms.json_values import MAX_DEPTH, WrittenFloat
+from transforms.records import JSON_TYPES_COLUMN, JSON_TYPES_TYPE, float_texts, json_safe
 
 __all__ = ['to_text', 'column', 'table_from_rows', 'batch_from_rows', 'parse_json_lines', 'table_from_json_lines']
 
@@ -55,9 +58,12 @@ _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError
 
 
 def to_text(value: Any) -> Optional[str]:
-  """A value as text: strings as they are, times ISO-8601, bytes as UTF-8 (else base64), the rest JSON."""
+  """A value as text: strings as they are, times ISO-8601, bytes as UTF-8 (else base64), a JSON number as written
+  when the parse kept it (`json_values.WrittenFloat`), the rest JSON (a float in Python's repr, 12.0)."""
   if value is None or isinstance(value, str):
     return value
+  if isinstance(value, WrittenFloat):
+    return value.text
   safe = json_safe(value)
   if safe is None or isinstance(safe, str):
     return safe
@@ -188,13 +194,23 @@ _JSON_SAMPLE_BYTES = 1 << 18
 
 
 def _to_string(table: pa.Table, names) -> pa.Table:
-  """Casts the named top-level columns of scalar type to string."""
+  """Casts the named top-level columns of scalar type to string; ArrowInvalid for a float column holding whole
+  numbers (written 12 or 12.0: only a line-by-line parse knows)."""
   for name in names:
     i = table.schema.get_field_index(name)
     if i < 0:
       continue
     typ = table.schema.field(i).type
     if pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_nested(typ):
+      continue
+    if pa.types.is_floating(typ):
+      # pyarrow's reader keeps no spelling, and a whole number in a float column may have been written 12 or
+      # 12.0: read line by line (`loads(floats_as_written=True)`), the column holds each as written.
+      values = table.column(i)
+      if pc.any(pc.equal(pc.floor(values), values)).as_py():
+        raise pa.ArrowInvalid(f'column {name!r}: whole numbers among floats, to be read as written')
+      # Fractions: Python's repr (1.5e-05), the same number, though maybe not its spelling (12.50 -> 12.5).
+      table = table.set_column(i, name, float_texts(values))
       continue
     try:
       table = table.set_column(i, name, pc.cast(table.column(i), pa.string()))
@@ -240,8 +256,6 @@ def _parse_json_text_columns(data: bytes, as_text: List[str], cast_after: List[s
     )
     try:
       table = pa_json.read_json(pa.BufferReader(data), read_options=read_options, parse_options=parse_options)
-      # Only the cast_after columns hold other than strings; the others are read as text.
-      return _with_json_types(_to_string(table, cast_after), _json_types_of(table, cast_after))
     except pa.ArrowInvalid as e:
       # A text column holding numbers or booleans: read it as inferred, then cast.
       match = _CONFLICT.search(str(e))
@@ -249,6 +263,9 @@ def _parse_json_text_columns(data: bytes, as_text: List[str], cast_after: List[s
         raise
       as_text.remove(match.group(1))
       cast_after.append(match.group(1))
+      continue
+    # Only the cast_after columns hold other than strings; the others are read as text.
+    return _with_json_types(_to_string(table, cast_after), _json_types_of(table, cast_after))
 
 
 def parse_json_lines(data: bytes, string_columns: Iterable[str] = ()) -> pa.Table:

@@ -216,6 +216,14 @@ def test_objects_arrays_and_booleans_in_string_columns_are_marked_with_their_jso
   assert plain.column_names == ['id', 'b']
 
 
+def test_stream_messages_keep_the_numbers_of_a_text_column_as_written():
+  payloads = [b'{"v": 12.0}', b'{"v": "x"}', b'\xef\xbb\xbf{"v": 1e3}', b'{\n  "v": 12.50\n}']
+  batch, dead = messages_to_batch(
+    payloads, ['offset 0', 'offset 1', 'offset 2', 'offset 3'], [0, 1, 2, 3], 'kafka://t', 'read'
+  )
+  assert dead == [] and batch.column('v').to_pylist() == ['12.0', 'x', '1e3', '12.50']
+
+
 def test_to_text_of_typed_values():
   import datetime as dt
   import decimal

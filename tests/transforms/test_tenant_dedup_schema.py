@@ -206,6 +206,17 @@ def test_conform_writes_what_no_cast_joins_as_json_text():
   assert schema_mod.widen(pa.list_(pa.string()), pa.map_(pa.string(), pa.string())) == pa.string()
 
 
+def test_floats_merged_with_text_keep_a_float_spelling():
+  # Their spelling in the source is not known here: Python's repr, never Arrow's cast (12.0 -> '12', an integer).
+  floats = pa.table({'v': pa.array([12.0, 1e3, 0.1, None, 1.5e-5])})
+  texts = pa.table({'v': pa.array(['x'])})
+  expected = ['12.0', '1000.0', '0.1', None, '1.5e-05']
+  assert schema_mod.conform(floats.to_batches()[0], pa.schema([('v', pa.string())])).column('v').to_pylist() == expected
+  assert schema_mod.concat_widened([floats, texts]).column('v').to_pylist() == expected + ['x']
+  single = pa.record_batch({'v': pa.array([12.0, 0.1], pa.float32())})
+  assert schema_mod.conform(single, pa.schema([('v', pa.string())])).column('v').to_pylist() == ['12.0', '0.1']
+
+
 def test_deduplicate_with_spill_dir_refuses_unbounded_or_windowed_input(tmp_path):
   with pytest.raises(ValueError, match='bounded, globally windowed'):
     with TestPipeline() as p:
