@@ -549,11 +549,12 @@ _EXPECTED = {
 }
 
 
-def _json_types(batch: pa.RecordBatch, renames: Dict[str, str]) -> Dict[str, Dict[int, str]]:
+def _json_types(batch: pa.RecordBatch, model) -> Dict[str, Dict[int, str]]:
   """{field: {row index: JSON type}} from the batch's `JSON_TYPES_COLUMN` (none: {}), under the declared
-  names columns were renamed to."""
+  names `with_declared_names` gives the columns."""
   if JSON_TYPES_COLUMN not in batch.schema.names:
     return {}
+  renames = declared_names(batch.schema.names, model)
   found: Dict[str, Dict[int, str]] = {}
   for row, marks in enumerate(batch.column(JSON_TYPES_COLUMN).to_pylist()):
     for name, kind in marks or ():
@@ -585,7 +586,7 @@ def validate_batch(
   declared field another way (`PlayedAt`, `played at`) take its name.
   """
   batch = with_plain_types(batch)
-  json_types = _json_types(batch, declared_names(batch.schema.names, model))
+  json_types = _json_types(batch, model)
   batch = with_declared_names(batch, model)
   n = batch.num_rows
   rules = entities.field_rules(model)
