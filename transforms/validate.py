@@ -641,7 +641,8 @@ def validate_batch(
       detail = f'{field} is null or blank' if field in records[i] else f'no {field} field'
     elif (row_index, field) in refused_json:  # pydantic sees the text, which it would take
       json_type = refused_json[row_index, field]
-      detail = f'{field} is a JSON {json_type}, not {_EXPECTED[rules[field][0].kind]}'
+      expected = _EXPECTED.get(rules[field][0].kind, f'a {rules[field][0].kind}')
+      detail = f'{field} is a JSON {json_type}, not {expected}'
     else:
       detail = _pydantic_detail(model, records[i], field) if pydantic_details else None
     letters.append(
