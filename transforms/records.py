@@ -18,8 +18,9 @@ reader was asked to read a column as text (``string_columns``) and a row held
 an object, an array or a boolean in it: column -> JSON type (``object``,
 ``array``, ``boolean``) for that row, null for the others. Text cannot say
 what the value was (``true``, ``{"id": 5}`` read as text are valid strings),
-so `transforms.validate` reads it to refuse such values in declared scalar
-fields; it is not passed on.
+so `transforms.validate` reads it (`json_types`) to refuse such values in
+declared scalar fields, and `transforms.tenant` in the tenant field; Validate
+does not pass it on.
 
 The tenant of a row lives in the ``tenant_id`` column once `TagTenant` ran.
 """
@@ -47,6 +48,7 @@ __all__ = [
   'INTERNAL_COLUMNS',
   'JSON_TYPES_COLUMN',
   'JSON_TYPES_TYPE',
+  'json_types',
   'position',
   'range_source',
   'source_path',
@@ -100,6 +102,17 @@ def position(row: Optional[int], source: Optional[str] = None) -> Optional[str]:
     ms, seq = divmod(int(row), 1_000_000)
     return f'entry {ms}-{seq}'
   return f'row {row}'
+
+
+def json_types(batch) -> Dict[str, Dict[int, str]]:
+  """{column: {row index: JSON type}} of the batch's `JSON_TYPES_COLUMN`; {} when it has none."""
+  if JSON_TYPES_COLUMN not in batch.schema.names:
+    return {}
+  found: Dict[str, Dict[int, str]] = {}
+  for row, marks in enumerate(batch.column(JSON_TYPES_COLUMN).to_pylist()):
+    for name, kind in marks or ():
+      found.setdefault(name, {})[row] = kind
+  return found
 
 
 def with_provenance(batch: pa.RecordBatch, source: str, rows) -> pa.RecordBatch:

@@ -51,6 +51,7 @@ from transforms.records import (
   SOURCE_COLUMN,
   TENANT_COLUMN,
   json_safe,
+  json_types,
   position,
   typed_outputs,
   with_plain_types,
@@ -550,16 +551,12 @@ _EXPECTED = {
 
 
 def _json_types(batch: pa.RecordBatch, model) -> Dict[str, Dict[int, str]]:
-  """{field: {row index: JSON type}} from the batch's `JSON_TYPES_COLUMN` (none: {}), under the declared
-  names `with_declared_names` gives the columns."""
-  if JSON_TYPES_COLUMN not in batch.schema.names:
-    return {}
+  """`records.json_types` under the declared names `with_declared_names` gives the columns."""
+  found = json_types(batch)
+  if not found:
+    return found
   renames = declared_names(batch.schema.names, model)
-  found: Dict[str, Dict[int, str]] = {}
-  for row, marks in enumerate(batch.column(JSON_TYPES_COLUMN).to_pylist()):
-    for name, kind in marks or ():
-      found.setdefault(renames.get(name, name), {})[row] = kind
-  return found
+  return {renames.get(name, name): rows for name, rows in found.items()}
 
 
 def _refuse_json_types(col: _Column, rule, marked: Dict[int, str]) -> Dict[int, str]:

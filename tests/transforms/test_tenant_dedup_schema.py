@@ -58,6 +58,24 @@ def test_a_tenant_value_that_is_not_text_or_a_number_is_a_dead_letter_not_a_cras
   assert [(l['reason'], l['position']) for l in letters] == [('invalid_tenant', 'row 2')]
 
 
+def test_a_json_boolean_or_object_read_as_text_is_no_tenant():
+  from io_connectors._common.arrow import batch_from_rows
+
+  # The batch pipeline reads the tenant field of JSON as text: `true` would pass the pattern as the tenant "true".
+  rows = [
+    {'event_id': 'a', 'tenant_id': True},
+    {'event_id': 'b', 'tenant_id': 'acme'},
+    {'event_id': 'c', 'tenant_id': {}},
+  ]
+  batch = with_provenance(batch_from_rows(rows, string_columns=['tenant_id']), 'events.jsonl', 1)
+  tagged, letters = tag_batch(batch, None, 'tenant_id')
+  assert tagged.column('event_id').to_pylist() == ['b']
+  assert [(l['reason'], l['position'], l['detail']) for l in letters] == [
+    ('invalid_tenant', 'row 1', 'tenant_id is a JSON boolean, not a tenant id'),
+    ('invalid_tenant', 'row 3', 'tenant_id is a JSON object, not a tenant id'),
+  ]
+
+
 def test_a_numeric_tenant_is_the_tenant_of_its_digits():
   rows = [{'event_id': 'a', 'tenant_id': 42}, {'event_id': 'b', 'tenant_id': 7}]
   tagged, letters = tag_batch(_batch(rows), None, 'tenant_id')
