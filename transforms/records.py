@@ -13,6 +13,15 @@ with its source and position, and are dropped by the sinks:
   JSON Lines the line number; for Parquet, Avro and Excel the record index
   (Excel: the sheet row).
 
+A third, ``__json_types`` (map<string, string>), is there only when a JSON
+reader was asked to read a column as text (``string_columns``) and a row held
+an object, an array or a boolean in it: column -> JSON type (``object``,
+``array``, ``boolean``) for that row, null for the others. Text cannot say
+what the value was (``true``, ``{"id": 5}`` read as text are valid strings),
+so `transforms.validate` reads it (`json_types`) to refuse such values in
+declared scalar fields, and `transforms.tenant` in the tenant field; Validate
+does not pass it on.
+
 The tenant of a row lives in the ``tenant_id`` column once `TagTenant` ran.
 """
 
@@ -37,6 +46,9 @@ __all__ = [
   'ROW_COLUMN',
   'TENANT_COLUMN',
   'INTERNAL_COLUMNS',
+  'JSON_TYPES_COLUMN',
+  'JSON_TYPES_TYPE',
+  'json_types',
   'position',
   'range_source',
   'source_path',
@@ -47,6 +59,7 @@ __all__ = [
   'rows_as_dicts',
   'json_safe',
   'json_text',
+  'float_texts',
   'BINARY_TEXT_PREFIX',
   'split_by_mask',
 ]
@@ -54,7 +67,9 @@ __all__ = [
 SOURCE_COLUMN = '__source'
 ROW_COLUMN = '__row'
 TENANT_COLUMN = 'tenant_id'
-INTERNAL_COLUMNS = (SOURCE_COLUMN, ROW_COLUMN)
+JSON_TYPES_COLUMN = '__json_types'
+JSON_TYPES_TYPE = pa.map_(pa.string(), pa.string())
+INTERNAL_COLUMNS = (SOURCE_COLUMN, ROW_COLUMN, JSON_TYPES_COLUMN)
 
 _RANGE_START = re.compile(r'@[0-9]+$')
 
@@ -87,6 +102,17 @@ def position(row: Optional[int], source: Optional[str] = None) -> Optional[str]:
     ms, seq = divmod(int(row), 1_000_000)
     return f'entry {ms}-{seq}'
   return f'row {row}'
+
+
+def json_types(batch) -> Dict[str, Dict[int, str]]:
+  """{column: {row index: JSON type}} of the batch's `JSON_TYPES_COLUMN`; {} when it has none."""
+  if JSON_TYPES_COLUMN not in batch.schema.names:
+    return {}
+  found: Dict[str, Dict[int, str]] = {}
+  for row, marks in enumerate(batch.column(JSON_TYPES_COLUMN).to_pylist()):
+    for name, kind in marks or ():
+      found.setdefault(name, {})[row] = kind
+  return found
 
 
 def with_provenance(batch: pa.RecordBatch, source: str, rows) -> pa.RecordBatch:
@@ -212,6 +238,22 @@ def json_text(value: Any, ensure_ascii: bool = True) -> Optional[str]:
     return None
   safe = json_safe(value)
   return safe if isinstance(safe, str) else json.dumps(safe, ensure_ascii=ensure_ascii)
+
+
+def float_texts(values) -> pa.Array:
+  """A float column (Array or ChunkedArray) as text, each value in its shortest round-trip form as Python
+  writes it (12.0, 1e-05, 0.1 for a float32 0.1); nulls stay null.
+
+  Not Arrow's cast: it writes 12.0 as '12', an integer's spelling, and 1e-05
+  as '0.00001'. Where a float column becomes text (merged with text, or read
+  into a text field), its numbers' spelling in the source is no longer
+  known; this keeps at least that they were not integers.
+  """
+  if pa.types.is_float64(values.type):
+    return pa.array([None if v is None else repr(v) for v in values.to_pylist()], pa.string())
+  valid = values.is_valid().to_numpy(zero_copy_only=False)
+  numbers = values.to_numpy(zero_copy_only=False)
+  return pa.array([str(v) if ok else None for v, ok in zip(numbers, valid)], pa.string())
 
 
 def rows_as_dicts(batch: pa.RecordBatch, indices: Optional[Iterable[int]] = None) -> List[dict]:

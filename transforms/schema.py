@@ -28,7 +28,7 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms.records import INTERNAL_COLUMNS, json_text
+from transforms.records import INTERNAL_COLUMNS, float_texts, json_text
 
 __all__ = [
   'widen',
@@ -181,6 +181,8 @@ def _conform_array(arr: pa.Array, target: pa.DataType) -> pa.Array:
     return pa.StructArray.from_arrays(children, fields=list(target), mask=pc.is_null(arr))
   if pa.types.is_string(target) and pa.types.is_nested(arr.type):
     return _as_json_text(arr)
+  if pa.types.is_string(target) and pa.types.is_floating(arr.type):
+    return float_texts(arr)  # Arrow's cast writes 12.0 as '12'
   try:
     return arr.cast(target)
   except (pa.ArrowInvalid, pa.ArrowNotImplementedError):

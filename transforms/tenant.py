@@ -24,7 +24,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
-from transforms.records import ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN, position, rows_as_dicts, typed_outputs
+from transforms.records import (
+  ROW_COLUMN,
+  SOURCE_COLUMN,
+  TENANT_COLUMN,
+  json_types,
+  position,
+  rows_as_dicts,
+  typed_outputs,
+)
 
 __all__ = ['TENANT_PATTERN', 'TagTenant', 'AssignDeadLetterTenant', 'check_tenant_id', 'tag_batch']
 
@@ -86,10 +94,10 @@ def _letters(batch: pa.RecordBatch, bad: np.ndarray, field: str, detail_of) -> l
       reason='invalid_tenant',
       field=field,
       record=record,
-      detail=detail_of(record),
+      detail=detail_of(record, row),
       stage='tenant',
     )
-    for src, pos, record in zip(sources, positions, records)
+    for row, src, pos, record in zip(idx.tolist(), sources, positions, records)
   ]
 
 
@@ -102,11 +110,16 @@ def tag_batch(batch: pa.RecordBatch, tenant_id: Optional[str], tenant_field: Opt
       values = _tenant_text(batch.column(tenant_field))
     else:
       values = pa.nulls(n, pa.string())
-    ok = np.asarray(
+    ok = np.array(
       pc.fill_null(pc.match_substring_regex(values, TENANT_PATTERN), False).to_numpy(zero_copy_only=False), bool
     )
-    detail = lambda record: (
-      f'{tenant_field} {record.get(tenant_field)!r} is not a valid tenant id (must match {TENANT_PATTERN})'
+    # A JSON object, array or boolean a reader took as text (`true` matches the pattern) is no tenant id either.
+    not_text = json_types(batch).get(tenant_field, {})
+    ok[list(not_text)] = False
+    detail = lambda record, row: (
+      f'{tenant_field} is a JSON {not_text[row]}, not a tenant id'
+      if row in not_text
+      else f'{tenant_field} {record.get(tenant_field)!r} is not a valid tenant id (must match {TENANT_PATTERN})'
     )
   else:
     values = pa.array(np.full(n, tenant_id, dtype=object), type=pa.string())
@@ -117,7 +130,7 @@ def tag_batch(batch: pa.RecordBatch, tenant_id: Optional[str], tenant_field: Opt
       ok = np.asarray(
         pc.fill_null(pc.or_(pc.is_null(own), pc.equal(own, tenant_id)), True).to_numpy(zero_copy_only=False), bool
       )
-    detail = lambda record: f'record names tenant {record.get(TENANT_COLUMN)!r} but the run is for {tenant_id!r}'
+    detail = lambda record, row: f'record names tenant {record.get(TENANT_COLUMN)!r} but the run is for {tenant_id!r}'
   letters = _letters(batch, ~ok, tenant_field or TENANT_COLUMN, detail) if not ok.all() else []
   if TENANT_COLUMN in names:
     batch = batch.set_column(names.index(TENANT_COLUMN), TENANT_COLUMN, values)

@@ -11,6 +11,14 @@ A row that breaks a rule goes to the dead letter with the reason
 (`missing_field`, `invalid_type`, `invalid_value`), the first field at fault in
 declaration order, and pydantic's own message for it.
 
+A JSON object, array or boolean that a JSON reader read as text into a
+declared scalar field (its ``string_columns``; the batch's ``__json_types``
+column says which, `transforms.records.JSON_TYPES_COLUMN`) is an
+`invalid_type`, as a typed boolean or struct column there is: ``"user_id":
+{"id": 5}`` or ``"track_id": true`` are not ids, though their text would
+pass for strings. The detail names the field and the JSON type. A boolean
+field takes JSON booleans; a number in a string field is its text as written.
+
 Usage::
 
     result = batches | Validate('listening_event')
@@ -38,10 +46,12 @@ from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 from transforms.metrics import LabelledCounters
 from transforms.records import (
   INTERNAL_COLUMNS,
+  JSON_TYPES_COLUMN,
   ROW_COLUMN,
   SOURCE_COLUMN,
   TENANT_COLUMN,
   json_safe,
+  json_types,
   position,
   typed_outputs,
   with_plain_types,
@@ -528,6 +538,38 @@ def with_declared_names(batch: pa.RecordBatch, model) -> pa.RecordBatch:
   return batch.rename_columns([renames.get(name, name) for name in batch.schema.names])
 
 
+# What a declared scalar field holds, for the detail of a JSON value of another type.
+_EXPECTED = {
+  'string': 'a string',
+  'ip': 'a string',
+  'country': 'a string',
+  'int': 'an integer',
+  'float': 'a number',
+  'timestamp': 'a time',
+  'bool': 'a boolean',
+}
+
+
+def _json_types(batch: pa.RecordBatch, model) -> Dict[str, Dict[int, str]]:
+  """`records.json_types` under the declared names `with_declared_names` gives the columns."""
+  found = json_types(batch)
+  if not found:
+    return found
+  renames = declared_names(batch.schema.names, model)
+  return {renames.get(name, name): rows for name, rows in found.items()}
+
+
+def _refuse_json_types(col: _Column, rule, marked: Dict[int, str]) -> Dict[int, str]:
+  """Marks `col` invalid_type where a JSON object or array (or a boolean, but in a boolean field) was read
+  as text; returns those {row index: JSON type}."""
+  refused = {row: kind for row, kind in marked.items() if rule.kind != 'bool' or kind != 'boolean'}
+  if refused:
+    at = np.zeros(len(col.invalid_type), dtype=bool)
+    at[list(refused)] = True
+    col.invalid_type = col.invalid_type | at
+  return refused
+
+
 def validate_batch(
   batch: pa.RecordBatch,
   model,
@@ -540,13 +582,16 @@ def validate_batch(
   Columns are first made plain (`records.with_plain_types`) and those naming a
   declared field another way (`PlayedAt`, `played at`) take its name.
   """
-  batch = with_declared_names(with_plain_types(batch), model)
+  batch = with_plain_types(batch)
+  json_types = _json_types(batch, model)
+  batch = with_declared_names(batch, model)
   n = batch.num_rows
   rules = entities.field_rules(model)
   reason = np.zeros(n, dtype=np.int8)
   field_at_fault = np.full(n, -1, dtype=np.int32)
   names = list(rules)
   columns: Dict[str, pa.Array] = {}
+  refused_json: Dict[Tuple[int, str], str] = {}  # (row index, field) -> JSON type read as text
   for index, (name, (rule, required)) in enumerate(rules.items()):
     if name in batch.schema.names:
       raw = _plain(batch.column(name))
@@ -556,6 +601,9 @@ def validate_batch(
       col = _convert_timestamp(raw, rule, naive_time_zone)
     else:
       col = _CONVERTERS[rule.kind](raw, rule)
+    if name in json_types and rule.kind != 'nested':
+      for row, kind in _refuse_json_types(col, rule, json_types[name]).items():
+        refused_json[row, name] = kind
     missing = ~_not_null(col.values) & ~col.invalid_type & ~col.invalid_value if required else np.zeros(n, bool)
     for code, mask in ((_MISSING, missing), (_INVALID_TYPE, col.invalid_type), (_INVALID_VALUE, col.invalid_value)):
       fresh = mask & (reason == _OK)
@@ -568,7 +616,8 @@ def validate_batch(
     columns[name] = values
 
   extras = [c for c in batch.schema.names if c not in rules and c not in INTERNAL_COLUMNS]
-  out_names = names + extras + [c for c in INTERNAL_COLUMNS if c in batch.schema.names]
+  # The JSON types are read here and not passed on.
+  out_names = names + extras + [c for c in INTERNAL_COLUMNS if c in batch.schema.names and c != JSON_TYPES_COLUMN]
   out_arrays = [columns[c] for c in names] + [batch.column(c) for c in out_names[len(names) :]]
   converted = pa.RecordBatch.from_arrays(out_arrays, names=out_names)
 
@@ -587,6 +636,10 @@ def validate_batch(
     code = reason[row_index]
     if code == _MISSING:  # pydantic would say a null is not a valid integer, string, ...
       detail = f'{field} is null or blank' if field in records[i] else f'no {field} field'
+    elif (row_index, field) in refused_json:  # pydantic sees the text, which it would take
+      json_type = refused_json[row_index, field]
+      expected = _EXPECTED.get(rules[field][0].kind, f'a {rules[field][0].kind}')
+      detail = f'{field} is a JSON {json_type}, not {expected}'
     else:
       detail = _pydantic_detail(model, records[i], field) if pydantic_details else None
     letters.append(

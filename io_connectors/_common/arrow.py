@@ -14,14 +14,23 @@ values get the same column types:
 - everything else is text, nothing dropped: mixed types (``1`` and ``"x"``,
   ``true`` and ``1``, an object and a string), integers beyond 64 bits,
   nested values whose shapes disagree. Strings stay as they are, other
-  values become JSON (times ISO-8601, see `to_text`);
+  values become JSON (times ISO-8601, see `to_text`); a JSON number is its
+  text as written (``12.0``, ``1e3``) where the readers parsed it keeping
+  that (`json_values.loads(floats_as_written=True)`, their row path), else
+  Python's repr of the float (``12.0``, never ``12``);
 - JSON has no time type: text that looks like a time stays text (the
   entity's validation converts it), even where pyarrow's JSON reader would
   infer a timestamp;
 - a column of only empty objects is null text (Parquet cannot store a struct
   without fields);
 - ``string_columns`` are text whatever they hold (the entity's declared text
-  fields, so that ``42`` and ``"u42"`` land in one column).
+  fields, so that ``42`` and ``"u42"`` land in one column; a number as
+  written, ``12345`` -> ``"12345"``). An object, an array or a boolean there
+  is not text a user wrote: the row's ``__json_types`` column
+  (`transforms.records.JSON_TYPES_COLUMN`) names the column and the JSON type,
+  so that validation refuses it in a declared string or number field (as
+  text, ``true`` and ``{"id": 5}`` would pass for strings). A column holding
+  only objects or arrays stays a struct or a list, marked all the same.
 
 Usage::
 
@@ -40,8 +49,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
-from transforms.json_values import MAX_DEPTH
-from transforms.records import json_safe
+from transforms.json_values import MAX_DEPTH, WrittenFloat
+from transforms.records import JSON_TYPES_COLUMN, JSON_TYPES_TYPE, float_texts, json_safe
 
 __all__ = ['to_text', 'column', 'table_from_rows', 'batch_from_rows', 'parse_json_lines', 'table_from_json_lines']
 
@@ -49,9 +58,12 @@ _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError
 
 
 def to_text(value: Any) -> Optional[str]:
-  """A value as text: strings as they are, times ISO-8601, bytes as UTF-8 (else base64), the rest JSON."""
+  """A value as text: strings as they are, times ISO-8601, bytes as UTF-8 (else base64), a JSON number as written
+  when the parse kept it (`json_values.WrittenFloat`), the rest JSON (a float in Python's repr, 12.0)."""
   if value is None or isinstance(value, str):
     return value
+  if isinstance(value, WrittenFloat):
+    return value.text
   safe = json_safe(value)
   if safe is None or isinstance(safe, str):
     return safe
@@ -123,17 +135,45 @@ def column(values: Sequence[Any], as_text: bool = False) -> pa.Array:
   return array
 
 
+def _json_type(value: Any) -> Optional[str]:
+  """The JSON type of a value that is not text a user wrote (object, array, boolean); None for the others."""
+  if isinstance(value, bool):  # before int: a bool is an int
+    return 'boolean'
+  if isinstance(value, dict):
+    return 'object'
+  if isinstance(value, list):
+    return 'array'
+  return None
+
+
+def _with_json_types(table: pa.Table, marks: Dict[int, Dict[str, str]]) -> pa.Table:
+  """The table with its `JSON_TYPES_COLUMN` (row -> {column: JSON type}) when a row is marked."""
+  if not marks:
+    return table
+  column_of_marks = pa.array([marks.get(i) for i in range(table.num_rows)], JSON_TYPES_TYPE)
+  return table.append_column(pa.field(JSON_TYPES_COLUMN, JSON_TYPES_TYPE), column_of_marks)
+
+
 def table_from_rows(rows: Sequence[Dict[str, Any]], string_columns: Iterable[str] = ()) -> pa.Table:
   """Rows (dicts) as a table, by the module's rules."""
   names: Dict[str, None] = {}
   for row in rows:
     names.update(dict.fromkeys(row))
   text = set(string_columns)
-  arrays = [column([row.get(name) for row in rows], name in text) for name in names]
+  arrays = []
+  marks: Dict[int, Dict[str, str]] = {}
+  for name in names:
+    values = [row.get(name) for row in rows]
+    if name in text:
+      for i, value in enumerate(values):
+        kind = _json_type(value)
+        if kind is not None:
+          marks.setdefault(i, {})[name] = kind
+    arrays.append(column(values, name in text))
   if not arrays:
     # Rows without fields still count (a table of no columns has no rows otherwise).
     return pa.table({'_': pa.nulls(len(rows))}).drop_columns(['_'])
-  return pa.Table.from_arrays(arrays, names=list(names))
+  return _with_json_types(pa.Table.from_arrays(arrays, names=list(names)), marks)
 
 
 def batch_from_rows(rows: Sequence[Dict[str, Any]], string_columns: Iterable[str] = ()) -> pa.RecordBatch:
@@ -154,13 +194,23 @@ _JSON_SAMPLE_BYTES = 1 << 18
 
 
 def _to_string(table: pa.Table, names) -> pa.Table:
-  """Casts the named top-level columns of scalar type to string."""
+  """Casts the named top-level columns of scalar type to string; ArrowInvalid for a float column holding whole
+  numbers (written 12 or 12.0: only a line-by-line parse knows)."""
   for name in names:
     i = table.schema.get_field_index(name)
     if i < 0:
       continue
     typ = table.schema.field(i).type
     if pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_nested(typ):
+      continue
+    if pa.types.is_floating(typ):
+      # pyarrow's reader keeps no spelling, and a whole number in a float column may have been written 12 or
+      # 12.0: read line by line (`loads(floats_as_written=True)`), the column holds each as written.
+      values = table.column(i)
+      if pc.any(pc.equal(pc.floor(values), values)).as_py():
+        raise pa.ArrowInvalid(f'column {name!r}: whole numbers among floats, to be read as written')
+      # Fractions: Python's repr (1.5e-05), the same number, though maybe not its spelling (12.50 -> 12.5).
+      table = table.set_column(i, name, float_texts(values))
       continue
     try:
       table = table.set_column(i, name, pc.cast(table.column(i), pa.string()))
@@ -169,8 +219,36 @@ def _to_string(table: pa.Table, names) -> pa.Table:
   return table
 
 
+def _arrow_json_type(typ: pa.DataType) -> Optional[str]:
+  """The JSON type pyarrow's reader gave `typ` to, for the types that are not text a user wrote."""
+  if pa.types.is_boolean(typ):
+    return 'boolean'
+  if pa.types.is_struct(typ):
+    return 'object'
+  if pa.types.is_list(typ) or pa.types.is_large_list(typ):
+    return 'array'
+  return None
+
+
+def _json_types_of(table: pa.Table, names: Sequence[str]) -> Dict[int, Dict[str, str]]:
+  """row -> {column: JSON type} for the named columns that pyarrow read as booleans, structs or lists."""
+  marks: Dict[int, Dict[str, str]] = {}
+  for name in names:
+    i = table.schema.get_field_index(name)
+    kind = _arrow_json_type(table.schema.field(i).type) if i >= 0 else None
+    if kind is not None:
+      for row in np.flatnonzero(_valid(table.column(i))):
+        marks.setdefault(int(row), {})[name] = kind
+  return marks
+
+
+def _valid(values: pa.ChunkedArray) -> np.ndarray:
+  return np.asarray(pc.is_valid(values).to_numpy(zero_copy_only=False), dtype=bool)
+
+
 def _parse_json_text_columns(data: bytes, as_text: List[str], cast_after: List[str]) -> pa.Table:
-  """Parses with `as_text` columns as strings; moves those holding non-strings to `cast_after`."""
+  """Parses with `as_text` columns as strings; moves those holding non-strings to `cast_after` (their
+  objects, arrays and booleans marked, see `_with_json_types`)."""
   read_options = pa_json.ReadOptions(use_threads=False, block_size=max(min(len(data) + 1, 1 << 30), 1 << 20))
   while True:
     parse_options = pa_json.ParseOptions(
@@ -178,7 +256,6 @@ def _parse_json_text_columns(data: bytes, as_text: List[str], cast_after: List[s
     )
     try:
       table = pa_json.read_json(pa.BufferReader(data), read_options=read_options, parse_options=parse_options)
-      return _to_string(table, cast_after)
     except pa.ArrowInvalid as e:
       # A text column holding numbers or booleans: read it as inferred, then cast.
       match = _CONFLICT.search(str(e))
@@ -186,10 +263,14 @@ def _parse_json_text_columns(data: bytes, as_text: List[str], cast_after: List[s
         raise
       as_text.remove(match.group(1))
       cast_after.append(match.group(1))
+      continue
+    # Only the cast_after columns hold other than strings; the others are read as text.
+    return _with_json_types(_to_string(table, cast_after), _json_types_of(table, cast_after))
 
 
 def parse_json_lines(data: bytes, string_columns: Iterable[str] = ()) -> pa.Table:
-  """pyarrow's JSON reader with string_columns as text; ArrowInvalid if it cannot (no other rule applied)."""
+  """pyarrow's JSON reader with string_columns as text (their objects, arrays and booleans marked in
+  `JSON_TYPES_COLUMN`); ArrowInvalid if it cannot (no other rule applied)."""
   # Only columns the data names go into the explicit schema (it would add
   # the others as all-null columns).
   as_text = [c for c in string_columns if json.dumps(c).encode('utf-8') in data]

@@ -90,10 +90,13 @@ Types. CSV columns get pyarrow's inferred types, except that a number
 column whose text the type would respell (01234, +49..., an integer of more
 digits than a double holds) stays text as written; JSON and JSON Lines the
 rules every connector shares (`io_connectors._common.arrow`: nested objects
-structs, arrays lists, mixed types text, ISO-8601 times kept as text), except
-the ``string_columns``, read as text so that validation converts them with
-the entity rules. Parquet and Avro keep the types the file declares (nothing
-is inferred there). In CSV an empty field is null. A header (or workbook)
+structs, arrays lists, mixed types text with numbers as written, ISO-8601
+times kept as text), except the ``string_columns``, read as text so that
+validation converts them with the entity rules (a JSON number as written,
+``12345`` -> ``"12345"``; an object, array or boolean there is marked in
+the internal ``__json_types`` column, and validation refuses it in a
+declared string or number field). Parquet and Avro keep the types the file
+declares (nothing is inferred there). In CSV an empty field is null. A header (or workbook)
 that repeats a column name gets ``name_2``, ``name_3``... for the repeats,
 as does a file's own ``__source`` or ``__row`` column (``__source_2``). Each range infers its own types, so batches of
 one file can differ in the type of an undeclared column (e.g. all-null in

@@ -77,7 +77,10 @@ class FileOptions:
   batch_size: rows per emitted RecordBatch (at most).
   string_columns: columns read as text without type inference (CSV, JSON,
     JSON Lines, Excel); pipelines pass the entity's declared fields so that
-    validation converts them. Other columns keep the inferred type.
+    validation converts them. Other columns keep the inferred type. In JSON,
+    an object, array or boolean there is marked with its JSON type (see
+    `transforms.records.JSON_TYPES_COLUMN`): validation refuses it where
+    the entity declares a string or a number.
   split_size_bytes: the size of the ranges a file is cut into (CSV, JSON
     Lines, Avro: bytes; Parquet: compressed bytes of whole row groups).
   """

@@ -13,7 +13,14 @@ import pyarrow as pa
 from io_connectors.files._options import OPTIONS_CLASS, FileOptions, options_for
 from io_connectors.files._ranges import MatchFn, Range, SplitFn
 from transforms.dead_letter import DEAD_LETTER, Outputs
-from transforms.records import INTERNAL_COLUMNS, typed_outputs, with_provenance, with_plain_types
+from transforms.records import (
+  INTERNAL_COLUMNS,
+  JSON_TYPES_COLUMN,
+  JSON_TYPES_TYPE,
+  typed_outputs,
+  with_provenance,
+  with_plain_types,
+)
 
 __all__ = ['STAGE', 'READERS', 'ReadRangeFn', 'ReadFormat', 'emit', 'unique_column_names']
 
@@ -53,9 +60,17 @@ def unique_column_names(names: List[str]) -> List[str]:
 def emit(table: pa.Table, source: str, rows: np.ndarray, batch_size: int) -> Iterator[pa.RecordBatch]:
   """The table as batches of at most batch_size rows with provenance (blank and repeated column names made
   unique, view types made plain)."""
+  json_types = None
+  last = table.schema.field(table.num_columns - 1) if table.num_columns else None
+  if last is not None and last.name == JSON_TYPES_COLUMN and last.type == JSON_TYPES_TYPE:
+    # The JSON reader's marks (`arrow.table_from_rows`) keep their name; a data column of that name is renamed.
+    json_types = table.column(table.num_columns - 1)
+    table = table.remove_column(table.num_columns - 1)
   names = unique_column_names(table.column_names)
   if names != table.column_names:
     table = table.rename_columns(names)
+  if json_types is not None:
+    table = table.append_column(last, json_types)
   table = with_plain_types(table)
   offset = 0
   for batch in table.to_batches(max_chunksize=batch_size):

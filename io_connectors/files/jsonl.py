@@ -43,7 +43,7 @@ def _json_rows(data: bytes, rows: np.ndarray, string_columns, source: str, parse
   except pa.ArrowInvalid:
     # Lines that parse one by one but not together (a column of mixed types).
     if parsed is None:
-      parsed = [loads(line) for line in data.split(b'\n') if line.strip()]
+      parsed = [loads(line, floats_as_written=True) for line in data.split(b'\n') if line.strip()]
     table = table_from_rows(parsed, string_columns)
   if table.num_rows != len(rows):
     _LOG.warning('%s: %d rows parsed for %d lines; rows numbered in order', source, table.num_rows, len(rows))
@@ -80,7 +80,7 @@ def _read_jsonl_part(rng: Range, data, bad_lines, options: JsonOptions):
         continue
       reason = 'malformed_json'
       try:
-        value = loads(line)
+        value = loads(line, floats_as_written=True)
         problem = None if isinstance(value, dict) else f'a JSON {type(value).__name__}, not an object'
       except ValueError as e:
         problem, reason = str(e), reason_of(e)
@@ -129,7 +129,7 @@ def read_json(rng: Range, options: JsonOptions):
     yield dead_letter(path, None, 'bad_encoding', detail=f'bytes not valid in {shown} at byte {e.start}', stage=STAGE)
     return
   try:
-    document = loads(text)
+    document = loads(text, floats_as_written=True)
   except ValueError as e:
     if _holds_json_lines(text, e):
       _LOG.info('%s: one JSON object a line: read as JSON Lines', path)

@@ -186,13 +186,20 @@ def _epoch_micros(moment: dt.datetime) -> int:
   return (moment - _EPOCH) // dt.timedelta(microseconds=1)
 
 
+# What a null element of a list is written as, at its position: a feature list has no null (see example_bytes).
+_NULL_ELEMENT = {'int64': 0, 'float': 0.0, 'bytes': b''}
+NULL_MASK_SUFFIX = '__is_null'
+
+
 def _feature_values(value, t: pa.DataType, kind: str) -> list:
   if value is None:
     return []
   if _is_list(t) and _is_list(t.value_type):
     return [_feature_json(v) for v in value]
   if _is_list(t):
-    return [x for v in value for x in _feature_values(v, t.value_type, kind)]
+    return [
+      x for v in value for x in (_feature_values(v, t.value_type, kind) if v is not None else [_NULL_ELEMENT[kind]])
+    ]
   if kind == 'int64':
     if pa.types.is_timestamp(t):
       return [_epoch_micros(value) if isinstance(value, dt.datetime) else int(value)]
@@ -210,15 +217,49 @@ def _feature_json(value) -> bytes:
   return json.dumps(json_safe(value), ensure_ascii=False).encode('utf-8')
 
 
+def _null_mask(value, t: pa.DataType) -> Optional[list]:
+  """1 where a list of scalars or structs holds a null, 0 elsewhere; None for other values and lists without one
+  (inner lists are JSON, where a null is `null`)."""
+  if value is None or not _is_list(t) or _is_list(t.value_type) or all(v is not None for v in value):
+    return None
+  return [int(v is None) for v in value]
+
+
+def _entry(name: str, feature: bytes) -> bytes:
+  return _field(1, _field(1, name.encode('utf-8')) + _field(2, feature))
+
+
 def example_bytes(row: dict, schema: pa.Schema) -> bytes:
   """One serialized tf.train.Example; timestamps as int64 microseconds, structs and inner lists as JSON bytes,
-  UInt64 as digits."""
+  UInt64 as digits. A null scalar is an empty feature.
+
+  A feature list has no null, and dropping a list's null elements would move
+  the values after them ([1, null, 3] read [1, 3]). A list that holds nulls
+  keeps its length: each null is written at its position as 0, 0.0 or b''
+  (what tfx_bsl's Example encoder writes), and a companion int64 feature
+  ``<name>__is_null`` (`NULL_MASK_SUFFIX`), as long as the list, is 1 where
+  the value was null. Lists without nulls are written as before, without it.
+  """
   entries = []
   for f in schema:
     kind = _feature_kind(f.type)
-    feature = _feature(_feature_values(row.get(f.name), f.type, kind), kind)
-    entries.append(_field(1, _field(1, f.name.encode('utf-8')) + _field(2, feature)))
+    value = row.get(f.name)
+    entries.append(_entry(f.name, _feature(_feature_values(value, f.type, kind), kind)))
+    mask = _null_mask(value, f.type)
+    if mask is not None:
+      entries.append(_entry(f.name + NULL_MASK_SUFFIX, _feature(mask, 'int64')))
   return _field(1, b''.join(entries))
+
+
+def _check_null_masks(schema: pa.Schema):
+  """ValueError when a list column's `NULL_MASK_SUFFIX` feature would have the name of another column."""
+  names = set(schema.names)
+  taken = [f.name for f in schema if _is_list(f.type) and f.name + NULL_MASK_SUFFIX in names]
+  if taken:
+    raise ValueError(
+      f'tfrecord output: the columns {sorted(n + NULL_MASK_SUFFIX for n in taken)} have the names of the masks '
+      f'of the null elements of the list columns {sorted(taken)}; rename them, or write another --output_format'
+    )
 
 
 def _read_varint(data: bytes, at: int):
@@ -278,6 +319,7 @@ def example_features(data: bytes) -> Dict[str, list]:
 def _tfrecord_bytes(table: pa.Table) -> bytes:
   from apache_beam.io.tfrecordio import _TFRecordUtil
 
+  _check_null_masks(table.schema)
   sink = io.BytesIO()
   for row in table.to_pylist():
     _TFRecordUtil.write_record(sink, example_bytes(row, table.schema))

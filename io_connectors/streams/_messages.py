@@ -98,6 +98,7 @@ def messages_to_batch(
   string_columns: columns read as text, as the file readers' option.
   """
   good_lines: List[bytes] = []
+  good_payloads: List[bytes] = []
   parsed: List[dict] = []
   good_rows: List[int] = []
   dead: List[dict] = []
@@ -115,6 +116,7 @@ def messages_to_batch(
       if b'\n' not in payload and b'\r' not in payload
       else json.dumps(value, ensure_ascii=False).encode('utf-8')
     )
+    good_payloads.append(payload)
     parsed.append(value)
     good_rows.append(row)
   if not good_lines:
@@ -127,7 +129,10 @@ def messages_to_batch(
     if table.num_rows != len(good_lines):
       raise pa.ArrowInvalid('row count differs')
   except pa.ArrowInvalid:
-    # Payloads that parse one by one but not together (a column of mixed types).
+    # Payloads that parse one by one but not together (a column of mixed types): parsed again keeping the
+    # numbers' text, which a column of text holds as written (the one-by-one decoding above need not pay for it).
+    # As decode_json_message decoded them, so they parse again.
+    parsed = [loads(payload.decode('utf-8-sig'), floats_as_written=True) for payload in good_payloads]
     table = table_from_rows(parsed, string_columns)
   batch = table.combine_chunks().to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist(parsed)
   return with_provenance(batch, source, np.asarray(good_rows, dtype=np.int64)), dead

@@ -197,6 +197,33 @@ def test_string_columns_are_text_whatever_they_hold():
   assert table.column('id').to_pylist() == ['7', 'u8', None]
 
 
+def test_objects_arrays_and_booleans_in_string_columns_are_marked_with_their_json_type():
+  """As text, `{"id": 5}` and `true` pass for strings: `__json_types` says what they were (validation refuses
+  them); numbers are their text as written, text that looks like JSON is text, other columns are not marked."""
+  rows = [{'id': {'id': 5}, 'b': True}, {'id': ['a'], 'b': True}, {'id': 12345, 'b': False}, {'id': '{x', 'b': True}]
+  table = table_from_rows(rows, string_columns=['id'])
+  assert table.column('id').to_pylist() == ['{"id": 5}', '["a"]', '12345', '{x']
+  assert table.column('__json_types').to_pylist() == [[('id', 'object')], [('id', 'array')], None, None]
+  stream_batch, dead = messages_to_batch(
+    [json.dumps(r).encode() for r in rows], [f'offset {i}' for i in range(4)], [0, 1, 2, 3], 'kafka://t', 'read', ['id']
+  )
+  assert dead == [] and stream_batch.column('__json_types').to_pylist() == table.column('__json_types').to_pylist()
+  # pyarrow's reader: a column of booleans is cast to text, one of objects kept a struct; both marked.
+  fast = table_from_json_lines(b'{"id": true, "o": {"k": 1}}\n{"id": null, "o": {"k": 2}}\n', ['id', 'o'])
+  assert fast.column('id').to_pylist() == ['true', None]
+  assert fast.column('__json_types').to_pylist() == [[('id', 'boolean'), ('o', 'object')], [('o', 'object')]]
+  plain = table_from_json_lines(b'{"id": 7, "b": true}\n{"id": 8, "b": false}\n', ['id'])
+  assert plain.column_names == ['id', 'b']
+
+
+def test_stream_messages_keep_the_numbers_of_a_text_column_as_written():
+  payloads = [b'{"v": 12.0}', b'{"v": "x"}', b'\xef\xbb\xbf{"v": 1e3}', b'{\n  "v": 12.50\n}']
+  batch, dead = messages_to_batch(
+    payloads, ['offset 0', 'offset 1', 'offset 2', 'offset 3'], [0, 1, 2, 3], 'kafka://t', 'read'
+  )
+  assert dead == [] and batch.column('v').to_pylist() == ['12.0', 'x', '1e3', '12.50']
+
+
 def test_to_text_of_typed_values():
   import datetime as dt
   import decimal

@@ -398,6 +398,25 @@ def test_jsonl_string_columns_and_mixed_types(tmp_path):
   assert [r[2] for r in result.rows()] == [{'user_id': '42', 'x': '1'}, {'user_id': 'u2', 'x': 'one'}]
 
 
+def test_jsonl_numbers_in_a_text_column_are_as_written(tmp_path):
+  # A column of numbers and text is text: each number as the line wrote it (12.0 not 12, 1e3 not 1000.0), as
+  # is a whole number in a string column that also holds fractions (an id 12345 beside a stray 12.0).
+  lines = ['{"v": 12.0, "id": 12345}', '{"v": "x", "id": 12.0}', '{"v": 1e3, "id": 7}', '{"v": 12.50, "id": 0.5}']
+  path = write(tmp_path, 'mixed.jsonl', '\n'.join(lines) + '\n')
+  result = read(tmp_path, ReadFromJsonLines(path, JsonOptions(string_columns=['id'])))
+  assert result.dead_letters == []
+  assert [r[2] for r in result.rows()] == [
+    {'v': '12.0', 'id': '12345'},
+    {'v': 'x', 'id': '12.0'},
+    {'v': '1e3', 'id': '7'},
+    {'v': '12.50', 'id': '0.5'},
+  ]
+  # The same in a JSON document, and with a string column of numbers only (pyarrow's reader types it double).
+  doc = write(tmp_path, 'doc.json', json.dumps([{'id': 12345}, {'id': 12.0}]).replace('12.0', '12.00'))
+  result = read(tmp_path, ReadFromJson(doc, JsonOptions(string_columns=['id'])))
+  assert [r[2] for r in result.rows()] == [{'id': '12345'}, {'id': '12.00'}]
+
+
 def test_jsonl_numeric_string_column_is_cast(tmp_path):
   path = write(tmp_path, 'events.jsonl', '{"user_id": 42, "ms": 1}\n{"user_id": 43, "ms": 2}\n')
   result = read(tmp_path, ReadFromJsonLines(path, JsonOptions(string_columns=['user_id', 'absent'])))

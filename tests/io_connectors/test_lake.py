@@ -402,3 +402,36 @@ def test_tfrecord_lists_of_lists_keep_their_inner_lists_as_json(tmp_path):
     {'segments': [b'[]', b'null'], 'tags': [b'']},
   ]
   _assert_written_rows(tmp_path, table, 'tfrecord', expected)
+
+
+def test_tfrecord_lists_keep_the_positions_of_their_null_elements(tmp_path):
+  # A feature list has no null: dropped, [1, null, 3] read [1, 3]. The nulls are written in place (0, 0.0, b'')
+  # with a `<name>__is_null` mask; a list without nulls (and a null list) is written as before, without one.
+  table = pa.table(
+    {
+      'ids': pa.array([[1, None, 3], [4, 5], None, [None]], pa.list_(pa.int64())),
+      'scores': pa.array([[0.5, None], [], [None, None], [2.0]], pa.list_(pa.float32())),
+      'tags': pa.array([['a'], [None, ''], ['b'], []], pa.list_(pa.string())),
+      'album': pa.array([[{'id': 'x'}, None], None, [], [{'id': 'y'}]], pa.list_(pa.struct([('id', pa.string())]))),
+    }
+  )
+  expected = [
+    {'ids': [1, 0, 3], 'ids__is_null': [0, 1, 0], 'scores': [0.5, 0.0], 'scores__is_null': [0, 1], 'tags': [b'a']}
+    | {'album': [b'{"id": "x"}', b''], 'album__is_null': [0, 1]},
+    {'ids': [4, 5], 'scores': [], 'tags': [b'', b''], 'tags__is_null': [1, 0], 'album': []},
+    {'ids': [], 'scores': [0.0, 0.0], 'scores__is_null': [1, 1], 'tags': [b'b'], 'album': []},
+    {'ids': [0], 'ids__is_null': [1], 'scores': [2.0], 'tags': [], 'album': [b'{"id": "y"}']},
+  ]
+  _assert_written_rows(tmp_path, table, 'tfrecord', expected)
+  # Without nulls, the bytes are those written before the masks.
+  clean = pa.table({'ids': pa.array([[4, 5], []], pa.list_(pa.int64())), 'tags': pa.array([['b'], None])})
+  assert [lake_mod.example_bytes(row, clean.schema) for row in clean.to_pylist()] == [
+    b'\n\x1e\n\r\n\x03ids\x12\x06\x1a\x04\n\x02\x04\x05\n\r\n\x04tags\x12\x05\n\x03\n\x01b',
+    b'\n\x19\n\x0b\n\x03ids\x12\x04\x1a\x02\n\x00\n\n\n\x04tags\x12\x02\n\x00',
+  ]
+
+
+def test_tfrecord_a_column_named_as_a_null_mask_is_a_clear_error():
+  table = pa.table({'ids': pa.array([[1]], pa.list_(pa.int64())), 'ids__is_null': pa.array([0])})
+  with pytest.raises(ValueError, match=r"'ids__is_null'.*rename"):
+    lake_mod._tfrecord_bytes(table)

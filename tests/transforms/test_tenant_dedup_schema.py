@@ -58,6 +58,24 @@ def test_a_tenant_value_that_is_not_text_or_a_number_is_a_dead_letter_not_a_cras
   assert [(l['reason'], l['position']) for l in letters] == [('invalid_tenant', 'row 2')]
 
 
+def test_a_json_boolean_or_object_read_as_text_is_no_tenant():
+  from io_connectors._common.arrow import batch_from_rows
+
+  # The batch pipeline reads the tenant field of JSON as text: `true` would pass the pattern as the tenant "true".
+  rows = [
+    {'event_id': 'a', 'tenant_id': True},
+    {'event_id': 'b', 'tenant_id': 'acme'},
+    {'event_id': 'c', 'tenant_id': {}},
+  ]
+  batch = with_provenance(batch_from_rows(rows, string_columns=['tenant_id']), 'events.jsonl', 1)
+  tagged, letters = tag_batch(batch, None, 'tenant_id')
+  assert tagged.column('event_id').to_pylist() == ['b']
+  assert [(l['reason'], l['position'], l['detail']) for l in letters] == [
+    ('invalid_tenant', 'row 1', 'tenant_id is a JSON boolean, not a tenant id'),
+    ('invalid_tenant', 'row 3', 'tenant_id is a JSON object, not a tenant id'),
+  ]
+
+
 def test_a_numeric_tenant_is_the_tenant_of_its_digits():
   rows = [{'event_id': 'a', 'tenant_id': 42}, {'event_id': 'b', 'tenant_id': 7}]
   tagged, letters = tag_batch(_batch(rows), None, 'tenant_id')
@@ -204,6 +222,17 @@ def test_conform_writes_what_no_cast_joins_as_json_text():
   batch = pa.record_batch({'m': pa.array([[('k', 1)], None], pa.map_(pa.string(), pa.int64()))})
   assert schema_mod.conform(batch, pa.schema([('m', pa.string())])).column('m').to_pylist() == ['[["k", 1]]', None]
   assert schema_mod.widen(pa.list_(pa.string()), pa.map_(pa.string(), pa.string())) == pa.string()
+
+
+def test_floats_merged_with_text_keep_a_float_spelling():
+  # Their spelling in the source is not known here: Python's repr, never Arrow's cast (12.0 -> '12', an integer).
+  floats = pa.table({'v': pa.array([12.0, 1e3, 0.1, None, 1.5e-5])})
+  texts = pa.table({'v': pa.array(['x'])})
+  expected = ['12.0', '1000.0', '0.1', None, '1.5e-05']
+  assert schema_mod.conform(floats.to_batches()[0], pa.schema([('v', pa.string())])).column('v').to_pylist() == expected
+  assert schema_mod.concat_widened([floats, texts]).column('v').to_pylist() == expected + ['x']
+  single = pa.record_batch({'v': pa.array([12.0, 0.1], pa.float32())})
+  assert schema_mod.conform(single, pa.schema([('v', pa.string())])).column('v').to_pylist() == ['12.0', '0.1']
 
 
 def test_deduplicate_with_spill_dir_refuses_unbounded_or_windowed_input(tmp_path):

@@ -1,6 +1,7 @@
 """Validate: the vectorised rules agree with the pydantic models, and dead letters say why."""
 
 import datetime as dt
+import json
 import random
 import typing
 
@@ -490,3 +491,60 @@ def test_times_with_seven_to_nine_fraction_digits_are_read_to_the_microsecond():
     with_provenance(pa.RecordBatch.from_pylist([naive]), 'f.csv', 2), entities.ListeningEvent, naive_time_zone='UTC'
   )
   assert dead == [] and valid.column('played_at').to_pylist() == [dt.datetime(2024, 6, 1, 12, 0, 0, 123456, tzinfo=utc)]
+
+
+def _declared_scalar_fields(model):
+  """What the batch pipeline reads as text from JSON files (`spotify_batch._scalar_fields`)."""
+  return [name for name, (rule, _) in entities.field_rules(model).items() if rule.kind != 'nested']
+
+
+def test_json_objects_arrays_and_booleans_read_as_text_are_refused_in_scalar_fields(tmp_path):
+  from io_connectors.files import JsonOptions, ReadFromJsonLines
+
+  def line(**changes):
+    return json.dumps(dict(GOOD, **changes))
+
+  # mixed.jsonl mixes objects, arrays and booleans with strings in one column (the reader's row-by-row path);
+  # bools.jsonl holds only booleans in track_id (pyarrow's reader, then cast to text).
+  (tmp_path / 'mixed.jsonl').write_text(
+    '\n'.join(
+      [
+        line(event_id='e1', user_id={'id': 5}),
+        line(event_id='e2', user_id=['a']),
+        line(event_id='e3', user_id=12345, note='{not json'),  # a number is its text; text stays text
+        line(event_id='e4', ms_played=True),
+        line(event_id='e5', skipped=True),  # a boolean field takes a JSON boolean
+        line(event_id='e6', user_id={}),
+      ]
+    )
+    + '\n'
+  )
+  (tmp_path / 'bools.jsonl').write_text(line(event_id='b1', track_id=True) + '\n')
+  options = JsonOptions(string_columns=_declared_scalar_fields(entities.ListeningEvent))
+  with TestPipeline() as p:
+    read = p | ReadFromJsonLines(str(tmp_path / '*.jsonl'), options)
+    result = read.records | Validate('listening_event')
+    assert_that(
+      result.records | beam.FlatMap(lambda b: zip(*[b.column(c).to_pylist() for c in ('event_id', 'user_id', 'note')])),
+      equal_to([('e3', '12345', '{not json'), ('e5', 'u1', 'loved it')]),
+      label='valid',
+    )
+    assert_that(
+      result.records | beam.FlatMap(lambda b: [name for name in b.schema.names if name == '__json_types']),
+      equal_to([]),
+      label='marks not passed on',
+    )
+    assert_that(
+      result.dead_letter
+      | beam.Map(lambda l: (l['source'].rsplit('/', 1)[-1], l['position'], l['reason'], l['field'], l['detail'])),
+      equal_to(
+        [
+          ('mixed.jsonl', 'row 1', 'invalid_type', 'user_id', 'user_id is a JSON object, not a string'),
+          ('mixed.jsonl', 'row 2', 'invalid_type', 'user_id', 'user_id is a JSON array, not a string'),
+          ('mixed.jsonl', 'row 4', 'invalid_type', 'ms_played', 'ms_played is a JSON boolean, not an integer'),
+          ('mixed.jsonl', 'row 6', 'invalid_type', 'user_id', 'user_id is a JSON object, not a string'),
+          ('bools.jsonl', 'row 1', 'invalid_type', 'track_id', 'track_id is a JSON boolean, not a string'),
+        ]
+      ),
+      label='dead',
+    )

@@ -201,7 +201,7 @@ def parse_lines(
       )
       continue
     try:
-      value = loads(text)
+      value = loads(text, floats_as_written=True)
     except ValueError as e:
       reason = reason_of(e)
       letters.append(dead_letter(source, position(number), reason, record=text[:2000], detail=str(e), stage='read'))
