@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
-from transforms.records import ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN, position, rows_as_dicts, typed_outputs
+from transforms.records import SOURCE_COLUMN, TENANT_COLUMN, row_positions, rows_as_dicts, typed_outputs
 
 __all__ = ['TENANT_PATTERN', 'TagTenant', 'AssignDeadLetterTenant', 'check_tenant_id', 'tag_batch']
 
@@ -77,12 +77,12 @@ def _letters(batch: pa.RecordBatch, bad: np.ndarray, field: str, detail_of) -> l
   idx = np.flatnonzero(bad)
   rows = batch.take(pa.array(idx))
   sources = rows.column(SOURCE_COLUMN).to_pylist() if SOURCE_COLUMN in rows.schema.names else [None] * len(idx)
-  positions = rows.column(ROW_COLUMN).to_pylist() if ROW_COLUMN in rows.schema.names else [None] * len(idx)
+  positions = row_positions(rows)
   records = rows_as_dicts(rows)
   return [
     dead_letter(
       source=src,
-      position=position(pos, src),
+      position=pos,
       reason='invalid_tenant',
       field=field,
       record=record,

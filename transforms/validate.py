@@ -38,11 +38,10 @@ from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 from transforms.metrics import LabelledCounters
 from transforms.records import (
   INTERNAL_COLUMNS,
-  ROW_COLUMN,
   SOURCE_COLUMN,
   TENANT_COLUMN,
   json_safe,
-  position,
+  row_positions,
   typed_outputs,
   with_plain_types,
 )
@@ -579,7 +578,7 @@ def validate_batch(
   letters = []
   bad = batch.take(pa.array(bad_rows))
   sources = bad.column(SOURCE_COLUMN).to_pylist() if SOURCE_COLUMN in bad.schema.names else [None] * len(bad_rows)
-  rows = bad.column(ROW_COLUMN).to_pylist() if ROW_COLUMN in bad.schema.names else [None] * len(bad_rows)
+  positions = row_positions(bad)
   tenants = bad.column(TENANT_COLUMN).to_pylist() if TENANT_COLUMN in bad.schema.names else [None] * len(bad_rows)
   records = [{k: json_safe(v) for k, v in r.items() if k not in INTERNAL_COLUMNS} for r in bad.to_pylist()]
   for i, row_index in enumerate(bad_rows):
@@ -592,7 +591,7 @@ def validate_batch(
     letters.append(
       dead_letter(
         source=sources[i],
-        position=position(rows[i], sources[i]),
+        position=positions[i],
         reason=_REASON_NAMES[code],
         field=field,
         record=records[i],
