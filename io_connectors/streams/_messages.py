@@ -62,7 +62,6 @@ from transforms.json_values import json_type, loads, reason_of
 from transforms.records import element_position, with_provenance
 
 __all__ = [
-  'decode_json_message',
   'decode_json_records',
   'DecodedMessage',
   'messages_to_batch',
@@ -100,24 +99,6 @@ def _decode_json(payload: Optional[bytes]) -> Tuple[Any, Optional[str], Optional
     return None, None, (reason_of(e), f'not JSON: {e}', text[:_MAX_RAW_CHARS])
 
 
-def decode_json_message(payload: Optional[bytes]) -> Tuple[Optional[dict], Optional[Tuple[str, str, Optional[str]]]]:
-  """One message payload as a JSON object: (object, None), or (None, (reason, detail, record)) for its dead letter.
-
-  The one decoding of a stream's JSON messages: UTF-8 (else 'bad_encoding';
-  a leading byte order mark, which some Windows producers write, is
-  dropped), JSON a record can hold (`json_values.loads`: else
-  'malformed_json', or 'bad_encoding' for a lone surrogate escape), an
-  object (else 'malformed_json'); the record keeps at most 10,000 characters
-  of the text. `decode_json_records` takes arrays of objects too.
-  """
-  value, text, problem = _decode_json(payload)
-  if problem is not None:
-    return None, problem
-  if not isinstance(value, dict):
-    return None, ('malformed_json', f'a JSON {json_type(value)}, not an object', text[:_MAX_RAW_CHARS])
-  return value, None
-
-
 class DecodedMessage(NamedTuple):
   """What one message payload holds (`decode_json_records`).
 
@@ -136,11 +117,14 @@ class DecodedMessage(NamedTuple):
 def decode_json_records(payload: Optional[bytes]) -> DecodedMessage:
   """A message payload's records: one JSON object, or each object element of a JSON array.
 
-  Decoded as `decode_json_message` decodes (UTF-8, byte order mark, JSON a
-  record can hold); an array's element that is not an object is a
-  'malformed_json' problem of its own (its record: at most 10,000
-  characters of the element's JSON), an empty array one problem of the
-  message, and so is a payload that is neither an object nor an array.
+  The one decoding of every stream's JSON messages: UTF-8 (else
+  'bad_encoding'; a leading byte order mark, which some Windows producers
+  write, is dropped), JSON a record can hold (`json_values.loads`: else
+  'malformed_json', or 'bad_encoding' for a lone surrogate escape), an
+  object or an array (else 'malformed_json'). An array's element that is
+  not an object is a 'malformed_json' problem of its own, an empty array
+  one problem of the message. A problem's record keeps at most 10,000
+  characters of the payload's text (of the element's JSON for an element).
   """
   value, text, problem = _decode_json(payload)
   if problem is not None:
