@@ -78,7 +78,7 @@ import pyarrow.compute as pc
 
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 from transforms.entities import to_utc_timestamp
-from transforms.records import ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN, position, rows_as_dicts, typed_outputs
+from transforms.records import SOURCE_COLUMN, TENANT_COLUMN, row_positions, rows_as_dicts, typed_outputs
 
 __all__ = [
   'ENTITY',
@@ -350,14 +350,14 @@ def extract_plays(batch: pa.RecordBatch, fields: PlayFields = PlayFields(), sour
     idx = np.flatnonzero(bad)
     rejected = batch.take(pa.array(idx))
     sources = rejected.column(SOURCE_COLUMN).to_pylist() if SOURCE_COLUMN in names else [source] * len(idx)
-    rows = rejected.column(ROW_COLUMN).to_pylist() if ROW_COLUMN in names else [None] * len(idx)
+    positions = row_positions(rejected)
     tenant_of = tenants.take(pa.array(idx)).to_pylist()
-    for i, src, row, record, tenant in zip(idx, sources, rows, rows_as_dicts(rejected), tenant_of):
+    for i, src, where, record, tenant in zip(idx, sources, positions, rows_as_dicts(rejected), tenant_of):
       reason, field, detail = problems[i]
       letters.append(
         dead_letter(
           source=src or source,
-          position=position(row, src),
+          position=where,
           reason=reason,
           field=field,
           record=record,

@@ -36,7 +36,16 @@ import json
 import re
 from typing import Any, Optional, Union
 
-__all__ = ['MAX_DEPTH', 'JsonValueError', 'WrittenFloat', 'loads', 'reason_of', 'depth_exceeds', 'lone_surrogate']
+__all__ = [
+  'MAX_DEPTH',
+  'JsonValueError',
+  'WrittenFloat',
+  'loads',
+  'reason_of',
+  'depth_exceeds',
+  'lone_surrogate',
+  'json_type',
+]
 
 # Deeper records are refused: real events nest a handful of levels; the
 # recursive steps after decoding (type rules, writers) hold a few hundred.
@@ -73,6 +82,11 @@ class WrittenFloat(float):
 def reason_of(error: ValueError) -> str:
   """The dead-letter reason of an error `loads` raised: its own, else 'malformed_json' (json's ValueError)."""
   return getattr(error, 'reason', 'malformed_json')
+
+
+def json_type(value: Any) -> str:
+  """The JSON name of a decoded value's type ('object', 'array', 'string', 'boolean', 'null', 'number'), for messages."""
+  return {dict: 'object', list: 'array', str: 'string', bool: 'boolean', type(None): 'null'}.get(type(value), 'number')
 
 
 def depth_exceeds(value: Any, limit: int) -> bool:

@@ -11,7 +11,16 @@ with its source and position, and are dropped by the sinks:
 - ``__row`` (int64): the row's 1-based position in that source. For CSV it is
   the record number with the header as row 1 (what a spreadsheet shows); for
   JSON Lines the line number; for Parquet, Avro and Excel the record index
-  (Excel: the sheet row).
+  (Excel: the sheet row). A stream's rows carry the message's number (a
+  Kafka offset, a Redis entry id as a number, ...).
+- ``__element`` and ``__elements`` (int32), only in the batches of a stream
+  whose messages held a JSON array of records: the row's 0-based index in
+  its message's array and the array's length (null for a row of a message
+  that was one object). The rows of one message share its ``__row``, so
+  (``__source``, ``__row``, ``__element``) is what names one row there; a
+  dead letter's position names the element too ('offset 17 element 3 of
+  5'), which is what lets an acknowledgement wait for a message's last
+  element (`io_connectors.streams._acknowledge`).
 
 A third, ``__json_types`` (map<string, string>), is there only when a JSON
 reader was asked to read a column as text (``string_columns``) and a row held
@@ -44,12 +53,17 @@ __all__ = [
   'typed_outputs',
   'SOURCE_COLUMN',
   'ROW_COLUMN',
+  'ELEMENT_COLUMN',
+  'ELEMENTS_COLUMN',
   'TENANT_COLUMN',
   'INTERNAL_COLUMNS',
   'JSON_TYPES_COLUMN',
   'JSON_TYPES_TYPE',
   'json_types',
   'position',
+  'element_position',
+  'row_positions',
+  'written_positions',
   'range_source',
   'source_path',
   'with_provenance',
@@ -66,10 +80,12 @@ __all__ = [
 
 SOURCE_COLUMN = '__source'
 ROW_COLUMN = '__row'
+ELEMENT_COLUMN = '__element'
+ELEMENTS_COLUMN = '__elements'
 TENANT_COLUMN = 'tenant_id'
 JSON_TYPES_COLUMN = '__json_types'
 JSON_TYPES_TYPE = pa.map_(pa.string(), pa.string())
-INTERNAL_COLUMNS = (SOURCE_COLUMN, ROW_COLUMN, JSON_TYPES_COLUMN)
+INTERNAL_COLUMNS = (SOURCE_COLUMN, ROW_COLUMN, ELEMENT_COLUMN, ELEMENTS_COLUMN, JSON_TYPES_COLUMN)
 
 _RANGE_START = re.compile(r'@[0-9]+$')
 
@@ -88,20 +104,25 @@ def source_path(source: str) -> str:
   return _RANGE_START.sub('', source)
 
 
-def position(row: Optional[int], source: Optional[str] = None) -> Optional[str]:
+def position(
+  row: Optional[int], source: Optional[str] = None, element: Optional[int] = None, elements: Optional[int] = None
+) -> Optional[str]:
   """The dead-letter `position` text for a `__row` number, as the source's reader words it.
 
   Kafka rows are offsets ('offset N'), Redis Streams rows are entry ids encoded
   as ms * 1_000_000 + seq ('entry <ms>-<seq>'); every other source counts rows.
+  element, elements: a row's `__element` / `__elements` (`element_position`).
   """
   if row is None:
     return None
   if source is not None and str(source).startswith('kafka://'):
-    return f'offset {row}'
-  if source is not None and str(source).startswith('redis://'):
+    text = f'offset {row}'
+  elif source is not None and str(source).startswith('redis://'):
     ms, seq = divmod(int(row), 1_000_000)
-    return f'entry {ms}-{seq}'
-  return f'row {row}'
+    text = f'entry {ms}-{seq}'
+  else:
+    text = f'row {row}'
+  return element_position(text, element, elements)
 
 
 def json_types(batch) -> Dict[str, Dict[int, str]]:
@@ -115,20 +136,75 @@ def json_types(batch) -> Dict[str, Dict[int, str]]:
   return found
 
 
-def with_provenance(batch: pa.RecordBatch, source: str, rows) -> pa.RecordBatch:
+def element_position(message: str, element: Optional[int], elements: Optional[int]) -> str:
+  """The position of element `element` of a message's array of `elements`: 'offset 17 element 3 of 5'.
+
+  `message` (the message's own position text) as it is when element is None.
+  """
+  return message if element is None else f'{message} element {element} of {elements}'
+
+
+def _provenance_lists(batch) -> tuple:
+  """(sources, rows, elements, element counts) of a batch's rows as lists; None for the absent columns."""
+  names = batch.schema.names
+
+  def values(name):
+    if name not in names:
+      return None
+    column = batch.column(names.index(name))
+    if pa.types.is_dictionary(column.type):
+      column = column.cast(column.type.value_type)
+    return column.to_pylist()
+
+  return values(SOURCE_COLUMN), values(ROW_COLUMN), values(ELEMENT_COLUMN), values(ELEMENTS_COLUMN)
+
+
+def row_positions(batch) -> List[Optional[str]]:
+  """The dead-letter `position` text of each row of a batch (or table), by its provenance columns (`position`)."""
+  sources, rows, elements, counts = _provenance_lists(batch)
+  n = batch.num_rows
+  sources, rows = sources or [None] * n, rows or [None] * n
+  elements, counts = elements or [None] * n, counts or [None] * n
+  return [position(*values) for values in zip(rows, sources, elements, counts)]
+
+
+def written_positions(batch) -> List[tuple]:
+  """(source, position) of each row of a batch with provenance columns, for the sources' acknowledgement.
+
+  The position is the row's `__row` number, or for an element of a
+  message's array its position text ('offset 17 element 3 of 5'), so that
+  the message is acknowledged only with its last element
+  (`io_connectors.streams._acknowledge`). Empty without provenance columns.
+  """
+  sources, rows, elements, counts = _provenance_lists(batch)
+  if sources is None or rows is None:
+    return []
+  if elements is None:
+    return list(zip(sources, rows))
+  return [
+    (source, row if element is None else position(row, source, element, count))
+    for source, row, element, count in zip(sources, rows, elements, counts)
+  ]
+
+
+def with_provenance(batch: pa.RecordBatch, source: str, rows, elements=None) -> pa.RecordBatch:
   """Appends the internal provenance columns to a batch.
 
   rows: an int (the first row's number; the rest follow) or an array of row
   numbers, one per row.
+  elements: None, or (indices, lengths): each row's `__element` and
+  `__elements` (None for a row of a message that was no array).
   """
   n = batch.num_rows
   if isinstance(rows, (int, np.integer)):
     rows = np.arange(int(rows), int(rows) + n, dtype=np.int64)
   src = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([source]))
-  return pa.RecordBatch.from_arrays(
-    list(batch.columns) + [src, pa.array(rows, type=pa.int64())],
-    names=list(batch.schema.names) + [SOURCE_COLUMN, ROW_COLUMN],
-  )
+  columns = list(batch.columns) + [src, pa.array(rows, type=pa.int64())]
+  names = list(batch.schema.names) + [SOURCE_COLUMN, ROW_COLUMN]
+  if elements is not None:
+    columns += [pa.array(values, type=pa.int32()) for values in elements]
+    names += [ELEMENT_COLUMN, ELEMENTS_COLUMN]
+  return pa.RecordBatch.from_arrays(columns, names=names)
 
 
 def with_plain_types(batch):

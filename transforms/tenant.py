@@ -25,11 +25,10 @@ import pyarrow.compute as pc
 
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 from transforms.records import (
-  ROW_COLUMN,
   SOURCE_COLUMN,
   TENANT_COLUMN,
   json_types,
-  position,
+  row_positions,
   rows_as_dicts,
   typed_outputs,
 )
@@ -85,12 +84,12 @@ def _letters(batch: pa.RecordBatch, bad: np.ndarray, field: str, detail_of) -> l
   idx = np.flatnonzero(bad)
   rows = batch.take(pa.array(idx))
   sources = rows.column(SOURCE_COLUMN).to_pylist() if SOURCE_COLUMN in rows.schema.names else [None] * len(idx)
-  positions = rows.column(ROW_COLUMN).to_pylist() if ROW_COLUMN in rows.schema.names else [None] * len(idx)
+  positions = row_positions(rows)
   records = rows_as_dicts(rows)
   return [
     dead_letter(
       source=src,
-      position=position(pos, src),
+      position=pos,
       reason='invalid_tenant',
       field=field,
       record=record,

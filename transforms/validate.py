@@ -47,12 +47,11 @@ from transforms.metrics import LabelledCounters
 from transforms.records import (
   INTERNAL_COLUMNS,
   JSON_TYPES_COLUMN,
-  ROW_COLUMN,
   SOURCE_COLUMN,
   TENANT_COLUMN,
   json_safe,
   json_types,
-  position,
+  row_positions,
   typed_outputs,
   with_plain_types,
 )
@@ -628,7 +627,7 @@ def validate_batch(
   letters = []
   bad = batch.take(pa.array(bad_rows))
   sources = bad.column(SOURCE_COLUMN).to_pylist() if SOURCE_COLUMN in bad.schema.names else [None] * len(bad_rows)
-  rows = bad.column(ROW_COLUMN).to_pylist() if ROW_COLUMN in bad.schema.names else [None] * len(bad_rows)
+  positions = row_positions(bad)
   tenants = bad.column(TENANT_COLUMN).to_pylist() if TENANT_COLUMN in bad.schema.names else [None] * len(bad_rows)
   records = [{k: json_safe(v) for k, v in r.items() if k not in INTERNAL_COLUMNS} for r in bad.to_pylist()]
   for i, row_index in enumerate(bad_rows):
@@ -645,7 +644,7 @@ def validate_batch(
     letters.append(
       dead_letter(
         source=sources[i],
-        position=position(rows[i], sources[i]),
+        position=positions[i],
         reason=_REASON_NAMES[code],
         field=field,
         record=records[i],

@@ -63,7 +63,15 @@ from transforms.coders import RecordBatchCoder
 from transforms.dead_letter import dead_letter
 from transforms.dedup import shard_of
 from transforms.metrics import labelled_name
-from transforms.records import ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN, position, rows_as_dicts
+from transforms.records import (
+  ELEMENT_COLUMN,
+  ROW_COLUMN,
+  SOURCE_COLUMN,
+  TENANT_COLUMN,
+  row_positions,
+  rows_as_dicts,
+  written_positions,
+)
 from transforms.schema import concat_widened
 from transforms.state_cache import weigh_cached_state_by_shape
 
@@ -204,7 +212,9 @@ def _concat(batches: List[pa.RecordBatch]) -> pa.RecordBatch:
     sources = table.column(SOURCE_COLUMN)
     if pa.types.is_dictionary(sources.type):
       table = table.set_column(table.schema.get_field_index(SOURCE_COLUMN), SOURCE_COLUMN, sources.cast(pa.string()))
-    table = table.sort_by([(SOURCE_COLUMN, 'ascending'), (ROW_COLUMN, 'ascending')])
+    # The rows of one message's JSON array share its __row: their element orders them.
+    keys = [SOURCE_COLUMN, ROW_COLUMN] + ([ELEMENT_COLUMN] if ELEMENT_COLUMN in table.schema.names else [])
+    table = table.sort_by([(key, 'ascending') for key in keys])
   return (
     table.combine_chunks().to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], schema=table.schema)
   )
@@ -415,14 +425,14 @@ class _WindowDedupFn(beam.DoFn):
       idx = np.flatnonzero(late)
       rows = batch.take(pa.array(idx))
       sources = _strings(rows, SOURCE_COLUMN) if SOURCE_COLUMN in rows.schema.names else [None] * len(idx)
-      positions = rows.column(ROW_COLUMN).to_pylist() if ROW_COLUMN in rows.schema.names else [None] * len(idx)
+      positions = row_positions(rows)
       self._late.inc(len(idx))
       for i, record, src, pos in zip(idx, rows_as_dicts(rows), sources, positions):
         yield beam.pvalue.TaggedOutput(
           'late',
           dead_letter(
             src,
-            position(pos, src),
+            pos,
             'late_event',
             field=options.time_field,
             record=record,
@@ -471,9 +481,7 @@ class _WindowDedupFn(beam.DoFn):
       self._duplicates.inc(int(duplicate.sum()))
       if SOURCE_COLUMN in batch.schema.names and ROW_COLUMN in batch.schema.names:
         dropped = batch.filter(pa.array(duplicate))
-        yield beam.pvalue.TaggedOutput(
-          'absorbed', list(zip(_strings(dropped, SOURCE_COLUMN).tolist(), dropped.column(ROW_COLUMN).to_pylist()))
-        )
+        yield beam.pvalue.TaggedOutput('absorbed', written_positions(dropped))
       for start, n in zip(*np.unique(starts[duplicate], return_counts=True)):
         yield beam.pvalue.TaggedOutput('metrics_partial', ((tenant, int(start)), {'duplicates': int(n)}))
     accepted = keep & ~duplicate

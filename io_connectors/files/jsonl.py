@@ -28,7 +28,7 @@ from io_connectors.files._options import JsonOptions
 from io_connectors.files._ranges import Range, open_file, unicode_bom_encoding
 from io_connectors.files._read import READERS, STAGE, ReadFormat, emit
 from transforms.dead_letter import dead_letter
-from transforms.json_values import loads, reason_of
+from transforms.json_values import json_type, loads, reason_of
 from transforms.records import position
 
 __all__ = ['ReadFromJsonLines', 'ReadFromJson', 'JsonOptions', 'records_of_document', 'ENVELOPE_KEYS']
@@ -158,7 +158,7 @@ def read_json(rng: Range, options: JsonOptions):
         position(i),
         'malformed_json',
         record=element if _jsonable(element) else str(element),
-        detail=f'element {i} is a JSON {_json_type(element)}, not an object',
+        detail=f'element {i} is a JSON {json_type(element)}, not an object',
         stage=STAGE,
       )
   if not objects:
@@ -209,7 +209,7 @@ def records_of_document(document, records_path: Optional[str]) -> Tuple[list, st
         raise ValueError(f'records_path {records_path!r}: no key {key!r} in the object at {at}')
       found = found[key]
     if not isinstance(found, list):
-      raise ValueError(f'records_path {records_path!r} holds a JSON {_json_type(found)}, not an array')
+      raise ValueError(f'records_path {records_path!r} holds a JSON {json_type(found)}, not an array')
     return found, records_path
   if records_path is None and isinstance(document, dict):
     envelopes = list(_arrays_of_objects(document, depth=2))
@@ -219,7 +219,7 @@ def records_of_document(document, records_path: Optional[str]) -> Tuple[list, st
     return [document], ''
   if isinstance(document, list):
     return document, ''
-  raise ValueError(f'the document is a JSON {_json_type(document)}, not an array or object')
+  raise ValueError(f'the document is a JSON {json_type(document)}, not an array or object')
 
 
 def _arrays_of_objects(document: dict, depth: int, prefix: str = ''):
@@ -239,10 +239,6 @@ def _arrays_of_objects(document: dict, depth: int, prefix: str = ''):
       yield prefix + key, value
     elif isinstance(value, dict) and depth > 1:
       yield from _arrays_of_objects(value, depth - 1, f'{prefix}{key}.')
-
-
-def _json_type(value) -> str:
-  return {dict: 'object', list: 'array', str: 'string', bool: 'boolean', type(None): 'null'}.get(type(value), 'number')
 
 
 def _jsonable(value) -> bool:

@@ -35,7 +35,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
 from io_connectors.sinks.lake import UNASSIGNED, parquet_bytes
-from transforms.records import ROW_COLUMN, SOURCE_COLUMN, json_safe, strip_internal
+from transforms.records import json_safe, strip_internal, written_positions
 from transforms.schema import concat_widened
 from transforms.windows import WindowBatch, window_label
 
@@ -86,13 +86,8 @@ def sweep_temporaries(output: str, older_than_s: float = DEFAULT_ORPHAN_AGE_S) -
 
 
 def _positions(batch: pa.RecordBatch):
-  """(source, row) of each row of a batch with provenance columns."""
-  if SOURCE_COLUMN not in batch.schema.names or ROW_COLUMN not in batch.schema.names:
-    return []
-  sources = batch.column(SOURCE_COLUMN)
-  if pa.types.is_dictionary(sources.type):
-    sources = sources.dictionary_decode()
-  return list(zip(sources.to_pylist(), batch.column(ROW_COLUMN).to_pylist()))
+  """(source, position) of each row of a batch with provenance columns (`transforms.records.written_positions`)."""
+  return written_positions(batch)
 
 
 def _merge_with_existing(path: str, table: pa.Table, key_field: str) -> Optional[pa.Table]:

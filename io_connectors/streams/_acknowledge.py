@@ -30,15 +30,37 @@ A position is a record's ``__row`` number or a dead letter's position text
 (``'row N'``, or the source's own wording: ``'offset N'``, ``'entry <id>'``,
 ``'message <id>'``); pairs of other sources are ignored, so one stream of
 pairs can feed every source's transform.
+
+A message holding a JSON array is several records (`io_connectors.streams._messages`):
+their pairs name the element, ``'offset 17 element 3 of 5'``
+(`transforms.records.written_positions`, and every dead letter's position).
+They leave the read together, but windows downstream write each element
+when its own event time's window closes, so one message's elements reach
+this transform in different bundles. The message is acknowledged only once
+a pair of each of its elements has come: the elements written so far are
+kept per message in this process (`_ArrayMessages`) until then. 'sink' is
+meant for runners that run a job in one process; had a message's elements
+been written by different processes, none would see them all and the
+message would stay unacknowledged: read again by the next job (duplicates
+that dedup absorbs), never lost.
 """
 
 from __future__ import annotations
 
+import re
+import threading
 from typing import Any, Dict, Hashable, Optional, Set, Tuple
 
 import apache_beam as beam
 
-__all__ = ['ACK_MODES', 'check_ack_mode', 'Acknowledger', 'AcknowledgeWritten', 'position_number']
+__all__ = [
+  'ACK_MODES',
+  'check_ack_mode',
+  'Acknowledger',
+  'AcknowledgeWritten',
+  'position_number',
+  'message_position',
+]
 
 ACK_MODES = ('finalize', 'sink')
 
@@ -58,6 +80,40 @@ def position_number(position, kinds=('row',)) -> Optional[int]:
   if kind in kinds and value.isdigit():
     return int(value)
   return None
+
+
+# The element part of a position (`transforms.records.element_position`).
+_ELEMENT = re.compile(r'^(?P<message>.+) element (?P<element>[0-9]+) of (?P<elements>[0-9]+)$')
+
+
+def message_position(position) -> Tuple[Any, Optional[int], Optional[int]]:
+  """(the message's position, element index, array length) of a position; (position, None, None) when it names
+  no element of an array ('offset 17 element 3 of 5' -> ('offset 17', 3, 5))."""
+  match = _ELEMENT.match(position) if isinstance(position, str) else None
+  if match is None:
+    return position, None, None
+  return match['message'], int(match['element']), int(match['elements'])
+
+
+class _ArrayMessages:
+  """The elements written so far of the array messages not all written yet, in this process (see the module)."""
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self._written: Dict[Tuple, Set[int]] = {}
+
+  def all_written(self, message: Tuple, element: int, elements: int) -> bool:
+    """Notes `element` of `message` (a hashable name of it) written; True once each of its `elements` was."""
+    with self._lock:
+      written = self._written.setdefault(message, set())
+      written.add(element)
+      if len(written) < elements:
+        return False
+      del self._written[message]
+      return True
+
+
+_ARRAY_MESSAGES = _ArrayMessages()
 
 
 class Acknowledger:
@@ -99,10 +155,17 @@ class _AcknowledgeFn(beam.DoFn):
 
   def process(self, element):
     source, position = element
+    position, index, length = message_position(position)
     parsed = self._acknowledger.parse(source, position)
-    if parsed is not None:
-      key, record_id = parsed
-      self._ids.setdefault(key, set()).add(record_id)
+    if parsed is None:
+      return
+    key, record_id = parsed
+    # Named as the acknowledger parsed it: a message's rows and its dead
+    # letters may word its position differently ('row N', 'message <id>').
+    message = (type(self._acknowledger).__name__, key, record_id)
+    if index is not None and not _ARRAY_MESSAGES.all_written(message, index, length):
+      return
+    self._ids.setdefault(key, set()).add(record_id)
 
   def finish_bundle(self):
     ids, self._ids = self._ids, {}

@@ -3,19 +3,42 @@
 Message brokers hand over one payload at a time; the streaming connectors
 collect what one read returned and turn it into one `pyarrow.RecordBatch`
 here (typed by the rules every connector shares, `io_connectors._common.arrow`,
-as the file readers type JSON Lines), and one dead letter per payload that
-is not a JSON object.
+as the file readers type JSON Lines), and dead letters for the rest.
+
+A payload is one JSON object (one row), or a JSON array of them, as batching
+producers send (Segment's batch API, mParticle, mobile SDKs, Kinesis-style
+aggregators): each object element is a row, each other element (a number, a
+string, an array, null) a ``malformed_json`` dead letter of its own, and an
+empty array one dead letter saying so; every message read ends as rows or
+dead letters. A payload that is not JSON, not UTF-8 or neither an object nor
+an array is one dead letter (``malformed_json`` / ``bad_encoding``).
+
+Provenance of an array's rows: ``__source`` as for any message, ``__row`` the
+message's number (its offset, entry id, message id: what acknowledging it
+takes), and ``__element`` / ``__elements`` the row's index in the array and
+the array's length (`transforms.records`; the two columns are there only in
+a batch holding an array's rows, null for its other rows). The element is a
+column of its own rather than packed into ``__row``: some sources' numbers
+(a Redis entry id, ms * 10**6 + seq; a Pulsar message id) fill an int64
+already. An element's dead letter has the message's position and the
+element's: 'entry 1-0 element 3 of 5'. A message's elements come out of the
+same read, in the same batch or its dead letters; windows downstream may
+still write them at different times (each element's event time is its own),
+so acknowledging after the sink (``ack='sink'``) waits for the last of them:
+see `io_connectors.streams._acknowledge`.
 
 Usage::
 
     batch, dead = messages_to_batch(
-        payloads=[b'{"event_id": "e1"}', b'oops'],
-        positions=['entry 1-0', 'entry 2-0'],
-        rows=[1000000, 2000000],
+        payloads=[b'{"event_id": "e1"}', b'oops', b'[{"event_id": "e2"}, 7]'],
+        positions=['entry 1-0', 'entry 2-0', 'entry 3-0'],
+        rows=[1000000, 2000000, 3000000],
         source='redis://events',
         stage='read')
-    # batch: 1 row with __source='redis://events', __row=1000000
-    # dead:  [{'reason': 'malformed_json', 'position': 'entry 2-0', ...}]
+    # batch: 2 rows with __source='redis://events', __row=1000000 and 3000000,
+    #        __element=None and 0, __elements=None and 2
+    # dead:  [{'reason': 'malformed_json', 'position': 'entry 2-0', ...},
+    #         {'reason': 'malformed_json', 'position': 'entry 3-0 element 1 of 2', ...}]
 """
 
 from __future__ import annotations
@@ -23,7 +46,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from typing import Any, List, Optional, Sequence, Tuple, Type, TypeVar
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Type, TypeVar
 
 import apache_beam as beam
 import numpy as np
@@ -35,11 +58,12 @@ from apache_beam.utils.timestamp import Timestamp
 
 from io_connectors._common.arrow import table_from_json_lines, table_from_rows
 from transforms.dead_letter import DEAD_LETTER, dead_letter
-from transforms.json_values import loads, reason_of
-from transforms.records import with_provenance
+from transforms.json_values import json_type, loads, reason_of
+from transforms.records import element_position, with_provenance
 
 __all__ = [
-  'decode_json_message',
+  'decode_json_records',
+  'DecodedMessage',
   'messages_to_batch',
   'advance_watermark',
   'emit_at_watermark',
@@ -53,33 +77,74 @@ __all__ = [
 _MAX_RAW_CHARS = 10_000
 
 
-def decode_json_message(payload: Optional[bytes]) -> Tuple[Optional[dict], Optional[Tuple[str, str, Optional[str]]]]:
-  """One message payload as a JSON object: (object, None), or (None, (reason, detail, record)) for its dead letter.
+def _decode_json(payload: Optional[bytes]) -> Tuple[Any, Optional[str], Optional[Tuple[str, str, Optional[str]]]]:
+  """(value, text, None) of a payload's JSON, or (None, None, (reason, detail, record)) for its dead letter."""
+  if payload is None:
+    return None, None, ('malformed_json', 'the message has no payload', None)
+  try:
+    text = payload.decode('utf-8-sig')
+  except UnicodeDecodeError as e:
+    return (
+      None,
+      None,
+      (
+        'bad_encoding',
+        f'not UTF-8: {e.reason} at byte {e.start}',
+        payload.decode('utf-8', errors='replace')[:_MAX_RAW_CHARS],
+      ),
+    )
+  try:
+    return loads(text), text, None
+  except ValueError as e:
+    return None, None, (reason_of(e), f'not JSON: {e}', text[:_MAX_RAW_CHARS])
+
+
+class DecodedMessage(NamedTuple):
+  """What one message payload holds (`decode_json_records`).
+
+  records: (element index, object) per record; the index is None for a
+    payload that is one object.
+  problems: (element index or None, reason, detail, record text) per dead
+    letter: the whole payload's (index None), or an element's.
+  elements: the array's length; None when the payload is no array.
+  """
+
+  records: List[Tuple[Optional[int], dict]]
+  problems: List[Tuple[Optional[int], str, str, Optional[str]]]
+  elements: Optional[int]
+
+
+def decode_json_records(payload: Optional[bytes]) -> DecodedMessage:
+  """A message payload's records: one JSON object, or each object element of a JSON array.
 
   The one decoding of every stream's JSON messages: UTF-8 (else
   'bad_encoding'; a leading byte order mark, which some Windows producers
   write, is dropped), JSON a record can hold (`json_values.loads`: else
   'malformed_json', or 'bad_encoding' for a lone surrogate escape), an
-  object (else 'malformed_json'); the record keeps at most 10,000 characters
-  of the text.
+  object or an array (else 'malformed_json'). An array's element that is
+  not an object is a 'malformed_json' problem of its own, an empty array
+  one problem of the message. A problem's record keeps at most 10,000
+  characters of the payload's text (of the element's JSON for an element).
   """
-  if payload is None:
-    return None, ('malformed_json', 'the message has no payload', None)
-  try:
-    text = payload.decode('utf-8-sig')
-  except UnicodeDecodeError as e:
-    return None, (
-      'bad_encoding',
-      f'not UTF-8: {e.reason} at byte {e.start}',
-      payload.decode('utf-8', errors='replace')[:_MAX_RAW_CHARS],
-    )
-  try:
-    value = loads(text)
-  except ValueError as e:
-    return None, (reason_of(e), f'not JSON: {e}', text[:_MAX_RAW_CHARS])
-  if not isinstance(value, dict):
-    return None, ('malformed_json', f'a JSON {type(value).__name__}, not an object', text[:_MAX_RAW_CHARS])
-  return value, None
+  value, text, problem = _decode_json(payload)
+  if problem is not None:
+    return DecodedMessage([], [(None, *problem)], None)
+  if isinstance(value, dict):
+    return DecodedMessage([(None, value)], [], None)
+  if not isinstance(value, list):
+    detail = f'a JSON {json_type(value)}, not an object or an array of objects'
+    return DecodedMessage([], [(None, 'malformed_json', detail, text[:_MAX_RAW_CHARS])], None)
+  if not value:
+    detail = 'the message holds an empty JSON array: no records'
+    return DecodedMessage([], [(None, 'malformed_json', detail, text[:_MAX_RAW_CHARS])], 0)
+  records, problems = [], []
+  for i, element in enumerate(value):
+    if isinstance(element, dict):
+      records.append((i, element))
+    else:
+      detail = f'element {i} is a JSON {json_type(element)}, not an object'
+      problems.append((i, 'malformed_json', detail, json.dumps(element, ensure_ascii=False)[:_MAX_RAW_CHARS]))
+  return DecodedMessage(records, problems, len(value))
 
 
 def messages_to_batch(
@@ -89,36 +154,45 @@ def messages_to_batch(
   source: str,
   stage: str,
   string_columns: Sequence[str] = (),
+  message_columns: Optional[Dict[str, Sequence[Optional[str]]]] = None,
 ) -> Tuple[Optional[pa.RecordBatch], List[dict]]:
-  """(batch of the JSON-object payloads or None, dead letters of the others).
+  """(batch of the payloads' records or None, dead letters of the rest), by `decode_json_records`.
 
   payloads: raw message bodies (bytes or str; None for a message without one).
   positions: each message's dead-letter position text (e.g. 'entry 1-0').
-  rows: each message's `__row` number.
+  rows: each message's `__row` number (all the rows of an array share it).
   string_columns: columns read as text, as the file readers' option.
+  message_columns: string columns given per message (name -> one value per
+    message, e.g. its attributes), each row taking its message's value; a
+    name the payloads have already is left as they have it.
+  The batch has `__element` / `__elements` columns when a payload was an array.
   """
   good_lines: List[bytes] = []
-  good_payloads: List[bytes] = []
+  good_payloads: Dict[int, bytes] = {}
   parsed: List[dict] = []
   good_rows: List[int] = []
+  row_messages: List[int] = []
+  elements: List[Optional[int]] = []
+  lengths: List[Optional[int]] = []
   dead: List[dict] = []
-  for payload, pos, row in zip(payloads, positions, rows):
+  for message, (payload, pos, row) in enumerate(zip(payloads, positions, rows)):
     if isinstance(payload, str):
       payload = payload.encode('utf-8', errors='surrogatepass')
-    value, problem = decode_json_message(payload)
-    if problem is not None:
-      reason, detail, record = problem
-      dead.append(dead_letter(source, pos, reason, record=record, detail=detail, stage=stage))
-      continue
-    # pyarrow's reader takes one object per line: re-serialise pretty-printed ones.
-    good_lines.append(
-      payload
-      if b'\n' not in payload and b'\r' not in payload
-      else json.dumps(value, ensure_ascii=False).encode('utf-8')
-    )
-    good_payloads.append(payload)
-    parsed.append(value)
-    good_rows.append(row)
+    decoded = decode_json_records(payload)
+    for element, reason, detail, record in decoded.problems:
+      where = element_position(pos, element, decoded.elements)
+      dead.append(dead_letter(source, where, reason, record=record, detail=detail, stage=stage))
+    for element, value in decoded.records:
+      # pyarrow's reader takes one object per line: an array's elements and
+      # pretty-printed objects are written again as one line each.
+      single_line = element is None and b'\n' not in payload and b'\r' not in payload
+      good_lines.append(payload if single_line else json.dumps(value, ensure_ascii=False).encode('utf-8'))
+      parsed.append(value)
+      good_payloads[message] = payload
+      good_rows.append(row)
+      row_messages.append(message)
+      elements.append(element)
+      lengths.append(decoded.elements)
   if not good_lines:
     return None, dead
   try:
@@ -130,12 +204,17 @@ def messages_to_batch(
       raise pa.ArrowInvalid('row count differs')
   except pa.ArrowInvalid:
     # Payloads that parse one by one but not together (a column of mixed types): parsed again keeping the
-    # numbers' text, which a column of text holds as written (the one-by-one decoding above need not pay for it).
-    # As decode_json_message decoded them, so they parse again.
-    parsed = [loads(payload.decode('utf-8-sig'), floats_as_written=True) for payload in good_payloads]
+    # numbers' text, which a column of text holds as written (the one-by-one decoding above need not pay
+    # for it). As decode_json_records decoded them, so they parse again.
+    again = {m: loads(p.decode('utf-8-sig'), floats_as_written=True) for m, p in good_payloads.items()}
+    parsed = [again[m] if e is None else again[m][e] for m, e in zip(row_messages, elements)]
     table = table_from_rows(parsed, string_columns)
   batch = table.combine_chunks().to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist(parsed)
-  return with_provenance(batch, source, np.asarray(good_rows, dtype=np.int64)), dead
+  for name, values in (message_columns or {}).items():
+    if name not in batch.schema.names:
+      batch = batch.append_column(name, pa.array([values[m] for m in row_messages], pa.string()))
+  arrays = (elements, lengths) if any(n is not None for n in lengths) else None
+  return with_provenance(batch, source, np.asarray(good_rows, dtype=np.int64), arrays), dead
 
 
 def advance_watermark(watermark: ManualWatermarkEstimator, stamp: Timestamp) -> Timestamp:

@@ -1,8 +1,9 @@
 """Pub/Sub source: Beam's `ReadFromPubSub` with JSON payloads as record batches.
 
 A thin layer over `apache_beam.io.gcp.pubsub.ReadFromPubSub`: messages are
-gathered per bundle into `pyarrow.RecordBatch`es of their JSON payloads;
-a payload that is not a JSON object becomes a dead letter. Returns
+gathered per bundle into `pyarrow.RecordBatch`es of their JSON payloads
+(an object, or an array of objects: a row each, see
+`io_connectors.streams._messages`); what is no record becomes a dead letter. Returns
 `transforms.dead_letter.Outputs`.
 
 Usage::
@@ -31,9 +32,11 @@ Streaming only: the pipeline needs ``--streaming``. Where it runs (Beam 2.77):
 Records and positions: ``__source`` is ``pubsub://<subscription or topic
 path>``; ``__row`` is the message id as an integer (Pub/Sub's ids are
 decimal strings; any other id counts 0); dead letters (``stage='read'``)
-carry ``position='message <id>'`` and the reasons ``malformed_json`` or
+carry ``position='message <id>'`` (``'message <id> element I of N'`` for an
+element of an array) and the reasons ``malformed_json`` or
 ``bad_encoding``. With ``attributes_as_columns`` the message attributes
-named there become string columns (null where absent). A batch is stamped
+named there become string columns (null where absent; every row of an
+array has its message's). A batch is stamped
 with its earliest message's timestamp (publish time or
 ``timestamp_attribute``).
 """
@@ -141,14 +144,9 @@ class _MessagesToBatchesFn(beam.DoFn):
       opts.source,
       STAGE,
       opts.string_columns,
+      {name: [(m.attributes or {}).get(name) for m, _ in buffer] for name in opts.attributes_as_columns},
     )
     stamp = min(t for _, t in buffer)
-    if batch is not None and opts.attributes_as_columns:
-      bad = {d['position'] for d in dead}
-      good = [m for m, _ in buffer if f'message {m.message_id}' not in bad]
-      for name in opts.attributes_as_columns:
-        column = pa.array([(m.attributes or {}).get(name) for m in good], pa.string())
-        batch = batch.append_column(name, column) if name not in batch.schema.names else batch
     # finish_bundle outputs need an explicit window and timestamp.
     if batch is not None:
       yield WindowedValue(batch, stamp, [window])

@@ -1,6 +1,7 @@
 """Apache Pulsar source: a subscription reader as a splittable DoFn, acks after commit.
 
-Reads JSON messages of Pulsar topics through a subscription (`pulsar-client`,
+Reads JSON messages (objects, or arrays of them: a record per element, see
+`io_connectors.streams._messages`) of Pulsar topics through a subscription (`pulsar-client`,
 the official C++-based Python client) and emits `pyarrow.RecordBatch`es plus
 dead letters as `transforms.dead_letter.Outputs`.
 
@@ -43,7 +44,9 @@ Records and positions: ``__source`` is ``pulsar://<topic>``; ``__row`` is the
 message id as ``ledger_id * 10**12 + entry_id * 1000 + batch_index`` (entry id
 and batch index clamped to their slots; ``divmod`` decodes them); dead
 letters (``stage='read'``, ``malformed_json`` / ``bad_encoding``) carry
-``position='message <ledger>:<entry>:<partition>:<batch_index>'``.
+``position='message <ledger>:<entry>:<partition>:<batch_index>'`` (then
+`` element I of M`` for an element of an array; its records share the
+message's ``__row``, with ``__element`` / ``__elements``).
 
 Timestamps and watermark (as `io_connectors.streams.redis_streams`): a batch
 is stamped with the earliest ``event_time_field`` value of its rows when that

@@ -62,14 +62,20 @@ soon as one read finds no new entry and nothing to reclaim.
 Records and positions:
 
 - An entry's payload is the JSON object in its field ``payload_field``
-  (default ``data``); with ``payload_field=None`` the entry's fields
-  themselves are the record (all values text).
+  (default ``data``), or a JSON array of objects: a record per object
+  element (`io_connectors.streams._messages`); with ``payload_field=None``
+  the entry's fields themselves are the record (all values text).
 - ``__source`` is ``redis://<stream>`` (never the server URL: it may hold a
   password). ``__row`` is the entry id ``<ms>-<seq>`` as the integer
   ``ms * 1_000_000 + seq`` (decode with ``divmod(row, 1_000_000)``); a
   sequence above 999,999, possible only with explicit ids, is clamped there.
-- Dead letters (``stage='read'``) carry ``position='entry <id>'``:
-  ``malformed_json`` (not JSON, not an object, no payload field),
+  The records of an entry's array share its ``__row`` and carry
+  ``__element`` / ``__elements`` (index, array length); with ``ack='sink'``
+  the entry is XACKed once each of its elements was written.
+- Dead letters (``stage='read'``) carry ``position='entry <id>'``
+  (``'entry <id> element I of M'`` for an element of an array):
+  ``malformed_json`` (not JSON, neither an object nor an array, an empty
+  array, an element that is no object, no payload field),
   ``bad_encoding`` (not UTF-8) and ``source_error`` (entry deleted while
   pending).
 

@@ -48,9 +48,11 @@ long). Without either the source is unbounded.
 
 Records and positions (plain mode): ``__source`` is the URL without its
 query string or credentials; ``__row`` is the message's 1-based arrival
-number at its receiver (numbering restarts with a new receiver). Dead
+number at its receiver (numbering restarts with a new receiver); a message
+holding a JSON array is a record per object element, sharing its ``__row``
+with ``__element`` / ``__elements`` (`io_connectors.streams._messages`). Dead
 letters (``stage='read'``): ``malformed_json`` and ``bad_encoding`` with
-``position='message <n>'``. Durable mode: those of the Redis Streams reader
+``position='message <n>'`` (``'message <n> element I of M'`` for an element). Durable mode: those of the Redis Streams reader
 (``__source='redis://<stream>'``, ``__row`` from the entry id). A batch is
 stamped with the time it was read; the watermark follows the wall clock.
 """

@@ -495,6 +495,31 @@ def test_segment_webhook_deliveries_through_the_receiver_into_events(tmp_path, m
   assert letter['position'].startswith('entry ') and letter['record']['messageId'] == 'odd-1'
 
 
+def test_segment_messages_batched_in_a_json_array_map_to_events_with_their_element_provenance():
+  """A stream message holding [event, event, no event]: two events keeping their message's __row and their
+  __element (never mapped into `context`), and a dead letter naming the element that is no event."""
+  from io_connectors.apis.analytics.segment import _MapStreamBatchFn
+  from io_connectors.streams._messages import messages_to_batch
+
+  odd = {'messageId': 'odd-1', 'foo': 'bar'}
+  payloads = [json.dumps(segment_message(0)), json.dumps([segment_message(1), segment_message(2, 'identify'), odd])]
+  batch, dead = messages_to_batch(
+    [p.encode() for p in payloads], ['entry 1-0', 'entry 2-0'], [1_000_000, 2_000_000], 'redis://s', 'read'
+  )
+  assert dead == []
+  out = list(_MapStreamBatchFn(None).process(batch))
+  [events] = [o for o in out if isinstance(o, pa.RecordBatch)]
+  [letter] = [o.value for o in out if isinstance(o, beam.pvalue.TaggedOutput)]
+  rows = events.to_pylist()
+  assert [(r['insert_id'], r['__row'], r['__element'], r['__elements']) for r in rows] == [
+    ('api-000000', 1_000_000, None, None),
+    ('api-000001', 2_000_000, 0, 3),
+    ('api-000002', 2_000_000, 1, 3),
+  ]
+  assert all(not any(k.startswith('__') for k in (r['context'] or {})) for r in rows)
+  assert letter['position'] == 'entry 2-0 element 2 of 3' and letter['record']['messageId'] == 'odd-1'
+
+
 # ----- Google Analytics 4 (gRPC) -----
 
 

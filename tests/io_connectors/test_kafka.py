@@ -135,7 +135,7 @@ def test_bounded_read_batches_with_offsets_and_dead_letters(kafka):
     if i % 50 == 7:
       value = b'{"event_id": "broken'
     elif i % 50 == 8:
-      value = b'[1, 2]'
+      value = b'"a JSON string"'
     elif i == 9:
       value = None
     messages.append((i % 3, value, 1_700_000_000_000 + i))
@@ -378,8 +378,8 @@ def test_registry_builds_kafka_and_eventhubs():
 
 
 def test_decode_values_mixed_types_become_text():
-  rows, good, bad = decode_values([b'{"a": 1}', b'{"a": "x"}', b'nope', None])
-  assert good == [0, 1] and [i for i, _, _ in bad] == [2, 3]
+  rows, good, bad, elements = decode_values([b'{"a": 1}', b'{"a": "x"}', b'nope', None])
+  assert good == [0, 1] and [b.index for b in bad] == [2, 3] and elements is None
   assert rows == [{'a': 1}, {'a': 'x'}]
 
 
@@ -910,3 +910,82 @@ def test_ack_modes_are_checked():
     KafkaReadOptions(bootstrap_servers='127.0.0.1:9092', topics='t', ack='sink')
   finalize = ReadFromKafka(KafkaReadOptions(bootstrap_servers='127.0.0.1:9092', topics='t', group_id='g'))
   assert finalize.acknowledge_written() is None
+
+
+def test_a_message_holding_a_json_array_is_a_row_per_object_element_and_is_committed_with_its_last(kafka):
+  """Batching producers (Segment's batch API, mobile SDKs) send [{...}, {...}] in one message: a row per object
+  element at the message's offset, a dead letter per other element and for an empty array; with ack='sink' the
+  offset is committed only once every element of its message was written."""
+  from apache_beam.testing.util import assert_that, equal_to
+
+  from transforms.records import written_positions
+
+  topic = new_topic(kafka, partitions=1)
+  group = f'group-{uuid.uuid4().hex[:8]}'
+  values = [
+    event(0),  # offset 0: one object, as ever
+    json.dumps([{'event_id': 'a0'}, {'event_id': 'a1'}, {'event_id': 'a2'}]).encode(),
+    b'[{"event_id": "b0"}, 17, null]',
+    b'[]',
+    b'\xef\xbb\xbf[\n  {"event_id": "c0"},\n  {"event_id": "c1"}\n]',
+  ]
+  produce(kafka, topic, [(0, v, None) for v in values])
+  options = KafkaReadOptions(bootstrap_servers=kafka, topics=topic, group_id=group, bounded=True, ack='sink')
+  source = f'kafka://{topic}/0'
+  with TestPipeline(options=pipeline_options(['--runner', 'FnApiRunner'])) as p:
+    out = p | ReadFromKafka(options)
+    rows = out.records | beam.FlatMap(
+      lambda b: zip(
+        b.column('event_id').to_pylist(),
+        b.column('__source').cast(pa.string()).to_pylist(),
+        b.column('__row').to_pylist(),
+        b.column('__element').to_pylist(),
+        b.column('__elements').to_pylist(),
+      )
+    )
+    assert_that(
+      rows,
+      equal_to(
+        [
+          ('e0', source, 0, None, None),
+          ('a0', source, 1, 0, 3),
+          ('a1', source, 1, 1, 3),
+          ('a2', source, 1, 2, 3),
+          ('b0', source, 2, 0, 3),
+          ('c0', source, 4, 0, 2),
+          ('c1', source, 4, 1, 2),
+        ]
+      ),
+      label='rows',
+    )
+    letters = out.dead_letter | beam.Map(lambda d: (d['source'], d['position'], d['reason'], d['detail'], d['record']))
+    assert_that(
+      letters,
+      equal_to(
+        [
+          (source, 'offset 2 element 1 of 3', 'malformed_json', 'element 1 is a JSON number, not an object', '17'),
+          (source, 'offset 2 element 2 of 3', 'malformed_json', 'element 2 is a JSON null, not an object', 'null'),
+          (source, 'offset 3', 'malformed_json', 'the message holds an empty JSON array: no records', '[]'),
+        ]
+      ),
+      label='dead letters',
+    )
+  assert committed(kafka, topic, group, 1) == {0: 0}  # read, nothing written yet
+
+  # What the pipeline reports written, one window at a time: rows and dead letters of each element.
+  def element_row(offset, element, elements):
+    batch = pa.RecordBatch.from_pylist(
+      [{'__source': source, '__row': offset, '__element': element, '__elements': elements}]
+    )
+    return written_positions(batch)
+
+  def acknowledge(pairs):
+    with TestPipeline(options=pipeline_options(['--runner', 'FnApiRunner'])) as p:
+      _ = p | beam.Create(pairs) | ReadFromKafka(options).acknowledge_written()
+
+  acknowledge([(source, 0)] + element_row(1, 0, 3) + element_row(1, 2, 3))
+  assert committed(kafka, topic, group, 1) == {0: 1}  # offset 1 waits for its element 1
+  acknowledge(element_row(1, 1, 3) + element_row(2, 0, 3) + [(source, 'offset 2 element 1 of 3')])
+  assert committed(kafka, topic, group, 1) == {0: 2}  # offset 2 waits for its element 2
+  acknowledge([(source, 'offset 2 element 2 of 3'), (source, 'offset 3')] + element_row(4, 0, 2) + element_row(4, 1, 2))
+  assert committed(kafka, topic, group, 1) == {0: 5}

@@ -157,6 +157,46 @@ def test_sink_mode_acks_only_the_messages_the_pipeline_acknowledges(service_url,
   assert ReadFromPulsar(dataclasses.replace(options, ack='finalize')).acknowledge_written() is None
 
 
+def test_a_message_holding_a_json_array_is_a_row_per_object_element_and_acked_with_its_last(
+  service_url, admin_url, client
+):
+  """[{...}, 5, {...}]: two rows at the message's __row, a dead letter at its element 1; with ack='sink' the
+  message is acked once each element was written, its rows ('row N element I of M') and its dead letter
+  ('message <id> element 1 of 3') naming it differently."""
+  from transforms.records import written_positions
+
+  topic = _topic()
+  [message_id] = _produce(client, topic, [json.dumps([{'event_id': 'a0'}, 5, {'event_id': 'a2'}]).encode()])
+  row = message_row(message_id.ledger_id(), message_id.entry_id(), message_id.batch_index())
+  options = PulsarOptions(
+    service_url=service_url, topics=[topic], subscription='pipeline', bounded=True, poll_seconds=2.0, ack='sink'
+  )
+  source = ReadFromPulsar(options)
+  with beam.Pipeline(runner=FnApiRunner()) as p:
+    out = p | source
+    rows = out.records | beam.FlatMap(
+      lambda b: zip(
+        b.column('event_id').to_pylist(),
+        b.column('__row').to_pylist(),
+        b.column('__element').to_pylist(),
+        b.column('__elements').to_pylist(),
+      )
+    )
+    assert_that(rows, equal_to([('a0', row, 0, 3), ('a2', row, 2, 3)]), label='records')
+    letters = out.dead_letter | beam.Map(lambda d: (d['source'], d['position']))
+    assert_that(
+      letters | 'Element' >> beam.Map(lambda pair: pair[1].split(' element ')[1]), equal_to(['1 of 3']), label='letter'
+    )
+    # Written so far: element 0 and the dead letter of element 1, not element 2.
+    first = out.records | beam.FlatMap(lambda b: [pair for pair in written_positions(b) if 'element 0' in pair[1]])
+    _ = (first, letters) | beam.Flatten() | source.acknowledge_written()
+  time.sleep(1.5)  # acks are sent grouped
+  assert pulsar_backlog(admin_url, topic, 'pipeline') == 1
+  with beam.Pipeline(runner=FnApiRunner()) as p:
+    _ = p | beam.Create([(f'pulsar://{topic}', f'row {row} element 2 of 3')]) | source.acknowledge_written()
+  wait_until(lambda: pulsar_backlog(admin_url, topic, 'pipeline') == 0, timeout=30, what='the message acknowledged')
+
+
 def _run_script(path, text: str, *args: str, timeout: float) -> subprocess.CompletedProcess:
   """Writes `text` to `path` and runs it with the repository importable; its output captured."""
   path.write_text(text)

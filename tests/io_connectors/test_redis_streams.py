@@ -192,7 +192,7 @@ def test_reads_every_entry_dead_letters_malformed_and_acks(url, client, stream):
   ids = _add_events(client, stream, 2300)
   bad = {
     client.xadd(stream, {'data': 'not json'}).decode(): 'malformed_json',
-    client.xadd(stream, {'data': '[1, 2]'}).decode(): 'malformed_json',
+    client.xadd(stream, {'data': '12'}).decode(): 'malformed_json',
     client.xadd(stream, {'other': 'x'}).decode(): 'malformed_json',
     client.xadd(stream, {'data': b'{"event_id": "\xff"}'}).decode(): 'bad_encoding',
   }
@@ -459,3 +459,61 @@ def test_check_looks_at_each_stream(url, client, stream):
     ReadFromRedisStreams(
       RedisStreamsOptions(url='redis://:Secret-Pw-7@127.0.0.1:1/0', streams=[stream], group='g')
     ).check()
+
+
+def test_an_entry_holding_a_json_array_is_a_row_per_object_element_and_acknowledged_with_its_last(url, client, stream):
+  """A batching producer's entry [{...}, 7, {...}]: a row per object at the entry's __row, a dead letter per other
+  element and for an empty array; with ack='sink' the entry stays pending until each of its elements was written."""
+  from transforms.records import written_positions
+
+  plain = _add_events(client, stream, 1)[0]
+  array = client.xadd(stream, {'data': json.dumps([{'event_id': 'a0'}, 7, {'event_id': 'a2'}])}).decode()
+  empty = client.xadd(stream, {'data': '[]'}).decode()
+  options = RedisStreamsOptions(url=url, streams=[stream], group='pipeline', bounded=True, ack='sink')
+  source = f'redis://{stream}'
+
+  def build(p):
+    out = p | ReadFromRedisStreams(options)
+    rows = out.records | beam.FlatMap(
+      lambda b: zip(
+        _event_ids(b),
+        b.column('__row').to_pylist(),
+        b.column('__element').to_pylist(),
+        b.column('__elements').to_pylist(),
+      )
+    )
+    assert_that(
+      rows,
+      equal_to([('e0', entry_row(plain), None, None), ('a0', entry_row(array), 0, 3), ('a2', entry_row(array), 2, 3)]),
+      label='records',
+    )
+    letters = out.dead_letter | beam.Map(lambda d: (d['source'], d['position'], d['reason'], d['record']))
+    assert_that(
+      letters,
+      equal_to(
+        [
+          (source, f'entry {array} element 1 of 3', 'malformed_json', '7'),
+          (source, f'entry {empty}', 'malformed_json', '[]'),
+        ]
+      ),
+      label='dead letters',
+    )
+
+  _run(build)
+  assert client.xpending(stream, 'pipeline')['pending'] == 3
+
+  def element_row(element):
+    return written_positions(
+      pa.RecordBatch.from_pylist(
+        [{'__source': source, '__row': entry_row(array), '__element': element, '__elements': 3}]
+      )
+    )
+
+  def acknowledge(pairs):
+    _run(lambda p: p | beam.Create(pairs) | ReadFromRedisStreams(options).acknowledge_written())
+
+  written = [(source, entry_row(plain)), (source, f'entry {empty}'), (source, f'entry {array} element 1 of 3')]
+  acknowledge(written + element_row(0))
+  assert [e['message_id'].decode() for e in _pending(client, stream)] == [array]  # its element 2 is not written
+  acknowledge(element_row(2))
+  assert client.xpending(stream, 'pipeline')['pending'] == 0

@@ -72,7 +72,7 @@ class _Feed:
 def _messages(n):
   feed = [json.dumps({'event_id': f'e{i}', 'action': 'like', 'user_id': f'u{i % 5}'}) for i in range(n)]
   feed[7] = 'not json'
-  feed[70] = '[1, 2, 3]'
+  feed[70] = '"a JSON string"'
   feed[71] = json.dumps({'event_id': 'e71', 'action': 'like', 'user_id': 'u1'}, indent=2).encode()  # bytes frame
   return feed
 
@@ -130,7 +130,7 @@ def test_plain_mode_reconnects_and_reads_every_message_sent(tmp_path):
       dead = out.dead_letter | beam.Map(lambda d: (d['position'], d['reason'], d['record']))
       assert_that(
         dead,
-        equal_to([('message 8', 'malformed_json', 'not json'), ('message 71', 'malformed_json', '[1, 2, 3]')]),
+        equal_to([('message 8', 'malformed_json', 'not json'), ('message 71', 'malformed_json', '"a JSON string"')]),
         label='dead letters',
       )
     assert feed.connections == 2  # dropped once, reconnected once

@@ -39,10 +39,12 @@ from tests.io_connectors.streams_support import fresh_name, redis_url, wait_unti
 from tests.pipelines.streaming_support import (
   job_argv,
   PARTITIONS,
+  TRACK,
   WINDOW_S,
   EventPlan,
   dead_letters,
   final_metrics,
+  iso,
   new_topic,
   plan_events,
   produce,
@@ -376,6 +378,79 @@ def test_redis_end_to_end(request, monkeypatch, tmp_path, runner):
     _runner_argv(request, runner),
     flink_cluster=request.getfixturevalue('flink_cluster') if runner == 'flink' else None,
   )
+
+
+def test_redis_entries_holding_json_arrays_end_to_end(request, monkeypatch, tmp_path):
+  """Entries that are JSON arrays of events (a batching producer's), their elements in different windows: each
+  valid element written once, the others dead letters at their element, and on Prism (--ack sink) every entry
+  acknowledged once all of its elements were written or dead-lettered."""
+  url = redis_url()
+  monkeypatch.setenv('REDIS_URL', url)
+  stream, group = fresh_name('plays'), 'lake'
+  client = redis.Redis.from_url(url)
+  base_ms = _window_aligned_hour_ago()
+
+  def event(i):
+    user = f'user-{i % 7:04d}'
+    return {
+      'event_id': f'ev-{i:03d}',
+      'user_id': user,
+      'track_id': TRACK,
+      'played_at': iso(base_ms + (i % 3) * WINDOW_S * 1000 + i * 100),
+      'ms_played': 1000 + i,
+      'skipped': False,
+      'tenant': ('acme', 'globex')[i % 2],
+    }
+
+  # Entry k holds events 3k, 3k+1, 3k+2: one per window.
+  payloads = [json.dumps([event(3 * k + j) for j in range(3)]) for k in range(8)]
+  payloads += [json.dumps([event(24), 7, None]), '[]', json.dumps(event(25))]
+  try:
+    entry_ids = [client.xadd(stream, {'data': p}).decode() for p in payloads]
+    expected_letters = {
+      (f'redis://{stream}', f'entry {entry_ids[8]} element 1 of 3'),
+      (f'redis://{stream}', f'entry {entry_ids[8]} element 2 of 3'),
+      (f'redis://{stream}', f'entry {entry_ids[9]}'),
+    }
+    output = str(tmp_path / 'out')
+    argv = _runner_argv(request, 'prism') + job_argv(
+      streaming=True,
+      source='redis',
+      redis_streams=stream,
+      redis_group=group,
+      tenant_field='tenant',
+      output=output,
+      window_size_s=str(WINDOW_S),
+      allowed_lateness_s='5',
+      session_gap_s='120',
+      dedup_ttl_s='86400',
+    )
+    result = spotify_streaming.run(argv, wait=False)
+    try:
+
+      def settled():
+        assert result.state not in (PipelineState.FAILED, PipelineState.CANCELLED), result.state
+        letters = {(l['source'], l['position']) for l in dead_letters(output)}
+        return (
+          len(set(written_ids(output))) == 26
+          and letters >= expected_letters
+          and client.xpending(stream, group)['pending'] == 0
+        )
+
+      wait_until(settled, timeout=WRITE_TIMEOUT_S, interval=1, what='every element written and every entry acked')
+    finally:
+      _cancel(result)
+    ids = written_ids(output)
+    assert sorted(ids) == [f'ev-{i:03d}' for i in range(26)]
+    letters = dead_letters(output)
+    assert {(l['source'], l['position']) for l in letters} == expected_letters
+    assert all(l['reason'] == 'malformed_json' and l['stage'] == 'read' for l in letters)
+    assert (
+      len({p.split('window_start=')[1][:15] for p in glob.glob(f'{output}/data/**/*.parquet', recursive=True)}) == 3
+    )
+  finally:
+    client.delete(stream)
+    client.close()
 
 
 def test_usage_errors_are_config_errors(tmp_path):

@@ -51,7 +51,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from transforms.dead_letter import DEAD_LETTER, dead_letter
-from transforms.records import ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN, position, rows_as_dicts
+from transforms.records import ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN, row_positions, rows_as_dicts
 
 __all__ = [
   'SPLITS',
@@ -227,11 +227,10 @@ class PrepareEvents(beam.DoFn):
 
   def _letter(self, batch, i, reason, field, detail):
     source = batch.column(SOURCE_COLUMN)[i].as_py() if SOURCE_COLUMN in batch.schema.names else ''
-    row = batch.column(ROW_COLUMN)[i].as_py() if ROW_COLUMN in batch.schema.names else None
     tenant = _column(batch, TENANT_COLUMN)[i].as_py()
     return dead_letter(
       source,
-      position(row, source),
+      row_positions(batch.slice(i, 1))[0],
       reason,
       field=field,
       record=rows_as_dicts(batch, [i])[0],

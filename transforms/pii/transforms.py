@@ -25,7 +25,7 @@ from transforms.pii.suppression import Suppressed, suppression_tokens
 from transforms.pii.keys import KeyRef, MasterKey
 from transforms.pii.scanner import DEFAULT_ENTITIES, TextScanner
 from transforms.metrics import LabelledCounters
-from transforms.records import ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN, position, source_path, typed_outputs
+from transforms.records import SOURCE_COLUMN, TENANT_COLUMN, row_positions, source_path, typed_outputs
 from transforms.text_files import sniff_delimiter, without_compression_extension
 
 __all__ = ['PiiOptions', 'PiiOutputs', 'RedactPII', 'RedactDeadLetters', 'read_file_header']
@@ -250,7 +250,7 @@ class _RedactBatchFn(_KeyedDoFn):
       return batch, raw, []
     rows = np.flatnonzero(hit)
     sources = batch.column(names.index(SOURCE_COLUMN)).to_pylist() if SOURCE_COLUMN in names else None
-    row_numbers = batch.column(names.index(ROW_COLUMN)).to_pylist() if ROW_COLUMN in names else None
+    positions = dict(zip(rows.tolist(), row_positions(batch.take(pa.array(rows)))))
     tenant_values = tenants.to_pylist()
     letters = []
     for i in rows:
@@ -258,7 +258,7 @@ class _RedactBatchFn(_KeyedDoFn):
       letters.append(
         dead_letter(
           source or '',
-          position(row_numbers[i] if row_numbers else None, source),
+          positions[i],
           'suppressed',
           record=None,  # the row is a person's who asked to be erased: nothing of it is kept
           detail=_SUPPRESSED_DETAIL,

@@ -55,7 +55,14 @@ from io_connectors.apis.analytics._source import parse_date
 from io_connectors.streams.webhooks import segment_signature
 from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
-from transforms.records import ROW_COLUMN, SOURCE_COLUMN, position
+from transforms.records import (
+  ELEMENT_COLUMN,
+  ELEMENTS_COLUMN,
+  INTERNAL_COLUMNS,
+  ROW_COLUMN,
+  SOURCE_COLUMN,
+  row_positions,
+)
 
 __all__ = ['ReadFromSegmentArchive', 'SegmentArchiveOptions', 'SegmentEvents', 'SEGMENT_SHAPE', 'segment_signature']
 
@@ -200,30 +207,35 @@ class _MapStreamBatchFn(beam.DoFn):
     self._window = window
 
   def process(self, batch: pa.RecordBatch):
-    sources = batch.column(SOURCE_COLUMN).to_pylist() if SOURCE_COLUMN in batch.schema.names else ['segment']
-    rows = (
-      batch.column(ROW_COLUMN).to_numpy(zero_copy_only=False)
-      if ROW_COLUMN in batch.schema.names
-      else np.arange(1, batch.num_rows + 1)
-    )
-    keep = [n for n in batch.schema.names if n not in (SOURCE_COLUMN, ROW_COLUMN)]
-    table = pa.Table.from_batches([batch.select(keep)])
+    names = batch.schema.names
+    sources = batch.column(SOURCE_COLUMN).to_pylist() if SOURCE_COLUMN in names else ['segment'] * batch.num_rows
+    if ROW_COLUMN not in names:
+      batch = batch.append_column(ROW_COLUMN, pa.array(np.arange(1, batch.num_rows + 1), pa.int64()))
+    data = pa.Table.from_batches([batch.select([n for n in names if n not in INTERNAL_COLUMNS])])
+    carried = [n for n in (ROW_COLUMN, ELEMENT_COLUMN, ELEMENTS_COLUMN) if n in batch.schema.names]
     # One stream per batch in practice; grouped anyway so provenance stays exact.
     for source in dict.fromkeys(sources):
       mask = pa.array([s == source for s in sources])
-      part = table.filter(mask)
+      part = batch.filter(mask)
+      positions = row_positions(part)
+      # Rows are mapped by their index in `part`, and their provenance taken
+      # back by it: the rows of a message's JSON array share its __row.
       out, letters = map_events(
-        part,
-        rows[np.array(mask)],
+        data.filter(mask),
+        np.arange(part.num_rows),
         SEGMENT_SHAPE,
         str(source),
         self._window,
-        position=lambda row, s=str(source): position(row, s),
+        position=lambda i, positions=positions: positions[i],
       )
       for letter in letters:
         yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
       if out is not None:
-        yield out
+        provenance = part.select(carried).take(out.column(ROW_COLUMN))
+        mapped = [n for n in out.schema.names if n != ROW_COLUMN]
+        yield pa.RecordBatch.from_arrays(
+          [out.column(n) for n in mapped] + list(provenance.columns), names=mapped + carried
+        )
 
 
 class SegmentEvents(beam.PTransform):

@@ -19,16 +19,27 @@ Flink, Dataflow) with no Java on the Python side:
   `io_connectors.streams._acknowledge`), over ranges contiguous with the
   read's start (committed when the group has no offset there). The committed
   offset is where a new job of the same group starts (`resume_from_committed`);
-- payloads are JSON objects, or Avro: Confluent's wire format (magic byte 0 +
-  4-byte schema id, writer schema from `schema_registry_url`) or plain Avro
-  binary with the writer schema from `avro_schema_file`;
-- output: `pyarrow.RecordBatch`es of up to `batch_size` records with
+- payloads are JSON objects or arrays of them, or Avro: Confluent's wire
+  format (magic byte 0 + 4-byte schema id, writer schema from
+  `schema_registry_url`) or plain Avro binary with the writer schema from
+  `avro_schema_file`;
+- output: `pyarrow.RecordBatch`es of up to `batch_size` messages' records with
   ``__source`` = ``kafka://<topic>/<partition>`` and ``__row`` = the offset,
   timestamped with the batch's oldest record timestamp; payloads that do not
   decode are dead letters (`malformed_json`, `bad_encoding` / `malformed_avro`)
   with topic, partition and offset; JSON payloads are decoded and typed as
-  every stream's are (`streams._messages.decode_json_message`,
+  every stream's are (`streams._messages.decode_json_records`,
   `_common.arrow`);
+- a JSON array in one message (batching producers: Segment's batch API,
+  mParticle, mobile SDKs) is a row per object element, all at the message's
+  offset, with ``__element`` / ``__elements`` (index, array length); an
+  element that is not an object is a `malformed_json` dead letter at
+  ``offset N element I of M``, an empty array one at ``offset N``. The
+  elements of a message leave the read together (one batch and its dead
+  letters), and its offset is committed only once all of them are done:
+  with ``ack='finalize'`` after the bundle holding them all; with
+  ``ack='sink'`` once a position of each was written (windows may write them
+  at different times: `io_connectors.streams._acknowledge`);
 - bounded mode (`bounded=True`, or `max_records_per_partition`) stops at the end
   offsets seen when the partition's restriction is created: batch jobs, tests.
 

@@ -18,8 +18,8 @@ from io_connectors.streams.kafka._config import (
   secrets_of,
   source_uri,
 )
-from io_connectors.streams.kafka._payloads import decode_values, raw_text
-from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
+from io_connectors.streams.kafka._payloads import decode_values, value_dead_letter
+from transforms.dead_letter import DEAD_LETTER, Outputs
 from transforms.records import with_provenance
 
 __all__ = ['ReadFromKafkaCrossLanguage', 'java_kafka_config', 'java_expansion_service']
@@ -206,21 +206,16 @@ class _DecodeCrossLanguageFn(beam.DoFn):
     topic, partition, window = key
     items = self._pending.pop(key)
     source = source_uri(topic, partition)
-    rows, good, bad = decode_values([v for _, v, _ in items], self._value_format)
-    for i, reason, detail in bad:
+    rows, good, bad, elements = decode_values([v for _, v, _ in items], self._value_format)
+    for problem in bad:
+      offset, value, timestamp = items[problem.index]
       yield beam.pvalue.TaggedOutput(
         DEAD_LETTER,
-        beam.utils.windowed_value.WindowedValue(
-          dead_letter(
-            source, f'offset {items[i][0]}', reason, record=raw_text(items[i][1]), detail=detail, stage='read'
-          ),
-          items[i][2],
-          [window],
-        ),
+        beam.utils.windowed_value.WindowedValue(value_dead_letter(source, offset, value, problem), timestamp, [window]),
       )
     if rows:
       offsets = np.asarray([items[i][0] for i in good], dtype=np.int64)
-      batch = with_provenance(batch_from_rows(rows), source, offsets)
+      batch = with_provenance(batch_from_rows(rows), source, offsets, elements)
       yield beam.utils.windowed_value.WindowedValue(batch, min(items[i][2] for i in good), [window])
 
   def finish_bundle(self):

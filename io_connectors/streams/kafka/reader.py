@@ -32,9 +32,9 @@ from io_connectors.streams.kafka._config import (
   secrets_of,
   source_uri,
 )
-from io_connectors.streams.kafka._payloads import AvroDecoder, decode_values, raw_text
+from io_connectors.streams.kafka._payloads import AvroDecoder, decode_values, value_dead_letter
 from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
-from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
+from transforms.dead_letter import DEAD_LETTER, Outputs
 from transforms.records import with_provenance
 
 __all__ = ['ReadFromKafka', 'KafkaPartition', 'KafkaAcknowledger']
@@ -446,21 +446,22 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
     offsets = np.fromiter((m.offset() for m in messages), dtype=np.int64, count=len(messages))
     now_ms = time.time_ns() // 1_000_000
     stamps = [_stamp_ms(m, now_ms) for m in messages]
-    rows, good, bad = decode_values(values, self._options.value_format, self._avro)
+    rows, good, bad, elements = decode_values(values, self._options.value_format, self._avro)
     self._read.inc(len(messages))
-    for i, reason, detail in bad:
+    for problem in bad:
+      i = problem.index
       self._malformed.inc()
       yield beam.pvalue.TaggedOutput(
         DEAD_LETTER,
         beam.window.TimestampedValue(
-          dead_letter(
-            source, f'offset {int(offsets[i])}', reason, record=raw_text(values[i]), detail=detail, stage='read'
-          ),
+          value_dead_letter(source, int(offsets[i]), values[i], problem),
           Timestamp(micros=max(stamps[i], 0) * 1000),
         ),
       )
     if rows:
-      batch = with_provenance(batch_from_rows(rows), source, offsets[np.asarray(good, dtype=np.int64)])
+      # The rows of one message (the elements of its array) come out here
+      # together, in this batch or as its dead letters above.
+      batch = with_provenance(batch_from_rows(rows), source, offsets[np.asarray(good, dtype=np.int64)], elements)
       oldest = min(stamps[i] for i in good)
       yield beam.window.TimestampedValue(batch, Timestamp(micros=max(oldest, 0) * 1000))
 

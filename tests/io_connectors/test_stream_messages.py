@@ -1,0 +1,222 @@
+"""Stream messages holding a JSON array of records (`io_connectors.streams._messages`, Kafka's `_payloads`).
+
+Batching producers (Segment's batch API, mParticle, mobile SDKs) send
+``[{...}, {...}]`` in one message: one row per object element, one dead
+letter per other element, one for an empty array; the rows share their
+message's ``__row`` and carry ``__element`` / ``__elements``; acknowledging
+after the sink waits for a message's last element.
+"""
+
+from __future__ import annotations
+
+import json
+
+from io_connectors.streams._acknowledge import Acknowledger, _AcknowledgeFn
+from io_connectors.streams._messages import messages_to_batch
+from io_connectors.streams.kafka import decode_values
+from transforms.records import strip_internal
+
+SOURCE = 'redis://events'
+
+
+def _read(*payloads, message_columns=None):
+  """(rows as dicts with provenance, dead letters as (position, reason, detail, record)) of messages 'entry N-0'."""
+  batch, dead = messages_to_batch(
+    list(payloads),
+    [f'entry {n}-0' for n in range(1, len(payloads) + 1)],
+    [n * 1_000_000 for n in range(1, len(payloads) + 1)],
+    SOURCE,
+    'read',
+    message_columns=message_columns,
+  )
+  rows = [] if batch is None else batch.to_pylist()
+  return rows, [(d['position'], d['reason'], d['detail'], d['record']) for d in dead]
+
+
+def _row(event_id, row, element, elements, **fields):
+  return dict(
+    {'event_id': event_id},
+    **fields,
+    __source=SOURCE,
+    __row=row,
+    __element=element,
+    __elements=elements,
+  )
+
+
+def test_an_array_of_objects_is_a_row_per_element_sharing_its_message_row():
+  payload = json.dumps([{'event_id': 'a'}, {'event_id': 'b'}, {'event_id': 'c'}]).encode()
+  rows, dead = _read(b'{"event_id": "x"}', payload)
+  assert dead == []
+  assert rows == [
+    _row('x', 1_000_000, None, None),
+    _row('a', 2_000_000, 0, 3),
+    _row('b', 2_000_000, 1, 3),
+    _row('c', 2_000_000, 2, 3),
+  ]
+  # A batch of objects only is as it always was: no element columns.
+  batch, _ = messages_to_batch([b'{"event_id": "x"}'], ['entry 1-0'], [1], SOURCE, 'read')
+  assert batch.schema.names == ['event_id', '__source', '__row']
+
+
+def test_elements_that_are_not_objects_are_dead_letters_of_their_own():
+  rows, dead = _read(b'[{"event_id": "a"}, 42, null, {"event_id": "b"}]')
+  assert [(r['event_id'], r['__element'], r['__elements']) for r in rows] == [('a', 0, 4), ('b', 3, 4)]
+  assert dead == [
+    ('entry 1-0 element 1 of 4', 'malformed_json', 'element 1 is a JSON number, not an object', '42'),
+    ('entry 1-0 element 2 of 4', 'malformed_json', 'element 2 is a JSON null, not an object', 'null'),
+  ]
+
+
+def test_an_empty_array_is_one_dead_letter_not_nothing():
+  rows, dead = _read(b'[]', b' [ ] ')
+  assert rows == []
+  assert dead == [
+    ('entry 1-0', 'malformed_json', 'the message holds an empty JSON array: no records', '[]'),
+    ('entry 2-0', 'malformed_json', 'the message holds an empty JSON array: no records', ' [ ] '),
+  ]
+
+
+def test_nested_arrays_are_not_flattened():
+  rows, dead = _read(b'[[{"event_id": "inner"}], {"event_id": "a"}, ["x", 1]]')
+  assert [r['event_id'] for r in rows] == ['a'] and rows[0]['__element'] == 1
+  assert dead == [
+    (
+      'entry 1-0 element 0 of 3',
+      'malformed_json',
+      'element 0 is a JSON array, not an object',
+      '[{"event_id": "inner"}]',
+    ),
+    ('entry 1-0 element 2 of 3', 'malformed_json', 'element 2 is a JSON array, not an object', '["x", 1]'),
+  ]
+
+
+def test_an_array_after_a_byte_order_mark():
+  rows, dead = _read(b'\xef\xbb\xbf[{"event_id": "a"}, {"event_id": "b"}]')
+  assert dead == [] and [(r['event_id'], r['__element']) for r in rows] == [('a', 0), ('b', 1)]
+
+
+def test_a_pretty_printed_array_over_many_lines():
+  payload = json.dumps([{'event_id': 'a', 'n': 1}, {'event_id': 'b', 'n': 2, 'tags': ['x']}], indent=2).encode()
+  assert payload.count(b'\n') > 5
+  rows, dead = _read(payload)
+  assert dead == []
+  assert rows == [_row('a', 1_000_000, 0, 2, n=1, tags=None), _row('b', 1_000_000, 1, 2, n=2, tags=['x'])]
+
+
+def test_an_array_of_ten_thousand_objects():
+  payload = json.dumps([{'event_id': f'e{i}', 'ms_played': i} for i in range(10_000)]).encode()
+  batch, dead = messages_to_batch([payload], ['offset 7'], [7], 'kafka://t/0', 'read')
+  assert dead == [] and batch.num_rows == 10_000
+  assert batch.column('event_id').to_pylist() == [f'e{i}' for i in range(10_000)]
+  assert batch.column('__element').to_pylist() == list(range(10_000))
+  assert set(batch.column('__elements').to_pylist()) == {10_000} and set(batch.column('__row').to_pylist()) == {7}
+
+
+def test_an_elements_dead_letter_keeps_at_most_ten_thousand_characters_of_it():
+  rows, dead = _read(json.dumps([{'event_id': 'a'}, 'y' * 50_000]).encode())
+  assert len(rows) == 1
+  ((position, _, detail, record),) = dead
+  assert position == 'entry 1-0 element 1 of 2' and detail == 'element 1 is a JSON string, not an object'
+  assert record == ('"' + 'y' * 50_000)[:10_000]
+
+
+def test_a_json_value_neither_object_nor_array_is_still_one_dead_letter():
+  rows, dead = _read(b'"text"', b'7')
+  assert rows == []
+  assert [d[:3] for d in dead] == [
+    ('entry 1-0', 'malformed_json', 'a JSON string, not an object or an array of objects'),
+    ('entry 2-0', 'malformed_json', 'a JSON number, not an object or an array of objects'),
+  ]
+
+
+def test_decode_json_records_names_each_record_and_problem_by_its_element():
+  from io_connectors.streams._messages import decode_json_records
+
+  decoded = decode_json_records(b'[{"a": 1}, true]')
+  assert decoded.records == [(0, {'a': 1})] and decoded.elements == 2
+  assert decoded.problems == [(1, 'malformed_json', 'element 1 is a JSON boolean, not an object', 'true')]
+  assert decode_json_records(b'{"a": 1}') == ([(None, {'a': 1})], [], None)
+
+
+def test_message_columns_follow_each_row_to_its_message():
+  """Pub/Sub's attributes_as_columns: every row of an array has its message's attributes."""
+  rows, dead = _read(
+    b'[{"event_id": "a"}, 1, {"event_id": "b"}]', b'{"event_id": "c"}', message_columns={'tenant': ['t1', 't2']}
+  )
+  assert len(dead) == 1
+  assert [(r['event_id'], r['tenant']) for r in rows] == [('a', 't1'), ('b', 't1'), ('c', 't2')]
+
+
+def test_kafka_values_holding_arrays():
+  from io_connectors.streams.kafka._payloads import value_dead_letter
+
+  values = [b'{"event_id": "x"}', b'[{"event_id": "a"}, 5, {"event_id": "b"}]', b'[]']
+  rows, good, bad, elements = decode_values(values)
+  assert rows == [{'event_id': 'x'}, {'event_id': 'a'}, {'event_id': 'b'}] and good == [0, 1, 1]
+  assert elements == ([None, 0, 2], [None, 3, 3])
+  letters = [value_dead_letter('kafka://t/0', 17 + b.index, values[b.index], b) for b in bad]
+  assert [(d['position'], d['reason'], d['detail'], d['record']) for d in letters] == [
+    ('offset 18 element 1 of 3', 'malformed_json', 'element 1 is a JSON number, not an object', '5'),
+    ('offset 19', 'malformed_json', 'the message holds an empty JSON array: no records', '[]'),
+  ]
+
+
+def test_positions_of_an_arrays_rows_name_their_element():
+  from io_connectors.streams._acknowledge import message_position
+  from transforms.records import row_positions, written_positions
+
+  batch, _ = messages_to_batch(
+    [b'{"event_id": "x"}', b'[{"event_id": "a"}, {"event_id": "b"}]'],
+    ['offset 3', 'offset 4'],
+    [3, 4],
+    'kafka://t/0',
+    'read',
+  )
+  assert row_positions(batch) == ['offset 3', 'offset 4 element 0 of 2', 'offset 4 element 1 of 2']
+  assert written_positions(batch) == [
+    ('kafka://t/0', 3),
+    ('kafka://t/0', 'offset 4 element 0 of 2'),
+    ('kafka://t/0', 'offset 4 element 1 of 2'),
+  ]
+  assert strip_internal(batch).schema.names == ['event_id']
+  assert message_position('offset 4 element 1 of 2') == ('offset 4', 1, 2)
+  assert message_position('entry 1-0') == ('entry 1-0', None, None) and message_position(4) == (4, None, None)
+
+
+class _Recorder(Acknowledger):
+  """Acknowledges into a list: offsets of 'kafka://t/0' by `__row` or 'offset N'."""
+
+  def __init__(self):
+    self.acknowledged = []
+
+  def parse(self, source, position):
+    if source != 'kafka://t/0':
+      return None
+    if isinstance(position, int):
+      return 't/0', position
+    kind, _, number = str(position).partition(' ')
+    return ('t/0', int(number)) if kind in ('offset', 'row') and number.isdigit() else None
+
+  def acknowledge(self, key, ids):
+    self.acknowledged.append((key, sorted(ids)))
+
+
+def _bundle(fn, pairs):
+  fn.start_bundle()
+  for pair in pairs:
+    fn.process(pair)
+  fn.finish_bundle()
+
+
+def test_a_message_is_acknowledged_once_each_of_its_elements_was_written():
+  """Windows write an array's elements in different bundles: the message waits for its last one."""
+  recorder = _Recorder()
+  fn = _AcknowledgeFn(recorder)
+  _bundle(fn, [('kafka://t/0', 3), ('kafka://t/0', 'offset 4 element 0 of 3')])
+  assert recorder.acknowledged == [('t/0', [3])]
+  # The same element again (a replayed window), and a dead letter of another.
+  _bundle(fn, [('kafka://t/0', 'offset 4 element 0 of 3'), ('kafka://t/0', 'row 4 element 2 of 3')])
+  assert recorder.acknowledged == [('t/0', [3])]
+  _bundle(fn, [('kafka://t/0', 'offset 4 element 1 of 3'), ('redis://s', 'entry 1-0 element 0 of 1')])
+  assert recorder.acknowledged == [('t/0', [3]), ('t/0', [4])]
