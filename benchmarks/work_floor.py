@@ -67,11 +67,10 @@ from io_connectors.files._options import options_for  # noqa: E402
 from io_connectors.files._ranges import byte_ranges  # noqa: E402
 from io_connectors.files._read import READERS  # noqa: E402
 from io_connectors.sinks.lake import parquet_bytes  # noqa: E402
-from io_connectors.streams.kafka._payloads import decode_values, raw_text  # noqa: E402
+from io_connectors.streams.kafka._payloads import decode_values, value_dead_letter  # noqa: E402
 from pipelines.config import RunConfig  # noqa: E402
 from pipelines.spotify_batch import dedup_shards  # noqa: E402
 from transforms import entities, quality  # noqa: E402
-from transforms.dead_letter import dead_letter  # noqa: E402
 from transforms.dedup import _route, dedup_table  # noqa: E402
 from transforms.lineage_columns import add_lineage_columns  # noqa: E402
 from transforms.pii import PiiOptions  # noqa: E402
@@ -242,11 +241,11 @@ def _stream_batches(first: int, batches: Sequence[List[bytes]]):
   letters = 0
   for number, messages in enumerate(batches, first):
     offsets = np.arange(number * _STREAM_BATCH, number * _STREAM_BATCH + len(messages), dtype=np.int64)
-    rows, good, bad = decode_values(messages)
-    batch = with_provenance(batch_from_rows(rows), 'kafka://floor', offsets[np.asarray(good, dtype=np.int64)])
+    rows, good, bad, elements = decode_values(messages)
+    batch = with_provenance(batch_from_rows(rows), 'kafka://floor', offsets[np.asarray(good, dtype=np.int64)], elements)
     batch_letters = [
-      dead_letter('kafka://floor', f'offset {offsets[i]}', reason, record=raw_text(messages[i]), detail=detail)
-      for i, reason, detail in bad
+      value_dead_letter('kafka://floor', int(offsets[problem.index]), messages[problem.index], problem)
+      for problem in bad
     ]
     clock.lap('decode messages')
     tagged, tag_letters = tag_batch(batch, None, _worker['tenant_field'])
