@@ -59,7 +59,8 @@ _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError
 
 def to_text(value: Any) -> Optional[str]:
   """A value as text: strings as they are, times ISO-8601, bytes as UTF-8 (else base64), a JSON number as written
-  when the parse kept it (`json_values.WrittenFloat`), the rest JSON (a float in Python's repr, 12.0)."""
+  when the parse kept it (`json_values.WrittenFloat`, also inside objects and arrays), the rest JSON (a float in
+  Python's repr, 12.0)."""
   if value is None or isinstance(value, str):
     return value
   if isinstance(value, WrittenFloat):
@@ -67,7 +68,19 @@ def to_text(value: Any) -> Optional[str]:
   safe = json_safe(value)
   if safe is None or isinstance(safe, str):
     return safe
-  return json.dumps(safe, ensure_ascii=False)
+  return _json_text(safe)
+
+
+def _json_text(value: Any) -> str:
+  """JSON of a `json_safe` value, as json.dumps(ensure_ascii=False) writes it but for a `WrittenFloat` anywhere
+  inside: its text as written (json.dumps would write the float, 12345678901234567890.5 -> 1.2345678901234567e+19)."""
+  if isinstance(value, WrittenFloat):
+    return value.text
+  if isinstance(value, dict):
+    return '{' + ', '.join(f'{json.dumps(k, ensure_ascii=False)}: {_json_text(v)}' for k, v in value.items()) + '}'
+  if isinstance(value, list):
+    return '[' + ', '.join(_json_text(v) for v in value) + ']'
+  return json.dumps(value, ensure_ascii=False)
 
 
 def _text_column(values: Sequence[Any]) -> pa.Array:

@@ -74,7 +74,8 @@ p <= 38 -> decimal128(p,s), unbounded numeric -> string; bool; text, varchar,
 char, json, jsonb, uuid and anything else -> string (PostgreSQL's text form);
 timestamptz -> timestamp[us, UTC]; timestamp -> timestamp[us]; date ->
 date32; bytea -> binary; arrays -> list of the element type (string for
-element types without a simple mapping).
+element types without a simple mapping: each element as ``to_json`` writes
+it, a numeric's digits and a json element's numbers exactly as written).
 
 Provenance: ``__source`` is ``postgresql://host:port/db/<table or query#sha>``
 (no credentials), ``__row`` the 1-based row number within the split (splits
@@ -102,12 +103,14 @@ import pyarrow as pa
 
 from io_connectors import registry
 from io_connectors._common import state as state_store
+from io_connectors._common.arrow import to_text
 from io_connectors._common.errors import ConnectorError, first_line
 from io_connectors._common.masking import connection_url
 from io_connectors._common.retry import Backoff
 from io_connectors.databases._pg_adbc import ArrowSplitReader, ConnectionLost
 from io_connectors.databases._pg_binary import BINARY_TYPES, TRAILER, RowBuffer, decode
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
+from transforms.json_values import loads
 from transforms.records import with_provenance
 
 __all__ = ['PostgresOptions', 'ReadFromPostgres', 'PostgresError', 'check', 'release_snapshots']
@@ -394,13 +397,12 @@ def _convert(column: _Column, array):
   if column.convert == 'decimal':
     return array.cast(column.arrow)
   if column.convert == 'array':
-    values = [None if v is None else json.loads(v) for v in array.to_pylist()]
-    if column.arrow.value_type == pa.string():
-      values = [
-        None if v is None else [None if x is None else (x if isinstance(x, str) else json.dumps(x)) for x in v]
-        for v in values
-      ]
-    return pa.array(values, type=column.arrow)
+    if column.arrow.value_type != pa.string():
+      return pa.array([None if v is None else json.loads(v) for v in array.to_pylist()], type=column.arrow)
+    # Elements as PostgreSQL wrote them: a numeric's digits as written (a float would round
+    # 12345678901234567890.123456789 and drop 1.50's zero), a json element's numbers too.
+    values = [None if v is None else loads(v, floats_as_written=True) for v in array.to_pylist()]
+    return pa.array([None if v is None else [to_text(x) for x in v] for v in values], type=column.arrow)
   return array
 
 

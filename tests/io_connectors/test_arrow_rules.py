@@ -237,6 +237,13 @@ def test_to_text_of_typed_values():
   assert column([1, 'x', None]).to_pylist() == ['1', 'x', None]
 
 
+def test_to_text_keeps_numbers_as_written_inside_objects_and_arrays():
+  from transforms.json_values import loads
+
+  value = loads('{"x": 1.10, "big": [123456789012345678901.5, 2e3], "n": "é"}', floats_as_written=True)
+  assert to_text(value) == '{"x": 1.10, "big": [123456789012345678901.5, 2e3], "n": "é"}'
+
+
 def test_a_batch_is_stamped_with_its_earliest_valid_event_time():
   """One malformed time must not void the stamp: the batch would be stamped by arrival, later than its earliest
   valid rows, and the windows would count those rows as late (seen as 1-2% late events per window)."""

@@ -130,6 +130,27 @@ def test_types_nulls_unicode_numerics_and_zoned_timestamps(pg, adbc):
   assert edge['score'] == -1e-300 and edge['ratio'] != edge['ratio']  # NaN
 
 
+@pytest.mark.parametrize('adbc', [True, False], ids=['adbc', 'decoder'])
+def test_numeric_and_json_array_elements_arrive_as_written(pg, adbc):
+  """numeric[] and jsonb[] elements are text: PostgreSQL's digits, never a float's (which rounded past 17
+  significant digits and dropped 1.50's zero)."""
+  pg.execute(
+    f"CREATE TABLE {pg.table('a')} (id int4 PRIMARY KEY, amounts numeric[], prices numeric(20, 4)[], docs jsonb[])"
+  )
+  pg.execute(f"""INSERT INTO {pg.table('a')} VALUES (1, '{{12345678901234567890.123456789, 1.50, NaN, NULL}}',
+      '{{1.5, 1234567890123456.1234}}', ARRAY['{{"x": 1.10, "big": 123456789012345678901.5, "n": "ü"}}'::jsonb])""")
+  rows, letters, _ = _read(pg.table('a'), adbc=adbc)
+  assert letters == []
+  assert rows == [
+    {
+      'id': 1,
+      'amounts': ['12345678901234567890.123456789', '1.50', 'NaN', None],
+      'prices': ['1.5000', '1234567890123456.1234'],
+      'docs': ['{"n": "ü", "x": 1.10, "big": 123456789012345678901.5}'],
+    }
+  ]
+
+
 def test_arrow_schema_comes_from_the_catalog(pg):
   pg.execute(
     f"CREATE TABLE {pg.table('s')} (id int4 PRIMARY KEY, amount numeric(38, 10), at timestamptz, d date, b bytea)"
