@@ -31,6 +31,11 @@ so `transforms.validate` reads it (`json_types`) to refuse such values in
 declared scalar fields, and `transforms.tenant` in the tenant field; Validate
 does not pass it on.
 
+A source's own field named like an internal column (a table's ``__source``
+or ``__row`` column, a document's ``__element`` field) is renamed
+``<name>_2`` by `with_provenance`, so that its values are neither taken for
+provenance nor dropped with it.
+
 The tenant of a row lives in the ``tenant_id`` column once `TagTenant` ran.
 """
 
@@ -187,14 +192,44 @@ def written_positions(batch) -> List[tuple]:
   ]
 
 
+def _internal_names_freed(batch: pa.RecordBatch) -> pa.RecordBatch:
+  """The batch with each data column named like an internal column renamed ``<name>_2`` (``_3``, ... when
+  taken); a last ``__json_types`` column of `JSON_TYPES_TYPE` is the JSON reader's marks and keeps its name.
+
+  A table or document may have a field of that name (``__source``, ``__row``): beside the provenance
+  columns it would make two columns of one name, read as provenance and dropped with it by the sinks.
+  """
+  names = batch.schema.names
+  last = len(names) - 1
+  clashes = [
+    i
+    for i, name in enumerate(names)
+    if name in INTERNAL_COLUMNS
+    and not (i == last and name == JSON_TYPES_COLUMN and batch.schema.field(i).type == JSON_TYPES_TYPE)
+  ]
+  if not clashes:
+    return batch
+  taken = set(names) | set(INTERNAL_COLUMNS)
+  renamed = list(names)
+  for i in clashes:
+    n = 2
+    while f'{names[i]}_{n}' in taken:
+      n += 1
+    renamed[i] = f'{names[i]}_{n}'
+    taken.add(renamed[i])
+  return batch.rename_columns(renamed)
+
+
 def with_provenance(batch: pa.RecordBatch, source: str, rows, elements=None) -> pa.RecordBatch:
-  """Appends the internal provenance columns to a batch.
+  """Appends the internal provenance columns to a batch (a data column of an internal column's name, a
+  table's ``__source`` say, renamed ``__source_2``: see `_internal_names_freed`).
 
   rows: an int (the first row's number; the rest follow) or an array of row
   numbers, one per row.
   elements: None, or (indices, lengths): each row's `__element` and
   `__elements` (None for a row of a message that was no array).
   """
+  batch = _internal_names_freed(batch)
   n = batch.num_rows
   if isinstance(rows, (int, np.integer)):
     rows = np.arange(int(rows), int(rows) + n, dtype=np.int64)

@@ -79,7 +79,9 @@ it, a numeric's digits and a json element's numbers exactly as written).
 
 Provenance: ``__source`` is ``postgresql://host:port/db/<table or query#sha>``
 (no credentials), ``__row`` the 1-based row number within the split (splits
-are deterministic for one snapshot, not across runs).
+are deterministic for one snapshot, not across runs). A column of the table
+named ``__source`` or ``__row`` is renamed ``__source_2`` / ``__row_2``
+(`transforms.records.with_provenance`).
 """
 
 from __future__ import annotations

@@ -243,6 +243,19 @@ def test_mixed_type_ids_are_all_read(tmp_path, coll, mongo_url):
   assert {type(r['_id']) for _, _, r in rows} == {str}
 
 
+def test_fields_named_like_the_provenance_columns_are_kept_renamed(tmp_path, coll, mongo_url):
+  """A document's own "__source" and "__row" became a second column of each name: taken for provenance, then
+  dropped with it (strip_internal, every sink)."""
+  coll.insert_many([{'_id': 1, '__source': 'crm', '__row': 7, '__element': 'e'}, {'_id': 2, 'v': 1}])
+  rows, batches, dead = read(tmp_path, ReadFromMongo(coll.name, options(mongo_url, num_splits=1)))
+  assert dead == []
+  assert [r for _, _, r in rows] == [
+    {'_id': 1, '__source_2': 'crm', '__row_2': 7, '__element_2': 'e', 'v': None},
+    {'_id': 2, '__source_2': None, '__row_2': None, '__element_2': None, 'v': 1},
+  ]
+  assert [(source.rsplit('.', 1)[1], row) for source, row, _ in rows] == [(coll.name, 1), (coll.name, 2)]
+
+
 # ---------------------------------------------------------------------------
 # Filters, projections, aggregations
 

@@ -21,7 +21,8 @@ from apache_beam.testing.test_pipeline import TestPipeline
 
 from io_connectors import registry
 from io_connectors._common import state
-from io_connectors.databases.postgres import PostgresError, PostgresOptions, ReadFromPostgres, check
+from io_connectors.databases.postgres import PostgresError, PostgresOptions, ReadFromPostgres, _where, check
+from transforms.records import ROW_COLUMN, SOURCE_COLUMN, strip_internal
 
 UTC = dt.timezone.utc
 
@@ -149,6 +150,24 @@ def test_numeric_and_json_array_elements_arrive_as_written(pg, adbc):
       'docs': ['{"n": "ü", "x": 1.10, "big": 123456789012345678901.5}'],
     }
   ]
+
+
+@pytest.mark.parametrize('adbc', [True, False], ids=['adbc', 'decoder'])
+def test_columns_named_like_the_provenance_columns_are_kept_renamed(pg, adbc):
+  """A table's own "__source" and "__row" were a second column of each name: read as provenance, dropped
+  with it by every sink."""
+  pg.execute(f'CREATE TABLE {pg.table("p")} (id int4 PRIMARY KEY, "__source" text, "__row" int8)')
+  pg.execute(f"INSERT INTO {pg.table('p')} VALUES (1, 'crm-export', 77), (2, NULL, NULL)")
+  records, letters, _ = _run(pg.table('p'), None, None, {'adbc': adbc, 'num_partitions': 1})
+  (batch,) = records.items()
+  assert letters.items() == []
+  assert batch.schema.names == ['id', '__source_2', '__row_2', SOURCE_COLUMN, ROW_COLUMN]
+  assert sorted(strip_internal(batch).to_pylist(), key=lambda r: r['id']) == [
+    {'id': 1, '__source_2': 'crm-export', '__row_2': 77},
+    {'id': 2, '__source_2': None, '__row_2': None},
+  ]
+  assert set(batch.column(SOURCE_COLUMN).to_pylist()) == {f'{_where(pg.url)}/{pg.table("p")}'}
+  assert sorted(batch.column(ROW_COLUMN).to_pylist()) == [1, 2]
 
 
 def test_arrow_schema_comes_from_the_catalog(pg):
