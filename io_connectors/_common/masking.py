@@ -19,12 +19,15 @@ import re
 import urllib.parse
 from typing import Iterable, Optional, Sequence
 
-__all__ = ['connection_url', 'mask_secrets', 'mask_url', 'masked_message', 'url_password']
+__all__ = ['connection_url', 'host_part', 'mask_secrets', 'mask_url', 'masked_message', 'url_password']
 
 # The user info of scheme://userinfo@host...; also multi-host URLs
-# (mongodb://u:p@h1:1,h2:2/db) that urllib cannot parse.
-_USERINFO = re.compile(r'(?<=://)([^/@?#]*)@')
-_PASSWORD = re.compile(r'://[^/@:]*:([^/@]*)@')
+# (mongodb://u:p@h1:1,h2:2/db) that urllib cannot parse. A password runs to
+# the last '@' before the path: libpq takes one holding '#' or '?' as written
+# (postgresql://u:S3cr#t?x@db/music), where urllib sees a fragment or a query
+# (and an '@' in a query, https://host?email=a@b, is no user info).
+_USERINFO = re.compile(r'(?<=://)([^/?#:\s]*(?::[^/\s]*)?)@')
+_PASSWORD = re.compile(r'://[^/?#@:\s]*:([^/\s]*)@')
 
 
 def mask_url(url: str) -> str:
@@ -35,6 +38,12 @@ def mask_url(url: str) -> str:
     return (userinfo.split(':', 1)[0] + ':***@') if ':' in userinfo else '***@'
 
   return _USERINFO.sub(mask, url or '')
+
+
+def host_part(url: str) -> urllib.parse.SplitResult:
+  """`url` split by urllib with its user info masked first (see `mask_url`): host, port and path read right
+  even when the password holds '#' or '?', and nothing taken from it can show the password."""
+  return urllib.parse.urlsplit(mask_url(url))
 
 
 def mask_secrets(text: str, secrets: Iterable[Optional[str]]) -> str:

@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from io_connectors._common.masking import masked_message
+from io_connectors._common.masking import host_part, masked_message
 
 __all__ = ['ArrowSplitReader', 'ConnectionLost']
 
@@ -45,12 +45,17 @@ class ConnectionLost(Exception):
 
 
 def _with_parameters(url: str, **parameters) -> str:
-  """`url` with libpq query parameters added (those it sets already win)."""
-  parts = urllib.parse.urlsplit(url)
-  query = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
-  for name, value in parameters.items():
-    query.setdefault(name, str(value))
-  return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+  """`url` with libpq query parameters added (those it sets already win).
+
+  Appended to the text, not rebuilt by urllib: that reads a password holding '#' or '?' (which libpq takes
+  as written) as a fragment or a query, and its rebuilt URL named another host.
+  """
+  query = host_part(url).query
+  given = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
+  added = {name: str(value) for name, value in parameters.items() if name not in given}
+  if not added:
+    return url
+  return url + ('&' if query else '' if url.endswith('?') else '?') + urllib.parse.urlencode(added)
 
 
 def _out_of_range(table: pa.Table) -> Optional[str]:

@@ -97,7 +97,6 @@ import math
 import re
 import threading
 import time
-import urllib.parse
 from typing import Any, Dict, List, Optional, Tuple
 
 import apache_beam as beam
@@ -107,7 +106,7 @@ from io_connectors import registry
 from io_connectors._common import state as state_store
 from io_connectors._common.arrow import to_text
 from io_connectors._common.errors import ConnectorError, first_line
-from io_connectors._common.masking import connection_url
+from io_connectors._common.masking import connection_url, host_part
 from io_connectors._common.retry import Backoff
 from io_connectors.databases._pg_adbc import ArrowSplitReader, ConnectionLost
 from io_connectors.databases._pg_binary import BINARY_TYPES, TRAILER, RowBuffer, decode
@@ -208,8 +207,8 @@ def _table_parts(table: str) -> List[str]:
 
 
 def _where(url: str) -> str:
-  """postgresql://host:port/db without user or password."""
-  parts = urllib.parse.urlsplit(url)
+  """postgresql://host:port/db without user or password (any password, even one holding '#' or '?')."""
+  parts = host_part(url)
   return f'postgresql://{parts.hostname}:{parts.port or 5432}{parts.path}'
 
 

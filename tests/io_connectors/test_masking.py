@@ -2,7 +2,7 @@
 
 import pytest
 
-from io_connectors._common.masking import connection_url, mask_url, masked_message, url_password
+from io_connectors._common.masking import connection_url, host_part, mask_url, masked_message, url_password
 
 SCHEMES = ('postgresql://', 'postgres://')
 
@@ -47,6 +47,21 @@ def test_url_password_is_decoded_and_absent_without_one():
   assert url_password('redis://:p%40ss@h:6379/0') == 'p@ss'
   assert url_password('mongodb://user:s3cret@h1:1,h2:2/db') == 's3cret'
   assert url_password('redis://h:6379/0') is None and url_password('https://token@h') is None
+
+
+def test_a_password_holding_hash_question_mark_or_at_is_masked_whole():
+  # libpq takes such a password as written; urllib reads a fragment or a query there.
+  assert (
+    mask_url('postgresql://music:S3cr#t?x=1@db:5432/music?table=c') == 'postgresql://music:***@db:5432/music?table=c'
+  )
+  assert mask_url('redis://:t0k#en@h:6379/0') == 'redis://:***@h:6379/0'
+  assert mask_url('postgresql://music:a@b@db/music') == 'postgresql://music:***@db/music'
+  assert url_password('postgresql://music:S3cr#t?x=1@db:5432/music') == 'S3cr#t?x=1'
+  parts = host_part('postgresql://music:S3cr#t?x=1@db:5432/music?table=c')
+  assert (parts.hostname, parts.port, parts.path, parts.query) == ('db', 5432, '/music', 'table=c')
+  # An '@' in a query or a path is no user info.
+  assert mask_url('https://host?email=a@b.com') == 'https://host?email=a@b.com'
+  assert mask_url('https://host/p?email=a@b.com') == 'https://host/p?email=a@b.com'
 
 
 def test_masked_message_hides_the_password_alone_and_in_the_url():

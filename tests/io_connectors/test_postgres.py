@@ -11,6 +11,7 @@ import shutil
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 
 import apache_beam as beam
@@ -21,6 +22,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 
 from io_connectors import registry
 from io_connectors._common import state
+from io_connectors.databases._pg_adbc import _with_parameters
 from io_connectors.databases.postgres import PostgresError, PostgresOptions, ReadFromPostgres, _where, check
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, strip_internal
 
@@ -346,6 +348,31 @@ def test_refused_credentials_are_a_clear_error_without_the_password(pg, postgres
   with pytest.raises(PostgresError) as error:
     check(PostgresOptions(url=bad_url))
   assert 'password authentication failed' in str(error.value) and 'wrong-secret-pw' not in str(error.value)
+
+
+def test_a_password_holding_hash_or_question_mark_never_shows_and_reaches_the_driver(pg, postgres_url):
+  """libpq takes 'S3cr#t?x=1' as written; urllib read a fragment or a query there: the host became 'music',
+  its port 'S3cr' (a ValueError showing it), error messages showed the URL unmasked, and the URL given to
+  ADBC's driver was rebuilt with its parameters inside the password."""
+  bad_url = postgres_url.replace(':music-test-password@', ':S3cr#t?x=1@')
+  where = f'127.0.0.1:{urllib.parse.urlsplit(postgres_url).port}'
+  with pytest.raises(PostgresError) as error:
+    ReadFromPostgres(table=pg.table('x'), options=PostgresOptions(url=bad_url)).expand(
+      beam.Pipeline() | 'Begin' >> beam.Impulse()
+    )
+  for message in (str(error.value), _check_error(bad_url)):
+    assert 'password authentication failed' in message and where in message, message
+    assert 'S3cr' not in message and 'x=1' not in message, message
+  with pytest.raises(state.StateError) as error:
+    state.load_cursor(f'{bad_url}?table={pg.name}.cursors', 'k')
+  assert 'S3cr' not in str(error.value) and 'music:***@127.0.0.1' in str(error.value)
+  assert _with_parameters(bad_url, connect_timeout=5) == f'{bad_url}?connect_timeout=5'
+
+
+def _check_error(url) -> str:
+  with pytest.raises(PostgresError) as error:
+    check(PostgresOptions(url=url))
+  return str(error.value)
 
 
 def test_check_says_what_is_wrong(pg, postgres_url):
