@@ -76,6 +76,7 @@ __all__ = [
   'with_plain_types',
   'uuid_text',
   'rows_as_dicts',
+  'python_values',
   'json_safe',
   'json_text',
   'float_texts',
@@ -367,11 +368,33 @@ def float_texts(values) -> pa.Array:
   return pa.array([str(v) if ok else None for v, ok in zip(numbers, valid)], pa.string())
 
 
+def python_values(array) -> list:
+  """`array.to_pylist()`, but a time Python cannot hold (a year past 9999 or before 1, which Arrow and
+  PostgreSQL can) as Arrow's ISO text, ``'10000-01-01 00:00:00.000000Z'``, where to_pylist raised."""
+  try:
+    return array.to_pylist()
+  except (OverflowError, ValueError):
+    if not (pa.types.is_timestamp(array.type) or pa.types.is_date(array.type)):
+      raise
+  texts = array.cast(pa.string()).to_pylist()
+  values = []
+  for i, text in enumerate(texts):
+    try:
+      values.append(array[i].as_py())
+    except (OverflowError, ValueError):
+      values.append(text)
+  return values
+
+
 def rows_as_dicts(batch: pa.RecordBatch, indices: Optional[Iterable[int]] = None) -> List[dict]:
-  """Selected rows as JSON-safe dicts, internal columns excluded (for dead letters)."""
+  """Selected rows as JSON-safe dicts, internal columns excluded (for dead letters; times out of Python's
+  range as text, see `python_values`)."""
   if indices is not None:
     batch = batch.take(pa.array(list(indices), type=pa.int64()))
-  return [{k: json_safe(v) for k, v in row.items()} for row in strip_internal(batch).to_pylist()]
+  batch = strip_internal(batch)
+  columns = [python_values(column) for column in batch.columns]
+  names = batch.schema.names
+  return [{name: json_safe(values[i]) for name, values in zip(names, columns)} for i in range(batch.num_rows)]
 
 
 def typed_outputs(outputs):

@@ -112,7 +112,7 @@ from io_connectors.databases._pg_adbc import ArrowSplitReader, ConnectionLost
 from io_connectors.databases._pg_binary import BINARY_TYPES, TRAILER, RowBuffer, decode
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
 from transforms.json_values import loads
-from transforms.records import with_provenance
+from transforms.records import python_values, with_provenance
 
 __all__ = ['PostgresOptions', 'ReadFromPostgres', 'PostgresError', 'check', 'release_snapshots']
 
@@ -906,7 +906,9 @@ class _ReadSplitFn(beam.DoFn):
       for i, found in sorted(bad.items()):
         problems_of_row = [problem for _, problem in sorted(found)]
         record = {
-          c.name: bad_text[i, index] if (i, index) in bad_text else _text_form(arrays[index][i].as_py())
+          c.name: bad_text[i, index]
+          if (i, index) in bad_text
+          else _text_form(python_values(arrays[index][i : i + 1])[0])
           for index, c in enumerate(self._plan.columns)
         }
         letters.append(

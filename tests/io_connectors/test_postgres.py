@@ -24,7 +24,7 @@ from io_connectors import registry
 from io_connectors._common import state
 from io_connectors.databases._pg_adbc import _with_parameters
 from io_connectors.databases.postgres import PostgresError, PostgresOptions, ReadFromPostgres, _where, check
-from transforms.records import ROW_COLUMN, SOURCE_COLUMN, strip_internal
+from transforms.records import ROW_COLUMN, SOURCE_COLUMN, rows_as_dicts, strip_internal
 
 UTC = dt.timezone.utc
 
@@ -170,6 +170,28 @@ def test_columns_named_like_the_provenance_columns_are_kept_renamed(pg, adbc):
   ]
   assert set(batch.column(SOURCE_COLUMN).to_pylist()) == {f'{_where(pg.url)}/{pg.table("p")}'}
   assert sorted(batch.column(ROW_COLUMN).to_pylist()) == [1, 2]
+
+
+@pytest.mark.parametrize('adbc', [True, False], ids=['adbc', 'decoder'])
+def test_times_past_year_9999_are_read_and_dead_lettered_without_a_crash(pg, adbc):
+  """PostgreSQL holds years to 294276 (Arrow too) where Python's datetime stops at 9999: a dead letter of
+  such a row (here for its NaN price) failed the read with OverflowError, and so did rows_as_dicts later."""
+  pg.execute(f"CREATE TABLE {pg.table('far')} (id int4 PRIMARY KEY, at timestamptz, day date, price numeric(10, 2))")
+  pg.execute(
+    f"""INSERT INTO {pg.table('far')} VALUES (1, '10000-01-01 00:00:00+00', '12000-01-01', 'NaN'),
+        (2, '10000-01-01 00:00:00+00', '12000-01-01', 1.5)"""
+  )
+  records, letters, _ = _run(pg.table('far'), None, None, {'adbc': adbc, 'num_partitions': 1})
+  (batch,) = records.items()
+  assert batch.column('id').to_pylist() == [2]
+  assert batch.column('at').cast(pa.int64()).to_pylist() == [253402300800000000]  # the instant, exactly
+  assert batch.column('day').cast(pa.int32()).to_pylist() == [3663382]  # '12000-01-01'::date - '1970-01-01'
+  assert rows_as_dicts(batch) == [
+    {'id': 2, 'at': '10000-01-01 00:00:00.000000Z', 'day': '12000-01-01', 'price': '1.50'}
+  ]
+  (letter,) = letters.items()
+  assert (letter['position'], letter['field'], letter['reason']) == ('row 1', 'price', 'invalid_type')
+  assert letter['record'] == {'id': '1', 'at': '10000-01-01 00:00:00.000000Z', 'day': '12000-01-01', 'price': 'NaN'}
 
 
 def test_arrow_schema_comes_from_the_catalog(pg):
