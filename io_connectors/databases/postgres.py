@@ -121,6 +121,7 @@ _IDENTIFIER = re.compile(r'^[A-Za-z_][A-Za-z0-9_$]{0,62}$')
 _INT_TYPES = {'int2': pa.int16(), 'int4': pa.int32(), 'int8': pa.int64(), 'oid': pa.int64()}
 _SIMPLE_TYPES = dict(_INT_TYPES, float4=pa.float32(), float8=pa.float64(), bool=pa.bool_())
 _DONE = 'split_done'
+_FLOAT_WORDS = frozenset(('NaN', 'Infinity', '-Infinity'))
 # Every connection's session: the text forms of ::text columns whatever the server's defaults.
 _SESSION_SETTINGS = (
   "SET TimeZone = 'UTC'",
@@ -398,6 +399,12 @@ def _convert(column: _Column, array):
   if column.convert == 'decimal':
     return array.cast(column.arrow)
   if column.convert == 'array':
+    if pa.types.is_floating(column.arrow.value_type):
+      # to_json writes a float's NaN and infinities as the strings "NaN", "Infinity" and "-Infinity".
+      values = [None if v is None else json.loads(v) for v in array.to_pylist()]
+      return pa.array(
+        [None if v is None else [float(x) if x in _FLOAT_WORDS else x for x in v] for v in values], type=column.arrow
+      )
     if column.arrow.value_type != pa.string():
       return pa.array([None if v is None else json.loads(v) for v in array.to_pylist()], type=column.arrow)
     # Elements as PostgreSQL wrote them: a numeric's digits as written (a float would round

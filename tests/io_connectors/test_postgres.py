@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
+import math
 import os
 import pickle
 import shutil
@@ -192,6 +193,18 @@ def test_times_past_year_9999_are_read_and_dead_lettered_without_a_crash(pg, adb
   (letter,) = letters.items()
   assert (letter['position'], letter['field'], letter['reason']) == ('row 1', 'price', 'invalid_type')
   assert letter['record'] == {'id': '1', 'at': '10000-01-01 00:00:00.000000Z', 'day': '12000-01-01', 'price': 'NaN'}
+
+
+@pytest.mark.parametrize('adbc', [True, False], ids=['adbc', 'decoder'])
+def test_float_arrays_keep_nan_and_infinities(pg, adbc):
+  """A float8 column reads 'Infinity' as inf; a float8[] one made the whole row a dead letter for it."""
+  pg.execute(f"CREATE TABLE {pg.table('f')} (id int4 PRIMARY KEY, scores float8[], ratios float4[])")
+  pg.execute(f"INSERT INTO {pg.table('f')} VALUES (1, '{{1.5, Infinity, -Infinity, NaN, NULL}}', '{{NaN, 0.5}}')")
+  rows, letters, _ = _read(pg.table('f'), adbc=adbc)
+  assert letters == []
+  (row,) = rows
+  assert row['scores'][:3] == [1.5, float('inf'), float('-inf')] and row['scores'][4] is None
+  assert math.isnan(row['scores'][3]) and math.isnan(row['ratios'][0]) and row['ratios'][1] == 0.5
 
 
 def test_arrow_schema_comes_from_the_catalog(pg):
