@@ -34,7 +34,7 @@ Parallelism (``split_by``); each split is one query, read by one worker:
 - ``key``: ``num_splits`` ranges of ``key_column`` (default: the first
   column of the table's primary key; numbers, dates and strings), bounded by
   evenly spaced values of a 10,000-value sample of it; the first range also
-  takes NULLs, so every row falls in exactly one range. Works for a ``query`` too when ``key_column`` names one
+  takes NULLs (and a float key's NaNs), so every row falls in exactly one range. Works for a ``query`` too when ``key_column`` names one
   of its columns (the query is wrapped as a subquery).
 - ``none``: one query.
 - ``auto`` (default): ``partition`` for a table with more than one
@@ -339,6 +339,12 @@ def _key_column(connection: _Connection, database: str, table: str) -> Optional[
 
 def _key_splits(connection: _Connection, source_sql: str, key: str, num_splits: int) -> List[Split]:
   quoted = _quote(key)
+  kind = connection.rows(f'type of {key}', f'SELECT toTypeName({quoted}) FROM {source_sql} LIMIT 1')
+  type_name = re.sub(r'^(Nullable|LowCardinality)\((.*)\)$', r'\2', kind[0][0] if kind else 'String')
+  type_name = re.sub(r'^(Nullable|LowCardinality)\((.*)\)$', r'\2', type_name)
+  # A NaN key compares false with every bound: the first range takes NaNs as it takes NULLs, and they are
+  # no bound (a NaN bound would match no row on either side).
+  unordered = f'isNull({quoted}) OR isNaN({quoted})' if type_name in ('Float32', 'Float64') else f'isNull({quoted})'
   # Bounds from a reservoir sample sorted by ClickHouse, as ClickHouse's own
   # text of each value: they go back as parameters of the key's type, parsed
   # by the server exactly (no float interpolation as with quantiles(), no
@@ -346,15 +352,12 @@ def _key_splits(connection: _Connection, source_sql: str, key: str, num_splits: 
   sample_rows = connection.rows(
     f'sample of {key}',
     f'SELECT arrayMap(x -> toString(x), arraySort(groupArraySample({_SAMPLE_SIZE}, 42)({quoted}))) '
-    f'FROM {source_sql} WHERE isNotNull({quoted})',
+    f'FROM {source_sql} WHERE NOT ({unordered})',
   )
   sample = sample_rows[0][0] if sample_rows else []
   bounds = list(dict.fromkeys(sample[len(sample) * i // num_splits] for i in range(1, num_splits))) if sample else []
   if not bounds:
     return [Split('all', f'SELECT * FROM {source_sql}')]
-  kind = connection.rows(f'type of {key}', f'SELECT toTypeName({quoted}) FROM {source_sql} LIMIT 1')
-  type_name = re.sub(r'^(Nullable|LowCardinality)\((.*)\)$', r'\2', kind[0][0] if kind else 'String')
-  type_name = re.sub(r'^(Nullable|LowCardinality)\((.*)\)$', r'\2', type_name)
   splits = []
   for i in range(len(bounds) + 1):
     conditions, parameters = [], []
@@ -366,7 +369,7 @@ def _key_splits(connection: _Connection, source_sql: str, key: str, num_splits: 
       parameters.append(('hi', bounds[i]))
     where = ' AND '.join(conditions)
     if i == 0:
-      where = f'({where} OR isNull({quoted}))'
+      where = f'({where} OR {unordered})'
     splits.append(
       Split(f'{key}-range-{i + 1}-of-{len(bounds) + 1}', f'SELECT * FROM {source_sql} WHERE {where}', tuple(parameters))
     )

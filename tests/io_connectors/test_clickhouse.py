@@ -184,6 +184,23 @@ def test_key_ranges_of_strings_and_timestamps(tmp_path, engine, key_column):
   assert len({source for source, _ in provenance}) == 3
 
 
+def test_key_ranges_of_a_float_key_read_its_nans(tmp_path, engine):
+  """A NaN compares false with every bound: no range took the NaN-keyed rows (and a NaN sampled as a bound
+  emptied the ranges beside it), so they were silently not read."""
+  _, make = engine
+  table = make(
+    'scores_keys',
+    'CREATE TABLE {name} (id UInt64, score Nullable(Float64)) ENGINE = MergeTree ORDER BY id',
+    'INSERT INTO {name} SELECT number, multiIf(number % 3 = 0, nan, number % 7 = 0, NULL, number / 10) '
+    'FROM numbers(3000)',
+  )
+  options = ClickHouseOptions(url=URL, split_by='key', key_column='score', num_splits=4)
+  batches, dead = read(tmp_path, ReadFromClickHouse(table, options=options))
+  ids, provenance = _ids_and_sources(batches)
+  assert dead == [] and sorted(ids) == list(range(3000))
+  assert len({source for source, _ in provenance}) == 4
+
+
 def test_query_split_by_key_column(tmp_path, engine):
   _, make = engine
   table = make('plays_q', PLAYS_DDL, PLAYS_INSERT)
