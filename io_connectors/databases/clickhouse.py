@@ -64,6 +64,15 @@ Refused credentials, a missing table and a bad query raise
 `ClickHouseError` with one clear line. There is nothing to dead-letter
 per row (ClickHouse returns typed columns); ``dead_letter`` stays empty.
 
+Types: as ClickHouse's Arrow output gives them (Nullable -> nullable,
+LowCardinality -> its type, DateTime64 -> timestamp with its time zone,
+Decimal(P, S) up to Decimal256, UInt64, Array, Map, Tuple -> list, map,
+struct), except those it gives as bare numbers or bytes, which each split's
+query converts: DateTime -> timestamp[s] with its time zone, Date ->
+date32, Enum8/16 -> their names, Int128/UInt128/Int256/UInt256 and
+IPv4/IPv6 -> their text (top-level columns; inside an Array, Map or Tuple
+they stay as ClickHouse sends them).
+
 Tested: the split planning and split SQL run on ClickHouse's own engine
 (chDB 26.9, in process); the HTTP path has no server to run against on the
 development machines (see tests/io_connectors/test_clickhouse.py).
@@ -404,9 +413,43 @@ def plan_splits(
 ) -> List[Split]:
   """The queries that together read the table or query once (only rows passing `cursor_filter`)."""
   splits = _plan_splits(connection, table, query, options)
+  source_sql = _source_sql(connection, table, query, options)
   if cursor_filter:
-    splits = _filtered(splits, _source_sql(connection, table, query, options), *cursor_filter)
+    splits = _filtered(splits, source_sql, *cursor_filter)
+  converted = _converted_columns(connection, source_sql)
+  if converted:
+    splits = [Split(s.name, f'SELECT * REPLACE ({converted}) FROM ({s.sql})', s.parameters) for s in splits]
   return splits
+
+
+# ClickHouse's Arrow output gives these types as bare numbers or bytes (DateTime: seconds as uint32, an
+# Enum's code, Int128's 16 bytes, an IPv4 as uint32; Date: days as uint16 before output_format_arrow_
+# date_as_uint16 defaulted to off): read as what they are.
+_CONVERSIONS = (
+  (re.compile(r'^Date$'), 'toDate32({c})'),
+  (re.compile(r"^DateTime(\('[^']*'\))?$"), 'toDateTime64({c}, 0{tz})'),
+  (re.compile(r'^(Enum8|Enum16)\(.*\)$|^U?Int(128|256)$|^IPv[46]$'), 'toString({c})'),
+)
+
+
+def _converted_columns(connection: _Connection, source_sql: str) -> str:
+  """The ``expression AS name`` list that reads the source's columns of such types as dates, timestamps or
+  text (``''`` when it has none); a Nullable or LowCardinality one too (NULL stays NULL)."""
+  try:
+    described = connection.rows('column types', f'DESCRIBE (SELECT * FROM {source_sql})')
+  except ClickHouseError:
+    return ''  # a query that does not run: reading it says why, naming the split
+  replaced = []
+  for name, type_name, *_ in described:
+    bare = re.sub(r'^(Nullable|LowCardinality)\((.*)\)$', r'\2', type_name)
+    bare = re.sub(r'^(Nullable|LowCardinality)\((.*)\)$', r'\2', bare)
+    for pattern, expression in _CONVERSIONS:
+      match = pattern.match(bare)
+      if match:
+        zone = match.group(1) if expression.startswith('toDateTime64') and match.group(1) else ''
+        replaced.append(f'{expression.format(c=_quote(name), tz=", " + zone[1:-1] if zone else "")} AS {_quote(name)}')
+        break
+  return ', '.join(replaced)
 
 
 def _plan_splits(

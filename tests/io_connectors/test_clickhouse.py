@@ -13,6 +13,7 @@ refuses to open its HTTP listener ("start_servers_callback is not set"). So:
 """
 
 import dataclasses
+import datetime as dt
 import pickle
 import socket
 import threading
@@ -199,6 +200,42 @@ def test_key_ranges_of_a_float_key_read_its_nans(tmp_path, engine):
   ids, provenance = _ids_and_sources(batches)
   assert dead == [] and sorted(ids) == list(range(3000))
   assert len({source for source, _ in provenance}) == 4
+
+
+@pytest.mark.parametrize('query', [False, True], ids=['table', 'query'])
+def test_dates_datetimes_enums_wide_ints_and_ips_arrive_as_what_they_are(tmp_path, engine, query):
+  """ClickHouse's Arrow output sends a Date as days (uint16), a DateTime as seconds (uint32), an Enum's code,
+  Int128/UInt256 as raw bytes and an IPv4 as uint32: they arrived so, numbers with no sign of what they were."""
+  _, make = engine
+  table = make(
+    'typed_events',
+    'CREATE TABLE {name} (id UInt32, day Date, at DateTime(\'America/New_York\'), seen Nullable(DateTime(\'UTC\')), '
+    "kind Enum8('play' = 1, 'skip' = 2), big Int128, huge UInt256, ip4 IPv4, ip6 Nullable(IPv6)) "
+    'ENGINE = MergeTree ORDER BY at',
+    "INSERT INTO {name} SELECT number, toDate('2024-02-29') + number, toDateTime('2024-07-01 12:00:00', "
+    "'America/New_York') + number * 3600, if(number % 2 = 0, NULL, toDateTime(1700000000 + number, 'UTC')), "
+    "if(number % 2 = 0, 'play', 'skip'), toInt128('-170141183460469231731687303715884105728') + number, "
+    'toUInt256(\'115792089237316195423570985008687907853269984665640564039457584007913129639935\') - number, '
+    "toIPv4('10.0.0.1') + number, if(number = 1, NULL, toIPv6('2001:db8::1')) FROM numbers(300)",
+  )
+  source = {'query': f'SELECT * FROM {table}'} if query else {'table': table}
+  options = ClickHouseOptions(url=URL, split_by='key', key_column='at', num_splits=3)
+  batches, dead = read(tmp_path, ReadFromClickHouse(**source, options=options))
+  data = pa.Table.from_batches(batches)
+  assert dead == [] and data.num_rows == 300 and len(set(data.column(SOURCE_COLUMN).to_pylist())) == 3
+  assert data.schema.field('day').type == pa.date32()
+  assert data.schema.field('at').type == pa.timestamp('s', tz='America/New_York')
+  assert data.schema.field('seen').type == pa.timestamp('s', tz='UTC')
+  for name in ('kind', 'big', 'huge', 'ip4', 'ip6'):
+    assert data.schema.field(name).type == pa.string(), name
+  rows = {r['id']: r for r in data.to_pylist()}
+  one = rows[1]
+  assert one['day'] == dt.date(2024, 3, 1)
+  assert one['at'] == dt.datetime(2024, 7, 1, 17, 0, tzinfo=dt.timezone.utc)  # 13:00 EDT
+  assert one['seen'] == dt.datetime.fromtimestamp(1700000001, dt.timezone.utc) and rows[0]['seen'] is None
+  assert (one['kind'], rows[0]['kind']) == ('skip', 'play')
+  assert one['big'] == str(-(2**127) + 1) and one['huge'] == str(2**256 - 2)
+  assert one['ip4'] == '10.0.0.2' and one['ip6'] is None and rows[0]['ip6'] == '2001:db8::1'
 
 
 def test_query_split_by_key_column(tmp_path, engine):
