@@ -139,7 +139,8 @@ class PostgresError(ConnectorError, RuntimeError):
 class PostgresOptions:
   """How to read from PostgreSQL.
 
-  url: postgresql://user:password@host:port/db (default: env POSTGRES_URL).
+  url: postgresql://user:password@host:port/db (default: env POSTGRES_URL); '/' and '@' in the password
+    percent-encoded ('#' and '?' may stand as they are, as libpq reads them).
   partition_column: integer column to split on (default: the integer primary key).
   num_partitions: splits (default: one per ~500,000 estimated rows, at least pool_size).
   batch_size: rows per Arrow batch.
@@ -191,7 +192,17 @@ class PostgresOptions:
       raise ValueError('cursor_column needs a state store URI (state)')
 
   def resolved_url(self) -> str:
-    return connection_url(self.url, 'POSTGRES_URL', ('postgresql://', 'postgres://'), 'PostgreSQL')
+    url = connection_url(self.url, 'POSTGRES_URL', ('postgresql://', 'postgres://'), 'PostgreSQL')
+    try:
+      _ = host_part(url).port  # raises ValueError when it does not parse
+    except ValueError:
+      # A '/' in the password ends the user info for libpq and urllib alike: what follows the user's ':'
+      # reads as a port. urllib's message would quote it, a piece of the password.
+      raise ValueError(
+        "PostgreSQL url: its port is not a number; a user name or password holding '/', '@' or ':' must be "
+        "percent-encoded (urllib.parse.quote(password, safe=''))"
+      ) from None
+    return url
 
 
 def _check_identifier(name: str, what: str) -> str:

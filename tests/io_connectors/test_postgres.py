@@ -404,6 +404,16 @@ def test_a_password_holding_hash_or_question_mark_never_shows_and_reaches_the_dr
   assert _with_parameters(bad_url, connect_timeout=5) == f'{bad_url}?connect_timeout=5'
 
 
+def test_a_password_holding_a_slash_is_refused_up_front_without_showing_it(postgres_url):
+  """libpq and urllib both end the user info at a '/': urllib's error quoted the rest as the port ('ab')."""
+  bad_url = postgres_url.replace(':music-test-password@', ':ab/cd@')
+  with pytest.raises(ValueError, match='percent-encoded') as error:
+    ReadFromPostgres(table='plays', options=PostgresOptions(url=bad_url))
+  assert "'ab'" not in str(error.value) and 'ab/cd' not in str(error.value)
+  with pytest.raises(ValueError, match='percent-encoded'):
+    check(PostgresOptions(url=bad_url))
+
+
 def _check_error(url) -> str:
   with pytest.raises(PostgresError) as error:
     check(PostgresOptions(url=url))
