@@ -88,7 +88,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import logging
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
@@ -405,7 +404,9 @@ def _json_object(text: str, value_format: str) -> Optional[dict]:
   if value_format == 'auto' and not stripped.startswith('{'):
     return None
   try:
-    parsed = loads(text)
+    # Numbers as written, as the JSON files' and streams' readers keep them (io_connectors._common.arrow):
+    # a column of mixed types holds 1.10, not 1.1, and every digit of 12345678901234567890.5.
+    parsed = loads(text, floats_as_written=True)
   except ValueError as e:
     if value_format == 'json':
       raise _BadValue(reason_of(e), f'not JSON: {e}', text) from None
@@ -433,7 +434,7 @@ def _fields(redis_type: str, value: Any, options: RedisOptions) -> dict:
     if redis_type == 'zset':
       return {'value': [{'member': _text(m), 'score': float(s)} for m, s in value]}
     if redis_type == 'ReJSON-RL':
-      docs = json.loads(_text(value))  # JSON.GET key $ -> [document]
+      docs = loads(_text(value), floats_as_written=True)  # JSON.GET key $ -> [document]
       doc = docs[0] if isinstance(docs, list) and docs else docs
       return doc if isinstance(doc, dict) else {'value': doc}
   except UnicodeDecodeError as e:

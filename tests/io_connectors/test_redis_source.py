@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import urllib.parse
 import uuid
 
 import pyarrow as pa
@@ -144,6 +145,20 @@ def test_value_types_map_to_records(tmp_path, client, url, prefix):
   assert records[prefix + 'list']['value'] == ['b', 'a', 'b']
   assert records[prefix + 'set']['value'] == ['x', 'y']
   assert records[prefix + 'zset']['value'] == [{'member': 'low', 'score': 1.0}, {'member': 'high', 'score': 2.5}]
+
+
+def test_json_numbers_in_a_text_column_keep_every_digit_as_written(tmp_path, client, url, prefix):
+  """A field holding numbers and text is a text column: its numbers went through a float (1.10 -> '1.1',
+  12345678901234567890.5 -> '1.2345678901234567e+19'), where a JSON file or message keeps them as written."""
+  client.set(prefix + '1', '{"amount": 12345678901234567890.5, "rate": 1.10, "meta": {"x": 0.10}}')
+  client.set(prefix + '2', '{"amount": "n/a", "rate": 2.5, "meta": "none"}')
+  source = f'redis://127.0.0.1:{urllib.parse.urlsplit(url).port}/0'
+  rows, _, dead = read(tmp_path, ReadFromRedis(prefix + '*', RedisOptions(url=url)), source=source)
+  assert dead == []
+  records = by_key(rows)
+  assert records[prefix + '1']['amount'] == '12345678901234567890.5' and records[prefix + '2']['amount'] == 'n/a'
+  assert records[prefix + '1']['meta'] == '{"x": 0.10}'
+  assert [records[prefix + k]['rate'] for k in '12'] == [1.1, 2.5]  # a float column stays float
 
 
 def test_text_format_keeps_json_as_text(tmp_path, client, url, prefix):
