@@ -36,7 +36,9 @@ proxy settings and .netrc credentials are ignored unless `trust_env=True`.
 
 Secrets never leave in messages: `Masker` replaces the auth's secret values,
 query parameters with secret-looking names and URL passwords by `***`, and
-every error text is built from masked parts.
+every error text is built from masked parts. A body quoted in an error or a
+dead letter is an excerpt (`Masker.body`), masked as one: a secret the
+server echoes across the cut is masked too, not left with its first part.
 
 Usage::
 
@@ -104,10 +106,11 @@ class Masker:
     _PROCESS_SECRETS.update(self._secrets)
     return self
 
-  def text(self, text: Any) -> str:
+  def text(self, text: Any, cut: bool = False) -> str:
+    """`text` masked; cut: it is the start of a longer text, whose last characters may begin a secret."""
     # Longest first (a secret containing another is masked whole), and each
     # also as it appears percent-encoded in a URL.
-    text = mask_secrets(str(text), (v for s in self._secrets for v in (s, urllib.parse.quote(s, safe=''))))
+    text = mask_secrets(str(text), (v for s in self._secrets for v in (s, urllib.parse.quote(s, safe=''))), cut=cut)
     # user:password@ in URLs, and secret-named query parameters anywhere.
     text = re.sub(r'(://[^/\s:@]*:)[^@/\s]+@', r'\1' + MASK + '@', text)
     text = re.sub(
@@ -116,6 +119,14 @@ class Masker:
       text,
     )
     return text
+
+  def body(self, response: Response, limit: int = 2000) -> str:
+    """The first `limit` bytes of an answer's body as text, masked (for errors and dead letters).
+
+    Masked as an excerpt: a secret the server echoes across the cut does not
+    leave its first characters behind.
+    """
+    return self.text(response.text(limit), cut=len(response.content) > limit)
 
   def params(self, params: Mapping[str, Any]) -> Dict[str, Any]:
     return {
@@ -528,11 +539,10 @@ class HttpClient:
         continue
       if status >= 400:
         raise RequestFailed(
-          f'{request.method} {self.masker.text(request.full_url())}: HTTP {status}: '
-          f'{self.masker.text(response.text(300))}',
+          f'{request.method} {self.masker.text(request.full_url())}: HTTP {status}: {self.masker.body(response, 300)}',
           self.describe(request),
           status=status,
-          body=self.masker.text(response.text()),
+          body=self.masker.body(response),
         )
       if cache_key and 200 <= status < 300:
         self.cache.set(cache_key, response.content)

@@ -472,7 +472,7 @@ class _Reader:
             request,
             'malformed_json',
             f'HTTP {response.status} body is not JSON: {e}',
-            record={'body': self.client.masker.text(response.text())},
+            record={'body': self.client.masker.body(response)},
             position=f'page {pages}',
             source=page_source,
           )
@@ -501,7 +501,7 @@ class _Reader:
             request,
             'source_error',
             detail,
-            record={'body': self.client.masker.text(response.text())},
+            record={'body': self.client.masker.body(response)},
             position=f'page {pages}',
             source=page_source,
           )

@@ -444,6 +444,36 @@ def test_a_token_endpoint_echoing_the_basic_credentials_does_not_show_them(fake_
   assert encoded not in json.dumps(letter) and 'echo-secret-42' not in json.dumps(letter)
 
 
+ECHOED_TOKEN = 'echoed-bearer-token-0123456789'
+
+
+def _echoing_across(cut: int) -> bytes:
+  return ('x' * (cut - 10) + f'Bearer {ECHOED_TOKEN} was refused').encode()
+
+
+@pytest.mark.parametrize(
+  'status, cut, shown',
+  [
+    (400, 300, lambda error, letter: str(error)),  # the error message's excerpt
+    (400, 2000, lambda error, letter: error.body),  # the body a RequestFailed carries
+    (200, 2000, lambda error, letter: json.dumps(letter)),  # a body that is not JSON, in its dead letter
+  ],
+)
+def test_a_token_echoed_across_the_cut_of_a_quoted_body_shows_no_part_of_it(fake_server, status, cut, shown):
+  """Bodies are quoted as excerpts: masked after the cut, they kept the token's first characters."""
+  fake_server.route('GET', '/items', lambda c: _json(_echoing_across(cut), status, {'Content-Type': 'text/plain'}))
+  client = _client(BearerTokenAuth(ECHOED_TOKEN))
+  error = None
+  if status >= 400:
+    with pytest.raises(RequestFailed) as raised:
+      client.send(Request('GET', f'{fake_server.base_url}/items'))
+    error = raised.value
+  [letter] = _read({'base_url': fake_server.base_url, 'path': '/items'}, client).dead_letters
+  text = shown(error, letter)
+  assert 'xxx' in text and 'Bear' in text  # the excerpt is there ...
+  assert ECHOED_TOKEN[:3] not in text  # ... without the start of the token it cuts
+
+
 @pytest.mark.parametrize('token', [None, '', 12345678, {'value': 'tok'}])
 def test_a_token_answer_without_a_string_token_is_a_clear_error_and_nothing_is_sent(fake_server, token):
   fake_server.route('POST', '/token', lambda c: _json({'access_token': token, 'expires_in': 3600}))
