@@ -153,7 +153,12 @@ class JSONBodyCursorPaginator(Paginator):
   """The cursor at `cursor_path` goes into query parameter `cursor_param`; none ends it.
 
   has_more_path: where the body says whether more pages exist (a flag or a
-  next-page URL); a false or null value there ends it too.
+  next-page URL); a false or null value there ends it. With it, the body
+  alone decides: an empty page that says more follow is not the end (APIs
+  filter pages after the fact), and one that says so without a cursor
+  raises ValueError (the reader dead-letters the page it cannot ask for).
+  Without it, an empty page ends it too (APIs that keep the cursor on
+  their last page, then answer an empty one).
   """
 
   cursor_path: str = 'cursors.next'
@@ -162,9 +167,12 @@ class JSONBodyCursorPaginator(Paginator):
 
   def next(self, request, response, body, count):
     cursor = json_path(body, self.cursor_path)
-    if cursor in (None, '') or count == 0:
-      return None
-    if self.has_more_path is not None and not json_path(body, self.has_more_path):
+    if self.has_more_path is not None:
+      if not json_path(body, self.has_more_path):
+        return None
+      if cursor in (None, ''):
+        raise ValueError(f'the answer says more pages follow but has no cursor at {self.cursor_path!r}')
+    elif cursor in (None, '') or count == 0:
       return None
     # The same cursor again is a loop: the reader dead-letters it, never a silent stop.
     return request.with_params(**{self.cursor_param: cursor})

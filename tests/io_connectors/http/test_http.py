@@ -157,6 +157,20 @@ def test_cursor_paginator_follows_body_cursor(fake_server):
   assert [r['id'] for r in out.rows] == list(range(ITEMS))
 
 
+def test_cursor_paginator_with_has_more_reads_past_an_empty_page_and_dead_letters_a_missing_cursor(fake_server):
+  answers = {
+    '': {'items': [{'id': 1}], 'cursors': {'after': 'c1'}, 'next': 'more'},
+    'c1': {'items': [], 'cursors': {'after': 'c2'}, 'next': 'more'},  # emptied by the API's filtering
+    'c2': {'items': [{'id': 2}], 'cursors': None, 'next': 'more'},  # more announced, no cursor to ask with
+  }
+  fake_server.route('GET', '/items', lambda c: _json(answers[c.query.get('after', '')]))
+  paginator = {'type': 'cursor', 'cursor_path': 'cursors.after', 'cursor_param': 'after', 'has_more_path': 'next'}
+  out = _read_all(fake_server, {'path': '/items', 'record_path': 'items', 'paginator': paginator})
+  assert [r['id'] for r in out.rows] == [1, 2]
+  [letter] = out.dead_letters
+  assert letter['position'] == 'page 4' and 'no cursor' in letter['detail']
+
+
 def test_link_header_and_next_url_paginators(fake_server):
 
   def linked(call):
