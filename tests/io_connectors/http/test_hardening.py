@@ -254,6 +254,64 @@ def test_chunked_responses_over_the_cap_are_cut_off():
     server.server_close()
 
 
+def _serve(handler_class):
+  import http.server
+
+  class QuietServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+      pass  # the client hanging up mid-body is the point
+
+  server = QuietServer(('127.0.0.1', 0), handler_class)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  return server
+
+
+def test_a_body_sent_a_byte_now_and_then_is_a_timeout_not_a_hang():
+  """Each byte comes within `timeout`, so no socket timeout fires: 200 bytes took 40 s at timeout=1."""
+  import http.server
+  import time
+
+  class Trickle(http.server.BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+
+    def log_message(self, *args):
+      pass
+
+    def do_GET(self):
+      # /items: a byte every 0.2 s; /paced: 2 KiB every 0.7 s, slow but well over 1 KiB/s.
+      pieces = [b' '] * 200 if self.path == '/items' else [b' ' * 2048] * 3 + [b'{"items": [{"id": 1}]}']
+      self.send_response(200)
+      self.send_header('Content-Type', 'application/json')
+      self.send_header('Content-Length', str(sum(map(len, pieces))))
+      self.end_headers()
+      try:
+        for piece in pieces:
+          self.wfile.write(piece)
+          self.wfile.flush()
+          time.sleep(0.2 if self.path == '/items' else 0.7)
+      except OSError:
+        pass
+
+  server = _serve(Trickle)
+  url = f'http://127.0.0.1:{server.server_address[1]}'
+  policy = RetryPolicy(max_attempts=2, backoff_base=0.01, backoff_max=0.05, timeout=1)
+  try:
+    started = time.monotonic()
+    with pytest.raises(RequestFailed, match='gave up after 2 failed attempts.*last: SlowBody'):
+      _client(retry=policy).send(Request('GET', f'{url}/items'))
+    assert time.monotonic() - started < 6
+    out = _read({'base_url': url, 'path': '/items'}, _client(retry=policy))
+    [letter] = out.dead_letters
+    assert not out.rows and 'SlowBody' in letter['detail'] and letter['position'] == 'page 1'
+    out = _read({'base_url': url, 'path': '/paced', 'record_path': 'items'}, _client(retry=policy))
+    assert out.rows == [{'id': 1}] and not out.dead_letters
+  finally:
+    server.shutdown()
+    server.server_close()
+
+
 def test_a_body_in_the_charset_it_declares_is_read_in_that_charset(fake_server):
   body = json.dumps({'items': [{'id': 1, 'name': 'Beyoncé, Sigur Rós'}]}, ensure_ascii=False).encode('iso-8859-1')
   fake_server.route(
