@@ -420,7 +420,7 @@ class _ReadLastfmFn(beam.DoFn):
         scrobbles += 1
         try:
           values = self._event(user, item)
-        except (ValueError, TypeError, KeyError) as e:
+        except (ValueError, TypeError, KeyError, OverflowError) as e:  # OverflowError: a time out of range
           yield self._letter(
             request, 'source_error', f'cannot map the scrobble: {e}', f'row {index}', source, record=item
           )
@@ -570,9 +570,10 @@ def _signed(options: LastfmOptions) -> bool:
 
 
 def _int(value: Any) -> Optional[int]:
+  """The whole number of a Last.fm value (numbers come as text), None when it is none (an infinite 1e999 neither)."""
   try:
     return int(value)
-  except (TypeError, ValueError):
+  except (TypeError, ValueError, OverflowError):
     return None
 
 

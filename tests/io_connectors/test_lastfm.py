@@ -184,6 +184,19 @@ def test_a_total_pages_that_is_no_number_is_a_dead_letter_of_the_next_page_not_a
   assert 'not a whole number' in letter['detail'] and LastfmFake.API_KEY not in json.dumps(letter)
 
 
+def test_a_scrobble_time_out_of_range_is_a_dead_letter_not_a_crash(lastfm):
+  """date.uts of 10**20 made datetime raise OverflowError out of the read (1e999, int() of infinity, too)."""
+  lastfm.add_scrobbles('rj', scrobbles(4))
+  lastfm.inject('user.getRecentTracks', 'first_uts', '100000000000000000000')
+  rows, letters = _read_one_user(lastfm, 'rj')
+  [letter] = letters
+  assert len(rows) == 3 and letter['position'] == 'row 1' and 'cannot map the scrobble' in letter['detail']
+  lastfm.inject('user.getRecentTracks', 'first_uts', float('inf'))  # sent as JSON's Infinity
+  rows, letters = _read_one_user(lastfm, 'rj')
+  [letter] = letters
+  assert len(rows) == 3 and letter['position'] == 'row 1' and 'needs date.uts' in letter['detail']
+
+
 def test_a_retried_error_whose_message_quotes_the_key_is_logged_masked(lastfm, caplog):
   lastfm.add_scrobbles('rj', scrobbles(3))
   lastfm.inject('user.getRecentTracks', 'lastfm_error', 16, 200, f'temporary error for key {LastfmFake.API_KEY}')
