@@ -239,6 +239,8 @@ class RelayCursorPaginator(Paginator):
   """GraphQL relay connections: `pageInfo.endCursor` -> variable `cursor_variable`.
 
   page_info_path: where `{hasNextPage, endCursor}` sits in the response body.
+  hasNextPage alone decides; true without an endCursor raises ValueError
+  (the reader dead-letters the page it cannot ask for).
   """
 
   page_info_path: str = 'data.items.pageInfo'
@@ -253,8 +255,10 @@ class RelayCursorPaginator(Paginator):
 
   def next(self, request, response, body, count):
     info = json_path(body, self.page_info_path) or {}
-    if not isinstance(info, dict) or not info.get('hasNextPage') or not info.get('endCursor'):
+    if not isinstance(info, dict) or not info.get('hasNextPage'):
       return None
+    if not info.get('endCursor'):  # more pages, and no way to ask for them: never a silent stop
+      raise ValueError(f'{self.page_info_path}.hasNextPage is true but endCursor is empty')
     return request.with_variables(**{self.cursor_variable: info['endCursor']})
 
 

@@ -171,6 +171,24 @@ def test_cursor_paginator_with_has_more_reads_past_an_empty_page_and_dead_letter
   assert letter['position'] == 'page 4' and 'no cursor' in letter['detail']
 
 
+def test_relay_paginator_dead_letters_more_pages_announced_without_a_cursor(fake_server):
+  fake_server.route(
+    'POST',
+    '/graphql',
+    lambda c: _json({'data': {'items': {'nodes': [{'id': 1}], 'pageInfo': {'hasNextPage': True, 'endCursor': None}}}}),
+  )
+  resource = {
+    'path': '/graphql',
+    'method': 'POST',
+    'json': {'query': 'query { items { nodes { id } } }', 'variables': {}},
+    'record_path': 'data.items.nodes',
+    'paginator': {'type': 'relay'},
+  }
+  out = _read_all(fake_server, resource)
+  [letter] = out.dead_letters
+  assert out.rows == [{'id': 1}] and letter['position'] == 'page 2' and 'endCursor is empty' in letter['detail']
+
+
 def test_link_header_and_next_url_paginators(fake_server):
 
   def linked(call):
