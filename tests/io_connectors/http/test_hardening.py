@@ -327,6 +327,17 @@ def test_a_body_in_the_charset_it_declares_is_read_in_that_charset(fake_server):
   assert not out.rows and letter['reason'] == 'malformed_json' and "unknown charset 'x-nope'" in letter['detail']
 
 
+@pytest.mark.parametrize('encoding', ['utf-8-sig', 'utf-16'])  # both start with their byte order mark
+def test_a_byte_order_mark_wins_over_a_declared_charset(fake_server, encoding):
+  """Decoded as the ISO-8859-1 it was labelled, a UTF-8 body with a BOM was 'not JSON'."""
+  body = json.dumps({'items': [{'id': 1, 'name': 'Sigur Rós'}]}, ensure_ascii=False).encode(encoding)
+  fake_server.route(
+    'GET', '/items', lambda c: _json(body, headers={'Content-Type': 'application/json; charset=ISO-8859-1'})
+  )
+  out = _read({'base_url': fake_server.base_url, 'path': '/items', 'record_path': 'items'}, _client())
+  assert out.rows == [{'id': 1, 'name': 'Sigur Rós'}] and not out.dead_letters
+
+
 def test_a_body_nested_too_deeply_is_a_malformed_json_dead_letter_not_a_crash(fake_server):
   """json.loads raises RecursionError (not a ValueError) on '[[[[...': it must not escape the reader."""
   deep = b'{"items": ' + b'[' * 100_000 + b']' * 100_000 + b'}'
