@@ -21,8 +21,9 @@ values get the same column types:
 - JSON has no time type: text that looks like a time stays text (the
   entity's validation converts it), even where pyarrow's JSON reader would
   infer a timestamp;
-- a column of only empty objects is null text (Parquet cannot store a struct
-  without fields);
+- empty objects are null text wherever no other object gives their struct a
+  field, at the top or nested (Parquet cannot store a struct without
+  fields); a list holding them is JSON text;
 - ``string_columns`` are text whatever they hold (the entity's declared text
   fields, so that ``42`` and ``"u42"`` land in one column; a number as
   written, ``12345`` -> ``"12345"``). An object, an array or a boolean there
@@ -52,7 +53,15 @@ import pyarrow.json as pa_json
 from transforms.json_values import MAX_DEPTH, WrittenFloat
 from transforms.records import JSON_TYPES_COLUMN, JSON_TYPES_TYPE, float_texts, json_safe
 
-__all__ = ['to_text', 'column', 'table_from_rows', 'batch_from_rows', 'parse_json_lines', 'table_from_json_lines']
+__all__ = [
+  'to_text',
+  'column',
+  'without_empty_structs',
+  'table_from_rows',
+  'batch_from_rows',
+  'parse_json_lines',
+  'table_from_json_lines',
+]
 
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError, OverflowError)
 
@@ -135,6 +144,33 @@ def _empty_struct(typ: pa.DataType) -> bool:
   return pa.types.is_struct(typ) and typ.num_fields == 0
 
 
+def _has_empty_struct(typ: pa.DataType) -> bool:
+  if pa.types.is_struct(typ):
+    return typ.num_fields == 0 or any(_has_empty_struct(typ.field(i).type) for i in range(typ.num_fields))
+  if pa.types.is_list(typ) or pa.types.is_large_list(typ):
+    return _has_empty_struct(typ.value_type)
+  return False
+
+
+def without_empty_structs(array: pa.Array) -> pa.Array:
+  """Empty objects ({}) nested anywhere as null text: Parquet cannot store a struct without fields.
+
+  A struct keeps its other fields; a list holding empty objects becomes JSON
+  text, like other shapes Parquet cannot hold. Arrays without one are
+  returned as they are.
+  """
+  typ = array.type
+  if not _has_empty_struct(typ):
+    return array
+  if _empty_struct(typ):
+    return pa.nulls(len(array), pa.string())
+  if pa.types.is_struct(typ):
+    children = [without_empty_structs(array.field(i)) for i in range(typ.num_fields)]
+    fields = [pa.field(typ.field(i).name, c.type) for i, c in enumerate(children)]
+    return pa.StructArray.from_arrays(children, fields=fields, mask=array.is_null() if array.null_count else None)
+  return pa.array([to_text(v) for v in array.to_pylist()], pa.string())
+
+
 def column(values: Sequence[Any], as_text: bool = False) -> pa.Array:
   """One column from Python values, by the module's rules."""
   if as_text:
@@ -143,9 +179,7 @@ def column(values: Sequence[Any], as_text: bool = False) -> pa.Array:
     array = pa.array(values, from_pandas=False)
   except _ARROW_ERRORS:
     return _text_column(values)
-  if _empty_struct(array.type):
-    return pa.nulls(len(array), pa.string())
-  return array
+  return without_empty_structs(array)
 
 
 def _json_type(value: Any) -> Optional[str]:
@@ -339,7 +373,7 @@ def table_from_json_lines(data: bytes, string_columns: Sequence[str] = ()) -> pa
     raise pa.ArrowInvalid('a nested value holds text pyarrow reads as a time')
   if any(_holds_float(f.type) for f in table.schema) and _may_hold_long_integer(data):
     raise pa.ArrowInvalid('an integer beyond 64 bits would become a float')
-  empty = [i for i, f in enumerate(table.schema) if _empty_struct(f.type)]
-  for i in empty:
-    table = table.set_column(i, table.schema.field(i).name, pa.nulls(table.num_rows, pa.string()))
+  for i, field in enumerate(table.schema):
+    if _has_empty_struct(field.type):
+      table = table.set_column(i, field.name, without_empty_structs(table.column(i).combine_chunks()))
   return table

@@ -6,6 +6,7 @@ Usage::
     mask_url('postgresql://music:s3cret@db:5432/music')   # 'postgresql://music:***@db:5432/music'
     mask_url('https://ghp_token@github.com/org/repo')      # 'https://***@github.com/org/repo'
     mask_secrets('login failed for key sk-123', ['sk-123'])   # 'login failed for key ***'
+    mask_secrets('body cut at 20: ... key sk-1', ['sk-123'], cut=True)   # 'body cut at 20: ... key ***'
     # A driver's error text, which may quote the URL or the password alone:
     masked_message('auth failed for music:s3cret', 'redis://music:s3cret@db')  # 'auth failed for music:***'
     # ... and the query values, wherever its name=value pairs stand:
@@ -46,11 +47,23 @@ def host_part(url: str) -> urllib.parse.SplitResult:
   return urllib.parse.urlsplit(mask_url(url))
 
 
-def mask_secrets(text: str, secrets: Iterable[Optional[str]]) -> str:
-  """`text` with every non-empty secret (a password, a token, a connection string) replaced by ***."""
+def mask_secrets(text: str, secrets: Iterable[Optional[str]], cut: bool = False) -> str:
+  """`text` with every non-empty secret (a password, a token, a connection string) replaced by ***.
+
+  cut: `text` is the start of a longer text (an excerpt of an answer's
+  body). A secret the cut goes through ends it with its first characters
+  only, which no whole-secret replacement finds: those are masked too (and
+  a replacement character left by a multi-byte character cut in two).
+  """
+  secrets = [s for s in secrets if s]
   for secret in secrets:
-    if secret:
-      text = text.replace(secret, '***')
+    text = text.replace(secret, '***')
+  if cut:
+    text = text.rstrip('\ufffd')
+    for secret in secrets:
+      start = next((n for n in range(min(len(secret) - 1, len(text)), 0, -1) if text.endswith(secret[:n])), 0)
+      if start:
+        text = text[:-start] + '***'
   return text
 
 

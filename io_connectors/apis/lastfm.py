@@ -20,7 +20,10 @@ handled here:
   the pages under the read; the "now playing" entry (no date, not a finished
   play) is not a listening event and is skipped; a page that is not JSON is
   retried once, then dead-lettered while the read goes on with the next page;
-  a one-track page (an object instead of a list) is read as well.
+  a one-track page (an object instead of a list) is read as well, and an
+  empty page before ``totalPages`` does not end the read; a ``totalPages``
+  that is no number dead-letters the page after it (where the pages end is
+  unknown); answers are decoded in the charset they declare.
 
 Recent tracks map to `transforms.entities.ListeningEvent` columns:
 ``event_id`` (stable hash of user, time, artist, track: re-reads deduplicate),
@@ -70,7 +73,14 @@ from io_connectors.apis.http.auth import ApiKeyAuth, SignedAuth
 from io_connectors.apis.http.client import ClientOptions, HttpClient, RetryPolicy
 from io_connectors.apis.http.paginators import PageNumberPaginator
 from io_connectors.apis.http.ratelimit import limiter_for
-from io_connectors.apis.http.request import HostNotAllowed, Request, RequestFailed, json_path, parse_json
+from io_connectors.apis.http.request import (
+  HostNotAllowed,
+  Request,
+  RequestFailed,
+  content_charset,
+  json_path,
+  parse_json,
+)
 from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, json_safe
@@ -290,11 +300,12 @@ class _ReadLastfmFn(beam.DoFn):
     while True:
       try:
         response = self._client.send(request)
-        text, status = response.content, response.status
+        # Decoded in the charset the answer declares, as every HTTP source does.
+        text, status, charset = response.content, response.status, content_charset(response.headers)
       except RequestFailed as e:
         if e.body is None or e.status is None:
           raise
-        text, status = e.body.encode('utf-8'), e.status
+        text, status, charset = e.body.encode('utf-8'), e.status, None
         try:
           body = parse_json(text)
         except ValueError:
@@ -302,7 +313,7 @@ class _ReadLastfmFn(beam.DoFn):
         if not (isinstance(body, dict) and 'error' in body):
           raise
       try:
-        body = parse_json(text)
+        body = parse_json(text, charset)
       except ValueError:
         malformed += 1
         if malformed > 1:
@@ -324,7 +335,7 @@ class _ReadLastfmFn(beam.DoFn):
           self._bucket.pause(max(delay, 1.0))
         else:
           time.sleep(delay)
-        _LOG.info('Last.fm error %s (%s) on %s, retry %d', code, RETRIED_ERRORS[code], body.get('message', ''), attempt)
+        _LOG.info('Last.fm error %s (%s): %s, retry %d', code, RETRIED_ERRORS[code], message, attempt)
         continue
       raise _LastfmError(code, f'{message} (HTTP {status})')
 
@@ -409,14 +420,20 @@ class _ReadLastfmFn(beam.DoFn):
         scrobbles += 1
         try:
           values = self._event(user, item)
-        except (ValueError, TypeError, KeyError) as e:
+        except (ValueError, TypeError, KeyError, OverflowError) as e:  # OverflowError: a time out of range
           yield self._letter(
             request, 'source_error', f'cannot map the scrobble: {e}', f'row {index}', source, record=item
           )
           continue
         values.update(extra)
         out.add(values, source, index)
-      request = paginator.next(request, None, body, scrobbles)
+      try:
+        request = paginator.next(request, None, body, scrobbles)
+      except ValueError as e:  # a totalPages that is no number: where the pages end is unknown
+        yield self._letter(
+          request.with_params(page=page + 1), 'source_error', f'next page not read: {e}', f'page {page + 1}', source
+        )
+        break
     if o.with_duration and out.sources:
       letters = self._fill_durations(out)
       yield from letters
@@ -553,9 +570,10 @@ def _signed(options: LastfmOptions) -> bool:
 
 
 def _int(value: Any) -> Optional[int]:
+  """The whole number of a Last.fm value (numbers come as text), None when it is none (an infinite 1e999 neither)."""
   try:
     return int(value)
-  except (TypeError, ValueError):
+  except (TypeError, ValueError, OverflowError):
     return None
 
 

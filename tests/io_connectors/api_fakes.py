@@ -148,6 +148,7 @@ class LastfmFake(FakeApi):
   (HTTP 403), 26 suspended key (403), 6 invalid parameters (400), 17 login
   required for a private user without a signed session (403). Private users
   (`private_users`) are readable only with `sk` and a valid `api_sig`.
+  Besides the generic faults, `inject` takes reshaped answers (`_reshaped`).
   """
 
   API_KEY = 'lf-test-key-0123456789abcdef'
@@ -185,8 +186,32 @@ class LastfmFake(FakeApi):
           16: 'There was a temporary error processing your request. Please try again',
           11: 'Service Offline - This service is temporarily offline. Try again later.',
         }
-        return self._error(fault[1], messages.get(fault[1], 'error'), fault[2] if len(fault) > 2 else 200)
+        message = fault[3] if len(fault) > 3 else messages.get(fault[1], 'error')
+        return self._error(fault[1], message, fault[2] if len(fault) > 2 else 200)
+      if fault[0] in ('latin1', 'total_pages', 'empty_page', 'first_uts'):
+        return self._reshaped(fault, *self._answer(params, name))
       return self.generic_fault(fault)
+    return self._answer(params, name)
+
+  @staticmethod
+  def _reshaped(fault, status, headers, payload):
+    """A correct answer as hostile servers send it: ('latin1',) in ISO-8859-1 (declared),
+    ('total_pages', value) with another totalPages, ('empty_page',) without its tracks,
+    ('first_uts', value) with the first track's date.uts replaced."""
+    if fault[0] == 'latin1':
+      text = json.dumps(payload, ensure_ascii=False)
+      return status, {'Content-Type': 'application/json; charset=ISO-8859-1'}, text.encode('iso-8859-1')
+    attrs = payload['recenttracks']['@attr']
+    if fault[0] == 'total_pages':
+      attrs['totalPages'] = fault[1]
+    elif fault[0] == 'first_uts':
+      tracks = payload['recenttracks']['track']
+      (tracks[0] if isinstance(tracks, list) else tracks)['date']['uts'] = fault[1]
+    else:
+      payload['recenttracks']['track'] = []
+    return status, headers, payload
+
+  def _answer(self, params, name):
     key = params.get('api_key')
     if not key:
       return self._error(6, 'Invalid parameters - Your request is missing a required parameter')

@@ -171,6 +171,8 @@ CASES = [
   [{'a': {'t': '2024-01-01T10:00:00Z'}}],
   [{'a': '2024-01-01'}, {'a': '10:00:00'}],
   [{'a': {}}, {'a': {}}],
+  [{'a': {'b': {}, 'c': 1}}, {'a': {'b': {}, 'c': 2}}],
+  [{'a': [{}]}],
   [{'a': None}, {'b': 1}],
   [{'a': {'b': 1}}, {'a': 'x'}],
   [{'id': '12345678901234567890', 'x': 1.5}],
@@ -189,6 +191,34 @@ def test_the_json_fast_path_types_as_the_row_path(rows):
   assert fast.schema == expected.schema
   assert fast.num_rows == expected.num_rows == len(rows)
   assert fast.to_pylist() == expected.to_pylist()
+
+
+NESTED_EMPTY = [
+  {'id': 1, 'user': {'profile': {}, 'name': 'a'}, 'entities': [{}], 'withheld': {}},
+  {'id': 2, 'user': {'profile': {}, 'name': 'b'}, 'entities': [{}, {}], 'withheld': {}},
+]
+
+
+@pytest.mark.parametrize(
+  'build',
+  [
+    lambda rows: records_to_batch(rows, ['https://api.example.com/items'] * len(rows), list(range(1, len(rows) + 1))),
+    lambda rows: table_from_rows(rows),
+    lambda rows: table_from_json_lines(b'\n'.join(json.dumps(r).encode() for r in rows)),
+  ],
+  ids=['rest', 'rows', 'json_lines'],
+)
+def test_empty_objects_nested_in_a_record_still_write_to_parquet(tmp_path, build):
+  """Only a top-level column of empty objects was made text: a nested one was a struct without fields,
+  which the Parquet writer refuses (ArrowNotImplementedError), failing the whole write."""
+  import pyarrow.parquet as pq
+
+  data = build(NESTED_EMPTY)
+  table = data if isinstance(data, pa.Table) else pa.Table.from_batches([data])
+  pq.write_table(strip_internal(table) if isinstance(data, pa.RecordBatch) else table, tmp_path / 'out.parquet')
+  rows = pq.read_table(tmp_path / 'out.parquet').to_pylist()
+  assert [r['user'] for r in rows] == [{'profile': None, 'name': 'a'}, {'profile': None, 'name': 'b'}]
+  assert [r['entities'] for r in rows] == ['[{}]', '[{}, {}]'] and [r['id'] for r in rows] == [1, 2]
 
 
 def test_string_columns_are_text_whatever_they_hold():

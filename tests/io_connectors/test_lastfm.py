@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 
 import apache_beam as beam
+import pyarrow as pa
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
@@ -14,7 +16,14 @@ from io_connectors import registry
 from io_connectors._common.errors import ConnectorError
 from io_connectors.apis.http.client import RetryPolicy
 from io_connectors.apis.http.request import Request, RequestFailed
-from io_connectors.apis.lastfm import LastfmKeyError, LastfmOptions, ReadFromLastfm, sign_request, track_key
+from io_connectors.apis.lastfm import (
+  LastfmKeyError,
+  LastfmOptions,
+  ReadFromLastfm,
+  _ReadLastfmFn,
+  sign_request,
+  track_key,
+)
 from tests.io_connectors.api_fakes import LastfmFake, lastfm_signature
 from tests.io_connectors.api_fixtures import T0, add_durations, scrobbles
 from transforms.entities import ListeningEvent
@@ -134,6 +143,67 @@ def test_malformed_page_is_dead_lettered_and_the_next_pages_are_read(lastfm):
     assert_that(_rows(out.records), lambda rows: len(rows) == 15 or pytest.fail(str(len(rows))), label='rows')
   pages = [r['params']['page'] for r in lastfm.served('user.getRecentTracks')]
   assert pages == ['1', '2', '2', '3']
+
+
+def _read_one_user(fake, user, **kwargs):
+  """(rows, dead letters) of one user's read, by the DoFn in this process (no pipeline)."""
+  fn = _ReadLastfmFn(_options(fake, users=[user], with_duration=False, to_time=T0 + 10**6, **kwargs))
+  fn.setup()
+  outputs = list(fn.process({'user': user}))
+  rows = [row for o in outputs if isinstance(o, pa.RecordBatch) for row in o.to_pylist()]
+  return rows, [o.value for o in outputs if not isinstance(o, pa.RecordBatch)]
+
+
+def test_an_answer_in_the_charset_it_declares_is_read_in_it(lastfm):
+  """Read as UTF-8, a page in ISO-8859-1 failed twice as 'not JSON' and the user's read ended there."""
+  lastfm.add_scrobbles('rj', [dict(s, artist='Björk Guðmundsdóttir') for s in scrobbles(25)])
+  lastfm.inject('user.getRecentTracks', 'latin1', times=2)  # page 1 and the one retry of a malformed page
+  rows, letters = _read_one_user(lastfm, 'rj', page_size=10)
+  assert letters == [] and len(rows) == 25
+  assert {r['artist_name'] for r in rows} == {'Björk Guðmundsdóttir'}
+
+
+def test_an_empty_page_before_the_last_does_not_end_the_read(lastfm):
+  lastfm.add_scrobbles('rj', scrobbles(25))
+  lastfm.inject('user.getRecentTracks', 'pass')
+  lastfm.inject('user.getRecentTracks', 'empty_page')  # page 2 of 3
+  rows, letters = _read_one_user(lastfm, 'rj', page_size=10)
+  assert [r['params']['page'] for r in lastfm.served('user.getRecentTracks')] == ['1', '2', '3']
+  assert len(rows) == 15 and letters == []
+
+
+@pytest.mark.parametrize('total_pages', ['', 'many', {'n': 3}, -1])
+def test_a_total_pages_that_is_no_number_is_a_dead_letter_of_the_next_page_not_a_crash(lastfm, total_pages):
+  lastfm.add_scrobbles('rj', scrobbles(25))
+  lastfm.inject('user.getRecentTracks', 'pass')
+  lastfm.inject('user.getRecentTracks', 'total_pages', total_pages)  # on page 2
+  rows, letters = _read_one_user(lastfm, 'rj', page_size=10)
+  [letter] = letters
+  assert len(rows) == 20  # pages 1 and 2
+  assert letter['position'] == 'page 3' and letter['record']['request']['params']['page'] == 3
+  assert 'not a whole number' in letter['detail'] and LastfmFake.API_KEY not in json.dumps(letter)
+
+
+def test_a_scrobble_time_out_of_range_is_a_dead_letter_not_a_crash(lastfm):
+  """date.uts of 10**20 made datetime raise OverflowError out of the read (1e999, int() of infinity, too)."""
+  lastfm.add_scrobbles('rj', scrobbles(4))
+  lastfm.inject('user.getRecentTracks', 'first_uts', '100000000000000000000')
+  rows, letters = _read_one_user(lastfm, 'rj')
+  [letter] = letters
+  assert len(rows) == 3 and letter['position'] == 'row 1' and 'cannot map the scrobble' in letter['detail']
+  lastfm.inject('user.getRecentTracks', 'first_uts', float('inf'))  # sent as JSON's Infinity
+  rows, letters = _read_one_user(lastfm, 'rj')
+  [letter] = letters
+  assert len(rows) == 3 and letter['position'] == 'row 1' and 'needs date.uts' in letter['detail']
+
+
+def test_a_retried_error_whose_message_quotes_the_key_is_logged_masked(lastfm, caplog):
+  lastfm.add_scrobbles('rj', scrobbles(3))
+  lastfm.inject('user.getRecentTracks', 'lastfm_error', 16, 200, f'temporary error for key {LastfmFake.API_KEY}')
+  with caplog.at_level(logging.INFO, logger='io_connectors.apis.lastfm'):
+    rows, letters = _read_one_user(lastfm, 'rj')
+  assert len(rows) == 3 and letters == []
+  assert 'temporary error for key ***' in caplog.text and LastfmFake.API_KEY not in caplog.text
 
 
 def test_invalid_key_stops_the_job_with_a_clear_message(lastfm, monkeypatch):

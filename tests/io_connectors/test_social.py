@@ -315,14 +315,75 @@ def test_tiktok_body_cursor_search_id_token_and_malformed_page(tiktok):
     assert_that(out.dead_letter, check_letter)
 
 
-def test_body_cursor_paginator_stops_without_has_more_or_on_a_repeated_cursor():
+def test_body_cursor_paginator_follows_has_more_alone():
   paginator = BodyCursorPaginator(carry={'search_id': 'data.search_id'})
   request = Request('POST', 'https://x/q', json={'max_count': 2})
   following = paginator.next(request, None, {'data': {'has_more': True, 'cursor': 2, 'search_id': 's'}}, 2)
   assert following.json == {'max_count': 2, 'cursor': 2, 'search_id': 's'}
   assert paginator.next(following, None, {'data': {'has_more': False, 'cursor': 4}}, 2) is None
-  assert paginator.next(following, None, {'data': {'has_more': True, 'cursor': 2}}, 2) is None
-  assert paginator.next(request, None, {'data': {'has_more': True, 'cursor': 2}}, 0) is None
+  # An empty page that says more follow is not the end.
+  assert paginator.next(request, None, {'data': {'has_more': True, 'cursor': 2}}, 0).json['cursor'] == 2
+  # The same cursor again is asked as it is (the reader dead-letters the loop, see below) ...
+  assert paginator.next(following, None, {'data': {'has_more': True, 'cursor': 2, 'search_id': 's'}}, 2) == following
+  # ... and more pages without a cursor cannot be asked for.
+  with pytest.raises(ValueError, match='no cursor'):
+    paginator.next(request, None, {'data': {'has_more': True}}, 2)
+
+
+def _read_posts(server, paginator):
+  from io_connectors.apis.http import ClientOptions, HttpClient
+  from io_connectors.apis.http.rest import ResourceConfig, _Reader
+
+  resource = ResourceConfig(
+    name='videos', base_url=server.base_url, path='/q', method='POST', json={'max_count': 2}, record_path='data.videos'
+  )
+  client = HttpClient(ClientOptions(allowed_hosts=['127.0.0.1'], retry=FAST.retry, allow_private_addresses=True))
+  return _Reader(resource, client, paginator).read({}, lambda params: (None, None))
+
+
+def test_a_body_cursor_read_goes_past_empty_pages_and_dead_letters_a_repeated_cursor(fake_server):
+  """Both ended the read without a word: pages after an empty one, and a loop, were never seen."""
+  pages = {0: ([1, 2], 2, True), 2: ([], 4, True), 4: ([5], 6, True), 6: ([7], 6, True)}
+
+  def answer(call):
+    videos, cursor, more = pages[json.loads(call.body).get('cursor', 0)]
+    return 200, {}, {'data': {'videos': [{'id': v} for v in videos], 'cursor': cursor, 'has_more': more}}
+
+  fake_server.route('POST', '/q', answer)
+  out = _read_posts(fake_server, BodyCursorPaginator())
+  assert [r['id'] for r in out.rows] == [1, 2, 5, 7]
+  [letter] = out.dead_letters
+  assert letter['position'] == 'page 5' and 'pagination loop' in letter['detail']
+
+
+@pytest.mark.parametrize('platform', ['twitter', 'instagram'])
+def test_bundled_cursor_resources_read_past_an_empty_page_that_says_more_follow(fake_server, monkeypatch, platform):
+  from io_connectors.apis.http import ClientOptions, HttpClient, create_paginator
+  from io_connectors.apis.http.rest import _Reader
+
+  monkeypatch.setenv('TWITTER_BEARER_TOKEN', 'tw-token-1234')
+  monkeypatch.setenv('INSTAGRAM_ACCESS_TOKEN', 'ig-token-1234')
+  ids = {0: ['a'], 1: [], 2: ['b']}  # the middle page filtered empty
+
+  def tweets(call):
+    page = int(call.query.get('next_token') or 0)
+    meta = {'result_count': len(ids[page]), **({'next_token': str(page + 1)} if page < 2 else {})}
+    return 200, {}, {'meta': meta, **({'data': [{'id': i} for i in ids[page]]} if ids[page] else {})}
+
+  def media(call):
+    page = int(call.query.get('after') or 0)
+    paging = {'cursors': {'after': str(page + 1)}, **({'next': 'https://graph.facebook.com/more'} if page < 2 else {})}
+    return 200, {}, {'data': [{'id': i} for i in ids.get(page, [])], 'paging': paging}
+
+  fake_server.route('GET', '/2/tweets/search/recent', tweets)
+  fake_server.route('GET', '/v21.0/1784/tags', media)
+  name = 'twitter.recent_search_mentions' if platform == 'twitter' else 'instagram.tagged_media'
+  resource = load_resource(name, overrides={'base_url': fake_server.base_url})
+  client = HttpClient(ClientOptions(allowed_hosts=['127.0.0.1'], retry=FAST.retry, allow_private_addresses=True))
+  reader = _Reader(resource, client, create_paginator(resource.paginator))
+  out = reader.read({'query': 'q', 'ig_user_id': '1784'}, lambda params: (None, None))
+  assert [r['post_id'] for r in out.rows] == ['a', 'b'] and not out.dead_letters
+  assert len(fake_server.log) == 3  # and no empty page asked for after the last one
 
 
 def test_registry_builds_social_sources_and_reports_config_mistakes(twitter, monkeypatch):

@@ -207,3 +207,25 @@ def test_check_gets_a_token_and_sends_the_first_request(soundcloud, monkeypatch)
   with pytest.raises(Exception, match='401') as raised:
     ReadFromSoundCloud(_options(soundcloud, 'user', [7])).check()
   assert 'not-the-secret-999' not in str(raised.value) and SoundCloudFake.CLIENT_SECRET not in str(raised.value)
+
+
+def test_a_count_no_integer_holds_is_a_dead_letter_of_its_record_not_a_crash(fake_server):
+  """JSON's 1e999 decodes to infinity, and int() of it raised OverflowError out of the reader."""
+  from io_connectors.apis.http import ClientOptions, HttpClient, create_paginator
+  from io_connectors.apis.http.rest import ResourceConfig, _Reader
+  from io_connectors.apis.soundcloud import RESOURCES
+
+  body = b'{"collection": [{"id": 1, "playback_count": 1e999}, {"id": 2, "playback_count": 7}, {"id": 1e999}]}'
+  fake_server.route('GET', '/users/3207/tracks', lambda call: (200, {'Content-Type': 'application/json'}, body))
+  path, _, mapper = RESOURCES['tracks']
+  resource = ResourceConfig(
+    name='soundcloud.tracks', base_url=fake_server.base_url, path=path, record_path='collection', process_record=mapper
+  )
+  client = HttpClient(ClientOptions(allowed_hosts=['127.0.0.1'], allow_private_addresses=True))
+  out = _Reader(resource, client, create_paginator(None)).read({'user_id': 3207}, lambda params: (None, None))
+  assert [r['track_id'] for r in out.rows] == [2] and out.rows[0]['playback_count'] == 7
+  assert [(d['position'], d['reason']) for d in out.dead_letters] == [
+    ('row 1', 'source_error'),
+    ('row 3', 'source_error'),
+  ]
+  assert all('infinity' in d['detail'] for d in out.dead_letters)

@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from io_connectors._common.arrow import column, table_from_json_lines, table_from_rows, to_text
+from io_connectors._common.arrow import column, table_from_json_lines, table_from_rows, to_text, without_empty_structs
 from transforms.dead_letter import dead_letter
 from transforms.json_values import loads, reason_of
 from transforms.records import json_safe, with_provenance
@@ -425,34 +425,11 @@ def _struct_of_columns(table: pa.Table, names: Sequence[str], taken: Dict[str, L
   return pa.StructArray.from_arrays(children, fields=fields)
 
 
-def _has_empty_struct(typ: pa.DataType) -> bool:
-  if pa.types.is_struct(typ):
-    return typ.num_fields == 0 or any(_has_empty_struct(typ.field(i).type) for i in range(typ.num_fields))
-  if pa.types.is_list(typ) or pa.types.is_large_list(typ):
-    return _has_empty_struct(typ.value_type)
-  return False
-
-
-def _no_empty_structs(array: pa.Array) -> pa.Array:
-  """Empty objects ({}) nested anywhere as null text: Parquet cannot store a struct without fields."""
-  typ = array.type
-  if not _has_empty_struct(typ):
-    return array
-  if pa.types.is_struct(typ) and typ.num_fields == 0:
-    return pa.nulls(len(array), pa.string())
-  if pa.types.is_struct(typ):
-    children = [_no_empty_structs(array.field(i)) for i in range(typ.num_fields)]
-    fields = [pa.field(typ.field(i).name, c.type) for i, c in enumerate(children)]
-    return pa.StructArray.from_arrays(children, fields=fields, mask=array.is_null() if array.null_count else None)
-  # A list of values holding empty objects: as JSON text, like other shapes Parquet cannot hold.
-  return pa.array([to_text(v) for v in array.to_pylist()], pa.string())
-
-
 def _keep_nested(array: Optional[pa.Array], n: int) -> pa.Array:
   # Absent: Arrow's null type, which schema inference widens to whatever other batches hold.
   if array is None or pa.types.is_null(array.type) or (pa.types.is_struct(array.type) and array.type.num_fields == 0):
     return pa.nulls(n)
-  return _no_empty_structs(array)
+  return without_empty_structs(array)
 
 
 # ----- the mapping -----

@@ -25,6 +25,7 @@ anything leaves the machine). In order, each attempt:
    `RetryPolicy.max_rate_limited`;
 6. on timeouts, connection errors (any transport error) and 5xx backs off
    with full jitter (`base * 2**attempt`, capped) up to `RetryPolicy.max_attempts`;
+   a body arriving slower than `RetryPolicy.min_read_rate` is a timeout;
 7. every retry (5 and 6) spends one of the host's process-wide retry budget
    (`RetryPolicy.host_retry_budget` per `host_retry_window` seconds) and
    must start before the request's `RetryPolicy.deadline`; otherwise the
@@ -36,7 +37,9 @@ proxy settings and .netrc credentials are ignored unless `trust_env=True`.
 
 Secrets never leave in messages: `Masker` replaces the auth's secret values,
 query parameters with secret-looking names and URL passwords by `***`, and
-every error text is built from masked parts.
+every error text is built from masked parts. A body quoted in an error or a
+dead letter is an excerpt (`Masker.body`), masked as one: a secret the
+server echoes across the cut is masked too, not left with its first part.
 
 Usage::
 
@@ -57,9 +60,10 @@ import socket
 import threading
 import time
 import urllib.parse
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple
 
 import requests
+import urllib3
 
 from io_connectors._common.masking import mask_secrets
 from io_connectors._common.retry import Backoff
@@ -104,10 +108,11 @@ class Masker:
     _PROCESS_SECRETS.update(self._secrets)
     return self
 
-  def text(self, text: Any) -> str:
+  def text(self, text: Any, cut: bool = False) -> str:
+    """`text` masked; cut: it is the start of a longer text, whose last characters may begin a secret."""
     # Longest first (a secret containing another is masked whole), and each
     # also as it appears percent-encoded in a URL.
-    text = mask_secrets(str(text), (v for s in self._secrets for v in (s, urllib.parse.quote(s, safe=''))))
+    text = mask_secrets(str(text), (v for s in self._secrets for v in (s, urllib.parse.quote(s, safe=''))), cut=cut)
     # user:password@ in URLs, and secret-named query parameters anywhere.
     text = re.sub(r'(://[^/\s:@]*:)[^@/\s]+@', r'\1' + MASK + '@', text)
     text = re.sub(
@@ -116,6 +121,14 @@ class Masker:
       text,
     )
     return text
+
+  def body(self, response: Response, limit: int = 2000) -> str:
+    """The first `limit` bytes of an answer's body as text, masked (for errors and dead letters).
+
+    Masked as an excerpt: a secret the server echoes across the cut does not
+    leave its first characters behind.
+    """
+    return self.text(response.text(limit), cut=len(response.content) > limit)
 
   def params(self, params: Mapping[str, Any]) -> Dict[str, Any]:
     return {
@@ -180,6 +193,10 @@ class RetryPolicy:
   backoff_base, backoff_max: full-jitter backoff `uniform(0, min(max, base * 2**n))` seconds.
   max_retry_after: longer Retry-After values are capped to this (seconds).
   timeout: seconds to connect and between bytes read.
+  min_read_rate: bytes a second a body must arrive at, averaged over each
+    `timeout` seconds of its read; slower, the attempt fails like a timeout
+    (and is retried). A server that sends a byte now and then never trips
+    `timeout` and would hold the request for ever. 0 turns it off.
   deadline: seconds from a request's first attempt after which it is not
     retried any more (waits included).
   host_retry_budget, host_retry_window: at most that many retries to one host
@@ -192,6 +209,7 @@ class RetryPolicy:
   backoff_max: float = 30.0
   max_retry_after: float = 120.0
   timeout: float = 30.0
+  min_read_rate: float = 1024.0
   retry_statuses: Sequence[int] = (500, 502, 503, 504)
   deadline: float = 300.0
   host_retry_budget: int = 100
@@ -200,6 +218,8 @@ class RetryPolicy:
   def __post_init__(self):
     if not self.deadline > 0:
       raise ValueError(f'retry deadline must be > 0 seconds, got {self.deadline!r}')
+    if not self.min_read_rate >= 0:
+      raise ValueError(f'min_read_rate must be >= 0 bytes a second, got {self.min_read_rate!r}')
     if self.host_retry_budget < 0 or not self.host_retry_window > 0:
       raise ValueError(
         f'host_retry_budget must be >= 0 and host_retry_window > 0, got '
@@ -278,6 +298,27 @@ def _public(address: str) -> bool:
   if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
     ip = ip.ipv4_mapped
   return ip.is_global and not ip.is_multicast
+
+
+class SlowBody(requests.exceptions.ReadTimeout):
+  """A body arriving slower than `RetryPolicy.min_read_rate`: a timeout, retried as one."""
+
+
+def _arriving(raw: requests.Response) -> Iterator[bytes]:
+  """The body's bytes (content-encoding undone) as they arrive, each piece after one read from the socket.
+
+  `iter_content` waits for whole chunks, so the time a body takes could not
+  be checked between them. urllib3's errors are requests' here, as they are
+  in `iter_content`: each is retried as a broken connection.
+  """
+  try:
+    while True:
+      piece = raw.raw.read1(64 * 1024, decode_content=True)
+      if not piece:
+        return
+      yield piece
+  except urllib3.exceptions.HTTPError as e:
+    raise requests.exceptions.ConnectionError(type(e).__name__) from None
 
 
 class HttpClient:
@@ -369,7 +410,7 @@ class HttpClient:
       )
 
   def _read_body(self, raw: requests.Response, request: Request) -> bytes:
-    """The body, read in chunks; RequestFailed past max_response_bytes."""
+    """The body, read as it arrives; RequestFailed past max_response_bytes, SlowBody under min_read_rate."""
     cap = self.options.max_response_bytes
     declared = raw.headers.get('Content-Length', '')
     if declared.isascii() and declared.isdigit() and int(declared) > cap:
@@ -380,8 +421,10 @@ class HttpClient:
         self.describe(request),
         status=raw.status_code,
       )
+    policy = self.options.retry
     chunks, size = [], 0
-    for chunk in raw.iter_content(64 * 1024):
+    window_start, window_size = time.monotonic(), 0
+    for chunk in _arriving(raw):
       size += len(chunk)
       if size > cap:
         raw.close()
@@ -391,6 +434,12 @@ class HttpClient:
           status=raw.status_code,
         )
       chunks.append(chunk)
+      window_size += len(chunk)
+      elapsed = time.monotonic() - window_start
+      if elapsed >= policy.timeout:
+        if window_size < policy.min_read_rate * elapsed:
+          raise SlowBody(f'{window_size} bytes in {elapsed:.1f}s, under min_read_rate={policy.min_read_rate:g}')
+        window_start, window_size = time.monotonic(), 0
     return b''.join(chunks)
 
   def describe(self, request: Request) -> dict:
@@ -528,11 +577,10 @@ class HttpClient:
         continue
       if status >= 400:
         raise RequestFailed(
-          f'{request.method} {self.masker.text(request.full_url())}: HTTP {status}: '
-          f'{self.masker.text(response.text(300))}',
+          f'{request.method} {self.masker.text(request.full_url())}: HTTP {status}: {self.masker.body(response, 300)}',
           self.describe(request),
           status=status,
-          body=self.masker.text(response.text()),
+          body=self.masker.body(response),
         )
       if cache_key and 200 <= status < 300:
         self.cache.set(cache_key, response.content)

@@ -6,12 +6,17 @@ the last page was read. Links taken from answers (Link headers, next URLs)
 raise ValueError when unsafe to follow (userinfo, backslash, whitespace,
 control characters, not http(s)); the reader dead-letters that, and also
 checks the host, the scheme and loops. `count` is the number of records the page held (its
-record path), which ends offset and page-number pagination at an empty page.
+record path), which ends offset and page-number pagination at an empty (or
+short) page when the body gives no total. A total, when given, decides
+alone: APIs answer pages emptier than their size before the end (items
+unavailable, filtered or deleted since), and stopping there would lose the
+pages after it without a word. A total that is no whole number raises
+ValueError (the reader dead-letters the next page).
 
 ===========================  ==============================================
 `SinglePage`                 one request, no pages
-`PageNumberPaginator`        ?page=1,2,... until an empty page, a total or a maximum
-`OffsetPaginator`            ?offset=0&limit=50 ... until offset >= total or a short page
+`PageNumberPaginator`        ?page=1,2,... to the total of pages, else an empty page; or a maximum
+`OffsetPaginator`            ?offset=0&limit=50 ... until offset >= total, else a short page
 `JSONBodyCursorPaginator`    cursor at a JSON path of the body -> query param (Spotify before/after)
 `HeaderLinkPaginator`        RFC 8288 `Link: <...>; rel="next"` header (GitHub style)
 `JSONBodyNextUrlPaginator`   next page URL at a JSON path (Spotify `next`, SoundCloud `next_href`)
@@ -57,6 +62,27 @@ class Paginator:
     raise NotImplementedError
 
 
+def _total(body: Any, path: Optional[str]) -> Optional[int]:
+  """The count (of records or pages) at `path` in the body; None without a path or a value there.
+
+  A whole number, as JSON numbers or text ('12', Last.fm's): anything else
+  (true, 1.5, -1, an object, 1e999) is a ValueError, which the reader
+  dead-letters as the page it cannot tell whether to read, rather than
+  guess where the pages end or fail on int().
+  """
+  value = json_path(body, path) if path else None
+  if value is None:
+    return None
+  if isinstance(value, float) and value.is_integer():
+    value = int(value)
+  elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+    value = int(value)
+  if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    shown = repr(value) if isinstance(value, (bool, int, float, str)) else f'a {type(value).__name__}'
+    raise ValueError(f'the total at {path!r} is {shown[:50]}, not a whole number of records or pages')
+  return value
+
+
 @dataclasses.dataclass(frozen=True)
 class SinglePage(Paginator):
   def next(self, request, response, body, count):
@@ -65,7 +91,7 @@ class SinglePage(Paginator):
 
 @dataclasses.dataclass(frozen=True)
 class PageNumberPaginator(Paginator):
-  """Page numbers from `base_page`; stops at an empty page, `total_path` pages or `maximum_page`."""
+  """Page numbers from `base_page`; stops after `total_path` pages (else at an empty or short page) or `maximum_page`."""
 
   page_param: str = 'page'
   base_page: int = 1
@@ -82,14 +108,13 @@ class PageNumberPaginator(Paginator):
 
   def next(self, request, response, body, count):
     page = int(request.params.get(self.page_param, self.base_page))
-    if count == 0:
-      return None
-    if self.page_size is not None and count < self.page_size:
-      return None
-    if self.total_path is not None:
-      total = json_path(body, self.total_path)
-      if total is not None and page - self.base_page + 1 >= int(total):
+    total = _total(body, self.total_path)
+    if total is not None:
+      # The total decides: an empty or short page before it is not the last.
+      if page - self.base_page + 1 >= total:
         return None
+    elif count == 0 or (self.page_size is not None and count < self.page_size):
+      return None
     if self.maximum_page is not None and page >= self.maximum_page:
       return None
     return request.with_params(**{self.page_param: page + 1})
@@ -97,7 +122,7 @@ class PageNumberPaginator(Paginator):
 
 @dataclasses.dataclass(frozen=True)
 class OffsetPaginator(Paginator):
-  """offset/limit; stops when offset reaches `total_path`, or at a short page."""
+  """offset/limit; stops when offset reaches `total_path` (else at a short page) or `maximum_offset`."""
 
   limit: int = 50
   offset_param: str = 'offset'
@@ -111,11 +136,10 @@ class OffsetPaginator(Paginator):
 
   def next(self, request, response, body, count):
     offset = int(request.params.get(self.offset_param, self.initial_offset)) + self.limit
-    if count == 0:
-      return None
-    total = json_path(body, self.total_path) if self.total_path else None
+    total = _total(body, self.total_path)
     if total is not None:
-      if offset >= int(total):
+      # The total decides: an empty or short page before it is not the last.
+      if offset >= total:
         return None
     elif count < self.limit:
       return None
@@ -129,7 +153,12 @@ class JSONBodyCursorPaginator(Paginator):
   """The cursor at `cursor_path` goes into query parameter `cursor_param`; none ends it.
 
   has_more_path: where the body says whether more pages exist (a flag or a
-  next-page URL); a false or null value there ends it too.
+  next-page URL); a false or null value there ends it. With it, the body
+  alone decides: an empty page that says more follow is not the end (APIs
+  filter pages after the fact), and one that says so without a cursor
+  raises ValueError (the reader dead-letters the page it cannot ask for).
+  Without it, an empty page ends it too (APIs that keep the cursor on
+  their last page, then answer an empty one).
   """
 
   cursor_path: str = 'cursors.next'
@@ -138,9 +167,12 @@ class JSONBodyCursorPaginator(Paginator):
 
   def next(self, request, response, body, count):
     cursor = json_path(body, self.cursor_path)
-    if cursor in (None, '') or count == 0:
-      return None
-    if self.has_more_path is not None and not json_path(body, self.has_more_path):
+    if self.has_more_path is not None:
+      if not json_path(body, self.has_more_path):
+        return None
+      if cursor in (None, ''):
+        raise ValueError(f'the answer says more pages follow but has no cursor at {self.cursor_path!r}')
+    elif cursor in (None, '') or count == 0:
       return None
     # The same cursor again is a loop: the reader dead-letters it, never a silent stop.
     return request.with_params(**{self.cursor_param: cursor})
@@ -207,6 +239,8 @@ class RelayCursorPaginator(Paginator):
   """GraphQL relay connections: `pageInfo.endCursor` -> variable `cursor_variable`.
 
   page_info_path: where `{hasNextPage, endCursor}` sits in the response body.
+  hasNextPage alone decides; true without an endCursor raises ValueError
+  (the reader dead-letters the page it cannot ask for).
   """
 
   page_info_path: str = 'data.items.pageInfo'
@@ -221,8 +255,10 @@ class RelayCursorPaginator(Paginator):
 
   def next(self, request, response, body, count):
     info = json_path(body, self.page_info_path) or {}
-    if not isinstance(info, dict) or not info.get('hasNextPage') or not info.get('endCursor'):
+    if not isinstance(info, dict) or not info.get('hasNextPage'):
       return None
+    if not info.get('endCursor'):  # more pages, and no way to ask for them: never a silent stop
+      raise ValueError(f'{self.page_info_path}.hasNextPage is true but endCursor is empty')
     return request.with_variables(**{self.cursor_variable: info['endCursor']})
 
 

@@ -68,17 +68,23 @@ def parse_json(content: Union[bytes, str], charset: Optional[str] = None) -> Any
   charset: the one the answer declares (`content_charset`); bytes in another
   charset than UTF-8 are decoded with it (the json module reads UTF-8/16/32
   only). An unknown charset or bytes that are not in it are a ValueError.
+  A byte order mark wins over the declared charset (as browsers decode): a
+  UTF-8 body with a BOM labelled ISO-8859-1 is UTF-8.
 
   JSON a record cannot hold (nested too deep, a lone surrogate escape) is a
   ValueError too (`json_values.loads`): a malformed body like any other, not
   a crash of the reader.
   """
-  if isinstance(content, bytes) and charset and not _is_utf(charset):
+  if isinstance(content, bytes) and charset and not _is_utf(charset) and not content.startswith(_BOMS):
     try:
       content = content.decode(charset)
     except LookupError:
       raise ValueError(f'the answer declares an unknown charset {charset!r}') from None
   return loads(content)
+
+
+# UTF-8, UTF-16 and UTF-32 byte order marks, which json.loads decodes bytes by.
+_BOMS = (b'\xef\xbb\xbf', b'\xff\xfe', b'\xfe\xff', b'\x00\x00\xfe\xff')
 
 
 def _is_utf(charset: str) -> bool:

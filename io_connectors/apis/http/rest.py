@@ -145,8 +145,9 @@ class ResourceConfig:
   fields: {output column: dotted path in the record}; None keeps records whole.
   include_params: element keys copied into every record as columns.
   process_record: optional `fn(record, params) -> dict` (Python callers):
-    maps one record; ValueError (or a result that is not a dict) dead-letters
-    it. Applied instead of `fields`.
+    maps one record; ValueError, LookupError, TypeError, AttributeError or
+    ArithmeticError (int() of an infinite number), or a result that is not a
+    dict, dead-letters it. Applied instead of `fields`.
   allowed_hosts: hosts requests may go to; default: base_url's host and the
     auth's token URL host.
   error_path: where an error payload sits (GraphQL 'errors'); a page with an
@@ -472,7 +473,7 @@ class _Reader:
             request,
             'malformed_json',
             f'HTTP {response.status} body is not JSON: {e}',
-            record={'body': self.client.masker.text(response.text())},
+            record={'body': self.client.masker.body(response)},
             position=f'page {pages}',
             source=page_source,
           )
@@ -501,7 +502,7 @@ class _Reader:
             request,
             'source_error',
             detail,
-            record={'body': self.client.masker.text(response.text())},
+            record={'body': self.client.masker.body(response)},
             position=f'page {pages}',
             source=page_source,
           )
@@ -531,7 +532,9 @@ class _Reader:
           continue
         try:
           mapped = self._map(record, params)
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
+        # What the record's values can raise in a mapping: a wrong shape, a number
+        # no int holds (JSON's 1e999 is infinity), a time out of range.
+        except (ValueError, LookupError, TypeError, AttributeError, ArithmeticError) as e:
           out.dead_letters.append(
             self._letter(
               request,

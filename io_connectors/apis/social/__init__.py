@@ -79,6 +79,11 @@ class BodyCursorPaginator(Paginator):
   """Cursor in the JSON body of a POST: `cursor_path` -> body field `cursor_field` while `has_more_path` is true.
 
   carry: {body field: path in the answer} also sent back (TikTok's search_id).
+
+  `has_more_path` alone decides: a page emptied by the API's filtering that
+  says more follow is not the end. The same cursor again is sent as asked,
+  so that the reader dead-letters the loop, and more announced without a
+  cursor raises ValueError (a dead letter too): never a silent stop.
   """
 
   cursor_path: str = 'data.cursor'
@@ -87,11 +92,11 @@ class BodyCursorPaginator(Paginator):
   carry: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
   def next(self, request, response, body, count):
-    if not json_path(body, self.has_more_path) or count == 0:
+    if not json_path(body, self.has_more_path):
       return None
     cursor = json_path(body, self.cursor_path)
-    if cursor in (None, '') or (request.json or {}).get(self.cursor_field) == cursor:
-      return None  # no cursor, or the same one again: stop rather than loop
+    if cursor in (None, ''):
+      raise ValueError(f'the answer says more pages follow but has no cursor at {self.cursor_path!r}')
     following = dict(request.json or {})
     following[self.cursor_field] = cursor
     for field, path in self.carry.items():

@@ -254,6 +254,64 @@ def test_chunked_responses_over_the_cap_are_cut_off():
     server.server_close()
 
 
+def _serve(handler_class):
+  import http.server
+
+  class QuietServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+      pass  # the client hanging up mid-body is the point
+
+  server = QuietServer(('127.0.0.1', 0), handler_class)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  return server
+
+
+def test_a_body_sent_a_byte_now_and_then_is_a_timeout_not_a_hang():
+  """Each byte comes within `timeout`, so no socket timeout fires: 200 bytes took 40 s at timeout=1."""
+  import http.server
+  import time
+
+  class Trickle(http.server.BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+
+    def log_message(self, *args):
+      pass
+
+    def do_GET(self):
+      # /items: a byte every 0.2 s; /paced: 2 KiB every 0.7 s, slow but well over 1 KiB/s.
+      pieces = [b' '] * 200 if self.path == '/items' else [b' ' * 2048] * 3 + [b'{"items": [{"id": 1}]}']
+      self.send_response(200)
+      self.send_header('Content-Type', 'application/json')
+      self.send_header('Content-Length', str(sum(map(len, pieces))))
+      self.end_headers()
+      try:
+        for piece in pieces:
+          self.wfile.write(piece)
+          self.wfile.flush()
+          time.sleep(0.2 if self.path == '/items' else 0.7)
+      except OSError:
+        pass
+
+  server = _serve(Trickle)
+  url = f'http://127.0.0.1:{server.server_address[1]}'
+  policy = RetryPolicy(max_attempts=2, backoff_base=0.01, backoff_max=0.05, timeout=1)
+  try:
+    started = time.monotonic()
+    with pytest.raises(RequestFailed, match='gave up after 2 failed attempts.*last: SlowBody'):
+      _client(retry=policy).send(Request('GET', f'{url}/items'))
+    assert time.monotonic() - started < 6
+    out = _read({'base_url': url, 'path': '/items'}, _client(retry=policy))
+    [letter] = out.dead_letters
+    assert not out.rows and 'SlowBody' in letter['detail'] and letter['position'] == 'page 1'
+    out = _read({'base_url': url, 'path': '/paced', 'record_path': 'items'}, _client(retry=policy))
+    assert out.rows == [{'id': 1}] and not out.dead_letters
+  finally:
+    server.shutdown()
+    server.server_close()
+
+
 def test_a_body_in_the_charset_it_declares_is_read_in_that_charset(fake_server):
   body = json.dumps({'items': [{'id': 1, 'name': 'Beyoncé, Sigur Rós'}]}, ensure_ascii=False).encode('iso-8859-1')
   fake_server.route(
@@ -267,6 +325,17 @@ def test_a_body_in_the_charset_it_declares_is_read_in_that_charset(fake_server):
   out = _read({'base_url': fake_server.base_url, 'path': '/unknown', 'record_path': 'items'}, _client())
   [letter] = out.dead_letters
   assert not out.rows and letter['reason'] == 'malformed_json' and "unknown charset 'x-nope'" in letter['detail']
+
+
+@pytest.mark.parametrize('encoding', ['utf-8-sig', 'utf-16'])  # both start with their byte order mark
+def test_a_byte_order_mark_wins_over_a_declared_charset(fake_server, encoding):
+  """Decoded as the ISO-8859-1 it was labelled, a UTF-8 body with a BOM was 'not JSON'."""
+  body = json.dumps({'items': [{'id': 1, 'name': 'Sigur Rós'}]}, ensure_ascii=False).encode(encoding)
+  fake_server.route(
+    'GET', '/items', lambda c: _json(body, headers={'Content-Type': 'application/json; charset=ISO-8859-1'})
+  )
+  out = _read({'base_url': fake_server.base_url, 'path': '/items', 'record_path': 'items'}, _client())
+  assert out.rows == [{'id': 1, 'name': 'Sigur Rós'}] and not out.dead_letters
 
 
 def test_a_body_nested_too_deeply_is_a_malformed_json_dead_letter_not_a_crash(fake_server):
@@ -442,6 +511,36 @@ def test_a_token_endpoint_echoing_the_basic_credentials_does_not_show_them(fake_
   assert base64.b64decode(encoded) == b'echo-client:echo-secret-42'
   assert 'HTTP 400' in letter['detail'] and 'invalid_client' in letter['detail']
   assert encoded not in json.dumps(letter) and 'echo-secret-42' not in json.dumps(letter)
+
+
+ECHOED_TOKEN = 'echoed-bearer-token-0123456789'
+
+
+def _echoing_across(cut: int) -> bytes:
+  return ('x' * (cut - 10) + f'Bearer {ECHOED_TOKEN} was refused').encode()
+
+
+@pytest.mark.parametrize(
+  'status, cut, shown',
+  [
+    (400, 300, lambda error, letter: str(error)),  # the error message's excerpt
+    (400, 2000, lambda error, letter: error.body),  # the body a RequestFailed carries
+    (200, 2000, lambda error, letter: json.dumps(letter)),  # a body that is not JSON, in its dead letter
+  ],
+)
+def test_a_token_echoed_across_the_cut_of_a_quoted_body_shows_no_part_of_it(fake_server, status, cut, shown):
+  """Bodies are quoted as excerpts: masked after the cut, they kept the token's first characters."""
+  fake_server.route('GET', '/items', lambda c: _json(_echoing_across(cut), status, {'Content-Type': 'text/plain'}))
+  client = _client(BearerTokenAuth(ECHOED_TOKEN))
+  error = None
+  if status >= 400:
+    with pytest.raises(RequestFailed) as raised:
+      client.send(Request('GET', f'{fake_server.base_url}/items'))
+    error = raised.value
+  [letter] = _read({'base_url': fake_server.base_url, 'path': '/items'}, client).dead_letters
+  text = shown(error, letter)
+  assert 'xxx' in text and 'Bear' in text  # the excerpt is there ...
+  assert ECHOED_TOKEN[:3] not in text  # ... without the start of the token it cuts
 
 
 @pytest.mark.parametrize('token', [None, '', 12345678, {'value': 'tok'}])

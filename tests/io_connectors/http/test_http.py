@@ -105,6 +105,39 @@ def test_offset_paginator_stops_at_total(fake_server):
   assert out.positions[:3] == [1, 2, 3] and out.positions[10] == 1  # row within its page
 
 
+@pytest.mark.parametrize(
+  'paginator, page_of',
+  [
+    ({'type': 'offset', 'limit': 10, 'total_path': 'total'}, lambda q: int(q['offset']) // 10),
+    ({'type': 'page_number', 'page_size': 10, 'total_path': 'pages'}, lambda q: int(q['page']) - 1),
+  ],
+)
+@pytest.mark.parametrize('gap', [[], [{'id': 'only one'}]])  # an empty page, a short one
+def test_a_total_is_read_to_its_end_past_empty_and_short_pages(fake_server, paginator, page_of, gap):
+  """APIs answer pages emptier than their size before the end: the total, not the page, says where it ends."""
+
+  def pages(call):
+    page = page_of(call.query)
+    items = gap if page == 1 else [{'id': i} for i in range(10 * page, min(10 * page + 10, 35))]
+    return _json({'items': items, 'total': 35, 'pages': 4})
+
+  fake_server.route('GET', '/items', pages)
+  out = _read_all(fake_server, {'path': '/items', 'record_path': 'items', 'paginator': paginator})
+  assert [r['id'] for r in out.rows] == [*range(10), *[g['id'] for g in gap], *range(20, 35)]
+  assert len(fake_server.log) == 4 and not out.dead_letters
+
+
+@pytest.mark.parametrize('total', ['abc', '', True, -1, 2.5, {'n': 3}, [3], float('inf')])
+@pytest.mark.parametrize('paginator', ['offset', 'page_number'])
+def test_a_total_that_is_no_whole_number_is_a_dead_letter_not_a_crash(fake_server, total, paginator):
+  fake_server.route('GET', '/items', lambda c: _json({'items': [{'id': 1}], 'total': total}))
+  config = {'type': paginator, 'total_path': 'total', **({'limit': 1} if paginator == 'offset' else {})}
+  out = _read_all(fake_server, {'path': '/items', 'record_path': 'items', 'paginator': config})
+  [letter] = out.dead_letters
+  assert out.rows == [{'id': 1}]
+  assert letter['position'] == 'page 2' and 'not a whole number' in letter['detail']
+
+
 def test_cursor_paginator_follows_body_cursor(fake_server):
 
   def pages(call):
@@ -122,6 +155,38 @@ def test_cursor_paginator_follows_body_cursor(fake_server):
     },
   )
   assert [r['id'] for r in out.rows] == list(range(ITEMS))
+
+
+def test_cursor_paginator_with_has_more_reads_past_an_empty_page_and_dead_letters_a_missing_cursor(fake_server):
+  answers = {
+    '': {'items': [{'id': 1}], 'cursors': {'after': 'c1'}, 'next': 'more'},
+    'c1': {'items': [], 'cursors': {'after': 'c2'}, 'next': 'more'},  # emptied by the API's filtering
+    'c2': {'items': [{'id': 2}], 'cursors': None, 'next': 'more'},  # more announced, no cursor to ask with
+  }
+  fake_server.route('GET', '/items', lambda c: _json(answers[c.query.get('after', '')]))
+  paginator = {'type': 'cursor', 'cursor_path': 'cursors.after', 'cursor_param': 'after', 'has_more_path': 'next'}
+  out = _read_all(fake_server, {'path': '/items', 'record_path': 'items', 'paginator': paginator})
+  assert [r['id'] for r in out.rows] == [1, 2]
+  [letter] = out.dead_letters
+  assert letter['position'] == 'page 4' and 'no cursor' in letter['detail']
+
+
+def test_relay_paginator_dead_letters_more_pages_announced_without_a_cursor(fake_server):
+  fake_server.route(
+    'POST',
+    '/graphql',
+    lambda c: _json({'data': {'items': {'nodes': [{'id': 1}], 'pageInfo': {'hasNextPage': True, 'endCursor': None}}}}),
+  )
+  resource = {
+    'path': '/graphql',
+    'method': 'POST',
+    'json': {'query': 'query { items { nodes { id } } }', 'variables': {}},
+    'record_path': 'data.items.nodes',
+    'paginator': {'type': 'relay'},
+  }
+  out = _read_all(fake_server, resource)
+  [letter] = out.dead_letters
+  assert out.rows == [{'id': 1}] and letter['position'] == 'page 2' and 'endCursor is empty' in letter['detail']
 
 
 def test_link_header_and_next_url_paginators(fake_server):
