@@ -341,10 +341,12 @@ def test_streaming_job_pushes_dead_letters_per_tenant_and_reason_when_it_ends(pr
   accepted = _query(server, f'windows_accepted_total{{{selector}}}', bool)
   assert float(accepted[0]['value'][1]) == len(plan.unique_valid)
   # The events are from the last hour: the watermark that closed their last windows lags the clock by
-  # some minutes, under an hour, per tenant (the end of the bounded input, far ahead, is not a lag).
+  # some minutes, under an hour, per tenant (the end of the bounded input, far ahead, is not a lag). The
+  # gauge keeps its last setting, and the first window's dedup expiry (its close + 1 h) can fall within the
+  # second before the clock: whole seconds then read 0 (seen in 1 CI run of 10).
   lag = _query(server, f'windows_watermark_lag_seconds{{{selector}}}', bool)
   assert {s['metric']['tenant'] for s in lag} == {'acme', 'globex'}
-  assert all(0 < float(s['value'][1]) <= 3700 for s in lag), lag
+  assert all(0 <= float(s['value'][1]) <= 3700 for s in lag), lag
 
 
 def test_http_api_pipeline_and_postgres_collectors(prometheus):
