@@ -77,7 +77,7 @@ from transforms.pii import PiiOptions  # noqa: E402
 from transforms.pii.batch import redact_batch, redact_dead_letters  # noqa: E402
 from transforms.pii.keys import load_master_key  # noqa: E402
 from transforms.pii.transforms import _LETTERS_PER_SCAN, read_file_header  # noqa: E402
-from transforms.records import json_safe, strip_internal, with_provenance  # noqa: E402
+from transforms.records import json_safe, source_path, strip_internal, with_provenance  # noqa: E402
 from transforms.schema import conform, merge_schemas, public_schema  # noqa: E402
 from transforms.tenant import tag_batch  # noqa: E402
 from transforms.validate import validate_batch  # noqa: E402
@@ -137,7 +137,7 @@ def _redact_and_write_letters(letters: List[dict], clock: _Clock) -> int:
     group_headers = []
     for letter in group:
       source = letter.get('source')
-      path = source.rsplit('@', 1)[0] if isinstance(source, str) else None
+      path = source_path(source) if isinstance(source, str) else None
       if isinstance(letter.get('record'), str) and path:
         if path not in headers:
           headers[path] = read_file_header(path)
