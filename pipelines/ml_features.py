@@ -14,7 +14,9 @@ the previous output as it was)::
 
     OUTPUT/_manifest.json                       counts per tenant and split, ratios, module, files
     OUTPUT/data -> _runs/<run dir>/data         (local disk; elsewhere read run_dir from the manifest)
-      tenant=<id>/train/part-00000-of-00002.tfrecord.gz    transformed tf.train.Example, gzip
+      tenant=<id>/train/part-00000-of-00002.tfrecord.gz    transformed tf.train.Example, gzip (a list
+                                                           feature's nulls as 0, 0.0 or b'' with a mask
+                                                           <name>__is_null, as the lake's TFRecords)
       tenant=<id>/eval/..., tenant=<id>/test/...
       tenant=<id>/transform_fn/                 the transform SavedModel (serving applies it to raw features)
       tenant=<id>/transformed_metadata/schema.pbtxt   tensorflow_metadata Schema of the transformed features
@@ -71,6 +73,7 @@ from io_connectors.sinks.lake import (
   run_dir_name,
   sweep,
   tenant_of_path,
+  with_null_masks,
 )
 from pipelines import cli, runners
 from pipelines.cli import UsageError
@@ -303,7 +306,12 @@ def _by_group_and_split(batch: pa.RecordBatch, groups: List[str], across: bool):
 
 
 class _EncodeExamples(beam.DoFn):
-  """Transformed record batches -> serialized tf.train.Example (tfx_bsl's encoder, no per-row dicts)."""
+  """Transformed record batches -> serialized tf.train.Example (tfx_bsl's encoder, no per-row dicts).
+
+  A list that holds nulls gets the ``<name>__is_null`` mask feature the
+  lake's TFRecord sink writes (`io_connectors.sinks.lake.with_null_masks`):
+  tfx_bsl writes its nulls as 0, 0.0 or b'', which would read as values.
+  """
 
   def __init__(self, key):
     self._key = key
@@ -315,8 +323,8 @@ class _EncodeExamples(beam.DoFn):
 
   def process(self, element):
     batch = element[0] if isinstance(element, tuple) else element
-    for example in self._encoder.encode(batch):
-      yield example
+    examples = self._encoder.encode(batch)
+    yield from with_null_masks(examples, batch, 'ml_features', 'rename those outputs of the preprocessing_fn')
     yield beam.pvalue.TaggedOutput('counts', (self._key, batch.num_rows))
 
 

@@ -138,7 +138,7 @@ class SpotifyBatchOptions(PipelineOptions):
       action='store_true',
       default=False,
       help='Leave out the per-record lineage columns (_lineage_run_id, _lineage_source, _lineage_row, '
-      '_lineage_code_version) that the outputs carry by default.',
+      '_lineage_element, _lineage_code_version) that the outputs carry by default.',
     )
     parser.add_argument(
       '--num_shards',

@@ -107,7 +107,7 @@ class SpotifyStreamingOptions(PipelineOptions):
       action='store_true',
       default=False,
       help='Leave out the per-record lineage columns (_lineage_run_id, _lineage_source, _lineage_row, '
-      '_lineage_code_version) that the outputs carry by default.',
+      '_lineage_element, _lineage_code_version) that the outputs carry by default.',
     )
     _add(
       parser,

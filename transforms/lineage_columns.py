@@ -12,7 +12,12 @@ the code version, so a row in the lake can be traced back without a join:
 - ``_lineage_row`` (int64): the row's position in that source, in the
   source's own unit (a 1-based row or line for files, the offset for Kafka,
   the entry id as ms * 1_000_000 + seq for Redis Streams; see
-  `transforms.records.position`).
+  `transforms.records.position`). The rows of a stream message holding a
+  JSON array share it: the message's.
+- ``_lineage_element`` (string): for a row that was an element of such an
+  array, the element, named as its dead letter would name it
+  (``'offset 17 element 3 of 5'``, `transforms.records.row_positions`);
+  null for every other row.
 - ``_lineage_code_version`` (string): the git commit of the code, or the
   package version when it is not a git checkout.
 
@@ -33,19 +38,38 @@ from typing import Optional
 import apache_beam as beam
 import pyarrow as pa
 
-from transforms.records import ROW_COLUMN, SOURCE_COLUMN
+from transforms.records import ELEMENT_COLUMN, ROW_COLUMN, SOURCE_COLUMN, row_positions
 
 __all__ = ['AddLineageColumns', 'LINEAGE_COLUMNS', 'add_lineage_columns']
 
 RUN_ID_COLUMN = '_lineage_run_id'
 SOURCE_LINEAGE_COLUMN = '_lineage_source'
 ROW_LINEAGE_COLUMN = '_lineage_row'
+ELEMENT_LINEAGE_COLUMN = '_lineage_element'
 CODE_VERSION_COLUMN = '_lineage_code_version'
-LINEAGE_COLUMNS = (RUN_ID_COLUMN, SOURCE_LINEAGE_COLUMN, ROW_LINEAGE_COLUMN, CODE_VERSION_COLUMN)
+LINEAGE_COLUMNS = (
+  RUN_ID_COLUMN,
+  SOURCE_LINEAGE_COLUMN,
+  ROW_LINEAGE_COLUMN,
+  ELEMENT_LINEAGE_COLUMN,
+  CODE_VERSION_COLUMN,
+)
 
 
 def _constant(value: Optional[str], n: int) -> pa.Array:
   return pa.repeat(pa.scalar(value, pa.string()), n)
+
+
+def _element_positions(batch: pa.RecordBatch) -> pa.Array:
+  """The position text of each row that was an element of a message's JSON array ('offset 17 element 3 of 5');
+  null for the other rows."""
+  n = batch.num_rows
+  names = batch.schema.names
+  if ELEMENT_COLUMN not in names or batch.column(names.index(ELEMENT_COLUMN)).null_count == n:
+    return pa.nulls(n, pa.string())
+  elements = batch.column(names.index(ELEMENT_COLUMN)).to_pylist()
+  positions = row_positions(batch)
+  return pa.array([p if e is not None else None for p, e in zip(positions, elements)], pa.string())
 
 
 def add_lineage_columns(batch: pa.RecordBatch, run_id: str, code_version: Optional[str]) -> pa.RecordBatch:
@@ -64,6 +88,7 @@ def add_lineage_columns(batch: pa.RecordBatch, run_id: str, code_version: Option
     RUN_ID_COLUMN: _constant(run_id, n),
     SOURCE_LINEAGE_COLUMN: source,
     ROW_LINEAGE_COLUMN: row,
+    ELEMENT_LINEAGE_COLUMN: _element_positions(batch),
     CODE_VERSION_COLUMN: _constant(code_version, n),
   }
   keep = [i for i, name in enumerate(names) if name not in added]

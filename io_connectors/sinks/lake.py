@@ -76,6 +76,7 @@ __all__ = [
   'LakeCommitError',
   'example_bytes',
   'example_features',
+  'with_null_masks',
   'UNASSIGNED',
   'parquet_bytes',
   'delete_tree',
@@ -251,14 +252,48 @@ def example_bytes(row: dict, schema: pa.Schema) -> bytes:
   return _field(1, b''.join(entries))
 
 
-def _check_null_masks(schema: pa.Schema):
+def with_null_masks(examples: Sequence[bytes], batch: pa.RecordBatch, where: str, remedy: str) -> List[bytes]:
+  """`examples`, tfx_bsl's serialized tf.train.Examples of `batch`'s rows (one per row, in order), each with
+  the ``<name>__is_null`` mask feature `example_bytes` writes beside a list that holds nulls.
+
+  tfx_bsl's encoder writes a list's null elements in place as 0, 0.0 or b''
+  as `example_bytes` does, but no mask: a null would read as a value. The
+  examples of rows without such a list are returned as they are, byte for
+  byte. A column named like a mask is a ValueError naming `where` and the
+  `remedy` (`_check_null_masks`).
+  """
+  _check_null_masks(batch.schema, where, remedy)
+  examples = list(examples)
+  if len(examples) != batch.num_rows:
+    raise ValueError(f'{where}: {len(examples)} examples for a batch of {batch.num_rows} rows')
+  for i, f in enumerate(batch.schema):
+    column = batch.column(i)
+    # Most lists hold no null: those columns cost one count (inner lists are JSON, with no mask).
+    if not _is_list(f.type) or _is_list(f.type.value_type) or pc.list_flatten(column).null_count == 0:
+      continue
+    for row, value in enumerate(column.to_pylist()):
+      mask = _null_mask(value, f.type)
+      if mask is not None:
+        examples[row] = _with_entries(examples[row], [_entry(f.name + NULL_MASK_SUFFIX, _feature(mask, 'int64'))])
+  return examples
+
+
+def _with_entries(example: bytes, entries: List[bytes]) -> bytes:
+  """A serialized tf.train.Example with more feature map entries, in one `features` field as example_bytes writes."""
+  bodies = [body for number, body in _length_delimited(example) if number == 1]  # Example.features
+  return _field(1, b''.join(bodies + entries))
+
+
+def _check_null_masks(
+  schema: pa.Schema, where: str = 'tfrecord output', remedy: str = 'rename them, or write another --output_format'
+):
   """ValueError when a list column's `NULL_MASK_SUFFIX` feature would have the name of another column."""
   names = set(schema.names)
   taken = [f.name for f in schema if _is_list(f.type) and f.name + NULL_MASK_SUFFIX in names]
   if taken:
     raise ValueError(
-      f'tfrecord output: the columns {sorted(n + NULL_MASK_SUFFIX for n in taken)} have the names of the masks '
-      f'of the null elements of the list columns {sorted(taken)}; rename them, or write another --output_format'
+      f'{where}: the columns {sorted(n + NULL_MASK_SUFFIX for n in taken)} have the names of the masks '
+      f'of the null elements of the list columns {sorted(taken)}; {remedy}'
     )
 
 

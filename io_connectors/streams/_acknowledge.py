@@ -35,23 +35,24 @@ A message holding a JSON array is several records (`io_connectors.streams._messa
 their pairs name the element, ``'offset 17 element 3 of 5'``
 (`transforms.records.written_positions`, and every dead letter's position).
 They leave the read together, but windows downstream write each element
-when its own event time's window closes, so one message's elements reach
-this transform in different bundles. The message is acknowledged only once
-a pair of each of its elements has come: the elements written so far are
-kept per message in this process (`_ArrayMessages`) until then. 'sink' is
-meant for runners that run a job in one process; had a message's elements
-been written by different processes, none would see them all and the
-message would stay unacknowledged: read again by the next job (duplicates
-that dedup absorbs), never lost.
+when its own event time's window closes, and a shuffle (dedup, windows)
+may hand them to different bundles and worker processes. The message is
+acknowledged only once a pair of each of its elements has come: the
+elements' pairs are keyed by their message and counted in Beam state
+(`_AllElementsWrittenFn`), one place per message whichever worker wrote
+them, so the count holds on every runner (Prism, the FnApiRunner with
+worker processes, Flink), batch and streaming alike.
 """
 
 from __future__ import annotations
 
 import re
-import threading
 from typing import Any, Dict, Hashable, Optional, Set, Tuple
 
 import apache_beam as beam
+from apache_beam.coders import VarIntCoder
+from apache_beam.transforms import userstate
+from apache_beam.transforms.window import GlobalWindows
 
 __all__ = [
   'ACK_MODES',
@@ -95,27 +96,6 @@ def message_position(position) -> Tuple[Any, Optional[int], Optional[int]]:
   return match['message'], int(match['element']), int(match['elements'])
 
 
-class _ArrayMessages:
-  """The elements written so far of the array messages not all written yet, in this process (see the module)."""
-
-  def __init__(self):
-    self._lock = threading.Lock()
-    self._written: Dict[Tuple, Set[int]] = {}
-
-  def all_written(self, message: Tuple, element: int, elements: int) -> bool:
-    """Notes `element` of `message` (a hashable name of it) written; True once each of its `elements` was."""
-    with self._lock:
-      written = self._written.setdefault(message, set())
-      written.add(element)
-      if len(written) < elements:
-        return False
-      del self._written[message]
-      return True
-
-
-_ARRAY_MESSAGES = _ArrayMessages()
-
-
 class Acknowledger:
   """One source's way to acknowledge written records (a small class per source; pickled with the pipeline).
 
@@ -129,7 +109,10 @@ class Acknowledger:
     pass
 
   def parse(self, source, position) -> Optional[Tuple[Hashable, Any]]:
-    """(key, record id) of a pair of this source, e.g. (stream, entry id); None for pairs of other sources."""
+    """(key, record id) of a pair of this source, e.g. (stream, entry id); None for pairs of other sources.
+
+    Runs in a step of its own, without `setup`: from the options alone.
+    """
     raise NotImplementedError
 
   def acknowledge(self, key: Hashable, ids: Set[Any]) -> None:
@@ -137,8 +120,58 @@ class Acknowledger:
     raise NotImplementedError
 
 
+# The tagged output of `_ParseFn` for the pairs of a message's array elements.
+_ELEMENTS = 'elements'
+
+
+class _ParseFn(beam.DoFn):
+  """(source, position) pairs -> (key, record id) of this source's records; the pairs of an array's
+  elements go to `_ELEMENTS` instead, keyed by their message: (message, ((key, record id), element, elements))."""
+
+  def __init__(self, acknowledger: Acknowledger):
+    self._acknowledger = acknowledger
+
+  def process(self, element):
+    source, position = element
+    position, index, length = message_position(position)
+    parsed = self._acknowledger.parse(source, position)
+    if parsed is None:
+      return
+    if index is None:
+      yield parsed
+    else:
+      # Keyed as the acknowledger parsed it: a message's rows and its dead
+      # letters may word its position differently ('row N', 'message <id>').
+      # The repr is text, a key every runner groups by.
+      yield beam.pvalue.TaggedOutput(_ELEMENTS, (repr(parsed), (parsed, index, length)))
+
+
+class _AllElementsWrittenFn(beam.DoFn):
+  """Per message (the key): the (key, record id) of the message once a pair of each of its elements has come.
+
+  The elements come in any order, from any worker, and an element may come
+  twice (a message delivered again, a reclaimed entry or a Pulsar
+  redelivery, whose elements dedup absorbs): they are counted, and only once
+  the count reaches the array's length are the distinct elements read. The
+  state of a message goes once it is complete.
+  """
+
+  WRITTEN = userstate.BagStateSpec('written', VarIntCoder())
+  COUNT = userstate.CombiningValueStateSpec('count', VarIntCoder(), beam.combiners.CountCombineFn())
+
+  def process(self, element, written=beam.DoFn.StateParam(WRITTEN), count=beam.DoFn.StateParam(COUNT)):
+    _, (parsed, index, length) = element
+    written.add(index)
+    count.add(index)
+    if count.read() < length or len(set(written.read())) < length:
+      return
+    written.clear()
+    count.clear()
+    yield parsed
+
+
 class _AcknowledgeFn(beam.DoFn):
-  """Collects a bundle's (source, position) pairs and acknowledges them per key when it ends."""
+  """Collects a bundle's (key, record id) pairs and acknowledges them per key when it ends."""
 
   def __init__(self, acknowledger: Acknowledger):
     self._acknowledger = acknowledger
@@ -154,17 +187,7 @@ class _AcknowledgeFn(beam.DoFn):
     self._ids = {}
 
   def process(self, element):
-    source, position = element
-    position, index, length = message_position(position)
-    parsed = self._acknowledger.parse(source, position)
-    if parsed is None:
-      return
-    key, record_id = parsed
-    # Named as the acknowledger parsed it: a message's rows and its dead
-    # letters may word its position differently ('row N', 'message <id>').
-    message = (type(self._acknowledger).__name__, key, record_id)
-    if index is not None and not _ARRAY_MESSAGES.all_written(message, index, length):
-      return
+    key, record_id = element
     self._ids.setdefault(key, set()).add(record_id)
 
   def finish_bundle(self):
@@ -183,4 +206,23 @@ class AcknowledgeWritten(beam.PTransform):
     self._acknowledger = acknowledger
 
   def expand(self, positions):
-    return positions | 'Acknowledge' >> beam.ParDo(_AcknowledgeFn(self._acknowledger))
+    # One window for every pair: the elements of a message, written in different windows, are counted together.
+    parsed = (
+      positions
+      | 'Global' >> beam.WindowInto(GlobalWindows())
+      | 'Parse' >> beam.ParDo(_ParseFn(self._acknowledger)).with_outputs(_ELEMENTS, main='records')
+    )
+    elements = parsed[_ELEMENTS]
+    elements.element_type = beam.typehints.KV[str, beam.typehints.Any]  # a text key: deterministic, as state needs
+    messages = (
+      elements
+      # A stage of its own: the FnApiRunner runs a stage with state in one worker, and would
+      # otherwise run the writers fused with it in that one worker too.
+      | 'ElementsApart' >> beam.Reshuffle()
+      | 'AllElementsWritten' >> beam.ParDo(_AllElementsWrittenFn())
+    )
+    return (
+      (parsed.records, messages)
+      | 'Written' >> beam.Flatten()
+      | 'Acknowledge' >> beam.ParDo(_AcknowledgeFn(self._acknowledger))
+    )

@@ -979,9 +979,14 @@ def test_a_message_holding_a_json_array_is_a_row_per_object_element_and_is_commi
     )
     return written_positions(batch)
 
+  # A run counts the elements of a message in its own state, as a job does: each run is handed every pair
+  # written so far, as one job's acknowledging step would have been.
+  written = []
+
   def acknowledge(pairs):
+    written.extend(pairs)
     with TestPipeline(options=pipeline_options(['--runner', 'FnApiRunner'])) as p:
-      _ = p | beam.Create(pairs) | ReadFromKafka(options).acknowledge_written()
+      _ = p | beam.Create(written) | ReadFromKafka(options).acknowledge_written()
 
   acknowledge([(source, 0)] + element_row(1, 0, 3) + element_row(1, 2, 3))
   assert committed(kafka, topic, group, 1) == {0: 1}  # offset 1 waits for its element 1
@@ -989,3 +994,49 @@ def test_a_message_holding_a_json_array_is_a_row_per_object_element_and_is_commi
   assert committed(kafka, topic, group, 1) == {0: 2}  # offset 2 waits for its element 2
   acknowledge([(source, 'offset 2 element 2 of 3'), (source, 'offset 3')] + element_row(4, 0, 2) + element_row(4, 1, 2))
   assert committed(kafka, topic, group, 1) == {0: 5}
+
+
+class _NoteWriter(beam.DoFn):
+  """Passes pairs on, noting in `directory` the id of each process that handles one (a file per process)."""
+
+  def __init__(self, directory):
+    self._directory = str(directory)
+
+  def process(self, pair):
+    import os
+
+    open(os.path.join(self._directory, str(os.getpid())), 'a').close()
+    yield pair
+
+
+def test_a_message_whose_elements_two_worker_processes_wrote_is_committed_once_all_were(kafka, tmp_path):
+  """ack='sink': a shuffle (dedup, windows) may hand one message's elements to different worker processes; its
+  offset is committed once each element was written, whichever process wrote it, and not before."""
+  topic = new_topic(kafka, partitions=1)
+  group = f'group-{uuid.uuid4().hex[:8]}'
+  produce(kafka, topic, [(0, json.dumps([{'event_id': f'a{i}'} for i in range(3)]).encode(), None)])
+  options = KafkaReadOptions(bootstrap_servers=kafka, topics=topic, group_id=group, bounded=True, ack='sink')
+  assert len(run_read(options)[0]) == 3
+  assert committed(kafka, topic, group, 1) == {0: 0}  # read, nothing written yet
+  source = f'kafka://{topic}/0'
+
+  def acknowledge(pairs, run):
+    # A pair per key: the runner's grouping deals the keys to its two worker processes in turn.
+    writers = tmp_path / run
+    writers.mkdir()
+    args = ['--runner', 'FnApiRunner', '--direct_num_workers=2', '--direct_running_mode=multi_processing']
+    with TestPipeline(options=pipeline_options(args)) as p:
+      _ = (
+        p
+        | beam.Create(list(enumerate(pairs)), reshuffle=False)
+        | beam.GroupByKey()
+        | beam.FlatMap(lambda kv: kv[1])
+        | beam.ParDo(_NoteWriter(writers))
+        | ReadFromKafka(options).acknowledge_written()
+      )
+    assert len(list(writers.iterdir())) == 2  # the pairs were handled by two processes
+
+  acknowledge([(source, 'offset 0 element 0 of 3'), (source, 'offset 0 element 2 of 3')], 'two of three')
+  assert committed(kafka, topic, group, 1) == {0: 0}  # element 1 not written yet
+  acknowledge([(source, f'offset 0 element {i} of 3') for i in range(3)], 'all three')
+  assert committed(kafka, topic, group, 1) == {0: 1}

@@ -509,11 +509,15 @@ def test_an_entry_holding_a_json_array_is_a_row_per_object_element_and_acknowled
       )
     )
 
-  def acknowledge(pairs):
-    _run(lambda p: p | beam.Create(pairs) | ReadFromRedisStreams(options).acknowledge_written())
-
+  # A run counts the elements of an entry in its own state, as a job does: each run is handed every pair
+  # written so far, as one job's acknowledging step would have been.
   written = [(source, entry_row(plain)), (source, f'entry {empty}'), (source, f'entry {array} element 1 of 3')]
-  acknowledge(written + element_row(0))
+
+  def acknowledge(pairs):
+    written.extend(pairs)
+    _run(lambda p: p | beam.Create(written) | ReadFromRedisStreams(options).acknowledge_written())
+
+  acknowledge(element_row(0))
   assert [e['message_id'].decode() for e in _pending(client, stream)] == [array]  # its element 2 is not written
   acknowledge(element_row(2))
   assert client.xpending(stream, 'pipeline')['pending'] == 0

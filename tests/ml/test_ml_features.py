@@ -318,3 +318,68 @@ def test_tfds_builder_and_a_tiny_keras_model(features, tmp_path):
   model.compile(optimizer=tf.keras.optimizers.Adam(0.05), loss=tf.keras.losses.BinaryCrossentropy(from_logits=True))
   history = model.fit(data, steps_per_epoch=6, epochs=5, verbose=0).history['loss']
   assert history[-1] < history[0], history
+
+
+class _KeptEncoder:
+  """tfx_bsl's encoder, keeping what it encoded last (it orders an example's features anew on every call)."""
+
+  def __init__(self, encoder):
+    self._encoder, self.last = encoder, []
+
+  def encode(self, batch):
+    self.last = self._encoder.encode(batch)
+    return self.last
+
+
+def _encoded(batch: pa.RecordBatch) -> tuple:
+  """(the serialized examples the job's encoding step writes for `batch`, those tfx_bsl's encoder gave it)."""
+  encode = ml_features._EncodeExamples(('acme', 'train'))
+  encode.setup()
+  encode._encoder = kept = _KeptEncoder(encode._encoder)
+  return [e for e in encode.process(batch) if isinstance(e, bytes)], kept.last
+
+
+def _features(example: bytes) -> dict:
+  parsed = tf.train.Example.FromString(example)
+  return {
+    name: list(getattr(f, f.WhichOneof('kind')).value) if f.WhichOneof('kind') else []
+    for name, f in parsed.features.feature.items()
+  }
+
+
+def test_encoded_lists_keep_their_null_elements_in_place_with_a_mask_as_the_lake_tfrecords_do():
+  # tfx_bsl writes a null element as 0, 0.0 or b'': without a mask it reads as a value. The mask is the lake's
+  # TFRecord sink's `<name>__is_null`, on the rows whose list holds a null; the other rows are written as before.
+  batch = pa.RecordBatch.from_pydict(
+    {
+      'ids': pa.array([[1, None, 3], [4, 5], None, [None], [7]], pa.large_list(pa.int64())),
+      'scores': pa.array([[0.5, None], [1.0], [None, None], [], [2.0]], pa.large_list(pa.float32())),
+      'tags': pa.array([[b'a'], [None, b''], [b'b'], [], [b'c']], pa.large_list(pa.large_binary())),
+    }
+  )
+  examples, encoded = _encoded(batch)
+  assert [_features(e) for e in examples] == [
+    {'ids': [1, 0, 3], 'ids__is_null': [0, 1, 0], 'scores': [0.5, 0.0], 'scores__is_null': [0, 1], 'tags': [b'a']},
+    {'ids': [4, 5], 'scores': [1.0], 'tags': [b'', b''], 'tags__is_null': [1, 0]},
+    {'ids': [], 'scores': [0.0, 0.0], 'scores__is_null': [1, 1], 'tags': [b'b']},
+    {'ids': [0], 'ids__is_null': [1], 'scores': [], 'tags': []},
+    {'ids': [7], 'scores': [2.0], 'tags': [b'c']},
+  ]
+  # TensorFlow's own parser reads a list and its mask from one example.
+  parsed = tf.io.parse_single_example(
+    examples[0], {'ids': tf.io.VarLenFeature(tf.int64), 'ids__is_null': tf.io.VarLenFeature(tf.int64)}
+  )
+  assert parsed['ids'].values.numpy().tolist() == [1, 0, 3]
+  assert parsed['ids__is_null'].values.numpy().tolist() == [0, 1, 0]
+  # Without nulls, the bytes of tfx_bsl's encoder as they were: a row of this batch, and a batch without any.
+  assert examples[4] == encoded[4]
+  clean, clean_encoded = _encoded(batch.slice(4, 1))
+  assert clean == clean_encoded and len(clean) == 1
+
+
+def test_an_output_named_as_a_null_mask_is_a_clear_error():
+  batch = pa.RecordBatch.from_pydict(
+    {'ids': pa.array([[1]], pa.large_list(pa.int64())), 'ids__is_null': pa.array([[0]], pa.large_list(pa.int64()))}
+  )
+  with pytest.raises(ValueError, match=r"ml_features: the columns \['ids__is_null'\].*preprocessing_fn"):
+    _encoded(batch)

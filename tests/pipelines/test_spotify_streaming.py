@@ -448,6 +448,16 @@ def test_redis_entries_holding_json_arrays_end_to_end(request, monkeypatch, tmp_
     assert (
       len({p.split('window_start=')[1][:15] for p in glob.glob(f'{output}/data/**/*.parquet', recursive=True)}) == 3
     )
+    # Each row's lineage names its element, as a dead letter of it would; the single event's names none.
+    lineage = {
+      row['event_id']: (row['_lineage_row'], row['_lineage_element'])
+      for path in glob.glob(f'{output}/data/**/*.parquet', recursive=True)
+      for row in pq.read_table(path, columns=['event_id', '_lineage_row', '_lineage_element']).to_pylist()
+    }
+    assert {i: element for i, (_, element) in lineage.items()} == {
+      f'ev-{3 * k + j:03d}': f'entry {entry_ids[k]} element {j} of 3' for k in range(8) for j in range(3)
+    } | {'ev-024': f'entry {entry_ids[8]} element 0 of 3', 'ev-025': None}
+    assert len({lineage[f'ev-{i:03d}'][0] for i in range(3)}) == 1  # one entry's rows share its _lineage_row
   finally:
     client.delete(stream)
     client.close()
