@@ -73,7 +73,9 @@ Types: int2/4/8 -> int16/32/64; float4/8 -> float32/64; numeric(p,s) with
 p <= 38 -> decimal128(p,s), unbounded numeric -> string; bool; text, varchar,
 char, json, jsonb, uuid and anything else -> string (PostgreSQL's text form);
 timestamptz -> timestamp[us, UTC]; timestamp -> timestamp[us]; date ->
-date32; bytea -> binary; arrays -> list of the element type, one list level per dimension (string
+date32; bytea -> binary; money -> decimal128(19, s), s the fraction digits
+of the server's ``lc_monetary`` (the integer PostgreSQL stores, exactly);
+arrays -> list of the element type, one list level per dimension (string
 for element types without a simple mapping: each element as ``to_json``
 writes it, a numeric's digits exactly as written, a json element as its
 text). An array column's dimensions are those declared (``int4[][]``) or,
@@ -129,6 +131,7 @@ _SIMPLE_TYPES = dict(_INT_TYPES, float4=pa.float32(), float8=pa.float64(), bool=
 _DONE = 'split_done'
 _FLOAT_WORDS = frozenset(('NaN', 'Infinity', '-Infinity'))
 _JSON_TYPES = frozenset(('json', 'jsonb'))
+_MONEY_DIGITS = 19  # money is an int64: 19 digits
 # Every connection's session: the text forms of ::text columns whatever the server's defaults.
 _SESSION_SETTINGS = (
   "SET TimeZone = 'UTC'",
@@ -377,7 +380,7 @@ class _Column:
   type_name: str
   arrow: pa.DataType
   read_as: pa.DataType  # what the binary COPY decoder produces
-  convert: Optional[str] = None  # 'decimal', 'array'
+  convert: Optional[str] = None  # 'decimal', 'array', 'money'
   element: Optional[str] = None  # an array's element type name
   dims: int = 1  # an array's dimensions
 
@@ -390,7 +393,11 @@ class _Column:
 def _column(
   name: str, type_name: str, category: str, element: Optional[str], precision, scale, dims: int = 1
 ) -> _Column:
-  """dims: an array column's dimensions (`_Planner._columns`)."""
+  """dims: an array column's dimensions; scale: a money column's fraction digits (`_Planner._columns`)."""
+  if type_name == 'money':
+    # The int64 PostgreSQL stores (units of 10^-scale), decoded from binary: exact whatever a reading
+    # session's lc_monetary (its text and ::numeric both follow that session's locale).
+    return _Column(name, type_name, pa.decimal128(_MONEY_DIGITS, scale), pa.int64(), 'money')
   if type_name in BINARY_TYPES:
     read_as = BINARY_TYPES[type_name][1]
     return _Column(name, type_name, read_as, read_as)
@@ -426,6 +433,12 @@ def _convert(column: _Column, array):
   as one Array); raises pa.ArrowInvalid or ValueError if a value does not fit."""
   if column.convert == 'decimal':
     return array.cast(column.arrow)
+  if column.convert == 'money':
+    # The same 128-bit integers read at the column's scale: 123456 cents -> 1234.56, exactly.
+    whole = pa.decimal128(_MONEY_DIGITS, 0)
+    if isinstance(array, pa.ChunkedArray):
+      return pa.chunked_array([chunk.cast(whole).view(column.arrow) for chunk in array.chunks], type=column.arrow)
+    return array.cast(whole).view(column.arrow)
   if column.convert == 'array':
     element = column.arrow
     for _ in range(column.dims):
@@ -658,10 +671,14 @@ class _Planner:
     columns = []
     for d, origin in zip(description, origins):
       name, category, element = types[d.type_code]
-      dims = 1
+      precision, scale, dims = d.precision, d.scale, 1
       if category == 'A':
         dims = declared.get(origin) or self._dimensions_of_first_value(cur, source, d.name)
-      columns.append(_column(d.name, name, category, element, d.precision, d.scale, dims))
+      elif name == 'money':
+        # Its fraction digits as lc_monetary gives them, read once here for every split (`_column`).
+        cur.execute("SELECT scale('0'::money::numeric)")
+        scale = cur.fetchone()[0]
+      columns.append(_column(d.name, name, category, element, precision, scale, dims))
     return columns
 
   @staticmethod
@@ -980,12 +997,17 @@ class _ReadSplitFn(beam.DoFn):
     letters = []
     rows_arg: Any = first_row
     if bad:
+      # A dead letter's values as decoded (PostgreSQL's text for ::text columns), money as its amount
+      # rather than the integer decoded (its conversion never fails).
+      shown = [
+        converted[index] if c.convert == 'money' else arrays[index] for index, c in enumerate(self._plan.columns)
+      ]
       for i, found in sorted(bad.items()):
         problems_of_row = [problem for _, problem in sorted(found)]
         record = {
           c.name: bad_text[i, index]
           if (i, index) in bad_text
-          else _text_form(python_values(arrays[index][i : i + 1])[0])
+          else _text_form(python_values(shown[index][i : i + 1])[0])
           for index, c in enumerate(self._plan.columns)
         }
         letters.append(

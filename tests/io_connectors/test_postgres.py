@@ -278,6 +278,30 @@ def test_an_array_value_of_other_dimensions_than_its_column_is_a_dead_letter(pg,
   assert 'dimension' in by_row['2']['detail'] and by_row['2']['record']['grid'] == '[1,2]'
 
 
+@pytest.mark.parametrize('adbc', [True, False], ids=['adbc', 'decoder'])
+def test_money_arrives_as_an_exact_decimal(pg, adbc):
+  """money arrived as its locale text ('-$1,234,567.89'): now the exact decimal of the integer PostgreSQL
+  stores, its scale the fraction digits of the server's lc_monetary."""
+  table = pg.table('prices')
+  pg.execute(f'CREATE TABLE {table} (id int4 PRIMARY KEY, price money, fee numeric(6, 2))')
+  pg.execute(f"""INSERT INTO {table} VALUES (1, '-1234567.89', 1), (2, '92233720368547758.07', 1),
+      (3, '-92233720368547758.08', 1), (4, '0.01', 1), (5, 0, 1), (6, NULL, 1), (7, '-1234.5', 'NaN')""")
+  rows, letters, _ = _read(table, adbc=adbc, num_partitions=2)
+  assert sorted((r['id'], r['price']) for r in rows) == [
+    (1, decimal.Decimal('-1234567.89')),
+    (2, decimal.Decimal('92233720368547758.07')),
+    (3, decimal.Decimal('-92233720368547758.08')),
+    (4, decimal.Decimal('0.01')),
+    (5, decimal.Decimal('0.00')),
+    (6, None),
+  ]
+  # A dead letter shows the amount, not the integer of cents the decoder read.
+  (letter,) = letters
+  assert letter['field'] == 'fee' and letter['record'] == {'id': '7', 'price': '-1234.50', 'fee': 'NaN'}
+  records, _, _ = _run(table, None, None, {'adbc': adbc, 'num_partitions': 1})
+  assert records.items()[0].schema.field('price').type == pa.decimal128(19, 2)
+
+
 def test_arrow_schema_comes_from_the_catalog(pg):
   pg.execute(
     f"CREATE TABLE {pg.table('s')} (id int4 PRIMARY KEY, amount numeric(38, 10), at timestamptz, d date, b bytea)"
