@@ -13,8 +13,8 @@ row's field length at once, the next field's position follows from it, and
 fixed-width values are gathered and byte-swapped in one step; variable-width
 values become an Arrow offsets buffer and one gathered data buffer.
 
-Decoded natively: int2/4/8, oid, float4/8, bool, timestamp, timestamptz,
-date, bytea, and text-like types (text, varchar, bpchar, name: their binary
+Decoded natively: int2/4/8, oid, money (its int64), float4/8, bool, timestamp,
+timestamptz, date, bytea, and text-like types (text, varchar, bpchar, name: their binary
 form is their UTF-8 text). Everything else is selected as ``::text`` (see
 `BINARY_TYPES`) and arrives as text.
 """
@@ -43,6 +43,7 @@ BINARY_TYPES = {
   'int2': ('>i2', pa.int16()),
   'int4': ('>i4', pa.int32()),
   'int8': ('>i8', pa.int64()),
+  'money': ('>i8', pa.int64()),  # its amount in units of the currency's fraction (cents); see postgres._column
   'oid': ('>u4', pa.int64()),
   'float4': ('>f4', pa.float32()),
   'float8': ('>f8', pa.float64()),

@@ -70,8 +70,8 @@ Decimal(P, S) up to Decimal256, UInt64, Array, Map, Tuple -> list, map,
 struct), except those it gives as bare numbers or bytes, which each split's
 query converts: DateTime -> timestamp[s] with its time zone, Date ->
 date32, Enum8/16 -> their names, Int128/UInt128/Int256/UInt256 and
-IPv4/IPv6 -> their text (top-level columns; inside an Array, Map or Tuple
-they stay as ClickHouse sends them).
+IPv4/IPv6 -> their text, wherever they are: a column's type or inside its
+Array, Tuple, Map, Nullable or LowCardinality (at any depth).
 
 Tested: the split planning and split SQL run on ClickHouse's own engine
 (chDB 26.9, in process); the HTTP path has no server to run against on the
@@ -424,31 +424,82 @@ def plan_splits(
 
 # ClickHouse's Arrow output gives these types as bare numbers or bytes (DateTime: seconds as uint32, an
 # Enum's code, Int128's 16 bytes, an IPv4 as uint32; Date: days as uint16 before output_format_arrow_
-# date_as_uint16 defaulted to off): read as what they are.
-_CONVERSIONS = (
-  (re.compile(r'^Date$'), 'toDate32({c})'),
-  (re.compile(r"^DateTime(\('[^']*'\))?$"), 'toDateTime64({c}, 0{tz})'),
-  (re.compile(r'^(Enum8|Enum16)\(.*\)$|^U?Int(128|256)$|^IPv[46]$'), 'toString({c})'),
+# date_as_uint16 defaulted to off), at any depth of the types below: read as what they are.
+_READ_AS = (
+  (re.compile(r'Date'), lambda match: 'Date32'),
+  (re.compile(r"DateTime(?:\(('.*')\))?", re.S), lambda match: f'DateTime64(0{", " + match[1] if match[1] else ""})'),
+  (re.compile(r'Enum(?:8|16)\(.*\)|U?Int(?:128|256)|IPv[46]', re.S), lambda match: 'String'),
 )
+_CONTAINERS = ('Array', 'Nullable', 'Map', 'Tuple')
+# A named Tuple element: its name (plain or back-quoted), then its type.
+_TUPLE_ELEMENT = re.compile(r'(`(?:[^`\\]|\\.)*`|[A-Za-z_][A-Za-z0-9_]*)\s+(\S.*)', re.S)
+
+
+def _type_arguments(text: str) -> List[str]:
+  """The comma-separated arguments of a type's parentheses, each stripped (commas inside parentheses,
+  quoted Enum names and back-quoted element names do not separate)."""
+  arguments, depth, start, quote, i = [], 0, 0, None, 0
+  while i < len(text):
+    char = text[i]
+    if quote:
+      if char == '\\':
+        i += 1
+      elif char == quote:
+        quote = None
+    elif char in "'`":
+      quote = char
+    elif char == '(':
+      depth += 1
+    elif char == ')':
+      depth -= 1
+    elif char == ',' and depth == 0:
+      arguments.append(text[start:i].strip())
+      start = i + 1
+    i += 1
+  arguments.append(text[start:].strip())
+  return arguments
+
+
+def _read_as(type_name: str) -> Optional[str]:
+  """The type a column of ClickHouse type `type_name` is read as, the types of `_READ_AS` replaced wherever
+  they are inside an Array, Tuple, Map, Nullable or LowCardinality; None when it is read as it is."""
+  type_name = type_name.strip()
+  for pattern, replacement in _READ_AS:
+    match = pattern.fullmatch(type_name)
+    if match:
+      return replacement(match)
+  outer = re.fullmatch(r'([A-Za-z]+)\((.*)\)', type_name, re.S)
+  if not outer:
+    return None
+  name, inner = outer.groups()
+  if name == 'LowCardinality':
+    # Arrow output reads it as its type (output_format_arrow_low_cardinality_as_dictionary is off), and
+    # ClickHouse refuses most of the types read as under LowCardinality: dropped where they replace one.
+    return _read_as(inner)
+  if name not in _CONTAINERS:
+    return None
+  arguments, changed = [], False
+  for argument in _type_arguments(inner):
+    element = _TUPLE_ELEMENT.fullmatch(argument) if name == 'Tuple' else None
+    prefix, element_type = (f'{element[1]} ', element[2]) if element else ('', argument)
+    read_as = _read_as(element_type)
+    changed = changed or read_as is not None
+    arguments.append(prefix + (read_as or element_type))
+  return f'{name}({", ".join(arguments)})' if changed else None
 
 
 def _converted_columns(connection: _Connection, source_sql: str) -> str:
-  """The ``expression AS name`` list that reads the source's columns of such types as dates, timestamps or
-  text (``''`` when it has none); a Nullable or LowCardinality one too (NULL stays NULL)."""
+  """The ``CAST(name AS type) AS name`` list that reads the source's columns holding such types as dates,
+  timestamps or text (``''`` when it has none); NULL stays NULL."""
   try:
     described = connection.rows('column types', f'DESCRIBE (SELECT * FROM {source_sql})')
   except ClickHouseError:
     return ''  # a query that does not run: reading it says why, naming the split
   replaced = []
   for name, type_name, *_ in described:
-    bare = re.sub(r'^(Nullable|LowCardinality)\((.*)\)$', r'\2', type_name)
-    bare = re.sub(r'^(Nullable|LowCardinality)\((.*)\)$', r'\2', bare)
-    for pattern, expression in _CONVERSIONS:
-      match = pattern.match(bare)
-      if match:
-        zone = match.group(1) if expression.startswith('toDateTime64') and match.group(1) else ''
-        replaced.append(f'{expression.format(c=_quote(name), tz=", " + zone[1:-1] if zone else "")} AS {_quote(name)}')
-        break
+    read_as = _read_as(type_name)
+    if read_as is not None:
+      replaced.append(f'CAST({_quote(name)} AS {read_as}) AS {_quote(name)}')
   return ', '.join(replaced)
 
 

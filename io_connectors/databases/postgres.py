@@ -73,9 +73,16 @@ Types: int2/4/8 -> int16/32/64; float4/8 -> float32/64; numeric(p,s) with
 p <= 38 -> decimal128(p,s), unbounded numeric -> string; bool; text, varchar,
 char, json, jsonb, uuid and anything else -> string (PostgreSQL's text form);
 timestamptz -> timestamp[us, UTC]; timestamp -> timestamp[us]; date ->
-date32; bytea -> binary; arrays -> list of the element type (string for
-element types without a simple mapping: each element as ``to_json`` writes
-it, a numeric's digits and a json element's numbers exactly as written).
+date32; bytea -> binary; money -> decimal128(19, s), s the fraction digits
+of the server's ``lc_monetary`` (the integer PostgreSQL stores, exactly);
+arrays -> list of the element type, one list level per dimension (string
+for element types without a simple mapping: each element as ``to_json``
+writes it, a numeric's digits exactly as written, a json element as its
+text). An array column's dimensions are those declared (``int4[][]``) or,
+where the catalog has none (a query's expression, a view's or a ``CREATE
+TABLE AS`` column, one declared ``_int4``), those of its first non-empty
+value in the snapshot; PostgreSQL does not enforce them, and a value with
+other dimensions is a dead letter.
 
 Provenance: ``__source`` is ``postgresql://host:port/db/<table or query#sha>``
 (no credentials), ``__row`` the 1-based row number within the split (splits
@@ -90,6 +97,7 @@ import atexit
 import dataclasses
 import datetime as dt
 import decimal
+import functools
 import hashlib
 import json
 import logging
@@ -122,6 +130,8 @@ _INT_TYPES = {'int2': pa.int16(), 'int4': pa.int32(), 'int8': pa.int64(), 'oid':
 _SIMPLE_TYPES = dict(_INT_TYPES, float4=pa.float32(), float8=pa.float64(), bool=pa.bool_())
 _DONE = 'split_done'
 _FLOAT_WORDS = frozenset(('NaN', 'Infinity', '-Infinity'))
+_JSON_TYPES = frozenset(('json', 'jsonb'))
+_MONEY_DIGITS = 19  # money is an int64: 19 digits
 # Every connection's session: the text forms of ::text columns whatever the server's defaults.
 _SESSION_SETTINGS = (
   "SET TimeZone = 'UTC'",
@@ -370,7 +380,9 @@ class _Column:
   type_name: str
   arrow: pa.DataType
   read_as: pa.DataType  # what the binary COPY decoder produces
-  convert: Optional[str] = None  # 'decimal', 'array'
+  convert: Optional[str] = None  # 'decimal', 'array', 'money'
+  element: Optional[str] = None  # an array's element type name
+  dims: int = 1  # an array's dimensions
 
   @property
   def sent_as(self) -> str:
@@ -378,7 +390,14 @@ class _Column:
     return self.type_name if self.type_name in BINARY_TYPES else 'text'
 
 
-def _column(name: str, type_name: str, category: str, element: Optional[str], precision, scale) -> _Column:
+def _column(
+  name: str, type_name: str, category: str, element: Optional[str], precision, scale, dims: int = 1
+) -> _Column:
+  """dims: an array column's dimensions; scale: a money column's fraction digits (`_Planner._columns`)."""
+  if type_name == 'money':
+    # The int64 PostgreSQL stores (units of 10^-scale), decoded from binary: exact whatever a reading
+    # session's lc_monetary (its text and ::numeric both follow that session's locale).
+    return _Column(name, type_name, pa.decimal128(_MONEY_DIGITS, scale), pa.int64(), 'money')
   if type_name in BINARY_TYPES:
     read_as = BINARY_TYPES[type_name][1]
     return _Column(name, type_name, read_as, read_as)
@@ -387,8 +406,10 @@ def _column(name: str, type_name: str, category: str, element: Optional[str], pr
       return _Column(name, type_name, pa.decimal128(precision, scale or 0), pa.string(), 'decimal')
     return _Column(name, type_name, pa.string(), pa.string())
   if category == 'A':
-    item = _SIMPLE_TYPES.get(element, pa.string())
-    return _Column(name, type_name, pa.list_(item), pa.string(), 'array')
+    arrow = _SIMPLE_TYPES.get(element, pa.string())
+    for _ in range(dims):
+      arrow = pa.list_(arrow)
+    return _Column(name, type_name, arrow, pa.string(), 'array', element, dims)
   return _Column(name, type_name, pa.string(), pa.string())
 
 
@@ -396,6 +417,9 @@ def _select_expr(column: _Column):
   from psycopg import sql
 
   ref = sql.SQL('q.{}').format(sql.Identifier(column.name))
+  if column.convert == 'array' and column.element in _JSON_TYPES:
+    # Each element as its text: to_json would nest a json element that is an array like a dimension.
+    return sql.SQL('to_json({}::text[])::text').format(ref)
   if column.convert == 'array':
     return sql.SQL('to_json({})::text').format(ref)
   if column.type_name not in BINARY_TYPES:
@@ -406,23 +430,43 @@ def _select_expr(column: _Column):
 
 def _convert(column: _Column, array):
   """The column's Arrow type from what was decoded (an Array or a ChunkedArray; array columns come back
-  as one Array); raises pa.ArrowInvalid if a value does not fit."""
+  as one Array); raises pa.ArrowInvalid or ValueError if a value does not fit."""
   if column.convert == 'decimal':
     return array.cast(column.arrow)
+  if column.convert == 'money':
+    # The same 128-bit integers read at the column's scale: 123456 cents -> 1234.56, exactly.
+    whole = pa.decimal128(_MONEY_DIGITS, 0)
+    if isinstance(array, pa.ChunkedArray):
+      return pa.chunked_array([chunk.cast(whole).view(column.arrow) for chunk in array.chunks], type=column.arrow)
+    return array.cast(whole).view(column.arrow)
   if column.convert == 'array':
-    if pa.types.is_floating(column.arrow.value_type):
+    element = column.arrow
+    for _ in range(column.dims):
+      element = element.value_type
+    if pa.types.is_floating(element):
       # to_json writes a float's NaN and infinities as the strings "NaN", "Infinity" and "-Infinity".
-      values = [None if v is None else json.loads(v) for v in array.to_pylist()]
-      return pa.array(
-        [None if v is None else [float(x) if x in _FLOAT_WORDS else x for x in v] for v in values], type=column.arrow
-      )
-    if column.arrow.value_type != pa.string():
-      return pa.array([None if v is None else json.loads(v) for v in array.to_pylist()], type=column.arrow)
-    # Elements as PostgreSQL wrote them: a numeric's digits as written (a float would round
-    # 12345678901234567890.123456789 and drop 1.50's zero), a json element's numbers too.
-    values = [None if v is None else loads(v, floats_as_written=True) for v in array.to_pylist()]
-    return pa.array([None if v is None else [to_text(x) for x in v] for v in values], type=column.arrow)
+      parse, leaf = json.loads, lambda x: float(x) if x in _FLOAT_WORDS else x
+    elif element != pa.string():
+      parse, leaf = json.loads, lambda x: x
+    else:
+      # Elements as PostgreSQL wrote them: a numeric's digits as written (a float would round
+      # 12345678901234567890.123456789 and drop 1.50's zero).
+      parse, leaf = functools.partial(loads, floats_as_written=True), to_text
+    values = [None if v is None else _array_elements(parse(v), column.dims, leaf) for v in array.to_pylist()]
+    return pa.array(values, type=column.arrow)
   return array
+
+
+def _array_elements(value, dims: int, leaf) -> list:
+  """An array as to_json writes it (nested JSON arrays, one level a dimension) with `leaf` applied to its
+  elements; ValueError if it has other dimensions than `dims`."""
+  if not isinstance(value, list):
+    raise ValueError('an array of fewer dimensions than its column')
+  if dims > 1:
+    return [_array_elements(item, dims - 1, leaf) for item in value]
+  if any(isinstance(item, list) for item in value):
+    raise ValueError('an array of more dimensions than its column')
+  return [None if item is None else leaf(item) for item in value]
 
 
 def _text_form(value) -> Optional[str]:
@@ -604,8 +648,11 @@ class _Planner:
   def _columns(self, cur) -> List[_Column]:
     from psycopg import sql
 
-    cur.execute(sql.SQL('SELECT * FROM {} AS q LIMIT 0').format(_source_sql(self.table, self.query)))
+    source = _source_sql(self.table, self.query)
+    cur.execute(sql.SQL('SELECT * FROM {} AS q LIMIT 0').format(source))
     description = cur.description
+    # The table column each result column is, if it is one (0, 0 for an expression).
+    origins = [(cur.pgresult.ftable(i), cur.pgresult.ftablecol(i)) for i in range(len(description))]
     oids = sorted({d.type_code for d in description})
     cur.execute(
       'SELECT t.oid, t.typname, t.typcategory, e.typname FROM pg_type t '
@@ -613,11 +660,39 @@ class _Planner:
       ('A', oids),
     )
     types = {oid: (name, category, element) for oid, name, category, element in cur.fetchall()}
+    declared = {}
+    if any(types[d.type_code][1] == 'A' for d in description):
+      cur.execute(
+        'SELECT a.attrelid, a.attnum, a.attndims FROM pg_attribute a '
+        'JOIN unnest(%s::oid[], %s::int2[]) AS o(rel, num) ON a.attrelid = o.rel AND a.attnum = o.num',
+        ([rel for rel, _ in origins], [num for _, num in origins]),
+      )
+      declared = {(rel, num): dims for rel, num, dims in cur.fetchall()}
     columns = []
-    for d in description:
+    for d, origin in zip(description, origins):
       name, category, element = types[d.type_code]
-      columns.append(_column(d.name, name, category, element, d.precision, d.scale))
+      precision, scale, dims = d.precision, d.scale, 1
+      if category == 'A':
+        dims = declared.get(origin) or self._dimensions_of_first_value(cur, source, d.name)
+      elif name == 'money':
+        # Its fraction digits as lc_monetary gives them, read once here for every split (`_column`).
+        cur.execute("SELECT scale('0'::money::numeric)")
+        scale = cur.fetchone()[0]
+      columns.append(_column(d.name, name, category, element, precision, scale, dims))
     return columns
+
+  @staticmethod
+  def _dimensions_of_first_value(cur, source, name: str) -> int:
+    """The dimensions of an array column the catalog declares none for (a query's expression, a view's or a
+    CREATE TABLE AS column, one declared as _int4): those of its first non-empty value in the snapshot, 1 when
+    it has none. PostgreSQL's arrays are one type whatever their dimensions, Arrow's lists one per depth: a
+    value with other dimensions becomes a dead letter."""
+    from psycopg import sql
+
+    ref = sql.SQL('q.{}').format(sql.Identifier(name))
+    cur.execute(sql.SQL('SELECT array_ndims({0}) FROM {1} AS q WHERE cardinality({0}) > 0 LIMIT 1').format(ref, source))
+    row = cur.fetchone()
+    return row[0] if row else 1
 
   def _partition_column(self, cur, names) -> Optional[str]:
     chosen = self.options.partition_column
@@ -911,9 +986,10 @@ class _ReadSplitFn(beam.DoFn):
         for i, value in enumerate(values):
           try:
             _convert(column, pa.array([value], type=array.type))
-          except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
+          except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as e:
+            why = '' if isinstance(e, pa.ArrowException) else f': {e}'  # our own checks say what is wrong
             bad.setdefault(i, []).append(
-              (index, f'{column.name}: {column.type_name} value {value!r} does not fit {column.arrow}')
+              (index, f'{column.name}: {column.type_name} value {value!r} does not fit {column.arrow}{why}')
             )
             values[i] = None
         converted.append(_convert(column, pa.array(values, type=array.type)))
@@ -921,12 +997,17 @@ class _ReadSplitFn(beam.DoFn):
     letters = []
     rows_arg: Any = first_row
     if bad:
+      # A dead letter's values as decoded (PostgreSQL's text for ::text columns), money as its amount
+      # rather than the integer decoded (its conversion never fails).
+      shown = [
+        converted[index] if c.convert == 'money' else arrays[index] for index, c in enumerate(self._plan.columns)
+      ]
       for i, found in sorted(bad.items()):
         problems_of_row = [problem for _, problem in sorted(found)]
         record = {
           c.name: bad_text[i, index]
           if (i, index) in bad_text
-          else _text_form(python_values(arrays[index][i : i + 1])[0])
+          else _text_form(python_values(shown[index][i : i + 1])[0])
           for index, c in enumerate(self._plan.columns)
         }
         letters.append(

@@ -30,11 +30,13 @@ workers, so that one large file is many bundles:
   header line separately. Quoted values holding newlines cannot be cut
   safely: with ``CsvOptions(newlines_in_values=True)``, or when the file's
   first MiB holds one, a CSV file is one range. Past the first MiB, a
-  range whose last line opens such a value reads on to its end, and the
-  next range starts after it. A longer value whose middle a range's start
-  falls in is not written cut short: its record is a malformed row, and
-  the rest of it is read by the next range as rows of its own, mostly
-  malformed (such a file needs ``newlines_in_values``). Encodings that are not
+  range whose lines end inside such a value (of any number of lines) reads
+  on to its end, and the next range starts after it (a compressed file's
+  parts are cut before it). A value that cannot be followed so (running
+  past the next range or 1 MiB, or opened more than 64 KiB before the
+  range's end) fails the read with an error naming the file and the byte it
+  opens at, rather than its rest being read as rows (such a file needs
+  ``newlines_in_values``). Encodings that are not
   ASCII-compatible (UTF-16/32) are not split;
   a file read as UTF-8 (the default) that starts with a UTF-16 or UTF-32
   byte order mark (Excel's "Unicode text") is read in that encoding, whole,

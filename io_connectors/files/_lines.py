@@ -10,34 +10,54 @@ import pyarrow as pa
 
 from io_connectors.files._ranges import ascii_compatible, is_compressed, open_file, read_exactly, unicode_bom_encoding
 
-__all__ = ['read_owned_lines', 'is_blank', 'first_line', 'to_utf8', 'line_count', 'with_line_feeds', 'ranges_as_utf8']
+__all__ = [
+  'read_owned_lines',
+  'open_value_past_end',
+  'OpenValueAt',
+  'is_blank',
+  'first_line',
+  'to_utf8',
+  'line_count',
+  'with_line_feeds',
+  'ranges_as_utf8',
+]
 
 _SLACK = 1 << 16  # read past a range's end in the same call, to finish its last line
+
+# What open_value_at (see read_owned_lines) is: CSV bytes, inside a quoted value at their start -> offset or None.
+OpenValueAt = Callable[[Any, bool], Optional[int]]
 
 
 def read_owned_lines(
   f,
   start: int,
   end: int,
-  value_open: Optional[Callable[[Any, bool], bool]] = None,
+  open_value_at: Optional[OpenValueAt] = None,
   range_size: Optional[int] = None,
   follow_value: bool = True,
 ) -> memoryview:
   """The bytes of the lines that start in [start, end), each with its newline.
 
-  value_open(data, inside): whether CSV bytes `data` (starting at a record,
-  or inside a quoted value when `inside`) end inside a quoted value. With
-  it, a range whose last line opens a quoted value that holds newlines
-  reads on to the line that closes it, and the range after it (`range_size`
-  later) starts after that line (`_skipped_value_end`): cut at the line,
-  the value came out truncated and its rest was the next range's first,
-  malformed, row. That costs 64 KiB more in the range's read (the bytes
-  before it). follow_value=False: without reading on (the lines as the
-  range before decides on them).
+  open_value_at(data, inside): the offset of the opening quote of the quoted
+  value CSV bytes `data` (starting at a record, or inside a quoted value when
+  `inside`: -1 for its quote) end inside, else None. With it, a range whose
+  lines end inside a quoted value that holds newlines (opened on its last
+  line or any line before) reads on to the line that closes it, and the
+  range after it (`range_size` later) starts after that line
+  (`_skipped_value_end`): cut at a line, the value came out truncated and
+  its rest was read as rows by the next range. follow_value=False: without
+  reading on (the lines as the range before decides on them).
   A view into one read (no copy of a range's tens of MiB on the happy path).
   """
+  return _owned_lines(f, start, end, open_value_at, range_size, follow_value)[1]
+
+
+def _owned_lines(
+  f, start: int, end: int, open_value_at: Optional[OpenValueAt], range_size: Optional[int], follow_value: bool
+) -> Tuple[int, memoryview]:
+  """(file offset, bytes) of `read_owned_lines`."""
   seek_to = max(start - 1, 0)
-  looks_back = value_open is not None and range_size and start > 0
+  looks_back = open_value_at is not None and start > 0
   read_from = max(seek_to - _LINE_BACK, 0) if looks_back else seek_to
   back_bytes = seek_to - read_from
   f.seek(read_from)
@@ -49,18 +69,18 @@ def read_owned_lines(
     # The byte before `start` tells whether a line starts at `start`.
     lo = whole.find(b'\n', back_bytes, back_bytes + hi) + 1 - back_bytes
     if lo <= 0:
-      return memoryview(b'')
-    if looks_back:
-      back = whole[:back_bytes]
-      newline = back.rfind(b'\n')
-      line = back[newline + 1 :] + bytes(data[:lo]) if newline >= 0 or read_from == 0 else None
-      skip_to = _skipped_value_end(f, seek_to + lo, line, start, range_size, value_open)
+      return start, memoryview(b'')
+    if looks_back and range_size:
+      # The range before's lines end at `seek_to + lo`: the bytes before that, as that range sees them.
+      tail_from = max(back_bytes + lo - _LINE_BACK, 0)
+      tail = memoryview(whole)[tail_from : back_bytes + lo]
+      skip_to = _skipped_value_end(f, seek_to + lo, tail, read_from + tail_from, start, range_size, open_value_at)
       if skip_to is not None:
         if skip_to >= end:
-          return memoryview(b'')
+          return end, memoryview(b'')
         lo = skip_to - seek_to
   if lo >= hi:
-    return memoryview(b'')
+    return seek_to + lo, memoryview(b'')
   owned: Any = data[lo:hi]
   if data[hi - 1] != 0x0A:
     # The last line started in the range: it is ours to its end.
@@ -68,27 +88,54 @@ def read_owned_lines(
     if newline >= 0:
       owned = data[lo : newline - back_bytes + 1]
     elif len(data) < wanted + _SLACK:
-      return data[lo:]  # the file ends within the slack
+      return seek_to + lo, data[lo:]  # the file ends within the slack
     else:
       f.seek(read_from + len(whole))  # `_skipped_value_end` may have read elsewhere
       owned = memoryview(b''.join([bytes(data[lo:])] + _to_end_of_line(f)))
-  if value_open is None or not follow_value or owned[-1] != 0x0A or not value_open(owned, False):
-    return owned
+  if open_value_at is None or not follow_value or owned[-1] != 0x0A:
+    return seek_to + lo, owned
   owned_end = seek_to + lo + len(owned)
-  value_end = _value_end(f, owned_end, value_open, end + range_size if range_size else None)
+  tail = _last_bytes(memoryview(whole)[: back_bytes + lo], owned, _LINE_BACK)
+  if not _ends_inside_value(tail, owned_end == len(tail), open_value_at) or open_value_at(owned, False) is None:
+    return seek_to + lo, owned
+  value_end = _value_end(f, owned_end, open_value_at, end + range_size if range_size else None)
   if value_end is None:
-    return owned
+    return seek_to + lo, owned  # too long to follow: the reader of these lines says so (`open_value_past_end`)
   f.seek(owned_end)
-  return memoryview(bytes(owned) + read_exactly(f, value_end - owned_end))
+  return seek_to + lo, memoryview(bytes(owned) + read_exactly(f, value_end - owned_end))
 
 
-# How far past a range's lines a quoted value that opens on its last line is followed; and how far back
-# the range after it reads to find the start of that line.
+# How far past a range's lines a quoted value left open at their end is followed; and how far back from the end
+# of a range's last line both it and the range after look for that value's opening (`_ends_inside_value`).
 _VALUE_SLACK = 1 << 20
 _LINE_BACK = 1 << 16
 
 
-def _value_end(f, at: int, value_open: Callable[[Any, bool], bool], stop_before: Optional[int]) -> Optional[int]:
+def _last_bytes(before, owned, size: int) -> bytes:
+  """The last `size` bytes of `before` followed by `owned`."""
+  if len(owned) >= size:
+    return bytes(owned[-size:])
+  return bytes(before[max(len(before) - (size - len(owned)), 0) :]) + bytes(owned)
+
+
+def _ends_inside_value(tail, from_line_start: bool, open_value_at: OpenValueAt) -> bool:
+  """Whether `tail` (the _LINE_BACK bytes up to the end of a range's last line) ends inside a quoted value,
+  walked from its start when `from_line_start` (the file's start) else from the first line that starts in it;
+  True when none does (a line longer than that: only the whole range can tell).
+
+  A cheap first look, the same for a range and the range after it (the same
+  bytes, whoever reads them): a value opened on any of the lines it holds is
+  seen, however many lines it spans (a look at the last line alone missed one
+  whose middle line ended the range). Only when it says yes is the whole
+  range walked, which decides (`read_owned_lines`, `_skipped_value_end`).
+  """
+  first = 0 if from_line_start else bytes(tail[:-1]).find(b'\n') + 1
+  if not from_line_start and not first:
+    return True
+  return open_value_at(tail[first:], False) is not None
+
+
+def _value_end(f, at: int, open_value_at: OpenValueAt, stop_before: Optional[int]) -> Optional[int]:
   """The offset after the line (from offset `at` on, inside a quoted value) that closes the value; None when
   the file, _VALUE_SLACK or `stop_before` (the next range's end: no line is read by two ranges) comes first."""
   limit = at + _VALUE_SLACK if stop_before is None else min(at + _VALUE_SLACK, stop_before - 1)
@@ -98,25 +145,42 @@ def _value_end(f, at: int, value_open: Callable[[Any, bool], bool], stop_before:
     if not line or at + len(line) > limit:
       return None
     at += len(line)
-    if not value_open(line, True):
+    if open_value_at(line, True) is None:
       return at
   return None
 
 
 def _skipped_value_end(
-  f, line_end: int, line: Optional[bytes], start: int, range_size: int, value_open: Callable[[Any, bool], bool]
+  f, line_end: int, tail, tail_at: int, start: int, range_size: int, open_value_at: OpenValueAt
 ) -> Optional[int]:
-  """Where the range at `start` starts instead of `line_end`: after the rest of a quoted value that `line` (the
-  range before's last, which ends at `line_end`; None when longer than _LINE_BACK) opens, which the range
-  before reads on to (`read_owned_lines`, whose decision this repeats on the same bytes); None for no value.
+  """Where the range at `start` starts instead of `line_end`: after the rest of a quoted value that the range
+  before's lines (which end at `line_end`, `tail` their last bytes at offset `tail_at`) leave open, which that
+  range reads on to (`read_owned_lines`, whose decision this repeats on the same bytes); None for no value.
   """
-  if line is not None and (not line.endswith(b'\n') or not value_open(line, False)):
-    return None  # the line opens no value (the usual case)
+  if not _ends_inside_value(tail, tail_at == 0, open_value_at):
+    return None  # the usual case
   previous = max(start - range_size, 0)
-  owned = read_owned_lines(f, previous, start, value_open, range_size, follow_value=False)
-  if not len(owned) or not value_open(owned, False):
+  owned = read_owned_lines(f, previous, start, open_value_at, range_size, follow_value=False)
+  if not len(owned) or open_value_at(owned, False) is None:
     return None
-  return _value_end(f, line_end, value_open, start + range_size)
+  return _value_end(f, line_end, open_value_at, start + range_size)
+
+
+def open_value_past_end(path: str, start: int, end: int, open_value_at: OpenValueAt, range_size: int) -> Optional[int]:
+  """The file offset of the opening quote of a quoted value that the lines of the range [start, end) end inside
+  although the file goes on (a value too long to follow, `_VALUE_SLACK`, or past the next range's end): the
+  range after starts inside it. None when the lines end outside any value, or the file ends inside one.
+
+  For a reader whose parse of the range's lines found them ending inside a
+  value: rare, so the range is read again here.
+  """
+  with open_file(path) as f:
+    at, owned = _owned_lines(f, start, end, open_value_at, range_size, True)
+    opened = open_value_at(owned, False) if len(owned) else None
+    if opened is None:
+      return None
+    f.seek(at + len(owned))
+    return at + opened if f.read(1) else None
 
 
 def is_blank(data) -> bool:
@@ -302,22 +366,45 @@ def with_line_feeds(data, encoding: str):
   return bytes(data).replace(b'\r', b'\n')
 
 
+def _cut_outside_value(data, cut: int, open_value_at: OpenValueAt) -> int:
+  """`cut` (after a newline of `data`, a compressed file's part, which starts at a record) moved back to the
+  start of the record whose quoted value the part would end inside, so that the next part reads it whole;
+  0 when that record starts the part (it is then read on).
+
+  The parts are read in order from the file's start, so this decides alone:
+  the same look at the part's last lines as for a range (`_ends_inside_value`),
+  and only when it says yes a walk of the part.
+  """
+  view = memoryview(data)
+  tail_from = max(cut - _LINE_BACK, 0)
+  if not _ends_inside_value(view[tail_from:cut], tail_from == 0, open_value_at):
+    return cut
+  while cut:
+    opened = open_value_at(view[:cut], False)
+    if opened is None:
+      return cut
+    cut = data.rfind(b'\n', 0, opened) + 1  # the line before: outside unless an earlier value of its record
+  return cut
+
+
 def ranges_as_utf8(
   rng,
   encoding: str,
   keep_bad_lines: bool,
   part_bytes: Optional[int],
-  value_open: Optional[Callable[[Any, bool], bool]] = None,
+  open_value_at: Optional[OpenValueAt] = None,
   range_size: Optional[int] = None,
 ) -> Iterator[Tuple[Any, Any, List[Tuple[int, str]]]]:
   """(range, its lines as UTF-8, its bad lines (see `to_utf8`)) of a range (`_ranges.Range`), blank ones left out.
 
-  A plain file's range is one part. A compressed file is one range (no seeks)
-  read as a stream in parts of about `part_bytes` decompressed bytes cut after
-  a newline (None: the whole file, for quoted values holding newlines or an
-  encoding whose newline is not the byte 0x0A); each part is a range at its
-  decompressed offset, so its rows are numbered as a plain file's range's are
-  (`path@offset`, from 1), and no part is held beside the next.
+  A plain file's range is one part (`read_owned_lines`). A compressed file is
+  one range (no seeks) read as a stream in parts of about `part_bytes`
+  decompressed bytes cut after a newline (None: the whole file, for quoted
+  values holding newlines or an encoding whose newline is not the byte 0x0A),
+  with `open_value_at` not inside a quoted value (`_cut_outside_value`);
+  each part is a range at its decompressed offset, so its rows are numbered
+  as a plain file's range's are (`path@offset`, from 1), and no part is held
+  beside the next.
   """
   if not is_compressed(rng.path):
     with open_file(rng.path) as f:
@@ -330,7 +417,7 @@ def ranges_as_utf8(
         f.seek(0)
         raw = f.read()
       else:
-        raw = read_owned_lines(f, rng.start, rng.end, value_open, range_size)
+        raw = read_owned_lines(f, rng.start, rng.end, open_value_at, range_size)
     if not is_blank(raw):
       data, bad_lines = to_utf8(with_line_feeds(raw, encoding), encoding, keep_bad_lines=keep_bad_lines)
       if bad_lines or not is_blank(data):  # a UTF-16/32 file of its mark alone is blank once decoded
@@ -342,6 +429,8 @@ def ranges_as_utf8(
       piece = f.read() if part_bytes is None else read_exactly(f, part_bytes)
       data = rest + piece if rest else piece
       cut = len(data) if not piece else data.rfind(b'\n') + 1
+      if cut and piece and open_value_at is not None:
+        cut = _cut_outside_value(data, cut, open_value_at)
       if cut:
         raw, rest = data[:cut], data[cut:]
         if not is_blank(raw):

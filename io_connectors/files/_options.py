@@ -116,8 +116,10 @@ class CsvOptions(FileOptions):
   header: the first line names the columns (else f0, f1, ...).
   newlines_in_values: quoted values may hold newlines; such files are not
     split into ranges (a cut could fall inside a value). Without it, a file
-    whose first MiB has such a value is not split either; set it for files
-    whose first multi-line value comes later.
+    whose first MiB has such a value is not split either, and a later one is
+    read whole across a range's start; one that cannot be (longer than a
+    range or 1 MiB, or opened more than 64 KiB before a range's start) fails
+    the read naming it: set it for such files.
   """
 
   delimiter: Optional[str] = None

@@ -18,8 +18,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
-from io_connectors._common.errors import short_error
-from io_connectors.files._lines import first_line, line_count, nonblank_lines_before, ranges_as_utf8, to_utf8
+from io_connectors._common.errors import ConnectorError, short_error
+from io_connectors.files._lines import (
+  first_line,
+  line_count,
+  nonblank_lines_before,
+  open_value_past_end,
+  ranges_as_utf8,
+  to_utf8,
+)
 from io_connectors.files._options import CsvOptions
 from io_connectors.files._ranges import Range, ascii_compatible, is_compressed, open_file, read_exactly
 from io_connectors.files._read import READERS, STAGE, ReadFormat, emit
@@ -201,8 +208,14 @@ def _records_by_csv_module(data, lines: List[int], delimiter: str, quote_char: s
   return found
 
 
-# How much of a range's end is read for its last line (a longer line: the whole range is walked).
-_LAST_LINE_BYTES = 1 << 16
+def _value_runs_on(path: str, opens_at: int, compressed: bool) -> ConnectorError:
+  """The error of a read whose part ends inside a quoted value that the next part would read from inside."""
+  where = f'byte {opens_at} of the decompressed file' if compressed else f'byte {opens_at}'
+  return ConnectorError(
+    f'{path}: a quoted value holding newlines opens at {where} and runs on into the next part of the file, '
+    'which cannot start after it (a value longer than that part or than 1 MiB, or opened more than 64 KiB '
+    'before its start): read the file whole with newlines_in_values: true (--input_newlines_in_values)'
+  )
 
 
 def _ended_line(data):
@@ -290,36 +303,36 @@ class CsvReader:
       or (is_compressed(rng.path) and self._quoted_newlines(rng.path, options))
     )
     part_bytes = None if whole else options.split_size_bytes
-    value_open = None if whole else self._value_open(rng.path, options)
+    open_value_at = None if whole else self._open_value_finder(rng.path, options)
+    compressed = is_compressed(rng.path)
+    open_before = None  # where a quoted value opens that a compressed file's last part ended inside
     for part, data, bad_lines in ranges_as_utf8(
-      rng, options.encoding, True, part_bytes, value_open, options.split_size_bytes
+      rng, options.encoding, True, part_bytes, open_value_at, options.split_size_bytes
     ):
-      yield from self._read_part(part, data, bad_lines, options)
+      if open_before is not None:
+        raise _value_runs_on(rng.path, open_before, compressed)  # this part starts inside it
+      opened = yield from self._read_part(part, data, bad_lines, options)
+      if opened is None or open_value_at is None:
+        continue  # none, or the file is read whole: it ends inside that value (a dead letter says so)
+      if compressed:
+        open_before = part.start + opened
+        continue
+      # The next range starts inside the value unless the file ends in it: the range's own bytes say which.
+      open_past_end = open_value_past_end(rng.path, rng.start, rng.end, open_value_at, options.split_size_bytes)
+      if open_past_end is not None:
+        raise _value_runs_on(rng.path, open_past_end, compressed)
 
-  def _value_open(self, path: str, options: CsvOptions):
-    """`read_owned_lines`'s value_open for this file: whether CSV bytes end inside a quoted value; None without
-    quoting.
-
-    A range's last line is walked alone first: the value followed is one
-    that opens on it (a note or an address of a few lines; one opened on an
-    earlier line and running past the range is not). Only when it opens one
-    is the whole range walked, to confirm it.
-    """
+  def _open_value_finder(self, path: str, options: CsvOptions):
+    """`read_owned_lines`'s open_value_at for this file: where the quoted value that CSV bytes end inside
+    opens (`_open_value_at`); None without quoting."""
     if not options.quote_char:
       return None
     delimiter, quote = self._delimiter(options, path), options.quote_char
-
-    def still_open(data, inside: bool) -> bool:
-      if not inside:
-        tail = bytes(data[-_LAST_LINE_BYTES:])
-        start = tail.rfind(b'\n', 0, len(tail) - 1) + 1
-        if (start or len(tail) == len(data)) and _open_value_at(tail[start:], delimiter, quote) is None:
-          return False
-      return _open_value_at(data, delimiter, quote, inside) is not None
-
-    return still_open
+    return lambda data, inside: _open_value_at(data, delimiter, quote, inside)
 
   def _read_part(self, rng: Range, data, bad_lines, options: CsvOptions):
+    """Yields the part's batches and dead letters; returns the offset in `data` of the opening quote of a
+    quoted value the data ends inside (its record a dead letter), else None."""
     path, start = rng.path, rng.start
     source = rng.source
     # Record numbers (pyarrow's numbering: blank lines are not records) of
@@ -386,7 +399,7 @@ class CsvReader:
         stage=STAGE,
         count=count,
       )
-      return
+      return self._open_at_end(data, options, path)
     table = self._numbers_as_written(table, data, read_options, path, options)
     for number, text, expected, actual in invalid:
       if number in bad_records:
@@ -399,18 +412,17 @@ class CsvReader:
         detail=f'expected {expected} columns, got {actual}',
         stage=STAGE,
       )
-    rows = np.arange(first_data_record, first_data_record + table.num_rows + len(invalid), dtype=np.int64)
+    last_record = first_data_record + table.num_rows + len(invalid) - 1
+    rows = np.arange(first_data_record, last_record + 1, dtype=np.int64)
     if invalid:
       rows = rows[~np.isin(rows, np.array([r[0] for r in invalid], dtype=np.int64))]
     if bad_records:
       keep = ~np.isin(rows, np.array(list(bad_records), dtype=np.int64))
       table, rows = table.filter(pa.array(keep)), rows[keep]
-    last_record = first_data_record + table.num_rows + len(invalid) - 1
     cut_at = self._value_cut_at_end(table, rows, last_record, data, options, path)
     if cut_at is not None:
-      # Its quoted value runs on into the next range (a value of three or more lines, a later line of which
-      # holds that range's start; `read_owned_lines` follows one that opens on the range's last line):
-      # set aside, not written cut short.
+      # Its quoted value is not closed where the data ends (the file's end, or a value too long to follow into
+      # the next range, `read_owned_lines`; the caller tells them apart): set aside, not written cut short.
       text = bytes(data[bytes(data[:cut_at]).rfind(b'\n') + 1 :]).decode('utf-8', 'replace')
       yield dead_letter(
         source,
@@ -424,6 +436,17 @@ class CsvReader:
       )
       table, rows = table.slice(0, table.num_rows - 1), rows[:-1]
     yield from emit(table, source, rows, options.batch_size)
+    if cut_at is not None:
+      return cut_at
+    if len(rows) and int(rows[-1]) == last_record:
+      return None  # the last record is a row: its values all closed
+    # A malformed last record (or one with bad bytes) may be one whose value the data ends inside.
+    return self._open_at_end(data, options, path)
+
+  def _open_at_end(self, data, options: CsvOptions, path: str) -> Optional[int]:
+    """The offset of the opening quote of a quoted value CSV bytes end inside, else None."""
+    open_value_at = self._open_value_finder(path, options)
+    return None if open_value_at is None else open_value_at(data, False)
 
   def _value_cut_at_end(
     self, table: pa.Table, rows: np.ndarray, last_record: int, data, options: CsvOptions, path: str

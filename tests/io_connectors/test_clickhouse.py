@@ -238,6 +238,66 @@ def test_dates_datetimes_enums_wide_ints_and_ips_arrive_as_what_they_are(tmp_pat
   assert one['ip4'] == '10.0.0.2' and one['ip6'] is None and rows[0]['ip6'] == '2001:db8::1'
 
 
+@pytest.mark.parametrize('query', [False, True], ids=['table', 'query'])
+def test_the_same_types_inside_arrays_tuples_maps_nullables_and_low_cardinality(tmp_path, engine, query):
+  """Only top-level columns were converted: a DateTime, an Enum, an Int128/UInt256 or an IP inside an Array,
+  Tuple or Map still arrived as seconds, codes and raw bytes."""
+  _, make = engine
+  table = make(
+    'nested_events',
+    'CREATE TABLE {name} (id UInt32, times Array(DateTime(\'UTC\')), '
+    "kinds Array(Nullable(Enum8('it''s (a, b)' = 1, 'skip' = 2))), ips Array(Array(Nullable(IPv4))), "
+    "play Tuple(at DateTime('Europe/Stockholm'), big Int128, ip IPv6, day Date), anon Tuple(UInt256, String), "
+    "by_kind Map(Enum16('x' = 1, 'y' = 2), Array(Nullable(DateTime('UTC')))), "
+    "seen Array(LowCardinality(Nullable(DateTime('UTC')))), tags Array(LowCardinality(String))) "
+    'ENGINE = MergeTree ORDER BY id SETTINGS allow_suspicious_low_cardinality_types = 1',
+    "INSERT INTO {name} SELECT number, [toDateTime(1700000000 + number, 'UTC')], "
+    "[if(number % 2 = 0, 'it''s (a, b)', 'skip'), NULL], [[toIPv4('10.0.0.1') + number, NULL], []], "
+    "(toDateTime(1700000000, 'Europe/Stockholm'), toInt128('-170141183460469231731687303715884105728') + number, "
+    "toIPv6('2001:db8::1'), toDate('2024-02-29')), (toUInt256('6427752177035961102167848369364650410088811975131171341205504') + number, 'a'), "
+    "map('x', [toDateTime(1700000000, 'UTC'), NULL], 'y', []), [toDateTime(1700000000, 'UTC'), NULL], ['p'] "
+    'FROM numbers(10) SETTINGS allow_suspicious_low_cardinality_types = 1',
+  )
+  source = {'query': f'SELECT * FROM {table}'} if query else {'table': table}
+  options = ClickHouseOptions(url=URL, split_by='key', key_column='id', num_splits=2)
+  batches, dead = read(tmp_path, ReadFromClickHouse(**source, options=options))
+  data = pa.Table.from_batches(batches)
+  assert dead == [] and data.num_rows == 10
+  schema = data.schema
+  assert schema.field('times').type.value_type == pa.timestamp('s', tz='UTC')
+  assert schema.field('kinds').type.value_type == pa.string()
+  assert schema.field('ips').type.value_type.value_type == pa.string()
+  assert [field.type for field in schema.field('play').type] == [
+    pa.timestamp('s', tz='Europe/Stockholm'),
+    pa.string(),
+    pa.string(),
+    pa.date32(),
+  ]
+  assert [field.name for field in schema.field('play').type] == ['at', 'big', 'ip', 'day']
+  assert schema.field('by_kind').type.key_type == pa.string()
+  assert schema.field('by_kind').type.item_type.value_type == pa.timestamp('s', tz='UTC')
+  assert schema.field('seen').type.value_type == pa.timestamp('s', tz='UTC')
+  rows = {r['id']: r for r in data.to_pylist()}
+  one, at = rows[1], dt.datetime.fromtimestamp(1700000000, dt.timezone.utc)
+  assert one['times'] == [at + dt.timedelta(seconds=1)]
+  assert one['kinds'] == ['skip', None] and rows[0]['kinds'] == ["it's (a, b)", None]
+  assert one['ips'] == [['10.0.0.2', None], []]
+  assert one['play'] == {'at': at, 'big': str(-(2**127) + 1), 'ip': '2001:db8::1', 'day': dt.date(2024, 2, 29)}
+  assert list(one['anon'].values()) == [str(2**202 + 1), 'a']
+  assert dict(one['by_kind']) == {'x': [at, None], 'y': []}
+  assert one['seen'] == [at, None] and one['tags'] == ['p']
+
+
+def test_types_read_as_are_found_through_quotes_and_element_names():
+  assert clickhouse._read_as("Array(Enum8('a\\'b,)' = 1, 'c' = 2))") == 'Array(String)'
+  assert clickhouse._read_as("Tuple(\n    `x, y` DateTime('UTC'),\n    n Nullable(UInt8))") == (
+    "Tuple(`x, y` DateTime64(0, 'UTC'), n Nullable(UInt8))"
+  )
+  assert clickhouse._read_as('LowCardinality(Nullable(IPv4))') == 'Nullable(String)'
+  for as_it_is in ('LowCardinality(Nullable(String))', 'Array(Tuple(String, Decimal(18, 4)))', "DateTime64(3, 'UTC')"):
+    assert clickhouse._read_as(as_it_is) is None
+
+
 def test_query_split_by_key_column(tmp_path, engine):
   _, make = engine
   table = make('plays_q', PLAYS_DDL, PLAYS_INSERT)

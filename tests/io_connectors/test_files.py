@@ -905,12 +905,10 @@ def _read_in_ranges(path: str, split: int):
 
 @pytest.mark.parametrize('most_newlines', [1, 4])
 def test_csv_values_with_newlines_across_range_starts_are_never_cut_short(tmp_path, most_newlines):
-  """Quoted values holding newlines, in any column, split by small ranges. A value that opens on a range's
-  last line is read whole by that range and skipped by the next: the rows are pyarrow's reading of the whole
-  file (before, the value was cut at the line and its rest was a row of its own). A record whose value a
-  range's start falls later in (three lines or more) is never written cut short or twice: it is a
-  dead letter (its rest, read from the next range's start, may still parse as a row of fragments; such
-  files need newlines_in_values)."""
+  """Quoted values holding newlines, in any column, split by small ranges. A value that a range's lines end
+  inside (opened on its last line or, for three lines or more, an earlier one) is read whole by that range
+  and skipped by the next: the rows are pyarrow's reading of the whole file (before, the value was cut at
+  the line and its rest was a row of its own)."""
   import random
 
   import pyarrow.csv as pa_csv
@@ -942,14 +940,125 @@ def test_csv_values_with_newlines_across_range_starts_are_never_cut_short(tmp_pa
     assert len(want) == whole.num_rows
     rows, letters = _read_in_ranges(str(path), rng.randint(60, 3000))
     got = [(row['id'], row['note']) for row in rows]
-    if most_newlines == 1:
-      assert sorted(got) == sorted(want) and not letters, path.read_bytes()
-      continue
-    ids = {row_id for row_id, _ in want}
-    written = [(row_id, note) for row_id, note in got if row_id in ids]
-    assert len(written) == len({row_id for row_id, _ in written}) and set(written) <= want, path.read_bytes()
-    missing = ids - {row_id for row_id, _ in written}
-    assert all(any(row_id in str(letter['record']) for letter in letters) for row_id in missing)
+    assert sorted(got) == sorted(want) and not letters, path.read_bytes()
+
+
+def _long_notes_csv(n: int, plain_head_bytes: int = 0) -> Tuple[bytes, Dict[int, str]]:
+  """A CSV of notes of 1 to 8 lines (after `plain_head_bytes` of one-line rows): lines shaped like a record,
+  lines that start or end with a quote or a delimiter, blank lines."""
+  shapes = ['{i},"fake",{i}', 'she said "hi", then', '",x', 'x,"', '', 'plain line {j}', '"quoted" start', 'a,b,c']
+  out = io.StringIO()
+  writer = csv.writer(out, lineterminator='\n')
+  writer.writerow(['id', 'note', 'n'])
+  while out.tell() < plain_head_bytes:
+    writer.writerow([-out.tell(), 'plain', 0])
+  notes = {}
+  for i in range(n):
+    lines = [shapes[(i * 3 + j) % len(shapes)].format(i=i + 1, j=j) for j in range(i % 8 + 1)]
+    notes[i] = '\n'.join(lines)
+    writer.writerow([i, notes[i], i * 2])
+  return out.getvalue().encode('utf-8'), notes
+
+
+def _whole_file_rows(path: str):
+  """pyarrow's reading of the whole file: what any cut into ranges must give."""
+  import pyarrow.csv as pa_csv
+
+  whole = pa_csv.read_csv(
+    path,
+    parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+    convert_options=pa_csv.ConvertOptions(column_types={'note': pa.string()}),
+  )
+  return sorted((row['id'], row['note'], row['n']) for row in whole.to_pylist())
+
+
+@pytest.mark.parametrize('split', [40, 97, 256, 1000, 4096])
+def test_csv_values_of_three_or_more_lines_whose_middle_holds_a_range_start_are_read_whole(tmp_path, split):
+  """A range whose start fell in a middle line of a quoted value (three lines or more) started inside the
+  value: the range before set the record aside cut short, and the value's rest became rows of their own
+  (here lines shaped like records, quotes, delimiters). Now the range before reads the value whole, for any
+  number of lines, and the next starts after it: the rows are pyarrow's reading of the whole file."""
+  from io_connectors._common.errors import ConnectorError
+
+  content, notes = _long_notes_csv(400)
+  path = write(tmp_path, 'notes.csv', content)
+  want = _whole_file_rows(path)
+  assert [note for _, note, _ in want] == [notes[i] for i in range(400)]
+  longest = max(len(f'{i},"{note}",{i * 2}\n') + note.count('"') for i, note in notes.items())
+  if split <= longest:
+    # A value longer than the range after the one it opens in is not followed: a clear error, not its rest as rows.
+    with pytest.raises(ConnectorError, match='newlines_in_values'):
+      _read_in_ranges(path, split)
+    return
+  rows, letters = _read_in_ranges(path, split)
+  assert letters == []
+  assert sorted((row['id'], row['note'], row['n']) for row in rows) == want
+
+
+@pytest.mark.parametrize('name', ['notes.csv', 'notes.csv.gz'])
+def test_csv_values_holding_newlines_past_the_first_mib_are_read_whole_in_ranges_and_parts(tmp_path, name):
+  """A file whose first MiB holds no such value is cut into ranges (a compressed one read in parts cut at
+  newlines): its later values of several lines came out cut, their rest as rows of their own."""
+  content, notes = _long_notes_csv(2000, plain_head_bytes=(1 << 20) + 100)
+  path = write(tmp_path, name, gzip.compress(content) if name.endswith('.gz') else content)
+  result = read(tmp_path, ReadFromCsv(path, CsvOptions(split_size_bytes=16 * 1024)))
+  assert result.dead_letters == []
+  got = {r[2]['id']: (r[2]['note'], r[2]['n']) for r in result.rows()}
+  assert len(result.rows()) == len(got) and {i: got[i] for i in notes} == {i: (notes[i], i * 2) for i in notes}
+  assert len({r[0] for r in result.rows()}) > 10  # read in ranges (parts)
+
+
+def test_csv_value_running_past_the_next_range_is_a_clear_error_not_rows_of_its_rest(tmp_path):
+  """A value longer than the range after the one it opens in cannot be read whole by that range: the read
+  fails naming the file, the byte where the value opens and the option, rather than writing its rest as
+  rows (nothing is lost or written twice silently)."""
+  from io_connectors._common.errors import ConnectorError
+
+  long_note = '\n'.join(f'{k},"fake",{k}' for k in range(100))
+  out = io.StringIO()
+  writer = csv.writer(out, lineterminator='\n')
+  writer.writerow(['id', 'note', 'n'])
+  writer.writerows([i, 'short', i] for i in range(20))
+  writer.writerow([20, long_note, 20])
+  writer.writerows([i, 'short', i] for i in range(21, 40))
+  content = out.getvalue().encode()
+  path = write(tmp_path, 'long.csv', content)
+  opens = content.index(b'"0,')
+  for split in (64, 300, 700):
+    with pytest.raises(ConnectorError) as raised:
+      _read_in_ranges(path, split)
+    message = str(raised.value)
+    assert path in message and f'byte {opens}' in message and 'newlines_in_values' in message, message
+  # Read whole it is one record.
+  rows, letters = _read_in_ranges(path, len(content))
+  assert letters == [] and [row['note'] for row in rows if row['id'] == 20] == [long_note]
+
+
+@pytest.mark.parametrize('name', ['long.csv', 'long.csv.gz'])
+def test_csv_value_opened_further_back_than_the_look_back_is_a_clear_error(tmp_path, name):
+  """A range (or a compressed file's part) ending more than 64 KiB into a value holding newlines: the look
+  back from its end does not reach the value's start, so neither it nor the next part can tell (without
+  reading the whole range again for every range): the read fails naming the byte, not writing the rest."""
+  from io_connectors._common.errors import ConnectorError
+  from io_connectors.files import csv as csv_reader
+  from io_connectors.files._ranges import Range
+
+  out = io.StringIO()
+  writer = csv.writer(out, lineterminator='\n')
+  writer.writerow(['id', 'note', 'n'])
+  while out.tell() < (1 << 20) + 100:  # a first MiB without such values: a compressed file is read in parts
+    writer.writerow([-out.tell(), 'short', 0])
+  writer.writerow([10, '\n'.join(f'text line {k}' for k in range(10_000)), 10])
+  writer.writerows([i, 'short', i] for i in range(11, 20))
+  content = out.getvalue().encode()
+  opens = content.index(b'"text line 0')
+  path = write(tmp_path, name, gzip.compress(content) if name.endswith('.gz') else content)
+  split = opens + 80_000  # the value runs on 80 KB past the first range's end (or part's cut)
+  with pytest.raises(ConnectorError, match=f'opens at byte {opens}.*newlines_in_values'):
+    if name.endswith('.gz'):
+      list(csv_reader.CsvReader().read(Range(path, 'csv', 0, len(content)), CsvOptions(split_size_bytes=split)))
+    else:
+      _read_in_ranges(path, split)
 
 
 def test_csv_unclosed_quote_at_the_end_sets_aside_only_its_own_record(tmp_path):

@@ -8,6 +8,7 @@ import json
 import pickle
 import re
 import subprocess
+import urllib.parse
 import uuid
 
 import bson
@@ -171,7 +172,7 @@ def test_types_nulls_unicode_numerics_timestamps_nested(tmp_path, coll, mongo_ur
   assert second['missing_later'] is None and second['when'] is None and second['genres'] == []
   assert second['album']['title'] is None
   # Provenance: the collection without credentials, rows numbered from 1 in _id order.
-  assert {s for s, _, _ in rows} == {f'mongodb://127.0.0.1:27018/test.{coll.name}'}
+  assert {s for s, _, _ in rows} == {f'mongodb://127.0.0.1:{urllib.parse.urlsplit(mongo_url).port}/test.{coll.name}'}
   assert sorted(n for _, n, _ in rows) == [1, 2]
 
 

@@ -60,8 +60,13 @@ def _save_to(path):
   return save
 
 
-def read(tmp_path, transform, source='redis://127.0.0.1:6380/0'):
-  """(rows as (row number, record) sorted by number, batches, dead letters).
+def source_of(url):
+  """The ``__source`` of a read of `url`: the server and database, without the password."""
+  return f'redis://127.0.0.1:{urllib.parse.urlsplit(url).port}/0'
+
+
+def read(tmp_path, transform, source):
+  """(rows as (row number, record) sorted by number, batches, dead letters); every row's ``__source`` is `source`.
 
   An incremental read's cursor updates are left in tmp_path / 'cursors.pkl'.
   """
@@ -112,7 +117,7 @@ def test_value_types_map_to_records(tmp_path, client, url, prefix):
     ),
   )
   client.hset(prefix + 'hash', mapping={'name': 'Sigur Rós', 'followers': '1000'})
-  rows, batches, dead = read(tmp_path, ReadFromRedis(prefix + 'json:*', RedisOptions(url=url)))
+  rows, batches, dead = read(tmp_path, ReadFromRedis(prefix + 'json:*', RedisOptions(url=url)), source_of(url))
   assert dead == []
   records = by_key(rows)
   assert records[prefix + 'json:1'] == {
@@ -135,7 +140,9 @@ def test_value_types_map_to_records(tmp_path, client, url, prefix):
   client.rpush(prefix + 'list', 'b', 'a', 'b')
   client.sadd(prefix + 'set', 'y', 'x')
   client.zadd(prefix + 'zset', {'low': 1.0, 'high': 2.5})
-  rows, _, dead = read(tmp_path / 'all', ReadFromRedis(prefix + '*', RedisOptions(url=url, key_batch_size=1)))
+  rows, _, dead = read(
+    tmp_path / 'all', ReadFromRedis(prefix + '*', RedisOptions(url=url, key_batch_size=1)), source_of(url)
+  )
   assert dead == []
   records = by_key(rows)
   assert len(records) == 8 and sorted(n for n, _ in rows) == list(range(1, 9))
@@ -152,8 +159,7 @@ def test_json_numbers_in_a_text_column_keep_every_digit_as_written(tmp_path, cli
   12345678901234567890.5 -> '1.2345678901234567e+19'), where a JSON file or message keeps them as written."""
   client.set(prefix + '1', '{"amount": 12345678901234567890.5, "rate": 1.10, "meta": {"x": 0.10}}')
   client.set(prefix + '2', '{"amount": "n/a", "rate": 2.5, "meta": "none"}')
-  source = f'redis://127.0.0.1:{urllib.parse.urlsplit(url).port}/0'
-  rows, _, dead = read(tmp_path, ReadFromRedis(prefix + '*', RedisOptions(url=url)), source=source)
+  rows, _, dead = read(tmp_path, ReadFromRedis(prefix + '*', RedisOptions(url=url)), source_of(url))
   assert dead == []
   records = by_key(rows)
   assert records[prefix + '1']['amount'] == '12345678901234567890.5' and records[prefix + '2']['amount'] == 'n/a'
@@ -163,7 +169,7 @@ def test_json_numbers_in_a_text_column_keep_every_digit_as_written(tmp_path, cli
 
 def test_text_format_keeps_json_as_text(tmp_path, client, url, prefix):
   client.set(prefix + 'a', '{"x": 1}')
-  rows, _, _ = read(tmp_path, ReadFromRedis(prefix + '*', RedisOptions(url=url, value_format='text')))
+  rows, _, _ = read(tmp_path, ReadFromRedis(prefix + '*', RedisOptions(url=url, value_format='text')), source_of(url))
   assert [r for _, r in rows] == [{'key': prefix + 'a', 'value': '{"x": 1}'}]
 
 
@@ -175,7 +181,9 @@ def test_undecodable_values_are_dead_lettered_with_their_key(tmp_path, client, u
   client.set(prefix.encode() + b'\xff\xfekey', '{"n": 2}')
   client.set(prefix + 'clash', '{"key": "mine"}')
   client.xadd(prefix + 'stream', {'a': '1'})
-  rows, _, dead = read(tmp_path, ReadFromRedis(prefix + '*', RedisOptions(url=url, value_format='json')))
+  rows, _, dead = read(
+    tmp_path, ReadFromRedis(prefix + '*', RedisOptions(url=url, value_format='json')), source_of(url)
+  )
   assert [r for _, r in rows] == [{'key': prefix + 'ok', 'n': 1}]
   letters = {d['position']: d for d in dead}
   assert len(dead) == 6
@@ -189,7 +197,7 @@ def test_undecodable_values_are_dead_lettered_with_their_key(tmp_path, client, u
   assert letters[f'key {prefix}stream']['reason'] == 'source_error'
   bad_key = [d for d in dead if d['reason'] == 'bad_encoding' and d['field'] == 'key']
   assert len(bad_key) == 1 and bad_key[0]['position'] == f'key {prefix}\\xff\\xfekey'
-  assert all(d['source'] == 'redis://127.0.0.1:6380/0' for d in dead)
+  assert all(d['source'] == source_of(url) for d in dead)
 
 
 def test_parallel_key_batches_read_every_key_exactly_once(tmp_path, client, url, prefix):
@@ -200,7 +208,7 @@ def test_parallel_key_batches_read_every_key_exactly_once(tmp_path, client, url,
   client.set('other-prefix-' + prefix, '{"n": -1}')  # does not match
   try:
     rows, batches, dead = read(
-      tmp_path, ReadFromRedis(prefix + '*', RedisOptions(url=url, key_batch_size=128, scan_count=50))
+      tmp_path, ReadFromRedis(prefix + '*', RedisOptions(url=url, key_batch_size=128, scan_count=50)), source_of(url)
     )
   finally:
     client.delete('other-prefix-' + prefix)
@@ -219,7 +227,7 @@ def test_wrong_or_missing_password_is_a_clear_error_without_it(tmp_path, url, pr
   with pytest.raises(RedisSourceError, match='authentication failed'):
     ReadFromRedis(prefix + '*', RedisOptions(url=no_password)).check()
   with pytest.raises(Exception, match='authentication failed') as error:
-    read(tmp_path, ReadFromRedis(prefix + '*', RedisOptions(url=bad)))
+    read(tmp_path, ReadFromRedis(prefix + '*', RedisOptions(url=bad)), source_of(bad))
   assert 'Wrong-Pass-123' not in str(error.value)
   assert ReadFromRedis(prefix + '*', RedisOptions(url=url)).check().endswith('readable')
 
@@ -241,7 +249,7 @@ def test_connection_lost_mid_read_rereads_the_batch(tmp_path, client, url, prefi
     rows, _, dead = read(
       tmp_path,
       ReadFromRedis(prefix + '*', RedisOptions(url=proxied, key_batch_size=400)),
-      source=f'redis://127.0.0.1:{proxy.port}/0',
+      source_of(proxied),
     )
     assert proxy.cuts_done == 1
   assert dead == []
@@ -284,6 +292,7 @@ def test_incremental_reads_only_changed_records_until_the_cursor_is_committed(tm
       ReadFromRedis(
         prefix + '*', RedisOptions(url=url, cursor_field='updated_at', state=store, key_batch_size=3, **kwargs)
       ),
+      source_of(url),
     )
     assert dead == []
     with open(out / 'cursors.pkl', 'rb') as f:

@@ -732,9 +732,9 @@ def test_input_encoding_reads_a_cp1252_csv_whose_rows_utf8_would_dead_letter(tmp
 
 def test_input_newlines_in_values_reads_a_file_whose_first_multi_line_note_is_past_its_first_mib(tmp_path, monkeypatch):
   """A file cut into 1 MiB ranges, its multi-line notes past its first MiB. A note whose first line holds a
-  range's start is read whole either way (the range before reads on to its end, the next starts after it);
-  one of three lines whose second line holds a range's start is cut into malformed rows (never written
-  truncated) without the flag, and read whole with --input_newlines_in_values (the file is one range)."""
+  range's start, and one of three lines whose second line holds it (cut into malformed rows before), are read
+  whole either way: without the flag the range before reads on to the note's end and the next starts after
+  it; with --input_newlines_in_values the file is one range."""
   from pipelines.config import ConfigError, resolve
 
   monkeypatch.setenv('PII_MASTER_KEY', 'ab' * 32)
@@ -756,15 +756,11 @@ def test_input_newlines_in_values_reads_a_file_whose_first_multi_line_note_is_pa
   path.write_text(data, encoding='utf-8')
   assert not boundaries and path.read_bytes().index(b'first line') > 2**20 - 100
   argv = ['--input', str(path), '--tenant_field', 'tenant_id', '--num_shards', '1', '--split_size_mb', '1']
-  cut = run(argv + ['--output', str(tmp_path / 'a')])
-  assert cut['counts']['dead_letter'] > 0 and cut['counts']['written'] == 29999
-  notes = [n for n in _written(tmp_path / 'a').column('note').to_pylist() if n != 'fine']
-  assert notes == [two_lines.strip('"')]
-
-  whole = run(argv + ['--output', str(tmp_path / 'b'), '--input_newlines_in_values'])
-  assert whole['counts']['dead_letter'] == 0 and whole['counts']['written'] == 30000
-  notes = sorted(n for n in _written(tmp_path / 'b').column('note').to_pylist() if n != 'fine')
-  assert notes == sorted([two_lines.strip('"'), three_lines.strip('"')])
+  for output, flags in (('a', []), ('b', ['--input_newlines_in_values'])):
+    counts = run(argv + ['--output', str(tmp_path / output)] + flags)['counts']
+    assert counts['dead_letter'] == 0 and counts['written'] == 30000, flags
+    notes = sorted(n for n in _written(tmp_path / output).column('note').to_pylist() if n != 'fine')
+    assert notes == sorted([two_lines.strip('"'), three_lines.strip('"')]), flags
 
   with pytest.raises(ConfigError, match='input_newlines_in_values applies to CSV input, not to input_format jsonl'):
     resolve({'input': 'x.jsonl', 'input_format': 'jsonl', 'tenant_id': 'acme', 'input_newlines_in_values': True})
