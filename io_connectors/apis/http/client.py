@@ -37,9 +37,11 @@ proxy settings and .netrc credentials are ignored unless `trust_env=True`.
 
 Secrets never leave in messages: `Masker` replaces the auth's secret values,
 query parameters with secret-looking names and URL passwords by `***`, and
-every error text is built from masked parts. A body quoted in an error or a
-dead letter is an excerpt (`Masker.body`), masked as one: a secret the
-server echoes across the cut is masked too, not left with its first part.
+every error text is built from masked parts. A secret is found as written,
+JSON-escaped or percent-encoded (a server echoing it in a JSON error writes
+'/' as '\\/'). A body quoted in an error or a dead letter is an excerpt
+(`Masker.body`), masked as one: a secret the server echoes across the cut
+is masked too, not left with its first part.
 
 Usage::
 
@@ -110,9 +112,8 @@ class Masker:
 
   def text(self, text: Any, cut: bool = False) -> str:
     """`text` masked; cut: it is the start of a longer text, whose last characters may begin a secret."""
-    # Longest first (a secret containing another is masked whole), and each
-    # also as it appears percent-encoded in a URL.
-    text = mask_secrets(str(text), (v for s in self._secrets for v in (s, urllib.parse.quote(s, safe=''))), cut=cut)
+    # The secrets however spelled: as written, JSON-escaped, percent-encoded (`mask_secrets`).
+    text = mask_secrets(str(text), self._secrets, cut=cut)
     # user:password@ in URLs, and secret-named query parameters anywhere.
     text = re.sub(r'(://[^/\s:@]*:)[^@/\s]+@', r'\1' + MASK + '@', text)
     text = re.sub(

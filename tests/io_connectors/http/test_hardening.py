@@ -16,6 +16,7 @@ import pytest
 
 from io_connectors._common import state
 from io_connectors.apis.http import (
+  ApiKeyAuth,
   BearerTokenAuth,
   ClientOptions,
   HostNotAllowed,
@@ -511,6 +512,41 @@ def test_a_token_endpoint_echoing_the_basic_credentials_does_not_show_them(fake_
   assert base64.b64decode(encoded) == b'echo-client:echo-secret-42'
   assert 'HTTP 400' in letter['detail'] and 'invalid_client' in letter['detail']
   assert encoded not in json.dumps(letter) and 'echo-secret-42' not in json.dumps(letter)
+
+
+ESCAPED_KEY = 'lf/key+Zé-0123456789'  # a '/' and a non-ASCII character: JSON spells both otherwise
+
+
+def test_an_api_key_echoed_json_escaped_in_an_error_body_is_masked_everywhere(fake_server, caplog):
+  """A server echoing the key in its JSON error writes '/' as '\\/' and 'é' as '\\u00e9' (PHP's json_encode)."""
+
+  def refuse(call):
+    echo = {
+      'error': 'invalid key',
+      'key': call.headers.get('X-Api-Key'),
+      'request': f'https://api.example.com/v1/items?api_key={urllib.parse.quote(call.headers.get("X-Api-Key"))}',
+    }
+    return _json(json.dumps(echo).replace('/', '\\/').encode(), 403, {'Content-Type': 'application/json'})
+
+  fake_server.route('GET', '/items', refuse)
+  client = _client(ApiKeyAuth(ESCAPED_KEY, name='X-Api-Key', location='header'))
+  escaped = json.dumps(ESCAPED_KEY)[1:-1].replace('/', '\\/')
+  assert escaped == 'lf\\/key+Z\\u00e9-0123456789'
+  with caplog.at_level('DEBUG'):
+    with pytest.raises(RequestFailed) as raised:
+      client.send(Request('GET', f'{fake_server.base_url}/items'))
+    [letter] = _read({'base_url': fake_server.base_url, 'path': '/items', 'record_path': 'items'}, client).dead_letters
+  assert 'invalid key' in str(raised.value) and 'invalid key' in raised.value.body and 'HTTP 403' in letter['detail']
+  shown = [
+    str(raised.value),
+    raised.value.body,
+    json.dumps(letter),
+    json.dumps(letter, ensure_ascii=False),
+    caplog.text,
+  ]
+  for text in shown:
+    for spelling in (ESCAPED_KEY, escaped, urllib.parse.quote(ESCAPED_KEY, safe=''), 'lf\\/key', 'Z\\u00e9-0123'):
+      assert spelling not in text
 
 
 ECHOED_TOKEN = 'echoed-bearer-token-0123456789'
