@@ -6,7 +6,6 @@ Usage::
     mask_url('postgresql://music:s3cret@db:5432/music')   # 'postgresql://music:***@db:5432/music'
     mask_url('https://ghp_token@github.com/org/repo')      # 'https://***@github.com/org/repo'
     mask_secrets('login failed for key sk-123', ['sk-123'])   # 'login failed for key ***'
-    mask_secrets('body cut at 20: ... key sk-1', ['sk-123'], cut=True)   # 'body cut at 20: ... key ***'
     # ... however a server spelled it back: JSON-escaped, percent-encoded, or both.
     mask_secrets('{"url": "https:\\/\\/h\\/?k=s\\/k\\u00e9"}', ['s/ké'])   # '{"url": "https:\\/\\/h\\/?k=***"}'
     mask_secrets('GET /v1?key=s%2Fk%C3%A9', ['s/ké'])   # 'GET /v1?key=***'
@@ -55,7 +54,7 @@ def host_part(url: str) -> urllib.parse.SplitResult:
   return urllib.parse.urlsplit(mask_url(url))
 
 
-def mask_secrets(text: str, secrets: Iterable[Optional[str]], cut: bool = False) -> str:
+def mask_secrets(text: str, secrets: Iterable[Optional[str]]) -> str:
   """`text` with every non-empty secret (a password, a token, a connection string) replaced by ***.
 
   A secret is found however a server may have spelled it back: as written,
@@ -65,22 +64,15 @@ def mask_secrets(text: str, secrets: Iterable[Optional[str]], cut: bool = False)
   query, '%2F' or '%2f', a space as '+'), or a mix of these. Longest
   first: a secret holding another is masked whole.
 
-  cut: `text` is the start of a longer text (an excerpt of an answer's
-  body). A secret the cut goes through ends it with its first characters
-  only, which no whole-secret replacement finds: those are masked too (and
-  a replacement character left by a multi-byte character cut in two).
+  To quote an excerpt of a longer text, mask the text first and cut it
+  after: cut first, a secret the cut goes through is no whole secret any
+  more, and its first characters stay.
   """
   secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
   # Without a backslash, a '%' or a '+', a secret can only stand as written.
   spelled = any(c in text for c in '\\%+')
   for secret in secrets:
     text = _spellings(secret).sub(MASK, text) if spelled else text.replace(secret, MASK)
-  if cut:
-    text = text.rstrip('\ufffd')
-    for secret in secrets:
-      start = next((n for n in range(min(len(secret) - 1, len(text)), 0, -1) if text.endswith(secret[:n])), 0)
-      if start:
-        text = text[:-start] + '***'
   return text
 
 

@@ -493,7 +493,7 @@ class _Reader:
         records = []  # an empty answer that leaves the record list out
       if records is None or not isinstance(records, list):
         detail = (
-          f'errors in the answer: {json.dumps(errors, default=str)[:500]}'
+          f'errors in the answer: {self.client.masker.excerpt(json.dumps(errors, default=str), 500)}'
           if errors
           else f'no list of records at {r.record_path!r} in the answer (HTTP {response.status})'
         )
@@ -513,7 +513,7 @@ class _Reader:
           self._letter(
             request,
             'source_error',
-            f'partial answer with errors: {json.dumps(errors, default=str)[:500]}',
+            f'partial answer with errors: {self.client.masker.excerpt(json.dumps(errors, default=str), 500)}',
             position=f'page {pages}',
             source=page_source,
           )

@@ -579,6 +579,68 @@ def test_a_token_echoed_across_the_cut_of_a_quoted_body_shows_no_part_of_it(fake
   assert ECHOED_TOKEN[:3] not in text  # ... without the start of the token it cuts
 
 
+SLASHED_TOKEN = 'echoed/bearer-token-0123456789'  # JSON may write it 'echoed\\/bearer-...'
+SLASHED_ECHO = SLASHED_TOKEN.replace('/', '\\/')
+
+QUOTED_BODIES = [
+  (400, 300, lambda error, letter: str(error)),  # the error message's excerpt
+  (400, 2000, lambda error, letter: error.body),  # the body a RequestFailed carries
+  (200, 2000, lambda error, letter: json.dumps(letter)),  # a body that is not JSON, in its dead letter
+]
+
+
+def _quoted(fake_server, status, shown, body):
+  fake_server.route('GET', '/items', lambda c: _json(body, status, {'Content-Type': 'text/plain'}))
+  client = _client(BearerTokenAuth(SLASHED_TOKEN))
+  error = None
+  if status >= 400:
+    with pytest.raises(RequestFailed) as raised:
+      client.send(Request('GET', f'{fake_server.base_url}/items'))
+    error = raised.value
+  [letter] = _read({'base_url': fake_server.base_url, 'path': '/items'}, client).dead_letters
+  return shown(error, letter)
+
+
+@pytest.mark.parametrize('status, cut, shown', QUOTED_BODIES)
+def test_a_token_echoed_json_escaped_across_the_cut_is_masked_whole_then_cut(fake_server, status, cut, shown):
+  """The cut goes through 'echoed\\/' + 'bearer...': masked after the cut, its start was no secret's start."""
+  body = ('x' * (cut - 15) + f'Bearer {SLASHED_ECHO} was refused').encode()
+  text = _quoted(fake_server, status, shown, body)
+  assert 'xxx' in text and 'Bearer ***' in text  # the excerpt is there, the token masked whole ...
+  assert 'echo' not in text and '\\/' not in text  # ... and none of its start left
+
+
+@pytest.mark.parametrize('status, cut, shown', QUOTED_BODIES)
+def test_an_excerpt_of_a_body_full_of_secrets_is_as_long_as_asked_and_shows_none(fake_server, status, cut, shown):
+  """Masking shortens the text: the excerpt is taken from further on, and still shows no part of a token."""
+  body = ' '.join(f'Bearer {SLASHED_ECHO if n % 2 else SLASHED_TOKEN}' for n in range(400)).encode()
+  text = _quoted(fake_server, status, shown, body)
+  expected = ' '.join(['Bearer ***'] * 400)[:cut]
+  assert expected in text and 'echo' not in text
+
+
+def test_errors_in_an_answer_are_quoted_masked_then_cut(fake_server):
+  """A GraphQL-style error echoing the token across the 500 characters quoted: no part of it is shown."""
+  # The token starts 8 characters before the end of the 500 quoted.
+  message = 'x' * (500 - len('[{"message": "') - len('token ') - 8) + f'token {SLASHED_TOKEN} refused'
+  fake_server.route('POST', '/graphql', lambda c: _json({'errors': [{'message': message}]}))
+  out = _read(
+    {
+      'base_url': fake_server.base_url,
+      'path': '/graphql',
+      'method': 'POST',
+      'json': {'query': '{ items { id } }', 'variables': {}},
+      'record_path': 'data.items',
+      'error_path': 'errors',
+    },
+    _client(BearerTokenAuth(SLASHED_TOKEN)),
+  )
+  [letter] = out.dead_letters
+  assert letter['detail'].startswith('errors in the answer: [{"message": "xxx')
+  assert letter['detail'].endswith('xxtoken *** refu')
+  assert 'echo' not in json.dumps(letter)
+
+
 @pytest.mark.parametrize('token', [None, '', 12345678, {'value': 'tok'}])
 def test_a_token_answer_without_a_string_token_is_a_clear_error_and_nothing_is_sent(fake_server, token):
   fake_server.route('POST', '/token', lambda c: _json({'access_token': token, 'expires_in': 3600}))
