@@ -154,6 +154,30 @@ def _read_one_user(fake, user, **kwargs):
   return rows, [o.value for o in outputs if not isinstance(o, pa.RecordBatch)]
 
 
+def test_a_page_without_its_track_list_is_dead_lettered_and_the_next_pages_are_read(lastfm):
+  lastfm.add_scrobbles('rj', scrobbles(25))
+  lastfm.inject('user.getRecentTracks', 'pass')  # page 1
+  lastfm.inject('user.getRecentTracks', 'no_tracks')  # page 2
+  rows, letters = _read_one_user(lastfm, 'rj', page_size=10)
+  assert len(rows) == 15
+  [letter] = letters
+  assert letter['position'] == 'page 2' and letter['record']['request']['params']['page'] == 2
+  assert letter['detail'] == 'no recenttracks.track list in the answer; the read goes on with page 3'
+  assert [r['params']['page'] for r in lastfm.served('user.getRecentTracks')] == ['1', '2', '3']
+
+
+def test_a_first_page_that_fails_for_good_says_the_pages_after_it_were_not_read(lastfm):
+  """No page read says how many there are: the read stops, and its dead letter says what was not read."""
+  lastfm.add_scrobbles('rj', scrobbles(25))
+  lastfm.inject('user.getRecentTracks', 'http', 500, times=FAST_RETRY.max_attempts)
+  rows, letters = _read_one_user(lastfm, 'rj', page_size=10)
+  assert rows == []
+  [letter] = letters
+  assert letter['position'] == 'page 1' and letter['reason'] == 'source_error' and 'HTTP 500' in letter['detail']
+  assert letter['detail'].endswith('the read stopped at page 1; the pages after it were not read (how many is unknown)')
+  assert LastfmFake.API_KEY not in json.dumps(letter)
+
+
 def test_an_answer_in_the_charset_it_declares_is_read_in_it(lastfm):
   """Read as UTF-8, a page in ISO-8859-1 failed twice as 'not JSON' and the user's read ended there."""
   lastfm.add_scrobbles('rj', [dict(s, artist='Björk Guðmundsdóttir') for s in scrobbles(25)])
