@@ -26,6 +26,12 @@ next links), the failed page's dead letter says that the read stopped there
 and the pages after it were not read. An incremental read's cursor stops
 before the first failed page, so that the next run reads it again.
 
+An offset-paged collection that changes while it is read repeats the items
+pushed across a page boundary: with `id_path`, an item whose id was read
+already in the element's read is written once, the repeats dropped counted
+in ``rest/repeated_items_dropped|resource=<name>``; items without an id are
+all kept.
+
 Pagination is held to the resource: a next-page link (Link header, next URL
 in the body) with userinfo, a backslash, whitespace or control characters,
 one to another host (unless in `next_link_hosts`), to another port of the
@@ -93,6 +99,7 @@ from io_connectors.apis.http.paginators import Paginator, create_paginator
 from io_connectors.apis.http.request import HostNotAllowed, Request, RequestFailed, Response, json_path
 from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
+from transforms.metrics import LabelledCounters
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, json_safe
 
 __all__ = [
@@ -170,6 +177,13 @@ class ResourceConfig:
     allow-list too, on any port; base_url's host only on base_url's port
     unless listed here. A next link may never leave https for http.
   incremental: an IncrementalConfig (or dict).
+  id_path: dotted path of a record's stable id in the (mapped) record, e.g.
+    'id'. An item whose id was read already in the element's read is
+    dropped, and counted in the Beam counter
+    ``rest/repeated_items_dropped|resource=<name>``: an offset-paged
+    collection that changes while it is read repeats the items the change
+    pushes across a page boundary. Records without a value there are all
+    kept. None (default): every record is kept.
   empty_path: for APIs that leave the records out of an empty answer (Twitter/X
     omits `data` when nothing matches): the dotted path of a count that is 0
     then; a page without records whose count there is 0 is an empty page, not
@@ -195,6 +209,7 @@ class ResourceConfig:
   max_failed_pages_in_a_row: int = 3
   next_link_hosts: Sequence[str] = ()
   incremental: Optional[IncrementalConfig] = None
+  id_path: Optional[str] = None
   empty_path: Optional[str] = None
 
   def __post_init__(self):
@@ -360,6 +375,7 @@ class _Fetched:
   positions: List[int] = dataclasses.field(default_factory=list)
   dead_letters: List[dict] = dataclasses.field(default_factory=list)
   cursor: Optional[Tuple[dict, Any]] = None  # ({'store', 'key'}, highest value)
+  repeated_items: int = 0  # items dropped as read already (`ResourceConfig.id_path`)
 
 
 class _Reader:
@@ -521,6 +537,7 @@ class _Reader:
     pages = 0
     seen = {_identity(request)}
     earlier_body = None  # the last page read: its total still ends the pages past a failed one
+    ids_read: set = set()  # the items' ids (id_path) read so far in this element's read
     failed_in_a_row = 0
     a_page_failed = False
     while request is not None:
@@ -555,7 +572,7 @@ class _Reader:
               source=page_source,
             )
           )
-        page_highest = self._add_records(out, records, request, params, page_source)
+        page_highest = self._add_records(out, records, request, params, page_source, ids_read)
         # The cursor stops before a failed page: the next run reads it again.
         if page_highest is not None and not a_page_failed:
           if highest is None or _cursor_order(page_highest) > _cursor_order(highest):
@@ -607,8 +624,12 @@ class _Reader:
       out.cursor = (state_ref, highest)
     return out
 
-  def _add_records(self, out: _Fetched, records: list, request: Request, params: dict, page_source: str):
-    """Maps a page's records into `out` (a record that cannot be mapped: a dead letter); the page's highest cursor."""
+  def _add_records(self, out: _Fetched, records: list, request: Request, params: dict, page_source: str, ids_read: set):
+    """Maps a page's records into `out` (a record that cannot be mapped: a dead letter); the page's highest cursor.
+
+    An item whose id (`ResourceConfig.id_path`) is in `ids_read` is dropped
+    and counted in `out.repeated_items`; the ids of those kept are added.
+    """
     r = self.resource
     highest = None
     for index, record in enumerate(records, start=1):
@@ -651,6 +672,14 @@ class _Reader:
           )
         )
         continue
+      if r.id_path is not None:
+        item_id = json_path(mapped, r.id_path)
+        if item_id is not None:
+          key = json.dumps(item_id, sort_keys=True, default=str)  # 1 and '1' stay two ids
+          if key in ids_read:
+            out.repeated_items += 1  # the same item on an earlier page: written once
+            continue
+          ids_read.add(key)
       out.rows.append(mapped)
       out.sources.append(page_source)
       out.positions.append(index)
@@ -721,6 +750,8 @@ class _ReadFn(beam.DoFn):
     self._reader = _Reader(r, self._client, create_paginator(r.paginator))
     self._pool = concurrent.futures.ThreadPoolExecutor(self._options.concurrency, thread_name_prefix=f'rest-{r.name}')
     self._cursors: Dict[str, Any] = {}
+    # Counted here, in the DoFn's thread: Beam drops metrics updated in the reading threads.
+    self._repeated = LabelledCounters('rest', 'repeated_items_dropped')
 
   def teardown(self):
     pool = getattr(self, '_pool', None)
@@ -762,6 +793,8 @@ class _ReadFn(beam.DoFn):
         still.append((future, window, timestamp))
         continue
       fetched = future.result()
+      if fetched.repeated_items:
+        self._repeated.inc(fetched.repeated_items, resource=self._resource.name)
       for letter in fetched.dead_letters:
         yield beam.pvalue.TaggedOutput(DEAD_LETTER, WindowedValue(letter, timestamp, [window]))
       if fetched.cursor is not None:

@@ -13,6 +13,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
 
 from io_connectors.apis.http import (
   ApiKeyAuth,
@@ -247,6 +248,61 @@ def test_an_incremental_cursor_stops_before_a_failed_page(fake_server):
   reader = _Reader(resource, _client(fake_server), create_paginator(resource.paginator))
   out = reader.read({}, lambda params: ({'store': None, 'key': 'items'}, None))
   assert len(out.rows) == 35 and out.cursor == ({'store': None, 'key': 'items'}, 19)
+
+
+# ----- a collection that changes while it is read -----
+
+
+def _shifting_collection(without_id=()):
+  """25 items, newest first, in offset pages: after each page served one more item is added at the front, so the
+  next page starts with the last item of the one before (items 9 and 18 come twice). Items `without_id` have none."""
+  added = []
+
+  def pages(call):
+    offset, limit = int(call.query['offset']), int(call.query['limit'])
+    collection = [{'id': f'new-{k}'} for k in range(len(added), 0, -1)]
+    collection += [{'name': f'item {i}'} if i in without_id else {'id': i, 'name': f'item {i}'} for i in range(25)]
+    added.append(offset)
+    return _json({'items': collection[offset : offset + limit], 'total': len(collection)})
+
+  return pages
+
+
+def test_an_item_repeated_on_the_next_page_of_a_shifting_collection_is_kept_once(fake_server):
+  fake_server.route('GET', '/items', _shifting_collection())
+  resource = {'path': '/items', 'record_path': 'items', 'paginator': {'type': 'offset', 'limit': 10}, 'id_path': 'id'}
+  out = _read_all(fake_server, resource)
+  assert [r['id'] for r in out.rows] == list(range(25)) and not out.dead_letters
+  assert out.repeated_items == 2
+  assert len(out.sources) == len(out.positions) == 25
+
+
+def test_items_without_an_id_are_never_dropped_as_repeats(fake_server):
+  fake_server.route('GET', '/items', _shifting_collection(without_id={9, 18}))
+  resource = {'path': '/items', 'record_path': 'items', 'paginator': {'type': 'offset', 'limit': 10}, 'id_path': 'id'}
+  out = _read_all(fake_server, resource)
+  names = [r['name'] for r in out.rows]
+  assert names.count('item 9') == names.count('item 18') == 2 and len(names) == 27
+  assert out.repeated_items == 0
+
+
+def test_the_repeats_dropped_are_counted_in_a_beam_metric(fake_server):
+  fake_server.route('GET', '/items', _shifting_collection())
+  resource = {
+    'name': 'shifting',
+    'base_url': fake_server.base_url,
+    'path': '/items',
+    'record_path': 'items',
+    'paginator': {'type': 'offset', 'limit': 10},
+    'id_path': 'id',
+  }
+  p = TestPipeline()
+  out = p | beam.Create([{}]) | ReadFromRest(resource, RestOptions(allow_private_addresses=True))
+  assert_that(out.records, lambda batches: len(_rows(batches)) == 25 or pytest.fail(str(len(_rows(batches)))))
+  result = p.run()
+  result.wait_until_finish()
+  counters = result.metrics().query(MetricsFilter().with_namespace('rest'))['counters']
+  assert {c.key.metric.name: c.committed for c in counters} == {'repeated_items_dropped|resource=shifting': 2}
 
 
 @pytest.mark.parametrize('total', ['abc', '', True, -1, 2.5, {'n': 3}, [3], float('inf')])
