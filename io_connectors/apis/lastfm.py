@@ -23,6 +23,10 @@ handled here:
   (so does a page whose request fails for good, or without a track list, as
   long as an earlier page's ``totalPages`` says more follow; without one, its
   dead letter says that the read stopped and the pages after it were not read);
+  a scrobble that a page repeats from an earlier one (a scrobble imported
+  during the read with an earlier time moves the others one place on, across
+  a page boundary) is written once, by its ``event_id``, the repeats counted
+  in ``lastfm/repeated_scrobbles_dropped``;
   a one-track page (an object instead of a list) is read as well, and an
   empty page before ``totalPages`` does not end the read; a ``totalPages``
   that is no number dead-letters the page after it (where the pages end is
@@ -290,6 +294,7 @@ class _ReadLastfmFn(beam.DoFn):
       auth,
     )
     self._bucket = limiter_for(host, o.rate, o.burst)
+    self._repeated = beam.metrics.Metrics.counter('lastfm', 'repeated_scrobbles_dropped')
     # Shared by the DoFn instances of a worker process: a track's duration is asked once.
     self._durations = _DURATIONS.setdefault(o.base_url, {})
 
@@ -397,6 +402,7 @@ class _ReadLastfmFn(beam.DoFn):
     out = _Page()
     extra = {k: element.get(k) for k in o.include_params}
     total_pages = None
+    event_ids = set()  # of the scrobbles read so far in this user's read
     while request is not None:
       page = int(request.params['page'])
       source = f'lastfm.recent_tracks {self._client.masker.text(request.full_url())}'
@@ -439,6 +445,12 @@ class _ReadLastfmFn(beam.DoFn):
             request, 'source_error', f'cannot map the scrobble: {e}', f'row {index}', source, record=item
           )
           continue
+        if values['event_id'] in event_ids:
+          # The same scrobble on an earlier page: one imported during the read with an earlier
+          # time moved the others one place on. Written once, the repeat counted.
+          self._repeated.inc()
+          continue
+        event_ids.add(values['event_id'])
         values.update(extra)
         out.add(values, source, index)
       try:

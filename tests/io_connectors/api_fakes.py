@@ -163,6 +163,9 @@ class LastfmFake(FakeApi):
     self.durations: Dict[tuple, int] = {}
     self.tags: Dict[str, List[tuple]] = {}
     self.suspended_keys = set()
+    # Scrobbles imported while a read is under way (an app syncing a day's plays
+    # late): one is added after each page of recent tracks served.
+    self.scrobbled_during_read: List[dict] = []
 
   def add_scrobbles(self, user: str, scrobbles: List[dict]):
     """scrobbles: dicts with uts, artist, track, album (optional), mbid (optional)."""
@@ -280,6 +283,8 @@ class LastfmFake(FakeApi):
       )
     # Last.fm's JSON is converted from XML: one element is an object, not a list.
     track_value = tracks[0] if len(tracks) == 1 else tracks
+    if self.scrobbled_during_read:
+      self.add_scrobbles(user, [self.scrobbled_during_read.pop(0)])
     return (
       200,
       {},
