@@ -37,6 +37,7 @@ import threading
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from io_connectors import mask_url, registry, url_password
+from io_connectors._common.masking import mask_secrets
 from pipelines.config import ConfigError, load_yaml, resolve
 
 __all__ = ['CheckResult', 'check_source', 'check_sources', 'format_table', 'main', 'OK', 'FAILED', 'SKIPPED']
@@ -84,9 +85,7 @@ def _secrets(value: Any, key: str = '') -> List[str]:
 
 def _scrubbed(text: str, source: dict) -> str:
   """`text` on one line, URLs masked and the source's secrets replaced by ***."""
-  text = mask_url(' '.join(str(text).split()))
-  for secret in sorted(set(_secrets(source)), key=len, reverse=True):
-    text = text.replace(secret, '***')
+  text = mask_secrets(mask_url(' '.join(str(text).split())), _secrets(source))  # longest first, however spelled
   return text[:300]
 
 

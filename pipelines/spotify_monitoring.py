@@ -189,7 +189,8 @@ class _WriteRollingReportsFn(beam.DoFn):
       try:
         yield quality_report.write_rolling_report(lake, None, self._days)
       except Exception as e:
-        _LOG.warning('rolling report of %s not written: %s', mask_url(lake), masked_message(short_error(e), lake))
+        reason = short_error(e, lambda text, lake=lake: masked_message(text, lake))  # masked, then cut
+        _LOG.warning('rolling report of %s not written: %s', mask_url(lake), reason)
 
 
 def _log_dead_letter(letter: dict) -> dict:

@@ -8,6 +8,8 @@ in one place and print it as one clear line; messages never hold secrets
 
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 __all__ = ['ConnectorError', 'first_line', 'short_error']
 
 
@@ -15,10 +17,16 @@ class ConnectorError(Exception):
   """A connector failed: a server unreachable, credentials refused, input unreadable."""
 
 
-def short_error(error: BaseException) -> str:
-  """`Type: first line of the message`, at most 500 characters (for dead letters and logs)."""
+def short_error(error: BaseException, mask: Optional[Callable[[str], str]] = None) -> str:
+  """`Type: first line of the message`, at most 500 characters (for dead letters and logs).
+
+  mask: masks the secrets in the line (e.g. `masking.mask_secrets` with the
+  connector's), before it is cut: cut first, a secret the cut goes through
+  would keep its first characters.
+  """
   text = str(error).strip().splitlines()
-  return f'{type(error).__name__}: {text[0] if text else ""}'[:500]
+  line = f'{type(error).__name__}: {text[0] if text else ""}'
+  return (mask(line) if mask is not None else line)[:500]
 
 
 def first_line(error: BaseException) -> str:

@@ -6,7 +6,9 @@ Usage::
     mask_url('postgresql://music:s3cret@db:5432/music')   # 'postgresql://music:***@db:5432/music'
     mask_url('https://ghp_token@github.com/org/repo')      # 'https://***@github.com/org/repo'
     mask_secrets('login failed for key sk-123', ['sk-123'])   # 'login failed for key ***'
-    mask_secrets('body cut at 20: ... key sk-1', ['sk-123'], cut=True)   # 'body cut at 20: ... key ***'
+    # ... however a server spelled it back: JSON-escaped, percent-encoded, or both.
+    mask_secrets('{"url": "https:\\/\\/h\\/?k=s\\/k\\u00e9"}', ['s/ké'])   # '{"url": "https:\\/\\/h\\/?k=***"}'
+    mask_secrets('GET /v1?key=s%2Fk%C3%A9', ['s/ké'])   # 'GET /v1?key=***'
     # A driver's error text, which may quote the URL or the password alone:
     masked_message('auth failed for music:s3cret', 'redis://music:s3cret@db')  # 'auth failed for music:***'
     # ... and the query values, wherever its name=value pairs stand:
@@ -15,6 +17,7 @@ Usage::
     connection_url(options.url, 'POSTGRES_URL', ('postgresql://', 'postgres://'), 'PostgreSQL')
 """
 
+import functools
 import os
 import re
 import urllib.parse
@@ -29,6 +32,10 @@ __all__ = ['connection_url', 'host_part', 'mask_secrets', 'mask_url', 'masked_me
 # (and an '@' in a query, https://host?email=a@b, is no user info).
 _USERINFO = re.compile(r'(?<=://)([^/?#:\s]*(?::[^/\s]*)?)@')
 _PASSWORD = re.compile(r'://[^/?#@:\s]*:([^/\s]*)@')
+
+MASK = '***'  # what a secret is replaced by
+# The short JSON escapes (after the backslash) of the characters that have one.
+_JSON_SHORT = {'"': '"', '\\': '\\', '/': '/', '\b': 'b', '\f': 'f', '\n': 'n', '\r': 'r', '\t': 't'}
 
 
 def mask_url(url: str) -> str:
@@ -47,24 +54,54 @@ def host_part(url: str) -> urllib.parse.SplitResult:
   return urllib.parse.urlsplit(mask_url(url))
 
 
-def mask_secrets(text: str, secrets: Iterable[Optional[str]], cut: bool = False) -> str:
+def mask_secrets(text: str, secrets: Iterable[Optional[str]]) -> str:
   """`text` with every non-empty secret (a password, a token, a connection string) replaced by ***.
 
-  cut: `text` is the start of a longer text (an excerpt of an answer's
-  body). A secret the cut goes through ends it with its first characters
-  only, which no whole-secret replacement finds: those are masked too (and
-  a replacement character left by a multi-byte character cut in two).
+  A secret is found however a server may have spelled it back: as written,
+  JSON-escaped (an answer's JSON may write '/' as '\\/', '"' as '\\"', any
+  character as '\\uXXXX' in either case, a non-BMP one as a surrogate pair,
+  and escape again inside a string holding JSON), percent-encoded (a URL's
+  query, '%2F' or '%2f', a space as '+'), or a mix of these. Longest
+  first: a secret holding another is masked whole.
+
+  To quote an excerpt of a longer text, mask the text first and cut it
+  after: cut first, a secret the cut goes through is no whole secret any
+  more, and its first characters stay.
   """
-  secrets = [s for s in secrets if s]
+  secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+  # Without a backslash, a '%' or a '+', a secret can only stand as written.
+  spelled = any(c in text for c in '\\%+')
   for secret in secrets:
-    text = text.replace(secret, '***')
-  if cut:
-    text = text.rstrip('\ufffd')
-    for secret in secrets:
-      start = next((n for n in range(min(len(secret) - 1, len(text)), 0, -1) if text.endswith(secret[:n])), 0)
-      if start:
-        text = text[:-start] + '***'
+    text = _spellings(secret).sub(MASK, text) if spelled else text.replace(secret, MASK)
   return text
+
+
+@functools.lru_cache(maxsize=256)
+def _spellings(secret: str) -> 're.Pattern[str]':
+  """A pattern of `secret` written with any of its characters as itself, JSON-escaped or percent-encoded."""
+  return re.compile(''.join(_char_spellings(char) for char in secret))
+
+
+def _char_spellings(char: str) -> str:
+  code = ord(char)
+  forms = [re.escape(char)]
+  # One or more backslashes: a JSON string inside a JSON string escapes its escapes.
+  if code > 0xFFFF:  # JSON writes it as a UTF-16 surrogate pair
+    high, low = 0xD800 + ((code - 0x10000) >> 10), 0xDC00 + ((code - 0x10000) & 0x3FF)
+    forms.append(rf'\\+u{_hex(high, 4)}\\+u{_hex(low, 4)}')
+  else:
+    forms.append(rf'\\+u{_hex(code, 4)}')
+  if char in _JSON_SHORT:
+    forms.append(r'\\+' + re.escape(_JSON_SHORT[char]))
+  forms.append(''.join('%' + _hex(byte, 2) for byte in char.encode('utf-8')))
+  if char == ' ':
+    forms.append(r'\+')  # form encoding (urlencode's query strings)
+  return '(?:' + '|'.join(forms) + ')'
+
+
+def _hex(number: int, width: int) -> str:
+  """A pattern of `number` in `width` hex digits, letters in either case."""
+  return ''.join(f'[{d}{d.upper()}]' if d.isalpha() else d for d in f'{number:0{width}x}')
 
 
 def url_password(url: str) -> Optional[str]:
@@ -79,7 +116,7 @@ def masked_message(message: object, url: str) -> str:
   text = str(message)
   password = url_password(url)
   if password:
-    text = text.replace(password, '***')
+    text = mask_secrets(text, [password])
   text = _query_values_masked(text.replace(url, mask_url(url)), url)
   return ' '.join(text.split())[:500]
 

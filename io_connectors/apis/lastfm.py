@@ -19,7 +19,14 @@ handled here:
   when an element starts (default: now) so that new scrobbles do not shift
   the pages under the read; the "now playing" entry (no date, not a finished
   play) is not a listening event and is skipped; a page that is not JSON is
-  retried once, then dead-lettered while the read goes on with the next page;
+  retried once, then dead-lettered while the read goes on with the next page
+  (so does a page whose request fails for good, or without a track list, as
+  long as an earlier page's ``totalPages`` says more follow; without one, its
+  dead letter says that the read stopped and the pages after it were not read);
+  a scrobble that a page repeats from an earlier one (a scrobble imported
+  during the read with an earlier time moves the others one place on, across
+  a page boundary) is written once, by its ``event_id``, the repeats counted
+  in ``lastfm/repeated_scrobbles_dropped``;
   a one-track page (an object instead of a list) is read as well, and an
   empty page before ``totalPages`` does not end the read; a ``totalPages``
   that is no number dead-letters the page after it (where the pages end is
@@ -287,6 +294,7 @@ class _ReadLastfmFn(beam.DoFn):
       auth,
     )
     self._bucket = limiter_for(host, o.rate, o.burst)
+    self._repeated = beam.metrics.Metrics.counter('lastfm', 'repeated_scrobbles_dropped')
     # Shared by the DoFn instances of a worker process: a track's duration is asked once.
     self._durations = _DURATIONS.setdefault(o.base_url, {})
 
@@ -359,10 +367,11 @@ class _ReadLastfmFn(beam.DoFn):
       ),
     )
 
-  def _failure(self, request: Request, error: Exception, position: str, source: str):
+  def _failure(self, request: Request, error: Exception, position: str, source: str, rest: str = ''):
+    """The dead letter of a failed request; `rest`: what it says of the pages after it, if any."""
     if isinstance(error, ValueError) and not isinstance(error, HostNotAllowed):
-      return self._letter(request, 'malformed_json', f'the answer is not JSON: {error}', position, source)
-    return self._letter(request, 'source_error', str(error), position, source)
+      return self._letter(request, 'malformed_json', f'the answer is not JSON: {error}{rest}', position, source)
+    return self._letter(request, 'source_error', f'{error}{rest}', position, source)
 
   # ----- resources -----
 
@@ -393,14 +402,16 @@ class _ReadLastfmFn(beam.DoFn):
     out = _Page()
     extra = {k: element.get(k) for k in o.include_params}
     total_pages = None
+    event_ids = set()  # of the scrobbles read so far in this user's read
     while request is not None:
       page = int(request.params['page'])
       source = f'lastfm.recent_tracks {self._client.masker.text(request.full_url())}'
       try:
         body = self._call(request)
       except (_LastfmError, RequestFailed, HostNotAllowed, ValueError) as e:
-        yield self._failure(request, e, f'page {page}', source)
-        if total_pages is None or page >= total_pages:
+        goes_on, rest = _after_failed_page(page, total_pages)
+        yield self._failure(request, e, f'page {page}', source, rest)
+        if not goes_on:
           break
         request = request.with_params(page=page + 1)  # the pages after a lost one are still there
         continue
@@ -408,10 +419,19 @@ class _ReadLastfmFn(beam.DoFn):
       if isinstance(tracks, dict):
         tracks = [tracks]  # XML-to-JSON: a single element is not a list
       if not isinstance(tracks, list):
+        goes_on, rest = _after_failed_page(page, total_pages)
         yield self._letter(
-          request, 'source_error', 'no recenttracks.track list in the answer', f'page {page}', source, record=body
+          request,
+          'source_error',
+          f'no recenttracks.track list in the answer{rest}',
+          f'page {page}',
+          source,
+          record=body,
         )
-        break
+        if not goes_on:
+          break
+        request = request.with_params(page=page + 1)
+        continue
       total_pages = _int(json_path(body, 'recenttracks.@attr.totalPages'))
       scrobbles = 0
       for index, item in enumerate(tracks, start=1):
@@ -425,6 +445,12 @@ class _ReadLastfmFn(beam.DoFn):
             request, 'source_error', f'cannot map the scrobble: {e}', f'row {index}', source, record=item
           )
           continue
+        if values['event_id'] in event_ids:
+          # The same scrobble on an earlier page: one imported during the read with an earlier
+          # time moved the others one place on. Written once, the repeat counted.
+          self._repeated.inc()
+          continue
+        event_ids.add(values['event_id'])
         values.update(extra)
         out.add(values, source, index)
       try:
@@ -563,6 +589,15 @@ class _ReadLastfmFn(beam.DoFn):
       raise ValueError('no toptags.tag in the answer')
     tags = [tags] if isinstance(tags, dict) else tags
     return [{'artist_name': artist, 'tag': t.get('name'), 'count': _int(t.get('count'))} for t in tags]
+
+
+def _after_failed_page(page: int, total_pages: Optional[int]) -> Tuple[bool, str]:
+  """Whether a recent-tracks read goes on past failed page `page`, and what its dead letter says of the rest."""
+  if total_pages is None:  # no page read yet says where they end
+    return False, f'; the read stopped at page {page}; the pages after it were not read (how many is unknown)'
+  if page >= total_pages:
+    return False, ''
+  return True, f'; the read goes on with page {page + 1}'
 
 
 def _signed(options: LastfmOptions) -> bool:

@@ -152,6 +152,8 @@ RESOURCES = {
   'user': ('/users/{user_id}', False, _user),
   'playlists': ('/users/{user_id}/playlists', True, _playlist),
 }
+# name -> the id column of a paged resource: an item a collection changing under the read repeats is written once.
+_ID_COLUMNS = {'tracks': 'track_id', 'playlists': 'playlist_id'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,6 +221,7 @@ class ReadFromSoundCloud(beam.PTransform):
       paginator={'type': 'json_link', 'next_url_path': 'next_href'} if paged else None,
       record_path='collection' if paged else None,
       process_record=functools.partial(mapper),
+      id_path=_ID_COLUMNS.get(options.resource),
     )
     rest_options = RestOptions(
       rate=options.rate,

@@ -22,6 +22,12 @@ saved_tracks        GET /me/tracks                          offset/limit 50     
 search              GET /search?type=track&q=               offset/limit 50            track
 ==================  ======================================  =========================  ===============
 
+Offset paging reads a collection that may change under it (a track saved
+meanwhile pushes the others one place on): an item repeated on two pages of
+album_tracks, saved_tracks or search is written once, by its track id (the
+repeats counted in ``rest/repeated_items_dropped``); a playlist may hold a
+track twice, so its items are all kept.
+
 Auth: the client-credentials flow (app token) by default; the user resources
 (recently_played, saved_tracks) need the refresh-token flow (`refresh_token`,
 the user's grant with scopes user-read-recently-played / user-library-read).
@@ -234,6 +240,9 @@ class _Resource:
   user: bool = False  # needs the user's token (refresh-token flow)
   market: bool = True
   entity: Optional[str] = None
+  # The record's id: an item a shifting collection repeats on two pages is written once.
+  # Not for playlist items: a playlist may hold a track twice.
+  id_path: Optional[str] = None
 
 
 RESOURCES = {
@@ -243,7 +252,9 @@ RESOURCES = {
   ),
   'artists': _Resource('/artists', 'artists', _artist, ids_per_call=50, market=False, entity='artist'),
   'albums': _Resource('/albums', 'albums', _album, ids_per_call=20),
-  'album_tracks': _Resource('/albums/{id}/tracks', 'items', _album_track, per_id=True, paged=True, entity='track'),
+  'album_tracks': _Resource(
+    '/albums/{id}/tracks', 'items', _album_track, per_id=True, paged=True, entity='track', id_path='id'
+  ),
   'playlists': _Resource('/playlists/{id}', None, _playlist, per_id=True, entity='playlist'),
   'playlist_items': _Resource(
     '/playlists/{id}/items', 'items', _playlist_item, per_id=True, paged=True, entity='track'
@@ -251,8 +262,8 @@ RESOURCES = {
   'recently_played': _Resource(
     '/me/player/recently-played', 'items', _play, user=True, market=False, entity='listening_event'
   ),
-  'saved_tracks': _Resource('/me/tracks', 'items', _saved_track, paged=True, user=True, entity='track'),
-  'search': _Resource('/search', 'tracks.items', _track, paged=True, entity='track'),
+  'saved_tracks': _Resource('/me/tracks', 'items', _saved_track, paged=True, user=True, entity='track', id_path='id'),
+  'search': _Resource('/search', 'tracks.items', _track, paged=True, entity='track', id_path='id'),
 }
 
 
@@ -400,6 +411,7 @@ def resource_config(options: SpotifyOptions) -> ResourceConfig:
     allowed_hosts=options.allowed_hosts,
     max_pages=options.max_pages,
     incremental=incremental,
+    id_path=spec.id_path,
   )
 
 

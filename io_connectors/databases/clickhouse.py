@@ -210,7 +210,7 @@ def _first_line(error: BaseException) -> str:
   match = re.search(r'(Code: \d+\. DB::Exception: [^\n]*)', text)
   line = match.group(1) if match else (text.splitlines()[0] if text else type(error).__name__)
   # Drop the version/stack suffix ClickHouse appends.
-  return re.sub(r'\s*\(version [^)]*\)\s*$', '', line)[:400]
+  return re.sub(r'\s*\(version [^)]*\)\s*$', '', line)
 
 
 class _HttpSession:
@@ -272,6 +272,8 @@ class _Connection:
       detail = f'cannot reach the server or read its answer: {type(error).__name__}: {_first_line(error)}'
     else:
       detail = _first_line(error)
+    # Masked, then cut: a password the cut goes through would keep its first characters.
+    detail = mask_secrets(detail, self._secrets)[:400]
     return ClickHouseError(mask_secrets(f'clickhouse at {self.where}: {what}: {detail}', self._secrets))
 
   def _retrying(self, what: str, fn):

@@ -81,7 +81,7 @@ import datetime as dt
 import logging
 import os
 import urllib.parse
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
@@ -216,19 +216,20 @@ def _is_transient(error: BaseException) -> bool:
   return status in _RETRIED_STATUS
 
 
-def _reason(error: BaseException) -> str:
-  """One line from a client exception: the server's reason, no request echo."""
+def _reason(error: BaseException, mask: Callable[[str], str]) -> str:
+  """One line from a client exception: the server's reason, no request echo, masked by `mask`."""
   info = getattr(error, 'info', None) or getattr(error, 'body', None)
   if isinstance(info, dict):
     err = info.get('error')
     if isinstance(err, dict):
       causes = err.get('root_cause') or []
       cause = causes[0] if causes and isinstance(causes[0], dict) else err
-      return f'{cause.get("type", "error")}: {cause.get("reason", "")}'.strip()
+      return mask(f'{cause.get("type", "error")}: {cause.get("reason", "")}'.strip())
     if isinstance(err, str):
-      return err
+      return mask(err)
   text = str(error).splitlines()[0] if str(error) else type(error).__name__
-  return text[:300]
+  # Masked, then cut: a secret the cut goes through would keep its first characters.
+  return mask(text)[:300]
 
 
 class _Client:
@@ -271,15 +272,15 @@ class _Client:
     if status == 401:
       detail = 'authentication refused (check the user and password or API key)'
     elif status == 403:
-      detail = f'permission denied: {_reason(error)}'
+      detail = f'permission denied: {_reason(error, self.masked)}'
     elif status == 404:
-      detail = f'not found: {_reason(error)}'
+      detail = f'not found: {_reason(error, self.masked)}'
     elif status == 400:
-      detail = f'rejected request: {_reason(error)}'
+      detail = f'rejected request: {_reason(error, self.masked)}'
     elif status is None or not isinstance(status, int):
-      detail = f'cannot reach the server: {type(error).__name__}: {_reason(error)}'
+      detail = f'cannot reach the server: {type(error).__name__}: {_reason(error, self.masked)}'
     else:
-      detail = f'HTTP {status}: {_reason(error)}'
+      detail = f'HTTP {status}: {_reason(error, self.masked)}'
     return SearchError(self.masked(f'{self.options.client} at {self.where}: {what}: {detail}'))
 
   def call(self, what: str, fn, *args, retry: bool = True, **kwargs):
@@ -291,7 +292,7 @@ class _Client:
       what=self.masked(f'{self.where}: {what}'),
       transient=lambda e: retry and _is_transient(e),
       explain=lambda e: self.error(what, e),
-      reason=lambda e: self.masked(_reason(e)),
+      reason=lambda e: _reason(e, self.masked),
     )
 
   def info(self) -> dict:
@@ -338,7 +339,7 @@ class _Client:
         self._impl.clear_scroll(scroll_id=scroll_id)
     except Exception as e:
       # The scroll expires after keep_alive anyway.
-      _LOG.info('%s', self.masked(f'{self.where}: clear scroll failed: {_reason(e)}'))
+      _LOG.info('%s', self.masked(f'{self.where}: clear scroll failed: {_reason(e, self.masked)}'))
 
   def close(self):
     try:

@@ -171,7 +171,7 @@ class Channel:
     except (urllib.error.URLError, OSError) as e:
       reason = getattr(e, 'reason', e)
       transient = not isinstance(reason, (ValueError,))
-      raise AlertChannelError(f'{self.describe()}: {self._mask(short_error(reason))}', transient) from None
+      raise AlertChannelError(f'{self.describe()}: {short_error(reason, self._mask)}', transient) from None
     if status not in ok:
       detail = self._mask(text.decode('utf-8', 'replace'))[:200]
       raise AlertChannelError(f'{self.describe()}: HTTP {status}: {detail}', status == 429 or status >= 500)
@@ -306,7 +306,7 @@ class EmailChannel(Channel):
         e.smtp_code >= 400 and e.smtp_code < 500,
       ) from None
     except (smtplib.SMTPException, OSError) as e:
-      raise AlertChannelError(f'{self.describe()}: {self._mask(short_error(e))}', True) from None
+      raise AlertChannelError(f'{self.describe()}: {short_error(e, self._mask)}', True) from None
 
   def describe(self):
     return f'email channel {self.name!r} (smtp {self.host}:{self.port})'
@@ -401,7 +401,7 @@ class Outbox:
         )
       except psycopg.Error as e:
         raise ConnectorError(
-          f'alert outbox at {mask_url(self.url)}: {mask_secrets(short_error(e), [self.url])}'
+          f'alert outbox at {mask_url(self.url)}: {short_error(e, lambda text: mask_secrets(text, [self.url]))}'
         ) from None
       try:
         self._conn.execute(

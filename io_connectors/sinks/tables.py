@@ -63,7 +63,7 @@ from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.timestamp import Timestamp
 
 from io_connectors._common.errors import ConnectorError
-from io_connectors._common.masking import mask_url, masked_message
+from io_connectors._common.masking import mask_secrets, mask_url, masked_message
 from io_connectors._common.retry import Backoff
 from io_connectors.sinks.lake import UNASSIGNED, parquet_bytes
 from io_connectors.sinks.window_files import WRITTEN, _positions
@@ -226,9 +226,7 @@ def _write(path: str, payload: bytes):
     with FileSystems.create(path) as handle:
       handle.write(payload)
   except Exception as e:
-    text = str(e).splitlines()[0] if str(e) else ''
-    for secret in _secrets():
-      text = text.replace(secret, '***')
+    text = mask_secrets(str(e).splitlines()[0] if str(e) else '', _secrets())
     raise TableError(f'cannot write the data file {path}: {type(e).__name__}: {text[:300]}') from None
 
 
@@ -545,8 +543,7 @@ def _tenants(files: Sequence[TableFile]) -> List[str]:
 
 def _explain(target: TableTarget, what: str, error: Exception) -> TableError:
   text = masked_message(str(error).splitlines()[0] if str(error) else type(error).__name__, target.catalog or '')
-  for secret in _secrets():
-    text = text.replace(secret, '***')
+  text = mask_secrets(text, _secrets())
   return TableError(f'{what}: {type(error).__name__}: {text[:400]}')
 
 

@@ -16,8 +16,10 @@ Built from the providers' published request and response shapes:
   (gzipped JSON, one event per line, grouped by ``server_upload_time``); 404 when no data.
 
 Faults (``fake.inject(key, *fault)``): ('rate_limit',) a 429 with Retry-After 1; ('http', status);
-('pass',); for Amplitude ('corrupt_zip',) a cut archive, ('corrupt_member', hour) a bad gzip member and
-('gzip_members', hour) an hour's file made of several gzip members (as `cat a.gz b.gz` makes).
+('pass',); for Mixpanel ('echo_credentials', status, at) an error page quoting the request's
+credentials JSON-escaped, the secret across character `at` of the body; for Amplitude ('corrupt_zip',) a cut
+archive, ('corrupt_member', hour) a bad gzip member and ('gzip_members', hour) an hour's file made of
+several gzip members (as `cat a.gz b.gz` makes).
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ class MixpanelFake(FakeApi):
     fault = self._take_fault(key)
     if fault and fault[0] == 'rate_limit':
       return 429, {'Retry-After': '1'}, {'error': 'Query rate limit exceeded', 'status': 0}
+    if fault and fault[0] == 'echo_credentials':
+      return self._echo_credentials(headers, *fault[1:])
     if fault and fault[0] != 'pass':
       return self.generic_fault(fault)
     if not self._authorized(headers):
@@ -80,6 +84,20 @@ class MixpanelFake(FakeApi):
     if key == 'import' and method == 'POST':
       return self._import(form, body, headers)
     return 404, {}, {'error': 'not found'}
+
+  @staticmethod
+  def _echo_credentials(headers, status: int, at: int):
+    """A gateway's debug page quoting the request's credentials: the user:secret pair of the Basic header, then
+    the header, dumped as JSON with '/' written '\\/' (PHP's json_encode); the secret starts 5 characters before
+    character `at` of the body."""
+    given = headers.get('Authorization', '')
+    user, secret = base64.b64decode(given.split(' ', 1)[-1]).decode('utf-8', 'replace').split(':', 1)
+    start = '<html><body><pre>{"error": "'
+    padding = 'x' * max(0, at - 5 - len(start) - len(user) - 1)
+    dump = json.dumps({'error': f'{padding}{user}:{secret} refused', 'authorization': given}).replace('/', '\\/')
+    body = f'<html><body><pre>{dump}</pre></body></html>'
+    assert body.startswith(start + padding + user + ':')
+    return status, {'Content-Type': 'text/html'}, body.encode()
 
   def _export(self, params):
     start, end = dt.date.fromisoformat(params['from_date']), dt.date.fromisoformat(params['to_date'])

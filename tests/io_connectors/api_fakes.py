@@ -163,6 +163,9 @@ class LastfmFake(FakeApi):
     self.durations: Dict[tuple, int] = {}
     self.tags: Dict[str, List[tuple]] = {}
     self.suspended_keys = set()
+    # Scrobbles imported while a read is under way (an app syncing a day's plays
+    # late): one is added after each page of recent tracks served.
+    self.scrobbled_during_read: List[dict] = []
 
   def add_scrobbles(self, user: str, scrobbles: List[dict]):
     """scrobbles: dicts with uts, artist, track, album (optional), mbid (optional)."""
@@ -188,7 +191,7 @@ class LastfmFake(FakeApi):
         }
         message = fault[3] if len(fault) > 3 else messages.get(fault[1], 'error')
         return self._error(fault[1], message, fault[2] if len(fault) > 2 else 200)
-      if fault[0] in ('latin1', 'total_pages', 'empty_page', 'first_uts'):
+      if fault[0] in ('latin1', 'total_pages', 'empty_page', 'no_tracks', 'first_uts'):
         return self._reshaped(fault, *self._answer(params, name))
       return self.generic_fault(fault)
     return self._answer(params, name)
@@ -197,13 +200,16 @@ class LastfmFake(FakeApi):
   def _reshaped(fault, status, headers, payload):
     """A correct answer as hostile servers send it: ('latin1',) in ISO-8859-1 (declared),
     ('total_pages', value) with another totalPages, ('empty_page',) without its tracks,
-    ('first_uts', value) with the first track's date.uts replaced."""
+    ('no_tracks',) without the track list at all, ('first_uts', value) with the first track's date.uts
+    replaced."""
     if fault[0] == 'latin1':
       text = json.dumps(payload, ensure_ascii=False)
       return status, {'Content-Type': 'application/json; charset=ISO-8859-1'}, text.encode('iso-8859-1')
     attrs = payload['recenttracks']['@attr']
     if fault[0] == 'total_pages':
       attrs['totalPages'] = fault[1]
+    elif fault[0] == 'no_tracks':
+      del payload['recenttracks']['track']
     elif fault[0] == 'first_uts':
       tracks = payload['recenttracks']['track']
       (tracks[0] if isinstance(tracks, list) else tracks)['date']['uts'] = fault[1]
@@ -277,6 +283,8 @@ class LastfmFake(FakeApi):
       )
     # Last.fm's JSON is converted from XML: one element is an object, not a list.
     track_value = tracks[0] if len(tracks) == 1 else tracks
+    if self.scrobbled_during_read:
+      self.add_scrobbles(user, [self.scrobbled_during_read.pop(0)])
     return (
       200,
       {},

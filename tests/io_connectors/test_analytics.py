@@ -27,7 +27,13 @@ from io_connectors.apis.analytics.mixpanel import (
   WriteToMixpanel,
 )
 from io_connectors.apis.http.client import RetryPolicy
-from tests.io_connectors.analytics_fakes import AmplitudeFake, MixpanelFake, amplitude_event, mixpanel_event
+from tests.io_connectors.analytics_fakes import (
+  AmplitudeFake,
+  MixpanelFake,
+  amplitude_event,
+  basic_header,
+  mixpanel_event,
+)
 from transforms.dead_letter import IncrementalOutputs
 from transforms.entities import AnalyticsEvent
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN
@@ -252,6 +258,46 @@ def test_write_to_mixpanel_batches_waits_on_429_and_dead_letters_rejected_events
   assert all(r['params'].get('project_id') == MixpanelFake.PROJECT for r in sent)
   one = next(e for e in mixpanel.imported.values() if e['properties']['track_id'] == 'trk3')
   assert one['properties']['$insert_id'] == 'ins-3' and one['properties']['time'] == int((DAY.timestamp() + 3) * 1000)
+
+
+def test_write_to_mixpanel_quotes_an_answer_echoing_the_credentials_masked_then_cut(mixpanel, monkeypatch):
+  """A debug page quoting the secret JSON-escaped ('\\/') and the Basic header, the secret across the quote's end."""
+  secret = 'mp-sa/secret+8f1d2c9e7b'  # a '/': JSON may write it '\\/'
+  monkeypatch.setenv('MIXPANEL_SECRET', secret)
+  header = basic_header(MixpanelFake.USERNAME, secret).split(' ', 1)[1]
+  prefix = 'import failed: HTTP 500: '
+  mixpanel.inject('import', 'echo_credentials', 500, 2000 - len(prefix))  # the secret across character 2000
+  sink = WriteToMixpanel(MixpanelSinkOptions(MixpanelFake.PROJECT, api_url=mixpanel.url))
+
+  def build(p):
+    result = p | beam.Create([_event_batch(5)], reshuffle=False) | sink
+    return {'ok': result.records, 'l': result.dead_letter}
+
+  out = _run(build)
+  [letter] = out['l']
+  shown = json.dumps(letter)
+  for spelling in (secret, secret.replace('/', '\\/'), header, header.replace('/', '\\/'), 'mp-sa', 'secret+8f'):
+    assert spelling not in letter['detail'] and spelling not in shown
+  assert out['ok'] == [] and letter['count'] == 5 and len(letter['record']) == 5  # every event kept
+  assert letter['detail'].startswith(prefix + '<html><body><pre>{"error": "xxx') and len(letter['detail']) <= 2000
+  assert letter['detail'].endswith(f'{MixpanelFake.USERNAME}:*** r')  # masked whole, then cut
+
+
+def test_write_to_mixpanel_reads_a_long_partial_refusal_whole(mixpanel):
+  """A 400 listing many failed records runs past 20,000 characters: each rejected event is its own dead letter."""
+  rows = _event_batch(2000).to_pylist()
+  for row in rows[::3]:
+    row['event_name'] = ''  # Mixpanel refuses an empty event name
+  sink = WriteToMixpanel(MixpanelSinkOptions(MixpanelFake.PROJECT, api_url=mixpanel.url))
+
+  def build(p):
+    result = p | beam.Create([pa.RecordBatch.from_pylist(rows)], reshuffle=False) | sink
+    return {'ok': result.records, 'l': result.dead_letter}
+
+  out = _run(build)
+  assert sum(r['imported'] for r in out['ok']) == len(mixpanel.imported) == 1333
+  assert len(out['l']) == 667 and all(letter['count'] == 1 for letter in out['l'])
+  assert all("'event' must be a non-empty string" in letter['detail'] for letter in out['l'])
 
 
 # ----- Amplitude export -----

@@ -353,6 +353,20 @@ def test_http_unreachable_server_is_retried_then_clear_and_masked():
   assert time.monotonic() - started >= 0.15  # it did retry
 
 
+def test_a_server_error_quoting_the_password_across_the_cut_shows_none_of_it(monkeypatch):
+  """A line of 400 characters is quoted: masked after the cut, the password's first characters stayed."""
+  start = 'Code: 60. DB::Exception: '
+
+  def refusing(options):
+    raise RuntimeError(start + 'x' * (400 - len(start) - 5) + 'ch-pass-123 is no table')
+
+  monkeypatch.setattr(clickhouse, '_SESSION_FACTORY', refusing)
+  with pytest.raises(ClickHouseError) as raised:
+    check(ClickHouseOptions(url=URL, max_retries=0))
+  message = str(raised.value)
+  assert message.endswith('xxxxx*** i') and 'ch-pa' not in message
+
+
 def test_options_env_and_registry(monkeypatch):
   monkeypatch.delenv('CLICKHOUSE_URL', raising=False)
   with pytest.raises(ValueError, match=r'set \$CLICKHOUSE_URL'):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from io_connectors._common.errors import ConnectorError, short_error
+from io_connectors._common.masking import mask_secrets
 from io_connectors._common.state import StateError
 from io_connectors.apis.http.request import HostNotAllowed, RequestFailed
 from io_connectors.apis.lastfm import LastfmKeyError
@@ -45,3 +46,11 @@ def test_request_failed_keeps_its_fields():
 def test_short_error_is_one_line_naming_the_type():
   assert short_error(ValueError('bad value\nsecond line')) == 'ValueError: bad value'
   assert len(short_error(RuntimeError('x' * 2000))) == 500
+
+
+def test_short_error_masks_the_line_before_it_cuts():
+  secret = 'pw-0123456789'
+  # The password starts 5 characters before the 500th: cut first, 'pw-01' would stay.
+  error = RuntimeError('x' * (500 - len('RuntimeError: ') - len(' password ') - 5) + f' password {secret} refused')
+  line = short_error(error, lambda text: mask_secrets(text, [secret]))
+  assert len(line) == 500 and line.endswith('x password *** r') and 'pw-' not in line

@@ -9,6 +9,7 @@ import socket
 import apache_beam as beam
 import pyarrow as pa
 import pytest
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
@@ -152,6 +153,53 @@ def _read_one_user(fake, user, **kwargs):
   outputs = list(fn.process({'user': user}))
   rows = [row for o in outputs if isinstance(o, pa.RecordBatch) for row in o.to_pylist()]
   return rows, [o.value for o in outputs if not isinstance(o, pa.RecordBatch)]
+
+
+def test_a_page_without_its_track_list_is_dead_lettered_and_the_next_pages_are_read(lastfm):
+  lastfm.add_scrobbles('rj', scrobbles(25))
+  lastfm.inject('user.getRecentTracks', 'pass')  # page 1
+  lastfm.inject('user.getRecentTracks', 'no_tracks')  # page 2
+  rows, letters = _read_one_user(lastfm, 'rj', page_size=10)
+  assert len(rows) == 15
+  [letter] = letters
+  assert letter['position'] == 'page 2' and letter['record']['request']['params']['page'] == 2
+  assert letter['detail'] == 'no recenttracks.track list in the answer; the read goes on with page 3'
+  assert [r['params']['page'] for r in lastfm.served('user.getRecentTracks')] == ['1', '2', '3']
+
+
+def test_a_first_page_that_fails_for_good_says_the_pages_after_it_were_not_read(lastfm):
+  """No page read says how many there are: the read stops, and its dead letter says what was not read."""
+  lastfm.add_scrobbles('rj', scrobbles(25))
+  lastfm.inject('user.getRecentTracks', 'http', 500, times=FAST_RETRY.max_attempts)
+  rows, letters = _read_one_user(lastfm, 'rj', page_size=10)
+  assert rows == []
+  [letter] = letters
+  assert letter['position'] == 'page 1' and letter['reason'] == 'source_error' and 'HTTP 500' in letter['detail']
+  assert letter['detail'].endswith('the read stopped at page 1; the pages after it were not read (how many is unknown)')
+  assert LastfmFake.API_KEY not in json.dumps(letter)
+
+
+def test_a_scrobble_imported_during_the_read_repeats_none_and_the_repeat_is_counted(lastfm):
+  """A scrobble older than page 1's newest, added after page 1, moves the rest one place on: page 2 starts with
+  page 1's last scrobble again."""
+  lastfm.add_scrobbles('rj', scrobbles(25))
+  lastfm.scrobbled_during_read = [scrobbles(1, start=T0 + 240 * 24 - 1)[0]]  # just before the newest
+  p = TestPipeline()
+  out = p | ReadFromLastfm(
+    _options(lastfm, users=['rj'], page_size=10, with_duration=False, unknown_duration_ms=0, to_time=T0 + 10**6)
+  )
+
+  def check(rows):
+    ids = [r['event_id'] for r in rows]
+    assert len(ids) == len(set(ids)) == 25, (len(ids), len(set(ids)))
+
+  assert_that(_rows(out.records), check)
+  assert_that(out.dead_letter, _no_letters, label='none')
+  result = p.run()
+  result.wait_until_finish()
+  counters = result.metrics().query(MetricsFilter().with_name('repeated_scrobbles_dropped'))['counters']
+  assert [c.committed for c in counters] == [1]
+  assert [r['params']['page'] for r in lastfm.served('user.getRecentTracks')] == ['1', '2', '3']
 
 
 def test_an_answer_in_the_charset_it_declares_is_read_in_it(lastfm):

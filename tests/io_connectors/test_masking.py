@@ -1,5 +1,9 @@
 """io_connectors._common.masking: URLs resolved from options or the environment, secrets masked in errors."""
 
+import json
+import re
+import urllib.parse
+
 import pytest
 
 from io_connectors._common.masking import (
@@ -89,10 +93,39 @@ def test_masked_message_hides_the_query_values_of_the_url_however_it_is_quoted()
   assert masked_message('token=t0k3nized stays', url) == 'token=t0k3nized stays'
 
 
-def test_an_excerpt_cut_through_a_secret_masks_the_part_it_keeps():
-  secret = 'sk-live-0123456789'
-  assert mask_secrets('refused key sk-live-01', [secret], cut=True) == 'refused key ***'
-  assert mask_secrets('refused key sk-live-01', [secret]) == 'refused key sk-live-01'  # not cut: not a secret
-  assert mask_secrets('key sk-live-0123456789 and s', [secret, 'other'], cut=True) == 'key *** and ***'
-  assert mask_secrets('pässwörd: p\ufffd', ['pä55'], cut=True) == 'pässwörd: ***'  # a character cut in two
-  assert mask_secrets('nothing to see', [secret], cut=True) == 'nothing to see'
+SPELLED = 'k3y/s+é"\\\t😀 x'  # '/', '+', '"', '\\', a control, a non-ASCII and a non-BMP character, a space
+
+
+@pytest.mark.parametrize(
+  'spelled',
+  [
+    json.dumps(SPELLED)[1:-1],  # JSON, non-ASCII as \\uXXXX (a surrogate pair past the BMP)
+    json.dumps(SPELLED)[1:-1].replace('/', '\\/'),  # '/' as '\\/' too (PHP, some Java encoders)
+    re.sub(r'\\u[0-9a-f]{4}', lambda m: m.group(0).upper().replace('U', 'u'), json.dumps(SPELLED)[1:-1]),  # A-F
+    json.dumps(SPELLED, ensure_ascii=False)[1:-1].replace('/', '\\/'),  # non-ASCII as written
+    json.dumps(json.dumps(SPELLED))[3:-3],  # a JSON string inside a JSON string: the escapes escaped
+    urllib.parse.quote(SPELLED, safe=''),  # percent-encoded in a URL
+    urllib.parse.quote(SPELLED, safe='').lower(),
+    urllib.parse.urlencode({'k': SPELLED})[2:],  # a form or query string: a space as '+'
+    json.dumps(urllib.parse.quote(SPELLED, safe='/'))[1:-1].replace('/', '\\/'),  # a URL echoed in JSON
+  ],
+)
+def test_a_secret_echoed_json_escaped_or_percent_encoded_is_masked(spelled):
+  assert spelled != SPELLED
+  assert mask_secrets(f'refused <{spelled}>, try again', [SPELLED]) == 'refused <***>, try again'
+
+
+def test_escaped_spellings_mask_only_the_secret_and_the_longest_first():
+  assert mask_secrets('"https:\\/\\/api.example.com\\/v1?key=ab\\/cd"', ['ab/cd']) == (
+    '"https:\\/\\/api.example.com\\/v1?key=***"'
+  )
+  # A secret holding another is masked whole, whatever order they come in.
+  assert mask_secrets('token ab\\/cd-long and cd-long', ['cd-long', 'ab/cd-long']) == 'token *** and ***'
+  assert mask_secrets('ab\\/ce and ab%2Fc', ['ab/cd']) == 'ab\\/ce and ab%2Fc'  # not the secret: kept
+  assert mask_secrets('plain ab/cd', ['ab/cd']) == 'plain ***'
+
+
+def test_masked_message_hides_a_password_echoed_json_escaped():
+  url = 'redis://music:p%2Fss\u00e9@db:6379/0'
+  assert url_password(url) == 'p/ssé'
+  assert masked_message('{"error": "WRONGPASS p\\/ss\\u00e9"}', url) == '{"error": "WRONGPASS ***"}'

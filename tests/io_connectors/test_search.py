@@ -18,6 +18,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
 from io_connectors import registry
+from io_connectors.databases import search
 from io_connectors.databases.search import ReadFromSearch, SearchError, SearchOptions, check, hits_to_batch
 from tests.conftest import ensure_service
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, strip_internal
@@ -275,6 +276,14 @@ def test_unreachable_server_is_retried_then_clear_and_masks_the_password():
   assert 'cannot reach the server' in message
   assert 's3cr3t-pw' not in message and 'reader:***@127.0.0.1' in message
   assert time.monotonic() - started >= 0.15  # 0.05 + 0.1 of backoff: it did retry
+
+
+def test_an_error_quoting_the_password_across_the_cut_shows_none_of_it():
+  """A reason of 300 characters is quoted: masked after the cut, the password's first characters stayed."""
+  client = search._Client(SearchOptions(url='http://reader:s3cr3t-pw@127.0.0.1:9'))
+  error = RuntimeError('x' * (300 - 5) + 's3cr3t-pw was refused')
+  message = str(client.error('server info', error))
+  assert message.endswith('xxxxx*** w') and 's3cr3' not in message
 
 
 def test_env_url_and_options_checked(monkeypatch, url):

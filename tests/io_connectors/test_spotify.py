@@ -6,6 +6,7 @@ import logging
 import apache_beam as beam
 import pytest
 import requests
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from openapi_schema_validator import OAS30Validator
@@ -179,6 +180,27 @@ def test_paged_resources_read_to_the_end(fake_spotify):
     if e['path'].endswith('/tracks') and e['path'].startswith('/v1/albums/')
   )
   assert offsets == [0, 0, 50, 50, 100, 100]
+
+
+def test_a_track_saved_during_the_read_repeats_none_and_the_repeat_is_counted(fake_spotify):
+  """A track saved after page 1 moves the others one place on: page 2 starts with page 1's last track again."""
+  fake_spotify.saves_during_read = 1
+  p = TestPipeline()
+  out = p | ReadFromSpotify(_options(fake_spotify, resource='saved_tracks', **USER))
+
+  def tracks(batches):
+    ids = [r['id'] for r in _rows(batches)]
+    assert len(ids) == len(set(ids)) == 60, (len(ids), len(set(ids)))
+    assert set(ids) == {spotify_id('saved', n) for n in range(60)}  # none of them lost
+
+  assert_that(out.records, tracks)
+  assert_that(out.dead_letter, _no_letters, label='letters')
+  result = p.run()
+  result.wait_until_finish()
+  counters = result.metrics().query(MetricsFilter().with_name('repeated_items_dropped|resource=spotify/saved_tracks'))
+  assert [c.committed for c in counters['counters']] == [1]
+  served = [(e['query']['offset'], e['status']) for e in fake_spotify.log if e['path'] == '/v1/me/tracks']
+  assert served == [('0', 200), ('50', 200)]
 
 
 def test_recently_played_pages_back_with_before_cursors(fake_spotify):

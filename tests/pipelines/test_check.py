@@ -232,6 +232,12 @@ def test_secrets_of_the_config_are_scrubbed_from_any_message():
   assert text == 'failed for *** with ***, *** at postgresql://u:***@h/db via NOT_A_SECRET from https://h/token'
 
 
+def test_a_secret_a_server_echoed_json_escaped_is_scrubbed_too():
+  source = {'type': 'x', 'api_key': 'k3y/with+sl\u00e4sh'}
+  text = check._scrubbed('HTTP 403: {"error": "bad key", "key": "k3y\\/with+sl\\u00e4sh"}', source)
+  assert text == 'HTTP 403: {"error": "bad key", "key": "***"}'
+
+
 def test_kafka_topics_brokers_and_credentials(tmp_path):
   confluent_kafka_admin = pytest.importorskip('confluent_kafka.admin')
   from tests.conftest import ensure_service

@@ -76,7 +76,7 @@ from io_connectors.apis.analytics._source import (
   read_units,
 )
 from io_connectors.apis.http.auth import BasicAuth
-from io_connectors.apis.http.client import RetryPolicy
+from io_connectors.apis.http.client import Masker, RetryPolicy
 from io_connectors.apis.http.ratelimit import parse_retry_after
 from io_connectors.apis.http.request import HostNotAllowed, Request, RequestFailed
 from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
@@ -90,6 +90,8 @@ _LOG = logging.getLogger(__name__)
 EXPORT_URL = 'https://data.mixpanel.com'
 API_URL = 'https://api.mixpanel.com'
 _INSERT_ID = re.compile(r'^[A-Za-z0-9-]{1,36}$')
+# Characters of an answer (or an error) a dead letter quotes, masked before they are cut.
+_QUOTED_CHARS = 2000
 
 
 def _props(*names):
@@ -339,7 +341,8 @@ class _ImportFn(beam.DoFn):
       secret=env_secret(o.secret_env, 'service account secret', 'Mixpanel'),
       project_id=str(o.project_id),
     )
-    self._secrets = [credentials.secret]
+    # The secret, and the Basic header made of it, however an answer echoes them.
+    self._masker = Masker(BasicAuth(credentials.username, credentials.secret).secrets())
     self._consumer = mixpanel.Consumer(
       import_url=o.api_url.rstrip('/') + '/import', request_timeout=o.timeout, credentials=credentials
     )
@@ -349,12 +352,13 @@ class _ImportFn(beam.DoFn):
     self._consumer._session.hooks['response'].append(self._remember)
 
   def _remember(self, response, *args, **kwargs):
-    self._last = {'status': response.status_code, 'headers': dict(response.headers), 'body': response.text[:20000]}
+    # The whole body: a 400's failed_records is parsed from it, and only what
+    # is quoted in a dead letter is cut, after it is masked (`_quoted`).
+    self._last = {'status': response.status_code, 'headers': dict(response.headers), 'body': response.text}
 
-  def _mask(self, text: str) -> str:
-    for secret in self._secrets:
-      text = text.replace(secret, '***')
-    return text
+  def _quoted(self, text: str) -> str:
+    """`text` (an answer's body, an error) masked, then cut to `_QUOTED_CHARS` for a dead letter."""
+    return self._masker.excerpt(text, _QUOTED_CHARS)
 
   def start_bundle(self):
     self._pending: List[dict] = []
@@ -396,7 +400,7 @@ class _ImportFn(beam.DoFn):
         None,
         'source_error',
         record=record,
-        detail=self._mask(detail),
+        detail=self._quoted(detail),
         stage='write',
         count=count,
       ),
@@ -431,15 +435,19 @@ class _ImportFn(beam.DoFn):
         if status == 400:
           yield from self._partial(events)
           return
-        yield self._letter(events, f'import failed: {e}', count=len(events))
+        failed = f'HTTP {status}: {self._last.get("body", "")}' if status is not None else str(e)
+        yield self._letter(events, f'import failed: {failed}', count=len(events))
         return
 
   def _partial(self, events: List[dict]):
     """HTTP 400: Mixpanel imported the valid events and lists the failed ones."""
+    body = self._last.get('body') or ''
     try:
-      answer = json.loads(self._last.get('body') or '{}')
+      answer = json.loads(body or '{}')
     except ValueError:
-      answer = {}
+      answer = None
+    if not isinstance(answer, dict):
+      answer = {'error': body}  # quoted as it came (masked, then cut)
     failed = answer.get('failed_records') or []
     indices = {f.get('index') for f in failed if isinstance(f, dict)}
     for f in failed:

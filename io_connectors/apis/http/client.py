@@ -37,9 +37,11 @@ proxy settings and .netrc credentials are ignored unless `trust_env=True`.
 
 Secrets never leave in messages: `Masker` replaces the auth's secret values,
 query parameters with secret-looking names and URL passwords by `***`, and
-every error text is built from masked parts. A body quoted in an error or a
-dead letter is an excerpt (`Masker.body`), masked as one: a secret the
-server echoes across the cut is masked too, not left with its first part.
+every error text is built from masked parts. A secret is found as written,
+JSON-escaped or percent-encoded (a server echoing it in a JSON error writes
+'/' as '\\/'). A body quoted in an error or a dead letter is an excerpt
+(`Masker.body`), masked before it is cut: a secret the server echoes across
+the cut is masked whole, not left with its first part.
 
 Usage::
 
@@ -99,6 +101,10 @@ class Masker:
 
   def __init__(self, secrets: Iterable[str] = ()):
     self._secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+    # Characters past an excerpt's end masked with it (see `excerpt`): room for
+    # the longest secret however spelled (up to 12 characters for one:
+    # '\ud83c\udfb5', '%F0%9F%8E%B5'), and for a URL's password.
+    self._margin = 16 * max((len(s) for s in self._secrets), default=0) + 256
 
   def with_secrets(self, secrets: Iterable[str]) -> 'Masker':
     return Masker([*self._secrets, *secrets])
@@ -108,11 +114,9 @@ class Masker:
     _PROCESS_SECRETS.update(self._secrets)
     return self
 
-  def text(self, text: Any, cut: bool = False) -> str:
-    """`text` masked; cut: it is the start of a longer text, whose last characters may begin a secret."""
-    # Longest first (a secret containing another is masked whole), and each
-    # also as it appears percent-encoded in a URL.
-    text = mask_secrets(str(text), (v for s in self._secrets for v in (s, urllib.parse.quote(s, safe=''))), cut=cut)
+  def text(self, text: Any) -> str:
+    """`text` masked: the secrets however spelled (`mask_secrets`), URL passwords, secret-named parameters."""
+    text = mask_secrets(str(text), self._secrets)
     # user:password@ in URLs, and secret-named query parameters anywhere.
     text = re.sub(r'(://[^/\s:@]*:)[^@/\s]+@', r'\1' + MASK + '@', text)
     text = re.sub(
@@ -122,13 +126,26 @@ class Masker:
     )
     return text
 
-  def body(self, response: Response, limit: int = 2000) -> str:
-    """The first `limit` bytes of an answer's body as text, masked (for errors and dead letters).
+  def excerpt(self, text: Any, limit: int = 2000) -> str:
+    """The first `limit` characters of `text`, masked (for errors and dead letters).
 
-    Masked as an excerpt: a secret the server echoes across the cut does not
-    leave its first characters behind.
+    Masked, then cut: a secret the cut goes through is masked whole, where
+    masking the excerpt would find only its first characters and leave
+    them. Of a long text, only a window past `limit` is masked; a secret
+    the window's end cuts is left in its last `_margin` characters, which
+    are not quoted.
     """
-    return self.text(response.text(limit), cut=len(response.content) > limit)
+    text = str(text)
+    window = limit + self._margin
+    while True:
+      masked = self.text(text[:window])
+      if len(text) <= window or len(masked) - self._margin >= limit:
+        return masked[:limit]
+      window *= 2  # the secrets masked shortened it: more of the text is needed
+
+  def body(self, response: Response, limit: int = 2000) -> str:
+    """The first `limit` characters of an answer's body as text, masked (see `excerpt`)."""
+    return self.excerpt(response.text(len(response.content)), limit)
 
   def params(self, params: Mapping[str, Any]) -> Dict[str, Any]:
     return {

@@ -13,6 +13,13 @@ unavailable, filtered or deleted since), and stopping there would lose the
 pages after it without a word. A total that is no whole number raises
 ValueError (the reader dead-letters the next page).
 
+A page that fails for good (after retries) is passed over where the next
+page's address does not come from its answer: `after_failure(request,
+earlier_body)` gives the page after it for offsets and page numbers
+(`knows_pages_ahead`), the last page read still ending the pages with its
+total. Cursors and next links cannot go past it: the reader dead-letters
+the failed page saying that the pages after it were not read.
+
 ===========================  ==============================================
 `SinglePage`                 one request, no pages
 `PageNumberPaginator`        ?page=1,2,... to the total of pages, else an empty page; or a maximum
@@ -55,11 +62,24 @@ __all__ = [
 class Paginator:
   """Base class; the default is a single page."""
 
+  # Whether `after_failure` knows the page after one that failed (offsets,
+  # page numbers): otherwise (cursors, next links) its address is in the
+  # failed page's answer, and the pages after it cannot be asked for.
+  knows_pages_ahead = False
+
   def first(self, request: Request) -> Request:
     return request
 
   def next(self, request: Request, response, body: Any, count: int) -> Optional[Request]:
     raise NotImplementedError
+
+  def after_failure(self, request: Request, earlier_body: Any) -> Optional[Request]:
+    """The page after `request`, whose read failed for good, or None when none follows it.
+
+    earlier_body: the last page read before it (None: none was), whose
+    total still says where the pages end. Only when `knows_pages_ahead`.
+    """
+    raise NotImplementedError(f'{type(self).__name__} cannot tell the page after a failed one')
 
 
 def _total(body: Any, path: Optional[str]) -> Optional[int]:
@@ -85,7 +105,12 @@ def _total(body: Any, path: Optional[str]) -> Optional[int]:
 
 @dataclasses.dataclass(frozen=True)
 class SinglePage(Paginator):
+  knows_pages_ahead = True  # none
+
   def next(self, request, response, body, count):
+    return None
+
+  def after_failure(self, request, earlier_body):
     return None
 
 
@@ -100,6 +125,8 @@ class PageNumberPaginator(Paginator):
   total_path: Optional[str] = None  # total number of PAGES in the body
   maximum_page: Optional[int] = None
 
+  knows_pages_ahead = True
+
   def first(self, request):
     params = {self.page_param: self.base_page}
     if self.page_size is not None:
@@ -107,13 +134,20 @@ class PageNumberPaginator(Paginator):
     return request.with_params(**params)
 
   def next(self, request, response, body, count):
+    ended = count == 0 or (self.page_size is not None and count < self.page_size)
+    return self._after(request, _total(body, self.total_path), ended)
+
+  def after_failure(self, request, earlier_body):
+    # Its records unknown, a failed page does not end the read; an earlier total still does.
+    return self._after(request, _total(earlier_body, self.total_path), ended=False)
+
+  def _after(self, request, total, ended):
     page = int(request.params.get(self.page_param, self.base_page))
-    total = _total(body, self.total_path)
     if total is not None:
       # The total decides: an empty or short page before it is not the last.
       if page - self.base_page + 1 >= total:
         return None
-    elif count == 0 or (self.page_size is not None and count < self.page_size):
+    elif ended:
       return None
     if self.maximum_page is not None and page >= self.maximum_page:
       return None
@@ -131,17 +165,25 @@ class OffsetPaginator(Paginator):
   initial_offset: int = 0
   maximum_offset: Optional[int] = None
 
+  knows_pages_ahead = True
+
   def first(self, request):
     return request.with_params(**{self.offset_param: self.initial_offset, self.limit_param: self.limit})
 
   def next(self, request, response, body, count):
+    return self._after(request, _total(body, self.total_path), ended=count < self.limit)
+
+  def after_failure(self, request, earlier_body):
+    # Its records unknown, a failed page does not end the read; an earlier total still does.
+    return self._after(request, _total(earlier_body, self.total_path), ended=False)
+
+  def _after(self, request, total, ended):
     offset = int(request.params.get(self.offset_param, self.initial_offset)) + self.limit
-    total = _total(body, self.total_path)
     if total is not None:
       # The total decides: an empty or short page before it is not the last.
       if offset >= total:
         return None
-    elif count < self.limit:
+    elif ended:
       return None
     if self.maximum_offset is not None and offset >= self.maximum_offset:
       return None

@@ -18,7 +18,19 @@ Nothing is lost: a request that fails for good (after retries), a body that
 is not JSON or over the size cap, a page without records where some were
 expected or a record that cannot be mapped becomes a dead letter
 (``stage='read'``) whose ``record`` holds the request that produced it
-(method, URL, params, all masked).
+(method, URL, params, all masked). A failed page does not end the read
+where the next page's address is known without its answer (offsets, page
+numbers): the read goes on with the next page (up to
+`max_failed_pages_in_a_row` failures in a row). Where it is not (cursors,
+next links), the failed page's dead letter says that the read stopped there
+and the pages after it were not read. An incremental read's cursor stops
+before the first failed page, so that the next run reads it again.
+
+An offset-paged collection that changes while it is read repeats the items
+pushed across a page boundary: with `id_path`, an item whose id was read
+already in the element's read is written once, the repeats dropped counted
+in ``rest/repeated_items_dropped|resource=<name>``; items without an id are
+all kept.
 
 Pagination is held to the resource: a next-page link (Link header, next URL
 in the body) with userinfo, a backslash, whitespace or control characters,
@@ -84,9 +96,10 @@ from io_connectors._common.arrow import batch_from_rows
 from io_connectors.apis.http.auth import Auth, create_auth
 from io_connectors.apis.http.client import ClientOptions, HttpClient, RetryPolicy
 from io_connectors.apis.http.paginators import Paginator, create_paginator
-from io_connectors.apis.http.request import HostNotAllowed, Request, RequestFailed, json_path
+from io_connectors.apis.http.request import HostNotAllowed, Request, RequestFailed, Response, json_path
 from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
+from transforms.metrics import LabelledCounters
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, json_safe
 
 __all__ = [
@@ -155,11 +168,22 @@ class ResourceConfig:
   max_pages: pages read for one element at most (default 1000); when more
     are announced, the element's next page is dead-lettered with the reason,
     so a cap that is hit is seen, never silent.
+  max_failed_pages_in_a_row: with offset or page-number paging, a page that
+    fails for good is dead-lettered and the read goes on with the next;
+    after this many failed pages in a row (the API is down, or refuses
+    every page) the read stops, its last dead letter saying so.
   next_link_hosts: hosts (besides base_url's) that next-page links found in
     responses (Link headers, next URLs) may lead to; they must be in the
     allow-list too, on any port; base_url's host only on base_url's port
     unless listed here. A next link may never leave https for http.
   incremental: an IncrementalConfig (or dict).
+  id_path: dotted path of a record's stable id in the (mapped) record, e.g.
+    'id'. An item whose id was read already in the element's read is
+    dropped, and counted in the Beam counter
+    ``rest/repeated_items_dropped|resource=<name>``: an offset-paged
+    collection that changes while it is read repeats the items the change
+    pushes across a page boundary. Records without a value there are all
+    kept. None (default): every record is kept.
   empty_path: for APIs that leave the records out of an empty answer (Twitter/X
     omits `data` when nothing matches): the dotted path of a count that is 0
     then; a page without records whose count there is 0 is an empty page, not
@@ -182,8 +206,10 @@ class ResourceConfig:
   allowed_hosts: Optional[Sequence[str]] = None
   error_path: Optional[str] = None
   max_pages: int = 1000
+  max_failed_pages_in_a_row: int = 3
   next_link_hosts: Sequence[str] = ()
   incremental: Optional[IncrementalConfig] = None
+  id_path: Optional[str] = None
   empty_path: Optional[str] = None
 
   def __post_init__(self):
@@ -196,6 +222,8 @@ class ResourceConfig:
       raise ValueError(f'resource {self.name!r}: method must be GET or POST, got {self.method!r}')
     if self.max_pages < 1:
       raise ValueError(f'resource {self.name!r}: max_pages must be >= 1')
+    if self.max_failed_pages_in_a_row < 1:
+      raise ValueError(f'resource {self.name!r}: max_failed_pages_in_a_row must be >= 1')
     # Fail at construction, not on a worker, for bad paginator/auth configs.
     create_paginator(self.paginator)
     if isinstance(self.incremental, dict):
@@ -347,6 +375,7 @@ class _Fetched:
   positions: List[int] = dataclasses.field(default_factory=list)
   dead_letters: List[dict] = dataclasses.field(default_factory=list)
   cursor: Optional[Tuple[dict, Any]] = None  # ({'store', 'key'}, highest value)
+  repeated_items: int = 0  # items dropped as read already (`ResourceConfig.id_path`)
 
 
 class _Reader:
@@ -440,6 +469,58 @@ class _Reader:
       mapped.setdefault(key, params.get(key))
     return mapped
 
+  def _page(self, request: Request) -> Tuple[Response, Any, list, Any]:
+    """(response, body, records, errors) of one page; _FailedPage when it gives no list of records."""
+    r = self.resource
+    try:
+      response = self.client.send(request)
+    except RequestFailed as e:
+      raise _FailedPage('source_error', str(e)) from None
+    except HostNotAllowed as e:  # every page after it goes to the same host: refused too
+      raise _FailedPage('source_error', str(e), passable=False) from None
+    try:
+      body = response.json()
+    except ValueError as e:
+      raise _FailedPage(
+        'malformed_json',
+        f'HTTP {response.status} body is not JSON: {e}',
+        record={'body': self.client.masker.body(response)},
+      ) from None
+    records = json_path(body, r.record_path) if isinstance(body, (dict, list)) else None
+    if isinstance(records, dict):
+      records = [records]
+    errors = json_path(body, r.error_path) if r.error_path and isinstance(body, dict) else None
+    if (
+      records is None and not errors and r.empty_path and isinstance(body, dict) and json_path(body, r.empty_path) == 0
+    ):
+      records = []  # an empty answer that leaves the record list out
+    if records is None or not isinstance(records, list):
+      detail = (
+        f'errors in the answer: {self.client.masker.excerpt(json.dumps(errors, default=str), 500)}'
+        if errors
+        else f'no list of records at {r.record_path!r} in the answer (HTTP {response.status})'
+      )
+      raise _FailedPage('source_error', detail, record={'body': self.client.masker.body(response)})
+    return response, body, records, errors
+
+  def _after_failed_page(
+    self, request: Request, failed: '_FailedPage', earlier_body: Any, page: int, in_a_row: int
+  ) -> Tuple[Optional[Request], str]:
+    """The page to read after failed page `page` (None: the read ends), and what its dead letter says of the rest
+    ('' when no page follows it)."""
+    stopped = f'the read stopped at page {page}; the pages after it were not read'
+    limit = self.resource.max_failed_pages_in_a_row
+    if not failed.passable:
+      return None, stopped
+    if not self.paginator.knows_pages_ahead:
+      return None, f'{stopped} (their address, a cursor or next link, comes from the answer this page did not give)'
+    following = self.paginator.after_failure(request, earlier_body)
+    if following is None:
+      return None, ''
+    if in_a_row >= limit:
+      return None, f'{stopped} ({in_a_row} pages in a row failed, max_failed_pages_in_a_row={limit})'
+    return following, f'the read goes on with page {page + 1}'
+
   def read(self, element: Any, cursor_lookup: Callable[[dict], Tuple[Optional[dict], Any]]) -> _Fetched:
     out = _Fetched()
     r = self.resource
@@ -455,127 +536,62 @@ class _Reader:
     highest = None
     pages = 0
     seen = {_identity(request)}
+    earlier_body = None  # the last page read: its total still ends the pages past a failed one
+    ids_read: set = set()  # the items' ids (id_path) read so far in this element's read
+    failed_in_a_row = 0
+    a_page_failed = False
     while request is not None:
       pages += 1
       page_source = f'{r.name} {self.client.masker.text(request.full_url())}'
       try:
-        response = self.client.send(request)
-      except (RequestFailed, HostNotAllowed) as e:
-        out.dead_letters.append(
-          self._letter(request, 'source_error', str(e), position=f'page {pages}', source=page_source)
-        )
-        break
-      try:
-        body = response.json()
-      except ValueError as e:
+        response, body, records, errors = self._page(request)
+      except _FailedPage as failed:
+        failed_in_a_row += 1
+        a_page_failed = True
+        following, rest = self._after_failed_page(request, failed, earlier_body, pages, failed_in_a_row)
         out.dead_letters.append(
           self._letter(
             request,
-            'malformed_json',
-            f'HTTP {response.status} body is not JSON: {e}',
-            record={'body': self.client.masker.body(response)},
+            failed.reason,
+            f'{failed.detail}; {rest}' if rest else failed.detail,
+            record=failed.record,
             position=f'page {pages}',
             source=page_source,
           )
         )
-        break
-      records = json_path(body, r.record_path) if isinstance(body, (dict, list)) else None
-      if isinstance(records, dict):
-        records = [records]
-      errors = json_path(body, r.error_path) if r.error_path and isinstance(body, dict) else None
-      if (
-        records is None
-        and not errors
-        and r.empty_path
-        and isinstance(body, dict)
-        and json_path(body, r.empty_path) == 0
-      ):
-        records = []  # an empty answer that leaves the record list out
-      if records is None or not isinstance(records, list):
-        detail = (
-          f'errors in the answer: {json.dumps(errors, default=str)[:500]}'
-          if errors
-          else f'no list of records at {r.record_path!r} in the answer (HTTP {response.status})'
-        )
-        out.dead_letters.append(
-          self._letter(
-            request,
-            'source_error',
-            detail,
-            record={'body': self.client.masker.body(response)},
-            position=f'page {pages}',
-            source=page_source,
-          )
-        )
-        break
-      if errors:
-        out.dead_letters.append(
-          self._letter(
-            request,
-            'source_error',
-            f'partial answer with errors: {json.dumps(errors, default=str)[:500]}',
-            position=f'page {pages}',
-            source=page_source,
-          )
-        )
-      for index, record in enumerate(records, start=1):
-        if record is None:
+      else:
+        failed_in_a_row = 0
+        earlier_body = body
+        if errors:
           out.dead_letters.append(
             self._letter(
               request,
               'source_error',
-              'the API returned null for this item',
-              position=f'row {index}',
+              f'partial answer with errors: {self.client.masker.excerpt(json.dumps(errors, default=str), 500)}',
+              position=f'page {pages}',
               source=page_source,
             )
           )
-          continue
+        page_highest = self._add_records(out, records, request, params, page_source, ids_read)
+        # The cursor stops before a failed page: the next run reads it again.
+        if page_highest is not None and not a_page_failed:
+          if highest is None or _cursor_order(page_highest) > _cursor_order(highest):
+            highest = page_highest
         try:
-          mapped = self._map(record, params)
-        # What the record's values can raise in a mapping: a wrong shape, a number
-        # no int holds (JSON's 1e999 is infinity), a time out of range.
-        except (ValueError, LookupError, TypeError, AttributeError, ArithmeticError) as e:
+          following = self.paginator.next(request, response, body, len(records))
+          if following is not None:
+            self._check_next(request, following)
+        except ValueError as e:  # an unsafe or unparsable next link: the rest cannot be read
           out.dead_letters.append(
             self._letter(
               request,
               'source_error',
-              f'cannot map the record: {e}',
-              record=record,
-              position=f'row {index}',
+              f'next page refused: {e}; the read stopped: the pages from page {pages + 1} on were not read',
+              position=f'page {pages + 1}',
               source=page_source,
             )
           )
-          continue
-        if not isinstance(mapped, dict):
-          out.dead_letters.append(
-            self._letter(
-              request,
-              'source_error',
-              f'the record mapped to {type(mapped).__name__}, not a record',
-              record=record,
-              position=f'row {index}',
-              source=page_source,
-            )
-          )
-          continue
-        out.rows.append(mapped)
-        out.sources.append(page_source)
-        out.positions.append(index)
-        if r.incremental is not None:
-          value = json_path(mapped, r.incremental.cursor_field)
-          if value is not None and (highest is None or _cursor_order(value) > _cursor_order(highest)):
-            highest = value
-      try:
-        following = self.paginator.next(request, response, body, len(records))
-        if following is not None:
-          self._check_next(request, following)
-      except ValueError as e:  # an unsafe or unparsable next link: the rest cannot be read
-        out.dead_letters.append(
-          self._letter(
-            request, 'source_error', f'next page refused: {e}', position=f'page {pages + 1}', source=page_source
-          )
-        )
-        break
+          break
       if following is None:
         break
       identity = _identity(following)
@@ -607,6 +623,83 @@ class _Reader:
     if r.incremental is not None and highest is not None and state_ref is not None:
       out.cursor = (state_ref, highest)
     return out
+
+  def _add_records(self, out: _Fetched, records: list, request: Request, params: dict, page_source: str, ids_read: set):
+    """Maps a page's records into `out` (a record that cannot be mapped: a dead letter); the page's highest cursor.
+
+    An item whose id (`ResourceConfig.id_path`) is in `ids_read` is dropped
+    and counted in `out.repeated_items`; the ids of those kept are added.
+    """
+    r = self.resource
+    highest = None
+    for index, record in enumerate(records, start=1):
+      if record is None:
+        out.dead_letters.append(
+          self._letter(
+            request,
+            'source_error',
+            'the API returned null for this item',
+            position=f'row {index}',
+            source=page_source,
+          )
+        )
+        continue
+      try:
+        mapped = self._map(record, params)
+      # What the record's values can raise in a mapping: a wrong shape, a number
+      # no int holds (JSON's 1e999 is infinity), a time out of range.
+      except (ValueError, LookupError, TypeError, AttributeError, ArithmeticError) as e:
+        out.dead_letters.append(
+          self._letter(
+            request,
+            'source_error',
+            f'cannot map the record: {e}',
+            record=record,
+            position=f'row {index}',
+            source=page_source,
+          )
+        )
+        continue
+      if not isinstance(mapped, dict):
+        out.dead_letters.append(
+          self._letter(
+            request,
+            'source_error',
+            f'the record mapped to {type(mapped).__name__}, not a record',
+            record=record,
+            position=f'row {index}',
+            source=page_source,
+          )
+        )
+        continue
+      if r.id_path is not None:
+        item_id = json_path(mapped, r.id_path)
+        if item_id is not None:
+          key = json.dumps(item_id, sort_keys=True, default=str)  # 1 and '1' stay two ids
+          if key in ids_read:
+            out.repeated_items += 1  # the same item on an earlier page: written once
+            continue
+          ids_read.add(key)
+      out.rows.append(mapped)
+      out.sources.append(page_source)
+      out.positions.append(index)
+      if r.incremental is not None:
+        value = json_path(mapped, r.incremental.cursor_field)
+        if value is not None and (highest is None or _cursor_order(value) > _cursor_order(highest)):
+          highest = value
+    return highest
+
+
+class _FailedPage(Exception):
+  """A page that gives no records: its dead letter's reason, detail and record.
+
+  passable: whether the pages after it can still be read (not when its
+  request was refused before it was sent: theirs would be too).
+  """
+
+  def __init__(self, reason: str, detail: str, record: Any = None, passable: bool = True):
+    super().__init__(detail)
+    self.reason, self.detail, self.record, self.passable = reason, detail, record, passable
 
 
 def _port(parts: urllib.parse.SplitResult) -> int:
@@ -657,6 +750,8 @@ class _ReadFn(beam.DoFn):
     self._reader = _Reader(r, self._client, create_paginator(r.paginator))
     self._pool = concurrent.futures.ThreadPoolExecutor(self._options.concurrency, thread_name_prefix=f'rest-{r.name}')
     self._cursors: Dict[str, Any] = {}
+    # Counted here, in the DoFn's thread: Beam drops metrics updated in the reading threads.
+    self._repeated = LabelledCounters('rest', 'repeated_items_dropped')
 
   def teardown(self):
     pool = getattr(self, '_pool', None)
@@ -698,6 +793,8 @@ class _ReadFn(beam.DoFn):
         still.append((future, window, timestamp))
         continue
       fetched = future.result()
+      if fetched.repeated_items:
+        self._repeated.inc(fetched.repeated_items, resource=self._resource.name)
       for letter in fetched.dead_letters:
         yield beam.pvalue.TaggedOutput(DEAD_LETTER, WindowedValue(letter, timestamp, [window]))
       if fetched.cursor is not None:

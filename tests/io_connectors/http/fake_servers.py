@@ -398,7 +398,10 @@ class FakeSpotify(FakeHttpServer):
   spec's schema with that id); ids in `missing_ids` answer null. Albums hold
   `album_tracks` tracks, playlists `playlist_items` items, the user has
   `saved_tracks` saved tracks and `plays` plays (one every 10 minutes before
-  `now`), search finds `search_results` tracks.
+  `now`), search finds `search_results` tracks. `saves_during_read`: after
+  each page of /me/tracks served, the user saves one more track, this many
+  times; newest first, it pushes the others one place on, so the next page
+  starts with the last track of the one before (offset paging repeats it).
   """
 
   def __init__(
@@ -428,6 +431,8 @@ class FakeSpotify(FakeHttpServer):
     self.album_tracks = 120
     self.playlist_items = 75
     self.saved_tracks = 60
+    self.saves_during_read = 0
+    self._saved_since = 0  # tracks saved so far during the read
     self.plays = 130
     self.search_results = 70
     self.now = dt.datetime(2024, 6, 1, 12, 0, tzinfo=dt.timezone.utc)
@@ -681,13 +686,19 @@ class FakeSpotify(FakeHttpServer):
     return self._paged(call, 'playlist_items', self.playlist_items, lambda n: self._playlist_item(playlist_id, n))
 
   def _saved_tracks(self, call: Call):
+    with self._lock:
+      new = self._saved_since
+      if self._saved_since < self.saves_during_read:
+        self._saved_since += 1
 
     def make(n):
+      # The tracks saved during the read come first (newest first), then the others.
       saved = dict(self._templates['SavedTrackObject'])
-      saved.update(added_at='2024-02-03T04:05:06Z', track=self.track(spotify_id('saved', n), n))
+      track_id = spotify_id('saved', n - new) if n >= new else spotify_id('saved-meanwhile', n)
+      saved.update(added_at='2024-02-03T04:05:06Z', track=self.track(track_id, n))
       return saved
 
-    return self._paged(call, 'saved_tracks', self.saved_tracks, make)
+    return self._paged(call, 'saved_tracks', self.saved_tracks + new, make)
 
   def _search(self, call: Call):
     if not call.query.get('q') or call.query.get('type') != 'track':

@@ -16,6 +16,7 @@ import pytest
 
 from io_connectors._common import state
 from io_connectors.apis.http import (
+  ApiKeyAuth,
   BearerTokenAuth,
   ClientOptions,
   HostNotAllowed,
@@ -513,6 +514,41 @@ def test_a_token_endpoint_echoing_the_basic_credentials_does_not_show_them(fake_
   assert encoded not in json.dumps(letter) and 'echo-secret-42' not in json.dumps(letter)
 
 
+ESCAPED_KEY = 'lf/key+Zé-0123456789'  # a '/' and a non-ASCII character: JSON spells both otherwise
+
+
+def test_an_api_key_echoed_json_escaped_in_an_error_body_is_masked_everywhere(fake_server, caplog):
+  """A server echoing the key in its JSON error writes '/' as '\\/' and 'é' as '\\u00e9' (PHP's json_encode)."""
+
+  def refuse(call):
+    echo = {
+      'error': 'invalid key',
+      'key': call.headers.get('X-Api-Key'),
+      'request': f'https://api.example.com/v1/items?api_key={urllib.parse.quote(call.headers.get("X-Api-Key"))}',
+    }
+    return _json(json.dumps(echo).replace('/', '\\/').encode(), 403, {'Content-Type': 'application/json'})
+
+  fake_server.route('GET', '/items', refuse)
+  client = _client(ApiKeyAuth(ESCAPED_KEY, name='X-Api-Key', location='header'))
+  escaped = json.dumps(ESCAPED_KEY)[1:-1].replace('/', '\\/')
+  assert escaped == 'lf\\/key+Z\\u00e9-0123456789'
+  with caplog.at_level('DEBUG'):
+    with pytest.raises(RequestFailed) as raised:
+      client.send(Request('GET', f'{fake_server.base_url}/items'))
+    [letter] = _read({'base_url': fake_server.base_url, 'path': '/items', 'record_path': 'items'}, client).dead_letters
+  assert 'invalid key' in str(raised.value) and 'invalid key' in raised.value.body and 'HTTP 403' in letter['detail']
+  shown = [
+    str(raised.value),
+    raised.value.body,
+    json.dumps(letter),
+    json.dumps(letter, ensure_ascii=False),
+    caplog.text,
+  ]
+  for text in shown:
+    for spelling in (ESCAPED_KEY, escaped, urllib.parse.quote(ESCAPED_KEY, safe=''), 'lf\\/key', 'Z\\u00e9-0123'):
+      assert spelling not in text
+
+
 ECHOED_TOKEN = 'echoed-bearer-token-0123456789'
 
 
@@ -541,6 +577,68 @@ def test_a_token_echoed_across_the_cut_of_a_quoted_body_shows_no_part_of_it(fake
   text = shown(error, letter)
   assert 'xxx' in text and 'Bear' in text  # the excerpt is there ...
   assert ECHOED_TOKEN[:3] not in text  # ... without the start of the token it cuts
+
+
+SLASHED_TOKEN = 'echoed/bearer-token-0123456789'  # JSON may write it 'echoed\\/bearer-...'
+SLASHED_ECHO = SLASHED_TOKEN.replace('/', '\\/')
+
+QUOTED_BODIES = [
+  (400, 300, lambda error, letter: str(error)),  # the error message's excerpt
+  (400, 2000, lambda error, letter: error.body),  # the body a RequestFailed carries
+  (200, 2000, lambda error, letter: json.dumps(letter)),  # a body that is not JSON, in its dead letter
+]
+
+
+def _quoted(fake_server, status, shown, body):
+  fake_server.route('GET', '/items', lambda c: _json(body, status, {'Content-Type': 'text/plain'}))
+  client = _client(BearerTokenAuth(SLASHED_TOKEN))
+  error = None
+  if status >= 400:
+    with pytest.raises(RequestFailed) as raised:
+      client.send(Request('GET', f'{fake_server.base_url}/items'))
+    error = raised.value
+  [letter] = _read({'base_url': fake_server.base_url, 'path': '/items'}, client).dead_letters
+  return shown(error, letter)
+
+
+@pytest.mark.parametrize('status, cut, shown', QUOTED_BODIES)
+def test_a_token_echoed_json_escaped_across_the_cut_is_masked_whole_then_cut(fake_server, status, cut, shown):
+  """The cut goes through 'echoed\\/' + 'bearer...': masked after the cut, its start was no secret's start."""
+  body = ('x' * (cut - 15) + f'Bearer {SLASHED_ECHO} was refused').encode()
+  text = _quoted(fake_server, status, shown, body)
+  assert 'xxx' in text and 'Bearer ***' in text  # the excerpt is there, the token masked whole ...
+  assert 'echo' not in text and '\\/' not in text  # ... and none of its start left
+
+
+@pytest.mark.parametrize('status, cut, shown', QUOTED_BODIES)
+def test_an_excerpt_of_a_body_full_of_secrets_is_as_long_as_asked_and_shows_none(fake_server, status, cut, shown):
+  """Masking shortens the text: the excerpt is taken from further on, and still shows no part of a token."""
+  body = ' '.join(f'Bearer {SLASHED_ECHO if n % 2 else SLASHED_TOKEN}' for n in range(400)).encode()
+  text = _quoted(fake_server, status, shown, body)
+  expected = ' '.join(['Bearer ***'] * 400)[:cut]
+  assert expected in text and 'echo' not in text
+
+
+def test_errors_in_an_answer_are_quoted_masked_then_cut(fake_server):
+  """A GraphQL-style error echoing the token across the 500 characters quoted: no part of it is shown."""
+  # The token starts 8 characters before the end of the 500 quoted.
+  message = 'x' * (500 - len('[{"message": "') - len('token ') - 8) + f'token {SLASHED_TOKEN} refused'
+  fake_server.route('POST', '/graphql', lambda c: _json({'errors': [{'message': message}]}))
+  out = _read(
+    {
+      'base_url': fake_server.base_url,
+      'path': '/graphql',
+      'method': 'POST',
+      'json': {'query': '{ items { id } }', 'variables': {}},
+      'record_path': 'data.items',
+      'error_path': 'errors',
+    },
+    _client(BearerTokenAuth(SLASHED_TOKEN)),
+  )
+  [letter] = out.dead_letters
+  assert letter['detail'].startswith('errors in the answer: [{"message": "xxx')
+  assert letter['detail'].endswith('xxtoken *** refu')
+  assert 'echo' not in json.dumps(letter)
 
 
 @pytest.mark.parametrize('token', [None, '', 12345678, {'value': 'tok'}])

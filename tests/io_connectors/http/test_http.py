@@ -13,6 +13,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
 
 from io_connectors.apis.http import (
   ApiKeyAuth,
@@ -125,6 +126,183 @@ def test_a_total_is_read_to_its_end_past_empty_and_short_pages(fake_server, pagi
   out = _read_all(fake_server, {'path': '/items', 'record_path': 'items', 'paginator': paginator})
   assert [r['id'] for r in out.rows] == [*range(10), *[g['id'] for g in gap], *range(20, 35)]
   assert len(fake_server.log) == 4 and not out.dead_letters
+
+
+# ----- a page that fails for good -----
+
+PAGED = 45  # items: pages of 10, the 5th short
+
+
+def _always_failing(failing_pages, page_of, with_total):
+  """A collection of PAGED items whose pages in `failing_pages` always answer 503."""
+
+  def pages(call):
+    page = page_of(call.query)
+    if page in failing_pages:
+      return _json({'error': {'status': 503, 'message': 'backend unavailable'}}, status=503)
+    body = {'items': [{'id': i} for i in range(10 * (page - 1), min(10 * page, PAGED))]}
+    return _json({**body, 'total': PAGED, 'pages': 5} if with_total else body)
+
+  return pages
+
+
+PAGE_PAGINATORS = [
+  ({'type': 'offset', 'limit': 10, 'total_path': 'total'}, lambda q: int(q['offset']) // 10 + 1, 'offset', 20),
+  ({'type': 'offset', 'limit': 10, 'total_path': None}, lambda q: int(q['offset']) // 10 + 1, 'offset', 20),
+  ({'type': 'page_number', 'page_size': 10, 'total_path': 'pages'}, lambda q: int(q['page']), 'page', 3),
+  ({'type': 'page_number', 'page_size': 10}, lambda q: int(q['page']), 'page', 3),
+]
+
+
+@pytest.mark.parametrize('paginator, page_of, param, value', PAGE_PAGINATORS)
+def test_offset_and_page_number_reads_go_on_past_a_page_that_always_fails(
+  fake_server, paginator, page_of, param, value
+):
+  """Page 3 fails after every retry: it is dead-lettered with its place, and pages 4 and 5 are still read."""
+  fake_server.route('GET', '/items', _always_failing({3}, page_of, with_total=paginator.get('total_path') is not None))
+  out = _read_all(fake_server, {'path': '/items', 'record_path': 'items', 'paginator': paginator})
+  assert [r['id'] for r in out.rows] == [*range(20), *range(30, PAGED)]
+  [letter] = out.dead_letters
+  assert letter['reason'] == 'source_error' and letter['position'] == 'page 3' and letter['stage'] == 'read'
+  assert letter['record']['request']['params'][param] == value
+  assert f'{param}={value}' in letter['source'] and letter['source'].startswith('items http://127.0.0.1')
+  assert 'HTTP 503' in letter['detail'] and letter['detail'].endswith('the read goes on with page 4')
+  asked = [page_of(entry['query']) for entry in fake_server.log]
+  assert asked == [1, 2, 3, 3, 3, 3, 4, 5]  # page 3 as often as the retries allow, then on
+
+
+def test_a_read_past_failed_pages_stops_after_max_failed_pages_in_a_row(fake_server):
+  page_of = PAGE_PAGINATORS[0][1]
+  fake_server.route('GET', '/items', _always_failing({3, 4}, page_of, with_total=True))
+  out = _read_all(
+    fake_server,
+    {
+      'path': '/items',
+      'record_path': 'items',
+      'paginator': {'type': 'offset', 'limit': 10},
+      'max_failed_pages_in_a_row': 2,
+    },
+  )
+  assert [r['id'] for r in out.rows] == list(range(20))
+  assert [letter['position'] for letter in out.dead_letters] == ['page 3', 'page 4']
+  assert out.dead_letters[0]['detail'].endswith('the read goes on with page 4')
+  assert out.dead_letters[1]['detail'].endswith(
+    'the read stopped at page 4; the pages after it were not read (2 pages in a row failed, max_failed_pages_in_a_row=2)'
+  )
+  assert 5 not in [page_of(entry['query']) for entry in fake_server.log]
+
+
+def _linked_pages(failing_page):
+  """Pages of 10 linked by a cursor and a next URL in the body and a Link header; `failing_page` always 503."""
+
+  def pages(call):
+    page = int(call.query.get('cursor') or call.query.get('page') or 1)
+    if page == failing_page:
+      return _json({'error': 'backend unavailable'}, status=503)
+    following = page + 1 if 10 * page < PAGED else None
+    link = f'/items?page={following}' if following else None
+    body = {
+      'items': [{'id': i} for i in range(10 * (page - 1), min(10 * page, PAGED))],
+      'cursors': {'next': str(following) if following else None},
+      'next': link,
+    }
+    return _json(body, headers={'Link': f'<{link}>; rel="next"'} if link else {})
+
+  return pages
+
+
+@pytest.mark.parametrize(
+  'paginator',
+  [{'type': 'cursor', 'cursor_path': 'cursors.next'}, {'type': 'json_link', 'next_url_path': 'next'}, 'header_link'],
+)
+def test_a_cursor_or_link_read_stopped_by_a_failed_page_says_the_rest_was_not_read(fake_server, paginator):
+  """Page 4's address is in page 3's answer: the read cannot go past it, and its dead letter says so."""
+  fake_server.route('GET', '/items', _linked_pages(3))
+  out = _read_all(fake_server, {'path': '/items', 'record_path': 'items', 'paginator': paginator})
+  assert [r['id'] for r in out.rows] == list(range(20))
+  [letter] = out.dead_letters
+  assert letter['reason'] == 'source_error' and letter['position'] == 'page 3'
+  assert letter['source'].startswith('items http://127.0.0.1') and (
+    'cursor=3' in letter['source'] or 'page=3' in letter['source']
+  )
+  assert 'HTTP 503' in letter['detail']
+  assert letter['detail'].endswith(
+    'the read stopped at page 3; the pages after it were not read '
+    '(their address, a cursor or next link, comes from the answer this page did not give)'
+  )
+
+
+def test_an_incremental_cursor_stops_before_a_failed_page(fake_server):
+  """Pages 4 and 5 are read past failed page 3, but the cursor committed is page 2's: the next run reads 3 again."""
+  fake_server.route('GET', '/items', _always_failing({3}, PAGE_PAGINATORS[0][1], with_total=True))
+  resource = ResourceConfig.from_dict(
+    {
+      'name': 'items',
+      'base_url': fake_server.base_url,
+      'path': '/items',
+      'record_path': 'items',
+      'paginator': {'type': 'offset', 'limit': 10},
+      'incremental': {'cursor_field': 'id', 'param': 'since', 'key': 'items'},
+    }
+  )
+  reader = _Reader(resource, _client(fake_server), create_paginator(resource.paginator))
+  out = reader.read({}, lambda params: ({'store': None, 'key': 'items'}, None))
+  assert len(out.rows) == 35 and out.cursor == ({'store': None, 'key': 'items'}, 19)
+
+
+# ----- a collection that changes while it is read -----
+
+
+def _shifting_collection(without_id=()):
+  """25 items, newest first, in offset pages: after each page served one more item is added at the front, so the
+  next page starts with the last item of the one before (items 9 and 18 come twice). Items `without_id` have none."""
+  added = []
+
+  def pages(call):
+    offset, limit = int(call.query['offset']), int(call.query['limit'])
+    collection = [{'id': f'new-{k}'} for k in range(len(added), 0, -1)]
+    collection += [{'name': f'item {i}'} if i in without_id else {'id': i, 'name': f'item {i}'} for i in range(25)]
+    added.append(offset)
+    return _json({'items': collection[offset : offset + limit], 'total': len(collection)})
+
+  return pages
+
+
+def test_an_item_repeated_on_the_next_page_of_a_shifting_collection_is_kept_once(fake_server):
+  fake_server.route('GET', '/items', _shifting_collection())
+  resource = {'path': '/items', 'record_path': 'items', 'paginator': {'type': 'offset', 'limit': 10}, 'id_path': 'id'}
+  out = _read_all(fake_server, resource)
+  assert [r['id'] for r in out.rows] == list(range(25)) and not out.dead_letters
+  assert out.repeated_items == 2
+  assert len(out.sources) == len(out.positions) == 25
+
+
+def test_items_without_an_id_are_never_dropped_as_repeats(fake_server):
+  fake_server.route('GET', '/items', _shifting_collection(without_id={9, 18}))
+  resource = {'path': '/items', 'record_path': 'items', 'paginator': {'type': 'offset', 'limit': 10}, 'id_path': 'id'}
+  out = _read_all(fake_server, resource)
+  names = [r['name'] for r in out.rows]
+  assert names.count('item 9') == names.count('item 18') == 2 and len(names) == 27
+  assert out.repeated_items == 0
+
+
+def test_the_repeats_dropped_are_counted_in_a_beam_metric(fake_server):
+  fake_server.route('GET', '/items', _shifting_collection())
+  resource = {
+    'name': 'shifting',
+    'base_url': fake_server.base_url,
+    'path': '/items',
+    'record_path': 'items',
+    'paginator': {'type': 'offset', 'limit': 10},
+    'id_path': 'id',
+  }
+  p = TestPipeline()
+  out = p | beam.Create([{}]) | ReadFromRest(resource, RestOptions(allow_private_addresses=True))
+  assert_that(out.records, lambda batches: len(_rows(batches)) == 25 or pytest.fail(str(len(_rows(batches)))))
+  result = p.run()
+  result.wait_until_finish()
+  counters = result.metrics().query(MetricsFilter().with_namespace('rest'))['counters']
+  assert {c.key.metric.name: c.committed for c in counters} == {'repeated_items_dropped|resource=shifting': 2}
 
 
 @pytest.mark.parametrize('total', ['abc', '', True, -1, 2.5, {'n': 3}, [3], float('inf')])
@@ -515,13 +693,20 @@ def test_read_from_rest_fans_out_over_params(fake_server):
     assert rows[0][SOURCE_COLUMN].startswith('items http://127.0.0.1')
 
   def check_letters(letters):
-    assert len(letters) == 1, letters
-    letter = letters[0]
-    assert letter['reason'] == 'malformed_json' and letter['stage'] == 'read'
-    assert letter['record']['request']['url'].endswith('/users/broken/items')
-    assert letter['record']['request']['params'] == {'offset': 0, 'limit': 5}
-    assert '<html>oops' in letter['record']['response_record']['body']
-    assert 'bearer-secret-88' not in json.dumps(letter)
+    # Offsets: each page of 'broken' is tried past the one before, until 3 in a row failed.
+    letters = sorted(letters, key=lambda letter: letter['position'])
+    assert [letter['position'] for letter in letters] == ['page 1', 'page 2', 'page 3'], letters
+    for offset, letter in zip((0, 5, 10), letters):
+      assert letter['reason'] == 'malformed_json' and letter['stage'] == 'read'
+      assert letter['record']['request']['url'].endswith('/users/broken/items')
+      assert letter['record']['request']['params'] == {'offset': offset, 'limit': 5}
+      assert '<html>oops' in letter['record']['response_record']['body']
+      assert 'bearer-secret-88' not in json.dumps(letter)
+    assert letters[0]['detail'].endswith('the read goes on with page 2')
+    assert letters[2]['detail'].endswith(
+      'the read stopped at page 3; the pages after it were not read (3 pages in a row failed, '
+      'max_failed_pages_in_a_row=3)'
+    )
 
   with TestPipeline() as p:
     out = (
