@@ -19,6 +19,7 @@ properties the token cannot read, INVALID_ARGUMENT for unknown names.
 from __future__ import annotations
 
 import collections
+import json
 import threading
 import time
 from concurrent import futures
@@ -76,6 +77,7 @@ class GA4Fake:
     self._exhausted = 0
     self.valid_token = self.TOKEN
     self.denied_properties = set()
+    self.echo_credentials = False  # a hostile server: its refusals quote the request's authorization
     self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     handler = grpc.method_handlers_generic_handler(
       SERVICE,
@@ -113,6 +115,8 @@ class GA4Fake:
 
   def _run_report(self, request: RunReportRequest, context):
     metadata = dict(context.invocation_metadata())
+    if self.echo_credentials:
+      context = _Echoing(context, metadata.get('authorization', ''))
     with self.lock:
       self.requests.append(request)
     if self.valid_token is None or metadata.get('authorization') != f'Bearer {self.valid_token}':
@@ -163,3 +167,18 @@ class GA4Fake:
         tokens_per_day=QuotaStatus(consumed=cost, remaining=max(0, self.tokens_per_day - self.consumed_day)),
       )
     return response
+
+
+class _Echoing:
+  """A gRPC context whose refusals quote the request's authorization header, JSON-escaped as some servers do."""
+
+  def __init__(self, context, authorization: str):
+    self._context = context
+    self._authorization = authorization
+
+  def abort(self, code, details: str):
+    quoted = json.dumps({'authorization': self._authorization}).replace('/', '\\/')
+    self._context.abort(code, f'{details} (request: {quoted})')
+
+  def __getattr__(self, name):
+    return getattr(self._context, name)

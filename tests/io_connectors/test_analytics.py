@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import datetime as dt
 import gzip
 import json
@@ -684,6 +686,32 @@ def test_ga4_expired_token_and_denied_property(ga4):
     _collect(ReadFromGA4(_ga4_options(ga4, properties=['314159'], end_date='2024-06-01')))
   assert 'GA4 refused the credentials from $GA4_ACCESS_TOKEN for property 314159 day 2024-06-01' in str(info.value)
   assert ga4.TOKEN not in str(info.value)
+
+
+def test_ga4_refusals_that_quote_the_token_are_masked_in_letters_errors_and_logs(ga4, monkeypatch, caplog):
+  from io_connectors.apis.analytics.ga4 import ReadFromGA4
+
+  # A token with '/' and '+': the server echoes it JSON-escaped ('\\/'), as a hostile or debugging proxy may.
+  token = 'ya29.a0AfB/by+Qx9/fake-token'
+  monkeypatch.setenv('GA4_ACCESS_TOKEN', token)
+  ga4.valid_token = token
+  ga4.echo_credentials = True
+  ga4.add_rows('314159', '2024-06-01', _ga4_rows(2))
+  ga4.exhaust(1)
+  caplog.set_level(logging.WARNING)
+  options = _ga4_options(ga4, properties=['314159'], end_date='2024-06-01')
+  rows, letters = _collect(ReadFromGA4(options))  # a quota refusal, waited out and logged
+  assert len(rows) == 2 and letters == []
+  rows, letters = _collect(ReadFromGA4(dataclasses.replace(options, metrics=['activeUsers', 'notAMetric'])))
+  assert rows == [] and [lt['reason'] for lt in letters] == ['source_error']
+  ga4.revoke()
+  with pytest.raises(Exception) as info:
+    _collect(ReadFromGA4(_ga4_options(ga4, properties=['314159'], end_date='2024-06-01')))
+  said = [letters[0]['detail'], str(info.value), caplog.text]
+  assert 'notAMetric' in said[0] and 'GA4 refused the credentials' in said[1] and 'quota exhausted' in said[2]
+  assert all('***' in text for text in said), said
+  for text in said:
+    assert 'fake-token' not in text and 'by+Qx9' not in text, text
 
 
 def test_ga4_unknown_metric_is_a_dead_letter_and_cursor_rereads_last_days(ga4, tmp_path):

@@ -68,6 +68,7 @@ import pyarrow as pa
 
 from io_connectors import registry
 from io_connectors._common import state
+from io_connectors._common.masking import mask_secrets
 from io_connectors.apis.analytics._source import OUTCOME, AnalyticsAuthError, incremental_days, parse_date, read_units
 from io_connectors.apis.http.ratelimit import limiter_for
 from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
@@ -212,11 +213,13 @@ class _RunReportFn(beam.DoFn):
 
     o = self._options
     self._metadata = ()
+    self._token = None
     if o.access_token_env:
       token = os.environ.get(o.access_token_env, '')
       if not token:
         raise AnalyticsAuthError(f'GA4: environment variable {o.access_token_env} (access token) is not set')
       self._metadata = (('authorization', f'Bearer {token}'),)
+      self._token = token
     if o.insecure:
       import grpc
 
@@ -232,6 +235,10 @@ class _RunReportFn(beam.DoFn):
   def teardown(self):
     if getattr(self, '_channel', None) is not None:
       self._channel.close()
+
+  def _said(self, error, limit: int) -> str:
+    """What GA4 said in `error`, with the access token masked (a server may echo the request), then cut."""
+    return mask_secrets(str(error.message), [getattr(self, '_token', None)])[:limit]
 
   def _credential_source(self) -> str:
     o = self._options
@@ -270,12 +277,14 @@ class _RunReportFn(beam.DoFn):
         if attempt > o.max_quota_retries:
           raise
         wait = min(o.max_quota_wait_s, o.quota_pause_s * 2 ** (attempt - 1))
-        _LOG.warning('GA4 %s: quota exhausted (%s); waiting %.1fs, then the same page again', where, e.message, wait)
+        _LOG.warning(
+          'GA4 %s: quota exhausted (%s); waiting %.1fs, then the same page again', where, self._said(e, 300), wait
+        )
         time.sleep(wait)
       except (gexc.Unauthenticated, gexc.PermissionDenied) as e:
         raise AnalyticsAuthError(
           f'GA4 refused the credentials from {self._credential_source()} for {where} '
-          f'({type(e).__name__}: {str(e.message)[:200]})'
+          f'({type(e).__name__}: {self._said(e, 200)})'
         ) from None
 
   def _honour_quota(self, response, where: str):
@@ -336,7 +345,7 @@ class _RunReportFn(beam.DoFn):
           f'offset {offset}',
           'source_error',
           record={'property': property_id, 'date': day, 'dimensions': list(o.dimensions), 'metrics': list(o.metrics)},
-          detail=f'{type(e).__name__}: {str(e.message)[:300]}',
+          detail=f'{type(e).__name__}: {self._said(e, 300)}',
           stage='read',
         ),
       )
