@@ -17,6 +17,13 @@
 # 3. The unit tier (`-m unit`) runs on two processes (pytest-xdist, `-n 2
 #    --dist worksteal`) unless the arguments choose (`-n ...`, `-p no:xdist`):
 #    its tests share no server, and most of its time is CPU.
+# 4. Without arguments that choose tests (paths, -m, -k, -n, --dist, -p no:xdist)
+#    the whole suite runs as two sessions: the unit tier as above, then the
+#    integration tier on two processes (`--dist loadgroup`: a file's tests on one
+#    worker, every test on the Flink cluster on one worker, as tests/conftest.py
+#    groups them), its servers shared by both workers (one lease per session).
+#    Serial, the suite took 33-35 min on a 2-core machine. Other arguments
+#    (--durations, --junitxml, -x, ...) go to both sessions.
 # Exits with pytest's status; "no tests collected" (pytest's 5) fails too.
 #
 # Environment:
@@ -55,8 +62,26 @@ if [[ ${unit_tier} -eq 1 ]] && ! printf '%s\n' "$@" | grep -qE '^(-n|--numproces
   parallel=(-n 2 --dist worksteal)
 fi
 
+# Whether the arguments choose the tests or the processes (else: the whole suite in two tiers).
+chooses=0
+for arg in "$@"; do
+  if [[ "${arg}" =~ ^(-m|-k|-n|--numprocesses|--dist|-p|--deselect|--lf|--ff)($|=) || "${arg}" =~ ^-[mknp]. ]] \
+    || [[ "${arg}" != -* && -e "${arg%%::*}" ]]; then
+    chooses=1
+  fi
+done
+
 status=0
-.venv/bin/python -m pytest "${targets[@]}" -q "${parallel[@]}" "$@" || status=$?
+if [[ ${chooses} -eq 1 ]]; then
+  .venv/bin/python -m pytest "${targets[@]}" -q "${parallel[@]}" "$@" || status=$?
+else
+  log "the unit tier on two processes"
+  .venv/bin/python -m pytest tests -q -m 'unit and not known_flaky' -n 2 --dist worksteal "$@" || status=$?
+  log "the integration tier on two processes"
+  integration=0
+  .venv/bin/python -m pytest tests -q -m 'not unit and not known_flaky' -n 2 --dist loadgroup "$@" || integration=$?
+  [[ ${status} -ne 0 ]] || status=${integration}
+fi
 if [[ ${status} -eq 5 ]]; then
   log "pytest collected no tests: failing"
 fi

@@ -129,6 +129,23 @@ def _reaches_a_server(item, server_call: re.Pattern) -> bool:
   return False
 
 
+def _uses_flink(item) -> bool:
+  """Whether a test runs on the Flink cluster: asks for its fixtures (also through `request.getfixturevalue`)
+  or is named for it (a `[flink]` parameter)."""
+  if {'flink_cluster', 'flink_args'} & set(item.fixturenames) or 'flink' in item.nodeid.lower():
+    return True
+  try:
+    source = inspect.getsource(item.function)
+  except (OSError, TypeError):
+    return False
+  return 'flink_cluster' in source or 'flink_args' in source
+
+
+# The xdist group of every test on the Flink cluster: one worker runs them all, one after the other,
+# as they share one cluster whose TaskManagers some of them kill and restart.
+FLINK_GROUP = 'flink-cluster'
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
   server_call = _server_call([module for name, module in list(sys.modules.items()) if name.split('.')[0] == 'tests'])
@@ -138,6 +155,10 @@ def pytest_collection_modifyitems(items):
     # the tier's cost, not a unit's. One that starts a process is found above.
     if item.get_closest_marker('integration') is None:
       item.add_marker('integration' if _reaches_a_server(item, server_call) else 'unit')
+    # For `--dist loadgroup` (scripts/test.sh runs the integration tier so): the tests of one file stay
+    # on one worker, with their module fixtures, and those on the Flink cluster all on one.
+    if item.get_closest_marker('integration') is not None and item.get_closest_marker('xdist_group') is None:
+      item.add_marker(pytest.mark.xdist_group(FLINK_GROUP if _uses_flink(item) else item.nodeid.split('::')[0]))
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -155,7 +176,9 @@ _UNIT_TIER = {'active': False}
 
 
 def pytest_sessionstart(session):
-  _UNIT_TIER['active'] = session.config.option.markexpr.strip() == 'unit'
+  _UNIT_TIER['active'] = (
+    re.fullmatch(r'unit( and not known_flaky)?', session.config.option.markexpr.strip()) is not None
+  )
 
 
 @pytest.fixture(autouse=True)
