@@ -85,7 +85,7 @@ def _avro_type(schema, named: Optional[Dict[str, dict]] = None, resolving: froze
   if logical == 'time-micros':
     return pa.time64('us')
   if logical == 'decimal':
-    return pa.decimal128(schema.get('precision', 38), schema.get('scale', 0))
+    return _decimal_type(schema)
   if logical == 'uuid':
     return pa.string()
   if kind in ('record', 'error'):
@@ -106,6 +106,20 @@ def _avro_type(schema, named: Optional[Dict[str, dict]] = None, resolving: froze
   if kind == 'fixed':
     return pa.binary(schema['size'])
   return _avro_type(kind, named, resolving) if isinstance(kind, (str, list)) else None
+
+
+def _decimal_type(schema: dict) -> Optional[pa.DataType]:
+  """The Arrow decimal of an Avro decimal: decimal128 to 38 digits, decimal256 to 76 (BigQuery's BIGNUMERIC, a
+  Java BigDecimal's 40 and more); None past that, or for a precision or scale the spec refuses, so the values
+  are inferred (text where no Arrow type holds them) rather than the read failing."""
+  precision, scale = schema.get('precision'), schema.get('scale', 0)
+  if not isinstance(precision, int) or not isinstance(scale, int) or not 0 <= scale <= precision:
+    return None
+  if 1 <= precision <= 38:
+    return pa.decimal128(precision, scale)
+  if precision <= 76:
+    return pa.decimal256(precision, scale)
+  return None
 
 
 def _fitted(value, typ: pa.DataType):

@@ -1361,3 +1361,31 @@ def test_a_csv_of_only_a_byte_order_mark_is_empty_not_a_malformed_row(tmp_path, 
   path = write(tmp_path, 'empty.csv', content)
   result = read(tmp_path, ReadFromCsv(path))
   assert result.dead_letters == [] and result.rows() == []
+
+
+def test_avro_decimals_wider_than_38_digits_are_read_exactly(tmp_path):
+  """A decimal of 39 to 76 digits (BigQuery's BIGNUMERIC, a Java BigDecimal's) made the read fail the whole job
+  with a bare pyarrow error (decimal128 stops at 38); it is now a decimal256, and a wider one is inferred."""
+  import decimal
+
+  schema = {
+    'type': 'record',
+    'name': 'Royalty',
+    'fields': [
+      {'name': 'id', 'type': 'string'},
+      {'name': 'wide', 'type': {'type': 'bytes', 'logicalType': 'decimal', 'precision': 60, 'scale': 5}},
+      {'name': 'widest', 'type': ['null', {'type': 'bytes', 'logicalType': 'decimal', 'precision': 90, 'scale': 2}]},
+    ],
+  }
+  wide = decimal.Decimal('1' * 55 + '.12345')
+  widest = decimal.Decimal('9' * 80 + '.25')
+  path = str(tmp_path / 'royalties.avro')
+  with open(path, 'wb') as f:
+    fastavro.writer(
+      f, schema, [{'id': '1', 'wide': wide, 'widest': widest}, {'id': '2', 'wide': -wide, 'widest': None}]
+    )
+  result = read(tmp_path, ReadFromAvro(path))
+  assert result.dead_letters == []
+  assert result.table.schema.field('wide').type == pa.decimal256(60, 5)
+  assert [r[2]['wide'] for r in result.rows()] == [wide, -wide]
+  assert [r[2]['widest'] for r in result.rows()] == [str(widest), None]
