@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import zlib
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -178,9 +180,50 @@ def _advance_past_sync_marker(f, marker: bytes) -> bool:
     tail = data[-(len(marker) - 1) :]
 
 
+def _zigzag_long(f) -> int:
+  """An Avro long (zigzag varint) read from `f`."""
+  value = shift = 0
+  while True:
+    byte = f.read(1)
+    if not byte:
+      raise EOFError('the file ends inside a block header')
+    value |= (byte[0] & 0x7F) << shift
+    if byte[0] < 0x80:
+      return (value >> 1) ^ -(value & 1)
+    shift += 7
+
+
+def _read_snappy_block(f) -> io.BytesIO:
+  """One block of the snappy codec (Spark's default, Kafka Connect's): snappy data, then the CRC32 of what it
+  holds, big-endian. Decompressed by pyarrow's snappy, checked against the CRC (fastavro checks none)."""
+  length = _zigzag_long(f)
+  data, crc = f.read(length - 4), f.read(4)
+  # A snappy stream starts with its uncompressed length, a little-endian varint.
+  size = shift = 0
+  for byte in data[:5]:
+    size |= (byte & 0x7F) << shift
+    shift += 7
+    if byte < 0x80:
+      break
+  block = pa.decompress(data, decompressed_size=size, codec='snappy', asbytes=True)
+  if len(crc) != 4 or zlib.crc32(block) != int.from_bytes(crc, 'big'):
+    raise ValueError('snappy block does not match its CRC32')
+  return io.BytesIO(block)
+
+
+def _with_snappy_codec():
+  """Snappy blocks (Spark's default codec, Kafka Connect's) read through pyarrow's snappy: fastavro's own wants
+  cramjam, a library nothing else here needs, and without it failed every block of such a file. Always this
+  one, so that every worker reads the codec alike."""
+  from fastavro.read import BLOCK_READERS
+
+  BLOCK_READERS['snappy'] = _read_snappy_block
+
+
 def read_avro(rng: Range, options: AvroOptions):
   from fastavro import block_reader
 
+  _with_snappy_codec()
   path, start, end = rng.path, rng.start, rng.end
   source = rng.source
   with open_file(path) as f:
