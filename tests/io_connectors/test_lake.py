@@ -10,6 +10,7 @@ import collections
 import datetime as dt
 import json
 import os
+import struct
 
 import pyarrow as pa
 import pytest
@@ -387,6 +388,25 @@ def test_tfrecord_uint64_values_beyond_an_int64_are_kept_exactly(tmp_path):
     {'id': [b'18446744073709551615'], 'small': [1]},
     {'id': [b'7'], 'small': []},
     {'id': [], 'small': [3]},
+  ]
+  _assert_written_rows(tmp_path, table, 'tfrecord', expected)
+
+
+def test_tfrecord_doubles_beyond_a_float32_are_infinities_not_a_failed_run(tmp_path):
+  # A float_list holds float32: a double is rounded to the nearest, and one past float32's range was an
+  # OverflowError that failed the run; it is now the infinity of its sign, as TensorFlow's FloatList stores it.
+  table = pa.table(
+    {
+      'gain': pa.array([1e308, -1e308, 0.1, None]),
+      'peaks': pa.array([[1.5, 3.5e38], [], None, [-1e39, float('inf')]], pa.list_(pa.float64())),
+    }
+  )
+  inf, tenth = float('inf'), struct.unpack('<f', struct.pack('<f', 0.1))[0]
+  expected = [
+    {'gain': [inf], 'peaks': [1.5, inf]},
+    {'gain': [-inf], 'peaks': []},
+    {'gain': [tenth], 'peaks': []},
+    {'gain': [], 'peaks': [-inf, inf]},
   ]
   _assert_written_rows(tmp_path, table, 'tfrecord', expected)
 
