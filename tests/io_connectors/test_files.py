@@ -1427,3 +1427,18 @@ def test_avro_in_the_snappy_codec_is_read(tmp_path, monkeypatch):
   result = read(tmp_path, ReadFromAvro(damaged))
   assert [(d['reason'], d['source']) for d in result.dead_letters] == [('corrupt_file', damaged)]
   assert 0 < len(result.rows()) < 300
+
+
+def test_jsonl_lines_that_are_no_object_are_named_by_their_json_type(tmp_path):
+  """A line holding an array, a number, a string or null is a dead letter naming its JSON type, as JSON documents
+  and stream messages name it (it read 'a JSON NoneType', 'a JSON list': Python's names)."""
+  path = write(tmp_path, 'mixed.jsonl', '{"id": 1}\n[1, 2]\n42\n"text"\nnull\ntrue\n{"id": 2}\n')
+  result = read(tmp_path, ReadFromJsonLines(path))
+  assert [r[2] for r in result.rows()] == [{'id': 1}, {'id': 2}]
+  assert [(d['position'], d['detail'], d['record']) for d in result.dead_letters] == [
+    ('row 2', 'a JSON array, not an object', '[1, 2]'),
+    ('row 3', 'a JSON number, not an object', '42'),
+    ('row 4', 'a JSON string, not an object', '"text"'),
+    ('row 5', 'a JSON null, not an object', 'null'),
+    ('row 6', 'a JSON boolean, not an object', 'true'),
+  ]
