@@ -1,11 +1,15 @@
-"""Avro object container files, split at sync markers as Beam's avroio; types from the schema."""
+"""Avro object container files, split at sync markers as Beam's avroio; types from the schema.
+
+A block that cannot be read (damaged bytes, a codec's checksum) is one
+dead letter counting its records, and reading goes on at the next block.
+"""
 
 from __future__ import annotations
 
 import io
 import os
 import zlib
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -16,7 +20,7 @@ from io_connectors.files._options import AvroOptions
 from io_connectors.files._ranges import Range, open_file
 from io_connectors.files._read import READERS, STAGE, ReadFormat, emit
 from transforms.dead_letter import dead_letter
-from transforms.records import position
+from transforms.records import position, range_source
 
 __all__ = ['ReadFromAvro', 'AvroOptions']
 
@@ -180,6 +184,27 @@ def _advance_past_sync_marker(f, marker: bytes) -> bool:
     tail = data[-(len(marker) - 1) :]
 
 
+def _skip_damaged_block(f, offset: int, marker: bytes) -> Tuple[Optional[int], Optional[int]]:
+  """(records the block at `offset` holds, offset of the block after it) of a block that cannot be read.
+
+  Its header (record count, byte size) is trusted when the sync marker stands
+  where it says the block ends; else the count is unknown and the next block
+  is the one after the next sync marker. None for the next block when there
+  is none.
+  """
+  f.seek(offset)
+  try:
+    records, size = _zigzag_long(f), _zigzag_long(f)
+  except EOFError:
+    records, size = -1, -1
+  if records >= 0 and size >= 0:
+    f.seek(size, os.SEEK_CUR)
+    if f.read(len(marker)) == marker:
+      return records, f.tell()
+  f.seek(offset + 1)
+  return None, (f.tell() if _advance_past_sync_marker(f, marker) else None)
+
+
 def _zigzag_long(f) -> int:
   """An Avro long (zigzag varint) read from `f`."""
   value = shift = 0
@@ -267,14 +292,35 @@ def read_avro(rng: Range, options: AvroOptions):
       except Exception as e:
         if pending:
           yield from flush()
+        # Only the damaged block is set aside: reading stopped at it, and its rest of the range (most of a
+        # large file) was lost uncounted.
+        records_in_block, resume = _skip_damaged_block(f, next_block, marker)
+        counted = f'its {records_in_block} records' if records_in_block is not None else 'records of unknown count'
+        if resume is None or resume >= end:
+          after = 'the range ends in it' if resume is None else f'the next block is at byte {resume}'
+        else:
+          after = f'reading on at the next block, byte {resume}'
         yield dead_letter(
           source,
           position(row),
           'corrupt_file',
-          detail=f'block at byte {next_block} cannot be read: {short_error(e)}',
+          detail=f'block at byte {next_block} ({counted}) cannot be read: {short_error(e)}; {after}',
           stage=STAGE,
+          count=max(records_in_block or 1, 1),
         )
-        return
+        if resume is None or resume >= end:
+          return
+        if records_in_block is None:
+          # Where the next block's records fall in the file is not known: they count from 1 at its byte, as a
+          # range's rows do from its start (`path@<byte>`).
+          source, row = range_source(path, resume), 1
+        else:
+          row += records_in_block
+        f.seek(0)
+        blocks = block_reader(f)  # a generator that raised is over
+        f.seek(resume)
+        next_block = resume
+        continue
       next_block = block.offset + block.size
       pending.extend(records)
       row += len(records)

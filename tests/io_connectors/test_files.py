@@ -1442,3 +1442,41 @@ def test_jsonl_lines_that_are_no_object_are_named_by_their_json_type(tmp_path):
     ('row 5', 'a JSON null, not an object', 'null'),
     ('row 6', 'a JSON boolean, not an object', 'true'),
   ]
+
+
+def test_avro_damaged_block_is_set_aside_and_the_blocks_after_it_read(tmp_path):
+  """A block that cannot be read stopped the read of its range: in one file of many blocks (a bad sector, a
+  flipped bit) every record after it was lost, counted as one. The block is now one dead letter counting its
+  records, and reading goes on at the next block, its rows numbered as in the file; a block whose header is
+  damaged too is skipped to the next sync marker, whose rows count from there (`path@<byte>`)."""
+  path, records = _avro_file(tmp_path, 'events.avro', n=1000)
+  content = open(path, 'rb').read()
+  with open(path, 'rb') as f:
+    blocks = [(b.offset, b.num_records) for b in fastavro.block_reader(f)]
+  assert len(blocks) > 4
+  (offset, in_block), before = blocks[2], sum(n for _, n in blocks[:2])
+  damaged = bytearray(content)
+  damaged[offset + 12 : offset + 20] = b'\xff' * 8  # inside the block's deflated data
+  os.remove(path)
+  bad_data = write(tmp_path, 'bad_data.avro', bytes(damaged))
+  result = read(tmp_path, ReadFromAvro(bad_data))
+  assert [(d['reason'], d['position'], d['count']) for d in result.dead_letters] == [
+    ('corrupt_file', f'row {before + 1}', in_block)
+  ]
+  assert f'block at byte {offset} (its {in_block} records)' in result.dead_letters[0]['detail']
+  rows = result.rows()
+  assert len(rows) + in_block == 1000
+  assert [r[1] for r in rows] == [i + 1 for i in range(1000) if not before <= i < before + in_block]
+  assert [r[2] for r in rows] == records[:before] + records[before + in_block :]
+
+  damaged[offset : offset + 4] = b'\x7f' * 4  # its header too: its size cannot be trusted
+  os.remove(bad_data)
+  bad_header = write(tmp_path, 'bad_header.avro', bytes(damaged))
+  result = read(tmp_path, ReadFromAvro(bad_header))
+  assert [(d['reason'], d['position'], d['count']) for d in result.dead_letters] == [
+    ('corrupt_file', f'row {before + 1}', 1)
+  ]
+  following = blocks[3][0]
+  assert {r[0] for r in result.rows()} == {bad_header, f'{bad_header}@{following}'}
+  assert [r[2] for r in result.rows() if r[0] == f'{bad_header}@{following}'][:1] == [records[before + in_block]]
+  assert len(result.rows()) + in_block == 1000
