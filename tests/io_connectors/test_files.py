@@ -531,7 +531,9 @@ def test_parquet_truncated_file_is_corrupt(tmp_path):
   ]
 
 
-def test_parquet_damaged_row_group_keeps_the_groups_before(tmp_path):
+def test_parquet_damaged_row_group_is_set_aside_alone(tmp_path):
+  # The groups after a damaged one were set aside with it (200 rows for one bad group of 100): each group is
+  # read on its own, from the footer's offsets.
   path, table = _parquet_file(tmp_path, 'events.parquet', rows_per_group=100, groups=3, write_page_checksum=True)
   metadata = pq.ParquetFile(path).metadata
   column = metadata.row_group(1).column(0)
@@ -541,8 +543,9 @@ def test_parquet_damaged_row_group_keeps_the_groups_before(tmp_path):
     content[i] ^= 0xFF
   damaged = write(tmp_path, 'damaged.parquet', bytes(content))
   result = read(tmp_path, ReadFromParquet(damaged))
-  assert [r[2] for r in result.rows()] == table.slice(0, 100).to_pylist()
-  assert [(d['reason'], d['position'], d['count']) for d in result.dead_letters] == [('corrupt_file', 'row 101', 200)]
+  assert [r[2] for r in result.rows()] == table.slice(0, 100).to_pylist() + table.slice(200).to_pylist()
+  assert [r[1] for r in result.rows()][99:101] == [100, 201]
+  assert [(d['reason'], d['position'], d['count']) for d in result.dead_letters] == [('corrupt_file', 'row 101', 100)]
 
 
 # ---------------------------------------------------------------------------
