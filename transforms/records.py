@@ -376,11 +376,11 @@ def float_texts(values) -> pa.Array:
     valid = values.is_valid().to_numpy(zero_copy_only=False)
     numbers = values.to_numpy(zero_copy_only=False)
     texts = [str(v) if ok else None for v, ok in zip(numbers, valid)]
-  return pa.array([_NON_FINITE_NAMES.get(t, t) for t in texts], pa.string())
+  return pa.array([None if t is None else _NON_FINITE_NAMES.get(t, t) for t in texts], pa.string())
 
 
 # Python's spelling of the floats JSON has no number for -> `json_safe`'s.
-_NON_FINITE_NAMES = {'nan': 'NaN', 'inf': 'Infinity', '-inf': '-Infinity'}
+_NON_FINITE_NAMES: Dict[str, str] = {'nan': 'NaN', 'inf': 'Infinity', '-inf': '-Infinity'}
 
 
 def python_values(array) -> list:
