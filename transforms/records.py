@@ -314,11 +314,19 @@ BINARY_TEXT_PREFIX = 'base64:'
 
 
 def json_safe(value: Any) -> Any:
-  """A value as JSON can hold it (timestamps ISO-8601, bytes base64, NaN null)."""
+  """A value as JSON can hold it (timestamps ISO-8601, bytes base64, NaN and the infinities by name).
+
+  JSON has no NaN or infinity: they are the text 'NaN', 'Infinity' and
+  '-Infinity' (PostgreSQL's spelling, protobuf's JSON mapping's, BigQuery's
+  and Spark's readers take it for the float). Written as null, a measured
+  NaN or an overflowed gain read back as no value at all.
+  """
   if value is None or isinstance(value, (str, bool, int)):
     return value
   if isinstance(value, float):
-    return None if math.isnan(value) or math.isinf(value) else value
+    if math.isnan(value):
+      return 'NaN'
+    return value if not math.isinf(value) else ('Infinity' if value > 0 else '-Infinity')
   if isinstance(value, dt.datetime):
     return value.isoformat()
   if isinstance(value, (dt.date, dt.time)):
@@ -359,13 +367,20 @@ def float_texts(values) -> pa.Array:
   Not Arrow's cast: it writes 12.0 as '12', an integer's spelling, and 1e-05
   as '0.00001'. Where a float column becomes text (merged with text, or read
   into a text field), its numbers' spelling in the source is no longer
-  known; this keeps at least that they were not integers.
+  known; this keeps at least that they were not integers. NaN and the
+  infinities are named as `json_safe` names them ('NaN', not Python's 'nan').
   """
   if pa.types.is_float64(values.type):
-    return pa.array([None if v is None else repr(v) for v in values.to_pylist()], pa.string())
-  valid = values.is_valid().to_numpy(zero_copy_only=False)
-  numbers = values.to_numpy(zero_copy_only=False)
-  return pa.array([str(v) if ok else None for v, ok in zip(numbers, valid)], pa.string())
+    texts = [None if v is None else repr(v) for v in values.to_pylist()]
+  else:
+    valid = values.is_valid().to_numpy(zero_copy_only=False)
+    numbers = values.to_numpy(zero_copy_only=False)
+    texts = [str(v) if ok else None for v, ok in zip(numbers, valid)]
+  return pa.array([None if t is None else _NON_FINITE_NAMES.get(t, t) for t in texts], pa.string())
+
+
+# Python's spelling of the floats JSON has no number for -> `json_safe`'s.
+_NON_FINITE_NAMES: Dict[str, str] = {'nan': 'NaN', 'inf': 'Infinity', '-inf': '-Infinity'}
 
 
 def python_values(array) -> list:

@@ -1,9 +1,15 @@
-"""Avro object container files, split at sync markers as Beam's avroio; types from the schema."""
+"""Avro object container files, split at sync markers as Beam's avroio; types from the schema.
+
+A block that cannot be read (damaged bytes, a codec's checksum) is one
+dead letter counting its records, and reading goes on at the next block.
+"""
 
 from __future__ import annotations
 
+import io
 import os
-from typing import Any, Dict, List, Optional
+import zlib
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -14,7 +20,7 @@ from io_connectors.files._options import AvroOptions
 from io_connectors.files._ranges import Range, open_file
 from io_connectors.files._read import READERS, STAGE, ReadFormat, emit
 from transforms.dead_letter import dead_letter
-from transforms.records import position
+from transforms.records import position, range_source
 
 __all__ = ['ReadFromAvro', 'AvroOptions']
 
@@ -85,7 +91,7 @@ def _avro_type(schema, named: Optional[Dict[str, dict]] = None, resolving: froze
   if logical == 'time-micros':
     return pa.time64('us')
   if logical == 'decimal':
-    return pa.decimal128(schema.get('precision', 38), schema.get('scale', 0))
+    return _decimal_type(schema)
   if logical == 'uuid':
     return pa.string()
   if kind in ('record', 'error'):
@@ -106,6 +112,20 @@ def _avro_type(schema, named: Optional[Dict[str, dict]] = None, resolving: froze
   if kind == 'fixed':
     return pa.binary(schema['size'])
   return _avro_type(kind, named, resolving) if isinstance(kind, (str, list)) else None
+
+
+def _decimal_type(schema: dict) -> Optional[pa.DataType]:
+  """The Arrow decimal of an Avro decimal: decimal128 to 38 digits, decimal256 to 76 (BigQuery's BIGNUMERIC, a
+  Java BigDecimal's 40 and more); None past that, or for a precision or scale the spec refuses, so the values
+  are inferred (text where no Arrow type holds them) rather than the read failing."""
+  precision, scale = schema.get('precision'), schema.get('scale', 0)
+  if not isinstance(precision, int) or not isinstance(scale, int) or not 0 <= scale <= precision:
+    return None
+  if 1 <= precision <= 38:
+    return pa.decimal128(precision, scale)
+  if precision <= 76:
+    return pa.decimal256(precision, scale)
+  return None
 
 
 def _fitted(value, typ: pa.DataType):
@@ -164,9 +184,71 @@ def _advance_past_sync_marker(f, marker: bytes) -> bool:
     tail = data[-(len(marker) - 1) :]
 
 
+def _skip_damaged_block(f, offset: int, marker: bytes) -> Tuple[Optional[int], Optional[int]]:
+  """(records the block at `offset` holds, offset of the block after it) of a block that cannot be read.
+
+  Its header (record count, byte size) is trusted when the sync marker stands
+  where it says the block ends; else the count is unknown and the next block
+  is the one after the next sync marker. None for the next block when there
+  is none.
+  """
+  f.seek(offset)
+  try:
+    records, size = _zigzag_long(f), _zigzag_long(f)
+  except EOFError:
+    records, size = -1, -1
+  if records >= 0 and size >= 0:
+    f.seek(size, os.SEEK_CUR)
+    if f.read(len(marker)) == marker:
+      return records, f.tell()
+  f.seek(offset + 1)
+  return None, (f.tell() if _advance_past_sync_marker(f, marker) else None)
+
+
+def _zigzag_long(f) -> int:
+  """An Avro long (zigzag varint) read from `f`."""
+  value = shift = 0
+  while True:
+    byte = f.read(1)
+    if not byte:
+      raise EOFError('the file ends inside a block header')
+    value |= (byte[0] & 0x7F) << shift
+    if byte[0] < 0x80:
+      return (value >> 1) ^ -(value & 1)
+    shift += 7
+
+
+def _read_snappy_block(f) -> io.BytesIO:
+  """One block of the snappy codec (Spark's default, Kafka Connect's): snappy data, then the CRC32 of what it
+  holds, big-endian. Decompressed by pyarrow's snappy, checked against the CRC (fastavro checks none)."""
+  length = _zigzag_long(f)
+  data, crc = f.read(length - 4), f.read(4)
+  # A snappy stream starts with its uncompressed length, a little-endian varint.
+  size = shift = 0
+  for byte in data[:5]:
+    size |= (byte & 0x7F) << shift
+    shift += 7
+    if byte < 0x80:
+      break
+  block = pa.decompress(data, decompressed_size=size, codec='snappy', asbytes=True)
+  if len(crc) != 4 or zlib.crc32(block) != int.from_bytes(crc, 'big'):
+    raise ValueError('snappy block does not match its CRC32')
+  return io.BytesIO(block)
+
+
+def _with_snappy_codec():
+  """Snappy blocks (Spark's default codec, Kafka Connect's) read through pyarrow's snappy: fastavro's own wants
+  cramjam, a library nothing else here needs, and without it failed every block of such a file. Always this
+  one, so that every worker reads the codec alike."""
+  from fastavro.read import BLOCK_READERS
+
+  BLOCK_READERS['snappy'] = _read_snappy_block
+
+
 def read_avro(rng: Range, options: AvroOptions):
   from fastavro import block_reader
 
+  _with_snappy_codec()
   path, start, end = rng.path, rng.start, rng.end
   source = rng.source
   with open_file(path) as f:
@@ -210,14 +292,35 @@ def read_avro(rng: Range, options: AvroOptions):
       except Exception as e:
         if pending:
           yield from flush()
+        # Only the damaged block is set aside: reading stopped at it, and its rest of the range (most of a
+        # large file) was lost uncounted.
+        records_in_block, resume = _skip_damaged_block(f, next_block, marker)
+        counted = f'its {records_in_block} records' if records_in_block is not None else 'records of unknown count'
+        if resume is None or resume >= end:
+          after = 'the range ends in it' if resume is None else f'the next block is at byte {resume}'
+        else:
+          after = f'reading on at the next block, byte {resume}'
         yield dead_letter(
           source,
           position(row),
           'corrupt_file',
-          detail=f'block at byte {next_block} cannot be read: {short_error(e)}',
+          detail=f'block at byte {next_block} ({counted}) cannot be read: {short_error(e)}; {after}',
           stage=STAGE,
+          count=max(records_in_block or 1, 1),
         )
-        return
+        if resume is None or resume >= end:
+          return
+        if records_in_block is None:
+          # Where the next block's records fall in the file is not known: they count from 1 at its byte, as a
+          # range's rows do from its start (`path@<byte>`).
+          source, row = range_source(path, resume), 1
+        else:
+          row += records_in_block
+        f.seek(0)
+        blocks = block_reader(f)  # a generator that raised is over
+        f.seek(resume)
+        next_block = resume
+        continue
       next_block = block.offset + block.size
       pending.extend(records)
       row += len(records)

@@ -81,7 +81,7 @@ def _read_jsonl_part(rng: Range, data, bad_lines, options: JsonOptions):
       reason = 'malformed_json'
       try:
         value = loads(line, floats_as_written=True)
-        problem = None if isinstance(value, dict) else f'a JSON {type(value).__name__}, not an object'
+        problem = None if isinstance(value, dict) else f'a JSON {json_type(value)}, not an object'
       except ValueError as e:
         problem, reason = str(e), reason_of(e)
       if problem is None:

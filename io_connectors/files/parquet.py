@@ -1,7 +1,8 @@
 """Parquet files, read a run of whole row groups per range; types as the file declares.
 
 A row group is decoded whole before any of it is emitted, so a damaged group
-is set aside whole (one dead letter counting the rows not read). INT96
+is set aside whole (one dead letter counting its rows) and the groups after
+it are read. INT96
 timestamps (Spark's default, Hive's, Impala's) are read as the UTC instants
 they are, where pyarrow leaves them without a time zone.
 """
@@ -39,23 +40,24 @@ def read_parquet(rng: Range, options: ParquetOptions):
     metadata = parquet.metadata
     int96 = _int96_columns(parquet)
     row = first_row
-    for k, group in enumerate(groups):
+    for group in groups:
       group_rows = metadata.row_group(group).num_rows
       try:
         # A whole row group is decoded before any of it is emitted, so a
         # damaged group is set aside whole, never half-emitted.
         table = parquet.read_row_group(group, use_threads=False)
       except Exception as e:
-        unread = sum(metadata.row_group(g).num_rows for g in groups[k:])
+        # Only that group: each is read on its own from the footer's offsets, so the groups after it are read.
         yield dead_letter(
           path,
           position(row),
           'corrupt_file',
-          detail=f'row group {group} cannot be read ({unread} rows from row {row} on): {short_error(e)}',
+          detail=f'row group {group} cannot be read ({group_rows} rows from row {row} on): {short_error(e)}',
           stage=STAGE,
-          count=max(unread, 1),
+          count=max(group_rows, 1),
         )
-        return
+        row += group_rows
+        continue
       if int96:
         table = _int96_as_utc(table, int96)
       yield from emit(table, path, np.arange(row, row + group_rows, dtype=np.int64), options.batch_size)

@@ -44,6 +44,7 @@ import uuid
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -151,9 +152,18 @@ def _feature(values, kind: str) -> bytes:
     packed = b''.join(_varint(int(v)) for v in values)
     return _field(3, _field(1, packed))
   if kind == 'float':
-    packed = struct.pack(f'<{len(values)}f', *values)
-    return _field(2, _field(1, packed))
+    return _field(2, _field(1, _float32_bytes(values)))
   return _field(1, b''.join(_field(1, v) for v in values))
+
+
+def _float32_bytes(values) -> bytes:
+  """Little-endian float32s, as a float_list holds every float: a double is rounded to the nearest float32, and
+  one beyond float32's range (1e308) becomes an infinity of its sign, as TensorFlow's FloatList stores it.
+
+  struct.pack refused such a value (OverflowError), which failed the whole run.
+  """
+  with np.errstate(over='ignore'):
+    return np.asarray(values, dtype=np.float64).astype('<f4').tobytes()
 
 
 def _is_list(t: pa.DataType) -> bool:
@@ -232,7 +242,7 @@ def _entry(name: str, feature: bytes) -> bytes:
 
 def example_bytes(row: dict, schema: pa.Schema) -> bytes:
   """One serialized tf.train.Example; timestamps as int64 microseconds, structs and inner lists as JSON bytes,
-  UInt64 as digits. A null scalar is an empty feature.
+  UInt64 as digits, doubles as float32 (`_float32_bytes`). A null scalar is an empty feature.
 
   A feature list has no null, and dropping a list's null elements would move
   the values after them ([1, null, 3] read [1, 3]). A list that holds nulls

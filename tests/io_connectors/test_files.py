@@ -531,7 +531,9 @@ def test_parquet_truncated_file_is_corrupt(tmp_path):
   ]
 
 
-def test_parquet_damaged_row_group_keeps_the_groups_before(tmp_path):
+def test_parquet_damaged_row_group_is_set_aside_alone(tmp_path):
+  # The groups after a damaged one were set aside with it (200 rows for one bad group of 100): each group is
+  # read on its own, from the footer's offsets.
   path, table = _parquet_file(tmp_path, 'events.parquet', rows_per_group=100, groups=3, write_page_checksum=True)
   metadata = pq.ParquetFile(path).metadata
   column = metadata.row_group(1).column(0)
@@ -541,8 +543,9 @@ def test_parquet_damaged_row_group_keeps_the_groups_before(tmp_path):
     content[i] ^= 0xFF
   damaged = write(tmp_path, 'damaged.parquet', bytes(content))
   result = read(tmp_path, ReadFromParquet(damaged))
-  assert [r[2] for r in result.rows()] == table.slice(0, 100).to_pylist()
-  assert [(d['reason'], d['position'], d['count']) for d in result.dead_letters] == [('corrupt_file', 'row 101', 200)]
+  assert [r[2] for r in result.rows()] == table.slice(0, 100).to_pylist() + table.slice(200).to_pylist()
+  assert [r[1] for r in result.rows()][99:101] == [100, 201]
+  assert [(d['reason'], d['position'], d['count']) for d in result.dead_letters] == [('corrupt_file', 'row 101', 100)]
 
 
 # ---------------------------------------------------------------------------
@@ -1361,3 +1364,122 @@ def test_a_csv_of_only_a_byte_order_mark_is_empty_not_a_malformed_row(tmp_path, 
   path = write(tmp_path, 'empty.csv', content)
   result = read(tmp_path, ReadFromCsv(path))
   assert result.dead_letters == [] and result.rows() == []
+
+
+def test_avro_decimals_wider_than_38_digits_are_read_exactly(tmp_path):
+  """A decimal of 39 to 76 digits (BigQuery's BIGNUMERIC, a Java BigDecimal's) made the read fail the whole job
+  with a bare pyarrow error (decimal128 stops at 38); it is now a decimal256, and a wider one is inferred."""
+  import decimal
+
+  schema = {
+    'type': 'record',
+    'name': 'Royalty',
+    'fields': [
+      {'name': 'id', 'type': 'string'},
+      {'name': 'wide', 'type': {'type': 'bytes', 'logicalType': 'decimal', 'precision': 60, 'scale': 5}},
+      {'name': 'widest', 'type': ['null', {'type': 'bytes', 'logicalType': 'decimal', 'precision': 90, 'scale': 2}]},
+    ],
+  }
+  wide = decimal.Decimal('1' * 55 + '.12345')
+  widest = decimal.Decimal('9' * 80 + '.25')
+  path = str(tmp_path / 'royalties.avro')
+  with open(path, 'wb') as f:
+    fastavro.writer(
+      f, schema, [{'id': '1', 'wide': wide, 'widest': widest}, {'id': '2', 'wide': -wide, 'widest': None}]
+    )
+  result = read(tmp_path, ReadFromAvro(path))
+  assert result.dead_letters == []
+  assert result.table.schema.field('wide').type == pa.decimal256(60, 5)
+  assert [r[2]['wide'] for r in result.rows()] == [wide, -wide]
+  assert [r[2]['widest'] for r in result.rows()] == [str(widest), None]
+
+
+def _snappy_avro(path, records, monkeypatch):
+  """An Avro file in the snappy codec, as Spark writes by default (fastavro's writer wants cramjam for it:
+  pyarrow's snappy instead, with the block's CRC32 as the spec has it)."""
+  import struct
+  import zlib
+
+  import fastavro._write_py as avro_writer
+
+  def write_snappy_block(encoder, block_bytes, compression_level):
+    data = pa.compress(block_bytes, codec='snappy', asbytes=True)
+    encoder.write_long(len(data) + 4)
+    encoder._fo.write(data + struct.pack('>I', zlib.crc32(block_bytes)))
+
+  monkeypatch.setitem(avro_writer.BLOCK_WRITERS, 'snappy', write_snappy_block)
+  with open(path, 'wb') as f:
+    avro_writer.writer(f, fastavro.parse_schema(AVRO_SCHEMA), records, codec='snappy', sync_interval=500)
+  return path
+
+
+def test_avro_in_the_snappy_codec_is_read(tmp_path, monkeypatch):
+  """Spark's and Kafka Connect's Avro files are snappy by default: without cramjam (which fastavro wants for it
+  and nothing else here needs) each of their blocks was a corrupt_file dead letter; they are read through
+  pyarrow's snappy, and a block whose CRC32 does not match is still one."""
+  _, records = _avro_file(tmp_path, 'unused.avro', n=300)
+  os.remove(tmp_path / 'unused.avro')
+  path = _snappy_avro(str(tmp_path / 'spark.avro'), records, monkeypatch)
+  result = read(tmp_path, ReadFromAvro(path, AvroOptions(split_size_bytes=700)))
+  assert result.dead_letters == []
+  assert sorted((r[2] for r in result.rows()), key=lambda r: r['id']) == records
+  content = bytearray(open(path, 'rb').read())
+  content[-20] ^= 0xFF  # inside the last block's data
+  damaged = write(tmp_path, 'damaged.avro', bytes(content))
+  os.remove(path)
+  result = read(tmp_path, ReadFromAvro(damaged))
+  assert [(d['reason'], d['source']) for d in result.dead_letters] == [('corrupt_file', damaged)]
+  assert 0 < len(result.rows()) < 300
+
+
+def test_jsonl_lines_that_are_no_object_are_named_by_their_json_type(tmp_path):
+  """A line holding an array, a number, a string or null is a dead letter naming its JSON type, as JSON documents
+  and stream messages name it (it read 'a JSON NoneType', 'a JSON list': Python's names)."""
+  path = write(tmp_path, 'mixed.jsonl', '{"id": 1}\n[1, 2]\n42\n"text"\nnull\ntrue\n{"id": 2}\n')
+  result = read(tmp_path, ReadFromJsonLines(path))
+  assert [r[2] for r in result.rows()] == [{'id': 1}, {'id': 2}]
+  assert [(d['position'], d['detail'], d['record']) for d in result.dead_letters] == [
+    ('row 2', 'a JSON array, not an object', '[1, 2]'),
+    ('row 3', 'a JSON number, not an object', '42'),
+    ('row 4', 'a JSON string, not an object', '"text"'),
+    ('row 5', 'a JSON null, not an object', 'null'),
+    ('row 6', 'a JSON boolean, not an object', 'true'),
+  ]
+
+
+def test_avro_damaged_block_is_set_aside_and_the_blocks_after_it_read(tmp_path):
+  """A block that cannot be read stopped the read of its range: in one file of many blocks (a bad sector, a
+  flipped bit) every record after it was lost, counted as one. The block is now one dead letter counting its
+  records, and reading goes on at the next block, its rows numbered as in the file; a block whose header is
+  damaged too is skipped to the next sync marker, whose rows count from there (`path@<byte>`)."""
+  path, records = _avro_file(tmp_path, 'events.avro', n=1000)
+  content = open(path, 'rb').read()
+  with open(path, 'rb') as f:
+    blocks = [(b.offset, b.num_records) for b in fastavro.block_reader(f)]
+  assert len(blocks) > 4
+  (offset, in_block), before = blocks[2], sum(n for _, n in blocks[:2])
+  damaged = bytearray(content)
+  damaged[offset + 12 : offset + 20] = b'\xff' * 8  # inside the block's deflated data
+  os.remove(path)
+  bad_data = write(tmp_path, 'bad_data.avro', bytes(damaged))
+  result = read(tmp_path, ReadFromAvro(bad_data))
+  assert [(d['reason'], d['position'], d['count']) for d in result.dead_letters] == [
+    ('corrupt_file', f'row {before + 1}', in_block)
+  ]
+  assert f'block at byte {offset} (its {in_block} records)' in result.dead_letters[0]['detail']
+  rows = result.rows()
+  assert len(rows) + in_block == 1000
+  assert [r[1] for r in rows] == [i + 1 for i in range(1000) if not before <= i < before + in_block]
+  assert [r[2] for r in rows] == records[:before] + records[before + in_block :]
+
+  damaged[offset : offset + 4] = b'\x7f' * 4  # its header too: its size cannot be trusted
+  os.remove(bad_data)
+  bad_header = write(tmp_path, 'bad_header.avro', bytes(damaged))
+  result = read(tmp_path, ReadFromAvro(bad_header))
+  assert [(d['reason'], d['position'], d['count']) for d in result.dead_letters] == [
+    ('corrupt_file', f'row {before + 1}', 1)
+  ]
+  following = blocks[3][0]
+  assert {r[0] for r in result.rows()} == {bad_header, f'{bad_header}@{following}'}
+  assert [r[2] for r in result.rows() if r[0] == f'{bad_header}@{following}'][:1] == [records[before + in_block]]
+  assert len(result.rows()) + in_block == 1000

@@ -10,6 +10,7 @@ import collections
 import datetime as dt
 import json
 import os
+import struct
 
 import pyarrow as pa
 import pytest
@@ -380,6 +381,37 @@ def test_zoneless_times_are_utc_whatever_the_worker_zone(tmp_path, berlin_clock,
   _assert_written_rows(tmp_path, table, fmt, expected)
 
 
+def test_jsonl_keeps_nan_and_infinities_by_name_not_as_null(tmp_path):
+  # JSON has no NaN or infinity: written as null, a measured NaN or an overflowed gain read back as no value at
+  # all. They are the text 'NaN', 'Infinity', '-Infinity' (PostgreSQL's, protobuf JSON's and BigQuery's spelling).
+  import apache_beam as beam
+  from apache_beam.testing.test_pipeline import TestPipeline
+  from apache_beam.testing.util import assert_that
+
+  table = pa.table(
+    {
+      'gain': pa.array([float('nan'), float('inf'), float('-inf'), 1.5, None]),
+      'peaks': pa.array([[float('nan')], [float('inf'), 2.0], [], None, [None]], pa.list_(pa.float32())),
+      'tenant_id': pa.array(['acme'] * 5),
+    }
+  )
+  expected = [
+    {'gain': 'NaN', 'peaks': ['NaN']},
+    {'gain': 'Infinity', 'peaks': ['Infinity', 2.0]},
+    {'gain': '-Infinity', 'peaks': []},
+    {'gain': 1.5, 'peaks': None},
+    {'gain': None, 'peaks': [None]},
+  ]
+
+  def read(files):
+    lines = [line for f in files for line in open(f.temp_path, encoding='utf-8')]
+    assert [{k: v for k, v in json.loads(line).items() if k != 'tenant_id'} for line in lines] == expected
+
+  with TestPipeline() as p:
+    files = p | beam.Create(table.to_batches()) | lake_mod.WriteRecordFiles(str(tmp_path / 'out'), 'jsonl', 'run')
+    assert_that(files, read)
+
+
 def test_tfrecord_uint64_values_beyond_an_int64_are_kept_exactly(tmp_path):
   # tf.train.Example holds int64 only: a UInt64 column (Parquet, ClickHouse) is written as its decimal digits.
   table = pa.table({'id': pa.array([2**64 - 1, 7, None], pa.uint64()), 'small': pa.array([1, None, 3], pa.uint32())})
@@ -387,6 +419,25 @@ def test_tfrecord_uint64_values_beyond_an_int64_are_kept_exactly(tmp_path):
     {'id': [b'18446744073709551615'], 'small': [1]},
     {'id': [b'7'], 'small': []},
     {'id': [], 'small': [3]},
+  ]
+  _assert_written_rows(tmp_path, table, 'tfrecord', expected)
+
+
+def test_tfrecord_doubles_beyond_a_float32_are_infinities_not_a_failed_run(tmp_path):
+  # A float_list holds float32: a double is rounded to the nearest, and one past float32's range was an
+  # OverflowError that failed the run; it is now the infinity of its sign, as TensorFlow's FloatList stores it.
+  table = pa.table(
+    {
+      'gain': pa.array([1e308, -1e308, 0.1, None]),
+      'peaks': pa.array([[1.5, 3.5e38], [], None, [-1e39, float('inf')]], pa.list_(pa.float64())),
+    }
+  )
+  inf, tenth = float('inf'), struct.unpack('<f', struct.pack('<f', 0.1))[0]
+  expected = [
+    {'gain': [inf], 'peaks': [1.5, inf]},
+    {'gain': [-inf], 'peaks': []},
+    {'gain': [tenth], 'peaks': []},
+    {'gain': [], 'peaks': [-inf, inf]},
   ]
   _assert_written_rows(tmp_path, table, 'tfrecord', expected)
 
