@@ -39,6 +39,7 @@ channels). Collectors, the play stream, or both::
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from typing import Any, List, Optional, Sequence
@@ -189,8 +190,12 @@ class _WriteRollingReportsFn(beam.DoFn):
       try:
         yield quality_report.write_rolling_report(lake, None, self._days)
       except Exception as e:
-        reason = short_error(e, lambda text, lake=lake: masked_message(text, lake))  # masked, then cut
+        reason = short_error(e, functools.partial(_masked_for, lake))  # masked, then cut
         _LOG.warning('rolling report of %s not written: %s', mask_url(lake), reason)
+
+
+def _masked_for(lake: str, text: str) -> str:
+  return masked_message(text, lake)
 
 
 def _log_dead_letter(letter: dict) -> dict:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 
-from io_connectors.streams._acknowledge import Acknowledger, _AcknowledgeFn
+import apache_beam as beam
+
+from io_connectors.streams._acknowledge import Acknowledger, _AcknowledgeFn, _AllElementsWrittenFn, _ParseFn
 from io_connectors.streams._messages import messages_to_batch
 from io_connectors.streams.kafka import decode_values
 from transforms.records import strip_internal
@@ -202,21 +204,61 @@ class _Recorder(Acknowledger):
     self.acknowledged.append((key, sorted(ids)))
 
 
-def _bundle(fn, pairs):
-  fn.start_bundle()
-  for pair in pairs:
-    fn.process(pair)
-  fn.finish_bundle()
+class _Bag:
+  """Beam's bag state of one key, in a list."""
+
+  def __init__(self):
+    self.items = []
+
+  def add(self, value):
+    self.items.append(value)
+
+  def read(self):
+    return list(self.items)
+
+  def clear(self):
+    self.items = []
+
+
+class _Count(_Bag):
+  """Beam's combining state with CountCombineFn, of one key."""
+
+  def read(self):
+    return len(self.items)
+
+
+class _Acknowledging:
+  """AcknowledgeWritten's steps run by hand (parse, count an array's elements per message in state, acknowledge
+  per bundle), the state kept across bundles as a runner keeps it."""
+
+  def __init__(self, acknowledger):
+    self._parse = _ParseFn(acknowledger)
+    self._count = _AllElementsWrittenFn()
+    self._acknowledge = _AcknowledgeFn(acknowledger)
+    self._state = {}
+
+  def bundle(self, pairs):
+    self._acknowledge.start_bundle()
+    for pair in pairs:
+      for parsed in self._parse.process(pair):
+        if isinstance(parsed, beam.pvalue.TaggedOutput):
+          key = parsed.value[0]
+          written, count = self._state.setdefault(key, (_Bag(), _Count()))
+          for message in self._count.process(parsed.value, written=written, count=count):
+            self._acknowledge.process(message)
+        else:
+          self._acknowledge.process(parsed)
+    self._acknowledge.finish_bundle()
 
 
 def test_a_message_is_acknowledged_once_each_of_its_elements_was_written():
   """Windows write an array's elements in different bundles: the message waits for its last one."""
   recorder = _Recorder()
-  fn = _AcknowledgeFn(recorder)
-  _bundle(fn, [('kafka://t/0', 3), ('kafka://t/0', 'offset 4 element 0 of 3')])
+  steps = _Acknowledging(recorder)
+  steps.bundle([('kafka://t/0', 3), ('kafka://t/0', 'offset 4 element 0 of 3')])
   assert recorder.acknowledged == [('t/0', [3])]
   # The same element again (a replayed window), and a dead letter of another.
-  _bundle(fn, [('kafka://t/0', 'offset 4 element 0 of 3'), ('kafka://t/0', 'row 4 element 2 of 3')])
+  steps.bundle([('kafka://t/0', 'offset 4 element 0 of 3'), ('kafka://t/0', 'row 4 element 2 of 3')])
   assert recorder.acknowledged == [('t/0', [3])]
-  _bundle(fn, [('kafka://t/0', 'offset 4 element 1 of 3'), ('redis://s', 'entry 1-0 element 0 of 1')])
+  steps.bundle([('kafka://t/0', 'offset 4 element 1 of 3'), ('redis://s', 'entry 1-0 element 0 of 1')])
   assert recorder.acknowledged == [('t/0', [3]), ('t/0', [4])]
