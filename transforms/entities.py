@@ -22,6 +22,7 @@ import dataclasses
 import datetime as dt
 import functools
 import ipaddress
+import math
 import re
 import typing
 from typing import Annotated, Any, Optional
@@ -180,7 +181,10 @@ def to_float(value: Any) -> Optional[float]:
   if isinstance(value, (int, float)):
     return float(value)
   if isinstance(value, str) and re.fullmatch(FLOAT_PATTERN, value):
-    return float(value)
+    number = float(value)
+    if math.isinf(number):  # 1e400: the pattern admits no Infinity
+      raise ValueError(f"{value} is beyond a double's range")
+    return number
   raise ValueError(f'expected a number, got {value!r}')
 
 

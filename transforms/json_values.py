@@ -22,6 +22,15 @@ that text, not a respelling (`io_connectors._common.arrow.to_text`). The
 readers ask for it where rows are typed one by one (their slow path): it
 costs about a microsecond a number.
 
+A number beyond a double's range (``1e400``, ``-2e308``, a literal of 400
+digits) decodes to a `NumberBeyondDouble`: its text as written, as an
+integer beyond 64 bits keeps every digit, where json would give an infinity,
+a value nobody wrote. The literals ``Infinity`` and ``NaN`` stay the floats
+json makes of them. A number too small for a double (``1e-400``) is the
+nearest double, 0.0 (or a subnormal), as any decimal is rounded to the
+nearest double: the change is below the smallest double, and a column of
+doubles stays one (text there would make the whole column text).
+
 Usage::
 
     try:
@@ -33,6 +42,7 @@ Usage::
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any, Optional, Union
 
@@ -40,6 +50,7 @@ __all__ = [
   'MAX_DEPTH',
   'JsonValueError',
   'WrittenFloat',
+  'NumberBeyondDouble',
   'loads',
   'reason_of',
   'depth_exceeds',
@@ -79,6 +90,40 @@ class WrittenFloat(float):
     return WrittenFloat, (self.text,)
 
 
+class NumberBeyondDouble(str):
+  """A JSON number beyond a double's range (``1e400``), as its text as written: as a float it is an infinity.
+
+  A str, so that a column holds it as text (an integer beyond 64 bits is text
+  too) and a declared numeric field refuses it; `json_type` names it a
+  number, `text` is the text (as `WrittenFloat.text`).
+  """
+
+  __slots__ = ()
+
+  @property
+  def text(self) -> str:
+    return str(self)
+
+
+def _float(text: str) -> Union[float, NumberBeyondDouble]:
+  """json's parse_float: the float of a literal, or the literal itself where that float would be an infinity."""
+  value = float(text)
+  return NumberBeyondDouble(text) if math.isinf(value) else value
+
+
+def _written_float(text: str) -> Union[WrittenFloat, NumberBeyondDouble]:
+  """json's parse_float with `loads(floats_as_written=True)`: `_float`, keeping the text of a finite one."""
+  value = WrittenFloat(text)
+  return NumberBeyondDouble(text) if math.isinf(value) else value
+
+
+# Built once: given a parse_float, json.loads builds a decoder on each call (a microsecond and a half, half as
+# much again as decoding a small event). Only literals with a fraction or an exponent reach parse_float: the
+# constants Infinity and NaN never do.
+_DECODER = json.JSONDecoder(parse_float=_float)
+_WRITTEN_DECODER = json.JSONDecoder(parse_float=_written_float)
+
+
 def reason_of(error: ValueError) -> str:
   """The dead-letter reason of an error `loads` raised: its own, else 'malformed_json' (json's ValueError)."""
   return getattr(error, 'reason', 'malformed_json')
@@ -116,9 +161,10 @@ def loads(text: Union[str, bytes, bytearray], max_depth: int = MAX_DEPTH, floats
 
   max_depth: objects and arrays nested deeper are refused (JsonValueError).
   floats_as_written: numbers with a fraction or an exponent as `WrittenFloat`s.
+  Either way, a number beyond a double's range is a `NumberBeyondDouble`.
   """
   try:
-    value = json.loads(text, parse_float=WrittenFloat) if floats_as_written else json.loads(text)
+    value = _decode(text, _WRITTEN_DECODER if floats_as_written else _DECODER)
   except RecursionError:
     raise JsonValueError('JSON nested too deeply to decode') from None
   if not isinstance(value, (dict, list)):
@@ -136,3 +182,13 @@ def loads(text: Union[str, bytes, bytearray], max_depth: int = MAX_DEPTH, floats
     if detail is not None:
       raise JsonValueError(detail, 'bad_encoding')
   return value
+
+
+def _decode(text: Union[str, bytes, bytearray], decoder: json.JSONDecoder) -> Any:
+  """`json.loads(text)` with `decoder`: json.loads' checks of its argument, then the decoder's decoding."""
+  if isinstance(text, str):
+    if text.startswith('\ufeff'):
+      raise json.JSONDecodeError('Unexpected UTF-8 BOM (decode using utf-8-sig)', text, 0)
+  else:
+    text = text.decode(json.detect_encoding(text), 'surrogatepass')
+  return decoder.decode(text)

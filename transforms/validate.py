@@ -293,6 +293,11 @@ def _convert_float(arr, rule) -> _Column:
     col = _Column(arr.cast(pa.float64()), none, none.copy())
   elif pa.types.is_string(arr.type):
     col = _numeric_from_strings(_blank_to_null(arr), entities.FLOAT_PATTERN, pa.float64(), entities.to_float)
+    # FLOAT_PATTERN admits no Infinity: an infinity is a number beyond a double's range (1e400, kept as text by
+    # the JSON readers), out of range as an integer beyond 64 bits is in an int field.
+    beyond = _mask(pc.is_inf(col.values))
+    if beyond.any():
+      col = _Column(_null_where(col.values, beyond), col.invalid_type, col.invalid_value | beyond)
   elif pa.types.is_null(arr.type):
     col = _Column(pa.nulls(n, pa.float64()), none, none.copy())
   else:

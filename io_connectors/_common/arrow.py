@@ -13,11 +13,16 @@ values get the same column types:
   keys) and arrays lists, when every value of the column fits one shape;
 - everything else is text, nothing dropped: mixed types (``1`` and ``"x"``,
   ``true`` and ``1``, an object and a string), integers beyond 64 bits,
-  nested values whose shapes disagree. Strings stay as they are, other
-  values become JSON (times ISO-8601, see `to_text`); a JSON number is its
-  text as written (``12.0``, ``1e3``) where the readers parsed it keeping
-  that (`json_values.loads(floats_as_written=True)`, their row path), else
+  numbers beyond a double's range (``1e400``, `json_values.NumberBeyondDouble`:
+  never an infinity, which only the literal ``Infinity`` is), nested values
+  whose shapes disagree. Strings stay as they are, other values become JSON
+  (times ISO-8601, see `to_text`); a JSON number is its text as written
+  (``12.0``, ``1e3``) where the readers parsed it keeping that
+  (`json_values.loads(floats_as_written=True)`, their row path), else
   Python's repr of the float (``12.0``, never ``12``);
+- a number too small for a double (``1e-400``) is the nearest double, 0.0,
+  as every decimal is rounded to one (see `json_values`); in a text column it
+  is its text as written, as any number there;
 - JSON has no time type: text that looks like a time stays text (the
   entity's validation converts it), even where pyarrow's JSON reader would
   infer a timestamp;
@@ -50,7 +55,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
-from transforms.json_values import MAX_DEPTH, WrittenFloat
+from transforms.json_values import MAX_DEPTH, NumberBeyondDouble, WrittenFloat
 from transforms.records import JSON_TYPES_COLUMN, JSON_TYPES_TYPE, float_texts, json_safe
 
 __all__ = [
@@ -82,8 +87,9 @@ def to_text(value: Any) -> Optional[str]:
 
 def _json_text(value: Any) -> str:
   """JSON of a `json_safe` value, as json.dumps(ensure_ascii=False) writes it but for a `WrittenFloat` anywhere
-  inside: its text as written (json.dumps would write the float, 12345678901234567890.5 -> 1.2345678901234567e+19)."""
-  if isinstance(value, WrittenFloat):
+  inside: its text as written (json.dumps would write the float, 12345678901234567890.5 -> 1.2345678901234567e+19),
+  and for a `NumberBeyondDouble`: a number as written, not a string."""
+  if isinstance(value, (WrittenFloat, NumberBeyondDouble)):
     return value.text
   if isinstance(value, dict):
     return '{' + ', '.join(f'{json.dumps(k, ensure_ascii=False)}: {_json_text(v)}' for k, v in value.items()) + '}'
@@ -237,6 +243,12 @@ _CONFLICT = re.compile(r'Column\(/([^)/]*)')
 # An integer literal that may not fit 64 bits: pyarrow's reader makes it a
 # float (digits lost); the row path keeps it as text.
 _LONG_INTEGER = re.compile(rb'(?<![\d.])-?\d{19,}(?![\d.eE])')
+# A number literal that may be beyond a double's range (its exponent past 99, or 100 digits before its point),
+# where JSON has a value (after ':', ',', '[' or a space): pyarrow's reader makes it an infinity, as it makes
+# the literal Infinity; the row path keeps it as text.
+_MAY_BE_BEYOND_DOUBLE = re.compile(
+  rb'(?<=[:,\[ \t\r\n])-?(?:[0-9]+(?:\.[0-9]*)?[eE]\+?0*[1-9][0-9]{2,}|[0-9]{100,}(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)'
+)
 _JSON_SAMPLE_BYTES = 1 << 18
 
 
@@ -352,6 +364,31 @@ def _may_hold_long_integer(data: bytes) -> bool:
   return False
 
 
+def _holds_infinity(table: pa.Table) -> bool:
+  """Whether a float anywhere in the table (nested in structs and lists too) is an infinity."""
+  stack = [table.column(i) for i, field in enumerate(table.schema) if _holds_float(field.type)]
+  while stack:
+    values = stack.pop()
+    typ = values.type
+    if pa.types.is_floating(typ):
+      if pc.any(pc.is_inf(values)).as_py():
+        return True
+    elif pa.types.is_struct(typ):
+      stack.extend(pc.struct_field(values, [i]) for i in range(typ.num_fields) if _holds_float(typ.field(i).type))
+    elif pa.types.is_list(typ) or pa.types.is_large_list(typ):
+      stack.append(pc.list_flatten(values))
+  return False
+
+
+def _holds_number_beyond_double(data: bytes) -> bool:
+  """Whether `data` holds a number literal beyond a double's range (1e400; not the literal Infinity).
+
+  Text inside strings may match too ("5e999"): the caller's row path, which
+  decodes each number itself, is then taken where the fast one would do.
+  """
+  return any(float(match.group()) in (np.inf, -np.inf) for match in _MAY_BE_BEYOND_DOUBLE.finditer(data))
+
+
 def table_from_json_lines(data: bytes, string_columns: Sequence[str] = ()) -> pa.Table:
   """JSON Lines (one object per non-blank line) as a table, by the module's rules.
 
@@ -373,6 +410,10 @@ def table_from_json_lines(data: bytes, string_columns: Sequence[str] = ()) -> pa
     raise pa.ArrowInvalid('a nested value holds text pyarrow reads as a time')
   if any(_holds_float(f.type) for f in table.schema) and _may_hold_long_integer(data):
     raise pa.ArrowInvalid('an integer beyond 64 bits would become a float')
+  # An infinity is the literal Infinity, or a number beyond a double's range that pyarrow's reader made one:
+  # the text is searched only where a float column holds one.
+  if _holds_infinity(table) and _holds_number_beyond_double(data):
+    raise pa.ArrowInvalid("a number beyond a double's range would become an infinity")
   for i, field in enumerate(table.schema):
     if _has_empty_struct(field.type):
       table = table.set_column(i, field.name, without_empty_structs(table.column(i).combine_chunks()))

@@ -92,8 +92,9 @@ Types. CSV columns get pyarrow's inferred types, except that a number
 column whose text the type would respell (01234, +49..., an integer of more
 digits than a double holds) stays text as written; JSON and JSON Lines the
 rules every connector shares (`io_connectors._common.arrow`: nested objects
-structs, arrays lists, mixed types text with numbers as written, ISO-8601
-times kept as text), except the ``string_columns``, read as text so that
+structs, arrays lists, mixed types text with numbers as written, a number
+beyond a double's range (``1e400``) its text as written, never an infinity,
+ISO-8601 times kept as text), except the ``string_columns``, read as text so that
 validation converts them with the entity rules (a JSON number as written,
 ``12345`` -> ``"12345"``; an object, array or boolean there is marked in
 the internal ``__json_types`` column, and validation refuses it in a

@@ -417,6 +417,40 @@ def test_jsonl_numbers_in_a_text_column_are_as_written(tmp_path):
   assert [r[2] for r in result.rows()] == [{'id': '12345'}, {'id': '12.00'}]
 
 
+# A number no double holds (1e400, -2e308, 400 digits) was read as an infinity, a value nobody wrote: it is its
+# text as written, as an integer beyond 64 bits is, whichever path reads it (`transforms.json_values`).
+_HUGE = '9' * 400 + '.5'
+
+
+def test_jsonl_numbers_beyond_a_double_are_their_text_as_written_on_the_fast_path(tmp_path):
+  # pyarrow's reader takes these lines, giving infinities for -2e308 and the 400 digits.
+  path = write(tmp_path, 'fast.jsonl', f'{{"id": 1, "v": -2e308}}\n{{"id": 2, "v": {_HUGE}}}\n{{"id": 3, "v": 1.5}}\n')
+  result = read(tmp_path, ReadFromJsonLines(path))
+  assert result.dead_letters == []
+  assert [(r[1], r[2]['v']) for r in result.rows()] == [(1, '-2e308'), (2, _HUGE), (3, '1.5')]
+
+
+def test_jsonl_numbers_beyond_a_double_are_their_text_as_written_on_the_line_path(tmp_path):
+  # pyarrow's reader refuses 1e400, and the broken line: the lines are parsed one by one.
+  path = write(tmp_path, 'lines.jsonl', '{"id": 1, "v": 1e400}\n{"id": 2,\n{"id": 3, "v": 1.50}\n')
+  result = read(tmp_path, ReadFromJsonLines(path))
+  assert [(r[1], r[2]['v']) for r in result.rows()] == [(1, '1e400'), (3, '1.50')]
+  assert result.reasons() == [('malformed_json', 'row 2')]
+
+
+def test_json_document_numbers_beyond_a_double_are_their_text_as_written(tmp_path):
+  """Inside an array too; the literal Infinity stays the float, and 1e-400 is 0.0, the nearest double: beside
+  no such number the column is a double, read by pyarrow."""
+  document = write(tmp_path, 'doc.json', f'[{{"v": -2e308}}, {{"v": [{_HUGE}, 1e400]}}, {{"v": 1.5}}]')
+  result = read(tmp_path, ReadFromJson(document))
+  assert result.dead_letters == []
+  assert [r[2]['v'] for r in result.rows()] == ['-2e308', f'[{_HUGE}, 1e400]', '1.5']
+  finite = write(tmp_path, 'finite.json', '[{"v": Infinity}, {"v": 1e-400}, {"v": -1.5}]')
+  result = read(tmp_path, ReadFromJson(finite))
+  assert result.table.schema.field('v').type == pa.float64()
+  assert [r[2]['v'] for r in result.rows()] == [float('inf'), 0.0, -1.5]
+
+
 def test_jsonl_numeric_string_column_is_cast(tmp_path):
   path = write(tmp_path, 'events.jsonl', '{"user_id": 42, "ms": 1}\n{"user_id": 43, "ms": 2}\n')
   result = read(tmp_path, ReadFromJsonLines(path, JsonOptions(string_columns=['user_id', 'absent'])))

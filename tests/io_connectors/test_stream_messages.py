@@ -141,6 +141,27 @@ def test_decode_json_records_names_each_record_and_problem_by_its_element():
   assert decode_json_records(b'{"a": 1}') == ([(None, {'a': 1})], [], None)
 
 
+def test_numbers_beyond_a_double_are_their_text_as_written_not_infinities():
+  """1e400 decoded to an infinity, in a message's records and its batch: it is its text as written (as an
+  integer beyond 64 bits is), in a single object, an array's element and a pretty-printed object alike. The
+  literal Infinity stays the float."""
+  from io_connectors.streams._messages import decode_json_records
+
+  assert decode_json_records(b'[{"v": 1e400}, {"v": Infinity}]').records == [
+    (0, {'v': '1e400'}),
+    (1, {'v': float('inf')}),
+  ]
+  rows, dead = _read(
+    b'{"event_id": "a", "v": -2e308}',
+    b'[{"event_id": "b", "v": 1e400}, {"event_id": "c", "v": 1.5}]',
+    b'{\n  "event_id": "d",\n  "v": 2.5E+0400\n}',
+  )
+  assert dead == []
+  assert [(r['event_id'], r['v']) for r in rows] == [('a', '-2e308'), ('b', '1e400'), ('c', '1.5'), ('d', '2.5E+0400')]
+  rows, dead = _read(b'{"event_id": "e", "v": Infinity}', b'{"event_id": "f", "v": 1.5}')
+  assert [r['v'] for r in rows] == [float('inf'), 1.5]
+
+
 def test_message_columns_follow_each_row_to_its_message():
   """Pub/Sub's attributes_as_columns: every row of an array has its message's attributes."""
   rows, dead = _read(

@@ -440,6 +440,29 @@ def test_epoch_milliseconds_beyond_the_calendar_are_an_invalid_value_not_a_faile
   assert valid.num_rows == 0 and [(l['reason'], l['field']) for l in letters] == [('invalid_value', 'played_at')]
 
 
+def test_a_number_beyond_a_double_in_a_numeric_field_is_a_dead_letter_not_an_infinity():
+  """The JSON readers keep 1e400 as its text (an infinity is no value anyone wrote); validation cast it to
+  one, a valid float. In a float field it is now an invalid_value, out of range as an integer beyond 64 bits
+  is in an int field (by pydantic's rules too); in an int field no integer. 1e-400 is 0.0, the nearest double."""
+  from io_connectors._common.arrow import table_from_rows
+  from transforms.json_values import loads
+
+  track = '4uLU6hMCjMI75M1A2tKUQC'
+  lines = [
+    f'{{"id": "{track}", "loudness": -5.5}}',
+    f'{{"id": "{track}", "loudness": -2e308}}',
+    f'{{"id": "{track}", "loudness": 1e-400}}',
+    f'{{"id": "{track}", "duration_ms": 1e400}}',
+  ]
+  batch = table_from_rows([loads(line, floats_as_written=True) for line in lines]).to_batches()[0]
+  valid, dead = validate_batch(batch, entities.AudioFeatures)
+  assert valid.column('loudness').to_pylist() == [-5.5, 0.0]
+  assert [(d['reason'], d['field'], d['detail']) for d in dead] == [
+    ('invalid_value', 'loudness', "Value error, -2e308 is beyond a double's range"),
+    ('invalid_type', 'duration_ms', "Value error, expected an integer, got '1e400'"),
+  ]
+
+
 def test_ten_digit_epoch_times_are_seconds_not_january_1970():
   """Unix time and SQL epoch functions count seconds: 1717243200 is 2024-06-01 12:00 UTC, not 1970-01-20.
   As milliseconds a ten-digit value would be January to April 1970; other lengths stay milliseconds."""
