@@ -68,9 +68,35 @@ S3_REGION = 'us-east-1'
 GCP_PROJECT = 'test-project'
 
 
+# The process's shared Prism job server, held for the session (`_share_our_prism`).
+_PRISM_JOB_SERVER = []
+
+
+def _share_our_prism(location: str):
+  """Makes the job server that Beam shares among a process's Prism runs one of our build.
+
+  Beam makes that server (`PrismRunner.shared_handle`) from the options of the
+  first Prism run of the process and keeps it: had that run no
+  --prism_location (a bare `beam.Pipeline()` on the DirectRunner), the server
+  tries to download Prism, and every later Prism run of the process fails with
+  it. Which test runs first in a process depends on the order, which xdist's
+  workers change.
+  """
+  from apache_beam.runners.portability import job_server, prism_runner
+
+  options = PipelineOptions([f'--prism_location={location}'])
+  _PRISM_JOB_SERVER.append(
+    prism_runner.PrismRunner.shared_handle.acquire(
+      lambda: job_server.StopOnExitJobServer(prism_runner.PrismJobServer(options))
+    )
+  )
+
+
 def pytest_configure(config):
   # TestPipeline's default options (Beam's hook for --test-pipeline-options).
-  TestPipeline.pytest_test_pipeline_options = f'--prism_location={ensure_prism()}'
+  location = ensure_prism()
+  TestPipeline.pytest_test_pipeline_options = f'--prism_location={location}'
+  _share_our_prism(location)
   config.addinivalue_line('markers', 'unit: needs no server (set by conftest: `-m unit` runs the unit tier)')
   config.addinivalue_line(
     'markers',
@@ -129,21 +155,35 @@ def _reaches_a_server(item, server_call: re.Pattern) -> bool:
   return False
 
 
-def _uses_flink(item) -> bool:
-  """Whether a test runs on the Flink cluster: asks for its fixtures (also through `request.getfixturevalue`)
-  or is named for it (a `[flink]` parameter)."""
-  if {'flink_cluster', 'flink_args'} & set(item.fixturenames) or 'flink' in item.nodeid.lower():
-    return True
-  try:
-    source = inspect.getsource(item.function)
-  except (OSError, TypeError):
-    return False
-  return 'flink_cluster' in source or 'flink_args' in source
-
-
-# The xdist group of every test on the Flink cluster: one worker runs them all, one after the other,
-# as they share one cluster whose TaskManagers some of them kill and restart.
+# The worker group of every test on the Flink cluster: one worker runs them all, one after the other, as they
+# share one cluster whose TaskManagers some of them kill and restart.
 FLINK_GROUP = 'flink-cluster'
+
+
+def _worker_group(nodeid: str) -> str:
+  """The group of tests one xdist worker runs together (scripts/test.sh runs the integration tier with `--dist
+  loadgroup`): those on the Flink cluster, named for it (`flink` in the id: the test, its file or a `[flink]`
+  parameter; `pytest_collection_modifyitems` holds tests to that), else the test's file, with its module
+  fixtures."""
+  return FLINK_GROUP if 'flink' in nodeid.lower() else nodeid.split('::')[0]
+
+
+def pytest_xdist_make_scheduler(config, log):
+  """`--dist loadgroup` by `_worker_group`.
+
+  xdist 3.8 reads `xdist_group` marks into each test's id in its worker, which
+  pytest 9 no longer lets it do (every group's tests went to both workers): the
+  scheduler groups the ids itself here.
+  """
+  if config.getoption('dist', None) != 'loadgroup':
+    return None
+  from xdist.scheduler import LoadScopeScheduling
+
+  class _GroupScheduling(LoadScopeScheduling):
+    def _split_scope(self, nodeid: str) -> str:
+      return _worker_group(nodeid)
+
+  return _GroupScheduling(config, log)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -155,10 +195,11 @@ def pytest_collection_modifyitems(items):
     # the tier's cost, not a unit's. One that starts a process is found above.
     if item.get_closest_marker('integration') is None:
       item.add_marker('integration' if _reaches_a_server(item, server_call) else 'unit')
-    # For `--dist loadgroup` (scripts/test.sh runs the integration tier so): the tests of one file stay
-    # on one worker, with their module fixtures, and those on the Flink cluster all on one.
-    if item.get_closest_marker('integration') is not None and item.get_closest_marker('xdist_group') is None:
-      item.add_marker(pytest.mark.xdist_group(FLINK_GROUP if _uses_flink(item) else item.nodeid.split('::')[0]))
+    if {'flink_cluster', 'flink_args'} & set(item.fixturenames) and _worker_group(item.nodeid) != FLINK_GROUP:
+      raise pytest.UsageError(
+        f'{item.nodeid} runs on the Flink cluster: its name must say flink (the test, its file or a [flink] '
+        f'parameter) so that one worker runs every such test (tests/conftest.py, _worker_group)'
+      )
 
 
 @pytest.hookimpl(hookwrapper=True)
