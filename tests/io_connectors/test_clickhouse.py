@@ -202,6 +202,14 @@ def test_key_ranges_of_a_float_key_read_its_nans(tmp_path, engine):
   assert len({source for source, _ in provenance}) == 4
 
 
+def _read_split_by_key(tmp_path, table: str, query: bool, key_column: str, num_splits: int):
+  """(the rows as a table, dead letters) of `table` read whole (or through SELECT * when `query`) in key splits."""
+  source = {'query': f'SELECT * FROM {table}'} if query else {'table': table}
+  options = ClickHouseOptions(url=URL, split_by='key', key_column=key_column, num_splits=num_splits)
+  batches, dead = read(tmp_path, ReadFromClickHouse(**source, options=options))
+  return pa.Table.from_batches(batches), dead
+
+
 @pytest.mark.parametrize('query', [False, True], ids=['table', 'query'])
 def test_dates_datetimes_enums_wide_ints_and_ips_arrive_as_what_they_are(tmp_path, engine, query):
   """ClickHouse's Arrow output sends a Date as days (uint16), a DateTime as seconds (uint32), an Enum's code,
@@ -218,10 +226,7 @@ def test_dates_datetimes_enums_wide_ints_and_ips_arrive_as_what_they_are(tmp_pat
     'toUInt256(\'115792089237316195423570985008687907853269984665640564039457584007913129639935\') - number, '
     "toIPv4('10.0.0.1') + number, if(number = 1, NULL, toIPv6('2001:db8::1')) FROM numbers(300)",
   )
-  source = {'query': f'SELECT * FROM {table}'} if query else {'table': table}
-  options = ClickHouseOptions(url=URL, split_by='key', key_column='at', num_splits=3)
-  batches, dead = read(tmp_path, ReadFromClickHouse(**source, options=options))
-  data = pa.Table.from_batches(batches)
+  data, dead = _read_split_by_key(tmp_path, table, query, key_column='at', num_splits=3)
   assert dead == [] and data.num_rows == 300 and len(set(data.column(SOURCE_COLUMN).to_pylist())) == 3
   assert data.schema.field('day').type == pa.date32()
   assert data.schema.field('at').type == pa.timestamp('s', tz='America/New_York')
@@ -258,10 +263,7 @@ def test_the_same_types_inside_arrays_tuples_maps_nullables_and_low_cardinality(
     "map('x', [toDateTime(1700000000, 'UTC'), NULL], 'y', []), [toDateTime(1700000000, 'UTC'), NULL], ['p'] "
     'FROM numbers(10) SETTINGS allow_suspicious_low_cardinality_types = 1',
   )
-  source = {'query': f'SELECT * FROM {table}'} if query else {'table': table}
-  options = ClickHouseOptions(url=URL, split_by='key', key_column='id', num_splits=2)
-  batches, dead = read(tmp_path, ReadFromClickHouse(**source, options=options))
-  data = pa.Table.from_batches(batches)
+  data, dead = _read_split_by_key(tmp_path, table, query, key_column='id', num_splits=2)
   assert dead == [] and data.num_rows == 10
   schema = data.schema
   assert schema.field('times').type.value_type == pa.timestamp('s', tz='UTC')
