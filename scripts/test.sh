@@ -17,12 +17,12 @@
 # 3. The unit tier (`-m unit`) runs on two processes (pytest-xdist, `-n 2
 #    --dist worksteal`) unless the arguments choose (`-n ...`, `-p no:xdist`):
 #    its tests share no server, and most of its time is CPU.
-# 4. Without arguments that choose tests (paths, -m, -k, -n, --dist, -p no:xdist)
+# 4. Without arguments that choose tests (paths, -m, -k, -n, --dist, -p, --lf, ...)
 #    the whole suite runs as two sessions: the unit tier as above, then the
 #    integration tier on two processes (`--dist loadgroup`: a file's tests on one
 #    worker, every test on the Flink cluster on one worker, as tests/conftest.py
 #    groups them), its servers shared by both workers (one lease per session).
-#    Serial, the suite took 33-35 min on a 2-core machine. Other arguments
+#    Serial, the suite took 33-35 min on a 2-core machine; so, 20 min. Other arguments
 #    (--durations, --junitxml, -x, ...) go to both sessions.
 # Exits with pytest's status; "no tests collected" (pytest's 5) fails too.
 #
