@@ -62,11 +62,12 @@ if [[ ${unit_tier} -eq 1 ]] && ! printf '%s\n' "$@" | grep -qE '^(-n|--numproces
   parallel=(-n 2 --dist worksteal)
 fi
 
-# Whether the arguments choose the tests or the processes (else: the whole suite in two tiers).
+# Whether the arguments choose the tests (test paths: no `tests` target above) or the processes
+# (else: the whole suite in two tiers).
 chooses=0
+[[ ${#targets[@]} -eq 0 ]] && chooses=1
 for arg in "$@"; do
-  if [[ "${arg}" =~ ^(-m|-k|-n|--numprocesses|--dist|-p|--deselect|--lf|--ff)($|=) || "${arg}" =~ ^-[mknp]. ]] \
-    || [[ "${arg}" != -* && -e "${arg%%::*}" ]]; then
+  if [[ "${arg}" =~ ^(-m|-k|-n|--numprocesses|--dist|-p|--deselect|--lf|--ff)($|=) || "${arg}" =~ ^-[mknp]. ]]; then
     chooses=1
   fi
 done
