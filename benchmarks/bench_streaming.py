@@ -33,6 +33,14 @@ Flink session cluster of ``scripts/flink.sh``:
     trails the wall clock (Flink REST, sampled every 2 s); and, as a baseline,
     the produce-to-consume latency of a bare consume loop reading the same
     topic at the same time (Kafka timestamps: millisecond resolution).
+    The job runs as deployed (`--latency-job deployed`, the default): unbounded,
+    with the pipeline's own defaults on Flink (a checkpoint every 10 s, offsets
+    committed when one completes, `--ack finalize`), and is cancelled once every
+    expected event is written. `--latency-job bounded` runs it as the
+    throughput phase does: it ends after a fixed count of records per
+    partition and takes no checkpoints, so Flink never finalizes a bundle; the
+    read stage's bundle processors are then never released and each bundle
+    builds new ones (docs/benchmarks.md).
 
 Windows are fixed `--window-s` windows on ``played_at``, emitted once when the
 watermark passes window end + `--allowed-lateness-s` (no early or repeated
@@ -77,7 +85,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:  # run by path: make `pipelines` importable
@@ -135,10 +143,13 @@ class BenchOptions:
   worker_pool: bool = False
   keep_output: bool = False
   floor: bool = False
+  latency_job: str = 'deployed'
 
   def validate(self) -> 'BenchOptions':
     if not self.phases or any(p not in ('throughput', 'latency') for p in self.phases):
       raise ValueError(f'--phase must be throughput, latency or both, got {self.phases}')
+    if self.latency_job not in ('deployed', 'bounded'):
+      raise ValueError(f'--latency-job must be deployed or bounded, got {self.latency_job!r}')
     if self.events < 100:
       raise ValueError(f'--events must be at least 100, got {self.events}')
     if self.rate <= 0 or self.window_s <= 0 or self.windows < 3:
@@ -547,11 +558,12 @@ class PipelineJob:
     services: Services,
     topic: str,
     output: str,
-    per_partition: int,
+    per_partition: Optional[int],
     options: BenchOptions,
     log_path: str,
     floor: bool = False,
   ):
+    """per_partition None: the job as deployed (unbounded, the pipeline's defaults); `wait_until` ends it."""
     self._services = services
     self.log_path = log_path
     # The floor job (streaming_floor.py) takes the same flags and reads with the same reader options.
@@ -582,14 +594,20 @@ class PipelineJob:
       '1800',
       '--dedup_ttl_s',
       '3600',
-      '--max_records_per_partition',
-      str(per_partition),
-      # As a job on Flink commits its offsets (an unbounded one, whose checkpoints finalize its
-      # bundles): this bounded one takes no checkpoints, so it commits nothing, but its steps are
-      # those of the deployed job. '--ack sink' (the default for a bounded job on Flink) adds the
-      # step that commits once written: measured, 0.2-0.4 s more delay after a window's close.
-      '--ack',
-      'finalize',
+      *(
+        []
+        if per_partition is None
+        else [
+          '--max_records_per_partition',
+          str(per_partition),
+          # As a job on Flink commits its offsets (an unbounded one, whose checkpoints finalize its
+          # bundles): this bounded one takes no checkpoints, so it commits nothing, but its steps are
+          # those of the deployed job. '--ack sink' (the default for a bounded job on Flink) adds the
+          # step that commits once written: measured, 0.2-0.4 s more delay after a window's close.
+          '--ack',
+          'finalize',
+        ]
+      ),
       *shlex.split(options.pipeline_args),
     ]
     if services.worker_pool:
@@ -639,6 +657,20 @@ class PipelineJob:
     self.check_alive()
     self.busy_at_end = machine_busy_s()
     return time.time() - self.started
+
+  def wait_until(self, done: Callable[[], bool], timeout: float, every_s: float = 2.0) -> float:
+    """Waits for `done()` (an unbounded job's output complete), then ends the job; returns its wall seconds."""
+    deadline = time.monotonic() + timeout
+    while not done():
+      self.check_alive()
+      if time.monotonic() >= deadline:
+        self.stop()
+        raise RuntimeError(f'the pipeline had not written every event within {timeout:.0f} s: {self.log_tail()}')
+      time.sleep(every_s)
+    wall = time.time() - self.started
+    self.busy_at_end = machine_busy_s()
+    self.stop()
+    return wall
 
   def busy_per_event(self, events: int) -> dict:
     """The machine's busy CPU from RUNNING to the job's end, in all and per event (see `machine_busy_s`)."""
@@ -752,6 +784,13 @@ def _expected(rows: Sequence[sample_data.SampleRow]) -> Tuple[List[str], int]:
   clean = [r.values[0] for r in rows if r.kind == 'clean']
   malformed = sum(1 for r in rows if r.kind not in ('clean', 'duplicate'))
   return clean, malformed
+
+
+def _all_written(output: str, rows: Sequence[sample_data.SampleRow]) -> bool:
+  """Every unique valid event of `rows` in a data file and every malformed one a dead letter (an unbounded job's end)."""
+  scan = scan_output(output)
+  clean, malformed = _expected(rows)
+  return set(clean) <= set(scan.ids) and sum(scan.dead_letters.values()) >= malformed
 
 
 def _correctness(scan: OutputScan, rows: Sequence[sample_data.SampleRow]) -> dict:
@@ -887,6 +926,7 @@ def run_latency(services: Services, options: BenchOptions, work: str) -> dict:
   tail = int((options.window_s + options.allowed_lateness_s + options.idle_timeout_s + 5) * rate)
   per_partition = -(-(warmup_cap + measured + tail) // PARTITIONS)
   total = per_partition * PARTITIONS
+  deployed = options.latency_job == 'deployed'
   rows = list(
     sample_data.iter_rows(rows=total, seed=options.seed, malformed=options.malformed, duplicates=options.duplicates)
   )
@@ -898,6 +938,7 @@ def run_latency(services: Services, options: BenchOptions, work: str) -> dict:
     'allowed_lateness_s': options.allowed_lateness_s,
     'idle_timeout_s': options.idle_timeout_s,
     'topic_events': total,
+    'job': options.latency_job,
   }
   baseline_latencies: List[float] = []
   measured_ms = [None, None]  # produce-time bounds (ms) of the measured events
@@ -919,7 +960,9 @@ def run_latency(services: Services, options: BenchOptions, work: str) -> dict:
       ),
       daemon=True,
     )
-    job = PipelineJob(services, topic, output, per_partition, options, os.path.join(work, 'latency.log')).start()
+    job = PipelineJob(
+      services, topic, output, None if deployed else per_partition, options, os.path.join(work, 'latency.log')
+    ).start()
     try:
       result['job_running_after_s'] = round(job.wait_running(options.timeout_s), 1)
       sampler = WatermarkSampler(services, job)
@@ -946,7 +989,11 @@ def run_latency(services: Services, options: BenchOptions, work: str) -> dict:
       producer.send(total - producer.sent)  # filler up to the job's per-partition count, as fast as it goes
       producer.flush()
       _log(f'latency: produced {producer.sent:,} events; waiting for the job to finish')
-      wall = job.wait(options.timeout_s)
+      wall = (
+        job.wait_until(lambda: _all_written(output, rows), options.timeout_s)
+        if deployed
+        else job.wait(options.timeout_s)
+      )
     finally:
       job.stop()
     baseline.join(timeout=120)
@@ -1165,6 +1212,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     '(EXTERNAL: one worker process per TaskManager) instead of in the launching process (LOOPBACK)',
   )
   parser.add_argument(
+    '--latency-job',
+    choices=('deployed', 'bounded'),
+    default='deployed',
+    help="the latency phase's job: as deployed (unbounded, checkpoints every 10 s, cancelled once all is "
+    'written; the default) or bounded (a fixed count of records, no checkpoints, as the throughput phase)',
+  )
+  parser.add_argument(
     '--floor',
     action='store_true',
     help='after the throughput job, run streaming_floor.py (read, window, write ids: the least a windowed Beam '
@@ -1196,6 +1250,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     worker_pool=args.worker_pool,
     keep_output=args.keep_output,
     floor=args.floor,
+    latency_job=args.latency_job,
   )
   try:
     options.validate()

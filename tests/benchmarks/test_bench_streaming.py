@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipelines import sample_data
@@ -96,6 +98,37 @@ def test_exactly_once_names_missing_doubled_and_unexpected():
   check = bench.exactly_once(['a', 'a', 'x'], ['a', 'b'])
   assert (check['missing'], check['doubled'], check['unexpected'], check['ok']) == (1, 1, 1, False)
   assert sorted(check['examples']) == ['a', 'b', 'x']
+
+
+@pytest.mark.unit
+def test_the_latency_job_runs_as_deployed_unless_told_bounded(tmp_path):
+  # A bounded job takes no checkpoints on Flink, so '--ack finalize' there is never finalized: the deployed
+  # job (unbounded, the pipeline's own checkpoint and ack defaults) is what the latency phase measures.
+  options = bench.BenchOptions(phases=('latency',)).validate()
+  assert options.latency_job == 'deployed'
+  deployed = bench.PipelineJob(bench.Services(), 't', str(tmp_path), None, options, str(tmp_path / 'log')).command
+  bounded = bench.PipelineJob(bench.Services(), 't', str(tmp_path), 7, options, str(tmp_path / 'log')).command
+  assert '--max_records_per_partition' not in deployed and '--ack' not in deployed
+  assert bounded[bounded.index('--max_records_per_partition') + 1] == '7'
+  assert bounded[bounded.index('--ack') + 1] == 'finalize'
+  with pytest.raises(ValueError, match='--latency-job'):
+    bench.BenchOptions(latency_job='forever').validate()
+
+
+@pytest.mark.unit
+def test_an_unbounded_latency_job_ends_once_every_event_is_written(tmp_path):
+  rows = list(sample_data.iter_rows(rows=50, seed=3, malformed=0.1, duplicates=0.0))
+  clean = [r.values[0] for r in rows if r.kind == 'clean']
+  malformed = sum(1 for r in rows if r.kind not in ('clean', 'duplicate'))
+  data = tmp_path / 'data' / 'tenant=t' / 'window_start=20261206T120000Z'
+  data.mkdir(parents=True)
+  pq.write_table(pa.table({'event_id': clean[:-1]}), data / 'part-000.parquet')
+  letters = tmp_path / 'dead_letter' / 'tenant=t'
+  letters.mkdir(parents=True)
+  (letters / 'a.jsonl').write_text(''.join(json.dumps({'reason': 'malformed_json'}) + '\n' for _ in range(malformed)))
+  assert not bench._all_written(str(tmp_path), rows)
+  pq.write_table(pa.table({'event_id': clean[-1:]}), data / 'part-001.parquet')
+  assert bench._all_written(str(tmp_path), rows)
 
 
 def test_the_floor_job_writes_every_decoded_event_once_per_window(tmp_path):
