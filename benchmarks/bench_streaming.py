@@ -1021,6 +1021,7 @@ def run_latency(services: Services, options: BenchOptions, work: str) -> dict:
       # Sampled every 1 s while the measured events were produced.
       'windowing_watermark_lag': latency_summary(sampler.lags),
       'watermarks_by_vertex': sampler.summary(),
+      'checkpoints': checkpoint_summary(services, job.job_id, options.window_s),
     }
     result['pipeline']['per_window'] = window_delays(measured_windows, received, close_offset)
     third = max(1, len(after_close) // 3)
@@ -1039,6 +1040,29 @@ def run_latency(services: Services, options: BenchOptions, work: str) -> dict:
     return result
   finally:
     delete_topic(services.bootstrap, topic)
+
+
+def checkpoint_summary(services: Services, job_id: Optional[str], window_s: float) -> dict:
+  """The job's completed Flink checkpoints: durations, and when in a window each was triggered.
+
+  A checkpoint holds each stage while it snapshots, so one that starts at a window's close can delay
+  that window's files; `after_close_s` says where in the window each one started.
+  """
+  if not job_id:
+    return {}
+  try:
+    history = services.rest(f'/jobs/{job_id}/checkpoints').get('history', [])
+  except OSError as e:
+    return {'error': str(e)}
+  completed = [c for c in history if c.get('status') == 'COMPLETED']
+  size_ms = int(window_s * 1000)
+  return {
+    'completed': len(completed),
+    'failed': sum(1 for c in history if c.get('status') == 'FAILED'),
+    'duration': latency_summary(c['end_to_end_duration'] / 1000 for c in completed),
+    'size_mb': latency_summary(c.get('checkpointed_size', 0) / 1e6 for c in completed),
+    'after_close_s': sorted({round((c['trigger_timestamp'] % size_ms) / 1000, 1) for c in completed}),
+  }
 
 
 def window_delays(
@@ -1164,6 +1188,13 @@ def report(result: dict) -> str:
       f'bare consume loop p50 {lat["baseline"]["latency"].get("p50_s")} s, p99 '
       f'{lat["baseline"]["latency"].get("p99_s")} s; exactly once: {lat["check"]["ok"]}'
     )
+    checkpoints = p.get('checkpoints') or {}
+    if checkpoints.get('completed'):
+      lines.append(
+        f'{lat.get("job", "bounded")} job: {checkpoints["completed"]} checkpoints, each p50 '
+        f'{checkpoints["duration"].get("p50_s")} s, max {checkpoints["duration"].get("max_s")} s, '
+        f'{checkpoints["size_mb"].get("p50_s")} MB; triggered {checkpoints["after_close_s"]} s after a close'
+      )
     slow = [w for w in p.get('per_window', []) if w['last_file_after_close_s'] > 2]
     if slow:
       lines.append(

@@ -191,3 +191,31 @@ def test_stream_work_floor_accounts_for_every_event(tmp_path):
   assert result['counts']['written'] + result['counts']['dead_letter'] == 3000
   assert result['counts']['dead_letter'] == expected
   assert {'decode messages', 'validate', 'redact PII', 'dead letters: redact'} <= set(result['cpu_s_by_step'])
+
+
+@pytest.mark.unit
+def test_checkpoint_summary_says_where_in_a_window_each_checkpoint_started():
+  class _Rest:
+    def rest(self, path):
+      assert path == '/jobs/j1/checkpoints'
+      history = [
+        {
+          'status': 'COMPLETED',
+          'trigger_timestamp': 1_796_559_401_043,
+          'end_to_end_duration': 2587,
+          'checkpointed_size': 21_000_000,
+        },
+        {
+          'status': 'COMPLETED',
+          'trigger_timestamp': 1_796_559_411_043,
+          'end_to_end_duration': 1552,
+          'checkpointed_size': 23_000_000,
+        },
+        {'status': 'FAILED', 'trigger_timestamp': 1_796_559_421_043},
+      ]
+      return {'history': history}
+
+  summary = bench.checkpoint_summary(_Rest(), 'j1', 10.0)
+  assert (summary['completed'], summary['failed'], summary['after_close_s']) == (2, 1, [1.0])
+  assert summary['duration']['max_s'] == 2.587
+  assert bench.checkpoint_summary(_Rest(), None, 10.0) == {}
