@@ -51,6 +51,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
+from io_connectors._common.times import epoch_count
 from io_connectors.sinks._commit import LOCK_NAME, LakeCommitError, OutputLock, OutputLockedError, local_path, store_for
 from io_connectors.sinks._avro import avro_file_bytes
 from transforms.records import TENANT_COLUMN, json_safe, strip_internal, with_provenance
@@ -183,20 +184,6 @@ def _feature_kind(t: pa.DataType) -> str:
   return 'bytes'
 
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-
-
-def _epoch_micros(moment: dt.datetime) -> int:
-  """Microseconds since the epoch, exactly; a zoneless time is UTC, as Arrow and the Parquet sink store it.
-
-  Not `datetime.timestamp()`: that reads a zoneless time in the worker's own
-  zone, so the same file would differ by the machine that wrote it.
-  """
-  if moment.tzinfo is None:
-    moment = moment.replace(tzinfo=dt.timezone.utc)
-  return (moment - _EPOCH) // dt.timedelta(microseconds=1)
-
-
 # What a null element of a list is written as, at its position: a feature list has no null (see example_bytes).
 _NULL_ELEMENT = {'int64': 0, 'float': 0.0, 'bytes': b''}
 NULL_MASK_SUFFIX = '__is_null'
@@ -213,7 +200,7 @@ def _feature_values(value, t: pa.DataType, kind: str) -> list:
     ]
   if kind == 'int64':
     if pa.types.is_timestamp(t):
-      return [_epoch_micros(value) if isinstance(value, dt.datetime) else int(value)]
+      return [epoch_count(value) if isinstance(value, dt.datetime) else int(value)]
     return [int(value)]
   if kind == 'float':
     return [float(value)]
