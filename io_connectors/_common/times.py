@@ -10,6 +10,11 @@ an erasure) use these:
 - `epoch_count`: a timestamp as whole microseconds or nanoseconds since the
   epoch, exactly; a zoneless one as that wall clock in UTC, as Arrow and the
   Parquet sink store it.
+- `epoch_nanos_text`: ISO-8601 text of nanoseconds since the epoch, nine
+  fraction digits where it has nanoseconds (pandas' text of a Timestamp).
+- `register_avro_nanosecond_timestamps`: fastavro reads and writes Avro
+  1.12's ``timestamp-nanos`` and ``local-timestamp-nanos`` (fastavro 1.13
+  knows the millis and micros types only).
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ from __future__ import annotations
 import datetime as dt
 
 __all__ = [
+  'AVRO_NANOSECOND_TIMESTAMPS',
   'epoch_count',
+  'epoch_nanos_text',
+  'register_avro_nanosecond_timestamps',
 ]
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
@@ -38,3 +46,51 @@ def epoch_count(moment: dt.datetime, unit: str = 'us') -> int:
     moment = moment.replace(tzinfo=dt.timezone.utc)
   micros = (moment - _EPOCH) // dt.timedelta(microseconds=1)
   return micros if unit == 'us' else micros * 1000 + getattr(moment, 'nanosecond', 0)
+
+
+def epoch_nanos_text(nanos: int, zoned: bool = True) -> str:
+  """ISO-8601 text of a time given in nanoseconds since the epoch, as a nanosecond column's value writes it in JSON
+  (`json_safe`): ``'2020-05-20T18:40:00.123456789+00:00'``, the nine digits where it has nanoseconds; zoned: UTC,
+  else a zoneless wall clock."""
+  micros, rest = divmod(nanos, 1000)
+  moment = _EPOCH + dt.timedelta(microseconds=micros)
+  if not zoned:
+    moment = moment.replace(tzinfo=None)
+  if not rest:
+    return moment.isoformat()
+  text = moment.isoformat(timespec='microseconds')  # 'YYYY-MM-DDTHH:MM:SS.ffffff' and the offset, if any
+  return f'{text[:26]}{rest:03d}{text[26:]}'
+
+
+# Avro 1.12's nanosecond timestamps: (type, logical type) as fastavro's tables of logical types name them.
+AVRO_NANOSECOND_TIMESTAMPS = ('long-timestamp-nanos', 'long-local-timestamp-nanos')
+
+
+def register_avro_nanosecond_timestamps():
+  """fastavro reads Avro 1.12's ``timestamp-nanos`` and ``local-timestamp-nanos`` as their long (nanoseconds since
+  the epoch) and writes them from a long as it is or from a datetime, exactly (`epoch_count`; a pandas Timestamp,
+  a nanosecond column's value, with its nanoseconds).
+
+  fastavro (1.13) has neither: it reads the bare long, which is exact, and
+  writes only a long. Registered in fastavro's tables of logical types (its
+  documented way to add one), always these, so that every writer and reader
+  of a worker (the sink, the Avro file reader, an erasure's rewrite) converts
+  alike and keeps every nanosecond whatever a later fastavro brings (a
+  `datetime` would hold microseconds). A long needs no pandas, which the
+  package does not install.
+  """
+  from fastavro.read import LOGICAL_READERS
+  from fastavro.write import LOGICAL_WRITERS
+
+  def read_long(value, writer_schema=None, reader_schema=None):
+    return value
+
+  def write_instant(value, schema=None):
+    return epoch_count(value, 'ns') if isinstance(value, dt.datetime) else value
+
+  def write_wall_clock(value, schema=None):
+    return epoch_count(value.replace(tzinfo=None), 'ns') if isinstance(value, dt.datetime) else value
+
+  instant, wall_clock = AVRO_NANOSECOND_TIMESTAMPS
+  LOGICAL_READERS[instant] = LOGICAL_READERS[wall_clock] = read_long
+  LOGICAL_WRITERS[instant], LOGICAL_WRITERS[wall_clock] = write_instant, write_wall_clock
