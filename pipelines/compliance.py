@@ -77,6 +77,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from io_connectors._common.times import (
   AVRO_NANOSECOND_TIMESTAMPS,
   epoch_nanos_text,
+  exact_times_of_day,
   register_avro_nanosecond_timestamps,
 )
 from io_connectors.sinks.lake import (
@@ -334,7 +335,8 @@ def _split_parquet(data: bytes, matcher: SubjectMatcher) -> Split:
   if table is None:
     table = pq.read_table(pa.BufferReader(data))
   kept = table.filter(pc.invert(hit))
-  return parquet_bytes(kept), [json_safe(r) for r in table.filter(hit).to_pylist()], kept.num_rows
+  removed = exact_times_of_day(table.filter(hit)).to_pylist()  # a nanosecond time of day with its nine digits
+  return parquet_bytes(kept), [json_safe(r) for r in removed], kept.num_rows
 
 
 def _nanosecond_timestamp_fields(schema) -> Dict[str, bool]:

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from io_connectors._common.arrow import column, to_text
 from io_connectors._common.errors import short_error
-from io_connectors._common.times import register_avro_nanosecond_timestamps
+from io_connectors._common.times import AVRO_NANOSECOND_TIME, register_avro_nanosecond_timestamps
 from io_connectors.files._options import AvroOptions
 from io_connectors.files._ranges import Range, open_file
 from io_connectors.files._read import READERS, STAGE, ReadFormat, emit
@@ -95,6 +95,8 @@ def _avro_type(schema, named: Optional[Dict[str, dict]] = None, resolving: froze
     return pa.time32('ms')
   if logical == 'time-micros':
     return pa.time64('us')
+  if kind == 'long' and schema.get('arrow_type') == AVRO_NANOSECOND_TIME['arrow_type']:
+    return pa.time64('ns')  # the lake's nanosecond time of day: nanoseconds since midnight
   if logical == 'decimal':
     return _decimal_type(schema)
   if logical == 'uuid':

@@ -51,7 +51,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
-from io_connectors._common.times import epoch_count
+from io_connectors._common.times import epoch_count, exact_times_of_day
 from io_connectors.sinks._commit import LOCK_NAME, LakeCommitError, OutputLock, OutputLockedError, local_path, store_for
 from io_connectors.sinks._avro import avro_file_bytes
 from transforms.records import TENANT_COLUMN, json_safe, strip_internal, with_provenance
@@ -121,8 +121,10 @@ def parquet_bytes(table: pa.Table) -> bytes:
 
 
 def _jsonl_bytes(table: pa.Table) -> bytes:
+  """JSON Lines of the table's rows (`json_safe`); a nanosecond time of day with its nine fraction digits."""
   return b''.join(
-    json.dumps(json_safe(row), ensure_ascii=False, sort_keys=False).encode('utf-8') + b'\n' for row in table.to_pylist()
+    json.dumps(json_safe(row), ensure_ascii=False, sort_keys=False).encode('utf-8') + b'\n'
+    for row in exact_times_of_day(table).to_pylist()
   )
 
 

@@ -114,6 +114,30 @@ def test_nanosecond_timestamps_are_timestamp_nanos_and_read_back_to_the_nanoseco
   assert [(r['played_at'], r['zoneless']) for r in rows] == [(_NANOS, _NANOS), (-1, 999), (None, None)]
 
 
+def test_nanosecond_times_of_day_are_longs_of_nanoseconds_read_back_exactly(tmp_path):
+  # Avro's finest time type is time-micros: a nanosecond time of day is a plain long of nanoseconds since
+  # midnight (marked arrow_type time64[ns]) in every file, whatever its values; time-micros cut them.
+  ns = pa.time64('ns')
+  noon = 45_296_123_456_789  # 12:34:56.123456789
+  table = pa.table(
+    {
+      'starts': pa.array([noon, 0, None], ns),
+      'marks': pa.array([[noon, None], [], None], pa.list_(ns)),
+      'slot': pa.array([{'at': 86_399_999_999_999}, None, {'at': None}], pa.struct([('at', ns)])),
+      'micros': pa.array([noon // 1000, None, 1], pa.time64('us')),
+    }
+  )
+  types = {f['name']: f['type'][1] for f in avro_schema(table.schema)['fields']}
+  assert types['starts'] == {'type': 'long', 'arrow_type': 'time64[ns]'}
+  assert types['micros'] == {'type': 'long', 'logicalType': 'time-micros'}  # coarser units as before
+  data = avro_file_bytes(table)
+  rows = list(fastavro.reader(io.BytesIO(data)))
+  assert [r['starts'] for r in rows] == [noon, 0, None]
+  assert rows[0]['marks'] == [noon, None] and rows[0]['slot'] == {'at': 86_399_999_999_999}
+  assert rows[0]['micros'] == dt.time(12, 34, 56, 123456)
+  assert _read_back(tmp_path, data).equals(table)
+
+
 def test_the_avro_reader_reads_other_writers_nanosecond_timestamps_exactly(tmp_path):
   # Avro 1.12 writers (Java, Spark 4) write timestamp-nanos and local-timestamp-nanos: longs of nanoseconds, which
   # the reader took for plain integers.

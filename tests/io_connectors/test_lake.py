@@ -486,3 +486,40 @@ def test_tfrecord_a_column_named_as_a_null_mask_is_a_clear_error():
   table = pa.table({'ids': pa.array([[1]], pa.list_(pa.int64())), 'ids__is_null': pa.array([0])})
   with pytest.raises(ValueError, match=r"'ids__is_null'.*rename"):
     lake_mod._tfrecord_bytes(table)
+
+
+_NOON_NS = 45_296_123_456_789  # 12:34:56.123456789 in nanoseconds since midnight
+
+
+def _coarse_times():
+  """Times in seconds and microseconds: their bytes and text are what they were before nanoseconds were kept."""
+  at = dt.datetime(2024, 6, 1, 12, 30, 0, 123457, tzinfo=dt.timezone.utc)
+  return pa.table(
+    {
+      'at': pa.array([at, None], pa.timestamp('us', tz='UTC')),
+      'clock': pa.array([dt.time(12, 34, 56, 123456), dt.time(0)], pa.time64('us')),
+      'secs': pa.array([1717245000, None], pa.timestamp('s')),
+    }
+  )
+
+
+def test_jsonl_keeps_the_nine_fraction_digits_of_nanosecond_times_of_day():
+  # A nanosecond time of day became a datetime.time on its way to JSON: its last three digits were cut.
+  table = pa.table(
+    {
+      'starts': pa.array([_NOON_NS, 0, None], pa.time64('ns')),
+      'marks': pa.array([[1, None], [], None], pa.list_(pa.time64('ns'))),
+      'slot': pa.array([{'at': 86_399_999_999_999}, None, {'at': None}], pa.struct([('at', pa.time64('ns'))])),
+    }
+  )
+  rows = [json.loads(line) for line in lake_mod._jsonl_bytes(table).splitlines()]
+  assert rows == [
+    {'starts': '12:34:56.123456789', 'marks': ['00:00:00.000000001', None], 'slot': {'at': '23:59:59.999999999'}},
+    {'starts': '00:00:00.000000000', 'marks': [], 'slot': None},
+    {'starts': None, 'marks': None, 'slot': {'at': None}},
+  ]
+  # Coarser units keep their text.
+  assert lake_mod._jsonl_bytes(_coarse_times()) == (
+    b'{"at": "2024-06-01T12:30:00.123457+00:00", "clock": "12:34:56.123456", "secs": "2024-06-01T12:30:00"}\n'
+    b'{"at": null, "clock": "00:00:00", "secs": null}\n'
+  )
