@@ -74,6 +74,12 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from io_connectors._common.times import (
+  AVRO_NANOSECOND_TIMESTAMPS,
+  epoch_nanos_text,
+  exact_times_of_day,
+  register_avro_nanosecond_timestamps,
+)
 from io_connectors.sinks.lake import (
   MANIFEST_NAME,
   RUNS_DIR,
@@ -329,21 +335,52 @@ def _split_parquet(data: bytes, matcher: SubjectMatcher) -> Split:
   if table is None:
     table = pq.read_table(pa.BufferReader(data))
   kept = table.filter(pc.invert(hit))
-  return parquet_bytes(kept), [json_safe(r) for r in table.filter(hit).to_pylist()], kept.num_rows
+  removed = exact_times_of_day(table.filter(hit)).to_pylist()  # a nanosecond time of day with its nine digits
+  return parquet_bytes(kept), [json_safe(r) for r in removed], kept.num_rows
+
+
+def _nanosecond_timestamp_fields(schema) -> Dict[str, bool]:
+  """{name: zoned} of an Avro record schema's top-level fields holding a ``timestamp-nanos`` (zoned, UTC) or
+  ``local-timestamp-nanos``: fastavro reads them as their long (`register_avro_nanosecond_timestamps`)."""
+  found = {}
+  for field in schema.get('fields', []) if isinstance(schema, dict) else []:
+    for branch in field['type'] if isinstance(field.get('type'), list) else [field.get('type')]:
+      if isinstance(branch, dict) and f'{branch.get("type")}-{branch.get("logicalType")}' in AVRO_NANOSECOND_TIMESTAMPS:
+        found[field['name']] = branch['logicalType'] == 'timestamp-nanos'
+  return found
+
+
+def _with_times(record, fields: Dict[str, bool], as_text: bool):
+  """An Avro record with its nanosecond timestamps (longs, `_nanosecond_timestamp_fields`) as times: for a matcher
+  datetimes to the microsecond, as a micros file gives them (retention compares them with its cutoff, to the
+  microsecond; a bare integer is epoch milliseconds to it), or `as_text`, ISO-8601 with all their digits for the
+  removed records (a subject's export)."""
+  if not fields or not isinstance(record, dict):
+    return record
+  times = {
+    name: epoch_nanos_text(record[name], zoned) if as_text else _after_epoch(microseconds=record[name] // 1000)
+    for name, zoned in fields.items()
+    if isinstance(record.get(name), int)
+  }
+  return dict(record, **times)
 
 
 def _split_avro(data: bytes, matcher: SubjectMatcher) -> Split:
   import fastavro
 
+  register_avro_nanosecond_timestamps()  # timestamp-nanos as its long: the rewrite keeps every nanosecond
   reader = fastavro.reader(io.BytesIO(data))
   schema, codec = reader.writer_schema, reader.codec
   records = list(reader)
-  kept = [r for r in records if not matcher.value(r)]
+  nanos = _nanosecond_timestamp_fields(schema)
+  hits = [matcher.value(_with_times(r, nanos, as_text=False)) for r in records]
+  kept = [r for r, hit in zip(records, hits) if not hit]
   if len(kept) == len(records):
     return None, [], len(records)
   sink = io.BytesIO()
   fastavro.writer(sink, schema, kept, codec=codec)  # the file's own schema and codec
-  return sink.getvalue(), [json_safe(r) for r in records if matcher.value(r)], len(kept)
+  removed = [json_safe(_with_times(r, nanos, as_text=True)) for r, hit in zip(records, hits) if hit]
+  return sink.getvalue(), removed, len(kept)
 
 
 def _split_lines(data: bytes, matcher: SubjectMatcher) -> Split:

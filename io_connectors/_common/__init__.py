@@ -7,6 +7,8 @@
 - `retry`: transient failures retried with jittered exponential backoff.
 - `state`: the cursor store of incremental reads (directory, s3://, gs://,
   PostgreSQL).
+- `times`: times to the nanosecond where Python's stop at the microsecond
+  (epoch counts, nanosecond times of day, Avro's nanosecond timestamps).
 
 Not an API: connectors import these; users import `io_connectors`.
 """

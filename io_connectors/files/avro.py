@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from io_connectors._common.arrow import column, to_text
 from io_connectors._common.errors import short_error
+from io_connectors._common.times import AVRO_NANOSECOND_TIME, register_avro_nanosecond_timestamps
 from io_connectors.files._options import AvroOptions
 from io_connectors.files._ranges import Range, open_file
 from io_connectors.files._read import READERS, STAGE, ReadFormat, emit
@@ -84,12 +85,18 @@ def _avro_type(schema, named: Optional[Dict[str, dict]] = None, resolving: froze
     return pa.timestamp('ms', tz='UTC')
   if logical == 'timestamp-micros':
     return pa.timestamp('us', tz='UTC')
+  if logical == 'timestamp-nanos':
+    return pa.timestamp('ns', tz='UTC')
+  if logical == 'local-timestamp-nanos':
+    return pa.timestamp('ns')
   if logical == 'date':
     return pa.date32()
   if logical == 'time-millis':
     return pa.time32('ms')
   if logical == 'time-micros':
     return pa.time64('us')
+  if kind == 'long' and schema.get('arrow_type') == AVRO_NANOSECOND_TIME['arrow_type']:
+    return pa.time64('ns')  # the lake's nanosecond time of day: nanoseconds since midnight
   if logical == 'decimal':
     return _decimal_type(schema)
   if logical == 'uuid':
@@ -249,6 +256,7 @@ def read_avro(rng: Range, options: AvroOptions):
   from fastavro import block_reader
 
   _with_snappy_codec()
+  register_avro_nanosecond_timestamps()  # timestamp-nanos read as its long, exactly, whatever the fastavro version
   path, start, end = rng.path, rng.start, rng.end
   source = rng.source
   with open_file(path) as f:

@@ -51,6 +51,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
+from io_connectors._common.times import epoch_count, exact_times_of_day
 from io_connectors.sinks._commit import LOCK_NAME, LakeCommitError, OutputLock, OutputLockedError, local_path, store_for
 from io_connectors.sinks._avro import avro_file_bytes
 from transforms.records import TENANT_COLUMN, json_safe, strip_internal, with_provenance
@@ -120,8 +121,10 @@ def parquet_bytes(table: pa.Table) -> bytes:
 
 
 def _jsonl_bytes(table: pa.Table) -> bytes:
+  """JSON Lines of the table's rows (`json_safe`); a nanosecond time of day with its nine fraction digits."""
   return b''.join(
-    json.dumps(json_safe(row), ensure_ascii=False, sort_keys=False).encode('utf-8') + b'\n' for row in table.to_pylist()
+    json.dumps(json_safe(row), ensure_ascii=False, sort_keys=False).encode('utf-8') + b'\n'
+    for row in exact_times_of_day(table).to_pylist()
   )
 
 
@@ -183,23 +186,11 @@ def _feature_kind(t: pa.DataType) -> str:
   return 'bytes'
 
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-
-
-def _epoch_micros(moment: dt.datetime) -> int:
-  """Microseconds since the epoch, exactly; a zoneless time is UTC, as Arrow and the Parquet sink store it.
-
-  Not `datetime.timestamp()`: that reads a zoneless time in the worker's own
-  zone, so the same file would differ by the machine that wrote it.
-  """
-  if moment.tzinfo is None:
-    moment = moment.replace(tzinfo=dt.timezone.utc)
-  return (moment - _EPOCH) // dt.timedelta(microseconds=1)
-
-
 # What a null element of a list is written as, at its position: a feature list has no null (see example_bytes).
 _NULL_ELEMENT = {'int64': 0, 'float': 0.0, 'bytes': b''}
 NULL_MASK_SUFFIX = '__is_null'
+# The feature beside a nanosecond timestamp column's: each value's nanoseconds past its microsecond (0 to 999).
+NANOS_SUFFIX = '__nanos'
 
 
 def _feature_values(value, t: pa.DataType, kind: str) -> list:
@@ -213,7 +204,7 @@ def _feature_values(value, t: pa.DataType, kind: str) -> list:
     ]
   if kind == 'int64':
     if pa.types.is_timestamp(t):
-      return [_epoch_micros(value) if isinstance(value, dt.datetime) else int(value)]
+      return [epoch_count(value) if isinstance(value, dt.datetime) else int(value)]
     return [int(value)]
   if kind == 'float':
     return [float(value)]
@@ -222,6 +213,27 @@ def _feature_values(value, t: pa.DataType, kind: str) -> list:
   if isinstance(value, (dict, list)):
     return [_feature_json(value)]
   return [str(value).encode('utf-8')]
+
+
+def _is_nanosecond_timestamp(t: pa.DataType) -> bool:
+  """A nanosecond timestamp column, or a list of them: its int64 feature (microseconds) holds all but the last
+  three digits (inner lists are JSON, where a time is ISO text with all nine)."""
+  if _is_list(t):
+    t = t.value_type
+  return pa.types.is_timestamp(t) and t.unit == 'ns'
+
+
+def _nanos_past_micros(value, t: pa.DataType) -> Optional[list]:
+  """The `NANOS_SUFFIX` feature of a nanosecond timestamp column's value: each time's nanoseconds past the
+  microsecond its int64 feature holds, 0 at a null element; None for other columns."""
+  if not _is_nanosecond_timestamp(t):
+    return None
+  if value is None:
+    return []
+  return [
+    epoch_count(v, 'ns') - 1000 * epoch_count(v) if isinstance(v, dt.datetime) else 0
+    for v in (value if _is_list(t) else [value])
+  ]
 
 
 def _feature_json(value) -> bytes:
@@ -242,7 +254,15 @@ def _entry(name: str, feature: bytes) -> bytes:
 
 def example_bytes(row: dict, schema: pa.Schema) -> bytes:
   """One serialized tf.train.Example; timestamps as int64 microseconds, structs and inner lists as JSON bytes,
-  UInt64 as digits, doubles as float32 (`_float32_bytes`). A null scalar is an empty feature.
+  UInt64 as digits, doubles as float32 (`_float32_bytes`), times of day as text. A null scalar is an empty
+  feature. `row`: a row of `exact_times_of_day`'s table, so that a nanosecond time of day is its text with nine
+  digits (a `datetime.time` has six).
+
+  A nanosecond timestamp column keeps its last three digits in a companion
+  int64 feature ``<name>__nanos`` (`NANOS_SUFFIX`), one value (0 to 999) per
+  time: ``<name> * 1000 + <name>__nanos`` is the time in nanoseconds, and
+  ``<name>`` is in microseconds as in every other timestamp column (written
+  for every row of such a column, empty where ``<name>`` is).
 
   A feature list has no null, and dropping a list's null elements would move
   the values after them ([1, null, 3] read [1, 3]). A list that holds nulls
@@ -259,6 +279,9 @@ def example_bytes(row: dict, schema: pa.Schema) -> bytes:
     mask = _null_mask(value, f.type)
     if mask is not None:
       entries.append(_entry(f.name + NULL_MASK_SUFFIX, _feature(mask, 'int64')))
+    nanos = _nanos_past_micros(value, f.type)
+    if nanos is not None:
+      entries.append(_entry(f.name + NANOS_SUFFIX, _feature(nanos, 'int64')))
   return _field(1, b''.join(entries))
 
 
@@ -270,9 +293,9 @@ def with_null_masks(examples: Sequence[bytes], batch: pa.RecordBatch, where: str
   as `example_bytes` does, but no mask: a null would read as a value. The
   examples of rows without such a list are returned as they are, byte for
   byte. A column named like a mask is a ValueError naming `where` and the
-  `remedy` (`_check_null_masks`).
+  `remedy` (`_check_companions`).
   """
-  _check_null_masks(batch.schema, where, remedy)
+  _check_companions(batch.schema, where, remedy, (_NULL_MASKS,))  # tfx_bsl's examples get masks only
   examples = list(examples)
   if len(examples) != batch.num_rows:
     raise ValueError(f'{where}: {len(examples)} examples for a batch of {batch.num_rows} rows')
@@ -294,17 +317,27 @@ def _with_entries(example: bytes, entries: List[bytes]) -> bytes:
   return _field(1, b''.join(bodies + entries))
 
 
-def _check_null_masks(
-  schema: pa.Schema, where: str = 'tfrecord output', remedy: str = 'rename them, or write another --output_format'
+# The features `example_bytes` writes beside a column's own: (suffix, the columns that get one, what it holds).
+_NULL_MASKS = (NULL_MASK_SUFFIX, _is_list, 'masks of the null elements of the list columns')
+_NANOS = (NANOS_SUFFIX, _is_nanosecond_timestamp, 'nanoseconds of the timestamp columns')
+
+
+def _check_companions(
+  schema: pa.Schema,
+  where: str = 'tfrecord output',
+  remedy: str = 'rename them, or write another --output_format',
+  companions: Sequence[tuple] = (_NULL_MASKS, _NANOS),
 ):
-  """ValueError when a list column's `NULL_MASK_SUFFIX` feature would have the name of another column."""
+  """ValueError when a feature written beside a column (a list's `NULL_MASK_SUFFIX` mask, a nanosecond
+  timestamp's `NANOS_SUFFIX` nanoseconds) would have the name of another column."""
   names = set(schema.names)
-  taken = [f.name for f in schema if _is_list(f.type) and f.name + NULL_MASK_SUFFIX in names]
-  if taken:
-    raise ValueError(
-      f'{where}: the columns {sorted(n + NULL_MASK_SUFFIX for n in taken)} have the names of the masks '
-      f'of the null elements of the list columns {sorted(taken)}; {remedy}'
-    )
+  for suffix, has_one, what in companions:
+    taken = [f.name for f in schema if has_one(f.type) and f.name + suffix in names]
+    if taken:
+      raise ValueError(
+        f'{where}: the columns {sorted(n + suffix for n in taken)} have the names of the {what} {sorted(taken)}; '
+        f'{remedy}'
+      )
 
 
 def _read_varint(data: bytes, at: int):
@@ -364,9 +397,9 @@ def example_features(data: bytes) -> Dict[str, list]:
 def _tfrecord_bytes(table: pa.Table) -> bytes:
   from apache_beam.io.tfrecordio import _TFRecordUtil
 
-  _check_null_masks(table.schema)
+  _check_companions(table.schema)
   sink = io.BytesIO()
-  for row in table.to_pylist():
+  for row in exact_times_of_day(table).to_pylist():
     _TFRecordUtil.write_record(sink, example_bytes(row, table.schema))
   return sink.getvalue()
 

@@ -70,3 +70,92 @@ def test_uint64_values_beyond_a_long_are_written_exactly():
   assert [r['small'] for r in rows] == [1, None, 3]
   fields = {f['name']: f for f in avro_schema(table.schema)['fields']}
   assert fields['id']['type'][1] == {'type': 'bytes', 'logicalType': 'decimal', 'precision': 20, 'scale': 0}
+
+
+_NANOS = 1_700_000_000_123_456_789  # 2023-11-14T22:13:20.123456789Z
+
+
+def _read_back(tmp_path, data: bytes) -> pa.Table:
+  """The rows of an Avro file as the pipeline's Avro reader reads them (no provenance columns)."""
+  from io_connectors.files._ranges import Range
+  from io_connectors.files.avro import AvroOptions, read_avro
+  from transforms.records import strip_internal
+
+  path = tmp_path / 'part-00000.avro'
+  path.write_bytes(data)
+  out = list(read_avro(Range(str(path), 'avro', 0, len(data)), AvroOptions()))
+  assert [o for o in out if not isinstance(o, pa.RecordBatch)] == []  # no dead letter
+  return strip_internal(pa.Table.from_batches(out))
+
+
+def test_nanosecond_timestamps_are_timestamp_nanos_and_read_back_to_the_nanosecond(tmp_path):
+  # Avro 1.12's timestamp-nanos: a timestamp-micros cut the last three digits of every value.
+  ns = pa.timestamp('ns', tz='UTC')
+  table = pa.table(
+    {
+      'played_at': pa.array([_NANOS, -1, None], ns),  # -1: one nanosecond before the epoch
+      'zoneless': pa.array([_NANOS, 999, None], pa.timestamp('ns')),
+      'laps': pa.array([[_NANOS, None], [], None], pa.list_(ns)),
+      'ctx': pa.array([{'at': _NANOS}, {'at': None}, None], pa.struct([('at', ns)])),
+      'micros': pa.array([_NANOS // 1000, None, 0], pa.timestamp('us', tz='UTC')),
+    }
+  )
+  types = {f['name']: f['type'][1] for f in avro_schema(table.schema)['fields']}
+  assert types['played_at'] == types['zoneless'] == {'type': 'long', 'logicalType': 'timestamp-nanos'}
+  assert types['laps']['items'][1] == {'type': 'long', 'logicalType': 'timestamp-nanos'}
+  assert types['micros'] == {'type': 'long', 'logicalType': 'timestamp-micros'}  # coarser units as before
+
+  data = avro_file_bytes(table)
+  # A zoneless time is that wall clock in UTC, as the µs columns' are (docs/lake.md).
+  expected = table.set_column(1, 'zoneless', table.column('zoneless').cast(ns))
+  assert _read_back(tmp_path, data).equals(expected)
+  # Any reader gets the long: nanoseconds since the epoch.
+  rows = list(fastavro.reader(io.BytesIO(data)))
+  assert [(r['played_at'], r['zoneless']) for r in rows] == [(_NANOS, _NANOS), (-1, 999), (None, None)]
+
+
+def test_nanosecond_times_of_day_are_longs_of_nanoseconds_read_back_exactly(tmp_path):
+  # Avro's finest time type is time-micros: a nanosecond time of day is a plain long of nanoseconds since
+  # midnight (marked arrow_type time64[ns]) in every file, whatever its values; time-micros cut them.
+  ns = pa.time64('ns')
+  noon = 45_296_123_456_789  # 12:34:56.123456789
+  table = pa.table(
+    {
+      'starts': pa.array([noon, 0, None], ns),
+      'marks': pa.array([[noon, None], [], None], pa.list_(ns)),
+      'slot': pa.array([{'at': 86_399_999_999_999}, None, {'at': None}], pa.struct([('at', ns)])),
+      'micros': pa.array([noon // 1000, None, 1], pa.time64('us')),
+    }
+  )
+  types = {f['name']: f['type'][1] for f in avro_schema(table.schema)['fields']}
+  assert types['starts'] == {'type': 'long', 'arrow_type': 'time64[ns]'}
+  assert types['micros'] == {'type': 'long', 'logicalType': 'time-micros'}  # coarser units as before
+  data = avro_file_bytes(table)
+  rows = list(fastavro.reader(io.BytesIO(data)))
+  assert [r['starts'] for r in rows] == [noon, 0, None]
+  assert rows[0]['marks'] == [noon, None] and rows[0]['slot'] == {'at': 86_399_999_999_999}
+  assert rows[0]['micros'] == dt.time(12, 34, 56, 123456)
+  assert _read_back(tmp_path, data).equals(table)
+
+
+def test_the_avro_reader_reads_other_writers_nanosecond_timestamps_exactly(tmp_path):
+  # Avro 1.12 writers (Java, Spark 4) write timestamp-nanos and local-timestamp-nanos: longs of nanoseconds, which
+  # the reader took for plain integers.
+  schema = {
+    'type': 'record',
+    'name': 'Play',
+    'fields': [
+      {'name': 'at', 'type': {'type': 'long', 'logicalType': 'timestamp-nanos'}},
+      {'name': 'wall', 'type': ['null', {'type': 'long', 'logicalType': 'local-timestamp-nanos'}]},
+    ],
+  }
+  sink = io.BytesIO()
+  fastavro.writer(sink, fastavro.parse_schema(schema), [{'at': _NANOS, 'wall': _NANOS}, {'at': -1, 'wall': None}])
+  assert _read_back(tmp_path, sink.getvalue()).equals(
+    pa.table(
+      {
+        'at': pa.array([_NANOS, -1], pa.timestamp('ns', tz='UTC')),
+        'wall': pa.array([_NANOS, None], pa.timestamp('ns')),  # a wall clock: no zone
+      }
+    )
+  )

@@ -486,3 +486,77 @@ def test_tfrecord_a_column_named_as_a_null_mask_is_a_clear_error():
   table = pa.table({'ids': pa.array([[1]], pa.list_(pa.int64())), 'ids__is_null': pa.array([0])})
   with pytest.raises(ValueError, match=r"'ids__is_null'.*rename"):
     lake_mod._tfrecord_bytes(table)
+
+
+_NOON_NS = 45_296_123_456_789  # 12:34:56.123456789 in nanoseconds since midnight
+
+
+def _coarse_times():
+  """Times in seconds and microseconds: their bytes and text are what they were before nanoseconds were kept."""
+  at = dt.datetime(2024, 6, 1, 12, 30, 0, 123457, tzinfo=dt.timezone.utc)
+  return pa.table(
+    {
+      'at': pa.array([at, None], pa.timestamp('us', tz='UTC')),
+      'clock': pa.array([dt.time(12, 34, 56, 123456), dt.time(0)], pa.time64('us')),
+      'secs': pa.array([1717245000, None], pa.timestamp('s')),
+    }
+  )
+
+
+def test_jsonl_keeps_the_nine_fraction_digits_of_nanosecond_times_of_day():
+  # A nanosecond time of day became a datetime.time on its way to JSON: its last three digits were cut.
+  table = pa.table(
+    {
+      'starts': pa.array([_NOON_NS, 0, None], pa.time64('ns')),
+      'marks': pa.array([[1, None], [], None], pa.list_(pa.time64('ns'))),
+      'slot': pa.array([{'at': 86_399_999_999_999}, None, {'at': None}], pa.struct([('at', pa.time64('ns'))])),
+    }
+  )
+  rows = [json.loads(line) for line in lake_mod._jsonl_bytes(table).splitlines()]
+  assert rows == [
+    {'starts': '12:34:56.123456789', 'marks': ['00:00:00.000000001', None], 'slot': {'at': '23:59:59.999999999'}},
+    {'starts': '00:00:00.000000000', 'marks': [], 'slot': None},
+    {'starts': None, 'marks': None, 'slot': {'at': None}},
+  ]
+  # Coarser units keep their text.
+  assert lake_mod._jsonl_bytes(_coarse_times()) == (
+    b'{"at": "2024-06-01T12:30:00.123457+00:00", "clock": "12:34:56.123456", "secs": "2024-06-01T12:30:00"}\n'
+    b'{"at": null, "clock": "00:00:00", "secs": null}\n'
+  )
+
+
+def test_tfrecord_keeps_the_nanoseconds_of_timestamps_and_times_of_day(tmp_path):
+  # Timestamps are int64 microseconds (retention and readers rely on it): a nanosecond column's last three
+  # digits were cut. They are now in `<name>__nanos`, and a time of day's text has all nine digits.
+  played = 1_717_245_000_123_456_789
+  table = pa.table(
+    {
+      'played_at': pa.array([played, -1, None], pa.timestamp('ns', tz='UTC')),
+      'laps': pa.array([[played, None], [], None], pa.list_(pa.timestamp('ns'))),
+      'starts': pa.array([_NOON_NS, 0, None], pa.time64('ns')),
+    }
+  )
+  expected = [
+    {'played_at': [1_717_245_000_123_456], 'played_at__nanos': [789]}
+    | {'laps': [1_717_245_000_123_456, 0], 'laps__is_null': [0, 1], 'laps__nanos': [789, 0]}
+    | {'starts': [b'12:34:56.123456789']},
+    {'played_at': [-1], 'played_at__nanos': [999], 'laps': [], 'laps__nanos': [], 'starts': [b'00:00:00.000000000']},
+    {'played_at': [], 'played_at__nanos': [], 'laps': [], 'laps__nanos': [], 'starts': []},
+  ]
+  _assert_written_rows(tmp_path, table, 'tfrecord', expected)
+  # `<name> * 1000 + <name>__nanos` is the time in nanoseconds.
+  assert [r['played_at'][0] * 1000 + r['played_at__nanos'][0] for r in expected[:2]] == [played, -1]
+  # Coarser columns: the bytes written before, no companion feature.
+  coarse = _coarse_times()
+  assert [lake_mod.example_bytes(row, coarse.schema) for row in coarse.to_pylist()] == [
+    b'\nH\n\x12\n\x02at\x12\x0c\x1a\n\n\x08\xc1\x88\xe6\x91\xb4\xba\x86\x03\n\x1c\n\x05clock\x12\x13\n\x11\n\x0f'
+    b'12:34:56.123456\n\x14\n\x04secs\x12\x0c\x1a\n\n\x08\x80\xc4\xde\x91\xb4\xba\x86\x03',
+    b'\n1\n\n\n\x02at\x12\x04\x1a\x02\n\x00\n\x15\n\x05clock\x12\x0c\n\n\n\x0800:00:00\n\x0c\n\x04secs\x12\x04\x1a'
+    b'\x02\n\x00',
+  ]
+
+
+def test_tfrecord_a_column_named_as_a_nanoseconds_feature_is_a_clear_error():
+  table = pa.table({'at': pa.array([1], pa.timestamp('ns')), 'at__nanos': pa.array([0])})
+  with pytest.raises(ValueError, match=r"'at__nanos'.*nanoseconds of the timestamp columns \['at'\].*rename"):
+    lake_mod._tfrecord_bytes(table)

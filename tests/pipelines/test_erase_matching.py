@@ -1,5 +1,5 @@
 """The erasure's matching of Parquet files (pipelines.compliance): text columns only, dictionaries, whole-file decode
-only where records go."""
+only where records go; and what an erasure or retention keeps of Avro's nanosecond times."""
 
 import hashlib
 import io
@@ -105,3 +105,51 @@ def test_a_rewritten_file_must_be_the_file_the_pass_re_scanned(tmp_path):
   written.unlink()
   assert compliance._not_as_rescanned([result]) == [str(written)]
   assert compliance._not_as_rescanned([{'path': str(written)}]) == [str(written)]  # never re-scanned
+
+
+def _lake_avro_with_nanoseconds():
+  """A lake Avro file whose times are nanoseconds: three plays of u1 and u2, one in 2020, two in 2024."""
+  from io_connectors.sinks._avro import avro_file_bytes
+
+  played = [1_590_000_000_123_456_789, 1_717_245_000_987_654_321, 1_717_245_001_000_000_001]
+  table = pa.table(
+    {
+      'user_id': ['u1', 'u2', 'u2'],
+      'played_at': pa.array(played, pa.timestamp('ns', tz='UTC')),
+      'starts': pa.array([1, 45_296_123_456_789, None], pa.time64('ns')),
+    }
+  )
+  return table, avro_file_bytes(table)
+
+
+def _avro_table(data: bytes, like: pa.Table) -> pa.Table:
+  import fastavro
+
+  return pa.Table.from_pylist(list(fastavro.reader(io.BytesIO(data))), like.schema)
+
+
+def test_an_erasure_rewrites_avro_nanosecond_times_to_the_nanosecond():
+  table, data = _lake_avro_with_nanoseconds()
+  rewritten, removed, kept = split_file('part-0.avro', data, SubjectMatcher(['u1']))
+  assert kept == 2 and [r['user_id'] for r in removed] == ['u1']
+  assert removed[0]['played_at'] == '2020-05-20T18:40:00.123456789+00:00'  # the subject's export: all nine digits
+  assert _avro_table(rewritten, table).equals(table.slice(1))
+
+
+def test_retention_reads_avro_nanosecond_timestamps_as_times():
+  # fastavro knows no timestamp-nanos: its long, read as a bare integer, was epoch milliseconds to retention, no
+  # time, and the expired record was kept for ever.
+  import datetime as dt
+
+  table, data = _lake_avro_with_nanoseconds()
+  cutoff = dt.datetime(2024, 6, 1, 12, 30, 1, tzinfo=dt.timezone.utc)
+  rewritten, removed, kept = split_file('part-0.avro', data, compliance.RetentionSelector(cutoff))
+  assert [r['user_id'] for r in removed] == ['u1', 'u2'] and kept == 1
+  assert _avro_table(rewritten, table).equals(table.slice(2))
+
+
+def test_the_records_an_erasure_removes_keep_nanosecond_times_of_day():
+  # The records split_file takes out (what a subject's export writes) went through datetime.time: cut to µs.
+  table = pa.table({'user_id': ['u1', 'u2'], 'starts': pa.array([45_296_123_456_789, 1], pa.time64('ns'))})
+  _, removed, kept = split_file('part-0.parquet', parquet_bytes(table), SubjectMatcher(['u1']))
+  assert removed == [{'user_id': 'u1', 'starts': '12:34:56.123456789'}] and kept == 1
