@@ -347,7 +347,11 @@ class SoundCloudFake(FakeApi):
 
   Requests carry `Authorization: OAuth <token>`; tokens expire after
   `token_lifetime` seconds (401 afterwards). Collections paginate with
-  `linked_partitioning=true` and `next_href` (a cursor in the URL).
+  `linked_partitioning=true` and `next_href` (a cursor in the URL: the
+  offset of the next page, so a collection that grows at its front while it
+  is read shifts under it). `uploaded_during_read[user_id]`: items the user
+  uploads while a read is under way, one put at the front of the collection
+  it is served from (newest first, as SoundCloud answers) after each page.
   """
 
   CLIENT_ID = 'sc-client-id-777'
@@ -360,6 +364,7 @@ class SoundCloudFake(FakeApi):
     self.users: Dict[int, dict] = {}
     self.tracks: Dict[int, List[dict]] = {}
     self.playlists: Dict[int, List[dict]] = {}
+    self.uploaded_during_read: Dict[int, List[dict]] = {}
     self.issued = 0
 
   def expire_tokens(self):
@@ -392,10 +397,16 @@ class SoundCloudFake(FakeApi):
       return (200, {}, user) if user else (404, {}, {'code': 404, 'message': 'Not Found'})
     if len(parts) == 3 and parts[0] == 'users' and parts[2] in ('tracks', 'playlists'):
       store = self.tracks if parts[2] == 'tracks' else self.playlists
-      items = store.get(int(parts[1]))
+      user_id = int(parts[1])
+      items = store.get(user_id)
       if items is None:
         return 404, {}, {'code': 404, 'message': 'Not Found'}
-      return self._collection(path, params, items)
+      answer = self._collection(path, params, items)
+      with self.lock:
+        uploads = self.uploaded_during_read.get(user_id)
+        if uploads:
+          items.insert(0, uploads.pop(0))  # the next page starts one item later: it repeats this page's last
+      return answer
     return 404, {}, {'code': 404, 'message': 'Not Found'}
 
   def _collection(self, path, params, items):
