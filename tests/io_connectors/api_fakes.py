@@ -604,8 +604,11 @@ class TikTokFake(FakeApi):
   """open.tiktokapis.com/v2: client-credentials token and POST /research/video/query/ with cursor + has_more.
 
   The query is a JSON body; `cursor` and `search_id` of the previous page go
-  back in the body. Errors come as {"error": {"code": ..., "message": ...}}
-  with code "ok" on success.
+  back in the body. The cursor is an offset into the matching videos (as the
+  Research API's is): `posted_during_read` are videos published while a read
+  is under way, one put at the front of `videos` after each page, so the next
+  page repeats the last video of the one before. Errors come as
+  {"error": {"code": ..., "message": ...}} with code "ok" on success.
   """
 
   CLIENT_KEY = 'tt-client-key-abc'
@@ -614,6 +617,7 @@ class TikTokFake(FakeApi):
   def __init__(self):
     super().__init__()
     self.videos: List[dict] = []
+    self.posted_during_read: List[dict] = []
     self.tokens = set()
 
   def handle(self, method, path, params, headers, body, form):
@@ -670,6 +674,9 @@ class TikTokFake(FakeApi):
       {k: v for k, v in video.items() if k in fields or k == 'id'} for video in matching[cursor : cursor + max_count]
     ]
     end = cursor + len(page)
+    with self.lock:
+      if self.posted_during_read:
+        self.videos.insert(0, self.posted_during_read.pop(0))
     return (
       200,
       {},

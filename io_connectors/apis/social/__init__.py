@@ -16,7 +16,10 @@ and search id go back in the POSTed JSON body while ``has_more``).
 
 Bundled resources (all emit mention records with ``platform``, ``post_id``,
 ``text``, ``author_id``, ``created_at`` and engagement counts
-``like_count``/``comment_count``/``share_count``/``view_count`` where the API has them):
+``like_count``/``comment_count``/``share_count``/``view_count`` where the API has them;
+each declares ``id_path``, the provider's stable id of the post or hashtag, so that an
+item two pages of a shifting result both hold is written once, the repeats counted in
+``rest/repeated_items_dropped|resource=<name>``):
 
   twitter.recent_search_mentions   query       ($TWITTER_BEARER_TOKEN)
   instagram.hashtag_search         ig_user_id, hashtag -> hashtag_id ($INSTAGRAM_ACCESS_TOKEN)
