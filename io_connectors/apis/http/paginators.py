@@ -55,8 +55,21 @@ __all__ = [
   'JSONBodyNextUrlPaginator',
   'RelayCursorPaginator',
   'create_paginator',
+  'read_stopped',
   'PAGINATORS',
 ]
+
+
+def read_stopped(page: int, why: str = '') -> str:
+  """What a dead letter says of a read that ends at page `page` before the pages do: it stopped there, and the
+  pages after it were not read (`why` in parentheses when given).
+
+  One wording for every way a read of pages stops early (a page that failed,
+  a pagination loop, a refused next link, a page cap, an end no answer
+  says), so that each says what was not read and they are found by it.
+  """
+  said = f'the read stopped at page {page}; the pages after it were not read'
+  return f'{said} ({why})' if why else said
 
 
 class Paginator:

@@ -95,7 +95,7 @@ from io_connectors import registry
 from io_connectors._common.arrow import batch_from_rows
 from io_connectors.apis.http.auth import Auth, create_auth
 from io_connectors.apis.http.client import ClientOptions, HttpClient, RetryPolicy
-from io_connectors.apis.http.paginators import Paginator, create_paginator
+from io_connectors.apis.http.paginators import Paginator, create_paginator, read_stopped
 from io_connectors.apis.http.request import HostNotAllowed, Request, RequestFailed, Response, json_path
 from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
@@ -508,17 +508,18 @@ class _Reader:
   ) -> Tuple[Optional[Request], str]:
     """The page to read after failed page `page` (None: the read ends), and what its dead letter says of the rest
     ('' when no page follows it)."""
-    stopped = f'the read stopped at page {page}; the pages after it were not read'
     limit = self.resource.max_failed_pages_in_a_row
     if not failed.passable:
-      return None, stopped
+      return None, read_stopped(page)
     if not self.paginator.knows_pages_ahead:
-      return None, f'{stopped} (their address, a cursor or next link, comes from the answer this page did not give)'
+      return None, read_stopped(
+        page, 'their address, a cursor or next link, comes from the answer this page did not give'
+      )
     following = self.paginator.after_failure(request, earlier_body)
     if following is None:
       return None, ''
     if in_a_row >= limit:
-      return None, f'{stopped} ({in_a_row} pages in a row failed, max_failed_pages_in_a_row={limit})'
+      return None, read_stopped(page, f'{in_a_row} pages in a row failed, max_failed_pages_in_a_row={limit}')
     return following, f'the read goes on with page {page + 1}'
 
   def read(self, element: Any, cursor_lookup: Callable[[dict], Tuple[Optional[dict], Any]]) -> _Fetched:
@@ -586,7 +587,7 @@ class _Reader:
             self._letter(
               request,
               'source_error',
-              f'next page refused: {e}; the read stopped: the pages from page {pages + 1} on were not read',
+              f'next page refused: {e}; {read_stopped(pages + 1)}',
               position=f'page {pages + 1}',
               source=page_source,
             )
@@ -601,7 +602,7 @@ class _Reader:
             following,
             'source_error',
             f'pagination loop: page {pages + 1} is a page already read; '
-            'the answer points back at itself or an earlier page',
+            f'the answer points back at itself or an earlier page; {read_stopped(pages + 1)}',
             position=f'page {pages + 1}',
             source=page_source,
           )
@@ -612,7 +613,7 @@ class _Reader:
           self._letter(
             following,
             'source_error',
-            f'page cap max_pages={r.max_pages} reached with more pages announced; the pages from here on were not read',
+            f'page cap max_pages={r.max_pages} reached with more pages announced; {read_stopped(pages + 1)}',
             position=f'page {pages + 1}',
             source=page_source,
           )
