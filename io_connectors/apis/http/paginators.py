@@ -11,7 +11,9 @@ short) page when the body gives no total. A total, when given, decides
 alone: APIs answer pages emptier than their size before the end (items
 unavailable, filtered or deleted since), and stopping there would lose the
 pages after it without a word. A total that is no whole number raises
-ValueError (the reader dead-letters the next page).
+ValueError (the reader dead-letters the next page), and so does a
+`maximum_offset` or `maximum_page` reached while the total (or, without
+one, a full page) says more follow: a cap that cuts the read short says so.
 
 A page that fails for good (after retries) is passed over where the next
 page's address does not come from its answer: `after_failure(request,
@@ -116,6 +118,13 @@ def _total(body: Any, path: Optional[str]) -> Optional[int]:
   return value
 
 
+def _more(total: Optional[int], path: Optional[str], what: str) -> str:
+  """Why more may follow a page that is not the last: its total, or that no total says where they end."""
+  if total is not None:
+    return f'the total at {path!r} says {total} {what}'
+  return f'more {what} may follow (no total says where they end)'
+
+
 @dataclasses.dataclass(frozen=True)
 class SinglePage(Paginator):
   knows_pages_ahead = True  # none
@@ -129,7 +138,11 @@ class SinglePage(Paginator):
 
 @dataclasses.dataclass(frozen=True)
 class PageNumberPaginator(Paginator):
-  """Page numbers from `base_page`; stops after `total_path` pages (else at an empty or short page) or `maximum_page`."""
+  """Page numbers from `base_page`; stops after `total_path` pages (else at an empty or short page).
+
+  maximum_page: the last page asked for; reached while more are announced,
+  ValueError (the reader dead-letters the page after it).
+  """
 
   page_param: str = 'page'
   base_page: int = 1
@@ -163,13 +176,17 @@ class PageNumberPaginator(Paginator):
     elif ended:
       return None
     if self.maximum_page is not None and page >= self.maximum_page:
-      return None
+      raise ValueError(f'maximum_page={self.maximum_page} reached while {_more(total, self.total_path, "pages")}')
     return request.with_params(**{self.page_param: page + 1})
 
 
 @dataclasses.dataclass(frozen=True)
 class OffsetPaginator(Paginator):
-  """offset/limit; stops when offset reaches `total_path` (else at a short page) or `maximum_offset`."""
+  """offset/limit; stops when offset reaches `total_path` (else at a short page).
+
+  maximum_offset: no page from this offset on is asked for; reached while
+  more items are announced, ValueError (the reader dead-letters that page).
+  """
 
   limit: int = 50
   offset_param: str = 'offset'
@@ -199,7 +216,7 @@ class OffsetPaginator(Paginator):
     elif ended:
       return None
     if self.maximum_offset is not None and offset >= self.maximum_offset:
-      return None
+      raise ValueError(f'maximum_offset={self.maximum_offset} reached while {_more(total, self.total_path, "items")}')
     return request.with_params(**{self.offset_param: offset})
 
 

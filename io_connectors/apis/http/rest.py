@@ -515,7 +515,10 @@ class _Reader:
       return None, read_stopped(
         page, 'their address, a cursor or next link, comes from the answer this page did not give'
       )
-    following = self.paginator.after_failure(request, earlier_body)
+    try:
+      following = self.paginator.after_failure(request, earlier_body)
+    except ValueError as e:  # a cap reached while more are announced
+      return None, read_stopped(page, str(e))
     if following is None:
       return None, ''
     if in_a_row >= limit:

@@ -192,6 +192,43 @@ def test_a_read_past_failed_pages_stops_after_max_failed_pages_in_a_row(fake_ser
   assert 5 not in [page_of(entry['query']) for entry in fake_server.log]
 
 
+CAPPED = [
+  ({**PAGE_PAGINATORS[0][0], 'maximum_offset': 20}, PAGE_PAGINATORS[0][1], "the total at 'total' says 45 items"),
+  ({**PAGE_PAGINATORS[1][0], 'maximum_offset': 20}, PAGE_PAGINATORS[1][1], 'more items may follow'),
+  ({**PAGE_PAGINATORS[2][0], 'maximum_page': 2}, PAGE_PAGINATORS[2][1], "the total at 'pages' says 5 pages"),
+  ({**PAGE_PAGINATORS[3][0], 'maximum_page': 2}, PAGE_PAGINATORS[3][1], 'more pages may follow'),
+]
+
+
+@pytest.mark.parametrize('paginator, page_of, why', CAPPED)
+def test_a_page_cap_reached_while_more_are_announced_is_a_dead_letter_not_a_silent_stop(
+  fake_server, paginator, page_of, why
+):
+  """maximum_offset and maximum_page ended the read as if the collection ended there: 20 of 45 items, no word."""
+  failing = set()
+  fake_server.route(
+    'GET', '/items', _always_failing(failing, page_of, with_total=paginator.get('total_path') is not None)
+  )
+  out = _read_all(fake_server, {'path': '/items', 'record_path': 'items', 'paginator': paginator})
+  assert [r['id'] for r in out.rows] == list(range(20))
+  [letter] = out.dead_letters
+  assert letter['position'] == 'page 3' and why in letter['detail'] and 'maximum_' in letter['detail']
+  assert letter['detail'].endswith('the read stopped at page 3; the pages after it were not read')
+  # A page that fails at the cap says so in its own letter.
+  failing.add(2)
+  out = _read_all(fake_server, {'path': '/items', 'record_path': 'items', 'paginator': paginator})
+  [letter] = out.dead_letters
+  assert letter['position'] == 'page 2' and 'HTTP 503' in letter['detail'], letter
+  assert 'the read stopped at page 2; the pages after it were not read (maximum_' in letter['detail']
+
+
+def test_a_page_cap_past_the_end_is_no_dead_letter(fake_server):
+  fake_server.route('GET', '/items', _always_failing(set(), PAGE_PAGINATORS[0][1], with_total=True))
+  paginator = {**PAGE_PAGINATORS[0][0], 'maximum_offset': 50}
+  out = _read_all(fake_server, {'path': '/items', 'record_path': 'items', 'paginator': paginator})
+  assert len(out.rows) == PAGED and not out.dead_letters
+
+
 def _linked_pages(failing_page):
   """Pages of 10 linked by a cursor and a next URL in the body and a Link header; `failing_page` always 503."""
 
