@@ -22,7 +22,9 @@ expected or a record that cannot be mapped becomes a dead letter
 where the next page's address is known without its answer (offsets, page
 numbers): the read goes on with the next page (up to
 `max_failed_pages_in_a_row` failures in a row). Where it is not (cursors,
-next links), the failed page's dead letter says that the read stopped there
+next links), the read goes on only with the next page that the failed
+page's answer still names (JSON without a list of records, or with errors
+in their place); otherwise its dead letter says that the read stopped there
 and the pages after it were not read. An incremental read's cursor stops
 before the first failed page, so that the next run reads it again.
 
@@ -164,7 +166,9 @@ class ResourceConfig:
   allowed_hosts: hosts requests may go to; default: base_url's host and the
     auth's token URL host.
   error_path: where an error payload sits (GraphQL 'errors'); a page with an
-    error there and no records is dead-lettered.
+    error there and no records (none at record_path, or an empty list) is
+    a failed page, dead-lettered with the errors; one with records too
+    keeps them, and its errors are dead-lettered.
   max_pages: pages read for one element at most (default 1000); when more
     are announced, the element's next page is dead-lettered with the reason,
     so a cap that is hit is seen, never silent.
@@ -433,6 +437,13 @@ class _Reader:
         f'the next link goes to port {_port(there)} of host {host!r}, not the resource\'s port {_port(base)}'
       )
 
+  def _next_named_by(self, request: Request, response: Response, body: Any, count: int = 0) -> Optional[Request]:
+    """The next page that the answer to `request` names (None: none); ValueError when it may not be asked for."""
+    following = self.paginator.next(request, response, body, count)
+    if following is not None:
+      self._check_next(request, following)
+    return following
+
   def first_request(self, params: dict, cursor_value: Any) -> Request:
     r = self.resource
     url = r.base_url.rstrip('/') + (_fill(r.path, params, quote=True) if r.path else '')
@@ -470,7 +481,8 @@ class _Reader:
     return mapped
 
   def _page(self, request: Request) -> Tuple[Response, Any, list, Any]:
-    """(response, body, records, errors) of one page; _FailedPage when it gives no list of records."""
+    """(response, body, records, errors) of one page; _FailedPage when it gives no list of records, or errors
+    (`error_path`) and no records."""
     r = self.resource
     try:
       response = self.client.send(request)
@@ -494,13 +506,17 @@ class _Reader:
       records is None and not errors and r.empty_path and isinstance(body, dict) and json_path(body, r.empty_path) == 0
     ):
       records = []  # an empty answer that leaves the record list out
-    if records is None or not isinstance(records, list):
+    # Errors and an empty list are an error answer too (a 200 whose errors took the records' place), not an
+    # empty page: read as one, a cursor read ended there without a word of the pages after it.
+    if records is None or not isinstance(records, list) or (errors and not records):
       detail = (
         f'errors in the answer: {self.client.masker.excerpt(json.dumps(errors, default=str), 500)}'
         if errors
         else f'no list of records at {r.record_path!r} in the answer (HTTP {response.status})'
       )
-      raise _FailedPage('source_error', detail, record={'body': self.client.masker.body(response)})
+      raise _FailedPage(
+        'source_error', detail, record={'body': self.client.masker.body(response)}, answer=(response, body)
+      )
     return response, body, records, errors
 
   def _after_failed_page(
@@ -512,15 +528,23 @@ class _Reader:
     if not failed.passable:
       return None, read_stopped(page)
     if not self.paginator.knows_pages_ahead:
-      return None, read_stopped(
-        page, 'their address, a cursor or next link, comes from the answer this page did not give'
-      )
-    try:
-      following = self.paginator.after_failure(request, earlier_body)
-    except ValueError as e:  # a cap reached while more are announced
-      return None, read_stopped(page, str(e))
-    if following is None:
-      return None, ''
+      if failed.answer is None:
+        return None, read_stopped(
+          page, 'their address, a cursor or next link, comes from the answer this page did not give'
+        )
+      try:
+        following = self._next_named_by(request, *failed.answer)
+      except ValueError as e:  # an unsafe link, more announced without a cursor
+        return None, read_stopped(page, f'the next page its answer names is refused: {e}')
+      if following is None:  # a failed answer cannot say that the pages ended
+        return None, read_stopped(page, 'no next page follows from its answer, which gave no records')
+    else:
+      try:
+        following = self.paginator.after_failure(request, earlier_body)
+      except ValueError as e:  # a cap reached while more are announced
+        return None, read_stopped(page, str(e))
+      if following is None:
+        return None, ''
     if in_a_row >= limit:
       return None, read_stopped(page, f'{in_a_row} pages in a row failed, max_failed_pages_in_a_row={limit}')
     return following, f'the read goes on with page {page + 1}'
@@ -582,9 +606,7 @@ class _Reader:
           if highest is None or _cursor_order(page_highest) > _cursor_order(highest):
             highest = page_highest
         try:
-          following = self.paginator.next(request, response, body, len(records))
-          if following is not None:
-            self._check_next(request, following)
+          following = self._next_named_by(request, response, body, len(records))
         except ValueError as e:  # an unsafe or unparsable next link: the rest cannot be read
           out.dead_letters.append(
             self._letter(
@@ -699,11 +721,20 @@ class _FailedPage(Exception):
 
   passable: whether the pages after it can still be read (not when its
   request was refused before it was sent: theirs would be too).
+  answer: (response, body) when the page was answered in JSON (without
+  records): cursor and link paging goes on with the next page it names.
   """
 
-  def __init__(self, reason: str, detail: str, record: Any = None, passable: bool = True):
+  def __init__(
+    self,
+    reason: str,
+    detail: str,
+    record: Any = None,
+    passable: bool = True,
+    answer: Optional[Tuple[Response, Any]] = None,
+  ):
     super().__init__(detail)
-    self.reason, self.detail, self.record, self.passable = reason, detail, record, passable
+    self.reason, self.detail, self.record, self.passable, self.answer = reason, detail, record, passable, answer
 
 
 def _port(parts: urllib.parse.SplitResult) -> int:

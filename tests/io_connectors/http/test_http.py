@@ -269,6 +269,104 @@ def test_a_cursor_or_link_read_stopped_by_a_failed_page_says_the_rest_was_not_re
   )
 
 
+def _linked_pages_without_records_on(gap_page):
+  """`_linked_pages` whose page `gap_page` answers 200 without its record list, yet with its cursor and links."""
+  linked = _linked_pages(None)
+
+  def pages(call):
+    status, headers, body = linked(call)
+    if int(call.query.get('cursor') or call.query.get('page') or 1) == gap_page:
+      body = {k: v for k, v in body.items() if k != 'items'}
+    return status, headers, body
+
+  return pages
+
+
+@pytest.mark.parametrize(
+  'paginator',
+  [
+    {'type': 'cursor', 'cursor_path': 'cursors.next', 'has_more_path': 'cursors.next'},
+    {'type': 'json_link', 'next_url_path': 'next'},
+    'header_link',
+  ],
+)
+def test_a_cursor_or_link_read_goes_on_past_a_page_without_records_whose_answer_names_the_next(fake_server, paginator):
+  """Page 3 answered without its record list but with the way on: the read stopped there, its letter claiming that
+  the answer giving page 4's address was not given."""
+  fake_server.route('GET', '/items', _linked_pages_without_records_on(3))
+  out = _read_all(fake_server, {'path': '/items', 'record_path': 'items', 'paginator': paginator})
+  assert [r['id'] for r in out.rows] == [*range(20), *range(30, PAGED)]
+  [letter] = out.dead_letters
+  assert letter['position'] == 'page 3' and "no list of records at 'items'" in letter['detail']
+  assert letter['detail'].endswith('the read goes on with page 4')
+
+
+def test_a_plain_cursor_read_stopped_by_a_page_without_records_says_so(fake_server):
+  """Without has_more_path a page with no records ends a cursor read: a failed one says the rest was not read."""
+  fake_server.route('GET', '/items', _linked_pages_without_records_on(3))
+  out = _read_all(
+    fake_server,
+    {'path': '/items', 'record_path': 'items', 'paginator': {'type': 'cursor', 'cursor_path': 'cursors.next'}},
+  )
+  assert [r['id'] for r in out.rows] == list(range(20))
+  [letter] = out.dead_letters
+  assert letter['detail'].endswith(
+    'the read stopped at page 3; the pages after it were not read (no next page follows from its answer, which gave '
+    'no records)'
+  )
+
+
+def _relay_pages(page_two):
+  """Relay pages of one node each, c1 -> c2 -> c3 (the last); page 2's answer is `page_two`."""
+
+  def pages(call):
+    after = json.loads(call.body)['variables'].get('after')
+    if after == 'c1':
+      return _json(page_two)
+    node = {None: 1, 'c2': 3}[after]
+    info = {'hasNextPage': after is None, 'endCursor': 'c1' if after is None else 'c3'}
+    return _json({'data': {'items': {'nodes': [{'id': node}], 'pageInfo': info}}})
+
+  return pages
+
+
+GRAPHQL = {
+  'path': '/graphql',
+  'method': 'POST',
+  'json': {'query': 'query($after: String) { items(after: $after) { nodes { id } } }', 'variables': {}},
+  'record_path': 'data.items.nodes',
+  'paginator': {'type': 'relay'},
+  'error_path': 'errors',
+}
+ERRORS = [{'message': 'upstream timeout', 'path': ['items']}]
+
+
+def test_an_answer_whose_errors_took_the_records_place_is_a_failed_page_the_read_goes_on_past(fake_server):
+  """A 200 with errors and an empty node list was read as an empty page; its letter said nothing of the rest."""
+  info = {'hasNextPage': True, 'endCursor': 'c2'}
+  fake_server.route(
+    'POST', '/graphql', _relay_pages({'data': {'items': {'nodes': [], 'pageInfo': info}}, 'errors': ERRORS})
+  )
+  out = _read_all(fake_server, GRAPHQL)
+  assert [r['id'] for r in out.rows] == [1, 3]
+  [letter] = out.dead_letters
+  assert letter['position'] == 'page 2' and 'upstream timeout' in letter['detail']
+  assert letter['detail'].endswith('the read goes on with page 3')
+
+
+def test_an_answer_whose_errors_took_the_records_place_and_the_way_on_says_the_read_stopped(fake_server):
+  """The errors cut the page and its pageInfo short: the read ended there, as if the pages had."""
+  info = {'hasNextPage': False, 'endCursor': None}
+  fake_server.route(
+    'POST', '/graphql', _relay_pages({'data': {'items': {'nodes': [], 'pageInfo': info}}, 'errors': ERRORS})
+  )
+  out = _read_all(fake_server, GRAPHQL)
+  assert [r['id'] for r in out.rows] == [1]
+  [letter] = out.dead_letters
+  assert letter['position'] == 'page 2' and 'upstream timeout' in letter['detail']
+  assert 'the read stopped at page 2; the pages after it were not read' in letter['detail']
+
+
 def test_an_incremental_cursor_stops_before_a_failed_page(fake_server):
   """Pages 4 and 5 are read past failed page 3, but the cursor committed is page 2's: the next run reads 3 again."""
   fake_server.route('GET', '/items', _always_failing({3}, PAGE_PAGINATORS[0][1], with_total=True))
