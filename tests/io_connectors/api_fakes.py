@@ -452,7 +452,8 @@ class TwitterFake(FakeApi):
   """api.twitter.com/2/tweets/search/recent with an app bearer token and `next_token` paging.
 
   Rate limits answer 429 with `x-rate-limit-reset` (epoch seconds), as X does,
-  and no Retry-After.
+  and no Retry-After. The fault ('errors_200',) answers 200 with an `errors`
+  array in place of `data` (X's partial errors come with an OK status).
   """
 
   BEARER = 'tw-bearer-AAAA1111'
@@ -463,13 +464,16 @@ class TwitterFake(FakeApi):
 
   def handle(self, method, path, params, headers, body, form):
     fault = self._take_fault(path)
-    if fault:
+    if fault and fault[0] != 'pass':
       if fault[0] == 'rate_limit':
         return (
           429,
           {'x-rate-limit-reset': str(int(time.time()) + 1), 'x-rate-limit-remaining': '0'},
           {'title': 'Too Many Requests', 'detail': 'Too Many Requests', 'type': 'about:blank', 'status': 429},
         )
+      if fault[0] == 'errors_200':
+        error = {'title': 'Service Unavailable', 'detail': 'Some results could not be returned', 'type': 'about:blank'}
+        return 200, {}, {'errors': [error], 'meta': {'result_count': 0}}
       return self.generic_fault(fault)
     if headers.get('Authorization') != f'Bearer {self.BEARER}':
       return 401, {}, {'title': 'Unauthorized', 'type': 'about:blank', 'status': 401, 'detail': 'Unauthorized'}

@@ -160,6 +160,26 @@ def test_twitter_bad_token_is_a_dead_letter_with_the_masked_request(twitter, mon
     assert_that(out.dead_letter, check_letters, label='letters')
 
 
+def test_twitter_errors_returned_with_a_200_are_a_dead_letter_not_an_empty_end(twitter):
+  """X sends partial errors with HTTP 200 and meta.result_count 0: read as an empty last page, the search ended
+  after 100 of 250 posts without a word."""
+  twitter.tweets = _tweets(250)
+  twitter.inject('/2/tweets/search/recent', 'pass')
+  twitter.inject('/2/tweets/search/recent', 'errors_200')  # page 2
+
+  def check_letters(letters):
+    [letter] = letters
+    assert letter['position'] == 'page 2' and 'Some results could not be returned' in letter['detail']
+    assert 'the read stopped at page 2; the pages after it were not read' in letter['detail']
+
+  with TestPipeline() as p:
+    out = p | ReadFromSocial(
+      'twitter.recent_search_mentions', [{'query': 'Daft Punk'}], overrides={'base_url': twitter.url}, options=FAST
+    )
+    assert_that(_rows(out.records), _check(100), label='records')
+    assert_that(out.dead_letter, check_letters, label='letters')
+
+
 def _media(n, prefix='m'):
   return [
     {
