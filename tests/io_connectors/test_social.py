@@ -374,6 +374,20 @@ def test_a_video_posted_during_the_read_repeats_none_and_the_repeat_is_counted(t
   assert [c.committed for c in counters['counters']] == [2]
 
 
+def test_a_record_holding_none_of_a_resources_fields_is_not_mapped_to_nulls():
+  """An error object where a post was expected became a row of nulls (and constants) in a resource of one's own."""
+  from io_connectors.apis.social import _map_record
+
+  fields = {'post_id': 'id', 'created_at': {'path': 'timestamp', 'type': 'timestamp'}}
+  with pytest.raises(ValueError, match=r'none of the fields mapped \(id, timestamp\)'):
+    _map_record(fields, {'platform': 'instagram'}, {'error': {'message': 'Unsupported get request'}}, {})
+  assert _map_record(fields, {'platform': 'instagram'}, {'id': 'm1'}, {}) == {
+    'platform': 'instagram',
+    'post_id': 'm1',
+    'created_at': None,
+  }
+
+
 def test_body_cursor_paginator_follows_has_more_alone():
   paginator = BodyCursorPaginator(carry={'search_id': 'data.search_id'})
   request = Request('POST', 'https://x/q', json={'max_count': 2})

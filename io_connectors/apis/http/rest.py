@@ -98,7 +98,7 @@ from io_connectors._common.arrow import batch_from_rows
 from io_connectors.apis.http.auth import Auth, create_auth
 from io_connectors.apis.http.client import ClientOptions, HttpClient, RetryPolicy
 from io_connectors.apis.http.paginators import Paginator, create_paginator, read_stopped
-from io_connectors.apis.http.request import HostNotAllowed, Request, RequestFailed, Response, json_path
+from io_connectors.apis.http.request import HostNotAllowed, Request, RequestFailed, Response, has_path, json_path
 from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
 from transforms.metrics import LabelledCounters
@@ -112,6 +112,7 @@ __all__ = [
   'ReadRestResource',
   'records_to_batch',
   'epoch_ms',
+  'require_a_field',
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -158,6 +159,8 @@ class ResourceConfig:
   record_path: dotted path of the records in the body (a list or one object);
     None: the body itself.
   fields: {output column: dotted path in the record}; None keeps records whole.
+    A record holding none of the paths (an error object answered with a
+    200 where a single object was expected) is dead-lettered.
   include_params: element keys copied into every record as columns.
   process_record: optional `fn(record, params) -> dict` (Python callers):
     maps one record; ValueError, LookupError, TypeError, AttributeError or
@@ -347,6 +350,17 @@ def _epoch_ms(value: Any) -> Any:
   return value
 
 
+def require_a_field(record: dict, paths: Sequence[str]) -> None:
+  """ValueError when the record holds none of the dotted `paths` a resource maps into columns.
+
+  Such an object is no record of the resource: a 200 whose body is an error
+  object ({"error": ...}) where a single object was expected was written
+  as a row of nulls. A record with any of them, even null, is one.
+  """
+  if paths and not any(has_path(record, path) for path in paths):
+    raise ValueError(f'the object holds none of the fields mapped ({", ".join(sorted(set(paths)))})')
+
+
 def _cursor_order(value: Any):
   return (0, float(value), '') if isinstance(value, (int, float)) else (1, 0.0, str(value))
 
@@ -471,6 +485,7 @@ class _Reader:
     elif r.fields is not None:
       if not isinstance(record, dict):
         raise ValueError(f'expected a JSON object, got {type(record).__name__}')
+      require_a_field(record, list(r.fields.values()))
       mapped = {column: json_path(record, path) for column, path in r.fields.items()}
     else:
       if not isinstance(record, dict):

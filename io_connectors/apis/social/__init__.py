@@ -61,7 +61,7 @@ from io_connectors.apis.http.auth import Auth, OAuth2ClientCredentials, create_a
 from io_connectors.apis.http.client import RetryPolicy
 from io_connectors.apis.http.paginators import Paginator
 from io_connectors.apis.http.request import json_path
-from io_connectors.apis.http.rest import ReadRestResource, ResourceConfig, RestOptions
+from io_connectors.apis.http.rest import ReadRestResource, ResourceConfig, RestOptions, require_a_field
 
 __all__ = [
   'ReadFromSocial',
@@ -200,6 +200,7 @@ def _map_record(fields: Mapping[str, Any], constants: Mapping[str, Any], record:
   del params  # include_params are added by ReadFromRest
   if not isinstance(record, dict):
     raise ValueError(f'expected a JSON object, got {type(record).__name__}')
+  require_a_field(record, [spec['path'] if isinstance(spec, Mapping) else spec for spec in fields.values()])
   mapped = dict(constants)
   for column, spec in fields.items():
     if isinstance(spec, Mapping):

@@ -786,6 +786,22 @@ def test_records_missing_at_the_record_path_and_null_items_are_dead_lettered(fak
   assert "no list of records at 'items'" in letter['detail']
 
 
+def test_an_error_object_answered_with_a_200_for_a_single_object_is_a_dead_letter_not_a_row_of_nulls(fake_server):
+  """The body is the record (no record_path): an error body with HTTP 200 mapped by `fields` was written as a row
+  holding only nulls, and the read of the object ended as if it had been read."""
+  error = {'error': {'message': 'quota exceeded', 'code': 4}}
+  fake_server.route('GET', '/users/u1', lambda c: _json(error))
+  fake_server.route('GET', '/users/u2', lambda c: _json({'id': 'u2', 'name': None}))  # a null field is still one
+  resource = {'path': '/users/{user}', 'fields': {'user_id': 'id', 'name': 'name', 'city': 'address.city'}}
+  out = _read_all(fake_server, resource, {'user': 'u1'})
+  assert out.rows == []
+  [letter] = out.dead_letters
+  assert letter['position'] == 'row 1' and letter['record']['response_record'] == error
+  assert 'holds none of the fields mapped (address.city, id, name)' in letter['detail']
+  out = _read_all(fake_server, resource, {'user': 'u2'})
+  assert out.rows == [{'user_id': 'u2', 'name': None, 'city': None}] and not out.dead_letters
+
+
 # ----- Beam transforms -----
 
 
