@@ -312,7 +312,9 @@ class RelayCursorPaginator(Paginator):
 
   page_info_path: where `{hasNextPage, endCursor}` sits in the response body.
   hasNextPage alone decides; true without an endCursor raises ValueError
-  (the reader dead-letters the page it cannot ask for).
+  (the reader dead-letters the page it cannot ask for), and so does an
+  answer without hasNextPage there (a query that does not select it):
+  whether more pages follow is unknown, and ending there would be silent.
   """
 
   page_info_path: str = 'data.items.pageInfo'
@@ -326,8 +328,10 @@ class RelayCursorPaginator(Paginator):
     return request
 
   def next(self, request, response, body, count):
-    info = json_path(body, self.page_info_path) or {}
-    if not isinstance(info, dict) or not info.get('hasNextPage'):
+    info = json_path(body, self.page_info_path)
+    if not isinstance(info, dict) or 'hasNextPage' not in info:
+      raise ValueError(f'no {self.page_info_path}.hasNextPage in the answer: whether more pages follow is unknown')
+    if not info['hasNextPage']:
       return None
     if not info.get('endCursor'):  # more pages, and no way to ask for them: never a silent stop
       raise ValueError(f'{self.page_info_path}.hasNextPage is true but endCursor is empty')

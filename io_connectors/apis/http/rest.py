@@ -550,7 +550,7 @@ class _Reader:
       try:
         following = self._next_named_by(request, *failed.answer)
       except ValueError as e:  # an unsafe link, more announced without a cursor
-        return None, read_stopped(page, f'the next page its answer names is refused: {e}')
+        return None, read_stopped(page, f'the next page cannot be asked for: {e}')
       if following is None:  # a failed answer cannot say that the pages ended
         return None, read_stopped(page, 'no next page follows from its answer, which gave no records')
     else:

@@ -502,6 +502,25 @@ def test_relay_paginator_dead_letters_more_pages_announced_without_a_cursor(fake
   assert out.rows == [{'id': 1}] and letter['position'] == 'page 2' and 'endCursor is empty' in letter['detail']
 
 
+@pytest.mark.parametrize('page_info', [None, {'endCursor': 'c1'}])
+def test_a_relay_answer_that_does_not_say_whether_more_pages_follow_is_a_dead_letter(fake_server, page_info):
+  """A query that selects no pageInfo (or no hasNextPage in it) read its first page and ended without a word."""
+  connection = {'nodes': [{'id': 1}], **({'pageInfo': page_info} if page_info is not None else {})}
+  fake_server.route('POST', '/graphql', lambda c: _json({'data': {'items': connection}}))
+  resource = {
+    'path': '/graphql',
+    'method': 'POST',
+    'json': {'query': 'query { items { nodes { id } } }', 'variables': {}},
+    'record_path': 'data.items.nodes',
+    'paginator': {'type': 'relay'},
+  }
+  out = _read_all(fake_server, resource)
+  assert out.rows == [{'id': 1}]
+  [letter] = out.dead_letters
+  assert letter['position'] == 'page 2' and 'no data.items.pageInfo.hasNextPage in the answer' in letter['detail']
+  assert letter['detail'].endswith('the read stopped at page 2; the pages after it were not read')
+
+
 def test_link_header_and_next_url_paginators(fake_server):
 
   def linked(call):
