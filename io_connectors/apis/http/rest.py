@@ -40,7 +40,9 @@ one to another host (unless in `next_link_hosts`), to another port of the
 resource's host or from https to http is refused; a next page identical to one already read (a Link pointing at
 itself, a cursor cycle) ends the element; and so does `max_pages` (default
 1000) when more pages are announced. Each of these leaves a dead letter
-naming the page it did not read and why, never a silent stop.
+naming the page it did not read and why, and saying that the read stopped
+there and the pages after it were not read (`paginators.read_stopped`, the
+one wording of every early end), never a silent stop.
 
 Usage::
 
