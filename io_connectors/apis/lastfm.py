@@ -30,7 +30,8 @@ handled here:
   a one-track page (an object instead of a list) is read as well, and an
   empty page before ``totalPages`` does not end the read; a ``totalPages``
   that is no number dead-letters the page after it (where the pages end is
-  unknown); answers are decoded in the charset they declare.
+  unknown), saying that the read stopped there and the pages after it were
+  not read; answers are decoded in the charset they declare.
 
 Recent tracks map to `transforms.entities.ListeningEvent` columns:
 ``event_id`` (stable hash of user, time, artist, track: re-reads deduplicate),
@@ -78,7 +79,7 @@ from io_connectors._common.arrow import column
 from io_connectors._common.errors import ConnectorError
 from io_connectors.apis.http.auth import ApiKeyAuth, SignedAuth
 from io_connectors.apis.http.client import ClientOptions, HttpClient, RetryPolicy
-from io_connectors.apis.http.paginators import PageNumberPaginator
+from io_connectors.apis.http.paginators import PageNumberPaginator, read_stopped
 from io_connectors.apis.http.ratelimit import limiter_for
 from io_connectors.apis.http.request import (
   HostNotAllowed,
@@ -457,7 +458,11 @@ class _ReadLastfmFn(beam.DoFn):
         request = paginator.next(request, None, body, scrobbles)
       except ValueError as e:  # a totalPages that is no number: where the pages end is unknown
         yield self._letter(
-          request.with_params(page=page + 1), 'source_error', f'next page not read: {e}', f'page {page + 1}', source
+          request.with_params(page=page + 1),
+          'source_error',
+          f'next page not read: {e}; {read_stopped(page + 1)}',
+          f'page {page + 1}',
+          source,
         )
         break
     if o.with_duration and out.sources:
@@ -594,7 +599,7 @@ class _ReadLastfmFn(beam.DoFn):
 def _after_failed_page(page: int, total_pages: Optional[int]) -> Tuple[bool, str]:
   """Whether a recent-tracks read goes on past failed page `page`, and what its dead letter says of the rest."""
   if total_pages is None:  # no page read yet says where they end
-    return False, f'; the read stopped at page {page}; the pages after it were not read (how many is unknown)'
+    return False, f'; {read_stopped(page, "how many is unknown")}'
   if page >= total_pages:
     return False, ''
   return True, f'; the read goes on with page {page + 1}'

@@ -347,7 +347,11 @@ class SoundCloudFake(FakeApi):
 
   Requests carry `Authorization: OAuth <token>`; tokens expire after
   `token_lifetime` seconds (401 afterwards). Collections paginate with
-  `linked_partitioning=true` and `next_href` (a cursor in the URL).
+  `linked_partitioning=true` and `next_href` (a cursor in the URL: the
+  offset of the next page, so a collection that grows at its front while it
+  is read shifts under it). `uploaded_during_read[user_id]`: items the user
+  uploads while a read is under way, one put at the front of the collection
+  it is served from (newest first, as SoundCloud answers) after each page.
   """
 
   CLIENT_ID = 'sc-client-id-777'
@@ -360,6 +364,7 @@ class SoundCloudFake(FakeApi):
     self.users: Dict[int, dict] = {}
     self.tracks: Dict[int, List[dict]] = {}
     self.playlists: Dict[int, List[dict]] = {}
+    self.uploaded_during_read: Dict[int, List[dict]] = {}
     self.issued = 0
 
   def expire_tokens(self):
@@ -392,10 +397,16 @@ class SoundCloudFake(FakeApi):
       return (200, {}, user) if user else (404, {}, {'code': 404, 'message': 'Not Found'})
     if len(parts) == 3 and parts[0] == 'users' and parts[2] in ('tracks', 'playlists'):
       store = self.tracks if parts[2] == 'tracks' else self.playlists
-      items = store.get(int(parts[1]))
+      user_id = int(parts[1])
+      items = store.get(user_id)
       if items is None:
         return 404, {}, {'code': 404, 'message': 'Not Found'}
-      return self._collection(path, params, items)
+      answer = self._collection(path, params, items)
+      with self.lock:
+        uploads = self.uploaded_during_read.get(user_id)
+        if uploads:
+          items.insert(0, uploads.pop(0))  # the next page starts one item later: it repeats this page's last
+      return answer
     return 404, {}, {'code': 404, 'message': 'Not Found'}
 
   def _collection(self, path, params, items):
@@ -441,7 +452,8 @@ class TwitterFake(FakeApi):
   """api.twitter.com/2/tweets/search/recent with an app bearer token and `next_token` paging.
 
   Rate limits answer 429 with `x-rate-limit-reset` (epoch seconds), as X does,
-  and no Retry-After.
+  and no Retry-After. The fault ('errors_200',) answers 200 with an `errors`
+  array in place of `data` (X's partial errors come with an OK status).
   """
 
   BEARER = 'tw-bearer-AAAA1111'
@@ -452,13 +464,16 @@ class TwitterFake(FakeApi):
 
   def handle(self, method, path, params, headers, body, form):
     fault = self._take_fault(path)
-    if fault:
+    if fault and fault[0] != 'pass':
       if fault[0] == 'rate_limit':
         return (
           429,
           {'x-rate-limit-reset': str(int(time.time()) + 1), 'x-rate-limit-remaining': '0'},
           {'title': 'Too Many Requests', 'detail': 'Too Many Requests', 'type': 'about:blank', 'status': 429},
         )
+      if fault[0] == 'errors_200':
+        error = {'title': 'Service Unavailable', 'detail': 'Some results could not be returned', 'type': 'about:blank'}
+        return 200, {}, {'errors': [error], 'meta': {'result_count': 0}}
       return self.generic_fault(fault)
     if headers.get('Authorization') != f'Bearer {self.BEARER}':
       return 401, {}, {'title': 'Unauthorized', 'type': 'about:blank', 'status': 401, 'detail': 'Unauthorized'}
@@ -593,8 +608,11 @@ class TikTokFake(FakeApi):
   """open.tiktokapis.com/v2: client-credentials token and POST /research/video/query/ with cursor + has_more.
 
   The query is a JSON body; `cursor` and `search_id` of the previous page go
-  back in the body. Errors come as {"error": {"code": ..., "message": ...}}
-  with code "ok" on success.
+  back in the body. The cursor is an offset into the matching videos (as the
+  Research API's is): `posted_during_read` are videos published while a read
+  is under way, one put at the front of `videos` after each page, so the next
+  page repeats the last video of the one before. Errors come as
+  {"error": {"code": ..., "message": ...}} with code "ok" on success.
   """
 
   CLIENT_KEY = 'tt-client-key-abc'
@@ -603,6 +621,7 @@ class TikTokFake(FakeApi):
   def __init__(self):
     super().__init__()
     self.videos: List[dict] = []
+    self.posted_during_read: List[dict] = []
     self.tokens = set()
 
   def handle(self, method, path, params, headers, body, form):
@@ -659,6 +678,9 @@ class TikTokFake(FakeApi):
       {k: v for k, v in video.items() if k in fields or k == 'id'} for video in matching[cursor : cursor + max_count]
     ]
     end = cursor + len(page)
+    with self.lock:
+      if self.posted_during_read:
+        self.videos.insert(0, self.posted_during_read.pop(0))
     return (
       200,
       {},

@@ -230,6 +230,7 @@ def test_a_total_pages_that_is_no_number_is_a_dead_letter_of_the_next_page_not_a
   assert len(rows) == 20  # pages 1 and 2
   assert letter['position'] == 'page 3' and letter['record']['request']['params']['page'] == 3
   assert 'not a whole number' in letter['detail'] and LastfmFake.API_KEY not in json.dumps(letter)
+  assert letter['detail'].endswith('; the read stopped at page 3; the pages after it were not read')
 
 
 def test_a_scrobble_time_out_of_range_is_a_dead_letter_not_a_crash(lastfm):

@@ -8,6 +8,8 @@ import pickle
 
 import apache_beam as beam
 import pytest
+import yaml
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
@@ -15,7 +17,7 @@ from io_connectors import registry
 from io_connectors.apis.http.client import RetryPolicy
 from io_connectors.apis.http.request import Request
 from io_connectors.apis.http.rest import RestOptions
-from io_connectors.apis.social import BodyCursorPaginator, ReadFromSocial, load_resource, resources
+from io_connectors.apis.social import RESOURCE_DIR, BodyCursorPaginator, ReadFromSocial, load_resource, resources
 from tests.io_connectors.api_fakes import InstagramFake, TikTokFake, TwitterFake
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN
 
@@ -155,6 +157,26 @@ def test_twitter_bad_token_is_a_dead_letter_with_the_masked_request(twitter, mon
       assert letter['record']['request']['params']['query'] == 'Daft Punk'
       assert 'wrong-token-123456' not in json.dumps(letter)
 
+    assert_that(out.dead_letter, check_letters, label='letters')
+
+
+def test_twitter_errors_returned_with_a_200_are_a_dead_letter_not_an_empty_end(twitter):
+  """X sends partial errors with HTTP 200 and meta.result_count 0: read as an empty last page, the search ended
+  after 100 of 250 posts without a word."""
+  twitter.tweets = _tweets(250)
+  twitter.inject('/2/tweets/search/recent', 'pass')
+  twitter.inject('/2/tweets/search/recent', 'errors_200')  # page 2
+
+  def check_letters(letters):
+    [letter] = letters
+    assert letter['position'] == 'page 2' and 'Some results could not be returned' in letter['detail']
+    assert 'the read stopped at page 2; the pages after it were not read' in letter['detail']
+
+  with TestPipeline() as p:
+    out = p | ReadFromSocial(
+      'twitter.recent_search_mentions', [{'query': 'Daft Punk'}], overrides={'base_url': twitter.url}, options=FAST
+    )
+    assert_that(_rows(out.records), _check(100), label='records')
     assert_that(out.dead_letter, check_letters, label='letters')
 
 
@@ -313,6 +335,57 @@ def test_tiktok_body_cursor_search_id_token_and_malformed_page(tiktok):
       assert TikTokFake.CLIENT_SECRET not in json.dumps(letters)
 
     assert_that(out.dead_letter, check_letter)
+
+
+def test_every_bundled_resource_names_the_providers_stable_id_as_its_id_path(twitter, instagram, tiktok):
+  """Twitter/X posts, Instagram media and hashtags and TikTok videos all have a stable id; without id_path an item
+  two pages of a shifting result both held was written twice."""
+  for name in resources():
+    with open(f'{RESOURCE_DIR}/{name}.yaml', encoding='utf-8') as handle:
+      fields = yaml.safe_load(handle)['fields']
+    resource = load_resource(name)
+    assert resource.id_path in fields and fields[resource.id_path] == 'id', (name, resource.id_path)
+
+
+def test_a_video_posted_during_the_read_repeats_none_and_the_repeat_is_counted(tiktok):
+  """TikTok's cursor is an offset into the results: a video published after a page moves the others one place on,
+  and the next page starts with the last video of the one before. Each is written once, the repeats counted."""
+  tiktok.videos = _videos(230)
+  tiktok.posted_during_read = [{**video, 'id': video['id'] + 1000} for video in _videos(2)]
+  params = [{'keyword': 'daft punk', 'start_date': '20240401', 'end_date': '20240430', 'subject': 'Daft Punk'}]
+
+  def check(rows):
+    ids = [r['post_id'] for r in rows]
+    assert len(ids) == len(set(ids)) == 230 and set(ids) == {v['id'] for v in _videos(230)}
+
+  p = TestPipeline()
+  out = p | ReadFromSocial(
+    'tiktok.video_mentions',
+    params,
+    overrides={'base_url': tiktok.url, 'auth': {'token_url': f'{tiktok.url}/v2/oauth/token/'}},
+    options=FAST,
+  )
+  assert_that(_rows(out.records), check, label='records')
+  assert_that(out.dead_letter, _check(0), label='no dead letters')
+  result = p.run()
+  result.wait_until_finish()
+  assert [json.loads(r['body']).get('cursor') for r in tiktok.served('/v2/research/video/query/')] == [None, 100, 200]
+  counters = result.metrics().query(MetricsFilter().with_name('repeated_items_dropped|resource=tiktok.video_mentions'))
+  assert [c.committed for c in counters['counters']] == [2]
+
+
+def test_a_record_holding_none_of_a_resources_fields_is_not_mapped_to_nulls():
+  """An error object where a post was expected became a row of nulls (and constants) in a resource of one's own."""
+  from io_connectors.apis.social import _map_record
+
+  fields = {'post_id': 'id', 'created_at': {'path': 'timestamp', 'type': 'timestamp'}}
+  with pytest.raises(ValueError, match=r'none of the fields mapped \(id, timestamp\)'):
+    _map_record(fields, {'platform': 'instagram'}, {'error': {'message': 'Unsupported get request'}}, {})
+  assert _map_record(fields, {'platform': 'instagram'}, {'id': 'm1'}, {}) == {
+    'platform': 'instagram',
+    'post_id': 'm1',
+    'created_at': None,
+  }
 
 
 def test_body_cursor_paginator_follows_has_more_alone():

@@ -7,6 +7,7 @@ import pickle
 
 import apache_beam as beam
 import pytest
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
@@ -139,6 +140,37 @@ def test_user_profile_and_playlists_engagement(soundcloud):
 
     assert_that(_rows(users.records, 'UserRows'), check_user, label='user')
     assert_that(_rows(lists.records, 'ListRows'), check_lists, label='playlists')
+
+
+def _playlists(user_id, n):
+  return [
+    {'id': user_id * 100 + i, 'title': f'Set {i}', 'user': {'id': user_id}, 'tracks': [{'id': i}]} for i in range(n)
+  ]
+
+
+@pytest.mark.parametrize('resource, id_column', [('tracks', 'track_id'), ('playlists', 'playlist_id')])
+def test_an_item_uploaded_during_the_read_repeats_none_and_the_repeat_is_counted(soundcloud, resource, id_column):
+  """An upload after each page puts an item at the collection's front: the next page starts with the last item of
+  the one before again. Each item is written once, the repeats counted in rest/repeated_items_dropped."""
+  items = _tracks(3207, 30) if resource == 'tracks' else _playlists(3207, 30)
+  store = soundcloud.tracks if resource == 'tracks' else soundcloud.playlists
+  store[3207], soundcloud.uploaded_during_read[3207] = items[:25], items[25:]
+
+  def check(rows):
+    ids = [r[id_column] for r in rows]
+    assert len(ids) == len(set(ids)), sorted(ids)
+    assert {item['id'] for item in items[:25]} <= set(ids)  # none there when the read began is lost
+
+  p = TestPipeline()
+  out = p | ReadFromSoundCloud(_options(soundcloud, resource, [3207], page_size=10))
+  assert_that(_rows(out.records), check, label='records')
+  assert_that(out.dead_letter, lambda letters: letters == [] or pytest.fail(str(letters)), label='no letters')
+  result = p.run()
+  result.wait_until_finish()
+  served = soundcloud.served(f'/users/3207/{resource}')
+  assert [r['params'].get('cursor') for r in served] == [None, '10', '20']
+  counters = result.metrics().query(MetricsFilter().with_name(f'repeated_items_dropped|resource=soundcloud.{resource}'))
+  assert [c.committed for c in counters['counters']] == [2]  # pages 2 and 3 each began with a repeat
 
 
 def test_unknown_user_malformed_page_and_bad_record_are_dead_letters(soundcloud):

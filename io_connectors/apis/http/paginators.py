@@ -11,7 +11,9 @@ short) page when the body gives no total. A total, when given, decides
 alone: APIs answer pages emptier than their size before the end (items
 unavailable, filtered or deleted since), and stopping there would lose the
 pages after it without a word. A total that is no whole number raises
-ValueError (the reader dead-letters the next page).
+ValueError (the reader dead-letters the next page), and so does a
+`maximum_offset` or `maximum_page` reached while the total (or, without
+one, a full page) says more follow: a cap that cuts the read short says so.
 
 A page that fails for good (after retries) is passed over where the next
 page's address does not come from its answer: `after_failure(request,
@@ -55,8 +57,21 @@ __all__ = [
   'JSONBodyNextUrlPaginator',
   'RelayCursorPaginator',
   'create_paginator',
+  'read_stopped',
   'PAGINATORS',
 ]
+
+
+def read_stopped(page: int, why: str = '') -> str:
+  """What a dead letter says of a read that ends at page `page` before the pages do: it stopped there, and the
+  pages after it were not read (`why` in parentheses when given).
+
+  One wording for every way a read of pages stops early (a page that failed,
+  a pagination loop, a refused next link, a page cap, an end no answer
+  says), so that each says what was not read and they are found by it.
+  """
+  said = f'the read stopped at page {page}; the pages after it were not read'
+  return f'{said} ({why})' if why else said
 
 
 class Paginator:
@@ -103,6 +118,13 @@ def _total(body: Any, path: Optional[str]) -> Optional[int]:
   return value
 
 
+def _more(total: Optional[int], path: Optional[str], what: str) -> str:
+  """Why more may follow a page that is not the last: its total, or that no total says where they end."""
+  if total is not None:
+    return f'the total at {path!r} says {total} {what}'
+  return f'more {what} may follow (no total says where they end)'
+
+
 @dataclasses.dataclass(frozen=True)
 class SinglePage(Paginator):
   knows_pages_ahead = True  # none
@@ -116,7 +138,11 @@ class SinglePage(Paginator):
 
 @dataclasses.dataclass(frozen=True)
 class PageNumberPaginator(Paginator):
-  """Page numbers from `base_page`; stops after `total_path` pages (else at an empty or short page) or `maximum_page`."""
+  """Page numbers from `base_page`; stops after `total_path` pages (else at an empty or short page).
+
+  maximum_page: the last page asked for; reached while more are announced,
+  ValueError (the reader dead-letters the page after it).
+  """
 
   page_param: str = 'page'
   base_page: int = 1
@@ -150,13 +176,17 @@ class PageNumberPaginator(Paginator):
     elif ended:
       return None
     if self.maximum_page is not None and page >= self.maximum_page:
-      return None
+      raise ValueError(f'maximum_page={self.maximum_page} reached while {_more(total, self.total_path, "pages")}')
     return request.with_params(**{self.page_param: page + 1})
 
 
 @dataclasses.dataclass(frozen=True)
 class OffsetPaginator(Paginator):
-  """offset/limit; stops when offset reaches `total_path` (else at a short page) or `maximum_offset`."""
+  """offset/limit; stops when offset reaches `total_path` (else at a short page).
+
+  maximum_offset: no page from this offset on is asked for; reached while
+  more items are announced, ValueError (the reader dead-letters that page).
+  """
 
   limit: int = 50
   offset_param: str = 'offset'
@@ -186,7 +216,7 @@ class OffsetPaginator(Paginator):
     elif ended:
       return None
     if self.maximum_offset is not None and offset >= self.maximum_offset:
-      return None
+      raise ValueError(f'maximum_offset={self.maximum_offset} reached while {_more(total, self.total_path, "items")}')
     return request.with_params(**{self.offset_param: offset})
 
 
@@ -282,7 +312,9 @@ class RelayCursorPaginator(Paginator):
 
   page_info_path: where `{hasNextPage, endCursor}` sits in the response body.
   hasNextPage alone decides; true without an endCursor raises ValueError
-  (the reader dead-letters the page it cannot ask for).
+  (the reader dead-letters the page it cannot ask for), and so does an
+  answer without hasNextPage there (a query that does not select it):
+  whether more pages follow is unknown, and ending there would be silent.
   """
 
   page_info_path: str = 'data.items.pageInfo'
@@ -296,8 +328,10 @@ class RelayCursorPaginator(Paginator):
     return request
 
   def next(self, request, response, body, count):
-    info = json_path(body, self.page_info_path) or {}
-    if not isinstance(info, dict) or not info.get('hasNextPage'):
+    info = json_path(body, self.page_info_path)
+    if not isinstance(info, dict) or 'hasNextPage' not in info:
+      raise ValueError(f'no {self.page_info_path}.hasNextPage in the answer: whether more pages follow is unknown')
+    if not info['hasNextPage']:
       return None
     if not info.get('endCursor'):  # more pages, and no way to ask for them: never a silent stop
       raise ValueError(f'{self.page_info_path}.hasNextPage is true but endCursor is empty')

@@ -21,6 +21,7 @@ __all__ = [
   'HostNotAllowed',
   'RequestFailed',
   'json_path',
+  'has_path',
   'parse_json',
   'content_charset',
   'unsafe_url_reason',
@@ -115,6 +116,20 @@ def json_path(body: Any, path: Optional[str]) -> Any:
     if value is None:
       return None
   return value
+
+
+def has_path(body: Any, path: str) -> bool:
+  """Whether the dotted path ('a.b.0.c') leads to a value in the body, null included: `json_path` answers None for a
+  value that is absent and for one that is null alike."""
+  value = body
+  for part in path.split('.'):
+    if isinstance(value, dict) and part in value:
+      value = value[part]
+    elif isinstance(value, list) and re.fullmatch(r'-?\d+', part) and -len(value) <= int(part) < len(value):
+      value = value[int(part)]
+    else:
+      return False
+  return True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,7 +22,9 @@ expected or a record that cannot be mapped becomes a dead letter
 where the next page's address is known without its answer (offsets, page
 numbers): the read goes on with the next page (up to
 `max_failed_pages_in_a_row` failures in a row). Where it is not (cursors,
-next links), the failed page's dead letter says that the read stopped there
+next links), the read goes on only with the next page that the failed
+page's answer still names (JSON without a list of records, or with errors
+in their place); otherwise its dead letter says that the read stopped there
 and the pages after it were not read. An incremental read's cursor stops
 before the first failed page, so that the next run reads it again.
 
@@ -38,7 +40,9 @@ one to another host (unless in `next_link_hosts`), to another port of the
 resource's host or from https to http is refused; a next page identical to one already read (a Link pointing at
 itself, a cursor cycle) ends the element; and so does `max_pages` (default
 1000) when more pages are announced. Each of these leaves a dead letter
-naming the page it did not read and why, never a silent stop.
+naming the page it did not read and why, and saying that the read stopped
+there and the pages after it were not read (`paginators.read_stopped`, the
+one wording of every early end), never a silent stop.
 
 Usage::
 
@@ -95,8 +99,8 @@ from io_connectors import registry
 from io_connectors._common.arrow import batch_from_rows
 from io_connectors.apis.http.auth import Auth, create_auth
 from io_connectors.apis.http.client import ClientOptions, HttpClient, RetryPolicy
-from io_connectors.apis.http.paginators import Paginator, create_paginator
-from io_connectors.apis.http.request import HostNotAllowed, Request, RequestFailed, Response, json_path
+from io_connectors.apis.http.paginators import Paginator, create_paginator, read_stopped
+from io_connectors.apis.http.request import HostNotAllowed, Request, RequestFailed, Response, has_path, json_path
 from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
 from transforms.metrics import LabelledCounters
@@ -110,6 +114,7 @@ __all__ = [
   'ReadRestResource',
   'records_to_batch',
   'epoch_ms',
+  'require_a_field',
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -156,6 +161,8 @@ class ResourceConfig:
   record_path: dotted path of the records in the body (a list or one object);
     None: the body itself.
   fields: {output column: dotted path in the record}; None keeps records whole.
+    A record holding none of the paths (an error object answered with a
+    200 where a single object was expected) is dead-lettered.
   include_params: element keys copied into every record as columns.
   process_record: optional `fn(record, params) -> dict` (Python callers):
     maps one record; ValueError, LookupError, TypeError, AttributeError or
@@ -164,7 +171,9 @@ class ResourceConfig:
   allowed_hosts: hosts requests may go to; default: base_url's host and the
     auth's token URL host.
   error_path: where an error payload sits (GraphQL 'errors'); a page with an
-    error there and no records is dead-lettered.
+    error there and no records (none at record_path, or an empty list) is
+    a failed page, dead-lettered with the errors; one with records too
+    keeps them, and its errors are dead-lettered.
   max_pages: pages read for one element at most (default 1000); when more
     are announced, the element's next page is dead-lettered with the reason,
     so a cap that is hit is seen, never silent.
@@ -343,6 +352,17 @@ def _epoch_ms(value: Any) -> Any:
   return value
 
 
+def require_a_field(record: dict, paths: Sequence[str]) -> None:
+  """ValueError when the record holds none of the dotted `paths` a resource maps into columns.
+
+  Such an object is no record of the resource: a 200 whose body is an error
+  object ({"error": ...}) where a single object was expected was written
+  as a row of nulls. A record with any of them, even null, is one.
+  """
+  if paths and not any(has_path(record, path) for path in paths):
+    raise ValueError(f'the object holds none of the fields mapped ({", ".join(sorted(set(paths)))})')
+
+
 def _cursor_order(value: Any):
   return (0, float(value), '') if isinstance(value, (int, float)) else (1, 0.0, str(value))
 
@@ -433,6 +453,13 @@ class _Reader:
         f'the next link goes to port {_port(there)} of host {host!r}, not the resource\'s port {_port(base)}'
       )
 
+  def _next_named_by(self, request: Request, response: Response, body: Any, count: int = 0) -> Optional[Request]:
+    """The next page that the answer to `request` names (None: none); ValueError when it may not be asked for."""
+    following = self.paginator.next(request, response, body, count)
+    if following is not None:
+      self._check_next(request, following)
+    return following
+
   def first_request(self, params: dict, cursor_value: Any) -> Request:
     r = self.resource
     url = r.base_url.rstrip('/') + (_fill(r.path, params, quote=True) if r.path else '')
@@ -460,6 +487,7 @@ class _Reader:
     elif r.fields is not None:
       if not isinstance(record, dict):
         raise ValueError(f'expected a JSON object, got {type(record).__name__}')
+      require_a_field(record, list(r.fields.values()))
       mapped = {column: json_path(record, path) for column, path in r.fields.items()}
     else:
       if not isinstance(record, dict):
@@ -470,7 +498,8 @@ class _Reader:
     return mapped
 
   def _page(self, request: Request) -> Tuple[Response, Any, list, Any]:
-    """(response, body, records, errors) of one page; _FailedPage when it gives no list of records."""
+    """(response, body, records, errors) of one page; _FailedPage when it gives no list of records, or errors
+    (`error_path`) and no records."""
     r = self.resource
     try:
       response = self.client.send(request)
@@ -494,13 +523,17 @@ class _Reader:
       records is None and not errors and r.empty_path and isinstance(body, dict) and json_path(body, r.empty_path) == 0
     ):
       records = []  # an empty answer that leaves the record list out
-    if records is None or not isinstance(records, list):
+    # Errors and an empty list are an error answer too (a 200 whose errors took the records' place), not an
+    # empty page: read as one, a cursor read ended there without a word of the pages after it.
+    if records is None or not isinstance(records, list) or (errors and not records):
       detail = (
         f'errors in the answer: {self.client.masker.excerpt(json.dumps(errors, default=str), 500)}'
         if errors
         else f'no list of records at {r.record_path!r} in the answer (HTTP {response.status})'
       )
-      raise _FailedPage('source_error', detail, record={'body': self.client.masker.body(response)})
+      raise _FailedPage(
+        'source_error', detail, record={'body': self.client.masker.body(response)}, answer=(response, body)
+      )
     return response, body, records, errors
 
   def _after_failed_page(
@@ -508,17 +541,29 @@ class _Reader:
   ) -> Tuple[Optional[Request], str]:
     """The page to read after failed page `page` (None: the read ends), and what its dead letter says of the rest
     ('' when no page follows it)."""
-    stopped = f'the read stopped at page {page}; the pages after it were not read'
     limit = self.resource.max_failed_pages_in_a_row
     if not failed.passable:
-      return None, stopped
+      return None, read_stopped(page)
     if not self.paginator.knows_pages_ahead:
-      return None, f'{stopped} (their address, a cursor or next link, comes from the answer this page did not give)'
-    following = self.paginator.after_failure(request, earlier_body)
-    if following is None:
-      return None, ''
+      if failed.answer is None:
+        return None, read_stopped(
+          page, 'their address, a cursor or next link, comes from the answer this page did not give'
+        )
+      try:
+        following = self._next_named_by(request, *failed.answer)
+      except ValueError as e:  # an unsafe link, more announced without a cursor
+        return None, read_stopped(page, f'the next page cannot be asked for: {e}')
+      if following is None:  # a failed answer cannot say that the pages ended
+        return None, read_stopped(page, 'no next page follows from its answer, which gave no records')
+    else:
+      try:
+        following = self.paginator.after_failure(request, earlier_body)
+      except ValueError as e:  # a cap reached while more are announced
+        return None, read_stopped(page, str(e))
+      if following is None:
+        return None, ''
     if in_a_row >= limit:
-      return None, f'{stopped} ({in_a_row} pages in a row failed, max_failed_pages_in_a_row={limit})'
+      return None, read_stopped(page, f'{in_a_row} pages in a row failed, max_failed_pages_in_a_row={limit}')
     return following, f'the read goes on with page {page + 1}'
 
   def read(self, element: Any, cursor_lookup: Callable[[dict], Tuple[Optional[dict], Any]]) -> _Fetched:
@@ -578,15 +623,13 @@ class _Reader:
           if highest is None or _cursor_order(page_highest) > _cursor_order(highest):
             highest = page_highest
         try:
-          following = self.paginator.next(request, response, body, len(records))
-          if following is not None:
-            self._check_next(request, following)
+          following = self._next_named_by(request, response, body, len(records))
         except ValueError as e:  # an unsafe or unparsable next link: the rest cannot be read
           out.dead_letters.append(
             self._letter(
               request,
               'source_error',
-              f'next page refused: {e}; the read stopped: the pages from page {pages + 1} on were not read',
+              f'next page refused: {e}; {read_stopped(pages + 1)}',
               position=f'page {pages + 1}',
               source=page_source,
             )
@@ -601,7 +644,7 @@ class _Reader:
             following,
             'source_error',
             f'pagination loop: page {pages + 1} is a page already read; '
-            'the answer points back at itself or an earlier page',
+            f'the answer points back at itself or an earlier page; {read_stopped(pages + 1)}',
             position=f'page {pages + 1}',
             source=page_source,
           )
@@ -612,7 +655,7 @@ class _Reader:
           self._letter(
             following,
             'source_error',
-            f'page cap max_pages={r.max_pages} reached with more pages announced; the pages from here on were not read',
+            f'page cap max_pages={r.max_pages} reached with more pages announced; {read_stopped(pages + 1)}',
             position=f'page {pages + 1}',
             source=page_source,
           )
@@ -695,11 +738,20 @@ class _FailedPage(Exception):
 
   passable: whether the pages after it can still be read (not when its
   request was refused before it was sent: theirs would be too).
+  answer: (response, body) when the page was answered in JSON (without
+  records): cursor and link paging goes on with the next page it names.
   """
 
-  def __init__(self, reason: str, detail: str, record: Any = None, passable: bool = True):
+  def __init__(
+    self,
+    reason: str,
+    detail: str,
+    record: Any = None,
+    passable: bool = True,
+    answer: Optional[Tuple[Response, Any]] = None,
+  ):
     super().__init__(detail)
-    self.reason, self.detail, self.record, self.passable = reason, detail, record, passable
+    self.reason, self.detail, self.record, self.passable, self.answer = reason, detail, record, passable, answer
 
 
 def _port(parts: urllib.parse.SplitResult) -> int:

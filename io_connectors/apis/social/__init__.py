@@ -16,7 +16,10 @@ and search id go back in the POSTed JSON body while ``has_more``).
 
 Bundled resources (all emit mention records with ``platform``, ``post_id``,
 ``text``, ``author_id``, ``created_at`` and engagement counts
-``like_count``/``comment_count``/``share_count``/``view_count`` where the API has them):
+``like_count``/``comment_count``/``share_count``/``view_count`` where the API has them;
+each declares ``id_path``, the provider's stable id of the post or hashtag, so that an
+item two pages of a shifting result both hold is written once, the repeats counted in
+``rest/repeated_items_dropped|resource=<name>``):
 
   twitter.recent_search_mentions   query       ($TWITTER_BEARER_TOKEN)
   instagram.hashtag_search         ig_user_id, hashtag -> hashtag_id ($INSTAGRAM_ACCESS_TOKEN)
@@ -58,7 +61,7 @@ from io_connectors.apis.http.auth import Auth, OAuth2ClientCredentials, create_a
 from io_connectors.apis.http.client import RetryPolicy
 from io_connectors.apis.http.paginators import Paginator
 from io_connectors.apis.http.request import json_path
-from io_connectors.apis.http.rest import ReadRestResource, ResourceConfig, RestOptions
+from io_connectors.apis.http.rest import ReadRestResource, ResourceConfig, RestOptions, require_a_field
 
 __all__ = [
   'ReadFromSocial',
@@ -197,6 +200,7 @@ def _map_record(fields: Mapping[str, Any], constants: Mapping[str, Any], record:
   del params  # include_params are added by ReadFromRest
   if not isinstance(record, dict):
     raise ValueError(f'expected a JSON object, got {type(record).__name__}')
+  require_a_field(record, [spec['path'] if isinstance(spec, Mapping) else spec for spec in fields.values()])
   mapped = dict(constants)
   for column, spec in fields.items():
     if isinstance(spec, Mapping):

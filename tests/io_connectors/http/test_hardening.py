@@ -102,6 +102,7 @@ def test_unsafe_next_links_are_dead_letters_not_requests(fake_server, link, why)
   [letter] = out.dead_letters
   assert letter['reason'] == 'source_error' and why in letter['detail'], letter['detail']
   assert letter['position'] == 'page 2'
+  assert letter['detail'].endswith('; the read stopped at page 2; the pages after it were not read')
   assert fake_server.stats['requests'] == 1
 
 
@@ -400,6 +401,7 @@ def test_a_link_header_pointing_at_itself_is_a_loop_dead_letter(fake_server):
   assert [r['id'] for r in out.rows] == [1]
   [letter] = out.dead_letters
   assert 'pagination loop' in letter['detail'] and letter['position'] == 'page 2'
+  assert letter['detail'].endswith('; the read stopped at page 2; the pages after it were not read')
   assert fake_server.stats['requests'] == 1
 
 
@@ -422,7 +424,9 @@ def test_a_cursor_cycle_is_a_loop_dead_letter(fake_server):
   )
   assert [r['id'] for r in out.rows] == ['', 'a', 'b']
   [letter] = out.dead_letters
-  assert 'pagination loop' in letter['detail']
+  assert 'pagination loop' in letter['detail'] and letter['position'] == 'page 4'
+  # The cycle may hide pages no cursor led to: the letter says the read ended here, as a failed cursor page's does.
+  assert letter['detail'].endswith('; the read stopped at page 4; the pages after it were not read')
   assert fake_server.stats['requests'] == 3
 
 
@@ -442,6 +446,7 @@ def test_the_page_cap_has_a_sane_default_and_is_a_dead_letter_when_hit(fake_serv
   assert [r['page'] for r in out.rows] == [1, 2, 3]
   [letter] = out.dead_letters
   assert 'max_pages=3' in letter['detail'] and letter['position'] == 'page 4'
+  assert letter['detail'].endswith('; the read stopped at page 4; the pages after it were not read')
   assert letter['record']['request']['params'] == {'page': 4}
   assert fake_server.stats['requests'] == 3
 
@@ -759,3 +764,4 @@ def test_a_next_page_equal_to_this_one_is_a_dead_letter_not_a_silent_stop(fake_s
   assert [r['id'] for r in out.rows] == [1]
   [letter] = out.dead_letters
   assert 'pagination loop' in letter['detail']
+  assert letter['detail'].endswith('; the read stopped at page 2; the pages after it were not read')

@@ -192,6 +192,43 @@ def test_a_read_past_failed_pages_stops_after_max_failed_pages_in_a_row(fake_ser
   assert 5 not in [page_of(entry['query']) for entry in fake_server.log]
 
 
+CAPPED = [
+  ({**PAGE_PAGINATORS[0][0], 'maximum_offset': 20}, PAGE_PAGINATORS[0][1], "the total at 'total' says 45 items"),
+  ({**PAGE_PAGINATORS[1][0], 'maximum_offset': 20}, PAGE_PAGINATORS[1][1], 'more items may follow'),
+  ({**PAGE_PAGINATORS[2][0], 'maximum_page': 2}, PAGE_PAGINATORS[2][1], "the total at 'pages' says 5 pages"),
+  ({**PAGE_PAGINATORS[3][0], 'maximum_page': 2}, PAGE_PAGINATORS[3][1], 'more pages may follow'),
+]
+
+
+@pytest.mark.parametrize('paginator, page_of, why', CAPPED)
+def test_a_page_cap_reached_while_more_are_announced_is_a_dead_letter_not_a_silent_stop(
+  fake_server, paginator, page_of, why
+):
+  """maximum_offset and maximum_page ended the read as if the collection ended there: 20 of 45 items, no word."""
+  failing = set()
+  fake_server.route(
+    'GET', '/items', _always_failing(failing, page_of, with_total=paginator.get('total_path') is not None)
+  )
+  out = _read_all(fake_server, {'path': '/items', 'record_path': 'items', 'paginator': paginator})
+  assert [r['id'] for r in out.rows] == list(range(20))
+  [letter] = out.dead_letters
+  assert letter['position'] == 'page 3' and why in letter['detail'] and 'maximum_' in letter['detail']
+  assert letter['detail'].endswith('the read stopped at page 3; the pages after it were not read')
+  # A page that fails at the cap says so in its own letter.
+  failing.add(2)
+  out = _read_all(fake_server, {'path': '/items', 'record_path': 'items', 'paginator': paginator})
+  [letter] = out.dead_letters
+  assert letter['position'] == 'page 2' and 'HTTP 503' in letter['detail'], letter
+  assert 'the read stopped at page 2; the pages after it were not read (maximum_' in letter['detail']
+
+
+def test_a_page_cap_past_the_end_is_no_dead_letter(fake_server):
+  fake_server.route('GET', '/items', _always_failing(set(), PAGE_PAGINATORS[0][1], with_total=True))
+  paginator = {**PAGE_PAGINATORS[0][0], 'maximum_offset': 50}
+  out = _read_all(fake_server, {'path': '/items', 'record_path': 'items', 'paginator': paginator})
+  assert len(out.rows) == PAGED and not out.dead_letters
+
+
 def _linked_pages(failing_page):
   """Pages of 10 linked by a cursor and a next URL in the body and a Link header; `failing_page` always 503."""
 
@@ -230,6 +267,104 @@ def test_a_cursor_or_link_read_stopped_by_a_failed_page_says_the_rest_was_not_re
     'the read stopped at page 3; the pages after it were not read '
     '(their address, a cursor or next link, comes from the answer this page did not give)'
   )
+
+
+def _linked_pages_without_records_on(gap_page):
+  """`_linked_pages` whose page `gap_page` answers 200 without its record list, yet with its cursor and links."""
+  linked = _linked_pages(None)
+
+  def pages(call):
+    status, headers, body = linked(call)
+    if int(call.query.get('cursor') or call.query.get('page') or 1) == gap_page:
+      body = {k: v for k, v in body.items() if k != 'items'}
+    return status, headers, body
+
+  return pages
+
+
+@pytest.mark.parametrize(
+  'paginator',
+  [
+    {'type': 'cursor', 'cursor_path': 'cursors.next', 'has_more_path': 'cursors.next'},
+    {'type': 'json_link', 'next_url_path': 'next'},
+    'header_link',
+  ],
+)
+def test_a_cursor_or_link_read_goes_on_past_a_page_without_records_whose_answer_names_the_next(fake_server, paginator):
+  """Page 3 answered without its record list but with the way on: the read stopped there, its letter claiming that
+  the answer giving page 4's address was not given."""
+  fake_server.route('GET', '/items', _linked_pages_without_records_on(3))
+  out = _read_all(fake_server, {'path': '/items', 'record_path': 'items', 'paginator': paginator})
+  assert [r['id'] for r in out.rows] == [*range(20), *range(30, PAGED)]
+  [letter] = out.dead_letters
+  assert letter['position'] == 'page 3' and "no list of records at 'items'" in letter['detail']
+  assert letter['detail'].endswith('the read goes on with page 4')
+
+
+def test_a_plain_cursor_read_stopped_by_a_page_without_records_says_so(fake_server):
+  """Without has_more_path a page with no records ends a cursor read: a failed one says the rest was not read."""
+  fake_server.route('GET', '/items', _linked_pages_without_records_on(3))
+  out = _read_all(
+    fake_server,
+    {'path': '/items', 'record_path': 'items', 'paginator': {'type': 'cursor', 'cursor_path': 'cursors.next'}},
+  )
+  assert [r['id'] for r in out.rows] == list(range(20))
+  [letter] = out.dead_letters
+  assert letter['detail'].endswith(
+    'the read stopped at page 3; the pages after it were not read (no next page follows from its answer, which gave '
+    'no records)'
+  )
+
+
+def _relay_pages(page_two):
+  """Relay pages of one node each, c1 -> c2 -> c3 (the last); page 2's answer is `page_two`."""
+
+  def pages(call):
+    after = json.loads(call.body)['variables'].get('after')
+    if after == 'c1':
+      return _json(page_two)
+    node = {None: 1, 'c2': 3}[after]
+    info = {'hasNextPage': after is None, 'endCursor': 'c1' if after is None else 'c3'}
+    return _json({'data': {'items': {'nodes': [{'id': node}], 'pageInfo': info}}})
+
+  return pages
+
+
+GRAPHQL = {
+  'path': '/graphql',
+  'method': 'POST',
+  'json': {'query': 'query($after: String) { items(after: $after) { nodes { id } } }', 'variables': {}},
+  'record_path': 'data.items.nodes',
+  'paginator': {'type': 'relay'},
+  'error_path': 'errors',
+}
+ERRORS = [{'message': 'upstream timeout', 'path': ['items']}]
+
+
+def test_an_answer_whose_errors_took_the_records_place_is_a_failed_page_the_read_goes_on_past(fake_server):
+  """A 200 with errors and an empty node list was read as an empty page; its letter said nothing of the rest."""
+  info = {'hasNextPage': True, 'endCursor': 'c2'}
+  fake_server.route(
+    'POST', '/graphql', _relay_pages({'data': {'items': {'nodes': [], 'pageInfo': info}}, 'errors': ERRORS})
+  )
+  out = _read_all(fake_server, GRAPHQL)
+  assert [r['id'] for r in out.rows] == [1, 3]
+  [letter] = out.dead_letters
+  assert letter['position'] == 'page 2' and 'upstream timeout' in letter['detail']
+  assert letter['detail'].endswith('the read goes on with page 3')
+
+
+def test_an_answer_whose_errors_took_the_records_place_and_the_way_on_says_the_read_stopped(fake_server):
+  """The errors cut the page and its pageInfo short: the read ended there, as if the pages had."""
+  info = {'hasNextPage': False, 'endCursor': None}
+  fake_server.route(
+    'POST', '/graphql', _relay_pages({'data': {'items': {'nodes': [], 'pageInfo': info}}, 'errors': ERRORS})
+  )
+  out = _read_all(fake_server, GRAPHQL)
+  assert [r['id'] for r in out.rows] == [1]
+  [letter] = out.dead_letters
+  assert letter['position'] == 'page 2' and 'upstream timeout' in letter['detail']
+  assert 'the read stopped at page 2; the pages after it were not read' in letter['detail']
 
 
 def test_an_incremental_cursor_stops_before_a_failed_page(fake_server):
@@ -365,6 +500,25 @@ def test_relay_paginator_dead_letters_more_pages_announced_without_a_cursor(fake
   out = _read_all(fake_server, resource)
   [letter] = out.dead_letters
   assert out.rows == [{'id': 1}] and letter['position'] == 'page 2' and 'endCursor is empty' in letter['detail']
+
+
+@pytest.mark.parametrize('page_info', [None, {'endCursor': 'c1'}])
+def test_a_relay_answer_that_does_not_say_whether_more_pages_follow_is_a_dead_letter(fake_server, page_info):
+  """A query that selects no pageInfo (or no hasNextPage in it) read its first page and ended without a word."""
+  connection = {'nodes': [{'id': 1}], **({'pageInfo': page_info} if page_info is not None else {})}
+  fake_server.route('POST', '/graphql', lambda c: _json({'data': {'items': connection}}))
+  resource = {
+    'path': '/graphql',
+    'method': 'POST',
+    'json': {'query': 'query { items { nodes { id } } }', 'variables': {}},
+    'record_path': 'data.items.nodes',
+    'paginator': {'type': 'relay'},
+  }
+  out = _read_all(fake_server, resource)
+  assert out.rows == [{'id': 1}]
+  [letter] = out.dead_letters
+  assert letter['position'] == 'page 2' and 'no data.items.pageInfo.hasNextPage in the answer' in letter['detail']
+  assert letter['detail'].endswith('the read stopped at page 2; the pages after it were not read')
 
 
 def test_link_header_and_next_url_paginators(fake_server):
@@ -649,6 +803,22 @@ def test_records_missing_at_the_record_path_and_null_items_are_dead_lettered(fak
   out = _read_all(fake_server, {'path': '/other', 'record_path': 'items'})
   [letter] = out.dead_letters
   assert "no list of records at 'items'" in letter['detail']
+
+
+def test_an_error_object_answered_with_a_200_for_a_single_object_is_a_dead_letter_not_a_row_of_nulls(fake_server):
+  """The body is the record (no record_path): an error body with HTTP 200 mapped by `fields` was written as a row
+  holding only nulls, and the read of the object ended as if it had been read."""
+  error = {'error': {'message': 'quota exceeded', 'code': 4}}
+  fake_server.route('GET', '/users/u1', lambda c: _json(error))
+  fake_server.route('GET', '/users/u2', lambda c: _json({'id': 'u2', 'name': None}))  # a null field is still one
+  resource = {'path': '/users/{user}', 'fields': {'user_id': 'id', 'name': 'name', 'city': 'address.city'}}
+  out = _read_all(fake_server, resource, {'user': 'u1'})
+  assert out.rows == []
+  [letter] = out.dead_letters
+  assert letter['position'] == 'row 1' and letter['record']['response_record'] == error
+  assert 'holds none of the fields mapped (address.city, id, name)' in letter['detail']
+  out = _read_all(fake_server, resource, {'user': 'u2'})
+  assert out.rows == [{'user_id': 'u2', 'name': None, 'city': None}] and not out.dead_letters
 
 
 # ----- Beam transforms -----
