@@ -477,6 +477,14 @@ def _flink_checkpoints_by_default(pipeline_options: PipelineOptions):
   with its offset range sees its elements once: partitions whose output was
   buffered were never read while the others' records closed every window (or
   were read after a restore, their records then late).
+
+  And checkpoints are unaligned unless told (--unaligned_checkpoint_enabled=false):
+  an aligned one stops a stage reading the inputs whose barrier came first
+  until the others' come. Beam's Flink read stage passes its barrier on only
+  between bundles (0.1-0.6 s late), so the windowing stage stopped taking one
+  read subtask's output for 0.1-0.9 s at every checkpoint, and a window
+  closing then waited for it: p99 delay after a window's close 3.3-4.9 s
+  aligned, 1.8 s unaligned (docs/benchmarks.md).
   """
   options = pipeline_options.view_as(SpotifyStreamingOptions)
   # Not for bounded reads: with checkpoints on, Beam keeps the job's Impulse
@@ -489,6 +497,8 @@ def _flink_checkpoints_by_default(pipeline_options: PipelineOptions):
       'FlinkRunner: checkpoints every %d ms (--checkpointing_interval)', DEFAULT_FLINK_CHECKPOINT_MS
     )
   options.finish_bundle_before_checkpointing = True
+  if options.unaligned_checkpoint_enabled is None:
+    options.unaligned_checkpoint_enabled = True
 
 
 # A streaming poll waits up to its timeout for a first record (a partition with

@@ -88,6 +88,8 @@ PARAMETER_RULES: dict[str, dict[str, Any]] = {
   'entity': {'choices': tuple(ENTITIES)},
   'pii_key_secret': {'regexes': [SECRET_VERSION_PATTERN]},
   'source': {'choices': tuple(STREAM_SOURCES)},
+  # A flag that is on unless told `=false` (a store_true could not be turned off).
+  'unaligned_checkpoint_enabled': {'choices': ('true', 'false')},
   # Secrets are no parameters: a job's parameters show in its graph and the
   # console. The pipeline reads them from the environment
   # (KAFKA_SASL_PASSWORD, EVENT_HUBS_CONNECTION_STRING).
