@@ -1286,6 +1286,38 @@ def test_csv_numbers_a_type_would_respell_are_kept_as_written(tmp_path):
   ]
 
 
+def test_csv_numbers_beyond_a_double_are_their_text_not_an_infinity(tmp_path):
+  """pyarrow read 1e400, -1e400 and a number of 400 digits as infinities, values nobody wrote. As the JSON
+  readers do, the column holding one is its text as written; the literals inf and Infinity stay floats. In a
+  field the entity declares a float the text is an invalid_value naming the field and the number."""
+  from transforms.entities import AudioFeatures
+  from transforms.validate import validate_batch
+
+  track = '4uLU6hMCjMI75M1A2tKUQC'
+  huge = '9' * 400 + '.5'
+  path = write(
+    tmp_path,
+    'features.csv',
+    f'id,loudness,gain,peak,ratio\n{track},1e400,-1E+400,inf,0.5\n{track},-5.5,{huge},-Infinity,1.5\n'
+    f'{track},-4.0,2.5,1.0,2\n',
+  )
+  result = read(tmp_path, ReadFromCsv(path))
+  assert result.dead_letters == []
+  schema = result.table.schema
+  assert [schema.field(c).type for c in ('loudness', 'gain', 'peak', 'ratio')] == [pa.string()] * 2 + [pa.float64()] * 2
+  assert [(r[2]['loudness'], r[2]['gain'], r[2]['peak']) for r in result.rows()] == [
+    ('1e400', '-1E+400', float('inf')),
+    ('-5.5', huge, float('-inf')),
+    ('-4.0', '2.5', 1.0),
+  ]
+  # Declared: loudness is a float of AudioFeatures (gain, undeclared, is kept as the text it is).
+  valid, dead = validate_batch(result.table.combine_chunks().to_batches()[0], AudioFeatures)
+  assert valid.column('loudness').to_pylist() == [-5.5, -4.0]
+  assert [(d['reason'], d['field'], d['position'], d['detail']) for d in dead] == [
+    ('invalid_value', 'loudness', 'row 2', "Value error, 1e400 is beyond a double's range")
+  ]
+
+
 def test_csv_of_one_line_without_a_newline_is_read_not_dead_lettered(tmp_path):
   """pyarrow cannot parse a block holding no newline: an export of no rows ('id,note', no newline) is no record,
   and a one-record file without a header ('1,a') is that record, not a malformed_row without its text."""
