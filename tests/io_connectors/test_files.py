@@ -451,6 +451,55 @@ def test_json_document_numbers_beyond_a_double_are_their_text_as_written(tmp_pat
   assert [r[2]['v'] for r in result.rows()] == [float('inf'), 0.0, -1.5]
 
 
+@pytest.mark.parametrize('string_columns', [(), ('user_id',)])
+def test_jsonl_an_object_writing_a_key_twice_with_different_values_is_a_dead_letter(tmp_path, string_columns):
+  """{"user_id": "a", "user_id": "b"} was read as user_id "b", the "a" lost without a trace. pyarrow's reader
+  refuses a repeated key; the lines are then read one by one: such a line is a duplicate_key dead letter naming
+  the key and its row, a key repeated with an equal value is read, and so is every other line."""
+  lines = [
+    '{"user_id": "u1", "n": 1}',
+    '{"user_id": "a", "n": 2, "user_id": "b"}',
+    '{"user_id": "u3", "user_id": "u3", "n": 3}',
+    '{"user_id": "u4", "n": 4, "track": {"album": {"id": 1, "id": 2}}}',
+    '{"user_id": "u5", "n": 5}',
+  ]
+  path = write(tmp_path, 'events.jsonl', '\n'.join(lines) + '\n')
+  result = read(tmp_path, ReadFromJsonLines(path, JsonOptions(string_columns=list(string_columns))))
+  assert [(r[1], r[2]['user_id'], r[2]['n']) for r in result.rows()] == [(1, 'u1', 1), (3, 'u3', 3), (5, 'u5', 5)]
+  assert [(d['reason'], d['position'], d['field'], d['record'], d['detail']) for d in result.dead_letters] == [
+    (
+      'duplicate_key',
+      'row 2',
+      'user_id',
+      lines[1],
+      "the key 'user_id' is written 2 times with different values: which value was meant cannot be told",
+    ),
+    (
+      'duplicate_key',
+      'row 4',
+      'track.album.id',
+      lines[3],
+      "the key 'id' is written 2 times with different values in the object at track.album: "
+      'which value was meant cannot be told',
+    ),
+  ]
+
+
+def test_json_document_records_writing_a_key_twice_with_different_values_are_dead_letters(tmp_path):
+  """Each such record of a document is a dead letter of its element; an envelope writing its records' key
+  twice makes the document one, since which records it holds cannot be told."""
+  doc = write(tmp_path, 'doc.json', '[{"id": 1}, {"id": 2, "id": 3}, {"id": 4, "id": 4}]')
+  result = read(tmp_path, ReadFromJson(doc))
+  assert [r[2]['id'] for r in result.rows()] == [1, 4]
+  assert [(d['reason'], d['position'], d['field']) for d in result.dead_letters] == [('duplicate_key', 'row 2', 'id')]
+  page = write(tmp_path, 'page.json', '{"items": [{"id": 1}], "total": 2, "items": [{"id": 2}]}')
+  result = read(tmp_path, ReadFromJson(page))
+  assert result.rows() == []
+  [letter] = result.dead_letters
+  assert (letter['reason'], letter['position'], letter['field']) == ('duplicate_key', None, 'items')
+  assert letter['detail'].startswith("the key 'items' is written 2 times with different values")
+
+
 def test_jsonl_numeric_string_column_is_cast(tmp_path):
   path = write(tmp_path, 'events.jsonl', '{"user_id": 42, "ms": 1}\n{"user_id": 43, "ms": 2}\n')
   result = read(tmp_path, ReadFromJsonLines(path, JsonOptions(string_columns=['user_id', 'absent'])))
