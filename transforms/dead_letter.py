@@ -41,6 +41,7 @@ REASONS = {
   'malformed_row': 'a CSV row with the wrong number of columns',
   'bad_encoding': 'bytes that are not valid in the declared encoding',
   'malformed_json': 'a JSON line or document that does not parse',
+  'duplicate_key': 'a JSON object that writes a key twice with different values: which one was meant is unknown',
   'corrupt_file': 'a file that cannot be read at all (truncated, not the declared format)',
   'missing_field': 'a required field is absent or null',
   'invalid_type': 'a value that cannot be converted to the field type',

@@ -161,8 +161,12 @@ def to_int(value: Any) -> Optional[int]:
   if isinstance(value, bool):
     raise ValueError('expected an integer, got a boolean')
   if isinstance(value, float):
+    if not math.isfinite(value):
+      raise ValueError(f'{value!r} is not a finite number, no integer')
     if not value.is_integer():
       raise ValueError(f'expected an integer, got {value!r}')
+    if not INT64_MIN <= value < 2.0**63:  # the float as read (1e+19), not its integer's 20 digits
+      raise ValueError(f'{value!r} does not fit in 64 bits')
     value = int(value)
   elif isinstance(value, str) and re.fullmatch(INT_PATTERN, value):
     value = int(value.strip().split('.')[0])

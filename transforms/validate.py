@@ -258,12 +258,11 @@ def _convert_int(arr, rule) -> _Column:
   if pa.types.is_integer(arr.type):
     try:
       col = _Column(arr.cast(pa.int64()), none, none.copy())
-    except pa.ArrowInvalid:  # uint64 beyond int64
-      col = _Column(pa.nulls(n, pa.int64()), none, _not_null(arr))
+    except pa.ArrowInvalid:  # uint64 beyond int64: those values, not the batch's others
+      beyond = _mask(pc.greater(arr, pa.scalar(entities.INT64_MAX, arr.type)))
+      col = _Column(_null_where(arr, beyond).cast(pa.int64()), none, beyond)
   elif pa.types.is_floating(arr.type):
-    integral = _mask(pc.and_(pc.is_finite(arr), pc.equal(pc.floor(arr), arr)))
-    present = _not_null(arr)
-    col = _Column(_null_where(arr, ~integral).cast(pa.int64(), safe=False), present & ~integral, none)
+    col = _ints_of_floats(arr)
   elif pa.types.is_decimal(arr.type):
     # NUMERIC columns (databases, Parquet): whole values are integers, others wrong values, as for floats.
     try:
@@ -284,6 +283,25 @@ def _convert_int(arr, rule) -> _Column:
   else:
     col = _Column(pa.nulls(n, pa.int64()), _not_null(arr), none)
   return _apply_bounds(col, rule)
+
+
+# The int64 range as doubles: -2**63 is one, 2**63 - 1 is not (it rounds to 2**63, just past the range).
+_INT64_LOW, _INT64_PAST = -float(2**63), float(2**63)
+
+
+def _ints_of_floats(arr: pa.Array) -> _Column:
+  """Floats as int64: a whole one is its integer; a fraction is invalid_type (not an integer); NaN, an
+  infinity and a whole number beyond int64 (1e19, 9.3e18) are invalid_value, as to_int says.
+
+  An unchecked cast gave -2**63 for each of the last, a value nobody wrote.
+  """
+  floats = arr.cast(pa.float64())  # exact for every float width; floor has no kernel for halffloat
+  present = _not_null(floats)
+  finite = _mask(pc.is_finite(floats))
+  fraction = finite & ~_mask(pc.equal(pc.floor(floats), floats))
+  fits = finite & ~fraction & _mask(pc.and_(pc.greater_equal(floats, _INT64_LOW), pc.less(floats, _INT64_PAST)))
+  values = _null_where(floats, ~fits).cast(pa.int64(), safe=False)
+  return _Column(values, present & fraction, present & ~fits & ~fraction)
 
 
 def _convert_float(arr, rule) -> _Column:

@@ -316,9 +316,11 @@ def _parse_json_text_columns(data: bytes, as_text: List[str], cast_after: List[s
     try:
       table = pa_json.read_json(pa.BufferReader(data), read_options=read_options, parse_options=parse_options)
     except pa.ArrowInvalid as e:
-      # A text column holding numbers or booleans: read it as inferred, then cast.
+      # A text column holding numbers or booleans: read it as inferred, then cast. An object writing a key
+      # twice ('Column(/id) was specified twice') is refused however the column is read: the caller's
+      # line-by-line parse finds it (`json_values.repeated_key`).
       match = _CONFLICT.search(str(e))
-      if not match or match.group(1) not in as_text:
+      if not match or match.group(1) not in as_text or 'specified twice' in str(e):
         raise
       as_text.remove(match.group(1))
       cast_after.append(match.group(1))
@@ -394,7 +396,8 @@ def table_from_json_lines(data: bytes, string_columns: Sequence[str] = ()) -> pa
 
   The fast path of `table_from_rows` for JSON text: pyarrow's reader, with
   the times it infers read back as text. pa.ArrowInvalid when pyarrow cannot
-  type the lines together (mixed types, a nested time): the caller then
+  type the lines together (mixed types, a nested time) or an object writes
+  a key twice (pyarrow refuses it, even with an equal value): the caller then
   parses them one by one and uses `table_from_rows`, which gives the same
   types.
   """

@@ -468,10 +468,15 @@ class CsvReader:
     """`table` with the number columns whose text the type would respell read again as text.
 
     pyarrow types 01234 (a ZIP code, an account id) as the int 1234, +49...
-    as a number without its sign and an integer beyond int64 as a double
-    that loses digits: the value written would not be the one read. Only the
-    columns typed as numbers are parsed again (about a fifth of a full parse),
-    and only when there are some.
+    as a number without its sign, an integer beyond int64 as a double that
+    loses digits, and a number beyond a double's range (1e400, -1e400, 400
+    digits) as an infinity: the value written would not be the one read. As
+    the JSON readers do (`transforms.json_values.NumberBeyondDouble`), the
+    column holding such a number is its text as written, which validation
+    refuses in a declared float field (invalid_value). The literals inf,
+    Infinity and nan are what was written and stay floats. Only the columns
+    typed as numbers are parsed again (about a fifth of a full parse), and
+    only when there are some.
     """
     names = table.column_names
     numeric = [
@@ -496,9 +501,26 @@ class CsvReader:
       i = names.index(name)
       respelled = _INTEGER_RESPELLED if pa.types.is_integer(table.schema.field(i).type) else _FLOAT_RESPELLED
       text = texts.column(name)
-      if pc.any(pc.match_substring_regex(text, respelled)).as_py():
+      if pc.any(pc.match_substring_regex(text, respelled)).as_py() or _holds_number_beyond_double(
+        table.column(i), text
+      ):
         table = table.set_column(i, name, text)
     return table
+
+
+def _holds_number_beyond_double(values: pa.ChunkedArray, texts: pa.ChunkedArray) -> bool:
+  """Whether a number column holds an infinity read from a number literal beyond a double's range (1e400, 400
+  digits), not from the literal inf or Infinity: such a literal has digits, those words none.
+
+  Only a float column holding an infinity has its text looked at: the common
+  file pays one is_inf pass over its float columns.
+  """
+  if not pa.types.is_floating(values.type):
+    return False
+  infinite = pc.is_inf(values)
+  if not pc.any(infinite).as_py():
+    return False
+  return bool(pc.any(pc.and_(infinite, pc.match_substring_regex(texts, '[0-9]'))).as_py())
 
 
 # Number text that the type would not give back as written: a leading zero or plus sign, and (doubles)

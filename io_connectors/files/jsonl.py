@@ -4,7 +4,11 @@ Columns are typed by the rules every connector shares
 (`io_connectors._common.arrow`): pyarrow's JSON reader on the fast path,
 `table_from_rows` for lines that parse one by one but not together (a column
 of mixed types). Lines that do not parse, or parse to something other than
-an object, are dead-lettered one by one.
+an object, are dead-lettered one by one, and so is an object that writes a
+key twice with different values (``duplicate_key``, naming the key: json
+keeps the last value and loses the first). pyarrow's reader refuses any
+repeated key, so only a range it refuses is looked at line by line; a key
+repeated with an equal value is harmless and read.
 
 A JSON document's records are its array's elements, or the array an API's
 envelope holds (`{"items": [...], "next": ...}`: `JsonOptions.records_path`);
@@ -28,7 +32,7 @@ from io_connectors.files._options import JsonOptions
 from io_connectors.files._ranges import Range, open_file, unicode_bom_encoding
 from io_connectors.files._read import READERS, STAGE, ReadFormat, emit
 from transforms.dead_letter import dead_letter
-from transforms.json_values import json_type, loads, reason_of
+from transforms.json_values import RepeatedKey, json_type, loads, own_repeated_keys, reason_of, repeated_key
 from transforms.records import position
 
 __all__ = ['ReadFromJsonLines', 'ReadFromJson', 'JsonOptions', 'records_of_document', 'ENVELOPE_KEYS']
@@ -78,10 +82,13 @@ def _read_jsonl_part(rng: Range, data, bad_lines, options: JsonOptions):
     for i, line in enumerate(lines):
       if not line.strip():
         continue
-      reason = 'malformed_json'
+      reason, field = 'malformed_json', None
       try:
-        value = loads(line, floats_as_written=True)
+        value = loads(line, floats_as_written=True, repeated_keys=True)
         problem = None if isinstance(value, dict) else f'a JSON {json_type(value)}, not an object'
+        repeated = repeated_key(value)
+        if repeated is not None:
+          problem, reason, field = repeated.detail, 'duplicate_key', repeated.field
       except ValueError as e:
         problem, reason = str(e), reason_of(e)
       if problem is None:
@@ -91,6 +98,7 @@ def _read_jsonl_part(rng: Range, data, bad_lines, options: JsonOptions):
           source,
           position(i + 1),
           reason,
+          field=field,
           record=line.decode('utf-8', errors='replace').rstrip('\r'),
           detail=problem,
           stage=STAGE,
@@ -129,7 +137,7 @@ def read_json(rng: Range, options: JsonOptions):
     yield dead_letter(path, None, 'bad_encoding', detail=f'bytes not valid in {shown} at byte {e.start}', stage=STAGE)
     return
   try:
-    document = loads(text, floats_as_written=True)
+    document = loads(text, floats_as_written=True, repeated_keys=True)
   except ValueError as e:
     if _holds_json_lines(text, e):
       _LOG.info('%s: one JSON object a line: read as JSON Lines', path)
@@ -145,9 +153,25 @@ def read_json(rng: Range, options: JsonOptions):
     return
   if where:
     _LOG.info('%s: records read from the array at %r', path, where)
+  on_the_way = _repeated_on_the_way(document, where)
+  if on_the_way is not None:
+    detail = f'{on_the_way.detail}, so which records it holds cannot be told either'
+    yield dead_letter(path, None, 'duplicate_key', field=on_the_way.field, detail=detail, stage=STAGE)
+    return
   objects, numbers, lines = [], [], []
   for i, element in enumerate(elements, start=1):
-    if isinstance(element, dict):
+    repeated = repeated_key(element)
+    if repeated is not None:
+      yield dead_letter(
+        path,
+        position(i),
+        'duplicate_key',
+        field=repeated.field,
+        record=element,
+        detail=f'element {i}: {repeated.detail}',
+        stage=STAGE,
+      )
+    elif isinstance(element, dict):
       objects.append(element)
       numbers.append(i)
       # Re-serialised as JSON Lines so that pyarrow types it as it does JSON Lines.
@@ -166,6 +190,19 @@ def read_json(rng: Range, options: JsonOptions):
   data = '\n'.join(lines).encode('utf-8')
   table, rows = _json_rows(data, np.array(numbers, dtype=np.int64), options.string_columns, path, objects)
   yield from emit(table, path, rows, options.batch_size)
+
+
+def _repeated_on_the_way(document, where: str) -> Optional[RepeatedKey]:
+  """A key on the way to a document's records (`records_of_document`'s dotted path, an envelope's ``items``)
+  that its object writes again with a different value: the records read would be one of them; else None."""
+  node, walked = document, []
+  for key in where.split('.') if where else ():
+    for repeated in own_repeated_keys(node):
+      if repeated.path == (key,):
+        return RepeatedKey((*walked, key), repeated.times)
+    node = node[key]
+    walked.append(key)
+  return None
 
 
 def _holds_json_lines(text: str, error: ValueError) -> bool:

@@ -11,7 +11,12 @@ aggregators): each object element is a row, each other element (a number, a
 string, an array, null) a ``malformed_json`` dead letter of its own, and an
 empty array one dead letter saying so; every message read ends as rows or
 dead letters. A payload that is not JSON, not UTF-8 or neither an object nor
-an array is one dead letter (``malformed_json`` / ``bad_encoding``).
+an array is one dead letter (``malformed_json`` / ``bad_encoding``). An
+object that writes a key twice with different values (``{"user_id": "a",
+"user_id": "b"}``: json keeps the last and loses the first) is a
+``duplicate_key`` dead letter naming the key
+(`transforms.json_values.repeated_key`), the message's or its element's; one
+that repeats a key with an equal value is a row.
 
 Provenance of an array's rows: ``__source`` as for any message, ``__row`` the
 message's number (its offset, entry id, message id: what acknowledging it
@@ -58,7 +63,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from io_connectors._common.arrow import table_from_json_lines, table_from_rows
 from transforms.dead_letter import DEAD_LETTER, dead_letter
-from transforms.json_values import json_type, loads, reason_of
+from transforms.json_values import RepeatedKey, json_type, loads, reason_of, repeated_key
 from transforms.records import element_position, with_provenance
 
 __all__ = [
@@ -77,7 +82,9 @@ __all__ = [
 _MAX_RAW_CHARS = 10_000
 
 
-def _decode_json(payload: Optional[bytes]) -> Tuple[Any, Optional[str], Optional[Tuple[str, str, Optional[str]]]]:
+def _decode_json(
+  payload: Optional[bytes], repeated_keys: bool = True
+) -> Tuple[Any, Optional[str], Optional[Tuple[str, str, Optional[str]]]]:
   """(value, text, None) of a payload's JSON, or (None, None, (reason, detail, record)) for its dead letter."""
   if payload is None:
     return None, None, ('malformed_json', 'the message has no payload', None)
@@ -94,7 +101,7 @@ def _decode_json(payload: Optional[bytes]) -> Tuple[Any, Optional[str], Optional
       ),
     )
   try:
-    return loads(text), text, None
+    return loads(text, repeated_keys=repeated_keys), text, None
   except ValueError as e:
     return None, None, (reason_of(e), f'not JSON: {e}', text[:_MAX_RAW_CHARS])
 
@@ -104,17 +111,22 @@ class DecodedMessage(NamedTuple):
 
   records: (element index, object) per record; the index is None for a
     payload that is one object.
-  problems: (element index or None, reason, detail, record text) per dead
-    letter: the whole payload's (index None), or an element's.
+  problems: (element index or None, reason, detail, record text, field or
+    None) per dead letter: the whole payload's (index None), or an element's.
   elements: the array's length; None when the payload is no array.
   """
 
   records: List[Tuple[Optional[int], dict]]
-  problems: List[Tuple[Optional[int], str, str, Optional[str]]]
+  problems: List[Tuple[Optional[int], str, str, Optional[str], Optional[str]]]
   elements: Optional[int]
 
 
-def decode_json_records(payload: Optional[bytes]) -> DecodedMessage:
+def _repeated_problem(element: Optional[int], repeated: RepeatedKey, record: str):
+  """The problem of an object (the payload's, or an array's element) that writes a key again with another value."""
+  return (element, 'duplicate_key', repeated.detail, record[:_MAX_RAW_CHARS], repeated.field)
+
+
+def decode_json_records(payload: Optional[bytes], repeated_keys: bool = True) -> DecodedMessage:
   """A message payload's records: one JSON object, or each object element of a JSON array.
 
   The one decoding of every stream's JSON messages: UTF-8 (else
@@ -123,27 +135,39 @@ def decode_json_records(payload: Optional[bytes]) -> DecodedMessage:
   'malformed_json', or 'bad_encoding' for a lone surrogate escape), an
   object or an array (else 'malformed_json'). An array's element that is
   not an object is a 'malformed_json' problem of its own, an empty array
-  one problem of the message. A problem's record keeps at most 10,000
-  characters of the payload's text (of the element's JSON for an element).
+  one problem of the message. An object that writes a key again with a
+  different value is a 'duplicate_key' problem naming the key (its field).
+  A problem's record keeps at most 10,000 characters of the payload's text
+  (of the element's JSON for an element).
+
+  repeated_keys: False leaves a repeated key to the caller, for a payload
+  whose text pyarrow's reader parses as written (it refuses repeated keys).
   """
-  value, text, problem = _decode_json(payload)
+  value, text, problem = _decode_json(payload, repeated_keys)
   if problem is not None:
-    return DecodedMessage([], [(None, *problem)], None)
+    return DecodedMessage([], [(None, *problem, None)], None)
   if isinstance(value, dict):
+    repeated = repeated_key(value)
+    if repeated is not None:
+      return DecodedMessage([], [_repeated_problem(None, repeated, text)], None)
     return DecodedMessage([(None, value)], [], None)
   if not isinstance(value, list):
     detail = f'a JSON {json_type(value)}, not an object or an array of objects'
-    return DecodedMessage([], [(None, 'malformed_json', detail, text[:_MAX_RAW_CHARS])], None)
+    return DecodedMessage([], [(None, 'malformed_json', detail, text[:_MAX_RAW_CHARS], None)], None)
   if not value:
     detail = 'the message holds an empty JSON array: no records'
-    return DecodedMessage([], [(None, 'malformed_json', detail, text[:_MAX_RAW_CHARS])], 0)
+    return DecodedMessage([], [(None, 'malformed_json', detail, text[:_MAX_RAW_CHARS], None)], 0)
   records, problems = [], []
   for i, element in enumerate(value):
     if isinstance(element, dict):
-      records.append((i, element))
+      repeated = repeated_key(element)
+      if repeated is None:
+        records.append((i, element))
+      else:
+        problems.append(_repeated_problem(i, repeated, json.dumps(element, ensure_ascii=False)))
     else:
       detail = f'element {i} is a JSON {json_type(element)}, not an object'
-      problems.append((i, 'malformed_json', detail, json.dumps(element, ensure_ascii=False)[:_MAX_RAW_CHARS]))
+      problems.append((i, 'malformed_json', detail, json.dumps(element, ensure_ascii=False)[:_MAX_RAW_CHARS], None))
   return DecodedMessage(records, problems, len(value))
 
 
@@ -166,6 +190,10 @@ def messages_to_batch(
     message, e.g. its attributes), each row taking its message's value; a
     name the payloads have already is left as they have it.
   The batch has `__element` / `__elements` columns when a payload was an array.
+
+  A one-line object payload goes to pyarrow's reader as written, which
+  refuses an object repeating a key: its repeated keys are looked for only
+  when that parse fails, not in each payload (`decode_json_records`).
   """
   good_lines: List[bytes] = []
   good_payloads: Dict[int, bytes] = {}
@@ -178,14 +206,15 @@ def messages_to_batch(
   for message, (payload, pos, row) in enumerate(zip(payloads, positions, rows)):
     if isinstance(payload, str):
       payload = payload.encode('utf-8', errors='surrogatepass')
-    decoded = decode_json_records(payload)
-    for element, reason, detail, record in decoded.problems:
+    one_line = payload is not None and b'\n' not in payload and b'\r' not in payload
+    decoded = decode_json_records(payload, repeated_keys=not (one_line and payload[:1] == b'{'))
+    for element, reason, detail, record, field in decoded.problems:
       where = element_position(pos, element, decoded.elements)
-      dead.append(dead_letter(source, where, reason, record=record, detail=detail, stage=stage))
+      dead.append(dead_letter(source, where, reason, field=field, record=record, detail=detail, stage=stage))
     for element, value in decoded.records:
       # pyarrow's reader takes one object per line: an array's elements and
       # pretty-printed objects are written again as one line each.
-      single_line = element is None and b'\n' not in payload and b'\r' not in payload
+      single_line = element is None and one_line
       good_lines.append(payload if single_line else json.dumps(value, ensure_ascii=False).encode('utf-8'))
       parsed.append(value)
       good_payloads[message] = payload
@@ -203,11 +232,35 @@ def messages_to_batch(
     if table.num_rows != len(good_lines):
       raise pa.ArrowInvalid('row count differs')
   except pa.ArrowInvalid:
-    # Payloads that parse one by one but not together (a column of mixed types): parsed again keeping the
-    # numbers' text, which a column of text holds as written (the one-by-one decoding above need not pay
-    # for it). As decode_json_records decoded them, so they parse again.
-    again = {m: loads(p.decode('utf-8-sig'), floats_as_written=True) for m, p in good_payloads.items()}
+    # Payloads that parse one by one but not together (a column of mixed types, an object repeating a key):
+    # parsed again keeping the numbers' text, which a column of text holds as written (the one-by-one
+    # decoding above need not pay for it), and marking repeated keys. As decode_json_records decoded them,
+    # so they parse again.
+    again = {
+      m: loads(p.decode('utf-8-sig'), floats_as_written=True, repeated_keys=True) for m, p in good_payloads.items()
+    }
     parsed = [again[m] if e is None else again[m][e] for m, e in zip(row_messages, elements)]
+    keep = [i for i, value in enumerate(parsed) if repeated_key(value) is None]
+    if len(keep) < len(parsed):
+      for i in sorted(set(range(len(parsed))) - set(keep)):
+        repeated = repeated_key(parsed[i])
+        payload = good_payloads[row_messages[i]].decode('utf-8-sig', errors='replace')
+        dead.append(
+          dead_letter(
+            source,
+            positions[row_messages[i]],
+            'duplicate_key',
+            field=repeated.field,
+            record=payload[:_MAX_RAW_CHARS],
+            detail=repeated.detail,
+            stage=stage,
+          )
+        )
+      parsed, good_rows, row_messages, elements, lengths = (
+        [values[i] for i in keep] for values in (parsed, good_rows, row_messages, elements, lengths)
+      )
+      if not parsed:
+        return None, dead
     table = table_from_rows(parsed, string_columns)
   batch = table.combine_chunks().to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist(parsed)
   for name, values in (message_columns or {}).items():

@@ -451,6 +451,55 @@ def test_json_document_numbers_beyond_a_double_are_their_text_as_written(tmp_pat
   assert [r[2]['v'] for r in result.rows()] == [float('inf'), 0.0, -1.5]
 
 
+@pytest.mark.parametrize('string_columns', [(), ('user_id',)])
+def test_jsonl_an_object_writing_a_key_twice_with_different_values_is_a_dead_letter(tmp_path, string_columns):
+  """{"user_id": "a", "user_id": "b"} was read as user_id "b", the "a" lost without a trace. pyarrow's reader
+  refuses a repeated key; the lines are then read one by one: such a line is a duplicate_key dead letter naming
+  the key and its row, a key repeated with an equal value is read, and so is every other line."""
+  lines = [
+    '{"user_id": "u1", "n": 1}',
+    '{"user_id": "a", "n": 2, "user_id": "b"}',
+    '{"user_id": "u3", "user_id": "u3", "n": 3}',
+    '{"user_id": "u4", "n": 4, "track": {"album": {"id": 1, "id": 2}}}',
+    '{"user_id": "u5", "n": 5}',
+  ]
+  path = write(tmp_path, 'events.jsonl', '\n'.join(lines) + '\n')
+  result = read(tmp_path, ReadFromJsonLines(path, JsonOptions(string_columns=list(string_columns))))
+  assert [(r[1], r[2]['user_id'], r[2]['n']) for r in result.rows()] == [(1, 'u1', 1), (3, 'u3', 3), (5, 'u5', 5)]
+  assert [(d['reason'], d['position'], d['field'], d['record'], d['detail']) for d in result.dead_letters] == [
+    (
+      'duplicate_key',
+      'row 2',
+      'user_id',
+      lines[1],
+      "the key 'user_id' is written 2 times with different values: which value was meant cannot be told",
+    ),
+    (
+      'duplicate_key',
+      'row 4',
+      'track.album.id',
+      lines[3],
+      "the key 'id' is written 2 times with different values in the object at track.album: "
+      'which value was meant cannot be told',
+    ),
+  ]
+
+
+def test_json_document_records_writing_a_key_twice_with_different_values_are_dead_letters(tmp_path):
+  """Each such record of a document is a dead letter of its element; an envelope writing its records' key
+  twice makes the document one, since which records it holds cannot be told."""
+  doc = write(tmp_path, 'doc.json', '[{"id": 1}, {"id": 2, "id": 3}, {"id": 4, "id": 4}]')
+  result = read(tmp_path, ReadFromJson(doc))
+  assert [r[2]['id'] for r in result.rows()] == [1, 4]
+  assert [(d['reason'], d['position'], d['field']) for d in result.dead_letters] == [('duplicate_key', 'row 2', 'id')]
+  page = write(tmp_path, 'page.json', '{"items": [{"id": 1}], "total": 2, "items": [{"id": 2}]}')
+  result = read(tmp_path, ReadFromJson(page))
+  assert result.rows() == []
+  [letter] = result.dead_letters
+  assert (letter['reason'], letter['position'], letter['field']) == ('duplicate_key', None, 'items')
+  assert letter['detail'].startswith("the key 'items' is written 2 times with different values")
+
+
 def test_jsonl_numeric_string_column_is_cast(tmp_path):
   path = write(tmp_path, 'events.jsonl', '{"user_id": 42, "ms": 1}\n{"user_id": 43, "ms": 2}\n')
   result = read(tmp_path, ReadFromJsonLines(path, JsonOptions(string_columns=['user_id', 'absent'])))
@@ -1283,6 +1332,38 @@ def test_csv_numbers_a_type_would_respell_are_kept_as_written(tmp_path):
       'mixed_big': '12345678901234567',
     },
     {'zip': '99999', 'account': '1', 'big_id': '1', 'phone': '+1', 'plays': 4, 'ratio': 1.25, 'mixed_big': '1.5'},
+  ]
+
+
+def test_csv_numbers_beyond_a_double_are_their_text_not_an_infinity(tmp_path):
+  """pyarrow read 1e400, -1e400 and a number of 400 digits as infinities, values nobody wrote. As the JSON
+  readers do, the column holding one is its text as written; the literals inf and Infinity stay floats. In a
+  field the entity declares a float the text is an invalid_value naming the field and the number."""
+  from transforms.entities import AudioFeatures
+  from transforms.validate import validate_batch
+
+  track = '4uLU6hMCjMI75M1A2tKUQC'
+  huge = '9' * 400 + '.5'
+  path = write(
+    tmp_path,
+    'features.csv',
+    f'id,loudness,gain,peak,ratio\n{track},1e400,-1E+400,inf,0.5\n{track},-5.5,{huge},-Infinity,1.5\n'
+    f'{track},-4.0,2.5,1.0,2\n',
+  )
+  result = read(tmp_path, ReadFromCsv(path))
+  assert result.dead_letters == []
+  schema = result.table.schema
+  assert [schema.field(c).type for c in ('loudness', 'gain', 'peak', 'ratio')] == [pa.string()] * 2 + [pa.float64()] * 2
+  assert [(r[2]['loudness'], r[2]['gain'], r[2]['peak']) for r in result.rows()] == [
+    ('1e400', '-1E+400', float('inf')),
+    ('-5.5', huge, float('-inf')),
+    ('-4.0', '2.5', 1.0),
+  ]
+  # Declared: loudness is a float of AudioFeatures (gain, undeclared, is kept as the text it is).
+  valid, dead = validate_batch(result.table.combine_chunks().to_batches()[0], AudioFeatures)
+  assert valid.column('loudness').to_pylist() == [-5.5, -4.0]
+  assert [(d['reason'], d['field'], d['position'], d['detail']) for d in dead] == [
+    ('invalid_value', 'loudness', 'row 2', "Value error, 1e400 is beyond a double's range")
   ]
 
 

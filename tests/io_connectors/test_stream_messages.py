@@ -137,7 +137,7 @@ def test_decode_json_records_names_each_record_and_problem_by_its_element():
 
   decoded = decode_json_records(b'[{"a": 1}, true]')
   assert decoded.records == [(0, {'a': 1})] and decoded.elements == 2
-  assert decoded.problems == [(1, 'malformed_json', 'element 1 is a JSON boolean, not an object', 'true')]
+  assert decoded.problems == [(1, 'malformed_json', 'element 1 is a JSON boolean, not an object', 'true', None)]
   assert decode_json_records(b'{"a": 1}') == ([(None, {'a': 1})], [], None)
 
 
@@ -160,6 +160,46 @@ def test_numbers_beyond_a_double_are_their_text_as_written_not_infinities():
   assert [(r['event_id'], r['v']) for r in rows] == [('a', '-2e308'), ('b', '1e400'), ('c', '1.5'), ('d', '2.5E+0400')]
   rows, dead = _read(b'{"event_id": "e", "v": Infinity}', b'{"event_id": "f", "v": 1.5}')
   assert [r['v'] for r in rows] == [float('inf'), 1.5]
+
+
+_REPEATED = "the key 'user_id' is written 2 times with different values: which value was meant cannot be told"
+
+
+def test_a_message_object_writing_a_key_twice_with_different_values_is_a_dead_letter():
+  """{"user_id": "a", "user_id": "b"} was a row of user "b", the "a" lost. The object, a message's or an
+  array's element, is a duplicate_key dead letter naming the key and its place; an equal repeat is a row."""
+  payloads = [
+    b'{"event_id": "a", "user_id": "u1", "user_id": "u2"}',
+    b'{"event_id": "b", "user_id": "u3", "user_id": "u3"}',
+    b'[{"event_id": "c", "user_id": "u4"}, {"event_id": "d", "user_id": "u5", "user_id": "u6"}]',
+    b'{\n  "event_id": "e",\n  "user_id": "u7",\n  "user_id": "u8"\n}',
+    b'{"event_id": "f", "user_id": "u9"}',
+  ]
+  batch, dead = messages_to_batch(payloads, [f'entry {n}-0' for n in range(1, 6)], [1, 2, 3, 4, 5], SOURCE, 'read')
+  assert [(r['event_id'], r['user_id'], r['__row']) for r in batch.to_pylist()] == [
+    ('b', 'u3', 2),
+    ('c', 'u4', 3),
+    ('f', 'u9', 5),
+  ]
+  assert sorted((d['position'], d['reason'], d['field'], d['detail']) for d in dead) == [
+    ('entry 1-0', 'duplicate_key', 'user_id', _REPEATED),
+    ('entry 3-0 element 1 of 2', 'duplicate_key', 'user_id', _REPEATED),
+    ('entry 4-0', 'duplicate_key', 'user_id', _REPEATED),
+  ]
+  assert [d['record'] for d in dead if d['position'] == 'entry 1-0'] == [payloads[0].decode()]
+  # Only one-line objects without a repeat: pyarrow's reader reads them as written, nothing is looked at again.
+  batch, dead = messages_to_batch(payloads[1:2] + payloads[4:], ['entry 2-0', 'entry 5-0'], [2, 5], SOURCE, 'read')
+  assert dead == [] and [r['event_id'] for r in batch.to_pylist()] == ['b', 'f']
+  from io_connectors.streams.kafka._payloads import value_dead_letter
+
+  rows, good, bad, _ = decode_values(payloads)
+  assert [r['event_id'] for r in rows] == ['b', 'c', 'f'] and good == [1, 2, 4]
+  letters = [value_dead_letter('kafka://t/0', b.index, payloads[b.index], b) for b in bad]
+  assert [(d['position'], d['reason'], d['field']) for d in letters] == [
+    ('offset 0', 'duplicate_key', 'user_id'),
+    ('offset 2 element 1 of 2', 'duplicate_key', 'user_id'),
+    ('offset 3', 'duplicate_key', 'user_id'),
+  ]
 
 
 def test_message_columns_follow_each_row_to_its_message():

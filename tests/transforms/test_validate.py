@@ -571,3 +571,59 @@ def test_json_objects_arrays_and_booleans_read_as_text_are_refused_in_scalar_fie
       ),
       label='dead',
     )
+
+
+class _Counts(entities._Entity):
+  """An entity of integer fields without bounds (the built-in ones all have some, which hid the wrap)."""
+
+  id: entities.Identifier()
+  plays: typing.Optional[entities.Int()] = None
+
+
+@pytest.mark.parametrize('float_type', [pa.float64(), pa.float32(), pa.float16()])
+def test_a_whole_float_beyond_int64_in_an_integer_field_is_an_invalid_value_not_minus_two_to_the_63(float_type):
+  """The vectorised cast of a float to int64 was unchecked: 1e19 or 9.3e18 (a float column, JSON written as a
+  float) became -9223372036854775808, a valid value of a field without bounds. It is an invalid_value naming
+  the field and the number, as NaN and the infinities are; a fraction stays an invalid_type."""
+  values = {
+    pa.float64(): [1e19, 9.3e18, -1e19, float('nan'), float('inf'), float('-inf'), 12.0, -(2.0**63), 12.5, None],
+    pa.float32(): [1e19, 9.3e18, -1e19, float('nan'), float('inf'), float('-inf'), 12.0, -(2.0**63), 12.5, None],
+    pa.float16(): [6e4, -6e4, None, float('nan'), float('inf'), float('-inf'), 12.0, 2048.0, 12.5, None],
+  }[float_type]
+  batch = with_provenance(
+    pa.record_batch({'id': [f'p{i}' for i in range(len(values))], 'plays': pa.array(values, float_type)}), 'f', 1
+  )
+  valid, dead = validate_batch(batch, _Counts)
+  if float_type == pa.float16():  # every half float fits: the whole ones are integers
+    assert valid.column('plays').to_pylist() == [60000, -60000, None, 12, 2048, None]
+    assert [(d['reason'], d['position']) for d in dead] == [('invalid_value', f'row {n}') for n in (4, 5, 6)] + [
+      ('invalid_type', 'row 9')
+    ]
+    return
+  assert valid.column('plays').to_pylist() == [12, -(2**63), None]
+  as_read = pa.array(values, float_type).to_pylist()
+  assert [(d['reason'], d['field'], d['position']) for d in dead] == [
+    ('invalid_value', 'plays', f'row {n}') for n in (1, 2, 3, 4, 5, 6)
+  ] + [('invalid_type', 'plays', 'row 9')]
+  for letter, number in zip(dead[:3], as_read[:3]):
+    assert letter['detail'] == f'Value error, {number!r} does not fit in 64 bits'
+  assert [d['detail'] for d in dead[3:6]] == [
+    f"Value error, expected an integer, got '{text}'" for text in ('NaN', 'Infinity', '-Infinity')
+  ]
+
+
+def test_an_integer_column_beyond_int64_refuses_its_values_not_the_batch():
+  """A uint64 column holding one value past int64 refused every row of the batch; every other width converts."""
+  ids = ['p0', 'p1', 'p2']
+  widths = [pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(), pa.uint32(), pa.uint64()]
+  for width in widths:
+    batch = pa.record_batch({'id': ids, 'plays': pa.array([1, None, 100], width)})
+    valid, dead = validate_batch(batch, _Counts)
+    assert (valid.column('plays').to_pylist(), dead) == ([1, None, 100], []), width
+  batch = with_provenance(pa.record_batch({'id': ids, 'plays': pa.array([5, 2**64 - 1, 2**63], pa.uint64())}), 'f', 1)
+  valid, dead = validate_batch(batch, _Counts)
+  assert valid.column('plays').to_pylist() == [5]
+  assert [(d['reason'], d['field'], d['position'], d['detail']) for d in dead] == [
+    ('invalid_value', 'plays', 'row 2', f'Value error, {2**64 - 1} does not fit in 64 bits'),
+    ('invalid_value', 'plays', 'row 3', f'Value error, {2**63} does not fit in 64 bits'),
+  ]

@@ -74,14 +74,16 @@ def parse_json(content: Union[bytes, str], charset: Optional[str] = None) -> Any
 
   JSON a record cannot hold (nested too deep, a lone surrogate escape) is a
   ValueError too (`json_values.loads`): a malformed body like any other, not
-  a crash of the reader.
+  a crash of the reader. An object that writes a key twice with different
+  values is marked (`json_values.repeated_key`): the reader makes its record
+  a dead letter.
   """
   if isinstance(content, bytes) and charset and not _is_utf(charset) and not content.startswith(_BOMS):
     try:
       content = content.decode(charset)
     except LookupError:
       raise ValueError(f'the answer declares an unknown charset {charset!r}') from None
-  return loads(content)
+  return loads(content, repeated_keys=True)
 
 
 # UTF-8, UTF-16 and UTF-32 byte order marks, which json.loads decodes bytes by.

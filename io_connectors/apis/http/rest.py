@@ -16,7 +16,8 @@ API allows rather than at one request's latency.
 
 Nothing is lost: a request that fails for good (after retries), a body that
 is not JSON or over the size cap, a page without records where some were
-expected or a record that cannot be mapped becomes a dead letter
+expected, a record that writes a key twice with different values
+(``duplicate_key``) or one that cannot be mapped becomes a dead letter
 (``stage='read'``) whose ``record`` holds the request that produced it
 (method, URL, params, all masked). A failed page does not end the read
 where the next page's address is known without its answer (offsets, page
@@ -103,6 +104,7 @@ from io_connectors.apis.http.paginators import Paginator, create_paginator, read
 from io_connectors.apis.http.request import HostNotAllowed, Request, RequestFailed, Response, has_path, json_path
 from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
+from transforms.json_values import repeated_key
 from transforms.metrics import LabelledCounters
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, json_safe
 
@@ -684,6 +686,20 @@ class _Reader:
             'the API returned null for this item',
             position=f'row {index}',
             source=page_source,
+          )
+        )
+        continue
+      repeated = repeated_key(record)
+      if repeated is not None:  # json kept one of the values: which the API meant cannot be told
+        out.dead_letters.append(
+          self._letter(
+            request,
+            'duplicate_key',
+            repeated.detail,
+            record=record,
+            position=f'row {index}',
+            source=page_source,
+            field=repeated.field,
           )
         )
         continue

@@ -72,7 +72,7 @@ class BadValue(NamedTuple):
 
   element, elements: the element's index and the array's length (None for
   the whole value); record: the element's JSON text (the value's own text
-  is `raw_text`).
+  is `raw_text`); field: the field at fault (a key written twice), if any.
   """
 
   index: int
@@ -81,6 +81,7 @@ class BadValue(NamedTuple):
   element: Optional[int] = None
   elements: Optional[int] = None
   record: Optional[str] = None
+  field: Optional[str] = None
 
 
 class DecodedValues(NamedTuple):
@@ -112,8 +113,8 @@ def decode_values(
     if value_format == 'json':
       # Decoded as every stream's JSON messages are.
       decoded = decode_json_records(value)
-      for element, reason, detail, record in decoded.problems:
-        bad.append(BadValue(i, reason, detail[:300], element, decoded.elements, record))
+      for element, reason, detail, record, field in decoded.problems:
+        bad.append(BadValue(i, reason, detail[:300], element, decoded.elements, record, field))
       for element, row in decoded.records:
         rows.append(row)
         good.append(i)
@@ -139,6 +140,7 @@ def value_dead_letter(source: str, offset: int, value: Optional[bytes], bad: Bad
     source,
     element_position(f'offset {offset}', bad.element, bad.elements),
     bad.reason,
+    field=bad.field,
     record=raw_text(value) if bad.element is None else bad.record,
     detail=bad.detail,
     stage='read',

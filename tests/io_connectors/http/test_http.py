@@ -821,6 +821,18 @@ def test_an_error_object_answered_with_a_200_for_a_single_object_is_a_dead_lette
   assert out.rows == [{'user_id': 'u2', 'name': None, 'city': None}] and not out.dead_letters
 
 
+def test_a_record_writing_a_key_twice_with_different_values_is_a_dead_letter(fake_server):
+  """An API record {"id": 2, "id": 3} was read as id 3, the 2 lost: it is a duplicate_key dead letter naming the
+  key and its row; a key written again with an equal value is harmless."""
+  body = b'{"items": [{"id": 1}, {"id": 2, "name": "x", "id": 3}, {"id": 4, "id": 4}]}'
+  fake_server.route('GET', '/items', lambda c: (200, {'Content-Type': 'application/json'}, body))
+  out = _read_all(fake_server, {'path': '/items', 'record_path': 'items'})
+  assert [r['id'] for r in out.rows] == [1, 4]
+  [letter] = out.dead_letters
+  assert (letter['reason'], letter['position'], letter['field']) == ('duplicate_key', 'row 2', 'id')
+  assert letter['detail'].startswith("the key 'id' is written 2 times with different values")
+
+
 # ----- Beam transforms -----
 
 

@@ -1,0 +1,78 @@
+"""transforms.json_values: objects that write a key again with a different value are marked, not silently
+decoded to their last value."""
+
+import pickle
+
+import pytest
+
+from transforms.json_values import RepeatedKey, loads, own_repeated_keys, repeated_key
+
+
+@pytest.mark.parametrize(
+  'text, path, times',
+  [
+    ('{"user_id": "a", "user_id": "b"}', ('user_id',), 2),
+    ('{"n": 1, "user_id": "a", "user_id": "a", "user_id": "b"}', ('user_id',), 3),
+    # Written in other ways: the count of keys a quote and a colon end must see every one of them.
+    ('{"user_id" : "a", "user_id": "b"}', ('user_id',), 2),
+    ('{"user_id":"a",\n"user_id"\t:\r\n"b"}', ('user_id',), 2),
+    ('{"a" : 1, "a" : 2, "b": "x\\":"}', ('a',), 2),
+    ('{"t": {"album": {"id": 1, "id": 2}}, "x": 1}', ('t', 'album', 'id'), 2),
+    ('{"artists": [{"id": 1}, {"id": 1, "id": 2}]}', ('artists', 1, 'id'), 2),
+    ('{"l": [[{"k": 1, "k": 2}]]}', ('l', 0, 0, 'k'), 2),
+    # Equal by ==, not the same JSON value: 1, 1.0 and true are three; so are "1e400" and 1e400.
+    ('{"a": 1, "a": 1.0}', ('a',), 2),
+    ('{"a": 1, "a": true}', ('a',), 2),
+    ('{"a": "1e400", "a": 1e400}', ('a',), 2),
+    ('{"a": {"x": 1}, "a": {"x": 1, "y": 2}}', ('a',), 2),
+  ],
+)
+@pytest.mark.parametrize('floats_as_written', [False, True])
+@pytest.mark.parametrize('encoding', ['str', 'utf-8', 'utf-16'])
+def test_a_key_written_again_with_a_different_value_is_marked_with_its_path(
+  text, path, times, floats_as_written, encoding
+):
+  given = text if encoding == 'str' else text.encode(encoding)
+  value = loads(given, floats_as_written=floats_as_written, repeated_keys=True)
+  assert repeated_key(value) == RepeatedKey(path, times)
+  # As json decodes it otherwise: the last value.
+  assert value == loads(given, floats_as_written=floats_as_written)
+  assert repeated_key(loads(given)) is None  # not asked for
+
+
+@pytest.mark.parametrize(
+  'text',
+  [
+    '{"user_id": "a", "user_id": "a"}',
+    '{"a": 1.0, "a": 1.00}',
+    '{"a": {"x": [1, {"y": null}]}, "a": {"x": [1, {"y": null}]}}',
+    '{"a": NaN, "a": NaN}',
+    '{"s": "\\":\\":", "a": 1}',
+    '{"a": 1, "b": {"a": 1}, "c": [{"a": 2}]}',
+    '[1, 2, "x"]',
+    '{}',
+  ],
+)
+def test_a_key_written_again_with_an_equal_value_or_in_another_object_is_not_marked(text):
+  value = loads(text, repeated_keys=True)
+  assert repeated_key(value) is None and value == loads(text)
+
+
+def test_the_first_repeated_key_and_an_objects_own_ones():
+  value = loads('{"a": {"k": 1, "k": 2}, "b": 1, "b": 2, "c": 3, "c": 4}', repeated_keys=True)
+  assert repeated_key(value) == RepeatedKey(('b',), 2)  # its own first, then those in its values
+  assert own_repeated_keys(value) == (RepeatedKey(('b',), 2), RepeatedKey(('c',), 2))
+  assert repeated_key(value['a']) == RepeatedKey(('k',), 2) and own_repeated_keys(value['a'])
+  array = loads('[{"a": 1}, {"a": 1, "a": 2}]', repeated_keys=True)
+  assert [repeated_key(e) for e in array] == [None, RepeatedKey(('a',), 2)]
+  copied = pickle.loads(pickle.dumps(value))
+  assert copied == value and repeated_key(copied) == RepeatedKey(('b',), 2)
+
+
+def test_a_repeated_keys_field_and_detail_name_it_without_its_values():
+  repeated = repeated_key(loads('{"t": {"artists": [{"id": "a"}, {"id": "b", "id": "c"}]}}', repeated_keys=True))
+  assert repeated.field == 't.artists[1].id'
+  assert repeated.detail == (
+    "the key 'id' is written 2 times with different values in the object at t.artists[1]: "
+    'which value was meant cannot be told'
+  )
