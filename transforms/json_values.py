@@ -71,6 +71,7 @@ __all__ = [
   'RepeatedKey',
   'loads',
   'repeated_key',
+  'repeated_inside',
   'own_repeated_keys',
   'repeated_on_path',
   'mark_repeated_keys',
@@ -236,13 +237,15 @@ def _same(a: Any, b: Any) -> bool:
   return a == b or a != a and b != b  # NaN is NaN here
 
 
-def _repeated_inside(value: Any) -> Optional[RepeatedKey]:
-  """The first repeated key inside a decoded value (a marked object, or one in an array), its path from it."""
+def repeated_inside(value: Any) -> Optional[RepeatedKey]:
+  """The first key written again with a different value inside a value decoded by ``loads(repeated_keys=True)``: a
+  marked object's, else that of one in an array (at any depth, in order), its path from the value; None when there
+  is none. `repeated_key` for a value that may be an array."""
   if isinstance(value, _Repeating):
     return value.repeated
   if isinstance(value, list):
     for i, element in enumerate(value):
-      inner = _repeated_inside(element)
+      inner = repeated_inside(element)
       if inner is not None:
         return RepeatedKey((i, *inner.path), inner.times)
   return None
@@ -270,9 +273,9 @@ def object_of_pairs(pairs: List[Tuple[str, Any]]) -> dict:
   repeated = own[0] if own else None
   if repeated is None:
     for key, item in value.items():
-      if not isinstance(item, (_Repeating, list)):  # what `_repeated_inside` finds nothing in
+      if not isinstance(item, (_Repeating, list)):  # what `repeated_inside` finds nothing in
         continue
-      inner = _repeated_inside(item)
+      inner = repeated_inside(item)
       if inner is not None:
         repeated = RepeatedKey((key, *inner.path), inner.times)
         break
@@ -419,7 +422,7 @@ def mark_repeated_keys(
     return value
   decoder = _WRITTEN_MARKING_DECODER if floats_as_written else _MARKING_DECODER
   marked = decoder.decode(text) if start == 0 and end is None else decoder.raw_decode(text, start)[0]
-  return marked if _repeated_inside(marked) is not None else value
+  return marked if repeated_inside(marked) is not None else value
 
 
 def _text_of(text: Union[str, bytes, bytearray]) -> str:

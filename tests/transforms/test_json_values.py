@@ -12,6 +12,7 @@ from transforms.json_values import (
   mark_repeated_keys,
   object_of_pairs,
   own_repeated_keys,
+  repeated_inside,
   repeated_key,
   repeated_on_path,
 )
@@ -74,6 +75,11 @@ def test_the_first_repeated_key_and_an_objects_own_ones():
   assert repeated_key(value['a']) == RepeatedKey(('k',), 2) and own_repeated_keys(value['a'])
   array = loads('[{"a": 1}, {"a": 1, "a": 2}]', repeated_keys=True)
   assert [repeated_key(e) for e in array] == [None, RepeatedKey(('a',), 2)]
+  assert repeated_key(array) is None and repeated_inside(array) == RepeatedKey((1, 'a'), 2)
+  assert repeated_inside(loads('[[1], [{"b": [{"c": 1, "c": 2}]}]]', repeated_keys=True)) == RepeatedKey(
+    (1, 0, 'b', 0, 'c'), 2
+  )
+  assert repeated_inside(value) == repeated_key(value) and repeated_inside([1, {'a': 1}]) is None
   copied = pickle.loads(pickle.dumps(value))
   assert copied == value and repeated_key(copied) == RepeatedKey(('b',), 2)
 
