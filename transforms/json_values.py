@@ -41,6 +41,11 @@ written): the readers make the record a ``duplicate_key`` dead letter. A key
 written again with an equal value is harmless and not marked. Only text
 whose count of keys (a quote before a colon) exceeds the keys decoded is
 decoded again to find them: about a microsecond for a small event.
+A reader that decodes JSON its own way (a whole file at json's C speed, an
+array's elements one by one) gets the same marks from `mark_repeated_keys`,
+one whose parser hands over an object's pairs (ijson) from
+`object_of_pairs`; `repeated_on_path` finds a key written twice on the way
+to a document's records (``{"items": [...], "items": [...]}``).
 
 Usage::
 
@@ -56,7 +61,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 __all__ = [
   'MAX_DEPTH',
@@ -66,7 +71,11 @@ __all__ = [
   'RepeatedKey',
   'loads',
   'repeated_key',
+  'repeated_inside',
   'own_repeated_keys',
+  'repeated_on_path',
+  'mark_repeated_keys',
+  'object_of_pairs',
   'reason_of',
   'depth_exceeds',
   'lone_surrogate',
@@ -192,6 +201,31 @@ def own_repeated_keys(value: Any) -> Tuple[RepeatedKey, ...]:
   return value.own if isinstance(value, _Repeating) else ()
 
 
+def repeated_on_path(value: Any, path: Sequence[Union[str, int]]) -> Optional[RepeatedKey]:
+  """The key on `path` (object keys; array indices as ints or digits) that its object, decoded by
+  ``loads(repeated_keys=True)``, writes again with a different value, as a path from `value`; None when none does.
+
+  For a reader that takes its records from a place in a document (an API's
+  ``{"items": [...]}``): when the key leading there is written twice, the
+  records read are one of two lists, and which one was meant cannot be told.
+  """
+  node: Any = value
+  walked: List[Union[str, int]] = []
+  for key in path:
+    if isinstance(node, dict):
+      for repeated in own_repeated_keys(node):
+        if repeated.path == (key,):
+          return RepeatedKey((*walked, key), repeated.times)
+      node = node.get(key)
+    elif isinstance(node, list) and re.fullmatch(r'-?\d+', str(key)) and -len(node) <= int(key) < len(node):
+      key = int(key)
+      node = node[key]
+    else:
+      return None
+    walked.append(key)
+  return None
+
+
 def _same(a: Any, b: Any) -> bool:
   """Whether two decoded JSON values are the same value: 1, 1.0 and true are three (== says one)."""
   if isinstance(a, dict) and isinstance(b, dict):
@@ -203,21 +237,25 @@ def _same(a: Any, b: Any) -> bool:
   return a == b or a != a and b != b  # NaN is NaN here
 
 
-def _repeated_inside(value: Any) -> Optional[RepeatedKey]:
-  """The first repeated key inside a decoded value (a marked object, or one in an array), its path from it."""
+def repeated_inside(value: Any) -> Optional[RepeatedKey]:
+  """The first key written again with a different value inside a value decoded by ``loads(repeated_keys=True)``: a
+  marked object's, else that of one in an array (at any depth, in order), its path from the value; None when there
+  is none. `repeated_key` for a value that may be an array."""
   if isinstance(value, _Repeating):
     return value.repeated
   if isinstance(value, list):
     for i, element in enumerate(value):
-      inner = _repeated_inside(element)
+      inner = repeated_inside(element)
       if inner is not None:
         return RepeatedKey((i, *inner.path), inner.times)
   return None
 
 
-def _object_of_pairs(pairs: List[Tuple[str, Any]]) -> dict:
-  """json's object_pairs_hook: the object as json makes it (the last value of a key wins), marked
-  (`_Repeating`) when it or a value in it writes a key again with a different value."""
+def object_of_pairs(pairs: List[Tuple[str, Any]]) -> dict:
+  """An object from its (key, value) pairs in the order written, as ``loads(repeated_keys=True)`` makes it (json's
+  object_pairs_hook): the last value of a key wins, and the object is marked (`_Repeating`, `repeated_key`) when it,
+  or an object in its values, writes a key again with a different value. Also for a reader whose parser hands
+  over pairs (ijson's ``map_type``): build the values first, an object is marked by what they already carry."""
   value = dict(pairs)
   own: List[RepeatedKey] = []
   if len(value) < len(pairs):
@@ -235,7 +273,9 @@ def _object_of_pairs(pairs: List[Tuple[str, Any]]) -> dict:
   repeated = own[0] if own else None
   if repeated is None:
     for key, item in value.items():
-      inner = _repeated_inside(item)
+      if not isinstance(item, (_Repeating, list)):  # what `repeated_inside` finds nothing in
+        continue
+      inner = repeated_inside(item)
       if inner is not None:
         repeated = RepeatedKey((key, *inner.path), inner.times)
         break
@@ -264,8 +304,8 @@ def _keys_decoded(value: Any) -> int:
   return count
 
 
-def _may_repeat_keys(text: str, value: Any, braces: int) -> bool:
-  """Whether JSON `text`, decoded to `value`, may write a key twice in an object.
+def _may_repeat_keys(text: str, value: Any, braces: int, start: int = 0, end: Optional[int] = None) -> bool:
+  """Whether JSON `text` (its part from `start` to `end`), decoded to `value`, may write a key twice in an object.
 
   Every key written ends in a quote and a colon, outside strings: the count
   of those in the text is at least the keys written (a string holding '":'
@@ -274,10 +314,16 @@ def _may_repeat_keys(text: str, value: Any, braces: int) -> bool:
   """
   if not braces:
     return False
-  decoded = len(value) if braces == 1 and type(value) is dict else _keys_decoded(value)
-  written = text.count('":')
-  if written <= decoded and _SPACED_KEY.search(text) is not None:  # keys written '"id" : 1' are not in that count
-    written = len(_KEY_END.findall(text))
+  if braces == 1 and type(value) is dict:
+    decoded = len(value)
+  elif type(value) is list and braces == len(value) and all(type(element) is dict for element in value):
+    decoded = sum(map(len, value))  # an array of objects holding none: as many braces as objects
+  else:
+    decoded = _keys_decoded(value)
+  end = len(text) if end is None else end
+  written = text.count('":', start, end)
+  if written <= decoded and _SPACED_KEY.search(text, start, end):  # keys written '"id" : 1' are not in that count
+    written = len(_KEY_END.findall(text, start, end))
   return written > decoded
 
 
@@ -287,8 +333,8 @@ def _may_repeat_keys(text: str, value: Any, braces: int) -> bool:
 _DECODER = json.JSONDecoder(parse_float=_float)
 _WRITTEN_DECODER = json.JSONDecoder(parse_float=_written_float)
 # The same, marking objects that write a key again with a different value (`loads(repeated_keys=True)`).
-_MARKING_DECODER = json.JSONDecoder(parse_float=_float, object_pairs_hook=_object_of_pairs)
-_WRITTEN_MARKING_DECODER = json.JSONDecoder(parse_float=_written_float, object_pairs_hook=_object_of_pairs)
+_MARKING_DECODER = json.JSONDecoder(parse_float=_float, object_pairs_hook=object_of_pairs)
+_WRITTEN_MARKING_DECODER = json.JSONDecoder(parse_float=_written_float, object_pairs_hook=object_of_pairs)
 
 
 def reason_of(error: ValueError) -> str:
@@ -357,6 +403,26 @@ def loads(
   if repeated_keys and _may_repeat_keys(text, value, braces):
     value = (_WRITTEN_MARKING_DECODER if floats_as_written else _MARKING_DECODER).decode(text)
   return value
+
+
+def mark_repeated_keys(
+  value: Any, text: str, start: int = 0, end: Optional[int] = None, floats_as_written: bool = False
+) -> Any:
+  """`value`, which json decoded from JSON `text` (or from its part `text[start:end]`), with the marks
+  ``loads(repeated_keys=True)`` gives: for a reader that decodes its own way (a whole file at json's C speed,
+  an array's elements one by one in a window of text) and only asks for the marks.
+
+  The same test as `loads`: the text is decoded again, marking, only when its
+  count of keys exceeds the keys decoded; `value` itself is returned when no
+  object in it writes a key again with a different value.
+  """
+  if type(value) is not dict and type(value) is not list:
+    return value
+  if not _may_repeat_keys(text, value, text.count('{', start, len(text) if end is None else end), start, end):
+    return value
+  decoder = _WRITTEN_MARKING_DECODER if floats_as_written else _MARKING_DECODER
+  marked = decoder.decode(text) if start == 0 and end is None else decoder.raw_decode(text, start)[0]
+  return marked if repeated_inside(marked) is not None else value
 
 
 def _text_of(text: Union[str, bytes, bytearray]) -> str:

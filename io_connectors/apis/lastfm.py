@@ -31,7 +31,15 @@ handled here:
   empty page before ``totalPages`` does not end the read; a ``totalPages``
   that is no number dead-letters the page after it (where the pages end is
   unknown), saying that the read stopped there and the pages after it were
-  not read; answers are decoded in the charset they declare.
+  not read; answers are decoded in the charset they declare;
+- an answer that writes a key twice with different values (json keeps the
+  last value and loses the first): a scrobble that does is a
+  ``duplicate_key`` dead letter at its row, a page whose ``recenttracks``
+  writes ``track`` twice one at the page (its scrobbles are one of two
+  lists) and the read goes on; a track info or top tags answer that does,
+  anywhere, is one for the element; a duration answer writing
+  ``track.duration`` twice leaves ``ms_played`` unknown, as a failed lookup.
+  The field names the key's path, never its values.
 
 Recent tracks map to `transforms.entities.ListeningEvent` columns:
 ``event_id`` (stable hash of user, time, artist, track: re-reads deduplicate),
@@ -91,6 +99,7 @@ from io_connectors.apis.http.request import (
 )
 from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
+from transforms.json_values import repeated_key, repeated_on_path
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, json_safe
 
 __all__ = ['ReadFromLastfm', 'LastfmOptions', 'LastfmKeyError', 'sign_request', 'track_key', 'RESOURCES']
@@ -349,7 +358,15 @@ class _ReadLastfmFn(beam.DoFn):
       raise _LastfmError(code, f'{message} (HTTP {status})')
 
   def _letter(
-    self, request: Optional[Request], reason: str, detail: str, position: str, source: str, record=None, count: int = 1
+    self,
+    request: Optional[Request],
+    reason: str,
+    detail: str,
+    position: Optional[str],
+    source: str,
+    record=None,
+    count: int = 1,
+    field: Optional[str] = None,
   ):
     described = self._client.describe(request) if request is not None else None
     payload = {'request': described}
@@ -361,6 +378,7 @@ class _ReadLastfmFn(beam.DoFn):
         source,
         position,
         reason,
+        field=field,
         record=json_safe(payload),
         detail=self._client.masker.text(detail),
         stage='read',
@@ -417,6 +435,18 @@ class _ReadLastfmFn(beam.DoFn):
         request = request.with_params(page=page + 1)  # the pages after a lost one are still there
         continue
       tracks = json_path(body, 'recenttracks.track')
+      repeated = repeated_on_path(body, ('recenttracks', 'track'))
+      if repeated is not None:  # json kept the last list: which scrobbles the page holds cannot be told
+        yield self._letter(
+          request,
+          'duplicate_key',
+          f'{repeated.detail}, so which scrobbles the page holds cannot be told either',
+          f'page {page}',
+          source,
+          record=body,
+          field=repeated.field,
+        )
+        tracks = []  # the pages after it are read as after an empty one
       if isinstance(tracks, dict):
         tracks = [tracks]  # XML-to-JSON: a single element is not a list
       if not isinstance(tracks, list):
@@ -439,6 +469,12 @@ class _ReadLastfmFn(beam.DoFn):
         if isinstance(item, dict) and json_path(item, '@attr.nowplaying') == 'true':
           continue  # the track playing now: scrobbled (and read) once it ends
         scrobbles += 1
+        repeated = repeated_key(item)
+        if repeated is not None:  # json kept the last value: which one Last.fm meant cannot be told
+          yield self._letter(
+            request, 'duplicate_key', repeated.detail, f'row {index}', source, record=item, field=repeated.field
+          )
+          continue
         try:
           values = self._event(user, item)
         except (ValueError, TypeError, KeyError, OverflowError) as e:  # OverflowError: a time out of range
@@ -511,6 +547,21 @@ class _ReadLastfmFn(beam.DoFn):
       request = self._request('track.getInfo', artist=key[0], track=key[1])
       try:
         body = self._call(request)
+        repeated = repeated_on_path(body, ('track', 'duration'))
+        if repeated is not None:  # two durations: which one is the track's cannot be told
+          letters.append(
+            self._letter(
+              request,
+              'duplicate_key',
+              f'duration lookup failed, ms_played unknown: {repeated.detail}',
+              None,
+              'lastfm.track_info',
+              count=0,
+              field=repeated.field,
+            )
+          )
+          self._durations[key] = None
+          continue
         duration = _int(json_path(body, 'track.duration'))
         self._durations[key] = duration if duration else None
       except _LastfmError as e:
@@ -556,9 +607,13 @@ class _ReadLastfmFn(beam.DoFn):
     source = f'{source} {self._client.masker.text(request.full_url())}'
     try:
       body = self._call(request)
-      records = to_records(body)
+      repeated = repeated_key(body)
+      records = to_records(body) if repeated is None else []
     except (_LastfmError, RequestFailed, HostNotAllowed, ValueError, TypeError, KeyError) as e:
       yield self._failure(request, e, 'page 1', source)
+      return
+    if repeated is not None:  # json kept the last value: which one Last.fm meant cannot be told
+      yield self._letter(request, 'duplicate_key', repeated.detail, 'page 1', source, record=body, field=repeated.field)
       return
     out = _Page()
     extra = {k: element.get(k) for k in self._options.include_params}

@@ -69,6 +69,15 @@ duplicates), then raises. Values that do not fit the mapped Arrow type (a
 ``NaN`` numeric in a decimal column, an ``infinity`` timestamp) become
 dead letters (``invalid_type``) naming the column.
 
+JSON: a ``json`` or ``jsonb`` column is read as the text PostgreSQL holds
+(``jsonb`` keeps one value of a key written twice, ``json`` the text as
+written: both values), never decoded here. An array whose elements
+``to_json`` writes as JSON objects (a composite type, a domain over
+``json``: their objects are as written) is decoded: an element that writes
+a key twice with different values makes its row a ``duplicate_key`` dead
+letter, naming the column and the key's path (``items[1].id``), never the
+values; json would have kept the last value and lost the first.
+
 Types: int2/4/8 -> int16/32/64; float4/8 -> float32/64; numeric(p,s) with
 p <= 38 -> decimal128(p,s), unbounded numeric -> string; bool; text, varchar,
 char, json, jsonb, uuid and anything else -> string (PostgreSQL's text form);
@@ -119,7 +128,7 @@ from io_connectors._common.retry import Backoff
 from io_connectors.databases._pg_adbc import ArrowSplitReader, ConnectionLost
 from io_connectors.databases._pg_binary import BINARY_TYPES, TRAILER, RowBuffer, decode
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
-from transforms.json_values import loads
+from transforms.json_values import RepeatedKey, loads, repeated_inside
 from transforms.records import python_values, with_provenance
 
 __all__ = ['PostgresOptions', 'ReadFromPostgres', 'PostgresError', 'check', 'release_snapshots']
@@ -450,11 +459,30 @@ def _convert(column: _Column, array):
       parse, leaf = json.loads, lambda x: x
     else:
       # Elements as PostgreSQL wrote them: a numeric's digits as written (a float would round
-      # 12345678901234567890.123456789 and drop 1.50's zero).
-      parse, leaf = functools.partial(loads, floats_as_written=True), to_text
+      # 12345678901234567890.123456789 and drop 1.50's zero). An element to_json writes as an object (a
+      # composite, a domain over json: written as the json holds it) may write a key twice.
+      parse, leaf = functools.partial(_decoded_array, column.name), to_text
     values = [None if v is None else _array_elements(parse(v), column.dims, leaf) for v in array.to_pylist()]
     return pa.array(values, type=column.arrow)
   return array
+
+
+class _RepeatedKeyError(ValueError):
+  """An array element (an object) that writes a key twice with different values: which one was meant is unknown."""
+
+  def __init__(self, repeated: RepeatedKey):
+    super().__init__(repeated.detail)
+    self.repeated = repeated
+
+
+def _decoded_array(name: str, text: str) -> Any:
+  """An array column's value as to_json writes it, decoded with its numbers as written; _RepeatedKeyError (its
+  key's path starting at the column `name`) when an object in it writes a key twice with different values."""
+  value = loads(text, floats_as_written=True, repeated_keys=True)
+  repeated = repeated_inside(value) if '{' in text else None  # no brace, no object (text[], numeric[])
+  if repeated is not None:
+    raise _RepeatedKeyError(RepeatedKey((name, *repeated.path), repeated.times))
+  return value
 
 
 def _array_elements(value, dims: int, leaf) -> list:
@@ -967,13 +995,19 @@ class _ReadSplitFn(beam.DoFn):
   def _parse(self, rows: RowBuffer, first_row: int):
     arrays, problems = decode(rows, self._sent_as)
     count = len(arrays[0]) if arrays else 0
-    bad: Dict[int, List[Tuple[int, str]]] = {}  # row -> (column, what does not fit); one dead letter a row
+    # row -> (column, what is wrong, reason, field); one dead letter a row, of its first column's reason and field
+    bad: Dict[int, List[Tuple[int, str, str, str]]] = {}
     bad_text: Dict[Tuple[int, int], str] = {}
     for index, mask, texts in problems:
       column = self._plan.columns[index]
       for i in mask.nonzero()[0].tolist():
         bad.setdefault(i, []).append(
-          (index, f'{column.name}: {column.type_name} value {texts[i]!r} does not fit {column.arrow}')
+          (
+            index,
+            f'{column.name}: {column.type_name} value {texts[i]!r} does not fit {column.arrow}',
+            'invalid_type',
+            column.name,
+          )
         )
         bad_text[i, index] = str(texts[i])
     converted = []
@@ -986,10 +1020,18 @@ class _ReadSplitFn(beam.DoFn):
         for i, value in enumerate(values):
           try:
             _convert(column, pa.array([value], type=array.type))
+          except _RepeatedKeyError as e:  # the key's path, never its values (they may be personal data)
+            bad.setdefault(i, []).append((index, e.repeated.detail, 'duplicate_key', e.repeated.field))
+            values[i] = None
           except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as e:
             why = '' if isinstance(e, pa.ArrowException) else f': {e}'  # our own checks say what is wrong
             bad.setdefault(i, []).append(
-              (index, f'{column.name}: {column.type_name} value {value!r} does not fit {column.arrow}{why}')
+              (
+                index,
+                f'{column.name}: {column.type_name} value {value!r} does not fit {column.arrow}{why}',
+                'invalid_type',
+                column.name,
+              )
             )
             values[i] = None
         converted.append(_convert(column, pa.array(values, type=array.type)))
@@ -1003,7 +1045,8 @@ class _ReadSplitFn(beam.DoFn):
         converted[index] if c.convert == 'money' else arrays[index] for index, c in enumerate(self._plan.columns)
       ]
       for i, found in sorted(bad.items()):
-        problems_of_row = [problem for _, problem in sorted(found)]
+        found = sorted(found)
+        problems_of_row = [problem for _, problem, _, _ in found]
         record = {
           c.name: bad_text[i, index]
           if (i, index) in bad_text
@@ -1014,8 +1057,8 @@ class _ReadSplitFn(beam.DoFn):
           dead_letter(
             self._plan.source_name,
             f'row {first_row + i}',
-            'invalid_type',
-            problems_of_row[0].split(':', 1)[0],
+            found[0][2],
+            found[0][3],
             record,
             '; '.join(problems_of_row),
             'read',

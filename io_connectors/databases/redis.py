@@ -43,7 +43,10 @@ Dead letters (``stage='read'``, ``position`` = ``key <key>``, a key that is
 not UTF-8 with its bad bytes as ``\\xNN``):
 ``bad_encoding`` for a key or value that is not valid UTF-8 (record: the
 bytes as ``base64:...``); ``malformed_json`` for a string that is not a JSON
-object with ``value_format='json'`` (record: the text); ``invalid_value``
+object with ``value_format='json'`` (record: the text); ``duplicate_key``
+for a JSON object (a string read as one, or a RedisJSON document) that
+writes a key twice with different values (field: the key's path; json would
+keep the last value and lose the first); ``invalid_value``
 when a value has a field named like ``key_column``; ``source_error`` for a
 stream or another type this source does not map. A key that is deleted or
 expires between the scan and the read was not there to read: it is skipped
@@ -101,7 +104,7 @@ from io_connectors._common.masking import connection_url, mask_url, masked_messa
 from io_connectors._common.retry import Backoff, call_with_retries
 from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
-from transforms.json_values import loads, reason_of
+from transforms.json_values import loads, reason_of, repeated_key
 from transforms.records import json_safe, with_provenance
 
 __all__ = ['RedisOptions', 'RedisSourceError', 'ReadFromRedis']
@@ -406,7 +409,7 @@ def _json_object(text: str, value_format: str) -> Optional[dict]:
   try:
     # Numbers as written, as the JSON files' and streams' readers keep them (io_connectors._common.arrow):
     # a column of mixed types holds 1.10, not 1.1, and every digit of 12345678901234567890.5.
-    parsed = loads(text, floats_as_written=True)
+    parsed = loads(text, floats_as_written=True, repeated_keys=True)
   except ValueError as e:
     if value_format == 'json':
       raise _BadValue(reason_of(e), f'not JSON: {e}', text) from None
@@ -415,7 +418,16 @@ def _json_object(text: str, value_format: str) -> Optional[dict]:
     if value_format == 'json':
       raise _BadValue('malformed_json', f'JSON {type(parsed).__name__}, not an object', text)
     return None
+  _refuse_repeated_keys(parsed, text)
   return parsed
+
+
+def _refuse_repeated_keys(document: Any, record: Any):
+  """_BadValue ``duplicate_key`` when a decoded JSON object writes a key twice with different values (json kept
+  the last: which one the writer meant cannot be told), naming the key, never its values."""
+  repeated = repeated_key(document)
+  if repeated is not None:
+    raise _BadValue('duplicate_key', repeated.detail, record, repeated.field)
 
 
 def _fields(redis_type: str, value: Any, options: RedisOptions) -> dict:
@@ -434,8 +446,10 @@ def _fields(redis_type: str, value: Any, options: RedisOptions) -> dict:
     if redis_type == 'zset':
       return {'value': [{'member': _text(m), 'score': float(s)} for m, s in value]}
     if redis_type == 'ReJSON-RL':
-      docs = loads(_text(value), floats_as_written=True)  # JSON.GET key $ -> [document]
+      text = _text(value)
+      docs = loads(text, floats_as_written=True, repeated_keys=True)  # JSON.GET key $ -> [document]
       doc = docs[0] if isinstance(docs, list) and docs else docs
+      _refuse_repeated_keys(doc, text)
       return doc if isinstance(doc, dict) else {'value': doc}
   except UnicodeDecodeError as e:
     raise _BadValue(

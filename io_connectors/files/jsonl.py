@@ -32,7 +32,7 @@ from io_connectors.files._options import JsonOptions
 from io_connectors.files._ranges import Range, open_file, unicode_bom_encoding
 from io_connectors.files._read import READERS, STAGE, ReadFormat, emit
 from transforms.dead_letter import dead_letter
-from transforms.json_values import RepeatedKey, json_type, loads, own_repeated_keys, reason_of, repeated_key
+from transforms.json_values import json_type, loads, reason_of, repeated_key, repeated_on_path
 from transforms.records import position
 
 __all__ = ['ReadFromJsonLines', 'ReadFromJson', 'JsonOptions', 'records_of_document', 'ENVELOPE_KEYS']
@@ -153,7 +153,7 @@ def read_json(rng: Range, options: JsonOptions):
     return
   if where:
     _LOG.info('%s: records read from the array at %r', path, where)
-  on_the_way = _repeated_on_the_way(document, where)
+  on_the_way = repeated_on_path(document, where.split('.') if where else ())
   if on_the_way is not None:
     detail = f'{on_the_way.detail}, so which records it holds cannot be told either'
     yield dead_letter(path, None, 'duplicate_key', field=on_the_way.field, detail=detail, stage=STAGE)
@@ -190,19 +190,6 @@ def read_json(rng: Range, options: JsonOptions):
   data = '\n'.join(lines).encode('utf-8')
   table, rows = _json_rows(data, np.array(numbers, dtype=np.int64), options.string_columns, path, objects)
   yield from emit(table, path, rows, options.batch_size)
-
-
-def _repeated_on_the_way(document, where: str) -> Optional[RepeatedKey]:
-  """A key on the way to a document's records (`records_of_document`'s dotted path, an envelope's ``items``)
-  that its object writes again with a different value: the records read would be one of them; else None."""
-  node, walked = document, []
-  for key in where.split('.') if where else ():
-    for repeated in own_repeated_keys(node):
-      if repeated.path == (key,):
-        return RepeatedKey((*walked, key), repeated.times)
-    node = node[key]
-    walked.append(key)
-  return None
 
 
 def _holds_json_lines(text: str, error: ValueError) -> bool:

@@ -51,7 +51,13 @@ member) that is not a ZIP or a member that fails its checksum (the member's rows
 damage are kept); ``malformed_json`` for a member that stops parsing (rows
 before it kept, one dead letter at the element where it broke) or an
 element that is not an object; ``bad_encoding`` for bytes that are not
-UTF-8.
+UTF-8; ``duplicate_key`` for an element (a play, a saved track, a playlist's
+entry) that writes a key twice with different values (json would keep the
+last value and lose the first), naming the key's path and not its values,
+and for every entry of a playlist that writes one of its own keys twice (its
+name, its items: which the entries belong to cannot be told). An export
+whose ``Userdata.json`` writes ``username`` twice with different values does
+not name the listener (logged).
 
 Usage::
 
@@ -71,13 +77,14 @@ import datetime as dt
 import hashlib
 import io
 import json
+import logging
 import posixpath
 import re
 import shutil
 import tempfile
 import zipfile
 from itertools import repeat
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -90,10 +97,19 @@ from io_connectors.files._ranges import MatchFn, open_file
 from io_connectors.files._read import STAGE, emit
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 from transforms.entities import CONTENT_TYPES
-from transforms.json_values import lone_surrogate
+from transforms.json_values import (
+  loads,
+  lone_surrogate,
+  mark_repeated_keys,
+  object_of_pairs,
+  own_repeated_keys,
+  repeated_key,
+)
 from transforms.records import position, typed_outputs
 
 __all__ = ['ReadFromSpotifyExport', 'RESOURCES', 'event_id', 'member_kind']
+
+_LOG = logging.getLogger(__name__)
 
 # resource -> the entity its records are.
 RESOURCES = {'plays': 'media_play', 'library': 'saved_track', 'playlists': 'playlist_track'}
@@ -410,8 +426,29 @@ def _library_track(e: dict, user: Optional[str], kind: str) -> dict:
   }
 
 
+class _Repeated(NamedTuple):
+  """The problem of an element, or a playlist, that writes a key twice with different values (json kept the
+  last): its dead letter's field and detail (the key, never its values), and the object as its record."""
+
+  field: str
+  detail: str
+  record: Any
+
+
+def _repeated(value: dict) -> Optional[_Repeated]:
+  """The `_Repeated` problem of an object decoded with the repeated-key marks, None when it writes no key twice."""
+  repeated = repeated_key(value)
+  return None if repeated is None else _Repeated(repeated.field, repeated.detail, value)
+
+
 def _playlist_entries(playlist: dict, user: Optional[str]) -> Iterator[Any]:
-  """The rows of one playlist's entries; a non-object entry yields its problem (a str)."""
+  """The rows of one playlist's entries; a non-object entry yields its problem (a str), an entry writing a key
+  twice with different values its `_Repeated`, and a playlist writing one of its own keys twice (its name, its
+  items) one `_Repeated` for all its entries: which name or list they belong to cannot be told."""
+  own = own_repeated_keys(playlist)
+  if own:
+    yield _Repeated(own[0].field, f'the playlist: {own[0].detail}', playlist)
+    return
   name = playlist.get('name')
   items = playlist.get('items') or []
   if not isinstance(items, list):
@@ -420,6 +457,10 @@ def _playlist_entries(playlist: dict, user: Optional[str]) -> Iterator[Any]:
   for index, item in enumerate(items, start=1):
     if not isinstance(item, dict):
       yield f'entry {index} of playlist {name!r} is a JSON {type(item).__name__}, not an object'
+      continue
+    repeated = _repeated(item)
+    if repeated is not None:
+      yield repeated
       continue
     track = item.get('track') if isinstance(item.get('track'), dict) else None
     episode = item.get('episode') if isinstance(item.get('episode'), dict) else None
@@ -495,12 +536,16 @@ def _is_resource_fork(name: str) -> bool:
 
 
 def _export_username(archive: zipfile.ZipFile) -> Optional[str]:
-  """``username`` of the export's Userdata.json, if it has one that reads."""
+  """``username`` of the export's Userdata.json, if it has one that reads (not one written twice with
+  different values: whose export it is cannot be told)."""
   for info in archive.infolist():
     if posixpath.basename(info.filename).lower() == 'userdata.json' and info.file_size < (1 << 20):
       try:
-        data = json.loads(archive.read(info).decode('utf-8-sig'))
+        data = loads(archive.read(info).decode('utf-8-sig'), repeated_keys=True)
       except (ValueError, OSError, zipfile.BadZipFile, RuntimeError):
+        return None
+      if any(repeated.path == ('username',) for repeated in own_repeated_keys(data)):
+        _LOG.warning('%s writes "username" twice with different values: the listener is not taken from it', info)
         return None
       user = data.get('username') if isinstance(data, dict) else None
       return user.strip() or None if isinstance(user, str) else None
@@ -584,6 +629,10 @@ def json_array_elements(stream) -> Iterator[Any]:
       if len(text) - end < _SCALAR_LOOKAHEAD and not isinstance(element, (dict, list, str)) and more():
         continue
       break
+    try:
+      element = mark_repeated_keys(element, text, pos, end)  # an object writing a key twice: `repeated_key`
+    except RecursionError:
+      raise MalformedJson('JSON nested too deeply to decode') from None
     pos = end
     first = False
     yield element
@@ -595,7 +644,8 @@ _WHOLE_MEMBER_BYTES = 32 << 20
 
 
 def _whole_array(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Optional[list]:
-  """A member's JSON array decoded whole; None when it is not a sound UTF-8 JSON array.
+  """A member's JSON array decoded whole, its objects that write a key twice marked (`repeated_key`); None when
+  it is not a sound UTF-8 JSON array.
 
   None sends the member to the streaming path, which keeps the elements
   before the damage and says where it is, as for a big member.
@@ -604,10 +654,46 @@ def _whole_array(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Optional[li
     data = archive.read(info)
     if data[:3] == codecs.BOM_UTF8:
       data = data[3:]
-    elements = json.loads(data.decode('utf-8'))
+    text = data.decode('utf-8')
+    elements = json.loads(text)
+    if not isinstance(elements, list):
+      return None
+    return mark_repeated_keys(elements, text)
   except (ValueError, RecursionError, zipfile.BadZipFile, EOFError, OSError, NotImplementedError, RuntimeError):
     return None
-  return elements if isinstance(elements, list) else None
+
+
+class _Pairs:
+  """An object as ijson builds it (its ``map_type``): its (key, value) pairs in the order written, a key written
+  twice kept twice, for `_objects_of_pairs`."""
+
+  __slots__ = ('pairs',)
+
+  def __init__(self):
+    self.pairs: List[tuple] = []
+
+  def __setitem__(self, key, value):
+    self.pairs.append((key, value))
+
+
+def _objects_of_pairs(item: Any) -> Any:
+  """An ijson item built of `_Pairs` as json_values decodes it: dicts, those that write a key twice with
+  different values marked (`json_values.object_of_pairs`), the values of an object before it (it is marked by
+  what they carry). MalformedJson when it nests too deep to walk."""
+  try:
+    return _converted(item)
+  except RecursionError:
+    raise MalformedJson('JSON nested too deeply to decode') from None
+
+
+def _converted(item: Any) -> Any:
+  if type(item) is _Pairs:
+    return object_of_pairs(
+      [(key, _converted(value) if type(value) is _Pairs or type(value) is list else value) for key, value in item.pairs]
+    )
+  if type(item) is list:
+    return [_converted(value) if type(value) is _Pairs or type(value) is list else value for value in item]
+  return item
 
 
 class _Utf8Checked(io.RawIOBase):
@@ -744,6 +830,17 @@ class _ReadExportFn(beam.DoFn):
 
     try:
       for number, element, problem in self._member_elements(archive, info, kind, user):
+        if isinstance(problem, _Repeated):
+          yield dead_letter(
+            source,
+            position(number),
+            'duplicate_key',
+            field=problem.field,
+            record=problem.record,
+            detail=problem.detail,
+            stage=STAGE,
+          )
+          continue
         if problem is not None:
           yield dead_letter(
             source,
@@ -813,14 +910,15 @@ class _ReadExportFn(beam.DoFn):
       if top != b'{':
         raise self._ijson.JSONError('the member is not a JSON object with "playlists"')
       number = 0
-      for playlist in self._ijson.items(stream, 'playlists.item', use_float=True):
+      for playlist in self._ijson.items(stream, 'playlists.item', use_float=True, map_type=_Pairs):
+        playlist = _objects_of_pairs(playlist)
         if not isinstance(playlist, dict):
           number += 1
           yield number, playlist, f'a playlist is a JSON {type(playlist).__name__}, not an object'
           continue
         for entry in _playlist_entries(playlist, user):
           number += 1
-          yield (number, None, entry) if isinstance(entry, str) else (number, entry, None)
+          yield (number, None, entry) if isinstance(entry, (str, _Repeated)) else (number, entry, None)
       return
     prefix = _ROW_MAKERS[kind][0]
     if prefix == 'item':
@@ -828,7 +926,7 @@ class _ReadExportFn(beam.DoFn):
     elif top != b'{':
       raise self._ijson.JSONError('the member is not a JSON object at its top level')
     else:
-      elements = self._ijson.items(stream, prefix, use_float=True)
+      elements = map(_objects_of_pairs, self._ijson.items(stream, prefix, use_float=True, map_type=_Pairs))
     yield from self._made(enumerate(elements, start=1), kind, user)
 
   @staticmethod
@@ -838,6 +936,8 @@ class _ReadExportFn(beam.DoFn):
     for number, element in numbered:
       if not isinstance(element, dict):
         yield number, element, f'element {number} is a JSON {type(element).__name__}, not an object'
+      elif type(element) is not dict and repeated_key(element) is not None:  # json kept a key's last value
+        yield number, element, _repeated(element)
       elif make is None:
         yield number, element, None
       else:

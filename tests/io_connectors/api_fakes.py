@@ -31,7 +31,16 @@ import time
 import urllib.parse
 from typing import Dict, List, Optional
 
-__all__ = ['FakeApi', 'LastfmFake', 'SoundCloudFake', 'TwitterFake', 'InstagramFake', 'TikTokFake', 'lastfm_signature']
+__all__ = [
+  'FakeApi',
+  'LastfmFake',
+  'SoundCloudFake',
+  'TwitterFake',
+  'InstagramFake',
+  'TikTokFake',
+  'lastfm_signature',
+  'json_with_key_twice',
+]
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -132,6 +141,28 @@ class FakeApi:
     raise ValueError(f'unknown fault {fault!r}')
 
 
+def json_with_key_twice(value, path, key, again) -> str:
+  """JSON text of `value` in which the object at `path` (keys and indices) writes `key` again, with `again`,
+  after its own pairs: what a hostile or broken server sends, and json decodes to the last value."""
+  if not path:
+    pairs = [f'{json.dumps(k)}: {json.dumps(v)}' for k, v in value.items()] + [
+      f'{json.dumps(key)}: {json.dumps(again)}'
+    ]
+    return '{' + ', '.join(pairs) + '}'
+  head, rest = path[0], path[1:]
+  if isinstance(value, dict):
+    pairs = [
+      f'{json.dumps(k)}: {json_with_key_twice(v, rest, key, again) if k == head else json.dumps(v)}'
+      for k, v in value.items()
+    ]
+    return '{' + ', '.join(pairs) + '}'
+  return (
+    '['
+    + ', '.join(json_with_key_twice(v, rest, key, again) if i == head else json.dumps(v) for i, v in enumerate(value))
+    + ']'
+  )
+
+
 # ----- Last.fm -----
 
 
@@ -191,7 +222,7 @@ class LastfmFake(FakeApi):
         }
         message = fault[3] if len(fault) > 3 else messages.get(fault[1], 'error')
         return self._error(fault[1], message, fault[2] if len(fault) > 2 else 200)
-      if fault[0] in ('latin1', 'total_pages', 'empty_page', 'no_tracks', 'first_uts'):
+      if fault[0] in ('latin1', 'total_pages', 'empty_page', 'no_tracks', 'first_uts', 'key_twice'):
         return self._reshaped(fault, *self._answer(params, name))
       return self.generic_fault(fault)
     return self._answer(params, name)
@@ -201,7 +232,10 @@ class LastfmFake(FakeApi):
     """A correct answer as hostile servers send it: ('latin1',) in ISO-8859-1 (declared),
     ('total_pages', value) with another totalPages, ('empty_page',) without its tracks,
     ('no_tracks',) without the track list at all, ('first_uts', value) with the first track's date.uts
-    replaced."""
+    replaced, ('key_twice', path, key, value) with the object at `path` (keys and indices) writing `key` again,
+    with `value`, after its own pairs (json keeps the last)."""
+    if fault[0] == 'key_twice':
+      return status, {'Content-Type': 'application/json'}, json_with_key_twice(payload, *fault[1:]).encode()
     if fault[0] == 'latin1':
       text = json.dumps(payload, ensure_ascii=False)
       return status, {'Content-Type': 'application/json; charset=ISO-8859-1'}, text.encode('iso-8859-1')

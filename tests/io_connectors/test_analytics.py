@@ -178,6 +178,48 @@ def test_mixpanel_days_rate_limit_bad_lines_and_dedup_key(mixpanel):
     AnalyticsEvent.model_validate({k: v for k, v in row.items() if k not in (SOURCE_COLUMN, ROW_COLUMN)})
 
 
+def test_an_event_writing_a_key_twice_with_different_values_is_a_dead_letter(mixpanel):
+  """An exported event {"properties": {"distinct_id": "user-x", ..., "distinct_id": "user-1"}} was read as
+  user-1, user-x lost: it is a duplicate_key dead letter naming the key's path and line, not its values; a key
+  written again with an equal value is read. The others of the day are read (pyarrow's reader refuses the whole
+  day for one repeated key: the lines are read one by one)."""
+  when = dt.datetime(2024, 6, 1, 8, 0, tzinfo=UTC)
+  mixpanel.add_events([mixpanel_event(i, when + dt.timedelta(minutes=i)) for i in range(3)])
+  twice = json.dumps(mixpanel_event(3, when)).replace('"properties": {', '"properties": {"distinct_id": "user-x", ')
+  equal = json.dumps(mixpanel_event(4, when)).replace('{"event": "Search"', '{"event": "Search", "event": "Search"')
+  mixpanel.raw_lines['2024-06-01'] = [twice.encode(), equal.encode()]
+  rows, letters = _collect(ReadFromMixpanel(_mixpanel_options(mixpanel, end_date='2024-06-01')))
+  assert sorted(r['insert_id'] for r in rows) == [f'mpins{i:010d}' for i in (0, 1, 2, 4)]
+  [letter] = letters
+  assert (letter['reason'], letter['position'], letter['field']) == (
+    'duplicate_key',
+    'line 4',
+    'properties.distinct_id',
+  )
+  assert letter['record'] == twice and 'day 2024-06-01' in letter['source']
+  assert letter['detail'] == (
+    "the key 'distinct_id' is written 2 times with different values in the object at properties: "
+    'which value was meant cannot be told'
+  )
+
+
+def test_amplitude_and_segment_lines_writing_a_key_twice_are_dead_letters_by_the_shared_parse():
+  """Amplitude's and Segment's files go through the same `parse_lines`: a repeated key with different values
+  is a duplicate_key dead letter at its line, wherever it is nested; one with an equal value is read."""
+  from io_connectors.apis.analytics._events import parse_lines
+
+  lines = [
+    b'{"event_type": "play", "user_id": "a", "event_time": "2024-06-01 10:00:00"}',
+    b'{"event_type": "play", "event_properties": {"track": {"id": 1, "id": 2}}, "event_time": "2024-06-01"}',
+    b'{"event_type": "play", "user_id": "b", "user_id": "b"}',
+  ]
+  raw, numbers, letters = parse_lines(b'\n'.join(lines) + b'\n', 'src', first_line=11)
+  assert raw.column('user_id').to_pylist() == ['a', 'b'] and numbers.tolist() == [11, 13]
+  assert [(lt['reason'], lt['position'], lt['field']) for lt in letters] == [
+    ('duplicate_key', 'line 12', 'event_properties.track.id')
+  ]
+
+
 def test_mixpanel_expired_credentials_stop_with_a_clear_error(mixpanel):
   mixpanel.add_events([mixpanel_event(1, DAY)])
   mixpanel.revoke()

@@ -202,6 +202,61 @@ def test_a_scrobble_imported_during_the_read_repeats_none_and_the_repeat_is_coun
   assert [r['params']['page'] for r in lastfm.served('user.getRecentTracks')] == ['1', '2', '3']
 
 
+def test_a_scrobble_or_a_page_writing_a_key_twice_with_different_values_is_a_dead_letter(lastfm):
+  """A scrobble {"name": "Song 3", ..., "name": "Another Song"} was read as "Another Song", and a page writing
+  its track list twice as its last list (here empty: ten scrobbles lost without a trace). The scrobble is a
+  duplicate_key dead letter at its row, the page one at the page, naming the key and not its values, and the
+  read goes on; a key written again with an equal value is read."""
+  lastfm.add_scrobbles('rj', scrobbles(25))
+  lastfm.inject('user.getRecentTracks', 'key_twice', ('recenttracks', 'track', 1), 'name', 'Another Song')
+  lastfm.inject('user.getRecentTracks', 'key_twice', ('recenttracks',), 'track', [])
+  lastfm.inject('user.getRecentTracks', 'key_twice', ('recenttracks', 'track', 0), 'mbid', 'mbid-4')
+  rows, letters = _read_one_user(lastfm, 'rj', page_size=10)
+  assert [r['params']['page'] for r in lastfm.served('user.getRecentTracks')] == ['1', '2', '3']
+  assert len(rows) == 14 and 'Another Song' not in {r['track_name'] for r in rows}
+  assert [(lt['reason'], lt['position'], lt['field']) for lt in letters] == [
+    ('duplicate_key', 'row 2', 'name'),
+    ('duplicate_key', 'page 2', 'recenttracks.track'),
+  ]
+  scrobble, page = letters
+  assert (
+    scrobble['detail']
+    == "the key 'name' is written 2 times with different values: which value was meant cannot be told"
+  )
+  assert scrobble['record']['response_record']['name'] == 'Another Song' and 'Another Song' not in scrobble['detail']
+  assert scrobble['record']['request']['params']['page'] == 1 and page['record']['request']['params']['page'] == 2
+  assert page['detail'].endswith('so which scrobbles the page holds cannot be told either')
+  assert LastfmFake.API_KEY not in json.dumps(letters)
+
+
+def test_an_info_or_duration_answer_writing_a_key_twice_with_different_values_is_a_dead_letter(lastfm):
+  """track.getInfo writing "playcount" twice was a record with the last count; writing "duration" twice gave its
+  scrobbles the last duration. The info is a duplicate_key dead letter; the duration is unknown, as after a failed
+  lookup, its dead letter standing for no record."""
+  lastfm.durations[('Daft Punk', 'One More Time')] = 320000
+  lastfm.inject('track.getInfo', 'key_twice', ('track',), 'playcount', '1')
+  fn = _ReadLastfmFn(_options(lastfm, resource='track_info', items=[{'artist': 'Daft Punk', 'track': 'One More Time'}]))
+  fn.setup()
+  outputs = list(fn.process({'artist': 'Daft Punk', 'track': 'One More Time'}))
+  assert not [o for o in outputs if isinstance(o, pa.RecordBatch)]  # no record of the last playcount
+  [letter] = [o.value for o in outputs]
+  assert (letter['reason'], letter['position'], letter['field']) == ('duplicate_key', 'page 1', 'track.playcount')
+
+  lastfm.add_scrobbles('rj', scrobbles(5, artists=1))
+  add_durations(lastfm, artists=1)
+  lastfm.inject('track.getInfo', 'key_twice', ('track',), 'duration', '1000')  # the first song looked up
+  fn = _ReadLastfmFn(_options(lastfm, users=['rj'], to_time=T0 + 10**6, unknown_duration_ms=-1))
+  fn.setup()
+  outputs = list(fn.process({'user': 'rj'}))
+  rows = [row for o in outputs if isinstance(o, pa.RecordBatch) for row in o.to_pylist()]
+  [letter] = [o.value for o in outputs if not isinstance(o, pa.RecordBatch)]
+  assert (letter['reason'], letter['field'], letter['count']) == ('duplicate_key', 'track.duration', 0)
+  assert 'ms_played unknown' in letter['detail']
+  looked_up = letter['record']['request']['params']['track']
+  assert {r['ms_played'] for r in rows if r['track_name'] == looked_up} == {-1} and len(rows) == 5
+  assert all(r['ms_played'] > 0 for r in rows if r['track_name'] != looked_up)
+
+
 def test_an_answer_in_the_charset_it_declares_is_read_in_it(lastfm):
   """Read as UTF-8, a page in ISO-8859-1 failed twice as 'not JSON' and the user's read ended there."""
   lastfm.add_scrobbles('rj', [dict(s, artist='Björk Guðmundsdóttir') for s in scrobbles(25)])

@@ -562,6 +562,78 @@ def test_identifiers_are_checked_before_any_sql_runs():
     ReadFromPostgres(table='t', query='SELECT 1', options=PostgresOptions(url='postgresql://u:p@h/db'))
 
 
+def _copy_rows(rows):
+  """A RowBuffer of binary COPY messages (after the header), one per row of (int4 or text or None) values."""
+  import struct
+
+  from io_connectors.databases._pg_binary import RowBuffer
+
+  buffer = RowBuffer(header_seen=True)
+  for row in rows:
+    message = struct.pack('>h', len(row))
+    for value in row:
+      if value is None:
+        message += struct.pack('>i', -1)
+      else:
+        data = struct.pack('>i', value) if isinstance(value, int) else value.encode('utf-8')
+        message += struct.pack('>i', len(data)) + data
+    buffer.data += message
+    buffer.lengths.append(len(message))
+  return buffer
+
+
+def test_an_array_element_writing_a_key_twice_with_different_values_is_a_dead_letter():
+  """An array of a composite type holding json (or of a domain over json), which to_json writes as objects as the
+  json holds them: an element '{"id": 1, "id": 2}' was read as {"id": 2}, the 1 lost. Its row is a duplicate_key
+  dead letter naming the column and the key's path, not the values; a key written again with an equal value is
+  read. (A json column itself is its text as written, never decoded; jsonb keeps one value server-side.) The
+  decoding of a split's rows, as the binary COPY reader runs it, without a server."""
+  from io_connectors.databases.postgres import _column, _Plan, _ReadSplitFn
+
+  columns = (
+    _column('id', 'int4', 'N', None, None, None),
+    _column('items', '_track_ref', 'A', 'track_ref', None, None),
+    _column('doc', 'json', 'U', None, None, None),
+  )
+  plan = _Plan(
+    'postgresql://u:p@h/db',
+    'postgresql://h:5432/db/public.t',
+    ('public', 't'),
+    None,
+    columns,
+    'id',
+    None,
+    None,
+    None,
+    None,
+  )
+  fn = _ReadSplitFn(plan, PostgresOptions(url='postgresql://u:p@h/db'))
+  fn._sent_as = [c.sent_as for c in columns]
+  twice = '[{"id": "a", "meta": {"n": 1}}, {"id": "b", "meta": {"n": 1, "n": 2}}]'
+  rows = [
+    (1, '[{"id": "a", "meta": {"n": 1.50}}]', '{"k": 1, "k": 2}'),
+    (2, twice, '{}'),
+    (3, '[{"id": "c", "id": "c"}]', None),
+    (4, None, None),
+  ]
+  batches, letters, count = fn._parse(_copy_rows(rows), 11)
+  assert count == 4
+  [batch] = batches
+  assert batch.column(batch.schema.get_field_index(ROW_COLUMN)).to_pylist() == [11, 13, 14]
+  assert strip_internal(batch).to_pylist() == [
+    {'id': 1, 'items': ['{"id": "a", "meta": {"n": 1.50}}'], 'doc': '{"k": 1, "k": 2}'},  # json: as written
+    {'id': 3, 'items': ['{"id": "c"}'], 'doc': None},
+    {'id': 4, 'items': None, 'doc': None},
+  ]
+  [letter] = letters
+  assert (letter['reason'], letter['position'], letter['field']) == ('duplicate_key', 'row 12', 'items[1].meta.n')
+  assert letter['record'] == {'id': '2', 'items': twice, 'doc': '{}'} and letter['stage'] == 'read'
+  assert letter['detail'] == (
+    "the key 'n' is written 2 times with different values in the object at items[1].meta: "
+    'which value was meant cannot be told'
+  )
+
+
 class _Killer(threading.Thread):
   """Terminates, `times` times, a split's backend while it streams rows (waits in pg_sleep)."""
 

@@ -200,6 +200,64 @@ def test_undecodable_values_are_dead_lettered_with_their_key(tmp_path, client, u
   assert all(d['source'] == source_of(url) for d in dead)
 
 
+class _FakePipeline:
+  """What `_ReadKeysFn` asks of a redis-py pipeline (TYPE, then GET), answered from a dict of string keys."""
+
+  def __init__(self, values):
+    self._values, self._replies = values, []
+
+  def type(self, key):
+    self._replies.append(b'string' if key in self._values else b'none')
+
+  def get(self, key):
+    self._replies.append(self._values.get(key))
+
+  def execute(self, raise_on_error=True):
+    replies, self._replies = self._replies, []
+    return replies
+
+
+class _FakeClient:
+  def __init__(self, values):
+    self._values = values
+
+  def pipeline(self, transaction=True):
+    return _FakePipeline(self._values)
+
+
+@pytest.mark.parametrize('value_format', ['auto', 'json'])
+def test_a_json_value_writing_a_key_twice_with_different_values_is_a_dead_letter(value_format):
+  """'{"user_id": "a", "user_id": "b"}' was read as user_id "b", the "a" lost: it is a duplicate_key dead letter
+  naming the key (its path when nested) and not its values; a key written again with an equal value is read.
+  The decoding as a worker runs it, against an in-process stand-in for the server's replies."""
+  from io_connectors.databases.redis import _KeyBatch, _ReadKeysFn
+
+  values = {
+    b'p:1': b'{"user_id": "a", "n": 1, "user_id": "b"}',
+    b'p:2': b'{"n": 2, "n": 2}',
+    b'p:3': b'{"n": 3, "track": {"album": {"id": "x", "id": "y"}}}',
+  }
+  fn = _ReadKeysFn(RedisOptions(url='redis://:pw@127.0.0.1:1/0', value_format=value_format))
+  fn._client = _FakeClient(values)
+  outputs = list(fn.process(_KeyBatch(1, tuple(values))))
+  [batch] = [o for o in outputs if isinstance(o, pa.RecordBatch)]
+  assert strip_internal(batch).to_pylist() == [{'key': 'p:2', 'n': 2}]
+  assert batch.column(batch.schema.get_field_index(ROW_COLUMN)).to_pylist() == [2]
+  letters = {o.value['position']: o.value for o in outputs if not isinstance(o, pa.RecordBatch)}
+  assert sorted(letters) == ['key p:1', 'key p:3']
+  assert {(d['reason'], d['field']) for d in letters.values()} == {
+    ('duplicate_key', 'user_id'),
+    ('duplicate_key', 'track.album.id'),
+  }
+  first = letters['key p:1']
+  assert first['record'] == values[b'p:1'].decode() and first['stage'] == 'read'
+  assert (
+    first['detail']
+    == "the key 'user_id' is written 2 times with different values: which value was meant cannot be told"
+  )
+  assert letters['key p:3']['detail'].endswith("in the object at track.album: which value was meant cannot be told")
+
+
 def test_parallel_key_batches_read_every_key_exactly_once(tmp_path, client, url, prefix):
   pipe = client.pipeline(transaction=False)
   for i in range(3000):

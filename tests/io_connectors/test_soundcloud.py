@@ -262,3 +262,44 @@ def test_a_count_no_integer_holds_is_a_dead_letter_of_its_record_not_a_crash(fak
   ]
   # The number is kept as written (transforms.json_values.NumberBeyondDouble), and the detail quotes it.
   assert all('1e999' in d['detail'] for d in out.dead_letters)
+
+
+def test_a_page_or_a_track_writing_a_key_twice_with_different_values_is_a_dead_letter(fake_server):
+  """{"collection": [...], "collection": [...]} was read as its last list, the first's tracks lost without a
+  trace: the page is a duplicate_key dead letter naming the key, and the read goes on with the page its
+  next_href names. A track writing a key twice with different values is one too, at its row."""
+  from io_connectors.apis.http import ClientOptions, HttpClient, create_paginator
+  from io_connectors.apis.http.rest import ResourceConfig, _Reader
+  from io_connectors.apis.soundcloud import RESOURCES
+
+  base = fake_server.base_url
+  pages = {
+    None: f'{{"collection": [{{"id": 1}}], "collection": [{{"id": 2}}], "next_href": "{base}/users/3207/tracks?cursor=2"}}',
+    '2': '{"collection": [{"id": 3, "title": "x", "title": "x"}, {"id": 4, "title": "a", "title": "b"}]}',
+  }
+  fake_server.route(
+    'GET',
+    '/users/3207/tracks',
+    lambda call: (200, {'Content-Type': 'application/json'}, pages[call.query.get('cursor')].encode()),
+  )
+  path, _, mapper = RESOURCES['tracks']
+  resource = ResourceConfig(
+    name='soundcloud.tracks',
+    base_url=base,
+    path=path,
+    record_path='collection',
+    process_record=mapper,
+    paginator={'type': 'json_link', 'next_url_path': 'next_href'},
+  )
+  client = HttpClient(ClientOptions(allowed_hosts=['127.0.0.1'], allow_private_addresses=True))
+  out = _Reader(resource, client, create_paginator(resource.paginator)).read({'user_id': 3207}, lambda p: (None, None))
+  assert [(r['track_id'], r['title']) for r in out.rows] == [(3, 'x')]
+  assert [(d['reason'], d['position'], d['field']) for d in out.dead_letters] == [
+    ('duplicate_key', 'page 1', 'collection'),
+    ('duplicate_key', 'row 2', 'title'),
+  ]
+  page, track = out.dead_letters
+  assert page['detail'].startswith("the key 'collection' is written 2 times with different values")
+  assert page['detail'].endswith('the read goes on with page 2')
+  assert '"collection": [{"id": 1}]' in page['record']['response_record']['body']
+  assert track['record']['response_record'] == {'id': 4, 'title': 'b'}

@@ -344,6 +344,40 @@ def test_malformed_and_failing_responses_are_dead_lettered_with_their_request(fa
     assert secret not in caplog.text
 
 
+def test_an_answer_or_a_track_writing_a_key_twice_with_different_values_is_a_dead_letter(fake_spotify):
+  """{"tracks": [...], "tracks": [...]} was read as its last list, the tracks of the first lost without a trace:
+  the page is a duplicate_key dead letter naming the key (its records are one of two lists). A track writing a
+  key twice with different values is one too, at its row; the other tracks are read."""
+  ids = [spotify_id('t', n) for n in range(100)]
+
+  def rewrite(call, body):
+    tracks = [json.dumps(track) for track in body['tracks']]
+    if ids[0] in call.query['ids']:  # the first call: its records' key written twice
+      return f'{{"tracks": [{", ".join(tracks[:10])}], "tracks": [{", ".join(tracks[10:])}]}}'.encode()
+    tracks[2] = tracks[2][:-1] + ', "popularity": 101}'  # the third track's popularity again, another value
+    return f'{{"tracks": [{", ".join(tracks)}]}}'.encode()
+
+  fake_spotify.rewrite = rewrite
+  with TestPipeline() as p:
+    out = p | ReadFromSpotify(_options(fake_spotify, resource='tracks', ids=ids, concurrency=1))
+
+    def letters(found):
+      got = sorted((l['reason'], l['position'], l['field']) for l in found)
+      assert got == [('duplicate_key', 'page 1', 'tracks'), ('duplicate_key', 'row 3', 'popularity')], found
+      page = next(l for l in found if l['field'] == 'tracks')
+      assert page['record']['request']['params']['ids'] == ','.join(ids[:50])
+      assert page['detail'].startswith("the key 'tracks' is written 2 times with different values")
+      row = next(l for l in found if l['field'] == 'popularity')
+      assert row['record']['response_record']['id'] == ids[52] and row['record']['response_record']['popularity'] == 101
+
+    assert_that(out.dead_letter, letters)
+    assert_that(
+      out.records | beam.FlatMap(lambda b: b.column('id').to_pylist()),
+      equal_to(ids[50:52] + ids[53:]),
+      label='tracks',
+    )
+
+
 def test_hosts_outside_the_allow_list_are_refused(fake_spotify):
   ids = [spotify_id('t', n) for n in range(60)]
   with TestPipeline() as p:

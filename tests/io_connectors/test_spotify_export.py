@@ -24,6 +24,7 @@ from pipelines.sample_exports import (
   write_export_zip,
 )
 from tests.conftest import pipeline_options
+from tests.io_connectors.api_fakes import json_with_key_twice
 from transforms import entities
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN
 
@@ -123,6 +124,82 @@ def test_a_play_holding_a_lone_surrogate_escape_is_a_dead_letter_the_others_are_
   assert [(l['reason'], l['position'], l['detail']) for l in letters] == [
     ('bad_encoding', 'row 2', 'a lone UTF-16 surrogate escape (\\ud800): not text')
   ]
+
+
+def _array_text(elements, twice):
+  """JSON text of an array whose element i writes key k again with value v, for each (i, k, v) in `twice`."""
+  texts = [json.dumps(element) for element in elements]
+  for i, key, value in twice:
+    texts[i] = json_with_key_twice(elements[i], (), key, value)
+  return ('[' + ',\n'.join(texts) + ']').encode()
+
+
+@pytest.mark.parametrize('by_row', [False, True])
+def test_a_play_writing_a_key_twice_with_different_values_is_a_dead_letter(tmp_path, monkeypatch, by_row):
+  """A play {"ms_played": 230000, ..., "ms_played": 1} was read with the last value, the first lost without a
+  trace; so was Userdata.json's username. Such a play is a duplicate_key dead letter at its row, naming the key and
+  not its values (whole member or streamed); a key written again with an equal value is read; a username written
+  twice names no listener."""
+  if by_row:  # the streamed path, a row per element
+    monkeypatch.setattr(spotify_export, '_WHOLE_MEMBER_BYTES', -1)
+    monkeypatch.setattr(spotify_export, '_TABLE_MAKERS', {})
+    monkeypatch.setitem(spotify_export._ROW_MAKERS, 'extended_audio', ('item', spotify_export._extended_play))
+  plays = extended_plays(range(4), None, 'newer')
+  music = account_plays(range(3))
+  members = {
+    AUDIO: _array_text(plays, [(1, 'ms_played', 1), (2, 'ms_played', plays[2]['ms_played'])]),
+    'MyData/StreamingHistory_music_0.json': _array_text(music, [(0, 'trackName', 'Another Song')]),
+    'MyData/Userdata.json': json_with_key_twice({'username': 'ann'}, (), 'username', 'bob').encode(),
+  }
+  rows, letters = _read(write_export_zip(str(tmp_path / 'a.zip'), members))
+  assert sorted((r['__source'].rsplit('/', 1)[1], r['__row']) for r in rows) == [
+    ('StreamingHistory_music_0.json', 2),
+    ('StreamingHistory_music_0.json', 3),
+    ('Streaming_History_Audio_2023.json', 1),
+    ('Streaming_History_Audio_2023.json', 3),
+    ('Streaming_History_Audio_2023.json', 4),
+  ]
+  assert {r['user_id'] for r in rows} == {None}  # neither ann nor bob: which one cannot be told
+  got = sorted((l['source'].rsplit('/', 1)[1], l['reason'], l['position'], l['field']) for l in letters)
+  assert got == [
+    ('StreamingHistory_music_0.json', 'duplicate_key', 'row 1', 'trackName'),
+    ('Streaming_History_Audio_2023.json', 'duplicate_key', 'row 2', 'ms_played'),
+  ]
+  play = next(l for l in letters if l['field'] == 'ms_played')
+  assert play['record']['ms_played'] == 1 and play['stage'] == 'read'
+  assert (
+    play['detail']
+    == "the key 'ms_played' is written 2 times with different values: which value was meant cannot be told"
+  )
+
+
+def test_a_saved_track_or_a_playlist_writing_a_key_twice_with_different_values_is_a_dead_letter(tmp_path):
+  """YourLibrary.json and Playlist*.json (read by ijson) kept a key's last value: a saved track or a playlist's entry
+  writing a key twice with different values is a duplicate_key dead letter, and so is a playlist writing one of
+  its own keys twice (its name: which playlist its entries are in cannot be told), once for its entries."""
+  saved = library(3)
+  lists = playlists([2, 2, 1])['playlists']
+  texts = [json.dumps(p) for p in lists]
+  texts[0] = json_with_key_twice(lists[0], ('items', 1, 'track'), 'trackUri', f'spotify:track:{spotify_id(99)}')
+  texts[1] = json_with_key_twice(lists[1], (), 'name', 'Another name')
+  path = write_export_zip(
+    str(tmp_path / 'a.zip'),
+    {
+      'MyData/YourLibrary.json': json_with_key_twice(saved, ('tracks', 1), 'track', 'Another Song').encode(),
+      'MyData/Playlist1.json': ('{"playlists": [' + ', '.join(texts) + ']}').encode(),
+    },
+  )
+  rows, letters = _read(path, 'library')
+  assert [r['__row'] for r in rows] == [1, 3]
+  assert [(l['reason'], l['position'], l['field']) for l in letters] == [('duplicate_key', 'row 2', 'track')]
+  assert letters[0]['record']['track'] == 'Another Song'
+  rows, letters = _read(path, 'playlists')
+  assert [(r['playlist_name'], r['position'], r['__row']) for r in rows] == [('Playlist 0', 1, 1), ('Playlist 2', 1, 4)]
+  assert [(l['reason'], l['position'], l['field']) for l in letters] == [
+    ('duplicate_key', 'row 2', 'track.trackUri'),
+    ('duplicate_key', 'row 3', 'name'),
+  ]
+  assert letters[1]['detail'].startswith("the playlist: the key 'name' is written 2 times with different values")
 
 
 def test_an_export_zipped_again_is_read_from_the_inner_zip(tmp_path):

@@ -1,11 +1,21 @@
 """transforms.json_values: objects that write a key again with a different value are marked, not silently
 decoded to their last value."""
 
+import json
 import pickle
 
 import pytest
 
-from transforms.json_values import RepeatedKey, loads, own_repeated_keys, repeated_key
+from transforms.json_values import (
+  RepeatedKey,
+  loads,
+  mark_repeated_keys,
+  object_of_pairs,
+  own_repeated_keys,
+  repeated_inside,
+  repeated_key,
+  repeated_on_path,
+)
 
 
 @pytest.mark.parametrize(
@@ -65,6 +75,11 @@ def test_the_first_repeated_key_and_an_objects_own_ones():
   assert repeated_key(value['a']) == RepeatedKey(('k',), 2) and own_repeated_keys(value['a'])
   array = loads('[{"a": 1}, {"a": 1, "a": 2}]', repeated_keys=True)
   assert [repeated_key(e) for e in array] == [None, RepeatedKey(('a',), 2)]
+  assert repeated_key(array) is None and repeated_inside(array) == RepeatedKey((1, 'a'), 2)
+  assert repeated_inside(loads('[[1], [{"b": [{"c": 1, "c": 2}]}]]', repeated_keys=True)) == RepeatedKey(
+    (1, 0, 'b', 0, 'c'), 2
+  )
+  assert repeated_inside(value) == repeated_key(value) and repeated_inside([1, {'a': 1}]) is None
   copied = pickle.loads(pickle.dumps(value))
   assert copied == value and repeated_key(copied) == RepeatedKey(('b',), 2)
 
@@ -76,3 +91,67 @@ def test_a_repeated_keys_field_and_detail_name_it_without_its_values():
     "the key 'id' is written 2 times with different values in the object at t.artists[1]: "
     'which value was meant cannot be told'
   )
+
+
+@pytest.mark.parametrize(
+  'text, marked',
+  [
+    # An array of objects holding none (a history export, an API page): the keys decoded are counted at C speed.
+    ('[{"a": 1, "a": 2}, {"b": 1}]', [RepeatedKey(('a',), 2), None]),
+    ('[{"a": 1}, {"b": 1, "b" : 2}]', [None, RepeatedKey(('b',), 2)]),
+    ('[{"a": "{"}, {"b": 1, "b": 2}]', [None, RepeatedKey(('b',), 2)]),  # a brace in a string: counted by walking
+    ('[{"t": "10:00", "a": 1}, {"a": {"k": 1, "k": 2}}]', [None, RepeatedKey(('a', 'k'), 2)]),
+    ('[{"a": 1, "a": 1}, {"s": "\\":"}]', [None, None]),
+    ('[{"ts": "2024-06-01T10:00:00Z", "u": "https://x"}, {}]', [None, None]),
+  ],
+)
+def test_a_value_decoded_elsewhere_gets_the_marks_loads_gives(text, marked):
+  """`mark_repeated_keys`: the marks of ``loads(repeated_keys=True)`` for a value json decoded its own way."""
+  plain = json.loads(text)
+  value = mark_repeated_keys(plain, text)
+  assert [repeated_key(element) for element in value] == marked
+  assert [repeated_key(e) for e in loads(text, repeated_keys=True)] == marked and value == plain
+  if not any(marked):
+    assert value is plain  # nothing to mark: the value as decoded
+
+
+def test_a_part_of_a_text_gets_its_own_marks():
+  """An element decoded from a window of text (``raw_decode(text, start)``): only its own part is looked at."""
+  text = '[{"a": 1, "a": 2}, {"b": 1.5, "c": "x\\": 1"}, {"b": 1, "b": 2}]'
+  decoder = json.JSONDecoder()
+  first, end = decoder.raw_decode(text, 1)
+  assert repeated_key(mark_repeated_keys(first, text, 1, end)) == RepeatedKey(('a',), 2)
+  start = text.index('{', end)
+  second, end = decoder.raw_decode(text, start)
+  assert mark_repeated_keys(second, text, start, end) is second
+  start = text.index('{', end)
+  third, end = decoder.raw_decode(text, start)
+  assert repeated_key(mark_repeated_keys(third, text, start, end)) == RepeatedKey(('b',), 2)
+  assert mark_repeated_keys(7, '7') == 7 and mark_repeated_keys('x', '"x"') == 'x'
+
+
+def test_an_object_made_of_pairs_is_marked_as_loads_marks_it():
+  inner = object_of_pairs([('id', 1), ('id', 2)])
+  outer = object_of_pairs([('tracks', [inner]), ('n', 1)])
+  assert outer == {'tracks': [{'id': 2}], 'n': 1}
+  assert repeated_key(inner) == RepeatedKey(('id',), 2) and repeated_key(outer) == RepeatedKey(('tracks', 0, 'id'), 2)
+  assert repeated_key(object_of_pairs([('a', 1), ('a', 1)])) is None
+  assert type(object_of_pairs([('a', 1)])) is dict
+
+
+@pytest.mark.parametrize(
+  'text, path, found',
+  [
+    ('{"items": [1], "items": [2]}', ['items'], RepeatedKey(('items',), 2)),
+    ('{"data": {"items": [1], "items": [2]}}', ['data', 'items'], RepeatedKey(('data', 'items'), 2)),
+    ('{"data": [{"items": [1], "items": [2]}]}', ['data', '0', 'items'], RepeatedKey(('data', 0, 'items'), 2)),
+    ('{"data": [{"items": [1], "items": [2]}]}', ['data', 0, 'items'], RepeatedKey(('data', 0, 'items'), 2)),
+    ('{"items": [{"id": 1, "id": 2}], "next": 1, "next": 2}', ['items'], None),  # not on the way
+    ('{"items": [1], "items": [1]}', ['items'], None),  # an equal value
+    ('{"items": [1]}', ['data', 'items'], None),
+    ('[{"items": [1], "items": [2]}]', ['5', 'items'], None),
+    ('{"items": [1], "items": [2]}', [], None),
+  ],
+)
+def test_a_key_written_twice_on_the_way_to_the_records_is_found(text, path, found):
+  assert repeated_on_path(loads(text, repeated_keys=True), path) == found

@@ -17,7 +17,9 @@ what was mapped and minus ``drop`` fields such as Segment's ``writeKey``).
 Rows that cannot be events become dead letters naming source and line:
 no event name or no time (``invalid_value``, "unknown event shape"), a time
 outside the requested window (``invalid_value``), a line that is not a JSON
-object (``malformed_json``).
+object (``malformed_json``), an event that writes a key twice with different
+values (``duplicate_key``, naming the key: json keeps the last value and
+loses the first).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import pyarrow.compute as pc
 
 from io_connectors._common.arrow import column, table_from_json_lines, table_from_rows, to_text, without_empty_structs
 from transforms.dead_letter import dead_letter
-from transforms.json_values import loads, reason_of
+from transforms.json_values import loads, reason_of, repeated_key
 from transforms.records import json_safe, with_provenance
 
 __all__ = ['EventShape', 'Window', 'parse_lines', 'map_events', 'event_id', 'EVENT_FIELDS', 'gunzip', 'complete_lines']
@@ -176,7 +178,10 @@ def parse_lines(
   position(number): the dead letters' wording of a line number.
 
   pyarrow's reader when every line is an object and no line is blank; line
-  by line otherwise (a bad line is a `malformed_json` / `bad_encoding` dead letter).
+  by line otherwise (a bad line is a `malformed_json` / `bad_encoding` dead letter,
+  an object writing a key twice with different values a `duplicate_key` one).
+  pyarrow's reader refuses any key written twice, so only data holding one
+  is read line by line for it: the fast path pays nothing.
   """
   if not data or (len(data) < 4096 and not data.strip()):
     return pa.table({}), np.zeros(0, dtype=np.int64), []
@@ -201,10 +206,24 @@ def parse_lines(
       )
       continue
     try:
-      value = loads(text, floats_as_written=True)
+      value = loads(text, floats_as_written=True, repeated_keys=True)
     except ValueError as e:
       reason = reason_of(e)
       letters.append(dead_letter(source, position(number), reason, record=text[:2000], detail=str(e), stage='read'))
+      continue
+    repeated = repeated_key(value)
+    if repeated is not None:  # json kept the last value: which one the provider meant cannot be told
+      letters.append(
+        dead_letter(
+          source,
+          position(number),
+          'duplicate_key',
+          field=repeated.field,
+          record=text[:2000],
+          detail=repeated.detail,
+          stage='read',
+        )
+      )
       continue
     if not isinstance(value, dict):
       letters.append(

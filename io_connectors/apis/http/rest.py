@@ -17,7 +17,9 @@ API allows rather than at one request's latency.
 Nothing is lost: a request that fails for good (after retries), a body that
 is not JSON or over the size cap, a page without records where some were
 expected, a record that writes a key twice with different values
-(``duplicate_key``) or one that cannot be mapped becomes a dead letter
+(``duplicate_key``; a page whose answer writes the records' key, a key of
+``record_path``, twice is one such dead letter: its records are one of two
+lists) or one that cannot be mapped becomes a dead letter
 (``stage='read'``) whose ``record`` holds the request that produced it
 (method, URL, params, all masked). A failed page does not end the read
 where the next page's address is known without its answer (offsets, page
@@ -104,7 +106,7 @@ from io_connectors.apis.http.paginators import Paginator, create_paginator, read
 from io_connectors.apis.http.request import HostNotAllowed, Request, RequestFailed, Response, has_path, json_path
 from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
-from transforms.json_values import repeated_key
+from transforms.json_values import repeated_key, repeated_on_path
 from transforms.metrics import LabelledCounters
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN, json_safe
 
@@ -518,6 +520,15 @@ class _Reader:
         record={'body': self.client.masker.body(response)},
       ) from None
     records = json_path(body, r.record_path) if isinstance(body, (dict, list)) else None
+    repeated = repeated_on_path(body, r.record_path.split('.')) if r.record_path not in (None, '', '$') else None
+    if repeated is not None:  # json kept the last list: which records the API meant cannot be told
+      raise _FailedPage(
+        'duplicate_key',
+        f'{repeated.detail}, so which records the page holds cannot be told either',
+        record={'body': self.client.masker.body(response)},
+        answer=(response, body),
+        field=repeated.field,
+      )
     if isinstance(records, dict):
       records = [records]
     errors = json_path(body, r.error_path) if r.error_path and isinstance(body, dict) else None
@@ -603,6 +614,7 @@ class _Reader:
             f'{failed.detail}; {rest}' if rest else failed.detail,
             record=failed.record,
             position=f'page {pages}',
+            field=failed.field,
             source=page_source,
           )
         )
@@ -756,6 +768,7 @@ class _FailedPage(Exception):
   request was refused before it was sent: theirs would be too).
   answer: (response, body) when the page was answered in JSON (without
   records): cursor and link paging goes on with the next page it names.
+  field: the field at fault, if any (a records' key written twice).
   """
 
   def __init__(
@@ -765,9 +778,11 @@ class _FailedPage(Exception):
     record: Any = None,
     passable: bool = True,
     answer: Optional[Tuple[Response, Any]] = None,
+    field: Optional[str] = None,
   ):
     super().__init__(detail)
     self.reason, self.detail, self.record, self.passable, self.answer = reason, detail, record, passable, answer
+    self.field = field
 
 
 def _port(parts: urllib.parse.SplitResult) -> int:

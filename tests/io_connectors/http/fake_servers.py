@@ -240,6 +240,8 @@ class FakeHttpServer:
     self.fault_statuses = (429, 500, 502, 503)
     self.timeout_seconds = 2.0
     self.malformed_when: Optional[Callable[[Call], bool]] = None
+    # rewrite(call, body) -> the bytes of an API answer (200) as a hostile server writes them (a key twice), or None.
+    self.rewrite: Optional[Callable[[Call, Any], Optional[bytes]]] = None
     # fault_when(call) -> a status (or 'timeout') to answer instead, or None.
     self.fault_when: Optional[Callable[[Call], Any]] = None
     self.stats = collections.Counter()
@@ -353,6 +355,8 @@ class FakeHttpServer:
       self._count(call, status, 'malformed')
       self._send(handler, 200, headers, b'{"tracks": [{"id": "truncated')
       return
+    if status == 200 and limited and self.rewrite is not None:
+      body = self.rewrite(call, body) or body
     self._count(call, status, None)
     self._send(handler, status, headers, body)
 
