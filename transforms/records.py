@@ -51,6 +51,7 @@ from typing import Any, Dict, Iterable, List, Optional
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 import transforms.coders  # noqa: F401  # registers the coder typed_outputs relies on
 
@@ -77,6 +78,8 @@ __all__ = [
   'uuid_text',
   'rows_as_dicts',
   'python_values',
+  'exact_times',
+  'timestamp_text',
   'json_safe',
   'json_text',
   'float_texts',
@@ -381,6 +384,128 @@ def float_texts(values) -> pa.Array:
 
 # Python's spelling of the floats JSON has no number for -> `json_safe`'s.
 _NON_FINITE_NAMES: Dict[str, str] = {'nan': 'NaN', 'inf': 'Infinity', '-inf': '-Infinity'}
+
+
+# ----- Nanosecond times as exact text -----
+#
+# pyarrow gives a nanosecond timestamp's Python value as a pandas Timestamp where pandas is installed, and
+# refuses one with digits past the microsecond where it is not (ValueError, "not safely convertible to
+# microseconds"): pandas is no dependency of the package. A time of day becomes a datetime.time, cut to the
+# microsecond, either way. The places that take Arrow values as Python values (the lake's Avro, JSON Lines and
+# TFRecord files, an erasure's removed records) convert them with `exact_times` first, so that they are the
+# same with and without pandas, to the nanosecond.
+
+
+def _is_nanosecond(t: pa.DataType) -> bool:
+  """A timestamp or time of day in nanoseconds, which Python's datetime types cannot hold."""
+  return (pa.types.is_timestamp(t) or pa.types.is_time64(t)) and t.unit == 'ns'
+
+
+def _exact_type(t: pa.DataType) -> pa.DataType:
+  """`t` with each nanosecond time in it, at any depth, as text (a dictionary of them as plain text)."""
+  if _is_nanosecond(t):
+    return pa.string()
+  if pa.types.is_dictionary(t):
+    values = _exact_type(t.value_type)
+    return t if values == t.value_type else values
+  if pa.types.is_struct(t):
+    return pa.struct([f.with_type(_exact_type(f.type)) for f in t])
+  if pa.types.is_list(t):
+    return pa.list_(t.value_field.with_type(_exact_type(t.value_type)))
+  if pa.types.is_large_list(t):
+    return pa.large_list(t.value_field.with_type(_exact_type(t.value_type)))
+  if pa.types.is_fixed_size_list(t):
+    return pa.list_(t.value_field.with_type(_exact_type(t.value_type)), t.list_size)
+  if pa.types.is_map(t):
+    return pa.map_(
+      t.key_field.with_type(_exact_type(t.key_type)),
+      t.item_field.with_type(_exact_type(t.item_type)),
+      keys_sorted=t.keys_sorted,
+    )
+  return t
+
+
+def timestamp_text(moment: dt.datetime, nanos: int = 0) -> str:
+  """ISO-8601 text of `moment` plus `nanos` (0 to 999) nanoseconds past its microsecond, as pandas'
+  ``Timestamp.isoformat()`` writes a nanosecond column's value: nine fraction digits where it has nanoseconds,
+  ``'2024-06-01T12:30:00.123456789+00:00'``, else `datetime.isoformat`'s text (``'...12:30:00.123456+00:00'``,
+  ``'...12:30:00+00:00'``); a zoneless one without an offset."""
+  if not nanos:
+    return moment.isoformat()
+  text = moment.isoformat(timespec='microseconds')  # 'YYYY-MM-DDTHH:MM:SS.ffffff' and the offset, if any
+  return f'{text[:26]}{nanos:03d}{text[26:]}'
+
+
+def _nanosecond_counts(array: pa.Array) -> tuple:
+  """(int64 counts of a nanosecond array, nulls as 0; its null mask)."""
+  counts = pc.fill_null(array.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
+  return counts, array.is_null().to_numpy(zero_copy_only=False)
+
+
+def _timestamp_texts(array: pa.Array) -> pa.Array:
+  """`timestamp_text` of each value of a nanosecond timestamp array, in its zone (a zoneless one: its wall clock)."""
+  counts, nulls = _nanosecond_counts(array)
+  micros, nanos = np.divmod(counts, 1000)  # floor: a time before 1970 is its microsecond and the nanoseconds after
+  moments = pa.array(micros, pa.int64(), mask=nulls).cast(pa.timestamp('us', array.type.tz)).to_pylist()
+  return pa.array([None if m is None else timestamp_text(m, n) for m, n in zip(moments, nanos.tolist())], pa.string())
+
+
+def _rebased(array: pa.Array) -> tuple:
+  """(offsets from 0, first child index, child length) of a list or map array, which may be a slice: Arrow
+  builds one with nulls only from offsets that are no slice."""
+  offsets = array.offsets
+  first, last = offsets[0].as_py(), offsets[-1].as_py()
+  return pc.subtract(offsets, pa.scalar(first, offsets.type)), first, last - first
+
+
+def _exact_array(array: pa.Array) -> pa.Array:
+  t = array.type
+  target = _exact_type(t)
+  if target == t:
+    return array
+  if pa.types.is_time64(t):
+    return array.cast(pa.string())  # Arrow's text: nine fraction digits, '12:34:56.123456789'
+  if pa.types.is_timestamp(t):
+    return _timestamp_texts(array)
+  if pa.types.is_dictionary(t):
+    return _exact_array(array.dictionary_decode())
+  mask = array.is_null() if array.null_count else None
+  if pa.types.is_struct(t):
+    children = [_exact_array(array.field(i)) for i in range(t.num_fields)]
+    return pa.StructArray.from_arrays(children, fields=list(target), mask=mask)
+  if pa.types.is_fixed_size_list(t):
+    values = array.values.slice(array.offset * t.list_size, len(array) * t.list_size)
+    return pa.FixedSizeListArray.from_arrays(_exact_array(values), type=target, mask=mask)
+  offsets, first, length = _rebased(array)
+  if pa.types.is_map(t):
+    keys, items = (_exact_array(child.slice(first, length)) for child in (array.keys, array.items))
+    return pa.MapArray.from_arrays(offsets, keys, items, type=target, mask=mask)
+  build = pa.LargeListArray if pa.types.is_large_list(t) else pa.ListArray
+  return build.from_arrays(offsets, _exact_array(array.values.slice(first, length)), type=target, mask=mask)
+
+
+def exact_times(data):
+  """`data` (a Table, RecordBatch, Array or ChunkedArray) with its nanosecond times, at any depth, as their exact
+  text, so that their Python values (``to_pylist()``) are the same with and without pandas and keep every digit;
+  `data` itself when it holds none.
+
+  - timestamp[ns]: `timestamp_text`, ISO-8601 in the column's zone,
+    ``'2024-06-01T12:30:00.123456789+00:00'`` (the text pandas' Timestamp
+    gives, which `json_safe` writes of one);
+  - time64[ns]: ``'12:34:56.123456789'``, nine fraction digits.
+
+  Coarser units keep their type, and the values and text written of them.
+  """
+  if isinstance(data, (pa.Table, pa.RecordBatch)):
+    for i, field in enumerate(data.schema):
+      target = _exact_type(field.type)
+      if target != field.type:
+        data = data.set_column(i, field.with_type(target), exact_times(data.column(i)))
+    return data
+  if isinstance(data, pa.ChunkedArray):
+    target = _exact_type(data.type)
+    return data if target == data.type else pa.chunked_array([_exact_array(c) for c in data.chunks], target)
+  return _exact_array(data)
 
 
 def python_values(array) -> list:
