@@ -391,9 +391,9 @@ _NON_FINITE_NAMES: Dict[str, str] = {'nan': 'NaN', 'inf': 'Infinity', '-inf': '-
 # pyarrow gives a nanosecond timestamp's Python value as a pandas Timestamp where pandas is installed, and
 # refuses one with digits past the microsecond where it is not (ValueError, "not safely convertible to
 # microseconds"): pandas is no dependency of the package. A time of day becomes a datetime.time, cut to the
-# microsecond, either way. The places that take Arrow values as Python values (the lake's Avro, JSON Lines and
-# TFRecord files, an erasure's removed records) convert them with `exact_times` first, so that they are the
-# same with and without pandas, to the nanosecond.
+# microsecond, either way. Every place that takes Arrow values as Python values (the lake's Avro, JSON Lines and
+# TFRecord files, dead letters, an erasure's removed records) converts them with `exact_times` first, so that
+# they are the same with and without pandas, to the nanosecond.
 
 
 def _is_nanosecond(t: pa.DataType) -> bool:
@@ -509,8 +509,10 @@ def exact_times(data):
 
 
 def python_values(array) -> list:
-  """`array.to_pylist()`, but a time Python cannot hold (a year past 9999 or before 1, which Arrow and
-  PostgreSQL can) as Arrow's ISO text, ``'10000-01-01 00:00:00.000000Z'``, where to_pylist raised."""
+  """`array.to_pylist()`, but nanosecond times as their exact text (`exact_times`), and a time Python cannot hold
+  (a year past 9999 or before 1, which Arrow and PostgreSQL can) as Arrow's ISO text,
+  ``'10000-01-01 00:00:00.000000Z'``, where to_pylist raised."""
+  array = exact_times(array)
   try:
     return array.to_pylist()
   except (OverflowError, ValueError):
@@ -527,8 +529,8 @@ def python_values(array) -> list:
 
 
 def rows_as_dicts(batch: pa.RecordBatch, indices: Optional[Iterable[int]] = None) -> List[dict]:
-  """Selected rows as JSON-safe dicts, internal columns excluded (for dead letters; times out of Python's
-  range as text, see `python_values`)."""
+  """Selected rows as JSON-safe dicts, internal columns excluded (for dead letters; nanosecond times and times
+  out of Python's range as text, see `python_values`)."""
   if indices is not None:
     batch = batch.take(pa.array(list(indices), type=pa.int64()))
   batch = strip_internal(batch)

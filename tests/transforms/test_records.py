@@ -4,7 +4,7 @@ import datetime as dt
 
 import pyarrow as pa
 
-from transforms.records import exact_times, json_safe
+from transforms.records import exact_times, json_safe, rows_as_dicts, with_provenance
 
 # 2024-06-01T12:30:00.123456789Z; the same to the microsecond and to the second; before the epoch.
 _NANOS = 1_717_245_000_123_456_789
@@ -97,3 +97,28 @@ def test_exact_times_reaches_nanosecond_times_at_any_depth_and_keeps_coarser_one
   # A table without nanosecond times is itself.
   coarse = table.select(['coarse'])
   assert exact_times(coarse) is coarse
+
+
+def test_a_dead_letter_record_with_nanosecond_timestamps_needs_no_pandas(without_pandas):
+  # rows_as_dicts (every dead letter's record) failed without pandas on a nested nanosecond timestamp, and wrote a
+  # top-level one in Arrow's spelling ('2024-06-01 12:30:00.123456789Z') where pandas gave ISO-8601 text.
+  batch = pa.record_batch(
+    {
+      'user_id': ['u1', 'u2'],
+      'played_at': pa.array(_INSTANTS[:2], pa.timestamp('ns', 'UTC')),
+      'laps': pa.array([[_NANOS], None], pa.list_(pa.timestamp('ns'))),
+    }
+  )
+  batch = with_provenance(batch, 'in.parquet', 1)
+  expected = [
+    {
+      'user_id': 'u1',
+      'played_at': '2024-06-01T12:30:00.123456789+00:00',
+      'laps': ['2024-06-01T12:30:00.123456789'],
+    },
+    {'user_id': 'u2', 'played_at': '2024-06-01T12:30:00.123456+00:00', 'laps': None},
+  ]
+  assert rows_as_dicts(batch) == expected
+  with without_pandas():
+    assert rows_as_dicts(batch) == expected
+    assert rows_as_dicts(batch, [1]) == expected[1:]
