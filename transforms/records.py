@@ -80,6 +80,7 @@ __all__ = [
   'python_values',
   'exact_times',
   'timestamp_text',
+  'duration_text',
   'json_safe',
   'json_text',
   'float_texts',
@@ -317,12 +318,18 @@ BINARY_TEXT_PREFIX = 'base64:'
 
 
 def json_safe(value: Any) -> Any:
-  """A value as JSON can hold it (timestamps ISO-8601, bytes base64, NaN and the infinities by name).
+  """A value as JSON can hold it (timestamps ISO-8601, durations as their number of seconds, bytes base64, NaN
+  and the infinities by name).
 
   JSON has no NaN or infinity: they are the text 'NaN', 'Infinity' and
   '-Infinity' (PostgreSQL's spelling, protobuf's JSON mapping's, BigQuery's
   and Spark's readers take it for the float). Written as null, a measured
   NaN or an overflowed gain read back as no value at all.
+
+  Values of Arrow columns come through `python_values` or `exact_times`
+  first: nanosecond times are then already their exact text (a duration in
+  seconds, microseconds or milliseconds is a `timedelta`, whose number of
+  seconds has at most six decimals).
   """
   if value is None or isinstance(value, (str, bool, int)):
     return value
@@ -388,17 +395,17 @@ _NON_FINITE_NAMES: Dict[str, str] = {'nan': 'NaN', 'inf': 'Infinity', '-inf': '-
 
 # ----- Nanosecond times as exact text -----
 #
-# pyarrow gives a nanosecond timestamp's Python value as a pandas Timestamp where pandas is installed, and
-# refuses one with digits past the microsecond where it is not (ValueError, "not safely convertible to
-# microseconds"): pandas is no dependency of the package. A time of day becomes a datetime.time, cut to the
-# microsecond, either way. Every place that takes Arrow values as Python values (the lake's Avro, JSON Lines and
-# TFRecord files, dead letters, an erasure's removed records) converts them with `exact_times` first, so that
-# they are the same with and without pandas, to the nanosecond.
+# pyarrow gives a nanosecond timestamp's or duration's Python value as a pandas Timestamp or Timedelta where
+# pandas is installed, and refuses one with digits past the microsecond where it is not (ValueError, "not
+# safely convertible to microseconds"): pandas is no dependency of the package. A time of day becomes a
+# datetime.time, cut to the microsecond, either way. Every place that takes Arrow values as Python values
+# (the lake's Avro, JSON Lines and TFRecord files, dead letters, an erasure's removed records) converts them
+# with `exact_times` first, so that they are the same with and without pandas, to the nanosecond.
 
 
 def _is_nanosecond(t: pa.DataType) -> bool:
-  """A timestamp or time of day in nanoseconds, which Python's datetime types cannot hold."""
-  return (pa.types.is_timestamp(t) or pa.types.is_time64(t)) and t.unit == 'ns'
+  """A timestamp, time of day or duration in nanoseconds, which Python's datetime types cannot hold."""
+  return (pa.types.is_timestamp(t) or pa.types.is_time64(t) or pa.types.is_duration(t)) and t.unit == 'ns'
 
 
 def _exact_type(t: pa.DataType) -> pa.DataType:
@@ -436,6 +443,20 @@ def timestamp_text(moment: dt.datetime, nanos: int = 0) -> str:
   return f'{text[:26]}{nanos:03d}{text[26:]}'
 
 
+def duration_text(nanos: int) -> str:
+  """ISO-8601 text of a duration of `nanos` nanoseconds, in seconds with the fraction it has (up to nine
+  digits): ``'PT1.500000123S'``, ``'PT90061S'``, ``'PT0S'``, ``'-PT0.000000001S'``.
+
+  A number of seconds (a JSON number: a double to most readers) cannot hold
+  the nanoseconds of durations longer than about eleven days; this text keeps
+  every digit and says its unit, and Java's ``Duration.parse``, pandas'
+  ``Timedelta``, Python's ``isodate`` and PostgreSQL's ``interval`` read it.
+  """
+  seconds, fraction = divmod(abs(nanos), 1_000_000_000)
+  digits = f'.{fraction:09d}'.rstrip('0') if fraction else ''
+  return f'{"-" if nanos < 0 else ""}PT{seconds}{digits}S'
+
+
 def _nanosecond_counts(array: pa.Array) -> tuple:
   """(int64 counts of a nanosecond array, nulls as 0; its null mask)."""
   counts = pc.fill_null(array.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
@@ -448,6 +469,12 @@ def _timestamp_texts(array: pa.Array) -> pa.Array:
   micros, nanos = np.divmod(counts, 1000)  # floor: a time before 1970 is its microsecond and the nanoseconds after
   moments = pa.array(micros, pa.int64(), mask=nulls).cast(pa.timestamp('us', array.type.tz)).to_pylist()
   return pa.array([None if m is None else timestamp_text(m, n) for m, n in zip(moments, nanos.tolist())], pa.string())
+
+
+def _duration_texts(array: pa.Array) -> pa.Array:
+  """`duration_text` of each value of a nanosecond duration array."""
+  counts, nulls = _nanosecond_counts(array)
+  return pa.array([None if null else duration_text(n) for n, null in zip(counts.tolist(), nulls)], pa.string())
 
 
 def _rebased(array: pa.Array) -> tuple:
@@ -467,6 +494,8 @@ def _exact_array(array: pa.Array) -> pa.Array:
     return array.cast(pa.string())  # Arrow's text: nine fraction digits, '12:34:56.123456789'
   if pa.types.is_timestamp(t):
     return _timestamp_texts(array)
+  if pa.types.is_duration(t):
+    return _duration_texts(array)
   if pa.types.is_dictionary(t):
     return _exact_array(array.dictionary_decode())
   mask = array.is_null() if array.null_count else None
@@ -492,7 +521,8 @@ def exact_times(data):
   - timestamp[ns]: `timestamp_text`, ISO-8601 in the column's zone,
     ``'2024-06-01T12:30:00.123456789+00:00'`` (the text pandas' Timestamp
     gives, which `json_safe` writes of one);
-  - time64[ns]: ``'12:34:56.123456789'``, nine fraction digits.
+  - time64[ns]: ``'12:34:56.123456789'``, nine fraction digits;
+  - duration[ns]: `duration_text`, ``'PT1.500000123S'``.
 
   Coarser units keep their type, and the values and text written of them.
   """

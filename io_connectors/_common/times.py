@@ -1,9 +1,9 @@
 """Times to the nanosecond where Python's `datetime` and `time` stop at the microsecond: one way for every writer.
 
-Arrow holds timestamps and times of day in nanoseconds; Python's values of
-them stop at the microsecond (pyarrow gives a pandas Timestamp where pandas
-is installed, which the package does not require, and refuses such a value
-where it is not; a time of day is a `datetime.time`). The writers that go through
+Arrow holds timestamps, times of day and durations in nanoseconds; Python's
+values of them stop at the microsecond (pyarrow gives a pandas Timestamp or
+Timedelta where pandas is installed, which the package does not require,
+and refuses such a value where it is not). The writers that go through
 Python values (the lake's Avro, JSON Lines and TFRecord files, the Avro
 rewrite of an erasure) take a table through
 `transforms.records.exact_times` first, which makes its nanosecond times

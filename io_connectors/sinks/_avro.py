@@ -9,7 +9,8 @@ Nanoseconds are kept, with and without pandas (the rows' values come through
 `transforms.records.exact_times`): a nanosecond timestamp is
 ``timestamp-nanos`` (Avro 1.12), a nanosecond time of day, finer than Avro's
 finest time type (``time-micros``), a plain long of nanoseconds since
-midnight marked ``"arrow_type": "time64[ns]"`` (`AVRO_NANOSECOND_TIME`).
+midnight marked ``"arrow_type": "time64[ns]"`` (`AVRO_NANOSECOND_TIME`), a
+nanosecond duration its ISO-8601 text (``'PT1.500000123S'``).
 Column and struct field names that Avro's name rules refuse (`extra.key`,
 `1st`) are made valid, and the original name is kept in the field's
 `arrow_name` attribute.
@@ -134,7 +135,9 @@ class _SchemaBuilder:
           lambda pairs: {k: None if v is None else convert(v) for k, v in pairs}
         )
       return {'type': 'map', 'values': ['null', value_type]}, _skip_none(dict)
-    return 'string', _as_text  # durations, intervals, other maps, null columns: as the JSON Lines sink writes
+    # Durations (a nanosecond one: `exact_times`' ISO-8601 text), intervals, other maps, null columns: as the
+    # JSON Lines sink writes them.
+    return 'string', _as_text
 
 
 def _skip_none(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:

@@ -187,3 +187,24 @@ def test_the_avro_reader_reads_other_writers_nanosecond_timestamps_exactly(tmp_p
       }
     )
   )
+
+
+def test_nanosecond_durations_are_iso_8601_text_and_coarser_ones_seconds_as_before(without_pandas):
+  # Avro has no duration type a data engineer's reader takes: durations are text, as in JSON Lines. A nanosecond
+  # one was its number of seconds to the microsecond (1 ns: '0.0'), and without pandas writing failed.
+  table = pa.table(
+    {
+      'buffering': pa.array([1_500_000_123, -1, None], pa.duration('ns')),
+      'gap': pa.array([1_500_000, 1, None], pa.duration('us')),
+    }
+  )
+  types = {f['name']: f['type'][1] for f in avro_schema(table.schema)['fields']}
+  assert types == {'buffering': 'string', 'gap': 'string'}
+  expected = [
+    {'buffering': 'PT1.500000123S', 'gap': '1.5'},
+    {'buffering': '-PT0.000000001S', 'gap': '1e-06'},
+    {'buffering': None, 'gap': None},
+  ]
+  assert list(fastavro.reader(io.BytesIO(avro_file_bytes(table)))) == expected
+  with without_pandas():
+    assert list(fastavro.reader(io.BytesIO(avro_file_bytes(table)))) == expected

@@ -619,3 +619,35 @@ def test_tfrecord_writes_nanosecond_timestamps_alike_with_and_without_pandas(wit
     {'played_at': [], 'played_at__nanos': [], 'local': [], 'local__nanos': [], 'laps': [], 'laps__nanos': []}
     | {'slot': [b'{"at": null}']},
   ]
+
+
+def test_nanosecond_durations_are_iso_8601_text_with_every_digit_and_coarser_ones_seconds_as_before(without_pandas):
+  # A duration was written as its number of seconds, which pandas' Timedelta gives to the microsecond: 1 ns was
+  # 0.0, 1.500000123 s was 1.5; without pandas writing failed. Nanosecond durations are now ISO-8601 text.
+  table = pa.table(
+    {
+      'buffering': pa.array([1, 1_500_000_123, -1, 90061 * 10**9, 0, None], pa.duration('ns')),
+      'gap_us': pa.array([1, 1_500_000, -1, None, 0, 2], pa.duration('us')),
+      'gap_s': pa.array([1, None, -1, 90061, 0, 2], pa.duration('s')),
+      'parts': pa.array([[1, None], None, [], [2], None, None], pa.list_(pa.duration('ns'))),
+    }
+  )
+  expected = (
+    b'{"buffering": "PT0.000000001S", "gap_us": 1e-06, "gap_s": 1.0, "parts": ["PT0.000000001S", null]}\n'
+    b'{"buffering": "PT1.500000123S", "gap_us": 1.5, "gap_s": null, "parts": null}\n'
+    b'{"buffering": "-PT0.000000001S", "gap_us": -1e-06, "gap_s": -1.0, "parts": []}\n'
+    b'{"buffering": "PT90061S", "gap_us": null, "gap_s": 90061.0, "parts": ["PT0.000000002S"]}\n'
+    b'{"buffering": "PT0S", "gap_us": 0.0, "gap_s": 0.0, "parts": null}\n'
+    b'{"buffering": null, "gap_us": 2e-06, "gap_s": 2.0, "parts": null}\n'
+  )
+  assert lake_mod._jsonl_bytes(table) == expected
+  tfrecord = lake_mod._tfrecord_bytes(table)
+  assert _tfrecord_rows(tfrecord)[1] == {
+    'buffering': [b'PT1.500000123S'],
+    'gap_us': [b'0:00:01.500000'],  # coarser: Python's text of the timedelta, as before
+    'gap_s': [],
+    'parts': [],
+  }
+  with without_pandas():
+    assert lake_mod._jsonl_bytes(table) == expected
+    assert lake_mod._tfrecord_bytes(table) == tfrecord

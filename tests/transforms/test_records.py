@@ -4,7 +4,7 @@ import datetime as dt
 
 import pyarrow as pa
 
-from transforms.records import exact_times, json_safe, rows_as_dicts, with_provenance
+from transforms.records import duration_text, exact_times, json_safe, rows_as_dicts, with_provenance
 
 # 2024-06-01T12:30:00.123456789Z; the same to the microsecond and to the second; before the epoch.
 _NANOS = 1_717_245_000_123_456_789
@@ -122,3 +122,30 @@ def test_a_dead_letter_record_with_nanosecond_timestamps_needs_no_pandas(without
   with without_pandas():
     assert rows_as_dicts(batch) == expected
     assert rows_as_dicts(batch, [1]) == expected[1:]
+
+
+def test_nanosecond_durations_are_iso_8601_text_in_dead_letters_and_json(without_pandas):
+  # json_safe wrote a duration as its number of seconds, which pandas' Timedelta gives to the microsecond (1 ns:
+  # 0.0); without pandas a dead letter's record failed. Coarser durations stay numbers of seconds.
+  assert [duration_text(n) for n in (1, 1_500_000_123, -1_500_000_000, 90061 * 10**9, 0, -(2**63))] == [
+    'PT0.000000001S',
+    'PT1.500000123S',
+    '-PT1.5S',
+    'PT90061S',
+    'PT0S',
+    '-PT9223372036.854775808S',
+  ]
+  batch = pa.record_batch(
+    {
+      'buffering': pa.array([1, 1_500_000_123, None], pa.duration('ns')),
+      'gap': pa.array([dt.timedelta(microseconds=1), dt.timedelta(seconds=90061), None], pa.duration('us')),
+    }
+  )
+  expected = [
+    {'buffering': 'PT0.000000001S', 'gap': 1e-06},
+    {'buffering': 'PT1.500000123S', 'gap': 90061.0},
+    {'buffering': None, 'gap': None},
+  ]
+  assert rows_as_dicts(batch) == expected
+  with without_pandas():
+    assert rows_as_dicts(batch) == expected
