@@ -77,7 +77,6 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from io_connectors._common.times import (
   AVRO_NANOSECOND_TIMESTAMPS,
   epoch_nanos_text,
-  exact_times_of_day,
   register_avro_nanosecond_timestamps,
 )
 from io_connectors.sinks.lake import (
@@ -102,7 +101,7 @@ from pipelines import runners
 from transforms.entities import epoch_millis
 from transforms.pii.pseudonyms import is_email_address, pseudonymise
 from transforms.pii.suppression import record_in_shared_list, record_suppressed, suppression_tokens
-from transforms.records import json_safe
+from transforms.records import exact_times, json_safe
 from transforms.tenant import check_tenant_id
 from transforms.pii.keys import MasterKey
 
@@ -335,7 +334,7 @@ def _split_parquet(data: bytes, matcher: SubjectMatcher) -> Split:
   if table is None:
     table = pq.read_table(pa.BufferReader(data))
   kept = table.filter(pc.invert(hit))
-  removed = exact_times_of_day(table.filter(hit)).to_pylist()  # a nanosecond time of day with its nine digits
+  removed = exact_times(table.filter(hit)).to_pylist()  # nanosecond times with all their digits, pandas or not
   return parquet_bytes(kept), [json_safe(r) for r in removed], kept.num_rows
 
 

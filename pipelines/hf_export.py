@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from io_connectors.sinks.lake import read_manifest
-from transforms.records import json_safe
+from transforms.records import json_safe, python_values
 
 __all__ = ['export', 'main', 'hf_dtype', 'ExportError']
 
@@ -104,7 +104,7 @@ def _flatten(table: pa.Table, schema: pa.Schema) -> pa.Table:
       continue
     column = table.column(field.name)
     if _nested(column.type):
-      values = [None if v is None else json.dumps(json_safe(v), ensure_ascii=False) for v in column.to_pylist()]
+      values = [None if v is None else json.dumps(json_safe(v), ensure_ascii=False) for v in python_values(column)]
       columns.append(pa.array(values, type=pa.string()))
     else:
       columns.append(column.cast(field.type))

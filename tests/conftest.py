@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.abc
 import inspect
 import json
 import logging
@@ -238,6 +239,58 @@ def _job_log_handlers_removed():
   for handler in root.handlers[:]:
     if handler not in before and type(handler) is logging.StreamHandler:
       root.removeHandler(handler)
+
+
+class _PandasRefused(importlib.abc.MetaPathFinder):
+  """Refuses to import pandas, as Python does where it is not installed."""
+
+  def find_spec(self, name, path=None, target=None):
+    if name == 'pandas' or name.startswith('pandas.'):
+      raise ModuleNotFoundError(f'No module named {name!r}', name=name)
+    return None
+
+
+@contextlib.contextmanager
+def _pandas_hidden():
+  import pyarrow as pa
+  import pyarrow.lib
+
+  shim = pyarrow.lib._pandas_api
+  loaded = {name: module for name, module in sys.modules.items() if name == 'pandas' or name.startswith('pandas.')}
+  finder = _PandasRefused()
+  for name in loaded:
+    del sys.modules[name]
+  sys.meta_path.insert(0, finder)
+  pyarrow.lib._pandas_api = type(shim)()  # asks for pandas again, on first use
+  try:
+    try:
+      pa.array([1], pa.timestamp('ns')).to_pylist()
+    except ValueError:
+      pass  # what pyarrow does without pandas
+    else:
+      pytest.fail('pandas could not be hidden from pyarrow (does it no longer ask pyarrow.lib._pandas_api?)')
+    yield
+  finally:
+    pyarrow.lib._pandas_api = shim
+    sys.meta_path.remove(finder)
+    sys.modules.update(loaded)
+
+
+@pytest.fixture
+def without_pandas():
+  """A context manager: inside it, pyarrow works as it does where pandas is not installed (a core install of the
+  package: pandas is only in its test and dataframe extras), and importing pandas fails.
+
+  Without pandas pyarrow refuses the Python value of a nanosecond timestamp or
+  duration with digits past the microsecond (ValueError); with it, it gives a
+  pandas Timestamp or Timedelta. This process's pyarrow asks for pandas once,
+  through ``pyarrow.lib._pandas_api``: a fresh one of those, with pandas not
+  importable, finds none. In this process, not a new one (which would put the
+  test in the integration tier); the context checks that pyarrow then refuses
+  such a value, so that a pyarrow that asks another way fails the test instead
+  of passing it with pandas.
+  """
+  return _pandas_hidden
 
 
 def pipeline_options(beam_args=(), **flags) -> PipelineOptions:

@@ -51,6 +51,7 @@ from typing import Any, Dict, Iterable, List, Optional
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 import transforms.coders  # noqa: F401  # registers the coder typed_outputs relies on
 
@@ -77,6 +78,9 @@ __all__ = [
   'uuid_text',
   'rows_as_dicts',
   'python_values',
+  'exact_times',
+  'timestamp_text',
+  'duration_text',
   'json_safe',
   'json_text',
   'float_texts',
@@ -314,12 +318,18 @@ BINARY_TEXT_PREFIX = 'base64:'
 
 
 def json_safe(value: Any) -> Any:
-  """A value as JSON can hold it (timestamps ISO-8601, bytes base64, NaN and the infinities by name).
+  """A value as JSON can hold it (timestamps ISO-8601, durations as their number of seconds, bytes base64, NaN
+  and the infinities by name).
 
   JSON has no NaN or infinity: they are the text 'NaN', 'Infinity' and
   '-Infinity' (PostgreSQL's spelling, protobuf's JSON mapping's, BigQuery's
   and Spark's readers take it for the float). Written as null, a measured
   NaN or an overflowed gain read back as no value at all.
+
+  Values of Arrow columns come through `python_values` or `exact_times`
+  first: nanosecond times are then already their exact text (a duration in
+  seconds, microseconds or milliseconds is a `timedelta`, whose number of
+  seconds has at most six decimals).
   """
   if value is None or isinstance(value, (str, bool, int)):
     return value
@@ -383,9 +393,156 @@ def float_texts(values) -> pa.Array:
 _NON_FINITE_NAMES: Dict[str, str] = {'nan': 'NaN', 'inf': 'Infinity', '-inf': '-Infinity'}
 
 
+# ----- Nanosecond times as exact text -----
+#
+# pyarrow gives a nanosecond timestamp's or duration's Python value as a pandas Timestamp or Timedelta where
+# pandas is installed, and refuses one with digits past the microsecond where it is not (ValueError, "not
+# safely convertible to microseconds"): pandas is no dependency of the package. A time of day becomes a
+# datetime.time, cut to the microsecond, either way. Every place that takes Arrow values as Python values
+# (the lake's Avro, JSON Lines and TFRecord files, dead letters, an erasure's removed records) converts them
+# with `exact_times` first, so that they are the same with and without pandas, to the nanosecond.
+
+
+def _is_nanosecond(t: pa.DataType) -> bool:
+  """A timestamp, time of day or duration in nanoseconds, which Python's datetime types cannot hold."""
+  return (pa.types.is_timestamp(t) or pa.types.is_time64(t) or pa.types.is_duration(t)) and t.unit == 'ns'
+
+
+def _exact_type(t: pa.DataType) -> pa.DataType:
+  """`t` with each nanosecond time in it, at any depth, as text (a dictionary of them as plain text)."""
+  if _is_nanosecond(t):
+    return pa.string()
+  if pa.types.is_dictionary(t):
+    values = _exact_type(t.value_type)
+    return t if values == t.value_type else values
+  if pa.types.is_struct(t):
+    return pa.struct([f.with_type(_exact_type(f.type)) for f in t])
+  if pa.types.is_list(t):
+    return pa.list_(t.value_field.with_type(_exact_type(t.value_type)))
+  if pa.types.is_large_list(t):
+    return pa.large_list(t.value_field.with_type(_exact_type(t.value_type)))
+  if pa.types.is_fixed_size_list(t):
+    return pa.list_(t.value_field.with_type(_exact_type(t.value_type)), t.list_size)
+  if pa.types.is_map(t):
+    return pa.map_(
+      t.key_field.with_type(_exact_type(t.key_type)),
+      t.item_field.with_type(_exact_type(t.item_type)),
+      keys_sorted=t.keys_sorted,
+    )
+  return t
+
+
+def timestamp_text(moment: dt.datetime, nanos: int = 0) -> str:
+  """ISO-8601 text of `moment` plus `nanos` (0 to 999) nanoseconds past its microsecond, as pandas'
+  ``Timestamp.isoformat()`` writes a nanosecond column's value: nine fraction digits where it has nanoseconds,
+  ``'2024-06-01T12:30:00.123456789+00:00'``, else `datetime.isoformat`'s text (``'...12:30:00.123456+00:00'``,
+  ``'...12:30:00+00:00'``); a zoneless one without an offset."""
+  if not nanos:
+    return moment.isoformat()
+  text = moment.isoformat(timespec='microseconds')  # 'YYYY-MM-DDTHH:MM:SS.ffffff' and the offset, if any
+  return f'{text[:26]}{nanos:03d}{text[26:]}'
+
+
+def duration_text(nanos: int) -> str:
+  """ISO-8601 text of a duration of `nanos` nanoseconds, in seconds with the fraction it has (up to nine
+  digits): ``'PT1.500000123S'``, ``'PT90061S'``, ``'PT0S'``, ``'-PT0.000000001S'``.
+
+  A number of seconds (a JSON number: a double to most readers) cannot hold
+  the nanoseconds of durations longer than about eleven days; this text keeps
+  every digit and says its unit, and Java's ``Duration.parse``, pandas'
+  ``Timedelta``, Python's ``isodate`` and PostgreSQL's ``interval`` read it.
+  """
+  seconds, fraction = divmod(abs(nanos), 1_000_000_000)
+  digits = f'.{fraction:09d}'.rstrip('0') if fraction else ''
+  return f'{"-" if nanos < 0 else ""}PT{seconds}{digits}S'
+
+
+def _nanosecond_counts(array: pa.Array) -> tuple:
+  """(int64 counts of a nanosecond array, nulls as 0; its null mask)."""
+  counts = pc.fill_null(array.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
+  return counts, array.is_null().to_numpy(zero_copy_only=False)
+
+
+def _timestamp_texts(array: pa.Array) -> pa.Array:
+  """`timestamp_text` of each value of a nanosecond timestamp array, in its zone (a zoneless one: its wall clock)."""
+  counts, nulls = _nanosecond_counts(array)
+  micros, nanos = np.divmod(counts, 1000)  # floor: a time before 1970 is its microsecond and the nanoseconds after
+  moments = pa.array(micros, pa.int64(), mask=nulls).cast(pa.timestamp('us', array.type.tz)).to_pylist()
+  return pa.array([None if m is None else timestamp_text(m, n) for m, n in zip(moments, nanos.tolist())], pa.string())
+
+
+def _duration_texts(array: pa.Array) -> pa.Array:
+  """`duration_text` of each value of a nanosecond duration array."""
+  counts, nulls = _nanosecond_counts(array)
+  return pa.array([None if null else duration_text(n) for n, null in zip(counts.tolist(), nulls)], pa.string())
+
+
+def _rebased(array: pa.Array) -> tuple:
+  """(offsets from 0, first child index, child length) of a list or map array, which may be a slice: Arrow
+  builds one with nulls only from offsets that are no slice."""
+  offsets = array.offsets
+  first, last = offsets[0].as_py(), offsets[-1].as_py()
+  return pc.subtract(offsets, pa.scalar(first, offsets.type)), first, last - first
+
+
+def _exact_array(array: pa.Array) -> pa.Array:
+  t = array.type
+  target = _exact_type(t)
+  if target == t:
+    return array
+  if pa.types.is_time64(t):
+    return array.cast(pa.string())  # Arrow's text: nine fraction digits, '12:34:56.123456789'
+  if pa.types.is_timestamp(t):
+    return _timestamp_texts(array)
+  if pa.types.is_duration(t):
+    return _duration_texts(array)
+  if pa.types.is_dictionary(t):
+    return _exact_array(array.dictionary_decode())
+  mask = array.is_null() if array.null_count else None
+  if pa.types.is_struct(t):
+    children = [_exact_array(array.field(i)) for i in range(t.num_fields)]
+    return pa.StructArray.from_arrays(children, fields=list(target), mask=mask)
+  if pa.types.is_fixed_size_list(t):
+    values = array.values.slice(array.offset * t.list_size, len(array) * t.list_size)
+    return pa.FixedSizeListArray.from_arrays(_exact_array(values), type=target, mask=mask)
+  offsets, first, length = _rebased(array)
+  if pa.types.is_map(t):
+    keys, items = (_exact_array(child.slice(first, length)) for child in (array.keys, array.items))
+    return pa.MapArray.from_arrays(offsets, keys, items, type=target, mask=mask)
+  build = pa.LargeListArray if pa.types.is_large_list(t) else pa.ListArray
+  return build.from_arrays(offsets, _exact_array(array.values.slice(first, length)), type=target, mask=mask)
+
+
+def exact_times(data):
+  """`data` (a Table, RecordBatch, Array or ChunkedArray) with its nanosecond times, at any depth, as their exact
+  text, so that their Python values (``to_pylist()``) are the same with and without pandas and keep every digit;
+  `data` itself when it holds none.
+
+  - timestamp[ns]: `timestamp_text`, ISO-8601 in the column's zone,
+    ``'2024-06-01T12:30:00.123456789+00:00'`` (the text pandas' Timestamp
+    gives, which `json_safe` writes of one);
+  - time64[ns]: ``'12:34:56.123456789'``, nine fraction digits;
+  - duration[ns]: `duration_text`, ``'PT1.500000123S'``.
+
+  Coarser units keep their type, and the values and text written of them.
+  """
+  if isinstance(data, (pa.Table, pa.RecordBatch)):
+    for i, field in enumerate(data.schema):
+      target = _exact_type(field.type)
+      if target != field.type:
+        data = data.set_column(i, field.with_type(target), exact_times(data.column(i)))
+    return data
+  if isinstance(data, pa.ChunkedArray):
+    target = _exact_type(data.type)
+    return data if target == data.type else pa.chunked_array([_exact_array(c) for c in data.chunks], target)
+  return _exact_array(data)
+
+
 def python_values(array) -> list:
-  """`array.to_pylist()`, but a time Python cannot hold (a year past 9999 or before 1, which Arrow and
-  PostgreSQL can) as Arrow's ISO text, ``'10000-01-01 00:00:00.000000Z'``, where to_pylist raised."""
+  """`array.to_pylist()`, but nanosecond times as their exact text (`exact_times`), and a time Python cannot hold
+  (a year past 9999 or before 1, which Arrow and PostgreSQL can) as Arrow's ISO text,
+  ``'10000-01-01 00:00:00.000000Z'``, where to_pylist raised."""
+  array = exact_times(array)
   try:
     return array.to_pylist()
   except (OverflowError, ValueError):
@@ -402,8 +559,8 @@ def python_values(array) -> list:
 
 
 def rows_as_dicts(batch: pa.RecordBatch, indices: Optional[Iterable[int]] = None) -> List[dict]:
-  """Selected rows as JSON-safe dicts, internal columns excluded (for dead letters; times out of Python's
-  range as text, see `python_values`)."""
+  """Selected rows as JSON-safe dicts, internal columns excluded (for dead letters; nanosecond times and times
+  out of Python's range as text, see `python_values`)."""
   if indices is not None:
     batch = batch.take(pa.array(list(indices), type=pa.int64()))
   batch = strip_internal(batch)

@@ -28,7 +28,7 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms.records import INTERNAL_COLUMNS, float_texts, json_text
+from transforms.records import INTERNAL_COLUMNS, float_texts, json_text, python_values
 
 __all__ = [
   'widen',
@@ -192,7 +192,7 @@ def _conform_array(arr: pa.Array, target: pa.DataType) -> pa.Array:
 
 
 def _as_json_text(arr: pa.Array) -> pa.Array:
-  return pa.array([json_text(v) for v in arr.to_pylist()], pa.string())
+  return pa.array([json_text(v) for v in python_values(arr)], pa.string())  # nanosecond times: exact text
 
 
 class SchemaConflictError(ValueError):

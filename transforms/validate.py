@@ -49,9 +49,9 @@ from transforms.records import (
   JSON_TYPES_COLUMN,
   SOURCE_COLUMN,
   TENANT_COLUMN,
-  json_safe,
   json_types,
   row_positions,
+  rows_as_dicts,
   typed_outputs,
   with_plain_types,
 )
@@ -652,7 +652,7 @@ def validate_batch(
   sources = bad.column(SOURCE_COLUMN).to_pylist() if SOURCE_COLUMN in bad.schema.names else [None] * len(bad_rows)
   positions = row_positions(bad)
   tenants = bad.column(TENANT_COLUMN).to_pylist() if TENANT_COLUMN in bad.schema.names else [None] * len(bad_rows)
-  records = [{k: json_safe(v) for k, v in r.items() if k not in INTERNAL_COLUMNS} for r in bad.to_pylist()]
+  records = rows_as_dicts(bad)  # nanosecond times as their exact text: pyarrow refuses them without pandas
   for i, row_index in enumerate(bad_rows):
     field = names[field_at_fault[row_index]]
     code = reason[row_index]

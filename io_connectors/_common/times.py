@@ -1,20 +1,22 @@
 """Times to the nanosecond where Python's `datetime` and `time` stop at the microsecond: one way for every writer.
 
-Arrow holds timestamps and times of day in nanoseconds. Its Python values
-keep them for a timestamp (a pandas ``Timestamp``, with ``.nanosecond``,
-where pandas is installed) but not for a time of day: ``to_pylist()`` gives a
-``datetime.time``, cut to the microsecond. The writers that go through Python
-values (the lake's Avro, JSON Lines and TFRecord files, the Avro rewrite of
-an erasure) use these:
+Arrow holds timestamps, times of day and durations in nanoseconds; Python's
+values of them stop at the microsecond (pyarrow gives a pandas Timestamp or
+Timedelta where pandas is installed, which the package does not require,
+and refuses such a value where it is not). The writers that go through
+Python values (the lake's Avro, JSON Lines and TFRecord files, the Avro
+rewrite of an erasure) take a table through
+`transforms.records.exact_times` first, which makes its nanosecond times
+their exact text, and use these:
 
 - `epoch_count`: a timestamp as whole microseconds or nanoseconds since the
   epoch, exactly; a zoneless one as that wall clock in UTC, as Arrow and the
   Parquet sink store it.
-- `exact_times_of_day`: a table whose nanosecond times of day (at any depth)
-  are their text with nine fraction digits, ``'12:34:56.123456789'``, before
-  its rows become Python values; `nanos_of_day` reads such a text back.
+- `epoch_nanos_of_text` and `nanos_of_day`: read the text `exact_times`
+  gives of a nanosecond timestamp and time of day back as nanoseconds.
 - `epoch_nanos_text`: ISO-8601 text of nanoseconds since the epoch, nine
-  fraction digits where it has nanoseconds (pandas' text of a Timestamp).
+  fraction digits where it has nanoseconds (`exact_times`' text of such a
+  timestamp, and pandas' of a Timestamp).
 - `register_avro_nanosecond_timestamps`: fastavro reads and writes Avro
   1.12's ``timestamp-nanos`` and ``local-timestamp-nanos`` (fastavro 1.13
   knows the millis and micros types only); `AVRO_NANOSECOND_TIME` is the Avro
@@ -24,15 +26,18 @@ an erasure) use these:
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pyarrow as pa
+
+from transforms.records import timestamp_text
 
 __all__ = [
   'AVRO_NANOSECOND_TIME',
   'AVRO_NANOSECOND_TIMESTAMPS',
   'epoch_count',
+  'epoch_nanos_of_text',
   'epoch_nanos_text',
-  'exact_times_of_day',
   'nanos_of_day',
   'is_nanosecond_time',
   'register_avro_nanosecond_timestamps',
@@ -51,8 +56,9 @@ def epoch_count(moment: dt.datetime, unit: str = 'us') -> int:
 
   A zoneless time is UTC, as Arrow and the Parquet sink store it; not
   `datetime.timestamp()`, which reads it in the worker's own zone, so the same
-  file would differ by the machine that wrote it. A pandas Timestamp (a
-  nanosecond column's value) keeps its nanoseconds; a datetime has none.
+  file would differ by the machine that wrote it. A pandas Timestamp keeps its
+  nanoseconds; a datetime has none (the writers take a nanosecond column's
+  values as text, `epoch_nanos_of_text`).
   """
   if unit not in _UNITS:
     raise ValueError(f'epoch_count: unit {unit!r} is not one of {_UNITS}')
@@ -67,64 +73,37 @@ def is_nanosecond_time(t: pa.DataType) -> bool:
   return pa.types.is_time64(t) and t.unit == 'ns'
 
 
-def _text_times(t: pa.DataType) -> pa.DataType:
-  """`t` with each nanosecond time of day in it, at any depth, as text (a dictionary of them as plain text)."""
-  if is_nanosecond_time(t):
-    return pa.string()
-  if pa.types.is_dictionary(t):
-    values = _text_times(t.value_type)
-    return t if values == t.value_type else values
-  if pa.types.is_struct(t):
-    return pa.struct([f.with_type(_text_times(f.type)) for f in t])
-  if pa.types.is_list(t):
-    return pa.list_(t.value_field.with_type(_text_times(t.value_type)))
-  if pa.types.is_large_list(t):
-    return pa.large_list(t.value_field.with_type(_text_times(t.value_type)))
-  if pa.types.is_fixed_size_list(t):
-    return pa.list_(t.value_field.with_type(_text_times(t.value_type)), t.list_size)
-  if pa.types.is_map(t):
-    return pa.map_(
-      t.key_field.with_type(_text_times(t.key_type)),
-      t.item_field.with_type(_text_times(t.item_type)),
-      keys_sorted=t.keys_sorted,
-    )
-  return t
-
-
-def exact_times_of_day(table: pa.Table) -> pa.Table:
-  """`table` with its nanosecond times of day, at any depth, as text with nine fraction digits
-  (``'12:34:56.123456789'``, Arrow's own text of them); the table itself when it holds none.
-
-  For the writers that take a table's rows as Python values: ``to_pylist()``
-  gives a ``datetime.time``, which drops the last three digits. Times of
-  coarser units keep their type (and the text and values written of them).
-  """
-  for i, field in enumerate(table.schema):
-    text = _text_times(field.type)
-    if text != field.type:
-      table = table.set_column(i, field.with_type(text), table.column(i).cast(text))
-  return table
-
-
 def nanos_of_day(text: str) -> int:
-  """Nanoseconds since midnight of a time of day's text, ``'HH:MM:SS[.fffffffff]'`` (`exact_times_of_day`'s)."""
+  """Nanoseconds since midnight of a time of day's text, ``'HH:MM:SS[.fffffffff]'`` (`exact_times`')."""
   clock, _, fraction = text.partition('.')
   hours, minutes, seconds = (int(part) for part in clock.split(':'))
   return ((hours * 60 + minutes) * 60 + seconds) * 1_000_000_000 + int(fraction.ljust(9, '0')[:9])
 
 
+# `timestamp_text`'s text: the clock to the second, the fraction (up to nine digits), the offset (none: zoneless).
+_TIMESTAMP_TEXT = re.compile(
+  r'(?P<clock>[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:]{8})(?:\.(?P<fraction>[0-9]{1,9}))?(?P<offset>.*)'
+)
+
+
+def epoch_nanos_of_text(text: str) -> int:
+  """Nanoseconds since the epoch of a timestamp's ISO-8601 text as `exact_times` gives it (`timestamp_text`:
+  ``'2024-06-01T14:30:00.123456789+02:00'``), exactly; a zoneless one as that wall clock in UTC (Arrow's
+  storage of it), as `epoch_count` reads it."""
+  match = _TIMESTAMP_TEXT.fullmatch(text)
+  if match is None:
+    raise ValueError(f'{text!r} is not the ISO-8601 text of a timestamp')
+  moment = dt.datetime.fromisoformat(match['clock'] + match['offset'])
+  return epoch_count(moment, 'ns') + int((match['fraction'] or '').ljust(9, '0'))
+
+
 def epoch_nanos_text(nanos: int, zoned: bool = True) -> str:
   """ISO-8601 text of a time given in nanoseconds since the epoch, as a nanosecond column's value writes it in JSON
-  (`json_safe`): ``'2020-05-20T18:40:00.123456789+00:00'``, the nine digits where it has nanoseconds; zoned: UTC,
-  else a zoneless wall clock."""
+  (`timestamp_text`): ``'2020-05-20T18:40:00.123456789+00:00'``, the nine digits where it has nanoseconds; zoned:
+  UTC, else a zoneless wall clock."""
   micros, rest = divmod(nanos, 1000)
   moment = _EPOCH + dt.timedelta(microseconds=micros)
-  if not zoned:
-    moment = moment.replace(tzinfo=None)
-  if not rest:
-    return moment.isoformat()
-  text = moment.isoformat(timespec='microseconds')  # 'YYYY-MM-DDTHH:MM:SS.ffffff' and the offset, if any
-  return f'{text[:26]}{rest:03d}{text[26:]}'
+  return timestamp_text(moment if zoned else moment.replace(tzinfo=None), rest)
 
 
 # Avro 1.12's nanosecond timestamps: (type, logical type) as fastavro's tables of logical types name them.
@@ -133,8 +112,8 @@ AVRO_NANOSECOND_TIMESTAMPS = ('long-timestamp-nanos', 'long-local-timestamp-nano
 
 def register_avro_nanosecond_timestamps():
   """fastavro reads Avro 1.12's ``timestamp-nanos`` and ``local-timestamp-nanos`` as their long (nanoseconds since
-  the epoch) and writes them from a long as it is or from a datetime, exactly (`epoch_count`; a pandas Timestamp,
-  a nanosecond column's value, with its nanoseconds).
+  the epoch) and writes them from a long as it is (the sink's: `epoch_nanos_of_text`) or from a datetime, exactly
+  (`epoch_count`; a pandas Timestamp with its nanoseconds).
 
   fastavro (1.13) has neither: it reads the bare long, which is exact, and
   writes only a long. Registered in fastavro's tables of logical types (its

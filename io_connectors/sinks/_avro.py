@@ -5,10 +5,12 @@ Every Arrow type gets an Avro type: maps as maps (string keys), decimals
 logical type, times and dates as their logical types, dictionary columns as
 their values; what Avro has no type for (durations, intervals,
 maps with other keys) is written as text, as the JSON Lines sink writes it.
-Nanoseconds are kept: a nanosecond timestamp is ``timestamp-nanos`` (Avro
-1.12), a nanosecond time of day, finer than Avro's finest time type
-(``time-micros``), a plain long of nanoseconds since midnight marked
-``"arrow_type": "time64[ns]"`` (`AVRO_NANOSECOND_TIME`).
+Nanoseconds are kept, with and without pandas (the rows' values come through
+`transforms.records.exact_times`): a nanosecond timestamp is
+``timestamp-nanos`` (Avro 1.12), a nanosecond time of day, finer than Avro's
+finest time type (``time-micros``), a plain long of nanoseconds since
+midnight marked ``"arrow_type": "time64[ns]"`` (`AVRO_NANOSECOND_TIME`), a
+nanosecond duration its ISO-8601 text (``'PT1.500000123S'``).
 Column and struct field names that Avro's name rules refuse (`extra.key`,
 `1st`) are made valid, and the original name is kept in the field's
 `arrow_name` attribute.
@@ -26,12 +28,12 @@ import pyarrow as pa
 
 from io_connectors._common.times import (
   AVRO_NANOSECOND_TIME,
-  exact_times_of_day,
+  epoch_nanos_of_text,
   is_nanosecond_time,
   nanos_of_day,
   register_avro_nanosecond_timestamps,
 )
-from transforms.records import json_text
+from transforms.records import exact_times, json_text
 
 __all__ = ['avro_schema', 'avro_file_bytes']
 
@@ -96,15 +98,16 @@ class _SchemaBuilder:
     if pa.types.is_floating(t):
       return 'double', None
     if pa.types.is_timestamp(t) and t.unit == 'ns':
-      # Written by the logical writer `register_avro_nanosecond_timestamps` adds; a zoneless time as UTC, as below.
-      return {'type': 'long', 'logicalType': 'timestamp-nanos'}, None
+      # `exact_times` gave its text; its long, as the logical writer `register_avro_nanosecond_timestamps` adds
+      # writes it. A zoneless time as UTC, as below.
+      return {'type': 'long', 'logicalType': 'timestamp-nanos'}, _skip_none(epoch_nanos_of_text)
     if pa.types.is_timestamp(t):
       # fastavro reads a zoneless time in the worker's own zone; Arrow's is a UTC wall clock.
       return {'type': 'long', 'logicalType': 'timestamp-micros'}, None if t.tz else _skip_none(_as_utc)
     if pa.types.is_date(t):
       return {'type': 'int', 'logicalType': 'date'}, None
     if is_nanosecond_time(t):
-      return dict(AVRO_NANOSECOND_TIME), _skip_none(nanos_of_day)  # `exact_times_of_day` gave its text
+      return dict(AVRO_NANOSECOND_TIME), _skip_none(nanos_of_day)  # `exact_times` gave its text
     if pa.types.is_time(t):
       return {'type': 'long', 'logicalType': 'time-micros'}, None
     if pa.types.is_decimal(t):
@@ -132,7 +135,9 @@ class _SchemaBuilder:
           lambda pairs: {k: None if v is None else convert(v) for k, v in pairs}
         )
       return {'type': 'map', 'values': ['null', value_type]}, _skip_none(dict)
-    return 'string', _as_text  # durations, intervals, other maps, null columns: as the JSON Lines sink writes
+    # Durations (a nanosecond one: `exact_times`' ISO-8601 text), intervals, other maps, null columns: as the
+    # JSON Lines sink writes them.
+    return 'string', _as_text
 
 
 def _skip_none(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -173,7 +178,7 @@ def avro_file_bytes(table: pa.Table) -> bytes:
 
   register_avro_nanosecond_timestamps()
   schema, convert_row = _schema_and_row_converter(table.schema)
-  rows = exact_times_of_day(table).to_pylist()
+  rows = exact_times(table).to_pylist()
   if convert_row is not None:
     rows = [convert_row(row) for row in rows]
   sink = io.BytesIO()

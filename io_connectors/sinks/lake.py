@@ -51,10 +51,10 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
-from io_connectors._common.times import epoch_count, exact_times_of_day
+from io_connectors._common.times import epoch_count, epoch_nanos_of_text
 from io_connectors.sinks._commit import LOCK_NAME, LakeCommitError, OutputLock, OutputLockedError, local_path, store_for
 from io_connectors.sinks._avro import avro_file_bytes
-from transforms.records import TENANT_COLUMN, json_safe, strip_internal, with_provenance
+from transforms.records import TENANT_COLUMN, exact_times, json_safe, strip_internal, with_provenance
 from transforms.schema import conform
 
 __all__ = [
@@ -121,10 +121,10 @@ def parquet_bytes(table: pa.Table) -> bytes:
 
 
 def _jsonl_bytes(table: pa.Table) -> bytes:
-  """JSON Lines of the table's rows (`json_safe`); a nanosecond time of day with its nine fraction digits."""
+  """JSON Lines of the table's rows (`json_safe`); nanosecond times with all their digits (`exact_times`)."""
   return b''.join(
     json.dumps(json_safe(row), ensure_ascii=False, sort_keys=False).encode('utf-8') + b'\n'
-    for row in exact_times_of_day(table).to_pylist()
+    for row in exact_times(table).to_pylist()
   )
 
 
@@ -204,7 +204,7 @@ def _feature_values(value, t: pa.DataType, kind: str) -> list:
     ]
   if kind == 'int64':
     if pa.types.is_timestamp(t):
-      return [epoch_count(value) if isinstance(value, dt.datetime) else int(value)]
+      return [_epoch_nanos(value) // 1000 if isinstance(value, (str, dt.datetime)) else int(value)]
     return [int(value)]
   if kind == 'float':
     return [float(value)]
@@ -223,6 +223,12 @@ def _is_nanosecond_timestamp(t: pa.DataType) -> bool:
   return pa.types.is_timestamp(t) and t.unit == 'ns'
 
 
+def _epoch_nanos(value) -> int:
+  """Nanoseconds since the epoch of a timestamp column's value: a nanosecond one's text (`exact_times`), or a
+  datetime."""
+  return epoch_nanos_of_text(value) if isinstance(value, str) else epoch_count(value, 'ns')
+
+
 def _nanos_past_micros(value, t: pa.DataType) -> Optional[list]:
   """The `NANOS_SUFFIX` feature of a nanosecond timestamp column's value: each time's nanoseconds past the
   microsecond its int64 feature holds, 0 at a null element; None for other columns."""
@@ -231,8 +237,7 @@ def _nanos_past_micros(value, t: pa.DataType) -> Optional[list]:
   if value is None:
     return []
   return [
-    epoch_count(v, 'ns') - 1000 * epoch_count(v) if isinstance(v, dt.datetime) else 0
-    for v in (value if _is_list(t) else [value])
+    _epoch_nanos(v) % 1000 if isinstance(v, (str, dt.datetime)) else 0 for v in (value if _is_list(t) else [value])
   ]
 
 
@@ -255,8 +260,9 @@ def _entry(name: str, feature: bytes) -> bytes:
 def example_bytes(row: dict, schema: pa.Schema) -> bytes:
   """One serialized tf.train.Example; timestamps as int64 microseconds, structs and inner lists as JSON bytes,
   UInt64 as digits, doubles as float32 (`_float32_bytes`), times of day as text. A null scalar is an empty
-  feature. `row`: a row of `exact_times_of_day`'s table, so that a nanosecond time of day is its text with nine
-  digits (a `datetime.time` has six).
+  feature. `row`: a row of `exact_times`' table, so that nanosecond times are their exact text (a
+  `datetime.time` has six fraction digits; without pandas, pyarrow gives no Python value of a timestamp with
+  nine).
 
   A nanosecond timestamp column keeps its last three digits in a companion
   int64 feature ``<name>__nanos`` (`NANOS_SUFFIX`), one value (0 to 999) per
@@ -304,7 +310,7 @@ def with_null_masks(examples: Sequence[bytes], batch: pa.RecordBatch, where: str
     # Most lists hold no null: those columns cost one count (inner lists are JSON, with no mask).
     if not _is_list(f.type) or _is_list(f.type.value_type) or pc.list_flatten(column).null_count == 0:
       continue
-    for row, value in enumerate(column.to_pylist()):
+    for row, value in enumerate(exact_times(column).to_pylist()):
       mask = _null_mask(value, f.type)
       if mask is not None:
         examples[row] = _with_entries(examples[row], [_entry(f.name + NULL_MASK_SUFFIX, _feature(mask, 'int64'))])
@@ -399,7 +405,7 @@ def _tfrecord_bytes(table: pa.Table) -> bytes:
 
   _check_companions(table.schema)
   sink = io.BytesIO()
-  for row in exact_times_of_day(table).to_pylist():
+  for row in exact_times(table).to_pylist():
     _TFRecordUtil.write_record(sink, example_bytes(row, table.schema))
   return sink.getvalue()
 

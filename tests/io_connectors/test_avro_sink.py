@@ -114,6 +114,34 @@ def test_nanosecond_timestamps_are_timestamp_nanos_and_read_back_to_the_nanoseco
   assert [(r['played_at'], r['zoneless']) for r in rows] == [(_NANOS, _NANOS), (-1, 999), (None, None)]
 
 
+def test_nanosecond_timestamps_are_written_alike_with_and_without_pandas(tmp_path, without_pandas):
+  # Without pandas (not a dependency of the package) pyarrow has no Python value of such a time: writing failed.
+  ns = pa.timestamp('ns', tz='UTC')
+  table = pa.table(
+    {
+      'played_at': pa.array([_NANOS, -1, None], ns),
+      'berlin': pa.array([_NANOS, 1, None], pa.timestamp('ns', tz='Europe/Berlin')),
+      'zoneless': pa.array([_NANOS, 999, None], pa.timestamp('ns')),
+      'laps': pa.array([[_NANOS, None], [], None], pa.list_(ns)),
+      'ctx': pa.array([{'at': _NANOS}, {'at': None}, None], pa.struct([('at', ns)])),
+      'marks': pa.array([[('a', _NANOS)], None, []], pa.map_(pa.string(), ns)),
+    }
+  )
+  with_pandas = list(fastavro.reader(io.BytesIO(avro_file_bytes(table))))
+  with without_pandas():
+    data = avro_file_bytes(table)
+  assert list(fastavro.reader(io.BytesIO(data))) == with_pandas
+  # Any reader gets the long: nanoseconds since the epoch, whatever the zone the column was shown in.
+  assert with_pandas == [
+    {'played_at': _NANOS, 'berlin': _NANOS, 'zoneless': _NANOS, 'laps': [_NANOS, None], 'ctx': {'at': _NANOS}}
+    | {'marks': {'a': _NANOS}},
+    {'played_at': -1, 'berlin': 1, 'zoneless': 999, 'laps': [], 'ctx': {'at': None}, 'marks': None},
+    {'played_at': None, 'berlin': None, 'zoneless': None, 'laps': None, 'ctx': None, 'marks': {}},
+  ]
+  back = _read_back(tmp_path, data)
+  assert back.column('berlin').to_pylist() == table.column('berlin').cast(ns).to_pylist()
+
+
 def test_nanosecond_times_of_day_are_longs_of_nanoseconds_read_back_exactly(tmp_path):
   # Avro's finest time type is time-micros: a nanosecond time of day is a plain long of nanoseconds since
   # midnight (marked arrow_type time64[ns]) in every file, whatever its values; time-micros cut them.
@@ -159,3 +187,24 @@ def test_the_avro_reader_reads_other_writers_nanosecond_timestamps_exactly(tmp_p
       }
     )
   )
+
+
+def test_nanosecond_durations_are_iso_8601_text_and_coarser_ones_seconds_as_before(without_pandas):
+  # Avro has no duration type a data engineer's reader takes: durations are text, as in JSON Lines. A nanosecond
+  # one was its number of seconds to the microsecond (1 ns: '0.0'), and without pandas writing failed.
+  table = pa.table(
+    {
+      'buffering': pa.array([1_500_000_123, -1, None], pa.duration('ns')),
+      'gap': pa.array([1_500_000, 1, None], pa.duration('us')),
+    }
+  )
+  types = {f['name']: f['type'][1] for f in avro_schema(table.schema)['fields']}
+  assert types == {'buffering': 'string', 'gap': 'string'}
+  expected = [
+    {'buffering': 'PT1.500000123S', 'gap': '1.5'},
+    {'buffering': '-PT0.000000001S', 'gap': '1e-06'},
+    {'buffering': None, 'gap': None},
+  ]
+  assert list(fastavro.reader(io.BytesIO(avro_file_bytes(table)))) == expected
+  with without_pandas():
+    assert list(fastavro.reader(io.BytesIO(avro_file_bytes(table)))) == expected

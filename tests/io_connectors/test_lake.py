@@ -8,6 +8,7 @@ or the new complete output, never a mix or nothing.
 
 import collections
 import datetime as dt
+import io
 import json
 import os
 import struct
@@ -560,3 +561,93 @@ def test_tfrecord_a_column_named_as_a_nanoseconds_feature_is_a_clear_error():
   table = pa.table({'at': pa.array([1], pa.timestamp('ns')), 'at__nanos': pa.array([0])})
   with pytest.raises(ValueError, match=r"'at__nanos'.*nanoseconds of the timestamp columns \['at'\].*rename"):
     lake_mod._tfrecord_bytes(table)
+
+
+def _nanosecond_timestamps():
+  """Nanosecond timestamps (as Spark and pandas write Parquet) with digits past the microsecond, at any depth."""
+  played = 1_717_245_000_123_456_789  # 2024-06-01T12:30:00.123456789Z
+  return pa.table(
+    {
+      'played_at': pa.array([played, -1, None], pa.timestamp('ns', tz='UTC')),
+      'local': pa.array([played, played - 789, None], pa.timestamp('ns', tz='Europe/Berlin')),
+      'laps': pa.array([[played, None], [], None], pa.list_(pa.timestamp('ns'))),
+      'slot': pa.array([{'at': played}, None, {'at': None}], pa.struct([('at', pa.timestamp('ns'))])),
+    }
+  )
+
+
+def test_jsonl_writes_nanosecond_timestamps_alike_with_and_without_pandas(without_pandas):
+  # Without pandas (not a dependency of the package) pyarrow has no Python value of such a time: writing failed.
+  table = _nanosecond_timestamps()
+  expected = (
+    b'{"played_at": "2024-06-01T12:30:00.123456789+00:00", "local": "2024-06-01T14:30:00.123456789+02:00", '
+    b'"laps": ["2024-06-01T12:30:00.123456789", null], "slot": {"at": "2024-06-01T12:30:00.123456789"}}\n'
+    b'{"played_at": "1969-12-31T23:59:59.999999999+00:00", "local": "2024-06-01T14:30:00.123456+02:00", '
+    b'"laps": [], "slot": null}\n'
+    b'{"played_at": null, "local": null, "laps": null, "slot": {"at": null}}\n'
+  )
+  assert lake_mod._jsonl_bytes(table) == expected
+  with without_pandas():
+    assert lake_mod._jsonl_bytes(table) == expected
+
+
+def _tfrecord_rows(data: bytes) -> list:
+  """The features of each tf.train.Example of a TFRecord file's bytes."""
+  from apache_beam.io.tfrecordio import _TFRecordUtil
+
+  handle, rows = io.BytesIO(data), []
+  while (record := _TFRecordUtil.read_record(handle)) is not None:
+    rows.append(lake_mod.example_features(record))
+  return rows
+
+
+def test_tfrecord_writes_nanosecond_timestamps_alike_with_and_without_pandas(without_pandas):
+  table = _nanosecond_timestamps()
+  written = lake_mod._tfrecord_bytes(table)
+  with without_pandas():
+    assert lake_mod._tfrecord_bytes(table) == written
+    # The masks added to tfx_bsl's examples of a list holding nulls: read without pandas too.
+    masked = lake_mod.with_null_masks([b'', b'', b''], table.to_batches()[0], 'tfrecord output', 'rename')
+  assert [lake_mod.example_features(m) for m in masked] == [{'laps__is_null': [0, 1]}, {}, {}]
+  micros = 1_717_245_000_123_456
+  assert _tfrecord_rows(written) == [
+    {'played_at': [micros], 'played_at__nanos': [789], 'local': [micros], 'local__nanos': [789]}
+    | {'laps': [micros, 0], 'laps__is_null': [0, 1], 'laps__nanos': [789, 0]}
+    | {'slot': [b'{"at": "2024-06-01T12:30:00.123456789"}']},
+    {'played_at': [-1], 'played_at__nanos': [999], 'local': [micros], 'local__nanos': [0]}
+    | {'laps': [], 'laps__nanos': [], 'slot': []},
+    {'played_at': [], 'played_at__nanos': [], 'local': [], 'local__nanos': [], 'laps': [], 'laps__nanos': []}
+    | {'slot': [b'{"at": null}']},
+  ]
+
+
+def test_nanosecond_durations_are_iso_8601_text_with_every_digit_and_coarser_ones_seconds_as_before(without_pandas):
+  # A duration was written as its number of seconds, which pandas' Timedelta gives to the microsecond: 1 ns was
+  # 0.0, 1.500000123 s was 1.5; without pandas writing failed. Nanosecond durations are now ISO-8601 text.
+  table = pa.table(
+    {
+      'buffering': pa.array([1, 1_500_000_123, -1, 90061 * 10**9, 0, None], pa.duration('ns')),
+      'gap_us': pa.array([1, 1_500_000, -1, None, 0, 2], pa.duration('us')),
+      'gap_s': pa.array([1, None, -1, 90061, 0, 2], pa.duration('s')),
+      'parts': pa.array([[1, None], None, [], [2], None, None], pa.list_(pa.duration('ns'))),
+    }
+  )
+  expected = (
+    b'{"buffering": "PT0.000000001S", "gap_us": 1e-06, "gap_s": 1.0, "parts": ["PT0.000000001S", null]}\n'
+    b'{"buffering": "PT1.500000123S", "gap_us": 1.5, "gap_s": null, "parts": null}\n'
+    b'{"buffering": "-PT0.000000001S", "gap_us": -1e-06, "gap_s": -1.0, "parts": []}\n'
+    b'{"buffering": "PT90061S", "gap_us": null, "gap_s": 90061.0, "parts": ["PT0.000000002S"]}\n'
+    b'{"buffering": "PT0S", "gap_us": 0.0, "gap_s": 0.0, "parts": null}\n'
+    b'{"buffering": null, "gap_us": 2e-06, "gap_s": 2.0, "parts": null}\n'
+  )
+  assert lake_mod._jsonl_bytes(table) == expected
+  tfrecord = lake_mod._tfrecord_bytes(table)
+  assert _tfrecord_rows(tfrecord)[1] == {
+    'buffering': [b'PT1.500000123S'],
+    'gap_us': [b'0:00:01.500000'],  # coarser: Python's text of the timedelta, as before
+    'gap_s': [],
+    'parts': [],
+  }
+  with without_pandas():
+    assert lake_mod._jsonl_bytes(table) == expected
+    assert lake_mod._tfrecord_bytes(table) == tfrecord

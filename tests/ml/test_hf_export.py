@@ -76,3 +76,14 @@ def test_nanosecond_times_uint64_and_decimals_are_exported_exactly(tmp_path):
   assert [r['price'] for r in rows] == [decimal.Decimal('99999999999999.99'), None, decimal.Decimal('1.00')]
   created = pa.array([r['created'] for r in rows], loaded.schema.field('created').type).cast(pa.int64())
   assert created.to_pylist() == [1717245000123456789, None, 1]
+
+
+def test_nested_nanosecond_timestamps_are_json_text_without_pandas(without_pandas):
+  # A nested column is exported as JSON text of its values, which to_pylist gave: without pandas (not a
+  # dependency of the package) it fails on a nanosecond time with digits past the microsecond.
+  laps = pa.array([[1_717_245_000_123_456_789, None], None], pa.list_(pa.timestamp('ns', tz='UTC')))
+  table, schema = pa.table({'laps': laps}), pa.schema([('laps', pa.string())])
+  expected = [{'laps': '["2024-06-01T12:30:00.123456789+00:00", null]'}, {'laps': None}]
+  assert hf_export._flatten(table, schema).to_pylist() == expected
+  with without_pandas():
+    assert hf_export._flatten(table, schema).to_pylist() == expected

@@ -153,3 +153,35 @@ def test_the_records_an_erasure_removes_keep_nanosecond_times_of_day():
   table = pa.table({'user_id': ['u1', 'u2'], 'starts': pa.array([45_296_123_456_789, 1], pa.time64('ns'))})
   _, removed, kept = split_file('part-0.parquet', parquet_bytes(table), SubjectMatcher(['u1']))
   assert removed == [{'user_id': 'u1', 'starts': '12:34:56.123456789'}] and kept == 1
+
+
+def test_an_erasure_and_retention_of_parquet_with_nanosecond_timestamps_need_no_pandas(without_pandas):
+  # Spark's and pandas' Parquet hold timestamp[ns]. The removed records (a subject's export, the records an
+  # erasure, retention or re-identification reads) were taken with to_pylist, which without pandas (not a
+  # dependency of the package) fails on a time with digits past the microsecond: the file could not be erased.
+  import datetime as dt
+
+  played = [1_590_000_000_123_456_789, 1_717_245_000_987_654_321]
+  table = pa.table(
+    {
+      'user_id': ['u1', 'u2'],
+      'played_at': pa.array(played, pa.timestamp('ns', tz='UTC')),
+      'laps': pa.array([[played[0]], None], pa.list_(pa.timestamp('ns'))),
+    }
+  )
+  data = parquet_bytes(table)
+  cutoff = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+
+  def split_all():
+    return (
+      split_file('part-0.parquet', data, SubjectMatcher(['u1'])),
+      split_file('part-0.parquet', data, compliance.RetentionSelector(cutoff)),
+    )
+
+  (erased, removed, kept), (expired, removed_by_age, kept_by_age) = split_all()
+  export = {'user_id': 'u1', 'played_at': '2020-05-20T18:40:00.123456789+00:00'}
+  assert removed == removed_by_age == [export | {'laps': ['2020-05-20T18:40:00.123456789']}]
+  assert kept == kept_by_age == 1
+  assert pq.read_table(io.BytesIO(erased)).equals(table.slice(1)) and expired == erased
+  with without_pandas():
+    assert [(removed, kept) for _, removed, kept in split_all()] == [(removed, kept), (removed_by_age, kept_by_age)]

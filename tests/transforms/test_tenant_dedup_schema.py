@@ -224,6 +224,17 @@ def test_conform_writes_what_no_cast_joins_as_json_text():
   assert schema_mod.widen(pa.list_(pa.string()), pa.map_(pa.string(), pa.string())) == pa.string()
 
 
+def test_conform_writes_nested_nanosecond_timestamps_as_json_text_without_pandas(without_pandas):
+  # A list of nanosecond timestamps in one file, text in another: its JSON text was made of to_pylist's values,
+  # which without pandas (not a dependency of the package) fails on a time with digits past the microsecond.
+  batch = pa.record_batch({'laps': pa.array([[1_717_245_000_123_456_789, None], None], pa.list_(pa.timestamp('ns')))})
+  expected = ['["2024-06-01T12:30:00.123456789", null]', None]
+  schema = pa.schema([('laps', pa.string())])
+  assert schema_mod.conform(batch, schema).column('laps').to_pylist() == expected
+  with without_pandas():
+    assert schema_mod.conform(batch, schema).column('laps').to_pylist() == expected
+
+
 def test_floats_merged_with_text_keep_a_float_spelling():
   # Their spelling in the source is not known here: Python's repr, never Arrow's cast (12.0 -> '12', an integer).
   floats = pa.table({'v': pa.array([12.0, 1e3, 0.1, None, 1.5e-5])})

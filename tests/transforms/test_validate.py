@@ -627,3 +627,24 @@ def test_an_integer_column_beyond_int64_refuses_its_values_not_the_batch():
     ('invalid_value', 'plays', 'row 2', f'Value error, {2**64 - 1} does not fit in 64 bits'),
     ('invalid_value', 'plays', 'row 3', f'Value error, {2**63} does not fit in 64 bits'),
   ]
+
+
+def test_a_rejected_row_with_nanosecond_timestamps_is_a_dead_letter_with_and_without_pandas(without_pandas):
+  # A Parquet export of Spark or pandas holds timestamp[ns]. Its rejected rows' records were taken with
+  # to_pylist, which without pandas (not a dependency of the package) fails on a time with digits past the
+  # microsecond: the whole batch failed instead of one row becoming a dead letter.
+  played = 1_717_245_000_123_456_789  # 2024-06-01T12:30:00.123456789Z
+  columns = {name: [value, value] for name, value in GOOD.items() if name != 'played_at'}
+  columns['ms_played'] = ['-5', '1']
+  columns['played_at'] = pa.array([played, played], pa.timestamp('ns', tz='UTC'))
+  columns['laps'] = pa.array([[played], None], pa.list_(pa.timestamp('ns')))
+  batch = with_provenance(pa.record_batch(columns), 'spark.parquet', 1)
+  valid, letters = validate_batch(batch, entities.ListeningEvent)
+  assert valid.num_rows == 1 and len(letters) == 1
+  letter = letters[0]
+  assert (letter['position'], letter['reason'], letter['field']) == ('row 1', 'invalid_value', 'ms_played')
+  assert letter['record']['played_at'] == '2024-06-01T12:30:00.123456789+00:00'
+  assert letter['record']['laps'] == ['2024-06-01T12:30:00.123456789']
+  assert 'out of range' in letter['detail']  # pydantic's message, from the record with its nine-digit times
+  with without_pandas():
+    assert validate_batch(batch, entities.ListeningEvent)[1] == letters

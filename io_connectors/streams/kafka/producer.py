@@ -65,9 +65,10 @@ class _ProduceFn(beam.DoFn):
         self._producer.poll(0.1)
 
   def process(self, element):
-    from transforms.records import json_safe, strip_internal
+    from transforms.records import exact_times, json_safe, strip_internal
 
-    rows = strip_internal(element).to_pylist() if isinstance(element, pa.RecordBatch) else [element]
+    # Nanosecond times as their exact text (pyarrow refuses them without pandas).
+    rows = exact_times(strip_internal(element)).to_pylist() if isinstance(element, pa.RecordBatch) else [element]
     key_field = self._options.key_field
     for row in rows:
       key = str(row.get(key_field)).encode('utf-8') if key_field and row.get(key_field) is not None else None
