@@ -76,6 +76,9 @@ __all__ = [
   'repeated_on_path',
   'mark_repeated_keys',
   'object_of_pairs',
+  'ObjectPairs',
+  'loads_pairs',
+  'dumps_pairs',
   'reason_of',
   'depth_exceeds',
   'lone_surrogate',
@@ -282,6 +285,32 @@ def object_of_pairs(pairs: List[Tuple[str, Any]]) -> dict:
   if repeated is None:
     return value
   return _repeating(value, repeated, tuple(own))
+
+
+class ObjectPairs(list):
+  """A JSON object as its (key, value) pairs in the order written, a key written twice there twice (`loads_pairs`)."""
+
+  __slots__ = ()
+
+
+_PAIRS_DECODER = json.JSONDecoder(parse_float=_float, object_pairs_hook=ObjectPairs)
+
+
+def loads_pairs(text: str) -> Any:
+  """The value of JSON `text`, which `loads` decodes, with each object an `ObjectPairs`: every value of a key written
+  twice is there, where a dict keeps the last. For one that rewrites such text (redaction) and must lose no value;
+  `dumps_pairs` writes it back."""
+  return _PAIRS_DECODER.decode(_text_of(text))
+
+
+def dumps_pairs(value: Any) -> str:
+  """JSON text of a value from `loads_pairs`, each object's pairs in their order: as ``json.dumps(value,
+  ensure_ascii=False)`` writes the objects of the same text decoded as dicts when no key is written twice."""
+  if isinstance(value, ObjectPairs):
+    return '{' + ', '.join(f'{json.dumps(key, ensure_ascii=False)}: {dumps_pairs(item)}' for key, item in value) + '}'
+  if isinstance(value, list):
+    return '[' + ', '.join(map(dumps_pairs, value)) + ']'
+  return json.dumps(value, ensure_ascii=False)
 
 
 # A key's closing quote, then whitespace, then its colon ("id" : 1): counted one by one only where there are any.

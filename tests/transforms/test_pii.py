@@ -578,6 +578,27 @@ def test_dead_letters_redacted_together_match_one_by_one(key):
   assert sum(sum(counts.values()) for _, counts in together) > 300  # the letters do hold PII
 
 
+@pytest.mark.unit
+def test_json_text_writing_a_key_twice_has_every_value_redacted_and_kept(scanner):
+  """A text value holding JSON (a PostgreSQL json column keeps it as written) that writes a key twice: redacted
+  from its decoded dict, the first value was dropped, and its PII went unseen when the last held none."""
+  text = (
+    '{"note": "mail ann@example.org", "note": "fine", "items": [{"n": 4155552671, "n": 1}], "password": "hunter22"}'
+  )
+  out, counts = scanner.redact_text(text)
+  assert out == (
+    '{"note": "mail <EMAIL_ADDRESS>", "note": "fine", "items": [{"n": "<PHONE_NUMBER>", "n": 1}],'
+    ' "password": "<SECRET_ASSIGNMENT>"}'
+  )
+  assert counts == {'EMAIL_ADDRESS': 1, 'PHONE_NUMBER': 1, 'SECRET_ASSIGNMENT': 1}
+  out, counts = scanner.redact_text('[{"ann@example.org": 1, "ann@example.org": 2, "x": "y", "x": "z"}]')
+  assert out == '[{"<EMAIL_ADDRESS>": 1, "<EMAIL_ADDRESS>": 2, "x": "y", "x": "z"}]' and counts == {'EMAIL_ADDRESS': 1}
+  clean = '{"a":  "b", "a": "c"}'
+  assert scanner.redact_text(clean) == (clean, collections.Counter())  # nothing found: the text as written
+  # Without a repeat, as before: the object written back from its dict.
+  assert scanner.redact_text('{"a":"mail ann@example.org","b":[1]}')[0] == '{"a": "mail <EMAIL_ADDRESS>", "b": [1]}'
+
+
 def test_options_and_arguments_are_checked(key):
   with pytest.raises(ValueError, match='unknown PII entity'):
     PiiOptions(entities=('EMAIL_ADDRESS', 'PERSON'))

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import regex
 
-from transforms.json_values import loads
+from transforms.json_values import ObjectPairs, dumps_pairs, loads, loads_pairs, repeated_inside
 from transforms.pii.recognizers import (
   CARD_CONTEXT,
   GLUED_ID_TOKEN,
@@ -404,14 +404,23 @@ class TextScanner:
     return ''.join(pieces), counts
 
   def _redact_json(self, text: str) -> Optional[Tuple[str, collections.Counter]]:
-    """A JSON document's strings (keys too) and phone-like numbers redacted; None if `text` is not JSON."""
+    """A JSON document's strings (keys too) and phone-like numbers redacted; None if `text` is not JSON.
+
+    Text that writes a key twice with different values (a PostgreSQL `json`
+    value keeps it as written) decodes to the last value only: it is redacted
+    as its objects' pairs instead, each value scanned and written back in
+    order, so that none is lost and none is left unscanned.
+    """
     try:
-      document = loads(text)
+      document = loads(text, repeated_keys=True)
     except ValueError:  # not JSON, or none a record holds (too deep to walk): scanned as text
       return None
     if not isinstance(document, (dict, list)):
       return None
     counts = collections.Counter()
+    if repeated_inside(document) is not None:
+      redacted = self.redact_value(loads_pairs(text), counts)
+      return (dumps_pairs(redacted) if counts else text), counts
     redacted = self.redact_value(document, counts)
     if not counts:
       return text, counts
@@ -432,6 +441,10 @@ class TextScanner:
       out, found = self.redact_texts([value], [name])
       counts.update(found)
       return out[0]
+    if isinstance(value, ObjectPairs):  # an object that writes a key twice (`_redact_json`): each value redacted
+      keys = list(dict.fromkeys(k for k, _ in value))
+      renamed = dict(zip(keys, self.redact_names(keys, counts)))
+      return ObjectPairs((renamed[k], self.redact_value(v, counts, k)) for k, v in value)
     if isinstance(value, dict):
       keys = [k for k in value if isinstance(k, str)]
       renamed = dict(zip(keys, self.redact_names(keys, counts)))
