@@ -579,6 +579,29 @@ def test_dead_letters_redacted_together_match_one_by_one(key):
 
 
 @pytest.mark.unit
+def test_a_duplicate_key_letters_text_record_keeps_every_value_of_a_repeated_key_each_redacted(key, scanner):
+  """A record that writes a key twice is kept as written (a duplicate_key dead letter): redaction writing it back
+  from its decoded dict kept the last value only, so the first was lost from the only copy and never scanned."""
+  pseudonym = lambda v: hmac.new(key.tenant_key('acme'), v.encode(), hashlib.sha256).hexdigest()
+  record = (
+    '{"user_id": "u1", "track_id": "a", "track_id": "b", "note": "mail ann@example.org", "note": "fine",'
+    ' "extra": {"user_id": "u2", "user_id": "u3", "tel": "call +1 415 555 2671", "tel": "no"}}'
+  )
+  letter = dead_letter('topic', 'offset 7', 'duplicate_key', 'track_id', record, 'written twice', 'read', 'acme')
+  out, counts = redact_dead_letter(letter, ListeningEvent, key, scanner)
+  assert out['record'] == (
+    f'{{"user_id": "{pseudonym("u1")}", "track_id": "a", "track_id": "b", "note": "mail <EMAIL_ADDRESS>",'
+    f' "note": "fine", "extra": {{"user_id": "{pseudonym("u2")}", "user_id": "{pseudonym("u3")}",'
+    ' "tel": "call <PHONE_NUMBER>", "tel": "no"}}'
+  )
+  assert counts == {'PSEUDONYMISED:user_id': 3, 'EMAIL_ADDRESS': 1, 'PHONE_NUMBER': 1}
+  assert redact_dead_letters([letter], ListeningEvent, key, TextScanner()) == [(out, counts)]
+  # The same key twice with the same value is no repeat: written back as any record is.
+  same = redact_record('{"user_id": "u1", "note": "x",   "note": "x"}', ListeningEvent, key, scanner, 'acme')[0]
+  assert same == f'{{"user_id": "{pseudonym("u1")}", "note": "x"}}'
+
+
+@pytest.mark.unit
 def test_json_text_writing_a_key_twice_has_every_value_redacted_and_kept(scanner):
   """A text value holding JSON (a PostgreSQL json column keeps it as written) that writes a key twice: redacted
   from its decoded dict, the first value was dropped, and its PII went unseen when the last held none."""

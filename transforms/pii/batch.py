@@ -29,7 +29,7 @@ from transforms.entities import (
   to_int,
   to_utc_timestamp,
 )
-from transforms.json_values import loads
+from transforms.json_values import loads, repeated_key
 from transforms.pii.keys import MasterKey
 from transforms.pii.pseudonyms import pseudonym, pseudonymise
 from transforms.pii.recognizers import (
@@ -751,12 +751,17 @@ def _walk_record(record, identifiers, formats, master_key, entities, tenant, hea
     record = bytes(record).decode('utf-8', 'replace')
   if isinstance(record, str) and record.lstrip()[:1] == '{':
     # A JSON object kept as text (a stream message rejected after decoding):
-    # walked like a record, so that its identifiers are known by name.
+    # walked like a record, so that its identifiers are known by name. One
+    # that writes a key twice with different values (a duplicate_key dead
+    # letter) decodes to the last value only: written back, the others would
+    # be lost from the only copy kept. It is redacted as text below: its
+    # identifiers by their keys, then scanned whole, which redacts every
+    # value of each pair in place (`TextScanner._redact_json`).
     try:
-      document = loads(record)
+      document = loads(record, repeated_keys=True)
     except ValueError:  # not JSON, or none a record holds (too deep to walk): scanned as text below
       document = None
-    if isinstance(document, dict):
+    if isinstance(document, dict) and repeated_key(document) is None:
       walked = walker.walk(document, top=True)
       return walker, lambda: json.dumps(walked, ensure_ascii=False, default=str)
   if isinstance(record, str):
