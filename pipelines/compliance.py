@@ -79,6 +79,7 @@ from io_connectors._common.times import (
   epoch_nanos_text,
   register_avro_nanosecond_timestamps,
 )
+from io_connectors.sinks._avro import avro_container_bytes
 from io_connectors.sinks.lake import (
   MANIFEST_NAME,
   RUNS_DIR,
@@ -376,10 +377,9 @@ def _split_avro(data: bytes, matcher: SubjectMatcher) -> Split:
   kept = [r for r, hit in zip(records, hits) if not hit]
   if len(kept) == len(records):
     return None, [], len(records)
-  sink = io.BytesIO()
-  fastavro.writer(sink, schema, kept, codec=codec)  # the file's own schema and codec
+  rewritten = avro_container_bytes(schema, kept, codec)  # the file's own schema and codec, the same bytes each run
   removed = [json_safe(_with_times(r, nanos, as_text=True)) for r, hit in zip(records, hits) if hit]
-  return sink.getvalue(), removed, len(kept)
+  return rewritten, removed, len(kept)
 
 
 def _split_lines(data: bytes, matcher: SubjectMatcher) -> Split:

@@ -14,15 +14,18 @@ nanosecond duration its ISO-8601 text (``'PT1.500000123S'``).
 Column and struct field names that Avro's name rules refuse (`extra.key`,
 `1st`) are made valid, and the original name is kept in the field's
 `arrow_name` attribute.
+The same rows give the same bytes (`avro_container_bytes`): the lake names
+its files by a digest of their bytes.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import decimal
+import hashlib
 import io
 import re
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set
 
 import pyarrow as pa
 
@@ -35,7 +38,7 @@ from io_connectors._common.times import (
 )
 from transforms.records import exact_times, json_text
 
-__all__ = ['avro_schema', 'avro_file_bytes']
+__all__ = ['avro_schema', 'avro_file_bytes', 'avro_container_bytes']
 
 _INVALID_NAME_CHARS = re.compile(r'[^A-Za-z0-9_]')
 _VALID_NAME = re.compile(r'[A-Za-z_][A-Za-z0-9_]*')
@@ -174,13 +177,48 @@ def avro_schema(schema: pa.Schema) -> dict:
 
 def avro_file_bytes(table: pa.Table) -> bytes:
   """An Avro container file (deflate) of the table's rows."""
-  import fastavro
-
   register_avro_nanosecond_timestamps()
   schema, convert_row = _schema_and_row_converter(table.schema)
   rows = exact_times(table).to_pylist()
   if convert_row is not None:
     rows = [convert_row(row) for row in rows]
+  return avro_container_bytes(schema, rows, 'deflate')
+
+
+_SYNC_SIZE = 16  # bytes of an Avro sync marker
+
+
+def avro_container_bytes(schema: Any, records: Iterable[Any], codec: str) -> bytes:
+  """An Avro container file of `records` (any Avro schema: a record, a name, a union), the same bytes for the
+  same schema, records and codec.
+
+  fastavro picks a random sync marker per file, so the same rows gave other
+  bytes on each write, and the lake, which orders and names its files by a
+  digest of their bytes, other names on each runner and retry. The file is
+  written with a zero marker, and every copy of it (the header's, one after
+  each block) is then set to the first 16 bytes of the SHA-256 of the file so
+  written. Readers only compare the marker where the header or a block ends;
+  a reader splitting a file (ours, Beam's avroio, Hadoop's) looks for it from
+  any byte, so it must not be found in a block's data: a digest of the file's
+  own content cannot be put there on purpose, and turns up by chance as
+  rarely as a random marker (a marker taken from the schema alone could be
+  written into a value by whoever knows the schema).
+  """
+  import fastavro
+  from fastavro.write import Writer
+
   sink = io.BytesIO()
-  fastavro.writer(sink, fastavro.parse_schema(schema), rows, codec='deflate')
-  return sink.getvalue()
+  writer = Writer(sink, fastavro.parse_schema(schema), codec=codec, sync_marker=bytes(_SYNC_SIZE))
+  block_ends = [sink.tell()]  # the header ends with the marker too
+  for record in records:
+    writer.write(record)
+    if sink.tell() != block_ends[-1]:  # a full block was written
+      block_ends.append(sink.tell())
+  writer.flush()
+  if sink.tell() != block_ends[-1]:
+    block_ends.append(sink.tell())
+  data = bytearray(sink.getvalue())
+  marker = hashlib.sha256(data).digest()[:_SYNC_SIZE]
+  for end in block_ends:
+    data[end - _SYNC_SIZE : end] = marker
+  return bytes(data)
