@@ -483,8 +483,8 @@ def _flink_checkpoints_by_default(pipeline_options: PipelineOptions):
   until the others' come. Beam's Flink read stage passes its barrier on only
   between bundles (0.1-0.6 s late), so the windowing stage stopped taking one
   read subtask's output for 0.1-0.9 s at every checkpoint, and a window
-  closing then waited for it: p99 delay after a window's close 3.3-4.9 s
-  aligned, 1.8 s unaligned (docs/benchmarks.md).
+  closing then waited for it: p99 delay after a window's close 2.6-5.3 s
+  aligned, 1.8-2.7 s unaligned (docs/benchmarks.md).
   """
   options = pipeline_options.view_as(SpotifyStreamingOptions)
   # Not for bounded reads: with checkpoints on, Beam keeps the job's Impulse

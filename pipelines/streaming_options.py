@@ -196,7 +196,7 @@ class SpotifyStreamingOptions(PipelineOptions):
       help='FlinkRunner: unaligned checkpoints (on for streaming jobs with checkpoints; '
       '=false for aligned ones). An aligned checkpoint stops the windowing stage reading one read '
       "subtask's output until the other's barrier comes, and a window closing then waits: measured, "
-      "p99 delay after a window's close 3.3-4.9 s aligned, 1.8 s unaligned (docs/benchmarks.md).",
+      "p99 delay after a window's close 2.6-5.3 s aligned, 1.8-2.7 s unaligned (docs/benchmarks.md).",
     )
     # Beam's Flink operators hold a stage's watermark while its bundle is open
     # and finish bundles after this many elements or milliseconds (Beam's
