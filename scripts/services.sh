@@ -102,6 +102,15 @@ process_alive() {
   [[ -n "${state}" && "${state}" != Z ]]
 }
 
+# Whether a process of the group PGID (a server started with setsid) is alive.
+group_alive() {
+  if command -v pgrep >/dev/null 2>&1; then
+    pgrep -g "$1" >/dev/null 2>&1
+  else
+    process_alive "$1"
+  fi
+}
+
 port_answers() {
   # bash's /dev/tcp: no dependency on nc or curl.
   (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
@@ -228,12 +237,20 @@ stop_one() {
     return 0
   fi
   kill -TERM -- "-${pid}" 2>/dev/null || kill -TERM "${pid}" 2>/dev/null || true
+  # Wait for the whole process group, not only the pid started: a wrapper
+  # (scripts/postgres_server.sh) exits at once while the server it started
+  # still shuts down holding its port, and a start right after this stop (the
+  # next lease, under the same lock) failed with "Address already in use".
   for i in $(seq 50); do
-    process_alive "${pid}" || break
+    group_alive "${pid}" || break
     sleep 0.1
   done
-  if process_alive "${pid}"; then
+  if group_alive "${pid}"; then
     kill -KILL -- "-${pid}" 2>/dev/null || kill -KILL "${pid}" 2>/dev/null || true
+    for i in $(seq 50); do  # SIGKILL lands asynchronously
+      group_alive "${pid}" || break
+      sleep 0.1
+    done
   fi
   rm -f "$(pid_file "${name}")"
   log "${name}: stopped (pid ${pid})"
