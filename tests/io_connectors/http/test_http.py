@@ -484,23 +484,13 @@ def test_cursor_paginator_with_has_more_reads_past_an_empty_page_and_dead_letter
   assert letter['position'] == 'page 4' and 'no cursor' in letter['detail']
 
 
-# A GraphQL connection read with the relay paginator (nodes and pageInfo under data.items).
-_RELAY_ITEMS = {
-  'path': '/graphql',
-  'method': 'POST',
-  'json': {'query': 'query { items { nodes { id } } }', 'variables': {}},
-  'record_path': 'data.items.nodes',
-  'paginator': {'type': 'relay'},
-}
-
-
 def test_relay_paginator_dead_letters_more_pages_announced_without_a_cursor(fake_server):
   fake_server.route(
     'POST',
     '/graphql',
     lambda c: _json({'data': {'items': {'nodes': [{'id': 1}], 'pageInfo': {'hasNextPage': True, 'endCursor': None}}}}),
   )
-  out = _read_all(fake_server, _RELAY_ITEMS)
+  out = _read_all(fake_server, GRAPHQL)
   [letter] = out.dead_letters
   assert out.rows == [{'id': 1}] and letter['position'] == 'page 2' and 'endCursor is empty' in letter['detail']
 
@@ -510,7 +500,7 @@ def test_a_relay_answer_that_does_not_say_whether_more_pages_follow_is_a_dead_le
   """A query that selects no pageInfo (or no hasNextPage in it) read its first page and ended without a word."""
   connection = {'nodes': [{'id': 1}], **({'pageInfo': page_info} if page_info is not None else {})}
   fake_server.route('POST', '/graphql', lambda c: _json({'data': {'items': connection}}))
-  out = _read_all(fake_server, _RELAY_ITEMS)
+  out = _read_all(fake_server, GRAPHQL)
   assert out.rows == [{'id': 1}]
   [letter] = out.dead_letters
   assert letter['position'] == 'page 2' and 'no data.items.pageInfo.hasNextPage in the answer' in letter['detail']
