@@ -10,7 +10,7 @@ Usage::
 
     .venv/bin/python benchmarks/bench_tables.py --rows 200000
     .venv/bin/python benchmarks/bench_tables.py --rows 10000000 --repeats 1 \\
-        --catalog postgresql://music:...@127.0.0.1:55432/music      # Iceberg catalog (default: SQLite)
+        --catalog postgresql://music:...@127.0.0.1:15432/music      # Iceberg catalog (default: SQLite)
 """
 
 from __future__ import annotations

@@ -55,3 +55,27 @@ def test_venv_installs_with_the_constraints_and_reinstalls_when_they_change():
   text = (REPO_ROOT / 'scripts' / 'venv.sh').read_text(encoding='utf-8')
   assert re.search(r'pip install .*-c "\$\{constraints\}" -e', text)
   assert re.search(r'sha256sum setup\.py "\$\{constraints\}"', text)
+
+
+# Linux's default ip_local_port_range: client sockets take their local ports from it.
+_EPHEMERAL_PORTS = range(32768, 61000)
+
+
+def test_every_default_server_port_is_below_the_ephemeral_range():
+  # A server started in the middle of a session (a test's first lease) failed to
+  # bind when some client socket held its port as a local one: PostgreSQL on
+  # 55432 in CI, Beam's worker pool on 50000 before it.
+  services = REPO_ROOT / 'scripts' / 'services.sh'
+  names = subprocess.run(['bash', str(services), 'names'], capture_output=True, text=True, check=True).stdout.split()
+  assert 'postgres' in names and 'kafka' in names
+  ports = {
+    name: int(subprocess.run(['bash', str(services), 'port', name], capture_output=True, text=True, check=True).stdout)
+    for name in names
+  }
+  # Every other default a script takes from the environment (second listeners, web and RPC ports, Flink's).
+  for script in sorted((REPO_ROOT / 'scripts').rglob('*.sh')):
+    for variable, port in re.findall(r'\b([A-Z_]*PORT)[}]?:-(\d+)', script.read_text(encoding='utf-8')):
+      ports[f'{script.relative_to(REPO_ROOT)} {variable}'] = int(port)
+  assert len(ports) > len(names)
+  inside = {name: port for name, port in ports.items() if port in _EPHEMERAL_PORTS}
+  assert not inside, f'default ports inside the ephemeral range {_EPHEMERAL_PORTS}: {inside}'
