@@ -305,11 +305,15 @@ def loads_pairs(text: str) -> Any:
 
 def dumps_pairs(value: Any) -> str:
   """JSON text of a value from `loads_pairs`, each object's pairs in their order: as ``json.dumps(value,
-  ensure_ascii=False)`` writes the objects of the same text decoded as dicts when no key is written twice."""
+  ensure_ascii=False)`` writes the objects of the same text decoded as dicts when no key is written twice, except
+  that a `NumberBeyondDouble` is written as the number it was (json.dumps would make it a string): the text written
+  back has the shape of the text read."""
   if isinstance(value, ObjectPairs):
     return '{' + ', '.join(f'{json.dumps(key, ensure_ascii=False)}: {dumps_pairs(item)}' for key, item in value) + '}'
   if isinstance(value, list):
     return '[' + ', '.join(map(dumps_pairs, value)) + ']'
+  if isinstance(value, NumberBeyondDouble):
+    return value.text
   return json.dumps(value, ensure_ascii=False)
 
 

@@ -8,7 +8,9 @@ import pytest
 
 from transforms.json_values import (
   RepeatedKey,
+  dumps_pairs,
   loads,
+  loads_pairs,
   mark_repeated_keys,
   object_of_pairs,
   own_repeated_keys,
@@ -155,3 +157,11 @@ def test_an_object_made_of_pairs_is_marked_as_loads_marks_it():
 )
 def test_a_key_written_twice_on_the_way_to_the_records_is_found(text, path, found):
   assert repeated_on_path(loads(text, repeated_keys=True), path) == found
+
+
+def test_pairs_written_back_keep_a_number_beyond_a_double_a_number():
+  """dumps_pairs wrote a number beyond a double's range (`NumberBeyondDouble`, a str) as a JSON string: text
+  written back by redaction changed a number into a string."""
+  text = '{"a": 1e400, "a": -2E+308, "b": [1e400, "1e400"], "c": 123456789012345678901234567890}'
+  assert dumps_pairs(loads_pairs(text)) == text
+  assert json.loads(dumps_pairs(loads_pairs('{"a": 1e400}')))['a'] == float('inf')
