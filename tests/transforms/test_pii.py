@@ -602,6 +602,20 @@ def test_a_duplicate_key_letters_text_record_keeps_every_value_of_a_repeated_key
 
 
 @pytest.mark.unit
+def test_json_text_masks_a_whole_phone_number_written_with_a_fraction(scanner):
+  """A JSON number with a fraction or an exponent that is a whole phone number (4155552671.0) was kept by the
+  scan of JSON text, while a dead letter's walk masks it: judged as the integer it is."""
+  assert scanner.redact_text('{"phone": 4155552671.0, "phone": 4.155552672e9}') == (
+    '{"phone": "<PHONE_NUMBER>", "phone": "<PHONE_NUMBER>"}',
+    collections.Counter(PHONE_NUMBER=2),
+  )
+  assert scanner.redact_text('{"n": 4155552671.0}')[0] == '{"n": "<PHONE_NUMBER>"}'
+  assert scanner.redact_text('{"order_id": 4155552671.0, "x": "ann@example.org"}')[0] == (
+    '{"order_id": 4155552671.0, "x": "<EMAIL_ADDRESS>"}'
+  )
+
+
+@pytest.mark.unit
 def test_json_text_writing_a_key_twice_has_every_value_redacted_and_kept(scanner):
   """A text value holding JSON (a PostgreSQL json column keeps it as written) that writes a key twice: redacted
   from its decoded dict, the first value was dropped, and its PII went unseen when the last held none."""

@@ -451,6 +451,11 @@ class TextScanner:
       return {renamed.get(k, k) if isinstance(k, str) else k: self.redact_value(v, counts, k) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
       return [self.redact_value(v, counts, name) for v in value]
+    if isinstance(value, float) and value.is_integer() and abs(value) < 10**15:
+      # A whole number written with a fraction or an exponent (4155552671.0, 4.155552671e9): judged as the
+      # integer it is, as a dead letter's walk judges it (`batch._RecordRedactor.remember`).
+      whole = self.redact_value(int(value), counts, name)
+      return value if isinstance(whole, int) else whole
     if isinstance(value, int) and not isinstance(value, bool):
       if 'PHONE_NUMBER' in self.entities and phone_like_integer(value):
         counts['PHONE_NUMBER'] += 1
