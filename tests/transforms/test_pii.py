@@ -20,6 +20,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.dead_letter import dead_letter
 from transforms.entities import ListeningEvent
+from transforms.json_values import ObjectPairs, loads_pairs
 from transforms.pii import recognizers as pii_recognizers
 from transforms.pii import scanner as pii_scanner
 from transforms.pii import transforms as pii_transforms
@@ -599,6 +600,84 @@ def test_a_duplicate_key_letters_text_record_keeps_every_value_of_a_repeated_key
   # The same key twice with the same value is no repeat: written back as any record is.
   same = redact_record('{"user_id": "u1", "note": "x",   "note": "x"}', ListeningEvent, key, scanner, 'acme')[0]
   assert same == f'{{"user_id": "{pseudonym("u1")}", "note": "x"}}'
+
+
+def _same_shape(before, after) -> bool:
+  """Whether two `loads_pairs` values have one shape: the same objects, keys and arrays, a masked scalar a string."""
+  if isinstance(before, ObjectPairs):
+    return (
+      isinstance(after, ObjectPairs)
+      and [k for k, _ in before] == [k for k, _ in after]
+      and all(_same_shape(b, a) for (_, b), (_, a) in zip(before, after))
+    )
+  if isinstance(before, list):
+    return type(after) is list and len(after) == len(before) and all(map(_same_shape, before, after))
+  return (type(after) is type(before) and after == before) or (type(after) is str and after[:1] + after[-1:] == '<>')
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+  'record, masked',
+  [
+    # A phone number written as a bare integer under a repeated key: the mask was put where the number was,
+    # unquoted ('{"phone": <PHONE_NUMBER>, ...'), when the key names an identifier number (kept by the scan).
+    ('{"phone": 4155550123, "phone": 4155550199}', ['phone', 'phone']),
+    ('{"order_id": 4155550123, "order_id": 4155550199, "phone": 4155550100}', ['phone']),
+    ('{"id":4155550123,"id":4155550199,"note":"José à Zürich 😀"}', []),
+    # Numbers as strings, with a fraction, inside nested objects and arrays under the repeated key, non-ASCII keys.
+    ('{"phone": "4155550123", "phone": 4155550199.0, "phone": 4.155550188e9}', ['phone', 'phone', 'phone']),
+    (
+      '{"contact": {"tél": [4155550123, {"mobile": "+1 415 555 0199"}]}, "contact": {"tél": 4155550177}, "n": 1}',
+      ['tél', 'mobile', 'tél'],
+    ),
+    ('[{"order_id": 4155550123}, {"phone": 4155550123, "phone": 4155550199}]', ['phone', 'phone']),
+    ('  {"a": 1e400, "a": 2, "phone": 4155550123}\r\n', ['phone']),
+  ],
+)
+@pytest.mark.parametrize('with_key', [True, False])
+def test_a_duplicate_key_letters_json_record_stays_json_of_its_shape_every_value_masked_as_a_string(
+  record, masked, with_key, key, scanner
+):
+  """A duplicate_key letter's record whose repeated key holds a phone number as a bare JSON number: the text
+  path put '<PHONE_NUMBER>' where the number was, unquoted, and the record was no JSON any more. It stays JSON of
+  the same shape (each object's keys in their order, every pair kept), each masked value a JSON string."""
+  letter = dead_letter('f.jsonl', 'row 3', 'duplicate_key', 'phone', record, 'written twice', 'read', 'acme')
+  out, counts = redact_dead_letter(letter, ListeningEvent, key if with_key else None, scanner)
+  text = out['record']
+  redacted, original = loads_pairs(text), loads_pairs(record)
+  assert _same_shape(original, redacted), text
+
+  def masked_names(value, name=None):
+    if isinstance(value, ObjectPairs):
+      return [m for k, v in value for m in masked_names(v, k)]
+    if isinstance(value, list):
+      return [m for v in value for m in masked_names(v, name)]
+    return [name] if value == '<PHONE_NUMBER>' else []
+
+  assert masked_names(redacted) == masked and counts['PHONE_NUMBER'] == len(masked)
+  assert '415555' not in ''.join(str(v) for v in _scalars(redacted) if isinstance(v, str))
+  assert redact_dead_letters([letter], ListeningEvent, key if with_key else None, TextScanner()) == [(out, counts)]
+
+
+def _scalars(value):
+  if isinstance(value, list):  # ObjectPairs too: its pairs
+    for item in value:
+      yield from _scalars(item)
+  elif isinstance(value, tuple):
+    yield from _scalars(value[1])
+  else:
+    yield value
+
+
+@pytest.mark.unit
+def test_a_duplicate_key_letters_identifiers_written_twice_stay_two_pairs_without_a_key(scanner):
+  """Without a tenant key both values of a repeated identifier are '<REDACTED>': the whole text was scanned again
+  after that, decoded as a dict, and one of the pairs was dropped."""
+  record = '{"user_id": "u1", "user_id": "u2", "phone": 4155550123}'
+  letter = dead_letter('f.jsonl', 'row 3', 'duplicate_key', 'user_id', record, 'written twice', 'read', None)
+  out, counts = redact_dead_letter(letter, ListeningEvent, None, scanner)
+  assert out['record'] == '{"user_id": "<REDACTED>", "user_id": "<REDACTED>", "phone": "<PHONE_NUMBER>"}'
+  assert counts == {'REDACTED:user_id': 2, 'PHONE_NUMBER': 1}
 
 
 @pytest.mark.unit

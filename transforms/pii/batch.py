@@ -29,7 +29,7 @@ from transforms.entities import (
   to_int,
   to_utc_timestamp,
 )
-from transforms.json_values import loads, repeated_key
+from transforms.json_values import ObjectPairs, dumps_pairs, loads, loads_pairs, repeated_inside
 from transforms.pii.keys import MasterKey
 from transforms.pii.pseudonyms import pseudonym, pseudonymise
 from transforms.pii.recognizers import (
@@ -566,7 +566,7 @@ class _RecordRedactor:
     self.formats = formats or {}
     self.counts = collections.Counter()
     self.texts: List[str] = []
-    self.slots: List[Tuple[Any, Any]] = []  # (container, key) of each text
+    self.slots: List[Tuple[Any, Any, Any]] = []  # (container, key, name: the object key it is under) of each text
     self.replaced_identifiers: Dict[str, str] = {}
     self.objects: List[dict] = []  # the walked dicts: their keys are scanned too
 
@@ -588,30 +588,48 @@ class _RecordRedactor:
     return out
 
   def walk(self, value: Any, top: bool = False) -> Any:
+    if isinstance(value, ObjectPairs):
+      # An object that writes a key twice (`loads_pairs`): each pair is walked as a dict's item is, kept as a
+      # [key, value] list, so that every value of a repeated key is redacted and none is lost.
+      pairs = ObjectPairs([k, v] for k, v in value)
+      for pair in pairs:
+        self.walk_item(pair, 1, pair[0], pair[1], top)
+      self.objects.append(pairs)
+      return pairs
     if isinstance(value, dict):
-      out = {}
+      out: dict = {}
       for k, v in value.items():
-        if self.is_identifier(k) and not isinstance(v, (dict, list, tuple)):
-          out[k] = self.identifier(k, v)
-        elif top and k in self.formats and _conforms(self.formats[k], v):
-          out[k] = v
-        elif isinstance(k, str) and isinstance(v, str) and is_secret_name(k) and not is_placeholder(v):
-          out[k] = '<SECRET_ASSIGNMENT>'
-          self.counts['SECRET_ASSIGNMENT'] += 1
-        else:
-          # Only containers are walked: anything else is itself (most values are strings).
-          out[k] = self.walk(v) if isinstance(v, (dict, list, tuple)) else v
-          self.remember(out, k, v)
+        self.walk_item(out, k, k, v, top)
       self.objects.append(out)
       return out
     if isinstance(value, (list, tuple)):
-      out = [self.walk(v) for v in value]
+      out_list = [self.walk(v) for v in value]
       for i, v in enumerate(value):
-        self.remember(out, i, v)
-      return out
+        self.remember(out_list, i, v)
+      return out_list
     return value
 
-  def remember(self, container, key, original):
+  def walk_item(self, container, slot, key: Any, value: Any, top: bool) -> None:
+    """Sets `container[slot]` to the redacted `value` of an object's `key` (texts remembered for the scan)."""
+    if self.is_identifier(key) and not isinstance(value, (dict, list, tuple)):
+      container[slot] = self.identifier(key, value)
+    elif top and key in self.formats and _conforms(self.formats[key], value):
+      container[slot] = value
+    elif isinstance(key, str) and isinstance(value, str) and is_secret_name(key) and not is_placeholder(value):
+      container[slot] = '<SECRET_ASSIGNMENT>'
+      self.counts['SECRET_ASSIGNMENT'] += 1
+    else:
+      # Only containers are walked: anything else is itself (most values are strings).
+      container[slot] = self.walk(value) if isinstance(value, (dict, list, tuple)) else value
+      self.remember(container, slot, value, key)
+
+  def remember(self, container, key, original, name: Any = None):
+    """Remembers `container[key]` (which holds `original`) for the scan, or replaces it now.
+
+    name: the object key the value is under, when `key` is not it (a [key, value] pair's slot); a list item's
+    index otherwise.
+    """
+    name = key if name is None else name
     if (
       isinstance(original, str)
       and original.startswith(BINARY_TEXT_PREFIX)
@@ -619,25 +637,25 @@ class _RecordRedactor:
     ):
       # Bytes a stage before made JSON-ready (`json_safe`): dropped as bytes are, base64 hides PII from a scan.
       container[key] = None
-      self.counts[f'DROPPED_BINARY:{key}'] += 1
-    elif is_identifier_number(original, key):
+      self.counts[f'DROPPED_BINARY:{name}'] += 1
+    elif is_identifier_number(original, name):
       pass  # an order number or an epoch, as in a record batch's column of that name
     elif isinstance(original, str):
-      self.slots.append((container, key))
+      self.slots.append((container, key, name))
       self.texts.append(original)
     elif isinstance(original, float) and original.is_integer() and abs(original) < 10**15:
-      self.remember(container, key, int(original))
+      self.remember(container, key, int(original), name)
     elif isinstance(original, int) and not isinstance(original, bool):
       if phone_like_integer(original):
         container[key] = '<PHONE_NUMBER>'
         self.counts['PHONE_NUMBER'] += 1
       elif abs(original) >= SCANNED_INT:  # a card number written without quotes
-        self.slots.append((container, key))
+        self.slots.append((container, key, name))
         self.texts.append(str(original))
     elif isinstance(original, (bytes, bytearray, memoryview)):
       # As in record batches: no text scan sees PII inside bytes.
       container[key] = None
-      self.counts[f'DROPPED_BINARY:{key}'] += 1
+      self.counts[f'DROPPED_BINARY:{name}'] += 1
 
   def json_identifiers_replaced(self, text: str) -> str:
     """Broken JSON text (a truncated or badly encoded line) with the values of its identifier keys replaced.
@@ -676,27 +694,36 @@ class _RecordRedactor:
 
   def hints(self) -> List[Optional[str]]:
     """The field name of each remembered text (None for list items): the scanner's context."""
-    return [key if isinstance(key, str) else None for _, key in self.slots]
+    return [name if isinstance(name, str) else None for _, _, name in self.slots]
 
   def names(self) -> List[str]:
-    """The keys of the walked dicts (scanned as names: `TextScanner.redact_names`)."""
-    return [k for obj in self.objects for k in obj if isinstance(k, str)]
+    """The keys of the walked objects (scanned as names: `TextScanner.redact_names`)."""
+    return [k for obj in self.objects for k in _keys_of(obj) if isinstance(k, str)]
 
   def scan(self, scanner: TextScanner):
     if self.texts:
       redacted, found = scanner.redact_texts(self.texts, self.hints())
       self.counts.update(found)
-      for (container, key), before, after in zip(self.slots, self.texts, redacted):
+      for (container, key, _), before, after in zip(self.slots, self.texts, redacted):
         if after != before:
           container[key] = after
     for obj in self.objects:
-      keys = [k for k in obj if isinstance(k, str)]
+      keys = [k for k in _keys_of(obj) if isinstance(k, str)]
       new_keys = scanner.redact_names(keys, self.counts)
       if new_keys != keys:
         renamed = dict(zip(keys, new_keys))
+        if isinstance(obj, ObjectPairs):  # a key written twice is renamed alike each time
+          for pair in obj:
+            pair[0] = renamed.get(pair[0], pair[0])
+          continue
         items = [(renamed.get(k, k) if isinstance(k, str) else k, v) for k, v in obj.items()]
         obj.clear()
         obj.update(items)
+
+
+def _keys_of(obj) -> List[Any]:
+  """The distinct keys of a walked object (a dict, or the [key, value] pairs of `ObjectPairs`), in order."""
+  return list(dict.fromkeys(pair[0] for pair in obj)) if isinstance(obj, ObjectPairs) else list(obj)
 
 
 def _conforms(check, value) -> bool:
@@ -749,21 +776,24 @@ def _walk_record(record, identifiers, formats, master_key, entities, tenant, hea
     return walker, lambda: None
   if isinstance(record, (bytes, bytearray)):  # a raw message payload: its text is what a reader would see
     record = bytes(record).decode('utf-8', 'replace')
-  if isinstance(record, str) and record.lstrip()[:1] == '{':
-    # A JSON object kept as text (a stream message rejected after decoding):
-    # walked like a record, so that its identifiers are known by name. One
-    # that writes a key twice with different values (a duplicate_key dead
-    # letter) decodes to the last value only: written back, the others would
-    # be lost from the only copy kept. It is redacted as text below: its
-    # identifiers by their keys, then scanned whole, which redacts every
-    # value of each pair in place (`TextScanner._redact_json`).
+  if isinstance(record, str) and record.lstrip()[:1] in ('{', '['):
+    # JSON kept as text (a stream message or a line rejected after decoding):
+    # walked like a record, so that its identifiers are known by name, and
+    # written back as JSON, each masked value a JSON string. One that writes a
+    # key twice with different values (a duplicate_key dead letter) decodes to
+    # the last value only: written back, the others would be lost from the
+    # only copy kept; it is walked as its objects' pairs instead
+    # (`loads_pairs`), every value of a repeated key redacted in its place.
     try:
       document = loads(record, repeated_keys=True)
     except ValueError:  # not JSON, or none a record holds (too deep to walk): scanned as text below
       document = None
-    if isinstance(document, dict) and repeated_key(document) is None:
-      walked = walker.walk(document, top=True)
-      return walker, lambda: json.dumps(walked, ensure_ascii=False, default=str)
+    if isinstance(document, (dict, list)):
+      if repeated_inside(document) is None:
+        walked = walker.walk(document, top=True)
+        return walker, lambda: json.dumps(walked, ensure_ascii=False, default=str)
+      pairs = walker.walk(loads_pairs(record), top=True)
+      return walker, lambda: dumps_pairs(pairs)
   if isinstance(record, str):
     looks_json = record.lstrip().startswith(('{', '['))
     parsed = _parse_csv_line(record, header, delimiter) if header and not looks_json else None
