@@ -79,7 +79,7 @@ from io_connectors._common.times import (
   epoch_nanos_text,
   register_avro_nanosecond_timestamps,
 )
-from io_connectors.sinks._avro import avro_container_bytes
+from io_connectors.sinks._avro import UnwritableCodec, avro_container_bytes, avro_header, fastavro_readable
 from io_connectors.sinks.lake import (
   MANIFEST_NAME,
   RUNS_DIR,
@@ -368,8 +368,12 @@ def _with_times(record, fields: Dict[str, bool], as_text: bool):
 def _split_avro(data: bytes, matcher: SubjectMatcher) -> Split:
   import fastavro
 
+  from io_connectors.files.avro import with_snappy_codec
+
   register_avro_nanosecond_timestamps()  # timestamp-nanos as its long: the rewrite keeps every nanosecond
-  reader = fastavro.reader(io.BytesIO(data))
+  with_snappy_codec()  # snappy blocks (Spark's, Kafka Connect's) read by pyarrow's snappy: fastavro's needs cramjam
+  metadata, header_end = avro_header(data)
+  reader = fastavro.reader(io.BytesIO(fastavro_readable(data, metadata, header_end)))
   schema, codec = reader.writer_schema, reader.codec
   records = list(reader)
   nanos = _nanosecond_timestamp_fields(schema)
@@ -377,7 +381,9 @@ def _split_avro(data: bytes, matcher: SubjectMatcher) -> Split:
   kept = [r for r, hit in zip(records, hits) if not hit]
   if len(kept) == len(records):
     return None, [], len(records)
-  rewritten = avro_container_bytes(schema, kept, codec)  # the file's own schema and codec, the same bytes each run
+  # The file's own schema and codec, and its header's metadata as written (its schema's text, the keys Spark,
+  # Kafka Connect or our writer put there), byte for byte; the same bytes each run.
+  rewritten = avro_container_bytes(schema, kept, codec, metadata)
   removed = [json_safe(_with_times(r, nanos, as_text=True)) for r, hit in zip(records, hits) if hit]
   return rewritten, removed, len(kept)
 
@@ -456,6 +462,8 @@ def split_file(path: str, data: bytes, matcher: SubjectMatcher) -> Split:
     return _SPLITTERS[extension](data, matcher)
   except ComplianceError:
     raise
+  except UnwritableCodec as e:  # raised before anything is written: the file stays as it is
+    raise ComplianceError(f'{path}: cannot rewrite it without the selected records: {e}; nothing was written') from None
   except Exception as e:
     raise ComplianceError(f'{path}: cannot read it as {extension}: {type(e).__name__}: {e}') from None
 

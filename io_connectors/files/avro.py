@@ -23,7 +23,7 @@ from io_connectors.files._read import READERS, STAGE, ReadFormat, emit
 from transforms.dead_letter import dead_letter
 from transforms.records import position, range_source
 
-__all__ = ['ReadFromAvro', 'AvroOptions']
+__all__ = ['ReadFromAvro', 'AvroOptions', 'with_snappy_codec']
 
 
 _PRIMITIVES = {
@@ -243,7 +243,7 @@ def _read_snappy_block(f) -> io.BytesIO:
   return io.BytesIO(block)
 
 
-def _with_snappy_codec():
+def with_snappy_codec():
   """Snappy blocks (Spark's default codec, Kafka Connect's) read through pyarrow's snappy: fastavro's own wants
   cramjam, a library nothing else here needs, and without it failed every block of such a file. Always this
   one, so that every worker reads the codec alike."""
@@ -255,7 +255,7 @@ def _with_snappy_codec():
 def read_avro(rng: Range, options: AvroOptions):
   from fastavro import block_reader
 
-  _with_snappy_codec()
+  with_snappy_codec()
   register_avro_nanosecond_timestamps()  # timestamp-nanos read as its long, exactly, whatever the fastavro version
   path, start, end = rng.path, rng.start, rng.end
   source = rng.source

@@ -15,17 +15,23 @@ Column and struct field names that Avro's name rules refuse (`extra.key`,
 `1st`) are made valid, and the original name is kept in the field's
 `arrow_name` attribute.
 The same rows give the same bytes (`avro_container_bytes`): the lake names
-its files by a digest of their bytes.
+its files by a digest of their bytes. A file rewritten without some of its
+records (an erasure, retention) keeps its header's metadata as written
+(`avro_header`), and its codec: snappy blocks are compressed by pyarrow's
+snappy, with the CRC32 Avro puts after each, so that no other library
+(fastavro's snappy needs cramjam) is needed.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import decimal
+import functools
 import hashlib
 import io
 import re
-from typing import Any, Callable, Dict, Iterable, List, Optional, Set
+import zlib
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import pyarrow as pa
 
@@ -38,7 +44,15 @@ from io_connectors._common.times import (
 )
 from transforms.records import exact_times, json_text
 
-__all__ = ['avro_schema', 'avro_file_bytes', 'avro_container_bytes']
+__all__ = [
+  'UnwritableCodec',
+  'avro_schema',
+  'avro_file_bytes',
+  'avro_container_bytes',
+  'avro_header',
+  'fastavro_readable',
+  'snappy_block',
+]
 
 _INVALID_NAME_CHARS = re.compile(r'[^A-Za-z0-9_]')
 _VALID_NAME = re.compile(r'[A-Za-z_][A-Za-z0-9_]*')
@@ -186,11 +200,145 @@ def avro_file_bytes(table: pa.Table) -> bytes:
 
 
 _SYNC_SIZE = 16  # bytes of an Avro sync marker
+_MAGIC = b'Obj\x01'
+# The header keys the writer sets itself (the Avro spec reserves the 'avro.' prefix).
+SCHEMA_KEY, CODEC_KEY = 'avro.schema', 'avro.codec'
 
 
-def avro_container_bytes(schema: Any, records: Iterable[Any], codec: str) -> bytes:
+def _long(value: int) -> bytes:
+  """An Avro long: zigzag, then a little-endian base-128 varint."""
+  value = (value << 1) ^ (value >> 63)
+  out = bytearray()
+  while value > 0x7F:
+    out.append((value & 0x7F) | 0x80)
+    value >>= 7
+  out.append(value)
+  return bytes(out)
+
+
+def _read_long(data: bytes, pos: int) -> Tuple[int, int]:
+  """(the Avro long at `pos`, the position after it)."""
+  value = shift = 0
+  while True:
+    if pos >= len(data) or shift > 63:
+      raise ValueError('the Avro header ends inside a number')
+    byte = data[pos]
+    pos += 1
+    value |= (byte & 0x7F) << shift
+    if byte < 0x80:
+      return (value >> 1) ^ -(value & 1), pos
+    shift += 7
+
+
+def _read_bytes(data: bytes, pos: int) -> Tuple[bytes, int]:
+  size, pos = _read_long(data, pos)
+  if size < 0 or pos + size > len(data):
+    raise ValueError('the Avro header ends inside a value')
+  return data[pos : pos + size], pos + size
+
+
+def avro_header(data: bytes) -> Tuple[List[Tuple[str, bytes]], int]:
+  """(metadata, end) of an Avro container file's header: its metadata entries, (key, value as written), in the
+  order written, and where the header ends (after its sync marker). ValueError when `data` starts with none.
+
+  The values are bytes, as the spec has them: a writer may put any bytes
+  there (fastavro's reader refuses a value that is no UTF-8).
+  """
+  if data[: len(_MAGIC)] != _MAGIC:
+    raise ValueError('not an Avro container file (no Obj\\x01 magic)')
+  pos, entries = len(_MAGIC), []
+  while True:
+    count, pos = _read_long(data, pos)
+    if count == 0:
+      break
+    if count < 0:  # a block that gives its size in bytes too
+      count = -count
+      _, pos = _read_long(data, pos)
+    for _ in range(count):
+      key, pos = _read_bytes(data, pos)
+      value, pos = _read_bytes(data, pos)
+      entries.append((key.decode('utf-8'), value))
+  if pos + _SYNC_SIZE > len(data):
+    raise ValueError('the Avro header ends before its sync marker')
+  return entries, pos + _SYNC_SIZE
+
+
+def _header_bytes(metadata: Sequence[Tuple[str, bytes]]) -> bytes:
+  """An Avro header with these metadata entries, in this order, and a zero sync marker."""
+  entries = b''.join(_long(len(k.encode())) + k.encode() + _long(len(v)) + v for k, v in metadata)
+  return _MAGIC + (_long(len(metadata)) + entries if metadata else b'') + _long(0) + bytes(_SYNC_SIZE)
+
+
+def fastavro_readable(data: bytes, metadata: Sequence[Tuple[str, bytes]], header_end: int) -> bytes:
+  """The Avro file `data` (its header's `avro_header`) as fastavro reads it: its own bytes, or, when a metadata
+  value is no UTF-8 (which the spec allows and fastavro's reader refuses), the same blocks after a header of its
+  schema and codec alone."""
+  try:
+    for _, value in metadata:
+      value.decode('utf-8')
+    return data
+  except UnicodeDecodeError:
+    own = [(k, v) for k, v in metadata if k in (SCHEMA_KEY, CODEC_KEY)]
+    return _header_bytes(own)[:-_SYNC_SIZE] + data[header_end - _SYNC_SIZE :]
+
+
+def snappy_block(block: bytes) -> bytes:
+  """One block's data in Avro's snappy codec: the raw snappy of the block (pyarrow's codec), then the CRC32 of the
+  block, big-endian, as the spec asks (and our reader checks: `io_connectors.files.avro`)."""
+  return pa.compress(block, codec='snappy', asbytes=True) + zlib.crc32(block).to_bytes(4, 'big')
+
+
+class UnwritableCodec(ValueError):
+  """An Avro codec this process cannot write (a library fastavro needs for it is missing)."""
+
+
+# Codecs whose blocks are compressed here rather than by fastavro: its snappy needs cramjam.
+_OWN_CODECS: Dict[str, Callable[[bytes], bytes]] = {'snappy': snappy_block}
+
+
+@functools.lru_cache(maxsize=None)
+def _unwritable(codec: str) -> Optional[str]:
+  """Why fastavro cannot write blocks in `codec` here (a library it needs is missing, or a codec it does not know),
+  or None: found by writing one record, which is what fails, at the first block, without the library."""
+  import fastavro
+
+  if codec in _OWN_CODECS:
+    return None if pa.Codec.is_available(codec) else f"this pyarrow has no {codec} codec"
+  try:
+    fastavro.writer(io.BytesIO(), 'null', [None], codec=codec)
+  except ValueError as e:
+    return str(e)
+  return None
+
+
+def _recoded(body: bytes, compress: Callable[[bytes], bytes]) -> Tuple[bytes, List[int]]:
+  """The blocks of a null-codec body (after the header) with their data compressed by `compress`, and where
+  each block now ends (after its sync marker), from the body's start."""
+  out, ends, pos = bytearray(), [], 0
+  while pos < len(body):
+    count, pos = _read_long(body, pos)
+    size, pos = _read_long(body, pos)
+    data = compress(body[pos : pos + size])
+    pos += size + _SYNC_SIZE
+    out += _long(count) + _long(len(data)) + data + bytes(_SYNC_SIZE)
+    ends.append(len(out))
+  return bytes(out), ends
+
+
+def avro_container_bytes(
+  schema: Any, records: Iterable[Any], codec: str, metadata: Optional[Sequence[Tuple[str, bytes]]] = None
+) -> bytes:
   """An Avro container file of `records` (any Avro schema: a record, a name, a union), the same bytes for the
-  same schema, records and codec.
+  same schema, records, codec and metadata.
+
+  metadata: the header's metadata entries as a file holds them (`avro_header`),
+  written as they are, in their order, in place of fastavro's: a file
+  rewritten without some records keeps its schema's text and every key other
+  writers put there (Spark's, Kafka Connect's, ours) byte for byte. Its
+  'avro.codec' (none: null) must be `codec`.
+
+  A codec that cannot be written here (a library fastavro needs is missing)
+  is an `UnwritableCodec` saying so, raised before any record is encoded.
 
   fastavro picks a random sync marker per file, so the same rows gave other
   bytes on each write, and the lake, which orders and names its files by a
@@ -207,9 +355,20 @@ def avro_container_bytes(schema: Any, records: Iterable[Any], codec: str) -> byt
   import fastavro
   from fastavro.write import Writer
 
+  if metadata is not None:
+    declared = dict(metadata).get(CODEC_KEY, b'null')
+    if declared != codec.encode():
+      raise ValueError(f'the metadata names the codec {declared!r}, not {codec!r}')
+  unwritable = _unwritable(codec)
+  if unwritable is not None:
+    raise UnwritableCodec(f'cannot write the Avro codec {codec!r} here: {unwritable}')
+  own = _OWN_CODECS.get(codec)
   sink = io.BytesIO()
-  writer = Writer(sink, fastavro.parse_schema(schema), codec=codec, sync_marker=bytes(_SYNC_SIZE))
-  block_ends = [sink.tell()]  # the header ends with the marker too
+  writer = Writer(
+    sink, fastavro.parse_schema(schema), codec='null' if own is not None else codec, sync_marker=bytes(_SYNC_SIZE)
+  )
+  header_end = sink.tell()
+  block_ends = [header_end]  # the header ends with the marker too
   for record in records:
     writer.write(record)
     if sink.tell() != block_ends[-1]:  # a full block was written
@@ -217,8 +376,21 @@ def avro_container_bytes(schema: Any, records: Iterable[Any], codec: str) -> byt
   writer.flush()
   if sink.tell() != block_ends[-1]:
     block_ends.append(sink.tell())
-  data = bytearray(sink.getvalue())
+  written = sink.getvalue()
+  if metadata is None and own is None:  # as fastavro writes it
+    data, ends = bytearray(written), block_ends
+  else:
+    if metadata is None:  # fastavro's own entries, the codec the one the blocks are in
+      metadata = [(k, codec.encode() if k == CODEC_KEY else v) for k, v in avro_header(written)[0]]
+    header = _header_bytes(metadata)
+    body = written[header_end:]
+    if own is not None:
+      body, body_ends = _recoded(body, own)
+    else:
+      body_ends = [end - header_end for end in block_ends[1:]]
+    data = bytearray(header + body)
+    ends = [len(header)] + [len(header) + end for end in body_ends]
   marker = hashlib.sha256(data).digest()[:_SYNC_SIZE]
-  for end in block_ends:
+  for end in ends:
     data[end - _SYNC_SIZE : end] = marker
   return bytes(data)

@@ -241,3 +241,35 @@ def test_an_empty_table_gives_the_same_avro_bytes_each_time():
   data = avro_file_bytes(table)
   assert avro_file_bytes(table) == data
   assert list(fastavro.reader(io.BytesIO(data))) == []
+
+
+def test_a_file_written_again_with_its_own_header_keeps_it_and_snappy_needs_no_cramjam(tmp_path, monkeypatch):
+  # A rewrite (erasure, retention) wrote fastavro's header (the schema respelt, the codec, no other key), and
+  # snappy (Spark's and Kafka Connect's default) only with cramjam, which is not installed.
+  import sys
+
+  from io_connectors.files._ranges import Range
+  from io_connectors.files.avro import AvroOptions, read_avro
+  from io_connectors.sinks._avro import avro_container_bytes, avro_header
+  from transforms.records import strip_internal
+
+  monkeypatch.setitem(sys.modules, 'cramjam', None)
+  table = pa.table({'event_id': [f'e{i}' for i in range(3000)], 'plays': list(range(3000))})
+  data = avro_file_bytes(table)
+  schema = avro_schema(table.schema)
+  metadata, _ = avro_header(data)
+  assert avro_container_bytes(schema, table.to_pylist(), 'deflate', metadata) == data  # its own header: as written
+  ours = [('x.lineage', 'run 7 é'.encode()), ('avro.codec', b'snappy'), ('avro.schema', dict(metadata)['avro.schema'])]
+  ours.append(('x.empty', b''))
+  snappy = avro_container_bytes(schema, table.to_pylist(), 'snappy', ours)
+  assert avro_header(snappy)[0] == ours
+  assert avro_container_bytes(schema, table.to_pylist(), 'snappy', ours) == snappy
+  # Our reader (pyarrow's snappy, each block's CRC32 checked) reads every row once, split in ranges at the markers.
+  path = tmp_path / 'snappy.avro'
+  path.write_bytes(snappy)
+  cuts = list(range(0, len(snappy), 700)) + [len(snappy)]
+  out = [
+    o for start, end in zip(cuts, cuts[1:]) for o in read_avro(Range(str(path), 'avro', start, end), AvroOptions())
+  ]
+  assert [o for o in out if not isinstance(o, pa.RecordBatch)] == []
+  assert strip_internal(pa.Table.from_batches(out)).equals(table)

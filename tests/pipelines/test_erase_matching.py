@@ -4,9 +4,11 @@ only where records go; and what an erasure or retention keeps of Avro's nanoseco
 import hashlib
 import io
 import os
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from io_connectors.sinks.lake import parquet_bytes
 from pipelines import compliance
@@ -195,3 +197,184 @@ def test_an_erasure_rewrites_an_avro_file_to_the_same_bytes_each_time():
   rewritten, _, kept = split_file('part-0.avro', data, SubjectMatcher(['u1']))
   assert split_file('part-0.avro', data, SubjectMatcher(['u1']))[0] == rewritten
   assert len(list(fastavro.reader(io.BytesIO(rewritten)))) == kept == table.num_rows - 1
+
+
+def _avro_long(value: int) -> bytes:
+  value = (value << 1) ^ (value >> 63)
+  out = bytearray()
+  while value > 0x7F:
+    out.append((value & 0x7F) | 0x80)
+    value >>= 7
+  return bytes(out + bytes([value]))
+
+
+def _with_header(data: bytes, metadata) -> bytes:
+  """An Avro file's blocks (and sync marker) after a header of these (key, value bytes) entries, written by hand
+  from the spec: fastavro writes only UTF-8 values, and its own keys after the caller's."""
+  end = _header(data)[1]
+  encoded = b''.join(_avro_long(len(k)) + k + _avro_long(len(v)) + v for k, v in metadata)
+  return b'Obj\x01' + _avro_long(len(metadata)) + encoded + _avro_long(0) + data[end - 16 :]
+
+
+def _header(data: bytes):
+  """(the header's metadata entries as written, where the header ends), read by hand from the spec (not by the
+  code under test)."""
+  pos, entries = 4, []
+
+  def long_at(p):
+    value = shift = 0
+    while True:
+      b = data[p]
+      p += 1
+      value |= (b & 0x7F) << shift
+      if b < 0x80:
+        return (value >> 1) ^ -(value & 1), p
+      shift += 7
+
+  while True:
+    count, pos = long_at(pos)
+    if count == 0:
+      return entries, pos + 16
+    for _ in range(count):
+      pair = []
+      for _ in range(2):
+        size, pos = long_at(pos)
+        pair.append(data[pos : pos + size])
+        pos += size
+      entries.append(tuple(pair))
+
+
+_SPARK_SCHEMA = {
+  'type': 'record',
+  'name': 'topLevelRecord',
+  'namespace': 'org.apache.spark',
+  'doc': 'written by Spark',
+  'fields': [
+    {'name': 'user_id', 'type': ['string', 'null'], 'doc': 'pseudonym'},
+    {'name': 'plays', 'type': 'long', 'x-origin': 'kafka'},
+  ],
+}
+
+
+def _spark_avro(codec: str, n: int = 400, sync_interval: int = 1000) -> bytes:
+  """An Avro file as another writer leaves it: its schema's text in its own spelling, and metadata of its own."""
+  import json
+
+  import fastavro._write_py as avro_writer
+
+  sink = io.BytesIO()
+  records = [{'user_id': f'u{i % 7}', 'plays': i} for i in range(n)]
+  avro_writer.writer(sink, _spark_schema(), records, codec=codec, sync_interval=sync_interval)
+  metadata = [
+    (b'avro.schema', json.dumps(_SPARK_SCHEMA, indent=1).encode()),  # not as fastavro would respell it
+    (b'avro.codec', codec.encode()),
+    (b'org.apache.spark.version', b'3.5.1'),
+    (b'org.apache.spark.legacyDateTime', b''),
+    (b'connect.version', b'7.6.0'),
+    (b'music_beam_pipelines.run_id', '2024-06-01T00:00:00Z/é'.encode()),
+    (b'x-binary-lineage', bytes(range(256))),  # any bytes: the spec's values are bytes
+  ]
+  return _with_header(sink.getvalue(), metadata)
+
+
+def _spark_schema():
+  import fastavro
+
+  return fastavro.parse_schema(_SPARK_SCHEMA)
+
+
+def _snappy_reader(monkeypatch):
+  """fastavro's pure-Python reader with a snappy codec of pyarrow's that checks each block's CRC32."""
+  import struct
+  import zlib
+
+  import fastavro._read_py as avro_reader
+
+  def read_snappy_block(decoder):
+    data = decoder.read_bytes()
+    block = pa.decompress(data[:-4], decompressed_size=_snappy_size(data), codec='snappy', asbytes=True)
+    assert struct.unpack('>I', data[-4:])[0] == zlib.crc32(block), 'the block does not match its CRC32'
+    return io.BytesIO(block)
+
+  monkeypatch.setitem(avro_reader.BLOCK_READERS, 'snappy', read_snappy_block)
+
+  def read(data: bytes):
+    entries = [(k, v) for k, v in _header(data)[0] if k in (b'avro.schema', b'avro.codec')]  # no binary values
+    return avro_reader.reader(io.BytesIO(_with_header(data, entries)))
+
+  return read
+
+
+def _snappy_size(data: bytes) -> int:
+  size = shift = 0
+  for b in data[:5]:
+    size |= (b & 0x7F) << shift
+    shift += 7
+    if b < 0x80:
+      break
+  return size
+
+
+@pytest.mark.parametrize('codec', ['null', 'deflate', 'snappy'])
+def test_an_avro_rewrite_keeps_every_header_metadata_entry_byte_for_byte(codec, monkeypatch):
+  # The rewrite wrote a header of fastavro's own: the schema respelt, the codec, and nothing else: the keys Spark,
+  # Kafka Connect or our own writer put there were lost.
+  if codec == 'snappy':
+    monkeypatch.setitem(sys.modules, 'cramjam', None)  # as installed: fastavro's snappy has no library
+    _snappy_file_writer(monkeypatch)
+  data = _spark_avro(codec)
+  rewritten, removed, kept = split_file('part-0.avro', data, SubjectMatcher(['u3']))
+  assert kept == 400 - len(removed) and {r['user_id'] for r in removed} == {'u3'}
+  assert _header(rewritten)[0] == _header(data)[0]
+  reader = _snappy_reader(monkeypatch)(rewritten)
+  assert reader.codec == codec
+  assert [r['plays'] for r in reader] == [i for i in range(400) if i % 7 != 3]
+  assert split_file('part-0.avro', data, SubjectMatcher(['u3']))[0] == rewritten  # the same bytes each run
+
+
+def _snappy_file_writer(monkeypatch):
+  """Lets fastavro's pure-Python writer write snappy blocks (pyarrow's snappy and the CRC32), for the inputs."""
+  import struct
+  import zlib
+
+  import fastavro._write_py as avro_writer
+
+  def write_snappy_block(encoder, block_bytes, compression_level):
+    data = pa.compress(block_bytes, codec='snappy', asbytes=True)
+    encoder.write_long(len(data) + 4)
+    encoder._fo.write(data + struct.pack('>I', zlib.crc32(block_bytes)))
+
+  monkeypatch.setitem(avro_writer.BLOCK_WRITERS, 'snappy', write_snappy_block)
+
+
+def test_a_snappy_avro_file_is_rewritten_without_cramjam_each_block_with_its_crc(monkeypatch):
+  # fastavro writes (and reads) snappy through cramjam, which is not installed: an erasure or retention of a Spark
+  # or Kafka Connect file (snappy by default) failed. pyarrow's snappy writes it, with Avro's CRC32 after each block.
+  monkeypatch.setitem(sys.modules, 'cramjam', None)  # as installed here
+  _snappy_file_writer(monkeypatch)
+  data = _spark_avro('snappy', n=20000, sync_interval=2000)
+  rewritten, removed, kept = split_file('part-0.avro', data, SubjectMatcher(['u1', 'u5']))
+  assert kept == 20000 - len(removed) and {r['user_id'] for r in removed} == {'u1', 'u5'}
+  reader = _snappy_reader(monkeypatch)(rewritten)
+  records = list(reader)
+  assert [r['plays'] for r in records] == [i for i in range(20000) if i % 7 not in (1, 5)]
+  # Several blocks, each followed by the header's marker: a digest of the file, not zeros, not fastavro's random one.
+  sync = rewritten[len(rewritten) - 16 :]
+  assert rewritten.count(sync) >= 3 and sync != bytes(16)
+  assert split_file('part-0.avro', data, SubjectMatcher(['u1', 'u5']))[0] == rewritten
+  # The rewrite is read again as the re-scan reads it (pyarrow's snappy, each CRC checked): nothing of u1 left.
+  assert split_file('part-0.avro', rewritten, SubjectMatcher(['u1', 'u5'])) == (None, [], kept)
+
+
+def test_an_avro_file_whose_codec_cannot_be_written_is_a_clear_error_before_anything_is_written(monkeypatch):
+  from io_connectors.sinks import _avro
+
+  data = _spark_avro('deflate')
+  monkeypatch.setattr(_avro, '_unwritable', lambda codec: f'no library for {codec} here')
+  with pytest.raises(compliance.ComplianceError) as raised:
+    split_file('out/data/tenant=acme/part-0.avro', data, SubjectMatcher(['u3']))
+  message = str(raised.value)
+  assert message.startswith('out/data/tenant=acme/part-0.avro: cannot rewrite it') and 'deflate' in message
+  assert 'u3' not in message
+  # A file without a match needs no rewrite: it is carried as it is.
+  assert split_file('part-0.avro', data, SubjectMatcher(['nobody'])) == (None, [], 400)
