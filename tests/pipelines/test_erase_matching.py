@@ -378,3 +378,36 @@ def test_an_avro_file_whose_codec_cannot_be_written_is_a_clear_error_before_anyt
   assert 'u3' not in message
   # A file without a match needs no rewrite: it is carried as it is.
   assert split_file('part-0.avro', data, SubjectMatcher(['nobody'])) == (None, [], 400)
+
+
+def test_a_parquet_rewrite_keeps_its_key_value_metadata_and_the_arrow_fields_metadata():
+  # A guard (this held before): Spark's, Iceberg's and our keys, and the Arrow schema's field metadata (field ids,
+  # comments, a nested field's), stay in a file an erasure rewrites.
+  schema = pa.schema(
+    [
+      pa.field('user_id', pa.string(), metadata={'PARQUET:field_id': '1', 'comment': 'pseudonym'}),
+      pa.field('plays', pa.int64(), metadata={'PARQUET:field_id': '2'}),
+      pa.field(
+        'track',
+        pa.struct([pa.field('id', pa.string(), metadata={'PARQUET:field_id': '4', 'k': 'é'})]),
+        metadata={'PARQUET:field_id': '3'},
+      ),
+    ],
+    metadata={
+      'org.apache.spark.sql.parquet.row.metadata': '{"type":"struct","fields":[]}',
+      'iceberg.schema': '{"type":"struct","schema-id":0}',
+      'writer.model.name': 'spark',
+      'x-binary': b'\x00\xff',
+    },
+  )
+  table = pa.table({'user_id': ['u1', 'u2'], 'plays': [1, 2], 'track': [{'id': 'a'}, {'id': 'b'}]}, schema=schema)
+  sink = io.BytesIO()
+  pq.write_table(table, sink)
+  data = sink.getvalue()
+  rewritten, _, kept = split_file('part-0.parquet', data, SubjectMatcher(['u1']))
+  assert kept == 1
+  before, after = pq.read_metadata(io.BytesIO(data)).metadata, pq.read_metadata(io.BytesIO(rewritten)).metadata
+  assert {k: v for k, v in after.items() if k != b'ARROW:schema'} == {
+    k: v for k, v in before.items() if k != b'ARROW:schema'
+  }
+  assert pq.read_schema(io.BytesIO(rewritten)).equals(pq.read_schema(io.BytesIO(data)), check_metadata=True)
