@@ -58,6 +58,7 @@ subjects deleted; `pipelines.lake_tables.erase_matching`).
 
 from __future__ import annotations
 
+import codecs
 import datetime as dt
 import io
 import json
@@ -388,12 +389,50 @@ def _split_avro(data: bytes, matcher: SubjectMatcher) -> Split:
   return rewritten, removed, len(kept)
 
 
+# Byte order marks, the longer first (UTF-32-LE's starts with UTF-16-LE's), and the codec of the text after each.
+_BOMS = (
+  (codecs.BOM_UTF32_LE, 'utf-32-le'),
+  (codecs.BOM_UTF32_BE, 'utf-32-be'),
+  (codecs.BOM_UTF8, 'utf-8'),
+  (codecs.BOM_UTF16_LE, 'utf-16-le'),
+  (codecs.BOM_UTF16_BE, 'utf-16-be'),
+)
+_LINE = re.compile(r'[^\r\n]*(?:\r\n|\r|\n|$)')
+
+
+def _text_encoding(data: bytes) -> Tuple[bytes, str]:
+  """(the byte order mark `data` starts with, or b'', the codec of the text after it): by the mark, else as json
+  tells UTF-16 and UTF-32 without one (by where the first characters' zero bytes are), else UTF-8."""
+  for bom, encoding in _BOMS:
+    if data.startswith(bom):
+      return bom, encoding
+  return b'', json.detect_encoding(data[:4])
+
+
 def _split_lines(data: bytes, matcher: SubjectMatcher) -> Split:
-  lines = [line for line in data.splitlines(keepends=True) if line.strip()]
-  kept = [line for line in lines if not matcher.line(line)]
-  if len(kept) == len(lines):
-    return None, [], len(lines)
-  return b''.join(kept), [json.loads(line) for line in lines if matcher.line(line)], len(kept)
+  """JSON Lines without the matching lines; every other line kept as written (its keys' order, escapes, line end),
+  and the file's byte order mark kept in front of the first line that stays.
+
+  A file in UTF-16 or UTF-32 (a byte order mark, or json's rule without
+  one) is matched on its text: its bytes hold no UTF-8 of a subject's
+  value, and the erasure found nothing there.
+  """
+  bom, encoding = _text_encoding(data)
+  if encoding == 'utf-8':
+    lines = [line for line in data[len(bom) :].splitlines(keepends=True) if line.strip()]
+    hits = [matcher.line(line) for line in lines]
+    if not any(hits):
+      return None, [], len(lines)
+    kept = [line for line, hit in zip(lines, hits) if not hit]
+    return bom + b''.join(kept), [json.loads(line) for line, hit in zip(lines, hits) if hit], len(kept)
+  text = data[len(bom) :].decode(encoding, 'surrogatepass')
+  texts = [line for line in _LINE.findall(text) if line.strip()]
+  hits = [matcher.line(line.encode('utf-8', 'surrogatepass')) for line in texts]
+  if not any(hits):
+    return None, [], len(texts)
+  kept_text = [line for line, hit in zip(texts, hits) if not hit]
+  rewritten = bom + ''.join(kept_text).encode(encoding, 'surrogatepass')
+  return rewritten, [json.loads(line) for line, hit in zip(texts, hits) if hit], len(kept_text)
 
 
 def _example_record(record: bytes) -> dict:

@@ -411,3 +411,28 @@ def test_a_parquet_rewrite_keeps_its_key_value_metadata_and_the_arrow_fields_met
     k: v for k, v in before.items() if k != b'ARROW:schema'
   }
   assert pq.read_schema(io.BytesIO(rewritten)).equals(pq.read_schema(io.BytesIO(data)), check_metadata=True)
+
+
+def test_a_json_lines_rewrite_keeps_each_line_as_written_and_the_byte_order_mark():
+  # Lines are kept as bytes (key order, CRLF ends, escapes); the byte order mark, written before the first line,
+  # went with it when that line was the subject's.
+  data = (
+    b'\xef\xbb\xbf{"user_id": "u1", "b": 1}\r\n'
+    b'{"z": 1, "user_id": "u2", "a": "\\u00e9 \xc3\xa9"}\r\n'
+    b'{"user_id": "u1"}\r\n'
+    b'{"b": 2, "user_id": "u3"}'
+  )
+  rewritten, removed, kept = split_file('part-0.jsonl', data, SubjectMatcher(['u1']))
+  assert rewritten == b'\xef\xbb\xbf{"z": 1, "user_id": "u2", "a": "\\u00e9 \xc3\xa9"}\r\n{"b": 2, "user_id": "u3"}'
+  assert removed == [{'user_id': 'u1', 'b': 1}, {'user_id': 'u1'}] and kept == 2
+
+
+@pytest.mark.parametrize('encoding', ['utf-16', 'utf-16-be', 'utf-32', 'utf-32-le'])
+def test_a_json_lines_file_in_utf_16_or_32_is_erased_on_its_text(encoding):
+  # Its bytes hold no UTF-8 of a subject's value: the erasure found nothing and left the subject's records there.
+  text = '{"user_id": "u2", "note": "zoë 😀"}\r\n{"user_id": "u1", "note": "x"}\r\n{"user_id": "u3"}\n'
+  data = text.encode(encoding)
+  rewritten, removed, kept = split_file('part-0.jsonl', data, SubjectMatcher(['u1']))
+  assert removed == [{'user_id': 'u1', 'note': 'x'}] and kept == 2
+  assert rewritten == text.replace('{"user_id": "u1", "note": "x"}\r\n', '').encode(encoding)
+  assert split_file('part-0.jsonl', rewritten, SubjectMatcher(['u1'])) == (None, [], 2)
