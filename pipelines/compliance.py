@@ -66,7 +66,7 @@ import os
 import re
 import typing
 import uuid
-from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple, Union
 
 import apache_beam as beam
 import pyarrow as pa
@@ -337,7 +337,26 @@ def _split_parquet(data: bytes, matcher: SubjectMatcher) -> Split:
     table = pq.read_table(pa.BufferReader(data))
   kept = table.filter(pc.invert(hit))
   removed = exact_times(table.filter(hit)).to_pylist()  # nanosecond times with all their digits, pandas or not
-  return parquet_bytes(kept), [json_safe(r) for r in removed], kept.num_rows
+  return parquet_bytes(kept, _parquet_codecs(data)), [json_safe(r) for r in removed], kept.num_rows
+
+
+# Parquet's codec names as the file's metadata gives them, as pyarrow writes them (LZO it cannot write: snappy).
+_PARQUET_CODECS = {'UNCOMPRESSED': 'none', 'LZ4_RAW': 'lz4', 'LZO': 'snappy'}
+
+
+def _parquet_codecs(data: bytes) -> Union[str, Dict[str, str]]:
+  """{column path: codec} of a Parquet file's first row group (snappy when it has none): a rewrite keeps each
+  column's codec (zstd, gzip, none), where it wrote every file in snappy."""
+  meta = pq.read_metadata(pa.BufferReader(data))
+  if not meta.num_row_groups:
+    return 'snappy'
+  group = meta.row_group(0)
+  codecs_of = {}
+  for c in range(group.num_columns):
+    chunk = group.column(c)
+    codecs_of[chunk.path_in_schema] = _PARQUET_CODECS.get(chunk.compression, chunk.compression.lower())
+  # One codec (nearly every file): given as such, so that it holds whatever paths the writer gives nested columns.
+  return codecs_of.popitem()[1] if len(set(codecs_of.values())) == 1 else codecs_of
 
 
 def _nanosecond_timestamp_fields(schema) -> Dict[str, bool]:

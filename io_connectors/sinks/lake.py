@@ -41,7 +41,7 @@ import re
 import shutil
 import struct
 import uuid
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import apache_beam as beam
 import numpy as np
@@ -112,11 +112,12 @@ def _write_bytes(path: str, payload: bytes):
 # ----- Format writers: (pa.Table without internal columns) -> bytes. -----
 
 
-def parquet_bytes(table: pa.Table) -> bytes:
+def parquet_bytes(table: pa.Table, compression: Union[str, Dict[str, str]] = 'snappy') -> bytes:
+  """A Parquet file of `table`; compression: a codec, or one per column path (a rewrite keeps a file's own)."""
   # An Arrow buffer, not io.BytesIO: the writer's many small writes then never take the GIL
   # (with two threads writing files, the Python file object cost ~10% of an erasure's work).
   sink = pa.BufferOutputStream()
-  pq.write_table(table, sink, compression='snappy')
+  pq.write_table(table, sink, compression=compression)
   return sink.getvalue().to_pybytes()
 
 

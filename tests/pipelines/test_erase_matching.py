@@ -436,3 +436,22 @@ def test_a_json_lines_file_in_utf_16_or_32_is_erased_on_its_text(encoding):
   assert removed == [{'user_id': 'u1', 'note': 'x'}] and kept == 2
   assert rewritten == text.replace('{"user_id": "u1", "note": "x"}\r\n', '').encode(encoding)
   assert split_file('part-0.jsonl', rewritten, SubjectMatcher(['u1'])) == (None, [], 2)
+
+
+@pytest.mark.parametrize(
+  'compression', ['zstd', 'gzip', 'none', {'user_id': 'zstd', 'track.id': 'gzip', 'plays': 'none'}]
+)
+def test_a_parquet_rewrite_keeps_each_column_s_codec(compression):
+  # The rewrite wrote every file in snappy, where the file (and docs/compliance.md) says its own codec stays.
+  table = pa.table({'user_id': ['u1', 'u2'], 'plays': [1, 2], 'track': [{'id': 'a'}, {'id': 'b'}]})
+  sink = io.BytesIO()
+  pq.write_table(table, sink, compression=compression)
+  data = sink.getvalue()
+  rewritten, _, kept = split_file('part-0.parquet', data, SubjectMatcher(['u1']))
+
+  def codecs(data):
+    group = pq.read_metadata(io.BytesIO(data)).row_group(0)
+    return [(group.column(c).path_in_schema, group.column(c).compression) for c in range(group.num_columns)]
+
+  assert kept == 1 and codecs(rewritten) == codecs(data)
+  assert pq.read_table(io.BytesIO(rewritten)).equals(table.slice(1))
