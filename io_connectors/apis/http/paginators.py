@@ -5,15 +5,24 @@ and `next(request, response, body, count)` the following page's, or None when
 the last page was read. Links taken from answers (Link headers, next URLs)
 raise ValueError when unsafe to follow (userinfo, backslash, whitespace,
 control characters, not http(s)); the reader dead-letters that, and also
-checks the host, the scheme and loops. `count` is the number of records the page held (its
-record path), which ends offset and page-number pagination at an empty (or
-short) page when the body gives no total. A total, when given, decides
-alone: APIs answer pages emptier than their size before the end (items
+checks the host, the scheme and loops.
+
+`count` is the number of records the page held (its record path). The next
+offset is the page's offset plus `count`, not plus `limit`: servers cap the
+page size below the one asked for, most without a word (Spotify at 50).
+Without a total, an empty page ends offset pagination, and
+so does a page short of the size asked for that is also shorter than a page
+the server gave before: a short first page may be the server's cap, so the
+page after it is asked for. What the pages before taught (the largest page
+the server gave) travels with the next request (`Request.paging`), the
+paginator itself staying stateless. A total, when given, decides alone:
+APIs answer pages emptier than their size before the end (items
 unavailable, filtered or deleted since), and stopping there would lose the
 pages after it without a word. A total that is no whole number raises
 ValueError (the reader dead-letters the next page), and so does a
 `maximum_offset` or `maximum_page` reached while the total (or, without
-one, a full page) says more follow: a cap that cuts the read short says so.
+one, a page that does not end them) says more follow: a cap that cuts the
+read short says so.
 
 A page that fails for good (after retries) is passed over where the next
 page's address does not come from its answer: `after_failure(request,
@@ -25,7 +34,7 @@ the failed page saying that the pages after it were not read.
 ===========================  ==============================================
 `SinglePage`                 one request, no pages
 `PageNumberPaginator`        ?page=1,2,... to the total of pages, else an empty page; or a maximum
-`OffsetPaginator`            ?offset=0&limit=50 ... until offset >= total, else a short page
+`OffsetPaginator`            ?offset=0&limit=50, on by the records received, to the total, else a short page past the server's size
 `JSONBodyCursorPaginator`    cursor at a JSON path of the body -> query param (Spotify before/after)
 `HeaderLinkPaginator`        RFC 8288 `Link: <...>; rel="next"` header (GitHub style)
 `JSONBodyNextUrlPaginator`   next page URL at a JSON path (Spotify `next`, SoundCloud `next_href`)
@@ -118,6 +127,18 @@ def _total(body: Any, path: Optional[str]) -> Optional[int]:
   return value
 
 
+def _largest_page(request: Request) -> int:
+  """The most records a page of this read held so far (0 before any): the server's own page size, which may be
+  below the one asked for."""
+  return int(request.paging.get('largest_page', 0))
+
+
+def _check_size(name: str, value: Any) -> None:
+  """ValueError unless `value` is a page size (a whole number of at least 1): 0 would never move on."""
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ValueError(f'{name} must be a whole number of at least 1, got {value!r}')
+
+
 def _more(total: Optional[int], path: Optional[str], what: str) -> str:
   """Why more may follow a page that is not the last: its total, or that no total says where they end."""
   if total is not None:
@@ -182,7 +203,26 @@ class PageNumberPaginator(Paginator):
 
 @dataclasses.dataclass(frozen=True)
 class OffsetPaginator(Paginator):
-  """offset/limit; stops when offset reaches `total_path` (else at a short page).
+  """offset/limit; stops when the offset reaches `total_path` (else at an empty page, or at a short one past the
+  server's page size).
+
+  The next offset is this one plus the records the page held, not plus
+  `limit`: servers cap the page size below the limit asked for, most of them
+  without a word (Spotify at 50), and a step of `limit` skipped the end of
+  every page. A server that leaves items out of a page (unavailable, deleted
+  since) is then read again from the first of them: items repeated (which
+  `id_path` drops), never skipped. A page without records (an empty page
+  before the total, or one that failed for good and is dead-lettered with
+  its offset) moves on by the largest page the server gave in this read, its
+  own page size (`limit` before any): a capped server's failed page stands
+  for the records it would have held, not for those up to `limit`.
+
+  Without a total, an empty page ends the read, and so does a page shorter
+  than `limit` that is also shorter than a page the server gave before in
+  this read: a first page shorter than `limit` may be the server's cap, so
+  the page after it is asked for (a collection of one short page costs an
+  empty page more). A server whose page size changes from page to page (a
+  cap in bytes, not items) needs a total: its shorter page ends the read.
 
   maximum_offset: no page from this offset on is asked for; reached while
   more items are announced, ValueError (the reader dead-letters that page).
@@ -197,18 +237,26 @@ class OffsetPaginator(Paginator):
 
   knows_pages_ahead = True
 
+  def __post_init__(self):
+    _check_size('limit', self.limit)
+
   def first(self, request):
     return request.with_params(**{self.offset_param: self.initial_offset, self.limit_param: self.limit})
 
   def next(self, request, response, body, count):
-    return self._after(request, _total(body, self.total_path), ended=count < self.limit)
+    total = _total(body, self.total_path)
+    largest = _largest_page(request)
+    # Shorter than the limit and than a page the server gave before: its end, not its cap.
+    ended = count == 0 or (count < self.limit and count < largest)
+    return self._after(request, total, ended, step=count or largest or self.limit, largest=max(largest, count))
 
   def after_failure(self, request, earlier_body):
     # Its records unknown, a failed page does not end the read; an earlier total still does.
-    return self._after(request, _total(earlier_body, self.total_path), ended=False)
+    largest = _largest_page(request)
+    return self._after(request, _total(earlier_body, self.total_path), False, largest or self.limit, largest)
 
-  def _after(self, request, total, ended):
-    offset = int(request.params.get(self.offset_param, self.initial_offset)) + self.limit
+  def _after(self, request, total, ended, step, largest):
+    offset = int(request.params.get(self.offset_param, self.initial_offset)) + step
     if total is not None:
       # The total decides: an empty or short page before it is not the last.
       if offset >= total:
@@ -217,7 +265,7 @@ class OffsetPaginator(Paginator):
       return None
     if self.maximum_offset is not None and offset >= self.maximum_offset:
       raise ValueError(f'maximum_offset={self.maximum_offset} reached while {_more(total, self.total_path, "items")}')
-    return request.with_params(**{self.offset_param: offset})
+    return request.with_params(**{self.offset_param: offset}).with_paging(largest_page=largest)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -363,5 +411,5 @@ def create_paginator(config) -> Paginator:
     raise ValueError(f'unknown paginator type {kind!r}; known: {", ".join(sorted(PAGINATORS))}')
   try:
     return PAGINATORS[kind](**config)
-  except TypeError as e:
+  except (TypeError, ValueError) as e:
     raise ValueError(f'paginator {kind!r}: {e}') from None

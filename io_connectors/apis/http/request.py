@@ -136,7 +136,13 @@ def has_path(body: Any, path: str) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class Request:
-  """One HTTP request: method, URL without query, query params, headers, JSON or form body."""
+  """One HTTP request: method, URL without query, query params, headers, JSON or form body.
+
+  paging: what the paginator learned from the pages before this one (the
+  largest page the server gave): never sent, and no part of what makes two
+  requests equal, so that the paginators stay stateless and shared by
+  threads, the state of each read travelling with its requests.
+  """
 
   method: str
   url: str = dataclasses.field(repr=False)
@@ -144,9 +150,13 @@ class Request:
   headers: Mapping[str, str] = dataclasses.field(repr=False, default_factory=dict)
   json: Any = None
   data: Optional[Mapping[str, Any]] = None
+  paging: Mapping[str, Any] = dataclasses.field(repr=False, compare=False, default_factory=dict)
 
   def with_params(self, **params) -> 'Request':
     return dataclasses.replace(self, params={**self.params, **params})
+
+  def with_paging(self, **paging) -> 'Request':
+    return dataclasses.replace(self, paging={**self.paging, **paging})
 
   def with_headers(self, **headers) -> 'Request':
     return dataclasses.replace(self, headers={**self.headers, **headers})

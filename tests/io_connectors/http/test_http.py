@@ -106,26 +106,131 @@ def test_offset_paginator_stops_at_total(fake_server):
   assert out.positions[:3] == [1, 2, 3] and out.positions[10] == 1  # row within its page
 
 
-@pytest.mark.parametrize(
-  'paginator, page_of',
-  [
-    ({'type': 'offset', 'limit': 10, 'total_path': 'total'}, lambda q: int(q['offset']) // 10),
-    ({'type': 'page_number', 'page_size': 10, 'total_path': 'pages'}, lambda q: int(q['page']) - 1),
-  ],
-)
 @pytest.mark.parametrize('gap', [[], [{'id': 'only one'}]])  # an empty page, a short one
-def test_a_total_is_read_to_its_end_past_empty_and_short_pages(fake_server, paginator, page_of, gap):
+def test_a_total_is_read_to_its_end_past_empty_and_short_pages(fake_server, gap):
   """APIs answer pages emptier than their size before the end: the total, not the page, says where it ends."""
 
   def pages(call):
-    page = page_of(call.query)
+    page = int(call.query['page']) - 1
     items = gap if page == 1 else [{'id': i} for i in range(10 * page, min(10 * page + 10, 35))]
-    return _json({'items': items, 'total': 35, 'pages': 4})
+    return _json({'items': items, 'pages': 4})
 
   fake_server.route('GET', '/items', pages)
+  paginator = {'type': 'page_number', 'page_size': 10, 'total_path': 'pages'}
   out = _read_all(fake_server, {'path': '/items', 'record_path': 'items', 'paginator': paginator})
   assert [r['id'] for r in out.rows] == [*range(10), *[g['id'] for g in gap], *range(20, 35)]
   assert len(fake_server.log) == 4 and not out.dead_letters
+
+
+@pytest.mark.parametrize(
+  'hidden, offsets',
+  [
+    (range(10, 20), ['0', '10', '20', '30']),  # an empty page: on by the server's page size
+    # A short one: on from the first item it left out, whose window repeats items after it (dropped by id_path).
+    (range(11, 20), ['0', '10', '11', '12', '14', '18', '26']),
+  ],
+)
+def test_an_offset_total_is_read_to_its_end_past_pages_the_server_left_items_out_of(fake_server, hidden, offsets):
+  """Offsets count the items the page held: a page emptier than its size before the total (items unavailable
+  since) is not the end, and the read goes on from the first item it left out, skipping none."""
+  fake_server.route('GET', '/items', _capped(35, 50, with_total=True, hidden=set(hidden)))
+  resource = {'path': '/items', 'record_path': 'items', 'paginator': {'type': 'offset', 'limit': 10}, 'id_path': 'id'}
+  out = _read_all(fake_server, resource)
+  assert [r['id'] for r in out.rows] == [i for i in range(35) if i not in hidden] and not out.dead_letters
+  assert [e['query']['offset'] for e in fake_server.log] == offsets
+
+
+# ----- servers that cap the page size below the one asked for -----
+
+
+def _capped(size, cap, with_total, hidden=(), failing=()):
+  """A collection of `size` items (ids 0..size-1) whose server gives at most `cap` items a page whatever the size
+  asked for (offset/limit and page/per_page, as Spotify caps at 50), leaves the items `hidden` out of the pages
+  they fall in, and answers 503 for the pages starting at an offset (or page number) in `failing`."""
+
+  def pages(call):
+    if 'offset' in call.query:
+      start, key = int(call.query['offset']), int(call.query['offset'])
+      size_asked = int(call.query['limit'])
+    else:
+      key, size_asked = int(call.query['page']), int(call.query['per_page'])
+      start = (key - 1) * min(size_asked, cap)
+    if key in failing:
+      return _json({'error': 'backend unavailable'}, status=503)
+    window = range(start, min(start + min(size_asked, cap), size))
+    body = {'items': [{'id': i} for i in window if i not in hidden]}
+    return _json({**body, 'total': size} if with_total else body)
+
+  return pages
+
+
+@pytest.mark.parametrize('with_total', [True, False])
+def test_an_offset_read_of_a_server_capping_the_page_size_reads_every_item(fake_server, with_total):
+  """limit=10 to a server that gives 7: the next offset was offset + limit, so 3 of every 10 items were skipped
+  without a word (with a total), or the read ended after the first page as if it were the last (without)."""
+  fake_server.route('GET', '/items', _capped(23, 7, with_total))
+  paginator = {'type': 'offset', 'limit': 10, 'total_path': 'total' if with_total else None}
+  out = _read_all(fake_server, {'path': '/items', 'record_path': 'items', 'paginator': paginator})
+  assert [r['id'] for r in out.rows] == list(range(23)) and not out.dead_letters
+  # The server's size is learned from its pages: the short last page ends it, no request more than with a total.
+  assert [e['query']['offset'] for e in fake_server.log] == ['0', '7', '14', '21']
+
+
+@pytest.mark.parametrize(
+  'paginator, param',
+  [({'type': 'offset', 'limit': 10, 'total_path': None}, 'offset')],
+)
+def test_without_a_total_a_first_short_page_is_followed_by_one_request_more(fake_server, paginator, param):
+  """A first page shorter than the size asked for may be the server's cap: the page after it is asked for, and,
+  empty, ends the read; a short page after a fuller one ends it at once."""
+  fake_server.route('GET', '/items', _capped(3, 50, with_total=False))
+  out = _read_all(fake_server, {'path': '/items', 'record_path': 'items', 'paginator': paginator})
+  assert [r['id'] for r in out.rows] == [0, 1, 2] and not out.dead_letters
+  assert [e['query'][param] for e in fake_server.log] == (['0', '3'] if param == 'offset' else ['1', '2'])
+
+
+def test_an_offset_read_moves_past_an_empty_page_by_the_servers_page_size_and_never_loops(fake_server):
+  """Items 7..13 (the server's 2nd page of 7) are unavailable: the empty page moves on by 7, not by 0 (the same
+  page for ever) nor by the limit of 10 (items 14..16 skipped)."""
+  fake_server.route('GET', '/items', _capped(23, 7, with_total=True, hidden=set(range(7, 14))))
+  paginator = {'type': 'offset', 'limit': 10}
+  out = _read_all(fake_server, {'path': '/items', 'record_path': 'items', 'paginator': paginator})
+  assert [r['id'] for r in out.rows] == [*range(7), *range(14, 23)] and not out.dead_letters
+  assert [e['query']['offset'] for e in fake_server.log] == ['0', '7', '14', '21']
+  # Empty pages up to the total: one request a page size, then the end.
+  fake_server.route('GET', '/empty', lambda c: _json({'items': [], 'total': 30}))
+  out = _read_all(fake_server, {'path': '/empty', 'record_path': 'items', 'paginator': paginator})
+  assert not out.rows and not out.dead_letters
+  assert [e['query']['offset'] for e in fake_server.log if e['path'] == '/empty'] == ['0', '10', '20']
+
+
+def test_an_offset_read_past_a_failed_page_of_a_capping_server_skips_nothing_more(fake_server):
+  """The page at offset 7 fails for good: its dead letter stands for the 7 items the server gives from there, and
+  the read goes on at 14, not at 17 (items 14..16 lost without a word)."""
+  fake_server.route('GET', '/items', _capped(23, 7, with_total=True, failing={7}))
+  paginator = {'type': 'offset', 'limit': 10}
+  out = _read_all(fake_server, {'path': '/items', 'record_path': 'items', 'paginator': paginator})
+  assert [r['id'] for r in out.rows] == [*range(7), *range(14, 23)]
+  [letter] = out.dead_letters
+  assert letter['position'] == 'page 2' and letter['record']['request']['params']['offset'] == 7
+  assert letter['detail'].endswith('the read goes on with page 3')
+  assert [e['query']['offset'] for e in fake_server.log if e['query']['offset'] != '7'] == ['0', '14', '21']
+
+
+def test_maximum_offset_holds_with_a_capping_server(fake_server):
+  fake_server.route('GET', '/items', _capped(23, 7, with_total=True))
+  paginator = {'type': 'offset', 'limit': 10, 'maximum_offset': 14}
+  out = _read_all(fake_server, {'path': '/items', 'record_path': 'items', 'paginator': paginator})
+  assert [r['id'] for r in out.rows] == list(range(14))
+  [letter] = out.dead_letters
+  assert letter['position'] == 'page 3' and 'maximum_offset=14' in letter['detail']
+  assert 'the read stopped at page 3' in letter['detail']
+
+
+@pytest.mark.parametrize('paginator', [{'type': 'offset', 'limit': 0}])
+def test_a_page_size_that_would_never_move_on_is_refused(paginator):
+  with pytest.raises(ValueError, match='at least 1'):
+    create_paginator(paginator)
 
 
 # ----- a page that fails for good -----
