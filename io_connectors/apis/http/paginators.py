@@ -10,7 +10,7 @@ checks the host, the scheme and loops.
 `count` is the number of records the page held (its record path). The next
 offset is the page's offset plus `count`, not plus `limit`: servers cap the
 page size below the one asked for, most without a word (Spotify at 50).
-Without a total, an empty page ends offset pagination, and
+Without a total, an empty page ends offset and page-number pagination, and
 so does a page short of the size asked for that is also shorter than a page
 the server gave before: a short first page may be the server's cap, so the
 page after it is asked for. What the pages before taught (the largest page
@@ -33,8 +33,8 @@ the failed page saying that the pages after it were not read.
 
 ===========================  ==============================================
 `SinglePage`                 one request, no pages
-`PageNumberPaginator`        ?page=1,2,... to the total of pages, else an empty page; or a maximum
-`OffsetPaginator`            ?offset=0&limit=50, on by the records received, to the total, else a short page past the server's size
+`PageNumberPaginator`        ?page=1,2,... to the total of pages, else an empty (or last short) page
+`OffsetPaginator`            ?offset=0&limit=50, on by the records received, to the total, else as above
 `JSONBodyCursorPaginator`    cursor at a JSON path of the body -> query param (Spotify before/after)
 `HeaderLinkPaginator`        RFC 8288 `Link: <...>; rel="next"` header (GitHub style)
 `JSONBodyNextUrlPaginator`   next page URL at a JSON path (Spotify `next`, SoundCloud `next_href`)
@@ -159,7 +159,17 @@ class SinglePage(Paginator):
 
 @dataclasses.dataclass(frozen=True)
 class PageNumberPaginator(Paginator):
-  """Page numbers from `base_page`; stops after `total_path` pages (else at an empty or short page).
+  """Page numbers from `base_page`; stops after `total_path` pages (else at an empty page, or at a short one past
+  the server's page size).
+
+  Without a total, an empty page ends the read, and with `page_size` so
+  does a page shorter than it that is also shorter than a page the server
+  gave before in this read: servers cap `per_page` below the size asked for
+  (most without a word), and a short first page ended the read with the
+  pages after it unread. A first page shorter than `page_size` is therefore
+  followed by the next (a collection of one short page costs an empty page
+  more); a server whose page size changes from page to page (a cap in bytes)
+  needs a total.
 
   maximum_page: the last page asked for; reached while more are announced,
   ValueError (the reader dead-letters the page after it).
@@ -174,6 +184,10 @@ class PageNumberPaginator(Paginator):
 
   knows_pages_ahead = True
 
+  def __post_init__(self):
+    if self.page_size is not None:
+      _check_size('page_size', self.page_size)
+
   def first(self, request):
     params = {self.page_param: self.base_page}
     if self.page_size is not None:
@@ -181,14 +195,16 @@ class PageNumberPaginator(Paginator):
     return request.with_params(**params)
 
   def next(self, request, response, body, count):
-    ended = count == 0 or (self.page_size is not None and count < self.page_size)
-    return self._after(request, _total(body, self.total_path), ended)
+    largest = _largest_page(request)
+    # Shorter than the size asked for and than a page the server gave before: its end, not its cap.
+    ended = count == 0 or (self.page_size is not None and count < self.page_size and count < largest)
+    return self._after(request, _total(body, self.total_path), ended, largest=max(largest, count))
 
   def after_failure(self, request, earlier_body):
     # Its records unknown, a failed page does not end the read; an earlier total still does.
-    return self._after(request, _total(earlier_body, self.total_path), ended=False)
+    return self._after(request, _total(earlier_body, self.total_path), False, _largest_page(request))
 
-  def _after(self, request, total, ended):
+  def _after(self, request, total, ended, largest):
     page = int(request.params.get(self.page_param, self.base_page))
     if total is not None:
       # The total decides: an empty or short page before it is not the last.
@@ -198,7 +214,7 @@ class PageNumberPaginator(Paginator):
       return None
     if self.maximum_page is not None and page >= self.maximum_page:
       raise ValueError(f'maximum_page={self.maximum_page} reached while {_more(total, self.total_path, "pages")}')
-    return request.with_params(**{self.page_param: page + 1})
+    return request.with_params(**{self.page_param: page + 1}).with_paging(largest_page=largest)
 
 
 @dataclasses.dataclass(frozen=True)

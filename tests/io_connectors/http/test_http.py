@@ -176,9 +176,18 @@ def test_an_offset_read_of_a_server_capping_the_page_size_reads_every_item(fake_
   assert [e['query']['offset'] for e in fake_server.log] == ['0', '7', '14', '21']
 
 
+def test_a_page_number_read_of_a_server_capping_per_page_reads_every_page(fake_server):
+  """per_page=10 to a server that gives 7: the first page, shorter than page_size, ended the read: 7 of 23."""
+  fake_server.route('GET', '/items', _capped(23, 7, with_total=False))
+  paginator = {'type': 'page_number', 'page_size': 10}
+  out = _read_all(fake_server, {'path': '/items', 'record_path': 'items', 'paginator': paginator})
+  assert [r['id'] for r in out.rows] == list(range(23)) and not out.dead_letters
+  assert [e['query']['page'] for e in fake_server.log] == ['1', '2', '3', '4']
+
+
 @pytest.mark.parametrize(
   'paginator, param',
-  [({'type': 'offset', 'limit': 10, 'total_path': None}, 'offset')],
+  [({'type': 'offset', 'limit': 10, 'total_path': None}, 'offset'), ({'type': 'page_number', 'page_size': 10}, 'page')],
 )
 def test_without_a_total_a_first_short_page_is_followed_by_one_request_more(fake_server, paginator, param):
   """A first page shorter than the size asked for may be the server's cap: the page after it is asked for, and,
@@ -227,7 +236,7 @@ def test_maximum_offset_holds_with_a_capping_server(fake_server):
   assert 'the read stopped at page 3' in letter['detail']
 
 
-@pytest.mark.parametrize('paginator', [{'type': 'offset', 'limit': 0}])
+@pytest.mark.parametrize('paginator', [{'type': 'offset', 'limit': 0}, {'type': 'page_number', 'page_size': 0}])
 def test_a_page_size_that_would_never_move_on_is_refused(paginator):
   with pytest.raises(ValueError, match='at least 1'):
     create_paginator(paginator)
