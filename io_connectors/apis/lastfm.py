@@ -31,7 +31,9 @@ handled here:
   empty page before ``totalPages`` does not end the read; a ``totalPages``
   that is no number dead-letters the page after it (where the pages end is
   unknown), saying that the read stopped there and the pages after it were
-  not read; answers are decoded in the charset they declare;
+  not read, and so does one written twice with different values (a
+  ``duplicate_key`` naming it); answers are decoded in the charset they
+  declare;
 - an answer that writes a key twice with different values (json keeps the
   last value and loses the first): a scrobble that does is a
   ``duplicate_key`` dead letter at its row, a page whose ``recenttracks``
@@ -87,7 +89,7 @@ from io_connectors._common.arrow import column
 from io_connectors._common.errors import ConnectorError
 from io_connectors.apis.http.auth import ApiKeyAuth, SignedAuth
 from io_connectors.apis.http.client import ClientOptions, HttpClient, RetryPolicy
-from io_connectors.apis.http.paginators import PageNumberPaginator, read_stopped
+from io_connectors.apis.http.paginators import AmbiguousPage, PageNumberPaginator, read_stopped
 from io_connectors.apis.http.ratelimit import limiter_for
 from io_connectors.apis.http.request import (
   HostNotAllowed,
@@ -492,13 +494,15 @@ class _ReadLastfmFn(beam.DoFn):
         out.add(values, source, index)
       try:
         request = paginator.next(request, None, body, scrobbles)
-      except ValueError as e:  # a totalPages that is no number: where the pages end is unknown
+      # A totalPages that is no number, or one written twice with different values: where the pages end is unknown.
+      except ValueError as e:
         yield self._letter(
           request.with_params(page=page + 1),
-          'source_error',
+          e.reason if isinstance(e, AmbiguousPage) else 'source_error',
           f'next page not read: {e}; {read_stopped(page + 1)}',
           f'page {page + 1}',
           source,
+          field=e.field if isinstance(e, AmbiguousPage) else None,
         )
         break
     if o.with_duration and out.sources:

@@ -229,6 +229,23 @@ def test_a_scrobble_or_a_page_writing_a_key_twice_with_different_values_is_a_dea
   assert LastfmFake.API_KEY not in json.dumps(letters)
 
 
+def test_a_page_writing_total_pages_twice_with_different_values_stops_the_read_with_a_dead_letter(lastfm):
+  """recenttracks.@attr.totalPages "3", then "1": json kept 1, and the read ended after page 1 as if the user had
+  10 scrobbles, 15 lost without a trace. Where the pages end cannot be told: a duplicate_key dead letter naming
+  the key, saying that the read stopped there."""
+  lastfm.add_scrobbles('rj', scrobbles(25))
+  lastfm.inject('user.getRecentTracks', 'key_twice', ('recenttracks', '@attr'), 'totalPages', '1')
+  rows, letters = _read_one_user(lastfm, 'rj', page_size=10)
+  assert len(rows) == 10
+  [letter] = letters
+  assert (letter['reason'], letter['position'], letter['field']) == (
+    'duplicate_key',
+    'page 2',
+    'recenttracks.@attr.totalPages',
+  )
+  assert letter['detail'].endswith('the read stopped at page 2; the pages after it were not read')
+
+
 def test_an_info_or_duration_answer_writing_a_key_twice_with_different_values_is_a_dead_letter(lastfm):
   """track.getInfo writing "playcount" twice was a record with the last count; writing "duration" twice gave its
   scrobbles the last duration. The info is a duplicate_key dead letter; the duration is unknown, as after a failed

@@ -15,7 +15,8 @@ from apache_beam.testing.util import assert_that
 
 from io_connectors import registry
 from io_connectors.apis.http.client import RetryPolicy
-from io_connectors.apis.http.request import Request
+from io_connectors.apis.http.paginators import AmbiguousPage
+from io_connectors.apis.http.request import Request, parse_json
 from io_connectors.apis.http.rest import RestOptions
 from io_connectors.apis.social import RESOURCE_DIR, BodyCursorPaginator, ReadFromSocial, load_resource, resources
 from tests.io_connectors.api_fakes import InstagramFake, TikTokFake, TwitterFake
@@ -401,6 +402,23 @@ def test_body_cursor_paginator_follows_has_more_alone():
   # ... and more pages without a cursor cannot be asked for.
   with pytest.raises(ValueError, match='no cursor'):
     paginator.next(request, None, {'data': {'has_more': True}}, 2)
+
+
+@pytest.mark.parametrize(
+  'answer, field',
+  [
+    ('{"data": {"has_more": false, "has_more": true, "cursor": 2}}', 'data.has_more'),
+    ('{"data": {"has_more": true, "cursor": 2, "cursor": 3}}', 'data.cursor'),
+    ('{"data": {"has_more": true, "cursor": 2, "search_id": "s1", "search_id": "s2"}}', 'data.search_id'),
+  ],
+)
+def test_body_cursor_paginator_refuses_an_answer_writing_a_paging_key_twice(answer, field):
+  """json kept the last of two has-more flags, cursors or search ids, and the read followed it as if plain."""
+  paginator = BodyCursorPaginator(carry={'search_id': 'data.search_id'})
+  request = Request('POST', 'https://x/q', json={'max_count': 2})
+  with pytest.raises(AmbiguousPage) as raised:
+    paginator.next(request, None, parse_json(answer), 2)
+  assert raised.value.field == field and raised.value.reason == 'duplicate_key'
 
 
 def _read_posts(server, paginator):

@@ -24,6 +24,14 @@ ValueError (the reader dead-letters the next page), and so does a
 one, a page that does not end them) says more follow: a cap that cuts the
 read short says so.
 
+An answer that writes a key the paginator reads (a total, a cursor, a next
+link, a has-more flag, on the way to it too) twice with different values
+kept only the last (json's way), and where the pages go on cannot be told:
+it raises `AmbiguousPage` naming the key (never its values), which the
+reader dead-letters as a ``duplicate_key`` saying that the read stopped
+there; so does a Link header naming two different next pages
+(``source_error``). A key the answer writes twice with one value is read.
+
 A page that fails for good (after retries) is passed over where the next
 page's address does not come from its answer: `after_failure(request,
 earlier_body)` gives the page after it for offsets and page numbers
@@ -52,12 +60,15 @@ from __future__ import annotations
 import dataclasses
 import re
 import urllib.parse
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from io_connectors.apis.http.request import Request, json_path, unsafe_url_reason
+from transforms.json_values import repeated_on_path
 
 __all__ = [
   'Paginator',
+  'AmbiguousPage',
+  'paging_value',
   'SinglePage',
   'PageNumberPaginator',
   'OffsetPaginator',
@@ -81,6 +92,35 @@ def read_stopped(page: int, why: str = '') -> str:
   """
   said = f'the read stopped at page {page}; the pages after it were not read'
   return f'{said} ({why})' if why else said
+
+
+class AmbiguousPage(ValueError):
+  """An answer whose way to the next page is given twice with different values (a paging key written twice).
+
+  field: the key (its path in the body, or the header), never its values,
+  which may be personal data or secrets (a next link's token).
+  reason: the dead letter's: ``duplicate_key`` for a JSON key, else
+  ``source_error``.
+  """
+
+  def __init__(self, detail: str, field: str, reason: str = 'duplicate_key'):
+    super().__init__(detail)
+    self.field = field
+    self.reason = reason
+
+
+def paging_value(body: Any, path: Optional[str]) -> Any:
+  """The value at the dotted `path` of the body (`json_path`); AmbiguousPage when an object on the way to it, or
+  holding it, writes its key twice with different values (the body decoded by ``parse_json``, which marks them).
+
+  json kept the last value: following it (or ending there) would be a guess
+  the dead letters would not show.
+  """
+  if path not in (None, '', '$'):
+    repeated = repeated_on_path(body, path.split('.'))
+    if repeated is not None:
+      raise AmbiguousPage(f'{repeated.detail}, nor which page comes next', repeated.field)
+  return json_path(body, path)
 
 
 class Paginator:
@@ -114,7 +154,7 @@ def _total(body: Any, path: Optional[str]) -> Optional[int]:
   dead-letters as the page it cannot tell whether to read, rather than
   guess where the pages end or fail on int().
   """
-  value = json_path(body, path) if path else None
+  value = paging_value(body, path) if path else None
   if value is None:
     return None
   if isinstance(value, float) and value.is_integer():
@@ -302,14 +342,18 @@ class JSONBodyCursorPaginator(Paginator):
   has_more_path: Optional[str] = None
 
   def next(self, request, response, body, count):
-    cursor = json_path(body, self.cursor_path)
     if self.has_more_path is not None:
-      if not json_path(body, self.has_more_path):
+      if not paging_value(body, self.has_more_path):
         return None
+      cursor = paging_value(body, self.cursor_path)
       if cursor in (None, ''):
         raise ValueError(f'the answer says more pages follow but has no cursor at {self.cursor_path!r}')
-    elif cursor in (None, '') or count == 0:
+    elif count == 0:
       return None
+    else:
+      cursor = paging_value(body, self.cursor_path)
+      if cursor in (None, ''):
+        return None
     # The same cursor again is a loop: the reader dead-letters it, never a silent stop.
     return request.with_params(**{self.cursor_param: cursor})
 
@@ -317,15 +361,17 @@ class JSONBodyCursorPaginator(Paginator):
 _LINK = re.compile(r'<([^>]*)>\s*((?:;\s*[^;,]+)*)')
 
 
-def _next_link(header: Optional[str], rel: str) -> Optional[str]:
+def _next_links(header: Optional[str], rel: str) -> List[str]:
+  """The targets of the links of relation `rel` in a Link header (several header lines arrive joined by commas)."""
   if not header:
-    return None
+    return []
+  links = []
   for match in _LINK.finditer(header):
     attrs = match.group(2)
     rels = re.findall(r'rel\s*=\s*"?([^";]+)"?', attrs)
     if any(rel in r.split() for r in rels):
-      return match.group(1)
-  return None
+      links.append(match.group(1))
+  return links
 
 
 def _follow(request: Request, url: str) -> Request:
@@ -352,11 +398,25 @@ def _follow(request: Request, url: str) -> Request:
 
 @dataclasses.dataclass(frozen=True)
 class HeaderLinkPaginator(Paginator):
+  """The link of relation `rel` in the Link header; none ends it.
+
+  Two links of that relation to different pages (two Link lines, a proxy's
+  and the API's) raise AmbiguousPage: which one is the next page cannot be
+  told, and following the first would be a guess.
+  """
+
   rel: str = 'next'
 
   def next(self, request, response, body, count):
-    url = _next_link(response.headers.get('Link'), self.rel)
-    return _follow(request, url) if url else None
+    links = _next_links(response.headers.get('Link'), self.rel)
+    targets = {urllib.parse.urljoin(request.url, link.split('#', 1)[0]) for link in links}
+    if len(targets) > 1:
+      raise AmbiguousPage(
+        f'the Link header names {len(targets)} different rel="{self.rel}" pages: which one comes next cannot be told',
+        'Link',
+        reason='source_error',
+      )
+    return _follow(request, links[0]) if links and links[0] else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -364,7 +424,7 @@ class JSONBodyNextUrlPaginator(Paginator):
   next_url_path: str = 'next'
 
   def next(self, request, response, body, count):
-    url = json_path(body, self.next_url_path)
+    url = paging_value(body, self.next_url_path)
     if not url:
       return None
     return _follow(request, url)  # a link to this same page is a loop the reader dead-letters
@@ -395,9 +455,11 @@ class RelayCursorPaginator(Paginator):
     info = json_path(body, self.page_info_path)
     if not isinstance(info, dict) or 'hasNextPage' not in info:
       raise ValueError(f'no {self.page_info_path}.hasNextPage in the answer: whether more pages follow is unknown')
-    if not info['hasNextPage']:
+    if not paging_value(body, f'{self.page_info_path}.hasNextPage'):
       return None
-    if not info.get('endCursor'):  # more pages, and no way to ask for them: never a silent stop
+    if not paging_value(
+      body, f'{self.page_info_path}.endCursor'
+    ):  # more pages, and no way to ask for them: never a silent stop
       raise ValueError(f'{self.page_info_path}.hasNextPage is true but endCursor is empty')
     return request.with_variables(**{self.cursor_variable: info['endCursor']})
 

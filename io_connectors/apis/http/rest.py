@@ -45,7 +45,10 @@ itself, a cursor cycle) ends the element; and so does `max_pages` (default
 1000) when more pages are announced. Each of these leaves a dead letter
 naming the page it did not read and why, and saying that the read stopped
 there and the pages after it were not read (`paginators.read_stopped`, the
-one wording of every early end), never a silent stop.
+one wording of every early end), never a silent stop. So does an answer
+that writes a key the paginator reads (a total, cursor, next link or
+has-more flag) twice with different values: a ``duplicate_key`` dead
+letter naming the key, not its values (`paginators.AmbiguousPage`).
 
 Usage::
 
@@ -102,7 +105,7 @@ from io_connectors import registry
 from io_connectors._common.arrow import batch_from_rows
 from io_connectors.apis.http.auth import Auth, create_auth
 from io_connectors.apis.http.client import ClientOptions, HttpClient, RetryPolicy
-from io_connectors.apis.http.paginators import Paginator, create_paginator, read_stopped
+from io_connectors.apis.http.paginators import AmbiguousPage, Paginator, create_paginator, read_stopped
 from io_connectors.apis.http.request import HostNotAllowed, Request, RequestFailed, Response, has_path, json_path
 from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
@@ -638,6 +641,18 @@ class _Reader:
             highest = page_highest
         try:
           following = self._next_named_by(request, response, body, len(records))
+        except AmbiguousPage as e:  # a paging key written twice: following either value would be a guess
+          out.dead_letters.append(
+            self._letter(
+              request,
+              e.reason,
+              f'next page not asked for: {e}; {read_stopped(pages + 1)}',
+              position=f'page {pages + 1}',
+              field=e.field,
+              source=page_source,
+            )
+          )
+          break
         except ValueError as e:  # an unsafe or unparsable next link: the rest cannot be read
           out.dead_letters.append(
             self._letter(

@@ -59,7 +59,7 @@ import yaml
 from io_connectors import registry
 from io_connectors.apis.http.auth import Auth, OAuth2ClientCredentials, create_auth
 from io_connectors.apis.http.client import RetryPolicy
-from io_connectors.apis.http.paginators import Paginator
+from io_connectors.apis.http.paginators import Paginator, paging_value
 from io_connectors.apis.http.request import json_path
 from io_connectors.apis.http.rest import ReadRestResource, ResourceConfig, RestOptions, require_a_field
 
@@ -86,7 +86,9 @@ class BodyCursorPaginator(Paginator):
   `has_more_path` alone decides: a page emptied by the API's filtering that
   says more follow is not the end. The same cursor again is sent as asked,
   so that the reader dead-letters the loop, and more announced without a
-  cursor raises ValueError (a dead letter too): never a silent stop.
+  cursor raises ValueError (a dead letter too): never a silent stop. An
+  answer writing one of these keys (or a `carry` one) twice with different
+  values raises AmbiguousPage (a ``duplicate_key`` dead letter naming it).
   """
 
   cursor_path: str = 'data.cursor'
@@ -95,15 +97,15 @@ class BodyCursorPaginator(Paginator):
   carry: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
   def next(self, request, response, body, count):
-    if not json_path(body, self.has_more_path):
+    if not paging_value(body, self.has_more_path):
       return None
-    cursor = json_path(body, self.cursor_path)
+    cursor = paging_value(body, self.cursor_path)
     if cursor in (None, ''):
       raise ValueError(f'the answer says more pages follow but has no cursor at {self.cursor_path!r}')
     following = dict(request.json or {})
     following[self.cursor_field] = cursor
     for field, path in self.carry.items():
-      value = json_path(body, path)
+      value = paging_value(body, path)
       if value is not None:
         following[field] = value
     return dataclasses.replace(request, json=following)

@@ -565,6 +565,102 @@ def test_a_total_that_is_no_whole_number_is_a_dead_letter_not_a_crash(fake_serve
   assert letter['position'] == 'page 2' and 'not a whole number' in letter['detail']
 
 
+ITEM = '{"id": 1}'
+# (paginator, first answer writing a paging key twice with different values, the key, the dead letter's reason);
+# every later answer ends the pages, so that a read following either value silently ends without a dead letter.
+AMBIGUOUS = [
+  ({'type': 'offset', 'limit': 10}, f'{{"items": [{ITEM}], "total": 7001, "total": 7002}}', 'total'),
+  (
+    {'type': 'page_number', 'total_path': 'meta.pages'},
+    f'{{"items": [{ITEM}], "meta": {{"pages": 7001, "pages": 7002}}}}',
+    'meta.pages',
+  ),
+  ({'type': 'cursor', 'cursor_path': 'next'}, f'{{"items": [{ITEM}], "next": "c7001", "next": "c7002"}}', 'next'),
+  (
+    {'type': 'cursor', 'cursor_path': 'next', 'has_more_path': 'more'},
+    f'{{"items": [{ITEM}], "next": "c7001", "more": false, "more": true}}',
+    'more',
+  ),
+  (
+    {'type': 'cursor', 'cursor_path': 'paging.cursors.after'},
+    f'{{"items": [{ITEM}], "paging": {{"cursors": {{"after": "c7001"}}}}, "paging": {{"cursors": {{"after": "c7002"}}}}}}',
+    'paging',
+  ),
+  (
+    {'type': 'json_link', 'next_url_path': 'next'},
+    f'{{"items": [{ITEM}], "next": "/items?p=7001", "next": "/items?p=7002"}}',
+    'next',
+  ),
+]
+
+
+@pytest.mark.parametrize('paginator, first, key', AMBIGUOUS)
+def test_an_answer_writing_a_paging_key_twice_is_a_dead_letter_naming_the_key(fake_server, paginator, first, key):
+  """json kept the last of two totals, cursors, next links or has-more flags and the read followed it (or ended
+  there) as if the answer were plain: the next page is a duplicate_key dead letter naming the key, never its
+  values, and the read stops there saying so."""
+  answers = iter([first.encode()])
+  fake_server.route('GET', '/items', lambda c: _json(next(answers, {'items': [], 'total': 1, 'meta': {'pages': 1}})))
+  out = _read_all(fake_server, {'path': '/items', 'record_path': 'items', 'paginator': paginator})
+  assert out.rows == [{'id': 1}] and len(fake_server.log) == 1
+  [letter] = out.dead_letters
+  assert (letter['reason'], letter['field'], letter['position']) == ('duplicate_key', key, 'page 2')
+  assert f"the key {key.split('.')[-1]!r} is written 2 times with different values" in letter['detail']
+  assert letter['detail'].endswith('the read stopped at page 2; the pages after it were not read')
+  assert '7001' not in json.dumps(letter) and '7002' not in json.dumps(letter)
+
+
+def test_a_paging_key_written_twice_with_one_value_is_read(fake_server):
+  answers = iter([b'{"items": [{"id": 1}], "total": 2, "total": 2}', {'items': [{'id': 2}], 'total': 2}])
+  fake_server.route('GET', '/items', lambda c: _json(next(answers)))
+  paginator = {'type': 'offset', 'limit': 1}
+  out = _read_all(fake_server, {'path': '/items', 'record_path': 'items', 'paginator': paginator})
+  assert [r['id'] for r in out.rows] == [1, 2] and not out.dead_letters
+
+
+@pytest.mark.parametrize(
+  'page_info, key',
+  [
+    ('"hasNextPage": false, "endCursor": "c7001", "hasNextPage": true', 'hasNextPage'),
+    ('"hasNextPage": true, "endCursor": "c7001", "endCursor": "c7002"', 'endCursor'),
+  ],
+)
+def test_a_relay_page_info_writing_a_key_twice_is_a_dead_letter_naming_it(fake_server, page_info, key):
+  """json kept the last hasNextPage (true after false) or endCursor, and the read followed it as if plain."""
+  first = f'{{"data": {{"items": {{"nodes": [{ITEM}], "pageInfo": {{{page_info}}}}}}}}}'
+  answers = iter([first.encode()])
+  last = {'data': {'items': {'nodes': [], 'pageInfo': {'hasNextPage': False}}}}
+  fake_server.route('POST', '/graphql', lambda c: _json(next(answers, last)))
+  out = _read_all(fake_server, GRAPHQL)
+  assert out.rows == [{'id': 1}] and len(fake_server.log) == 1
+  [letter] = out.dead_letters
+  assert (letter['reason'], letter['field'], letter['position']) == (
+    'duplicate_key',
+    f'data.items.pageInfo.{key}',
+    'page 2',
+  )
+  assert '7001' not in letter['detail'] and '7002' not in letter['detail']
+
+
+def test_a_link_header_naming_two_different_next_pages_is_a_dead_letter(fake_server):
+  """Two Link lines (joined by commas) with different rel="next" pages: the first was followed, as if plain."""
+  links = '</items?p=2>; rel="next", </items?p=1>; rel="prev", </items?p=3>; rel="next"'
+  fake_server.route('GET', '/items', lambda c: _json([{'id': 1}], headers={} if c.query else {'Link': links}))
+  out = _read_all(fake_server, {'path': '/items', 'paginator': 'header_link'})
+  assert out.rows == [{'id': 1}] and len(fake_server.log) == 1
+  [letter] = out.dead_letters
+  assert (letter['reason'], letter['field'], letter['position']) == ('source_error', 'Link', 'page 2')
+  assert 'names 2 different rel="next" pages' in letter['detail'] and 'p=2' not in letter['detail']
+  assert letter['detail'].endswith('the read stopped at page 2; the pages after it were not read')
+  # The same page twice is one next page.
+  same = '</same?p=2>; rel="next", <' + fake_server.base_url + '/same?p=2#top>; rel="next"'
+  fake_server.route(
+    'GET', '/same', lambda c: _json([{'id': c.query.get('p', '1')}], headers={} if c.query else {'Link': same})
+  )
+  out = _read_all(fake_server, {'path': '/same', 'paginator': 'header_link'})
+  assert [r['id'] for r in out.rows] == ['1', '2'] and not out.dead_letters
+
+
 def test_cursor_paginator_follows_body_cursor(fake_server):
 
   def pages(call):
