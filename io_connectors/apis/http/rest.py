@@ -41,7 +41,7 @@ Pagination is held to the resource: a next-page link (Link header, next URL
 in the body) with userinfo, a backslash, whitespace or control characters,
 one to another host (unless in `next_link_hosts`), to another port of the
 resource's host or from https to http is refused; a next page identical to one already read (a Link pointing at
-itself, a cursor cycle) ends the element; and so does `max_pages` (default
+itself in any spelling of its scheme, host and port, a cursor cycle) ends the element; and so does `max_pages` (default
 1000) when more pages are announced. Each of these leaves a dead letter
 naming the page it did not read and why, and saying that the read stopped
 there and the pages after it were not read (`paginators.read_stopped`, the
@@ -806,9 +806,21 @@ def _port(parts: urllib.parse.SplitResult) -> int:
 
 
 def _identity(request: Request) -> str:
-  """What makes two requests the same page: method, URL, query and body."""
+  """What makes two requests the same page: method, URL, query and body.
+
+  The URL's scheme and host are compared without case and its port as
+  connected to, so that a next link naming the same page in another
+  spelling (``HTTPS://API.example.com:443/items``) is the loop it is, rather
+  than a page read (and written) twice before the loop is seen.
+  """
+  parts = urllib.parse.urlsplit(request.url)
+  try:
+    port = _port(parts)
+  except ValueError:  # a port out of range: the client refuses to send it anyway
+    port = parts.netloc
+  url = [parts.scheme.lower(), (parts.hostname or '').lower(), port, parts.path or '/', parts.query]
   return json.dumps(
-    [request.method, request.url, sorted((str(k), str(v)) for k, v in request.params.items()), request.json],
+    [request.method, url, sorted((str(k), str(v)) for k, v in request.params.items()), request.json],
     sort_keys=True,
     default=str,
   )

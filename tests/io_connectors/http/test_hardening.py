@@ -5,6 +5,7 @@ explicitly, except where refusing them is what is tested.
 """
 
 import base64
+import dataclasses
 import json
 import os
 import subprocess
@@ -29,7 +30,7 @@ from io_connectors.apis.http import (
   create_paginator,
 )
 from io_connectors.apis.http.auth import basic_client_credentials
-from io_connectors.apis.http.rest import ResourceConfig, _Reader
+from io_connectors.apis.http.rest import ResourceConfig, _identity, _Reader
 from tests.conftest import REPO_ROOT
 from tests.io_connectors.http.fake_servers import FakeHttpServer, FakeSpotify
 
@@ -428,6 +429,23 @@ def test_a_cursor_cycle_is_a_loop_dead_letter(fake_server):
   # The cycle may hide pages no cursor led to: the letter says the read ended here, as a failed cursor page's does.
   assert letter['detail'].endswith('; the read stopped at page 4; the pages after it were not read')
   assert fake_server.stats['requests'] == 3
+
+
+@pytest.mark.parametrize(
+  'spelling, same',
+  [
+    ('HTTPS://API.Example.com/v1/items', True),
+    ('https://api.example.com:443/v1/items', True),
+    ('https://api.example.com:8443/v1/items', False),
+    ('http://api.example.com/v1/items', False),
+    ('https://api.example.com/v1/Items', False),  # paths are case-sensitive
+  ],
+)
+def test_a_next_link_naming_the_same_page_in_another_spelling_is_the_same_page(spelling, same):
+  """A Link to HTTPS://API.Example.com:443/... was another page to the loop check: the page was read and written
+  twice before its second link was seen as the loop."""
+  page = Request('GET', 'https://api.example.com/v1/items', {'page': 2})
+  assert (_identity(dataclasses.replace(page, url=spelling)) == _identity(page)) is same
 
 
 def test_the_page_cap_has_a_sane_default_and_is_a_dead_letter_when_hit(fake_server):
