@@ -32,7 +32,8 @@ and the pages after it were not read. An incremental read's cursor stops
 before the first failed page, so that the next run reads it again.
 
 An offset-paged collection that changes while it is read repeats the items
-pushed across a page boundary: with `id_path`, an item whose id was read
+pushed across a page boundary, and so does a page the server left items out
+of (the next offset follows the records received, `OffsetPaginator`): with `id_path`, an item whose id was read
 already in the element's read is written once, the repeats dropped counted
 in ``rest/repeated_items_dropped|resource=<name>``; items without an id are
 all kept.
@@ -198,7 +199,8 @@ class ResourceConfig:
     dropped, and counted in the Beam counter
     ``rest/repeated_items_dropped|resource=<name>``: an offset-paged
     collection that changes while it is read repeats the items the change
-    pushes across a page boundary. Records without a value there are all
+    pushes across a page boundary, and one whose server leaves items out of
+    a page repeats those after them on the next. Records without a value there are all
     kept. None (default): every record is kept.
   empty_path: for APIs that leave the records out of an empty answer (Twitter/X
     omits `data` when nothing matches): the dotted path of a count that is 0
