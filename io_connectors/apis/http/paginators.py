@@ -270,8 +270,12 @@ class OffsetPaginator(Paginator):
   `id_path` drops), never skipped. A page without records (an empty page
   before the total, or one that failed for good and is dead-lettered with
   its offset) moves on by the largest page the server gave in this read, its
-  own page size (`limit` before any): a capped server's failed page stands
-  for the records it would have held, not for those up to `limit`.
+  own page size: a capped server's failed page stands for the records it
+  would have held, not for those up to `limit`. Before any page held records
+  (the first page failed) the step is `limit`, the only size known: against
+  a server capping below it, asking the dead letter's request (offset,
+  limit) again gives the cap, and the records up to `limit` after it are
+  read by no page; a total or a `limit` within the server's cap avoids it.
 
   Without a total, an empty page ends the read, and so does a page shorter
   than `limit` that is also shorter than a page the server gave before in
