@@ -227,7 +227,7 @@ def to_utc_timestamp(value: Any) -> Optional[dt.datetime]:
   if isinstance(value, dt.datetime):
     if value.tzinfo is None:
       raise ValueError('timestamp has no UTC offset')
-    return value.astimezone(dt.timezone.utc)
+    return _in_utc(value)
   if isinstance(value, bool):
     raise ValueError('expected a timestamp, got a boolean')
   if isinstance(value, int) or (isinstance(value, str) and re.fullmatch(EPOCH_MS_PATTERN, value)):
@@ -242,8 +242,17 @@ def to_utc_timestamp(value: Any) -> Optional[dt.datetime]:
       parsed = dt.datetime.fromisoformat(text)
     except ValueError as e:
       raise ValueError(f'not a valid date-time: {value!r}') from e
-    return parsed.astimezone(dt.timezone.utc)
+    return _in_utc(parsed)
   raise ValueError(f'expected ISO-8601 with offset or epoch ms, got {value!r}')
+
+
+def _in_utc(moment: dt.datetime) -> dt.datetime:
+  """`moment` in UTC; ValueError where that is beyond the years 1 to 9999 (``9999-12-31T23:00:00-05:00``), which
+  Python raises as an OverflowError, no validation error: it stopped a model's validation, and a batch's."""
+  try:
+    return moment.astimezone(dt.timezone.utc)
+  except OverflowError:
+    raise ValueError(f'{moment.isoformat()} is beyond the years 1 to 9999 in UTC') from None
 
 
 def check_ip(value: Optional[str]) -> Optional[str]:

@@ -7,6 +7,19 @@ and falls back to per-value Python only for the rare values Arrow cannot judge
 canonical Arrow type (timestamps to UTC microseconds, ints to int64, ...);
 columns the model does not declare are kept with their inferred type.
 
+Time precision: a `timestamp` field is held to the microsecond, the finest
+unit Python's datetime (pydantic's value, the writers') holds; no field is
+declared finer. Digits past it (7 to 9 fraction digits of text, a
+timestamp[ns] column, zoned or read with `naive_time_zone`) are cut towards
+the past, as Python's parse cuts them: ``...59.9999995Z`` is ``...59.999999``
+whether before or after 1970. That is no dead letter, where a fraction in an
+int field is one (12.5 is another number than 12, while a time cut to the
+microsecond is the same instant at the field's resolution). A time the
+field cannot hold is an `invalid_value`, never wrapped or clipped: one
+outside the years 1 to 9999 in UTC (an epoch count, a column of seconds or
+milliseconds past them, ``9999-12-31T23:00:00-05:00``). Undeclared columns
+keep their unit and every digit (timestamp[ns], time64[ns], duration[ns]).
+
 A row that breaks a rule goes to the dead letter with the reason
 (`missing_field`, `invalid_type`, `invalid_value`), the first field at fault in
 declaration order, and pydantic's own message for it.
@@ -358,17 +371,56 @@ def _convert_bool(arr, rule) -> _Column:
 
 _UTC_US = pa.timestamp('us', tz='UTC')
 
-
-def _in_time_zone(naive: pa.Array, time_zone: str) -> pa.Array:
-  """Zoneless timestamps read as local times of `time_zone`, as UTC microseconds (a time a DST change skips
-  or repeats takes the earlier instant)."""
-  local = pc.assume_timezone(naive, time_zone, ambiguous='earliest', nonexistent='earliest')
-  return local.cast(pa.timestamp(local.type.unit, tz='UTC')).cast(_UTC_US, safe=False)
-
-
 # Epoch ms of the first and last instant a datetime holds (years 1 to 9999): the
 # records' times are read back as datetimes (pydantic, writers, dead letters).
 _EPOCH_MS_RANGE = (-62_135_596_800_000, 253_402_300_799_999)
+# The same in microseconds, the canonical unit: its first and last microsecond.
+_MICROS_RANGE = (_EPOCH_MS_RANGE[0] * 1000, _EPOCH_MS_RANGE[1] * 1000 + 999)
+_MICROS_PER = {'s': 1_000_000, 'ms': 1000, 'us': 1}
+
+
+def _micros(times: pa.Array) -> Tuple[pa.Array, np.ndarray]:
+  """Timestamps of any unit as microsecond timestamps of the same zone, and where one is beyond the years 1 to
+  9999 (null there).
+
+  Digits past the microsecond are cut towards the past, as Python's parse
+  (pydantic's) cuts a text's and `records.exact_times` a nanosecond value's:
+  Arrow's unchecked cast cut towards 1970, so a time before it with
+  nanoseconds became the microsecond after it (1969-12-31T23:59:59.9999995
+  was 1970-01-01T00:00:00, another day and year). A count of seconds or
+  milliseconds past the calendar is the row's invalid value: cast unchecked
+  it overflowed int64's microseconds and wrapped to another, valid-looking
+  time.
+  """
+  counts = pc.fill_null(times.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
+  nulls = ~_not_null(times)
+  if times.type.unit == 'ns':  # 1677 to 2262: inside the calendar
+    micros, beyond = np.floor_divide(counts, 1000), np.zeros(len(counts), dtype=bool)  # numpy's floor, not C's cut
+  else:
+    low, high = _MICROS_RANGE  # low is a whole second (divided exactly); high rounds down, as it must
+    per = _MICROS_PER[times.type.unit]
+    beyond = ((counts < low // per) | (counts > high // per)) & ~nulls
+    micros = np.where(beyond, 0, counts) * per
+  values = pa.array(micros, pa.int64(), mask=nulls | beyond)
+  return values.cast(pa.timestamp('us', tz=times.type.tz)), beyond
+
+
+def _beyond_calendar(utc: pa.Array) -> np.ndarray:
+  """Where UTC microsecond timestamps fall outside the years 1 to 9999 (a wall clock or an offset at the
+  calendar's edge can put the instant past it: 9999-12-31T23:00-05:00)."""
+  low, high = _MICROS_RANGE
+  counts = utc.cast(pa.int64())
+  return _mask(pc.or_(pc.less(counts, low), pc.greater(counts, high)))
+
+
+def _in_time_zone(naive: pa.Array, time_zone: str) -> Tuple[pa.Array, np.ndarray]:
+  """Zoneless timestamps read as local times of `time_zone`, as UTC microseconds (a time a DST change skips
+  or repeats takes the earlier instant), and where one is beyond the calendar (null there)."""
+  wall_clock, beyond = _micros(naive)
+  local = pc.assume_timezone(wall_clock, time_zone, ambiguous='earliest', nonexistent='earliest')
+  utc = local.cast(_UTC_US)
+  outside = _beyond_calendar(utc)
+  return _null_where(utc, outside), beyond | outside
 
 
 def _epoch_ms(arr) -> Tuple[pa.Array, np.ndarray]:
@@ -397,10 +449,12 @@ def _convert_timestamp(arr, rule, naive_time_zone: Optional[str] = None) -> _Col
   none = np.zeros(n, dtype=bool)
   if pa.types.is_timestamp(arr.type):
     if arr.type.tz is None and naive_time_zone:
-      return _Column(_in_time_zone(arr, naive_time_zone), none, none.copy())
+      values, beyond = _in_time_zone(arr, naive_time_zone)
+      return _Column(values, none, beyond)
     if arr.type.tz is None:  # naive: the offset is unknown
       return _Column(pa.nulls(n, _UTC_US), none, _not_null(arr))
-    return _Column(arr.cast(pa.timestamp(arr.type.unit, tz='UTC')).cast(_UTC_US, safe=False), none, none.copy())
+    values, beyond = _micros(arr)
+    return _Column(values.cast(_UTC_US), none, beyond)
   if pa.types.is_integer(arr.type):
     values, beyond = _epoch_ms(arr)
     return _Column(values, none, beyond)
@@ -417,7 +471,9 @@ def _convert_timestamp(arr, rule, naive_time_zone: Optional[str] = None) -> _Col
   epoch, epoch_beyond = _epoch_ms(_null_where(trimmed, ~is_epoch))
   iso_text = pc.replace_substring_regex(_null_where(trimmed, ~is_iso), 'z$', 'Z')
   iso, bad_value = _times_of_text(iso_text, _UTC_US, entities.to_utc_timestamp)
-  bad_value |= epoch_beyond
+  iso_beyond = _beyond_calendar(iso)  # an offset can carry a time at the calendar's edge past it
+  iso = _null_where(iso, iso_beyond)
+  bad_value |= epoch_beyond | iso_beyond
   values = pc.if_else(pa.array(is_epoch), epoch, iso)
   is_naive = np.zeros(n, dtype=bool)
   if naive_time_zone:
@@ -425,7 +481,9 @@ def _convert_timestamp(arr, rule, naive_time_zone: Optional[str] = None) -> _Col
     if is_naive.any():
       naive = _null_where(trimmed, ~is_naive)
       local, bad_local = _times_of_text(naive, pa.timestamp('us'), dt.datetime.fromisoformat)
-      values = pc.if_else(pa.array(is_naive & ~bad_local), _in_time_zone(local, naive_time_zone), values)
+      zoned, beyond = _in_time_zone(local, naive_time_zone)
+      bad_local |= beyond
+      values = pc.if_else(pa.array(is_naive & ~bad_local), zoned, values)
       bad_value |= bad_local
   return _Column(values, present & ~is_epoch & ~is_iso & ~is_naive, bad_value)
 
@@ -433,15 +491,17 @@ def _convert_timestamp(arr, rule, naive_time_zone: Optional[str] = None) -> _Col
 def _times_of_text(texts: pa.Array, target: pa.DataType, convert) -> Tuple[pa.Array, np.ndarray]:
   """ISO-8601 `texts` as microsecond `target` timestamps, as `_cast_or_each` gives them; a batch whose times
   carry 7 to 9 fraction digits (.NET's round-trip format, Java's Instant, Go's RFC 3339) is cast through
-  nanoseconds, the digits past the microsecond dropped as Python's parse drops them, not judged one by one."""
+  nanoseconds, the digits past the microsecond cut towards the past as Python's parse cuts them (`_micros`),
+  not judged one by one."""
   try:
     return texts.cast(target), np.zeros(len(texts), dtype=bool)
   except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
     pass
   try:
-    return texts.cast(pa.timestamp('ns', tz=target.tz)).cast(target, safe=False), np.zeros(len(texts), dtype=bool)
+    nanos = texts.cast(pa.timestamp('ns', tz=target.tz))
   except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
     return _each(texts, target, convert)
+  return _micros(nanos)[0], np.zeros(len(texts), dtype=bool)
 
 
 def utc_timestamps(arr: pa.Array) -> pa.Array:

@@ -516,6 +516,88 @@ def test_times_with_seven_to_nine_fraction_digits_are_read_to_the_microsecond():
   assert dead == [] and valid.column('played_at').to_pylist() == [dt.datetime(2024, 6, 1, 12, 0, 0, 123456, tzinfo=utc)]
 
 
+def test_digits_past_the_microsecond_are_cut_towards_the_past_before_1970_too(without_pandas):
+  """Arrow's unchecked cast cut nanoseconds towards 1970: 1969-12-31T23:59:59.9999995Z became 1970-01-01T00:00:00,
+  another second, day and year than pydantic's (Python's) 23:59:59.999999, and a nanosecond Parquet column's
+  time likewise. Every path now cuts as Python does: text with an offset, zoneless text read in a zone, zoned and
+  zoneless timestamp[ns] columns, with pandas or without."""
+  utc = dt.timezone.utc
+  late = dt.datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=utc)
+  early = dt.datetime(1969, 12, 31, 23, 59, 59, tzinfo=utc)
+  now = dt.datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=utc)
+  texts = ['1969-12-31T23:59:59.9999995Z', '1969-12-31T23:59:59.000000001+00:00', '2024-05-01T12:00:00.123456789Z']
+  nanos = [-500, -999_999_999, 1_714_564_800_123_456_789]
+
+  def played(batch, **options):
+    valid, dead = validate_batch(with_provenance(batch, 'f', 2), entities.ListeningEvent, **options)
+    assert dead == []
+    return valid.column('played_at').to_pylist()
+
+  def rows(values):
+    return {**{k: [v] * len(values) for k, v in GOOD.items() if k != 'played_at'}, 'played_at': values}
+
+  assert [entities.ListeningEvent.model_validate(dict(GOOD, played_at=t)).played_at for t in texts] == [
+    late,
+    early,
+    now,
+  ]
+  with without_pandas():
+    assert played(pa.record_batch(rows(texts))) == [late, early, now]
+    assert played(
+      pa.record_batch(rows([t.replace('Z', '').replace('+00:00', '') for t in texts])), naive_time_zone='UTC'
+    ) == [
+      late,
+      early,
+      now,
+    ]
+    for zone in ('UTC', 'Europe/Berlin'):
+      column = pa.array(nanos, pa.timestamp('ns', tz=zone))
+      assert played(pa.record_batch(rows(column))) == [late, early, now], zone
+    zoneless = pa.array(nanos, pa.timestamp('ns'))
+    assert played(pa.record_batch(rows(zoneless)), naive_time_zone='UTC') == [late, early, now]
+
+
+@pytest.mark.parametrize('unit', ['s', 'ms', 'us'])
+def test_typed_times_the_calendar_cannot_hold_are_invalid_values_not_wrapped(unit):
+  """A timestamp column of seconds or milliseconds past int64's microseconds was cast unchecked and wrapped to
+  another, valid-looking time, and one past the year 9999 passed, which no
+  writer reads back as a datetime. Both are the field's invalid_value, as an epoch count beyond the calendar is;
+  zoned, and zoneless read in a zone whose offset carries a wall clock at the calendar's edge past it."""
+  per_second = {'s': 1, 'ms': 1000, 'us': 1_000_000}[unit]
+  counts = [1_717_245_000 * per_second, 2**62, 253_402_300_800 * per_second, -62_135_596_801 * per_second]
+  last_second = 253_402_300_799 * per_second  # 9999-12-31T23:59:59: in UTC, not in New York
+  utc = dt.timezone.utc
+  for times, zone in (
+    (pa.array(counts, pa.timestamp(unit, tz='Europe/Berlin')), None),
+    (pa.array(counts + [last_second], pa.timestamp(unit)), 'America/New_York'),
+  ):
+    n = len(times)
+    columns = {k: [v] * n for k, v in GOOD.items() if k not in ('played_at', 'event_id')}
+    batch = pa.record_batch({**columns, 'event_id': [f'e{i}' for i in range(n)], 'played_at': times})
+    valid, dead = validate_batch(with_provenance(batch, 'f', 2), entities.ListeningEvent, naive_time_zone=zone)
+    expected = dt.datetime(2024, 6, 1, 12, 30, tzinfo=utc) + (dt.timedelta(hours=4) if zone else dt.timedelta())
+    assert valid.column('played_at').to_pylist() == [expected]
+    assert [(d['position'], d['reason'], d['field']) for d in dead] == [
+      (f'row {i + 2}', 'invalid_value', 'played_at') for i in range(1, n)
+    ]
+
+
+def test_a_time_an_offset_carries_past_the_calendar_is_an_invalid_value_not_a_failed_batch():
+  """9999-12-31T23:00:00-05:00 is in the year 10000 in UTC: Arrow's parse gave that time as a valid value, and
+  Python's raised OverflowError, no validation error, which stopped the batch when the row had another fault
+  (pydantic's detail) and the dead letter's PII scan."""
+  texts = ['9999-12-31T23:00:00-05:00', '0001-01-01T00:30:00+01:00']
+  rows = [dict(GOOD, played_at=t) for t in texts] + [dict(GOOD, played_at=texts[0], ms_played='-1')]
+  valid, dead = validate_batch(with_provenance(pa.RecordBatch.from_pylist(rows), 'f', 2), entities.ListeningEvent)
+  assert valid.num_rows == 0
+  assert [(d['reason'], d['field'], d['detail']) for d in dead] == [
+    ('invalid_value', 'played_at', f'Value error, {text} is beyond the years 1 to 9999 in UTC')
+    for text in texts + texts[:1]
+  ]
+  with pytest.raises(pydantic.ValidationError):
+    entities.ListeningEvent.model_validate(rows[0])
+
+
 def _declared_scalar_fields(model):
   """What the batch pipeline reads as text from JSON files (`spotify_batch._scalar_fields`)."""
   return [name for name, (rule, _) in entities.field_rules(model).items() if rule.kind != 'nested']
