@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import decimal
 import functools
 import ipaddress
 import math
@@ -170,11 +171,39 @@ def to_int(value: Any) -> Optional[int]:
     value = int(value)
   elif isinstance(value, str) and re.fullmatch(INT_PATTERN, value):
     value = int(value.strip().split('.')[0])
+  elif isinstance(value, str) and re.fullmatch(FLOAT_PATTERN, value):
+    value = int_of_number_text(value)
   if not isinstance(value, int):
     raise ValueError(f'expected an integer, got {value!r}')
   if not INT64_MIN <= value <= INT64_MAX:  # stored as Arrow int64
     raise ValueError(f'{value} does not fit in 64 bits')
   return value
+
+
+def int_of_number_text(text: str) -> int:
+  """The integer a number's text (`FLOAT_PATTERN`: ``1.5e3``, ``1e19``, ``.0``) writes, exactly as written (no
+  double's rounding: ``9.2233720368547758e18`` is 9223372036854775800); ValueError where it has a fraction
+  (``1.5e-1``, ``12.5``), as the float 12.5 is no integer, and `InvalidValue` where it is a whole number beyond
+  int64 (``1e19``, ``1e400``), as the float 1e19 is.
+
+  Text of a number in an int field is one whichever way it is written (a
+  JSON writer's ``1.5e3``, a spreadsheet's ``1E+3``): ``1500.0`` was an
+  integer and ``1.5e3`` no integer, though both are the float 1500.0 that
+  the field takes when it arrives as a float. The size is judged from the
+  exponent before an integer is made (``1e999999999`` is not 10**999999999).
+  """
+  written = text.strip(' \t')
+  try:
+    number = decimal.Decimal(written)
+  except decimal.InvalidOperation:
+    raise ValueError(f'expected an integer, got {text!r}') from None
+  if not number.is_finite():
+    raise ValueError(f'expected an integer, got {text!r}')
+  if number != number.to_integral_value():  # exact, however many digits
+    raise ValueError(f'expected an integer, got {text!r}')
+  if not number.is_zero() and (number.adjusted() >= 19 or not INT64_MIN <= int(number) <= INT64_MAX):
+    raise InvalidValue('invalid_value', f'{written} does not fit in 64 bits')
+  return int(number)
 
 
 def to_float(value: Any) -> Optional[float]:

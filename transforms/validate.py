@@ -20,6 +20,12 @@ outside the years 1 to 9999 in UTC (an epoch count, a column of seconds or
 milliseconds past them, ``9999-12-31T23:00:00-05:00``). Undeclared columns
 keep their unit and every digit (timestamp[ns], time64[ns], duration[ns]).
 
+Numbers: text in an int field is the number it writes, exactly, however it
+is written (``1500``, ``1500.0``, ``1.5e3``): a whole one is that integer,
+as the float 1500.0 is; one with a fraction is an `invalid_type` (``1.5``,
+``1.5e-1``), as 12.5 is; a whole one beyond int64 (``1e19``, ``1e400``,
+twenty digits) an `invalid_value`, as the float 1e19 is.
+
 A row that breaks a rule goes to the dead letter with the reason
 (`missing_field`, `invalid_type`, `invalid_value`), the first field at fault in
 declaration order, and pydantic's own message for it.
@@ -290,12 +296,36 @@ def _convert_int(arr, rule) -> _Column:
     if pc.any(pc.match_substring(strings, '.')).as_py():
       # 1234.0 -> 1234: Arrow's cast to int64 wants digits.
       strings = pc.replace_substring_regex(strings, _WHOLE_DECIMAL, r'\1\2')
-    col = _numeric_from_strings(strings, entities.INT_PATTERN, pa.int64(), entities.to_int)
+    col = _ints_of_number_texts(
+      strings, _numeric_from_strings(strings, entities.INT_PATTERN, pa.int64(), entities.to_int)
+    )
   elif pa.types.is_null(arr.type):
     col = _Column(pa.nulls(n, pa.int64()), none, none.copy())
   else:
     col = _Column(pa.nulls(n, pa.int64()), _not_null(arr), none)
   return _apply_bounds(col, rule)
+
+
+def _ints_of_number_texts(strings: pa.Array, col: _Column) -> _Column:
+  """`col` with the texts it refused as no integer that write a number another way (an exponent, ``1.5e3``,
+  ``1e19``; ``.0``) read as `entities.int_of_number_text` reads them, one by one (rare): a whole one is its
+  integer, one beyond int64 an invalid_value; one with a fraction stays an invalid_type."""
+  candidates = col.invalid_type & _mask(pc.match_substring_regex(strings, entities.FLOAT_PATTERN))
+  if not candidates.any():
+    return col
+  rows = np.flatnonzero(candidates)
+  ints: List[Optional[int]] = [None] * len(strings)
+  read, beyond = np.zeros(len(strings), dtype=bool), np.zeros(len(strings), dtype=bool)
+  for row, text in zip(rows.tolist(), strings.take(pa.array(rows)).to_pylist()):
+    try:
+      ints[row] = entities.int_of_number_text(text)
+      read[row] = True
+    except entities.InvalidValue:
+      beyond[row] = True
+    except ValueError:
+      pass  # a fraction: no integer
+  values = pc.if_else(pa.array(read), pa.array(ints, pa.int64()), col.values)
+  return _Column(values, col.invalid_type & ~read & ~beyond, col.invalid_value | beyond)
 
 
 # The int64 range as doubles: -2**63 is one, 2**63 - 1 is not (it rounds to 2**63, just past the range).

@@ -78,6 +78,13 @@ CANDIDATES = {
     '-3.00',
     '1.50',
     '.0',
+    '1.5e3',
+    ' 1E+3 ',
+    '1.5e0',
+    '1e19',
+    '-9.2233720368547758e18',
+    '1e-999999999',
+    '0e999999999',
   ],
   'country': ['SE', 'GB', 'XX', 'se', '', None, 'SWE'],
   'platform': ['ios', '', None],
@@ -443,7 +450,8 @@ def test_epoch_milliseconds_beyond_the_calendar_are_an_invalid_value_not_a_faile
 def test_a_number_beyond_a_double_in_a_numeric_field_is_a_dead_letter_not_an_infinity():
   """The JSON readers keep 1e400 as its text (an infinity is no value anyone wrote); validation cast it to
   one, a valid float. In a float field it is now an invalid_value, out of range as an integer beyond 64 bits
-  is in an int field (by pydantic's rules too); in an int field no integer. 1e-400 is 0.0, the nearest double."""
+  is in an int field (by pydantic's rules too); in an int field it is such a whole number, an invalid_value
+  too. 1e-400 is 0.0, the nearest double."""
   from io_connectors._common.arrow import table_from_rows
   from transforms.json_values import loads
 
@@ -459,7 +467,7 @@ def test_a_number_beyond_a_double_in_a_numeric_field_is_a_dead_letter_not_an_inf
   assert valid.column('loudness').to_pylist() == [-5.5, 0.0]
   assert [(d['reason'], d['field'], d['detail']) for d in dead] == [
     ('invalid_value', 'loudness', "Value error, -2e308 is beyond a double's range"),
-    ('invalid_type', 'duration_ms', "Value error, expected an integer, got '1e400'"),
+    ('invalid_value', 'duration_ms', 'Value error, 1e400 does not fit in 64 bits'),
   ]
 
 
@@ -692,6 +700,41 @@ def test_a_whole_float_beyond_int64_in_an_integer_field_is_an_invalid_value_not_
   assert [d['detail'] for d in dead[3:6]] == [
     f"Value error, expected an integer, got '{text}'" for text in ('NaN', 'Infinity', '-Infinity')
   ]
+
+
+def test_a_number_written_with_an_exponent_in_an_integer_field_is_the_integer_it_writes(tmp_path):
+  """A CSV cell or a JSON number read as text (the pipeline reads declared fields as text) written 1.5e3 was an
+  invalid_type though 1500.0 is 1500, as the float 1500.0 is; 1e19 an invalid_type though the float 1e19 is an
+  invalid_value. Text is now the number it writes, exactly: a whole one its integer, one beyond int64 (1e400,
+  which the readers keep as text) an invalid_value, one with a fraction an invalid_type, in both rule sets."""
+  from io_connectors.files import CsvOptions
+  from io_connectors.files import csv as csv_reader
+  from io_connectors.files._ranges import Range
+
+  texts = ['1.5e3', '1E+3', '9.2233720368547758e18', '.0', '1e19', '1e400', '1.5e0', '1e-999999999', '15']
+  content = ('id,plays\n' + ''.join(f'p{i},{t}\n' for i, t in enumerate(texts))).encode()
+  path = tmp_path / 'plays.csv'
+  path.write_bytes(content)
+  read = list(
+    csv_reader.CsvReader().read(Range(str(path), 'csv', 0, len(content)), CsvOptions(string_columns=['plays']))
+  )
+  (batch,) = [b for b in read if isinstance(b, pa.RecordBatch)]
+  assert batch.column('plays').to_pylist() == texts
+  valid, dead = validate_batch(batch, _Counts)
+  assert valid.column('plays').to_pylist() == [1500, 1000, 9223372036854775800, 0, 15]
+  assert [(d['position'], d['reason'], d['field'], d['detail']) for d in dead] == [
+    ('row 6', 'invalid_value', 'plays', 'Value error, 1e19 does not fit in 64 bits'),
+    ('row 7', 'invalid_value', 'plays', 'Value error, 1e400 does not fit in 64 bits'),
+    ('row 8', 'invalid_type', 'plays', "Value error, expected an integer, got '1.5e0'"),
+    ('row 9', 'invalid_type', 'plays', "Value error, expected an integer, got '1e-999999999'"),
+  ]
+  # As the same numbers arriving as floats: 1500.0 is 1500, 1e19 beyond int64, 1.5 no integer.
+  floats = pa.record_batch({'id': ['f1', 'f2', 'f3'], 'plays': pa.array([1.5e3, 1e19, 1.5])})
+  valid, dead = validate_batch(floats, _Counts)
+  assert valid.column('plays').to_pylist() == [1500]
+  assert [d['reason'] for d in dead] == ['invalid_value', 'invalid_type']
+  for text, expected in zip(texts[:4], [1500, 1000, 9223372036854775800, 0]):
+    assert _Counts.model_validate({'id': 'p', 'plays': text}).plays == expected
 
 
 def test_an_integer_column_beyond_int64_refuses_its_values_not_the_batch():
