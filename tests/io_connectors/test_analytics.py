@@ -344,6 +344,43 @@ def test_write_to_mixpanel_reads_a_long_partial_refusal_whole(mixpanel):
   assert all("'event' must be a non-empty string" in letter['detail'] for letter in out['l'])
 
 
+def test_write_to_mixpanel_sends_nanosecond_times_exactly_without_pandas(mixpanel, without_pandas):
+  """A batch from a Spark or pandas export holds timestamp[ns] (the event time, a property, a column of its own)
+  and duration[ns]: the sink took its rows with to_pylist, which without pandas (no dependency of the package)
+  raises for a value with digits past the microsecond, and the bundle failed. The event time is now sent in
+  epoch ms from the column's counts (rounded towards the past, before 1970 too), the other times as their exact
+  text (`exact_times`), the same with pandas and without."""
+  from io_connectors.apis.analytics import mixpanel as mixpanel_module
+
+  played = 1_717_245_000_123_456_789  # 2024-06-01T12:30:00.123456789Z
+  before_1970 = -500  # 1969-12-31T23:59:59.9999995Z: epoch ms -1, not 0
+  batch = pa.record_batch(
+    {
+      'event_id': ['mixpanel:e1', 'mixpanel:e2'],
+      'provider': ['mixpanel', 'mixpanel'],
+      'event_name': ['Song Played', 'Song Played'],
+      'event_time': pa.array([played, before_1970], pa.timestamp('ns', tz='UTC')),
+      'user_id': ['pseudo-1', 'pseudo-2'],
+      'insert_id': ['ins-1', 'ins-2'],
+      'properties': pa.array(
+        [{'track_id': 'trk1', 'seen_at': played}, {'track_id': 'trk2', 'seen_at': None}],
+        pa.struct([('track_id', pa.string()), ('seen_at', pa.timestamp('ns', tz='UTC'))]),
+      ),
+      'buffered': pa.array([1_500_000_123, None], pa.duration('ns')),
+    }
+  )
+  fn = mixpanel_module._ImportFn(MixpanelSinkOptions(MixpanelFake.PROJECT, api_url=mixpanel.url))
+  fn.setup()
+  with without_pandas():
+    fn.start_bundle()
+    out = list(fn.process(batch)) + list(fn.finish_bundle())
+  assert [o.value for o in out] == [{'imported': 2}]
+  sent = {e['properties']['$insert_id']: e['properties'] for e in mixpanel.imported.values()}
+  assert sent['ins-1']['time'] == 1_717_245_000_123 and sent['ins-2']['time'] == -1
+  assert sent['ins-1']['seen_at'] == '2024-06-01T12:30:00.123456789+00:00'
+  assert 'seen_at' not in sent['ins-2']
+
+
 # ----- Amplitude export -----
 
 

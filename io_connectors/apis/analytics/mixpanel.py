@@ -31,6 +31,9 @@ the package's `mixpanel.Consumer` pointed at ``<api_url>/import``. Each event
 keeps a valid ``$insert_id`` (its own, else derived from event_id), so a
 batch sent again after a 429 or a lost answer is deduplicated by Mixpanel.
 Events the API rejects (HTTP 400 ``failed_records``) become dead letters.
+``time`` is the event time in epoch ms, exactly (rounded towards the past);
+nanosecond times elsewhere in a row (a property, a column) are sent as their
+exact ISO-8601 text, with pandas installed or not (`exact_times`).
 
 Usage::
 
@@ -56,7 +59,7 @@ import logging
 import re
 import time
 import zoneinfo
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
@@ -81,7 +84,7 @@ from io_connectors.apis.http.ratelimit import parse_retry_after
 from io_connectors.apis.http.request import HostNotAllowed, Request, RequestFailed
 from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
-from transforms.records import INTERNAL_COLUMNS, json_safe
+from transforms.records import INTERNAL_COLUMNS, exact_times, json_safe
 
 __all__ = ['ReadFromMixpanel', 'MixpanelOptions', 'WriteToMixpanel', 'MixpanelSinkOptions', 'MIXPANEL_SHAPE']
 
@@ -302,13 +305,28 @@ class MixpanelSinkOptions:
       raise ValueError(f'batch_size must be in [1, 2000], got {self.batch_size}')
 
 
-def _import_event(row: Dict[str, Any]) -> Dict[str, Any]:
-  """An analytics_event row as a Mixpanel import event."""
+def _epoch_millis(times: pa.Array) -> List[Optional[int]]:
+  """Each timestamp's milliseconds since the epoch, exactly (rounded down: towards the past), whatever its unit;
+  a zoneless one as that wall clock in UTC, as Arrow stores it (`io_connectors._common.times.epoch_count`).
+
+  From the counts, not from Python values: a nanosecond timestamp's value
+  is a pandas Timestamp where pandas is installed and refused where it is not
+  (`transforms.records.exact_times`); and a zoneless datetime's ``timestamp()``
+  reads it in the worker's own zone.
+  """
+  per_second = {'s': 1, 'ms': 1000, 'us': 1_000_000, 'ns': 1_000_000_000}[times.type.unit]
+  counts = times.cast(pa.int64()).to_pylist()
+  return [None if count is None else count * 1000 // per_second for count in counts]
+
+
+def _import_event(row: Dict[str, Any], time_ms: Optional[int] = None) -> Dict[str, Any]:
+  """An analytics_event row as a Mixpanel import event; `time_ms`: its event_time in epoch ms, when the batch's
+  column is a timestamp (`_epoch_millis`), else the row's value is taken as it is (a datetime, epoch ms)."""
   properties = {k: v for k, v in (row.get('properties') or {}).items() if v is not None}
   insert_id = row.get('insert_id')
   if not (isinstance(insert_id, str) and _INSERT_ID.match(insert_id)):
     insert_id = str(row['event_id']).rsplit(':', 1)[-1][:36]
-  when = row['event_time']
+  when = row['event_time'] if time_ms is None else time_ms
   distinct_id = row.get('user_id') or row.get('anonymous_id') or ''
   properties.update(
     {
@@ -361,12 +379,18 @@ class _ImportFn(beam.DoFn):
     return self._masker.excerpt(text, _QUOTED_CHARS)
 
   def start_bundle(self):
-    self._pending: List[dict] = []
+    self._pending: List[Tuple[dict, Optional[int]]] = []  # (row, its event time in epoch ms)
 
   def process(self, batch: pa.RecordBatch):
-    keep = [n for n in batch.schema.names if n not in INTERNAL_COLUMNS]
-    for row in batch.select(keep).to_pylist():
-      self._pending.append(row)
+    batch = batch.select([n for n in batch.schema.names if n not in INTERNAL_COLUMNS])
+    names = batch.schema.names
+    times: List[Optional[int]] = [None] * batch.num_rows
+    if 'event_time' in names and pa.types.is_timestamp(batch.schema.field('event_time').type):
+      times = _epoch_millis(batch.column('event_time'))
+    # Nanosecond times (a Spark or pandas export's, at any depth) as their exact text: pyarrow refuses their
+    # Python values without pandas, which the package does not install, and the whole bundle failed.
+    for row, time_ms in zip(exact_times(batch).to_pylist(), times):
+      self._pending.append((row, time_ms))
       if len(self._pending) >= self._options.batch_size:
         yield from self._flush()
 
@@ -384,9 +408,9 @@ class _ImportFn(beam.DoFn):
     if not rows:
       return
     events = []
-    for row in rows:
+    for row, time_ms in rows:
       try:
-        events.append(_import_event(row))
+        events.append(_import_event(row, time_ms))
       except (KeyError, TypeError, ValueError) as e:
         yield self._letter(json_safe(row), f'not an analytics_event row: {e}')
     if events:
