@@ -459,8 +459,11 @@ class CsvReader:
     """
     if not table.num_rows or not options.quote_char or int(rows[-1]) != last_record:
       return None
-    last = table.slice(table.num_rows - 1).to_pylist()[0]
-    if not any(isinstance(v, str) and v.endswith('\n') for v in last.values()):
+    # Only text can end with a newline: the other columns' Python values are not made (a nanosecond time's is
+    # refused without pandas, which the package does not install, and failed the read).
+    last = table.slice(table.num_rows - 1)
+    texts = [column[0].as_py() for column in last.columns if pa.types.is_string(column.type)]
+    if not any(text is not None and text.endswith('\n') for text in texts):
       return None
     return _open_value_at(data, self._delimiter(options, path), options.quote_char)
 

@@ -1147,6 +1147,29 @@ def test_csv_value_opened_further_back_than_the_look_back_is_a_clear_error(tmp_p
       _read_in_ranges(path, split)
 
 
+def test_csv_with_nanosecond_times_is_read_without_pandas(tmp_path, without_pandas):
+  """pyarrow types a column of times with 7 to 9 fraction digits (Java's, Go's, .NET's) timestamp[ns]. The reader
+  took its last row's Python values to look for a quoted value the data ends inside, which without pandas (no
+  dependency of the package) pyarrow refuses for such a time: every such file failed its read. Only the text
+  columns are looked at now; the times come through to the nanosecond, and an open value is still found."""
+  from io_connectors.files import csv as csv_reader
+  from io_connectors.files._ranges import Range
+
+  content = b'id,seen_at,note\n1,2024-06-01 12:00:00.123456789,"a\nb"\n2,1969-12-31 23:59:59.999999999,x\n'
+  path = write(tmp_path, 'nanos.csv', content)
+  with without_pandas():
+    out = list(csv_reader.CsvReader().read(Range(path, 'csv', 0, len(content)), CsvOptions()))
+  (batch,) = out
+  assert batch.schema.field('seen_at').type == pa.timestamp('ns')
+  assert batch.column('seen_at').cast(pa.int64()).to_pylist() == [1_717_243_200_123_456_789, -1]
+  assert batch.column('note').to_pylist() == ['a\nb', 'x']
+  opened = content + b'3,2024-06-01 12:00:00.5,"unclosed\n'
+  path = write(tmp_path, 'open.csv', opened)
+  with without_pandas():
+    out = list(csv_reader.CsvReader().read(Range(path, 'csv', 0, len(opened)), CsvOptions()))
+  assert [(o['reason'], o['position']) for o in out if isinstance(o, dict)] == [('malformed_row', 'row 4')]
+
+
 def test_csv_unclosed_quote_at_the_end_sets_aside_only_its_own_record(tmp_path):
   """A value left open at the end of the data is its record's dead letter; when that record is malformed
   anyway, the row before it (a value ending in a newline) is still written, not taken for the cut one."""
