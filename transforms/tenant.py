@@ -64,8 +64,19 @@ def _tenant_text(values: pa.Array) -> pa.Array:
     values = values.dictionary_decode()
   if pa.types.is_string(values.type):
     return values
-  if pa.types.is_large_string(values.type) or pa.types.is_integer(values.type):
+  if pa.types.is_large_string(values.type) or pa.types.is_string_view(values.type) or pa.types.is_integer(values.type):
     return values.cast(pa.string())
+  t = values.type
+  if not (
+    pa.types.is_binary(t)
+    or pa.types.is_large_binary(t)
+    or pa.types.is_fixed_size_binary(t)
+    or pa.types.is_floating(t)
+    or pa.types.is_decimal(t)
+  ):
+    # Booleans, times, structs, lists: no tenant id whatever the value, whose Python value is not made (a
+    # nanosecond time's is refused without pandas, which the package does not install, and failed the batch).
+    return pc.if_else(pc.is_valid(values), pa.scalar(_NOT_A_TENANT), pa.scalar(None, pa.string()))
   return pa.array([None if value is None else _scalar_text(value) for value in values.to_pylist()], type=pa.string())
 
 

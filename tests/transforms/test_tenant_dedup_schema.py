@@ -58,6 +58,23 @@ def test_a_tenant_value_that_is_not_text_or_a_number_is_a_dead_letter_not_a_cras
   assert [(l['reason'], l['position']) for l in letters] == [('invalid_tenant', 'row 2')]
 
 
+def test_a_nanosecond_time_in_the_tenant_field_is_a_dead_letter_without_pandas(without_pandas):
+  """A Parquet export whose tenant column holds times (a mapping gone wrong) in nanoseconds: their Python values
+  were taken to be judged, which pyarrow refuses without pandas (no dependency of the package), and the whole
+  batch failed. Such a value is no tenant id, as with pandas; the dead letter keeps it as its exact text."""
+  times = pa.array([1_717_245_000_123_456_789, None], pa.timestamp('ns', tz='UTC'))
+  batch = with_provenance(pa.record_batch({'event_id': ['a', 'b'], 'tenant_id': times}), 'spark.parquet', 1)
+  time = ('invalid_tenant', 'row 1', '2024-06-01T12:30:00.123456789+00:00')
+  for tenant_id, tenant_field, expected, kept in (
+    (None, 'tenant_id', [time, ('invalid_tenant', 'row 2', None)], []),  # a null is no tenant either
+    ('acme', None, [time], ['b']),  # a null names no other tenant
+  ):
+    with without_pandas():
+      tagged, letters = tag_batch(batch, tenant_id, tenant_field)
+    assert [(l['reason'], l['position'], l['record']['tenant_id']) for l in letters] == expected
+    assert tagged.column('event_id').to_pylist() == kept
+
+
 def test_a_json_boolean_or_object_read_as_text_is_no_tenant():
   from io_connectors._common.arrow import batch_from_rows
 
