@@ -78,7 +78,8 @@ import pyarrow.compute as pc
 
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 from transforms.entities import to_utc_timestamp
-from transforms.records import SOURCE_COLUMN, TENANT_COLUMN, row_positions, rows_as_dicts, typed_outputs
+from transforms.records import SOURCE_COLUMN, TENANT_COLUMN, exact_times, row_positions, rows_as_dicts, typed_outputs
+from transforms.validate import utc_timestamps
 
 __all__ = [
   'ENTITY',
@@ -218,8 +219,9 @@ def _as_text(column: pa.Array) -> pa.Array:
     return pa.nulls(len(column), pa.string())
   if pa.types.is_integer(column.type) or pa.types.is_boolean(column.type):
     return column.cast(pa.string())
-  # Floats, structs...: one id per distinct value, as JSON-safe text.
-  return pa.array([None if v is None else str(v) for v in column.to_pylist()], type=pa.string())
+  # Floats, structs...: one id per distinct value, as JSON-safe text (nanosecond times as their exact text: their
+  # Python values are refused without pandas, which the package does not install).
+  return pa.array([None if v is None else str(v) for v in exact_times(column).to_pylist()], type=pa.string())
 
 
 def _times(column: pa.Array) -> Tuple[np.ndarray, np.ndarray]:
@@ -228,11 +230,13 @@ def _times(column: pa.Array) -> Tuple[np.ndarray, np.ndarray]:
   if pa.types.is_timestamp(column.type):
     if column.type.tz is None:
       return np.zeros(n, np.int64), np.zeros(n, bool)  # no offset: refused as Validate does
-    values = column.cast(_UTC_US)
+    # As Validate reads them: nanoseconds cut to the microsecond towards the past (a checked cast refused one with
+    # digits past it, and the batch failed), a time past the years 1 to 9999 refused.
+    values = utc_timestamps(column)
     ok = np.asarray(values.is_valid().to_numpy(zero_copy_only=False), bool)
     return np.asarray(values.fill_null(0).cast(pa.int64()).to_numpy(zero_copy_only=False), np.int64), ok
   micros, ok = np.zeros(n, np.int64), np.zeros(n, bool)
-  for i, value in enumerate(column.to_pylist()):
+  for i, value in enumerate(exact_times(column).to_pylist()):  # a nanosecond duration: its text, no time
     try:
       parsed = to_utc_timestamp(value)
     except (ValueError, OverflowError):

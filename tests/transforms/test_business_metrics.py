@@ -169,6 +169,39 @@ def test_rows_the_metrics_cannot_use_are_dead_letters_with_reason_and_position()
   assert all(l['stage'] == 'business_metrics' and l['record'] for l in letters)
 
 
+def test_plays_with_nanosecond_times_are_read_to_the_microsecond_without_pandas(without_pandas):
+  """A pandas or Spark export holds timestamp[ns]: its checked cast to microseconds refused a time with digits past
+  the microsecond and the whole batch failed; a user id column of times (or a nanosecond duration as the play
+  time) was taken with to_pylist, refused without pandas. Times are now read as Validate reads them (cut towards
+  the past, before 1970 too); the others are the exact text of their values."""
+  nanos = [1_717_408_800_123_456_789, -500]  # 2024-06-03T10:00:00.123456789Z, 1969-12-31T23:59:59.9999995Z
+  batch = pa.record_batch(
+    {
+      'tenant_id': ['acme', 'acme', 'acme'],
+      'user_id': pa.array(nanos + [1], pa.timestamp('ns', tz='UTC')),
+      'played_at': pa.array(nanos + [None], pa.timestamp('ns', tz='Europe/Berlin')),
+      'ms_played': [1000, 2000, 3000],
+    }
+  )
+  with without_pandas():
+    good, letters = extract_plays(with_provenance(batch, 'gs://b/export.parquet', 1))
+  assert good.column('played_at').to_pylist() == [
+    dt.datetime(2024, 6, 3, 10, 0, 0, 123456, tzinfo=UTC),
+    dt.datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+  ]
+  assert good.column('user_id').to_pylist() == [
+    '2024-06-03T10:00:00.123456789+00:00',
+    '1969-12-31T23:59:59.999999500+00:00',
+  ]
+  assert [(l['position'], l['reason'], l['field']) for l in letters] == [('row 3', 'missing_field', 'played_at')]
+  durations = pa.record_batch(
+    {'tenant_id': ['acme'], 'user_id': ['1'], 'played_at': pa.array([1_500], pa.duration('ns')), 'ms_played': [1]}
+  )
+  with without_pandas():
+    good, letters = extract_plays(with_provenance(durations, 'gs://b/export.parquet', 1))
+  assert good.num_rows == 0 and [(l['reason'], l['field']) for l in letters] == [('invalid_type', 'played_at')]
+
+
 def test_media_play_exports_map_tracks_and_skips():
   """Spotify extended history: no track_id for some plays, skips only as reason_end."""
   batch = pa.RecordBatch.from_pylist(
