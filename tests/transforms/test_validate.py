@@ -584,6 +584,7 @@ def test_typed_times_the_calendar_cannot_hold_are_invalid_values_not_wrapped(uni
     batch = pa.record_batch({**columns, 'event_id': [f'e{i}' for i in range(n)], 'played_at': times})
     valid, dead = validate_batch(with_provenance(batch, 'f', 2), entities.ListeningEvent, naive_time_zone=zone)
     expected = dt.datetime(2024, 6, 1, 12, 30, tzinfo=utc) + (dt.timedelta(hours=4) if zone else dt.timedelta())
+    assert valid.column('event_id').to_pylist() == ['e0']
     assert valid.column('played_at').to_pylist() == [expected]
     assert [(d['position'], d['reason'], d['field']) for d in dead] == [
       (f'row {i + 2}', 'invalid_value', 'played_at') for i in range(1, n)
