@@ -392,8 +392,8 @@ def _split_avro(data: bytes, matcher: SubjectMatcher) -> Split:
 
   register_avro_nanosecond_timestamps()  # timestamp-nanos as its long: the rewrite keeps every nanosecond
   with_snappy_codec()  # snappy blocks (Spark's, Kafka Connect's) read by pyarrow's snappy: fastavro's needs cramjam
-  metadata, header_end = avro_header(data)
-  reader = fastavro.reader(io.BytesIO(fastavro_readable(data, metadata, header_end)))
+  metadata, _ = avro_header(data)
+  reader = fastavro.reader(io.BytesIO(fastavro_readable(data)))
   schema, codec = reader.writer_schema, reader.codec
   records = list(reader)
   nanos = _nanosecond_timestamp_fields(schema)

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from io_connectors.sinks import tables
+from io_connectors.sinks._avro import fastavro_readable
 from io_connectors.sinks.lake import matched_paths
 
 __all__ = ['expire', 'compact', 'erase', 'erase_matching', 'expire_rows', 'table_names', 'main']
@@ -248,7 +249,8 @@ def _entries(path: str) -> List[dict]:
   if path.endswith('.avro'):
     import fastavro
 
-    return list(fastavro.reader(io.BytesIO(data)))
+    # A header value that is no UTF-8 (the spec's values are bytes) failed fastavro's reader, and the purge with it.
+    return list(fastavro.reader(io.BytesIO(fastavro_readable(data))))
   entries = []
   for line in data.splitlines() if path.endswith('.json') and '/_delta_log/' in path else [data]:
     try:

@@ -2,6 +2,9 @@
 
 A block that cannot be read (damaged bytes, a codec's checksum) is one
 dead letter counting its records, and reading goes on at the next block.
+The header's metadata values are bytes (the spec's type): only the schema
+and the codec must be text; another key's value that is no UTF-8 (Spark's,
+a custom writer's) does not make the file unreadable.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from io_connectors._common.times import AVRO_NANOSECOND_TIME, register_avro_nano
 from io_connectors.files._options import AvroOptions
 from io_connectors.files._ranges import Range, open_file
 from io_connectors.files._read import READERS, STAGE, ReadFormat, emit
+from io_connectors.sinks._avro import fastavro_readable, read_avro_header
 from transforms.dead_letter import dead_letter
 from transforms.records import position, range_source
 
@@ -252,6 +256,38 @@ def with_snappy_codec():
   BLOCK_READERS['snappy'] = _read_snappy_block
 
 
+class _ReadableHeader:
+  """A file whose first bytes are read as `header` (the same length): the file's header as fastavro reads it
+  (`fastavro_readable`), every other byte, and every offset, the file's own."""
+
+  def __init__(self, f, header: bytes):
+    self._f = f
+    self._header = header
+
+  def read(self, size: int = -1) -> bytes:
+    at = self._f.tell()
+    data = self._f.read(size)
+    if at >= len(self._header) or not data:
+      return data
+    overlap = min(len(data), len(self._header) - at)
+    return self._header[at : at + overlap] + data[overlap:]
+
+  def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+    return self._f.seek(offset, whence)
+
+  def tell(self) -> int:
+    return self._f.tell()
+
+
+def _readable(f):
+  """`f` as fastavro reads it: a header metadata value that is no UTF-8 (other than the schema's and codec's)
+  failed fastavro's reader, and the whole file was a corrupt_file dead letter."""
+  header = read_avro_header(f)
+  readable = fastavro_readable(header)
+  f.seek(0)
+  return f if readable is header else _ReadableHeader(f, readable)
+
+
 def read_avro(rng: Range, options: AvroOptions):
   from fastavro import block_reader
 
@@ -259,8 +295,9 @@ def read_avro(rng: Range, options: AvroOptions):
   register_avro_nanosecond_timestamps()  # timestamp-nanos read as its long, exactly, whatever the fastavro version
   path, start, end = rng.path, rng.start, rng.end
   source = rng.source
-  with open_file(path) as f:
+  with open_file(path) as opened:
     try:
+      f = _readable(opened)
       blocks = block_reader(f)
       marker = blocks._header['sync']
       schema = blocks.writer_schema

@@ -51,6 +51,7 @@ __all__ = [
   'avro_container_bytes',
   'avro_header',
   'fastavro_readable',
+  'read_avro_header',
   'snappy_block',
 ]
 
@@ -216,12 +217,18 @@ def _long(value: int) -> bytes:
   return bytes(out)
 
 
+class _HeaderCut(ValueError):
+  """The bytes end inside an Avro header: a longer prefix of the file may hold all of it (`read_avro_header`)."""
+
+
 def _read_long(data: bytes, pos: int) -> Tuple[int, int]:
   """(the Avro long at `pos`, the position after it)."""
   value = shift = 0
   while True:
-    if pos >= len(data) or shift > 63:
-      raise ValueError('the Avro header ends inside a number')
+    if pos >= len(data):
+      raise _HeaderCut('the Avro header ends inside a number')
+    if shift > 63:
+      raise ValueError('the Avro header holds a number longer than a long')
     byte = data[pos]
     pos += 1
     value |= (byte & 0x7F) << shift
@@ -232,19 +239,18 @@ def _read_long(data: bytes, pos: int) -> Tuple[int, int]:
 
 def _read_bytes(data: bytes, pos: int) -> Tuple[bytes, int]:
   size, pos = _read_long(data, pos)
-  if size < 0 or pos + size > len(data):
-    raise ValueError('the Avro header ends inside a value')
+  if size < 0:
+    raise ValueError('the Avro header gives a value a negative size')
+  if pos + size > len(data):
+    raise _HeaderCut('the Avro header ends inside a value')
   return data[pos : pos + size], pos + size
 
 
-def avro_header(data: bytes) -> Tuple[List[Tuple[str, bytes]], int]:
-  """(metadata, end) of an Avro container file's header: its metadata entries, (key, value as written), in the
-  order written, and where the header ends (after its sync marker). ValueError when `data` starts with none.
-
-  The values are bytes, as the spec has them: a writer may put any bytes
-  there (fastavro's reader refuses a value that is no UTF-8).
-  """
+def _header_entries(data: bytes) -> Tuple[List[Tuple[str, bytes, int]], int]:
+  """(metadata entries as (key, value, where the value starts), where the header ends): `avro_header`'s reading."""
   if data[: len(_MAGIC)] != _MAGIC:
+    if _MAGIC.startswith(data[: len(_MAGIC)]) and len(data) < len(_MAGIC):
+      raise _HeaderCut('the file ends inside the Avro magic')
     raise ValueError('not an Avro container file (no Obj\\x01 magic)')
   pos, entries = len(_MAGIC), []
   while True:
@@ -257,10 +263,45 @@ def avro_header(data: bytes) -> Tuple[List[Tuple[str, bytes]], int]:
     for _ in range(count):
       key, pos = _read_bytes(data, pos)
       value, pos = _read_bytes(data, pos)
-      entries.append((key.decode('utf-8'), value))
+      entries.append((key.decode('utf-8'), value, pos - len(value)))
   if pos + _SYNC_SIZE > len(data):
-    raise ValueError('the Avro header ends before its sync marker')
+    raise _HeaderCut('the Avro header ends before its sync marker')
   return entries, pos + _SYNC_SIZE
+
+
+def avro_header(data: bytes) -> Tuple[List[Tuple[str, bytes]], int]:
+  """(metadata, end) of an Avro container file's header: its metadata entries, (key, value as written), in the
+  order written, and where the header ends (after its sync marker). ValueError when `data` starts with none.
+
+  The values are bytes, as the spec has them: a writer may put any bytes
+  there (fastavro's reader refuses a value that is no UTF-8).
+  """
+  entries, end = _header_entries(data)
+  return [(key, value) for key, value, _ in entries], end
+
+
+def read_avro_header(f, first: int = 1 << 16) -> bytes:
+  """The header of the Avro container file open as `f` (read from its start; `f` is left after it), as bytes: a
+  reader of ranges gets it without reading the file whole. ValueError as `avro_header`'s, also for a file that
+  ends inside its header."""
+  size = first
+  while True:
+    f.seek(0)
+    head = b''
+    while len(head) < size:  # a stream may give fewer bytes than asked before its end
+      piece = f.read(size - len(head))
+      if not piece:
+        break
+      head += piece
+    try:
+      end = _header_entries(head)[1]
+    except _HeaderCut:
+      if len(head) < size:
+        raise ValueError('the file ends inside its Avro header') from None
+      size *= 4  # a long schema (hundreds of fields)
+      continue
+    f.seek(end)
+    return head[:end]
 
 
 def _header_bytes(metadata: Sequence[Tuple[str, bytes]]) -> bytes:
@@ -269,17 +310,28 @@ def _header_bytes(metadata: Sequence[Tuple[str, bytes]]) -> bytes:
   return _MAGIC + (_long(len(metadata)) + entries if metadata else b'') + _long(0) + bytes(_SYNC_SIZE)
 
 
-def fastavro_readable(data: bytes, metadata: Sequence[Tuple[str, bytes]], header_end: int) -> bytes:
-  """The Avro file `data` (its header's `avro_header`) as fastavro reads it: its own bytes, or, when a metadata
-  value is no UTF-8 (which the spec allows and fastavro's reader refuses), the same blocks after a header of its
-  schema and codec alone."""
-  try:
-    for _, value in metadata:
+def fastavro_readable(data: bytes) -> bytes:
+  """The Avro file `data` (or its header alone, `read_avro_header`) as fastavro reads it: its own bytes, or, when a
+  metadata value other than the schema and the codec is no UTF-8 (the spec's values are bytes: Spark's, a custom
+  writer's; fastavro's reader decodes every one and refused the file), the same bytes with such values blanked
+  (as many spaces). The same length: every block stays at its offset, where a reader of byte ranges looks for it.
+
+  A schema or codec that is no UTF-8 is left as it is: no reader can take that file.
+  """
+  binary = []
+  for key, value, start in _header_entries(data)[0]:
+    if key in (SCHEMA_KEY, CODEC_KEY):
+      continue
+    try:
       value.decode('utf-8')
+    except UnicodeDecodeError:
+      binary.append((start, len(value)))
+  if not binary:
     return data
-  except UnicodeDecodeError:
-    own = [(k, v) for k, v in metadata if k in (SCHEMA_KEY, CODEC_KEY)]
-    return _header_bytes(own)[:-_SYNC_SIZE] + data[header_end - _SYNC_SIZE :]
+  readable = bytearray(data)
+  for start, size in binary:
+    readable[start : start + size] = b' ' * size
+  return bytes(readable)
 
 
 def snappy_block(block: bytes) -> bytes:

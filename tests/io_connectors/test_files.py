@@ -1621,3 +1621,35 @@ def test_avro_damaged_block_is_set_aside_and_the_blocks_after_it_read(tmp_path):
   assert {r[0] for r in result.rows()} == {bad_header, f'{bad_header}@{following}'}
   assert [r[2] for r in result.rows() if r[0] == f'{bad_header}@{following}'][:1] == [records[before + in_block]]
   assert len(result.rows()) + in_block == 1000
+
+
+def test_avro_header_metadata_that_is_no_utf8_leaves_the_file_readable(tmp_path):
+  """The spec's metadata values are bytes: Spark and custom writers put binary values there (a lineage digest, a
+  serialized object). fastavro's reader decodes every value as UTF-8, and such a file was one corrupt_file dead
+  letter. Only the schema and the codec must be text; the file is read whole, in ranges, even when its header is
+  longer than the first read of it."""
+  _, records = _avro_file(tmp_path, 'unused.avro', n=1000)
+  os.remove(tmp_path / 'unused.avro')
+  small, large = bytes(range(256)), b'\xff\xfe\x00\x80' * 50_000  # no UTF-8; the header is over 64 KiB
+  metadata = {'x-lineage': 'L' * len(small), 'org.example.blob': 'B' * len(large), 'writer': 'custom/é'}
+  sink = io.BytesIO()
+  fastavro.writer(
+    sink, fastavro.parse_schema(AVRO_SCHEMA), records, codec='deflate', sync_interval=500, metadata=metadata
+  )
+  content = sink.getvalue()
+  # Each placeholder written as the same number of binary bytes: every block stays where it was.
+  content = content.replace(b'L' * len(small), small, 1).replace(b'B' * len(large), large, 1)
+  assert small in content and large in content
+  path = write(tmp_path, 'custom.avro', content)
+  result = read(tmp_path, ReadFromAvro(path, AvroOptions(split_size_bytes=900)))
+  assert result.dead_letters == []
+  rows = result.rows()
+  assert len({r[0] for r in rows}) > 3  # read in several ranges
+  assert sorted((r[2] for r in rows), key=lambda r: r['id']) == records
+  # The schema must be text: a file whose schema is not is still a dead letter, not read as something else.
+  schema_at = content.index(b'"type"')
+  broken = write(tmp_path, 'broken_schema.avro', content[:schema_at] + b'\xff' + content[schema_at + 1 :])
+  os.remove(path)
+  result = read(tmp_path, ReadFromAvro(broken))
+  assert [(d['reason'], d['source']) for d in result.dead_letters] == [('corrupt_file', broken)]
+  assert result.rows() == []
