@@ -13,9 +13,12 @@ identifier fields held). The job derives each value's pseudonym with the
 tenant's key, exactly as `RedactPII` did on the way in, and a record matches
 when any of its string values, at any depth, is a subject's pseudonym or
 raw value, or holds one as a whole word (free text, a dead letter's record
-text). Only the tenant's own partitions (``tenant=<id>``) and the dead
-letters whose tenant is unknown (``_unassigned``) are read: other tenants'
-records carry other tenants' pseudonyms.
+text). Text is matched as a JSON reader reads it: a value another writer
+escaped (``Jos\\u00e9``, ``\\/``, upper-case hex, an emoji's surrogate pair)
+matches in a JSON line and in JSON text held in a string. Only the tenant's
+own partitions (``tenant=<id>``) and the dead letters whose tenant is unknown
+(``_unassigned``) are read: other tenants' records carry other tenants'
+pseudonyms.
 
 A file with a match is rewritten without the matching records, in its own
 format and (Parquet, Avro) schema; a file without is carried into the new
@@ -66,9 +69,10 @@ import os
 import re
 import typing
 import uuid
-from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -123,13 +127,56 @@ __all__ = [
 # Characters that continue a word around an identifier or email: a match must not touch them.
 _WORD = 'A-Za-z0-9_@.+-'
 
+# A JSON escape: a surrogate pair (a character past the BMP: an emoji), a \uXXXX (hex digits in either case), or
+# a one-letter escape (\/ \" \\ \n ...).
+_ESCAPE = re.compile(
+  rb'\\u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})|\\u([0-9a-fA-F]{4})|\\(["\\/bfnrt])'
+)
+_ONE_LETTER = {b'"': b'"', b'\\': b'\\', b'/': b'/', b'b': b'\b', b'f': b'\f', b'n': b'\n', b'r': b'\r', b't': b'\t'}
+# How deep JSON text inside JSON strings (a dead letter's record text, a payload, in a JSON line) is read.
+_ESCAPE_LEVELS = 8
+
+
+def _escaped_character(match: re.Match) -> bytes:
+  """The UTF-8 of the character a JSON escape stands for (a lone surrogate too: it matches nothing)."""
+  high, low, code, letter = match.groups()
+  if high is not None:
+    return chr(0x10000 + ((int(high, 16) - 0xD800) << 10) + int(low, 16) - 0xDC00).encode('utf-8')
+  if code is not None:
+    return chr(int(code, 16)).encode('utf-8', 'surrogatepass')
+  return _ONE_LETTER[letter]
+
+
+def _unescaped(value: bytes) -> Iterator[bytes]:
+  """`value`, which holds a backslash, with its JSON escapes read (as it is when it holds no escape), then again
+  level by level while escapes are left: JSON text inside a JSON string (a dead letter's record text) has its own
+  escapes, which the first level leaves as written.
+
+  Writers escape freely: Python's json (ensure_ascii) writes ``"Jos\\u00e9"``,
+  others ``\\/``, upper-case hex, a surrogate pair for an emoji, or escape
+  plain ASCII letters. A subject's value written so is the subject's value:
+  a match on the bytes as written found none of them, and the record stayed.
+  """
+  for level in range(_ESCAPE_LEVELS):
+    value, escapes = _ESCAPE.subn(_escaped_character, value)
+    if escapes or not level:
+      yield value
+    if not escapes or b'\\' not in value:
+      return
+
 
 class ComplianceError(RuntimeError):
   """An erasure that cannot start or did not remove every match; nothing half-published."""
 
 
 class SubjectMatcher:
-  """Whether a value is, or holds as a whole word, one of a set of tokens (raw values and their pseudonyms)."""
+  """Whether a value is, or holds as a whole word, one of a set of tokens (raw values and their pseudonyms).
+
+  Text is matched as a JSON reader reads it (`_unescaped`): a JSON line on
+  its bytes when it holds no backslash (a byte-level pass, nearly every
+  line), else on its text once decoded; a string or bytes value as written
+  and with the JSON escapes it holds read.
+  """
 
   def __init__(self, tokens: Iterable[str], keys: Optional[Dict[str, Iterable[str]]] = None):
     """keys: also match a record whose top-level field (e.g. ``event_id``) equals one of these values:
@@ -147,6 +194,8 @@ class SubjectMatcher:
     self._bytes = re.compile(self._text.pattern.encode('utf-8'))
     # RE2 (Arrow) has no look-around: the same word rule with explicit edges.
     self._arrow = f'(?:^|[^{_WORD}])(?:{alternatives})(?:[^{_WORD}]|$)'
+    # The same, or a backslash (a JSON escape, read by `text`): one pass over an array finds both.
+    self._arrow_or_escape = self._arrow + r'|\\'
 
   @classmethod
   def for_tenant(cls, raw_values: Sequence[str], tenant: str, master_key: MasterKey) -> 'SubjectMatcher':
@@ -156,21 +205,39 @@ class SubjectMatcher:
     return cls([*raw, *subject_pseudonyms(raw, tenant, master_key)])
 
   def text(self, value: str) -> bool:
-    return bool(self._text.search(value))
+    """A string as it is, and, where it holds a backslash, with the JSON escapes it holds read (JSON text in it)."""
+    return bool(self._text.search(value)) or ('\\' in value and self._escaped(value.encode('utf-8', 'surrogatepass')))
 
   def with_keys(self, keys: Dict[str, Iterable[str]]) -> 'SubjectMatcher':
     """The same tokens, also matching records whose field equals one of `keys`' values."""
     return SubjectMatcher(self.tokens, keys)
 
   def line(self, value: bytes) -> bool:
-    if self._bytes.search(value):
+    """A JSON line on its text: the bytes as written decide a line without a backslash (nearly every one); a line
+    with one is matched on its text once its escapes are read, never on the bytes as written (an escaped
+    character is no word's edge: ``"u7\\u0030"`` is u70, not u7)."""
+    if self._escaped(value) if b'\\' in value else self._bytes.search(value):
       return True
+    return self._keyed_json(value)
+
+  def binary(self, value: bytes) -> bool:
+    """Bytes that need not be JSON (a bytes value, a file holding no records), as `text` a string: as written, and
+    where they hold a backslash, with the JSON escapes they hold read."""
+    if self._bytes.search(value) or (b'\\' in value and self._escaped(value)):
+      return True
+    return self._keyed_json(value)
+
+  def _keyed_json(self, value: bytes) -> bool:
+    """Whether bytes holding a JSON record have one of `keys` in its key field."""
     if self.keys:
       try:
         return self._keyed(json.loads(value))
       except ValueError:
         return False
     return False
+
+  def _escaped(self, value: bytes) -> bool:
+    return any(self._bytes.search(text) for text in _unescaped(value))
 
   def _keyed(self, record) -> bool:
     """Whether a record's top-level key field holds one of `keys` (TFRecord features: a list of bytes)."""
@@ -190,7 +257,7 @@ class SubjectMatcher:
     if isinstance(value, str):
       return self.text(value)
     if isinstance(value, bytes):
-      return self.line(value)
+      return self.binary(value)
     if isinstance(value, dict):
       return self._keyed(value) or any(self.value(v) for v in value.values())
     if isinstance(value, (list, tuple)):
@@ -215,7 +282,7 @@ class SubjectMatcher:
       kinds = {strings.type for _, strings in texts}
       small = kinds == {pa.string()} and sum(strings.nbytes for _, strings in texts) < 2**31 - 1
       every = pa.concat_arrays([s if small else s.cast(pa.large_string()) for _, s in texts])
-      matched = pc.fill_null(pc.match_substring_regex(every, self._arrow), False)
+      matched = self._strings(every)
       offset = 0
       for values, strings in texts:
         part = matched.slice(offset, len(strings))
@@ -233,14 +300,28 @@ class SubjectMatcher:
         hit = pc.or_(hit, pc.fill_null(keyed, False))
     return hit
 
+  def _strings(self, strings: pa.Array) -> pa.Array:
+    """Which values of a string array match (`text`), in one regex pass that also finds the values holding a
+    backslash; only those (most arrays hold none) are matched again, with their escapes read."""
+    found = pc.fill_null(pc.match_substring_regex(strings, self._arrow_or_escape), False)
+    if not pc.any(found).as_py():
+      return found
+    at = pc.indices_nonzero(found)
+    misses = [i for i, v in zip(at.to_pylist(), pc.take(strings, at).to_pylist()) if '\\' in v and not self.text(v)]
+    if not misses:
+      return found
+    hit = np.asarray(found.to_numpy(zero_copy_only=False)).copy()
+    hit[misses] = False
+    return pa.array(hit)
+
   def _column(self, values: pa.Array) -> pa.Array:
     t = values.type
     if pa.types.is_dictionary(t):
       return pc.fill_null(pc.take(self._column(values.dictionary), values.indices), False)
     if pa.types.is_string(t) or pa.types.is_large_string(t):
-      return pc.fill_null(pc.match_substring_regex(values, self._arrow), False)
+      return self._strings(values)
     if pa.types.is_binary(t) or pa.types.is_large_binary(t):
-      return pa.array([v is not None and self.line(v) for v in values.to_pylist()], pa.bool_())
+      return pa.array([v is not None and self.binary(v) for v in values.to_pylist()], pa.bool_())
     if pa.types.is_struct(t):
       hit = pa.array([False] * len(values), pa.bool_())
       for i in range(t.num_fields):
@@ -612,7 +693,7 @@ class _SubjectFilesFn(beam.DoFn):
       # by dropping records: the erasure stops before it publishes anything (see _rewrite_output).
       tokens = getattr(self._scope, 'matcher', None)
       data = _read(source) if tokens is not None else b''
-      result['identifiers'] = bool(tokens is not None and tokens.line(data))
+      result['identifiers'] = bool(tokens is not None and tokens.binary(data))
     selector = self._scope.selector(kind, folders)
     # In place (source == target: the streaming job's window files): each file is replaced through a
     # temporary name and a rename, as the window sink writes it; untouched files are left alone.

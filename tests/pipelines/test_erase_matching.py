@@ -470,3 +470,86 @@ def test_table_metadata_in_avro_with_a_binary_header_value_is_read(tmp_path):
   path.write_bytes(data)
   entries = lake_tables._entries(str(path))
   assert [e['user_id'] for e in entries] == [f'u{i % 7}' for i in range(20)]
+
+
+# A subject's value as other writers put it in JSON: (subject, the value's JSON text, what a reader of it gets).
+_ESCAPED = {
+  'ensure_ascii': ('José', '"Jos\\u00e9"', 'José'),  # Python's json.dumps default
+  'upper_case_hex': ('José', '"JOS\\u00C9 Jos\\u00E9"', 'JOSÉ José'),
+  'escaped_solidus': ('https://example.com/u/42', '"https:\\/\\/example.com\\/u\\/42"', 'https://example.com/u/42'),
+  'escaped_ascii_letters': ('u1', '"\\u0075\\u0031"', 'u1'),
+  'surrogate_pair': ('zoë😀', '"zo\\u00EB\\ud83d\\ude00"', 'zoë😀'),  # an emoji past the BMP, as JSON writes it
+  'escaped_email': ('bob@example.com', '"Bob\\u0040Example.com"', 'Bob@Example.com'),  # any case, as raw emails
+  'newline_before': ('u1', '"line\\nu1"', 'line\nu1'),  # the escape's letter is no part of the word
+}
+
+
+@pytest.mark.parametrize('form', sorted(_ESCAPED))
+@pytest.mark.parametrize('where', ['top', 'nested', 'record_text'])
+def test_a_json_line_holding_a_subject_s_value_with_escapes_is_erased(form, where):
+  # JSON Lines were matched on their bytes as written: a value another writer escaped (Python's ensure_ascii, an
+  # escaped '/', upper-case hex, escaped letters, an emoji's surrogate pair) was not found and the record stayed.
+  import json
+
+  subject, written, value = _ESCAPED[form]
+  if where == 'top':
+    line, record = f'{{"user_name": {written}, "plays": 3}}', {'user_name': value, 'plays': 3}
+  elif where == 'nested':
+    line = f'{{"profile": {{"names": [{written}]}}, "plays": 3}}'
+    record = {'profile': {'names': [value]}, 'plays': 3}
+  else:  # a dead letter: the source's JSON text, escapes and all, held in a JSON string
+    inner = f'{{"user_name": {written}}}'
+    line, record = f'{{"reason": "invalid_value", "record": {json.dumps(inner)}}}', None
+  kept = ['{"user_name": "Zo\\u00eb", "note": "a\\/b \\u0041"}', '{"user_name": "u10", "plays": 1}']
+  data = '\r\n'.join([kept[0], line, kept[1]]).encode() + b'\r\n'
+  matcher = SubjectMatcher([subject])
+  assert not matcher._bytes.search(data)  # found only once the escapes are read
+  rewritten, removed, n = split_file('part-0.jsonl', data, SubjectMatcher([subject]))
+  assert n == 2 and rewritten == f'{kept[0]}\r\n{kept[1]}\r\n'.encode()  # the lines that stay, byte for byte
+  assert removed == [record if record is not None else json.loads(line)]
+  assert split_file('part-0.jsonl', rewritten, SubjectMatcher([subject])) == (None, [], 2)
+  # In UTF-16 too (matched on its text), and as the text of a string value in any format.
+  assert split_file('part-0.jsonl', data.decode().encode('utf-16'), SubjectMatcher([subject]))[2] == 2
+  assert SubjectMatcher([subject]).text(line)
+
+
+@pytest.mark.parametrize(
+  'line',
+  [
+    '{"n": "Jos\\u00e9e"}',  # Josée: the word goes on
+    '{"n": "\\u0075\\u00310"}',  # u10
+    '{"n": "x\\u002du1"}',  # x-u1: '-' continues a word
+    '{"n": "u1\\u0030"}',  # u10: the escape's backslash is no word's edge
+    '{"n": "\\ud83d\\ude00 b\\u00f6b"}',  # 😀 böb
+  ],
+)
+def test_reading_escapes_finds_no_value_that_is_not_there(line):
+  assert split_file('part-0.jsonl', line.encode(), SubjectMatcher(['José', 'u1', 'bob', '😀b'])) == (None, [], 1)
+
+
+def test_only_json_lines_with_a_backslash_are_decoded(monkeypatch):
+  # The bytes as written decide a line without a backslash (a byte-level pass); only lines with one are decoded,
+  # so the scan of a file without escapes costs what it did, and an escape is never taken for a word's edge.
+  calls = []
+  real = compliance._unescaped
+  monkeypatch.setattr(compliance, '_unescaped', lambda value: calls.append(value) or real(value))
+  lines = [f'{{"user_id": "u{i}", "note": "é {i}"}}'.encode() for i in range(50)]
+  data = b'\n'.join(lines + [b'{"user_id": "u7\\u0030"}', b'{"user_id": "\\u0075\\u0037"}']) + b'\n'
+  _, removed, kept = split_file('part-0.jsonl', data, SubjectMatcher(['u7']))
+  assert [r['user_id'] for r in removed] == ['u7', 'u7'] and kept == 50  # u70 stays
+  assert calls == [b'{"user_id": "u7\\u0030"}\n', b'{"user_id": "\\u0075\\u0037"}\n']
+
+
+def test_a_string_or_bytes_value_matches_as_written_and_with_the_escapes_it_holds_read():
+  # A value in Parquet, Avro or TFRecord is text, not JSON: as written it is its own reading (a Windows path's
+  # '\u1234' folder is the id u1234), and JSON text held in it (a payload) is read as a JSON line is.
+  matcher = SubjectMatcher(['u1234', 'José'])
+  table = pa.table(
+    {
+      'path': ['C:\\users\\u1234\\x', '', '', ''],
+      'payload': [b'', b'{"name": "Jos\\u00e9"}', b'C:\\u1234', b'{"name": "Jos\\u00e9e"}'],
+    }
+  )
+  assert matcher.rows(table).to_pylist() == [True, True, True, False]
+  assert matcher.value({'a': ['{"name": "Jos\\u00e9"}']}) and matcher.value(b'C:\\u1234')
+  assert not matcher.value('{"name": "Jos\\u00e9e"}')
