@@ -15,10 +15,12 @@ when any of its string values, at any depth, is a subject's pseudonym or
 raw value, or holds one as a whole word (free text, a dead letter's record
 text). Text is matched as a JSON reader reads it: a value another writer
 escaped (``Jos\\u00e9``, ``\\/``, upper-case hex, an emoji's surrogate pair)
-matches in a JSON line and in JSON text held in a string. Only the tenant's
-own partitions (``tenant=<id>``) and the dead letters whose tenant is unknown
-(``_unassigned``) are read: other tenants' records carry other tenants'
-pseudonyms.
+matches in a JSON line and in JSON text held in a string. A raw value that is
+an integer's decimal text (``12345``) also matches a number equal to it, in
+every format (a JSON number, an integer or scale-0 decimal column, an Avro
+long, a TFRecord int64). Only the tenant's own partitions (``tenant=<id>``)
+and the dead letters whose tenant is unknown (``_unassigned``) are read:
+other tenants' records carry other tenants' pseudonyms.
 
 A file with a match is rewritten without the matching records, in its own
 format and (Parquet, Avro) schema; a file without is carried into the new
@@ -63,6 +65,7 @@ from __future__ import annotations
 
 import codecs
 import datetime as dt
+import decimal
 import io
 import json
 import os
@@ -126,6 +129,8 @@ __all__ = [
 
 # Characters that continue a word around an identifier or email: a match must not touch them.
 _WORD = 'A-Za-z0-9_@.+-'
+# A raw value that is an integer's decimal text: written as a number (a JSON number, an integer column), it matches.
+_INTEGER = re.compile(r'-?(?:0|[1-9][0-9]*)')
 
 # A JSON escape: a surrogate pair (a character past the BMP: an emoji), a \uXXXX (hex digits in either case), or
 # a one-letter escape (\/ \" \\ \n ...).
@@ -175,7 +180,11 @@ class SubjectMatcher:
   Text is matched as a JSON reader reads it (`_unescaped`): a JSON line on
   its bytes when it holds no backslash (a byte-level pass, nearly every
   line), else on its text once decoded; a string or bytes value as written
-  and with the JSON escapes it holds read.
+  and with the JSON escapes it holds read. A raw value that is an integer's
+  decimal text (``12345``) also matches a number equal to it, in any format:
+  a JSON number, an integer or scale-0 decimal column or Avro field, a
+  TFRecord int64 feature (an id one writer stores as a number, another as
+  text, is one subject's).
   """
 
   def __init__(self, tokens: Iterable[str], keys: Optional[Dict[str, Iterable[str]]] = None):
@@ -185,6 +194,7 @@ class SubjectMatcher:
     if not self.tokens:
       raise ComplianceError('no subjects given')
     self.keys: Dict[str, FrozenSet[str]] = {f: frozenset(map(str, v)) for f, v in (keys or {}).items() if v}
+    self.integers: FrozenSet[int] = frozenset(int(t) for t in self.tokens if _INTEGER.fullmatch(t) and t != '-0')
     # An email address matches in any case, as its pseudonym is derived (`pseudonyms.is_email_address`).
     alternatives = '|'.join(
       f'(?i:{re.escape(t)})' if is_email_address(t) else re.escape(t)
@@ -262,6 +272,12 @@ class SubjectMatcher:
       return self._keyed(value) or any(self.value(v) for v in value.values())
     if isinstance(value, (list, tuple)):
       return any(self.value(v) for v in value)
+    if isinstance(value, bool):
+      return False
+    if isinstance(value, int):
+      return value in self.integers
+    if isinstance(value, decimal.Decimal):  # Avro's decimal (a uint64 written by the lake's sink); scale 0 only
+      return value.is_finite() and value.as_tuple().exponent == 0 and int(value) in self.integers
     return False
 
   def rows(self, table: pa.Table) -> pa.Array:
@@ -320,6 +336,15 @@ class SubjectMatcher:
       return pc.fill_null(pc.take(self._column(values.dictionary), values.indices), False)
     if pa.types.is_string(t) or pa.types.is_large_string(t):
       return self._strings(values)
+    if pa.types.is_integer(t) and self.integers:
+      low, high = (
+        (-(2 ** (t.bit_width - 1)), 2 ** (t.bit_width - 1)) if pa.types.is_signed_integer(t) else (0, 2**t.bit_width)
+      )
+      wanted = sorted(i for i in self.integers if low <= i < high)
+      return pc.fill_null(pc.is_in(values, value_set=pa.array(wanted, t)), False)
+    if pa.types.is_decimal(t) and t.scale == 0 and self.integers:
+      digits = pa.array(sorted(str(i) for i in self.integers), pa.string())
+      return pc.fill_null(pc.is_in(values.cast(pa.string()), value_set=digits), False)
     if pa.types.is_binary(t) or pa.types.is_large_binary(t):
       return pa.array([v is not None and self.binary(v) for v in values.to_pylist()], pa.bool_())
     if pa.types.is_struct(t):
@@ -350,10 +375,13 @@ class SubjectMatcher:
 Split = Tuple[Optional[bytes], List[dict], int]
 
 
-def _may_hold_text(t: pa.DataType) -> bool:
-  """Whether values of type `t` can hold a string or bytes value, at any depth."""
+def _may_hold_text(t: pa.DataType, integers: bool = False) -> bool:
+  """Whether values of type `t` can hold a string or bytes value, at any depth; with `integers`, a whole number too
+  (`SubjectMatcher.integers`)."""
   if pa.types.is_dictionary(t):
-    return _may_hold_text(t.value_type)
+    return _may_hold_text(t.value_type, integers)
+  if integers and (pa.types.is_integer(t) or (pa.types.is_decimal(t) and t.scale == 0)):
+    return True
   return (
     pa.types.is_string(t)
     or pa.types.is_large_string(t)
@@ -389,16 +417,16 @@ def _dictionary_overflowed(meta: pq.FileMetaData) -> FrozenSet[str]:
   return frozenset(overflowed)
 
 
-def _text_columns(data: bytes, also: Iterable[str] = ()) -> Optional[pa.Table]:
-  """A Parquet file's columns that can hold text, and those named in `also`, the flat ones as
-  dictionaries (each distinct value matched once) unless their values are mostly distinct; None when
-  column names repeat."""
+def _text_columns(data: bytes, also: Iterable[str] = (), integers: bool = False) -> Optional[pa.Table]:
+  """A Parquet file's columns that can hold text (with `integers`, whole numbers too), and those named in `also`,
+  the flat ones as dictionaries (each distinct value matched once) unless their values are mostly distinct; None
+  when column names repeat."""
   meta = pq.read_metadata(pa.BufferReader(data))
   schema = meta.schema.to_arrow_schema()
   if len(set(schema.names)) != len(schema.names):
     return None  # columns are chosen by name
   also = set(also)
-  names = [f.name for f in schema if _may_hold_text(f.type) or f.name in also]
+  names = [f.name for f in schema if _may_hold_text(f.type, integers) or f.name in also]
   plain = _dictionary_overflowed(meta)
   flat = [f.name for f in schema if f.name in names and not pa.types.is_nested(f.type) and f.name not in plain]
   return pq.ParquetFile(pa.BufferReader(data), read_dictionary=flat, metadata=meta).read(columns=names)
@@ -409,7 +437,7 @@ def _split_parquet(data: bytes, matcher: SubjectMatcher) -> Split:
   # the whole file only where it removes records: most files hold none of the subjects.
   # The bytes are read through an Arrow buffer, not a Python file object (no GIL per read).
   # Fields a matcher compares whole, whatever their type (record keys), are read too.
-  probe = _text_columns(data, getattr(matcher, 'keys', ())) if isinstance(matcher, SubjectMatcher) else None
+  probe = _text_columns(data, matcher.keys, bool(matcher.integers)) if isinstance(matcher, SubjectMatcher) else None
   table = pq.read_table(pa.BufferReader(data)) if probe is None else None
   hit = matcher.rows(probe if probe is not None else table)
   if not pc.any(hit).as_py():

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import decimal
 import json
 import os
 import sys
@@ -143,8 +144,17 @@ def table_names(target: tables.TableTarget) -> List[str]:
   return sorted({p.replace('\\', '/').rsplit('/_delta_log/', 1)[0].rsplit('/', 1)[-1] for p in matched_paths(pattern)})
 
 
-def _string_columns(schema: pa.Schema) -> List[str]:
-  return [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+def _named_columns(schema: pa.Schema) -> List[str]:
+  """The top-level columns a delete names cells of: text, and whole numbers (a subject's raw value that is an
+  integer matches a number equal to it: `pipelines.compliance.SubjectMatcher`)."""
+  return [
+    f.name
+    for f in schema
+    if pa.types.is_string(f.type)
+    or pa.types.is_large_string(f.type)
+    or pa.types.is_integer(f.type)
+    or (pa.types.is_decimal(f.type) and f.type.scale == 0)
+  ]
 
 
 def erase_matching(target: tables.TableTarget, table: str, tenants: Sequence[str], matcher) -> dict:
@@ -154,10 +164,10 @@ def erase_matching(target: tables.TableTarget, table: str, tenants: Sequence[str
   `matcher`: a `pipelines.compliance.SubjectMatcher` (``rows(arrow table) -> boolean array``, ``line(bytes)``).
   The rows are
   found by a scan of the tenants' partitions; the delete is one predicate, ``tenant IN (...) AND
-  (c1 IN (cells of c1 that match) OR c2 IN (...))`` over the top-level string columns, so it removes
-  exactly the selected rows (a row whose cell equals a selected cell is selected too), in one snapshot
-  (Iceberg, copy-on-write) or one commit (Delta). A row selected only inside a nested column cannot be
-  named that way: TableError, nothing deleted. The replaced files are deleted at once: time travel to a
+  (c1 IN (cells of c1 that match) OR c2 IN (...))`` over the top-level string and whole-number columns
+  (`_named_columns`), so it removes exactly the selected rows (a row whose cell equals a selected cell is
+  selected too), in one snapshot (Iceberg, copy-on-write) or one commit (Delta). A row selected only
+  inside a nested column cannot be named that way: TableError, nothing deleted. The replaced files are deleted at once: time travel to a
   snapshot before the erasure can no longer read them. Returns deleted rows, the files removed and a
   re-scan's matches (0).
 
@@ -180,9 +190,9 @@ def erase_matching(target: tables.TableTarget, table: str, tenants: Sequence[str
   if not matched.num_rows:
     result['metadata_matches'] = _purge_metadata(target, committer, handle, table, matcher, tenants)
     return result
-  cells: Dict[str, List[str]] = {}
+  cells: Dict[str, list] = {}
   covered = pa.array([False] * matched.num_rows, pa.bool_())
-  for name in _string_columns(matched.schema):
+  for name in _named_columns(matched.schema):
     if name == tables.TENANT_COLUMN:
       continue
     column = matched.select([name])
@@ -206,7 +216,9 @@ def erase_matching(target: tables.TableTarget, table: str, tenants: Sequence[str
     conditions = [And(In(tables.TENANT_COLUMN, tenants), In(name, values)) for name, values in cells.items()]
     _delete_rows(target, handle, conditions, f'erase/{"+".join(tenants)}/{uuid.uuid4().hex}')
   else:
-    named = ' OR '.join(f'{_sql_name(name)} IN ({", ".join(map(_sql_text, values))})' for name, values in cells.items())
+    named = ' OR '.join(
+      f'{_sql_name(name)} IN ({", ".join(map(_sql_literal, values))})' for name, values in cells.items()
+    )
     predicate = f'{tables.TENANT_COLUMN} IN ({", ".join(map(_sql_text, tenants))}) AND ({named})'
     _delete_rows(target, handle, [predicate], f'erase/{"+".join(tenants)}/{uuid.uuid4().hex}')
   handle = committer.load(table)
@@ -393,6 +405,13 @@ def expire_rows(
 def _sql_text(value: str) -> str:
   """A SQL string literal (Delta predicates)."""
   return "'" + value.replace("'", "''") + "'"
+
+
+def _sql_literal(value) -> str:
+  """A SQL literal of a cell a delete names (Delta predicates): text quoted, a whole number as its digits."""
+  if isinstance(value, (int, decimal.Decimal)) and not isinstance(value, bool):
+    return str(int(value))
+  return _sql_text(value)
 
 
 def _sql_name(name: str) -> str:

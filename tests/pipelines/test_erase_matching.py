@@ -1,6 +1,7 @@
 """The erasure's matching of Parquet files (pipelines.compliance): text columns only, dictionaries, whole-file decode
 only where records go; and what an erasure or retention keeps of Avro's nanosecond times."""
 
+import decimal
 import hashlib
 import io
 import os
@@ -553,3 +554,90 @@ def test_a_string_or_bytes_value_matches_as_written_and_with_the_escapes_it_hold
   assert matcher.rows(table).to_pylist() == [True, True, True, False]
   assert matcher.value({'a': ['{"name": "Jos\\u00e9"}']}) and matcher.value(b'C:\\u1234')
   assert not matcher.value('{"name": "Jos\\u00e9e"}')
+
+
+def test_a_subject_s_integer_id_matches_the_number_in_every_format():
+  # One writer stores an id as a number, another as text: the subject "12345" is the JSON number 12345 as much as
+  # the string "12345". JSON Lines (matched on their text) erased the number, while Parquet, Avro and TFRecord
+  # (matched on string values only) kept it: the same records erased or kept by the lake's output format.
+  # A number equal to the id's decimal text matches; other numbers, a fraction, text around it do not.
+  import decimal
+  import json
+
+  from io_connectors.sinks.lake import _tfrecord_bytes
+  from io_connectors.sinks._avro import avro_file_bytes
+
+  table = pa.table(
+    {
+      'user_id': pa.array([12345, 123456, None, -12345, 1, 2, 3, 4], pa.int64()),
+      'plays': pa.array([1, 2, 12345, 4, 5, 6, 7, 8], pa.int32()),  # a number anywhere is the subject's
+      'score': [0.5, 12345.0, 12345.5, 1.0, 2.0, 3.0, 4.0, 5.0],  # floats are no ids
+      'note': ['', 'x12345', '', '', 'id 12345', '', '', ''],
+      'laps': pa.array([[], [1], [], [], [], [12345], [], []], pa.list_(pa.int16())),
+      'account': pa.array([decimal.Decimal(v) for v in (1, 2, 3, 4, 5, 6, 12345, 8)], pa.decimal128(20, 0)),
+      'tiny': pa.array([0, 0, 0, 0, 0, 0, 0, 57], pa.int8()),  # cannot hold 12345
+    }
+  )
+  matched = [0, 2, 4, 5, 6]
+  matcher = SubjectMatcher(['12345'])
+  assert matcher.rows(table).to_pylist() == [i in matched for i in range(8)]
+  for path, data in [
+    ('part-0.parquet', parquet_bytes(table)),
+    ('part-0.avro', avro_file_bytes(table)),
+    ('part-0.tfrecord', _tfrecord_bytes(table.drop_columns(['account']))),
+  ]:
+    if path.endswith('tfrecord'):
+      expected = [i for i in matched if i != 6]  # no decimal column in a TFRecord
+    else:
+      expected = matched
+    _, removed, kept = split_file(path, data, matcher)
+    assert kept == 8 - len(expected), path
+    assert sorted(r['plays'] for r in removed) == sorted(table.column('plays')[i].as_py() for i in expected), path
+  # JSON Lines: the number and the string alike, and no other number.
+  lines = [
+    {'user_id': 12345},
+    {'user_id': '12345'},
+    {'user_id': [12345]},
+    {'user_id': 123456},
+    {'user_id': 12345.5},
+    {'user_id': -12345},
+    {'user_id': '\u00e912345'},  # é12345, escaped: é is no word character
+  ]
+  data = b''.join(json.dumps(line).encode() + b'\n' for line in lines)
+  _, removed, kept = split_file('part-0.jsonl', data, SubjectMatcher(['12345']))
+  assert removed == [lines[0], lines[1], lines[2], lines[6]] and kept == 3
+
+
+@pytest.mark.parametrize('fmt', ['delta', 'iceberg'])
+def test_a_lake_table_row_holding_a_subject_s_integer_id_is_deleted(fmt, tmp_path):
+  # The tables' row-level delete names the cells that matched, of its top-level string columns only: a row
+  # matched by a number (the subject's integer id) could not be named, and the erasure failed.
+  import uuid
+
+  from io_connectors.sinks import tables
+  from pipelines import lake_tables
+
+  target = tables.TableTarget(fmt, str(tmp_path / 'lake'), namespace=f'n{uuid.uuid4().hex[:8]}')
+  committer = tables.open_tables(target)
+  rows = pa.table(
+    {
+      'event_id': ['e1', 'e2', 'e3', 'e4'],
+      'tenant_id': ['acme', 'acme', 'acme', 'beat'],
+      'user_id': pa.array([12345, 7, 12345, 12345], pa.int64()),
+      'account': pa.array(
+        [decimal.Decimal(1), decimal.Decimal(12345), decimal.Decimal(3), decimal.Decimal(4)], pa.decimal128(20, 0)
+      ),
+    }
+  )
+  location = committer.location('events')
+  files = [
+    tables.write_data_file(target, location, 'events', part, partition)
+    for partition, part in tables._partition_groups(rows, None)
+  ]
+  committer.commit('events', files, rows.schema, 'create')
+  result = lake_tables.erase_matching(target, 'events', ['acme'], SubjectMatcher(['12345']))
+  assert result['deleted_rows'] == 3 and result['rescan_matches'] == 0, result
+  assert result['metadata_matches'] == 0, result
+  handle = committer.load('events')
+  left = handle.scan().to_arrow() if fmt == 'iceberg' else handle.to_pyarrow_table()
+  assert sorted(left.column('event_id').to_pylist()) == ['e4']  # another tenant's 12345 is another person
