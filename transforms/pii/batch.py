@@ -9,7 +9,7 @@ import io
 import json
 import re
 import typing
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -31,7 +31,7 @@ from transforms.entities import (
 )
 from transforms.json_values import ObjectPairs, dumps_pairs, loads, loads_pairs, repeated_inside
 from transforms.pii.keys import MasterKey
-from transforms.pii.pseudonyms import pseudonym, pseudonymise
+from transforms.pii.pseudonyms import pseudonymise, pseudonymiser
 from transforms.pii.recognizers import (
   is_identifier_number,
   is_placeholder,
@@ -551,34 +551,143 @@ def _parse_csv_line(text: str, header: Sequence[str], delimiter: str):
 # A field of digits only: between delimiters, quotes, brackets or spaces.
 _BARE_NUMBER = regex.compile(r'(?<![\w.+\-/:@])[0-9]{10,15}(?![\w.\-/:@])')
 _BASE64 = re.compile(r'[A-Za-z0-9+/]*={0,2}')
+# Object keys whose plan `_LetterRules` remembers, at most (then it starts again).
+_KEYS_REMEMBERED = 4096
 
 
-class _RecordRedactor:
-  """Walks a JSON-like value: identifiers replaced at once, strings scanned together."""
+class _LetterRules:
+  """What a model's dead letters are walked with: its identifiers and strict formats, and the verdict on each key.
 
-  def __init__(self, identifiers, tenant_key: Optional[bytes], formats: Optional[Mapping[str, Any]] = None):
+  Made once per model (`_letter_rules`), not per letter: the same keys recur
+  in every letter (a record's fields), and a verdict on a key is a lookup.
+  """
+
+  def __init__(self, identifiers, formats: Optional[Mapping[str, Any]] = None):
     self.identifiers = frozenset(identifiers)
     # A raw CSV line's header or a nested object may spell an identifier another way (`UserID`, `userId`).
     self.identifier_spellings = {comparable_name(f): f for f in identifiers}
-    self.tenant_key = tenant_key
     # Top-level fields whose value, when valid for the field, cannot be free
     # text (a timestamp, a number, a country code, a base62 id): not scanned.
     self.formats = formats or {}
-    self.counts = collections.Counter()
-    self.texts: List[str] = []
-    self.slots: List[Tuple[Any, Any, Any]] = []  # (container, key, name: the object key it is under) of each text
-    self.replaced_identifiers: Dict[str, str] = {}
-    self.objects: List[dict] = []  # the walked dicts: their keys are scanned too
+    self._plans: Dict[Any, _KeyPlan] = {}
+
+  def plan(self, key: Any) -> '_KeyPlan':
+    """What the walk asks of an object's `key` (any hashable key: JSON keys are strings, a Python record's need
+    not be)."""
+    plan = self._plans.get(key)
+    if plan is None:
+      named = isinstance(key, str)
+      plan = _KeyPlan(
+        key in self.identifiers or (named and comparable_name(key) in self.identifier_spellings),
+        self.formats.get(key),
+        named and is_secret_name(key),
+        named and names_an_identifier(key),
+        key if named else None,
+      )
+      if len(self._plans) >= _KEYS_REMEMBERED:  # keys named by values (addresses, ids) do not recur
+        self._plans.clear()
+      self._plans[key] = plan
+    return plan
 
   def is_identifier(self, key: Any) -> bool:
-    return key in self.identifiers or (isinstance(key, str) and comparable_name(key) in self.identifier_spellings)
+    return self.plan(key).identifier
+
+
+class _KeyPlan(typing.NamedTuple):
+  identifier: bool  # its values are pseudonymised (`identifier_fields`, however the key is spelled)
+  check: Any  # at the top level, the strict format whose valid values are kept unscanned (`strict_formats`), or None
+  secret: bool  # its text values are secrets (`is_secret_name`)
+  numbered: bool  # a whole number under it is an id, an epoch or a measure (`names_an_identifier`)
+  hint: Optional[str]  # what the scanner is told a text under it is (the key, when a string)
+
+
+@functools.lru_cache(maxsize=None)
+def _letter_rules(model) -> _LetterRules:
+  return _LetterRules(identifier_fields(model), strict_formats(model))
+
+
+class _Scratch:
+  """What walks remember for the scan, in lists shared by the letters of a group (`redact_dead_letters`).
+
+  Each text to scan with its hint (the field name it is under, None for a
+  list item) and its place ((container, key) pairs, flat), and each walked
+  object (its keys are scanned too). A letter's are a range of these: no
+  lists per letter, which the garbage collector would walk while the group
+  waits for its scan.
+  """
+
+  __slots__ = ('texts', 'hints', 'places', 'objects')
+
+  def __init__(self):
+    self.texts: List[str] = []
+    self.hints: List[Optional[str]] = []
+    self.places: List[Any] = []
+    self.objects: List[Any] = []
+
+
+# How `_RecordRedactor.finish` gives the walked record.
+_AS_NONE, _AS_VALUE, _AS_JSON, _AS_PAIRS, _AS_TEXT, _AS_HELD = range(6)
+
+
+class _RecordRedactor:
+  """Walks a JSON-like value: identifiers replaced at once, strings scanned together.
+
+  Also what the walk of one dead letter leaves until its scan (`_walk_letter`):
+  the letter, its walked record, and its detail and source texts.
+  """
+
+  __slots__ = (
+    'rules',
+    'pseudonymise',
+    'entities',
+    'counts',
+    'replaced_identifiers',
+    'scratch',
+    'texts_from',
+    'texts_to',
+    'objects_from',
+    'objects_to',
+    'result',
+    'finish_as',
+    'letter',
+    'detail',
+    'source',
+  )
+
+  def __init__(
+    self,
+    rules: _LetterRules,
+    pseudonymise: Optional[Callable[[str], str]],
+    entities: Sequence[str] = (),
+    scratch: Optional[_Scratch] = None,
+  ):
+    """pseudonymise: the pseudonym of an identifier's text under the tenant's key (`pseudonymiser`); None when
+    the tenant (or the key) is unknown."""
+    self.rules = rules
+    self.pseudonymise = pseudonymise
+    self.entities = entities
+    self.counts = collections.Counter()
+    self.replaced_identifiers: Dict[str, str] = {}
+    self.scratch = scratch = _Scratch() if scratch is None else scratch
+    self.texts_from = self.texts_to = len(scratch.texts)
+    self.objects_from = self.objects_to = len(scratch.objects)
+    self.result: Any = None
+    self.finish_as = _AS_NONE
+    self.letter: Optional[dict] = None
+    self.detail: Optional[str] = None
+    self.source: Optional[str] = None
+
+  def close(self) -> None:
+    """Ends the walk: what was remembered since the walker was made is its own."""
+    self.texts_to = len(self.scratch.texts)
+    self.objects_to = len(self.scratch.objects)
 
   def identifier(self, field: str, value: Any) -> Any:
     if value is None:
       return None
     text = value if isinstance(value, str) else str(value) if isinstance(value, (int, float)) else None
-    if text is not None and self.tenant_key is not None:
-      out = pseudonym(text, self.tenant_key)
+    if text is not None and self.pseudonymise is not None:
+      out = self.pseudonymise(text)
       self.counts[f'PSEUDONYMISED:{field}'] += 1
     else:
       out = REDACTED
@@ -594,14 +703,10 @@ class _RecordRedactor:
       pairs = ObjectPairs([k, v] for k, v in value)
       for pair in pairs:
         self.walk_item(pair, 1, pair[0], pair[1], top)
-      self.objects.append(pairs)
+      self.scratch.objects.append(pairs)
       return pairs
     if isinstance(value, dict):
-      out: dict = {}
-      for k, v in value.items():
-        self.walk_item(out, k, k, v, top)
-      self.objects.append(out)
-      return out
+      return self.walk_dict(value, top)
     if isinstance(value, (list, tuple)):
       out_list = [self.walk(v) for v in value]
       for i, v in enumerate(value):
@@ -609,17 +714,55 @@ class _RecordRedactor:
       return out_list
     return value
 
+  def walk_dict(self, value: dict, top: bool) -> dict:
+    """`walk` of a dict: `walk_item` of each item, with what it asks of each key looked up once (`_LetterRules.plan`)."""
+    out: dict = {}
+    rules = self.rules
+    plans = rules._plans
+    scratch = self.scratch
+    for k, v in value.items():
+      plan = plans.get(k) or rules.plan(k)
+      if plan.identifier and not isinstance(v, (dict, list, tuple)):
+        out[k] = self.identifier(k, v)
+      elif top and plan.check is not None and _conforms(plan.check, v):
+        out[k] = v
+      elif isinstance(v, str):
+        if plan.secret and not is_placeholder(v):
+          out[k] = '<SECRET_ASSIGNMENT>'
+          self.counts['SECRET_ASSIGNMENT'] += 1
+          continue
+        out[k] = v
+        if v.startswith(BINARY_TEXT_PREFIX) and _BASE64.fullmatch(v, len(BINARY_TEXT_PREFIX)):
+          out[k] = None
+          self.counts[f'DROPPED_BINARY:{k}'] += 1
+        elif not (plan.numbered and is_identifier_number(v, k)):
+          scratch.texts.append(v)
+          scratch.hints.append(plan.hint)
+          scratch.places.append(out)
+          scratch.places.append(k)
+      else:
+        # Only containers are walked: anything else is itself.
+        out[k] = self.walk(v) if isinstance(v, (dict, list, tuple)) else v
+        self.remember(out, k, v, k)
+    scratch.objects.append(out)
+    return out
+
   def walk_item(self, container, slot, key: Any, value: Any, top: bool) -> None:
     """Sets `container[slot]` to the redacted `value` of an object's `key` (texts remembered for the scan)."""
-    if self.is_identifier(key) and not isinstance(value, (dict, list, tuple)):
+    rules = self.rules
+    if rules.is_identifier(key) and not isinstance(value, (dict, list, tuple)):
       container[slot] = self.identifier(key, value)
-    elif top and key in self.formats and _conforms(self.formats[key], value):
+    elif top and key in rules.formats and _conforms(rules.formats[key], value):
       container[slot] = value
-    elif isinstance(key, str) and isinstance(value, str) and is_secret_name(key) and not is_placeholder(value):
-      container[slot] = '<SECRET_ASSIGNMENT>'
-      self.counts['SECRET_ASSIGNMENT'] += 1
+    elif isinstance(value, str):
+      if isinstance(key, str) and is_secret_name(key) and not is_placeholder(value):
+        container[slot] = '<SECRET_ASSIGNMENT>'
+        self.counts['SECRET_ASSIGNMENT'] += 1
+      else:
+        container[slot] = value
+        self.remember_text(container, slot, value, slot if key is None else key)
     else:
-      # Only containers are walked: anything else is itself (most values are strings).
+      # Only containers are walked: anything else is itself.
       container[slot] = self.walk(value) if isinstance(value, (dict, list, tuple)) else value
       self.remember(container, slot, value, key)
 
@@ -630,19 +773,10 @@ class _RecordRedactor:
     index otherwise.
     """
     name = key if name is None else name
-    if (
-      isinstance(original, str)
-      and original.startswith(BINARY_TEXT_PREFIX)
-      and _BASE64.fullmatch(original, len(BINARY_TEXT_PREFIX))
-    ):
-      # Bytes a stage before made JSON-ready (`json_safe`): dropped as bytes are, base64 hides PII from a scan.
-      container[key] = None
-      self.counts[f'DROPPED_BINARY:{name}'] += 1
+    if isinstance(original, str):
+      self.remember_text(container, key, original, name)
     elif is_identifier_number(original, name):
       pass  # an order number or an epoch, as in a record batch's column of that name
-    elif isinstance(original, str):
-      self.slots.append((container, key, name))
-      self.texts.append(original)
     elif isinstance(original, float) and original.is_integer() and abs(original) < 10**15:
       self.remember(container, key, int(original), name)
     elif isinstance(original, int) and not isinstance(original, bool):
@@ -650,12 +784,28 @@ class _RecordRedactor:
         container[key] = '<PHONE_NUMBER>'
         self.counts['PHONE_NUMBER'] += 1
       elif abs(original) >= SCANNED_INT:  # a card number written without quotes
-        self.slots.append((container, key, name))
-        self.texts.append(str(original))
+        self.remember_text(container, key, str(original), name, checked=True)
     elif isinstance(original, (bytes, bytearray, memoryview)):
       # As in record batches: no text scan sees PII inside bytes.
       container[key] = None
       self.counts[f'DROPPED_BINARY:{name}'] += 1
+
+  def remember_text(self, container, key, text: str, name: Any, checked: bool = False) -> None:
+    """`remember` of a text (`checked`: the decimal text of an integer `remember` has judged already)."""
+    if checked:
+      pass
+    elif text.startswith(BINARY_TEXT_PREFIX) and _BASE64.fullmatch(text, len(BINARY_TEXT_PREFIX)):
+      # Bytes a stage before made JSON-ready (`json_safe`): dropped as bytes are, base64 hides PII from a scan.
+      container[key] = None
+      self.counts[f'DROPPED_BINARY:{name}'] += 1
+      return
+    elif isinstance(name, str) and names_an_identifier(name) and is_identifier_number(text, name):
+      return  # an order number or an epoch, as in a record batch's column of that name
+    scratch = self.scratch
+    scratch.texts.append(text)
+    scratch.hints.append(name if isinstance(name, str) else None)
+    scratch.places.append(container)
+    scratch.places.append(key)
 
   def json_identifiers_replaced(self, text: str) -> str:
     """Broken JSON text (a truncated or badly encoded line) with the values of its identifier keys replaced.
@@ -668,7 +818,7 @@ class _RecordRedactor:
 
     def replace(match):
       key = _json_text(match.group('key'))
-      if not self.is_identifier(key):
+      if not self.rules.is_identifier(key):
         return match.group(0)
       value = match.group('text')
       value = _json_text(value) if value is not None else match.group('number')
@@ -692,24 +842,33 @@ class _RecordRedactor:
 
     return _BARE_NUMBER.sub(replace, text)
 
-  def hints(self) -> List[Optional[str]]:
-    """The field name of each remembered text (None for list items): the scanner's context."""
-    return [name if isinstance(name, str) else None for _, _, name in self.slots]
+  def scan(self, scanner: TextScanner, names_found: Optional[Dict[tuple, tuple]] = None):
+    """Replaces the remembered texts' findings, and renames the walked objects' keys that hold PII.
 
-  def names(self) -> List[str]:
-    """The keys of the walked objects (scanned as names: `TextScanner.redact_names`)."""
-    return [k for obj in self.objects for k in _keys_of(obj) if isinstance(k, str)]
-
-  def scan(self, scanner: TextScanner):
-    if self.texts:
-      redacted, found = scanner.redact_texts(self.texts, self.hints())
-      self.counts.update(found)
-      for (container, key, _), before, after in zip(self.slots, self.texts, redacted):
-        if after != before:
-          container[key] = after
-    for obj in self.objects:
+    names_found: {the keys of an object: (their new names, the findings in them)} of the letters scanned
+    before (`redact_dead_letters`): the objects of a group's records are keyed alike.
+    """
+    counts = self.counts
+    texts, hints, places = self.scratch.texts, self.scratch.hints, self.scratch.places
+    for i in range(self.texts_from, self.texts_to):
+      before = texts[i]
+      after = scanner.redact_into(before, hints[i], counts)
+      if after != before:
+        places[2 * i][places[2 * i + 1]] = after
+    objects = self.scratch.objects
+    for i in range(self.objects_from, self.objects_to):
+      obj = objects[i]
       keys = [k for k in _keys_of(obj) if isinstance(k, str)]
-      new_keys = scanner.redact_names(keys, self.counts)
+      if names_found is None:
+        new_keys = scanner.redact_names(keys, counts)
+      else:
+        known = names_found.get(tuple(keys))
+        if known is None:
+          found = collections.Counter()
+          known = names_found[tuple(keys)] = (scanner.redact_names(keys, found), tuple(found.items()))
+        new_keys = known[0]
+        for entity, n in known[1]:
+          counts[entity] += n
       if new_keys != keys:
         renamed = dict(zip(keys, new_keys))
         if isinstance(obj, ObjectPairs):  # a key written twice is renamed alike each time
@@ -719,6 +878,22 @@ class _RecordRedactor:
         items = [(renamed.get(k, k) if isinstance(k, str) else k, v) for k, v in obj.items()]
         obj.clear()
         obj.update(items)
+
+  def finish(self) -> Any:
+    """The redacted record, once the walker has scanned."""
+    how = self.finish_as
+    if how == _AS_VALUE:
+      return self.result
+    if how == _AS_NONE:
+      return None
+    if how == _AS_JSON:
+      return json.dumps(self.result, ensure_ascii=False, default=str)
+    if how == _AS_PAIRS:
+      return dumps_pairs(self.result)
+    holder = self.result
+    if how == _AS_TEXT and 'PHONE_NUMBER' in self.entities and isinstance(holder[0], str):
+      holder[0] = self.bare_phone_numbers(holder[0])
+    return holder[0]
 
 
 def _keys_of(obj) -> List[Any]:
@@ -762,18 +937,17 @@ def _check_pattern(compiled, value):
     raise ValueError('does not match')
 
 
-def _walk_record(record, identifiers, formats, master_key, entities, tenant, header, delimiter):
-  """(walker, finish) of a dead letter's record, walked but not yet scanned.
+def _walk_record(walker: _RecordRedactor, record, header, delimiter) -> None:
+  """Walks a dead letter's record (`walker.finish()` gives it redacted, once the walker has scanned).
 
-  The walker has replaced the identifiers and remembered the texts to scan
-  (`walker.texts`, `walker.hints()`); after `walker.scan`, `finish()` gives
-  the redacted record. Split so that many letters' texts can be prescanned
-  together between the two (`redact_dead_letters`).
+  The walker replaces the identifiers and remembers the texts to scan; split
+  from the scan so that many letters' texts can be prescanned together
+  between the two (`redact_dead_letters`).
   """
-  tenant_key = master_key.tenant_key(tenant) if (tenant and master_key is not None) else None
-  walker = _RecordRedactor(identifiers, tenant_key, formats)
   if record is None:
-    return walker, lambda: None
+    walker.finish_as = _AS_NONE
+    walker.close()
+    return
   if isinstance(record, (bytes, bytearray)):  # a raw message payload: its text is what a reader would see
     record = bytes(record).decode('utf-8', 'replace')
   if isinstance(record, str) and record.lstrip()[:1] in ('{', '['):
@@ -790,10 +964,11 @@ def _walk_record(record, identifiers, formats, master_key, entities, tenant, hea
       document = None
     if isinstance(document, (dict, list)):
       if repeated_inside(document) is None:
-        walked = walker.walk(document, top=True)
-        return walker, lambda: json.dumps(walked, ensure_ascii=False, default=str)
-      pairs = walker.walk(loads_pairs(record), top=True)
-      return walker, lambda: dumps_pairs(pairs)
+        walker.result, walker.finish_as = walker.walk(document, top=True), _AS_JSON
+      else:
+        walker.result, walker.finish_as = walker.walk(loads_pairs(record), top=True), _AS_PAIRS
+      walker.close()
+      return
   if isinstance(record, str):
     looks_json = record.lstrip().startswith(('{', '['))
     parsed = _parse_csv_line(record, header, delimiter) if header and not looks_json else None
@@ -802,28 +977,29 @@ def _walk_record(record, identifiers, formats, master_key, entities, tenant, hea
         record = walker.json_identifiers_replaced(record)
       holder = [record]
       walker.remember(holder, 0, record)
-
-      def finish_text():
-        if 'PHONE_NUMBER' in entities and isinstance(holder[0], str):
-          holder[0] = walker.bare_phone_numbers(holder[0])
-        return holder[0]
-
-      return walker, finish_text
+      walker.result, walker.finish_as = holder, _AS_TEXT
+      walker.close()
+      return
     record = parsed
   out = walker.walk(record, top=True)
   if not isinstance(out, (dict, list)):  # a bare scalar record
     holder = [out]
     walker.remember(holder, 0, record)
-    return walker, lambda: holder[0]
-  return walker, lambda: out
+    walker.result, walker.finish_as = holder, _AS_HELD
+  else:
+    walker.result, walker.finish_as = out, _AS_VALUE
+  walker.close()
+
+
+def _pseudonymiser(master_key: Optional[MasterKey], tenant: Any) -> Optional[Callable[[str], str]]:
+  return pseudonymiser(master_key.tenant_key(tenant)) if (tenant and master_key is not None) else None
 
 
 def _redact_record(record, model, master_key, scanner, tenant, header, delimiter):
-  walker, finish = _walk_record(
-    record, identifier_fields(model), strict_formats(model), master_key, scanner.entities, tenant, header, delimiter
-  )
+  walker = _RecordRedactor(_letter_rules(model), _pseudonymiser(master_key, tenant), scanner.entities)
+  _walk_record(walker, record, header, delimiter)
   walker.scan(scanner)
-  return finish(), walker
+  return walker.finish(), walker
 
 
 def redact_record(
@@ -863,60 +1039,60 @@ def redact_dead_letter(
   values of the record are replaced there by their pseudonym, and it is
   scanned like any text; `source` is scanned for credentials in URLs.
   """
-  model = _as_model(model)
   walked = _walk_letter(
-    letter,
-    frozenset(identifier_fields(model)),
-    strict_formats(model),
-    master_key,
-    scanner.setup().entities,
-    header,
-    delimiter,
+    letter, _letter_rules(_as_model(model)), master_key, scanner.setup().entities, header, delimiter, _Scratch()
   )
   return _finish_letter(walked, scanner)
 
 
-class _WalkedLetter(typing.NamedTuple):
-  letter: dict
-  walker: '_RecordRedactor'
-  finish: Any  # () -> the redacted record, once the walker has scanned
-  texts: Dict[str, str]  # 'detail' / 'source': the text to scan (identifiers in detail already replaced)
+def _walk_letter(
+  letter: dict,
+  rules: _LetterRules,
+  master_key,
+  entities,
+  header,
+  delimiter,
+  scratch: _Scratch,
+  pseudonymisers: Optional[Dict[Optional[str], Any]] = None,
+) -> _RecordRedactor:
+  """A letter walked (its record's identifiers replaced, its texts remembered in `scratch`), not yet scanned.
 
-
-def _walk_letter(letter: dict, identifiers, formats, master_key, entities, header, delimiter) -> _WalkedLetter:
+  pseudonymisers: {tenant: its `pseudonymiser`} of the letters walked before (of one group).
+  """
   tenant = letter.get('tenant')
-  walker, finish = _walk_record(
-    letter.get('record'),
-    identifiers,
-    formats,
-    master_key,
-    entities,
-    tenant if isinstance(tenant, str) else None,
-    header,
-    delimiter,
-  )
-  texts = {}
-  for key in ('detail', 'source'):
-    text = letter.get(key)
-    if not isinstance(text, str) or not text:
-      continue
-    if key == 'detail':
-      # Longest first, so that an identifier containing another is replaced whole.
-      for original in sorted(walker.replaced_identifiers, key=len, reverse=True):
-        text = text.replace(original, walker.replaced_identifiers[original])
-    texts[key] = text
-  return _WalkedLetter(letter, walker, finish, texts)
+  tenant = tenant if isinstance(tenant, str) else None
+  if pseudonymisers is None:
+    pseudonymise = _pseudonymiser(master_key, tenant)
+  elif tenant in pseudonymisers:
+    pseudonymise = pseudonymisers[tenant]
+  else:
+    pseudonymise = pseudonymisers[tenant] = _pseudonymiser(master_key, tenant)
+  walker = _RecordRedactor(rules, pseudonymise, entities, scratch)
+  walker.letter = letter
+  _walk_record(walker, letter.get('record'), header, delimiter)
+  detail = letter.get('detail')
+  if isinstance(detail, str) and detail:
+    # Longest first, so that an identifier containing another is replaced whole.
+    for original in sorted(walker.replaced_identifiers, key=len, reverse=True):
+      detail = detail.replace(original, walker.replaced_identifiers[original])
+    walker.detail = detail
+  source = letter.get('source')
+  if isinstance(source, str) and source:
+    walker.source = source
+  return walker
 
 
-def _finish_letter(walked: _WalkedLetter, scanner: TextScanner) -> Tuple[dict, collections.Counter]:
-  walked.walker.scan(scanner)
+def _finish_letter(
+  walked: _RecordRedactor, scanner: TextScanner, names_found: Optional[Dict[tuple, tuple]] = None
+) -> Tuple[dict, collections.Counter]:
+  walked.scan(scanner, names_found)
   out = dict(walked.letter)
   out['record'] = walked.finish()
-  counts = walked.walker.counts
-  for key, text in walked.texts.items():
-    text, found = scanner.redact_text(text)
-    counts.update(found)
-    out[key] = text
+  counts = walked.counts
+  if walked.detail is not None:
+    out['detail'] = scanner.redact_into(walked.detail, None, counts)
+  if walked.source is not None:
+    out['source'] = scanner.redact_into(walked.source, None, counts)
   return out, counts
 
 
@@ -934,23 +1110,39 @@ def redact_dead_letters(
   one Python regex pass per value. headers: per letter, (column names,
   delimiter) of its raw CSV line, or None.
   """
-  model = _as_model(model)
-  identifiers = frozenset(identifier_fields(model))
-  formats = strict_formats(model)
+  rules = _letter_rules(_as_model(model))
   entities = scanner.setup().entities
   headers = headers if headers is not None else [None] * len(letters)
+  scratch = _Scratch()
+  pseudonymisers: Dict[Optional[str], Any] = {}
   walked = [
-    _walk_letter(letter, identifiers, formats, master_key, entities, *(header or (None, ',')))
+    _walk_letter(letter, rules, master_key, entities, *(header or (None, ',')), scratch, pseudonymisers)
     for letter, header in zip(letters, headers)
   ]
-  # The very (text, hint) pairs the walkers and the detail/source scans will ask for.
-  texts = []
+  # The very (text, hint) pairs the walkers and the detail/source scans will ask for, grouped by hint.
+  texts_by_hint: Dict[Optional[str], set] = {}
+  for text, hint in zip(scratch.texts, scratch.hints):
+    of_hint = texts_by_hint.get(hint)
+    if of_hint is None:
+      of_hint = texts_by_hint[hint] = set()
+    of_hint.add(text)
+  plain = texts_by_hint.setdefault(None, set())
+  keyed_alike = set()
+  for obj in scratch.objects:
+    keys = tuple(_keys_of(obj))
+    if keys not in keyed_alike:
+      keyed_alike.add(keys)
+      plain.update(k for k in keys if isinstance(k, str))
   for w in walked:
-    texts.extend(zip(w.walker.texts, w.walker.hints()))
-    texts.extend((name, None) for name in w.walker.names())
-    texts.extend((text, None) for text in w.texts.values())
-  scanner.prescan(texts)
+    if w.detail is not None:
+      plain.add(w.detail)
+    if w.source is not None:
+      plain.add(w.source)
+  if not plain:
+    del texts_by_hint[None]
+  scanner.prescan_by_hint(texts_by_hint)
   try:
-    return [_finish_letter(w, scanner) for w in walked]
+    names_found: Dict[tuple, tuple] = {}
+    return [_finish_letter(w, scanner, names_found) for w in walked]
   finally:
     scanner.prescan(())

@@ -12,12 +12,12 @@ import hashlib
 import hmac
 import re
 import threading
-from typing import Dict
+from typing import Callable, Dict
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ['pseudonym', 'pseudonymise', 'string_array', 'is_email_address']
+__all__ = ['pseudonym', 'pseudonymiser', 'pseudonymise', 'string_array', 'is_email_address']
 
 # Pseudonyms already derived, per key. A user's id, email and address recur
 # in every batch of their events (the sample: 7.4k distinct user ids in each
@@ -88,7 +88,22 @@ def _derive(key: bytes, distinct: list) -> list:
 
 def pseudonym(value: str, key: bytes) -> str:
   """The pseudonym of one value: what `pseudonymise` gives it."""
-  return _derive(key, [value])[0]
+  digest = _memo_of(key).get(value)
+  return digest if digest is not None else _derive(key, [value])[0]
+
+
+def pseudonymiser(key: bytes) -> Callable[[str], str]:
+  """`pseudonym(value, key)` for many values of one key asked one at a time (the identifiers of a group of dead
+  letters): the key's memo is found once, and a value in it costs a lookup (~0.1 us, where finding the memo
+  hashes the key: ~0.5 us). Hold it for a group of values, not longer: once the memo is emptied, what it
+  derives is remembered for the memo that replaced it."""
+  memo = _memo_of(key)
+
+  def pseudonym_of(value: str) -> str:
+    digest = memo.get(value)
+    return digest if digest is not None else _derive(key, [value])[0]
+
+  return pseudonym_of
 
 
 def pseudonymise(values, key: bytes):

@@ -116,6 +116,8 @@ _OTHER_PREFILTER_PY = regex.compile(_ANY_PREFILTERS[0])
 _SMALL_ARRAY = 64
 _ENTITY_PATTERNS = {entity: (p,) for entity, p in _PREFILTERS.items()}
 _MEMO_SIZE = 50000
+# A text the last prescan did not see (`TextScanner.redact_into`).
+_UNSEEN = object()
 # Digit runs that are never phone numbers: ISO date-times and UUIDs.
 _NOT_PHONES = regex.compile(
   r'[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?(Z|z|[+-][0-9]{2}:?[0-9]{2})?'
@@ -296,7 +298,8 @@ class TextScanner:
     self.min_score = float(min_score)
     self._recognizers = None
     self._memo: Dict[tuple, tuple] = collections.OrderedDict()
-    self._prescanned: Dict[tuple, tuple] = {}
+    # The last prescan's answers: {hint: {text: None (nothing found) or (redacted text, ((entity, n), ...))}}.
+    self._prescanned: Dict[Optional[str], Dict[str, Optional[tuple]]] = {}
 
   def setup(self) -> 'TextScanner':
     """Builds the recognizers now (DoFn.setup) rather than on the first cell."""
@@ -358,6 +361,13 @@ class TextScanner:
   def _redact(
     self, text: str, entities: Iterable[str], context: Optional[str] = None
   ) -> Tuple[str, collections.Counter]:
+    redacted, found = self._redact_pairs(text, entities, context)
+    return redacted, collections.Counter(dict(found))
+
+  def _redact_pairs(
+    self, text: str, entities: Iterable[str], context: Optional[str] = None
+  ) -> Tuple[str, Tuple[Tuple[str, int], ...]]:
+    """`_redact` with the counts as (entity, n) pairs, as remembered (no Counter made)."""
     # Texts recur (a file path in every dead letter of the file, the same
     # validation message, a popular note): remember recent answers.
     key = (text, tuple(entities), context)
@@ -372,7 +382,7 @@ class TextScanner:
       # Counts kept as a tuple of pairs: tuples of strings and ints leave the garbage
       # collector's lists, Counters never do, and every full collection walked 50k of them.
       self._memo[key] = cached = (cached[0], tuple(cached[1].items()))
-    return cached[0], collections.Counter(dict(cached[1]))
+    return cached
 
   def _redact_uncached(
     self, text: str, entities: Iterable[str], context: Optional[str] = None
@@ -475,7 +485,8 @@ class TextScanner:
     redact alike get a suffix (<EMAIL_ADDRESS>, <EMAIL_ADDRESS>_2), so that
     no column or value is lost to another.
     """
-    out, found = self.redact_texts(names)
+    found: Dict[str, int] = {}
+    out = [self.redact_into(name, None, found) for name in names]
     if not found:
       return list(names)
     counts.update(found)
@@ -492,8 +503,8 @@ class TextScanner:
 
   def redact_text(self, text: Optional[str]) -> Tuple[Optional[str], collections.Counter]:
     """`text` with each finding replaced by <ENTITY_TYPE>, and the counts per type."""
-    out, counts = self.redact_texts([text])
-    return out[0], counts
+    counts = collections.Counter()
+    return self.redact_into(text, None, counts), counts
 
   def redact_texts(
     self, texts: Sequence[Optional[str]], hints: Optional[Sequence[Optional[str]]] = None
@@ -505,29 +516,42 @@ class TextScanner:
     than the scan itself. hints: the field name of each text (see redact_array).
     """
     total = collections.Counter()
-    out: List[Optional[str]] = []
-    prescanned = self._prescanned
-    for i, text in enumerate(texts):
-      if prescanned and text is not None:
-        known = prescanned.get((text, hints[i] if hints else None))
-        if known is not None:
-          out.append(known[0])
-          if known[1]:  # most prescanned texts hold nothing: an empty update still costs a call
-            total.update(known[1])
-          continue
-      if text is None or _ANY_PREFILTER_PY.search(text) is None:
-        out.append(text)
-        continue
-      wanted = [e for e in self.entities if _PREFILTERS_PY[e].search(text) is not None]
-      if not wanted or _WHOLE_ID_PY.fullmatch(text) is not None:
-        # As in redact_array: a value that is wholly an id of a known shape
-        # (UUID, hex digest, Spotify URI, ISO date-time) holds no PII.
-        out.append(text)
-        continue
-      redacted, counts = self._redact(text, wanted, context_word(hints[i]) if hints else None)
-      out.append(redacted)
-      total.update(counts)
+    if hints:
+      out = [self.redact_into(text, hints[i], total) for i, text in enumerate(texts)]
+    else:
+      out = [self.redact_into(text, None, total) for text in texts]
     return out, total
+
+  def redact_into(self, text: Optional[str], hint: Optional[str], counts: Dict[str, int]) -> Optional[str]:
+    """One text of `redact_texts` (`hint`: its field name), its findings added to `counts` (a Counter or a dict).
+
+    For callers that gather the counts of many texts (a dead letter's): no
+    Counter is made per text or per call.
+    """
+    if text is None:
+      return text
+    prescanned = self._prescanned
+    if prescanned:
+      known = prescanned.get(hint)
+      if known is not None:
+        answer = known.get(text, _UNSEEN)
+        if answer is None:  # most prescanned texts hold nothing
+          return text
+        if answer is not _UNSEEN:
+          for entity, n in answer[1]:
+            counts[entity] = counts.get(entity, 0) + n
+          return answer[0]
+    if _ANY_PREFILTER_PY.search(text) is None:
+      return text
+    wanted = [e for e in self.entities if _PREFILTERS_PY[e].search(text) is not None]
+    if not wanted or _WHOLE_ID_PY.fullmatch(text) is not None:
+      # As in redact_array: a value that is wholly an id of a known shape
+      # (UUID, hex digest, Spotify URI, ISO date-time) holds no PII.
+      return text
+    redacted, found = self._redact_pairs(text, wanted, context_word(hint))
+    for entity, n in found:
+      counts[entity] = counts.get(entity, 0) + n
+    return redacted
 
   def prescan(self, texts: Iterable[Tuple[str, Optional[str]]]) -> None:
     """Scans many (text, hint) pairs at once, so that `redact_texts` answers them from a table.
@@ -538,38 +562,48 @@ class TextScanner:
     `redact_array`. The answers are the ones
     `redact_texts` would give; they replace the previous prescan's.
     """
+    texts_by_hint: Dict[Optional[str], set] = {}
+    for text, hint in texts:
+      if isinstance(text, str):
+        known = texts_by_hint.get(hint)
+        if known is None:
+          known = texts_by_hint[hint] = set()
+        known.add(text)
+    self.prescan_by_hint(texts_by_hint)
+
+  def prescan_by_hint(self, texts_by_hint: Dict[Optional[str], set]) -> None:
+    """`prescan` of {hint: the set of texts under it} (no (text, hint) pair made per text)."""
     # What a text gives depends on its hint only through the hint's context
     # word (`context_word`), and whether it is a candidate on the text alone:
     # one prefilter pass over all the distinct texts (long enough for Arrow's
     # single pass to pay), then the recognizers per context.
-    context_of: Dict[Optional[str], Optional[str]] = {}
-    pairs = set()
-    for text, hint in texts:
-      if isinstance(text, str):
-        pairs.add((text, hint))
-        if hint not in context_of:
-          context_of[hint] = context_word(hint)
-    distinct = sorted({text for text, _ in pairs})
+    context_of = {hint: context_word(hint) for hint in texts_by_hint}
+    every = set().union(*texts_by_hint.values()) if texts_by_hint else set()
+    distinct = sorted(every)
     candidate = self._candidates(pa.array(distinct, type=pa.string())) if distinct else np.zeros(0, dtype=bool)
     flagged = {distinct[row] for row in np.flatnonzero(candidate).tolist()}
     by_context: Dict[Optional[str], set] = {}
-    for text, hint in pairs:
-      if text in flagged:
-        by_context.setdefault(context_of[hint], set()).add(text)
-    answers: Dict[tuple, tuple] = {}
+    for hint, texts_of_hint in texts_by_hint.items():
+      of_hint = texts_of_hint & flagged
+      if of_hint:
+        by_context.setdefault(context_of[hint], set()).update(of_hint)
+    answers: Dict[Optional[str], Dict[str, tuple]] = {}
     for context, texts_of_context in by_context.items():
       values = pa.array(sorted(texts_of_context), type=pa.string())
       found_in, new_values = self._redact_distinct(values, True, context)
       if not found_in:
         continue
       new_list = new_values.to_pylist()
+      of_context = answers[context] = {}
       for entry, counts in found_in.items():
         if counts:
-          answers[(values[entry].as_py(), context)] = (new_list[entry], counts)
-    nothing = collections.Counter()
-    table: Dict[tuple, tuple] = {}
-    for text, hint in pairs:
-      table[(text, hint)] = answers.get((text, context_of[hint])) or (text, nothing)
+          of_context[values[entry].as_py()] = (new_list[entry], tuple(counts.items()))
+    table: Dict[Optional[str], Dict[str, Optional[tuple]]] = {}
+    for hint, texts_of_hint in texts_by_hint.items():
+      of_hint = table[hint] = dict.fromkeys(texts_of_hint)
+      for text, answer in answers.get(context_of[hint], {}).items():
+        if text in of_hint:
+          of_hint[text] = answer
     self._prescanned = table
 
   def _candidates(self, values: pa.Array) -> np.ndarray:
