@@ -255,6 +255,14 @@ def _letter(record, detail='', source='gs://b/events.csv', tenant='acme', reason
   return letter
 
 
+class _Int(int):
+  pass
+
+
+class _Str(str):
+  pass
+
+
 def _hostile_letters():
   """(letter, header or None): nested records, JSON text, raw lines, duplicate keys, bytes, odd numbers and keys."""
   nested = {
@@ -309,6 +317,11 @@ def _hostile_letters():
     'version': '8.9.15.832',
     'app_version': '8.9.15.832',
     'long': 'x' * 3000 + ' ann@example.org ' + 'y' * 3000,
+    'sub_int': _Int(4155552671),
+    'sub_str': _Str('call +1 415 555 2671'),
+    _Str('UserEmail'): _Str('bob@example.com'),
+    'phone_flag': True,
+    'mobile': 4155552671.5,
   }
   line = 'e9,u42,4iV5W9uYEdYUVa79Axb7Rh,2024-01-01T00:00:00Z,oops,ann@example.org,"call +1 415 555 2671",surplus'
   return [
@@ -478,20 +491,26 @@ def test_a_group_of_dead_letters_leaves_the_garbage_collector_little_to_walk(sca
   pairs = _sample_letters()
   letters, headers = [letter for letter, _ in pairs], [header for _, header in pairs]
   redact_dead_letters(letters, ListeningEvent, KEY, scanner, headers)  # pseudonyms and the scanner's memo warm
-  collections_seen = []
+  seen = []
 
-  def seen(phase, info):
+  def collection(phase, info):
     if phase == 'start':
-      collections_seen.append(info['generation'])
+      seen.append(info['generation'])
 
   threshold = gc.get_threshold()
-  gc.collect()
-  gc.set_threshold(700, 10, 10)
-  gc.callbacks.append(seen)
+  started = []
   try:
-    redact_dead_letters(letters, ListeningEvent, KEY, scanner, headers)
+    for _ in range(2):  # the fewer of two: another thread may allocate meanwhile
+      gc.collect()
+      gc.set_threshold(700, 10, 10)
+      seen.clear()
+      gc.callbacks.append(collection)
+      try:
+        redact_dead_letters(letters, ListeningEvent, KEY, scanner, headers)
+      finally:
+        gc.callbacks.remove(collection)
+      started.append(len(seen))
   finally:
-    gc.callbacks.remove(seen)
     gc.set_threshold(*threshold)
   # 700 net allocations of tracked objects start a collection: at most ~14 per letter kept until its scan.
-  assert len(collections_seen) <= len(letters) / 50, (len(collections_seen), len(letters))
+  assert min(started) <= len(letters) / 50, (started, len(letters))
