@@ -722,7 +722,9 @@ class _RecordRedactor:
     scratch = self.scratch
     for k, v in value.items():
       plan = plans.get(k) or rules.plan(k)
-      if plan.identifier and not isinstance(v, (dict, list, tuple)):
+      if v is None:  # whichever rule the key asks for, a missing value stays one and counts nothing
+        out[k] = None
+      elif plan.identifier and not isinstance(v, (dict, list, tuple)):
         out[k] = self.identifier(k, v)
       elif top and plan.check is not None and _conforms(plan.check, v):
         out[k] = v
@@ -740,6 +742,15 @@ class _RecordRedactor:
           scratch.hints.append(plan.hint)
           scratch.places.append(out)
           scratch.places.append(k)
+      elif type(v) is int:  # `remember` of an integer, what it asks of the key known
+        out[k] = v
+        if plan.numbered:
+          pass  # an order number or an epoch, as in a record batch's column of that name
+        elif phone_like_integer(v):
+          out[k] = '<PHONE_NUMBER>'
+          self.counts['PHONE_NUMBER'] += 1
+        elif abs(v) >= SCANNED_INT:  # a card number written without quotes
+          self.remember_text(out, k, str(v), k, checked=True)
       else:
         # Only containers are walked: anything else is itself.
         out[k] = self.walk(v) if isinstance(v, (dict, list, tuple)) else v
