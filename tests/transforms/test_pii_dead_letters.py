@@ -58,6 +58,8 @@ class _ReferenceWalk:
     self.tenant_key = tenant_key
     self.counts = collections.Counter()
     self.slots, self.texts, self.objects = [], [], []
+    self.nested = []  # (container, key, walked, pairs or not, objects walked by then): JSON text walked
+    self.json_depth = 0
     self.replaced = {}
 
   def is_identifier(self, key):
@@ -102,14 +104,71 @@ class _ReferenceWalk:
       container[slot] = self.identifier(key, value)
     elif top and key in self.formats and _conforms(self.formats[key], value):
       container[slot] = value
-    elif isinstance(key, str) and isinstance(value, str) and is_secret_name(key) and not is_placeholder(value):
-      container[slot] = '<SECRET_ASSIGNMENT>'
-      self.counts['SECRET_ASSIGNMENT'] += 1
+    elif isinstance(key, str) and is_secret_name(key) and not isinstance(value, bool):
+      self.secret(container, slot, value, key)
     else:
       container[slot] = self.walk(value) if isinstance(value, (dict, list, tuple)) else value
       self.remember(container, slot, value, key)
 
-  def remember(self, container, key, original, name=None):
+  def secret(self, container, slot, value, name):
+    """Under a secret's name: strings (placeholders apart) and numbers are secrets at any depth."""
+    if (
+      isinstance(value, str)
+      and not is_placeholder(value)
+      or (isinstance(value, (int, float)) and not isinstance(value, bool))
+    ):
+      container[slot] = '<SECRET_ASSIGNMENT>'
+      self.counts['SECRET_ASSIGNMENT'] += 1
+    elif isinstance(value, ObjectPairs):
+      pairs = ObjectPairs([k, v] for k, v in value)
+      for pair in pairs:
+        self.secret(pair, 1, pair[1], pair[0])
+      self.objects.append(pairs)
+      container[slot] = pairs
+    elif isinstance(value, dict):
+      out = {}
+      for k, v in value.items():
+        self.secret(out, k, v, k)
+      self.objects.append(out)
+      container[slot] = out
+    elif isinstance(value, (list, tuple)):
+      out_list = [None] * len(value)
+      for i, v in enumerate(value):
+        self.secret(out_list, i, v, name)
+      container[slot] = out_list
+    else:
+      container[slot] = value
+      self.remember(container, slot, value, name)
+
+  def json_text(self, container, key, text):
+    """JSON text in a value walked as a record and written back after the scan; else the text to scan."""
+    document = None
+    if self.json_depth < 8 and len(text) <= 1 << 20:
+      try:
+        document = loads(text, repeated_keys=True)
+      except ValueError:
+        pass
+    if not isinstance(document, (dict, list)):
+      text = _JSON_PAIR.sub(self.identifier_pair, text)
+      container[key] = text
+      return text
+    self.json_depth += 1
+    pairs = repeated_inside(document) is not None
+    walked = self.walk(loads_pairs(text) if pairs else document)
+    self.json_depth -= 1
+    container[key] = walked
+    self.nested.append((container, key, walked, pairs, len(self.objects)))
+    return None
+
+  def identifier_pair(self, match):
+    key = _json_text(match.group('key'))
+    if not self.is_identifier(key):
+      return match.group(0)
+    value = match.group('text')
+    value = _json_text(value) if value is not None else match.group('number')
+    return f'{match.group("head")}{json.dumps(self.identifier(key, value), ensure_ascii=False)}'
+
+  def remember(self, container, key, original, name=None, as_json=True):
     name = key if name is None else name
     if (
       isinstance(original, str)
@@ -121,9 +180,13 @@ class _ReferenceWalk:
     elif is_identifier_number(original, name):
       pass
     elif isinstance(original, str):
+      if as_json and original.lstrip()[:1] in ('{', '['):
+        original = self.json_text(container, key, original)
+        if original is None:
+          return
       self.slots.append((container, key, name))
       self.texts.append(original)
-    elif isinstance(original, float) and original.is_integer() and abs(original) < 10**15:
+    elif isinstance(original, float) and original.is_integer() and abs(original) < 10**19:
       self.remember(container, key, int(original), name)
     elif isinstance(original, int) and not isinstance(original, bool):
       if phone_like_integer(original):
@@ -143,7 +206,10 @@ class _ReferenceWalk:
     for (container, key, _), before, after in zip(self.slots, self.texts, redacted):
       if after != before:
         container[key] = after
-    for obj in self.objects:
+    nested = list(self.nested)
+    for i, obj in enumerate(self.objects):
+      while nested and nested[0][4] <= i:
+        self.write(*nested.pop(0)[:4])
       distinct = list(dict.fromkeys(pair[0] for pair in obj)) if isinstance(obj, ObjectPairs) else list(obj)
       keys = [k for k in distinct if isinstance(k, str)]
       new_keys = scanner.redact_names(keys, self.counts)
@@ -156,6 +222,12 @@ class _ReferenceWalk:
         items = [(renamed.get(k, k) if isinstance(k, str) else k, v) for k, v in obj.items()]
         obj.clear()
         obj.update(items)
+    for written in nested:
+      self.write(*written[:4])
+
+  @staticmethod
+  def write(container, key, walked, pairs):
+    container[key] = dumps_pairs(walked) if pairs else json.dumps(walked, ensure_ascii=False, default=str)
 
 
 def _reference_record(record, scanner, tenant, header, delimiter):
@@ -180,18 +252,9 @@ def _reference_record(record, scanner, tenant, header, delimiter):
     parsed = _parse_csv_line(record, header, delimiter) if header and not looks_json else None
     if parsed is None:
       if looks_json:
-
-        def replace(match):
-          key = _json_text(match.group('key'))
-          if not walk.is_identifier(key):
-            return match.group(0)
-          value = match.group('text')
-          value = _json_text(value) if value is not None else match.group('number')
-          return f'{match.group("head")}{json.dumps(walk.identifier(key, value), ensure_ascii=False)}'
-
-        record = _JSON_PAIR.sub(replace, record)
+        record = _JSON_PAIR.sub(walk.identifier_pair, record)
       holder = [record]
-      walk.remember(holder, 0, record)
+      walk.remember(holder, 0, record, as_json=False)
 
       def finish_text():
         if 'PHONE_NUMBER' in scanner.entities and isinstance(holder[0], str):
@@ -261,6 +324,14 @@ class _Int(int):
 
 class _Str(str):
   pass
+
+
+def _nested_json_text(depth):
+  """JSON text holding JSON text, `depth` deep, an identifier at each level."""
+  text = json.dumps({'user_id': f'u{depth}', 'note': 'ann@example.org'})
+  for level in range(depth):
+    text = json.dumps({'user_id': f'u{level}', 'inner': text})
+  return text
 
 
 def _hostile_letters():
@@ -397,6 +468,42 @@ def _hostile_letters():
     (_letter({'user_id': 'u1'}, detail=None, source=7), None),
     (_letter({'user_id': 'u1'}, detail=b'bytes detail u1'), None),
     (_letter({'user_id': 'sess-13380235'}, detail='', source=''), None),
+    # Numbers and containers under a secret's name; whole floats of card size; JSON text in values.
+    (
+      _letter(
+        {
+          'client_secret': 12345678,
+          'api_key': 4.2e9,
+          'password': True,
+          'passcode': [1234, 'changeme', None, False, b'x', {'pin': 5678, 'user_id': 'u6'}],
+          'token': {'value': 'abc', 'n': 7.5, 'bob@example.com': ['x'], 'flag': False},
+          'refresh_token': ObjectPairs([['v', 'a'], ['v', 9]]),
+          'card_float': 4.111111111111111e15,
+          'card_point': 4111111111111111.0,
+          'big_float': 9.999999999999999e18,
+          'beyond': 1.2e19,
+          'order_id': 4.111111111111111e15,
+        }
+      ),
+      None,
+    ),
+    (
+      _letter(
+        {
+          'payload': '{"user_id": "u-123", "email": "a@b.co", "n": 4155552671, "password": 1234}',
+          'ann@example.org': ' [{"userId": "u-7"}, "{\\"user_email\\": \\"x@y.co\\"}"]',
+          'pairs': '{"user_id": "u1", "user_id": "u2", "note": "call +1 415 555 2671"}',
+          'broken': '{"user_id": "u-9", "email": "ann@exa',
+          'list': ['{"user_id": "u-5"}', '[1, 4155552671]', '{not json', '{}', '[]', ' '],
+          'deep': json.dumps(json.dumps(json.dumps({'user_id': 'u-deep', 'note': 'ann@example.org'}))),
+          'too_deep': '{"a": ' * 2 + '"x"' + '}' * 2,
+        },
+        detail='u-123 and u-9 rejected',
+      ),
+      None,
+    ),
+    (_letter('{"record": "{\\"user_id\\": \\"u-2\\", \\"note\\": \\"bob@example.com\\"}"}'), None),
+    (_letter({'nest': _nested_json_text(12)}), None),
     ({'record': {'user_id': 'u1', 'note': 'bob@example.com'}}, None),
     ({'record': 'raw bob@example.com', 'detail': 'u1', 'extra': [1, 2], 'tenant': 'acme'}, None),
   ]

@@ -39,7 +39,14 @@ from transforms.pii.recognizers import (
   names_an_identifier,
   phone_like_integer,
 )
-from transforms.pii.scanner import SCANNED_INT, TextScanner, _is_string_type, _is_text_type, context_word
+from transforms.pii.scanner import (
+  SCANNED_INT,
+  WHOLE_FLOAT_MAX,
+  TextScanner,
+  _is_string_type,
+  _is_text_type,
+  context_word,
+)
 from transforms.records import BINARY_TEXT_PREFIX, ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN
 
 __all__ = [
@@ -238,7 +245,12 @@ def _card_number_cells(
 
 
 def _scan_values(
-  values: pa.Array, scanner: TextScanner, counts: collections.Counter, path: str, skip: Optional[np.ndarray] = None
+  values: pa.Array,
+  scanner: TextScanner,
+  counts: collections.Counter,
+  path: str,
+  skip: Optional[np.ndarray] = None,
+  secret: bool = False,
 ) -> Optional[pa.Array]:
   """`values` with PII redacted at any depth; None when the values must be dropped (bytes).
 
@@ -247,12 +259,26 @@ def _scan_values(
   phone number becomes null (the column keeps its type); binary children are
   dropped (counted as DROPPED_BINARY:<path>). Returns `values` itself when
   nothing changed.
+
+  secret: the values are under a secret's name (`password`, `api_key`, a
+  struct or list named so): every string and number in them is a secret, as
+  in a dead letter (`_RecordRedactor.secret`); a number becomes null.
   """
   t = values.type
+  secret = secret or ('SECRET_ASSIGNMENT' in scanner.entities and is_secret_name(_last_name(path)))
   if hasattr(pa.types, 'is_string_view') and pa.types.is_string_view(t):
-    out = _scan_values(values.cast(pa.string()), scanner, counts, path, skip)
+    out = _scan_values(values.cast(pa.string()), scanner, counts, path, skip, secret)
     return values if out is None or out.equals(values.cast(pa.string())) else out.cast(t)
-  if _is_text_type(t) and 'SECRET_ASSIGNMENT' in scanner.entities and is_secret_name(_last_name(path)):
+  if secret and (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)):
+    # A PIN, a numeric key: nulls, the column keeps its type.
+    hidden = values.is_valid().to_numpy(zero_copy_only=False)
+    if skip is not None:
+      hidden &= ~skip
+    if not hidden.any():
+      return values
+    counts['SECRET_ASSIGNMENT'] += int(hidden.sum())
+    return pc.if_else(pa.array(hidden), pa.nulls(len(values), t), values)
+  if _is_text_type(t) and secret:
     # A column or field named like a secret (password, client_secret, api_key): every value is one.
     secret = values.is_valid().to_numpy(zero_copy_only=False)
     if skip is not None:
@@ -291,7 +317,7 @@ def _scan_values(
     children, fields, changed = [], [], False
     names = scanner.redact_names([field.name for field in t], counts)
     for field, name, child in zip(t, names, values.flatten()):
-      out = _scan_values(child, scanner, counts, f'{path}.{field.name}')
+      out = _scan_values(child, scanner, counts, f'{path}.{field.name}', secret=secret)
       if out is None:
         changed = True
         continue
@@ -311,14 +337,14 @@ def _scan_values(
     if pa.types.is_map(t):
       keys, items = values.keys.slice(start, end - start), values.items.slice(start, end - start)
       new_keys = _scan_values(keys, scanner, counts, f'{path}{{key}}')
-      new_items = _scan_values(items, scanner, counts, f'{path}{{}}')
+      new_items = _scan_values(items, scanner, counts, f'{path}{{}}', secret=secret)
       if new_keys is None or new_items is None:
         return None
       if new_keys is keys and new_items is items:
         return values
       return pa.MapArray.from_arrays(offsets, new_keys, new_items, mask=mask)
     inner = values.values.slice(start, end - start)
-    new_inner = _scan_values(inner, scanner, counts, f'{path}[]')
+    new_inner = _scan_values(inner, scanner, counts, f'{path}[]', secret=secret)
     if new_inner is None:
       return None
     if new_inner is inner:
@@ -326,7 +352,7 @@ def _scan_values(
     return type(values).from_arrays(offsets, new_inner, mask=mask)
   if pa.types.is_fixed_size_list(t):
     inner = values.flatten()
-    new_inner = _scan_values(inner, scanner, counts, f'{path}[]')
+    new_inner = _scan_values(inner, scanner, counts, f'{path}[]', secret=secret)
     if new_inner is None:
       return None
     if new_inner is inner:
@@ -553,6 +579,14 @@ _BARE_NUMBER = regex.compile(r'(?<![\w.+\-/:@])[0-9]{10,15}(?![\w.\-/:@])')
 _BASE64 = re.compile(r'[A-Za-z0-9+/]*={0,2}')
 # Object keys whose plan `_LetterRules` remembers, at most (then it starts again).
 _KEYS_REMEMBERED = 4096
+# A record's text value holding JSON (a payload kept as text) is walked as a nested record
+# (`_RecordRedactor.json_text`), so that its identifiers are known by their keys. How deep JSON text may
+# nest inside JSON text, and how long one may be, to be walked: beyond, it is scanned as text, its
+# identifier pairs replaced, so that hostile input costs no more than a scan.
+_NESTED_JSON_DEPTH = 8
+_NESTED_JSON_CHARS = 1 << 20
+# What a text's first character is when it may be JSON (a cheap test before `str.lstrip`).
+_JSON_FIRST = frozenset('{[ \t\r\n')
 
 
 class _LetterRules:
@@ -616,13 +650,16 @@ class _Scratch:
   waits for its scan.
   """
 
-  __slots__ = ('texts', 'hints', 'places', 'objects')
+  __slots__ = ('texts', 'hints', 'places', 'objects', 'nested')
 
   def __init__(self):
     self.texts: List[str] = []
     self.hints: List[Optional[str]] = []
     self.places: List[Any] = []
     self.objects: List[Any] = []
+    # JSON text walked as a nested record (`_RecordRedactor.json_text`), flat: its place (container, key), the
+    # walked value, how it is written back (_AS_JSON or _AS_PAIRS), and how many objects were walked by then.
+    self.nested: List[Any] = []
 
 
 # How `_RecordRedactor.finish` gives the walked record.
@@ -647,6 +684,9 @@ class _RecordRedactor:
     'texts_to',
     'objects_from',
     'objects_to',
+    'nested_from',
+    'nested_to',
+    'json_depth',
     'result',
     'finish_as',
     'letter',
@@ -671,6 +711,8 @@ class _RecordRedactor:
     self.scratch = scratch = _Scratch() if scratch is None else scratch
     self.texts_from = self.texts_to = len(scratch.texts)
     self.objects_from = self.objects_to = len(scratch.objects)
+    self.nested_from = self.nested_to = len(scratch.nested)
+    self.json_depth = 0  # how deep in JSON text inside the record's values the walk is
     self.result: Any = None
     self.finish_as = _AS_NONE
     self.letter: Optional[dict] = None
@@ -681,6 +723,7 @@ class _RecordRedactor:
     """Ends the walk: what was remembered since the walker was made is its own."""
     self.texts_to = len(self.scratch.texts)
     self.objects_to = len(self.scratch.objects)
+    self.nested_to = len(self.scratch.nested)
 
   def identifier(self, field: str, value: Any) -> Any:
     if value is None:
@@ -728,6 +771,8 @@ class _RecordRedactor:
         out[k] = self.identifier(k, v)
       elif top and plan.check is not None and _conforms(plan.check, v):
         out[k] = v
+      elif plan.secret and not isinstance(v, (str, bool)):
+        self.secret(out, k, v, k)
       elif isinstance(v, str):
         if plan.secret and not is_placeholder(v):
           out[k] = '<SECRET_ASSIGNMENT>'
@@ -738,6 +783,10 @@ class _RecordRedactor:
           out[k] = None
           self.counts[f'DROPPED_BINARY:{k}'] += 1
         elif not (plan.numbered and is_identifier_number(v, k)):
+          if v[:1] in _JSON_FIRST:
+            v = self.json_text(out, k, v)
+            if v is None:  # walked as a nested record
+              continue
           scratch.texts.append(v)
           scratch.hints.append(plan.hint)
           scratch.places.append(out)
@@ -765,6 +814,8 @@ class _RecordRedactor:
       container[slot] = self.identifier(key, value)
     elif top and key in rules.formats and _conforms(rules.formats[key], value):
       container[slot] = value
+    elif isinstance(key, str) and not isinstance(value, (str, bool)) and is_secret_name(key):
+      self.secret(container, slot, value, key)
     elif isinstance(value, str):
       if isinstance(key, str) and is_secret_name(key) and not is_placeholder(value):
         container[slot] = '<SECRET_ASSIGNMENT>'
@@ -788,7 +839,10 @@ class _RecordRedactor:
       self.remember_text(container, key, original, name)
     elif is_identifier_number(original, name):
       pass  # an order number or an epoch, as in a record batch's column of that name
-    elif isinstance(original, float) and original.is_integer() and abs(original) < 10**15:
+    elif isinstance(original, float) and original.is_integer() and abs(original) < WHOLE_FLOAT_MAX:
+      # A whole number written with a fraction or an exponent (4155552671.0, 4.111111111111111e15): judged as
+      # the integer it is. Beyond 2**53 a float is not the number written, but the nearest one: its digits are
+      # what a reader has, and what is scanned.
       self.remember(container, key, int(original), name)
     elif isinstance(original, int) and not isinstance(original, bool):
       if phone_like_integer(original):
@@ -801,8 +855,9 @@ class _RecordRedactor:
       container[key] = None
       self.counts[f'DROPPED_BINARY:{name}'] += 1
 
-  def remember_text(self, container, key, text: str, name: Any, checked: bool = False) -> None:
-    """`remember` of a text (`checked`: the decimal text of an integer `remember` has judged already)."""
+  def remember_text(self, container, key, text: str, name: Any, checked: bool = False, as_json: bool = True) -> None:
+    """`remember` of a text (`checked`: the decimal text of an integer `remember` has judged already;
+    `as_json`: JSON text is walked as a nested record, `json_text`)."""
     if checked:
       pass
     elif text.startswith(BINARY_TEXT_PREFIX) and _BASE64.fullmatch(text, len(BINARY_TEXT_PREFIX)):
@@ -812,11 +867,93 @@ class _RecordRedactor:
       return
     elif isinstance(name, str) and names_an_identifier(name) and is_identifier_number(text, name):
       return  # an order number or an epoch, as in a record batch's column of that name
+    elif as_json and text[:1] in _JSON_FIRST:
+      text = self.json_text(container, key, text)
+      if text is None:  # walked as a nested record
+        return
     scratch = self.scratch
     scratch.texts.append(text)
     scratch.hints.append(name if isinstance(name, str) else None)
     scratch.places.append(container)
     scratch.places.append(key)
+
+  def secret(self, container, slot, value: Any, name: Any) -> None:
+    """Sets `container[slot]` to `value`, which is under a secret's name (`password`, `api_key`), redacted.
+
+    Its strings (placeholders apart, as for a string under the name) and its
+    numbers are secrets at any depth: a PIN, a numeric key, a list of tokens,
+    an object holding the token (`{"token": {"value": ...}}`). A boolean says
+    no more than whether there is one, and is kept; the keys of an object are
+    scanned as any object's are.
+    """
+    if isinstance(value, str):
+      if is_placeholder(value):
+        container[slot] = value
+        self.remember_text(container, slot, value, name)
+        return
+    elif isinstance(value, ObjectPairs):
+      pairs = ObjectPairs([k, v] for k, v in value)
+      for pair in pairs:
+        self.secret(pair, 1, pair[1], pair[0])
+      self.scratch.objects.append(pairs)
+      container[slot] = pairs
+      return
+    elif isinstance(value, dict):
+      out: dict = {}
+      for k, v in value.items():
+        self.secret(out, k, v, k)
+      self.scratch.objects.append(out)
+      container[slot] = out
+      return
+    elif isinstance(value, (list, tuple)):
+      out_list: List[Any] = [None] * len(value)
+      for i, v in enumerate(value):
+        self.secret(out_list, i, v, name)
+      container[slot] = out_list
+      return
+    elif not isinstance(value, (int, float)) or isinstance(value, bool):
+      container[slot] = value
+      self.remember(container, slot, value, name)  # None and booleans kept, bytes dropped
+      return
+    container[slot] = '<SECRET_ASSIGNMENT>'
+    self.counts['SECRET_ASSIGNMENT'] += 1
+
+  def json_text(self, container, slot, text: str) -> Optional[str]:
+    """A text value that may hold JSON (it starts with '{' or '[' after spaces): None when it does and was
+    walked as a nested record, else the text to scan.
+
+    An id in JSON text kept in another field (a message payload) matches no
+    pattern: a text scan keeps it. Walked, its identifiers are known by their
+    keys, its texts scanned by name; `scan` writes it back as JSON text (each
+    masked value a JSON string). Text that is not JSON (cut off, broken), or
+    too deep in JSON text or too long to walk (`_NESTED_JSON_DEPTH`,
+    `_NESTED_JSON_CHARS`), is scanned as text, its identifier pairs replaced.
+    """
+    if text.lstrip()[:1] not in ('{', '['):
+      return text
+    document = None
+    if self.json_depth < _NESTED_JSON_DEPTH and len(text) <= _NESTED_JSON_CHARS:
+      try:
+        document = loads(text, repeated_keys=True)
+      except ValueError:  # not JSON, or none a record holds (too deep to walk)
+        document = None
+    if not isinstance(document, (dict, list)):
+      replaced = self.json_identifiers_replaced(text)
+      if replaced != text:
+        container[slot] = replaced
+      return replaced
+    self.json_depth += 1
+    try:
+      if repeated_inside(document) is None:
+        walked, how = self.walk(document), _AS_JSON
+      else:
+        walked, how = self.walk(loads_pairs(text)), _AS_PAIRS
+    finally:
+      self.json_depth -= 1
+    container[slot] = walked
+    scratch = self.scratch
+    scratch.nested.extend((container, slot, walked, how, len(scratch.objects)))
+    return None
 
   def json_identifiers_replaced(self, text: str) -> str:
     """Broken JSON text (a truncated or badly encoded line) with the values of its identifier keys replaced.
@@ -867,7 +1004,12 @@ class _RecordRedactor:
       if after != before:
         places[2 * i][places[2 * i + 1]] = after
     objects = self.scratch.objects
+    nested, next_nested = self.scratch.nested, self.nested_from
     for i in range(self.objects_from, self.objects_to):
+      if next_nested < self.nested_to and nested[next_nested + 4] <= i:
+        # JSON text walked as a nested record is written back once its own texts and keys are redacted (its
+        # objects come before), and before the object holding it is renamed (it is placed by its key).
+        next_nested = self.write_nested(next_nested, i)
       obj = objects[i]
       keys = [k for k in _keys_of(obj) if isinstance(k, str)]
       if names_found is None:
@@ -889,6 +1031,21 @@ class _RecordRedactor:
         items = [(renamed.get(k, k) if isinstance(k, str) else k, v) for k, v in obj.items()]
         obj.clear()
         obj.update(items)
+    if next_nested < self.nested_to:
+      self.write_nested(next_nested, self.objects_to)
+
+  def write_nested(self, start: int, objects_done: int) -> int:
+    """Writes back as JSON text the nested records from `start` (`json_text`) walked when no more than
+    `objects_done` objects were; the next one's index."""
+    nested = self.scratch.nested
+    while start < self.nested_to and nested[start + 4] <= objects_done:
+      container, slot, walked, how = nested[start : start + 4]
+      if how == _AS_JSON:
+        container[slot] = json.dumps(walked, ensure_ascii=False, default=str)
+      else:
+        container[slot] = dumps_pairs(walked)
+      start += 5
+    return start
 
   def finish(self) -> Any:
     """The redacted record, once the walker has scanned."""
@@ -987,7 +1144,7 @@ def _walk_record(walker: _RecordRedactor, record, header, delimiter) -> None:
       if looks_json:
         record = walker.json_identifiers_replaced(record)
       holder = [record]
-      walker.remember(holder, 0, record)
+      walker.remember_text(holder, 0, record, 0, as_json=False)  # not JSON: its identifier pairs are replaced
       walker.result, walker.finish_as = holder, _AS_TEXT
       walker.close()
       return

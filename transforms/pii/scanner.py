@@ -127,6 +127,8 @@ _JSON_START = regex.compile(r'\s*[\[{]')
 # Integers this long may be card numbers written as numbers (a JSON number, an
 # int64 column a CSV reader inferred): scanned as their decimal text.
 SCANNED_INT = 10**12
+# Whole floats below this are judged as the integers they are: 19 digits, the longest card and phone numbers.
+WHOLE_FLOAT_MAX = 10**19
 # Whole values of these shapes are ids, never PII (a test keeps each shape honest).
 _WHOLE_ID_SHAPES = (
   r'[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}',  # UUID
@@ -440,8 +442,15 @@ class TextScanner:
     """A JSON-like value (dicts, lists, strings, numbers) with its PII redacted; findings added to `counts`.
 
     name: the key the value is under: a secret's name (`password`) makes the
-    whole value a SECRET_ASSIGNMENT, a phone or card word is context.
+    whole value a SECRET_ASSIGNMENT (`_secret_value`), a phone or card word is context.
     """
+    if (
+      value is not None
+      and not isinstance(value, (str, bool))
+      and 'SECRET_ASSIGNMENT' in self.entities
+      and is_secret_name(name)
+    ):
+      return self._secret_value(value, counts, name)
     if is_identifier_number(value, name):
       return value  # `"order_id": 4111111111111111`: an order number, as in a column of that name
     if isinstance(value, str):
@@ -461,9 +470,9 @@ class TextScanner:
       return {renamed.get(k, k) if isinstance(k, str) else k: self.redact_value(v, counts, k) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
       return [self.redact_value(v, counts, name) for v in value]
-    if isinstance(value, float) and value.is_integer() and abs(value) < 10**15:
-      # A whole number written with a fraction or an exponent (4155552671.0, 4.155552671e9): judged as the
-      # integer it is, as a dead letter's walk judges it (`batch._RecordRedactor.remember`).
+    if isinstance(value, float) and value.is_integer() and abs(value) < WHOLE_FLOAT_MAX:
+      # A whole number written with a fraction or an exponent (4155552671.0, 4.111111111111111e15): judged as
+      # the integer it is, as a dead letter's walk judges it (`batch._RecordRedactor.remember`).
       whole = self.redact_value(int(value), counts, name)
       return value if isinstance(whole, int) else whole
     if isinstance(value, int) and not isinstance(value, bool):
@@ -475,6 +484,31 @@ class TextScanner:
         if found:
           counts.update(found)
           return out[0]
+    return value
+
+  def _secret_value(self, value: Any, counts: collections.Counter, name: Optional[str]) -> Any:
+    """A value under a secret's name, as a dead letter's walk redacts it (`batch._RecordRedactor.secret`): its
+    strings (placeholders apart) and numbers are secrets at any depth, its booleans kept, its keys scanned."""
+    if isinstance(value, str):
+      if is_placeholder(value):
+        return self.redact_value(value, counts, name)
+      counts['SECRET_ASSIGNMENT'] += 1
+      return '<SECRET_ASSIGNMENT>'
+    if isinstance(value, ObjectPairs):
+      keys = list(dict.fromkeys(k for k, _ in value))
+      renamed = dict(zip(keys, self.redact_names(keys, counts)))
+      return ObjectPairs((renamed[k], self._secret_value(v, counts, k)) for k, v in value)
+    if isinstance(value, dict):
+      keys = [k for k in value if isinstance(k, str)]
+      renamed = dict(zip(keys, self.redact_names(keys, counts)))
+      return {
+        renamed.get(k, k) if isinstance(k, str) else k: self._secret_value(v, counts, k) for k, v in value.items()
+      }
+    if isinstance(value, (list, tuple)):
+      return [self._secret_value(v, counts, name) for v in value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+      counts['SECRET_ASSIGNMENT'] += 1
+      return '<SECRET_ASSIGNMENT>'
     return value
 
   def redact_names(self, names: Sequence[str], counts: collections.Counter) -> List[str]:
