@@ -546,21 +546,19 @@ def _split_lines(data: bytes, matcher: SubjectMatcher) -> Split:
   value, and the erasure found nothing there.
   """
   bom, encoding = _text_encoding(data)
-  if encoding == 'utf-8':
-    lines = [line for line in data[len(bom) :].splitlines(keepends=True) if line.strip()]
-    hits = [matcher.line(line) for line in lines]
-    if not any(hits):
-      return None, [], len(lines)
-    kept = [line for line, hit in zip(lines, hits) if not hit]
-    return bom + b''.join(kept), [json.loads(line) for line, hit in zip(lines, hits) if hit], len(kept)
-  text = data[len(bom) :].decode(encoding, 'surrogatepass')
-  texts = [line for line in _LINE.findall(text) if line.strip()]
-  hits = [matcher.line(line.encode('utf-8', 'surrogatepass')) for line in texts]
+  body = data[len(bom) :]
+  if encoding == 'utf-8':  # matched on the bytes as written (nearly every file)
+    lines = [line for line in body.splitlines(keepends=True) if line.strip()]
+    utf8 = lines
+  else:  # each line as written (UTF-16 and UTF-32 without their mark encode line by line) and as UTF-8
+    texts = [line for line in _LINE.findall(body.decode(encoding, 'surrogatepass')) if line.strip()]
+    lines = [line.encode(encoding, 'surrogatepass') for line in texts]
+    utf8 = [line.encode('utf-8', 'surrogatepass') for line in texts]
+  hits = [matcher.line(line) for line in utf8]
   if not any(hits):
-    return None, [], len(texts)
-  kept_text = [line for line, hit in zip(texts, hits) if not hit]
-  rewritten = bom + ''.join(kept_text).encode(encoding, 'surrogatepass')
-  return rewritten, [json.loads(line) for line, hit in zip(texts, hits) if hit], len(kept_text)
+    return None, [], len(lines)
+  kept = [line for line, hit in zip(lines, hits) if not hit]
+  return bom + b''.join(kept), [json.loads(line) for line, hit in zip(utf8, hits) if hit], len(kept)
 
 
 def _example_record(record: bytes) -> dict:

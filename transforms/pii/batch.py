@@ -269,25 +269,20 @@ def _scan_values(
   if hasattr(pa.types, 'is_string_view') and pa.types.is_string_view(t):
     out = _scan_values(values.cast(pa.string()), scanner, counts, path, skip, secret)
     return values if out is None or out.equals(values.cast(pa.string())) else out.cast(t)
-  if secret and (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)):
-    # A PIN, a numeric key: nulls, the column keeps its type.
+  numeric = pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+  if secret and (numeric or _is_text_type(t)):
+    # A column or field named like a secret (password, client_secret, api_key): every value is one. Text becomes
+    # '<SECRET_ASSIGNMENT>'; a number (a PIN, a numeric key) null, the column keeping its type.
     hidden = values.is_valid().to_numpy(zero_copy_only=False)
     if skip is not None:
       hidden &= ~skip
     if not hidden.any():
       return values
     counts['SECRET_ASSIGNMENT'] += int(hidden.sum())
-    return pc.if_else(pa.array(hidden), pa.nulls(len(values), t), values)
-  if _is_text_type(t) and secret:
-    # A column or field named like a secret (password, client_secret, api_key): every value is one.
-    secret = values.is_valid().to_numpy(zero_copy_only=False)
-    if skip is not None:
-      secret &= ~skip
-    if not secret.any():
-      return values
-    counts['SECRET_ASSIGNMENT'] += int(secret.sum())
+    if numeric:
+      return pc.if_else(pa.array(hidden), pa.nulls(len(values), t), values)
     plain = values.cast(values.type.value_type) if pa.types.is_dictionary(t) else values
-    out = pc.if_else(pa.array(secret), pa.scalar('<SECRET_ASSIGNMENT>', plain.type), plain)
+    out = pc.if_else(pa.array(hidden), pa.scalar('<SECRET_ASSIGNMENT>', plain.type), plain)
     return out.dictionary_encode().cast(t) if pa.types.is_dictionary(t) else out
   if _is_text_type(t):
     if names_an_identifier(_last_name(path)):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import collections
 import json
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
@@ -460,14 +460,8 @@ class TextScanner:
       out, found = self.redact_texts([value], [name])
       counts.update(found)
       return out[0]
-    if isinstance(value, ObjectPairs):  # an object that writes a key twice (`_redact_json`): each value redacted
-      keys = list(dict.fromkeys(k for k, _ in value))
-      renamed = dict(zip(keys, self.redact_names(keys, counts)))
-      return ObjectPairs((renamed[k], self.redact_value(v, counts, k)) for k, v in value)
-    if isinstance(value, dict):
-      keys = [k for k in value if isinstance(k, str)]
-      renamed = dict(zip(keys, self.redact_names(keys, counts)))
-      return {renamed.get(k, k) if isinstance(k, str) else k: self.redact_value(v, counts, k) for k, v in value.items()}
+    if isinstance(value, (ObjectPairs, dict)):
+      return self._redact_object(value, counts, self.redact_value)
     if isinstance(value, (list, tuple)):
       return [self.redact_value(v, counts, name) for v in value]
     if isinstance(value, float) and value.is_integer() and abs(value) < WHOLE_FLOAT_MAX:
@@ -494,22 +488,30 @@ class TextScanner:
         return self.redact_value(value, counts, name)
       counts['SECRET_ASSIGNMENT'] += 1
       return '<SECRET_ASSIGNMENT>'
-    if isinstance(value, ObjectPairs):
-      keys = list(dict.fromkeys(k for k, _ in value))
-      renamed = dict(zip(keys, self.redact_names(keys, counts)))
-      return ObjectPairs((renamed[k], self._secret_value(v, counts, k)) for k, v in value)
-    if isinstance(value, dict):
-      keys = [k for k in value if isinstance(k, str)]
-      renamed = dict(zip(keys, self.redact_names(keys, counts)))
-      return {
-        renamed.get(k, k) if isinstance(k, str) else k: self._secret_value(v, counts, k) for k, v in value.items()
-      }
+    if isinstance(value, (ObjectPairs, dict)):
+      return self._redact_object(value, counts, self._secret_value)
     if isinstance(value, (list, tuple)):
       return [self._secret_value(v, counts, name) for v in value]
     if isinstance(value, (int, float)) and not isinstance(value, bool):
       counts['SECRET_ASSIGNMENT'] += 1
       return '<SECRET_ASSIGNMENT>'
     return value
+
+  def _redact_object(
+    self,
+    value: Union[ObjectPairs, dict],
+    counts: collections.Counter,
+    redact: Callable[[Any, collections.Counter, Optional[str]], Any],
+  ) -> Union[ObjectPairs, dict]:
+    """An object with its keys scanned as names and each value redacted by `redact(value, counts, key)`: a dict, or
+    the pairs of one that writes a key twice (`_redact_json`), every pair kept."""
+    if isinstance(value, ObjectPairs):
+      keys = list(dict.fromkeys(k for k, _ in value))
+      renamed = dict(zip(keys, self.redact_names(keys, counts)))
+      return ObjectPairs((renamed[k], redact(v, counts, k)) for k, v in value)
+    keys = [k for k in value if isinstance(k, str)]
+    renamed = dict(zip(keys, self.redact_names(keys, counts)))
+    return {renamed.get(k, k) if isinstance(k, str) else k: redact(v, counts, k) for k, v in value.items()}
 
   def redact_names(self, names: Sequence[str], counts: collections.Counter) -> List[str]:
     """Names (columns, struct fields, object keys) with their PII redacted, still distinct; findings added to `counts`.

@@ -461,11 +461,10 @@ class RelayCursorPaginator(Paginator):
       raise ValueError(f'no {self.page_info_path}.hasNextPage in the answer: whether more pages follow is unknown')
     if not paging_value(body, f'{self.page_info_path}.hasNextPage'):
       return None
-    if not paging_value(
-      body, f'{self.page_info_path}.endCursor'
-    ):  # more pages, and no way to ask for them: never a silent stop
+    cursor = paging_value(body, f'{self.page_info_path}.endCursor')
+    if not cursor:  # more pages, and no way to ask for them: never a silent stop
       raise ValueError(f'{self.page_info_path}.hasNextPage is true but endCursor is empty')
-    return request.with_variables(**{self.cursor_variable: info['endCursor']})
+    return request.with_variables(**{self.cursor_variable: cursor})
 
 
 PAGINATORS = {
