@@ -22,6 +22,8 @@ from io_connectors._common.errors import ConnectorError, short_error
 from io_connectors.files._lines import (
   first_line,
   line_count,
+  holds_byte,
+  line_feeds,
   nonblank_lines_before,
   open_value_past_end,
   ranges_as_utf8,
@@ -102,20 +104,51 @@ def _quote_walk(
   if len(delimiter.encode('utf-8')) != 1 or len(quote_char.encode('utf-8')) != 1:
     return None
   buf = np.frombuffer(data, dtype=np.uint8)
-  returns = np.flatnonzero(buf == 0x0D)
+  returns = np.flatnonzero(buf == 0x0D) if holds_byte(data, 0x0D) else ()
   if len(returns) and (returns[-1] == len(buf) - 1 or (buf[returns + 1] != 0x0A).any()):
     return None
   quotes = np.flatnonzero(buf == ord(quote_char))
   before = buf[np.maximum(quotes - 1, 0)]
   at_field_start = ((quotes == 0) & (not inside)) | (before == ord(delimiter)) | (before == 0x0A)
-  if not inside and len(quotes) % 2 == 0 and at_field_start[0::2].all():
-    # The usual shape, checked whole: each opening quote's next quote closes its value, which a delimiter, a
-    # line end or the data's end follows; no "" anywhere.
-    closes = quotes[1::2]
-    after = buf[np.minimum(closes + 1, len(buf) - 1)]
-    ended = (closes == len(buf) - 1) | (after == ord(delimiter)) | (after == 0x0A) | (after == 0x0D)
-    if ended.all() and not (np.diff(quotes) == 1).any():
-      return quotes[0::2], closes, None
+  if not inside and len(quotes) % 2 == 0 and delimiter != quote_char:
+    spans = _quoted_spans_by_parity(buf, quotes, at_field_start, ord(delimiter))
+    if spans is not None:
+      return spans[0], spans[1], None
+  return _walk_quotes_one_by_one(quotes, at_field_start, inside)
+
+
+def _quoted_spans_by_parity(
+  buf: np.ndarray, quotes: np.ndarray, at_field_start: np.ndarray, delimiter: int
+) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+  """`_quote_walk`'s opening and closing quotes found whole (vectorised), for data whose every quote belongs
+  to a quoted value; None for data with another quote (in an unquoted field, after a closing quote).
+
+  In such data a byte is inside a value exactly when the quotes before it
+  are odd in number, "" adding two: the 1st, 3rd, ... quote opens a value
+  (at a field's start) or ends a "" (right after the quote before it), the
+  2nd, 4th, ... closes one (a delimiter, a line end or the data's end after
+  it) or begins a "" (the next quote right after it). The walk one quote at
+  a time took ~40 ms for a 64 MiB range with 200k quotes and a "" in a few
+  values, this ~5 ms.
+  """
+  if not len(quotes):
+    return quotes, quotes
+  adjacent = np.diff(quotes) == 1
+  follows_quote = np.concatenate(([False], adjacent))
+  quote_follows = np.concatenate((adjacent, [False]))
+  after = buf[np.minimum(quotes + 1, len(buf) - 1)]
+  ended = (quotes == len(buf) - 1) | (after == delimiter) | (after == 0x0A) | (after == 0x0D)
+  odd_th, even_th = slice(0, None, 2), slice(1, None, 2)  # the 1st, 3rd, ... and the 2nd, 4th, ...
+  if not (at_field_start[odd_th] | follows_quote[odd_th]).all() or not (ended[even_th] | quote_follows[even_th]).all():
+    return None
+  opens, closes = quotes[odd_th], quotes[even_th]
+  return opens[~follows_quote[odd_th]], closes[~quote_follows[even_th]]
+
+
+def _walk_quotes_one_by_one(
+  quotes: np.ndarray, at_field_start: np.ndarray, inside: bool
+) -> Tuple[np.ndarray, np.ndarray, Optional[int]]:
+  """`_quote_walk` in Python, a quote at a time: any data it models."""
   at_field_start = at_field_start.tolist()
   quotes = quotes.tolist()
   opens, closes = [], []
@@ -163,13 +196,14 @@ def _records_of_lines(data, lines: List[int], delimiter: str, quote_char: Option
   defaults (slower: 0.66-0.85 s for a 64 MB range against 0.18 s, measured).
   """
   quote = quote_char.encode('utf-8') if quote_char else b''
-  nonblank_before = nonblank_lines_before(data)
-  if not quote or not (np.frombuffer(data, dtype=np.uint8) == quote[0]).any():
+  # The line feeds are found once: each full pass over a 64 MiB range costs ~30 ms.
+  newlines = line_feeds(data)
+  nonblank_before = nonblank_lines_before(data, newlines)
+  if not quote or not holds_byte(data, quote[0]):
     return {i: int(nonblank_before[i]) + 1 for i in lines}
   last = max(lines)
-  newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 0x0A)
-  # Records after the last wanted line do not change its number.
-  head = data[: newlines[last] + 1] if last < len(newlines) else data
+  # Records after the last wanted line do not change its number (a view: slicing bytes would copy them).
+  head = memoryview(data)[: newlines[last] + 1] if last < len(newlines) else data
   spans = _quoted_values(head, delimiter, quote_char)
   if spans is None:
     return _records_by_csv_module(data, lines, delimiter, quote_char, nonblank_before)
