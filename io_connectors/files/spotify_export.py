@@ -22,6 +22,9 @@ never loaded whole. What it reads, by ``resource``:
 - ``library`` (``saved_track``): the ``tracks`` of ``YourLibrary.json``.
 - ``playlists`` (``playlist_track``): every entry of ``Playlist*.json``.
 
+Members are known by their base name, in any folder; folders separated by
+``/`` or by ``\\`` (as Windows tools write them) alike.
+
 Field variants: ``ip_addr_decrypted`` (older exports) and ``ip_addr``
 (newer) both become ``ip_address``; ``user_agent_decrypted`` becomes
 ``user_agent``; ``offline_timestamp`` in seconds or milliseconds becomes
@@ -134,9 +137,15 @@ _UTC_SECONDS = re.compile(r'\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$')
 _MILLIS_FROM = 100_000_000_000
 
 
+def _base_name(name: str) -> str:
+  """A ZIP member's file name without its folders, ``/`` or ``\\`` separated: Windows tools (PowerShell 5's
+  Compress-Archive) write backslashes, which zipfile keeps on other systems."""
+  return posixpath.basename(name.replace('\\', '/'))
+
+
 def member_kind(name: str):
   """(resource, kind) of a ZIP member by its base name, or None for members that are not read."""
-  base = posixpath.basename(name)
+  base = _base_name(name)
   for pattern, resource, kind in _MEMBER_KINDS:
     if pattern.match(base):
       return resource, kind
@@ -532,14 +541,14 @@ _SPOOL_BYTES = 64 << 20
 
 def _is_resource_fork(name: str) -> bool:
   """macOS's metadata copies (``__MACOSX/...``, ``._name``): not the files they are named after."""
-  return name.startswith('__MACOSX/') or posixpath.basename(name).startswith('._')
+  return name.replace('\\', '/').startswith('__MACOSX/') or _base_name(name).startswith('._')
 
 
 def _export_username(archive: zipfile.ZipFile) -> Optional[str]:
   """``username`` of the export's Userdata.json, if it has one that reads (not one written twice with
   different values: whose export it is cannot be told)."""
   for info in archive.infolist():
-    if posixpath.basename(info.filename).lower() == 'userdata.json' and info.file_size < (1 << 20):
+    if _base_name(info.filename).lower() == 'userdata.json' and info.file_size < (1 << 20):
       try:
         data = loads(archive.read(info).decode('utf-8-sig'), repeated_keys=True)
       except (ValueError, OSError, zipfile.BadZipFile, RuntimeError):

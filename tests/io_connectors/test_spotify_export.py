@@ -489,3 +489,23 @@ def test_members_above_the_bound_are_streamed(tmp_path, monkeypatch):
   batches, letters = _batches_and_letters(path, batch_size=1000)
   assert whole == [f'{EXTENDED_FOLDER}/Streaming_History_Audio_2024.json'] and letters == []
   assert sum(b.num_rows for b in batches) == 203  # the small one read by the streaming path after None
+
+
+def test_members_of_a_zip_written_with_backslash_separators_are_read(tmp_path):
+  # Windows tools (PowerShell 5's Compress-Archive among them) write "folder\\file.json" names; on a Linux worker
+  # zipfile keeps the backslash, and the members were matched by a base name that was the whole path: every
+  # play of the export was skipped without a dead letter, and Userdata.json's listener was not found.
+  path = write_export_zip(
+    str(tmp_path / 'windows.zip'),
+    {
+      'my_spotify_data\\' + AUDIO.replace('/', '\\'): extended_plays(range(3), None, 'newer'),
+      'my_spotify_data\\Spotify Account Data\\Userdata.json': {'username': 'ann'},
+      'my_spotify_data\\Spotify Account Data\\YourLibrary.json': library(2),
+      '__MACOSX\\my_spotify_data\\._Streaming_History_Audio_2023.json': b'\x00\x05\x16\x07',
+    },
+  )
+  rows, letters = _read(path)
+  assert letters == [] and [r['__row'] for r in rows] == [1, 2, 3]
+  assert {r['user_id'] for r in rows} == {'ann'}
+  saved, letters = _read(path, resource='library')
+  assert letters == [] and len(saved) == 2 and {r['user_id'] for r in saved} == {'ann'}
