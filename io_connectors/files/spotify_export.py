@@ -54,8 +54,9 @@ member) that is not a ZIP or a member that fails its checksum (the member's rows
 damage are kept); ``malformed_json`` for a member that stops parsing (rows
 before it kept, one dead letter at the element where it broke) or an
 element that is not an object; ``bad_encoding`` for bytes that are not
-UTF-8; ``duplicate_key`` for an element (a play, a saved track, a playlist's
-entry) that writes a key twice with different values (json would keep the
+UTF-8 (or UTF-16/32 in a member that starts with their byte order mark, as
+a Windows editor saves "Unicode": read as well); ``duplicate_key`` for an
+element (a play, a saved track, a playlist's entry) that writes a key twice with different values (json would keep the
 last value and lose the first), naming the key's path and not its values,
 and for every entry of a playlist that writes one of its own keys twice (its
 name, its items: which the entries belong to cannot be told). An export
@@ -96,7 +97,7 @@ import pyarrow as pa
 from io_connectors import registry
 from io_connectors._common.arrow import column, table_from_rows
 from io_connectors._common.errors import short_error
-from io_connectors.files._ranges import MatchFn, open_file
+from io_connectors.files._ranges import MatchFn, open_file, unicode_bom_encoding
 from io_connectors.files._read import STAGE, emit
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 from transforms.entities import CONTENT_TYPES
@@ -550,7 +551,7 @@ def _export_username(archive: zipfile.ZipFile) -> Optional[str]:
   for info in archive.infolist():
     if _base_name(info.filename).lower() == 'userdata.json' and info.file_size < (1 << 20):
       try:
-        data = loads(archive.read(info).decode('utf-8-sig'), repeated_keys=True)
+        data = loads(_member_text(archive.read(info)), repeated_keys=True)
       except (ValueError, OSError, zipfile.BadZipFile, RuntimeError):
         return None
       if any(repeated.path == ('username',) for repeated in own_repeated_keys(data)):
@@ -660,10 +661,7 @@ def _whole_array(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Optional[li
   before the damage and says where it is, as for a big member.
   """
   try:
-    data = archive.read(info)
-    if data[:3] == codecs.BOM_UTF8:
-      data = data[3:]
-    text = data.decode('utf-8')
+    text = _member_text(archive.read(info))
     elements = json.loads(text)
     if not isinstance(elements, list):
       return None
@@ -703,6 +701,48 @@ def _converted(item: Any) -> Any:
   if type(item) is list:
     return [_converted(value) if type(value) is _Pairs or type(value) is list else value for value in item]
   return item
+
+
+def _member_text(data: bytes) -> str:
+  """A JSON member's text: UTF-8 (its byte order mark dropped), or UTF-16/32 by their byte order mark (a file saved
+  again as "Unicode" by a Windows editor). UnicodeDecodeError for bytes not valid in it."""
+  encoding = unicode_bom_encoding(data[:4])
+  if encoding is not None:
+    return data.decode(encoding)  # the codec reads the mark for the byte order, and drops it
+  return data.decode('utf-8-sig')
+
+
+class _Utf8Transcoded(io.RawIOBase):
+  """A UTF-16/32 member (its byte order mark first) as UTF-8 bytes, a block at a time: the parsers read UTF-8.
+
+  Bytes not valid in the encoding raise UnicodeDecodeError, with the byte offset in the member as its reason.
+  """
+
+  def __init__(self, raw, encoding: str):
+    self._raw = raw
+    self._decoder = codecs.getincrementaldecoder(encoding)()
+    self._encoding = encoding
+    self._offset = 0
+    self._pending = b''
+
+  def readable(self):
+    return True
+
+  def readinto(self, buffer):
+    while not self._pending:
+      data = self._raw.read(1 << 16)
+      try:
+        text = self._decoder.decode(data, final=not data)
+      except UnicodeDecodeError as e:
+        raise UnicodeDecodeError(e.encoding, e.object, e.start, e.end, f'at byte {self._offset + e.start}') from None
+      self._offset += len(data)
+      if not data and not text:
+        return 0
+      self._pending = text.encode('utf-8')
+    n = min(len(buffer), len(self._pending))
+    buffer[:n] = self._pending[:n]
+    self._pending = self._pending[n:]
+    return n
 
 
 class _Utf8Checked(io.RawIOBase):
@@ -871,7 +911,7 @@ class _ReadExportFn(beam.DoFn):
     except UnicodeDecodeError as e:
       yield from flush() if pending else ()
       yield dead_letter(
-        source, position(number + 1), 'bad_encoding', detail=f'bytes not valid in utf-8 {e.reason}', stage=STAGE
+        source, position(number + 1), 'bad_encoding', detail=f'bytes not valid in {e.encoding} {e.reason}', stage=STAGE
       )
       return
     except (self._ijson.JSONError, MalformedJson) as e:
@@ -906,6 +946,9 @@ class _ReadExportFn(beam.DoFn):
         yield from self._made(enumerate(elements, start=1), kind, user)
         return
     with archive.open(info) as raw:
+      encoding = unicode_bom_encoding(raw.peek(4)[:4])
+      if encoding is not None:  # a UTF-16/32 member, streamed as the UTF-8 the parsers read
+        raw = io.BufferedReader(_Utf8Transcoded(raw, encoding), buffer_size=1 << 16)
       # History arrays are UTF-8-checked by their decoder; ijson's members here.
       stream = raw if array else io.BufferedReader(_Utf8Checked(raw), buffer_size=1 << 16)
       if stream.peek(3)[:3] == codecs.BOM_UTF8:

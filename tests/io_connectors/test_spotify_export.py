@@ -509,3 +509,34 @@ def test_members_of_a_zip_written_with_backslash_separators_are_read(tmp_path):
   assert {r['user_id'] for r in rows} == {'ann'}
   saved, letters = _read(path, resource='library')
   assert letters == [] and len(saved) == 2 and {r['user_id'] for r in saved} == {'ann'}
+
+
+@pytest.mark.parametrize('encoding', ['utf-16-le', 'utf-16-be', 'utf-32-le', 'utf-32-be'])
+@pytest.mark.parametrize('streamed', [False, True])
+def test_members_saved_as_utf16_or_utf32_with_their_byte_order_mark_are_read(tmp_path, monkeypatch, encoding, streamed):
+  # A history opened and saved again in a Windows editor ("Unicode") is UTF-16 with a byte order mark: each such
+  # member was one bad_encoding dead letter, none of its plays read, and a UTF-16 Userdata.json named no listener.
+  if streamed:
+    monkeypatch.setattr(spotify_export, '_WHOLE_MEMBER_BYTES', -1)
+
+  def saved(value):
+    return '\ufeff'.encode(encoding) + json.dumps(value, indent=2, ensure_ascii=False).encode(encoding)
+
+  plays = extended_plays(range(3), None, 'newer')
+  plays[1]['master_metadata_track_name'] = 'شمس 🎵 Ünïcode'
+  path = write_export_zip(
+    str(tmp_path / 'saved.zip'),
+    {
+      AUDIO: saved(plays),
+      'StreamingHistory_music_0.json': saved(account_plays(range(2))),
+      'Userdata.json': saved({'username': 'ann'}),
+      'YourLibrary.json': saved(library(2)),
+      'Playlist1.json': saved(playlists([2])),
+    },
+  )
+  rows, letters = _read(path)
+  assert letters == [] and len(rows) == 5 and {r['user_id'] for r in rows} == {'ann'}
+  assert [r['track_name'] for r in rows if r['history_format'] == 'extended'][1] == 'شمس 🎵 Ünïcode'
+  for resource, count in (('library', 2), ('playlists', 2)):
+    records, letters = _read(path, resource=resource)
+    assert letters == [] and len(records) == count and {r['user_id'] for r in records} == {'ann'}
