@@ -100,7 +100,7 @@ from io_connectors._common.errors import short_error
 from io_connectors.files._ranges import MatchFn, open_file, unicode_bom_encoding
 from io_connectors.files._read import STAGE, emit
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
-from transforms.entities import CONTENT_TYPES
+from transforms.entities import CONTENT_TYPES, EPOCH_MS_PATTERN, to_int, to_utc_timestamp
 from transforms.json_values import (
   loads,
   lone_surrogate,
@@ -134,6 +134,7 @@ _MEMBER_KINDS = (
 _ACCOUNT_TIME = re.compile(r'^\s*(\d{4}-\d{2}-\d{2})[ T](\d{2}:\d{2})(:\d{2})?\s*$')
 _URI = re.compile(r'spotify:([a-z]+):([0-9A-Za-z]+)\s*$')
 _UTC_SECONDS = re.compile(r'\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$')
+_EPOCH = re.compile(EPOCH_MS_PATTERN)
 # offline_timestamp: epoch seconds below this, milliseconds above (1e11 s is the year 5138).
 _MILLIS_FROM = 100_000_000_000
 
@@ -181,19 +182,45 @@ def _canonical_time(value: Any) -> Any:
 
   Spotify's times are UTC: one written without an offset ("2023-01-01T12:00:00",
   as a spreadsheet saves it) is read as UTC, not left for validation to refuse.
+  An epoch time (a number, or its digits; pandas writes milliseconds) is read
+  as validation reads it (ten digits: seconds).
   """
-  if not isinstance(value, str):
-    return value
-  if _UTC_SECONDS.match(value):  # Spotify's own spelling: the common case, already canonical
+  if isinstance(value, str):
+    if _UTC_SECONDS.match(value):  # Spotify's own spelling: the common case, already canonical
+      return value
+    if not _EPOCH.match(value):
+      try:
+        parsed = dt.datetime.fromisoformat(value.strip())
+      except ValueError:
+        return value
+      if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+      return _utc_text(parsed)
+  elif type(value) is not int:
     return value
   try:
-    parsed = dt.datetime.fromisoformat(value.strip())
-  except ValueError:
+    return _utc_text(to_utc_timestamp(value))
+  except (ValueError, OverflowError):
     return value
-  if parsed.tzinfo is None:
-    parsed = parsed.replace(tzinfo=dt.timezone.utc)
-  parsed = parsed.astimezone(dt.timezone.utc)
+
+
+def _utc_text(moment: Any) -> Any:
+  """An aware datetime as ``...Z`` text (its fraction only when it has one); None as it is."""
+  if moment is None:
+    return None
+  parsed = moment.astimezone(dt.timezone.utc)
   return parsed.strftime('%Y-%m-%dT%H:%M:%SZ') if not parsed.microsecond else parsed.strftime('%Y-%m-%dT%H:%M:%S.%fZ')
+
+
+def _canonical_ms(value: Any) -> Any:
+  """ms_played as an integer when it writes one however spelled (``230000.0``, ``"230000"``: a file that went
+  through a spreadsheet or pandas), so equal plays hash alike; other values as they are, for validation."""
+  if type(value) is int or value is None:
+    return value
+  try:
+    return to_int(value)
+  except (ValueError, TypeError):
+    return value
 
 
 def _offline_millis(value: Any) -> Any:
@@ -257,7 +284,7 @@ def _extended_play(e: dict, user: Optional[str], kind: str) -> dict:
     ip = get('ip_addr_decrypted')
   country = get('conn_country')
   ts = _canonical_time(get('ts'))
-  ms_played = get('ms_played')
+  ms_played = _canonical_ms(get('ms_played'))
   return {
     'event_id': event_id(user_id, ts, _played_what(e, content_uri), ms_played),
     'user_id': user_id,
@@ -345,6 +372,7 @@ def _extended_table(elements: List[dict], user: Optional[str], kind: str, string
 
   passed = {name: field(key) for name, key in _PASSED_FIELDS.items()}
   passed['played_at'] = list(map(_canonical_time, passed['played_at']))
+  passed['ms_played'] = [v if type(v) is int else _canonical_ms(v) for v in passed['ms_played']]
   track_uris, episode_uris = stripped('spotify_track_uri'), stripped('spotify_episode_uri')
   chapter_uris, book_uris = stripped('audiobook_chapter_uri'), stripped('audiobook_uri')
   content_types = list(
@@ -399,7 +427,7 @@ def _account_time(value: Any) -> Any:
 def _account_play(e: dict, user: Optional[str], kind: str) -> dict:
   podcast = kind == 'account_podcast' or 'podcastName' in e or 'episodeName' in e
   end_time = _account_time(e.get('endTime'))
-  ms_played = e.get('msPlayed')
+  ms_played = _canonical_ms(e.get('msPlayed'))
   row = dict.fromkeys(_PLAY_FIELDS)
   if podcast:
     show, name = e.get('podcastName'), e.get('episodeName')

@@ -540,3 +540,45 @@ def test_members_saved_as_utf16_or_utf32_with_their_byte_order_mark_are_read(tmp
   for resource, count in (('library', 2), ('playlists', 2)):
     records, letters = _read(path, resource=resource)
     assert letters == [] and len(records) == count and {r['user_id'] for r in records} == {'ann'}
+
+
+@pytest.mark.parametrize('by_row', [False, True])
+def test_one_play_spelled_differently_in_overlapping_exports_gets_one_event_id(tmp_path, monkeypatch, by_row):
+  # A history that went through a spreadsheet or pandas writes ms_played as 230000.0 or "230000" and ts as epoch
+  # milliseconds; validation reads each as the same value, but the event id hashed the spelling, so the play was
+  # kept twice by deduplication when the user fed both exports.
+  if by_row:  # the streamed path, a row per element (`_extended_play`)
+    monkeypatch.setattr(spotify_export, '_WHOLE_MEMBER_BYTES', -1)
+    monkeypatch.setattr(spotify_export, '_TABLE_MAKERS', {})
+    monkeypatch.setitem(spotify_export._ROW_MAKERS, 'extended_audio', ('item', spotify_export._extended_play))
+  play = dict(extended_plays([0], 'ann', 'newer')[0], ts='2023-01-02T03:04:05Z', ms_played=230000)
+  epoch_ms = 1672628645000
+  spellings = [
+    play,
+    dict(play, ms_played=230000.0),
+    dict(play, ms_played='230000'),
+    dict(play, ms_played=' 230000.0 '),
+    dict(play, ts=epoch_ms),
+    dict(play, ts=str(epoch_ms)),
+    dict(play, ts=epoch_ms // 1000),  # ten digits: seconds, as validation reads them
+  ]
+  rows, letters = _read(write_export_zip(str(tmp_path / 'a.zip'), {AUDIO: spellings}))
+  assert letters == [] and len(rows) == len(spellings)
+  assert {(r['played_at'], r['ms_played']) for r in rows} == {('2023-01-02T03:04:05Z', 230000)}
+  assert len({r['event_id'] for r in rows}) == 1
+  # Values no integer or time: as they are, for validation to refuse.
+  odd = [dict(play, ms_played='about 4 minutes', ts='yesterday'), dict(play, ms_played=True, ts=None)]
+  rows, letters = _read(write_export_zip(str(tmp_path / 'b.zip'), {AUDIO: odd}))
+  assert letters == [] and [(r['played_at'], r['ms_played']) for r in rows] == [
+    ('yesterday', 'about 4 minutes'),
+    (None, 'true'),
+  ]
+  account = account_plays(range(1))[0]
+  rows, letters = _read(
+    write_export_zip(
+      str(tmp_path / 'c.zip'),
+      {'StreamingHistory_music_0.json': [account, dict(account, msPlayed=float(account['msPlayed']))]},
+    ),
+    user_id='bob',
+  )
+  assert letters == [] and len({r['event_id'] for r in rows}) == 1 and len({r['ms_played'] for r in rows}) == 1
