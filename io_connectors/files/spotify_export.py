@@ -82,6 +82,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import posixpath
 import re
 import shutil
@@ -188,19 +189,14 @@ def _canonical_time(value: Any) -> Any:
   if isinstance(value, str):
     if _UTC_SECONDS.match(value):  # Spotify's own spelling: the common case, already canonical
       return value
-    if not _EPOCH.match(value):
-      try:
-        parsed = dt.datetime.fromisoformat(value.strip())
-      except ValueError:
-        return value
-      if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
-      return _utc_text(parsed)
   elif type(value) is not int:
     return value
   try:
+    if isinstance(value, str) and not _EPOCH.match(value):
+      parsed = dt.datetime.fromisoformat(value.strip())
+      return _utc_text(parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.timezone.utc))
     return _utc_text(to_utc_timestamp(value))
-  except (ValueError, OverflowError):
+  except (ValueError, OverflowError):  # no time, or one beyond the years 1 to 9999 in UTC: validation's to refuse
     return value
 
 
@@ -224,9 +220,14 @@ def _canonical_ms(value: Any) -> Any:
 
 
 def _offline_millis(value: Any) -> Any:
-  """offline_timestamp (epoch s or ms; 0 or negative: none) as epoch ms; other values as they are."""
+  """offline_timestamp (epoch s or ms; 0 or negative: none) as epoch ms; other values as they are (NaN and
+  Infinity as text)."""
   if isinstance(value, bool) or not isinstance(value, (int, float)):
     return value
+  if type(value) is float and not math.isfinite(value):
+    # NaN and Infinity (Python's json reads them) as JSON writes them: validation refuses that row's text, where a
+    # float would make the batch's column float, which no row's time is read from.
+    return json.dumps(value)
   if value <= 0:
     return None
   return int(value if value >= _MILLIS_FROM else value * 1000)

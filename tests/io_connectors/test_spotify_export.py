@@ -582,3 +582,26 @@ def test_one_play_spelled_differently_in_overlapping_exports_gets_one_event_id(t
     user_id='bob',
   )
   assert letters == [] and len({r['event_id'] for r in rows}) == 1 and len({r['ms_played'] for r in rows}) == 1
+
+
+@pytest.mark.parametrize('by_row', [False, True])
+def test_a_time_beyond_the_calendar_is_left_for_validation_not_a_crash_of_the_export(tmp_path, monkeypatch, by_row):
+  # ts 9999-12-31T23:59:59-01:00 is past the year 9999 in UTC, and offline_timestamp NaN or Infinity (Python's
+  # json reads them) is no integer: each raised out of the reader, and the whole export failed with it.
+  if by_row:
+    monkeypatch.setattr(spotify_export, '_WHOLE_MEMBER_BYTES', -1)
+    monkeypatch.setattr(spotify_export, '_TABLE_MAKERS', {})
+    monkeypatch.setitem(spotify_export._ROW_MAKERS, 'extended_audio', ('item', spotify_export._extended_play))
+  plays = extended_plays(range(5), 'ann', 'older')
+  plays[1]['ts'] = '9999-12-31T23:59:59-01:00'
+  plays[2]['ts'] = '0001-01-01T00:00:00+01:00'
+  plays[3]['offline_timestamp'], plays[4]['offline_timestamp'] = 123.25, 456.25
+  text = json.dumps(plays).replace('123.25', 'NaN').replace('456.25', 'Infinity')
+  rows, letters = _read(write_export_zip(str(tmp_path / 'a.zip'), {AUDIO: text.encode()}))
+  assert letters == [] and [r['__row'] for r in rows] == [1, 2, 3, 4, 5]
+  assert [r['played_at'] for r in rows[1:3]] == ['9999-12-31T23:59:59-01:00', '0001-01-01T00:00:00+01:00']
+  # As JSON writes them, text: a float would make the batch's offline_at a float column, refused for every row.
+  assert [r['offline_at'] for r in rows] == ['1672531140000', None, None, 'NaN', 'Infinity']
+  for row in rows[1:]:  # as written: validation refuses them, each a dead letter of its own
+    with pytest.raises(ValueError):
+      entities.MediaPlay.model_validate({k: v for k, v in row.items() if not k.startswith('__')})
