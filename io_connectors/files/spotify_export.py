@@ -23,7 +23,9 @@ never loaded whole. What it reads, by ``resource``:
 - ``playlists`` (``playlist_track``): every entry of ``Playlist*.json``.
 
 Members are known by their base name, in any folder; folders separated by
-``/`` or by ``\\`` (as Windows tools write them) alike.
+``/`` or by ``\\`` (as Windows tools write them) alike. A name the ZIP flags
+UTF-8 but is not (a zipper writing its system's code page) is read in the
+ZIP's historical code page, cp437, as zipfile reads names not so flagged.
 
 Field variants: ``ip_addr_decrypted`` (older exports) and ``ip_addr``
 (newer) both become ``ip_address``; ``user_agent_decrypted`` becomes
@@ -86,6 +88,7 @@ import math
 import posixpath
 import re
 import shutil
+import struct
 import tempfile
 import zipfile
 from itertools import repeat
@@ -569,6 +572,73 @@ _MAX_ZIP_DEPTH = 3
 _SPOOL_BYTES = 64 << 20
 
 
+def _open_zip(handle) -> zipfile.ZipFile:
+  """The ZIP in `handle`, also one whose central directory flags names UTF-8 that are not (zippers that write their
+  system's code page): zipfile raises UnicodeDecodeError for those; they are read in the historical code page
+  (cp437), as zipfile reads the names not so flagged."""
+  try:
+    return zipfile.ZipFile(handle)
+  except UnicodeDecodeError:
+    handle.seek(0)
+    return zipfile.ZipFile(_NamesUnflagged(handle))
+
+
+class _NamesUnflagged:
+  """A ZIP's file object that does not flag UTF-8 the names that are not, as zipfile reads them: in the central
+  directory (one read at its start) and in those members' local headers (read at their offsets); every other
+  read as it is."""
+
+  def __init__(self, handle):
+    self._handle = handle
+    end = zipfile._EndRecData(handle)  # type: ignore[attr-defined]  # zipfile's own reading of the end record
+    if not end:
+      raise zipfile.BadZipFile('File is not a zip file')
+    size, offset, location = end[zipfile._ECD_SIZE], end[zipfile._ECD_OFFSET], end[zipfile._ECD_LOCATION]  # type: ignore[attr-defined]
+    start = location - size  # where it is, also in a ZIP with data before it (zipfile's "concat")
+    if end[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:  # type: ignore[attr-defined]
+      start -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator  # type: ignore[attr-defined]
+    self._directory = (start, size)
+    self._concat = start - offset
+    self._headers: set = set()  # offsets of the local headers to unflag
+    handle.seek(0)
+
+  def __getattr__(self, name):
+    return getattr(self._handle, name)
+
+  def read(self, n=-1):
+    at = self._handle.tell()
+    data = self._handle.read(n)
+    if (at, len(data)) == self._directory:
+      data, headers = _unflagged_names(data)
+      self._headers = {self._concat + header for header in headers}
+    elif at in self._headers and data[:4] == b'PK\x03\x04' and len(data) >= 8:
+      (flags,) = struct.unpack_from('<H', data, 6)
+      data = data[:6] + struct.pack('<H', flags & ~_UTF8_NAME) + data[8:]
+    return data
+
+
+_UTF8_NAME = 0x800  # general-purpose flag bit 11: the name (and comment) are UTF-8
+
+
+def _unflagged_names(directory: bytes) -> tuple:
+  """(a ZIP's central directory with the UTF-8 flag cleared on the entries whose names are not UTF-8, the offsets
+  of those entries' local headers)."""
+  out = bytearray(directory)
+  headers = []
+  at = 0
+  while at + 46 <= len(out) and out[at : at + 4] == b'PK\x01\x02':
+    (flags,) = struct.unpack_from('<H', out, at + 8)
+    name_length, extra_length, comment_length = struct.unpack_from('<HHH', out, at + 28)
+    if flags & _UTF8_NAME:
+      try:
+        bytes(out[at + 46 : at + 46 + name_length]).decode('utf-8')
+      except UnicodeDecodeError:
+        struct.pack_into('<H', out, at + 8, flags & ~_UTF8_NAME)
+        headers.append(struct.unpack_from('<I', out, at + 42)[0])
+    at += 46 + name_length + extra_length + comment_length
+  return bytes(out), headers
+
+
 def _is_resource_fork(name: str) -> bool:
   """macOS's metadata copies (``__MACOSX/...``, ``._name``): not the files they are named after."""
   return name.replace('\\', '/').startswith('__MACOSX/') or _base_name(name).startswith('._')
@@ -840,12 +910,12 @@ class _ReadExportFn(beam.DoFn):
     try:
       with open_file(path) as handle:
         yield from self._read_archive(handle, path, self._user_id, 0)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError) as e:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError, UnicodeDecodeError) as e:
       yield dead_letter(path, None, 'corrupt_file', detail=f'cannot open as a ZIP: {short_error(e)}', stage=STAGE)
 
   def _read_archive(self, handle, source: str, user: Optional[str], depth: int) -> Iterator[Any]:
     """The resource's members of one ZIP, and of the ZIPs inside it (an export zipped again), as `source!member`."""
-    with zipfile.ZipFile(handle) as archive:
+    with _open_zip(handle) as archive:
       members = sorted((info for info in archive.infolist() if not info.is_dir()), key=lambda info: info.filename)
       user = _export_username(archive) or user
       for info in members:
@@ -870,7 +940,15 @@ class _ReadExportFn(beam.DoFn):
           shutil.copyfileobj(raw, copy, 1 << 20)
         copy.seek(0)
         yield from self._read_archive(copy, source, user, depth)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, RuntimeError, NotImplementedError) as e:
+    except (
+      zipfile.BadZipFile,
+      zipfile.LargeZipFile,
+      EOFError,
+      OSError,
+      RuntimeError,
+      NotImplementedError,
+      UnicodeDecodeError,
+    ) as e:
       yield dead_letter(source, None, 'corrupt_file', detail=f'cannot open as a ZIP: {short_error(e)}', stage=STAGE)
 
   def _read_member(self, archive, info, kind: str, source: str, user: Optional[str]) -> Iterator[Any]:

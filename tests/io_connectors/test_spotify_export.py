@@ -605,3 +605,37 @@ def test_a_time_beyond_the_calendar_is_left_for_validation_not_a_crash_of_the_ex
   for row in rows[1:]:  # as written: validation refuses them, each a dead letter of its own
     with pytest.raises(ValueError):
       entities.MediaPlay.model_validate({k: v for k, v in row.items() if not k.startswith('__')})
+
+
+def _zip_with_name_bytes(path, members, old, new):
+  """A ZIP of `members` whose names' bytes `old` are replaced by `new` (as long) in its headers: what a zipper
+  writes that flags its names UTF-8 (zipfile does for any name not ASCII) but writes them in another code page."""
+  buffer = io.BytesIO()
+  with zipfile.ZipFile(buffer, 'w', zipfile.ZIP_DEFLATED) as archive:
+    for name, content in members.items():
+      archive.writestr(name, json.dumps(content))
+  assert len(old) == len(new)
+  path.write_bytes(buffer.getvalue().replace(old, new))
+  return path
+
+
+def test_a_zip_flagging_names_utf8_that_are_not_is_read_not_a_crash(tmp_path):
+  # zipfile raised UnicodeDecodeError opening such a ZIP, out of the reader: the run failed. Its names are read
+  # in the ZIP's historical code page (cp437) instead, as zipfile reads names not flagged UTF-8.
+  folder = 'Müsik'  # 'ü' is two bytes in UTF-8: replaced by Latin-1's one and an 'x'
+  path = _zip_with_name_bytes(
+    tmp_path / 'flagged.zip',
+    {
+      f'{folder}/Streaming_History_Audio_2023.json': extended_plays(range(3), None),
+      'Userdata.json': {'username': 'ann'},
+    },
+    folder.encode('utf-8'),
+    b'M\xfcxsik',
+  )
+  rows, letters = _read(path)
+  assert letters == [] and [r['__row'] for r in rows] == [1, 2, 3] and {r['user_id'] for r in rows} == {'ann'}
+  assert rows[0]['__source'].endswith('!M\u207fxsik/Streaming_History_Audio_2023.json')  # 0xfc in cp437
+  # The same ZIP inside an export: read alike.
+  outer = write_export_zip(str(tmp_path / 'outer.zip'), {'inner.zip': path.read_bytes()})
+  rows, letters = _read(outer)
+  assert letters == [] and [r['__row'] for r in rows] == [1, 2, 3]
