@@ -978,8 +978,9 @@ class _ReadExportFn(beam.DoFn):
             rows.append(row)
           else:
             out.append(dead_letter(source, position(row_number), 'bad_encoding', detail=detail, stage=STAGE))
-        table = build(rows)
-      out.extend(emit(table, source, np.array(kept, dtype=np.int64), self._batch_size))
+        table = build(rows) if rows else None  # every row a dead letter: no table (the row kinds' have no columns)
+      if table is not None:
+        out.extend(emit(table, source, np.array(kept, dtype=np.int64), self._batch_size))
       pending.clear()
       numbers.clear()
       return out

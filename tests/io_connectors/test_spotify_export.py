@@ -639,3 +639,14 @@ def test_a_zip_flagging_names_utf8_that_are_not_is_read_not_a_crash(tmp_path):
   outer = write_export_zip(str(tmp_path / 'outer.zip'), {'inner.zip': path.read_bytes()})
   rows, letters = _read(outer)
   assert letters == [] and [r['__row'] for r in rows] == [1, 2, 3]
+
+
+def test_a_batch_whose_every_row_holds_a_lone_surrogate_is_dead_letters_not_a_crash(tmp_path):
+  # The last batch of a member is often one row: when each of its rows held "\\ud800", the rows left to build a
+  # table of were none, and the account data's table maker raised IndexError on them: the export failed.
+  plays = account_plays(range(3))
+  plays[2]['trackName'] = 'B\ud800side'
+  path = write_export_zip(str(tmp_path / 'a.zip'), {'StreamingHistory_music_0.json': plays})
+  rows, letters = _read(path, user_id='ann', batch_size=2)
+  assert [r['__row'] for r in rows] == [1, 2]
+  assert [(l['reason'], l['position']) for l in letters] == [('bad_encoding', 'row 3')]
