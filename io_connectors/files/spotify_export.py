@@ -36,7 +36,9 @@ in one spelling, ``...Z``, also when it came without an offset;
 null or absent.
 
 The listener: a record's ``username``, else the export's ``Userdata.json``
-``username``, else the source's ``user_id`` option. A record with none of
+``username`` (in a ZIP of several people's exports, a folder each: the one
+nearest the member, sharing most of its folders; none when two listeners'
+are as near), else the source's ``user_id`` option. A record with none of
 them is dead-lettered by validation (``missing_field`` ``user_id``). The
 username, IP and user agent are identifiers: the pipeline's PII step
 pseudonymises them like any other (transforms/pii).
@@ -91,8 +93,8 @@ import shutil
 import struct
 import tempfile
 import zipfile
-from itertools import repeat
-from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence
+from itertools import repeat, takewhile
+from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -644,21 +646,45 @@ def _is_resource_fork(name: str) -> bool:
   return name.replace('\\', '/').startswith('__MACOSX/') or _base_name(name).startswith('._')
 
 
-def _export_username(archive: zipfile.ZipFile) -> Optional[str]:
-  """``username`` of the export's Userdata.json, if it has one that reads (not one written twice with
-  different values: whose export it is cannot be told)."""
-  for info in archive.infolist():
-    if _base_name(info.filename).lower() == 'userdata.json' and info.file_size < (1 << 20):
-      try:
-        data = loads(_member_text(archive.read(info)), repeated_keys=True)
-      except (ValueError, OSError, zipfile.BadZipFile, RuntimeError):
-        return None
-      if any(repeated.path == ('username',) for repeated in own_repeated_keys(data)):
-        _LOG.warning('%s writes "username" twice with different values: the listener is not taken from it', info)
-        return None
-      user = data.get('username') if isinstance(data, dict) else None
-      return user.strip() or None if isinstance(user, str) else None
-  return None
+def _folders(name: str) -> Tuple[str, ...]:
+  """The folders of a ZIP member's name, outermost first."""
+  return tuple(name.replace('\\', '/').split('/')[:-1])
+
+
+def _export_usernames(archive: zipfile.ZipFile) -> List[Tuple[Tuple[str, ...], Optional[str]]]:
+  """(folders, username) of each Userdata.json in the ZIP: one, or one per listener in a ZIP of several people's
+  exports (a folder each)."""
+  return [
+    (_folders(info.filename), _export_username(archive, info))
+    for info in archive.infolist()
+    if _base_name(info.filename).lower() == 'userdata.json' and info.file_size < (1 << 20)
+  ]
+
+
+def _export_username(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Optional[str]:
+  """``username`` of a Userdata.json, if it has one that reads (not one written twice with different values:
+  whose export it is cannot be told)."""
+  try:
+    data = loads(_member_text(archive.read(info)), repeated_keys=True)
+  except (ValueError, OSError, zipfile.BadZipFile, RuntimeError):
+    return None
+  if any(repeated.path == ('username',) for repeated in own_repeated_keys(data)):
+    _LOG.warning('%s writes "username" twice with different values: the listener is not taken from it', info)
+    return None
+  user = data.get('username') if isinstance(data, dict) else None
+  return user.strip() or None if isinstance(user, str) else None
+
+
+def _member_user(usernames: List[Tuple[Tuple[str, ...], Optional[str]]], name: str, user: Optional[str]):
+  """The listener of member `name`: the username of the Userdata.json nearest it (the most folders in common: its
+  own export's); `user` (the source's, or the enclosing ZIP's) when there is none, or when Userdata.json files of
+  different listeners are as near (whose it is cannot be told)."""
+  if not usernames:
+    return user
+  folders = _folders(name)
+  shared = [len(list(takewhile(lambda pair: pair[0] == pair[1], zip(found, folders)))) for found, _ in usernames]
+  nearest = {username for near, (_, username) in zip(shared, usernames) if near == max(shared)}
+  return (nearest.pop() or user) if len(nearest) == 1 else user
 
 
 class MalformedJson(ValueError):
@@ -917,15 +943,17 @@ class _ReadExportFn(beam.DoFn):
     """The resource's members of one ZIP, and of the ZIPs inside it (an export zipped again), as `source!member`."""
     with _open_zip(handle) as archive:
       members = sorted((info for info in archive.infolist() if not info.is_dir()), key=lambda info: info.filename)
-      user = _export_username(archive) or user
+      usernames = _export_usernames(archive)
       for info in members:
         if info.filename.lower().endswith('.zip') and not _is_resource_fork(info.filename):
-          yield from self._read_inner_zip(archive, info, f'{source}!{info.filename}', user, depth + 1)
+          member_user = _member_user(usernames, info.filename, user)
+          yield from self._read_inner_zip(archive, info, f'{source}!{info.filename}', member_user, depth + 1)
           continue
         kind = member_kind(info.filename)
         if kind is None or kind[0] != self._resource:
           continue
-        yield from self._read_member(archive, info, kind[1], f'{source}!{info.filename}', user)
+        member_user = _member_user(usernames, info.filename, user)
+        yield from self._read_member(archive, info, kind[1], f'{source}!{info.filename}', member_user)
 
   def _read_inner_zip(self, archive, info, source: str, user: Optional[str], depth: int) -> Iterator[Any]:
     """A ZIP member, read as an export of its own (copied to a spooled file: a ZIP needs seeks)."""

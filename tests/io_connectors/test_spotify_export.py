@@ -650,3 +650,25 @@ def test_a_batch_whose_every_row_holds_a_lone_surrogate_is_dead_letters_not_a_cr
   rows, letters = _read(path, user_id='ann', batch_size=2)
   assert [r['__row'] for r in rows] == [1, 2]
   assert [(l['reason'], l['position']) for l in letters] == [('bad_encoding', 'row 3')]
+
+
+def test_a_zip_holding_several_listeners_exports_gives_each_member_its_own_listener(tmp_path):
+  # Newer Extended histories name no listener in their plays: Userdata.json does. A ZIP of two people's exports
+  # (a folder each) gave every play the first Userdata.json's username: bob's plays were written as ann's.
+  newer = extended_plays(range(3), None, 'newer')
+  path = write_export_zip(
+    str(tmp_path / 'family.zip'),
+    {
+      f'ann/{AUDIO}': newer,
+      'ann/Spotify Account Data/Userdata.json': {'username': 'ann'},
+      f'bob/{AUDIO}': newer,
+      'bob/Spotify Account Data/Userdata.json': {'username': 'bob'},
+      # As near to both: whose it is cannot be told; the source's user_id (here none) is taken.
+      f'shared/{AUDIO}': newer[:1],
+    },
+  )
+  rows, letters = _read(path)
+  assert letters == []
+  users = {(r['__source'].split('!')[1].split('/')[0], r['user_id']) for r in rows}
+  assert users == {('ann', 'ann'), ('bob', 'bob'), ('shared', None)}
+  assert len({r['event_id'] for r in rows}) == 7  # one play of two listeners: two plays
