@@ -861,3 +861,38 @@ def test_amplitude_incremental_ranges_read_the_last_hours_again(tmp_path):
     ('20240601T22', '20240601T23'),
   ]
   assert ReadFromAmplitude(AmplitudeOptions(lookback_hours=0, **options)).ranges()[0][0] == '20240601T12'
+
+
+# ----- hostile bytes: encodings, byte-order marks -----
+
+
+def test_a_line_that_is_not_utf8_in_an_export_is_one_dead_letter_not_a_failed_day(mixpanel):
+  """A day whose lines all share one shape went through pyarrow's reader, which keeps bytes that are not UTF-8
+  (a Latin-1 city) in its strings: mapping the day then raised UnicodeDecodeError and the whole day failed. Now
+  that line is a bad_encoding dead letter keeping its bytes, and the day's other events are read."""
+  when = dt.datetime(2024, 6, 1, 8, 0, tzinfo=UTC)
+  mixpanel.add_events([mixpanel_event(i, when + dt.timedelta(minutes=i)) for i in range(3)])
+  latin1 = json.dumps(mixpanel_event(3, when), ensure_ascii=False).replace('Hamburg', 'München').encode('latin-1')
+  mixpanel.raw_lines['2024-06-01'] = [latin1]
+  rows, letters = _collect(ReadFromMixpanel(_mixpanel_options(mixpanel, end_date='2024-06-01')))
+  assert sorted(r['insert_id'] for r in rows) == [f'mpins{i:010d}' for i in range(3)]
+  [letter] = letters
+  assert (letter['reason'], letter['position']) == ('bad_encoding', 'line 4')
+  assert 'day 2024-06-01' in letter['source'] and 'M\\xfcnchen' in letter['record']
+
+
+def test_segment_archive_file_with_a_byte_order_mark_and_crlf_lines_is_read_whole(tmp_path):
+  """A file re-saved by a Windows tool: a UTF-8 byte-order mark, then CRLF line ends. The first event was a
+  malformed_json dead letter (the mark is no JSON); every event is read now, and a line holding only a mark is
+  no record."""
+  from io_connectors.apis.analytics.segment import _ReadArchiveFileFn
+
+  text = b'\r\n'.join(json.dumps(segment_message(i)).encode() for i in range(3)) + b'\r\n\xef\xbb\xbf\r\n'
+  path = tmp_path / 'segment-logs' / 'S1' / '1717200000000' / 'a.gz'
+  path.parent.mkdir(parents=True)
+  path.write_bytes(gzip.compress(b'\xef\xbb\xbf' + text))
+  out = list(_ReadArchiveFileFn().process(str(path)))
+  assert [o.value for o in out if isinstance(o, beam.pvalue.TaggedOutput)] == []
+  [batch] = out
+  assert batch.column('insert_id').to_pylist() == ['api-000000', 'api-000001', 'api-000002']
+  assert batch.column(ROW_COLUMN).to_pylist() == [1, 2, 3]

@@ -179,7 +179,8 @@ def parse_lines(
 
   pyarrow's reader when every line is an object and no line is blank; line
   by line otherwise (a bad line is a `malformed_json` / `bad_encoding` dead letter,
-  an object writing a key twice with different values a `duplicate_key` one).
+  an object writing a key twice with different values a `duplicate_key` one;
+  a byte-order mark before a line is no part of it).
   pyarrow's reader refuses any key written twice, so only data holding one
   is read line by line for it: the fast path pays nothing.
   """
@@ -191,6 +192,9 @@ def parse_lines(
   if b'\n\n' not in data and not data.startswith((b'\n', b'\r')) and b'\r' not in data:
     try:
       table = table_from_json_lines(data, string_columns)
+      # pyarrow's reader keeps bytes that are not UTF-8 in its strings (reading them later raised, failing the
+      # whole unit): such data is read line by line, the bad line a `bad_encoding` dead letter.
+      table.validate(full=True)
       return table, np.arange(first_line, first_line + table.num_rows, dtype=np.int64), []
     except _ARROW_ERRORS:
       pass
@@ -199,11 +203,21 @@ def parse_lines(
     if not line.strip():
       continue
     try:
-      text = line.decode('utf-8')
+      # A byte-order mark starts a file (or each file of a joined archive) written by some tools: no JSON.
+      text = line.decode('utf-8').removeprefix('\ufeff')
     except UnicodeDecodeError as e:
       letters.append(
-        dead_letter(source, position(number), 'bad_encoding', detail=f'not UTF-8: {e}', record=None, stage='read')
+        dead_letter(
+          source,
+          position(number),
+          'bad_encoding',
+          detail=f'not UTF-8: {e}',
+          record=line.decode('utf-8', 'backslashreplace')[:2000],  # the bad bytes kept, as \xNN
+          stage='read',
+        )
       )
+      continue
+    if not text.strip():
       continue
     try:
       value = loads(text, floats_as_written=True, repeated_keys=True)
