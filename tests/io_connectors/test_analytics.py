@@ -896,3 +896,60 @@ def test_segment_archive_file_with_a_byte_order_mark_and_crlf_lines_is_read_whol
   [batch] = out
   assert batch.column('insert_id').to_pylist() == ['api-000000', 'api-000001', 'api-000002']
   assert batch.column(ROW_COLUMN).to_pylist() == [1, 2, 3]
+
+
+# ----- event times -----
+
+
+@pytest.mark.parametrize(
+  'written',
+  [
+    1717245000,  # seconds, as Mixpanel documents
+    1717245000.0,
+    1717245000123,  # milliseconds, as newer Mixpanel projects and Amplitude write
+    1717245000123456,  # microseconds
+    1717245000123456789,  # nanoseconds
+    '1717245000',
+    '1717245000123',
+    '1717245000.123',
+  ],
+)
+def test_an_epoch_time_is_read_in_the_unit_its_size_says(written):
+  """Mixpanel's `time` in milliseconds was read as seconds: past the year 9999, each such event a dead letter
+  ("no readable event time"); Amplitude's in seconds as milliseconds: a day in January 1970, silently. Seconds,
+  ms, us and ns are told apart by size (seconds reach 1e11 only in the year 5138), as numbers and as text."""
+  from io_connectors.apis.analytics._events import Window, map_events, parse_lines
+  from io_connectors.apis.analytics.amplitude import AMPLITUDE_SHAPE
+  from io_connectors.apis.analytics.mixpanel import MIXPANEL_SHAPE
+
+  expected = dt.datetime(2024, 6, 1, 12, 30, tzinfo=UTC)
+  day = Window(DAY, DAY + dt.timedelta(days=1))
+  events = [
+    (MIXPANEL_SHAPE, {'event': 'Song Played', 'properties': {'time': written, 'distinct_id': 'u', '$insert_id': 'i1'}}),
+    (AMPLITUDE_SHAPE, {'event_type': 'play', 'event_time': written, 'device_id': 'd', '$insert_id': 'i1'}),
+  ]
+  for shape, event in events:
+    raw, numbers, letters = parse_lines(json.dumps(event).encode() + b'\n', 'src')
+    batch, mapped = map_events(raw, numbers, shape, 'src', day)
+    assert letters + mapped == [], (shape.provider, letters + mapped)
+    [when] = batch.column('event_time').to_pylist()
+    assert expected <= when < expected + dt.timedelta(seconds=1), (shape.provider, when)
+    if written in (1717245000123, '1717245000123', '1717245000.123'):
+      assert when == expected + dt.timedelta(milliseconds=123), when
+    if written in (1717245000123456, 1717245000123456789):  # nanoseconds: rounded down to the microsecond
+      assert when == expected + dt.timedelta(microseconds=123456), when
+
+
+def test_epoch_times_before_1970_or_past_the_year_9999_are_dead_letters_not_errors():
+  from io_connectors.apis.analytics._events import map_events, parse_lines
+  from io_connectors.apis.analytics.mixpanel import MIXPANEL_SHAPE
+
+  times = [-1, -1717245000.5, 1e300, '99999999999999999999999', 2**64 * 1000, 1717245000]
+  lines = [json.dumps({'event': 'e', 'properties': {'time': t, 'distinct_id': 'u'}}).encode() for t in times]
+  raw, numbers, letters = parse_lines(b'\n'.join(lines) + b'\n', 'src')
+  batch, mapped = map_events(raw, numbers, MIXPANEL_SHAPE, 'src')
+  assert [(lt['reason'], lt['position']) for lt in letters + mapped] == [
+    ('invalid_value', f'line {i}') for i in range(1, 6)
+  ]
+  assert all('no readable event time' in lt['detail'] for lt in mapped)
+  assert batch.column('event_time').to_pylist() == [dt.datetime(2024, 6, 1, 12, 30, tzinfo=UTC)]

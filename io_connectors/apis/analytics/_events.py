@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import decimal
 import hashlib
 import json
 import re
@@ -65,6 +66,15 @@ EVENT_FIELDS = (
 _UTC = dt.timezone.utc
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=_UTC)
 _OFFSET = re.compile(r'([zZ]|[+-]\d\d:?\d\d)$')
+# Epoch numbers below each bound count in that unit (microseconds a unit). What a provider documents is not
+# what every writer sends (Mixpanel's `time` in seconds, or ms; seconds where Amplitude has ms, which read as ms
+# were a day in January 1970), and the size tells: seconds reach 1e11 only in the year 5138, milliseconds pass
+# 1e11 in 1973, microseconds 1e14 then, nanoseconds 1e17.
+_EPOCH_UNITS = ((1e11, 1_000_000), (1e14, 1_000), (1e17, 1))
+_NANOS_PER_MICRO = 1_000
+# Past this many microseconds (year 9892) or before 1970 a number is no readable time, not an overflow.
+_MAX_MICROS = 2.5e17
+_EPOCH_TEXT = re.compile(r'\d+(?:\.\d*)?|\.\d+')
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError, OverflowError)
 
 
@@ -87,9 +97,9 @@ class EventShape:
   """Where a provider keeps each canonical field.
 
   provider: the ``provider`` value and the event_id prefix.
-  name, time: candidate paths of the event name and time.
-  time_unit: 's' or 'ms' for epoch numbers; text is ISO-8601 (a time without
-    offset is UTC, as Amplitude documents) whatever the unit.
+  name, time: candidate paths of the event name and time: ISO-8601 text (a
+    time without offset is UTC, as Amplitude documents) or an epoch number,
+    as a number or as text, in the unit its size says (`_EPOCH_UNITS`).
   fields: {canonical text field: candidate paths}.
   properties, user_properties: the path of the provider's property struct and of its user traits.
   key: paths whose values (with the provider) are the dedup identity;
@@ -103,7 +113,6 @@ class EventShape:
   provider: str
   name: Sequence[Path]
   time: Sequence[Path]
-  time_unit: str = 's'
   fields: Dict[str, Sequence[Path]] = dataclasses.field(default_factory=dict)
   properties: Optional[str] = None
   user_properties: Optional[str] = None
@@ -328,12 +337,26 @@ def _first_text(table: pa.Table, paths: Sequence[Path]) -> pa.Array:
   return pa.nulls(table.num_rows, pa.string()) if result is None else result
 
 
+def _epoch_text_time(text: str) -> Optional[dt.datetime]:
+  """An epoch number written as text ('1717200000', '1717200000123', '1717200000.5'), in the unit its size says."""
+  number = decimal.Decimal(text)
+  for bound, per_unit in _EPOCH_UNITS:
+    if number < bound:
+      micros = number * per_unit
+      break
+  else:
+    micros = number / _NANOS_PER_MICRO
+  if micros >= _MAX_MICROS:
+    return None
+  return _EPOCH + dt.timedelta(microseconds=int(micros.to_integral_value(decimal.ROUND_HALF_EVEN)))
+
+
 def _parse_time_text(value: Optional[str]) -> Optional[dt.datetime]:
   if value is None:
     return None
   text = value.strip()
-  if text.isdigit():
-    return None  # caller handles numbers
+  if _EPOCH_TEXT.fullmatch(text):
+    return _epoch_text_time(text)
   try:
     moment = dt.datetime.fromisoformat(text.replace('Z', '+00:00').replace('z', '+00:00'))
   except ValueError:
@@ -357,11 +380,25 @@ def _cast_time_text(text: pa.Array) -> Optional[pa.Array]:
   return None
 
 
+def _epoch_times(numbers: pa.Array) -> pa.Array:
+  """Epoch numbers as timestamp[us, UTC], each in the unit its size says (`_EPOCH_UNITS`); null where unreadable."""
+  exact = pa.types.is_integer(numbers.type) and numbers.type != pa.uint64()  # past int64: no time anyway
+  number = int if exact else float  # the bounds in the values' type: Arrow refuses ints past 2**53 as doubles
+  values = pc.cast(numbers, pa.int64() if exact else pa.float64())
+  micros = pc.divide(values, number(_NANOS_PER_MICRO))  # on integers: towards zero (no value read is negative)
+  for bound, per_unit in reversed(_EPOCH_UNITS):
+    micros = pc.if_else(pc.less(values, number(bound)), pc.multiply(values, number(per_unit)), micros)
+  if not exact:
+    micros = pc.round(micros)
+  readable = pc.and_(pc.greater_equal(values, number(0)), pc.less(micros, number(_MAX_MICROS)))
+  micros = pc.if_else(readable, micros, pa.scalar(None, micros.type))
+  return pc.cast(pc.cast(micros, pa.int64()), pa.timestamp('us', tz='UTC'))
+
+
 def _time_column(table: pa.Table, shape: EventShape, paths: Sequence[Path]) -> pa.Array:
   """Times at the first of `paths` that holds one, as timestamp[us, UTC]; null where absent or unreadable."""
   n = table.num_rows
   result = pa.nulls(n, pa.timestamp('us', tz='UTC'))
-  per_second = 1_000_000 if shape.time_unit == 's' else 1_000
   for path in paths:
     array = _get(table, path)
     if array is None:
@@ -372,27 +409,13 @@ def _time_column(table: pa.Table, shape: EventShape, paths: Sequence[Path]) -> p
         break
       array = pc.if_else(pc.is_null(result), array, pa.scalar(None, array.type))
     if pa.types.is_integer(array.type) or pa.types.is_floating(array.type):
-      micros = pc.multiply(pc.cast(array, pa.float64()), float(per_second))
-      # Beyond year 9999 (or negative): unreadable, not an overflow.
-      micros = pc.if_else(
-        pc.and_(pc.greater_equal(micros, 0.0), pc.less(micros, 2.5e17)), micros, pa.scalar(None, pa.float64())
-      )
-      times = pc.cast(pc.cast(pc.round(micros), pa.int64()), pa.timestamp('us', tz='UTC'))
+      times = _epoch_times(array)
     elif pa.types.is_timestamp(array.type):
       times = pc.cast(array, pa.timestamp('us', tz='UTC'))
     else:
       times = _cast_time_text(_as_text(array))
     if times is None:
-      values = []
-      for value in _as_text(array).to_pylist():
-        if value is not None and value.strip().isdigit():
-          number = int(value)
-          values.append(
-            _EPOCH + dt.timedelta(microseconds=number * per_second) if number < 2.5e17 // per_second else None
-          )
-        else:
-          values.append(_parse_time_text(value))
-      times = pa.array(values, pa.timestamp('us', tz='UTC'))
+      times = pa.array([_parse_time_text(v) for v in _as_text(array).to_pylist()], pa.timestamp('us', tz='UTC'))
     result = pc.coalesce(result, times)
   return result
 

@@ -75,7 +75,6 @@ AMPLITUDE_SHAPE = EventShape(
   provider='amplitude',
   name=[('event_type',)],
   time=[('event_time',), ('client_event_time',)],
-  time_unit='ms',
   window_time=[('server_upload_time',)],
   fields={
     'user_id': [('user_id',)],

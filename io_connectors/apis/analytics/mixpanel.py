@@ -17,7 +17,7 @@ environment variables, never their values. A day whose request fails for
 good is one ``source_error`` dead letter, and the cursor stops before it.
 
 Events map to `analytics_event`: ``event`` -> event_name, ``properties.time``
-(epoch seconds) -> event_time, ``$user_id`` or ``distinct_id`` -> user_id,
+(epoch seconds, or milliseconds: read by size) -> event_time, ``$user_id`` or ``distinct_id`` -> user_id,
 ``$device_id`` -> anonymous_id, ``$insert_id`` -> insert_id, ``$os``,
 ``$device``, ``$app_version_string``, ``mp_country_code``, ``$region``,
 ``$city``, ``$current_url``/``$screen_name``, ``mp_lib`` (platform); the
@@ -105,7 +105,6 @@ MIXPANEL_SHAPE = EventShape(
   provider='mixpanel',
   name=[('event',)],
   time=_props('time'),
-  time_unit='s',
   fields={
     'user_id': _props('$user_id', 'distinct_id'),
     'anonymous_id': _props('$device_id'),

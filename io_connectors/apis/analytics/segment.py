@@ -81,7 +81,6 @@ SEGMENT_SHAPE = EventShape(
   provider='segment',
   name=[('event',), ('name',), ('type',)],
   time=[('timestamp',), ('originalTimestamp',), ('receivedAt',)],
-  time_unit='ms',
   fields={
     'event_type': [('type',)],
     'user_id': [('userId',)],
