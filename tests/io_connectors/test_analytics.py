@@ -953,3 +953,45 @@ def test_epoch_times_before_1970_or_past_the_year_9999_are_dead_letters_not_erro
   ]
   assert all('no readable event time' in lt['detail'] for lt in mapped)
   assert batch.column('event_time').to_pylist() == [dt.datetime(2024, 6, 1, 12, 30, tzinfo=UTC)]
+
+
+# ----- dedup keys -----
+
+
+def test_an_events_event_id_does_not_depend_on_the_other_events_of_its_batch():
+  """The same exported event read in two batches (a day's chunks, a lookback's second read, two Amplitude ranges)
+  got two event_ids, so the pipeline's dedup kept both: a time key written 1717200000.0 once another event of the
+  batch held a fraction; and an event without insert id hashed whole with the nulls of the fields other events
+  had, its numbers as text where another event wrote text there, its properties as JSON text where another's
+  shape differed, and the reader's __json_types marks. Now its key is the same in any company."""
+  from io_connectors.apis.analytics._events import map_events, parse_lines
+  from io_connectors.apis.analytics.amplitude import AMPLITUDE_SHAPE, _TIME_FIELDS
+  from io_connectors.apis.analytics.mixpanel import MIXPANEL_SHAPE
+
+  def ids(shape, events, string_columns=()):
+    data = b''.join(json.dumps(e).encode() + b'\n' for e in events)
+    raw, numbers, letters = parse_lines(data, 'src', string_columns=string_columns)
+    batch, mapped = map_events(raw, numbers, shape, 'src')
+    assert letters + mapped == []
+    assert all('__json_types' not in (c or {}) for c in batch.column('context').to_pylist())
+    return batch.column('event_id').to_pylist()
+
+  with_insert_id = mixpanel_event(1, DAY)
+  without = mixpanel_event(2, DAY, nested={'a': 1, 'tags': [{'k': 'v'}]}, shuffle=True, ratio=2.0)
+  without['properties'].pop('$insert_id')
+  alone = ids(MIXPANEL_SHAPE, [with_insert_id, without])
+  neighbours = [
+    mixpanel_event(3, DAY, time=1717200000.25, extra={'x': 1}),  # a fraction in time; more fields
+    mixpanel_event(4, DAY, nested='text now', shuffle='yes', ratio=2.5, tags=[{'k': 'v', 'j': 1}]),
+    mixpanel_event(5, DAY, nested={'a': 'one', 'b': {}}),
+  ]
+  for others in ([neighbours[0]], [neighbours[1]], [neighbours[2]], neighbours):
+    assert ids(MIXPANEL_SHAPE, [with_insert_id, without] + others)[:2] == alone, others
+
+  no_insert = amplitude_event(7, DAY, **{'$insert_id': None})
+  del no_insert['$insert_id']
+  amplitude_alone = ids(AMPLITUDE_SHAPE, [no_insert], _TIME_FIELDS)
+  odd = amplitude_event(8, DAY, processed_time={'at': 1}, amplitude_id='x-1', event_properties={'ms_played': 'n/a'})
+  del odd['$insert_id']
+  assert ids(AMPLITUDE_SHAPE, [no_insert, odd], _TIME_FIELDS)[:1] == amplitude_alone
+  assert len(set(ids(AMPLITUDE_SHAPE, [no_insert, odd], _TIME_FIELDS))) == 2

@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 from io_connectors._common.arrow import column, table_from_json_lines, table_from_rows, to_text, without_empty_structs
 from transforms.dead_letter import dead_letter
 from transforms.json_values import loads, reason_of, repeated_key
-from transforms.records import json_safe, with_provenance
+from transforms.records import INTERNAL_COLUMNS, json_safe, with_provenance
 
 __all__ = ['EventShape', 'Window', 'parse_lines', 'map_events', 'event_id', 'EVENT_FIELDS', 'gunzip', 'complete_lines']
 
@@ -491,10 +491,46 @@ def _keep_nested(array: Optional[pa.Array], n: int) -> pa.Array:
 # ----- the mapping -----
 
 
+def _key_text(raw: pa.Table, path: Path) -> pa.Array:
+  """A dedup key's values as text, the same whatever the other events of the batch are: a whole number in a
+  column of doubles (one event of the batch held a fraction) is written as in one of integers, 1717200000 and
+  never 1717200000.0, or one event read in two batches had two event_ids."""
+  array = _get(raw, path)
+  if array is not None and pa.types.is_floating(array.type):
+    values = array.to_pylist()
+    return pa.array([None if v is None else str(int(v)) if v.is_integer() else to_text(v) for v in values])
+  return _first_text(raw, [path])
+
+
+def _identity(value: Any) -> Any:
+  """A value of a raw row as its event's identity, the same whatever the other events of its batch are.
+
+  A batch's columns are the union of its events' fields and take the type they all fit: an event's absent
+  fields are nulls there (and its empty objects too), its numbers text where another event wrote text, its
+  objects JSON text where another's shape differed. So nulls and empty objects are left out, JSON text of an
+  object or array is read back, and every scalar is its text (whole numbers without a fraction).
+  """
+  if isinstance(value, str) and value[:1] in ('{', '['):
+    try:
+      value = json.loads(value)
+    except ValueError:
+      return value
+  if isinstance(value, dict):
+    kept = {str(k): _identity(v) for k, v in value.items()}
+    return {k: v for k, v in kept.items() if v is not None} or None
+  if isinstance(value, (list, tuple)):
+    return [_identity(v) for v in value]
+  if isinstance(value, float) and value.is_integer():
+    return str(int(value))
+  if value is None or isinstance(value, str):
+    return value
+  return to_text(value)
+
+
 def _event_ids(raw: pa.Table, shape: EventShape) -> List[str]:
   """event_id of each row: `event_id(provider, key values)`, joined by Arrow and hashed once a row."""
   n = raw.num_rows
-  parts = [pc.fill_null(_first_text(raw, [p]), '') for p in shape.key]
+  parts = [pc.fill_null(_key_text(raw, p), '') for p in shape.key]
   joined = pc.binary_join_element_wise(pa.array([shape.provider] * n, pa.string()), *parts, '\x1f').to_pylist()
   prefix = f'{shape.provider}:'
   sha256 = hashlib.sha256
@@ -502,9 +538,9 @@ def _event_ids(raw: pa.Table, shape: EventShape) -> List[str]:
   if shape.key_required in shape.key:
     missing = np.flatnonzero(pc.is_null(_first_text(raw, [shape.key_required])).to_numpy(zero_copy_only=False))
     if len(missing):
-      whole = raw.take(pa.array(missing)).to_pylist()
-      for i, row in zip(missing, whole):
-        ids[int(i)] = event_id(shape.provider, [json.dumps(json_safe(row), sort_keys=True)])
+      event = raw.select([name for name in raw.schema.names if name not in INTERNAL_COLUMNS])
+      for i, row in zip(missing, event.take(pa.array(missing)).to_pylist()):
+        ids[int(i)] = event_id(shape.provider, [json.dumps(_identity(row), sort_keys=True, ensure_ascii=False)])
   return ids
 
 
@@ -583,7 +619,10 @@ def map_events(
   rest = [
     name
     for name in raw.schema.names
-    if name not in nested and name not in shape.drop and not (name in taken and () in taken[name])
+    if name not in nested
+    and name not in shape.drop
+    and name not in INTERNAL_COLUMNS  # __json_types marks text columns for validation: no field of the event
+    and not (name in taken and () in taken[name])
   ]
   context = _struct_of_columns(raw, rest, taken)
 
