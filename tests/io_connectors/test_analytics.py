@@ -995,3 +995,54 @@ def test_an_events_event_id_does_not_depend_on_the_other_events_of_its_batch():
   del odd['$insert_id']
   assert ids(AMPLITUDE_SHAPE, [no_insert, odd], _TIME_FIELDS)[:1] == amplitude_alone
   assert len(set(ids(AMPLITUDE_SHAPE, [no_insert, odd], _TIME_FIELDS))) == 2
+
+
+# ----- secrets -----
+
+
+def test_segment_write_key_is_masked_in_every_dead_letter(tmp_path):
+  """Segment's writeKey is dropped from the events, but a message that became a dead letter (no time, a cut line,
+  a key written twice, bytes not UTF-8, an array of messages) quoted it in its record, and the dead-letter
+  redaction does not know the name: the key reached the dead-letter files. Now it is masked there."""
+  from io_connectors.apis.analytics.segment import SegmentEvents, _MapStreamBatchFn, _ReadArchiveFileFn
+
+  key = 'Wk9QzR2s8uXvT1yA'
+  signed = dict(segment_message(0), writeKey=key)
+  no_time = {k: v for k, v in signed.items() if k not in ('timestamp', 'receivedAt')}
+  text = json.dumps(signed)
+  lines = [
+    json.dumps(no_time).encode(),  # invalid_value: no readable time
+    text[: text.index(key) + 5].encode(),  # cut inside the key
+    text.replace('"type": "track"', '"type": "track", "type": "page"').encode(),  # duplicate_key
+    text.replace('Austin', 'Zürich').encode('latin-1'),  # bad_encoding
+    json.dumps([signed, signed]).encode(),  # an array, not an object
+    text.replace('"writeKey": "', '"writeKey" :\t"')[:-1].encode(),  # cut at its end
+    json.dumps(segment_message(1)).encode(),
+  ]
+  path = tmp_path / 'segment-logs' / 'S1' / '1717200000000' / 'a.gz'
+  path.parent.mkdir(parents=True)
+  path.write_bytes(gzip.compress(b'\n'.join(lines) + b'\n'))
+  out = list(_ReadArchiveFileFn().process(str(path)))
+  letters = [o.value for o in out if isinstance(o, beam.pvalue.TaggedOutput)]
+  [batch] = [o for o in out if isinstance(o, pa.RecordBatch)]
+  assert batch.column('insert_id').to_pylist() == ['api-000001']
+  assert sorted((lt['reason'], lt['position']) for lt in letters) == [
+    ('bad_encoding', 'line 4'),
+    ('duplicate_key', 'line 3'),
+    ('invalid_value', 'line 1'),
+    ('malformed_json', 'line 2'),
+    ('malformed_json', 'line 5'),
+    ('malformed_json', 'line 6'),
+  ]
+  shown = json.dumps(letters)
+  assert key not in shown and key[:5] not in shown, shown
+  [no_event] = [lt['record'] for lt in letters if lt['reason'] == 'invalid_value']
+  assert no_event['writeKey'] == '***' and no_event['messageId'] == 'api-000000'
+
+  # Webhook deliveries mapped from the stream: the same.
+  from io_connectors.streams._messages import messages_to_batch
+
+  batch, dead = messages_to_batch([json.dumps(no_time).encode()], ['entry 1-0'], [1], 'redis://s', 'read')
+  letters = [o.value for o in _MapStreamBatchFn(None).process(batch) if isinstance(o, beam.pvalue.TaggedOutput)]
+  assert dead == [] and [lt['reason'] for lt in letters] == ['invalid_value'] and key not in json.dumps(letters)
+  assert SegmentEvents  # the transform the stream path applies

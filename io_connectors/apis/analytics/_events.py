@@ -173,18 +173,43 @@ def complete_lines(data: bytes) -> bytes:
   return data[: data.rfind(b'\n') + 1]
 
 
+_MASK = '***'
+
+
+def _masked(value: Any, secrets: Sequence[str]) -> Any:
+  """A dead letter's record with the values of the fields named `secrets` masked, at any depth."""
+  if not secrets:
+    return value
+  if isinstance(value, dict):
+    return {k: _MASK if k in secrets and v is not None else _masked(v, secrets) for k, v in value.items()}
+  if isinstance(value, list):
+    return [_masked(v, secrets) for v in value]
+  return value
+
+
+def _masked_text(text: str, secrets: Sequence[str]) -> str:
+  """A raw line with the values of the keys named `secrets` masked (a cut line's last one too)."""
+  for name in secrets:
+    pattern = re.compile(re.escape(json.dumps(name)) + r'\s*:\s*(?:"(?:[^"\\]|\\.)*"?|[^\s,}\]]+)')
+    text = pattern.sub(lambda m, name=name: f'{json.dumps(name)}: "{_MASK}"', text)
+  return text
+
+
 def parse_lines(
   data: bytes,
   source: str,
   first_line: int = 1,
   string_columns: Sequence[str] = (),
   position: Callable[[int], str] = _line,
+  secrets: Sequence[str] = (),
 ) -> Tuple[pa.Table, np.ndarray, List[dict]]:
   """JSON Lines to (table of the objects, their line numbers, dead letters of the bad lines).
 
   string_columns: top-level fields read as text (time fields: pyarrow would
   infer timestamps, which the shared rules read again as text).
   position(number): the dead letters' wording of a line number.
+  secrets: fields whose values a dead letter's record masks (Segment's ``writeKey``): the dead-letter
+    redaction does not know them by name.
 
   pyarrow's reader when every line is an object and no line is blank; line
   by line otherwise (a bad line is a `malformed_json` / `bad_encoding` dead letter,
@@ -221,7 +246,7 @@ def parse_lines(
           position(number),
           'bad_encoding',
           detail=f'not UTF-8: {e}',
-          record=line.decode('utf-8', 'backslashreplace')[:2000],  # the bad bytes kept, as \xNN
+          record=_masked_text(line.decode('utf-8', 'backslashreplace'), secrets)[:2000],  # bad bytes as \xNN
           stage='read',
         )
       )
@@ -232,7 +257,11 @@ def parse_lines(
       value = loads(text, floats_as_written=True, repeated_keys=True)
     except ValueError as e:
       reason = reason_of(e)
-      letters.append(dead_letter(source, position(number), reason, record=text[:2000], detail=str(e), stage='read'))
+      letters.append(
+        dead_letter(
+          source, position(number), reason, record=_masked_text(text, secrets)[:2000], detail=str(e), stage='read'
+        )
+      )
       continue
     repeated = repeated_key(value)
     if repeated is not None:  # json kept the last value: which one the provider meant cannot be told
@@ -242,7 +271,7 @@ def parse_lines(
           position(number),
           'duplicate_key',
           field=repeated.field,
-          record=text[:2000],
+          record=_masked_text(text, secrets)[:2000],
           detail=repeated.detail,
           stage='read',
         )
@@ -254,7 +283,7 @@ def parse_lines(
           source,
           position(number),
           'malformed_json',
-          record=json_safe(value),
+          record=_masked(json_safe(value), secrets),
           detail=f'expected a JSON object, got {type(value).__name__}',
           stage='read',
         )
@@ -590,7 +619,12 @@ def map_events(
         )
       letters.append(
         dead_letter(
-          source, position(int(lines[i])), 'invalid_value', record=json_safe(row), detail=detail, stage='read'
+          source,
+          position(int(lines[i])),
+          'invalid_value',
+          record=_masked(json_safe(row), shape.drop),
+          detail=detail,
+          stage='read',
         )
       )
     keep = pc.invert(bad)

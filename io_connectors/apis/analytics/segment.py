@@ -24,7 +24,7 @@ type -> event_name; ``timestamp`` (else ``originalTimestamp``, ``receivedAt``)
 -> event_time; ``userId``, ``anonymousId``, ``messageId`` (the dedup key);
 ``context.device``/``os``/``app``/``location``/``page``/``ip``;
 ``properties`` -> properties, ``traits`` -> user_properties, the rest ->
-context. ``writeKey`` is never kept.
+context. ``writeKey`` is never kept, nor quoted in a dead letter (masked ``***``).
 
 Usage::
 
@@ -158,7 +158,7 @@ class _ReadArchiveFileFn(beam.DoFn):
           stage='read',
         ),
       )
-    raw, lines, letters = parse_lines(data, path, string_columns=_TIME_FIELDS)
+    raw, lines, letters = parse_lines(data, path, string_columns=_TIME_FIELDS, secrets=SEGMENT_SHAPE.drop)
     batch, mapped = map_events(raw, lines, SEGMENT_SHAPE, path)
     for letter in letters + mapped:
       yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
