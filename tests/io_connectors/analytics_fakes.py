@@ -18,8 +18,9 @@ Built from the providers' published request and response shapes:
 Faults (``fake.inject(key, *fault)``): ('rate_limit',) a 429 with Retry-After 1; ('http', status);
 ('pass',); for Mixpanel ('echo_credentials', status, at) an error page quoting the request's
 credentials JSON-escaped, the secret across character `at` of the body; for Amplitude ('corrupt_zip',) a cut
-archive, ('corrupt_member', hour) a bad gzip member and ('gzip_members', hour) an hour's file made of
-several gzip members (as `cat a.gz b.gz` makes).
+archive, ('corrupt_member', hour) a bad gzip member, ('gzip_members', hour) an hour's file made of
+several gzip members (as `cat a.gz b.gz` makes) and ('corrupt_deflate', hour) an archive of deflated members
+whose hour's deflate stream is damaged (zlib refuses it).
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ class AmplitudeFake(FakeApi):
     fault = self._take_fault('export')
     if fault and fault[0] == 'rate_limit':
       return 429, {'Retry-After': '1'}, {'error': 'Too many requests'}
-    if fault and fault[0] not in ('pass', 'corrupt_zip', 'corrupt_member', 'gzip_members'):
+    if fault and fault[0] not in ('pass', 'corrupt_zip', 'corrupt_member', 'gzip_members', 'corrupt_deflate'):
       return self.generic_fault(fault)
     if self.valid_secret is None or headers.get('Authorization') != basic_header(self.API_KEY, self.valid_secret):
       return 401, {}, b'Invalid API key or secret key'
@@ -198,7 +199,9 @@ class AmplitudeFake(FakeApi):
     if not by_hour:
       return 404, {}, b'Raw data files were not found.'
     archive = io.BytesIO()
-    with zipfile.ZipFile(archive, 'w', zipfile.ZIP_STORED) as zf:
+    deflated = bool(fault and fault[0] == 'corrupt_deflate')
+    damaged = None
+    with zipfile.ZipFile(archive, 'w', zipfile.ZIP_DEFLATED if deflated else zipfile.ZIP_STORED) as zf:
       for hour in sorted(by_hour):
         name = f'{self.PROJECT}/{self.PROJECT}_{hour:%Y-%m-%d}_{hour.hour}#0.json.gz'
         lines = [json.dumps(e).encode() + b'\n' for e in by_hour[hour]]
@@ -208,7 +211,15 @@ class AmplitudeFake(FakeApi):
         if fault and fault[0] == 'gzip_members' and hour == fault[1]:  # one gzip member a line, joined
           data = b''.join(gzip.compress(line) for line in lines)
         zf.writestr(name, data)
+        if deflated and hour == fault[1]:
+          damaged = zf.getinfo(name)
     payload = archive.getvalue()
+    if damaged is not None:
+      # The member's deflate stream starts with a block of the reserved type 3: zlib refuses it.
+      header = damaged.header_offset
+      names, extra = int.from_bytes(payload[header + 26 : header + 28], 'little'), payload[header + 28 : header + 30]
+      start = header + 30 + names + int.from_bytes(extra, 'little')
+      payload = payload[:start] + b'\x07' + payload[start + 1 :]
     if fault and fault[0] == 'corrupt_zip':
       payload = payload[: len(payload) // 3]
     return 200, {'Content-Type': 'application/zip'}, payload

@@ -1046,3 +1046,19 @@ def test_segment_write_key_is_masked_in_every_dead_letter(tmp_path):
   letters = [o.value for o in _MapStreamBatchFn(None).process(batch) if isinstance(o, beam.pvalue.TaggedOutput)]
   assert dead == [] and [lt['reason'] for lt in letters] == ['invalid_value'] and key not in json.dumps(letters)
   assert SegmentEvents  # the transform the stream path applies
+
+
+def test_amplitude_member_whose_deflate_stream_is_damaged_is_a_dead_letter_not_a_failed_range(amplitude):
+  """A zip of deflated members (as Amplitude's are) with one member's compressed data damaged: zipfile raises
+  zlib.error, which the member read did not catch, so the range failed with a traceback (retried, then the job).
+  Now that member is one corrupt_file dead letter and the range's other hours are read."""
+  amplitude.add_events([amplitude_event(i, DAY + dt.timedelta(minutes=30 * i)) for i in range(8)])
+  amplitude.inject('export', 'corrupt_deflate', DAY + dt.timedelta(hours=2))
+  rows, letters = _collect(ReadFromAmplitude(_amplitude_options(amplitude, end='20240601T03')))
+  assert sorted(r['insert_id'] for r in rows) == [f'ins-{i:08d}' for i in (0, 1, 2, 3, 6, 7)]
+  [letter] = letters
+  assert (letter['reason'], letter['position']) == (
+    'corrupt_file',
+    f'member {AmplitudeFake.PROJECT}/{AmplitudeFake.PROJECT}_2024-06-01_2#0.json.gz',
+  )
+  assert 'invalid block type' in letter['detail']

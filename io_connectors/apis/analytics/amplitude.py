@@ -9,7 +9,7 @@ range with no data answers 404, which is no error.
 
 Bad input, each a dead letter naming the range and the member: a zip that
 does not open (``corrupt_file``, the range's cursor does not advance), a
-gzip member that does not decompress (``corrupt_file`` at its first line not
+member that does not decompress, as a zip entry or as gzip (``corrupt_file`` at its first line not
 read; its lines before the damage and the other members are read; a gzip
 file of several members is read whole), a bad line (``malformed_json``), an event without type or time
 (``invalid_value``), an upload time outside the requested range
@@ -43,6 +43,7 @@ import dataclasses
 import datetime as dt
 import io
 import zipfile
+import zlib
 from typing import Any, Dict, List, Optional, Tuple
 
 import apache_beam as beam
@@ -105,6 +106,9 @@ _TIME_FIELDS = (
   'processed_time',
   'user_creation_time',
 )
+# What reading one member of the zip raises when it is damaged: a bad CRC or header, a cut or corrupt deflate
+# stream (zlib.error, no OSError), a compression method or an encryption zipfile cannot read.
+_MEMBER_ERRORS = (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error, NotImplementedError, RuntimeError)
 # Events with `insert_id` (the ingestion field) and no `$insert_id` (the export's) key on that.
 _AMPLITUDE_ALT_SHAPE = dataclasses.replace(AMPLITUDE_SHAPE, key_required=('insert_id',))
 
@@ -221,7 +225,7 @@ class _ReadRangeFn(beam.DoFn):
     for member in members:
       try:
         data, damage = gunzip(archive.read(member))
-      except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+      except _MEMBER_ERRORS as e:
         data, damage = b'', str(e)
       if damage is not None:
         # The member's lines before the damage are read; one dead letter at the first that is not.
