@@ -997,6 +997,20 @@ def test_an_events_event_id_does_not_depend_on_the_other_events_of_its_batch():
   assert len(set(ids(AMPLITUDE_SHAPE, [no_insert, odd], _TIME_FIELDS))) == 2
 
 
+def test_a_provider_field_named_like_an_internal_column_stays_in_context():
+  """Only the reader's own __json_types marks are no field of the event: a provider's top-level '__row' or
+  '__source' is data, kept in context (the batch's provenance columns are top-level, beside it)."""
+  from io_connectors.apis.analytics._events import map_events, parse_lines
+  from io_connectors.apis.analytics.amplitude import AMPLITUDE_SHAPE
+
+  event = amplitude_event(1, DAY, __row=7, __source='sdk')
+  raw, numbers, _ = parse_lines(json.dumps(event).encode() + b'\n', 'src')
+  batch, letters = map_events(raw, numbers, AMPLITUDE_SHAPE, 'src')
+  [row] = batch.to_pylist()
+  assert letters == [] and row['context']['__row'] == 7 and row['context']['__source'] == 'sdk'
+  assert row[ROW_COLUMN] == 1 and row[SOURCE_COLUMN] == 'src'
+
+
 # ----- secrets -----
 
 

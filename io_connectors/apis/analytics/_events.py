@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 from io_connectors._common.arrow import column, table_from_json_lines, table_from_rows, to_text, without_empty_structs
 from transforms.dead_letter import dead_letter
 from transforms.json_values import loads, reason_of, repeated_key
-from transforms.records import INTERNAL_COLUMNS, json_safe, with_provenance
+from transforms.records import JSON_TYPES_COLUMN, json_safe, with_provenance
 
 __all__ = ['EventShape', 'Window', 'parse_lines', 'map_events', 'event_id', 'EVENT_FIELDS', 'gunzip', 'complete_lines']
 
@@ -567,7 +567,7 @@ def _event_ids(raw: pa.Table, shape: EventShape) -> List[str]:
   if shape.key_required in shape.key:
     missing = np.flatnonzero(pc.is_null(_first_text(raw, [shape.key_required])).to_numpy(zero_copy_only=False))
     if len(missing):
-      event = raw.select([name for name in raw.schema.names if name not in INTERNAL_COLUMNS])
+      event = raw.select([name for name in raw.schema.names if name != JSON_TYPES_COLUMN])
       for i, row in zip(missing, event.take(pa.array(missing)).to_pylist()):
         ids[int(i)] = event_id(shape.provider, [json.dumps(_identity(row), sort_keys=True, ensure_ascii=False)])
   return ids
@@ -655,7 +655,7 @@ def map_events(
     for name in raw.schema.names
     if name not in nested
     and name not in shape.drop
-    and name not in INTERNAL_COLUMNS  # __json_types marks text columns for validation: no field of the event
+    and name != JSON_TYPES_COLUMN  # the reader marks text columns for validation: no field of the event
     and not (name in taken and () in taken[name])
   ]
   context = _struct_of_columns(raw, rest, taken)
