@@ -381,6 +381,35 @@ def test_write_to_mixpanel_sends_nanosecond_times_exactly_without_pandas(mixpane
   assert 'seen_at' not in sent['ins-2']
 
 
+def test_write_to_mixpanel_sends_properties_read_as_json_text(mixpanel):
+  """Where the events' property shapes disagree the readers keep `properties` as JSON text of an object (as
+  `test_hostile_shapes_keep_every_event_and_write_to_parquet` shows); the sink called .items() on that text and
+  the bundle failed with AttributeError. Now the object is sent; properties that are no object are a dead letter."""
+  from io_connectors.apis.analytics import mixpanel as mixpanel_module
+
+  batch = pa.record_batch(
+    {
+      'event_id': ['amplitude:e1', 'amplitude:e2', 'amplitude:e3'],
+      'provider': ['amplitude'] * 3,
+      'event_name': ['Song Played'] * 3,
+      'event_time': pa.array([1_717_245_000_000_000] * 3, pa.timestamp('us', tz='UTC')),
+      'user_id': ['pseudo-1', 'pseudo-2', 'pseudo-3'],
+      'insert_id': ['ins-1', 'ins-2', 'ins-3'],
+      'properties': ['{"track_id": "trk1", "ms": 5, "tags": {"a": [1]}}', '{"track_id": 7}', '[1, 2]'],
+    }
+  )
+  fn = mixpanel_module._ImportFn(MixpanelSinkOptions(MixpanelFake.PROJECT, api_url=mixpanel.url))
+  fn.setup()
+  fn.start_bundle()
+  out = list(fn.process(batch)) + list(fn.finish_bundle())  # finish_bundle's outputs are windowed values
+  letters = [o.value.value for o in out if isinstance(o, beam.pvalue.TaggedOutput)]
+  assert [o.value for o in out if not isinstance(o, beam.pvalue.TaggedOutput)] == [{'imported': 2}]
+  sent = {e['properties']['$insert_id']: e['properties'] for e in mixpanel.imported.values()}
+  assert sent['ins-1']['track_id'] == 'trk1' and sent['ins-1']['tags'] == {'a': [1]} and sent['ins-2']['track_id'] == 7
+  [letter] = letters
+  assert letter['reason'] == 'source_error' and 'properties must be an object, got list' in letter['detail']
+
+
 # ----- Amplitude export -----
 
 

@@ -320,8 +320,15 @@ def _epoch_millis(times: pa.Array) -> List[Optional[int]]:
 
 def _import_event(row: Dict[str, Any], time_ms: Optional[int] = None) -> Dict[str, Any]:
   """An analytics_event row as a Mixpanel import event; `time_ms`: its event_time in epoch ms, when the batch's
-  column is a timestamp (`_epoch_millis`), else the row's value is taken as it is (a datetime, epoch ms)."""
-  properties = {k: v for k, v in (row.get('properties') or {}).items() if v is not None}
+  column is a timestamp (`_epoch_millis`), else the row's value is taken as it is (a datetime, epoch ms).
+  ``properties`` may be a struct or JSON text of an object; ValueError for anything else."""
+  properties = row.get('properties') or {}
+  if isinstance(properties, str):
+    # JSON text: the readers' properties where events' shapes disagreed (`io_connectors._common.arrow`).
+    properties = json.loads(properties)
+  if not isinstance(properties, dict):
+    raise ValueError(f'properties must be an object, got {type(properties).__name__}')
+  properties = {k: v for k, v in properties.items() if v is not None}
   insert_id = row.get('insert_id')
   if not (isinstance(insert_id, str) and _INSERT_ID.match(insert_id)):
     insert_id = str(row['event_id']).rsplit(':', 1)[-1][:36]
