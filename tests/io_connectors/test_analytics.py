@@ -450,6 +450,21 @@ def test_amplitude_hour_ranges_members_and_dedup(amplitude):
   assert any(r['event_time'] == DAY - dt.timedelta(days=3) for r in rows)  # late events are kept
 
 
+def test_amplitude_event_keyed_on_insert_id_keeps_its_event_id_whatever_its_range_holds(amplitude):
+  """An event with the ingestion field insert_id (no $insert_id) was keyed on it only when no event of its range
+  had $insert_id; read again (a lookback) in a range where one had, it was hashed whole: another event_id, so
+  the pipeline's dedup kept it twice across runs. Either insert id now keys the event in any range."""
+  only = amplitude_event(1, DAY + dt.timedelta(minutes=10), insert_id='ingest-000001')
+  del only['$insert_id']
+  amplitude.add_events([only, amplitude_event(2, DAY + dt.timedelta(hours=1, minutes=10))])
+  alone, letters = _collect(ReadFromAmplitude(_amplitude_options(amplitude, end='20240601T00')))
+  assert letters == [] and [r['insert_id'] for r in alone] == ['ingest-000001']
+  both, letters = _collect(ReadFromAmplitude(_amplitude_options(amplitude, end='20240601T01')))
+  assert letters == [] and sorted(r['insert_id'] for r in both) == ['ingest-000001', 'ins-00000002']
+  again = next(r for r in both if r['insert_id'] == 'ingest-000001')
+  assert again['event_id'] == alone[0]['event_id']
+
+
 def test_amplitude_corrupt_zip_member_and_time_outside_range(amplitude):
   amplitude.add_events([amplitude_event(i, DAY + dt.timedelta(minutes=30 * i)) for i in range(8)])
   amplitude.inject('export', 'corrupt_member', DAY + dt.timedelta(hours=1))

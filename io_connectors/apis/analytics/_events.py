@@ -103,7 +103,8 @@ class EventShape:
   fields: {canonical text field: candidate paths}.
   properties, user_properties: the path of the provider's property struct and of its user traits.
   key: paths whose values (with the provider) are the dedup identity;
-    `key_required` among them must be present, else the whole event is hashed.
+    one of `key_required` (paths among them, the provider's insert ids) must
+    hold a value, else the whole event is hashed.
   window_time: candidate paths of the time the requested range is about,
     when it is not the event's (Amplitude exports by upload time); default: time.
   constants: canonical fields with a fixed value (e.g. event_type).
@@ -117,7 +118,7 @@ class EventShape:
   properties: Optional[str] = None
   user_properties: Optional[str] = None
   key: Sequence[Path] = ()
-  key_required: Optional[Path] = None
+  key_required: Sequence[Path] = ()
   window_time: Sequence[Path] = ()
   constants: Dict[str, str] = dataclasses.field(default_factory=dict)
   drop: Sequence[str] = ()
@@ -564,8 +565,8 @@ def _event_ids(raw: pa.Table, shape: EventShape) -> List[str]:
   prefix = f'{shape.provider}:'
   sha256 = hashlib.sha256
   ids = [prefix + sha256(text.encode('utf-8')).hexdigest()[:32] for text in joined]
-  if shape.key_required in shape.key:
-    missing = np.flatnonzero(pc.is_null(_first_text(raw, [shape.key_required])).to_numpy(zero_copy_only=False))
+  if shape.key_required:
+    missing = np.flatnonzero(pc.is_null(_first_text(raw, shape.key_required)).to_numpy(zero_copy_only=False))
     if len(missing):
       event = raw.select([name for name in raw.schema.names if name != JSON_TYPES_COLUMN])
       for i, row in zip(missing, event.take(pa.array(missing)).to_pylist()):

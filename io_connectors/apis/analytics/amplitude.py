@@ -21,8 +21,10 @@ Events map to `analytics_event`: ``event_type``, ``event_time`` (UTC),
 ``session_id``, ``platform``, ``device_model``/``device_type``, ``os_name``,
 ``version_name``, ``country``, ``region``, ``city``, ``ip_address``;
 ``event_properties`` -> properties, ``user_properties`` -> user_properties,
-the rest -> context. event_id hashes (device or user, insert id) as
-Amplitude deduplicates, or the event's ``uuid`` when it has no insert id.
+the rest -> context. event_id hashes (device, user, insert id) as
+Amplitude deduplicates, the insert id being ``$insert_id`` (the export's) or
+``insert_id`` (the ingestion field), whichever an event has; or the whole
+event when it has neither.
 
 Usage::
 
@@ -94,7 +96,7 @@ AMPLITUDE_SHAPE = EventShape(
   properties='event_properties',
   user_properties='user_properties',
   key=[('device_id',), ('user_id',), ('$insert_id',), ('insert_id',)],
-  key_required=('$insert_id',),
+  key_required=[('$insert_id',), ('insert_id',)],  # the export's, or the ingestion field
 )
 # Amplitude's time fields (text "YYYY-MM-DD HH:MM:SS.ffffff", UTC).
 _TIME_FIELDS = (
@@ -109,8 +111,6 @@ _TIME_FIELDS = (
 # What reading one member of the zip raises when it is damaged: a bad CRC or header, a cut or corrupt deflate
 # stream (zlib.error, no OSError), a compression method or an encryption zipfile cannot read.
 _MEMBER_ERRORS = (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error, NotImplementedError, RuntimeError)
-# Events with `insert_id` (the ingestion field) and no `$insert_id` (the export's) key on that.
-_AMPLITUDE_ALT_SHAPE = dataclasses.replace(AMPLITUDE_SHAPE, key_required=('insert_id',))
 
 
 def parse_hour(value: Any, name: str) -> Optional[dt.datetime]:
@@ -255,8 +255,7 @@ class _ReadRangeFn(beam.DoFn):
       return f'member {names[i]} line {number - starts[i] + 1}'
 
     raw, lines, letters = parse_lines(b''.join(parts), source, string_columns=_TIME_FIELDS, position=position)
-    shape = AMPLITUDE_SHAPE if '$insert_id' in raw.schema.names else _AMPLITUDE_ALT_SHAPE
-    batch, mapped = map_events(raw, lines, shape, source, window, position=position)
+    batch, mapped = map_events(raw, lines, AMPLITUDE_SHAPE, source, window, position=position)
     for letter in letters + mapped:
       yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
     if batch is not None:

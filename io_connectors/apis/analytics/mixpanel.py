@@ -121,7 +121,7 @@ MIXPANEL_SHAPE = EventShape(
   },
   properties='properties',
   key=[('event',), ('properties', 'distinct_id'), ('properties', 'time'), ('properties', '$insert_id')],
-  key_required=('properties', '$insert_id'),
+  key_required=[('properties', '$insert_id')],
 )
 
 

@@ -100,7 +100,7 @@ SEGMENT_SHAPE = EventShape(
   properties='properties',
   user_properties='traits',
   key=[('messageId',)],
-  key_required=('messageId',),
+  key_required=[('messageId',)],
   drop=('writeKey',),
 )
 
