@@ -45,9 +45,11 @@ import dataclasses
 import datetime as dt
 import json
 import math
+import warnings
 from typing import Iterable, Optional, Sequence, Tuple
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.ml.anomaly.aggregations import MajorityVote
@@ -59,10 +61,10 @@ from apache_beam.ml.anomaly.specifiable import specifiable
 from apache_beam.ml.anomaly.thresholds import FixedThreshold
 from apache_beam.ml.anomaly.transforms import AnomalyDetection
 from apache_beam.ml.anomaly.univariate.mad import MadTracker
-from apache_beam.ml.anomaly.univariate.mean import IncSlidingMeanTracker
+from apache_beam.ml.anomaly.univariate.mean import SimpleSlidingMeanTracker
 from apache_beam.ml.anomaly.univariate.median import MedianTracker
 from apache_beam.ml.anomaly.univariate.quantile import BufferedSlidingQuantileTracker
-from apache_beam.ml.anomaly.univariate.stdev import IncSlidingStdevTracker
+from apache_beam.ml.anomaly.univariate.stdev import SimpleSlidingStdevTracker
 from apache_beam.transforms import trigger, window
 
 __all__ = [
@@ -124,6 +126,15 @@ class FlooredZScore(ZScore):
   Beam's ZScore scores 0 when the history is flat (a track played exactly 5
   times a minute, then 500 times): a spike on a quiet series is the fraud
   case, so the spread is floored instead.
+
+  The mean and spread are those of the remembered points, recomputed from
+  them (`build_detector` gives it Beam's *simple* sliding trackers): Beam's
+  incremental ones lose the spread when a value of another magnitude leaves
+  the window (the variance went negative: a math domain error stopped the
+  job; or the mean stayed off, and every later point scored as an outlier).
+  An infinite value is scored (it is an outlier) but never learned: it would
+  make the mean infinite. While a history too large for float64 (1e308) is
+  remembered the series is not scored (NaN: "missing", never an alarm).
   """
 
   def __init__(self, min_history: int = 5, min_stdev: float = 1.0, **kwargs):
@@ -133,8 +144,10 @@ class FlooredZScore(ZScore):
     self._seen = 0
 
   def learn_one(self, x: beam.Row) -> None:
-    super().learn_one(x)
-    self._seen += 1
+    value = next(iter(x))
+    finite = value is not None and math.isfinite(value)
+    super().learn_one(x if finite else beam.Row(value=float('nan')))  # the trackers skip a NaN
+    self._seen += int(finite)
 
   def score_one(self, x: beam.Row) -> Optional[float]:
     value = next(iter(x))
@@ -142,8 +155,10 @@ class FlooredZScore(ZScore):
       return None
     if self._seen < self._min_history:
       return float('nan')
-    mean, stdev = self._sub_stat_tracker.get(), self._stdev_tracker.get()
-    if math.isnan(mean):
+    with warnings.catch_warnings(), np.errstate(all='ignore'):
+      warnings.simplefilter('ignore', RuntimeWarning)  # an empty or overflowing history: NaN or inf, handled below
+      mean, stdev = float(self._sub_stat_tracker.get()), float(self._stdev_tracker.get())
+    if not math.isfinite(mean) or math.isinf(stdev):
       return float('nan')
     stdev = 0.0 if math.isnan(stdev) else stdev
     return abs(value - mean) / max(stdev, self._min_stdev, 1e-9)
@@ -158,8 +173,8 @@ def build_detector(options: AnomalyOptions):
       return FlooredZScore(
         min_history=options.min_history,
         min_stdev=options.min_stdev,
-        sub_stat_tracker=IncSlidingMeanTracker(options.history),
-        stdev_tracker=IncSlidingStdevTracker(options.history),
+        sub_stat_tracker=SimpleSlidingMeanTracker(options.history),
+        stdev_tracker=SimpleSlidingStdevTracker(options.history),
         threshold_criterion=cut,
         features=['value'],
         model_id='zscore',
@@ -196,15 +211,32 @@ def build_detector(options: AnomalyOptions):
 # ----- play counts -----
 
 
+# The times a point can have: years 1 to 9998 (`iso` writes each window's bounds, and a datetime ends with 9999).
+_MIN_EPOCH_S = -62135596800.0
+_MAX_EPOCH_S = 253370764800.0
+_PER_SECOND = {'s': 1.0, 'ms': 1e3, 'us': 1e6, 'ns': 1e9}
+
+
+def _in_time_range(seconds: pa.Array) -> pa.Array:
+  """`seconds` with NaN, infinities and times outside `_MIN_EPOCH_S`..`_MAX_EPOCH_S` as null (no window holds them)."""
+  valid = pc.and_(pc.greater_equal(seconds, _MIN_EPOCH_S), pc.less(seconds, _MAX_EPOCH_S))
+  return pc.if_else(valid, seconds, pa.scalar(None, pa.float64()))
+
+
 def _epoch_seconds(column: pa.Array) -> pa.Array:
-  """A time column (timestamp, ISO string, or epoch seconds) as float64 epoch seconds; unparsable -> null."""
+  """A time column (timestamp, ISO string, or epoch seconds) as float64 epoch seconds; unparsable, non-finite or
+  out-of-range -> null.
+
+  A timestamp is read as its count in its own unit: a cast to microseconds refused a nanosecond time that it
+  would cut (ArrowInvalid, the job stopped); NaN or 1e300 seconds had no window (ValueError, OverflowError).
+  """
   if isinstance(column, pa.ChunkedArray):
     column = column.combine_chunks()
   if pa.types.is_timestamp(column.type):
-    micros = column.cast(pa.timestamp('us', tz=column.type.tz)).cast(pa.int64())
-    return pc.divide(micros.cast(pa.float64()), 1e6)
+    counts = column.cast(pa.int64()).cast(pa.float64(), safe=False)  # sub-microsecond digits may go
+    return _in_time_range(pc.divide(counts, _PER_SECOND[column.type.unit]))
   if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
-    return column.cast(pa.float64())
+    return _in_time_range(column.cast(pa.float64(), safe=False))
   values = []
   for text in column.cast(pa.string()).to_pylist():
     try:
@@ -212,9 +244,9 @@ def _epoch_seconds(column: pa.Array) -> pa.Array:
       if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.timezone.utc)
       values.append(parsed.timestamp())
-    except (AttributeError, ValueError):
+    except (AttributeError, ValueError, OverflowError):
       values.append(None)
-  return pa.array(values, type=pa.float64())
+  return _in_time_range(pa.array(values, type=pa.float64()))
 
 
 class _WindowCounts(beam.DoFn):
@@ -327,8 +359,8 @@ class _SampleToSeries(beam.DoFn):
       seconds = observed.timestamp()
     elif isinstance(observed, str):
       seconds = _epoch_seconds(pa.array([observed])).to_pylist()[0]
-    elif isinstance(observed, (int, float)):
-      seconds = float(observed)
+    elif isinstance(observed, (int, float)) and not isinstance(observed, bool):
+      seconds = _epoch_seconds(pa.array([float(observed)])).to_pylist()[0]
     else:
       seconds = None
     record = {

@@ -282,3 +282,57 @@ def test_points_without_an_event_time_are_refused_naming_the_point():
     with TestPipeline() as p:
       _ = p | beam.Create([{'tenant_id': 'acme', 'metric': 'm', 'subject': 's', 'value': 5.0}]) | EvaluateAlerts(config)
   assert 'm{tenant_id=acme, subject=s}' in str(raised.value)
+
+
+def _scores(values, history=5, min_history=3):
+  """The zscore detector's score of each value (scored, then learned, as Beam's AnomalyDetection does)."""
+  from transforms.anomaly import build_detector
+
+  detector = build_detector(AnomalyOptions(detector='zscore', history=history, min_history=min_history))
+  scores = []
+  for value in values:
+    row = beam.Row(value=float(value))
+    scores.append(detector.score_one(row))
+    detector.learn_one(row)
+  return scores
+
+
+def test_zscore_stays_sane_after_values_of_very_different_magnitudes():
+  # Beam's incremental (Welford) sliding trackers lose the window's spread when a value of another magnitude
+  # slides out: the variance went negative (math domain error: the job stopped), or the mean stayed far off
+  # and every normal point after one huge value scored above the threshold, for ever (an alert storm).
+  import random
+
+  draw = random.Random(1)
+  mixed = [draw.choice([0.1, 0.7, 1e9, 3.3]) for _ in range(2000)]
+  assert all(s is None or s != s or s >= 0 for s in _scores(mixed))
+  after_huge = _scores([10, 11, 9, 10, 1e300, 10, 11, 9, 10, 10, 11, 9, 10, 10, 10, 10])
+  assert all(s < 3 for s in after_huge[-6:]), after_huge
+
+
+def test_zscore_scores_again_once_an_infinite_value_left_its_history():
+  # An infinite value made the incremental mean NaN for good: the series was never scored again.
+  scores = _scores([10, 11, 9, 10, float('inf'), 10, 11, 9, 10, 10, 11, 9, 10, 10, 10, 50])
+  assert scores[4] == float('inf')  # the infinite point itself is the anomaly
+  assert all(s == s for s in scores[-6:]), scores  # no NaN: scored
+  assert scores[-1] >= 3 and all(s < 3 for s in scores[-6:-1]), scores
+
+
+def test_times_out_of_range_or_in_nanoseconds_do_not_stop_the_counts():
+  import pyarrow as pa
+
+  from transforms.anomaly import _SampleToSeries, _WindowCounts
+
+  counts = _WindowCounts(60, ('track_id',), 'tenant_id', 'played_at')
+  ns = pa.array([T0 * 10**9 + 123456789, None], pa.timestamp('ns', 'UTC'))
+  floats = pa.array([float('nan'), float('inf'), 1e300, -1e20, float(T0)])
+  for column in (ns, floats):
+    batch = pa.RecordBatch.from_pydict(
+      {'tenant_id': ['a'] * len(column), 'track_id': ['t'] * len(column), 'played_at': column}
+    )
+    out = list(counts.process(batch))
+    # Rows without a usable time are not counted (the rows go on elsewhere); the others are.
+    assert [(v.value, float(v.timestamp)) for v in out] == [((('a', 'track_id', 't'), 1), float(T0 // 60 * 60))]
+  for observed in (float('nan'), 1e300, -1e20):
+    (record,) = _SampleToSeries().process({'metric': 'm', 'value': 1.0, 'observed_at': observed})
+    assert record['window_start'] is None
