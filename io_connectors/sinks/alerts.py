@@ -58,6 +58,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import smtplib
 import socket
 import time
@@ -184,8 +185,27 @@ class Channel:
     return f'{self.kind} channel {self.name!r}'
 
 
+# Block Kit's limits: a section's text, a field's text (Slack answers 400 to a message over them).
+_SLACK_TEXT_MAX = 3000
+_SLACK_FIELD_MAX = 2000
+_BACKQUOTE, _QUOTE = '`', "'"
+
+
+def _slack_text(text: object, limit: int = _SLACK_TEXT_MAX) -> str:
+  """`text` for Slack's mrkdwn, at most `limit` characters: &, < and > as Slack's entities, so that a label value
+  neither mentions anyone (<!channel>) nor makes a link, and a long one is cut (with an ellipsis) instead of
+  getting the whole message refused."""
+  escaped = str(text).replace('&', '&amp;').replace('<', '&lt;').replace('>', '&gt;')
+  if len(escaped) <= limit:
+    return escaped
+  return re.sub(r'&[a-z]*$', '', escaped[: limit - 1]) + '…'  # no entity cut in two
+
+
 class SlackChannel(Channel):
-  """Slack incoming webhook: POST {"text", "blocks"} (mrkdwn); Slack answers 200 "ok"."""
+  """Slack incoming webhook: POST {"text", "blocks"} (mrkdwn); Slack answers 200 "ok".
+
+  Every text from the notification is escaped and cut to Block Kit's limits (`_slack_text`).
+  """
 
   kind = 'slack'
   _KEYS = ('url', 'url_env')
@@ -200,19 +220,28 @@ class SlackChannel(Channel):
   @staticmethod
   def payload(n: Mapping[str, Any]) -> dict:
     icon = ':white_check_mark:' if n['status'] == 'resolved' else ':rotating_light:'
-    lines = [f'{icon} *{n["summary"]}*']
-    fields = [f'*Rule:* {n["rule"]}', f'*Severity:* {n["severity"]}', f'*Status:* {n["status"]}']
+    summary = _slack_text(' '.join(str(n['summary']).split()), _SLACK_TEXT_MAX - 40)  # one line: bold holds
+    fields = [('Rule', n['rule']), ('Severity', n['severity']), ('Status', n['status'])]
     if n.get('tenant_id'):
-      fields.append(f'*Tenant:* {n["tenant_id"]}')
-    series = [f'• `{s["subject"]}` = {s["value"]:g}' for s in n.get('series') or [] if s.get('subject')]
+      fields.append(('Tenant', n['tenant_id']))
+    # A subject is shown as `code`: a backquote of its own would end it early.
+    series = [
+      f'• `{_slack_text(str(s["subject"]).replace(_BACKQUOTE, _QUOTE), 250)}` = {s["value"]:g}'
+      for s in n.get('series') or []
+      if s.get('subject')
+    ]
     blocks = [
-      {'type': 'section', 'text': {'type': 'mrkdwn', 'text': '\n'.join(lines)}},
-      {'type': 'section', 'fields': [{'type': 'mrkdwn', 'text': f} for f in fields]},
+      {'type': 'section', 'text': {'type': 'mrkdwn', 'text': f'{icon} *{summary}*'}},
+      {
+        'type': 'section',
+        'fields': [{'type': 'mrkdwn', 'text': f'*{k}:* {_slack_text(v, _SLACK_FIELD_MAX - 20)}'} for k, v in fields],
+      },
     ]
     if series:
-      blocks.append({'type': 'section', 'text': {'type': 'mrkdwn', 'text': '\n'.join(series[:10])}})
-    blocks.append({'type': 'context', 'elements': [{'type': 'mrkdwn', 'text': f'alert {n["alert_id"]} at {n["at"]}'}]})
-    return {'text': n['summary'], 'blocks': blocks}
+      blocks.append({'type': 'section', 'text': {'type': 'mrkdwn', 'text': '\n'.join(series[:10])}})  # < 3000
+    context = _slack_text(f'alert {n["alert_id"]} at {n["at"]}')
+    blocks.append({'type': 'context', 'elements': [{'type': 'mrkdwn', 'text': context}]})
+    return {'text': _slack_text(n['summary']), 'blocks': blocks}
 
   def send(self, notification):
     self._post(self.url, json.dumps(self.payload(notification)).encode(), {})
@@ -275,7 +304,8 @@ class EmailChannel(Channel):
   @staticmethod
   def message(n: Mapping[str, Any], sender: str, recipients: Sequence[str]) -> email.message.EmailMessage:
     msg = email.message.EmailMessage()
-    msg['Subject'] = n['summary'][:200]
+    # One line: email refuses a header holding a line break (a label value's), which lost the whole message.
+    msg['Subject'] = ' '.join(str(n['summary']).split())[:200]
     msg['From'] = sender
     msg['To'] = ', '.join(recipients)
     msg['Message-ID'] = f'<{n["notification_id"].replace(":", ".")}@alerts>'

@@ -217,3 +217,37 @@ def test_detection_runs_on_the_configured_dimensions_only(env):
   assert alerting_config(dict(base, anomaly={'detect': ['track_id', 'user_id']})).detect == ('track_id', 'user_id')
   with pytest.raises(AlertRuleError, match=r"detect \['artist_id'\] not among dimensions"):
     alerting_config(dict(base, anomaly={'detect': ['artist_id']}))
+
+
+def hostile_notification():
+  """Label values as series and tenants may hold them: Slack markup, newlines, quotes, emoji, very long text."""
+  n = notification(9)
+  n['tenant_id'] = n['group']['tenant_id'] = 'acme <!channel>'
+  n['summary'] = '[ERROR] lag > 1 for tenant acme <!channel>\r\nsee <https://evil.example|the docs> & "more" 🎧'
+  n['series'] = [{'subject': f'topic=`plays`<!here>{i}' + 'x' * 4000, 'value': 1e300} for i in range(20)]
+  return n
+
+
+def test_the_slack_message_escapes_markup_and_fits_block_kit_limits():
+  import jsonschema
+
+  from io_connectors.sinks.alerts import SlackChannel
+  from tests.io_connectors.alert_fakes import SLACK_SCHEMA
+
+  payload = SlackChannel.payload(hostile_notification())
+  # A label value neither mentions the channel nor makes a link, and a long one does not get the alert refused
+  # (Slack answers 400 to a section over 3000 characters: the alert was a dead letter, never shown).
+  jsonschema.validate(payload, SLACK_SCHEMA)
+  text = json.dumps(payload, ensure_ascii=False)
+  assert '<!' not in text and '<https' not in text
+  assert '&lt;!channel&gt;' in payload['blocks'][0]['text']['text'] and '&amp; "more" 🎧' in payload['text']
+
+
+def test_an_email_subject_is_one_line_whatever_the_summary_holds():
+  from io_connectors.sinks.alerts import EmailChannel
+
+  n = hostile_notification()
+  # email refuses a header with a line break (ValueError): the alert was a dead letter, never mailed.
+  message = EmailChannel.message(n, 'alerts@example.com', ['oncall@example.com'])
+  assert message['Subject'].startswith('[ERROR] lag > 1 for tenant acme <!channel> see <https://evil.example')
+  assert 'acme <!channel>\nsee <https://evil.example|the docs> & "more" 🎧' in message.get_content()
