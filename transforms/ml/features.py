@@ -30,6 +30,10 @@ play left out, so no label leaks into its own features.
 
 A row without a required value, or with a NaN or infinite number, becomes a
 dead letter (``missing_field`` / ``invalid_value``) naming the file and row.
+So does a value no raw feature can hold, whatever type another writer gave
+the column: a time or number that does not parse, a play beyond int64, a
+label other than 0/1 (true/false, yes/no). A nanosecond time is floored to
+its microsecond, a fractional ms_played to its whole milliseconds.
 
 Usage::
 
@@ -170,16 +174,73 @@ def _utc_offsets(played_at: pa.Array, countries: pa.Array) -> np.ndarray:
 
 
 def _column(batch: pa.RecordBatch, name: str) -> pa.Array:
+  """The column (its values, when dictionary-encoded: a Parquet file written from such a table reads back so);
+  all nulls when the batch lacks it."""
   index = batch.schema.get_field_index(name)
   if index < 0:
     return pa.nulls(batch.num_rows)
-  return batch.column(index)
+  column = batch.column(index)
+  return column.dictionary_decode() if pa.types.is_dictionary(column.type) else column
 
 
 def _as_text(array: pa.Array) -> pa.Array:
   if pa.types.is_null(array.type):
     return pa.array([None] * len(array), type=pa.string())
   return pc.cast(array, pa.string())
+
+
+_PLAYED_AT_TYPE = pa.timestamp('us', tz='UTC')
+_TRUE = pa.array(['true', 't', 'yes', 'y', '1'])
+_FALSE = pa.array(['false', 'f', 'no', 'n', '0'])
+
+
+def _micro_times(column: pa.Array) -> pa.Array:
+  """A nanosecond timestamp column floored to microseconds (pyarrow refuses a cast that would cut the digits,
+  which stopped the run); any other column as it is."""
+  if not (pa.types.is_timestamp(column.type) and column.type.unit == 'ns'):
+    return column
+  nanos = pc.cast(column, pa.int64())
+  micros = np.floor_divide(nanos.fill_null(0).to_numpy(zero_copy_only=False), 1000)
+  return pa.array(micros, pa.int64(), mask=nanos.is_null().to_numpy(zero_copy_only=False)).cast(
+    pa.timestamp('us', tz=column.type.tz)
+  )
+
+
+def _whole_numbers(column: pa.Array) -> pa.Array:
+  """ms_played with a float's fraction dropped: whole milliseconds (the cast to int64 refused 1500.7)."""
+  return pc.floor(column) if pa.types.is_floating(column.type) else column
+
+
+def _labels(column: pa.Array) -> pa.Array:
+  """The label as int64 0/1: a boolean, 0 or 1, or a yes/no text; null for anything else (7, 'maybe')."""
+  if pa.types.is_boolean(column.type):
+    return pc.cast(column, pa.int64())
+  if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+    lowered = pc.utf8_lower(pc.utf8_trim_whitespace(column))
+    return pc.if_else(
+      pc.is_in(lowered, value_set=_TRUE), 1, pc.if_else(pc.is_in(lowered, value_set=_FALSE), 0, None)
+    ).cast(pa.int64())
+  if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+    is_label = pc.is_in(column, value_set=pa.array([0, 1]).cast(column.type))
+    return pc.cast(pc.if_else(is_label, column, None), pa.int64())
+  return pa.nulls(len(column), pa.int64())
+
+
+def _uncastable(column: pa.Array, to_type: pa.DataType) -> np.ndarray:
+  """True where a value cannot be cast to `to_type` (a null can: the missing check has it)."""
+  try:
+    pc.cast(column, to_type)
+    return np.zeros(len(column), dtype=bool)
+  except pa.ArrowNotImplementedError:  # no value of the column's type can
+    return column.is_valid().to_numpy(zero_copy_only=False)
+  except pa.ArrowInvalid:  # some values cannot: find them
+    bad = np.zeros(len(column), dtype=bool)
+    for i in range(len(column)):
+      try:
+        pc.cast(column.slice(i, 1), to_type)
+      except pa.ArrowInvalid:
+        bad[i] = True
+    return bad
 
 
 def _bad_rows(batch: pa.RecordBatch) -> List[Tuple[np.ndarray, str, str, str]]:
@@ -196,6 +257,16 @@ def _bad_rows(batch: pa.RecordBatch) -> List[Tuple[np.ndarray, str, str, str]]:
     if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
       negative = pc.less(column, 0).fill_null(False).to_numpy(zero_copy_only=False)
       checks.append((negative, 'invalid_value', name, f'{name} is negative'))
+    checks.append(
+      (_uncastable(_whole_numbers(column), pa.int64()), 'invalid_value', name, f'{name} is not a number within int64')
+    )
+  played_at = _column(batch, 'played_at')
+  checks.append(
+    (_uncastable(_micro_times(played_at), _PLAYED_AT_TYPE), 'invalid_value', 'played_at', 'played_at is not a time')
+  )
+  skipped = _column(batch, LABEL)
+  not_label = pc.and_(skipped.is_valid(), _labels(skipped).is_null()).to_numpy(zero_copy_only=False)
+  checks.append((not_label, 'invalid_value', LABEL, f'{LABEL} is not a label (true/false, 1/0, yes/no)'))
   return checks
 
 
@@ -243,13 +314,10 @@ class PrepareEvents(beam.DoFn):
     tenants = _as_text(_column(batch, TENANT_COLUMN))
     users = _as_text(_column(batch, 'user_id'))
     countries = _as_text(_column(batch, 'country'))
-    played_at = _column(batch, 'played_at')
-    if not pa.types.is_timestamp(played_at.type):
-      played_at = pc.cast(played_at, pa.timestamp('us', tz='UTC'))
-    played_us = pc.cast(pc.cast(played_at, pa.timestamp('us', tz='UTC')), pa.int64()).to_numpy()
-    skipped = _column(batch, 'skipped')
-    skipped = pc.cast(skipped, pa.int64()) if not pa.types.is_string(skipped.type) else _text_bool(skipped)
-    ms_played = pc.cast(_column(batch, 'ms_played'), pa.int64())
+    played_at = pc.cast(_micro_times(_column(batch, 'played_at')), _PLAYED_AT_TYPE)
+    played_us = pc.cast(played_at, pa.int64()).to_numpy()
+    skipped = _labels(_column(batch, LABEL))
+    ms_played = pc.cast(_whole_numbers(_column(batch, 'ms_played')), pa.int64())
     columns = {
       TENANT_COLUMN: tenants,
       'event_id': _as_text(_column(batch, 'event_id')),
@@ -266,11 +334,6 @@ class PrepareEvents(beam.DoFn):
       SPLIT_COLUMN: pa.array(split_indices(tenants, users, self._ratios, self._salt), type=pa.int8()),
     }
     return pa.RecordBatch.from_arrays(list(columns.values()), names=list(columns))
-
-
-def _text_bool(array: pa.Array) -> pa.Array:
-  lowered = pc.utf8_lower(pc.utf8_trim_whitespace(array))
-  return pc.cast(pc.is_in(lowered, value_set=pa.array(['true', 't', 'yes', 'y', '1'])), pa.int64())
 
 
 def _plays(table: pa.Table, keys: List[str]) -> Iterable[Tuple[tuple, Tuple[int, int]]]:
