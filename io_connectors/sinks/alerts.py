@@ -70,7 +70,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import apache_beam as beam
 
 from io_connectors._common.errors import ConnectorError, short_error
-from io_connectors._common.masking import connection_url, mask_secrets, mask_url
+from io_connectors._common.masking import connection_url, mask_secrets, mask_url, url_password
 from io_connectors._common.retry import Backoff, call_with_retries
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 
@@ -121,6 +121,21 @@ def _secret(config: Mapping[str, Any], key: str, channel: str, required: bool = 
   if not value and required:
     raise ValueError(f'channel {channel!r}: give {key} or {key}_env')
   return value or None
+
+
+def _url_secrets(url: str) -> List[Optional[str]]:
+  """What of a channel's URL may be a credential, to mask in errors: the URL, its user info and password, its
+  path (Slack's and many webhooks' hold the token) and its query. http.client quotes the user info or the path
+  alone when it refuses a URL (InvalidURL: "nonnumeric port: 'p4ss@host'")."""
+  secrets: List[Optional[str]] = [url, url_password(url)]
+  userinfo = re.match(r'[a-zA-Z][a-zA-Z0-9+.-]*://([^/?#\s]*)@', url)
+  if userinfo:
+    secrets.append(userinfo.group(1))
+  try:
+    split = urllib.parse.urlsplit(url)
+  except ValueError:
+    return secrets
+  return secrets + [split.path if len(split.path) > 1 else None, split.query]
 
 
 class Channel:
@@ -215,7 +230,7 @@ class SlackChannel(Channel):
     self.url = connection_url(_secret(config, 'url', self.name), '', ('https://', 'http://'), 'Slack webhook')
 
   def secrets(self):
-    return [self.url, urllib.parse.urlsplit(self.url).path]
+    return _url_secrets(self.url)
 
   @staticmethod
   def payload(n: Mapping[str, Any]) -> dict:
@@ -262,7 +277,7 @@ class WebhookChannel(Channel):
     self._key = _secret(config, 'secret', self.name)
 
   def secrets(self):
-    return [self._key, self.url]
+    return [self._key, *_url_secrets(self.url)]
 
   def send(self, notification):
     body = json.dumps(notification, sort_keys=True, default=str).encode()
@@ -535,7 +550,12 @@ def _attempt(outbox: Outbox, channel: Channel, notification_id: str, options: De
       backoff=Backoff(first_delay_s=options.retry_delay_s, jitter=0.2),
       what=channel.describe(),
       transient=lambda e: getattr(e, 'transient', False),
-      explain=lambda e: e if isinstance(e, AlertChannelError) else AlertChannelError(short_error(e), False),
+      # Any other error (http.client's InvalidURL quotes the URL's user info or path): masked, named.
+      explain=lambda e: (
+        e
+        if isinstance(e, AlertChannelError)
+        else AlertChannelError(f'{channel.describe()}: {short_error(e, channel._mask)}', False)
+      ),
       reason=lambda e: str(e)[:200],
     )
   except AlertChannelError as e:

@@ -251,3 +251,37 @@ def test_an_email_subject_is_one_line_whatever_the_summary_holds():
   message = EmailChannel.message(n, 'alerts@example.com', ['oncall@example.com'])
   assert message['Subject'].startswith('[ERROR] lag > 1 for tenant acme <!channel> see <https://evil.example')
   assert 'acme <!channel>\nsee <https://evil.example|the docs> & "more" 🎧' in message.get_content()
+
+
+class _OneRowOutbox:
+  """The outbox's claim and mark, in memory: one attempt of `_attempt` without PostgreSQL."""
+
+  def __init__(self, payload):
+    self.payload, self.marks = payload, []
+
+  def claim(self, notification_id, channel):
+    return {'payload': self.payload, 'attempts': 1}
+
+  def mark(self, *args, **kwargs):
+    self.marks.append((args, kwargs))
+
+
+@pytest.mark.parametrize(
+  'config',
+  [
+    {'name': 'hooks', 'type': 'webhook', 'url': 'https://alerts:S3cr3tT0ken@hooks.example.com/in', 'secret': 'k'},
+    {'name': 'ops', 'type': 'slack', 'url': 'https://user:S3cr3tT0ken@hooks.slack.com/services/T0/B0/C0'},
+    {'name': 'hooks', 'type': 'webhook', 'url': 'https://hooks.example.com/in/S3cr3tT0ken x', 'secret': 'k'},
+  ],
+)
+def test_a_channel_url_that_http_refuses_never_shows_its_secret(config):
+  from io_connectors.sinks.alerts import _attempt, build_channels
+
+  # http.client refuses these URLs before connecting, quoting the user info or the path (InvalidURL): the
+  # error went unmasked into the dead letter, the outbox's last_error and the log.
+  (channel,) = build_channels([config])
+  outbox = _OneRowOutbox(notification(4))
+  outcome, letter = _attempt(outbox, channel, 'a4:firing:0', DeliveryOptions(retries=0, max_attempts=1))
+  assert outcome == 'dead' and letter['reason'] == 'source_error'
+  assert 'InvalidURL' in letter['detail'] and channel.name in letter['detail']
+  assert 'S3cr3tT0ken' not in json.dumps(letter) + str(outbox.marks)
