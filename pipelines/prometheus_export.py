@@ -54,6 +54,7 @@ __all__ = [
   'SampleStore',
   'push_run_metrics',
   'push_collectors',
+  'push_registry',
   'serve',
   'JobMetricsEndpoint',
   'add_prometheus_arguments',
@@ -121,12 +122,16 @@ def _label_name(name: str) -> str:
 
 
 def safe_labels(labels: Mapping[str, object]) -> Dict[str, str]:
-  """`labels` with valid names, secrets dropped, URLs masked and values at most 200 characters."""
+  """`labels` with valid names, secrets dropped, URLs masked and values at most 200 characters.
+
+  A value that is no UTF-8 (a lone surrogate: JSON's "\\ud800", a name decoded with surrogateescape) has '?'
+  there: the exposition encodes to UTF-8, and one such value failed every scrape and push of every metric.
+  """
   safe = {}
   for name, value in labels.items():
     if _SECRET_LABEL.search(str(name)):
       continue
-    text = '' if value is None else str(value)
+    text = '' if value is None else str(value).encode('utf-8', 'replace').decode('utf-8')
     text = _URL.sub(lambda m: mask_url(m.group(0)), text)[:_MAX_LABEL_VALUE]
     safe[_label_name(name)] = text
   return safe
@@ -344,11 +349,47 @@ class _Static:
     return self._families
 
 
+class _ExportedLabels:
+  """`collectors`' families, each label named like one of `names` renamed ``exported_<name>``.
+
+  The Pushgateway overwrites a pushed label named like a label of the group
+  (job, instance, ...) with the group's value: series that differ only there
+  (two databases tagged instance=db1 and instance=db2) became one series
+  twice, and the gateway's /metrics failed for every group. Prometheus
+  renames a scraped label that clashes with a target's the same way.
+  """
+
+  def __init__(self, collectors: Iterable, names: Iterable[str]):
+    self._collectors = list(collectors)
+    self._names = frozenset(names)
+
+  def collect(self):
+    from prometheus_client.metrics_core import Metric
+
+    for collector in self._collectors:
+      for family in collector.collect():
+        if not any(self._names.intersection(sample.labels) for sample in family.samples):
+          yield family
+          continue
+        renamed = Metric(family.name, family.documentation, family.type, family.unit)
+        for sample in family.samples:
+          labels = {(f'exported_{k}' if k in self._names else k): v for k, v in sample.labels.items()}
+          renamed.add_sample(sample.name, labels, sample.value, sample.timestamp, sample.exemplar)
+        yield renamed
+
+
+def push_registry(collectors: Iterable, grouping_key: Optional[Mapping] = None):
+  """The registry a push sends: `collectors`, their labels named like the group's (job and `grouping_key`'s)
+  renamed ``exported_<name>`` (`_ExportedLabels`)."""
+  return _registry([_ExportedLabels(collectors, {'job', *(grouping_key or {})})])
+
+
 def push_collectors(gateway: str, job: str, collectors: Iterable, grouping_key: Optional[Mapping] = None) -> None:
   """Replaces the group (job, grouping_key) on the Pushgateway with what `collectors` collect now."""
   from prometheus_client import push_to_gateway
 
-  push_to_gateway(gateway, job=job, registry=_registry(collectors), grouping_key=dict(grouping_key or {}), timeout=10)
+  registry = push_registry(collectors, grouping_key)
+  push_to_gateway(gateway, job=job, registry=registry, grouping_key=dict(grouping_key or {}), timeout=10)
 
 
 def fresh_metrics(result):

@@ -274,6 +274,28 @@ def test_beam_metric_names_carry_labels_and_are_capped():
   assert 'http_request_ms_max{host="api",job="j"} 20.0' in text
 
 
+def test_a_label_value_that_is_no_utf8_does_not_break_the_exposition():
+  # A lone surrogate (JSON's "\\ud800", a name decoded with surrogateescape) made every scrape of /metrics and
+  # every push fail (UnicodeEncodeError), for every metric of the store.
+  store = prometheus_export.SampleStore()
+  store.add({'metric': 'lag', 'value': 1.0, 'labels': {'topic': 'a\udc80b "q"\\n\n'}, 'tenant_id': 'x\ud800'})
+  text = generate_latest(prometheus_export._registry([store])).decode()
+  assert 'lag{tenant="x?",topic="a?b \\"q\\"\\\\n\\n"} 1.0' in text
+
+
+def test_a_pushed_label_named_as_the_grouping_key_is_kept_as_exported_label():
+  # The Pushgateway overwrites a pushed label named like a grouping-key label (job, instance) with the group's
+  # value: two collectors tagged instance=db1 and instance=db2 became one series twice, and the gateway's
+  # /metrics failed for every group ("collected before with the same name and label values").
+  store = prometheus_export.SampleStore()
+  for db in ('db1', 'db2'):
+    store.add({'metric': 'connections', 'value': 3.0, 'labels': {'instance': db, 'job': 'pg'}})
+  registry = prometheus_export.push_registry([store], {'instance': 'worker-7'})
+  text = generate_latest(registry).decode()
+  assert 'connections{exported_instance="db1",exported_job="pg"} 3.0' in text
+  assert 'connections{exported_instance="db2",exported_job="pg"} 3.0' in text
+
+
 def test_collectors_report_a_down_target_without_its_secret():
   from io_connectors.monitoring import build_collector
 
