@@ -172,7 +172,8 @@ def daily_cumulative(events: pa.Table, key: str, created: dt.datetime) -> pa.Tab
 
   events: tenant_id, `key`, played_at_s (epoch seconds), skipped (0/1).
   """
-  day = pc.divide(events.column('played_at_s'), 86_400)
+  # Floored: Arrow's integer division truncates toward zero, which put a play before 1970 in the next day.
+  day = pc.cast(pc.floor(pc.divide(pc.cast(events.column('played_at_s'), pa.float64()), 86_400.0)), pa.int64())
   table = pa.table({TENANT_COLUMN: events.column(TENANT_COLUMN), key: events.column(key), 'day': day})
   table = table.append_column('skipped', pc.cast(events.column('skipped'), pa.int64()))
   daily = table.group_by([TENANT_COLUMN, key, 'day']).aggregate([('skipped', 'count'), ('skipped', 'sum')])

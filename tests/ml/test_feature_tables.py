@@ -95,3 +95,20 @@ def test_rows_with_an_empty_tenant_are_dead_letters(tmp_path):
     feature_store.UsageError, match=r'tenant=acme/part-00000-of-00001\.parquet: column\(s\) skipped missing'
   ):
     feature_store._checked_events([(path, 'acme')])
+
+
+def test_a_play_before_1970_counts_in_its_own_utc_day():
+  # Arrow's integer division truncates toward zero: a play at 1969-12-31T23:59:50 was counted in the day of
+  # 1970-01-01 and stamped at its end, a day after the play's day ended.
+  events = pa.table(
+    {
+      'tenant_id': ['acme', 'acme'],
+      'track_id': ['7', '7'],
+      'played_at_s': pa.array([-10, 5], pa.int64()),
+      'skipped': pa.array([0, 1], pa.int64()),
+    }
+  )
+  table = feature_store.daily_cumulative(events, 'track_id', dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
+  got = [(r['event_timestamp'], r['play_count']) for r in table.to_pylist()]
+  epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+  assert got == [(epoch, 1), (epoch + dt.timedelta(days=1), 2)]
