@@ -75,9 +75,14 @@ def hf_dtype(t: pa.DataType) -> str:
 
 
 def _flat_type(t: pa.DataType) -> pa.DataType:
-  """The feature type of a flat lake column; values kept exact (datasets holds UInt64, decimals, nanoseconds)."""
+  """The feature type of a flat lake column; values kept exact (datasets holds UInt64, decimals, nanoseconds).
+
+  A column of nulls only (pandas writes a column of Nones so) stays null: another file's type wins (`_schema`).
+  """
   if pa.types.is_dictionary(t):
     return _flat_type(t.value_type)
+  if pa.types.is_null(t):
+    return t
   if pa.types.is_uint64(t):
     return t  # int64 stops at 2**63 - 1
   if pa.types.is_integer(t):
@@ -138,10 +143,14 @@ def _schema(files: List[Tuple[str, str]]) -> pa.Schema:
       schema = pq.read_schema(io.BytesIO(handle.read()))
     for f in schema:
       t = pa.string() if _nested(f.type) else _flat_type(f.type)
-      if f.name in fields and fields[f.name] != t:
-        t = pa.float64() if {fields[f.name], t} <= {pa.int64(), pa.float64()} else pa.string()
+      known = fields.get(f.name)
+      if pa.types.is_null(t) and known is not None:
+        continue  # nulls fit any type
+      if known is not None and not pa.types.is_null(known) and known != t:
+        t = pa.float64() if {known, t} <= {pa.int64(), pa.float64()} else pa.string()
       fields[f.name] = t
-  return pa.schema([pa.field(n, t) for n, t in fields.items()])
+  # A column of nulls in every file: text, as before.
+  return pa.schema([pa.field(n, pa.string() if pa.types.is_null(t) else t) for n, t in fields.items()])
 
 
 def _yaml_quote(text: str) -> str:

@@ -87,3 +87,23 @@ def test_nested_nanosecond_timestamps_are_json_text_without_pandas(without_panda
   assert hf_export._flatten(table, schema).to_pylist() == expected
   with without_pandas():
     assert hf_export._flatten(table, schema).to_pylist() == expected
+
+
+def test_a_column_all_null_in_one_tenants_file_keeps_the_other_files_type(tmp_path):
+  # pandas writes a column of Nones as Arrow's null type: the two types disagreed and the feature became
+  # text, every tenant's numbers and flags written as digits and 'true'.
+  quiet = _events('acme', 3).append_column('coupon', pa.nulls(3)).append_column('promo', pa.nulls(3))
+  busy = _events('nord7', 3).append_column('coupon', pa.array([5, None, 2**60 + 1], pa.int64()))
+  busy = busy.append_column('promo', pa.array([True, False, None]))
+  lake = write_lake(str(tmp_path / 'lake'), {'acme': quiet, 'nord7': busy})
+  out = str(tmp_path / 'hf')
+  hf_export.export(lake, out)
+  import pyarrow.parquet as pq
+
+  nord = pq.read_table(os.path.join(out, 'data', 'nord7'))
+  assert nord.schema.field('coupon').type == pa.int64() and nord.schema.field('promo').type == pa.bool_()
+  assert sorted(nord.column('coupon').to_pylist(), key=str) == [2**60 + 1, 5, None]
+  acme = pq.read_table(os.path.join(out, 'data', 'acme'))
+  assert acme.schema.field('coupon').type == pa.int64() and acme.column('coupon').null_count == 3
+  card = open(os.path.join(out, 'README.md'), encoding='utf-8').read()
+  assert '| coupon | int64 |' in card and '| promo | bool |' in card
