@@ -54,7 +54,6 @@ __all__ = [
   'SampleStore',
   'push_run_metrics',
   'push_collectors',
-  'push_registry',
   'serve',
   'JobMetricsEndpoint',
   'add_prometheus_arguments',
@@ -378,7 +377,7 @@ class _ExportedLabels:
         yield renamed
 
 
-def push_registry(collectors: Iterable, grouping_key: Optional[Mapping] = None):
+def _push_registry(collectors: Iterable, grouping_key: Optional[Mapping] = None):
   """The registry a push sends: `collectors`, their labels named like the group's (job and `grouping_key`'s)
   renamed ``exported_<name>`` (`_ExportedLabels`)."""
   return _registry([_ExportedLabels(collectors, {'job', *(grouping_key or {})})])
@@ -388,7 +387,7 @@ def push_collectors(gateway: str, job: str, collectors: Iterable, grouping_key: 
   """Replaces the group (job, grouping_key) on the Pushgateway with what `collectors` collect now."""
   from prometheus_client import push_to_gateway
 
-  registry = push_registry(collectors, grouping_key)
+  registry = _push_registry(collectors, grouping_key)
   push_to_gateway(gateway, job=job, registry=registry, grouping_key=dict(grouping_key or {}), timeout=10)
 
 

@@ -283,15 +283,17 @@ def test_a_label_value_that_is_no_utf8_does_not_break_the_exposition():
   assert 'lag{tenant="x?",topic="a?b \\"q\\"\\\\n\\n"} 1.0' in text
 
 
-def test_a_pushed_label_named_as_the_grouping_key_is_kept_as_exported_label():
+def test_a_pushed_label_named_as_the_grouping_key_is_kept_as_exported_label(monkeypatch):
   # The Pushgateway overwrites a pushed label named like a grouping-key label (job, instance) with the group's
   # value: two collectors tagged instance=db1 and instance=db2 became one series twice, and the gateway's
   # /metrics failed for every group ("collected before with the same name and label values").
   store = prometheus_export.SampleStore()
   for db in ('db1', 'db2'):
     store.add({'metric': 'connections', 'value': 3.0, 'labels': {'instance': db, 'job': 'pg'}})
-  registry = prometheus_export.push_registry([store], {'instance': 'worker-7'})
-  text = generate_latest(registry).decode()
+  pushed = []
+  monkeypatch.setattr('prometheus_client.push_to_gateway', lambda *args, registry, **kwargs: pushed.append(registry))
+  prometheus_export.push_collectors('http://gateway.invalid', 'spotify_monitoring', [store], {'instance': 'worker-7'})
+  text = generate_latest(pushed[0]).decode()
   assert 'connections{exported_instance="db1",exported_job="pg"} 3.0' in text
   assert 'connections{exported_instance="db2",exported_job="pg"} 3.0' in text
 
