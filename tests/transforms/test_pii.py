@@ -1307,3 +1307,39 @@ def test_json_text_in_a_dead_letters_value_has_its_identifiers_pseudonymised(key
   # Plain text, and JSON text that holds nothing, stay text; JSON text is written back as JSON.
   out, counts = redact_record({'a': '{not json', 'b': ' [1, 2]', 'c': '{}'}, ListeningEvent, key, scanner)
   assert out == {'a': '{not json', 'b': '[1, 2]', 'c': '{}'} and not counts
+
+
+@pytest.mark.unit
+def test_camel_case_and_write_key_names_are_secret_names_and_plain_keys_are_not(key, scanner):
+  """`clientSecret`, `DBPassword` (camelCase) and Segment's `writeKey` were kept: the names' words had to be joined
+  by _ or -. A key on its own (`sortKey`) and a word that only ends like one (`nonsecret`) are not secrets."""
+  from transforms.pii.recognizers import is_secret_name
+
+  secret = ['clientSecret', 'DBPassword', 'dbPassword', 'writeKey', 'write_key', 'signingKey', 'userIdToken', 'apiKey']
+  secret += ['client_secret', 'x-api-key', 'PII_MASTER_KEY', 'my_clientSecret', 'Password']
+  plain = ['nonsecret', 'validtoken', 'validToken', 'sortKey', 'partitionKey', 'key', 'token', 'monkey', 'secretary']
+  plain += ['primary_key', 'Keyword', 'passwords', 'paidToken']
+  assert [n for n in secret if not is_secret_name(n)] == [] and [n for n in plain if is_secret_name(n)] == []
+  record = {'writeKey': 'wk_9f8e7d6c5b4a', 'clientSecret': 'Tr0ub4dor&3', 'sortKey': 'played_at'}
+  out, _ = redact_record(record, ListeningEvent, key, scanner, tenant='acme')
+  assert out == {'writeKey': '<SECRET_ASSIGNMENT>', 'clientSecret': '<SECRET_ASSIGNMENT>', 'sortKey': 'played_at'}
+  text = '{"writeKey": "wk_9f8e7d6c5b4a"} clientSecret=Tr0ub4dor3 DBPassword: "s3cr3t-zz" nonsecret=visible1'
+  assert scanner.redact_text(text)[0] == (
+    '{"writeKey": "<SECRET_ASSIGNMENT>"} clientSecret=<SECRET_ASSIGNMENT> DBPassword: "<SECRET_ASSIGNMENT>" '
+    'nonsecret=visible1'
+  )
+
+
+@pytest.mark.unit
+def test_the_secret_assignment_pattern_is_linear_in_runs_of_joined_words():
+  """The pattern walked the words before a secret's name from every word of a run such as a_b_c_... (8,000
+  characters of it took 8-14 s, growing with the cube of its length): a note holding a long slug, a base64url
+  blob or a stack of snake_case names and a `key=` stopped a worker. The regex module's timeout fails it."""
+  import regex
+
+  from transforms.pii.recognizers import SECRET_ASSIGNMENT_PATTERN
+
+  compiled = regex.compile(SECRET_ASSIGNMENT_PATTERN)
+  for run in ('a_' * 4000, 'a-B' * 3000, 'Ab_' * 3000, 'aB' * 4000, 'A' * 8000):
+    assert compiled.search(run + 'x=1 key=value', timeout=1.0) is None
+  assert compiled.search('a_' * 4000 + 'password=hunter22', timeout=1.0).group('bare') == 'hunter22'

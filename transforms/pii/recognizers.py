@@ -499,14 +499,23 @@ API_KEY_PATTERNS = (
   ('npm', r'\bnpm_[A-Za-z0-9]{36}\b'),
   ('shopify', r'\bshp(?:at|ss|ca|pa)_[a-fA-F0-9]{32}\b'),
 )
-# password=..., "client_secret": "...", api_key: ...; the finding is the value.
-SECRET_NAME = (
-  r'(?:[a-z0-9]+[_-])*(?:password|passwd|passwort|passcode|pwd|secret|api[_-]?key|apikey|'
-  r'access[_-]?key|secret[_-]?key|private[_-]?key|(?:access|auth|refresh|id|api|bearer|session)[_-]?token)'
+# password=..., "client_secret": "...", api_key: ..., "clientSecret", Segment's "writeKey"; the finding is the
+# value. A key on its own is not a secret (`sortKey`, `partitionKey`): only the kinds of key that are.
+_SECRET_WORDS = (
+  r'(?:password|passwd|passwort|passcode|pwd|secret|api[_-]?key|apikey|'
+  r'(?:access|secret|private|write|signing|encryption|master)[_-]?key|'
+  r'(?:access|auth|refresh|id|api|bearer|session)[_-]?token)'
 )
+# A field's name: words before the secret's joined by _ or - (snake, kebab) or camelCase, where a name runs on
+# only at an upper-case letter (case-sensitive): `clientSecret` and `DBPassword` are secrets, `nonsecret` and
+# `validtoken` are not.
+SECRET_NAME = r'(?:[a-z0-9]+[_-])*(?-i:[a-z0-9]*(?:[A-Z][a-z0-9]*)*(?=[A-Z]))?' + _SECRET_WORDS
+# In text the match starts at the secret's own words, after a non-letter or at a camelCase hump: the words
+# before them are not walked (`(?:[a-z0-9]+[_-])*` tried from every word of a run such as a_b_c_..., 8,000
+# characters of which took 8-14 s, growing with the cube of its length).
 SECRET_ASSIGNMENT_PATTERN = (
-  r'(?i)(?<![\p{L}\p{Nd}])'
-  + SECRET_NAME
+  r'(?i)(?:(?<![\p{L}\p{Nd}])|(?-i:(?<=[A-Za-z0-9])(?=[A-Z])))'
+  + _SECRET_WORDS
   + r'["\']?\s*[:=]\s*(?:"(?P<dq>[^"\n]{3,})"|\'(?P<sq>[^\'\n]{3,})\'|(?P<bare>[^\s"\'&;,)}\]]{3,}))'
 )
 _PLACEHOLDERS = frozenset(
