@@ -371,8 +371,15 @@ _WRITTEN_MARKING_DECODER = json.JSONDecoder(parse_float=_written_float, object_p
 
 
 def reason_of(error: ValueError) -> str:
-  """The dead-letter reason of an error `loads` raised: its own, else 'malformed_json' (json's ValueError)."""
-  return getattr(error, 'reason', 'malformed_json')
+  """The dead-letter reason of an error `loads` raised: its own, 'bad_encoding' for bytes that are no text,
+  else 'malformed_json' (json's ValueError).
+
+  Only a `JsonValueError`'s `reason` is one: a UnicodeDecodeError has a `reason` too ('truncated data'),
+  which is no dead-letter reason.
+  """
+  if isinstance(error, JsonValueError):
+    return error.reason
+  return 'bad_encoding' if isinstance(error, UnicodeError) else 'malformed_json'
 
 
 def json_type(value: Any) -> str:
@@ -464,4 +471,8 @@ def _text_of(text: Union[str, bytes, bytearray]) -> str:
     if text.startswith('\ufeff'):
       raise json.JSONDecodeError('Unexpected UTF-8 BOM (decode using utf-8-sig)', text, 0)
     return text
-  return text.decode(json.detect_encoding(text), 'surrogatepass')
+  encoding = json.detect_encoding(text)
+  try:
+    return text.decode(encoding, 'surrogatepass')
+  except UnicodeDecodeError as e:  # json guesses UTF-16/32 from NULs among the first bytes
+    raise JsonValueError(f'bytes not valid in {encoding} at byte {e.start}', 'bad_encoding') from None

@@ -84,7 +84,8 @@ def _read_jsonl_part(rng: Range, data, bad_lines, options: JsonOptions):
         continue
       reason, field = 'malformed_json', None
       try:
-        value = loads(line, floats_as_written=True, repeated_keys=True)
+        # The lines are UTF-8 (`ranges_as_utf8`): bytes would let json guess UTF-16 from a NUL among them.
+        value = loads(line.decode('utf-8'), floats_as_written=True, repeated_keys=True)
         problem = None if isinstance(value, dict) else f'a JSON {json_type(value)}, not an object'
         repeated = repeated_key(value)
         if repeated is not None:

@@ -1685,3 +1685,19 @@ def test_avro_header_metadata_that_is_no_utf8_leaves_the_file_readable(tmp_path)
   result = read(tmp_path, ReadFromAvro(broken))
   assert [(d['reason'], d['source']) for d in result.dead_letters] == [('corrupt_file', broken)]
   assert result.rows() == []
+
+
+def test_jsonl_lines_with_nul_bytes_or_in_utf16_without_a_mark_are_dead_letters_not_a_failed_job(tmp_path):
+  """A JSON Lines file in UTF-16 without a byte order mark (its bytes are valid UTF-8: ASCII and NULs), or a line
+  whose second byte is NUL, failed the whole job: json guessed UTF-16 for the line, its decode raised
+  UnicodeDecodeError and its 'truncated data' became an unknown dead-letter reason. Each such line is a dead
+  letter with its row; the other lines are read."""
+  path = write(tmp_path, 'nul.jsonl', b'{"id": 1}\n{\x00"id": 2}\n{"id": 3}\n')
+  result = read(tmp_path, ReadFromJsonLines(path))
+  assert [(r[1], r[2]['id']) for r in result.rows()] == [(1, 1), (3, 3)]
+  assert [(d['reason'], d['position']) for d in result.dead_letters] == [('malformed_json', 'row 2')]
+  utf16 = write(tmp_path, 'utf16.jsonl', '{"id": 1}\n{"id": "x"}\n'.encode('utf-16-le'))
+  result = read(tmp_path, ReadFromJsonLines(utf16))
+  assert result.rows() == []
+  assert [d['position'] for d in result.dead_letters] == ['row 1', 'row 2', 'row 3']
+  assert {d['reason'] for d in result.dead_letters} <= {'malformed_json', 'bad_encoding'}

@@ -14,6 +14,7 @@ from transforms.json_values import (
   mark_repeated_keys,
   object_of_pairs,
   own_repeated_keys,
+  reason_of,
   repeated_inside,
   repeated_key,
   repeated_on_path,
@@ -165,3 +166,22 @@ def test_pairs_written_back_keep_a_number_beyond_a_double_a_number():
   text = '{"a": 1e400, "a": -2E+308, "b": [1e400, "1e400"], "c": 123456789012345678901234567890}'
   assert dumps_pairs(loads_pairs(text)) == text
   assert json.loads(dumps_pairs(loads_pairs('{"a": 1e400}')))['a'] == float('inf')
+
+
+@pytest.mark.parametrize(
+  'data',
+  [
+    '{"a": 1}'.encode('utf-16-le')[:-1],  # a UTF-16 line cut at its newline byte: 'truncated data'
+    b'{\x00"a": "\xff"}',  # json guesses UTF-16 from the NUL, and the bytes are none
+    '{"a": 1}'.encode('utf-32-le')[:-2],
+  ],
+)
+def test_bytes_no_encoding_decodes_are_a_bad_encoding_value_error(data):
+  """Bytes that json.detect_encoding guesses an encoding for but do not decode in it raised UnicodeDecodeError,
+  whose own `reason` attribute ('truncated data') reason_of gave as the dead letter's reason: dead_letter
+  refused it, and the job died on one line of a JSON Lines file."""
+  with pytest.raises(ValueError) as caught:
+    loads(data)
+  assert reason_of(caught.value) == 'bad_encoding'
+  assert reason_of(UnicodeDecodeError('utf-8', b'\xff', 0, 1, 'invalid start byte')) == 'bad_encoding'
+  assert reason_of(ValueError('x')) == 'malformed_json'
