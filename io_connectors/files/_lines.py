@@ -8,7 +8,14 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple
 import numpy as np
 import pyarrow as pa
 
-from io_connectors.files._ranges import ascii_compatible, is_compressed, open_file, read_exactly, unicode_bom_encoding
+from io_connectors.files._ranges import (
+  ascii_compatible,
+  is_compressed,
+  open_file,
+  read_all,
+  read_exactly,
+  unicode_bom_encoding,
+)
 
 __all__ = [
   'read_owned_lines',
@@ -443,7 +450,7 @@ def ranges_as_utf8(
   with open_file(rng.path) as f:
     offset, rest = 0, b''
     while True:
-      piece = f.read() if part_bytes is None else read_exactly(f, part_bytes)
+      piece = read_all(f) if part_bytes is None else read_exactly(f, part_bytes)
       data = rest + piece if rest else piece
       cut = len(data) if not piece else data.rfind(b'\n') + 1
       if cut and piece and open_value_at is not None:

@@ -9,11 +9,13 @@ Excel workbooks are one range.
 from __future__ import annotations
 
 import codecs
+import lzma
 import os
+import zlib
 from typing import Any, Iterator, NamedTuple, Optional
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystem import DEFAULT_READ_BUFFER_SIZE, CompressedFile, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from io_connectors._common.errors import short_error
@@ -23,8 +25,10 @@ from transforms.records import range_source
 __all__ = [
   'Range',
   'open_file',
+  'CorruptFileError',
   'is_compressed',
   'read_exactly',
+  'read_all',
   'unicode_bom_encoding',
   'is_directory',
   'match_files',
@@ -64,19 +68,91 @@ def open_file(path: str):
   formats only, which are then read as one range, from the start).
   """
   compression = CompressionTypes.detect_compression_type(path)
-  return FileSystems.open(path, mime_type='application/octet-stream', compression_type=compression)
+  raw = FileSystems.open(path, mime_type='application/octet-stream', compression_type=CompressionTypes.UNCOMPRESSED)
+  return raw if compression == CompressionTypes.UNCOMPRESSED else _CheckedCompressedFile(raw, compression)
+
+
+class CorruptFileError(IOError):
+  """A compressed file whose bytes do not decompress, or whose stream stops before its end (an upload or copy
+  cut short). Raised by a read once the bytes decompressed before the damage were all read: the readers emit
+  the rows read and make the rest one ``corrupt_file`` dead letter (`_read.ReadRangeFn`)."""
+
+
+try:
+  from zstandard import ZstdError
+except ImportError:  # pragma: no cover - zstandard comes with apache-beam
+  ZstdError = zlib.error
+# What a decompressor raises on bytes not of its format: gzip and deflate zlib.error, bzip2 OSError, xz LZMAError.
+_DECOMPRESS_ERRORS = (zlib.error, OSError, EOFError, lzma.LZMAError, ZstdError)
+
+
+class _CheckedCompressedFile(CompressedFile):
+  """Beam's CompressedFile, which a damaged stream does not pass silently.
+
+  Beam's raises the decompressor's own error (zlib.error: the job fails on
+  one file), and ends a stream that stops before its end marker as if it
+  were complete: a cut-short .bz2 read as empty, a .gz as its first rows,
+  nothing saying the rest is lost. Here a read returns what decompressed
+  before the damage, and the read after it raises `CorruptFileError`
+  (every later one too), so that `read_exactly` keeps what it gathered.
+  """
+
+  def __init__(self, fileobj, compression_type):
+    super().__init__(fileobj, compression_type=compression_type)
+    self._damage: Optional[str] = None
+
+  def read(self, num_bytes: Optional[int] = DEFAULT_READ_BUFFER_SIZE) -> bytes:
+    if self._damage is None:
+      try:
+        data = super().read(num_bytes)
+      except _DECOMPRESS_ERRORS as e:
+        self._damage = f'cannot decompress past byte {self._uncompressed_position} of its data: {short_error(e)}'
+      else:
+        if data or not num_bytes or not self._cut_short():
+          return data
+        self._damage = (
+          f'the compressed data stops before its end, after {self._uncompressed_position} bytes of its data: '
+          'the file was cut short (an interrupted upload or copy?)'
+        )
+    data = self._read_from_internal_buffer(lambda: self._read_buffer.read(num_bytes))  # decompressed before it
+    if data or not num_bytes:
+      return data
+    raise CorruptFileError(f'{self._damage}; what it held up to there was read')
+
+  def _cut_short(self) -> bool:
+    """At the end of the file, whether the last stream had not ended (a file of no bytes is no stream)."""
+    return bool(self._read_eof and not getattr(self._decompressor, 'eof', True) and self._file.tell())
 
 
 def read_exactly(f, n: int) -> bytes:
-  """Up to n bytes; fewer only at the end of the file."""
+  """Up to n bytes; fewer only at the end of the file (or before the damage of a compressed one, see
+  `CorruptFileError`: the next read raises it)."""
   parts = []
   while n > 0:
-    piece = f.read(n)
+    try:
+      piece = f.read(n)
+    except CorruptFileError:
+      if not parts:
+        raise
+      break
     if not piece:
       break
     parts.append(piece)
     n -= len(piece)
   return parts[0] if len(parts) == 1 else b''.join(parts)
+
+
+def read_all(f) -> bytes:
+  """Every byte of `f` (`read_exactly`'s to the end): a compressed file's read() with no size gives 16 MiB at
+  most (Beam's buffer), and a .json.gz document larger than that decompressed was read cut."""
+  if not isinstance(f, CompressedFile):
+    return f.read()
+  parts = []
+  while True:
+    piece = read_exactly(f, DEFAULT_READ_BUFFER_SIZE)
+    if not piece:
+      return b''.join(parts)
+    parts.append(piece)
 
 
 def is_directory(pattern: str) -> bool:

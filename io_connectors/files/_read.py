@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow as pa
 
 from io_connectors.files._options import OPTIONS_CLASS, FileOptions, options_for
-from io_connectors.files._ranges import MatchFn, Range, SplitFn
-from transforms.dead_letter import DEAD_LETTER, Outputs
+from io_connectors.files._ranges import CorruptFileError, MatchFn, Range, SplitFn
+from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 from transforms.records import (
   INTERNAL_COLUMNS,
   JSON_TYPES_COLUMN,
@@ -92,11 +92,16 @@ class ReadRangeFn(beam.DoFn):
 
   def process(self, rng: Range):
     options = options_for(rng.format, self._options)
-    for item in self._readers[rng.format](rng, options):
-      if isinstance(item, dict):
-        yield beam.pvalue.TaggedOutput(DEAD_LETTER, item)
-      else:
-        yield item
+    try:
+      for item in self._readers[rng.format](rng, options):
+        if isinstance(item, dict):
+          yield beam.pvalue.TaggedOutput(DEAD_LETTER, item)
+        else:
+          yield item
+    except CorruptFileError as e:  # the rows before the damage are out: the rest is this one dead letter
+      yield beam.pvalue.TaggedOutput(
+        DEAD_LETTER, dead_letter(rng.path, None, 'corrupt_file', detail=str(e), stage=STAGE)
+      )
 
 
 class ReadFormat(beam.PTransform):

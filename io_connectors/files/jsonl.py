@@ -29,7 +29,7 @@ from io_connectors._common.arrow import table_from_json_lines, table_from_rows
 from io_connectors._common.errors import short_error
 from io_connectors.files._lines import line_count, ranges_as_utf8
 from io_connectors.files._options import JsonOptions
-from io_connectors.files._ranges import Range, open_file, unicode_bom_encoding
+from io_connectors.files._ranges import Range, open_file, read_all, unicode_bom_encoding
 from io_connectors.files._read import READERS, STAGE, ReadFormat, emit
 from transforms.dead_letter import dead_letter
 from transforms.json_values import json_type, loads, reason_of, repeated_key, repeated_on_path
@@ -124,7 +124,8 @@ def read_json(rng: Range, options: JsonOptions):
   path = rng.path
   try:
     with open_file(path) as f:
-      raw = f.read()
+      raw = read_all(f)
+      f.read(1)  # a compressed file cut short or damaged raises CorruptFileError here, after what it held
   except Exception as e:
     yield dead_letter(path, None, 'corrupt_file', detail=f'cannot read: {short_error(e)}', stage=STAGE)
     return
