@@ -449,10 +449,18 @@ def ranges_as_utf8(
     return
   with open_file(rng.path) as f:
     offset, rest = 0, b''
+    if _is_utf8(encoding):
+      # Marked UTF-16/32 is decoded as such, as a plain file's is (above), and read whole: its newlines are
+      # not the byte 0x0A.
+      rest = read_exactly(f, 4)
+      marked = unicode_bom_encoding(rest)
+      if marked:
+        encoding, part_bytes, open_value_at = marked, None, None
     while True:
       piece = read_all(f) if part_bytes is None else read_exactly(f, part_bytes)
       data = rest + piece if rest else piece
-      cut = len(data) if not piece else data.rfind(b'\n') + 1
+      # Read whole (part_bytes None): one part, not cut at a byte 0x0A that may be half a UTF-16 newline.
+      cut = len(data) if not piece or part_bytes is None else data.rfind(b'\n') + 1
       if cut and piece and open_value_at is not None:
         cut = _cut_outside_value(data, cut, open_value_at)
       if cut:

@@ -1789,3 +1789,21 @@ def test_a_compressed_json_document_larger_than_16_mib_is_read_whole_and_one_cut
   [letter] = result.dead_letters
   assert (letter['reason'], letter['source'], letter['position']) == ('corrupt_file', cut, None)
   assert 'cut short' in letter['detail']
+
+
+@pytest.mark.parametrize('encoding', ['utf-16', 'utf-16-be', 'utf-32'])
+def test_a_compressed_utf16_or_utf32_file_with_a_byte_order_mark_is_read_as_the_plain_one_is(tmp_path, encoding):
+  """A UTF-16 file marked so is read in that encoding, but not once gzipped (PowerShell's Out-File, then gzip):
+  every line was a bad_encoding dead letter, and a stray NUL after the last newline one more."""
+  import codecs
+  import gzip
+
+  bom = codecs.BOM_UTF16_BE if encoding == 'utf-16-be' else b''
+  jsonl = write(tmp_path, 'e.jsonl.gz', gzip.compress(bom + '{"id": 1, "n": "Zoë"}\r\n{"id": 2}\n'.encode(encoding)))
+  result = read(tmp_path, ReadFromJsonLines(jsonl))
+  assert result.dead_letters == []
+  assert [(r[1], r[2]) for r in result.rows()] == [(1, {'id': 1, 'n': 'Zoë'}), (2, {'id': 2, 'n': None})]
+  csv_path = write(tmp_path, 'e.csv.gz', gzip.compress(bom + 'id\tname\n1\tZoë\n2\tLé\n'.encode(encoding)))
+  result = read(tmp_path, ReadFromCsv(csv_path))
+  assert result.dead_letters == []
+  assert [(r[1], r[2]) for r in result.rows()] == [(2, {'id': 1, 'name': 'Zoë'}), (3, {'id': 2, 'name': 'Lé'})]
