@@ -62,7 +62,8 @@ Row positions (``__row``, and a dead letter's ``position`` "row N"):
 - JSON Lines: the line number.
 - JSON: the element's 1-based index in the top-level array (1 for an object);
   a .json file of one object a line (BigQuery's JSON export, mongoexport) is
-  read as JSON Lines, by line number.
+  read as JSON Lines, by line number; one of pretty-printed values one after
+  another numbers their records on through the file.
 - Parquet, Avro: the 1-based record index in the file.
 - Excel: the sheet's row number; ``__source`` is ``path#SheetName``.
 

@@ -13,13 +13,17 @@ repeated with an equal value is harmless and read.
 A JSON document's records are its array's elements, or the array an API's
 envelope holds (`{"items": [...], "next": ...}`: `JsonOptions.records_path`);
 the envelope's other keys are not records and are not read. A .json file of
-one object a line (BigQuery's JSON export, mongoexport) is read as JSON Lines.
+one object a line (BigQuery's JSON export, mongoexport) is read as JSON Lines;
+one of JSON values one after another over several lines (`jq .` over a
+stream, pretty-printed documents appended to one file) value by value, its
+records numbered on through the file as one array's elements are.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -32,7 +36,7 @@ from io_connectors.files._options import JsonOptions
 from io_connectors.files._ranges import Range, open_file, read_all, unicode_bom_encoding
 from io_connectors.files._read import READERS, STAGE, ReadFormat, emit
 from transforms.dead_letter import dead_letter
-from transforms.json_values import json_type, loads, reason_of, repeated_key, repeated_on_path
+from transforms.json_values import JsonValueError, json_type, loads, reason_of, repeated_key, repeated_on_path
 from transforms.records import position
 
 __all__ = ['ReadFromJsonLines', 'ReadFromJson', 'JsonOptions', 'records_of_document', 'ENVELOPE_KEYS']
@@ -138,55 +142,71 @@ def read_json(rng: Range, options: JsonOptions):
     shown = 'utf-8' if encoding == 'utf-8-sig' else encoding
     yield dead_letter(path, None, 'bad_encoding', detail=f'bytes not valid in {shown} at byte {e.start}', stage=STAGE)
     return
+  broken = None
   try:
-    document = loads(text, floats_as_written=True, repeated_keys=True)
+    documents = [loads(text, floats_as_written=True, repeated_keys=True)]
   except ValueError as e:
     if _holds_json_lines(text, e):
       _LOG.info('%s: one JSON object a line: read as JSON Lines', path)
       yield from _read_jsonl_part(rng, text.encode('utf-8'), [], options)
       return
-    reason = reason_of(e)
-    yield dead_letter(path, None, reason, detail=f'the document does not parse: {e}', stage=STAGE)
-    return
-  try:
-    elements, where = records_of_document(document, options.records_path)
-  except ValueError as e:
-    yield dead_letter(path, None, 'malformed_json', detail=str(e), stage=STAGE)
-    return
-  if where:
-    _LOG.info('%s: records read from the array at %r', path, where)
-  on_the_way = repeated_on_path(document, where.split('.') if where else ())
-  if on_the_way is not None:
-    detail = f'{on_the_way.detail}, so which records it holds cannot be told either'
-    yield dead_letter(path, None, 'duplicate_key', field=on_the_way.field, detail=detail, stage=STAGE)
-    return
+    documents, broken = _concatenated_values(text, e)
+    if not documents:
+      reason = reason_of(e)
+      yield dead_letter(path, None, reason, detail=f'the document does not parse: {e}', stage=STAGE)
+      return
+    _LOG.info('%s: %d JSON values one after another: their records read in turn', path, len(documents))
   objects, numbers, lines = [], [], []
-  for i, element in enumerate(elements, start=1):
-    repeated = repeated_key(element)
-    if repeated is not None:
-      yield dead_letter(
-        path,
-        position(i),
-        'duplicate_key',
-        field=repeated.field,
-        record=element,
-        detail=f'element {i}: {repeated.detail}',
-        stage=STAGE,
-      )
-    elif isinstance(element, dict):
-      objects.append(element)
-      numbers.append(i)
-      # Re-serialised as JSON Lines so that pyarrow types it as it does JSON Lines.
-      lines.append(json.dumps(element, ensure_ascii=False, default=str))
-    else:
-      yield dead_letter(
-        path,
-        position(i),
-        'malformed_json',
-        record=element if _jsonable(element) else str(element),
-        detail=f'element {i} is a JSON {json_type(element)}, not an object',
-        stage=STAGE,
-      )
+  i = 0  # the records' number, on through the values of a file of several
+  for document in documents:
+    several = len(documents) > 1
+    try:
+      if several and not isinstance(document, (dict, list)):
+        elements, where = [document], ''  # a value no record, dead-lettered below as an element
+      else:
+        elements, where = records_of_document(document, options.records_path)
+      on_the_way = repeated_on_path(document, where.split('.') if where else ())
+    except ValueError as e:
+      i += several
+      yield dead_letter(path, position(i) if several else None, 'malformed_json', detail=str(e), stage=STAGE)
+      continue
+    if where:
+      _LOG.info('%s: records read from the array at %r', path, where)
+    if on_the_way is not None:
+      i += several
+      detail = f'{on_the_way.detail}, so which records it holds cannot be told either'
+      where_at = position(i) if several else None
+      yield dead_letter(path, where_at, 'duplicate_key', field=on_the_way.field, detail=detail, stage=STAGE)
+      continue
+    for element in elements:
+      i += 1
+      repeated = repeated_key(element)
+      if repeated is not None:
+        yield dead_letter(
+          path,
+          position(i),
+          'duplicate_key',
+          field=repeated.field,
+          record=element,
+          detail=f'element {i}: {repeated.detail}',
+          stage=STAGE,
+        )
+      elif isinstance(element, dict):
+        objects.append(element)
+        numbers.append(i)
+        # Re-serialised as JSON Lines so that pyarrow types it as it does JSON Lines.
+        lines.append(json.dumps(element, ensure_ascii=False, default=str))
+      else:
+        yield dead_letter(
+          path,
+          position(i),
+          'malformed_json',
+          record=element if _jsonable(element) else str(element),
+          detail=f'element {i} is a JSON {json_type(element)}, not an object',
+          stage=STAGE,
+        )
+  if broken is not None:
+    yield dead_letter(path, position(i + 1), reason_of(broken), detail=str(broken), stage=STAGE)
   if not objects:
     return
   data = '\n'.join(lines).encode('utf-8')
@@ -204,6 +224,38 @@ def _holds_json_lines(text: str, error: ValueError) -> bool:
     return False
   first = text[: error.pos].strip()
   return first.startswith('{') and '\n' not in first
+
+
+_WHITESPACE = re.compile(r'[ \t\n\r]*')  # JSON's
+
+
+def _concatenated_values(text: str, error: ValueError) -> Tuple[list, Optional[ValueError]]:
+  """([the JSON values of `text`, one after another], the error of the first that does not parse or None), for a
+  document that does not parse for the text after its first value ('Extra data'): `jq .` over a stream, or
+  documents appended to one file, pretty-printed. ([], None) for any other error.
+
+  What breaks the stream ends it: where the next value starts after a broken
+  one cannot be told, so the rest of the file is one dead letter naming its line.
+  """
+  if not isinstance(error, json.JSONDecodeError) or error.msg != 'Extra data':
+    return [], None
+  finder = json.JSONDecoder()  # only finds where each value ends; `loads` decodes it as every reader does
+  values: list = []
+  at = 0
+  while True:
+    at = _WHITESPACE.match(text, at).end()
+    if at >= len(text):
+      return values, None
+    try:
+      end = finder.raw_decode(text, at)[1]
+      values.append(loads(text[at:end], floats_as_written=True, repeated_keys=True))
+    except (ValueError, RecursionError) as e:
+      line = text.count('\n', 0, at) + 1
+      problem = (
+        f'the JSON value at line {line} (after {len(values)} values) does not parse, nor the rest of the file: {e}'
+      )
+      return values, JsonValueError(problem, reason_of(e) if isinstance(e, ValueError) else 'malformed_json')
+    at = end
 
 
 # Keys under which APIs put a page's records (dlt's record detector knows the same names).

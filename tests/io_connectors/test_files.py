@@ -1807,3 +1807,29 @@ def test_a_compressed_utf16_or_utf32_file_with_a_byte_order_mark_is_read_as_the_
   result = read(tmp_path, ReadFromCsv(csv_path))
   assert result.dead_letters == []
   assert [(r[1], r[2]) for r in result.rows()] == [(2, {'id': 1, 'name': 'Zoë'}), (3, {'id': 2, 'name': 'Lé'})]
+
+
+def test_a_json_file_of_concatenated_pretty_printed_documents_is_read_record_by_record(tmp_path):
+  """`jq .` over a stream, or documents appended to one file, write one pretty-printed JSON value after another:
+  the whole file was one malformed_json dead letter ("Extra data") and every record in it lost. Each value's
+  records are read, numbered on through the file as an array's elements are; a value that breaks the stream is
+  a dead letter for the rest of the file, naming its line."""
+  values = [
+    {'id': '007', 'user': {'name': 'Zoë', 'tags': ['a']}},
+    [{'id': '8'}, 42],
+    {'items': [{'id': '9'}], 'next': None},
+    {'id': '10', 'n': 1, 'n': 2},
+  ]
+  text = '\n'.join(json.dumps(v, indent=2, ensure_ascii=False) for v in values[:3])
+  text += '\n{"id": "10", "n": 1, "n": 2}\n{"id": "11"}  {"id": "12"}\n{\n  "id": "13",\n  "oops"\n}\n{"id": "14"}\n'
+  path = write(tmp_path, 'stream.json', text)
+  result = read(tmp_path, ReadFromJson(path))
+  assert [(r[1], r[2]['id']) for r in result.rows()] == [(1, '007'), (2, '8'), (4, '9'), (6, '11'), (7, '12')]
+  assert result.rows()[0][2]['user'] == {'name': 'Zoë', 'tags': ['a']}
+  line = text[: text.index('{\n  "id": "13"')].count('\n') + 1
+  assert [(d['reason'], d['position'], d['field']) for d in result.dead_letters] == [
+    ('malformed_json', 'row 3', None),
+    ('duplicate_key', 'row 5', 'n'),
+    ('malformed_json', 'row 8', None),
+  ]
+  assert f'line {line}' in result.dead_letters[2]['detail']
