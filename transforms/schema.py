@@ -5,7 +5,8 @@ may disagree: an int column in one and a float in another, a struct with more
 fields. `widen` merges two types into the narrowest type that holds both
 (int -> float -> string, decimals to a decimal that holds both; struct fields
 united; list items widened), and `InferSchema` combines all batches into one
-schema, which the sinks use to write every file with the same types
+schema (a place holding integers beyond 2**53 in one input and fractions in
+another is text: no number type holds both exactly), which the sinks use to write every file with the same types
 (`conform`).
 
 `schema_to_json` / `schema_from_json` give the `_schema.json` form, and
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple, Union
 
 import apache_beam as beam
 import pyarrow as pa
@@ -35,6 +36,8 @@ __all__ = [
   'merge_schemas',
   'public_schema',
   'concat_widened',
+  'ints_beyond_double',
+  'texts_for_ints_beyond_double',
   'InferSchema',
   'conform',
   'SchemaConflictError',
@@ -137,21 +140,75 @@ def public_schema(schema: pa.Schema) -> pa.Schema:
   return pa.schema([f for f in schema if f.name not in INTERNAL_COLUMNS])
 
 
+# Integers past 2**53 have no exact double: a column of them widened with another input's fractions is text.
+_EXACT_IN_DOUBLE = 2**53
+_Path = Tuple[Optional[str], ...]  # struct field names from a column; None for a list's items
+
+
+def ints_beyond_double(data: Union[pa.Table, pa.RecordBatch]) -> FrozenSet[_Path]:
+  """The places (column, struct fields, list items) where `data`'s public columns hold an integer that no
+  double holds exactly (past 2**53), for `texts_for_ints_beyond_double`."""
+  found: Set[_Path] = set()
+  stack: List[Tuple[Any, _Path]] = [
+    (data.column(i), (f.name,)) for i, f in enumerate(data.schema) if f.name not in INTERNAL_COLUMNS
+  ]
+  while stack:
+    values, path = stack.pop()
+    typ = values.type
+    if isinstance(values, pa.ChunkedArray) and (pa.types.is_struct(typ) or pa.types.is_list(typ)):
+      stack.extend((chunk, path) for chunk in values.chunks)
+    elif pa.types.is_integer(typ) and typ.bit_width == 64 and path not in found and values.null_count < len(values):
+      low, high = pc.min_max(values).values()
+      if max(abs(low.as_py()), abs(high.as_py())) > _EXACT_IN_DOUBLE:
+        found.add(path)
+    elif pa.types.is_struct(typ):
+      stack.extend((values.field(i), path + (typ.field(i).name,)) for i in range(typ.num_fields))
+    elif pa.types.is_list(typ) or pa.types.is_large_list(typ):
+      stack.append((values.flatten(), path + (None,)))
+  return frozenset(found)
+
+
+def _text_at(typ: pa.DataType, path: _Path) -> pa.DataType:
+  """`typ` with the floating type at `path` (below it) made string; other types as they are."""
+  if not path:
+    return pa.string() if pa.types.is_floating(typ) else typ
+  if pa.types.is_struct(typ) and path[0] is not None and typ.get_field_index(path[0]) >= 0:
+    fields = [f.with_type(_text_at(f.type, path[1:])) if f.name == path[0] else f for f in typ]
+    return pa.struct(fields)
+  if (pa.types.is_list(typ) or pa.types.is_large_list(typ)) and path[0] is None:
+    return pa.list_(_text_at(typ.value_type, path[1:]))
+  return typ
+
+
+def texts_for_ints_beyond_double(schema: pa.Schema, places: FrozenSet[_Path]) -> pa.Schema:
+  """A merged schema with each place that some input holds integers past 2**53 at (`ints_beyond_double`) text
+  where the merge made it a double (another input held fractions): no number type holds both exactly, and text
+  holds each as written (the integer's digits, the fraction as Python writes it)."""
+  for path in places:
+    i = schema.get_field_index(path[0])
+    if i >= 0:
+      schema = schema.set(i, schema.field(i).with_type(_text_at(schema.field(i).type, path[1:])))
+  return schema
+
+
 class _MergeSchemasFn(beam.CombineFn):
+  """(merged schema, places holding integers past 2**53) -> the schema, such places text beside fractions."""
+
   def create_accumulator(self):
-    return None
+    return None, frozenset()
 
   def add_input(self, acc, batch):
-    return merge_schemas(acc, public_schema(batch.schema))
+    return merge_schemas(acc[0], public_schema(batch.schema)), acc[1] | ints_beyond_double(batch)
 
   def merge_accumulators(self, accs):
-    merged = None
-    for acc in accs:
-      merged = merge_schemas(merged, acc)
-    return merged
+    merged, places = None, frozenset()
+    for schema, more in accs:
+      merged, places = merge_schemas(merged, schema), places | more
+    return merged, places
 
   def extract_output(self, acc):
-    return acc if acc is not None else pa.schema([])
+    schema, places = acc
+    return texts_for_ints_beyond_double(schema, places) if schema is not None else pa.schema([])
 
 
 class InferSchema(beam.PTransform):
@@ -202,9 +259,10 @@ class SchemaConflictError(ValueError):
 def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
   """The batch with exactly `schema`'s public columns (cast, null-filled), internal columns kept.
 
-  SchemaConflictError when a column's values do not fit its widened type:
-  integers beyond 2**53 in one input and fractions in another (float64
-  would change the integers' digits).
+  SchemaConflictError when a column's values do not fit its widened type
+  (a schema `InferSchema` did not make: it makes a column text where one
+  input holds integers beyond 2**53 and another fractions, which float64
+  cannot both hold exactly).
   """
   arrays, names = [], []
   for f in schema:
@@ -234,6 +292,7 @@ def concat_widened(tables: Sequence[pa.Table]) -> pa.Table:
     return pa.concat_tables(tables, promote_options='permissive')
   except (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
     schema = functools.reduce(merge_schemas, [public_schema(t.schema) for t in tables], None)
+    schema = texts_for_ints_beyond_double(schema, frozenset().union(*map(ints_beyond_double, tables)))
     conformed = [pa.Table.from_batches([conform(b, schema) for b in t.to_batches()]) for t in tables if t.num_rows]
     return pa.concat_tables(conformed, promote_options='permissive') if conformed else tables[0]
 

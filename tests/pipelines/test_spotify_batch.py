@@ -536,31 +536,27 @@ def test_a_run_on_an_output_another_run_holds_is_refused_naming_it(tmp_path, cap
   assert not os.path.exists(os.path.join(output, '_lock.json'))  # released after the run
 
 
-def test_integers_beyond_a_double_in_one_file_and_fractions_in_another_stop_the_run_naming_the_column(tmp_path, capsys):
-  """No one type holds 9007199254740993 and 1.5 exactly: one error line names the column and the way out
-  (read it as text), and that way out reads both values as written."""
-  from pipelines.spotify_batch import main
-
+def test_integers_beyond_a_double_in_one_file_and_fractions_in_another_are_text_as_written(tmp_path):
+  """No number type holds 9007199254740993 and 1.5 exactly: the run stopped with one error line naming the column.
+  The column is text, each value as written, whether the files are CSV or JSON Lines."""
   for name, event_id, big in (('a.csv', 'e1', '9007199254740993'), ('b.csv', 'e2', '1.5')):
     rows = [dict(_event(event_id, 'u1', 'acme'), big=big)]
     with open(tmp_path / name, 'w', newline='', encoding='utf-8') as handle:
       writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
       writer.writeheader()
       writer.writerows(rows)
-  pattern = str(tmp_path / '*.csv')
-  code = main(['--input', pattern, '--tenant_field', 'tenant_id', '--output', str(tmp_path / 'out')])
-  assert code == 2
-  err = capsys.readouterr().err.strip().splitlines()[-1]
-  assert err.startswith("error: column 'big': its int64 values do not fit double") and 'string_columns' in err
-  config = tmp_path / 'run.yaml'
-  config.write_text(
-    f'output: {tmp_path / "out"}\ntenant_field: tenant_id\nsources:\n'
-    f"  - {{type: csv, input: '{pattern}', string_columns: [big]}}\n"
-  )
-  manifest = run(['--config', str(config)])
+  for name, event_id, big in (('c.jsonl', 'e3', '{"v": 9007199254740993}'), ('d.jsonl', 'e4', '{"v": 0.5}')):
+    event = json.dumps(dict(_event(event_id, 'u1', 'acme'), ms_played=1000))
+    (tmp_path / name).write_text(event[:-1] + f', "big": {big}}}\n')
+  manifest = run(['--input', str(tmp_path / '*.csv'), '--tenant_field', 'tenant_id', '--output', str(tmp_path / 'out')])
   assert manifest['counts']['written'] == 2
   big = pq.read_table(str(tmp_path / 'out' / 'data' / 'tenant=acme')).column('big').to_pylist()
   assert sorted(big) == ['1.5', '9007199254740993']
+  output = str(tmp_path / 'json_out')
+  manifest = run(['--input', str(tmp_path / '*.jsonl'), '--tenant_field', 'tenant_id', '--output', output])
+  assert manifest['counts']['written'] == 2
+  big = pq.read_table(os.path.join(output, 'data', 'tenant=acme')).column('big').to_pylist()
+  assert sorted(big, key=str) == [{'v': '0.5'}, {'v': '9007199254740993'}]
 
 
 def test_a_run_that_fails_before_its_manifest_leaves_the_previous_output(tmp_path, monkeypatch):

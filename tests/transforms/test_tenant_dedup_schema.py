@@ -412,3 +412,30 @@ def test_a_schema_of_parquet_and_avro_types_reads_back_from_its_json():
   )
   assert schema_mod.schema_from_json(schema_mod.schema_to_json(schema)) == schema
   assert schema_mod.drift(schema, schema)['changed'] == []
+
+
+def test_integers_beyond_a_double_beside_fractions_of_another_input_widen_to_text_not_a_failed_run():
+  """An integer that no double holds (9007199254740993, an id or a nanosecond count) in one file and a fraction
+  in another widened to double, which could not hold it: the run stopped with SchemaConflictError (in
+  Deduplicate's concat, then the sink's conform). The column is text, each value as it was, at the top, in a
+  struct and in a list; integers a double holds still widen to double."""
+  big = 9007199254740993
+  b1 = _batch([{'big': big, 'n': {'v': big}, 'l': [big], 'small': 1}])
+  b2 = _batch([{'big': 1.5, 'n': {'v': 1.5}, 'l': [1.5], 'small': 2.5}])
+  with TestPipeline() as p:
+    inferred = p | beam.Create([b1, b2]) | schema_mod.InferSchema()
+    conformed = (
+      p
+      | 'Batches' >> beam.Create([b1, b2])
+      | beam.Map(lambda b, s: schema_mod.conform(b, s).to_pylist(), beam.pvalue.AsSingleton(inferred))
+      | beam.FlatMap(lambda rows: [tuple(r[c] for c in ('big', 'n', 'l', 'small')) for r in rows])
+    )
+    assert_that(
+      conformed,
+      equal_to([(str(big), {'v': str(big)}, [str(big)], 1.0), ('1.5', {'v': '1.5'}, ['1.5'], 2.5)]),
+    )
+  joined = schema_mod.concat_widened([pa.Table.from_batches([b1]), pa.Table.from_batches([b2])])
+  assert joined.column('big').to_pylist() == [str(big), '1.5']
+  assert joined.column('n').to_pylist() == [{'v': str(big)}, {'v': '1.5'}]
+  assert joined.column('l').to_pylist() == [[str(big)], ['1.5']]
+  assert joined.column('small').to_pylist() == [1.0, 2.5]
