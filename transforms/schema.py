@@ -3,11 +3,12 @@
 Each batch has the schema its reader inferred; files (and chunks of a file)
 may disagree: an int column in one and a float in another, a struct with more
 fields. `widen` merges two types into the narrowest type that holds both
-(int -> float -> string, decimals to a decimal that holds both; struct fields
-united; list items widened), and `InferSchema` combines all batches into one
-schema (a place holding integers beyond 2**53 in one input and fractions in
-another is text: no number type holds both exactly), which the sinks use to write every file with the same types
-(`conform`).
+(int -> float -> string, booleans beside numbers string, decimals to a
+decimal that holds both; struct fields united; list items widened), and
+`InferSchema` combines all batches into one schema (a place holding integers
+beyond 2**53 in one input and fractions in another is text: no number type
+holds both exactly), which the sinks use to write every file with the same
+types (`conform`).
 
 `schema_to_json` / `schema_from_json` give the `_schema.json` form, and
 `drift` reports added, removed and changed fields against a declared or a
@@ -101,6 +102,8 @@ def widen(a: pa.DataType, b: pa.DataType) -> pa.DataType:
   if exact is not None:
     return exact
   ra, rb = _rank(a), _rank(b)
+  if ra is not None and rb is not None and min(ra, rb) == 0:
+    return pa.string()  # booleans beside numbers: 'true' and '7', as one batch holding both has them, never 1
   if ra is not None and rb is not None:
     if max(ra, rb) == 2:
       return pa.float64()

@@ -439,3 +439,14 @@ def test_integers_beyond_a_double_beside_fractions_of_another_input_widen_to_tex
   assert joined.column('n').to_pylist() == [{'v': str(big)}, {'v': '1.5'}]
   assert joined.column('l').to_pylist() == [[str(big)], ['1.5']]
   assert joined.column('small').to_pylist() == [1.0, 2.5]
+
+
+def test_booleans_in_one_input_and_numbers_in_another_are_text_not_ones_and_zeros():
+  """A field true in one file and 7 in another widened to int64 and true was written 1 (1.0 beside a float): a
+  value nobody wrote, where one batch holding both makes them text (io_connectors._common.arrow). Text too."""
+  w = schema_mod.widen
+  assert w(pa.bool_(), pa.int64()) == pa.string() and w(pa.float64(), pa.bool_()) == pa.string()
+  assert w(pa.bool_(), pa.bool_()) == pa.bool_() and w(pa.int32(), pa.float64()) == pa.float64()
+  flags = pa.table({'f': [True, False]})
+  numbers = pa.table({'f': [7, 0]})
+  assert schema_mod.concat_widened([flags, numbers]).column('f').to_pylist() == ['true', 'false', '7', '0']
