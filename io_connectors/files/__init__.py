@@ -84,8 +84,9 @@ Dead letters (``stage='read'``):
   than 64 levels or is not an object (that line only); a JSON document that
   does not parse (the file, position None). A line holding a lone surrogate
   escape (``"\\ud800"``, no text) is ``bad_encoding``.
-- ``corrupt_file``: a Parquet, Avro, Excel or JSON file that cannot be opened
-  (record None, position None, count 1). When part of it was read before the
+- ``corrupt_file``: a Parquet, Avro, Excel or JSON file that cannot be opened,
+  or a compressed file whose bytes do not decompress or that stops before its
+  end (cut short) (record None, position None, count 1). When part of it was read before the
   damage, those rows are emitted and one dead letter marks where it broke,
   with the number of unread records as ``count`` where the file says it.
 
