@@ -79,6 +79,7 @@ __all__ = [
   'rows_as_dicts',
   'python_values',
   'exact_times',
+  'microsecond_times',
   'timestamp_text',
   'duration_text',
   'json_safe',
@@ -408,25 +409,33 @@ def _is_nanosecond(t: pa.DataType) -> bool:
   return (pa.types.is_timestamp(t) or pa.types.is_time64(t) or pa.types.is_duration(t)) and t.unit == 'ns'
 
 
-def _exact_type(t: pa.DataType) -> pa.DataType:
-  """`t` with each nanosecond time in it, at any depth, as text (a dictionary of them as plain text)."""
+def _micro_type(t: pa.DataType) -> pa.DataType:
+  """A nanosecond time's type in microseconds (a timestamp keeps its zone)."""
+  if pa.types.is_timestamp(t):
+    return pa.timestamp('us', tz=t.tz)
+  return pa.time64('us') if pa.types.is_time64(t) else pa.duration('us')
+
+
+def _with_nanosecond_leaves(t: pa.DataType, leaf_type) -> pa.DataType:
+  """`t` with each nanosecond time in it, at any depth, as `leaf_type(time's type)` (a dictionary of them
+  decoded): the types `exact_times` (text) and `microsecond_times` give."""
   if _is_nanosecond(t):
-    return pa.string()
+    return leaf_type(t)
   if pa.types.is_dictionary(t):
-    values = _exact_type(t.value_type)
+    values = _with_nanosecond_leaves(t.value_type, leaf_type)
     return t if values == t.value_type else values
   if pa.types.is_struct(t):
-    return pa.struct([f.with_type(_exact_type(f.type)) for f in t])
+    return pa.struct([f.with_type(_with_nanosecond_leaves(f.type, leaf_type)) for f in t])
   if pa.types.is_list(t):
-    return pa.list_(t.value_field.with_type(_exact_type(t.value_type)))
+    return pa.list_(t.value_field.with_type(_with_nanosecond_leaves(t.value_type, leaf_type)))
   if pa.types.is_large_list(t):
-    return pa.large_list(t.value_field.with_type(_exact_type(t.value_type)))
+    return pa.large_list(t.value_field.with_type(_with_nanosecond_leaves(t.value_type, leaf_type)))
   if pa.types.is_fixed_size_list(t):
-    return pa.list_(t.value_field.with_type(_exact_type(t.value_type)), t.list_size)
+    return pa.list_(t.value_field.with_type(_with_nanosecond_leaves(t.value_type, leaf_type)), t.list_size)
   if pa.types.is_map(t):
     return pa.map_(
-      t.key_field.with_type(_exact_type(t.key_type)),
-      t.item_field.with_type(_exact_type(t.item_type)),
+      t.key_field.with_type(_with_nanosecond_leaves(t.key_type, leaf_type)),
+      t.item_field.with_type(_with_nanosecond_leaves(t.item_type, leaf_type)),
       keys_sorted=t.keys_sorted,
     )
   return t
@@ -485,32 +494,67 @@ def _rebased(array: pa.Array) -> tuple:
   return pc.subtract(offsets, pa.scalar(first, offsets.type)), first, last - first
 
 
-def _exact_array(array: pa.Array) -> pa.Array:
+def _exact_leaf(array: pa.Array) -> pa.Array:
+  """A nanosecond time array as its exact text."""
+  if pa.types.is_time64(array.type):
+    return array.cast(pa.string())  # Arrow's text: nine fraction digits, '12:34:56.123456789'
+  if pa.types.is_timestamp(array.type):
+    return _timestamp_texts(array)
+  return _duration_texts(array)
+
+
+def _micro_leaf(array: pa.Array) -> pa.Array:
+  """A nanosecond time array in microseconds, cut towards the past (floor: a time before 1970 with digits past
+  its microsecond is that microsecond, as `_timestamp_texts` and Python's parse of its text take it; Arrow's
+  cast cut towards 1970, the microsecond after)."""
+  counts, nulls = _nanosecond_counts(array)
+  return pa.array(np.floor_divide(counts, 1000), pa.int64(), mask=nulls).cast(_micro_type(array.type))
+
+
+def _map_nanosecond_leaves(array: pa.Array, leaf_type, leaf) -> pa.Array:
+  """`array` with each nanosecond time array in it, at any depth, replaced by `leaf(it)` (of type
+  `leaf_type(its type)`)."""
   t = array.type
-  target = _exact_type(t)
+  target = _with_nanosecond_leaves(t, leaf_type)
   if target == t:
     return array
-  if pa.types.is_time64(t):
-    return array.cast(pa.string())  # Arrow's text: nine fraction digits, '12:34:56.123456789'
-  if pa.types.is_timestamp(t):
-    return _timestamp_texts(array)
-  if pa.types.is_duration(t):
-    return _duration_texts(array)
+  if _is_nanosecond(t):
+    return leaf(array)
   if pa.types.is_dictionary(t):
-    return _exact_array(array.dictionary_decode())
+    return _map_nanosecond_leaves(array.dictionary_decode(), leaf_type, leaf)
   mask = array.is_null() if array.null_count else None
   if pa.types.is_struct(t):
-    children = [_exact_array(array.field(i)) for i in range(t.num_fields)]
+    children = [_map_nanosecond_leaves(array.field(i), leaf_type, leaf) for i in range(t.num_fields)]
     return pa.StructArray.from_arrays(children, fields=list(target), mask=mask)
   if pa.types.is_fixed_size_list(t):
     values = array.values.slice(array.offset * t.list_size, len(array) * t.list_size)
-    return pa.FixedSizeListArray.from_arrays(_exact_array(values), type=target, mask=mask)
+    return pa.FixedSizeListArray.from_arrays(_map_nanosecond_leaves(values, leaf_type, leaf), type=target, mask=mask)
   offsets, first, length = _rebased(array)
   if pa.types.is_map(t):
-    keys, items = (_exact_array(child.slice(first, length)) for child in (array.keys, array.items))
+    keys, items = (
+      _map_nanosecond_leaves(child.slice(first, length), leaf_type, leaf) for child in (array.keys, array.items)
+    )
     return pa.MapArray.from_arrays(offsets, keys, items, type=target, mask=mask)
   build = pa.LargeListArray if pa.types.is_large_list(t) else pa.ListArray
-  return build.from_arrays(offsets, _exact_array(array.values.slice(first, length)), type=target, mask=mask)
+  values = _map_nanosecond_leaves(array.values.slice(first, length), leaf_type, leaf)
+  return build.from_arrays(offsets, values, type=target, mask=mask)
+
+
+def _map_nanosecond_times(data, leaf_type, leaf):
+  """`data` (a Table, RecordBatch, Array or ChunkedArray) through `_map_nanosecond_leaves`; itself when it holds
+  no nanosecond time."""
+  if isinstance(data, (pa.Table, pa.RecordBatch)):
+    for i, field in enumerate(data.schema):
+      target = _with_nanosecond_leaves(field.type, leaf_type)
+      if target != field.type:
+        data = data.set_column(i, field.with_type(target), _map_nanosecond_times(data.column(i), leaf_type, leaf))
+    return data
+  if isinstance(data, pa.ChunkedArray):
+    target = _with_nanosecond_leaves(data.type, leaf_type)
+    if target == data.type:
+      return data
+    return pa.chunked_array([_map_nanosecond_leaves(c, leaf_type, leaf) for c in data.chunks], target)
+  return _map_nanosecond_leaves(data, leaf_type, leaf)
 
 
 def exact_times(data):
@@ -526,16 +570,22 @@ def exact_times(data):
 
   Coarser units keep their type, and the values and text written of them.
   """
-  if isinstance(data, (pa.Table, pa.RecordBatch)):
-    for i, field in enumerate(data.schema):
-      target = _exact_type(field.type)
-      if target != field.type:
-        data = data.set_column(i, field.with_type(target), exact_times(data.column(i)))
-    return data
-  if isinstance(data, pa.ChunkedArray):
-    target = _exact_type(data.type)
-    return data if target == data.type else pa.chunked_array([_exact_array(c) for c in data.chunks], target)
-  return _exact_array(data)
+  return _map_nanosecond_times(data, lambda t: pa.string(), _exact_leaf)
+
+
+def microsecond_times(data):
+  """`data` (a Table, RecordBatch, Array or ChunkedArray) with its nanosecond times (timestamps, times of day,
+  durations), at any depth, in microseconds, the digits past the microsecond cut towards the past; `data` itself
+  when it holds none.
+
+  The one way the package cuts a nanosecond time to the microsecond: as
+  `exact_times`' text reads back in Python (and Validate reads a time), so a
+  time before 1970 with nanoseconds stays in its microsecond (Arrow's cast
+  cut towards 1970: 1969-12-31T23:59:59.9999995 became 1970-01-01T00:00:00,
+  another day and year). For writers whose format stops at the microsecond
+  (the lake tables).
+  """
+  return _map_nanosecond_times(data, _micro_type, _micro_leaf)
 
 
 def python_values(array) -> list:

@@ -69,6 +69,7 @@ from transforms.records import (
   SOURCE_COLUMN,
   TENANT_COLUMN,
   json_types,
+  microsecond_times,
   row_positions,
   rows_as_dicts,
   typed_outputs,
@@ -414,7 +415,7 @@ def _micros(times: pa.Array) -> Tuple[pa.Array, np.ndarray]:
   9999 (null there).
 
   Digits past the microsecond are cut towards the past, as Python's parse
-  (pydantic's) cuts a text's and `records.exact_times` a nanosecond value's:
+  (pydantic's) cuts a text's and `records.exact_times` a nanosecond value's (`records.microsecond_times`):
   Arrow's unchecked cast cut towards 1970, so a time before it with
   nanoseconds became the microsecond after it (1969-12-31T23:59:59.9999995
   was 1970-01-01T00:00:00, another day and year). A count of seconds or
@@ -422,16 +423,14 @@ def _micros(times: pa.Array) -> Tuple[pa.Array, np.ndarray]:
   it overflowed int64's microseconds and wrapped to another, valid-looking
   time.
   """
+  if times.type.unit == 'ns':  # 1677 to 2262: inside the calendar
+    return microsecond_times(times), np.zeros(len(times), dtype=bool)  # the floor, not Arrow's cut
   counts = pc.fill_null(times.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
   nulls = ~_not_null(times)
-  if times.type.unit == 'ns':  # 1677 to 2262: inside the calendar
-    micros, beyond = np.floor_divide(counts, 1000), np.zeros(len(counts), dtype=bool)  # numpy's floor, not C's cut
-  else:
-    low, high = _MICROS_RANGE  # low is a whole second (divided exactly); high rounds down, as it must
-    per = _MICROS_PER[times.type.unit]
-    beyond = ((counts < low // per) | (counts > high // per)) & ~nulls
-    micros = np.where(beyond, 0, counts) * per
-  values = pa.array(micros, pa.int64(), mask=nulls | beyond)
+  low, high = _MICROS_RANGE  # low is a whole second (divided exactly); high rounds down, as it must
+  per = _MICROS_PER[times.type.unit]
+  beyond = ((counts < low // per) | (counts > high // per)) & ~nulls
+  values = pa.array(np.where(beyond, 0, counts) * per, pa.int64(), mask=nulls | beyond)
   return values.cast(pa.timestamp('us', tz=times.type.tz)), beyond
 
 

@@ -67,7 +67,7 @@ from io_connectors._common.masking import mask_secrets, mask_url, masked_message
 from io_connectors._common.retry import Backoff
 from io_connectors.sinks.lake import UNASSIGNED, parquet_bytes
 from io_connectors.sinks.window_files import WRITTEN, _positions
-from transforms.records import TENANT_COLUMN, json_safe, strip_internal
+from transforms.records import TENANT_COLUMN, json_safe, microsecond_times, strip_internal
 from transforms.schema import concat_widened
 from transforms.state_cache import weigh_cached_state_by_shape
 from transforms.windows import window_label
@@ -304,15 +304,13 @@ def _storable(table: pa.Table) -> pa.Table:
   target = table_schema(table.schema)
   if target.equals(table.schema):
     return table
+  # Nanoseconds (pandas' unit) lose their last three digits, as the formats' microseconds must: cut towards
+  # the past, as the rest of the package cuts them (`microsecond_times`; Arrow's cast cut a time before 1970
+  # towards 1970, a microsecond late). Every other cast stays checked (an integer out of range still fails).
+  table = microsecond_times(table)
   # Durations and times reach int64 by way of microseconds (Arrow casts them to int64 in their own unit).
   in_microseconds = pa.schema([pa.field(f.name, _storable_type(f.type)) for f in table.schema])
-  # Nanoseconds (pandas' unit) lose their last three digits, as the formats' microseconds must; every
-  # other cast stays checked (an integer out of range still fails).
-  columns = [
-    pc.cast(table.column(i), options=pc.CastOptions(f.type, allow_time_truncate=True))
-    for i, f in enumerate(in_microseconds)
-  ]
-  return pa.Table.from_arrays(columns, schema=in_microseconds).cast(target)
+  return table.cast(in_microseconds).cast(target)
 
 
 def dead_letter_rows(letters: Sequence[dict]) -> pa.Table:
