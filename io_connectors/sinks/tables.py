@@ -30,9 +30,11 @@ or a REST catalog (``http(s)://...``). Warehouse / Delta root: local disk,
 ``s3://`` (credentials and endpoint from Beam's ``--s3_*`` options) or
 ``gs://`` (STORAGE_EMULATOR_HOST, when set, points both formats at a local emulator; see docs/lake.md).
 
-Schema: a column the table lacks is added (union by name); a column whose
+Schema: a column the table lacks is added (union by name), and so is a new
+field of a struct at any depth; wider numbers (int to long, float to double)
+widen an Iceberg column (Delta cannot: `SchemaMismatchError`); a column whose
 type changed incompatibly (string to int) stops the commit with
-`SchemaMismatchError` before anything is committed. Concurrency: appends
+`SchemaMismatchError`, naming the table and column, before anything is committed. Concurrency: appends
 retry on a conflict (optimistic concurrency); an overwrite of a tenant's
 partition never retries: of two overwriting the same partition, one wins and
 the other raises `CommitConflictError`.
@@ -363,8 +365,45 @@ def _compatible(old: pa.DataType, new: pa.DataType) -> bool:
   )
 
 
-def check_schema(table: str, current: pa.Schema, incoming: pa.Schema) -> List[pa.Field]:
-  """The columns `incoming` adds to `current`; SchemaMismatchError if a shared column changed type."""
+def _is_list_type(t: pa.DataType) -> bool:
+  return pa.types.is_list(t) or pa.types.is_large_list(t)
+
+
+def _evolved_type(old: pa.DataType, new: pa.DataType, path: str, widened: List[str]) -> Tuple[pa.DataType, bool]:
+  """(the table's type of a column of type `old` once data of the compatible type `new` joins it, whether it
+  changed): the fields `new`'s structs add, at any depth, and numbers widened (their paths in `widened`)."""
+  if pa.types.is_struct(old) and pa.types.is_struct(new):
+    theirs = {f.name: f for f in new}
+    fields, changed = [], False
+    for f in old:
+      if f.name in theirs:
+        t, grew = _evolved_type(f.type, theirs[f.name].type, f'{path}.{f.name}', widened)
+        fields.append(f.with_type(t))
+        changed |= grew
+      else:
+        fields.append(f)
+    ours = {f.name for f in old}
+    fields += [f.with_nullable(True) for f in new if f.name not in ours]
+    return pa.struct(fields), changed or len(fields) > len(old)
+  if _is_list_type(old) and _is_list_type(new):
+    t, changed = _evolved_type(old.value_type, new.value_type, f'{path}[]', widened)
+    build = pa.large_list if pa.types.is_large_list(old) else pa.list_
+    return build(old.value_field.with_type(t)), changed
+  if pa.types.is_map(old) and pa.types.is_map(new):
+    key, key_changed = _evolved_type(old.key_type, new.key_type, f'{path}.key', widened)
+    item, item_changed = _evolved_type(old.item_type, new.item_type, f'{path}.value', widened)
+    return pa.map_(old.key_field.with_type(key), old.item_field.with_type(item)), key_changed or item_changed
+  if (old, new) in _WIDENINGS:
+    widened.append(f'{path}: {old} -> {new}')
+    return new, True
+  return old, False
+
+
+def check_schema(table: str, current: pa.Schema, incoming: pa.Schema, widen: bool = True) -> List[pa.Field]:
+  """The columns `incoming` adds to `current`; SchemaMismatchError if a shared column changed type, or (unless
+  `widen`: a Delta table, which delta-rs cannot widen) holds wider numbers than the table's (int64 into an
+  int32 column: a reader casts the file to the table's type, and its values past int32 failed every read of
+  the table, a double past float32 read as an infinity)."""
   by_name = {f.name: f for f in current}
   changed = [
     f'{f.name}: {by_name[f.name].type} -> {f.type}'
@@ -376,7 +415,33 @@ def check_schema(table: str, current: pa.Schema, incoming: pa.Schema) -> List[pa
       f'table {table}: the data changes the type of {", ".join(changed)}; nothing was committed '
       '(write to a new table, or migrate this one first)'
     )
+  widened: List[str] = []
+  for f in incoming:
+    if f.name in by_name:
+      _evolved_type(by_name[f.name].type, f.type, f.name, widened)
+  if widened and not widen:
+    raise SchemaMismatchError(
+      f'table {table}: the data widens the type of {", ".join(widened)}, which a Delta table cannot change '
+      'in place; nothing was committed (write to a new table, or migrate this one first)'
+    )
   return [f for f in incoming if f.name not in by_name]
+
+
+def evolved_schema(current: pa.Schema, incoming: pa.Schema) -> Optional[pa.Schema]:
+  """`current` with what `incoming` (checked: `check_schema`) adds to it: its new columns, the new fields of
+  its structs at any depth (in lists and maps too), its wider numbers; None when it adds nothing."""
+  theirs = {f.name: f for f in incoming}
+  fields, changed = [], False
+  for f in current:
+    if f.name in theirs:
+      t, grew = _evolved_type(f.type, theirs[f.name].type, f.name, [])
+      fields.append(f.with_type(t))
+      changed |= grew
+    else:
+      fields.append(f)
+  ours = {f.name for f in current}
+  added = [f for f in incoming if f.name not in ours]
+  return pa.schema(fields + added) if changed or added else None
 
 
 # ----- workers: data files -----
@@ -798,11 +863,13 @@ class _IcebergTables:
       current = table.schema().as_arrow()
       schema = table_schema(_fit_null_columns(incoming, current))
       added = check_schema(name, current, schema)
-      if not files and not added:
+      evolves = evolved_schema(current, schema) is not None
+      if not files and not evolves:
         return CommitResult(name, commit_id, False, 0, 0, [], None, attempt)
       try:
         with _transaction(table) as tx:
-          if added:
+          if evolves:
+            # New columns, new fields of structs (at any depth), wider numbers (int to long, float to double).
             with tx.update_schema() as update:
               update.union_by_name(schema)
           if mode == 'overwrite':
@@ -988,14 +1055,31 @@ class _DeltaTables:
           _LOG.info('%s: commit %s is there already; skipped', location, commit_id)
           return CommitResult(location, commit_id, True, len(files), rows, [], done, attempt)
         current = pa.schema(table.schema().to_arrow())
-        added = check_schema(location, current, table_schema(_fit_null_columns(incoming, current)))
+        storable = table_schema(_fit_null_columns(incoming, current))
+        added = check_schema(location, current, storable, widen=False)
+        nested = evolved_schema(current, pa.schema([f for f in storable if f.name in current.names]))
+        if nested is not None:
+          from deltalake import write_deltalake
+
+          # New fields of structs (at any depth): `alter.add_columns` adds top-level columns only, and a
+          # struct's new field was left out of the table's schema (every reader dropped its values). Its own
+          # schema-only commit, no file (delta-rs's merge puts the partition column last).
+          write_deltalake(
+            location,
+            nested.empty_table(),
+            mode='append',
+            schema_mode='merge',
+            partition_by=[TENANT_COLUMN],
+            storage_options=self.storage_options(),
+          )
+          table = self.load(table_name)
         if added:
           from deltalake.schema import Field
 
           # Its own (schema-only) commit: the new columns read as nulls in the rows before.
           table.alter.add_columns([Field.from_arrow(f) for f in added])
           table = self.load(table_name)
-        merged = pa.schema(list(current) + added)
+        merged = pa.schema(table.schema().to_arrow()) if nested is not None or added else current
         filters = [(TENANT_COLUMN, 'in', _tenants(files))] if mode == 'overwrite' else None
         table.create_write_transaction(
           actions, mode, merged, partition_by=[TENANT_COLUMN], partition_filters=filters, commit_properties=props
@@ -1060,7 +1144,7 @@ def commit_batch(
     if existing is not None and not tables.committed(existing, commit_id):
       current = existing.schema().as_arrow() if target.format == 'iceberg' else pa.schema(existing.schema().to_arrow())
       schema = schemas.get(name, DEAD_LETTER_SCHEMA)
-      check_schema(name, current, table_schema(_fit_null_columns(schema, current)))
+      check_schema(name, current, table_schema(_fit_null_columns(schema, current)), widen=target.format == 'iceberg')
   results = {}
   for name, table_files in sorted(by_table.items()):
     result = tables.commit(

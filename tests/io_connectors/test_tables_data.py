@@ -50,3 +50,76 @@ def test_nanosecond_times_before_1970_are_cut_towards_the_past(target):
     None if s is None else s['at'] for s in stored.column('nested').cast(pa.struct([('at', pa.int64())])).to_pylist()
   ] == [-2, -1, None]
   assert stored.column('many').cast(pa.list_(pa.int64())).to_pylist() == [[], [-1, None], None]
+
+
+def test_wider_numbers_widen_an_iceberg_column_and_a_delta_table_refuses_them_naming_the_column(target):
+  """int32 -> int64 and float -> double, top-level and in a struct. Iceberg promotes the column (metadata only);
+  Delta cannot change a column's type in place: SchemaMismatchError naming the table and the column, and the
+  table as it was. Before, neither widened: Iceberg's commit failed on a mismatch, and a Delta commit landed
+  files its readers cast to the table's narrower type (an int64 past int32 failed every read of the table, a
+  double past float32 read as an infinity)."""
+  narrow = pa.table(
+    {
+      'tenant_id': ['acme'],
+      'count': pa.array([1], pa.int32()),
+      'score': pa.array([1.5], pa.float32()),
+      'stats': pa.array([{'plays': 1}], pa.struct([('plays', pa.int32())])),
+    }
+  )
+  wide = pa.table(
+    {
+      'tenant_id': ['acme'],
+      'count': pa.array([2**40], pa.int64()),
+      'score': pa.array([1e300], pa.float64()),
+      'stats': pa.array([{'plays': 2**41}], pa.struct([('plays', pa.int64())])),
+    }
+  )
+  _commit(target, narrow, 'c1')
+  if target.format == 'delta':
+    with pytest.raises(tables.SchemaMismatchError) as error:
+      _commit(target, wide, 'c2')
+    assert 'count: int32 -> int64' in str(error.value) and 'stats.plays: int32 -> int64' in str(error.value)
+    assert 'score: float -> double' in str(error.value) and 'events' in str(error.value)
+    assert _read(target).to_pylist() == narrow.to_pylist()
+    return
+  _commit(target, wide, 'c2')
+  stored = _read(target).sort_by('count')
+  assert stored.column('count').to_pylist() == [1, 2**40]
+  assert stored.column('score').to_pylist() == [1.5, 1e300]
+  assert stored.column('stats').to_pylist() == [{'plays': 1}, {'plays': 2**41}]
+  # Narrower data joins the wider column as it is.
+  _commit(target, narrow, 'c3')
+  assert sorted(_read(target).column('count').to_pylist()) == [1, 1, 2**40]
+
+
+def test_new_fields_of_structs_at_any_depth_join_the_table(target):
+  """A struct's new field (top-level, in a list of structs, in a map's values) is added to the table's schema,
+  the rows before reading null there. Before, Iceberg's commit failed (the table lacked the field) and Delta's
+  left the field out of the table's schema: every reader dropped its values."""
+  point = pa.struct([('x', pa.int64())])
+  first = pa.table(
+    {
+      'tenant_id': ['acme'],
+      'loc': pa.array([{'x': 1}], point),
+      'tracks': pa.array([[{'x': 1}]], pa.list_(point)),
+      'by_name': pa.array([[('a', {'x': 1})]], pa.map_(pa.string(), point)),
+    }
+  )
+  wider = pa.struct([('x', pa.int64()), ('label', pa.string())])
+  second = pa.table(
+    {
+      'tenant_id': ['acme'],
+      'loc': pa.array([{'x': 2, 'label': 'two'}], wider),
+      'tracks': pa.array([[{'x': 2, 'label': 'b'}, None]], pa.list_(wider)),
+      'by_name': pa.array([[('b', {'x': 2, 'label': 'c'})]], pa.map_(pa.string(), wider)),
+    }
+  )
+  _commit(target, first, 'c1')
+  _commit(target, second, 'c2')
+  stored = sorted(_read(target).to_pylist(), key=lambda row: row['loc']['x'])
+  assert [row['loc'] for row in stored] == [{'x': 1, 'label': None}, {'x': 2, 'label': 'two'}]
+  assert [row['tracks'] for row in stored] == [[{'x': 1, 'label': None}], [{'x': 2, 'label': 'b'}, None]]
+  assert [row['by_name'] for row in stored] == [[('a', {'x': 1, 'label': None})], [('b', {'x': 2, 'label': 'c'})]]
+  # The rows of the first shape still join it.
+  _commit(target, first, 'c3')
+  assert _read(target).num_rows == 3
