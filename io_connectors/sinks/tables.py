@@ -495,9 +495,10 @@ def write_data_file(
   rows = _storable(rows.drop_columns(empty))
   name = f'{tag}-{uuid.uuid4().hex}.parquet' if tag else f'{uuid.uuid4().hex}.parquet'
   if target.format == 'delta':
-    # Delta keeps partition values in the log, not in the files.
+    # Delta keeps partition values in the log, not in the files; but a file with no column at all (rows
+    # whose every other column is null) reads as no rows in delta-rs: such a file keeps the tenant column.
     relative = f'{TENANT_COLUMN}={partition[TENANT_COLUMN]}/part-{name}'
-    payload = parquet_bytes(rows.drop_columns([TENANT_COLUMN]))
+    payload = parquet_bytes(rows.drop_columns([TENANT_COLUMN]) if rows.num_columns > 1 else rows)
     _write(_join(table_location, relative), payload)
     path = relative
   else:

@@ -123,3 +123,16 @@ def test_new_fields_of_structs_at_any_depth_join_the_table(target):
   # The rows of the first shape still join it.
   _commit(target, first, 'c3')
   assert _read(target).num_rows == 3
+
+
+def test_rows_whose_every_column_but_the_tenant_is_null_are_all_stored(target):
+  """A batch whose columns are all null but the tenant's (or that has no other column) keeps every row. Before,
+  Delta's data file of such rows had no column at all (the null columns are left out, the tenant is in the
+  log), and delta-rs read it as no rows: the rows were silently gone."""
+  _commit(target, pa.table({'tenant_id': ['acme'], 'name': ['a']}), 'c1')
+  _commit(target, pa.table({'tenant_id': ['acme', 'acme'], 'name': pa.nulls(2)}), 'c2')
+  _commit(target, pa.table({'tenant_id': ['acme', 'beta', 'beta']}), 'c3')
+  stored = _read(target)
+  assert stored.num_rows == 6
+  assert sorted(stored.column('tenant_id').to_pylist()) == ['acme'] * 4 + ['beta'] * 2
+  assert sorted(stored.column('name').to_pylist(), key=str) == [None] * 5 + ['a']
