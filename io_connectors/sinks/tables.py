@@ -240,8 +240,15 @@ def _storable_type(t: pa.DataType) -> pa.DataType:
     return pa.string() if pa.types.is_null(t) else _storable_type(t.value_type)
   if pa.types.is_timestamp(t):
     return pa.timestamp('us', tz='UTC' if t.tz else None)
-  if pa.types.is_large_string(t):
+  if pa.types.is_large_string(t) or pa.types.is_string_view(t):
     return pa.string()
+  if pa.types.is_decimal(t):
+    # Both formats hold decimal(38) at most, non-negative scales (Parquet refuses the rest): a negative scale's
+    # zeros become whole digits, decimal32/64/256 decimal128; past 38 digits, the exact text.
+    digits = t.precision - min(t.scale, 0)
+    return pa.decimal128(digits, max(t.scale, 0)) if digits <= 38 else pa.string()
+  if pa.types.is_date64(t):
+    return pa.date32()  # Iceberg has no date in milliseconds
   if pa.types.is_uint64(t):
     return pa.decimal128(20, 0)  # neither format has unsigned integers; a long stops at 2**63 - 1
   if pa.types.is_unsigned_integer(t) or (pa.types.is_integer(t) and t.bit_width < 32):
@@ -253,7 +260,7 @@ def _storable_type(t: pa.DataType) -> pa.DataType:
     return pa.duration('us')  # stored as int64 microseconds (`_storable`)
   if pa.types.is_time(t):
     return pa.time64('us')  # stored as int64 microseconds since midnight (`_storable`)
-  if pa.types.is_fixed_size_binary(t) or pa.types.is_large_binary(t):
+  if pa.types.is_fixed_size_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t):
     return pa.binary()
   if pa.types.is_struct(t):
     return pa.struct([pa.field(f.name, _storable_type(f.type)) for f in t])
@@ -279,7 +286,8 @@ def _as_int64(t: pa.DataType) -> pa.DataType:
 
 def table_schema(schema: pa.Schema) -> pa.Schema:
   """`schema` in types both Iceberg and Delta hold, all nullable: null -> string, timestamps in us,
-  durations and times -> int64 microseconds, fixed-size binary -> binary, uint64 -> decimal(20, 0), ..."""
+  durations and times -> int64 microseconds, fixed-size binary -> binary, uint64 -> decimal(20, 0), decimals
+  of any width -> decimal128 (past 38 digits: their text), views and large types -> their plain types, ..."""
   return pa.schema([pa.field(f.name, _as_int64(_storable_type(f.type))) for f in schema])
 
 

@@ -136,3 +136,36 @@ def test_rows_whose_every_column_but_the_tenant_is_null_are_all_stored(target):
   assert stored.num_rows == 6
   assert sorted(stored.column('tenant_id').to_pylist()) == ['acme'] * 4 + ['beta'] * 2
   assert sorted(stored.column('name').to_pylist(), key=str) == [None] * 5 + ['a']
+
+
+def test_decimals_of_any_width_and_scale_dates_in_ms_and_view_types_are_stored_exactly(target):
+  """decimal32/64/256 (decimal(38) at most in both formats), a negative scale (which Parquet refuses),
+  more than 38 digits (no decimal of either format holds them: the exact text), date64 (Iceberg has no
+  date in milliseconds), string and binary views. Before, each of them stopped the commit (pyiceberg's
+  UnsupportedPyArrowTypeException, delta-rs' 'Invalid data type', Parquet's OSError)."""
+  import datetime as dt
+  import decimal
+
+  wide = decimal.Decimal('-' + '9' * 45 + '.5')
+  rows = pa.table(
+    {
+      'tenant_id': ['acme'],
+      'd32': pa.array([decimal.Decimal('1.25')], pa.decimal32(5, 2)),
+      'd64': pa.array([decimal.Decimal('-12345678.9')], pa.decimal64(12, 1)),
+      'd256': pa.array([decimal.Decimal('1' * 38)], pa.decimal256(38, 0)),
+      'negative_scale': pa.array([decimal.Decimal('-99999E+2')], pa.decimal128(5, -2)),
+      'too_wide': pa.array([wide], pa.decimal256(60, 1)),
+      'day': pa.array([dt.date(1969, 12, 31)], pa.date64()),
+      'text': pa.array(['naïve'], pa.string_view()),
+      'blob': pa.array([b'\x00\xff'], pa.binary_view()),
+    }
+  )
+  _commit(target, rows, 'c1')
+  _commit(target, rows, 'c2')
+  stored = _read(target).to_pylist()
+  assert len(stored) == 2
+  row = stored[0]
+  assert row['d32'] == decimal.Decimal('1.25') and row['d64'] == decimal.Decimal('-12345678.9')
+  assert row['d256'] == decimal.Decimal('1' * 38) and row['negative_scale'] == decimal.Decimal('-9999900')
+  assert decimal.Decimal(row['too_wide']) == wide
+  assert row['day'] == dt.date(1969, 12, 31) and row['text'] == 'naïve' and row['blob'] == b'\x00\xff'
