@@ -310,7 +310,9 @@ def _fit_null_columns(schema: pa.Schema, current: Optional[pa.Schema] = None) ->
   )
 
 
-def _storable(table: pa.Table) -> pa.Table:
+def _storable(table: pa.Table, table_name: str = '') -> pa.Table:
+  """`table` in the types of `table_schema`; TableError naming the table and the column (not the value) where
+  a value has no such type (a time in seconds past the microseconds' range, year 294247)."""
   target = table_schema(table.schema)
   if target.equals(table.schema):
     return table
@@ -318,9 +320,19 @@ def _storable(table: pa.Table) -> pa.Table:
   # the past, as the rest of the package cuts them (`microsecond_times`; Arrow's cast cut a time before 1970
   # towards 1970, a microsecond late). Every other cast stays checked (an integer out of range still fails).
   table = microsecond_times(table)
-  # Durations and times reach int64 by way of microseconds (Arrow casts them to int64 in their own unit).
-  in_microseconds = pa.schema([pa.field(f.name, _storable_type(f.type)) for f in table.schema])
-  return table.cast(in_microseconds).cast(target)
+  columns = []
+  for i, f in enumerate(table.schema):
+    try:
+      # Durations and times reach int64 by way of microseconds (Arrow casts them to int64 in their own unit).
+      columns.append(table.column(i).cast(_storable_type(f.type)).cast(target.field(i).type))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+      # Arrow's message names the value: a row's data stays out of errors and logs.
+      raise TableError(
+        f'table {table_name}: column {f.name!r} ({f.type}) cannot be stored as {target.field(i).type}: '
+        f'{"a value is beyond that type" if isinstance(e, pa.ArrowInvalid) else "no such conversion"}; '
+        'nothing of the batch was written'
+      ) from None
+  return pa.Table.from_arrays(columns, schema=target)
 
 
 def dead_letter_rows(letters: Sequence[dict]) -> pa.Table:
@@ -500,7 +512,7 @@ def write_data_file(
   """
   # A column null in every row holds no value: left out, it reads as null whatever the table's type for it.
   empty = [f.name for f in rows.schema if pa.types.is_null(f.type) and f.name != TENANT_COLUMN]
-  rows = _storable(rows.drop_columns(empty))
+  rows = _storable(rows.drop_columns(empty), table_name)
   name = f'{tag}-{uuid.uuid4().hex}.parquet' if tag else f'{uuid.uuid4().hex}.parquet'
   if target.format == 'delta':
     # Delta keeps partition values in the log, not in the files; but a file with no column at all (rows

@@ -169,3 +169,16 @@ def test_decimals_of_any_width_and_scale_dates_in_ms_and_view_types_are_stored_e
   assert row['d256'] == decimal.Decimal('1' * 38) and row['negative_scale'] == decimal.Decimal('-9999900')
   assert decimal.Decimal(row['too_wide']) == wide
   assert row['day'] == dt.date(1969, 12, 31) and row['text'] == 'naïve' and row['blob'] == b'\x00\xff'
+
+
+def test_a_time_past_the_microseconds_range_is_a_table_error_naming_the_column_not_the_value(target):
+  """Both formats count microseconds: a time in seconds past their range (year 294247) cannot be stored. A
+  TableError names the table and the column; not Arrow's bare ArrowInvalid, whose message held the value."""
+  rows = pa.table(
+    {'tenant_id': ['acme', 'acme'], 'seen': pa.array([0, 9_876_543_210_123_456], pa.timestamp('s', tz='UTC'))}
+  )
+  with pytest.raises(tables.TableError) as error:
+    _commit(target, rows, 'c1')
+  message = str(error.value)
+  assert 'events' in message and "'seen'" in message and '9876543210123456' not in message
+  assert tables.open_tables(target).load('events') is None
