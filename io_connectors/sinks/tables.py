@@ -1125,6 +1125,13 @@ class _DeltaTables:
           or 'Transaction failed' in text
           or (window and 'concurrent' in text.lower())
         ):
+          # Another attempt of this very commit (a retried finalize beside the first) committed it first: its
+          # txn app id conflicts with this one's. Done, as a retry after it would find (Iceberg's loop does).
+          latest = self.load(table_name)
+          done = self.committed(latest, commit_id) if latest is not None else None
+          if done:
+            _LOG.info('%s: commit %s was committed by another attempt; skipped', location, commit_id)
+            return CommitResult(location, commit_id, True, len(files), rows, [], done, attempt)
           raise CommitConflictError(
             f'{location}: commit {commit_id} conflicted with another writer ({text.splitlines()[0][:200]}); '
             'nothing of it was committed'

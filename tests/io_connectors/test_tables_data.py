@@ -182,3 +182,38 @@ def test_a_time_past_the_microseconds_range_is_a_table_error_naming_the_column_n
   message = str(error.value)
   assert 'events' in message and "'seen'" in message and '9876543210123456' not in message
   assert tables.open_tables(target).load('events') is None
+
+
+def test_attempts_of_one_commit_at_once_add_its_rows_once_and_all_succeed(target):
+  """Exactly once when attempts of the same commit (a retried finalize beside the first) commit at once: one
+  adds the rows, the others find it done (skipped), none fails. Before, Delta's losers raised
+  CommitConflictError (their txn app id conflicted with the winner's), failing a run whose rows were in."""
+  import threading
+
+  rows = pa.table({'tenant_id': ['acme', 'beta'], 'v': [1, 2]})
+  _commit(target, rows, 'create')
+  attempts = 4
+  barrier = threading.Barrier(attempts)
+  skipped, errors = [], []
+
+  def attempt():
+    committer = tables.open_tables(target)
+    location = committer.location('events')
+    files = [
+      tables.write_data_file(target, location, 'events', part, partition)
+      for partition, part in tables._partition_groups(rows, None)
+    ]
+    barrier.wait()
+    try:
+      skipped.append(committer.commit('events', files, rows.schema, 'run-1').skipped)
+    except Exception as e:  # reported below
+      errors.append(e)
+
+  threads = [threading.Thread(target=attempt) for _ in range(attempts)]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  assert errors == []
+  assert sorted(skipped) == [False] + [True] * (attempts - 1)
+  assert _read(target).num_rows == 4
