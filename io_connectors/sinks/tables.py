@@ -50,6 +50,7 @@ import logging
 import os
 import time
 import typing
+import urllib.parse
 import uuid
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -503,6 +504,14 @@ def window_file_tag(window: str) -> str:
   return 'w' + hashlib.sha256(window.encode('utf-8')).hexdigest()[:12]
 
 
+def _directory(key: str, value) -> str:
+  """A partition's directory name, its value escaped as Hive and delta-rs escape it (``%XX`` for '/', '=',
+  '%', spaces, non-ASCII): one directory inside the table whatever the value holds. The value itself goes to
+  the table's metadata as it is (a tenant ``'a/b'`` made two directories, and ``'../..'`` put the file
+  outside the table)."""
+  return f'{key}={urllib.parse.quote(str(value), safe="")}'
+
+
 def write_data_file(
   target: TableTarget, table_location: str, table_name: str, rows: pa.Table, partition: dict, tag: str = ''
 ):
@@ -517,12 +526,12 @@ def write_data_file(
   if target.format == 'delta':
     # Delta keeps partition values in the log, not in the files; but a file with no column at all (rows
     # whose every other column is null) reads as no rows in delta-rs: such a file keeps the tenant column.
-    relative = f'{TENANT_COLUMN}={partition[TENANT_COLUMN]}/part-{name}'
+    relative = f'{_directory(TENANT_COLUMN, partition[TENANT_COLUMN])}/part-{name}'
     payload = parquet_bytes(rows.drop_columns([TENANT_COLUMN]) if rows.num_columns > 1 else rows)
     _write(_join(table_location, relative), payload)
     path = relative
   else:
-    directory = '/'.join(f'{k}={v}' for k, v in partition.items())
+    directory = '/'.join(_directory(k, v) for k, v in partition.items())
     path = _join(table_location, 'data', directory, name)
     payload = parquet_bytes(rows)
     _write(path, payload)
@@ -641,8 +650,6 @@ def _with_password(rest: str) -> str:
   userinfo, at, host = rest.partition('@')
   if not at or ':' in userinfo or not password:
     return rest
-  import urllib.parse
-
   return f'{userinfo}:{urllib.parse.quote(password, safe="")}@{host}'
 
 

@@ -217,3 +217,27 @@ def test_attempts_of_one_commit_at_once_add_its_rows_once_and_all_succeed(target
   assert errors == []
   assert sorted(skipped) == [False] + [True] * (attempts - 1)
   assert _read(target).num_rows == 4
+
+
+def test_partition_values_with_slashes_dots_and_escapes_stay_one_directory_inside_the_table(target):
+  """A tenant (partition) value is one escaped directory inside the table ('%2F' for '/', as delta-rs and Hive
+  write it), and reads back as it was. Before, 'a/b' made two directories, and '../../x' put its file
+  outside the table's location."""
+  import os
+
+  tenants = ['a/b', 'c=d', 'e%20f', 'ü x', '..', '../../../../../../outside']
+  rows = pa.table({'tenant_id': tenants, 'v': list(range(len(tenants)))})
+  result = _commit(target, rows, 'c1')
+  assert result.rows == len(tenants)
+  stored = _read(target)
+  assert sorted(zip(stored.column('tenant_id').to_pylist(), stored.column('v').to_pylist())) == sorted(
+    zip(tenants, range(len(tenants)))
+  )
+  root = os.path.realpath(tables.open_tables(target).location('events').removeprefix('file://'))
+  written = [
+    os.path.realpath(os.path.join(folder, name))
+    for folder, _, names in os.walk(root)
+    for name in names
+    if name.endswith('.parquet')
+  ]
+  assert len(written) == len(tenants)  # each in the table (none above it, none lost)
