@@ -797,11 +797,16 @@ class _IcebergTables:
             spec.add_field(day_field, DayTransform(), f'{day_field}_day')
     except TableAlreadyExistsError:
       pass  # another writer created it first
-    except CommitFailedException:
+    except CommitFailedException as e:
       # The SQL catalog reports a table created by another writer between its
       # existence check and its commit as a failed create (AssertCreate).
       if self.load(table) is None:
-        raise
+        raise _explain(self._target, f'{".".join(self._identifier(table))}: cannot create the table', e) from None
+    except TableError:
+      raise
+    except Exception as e:
+      # A schema the catalog refuses (two columns of one name), a catalog error: its text masked, as any other.
+      raise _explain(self._target, f'{".".join(self._identifier(table))}: cannot create the table', e) from None
     return self.load(table)
 
   @staticmethod

@@ -241,3 +241,13 @@ def test_partition_values_with_slashes_dots_and_escapes_stay_one_directory_insid
     if name.endswith('.parquet')
   ]
   assert len(written) == len(tenants)  # each in the table (none above it, none lost)
+
+
+def test_a_schema_the_table_cannot_hold_is_a_table_error_and_nothing_is_committed(target):
+  """Two columns of one name (or of names only case tells apart, which Delta refuses): a TableError naming the
+  table, nothing committed. Before, Iceberg's table creation raised pyiceberg's bare ValueError."""
+  rows = pa.Table.from_arrays([pa.array(['acme']), pa.array([1]), pa.array([2])], names=['tenant_id', 'x', 'x'])
+  with pytest.raises(tables.TableError) as error:
+    _commit(target, rows, 'c1')
+  assert 'events' in str(error.value)
+  assert tables.open_tables(target).load('events') is None
