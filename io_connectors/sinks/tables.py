@@ -481,8 +481,13 @@ def _partition_groups(table: pa.Table, day_field: Optional[str]) -> Iterable[Tup
   codes = pc.fill_null(tenants.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
   days = None
   if day_field and day_field in table.schema.names and pa.types.is_timestamp(table.schema.field(day_field).type):
-    # The date in the column's time zone (as strftime gives it); null days sort last.
-    days = pc.cast(table.column(day_field), pa.date32()).combine_chunks()
+    # The UTC date of a zoned time, as Iceberg's day transform takes it of the stored (UTC) value: the date in
+    # the column's own zone put a Paris day's times, two UTC days, in one file, and its commit failed. A
+    # zoneless time: its wall clock's date (stored as UTC). Null days sort last.
+    times = table.column(day_field)
+    if times.type.tz is not None:
+      times = times.cast(pa.timestamp(times.type.unit, tz='UTC'))
+    days = pc.cast(times, pa.date32()).combine_chunks()
     day_numbers = pc.fill_null(pc.cast(days, pa.int32()), np.iinfo(np.int32).max).to_numpy(zero_copy_only=False)
     codes = (codes + 1) * (1 << 32) + (day_numbers.astype(np.int64) - np.iinfo(np.int32).min)
   order = np.argsort(codes, kind='stable')

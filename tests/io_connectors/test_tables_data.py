@@ -251,3 +251,28 @@ def test_a_schema_the_table_cannot_hold_is_a_table_error_and_nothing_is_committe
     _commit(target, rows, 'c1')
   assert 'events' in str(error.value)
   assert tables.open_tables(target).load('events') is None
+
+
+def test_iceberg_day_partitions_of_zoned_times_are_their_utc_days(tmp_path):
+  """Iceberg partitions by the UTC day of the stored (UTC) time: a file holds one UTC day. Before, the sink
+  grouped a zoned column by the day in its own zone, so one Paris day's times (two UTC days) went to one file,
+  and the commit failed ("more than one partition values")."""
+  import datetime as dt
+  import zoneinfo
+
+  paris = zoneinfo.ZoneInfo('Europe/Paris')
+  times = [dt.datetime(2024, 1, 1, 0, 30, tzinfo=paris), dt.datetime(2024, 1, 1, 12, tzinfo=paris)]
+  rows = pa.table(
+    {'tenant_id': ['acme', 'acme'], 'played_at': pa.array(times, pa.timestamp('us', tz='Europe/Paris')), 'v': [1, 2]}
+  )
+  target = tables.TableTarget('iceberg', str(tmp_path / 'lake'))
+  committer = tables.open_tables(target)
+  location = committer.location('events')
+  files = [
+    tables.write_data_file(target, location, 'events', part, partition)
+    for partition, part in tables._partition_groups(rows, 'played_at')
+  ]
+  assert sorted(dict(f.partition)['played_at_day'] for f in files) == ['2023-12-31', '2024-01-01']
+  committer.commit('events', files, rows.schema, 'c1', day_field='played_at')
+  stored = _read(target).sort_by('v')
+  assert stored.column('played_at').to_pylist() == [t.astimezone(dt.timezone.utc) for t in times]
