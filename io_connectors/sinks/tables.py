@@ -468,6 +468,12 @@ def evolved_schema(current: pa.Schema, incoming: pa.Schema) -> Optional[pa.Schem
 # ----- workers: data files -----
 
 
+def _has_days(t: pa.DataType) -> bool:
+  """Whether a column of type `t` can be partitioned by its day (Iceberg's day transform: timestamps and
+  dates; a text time cannot, and made the table's creation fail)."""
+  return pa.types.is_timestamp(t) or pa.types.is_date(t)
+
+
 def _partition_groups(table: pa.Table, day_field: Optional[str]) -> Iterable[Tuple[Dict[str, str], pa.Table]]:
   """(partition values, rows) per tenant (and day of `day_field`), rows in their order within each.
 
@@ -480,12 +486,12 @@ def _partition_groups(table: pa.Table, day_field: Optional[str]) -> Iterable[Tup
   tenants = pc.dictionary_encode(pc.cast(table.column(TENANT_COLUMN), pa.string()).combine_chunks())
   codes = pc.fill_null(tenants.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
   days = None
-  if day_field and day_field in table.schema.names and pa.types.is_timestamp(table.schema.field(day_field).type):
+  if day_field and day_field in table.schema.names and _has_days(table.schema.field(day_field).type):
     # The UTC date of a zoned time, as Iceberg's day transform takes it of the stored (UTC) value: the date in
     # the column's own zone put a Paris day's times, two UTC days, in one file, and its commit failed. A
     # zoneless time: its wall clock's date (stored as UTC). Null days sort last.
     times = table.column(day_field)
-    if times.type.tz is not None:
+    if pa.types.is_timestamp(times.type) and times.type.tz is not None:
       times = times.cast(pa.timestamp(times.type.unit, tz='UTC'))
     days = pc.cast(times, pa.date32()).combine_chunks()
     day_numbers = pc.fill_null(pc.cast(days, pa.int32()), np.iinfo(np.int32).max).to_numpy(zero_copy_only=False)
@@ -798,7 +804,7 @@ class _IcebergTables:
       ) as tx:
         with tx.update_spec() as spec:
           spec.add_identity(TENANT_COLUMN)
-          if day_field and day_field in schema.names:
+          if day_field and day_field in schema.names and _has_days(schema.field(day_field).type):
             spec.add_field(day_field, DayTransform(), f'{day_field}_day')
     except TableAlreadyExistsError:
       pass  # another writer created it first

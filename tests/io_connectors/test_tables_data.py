@@ -276,3 +276,28 @@ def test_iceberg_day_partitions_of_zoned_times_are_their_utc_days(tmp_path):
   committer.commit('events', files, rows.schema, 'c1', day_field='played_at')
   stored = _read(target).sort_by('v')
   assert stored.column('played_at').to_pylist() == [t.astimezone(dt.timezone.utc) for t in times]
+
+
+@pytest.mark.parametrize('kind', ['date', 'text'])
+def test_iceberg_event_times_as_dates_or_text_are_committed(tmp_path, kind):
+  """An entity's event time that is a date is partitioned by it (one file per day); one that is text cannot
+  be (Iceberg's day transform takes times and dates), so the table is partitioned by tenant only. Before,
+  a batch of two dates went to one file (the commit failed: "more than one partition values"), and a text
+  time made the table's creation fail."""
+  import datetime as dt
+
+  days = [dt.date(2024, 1, 1), dt.date(2024, 1, 2), None]
+  values = pa.array(days) if kind == 'date' else pa.array([None if d is None else d.isoformat() for d in days])
+  rows = pa.table({'tenant_id': ['acme'] * 3, 'played_at': values, 'v': [1, 2, 3]})
+  target = tables.TableTarget('iceberg', str(tmp_path / 'lake'))
+  committer = tables.open_tables(target)
+  location = committer.location('events')
+  for commit_id in ('c1', 'c2'):
+    files = [
+      tables.write_data_file(target, location, 'events', part, partition)
+      for partition, part in tables._partition_groups(rows, 'played_at')
+    ]
+    committer.commit('events', files, rows.schema, commit_id, day_field='played_at')
+  stored = _read(target)
+  assert sorted(stored.column('v').to_pylist()) == [1, 1, 2, 2, 3, 3]
+  assert sorted(stored.column('played_at').to_pylist(), key=str) == sorted(values.to_pylist() * 2, key=str)
