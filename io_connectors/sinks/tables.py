@@ -292,23 +292,48 @@ def table_schema(schema: pa.Schema) -> pa.Schema:
   return pa.schema([pa.field(f.name, _as_int64(_storable_type(f.type))) for f in schema])
 
 
-def _fit_null_columns(schema: pa.Schema, current: Optional[pa.Schema] = None) -> pa.Schema:
-  """`schema` with each column null in every row (Arrow's null type) typed as the table `current` has it,
-  and left out where the table has no such column (or there is no table yet).
+def _typed(t: pa.DataType) -> Optional[pa.DataType]:
+  """`t` without the parts that say nothing of their type: Arrow's null type (a value null in every row), and
+  lists and structs of nothing else, at any depth; None when nothing is left (a map keeps its keys)."""
+  if pa.types.is_null(t):
+    return None
+  if pa.types.is_struct(t):
+    fields = [f.with_type(typed) for f in t if (typed := _typed(f.type)) is not None]
+    return pa.struct(fields) if fields else None
+  if _is_list_type(t) or pa.types.is_fixed_size_list(t):
+    values = _typed(t.value_type)
+    if values is None:
+      return None
+    if pa.types.is_fixed_size_list(t):
+      return pa.list_(t.value_field.with_type(values), t.list_size)
+    return (pa.large_list if pa.types.is_large_list(t) else pa.list_)(t.value_field.with_type(values))
+  if pa.types.is_map(t):
+    items = _typed(t.item_type)
+    return t if items is None else pa.map_(t.key_field, t.item_field.with_type(items), keys_sorted=t.keys_sorted)
+  return t
 
-  Such a column says nothing of its type (an optional field empty in one
-  export): it changes no type, and the data files leave it out
-  (`write_data_file`), so its rows read as null; the first run with a value
-  adds it with the value's type.
+
+def _fit_null_columns(schema: pa.Schema, current: Optional[pa.Schema] = None) -> pa.Schema:
+  """`schema` without what says nothing of its type (`_typed`): a column null in every row (Arrow's null
+  type) typed as the table `current` has it, and left out where the table has no such column (or there is
+  no table yet); a struct's field null in every row, or a list of nothing but nulls, left out.
+
+  Such a value says nothing of its type (an optional field empty in one
+  export or window): it changes no type, and the data files leave it out
+  (`write_data_file`), so it reads as null; the first run with a value adds
+  it with the value's type. (Typed as text, a struct's null field, or an
+  empty list, made the table's column a string, and a later run whose value
+  is a number failed its commit, both ways round.)
   """
   have = {f.name: f.type for f in current or ()}
-  return pa.schema(
-    [
-      pa.field(f.name, have[f.name]) if pa.types.is_null(f.type) else f
-      for f in schema
-      if not pa.types.is_null(f.type) or f.name in have
-    ]
-  )
+  fields = []
+  for f in schema:
+    typed = _typed(f.type)
+    if typed is not None:
+      fields.append(f.with_type(typed))
+    elif f.name in have:
+      fields.append(pa.field(f.name, have[f.name]))
+  return pa.schema(fields)
 
 
 def _storable(table: pa.Table, table_name: str = '') -> pa.Table:
@@ -530,9 +555,18 @@ def write_data_file(
 
   tag: a name part (`window_file_tag`) that says which window's commit adds the file.
   """
-  # A column null in every row holds no value: left out, it reads as null whatever the table's type for it.
-  empty = [f.name for f in rows.schema if pa.types.is_null(f.type) and f.name != TENANT_COLUMN]
-  rows = _storable(rows.drop_columns(empty), table_name)
+  # A column null in every row holds no value: left out, it reads as null whatever the table's type for it;
+  # so are a struct's fields null in every row and lists of nothing but nulls (`_fit_null_columns`).
+  for f in list(rows.schema):
+    typed = _typed(f.type)
+    if f.name == TENANT_COLUMN or typed == f.type:
+      continue
+    rows = (
+      rows.drop_columns([f.name])
+      if typed is None
+      else rows.set_column(rows.schema.get_field_index(f.name), f.with_type(typed), rows.column(f.name).cast(typed))
+    )
+  rows = _storable(rows, table_name)
   name = f'{tag}-{uuid.uuid4().hex}.parquet' if tag else f'{uuid.uuid4().hex}.parquet'
   if target.format == 'delta':
     # Delta keeps partition values in the log, not in the files; but a file with no column at all (rows

@@ -301,3 +301,39 @@ def test_iceberg_event_times_as_dates_or_text_are_committed(tmp_path, kind):
   stored = _read(target)
   assert sorted(stored.column('v').to_pylist()) == [1, 1, 2, 2, 3, 3]
   assert sorted(stored.column('played_at').to_pylist(), key=str) == sorted(values.to_pylist() * 2, key=str)
+
+
+def test_struct_fields_and_lists_empty_in_a_run_change_no_type_either_way(target):
+  """A struct's field null in every row (Arrow's null type), or a list of nothing but nulls (JSON's [] or
+  [null]), says nothing of its type, as an all-null column says nothing: left out, it reads as null, and the
+  first run with a value gives the type. Before, they became text in the table, and a run with a number
+  there failed its commit with SchemaMismatchError, whichever came first (a streaming job stopped at that
+  window). A struct that holds nothing else (struct<>), which Parquet cannot write, is left out too."""
+  empty_field = pa.struct([('ref', pa.null()), ('n', pa.int64())])
+  typed_field = pa.struct([('ref', pa.int64()), ('n', pa.int64())])
+  empty = pa.table(
+    {
+      'tenant_id': ['acme', 'acme'],
+      'ctx': pa.array([{'ref': None, 'n': 1}, None], empty_field),
+      'tags': pa.array([[], [None]], pa.list_(pa.null())),
+      'hits': pa.array([[{'ref': None, 'n': 2}], None], pa.list_(empty_field)),
+      'nothing': pa.array([{}, None], pa.struct([])),
+    }
+  )
+  typed = pa.table(
+    {
+      'tenant_id': ['acme'],
+      'ctx': pa.array([{'ref': 7, 'n': 3}], typed_field),
+      'tags': pa.array([[5]], pa.list_(pa.int64())),
+      'hits': pa.array([[{'ref': 8, 'n': 4}]], pa.list_(typed_field)),
+    }
+  )
+  _commit(target, empty, 'c1')
+  _commit(target, typed, 'c2')
+  _commit(target, empty, 'c3')
+  stored = _read(target)
+  assert stored.num_rows == 5 and 'nothing' not in stored.schema.names
+  rows = sorted(stored.to_pylist(), key=lambda r: (r['ctx'] or {}).get('n') or 0)
+  assert [r['ctx'] for r in rows] == [None, None, {'ref': None, 'n': 1}, {'ref': None, 'n': 1}, {'ref': 7, 'n': 3}]
+  assert sorted(map(str, (r['tags'] for r in rows))) == ['None'] * 4 + ['[5]']
+  assert [r['hits'] for r in rows][-1] == [{'ref': 8, 'n': 4}]
