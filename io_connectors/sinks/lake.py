@@ -466,8 +466,13 @@ class _WriteBatchFn(beam.DoFn):
     if schema is not None:
       batch = conform(batch, schema)
     tenants = batch.column(TENANT_COLUMN)
-    for tenant in pc.unique(tenants).to_pylist():
-      part = batch.filter(pc.equal(tenants, tenant)) if len(pc.unique(tenants)) > 1 else batch
+    unique = pc.unique(tenants).to_pylist()
+    for tenant in unique:
+      # Rows without a tenant go to UNASSIGNED's partition, as the tables' do (`pc.equal` with a null selected
+      # no row: mixed with other tenants' rows, they were silently lost).
+      mask = pc.is_null(tenants) if tenant is None else pc.fill_null(pc.equal(tenants, tenant), False)
+      part = batch.filter(mask) if len(unique) > 1 else batch
+      tenant = UNASSIGNED if tenant is None else tenant
       table = pa.Table.from_batches([strip_internal(part)])
       payload = _WRITERS[self._format](table)
       temp = _join(_temp_dir(self._output, self._run_dir), f'{uuid.uuid4().hex}.{_EXTENSIONS[self._format]}')

@@ -659,3 +659,17 @@ def test_nanosecond_durations_are_iso_8601_text_with_every_digit_and_coarser_one
   with without_pandas():
     assert lake_mod._jsonl_bytes(table) == expected
     assert lake_mod._tfrecord_bytes(table) == tfrecord
+
+
+def test_rows_without_a_tenant_beside_other_tenants_rows_are_written_to_the_unassigned_partition(tmp_path):
+  """Every row of a batch lands in a file: those without a tenant under UNASSIGNED (as the tables' sink puts
+  them). Before, a batch mixing them with other tenants' rows wrote them as an empty file (`pc.equal` with a
+  null selects no row): silently lost."""
+  import pyarrow.parquet as pq
+
+  fn = lake_mod._WriteBatchFn(str(tmp_path / 'out'), 'parquet', 'run')
+  batch = pa.record_batch({'tenant_id': ['acme', None, 'acme', 'beta', None], 'v': [1, 2, 3, 4, 5]})
+  written = {f.partition: pq.read_table(f.temp_path).column('v').to_pylist() for f in fn.process(batch)}
+  assert written == {'acme': [1, 3], lake_mod.UNASSIGNED: [2, 5], 'beta': [4]}
+  only_none = pa.record_batch({'tenant_id': pa.nulls(2, pa.string()), 'v': [6, 7]})
+  assert [(f.partition, f.rows) for f in fn.process(only_none)] == [(lake_mod.UNASSIGNED, 2)]
