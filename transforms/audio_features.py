@@ -45,9 +45,12 @@ Spotify's ``danceability``, ``energy``, ``valence``, ``acousticness``,
 ``instrumentalness``, ``liveness``, ``speechiness`` and ``time_signature``
 come from Spotify's trained models and are not computed (null).
 
-Dead letters (stage ``audio_features``, reason ``corrupt_file``): a file
-that cannot be opened or decoded (position None), an empty file, a file with
-no audio frames.
+Dead letters (stage ``audio_features``, reason ``corrupt_file``, position
+None): a file that cannot be opened or decoded, an empty file, a file with
+no audio frames, float samples that are NaN, infinite or too large for
+finite spectra (no audio: an integer stream labelled float), and a file
+on which the analysis raises anything else. A file that cannot be read at
+all is reason ``source_error``.
 
 Usage::
 
@@ -321,10 +324,12 @@ def _tempo(env: np.ndarray, duration_s: float):
 def compute_features(file: BinaryIO, block_seconds: float = 20.0) -> Dict[str, Any]:
   """The features of one audio file (a binary file object), decoded and analysed in blocks.
 
-  Raises AudioDecodeError for what soundfile cannot decode or a file without frames.
+  Raises AudioDecodeError for what soundfile cannot decode, a file without frames, and samples
+  that are no audio (NaN or infinite floats, floats too large for their spectra to be finite).
   """
   import soundfile
   import soxr
+  from librosa.util.exceptions import ParameterError
 
   if not file.read(1):
     raise AudioDecodeError('the file is empty (0 bytes)')
@@ -347,9 +352,16 @@ def compute_features(file: BinaryIO, block_seconds: float = 20.0) -> Dict[str, A
         block = sound.read(block_frames, dtype='float32', always_2d=True)
         last = len(block) < block_frames
         if len(block):
-          total += len(block)
           magnitude = np.abs(block)
-          peak = max(peak, float(magnitude.max()))
+          top = float(magnitude.max())
+          if not math.isfinite(top):
+            frame, channel = np.argwhere(~np.isfinite(block))[0]
+            raise AudioDecodeError(
+              f'a sample is not a finite number ({block[frame, channel]}) at frame {total + int(frame)}, '
+              f'channel {int(channel) + 1}: not audio'
+            )
+          total += len(block)
+          peak = max(peak, top)
           clipped += int(np.count_nonzero(magnitude >= CLIP_LEVEL))
           loudness.add(block.astype(np.float64))
           mono = block.mean(axis=1)
@@ -360,18 +372,23 @@ def compute_features(file: BinaryIO, block_seconds: float = 20.0) -> Dict[str, A
           break
     except soundfile.LibsndfileError as e:
       raise AudioDecodeError(f'the audio does not decode past frame {total}: {e}') from None
+    except ParameterError as e:  # samples so large (float audio of 1e20) that their spectra overflow
+      raise _unanalysable(e, peak) from None
   if total == 0:
     raise AudioDecodeError('the file holds no audio frames')
   duration_s = total / rate
   env = np.concatenate(frames.onset_env) if frames.onset_env else np.zeros(0)
-  tempo, beat_confidence, onset_rate = _tempo(env, duration_s)
+  try:
+    tempo, beat_confidence, onset_rate = _tempo(env, duration_s)
+  except ParameterError as e:
+    raise _unanalysable(e, peak) from None
   key, mode, key_confidence = _key(frames.chroma)
   n, voiced = frames.frames, frames.voiced
 
   def mean(name, count):
     return frames.sums[name] / count if count else None
 
-  return {
+  features = {
     'duration_ms': int(round(duration_s * 1000)),
     'tempo': tempo,
     'beat_confidence': beat_confidence,
@@ -391,6 +408,16 @@ def compute_features(file: BinaryIO, block_seconds: float = 20.0) -> Dict[str, A
     'sample_rate': rate,
     'channels': channels,
   }
+  # A feature is a finite number or null (no such content: silence, no onsets), never NaN or infinity.
+  for name, value in features.items():
+    if any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
+      raise _unanalysable(ValueError(f'{name} came out {value!r}'), peak)
+  return features
+
+
+def _unanalysable(error: Exception, peak: float) -> AudioDecodeError:
+  level = f'{20 * math.log10(peak):.0f} dBFS' if peak > 0 else 'silence'
+  return AudioDecodeError(f'the audio cannot be analysed (its peak is {level}): {str(error)[:200]}')
 
 
 # ----- The transform -----
@@ -440,6 +467,12 @@ class _ExtractFn(beam.DoFn):
       yield beam.pvalue.TaggedOutput(
         DEAD_LETTER,
         dead_letter(path, None, 'source_error', detail=f'cannot read: {type(e).__name__}: {e}'[:300], stage=STAGE),
+      )
+      return
+    except Exception as e:  # whatever else a decoder or librosa raises on one file: its letter, not a failed run
+      detail = f'cannot be analysed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ""}'
+      yield beam.pvalue.TaggedOutput(
+        DEAD_LETTER, dead_letter(path, None, 'corrupt_file', detail=detail[:300], stage=STAGE)
       )
       return
     row = dict(features, id=track_id_for(path, self._id_mapping), source_file=path)

@@ -16,7 +16,8 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.sample_audio import RATE, click_track, clipped_square, sine, silence, triad, write_audio
-from transforms.audio_features import AudioDecodeError, ExtractAudioFeatures, compute_features, track_id_for
+from transforms import audio_features
+from transforms.audio_features import AudioDecodeError, ExtractAudioFeatures, _ExtractFn, compute_features, track_id_for
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -101,6 +102,25 @@ def test_bad_files_raise_a_clear_error():
     compute_features(header_only)
 
 
+@pytest.mark.parametrize('bad', [np.nan, np.inf, -np.inf])
+def test_float_samples_that_are_not_numbers_are_a_corrupt_file(bad):
+  # A float WAV holding NaN or infinity (an int stream mislabelled float, a broken writer): librosa
+  # refused the buffer and its ParameterError escaped the transform, failing the whole run.
+  y = sine(440.0, seconds=3)
+  y[RATE + 5] = bad
+  with pytest.raises(AudioDecodeError, match=r'not a finite number.*frame 22055'):
+    _features(y, subtype='FLOAT')
+
+
+def test_float_samples_too_large_to_analyse_are_a_corrupt_file():
+  # 1e30 is a finite float32, but its power spectrum is not: librosa raised out of the transform.
+  with pytest.raises(AudioDecodeError, match='cannot be analysed'):
+    _features(sine(440.0, seconds=3) * np.float32(1e30), subtype='FLOAT')
+  # Float audio may go past full scale; features stay finite where it can be analysed.
+  f = _features(sine(440.0, seconds=3) * np.float32(1e3), subtype='FLOAT')
+  assert f['spectral_centroid'] == pytest.approx(440, abs=8) and np.isfinite(f['loudness'])
+
+
 # Measured in a process of its own, warmed up: tracemalloc counts every thread's allocations, and a
 # test process may still run threads of earlier tests (a Beam job's workers, gRPC servers).
 _ANALYSE_TRACED = """
@@ -171,6 +191,26 @@ def test_transform_keeps_events_apart_from_bytes_and_dead_letters_bad_files(tmp_
       ),
       label='DeadLetters',
     )
+
+
+def test_a_file_that_fails_analysis_is_its_dead_letter_not_a_failed_run(tmp_path, monkeypatch):
+  nan = sine(440.0, seconds=2)
+  nan[100] = np.nan
+  path = write_audio(str(tmp_path / 'nan.wav'), nan, subtype='FLOAT')
+  fn = _ExtractFn(None, 20.0)
+  (letter,) = [out.value for out in fn.process(path)]
+  assert (letter['source'], letter['reason'], letter['position']) == (path, 'corrupt_file', None)
+  assert 'not a finite number' in letter['detail']
+
+  def broken(file, block_seconds):
+    raise RuntimeError('an error no one foresaw\nsecond line')
+
+  monkeypatch.setattr(audio_features, 'compute_features', broken)
+  (letter,) = [out.value for out in fn.process(path)]
+  assert (
+    letter['reason'] == 'corrupt_file'
+    and letter['detail'] == 'cannot be analysed: RuntimeError: an error no one foresaw'
+  )
 
 
 def test_transform_checks_its_arguments():
