@@ -47,7 +47,8 @@ come from Spotify's trained models and are not computed (null).
 
 Dead letters (stage ``audio_features``, reason ``corrupt_file``, position
 None): a file that cannot be opened or decoded, an empty file, a file with
-no audio frames, float samples that are NaN, infinite or too large for
+no audio frames, a WAV or AIFF file cut short (its audio chunk declares
+more than the file holds), float samples that are NaN, infinite or too large for
 finite spectra (no audio: an integer stream labelled float), and a file
 on which the analysis raises anything else. A file that cannot be read at
 all is reason ``source_error``.
@@ -333,6 +334,7 @@ def compute_features(file: BinaryIO, block_seconds: float = 20.0) -> Dict[str, A
 
   if not file.read(1):
     raise AudioDecodeError('the file is empty (0 bytes)')
+  sizes = _declared_audio_bytes(file)
   file.seek(0)
   try:
     sound = soundfile.SoundFile(file)
@@ -341,6 +343,14 @@ def compute_features(file: BinaryIO, block_seconds: float = 20.0) -> Dict[str, A
     raise AudioDecodeError(f'not audio that libsndfile decodes: {message[:200]}') from None
   with sound:
     rate, channels = int(sound.samplerate), int(sound.channels)
+    if sizes is not None and sizes[0] > sizes[1]:
+      declared, held = sizes
+      if sound.frames > 0:
+        per_second = held / sound.frames * rate
+        amounts = f'{declared / per_second:.2f} s, the file holds {sound.frames / rate:.2f} s'
+      else:
+        amounts = f'{declared} bytes, the file holds {held}'
+      raise AudioDecodeError(f'cut short: its audio data declares {amounts} (a copy or upload that stopped?)')
     loudness = _Loudness(rate, channels)
     frames = _Frames()
     resampler = soxr.ResampleStream(rate, ANALYSIS_RATE, 1, dtype='float32') if rate != ANALYSIS_RATE else None
@@ -418,6 +428,45 @@ def compute_features(file: BinaryIO, block_seconds: float = 20.0) -> Dict[str, A
 def _unanalysable(error: Exception, peak: float) -> AudioDecodeError:
   level = f'{20 * math.log10(peak):.0f} dBFS' if peak > 0 else 'silence'
   return AudioDecodeError(f'the audio cannot be analysed (its peak is {level}): {str(error)[:200]}')
+
+
+# ----- Files cut short -----
+
+# A data size at least this large is a writer's "length unknown" (0xFFFFFFFF, 0x7FFFFFFF...: it could
+# not seek back to write the length), no promise of that many bytes.
+_UNKNOWN_LENGTH = 0x7FFF0000
+
+
+def _declared_audio_bytes(file: BinaryIO) -> Optional[Tuple[int, int]]:
+  """(bytes of audio the header declares, bytes of it the file holds) of a WAV or AIFF file, else None.
+
+  libsndfile reads what a cut-off file holds without a word, so a copy or upload that stopped half
+  way would be analysed as a track of half its length. Only the audio chunk's own size is read: a
+  RIFF/FORM size that lies (a common writer bug) says nothing about the audio.
+  """
+  file.seek(0, os.SEEK_END)
+  size = file.tell()
+  file.seek(0)
+  head = file.read(12)
+  if head[:4] == b'RIFF' and head[8:12] == b'WAVE':
+    order, audio = 'little', b'data'
+  elif head[:4] == b'FORM' and head[8:12] in (b'AIFF', b'AIFC'):
+    order, audio = 'big', b'SSND'
+  else:
+    return None
+  position = 12
+  while position + 8 <= size:
+    file.seek(position)
+    header = file.read(8)
+    if len(header) < 8:
+      return None
+    length = int.from_bytes(header[4:], order)
+    if header[:4] == audio:
+      if length >= _UNKNOWN_LENGTH:
+        return None
+      return length, size - position - 8
+    position += 8 + length + (length & 1)  # chunks are padded to even sizes
+  return None
 
 
 # ----- The transform -----

@@ -121,6 +121,33 @@ def test_float_samples_too_large_to_analyse_are_a_corrupt_file():
   assert f['spectral_centroid'] == pytest.approx(440, abs=8) and np.isfinite(f['loudness'])
 
 
+
+@pytest.mark.parametrize('format', ['WAV', 'WAVEX', 'AIFF'])
+def test_a_file_cut_short_is_a_corrupt_file_not_a_shorter_track(format):
+  # An upload or copy cut off half way: libsndfile reads the half there is and says nothing, so the
+  # track was written with half its duration and features of its first half.
+  whole = io.BytesIO()
+  soundfile.write(whole, np.stack([sine(440.0, seconds=4)] * 2, axis=1), RATE, format=format, subtype='PCM_24')
+  data = whole.getvalue()
+  with pytest.raises(AudioDecodeError, match=r'cut short: its audio data declares 4\.00 s, the file holds 2\.0'):
+    compute_features(io.BytesIO(data[: len(data) // 2 + 1]))
+
+
+def test_a_wav_whose_sizes_are_placeholders_or_wrong_is_read_whole():
+  # What writers that cannot seek back leave (0xFFFFFFFF), a RIFF size that lies, a data chunk
+  # followed by others (LIST after the audio): all the audio is there.
+  buffer = io.BytesIO()
+  soundfile.write(buffer, sine(440.0, seconds=2), RATE, format='WAV', subtype='PCM_16')
+  data = bytearray(buffer.getvalue())
+  streamed = bytes(data[:4] + b'\xff\xff\xff\xff' + data[8:40] + b'\xff\xff\xff\xff' + data[44:])
+  assert compute_features(io.BytesIO(streamed))['duration_ms'] == 2000
+  lying = bytes(data[:4] + (123).to_bytes(4, 'little') + data[8:])
+  assert compute_features(io.BytesIO(lying))['duration_ms'] == 2000
+  info = b'INFOIART' + (8).to_bytes(4, 'little') + b'someone\0'
+  trailing = bytes(data) + b'LIST' + len(info).to_bytes(4, 'little') + info
+  assert compute_features(io.BytesIO(trailing))['duration_ms'] == 2000
+
+
 # Measured in a process of its own, warmed up: tracemalloc counts every thread's allocations, and a
 # test process may still run threads of earlier tests (a Beam job's workers, gRPC servers).
 _ANALYSE_TRACED = """
