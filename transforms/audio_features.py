@@ -39,8 +39,10 @@ Features, with Spotify's audio-features names where they mean the same:
 ``clipped_fraction``     (|x| >= 0.999): a clipped master reads near 1.
 ======================  =============================================================================
 
-Frame features use 22,050 Hz mono (soxr resampling), 2048-sample frames and
-a 512-sample hop; loudness uses the file's own rate and channels.
+Frame features use 22,050 Hz mono (soxr resampling) with any DC offset taken
+out (a 5 Hz high-pass), 2048-sample frames and a 512-sample hop; loudness
+uses the file's own rate and channels, and peak and clipping the samples as
+they are.
 Spotify's ``danceability``, ``energy``, ``valence``, ``acousticness``,
 ``instrumentalness``, ``liveness``, ``speechiness`` and ``time_signature``
 come from Spotify's trained models and are not computed (null).
@@ -98,6 +100,8 @@ TEMPOGRAM_WINDOW = 384  # librosa's default: ~8.9 s of onset envelope
 TEMPOGRAM_CHUNK = 1024  # onset frames per tempogram chunk (~24 s; ~20 MB of librosa's work arrays)
 # An onset envelope that never rises this much (dB) is a steady sound: no tempo.
 MIN_ONSET_DB = 0.5
+# The frame features' high-pass (Hz): removes a DC offset, leaves music (its lowest notes are ~30 Hz).
+DC_CUTOFF_HZ = 5.0
 # Frames quieter than this (RMS, dBFS) are left out of the spectral means.
 SILENT_DBFS = -60.0
 
@@ -203,6 +207,31 @@ class _Loudness:
 
 
 # ----- Frame features at the analysis rate -----
+
+
+class _DcBlocker:
+  """A one-pole high-pass at DC_CUTOFF_HZ, continued across blocks: takes a recording's DC offset out.
+
+  An offset (a cheap converter's, a bad edit's) is no sound, but it kept a signal from crossing zero
+  and its 0 Hz bin pulled every spectral mean down. The filter starts settled on the first sample,
+  so an offset present from the start leaves no transient.
+  """
+
+  def __init__(self, rate: int):
+    from scipy import signal
+
+    self._lfilter = signal.lfilter
+    pole = math.exp(-2 * math.pi * DC_CUTOFF_HZ / rate)
+    # (1 + pole) / 2: unit gain at the Nyquist frequency, so the audible band keeps its level.
+    self._b, self._a = np.array([1.0, -1.0]) * (1 + pole) / 2, np.array([1.0, -pole])
+    self._state: Optional[np.ndarray] = None
+    self._settled = signal.lfilter_zi(self._b, self._a)
+
+  def __call__(self, mono: np.ndarray) -> np.ndarray:
+    if self._state is None:
+      self._state = self._settled * float(mono[0])
+    out, self._state = self._lfilter(self._b, self._a, mono.astype(np.float64), zi=self._state)
+    return out.astype(np.float32)
 
 
 class _Frames:
@@ -353,6 +382,7 @@ def compute_features(file: BinaryIO, block_seconds: float = 20.0) -> Dict[str, A
       raise AudioDecodeError(f'cut short: its audio data declares {amounts} (a copy or upload that stopped?)')
     loudness = _Loudness(rate, channels)
     frames = _Frames()
+    dc_blocker = _DcBlocker(rate)
     resampler = soxr.ResampleStream(rate, ANALYSIS_RATE, 1, dtype='float32') if rate != ANALYSIS_RATE else None
     total = clipped = 0
     peak = 0.0
@@ -374,7 +404,7 @@ def compute_features(file: BinaryIO, block_seconds: float = 20.0) -> Dict[str, A
           peak = max(peak, top)
           clipped += int(np.count_nonzero(magnitude >= CLIP_LEVEL))
           loudness.add(block.astype(np.float64))
-          mono = block.mean(axis=1)
+          mono = dc_blocker(block.mean(axis=1))
           frames.add(resampler.resample_chunk(mono, last=last) if resampler is not None else mono)
         elif resampler is not None:
           frames.add(resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))

@@ -80,6 +80,21 @@ def test_clipped_square_wave():
   assert f['loudness'] > -2 and f['tempo'] is None
 
 
+@pytest.mark.parametrize('rate', [RATE, 44100])
+def test_a_dc_offset_does_not_hide_the_sound(rate):
+  # A cheap converter's DC offset: the signal never crossed zero (zero_crossing_rate 0) and the
+  # spectrum's 0 Hz bin pulled the centroid of a 440 Hz tone down to ~80 Hz.
+  f = _features(sine(440.0, seconds=4, amplitude=0.2, rate=rate) + np.float32(0.3), rate, subtype='FLOAT')
+  assert f['zero_crossing_rate'] == pytest.approx(2 * 440 / RATE, rel=0.05)
+  assert f['spectral_centroid'] == pytest.approx(440, abs=8)
+  assert f['rms_energy'] == pytest.approx(0.2 / np.sqrt(2), rel=0.02)
+  assert f['peak_dbfs'] == pytest.approx(20 * np.log10(0.5), abs=0.05)  # the samples as they are
+  # A constant is no sound.
+  f = _features(np.full(3 * rate, 0.25, dtype=np.float32), rate, subtype='FLOAT')
+  assert f['spectral_centroid'] is None and f['rms_energy'] < 1e-3 and f['tempo'] is None and f['key'] == -1
+
+
+
 def test_loudness_is_bs1770():
   # BS.1770's reference: a full-scale 997 Hz sine in one channel reads -3.01 LUFS; in two, 0.
   mono = sine(997.0, seconds=5, amplitude=1.0, rate=48000)
