@@ -71,6 +71,7 @@ import math
 import os
 import posixpath
 import re
+import unicodedata
 from typing import Any, BinaryIO, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import apache_beam as beam
@@ -503,13 +504,18 @@ def _declared_audio_bytes(file: BinaryIO) -> Optional[Tuple[int, int]]:
 
 
 def track_id_for(path: str, id_mapping: Optional[Mapping[str, str]] = None) -> str:
-  """The track id of an audio file: the mapping's (by full path, then file name), else the file name's stem."""
+  """The track id of an audio file: the mapping's (by full path, then file name), else the file name's stem.
+
+  Names match in either Unicode normal form: macOS writes file names decomposed (e + U+0301), a
+  mapping typed or made in a spreadsheet holds them composed (U+00E9).
+  """
   name = posixpath.basename(path.replace('\\', '/'))
   if id_mapping:
     for key in (path, name):
-      if key in id_mapping:
-        return str(id_mapping[key])
-  return os.path.splitext(name)[0]
+      for form in (key, unicodedata.normalize('NFC', key), unicodedata.normalize('NFD', key)):
+        if form in id_mapping:
+          return str(id_mapping[form])
+  return unicodedata.normalize('NFC', os.path.splitext(name)[0])
 
 
 def _path_of(event) -> str:

@@ -208,6 +208,18 @@ def test_track_ids_from_mapping_or_file_name():
   assert track_id_for('/data/7ouMYWpwJ422jRcDASZB7P.mp3', mapping) == '7ouMYWpwJ422jRcDASZB7P'
 
 
+def test_track_ids_from_a_mapping_whatever_the_unicode_normal_form():
+  # macOS writes file names decomposed (e + combining acute), people and spreadsheets type them
+  # composed: the mapping's entry was missed and the file keyed by its name's stem instead.
+  composed, decomposed = 'Beyonc\u00e9 - D\u00e9j\u00e0 Vu.flac', 'Beyonce\u0301 - De\u0301ja\u0300 Vu.flac'
+  assert track_id_for(f'/music/{decomposed}', {composed: '4uLU6hMCjMI75M1A2tKUQC'}) == '4uLU6hMCjMI75M1A2tKUQC'
+  assert track_id_for(f'/music/{composed}', {decomposed: '4uLU6hMCjMI75M1A2tKUQC'}) == '4uLU6hMCjMI75M1A2tKUQC'
+  assert track_id_for(f'gs://b/{decomposed}', {f'gs://b/{composed}': '0VjIjW4GlUZAMYd2vXMi3b'}) == '0VjIjW4GlUZAMYd2vXMi3b'
+  # Unnamed: the stem, composed, so one name gives one id whichever disk it came from.
+  assert track_id_for(f'/music/{decomposed}') == track_id_for(f'/music/{composed}') == composed[:-5]
+
+
+
 def test_transform_keeps_events_apart_from_bytes_and_dead_letters_bad_files(tmp_path):
   good = write_audio(str(tmp_path / '4uLU6hMCjMI75M1A2tKUQC.wav'), sine(440.0, seconds=3))
   mp3 = write_audio(str(tmp_path / 'song.mp3'), click_track(120.0, seconds=8))
