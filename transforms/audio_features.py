@@ -23,7 +23,8 @@ Features, with Spotify's audio-features names where they mean the same:
                          Temperley (Kostka-Payne) key profiles correlated with the track's summed chroma;
                          key -1 and mode None when there is no pitched content (silence).
 ``loudness``             integrated loudness in LUFS (ITU-R BS.1770-4: K-weighting, 400 ms blocks,
-                         absolute and relative gates), channels summed. Spotify's ``loudness`` is an
+                         absolute and relative gates), channels summed with BS.1770's weights (5.1:
+                         LFE left out, surrounds x1.41). Spotify's ``loudness`` is an
                          average in dB of its own making; ours is the broadcast standard's (close to
                          it for mastered music, but not equal). None for silence.
 ``beat_confidence``      0..1: the onset envelope's normalised autocorrelation at the beat period.
@@ -168,18 +169,32 @@ def _biquad(kind: str, fs: float, fc: float, q: float, gain_db: float = 0.0):
   return np.array(b) / a[0], np.array(a) / a[0]
 
 
+# BS.1770's channel weights of 5.1 (LFE left out, surrounds +1.5 dB), in each container's channel
+# order: WAV (WAVE_FORMAT_EXTENSIBLE's default mask), FLAC and the like L R C LFE Ls Rs; Vorbis and
+# Opus L C R Ls Rs LFE. Other layouts: every channel 1.0.
+_WEIGHTS_5_1 = {'default': (1.0, 1.0, 1.0, 0.0, 1.41, 1.41), 'OGG': (1.0, 1.0, 1.0, 1.41, 1.41, 0.0)}
+
+
+def _channel_weights(container: str, channels: int) -> np.ndarray:
+  if channels == 6:
+    return np.array(_WEIGHTS_5_1.get(container, _WEIGHTS_5_1['default']))
+  return np.ones(channels)
+
+
 class _Loudness:
   """Integrated loudness of a stream of (frames, channels) blocks at one sample rate."""
 
-  def __init__(self, rate: int, channels: int):
+  def __init__(self, rate: int, channels: int, weights: Optional[np.ndarray] = None):
     from scipy import signal
+
+    self._weights = np.ones(channels) if weights is None else weights
 
     self._lfilter = signal.lfilter
     self._stages = [_biquad('high_shelf', rate, 1500.0, 1 / math.sqrt(2), 4.0), _biquad('high_pass', rate, 38.0, 0.5)]
     self._states = [np.zeros((2, channels)) for _ in self._stages]
     self._step = max(int(round(rate * 0.1)), 1)  # gating blocks are 400 ms, 75 % overlap: 100 ms steps
     self._carry = np.zeros((0, channels))
-    self._steps: List[float] = []  # per 100 ms step: the channels' summed mean square
+    self._steps: List[float] = []  # per 100 ms step: the channels' weighted sum of mean squares
 
   def add(self, block: np.ndarray):
     weighted = block
@@ -188,7 +203,7 @@ class _Loudness:
     data = np.concatenate([self._carry, weighted]) if len(self._carry) else weighted
     whole = len(data) // self._step * self._step
     if whole:
-      squares = (data[:whole] ** 2).reshape(-1, self._step, data.shape[1]).mean(axis=1).sum(axis=1)
+      squares = (data[:whole] ** 2).reshape(-1, self._step, data.shape[1]).mean(axis=1) @ self._weights
       self._steps.extend(squares.tolist())
     self._carry = data[whole:]
 
@@ -381,7 +396,7 @@ def compute_features(file: BinaryIO, block_seconds: float = 20.0) -> Dict[str, A
       else:
         amounts = f'{declared} bytes, the file holds {held}'
       raise AudioDecodeError(f'cut short: its audio data declares {amounts} (a copy or upload that stopped?)')
-    loudness = _Loudness(rate, channels)
+    loudness = _Loudness(rate, channels, _channel_weights(sound.format, channels))
     frames = _Frames()
     dc_blocker = _DcBlocker(rate)
     resampler = soxr.ResampleStream(rate, ANALYSIS_RATE, 1, dtype='float32') if rate != ANALYSIS_RATE else None

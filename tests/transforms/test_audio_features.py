@@ -94,7 +94,6 @@ def test_a_dc_offset_does_not_hide_the_sound(rate):
   assert f['spectral_centroid'] is None and f['rms_energy'] < 1e-3 and f['tempo'] is None and f['key'] == -1
 
 
-
 def test_loudness_is_bs1770():
   # BS.1770's reference: a full-scale 997 Hz sine in one channel reads -3.01 LUFS; in two, 0.
   mono = sine(997.0, seconds=5, amplitude=1.0, rate=48000)
@@ -103,6 +102,27 @@ def test_loudness_is_bs1770():
   f = _features(stereo, 48000, subtype='FLOAT')
   assert f['loudness'] == pytest.approx(0.0, abs=0.05) and f['channels'] == 2 and f['sample_rate'] == 48000
   assert _features(mono * 0.1, 48000, subtype='FLOAT')['loudness'] == pytest.approx(-23.01, abs=0.05)
+
+
+@pytest.mark.parametrize(
+  'format, subtype, lfe, surround',
+  [('WAV', 'FLOAT', 3, 4), ('WAVEX', 'PCM_24', 3, 5), ('FLAC', 'PCM_24', 3, 4), ('OGG', 'VORBIS', 5, 3)],
+)
+def test_loudness_of_5_1_weighs_its_channels_as_bs1770(format, subtype, lfe, surround):
+  # BS.1770 leaves the LFE channel out and weighs the surrounds by 1.41 (+1.5 dB); every channel
+  # was summed alike, so a film mix's bass channel read as loud as its centre. Channel order is the
+  # format's: WAV and FLAC L R C LFE Ls Rs, Vorbis L C R Ls Rs LFE.
+  tone = sine(997.0, seconds=5, amplitude=0.5, rate=48000)
+
+  def loudness(channel):
+    y = np.zeros((len(tone), 6), dtype=np.float32)
+    y[:, channel] = tone
+    return _features(y, 48000, format=format, subtype=subtype)['loudness']
+
+  front = loudness(0)
+  assert front == pytest.approx(-3.01 - 6.02, abs=0.1)
+  assert loudness(lfe) is None
+  assert loudness(surround) == pytest.approx(front + 10 * np.log10(1.41), abs=0.1)
 
 
 def test_bad_files_raise_a_clear_error():
@@ -134,7 +154,6 @@ def test_float_samples_too_large_to_analyse_are_a_corrupt_file():
   # Float audio may go past full scale; features stay finite where it can be analysed.
   f = _features(sine(440.0, seconds=3) * np.float32(1e3), subtype='FLOAT')
   assert f['spectral_centroid'] == pytest.approx(440, abs=8) and np.isfinite(f['loudness'])
-
 
 
 @pytest.mark.parametrize('format', ['WAV', 'WAVEX', 'AIFF'])
@@ -214,10 +233,11 @@ def test_track_ids_from_a_mapping_whatever_the_unicode_normal_form():
   composed, decomposed = 'Beyonc\u00e9 - D\u00e9j\u00e0 Vu.flac', 'Beyonce\u0301 - De\u0301ja\u0300 Vu.flac'
   assert track_id_for(f'/music/{decomposed}', {composed: '4uLU6hMCjMI75M1A2tKUQC'}) == '4uLU6hMCjMI75M1A2tKUQC'
   assert track_id_for(f'/music/{composed}', {decomposed: '4uLU6hMCjMI75M1A2tKUQC'}) == '4uLU6hMCjMI75M1A2tKUQC'
-  assert track_id_for(f'gs://b/{decomposed}', {f'gs://b/{composed}': '0VjIjW4GlUZAMYd2vXMi3b'}) == '0VjIjW4GlUZAMYd2vXMi3b'
+  assert (
+    track_id_for(f'gs://b/{decomposed}', {f'gs://b/{composed}': '0VjIjW4GlUZAMYd2vXMi3b'}) == '0VjIjW4GlUZAMYd2vXMi3b'
+  )
   # Unnamed: the stem, composed, so one name gives one id whichever disk it came from.
   assert track_id_for(f'/music/{decomposed}') == track_id_for(f'/music/{composed}') == composed[:-5]
-
 
 
 def test_transform_keeps_events_apart_from_bytes_and_dead_letters_bad_files(tmp_path):
