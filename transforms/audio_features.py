@@ -138,7 +138,8 @@ _MAJOR = np.array([0.748, 0.060, 0.488, 0.082, 0.670, 0.460, 0.096, 0.715, 0.104
 _MINOR = np.array([0.712, 0.084, 0.474, 0.618, 0.049, 0.460, 0.105, 0.747, 0.404, 0.067, 0.133, 0.330])
 
 
-_OPENING = re.compile(r'^Error opening .*?: ')
+# soundfile's "Error opening <the file object's repr>: ": the repr may hold ": " (a file name's).
+_OPENING = re.compile(r"^Error opening (<.*>|'.*'|.*?): ")
 
 
 class AudioDecodeError(ValueError):

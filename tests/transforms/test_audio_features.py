@@ -182,6 +182,16 @@ def test_a_wav_whose_sizes_are_placeholders_or_wrong_is_read_whole():
   assert compute_features(io.BytesIO(trailing))['duration_ms'] == 2000
 
 
+def test_libsndfile_s_reason_is_kept_whole_whatever_the_file_name(tmp_path):
+  # The file's repr opens libsndfile's message; a name holding ": " cut it there and the detail read
+  # "... bad.wav'>: Format not recognised.".
+  path = tmp_path / 'Artist: Title (live).wav'
+  path.write_bytes(b'not audio at all\n' * 64)
+  with open(path, 'rb') as f, pytest.raises(AudioDecodeError) as error:
+    compute_features(f)
+  assert str(error.value) == 'not audio that libsndfile decodes: Format not recognised.'
+
+
 # Measured in a process of its own, warmed up: tracemalloc counts every thread's allocations, and a
 # test process may still run threads of earlier tests (a Beam job's workers, gRPC servers).
 _ANALYSE_TRACED = """
