@@ -44,6 +44,9 @@ Frame features use 22,050 Hz mono (soxr resampling) with any DC offset taken
 out (a 5 Hz high-pass), 2048-sample frames and a 512-sample hop; loudness
 uses the file's own rate and channels, and peak and clipping the samples as
 they are.
+Audio shorter than one frame (2048 samples at 22,050 Hz, ~93 ms) has no frame
+features (null), shorter than one 400 ms gating block no loudness (null);
+its duration, peak and clipping are still written.
 Spotify's ``danceability``, ``energy``, ``valence``, ``acousticness``,
 ``instrumentalness``, ``liveness``, ``speechiness`` and ``time_signature``
 come from Spotify's trained models and are not computed (null).
