@@ -76,7 +76,7 @@ import os
 import posixpath
 import re
 import unicodedata
-from typing import Any, BinaryIO, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, BinaryIO, Dict, Iterator, List, Literal, Mapping, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -498,6 +498,7 @@ def _declared_audio_bytes(file: BinaryIO) -> Optional[Tuple[int, int]]:
   size = file.tell()
   file.seek(0)
   head = file.read(12)
+  order: Literal['little', 'big']
   if head[:4] == b'RIFF' and head[8:12] == b'WAVE':
     order, audio = 'little', b'data'
   elif head[:4] == b'FORM' and head[8:12] in (b'AIFF', b'AIFC'):
