@@ -8,11 +8,11 @@ inputs and options), with Beam's runner, coders, bundles and stage boundaries
 taken away. Two phases over a process pool (one process per core by default):
 
 1. per CSV range (the job's 64 MiB ranges): read -> tag tenants -> validate ->
-   redact PII -> lineage columns -> schema -> route to dedup shards and spill
-   (Arrow IPC files); the range's dead letters (read, tenant, validation)
-   redacted in groups of 2,048 and written as JSON Lines;
-2. per (tenant, shard) group: read the spills back -> dedup -> conform to the
-   merged schema -> quality statistics -> Parquet.
+   redact PII -> schema -> route to dedup shards and spill (Arrow IPC
+   files); the range's dead letters (read, tenant, validation) redacted in
+   groups of 2,048 and written as JSON Lines;
+2. per (tenant, shard) group: read the spills back -> dedup -> quality
+   statistics -> lineage columns -> conform to the merged schema -> Parquet.
 
 Left out, so the figure is a floor: the runner's start and stop, the
 pipeline's construction, the manifest and moving files into place; imports
@@ -72,7 +72,7 @@ from pipelines.config import RunConfig  # noqa: E402
 from pipelines.spotify_batch import dedup_shards  # noqa: E402
 from transforms import entities, quality  # noqa: E402
 from transforms.dedup import _route, dedup_table  # noqa: E402
-from transforms.lineage_columns import add_lineage_columns  # noqa: E402
+from transforms.lineage_columns import add_lineage_columns, lineage_schema  # noqa: E402
 from transforms.pii import PiiOptions  # noqa: E402
 from transforms.pii.batch import redact_batch, redact_dead_letters  # noqa: E402
 from transforms.pii.keys import load_master_key  # noqa: E402
@@ -187,10 +187,9 @@ def _first_phase(rng, num_shards: int):
       continue
     redacted, _ = redact_batch(valid, _MODEL, _worker['key'], _worker['scanner'])
     clock.lap('redact PII')
-    clean = add_lineage_columns(redacted, 'work-floor', None)
-    schema = merge_schemas(schema, public_schema(clean.schema))
-    clock.lap('lineage columns, schema')
-    for group, part in _route(clean, _KEY_FIELD, num_shards):
+    schema = merge_schemas(schema, public_schema(redacted.schema))
+    clock.lap('schema')
+    for group, part in _route(redacted, _KEY_FIELD, num_shards):
       if group not in writers:
         path = os.path.join(_worker['out_dir'], 'spill', f'{uuid.uuid4().hex}.arrows')
         writers[group] = (pa.ipc.new_stream(pa.OSFile(path, 'wb'), part.schema), path)
@@ -219,9 +218,13 @@ def _second_phase(group: Tuple[str, int], paths: Sequence[str], schema: pa.Schem
   stats = None
   visible = quality.visible_columns(_MODEL)
   for batch in kept.to_batches():
-    batch = conform(batch, schema)
+    # As the job: lineage columns after dedup, statistics of the deduplicated rows.
     stats = quality.merge_stats(stats, quality.batch_stats('listening_event', batch, visible))
-    clock.lap('conform, quality statistics')
+    clock.lap('quality statistics')
+    batch = add_lineage_columns(batch, 'work-floor', None)
+    clock.lap('lineage columns')
+    batch = conform(batch, lineage_schema(schema))
+    clock.lap('conform')
     payload = parquet_bytes(pa.Table.from_batches([strip_internal(batch)]))
     _write(os.path.join(_worker['out_dir'], f'data-{group[0]}-{uuid.uuid4().hex}.parquet'), payload)
     written += batch.num_rows

@@ -40,7 +40,7 @@ import pyarrow as pa
 
 from transforms.records import ELEMENT_COLUMN, ROW_COLUMN, SOURCE_COLUMN, row_positions
 
-__all__ = ['AddLineageColumns', 'LINEAGE_COLUMNS', 'add_lineage_columns']
+__all__ = ['AddLineageColumns', 'LINEAGE_COLUMNS', 'add_lineage_columns', 'lineage_schema']
 
 RUN_ID_COLUMN = '_lineage_run_id'
 SOURCE_LINEAGE_COLUMN = '_lineage_source'
@@ -94,6 +94,27 @@ def add_lineage_columns(batch: pa.RecordBatch, run_id: str, code_version: Option
   keep = [i for i, name in enumerate(names) if name not in added]
   columns = [batch.column(i) for i in keep] + list(added.values())
   return pa.RecordBatch.from_arrays(columns, names=[names[i] for i in keep] + list(added))
+
+
+_LINEAGE_FIELDS = (
+  pa.field(RUN_ID_COLUMN, pa.string()),
+  pa.field(SOURCE_LINEAGE_COLUMN, pa.string()),
+  pa.field(ROW_LINEAGE_COLUMN, pa.int64()),
+  pa.field(ELEMENT_LINEAGE_COLUMN, pa.string()),
+  pa.field(CODE_VERSION_COLUMN, pa.string()),
+)
+
+
+def lineage_schema(schema: Optional[pa.Schema]) -> Optional[pa.Schema]:
+  """The schema `add_lineage_columns` gives batches of `schema` (None for None: no batches).
+
+  For a job that adds the columns late (the batch job, after dedup) and
+  infers its output schema from the batches before them.
+  """
+  if schema is None:
+    return None
+  kept = [field for field in schema if field.name not in LINEAGE_COLUMNS]
+  return pa.schema(kept + list(_LINEAGE_FIELDS), metadata=schema.metadata)
 
 
 class AddLineageColumns(beam.PTransform):

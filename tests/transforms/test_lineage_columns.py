@@ -41,3 +41,20 @@ def test_rows_of_files_and_plain_messages_have_a_null_element_and_every_batch_on
   assert from_file.schema.names[-len(LINEAGE_COLUMNS) :] == list(LINEAGE_COLUMNS)
   lineage_types = [s.field(n).type for s in (from_file.schema, plain.schema, array.schema) for n in LINEAGE_COLUMNS]
   assert lineage_types == [pa.string(), pa.string(), pa.int64(), pa.string(), pa.string()] * 3
+
+
+def test_lineage_schema_is_the_schema_add_lineage_columns_gives():
+  """The batch job adds the columns after dedup and takes its output schema from the batches before: the two
+  must agree, also for batches that already hold lineage columns (re-imported lake data) or no provenance."""
+  from transforms.lineage_columns import lineage_schema
+  from transforms.schema import public_schema
+
+  events = pa.RecordBatch.from_pylist([{'event_id': 'e1', 'ms': 5}, {'event_id': 'e2', 'ms': None}])
+  reimported = events.append_column('_lineage_row', pa.array([1, 2], pa.int32())).append_column(
+    '_lineage_run_id', pa.array(['old', 'old'])
+  )
+  for batch in (with_provenance(events, 'gs://b/a.csv', [2, 3]), events, with_provenance(reimported, 'x', [1, 2])):
+    added = add_lineage_columns(batch, 'run-1', None)
+    assert lineage_schema(public_schema(batch.schema)) == public_schema(added.schema)
+    assert list(added.schema.names[-len(LINEAGE_COLUMNS) :]) == list(LINEAGE_COLUMNS)
+  assert lineage_schema(None) is None
