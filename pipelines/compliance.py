@@ -1640,17 +1640,47 @@ def retention_days(rules: dict, tenant: Optional[str], entity: Optional[str]) ->
   return None
 
 
+def _rule_name(key, where: str) -> str:
+  """A tenant or entity key of the rules as text: YAML reads an unquoted ``123:`` as a number, which no
+  tenant's folder name (text) ever equalled, so the rule was silently never applied (and the ``'*'`` rule,
+  maybe shorter, applied instead). Keys YAML reads as another type (``no:``/``yes:`` as booleans, dates)
+  are refused: their text is lost."""
+  if isinstance(key, str):
+    return key
+  if isinstance(key, int) and not isinstance(key, bool):
+    return str(key)
+  raise ComplianceError(
+    f"{where}: the key {key!r} is read as a {type(key).__name__}, not a name: quote it (e.g. '{key}')"
+  )
+
+
 def check_retention_rules(rules) -> dict:
-  """`rules` if they are {tenant or '*': {entity or '*': positive int days}}; else ComplianceError naming the place."""
+  """`rules` as {tenant or '*': {entity or '*': positive int days}} with every key as text (a tenant id
+  that YAML read as a number is its digits); ComplianceError naming the place when they are not that,
+  or name a tenant id no lake has (`transforms.tenant`)."""
   if not isinstance(rules, dict) or not rules:
     raise ComplianceError("retention_days must be a mapping {tenant or '*': {entity or '*': days}}")
-  for tenant, per_entity in rules.items():
+  checked: Dict[str, Dict[str, int]] = {}
+  for tenant_key, per_entity in rules.items():
+    tenant = _rule_name(tenant_key, 'retention_days')
+    if tenant != '*':
+      try:
+        check_tenant_id(tenant, 'retention_days: tenant')
+      except ValueError as e:
+        raise ComplianceError(str(e)) from None
+    if tenant in checked:
+      raise ComplianceError(f'retention_days.{tenant} is given twice (once as a number, once as text?)')
     if not isinstance(per_entity, dict) or not per_entity:
       raise ComplianceError(f'retention_days.{tenant} must be a mapping {{entity or "*": days}}, got {per_entity!r}')
-    for entity, days in per_entity.items():
+    checked[tenant] = {}
+    for entity_key, days in per_entity.items():
+      entity = _rule_name(entity_key, f'retention_days.{tenant}')
+      if entity in checked[tenant]:
+        raise ComplianceError(f'retention_days.{tenant}.{entity} is given twice (once as a number, once as text?)')
       if isinstance(days, bool) or not isinstance(days, int) or days < 1:
         raise ComplianceError(f'retention_days.{tenant}.{entity} must be a whole number of days >= 1, got {days!r}')
-  return rules
+      checked[tenant][entity] = days
+  return checked
 
 
 class _RetentionScope:
@@ -1690,7 +1720,7 @@ def apply_retention(
   or carried over as in erasure. Returns the report (records removed per
   tenant and entity, files rewritten and dropped, the re-scan's zero).
   """
-  check_retention_rules(rules)
+  rules = check_retention_rules(rules)
   now = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
   run_id = run_id or 'retention-' + now.strftime('%Y%m%dT%H%M%SZ-') + uuid.uuid4().hex[:8]
   if table_target is not None:

@@ -52,3 +52,34 @@ def test_a_time_just_before_the_cutoff_expires_and_one_at_it_stays(unit):
   table = pa.table({'played_at': pa.array([before, after], pa.timestamp('us', tz='UTC')).cast(pa.timestamp(unit))})
 
   assert RetentionSelector(cutoff).rows(table).to_pylist() == [True, False]
+
+
+def test_a_tenant_id_of_digits_gets_its_own_rule_from_unquoted_yaml():
+  """`123:` in YAML is a number: the tenant 123's rule was never found, and the '*' rule (here: 30 days, for a
+  tenant that must keep ten years) expired its records instead."""
+  import yaml
+
+  rules = compliance.check_retention_rules(
+    yaml.safe_load("'*': {'*': 30}\n123: {'*': 3650, 2024: 400}\n0a1: {listening_event: 90}\n")
+  )
+
+  assert rules == {'*': {'*': 30}, '123': {'*': 3650, '2024': 400}, '0a1': {'listening_event': 90}}
+  assert compliance.retention_days(rules, '123', 'listening_event') == 3650
+  assert compliance.retention_days(rules, '123', '2024') == 400
+  assert compliance.retention_days(rules, '0a1', 'listening_event') == 90
+
+
+@pytest.mark.parametrize(
+  'text, message',
+  [
+    ("no: {'*': 30}\n", r"key False is read as a bool, not a name: quote it"),  # the tenant 'no', read as false
+    ("acme: {2024-01-01: 30}\n", r'retention_days\.acme: the key .* is read as a date'),
+    ("Acme: {'*': 30}\n", r"'Acme' is not a valid tenant id"),  # no lake folder is named so: never applied
+    ("7: {'*': 30}\n'7': {'*': 60}\n", r'retention_days\.7 is given twice'),
+  ],
+)
+def test_rule_keys_that_match_no_tenant_are_refused(text, message):
+  import yaml
+
+  with pytest.raises(ComplianceError, match=message):
+    compliance.check_retention_rules(yaml.safe_load(text))
