@@ -15,7 +15,9 @@ Stores, named like the cursor state stores (`io_connectors._common.state`):
   only the table's owner disabling the trigger can change history (which
   `verify` then detects);
 - a local file (a path or ``file://...``): one JSON line per entry, appended
-  under an exclusive ``flock``.
+  under an exclusive ``flock``. An append cut short (a crash, a full disk)
+  leaves a last line without its newline that is no entry: reading skips it
+  and the next append cuts it, so every line stays a whole JSON entry.
 
 Object stores have no append; they are refused with AuditError.
 
@@ -234,6 +236,18 @@ def _fields_of(body: str, where: str) -> Dict[str, Any]:
   return fields
 
 
+def _torn(tail: bytes) -> bool:
+  """Whether the text after a file's last newline is an append cut short: something, but no whole
+  ``{"body", "hash"}`` line."""
+  if not tail.strip():
+    return False
+  try:
+    record = json.loads(tail)
+  except ValueError:  # not JSON, or not UTF-8
+    return True
+  return not (isinstance(record, dict) and isinstance(record.get('body'), str) and 'hash' in record)
+
+
 class _FileAuditLog(AuditLog):
   """One JSON line per entry ({"body": ..., "hash": ...}), appended under flock."""
 
@@ -245,20 +259,26 @@ class _FileAuditLog(AuditLog):
     directory = os.path.dirname(os.path.abspath(self._path))
     try:
       os.makedirs(directory, exist_ok=True)
-      with open(self._path, 'a+', encoding='utf-8') as handle:
+      with open(self._path, 'a+b') as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         handle.seek(0)
-        last = None
-        for line in handle:
-          if line.strip():
-            last = line
+        data = handle.read()
+        whole = data.rfind(b'\n') + 1
+        if _torn(data[whole:]):
+          # An append that never finished (a crash or a full disk part-way through its line): it was never
+          # an entry, and never returned as one. Cut, so that every line stays a JSON entry and the chain
+          # goes on from the last whole one; kept, it made every later append fail on its JSON.
+          handle.truncate(whole)
+          data = data[:whole]
+        last = next((line for line in reversed(data.split(b'\n')) if line.strip()), None)
         seq, prev_hash = 1, GENESIS_HASH
         if last is not None:
           record = json.loads(last)
           seq, prev_hash = json.loads(record['body'])['seq'] + 1, record['hash']
         entry = make_entry(seq, prev_hash)
-        handle.seek(0, os.SEEK_END)
-        handle.write(json.dumps({'body': entry.body, 'hash': entry.hash}, ensure_ascii=False) + '\n')
+        line = json.dumps({'body': entry.body, 'hash': entry.hash}, ensure_ascii=False) + '\n'
+        # One write of the whole line (after a newline if the last entry lacks one): appends under O_APPEND.
+        handle.write((b'' if data.endswith(b'\n') or not data else b'\n') + line.encode('utf-8'))
         handle.flush()
         os.fsync(handle.fileno())
       return entry
@@ -268,10 +288,12 @@ class _FileAuditLog(AuditLog):
   def _stored(self):
     if not os.path.exists(self._path):
       return
-    with open(self._path, encoding='utf-8') as handle:
+    with open(self._path, encoding='utf-8', errors='surrogateescape') as handle:
       for number, line in enumerate(handle, 1):
         if not line.strip():
           continue
+        if not line.endswith('\n') and _torn(line.encode('utf-8', 'surrogateescape')):
+          continue  # an append cut short by a crash: no entry (the next append removes it)
         where = f'audit log {self._path} line {number}'
         try:
           record = json.loads(line)

@@ -199,3 +199,37 @@ def test_verify_audit_command(store, capsys, monkeypatch):
   assert 'BROKEN' in capsys.readouterr().out
   assert gdpr.main(['verify-audit', '--audit_log', 's3://b/audit']) == 2
   assert 'object stores' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+  'tail',
+  [b'{"body": "{\\"seq\\": 5, \\"at', b'{"body": "x"', b'\xe2\x82', b'{}'],
+  ids=['cut-in-a-string', 'cut-after-a-field', 'cut-in-a-character', 'no-entry'],
+)
+def test_an_append_cut_short_by_a_crash_neither_blocks_the_log_nor_breaks_its_json(tmp_path, tail):
+  """A crash (or a full disk) part-way through an append leaves a last line without its newline. Every later
+  append failed on it (each later erasure then unaudited), and verify could not read the log."""
+  path = tmp_path / 'audit.jsonl'
+  log, entries = _fill(str(path), n=3)
+  with open(path, 'ab') as handle:
+    handle.write(tail)
+
+  assert log.verify().ok and log.verify().entries == 3
+  entry = log.append('retention', actor='ops', tenant='acme', details={'records_removed': 4})
+
+  assert entry.seq == 4 and entry.prev_hash == entries[-1].hash
+  lines = path.read_bytes().split(b'\n')
+  assert lines[-1] == b'' and all('body' in json.loads(line) for line in lines[:-1])
+  report = log.verify(anchor=entry.anchor)
+  assert report.ok and report.entries == 4, report.problems
+
+
+def test_a_last_entry_without_its_newline_is_kept_and_chained(tmp_path):
+  path = tmp_path / 'audit.jsonl'
+  log, entries = _fill(str(path), n=2)
+  path.write_bytes(path.read_bytes().rstrip(b'\n'))  # e.g. a copy through an editor that drops it
+
+  entry = log.append('erasure', actor='dpo', tenant='acme')
+
+  assert entry.seq == 3 and entry.prev_hash == entries[-1].hash
+  assert log.verify().ok and len(path.read_bytes().splitlines()) == 3
