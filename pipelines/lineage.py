@@ -24,7 +24,11 @@ values. The token, if the endpoint needs one, comes from
 option (options are stored with the job).
 
 Lineage is metadata: an endpoint that is down or refuses an event gets a
-warning in the log (no URL credentials, no token), never a failed run.
+warning in the log (no URL credentials, no token), never a failed run. Nor
+a stalled one: each event has a deadline (`LineageEmitter.deadline_s`: every
+attempt's connect and read timeouts, and the retries' backoff), after which
+the run goes on and the event is logged as not sent; a server that answers
+a byte at a time (each read within its timeout) held the run without end.
 
 Usage::
 
@@ -40,6 +44,7 @@ import datetime as dt
 import json
 import logging
 import os
+import threading
 import urllib.parse
 import uuid
 from typing import Dict, List, Optional, Sequence
@@ -145,11 +150,16 @@ def output_datasets(
 
 
 class LineageEmitter:
-  """Sends a run's events to an OpenLineage HTTP endpoint; failures are logged, never raised."""
+  """Sends a run's events to an OpenLineage HTTP endpoint; failures are logged, never raised.
 
-  def __init__(self, client, namespace: str):
+  deadline_s: how long one event may take, retries included (None: as long as the client takes); past
+  it the event is sent on in the background (a daemon thread) and logged as not sent.
+  """
+
+  def __init__(self, client, namespace: str, deadline_s: Optional[float] = None):
     self._client = client
     self.namespace = namespace
+    self.deadline_s = deadline_s
 
   @classmethod
   def from_options(
@@ -183,7 +193,9 @@ class LineageEmitter:
       # A few quick retries: lineage must not hold a finished run for long.
       retry={'total': 2, 'backoff_factor': 0.2, 'status_forcelist': [500, 502, 503, 504]},
     )
-    return cls(OpenLineageClient(transport=HttpTransport(config)), namespace or DEFAULT_NAMESPACE)
+    # Three attempts of a connect and a read timeout each, and the backoff between them (0.2 s, 0.4 s).
+    deadline_s = 3 * 2 * timeout_s + 1.0
+    return cls(OpenLineageClient(transport=HttpTransport(config)), namespace or DEFAULT_NAMESPACE, deadline_s)
 
   def _emit(self, state: str, run_id: str, job: str, inputs, outputs, run_facets=None):
     from openlineage.client.event_v2 import InputDataset, Job, OutputDataset, Run, RunEvent, RunState
@@ -236,6 +248,21 @@ class LineageEmitter:
         for ref in outputs
       ],
     )
+    if self.deadline_s is None:
+      self._send(state, run_id, event)
+      return
+    sender = threading.Thread(target=self._send, args=(state, run_id, event), name='openlineage-emit', daemon=True)
+    sender.start()
+    sender.join(self.deadline_s)
+    if sender.is_alive():
+      _LOG.warning(
+        'OpenLineage %s event of run %s not sent within %.0f s (a slow endpoint): the run goes on without it',
+        state,
+        run_id,
+        self.deadline_s,
+      )
+
+  def _send(self, state: str, run_id: str, event):
     try:
       self._client.emit(event)
     except Exception as e:  # lineage is metadata: never fail the run for it

@@ -211,3 +211,50 @@ def test_datasets_of_sources_follow_the_naming_conventions():
     {'type': 'postgres', 'url': 'postgresql://music:***@db.internal:5432/music', 'table': 'public.plays'}
   ) == lineage.DatasetRef('postgres://db.internal:5432', 'music.public.plays')
   assert lineage.dataset_of_source({'type': 'kafka', 'topics': ['plays', 'skips']}).name == 'plays,skips'
+
+
+def test_a_slow_endpoint_holds_an_event_no_longer_than_its_deadline(caplog):
+  """A server that answers a byte at a time, each within the read timeout, held the run without end (the
+  client's timeouts are per read): an event now gives up at its deadline and the run goes on."""
+  import socket
+  import time
+
+  listener = socket.socket()
+  listener.bind(('127.0.0.1', 0))
+  listener.listen(4)
+  stop = threading.Event()
+
+  def trickle(connection):
+    with connection:
+      connection.recv(65536)
+      try:
+        connection.sendall(b'HTTP/1.1 201 Created\r\nX-Slow: ')
+        while not stop.wait(0.05):
+          connection.sendall(b'a')  # a header line that never ends, each byte well within the timeout
+      except OSError:
+        pass
+
+  def serve():
+    while not stop.is_set():
+      try:
+        connection, _ = listener.accept()
+      except OSError:
+        return
+      threading.Thread(target=trickle, args=(connection,), daemon=True).start()
+
+  threading.Thread(target=serve, daemon=True).start()
+  emitter = lineage.LineageEmitter.from_options(
+    f'http://127.0.0.1:{listener.getsockname()[1]}/api/v1/lineage', timeout_s=0.2
+  )
+  caller = threading.Thread(target=emitter.start, args=('run-1', 'spotify_batch', [], []), daemon=True)
+  try:
+    began = time.monotonic()
+    caller.start()
+    caller.join(15)
+    took = time.monotonic() - began
+  finally:
+    stop.set()
+    listener.close()
+  assert not caller.is_alive(), 'the START event still holds the run'
+  assert took <= emitter.deadline_s + 1.0
+  assert 'OpenLineage START event of run run-1 not sent' in caplog.text
