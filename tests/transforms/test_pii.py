@@ -176,6 +176,21 @@ def test_key_file_errors_name_the_file_not_the_key(tmp_path):
     load_master_key(key_file=str(binary))
 
 
+def test_one_key_written_as_hex_with_0x_or_after_a_byte_order_mark_is_the_same_key(tmp_path):
+  """`0x<hex>` was read as base64 (a different key): a runner given the key so derived other pseudonyms
+  than one given it without 0x, and an erasure through the other missed every record."""
+  hex_key = 'a1' * 32
+  expected = load_master_key(environ={PII_KEY_ENV: hex_key}).tenant_key('acme')
+  for text in ('0x' + hex_key, '0X' + hex_key.upper(), ' 0x' + hex_key + '\n'):
+    assert load_master_key(environ={PII_KEY_ENV: text}).tenant_key('acme') == expected, text
+  marked = tmp_path / 'notepad.key'
+  marked.write_bytes(b'\xef\xbb\xbf' + hex_key.encode() + b'\r\n')  # as an editor on Windows saves it
+  assert load_master_key(key_file=str(marked)).tenant_key('acme') == expected
+  with pytest.raises(PiiKeyError, match='too short') as error:
+    load_master_key(environ={PII_KEY_ENV: '0x' + 'a1' * 20})
+  assert 'a1a1' not in str(error.value)
+
+
 def test_key_refs_hold_no_key_and_fail_clearly_where_the_key_is_missing(tmp_path, monkeypatch):
   monkeypatch.setenv(PII_KEY_ENV, KEY_HEX)
   ref = key_ref()

@@ -116,8 +116,13 @@ def _parse_key_text(text: str, source: str) -> bytes:
   text = ''.join(text.split())  # whitespace anywhere (line-wrapped files) is not key material
   if not text:
     raise PiiKeyError(f'PII master key from {source} is empty')
+  text = text.lstrip('\ufeff')  # a byte order mark an editor put first is no key material
   # A text of hex digits only is read as hex (it would often also be valid
-  # base64, which would silently give a different key).
+  # base64, which would silently give a different key). So is one with a 0x
+  # prefix: read as base64 it decoded to another key, and a runner given the
+  # key as 0x... derived other pseudonyms than one given the same key without.
+  if re.fullmatch(r'0[xX][0-9a-fA-F]+', text):
+    text = text[2:]
   if re.fullmatch(r'[0-9a-fA-F]+', text):
     if len(text) < 2 * _MIN_KEY_BYTES or len(text) % 2:
       raise PiiKeyError(
@@ -151,8 +156,8 @@ def load_master_key(
 ) -> MasterKey:
   """The master key from `key_file` if given, else from $PII_MASTER_KEY.
 
-  Key text: hex (>= 64 hex digits) or base64 decoding to >= 32 bytes;
-  whitespace is ignored. With neither source, `allow_ephemeral` (demos only)
+  Key text: hex (>= 64 hex digits, with or without 0x) or base64 decoding to
+  >= 32 bytes; whitespace and a byte order mark are ignored. With neither source, `allow_ephemeral` (demos only)
   makes a random key for this run (in a private temporary file, see key_ref)
   and logs that pseudonyms will not be stable; otherwise PiiKeyError. Errors
   name the source, never the key. The key's `ref` says where it came from.
@@ -161,7 +166,7 @@ def load_master_key(
     source = f'key file {key_file}'
     raw = _read_key_file(key_file, source)
     try:
-      text = raw.decode('ascii')
+      text = raw.removeprefix(b'\xef\xbb\xbf').decode('ascii')  # without a UTF-8 byte order mark
     except UnicodeDecodeError:
       raise PiiKeyError(f'PII master key from {source} is not ASCII text (expected hex or base64)') from None
     key = MasterKey(_parse_key_text(text, source), source=source)
