@@ -924,7 +924,12 @@ def _rewrite_output(
   work_dir = FileSystems.join(output, RUNS_DIR, f'{run_dir}.work')
   entity = manifest.get('entity') if isinstance(manifest.get('entity'), str) else None
   report.update(previous_run_id=manifest.get('run_id'), files_total=len(files))
-  lock = OutputLock.acquire(output, run_id, run_dir, options=options)
+  try:
+    lock = OutputLock.acquire(output, run_id, run_dir, options=options)
+  except OutputLockedError as e:
+    # Another run (a batch run, an erasure, a retention) is writing the output: a clear refusal, as every
+    # other reason this command stops, so that the command says so and the audit log records it.
+    raise ComplianceError(f'{e}; nothing was changed') from None
   try:
     with lock.kept_alive():
       results = _run_files(files, scope, ERASE, entity, beam_args, work_dir, rescan_written=True)

@@ -269,9 +269,17 @@ def _retention(args, beam_args: Sequence[str]) -> int:
   try:
     report = apply_retention(args.output, rules, beam_args=beam_args, table_target=target)
   except ComplianceError as e:
+    if log is not None:
+      # A retention that did not happen is on the record too (as a failed erasure is).
+      log.append(
+        'retention',
+        actor=args.actor,
+        details={'status': 'failed', 'output': mask_url(args.output), 'error': str(e)[:300]},
+      )
     raise UsageError(f'{args.config}: {e}') from None
   if log is not None:
     details = {k: report[k] for k in ('run_id', 'published', 'records_removed', 'records_removed_by_tenant_and_entity')}
+    details.update(status='succeeded', output=mask_url(args.output))
     tenants = sorted(report['records_removed_by_tenant_and_entity']) or [None]
     for tenant in tenants:
       log.append('retention', actor=args.actor, tenant=tenant, details=details)

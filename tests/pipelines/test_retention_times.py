@@ -3,6 +3,7 @@ YAML gives them. No job: the file splitter the retention job runs on each file, 
 
 import datetime as dt
 import io
+import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -83,3 +84,50 @@ def test_rule_keys_that_match_no_tenant_are_refused(text, message):
 
   with pytest.raises(ComplianceError, match=message):
     compliance.check_retention_rules(yaml.safe_load(text))
+
+
+def _one_run_lake(tmp_path) -> str:
+  from io_connectors.sinks.lake import commit_output
+
+  output = tmp_path / 'out'
+  part = output / '_runs' / 'r1' / 'data' / 'tenant=acme' / 'part-0.parquet'
+  part.parent.mkdir(parents=True)
+  pq.write_table(
+    pa.table({'user_id': ['u1'], 'played_at': pa.array([dt.datetime(2020, 1, 1)], pa.timestamp('us'))}), part
+  )
+  commit_output(str(output), 'r1', {'run_id': 'r1', 'files': {'data': [str(part)]}, 'counts': {'written': 1}}, None)
+  return str(output)
+
+
+@pytest.mark.parametrize('command', ['retention', 'erase'])
+def test_a_run_refused_by_another_run_s_lock_says_so_and_is_audited(tmp_path, monkeypatch, capsys, command):
+  """A retention (or erasure) while another run holds the output's lock ended in a traceback of
+  OutputLockedError, and no audit entry said it was attempted."""
+  from io_connectors.sinks.lake import OutputLock, read_manifest
+  from pipelines import gdpr
+  from pipelines.audit import open_audit_log
+
+  output = _one_run_lake(tmp_path)
+  audit = str(tmp_path / 'audit.jsonl')
+  config = tmp_path / 'retention.yaml'
+  config.write_text("retention_days:\n  '*': {'*': 30}\n", encoding='utf-8')
+  subjects = tmp_path / 'ids.txt'
+  subjects.write_text('listener-4711\n', encoding='utf-8')
+  monkeypatch.setenv('PII_MASTER_KEY', 'ab' * 32)
+  arguments = {
+    'retention': ['--config', str(config)],
+    'erase': ['--tenant', 'acme', '--subject_file', str(subjects)],
+  }[command]
+  lock = OutputLock.acquire(output, 'batch-run-7', 'x')
+  try:
+    status = gdpr.main([command, '--output', output, '--audit_log', audit] + arguments)
+  finally:
+    lock.release()
+
+  assert status == 2
+  assert "being written by run 'batch-run-7'" in capsys.readouterr().err
+  assert read_manifest(output)['run_id'] == 'r1'
+  (entry,) = open_audit_log(audit).entries()
+  assert entry.action == ('erasure' if command == 'erase' else 'retention')
+  assert entry.details['status'] == 'failed' and 'batch-run-7' in entry.details['error']
+  assert 'listener-4711' not in json.dumps(entry.details)
