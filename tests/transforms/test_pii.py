@@ -181,8 +181,8 @@ def test_one_key_written_as_hex_with_0x_or_after_a_byte_order_mark_is_the_same_k
   than one given it without 0x, and an erasure through the other missed every record."""
   hex_key = 'a1' * 32
   expected = load_master_key(environ={PII_KEY_ENV: hex_key}).tenant_key('acme')
-  for text in ('0x' + hex_key, '0X' + hex_key.upper(), ' 0x' + hex_key + '\n'):
-    assert load_master_key(environ={PII_KEY_ENV: text}).tenant_key('acme') == expected, text
+  for n, text in enumerate(('0x' + hex_key, '0X' + hex_key.upper(), ' 0x' + hex_key + '\n')):
+    assert load_master_key(environ={PII_KEY_ENV: text}).tenant_key('acme') == expected, f'spelling {n}'
   marked = tmp_path / 'notepad.key'
   marked.write_bytes(b'\xef\xbb\xbf' + hex_key.encode() + b'\r\n')  # as an editor on Windows saves it
   assert load_master_key(key_file=str(marked)).tenant_key('acme') == expected
