@@ -84,6 +84,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from io_connectors._common.times import (
   AVRO_NANOSECOND_TIMESTAMPS,
+  epoch_count_above,
   epoch_nanos_text,
   register_avro_nanosecond_timestamps,
 )
@@ -1580,23 +1581,6 @@ def _after_epoch(**delta: int) -> Optional[dt.datetime]:
     return None
 
 
-_PER_SECOND = {'s': 1, 'ms': 1_000, 'us': 1_000_000, 'ns': 1_000_000_000}
-
-
-def _ceil_to_unit(moment: dt.datetime, unit: str) -> int:
-  """`moment` as an integer count of `unit` since the epoch, rounded up: for a whole count `t` of that unit,
-  `t < result` exactly when `t < moment`.
-
-  A cutoff cast to a second or millisecond column raised ArrowInvalid (a cutoff made from the clock has
-  microseconds the cast would lose), and rounding it down would keep a record a hair older than it.
-  """
-  micros = (moment - _EPOCH) // dt.timedelta(microseconds=1)
-  per_second = _PER_SECOND[unit]
-  if per_second >= 1_000_000:
-    return micros * (per_second // 1_000_000)
-  return -(-micros // (1_000_000 // per_second))
-
-
 class RetentionSelector:
   """Selects records whose time (the first of `time_fields` present) is before `cutoff`.
 
@@ -1616,7 +1600,7 @@ class RetentionSelector:
       return pa.array([False] * table.num_rows, pa.bool_())
     column = table.column(field)
     if pa.types.is_timestamp(column.type):
-      cutoff = pa.scalar(_ceil_to_unit(self.cutoff, column.type.unit), column.type)
+      cutoff = pa.scalar(epoch_count_above(self.cutoff, column.type.unit), column.type)
       return pc.fill_null(pc.less(column, cutoff), False).combine_chunks()
     return pa.array([self.value({field: v}) for v in column.to_pylist()], pa.bool_())
 

@@ -32,6 +32,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from io_connectors._common.times import epoch_count_above
 from io_connectors.sinks import tables
 from io_connectors.sinks._avro import fastavro_readable
 from io_connectors.sinks.lake import matched_paths
@@ -373,7 +374,8 @@ def expire_rows(
   def expired(rows: pa.Table) -> Dict[str, int]:
     out = {}
     for tenant, cutoff in cutoffs.items():
-      scalar = pa.scalar(cutoff, pa.timestamp('us', tz='UTC')).cast(rows.schema.field(field).type)
+      column_type = rows.schema.field(field).type
+      scalar = pa.scalar(epoch_count_above(cutoff, column_type.unit), column_type)  # second or ms columns too
       mask = pc.and_(pc.equal(rows.column(tables.TENANT_COLUMN), tenant), pc.less(rows.column(field), scalar))
       n = int(pc.sum(pc.fill_null(mask, False).cast(pa.int64())).as_py() or 0)
       if n:

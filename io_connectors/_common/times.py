@@ -12,6 +12,8 @@ their exact text, and use these:
 - `epoch_count`: a timestamp as whole microseconds or nanoseconds since the
   epoch, exactly; a zoneless one as that wall clock in UTC, as Arrow and the
   Parquet sink store it.
+- `epoch_count_above`: a cutoff as a whole count of a column's unit (s to
+  ns), rounded up, so that a whole count compares with it as the time does.
 - `epoch_nanos_of_text` and `nanos_of_day`: read the text `exact_times`
   gives of a nanosecond timestamp and time of day back as nanoseconds.
 - `epoch_nanos_text`: ISO-8601 text of nanoseconds since the epoch, nine
@@ -38,6 +40,7 @@ __all__ = [
   'epoch_count',
   'epoch_nanos_of_text',
   'epoch_nanos_text',
+  'epoch_count_above',
   'nanos_of_day',
   'is_nanosecond_time',
   'register_avro_nanosecond_timestamps',
@@ -66,6 +69,23 @@ def epoch_count(moment: dt.datetime, unit: str = 'us') -> int:
     moment = moment.replace(tzinfo=dt.timezone.utc)
   micros = (moment - _EPOCH) // dt.timedelta(microseconds=1)
   return micros if unit == 'us' else micros * 1000 + getattr(moment, 'nanosecond', 0)
+
+
+_PER_SECOND = {'s': 1, 'ms': 1_000, 'us': 1_000_000, 'ns': 1_000_000_000}
+
+
+def epoch_count_above(moment: dt.datetime, unit: str) -> int:
+  """`moment` as a whole count of `unit` ('s', 'ms', 'us', 'ns') since the epoch, rounded up: for a whole count
+  `t` of that unit, `t < result` exactly when `t < moment` (a zoneless moment is UTC).
+
+  For comparing a timestamp column with a cutoff: Arrow's cast of a cutoff made from the clock (it has
+  microseconds) to a second or millisecond column refuses to lose them (ArrowInvalid), and rounding it down
+  would keep a record a hair older than the cutoff.
+  """
+  if moment.tzinfo is None:
+    moment = moment.replace(tzinfo=dt.timezone.utc)
+  nanos = ((moment - _EPOCH) // dt.timedelta(microseconds=1)) * 1000 + getattr(moment, 'nanosecond', 0)
+  return -(-nanos * _PER_SECOND[unit] // 1_000_000_000)
 
 
 def is_nanosecond_time(t: pa.DataType) -> bool:

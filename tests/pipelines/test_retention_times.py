@@ -131,3 +131,20 @@ def test_a_run_refused_by_another_run_s_lock_says_so_and_is_audited(tmp_path, mo
   assert entry.action == ('erasure' if command == 'erase' else 'retention')
   assert entry.details['status'] == 'failed' and 'batch-run-7' in entry.details['error']
   assert 'listener-4711' not in json.dumps(entry.details)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize('unit, per_second', [('s', 1), ('ms', 1_000), ('us', 1_000_000), ('ns', 1_000_000_000)])
+def test_a_cutoff_in_a_columns_unit_compares_with_whole_counts_as_the_time_does(unit, per_second):
+  """`epoch_count_above` (retention of files and of lake tables): a whole count of the unit is below it exactly
+  when its time is before the cutoff, before 1970 and after, with and without a zone."""
+  from io_connectors._common.times import epoch_count_above
+
+  epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+  for cutoff in (NOW, NOW.replace(microsecond=0), epoch - dt.timedelta(microseconds=1500), epoch):
+    above = epoch_count_above(cutoff, unit)
+    for count in (above - 1, above):
+      at = epoch + dt.timedelta(microseconds=count * 1_000_000 / per_second)
+      exact_before = count * 1_000_000 < ((cutoff - epoch) // dt.timedelta(microseconds=1)) * per_second
+      assert (count < above) == exact_before, (cutoff, count, at)
+  assert epoch_count_above(NOW.replace(tzinfo=None), unit) == epoch_count_above(NOW, unit)
