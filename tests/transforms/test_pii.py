@@ -1358,3 +1358,20 @@ def test_the_secret_assignment_pattern_is_linear_in_runs_of_joined_words():
   for run in ('a_' * 4000, 'a-B' * 3000, 'Ab_' * 3000, 'aB' * 4000, 'A' * 8000):
     assert compiled.search(run + 'x=1 key=value', timeout=1.0) is None
   assert compiled.search('a_' * 4000 + 'password=hunter22', timeout=1.0).group('bare') == 'hunter22'
+
+
+@pytest.mark.unit
+def test_identifiers_of_interleaved_tenants_each_take_their_tenants_pseudonym(key):
+  """Rows of many tenants in any order, as a plain or a dictionary column, values null or repeated across
+  tenants: each row's pseudonym is its own tenant's (`pseudonym` under that tenant's key), in place."""
+  import random
+
+  from transforms.pii.batch import _pseudonymise_by_tenant
+  from transforms.pii.pseudonyms import pseudonym
+
+  rng = random.Random(4)
+  tenants = [rng.choice(['acme', 'beta', 'kaze-7', 'nord_01']) for _ in range(500)]
+  values = [None if rng.random() < 0.1 else rng.choice(['u1', 'u2', '007', 'Ann@Example.org']) for _ in range(500)]
+  want = [None if v is None else pseudonym(v, key.tenant_key(t)) for v, t in zip(values, tenants)]
+  for column in (pa.array(tenants), pa.array(tenants).dictionary_encode()):
+    assert _pseudonymise_by_tenant(pa.array(values), column, key).to_pylist() == want
