@@ -19,9 +19,14 @@ its own ``tenant_id`` or ``tenant_field``::
 The file's values are typed like the flags: each goes through the flag's own
 argparse type and choices, and a flag that takes no value (``keep_pii``)
 reads YAML booleans and the strings true/false, yes/no, on/off, 1/0 (so
-``keep_pii: "false"`` keeps redaction on). Every mistake raises
-`ConfigError` with one line that names the key or file; an unknown key is
-one.
+``keep_pii: "false"`` keeps redaction on). A key that takes text keeps the
+text written: ``tenant_id: 010`` is the tenant ``010`` (YAML 1.1 reads 8),
+``tenant_id: no`` the tenant ``no``; elsewhere only what YAML 1.2 reads as a
+number is one (``010`` and ``12:30`` are text). The file is UTF-8, or
+UTF-16/32 with a byte order mark; JSON is read as the YAML it is. Every
+mistake raises `ConfigError` with one line that names the file and the key;
+an unknown key is one, and so is a key written twice in one mapping (YAML
+would keep the last silently).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import codecs
 import dataclasses
 import functools
 import os
+import re
 from typing import Any, Dict, List, Optional
 
 import yaml
@@ -138,23 +144,152 @@ def check_crypto_shredding(value: Any, where: str = 'config') -> Dict[str, Any]:
   return {'tenants': tuple(tenants), 'key_store': store}
 
 
+# YAML tags of the scalars the config loader retypes.
+_STR, _INT, _FLOAT, _MERGE = (f'tag:yaml.org,2002:{t}' for t in ('str', 'int', 'float', 'merge'))
+
+
+class _ConfigLoader(yaml.SafeLoader):
+  """PyYAML's safe loader, but a plain scalar is a number only when it reads as one in YAML 1.2 too.
+
+  YAML 1.1 (PyYAML) reads ``010`` as 8, ``0b101`` as 5 and ``12:30`` as 750:
+  an id or a time written in a config came out as another number. They are
+  text here; ``64``, ``-1``, ``1_000``, ``0x1F``, ``2.5`` and ``.inf`` stay numbers.
+  """
+
+
+_ConfigLoader.yaml_implicit_resolvers = {
+  first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT, _FLOAT)]
+  for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_ConfigLoader.add_implicit_resolver(
+  _INT, re.compile(r'^(?:[-+]?(?:0|[1-9][0-9_]*)|0x[0-9a-fA-F_]+)$'), list('-+0123456789')
+)
+_ConfigLoader.add_implicit_resolver(
+  _FLOAT,
+  re.compile(
+    r'^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?'
+    r'|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$'
+  ),
+  list('-+0123456789.'),
+)
+
+# Keys of a `sources:` entry whose value is text whatever it looks like (the pipeline's and the file pattern).
+_SOURCE_TEXT_KEYS = frozenset({'type', 'input', 'tenant_id', 'tenant_field', 'entity'})
+
+
+def _text_run_keys() -> frozenset:
+  """The run keys whose flag takes text (no type, not a switch): their YAML value is the text written."""
+  return frozenset(
+    key for key, action in _flag_actions().items() if key in RUN_KEYS and action.nargs != 0 and action.type is None
+  )
+
+
+def _decode(data: bytes, where: str) -> str:
+  """The text of a YAML file: UTF-8, or UTF-8/16/32 by its byte order mark (as the YAML spec allows)."""
+  for bom, encoding in (
+    (codecs.BOM_UTF32_LE, 'utf-32-le'),  # before UTF-16 LE: its BOM starts the same
+    (codecs.BOM_UTF32_BE, 'utf-32-be'),
+    (codecs.BOM_UTF8, 'utf-8'),
+    (codecs.BOM_UTF16_LE, 'utf-16-le'),
+    (codecs.BOM_UTF16_BE, 'utf-16-be'),
+  ):
+    if data.startswith(bom):
+      data, found = data[len(bom) :], encoding
+      break
+  else:
+    found = 'utf-8'
+  try:
+    return data.decode(found)
+  except UnicodeDecodeError as e:
+    line = data[: e.start].count(b'\n') + 1
+    raise ConfigError(
+      f'{where}: not {found.upper().replace("-LE", "").replace("-BE", "")} text: byte 0x{data[e.start]:02x} at line '
+      f'{line} (save the file as UTF-8)'
+    ) from None
+
+
+def _key_path(path: str, key: Any) -> str:
+  return f'{path}.{key}' if path else str(key)
+
+
+def _check_nodes(root: yaml.Node, where: str) -> None:
+  """Refuses a key written twice in one mapping (YAML would keep the last, silently) and types the text keys.
+
+  A text key's plain value (``tenant_id: 010``, ``tenant_id: no``,
+  ``run_id: 2024.10``) is taken as the text written, not as the number or
+  boolean YAML 1.1 reads in it: at the top level for the flags that take
+  text, and in each `sources:` entry for its `_SOURCE_TEXT_KEYS`.
+  """
+  text_keys = {'': _text_run_keys()}
+  seen = set()
+  stack = [(root, '')]
+  while stack:
+    node, path = stack.pop()
+    if id(node) in seen:  # an alias: its node was checked where its anchor is (and may hold itself)
+      continue
+    seen.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+      stack.extend((item, f'{path}[{i}]') for i, item in enumerate(node.value))
+    elif isinstance(node, yaml.MappingNode):
+      keys = text_keys.get(path, _SOURCE_TEXT_KEYS if re.fullmatch(r'sources\[\d+\]', path) else ())
+      marks: Dict[str, Any] = {}
+      for key_node, value_node in node.value:
+        if key_node.tag == _MERGE:
+          stack.append((value_node, path))
+          continue
+        if isinstance(key_node, yaml.ScalarNode):
+          key, mark = key_node.value, key_node.start_mark
+          if key in marks:
+            first = marks[key]
+            at = (
+              f'lines {first.line + 1} and {mark.line + 1}'
+              if first.line != mark.line
+              else f'line {mark.line + 1}, columns {first.column + 1} and {mark.column + 1}'
+            )
+            raise ConfigError(
+              f'{where}: {_key_path(path, key)} is given twice ({at}); YAML would keep only the last: keep one'
+            )
+          marks[key] = mark
+          if (
+            key in keys
+            and isinstance(value_node, yaml.ScalarNode)
+            and value_node.style is None
+            and value_node.tag not in (_STR, 'tag:yaml.org,2002:null')
+          ):
+            value_node.tag = _STR
+        stack.append((value_node, _key_path(path, getattr(key_node, 'value', '?'))))
+
+
 def load_yaml(path: str) -> Dict[str, Any]:
-  """The YAML mapping in `path` (local, s3://, gs://)."""
+  """The YAML mapping in `path` (local, s3://, gs://); JSON is YAML too.
+
+  A key given twice in a mapping is an error naming its path and lines; a
+  text key keeps the text written (`_check_nodes`); scalars that only YAML
+  1.1 reads as numbers (``010``, ``12:30``) are text.
+  """
   from apache_beam.io.filesystems import FileSystems
 
+  where = f'config {path}'
   try:
     with FileSystems.open(path) as handle:
-      text = handle.read().decode('utf-8')
+      data = handle.read()
   except Exception as e:
     raise ConfigError(
       f'cannot read config {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'
     ) from None
+  text = _decode(data, where)
+  loader = _ConfigLoader(text)
   try:
-    data = yaml.safe_load(text)
+    node = loader.get_single_node()
+    if node is not None:
+      _check_nodes(node, where)
+    data = loader.construct_document(node) if node is not None else None
   except yaml.YAMLError as e:
     mark = getattr(e, 'problem_mark', None)
-    where = f' at line {mark.line + 1}, column {mark.column + 1}' if mark else ''
-    raise ConfigError(f'config {path} is not valid YAML{where}: {getattr(e, "problem", e)}') from None
+    at = f' at line {mark.line + 1}, column {mark.column + 1}' if mark else ''
+    raise ConfigError(f'config {path} is not valid YAML{at}: {getattr(e, "problem", e)}') from None
+  finally:
+    loader.dispose()
   if data is None:
     data = {}
   if not isinstance(data, dict):

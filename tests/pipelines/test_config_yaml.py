@@ -1,0 +1,125 @@
+"""What a --config file's YAML says is what the run does: no key silently dropped, no id silently retyped."""
+
+import codecs
+import re
+
+import pytest
+
+from pipelines.config import ConfigError, load_yaml, resolve
+
+
+def _write(tmp_path, text, name='run.yaml'):
+  path = tmp_path / name
+  path.write_text(text, encoding='utf-8')
+  return str(path)
+
+
+# ----- duplicate keys: YAML would keep the last one and drop the other without a word -----
+
+
+@pytest.mark.parametrize(
+  'text, key_path, lines',
+  [
+    ('tenant_id: acme\ninput: a.csv\ntenant_id: beatbox\n', 'tenant_id', '1 and 3'),
+    (
+      'sources:\n  - {type: csv, input: a.csv, tenant_id: acme}\n'
+      '  - type: csv\n    input: b.csv\n    tenant_id: acme\n    input: c.csv\n',
+      r'sources\[1\]\.input',
+      '4 and 6',
+    ),
+    ('crypto_shredding:\n  tenants: [acme]\n  tenants: "*"\nsources: []\n', r'crypto_shredding\.tenants', '2 and 3'),
+    ('{"tenant_id": "acme", "input": "a.csv", "tenant_id": "beatbox"}', 'tenant_id', '1, columns 2 and 41'),
+    ('tenant_id: acme\n"tenant_id": beatbox\ninput: a.csv\n', 'tenant_id', '1 and 2'),
+  ],
+)
+def test_a_key_written_twice_is_an_error_naming_the_file_the_key_path_and_both_lines(tmp_path, text, key_path, lines):
+  path = _write(tmp_path, text)
+  with pytest.raises(ConfigError, match=rf'{path}: {key_path} is given twice \(lines? {lines}\)'):
+    load_yaml(path)
+
+
+def test_a_merge_key_is_not_a_duplicate_and_the_mapping_s_own_key_wins(tmp_path):
+  path = _write(
+    tmp_path,
+    'sources:\n  - &acme {type: csv, input: a.csv, tenant_id: acme}\n  - <<: *acme\n    input: b.csv\n',
+  )
+  sources = load_yaml(path)['sources']
+  assert sources[1] == {'type': 'csv', 'input': 'b.csv', 'tenant_id': 'acme'}
+
+
+def test_an_alias_to_its_own_ancestor_is_read_without_looping(tmp_path):
+  path = _write(tmp_path, 'sources: &s [{type: csv, input: a.csv, tenant_id: acme, nested: *s}]\n')
+  assert load_yaml(path)['sources'][0]['type'] == 'csv'
+
+
+# ----- text keys keep the text as written: YAML 1.1 reads 010 as 8, 12:30 as 750, no as false -----
+
+
+@pytest.mark.parametrize('written', ['010', '0010', '12:30', '0b101', '0x1F', 'no', 'on', '1e3', '2024.10', '1_000'])
+def test_a_tenant_id_is_the_text_written_not_what_yaml_1_1_makes_of_it(tmp_path, written):
+  path = _write(tmp_path, f'tenant_id: {written}\ninput: a.csv\n')
+  values = load_yaml(path)
+  assert values['tenant_id'] == written
+  if re.fullmatch(r'[a-z0-9][a-z0-9_-]*', written):  # a valid tenant id: the run's tenant
+    assert resolve({}, values).sources[0]['tenant_id'] == written
+
+
+@pytest.mark.parametrize('key', ['tenant_id', 'tenant_field', 'entity', 'input'])
+def test_a_source_s_text_keys_keep_the_text_written(tmp_path, key):
+  source = dict({'type': 'csv', 'input': 'a.csv', 'tenant_id': 'acme'}, **{key: '010'})
+  path = _write(tmp_path, 'sources:\n  - {' + ', '.join(f'{k}: {v}' for k, v in source.items()) + '}\n')
+  assert load_yaml(path)['sources'][0][key] == '010'
+
+
+@pytest.mark.parametrize('key, written', [('run_id', '2024.10'), ('run_id', '20240501'), ('output', '010')])
+def test_other_text_keys_keep_the_text_written(tmp_path, key, written):
+  path = _write(tmp_path, f'tenant_id: acme\ninput: a.csv\n{key}: {written}\n')
+  assert load_yaml(path)[key] == written
+
+
+def test_ids_with_leading_zeros_anywhere_in_a_source_stay_text(tmp_path):
+  path = _write(tmp_path, 'sources:\n  - {type: lastfm, users: [007, 0123, 12:30], tenant_id: acme}\n')
+  assert load_yaml(path)['sources'][0]['users'] == ['007', '0123', '12:30']
+
+
+@pytest.mark.parametrize('written, expected', [('010', 10), ('1_000', 1000), ('64', 64)])
+def test_integer_keys_still_read_integers(tmp_path, written, expected):
+  path = _write(tmp_path, f'tenant_id: acme\ninput: a.csv\nbatch_size: {written}\n')
+  assert resolve({}, load_yaml(path)).batch_size == expected
+
+
+def test_numbers_and_booleans_of_a_source_are_still_typed(tmp_path):
+  path = _write(
+    tmp_path, 'sources:\n  - {type: csv, input: a.csv, tenant_id: acme, batch_size: 500, header: yes, x: 1.5}\n'
+  )
+  source = load_yaml(path)['sources'][0]
+  assert source['batch_size'] == 500 and source['header'] is True and source['x'] == 1.5
+
+
+def test_a_null_text_key_is_still_unset(tmp_path):
+  path = _write(tmp_path, 'tenant_id: acme\ninput: a.csv\ntenant_field: ~\nrun_id:\n')
+  values = load_yaml(path)
+  assert values['tenant_field'] is None and values['run_id'] is None
+
+
+# ----- encodings: YAML files may be UTF-8 (with or without a BOM), UTF-16 or UTF-32 with a BOM -----
+
+
+@pytest.mark.parametrize('encoding', ['utf-8-sig', 'utf-16', 'utf-16-le', 'utf-16-be', 'utf-32', 'utf-32-be'])
+def test_a_config_with_a_byte_order_mark_is_read_in_its_encoding(tmp_path, encoding):
+  path = tmp_path / 'run.yaml'
+  text = 'tenant_id: acme\ninput: données/*.csv\n'
+  data = text.encode(encoding)
+  if encoding in ('utf-16-le', 'utf-16-be'):
+    data = (codecs.BOM_UTF16_LE if encoding.endswith('le') else codecs.BOM_UTF16_BE) + data
+  if encoding == 'utf-32-be':
+    data = codecs.BOM_UTF32_BE + data
+  path.write_bytes(data)
+  assert load_yaml(str(path)) == {'tenant_id': 'acme', 'input': 'données/*.csv'}
+
+
+def test_a_config_that_is_not_utf_8_names_the_file_and_the_byte(tmp_path):
+  path = tmp_path / 'run.yaml'
+  path.write_bytes('tenant_id: acme\ninput: données.csv\n'.encode('cp1252'))
+  with pytest.raises(ConfigError, match=rf'config {path}: not UTF-8 text: byte 0xe9 at line 2'):
+    load_yaml(str(path))
