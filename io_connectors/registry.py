@@ -23,12 +23,14 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 from typing import Callable, Dict, Iterable, Optional
 
 from io_connectors._common.errors import ConnectorError
+from io_connectors._common.masking import config_secrets, mask_secrets, mask_url
 
-__all__ = ['ConfigError', 'register', 'build', 'names', 'describe', 'check_keys', 'default_entity']
+__all__ = ['ConfigError', 'register', 'build', 'names', 'describe', 'check_keys', 'default_entity', 'unknown_keys']
 
 # Modules whose import registers connectors; imported on first lookup so that
 # a missing optional dependency of one family does not break the others.
@@ -85,20 +87,30 @@ def register(name: str, description: str):
   return wrap
 
 
+def unknown_keys(unknown: Iterable[str], known: Iterable[str]) -> str:
+  """``a, b (did you mean c?)``: the unknown keys, each with the nearest known one when one is close."""
+  known = list(known)
+  named = []
+  for key in unknown:
+    near = difflib.get_close_matches(str(key), known, n=1, cutoff=0.7)
+    named.append(f'{key} (did you mean {near[0]}?)' if near else str(key))
+  return ', '.join(named)
+
+
 def check_keys(
   config: dict, options_class: Optional[type] = None, extra: Iterable[str] = (), noun: str = 'option'
 ) -> None:
   """Raises ValueError naming the keys of `config` that are neither fields of `options_class` nor in `extra`.
 
-  For factories: a misspelt key is an error that lists the known ones, never
-  silently ignored.
+  For factories: a misspelt key is an error that names the nearest known
+  key and lists them all, never silently ignored.
   """
   fields = {f.name for f in dataclasses.fields(options_class)} if options_class is not None else set()
   extra = list(extra)
-  unknown = sorted(set(config) - fields - set(extra))
+  unknown = sorted(set(map(str, config)) - fields - set(extra))
   if unknown:
-    known = ', '.join(extra + sorted(fields - set(extra)))
-    raise ValueError(f'unknown {noun}(s) {", ".join(unknown)}; known: {known}')
+    known = extra + sorted(fields - set(extra))
+    raise ValueError(f'unknown {noun}(s) {unknown_keys(unknown, known)}; known: {", ".join(known)}')
 
 
 def _load():
@@ -137,8 +149,12 @@ def build(source: dict):
     raise ConfigError(f'unknown source type {kind!r}; known types: {", ".join(names())}')
   try:
     return entry.factory(config)
-  except (TypeError, ValueError) as e:
-    raise ConfigError(f'source of type {kind!r}: {e}') from None
+  except Exception as e:
+    # A factory checks its config and does no I/O: whatever it raises (an int where it splits text) is a config
+    # mistake, said in one line, not a traceback.
+    # A factory's message may quote any value of the config; the config says which are secrets.
+    said = str(e) if isinstance(e, (TypeError, ValueError)) else f'{type(e).__name__}: {e}'
+    raise ConfigError(f'source of type {kind!r}: {mask_secrets(mask_url(said), config_secrets(config))}') from None
 
 
 def default_entity(source: dict) -> Optional[str]:

@@ -31,13 +31,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import re
 import sys
 import threading
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
-from io_connectors import mask_url, registry, url_password
-from io_connectors._common.masking import mask_secrets
+from io_connectors import mask_url, registry
+from io_connectors._common.masking import config_secrets, mask_secrets
 from pipelines.config import ConfigError, load_yaml, resolve
 
 __all__ = ['CheckResult', 'check_source', 'check_sources', 'format_table', 'main', 'OK', 'FAILED', 'SKIPPED']
@@ -46,7 +45,6 @@ OK, FAILED, SKIPPED = 'ok', 'failed', 'skipped'
 DEFAULT_TIMEOUT_S = 30.0
 # Keys of a source that the pipeline reads, not the connector.
 _PIPELINE_SOURCE_KEYS = ('tenant_id', 'tenant_field', 'entity')
-_SECRET_KEY = re.compile(r'pass|secret|token|credential|api_?key|private', re.I)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,29 +61,9 @@ class CheckResult:
     return self.status != FAILED
 
 
-def _secrets(value: Any, key: str = '') -> List[str]:
-  """The secret strings a source config holds: secret-looking keys' values and URL passwords."""
-  found: List[str] = []
-  if isinstance(value, dict):
-    for k, v in value.items():
-      found += _secrets(v, str(k))
-  elif isinstance(value, (list, tuple)):
-    for v in value:
-      found += _secrets(v, key)
-  elif isinstance(value, str) and value:
-    # Not the names of variables or files holding secrets, nor URLs (their passwords are taken below).
-    named = key.endswith(('_env', '_url', '_file', '_path'))
-    if _SECRET_KEY.search(key) and not named and '://' not in value and len(value) >= 3:
-      found.append(value)
-    password = url_password(value) if '://' in value else None
-    if password:
-      found.append(password)
-  return found
-
-
 def _scrubbed(text: str, source: dict) -> str:
   """`text` on one line, URLs masked and the source's secrets replaced by ***."""
-  text = mask_secrets(mask_url(' '.join(str(text).split())), _secrets(source))  # longest first, however spelled
+  text = mask_secrets(mask_url(' '.join(str(text).split())), config_secrets(source))  # longest first, however spelled
   return text[:300]
 
 

@@ -21,9 +21,17 @@ import functools
 import os
 import re
 import urllib.parse
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, List, Optional, Sequence
 
-__all__ = ['connection_url', 'host_part', 'mask_secrets', 'mask_url', 'masked_message', 'url_password']
+__all__ = [
+  'config_secrets',
+  'connection_url',
+  'host_part',
+  'mask_secrets',
+  'mask_url',
+  'masked_message',
+  'url_password',
+]
 
 # The user info of scheme://userinfo@host...; also multi-host URLs
 # (mongodb://u:p@h1:1,h2:2/db) that urllib cannot parse. A password runs to
@@ -102,6 +110,38 @@ def _char_spellings(char: str) -> str:
 def _hex(number: int, width: int) -> str:
   """A pattern of `number` in `width` hex digits, letters in either case."""
   return ''.join(f'[{d}{d.upper()}]' if d.isalpha() else d for d in f'{number:0{width}x}')
+
+
+# Keys of a source config whose values are secrets (but not the names of variables or files holding them).
+_SECRET_KEY = re.compile(r'pass|secret|token|credential|api_?key|private', re.I)
+
+
+def config_secrets(value, key: str = '') -> List[str]:
+  """The secret strings a source config holds, at any depth: secret-looking keys' values and URL passwords.
+
+  For masking what is said of a config (`mask_secrets`): a connector's error
+  may quote any value, and the config is the one place that knows which are secret.
+  """
+  found: List[str] = []
+  if isinstance(value, dict):
+    for k, v in value.items():
+      found += config_secrets(v, str(k))
+  elif isinstance(value, (list, tuple)):
+    for v in value:
+      found += config_secrets(v, key)
+  elif isinstance(value, str) and value:
+    # Not the names of variables or files holding secrets, nor URLs (their passwords are taken below).
+    named = key.endswith(('_env', '_url', '_file', '_path'))
+    if _SECRET_KEY.search(key) and not named and '://' not in value and len(value) >= 3:
+      found.append(value)
+    password = url_password(value) if '://' in value else None
+    if password:
+      found.append(password)
+      # As written in the URL too (percent-encoded), which a message may quote.
+      match = _PASSWORD.search(value)
+      if match and match.group(1) != password:
+        found.append(match.group(1))
+  return found
 
 
 def url_password(url: str) -> Optional[str]:

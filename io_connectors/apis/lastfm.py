@@ -740,6 +740,7 @@ class ReadFromLastfm(beam.PTransform):
 @registry.register('lastfm', 'Last.fm recent tracks (as listening events), track info and artist top tags')
 def _lastfm(config: Dict[str, Any]):
   config = dict(config)
+  registry.check_keys(config, LastfmOptions)
   if isinstance(config.get('retry'), dict):
     config['retry'] = RetryPolicy(**config['retry'])
   return ReadFromLastfm(LastfmOptions(**config))

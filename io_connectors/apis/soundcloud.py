@@ -243,6 +243,7 @@ class ReadFromSoundCloud(beam.PTransform):
 @registry.register('soundcloud', 'SoundCloud tracks, users and playlists with engagement counts (OAuth2)')
 def _soundcloud(config: Dict[str, Any]):
   config = dict(config)
+  registry.check_keys(config, SoundCloudOptions)
   if isinstance(config.get('retry'), dict):
     config['retry'] = RetryPolicy(**config['retry'])
   return ReadFromSoundCloud(SoundCloudOptions(**config))

@@ -505,4 +505,5 @@ class ReadFromSpotify(beam.PTransform):
   'playlist_items, recently_played, saved_tracks, search)',
 )
 def _spotify(config: dict):
+  registry.check_keys(config, SpotifyOptions)
   return ReadFromSpotify(SpotifyOptions(**config))

@@ -1032,6 +1032,7 @@ def _rest(config: dict):
   config = dict(config)
   if 'resource' not in config:
     raise ValueError('a rest source needs resource: {name, base_url, path, ...}')
+  registry.check_keys(config, RestOptions, ['resource', 'params', 'cache_url_env'])
   resource = config.pop('resource')
   params = config.pop('params', None)
   return ReadRestResource(resource, params, _rest_options(config))

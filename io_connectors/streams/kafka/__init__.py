@@ -103,6 +103,7 @@ __all__ = [
 
 @registry.register('kafka', 'Kafka topics (our splittable DoFn on confluent-kafka; JSON or Avro payloads)')
 def _kafka(config: dict):
+  registry.check_keys(config, KafkaReadOptions)
   return ReadFromKafka(KafkaReadOptions(**config))
 
 
@@ -111,4 +112,5 @@ def _eventhubs(config: dict):
   config = dict(config)
   if not config.get('event_hubs_connection_string') and not config.get('sasl_password'):
     raise ValueError('eventhubs needs event_hubs_connection_string')
+  registry.check_keys(config, KafkaReadOptions)
   return ReadFromKafka(KafkaReadOptions(**config))
