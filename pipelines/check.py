@@ -142,12 +142,12 @@ def format_table(results: Sequence[CheckResult]) -> str:
 def _sources_of(path: str) -> List[dict]:
   """The config's sources, checked as the batch job checks them (tenants, entities, types)."""
   file_values = load_yaml(path)
-  config = resolve({}, file_values)
+  config = resolve({}, file_values, config_file=path)
   known = set(registry.names())
   for i, source in enumerate(config.sources):
     if source['type'] not in known:
       raise ConfigError(
-        f'sources[{i}]: unknown source type {source["type"]!r}; known types: {", ".join(sorted(known))}'
+        f'{config.place(i, "type")}: unknown source type {source["type"]!r}; known types: {", ".join(sorted(known))}'
       )
   return config.sources
 

@@ -41,13 +41,21 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-from io_connectors.registry import ConfigError
+from io_connectors.registry import ConfigError, unknown_keys
 from pipelines.options import INPUT_FORMATS, OUTPUT_FORMATS, SpotifyBatchOptions
 from transforms import entities
 from transforms.tenant import check_tenant_id
 from transforms.validate import check_time_zone
 
-__all__ = ['ConfigError', 'RunConfig', 'check_crypto_shredding', 'load_yaml', 'resolve', 'FILE_ONLY_KEYS']
+__all__ = [
+  'ConfigError',
+  'RunConfig',
+  'check_crypto_shredding',
+  'check_run_keys',
+  'load_yaml',
+  'resolve',
+  'FILE_ONLY_KEYS',
+]
 
 # Keys of the YAML file that mirror flags.
 RUN_KEYS = (
@@ -112,6 +120,14 @@ class RunConfig:
   crypto_shredding: Optional[Dict[str, Any]] = None
   # The shared suppression list (transforms.pii.suppression); None: $PIPELINE_SUPPRESSION_LIST, else none.
   suppression_list: Optional[str] = None
+  # Where the sources were given, for errors: 'config FILE', 'config' (a mapping in code), '--input', or the demo's.
+  sources_from: str = 'config'
+
+  def place(self, i: int, key: str = '') -> str:
+    """Where source `i` (its `key`) was given, for an error: ``config run.yaml: sources[2].input``, or ``--input``."""
+    if not self.sources_from.startswith('config'):
+      return self.sources_from
+    return f'{self.sources_from}: sources[{i}]' + (f'.{key}' if key else '')
 
 
 def check_crypto_shredding(value: Any, where: str = 'config') -> Dict[str, Any]:
@@ -294,14 +310,18 @@ def load_yaml(path: str) -> Dict[str, Any]:
     data = {}
   if not isinstance(data, dict):
     raise ConfigError(f'config {path} must be a mapping of keys, got {type(data).__name__}')
-  unknown = sorted(set(map(str, data)) - set(RUN_KEYS) - set(FILE_ONLY_KEYS))
-  if unknown:
-    raise ConfigError(
-      f'config {path}: unknown key(s) {", ".join(unknown)}; known: {", ".join(RUN_KEYS + FILE_ONLY_KEYS)}'
-    )
+  check_run_keys(data, where)
   return {
     key: (value if key in FILE_ONLY_KEYS else typed_value(key, value, f'config {path}')) for key, value in data.items()
   }
+
+
+def check_run_keys(values: Dict[Any, Any], where: str = 'config') -> None:
+  """ConfigError naming the keys of a config that it may not hold, each with the nearest known one."""
+  known = RUN_KEYS + FILE_ONLY_KEYS
+  unknown = sorted(set(map(str, values)) - set(known))
+  if unknown:
+    raise ConfigError(f'{where}: unknown key(s) {unknown_keys(unknown, known)}; known: {", ".join(known)}')
 
 
 # Spellings of booleans, as transforms.entities reads them in records.
@@ -388,15 +408,31 @@ def _positive_int(name, value):
 
 
 def resolve(
-  flags: Dict[str, Any], file_values: Optional[Dict[str, Any]] = None, demo_input: Optional[str] = None
+  flags: Dict[str, Any],
+  file_values: Optional[Dict[str, Any]] = None,
+  demo_input: Optional[str] = None,
+  config_file: Optional[str] = None,
 ) -> RunConfig:
   """Merges flags (set ones win) over the YAML values and checks the result.
 
   demo_input: the bundled sample's pattern, used when neither flags nor the
   file name an input.
+  config_file: the file `file_values` were read from, named in errors.
   """
+  try:
+    return _resolve(flags, file_values, demo_input, f'config {config_file}' if config_file else 'config')
+  except ConfigError as e:
+    # A flag's own mistake (--pii_key_file ...) is not the file's.
+    if config_file and not str(e).startswith((f'config {config_file}', '--')):
+      raise ConfigError(f'config {config_file}: {e}') from None
+    raise
+
+
+def _resolve(
+  flags: Dict[str, Any], file_values: Optional[Dict[str, Any]], demo_input: Optional[str], where: str
+) -> RunConfig:
   values = {
-    key: (value if key in FILE_ONLY_KEYS else typed_value(key, value, 'config'))
+    key: (value if key in FILE_ONLY_KEYS else typed_value(key, value, where))
     for key, value in (file_values or {}).items()
   }
   retention = values.pop('retention_days', None)
@@ -406,10 +442,10 @@ def resolve(
     try:
       check_retention_rules(retention)  # applied by `pipelines.gdpr retention`, checked with the rest
     except ComplianceError as e:
-      raise ConfigError(f'config: {e}') from None
+      raise ConfigError(f'{where}: {e}') from None
   shredding = values.pop('crypto_shredding', None)
   if shredding is not None:
-    values['crypto_shredding'] = check_crypto_shredding(shredding)
+    values['crypto_shredding'] = check_crypto_shredding(shredding, where)
   for key, value in flags.items():
     if value is not None and key in RUN_KEYS:
       if key in _SWITCHES and value is False and key in values:
@@ -417,7 +453,9 @@ def resolve(
       values[key] = value
   sources = values.pop('sources', None)
   demo = False
+  sources_from = where
   if values.get('input'):
+    sources_from = '--input'
     if sources:
       raise ConfigError('give either --input or a "sources:" list, not both')
     sources = [
@@ -439,6 +477,7 @@ def resolve(
       raise ConfigError('no input: give --input or a config with a "sources:" list')
     sources = [{'type': 'csv', 'input': demo_input}]
     demo = True
+    sources_from = 'the bundled sample'
     values.setdefault('tenant_field', 'tenant_id')
   if not isinstance(sources, list) or not all(isinstance(s, dict) for s in sources):
     raise ConfigError('"sources:" must be a list of mappings, each with a "type"')
@@ -447,7 +486,10 @@ def resolve(
   values.pop('input_encoding', None)
   values.pop('input_newlines_in_values', None)
   config = RunConfig(
-    sources=[dict(s) for s in sources], demo=demo, **{k: v for k, v in values.items() if v is not None}
+    sources=[dict(s) for s in sources],
+    demo=demo,
+    sources_from=sources_from,
+    **{k: v for k, v in values.items() if v is not None},
   )
 
   try:
@@ -466,24 +508,24 @@ def resolve(
     except ValueError as e:
       raise ConfigError(f'naive_time_zone: {e}') from None
   for i, source in enumerate(config.sources):
-    where = f'sources[{i}]'
+    place = config.place(i)
     if not source.get('type'):
-      raise ConfigError(f'{where} has no "type"')
+      raise ConfigError(f'{place} has no "type"')
     # A source may hold another entity than the run's (a run can mix entities).
     source['entity'] = source.get('entity') or config.entity
     try:
       entities.entity_model(source['entity'])
     except ValueError as e:
-      raise ConfigError(f'{where}: {e}') from None
+      raise ConfigError(f'{place}: {e}') from None
     tenant_id = source.get('tenant_id', None if source.get('tenant_field') else config.tenant_id)
     tenant_field = source.get('tenant_field', None if source.get('tenant_id') else config.tenant_field)
     if bool(tenant_id) == bool(tenant_field):
       raise ConfigError(
-        f'{where}: give exactly one of tenant_id or tenant_field (as a flag, in the config, or per source)'
+        f'{place}: give exactly one of tenant_id or tenant_field (as a flag, in the config, or per source)'
       )
     if tenant_id:
       try:
-        check_tenant_id(tenant_id, f'{where} tenant_id')
+        check_tenant_id(tenant_id, f'{place} tenant_id')
       except ValueError as e:
         raise ConfigError(str(e)) from None
     source['tenant_id'], source['tenant_field'] = tenant_id, tenant_field

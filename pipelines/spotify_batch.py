@@ -61,7 +61,7 @@ from io_connectors.sinks.lake import (
   table_scratch_dir,
 )
 from io_connectors.sinks import tables as lake_tables
-from pipelines.config import FILE_ONLY_KEYS, RUN_KEYS, ConfigError, RunConfig, load_yaml, resolve
+from pipelines.config import ConfigError, RunConfig, check_run_keys, load_yaml, resolve
 from pipelines import audit, cli, lineage, prometheus_export, runners, tracing
 from pipelines.cli import UsageError
 from pipelines.options import SpotifyBatchOptions
@@ -251,9 +251,7 @@ def _config_mapping(values) -> dict:
   """A config given as a mapping, checked for the keys a config file may hold (as load_yaml does)."""
   if not isinstance(values, dict):
     raise ConfigError(f'config must be a mapping of keys, got {type(values).__name__}')
-  unknown = sorted(set(values) - set(RUN_KEYS) - set(FILE_ONLY_KEYS))
-  if unknown:
-    raise ConfigError(f'config: unknown key(s) {", ".join(unknown)}; known: {", ".join(RUN_KEYS + FILE_ONLY_KEYS)}')
+  check_run_keys(values)
   return dict(values)
 
 
@@ -271,7 +269,7 @@ def _config_from(options: PipelineOptions, allow_demo: bool, config_values: Opti
   file_values = with_known_entities(file_values, flags)
   wants_demo = allow_demo and not batch.input and not batch.config and config_values is None
   demo_input = _ensure_demo_sample() if wants_demo else None
-  return resolve(flags, file_values, demo_input=demo_input)
+  return resolve(flags, file_values, demo_input=demo_input, config_file=batch.config)
 
 
 # ----- Pipeline -----
@@ -328,6 +326,16 @@ def dedup_shards(input_bytes: int) -> int:
   return max(MIN_DEDUP_SHARDS, -(-input_bytes // DEDUP_SHARD_INPUT_BYTES))
 
 
+def _check_sources(config: RunConfig) -> None:
+  """Builds every source's transform once (factories check their config, no I/O), so that a mistake in any of
+  them stops the run before it starts (no lock, no lineage START, no audit entry) and names the source."""
+  for i, source in enumerate(config.sources):
+    try:
+      _source_transform(source, config, entities.entity_model(source['entity']))
+    except ConfigError as e:
+      raise ConfigError(f'{config.place(i)}: {e}') from None
+
+
 def _check_inputs(config: RunConfig) -> int:
   """A file source whose pattern matches nothing stops the run before it starts; returns the bytes its
   file sources match (what the run will read of files)."""
@@ -340,10 +348,10 @@ def _check_inputs(config: RunConfig) -> int:
       matched = match_files(pattern)
     except Exception as e:
       raise ConfigError(
-        f'sources[{i}] input {pattern}: cannot list it ({type(e).__name__}: {str(e).splitlines()[0][:200]})'
+        f'{config.place(i, "input")} {pattern}: cannot list it ({type(e).__name__}: {str(e).splitlines()[0][:200]})'
       ) from None
     if not matched:
-      raise ConfigError(f'sources[{i}] input {pattern}: no file matches')
+      raise ConfigError(f'{config.place(i, "input")} {pattern}: no file matches')
     size += sum(_read_bytes(m.path, max(m.size_in_bytes or 0, 0)) for m in matched)
   return size
 
@@ -986,6 +994,7 @@ def run(
   # Beam's S3/GCS options must be known before paths are probed.
   FileSystems.set_options(options)
   config = _config_from(options, allow_demo=allow_demo, config_values=config_values)
+  _check_sources(config)
   input_bytes = _check_inputs(config)
   if config.num_shards is None:
     config.num_shards = dedup_shards(input_bytes)

@@ -123,3 +123,77 @@ def test_a_config_that_is_not_utf_8_names_the_file_and_the_byte(tmp_path):
   path.write_bytes('tenant_id: acme\ninput: données.csv\n'.encode('cp1252'))
   with pytest.raises(ConfigError, match=rf'config {path}: not UTF-8 text: byte 0xe9 at line 2'):
     load_yaml(str(path))
+
+
+# ----- every mistake names the file and the key path, before the run starts -----
+
+
+def test_an_unknown_key_names_the_nearest_known_one(tmp_path):
+  path = _write(tmp_path, 'tenant_idd: acme\ninput: a.csv\n')
+  with pytest.raises(ConfigError, match=rf'config {path}: unknown key\(s\) tenant_idd \(did you mean tenant_id\?\)'):
+    load_yaml(path)
+
+
+def _main(tmp_path, capsys, text):
+  from pipelines import spotify_batch
+
+  (tmp_path / 'a.csv').write_text('event_id,user_id,track_id,played_at,ms_played\ne1,u1,t1,2024-06-01T12:00:00Z,1\n')
+  path = _write(tmp_path, text.replace('DIR', str(tmp_path)))
+  out = tmp_path / 'out'
+  code = spotify_batch.main(['--config', path, '--output', str(out), '--keep_pii'])
+  err = capsys.readouterr().err
+  lines = [line for line in err.splitlines() if line.startswith('error:')]
+  assert code == 2 and len(lines) == 1 and 'Traceback' not in err, err
+  return path, out, lines[0], err
+
+
+@pytest.mark.parametrize(
+  'text, said',
+  [
+    (
+      'sources:\n  - {type: csv, input: DIR/a.csv, tenant_id: acme}\n'
+      '  - {type: csv, input: DIR/a.csv, tenant_id: beatbox, delimter: ";"}\n',
+      r"sources\[1\]: source of type 'csv': unknown option\(s\) delimter \(did you mean delimiter\?\)",
+    ),
+    (
+      'sources:\n  - {type: csv, input: DIR/a.csv, tenant_id: acme}\n  - {type: csvv, input: DIR/a.csv, tenant_id: b}\n',
+      r"sources\[1\]: unknown source type 'csvv'; known types: .*\bcsv\b",
+    ),
+    (
+      'sources:\n  - {type: csv, input: DIR/a.csv, tenant_id: acme}\n  - {type: csv, input: DIR/a.csv}\n',
+      r'sources\[1\]: give exactly one of tenant_id or tenant_field',
+    ),
+    (
+      'sources:\n  - {type: csv, input: DIR/none-*.csv, tenant_id: acme}\n',
+      r'sources\[0\]\.input .*none-\*\.csv: no file',
+    ),
+    ('sources:\n  - {input: DIR/a.csv, tenant_id: acme}\n', r'sources\[0\] has no "type"'),
+    ('sources: {type: csv}\n', r'"sources:" must be a list of mappings'),
+    ('', r'no input'),
+  ],
+)
+def test_a_source_s_mistake_names_the_file_and_the_source_and_stops_before_the_run(tmp_path, capsys, text, said):
+  path, out, line, err = _main(tmp_path, capsys, text)
+  assert re.search(rf'^error: config {re.escape(path)}: {said}', line), line
+  assert not (out / '_lock.json').exists() and not (out / '_runs').exists()
+  assert ' source(s) -> ' not in err  # the run never started: no lock, no lineage START, no audit entry
+
+
+def test_a_source_s_secret_never_shows_in_its_error(tmp_path, capsys):
+  text = (
+    'sources:\n  - {type: postgres, table: plays, tenant_id: acme, url: "postgresql://bob:Hunter2-x@db/m",'
+    ' batch_size: "Hunter2-x"}\n'
+  )
+  _, _, line, err = _main(tmp_path, capsys, text)
+  assert 'sources[0]' in line and 'Hunter2-x' not in err
+
+
+def test_a_pattern_given_by_flag_is_named_as_the_flag(tmp_path, capsys):
+  from pipelines import spotify_batch
+
+  pattern = str(tmp_path / 'dröp dir' / '*.csv')
+  code = spotify_batch.main(
+    ['--input', pattern, '--tenant_id', 'acme', '--output', str(tmp_path / 'out'), '--keep_pii']
+  )
+  err = capsys.readouterr().err
+  assert code == 2 and f'error: --input {pattern}: no file matches' in err, err
