@@ -1,7 +1,10 @@
 """The run configuration of the batch jobs: flags and an optional YAML file, checked.
 
 The YAML file takes the same keys as the flags (without dashes) plus a
-``sources:`` list; flags given on the command line win over the file. Each
+``sources:`` list; flags given on the command line win over the file (a
+``--tenant_id`` also over the file's ``tenant_field`` and the reverse; a
+source's own ``tenant_id``/``tenant_field`` wins over both; ``--input`` and a
+``sources:`` list are refused together). Each
 source names a connector of `io_connectors.registry` by ``type`` and may set
 its own ``tenant_id`` or ``tenant_field``::
 
@@ -90,6 +93,8 @@ FILE_ONLY_KEYS = ('sources', 'retention_days', 'crypto_shredding')
 # Flags that take no value (argparse store_true).
 _SWITCHES = ('keep_pii', 'no_lineage_columns', 'input_newlines_in_values')
 DEFAULT_OUTPUT = 'output/spotify_batch'
+# Run keys that are alternatives of one setting: a flag giving one replaces the file's other.
+_EXCLUSIVE = {'tenant_id': 'tenant_field', 'tenant_field': 'tenant_id'}
 
 
 @dataclasses.dataclass
@@ -120,12 +125,14 @@ class RunConfig:
   crypto_shredding: Optional[Dict[str, Any]] = None
   # The shared suppression list (transforms.pii.suppression); None: $PIPELINE_SUPPRESSION_LIST, else none.
   suppression_list: Optional[str] = None
-  # Where the sources were given, for errors: 'config FILE', 'config' (a mapping in code), '--input', or the demo's.
+  # Where the sources were given, for errors: 'config FILE' or 'config' (a mapping in code) holding a
+  # `sources:` list; else where the one input was: '--input', 'config FILE: input', the demo's.
   sources_from: str = 'config'
+  sources_listed: bool = True
 
   def place(self, i: int, key: str = '') -> str:
     """Where source `i` (its `key`) was given, for an error: ``config run.yaml: sources[2].input``, or ``--input``."""
-    if not self.sources_from.startswith('config'):
+    if not self.sources_listed:
       return self.sources_from
     return f'{self.sources_from}: sources[{i}]' + (f'.{key}' if key else '')
 
@@ -451,11 +458,13 @@ def _resolve(
       if key in _SWITCHES and value is False and key in values:
         continue  # a switch not given on the command line leaves the file's value
       values[key] = value
+      if key in _EXCLUSIVE:  # --tenant_id wins over the file's tenant_field too, and the reverse
+        values.pop(_EXCLUSIVE[key], None)
   sources = values.pop('sources', None)
   demo = False
-  sources_from = where
+  sources_from, listed = where, True
   if values.get('input'):
-    sources_from = '--input'
+    sources_from, listed = ('--input' if flags.get('input') else f'{where}: input'), False
     if sources:
       raise ConfigError('give either --input or a "sources:" list, not both')
     sources = [
@@ -477,7 +486,7 @@ def _resolve(
       raise ConfigError('no input: give --input or a config with a "sources:" list')
     sources = [{'type': 'csv', 'input': demo_input}]
     demo = True
-    sources_from = 'the bundled sample'
+    sources_from, listed = 'the bundled sample', False
     values.setdefault('tenant_field', 'tenant_id')
   if not isinstance(sources, list) or not all(isinstance(s, dict) for s in sources):
     raise ConfigError('"sources:" must be a list of mappings, each with a "type"')
@@ -489,6 +498,7 @@ def _resolve(
     sources=[dict(s) for s in sources],
     demo=demo,
     sources_from=sources_from,
+    sources_listed=listed,
     **{k: v for k, v in values.items() if v is not None},
   )
 

@@ -197,3 +197,32 @@ def test_a_pattern_given_by_flag_is_named_as_the_flag(tmp_path, capsys):
   )
   err = capsys.readouterr().err
   assert code == 2 and f'error: --input {pattern}: no file matches' in err, err
+
+
+# ----- a flag given on the command line wins over the file, also over the key it excludes -----
+
+
+@pytest.mark.parametrize(
+  'flags, file_values, tenant_id, tenant_field',
+  [
+    ({'tenant_id': 'acme'}, {'tenant_field': 'tenant_id'}, 'acme', None),
+    ({'tenant_field': 'tid'}, {'tenant_id': 'acme'}, None, 'tid'),
+    ({'tenant_id': 'acme'}, {'tenant_id': 'beatbox'}, 'acme', None),
+  ],
+)
+def test_a_tenant_flag_wins_over_the_file_s_tenant_setting_of_either_kind(flags, file_values, tenant_id, tenant_field):
+  source = resolve(flags, dict(file_values, input='a.csv'), config_file='run.yaml').sources[0]
+  assert (source['tenant_id'], source['tenant_field']) == (tenant_id, tenant_field)
+
+
+def test_a_source_s_own_tenant_still_wins_over_the_flag():
+  sources = [{'type': 'csv', 'input': 'a.csv', 'tenant_field': 'tid'}, {'type': 'csv', 'input': 'b.csv'}]
+  config = resolve({'tenant_id': 'acme'}, {'tenant_field': 'x', 'sources': sources}, config_file='run.yaml')
+  assert [(s['tenant_id'], s['tenant_field']) for s in config.sources] == [(None, 'tid'), ('acme', None)]
+
+
+def test_the_file_s_input_is_named_as_the_file_s_key_not_as_the_flag():
+  with pytest.raises(ConfigError, match=r'^config run\.yaml: input: give exactly one of tenant_id or tenant_field'):
+    resolve({}, {'input': 'a.csv'}, config_file='run.yaml')
+  with pytest.raises(ConfigError, match=r'^--input: give exactly one of tenant_id or tenant_field'):
+    resolve({'input': 'a.csv'}, {}, config_file='run.yaml')
