@@ -144,7 +144,7 @@ def build(source: dict):
       f'known types: {", ".join(names())}'
     )
   _load()
-  entry = _REGISTRY.get(kind)
+  entry = _REGISTRY.get(kind) if isinstance(kind, str) else None
   if entry is None:
     raise ConfigError(f'unknown source type {kind!r}; known types: {", ".join(names())}')
   try:

@@ -198,6 +198,13 @@ _ConfigLoader.add_implicit_resolver(
 
 # Keys of a `sources:` entry whose value is text whatever it looks like (the pipeline's and the file pattern).
 _SOURCE_TEXT_KEYS = frozenset({'type', 'input', 'tenant_id', 'tenant_field', 'entity'})
+# The pipeline's keys of a source, which no connector checks: what each must be.
+_SOURCE_TEXT_WHAT = {
+  'type': 'a connector name',
+  'entity': 'an entity name',
+  'tenant_id': 'a tenant id',
+  'tenant_field': 'a column name',
+}
 
 
 def _text_run_keys() -> frozenset:
@@ -521,6 +528,10 @@ def _resolve(
     place = config.place(i)
     if not source.get('type'):
       raise ConfigError(f'{place} has no "type"')
+    for key, what in _SOURCE_TEXT_WHAT.items():
+      value = source.get(key)
+      if value is not None and not isinstance(value, str):
+        raise ConfigError(f'{config.place(i, key)} must be text ({what}), got {type(value).__name__}')
     # A source may hold another entity than the run's (a run can mix entities).
     source['entity'] = source.get('entity') or config.entity
     try:

@@ -226,3 +226,22 @@ def test_the_file_s_input_is_named_as_the_file_s_key_not_as_the_flag():
     resolve({}, {'input': 'a.csv'}, config_file='run.yaml')
   with pytest.raises(ConfigError, match=r'^--input: give exactly one of tenant_id or tenant_field'):
     resolve({'input': 'a.csv'}, {}, config_file='run.yaml')
+
+
+@pytest.mark.parametrize('key', ['type', 'entity', 'tenant_id', 'tenant_field'])
+@pytest.mark.parametrize('value', [['csv'], {'name': 'csv'}, 7, True])
+def test_a_source_s_pipeline_key_of_another_type_than_text_is_named(key, value):
+  source = dict({'type': 'csv', 'input': 'a.csv', 'tenant_id': 'acme'}, **{key: value})
+  if key == 'tenant_field':
+    del source['tenant_id']
+  with pytest.raises(ConfigError, match=rf'^config run\.yaml: sources\[0\]\.{key} must be text'):
+    resolve({}, {'sources': [source]}, config_file='run.yaml')
+
+
+@pytest.mark.parametrize('kind', [['csv'], {'csv': 1}, 7])
+def test_a_type_that_is_not_a_name_is_a_config_error_listing_the_known_ones(kind):
+  from io_connectors import registry
+
+  with pytest.raises(ConfigError, match='known types: .*csv'):
+    registry.build({'type': kind, 'input': 'a.csv'})
+  assert registry.default_entity({'type': kind}) is None
