@@ -302,12 +302,12 @@ def load_yaml(path: str) -> Dict[str, Any]:
   where = f'config {path}'
   try:
     with FileSystems.open(path) as handle:
-      data = handle.read()
+      raw = handle.read()
   except Exception as e:
     raise ConfigError(
       f'cannot read config {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'
     ) from None
-  text = _decode(data, where)
+  text = _decode(raw, where)
   loader = _ConfigLoader(text)
   try:
     node = loader.get_single_node()
