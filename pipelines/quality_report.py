@@ -29,6 +29,7 @@ Usage::
 from __future__ import annotations
 
 import datetime as dt
+import html
 import json
 import logging
 from typing import Any, Dict, Iterable, List, Optional, Sequence
@@ -157,7 +158,20 @@ def build_report(
 # ----- Charts -----
 
 
+def _chart_text(value: Any) -> Any:
+  """Text as plotly draws it: escaped, since plotly reads tags in labels as markup and decodes &lt; &gt; &amp;.
+
+  Labels come from users' data (tenant ids, column names, values, reasons): unescaped, a value
+  ``<a href="https://...">`` is a link in the chart and ``<span style="...">`` restyles it.
+  """
+  return html.escape(value, quote=False) if isinstance(value, str) else value
+
+
 def _figure_html(figure, div_id: str) -> str:
+  # Every chart's labels pass here: the categories, the legend names and the title.
+  for trace in figure.data:
+    trace.update(name=_chart_text(trace.name), x=None if trace.x is None else [_chart_text(v) for v in trace.x])
+  figure.update_layout(title_text=_chart_text(figure.layout.title.text))
   figure.update_layout(margin=dict(l=40, r=10, t=40, b=40), height=300, template='plotly_white')
   return (
     '<div class="chart">'
