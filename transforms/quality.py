@@ -114,7 +114,8 @@ def _column_stats(column: pa.Array, visible: bool) -> Dict[str, Any]:
       bins, counts = np.unique(_bin(values), return_counts=True)
       _add_counts(stats['histogram'], [_bin_label(b) for b in bins.tolist()], counts.tolist())
   elif pa.types.is_timestamp(t) or pa.types.is_date(t):
-    days = present.cast(pa.date32()) if pa.types.is_timestamp(t) else present.cast(pa.date32())
+    # Days of UTC, as the report says: Arrow casts a zoned timestamp to the date of its own zone.
+    days = (present.cast(pa.timestamp(t.unit, 'UTC')) if pa.types.is_timestamp(t) else present).cast(pa.date32())
     numbers, counts = np.unique(np.asarray(days.cast(pa.int32()).to_numpy(zero_copy_only=False)), return_counts=True)
     labels = pa.array(numbers.astype(np.int32), pa.int32()).cast(pa.date32()).to_pylist()
     stats.update(kind='time', per_day={})

@@ -10,7 +10,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.entities import ListeningEvent
-from transforms.quality import DeadLetterStats, QualityStats, visible_columns
+from transforms.quality import DeadLetterStats, QualityStats, batch_stats, visible_columns
 
 UTC = dt.timezone.utc
 VISIBLE = {'listening_event': visible_columns(ListeningEvent)}
@@ -91,3 +91,13 @@ def test_dead_letter_counts_by_tenant_reason_stage_field():
         [[('_unassigned', 'corrupt_file', 'read', '', 7), ('acme', 'invalid_value', 'validate', 'ms_played', 2)]]
       ),
     )
+
+
+def test_times_are_counted_per_utc_day_whatever_the_column_s_zone():
+  # 23:30 UTC on 1 January is 2 January in Tokyo and still 1 January in New York.
+  at = dt.datetime(2026, 1, 1, 23, 30, tzinfo=UTC)
+  for zone in ('Asia/Tokyo', 'America/New_York', '+05:30', 'UTC'):
+    for unit in ('s', 'ms', 'us', 'ns'):
+      batch = pa.RecordBatch.from_pydict({'played_at': pa.array([at, None], pa.timestamp(unit, tz=zone))})
+      column = batch_stats('listening_event', batch, frozenset({'played_at'}))['columns']['played_at']
+      assert (zone, unit, column['per_day']) == (zone, unit, {'2026-01-01': 1})
