@@ -71,8 +71,12 @@ def _bin(values: np.ndarray) -> np.ndarray:
   out = np.zeros_like(values)
   nonzero = values != 0
   magnitude = np.floor(np.log10(np.abs(values[nonzero]))) - 1
-  scale = np.power(10.0, magnitude)
-  out[nonzero] = np.round(values[nonzero] / scale) * scale
+  # At the ends of the doubles the scale (below 1e-323) or the rounded value (above 1.797e308) is
+  # no finite double: such a value is its own bin, not a bin "nan" or "inf".
+  with np.errstate(divide='ignore', over='ignore', invalid='ignore'):
+    scale = np.power(10.0, magnitude)
+    binned = np.round(values[nonzero] / scale) * scale
+  out[nonzero] = np.where(np.isfinite(binned), binned, values[nonzero])
   return out
 
 

@@ -101,3 +101,18 @@ def test_times_are_counted_per_utc_day_whatever_the_column_s_zone():
       batch = pa.RecordBatch.from_pydict({'played_at': pa.array([at, None], pa.timestamp(unit, tz=zone))})
       column = batch_stats('listening_event', batch, frozenset({'played_at'}))['columns']['played_at']
       assert (zone, unit, column['per_day']) == (zone, unit, {'2026-01-01': 1})
+
+
+def test_histogram_bins_of_the_extreme_doubles_are_finite_values():
+  import math
+  import warnings
+
+  values = [5e-324, -1e-320, 1.79e308, -1.7976931348623157e308, 1234.0, float('inf'), float('nan'), None]
+  batch = pa.RecordBatch.from_pydict({'ms_played': pa.array(values, pa.float64())})
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    column = batch_stats('listening_event', batch, frozenset({'ms_played'}))['columns']['ms_played']
+  # Infinite and NaN values are left out of the distribution; every finite value is in a finite bin.
+  assert column['count'] == 5 and sum(column['histogram'].values()) == 5
+  assert all(math.isfinite(float(label)) for label in column['histogram']), column['histogram']
+  assert column['histogram']['1200'] == 1
