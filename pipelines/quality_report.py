@@ -271,6 +271,10 @@ def _entity_sections(report) -> List[str]:
   for i, stats in enumerate(report['entities']):
     rows = stats['rows'] or 1
     sections.append(f'<h2>Columns of {e(stats["entity"])} ({stats["rows"]:,} rows written)</h2>')
+    if not stats['rows']:
+      # A null rate of no rows is no 0%: say there is nothing to measure.
+      sections.append('<p class="muted">No rows written: no null rates or values to show.</p>')
+      continue
     sections.append(_null_rate_chart(stats, i))
     columns = stats['columns']
     shown = [n for n in sorted(columns, key=lambda n: columns[n]['nulls']) if columns[n].get('kind') != 'hidden']
@@ -336,6 +340,7 @@ def render_html(report: Dict[str, Any]) -> str:
       else '<span class="bad">rows unaccounted for</span>'
     )
     + '.</p>',
+    '' if totals['read'] else '<p class="bad">No data: this run read no rows.</p>',
     '<h2>Rows per tenant</h2>',
     _tenant_chart(report) if report['per_tenant'] else '',
     table(

@@ -122,3 +122,42 @@ def test_markup_in_the_data_is_text_in_the_page_and_in_its_charts():
 def test_markup_in_the_history_is_text_in_the_rolling_report():
   _, _, _, history = _hostile_report()
   _check_page(render_rolling_html(rolling_report(history)))
+
+
+def _text(page: str) -> str:
+  class Text(html.parser.HTMLParser):
+    def __init__(self):
+      super().__init__()
+      self.parts, self._skip = [], False
+
+    def handle_starttag(self, tag, attrs):
+      self._skip = tag in ('script', 'style')
+
+    def handle_endtag(self, tag):
+      self._skip = False
+
+    def handle_data(self, data):
+      if not self._skip:
+        self.parts.append(data)
+
+  parser = Text()
+  parser.feed(page)
+  return ' '.join(' '.join(parser.parts).split())
+
+
+def test_a_run_of_no_rows_says_there_is_no_data_and_shows_no_rates():
+  empty = pa.RecordBatch.from_pydict({'tenant_id': pa.array([], pa.string()), 'ms_played': pa.array([], pa.int64())})
+  manifest = {'run_id': 'r1', 'counts': {'read': 0, 'written': 0, 'dead_letter': 0}, 'conservation': {'ok': True}}
+  page = render_html(build_report(manifest, [batch_stats('listening_event', empty, frozenset({'ms_played'}))], []))
+  text = _text(page)
+  assert 'No data: this run read no rows.' in text
+  assert 'No rows written: no null rates or values to show.' in text
+  # No null rate of nothing (0.0%) and no chart of it.
+  assert '%' not in text and 'chart-nulls-0' not in page
+  # A run with rows says nothing of the kind.
+  rows = pa.RecordBatch.from_pydict({'tenant_id': ['acme', None], 'ms_played': [1, None]})
+  manifest = {'run_id': 'r2', 'counts': {'read': 2, 'written': 2}, 'conservation': {'ok': True}}
+  text = _text(
+    render_html(build_report(manifest, [batch_stats('listening_event', rows, frozenset({'ms_played'}))], []))
+  )
+  assert 'No data' not in text and 'No rows written' not in text and '50.0%' in text
