@@ -109,8 +109,11 @@ def _column_stats(column: pa.Array, visible: bool) -> Dict[str, Any]:
   present = column.drop_null() if column.null_count else column
   if not visible:
     stats['kind'] = 'hidden'
-  elif (pa.types.is_integer(t) or pa.types.is_floating(t)) and not pa.types.is_boolean(t):
-    values = np.asarray(present.to_numpy(zero_copy_only=False), np.float64)
+  elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+    # Decimals (amounts, prices) are numbers too: their distribution to two significant digits.
+    # (Only decimals are cast by Arrow: its safe cast refuses integers beyond 2**53.)
+    numbers = present.cast(pa.float64()) if pa.types.is_decimal(t) else present
+    values = np.asarray(numbers.to_numpy(zero_copy_only=False), np.float64)
     values = values[np.isfinite(values)]
     stats.update(kind='numeric', histogram={}, count=int(len(values)), sum=float(values.sum()) if len(values) else 0.0)
     if len(values):

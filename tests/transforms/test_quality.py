@@ -116,3 +116,21 @@ def test_histogram_bins_of_the_extreme_doubles_are_finite_values():
   assert column['count'] == 5 and sum(column['histogram'].values()) == 5
   assert all(math.isfinite(float(label)) for label in column['histogram']), column['histogram']
   assert column['histogram']['1200'] == 1
+
+
+def test_decimal_columns_are_numeric():
+  import decimal
+
+  for kind in (pa.decimal128(12, 2), pa.decimal256(40, 3)):
+    prices = pa.array([decimal.Decimal('1.25'), decimal.Decimal('1.25'), decimal.Decimal('1234.50'), None], kind)
+    batch = pa.RecordBatch.from_pydict({'price': prices})
+    column = batch_stats('listening_event', batch, frozenset({'price'}))['columns']['price']
+    assert column['kind'] == 'numeric' and column['type'] == str(kind) and column['nulls'] == 1
+    assert column['histogram'] == {'1.2': 2, '1200': 1} and (column['min'], column['max']) == (1.25, 1234.5)
+
+
+def test_integers_beyond_two_to_the_53_are_counted():
+  batch = pa.RecordBatch.from_pydict({'ms_played': pa.array([2**63 - 1, 2**53 + 1, -(2**63)], pa.int64())})
+  column = batch_stats('listening_event', batch, frozenset({'ms_played'}))['columns']['ms_played']
+  assert column['kind'] == 'numeric' and column['count'] == 3
+  assert column['histogram'] == {'9.2e+18': 1, '9e+15': 1, '-9.2e+18': 1}
