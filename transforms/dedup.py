@@ -2,9 +2,17 @@
 
 Rows are routed by (tenant, hash(key) mod num_shards) so that all copies of a
 key meet in one group; a group's batches are concatenated, sorted by (key,
-source, row) and the first copy of each key kept. The shuffle moves Arrow
-batches, not rows, and the sort makes the survivor the same on every runner.
-Dedup is per tenant: one tenant's records never suppress another's.
+place) and the first copy of each key kept. The shuffle moves Arrow batches,
+not rows, and the sort makes the survivor the same on every runner, for any
+number of shards or workers and any order of arrival. A row's place is where
+its input holds it: its file (``__source``; a byte range's ``path@start`` is
+the path, then the range's start as a number, so the copy first in a file wins
+however the file was cut into ranges), its ``__row`` and ``__element``. Copies
+that name one place (a database read in splits that each count rows from 1)
+are ordered by their values, column by column in name order; only copies equal
+in every value are then kept by their order in the group, where either one is
+the same record. A row with a null key is never a duplicate. Dedup is per
+tenant: one tenant's records never suppress another's.
 
 In streaming, the GroupByKey is per window, so duplicates are removed within
 a window (`pipelines.spotify_streaming` adds state that expires for late copies).
@@ -32,6 +40,7 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import typing
 import uuid
@@ -43,7 +52,16 @@ import pyarrow.compute as pc
 from apache_beam.io.filesystems import CompressionTypes, FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
-from transforms.records import ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN
+from transforms.records import (
+  ELEMENT_COLUMN,
+  INTERNAL_COLUMNS,
+  ROW_COLUMN,
+  SOURCE_COLUMN,
+  TENANT_COLUMN,
+  json_safe,
+  python_values,
+  source_path,
+)
 from transforms.schema import concat_widened
 
 __all__ = ['Deduplicate', 'DedupOutputs', 'SpillFile', 'shard_of', 'dedup_table']
@@ -85,12 +103,13 @@ def shard_of(keys: pa.Array, num_shards: int) -> np.ndarray:
 
 
 def dedup_table(table: pa.Table, key_field: str) -> typing.Tuple[pa.Table, int]:
-  """(first copy of each key in (source, row) order, number dropped); null keys are never duplicates.
+  """(first copy of each key in place order, number dropped); null keys are never duplicates.
 
   Kept rows stay in the table's order. Duplicates are found by hashing the
   keys (one dictionary encoding); only the rows of repeated keys are sorted,
-  by (key, source, row). Sorting and reordering a whole 1.4M-row group took
-  2.1-2.3 s; this 0.6 s (measured on a 10M-row run's group).
+  by (key, place, values: see the module docstring). Sorting and reordering a
+  whole 1.4M-row group took 2.1-2.3 s; this 0.6 s (measured on a 10M-row
+  run's group).
   """
   n = table.num_rows
   if n < 2:
@@ -107,12 +126,10 @@ def dedup_table(table: pa.Table, key_field: str) -> typing.Tuple[pa.Table, int]:
     return table, 0
   rows = pa.array(repeated)
   order_columns = {'__key_code': pa.array(codes[repeated])}
-  for column in (SOURCE_COLUMN, ROW_COLUMN):
-    if column in table.schema.names:
-      values = table.column(column).take(rows)
-      if pa.types.is_dictionary(values.type):
-        values = values.cast(values.type.value_type)
-      order_columns[column] = values
+  order_columns.update(_place_columns(table, rows))
+  if _ties(order_columns):
+    # Copies naming one place: their position in the group depends on the order batches arrived in.
+    order_columns.update(_value_columns(table, rows, key_field))
   order_columns['__position'] = rows
   ordered = pa.table(order_columns).sort_by([(name, 'ascending') for name in order_columns])
   sorted_codes = ordered.column('__key_code').to_numpy()
@@ -121,6 +138,75 @@ def dedup_table(table: pa.Table, key_field: str) -> typing.Tuple[pa.Table, int]:
   keep = np.ones(n, dtype=bool)
   keep[ordered.column('__position').to_numpy()[later_copy]] = False
   return table.take(pa.array(np.flatnonzero(keep))), int(later_copy.sum())
+
+
+def _plain_column(table: pa.Table, name: str, rows: pa.Array) -> pa.Array:
+  values = table.column(name).take(rows).combine_chunks()
+  return values.dictionary_decode() if pa.types.is_dictionary(values.type) else values
+
+
+def _place_key(source: str) -> tuple:
+  """(file, byte range start): `path@start` of a range past byte 0 (`records.range_source`) -> (path, start)."""
+  path = source_path(source)
+  return (path, int(source[len(path) + 1 :]) if path != source else 0)
+
+
+def _place_columns(table: pa.Table, rows: pa.Array) -> typing.Dict[str, pa.Array]:
+  """Sort keys of the `rows` by their place in their inputs: source (file, then range start), row, element.
+
+  `path@start` compared as text put the range at byte 10485760 before the one
+  at 2097152, so the copy kept depended on the split size.
+  """
+  names = table.schema.names
+  columns = {}
+  if SOURCE_COLUMN in names:
+    sources = pc.dictionary_encode(_plain_column(table, SOURCE_COLUMN, rows).cast(pa.string()))
+    distinct = sources.dictionary.to_pylist()
+    rank = np.empty(len(distinct) + 1, dtype=np.int64)
+    rank[sorted(range(len(distinct)), key=lambda i: _place_key(distinct[i]))] = np.arange(len(distinct))
+    rank[-1] = len(distinct)  # no source: after every source, as Arrow sorts nulls
+    indices = np.asarray(sources.indices.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
+    columns['__source_rank'] = pa.array(rank[indices])
+  for column in (ROW_COLUMN, ELEMENT_COLUMN):
+    if column in names:
+      columns[column] = _plain_column(table, column, rows)
+  return columns
+
+
+def _ties(columns: typing.Dict[str, pa.Array]) -> bool:
+  """Whether two rows are equal in every one of `columns` (nulls equal to nulls)."""
+  table = pa.table(columns)
+  grouped = table.group_by(list(columns), use_threads=False).aggregate([])
+  return grouped.num_rows < table.num_rows
+
+
+def _sortable(t: pa.DataType) -> bool:
+  return (
+    pa.types.is_primitive(t)
+    or pa.types.is_string(t)
+    or pa.types.is_large_string(t)
+    or pa.types.is_binary(t)
+    or pa.types.is_large_binary(t)
+    or pa.types.is_fixed_size_binary(t)
+    or pa.types.is_decimal(t)
+  )
+
+
+def _value_columns(table: pa.Table, rows: pa.Array, key_field: str) -> typing.Dict[str, pa.Array]:
+  """Sort keys of the `rows` by their values, column by column in name order (the group's column order
+  depends on which batch came first); nested values by their JSON text."""
+  columns = {}
+  for i, name in enumerate(sorted(set(table.schema.names) - set(INTERNAL_COLUMNS) - {key_field, TENANT_COLUMN})):
+    values = _plain_column(table, name, rows)
+    if pa.types.is_null(values.type):
+      continue
+    if not _sortable(values.type):
+      texts = [
+        None if v is None else json.dumps(json_safe(v), sort_keys=True, default=str) for v in python_values(values)
+      ]
+      values = pa.array(texts, pa.string())
+    columns[f'__value{i}'] = values
+  return columns
 
 
 def _route(batch: pa.RecordBatch, key_field: str, num_shards: int):

@@ -450,3 +450,79 @@ def test_booleans_in_one_input_and_numbers_in_another_are_text_not_ones_and_zero
   flags = pa.table({'f': [True, False]})
   numbers = pa.table({'f': [7, 0]})
   assert schema_mod.concat_widened([flags, numbers]).column('f').to_pylist() == ['true', 'false', '7', '0']
+
+
+def test_dedup_keeps_the_copy_first_in_its_file_whatever_byte_ranges_the_file_was_cut_into():
+  """Rows of a range past byte 0 name `path@start`: the copy at byte 2 MiB precedes the one at 10 MiB, as text or not."""
+  rows = [
+    {'event_id': 'k', 'v': 'at 10 MiB', '__source': 'f.csv@10485760', '__row': 1},
+    {'event_id': 'k', 'v': 'at 2 MiB', '__source': 'f.csv@2097152', '__row': 7},
+    {'event_id': 'k', 'v': 'other file', '__source': 'f.csv-2', '__row': 1},
+    {'event_id': 'j', 'v': 'second range', '__source': 'f.csv@9', '__row': 1},
+    {'event_id': 'j', 'v': 'tenth range', '__source': 'f.csv@10', '__row': 1},
+  ]
+  out, dropped = dedup_table(pa.Table.from_pylist(rows), 'event_id')
+  assert dropped == 3
+  assert out.column('v').to_pylist() == ['at 2 MiB', 'second range']
+  # Uncut, the same file keeps the same copies (the rows of a range count from 1 at its start).
+  whole = pa.Table.from_pylist(
+    [
+      {'event_id': 'j', 'v': 'second range', '__source': 'f.csv', '__row': 2},
+      {'event_id': 'j', 'v': 'tenth range', '__source': 'f.csv', '__row': 3},
+      {'event_id': 'k', 'v': 'at 2 MiB', '__source': 'f.csv', '__row': 100},
+      {'event_id': 'k', 'v': 'at 10 MiB', '__source': 'f.csv', '__row': 900},
+    ]
+  )
+  assert dedup_table(whole, 'event_id')[0].column('v').to_pylist() == ['second range', 'at 2 MiB']
+
+
+def _copies_naming_one_place():
+  """Copies of keys that name the same (source, row): a database read in splits that each count rows from 1."""
+  rows = []
+  for split in range(3):
+    for row in range(1, 41):
+      rows.append(
+        {
+          'event_id': f'e{row % 13}',
+          'tenant_id': 't1',
+          'v': f'split {split}',
+          'tags': {'split': split},
+          '__source': 'postgresql://db/plays',
+          '__row': row,
+        }
+      )
+  return rows
+
+
+def test_dedup_of_copies_that_name_one_place_keeps_the_same_row_whatever_the_order_of_arrival():
+  rows = _copies_naming_one_place()
+  rng = random.Random(3)
+  kept = set()
+  for _ in range(6):
+    rng.shuffle(rows)
+    out, dropped = dedup_table(pa.Table.from_pylist(rows), 'event_id')
+    assert dropped == len(rows) - 13
+    kept.add(frozenset((r['event_id'], r['v'], r['__row']) for r in out.to_pylist()))
+  assert len(kept) == 1
+
+
+@pytest.mark.parametrize('num_shards', [1, 3, 7])
+def test_deduplicate_keeps_the_same_rows_whatever_the_shards_bundles_and_order_of_arrival(num_shards, tmp_path):
+  rows = _copies_naming_one_place()
+  rng = random.Random(num_shards)
+  rng.shuffle(rows)
+  batches = [
+    pa.RecordBatch.from_pylist(rows[start : start + size])
+    for start, size in zip(range(0, len(rows), 11), [11] * len(rows))
+  ]
+  expected = dedup_table(pa.Table.from_pylist(_copies_naming_one_place()), 'event_id')[0]
+  expected_rows = [(r['event_id'], r['v'], r['__row']) for r in expected.select(['event_id', 'v', '__row']).to_pylist()]
+  with TestPipeline() as p:
+    result = (
+      p
+      | beam.Create(batches, reshuffle=True).with_output_types(pa.RecordBatch)
+      | Deduplicate('event_id', num_shards=num_shards, spill_dir=str(tmp_path / 'spill'))
+    )
+    got = result.records | beam.FlatMap(lambda b: zip(*(b.column(c).to_pylist() for c in ('event_id', 'v', '__row'))))
+    assert_that(got, equal_to(expected_rows), label='rows')
+    assert_that(result.counts | beam.CombinePerKey(sum), equal_to([('t1', len(rows) - 13)]), label='counts')
