@@ -11,8 +11,9 @@ however the file was cut into ranges), its ``__row`` and ``__element``. Copies
 that name one place (a database read in splits that each count rows from 1)
 are ordered by their values, column by column in name order; only copies equal
 in every value are then kept by their order in the group, where either one is
-the same record. A row with a null key is never a duplicate. Dedup is per
-tenant: one tenant's records never suppress another's.
+the same record. A row without a key (a null, or no key column in its
+batch) is never a duplicate. Dedup is per tenant: one tenant's records never
+suppress another's.
 
 In streaming, the GroupByKey is per window, so duplicates are removed within
 a window (`pipelines.spotify_streaming` adds state that expires for late copies).
@@ -112,7 +113,7 @@ def dedup_table(table: pa.Table, key_field: str) -> typing.Tuple[pa.Table, int]:
   run's group).
   """
   n = table.num_rows
-  if n < 2:
+  if n < 2 or key_field not in table.schema.names:
     return table, 0
   keys = table.column(key_field).combine_chunks()
   if pa.types.is_dictionary(keys.type):
@@ -211,7 +212,10 @@ def _value_columns(table: pa.Table, rows: pa.Array, key_field: str) -> typing.Di
 
 def _route(batch: pa.RecordBatch, key_field: str, num_shards: int):
   """((tenant, shard), sub-batch) for each (tenant, shard) the batch's rows go to."""
-  shards = shard_of(batch.column(key_field), num_shards)
+  names = batch.schema.names
+  # A batch without the key column (no input of it wrote the field): rows without a key, never duplicates.
+  keys = batch.column(key_field) if key_field in names else pa.nulls(batch.num_rows, pa.string())
+  shards = shard_of(keys, num_shards)
   tenants = batch.column(TENANT_COLUMN)
   if pa.types.is_dictionary(tenants.type):
     tenants = tenants.dictionary_decode()

@@ -526,3 +526,17 @@ def test_deduplicate_keeps_the_same_rows_whatever_the_shards_bundles_and_order_o
     got = result.records | beam.FlatMap(lambda b: zip(*(b.column(c).to_pylist() for c in ('event_id', 'v', '__row'))))
     assert_that(got, equal_to(expected_rows), label='rows')
     assert_that(result.counts | beam.CombinePerKey(sum), equal_to([('t1', len(rows) - 13)]), label='counts')
+
+
+@pytest.mark.parametrize('spill', [False, True], ids=['shuffle', 'spill_files'])
+def test_a_batch_without_the_key_column_keeps_its_rows_as_rows_without_a_key(spill, tmp_path):
+  """Deduplicate on its own (before Validate adds the column): no key is never a duplicate, and no crash."""
+  keyed = _batch([{'event_id': 'a', 'tenant_id': 't1', 'v': 1}, {'event_id': 'a', 'tenant_id': 't1', 'v': 2}])
+  keyless = _batch([{'tenant_id': 't1', 'v': 3}, {'tenant_id': 't1', 'v': 4}], source='s2')
+  with TestPipeline() as p:
+    batches = p | beam.Create([keyed, keyless]).with_output_types(pa.RecordBatch)
+    result = batches | Deduplicate('event_id', num_shards=1, spill_dir=str(tmp_path / 'spill') if spill else None)
+    rows = result.records | beam.FlatMap(lambda b: b.column('v').to_pylist())
+    assert_that(rows, equal_to([1, 3, 4]), label='rows')
+    assert_that(result.counts, equal_to([('t1', 1)]), label='counts')
+  assert dedup_table(pa.Table.from_batches([keyless]), 'event_id')[1] == 0
