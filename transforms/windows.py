@@ -193,13 +193,27 @@ class _RouteFn(beam.DoFn):
     self._options = options
 
   def process(self, batch: pa.RecordBatch):
-    shards = shard_of(batch.column(self._options.user_field), self._options.num_shards)
-    tenants = _strings(batch, TENANT_COLUMN)
-    for tenant in sorted(set(tenants)):
-      for shard in np.unique(shards):
-        mask = (tenants == tenant) & (shards == shard)
-        if mask.any():
-          yield (tenant, int(shard)), batch.filter(pa.array(mask))
+    num_shards = self._options.num_shards
+    shards = shard_of(batch.column(self._options.user_field), num_shards)
+    tenants = batch.column(TENANT_COLUMN)
+    if pa.types.is_dictionary(tenants.type):
+      tenants = tenants.dictionary_decode()
+    encoded = pc.dictionary_encode(tenants.cast(pa.string()))
+    # Tenants in name order, then shards: one stable sort and a slice per (tenant, shard). A mask per
+    # (tenant, shard) pair passed over the whole batch each time: 5 s a 64k batch of 300 tenants at 8 shards.
+    names = encoded.dictionary.to_pylist()
+    rank = np.empty(len(names), dtype=np.int64)
+    rank[np.argsort(np.array(names, dtype=object), kind='stable')] = np.arange(len(names))
+    group = rank[np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)] * num_shards + shards
+    order = np.argsort(group, kind='stable')
+    sorted_groups = group[order]
+    starts = np.flatnonzero(np.diff(sorted_groups, prepend=-1))
+    ends = np.append(starts[1:], len(order))
+    grouped = batch.take(pa.array(order))
+    by_rank = np.argsort(rank)
+    for start, end in zip(starts.tolist(), ends.tolist()):
+      g = int(sorted_groups[start])
+      yield (names[by_rank[g // num_shards]], g % num_shards), grouped.slice(start, end - start)
 
 
 def _concat(batches: List[pa.RecordBatch]) -> pa.RecordBatch:
