@@ -126,11 +126,16 @@ def tag_batch(batch: pa.RecordBatch, tenant_id: Optional[str], tenant_field: Opt
     # A JSON object, array or boolean a reader took as text (`true` matches the pattern) is no tenant id either.
     not_text = json_types(batch).get(tenant_field, {})
     ok[list(not_text)] = False
-    detail = lambda record, row: (
-      f'{tenant_field} is a JSON {not_text[row]}, not a tenant id'
-      if row in not_text
-      else f'{tenant_field} {record.get(tenant_field)!r} is not a valid tenant id (must match {TENANT_PATTERN})'
-    )
+
+    def detail(record, row):
+      if row in not_text:
+        return f'{tenant_field} is a JSON {not_text[row]}, not a tenant id'
+      if tenant_field not in record:
+        return f'no {tenant_field} field'
+      if record[tenant_field] is None:
+        return f'{tenant_field} is null or blank, no tenant id'
+      return f'{tenant_field} {record[tenant_field]!r} is not a valid tenant id (must match {TENANT_PATTERN})'
+
   else:
     values = pa.array(np.full(n, tenant_id, dtype=object), type=pa.string())
     ok = np.ones(n, dtype=bool)

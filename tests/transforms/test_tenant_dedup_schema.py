@@ -540,3 +540,11 @@ def test_a_batch_without_the_key_column_keeps_its_rows_as_rows_without_a_key(spi
     assert_that(rows, equal_to([1, 3, 4]), label='rows')
     assert_that(result.counts, equal_to([('t1', 1)]), label='counts')
   assert dedup_table(pa.Table.from_batches([keyless]), 'event_id')[1] == 0
+
+
+def test_a_row_without_a_tenant_says_so_naming_the_field():
+  batch = _batch([{'event_id': 'a', 'tenant': None}, {'event_id': 'b', 'tenant': 'ok'}])
+  assert [l['detail'] for l in tag_batch(batch, None, 'tenant')[1]] == ['tenant is null or blank, no tenant id']
+  batch = _batch([{'event_id': 'a'}])
+  letters = tag_batch(batch, None, 'tenant')[1]
+  assert [(l['detail'], l['position'], l['field']) for l in letters] == [('no tenant field', 'row 2', 'tenant')]
