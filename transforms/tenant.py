@@ -140,10 +140,12 @@ def tag_batch(batch: pa.RecordBatch, tenant_id: Optional[str], tenant_field: Opt
     values = pa.array(np.full(n, tenant_id, dtype=object), type=pa.string())
     ok = np.ones(n, dtype=bool)
     if TENANT_COLUMN in names:
-      # A record that names another tenant must not land under this run's tenant.
+      # A record that names another tenant must not land under this run's tenant. A blank one names none
+      # (as a blank field is null to Validate: JSON's "", a CSV cell of spaces).
       own = _tenant_text(batch.column(TENANT_COLUMN))
+      named = pc.if_else(pc.equal(pc.utf8_trim_whitespace(own), ''), pa.scalar(None, pa.string()), own)
       ok = np.asarray(
-        pc.fill_null(pc.or_(pc.is_null(own), pc.equal(own, tenant_id)), True).to_numpy(zero_copy_only=False), bool
+        pc.fill_null(pc.or_(pc.is_null(named), pc.equal(named, tenant_id)), True).to_numpy(zero_copy_only=False), bool
       )
     detail = lambda record, row: f'record names tenant {record.get(TENANT_COLUMN)!r} but the run is for {tenant_id!r}'
   letters = _letters(batch, ~ok, tenant_field or TENANT_COLUMN, detail) if not ok.all() else []

@@ -542,6 +542,16 @@ def test_a_batch_without_the_key_column_keeps_its_rows_as_rows_without_a_key(spi
   assert dedup_table(pa.Table.from_batches([keyless]), 'event_id')[1] == 0
 
 
+@pytest.mark.parametrize('blank', ['', '  ', '\t'], ids=repr)
+def test_a_blank_tenant_in_a_record_of_a_run_tenant_names_no_tenant(blank):
+  """As a blank field is null to Validate: the record names no other tenant, so it is the run's (JSON "")."""
+  batch = _batch([{'event_id': 'a', 'tenant_id': blank}, {'event_id': 'b', 'tenant_id': 'other'}])
+  tagged, letters = tag_batch(batch, 'acme', None)
+  assert tagged.column('event_id').to_pylist() == ['a']
+  assert tagged.column('tenant_id').to_pylist() == ['acme']
+  assert [(l['reason'], l['position']) for l in letters] == [('invalid_tenant', 'row 3')]
+
+
 def test_a_row_without_a_tenant_says_so_naming_the_field():
   batch = _batch([{'event_id': 'a', 'tenant': None}, {'event_id': 'b', 'tenant': 'ok'}])
   assert [l['detail'] for l in tag_batch(batch, None, 'tenant')[1]] == ['tenant is null or blank, no tenant id']
