@@ -181,3 +181,153 @@ def test_the_linear_field_patterns_match_what_the_old_ones_did():
   old_acronym = re.compile(r'([A-Z]+)([A-Z][a-z])')
   for name in _NAMES:
     assert entities._ACRONYM_BOUNDARY.sub('_', name) == old_acronym.sub(r'\1_\2', name), name
+
+
+# presidio's regex flags (PatternRecognizer.global_regex_flags): how it runs a recognizer's patterns.
+_PRESIDIO_FLAGS = regex.DOTALL | regex.MULTILINE | regex.IGNORECASE
+_HUGE = 100_000
+# The patterns as they were, and as presidio writes its email pattern.
+_OLD_URL_WITH_CREDENTIALS = r'\b[a-z][a-z0-9+.\-]*://(?:[^\s/?#@:]*:[^\s@]*|[^\s/?#@:]+)@[^\s/?#@]+'
+_OLD_JWT = r'\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}'
+
+
+@pytest.fixture(scope='module')
+def recognizers():
+  from transforms.pii.recognizers import build_recognizers
+
+  return build_recognizers()
+
+
+def _presidio_pattern(recognizers, entity: str):
+  return regex.compile(recognizers[entity].patterns[0].regex, _PRESIDIO_FLAGS)
+
+
+@pytest.mark.unit
+def test_the_email_recognizers_pattern_is_linear_in_the_texts_length(recognizers):
+  """presidio's email pattern backtracked over each dot of a local part (8,000 characters of a.a.a...@: 16 s,
+  cubic) and read a run such as a slug, base64 or a-b-c... again from every word in it (a-a-a-...@: 4-6 s)."""
+  compiled = _presidio_pattern(recognizers, 'EMAIL_ADDRESS')
+  half = _HUGE // 2
+  for text in ('a-' * half + '@', 'a.' * half + '@', '-a' * half + '@ x', 'x@' + 'a-' * half + '.', 'a!' * half + '@-'):
+    assert list(compiled.finditer(text, timeout=2.0)) == []
+  found = compiled.finditer('a.' * half + 'ann@example.org', timeout=2.0)
+  assert [m.group(0)[-15:] for m in found] == ['ann@example.org']
+
+
+@pytest.mark.unit
+def test_the_url_and_jwt_patterns_are_linear_in_the_texts_length(recognizers):
+  """A dotted or hyphenated run before a URL with credentials (a.b.c...), many '://' with no '@' after, and a
+  run of eyJ-eyJ-... were read again from every start in them (8,000 characters: ~0.1 s, quadratic)."""
+  url = _presidio_pattern(recognizers, 'URL_WITH_CREDENTIALS')
+  texts = ['a.' * (_HUGE // 2) + ' http://u:p@h', 'x://' * (_HUGE // 4) + ' a@b', 'x://a:' * (_HUGE // 6) + '@/ a@b']
+  assert [len(list(url.finditer(text, timeout=1.0))) for text in texts] == [1, 0, 0]
+  jwt = regex.compile(recognizers['JWT'].patterns[0].regex, _PRESIDIO_FLAGS)
+  token = 'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJlMTIz'
+  assert [m.group(0) for m in jwt.finditer('eyJ-' * (_HUGE // 4) + ' ' + token, timeout=1.0)] == [token]
+
+
+@pytest.mark.unit
+def test_the_python_prefilters_are_linear_in_the_texts_length():
+  """Every text goes through the prefilters first. `pass\\w*` read each word holding 'pass' from every 'pass' in
+  it (0.4 s at 8,000 characters), `eyJ...{8,}` each run from every eyJ, `://.*@` the text from every '://'."""
+  from transforms.pii import scanner
+
+  hostile = {
+    'SECRET_ASSIGNMENT': ['pass' * (_HUGE // 4), 'passA' * (_HUGE // 5) + '"x'],
+    'JWT': ['eyJ' * (_HUGE // 3), 'eyJ-' * (_HUGE // 4) + '.eyj'],
+    'URL_WITH_CREDENTIALS': ['://' * (_HUGE // 3)],
+  }
+  for entity, texts in hostile.items():
+    for text in texts:
+      assert scanner._PREFILTERS_PY[entity].search(text, timeout=0.5) is None, entity
+      assert scanner._OTHER_PREFILTER_PY.search(text, timeout=0.5) is None, entity
+      assert scanner._ANY_PREFILTER_PY.search(text, timeout=0.5) is None, entity
+
+
+def _redact_all(scanner, texts) -> None:
+  for text in texts:
+    scanner.redact_text(text)
+
+
+@pytest.mark.unit
+def test_the_scanner_redacts_hostile_texts_in_linear_time():
+  """What users hit: one value through `TextScanner.redact_text` (prefilters, then presidio's recognizers)."""
+  from transforms.pii.scanner import TextScanner
+
+  scanner = TextScanner().setup()
+  half = _HUGE // 2
+  texts = ['a-' * half + '@', 'a.' * half + '@', 'pass' * (_HUGE // 4), 'a.' * half + ' http://u:p@h']
+  texts += [
+    'x://a:' * (_HUGE // 6) + ' a@b',
+    'eyJ-' * (_HUGE // 4) + 'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl',
+  ]
+  # ~50 ms each now; before, the first two took minutes.
+  assert _finishes_within(20.0, _redact_all, scanner, texts)
+
+
+_TEXTS = [
+  'mail ana.perez+1@example.org now',
+  'Bob.O\'Neil@Example.CO.uk, x_y@sub-domain.example.com; weird!#$%&*+/=?^_`{|}~@example.org',
+  'ann@localhost ann@-x.org a..b@example.org .ann@example.org ann.@example.org ann@example.org.',
+  'https://x.com/?email=ann@example.org&next=/a/b@c ünïcödé@exämple.de',
+  'postgres://user:s3cr3t@db.example.com:5432/app redis://:secret@cache:6379 https://ghp_token@github.com/o/r',
+  'git+ssh://git@github.com/o/r.git mailto:ann@example.org ftp://anonymous:@ftp.example.org x.y-z+w://u@h',
+  'Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.c2lnbmF0dXJlLXNpZw and eyJ-short.eyJx.y',
+  'password=hunter22 "client_secret": "abc" api_key: xyz token = t0k3n passphrase=x keynote: Secret:Love',
+  '{"user_id": "u-1", "note": "{\\"user_id\\": \\"u2\\", \\"n\\": 12}", "n": -1.5e3, "cut": "abc\\',
+  'x://a:b://c@d a-b.c-d@e-f.g-h.ij http://[::1]:80@h a@b@c.d',
+]
+_ALPHABETS = (
+  ['a', 'Z', '1', '.', '-', '_', '@', ' ', '+', '!', 'é', '..', 'b.c', '"', '/', ':', '://', 'x://', 'u:p@h', '?'],
+  ['eyJ', 'EYJ', 'aaaaaaaa', '.', '.eyJ', '-', '_', ' ', 'pass', 'key', 'token', '=', ':', '"', "'", 'ſ', '\n'],
+  ['"', '\\', 'a', ':', ' ', '1', '.', 'e', '-', '{', '}', ',', '\\"', '"k": ', '"v"'],
+)
+
+
+def _samples():
+  """The texts above, and short random texts of the characters the patterns turn on (seeded)."""
+  import random
+
+  rng = random.Random(20261206)
+  samples = list(_TEXTS)
+  for alphabet in _ALPHABETS:
+    samples += [''.join(rng.choice(alphabet) for _ in range(rng.randint(0, 14))) for _ in range(3000)]
+  return samples
+
+
+@pytest.mark.unit
+def test_the_linear_recognizer_patterns_match_what_the_old_ones_did(recognizers):
+  from presidio_analyzer.predefined_recognizers import EmailRecognizer
+
+  from transforms.pii.recognizers import PRESIDIO_EMAIL_PATTERN
+
+  assert PRESIDIO_EMAIL_PATTERN == EmailRecognizer.PATTERNS[0].regex  # presidio's, so the same matches as presidio's
+  pairs = [
+    (EmailRecognizer.PATTERNS[0].regex, 'EMAIL_ADDRESS'),
+    (_OLD_URL_WITH_CREDENTIALS, 'URL_WITH_CREDENTIALS'),
+    (_OLD_JWT, 'JWT'),
+  ]
+  found = 0
+  for old, entity in pairs:
+    before, after = regex.compile(old, _PRESIDIO_FLAGS), _presidio_pattern(recognizers, entity)
+    for text in _samples():
+      spans = [m.span() for m in before.finditer(text)]
+      assert [m.span() for m in after.finditer(text)] == spans, (entity, text)
+      found += bool(spans)
+  assert found > 200
+
+
+@pytest.mark.unit
+def test_the_python_prefilters_flag_what_the_arrow_ones_do():
+  from transforms.pii import scanner
+
+  as_written = {e: regex.compile(regex.escape(p) if len(p) == 1 else p) for e, p in scanner._PREFILTERS.items()}
+  union, others = regex.compile(scanner._ANY_PREFILTER), regex.compile(scanner._ANY_PREFILTERS[0])
+  flagged = 0
+  for text in _samples():
+    for entity, pattern in as_written.items():
+      assert (scanner._PREFILTERS_PY[entity].search(text) is None) == (pattern.search(text) is None), (entity, text)
+    assert (scanner._ANY_PREFILTER_PY.search(text) is None) == (union.search(text) is None), text
+    assert (scanner._OTHER_PREFILTER_PY.search(text) is None) == (others.search(text) is None), text
+    flagged += scanner._PREFILTERS_PY['SECRET_ASSIGNMENT'].search(text) is not None
+  assert flagged > 100
