@@ -189,6 +189,10 @@ _HUGE = 100_000
 # The patterns as they were, and as presidio writes its email pattern.
 _OLD_URL_WITH_CREDENTIALS = r'\b[a-z][a-z0-9+.\-]*://(?:[^\s/?#@:]*:[^\s@]*|[^\s/?#@:]+)@[^\s/?#@]+'
 _OLD_JWT = r'\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}'
+_OLD_JSON_PAIR = (
+  r'(?P<head>"(?P<key>(?:[^"\\]|\\.)*)"\s*:\s*)'
+  r'(?:"(?P<text>(?:[^"\\]|\\.)*)(?:"|\\?$)|(?P<number>-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?))'
+)
 
 
 @pytest.fixture(scope='module')
@@ -242,6 +246,17 @@ def test_the_python_prefilters_are_linear_in_the_texts_length():
       assert scanner._PREFILTERS_PY[entity].search(text, timeout=0.5) is None, entity
       assert scanner._OTHER_PREFILTER_PY.search(text, timeout=0.5) is None, entity
       assert scanner._ANY_PREFILTER_PY.search(text, timeout=0.5) is None, entity
+
+
+@pytest.mark.unit
+def test_broken_json_texts_pairs_are_found_in_linear_time():
+  """A truncated line holding escaped JSON (a payload string): each escaped quote was tried as a key's start
+  and read on to the string's end (8,000 characters: 0.9 s, quadratic; a dead letter's 1 MiB line: hours)."""
+  from transforms.pii.batch import _JSON_PAIR
+
+  payload = '{"p": "' + '{\\"user_id\\": \\"u1\\", \\"n\\": 1}, ' * (_HUGE // 36)
+  for text in (payload, '"a\\' * (_HUGE // 3)):
+    _JSON_PAIR.sub(lambda m: m.group(0), text, timeout=1.0)
 
 
 def _redact_all(scanner, texts) -> None:
@@ -331,3 +346,16 @@ def test_the_python_prefilters_flag_what_the_arrow_ones_do():
     assert (scanner._OTHER_PREFILTER_PY.search(text) is None) == (others.search(text) is None), text
     flagged += scanner._PREFILTERS_PY['SECRET_ASSIGNMENT'].search(text) is not None
   assert flagged > 100
+
+
+@pytest.mark.unit
+def test_the_json_pair_pattern_finds_the_pairs_the_old_one_did():
+  from transforms.pii.batch import _JSON_PAIR
+
+  old = regex.compile(_OLD_JSON_PAIR)
+  found = 0
+  for text in _samples():
+    pairs = [(m.span(), m.groupdict()) for m in old.finditer(text)]
+    assert [(m.span(), m.groupdict()) for m in _JSON_PAIR.finditer(text)] == pairs, text
+    found += bool(pairs)
+  assert found > 100
