@@ -87,20 +87,25 @@ def mask_secrets(text: str, secrets: Iterable[Optional[str]]) -> str:
 @functools.lru_cache(maxsize=256)
 def _spellings(secret: str) -> 're.Pattern[str]':
   """A pattern of `secret` written with any of its characters as itself, JSON-escaped or percent-encoded."""
-  return re.compile(''.join(_char_spellings(char) for char in secret))
+  return re.compile(''.join(_char_spellings(char, first=i == 0) for i, char in enumerate(secret)))
 
 
-def _char_spellings(char: str) -> str:
+def _char_spellings(char: str, first: bool = False) -> str:
   code = ord(char)
   forms = [re.escape(char)]
-  # One or more backslashes: a JSON string inside a JSON string escapes its escapes.
+  # One or more backslashes: a JSON string inside a JSON string escapes its escapes. The secret's first character
+  # escaped starts where its run of backslashes does: from any later backslash of the run the escape ends alike,
+  # so none matches where the run's start does not, and each one tried read on to the run's end (a text of
+  # backslashes, as escaped JSON nests them, took a time growing with the square of its length: 0.08 s a secret
+  # at 16,000 characters).
+  escape = r'(?<!\\)\\+' if first else r'\\+'
   if code > 0xFFFF:  # JSON writes it as a UTF-16 surrogate pair
     high, low = 0xD800 + ((code - 0x10000) >> 10), 0xDC00 + ((code - 0x10000) & 0x3FF)
-    forms.append(rf'\\+u{_hex(high, 4)}\\+u{_hex(low, 4)}')
+    forms.append(rf'{escape}u{_hex(high, 4)}\\+u{_hex(low, 4)}')
   else:
-    forms.append(rf'\\+u{_hex(code, 4)}')
+    forms.append(rf'{escape}u{_hex(code, 4)}')
   if char in _JSON_SHORT:
-    forms.append(r'\\+' + re.escape(_JSON_SHORT[char]))
+    forms.append(escape + re.escape(_JSON_SHORT[char]))
   forms.append(''.join('%' + _hex(byte, 2) for byte in char.encode('utf-8')))
   if char == ' ':
     forms.append(r'\+')  # form encoding (urlencode's query strings)

@@ -129,3 +129,34 @@ def test_masked_message_hides_a_password_echoed_json_escaped():
   url = 'redis://music:p%2Fss\u00e9@db:6379/0'
   assert url_password(url) == 'p/ssé'
   assert masked_message('{"error": "WRONGPASS p\\/ss\\u00e9"}', url) == '{"error": "WRONGPASS ***"}'
+
+
+def _mask_all(texts, secrets) -> None:
+  for text in texts:
+    mask_secrets(text, secrets)
+
+
+def test_a_run_of_backslashes_is_masked_in_linear_time():
+  """Escaped JSON nests its escapes (\\\\\\\\u00e9...): the first character of a secret, escaped, was tried from
+  every backslash of a run and read on to its end (16,000 backslashes: 0.08 s a secret, quadratic; 300,000
+  took ~30 s, now ~15 ms). A forked child, killed when it runs over: the `re` module has no timeout."""
+  import multiprocessing
+
+  texts = ['\\' * 300_000, '\\' * 150_000 + 'u0073' + '\\' * 150_000 + 'x']
+  child = multiprocessing.get_context('fork').Process(target=_mask_all, args=(texts, ['s3cr3t-value', '/x']))
+  child.start()
+  child.join(5.0)
+  still_running = child.is_alive()
+  if still_running:
+    child.kill()
+    child.join()
+  assert not still_running and child.exitcode == 0
+
+
+@pytest.mark.parametrize('secret', ['s3cr3t', '\\a', '/x', '"q', '\\\\', 'é1', '\U0001f3b5z', 's p'])
+def test_a_secret_escaped_from_the_middle_of_a_run_of_backslashes_is_still_masked(secret):
+  escaped = json.dumps(secret)[1:-1]
+  for before in ('', 'x', '\\', '\\\\', 'x\\\\'):
+    for text in (before + escaped + '!', before + json.dumps(json.dumps(secret))[1:-1] + '!'):
+      masked = mask_secrets(text, [secret])
+      assert '***' in masked and masked.endswith('!'), (secret, text, masked)
