@@ -217,13 +217,14 @@ def _second_phase(group: Tuple[str, int], paths: Sequence[str], schema: pa.Schem
   written = 0
   stats = None
   visible = quality.visible_columns(_MODEL)
+  output_schema = lineage_schema(schema)  # as the job's: the lineage columns are added after dedup
   for batch in kept.to_batches():
     # As the job: lineage columns after dedup, statistics of the deduplicated rows.
     stats = quality.merge_stats(stats, quality.batch_stats('listening_event', batch, visible))
     clock.lap('quality statistics')
     batch = add_lineage_columns(batch, 'work-floor', None)
     clock.lap('lineage columns')
-    batch = conform(batch, lineage_schema(schema))
+    batch = conform(batch, output_schema)
     clock.lap('conform')
     payload = parquet_bytes(pa.Table.from_batches([strip_internal(batch)]))
     _write(os.path.join(_worker['out_dir'], f'data-{group[0]}-{uuid.uuid4().hex}.parquet'), payload)
