@@ -51,6 +51,10 @@ REASONS = {
   'malformed_avro': 'a stream message whose Avro payload does not decode (wire format, schema id, bytes)',
   'late_event': 'an event behind the watermark by more than the allowed lateness of its window',
   'suppressed': "a record of a subject on the tenant's suppression list (erased earlier); nothing of it is kept",
+  'schema_mismatch': (
+    "a row a lake table refused: a column whose type the table holds differently (string vs int64), or a "
+    'wider number a Delta table cannot take; the rest of its stream window was committed'
+  ),
 }
 
 

@@ -33,8 +33,24 @@ or a REST catalog (``http(s)://...``). Warehouse / Delta root: local disk,
 Schema: a column the table lacks is added (union by name), and so is a new
 field of a struct at any depth; wider numbers (int to long, float to double)
 widen an Iceberg column (Delta cannot: `SchemaMismatchError`); a column whose
-type changed incompatibly (string to int) stops the commit with
-`SchemaMismatchError`, naming the table and column, before anything is committed. Concurrency: appends
+type changed incompatibly (string to int) is `SchemaMismatchError`, naming the
+table and column. That error is permanent (the same rows fail every attempt),
+and the two paths treat it apart:
+
+- batch (`commit_batch`): every table's schema is checked first, so the run
+  stops before anything is committed (its input is read again by the next run);
+- streaming (`CommitWindowTables`): the window's batches (panes) the table
+  refuses become dead letters, one per row (reason ``schema_mismatch``, its
+  source and position, the table, column and types in ``detail``, never a
+  value), committed to DEAD_LETTER_TABLE before their positions are
+  acknowledged; the window's other batches, and later windows, commit as usual.
+  A batch is judged on its own: beside another batch's text its integers are
+  refused as they would be alone. Within one batch a column has one type (the
+  window step widened its rows together), so the batch is what is refused.
+
+Every other error (storage or catalog out of reach, a conflict past the
+retries) fails the commit, and a streaming bundle fails for the runner to try
+again. Concurrency: appends
 retry on a conflict (optimistic concurrency); an overwrite of a tenant's
 partition never retries: of two overwriting the same partition, one wins and
 the other raises `CommitConflictError`.
@@ -70,7 +86,16 @@ from io_connectors._common.masking import mask_secrets, mask_url, masked_message
 from io_connectors._common.retry import Backoff
 from io_connectors.sinks.lake import UNASSIGNED, parquet_bytes
 from io_connectors.sinks.window_files import WRITTEN, _positions
-from transforms.records import TENANT_COLUMN, json_safe, microsecond_times, strip_internal
+from transforms.dead_letter import dead_letter
+from transforms.records import (
+  SOURCE_COLUMN,
+  TENANT_COLUMN,
+  json_safe,
+  microsecond_times,
+  row_positions,
+  rows_as_dicts,
+  strip_internal,
+)
 from transforms.schema import concat_widened
 from transforms.state_cache import weigh_cached_state_by_shape
 from transforms.windows import window_label
@@ -88,6 +113,10 @@ __all__ = [
   'CommitWindowTables',
   'CommitDeadLetterTables',
   'commit_window',
+  'commit_dead_letters',
+  'check_fits',
+  'refused_letters',
+  'table_label',
   'dead_letter_rows',
   'open_tables',
   'table_schema',
@@ -126,7 +155,24 @@ class TableError(ConnectorError):
 
 
 class SchemaMismatchError(TableError):
-  """The data's schema cannot be merged into the table's (a column's type changed)."""
+  """The data's schema cannot be merged into the table's (a column's type changed, a widening Delta cannot make).
+
+  Permanent: the same rows meet the same table the same way on every
+  attempt. A bounded run stops before it commits anything; a streaming
+  commit dead-letters the batches the table refuses (`CommitWindowTables`),
+  where every other error fails the bundle for the runner to try again.
+  columns: the columns (paths, ``a.b`` in a struct) at fault, () when the
+  catalog refused without naming them; conflict: what is wrong, in types
+  only (never a value), without what became of the commit.
+  """
+
+  def __init__(self, message: str, columns: Sequence[str] = (), conflict: str = ''):
+    super().__init__(message)
+    self.columns = tuple(columns)
+    self.conflict = conflict or message
+
+  def __reduce__(self):
+    return type(self), (str(self), self.columns, self.conflict)
 
 
 class CommitConflictError(TableError):
@@ -415,9 +461,11 @@ def _is_list_type(t: pa.DataType) -> bool:
   return pa.types.is_list(t) or pa.types.is_large_list(t)
 
 
-def _evolved_type(old: pa.DataType, new: pa.DataType, path: str, widened: List[str]) -> Tuple[pa.DataType, bool]:
+def _evolved_type(
+  old: pa.DataType, new: pa.DataType, path: str, widened: List[Tuple[str, pa.DataType, pa.DataType]]
+) -> Tuple[pa.DataType, bool]:
   """(the table's type of a column of type `old` once data of the compatible type `new` joins it, whether it
-  changed): the fields `new`'s structs add, at any depth, and numbers widened (their paths in `widened`)."""
+  changed): the fields `new`'s structs add, at any depth, and numbers widened ((path, old, new) in `widened`)."""
   if pa.types.is_struct(old) and pa.types.is_struct(new):
     theirs = {f.name: f for f in new}
     fields, changed = [], False
@@ -440,9 +488,29 @@ def _evolved_type(old: pa.DataType, new: pa.DataType, path: str, widened: List[s
     item, item_changed = _evolved_type(old.item_type, new.item_type, f'{path}.value', widened)
     return pa.map_(old.key_field.with_type(key), old.item_field.with_type(item)), key_changed or item_changed
   if (old, new) in _WIDENINGS:
-    widened.append(f'{path}: {old} -> {new}')
+    widened.append((path, old, new))
     return new, True
   return old, False
+
+
+def _shown(t: pa.DataType) -> str:
+  """`t` as messages name it: a table's large strings, binaries and lists (pyiceberg reads its strings as
+  large_string) as their plain types, the types the data has."""
+
+  def plain(t: pa.DataType) -> pa.DataType:
+    if pa.types.is_large_string(t):
+      return pa.string()
+    if pa.types.is_large_binary(t):
+      return pa.binary()
+    if pa.types.is_struct(t):
+      return pa.struct([f.with_type(plain(f.type)) for f in t])
+    if _is_list_type(t):
+      return pa.list_(t.value_field.with_type(plain(t.value_type)))
+    if pa.types.is_map(t):
+      return pa.map_(t.key_field.with_type(plain(t.key_type)), t.item_field.with_type(plain(t.item_type)))
+    return t
+
+  return str(plain(t))
 
 
 def check_schema(table: str, current: pa.Schema, incoming: pa.Schema, widen: bool = True) -> List[pa.Field]:
@@ -451,24 +519,27 @@ def check_schema(table: str, current: pa.Schema, incoming: pa.Schema, widen: boo
   int32 column: a reader casts the file to the table's type, and its values past int32 failed every read of
   the table, a double past float32 read as an infinity)."""
   by_name = {f.name: f for f in current}
-  changed = [
-    f'{f.name}: {by_name[f.name].type} -> {f.type}'
-    for f in incoming
-    if f.name in by_name and not _compatible(by_name[f.name].type, f.type)
-  ]
+  changed = [f for f in incoming if f.name in by_name and not _compatible(by_name[f.name].type, f.type)]
   if changed:
-    raise SchemaMismatchError(
-      f'table {table}: the data changes the type of {", ".join(changed)}; nothing was committed '
-      '(write to a new table, or migrate this one first)'
+    conflict = 'the data changes the type of ' + ', '.join(
+      f'{f.name}: {_shown(by_name[f.name].type)} -> {_shown(f.type)}' for f in changed
     )
-  widened: List[str] = []
+    raise SchemaMismatchError(
+      f'table {table}: {conflict}; nothing was committed (write to a new table, or migrate this one first)',
+      [f.name for f in changed],
+      conflict,
+    )
+  widened: List[Tuple[str, pa.DataType, pa.DataType]] = []
   for f in incoming:
     if f.name in by_name:
       _evolved_type(by_name[f.name].type, f.type, f.name, widened)
   if widened and not widen:
+    paths = ', '.join(f'{path}: {_shown(old)} -> {_shown(new)}' for path, old, new in widened)
+    conflict = f'the data widens the type of {paths}, which a Delta table cannot change in place'
     raise SchemaMismatchError(
-      f'table {table}: the data widens the type of {", ".join(widened)}, which a Delta table cannot change '
-      'in place; nothing was committed (write to a new table, or migrate this one first)'
+      f'table {table}: {conflict}; nothing was committed (write to a new table, or migrate this one first)',
+      [path for path, _, _ in widened],
+      conflict,
     )
   return [f for f in incoming if f.name not in by_name]
 
@@ -972,7 +1043,9 @@ class _IcebergTables:
         time.sleep(_BACKOFF.delay_s(attempt))
         continue
       except ValidationError as e:
-        raise SchemaMismatchError(f'{name}: {e}; nothing was committed') from None
+        # pyiceberg's schema update refused the change (it names the column and types, no value).
+        conflict = mask_secrets(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__, _secrets())
+        raise SchemaMismatchError(f'{name}: {conflict}; nothing was committed', (), conflict[:300]) from None
       except TableError:
         raise
       except Exception as e:
@@ -1201,6 +1274,15 @@ class _DeltaTables:
     raise CommitConflictError(f'{location}: could not create or commit to the table')
 
 
+def check_fits(target: TableTarget, name: str, table, schema: pa.Schema) -> None:
+  """SchemaMismatchError (naming `name`) where data of `schema` cannot join `table` as loaded (None: no table yet,
+  which takes anything): the check each commit makes, without writing or committing anything."""
+  if table is None:
+    return
+  current = table.schema().as_arrow() if target.format == 'iceberg' else pa.schema(table.schema().to_arrow())
+  check_schema(name, current, table_schema(_fit_null_columns(schema, current)), widen=target.format == 'iceberg')
+
+
 def open_tables(target: TableTarget):
   """The committer of `target`: ``.location(table)``, ``.load(table)``, ``.commit(...)``."""
   return _IcebergTables(target) if target.format == 'iceberg' else _DeltaTables(target)
@@ -1227,9 +1309,7 @@ def commit_batch(
   for name, table_files in by_table.items():
     existing = tables.load(name)
     if existing is not None and not tables.committed(existing, commit_id):
-      current = existing.schema().as_arrow() if target.format == 'iceberg' else pa.schema(existing.schema().to_arrow())
-      schema = schemas.get(name, DEAD_LETTER_SCHEMA)
-      check_schema(name, current, table_schema(_fit_null_columns(schema, current)), widen=target.format == 'iceberg')
+      check_fits(target, name, existing, schemas.get(name, DEAD_LETTER_SCHEMA))
   results = {}
   for name, table_files in sorted(by_table.items()):
     result = tables.commit(
@@ -1243,6 +1323,11 @@ def commit_batch(
     )
     results[name] = result.as_dict()
   return results
+
+
+def table_label(target: TableTarget, table: str) -> str:
+  """How errors and dead letters name a table: ``namespace.table`` (Iceberg), the table's name (Delta)."""
+  return f'{target.namespace}.{table}' if target.format == 'iceberg' else table
 
 
 def window_id(table: str, window_start_us: int) -> str:
@@ -1331,6 +1416,8 @@ def commit_window(
         todo = rows.filter(pa.array(fresh, pa.bool_()))
     if not todo.num_rows:
       return None
+    # Rows the table refuses (SchemaMismatchError, permanent) are refused before any file is written.
+    check_fits(target, table_label(target, table_name), table, todo.schema)
     location = table.location().rstrip('/') if target.format == 'iceberg' and table is not None else None
     location = location or committer.location(table_name)
     parts = list(_partition_groups(todo, day_field))
@@ -1358,8 +1445,62 @@ def commit_window(
   return None
 
 
+def _mixed_types(parts: Sequence[pa.Table], rows: pa.Table) -> bool:
+  """Whether joining `parts` into `rows` gave a column of one of them a type its own values would not join
+  (integers beside text became text: `concat_widened`). A struct's fields united, numbers widened, a null
+  column typed are no such change: a table takes the part as it takes the whole."""
+  for part in parts:
+    for f in part.schema:
+      i = rows.schema.get_field_index(f.name)
+      if i < 0 or not (pa.types.is_null(f.type) or _compatible(rows.schema.field(i).type, f.type)):
+        return True
+  return False
+
+
+_FORMAT_NAMES = {'iceberg': 'Iceberg', 'delta': 'Delta'}
+
+
+def refused_letters(target: TableTarget, table_name: str, pane, error: SchemaMismatchError) -> List[dict]:
+  """One dead letter (reason ``schema_mismatch``) per row of `pane` (a WindowBatch) that table `table_name`
+  refused with `error`: its source and position from the provenance columns, the table, the column(s) and the
+  types in `detail`, never a value (the row is the letter's record)."""
+  batch = pane.batch
+  n = batch.num_rows
+  detail = (
+    f'{_FORMAT_NAMES[target.format]} table {table_label(target, table_name)} refused these rows: {error.conflict}; '
+    'they were not committed (migrate the table, or write to a new one, then replay them)'
+  )
+  sources: List[Optional[str]] = [None] * n
+  if SOURCE_COLUMN in batch.schema.names:
+    column = batch.column(SOURCE_COLUMN)
+    sources = (column.cast(column.type.value_type) if pa.types.is_dictionary(column.type) else column).to_pylist()
+  tenants: List[Optional[str]] = [None] * n
+  if TENANT_COLUMN in batch.schema.names:
+    tenants = pc.cast(batch.column(TENANT_COLUMN), pa.string()).to_pylist()
+  field = error.columns[0] if error.columns else None
+  return [
+    dead_letter(
+      source,
+      position,
+      'schema_mismatch',
+      field=field,
+      record=record,
+      detail=detail,
+      stage='write',
+      tenant=tenant if tenant is not None else pane.tenant,
+    )
+    for source, position, record, tenant in zip(sources, row_positions(batch), rows_as_dicts(batch), tenants)
+  ]
+
+
 class _CommitWindowFn(beam.DoFn):
-  """The closed panes of a bundle, one commit per window (all its tenants and shards)."""
+  """The closed panes of a bundle, one commit per window (all its tenants and shards).
+
+  Panes the table refuses (SchemaMismatchError: the same rows fail every
+  attempt) are dead letters in DEAD_LETTER_TABLE instead, committed before
+  their positions are acknowledged; any other error fails the bundle, which
+  the runner retries.
+  """
 
   def __init__(self, target: TableTarget, table: str, key_field: str, time_field: Optional[str], positions: bool):
     self._target, self._table, self._key_field = target, table, key_field
@@ -1369,10 +1510,14 @@ class _CommitWindowFn(beam.DoFn):
   def setup(self):
     from concurrent.futures import ThreadPoolExecutor
 
+    from transforms.metrics import LabelledCounters
+
     self._committer = open_tables(self._target)
     self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix='table-files')
     self._latency = beam.metrics.Metrics.distribution('lake', 'table_commit_ms')
     self._commits = beam.metrics.Metrics.counter('lake', 'table_commits')
+    # The counter every other dead letter of a job is counted in (`transforms.metrics.CountDeadLetters`).
+    self._dead_lettered = LabelledCounters('rows', 'dead_lettered')
 
   def teardown(self):
     executor = getattr(self, '_executor', None)
@@ -1385,34 +1530,95 @@ class _CommitWindowFn(beam.DoFn):
   def process(self, window, timestamp=beam.DoFn.TimestampParam):
     self._panes.setdefault(window.window_start_us, []).append((window, timestamp))
 
+  def _fits(self, table, rows: pa.Table) -> bool:
+    try:
+      check_fits(self._target, table_label(self._target, self._table), table, rows.schema)
+    except SchemaMismatchError:
+      return False
+    return True
+
+  def _commit_parts(self, start: int, end: int, parts: list) -> Tuple[List[CommitResult], list]:
+    """Commits a window's `parts` [(pane, rows)], in one commit when the table takes them all; the panes it
+    refuses apart from the others. ([commits], [(refused pane, its SchemaMismatchError)])."""
+    rows = concat_widened([r for _, r in parts]) if len(parts) > 1 else parts[0][1]
+    if len(parts) > 1 and _mixed_types([r for _, r in parts], rows):
+      # A pane the table refuses on its own is refused whatever the window's other panes widen it to (its
+      # integers made text beside theirs); those it takes go on together.
+      table = self._committer.load(self._table)
+      fit = [self._fits(table, r) for _, r in parts]
+      if not all(fit):
+        groups = [[p for p, ok in zip(parts, fit) if ok]] + [[p] for p, ok in zip(parts, fit) if not ok]
+        return self._commit_groups(start, end, [g for g in groups if g])
+    summary = {'tenants': ','.join(sorted({w.tenant for w, _ in parts})), 'panes': str(len(parts))}
+    try:
+      result = commit_window(
+        self._committer,
+        self._target,
+        self._table,
+        rows,
+        self._key_field,
+        self._time_field,
+        start,
+        end,
+        summary,
+        self._executor,
+      )
+    except SchemaMismatchError as error:
+      if len(parts) == 1:
+        return [], [(parts[0][0], error)]
+      # Each may fit alone but not together (a refusal only the catalog makes): one commit each.
+      return self._commit_groups(start, end, [[p] for p in parts])
+    return ([result] if result is not None else []), []
+
+  def _commit_groups(self, start: int, end: int, groups: list) -> Tuple[List[CommitResult], list]:
+    results: List[CommitResult] = []
+    refused: list = []
+    for group in groups:
+      done, left = self._commit_parts(start, end, group)
+      results += done
+      refused += left
+    return results, refused
+
+  def _dead_letter(self, start: int, refused: list):
+    """Commits the refused panes' rows to DEAD_LETTER_TABLE (one commit, skipped on a replay of the same)."""
+    letters = [letter for pane, error in refused for letter in refused_letters(self._target, self._table, pane, error)]
+    window = window_id(self._table, start)
+    commit_dead_letters(
+      self._committer,
+      self._target,
+      letters,
+      f'{DEAD_LETTER_TABLE}/{window}',
+      {'table': self._table, 'window_start_us': str(start), 'reason': 'schema_mismatch'},
+    )
+    for letter in letters:
+      self._dead_lettered.inc(1, tenant=letter['tenant'] or UNASSIGNED, reason=letter['reason'])
+    for pane, error in refused:
+      _LOG.warning(
+        '%s: %d row(s) of tenant %s refused by the table, committed to %s: %s',
+        window,
+        pane.batch.num_rows,
+        pane.tenant,
+        DEAD_LETTER_TABLE,
+        error.conflict,
+      )
+
   def finish_bundle(self):
     for start in sorted(self._panes):
       panes = self._panes[start]
       started = time.monotonic()
       latest = max(t for _, t in panes)
-      parts = [pa.Table.from_batches([strip_internal(w.batch)]) for w, _ in panes if w.batch.num_rows]
+      parts = [(w, pa.Table.from_batches([strip_internal(w.batch)])) for w, _ in panes if w.batch.num_rows]
       if parts:
-        rows = concat_widened(parts) if len(parts) > 1 else parts[0]
-        result = commit_window(
-          self._committer,
-          self._target,
-          self._table,
-          rows,
-          self._key_field,
-          self._time_field,
-          start,
-          panes[0][0].window_end_us,
-          {
-            'tenants': ','.join(sorted({w.tenant for w, _ in panes})),
-            'panes': str(len(panes)),
-          },
-          self._executor,
-        )
-        if result is not None:
+        results, refused = self._commit_parts(start, panes[0][0].window_end_us, parts)
+        if refused:
+          self._dead_letter(start, refused)
+        for result in results:
           self._commits.inc()
-          self._latency.update(int((time.monotonic() - started) * 1000))
           yield GlobalWindows.windowed_value(result.as_dict(), latest)
+        if results:
+          self._latency.update(int((time.monotonic() - started) * 1000))
       if self._positions:
+        # Only now, with every row in the table or in a committed dead letter, may their source forget them.
         for w, _ in panes:
           yield beam.pvalue.TaggedOutput(WRITTEN, GlobalWindows.windowed_value(_positions(w.batch), latest))
     self._panes = {}
@@ -1436,7 +1642,11 @@ class CommitWindowTables(beam.PTransform):
   commits, the rows whose key an earlier commit of the same window added are
   dropped (read from those commits' files only; `commit_window`), so a
   replayed window, whole or in part, adds nothing twice.
-  positions: as WriteWindowFiles (tagged output WRITTEN).
+  Refused panes (`SchemaMismatchError`): their rows are committed to
+  DEAD_LETTER_TABLE (`refused_letters`; the commit id holds their digest, so
+  a replay of the same adds nothing), the window's other panes commit.
+  positions: as WriteWindowFiles (tagged output WRITTEN): every pane's
+  positions, once its rows are in the table or in a committed dead letter.
   """
 
   def __init__(self, target: TableTarget, table: str, key_field: str, time_field=None, positions: bool = False):
@@ -1448,6 +1658,24 @@ class CommitWindowTables(beam.PTransform):
     if self._positions:
       return pcoll | 'Commit' >> beam.ParDo(self._fn).with_outputs(WRITTEN, main='commits')
     return pcoll | 'Commit' >> beam.ParDo(self._fn)
+
+
+def commit_dead_letters(
+  committer, target: TableTarget, letters: Sequence[dict], id_prefix: str = DEAD_LETTER_TABLE, summary=None
+) -> CommitResult:
+  """Commits dead letters (dicts of `transforms.dead_letter`) to DEAD_LETTER_TABLE: one file per tenant, one
+  commit whose id is `id_prefix`/<the letters' digest>, so the same letters again (a replay) are skipped."""
+  by_tenant: Dict[str, list] = {}
+  for letter in letters:
+    by_tenant.setdefault(letter.get('tenant') or UNASSIGNED, []).append(letter)
+  location = committer.location(DEAD_LETTER_TABLE)
+  files, digests = [], []
+  for tenant, group in sorted(by_tenant.items()):
+    lines = sorted(json.dumps(json_safe(letter), sort_keys=True, ensure_ascii=False) for letter in group)
+    digests.append(f'{tenant}:' + hashlib.sha256('\n'.join(lines).encode('utf-8')).hexdigest())
+    files.append(write_data_file(target, location, DEAD_LETTER_TABLE, dead_letter_rows(group), {TENANT_COLUMN: tenant}))
+  digest = hashlib.sha256('\n'.join(digests).encode('utf-8')).hexdigest()[:24]
+  return committer.commit(DEAD_LETTER_TABLE, files, DEAD_LETTER_SCHEMA, f'{id_prefix}/{digest}', summary)
 
 
 class _CommitDeadLettersFn(beam.DoFn):
@@ -1489,20 +1717,7 @@ class _CommitDeadLettersFn(beam.DoFn):
     if not held:
       return
     started = time.monotonic()
-    by_tenant: Dict[str, list] = {}
-    for letter in held:
-      by_tenant.setdefault(letter.get('tenant') or UNASSIGNED, []).append(letter)
-    location = self._committer.location(DEAD_LETTER_TABLE)
-    files, digests = [], []
-    for tenant, group in sorted(by_tenant.items()):
-      lines = sorted(json.dumps(json_safe(letter), sort_keys=True, ensure_ascii=False) for letter in group)
-      digests.append(f'{tenant}:' + hashlib.sha256('\n'.join(lines).encode('utf-8')).hexdigest())
-      files.append(
-        write_data_file(self._target, location, DEAD_LETTER_TABLE, dead_letter_rows(group), {TENANT_COLUMN: tenant})
-      )
-    # The same letters (a replay of the held state) give the same id: that commit is skipped.
-    digest = hashlib.sha256('\n'.join(digests).encode('utf-8')).hexdigest()[:24]
-    self._committer.commit(DEAD_LETTER_TABLE, files, DEAD_LETTER_SCHEMA, f'{DEAD_LETTER_TABLE}/{digest}')
+    commit_dead_letters(self._committer, self._target, held)
     self._latency.update(int((time.monotonic() - started) * 1000))
     if self._positions:
       for letter in held:
