@@ -61,6 +61,7 @@ from transforms.records import (
   TENANT_COLUMN,
   json_safe,
   python_values,
+  source_part,
   source_path,
 )
 from transforms.schema import concat_widened
@@ -147,9 +148,9 @@ def _plain_column(table: pa.Table, name: str, rows: pa.Array) -> pa.Array:
 
 
 def _place_key(source: str) -> tuple:
-  """(file, byte range start): `path@start` of a range past byte 0 (`records.range_source`) -> (path, start)."""
-  path = source_path(source)
-  return (path, int(source[len(path) + 1 :]) if path != source else 0)
+  """(file or table, part): `path@start` of a range past byte 0 (`records.range_source`) -> (path, start),
+  a database split's `source@split-N` (`records.split_source`) -> (source, N)."""
+  return (source_path(source), source_part(source))
 
 
 def _place_columns(table: pa.Table, rows: pa.Array) -> typing.Dict[str, pa.Array]:

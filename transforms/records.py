@@ -72,6 +72,8 @@ __all__ = [
   'written_positions',
   'range_source',
   'source_path',
+  'source_part',
+  'split_source',
   'with_provenance',
   'strip_internal',
   'with_plain_types',
@@ -98,7 +100,7 @@ JSON_TYPES_COLUMN = '__json_types'
 JSON_TYPES_TYPE = pa.map_(pa.string(), pa.string())
 INTERNAL_COLUMNS = (SOURCE_COLUMN, ROW_COLUMN, ELEMENT_COLUMN, ELEMENTS_COLUMN, JSON_TYPES_COLUMN)
 
-_RANGE_START = re.compile(r'@[0-9]+$')
+_RANGE_START = re.compile(r'@(?:split-)?[0-9]+$')
 
 
 def range_source(path: str, start: int) -> str:
@@ -110,9 +112,27 @@ def range_source(path: str, start: int) -> str:
   return path if start == 0 else f'{path}@{start}'
 
 
+def split_source(source: str, index: int, count: int) -> str:
+  """The ``__source`` of the rows of split `index` (from 0) of `count` of a database read: ``source@split-N``
+  when there are several, `source` alone otherwise.
+
+  Each split counts its rows from 1 (it cannot know how many the others hold), so without the split two dead
+  letters of one table could name the same place.
+  """
+  return source if count <= 1 else f'{source}@split-{index}'
+
+
 def source_path(source: str) -> str:
-  """The file a ``__source`` names: `range_source`'s ``path@start`` -> ``path``; other sources as they are."""
+  """What a ``__source`` names as a whole: `range_source`'s ``path@start`` -> ``path``, `split_source`'s
+  ``source@split-N`` -> ``source``; other sources as they are."""
   return _RANGE_START.sub('', source)
+
+
+def source_part(source: str) -> int:
+  """Where in its whole (`source_path`) a ``__source``'s part starts: a byte range's start, a split's number;
+  0 for a source that is not cut."""
+  path = source_path(source)
+  return int(source[len(path) :].lstrip('@').removeprefix('split-')) if path != source else 0
 
 
 def position(

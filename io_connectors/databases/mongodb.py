@@ -136,7 +136,7 @@ from io_connectors._common.masking import connection_url, mask_url, masked_messa
 from io_connectors._common.retry import Backoff
 from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the batch coder
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
-from transforms.records import with_provenance
+from transforms.records import split_source, with_provenance
 
 __all__ = ['MongoOptions', 'MongoError', 'ReadFromMongo']
 
@@ -615,9 +615,9 @@ class _ReadSplitFn(beam.DoFn):
     options = self._options
     strict = CodecOptions(tz_aware=True, tzinfo=dt.timezone.utc, uuid_representation=4, datetime_conversion=4)
     lenient = strict.with_options(unicode_decode_error_handler='replace')
-    source = f'mongodb://{_hosts(options.url)}/{options.database}.{self._collection}'
-    if split.count > 1:
-      source += f'@split-{split.index}'
+    source = split_source(
+      f'mongodb://{_hosts(options.url)}/{options.database}.{self._collection}', split.index, split.count
+    )
     sorted_by_id = options.pipeline is None
     rows: List[dict] = []
     first_row = 1

@@ -94,8 +94,10 @@ value in the snapshot; PostgreSQL does not enforce them, and a value with
 other dimensions is a dead letter.
 
 Provenance: ``__source`` is ``postgresql://host:port/db/<table or query#sha>``
-(no credentials), ``__row`` the 1-based row number within the split (splits
-are deterministic for one snapshot, not across runs). A column of the table
+(no credentials), with ``@split-N`` for the N-th split (from 0) when there
+are several (`transforms.records.split_source`), and ``__row`` the 1-based
+row number within the split: a dead letter's source and position name one
+row (splits are deterministic for one snapshot, not across runs). A column of the table
 named ``__source`` or ``__row`` is renamed ``__source_2`` / ``__row_2``
 (`transforms.records.with_provenance`).
 """
@@ -129,7 +131,7 @@ from io_connectors.databases._pg_adbc import ArrowSplitReader, ConnectionLost
 from io_connectors.databases._pg_binary import BINARY_TYPES, TRAILER, RowBuffer, decode
 from transforms.dead_letter import DEAD_LETTER, IncrementalOutputs, Outputs, dead_letter
 from transforms.json_values import RepeatedKey, loads, repeated_inside
-from transforms.records import python_values, with_provenance
+from transforms.records import python_values, split_source, with_provenance
 
 __all__ = ['PostgresOptions', 'ReadFromPostgres', 'PostgresError', 'check', 'release_snapshots']
 
@@ -902,8 +904,9 @@ class _ReadSplitFn(beam.DoFn):
 
     plan = self._plan
     select, params = _split_statement(plan, split)
+    source = split_source(plan.source_name, split.index, split.count)
     if self._arrow is not None:
-      read = self._read_arrow(conn, select, params)
+      read = self._read_arrow(conn, select, params, source)
       if read is not None:
         self._by_adbc.inc()
         return read, []
@@ -917,7 +920,7 @@ class _ReadSplitFn(beam.DoFn):
         copy_sql = sql.SQL('COPY ({}) TO STDOUT (FORMAT binary)').format(select)
         with cur.copy(copy_sql, params) as copy:
           for rows in self._row_buffers(conn, copy):
-            b, l, count = self._parse(rows, first_row)
+            b, l, count = self._parse(rows, first_row, source)
             batches.extend(b)
             letters.extend(l)
             first_row += count
@@ -927,7 +930,7 @@ class _ReadSplitFn(beam.DoFn):
     self._by_decoder.inc()
     return batches, letters
 
-  def _read_arrow(self, conn, select, params) -> Optional[List[pa.RecordBatch]]:
+  def _read_arrow(self, conn, select, params, source: str) -> Optional[List[pa.RecordBatch]]:
     """The split's batches read by ADBC's driver, or None: the binary COPY decoder reads it."""
     import psycopg
     from psycopg import sql
@@ -955,7 +958,7 @@ class _ReadSplitFn(beam.DoFn):
     batches, first_row = [], 1
     for batch in pa.Table.from_arrays(arrays, names=names).to_batches(max_chunksize=self._options.batch_size):
       if batch.num_rows:
-        batches.append(with_provenance(batch, self._plan.source_name, first_row))
+        batches.append(with_provenance(batch, source, first_row))
         first_row += batch.num_rows
     return batches
 
@@ -992,7 +995,7 @@ class _ReadSplitFn(beam.DoFn):
     if lengths:
       yield rows
 
-  def _parse(self, rows: RowBuffer, first_row: int):
+  def _parse(self, rows: RowBuffer, first_row: int, source: str):
     arrays, problems = decode(rows, self._sent_as)
     count = len(arrays[0]) if arrays else 0
     # row -> (column, what is wrong, reason, field); one dead letter a row, of its first column's reason and field
@@ -1055,7 +1058,7 @@ class _ReadSplitFn(beam.DoFn):
         }
         letters.append(
           dead_letter(
-            self._plan.source_name,
+            source,
             f'row {first_row + i}',
             found[0][2],
             found[0][3],
@@ -1069,7 +1072,7 @@ class _ReadSplitFn(beam.DoFn):
       batch = batch.filter(good)
     if not batch.num_rows:
       return [], letters, count
-    return [with_provenance(batch, self._plan.source_name, rows_arg)], letters, count
+    return [with_provenance(batch, source, rows_arg)], letters, count
 
 
 def _finish_copy(conn):

@@ -332,6 +332,26 @@ def test_values_that_do_not_fit_their_arrow_type_are_dead_letters(pg):
   assert letter['record']['id'] == '2' and 'infinity' in letter['detail'] and letter['source'].endswith(pg.table('odd'))
 
 
+def test_dead_letters_of_different_splits_name_different_places(pg):
+  """Each split counts its rows from 1: the split in `__source` keeps two dead letters (and two rows) of one
+  table from naming the same place."""
+  table = pg.table('spread')
+  pg.execute(f'CREATE TABLE {table} (id int PRIMARY KEY, price numeric(6, 2))')
+  # The first row of each of the three splits (ids 1-3, 4-6, 7-9) does not fit decimal128.
+  pg.execute(
+    f"INSERT INTO {table} SELECT i, CASE WHEN i % 3 = 1 THEN 'NaN'::numeric ELSE i END FROM generate_series(1, 9) i"
+  )
+  records, letters, _ = _run(table, None, None, {'num_partitions': 3, 'partition_column': 'id'})
+  letters = letters.items()
+  assert sorted(letter['record']['id'] for letter in letters) == ['1', '4', '7']
+  places = {(letter['source'], letter['position']) for letter in letters}
+  assert len(places) == 3, places
+  assert {position for _, position in places} == {'row 1'}
+  assert sorted(source.rsplit('@', 1)[-1] for source, _ in places) == ['split-0', 'split-1', 'split-2']
+  rows = [row for batch in records.items() for row in batch.to_pylist()]
+  assert len({(row[SOURCE_COLUMN], row[ROW_COLUMN]) for row in rows}) == len(rows) == 6
+
+
 def test_adbc_reads_unsigned_oids_and_hands_infinite_dates_to_the_decoder(pg):
   table = pg.table('oids')
   pg.execute(f'CREATE TABLE {table} (id int PRIMARY KEY, o oid, d date)')
@@ -616,10 +636,13 @@ def test_an_array_element_writing_a_key_twice_with_different_values_is_a_dead_le
     (3, '[{"id": "c", "id": "c"}]', None),
     (4, None, None),
   ]
-  batches, letters, count = fn._parse(_copy_rows(rows), 11)
+  batches, letters, count = fn._parse(_copy_rows(rows), 11, 'postgresql://h:5432/db/public.t@split-2')
   assert count == 4
   [batch] = batches
   assert batch.column(batch.schema.get_field_index(ROW_COLUMN)).to_pylist() == [11, 13, 14]
+  # The split's rows and dead letters name it: row numbers count from 1 in each split.
+  sources = batch.column(batch.schema.get_field_index(SOURCE_COLUMN)).cast(pa.string()).to_pylist()
+  assert sources == ['postgresql://h:5432/db/public.t@split-2'] * 3
   assert strip_internal(batch).to_pylist() == [
     {'id': 1, 'items': ['{"id": "a", "meta": {"n": 1.50}}'], 'doc': '{"k": 1, "k": 2}'},  # json: as written
     {'id': 3, 'items': ['{"id": "c"}'], 'doc': None},
@@ -627,6 +650,7 @@ def test_an_array_element_writing_a_key_twice_with_different_values_is_a_dead_le
   ]
   [letter] = letters
   assert (letter['reason'], letter['position'], letter['field']) == ('duplicate_key', 'row 12', 'items[1].meta.n')
+  assert letter['source'] == 'postgresql://h:5432/db/public.t@split-2'
   assert letter['record'] == {'id': '2', 'items': twice, 'doc': '{}'} and letter['stage'] == 'read'
   assert letter['detail'] == (
     "the key 'n' is written 2 times with different values in the object at items[1].meta: "

@@ -476,6 +476,33 @@ def test_dedup_keeps_the_copy_first_in_its_file_whatever_byte_ranges_the_file_wa
   assert dedup_table(whole, 'event_id')[0].column('v').to_pylist() == ['second range', 'at 2 MiB']
 
 
+def test_dedup_keeps_the_copy_of_the_first_database_split_whatever_their_names_sort_as_text():
+  """A database split's rows name `source@split-N` (records.split_source): split 2 precedes split 10."""
+  rows = [
+    {'event_id': 'k', 'v': 'split 10', '__source': 'postgresql://h:5432/db/public.t@split-10', '__row': 1},
+    {'event_id': 'k', 'v': 'split 2', '__source': 'postgresql://h:5432/db/public.t@split-2', '__row': 5},
+    {'event_id': 'k', 'v': 'split 0', '__source': 'postgresql://h:5432/db/public.t', '__row': 9},
+    {'event_id': 'j', 'v': 'split 10', '__source': 'postgresql://h:5432/db/public.t@split-10', '__row': 1},
+    {'event_id': 'j', 'v': 'split 9', '__source': 'postgresql://h:5432/db/public.t@split-9', '__row': 3},
+  ]
+  out, dropped = dedup_table(pa.Table.from_pylist(rows), 'event_id')
+  assert dropped == 3
+  assert sorted(out.column('v').to_pylist()) == ['split 0', 'split 9']
+
+
+def test_split_sources_name_their_split_and_their_whole():
+  from transforms.records import source_part, source_path, split_source
+
+  assert split_source('mongodb://h/db.c', 0, 1) == 'mongodb://h/db.c'
+  assert split_source('postgresql://h:1/db/query#ab12', 3, 8) == 'postgresql://h:1/db/query#ab12@split-3'
+  assert source_path('postgresql://h:1/db/query#ab12@split-3') == 'postgresql://h:1/db/query#ab12'
+  assert source_part('postgresql://h:1/db/query#ab12@split-3') == 3
+  assert (source_path('f.csv@2097152'), source_part('f.csv@2097152')) == ('f.csv', 2097152)
+  # A name that only looks cut is whole: an address's user part, a table named with digits.
+  for whole in ('s3://b/a@b.csv', 'mongodb://h/db.split-3', 'f.csv'):
+    assert (source_path(whole), source_part(whole)) == (whole, 0)
+
+
 def _copies_naming_one_place():
   """Copies of keys that name the same (source, row): a database read in splits that each count rows from 1."""
   rows = []
