@@ -12,15 +12,18 @@ Table (created on first use; ``?table=schema.name`` in the URL, default
 
     tenant      text     NOT NULL
     subject     text     NOT NULL   -- the subject's pseudonym (hex HMAC of the tenant key)
-    key_version integer  NOT NULL   -- the data key's version (1; ciphertexts name it)
+    key_version integer  NOT NULL   -- the data key's version (from 1; ciphertexts name it)
     kek_version integer  NOT NULL   -- the tenant KEK version it is wrapped under
-    wrapped_key bytea    NOT NULL   -- nonce | AES-256-GCM(data key) under the KEK
+    wrapped_key bytea    NOT NULL   -- nonce | AES-256-GCM(data key) under the KEK; empty: shredded
     created_at  timestamptz NOT NULL DEFAULT now()
     rotated_at  timestamptz
     PRIMARY KEY (tenant, subject, key_version)
 
 Nothing in it is readable without the PII master key: deleting a row is
-what shreds a subject. Backups of this table hold the keys too: keep their
+what shreds a subject. `delete` leaves one row per shredded subject: its
+newest key version with an empty ``wrapped_key`` (no key material), so a
+subject that returns gets the next version and a file written before the
+shredding still reads as shredded (not as data of the new key). Backups of this table hold the keys too: keep their
 retention shorter than the time an erasure must take effect (see
 docs/compliance.md).
 
@@ -39,7 +42,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from io_connectors._common.errors import first_line
 from io_connectors._common.masking import mask_url
 from io_connectors._common.state import postgres_table_target
-from transforms.pii.crypto_shred import CryptoShredError, KeyStore, kek, unwrap_data_key, wrap_data_key
+from transforms.pii.crypto_shred import SHREDDED, CryptoShredError, KeyStore, kek, unwrap_data_key, wrap_data_key
 
 __all__ = ['KEY_STORE_VARIABLE', 'DEFAULT_TABLE', 'PostgresKeyStore', 'key_store']
 
@@ -186,16 +189,38 @@ class PostgresKeyStore(KeyStore):
     return int(rows[0][0])
 
   def delete(self, tenant: str, subjects: Sequence[str]) -> int:
-    """Deletes every key version of `subjects` (pseudonyms) of `tenant`; returns the number of keys deleted."""
+    """Deletes every key version of `subjects` (pseudonyms) of `tenant`, leaving each a shredded marker (its
+    newest version, no key); returns the number of keys deleted."""
+    import psycopg
     from psycopg import sql
 
-    self._connection()
-    return self._run(
-      'delete keys',
-      sql.SQL('DELETE FROM {} WHERE tenant = %s AND subject = ANY(%s)').format(self._table),
-      (tenant, list(subjects)),
-      fetch=False,
-    )
+    conn = self._connection()
+    try:
+      with conn.transaction():
+        # One transaction: a job that meets the subject meanwhile waits on the deleted rows' keys, then reads
+        # the marker and makes the next version.
+        gone = conn.execute(
+          sql.SQL(
+            'DELETE FROM {} WHERE tenant = %s AND subject = ANY(%s) '
+            'RETURNING subject, key_version, kek_version, wrapped_key'
+          ).format(self._table),
+          (tenant, list(subjects)),
+        ).fetchall()
+        # The marker keeps the newest version and its KEK version (kek_version() stays the tenant's newest).
+        newest: Dict[str, Tuple[int, int]] = {}
+        for subject, version, kek_version, _ in gone:
+          newest[subject] = max((version, kek_version), newest.get(subject, (0, 0)))
+        if newest:
+          with conn.cursor() as cursor:
+            cursor.executemany(
+              sql.SQL(
+                'INSERT INTO {} (tenant, subject, key_version, kek_version, wrapped_key) VALUES (%s, %s, %s, %s, %s)'
+              ).format(self._table),
+              [(tenant, subject, v, kek_v, SHREDDED) for subject, (v, kek_v) in sorted(newest.items())],
+            )
+    except psycopg.Error as e:
+      raise CryptoShredError(f'key store {self.name}: cannot delete keys: {first_line(e)}') from None
+    return sum(1 for _, _, _, wrapped in gone if bytes(wrapped) != SHREDDED)
 
   def rotate(self, tenant: str, master_key) -> dict:
     """Re-wraps every data key of `tenant` under the next KEK version, in one transaction.
@@ -211,9 +236,10 @@ class PostgresKeyStore(KeyStore):
     try:
       with conn.transaction():
         rows = conn.execute(
-          sql.SQL('SELECT subject, key_version, kek_version, wrapped_key FROM {} WHERE tenant = %s FOR UPDATE').format(
-            self._table
-          ),
+          sql.SQL(
+            'SELECT subject, key_version, kek_version, wrapped_key FROM {} '
+            "WHERE tenant = %s AND wrapped_key <> ''::bytea FOR UPDATE"
+          ).format(self._table),
           (tenant,),
         ).fetchall()
         old_versions = sorted({r[2] for r in rows})

@@ -77,3 +77,46 @@ def test_concurrent_creation_of_a_new_subjects_key_ends_with_one_key_all_use(pg,
   for n in range(racers):
     for s in subjects:
       assert decrypt_value(reader, TENANT, 'user_id', results[n][s][1]) == f'raw-{s[:2]}'
+
+
+def test_a_shredded_subject_that_returns_gets_the_next_key_version_and_old_ciphertexts_stay_shredded(pg, monkeypatch):
+  """Shredding leaves a marker (the newest version, no key): the returning subject's key is version 2, so a
+  version-1 ciphertext made before the shredding reads as shredded, not as a forgery under the new key."""
+  monkeypatch.setenv(KEY_STORE_VARIABLE, f'{pg.url}?table={pg.table("keys")}')
+  master_key = load_master_key(environ={'PII_MASTER_KEY': KEY})
+  store = PostgresKeyStore()
+  subject, other = '01' + 'ab' * 31, '02' + 'ab' * 31
+  keys = DataKeys(store, master_key)
+  found = keys.for_subjects(TENANT, [subject, other])
+  (v1, k1), (_, k_other) = found[subject], found[other]
+  before = encrypt_value(k1, TENANT, 'user_id', subject, v1, 'u1')
+  kept = encrypt_value(k_other, TENANT, 'user_id', other, 1, 'u2')
+  assert store.rotate(TENANT, master_key)['keys'] == 2  # KEK version 2 before the shredding
+
+  assert store.delete(TENANT, [subject]) == 1
+  assert decrypt_value(DataKeys(store, master_key), TENANT, 'user_id', before) is None
+  # The subject returns: a new key past the shredded version, wrapped under the tenant's newest KEK.
+  returned = DataKeys(store, master_key).for_subjects(TENANT, [subject])[subject]
+  assert returned[0] == v1 + 1 and returned[1] != k1
+  after = encrypt_value(returned[1], TENANT, 'user_id', subject, returned[0], 'u1 again')
+  reader = DataKeys(store, master_key)
+  assert decrypt_value(reader, TENANT, 'user_id', before) is None
+  assert decrypt_value(reader, TENANT, 'user_id', after) == 'u1 again'
+  assert decrypt_value(reader, TENANT, 'user_id', kept) == 'u2'
+  assert store.kek_version(TENANT) == 2
+
+  # Rotation re-wraps keys, not markers; a second shredding deletes the new key and moves the marker on.
+  assert store.rotate(TENANT, master_key)['keys'] == 2
+  assert store.delete(TENANT, [subject]) == 1
+  assert store.delete(TENANT, [subject]) == 0  # a marker alone: no key to delete
+  reader = DataKeys(store, master_key)
+  assert (
+    decrypt_value(reader, TENANT, 'user_id', after) is None and decrypt_value(reader, TENANT, 'user_id', kept) == 'u2'
+  )
+  assert DataKeys(store, master_key).for_subjects(TENANT, [subject])[subject][0] == v1 + 2
+  rows = pg.execute(
+    f'SELECT key_version, kek_version, length(wrapped_key) > 0 FROM {pg.table("keys")} WHERE subject = %s ORDER BY 1',
+    (subject,),
+  ).fetchall()
+  assert rows == [(2, 3, False), (3, 3, True)]
+  store.close()

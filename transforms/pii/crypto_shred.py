@@ -55,6 +55,7 @@ __all__ = [
   'ENCRYPTED_SUFFIX',
   'CIPHERTEXT_PREFIX',
   'KeyStore',
+  'SHREDDED',
   'CryptoShredError',
   'DataKeys',
   'kek',
@@ -74,6 +75,10 @@ _NONCE_BYTES = 12
 _HEADER = struct.Struct('>I32s')  # key version, subject pseudonym (raw 32 bytes)
 
 
+# The wrapped key of a shredded subject's marker row (`KeyStore`): no key, only the newest version it had.
+SHREDDED = b''
+
+
 class CryptoShredError(RuntimeError):
   """A key store that cannot be reached or a ciphertext that is not ours; never names key material."""
 
@@ -81,16 +86,24 @@ class CryptoShredError(RuntimeError):
 class KeyStore:
   """What a data-key store does; rows are (subject, key_version, kek_version, wrapped key bytes).
 
+  Shredding a subject deletes its keys and leaves one marker row: the newest
+  version it had, with an empty wrapped key (`SHREDDED`). A subject that
+  returns after that gets the next version, so a ciphertext made before the
+  shredding names a version with no key (read as shredded, None) instead of
+  meeting the returning subject's new key (which would not authenticate it).
+
   Implementations are picklable references that connect lazily (workers
   call them from DoFn.setup on), see `pipelines.keystore.PostgresKeyStore`.
   """
 
   def fetch(self, tenant: str, subjects: Sequence[str]) -> Dict[str, Tuple[int, int, bytes]]:
-    """{subject: (key_version, kek_version, wrapped)} of the newest key version of each subject that has one."""
+    """{subject: (key_version, kek_version, wrapped)} of the newest row of each subject that has one (a
+    shredded subject's marker: wrapped `SHREDDED`)."""
     raise NotImplementedError
 
   def fetch_version(self, tenant: str, subject: str, key_version: int) -> Optional[Tuple[int, bytes]]:
-    """(kek_version, wrapped) of one key version, or None (never created, or shredded)."""
+    """(kek_version, wrapped) of one key version, or None (never created, or shredded; or its marker, wrapped
+    `SHREDDED`)."""
     raise NotImplementedError
 
   def insert_absent(self, tenant: str, rows: Sequence[Tuple[str, int, int, bytes]]) -> None:
@@ -189,10 +202,12 @@ class DataKeys:
     self._keks: Dict[Tuple[str, int], bytes] = {}
     self._cache: Dict[Tuple[str, str, int], bytes] = {}
     self._newest: Dict[Tuple[str, str], int] = {}
+    self._shredded: Dict[Tuple[str, str], int] = {}  # the newest version a shredded subject had
 
   def reset(self):
     self._cache.clear()
     self._newest.clear()
+    self._shredded.clear()
 
   def _kek(self, tenant: str, version: int) -> bytes:
     if (tenant, version) not in self._keks:
@@ -201,6 +216,9 @@ class DataKeys:
 
   def _remember(self, tenant: str, found: Dict[str, Tuple[int, int, bytes]]):
     for subject, (key_version, kek_version, wrapped) in found.items():
+      if wrapped == SHREDDED:
+        self._shredded[(tenant, subject)] = key_version
+        continue
       data_key = unwrap_data_key(self._kek(tenant, kek_version), tenant, subject, key_version, wrapped)
       self._cache[(tenant, subject, key_version)] = data_key
       self._newest[(tenant, subject)] = key_version
@@ -211,11 +229,18 @@ class DataKeys:
     missing = [s for s in wanted if (tenant, s) not in self._newest]
     if missing:
       self._remember(tenant, self._store.fetch(tenant, missing))
-      new = [s for s in missing if (tenant, s) not in self._newest]
-      if new and create:
+      # Twice at most: a subject shredded between our read and our insert is read back as shredded, and its
+      # key is made again past the version shredded.
+      for _ in range(2):
+        new = [s for s in missing if (tenant, s) not in self._newest]
+        if not new or not create:
+          break
         kek_version = self._store.kek_version(tenant)
         kek_bytes = self._kek(tenant, kek_version)
-        rows = [(s, 1, kek_version, wrap_data_key(kek_bytes, tenant, s, 1, os.urandom(32))) for s in new]
+        rows = []
+        for s in new:
+          version = self._shredded.get((tenant, s), 0) + 1
+          rows.append((s, version, kek_version, wrap_data_key(kek_bytes, tenant, s, version, os.urandom(32))))
         self._store.insert_absent(tenant, rows)
         # Read back: where another worker inserted first, its key is the key.
         self._remember(tenant, self._store.fetch(tenant, new))
@@ -232,7 +257,7 @@ class DataKeys:
     if cached is not None:
       return cached
     found = self._store.fetch_version(tenant, subject, key_version)
-    if found is None:
+    if found is None or found[1] == SHREDDED:
       return None
     kek_version, wrapped = found
     data_key = unwrap_data_key(self._kek(tenant, kek_version), tenant, subject, key_version, wrapped)
