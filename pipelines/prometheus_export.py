@@ -28,10 +28,20 @@ Cardinality: every metric name keeps at most ``max_series`` label sets
 Label names are made valid (``[a-zA-Z_][a-zA-Z0-9_]*``); a value that holds a
 URL is masked (io_connectors._common.masking) and a label whose name says
 secret (password, token, secret, key, authorization) is dropped.
+
+Distinct names stay distinct: a metric or label name that is valid already is
+kept as it is; any other is made valid and gets ``_`` and 8 hex digits of the
+SHA-256 of the name as given (`metric_name`, `_label_name`), so ``plays.count``
+and ``plays_count``, ``play-time`` and ``play_time``, or names differing only
+in non-ASCII letters never share a series, and the name is the same in every
+run and worker. Names that still clash in one exposition (Beam's
+``a_b``/``c`` and ``a``/``b_c``, a gauge named like a counter's ``_total``)
+are refused there, the later family logged naming both (`_UniqueNames`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import socket
@@ -65,6 +75,10 @@ _LOG = logging.getLogger(__name__)
 
 DEFAULT_MAX_SERIES = 1000
 _INVALID = re.compile(r'[^a-zA-Z0-9_]')
+# Names kept as they are: valid metric names without the colons of recording rules, and without a leading
+# underscore (the old rule stripped it); label names that Prometheus does not reserve (a leading '__').
+_VALID_METRIC = re.compile(r'[a-zA-Z][a-zA-Z0-9_]*')
+_VALID_LABEL = re.compile(r'(?!__)[a-zA-Z_][a-zA-Z0-9_]*')
 _SECRET_LABEL = re.compile(r'passw|secret|token|api_?key|authoriz|credential', re.IGNORECASE)
 _URL = re.compile(r'[a-zA-Z][a-zA-Z0-9+.-]*://\S+')
 _MAX_LABEL_VALUE = 200
@@ -109,15 +123,35 @@ def add_prometheus_arguments(parser, endpoint: bool = True) -> None:
       parser.add_argument(flag, **kwargs)
 
 
+def _name_hash(name: str) -> str:
+  """8 hex digits of the SHA-256 of `name` (UTF-8; a lone surrogate as '?'): the same in every process."""
+  return hashlib.sha256(name.encode('utf-8', 'replace')).hexdigest()[:8]
+
+
 def metric_name(*parts: str) -> str:
-  """A valid Prometheus metric name from `parts` joined by '_' (invalid characters become '_')."""
-  name = _INVALID.sub('_', '_'.join(p for p in parts if p)).strip('_') or 'unnamed'
-  return f'_{name}' if name[0].isdigit() else name
+  """A valid Prometheus metric name from `parts` joined by '_'.
+
+  A joined name that is valid (`_VALID_METRIC`) is kept. Any other has each
+  invalid character replaced by '_' (underscores at its ends stripped, a
+  leading digit prefixed by '_') and gets '_' and `_name_hash` of the joined
+  name: `plays.count` -> `plays_count_<hash>`, never `plays_count`, which is
+  another metric's name.
+  """
+  joined = '_'.join(str(p) for p in parts if p)
+  if _VALID_METRIC.fullmatch(joined):
+    return joined
+  name = _INVALID.sub('_', joined).strip('_') or 'unnamed'
+  return f'{"_" if name[0].isdigit() else ""}{name}_{_name_hash(joined)}'
 
 
 def _label_name(name: str) -> str:
-  name = _INVALID.sub('_', str(name)).lstrip('_') or 'label'
-  return f'l_{name}' if name[0].isdigit() else name
+  """A valid label name: `name` if it is one (`_VALID_LABEL`), else made valid with `_name_hash` of it appended
+  (`data-center` -> `data_center_<hash>`, never `data_center`, which may be another label of the same series)."""
+  name = str(name)
+  if _VALID_LABEL.fullmatch(name):
+    return name
+  valid = _INVALID.sub('_', name).lstrip('_') or 'label'
+  return f'{"l_" if valid[0].isdigit() else ""}{valid}_{_name_hash(name)}'
 
 
 def safe_labels(labels: Mapping[str, object]) -> Dict[str, str]:
@@ -186,14 +220,17 @@ def beam_metric_families(results: Mapping[str, Sequence], limiter: SeriesLimiter
   from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 
   const_labels = safe_labels(const_labels or {})
-  sums: Dict[Tuple[str, str, Tuple], list] = {}
+  # Keyed by the Beam metric too (namespace, base name): two whose names join alike (`a_b`/`c`, `a`/`b_c`)
+  # become two families of one name, which the exposition refuses (`_UniqueNames`), never one summed series.
+  sums: Dict[Tuple[str, str, Tuple[str, str], Tuple], list] = {}
   for kind in ('counters', 'distributions', 'gauges'):
     for result in results.get(kind, ()):
       base, labels = parse_name(result.key.metric.name or '')
       if ':' in base:
         continue  # a runner's own metric (beam:metric:...:v1), not the job's
-      name = metric_name(result.key.metric.namespace, base)
-      key = (kind, name, tuple(sorted(safe_labels({**labels, **const_labels}).items())))
+      namespace = result.key.metric.namespace or ''
+      name = metric_name(namespace, base)
+      key = (kind, name, (namespace, base), tuple(sorted(safe_labels({**labels, **const_labels}).items())))
       value = _value(result)
       if value is None:
         continue
@@ -209,23 +246,24 @@ def beam_metric_families(results: Mapping[str, Sequence], limiter: SeriesLimiter
         total[3] = value.max if total[3] is None else max(total[3], value.max)
       else:
         sums[key] = [value.value]  # one gauge per name and labels: the latest step's
-  rows: Dict[Tuple[str, str], list] = {}  # (kind, name) -> [(labels, values)]
-  for (kind, name, label_items), values in sorted(sums.items(), key=lambda kv: kv[0]):
+  rows: Dict[Tuple[str, str, Tuple[str, str]], list] = {}  # (kind, name, Beam metric) -> [(labels, values)]
+  for (kind, name, source, label_items), values in sorted(sums.items(), key=lambda kv: kv[0]):
     label_map = dict(label_items)
     if limiter.admit(name, label_map):
-      rows.setdefault((kind, name), []).append((label_map, values))
+      rows.setdefault((kind, name, source), []).append((label_map, values))
   families: List[Any] = []
-  for (kind, name), series in rows.items():
+  for (kind, name, (namespace, base)), series in rows.items():
     names = _label_union(labels for labels, _ in series)
+    beam_name = f'{namespace}/{base}'
     if kind == 'counters':
-      counter = CounterMetricFamily(name, f'Beam counter {name}', labels=names)
+      counter = CounterMetricFamily(name, f'Beam counter {beam_name}', labels=names)
       families.append(counter)
       for labels, values in series:
         counter.add_metric([labels.get(n, '') for n in names], values[0])
     elif kind == 'distributions':
-      summary = SummaryMetricFamily(name, f'Beam distribution {name}', labels=names)
-      low = GaugeMetricFamily(f'{name}_min', f'Beam distribution {name}: minimum', labels=names)
-      high = GaugeMetricFamily(f'{name}_max', f'Beam distribution {name}: maximum', labels=names)
+      summary = SummaryMetricFamily(name, f'Beam distribution {beam_name}', labels=names)
+      low = GaugeMetricFamily(f'{name}_min', f'Beam distribution {beam_name}: minimum', labels=names)
+      high = GaugeMetricFamily(f'{name}_max', f'Beam distribution {beam_name}: maximum', labels=names)
       families += [summary, low, high]
       for labels, (count, total, minimum, maximum) in series:
         values_of = [labels.get(n, '') for n in names]
@@ -233,7 +271,7 @@ def beam_metric_families(results: Mapping[str, Sequence], limiter: SeriesLimiter
         low.add_metric(values_of, minimum)
         high.add_metric(values_of, maximum)
     else:
-      gauge = GaugeMetricFamily(name, f'Beam gauge {name}', labels=names)
+      gauge = GaugeMetricFamily(name, f'Beam gauge {beam_name}', labels=names)
       families.append(gauge)
       for labels, values in series:
         gauge.add_metric([labels.get(n, '') for n in names], values[0])
@@ -331,12 +369,98 @@ class SampleStore:
     return families + [self.limiter.refused_family()]
 
 
+# The series names a family of each type exposes besides its own name.
+_TYPE_SUFFIXES = {
+  'counter': ('_total', '_created'),
+  'summary': ('_count', '_sum', '_created'),
+  'histogram': ('_bucket', '_count', '_sum', '_created'),
+  'gaugehistogram': ('_bucket', '_gcount', '_gsum'),
+}
+
+
+def _exposed_names(family) -> set:
+  names = {family.name, *(family.name + suffix for suffix in _TYPE_SUFFIXES.get(family.type, ()))}
+  names.update(sample.name for sample in family.samples)
+  return names
+
+
+class _UniqueNames:
+  """`collectors`' families, each name and series name exposed by one family only.
+
+  Prometheus refuses a whole scrape that declares a name twice (a second
+  TYPE line), and a series written twice is one series: a counter `x` (its
+  series `x_total`) and a gauge `x_total`, two Beam metrics whose names join
+  alike, a sample named like a Beam metric of the same endpoint. The first
+  family (in the collectors' order, each sorted) is kept; a later one that
+  exposes a name an earlier one does is refused and logged once, naming both.
+  The same family from two collectors (name, type and help alike: the
+  series-cap counter of a SampleStore and of a BeamMetricsCollector) is one
+  family, its series summed.
+  """
+
+  def __init__(self, collectors: Iterable):
+    self._collectors = list(collectors)
+    self._logged: set = set()
+    self._lock = threading.Lock()
+
+  def collect(self):
+    from prometheus_client.metrics_core import Metric
+
+    families: List[Any] = []
+    by_name: Dict[str, int] = {}  # family name -> its index in families
+    owner: Dict[str, Any] = {}  # exposed name -> the family exposing it
+    for collector in self._collectors:
+      for family in collector.collect():
+        at = by_name.get(family.name)
+        if at is not None and (families[at].type, families[at].documentation) == (family.type, family.documentation):
+          first = families[at]
+          merged = Metric(first.name, first.documentation, first.type, first.unit)
+          values: Dict[Tuple, list] = {}
+          for sample in [*first.samples, *family.samples]:
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            if key in values:
+              values[key][2] += sample.value
+            else:
+              values[key] = [sample.name, sample.labels, sample.value]
+          for name, labels, value in values.values():
+            merged.add_sample(name, labels, value)
+          families[at] = merged
+          continue
+        names = _exposed_names(family)
+        clash = next((n for n in sorted(names) if n in owner), None)
+        if clash is not None:
+          self._refuse(family, clash, owner[clash])
+          continue
+        for name in names:
+          owner[name] = family
+        by_name[family.name] = len(families)
+        families.append(family)
+    return families
+
+  def _refuse(self, family, clash: str, kept) -> None:
+    key = (family.name, family.documentation, kept.name, kept.documentation)
+    with self._lock:
+      if key in self._logged:
+        return
+      self._logged.add(key)
+    _LOG.warning(
+      'metric %s (%s, %s) is not exported: the name %s is exported by metric %s (%s, %s); rename one of them',
+      family.name,
+      family.type,
+      family.documentation,
+      clash,
+      kept.name,
+      kept.type,
+      kept.documentation,
+    )
+
+
 def _registry(collectors: Iterable):
+  """A registry of `collectors`, each name exposed by one family (`_UniqueNames`)."""
   from prometheus_client import CollectorRegistry
 
   registry = CollectorRegistry(auto_describe=False)
-  for collector in collectors:
-    registry.register(collector)
+  registry.register(_UniqueNames(collectors))
   return registry
 
 
@@ -372,7 +496,13 @@ class _ExportedLabels:
           continue
         renamed = Metric(family.name, family.documentation, family.type, family.unit)
         for sample in family.samples:
-          labels = {(f'exported_{k}' if k in self._names else k): v for k, v in sample.labels.items()}
+          labels = {}
+          for k, v in sample.labels.items():
+            if k in self._names:
+              k = f'exported_{k}'
+              while k in sample.labels or k in labels:  # never over another label (one named exported_job)
+                k = f'exported_{k}'
+            labels[k] = v
           renamed.add_sample(sample.name, labels, sample.value, sample.timestamp, sample.exemplar)
         yield renamed
 

@@ -232,7 +232,8 @@ def test_series_per_metric_are_capped_and_refusals_counted():
   assert text.count('\nplays{') == 3 and 'plays{collector="c",tenant="acme",user_id="u0"} 99.0' in text
   assert 'prometheus_export_series_refused_total{metric="plays"} 7.0' in text
   assert 's3cret' not in text and 'api_token' not in text
-  assert 'other{l_9_bad_name="http://me:***@host/p"} 1.0' in text
+  # A label name made valid carries the hash of the name as given (distinct names stay distinct).
+  assert re.search(r'\nother\{l_9_bad_name_[0-9a-f]{8}="http://me:\*\*\*@host/p"\} 1\.0\n', text)
 
 
 def test_beam_metric_names_carry_labels_and_are_capped():
@@ -401,3 +402,88 @@ def test_http_api_pipeline_and_postgres_collectors(prometheus):
   assert available in ([0.0], [1.0])
   # Without the extension, no slow-query samples (the 0 above says why); with it, a count.
   assert ('postgres_slow_queries' in metrics) == (available == [1.0])
+
+
+def _strict_exposition(text):
+  """{(series name, labels): value} of a /metrics text, checked as Prometheus reads it: prometheus_client's parser
+  merges what Prometheus refuses (a name declared twice fails the whole scrape; a series written twice is one)."""
+  from prometheus_client.parser import text_string_to_metric_families
+
+  declared = re.findall(r'^# TYPE (\S+) ', text, re.MULTILINE)
+  assert len(declared) == len(set(declared)), f'a name declared twice: {sorted(declared)}'
+  series = {}
+  for family in text_string_to_metric_families(text):
+    for sample in family.samples:
+      assert re.fullmatch(r'[a-zA-Z_:][a-zA-Z0-9_:]*', sample.name), sample.name
+      assert all(re.fullmatch(r'[a-zA-Z_][a-zA-Z0-9_]*', k) and not k.startswith('__') for k in sample.labels)
+      key = (sample.name, tuple(sorted(sample.labels.items())))
+      assert key not in series, f'series written twice: {key}'
+      series[key] = sample.value
+  return series
+
+
+def test_distinct_metric_names_never_share_a_series():
+  # Names that sanitise alike (`plays.count` and `plays_count`, names differing only in non-ASCII letters)
+  # were one series: the later sample overwrote the earlier one's value.
+  names = ['plays.count', 'plays_count', 'play-time', 'play_time', 'écoutes', 'ècoutes', '_plays_count_', '1x', 'x1']
+  store = prometheus_export.SampleStore()
+  for i, name in enumerate(names):
+    assert store.add({'metric': name, 'value': float(i), 'labels': {}})
+  series = _strict_exposition(generate_latest(prometheus_export._registry([store])).decode())
+  values = {name: value for (name, _), value in series.items() if not name.startswith('prometheus_export_')}
+  assert sorted(values.values()) == [float(i) for i in range(len(names))]
+  # A valid name is kept; another is made valid with a hash of the name as given: the same in every process.
+  assert prometheus_export.metric_name('plays_count') == 'plays_count'
+  assert prometheus_export.metric_name('rows', 'read') == 'rows_read'
+  assert prometheus_export.metric_name('plays.count') == 'plays_count_bcc2a0c3'
+  assert prometheus_export.metric_name('play-time') == 'play_time_d403d1dd'
+  assert prometheus_export.metric_name('écoutes') == 'coutes_7386cf78'
+  assert values['plays_count'] == 1.0 and values['plays_count_bcc2a0c3'] == 0.0
+
+
+def test_distinct_label_names_never_share_a_label():
+  labels = {'data-center': 'a', 'data_center': 'b', 'dc.name': 'c', 'dc_name': 'd', '__x': 'e', 'x': 'f', '_y': 'g'}
+  store = prometheus_export.SampleStore()
+  store.add({'metric': 'lag', 'value': 1.0, 'labels': labels})
+  series = _strict_exposition(generate_latest(prometheus_export._registry([store])).decode())
+  (key,) = [key for key in series if key[0] == 'lag']
+  exported = dict(key[1])
+  assert sorted(exported.values()) == sorted(labels.values())
+  assert exported['data_center'] == 'b' and exported['data_center_dbb15a4f'] == 'a' and exported['_y'] == 'g'
+  assert exported['x'] == 'f' and exported['x_670321fc'] == 'e'
+
+
+def test_a_pushed_label_renamed_for_the_group_does_not_replace_another(monkeypatch):
+  store = prometheus_export.SampleStore()
+  store.add({'metric': 'connections', 'value': 3.0, 'labels': {'job': 'pg', 'exported_job': 'other'}})
+  pushed = []
+  monkeypatch.setattr('prometheus_client.push_to_gateway', lambda *args, registry, **kwargs: pushed.append(registry))
+  prometheus_export.push_collectors('http://gateway.invalid', 'spotify_monitoring', [store], {'instance': 'w'})
+  (key,) = [key for key in _strict_exposition(generate_latest(pushed[0]).decode()) if key[0] == 'connections']
+  assert dict(key[1]) == {'exported_job': 'other', 'exported_exported_job': 'pg'}
+
+
+def test_beam_metrics_whose_names_join_alike_are_refused_not_summed(caplog):
+  # Beam's rows/read_x and rows_read/x are both rows_read_x: they were summed into one series; a gauge
+  # rows/read_x_total declared the counter's series name a second time (Prometheus refuses such a scrape).
+  from apache_beam.metrics.cells import GaugeData, GaugeResult
+  from apache_beam.metrics.execution import MetricKey, MetricResult
+  from apache_beam.metrics.metricbase import MetricName
+
+  def result(namespace, name, value):
+    return MetricResult(MetricKey('step', MetricName(namespace, name)), value, value)
+
+  results = {
+    'counters': [result('rows', 'read_x', 5), result('rows_read', 'x', 7)],
+    'distributions': [],
+    'gauges': [result('rows', 'read_x_total', GaugeResult(GaugeData(9, 0)))],
+  }
+  families = prometheus_export.beam_metric_families(results, prometheus_export.SeriesLimiter())
+  store = prometheus_export.SampleStore()  # its series-cap counter and the Beam one are one family
+  with caplog.at_level('WARNING', logger='pipelines.prometheus_export'):
+    text = generate_latest(prometheus_export._registry([store, prometheus_export._Static(families)])).decode()
+  series = _strict_exposition(text)
+  assert {k: v for k, v in series.items() if k[0].startswith('rows_')} == {('rows_read_x_total', ()): 5.0}
+  refused = [r.getMessage() for r in caplog.records if 'is not exported' in r.getMessage()]
+  assert any('rows_read/x' in m and 'rows/read_x' in m for m in refused), refused
+  assert any('rows/read_x_total' in m for m in refused), refused
