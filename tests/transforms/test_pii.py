@@ -1375,3 +1375,101 @@ def test_identifiers_of_interleaved_tenants_each_take_their_tenants_pseudonym(ke
   want = [None if v is None else pseudonym(v, key.tenant_key(t)) for v, t in zip(values, tenants)]
   for column in (pa.array(tenants), pa.array(tenants).dictionary_encode()):
     assert _pseudonymise_by_tenant(pa.array(values), column, key).to_pylist() == want
+
+
+# The recognizers whose patterns presidio's PatternRecognizer runs (with its timeout).
+PATTERN_ENTITIES = (
+  'EMAIL_ADDRESS',
+  'CREDIT_CARD',
+  'IP_ADDRESS',
+  'URL_WITH_CREDENTIALS',
+  'JWT',
+  'BEARER_TOKEN',
+  'API_KEY',
+  'SPOTIFY_USER',
+)
+
+
+@pytest.mark.parametrize('entity', PATTERN_ENTITIES)
+def test_a_pattern_that_times_out_masks_its_text_whole(entity, monkeypatch, caplog):
+  # presidio runs each pattern with a timeout (REGEX_TIMEOUT_SECONDS, 60 s; 0 times every pattern out at once) and
+  # on timeout logs a warning and skips the pattern: the PII it would have found stayed in the text, uncounted.
+  import presidio_analyzer.pattern_recognizer as presidio_patterns
+
+  monkeypatch.setattr(presidio_patterns, 'REGEX_TIMEOUT_SECONDS', 0)
+  scanner = TextScanner(entities=(entity,)).setup()
+  values = pa.array(['nothing to see here', *SENTENCES[entity], None], type=pa.string())
+  with caplog.at_level(logging.DEBUG):
+    out, counts = scanner.redact_array(values)
+    text, one = TextScanner(entities=(entity,)).redact_text(SENTENCES[entity][0])
+  assert out.to_pylist() == ['nothing to see here'] + ['<UNSCANNED>'] * len(SENTENCES[entity]) + [None]
+  assert counts == {f'UNSCANNED:{entity}': len(SENTENCES[entity])}
+  assert (text, one) == ('<UNSCANNED>', {f'UNSCANNED:{entity}': 1})
+  # JSON text: the string value concerned, the document kept.
+  document, _ = scanner.redact_text(json.dumps({'note': SENTENCES[entity][0], 'n': 3}))
+  assert json.loads(document) == {'note': '<UNSCANNED>', 'n': 3}
+  said = [r.getMessage() for r in caplog.records]
+  assert any(f'UNSCANNED:{entity}' in m for m in said)
+  assert not any(s in m for s in SENTENCES[entity] for m in said)
+  # presidio's own recognizer classes keep their patterns: other users of presidio in the process are unchanged.
+  from presidio_analyzer.predefined_recognizers import EmailRecognizer, IpRecognizer
+
+  assert not any(
+    isinstance(p.compiled_regex, pii_recognizers._TimeoutRaises)
+    for p in EmailRecognizer.PATTERNS + IpRecognizer.PATTERNS
+  )
+
+
+def test_the_iban_check_has_no_timeout_and_logs_no_candidate(monkeypatch, caplog):
+  # presidio's IBAN format check takes a regex timeout for an invalid IBAN (left in the text, nothing said), and
+  # logged the text of a candidate its checksum cannot read (U+212A KELVIN SIGN, which [a-z] admits ignoring case).
+  from presidio_analyzer.predefined_recognizers.generic import iban_recognizer
+
+  monkeypatch.setattr(iban_recognizer, 'REGEX_TIMEOUT_SECONDS', 0)
+  scanner = TextScanner(entities=('IBAN_CODE',)).setup()
+  for text in SENTENCES['IBAN_CODE']:
+    assert scanner.redact_text(text)[1] == {'IBAN_CODE': 1}
+  with caplog.at_level(logging.DEBUG):
+    scanner.redact_text('refund to GB82 WEST 1234 5698 7654 32'.replace('T', '\u212a'))
+  assert not any('5698' in r.getMessage() for r in caplog.records)
+
+
+def _iban_check_digits(iban):
+  digits = ''.join(str(int(c, 36)) for c in iban[4:] + iban[:2] + '00')
+  return f'{98 - int(digits) % 97:02d}'
+
+
+def test_the_iban_check_is_presidios():
+  from presidio_analyzer.predefined_recognizers import IbanRecognizer
+
+  ours = TextScanner(entities=('IBAN_CODE',)).setup()._recognizers['IBAN_CODE']
+  theirs = IbanRecognizer()
+  rng = random.Random(5)
+  samples = [
+    'DE89370400440532013000',
+    'GB82WEST12345698765432',
+    'FR1420041010050500013M02606',
+    'NL91ABNA0417164300',
+    'ES9121000418450200051332',
+    'IT60X0542811101000000123456',
+    'BE68539007547034',
+    'CH9300762011623852957',
+    'NO9386011117947',
+    'PL61109010140000071219812874',
+    'SA0380000000608010167519',
+    'BR1800360305000010009795493C1',
+  ]
+  texts = []
+  for iban in samples:
+    texts += [iban, iban.lower(), ' '.join(iban[i : i + 4] for i in range(0, len(iban), 4)), iban[:-1], iban + '0']
+    for _ in range(40):
+      chars = list(iban)
+      at = rng.randrange(4, len(chars))
+      chars[at] = rng.choice('0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ')
+      if rng.random() < 0.3:
+        del chars[rng.randrange(4, len(chars))]
+      changed = ''.join(chars)
+      texts += [changed, changed[:2] + _iban_check_digits(changed) + changed[4:]]  # the format alone decides
+  verdicts = [bool(ours.validate_result(t)) for t in texts]
+  assert verdicts == [bool(theirs.validate_result(t.upper())) for t in texts]
+  assert 100 < sum(verdicts) < len(texts) - 100

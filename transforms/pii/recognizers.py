@@ -12,6 +12,13 @@ presidio raises a finding's score from its `context` words only through
 instead: a bare run of digits is a phone number or a card only with one of
 its recognizer's context words before it (`call 4155552671`), and never with
 an id-like word before it (`invoice`, `order`, `isrc`, `session`, ...).
+
+A recognizer that cannot read all of a text raises `ScanIncomplete` instead
+of returning what it found before it stopped: presidio's `PatternRecognizer`
+runs each pattern with a timeout (``REGEX_TIMEOUT_SECONDS``, 60 s; 0 times
+every pattern out at once) and on timeout logs a warning and skips the rest
+of the pattern's matches, and its IBAN format check takes a timeout for an
+invalid IBAN. The scanner masks such a text whole (`scanner.UNSCANNED`).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from transforms.pii.phones import may_be_valid_in_region, may_be_valid_internati
 
 __all__ = [
   'URL_WITH_CREDENTIALS',
+  'ScanIncomplete',
   'SUPPORTED_ENTITIES',
   'build_recognizers',
   'has_context',
@@ -38,6 +46,19 @@ __all__ = [
   'is_secret_name',
   'phone_like_integer',
 ]
+
+
+class ScanIncomplete(Exception):
+  """A recognizer could not read all of a text, so its findings may miss PII there.
+
+  The message names the entity type and why (a pattern timed out, the phone
+  matcher gave up), never the text.
+  """
+
+  def __init__(self, entity: str, why: str):
+    super().__init__(f'{entity}: {why}')
+    self.entity = entity
+
 
 URL_WITH_CREDENTIALS = 'URL_WITH_CREDENTIALS'
 SUPPORTED_ENTITIES = (
@@ -605,7 +626,7 @@ SPOTIFY_USER_PATTERN = (
 def build_recognizers() -> Dict[str, Any]:
   """{entity type: recognizer}; each has presidio's `analyze(text, entities, nlp_artifacts)`."""
   # Imported here: presidio is heavy and only workers that scan need it.
-  from presidio_analyzer import Pattern, PatternRecognizer, RecognizerResult
+  from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer, RecognizerResult
   from presidio_analyzer.predefined_recognizers import (
     CreditCardRecognizer,
     EmailRecognizer,
@@ -738,7 +759,21 @@ def build_recognizers() -> Dict[str, Any]:
       return results
 
     def validate_result(self, pattern_text: str):
-      return super().validate_result(pattern_text.upper())
+      """presidio's validation (its check digits, then its country's format), without its two silent exits.
+
+      presidio matches the format with its REGEX_TIMEOUT_SECONDS and takes a
+      timeout for an invalid IBAN (the IBAN left in the text, nothing said);
+      and a letter its checksum cannot read (U+212A KELVIN SIGN, which the
+      case-insensitive candidate admits) raised ValueError there, which it
+      logged with the candidate's text. The text is at most ~50 characters
+      (`_IBAN_CANDIDATE`): its format is matched here without a timeout.
+      """
+      text = EntityRecognizer.sanitize_value(pattern_text, self.replacement_pairs).upper()
+      if not _ASCII_ALNUM.fullmatch(text):
+        return False
+      if self._IbanRecognizer__generate_iban_check_digits(text, self.LETTERS) != text[2:4]:
+        return False
+      return _iban_format_matches(text)
 
   class VersionAwareIpRecognizer(IpRecognizer):
     """presidio's IP recognizer; a dotted quad right after a version word (`build 10.2.0.1`) is a version."""
@@ -826,7 +861,7 @@ def build_recognizers() -> Dict[str, Any]:
       context=context,
     )
 
-  return {
+  recognizers = {
     'EMAIL_ADDRESS': OfflineEmailRecognizer(),
     'PHONE_NUMBER': PlausiblePhoneRecognizer(),
     'CREDIT_CARD': CardRecognizer(),
@@ -848,6 +883,65 @@ def build_recognizers() -> Dict[str, Any]:
       'SPOTIFY_USER', [('spotify_user', SPOTIFY_USER_PATTERN)], 0.9, ['user', 'profile']
     ),
   }
+  for entity, recognizer in recognizers.items():
+    if isinstance(recognizer, PatternRecognizer):
+      _raise_timeouts(recognizer, entity, Pattern)
+  return recognizers
+
+
+class _TimeoutRaises:
+  """A compiled pattern whose timeout ends presidio's loop over its matches with `ScanIncomplete`.
+
+  presidio's `PatternRecognizer` reads `pattern.compiled_regex.finditer(text,
+  timeout=REGEX_TIMEOUT_SECONDS)` and, on TimeoutError, logs a warning and
+  goes on to the next pattern: the matches after the timeout were never
+  reported, and the PII they held was left in the text with no trace in the
+  counts. ScanIncomplete is no TimeoutError: presidio does not catch it.
+  """
+
+  def __init__(self, compiled, entity: str, name: str):
+    self._compiled = compiled
+    self._entity = entity
+    self._name = name
+
+  def finditer(self, *args, **kwargs):
+    try:
+      yield from self._compiled.finditer(*args, **kwargs)
+    except TimeoutError:
+      raise ScanIncomplete(self._entity, f'pattern {self._name!r} timed out') from None
+
+  def __getattr__(self, name):
+    return getattr(self._compiled, name)
+
+
+def _raise_timeouts(recognizer, entity: str, pattern_class) -> None:
+  """Gives `recognizer` its own copies of its patterns, compiled as presidio compiles them (its flags), whose
+  timeouts raise `ScanIncomplete` (`_TimeoutRaises`). Copies: presidio's own recognizer classes share theirs."""
+  flags = recognizer.global_regex_flags
+  patterns = []
+  for pattern in recognizer.patterns:
+    own = pattern_class(pattern.name, pattern.regex, pattern.score)
+    own.compiled_regex = _TimeoutRaises(regex.compile(pattern.regex, flags=flags or 0), entity, pattern.name)
+    own.compiled_with_flags = flags  # what presidio compares with the flags of a call (None: the recognizer's)
+    patterns.append(own)
+  recognizer.patterns = patterns
+
+
+_ASCII_ALNUM = regex.compile(r'[0-9A-Z]+')
+
+
+@functools.lru_cache(maxsize=None)
+def _iban_country_format(country: str):
+  """presidio's format of a country's IBANs, compiled as its check compiles it (no ^/$: it matches from the start)."""
+  from presidio_analyzer.predefined_recognizers.generic.iban_patterns import regex_per_country
+
+  pattern = regex_per_country.get(country, '')
+  return regex.compile(pattern, flags=regex.DOTALL | regex.MULTILINE) if pattern else None
+
+
+def _iban_format_matches(text: str) -> bool:
+  compiled = _iban_country_format(text[:2])
+  return compiled is not None and compiled.match(text) is not None
 
 
 # '@' and '+' URL-encoded, as query strings carry addresses and international numbers.

@@ -11,12 +11,19 @@ back with a vectorised take.
 A text holding a JSON object or array is scanned value by value and written
 back as JSON, so that a finding never breaks the document (a phone number
 stored as a JSON number becomes the string "<PHONE_NUMBER>").
+
+A text a recognizer could not read to its end (`recognizers.ScanIncomplete`:
+a pattern's regex timed out, the phone matcher gave up) may hold PII nothing
+found: it is written as ``<UNSCANNED>`` whole (a JSON document: the string
+value concerned), counted as ``UNSCANNED:<ENTITY_TYPE>`` with the findings,
+and logged once per type and worker, without the text.
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import logging
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -36,6 +43,7 @@ from transforms.pii.recognizers import (
   SUPPORTED_ENTITIES,
   URL_WITH_CREDENTIALS,
   VERSION_WORDS,
+  ScanIncomplete,
   analyze,
   build_recognizers,
   enough_phone_digits,
@@ -46,9 +54,13 @@ from transforms.pii.recognizers import (
   phone_like_integer,
 )
 
-__all__ = ['DEFAULT_ENTITIES', 'SCANNED_INT', 'SUPPORTED_ENTITIES', 'TextScanner', 'context_word']
+__all__ = ['DEFAULT_ENTITIES', 'SCANNED_INT', 'SUPPORTED_ENTITIES', 'UNSCANNED', 'TextScanner', 'context_word']
+
+_LOG = logging.getLogger(__name__)
 
 DEFAULT_ENTITIES = SUPPORTED_ENTITIES
+# What a text becomes when a recognizer could not read all of it (`recognizers.ScanIncomplete`).
+UNSCANNED = '<UNSCANNED>'
 
 
 def _is_string_type(t: pa.DataType) -> bool:
@@ -317,6 +329,7 @@ class TextScanner:
     self._memo: Dict[tuple, tuple] = collections.OrderedDict()
     # The last prescan's answers: {hint: {text: None (nothing found) or (redacted text, ((entity, n), ...))}}.
     self._prescanned: Dict[Optional[str], Dict[str, Optional[tuple]]] = {}
+    self._unscanned_logged: set = set()  # the UNSCANNED:<type> keys logged by this instance
 
   def setup(self) -> 'TextScanner':
     """Builds the recognizers now (DoFn.setup) rather than on the first cell."""
@@ -329,6 +342,7 @@ class TextScanner:
     state['_recognizers'] = None
     state['_memo'] = collections.OrderedDict()
     state['_prescanned'] = {}
+    state['_unscanned_logged'] = set()
     return state
 
   def __repr__(self):
@@ -410,16 +424,19 @@ class TextScanner:
         return redacted
     counts = collections.Counter()
     pieces, last = [], 0
-    if context:
-      # The column's name as the words before the value: 'phone 4155552671'.
-      shift = len(context) + 1
-      found = [
-        (s - shift, e - shift, t, score)
-        for s, e, t, score in self.findings(f'{context} {text}', entities)
-        if s >= shift
-      ]
-    else:
-      found = self.findings(text, entities)
+    try:
+      if context:
+        # The column's name as the words before the value: 'phone 4155552671'.
+        shift = len(context) + 1
+        found = [
+          (s - shift, e - shift, t, score)
+          for s, e, t, score in self.findings(f'{context} {text}', entities)
+          if s >= shift
+        ]
+      else:
+        found = self.findings(text, entities)
+    except ScanIncomplete as e:
+      return self._unscanned(text, e)
     for start, end, entity, _ in found:
       pieces.append(text[last:start])
       pieces.append(f'<{entity}>')
@@ -429,6 +446,21 @@ class TextScanner:
       return text, counts
     pieces.append(text[last:])
     return ''.join(pieces), counts
+
+  def _unscanned(self, text: str, error: ScanIncomplete) -> Tuple[str, collections.Counter]:
+    """`text` masked whole (UNSCANNED), counted as UNSCANNED:<type>: a recognizer could not read all of it."""
+    key = f'UNSCANNED:{error.entity}'
+    if key not in self._unscanned_logged:
+      self._unscanned_logged.add(key)
+      _LOG.warning(
+        'a text of %d characters could not be scanned for PII to its end (%s): it is written as %s whole and '
+        'counted as %s (said once per type and worker)',
+        len(text),
+        error,
+        UNSCANNED,
+        key,
+      )
+    return UNSCANNED, collections.Counter({key: 1})
 
   def _redact_json(self, text: str) -> Optional[Tuple[str, collections.Counter]]:
     """A JSON document's strings (keys too) and phone-like numbers redacted; None if `text` is not JSON.
