@@ -46,10 +46,19 @@ to run when the release changes.
 reasoning for `recognizers.phone_like_integer` (an integer read as
 '+digits', or as digits of a region): False only when parsing cannot give a
 valid number.
+
+`PhoneCandidates` walks the matcher's candidates once per text and marks the
+ones that cannot hold a phone finding (fewer digits than one needs, no
+extension); `PhoneCandidates.matches` is the matcher of one region trying
+only the others. On text such as ``+1 +1 +1 ...`` (a one-digit candidate
+every three characters, each parsed and refused in every region: ~1.4 s per
+100 KB) it tries nothing. See `PhoneCandidates` for why what it finds is
+what the matcher finds, in findings of that many digits.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import re
 from typing import List, Optional, Sequence, Set
@@ -61,7 +70,7 @@ from phonenumbers import phonenumberutil as _util
 from phonenumbers.phonemetadata import PhoneMetadata
 from phonenumbers.phonenumber import CountryCodeSource
 
-__all__ = ['may_be_valid_in_region', 'may_be_valid_international', 'regions_that_may_match']
+__all__ = ['PhoneCandidates', 'may_be_valid_in_region', 'may_be_valid_international', 'regions_that_may_match']
 
 # libphonenumber compiles its metadata's patterns with re.compile on every
 # use and relies on the re module's cache (512 patterns); numbers of many
@@ -347,3 +356,123 @@ def regions_that_may_match(text: str, regions: Sequence[str], leniency: int = _V
     if rules is None or rules.may_match(pieces):
       kept.append(region)
   return kept
+
+
+# The matcher's digits: its candidate pattern's \d (the `re` module's, every Unicode decimal digit).
+_DIGIT = re.compile(r'\d')
+
+
+class PhoneCandidates:
+  """The candidates libphonenumber's matcher reads in `text` while it finds nothing, each marked live or not.
+
+  A candidate is live when it holds an extension or at least `min_digits`
+  digits. A match lies inside the candidate it is found in (the candidate or
+  one of its pieces), so a candidate that is not live can only give matches
+  of fewer than `min_digits` digits. `matches` never tries such a candidate;
+  what it finds is what `PhoneNumberMatcher` finds, less those matches,
+  because skipping one does not change which candidates the matcher reads
+  next. The matcher reads on from where its last match ends: after a short
+  match inside a candidate C, from inside C. A candidate without extension
+  and with fewer than 21 digit groups ends where its chain of digit groups
+  (<= 4 separators apart, the candidate pattern's only repetition) ends, and
+  a candidate starting inside C follows the same chain to the same end, and
+  is trimmed at the same second-number mark: it is a suffix of C, and holds
+  no more digits than C. So every candidate the matcher reads after a short
+  match in C ends where C does, and from there on it reads the candidates
+  listed here, as `matches` does. (`min_digits` is below 21.)
+
+  Skipped candidates count no tries (the matcher gives up after 65535 tries:
+  text full of them hid the numbers after them); `matches` reports whether
+  it gave up all the same (`gave_up`).
+  """
+
+  __slots__ = ('text', 'starts', 'ends', 'next_live', 'min_digits')
+
+  def __init__(self, text: str, min_digits: int):
+    if not 1 <= min_digits <= 20:
+      raise ValueError(f'min_digits must be within [1, 20], got {min_digits}')
+    self.text = text
+    self.min_digits = min_digits
+    self.starts: List[int] = []
+    self.ends: List[int] = []
+    live = []
+    index = 0
+    while True:
+      match = _matcher._PATTERN.search(text, index)
+      if match is None:
+        break
+      start = match.start()
+      candidate = _trimmed(match)
+      self.starts.append(start)
+      self.ends.append(start + len(candidate))
+      live.append(self._live(match, candidate))
+      index = start + len(candidate)
+    # next_live[k]: the first live candidate from k on (len(live) if none).
+    self.next_live = [len(live)] * (len(live) + 1)
+    for k in range(len(live) - 1, -1, -1):
+      self.next_live[k] = k if live[k] else self.next_live[k + 1]
+
+  def _live(self, match, candidate: str) -> bool:
+    return match.lastindex is not None or (
+      len(candidate) >= self.min_digits and len(_DIGIT.findall(candidate)) >= self.min_digits
+    )
+
+  @property
+  def any_live(self) -> bool:
+    return self.next_live[0] < len(self.starts)
+
+  def matches(self, region: str, leniency) -> '_CandidateMatcher':
+    """`PhoneNumberMatcher(text, region, leniency)` trying only the live candidates (iterate it for matches)."""
+    return _CandidateMatcher(self, region, leniency)
+
+
+def _trimmed(match) -> str:
+  """The candidate of a match of the matcher's pattern, cut at a second number's start (as `_find` cuts it)."""
+  candidate = match.group()
+  cut = _matcher._SECOND_NUMBER_START_PATTERN.search(candidate)
+  return candidate[: cut.start()] if cut else candidate
+
+
+class _CandidateMatcher(phonenumbers.PhoneNumberMatcher):
+  """`PhoneNumberMatcher` whose search (`_find`) jumps over the candidates `PhoneCandidates` marks not live."""
+
+  def __init__(self, candidates: PhoneCandidates, region: str, leniency):
+    super().__init__(candidates.text, region, leniency=leniency)
+    self._candidates = candidates
+    self.gave_up = False  # it stopped at its limit of tries with a live candidate left
+
+  def _find(self, index: int):
+    found = self._candidates
+    count = len(found.starts)
+    while True:
+      k = bisect.bisect_right(found.ends, index)  # the first candidate ending after `index`
+      if k == count:
+        return None  # the matcher would search from here and find no candidate
+      if index <= found.starts[k]:
+        # Between candidates: the matcher reads candidate k next, and the ones after it while it finds nothing.
+        k = found.next_live[k]
+        if k == count:
+          return None
+        start = found.starts[k]
+        candidate = self.text[start : found.ends[k]]
+      else:
+        # Inside candidate k, after a match that ended there: the matcher's own search.
+        match = _matcher._PATTERN.search(self.text, index)
+        if match is None:
+          return None
+        start = match.start()
+        candidate = _trimmed(match)
+        if not found._live(match, candidate):
+          index = start + len(candidate)
+          continue
+      if self._max_tries <= 0:
+        self.gave_up = True
+        return None
+      number = self._extract_match(candidate, start)
+      if number is not None:
+        return number
+      if self._max_tries <= 0:
+        self.gave_up = True  # out of tries among the candidate's pieces: some were not tried
+        return None
+      self._max_tries -= 1
+      index = start + len(candidate)

@@ -32,7 +32,12 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import regex
 
-from transforms.pii.phones import may_be_valid_in_region, may_be_valid_international, regions_that_may_match
+from transforms.pii.phones import (
+  PhoneCandidates,
+  may_be_valid_in_region,
+  may_be_valid_international,
+  regions_that_may_match,
+)
 
 __all__ = [
   'URL_WITH_CREDENTIALS',
@@ -688,7 +693,9 @@ def build_recognizers() -> Dict[str, Any]:
     lies inside a finding, later regions cannot add a new one, so they are
     skipped. Findings glued to an identifier, after an id word, or bare
     digit runs without a phone word before them are dropped
-    (`plausible_phone`).
+    (`plausible_phone`). The matcher tries only the candidates that can hold
+    a finding of MIN_PHONE_DIGITS digits (`phones.PhoneCandidates`): on
+    ``+1 +1 +1 ...`` it parsed every one-digit candidate in every region.
     """
 
     def __init__(self):
@@ -703,9 +710,12 @@ def build_recognizers() -> Dict[str, Any]:
       text, pluses = _url_decoded(text, URL_ENCODED_PLUS, '+')
       if not may_hold_a_phone(text):
         return []  # libphonenumber (~0.1 ms a region) would find only ids here
+      candidates = PhoneCandidates(text, MIN_PHONE_DIGITS)
+      if not candidates.any_live:
+        return []  # it could find only numbers of fewer digits than a finding keeps (`enough_phone_digits`)
       results, seen = [], []
       for region in regions_that_may_match(text, self.supported_regions, self.leniency):
-        found = self._per_region[region].analyze(text, entities, nlp_artifacts)
+        found = _region_phones(self._per_region[region], candidates, region)
         seen.extend((r.start, r.end) for r in found)
         results.extend(r for r in found if plausible_phone(text, r.start, r.end))
         if seen and not enough_phone_digits(blank_spans(text, seen)):
@@ -887,6 +897,18 @@ def build_recognizers() -> Dict[str, Any]:
     if isinstance(recognizer, PatternRecognizer):
       _raise_timeouts(recognizer, entity, Pattern)
   return recognizers
+
+
+def _region_phones(recognizer, candidates: PhoneCandidates, region: str) -> List[Any]:
+  """presidio's `PhoneRecognizer.analyze` of one region (`recognizer`'s), its matcher trying only the live
+  candidates (`PhoneCandidates.matches`); ScanIncomplete when the matcher gave up before the last of them."""
+  from presidio_analyzer import EntityRecognizer
+
+  matcher = candidates.matches(region, recognizer.leniency)
+  results = [recognizer._get_recognizer_result(match, candidates.text, region, None) for match in matcher]
+  if matcher.gave_up:
+    raise ScanIncomplete('PHONE_NUMBER', f'libphonenumber stopped at its limit of tries (region {region})')
+  return EntityRecognizer.remove_duplicates(results)
 
 
 class _TimeoutRaises:
