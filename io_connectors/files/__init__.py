@@ -40,13 +40,16 @@ workers, so that one large file is many bundles:
   ASCII-compatible (UTF-16/32) are not split;
   a file read as UTF-8 (the default) that starts with a UTF-16 or UTF-32
   byte order mark (Excel's "Unicode text") is read in that encoding, whole,
-  by its first range. So is a file whose lines end in carriage returns only
+  by its first range, as is a JSON Lines file in UTF-16 or UTF-32 without
+  a mark, told by the NULs of its first four bytes as RFC 4627 section 3
+  reads them (`_ranges.json_encoding`). So is a file whose lines end in carriage returns only
   (classic Mac, Excel's "CSV (Macintosh)"): it has no newline byte to cut at.
 - Parquet: runs of whole row groups of about ``split_size_bytes`` compressed.
 - Avro: byte ranges, each owning the blocks that start after the first sync
   marker at or past its start (as Beam's avroio).
 - JSON documents and Excel workbooks: one range per file (a JSON document
-  with a UTF-16 or UTF-32 byte order mark is read in that encoding).
+  in UTF-16 or UTF-32, with a byte order mark or without one, is read in that
+  encoding).
 - Compressed CSV, JSON Lines and JSON files (``events.csv.gz``; ``.gz``,
   ``.bz2``, ``.zst``, ``.deflate``, ``.xz``, by Beam's compression names):
   one range per file, since a compressed stream has no seeks, read as a

@@ -418,8 +418,10 @@ def ranges_as_utf8(
   part_bytes: Optional[int],
   open_value_at: Optional[OpenValueAt] = None,
   range_size: Optional[int] = None,
-) -> Iterator[Tuple[Any, Any, List[Tuple[int, str]]]]:
-  """(range, its lines as UTF-8, its bad lines (see `to_utf8`)) of a range (`_ranges.Range`), blank ones left out.
+  head_encoding: Callable[[bytes], Optional[str]] = unicode_bom_encoding,
+) -> Iterator[Tuple[Any, Any, List[Tuple[int, str]], str]]:
+  """(range, its lines as UTF-8, its bad lines (see `to_utf8`), the encoding they were decoded from) of a range
+  (`_ranges.Range`), blank ones left out.
 
   A plain file's range is one part (`read_owned_lines`). A compressed file is
   one range (no seeks) read as a stream in parts of about `part_bytes`
@@ -429,13 +431,17 @@ def ranges_as_utf8(
   each part is a range at its decompressed offset, so its rows are numbered
   as a plain file's range's are (`path@offset`, from 1), and no part is held
   beside the next.
+
+  head_encoding: the encoding a file read as UTF-8 is in by its first four
+  bytes, None for UTF-8: its byte order mark (`unicode_bom_encoding`), or
+  for JSON text also the NULs of UTF-16/32 without one (`_ranges.json_encoding`).
   """
   if not is_compressed(rng.path):
     with open_file(rng.path) as f:
       # A UTF-8 read of a UTF-16/32 file (Excel's "Unicode text" is UTF-16 with a BOM) is read whole: its
       # newlines are not the byte 0x0A. `SplitFn` made such a file one range, so only a range at byte 0
       # looks (one read of the file's head, not one per range: a request each on S3 or GCS).
-      marked = not rng.start and _is_utf8(encoding) and unicode_bom_encoding(read_exactly(f, 4))
+      marked = not rng.start and _is_utf8(encoding) and head_encoding(read_exactly(f, 4))
       if marked:
         encoding = marked
         f.seek(0)
@@ -445,7 +451,7 @@ def ranges_as_utf8(
     if not is_blank(raw):
       data, bad_lines = to_utf8(with_line_feeds(raw, encoding), encoding, keep_bad_lines=keep_bad_lines)
       if bad_lines or not is_blank(data):  # a UTF-16/32 file of its mark alone is blank once decoded
-        yield rng, data, bad_lines
+        yield rng, data, bad_lines, encoding
     return
   with open_file(rng.path) as f:
     offset, rest = 0, b''
@@ -453,7 +459,7 @@ def ranges_as_utf8(
       # Marked UTF-16/32 is decoded as such, as a plain file's is (above), and read whole: its newlines are
       # not the byte 0x0A.
       rest = read_exactly(f, 4)
-      marked = unicode_bom_encoding(rest)
+      marked = head_encoding(rest)
       if marked:
         encoding, part_bytes, open_value_at = marked, None, None
     while True:
@@ -467,7 +473,8 @@ def ranges_as_utf8(
         raw, rest = data[:cut], data[cut:]
         if not is_blank(raw):
           part = with_line_feeds(raw, encoding)
-          yield (rng._replace(start=offset, end=offset + cut), *to_utf8(part, encoding, keep_bad_lines=keep_bad_lines))
+          decoded, bad_lines = to_utf8(part, encoding, keep_bad_lines=keep_bad_lines)
+          yield rng._replace(start=offset, end=offset + cut), decoded, bad_lines, encoding
         offset += cut
       else:
         rest = data

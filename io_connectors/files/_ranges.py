@@ -30,6 +30,7 @@ __all__ = [
   'read_exactly',
   'read_all',
   'unicode_bom_encoding',
+  'json_encoding',
   'is_directory',
   'match_files',
   'MatchFn',
@@ -216,6 +217,34 @@ def unicode_bom_encoding(head: bytes) -> Optional[str]:
   return None
 
 
+def json_encoding(head: bytes) -> Optional[str]:
+  """The encoding of JSON text from its first four bytes, `head`: 'utf-16' or 'utf-32' when it starts with their
+  byte order mark (`unicode_bom_encoding`), else 'utf-16-le', 'utf-16-be', 'utf-32-le' or 'utf-32-be' by the
+  pattern of NULs those bytes show, else None: UTF-8, the default (its mark, if any, is dropped by 'utf-8-sig').
+
+  JSON text needs no byte order mark (RFC 8259 forbids adding one; a .NET or
+  Java writer's UTF-16 has none), and its first two characters are ASCII (a
+  bracket, a quote, whitespace, a digit): so RFC 4627 section 3 tells the
+  encoding, ``00 00 00 xx`` UTF-32BE, ``xx 00 00 00`` UTF-32LE, ``00 xx 00 xx``
+  UTF-16BE, ``xx 00 xx 00`` UTF-16LE. NULs in no such pattern (a stray NUL in a
+  UTF-8 line) leave UTF-8. The one reading of every JSON reader: documents,
+  JSON Lines (`_lines.ranges_as_utf8`, `SplitFn`) and Spotify's export members.
+  """
+  marked = unicode_bom_encoding(head)
+  if marked is not None or len(head) < 4:
+    return marked
+  a, b, c, d = head[:4]
+  if not a and not b and not c and d:
+    return 'utf-32-be'
+  if a and not b and not c and not d:
+    return 'utf-32-le'
+  if not a and b and not c and d:
+    return 'utf-16-be'
+  if a and not b and c and not d:
+    return 'utf-16-le'
+  return None
+
+
 def ascii_compatible(encoding: str) -> bool:
   try:
     return 'a,\n'.encode(encoding) == b'a,\n'
@@ -223,10 +252,12 @@ def ascii_compatible(encoding: str) -> bool:
     return False
 
 
-def _starts_with_unicode_bom(path: str) -> bool:
-  """A UTF-16/32 file marked so, read as UTF-8 (the default): its newlines are not the byte 0x0A."""
+def _starts_as_utf16_or_utf32(path: str, fmt: str) -> bool:
+  """A UTF-16/32 file read as UTF-8 (the default): its newlines are not the byte 0x0A. Marked so (its byte order
+  mark), or for JSON Lines also told by its first bytes' NULs (`json_encoding`)."""
   with open_file(path) as f:
-    return unicode_bom_encoding(read_exactly(f, 4)) is not None
+    head = read_exactly(f, 4)
+  return (json_encoding(head) if fmt == 'jsonl' else unicode_bom_encoding(head)) is not None
 
 
 def _quoted_newlines_in_head(path: str, options) -> bool:
@@ -261,7 +292,7 @@ class SplitFn(beam.DoFn):
     elif fmt in ('csv', 'jsonl'):
       if size > split and (
         (fmt == 'csv' and (options.newlines_in_values or not ascii_compatible(options.encoding)))
-        or _starts_with_unicode_bom(path)
+        or _starts_as_utf16_or_utf32(path, fmt)
         or (fmt == 'csv' and _quoted_newlines_in_head(path, options))
       ):
         split = size  # one range: lines that cannot be found by the byte 0x0A, or whose values may hold one

@@ -340,7 +340,7 @@ class CsvReader:
     open_value_at = None if whole else self._open_value_finder(rng.path, options)
     compressed = is_compressed(rng.path)
     open_before = None  # where a quoted value opens that a compressed file's last part ended inside
-    for part, data, bad_lines in ranges_as_utf8(
+    for part, data, bad_lines, _ in ranges_as_utf8(
       rng, options.encoding, True, part_bytes, open_value_at, options.split_size_bytes
     ):
       if open_before is not None:

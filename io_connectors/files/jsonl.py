@@ -33,7 +33,7 @@ from io_connectors._common.arrow import table_from_json_lines, table_from_rows
 from io_connectors._common.errors import short_error
 from io_connectors.files._lines import line_count, ranges_as_utf8
 from io_connectors.files._options import JsonOptions
-from io_connectors.files._ranges import Range, open_file, read_all, unicode_bom_encoding
+from io_connectors.files._ranges import Range, json_encoding, open_file, read_all
 from io_connectors.files._read import READERS, STAGE, ReadFormat, emit
 from transforms.dead_letter import dead_letter
 from transforms.json_values import JsonValueError, json_type, loads, reason_of, repeated_key, repeated_on_path
@@ -65,16 +65,18 @@ def _nonblank_lines(data: bytes, first_line: int) -> np.ndarray:
 
 
 def read_jsonl(rng: Range, options: JsonOptions):
-  for part, data, bad_lines in ranges_as_utf8(rng, 'utf-8', False, options.split_size_bytes):
-    yield from _read_jsonl_part(part, data, bad_lines, options)
+  # UTF-8, or UTF-16/32 by a byte order mark or the NULs of the file's first bytes (`json_encoding`).
+  parts = ranges_as_utf8(rng, 'utf-8', False, options.split_size_bytes, head_encoding=json_encoding)
+  for part, data, bad_lines, encoding in parts:
+    yield from _read_jsonl_part(part, data, bad_lines, options, encoding)
 
 
-def _read_jsonl_part(rng: Range, data, bad_lines, options: JsonOptions):
+def _read_jsonl_part(rng: Range, data, bad_lines, options: JsonOptions, encoding: str = 'utf-8'):
   source = rng.source
   data = bytes(data)  # JSON Lines' slow paths search and split the bytes
   for i, text in bad_lines:
     yield dead_letter(
-      source, position(i + 1), 'bad_encoding', record=text, detail='bytes not valid in utf-8', stage=STAGE
+      source, position(i + 1), 'bad_encoding', record=text, detail=f'bytes not valid in {encoding}', stage=STAGE
     )
   parsed = None
   try:
@@ -133,9 +135,9 @@ def read_json(rng: Range, options: JsonOptions):
   except Exception as e:
     yield dead_letter(path, None, 'corrupt_file', detail=f'cannot read: {short_error(e)}', stage=STAGE)
     return
-  # A document marked UTF-16/32 (PowerShell's Out-File, Excel's "Unicode text") is read in that encoding, as
-  # CSV and JSON Lines files so marked are; UTF-8 may carry its BOM.
-  encoding = unicode_bom_encoding(raw[:4]) or 'utf-8-sig'
+  # A document in UTF-16/32, marked so (PowerShell's Out-File, Excel's "Unicode text") or not (RFC 4627's NULs:
+  # a .NET or Java writer's), is read in that encoding, as JSON Lines files are; UTF-8 may carry its BOM.
+  encoding = json_encoding(raw[:4]) or 'utf-8-sig'
   try:
     text = raw.decode(encoding)
   except UnicodeDecodeError as e:

@@ -58,8 +58,9 @@ member) that is not a ZIP or a member that fails its checksum (the member's rows
 damage are kept); ``malformed_json`` for a member that stops parsing (rows
 before it kept, one dead letter at the element where it broke) or an
 element that is not an object; ``bad_encoding`` for bytes that are not
-UTF-8 (or UTF-16/32 in a member that starts with their byte order mark, as
-a Windows editor saves "Unicode": read as well); ``duplicate_key`` for an
+UTF-8 (or UTF-16/32 in a member in that encoding: read as well, told by
+its byte order mark, as a Windows editor saves "Unicode", or without one by
+the NULs of its first four bytes, RFC 4627's rule, `_ranges.json_encoding`); ``duplicate_key`` for an
 element (a play, a saved track, a playlist's entry) that writes a key twice with different values (json would keep the
 last value and lose the first), naming the key's path and not its values,
 and for every entry of a playlist that writes one of its own keys twice (its
@@ -103,7 +104,7 @@ import pyarrow as pa
 from io_connectors import registry
 from io_connectors._common.arrow import column, table_from_rows
 from io_connectors._common.errors import short_error
-from io_connectors.files._ranges import MatchFn, open_file, unicode_bom_encoding
+from io_connectors.files._ranges import MatchFn, json_encoding, open_file
 from io_connectors.files._read import STAGE, emit
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 from transforms.entities import CONTENT_TYPES, EPOCH_MS_PATTERN, to_int, to_utc_timestamp
@@ -830,15 +831,16 @@ def _converted(item: Any) -> Any:
 
 def _member_text(data: bytes) -> str:
   """A JSON member's text: UTF-8 (its byte order mark dropped), or UTF-16/32 by their byte order mark (a file saved
-  again as "Unicode" by a Windows editor). UnicodeDecodeError for bytes not valid in it."""
-  encoding = unicode_bom_encoding(data[:4])
+  again as "Unicode" by a Windows editor) or, unmarked, by the NULs of its first bytes (`json_encoding`).
+  UnicodeDecodeError for bytes not valid in it."""
+  encoding = json_encoding(data[:4])
   if encoding is not None:
-    return data.decode(encoding)  # the codec reads the mark for the byte order, and drops it
+    return data.decode(encoding)  # 'utf-16'/'utf-32' read the mark for the byte order, and drop it
   return data.decode('utf-8-sig')
 
 
 class _Utf8Transcoded(io.RawIOBase):
-  """A UTF-16/32 member (its byte order mark first) as UTF-8 bytes, a block at a time: the parsers read UTF-8.
+  """A UTF-16/32 member (its byte order mark first, or none) as UTF-8 bytes, a block at a time: the parsers read UTF-8.
 
   Bytes not valid in the encoding raise UnicodeDecodeError, with the byte offset in the member as its reason.
   """
@@ -1082,7 +1084,7 @@ class _ReadExportFn(beam.DoFn):
         yield from self._made(enumerate(elements, start=1), kind, user)
         return
     with archive.open(info) as raw:
-      encoding = unicode_bom_encoding(raw.peek(4)[:4])
+      encoding = json_encoding(raw.peek(4)[:4])  # a ZipExtFile's peek reads the 4 bytes asked
       if encoding is not None:  # a UTF-16/32 member, streamed as the UTF-8 the parsers read
         raw = io.BufferedReader(_Utf8Transcoded(raw, encoding), buffer_size=1 << 16)
       # History arrays are UTF-8-checked by their decoder; ijson's members here.

@@ -1687,20 +1687,107 @@ def test_avro_header_metadata_that_is_no_utf8_leaves_the_file_readable(tmp_path)
   assert result.rows() == []
 
 
-def test_jsonl_lines_with_nul_bytes_or_in_utf16_without_a_mark_are_dead_letters_not_a_failed_job(tmp_path):
-  """A JSON Lines file in UTF-16 without a byte order mark (its bytes are valid UTF-8: ASCII and NULs), or a line
-  whose second byte is NUL, failed the whole job: json guessed UTF-16 for the line, its decode raised
-  UnicodeDecodeError and its 'truncated data' became an unknown dead-letter reason. Each such line is a dead
-  letter with its row; the other lines are read."""
+def test_jsonl_lines_with_nul_bytes_are_dead_letters_not_a_failed_job(tmp_path):
+  """A line whose second byte is NUL failed the whole job: json guessed UTF-16 for the line, its decode raised
+  UnicodeDecodeError and its 'truncated data' became an unknown dead-letter reason. Such a line is a dead letter
+  with its row; the other lines are read. (A file in UTF-16 without a byte order mark, NULs in every line, is
+  decoded as such: the test below.)"""
   path = write(tmp_path, 'nul.jsonl', b'{"id": 1}\n{\x00"id": 2}\n{"id": 3}\n')
   result = read(tmp_path, ReadFromJsonLines(path))
   assert [(r[1], r[2]['id']) for r in result.rows()] == [(1, 1), (3, 3)]
   assert [(d['reason'], d['position']) for d in result.dead_letters] == [('malformed_json', 'row 2')]
-  utf16 = write(tmp_path, 'utf16.jsonl', '{"id": 1}\n{"id": "x"}\n'.encode('utf-16-le'))
-  result = read(tmp_path, ReadFromJsonLines(utf16))
+
+
+_UNMARKED_ENCODINGS = ['utf-16-le', 'utf-16-be', 'utf-32-le', 'utf-32-be']
+
+
+@pytest.mark.parametrize('encoding', _UNMARKED_ENCODINGS)
+def test_json_and_json_lines_in_utf16_or_utf32_without_a_byte_order_mark_are_decoded(tmp_path, encoding):
+  """JSON text need not start with a byte order mark (RFC 8259; a .NET or Java writer's UTF-16 has none): every
+  such file was dead letters, a JSON document one bad_encoding or malformed_json, a JSON Lines file one per line.
+  Its encoding is told by the NULs among its first four bytes, as RFC 4627 section 3 reads them (the first two
+  characters of JSON text are ASCII), and it is read as a marked one is: a JSON Lines file whole, by one range,
+  its newlines not being the byte 0x0A; plain or compressed alike."""
+  records = [{'id': '007', 'name': 'Zoë', 'n': 1}, {'id': '2', 'name': '東京 🎵', 'n': 2}]
+  document = write(tmp_path, 'doc.json', json.dumps(records, indent=2, ensure_ascii=False).encode(encoding))
+  result = read(tmp_path, ReadFromJson(document))
+  assert result.dead_letters == []
+  assert result.rows() == [(document, 1, records[0]), (document, 2, records[1])]
+  lines = ''.join(
+    json.dumps({'id': str(n), 'name': f'Zoë {n}', 'n': n}, ensure_ascii=False) + ('\r\n' if n % 2 else '\n')
+    for n in range(1, 101)
+  )
+  plain = write(tmp_path, 'lines.jsonl', lines.encode(encoding))
+  packed = write(tmp_path, 'packed.jsonl.gz', gzip.compress(lines.encode(encoding)))
+  os.remove(document)
+  for path in (plain, packed):
+    result = read(tmp_path, ReadFromJsonLines(path, JsonOptions(split_size_bytes=512)))
+    assert result.dead_letters == [], path
+    assert [(r[0], r[1], r[2]) for r in result.rows() if r[0] == path] == [
+      (path, n, {'id': str(n), 'name': f'Zoë {n}', 'n': n}) for n in range(1, 101)
+    ]
+  os.remove(packed)
+  # A .json file of one object a line (BigQuery's export), so saved, is read as JSON Lines.
+  bigquery = write(tmp_path, 'export.json', lines.encode(encoding))
+  os.remove(plain)
+  result = read(tmp_path, ReadFromJson(bigquery))
+  assert result.dead_letters == [] and [r[1] for r in result.rows()] == list(range(1, 101))
+
+
+def test_unmarked_utf16_json_holding_bytes_no_utf16_is_a_bad_encoding_dead_letter_with_its_place(tmp_path):
+  """Bytes the detected encoding cannot decode (a lone surrogate, 00 D8 in UTF-16-LE) stay what bytes no UTF-8
+  were: a JSON Lines file's line is a bad_encoding dead letter naming its row, the other lines are read; a JSON
+  document is one, naming the encoding and the byte."""
+  lone = b'\x00\xd8'
+  lines = (
+    '{"id": 1}\n'.encode('utf-16-le') + '{"id": "'.encode('utf-16-le') + lone + '"}\n{"id": 3}\n'.encode('utf-16-le')
+  )
+  path = write(tmp_path, 'lines.jsonl', lines)
+  result = read(tmp_path, ReadFromJsonLines(path))
+  assert [(r[1], r[2]['id']) for r in result.rows()] == [(1, 1), (3, 3)]
+  assert [(d['reason'], d['source'], d['position']) for d in result.dead_letters] == [('bad_encoding', path, 'row 2')]
+  assert 'utf-16-le' in result.dead_letters[0]['detail']
+  head = '[{"id": 1}, {"id": "'.encode('utf-16-le')
+  os.remove(path)
+  document = write(tmp_path, 'doc.json', head + lone + '"}]'.encode('utf-16-le'))
+  result = read(tmp_path, ReadFromJson(document))
   assert result.rows() == []
-  assert [d['position'] for d in result.dead_letters] == ['row 1', 'row 2', 'row 3']
-  assert {d['reason'] for d in result.dead_letters} <= {'malformed_json', 'bad_encoding'}
+  assert [(d['reason'], d['source'], d['position'], d['detail']) for d in result.dead_letters] == [
+    ('bad_encoding', document, None, f'bytes not valid in utf-16-le at byte {len(head)}')
+  ]
+
+
+def test_the_encoding_of_json_text_is_told_from_its_first_four_bytes():
+  """One reading for every JSON reader (documents, JSON Lines, Spotify's members): a byte order mark, else the
+  pattern of NULs RFC 4627 section 3 gives; UTF-8 (None) otherwise, also for NULs that are no such pattern."""
+  import codecs
+
+  from io_connectors.files._ranges import json_encoding
+
+  for encoding in _UNMARKED_ENCODINGS:
+    for text in ('{}', '[1]', ' {"a": 1}', '\n[', '"é"'):
+      assert json_encoding(text.encode(encoding)) == encoding, (encoding, text)
+  assert json_encoding(codecs.BOM_UTF16_LE + '{}'.encode('utf-16-le')) == 'utf-16'
+  assert json_encoding(codecs.BOM_UTF32_BE + '{}'.encode('utf-32-be')) == 'utf-32'
+  for utf8 in (b'{"a": 1}', b'\xef\xbb\xbf{}', b'', b'{', b'{\x00"id', b'\x00{"a', b'[\x00\x00', '{"é'.encode()):
+    assert json_encoding(utf8) is None, utf8
+
+
+def test_an_unmarked_utf16_json_lines_file_is_planned_as_one_range(tmp_path):
+  """Cut at the byte 0x0A, a UTF-16 file's ranges start inside characters (0A 00 is one newline in UTF-16-LE):
+  its head is looked at once, and the file is one range."""
+  from apache_beam.io.filesystem import FileMetadata
+
+  from io_connectors.files._ranges import SplitFn
+
+  text = ''.join(f'{{"id": {i}, "name": "Zoë {i}"}}\n' for i in range(200))
+  for encoding, expected in (('utf-16-le', 1), ('utf-32-be', 1), ('utf-8', 4)):
+    data = text.encode(encoding)
+    path = write(tmp_path, f'{encoding}.jsonl', data)
+    quarter = -(-len(data) // 4)
+    ranges = list(SplitFn('jsonl', JsonOptions(split_size_bytes=quarter), path).process(FileMetadata(path, len(data))))
+    assert len(ranges) == expected, encoding
+    assert (ranges[0].start, ranges[-1].end) == (0, len(data))
 
 
 def _lines_of_events(n):

@@ -542,6 +542,45 @@ def test_members_saved_as_utf16_or_utf32_with_their_byte_order_mark_are_read(tmp
     assert letters == [] and len(records) == count and {r['user_id'] for r in records} == {'ann'}
 
 
+@pytest.mark.parametrize('encoding', ['utf-16-le', 'utf-16-be', 'utf-32-le', 'utf-32-be'])
+@pytest.mark.parametrize('streamed', [False, True])
+def test_members_in_utf16_or_utf32_without_a_byte_order_mark_are_read(tmp_path, monkeypatch, encoding, streamed):
+  # JSON text need not carry a byte order mark (a .NET or Java tool's UTF-16 has none): each such member was a
+  # bad_encoding or malformed_json dead letter, none of its records read. Its encoding is told by the NULs among
+  # its first four bytes (RFC 4627 section 3), as the JSON readers tell it; bytes that encoding cannot decode
+  # are still a bad_encoding dead letter naming the member, its element and the encoding.
+  if streamed:
+    monkeypatch.setattr(spotify_export, '_WHOLE_MEMBER_BYTES', -1)
+
+  def saved(value):
+    return json.dumps(value, indent=2, ensure_ascii=False).encode(encoding)
+
+  plays = extended_plays(range(3), None, 'newer')
+  plays[1]['master_metadata_track_name'] = 'شمس 🎵 Ünïcode'
+  lone = '\ud800'.encode(encoding, 'surrogatepass')  # a lone surrogate: no UTF-16 or UTF-32 text
+  path = write_export_zip(
+    str(tmp_path / 'saved.zip'),
+    {
+      AUDIO: saved(plays),
+      'StreamingHistory_music_0.json': saved(account_plays(range(2))),
+      'StreamingHistory_music_1.json': saved(account_plays(range(2))).replace('Song 1'.encode(encoding), lone),
+      'Userdata.json': saved({'username': 'ann'}),
+      'YourLibrary.json': saved(library(2)),
+      'Playlist1.json': saved(playlists([2])),
+    },
+  )
+  rows, letters = _read(path)
+  assert len(rows) == 5 and {r['user_id'] for r in rows} == {'ann'}
+  assert [r['track_name'] for r in rows if r['history_format'] == 'extended'][1] == 'شمس 🎵 Ünïcode'
+  assert [(l['source'], l['reason'], l['position']) for l in letters] == [
+    (f'{path}!StreamingHistory_music_1.json', 'bad_encoding', 'row 1')
+  ]
+  assert f'bytes not valid in {encoding}' in letters[0]['detail']
+  for resource, count in (('library', 2), ('playlists', 2)):
+    records, letters = _read(path, resource=resource)
+    assert letters == [] and len(records) == count and {r['user_id'] for r in records} == {'ann'}
+
+
 @pytest.mark.parametrize('by_row', [False, True])
 def test_one_play_spelled_differently_in_overlapping_exports_gets_one_event_id(tmp_path, monkeypatch, by_row):
   # A history that went through a spreadsheet or pandas writes ms_played as 230000.0 or "230000" and ts as epoch
