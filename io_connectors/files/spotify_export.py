@@ -7,7 +7,10 @@ it (an export zipped again) is read as well, its members named
 member up to 32 MB (Spotify's are ~12 MB) is decoded whole, at the json
 module's C speed; a bigger one is streamed an element at a time (as are
 the library and playlists, with ijson), so a 100 MB listening history is
-never loaded whole. What it reads, by ``resource``:
+never loaded whole. ijson gives every integer whole, of any size: one
+beyond 64 bits (an id of 30 digits) makes its column text, every digit kept,
+as the JSON readers do, and a fraction keeps its digits (``12.50``); see
+`_number`. What it reads, by ``resource``:
 
 - ``plays`` (entity ``media_play``): every play of the Extended Streaming
   History (``Streaming_History_Audio_*.json``, ``Streaming_History_Video_*.json``,
@@ -94,6 +97,7 @@ import shutil
 import struct
 import tempfile
 import zipfile
+from decimal import Decimal
 from itertools import repeat, takewhile
 from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -109,6 +113,9 @@ from io_connectors.files._read import STAGE, emit
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 from transforms.entities import CONTENT_TYPES, EPOCH_MS_PATTERN, to_int, to_utc_timestamp
 from transforms.json_values import (
+  NumberBeyondDouble,
+  WrittenFloat,
+  json_type,
   loads,
   lone_surrogate,
   mark_repeated_keys,
@@ -497,11 +504,11 @@ def _playlist_entries(playlist: dict, user: Optional[str]) -> Iterator[Any]:
   name = playlist.get('name')
   items = playlist.get('items') or []
   if not isinstance(items, list):
-    yield f'"items" of playlist {name!r} is a JSON {type(items).__name__}, not an array'
+    yield f'"items" of playlist {name!r} is a JSON {json_type(items)}, not an array'
     return
   for index, item in enumerate(items, start=1):
     if not isinstance(item, dict):
-      yield f'entry {index} of playlist {name!r} is a JSON {type(item).__name__}, not an object'
+      yield f'entry {index} of playlist {name!r} is a JSON {json_type(item)}, not an object'
       continue
     repeated = _repeated(item)
     if repeated is not None:
@@ -812,20 +819,38 @@ class _Pairs:
 def _objects_of_pairs(item: Any) -> Any:
   """An ijson item built of `_Pairs` as json_values decodes it: dicts, those that write a key twice with
   different values marked (`json_values.object_of_pairs`), the values of an object before it (it is marked by
-  what they carry). MalformedJson when it nests too deep to walk."""
+  what they carry); numbers as `_number` gives them. MalformedJson when it nests too deep to walk."""
   try:
     return _converted(item)
   except RecursionError:
     raise MalformedJson('JSON nested too deeply to decode') from None
 
 
+def _number(value: Decimal) -> Any:
+  """A JSON number with a fraction or an exponent, which ijson gives as a Decimal (asked for none of its floats:
+  its C parser refuses an integer beyond 64 bits, and a number beyond a double, with "overflow", and the member
+  stopped parsing there), as `json_values.loads(floats_as_written=True)` decodes it: a `WrittenFloat` keeping its
+  text (``12.50``), or, beyond a double's range, a `NumberBeyondDouble` (``1E+400``: never an infinity). The text
+  is the Decimal's, which keeps the digits and the exponent but not an exponent's spelling (``1e3`` is ``1E+3``).
+  Integers ijson gives as ints of any size: one beyond 64 bits makes its column text, every digit kept."""
+  text = str(value)
+  written = WrittenFloat(text)
+  return NumberBeyondDouble(text) if math.isinf(written) else written
+
+
+_CONVERTED = frozenset((_Pairs, list, Decimal))
+
+
 def _converted(item: Any) -> Any:
-  if type(item) is _Pairs:
+  kind = type(item)
+  if kind is _Pairs:
     return object_of_pairs(
-      [(key, _converted(value) if type(value) is _Pairs or type(value) is list else value) for key, value in item.pairs]
+      [(key, _converted(value) if type(value) in _CONVERTED else value) for key, value in item.pairs]
     )
-  if type(item) is list:
-    return [_converted(value) if type(value) is _Pairs or type(value) is list else value for value in item]
+  if kind is list:
+    return [_converted(value) if type(value) in _CONVERTED else value for value in item]
+  if kind is Decimal:
+    return _number(item)
   return item
 
 
@@ -1100,11 +1125,11 @@ class _ReadExportFn(beam.DoFn):
       if top != b'{':
         raise self._ijson.JSONError('the member is not a JSON object with "playlists"')
       number = 0
-      for playlist in self._ijson.items(stream, 'playlists.item', use_float=True, map_type=_Pairs):
+      for playlist in self._ijson.items(stream, 'playlists.item', map_type=_Pairs):
         playlist = _objects_of_pairs(playlist)
         if not isinstance(playlist, dict):
           number += 1
-          yield number, playlist, f'a playlist is a JSON {type(playlist).__name__}, not an object'
+          yield number, playlist, f'a playlist is a JSON {json_type(playlist)}, not an object'
           continue
         for entry in _playlist_entries(playlist, user):
           number += 1
@@ -1116,7 +1141,8 @@ class _ReadExportFn(beam.DoFn):
     elif top != b'{':
       raise self._ijson.JSONError('the member is not a JSON object at its top level')
     else:
-      elements = map(_objects_of_pairs, self._ijson.items(stream, prefix, use_float=True, map_type=_Pairs))
+      # Numbers as ijson gives them without use_float (ints of any size, Decimals), made `_number`s.
+      elements = map(_objects_of_pairs, self._ijson.items(stream, prefix, map_type=_Pairs))
     yield from self._made(enumerate(elements, start=1), kind, user)
 
   @staticmethod
@@ -1125,7 +1151,7 @@ class _ReadExportFn(beam.DoFn):
     make = _ROW_MAKERS[kind][1]
     for number, element in numbered:
       if not isinstance(element, dict):
-        yield number, element, f'element {number} is a JSON {type(element).__name__}, not an object'
+        yield number, element, f'element {number} is a JSON {json_type(element)}, not an object'
       elif type(element) is not dict and repeated_key(element) is not None:  # json kept a key's last value
         yield number, element, _repeated(element)
       elif make is None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import decimal
 import io
 import json
 import zipfile
 
 import apache_beam as beam
+import pyarrow as pa
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
@@ -200,6 +202,57 @@ def test_a_saved_track_or_a_playlist_writing_a_key_twice_with_different_values_i
     ('duplicate_key', 'row 3', 'name'),
   ]
   assert letters[1]['detail'].startswith("the playlist: the key 'name' is written 2 times with different values")
+
+
+def _json_reader_rows(path, records_path):
+  """The records of a JSON document as the JSON reader (`ReadFromJson`'s) gives them: {column: (type, values)}."""
+  import pyarrow as pa
+
+  from io_connectors.files import JsonOptions
+  from io_connectors.files._ranges import Range
+  from io_connectors.files.jsonl import read_json
+  from transforms.records import strip_internal
+
+  items = list(read_json(Range(str(path), 'json', 0, path.stat().st_size), JsonOptions(records_path=records_path)))
+  assert all(isinstance(item, pa.RecordBatch) for item in items), items
+  table = strip_internal(pa.Table.from_batches(items))
+  return {name: (table.schema.field(name).type, table.column(name).to_pylist()) for name in table.column_names}
+
+
+def test_library_and_playlists_holding_integers_beyond_64_bits_keep_every_digit(tmp_path):
+  """ijson's C parser, asked for floats, refused an integer beyond 64 bits ("integer overflow") and a number beyond
+  a double: the member stopped parsing there, one malformed_json dead letter, and every saved track or playlist
+  entry from it on was lost. Each is read: an integer beyond 64 bits exactly, as text in its column beside the
+  column's other values, as the JSON reader has it (the same document read by it gives the same column type and
+  values, a fraction as written); a number beyond a double its digits, never an infinity."""
+  big, negative = 123456789012345678901234567890, -(2**70)
+  saved = library(5)
+  names = ['Song 0', big, negative, 'FRACTION', 2**64]
+  for track, name in zip(saved['tracks'], names):
+    track['track'] = name
+  saved['tracks'][3]['album'] = 'HUGE'
+  text = json.dumps(saved, indent=2).replace('"FRACTION"', '12.50').replace('"HUGE"', '1e400')
+  lists = playlists([3, 2])
+  lists['playlists'][0]['items'][1]['track']['trackName'] = big
+  lists['playlists'][1]['name'] = negative
+  path = write_export_zip(
+    str(tmp_path / 'a.zip'), {'MyData/YourLibrary.json': text.encode(), 'MyData/Playlist1.json': lists}
+  )
+  rows, letters = _read(path, 'library', user_id='ann')
+  assert letters == [] and [r['__row'] for r in rows] == [1, 2, 3, 4, 5]
+  written = ['Song 0', str(big), str(negative), '12.50', str(2**64)]
+  assert [r['track_name'] for r in rows] == written
+  assert decimal.Decimal(rows[3]['album_name']) == decimal.Decimal('1e400')
+  # The JSON reader on the same document: the same column type and values.
+  (tmp_path / 'YourLibrary.json').write_text(text)
+  by_json = _json_reader_rows(tmp_path / 'YourLibrary.json', 'tracks')
+  assert by_json['track'] == (pa.string(), written)
+  batches, _ = _batches_and_letters(path, batch_size=10, user_id='ann', resource='library')
+  assert batches[0].schema.field('track_name').type == pa.string()
+  entries, letters = _read(path, 'playlists', user_id='ann')
+  assert letters == [] and [e['__row'] for e in entries] == [1, 2, 3, 4, 5]
+  assert [e['track_name'] for e in entries[:2]] == ['Song 0', str(big)]
+  assert [e['playlist_name'] for e in entries] == ['Playlist 0'] * 3 + [str(negative)] * 2
 
 
 def test_an_export_zipped_again_is_read_from_the_inner_zip(tmp_path):
@@ -410,7 +463,11 @@ def _odd_plays():
 
 def _batches_and_letters(path, **kw):
   fn = _ReadExportFn(
-    'plays', kw.get('user_id'), kw.get('content_types'), kw['batch_size'], kw.get('string_columns', ())
+    kw.get('resource', 'plays'),
+    kw.get('user_id'),
+    kw.get('content_types'),
+    kw['batch_size'],
+    kw.get('string_columns', ()),
   )
   fn.setup()
   items = list(fn.read(str(path)))
