@@ -4,7 +4,10 @@ A block that cannot be read (damaged bytes, a codec's checksum) is one
 dead letter counting its records, and reading goes on at the next block.
 The header's metadata values are bytes (the spec's type): only the schema
 and the codec must be text; another key's value that is no UTF-8 (Spark's,
-a custom writer's) does not make the file unreadable.
+a custom writer's) does not make the file unreadable, nor does a key that is
+no UTF-8 beside a readable schema and codec (`fastavro_readable`): the
+records need nothing else. A damaged key where the schema's or the codec's
+is missing may be that one: the file stays a corrupt_file dead letter.
 """
 
 from __future__ import annotations
@@ -280,8 +283,8 @@ class _ReadableHeader:
 
 
 def _readable(f):
-  """`f` as fastavro reads it: a header metadata value that is no UTF-8 (other than the schema's and codec's)
-  failed fastavro's reader, and the whole file was a corrupt_file dead letter."""
+  """`f` as fastavro reads it: a header metadata value or key that is no UTF-8 (other than the schema's and
+  codec's) failed fastavro's reader, and the whole file was a corrupt_file dead letter."""
   header = read_avro_header(f)
   readable = fastavro_readable(header)
   f.seek(0)

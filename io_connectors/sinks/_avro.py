@@ -246,8 +246,13 @@ def _read_bytes(data: bytes, pos: int) -> Tuple[bytes, int]:
   return data[pos : pos + size], pos + size
 
 
-def _header_entries(data: bytes) -> Tuple[List[Tuple[str, bytes, int]], int]:
-  """(metadata entries as (key, value, where the value starts), where the header ends): `avro_header`'s reading."""
+def _header_entries(data: bytes) -> Tuple[List[Tuple[str, bytes, int, int]], int]:
+  """(metadata entries as (key, value, where the value starts, where the key starts), where the header ends):
+  `avro_header`'s reading.
+
+  A key is UTF-8 text in the spec, but a writer may put other bytes there: such a key is decoded with
+  'surrogateescape' (each bad byte a lone surrogate, `_key_bytes` gives the bytes back), not refused.
+  """
   if data[: len(_MAGIC)] != _MAGIC:
     if _MAGIC.startswith(data[: len(_MAGIC)]) and len(data) < len(_MAGIC):
       raise _HeaderCut('the file ends inside the Avro magic')
@@ -262,8 +267,9 @@ def _header_entries(data: bytes) -> Tuple[List[Tuple[str, bytes, int]], int]:
       _, pos = _read_long(data, pos)
     for _ in range(count):
       key, pos = _read_bytes(data, pos)
+      key_start = pos - len(key)
       value, pos = _read_bytes(data, pos)
-      entries.append((key.decode('utf-8'), value, pos - len(value)))
+      entries.append((key.decode('utf-8', 'surrogateescape'), value, pos - len(value), key_start))
   if pos + _SYNC_SIZE > len(data):
     raise _HeaderCut('the Avro header ends before its sync marker')
   return entries, pos + _SYNC_SIZE
@@ -274,10 +280,12 @@ def avro_header(data: bytes) -> Tuple[List[Tuple[str, bytes]], int]:
   order written, and where the header ends (after its sync marker). ValueError when `data` starts with none.
 
   The values are bytes, as the spec has them: a writer may put any bytes
-  there (fastavro's reader refuses a value that is no UTF-8).
+  there (fastavro's reader refuses a value that is no UTF-8). A key is text;
+  one that is no UTF-8 has its bad bytes as lone surrogates ('surrogateescape'),
+  which `avro_container_bytes` writes back as those bytes.
   """
   entries, end = _header_entries(data)
-  return [(key, value) for key, value, _ in entries], end
+  return [(key, value) for key, value, _, _ in entries], end
 
 
 def read_avro_header(f, first: int = 1 << 16) -> bytes:
@@ -304,9 +312,24 @@ def read_avro_header(f, first: int = 1 << 16) -> bytes:
     return head[:end]
 
 
+def _key_bytes(key: str) -> bytes:
+  """A header key's bytes: its UTF-8, the bytes of one that was no UTF-8 as they were (`_header_entries`)."""
+  return key.encode('utf-8', 'surrogateescape')
+
+
+def _is_text(key: str) -> bool:
+  """Whether a header key (`_header_entries`) was UTF-8: one that was not holds lone surrogates."""
+  try:
+    key.encode('utf-8')
+  except UnicodeEncodeError:
+    return False
+  return True
+
+
 def _header_bytes(metadata: Sequence[Tuple[str, bytes]]) -> bytes:
   """An Avro header with these metadata entries, in this order, and a zero sync marker."""
-  entries = b''.join(_long(len(k.encode())) + k.encode() + _long(len(v)) + v for k, v in metadata)
+  keys = [_key_bytes(k) for k, _ in metadata]
+  entries = b''.join(_long(len(k)) + k + _long(len(v)) + v for k, (_, v) in zip(keys, metadata))
   return _MAGIC + (_long(len(metadata)) + entries if metadata else b'') + _long(0) + bytes(_SYNC_SIZE)
 
 
@@ -316,12 +339,21 @@ def fastavro_readable(data: bytes) -> bytes:
   writer's; fastavro's reader decodes every one and refused the file), the same bytes with such values blanked
   (as many spaces). The same length: every block stays at its offset, where a reader of byte ranges looks for it.
 
-  A schema or codec that is no UTF-8 is left as it is: no reader can take that file.
+  So is a key that is no UTF-8 (a writer's binary key: fastavro decodes the
+  keys too), when the schema's and the codec's keys are both there as text:
+  the records need nothing else. Without either, the damaged key may be it,
+  and the file is left as it is. A schema or codec that is no UTF-8 is left
+  as it is too: no reader can take that file.
   """
+  entries = _header_entries(data)[0]
+  keys = {key for key, _, _, _ in entries}
+  essentials_readable = SCHEMA_KEY in keys and CODEC_KEY in keys
   binary = []
-  for key, value, start in _header_entries(data)[0]:
+  for key, value, start, key_start in entries:
     if key in (SCHEMA_KEY, CODEC_KEY):
       continue
+    if essentials_readable and not _is_text(key):
+      binary.append((key_start, len(_key_bytes(key))))
     try:
       value.decode('utf-8')
     except UnicodeDecodeError:

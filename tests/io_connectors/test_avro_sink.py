@@ -264,6 +264,10 @@ def test_a_file_written_again_with_its_own_header_keeps_it_and_snappy_needs_no_c
   snappy = avro_container_bytes(schema, table.to_pylist(), 'snappy', ours)
   assert avro_header(snappy)[0] == ours
   assert avro_container_bytes(schema, table.to_pylist(), 'snappy', ours) == snappy
+  # A key that is no UTF-8 (a writer's binary key; readable beside the schema and codec) is written back as it was.
+  binary_key = [('x.\udcff\udcfeid', b'\x00\x01')] + ours
+  rewritten = avro_container_bytes(schema, table.to_pylist(), 'snappy', binary_key)
+  assert b'x.\xff\xfeid' in rewritten[:200] and avro_header(rewritten)[0] == binary_key
   # Our reader (pyarrow's snappy, each block's CRC32 checked) reads every row once, split in ranges at the markers.
   path = tmp_path / 'snappy.avro'
   path.write_bytes(snappy)

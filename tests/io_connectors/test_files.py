@@ -1687,6 +1687,42 @@ def test_avro_header_metadata_that_is_no_utf8_leaves_the_file_readable(tmp_path)
   assert result.rows() == []
 
 
+def test_avro_header_metadata_key_that_is_no_utf8_leaves_the_records_readable(tmp_path):
+  """The spec's metadata keys are strings, yet a writer may put other bytes there (a key built from a binary id, a
+  code page's text): fastavro's reader decodes every key as UTF-8, and such a file was one corrupt_file dead letter,
+  every record in it lost. Only the schema and the codec are needed to read the records: beside them, a key that
+  is no UTF-8 is read past, the file read whole, in ranges. A file whose schema or codec key is the one damaged
+  (neither is then readable: the damaged key may be it) stays a corrupt_file dead letter."""
+  _, records = _avro_file(tmp_path, 'unused.avro', n=1000)
+  os.remove(tmp_path / 'unused.avro')
+  placeholder, bad_key = b'x-KEYKEYKEY', b'x-\xff\xfe\x80\xc3(KEYK'
+  assert len(bad_key) == len(placeholder)  # every block stays where it was
+  sink = io.BytesIO()
+  fastavro.writer(
+    sink,
+    fastavro.parse_schema(AVRO_SCHEMA),
+    records,
+    codec='deflate',
+    sync_interval=500,
+    metadata={placeholder.decode(): 'value', 'writer': 'custom/é', 'x-other': 'ok'},
+  )
+  content = sink.getvalue().replace(placeholder, bad_key, 1)
+  assert bad_key in content
+  path = write(tmp_path, 'custom.avro', content)
+  result = read(tmp_path, ReadFromAvro(path, AvroOptions(split_size_bytes=900)))
+  assert result.dead_letters == []
+  rows = result.rows()
+  assert len({r[0] for r in rows}) > 3  # read in several ranges
+  assert sorted((r[2] for r in rows), key=lambda r: r['id']) == records
+  os.remove(path)
+  for key in (b'avro.schema', b'avro.codec'):
+    broken = write(tmp_path, 'broken.avro', content.replace(key, key[:6] + b'\xff' + key[7:], 1))
+    result = read(tmp_path, ReadFromAvro(broken, AvroOptions(split_size_bytes=900)))
+    assert [(d['reason'], d['source'], d['position']) for d in result.dead_letters] == [('corrupt_file', broken, None)]
+    assert result.rows() == [], key
+    os.remove(broken)
+
+
 def test_jsonl_lines_with_nul_bytes_are_dead_letters_not_a_failed_job(tmp_path):
   """A line whose second byte is NUL failed the whole job: json guessed UTF-16 for the line, its decode raised
   UnicodeDecodeError and its 'truncated data' became an unknown dead-letter reason. Such a line is a dead letter
