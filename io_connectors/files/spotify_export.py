@@ -38,6 +38,25 @@ in one spelling, ``...Z``, also when it came without an offset;
 ``conn_country`` ``ZZ`` (Spotify's "unknown") is null; any field may be
 null or absent.
 
+Fields the reader does not know (Spotify adds some over time) are not
+dropped: what a record holds beside the fields read into the columns above
+is one JSON object in its ``extra_fields`` column (text; null when there is
+none), each field at its place in the record and its value as decoded (an
+integer of any size every digit, objects and arrays nested as they were):
+an element's keys no column reads, a playlist entry's under the object they
+are in (``{"track": {"trackDuration": 1}}``), a second object of an entry
+beside the one taken (an ``episode`` beside its ``track``), and a variant
+read only without the other (``ip_addr_decrypted`` beside ``ip_addr``,
+``user_agent`` beside ``user_agent_decrypted``) when it says another thing.
+A playlist's own such fields (``collaborators``, ``numberOfFollowers``) are
+in ``playlist_extra_fields`` of each of its entries. One text column rather
+than a column per field: the entity's columns stay one schema whatever
+Spotify adds, a field of another type in another export changes no column's
+type, and a field's name cannot take an entity column's; the pipeline keeps
+columns an entity does not declare, and its PII step scans JSON in text.
+Other lists of ``YourLibrary.json`` (albums, artists, shows) are no saved
+tracks and are not read by ``library``.
+
 The listener: a record's ``username``, else the export's ``Userdata.json``
 ``username`` (in a ZIP of several people's exports, a folder each: the one
 nearest the member, sharing most of its folders; none when two listeners'
@@ -106,7 +125,7 @@ import numpy as np
 import pyarrow as pa
 
 from io_connectors import registry
-from io_connectors._common.arrow import column, table_from_rows
+from io_connectors._common.arrow import column, table_from_rows, to_text
 from io_connectors._common.errors import short_error
 from io_connectors.files._ranges import MatchFn, json_encoding, open_file
 from io_connectors.files._read import STAGE, emit
@@ -125,7 +144,7 @@ from transforms.json_values import (
 )
 from transforms.records import position, typed_outputs
 
-__all__ = ['ReadFromSpotifyExport', 'RESOURCES', 'event_id', 'member_kind']
+__all__ = ['ReadFromSpotifyExport', 'RESOURCES', 'EXTRA_FIELDS', 'PLAYLIST_EXTRA_FIELDS', 'event_id', 'member_kind']
 
 _LOG = logging.getLogger(__name__)
 
@@ -250,6 +269,32 @@ def _text(value: Any) -> Any:
   return value.strip() or None if isinstance(value, str) else value
 
 
+# ----- What a record holds beside the fields read -----
+
+# Columns of JSON text: what a record holds beside the fields read into the others (`_extra_text`).
+EXTRA_FIELDS = 'extra_fields'
+PLAYLIST_EXTRA_FIELDS = 'playlist_extra_fields'  # a playlist's own, on each of its entries
+_EXTRA_COLUMNS = frozenset((EXTRA_FIELDS, PLAYLIST_EXTRA_FIELDS))
+
+
+def _extra_text(extra: Dict[str, Any]) -> Optional[str]:
+  """Fields not read into a column as one JSON object's text (None for none), values as decoded: an integer of
+  any size every digit, a fraction as `to_text` writes it, objects and arrays nested as they were."""
+  return to_text(extra) if extra else None
+
+
+def _unread(e: dict, read: frozenset) -> Optional[str]:
+  """`_extra_text` of an element's keys not in `read`, in the element's order."""
+  if read.issuperset(e):
+    return None
+  return _extra_text({k: v for k, v in e.items() if k not in read})
+
+
+def _differs(unread: Any, used: Any) -> bool:
+  """Whether a variant field not read says something the one read does not (not null, another value)."""
+  return unread is not None and not (type(unread) is type(used) and unread == used)
+
+
 # ----- Records of each member kind -----
 
 
@@ -330,7 +375,61 @@ def _extended_play(e: dict, user: Optional[str], kind: str) -> dict:
     'offline_at': _offline_millis(get('offline_timestamp')),
     'incognito_mode': get('incognito_mode'),
     'history_format': 'extended',
+    EXTRA_FIELDS: _play_extras(e),
   }
+
+
+# The fields of an Extended Streaming History element `_extended_play` reads (`_play_extras`: the others).
+_PLAY_KEYS = frozenset(
+  (
+    'ts',
+    'username',
+    'ms_played',
+    'conn_country',
+    'ip_addr',
+    'ip_addr_decrypted',
+    'user_agent',
+    'user_agent_decrypted',
+    'platform',
+    'master_metadata_track_name',
+    'master_metadata_album_artist_name',
+    'master_metadata_album_album_name',
+    'spotify_track_uri',
+    'episode_name',
+    'episode_show_name',
+    'spotify_episode_uri',
+    'audiobook_title',
+    'audiobook_uri',
+    'audiobook_chapter_uri',
+    'audiobook_chapter_title',
+    'reason_start',
+    'reason_end',
+    'shuffle',
+    'skipped',
+    'offline',
+    'offline_timestamp',
+    'incognito_mode',
+  )
+)
+
+
+def _play_extras(e: dict) -> Optional[str]:
+  """`_extra_text` of what an Extended Streaming History element holds beside the fields read: the keys no column
+  reads (a field Spotify added), and a variant read only without the other, ``ip_addr_decrypted`` beside
+  ``ip_addr`` or ``user_agent`` beside ``user_agent_decrypted``, when it says another thing."""
+  if (
+    _PLAY_KEYS.issuperset(e)
+    and not ('ip_addr_decrypted' in e and 'ip_addr' in e)
+    and not ('user_agent' in e and 'user_agent_decrypted' in e)
+  ):
+    return None  # the common case, at the cost of a set's look at the keys
+  unread = set()
+  ip = e.get('ip_addr')
+  if ip is not None and _differs(e.get('ip_addr_decrypted'), ip):
+    unread.add('ip_addr_decrypted')
+  if 'user_agent_decrypted' in e and _differs(e.get('user_agent'), e['user_agent_decrypted']):
+    unread.add('user_agent')
+  return _extra_text({k: v for k, v in e.items() if k not in _PLAY_KEYS or k in unread})
 
 
 def _play_content_type(e: dict) -> str:
@@ -423,9 +522,10 @@ def _extended_table(elements: List[dict], user: Optional[str], kind: str, string
     'user_agent': [e['user_agent_decrypted'] if 'user_agent_decrypted' in e else e.get('user_agent') for e in elements],
     'offline_at': [None if v is None else _offline_millis(v) for v in field('offline_timestamp')],
     'history_format': ['extended'] * n,
+    EXTRA_FIELDS: list(map(_play_extras, elements)),
     **passed,
   }
-  text = set(string_columns)
+  text = set(string_columns) | _EXTRA_COLUMNS
   return pa.Table.from_arrays([column(values[name], name in text) for name in _PLAY_FIELDS], names=list(_PLAY_FIELDS))
 
 
@@ -436,6 +536,13 @@ def _account_time(value: Any) -> Any:
     if match:
       return f'{match.group(1)}T{match.group(2)}{match.group(3) or ":00"}Z'
   return value
+
+
+# The fields of an account-data play `_account_play` reads, by what it was.
+_ACCOUNT_KEYS = {
+  'episode': frozenset(('endTime', 'msPlayed', 'podcastName', 'episodeName')),
+  'track': frozenset(('endTime', 'msPlayed', 'artistName', 'trackName')),
+}
 
 
 def _account_play(e: dict, user: Optional[str], kind: str) -> dict:
@@ -458,6 +565,7 @@ def _account_play(e: dict, user: Optional[str], kind: str) -> dict:
     media_type='audio',
     history_format='account',
   )
+  row[EXTRA_FIELDS] = _unread(e, _ACCOUNT_KEYS['episode' if podcast else 'track'])
   return row
 
 
@@ -475,7 +583,11 @@ def _library_track(e: dict, user: Optional[str], kind: str) -> dict:
     'track_name': e.get('track'),
     'artist_name': e.get('artist'),
     'album_name': e.get('album'),
+    EXTRA_FIELDS: _unread(e, _LIBRARY_KEYS),
   }
+
+
+_LIBRARY_KEYS = frozenset(('uri', 'track', 'artist', 'album'))  # the fields `_library_track` reads
 
 
 class _Repeated(NamedTuple):
@@ -493,6 +605,37 @@ def _repeated(value: dict) -> Optional[_Repeated]:
   return None if repeated is None else _Repeated(repeated.field, repeated.detail, value)
 
 
+# The objects an entry names what it holds with, in the order one is taken (`_playlist_entries`), and the fields
+# read of each; the playlist's own fields read.
+_ENTRY_OBJECTS = {
+  'track': frozenset(('trackUri', 'trackName', 'artistName', 'albumName')),
+  'episode': frozenset(('episodeUri', 'episodeName', 'showName')),
+  'audiobook': frozenset(('audiobookUri',)),
+  'localTrack': frozenset(('uri',)),
+}
+_PLAYLIST_KEYS = frozenset(('name', 'description', 'lastModifiedDate', 'items'))
+
+
+def _entry_extras(item: dict, taken: Optional[str]) -> Optional[str]:
+  """`_extra_text` of what a playlist entry holds beside the fields read: its keys no column reads, the object
+  taken (its key `taken`) by its fields not read, under its key (``{"track": {"trackDuration": 1}}``), and its
+  other objects whole (one beside the one taken, or one that is no object); a null in their place is nothing."""
+  extra: Dict[str, Any] = {}
+  for key, value in item.items():
+    read = _ENTRY_OBJECTS.get(key)
+    if key == 'addedDate':
+      continue
+    if read is None:
+      extra[key] = value
+    elif key == taken:
+      unread = {k: v for k, v in value.items() if k not in read}
+      if unread:
+        extra[key] = unread
+    elif value is not None:
+      extra[key] = value
+  return _extra_text(extra)
+
+
 def _playlist_entries(playlist: dict, user: Optional[str]) -> Iterator[Any]:
   """The rows of one playlist's entries; a non-object entry yields its problem (a str), an entry writing a key
   twice with different values its `_Repeated`, and a playlist writing one of its own keys twice (its name, its
@@ -501,6 +644,7 @@ def _playlist_entries(playlist: dict, user: Optional[str]) -> Iterator[Any]:
   if own:
     yield _Repeated(own[0].field, f'the playlist: {own[0].detail}', playlist)
     return
+  playlist_extras = _unread(playlist, _PLAYLIST_KEYS)
   name = playlist.get('name')
   items = playlist.get('items') or []
   if not isinstance(items, list):
@@ -560,6 +704,9 @@ def _playlist_entries(playlist: dict, user: Optional[str]) -> Iterator[Any]:
     elif local is not None:
       row.update(content_type='track', content_uri=_text(local.get('uri')))
     row['entry_id'] = event_id(user, name, index, row['content_uri'] or row['track_name'] or row['episode_name'])
+    taken = next((key for key, found in zip(_ENTRY_OBJECTS, (track, episode, book, local)) if found is not None), None)
+    row[EXTRA_FIELDS] = _entry_extras(item, taken)
+    row[PLAYLIST_EXTRA_FIELDS] = playlist_extras
     yield row
 
 
@@ -931,8 +1078,8 @@ def _table(rows: List[dict], string_columns: Sequence[str]) -> pa.Table:
   """
   names = list(rows[0])
   if any(len(row) != len(names) for row in rows):
-    return table_from_rows(rows, string_columns)
-  text = set(string_columns)
+    return table_from_rows(rows, [*string_columns, *_EXTRA_COLUMNS])
+  text = set(string_columns) | _EXTRA_COLUMNS
   values = zip(*(row.values() for row in rows))
   return pa.Table.from_arrays([column(list(v), n in text) for n, v in zip(names, values)], names=names)
 

@@ -255,6 +255,92 @@ def test_library_and_playlists_holding_integers_beyond_64_bits_keep_every_digit(
   assert [e['playlist_name'] for e in entries] == ['Playlist 0'] * 3 + [str(negative)] * 2
 
 
+def _extras(row, column='extra_fields'):
+  text = row[column]
+  return None if text is None else json.loads(text)
+
+
+@pytest.mark.parametrize('by_row', [False, True])
+def test_fields_the_readers_do_not_know_are_kept_as_json_text_not_dropped(tmp_path, monkeypatch, by_row):
+  """Spotify adds fields to its exports over time; each reader took the fields it knows and dropped the others
+  without a trace. What a record holds beside the fields read into the entity's columns is kept: a JSON object
+  in its `extra_fields` column (null when there is none), each field at its place in the record (an unknown key
+  of a playlist entry's track under "track"), every digit of an integer beyond 64 bits; a playlist's own such
+  fields are in `playlist_extra_fields` of each of its entries. So is a variant not read beside the one read
+  (ip_addr_decrypted beside ip_addr) when it says another thing. Whole member or streamed alike."""
+  if by_row:  # the streamed path, a row per element (`_extended_play`)
+    monkeypatch.setattr(spotify_export, '_WHOLE_MEMBER_BYTES', -1)
+    monkeypatch.setattr(spotify_export, '_TABLE_MAKERS', {})
+    monkeypatch.setitem(spotify_export._ROW_MAKERS, 'extended_audio', ('item', spotify_export._extended_play))
+  big = 123456789012345678901234567890
+  new = {
+    'content_id': big,
+    'playback_speed': 1.25,
+    'device': {'os': 'android', 'model': None, 'tags': ['car', {'paired': True}]},
+    'flags': [True, None, 2],
+    'note': None,
+    'label': 'Ünïcode 🎵',
+    'empty': {},
+  }
+  plays = extended_plays(range(4), 'ann', 'newer')
+  plays[0].update(new)
+  plays[1].update(ip_addr_decrypted='198.51.100.7', user_agent_decrypted='ua/2', user_agent='ua/1')
+  plays[2]['ip_addr_decrypted'] = plays[2]['ip_addr']  # the same address twice: nothing is lost
+  music, podcast = account_plays(range(2)), account_plays(range(1), podcast=True)
+  music[1]['shuffle_mode'] = {'on': True}
+  podcast[0]['trackName'] = 'not a podcast field'
+  saved = library(2)
+  saved['tracks'][1].update(addedAt='2024-01-01T00:00:00Z', explicit=False, genres=['pop'])
+  lists = playlists([3])
+  playlist = lists['playlists'][0]
+  playlist['owner'] = {'name': 'ann', 'id': big}
+  entries = playlist['items']
+  entries[0].update(addedBy='bob', videoThumbnail={'url': 'x'})
+  entries[0]['track']['trackDuration'] = 2**70
+  entries[1]['episode'] = {'episodeName': 'Ep', 'showName': 'Show', 'episodeUri': 'spotify:episode:x'}
+  entries[2]['audiobook'] = 'spotify:audiobook:1'  # no object: not read as one
+  path = write_export_zip(
+    str(tmp_path / 'a.zip'),
+    {
+      AUDIO: plays,
+      'MyData/StreamingHistory_music_0.json': music,
+      'MyData/StreamingHistory_podcast_0.json': podcast,
+      'MyData/YourLibrary.json': saved,
+      'MyData/Playlist1.json': lists,
+    },
+  )
+  batches, letters = _batches_and_letters(path, batch_size=100, user_id='ann')
+  assert letters == [] and all(b.schema.field('extra_fields').type == pa.string() for b in batches)
+  rows = [row for batch in batches for row in batch.to_pylist()]
+  extended = [r for r in rows if r['history_format'] == 'extended']
+  assert [_extras(r) for r in extended] == [
+    new,
+    {'ip_addr_decrypted': '198.51.100.7', 'user_agent': 'ua/1'},
+    None,
+    None,
+  ]
+  assert f'"content_id": {big}' in extended[0]['extra_fields']  # every digit, a JSON number
+  assert extended[0]['platform'] == plays[0]['platform'] and extended[0]['track_name'] == 'Song 0'
+  assert (extended[1]['ip_address'], extended[1]['user_agent']) == (plays[1]['ip_addr'], 'ua/2')
+  account = [r for r in rows if r['history_format'] == 'account']
+  assert [_extras(r) for r in account] == [None, {'shuffle_mode': {'on': True}}, {'trackName': 'not a podcast field'}]
+  saved_rows, letters = _read(path, 'library')
+  assert letters == [] and [_extras(r) for r in saved_rows] == [
+    None,
+    {'addedAt': '2024-01-01T00:00:00Z', 'explicit': False, 'genres': ['pop']},
+  ]
+  entry_rows, letters = _read(path, 'playlists')
+  assert letters == [] and [_extras(r) for r in entry_rows] == [
+    {'addedBy': 'bob', 'videoThumbnail': {'url': 'x'}, 'track': {'trackDuration': 2**70}},
+    {'episode': {'episodeName': 'Ep', 'showName': 'Show', 'episodeUri': 'spotify:episode:x'}},
+    {'audiobook': 'spotify:audiobook:1'},
+  ]
+  assert [e['content_type'] for e in entry_rows] == ['track', 'track', 'episode']
+  assert {e['playlist_extra_fields'] for e in entry_rows} == {
+    json.dumps({'collaborators': [], 'numberOfFollowers': 0, 'owner': {'name': 'ann', 'id': big}}, ensure_ascii=False)
+  }
+
+
 def test_an_export_zipped_again_is_read_from_the_inner_zip(tmp_path):
   inner = write_export_zip(
     str(tmp_path / 'inner.zip'), {AUDIO: extended_plays(range(3), None, 'newer'), 'Userdata.json': {'username': 'ann'}}
@@ -456,6 +542,10 @@ def _odd_plays():
     {'user_agent_decrypted': None, 'user_agent': 'ignored', 'episode_name': 'Ep', 'episode_show_name': 'Show'},
     {'audiobook_chapter_title': 'Ch 1', 'offline_timestamp': 1672531200123},
     {},
+    # Fields no column reads, and a variant beside the one read: kept in extra_fields, by both paths alike.
+    {**base, 'content_id': 2**70, 'device': {'os': 'tv', 'tags': [1, 'a', None]}, 'speed': 1.5, 'n': None},
+    {**base, 'ip_addr_decrypted': '198.51.100.9', 'user_agent': 'ua/3'},
+    {'new_only': [{'a': 'Ünïcode 🎵'}]},
   ]
   plays = extended_plays(range(0, 60), 'ann', 'older') + extended_plays(range(40, 100), None, 'newer')
   return plays[:30] + odd + plays[30:]
