@@ -45,15 +45,19 @@ REASONS = {
   'corrupt_file': 'a file that cannot be read at all (truncated, not the declared format)',
   'missing_field': 'a required field is absent or null',
   'invalid_type': 'a value that cannot be converted to the field type',
-  'invalid_value': 'a value of the right type that breaks a rule (range, pattern, code list)',
+  'invalid_value': (
+    'a value of the right type that breaks a rule (range, pattern, code list), or that a lake table cannot hold '
+    '(a time past its range, a decimal with more digits than its precision)'
+  ),
   'invalid_tenant': 'the tenant id is missing or does not match ^[a-z0-9][a-z0-9_-]{0,62}$',
   'source_error': 'a connector-specific failure that is not retried further (HTTP, database)',
   'malformed_avro': 'a stream message whose Avro payload does not decode (wire format, schema id, bytes)',
   'late_event': 'an event behind the watermark by more than the allowed lateness of its window',
   'suppressed': "a record of a subject on the tenant's suppression list (erased earlier); nothing of it is kept",
   'schema_mismatch': (
-    "a row a lake table refused: a column whose type the table holds differently (string vs int64), or a "
-    'wider number a Delta table cannot take; the rest of its stream window was committed'
+    "a row a lake table refused: a column whose type the table holds differently (string vs int64), a "
+    'wider number a Delta table cannot take, two columns that would be one column of the table (one name twice; '
+    "in Delta, names only case tells apart), or a type no table holds; the rest of its stream window was committed"
   ),
 }
 

@@ -34,19 +34,42 @@ Schema: a column the table lacks is added (union by name), and so is a new
 field of a struct at any depth; wider numbers (int to long, float to double)
 widen an Iceberg column (Delta cannot: `SchemaMismatchError`); a column whose
 type changed incompatibly (string to int) is `SchemaMismatchError`, naming the
-table and column. That error is permanent (the same rows fail every attempt),
-and the two paths treat it apart:
+table and column. So are two columns of the data that would be one column of
+the table (`check_names`: one name twice, a query's ``a.id, b.id``; in Delta,
+whose column names ignore case, ``x`` and ``X``, or ``X`` where the table has
+``x``; Iceberg tells them apart) and a column of a type no table holds
+(`check_types`: a union, an interval of months, days and nanoseconds).
+Extension types (JSON, UUID) are stored as their storage type.
 
-- batch (`commit_batch`): every table's schema is checked first, so the run
-  stops before anything is committed (its input is read again by the next run);
-- streaming (`CommitWindowTables`): the window's batches (panes) the table
-  refuses become dead letters, one per row (reason ``schema_mismatch``, its
-  source and position, the table, column and types in ``detail``, never a
-  value), committed to DEAD_LETTER_TABLE before their positions are
-  acknowledged; the window's other batches, and later windows, commit as usual.
-  A batch is judged on its own: beside another batch's text its integers are
-  refused as they would be alone. Within one batch a column has one type (the
-  window step widened its rows together), so the batch is what is refused.
+Values: a row may hold a value its column's table type cannot hold
+(`unfit_values`): a time in seconds or milliseconds past the microseconds'
+range (year 294247), a duration past int64 microseconds, a decimal with more
+digits than its precision or text that is not UTF-8 (Arrow's full validation;
+Delta stored them as other values, pyiceberg failed), and in Iceberg a time or
+date of a top-level column outside years 1 to 9999 (pyiceberg keeps a file's
+column bounds as Python values; Delta holds such times). `UnfitValuesError`
+names the table and the columns, never a value.
+
+Both errors are permanent (the same rows fail every attempt), and the two paths
+treat them apart:
+
+- batch (`WriteTableFiles`, `commit_batch`): a worker refuses a batch with
+  unfit values or columns no table takes before it writes a file, and every
+  table's schema is checked before the first commit, so the run stops before
+  anything is committed (its input is read again by the next run);
+- streaming (`CommitWindowTables`): only the rows holding unfit values become
+  dead letters (reason ``invalid_value``, ``bad_encoding`` for text that is not
+  UTF-8; the column and what is wrong in ``detail``), the rest of their batch
+  commits; the window's batches (panes) the table refuses become dead letters,
+  one per row (reason ``schema_mismatch``, the table, columns and types in
+  ``detail``). Each letter has its row's source and position and the row as its
+  record (never a value in ``detail``), and is committed to DEAD_LETTER_TABLE
+  before the positions are acknowledged; the window's other batches, and later
+  windows, commit as usual. A batch is judged on its own: beside another
+  batch's text its integers are refused as they would be alone, and one whose
+  own columns no table takes is refused before the window's batches are
+  joined. Within one batch a column has one type (the window step widened its
+  rows together), so the batch is what is refused.
 
 Every other error (storage or catalog out of reach, a conflict past the
 retries) fails the commit, and a streaming bundle fails for the runner to try
@@ -108,6 +131,7 @@ __all__ = [
   'TableFile',
   'TableError',
   'SchemaMismatchError',
+  'UnfitValuesError',
   'CommitConflictError',
   'WriteTableFiles',
   'CommitWindowTables',
@@ -115,7 +139,10 @@ __all__ = [
   'commit_window',
   'commit_dead_letters',
   'check_fits',
+  'check_values',
+  'unfit_values',
   'refused_letters',
+  'unfit_letters',
   'table_label',
   'dead_letter_rows',
   'open_tables',
@@ -173,6 +200,18 @@ class SchemaMismatchError(TableError):
 
   def __reduce__(self):
     return type(self), (str(self), self.columns, self.conflict)
+
+
+class UnfitValuesError(TableError):
+  """Rows hold values a table cannot store (`unfit_values`: a time past the microseconds' range, a decimal with
+  more digits than its precision, ...). Permanent, as SchemaMismatchError. columns: the columns at fault."""
+
+  def __init__(self, message: str, columns: Sequence[str] = ()):
+    super().__init__(message)
+    self.columns = tuple(columns)
+
+  def __reduce__(self):
+    return type(self), (str(self), self.columns)
 
 
 class CommitConflictError(TableError):
@@ -283,6 +322,9 @@ def _write(path: str, payload: bytes):
 
 
 def _storable_type(t: pa.DataType) -> pa.DataType:
+  if isinstance(t, pa.BaseExtensionType):
+    # Extension types (JSON, UUID, ...) as their storage: pyiceberg refused JSON, delta-rs failed on UUID.
+    return _storable_type(t.storage_type)
   if pa.types.is_null(t) or pa.types.is_dictionary(t):
     return pa.string() if pa.types.is_null(t) else _storable_type(t.value_type)
   if pa.types.is_timestamp(t):
@@ -382,29 +424,160 @@ def _fit_null_columns(schema: pa.Schema, current: Optional[pa.Schema] = None) ->
   return pa.schema(fields)
 
 
+def _stored_column(column):
+  """`column` (a type `_typed` leaves as it is) as the data files store it: `_storable_type`, then `_as_int64`.
+
+  ArrowInvalid where a value has no such type (a time in seconds past the
+  microseconds' range, year 294247) or is no valid value of its own type,
+  which Arrow's full validation finds (a decimal with more digits than its
+  precision, text that is not UTF-8: a Delta table stored them as other
+  values, -44315.38 for 123456.78, and pyiceberg failed every commit);
+  ArrowNotImplementedError for a type no conversion reaches. Arrow's
+  messages name the value: callers keep them out of errors and logs.
+  """
+  column.validate(full=True)
+  # Nanoseconds (pandas' unit) lose their last three digits, as the formats' microseconds must: cut towards the
+  # past, as the rest of the package cuts them (`microsecond_times`; Arrow's cast cut a time before 1970 towards
+  # 1970, a microsecond late). Every other cast stays checked (an integer out of range still fails).
+  column = microsecond_times(column)
+  storable = _storable_type(column.type)
+  # Durations and times reach int64 by way of microseconds (Arrow casts them to int64 in their own unit).
+  return column.cast(storable).cast(_as_int64(storable))
+
+
 def _storable(table: pa.Table, table_name: str = '') -> pa.Table:
-  """`table` in the types of `table_schema`; TableError naming the table and the column (not the value) where
-  a value has no such type (a time in seconds past the microseconds' range, year 294247)."""
+  """`table` in the types of `table_schema`; UnfitValuesError naming the table and the column (not the value)
+  where a value has no such type (a time in seconds past the microseconds' range, year 294247) or is not a
+  valid value of its own (`_stored_column`)."""
   target = table_schema(table.schema)
-  if target.equals(table.schema):
-    return table
-  # Nanoseconds (pandas' unit) lose their last three digits, as the formats' microseconds must: cut towards
-  # the past, as the rest of the package cuts them (`microsecond_times`; Arrow's cast cut a time before 1970
-  # towards 1970, a microsecond late). Every other cast stays checked (an integer out of range still fails).
-  table = microsecond_times(table)
   columns = []
   for i, f in enumerate(table.schema):
     try:
-      # Durations and times reach int64 by way of microseconds (Arrow casts them to int64 in their own unit).
-      columns.append(table.column(i).cast(_storable_type(f.type)).cast(target.field(i).type))
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+      columns.append(_stored_column(table.column(i)))
+    except pa.ArrowInvalid as e:
       # Arrow's message names the value: a row's data stays out of errors and logs.
+      raise UnfitValuesError(
+        f'table {table_name}: column {f.name!r} ({f.type}) holds {_unfit_why(e, f.type)[1]}; '
+        'nothing of the batch was written',
+        [f.name],
+      ) from None
+    except pa.ArrowNotImplementedError:
       raise TableError(
         f'table {table_name}: column {f.name!r} ({f.type}) cannot be stored as {target.field(i).type}: '
-        f'{"a value is beyond that type" if isinstance(e, pa.ArrowInvalid) else "no such conversion"}; '
-        'nothing of the batch was written'
+        'no such conversion; nothing of the batch was written'
       ) from None
   return pa.Table.from_arrays(columns, schema=target)
+
+
+# ----- values a table cannot hold (row by row) -----
+
+# Years 1 to 9999 (Python's datetime and date): pyiceberg keeps the bounds of a data file's top-level column (its
+# lowest and highest value) as Python values, and its add_files failed on a time or date past them, every time.
+_PYTHON_MICROS = (-62_135_596_800_000_000, 253_402_300_799_999_999)
+_PYTHON_DAYS = (-719_162, 2_932_896)
+
+
+class Unfit(typing.NamedTuple):
+  """Why a table cannot hold a row: its column, a dead-letter reason, and what is wrong in types (never the value)."""
+
+  column: str
+  reason: str
+  why: str
+
+
+def _failing_rows(column, convert) -> Dict[int, Exception]:
+  """The rows of `column` on which `convert` raises ArrowInvalid, with its error: halves of the rows tried in
+  turn, those that fail halved again (a cast or a validation judges each value by itself)."""
+  found: Dict[int, Exception] = {}
+  todo = [(0, len(column))]
+  while todo:
+    start, length = todo.pop()
+    try:
+      convert(column.slice(start, length))
+    except pa.ArrowInvalid as e:
+      if length == 1:
+        found[start] = e
+      else:
+        half = length // 2
+        todo += [(start + half, length - half), (start, half)]
+  return found
+
+
+def _unfit_why(error: Exception, column_type: pa.DataType) -> Tuple[str, str]:
+  """(dead-letter reason, what is wrong) of a value `_stored_column` refused with `error`, in types only."""
+  text = str(error)
+  if 'UTF8' in text or 'UTF-8' in text:
+    return 'bad_encoding', 'text that is not valid UTF-8'
+  if 'precision' in text:
+    return 'invalid_value', 'a decimal with more digits than its precision allows'
+  stored = _as_int64(_storable_type(column_type))
+  return 'invalid_value', f'a value past the range of {stored}, the type the table stores it in'
+
+
+def unfit_values(target: TableTarget, rows: pa.Table) -> Dict[int, List[Unfit]]:
+  """The rows of `rows` whose values a table of `target` cannot hold ({row index: [Unfit]}, none usually).
+
+  Deterministic, so permanent: the same rows fail every attempt. A value
+  past its storage type (`_stored_column`: a time in seconds past year
+  294247, a duration past int64 microseconds) or not valid in its own type
+  (a decimal with more digits than its precision, text that is not UTF-8);
+  Iceberg: a time or date of a top-level column outside years 1 to 9999
+  (`_PYTHON_MICROS`; pyiceberg takes a name with a dot for a nested field,
+  which keeps no bounds). Delta holds such times and dates. A column of a
+  type no table holds is no matter of rows (`check_fits`).
+  """
+  found: Dict[int, List[Unfit]] = {}
+  for i, f in enumerate(rows.schema):
+    typed = _typed(f.type)
+    if typed is None:
+      continue  # null in every row: the data files leave it out
+    column = rows.column(i)
+    if typed != f.type:
+      column = column.cast(typed)
+    bad: Dict[int, Exception] = {}
+    try:
+      stored = _stored_column(column)
+    except pa.ArrowNotImplementedError:
+      continue
+    except pa.ArrowInvalid:
+      bad = _failing_rows(column, _stored_column)
+      for row, error in sorted(bad.items()):
+        found.setdefault(row, []).append(Unfit(f.name, *_unfit_why(error, typed)))
+      stored = None
+    if target.format != 'iceberg' or '.' in f.name:
+      continue
+    kind = _as_int64(_storable_type(typed))
+    if not (pa.types.is_timestamp(kind) or pa.types.is_date32(kind)):
+      continue
+    if stored is None:
+      if not bad:
+        continue  # the column fails as a whole, no row alone: the write says so (`_storable`)
+      mask = np.zeros(len(column), dtype=bool)
+      mask[list(bad)] = True
+      stored = _stored_column(pc.if_else(pa.array(mask), pa.scalar(None, column.type), column))
+    low, high = _PYTHON_MICROS if pa.types.is_timestamp(kind) else _PYTHON_DAYS
+    counts = stored.cast(pa.int64() if pa.types.is_timestamp(kind) else pa.int32())
+    outside = pc.fill_null(pc.or_(pc.less(counts, low), pc.greater(counts, high)), False)
+    what = 'time' if pa.types.is_timestamp(kind) else 'date'
+    for row in np.flatnonzero(outside.to_numpy(zero_copy_only=False)):
+      found.setdefault(int(row), []).append(
+        Unfit(f.name, 'invalid_value', f'a {what} outside the years 1 to 9999, the bounds an Iceberg column keeps')
+      )
+  return found
+
+
+def check_values(target: TableTarget, table_name: str, rows: pa.Table) -> None:
+  """UnfitValuesError naming the table and the columns (how many rows, never a value) where `rows` holds values a
+  table of `target` cannot hold (`unfit_values`)."""
+  unfit = unfit_values(target, rows)
+  if not unfit:
+    return
+  whys = sorted({f'column {u.column!r}: {u.why}' for found in unfit.values() for u in found})
+  raise UnfitValuesError(
+    f'table {table_name}: {len(unfit)} row(s) hold values the table cannot store ({"; ".join(whys)}); '
+    'nothing of the batch was written',
+    sorted({u.column for found in unfit.values() for u in found}),
+  )
 
 
 def dead_letter_rows(letters: Sequence[dict]) -> pa.Table:
@@ -601,9 +774,19 @@ def _partition_groups(table: pa.Table, day_field: Optional[str]) -> Iterable[Tup
     tenant = tenants[int(first)].as_py()
     values = {TENANT_COLUMN: tenant if tenant is not None else UNASSIGNED}
     if days is not None:
-      day = days[int(first)].as_py()
-      values[f'{day_field}_day'] = day.isoformat() if day is not None else 'null'
+      values[f'{day_field}_day'] = _day_text(days[int(first)])
     yield values, rows.slice(int(start), int(end - start))
+
+
+def _day_text(day: pa.Scalar) -> str:
+  """A date's ISO text ('null' for none), also past Python's years 1 to 9999 (Arrow's text, '10000-01-01'), where
+  `as_py` raised OverflowError (a Delta run with such an event time, which the table holds, failed every time)."""
+  if not day.is_valid:
+    return 'null'
+  try:
+    return day.as_py().isoformat()
+  except (OverflowError, ValueError):
+    return day.cast(pa.string()).as_py()
 
 
 def window_file_tag(window: str) -> str:
@@ -626,6 +809,7 @@ def write_data_file(
 
   tag: a name part (`window_file_tag`) that says which window's commit adds the file.
   """
+  check_names(target, table_name, _fit_null_columns(rows.schema))
   # A column null in every row holds no value: left out, it reads as null whatever the table's type for it;
   # so are a struct's fields null in every row and lists of nothing but nulls (`_fit_null_columns`).
   for f in list(rows.schema):
@@ -637,6 +821,7 @@ def write_data_file(
       if typed is None
       else rows.set_column(rows.schema.get_field_index(f.name), f.with_type(typed), rows.column(f.name).cast(typed))
     )
+  check_types(target, table_name, rows.schema)
   rows = _storable(rows, table_name)
   name = f'{tag}-{uuid.uuid4().hex}.parquet' if tag else f'{uuid.uuid4().hex}.parquet'
   if target.format == 'delta':
@@ -682,6 +867,11 @@ class _WriteTableFilesFn(beam.DoFn):
       table = pa.Table.from_batches([strip_internal(batch)]) if batch.num_rows else None
       if table is None:
         return
+      # A batch run stops on what no table takes (the next run reads its input again), before a file is
+      # written, naming the table and the columns, never a value.
+      label = table_label(self._target, self._table)
+      check_fits(self._target, label, None, table.schema)
+      check_values(self._target, label, table)
     for partition, part in _partition_groups(table, self._day_field):
       written = write_data_file(self._target, self._location, self._table, part, partition)
       self._rows.inc(written.rows)
@@ -999,6 +1189,8 @@ class _IcebergTables:
     if window:
       props[WINDOW_KEY] = window
     name = '.'.join(self._identifier(table_name))
+    check_names(self._target, name, schema)
+    check_types(self._target, name, schema)
     paths = [f.path for f in sorted(files, key=lambda f: (f.partition, f.order_key))]
     attempt = 0
     while True:
@@ -1011,6 +1203,7 @@ class _IcebergTables:
         return CommitResult(name, commit_id, True, len(files), sum(f.rows for f in files), [], done, attempt)
       current = table.schema().as_arrow()
       schema = table_schema(_fit_null_columns(incoming, current))
+      check_names(self._target, name, schema, current)
       added = check_schema(name, current, schema)
       evolves = evolved_schema(current, schema) is not None
       if not files and not evolves:
@@ -1156,6 +1349,8 @@ class _DeltaTables:
     if TENANT_COLUMN not in schema.names:
       schema = schema.append(pa.field(TENANT_COLUMN, pa.string()))
     location = self.location(table_name)
+    check_names(self._target, location, schema)
+    check_types(self._target, location, schema)
     now_ms = int(time.time() * 1000)
     actions = [
       AddAction(
@@ -1207,6 +1402,7 @@ class _DeltaTables:
           return CommitResult(location, commit_id, True, len(files), rows, [], done, attempt)
         current = pa.schema(table.schema().to_arrow())
         storable = table_schema(_fit_null_columns(incoming, current))
+        check_names(self._target, location, storable, current)
         added = check_schema(location, current, storable, widen=False)
         nested = evolved_schema(current, pa.schema([f for f in storable if f.name in current.names]))
         if nested is not None:
@@ -1274,13 +1470,157 @@ class _DeltaTables:
     raise CommitConflictError(f'{location}: could not create or commit to the table')
 
 
-def check_fits(target: TableTarget, name: str, table, schema: pa.Schema) -> None:
-  """SchemaMismatchError (naming `name`) where data of `schema` cannot join `table` as loaded (None: no table yet,
-  which takes anything): the check each commit makes, without writing or committing anything."""
-  if table is None:
+_FORMAT_NAMES = {'iceberg': 'Iceberg', 'delta': 'Delta'}
+
+
+class _Clash(typing.NamedTuple):
+  path: str  # the data's column (``a.b`` in a struct)
+  what: str  # the names that would be one column, never a value
+  by_case: bool  # only case tells them apart
+
+
+def _name_clashes(incoming: Sequence[pa.Field], current: Sequence[pa.Field], fold, path: str = '') -> List[_Clash]:
+  """The fields of `incoming` whose name another of them has, or which (`fold`: how the format compares names)
+  is a field of the table's `current` at the same place spelt otherwise; at any depth (struct fields, in lists
+  and maps too)."""
+  clashes: List[_Clash] = []
+  seen: Dict[str, str] = {}
+  theirs: Dict[str, pa.Field] = {}
+  for f in current:
+    theirs.setdefault(fold(f.name), f)
+  for f in incoming:
+    key, where = fold(f.name), f'{path}{f.name}'
+    if key in seen:
+      first = seen[key]
+      clashes.append(
+        _Clash(where, f'{where!r} twice', False) if first == where else _Clash(where, f'{first!r} and {where!r}', True)
+      )
+      continue
+    seen[key] = where
+    table_field = theirs.get(key)
+    if table_field is not None and table_field.name != f.name:
+      clashes.append(_Clash(where, f"{where!r} and the table's {path + table_field.name!r}", True))
+      continue
+    clashes += _type_name_clashes(f.type, None if table_field is None else table_field.type, fold, where)
+  return clashes
+
+
+def _type_name_clashes(t: pa.DataType, table_type: Optional[pa.DataType], fold, path: str) -> List[_Clash]:
+  def theirs(is_a) -> Optional[pa.DataType]:
+    return table_type if table_type is not None and is_a(table_type) else None
+
+  if pa.types.is_struct(t):
+    struct = theirs(pa.types.is_struct)
+    return _name_clashes(list(t), list(struct) if struct is not None else [], fold, f'{path}.')
+  if _is_list_type(t) or pa.types.is_fixed_size_list(t):
+    values = theirs(lambda x: _is_list_type(x) or pa.types.is_fixed_size_list(x))
+    return _type_name_clashes(t.value_type, None if values is None else values.value_type, fold, f'{path}[]')
+  if pa.types.is_map(t):
+    items = theirs(pa.types.is_map)
+    keys = _type_name_clashes(t.key_type, None if items is None else items.key_type, fold, f'{path}.key')
+    return keys + _type_name_clashes(t.item_type, None if items is None else items.item_type, fold, f'{path}.value')
+  return []
+
+
+def check_names(target: TableTarget, name: str, schema: pa.Schema, current: Optional[pa.Schema] = None) -> None:
+  """SchemaMismatchError (naming table `name` and the columns) where two columns of `schema` (or two fields of a
+  struct) would be one column of the table: the same name twice (a query's ``a.id, b.id``), and in Delta, whose
+  names ignore case, names only case tells apart, also a name the table (`current`) holds in another case.
+
+  Permanent. Before, pyiceberg refused to create the table and delta-rs to
+  commit (plain TableErrors: a streaming job retried them for ever), and a
+  Delta table that held the column already took the data with one of the
+  two columns' values gone. Iceberg (pyiceberg) tells names apart by case.
+  """
+  fold = str.lower if target.format == 'delta' else (lambda n: n)
+  clashes = _name_clashes(list(schema), list(current or ()), fold)
+  if not clashes:
     return
-  current = table.schema().as_arrow() if target.format == 'iceberg' else pa.schema(table.schema().to_arrow())
-  check_schema(name, current, table_schema(_fit_null_columns(schema, current)), widen=target.format == 'iceberg')
+  conflict = 'columns of the data would be one column of the table: ' + ', '.join(c.what for c in clashes)
+  if any(c.by_case for c in clashes):
+    conflict += " (a Delta table's column names ignore case)"
+  raise SchemaMismatchError(
+    f'table {name}: {conflict}; nothing was committed (rename the column in the data)',
+    [c.path for c in clashes],
+    conflict,
+  )
+
+
+# (format, type) -> None when a table of the format holds a column of that type, else what refuses it.
+_HELD_TYPES: Dict[Tuple[str, str], Optional[str]] = {}
+
+
+def _refuses_type(table_format: str, t: pa.DataType) -> Optional[str]:
+  """Why a table of `table_format` cannot hold a column of type `t` (no conversion reaches a stored type, or
+  Parquet or the format has none), or None: it can. Asked once per type, of an empty column."""
+  key = (table_format, str(t))
+  if key not in _HELD_TYPES:
+    _HELD_TYPES[key] = _probe_type(table_format, t)
+  return _HELD_TYPES[key]
+
+
+def _probe_type(table_format: str, t: pa.DataType) -> Optional[str]:
+  try:
+    stored = _stored_column(pa.array([], t))
+  except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+    return 'no conversion reaches a type Parquet holds'
+  schema = pa.schema([pa.field('c', stored.type)])
+  try:
+    parquet_bytes(schema.empty_table())
+  except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+    return 'Parquet has no such type'
+  try:
+    if table_format == 'iceberg':
+      from pyiceberg.io.pyarrow import _ConvertToIcebergWithoutIDs, visit_pyarrow
+
+      convert = lambda: visit_pyarrow(schema, _ConvertToIcebergWithoutIDs())  # noqa: E731
+    else:
+      from deltalake import Schema
+
+      convert = lambda: Schema.from_arrow(schema)  # noqa: E731
+  except ImportError:
+    return None  # a library without that converter: its commit decides
+  try:
+    convert()
+  except Exception:  # noqa: BLE001 - each library raises its own
+    return f'{_FORMAT_NAMES[table_format]} has no such type'
+  return None
+
+
+def check_types(target: TableTarget, name: str, schema: pa.Schema) -> None:
+  """SchemaMismatchError (naming table `name` and the columns) where a column of `schema` has a type no column of
+  the table can take, whatever it is converted to (a union, an interval of months, days and nanoseconds, a
+  list view in Iceberg). Permanent. Before, the data file's write failed with Arrow's bare error, or the commit
+  with the format's, on every attempt."""
+  refused = []
+  for f in schema:
+    typed = _typed(f.type)
+    if typed is not None and (by := _refuses_type(target.format, typed)) is not None:
+      refused.append((f.name, f'{f.name!r}: {typed} ({by})'))
+  if refused:
+    conflict = f'the data holds a type no {_FORMAT_NAMES[target.format]} table holds, ' + ', '.join(
+      what for _, what in refused
+    )
+    raise SchemaMismatchError(
+      f'table {name}: {conflict}; nothing was committed (convert the column in the data)',
+      [column for column, _ in refused],
+      conflict,
+    )
+
+
+def check_fits(target: TableTarget, name: str, table, schema: pa.Schema) -> None:
+  """SchemaMismatchError (naming `name`) where data of `schema` cannot join `table` as loaded (None: no table yet):
+  the check each commit makes, without writing or committing anything. Two columns of one name and types no
+  table holds are refused with or without a table (`check_names`, `check_types`); a changed type, or a
+  widening Delta cannot make, by the table (`check_schema`)."""
+  current = None
+  if table is not None:
+    current = table.schema().as_arrow() if target.format == 'iceberg' else pa.schema(table.schema().to_arrow())
+  fitted = _fit_null_columns(schema, current)
+  check_names(target, name, fitted, current)
+  check_types(target, name, fitted)
+  if current is not None:
+    check_schema(name, current, table_schema(fitted), widen=target.format == 'iceberg')
 
 
 def open_tables(target: TableTarget):
@@ -1308,7 +1648,7 @@ def commit_batch(
     by_table.setdefault(f.table, []).append(f)
   for name, table_files in by_table.items():
     existing = tables.load(name)
-    if existing is not None and not tables.committed(existing, commit_id):
+    if existing is None or not tables.committed(existing, commit_id):
       check_fits(target, name, existing, schemas.get(name, DEAD_LETTER_SCHEMA))
   results = {}
   for name, table_files in sorted(by_table.items()):
@@ -1457,19 +1797,54 @@ def _mixed_types(parts: Sequence[pa.Table], rows: pa.Table) -> bool:
   return False
 
 
-_FORMAT_NAMES = {'iceberg': 'Iceberg', 'delta': 'Delta'}
+def _texts_as_binary(t: pa.DataType) -> pa.DataType:
+  """`t` with its strings, at any depth, as binaries (a cast that reads no byte of them)."""
+  if pa.types.is_string(t):
+    return pa.binary()
+  if pa.types.is_large_string(t):
+    return pa.large_binary()
+  if pa.types.is_struct(t):
+    return pa.struct([f.with_type(_texts_as_binary(f.type)) for f in t])
+  if _is_list_type(t):
+    return (pa.large_list if pa.types.is_large_list(t) else pa.list_)(
+      t.value_field.with_type(_texts_as_binary(t.value_type))
+    )
+  if pa.types.is_map(t):
+    return pa.map_(
+      t.key_field.with_type(_texts_as_binary(t.key_type)), t.item_field.with_type(_texts_as_binary(t.item_type))
+    )
+  return t
 
 
-def refused_letters(target: TableTarget, table_name: str, pane, error: SchemaMismatchError) -> List[dict]:
-  """One dead letter (reason ``schema_mismatch``) per row of `pane` (a WindowBatch) that table `table_name`
-  refused with `error`: its source and position from the provenance columns, the table, the column(s) and the
-  types in `detail`, never a value (the row is the letter's record)."""
+def _letter_records(batch: pa.RecordBatch, rows: Sequence[int]) -> List[dict]:
+  """The `rows` of `batch` as dead letters' records (`rows_as_dicts`), whatever the table refused in them: text
+  that is not UTF-8 as its bytes ('base64:...', where Python's decode raised), and of two columns of one name
+  the second as 'name#2' (a dict keeps one value per key: the other was lost)."""
+  chosen = strip_internal(batch.take(pa.array(rows, pa.int64())))
+  names: List[str] = []
+  for name in chosen.schema.names:
+    unique, k = name, 1
+    while unique in names:
+      k += 1
+      unique = f'{name}#{k}'
+    names.append(unique)
+  columns = []
+  for column in chosen.columns:
+    try:
+      column.validate(full=True)
+    except pa.ArrowInvalid:
+      column = column.cast(_texts_as_binary(column.type))
+    columns.append(column)
+  return rows_as_dicts(pa.RecordBatch.from_arrays(columns, names=names))
+
+
+def _row_letters(pane, rows: Optional[Sequence[int]], letter) -> List[dict]:
+  """A dead letter per row `rows` (None: all) of `pane` (a WindowBatch): letter(row, source, position, record,
+  tenant) with its source and position from the provenance columns, its tenant (the pane's where the row has
+  none) and the row as its record."""
   batch = pane.batch
   n = batch.num_rows
-  detail = (
-    f'{_FORMAT_NAMES[target.format]} table {table_label(target, table_name)} refused these rows: {error.conflict}; '
-    'they were not committed (migrate the table, or write to a new one, then replay them)'
-  )
+  chosen = list(range(n)) if rows is None else list(rows)
   sources: List[Optional[str]] = [None] * n
   if SOURCE_COLUMN in batch.schema.names:
     column = batch.column(SOURCE_COLUMN)
@@ -1477,29 +1852,73 @@ def refused_letters(target: TableTarget, table_name: str, pane, error: SchemaMis
   tenants: List[Optional[str]] = [None] * n
   if TENANT_COLUMN in batch.schema.names:
     tenants = pc.cast(batch.column(TENANT_COLUMN), pa.string()).to_pylist()
-  field = error.columns[0] if error.columns else None
+  positions = row_positions(batch)
   return [
-    dead_letter(
+    letter(row, sources[row], positions[row], record, tenants[row] if tenants[row] is not None else pane.tenant)
+    for row, record in zip(chosen, _letter_records(batch, chosen))
+  ]
+
+
+def refused_letters(
+  target: TableTarget, table_name: str, pane, error: SchemaMismatchError, rows: Optional[Sequence[int]] = None
+) -> List[dict]:
+  """One dead letter (reason ``schema_mismatch``) per row of `pane` (a WindowBatch; `rows`: those of its rows, None:
+  all) that table `table_name` refused with `error`: its source and position from the provenance columns, the
+  table, the column(s) and the types in `detail`, never a value (the row is the letter's record)."""
+  detail = (
+    f'{_FORMAT_NAMES[target.format]} table {table_label(target, table_name)} refused these rows: {error.conflict}; '
+    'they were not committed (change the table or the data, or write to a new table, then replay them)'
+  )
+  field = error.columns[0] if error.columns else None
+
+  def letter(row, source, position, record, tenant):
+    return dead_letter(
+      source, position, 'schema_mismatch', field=field, record=record, detail=detail, stage='write', tenant=tenant
+    )
+
+  return _row_letters(pane, rows, letter)
+
+
+def unfit_letters(target: TableTarget, table_name: str, pane, unfit: Dict[int, List[Unfit]]) -> List[dict]:
+  """One dead letter per row of `pane` (a WindowBatch) `unfit_values` found (`unfit`: {row: [Unfit]}): reason
+  ``invalid_value`` (``bad_encoding`` for text that is not UTF-8), the first column at fault as its field, the
+  table, the columns and what is wrong in `detail` (types only, never a value); the row is the record."""
+  label = f'{_FORMAT_NAMES[target.format]} table {table_label(target, table_name)}'
+
+  def letter(row, source, position, record, tenant):
+    found = unfit[row]
+    whys = '; '.join(f'column {u.column!r}: {u.why}' for u in found)
+    return dead_letter(
       source,
       position,
-      'schema_mismatch',
-      field=field,
+      found[0].reason,
+      field=found[0].column,
       record=record,
-      detail=detail,
+      detail=f'{label} cannot hold this row ({whys}); it was not committed',
       stage='write',
-      tenant=tenant if tenant is not None else pane.tenant,
+      tenant=tenant,
     )
-    for source, position, record, tenant in zip(sources, row_positions(batch), rows_as_dicts(batch), tenants)
-  ]
+
+  return _row_letters(pane, sorted(unfit), letter)
+
+
+class _Part(typing.NamedTuple):
+  """A pane of a window, as its commit takes it: rows (internal columns stripped, without those a table cannot
+  hold) and which of the pane's rows they are (None: all)."""
+
+  pane: typing.Any
+  rows: pa.Table
+  kept: Optional[List[int]]
 
 
 class _CommitWindowFn(beam.DoFn):
   """The closed panes of a bundle, one commit per window (all its tenants and shards).
 
-  Panes the table refuses (SchemaMismatchError: the same rows fail every
-  attempt) are dead letters in DEAD_LETTER_TABLE instead, committed before
-  their positions are acknowledged; any other error fails the bundle, which
-  the runner retries.
+  What a table cannot take, the same rows on every attempt, is dead letters
+  in DEAD_LETTER_TABLE instead, committed before the positions are
+  acknowledged: rows holding values no table column holds (`unfit_values`),
+  and panes the table refuses (SchemaMismatchError); any other error fails
+  the bundle, which the runner retries.
   """
 
   def __init__(self, target: TableTarget, table: str, key_field: str, time_field: Optional[str], positions: bool):
@@ -1537,19 +1956,48 @@ class _CommitWindowFn(beam.DoFn):
       return False
     return True
 
-  def _commit_parts(self, start: int, end: int, parts: list) -> Tuple[List[CommitResult], list]:
-    """Commits a window's `parts` [(pane, rows)], in one commit when the table takes them all; the panes it
-    refuses apart from the others. ([commits], [(refused pane, its SchemaMismatchError)])."""
-    rows = concat_widened([r for _, r in parts]) if len(parts) > 1 else parts[0][1]
-    if len(parts) > 1 and _mixed_types([r for _, r in parts], rows):
+  def _part(self, window, letters: List[dict], refused: list) -> Optional[_Part]:
+    """The pane's rows a table can hold (None: none). A pane whose own columns no table takes (two of one name,
+    a type no table holds) goes to `refused` whole, with its SchemaMismatchError (joined with the window's other
+    panes it could not even be judged: two columns of one name stopped the join); of the others' rows, those
+    holding values no table holds (`unfit_values`) are dead letters in `letters`."""
+    rows = pa.Table.from_batches([strip_internal(window.batch)])
+    label = table_label(self._target, self._table)
+    try:
+      check_names(self._target, label, _fit_null_columns(rows.schema))
+      check_types(self._target, label, rows.schema)
+    except SchemaMismatchError as error:
+      refused.append((_Part(window, rows, None), error))
+      return None
+    unfit = unfit_values(self._target, rows)
+    if not unfit:
+      return _Part(window, rows, None)
+    letters += unfit_letters(self._target, self._table, window, unfit)
+    whys = sorted({f'{u.column}: {u.why}' for found in unfit.values() for u in found})
+    _LOG.warning(
+      '%s: %d row(s) of tenant %s hold values the table cannot, committed to %s: %s',
+      window_id(self._table, window.window_start_us),
+      len(unfit),
+      window.tenant,
+      DEAD_LETTER_TABLE,
+      '; '.join(whys),
+    )
+    kept = [i for i in range(rows.num_rows) if i not in unfit]
+    return _Part(window, rows.take(pa.array(kept, pa.int64())), kept) if kept else None
+
+  def _commit_parts(self, start: int, end: int, parts: List[_Part]) -> Tuple[List[CommitResult], list]:
+    """Commits a window's `parts`, in one commit when the table takes them all; the panes it refuses apart from
+    the others. ([commits], [(refused part, its SchemaMismatchError)])."""
+    rows = concat_widened([p.rows for p in parts]) if len(parts) > 1 else parts[0].rows
+    if len(parts) > 1 and _mixed_types([p.rows for p in parts], rows):
       # A pane the table refuses on its own is refused whatever the window's other panes widen it to (its
       # integers made text beside theirs); those it takes go on together.
       table = self._committer.load(self._table)
-      fit = [self._fits(table, r) for _, r in parts]
+      fit = [self._fits(table, p.rows) for p in parts]
       if not all(fit):
         groups = [[p for p, ok in zip(parts, fit) if ok]] + [[p] for p, ok in zip(parts, fit) if not ok]
         return self._commit_groups(start, end, [g for g in groups if g])
-    summary = {'tenants': ','.join(sorted({w.tenant for w, _ in parts})), 'panes': str(len(parts))}
+    summary = {'tenants': ','.join(sorted({p.pane.tenant for p in parts})), 'panes': str(len(parts))}
     try:
       result = commit_window(
         self._committer,
@@ -1565,12 +2013,13 @@ class _CommitWindowFn(beam.DoFn):
       )
     except SchemaMismatchError as error:
       if len(parts) == 1:
-        return [], [(parts[0][0], error)]
-      # Each may fit alone but not together (a refusal only the catalog makes): one commit each.
+        return [], [(parts[0], error)]
+      # Each may fit alone but not together (two panes' names one column, a refusal only the catalog makes):
+      # one commit each.
       return self._commit_groups(start, end, [[p] for p in parts])
     return ([result] if result is not None else []), []
 
-  def _commit_groups(self, start: int, end: int, groups: list) -> Tuple[List[CommitResult], list]:
+  def _commit_groups(self, start: int, end: int, groups: List[List[_Part]]) -> Tuple[List[CommitResult], list]:
     results: List[CommitResult] = []
     refused: list = []
     for group in groups:
@@ -1579,25 +2028,27 @@ class _CommitWindowFn(beam.DoFn):
       refused += left
     return results, refused
 
-  def _dead_letter(self, start: int, refused: list):
-    """Commits the refused panes' rows to DEAD_LETTER_TABLE (one commit, skipped on a replay of the same)."""
-    letters = [letter for pane, error in refused for letter in refused_letters(self._target, self._table, pane, error)]
+  def _dead_letter(self, start: int, letters: List[dict], refused: list):
+    """Commits the window's dead letters (its unfit rows, its refused panes' rows) to DEAD_LETTER_TABLE (one
+    commit, skipped on a replay of the same)."""
+    for part, error in refused:
+      letters = letters + refused_letters(self._target, self._table, part.pane, error, part.kept)
     window = window_id(self._table, start)
     commit_dead_letters(
       self._committer,
       self._target,
       letters,
       f'{DEAD_LETTER_TABLE}/{window}',
-      {'table': self._table, 'window_start_us': str(start), 'reason': 'schema_mismatch'},
+      {'table': self._table, 'window_start_us': str(start), 'reason': ','.join(sorted({l['reason'] for l in letters}))},
     )
     for letter in letters:
       self._dead_lettered.inc(1, tenant=letter['tenant'] or UNASSIGNED, reason=letter['reason'])
-    for pane, error in refused:
+    for part, error in refused:
       _LOG.warning(
         '%s: %d row(s) of tenant %s refused by the table, committed to %s: %s',
         window,
-        pane.batch.num_rows,
-        pane.tenant,
+        part.rows.num_rows,
+        part.pane.tenant,
         DEAD_LETTER_TABLE,
         error.conflict,
       )
@@ -1607,16 +2058,18 @@ class _CommitWindowFn(beam.DoFn):
       panes = self._panes[start]
       started = time.monotonic()
       latest = max(t for _, t in panes)
-      parts = [(w, pa.Table.from_batches([strip_internal(w.batch)])) for w, _ in panes if w.batch.num_rows]
-      if parts:
-        results, refused = self._commit_parts(start, panes[0][0].window_end_us, parts)
-        if refused:
-          self._dead_letter(start, refused)
-        for result in results:
-          self._commits.inc()
-          yield GlobalWindows.windowed_value(result.as_dict(), latest)
-        if results:
-          self._latency.update(int((time.monotonic() - started) * 1000))
+      letters: List[dict] = []
+      refused: list = []
+      parts = [part for w, _ in panes if w.batch.num_rows and (part := self._part(w, letters, refused)) is not None]
+      results, more = self._commit_parts(start, panes[0][0].window_end_us, parts) if parts else ([], [])
+      refused += more
+      if letters or refused:
+        self._dead_letter(start, letters, refused)
+      for result in results:
+        self._commits.inc()
+        yield GlobalWindows.windowed_value(result.as_dict(), latest)
+      if results:
+        self._latency.update(int((time.monotonic() - started) * 1000))
       if self._positions:
         # Only now, with every row in the table or in a committed dead letter, may their source forget them.
         for w, _ in panes:
@@ -1642,9 +2095,11 @@ class CommitWindowTables(beam.PTransform):
   commits, the rows whose key an earlier commit of the same window added are
   dropped (read from those commits' files only; `commit_window`), so a
   replayed window, whole or in part, adds nothing twice.
-  Refused panes (`SchemaMismatchError`): their rows are committed to
-  DEAD_LETTER_TABLE (`refused_letters`; the commit id holds their digest, so
-  a replay of the same adds nothing), the window's other panes commit.
+  Refused panes (`SchemaMismatchError`) and rows holding values no table
+  column holds (`unfit_values`): their rows are committed to
+  DEAD_LETTER_TABLE (`refused_letters`, `unfit_letters`; the commit id holds
+  their digest, so a replay of the same adds nothing), the window's other
+  panes and rows commit.
   positions: as WriteWindowFiles (tagged output WRITTEN): every pane's
   positions, once its rows are in the table or in a committed dead letter.
   """

@@ -337,3 +337,137 @@ def test_struct_fields_and_lists_empty_in_a_run_change_no_type_either_way(target
   assert [r['ctx'] for r in rows] == [None, None, {'ref': None, 'n': 1}, {'ref': None, 'n': 1}, {'ref': 7, 'n': 3}]
   assert sorted(map(str, (r['tags'] for r in rows))) == ['None'] * 4 + ['[5]']
   assert [r['hits'] for r in rows][-1] == [{'ref': 8, 'n': 4}]
+
+
+def _write_batch(target, batch, table='events', day_field='played_at'):
+  """The batch job's worker step (`WriteTableFiles`) over one batch: the data files it writes."""
+  location = tables.open_tables(target).location(table)
+  return list(tables._WriteTableFilesFn(target, table, location, day_field, False).process(batch))
+
+
+def _data_files(target, table='events'):
+  import os
+
+  root = tables.open_tables(target).location(table).removeprefix('file://')
+  return [name for _, _, names in os.walk(root) for name in names if name.endswith('.parquet')]
+
+
+def _not_utf8(texts):
+  raw = pa.array(texts, pa.binary())
+  return pa.Array.from_buffers(pa.string(), len(texts), raw.buffers()[:3], raw.null_count)
+
+
+def _decimals(unscaled, precision, scale):
+  """decimal128(precision, scale) holding `unscaled` as they came, past the precision or not (Parquet written by
+  another tool may hold such values)."""
+  payload = b''.join(v.to_bytes(16, 'little', signed=True) for v in unscaled)
+  return pa.Array.from_buffers(pa.decimal128(precision, scale), len(unscaled), [None, pa.py_buffer(payload)])
+
+
+YEAR_20000_US = 568_971_820_800_000_000  # 20000-01-01T00:00:00Z
+
+
+@pytest.mark.parametrize('case', ['seconds', 'decimal', 'text', 'year_20000'])
+def test_a_batch_run_stops_on_values_no_table_holds_naming_the_table_and_column_not_the_value(target, case):
+  """The batch job's worker refuses a batch holding a value a table cannot hold, before it writes a file: an
+  UnfitValuesError naming the table and the column, never the value (the run stops; the next run reads its
+  input again). A time in seconds past year 294247, a decimal with more digits than its precision, text that
+  is not UTF-8; in Iceberg also a time past year 9999 (pyiceberg keeps a column's bounds as Python values;
+  Delta holds it). Before, the decimal and the text were written, and Delta stored them as other values
+  (-44315.38 for 123456.78); Iceberg's finalize failed on the decimal, the text and the year 20000 with
+  pyiceberg's error, naming no column."""
+  n = 3
+  values = {
+    'seconds': pa.array([1, 9_876_543_210_123_456, None], pa.timestamp('s', tz='UTC')),
+    'decimal': _decimals([100, 12_345_678, 5], 5, 2),
+    'text': _not_utf8([b'ok', b'\xff\xfe', b'fine']),
+    'year_20000': pa.array([0, YEAR_20000_US, None], pa.timestamp('us')),
+  }[case]
+  batch = pa.RecordBatch.from_arrays(
+    [
+      pa.array(['acme'] * n),
+      pa.array([1_704_103_200_000_000] * n, pa.timestamp('us', tz='UTC')),
+      values,
+    ],
+    names=['tenant_id', 'played_at', 'odd'],
+  )
+  if case == 'year_20000' and target.format == 'delta':
+    written = _write_batch(target, batch)
+    tables.open_tables(target).commit('events', written, batch.schema, 'r1')
+    assert _read(target).column('odd').cast(pa.int64()).to_pylist() == [0, YEAR_20000_US, None]
+    return
+  with pytest.raises(tables.UnfitValuesError) as error:
+    _write_batch(target, batch)
+  message = str(error.value)
+  assert 'events' in message and "'odd'" in message and '1 row(s)' in message
+  assert not any(v in message for v in ('9876543210123456', '12345678', '123456.78', 'xff', '20000'))
+  assert _data_files(target) == []
+
+
+def test_event_times_past_year_9999_are_partitioned_by_day_without_python(target):
+  """The batch job partitions files by the day of the event time (Delta too: one file per day). A time past
+  Python's years (1 to 9999, which Arrow and Delta hold) is its day's text from Arrow. Before, Python's date
+  overflowed: a Delta run with such a time failed every time with a bare OverflowError; Iceberg refuses the
+  row by name (`unfit_values`)."""
+  batch = pa.RecordBatch.from_arrays(
+    [pa.array(['acme', 'acme']), pa.array([0, YEAR_20000_US], pa.timestamp('us', tz='UTC'))],
+    names=['tenant_id', 'played_at'],
+  )
+  if target.format == 'iceberg':
+    with pytest.raises(tables.UnfitValuesError, match="'played_at'"):
+      _write_batch(target, batch)
+    return
+  written = _write_batch(target, batch)
+  assert sorted(dict(f.partition)['played_at_day'] for f in written) == ['1970-01-01', '20000-01-01']
+  tables.open_tables(target).commit('events', written, batch.schema, 'r1')
+  assert sorted(_read(target).column('played_at').cast(pa.int64()).to_pylist()) == [0, YEAR_20000_US]
+
+
+def test_two_columns_of_one_name_are_refused_and_neither_value_is_lost(target):
+  """Two columns of one name (a query's ``a.id, b.id``; in Delta, whose names ignore case, also names only
+  case tells apart, and a name the table holds in another case) are one column of the table: a
+  SchemaMismatchError naming the table and the columns, nothing committed, the table as it was. Before, a
+  Delta table that held the column took the data with one of the two columns' values gone; its case-only
+  clashes, and Iceberg's, were plain TableErrors (a streaming job retried them for ever)."""
+  _commit(target, pa.table({'tenant_id': ['acme'], 'x': [1]}), 'c1')
+  twice = pa.Table.from_arrays([pa.array(['acme']), pa.array([2]), pa.array([3])], names=['tenant_id', 'x', 'x'])
+  with pytest.raises(tables.SchemaMismatchError, match="'x' twice") as error:
+    _commit(target, twice, 'c2')
+  assert error.value.columns == ('x',)
+  cased = pa.table({'tenant_id': ['acme'], 'X': [4], 's': pa.array([{'a': 1, 'A': 2}])})
+  if target.format == 'delta':
+    with pytest.raises(tables.SchemaMismatchError, match="'s.a' and 's.A'.*ignore case"):
+      _commit(target, cased, 'c3')
+    with pytest.raises(tables.SchemaMismatchError, match="'X' and the table's 'x', 's.a' and 's.A'"):
+      tables.commit_batch(target, [], {'events': cased.schema}, 'c3')
+  else:
+    _commit(target, cased, 'c3')  # Iceberg tells names apart by case
+  stored = _read(target)
+  assert sorted(stored.column('x').to_pylist(), key=str) == [1] + ([] if target.format == 'delta' else [None])
+
+
+def test_a_column_of_a_type_no_table_holds_is_refused_by_name_and_extension_types_are_stored(target):
+  """An interval of months, days and nanoseconds (PostgreSQL's interval) has no type in Parquet, Iceberg or
+  Delta: SchemaMismatchError naming the table and the column, before any file is written. Extension types
+  (JSON, UUID) are stored as their storage (text, bytes). Before, the interval failed the file's write with
+  Arrow's bare error, pyiceberg refused a JSON column and delta-rs failed on a UUID."""
+  interval = pa.table(
+    {'tenant_id': ['acme'], 'span': pa.array([pa.MonthDayNano([1, 2, 3])], pa.month_day_nano_interval())}
+  )
+  with pytest.raises(tables.SchemaMismatchError, match="'span'") as error:
+    _commit(target, interval, 'c1')
+  assert 'events' in str(error.value) and error.value.columns == ('span',)
+  assert _data_files(target) == []
+  import uuid as uuids
+
+  key = uuids.UUID('12345678-1234-5678-1234-567812345678')
+  typed = pa.table(
+    {
+      'tenant_id': ['acme'],
+      'doc': pa.ExtensionArray.from_storage(pa.json_(), pa.array(['{"a": 1}'])),
+      'ref': pa.ExtensionArray.from_storage(pa.uuid(), pa.array([key.bytes], pa.binary(16))),
+    }
+  )
+  _commit(target, typed, 'c2')
+  stored = _read(target).to_pylist()
+  assert stored == [{'tenant_id': 'acme', 'doc': '{"a": 1}', 'ref': key.bytes}]

@@ -259,3 +259,165 @@ def test_a_bounded_commit_of_a_refused_schema_still_stops_and_commits_nothing(ta
   with pytest.raises(tables.SchemaMismatchError, match=r'context: string -> int64.*nothing was committed'):
     tables.commit_batch(target, [], {'events': changed, tables.DEAD_LETTER_TABLE: tables.DEAD_LETTER_SCHEMA}, 'r1')
   assert _ids(target) == ['a0'] and _read(target, tables.DEAD_LETTER_TABLE) is None
+
+
+def _rows_pane(tenant, window, ids, columns, first_offset, shard=0):
+  """The rows of one (tenant, window, shard) as `_pane`, with `columns` [(name, arrow array)] after the event
+  id, tenant and event time (names may repeat, as a database query's ``a.id, b.id`` do)."""
+  start = T0_US + window * MINUTE_US
+  n = len(ids)
+  names = ['event_id', 'tenant_id', 'played_at'] + [name for name, _ in columns]
+  batch = pa.RecordBatch.from_arrays(
+    [
+      pa.array(ids, pa.string()),
+      pa.array([tenant] * n, pa.string()),
+      pa.array([start + 1_000_000 * i for i in range(n)], pa.timestamp('us', tz='UTC')),
+    ]
+    + [values for _, values in columns],
+    names=names,
+  )
+  return WindowBatch(tenant, start, start + MINUTE_US, shard, with_provenance(batch, SOURCE, first_offset))
+
+
+def _not_utf8(texts):
+  """A string array of `texts` (bytes) as they came, whether UTF-8 or not (Arrow checks nothing it is handed)."""
+  raw = pa.array(texts, pa.binary())
+  return pa.Array.from_buffers(pa.string(), len(texts), raw.buffers()[:3], raw.null_count)
+
+
+def _decimals_past_precision(unscaled, precision, scale):
+  """A decimal128(precision, scale) array holding `unscaled` values as they came, past its precision or not (as
+  Parquet written by another tool may hold them)."""
+  payload = b''.join(v.to_bytes(16, 'little', signed=True) for v in unscaled)
+  return pa.Array.from_buffers(pa.decimal128(precision, scale), len(unscaled), [None, pa.py_buffer(payload)])
+
+
+YEAR_20000_US = 568_971_820_800_000_000  # 20000-01-01T00:00:00Z in microseconds: Arrow and Delta hold it
+
+
+def test_rows_holding_values_no_table_holds_mid_stream_are_dead_lettered_and_later_windows_commit(target):
+  """Window 1's rows hold, in some rows, values no column of the table can hold: a time in seconds past the
+  microseconds' range (year 294247), a decimal with more digits than its precision, text that is not UTF-8,
+  and (Iceberg only: pyiceberg keeps a column's bounds as Python values) a time in year 20000. Those rows, and
+  only those, are dead letters (invalid_value, bad_encoding for the text; the column and what is wrong in
+  `detail`, never the value; the row as the record); the window's other rows and the windows after it commit, every
+  position is acknowledged, and written + dead letters == read. Before, the window's TableError failed the
+  bundle, which a streaming runner retries for ever: the job stalled at window 1 (Delta stored the decimal
+  as another number, -44315.38 for 123456.78, and the text as it came)."""
+  seconds = pa.timestamp('s', tz='UTC')
+  first = _rows_pane('acme', 0, ['a1', 'a2'], [('seen', pa.array([1, 2], seconds))], 1)
+  mixed = _rows_pane(
+    'acme',
+    1,
+    ['b1', 'b2', 'b3', 'b4', 'b5', 'b6'],
+    [
+      ('seen', pa.array([3, 9_876_543_210_123_456, 4, 5, 6, None], seconds)),
+      ('price', _decimals_past_precision([100, 200, 12_345_678, 300, 400, 500], 5, 2)),
+      ('note', _not_utf8([b'ok', b'fine', b'good', b'\xff\xfe', b'yes', b'caf\xc3\xa9'])),
+      ('due', pa.array([0, 0, 0, 0, YEAR_20000_US, None], pa.timestamp('us'))),
+    ],
+    3,
+  )
+  other_tenant = _rows_pane('globex', 2, ['g1'], [('seen', pa.array([7], seconds))], 9)
+  third = _rows_pane('acme', 3, ['c1', 'c2'], [('seen', pa.array([8, None], seconds))], 10)
+  fourth = _rows_pane('globex', 4, ['d1'], [('seen', pa.array([9], seconds))], 12)
+  panes = [first, mixed, other_tenant, third, fourth]
+  iceberg = target.format == 'iceberg'
+  refused = {'b2': ('invalid_value', 'seen'), 'b3': ('invalid_value', 'price'), 'b4': ('bad_encoding', 'note')}
+  if iceberg:
+    refused['b5'] = ('invalid_value', 'due')
+  _commit_stream(
+    target,
+    [[first], [mixed], [other_tenant], [third], [fourth]],
+    [(2, _label(0)), (6 - len(refused), _label(1)), (1, _label(2)), (2, _label(3)), (1, _label(4))],
+    _offsets(panes),
+  )
+  read = sum(p.batch.num_rows for p in panes)
+  stored = _ids(target)
+  letters = _letters(target)
+  assert len(stored) + sum(l['count'] for l in letters) == read
+  assert sorted(stored + [json.loads(l['record'])['event_id'] for l in letters]) == sorted(
+    i for p in panes for i in p.batch.column('event_id').to_pylist()
+  )
+  by_id = {json.loads(l['record'])['event_id']: l for l in letters}
+  assert {i: (l['reason'], l['field']) for i, l in by_id.items()} == refused
+  assert {(l['source'], l['position'], l['tenant_id'], l['stage']) for l in letters} == {
+    (SOURCE, f'offset {2 + int(i[1:])}', 'acme', 'write') for i in refused
+  }
+  for letter in letters:
+    detail = letter['detail'].split('events', 1)[1]  # after the table's name
+    assert repr(letter['field']) in detail
+    assert not any(v in detail for v in ('9876543210123456', '123456', '\\xff', 'base64', '20000'))
+  records = {i: json.loads(l['record']) for i, l in by_id.items()}
+  assert records['b3']['price'] == '123456.78' and records['b4']['note'].startswith('base64:')
+  assert records['b2']['seen'] is not None  # a time Python cannot hold: Arrow's text of it
+  table = _read(target, 'events')
+  row = {i: n for n, i in enumerate(table.column('event_id').to_pylist())}
+  assert str(table.column('price')[row['b1']].as_py()) == '1.00' and table.column('note')[row['b6']].as_py() == 'café'
+  if not iceberg:  # Delta holds the year 20000
+    assert table.column('due').cast(pa.int64())[row['b5']].as_py() == YEAR_20000_US
+
+
+def test_batches_whose_columns_would_be_one_table_column_are_dead_lettered_and_the_stream_goes_on(target):
+  """A window's batches (one per tenant and shard): one names a column twice (a query's ``a.id, b.id``), one
+  names `Context` where the table has `context` (one column in Delta, whose names ignore case; two in
+  Iceberg), one is as the table. The batches a table cannot take are dead letters (schema_mismatch, the names
+  in `detail`, both values in the record, the second as 'extra#2'); the others commit, and so does the next
+  window: written + dead letters == read. Before, the window's batches could not even be joined (Arrow's
+  KeyError), or delta-rs refused the commit: the bundle failed for ever and the job stalled."""
+  text = pa.string()
+  first = _rows_pane('acme', 0, ['a0'], [('context', pa.array(['x'], text))], 1)
+  _commit_bundle(target, [first], [(1, _label(0))], _offsets([first]))
+  twice = _rows_pane(
+    'acme',
+    1,
+    ['t1', 't2'],
+    [('context', pa.array(['y', 'z'], text)), ('extra', pa.array([1, 2])), ('extra', pa.array(['p', 'q']))],
+    2,
+  )
+  cased = _rows_pane('globex', 1, ['k1'], [('Context', pa.array(['w'], text))], 4)
+  plain = _rows_pane('initech', 1, ['p1', 'p2'], [('context', pa.array(['v', None], text))], 5)
+  window_1 = [twice, cased, plain]
+  delta = target.format == 'delta'
+  _commit_bundle(target, window_1, [(2 if delta else 3, _label(1))], _offsets(window_1))
+  after = _rows_pane('acme', 2, ['n1'], [('context', pa.array(['u'], text))], 7)
+  _commit_bundle(target, [after], [(1, _label(2))], _offsets([after]))
+  letters = _letters(target)
+  refused = sorted(['t1', 't2'] + (['k1'] if delta else []))
+  assert sorted(json.loads(l['record'])['event_id'] for l in letters) == refused
+  assert _ids(target) == sorted({'a0', 'k1', 'p1', 'p2', 'n1'} - set(refused))
+  assert len(_ids(target)) + len(letters) == sum(p.batch.num_rows for p in [first, *window_1, after])
+  assert {l['reason'] for l in letters} == {'schema_mismatch'}
+  by_id = {json.loads(l['record'])['event_id']: l for l in letters}
+  assert [json.loads(by_id[i]['record'])['extra'] for i in ('t1', 't2')] == [1, 2]
+  assert [json.loads(by_id[i]['record'])['extra#2'] for i in ('t1', 't2')] == ['p', 'q']
+  assert by_id['t1']['field'] == 'extra' and "'extra' twice" in by_id['t1']['detail']
+  assert (by_id['t1']['position'], by_id['t2']['position']) == ('offset 2', 'offset 3')
+  if delta:
+    assert by_id['k1']['field'] == 'Context' and "'Context' and the table's 'context'" in by_id['k1']['detail']
+    assert 'ignore case' in by_id['k1']['detail']
+  else:
+    stored = _read(target, 'events')
+    assert 'Context' in stored.schema.names and 'context' in stored.schema.names
+
+
+def test_a_replayed_window_of_unfit_rows_and_a_type_no_table_holds_adds_nothing_twice(target):
+  """A window's batch holding a column no table can type (an interval of months, days and nanoseconds, as
+  PostgreSQL's) is dead letters whole (schema_mismatch, the column named); of another batch, only its row
+  holding a decimal past its precision is (invalid_value). A replay of the window (a restart before the
+  acknowledgement) commits nothing twice: neither rows nor dead letters. Before, the interval failed the data
+  file's write with Arrow's bare error on every attempt."""
+  spans = pa.array([pa.MonthDayNano([1, 0, 0]), None], pa.month_day_nano_interval())
+  interval = _rows_pane('acme', 0, ['s1', 's2'], [('span', spans)], 1)
+  decimals = _rows_pane('globex', 0, ['d1', 'd2', 'd3'], [('price', _decimals_past_precision([1, 10**9, 3], 5, 2))], 3)
+  panes = [interval, decimals]
+  _commit_bundle(target, panes, [(2, _label(0))], _offsets(panes))
+  _commit_bundle(target, panes, [], _offsets(panes))
+  assert _ids(target) == ['d1', 'd3']
+  letters = _letters(target)
+  assert [(json.loads(l['record'])['event_id'], l['reason'], l['field']) for l in letters] == [
+    ('s1', 'schema_mismatch', 'span'),
+    ('s2', 'schema_mismatch', 'span'),
+    ('d2', 'invalid_value', 'price'),
+  ]
+  assert 'month_day_nano_interval' in letters[0]['detail']
