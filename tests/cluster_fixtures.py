@@ -23,6 +23,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -207,13 +208,48 @@ def _flink_jobs_of_the_test(request):
   may get the cluster through request.getfixturevalue, so every test notes
   the unfinished jobs when a cluster answers on the REST port; only a test
   that used the cluster cancels what it left (a job of another test session
-  on the same cluster is not this test's).
+  on the same cluster is not this test's). Every test then stops the job
+  servers its runs started in this process (`_java_servers`).
   """
   cluster = FlinkCluster(rest_url=f'http://127.0.0.1:{REST_PORT}', worker_pool=f'localhost:{WORKER_POOL_PORT}')
   if 'flink_cluster' in request.fixturenames:
     request.getfixturevalue('flink_cluster').wait_for_free_slots()
   before = set(cluster.unfinished_jobs()) if _port_answers(REST_PORT) else set()
-  yield
+  java_before = _java_servers()
+  try:
+    yield
+  finally:
+    _cancel_left_jobs(request, cluster, before)
+    _stop_java_servers(_java_servers() - java_before)
+
+
+def _java_servers() -> set:
+  """The keys of the Java servers (Flink job servers) Beam's subprocess cache holds in this process.
+
+  Beam starts one job server JVM (~300-500 MB) per FlinkRunner run and stops
+  it only when the process exits: a worker of the integration tier held one
+  per Flink test it ran, 2.5 GB and more by the end of CI.
+  """
+  module = sys.modules.get('apache_beam.utils.subprocess_server')
+  cache = getattr(getattr(module, 'SubprocessServer', None), '_cache', None)
+  return {key for key in list(getattr(cache, '_cache', {})) if key and key[0] and 'java' in os.path.basename(key[0][0])}
+
+
+def _stop_java_servers(keys) -> None:
+  """Stops the servers of `keys` (`_java_servers`): a test's runs are over when it ends."""
+  if not keys:
+    return
+  from apache_beam.utils import subprocess_server
+
+  cache = subprocess_server.SubprocessServer._cache
+  for key in keys:
+    try:
+      cache.force_remove(*key)
+    except Exception as e:  # one that already exited
+      print(f'could not stop a job server: {e}', file=sys.stderr)
+
+
+def _cancel_left_jobs(request, cluster, before) -> None:
   if not {'flink_cluster', 'flink_args'} & set(request.fixturenames) or not _port_answers(REST_PORT):
     return
   left = [job for job in cluster.unfinished_jobs() if job not in before]
