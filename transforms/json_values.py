@@ -70,6 +70,7 @@ __all__ = [
   'NumberBeyondDouble',
   'RepeatedKey',
   'loads',
+  'json_decoder',
   'repeated_key',
   'repeated_inside',
   'own_repeated_keys',
@@ -368,6 +369,15 @@ _WRITTEN_DECODER = json.JSONDecoder(parse_float=_written_float)
 # The same, marking objects that write a key again with a different value (`loads(repeated_keys=True)`).
 _MARKING_DECODER = json.JSONDecoder(parse_float=_float, object_pairs_hook=object_of_pairs)
 _WRITTEN_MARKING_DECODER = json.JSONDecoder(parse_float=_written_float, object_pairs_hook=object_of_pairs)
+
+
+def json_decoder(floats_as_written: bool = False) -> json.JSONDecoder:
+  """The decoder `loads` decodes numbers with, for a reader that decodes its own way (a whole file at json's C
+  speed, an array's elements one by one with ``raw_decode``): a number beyond a double's range is a
+  `NumberBeyondDouble`, never the infinity json's own decoder makes of it; with ``floats_as_written``, a
+  number with a fraction or an exponent a `WrittenFloat`. It does none of `loads`' checks (depth, lone
+  surrogates) nor its marks (`mark_repeated_keys` gives those)."""
+  return _WRITTEN_DECODER if floats_as_written else _DECODER
 
 
 def reason_of(error: ValueError) -> str:

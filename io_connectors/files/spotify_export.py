@@ -7,10 +7,13 @@ it (an export zipped again) is read as well, its members named
 member up to 32 MB (Spotify's are ~12 MB) is decoded whole, at the json
 module's C speed; a bigger one is streamed an element at a time (as are
 the library and playlists, with ijson), so a 100 MB listening history is
-never loaded whole. ijson gives every integer whole, of any size: one
-beyond 64 bits (an id of 30 digits) makes its column text, every digit kept,
-as the JSON readers do, and a fraction keeps its digits (``12.50``); see
-`_number`. What it reads, by ``resource``:
+never loaded whole. Numbers are read as the JSON readers read them, on
+either path: every integer whole, of any size (one beyond 64 bits, an id of
+30 digits, makes its column text, every digit kept), a fraction keeping its
+digits (``12.50``), and a number beyond a double's range (``1e400``) its
+text as written, never an infinity (`json_values.json_decoder`, `_number`);
+in a field that must be a number (``ms_played``) validation refuses that
+row. What it reads, by ``resource``:
 
 - ``plays`` (entity ``media_play``): every play of the Extended Streaming
   History (``Streaming_History_Audio_*.json``, ``Streaming_History_Video_*.json``,
@@ -134,6 +137,7 @@ from transforms.entities import CONTENT_TYPES, EPOCH_MS_PATTERN, to_int, to_utc_
 from transforms.json_values import (
   NumberBeyondDouble,
   WrittenFloat,
+  json_decoder,
   json_type,
   loads,
   lone_surrogate,
@@ -847,7 +851,9 @@ class MalformedJson(ValueError):
 
 
 _WHITESPACE = re.compile(r'[ \t\n\r]*')
-_DECODER = json.JSONDecoder()
+# Numbers as `json_values.loads(floats_as_written=True)` decodes them, and ijson's are made (`_number`): a
+# fraction keeps its text, a number beyond a double's range is its text (json's own decoder: an infinity).
+_DECODER = json_decoder(floats_as_written=True)
 _CHUNK_CHARS = 1 << 20
 # An element larger than this is taken for a broken one (Spotify's are ~1 KB).
 _MAX_ELEMENT_CHARS = 64 << 20
@@ -920,7 +926,8 @@ def json_array_elements(stream) -> Iterator[Any]:
         continue
       break
     try:
-      element = mark_repeated_keys(element, text, pos, end)  # an object writing a key twice: `repeated_key`
+      # An object writing a key twice: `repeated_key`.
+      element = mark_repeated_keys(element, text, pos, end, floats_as_written=True)
     except RecursionError:
       raise MalformedJson('JSON nested too deeply to decode') from None
     pos = end
@@ -942,10 +949,10 @@ def _whole_array(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Optional[li
   """
   try:
     text = _member_text(archive.read(info))
-    elements = json.loads(text)
+    elements = _DECODER.decode(text)
     if not isinstance(elements, list):
       return None
-    return mark_repeated_keys(elements, text)
+    return mark_repeated_keys(elements, text, floats_as_written=True)
   except (ValueError, RecursionError, zipfile.BadZipFile, EOFError, OSError, NotImplementedError, RuntimeError):
     return None
 

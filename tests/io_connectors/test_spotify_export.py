@@ -5,6 +5,7 @@ from __future__ import annotations
 import decimal
 import io
 import json
+import math
 import zipfile
 
 import apache_beam as beam
@@ -29,6 +30,7 @@ from tests.conftest import pipeline_options
 from tests.io_connectors.api_fakes import json_with_key_twice
 from transforms import entities
 from transforms.records import ROW_COLUMN, SOURCE_COLUMN
+from transforms.validate import validate_batch
 
 AUDIO = f'{EXTENDED_FOLDER}/Streaming_History_Audio_2023.json'
 
@@ -253,6 +255,62 @@ def test_library_and_playlists_holding_integers_beyond_64_bits_keep_every_digit(
   assert letters == [] and [e['__row'] for e in entries] == [1, 2, 3, 4, 5]
   assert [e['track_name'] for e in entries[:2]] == ['Song 0', str(big)]
   assert [e['playlist_name'] for e in entries] == ['Playlist 0'] * 3 + [str(negative)] * 2
+
+
+@pytest.mark.parametrize('by_row', [False, True])
+def test_numbers_beyond_a_double_in_the_listening_history_are_their_text_never_an_infinity(
+  tmp_path, monkeypatch, by_row
+):
+  """The listening history is decoded by the json module, which read a number beyond a double's range (1e400)
+  as an infinity: a value nobody wrote, in ms_played a float column and in a text column 'Infinity'. As the
+  library and playlists (ijson) and the JSON readers have it, such a number is its text as written (a column
+  holding it text, a fraction beside it as written); in a field that must be a number (ms_played, the offline
+  time) validation refuses that row's text, a dead letter of its own, as an integer beyond 64 bits there.
+  Whole member or streamed, Extended Streaming History and account data alike."""
+  if by_row:  # the streamed path, a row per element (`_extended_play`)
+    monkeypatch.setattr(spotify_export, '_WHOLE_MEMBER_BYTES', -1)
+    monkeypatch.setattr(spotify_export, '_TABLE_MAKERS', {})
+    monkeypatch.setitem(spotify_export._ROW_MAKERS, 'extended_audio', ('item', spotify_export._extended_play))
+  plays = extended_plays(range(4), 'ann', 'newer')
+  plays[0]['ms_played'] = 'HUGE_MS'
+  plays[1]['offline_timestamp'] = 'HUGE_OFFLINE'
+  plays[2]['master_metadata_track_name'] = 'HUGE_NAME'
+  plays[3].update(platform='FRACTION', speed='HUGE_EXTRA')
+  spelled = {'"HUGE_MS"': '1e400', '"HUGE_OFFLINE"': '1E+400', '"HUGE_NAME"': '-2e308', '"FRACTION"': '12.50'}
+  spelled['"HUGE_EXTRA"'] = '5e999'
+  text = json.dumps(plays)
+  for placeholder, number in spelled.items():
+    text = text.replace(placeholder, number)
+  account = account_plays(range(2))
+  account[1]['msPlayed'] = 'HUGE_MS'
+  path = write_export_zip(
+    str(tmp_path / 'a.zip'),
+    {
+      AUDIO: text.encode(),
+      'MyData/StreamingHistory_music_0.json': json.dumps(account).replace('"HUGE_MS"', '9e99999').encode(),
+    },
+  )
+  batches, letters = _batches_and_letters(path, batch_size=100, user_id='ann')
+  assert letters == []
+  rows = [row for batch in batches for row in batch.to_pylist()]
+  assert not [(row['__row'], k) for row in rows for k, v in row.items() if isinstance(v, float) and math.isinf(v)]
+  extended = [r for r in rows if r['history_format'] == 'extended']
+  assert [r['ms_played'] for r in extended] == ['1e400', *(str(play['ms_played']) for play in plays[1:])]
+  assert extended[1]['offline_at'] == '1E+400' and extended[2]['track_name'] == '-2e308'
+  assert extended[3]['platform'] == '12.50'  # beside text: as written, as the library's reader has it
+  assert '"speed": 5e999' in extended[3]['extra_fields']  # a JSON number, its digits as written
+  account_rows = [r for r in rows if r['history_format'] == 'account']
+  assert [r['ms_played'] for r in account_rows] == [str(account[0]['msPlayed']), '9e99999']
+  # Validation: each such number in a numeric field is its row's dead letter; the other rows pass.
+  refused = []
+  for batch in batches:
+    _, dead = validate_batch(batch, entities.MediaPlay)
+    refused += [(letter['field'], letter['reason'], letter['record'].get(letter['field'])) for letter in dead]
+  assert sorted(refused) == [
+    ('ms_played', 'invalid_value', '1e400'),
+    ('ms_played', 'invalid_value', '9e99999'),
+    ('offline_at', 'invalid_type', '1E+400'),
+  ]
 
 
 def _extras(row, column='extra_fields'):

@@ -7,8 +7,11 @@ import pickle
 import pytest
 
 from transforms.json_values import (
+  NumberBeyondDouble,
   RepeatedKey,
+  WrittenFloat,
   dumps_pairs,
+  json_decoder,
   loads,
   loads_pairs,
   mark_repeated_keys,
@@ -158,6 +161,25 @@ def test_an_object_made_of_pairs_is_marked_as_loads_marks_it():
 )
 def test_a_key_written_twice_on_the_way_to_the_records_is_found(text, path, found):
   assert repeated_on_path(loads(text, repeated_keys=True), path) == found
+
+
+@pytest.mark.parametrize('floats_as_written', [False, True])
+def test_the_decoder_of_a_reader_decoding_its_own_way_gives_numbers_as_loads_does(floats_as_written):
+  """A reader that decodes a whole file or an array's elements itself (the Spotify export's listening history)
+  used json's own decoder, which made a number beyond a double's range an infinity: `json_decoder` decodes
+  numbers as `loads` does, whole or element by element."""
+  text = '[1e400, -2E+308, 12.50, 7, Infinity, {"x": [5e999]}]'
+  decoder = json_decoder(floats_as_written)
+  for value in (decoder.decode(text), decoder.raw_decode(text, 0)[0]):
+    assert value == loads(text, floats_as_written=floats_as_written)
+    assert [type(v) for v in value[:4]] == [
+      NumberBeyondDouble,
+      NumberBeyondDouble,
+      WrittenFloat if floats_as_written else float,
+      int,
+    ]
+    assert value[:2] == ['1e400', '-2E+308'] and value[4] == float('inf') and value[5] == {'x': ['5e999']}
+  assert getattr(decoder.decode('12.50'), 'text', None) == ('12.50' if floats_as_written else None)
 
 
 def test_pairs_written_back_keep_a_number_beyond_a_double_a_number():
