@@ -84,6 +84,7 @@ __all__ = [
   'microsecond_times',
   'timestamp_text',
   'duration_text',
+  'time_count_text',
   'json_safe',
   'json_text',
   'float_texts',
@@ -436,26 +437,26 @@ def _micro_type(t: pa.DataType) -> pa.DataType:
   return pa.time64('us') if pa.types.is_time64(t) else pa.duration('us')
 
 
-def _with_nanosecond_leaves(t: pa.DataType, leaf_type) -> pa.DataType:
-  """`t` with each nanosecond time in it, at any depth, as `leaf_type(time's type)` (a dictionary of them
-  decoded): the types `exact_times` (text) and `microsecond_times` give."""
-  if _is_nanosecond(t):
+def _with_nanosecond_leaves(t: pa.DataType, leaf_type, is_leaf=_is_nanosecond) -> pa.DataType:
+  """`t` with each nanosecond time in it (or each type `is_leaf` takes), at any depth, as `leaf_type(time's
+  type)` (a dictionary of them decoded): the types `exact_times` (text) and `microsecond_times` give."""
+  if is_leaf(t):
     return leaf_type(t)
   if pa.types.is_dictionary(t):
-    values = _with_nanosecond_leaves(t.value_type, leaf_type)
+    values = _with_nanosecond_leaves(t.value_type, leaf_type, is_leaf)
     return t if values == t.value_type else values
   if pa.types.is_struct(t):
-    return pa.struct([f.with_type(_with_nanosecond_leaves(f.type, leaf_type)) for f in t])
+    return pa.struct([f.with_type(_with_nanosecond_leaves(f.type, leaf_type, is_leaf)) for f in t])
   if pa.types.is_list(t):
-    return pa.list_(t.value_field.with_type(_with_nanosecond_leaves(t.value_type, leaf_type)))
+    return pa.list_(t.value_field.with_type(_with_nanosecond_leaves(t.value_type, leaf_type, is_leaf)))
   if pa.types.is_large_list(t):
-    return pa.large_list(t.value_field.with_type(_with_nanosecond_leaves(t.value_type, leaf_type)))
+    return pa.large_list(t.value_field.with_type(_with_nanosecond_leaves(t.value_type, leaf_type, is_leaf)))
   if pa.types.is_fixed_size_list(t):
-    return pa.list_(t.value_field.with_type(_with_nanosecond_leaves(t.value_type, leaf_type)), t.list_size)
+    return pa.list_(t.value_field.with_type(_with_nanosecond_leaves(t.value_type, leaf_type, is_leaf)), t.list_size)
   if pa.types.is_map(t):
     return pa.map_(
-      t.key_field.with_type(_with_nanosecond_leaves(t.key_type, leaf_type)),
-      t.item_field.with_type(_with_nanosecond_leaves(t.item_type, leaf_type)),
+      t.key_field.with_type(_with_nanosecond_leaves(t.key_type, leaf_type, is_leaf)),
+      t.item_field.with_type(_with_nanosecond_leaves(t.item_type, leaf_type, is_leaf)),
       keys_sorted=t.keys_sorted,
     )
   return t
@@ -484,6 +485,69 @@ def duration_text(nanos: int) -> str:
   seconds, fraction = divmod(abs(nanos), 1_000_000_000)
   digits = f'.{fraction:09d}'.rstrip('0') if fraction else ''
   return f'{"-" if nanos < 0 else ""}PT{seconds}{digits}S'
+
+
+_PER_SECOND = {'s': 1, 'ms': 1_000, 'us': 1_000_000, 'ns': 1_000_000_000}
+_MS_PER_DAY = 86_400_000
+
+
+def time_count_text(count: int, t: pa.DataType) -> str:
+  """The exact ISO-8601 text of a timestamp, date or duration of Arrow type `t` given as its integer count (a
+  timestamp's or duration's units since 1970-01-01T00:00:00 or of length, a date32's days, a date64's
+  milliseconds): for the values Python's types cannot hold, which Arrow's own text gets wrong (it wrote the
+  largest microsecond timestamp '32103-01-10 04:00:54.775807Z', and one in seconds past year 294247 with
+  hours in the millions).
+
+  - a date: ``'+10000-01-01'``, ``'0000-12-31'``, ``'-0001-01-01'``;
+  - a timestamp: ``'+294247-01-10T04:00:54.775807'``, a zoned one in UTC
+    with the offset ``+00:00`` (no zone's rules reach those years),
+    ``'+10000-01-01T00:00:00+00:00'``; a fraction as `datetime.isoformat`
+    writes one (six digits where it has microseconds, nine where it has
+    nanoseconds, none at a whole second), a date64's milliseconds past its
+    day dropped (as Arrow's date does);
+  - a duration: `duration_text` (``'PT9223372036854775807S'``).
+
+  Days are of the proleptic Gregorian calendar, years numbered as ISO 8601
+  and astronomers do (year 0 is 1 BC, -1 is 2 BC), at least four digits and
+  a sign past 9999 or before 0, as Java's ``Instant`` and ``LocalDate`` print
+  and parse them; the text of a date or time Python can hold is its
+  ``isoformat()``.
+  """
+  if pa.types.is_duration(t):
+    return duration_text(count * (1_000_000_000 // _PER_SECOND[t.unit]))
+  if pa.types.is_date32(t):
+    return _date_of_days(count)
+  if pa.types.is_date64(t):
+    return _date_of_days(count // _MS_PER_DAY)
+  if not pa.types.is_timestamp(t):
+    raise TypeError(f'not a timestamp, date or duration type: {t}')
+  per_second = _PER_SECOND[t.unit]
+  seconds, part = divmod(count, per_second)  # floor: a time before 1970 is its second and the part after
+  days, second_of_day = divmod(seconds, 86_400)
+  hours, rest = divmod(second_of_day, 3_600)
+  nanos = part * (1_000_000_000 // per_second)
+  fraction = f'.{nanos:09d}' if nanos % 1_000 else (f'.{nanos // 1_000:06d}' if nanos else '')
+  offset = '+00:00' if t.tz else ''
+  return f'{_date_of_days(days)}T{hours:02d}:{rest // 60:02d}:{rest % 60:02d}{fraction}{offset}'
+
+
+def _date_of_days(days: int) -> str:
+  """ISO-8601 text of the date `days` after 1970-01-01 (any integer; `time_count_text`), by Howard Hinnant's
+  civil_from_days: exact integer arithmetic over the Gregorian calendar's 400-year cycles of 146097 days."""
+  z = days + 719_468  # days since 0000-03-01
+  era = z // 146_097
+  day_of_era = z - era * 146_097
+  year_of_era = (day_of_era - day_of_era // 1_460 + day_of_era // 36_524 - day_of_era // 146_096) // 365
+  day_of_year = day_of_era - (365 * year_of_era + year_of_era // 4 - year_of_era // 100)  # from March 1st
+  month_index = (5 * day_of_year + 2) // 153
+  day = day_of_year - (153 * month_index + 2) // 5 + 1
+  month = month_index + 3 if month_index < 10 else month_index - 9
+  year = year_of_era + era * 400 + (month <= 2)
+  if 0 <= year <= 9999:
+    year_text = f'{year:04d}'
+  else:
+    year_text = f'+{year}' if year > 0 else f'-{-year:04d}'
+  return f'{year_text}-{month:02d}-{day:02d}'
 
 
 def _nanosecond_counts(array: pa.Array) -> tuple:
@@ -531,50 +595,55 @@ def _micro_leaf(array: pa.Array) -> pa.Array:
   return pa.array(np.floor_divide(counts, 1000), pa.int64(), mask=nulls).cast(_micro_type(array.type))
 
 
-def _map_nanosecond_leaves(array: pa.Array, leaf_type, leaf) -> pa.Array:
-  """`array` with each nanosecond time array in it, at any depth, replaced by `leaf(it)` (of type
-  `leaf_type(its type)`)."""
+def _map_nanosecond_leaves(array: pa.Array, leaf_type, leaf, is_leaf=_is_nanosecond) -> pa.Array:
+  """`array` with each nanosecond time array in it (or each array of a type `is_leaf` takes), at any depth,
+  replaced by `leaf(it)` (of type `leaf_type(its type)`)."""
   t = array.type
-  target = _with_nanosecond_leaves(t, leaf_type)
+  target = _with_nanosecond_leaves(t, leaf_type, is_leaf)
   if target == t:
     return array
-  if _is_nanosecond(t):
+  if is_leaf(t):
     return leaf(array)
   if pa.types.is_dictionary(t):
-    return _map_nanosecond_leaves(array.dictionary_decode(), leaf_type, leaf)
+    return _map_nanosecond_leaves(array.dictionary_decode(), leaf_type, leaf, is_leaf)
   mask = array.is_null() if array.null_count else None
   if pa.types.is_struct(t):
-    children = [_map_nanosecond_leaves(array.field(i), leaf_type, leaf) for i in range(t.num_fields)]
+    children = [_map_nanosecond_leaves(array.field(i), leaf_type, leaf, is_leaf) for i in range(t.num_fields)]
     return pa.StructArray.from_arrays(children, fields=list(target), mask=mask)
   if pa.types.is_fixed_size_list(t):
     values = array.values.slice(array.offset * t.list_size, len(array) * t.list_size)
-    return pa.FixedSizeListArray.from_arrays(_map_nanosecond_leaves(values, leaf_type, leaf), type=target, mask=mask)
+    return pa.FixedSizeListArray.from_arrays(
+      _map_nanosecond_leaves(values, leaf_type, leaf, is_leaf), type=target, mask=mask
+    )
   offsets, first, length = _rebased(array)
   if pa.types.is_map(t):
     keys, items = (
-      _map_nanosecond_leaves(child.slice(first, length), leaf_type, leaf) for child in (array.keys, array.items)
+      _map_nanosecond_leaves(child.slice(first, length), leaf_type, leaf, is_leaf)
+      for child in (array.keys, array.items)
     )
     return pa.MapArray.from_arrays(offsets, keys, items, type=target, mask=mask)
   build = pa.LargeListArray if pa.types.is_large_list(t) else pa.ListArray
-  values = _map_nanosecond_leaves(array.values.slice(first, length), leaf_type, leaf)
+  values = _map_nanosecond_leaves(array.values.slice(first, length), leaf_type, leaf, is_leaf)
   return build.from_arrays(offsets, values, type=target, mask=mask)
 
 
-def _map_nanosecond_times(data, leaf_type, leaf):
+def _map_nanosecond_times(data, leaf_type, leaf, is_leaf=_is_nanosecond):
   """`data` (a Table, RecordBatch, Array or ChunkedArray) through `_map_nanosecond_leaves`; itself when it holds
-  no nanosecond time."""
+  no nanosecond time (no leaf `is_leaf` takes)."""
   if isinstance(data, (pa.Table, pa.RecordBatch)):
     for i, field in enumerate(data.schema):
-      target = _with_nanosecond_leaves(field.type, leaf_type)
+      target = _with_nanosecond_leaves(field.type, leaf_type, is_leaf)
       if target != field.type:
-        data = data.set_column(i, field.with_type(target), _map_nanosecond_times(data.column(i), leaf_type, leaf))
+        data = data.set_column(
+          i, field.with_type(target), _map_nanosecond_times(data.column(i), leaf_type, leaf, is_leaf)
+        )
     return data
   if isinstance(data, pa.ChunkedArray):
-    target = _with_nanosecond_leaves(data.type, leaf_type)
+    target = _with_nanosecond_leaves(data.type, leaf_type, is_leaf)
     if target == data.type:
       return data
-    return pa.chunked_array([_map_nanosecond_leaves(c, leaf_type, leaf) for c in data.chunks], target)
-  return _map_nanosecond_leaves(data, leaf_type, leaf)
+    return pa.chunked_array([_map_nanosecond_leaves(c, leaf_type, leaf, is_leaf) for c in data.chunks], target)
+  return _map_nanosecond_leaves(data, leaf_type, leaf, is_leaf)
 
 
 def exact_times(data):
@@ -609,23 +678,64 @@ def microsecond_times(data):
 
 
 def python_values(array) -> list:
-  """`array.to_pylist()`, but nanosecond times as their exact text (`exact_times`), and a time Python cannot hold
-  (a year past 9999 or before 1, which Arrow and PostgreSQL can) as Arrow's ISO text,
-  ``'10000-01-01 00:00:00.000000Z'``, where to_pylist raised."""
+  """`array.to_pylist()`, but nanosecond times as their exact text (`exact_times`), and a time, date or duration
+  Python cannot hold (a year past 9999 or before 1, which Arrow and PostgreSQL can; a duration in seconds past
+  `timedelta`'s 999999999 days) as its exact text (`time_count_text`), where to_pylist raised: at the top
+  level that value alone (the others stay datetimes, dates and timedeltas), nested in a struct, list or map
+  every value of its leaf (ISO-8601 text, as `json_safe` writes the others)."""
   array = exact_times(array)
   try:
     return array.to_pylist()
   except (OverflowError, ValueError):
-    if not (pa.types.is_timestamp(array.type) or pa.types.is_date(array.type)):
+    if _with_nanosecond_leaves(array.type, _text_type, _is_calendar) == array.type:
       raise
-  texts = array.cast(pa.string()).to_pylist()
-  values = []
-  for i, text in enumerate(texts):
+  if _is_calendar(array.type):
+    return _calendar_values(array)
+  return _map_nanosecond_times(array, _text_type, _calendar_texts, _is_calendar).to_pylist()
+
+
+def _is_calendar(t: pa.DataType) -> bool:
+  """A timestamp, date or duration whose values Python's types may not hold (past its years 1 to 9999, or
+  `timedelta`'s days); nanosecond ones are text already (`exact_times`)."""
+  return pa.types.is_timestamp(t) or pa.types.is_date(t) or pa.types.is_duration(t)
+
+
+def _text_type(t: pa.DataType) -> pa.DataType:
+  return pa.string()
+
+
+def _calendar_values(array) -> list:
+  """The Python values of a timestamp, date or duration array (or chunked array), those Python cannot hold as
+  their exact text (`time_count_text`)."""
+  counts = _counts(array)
+  values: list = []
+  for i, count in enumerate(counts):
+    if count is None:
+      values.append(None)
+      continue
     try:
       values.append(array[i].as_py())
     except (OverflowError, ValueError):
-      values.append(text)
+      values.append(time_count_text(count, array.type))
   return values
+
+
+def _counts(array) -> list:
+  """The integer counts of a timestamp, date or duration array: a date32's days, a date64's milliseconds, the
+  units of the others."""
+  return array.cast(pa.int32() if pa.types.is_date32(array.type) else pa.int64()).to_pylist()
+
+
+def _calendar_texts(array: pa.Array) -> pa.Array:
+  """A timestamp, date or duration array (a leaf nested in a struct, list or map) as text: ISO-8601, as
+  `json_safe` writes a datetime or date, a duration as `duration_text`, and where Python cannot hold a value
+  its `time_count_text`."""
+  if pa.types.is_duration(array.type):
+    counts = _counts(array)
+    texts = [None if c is None else time_count_text(c, array.type) for c in counts]
+  else:
+    texts = [v if v is None or isinstance(v, str) else v.isoformat() for v in _calendar_values(array)]
+  return pa.array(texts, pa.string())
 
 
 def rows_as_dicts(batch: pa.RecordBatch, indices: Optional[Iterable[int]] = None) -> List[dict]:

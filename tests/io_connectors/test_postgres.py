@@ -188,11 +188,11 @@ def test_times_past_year_9999_are_read_and_dead_lettered_without_a_crash(pg, adb
   assert batch.column('at').cast(pa.int64()).to_pylist() == [253402300800000000]  # the instant, exactly
   assert batch.column('day').cast(pa.int32()).to_pylist() == [3663382]  # '12000-01-01'::date - '1970-01-01'
   assert rows_as_dicts(batch) == [
-    {'id': 2, 'at': '10000-01-01 00:00:00.000000Z', 'day': '12000-01-01', 'price': '1.50'}
+    {'id': 2, 'at': '+10000-01-01T00:00:00+00:00', 'day': '+12000-01-01', 'price': '1.50'}
   ]
   (letter,) = letters.items()
   assert (letter['position'], letter['field'], letter['reason']) == ('row 1', 'price', 'invalid_type')
-  assert letter['record'] == {'id': '1', 'at': '10000-01-01 00:00:00.000000Z', 'day': '12000-01-01', 'price': 'NaN'}
+  assert letter['record'] == {'id': '1', 'at': '+10000-01-01T00:00:00+00:00', 'day': '+12000-01-01', 'price': 'NaN'}
 
 
 @pytest.mark.parametrize('adbc', [True, False], ids=['adbc', 'decoder'])

@@ -3,8 +3,17 @@
 import datetime as dt
 
 import pyarrow as pa
+import pytest
 
-from transforms.records import duration_text, exact_times, json_safe, rows_as_dicts, with_provenance
+from transforms.records import (
+  duration_text,
+  exact_times,
+  json_safe,
+  python_values,
+  rows_as_dicts,
+  time_count_text,
+  with_provenance,
+)
 
 # 2024-06-01T12:30:00.123456789Z; the same to the microsecond and to the second; before the epoch.
 _NANOS = 1_717_245_000_123_456_789
@@ -149,3 +158,140 @@ def test_nanosecond_durations_are_iso_8601_text_in_dead_letters_and_json(without
   assert rows_as_dicts(batch) == expected
   with without_pandas():
     assert rows_as_dicts(batch) == expected
+
+
+# ----- times, dates and durations Python cannot hold -----
+
+_CYCLE_DAYS = 146_097  # the days of 400 Gregorian years: the calendar repeats after them
+_PER_SECOND = {'s': 1, 'ms': 1_000, 'us': 1_000_000, 'ns': 1_000_000_000}
+_INT64 = (-(2**63), 2**63 - 1)
+_DAY_ONE = -719_162  # 0001-01-01 in days since 1970
+_DAY_PAST = 2_932_897  # 10000-01-01
+
+
+def _iso_year(year):
+  return f'{year:04d}' if 0 <= year <= 9999 else (f'+{year}' if year > 0 else f'-{-year:04d}')
+
+
+def _by_cycles(count, t):
+  """The text of a count, computed another way: Python's datetime of the same time moved by whole 400-year cycles
+  into the years 1970 to 2369, its year then moved back (the calendar repeats every 146097 days)."""
+  if pa.types.is_date(t):
+    days = count if pa.types.is_date32(t) else count // 86_400_000
+    cycles, day = divmod(days, _CYCLE_DAYS)
+    moved = dt.date(1970, 1, 1) + dt.timedelta(days=day)
+    return _iso_year(moved.year + 400 * cycles) + moved.isoformat()[4:]
+  per = _PER_SECOND[t.unit]
+  seconds, part = divmod(count, per)
+  cycles, seconds = divmod(seconds, _CYCLE_DAYS * 86_400)
+  zone = dt.timezone.utc if t.tz else None
+  moved = dt.datetime(1970, 1, 1, tzinfo=zone) + dt.timedelta(seconds=seconds, microseconds=part * 10**6 // per)
+  return _iso_year(moved.year + 400 * cycles) + moved.isoformat()[4:]
+
+
+def _counts_around(per_day):
+  """Counts of a unit (`per_day` of them a day): the ends of int64, the first and last day Python holds and the
+  days beside them, and many at random over the whole range."""
+  import random
+
+  randomly = random.Random(20240601)
+  edges = [_INT64[0], _INT64[0] + 1, _INT64[1], -1, 0, 1]
+  for day in (_DAY_ONE - 366, _DAY_ONE - 1, _DAY_ONE, _DAY_PAST - 1, _DAY_PAST, _DAY_PAST + 366):
+    edges += [day * per_day, day * per_day - 1, day * per_day + per_day // 2 + 7]
+  return edges + [randomly.randint(*_INT64) for _ in range(3000)]
+
+
+@pytest.mark.parametrize('unit', ['s', 'ms', 'us'])
+@pytest.mark.parametrize('tz', [None, 'UTC', 'Europe/Berlin'])
+def test_timestamps_python_cannot_hold_are_exact_iso_8601_with_their_year_not_arrows_text(unit, tz):
+  """python_values (every dead letter's record) wrote a timestamp past Python's years 1 to 9999 as Arrow's text,
+  which is no time at all there ('0180-08-30 2783138807826:17:36Z' for a time in seconds, '32103-01-10 ...' for
+  the largest in microseconds, year 294247). It is ISO-8601 with its year as ISO 8601 extends it ('+294247',
+  '0000' for 1 BC, '-0001' before), exact to the unit; a zoned one in UTC (+00:00). The others stay datetimes."""
+  t = pa.timestamp(unit, tz)
+  per_day = 86_400 * _PER_SECOND[unit]
+  counts = [c for c in _counts_around(per_day) if _INT64[0] <= c <= _INT64[1]]
+  values = python_values(pa.array(counts + [None], t))
+  assert values[-1] is None
+  far = 0
+  for count, value in zip(counts, values):
+    expected = _by_cycles(count, t)
+    if isinstance(value, str):
+      far += 1
+      assert value == expected == time_count_text(count, t), count
+    else:  # Python holds it: its isoformat, which the way round the cycles gives too
+      held = (value.astimezone(dt.timezone.utc) if tz else value).isoformat()
+      assert held == expected == time_count_text(count, t), count
+  assert far > 2900  # most of int64 is past Python's years, in every unit
+  suffix = '+00:00' if tz else ''
+  last = {'s': '', 'ms': '.999000', 'us': '.999999'}[unit]  # the unit before year 1: its fraction as isoformat's
+  assert python_values(pa.array([_DAY_PAST * per_day, _DAY_ONE * per_day - 1], t)) == [
+    f'+10000-01-01T00:00:00{suffix}',
+    f'0000-12-31T23:59:59{last}{suffix}',
+  ]
+
+
+def test_the_ends_of_each_timestamp_unit_read_as_the_dates_they_are():
+  ends = {
+    's': ('+292277026596-12-04T15:30:07', '-292277022657-01-27T08:29:52'),
+    'ms': ('+292278994-08-17T07:12:55.807000', '-292275055-05-16T16:47:04.192000'),
+    'us': ('+294247-01-10T04:00:54.775807', '-290308-12-21T19:59:05.224192'),
+  }
+  for unit, (last, first) in ends.items():
+    assert python_values(pa.array([_INT64[1], _INT64[0]], pa.timestamp(unit))) == [last, first]
+  # Nanoseconds reach only 1677 to 2262: their exact text (`exact_times`), to the nanosecond.
+  assert python_values(pa.array([_INT64[1], _INT64[0], None], pa.timestamp('ns', 'UTC'))) == [
+    '2262-04-11T23:47:16.854775807+00:00',
+    '1677-09-21T00:12:43.145224192+00:00',
+    None,
+  ]
+
+
+@pytest.mark.parametrize('t', [pa.date32(), pa.date64()], ids=str)
+def test_dates_python_cannot_hold_are_exact_iso_8601_with_their_year(t):
+  """A date32 or date64 past Python's years was '<value out of range: 2147483647>' (Arrow's text): no date."""
+  per_day = 1 if pa.types.is_date32(t) else 86_400_000
+  counts = _counts_around(per_day)
+  if pa.types.is_date32(t):
+    counts = [c for c in counts if -(2**31) <= c < 2**31] + [-(2**31), 2**31 - 1]
+  values = python_values(pa.array(counts, t))
+  for count, value in zip(counts, values):
+    expected = _by_cycles(count, t)
+    assert (value if isinstance(value, str) else value.isoformat()) == expected, count
+  assert python_values(pa.array([_DAY_PAST * per_day, (_DAY_ONE - 1) * per_day, (_DAY_ONE - 367) * per_day], t)) == [
+    '+10000-01-01',
+    '0000-12-31',
+    '-0001-12-31',
+  ]
+  assert python_values(pa.array([_DAY_ONE * per_day, None], t)) == [dt.date(1, 1, 1), None]
+
+
+def test_dead_letter_records_with_times_python_cannot_hold_at_any_depth_do_not_fail():
+  """Nested in a struct or a list, such a time failed rows_as_dicts (OverflowError: the dead letter was lost);
+  a duration in seconds past timedelta's days too. Each is its exact text; in a leaf holding one, the leaf's
+  other values are the ISO-8601 text json_safe writes of them."""
+  far_us = 2**62
+  batch = pa.record_batch(
+    {
+      'id': ['a', 'b'],
+      'at': pa.array([far_us, 5], pa.timestamp('us', 'UTC')),
+      'visit': pa.array(
+        [{'at': far_us, 'day': 3}, None], pa.struct([('at', pa.timestamp('us')), ('day', pa.date32())])
+      ),
+      'days': pa.array([[-(2**31), 0], []], pa.list_(pa.date32())),
+      'waits': pa.array([[2**62, 90], None], pa.list_(pa.duration('s'))),
+      'wait': pa.array([2**62, 90], pa.duration('s')),
+    }
+  )
+  far = '+148108-07-06T14:00:27.387904'
+  assert rows_as_dicts(batch) == [
+    {
+      'id': 'a',
+      'at': f'{far}+00:00',
+      'visit': {'at': far, 'day': '1970-01-04'},
+      'days': ['-5877641-06-23', '1970-01-01'],
+      'waits': ['PT4611686018427387904S', 'PT90S'],
+      'wait': 'PT4611686018427387904S',
+    },
+    {'id': 'b', 'at': '1970-01-01T00:00:00.000005+00:00', 'visit': None, 'days': [], 'waits': None, 'wait': 90.0},
+  ]
