@@ -31,8 +31,9 @@ or a REST catalog (``http(s)://...``). Warehouse / Delta root: local disk,
 ``gs://`` (STORAGE_EMULATOR_HOST, when set, points both formats at a local emulator; see docs/lake.md).
 
 Schema: a column the table lacks is added (union by name), and so is a new
-field of a struct at any depth; wider numbers (int to long, float to double)
-widen an Iceberg column (Delta cannot: `SchemaMismatchError`); a column whose
+field of a struct at any depth; wider numbers (int to long, float to double,
+a decimal's precision at its scale, decimal(5, 2) to decimal(10, 2)) widen an
+Iceberg column (Delta cannot: `SchemaMismatchError`); a column whose
 type changed incompatibly (string to int) is `SchemaMismatchError`, naming the
 table and column. So are two columns of the data that would be one column of
 the table (`check_names`: one name twice, a query's ``a.id, b.id``; in Delta,
@@ -608,18 +609,31 @@ _WIDENINGS = {
 }
 
 
-def _compatible(old: pa.DataType, new: pa.DataType) -> bool:
+def _decimal_promotion(old: pa.DataType, new: pa.DataType) -> bool:
+  """Whether `old` and `new` are decimals of one scale (their precisions may differ): Iceberg promotes
+  decimal(P, S) to decimal(P', S), P' > P, as int to long; a change of scale is a changed type."""
+  return pa.types.is_decimal(old) and pa.types.is_decimal(new) and old.scale == new.scale
+
+
+def _compatible(old: pa.DataType, new: pa.DataType, decimals: bool = True) -> bool:
+  """Whether data of type `new` may join a column of type `old`, as it is or widening it (`_evolved_type`).
+
+  decimals: a decimal of the column's scale and a smaller precision joins it as it is (Iceberg reads the file's
+  decimal(5, 2) as the column's decimal(10, 2)); False for Delta, which keeps to the stored type: only a wider
+  one passes here, for `check_schema` to refuse as a widening Delta cannot make."""
   if old.equals(new) or (old, new) in _WIDENINGS or (new, old) in _WIDENINGS:
     return True
+  if _decimal_promotion(old, new):
+    return decimals or new.precision > old.precision
   if pa.types.is_timestamp(old) and pa.types.is_timestamp(new):
     return bool(old.tz) == bool(new.tz)
   if pa.types.is_struct(old) and pa.types.is_struct(new):
     by_name = {f.name: f.type for f in old}
-    return all(f.name not in by_name or _compatible(by_name[f.name], f.type) for f in new)
+    return all(f.name not in by_name or _compatible(by_name[f.name], f.type, decimals) for f in new)
   if (pa.types.is_list(old) or pa.types.is_large_list(old)) and (pa.types.is_list(new) or pa.types.is_large_list(new)):
-    return _compatible(old.value_type, new.value_type)
+    return _compatible(old.value_type, new.value_type, decimals)
   if pa.types.is_map(old) and pa.types.is_map(new):
-    return _compatible(old.key_type, new.key_type) and _compatible(old.item_type, new.item_type)
+    return _compatible(old.key_type, new.key_type, decimals) and _compatible(old.item_type, new.item_type, decimals)
   # pyiceberg reads strings and binaries back as their large types.
   texts = (pa.types.is_string, pa.types.is_large_string)
   binaries = (pa.types.is_binary, pa.types.is_large_binary)
@@ -638,7 +652,8 @@ def _evolved_type(
   old: pa.DataType, new: pa.DataType, path: str, widened: List[Tuple[str, pa.DataType, pa.DataType]]
 ) -> Tuple[pa.DataType, bool]:
   """(the table's type of a column of type `old` once data of the compatible type `new` joins it, whether it
-  changed): the fields `new`'s structs add, at any depth, and numbers widened ((path, old, new) in `widened`)."""
+  changed): the fields `new`'s structs add, at any depth, and numbers widened ((path, old, new) in `widened`): int
+  to long, float to double, a decimal's precision grown at its scale."""
   if pa.types.is_struct(old) and pa.types.is_struct(new):
     theirs = {f.name: f for f in new}
     fields, changed = [], False
@@ -660,7 +675,7 @@ def _evolved_type(
     key, key_changed = _evolved_type(old.key_type, new.key_type, f'{path}.key', widened)
     item, item_changed = _evolved_type(old.item_type, new.item_type, f'{path}.value', widened)
     return pa.map_(old.key_field.with_type(key), old.item_field.with_type(item)), key_changed or item_changed
-  if (old, new) in _WIDENINGS:
+  if (old, new) in _WIDENINGS or (_decimal_promotion(old, new) and new.precision > old.precision):
     widened.append((path, old, new))
     return new, True
   return old, False
@@ -690,9 +705,10 @@ def check_schema(table: str, current: pa.Schema, incoming: pa.Schema, widen: boo
   """The columns `incoming` adds to `current`; SchemaMismatchError if a shared column changed type, or (unless
   `widen`: a Delta table, which delta-rs cannot widen) holds wider numbers than the table's (int64 into an
   int32 column: a reader casts the file to the table's type, and its values past int32 failed every read of
-  the table, a double past float32 read as an infinity)."""
+  the table, a double past float32 read as an infinity; a decimal(10, 2) into a decimal(5, 2) column). Delta
+  also refuses a narrower decimal than its column's (its files keep to the column's type; Iceberg promotes)."""
   by_name = {f.name: f for f in current}
-  changed = [f for f in incoming if f.name in by_name and not _compatible(by_name[f.name].type, f.type)]
+  changed = [f for f in incoming if f.name in by_name and not _compatible(by_name[f.name].type, f.type, widen)]
   if changed:
     conflict = 'the data changes the type of ' + ', '.join(
       f'{f.name}: {_shown(by_name[f.name].type)} -> {_shown(f.type)}' for f in changed
@@ -1211,7 +1227,9 @@ class _IcebergTables:
       try:
         with _transaction(table) as tx:
           if evolves:
-            # New columns, new fields of structs (at any depth), wider numbers (int to long, float to double).
+            # New columns, new fields of structs (at any depth), wider numbers (int to long, float to double,
+            # decimal(P, S) to decimal(P', S), P' > P: pyiceberg's update_column promotes them; a scale never
+            # changes here, `check_schema` refused it, where pyiceberg's own check of decimals let it pass).
             with tx.update_schema() as update:
               update.union_by_name(schema)
           if mode == 'overwrite':

@@ -92,6 +92,56 @@ def test_wider_numbers_widen_an_iceberg_column_and_a_delta_table_refuses_them_na
   assert sorted(_read(target).column('count').to_pylist()) == [1, 1, 2**40]
 
 
+def test_a_decimals_precision_grown_at_its_scale_widens_an_iceberg_column_and_a_delta_table_refuses_it(target):
+  """decimal(5, 2) -> decimal(10, 2), top-level, in a struct and in a list: the Iceberg spec promotes decimal(P, S)
+  to decimal(P', S), P' > P, and pyiceberg's schema update makes it (metadata only): the wider data commits and
+  reads back exactly, the old rows too, and narrower data joins the wider column as it is. delta-rs has no type
+  widening: SchemaMismatchError naming the table and the column, as for its other widenings, and the table as
+  it was. A change of scale is a changed type in both (pyiceberg's own check let decimal(5, 2) -> decimal(10, 3)
+  pass, which would read every old value ten times smaller). Before, both refused the precision as a changed
+  type (schema_mismatch in streaming)."""
+  import decimal
+
+  D = decimal.Decimal
+
+  def rows(values, precision, scale=2):
+    typ = pa.decimal128(precision, scale)
+    return pa.table(
+      {
+        'tenant_id': ['acme'] * len(values),
+        'price': pa.array(values, typ),
+        'order': pa.array([{'total': v} for v in values], pa.struct([('total', typ)])),
+        'parts': pa.array([[v, None] for v in values], pa.list_(typ)),
+      }
+    )
+
+  narrow_values = [D('999.99'), D('-999.99'), D('0.01')]
+  wide_values = [D('99999999.99'), D('-12345678.90')]
+  _commit(target, rows(narrow_values, 5), 'c1')
+  if target.format == 'delta':
+    with pytest.raises(tables.SchemaMismatchError) as error:
+      _commit(target, rows(wide_values, 10), 'c2')
+    message = str(error.value)
+    assert 'events' in message and 'cannot change in place' in message
+    for path in ('price', 'order.total', 'parts[]'):
+      assert f'{path}: decimal128(5, 2) -> decimal128(10, 2)' in message
+    assert _read(target).to_pylist() == rows(narrow_values, 5).to_pylist()
+    return
+  _commit(target, rows(wide_values, 10), 'c2')
+  stored = _read(target)
+  assert stored.schema.field('price').type == pa.decimal128(10, 2)
+  assert sorted(stored.column('price').to_pylist()) == sorted(narrow_values + wide_values)
+  assert sorted(o['total'] for o in stored.column('order').to_pylist()) == sorted(narrow_values + wide_values)
+  assert sorted(p[0] for p in stored.column('parts').to_pylist()) == sorted(narrow_values + wide_values)
+  # Narrower data joins the wider column as it is; a change of scale is refused, naming the column.
+  _commit(target, rows([D('1.25')], 5), 'c3')
+  assert sorted(_read(target).column('price').to_pylist()) == sorted(narrow_values + wide_values + [D('1.25')])
+  with pytest.raises(tables.SchemaMismatchError) as error:
+    _commit(target, rows([D('1.250')], 12, 3), 'c4')
+  assert 'price: decimal128(10, 2) -> decimal128(12, 3)' in str(error.value)
+  assert len(_read(target)) == 6
+
+
 def test_new_fields_of_structs_at_any_depth_join_the_table(target):
   """A struct's new field (top-level, in a list of structs, in a map's values) is added to the table's schema,
   the rows before reading null there. Before, Iceberg's commit failed (the table lacked the field) and Delta's

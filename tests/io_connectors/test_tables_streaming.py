@@ -109,6 +109,34 @@ def _letters(target):
   return [] if rows is None else sorted(rows.to_pylist(), key=lambda letter: int(letter['position'].split()[-1]))
 
 
+def test_a_window_whose_decimals_grow_in_precision_commits_to_iceberg_and_is_dead_lettered_by_delta(target):
+  """Window 0 makes `context` a decimal(5, 2) column; window 1 holds decimal(10, 2) values there. Iceberg promotes
+  decimal(P, S) to decimal(P', S), P' > P: the window commits, and every value reads back exactly, the first
+  window's too. Delta cannot widen a column: that window's rows are schema_mismatch dead letters naming the column
+  and the types, as for its other widenings. Before, both made them schema_mismatch dead letters."""
+  import decimal
+
+  D = decimal.Decimal
+  first = _pane('acme', 0, ['a1', 'a2'], [D('999.99'), D('-0.01')], pa.decimal128(5, 2), 1)
+  wider = _pane('acme', 1, ['b1'], [D('12345678.91')], pa.decimal128(10, 2), 3)
+  iceberg = target.format == 'iceberg'
+  _commit_stream(
+    target,
+    [[first], [wider]],
+    [(2, _label(0)), (1, _label(1))] if iceberg else [(2, _label(0))],
+    _offsets([first, wider]),
+  )
+  stored = _read(target, 'events')
+  if iceberg:
+    assert stored.schema.field('context').type == pa.decimal128(10, 2) and _letters(target) == []
+    assert sorted(stored.column('context').to_pylist()) == [D('-0.01'), D('999.99'), D('12345678.91')]
+    return
+  assert stored.column('context').to_pylist() == [D('999.99'), D('-0.01')]
+  (letter,) = _letters(target)
+  assert (letter['position'], letter['reason'], letter['field']) == ('offset 3', 'schema_mismatch', 'context')
+  assert 'context: decimal128(5, 2) -> decimal128(10, 2)' in letter['detail'] and '12345678' not in letter['detail']
+
+
 def test_a_refused_window_mid_stream_is_dead_lettered_and_the_windows_after_it_commit(target):
   """Window 1 makes `context` a string column; window 2's batch holds integers there (string -> int64, a type
   no table changes in place): its rows go to the dead-letter table, each with its source and position, the
