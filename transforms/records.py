@@ -80,6 +80,8 @@ __all__ = [
   'uuid_text',
   'rows_as_dicts',
   'python_values',
+  'python_rows',
+  'epoch_counts',
   'exact_times',
   'microsecond_times',
   'timestamp_text',
@@ -694,6 +696,48 @@ def python_values(array) -> list:
   return _map_nanosecond_times(array, _text_type, _calendar_texts, _is_calendar).to_pylist()
 
 
+def python_rows(data) -> List[dict]:
+  """The rows of a Table or RecordBatch as dicts of their `python_values`: `to_pylist()`, but nanosecond times as
+  their exact text and a time, date or duration Python cannot hold as its exact text (`time_count_text`), where
+  to_pylist raised (the file writers wrote no row of a batch that held one)."""
+  columns = [python_values(column) for column in data.columns]
+  names = data.schema.names
+  return [dict(zip(names, values)) for values in zip(*columns)] if names else [{} for _ in range(data.num_rows)]
+
+
+def _is_coarse_time(t: pa.DataType) -> bool:
+  """A timestamp coarser than nanoseconds, or a date: what `epoch_counts` makes counts of."""
+  return (pa.types.is_timestamp(t) and t.unit != 'ns') or pa.types.is_date(t)
+
+
+def _count_type(t: pa.DataType) -> pa.DataType:
+  return pa.int32() if pa.types.is_date(t) else pa.int64()
+
+
+def _epoch_count_leaf(array: pa.Array) -> pa.Array:
+  """A timestamp array (not nanoseconds) as int64 microseconds since the epoch, a date array as int32 days."""
+  if pa.types.is_timestamp(array.type):
+    return array.cast(pa.timestamp('us', array.type.tz)).cast(pa.int64())  # ArrowInvalid past int64's microseconds
+  if pa.types.is_date32(array.type):
+    return array.cast(pa.int32())
+  millis, nulls = _nanosecond_counts(array)  # a date64's milliseconds: floor, a day before 1970 is that day
+  return pa.array(np.floor_divide(millis, _MS_PER_DAY), pa.int64(), mask=nulls).cast(pa.int32())
+
+
+def epoch_counts(data):
+  """`data` (a Table, RecordBatch, Array or ChunkedArray) with its timestamps coarser than nanoseconds, at any
+  depth, as int64 microseconds since 1970-01-01T00:00:00 UTC (a zoneless one's wall clock read as UTC, as Arrow
+  stores it) and its dates as int32 days since 1970-01-01; `data` itself when it holds none.
+
+  The counts Avro's ``timestamp-micros`` and ``date`` and TFRecord's int64
+  features hold, exact for every value Arrow holds, where Python's datetime
+  stops at its years 1 to 9999 (`to_pylist` raised). A timestamp in seconds or
+  milliseconds beyond int64's microseconds (years -290308 to 294247), a date64
+  beyond int32's days, is an ArrowInvalid: no such count holds it.
+  """
+  return _map_nanosecond_times(data, _count_type, _epoch_count_leaf, _is_coarse_time)
+
+
 def _is_calendar(t: pa.DataType) -> bool:
   """A timestamp, date or duration whose values Python's types may not hold (past its years 1 to 9999, or
   `timedelta`'s days); nanosecond ones are text already (`exact_times`)."""
@@ -743,10 +787,7 @@ def rows_as_dicts(batch: pa.RecordBatch, indices: Optional[Iterable[int]] = None
   out of Python's range as text, see `python_values`)."""
   if indices is not None:
     batch = batch.take(pa.array(list(indices), type=pa.int64()))
-  batch = strip_internal(batch)
-  columns = [python_values(column) for column in batch.columns]
-  names = batch.schema.names
-  return [{name: json_safe(values[i]) for name, values in zip(names, columns)} for i in range(batch.num_rows)]
+  return [{name: json_safe(value) for name, value in row.items()} for row in python_rows(strip_internal(batch))]
 
 
 def typed_outputs(outputs):

@@ -54,7 +54,15 @@ from apache_beam.transforms.window import GlobalWindows
 from io_connectors._common.times import epoch_count, epoch_nanos_of_text
 from io_connectors.sinks._commit import LOCK_NAME, LakeCommitError, OutputLock, OutputLockedError, local_path, store_for
 from io_connectors.sinks._avro import avro_file_bytes
-from transforms.records import TENANT_COLUMN, exact_times, json_safe, strip_internal, with_provenance
+from transforms.records import (
+  TENANT_COLUMN,
+  epoch_counts,
+  json_safe,
+  python_rows,
+  python_values,
+  strip_internal,
+  with_provenance,
+)
 from transforms.schema import conform
 
 __all__ = [
@@ -122,10 +130,12 @@ def parquet_bytes(table: pa.Table, compression: Union[str, Dict[str, str]] = 'sn
 
 
 def _jsonl_bytes(table: pa.Table) -> bytes:
-  """JSON Lines of the table's rows (`json_safe`); nanosecond times with all their digits (`exact_times`)."""
+  """JSON Lines of the table's rows (`json_safe`); nanosecond times with all their digits, and a time or date
+  Python cannot hold (a year past 9999 or before 1) as its exact ISO-8601 text, ``'+12000-01-01'``
+  (`python_rows`)."""
   return b''.join(
     json.dumps(json_safe(row), ensure_ascii=False, sort_keys=False).encode('utf-8') + b'\n'
-    for row in exact_times(table).to_pylist()
+    for row in python_rows(table)
   )
 
 
@@ -263,7 +273,9 @@ def example_bytes(row: dict, schema: pa.Schema) -> bytes:
   UInt64 as digits, doubles as float32 (`_float32_bytes`), times of day as text. A null scalar is an empty
   feature. `row`: a row of `exact_times`' table, so that nanosecond times are their exact text (a
   `datetime.time` has six fraction digits; without pandas, pyarrow gives no Python value of a timestamp with
-  nine).
+  nine); the writer's rows are `python_rows` of `_int64_times`' table: other timestamps their int64
+  microseconds, and a date or nested time Python cannot hold its exact text (``'+12000-01-01'``), as a date's
+  is its ISO text.
 
   A nanosecond timestamp column keeps its last three digits in a companion
   int64 feature ``<name>__nanos`` (`NANOS_SUFFIX`), one value (0 to 999) per
@@ -311,7 +323,7 @@ def with_null_masks(examples: Sequence[bytes], batch: pa.RecordBatch, where: str
     # Most lists hold no null: those columns cost one count (inner lists are JSON, with no mask).
     if not _is_list(f.type) or _is_list(f.type.value_type) or pc.list_flatten(column).null_count == 0:
       continue
-    for row, value in enumerate(exact_times(column).to_pylist()):
+    for row, value in enumerate(python_values(column)):  # a year Python cannot hold raised in to_pylist
       mask = _null_mask(value, f.type)
       if mask is not None:
         examples[row] = _with_entries(examples[row], [_entry(f.name + NULL_MASK_SUFFIX, _feature(mask, 'int64'))])
@@ -406,9 +418,33 @@ def _tfrecord_bytes(table: pa.Table) -> bytes:
 
   _check_companions(table.schema)
   sink = io.BytesIO()
-  for row in exact_times(table).to_pylist():
+  for row in python_rows(_int64_times(table)):
     _TFRecordUtil.write_record(sink, example_bytes(row, table.schema))
   return sink.getvalue()
+
+
+def _int64_times(table: pa.Table) -> pa.Table:
+  """`table` with each timestamp column an int64 feature holds (a timestamp or a list of them; not nanoseconds,
+  `exact_times`' text) as its int64 microseconds (`epoch_counts`), which `example_bytes` writes as they are.
+
+  Through Python's datetime a time past its years 1 to 9999, which Arrow
+  holds, raised and no row of the batch was written; the count holds it
+  exactly. One in seconds or milliseconds past int64's microseconds (years
+  -290308 to 294247) has no such count: a ValueError naming the column.
+  """
+  for i, f in enumerate(table.schema):
+    t = f.type.value_type if _is_list(f.type) else f.type
+    if not pa.types.is_timestamp(t) or t.unit == 'ns':
+      continue
+    try:
+      column = epoch_counts(table.column(i))
+    except pa.ArrowInvalid:
+      raise ValueError(
+        f'tfrecord output: the timestamp column {f.name!r} holds a time past the years -290308 to 294247, which '
+        'an int64 feature of microseconds cannot hold; write --output_format jsonl'
+      ) from None
+    table = table.set_column(i, f.with_type(column.type), column)
+  return table
 
 
 _WRITERS: Dict[str, Callable[[pa.Table], bytes]] = {
