@@ -111,7 +111,7 @@ from pipelines import runners
 from transforms.entities import epoch_millis
 from transforms.pii.pseudonyms import is_email_address, pseudonymise
 from transforms.pii.suppression import record_in_shared_list, record_suppressed, suppression_tokens
-from transforms.records import exact_times, json_safe
+from transforms.records import json_safe, python_rows
 from transforms.tenant import check_tenant_id
 from transforms.pii.keys import MasterKey
 
@@ -446,7 +446,8 @@ def _split_parquet(data: bytes, matcher: SubjectMatcher) -> Split:
   if table is None:
     table = pq.read_table(pa.BufferReader(data))
   kept = table.filter(pc.invert(hit))
-  removed = exact_times(table.filter(hit)).to_pylist()  # nanosecond times with all their digits, pandas or not
+  # Nanosecond times with all their digits, and a time or date Python cannot hold (year 12000) as its exact text.
+  removed = python_rows(table.filter(hit))
   return parquet_bytes(kept, _parquet_codecs(data)), [json_safe(r) for r in removed], kept.num_rows
 
 

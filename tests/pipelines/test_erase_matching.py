@@ -641,3 +641,17 @@ def test_a_lake_table_row_holding_a_subject_s_integer_id_is_deleted(fmt, tmp_pat
   handle = committer.load('events')
   left = handle.scan().to_arrow() if fmt == 'iceberg' else handle.to_pyarrow_table()
   assert sorted(left.column('event_id').to_pylist()) == ['e4']  # another tenant's 12345 is another person
+
+
+def test_an_erased_row_holding_a_date_python_cannot_hold_is_removed_and_reported():
+  """pyarrow's to_pylist raised on a year past 9999 (Parquet holds it): the erasure of such a file failed."""
+  table = pa.table(
+    {
+      'user_id': ['u1', 'u2'],
+      'release': pa.array([3_700_000, 0], pa.date32()),  # year 12100, 1970
+      'seen': pa.array([400_000_000_000, 0], pa.timestamp('s', tz='UTC')),
+    }
+  )
+  rewritten, removed, kept = split_file('part-0.parquet', parquet_bytes(table), SubjectMatcher(['u1']))
+  assert kept == 1 and pq.read_table(io.BytesIO(rewritten)).column('user_id').to_pylist() == ['u2']
+  assert removed == [{'user_id': 'u1', 'release': '+12100-04-04', 'seen': '+14645-06-30T15:06:40+00:00'}]
