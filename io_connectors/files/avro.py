@@ -291,6 +291,68 @@ def _readable(f):
   return f if readable is header else _ReadableHeader(f, readable)
 
 
+# Logical types whose values fastavro makes Python dates and datetimes, which stop at the years 1 to 9999.
+_CALENDAR_LOGICAL_TYPES = frozenset(
+  ('date', 'timestamp-millis', 'timestamp-micros', 'local-timestamp-millis', 'local-timestamp-micros')
+)
+
+
+def _without_calendar_types(schema):
+  """`schema` (a writer's, as fastavro gives it) without the logical types of `_CALENDAR_LOGICAL_TYPES`: read
+  with it, such values are their int or long counts (days, milliseconds, microseconds since 1970)."""
+  if isinstance(schema, list):
+    return [_without_calendar_types(s) for s in schema]
+  if not isinstance(schema, dict):
+    return schema
+  return {
+    k: _without_calendar_types(v)
+    for k, v in schema.items()
+    if not (k == 'logicalType' and v in _CALENDAR_LOGICAL_TYPES)
+  }
+
+
+# fastavro's names (type-logical type) of `_CALENDAR_LOGICAL_TYPES` in its table of logical readers.
+_CALENDAR_READERS = ('int-date', 'long-timestamp-millis', 'long-timestamp-micros')
+_CALENDAR_READERS += ('long-local-timestamp-millis', 'long-local-timestamp-micros')
+
+
+def _register_plain_calendar_reads():
+  """Makes fastavro give a date's or time's count when the reader's schema asks for the plain int or long (Avro's
+  schema resolution): it converted by the writer's logical type whatever the reader asked. Idempotent."""
+  from fastavro.read import LOGICAL_READERS
+
+  def plain_when_asked(convert):
+    def read(value, writer_schema=None, reader_schema=None):
+      if reader_schema is not None and (not isinstance(reader_schema, dict) or 'logicalType' not in reader_schema):
+        return value
+      return convert(value, writer_schema, reader_schema)
+
+    read.plain_when_asked = True
+    return read
+
+  for name in _CALENDAR_READERS:
+    convert = LOGICAL_READERS.get(name)
+    if convert is not None and not getattr(convert, 'plain_when_asked', False):
+      LOGICAL_READERS[name] = plain_when_asked(convert)
+
+
+def _block_with_raw_times(f, offset: int, schema):
+  """(block, its records) of the block at `offset`, read with `_without_calendar_types`, or None when it cannot
+  be read so either. For a block fastavro's conversion of a date or time refused (a year past 9999: Arrow,
+  Java and Spark hold them); the declared Arrow columns (`_avro_type`) take the counts as they are."""
+  from fastavro import block_reader
+
+  _register_plain_calendar_reads()
+  try:
+    f.seek(0)
+    blocks = block_reader(f, reader_schema=_without_calendar_types(schema))
+    f.seek(offset)
+    block = next(blocks)
+    return block, list(block)
+  except Exception:
+    return None
+
+
 def read_avro(rng: Range, options: AvroOptions):
   from fastavro import block_reader
 
@@ -338,6 +400,20 @@ def read_avro(rng: Range, options: AvroOptions):
       except StopIteration:
         break
       except Exception as e:
+        raw = _block_with_raw_times(f, next_block, schema) if isinstance(e, (OverflowError, ValueError)) else None
+        if raw is not None:
+          # A date or time past Python's years 1 to 9999 (a long Avro holds): the block read again, those
+          # values as their counts, which the columns' Arrow types take as they are.
+          block, records = raw
+          f.seek(0)
+          blocks = block_reader(f)  # a generator that raised is over
+          next_block = block.offset + block.size
+          f.seek(next_block)
+          pending.extend(records)
+          row += len(records)
+          if len(pending) >= options.batch_size:
+            yield from flush()
+          continue
         if pending:
           yield from flush()
         # Only the damaged block is set aside: reading stopped at it, and its rest of the range (most of a

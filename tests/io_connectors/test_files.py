@@ -1564,6 +1564,38 @@ def test_avro_decimals_wider_than_38_digits_are_read_exactly(tmp_path):
   assert [r[2]['widest'] for r in result.rows()] == [str(widest), None]
 
 
+def test_avro_dates_and_times_past_year_9999_are_read_exactly(tmp_path):
+  """fastavro makes a date or timestamp a Python date or datetime, which stop at year 9999: a file holding a later
+  one (Java, Spark and the lake's own writer write them) was a corrupt_file dead letter, its block's records lost."""
+  schema = {
+    'type': 'record',
+    'name': 'Release',
+    'fields': [
+      {'name': 'id', 'type': 'string'},
+      {'name': 'day', 'type': {'type': 'int', 'logicalType': 'date'}},
+      {'name': 'at', 'type': ['null', {'type': 'long', 'logicalType': 'timestamp-micros'}]},
+      {'name': 'at_ms', 'type': {'type': 'long', 'logicalType': 'timestamp-millis'}},
+    ],
+  }
+  year_12100_days, far_micros = 3_700_000, 400_000_000_000 * 1_000_000
+  records = [
+    {'id': 'a', 'day': 0, 'at': 5, 'at_ms': 7},  # a block Python can hold, before and after the far one
+    {'id': 'b', 'day': year_12100_days, 'at': far_micros, 'at_ms': -400_000_000_000_000},
+    {'id': 'c', 'day': -1, 'at': None, 'at_ms': 0},
+  ]
+  path = str(tmp_path / 'far.avro')
+  with open(path, 'wb') as f:
+    fastavro.writer(f, fastavro.parse_schema(schema), records, sync_interval=1)  # a block per record
+  result = read(tmp_path, ReadFromAvro(path))
+  assert result.dead_letters == []
+  table = result.table.sort_by('id')
+  assert table.column('id').to_pylist() == ['a', 'b', 'c']
+  assert table.schema.field('day').type == pa.date32()
+  assert table.column('day').cast(pa.int32()).to_pylist() == [0, year_12100_days, -1]
+  assert table.column('at').cast(pa.int64()).to_pylist() == [5, far_micros, None]
+  assert table.column('at_ms').cast(pa.int64()).to_pylist() == [7, -400_000_000_000_000, 0]
+
+
 def _snappy_avro(path, records, monkeypatch):
   """An Avro file in the snappy codec, as Spark writes by default (fastavro's writer wants cramjam for it:
   pyarrow's snappy instead, with the block's CRC32 as the spec has it)."""
