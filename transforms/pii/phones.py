@@ -54,6 +54,19 @@ only the others. On text such as ``+1 +1 +1 ...`` (a one-digit candidate
 every three characters, each parsed and refused in every region: ~1.4 s per
 100 KB) it tries nothing. See `PhoneCandidates` for why what it finds is
 what the matcher finds, in findings of that many digits.
+
+In the live candidates, `PhoneCandidates.matches` parses only what it must
+(`_CandidateMatcher._passes`): a piece written with '+' and a known country
+code parses to the same number in every region, so it is parsed once per
+text, not once per region (text of many such candidates, ``+1234567
++1234567 ...``, took ~3 s per 100 KB); a plain piece no reading of whose
+digits can be valid in a region (the reasoning above, for one piece) is not
+parsed in it; any other piece is parsed once per region and text however
+often it recurs. A candidate none of whose pieces can pass is skipped with
+the tries the matcher would have counted for it. What it finds, the tries it
+counts and whether it gives up are the matcher's: tests/transforms/
+test_pii_phones.py compares them with libphonenumber's own parse of every
+piece, in many regions and leniencies.
 """
 
 from __future__ import annotations
@@ -61,7 +74,7 @@ from __future__ import annotations
 import bisect
 import functools
 import re
-from typing import List, Optional, Sequence, Set
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import phonenumbers
 from phonenumbers import PhoneNumber
@@ -83,6 +96,7 @@ if hasattr(phonenumbers, 'enable_pattern_cache'):
 # A candidate holding anything but ASCII digits and the matcher's punctuation
 # ('x' and '~' excluded) is not reasoned about: every region is kept.
 _NOT_PLAIN = re.compile('[^' + _util._VALID_PUNCTUATION + '0-9]|[xX~\uff5e]')
+_NOT_PLAIN_BUT_PLUS = re.compile('[^' + _util._VALID_PUNCTUATION + _util._PLUS_CHARS + '0-9]|[xX~\uff5e]')
 _GROUP = re.compile(r'[0-9]+')
 # Leniency VALID: the level from which the matcher validates numbers (presidio's default).
 _VALID = _matcher.Leniency.VALID
@@ -284,17 +298,17 @@ class _Region:
 
   def may_match(self, pieces: Set[str]) -> bool:
     """Whether the matcher of this region could report a number among `pieces` (`_pieces`)."""
-    for digits in pieces:
-      idd = self.idd.match(digits) if self.idd is not None else None
-      if idd is not None and not digits.startswith('0', idd.end()):
-        # An international prefix (`_parse_prefix_as_idd`): any country code
-        # can follow, unless too few digits do (parse raises).
-        if len(digits) - idd.end() > _util._MIN_LENGTH_FOR_NSN:
-          return True
-        continue
-      if len(digits) + self.growth >= self.min_length and self.may_be_valid(digits):
-        return True
-    return False
+    return any(self.piece_may_match(digits) for digits in pieces)
+
+  def piece_may_match(self, digits: str) -> bool:
+    """Whether the matcher of this region could report a plain piece whose digits are `digits` (at least two)."""
+    idd = self.idd.match(digits) if self.idd is not None else None
+    if idd is not None and not digits.startswith('0', idd.end()):
+      # An international prefix (`_parse_prefix_as_idd`): read as '+' and the
+      # digits after it (parse raises when too few digits follow).
+      after = digits[idd.end() :]
+      return len(after) > _util._MIN_LENGTH_FOR_NSN and may_be_valid_international(after)
+    return len(digits) + self.growth >= self.min_length and self.may_be_valid(digits)
 
 
 @functools.lru_cache(maxsize=None)
@@ -360,6 +374,9 @@ def regions_that_may_match(text: str, regions: Sequence[str], leniency: int = _V
 
 # The matcher's digits: its candidate pattern's \d (the `re` module's, every Unicode decimal digit).
 _DIGIT = re.compile(r'\d')
+# The plus signs parse reads an international number by.
+_PLUS = re.compile('[' + _util._PLUS_CHARS + ']')
+_UNKNOWN = object()
 
 
 class PhoneCandidates:
@@ -386,13 +403,19 @@ class PhoneCandidates:
   it gave up all the same (`gave_up`).
   """
 
-  __slots__ = ('text', 'starts', 'ends', 'next_live', 'min_digits')
+  __slots__ = ('text', 'starts', 'ends', 'next_live', 'min_digits', '_international', '_walks', '_recorder', '_pieces')
 
   def __init__(self, text: str, min_digits: int):
     if not 1 <= min_digits <= 20:
       raise ValueError(f'min_digits must be within [1, 20], got {min_digits}')
     self.text = text
     self.min_digits = min_digits
+    # (piece, leniency) -> whether the piece, parsed as an international number, passes the leniency's
+    # checks; None when parse needs a region to read it (`international_verdict`).
+    self._international: Dict[Tuple[str, int], Optional[bool]] = {}
+    self._walks: Dict[Tuple[int, str], _Walk] = {}  # (offset, candidate) -> `walk`
+    self._recorder: Optional[_Recorder] = None
+    self._pieces: Dict[str, _Piece] = {}  # `piece`
     self.starts: List[int] = []
     self.ends: List[int] = []
     live = []
@@ -425,12 +448,105 @@ class PhoneCandidates:
     """`PhoneNumberMatcher(text, region, leniency)` trying only the live candidates (iterate it for matches)."""
     return _CandidateMatcher(self, region, leniency)
 
+  def walk(self, candidate: str, offset: int) -> '_Walk':
+    """The pieces the matcher parses in `candidate` (at `offset`) when it finds none, and the tries it counts.
+
+    The same in every region: which pieces `_extract_match` parses, and in
+    which order, depends only on the text and on what parsing them found.
+    Read once per candidate and text, by the matcher's own `_extract_match`
+    with a parse that finds nothing (`_Recorder`).
+    """
+    key = (offset, candidate)
+    walk = self._walks.get(key)
+    if walk is None:
+      if self._recorder is None:
+        self._recorder = _Recorder(self.text)
+      walk = self._walks[key] = _Walk(*self._recorder.walk(candidate, offset, self.piece))
+    return walk
+
+  def piece(self, text: str) -> '_Piece':
+    """`text`, a piece the matcher parses, with what `_CandidateMatcher._passes` reads of it (once per text)."""
+    piece = self._pieces.get(text)
+    if piece is None:
+      piece = self._pieces[text] = _piece(text)
+    return piece
+
+  def international_verdict(self, piece: str, leniency: int, matcher) -> Optional[bool]:
+    """Whether `piece` parses to a number passing `leniency`'s checks, the same in every region; None when
+    parse reads it differently in some (it is then parsed in each).
+
+    parse with no region succeeds only for a number written with a plus sign
+    and a known country code (`_check_region_for_parsing`; an unknown code is
+    read again without the plus, in the region's format). Such a number is
+    read before any region is looked at: the plus comes before the region's
+    international prefix (`_maybe_strip_i18n_prefix_and_normalize`), and
+    from there on parse uses the metadata of the number's country code. So
+    parse gives the same number in every region, and the checks of every
+    leniency (`_verify`) read only that number and the piece. Asked once per
+    piece and text, not once per region: on text of many such numbers, each
+    was parsed and validated in each of the regions.
+    """
+    key = (piece, leniency)
+    verdict = self._international.get(key, _UNKNOWN)
+    if verdict is _UNKNOWN:
+      try:
+        number = phonenumbers.parse(piece, None, keep_raw_input=True)
+      except phonenumbers.NumberParseException as e:
+        # Without a region parse refuses a number it would read in a region's format, and an unknown country
+        # code (INVALID_COUNTRY_CODE); any other refusal comes on the same path in every region.
+        verdict = None if e.error_type == phonenumbers.NumberParseException.INVALID_COUNTRY_CODE else False
+      else:
+        verdict = bool(_matcher._verify(leniency, number, piece, matcher))
+      self._international[key] = verdict
+    return verdict
+
 
 def _trimmed(match) -> str:
   """The candidate of a match of the matcher's pattern, cut at a second number's start (as `_find` cuts it)."""
   candidate = match.group()
   cut = _matcher._SECOND_NUMBER_START_PATTERN.search(candidate)
   return candidate[: cut.start()] if cut else candidate
+
+
+class _Piece(NamedTuple):
+  """A piece the matcher parses, with what `_CandidateMatcher._passes` reads of it."""
+
+  text: str
+  plus: bool  # it holds a plus sign
+  digits: Optional[str]  # its digits when it is plain but perhaps for plus signs (ASCII digits only); else None
+
+
+def _piece(text: str) -> _Piece:
+  plus = _PLUS.search(text) is not None
+  plain = (_NOT_PLAIN_BUT_PLUS if plus else _NOT_PLAIN).search(text) is None
+  return _Piece(text, plus, ''.join(_GROUP.findall(text)) if plain else None)
+
+
+class _Walk(NamedTuple):
+  """What the matcher does with a candidate in which it finds nothing (`PhoneCandidates.walk`)."""
+
+  pieces: Tuple[_Piece, ...]  # in the order the matcher parses them
+  tries: int  # the tries the matcher counts among them (its `_extract_inner_match`)
+
+
+class _Recorder(phonenumbers.PhoneNumberMatcher):
+  """The matcher's `_extract_match` over one text with a parse that finds nothing and records what it is asked."""
+
+  _UNLIMITED = 1 << 62
+
+  def __init__(self, text: str):
+    super().__init__(text, None, leniency=_VALID)
+    self._asked: List[str] = []
+
+  def _parse_and_verify(self, candidate, offset):
+    self._asked.append(candidate)
+    return None
+
+  def walk(self, candidate: str, offset: int, piece: Callable[[str], _Piece]) -> Tuple[Tuple[_Piece, ...], int]:
+    self._asked = []
+    self._max_tries = self._UNLIMITED
+    self._extract_match(candidate, offset)
+    return tuple(piece(asked) for asked in self._asked), self._UNLIMITED - self._max_tries
 
 
 class _CandidateMatcher(phonenumbers.PhoneNumberMatcher):
@@ -440,6 +556,69 @@ class _CandidateMatcher(phonenumbers.PhoneNumberMatcher):
     super().__init__(candidates.text, region, leniency=leniency)
     self._candidates = candidates
     self.gave_up = False  # it stopped at its limit of tries with a live candidate left
+    # The region's rules for plain pieces (leniency VALID or stricter; None: every plain piece is parsed).
+    self._rules = _region(region) if leniency >= _VALID else None
+    self._verdicts: Dict[str, bool] = {}  # piece -> `_passes`
+
+  def _passes(self, piece: _Piece) -> bool:
+    """Whether `parse(piece, region)` passes the leniency's checks (`_verify`); when not, the matcher's
+    `_parse_and_verify` returns None whatever the text around the piece.
+
+    Parsed once per piece, region and text (pieces recur: a number's groups,
+    a repeated id), and not at all where the outcome is known:
+
+    - a piece with a plus sign that parse reads without a region: parsed
+      once per text for every region (`PhoneCandidates.international_verdict`);
+    - otherwise parse reads its digits in the region's format: the digits of
+      a plain piece, or of a piece plain but for plus signs (parse ignores a
+      plus after the start; after an unknown country code it reads the
+      digits after the plus with the region's international prefix or
+      country code, or not at all: some of the readings of those digits as a
+      plain piece). False where no such reading can pass the checks in this
+      region (`_Region.piece_may_match`, the reasoning of
+      `regions_that_may_match` for one piece), or with fewer digits than a
+      number has (parse raises in every region: `_is_viable_phone_number`).
+    """
+    verdict = self._verdicts.get(piece.text)
+    if verdict is None:
+      verdict = self._verdicts[piece.text] = self._judge(piece)
+    return verdict
+
+  def _judge(self, piece: _Piece) -> bool:
+    digits = piece.digits
+    if digits is not None and len(digits) < _util._MIN_LENGTH_FOR_NSN:
+      return False
+    if piece.plus:
+      verdict = self._candidates.international_verdict(piece.text, self.leniency, self)
+      if verdict is not None:
+        return verdict
+    if digits is not None and self._rules is not None and not self._rules.piece_may_match(digits):
+      return False
+    try:
+      number = phonenumbers.parse(piece.text, self.preferred_region, keep_raw_input=True)
+    except phonenumbers.NumberParseException:
+      return False
+    return bool(_matcher._verify(self.leniency, number, piece.text, self))
+
+  def _parse_and_verify(self, candidate: str, offset: int):
+    if not self._passes(self._candidates.piece(candidate)):
+      return None
+    return super()._parse_and_verify(candidate, offset)
+
+  def _extract_match(self, candidate: str, offset: int):
+    """The matcher's own, or None at once when no piece it would parse passes (`_passes`).
+
+    Then it counts the tries the matcher counts (`PhoneCandidates.walk`);
+    only when it has more tries left than that, so that the matcher too
+    would parse them all.
+    """
+    # A number is most often the whole candidate: no walk is read for it.
+    if not self._passes(self._candidates.piece(candidate)):
+      walk = self._candidates.walk(candidate, offset)
+      if self._max_tries > walk.tries and not any(self._passes(piece) for piece in walk.pieces):
+        self._max_tries -= walk.tries
+        return None
+    return super()._extract_match(candidate, offset)
 
   def _find(self, index: int):
     found = self._candidates
