@@ -21,6 +21,7 @@ and logged once per type and worker, without the text.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import json
 import logging
@@ -299,12 +300,23 @@ _WHOLE_IPV4_PY = regex.compile(_WHOLE_IPV4)
 
 
 def _resolve_overlaps(findings: List[Tuple[int, int, str, float]]) -> List[Tuple[int, int, str, float]]:
-  """Non-overlapping findings: highest score first, then the longest span."""
-  kept = []
+  """Non-overlapping findings: highest score first, then the longest span.
+
+  A finding is kept when it overlaps none kept before it (start < k_end and
+  k_start < end). The kept spans, in (start, end) order, have ends in the
+  same order (two that do not overlap cannot nest), so of those starting
+  before `end` the last one reaches furthest: one bisection instead of a
+  look at each kept span (a text of 25,000 addresses took 30 s).
+  """
+  kept: List[Tuple[int, int, str, float]] = []
+  spans: List[Tuple[int, int]] = []  # of `kept`, in order
   for finding in sorted(findings, key=lambda f: (-f[3], -(f[1] - f[0]), f[0])):
     start, end = finding[0], finding[1]
-    if all(end <= k[0] or start >= k[1] for k in kept):
-      kept.append(finding)
+    at = bisect.bisect_left(spans, (end,))  # the spans starting before `end` are spans[:at]
+    if at and spans[at - 1][1] > start:
+      continue
+    spans.insert(bisect.bisect_left(spans, (start, end)), (start, end))
+    kept.append(finding)
   return sorted(kept)
 
 
