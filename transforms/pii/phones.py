@@ -376,7 +376,6 @@ def regions_that_may_match(text: str, regions: Sequence[str], leniency: int = _V
 _DIGIT = re.compile(r'\d')
 # The plus signs parse reads an international number by.
 _PLUS = re.compile('[' + _util._PLUS_CHARS + ']')
-_UNKNOWN = object()
 
 
 class PhoneCandidates:
@@ -487,17 +486,18 @@ class PhoneCandidates:
     was parsed and validated in each of the regions.
     """
     key = (piece, leniency)
-    verdict = self._international.get(key, _UNKNOWN)
-    if verdict is _UNKNOWN:
-      try:
-        number = phonenumbers.parse(piece, None, keep_raw_input=True)
-      except phonenumbers.NumberParseException as e:
-        # Without a region parse refuses a number it would read in a region's format, and an unknown country
-        # code (INVALID_COUNTRY_CODE); any other refusal comes on the same path in every region.
-        verdict = None if e.error_type == phonenumbers.NumberParseException.INVALID_COUNTRY_CODE else False
-      else:
-        verdict = bool(_matcher._verify(leniency, number, piece, matcher))
-      self._international[key] = verdict
+    if key in self._international:
+      return self._international[key]
+    verdict: Optional[bool]
+    try:
+      number = phonenumbers.parse(piece, None, keep_raw_input=True)
+    except phonenumbers.NumberParseException as e:
+      # Without a region parse refuses a number it would read in a region's format, and an unknown country
+      # code (INVALID_COUNTRY_CODE); any other refusal comes on the same path in every region.
+      verdict = None if e.error_type == phonenumbers.NumberParseException.INVALID_COUNTRY_CODE else False
+    else:
+      verdict = bool(_matcher._verify(leniency, number, piece, matcher))
+    self._international[key] = verdict
     return verdict
 
 

@@ -819,8 +819,9 @@ def build_recognizers() -> Dict[str, Any]:
       each distinct match validated once (`::1 ::1 ...`)."""
       from presidio_analyzer import pattern_recognizer
 
-      results, verdicts = [], {}
-      for pattern in self.patterns:
+      results = []
+      verdicts: Dict[str, bool] = {}
+      for pattern in self.patterns:  # type: ignore[has-type]  # our own copies (`_raise_timeouts`)
         for match in pattern.compiled_regex.finditer(text, timeout=pattern_recognizer.REGEX_TIMEOUT_SECONDS):
           start, end = match.span()
           if start == end:
