@@ -23,9 +23,10 @@ Why this is exact (leniency VALID or stricter, as presidio uses):
    (without 'x' and '~', which can mark extensions or carrier codes) has no
    plus sign, no extension and no letters: parsed with default region R, a
    piece's country code is R's, unless R's international prefix starts its
-   digits with more than two digits after it (then R is kept). Its national
-   significant number is then one of a few strings, computed with the
-   library's own national-prefix stripping
+   digits; then parse reads the digits after it as it reads '+' and them
+   (R is kept unless `may_be_valid_international` says they cannot be a
+   valid number). Otherwise its national significant number is one of a
+   few strings, computed with the library's own national-prefix stripping
    (`_maybe_strip_national_prefix_carrier_code`) on both branches of every
    condition parse applies there.
 3. R is dropped only when none of those numbers can pass the library's
