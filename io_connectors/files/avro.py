@@ -395,25 +395,22 @@ def read_avro(rng: Range, options: AvroOptions):
 
     while next_block < end:
       try:
-        block = next(blocks)
-        records = list(block)
-      except StopIteration:
-        break
-      except Exception as e:
-        raw = _block_with_raw_times(f, next_block, schema) if isinstance(e, (OverflowError, ValueError)) else None
-        if raw is not None:
+        try:
+          block = next(blocks)
+          records = list(block)
+        except (OverflowError, ValueError):
           # A date or time past Python's years 1 to 9999 (a long Avro holds): the block read again, those
-          # values as their counts, which the columns' Arrow types take as they are.
+          # values as their counts, which the columns' Arrow types take as they are; else a damaged block.
+          raw = _block_with_raw_times(f, next_block, schema)
+          if raw is None:
+            raise
           block, records = raw
           f.seek(0)
           blocks = block_reader(f)  # a generator that raised is over
-          next_block = block.offset + block.size
-          f.seek(next_block)
-          pending.extend(records)
-          row += len(records)
-          if len(pending) >= options.batch_size:
-            yield from flush()
-          continue
+          f.seek(block.offset + block.size)
+      except StopIteration:
+        break
+      except Exception as e:
         if pending:
           yield from flush()
         # Only the damaged block is set aside: reading stopped at it, and its rest of the range (most of a
