@@ -47,7 +47,7 @@ import decimal
 import json
 import math
 import re
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -81,6 +81,7 @@ __all__ = [
   'rows_as_dicts',
   'python_values',
   'python_rows',
+  'columns_as_epoch_counts',
   'epoch_counts',
   'exact_times',
   'microsecond_times',
@@ -736,6 +737,33 @@ def epoch_counts(data):
   beyond int32's days, is an ArrowInvalid: no such count holds it.
   """
   return _map_nanosecond_times(data, _count_type, _epoch_count_leaf, _is_coarse_time)
+
+
+def columns_as_epoch_counts(
+  table: pa.Table, output_format: str, counts_type: str, counted: Callable[[pa.Field], bool]
+) -> pa.Table:
+  """`table` with the columns `counted` picks as their `epoch_counts`, for a writer whose format holds times and
+  dates as counts (Avro, TFRecord), which its encoder then writes as they are.
+
+  Through Python's datetime a date or time past its years 1 to 9999, which
+  Arrow holds, raised and no row of the batch was written; its count holds it
+  exactly. A value no count holds (`epoch_counts`) is a ValueError naming the
+  output format, the column and the way out; `counts_type` names what cannot
+  hold it.
+  """
+  for i, f in enumerate(table.schema):
+    if not counted(f):
+      continue
+    try:
+      column = epoch_counts(table.column(i))
+    except pa.ArrowInvalid:
+      raise ValueError(
+        f'{output_format} output: the column {f.name!r} holds a time or date past the years -290308 to 294247 '
+        f"(a date64: past int32's days), which {counts_type} cannot hold; write --output_format jsonl"
+      ) from None
+    if column.type != f.type:
+      table = table.set_column(i, f.with_type(column.type), column)
+  return table
 
 
 def _is_calendar(t: pa.DataType) -> bool:

@@ -3,7 +3,7 @@
 Every Arrow type gets an Avro type: maps as maps (string keys), decimals
 (and unsigned 64-bit integers, which a long cannot hold) as the decimal
 logical type, times and dates as their logical types (timestamps and dates
-written as their counts, `_counted`: exact for a year past 9999 or before 1,
+written as their counts, `records.columns_as_epoch_counts`: exact for a year past 9999 or before 1,
 which Python's datetime cannot hold), dictionary columns as
 their values; what Avro has no type for (durations, intervals,
 maps with other keys) is written as text, as the JSON Lines sink writes it.
@@ -44,7 +44,7 @@ from io_connectors._common.times import (
   nanos_of_day,
   register_avro_nanosecond_timestamps,
 )
-from transforms.records import epoch_counts, json_text, python_rows
+from transforms.records import columns_as_epoch_counts, json_text, python_rows
 
 __all__ = [
   'UnwritableCodec',
@@ -75,7 +75,7 @@ def _avro_name(name: str, taken: Set[str]) -> str:
 
 
 def _as_utc(moment):
-  # A count (`_counted`) is written as it is.
+  # A count (`columns_as_epoch_counts`) is written as it is.
   return moment if isinstance(moment, int) else moment.replace(tzinfo=dt.timezone.utc)
 
 
@@ -197,7 +197,12 @@ def avro_file_bytes(table: pa.Table) -> bytes:
   """An Avro container file (deflate) of the table's rows."""
   register_avro_nanosecond_timestamps()
   schema, convert_row = _schema_and_row_converter(table.schema)
-  rows = python_rows(_counted(table))
+  # Times and dates as the counts their logical types hold (timestamp-micros, date), past Python's years too;
+  # a map whose keys are not text is JSON text, where a time is its ISO-8601 text.
+  counted = columns_as_epoch_counts(
+    table, 'avro', "Avro's timestamp-micros or date", lambda f: not _has_text_map(f.type)
+  )
+  rows = python_rows(counted)
   if convert_row is not None:
     rows = [convert_row(row) for row in rows]
   return avro_container_bytes(schema, rows, 'deflate')
@@ -210,34 +215,6 @@ def _has_text_map(t: pa.DataType) -> bool:
   if pa.types.is_dictionary(t):
     return _has_text_map(t.value_type)
   return any(_has_text_map(t.field(i).type) for i in range(t.num_fields))
-
-
-def _counted(table: pa.Table) -> pa.Table:
-  """`table` with its timestamps (not nanoseconds: `exact_times`' text) and dates as the counts their Avro logical
-  types hold (`epoch_counts`: microseconds for ``timestamp-micros``, days for ``date``), which fastavro writes as
-  they are.
-
-  Through Python's datetime a date or time past its years 1 to 9999, which
-  Arrow holds, raised and no row of the batch was written; its count holds it
-  exactly, as any Avro reader reads it. A column holding a map whose keys are
-  not text keeps its values (that map is JSON text, where a time is its
-  ISO-8601 text). A time in seconds or milliseconds past int64's microseconds
-  (years -290308 to 294247), a date64 past int32's days, has no such count: a
-  ValueError naming the column.
-  """
-  for i, f in enumerate(table.schema):
-    if _has_text_map(f.type):
-      continue
-    try:
-      column = epoch_counts(table.column(i))
-    except pa.ArrowInvalid:
-      raise ValueError(
-        f'avro output: the column {f.name!r} holds a time or date past the years -290308 to 294247 (a date64: '
-        "past int32's days), which Avro's timestamp-micros or date cannot hold; write --output_format jsonl"
-      ) from None
-    if column.type != f.type:
-      table = table.set_column(i, f.with_type(column.type), column)
-  return table
 
 
 _SYNC_SIZE = 16  # bytes of an Avro sync marker

@@ -56,7 +56,7 @@ from io_connectors.sinks._commit import LOCK_NAME, LakeCommitError, OutputLock, 
 from io_connectors.sinks._avro import avro_file_bytes
 from transforms.records import (
   TENANT_COLUMN,
-  epoch_counts,
+  columns_as_epoch_counts,
   json_safe,
   python_rows,
   python_values,
@@ -273,7 +273,7 @@ def example_bytes(row: dict, schema: pa.Schema) -> bytes:
   UInt64 as digits, doubles as float32 (`_float32_bytes`), times of day as text. A null scalar is an empty
   feature. `row`: a row of `exact_times`' table, so that nanosecond times are their exact text (a
   `datetime.time` has six fraction digits; without pandas, pyarrow gives no Python value of a timestamp with
-  nine); the writer's rows are `python_rows` of `_int64_times`' table: other timestamps their int64
+  nine); the writer's rows are `python_rows` of `columns_as_epoch_counts`' table: other timestamps their int64
   microseconds, and a date or nested time Python cannot hold its exact text (``'+12000-01-01'``), as a date's
   is its ISO text.
 
@@ -418,33 +418,18 @@ def _tfrecord_bytes(table: pa.Table) -> bytes:
 
   _check_companions(table.schema)
   sink = io.BytesIO()
-  for row in python_rows(_int64_times(table)):
+  for row in python_rows(
+    columns_as_epoch_counts(table, 'tfrecord', 'an int64 feature of microseconds', _is_coarse_timestamp)
+  ):
     _TFRecordUtil.write_record(sink, example_bytes(row, table.schema))
   return sink.getvalue()
 
 
-def _int64_times(table: pa.Table) -> pa.Table:
-  """`table` with each timestamp column an int64 feature holds (a timestamp or a list of them; not nanoseconds,
-  `exact_times`' text) as its int64 microseconds (`epoch_counts`), which `example_bytes` writes as they are.
-
-  Through Python's datetime a time past its years 1 to 9999, which Arrow
-  holds, raised and no row of the batch was written; the count holds it
-  exactly. One in seconds or milliseconds past int64's microseconds (years
-  -290308 to 294247) has no such count: a ValueError naming the column.
-  """
-  for i, f in enumerate(table.schema):
-    t = f.type.value_type if _is_list(f.type) else f.type
-    if not pa.types.is_timestamp(t) or t.unit == 'ns':
-      continue
-    try:
-      column = epoch_counts(table.column(i))
-    except pa.ArrowInvalid:
-      raise ValueError(
-        f'tfrecord output: the timestamp column {f.name!r} holds a time past the years -290308 to 294247, which '
-        'an int64 feature of microseconds cannot hold; write --output_format jsonl'
-      ) from None
-    table = table.set_column(i, f.with_type(column.type), column)
-  return table
+def _is_coarse_timestamp(f: pa.Field) -> bool:
+  """A timestamp column (or a list of them) an int64 feature holds as microseconds; nanoseconds are
+  `exact_times`' text."""
+  t = f.type.value_type if _is_list(f.type) else f.type
+  return pa.types.is_timestamp(t) and t.unit != 'ns'
 
 
 _WRITERS: Dict[str, Callable[[pa.Table], bytes]] = {
