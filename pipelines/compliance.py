@@ -111,7 +111,7 @@ from pipelines import runners
 from transforms.entities import epoch_millis
 from transforms.pii.pseudonyms import is_email_address, pseudonymise
 from transforms.pii.suppression import record_in_shared_list, record_suppressed, suppression_tokens
-from transforms.records import json_safe, python_rows
+from transforms.records import is_text_or_bytes, json_safe, python_rows
 from transforms.tenant import check_tenant_id
 from transforms.pii.keys import MasterKey
 
@@ -384,10 +384,7 @@ def _may_hold_text(t: pa.DataType, integers: bool = False) -> bool:
   if integers and (pa.types.is_integer(t) or (pa.types.is_decimal(t) and t.scale == 0)):
     return True
   return (
-    pa.types.is_string(t)
-    or pa.types.is_large_string(t)
-    or pa.types.is_binary(t)
-    or pa.types.is_large_binary(t)
+    is_text_or_bytes(t)
     or pa.types.is_struct(t)
     or pa.types.is_list(t)
     or pa.types.is_large_list(t)

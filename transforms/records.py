@@ -81,6 +81,7 @@ __all__ = [
   'rows_as_dicts',
   'python_values',
   'python_rows',
+  'is_text_or_bytes',
   'columns_as_epoch_counts',
   'epoch_counts',
   'exact_times',
@@ -737,6 +738,11 @@ def epoch_counts(data):
   beyond int32's days, is an ArrowInvalid: no such count holds it.
   """
   return _map_nanosecond_times(data, _count_type, _epoch_count_leaf, _is_coarse_time)
+
+
+def is_text_or_bytes(t: pa.DataType) -> bool:
+  """A string or binary type (32- or 64-bit offsets): values compute's sorts, hashes and matches take as they are."""
+  return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t)
 
 
 def columns_as_epoch_counts(
