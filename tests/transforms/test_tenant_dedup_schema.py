@@ -5,13 +5,14 @@ import decimal
 import random
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from transforms import schema as schema_mod
-from transforms.dedup import Deduplicate, dedup_table, shard_of
+from transforms.dedup import _HASH_TABLE, _TABLE_WIDTH, Deduplicate, _stable_order, dedup_table, shard_of
 from transforms.records import with_provenance
 from transforms.tenant import AssignDeadLetterTenant, TagTenant, check_tenant_id, tag_batch
 
@@ -134,6 +135,63 @@ def test_shards_are_stable_and_spread():
   mixed_lengths = pa.concat_arrays([same_length, pa.array(['longer key'])])
   assert shard_of(same_length, 97).tolist() == shard_of(mixed_lengths, 97).tolist()[:-1]
   assert shard_of(same_length.slice(7, 100), 97).tolist() == shard_of(same_length, 97).tolist()[7:107]
+
+
+def _tabulation_shard(key, num_shards):
+  """shard_of spelled out one key at a time: the definition the vectorised paths must match."""
+  data = (key or '').encode('utf-8')
+  value = len(data) * 0x9E3779B97F4A7C15 % 2**64
+  for position, byte in enumerate(data):
+    value ^= int(_HASH_TABLE[position % _TABLE_WIDTH, byte])
+  return value % num_shards
+
+
+def _hostile_keys(rng, width):
+  """Keys all `width` bytes long (the matrix path) of ASCII and multi-byte text, with nulls and empty keys."""
+  alphabet = 'abcXYZ019-_ é€😀'
+  keys = []
+  while len(keys) < 300:
+    text = ''.join(rng.choice(alphabet) for _ in range(width))
+    encoded = text.encode('utf-8')[:width]
+    if len(encoded) == width and encoded.decode('utf-8', errors='ignore').encode('utf-8') == encoded:
+      keys.append(encoded.decode('utf-8'))
+  for at in rng.sample(range(len(keys)), 20):
+    keys[at] = rng.choice([None, ''])
+  return keys
+
+
+@pytest.mark.parametrize('width', [1, 2, 3, 35, 36, 63, 64, 65, 66, 129, 300])
+def test_shards_of_keys_of_one_length_are_those_of_the_hash_key_by_key(width):
+  rng = random.Random(width)
+  keys = _hostile_keys(rng, width)
+  expected = [_tabulation_shard(k, 1009) for k in keys]
+  assert shard_of(pa.array(keys), 1009).tolist() == expected
+  assert shard_of(pa.array(keys, pa.large_string()), 1009).tolist() == expected
+  assert shard_of(pa.array(keys).slice(13, 200), 1009).tolist() == expected[13:213]
+  assert shard_of(pa.array(keys).dictionary_encode(), 1009).tolist() == expected
+  # Of mixed lengths (the per-byte path): the same values.
+  mixed = keys + ['k' * (width + 1)]
+  assert shard_of(pa.array(mixed), 1009).tolist() == expected + [_tabulation_shard(mixed[-1], 1009)]
+
+
+def test_shards_of_keys_without_bytes_and_of_numbers():
+  for keys in ([], [None], [''], [None, '', None]):
+    assert shard_of(pa.array(keys, pa.string()), 7).tolist() == [_tabulation_shard(k, 7) for k in keys]
+  numbers = [12, None, 345, 67, 8]
+  assert shard_of(pa.array(numbers), 7).tolist() == [
+    _tabulation_shard(None if n is None else str(n), 7) for n in numbers
+  ]
+
+
+@pytest.mark.parametrize('top', [3, 2**16 - 1, 2**16, 2**40])
+def test_routing_order_is_a_stable_sort_of_the_groups(top):
+  rng = np.random.default_rng(top)
+  group = np.concatenate([rng.integers(0, 4, 500), rng.integers(0, top + 1, 500), [top]])
+  assert _stable_order(group).tolist() == np.argsort(group, kind='stable').tolist()
+  assert _stable_order(group[:0]).tolist() == []
+  # Negative numbers (a tenant code of a null tenant read as a float) keep the plain sort.
+  with_negative = np.concatenate([group, [-1, -(2**40)]])
+  assert _stable_order(with_negative).tolist() == np.argsort(with_negative, kind='stable').tolist()
 
 
 def test_dedup_keeps_first_copy_by_source_and_row():
