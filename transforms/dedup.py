@@ -95,6 +95,18 @@ def shard_of(keys: pa.Array, num_shards: int) -> np.ndarray:
     hashes[nonempty] ^= _matrix_hashes(data[offsets[0] : offsets[-1]].reshape(len(widths), width))
   elif total:
     starts = offsets[:-1]
+    key_rows = np.flatnonzero(nonempty)
+    by_length = _stable_order(widths)
+    sorted_widths = widths[by_length]
+    cuts = np.flatnonzero(np.diff(sorted_widths)) + 1
+    if len(widths) >= _KEYS_PER_LENGTH * (len(cuts) + 1):
+      # Keys of a few lengths (ids of a few digit counts): each length's keys a matrix as above (15 -> 5 ms
+      # per 64k keys `evt-<up to 9 digits>`, measured).
+      bounds = [0, *cuts.tolist(), len(widths)]
+      for first, end in zip(bounds[:-1], bounds[1:]):
+        rows = key_rows[by_length[first:end]]
+        hashes[rows] ^= _gathered_hashes(data, starts[rows], int(sorted_widths[first]))
+      return (hashes % np.uint64(num_shards)).astype(np.int64)
     position_in_key = np.arange(total, dtype=np.int64) - np.repeat(starts - offsets[0], lengths)
     byte_values = data[offsets[0] : offsets[-1]]
     mixed = _HASH_TABLE[position_in_key % _TABLE_WIDTH, byte_values]
@@ -114,6 +126,23 @@ def _pair_table(pair: int) -> np.ndarray:
     first, second = _HASH_TABLE[2 * pair], _HASH_TABLE[2 * pair + 1]
     table = _PAIR_TABLES[pair] = (second[:, np.newaxis] ^ first[np.newaxis, :]).reshape(-1)
   return table
+
+
+# Below this many keys per length, gathering each length's keys costs more than hashing byte by byte
+# (1,000 keys of 5 lengths: 0.17 vs 0.08 ms, measured).
+_KEYS_PER_LENGTH = 256
+# Bytes of keys gathered into one matrix at a time: its index array is 8 bytes a byte.
+_GATHER_BYTES = 1 << 20
+
+
+def _gathered_hashes(data: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
+  """`_matrix_hashes` of the keys of `width` bytes that start at `starts` in `data`."""
+  hashes = np.empty(len(starts), dtype=np.uint64)
+  step = max(1, _GATHER_BYTES // width)
+  for at in range(0, len(starts), step):
+    chunk = starts[at : at + step].astype(np.intp)
+    hashes[at : at + step] = _matrix_hashes(data[chunk[:, np.newaxis] + np.arange(width)])
+  return hashes
 
 
 def _matrix_hashes(block: np.ndarray) -> np.ndarray:

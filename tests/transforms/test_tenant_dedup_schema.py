@@ -11,6 +11,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from transforms import dedup as dedup_mod
 from transforms import schema as schema_mod
 from transforms.dedup import _HASH_TABLE, _TABLE_WIDTH, Deduplicate, _stable_order, dedup_table, shard_of
 from transforms.records import with_provenance
@@ -172,6 +173,21 @@ def test_shards_of_keys_of_one_length_are_those_of_the_hash_key_by_key(width):
   # Of mixed lengths (the per-byte path): the same values.
   mixed = keys + ['k' * (width + 1)]
   assert shard_of(pa.array(mixed), 1009).tolist() == expected + [_tabulation_shard(mixed[-1], 1009)]
+
+
+@pytest.mark.parametrize('keys_per_length', [1, 10**9], ids=['gathered by length', 'byte by byte'])
+@pytest.mark.parametrize('gather_bytes', [1, 100, 1 << 20])
+def test_shards_of_keys_of_several_lengths_are_those_of_the_hash_key_by_key(keys_per_length, gather_bytes, monkeypatch):
+  monkeypatch.setattr(dedup_mod, '_KEYS_PER_LENGTH', keys_per_length)
+  monkeypatch.setattr(dedup_mod, '_GATHER_BYTES', gather_bytes)
+  rng = random.Random(gather_bytes)
+  keys = [k for width in (1, 2, 7, 36, 64, 65, 130) for k in _hostile_keys(rng, width)[:60]]
+  keys += [f'evt-{i}' for i in range(0, 10**6, 997)]
+  rng.shuffle(keys)
+  expected = [_tabulation_shard(k, 1009) for k in keys]
+  assert shard_of(pa.array(keys), 1009).tolist() == expected
+  assert shard_of(pa.array(keys).slice(5, 300), 1009).tolist() == expected[5:305]
+  assert shard_of(pa.array(keys, pa.large_string()).slice(1), 1009).tolist() == expected[1:]
 
 
 def test_shards_of_keys_without_bytes_and_of_numbers():
