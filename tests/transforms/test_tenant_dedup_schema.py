@@ -190,6 +190,15 @@ def test_shards_of_keys_of_several_lengths_are_those_of_the_hash_key_by_key(keys
   assert shard_of(pa.array(keys, pa.large_string()).slice(1), 1009).tolist() == expected[1:]
 
 
+@pytest.mark.parametrize('keys', [[f'abc{i:03d}' for i in range(600)], [f'ab{i}' for i in range(3000)]], ids=len)
+def test_shards_of_keys_whose_bytes_start_past_the_buffer_start_at_an_odd_byte(keys):
+  """An array whose first offset is 1 (a shape Arrow allows without a slice): its 16-bit pairs are unaligned."""
+  data = b'Z' + ''.join(keys).encode()
+  offsets = np.concatenate(([1], 1 + np.cumsum([len(k) for k in keys]))).astype(np.int32)
+  array = pa.StringArray.from_buffers(len(keys), pa.py_buffer(offsets.tobytes()), pa.py_buffer(data))
+  assert shard_of(array, 1009).tolist() == [_tabulation_shard(k, 1009) for k in keys]
+
+
 def test_shards_of_keys_without_bytes_and_of_numbers():
   for keys in ([], [None], [''], [None, '', None]):
     assert shard_of(pa.array(keys, pa.string()), 7).tolist() == [_tabulation_shard(k, 7) for k in keys]
