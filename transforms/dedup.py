@@ -59,6 +59,7 @@ from transforms.records import (
   ROW_COLUMN,
   SOURCE_COLUMN,
   TENANT_COLUMN,
+  is_text_or_bytes,
   json_safe,
   python_values,
   source_part,
@@ -245,15 +246,7 @@ def _ties(columns: typing.Dict[str, pa.Array]) -> bool:
 
 
 def _sortable(t: pa.DataType) -> bool:
-  return (
-    pa.types.is_primitive(t)
-    or pa.types.is_string(t)
-    or pa.types.is_large_string(t)
-    or pa.types.is_binary(t)
-    or pa.types.is_large_binary(t)
-    or pa.types.is_fixed_size_binary(t)
-    or pa.types.is_decimal(t)
-  )
+  return pa.types.is_primitive(t) or is_text_or_bytes(t) or pa.types.is_fixed_size_binary(t) or pa.types.is_decimal(t)
 
 
 def _value_columns(table: pa.Table, rows: pa.Array, key_field: str) -> typing.Dict[str, pa.Array]:
