@@ -1588,6 +1588,65 @@ def test_identifiers_of_interleaved_tenants_each_take_their_tenants_pseudonym(ke
     assert _pseudonymise_by_tenant(pa.array(values), column, key).to_pylist() == want
 
 
+def _hostile_identifiers(rng, n):
+  """Identifier values as users' data has them: ids, padded copies, emails in any case, digits, non-ASCII, long."""
+  shapes = [
+    lambda: f'u{rng.randrange(40)}',
+    lambda: f'  u{rng.randrange(40)} ',
+    lambda: rng.choice(['Ann@Example.org', 'ann@example.org', ' ANN@EXAMPLE.ORG', 'bob+x@mail.example.co.uk']),
+    lambda: str(rng.randrange(10**15, 10**16)),
+    lambda: rng.choice(['0', '007', '', ' ', '\t']),
+    lambda: rng.choice(['Zoë', 'Łukasz@exämple.pl', '用户-42', 'ユーザー\u3000', '\U0001f3b5-fan']),
+    lambda: 'x' * rng.randrange(200, 3000),
+    lambda: f'{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}',
+  ]
+  return [None if rng.random() < 0.1 else rng.choice(shapes)() for _ in range(n)]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize('seed', range(6))
+def test_pseudonymising_many_tenants_at_once_equals_pseudonymising_each_tenants_rows(key, seed):
+  """`pseudonymise_by_key` (each distinct (tenant, value) pair hashed once) gives every row what `pseudonymise`
+  gives it under its tenant's key alone, on hostile values (padded, any case, non-ASCII, long, digits), of any
+  string type, sliced, with rows of no tenant (-1) or of a tenant without a key (null), and empty."""
+  from transforms.pii.batch import _pseudonymise_by_tenant
+  from transforms.pii.pseudonyms import pseudonymise_by_key
+
+  rng = random.Random(seed)
+  n = rng.choice([0, 1, 7, 300, 2000])
+  names = ['acme', 'beta', 'kaze-7', 'nord_01', 'ünï']
+  keys = [key.tenant_key(t) for t in names] + [None]
+  values = _hostile_identifiers(rng, n + 5)
+  key_of_row = np.array([rng.randrange(-1, len(keys)) for _ in range(n)], dtype=np.int64)
+  for array in (
+    pa.array(values, pa.string()).slice(3, n),
+    pa.array(values, pa.large_string()).slice(5, n),
+    pa.array(values, pa.string()).dictionary_encode().slice(2, n),
+  ):
+    want = [None] * n
+    for k, tenant_key in enumerate(keys):
+      rows = np.flatnonzero(key_of_row == k)
+      if tenant_key is not None and len(rows):
+        for row, digest in zip(rows.tolist(), pseudonymise(array.take(pa.array(rows)), tenant_key).to_pylist()):
+          want[row] = digest
+    got = pseudonymise_by_key(array, key_of_row, keys)
+    assert got.type == pa.string() and got.to_pylist() == want
+    tenants = pa.array([names[k] if 0 <= k < len(names) else None for k in key_of_row.tolist()], pa.string())
+    by_tenant = _pseudonymise_by_tenant(array, tenants, key).to_pylist()
+    assert by_tenant == [w if k < len(names) else None for w, k in zip(want, key_of_row.tolist())]
+
+
+@pytest.mark.unit
+def test_pseudonymising_many_tenants_at_once_hashes_numbers_as_their_text(key):
+  from transforms.pii.pseudonyms import pseudonymise_by_key
+
+  values = pa.array([7, None, 12345678901, 7, -3])
+  keys = [key.tenant_key('acme'), key.tenant_key('beta')]
+  got = pseudonymise_by_key(values, np.array([0, 1, 1, 1, -1]), keys).to_pylist()
+  assert got == [pseudonym('7', keys[0]), None, pseudonym('12345678901', keys[1]), pseudonym('7', keys[1]), None]
+  assert pseudonymise_by_key(pa.array([None, None], pa.string()), np.array([0, 1]), keys).to_pylist() == [None] * 2
+
+
 # The recognizers whose patterns presidio's PatternRecognizer runs (with its timeout).
 PATTERN_ENTITIES = (
   'EMAIL_ADDRESS',

@@ -31,7 +31,7 @@ from transforms.entities import (
 )
 from transforms.json_values import ObjectPairs, dumps_pairs, loads, loads_pairs, repeated_inside
 from transforms.pii.keys import MasterKey
-from transforms.pii.pseudonyms import pseudonymise, pseudonymiser
+from transforms.pii.pseudonyms import pseudonymise, pseudonymise_by_key, pseudonymiser
 from transforms.pii.recognizers import (
   is_identifier_number,
   is_placeholder,
@@ -431,29 +431,33 @@ def _row_label(batch: pa.RecordBatch, row: int) -> str:
   return ' '.join(where) if where else f'batch row {row}'
 
 
-def _pseudonymise_by_tenant(values: pa.Array, tenants: pa.Array, master_key: MasterKey) -> pa.Array:
+def _tenant_codes(tenants: pa.Array) -> Tuple[List[str], np.ndarray]:
+  """(tenant names, each row's index in them, -1 where null) of a batch's tenant column."""
   if pa.types.is_dictionary(tenants.type):
     encoded = tenants
   else:
     encoded = pc.dictionary_encode(tenants if _is_string_type(tenants.type) else tenants.cast(pa.string()))
   tenant_names = encoded.dictionary.cast(pa.string()).to_pylist()
-  tenant_of_row = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)  # -1: no tenant, no pseudonym
+  return tenant_names, encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+
+
+def _pseudonymise_by_tenant(
+  values: pa.Array, tenants: pa.Array, master_key: MasterKey, codes: Optional[Tuple[List[str], np.ndarray]] = None
+) -> pa.Array:
+  """`values` pseudonymised under each row's tenant's key; null where the tenant is.
+
+  codes: `_tenant_codes(tenants)`, when the caller has them (a batch's identifier columns share them).
+  """
+  tenant_names, tenant_of_row = codes if codes is not None else _tenant_codes(tenants)
   used = np.unique(tenant_of_row)
   if len(used) == 1 and used[0] >= 0:  # the usual case: one tenant per batch
     return pseudonymise(values, master_key.tenant_key(tenant_names[int(used[0])]))
-  # Each tenant's rows pseudonymised under its key, then put back in place with one take: a masked replace
-  # per tenant copied the whole column each time.
-  order = np.argsort(tenant_of_row, kind='stable')
-  parts = []
-  for rows in np.split(order, np.flatnonzero(np.diff(tenant_of_row[order])) + 1):
-    tenant = int(tenant_of_row[rows[0]])
-    if tenant < 0:
-      parts.append(pa.nulls(len(rows), pa.string()))
-    else:
-      parts.append(pseudonymise(values.take(pa.array(rows)), master_key.tenant_key(tenant_names[tenant])))
-  place = np.empty(len(order), dtype=np.int64)
-  place[order] = np.arange(len(order))
-  return pa.concat_arrays(parts).take(pa.array(place))
+  # Each (tenant, value) pair hashed once, put back in place with one take: a masked replace per tenant copied
+  # the whole column each time, and a split per tenant took, encoded and concatenated the strings per tenant.
+  keys: List[Optional[bytes]] = [None] * len(tenant_names)
+  for t in used[used >= 0].tolist():
+    keys[t] = master_key.tenant_key(tenant_names[t])
+  return pseudonymise_by_key(values, tenant_of_row, keys)
 
 
 def redact_batch(
@@ -480,7 +484,7 @@ def redact_batch(
   actions = column_actions(batch.schema, model, tenant_column, scan_undeclared)
   rules = field_rules(model)
   columns = list(batch.columns)
-  tenants = None
+  tenants = tenant_codes = None
   for i, name in enumerate(names):
     action = actions[name]
     values = columns[i]
@@ -501,7 +505,8 @@ def redact_batch(
             f'cannot pseudonymise identifiers: {tenant_column!r} is null at '
             f'{_row_label(batch, first)} (TagTenant must run before RedactPII)'
           )
-      columns[i] = _restore_type(_pseudonymise_by_tenant(values, tenants, master_key), values.type)
+        tenant_codes = _tenant_codes(tenants)
+      columns[i] = _restore_type(_pseudonymise_by_tenant(values, tenants, master_key, tenant_codes), values.type)
       counts[f'PSEUDONYMISED:{name}'] += present
     elif action == DROP:
       columns[i] = None
