@@ -589,3 +589,48 @@ def test_known_spotify_uris_skip_the_scan_but_a_users_link_does_not(scanner):
   from transforms.pii.batch import KNOWN_URI_PATTERN
 
   assert all(re.match(KNOWN_URI_PATTERN, uri) for uri in known)
+
+
+def _uri_like_texts(rng, n, distinct):
+  """Texts a declared plain-string column may hold: known URIs, their near misses (a user's link, another host,
+  a different case, a trailing space, non-ASCII), ids, notes and nulls; `distinct` of them, repeated to `n`."""
+  base62 = '0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'
+  ident = lambda k=22: ''.join(rng.choice(base62) for _ in range(k))
+  shapes = [
+    lambda: f'spotify:{rng.choice(["track", "album", "playlist", "show", "user", "Track"])}:{ident()}',
+    lambda: f'spotify:track:{ident(rng.choice([21, 22, 23]))}',
+    lambda: f'https://open.spotify.com/{rng.choice(["track", "intl-de/album", "user", "v1/tracks"])}/{ident()}',
+    lambda: f'https://api.spotify.com/v1/{rng.choice(["artists", "users"])}/{ident()}?cid={rng.randrange(9**9):x}',
+    lambda: f'https://i.scdn.co/image/{ident(40)}',
+    lambda: f'https://example.com/p/{rng.randrange(10**7)}',
+    lambda: f'HTTPS://open.spotify.com/track/{ident()}',
+    lambda: f' spotify:track:{ident()}',
+    lambda: f'spotify:track:{ident()} ',
+    lambda: f'https://open.spotify.com/track/{ident()}é',
+    lambda: f'spotify:track:{ident()}\nspotify:track:{ident()}',
+    lambda: f'call me on +44 20 7946 {rng.randrange(10**4):04d}',
+    lambda: rng.choice(['', 'ios', 'spotify:', 'https://', 'ünïcode ✓']),
+    lambda: None,
+  ]
+  pool = [rng.choice(shapes)() for _ in range(distinct)]
+  return [rng.choice(pool) for _ in range(n)]
+
+
+@pytest.mark.parametrize('n, distinct', [(0, 1), (70, 50), (3000, 3000), (20000, 400), (20000, 20000)])
+def test_known_uris_prefiltered_equal_the_regex_over_every_cell(n, distinct):
+  """`_known_uris` (a prefix test, then the regex on the cells that pass, on their distinct values when many)
+  flags exactly the cells KNOWN_URI_PATTERN matches, of any text type, sliced, with nulls."""
+  import random
+
+  from transforms.pii.batch import KNOWN_URI_PATTERN, _known_uris
+
+  rng = random.Random(n + distinct)
+  texts = _uri_like_texts(rng, n + 3, distinct)
+  for values in (
+    pa.array(texts, pa.string()).slice(3),
+    pa.array(texts, pa.large_string()).slice(1, n),
+    pa.array(texts, pa.string()).dictionary_encode().slice(2, n),
+  ):
+    plain = values.cast(values.type.value_type) if pa.types.is_dictionary(values.type) else values
+    want = pc.match_substring_regex(plain, KNOWN_URI_PATTERN).fill_null(False).to_numpy(zero_copy_only=False)
+    assert _known_uris(values).tolist() == want.tolist()

@@ -43,6 +43,7 @@ from transforms.pii.scanner import (
   SCANNED_INT,
   WHOLE_FLOAT_MAX,
   TextScanner,
+  _REPEATS_MIN_CELLS,
   _is_string_type,
   _is_text_type,
   context_word,
@@ -441,6 +442,38 @@ def _tenant_codes(tenants: pa.Array) -> Tuple[List[str], np.ndarray]:
   return tenant_names, encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
 
 
+# What every KNOWN_URI_PATTERN match starts with.
+_KNOWN_URI_STARTS = ('spotify:', 'https://')
+
+
+def _known_uris(values: pa.Array) -> np.ndarray:
+  """Rows of a text column whose value is a URI of a known scheme (KNOWN_URI_PATTERN).
+
+  Only values starting as one can match: the regex runs on those alone (a
+  column of ids or notes costs a prefix test, 0.8 ms, instead of 2.2 ms of
+  regex per 54k rows, measured), and on their distinct values: catalogue URIs
+  recur (a column of context URIs: 1.9 ms instead of 5.4; were they all
+  distinct, the encoding would add ~1.3 ms).
+  """
+  plain = values.cast(values.type.value_type) if pa.types.is_dictionary(values.type) else values
+  known = np.zeros(len(plain), dtype=bool)
+  for start in _KNOWN_URI_STARTS:
+    known |= pc.starts_with(plain, start).fill_null(False).to_numpy(zero_copy_only=False)
+  rows = np.flatnonzero(known)
+  if not len(rows):
+    return known
+  at = slice(None) if len(rows) * 2 > len(plain) else rows  # most rows: no take
+  texts = plain if isinstance(at, slice) else plain.take(pa.array(rows))
+  if len(texts) >= _REPEATS_MIN_CELLS:
+    encoded = pc.dictionary_encode(texts)
+    per_entry = pc.match_substring_regex(encoded.dictionary, KNOWN_URI_PATTERN).to_numpy(zero_copy_only=False)
+    matched = per_entry[encoded.indices.fill_null(0).to_numpy(zero_copy_only=False)]
+  else:
+    matched = pc.match_substring_regex(texts, KNOWN_URI_PATTERN).fill_null(False).to_numpy(zero_copy_only=False)
+  known[at] &= matched  # null cells were not known to start with a scheme, and stay unknown
+  return known
+
+
 def _pseudonymise_by_tenant(
   values: pa.Array, tenants: pa.Array, master_key: MasterKey, codes: Optional[Tuple[List[str], np.ndarray]] = None
 ) -> pa.Array:
@@ -519,14 +552,7 @@ def redact_batch(
       skip = None
       if name in rules and _is_text_type(values.type) and len(values) > _SMALL_BATCH:
         # Declared plain strings: URIs of a known scheme are not scanned.
-        skip = (
-          pc.match_substring_regex(
-            values if not pa.types.is_dictionary(values.type) else values.cast(values.type.value_type),
-            KNOWN_URI_PATTERN,
-          )
-          .fill_null(False)
-          .to_numpy(zero_copy_only=False)
-        )
+        skip = _known_uris(values)
       columns[i] = _scan_values(values, scanner, counts, name, skip=skip)
   # Undeclared column names are scanned as their values are (a headerless CSV's first row).
   new_names = scanner.redact_names(names, counts) if scan_undeclared else names
