@@ -634,3 +634,27 @@ def test_known_uris_prefiltered_equal_the_regex_over_every_cell(n, distinct):
     plain = values.cast(values.type.value_type) if pa.types.is_dictionary(values.type) else values
     want = pc.match_substring_regex(plain, KNOWN_URI_PATTERN).fill_null(False).to_numpy(zero_copy_only=False)
     assert _known_uris(values).tolist() == want.tolist()
+
+
+@pytest.mark.parametrize('seed', range(4))
+def test_whole_numbers_are_the_cells_the_digits_regex_matches(seed):
+  """`_whole_numbers` (`ascii_is_decimal`) flags exactly what `^[0-9]+$` does: not other scripts' digits, full
+  width digits, signs, spaces, newlines, empty values or nulls; of any text type, sliced."""
+  import random
+
+  from transforms.pii.batch import _whole_numbers
+
+  rng = random.Random(seed)
+  pieces = ['0', '7', '4111111111111111', '١٢٣', '１２', '٣', ' ', '\n', '-', '+', '.', 'e', 'a', 'é', '', '\u200b']
+  texts = [
+    None if rng.random() < 0.1 else ''.join(rng.choice(pieces) for _ in range(rng.randrange(0, 4))) for _ in range(500)
+  ]
+  texts += [str(rng.randrange(10**30)) for _ in range(50)] + ['9' * 5000, '1' * 4999 + 'x']
+  for values in (
+    pa.array(texts, pa.string()).slice(1),
+    pa.array(texts, pa.large_string()).slice(2, 400),
+    pa.array(texts, pa.string()).dictionary_encode().slice(3),
+  ):
+    plain = values.cast(values.type.value_type) if pa.types.is_dictionary(values.type) else values
+    want = pc.match_substring_regex(plain, r'^[0-9]+$').fill_null(False).to_numpy(zero_copy_only=False)
+    assert _whole_numbers(values).tolist() == want.tolist()

