@@ -1384,9 +1384,9 @@ def test_a_column_of_ids_sets_its_whole_ids_aside_before_the_prefilter_with_the_
   monkeypatch.undo()
   id_path = pii_scanner.TextScanner().setup()
   prefiltered = []
-  real_candidates = pii_scanner.TextScanner._candidates
+  real_prefiltered = pii_scanner.TextScanner._prefiltered
   monkeypatch.setattr(
-    pii_scanner.TextScanner, '_candidates', lambda self, v: prefiltered.append(len(v)) or real_candidates(self, v)
+    pii_scanner.TextScanner, '_prefiltered', lambda self, v: prefiltered.append(len(v)) or real_prefiltered(self, v)
   )
   out, counts = id_path.redact_array(values)
   assert out.to_pylist() == reference.to_pylist() and counts == reference_counts
@@ -1402,11 +1402,88 @@ def test_a_column_of_ids_sets_its_whole_ids_aside_before_the_prefilter_with_the_
     monkeypatch.undo()
     prefiltered.clear()
     monkeypatch.setattr(
-      pii_scanner.TextScanner, '_candidates', lambda self, v: prefiltered.append(len(v)) or real_candidates(self, v)
+      pii_scanner.TextScanner, '_prefiltered', lambda self, v: prefiltered.append(len(v)) or real_prefiltered(self, v)
     )
     out, counts = pii_scanner.TextScanner().setup().redact_array(small)
     assert out.to_pylist() == reference.to_pylist() and counts == reference_counts and counts
     assert prefiltered and prefiltered[0] < size * 0.2
+
+
+def _digit_bearing_cells(n, seed):
+  """`_generated_cells` among the digit-bearing ids, links and texts of users' undeclared columns: glued and
+  dashed ids, hex request ids (some a valid IBAN in lower case), serials, links with numbers, non-ASCII digits,
+  long texts holding PII, and whole UUIDs."""
+  rng = random.Random(seed)
+  shapes = [
+    lambda: f'sess-{rng.randrange(10**8)}',
+    lambda: f'ORD-2024-{rng.randrange(10**6)}',
+    lambda: f'SN{rng.randrange(10**10)}',
+    lambda: f'INV{rng.randrange(10**9)}',
+    lambda: f'{rng.getrandbits(64):016x}',
+    lambda: rng.choice(['be68539007547034', 'BE68 5390 0754 7034', 'de89370400440532013000']),
+    lambda: f'https://example.com/p/{rng.randrange(10**7)}',
+    lambda: f'tel{rng.randrange(10**9)}',
+    lambda: f'user{rng.choice(["Phone", "Mobile", "Id"])}{rng.randrange(10**10)}',
+    lambda: f'{rng.randrange(10**3)}.{rng.randrange(10**3)}.{rng.randrange(10**3)}.{rng.randrange(10**3)}',
+    lambda: '٠٥٥٥ ' + ''.join(rng.choice('٠١٢٣٤٥٦٧٨٩') for _ in range(7)),
+    lambda: ' '.join(rng.choice(_generated_cells(1, rng.random())) or '' for _ in range(40)) * 3,
+    lambda: str(uuid.UUID(int=rng.getrandbits(128))),
+    lambda: None,
+  ]
+  cells = _generated_cells(n // 2, seed)
+  cells += [rng.choice(shapes)() for _ in range(n - len(cells))]
+  rng.shuffle(cells)
+  return cells
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize('arrow_pass_s', [0.0, float('inf')], ids=['arrow-after-one-slice', 'python-only'])
+@pytest.mark.parametrize('repeats', [False, True], ids=['distinct', 'repeating'])
+def test_the_prefilter_masks_kept_apart_are_the_candidates_pass(monkeypatch, arrow_pass_s, repeats):
+  """`_prefiltered` (the other entities' alternation and the phone prefilter, kept apart) gives each pattern's
+  own cells, and their union is `_candidates`, per cell or on a repeating column's dictionary."""
+  cells = _digit_bearing_cells(3000, seed=5)
+  if repeats:
+    rng = random.Random(2)
+    cells = [rng.choice(cells[:200] + ['plain note', None]) for _ in range(20000)]
+  values = pa.array(cells, pa.string())
+  for patterns in (
+    pii_scanner._ANY_PREFILTERS,
+    (pii_scanner._ANY_PREFILTERS[0],),
+    pii_scanner._ENTITY_PATTERNS['PHONE_NUMBER'],
+  ):
+    monkeypatch.setitem(pii_scanner._ARROW_PASS_S, patterns, arrow_pass_s)
+  scanner = pii_scanner.TextScanner()
+  assert pii_scanner._mostly_repeats(values) == repeats
+  others, phones = scanner._prefiltered(values)
+  assert others.tolist() == pii_scanner._arrow_mask(values, (pii_scanner._ANY_PREFILTERS[0],)).tolist()
+  assert phones.tolist() == pii_scanner._arrow_mask(values, (pii_scanner._ANY_PREFILTERS[1],)).tolist()
+  assert (others | phones).tolist() == scanner._candidates(values).tolist()
+  assert others.any() and phones.any() and not (others | phones).all()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize('seed', range(3))
+def test_redacting_with_the_column_passes_kept_equals_prefiltering_the_distinct_values_again(monkeypatch, seed):
+  """`redact_array` hands the column pass's masks to `_entity_masks` for the distinct values it scans: the same
+  redactions and counts as when they are prefiltered again, on hostile digit-bearing ids and texts, whole ids
+  among them or not, with rows skipped, under a phone word or none."""
+  cells = _digit_bearing_cells(1500, seed)
+  rng = random.Random(seed)
+  skip = np.array([rng.random() < 0.05 for _ in cells])
+  ids = [str(uuid.UUID(int=rng.getrandbits(128))) if rng.random() < 0.8 else c for c in cells]
+  real = pii_scanner.TextScanner._redact_distinct
+  cases = [(pa.array(cells, pa.string()), None, None), (pa.array(cells, pa.large_string()).slice(7), None, 'mobile')]
+  cases += [(pa.array(cells, pa.string()), skip, 'comment'), (pa.array(ids, pa.string()), None, 'request_id')]
+  for values, skipped, hint in cases:
+    kept, kept_counts = pii_scanner.TextScanner().setup().redact_array(values, skip=skipped, hint=hint)
+    monkeypatch.setattr(
+      pii_scanner.TextScanner, '_redact_distinct', lambda self, d, u, c=None, v=False, p=None: real(self, d, u, c, v)
+    )
+    again, again_counts = pii_scanner.TextScanner().setup().redact_array(values, skip=skipped, hint=hint)
+    monkeypatch.undo()
+    assert kept.to_pylist() == again.to_pylist() and kept_counts == again_counts
+    assert sum(kept_counts.values()) > 100
 
 
 def test_the_first_setup_in_a_process_freezes_its_start_up_objects_and_later_ones_do_not(monkeypatch):
