@@ -727,8 +727,9 @@ class TextScanner:
 
     Their union is `_candidates`; `redact_array` keeps both for the distinct
     values it sends on, so that `_entity_masks` does not run the two passes
-    again over them (on a column of digit-bearing ids, nearly every cell: 12%
-    of the wide corpus's scan, measured).
+    again over them (on a column of digit-bearing ids, nearly every cell: the
+    wide corpus's redaction spent 0.84 s of CPU in regex passes, now 0.67,
+    of 2.0 and 1.84 s in all, measured).
     """
     if len(values) >= _REPEATS_MIN_CELLS and _mostly_repeats(values):
       encoded = pc.dictionary_encode(values)
