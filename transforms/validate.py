@@ -98,6 +98,28 @@ _ARROW_TYPES = {
   'timestamp': pa.timestamp('us', tz='UTC'),
 }
 _IPV4_PATTERN = r'^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}$'
+_HEXTET = '[0-9A-Fa-f]{1,4}'
+# IPv6 as RFC 4291 writes it, 8 hextets or fewer around one '::' (no zone, no IPv4 tail): only addresses
+# `ipaddress` takes, so a text it admits needs no call; the others (`::ffff:10.0.0.1`, `fe80::1%eth0`, junk)
+# are still judged by `ipaddress`.
+_IPV6_PATTERN = (
+  '^('
+  + '|'.join(
+    [
+      f'({_HEXTET}:){{7}}{_HEXTET}',
+      f'({_HEXTET}:){{1,7}}:',
+      f'({_HEXTET}:){{1,6}}:{_HEXTET}',
+      f'({_HEXTET}:){{1,5}}(:{_HEXTET}){{1,2}}',
+      f'({_HEXTET}:){{1,4}}(:{_HEXTET}){{1,3}}',
+      f'({_HEXTET}:){{1,3}}(:{_HEXTET}){{1,4}}',
+      f'({_HEXTET}:){{1,2}}(:{_HEXTET}){{1,5}}',
+      f'{_HEXTET}:(:{_HEXTET}){{1,6}}',
+      f':(:{_HEXTET}){{1,7}}',
+      '::',
+    ]
+  )
+  + ')$'
+)
 _COUNTRY_SET = pa.array(sorted(entities.COUNTRY_CODES))
 _TRUE_SET = pa.array(sorted(entities.TRUE_STRINGS))
 _FALSE_SET = pa.array(sorted(entities.FALSE_STRINGS))
@@ -172,8 +194,39 @@ def _plain(arr: pa.Array) -> pa.Array:
 
 def _blank_to_null(strings: pa.Array) -> pa.Array:
   """Empty and whitespace-only strings become nulls, as in entities._blank."""
-  blank = _mask(pc.equal(pc.utf8_trim_whitespace(strings), ''))
+  maybe = _maybe_blank(strings)
+  if maybe is None:
+    return _null_where(strings, _blanks(strings))
+  if not maybe.any():
+    return strings
+  rows = np.flatnonzero(maybe)
+  blank = np.zeros(len(strings), dtype=bool)
+  blank[rows] = _blanks(strings.take(pa.array(rows)))
   return _null_where(strings, blank)
+
+
+def _blanks(strings: pa.Array) -> np.ndarray:
+  return _mask(pc.equal(pc.utf8_trim_whitespace(strings), ''))
+
+
+def _maybe_blank(strings: pa.Array) -> Optional[np.ndarray]:
+  """The present strings that are empty or start with a byte of whitespace (ASCII's are all at or below the
+  space; any other starts with a byte of 0x80 or more), or None for an array of another type. The others hold
+  a character `utf8_trim_whitespace` keeps: ~0.25 ms a column of 65,000 ids, where trimming each took ~0.7 ms."""
+  if not isinstance(strings, pa.StringArray):
+    return None
+  n = len(strings)
+  _, offsets, data = strings.buffers()
+  ends = np.frombuffer(offsets, dtype=np.int32, count=n + 1, offset=strings.offset * 4)
+  starts, lengths = ends[:-1], np.diff(ends)
+  if data is None or data.size == 0:
+    maybe = np.ones(n, dtype=bool)
+  else:
+    first = np.frombuffer(data, dtype=np.uint8)[np.minimum(starts, data.size - 1)]
+    maybe = (lengths == 0) | (first <= 0x20) | (first >= 0x80)
+  if strings.null_count:
+    maybe &= _not_null(strings)
+  return maybe
 
 
 def _not_null(arr: pa.Array) -> np.ndarray:
@@ -222,7 +275,8 @@ def _convert_string(arr, rule) -> _Column:
 
 
 def _invalid_ips(values: pa.Array) -> np.ndarray:
-  """IPv4 by regex; the rest (IPv6, junk) judged by `ipaddress` once per distinct value."""
+  """IPv4 and plain IPv6 by regex; the rest (IPv6 with a zone or an IPv4 tail, junk) judged by `ipaddress`
+  once per distinct value."""
   candidates = _not_null(values) & ~_mask(pc.match_substring_regex(values, _IPV4_PATTERN))
   bad = np.zeros(len(values), dtype=bool)
   if candidates.any():
@@ -230,7 +284,9 @@ def _invalid_ips(values: pa.Array) -> np.ndarray:
     # A user's address recurs on each of their rows: ~5 us an ipaddress call.
     encoded = pc.dictionary_encode(values.take(pa.array(idx)))
     bad_entry = np.zeros(len(encoded.dictionary), dtype=bool)
-    for entry, text in enumerate(encoded.dictionary.to_pylist()):
+    # Plain IPv6 by regex too: ~2,000 distinct addresses a batch of 65,000 rows were ~10 ms of calls.
+    unsure = np.flatnonzero(~_mask(pc.match_substring_regex(encoded.dictionary, _IPV6_PATTERN)))
+    for entry, text in zip(unsure.tolist(), encoded.dictionary.take(pa.array(unsure)).to_pylist()):
       try:
         ipaddress.ip_address(text)
       except ValueError:
@@ -494,11 +550,13 @@ def _convert_timestamp(arr, rule, naive_time_zone: Optional[str] = None) -> _Col
 
   strings = _blank_to_null(arr)
   present = _not_null(strings)
-  is_epoch = present & _mask(pc.match_substring_regex(strings, entities.EPOCH_MS_PATTERN))
-  is_iso = present & ~is_epoch & _mask(pc.match_substring_regex(strings, entities.ISO_OFFSET_PATTERN))
   trimmed = pc.utf8_trim(strings, characters=' \t')
+  is_epoch = present & _epoch_texts(trimmed)
+  is_iso = present & ~is_epoch & _mask(pc.match_substring_regex(strings, entities.ISO_OFFSET_PATTERN))
   epoch, epoch_beyond = _epoch_ms(_null_where(trimmed, ~is_epoch))
-  iso_text = pc.replace_substring_regex(_null_where(trimmed, ~is_iso), 'z$', 'Z')
+  iso_text = _null_where(trimmed, ~is_iso)
+  if pc.any(pc.ends_with(iso_text, 'z')).as_py():  # the regex's pass cost ~4 ms a batch of 65,000 times
+    iso_text = pc.replace_substring_regex(iso_text, 'z$', 'Z')
   iso, bad_value = _times_of_text(iso_text, _UTC_US, entities.to_utc_timestamp)
   iso_beyond = _beyond_calendar(iso)  # an offset can carry a time at the calendar's edge past it
   iso = _null_where(iso, iso_beyond)
@@ -515,6 +573,12 @@ def _convert_timestamp(arr, rule, naive_time_zone: Optional[str] = None) -> _Col
       values = pc.if_else(pa.array(is_naive & ~bad_local), zoned, values)
       bad_value |= bad_local
   return _Column(values, present & ~is_epoch & ~is_iso & ~is_naive, bad_value)
+
+
+def _epoch_texts(trimmed: pa.Array) -> np.ndarray:
+  """Where texts trimmed of spaces and tabs match `entities.EPOCH_MS_PATTERN` (1 to 15 ASCII digits between
+  spaces and tabs): ASCII digits and a length, ~0.3 ms a batch of 65,000 times where the regex took ~2.5 ms."""
+  return _mask(pc.and_(pc.ascii_is_decimal(trimmed), pc.less_equal(pc.binary_length(trimmed), 15)))
 
 
 def _times_of_text(texts: pa.Array, target: pa.DataType, convert) -> Tuple[pa.Array, np.ndarray]:

@@ -1,12 +1,14 @@
 """Validate: the vectorised rules agree with the pydantic models, and dead letters say why."""
 
 import datetime as dt
+import ipaddress
 import json
 import random
 import typing
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.compute as pc
 import pydantic
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
@@ -774,3 +776,125 @@ def test_a_rejected_row_with_nanosecond_timestamps_is_a_dead_letter_with_and_wit
   assert 'out of range' in letter['detail']  # pydantic's message, from the record with its nine-digit times
   with without_pandas():
     assert validate_batch(batch, entities.ListeningEvent)[1] == letters
+
+
+# Hostile texts for the fast paths' equivalence tests: every kind of whitespace (Arrow's and Python's, ASCII and
+# not), digits of other scripts, addresses of every form, times ending in either 'z'.
+_PIECES = [
+  '',
+  ' ',
+  '\t',
+  '\n',
+  '\r',
+  '\x0b',
+  '\x0c',
+  '\x1c',
+  '\x1f',
+  '\x85',
+  '\xa0',
+  '\u1680',
+  '\u2000',
+  '\u2028',
+  '\u202f',
+  '\u3000',
+  '\ufeff',
+  '\u200b',
+  'a',
+  'Z',
+  'z',
+  'é',
+  '日本',
+  '0',
+  '7',
+  '123456789',
+  '١٢٣',
+  '１２',
+  '.',
+  '-',
+  '+',
+  ':',
+  '::',
+  '%eth0',
+  'ffff',
+  'FfFf',
+  '12345',
+  'g',
+  '1.2.3.4',
+  '2024-03-01T12:30:00',
+]
+
+
+def _hostile_texts(seed, count):
+  rng = random.Random(seed)
+  texts = [None if rng.random() < 0.1 else ''.join(rng.choices(_PIECES, k=rng.randint(0, 6))) for _ in range(count)]
+  return texts + [piece for piece in _PIECES] + [None]
+
+
+def _shapes(texts):
+  """The texts as Arrow arrays of every shape a column arrives in: whole, sliced (offsets), all null, empty."""
+  whole = pa.array(texts, pa.string())
+  yield whole
+  yield whole.slice(7, len(texts) - 20)
+  yield whole.slice(len(texts) // 2)
+  yield pa.array([t for t in texts if t is not None], pa.string()).slice(3)
+  yield pa.array([None] * 5, pa.string())
+  yield pa.array(['', ''], pa.string())
+  yield pa.array([], pa.string())
+  yield pa.array(['ab', ' ', 'cd'], pa.string()).slice(1, 1)
+  yield pa.array(texts, pa.large_string()).cast(pa.string())
+
+
+@pytest.mark.parametrize('seed', range(5))
+def test_blanks_found_by_their_first_byte_are_those_trimming_finds(seed):
+  for strings in _shapes(_hostile_texts(seed, 400)):
+    trimmed_each = validate_module._null_where(strings, validate_module._blanks(strings))
+    assert validate_module._blank_to_null(strings).equals(trimmed_each), strings
+
+
+def test_no_ascii_character_past_the_space_is_whitespace_to_arrow():
+  # `_maybe_blank` takes a text whose first byte is such a character for one with something to keep.
+  texts = pa.array([chr(c) for c in range(0x21, 0x80)], pa.string())
+  assert pc.utf8_trim_whitespace(texts).equals(texts)
+
+
+@pytest.mark.parametrize('seed', range(5))
+def test_epoch_texts_are_those_the_epoch_pattern_matches(seed):
+  texts = _hostile_texts(seed, 400) + [' 1 ', '\t123456789012345\t', '1234567890123456', ' 0x1F ', '12 34', '١٢٣']
+  for strings in _shapes(texts):
+    trimmed = pc.utf8_trim(strings, characters=' \t')
+    by_pattern = validate_module._mask(pc.match_substring_regex(strings, entities.EPOCH_MS_PATTERN))
+    assert (validate_module._epoch_texts(trimmed) == by_pattern).all(), strings
+
+
+def _ipaddress_refuses(text):
+  try:
+    ipaddress.ip_address(text)
+    return False
+  except ValueError:
+    return True
+
+
+@pytest.mark.parametrize('seed', range(5))
+def test_addresses_the_ipv6_pattern_admits_are_ones_ipaddress_takes(seed):
+  rng = random.Random(seed)
+  groups = ['', '0', 'a', 'ffff', 'FfFf', '0000', '12345', 'g', '1.2.3.4', ' 1', 'é']
+  texts = [':'.join(rng.choices(groups, k=rng.randint(1, 10))) for _ in range(3000)]
+  for _ in range(1000):  # addresses as written, with runs of zeros to compress, then an edit
+    address = ipaddress.IPv6Address(rng.getrandbits(128) & rng.choice([2**128 - 1, 0xFFFF0000FFFF0000 << 64, 0xFF]))
+    text = rng.choice([address.compressed, address.exploded, address.compressed.upper()])
+    at = rng.randrange(len(text) + 1)
+    texts += [text, text[:at] + rng.choice([':', '0', 'g', '::', '']) + text[at + rng.randint(0, 1) :]]
+  texts += ['::', ':::', '::1', '1::', '1:2:3:4:5:6:7::', '::2:3:4:5:6:7:8', '1::2:3:4:5:6:7:8', '1:2:3:4:5:6:7:8:9']
+  admitted = pc.match_substring_regex(pa.array(texts), validate_module._IPV6_PATTERN).to_pylist()
+  assert not [t for t, ok in zip(texts, admitted) if ok and _ipaddress_refuses(t)]
+  assert sum(admitted) > 1000  # the test tries the pattern, not only texts it refuses
+
+
+@pytest.mark.parametrize('seed', range(5))
+def test_invalid_addresses_are_those_ipaddress_refuses(seed):
+  rng = random.Random(seed)
+  pieces = ['2001:db8::1', '::ffff:10.0.0.1', 'fe80::1%eth0', '192.0.2.10', '01.2.3.4', '::', '1::', 'x::1', ':::']
+  texts = _hostile_texts(seed, 300) + [None if rng.random() < 0.1 else rng.choice(pieces) for _ in range(300)]
+  for strings in _shapes(texts):
+    refused_each = [value is not None and _ipaddress_refuses(value) for value in strings.to_pylist()]
+    assert validate_module._invalid_ips(strings).tolist() == refused_each, strings
