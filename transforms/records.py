@@ -821,7 +821,27 @@ def rows_as_dicts(batch: pa.RecordBatch, indices: Optional[Iterable[int]] = None
   out of Python's range as text, see `python_values`)."""
   if indices is not None:
     batch = batch.take(pa.array(list(indices), type=pa.int64()))
-  return [{name: json_safe(value) for name, value in row.items()} for row in python_rows(strip_internal(batch))]
+  batch = strip_internal(batch)
+  rows = python_rows(batch)
+  # json_safe keeps None, str, bool and int as they are: ~1.5 ms of calls a batch's 900 dead letters for columns
+  # holding nothing else.
+  unsafe = [field.name for field in batch.schema if not _json_safe_as_is(field.type)]
+  if unsafe:
+    for row in rows:
+      for name in unsafe:
+        row[name] = json_safe(row[name])
+  return rows
+
+
+def _json_safe_as_is(t: pa.DataType) -> bool:
+  """Whether a column of type `t` holds only values `json_safe` returns as they are (None, str, bool, int)."""
+  return (
+    pa.types.is_string(t)
+    or pa.types.is_large_string(t)
+    or pa.types.is_integer(t)
+    or pa.types.is_boolean(t)
+    or pa.types.is_null(t)
+  )
 
 
 def typed_outputs(outputs):

@@ -295,3 +295,34 @@ def test_dead_letter_records_with_times_python_cannot_hold_at_any_depth_do_not_f
     },
     {'id': 'b', 'at': '1970-01-01T00:00:00.000005+00:00', 'visit': None, 'days': [], 'waits': None, 'wait': 90.0},
   ]
+
+
+def test_rows_as_dicts_are_each_value_made_json_safe_for_every_column_type():
+  # Columns of strings, integers, booleans and nulls skip json_safe (it keeps their values as they are).
+  moment = dt.datetime(2024, 6, 1, 12, 30, tzinfo=dt.timezone.utc)
+  batch = pa.RecordBatch.from_arrays(
+    [
+      pa.array(['a', None, 'é']),
+      pa.array(['x', '', None], pa.large_string()),
+      pa.array([1, None, -(2**63)]),
+      pa.array([2**64 - 1, 0, None], pa.uint64()),
+      pa.array([True, None, False]),
+      pa.array([None, None, None]),
+      pa.array([1.5, float('nan'), float('inf')]),
+      pa.array([moment, None, moment], pa.timestamp('us', tz='UTC')),
+      pa.array([b'\xff', b'ok', None]),
+      pa.array([{'a': 1.5}, None, {'a': float('nan')}]),
+      pa.array([[moment], [], None]),
+      pa.array(['dup-first', None, 'z']),
+      pa.array([moment, None, None], pa.timestamp('s')),
+      pa.array(['row', 'row', 'row']),
+    ],
+    names=['s', 'ls', 'i', 'u', 'b', 'n', 'f', 't', 'bin', 'st', 'l', 'dup', 'dup', '__source'],
+  )
+  names = batch.schema.names[:-1]
+  expected = []
+  for row in zip(*(batch.column(i).to_pylist() for i in range(len(names)))):
+    expected.append({name: json_safe(value) for name, value in dict(zip(names, row)).items()})
+  assert rows_as_dicts(batch) == expected
+  assert [list(row) for row in rows_as_dicts(batch)] == [list(row) for row in expected]
+  assert rows_as_dicts(batch.slice(1)) == expected[1:]

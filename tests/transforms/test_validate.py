@@ -898,3 +898,25 @@ def test_invalid_addresses_are_those_ipaddress_refuses(seed):
   for strings in _shapes(texts):
     refused_each = [value is not None and _ipaddress_refuses(value) for value in strings.to_pylist()]
     assert validate_module._invalid_ips(strings).tolist() == refused_each, strings
+
+
+def test_presence_without_nulls_counted_is_what_is_valid_says_for_every_type():
+  dictionary = pa.DictionaryArray.from_arrays(pa.array([0, 1, 0]), pa.array(['a', None]))
+  arrays = [
+    pa.array(['a', None, '']).slice(1),
+    pa.array(['a', 'b']),
+    pa.array(['a', None], pa.large_string()),
+    pa.array([1, 2, None]).slice(0, 2),
+    pa.array([True, None]),
+    pa.array([1.5, float('nan')]),
+    pa.array([None, None]),
+    pa.array([b'x', None]),
+    dictionary,
+    pa.UnionArray.from_sparse(pa.array([0, 1], pa.int8()), [pa.array([None, 1]), pa.array(['a', None])]),
+    pa.array([{'a': None}, None]),
+    pa.array([], pa.string()),
+  ]
+  if hasattr(pa, 'RunEndEncodedArray'):
+    arrays.append(pa.RunEndEncodedArray.from_arrays(pa.array([2, 3], pa.int32()), pa.array([None, 'x'])))
+  for arr in arrays:
+    assert validate_module._not_null(arr).tolist() == pc.is_valid(arr).to_pylist(), arr.type
