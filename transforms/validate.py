@@ -636,7 +636,7 @@ def _pydantic_detail(model, record: dict, field: str) -> Optional[str]:
     return _DETAILS[key]
   detail = None
   try:
-    model.model_validate(record)
+    model.model_validate(_asked(model, record, field) if key is not None else record)
   except pydantic.ValidationError as e:
     for error in e.errors(include_url=False, include_input=False):
       if error['loc'] and error['loc'][0] == field:
@@ -674,6 +674,22 @@ def _messages_are_per_field(model) -> bool:
     and not decorators.root_validators
     and all(_underlying(d.func) is blanks_rule for d in decorators.model_validators.values())
   )
+
+
+def _asked(model, record: dict, field: str) -> dict:
+  """What to validate for the message of `field` of a model whose messages are per field: the field alone (its
+  message is the same; ~6 us, where a whole record took 20 to 40 us), unless the model names fields by aliases
+  (the record's key may be the alias)."""
+  if field not in record or _has_aliases(model):
+    return record
+  return {field: record[field]}
+
+
+@functools.lru_cache(maxsize=None)
+def _has_aliases(model) -> bool:
+  if model.model_config.get('alias_generator') is not None:
+    return True
+  return any(f.alias is not None or f.validation_alias is not None for f in model.model_fields.values())
 
 
 def _detail_key(model, record: dict, field: str) -> Optional[tuple]:

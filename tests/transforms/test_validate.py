@@ -920,3 +920,43 @@ def test_presence_without_nulls_counted_is_what_is_valid_says_for_every_type():
     arrays.append(pa.RunEndEncodedArray.from_arrays(pa.array([2, 3], pa.int32()), pa.array([None, 'x'])))
   for arr in arrays:
     assert validate_module._not_null(arr).tolist() == pc.is_valid(arr).to_pylist(), arr.type
+
+
+_ANY_VALUES = [
+  None,
+  '',
+  '  ',
+  'x',
+  'ann@',
+  '-5',
+  '1.5',
+  '1e400',
+  '2024-13-01T00:00:00Z',
+  '2024-03-01T12:30:00Z',
+  '4uLU6hMCjMI75M1A2tKUQC',
+  'spotify:track:4uLU6hMCjMI75M1A2tKUQC',
+  '256.1.1.1',
+  'XX',
+  'maybe',
+  -1,
+  0,
+  10**30,
+  1.5,
+  float('nan'),
+  True,
+]
+
+
+@pytest.mark.parametrize('name', sorted(entities.ENTITIES))
+def test_a_field_asked_alone_gets_the_message_it_gets_in_its_record(name):
+  model = entities.entity_model(name)
+  if not validate_module._messages_are_per_field(model):
+    pytest.skip('asked with its record')
+  rng = random.Random(name)
+  fields = list(entities.field_rules(model))
+  for _ in range(300):
+    record = {f: rng.choice(_ANY_VALUES) for f in fields if rng.random() < 0.9}
+    record['unknown_column'] = rng.choice(_ANY_VALUES)
+    field = rng.choice(fields)
+    alone = validate_module._asked(model, record, field)
+    assert _fresh_detail(model, alone, field) == _fresh_detail(model, record, field), (field, record)
