@@ -960,3 +960,24 @@ def test_a_field_asked_alone_gets_the_message_it_gets_in_its_record(name):
     field = rng.choice(fields)
     alone = validate_module._asked(model, record, field)
     assert _fresh_detail(model, alone, field) == _fresh_detail(model, record, field), (field, record)
+
+
+def _booleans_each(strings):
+  """`_convert_bool` on strings as it was, value by value in Arrow: trimmed, lowered, looked up."""
+  strings = validate_module._blank_to_null(strings)
+  lowered = pc.utf8_lower(pc.utf8_trim_whitespace(strings))
+  is_true = validate_module._mask(pc.is_in(lowered, value_set=validate_module._TRUE_SET))
+  ok = is_true | validate_module._mask(pc.is_in(lowered, value_set=validate_module._FALSE_SET))
+  return validate_module._null_where(pa.array(is_true), ~ok), validate_module._not_null(strings) & ~ok
+
+
+@pytest.mark.parametrize('seed', range(5))
+def test_booleans_judged_per_distinct_spelling_are_those_judged_each(seed):
+  rng = random.Random(seed)
+  words = ['true', 'FALSE', ' Yes ', '\u3000on\t', 'Ｙ', 'ı', 'İ', 'T', '0', '1', '2', 'maybe', 'nö', '', ' ']
+  texts = _hostile_texts(seed, 200) + [None if rng.random() < 0.1 else rng.choice(words) for _ in range(300)]
+  for strings in _shapes(texts):
+    values, invalid_type = _booleans_each(strings)
+    col = validate_module._convert_bool(strings, None)
+    assert col.values.equals(values) and (col.invalid_type == invalid_type).all(), strings
+    assert not col.invalid_value.any()
