@@ -7,6 +7,7 @@ import random
 import typing
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pydantic
@@ -981,3 +982,34 @@ def test_booleans_judged_per_distinct_spelling_are_those_judged_each(seed):
     col = validate_module._convert_bool(strings, None)
     assert col.values.equals(values) and (col.invalid_type == invalid_type).all(), strings
     assert not col.invalid_value.any()
+
+
+def test_nulls_set_in_a_new_bitmap_are_those_if_else_sets():
+  rng = random.Random(3)
+  moment = dt.datetime(2024, 6, 1, tzinfo=dt.timezone.utc)
+  columns = [
+    pa.array(_hostile_texts(3, 300), pa.string()),
+    pa.array(_hostile_texts(4, 300), pa.large_string()),
+    pa.array([None if rng.random() < 0.2 else rng.randint(-9, 9) for _ in range(300)]),
+    pa.array([None if rng.random() < 0.2 else rng.random() for _ in range(300)], pa.float32()),
+    pa.array([None if rng.random() < 0.2 else rng.random() < 0.5 for _ in range(300)]),
+    pa.array([None if rng.random() < 0.2 else moment for _ in range(300)], pa.timestamp('us', tz='UTC')),
+    pa.array([None if rng.random() < 0.2 else b'\xff' for _ in range(300)]),
+    pa.array([None] * 300),
+    pa.array([{'a': 1}] * 300),
+    pa.array([['x']] * 300),
+    pa.DictionaryArray.from_arrays(pa.array([0, 1, None] * 100), pa.array(['a', None])),
+  ]
+  for column in columns:
+    for values in (column, column.slice(1), column.slice(13, 250), column.slice(299), column.slice(300)):
+      for mask in (
+        np.array([rng.random() < 0.3 for _ in range(len(values))], dtype=bool),
+        np.ones(len(values), dtype=bool),
+        np.zeros(len(values), dtype=bool),
+      ):
+        expected = pc.if_else(pa.array(mask, pa.bool_()), pa.nulls(len(values), values.type), values)
+        got = validate_module._null_where(values, mask)
+        got.validate(full=True)
+        assert got.type == expected.type and got.to_pylist() == expected.to_pylist(), (values.type, values.offset)
+        if not pa.types.is_dictionary(values.type):  # if_else makes a dictionary of its own
+          assert got.equals(expected) and got.null_count == expected.null_count, (values.type, values.offset)
