@@ -1013,3 +1013,22 @@ def test_nulls_set_in_a_new_bitmap_are_those_if_else_sets():
         assert got.type == expected.type and got.to_pylist() == expected.to_pylist(), (values.type, values.offset)
         if not pa.types.is_dictionary(values.type):  # if_else makes a dictionary of its own
           assert got.equals(expected) and got.null_count == expected.null_count, (values.type, values.offset)
+
+
+@pytest.mark.parametrize('seed', range(5))
+def test_references_replaced_where_they_match_are_those_replaced_everywhere(seed):
+  reference = entities.field_rules(entities.ListeningEvent)['track_id'][0].reference
+  rng = random.Random(seed)
+  forms = [
+    '4uLU6hMCjMI75M1A2tKUQC',
+    'spotify:track:4uLU6hMCjMI75M1A2tKUQC',
+    ' https://open.spotify.com/intl-pt-BR/track/4uLU6hMCjMI75M1A2tKUQC?si=9c1e ',
+    'http://open.spotify.com/track/4uLU6hMCjMI75M1A2tKUQC#x',
+    'spotify:episode:4uLU6hMCjMI75M1A2tKUQC',
+    'spotify:track:4uLU6hMCjMI75M1A2tKUQ',
+    'spotify:track:4uLU6hMCjMI75M1A2tKUQCé',
+  ]
+  texts = _hostile_texts(seed, 200) + [None if rng.random() < 0.1 else rng.choice(forms) for _ in range(300)]
+  for strings in list(_shapes(texts)) + [pa.array(forms[1:3])]:
+    everywhere = pc.replace_substring_regex(strings, reference, r'\1')
+    assert validate_module._references_as_ids(strings, reference).equals(everywhere), strings
