@@ -828,7 +828,7 @@ _PIECES = [
 def _hostile_texts(seed, count):
   rng = random.Random(seed)
   texts = [None if rng.random() < 0.1 else ''.join(rng.choices(_PIECES, k=rng.randint(0, 6))) for _ in range(count)]
-  return texts + [piece for piece in _PIECES] + [None]
+  return texts + _PIECES + [None]
 
 
 def _shapes(texts):
