@@ -1,5 +1,6 @@
 """File connectors on local files: every format, every read dead letter, ranges."""
 
+import codecs
 import csv
 import datetime as dt
 import gzip
@@ -192,6 +193,8 @@ def test_utf8_bad_lines_found_like_a_full_decode(keep_bad_lines):
         want_lines.append(shown.encode('utf-8') if keep_bad_lines else b'')
     got, bad = _lines.to_utf8(data, 'utf-8', keep_bad_lines)
     assert (bytes(got), bad) == (b'\n'.join(want_lines), want_bad), data
+    if bad:  # the line feeds of the data returned, which the CSV reader numbers the bad lines' records by
+      assert bad.line_feeds.tolist() == _lines.line_feeds(got).tolist(), data
     seen_bad += len(bad)
   assert seen_bad > 100
 
@@ -972,6 +975,58 @@ def test_csv_record_numbers_of_lines_from_the_quotes_equal_the_csv_modules():
   lone_return = b'a,b\rc,d\n"e\n",\xff\n'
   assert csv_reader._quoted_values(lone_return, ',', '"') is None
   assert csv_reader._records_of_lines(lone_return, [2], ',', '"') == {2: 3}  # pyarrow's number too
+
+
+def _hostile_csv(rng) -> bytes:
+  """A generated CSV file of every shape a bad line's record number depends on: bad bytes, quoted values holding
+  newlines or left open, blank and carriage-return-only lines, CRLF and lone carriage returns, rows of the wrong
+  width, a byte order mark; a file has none to many of the rarer shapes."""
+  plain = [b'a', b'', b'7', b'007', b'+5', b'"q"', b'"a,b"', b'""', b'x"y', b'"with ""quotes"""', 'é'.encode()]
+  plain += [b'caf\xe9', b'\xff\xfe', b'ok\xc3', b'"\xff"']
+  spanning = [b'"two\nlines"', b'"\n\n"', b'"\r\nz"', '"é\n"'.encode(), b'"\xff\n"', b'"\n\xe9"', b'"open']
+  rare = rng.choice([0, 0, 0.02, 0.1, 0.3])
+  line_ends = [b''] * 20 + [b'\r'] * round(20 * rare) + [b'\rz,y,x'] * round(20 * rare)
+  lines = [codecs.BOM_UTF8 + b'a,b,c' if rng.random() < 0.1 else b'a,b,c']
+  for _ in range(rng.randint(0, 14)):
+    if rng.random() < 0.1:
+      lines.append(rng.choice([b'', b'\r', b'\r\r']))
+    else:
+      width = rng.choice([3, 3, 3, 3, 2, 4])
+      fields = [rng.choice(spanning if rng.random() < rare else plain) for _ in range(width)]
+      lines.append(b','.join(fields) + rng.choice(line_ends))
+  return b'\n'.join(lines) + rng.choice([b'\n', b'', b'\r\n'])
+
+
+def test_csv_bad_lines_numbered_from_the_parse_equal_the_quote_walks(tmp_path, monkeypatch):
+  """A bad line's record number taken from pyarrow's count of records (`_records_of_lines_parsed`: as many
+  records as non-blank lines, so each line one) gives every output the walk of the quotes gives, on generated
+  CSV of every shape, read whole and in small ranges."""
+  import random
+
+  from io_connectors._common.errors import ConnectorError
+  from io_connectors.files import csv as csv_reader
+
+  def outputs(path, split):
+    try:
+      rows, letters = _read_in_ranges(path, split)
+    except ConnectorError as e:  # a quoted value runs on into the next range: the same either way
+      return str(e)
+    return rows, sorted(json.dumps(letter, sort_keys=True, default=str) for letter in letters)
+
+  def walked(data, lines, records, delimiter, quote_char, newlines):
+    return csv_reader._records_of_lines(data, lines, delimiter, quote_char)
+
+  rng = random.Random(11)
+  bad_letters = 0
+  for n in range(400):
+    path = write(tmp_path, f'hostile-{n}.csv', _hostile_csv(rng))
+    split = rng.choice([1 << 20, 40, 90])
+    fast = outputs(path, split)
+    with monkeypatch.context() as m:
+      m.setattr(csv_reader, '_records_of_lines_parsed', walked)
+      assert fast == outputs(path, split), open(path, 'rb').read()
+    bad_letters += sum('bad_encoding' in letter for letter in fast[1]) if isinstance(fast, tuple) else 0
+  assert bad_letters > 200
 
 
 def test_csv_quotes_found_whole_equal_the_walk_one_quote_at_a_time():
