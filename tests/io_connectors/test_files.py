@@ -1029,6 +1029,135 @@ def test_csv_bad_lines_numbered_from_the_parse_equal_the_quote_walks(tmp_path, m
   assert bad_letters > 200
 
 
+_NUMBER_LIKE = [
+  '1',
+  '-7',
+  '007',
+  '+5',
+  '-012',
+  ' 3',
+  '4 ',
+  '1.5',
+  '-0.0',
+  '1e5',
+  '1e400',
+  '-1e400',
+  'inf',
+  '-Infinity',
+  'nan',
+  '12345678901234567',
+  '99999999999999999999',
+  '0x1F',
+  '1,5',
+  '"1,5"',
+  '"42"',
+  '""',
+  '',
+  'true',
+  'False',
+  '2024-06-03',
+  '2024-06-03T01:00:00',
+  '2024-06-03T01:00:00+01:00',
+  '12:30:00',
+  'é1',
+  'NA',
+  '1_000',
+  '"7\n"',
+  '5\'10"',
+  '"a""b"',
+  '\t8',
+  '١٢',
+  '"""7"',
+  '""""',
+]
+
+
+def _number_like_csv(rng, rows: int) -> bytes:
+  """A generated CSV file whose columns are numbers in most rows and now and then anything pyarrow types another
+  way or a value only its text keeps (a leading zero or plus sign, 17+ digits, 1e400): digit-bearing ids,
+  quoted and empty values, commas and newlines inside quotes, non-ASCII digits."""
+  lines = ['a,b,c,d']
+  rare = rng.choice([0, 0.001, 0.01, 0.1])
+  for _ in range(rows):
+    fields = [str(rng.randint(-999, 99999)), f'{rng.random() * 100:.3f}', str(rng.randint(0, 1)), '']
+    for j in range(4):
+      if rng.random() < rare:
+        fields[j] = rng.choice(_NUMBER_LIKE)
+    lines.append(','.join(fields))
+  return ('\n'.join(lines) + '\n').encode('utf-8')
+
+
+def test_csv_columns_typed_from_their_text_equal_pyarrows_parse(tmp_path, monkeypatch):
+  """A range read with the columns its file's range before typed as numbers as text, then typed from that text
+  (`_typed_from_text`), gives every output the two parses of the range gave; so does a value it cannot retype
+  (a comma, a newline: read again)."""
+  import random
+
+  from io_connectors.files import csv as csv_reader
+
+  rng = random.Random(3)
+  retyped = []
+  real = csv_reader._typed_from_text
+
+  def counting(table, names):
+    typed = real(table, names)
+    retyped.append(typed is not None)
+    return typed
+
+  for n in range(80):
+    path = write(tmp_path, f'numbers-{n}.csv', _number_like_csv(rng, rng.randint(0, 300)))
+    split = rng.choice([200, 700, 3000])
+    with monkeypatch.context() as m:
+      m.setattr(csv_reader, '_typed_from_text', counting)
+      fast = _read_in_ranges(path, split)
+    with monkeypatch.context() as m:
+      m.setattr(csv_reader, '_typed_from_text', lambda table, names: None)  # read again, as before
+      slow = _read_in_ranges(path, split)
+    assert _typed_rows(fast) == _typed_rows(slow), open(path, 'rb').read()
+  assert sum(retyped) > 200 and not all(retyped)
+
+
+def _typed_rows(result):
+  """Rows with each value's type beside it (1 and 1.0 and '1' told apart), and the sorted dead letters."""
+  rows, letters = result
+  typed = [{k: (type(v).__name__, repr(v)) for k, v in row.items()} for row in rows]
+  return typed, sorted(json.dumps(letter, sort_keys=True, default=str) for letter in letters)
+
+
+def test_typed_from_text_types_a_column_as_pyarrows_parse_does():
+  """`_typed_from_text` on columns read as text equals pyarrow's typed parse, column by column (type and
+  values), on generated columns of every shape it takes; it declines what it cannot write one row a line."""
+  import random
+
+  import pyarrow.compute as pc
+  import pyarrow.csv as pa_csv
+
+  from io_connectors.files import csv as csv_reader
+
+  rng = random.Random(8)
+  taken = 0
+  for _ in range(400):
+    data = _number_like_csv(rng, rng.randint(1, 40))
+    convert = dict(null_values=[''], strings_can_be_null=True)
+    skip = pa_csv.ParseOptions(invalid_row_handler=lambda row: 'skip')  # 1,5 unquoted: a row too wide
+    want = pa_csv.read_csv(pa.BufferReader(data), parse_options=skip, convert_options=pa_csv.ConvertOptions(**convert))
+    names = rng.sample(['a', 'b', 'c', 'd'], rng.randint(1, 4))
+    as_text = pa_csv.read_csv(
+      pa.BufferReader(data),
+      parse_options=skip,
+      convert_options=pa_csv.ConvertOptions(column_types={n: pa.string() for n in names}, **convert),
+    )
+    got = csv_reader._typed_from_text(as_text, names)
+    if got is None:
+      assert any(pc.any(pc.match_substring_regex(as_text.column(n), '[,\n\r]')).as_py() for n in names), data
+      continue
+    taken += 1
+    assert got.schema == want.schema, data
+    for name in want.column_names:
+      assert [repr(v) for v in got.column(name).to_pylist()] == [repr(v) for v in want.column(name).to_pylist()]
+  assert taken > 250
+
+
 def test_csv_quotes_found_whole_equal_the_walk_one_quote_at_a_time():
   """The vectorised quote spans (`_quoted_spans_by_parity`: "" escapes, empty values, quotes in unquoted
   fields) give what the walk one quote at a time gives, or decline; they take most generated CSV."""
