@@ -639,7 +639,7 @@ class CsvReader:
 def _typed_from_text(table: pa.Table, names: List[str]) -> Optional[pa.Table]:
   """`table` (read with the columns `names` as text) with those columns typed as pyarrow's parse of the range
   would have typed them; None when this cannot tell (a value holding a comma or line end, no rows, a repeated
-  name, a column in more than one chunk).
+  name, a column in more than one chunk, a first value starting with a byte order mark).
 
   pyarrow types a column by its values alone, under the same conversion
   options: here the columns' values are written one row a line, unquoted
@@ -659,6 +659,8 @@ def _typed_from_text(table: pa.Table, names: List[str]) -> Optional[pa.Table]:
   offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)[lines.offset : lines.offset + len(lines) + 1]
   text = lines.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
   codes = np.frombuffer(text, dtype=np.uint8)
+  if bytes(codes[:3]) == codecs.BOM_UTF8:
+    return None  # pyarrow would drop it at the start of the text, not inside a value
   if (
     np.count_nonzero(codes == 0x0A) != table.num_rows
     or np.count_nonzero(codes == 0x2C) != table.num_rows * (len(names) - 1)
