@@ -688,3 +688,24 @@ def test_prescanned_answers_are_the_unprescanned_ones(n):
     assert prescanned.redact_into(text, hint, got) == plain.redact_into(text, hint, expected), (text, hint)
   assert got == expected
   assert sum(expected.values()) > n / 10  # the texts do hold PII
+
+
+def test_objects_keyed_alike_but_not_the_same_are_renamed_as_alone(scanner):
+  """A group's objects share the names found by their key sets: keys equal but of other types (1, True, 1.0), a
+  str subclass, repeated JSON keys and a nested object with the same keys give what each letter alone gives."""
+  email_key = 'reach me at jo.doe@example.com'
+  records = [
+    {1: 'one', email_key: 'x', 'note': 'call +1 415 555 2671'},
+    {True: 'one', email_key: 'x', 'note': 'call +1 415 555 2671'},
+    {1.0: 'one', email_key: 'x'},
+    {_Str(email_key): 'x', 1: 'one'},
+    {email_key: {email_key: 'y', 1: 'z'}, 1: 'one'},
+    '{"%s": "x", "%s": "y", "note": "fine"}' % (email_key, email_key),
+    '{"%s": "x", "note": "fine"}' % email_key,
+    {email_key: 'x', 1: 'one'},
+  ]
+  letters = [_letter(record) for record in records]
+  alone = [redact_dead_letter(letter, ListeningEvent, KEY, scanner) for letter in letters]
+  grouped = redact_dead_letters(letters + letters, ListeningEvent, KEY, scanner)
+  assert _written(grouped) == _written(alone) * 2
+  assert sum(counts['EMAIL_ADDRESS'] for _, counts in alone) >= len(records)

@@ -1033,11 +1033,17 @@ class _RecordRedactor:
 
     return _BARE_NUMBER.sub(replace, text)
 
-  def scan(self, scanner: TextScanner, names_found: Optional[Dict[tuple, tuple]] = None):
+  def scan(
+    self,
+    scanner: TextScanner,
+    names_found: Optional[Dict[tuple, tuple]] = None,
+    key_sets: Optional[Sequence[tuple]] = None,
+  ):
     """Replaces the remembered texts' findings, and renames the walked objects' keys that hold PII.
 
-    names_found: {the keys of an object: (their new names, the findings in them)} of the letters scanned
-    before (`redact_dead_letters`): the objects of a group's records are keyed alike.
+    names_found: {the keys of an object: ({key: its new name} or None when none is renamed, the findings in
+    them)} of the letters scanned before (`redact_dead_letters`): the objects of a group's records are keyed
+    alike. key_sets: `_key_set` of each object of the scratch, when names_found is given.
     """
     counts = self.counts
     texts, hints, places = self.scratch.texts, self.scratch.hints, self.scratch.places
@@ -1054,19 +1060,25 @@ class _RecordRedactor:
         # objects come before), and before the object holding it is renamed (it is placed by its key).
         next_nested = self.write_nested(next_nested, i)
       obj = objects[i]
-      keys = [k for k in _keys_of(obj) if isinstance(k, str)]
       if names_found is None:
+        keys = [k for k in _keys_of(obj) if isinstance(k, str)]
         new_keys = scanner.redact_names(keys, counts)
+        renamed = dict(zip(keys, new_keys)) if new_keys != keys else None
       else:
-        known = names_found.get(tuple(keys))
+        # Looked up by all the object's keys as they are, made once per object (`redact_dead_letters`): the
+        # string keys among them, and what they are renamed to, are worked out once per key set.
+        key_set = key_sets[i] if key_sets is not None else _key_set(obj)
+        known = names_found.get(key_set)
         if known is None:
+          keys = [k for k in key_set if isinstance(k, str)]
           found = collections.Counter()
-          known = names_found[tuple(keys)] = (scanner.redact_names(keys, found), tuple(found.items()))
-        new_keys = known[0]
+          new_keys = scanner.redact_names(keys, found)
+          renames = dict(zip(keys, new_keys)) if new_keys != keys else None
+          known = names_found[key_set] = (renames, tuple(found.items()))
+        renamed = known[0]
         for entity, n in known[1]:
           counts[entity] += n
-      if new_keys != keys:
-        renamed = dict(zip(keys, new_keys))
+      if renamed is not None:
         if isinstance(obj, ObjectPairs):  # a key written twice is renamed alike each time
           for pair in obj:
             pair[0] = renamed.get(pair[0], pair[0])
@@ -1110,6 +1122,11 @@ class _RecordRedactor:
 def _keys_of(obj) -> List[Any]:
   """The distinct keys of a walked object (a dict, or the [key, value] pairs of `ObjectPairs`), in order."""
   return list(dict.fromkeys(pair[0] for pair in obj)) if isinstance(obj, ObjectPairs) else list(obj)
+
+
+def _key_set(obj) -> tuple:
+  """`_keys_of` a walked object, as a tuple (a dict's without the list)."""
+  return tuple(obj) if type(obj) is dict else tuple(_keys_of(obj))
 
 
 def _conforms(check, value) -> bool:
@@ -1294,9 +1311,12 @@ def _walk_letter(
 
 
 def _finish_letter(
-  walked: _RecordRedactor, scanner: TextScanner, names_found: Optional[Dict[tuple, tuple]] = None
+  walked: _RecordRedactor,
+  scanner: TextScanner,
+  names_found: Optional[Dict[tuple, tuple]] = None,
+  key_sets: Optional[Sequence[tuple]] = None,
 ) -> Tuple[dict, collections.Counter]:
-  walked.scan(scanner, names_found)
+  walked.scan(scanner, names_found, key_sets)
   out = dict(walked.letter)
   out['record'] = walked.finish()
   counts = walked.counts
@@ -1338,12 +1358,9 @@ def redact_dead_letters(
       of_hint = texts_by_hint[hint] = set()
     of_hint.add(text)
   plain = texts_by_hint.setdefault(None, set())
-  keyed_alike = set()
-  for obj in scratch.objects:
-    keys = tuple(_keys_of(obj))
-    if keys not in keyed_alike:
-      keyed_alike.add(keys)
-      plain.update(k for k in keys if isinstance(k, str))
+  key_sets = [_key_set(obj) for obj in scratch.objects]
+  for keys in set(key_sets):
+    plain.update(k for k in keys if isinstance(k, str))
   for w in walked:
     if w.detail is not None:
       plain.add(w.detail)
@@ -1354,6 +1371,6 @@ def redact_dead_letters(
   scanner.prescan_by_hint(texts_by_hint)
   try:
     names_found: Dict[tuple, tuple] = {}
-    return [_finish_letter(w, scanner, names_found) for w in walked]
+    return [_finish_letter(w, scanner, names_found, key_sets) for w in walked]
   finally:
     scanner.prescan(())
