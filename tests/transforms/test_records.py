@@ -326,3 +326,48 @@ def test_rows_as_dicts_are_each_value_made_json_safe_for_every_column_type():
   assert rows_as_dicts(batch) == expected
   assert [list(row) for row in rows_as_dicts(batch)] == [list(row) for row in expected]
   assert rows_as_dicts(batch.slice(1)) == expected[1:]
+
+
+def _json_safe_per_value(value):
+  """`json_safe` as it was, a call for every value: the reference for its shortcut over values JSON holds."""
+  if isinstance(value, dict):
+    return {str(k): _json_safe_per_value(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_json_safe_per_value(v) for v in value]
+  return json_safe(value)
+
+
+def test_json_safe_of_containers_is_a_call_per_value():
+  """Values kept as they are without a call (str, int, bool, None) are only those of exactly these types: a str or
+  int subclass, NaN, times, bytes and nested containers come out as a call per value makes them."""
+  import decimal
+  import enum
+  import math
+
+  class Text(str):
+    pass
+
+  class Level(enum.IntEnum):
+    HIGH = 3
+
+  class Colour(str, enum.Enum):
+    RED = 'red'
+
+  moment = dt.datetime(2024, 6, 1, 12, 30, tzinfo=dt.timezone.utc)
+  leaves = [
+    None, 'a', '', 'Motörhead', 0, -(2**70), True, False, 1.5, math.nan, math.inf, -math.inf, Text('t'), Level.HIGH,
+    Colour.RED, moment, moment.date(), dt.time(1, 2), dt.timedelta(seconds=1.5), decimal.Decimal('1.10'),
+    b'bytes', b'\xff\xfe', bytearray(b'x'), object.__new__(object), frozenset(),
+  ]  # fmt: skip
+  keys = ['k', 1, True, 1.5, None, (1, 2), Text('sub'), Level.HIGH, Colour.RED, moment, b'raw']
+  value = {
+    'leaves': leaves,
+    'as_tuple': tuple(leaves),
+    'keyed': {key: leaves[i % len(leaves)] for i, key in enumerate(keys)},
+    'nested': [{'a': [leaves, {'b': tuple(leaves)}]}, [[None, [Text('deep')]]]],
+    'map': [('k', 1), ('v', moment)],
+  }
+  got, expected = json_safe(value), _json_safe_per_value(value)
+  assert repr(got) == repr(expected)
+  assert [type(v) for v in got['leaves']] == [type(v) for v in expected['leaves']]
+  assert [type(k) for k in got['keyed']] == [type(k) for k in expected['keyed']]
