@@ -143,6 +143,27 @@ def test_remembered_pseudonyms_equal_fresh_ones_per_key_and_the_memory_stays_bou
   assert pseudonymise(pa.array(values), kaze).to_pylist() == [fresh(kaze, v) for v in values]
 
 
+def test_a_pseudonymiser_gives_each_value_its_pseudonym_and_keeps_no_state_between_values(key, monkeypatch):
+  """One HMAC of the key is copied for every value a pseudonymiser derives: each value's pseudonym is still the
+  fresh HMAC of that value alone (what is hashed of it: stripped, an email in lower case), before and after the
+  memo is emptied, for two tenants' pseudonymisers used in turns."""
+  from transforms.pii import pseudonyms
+
+  monkeypatch.setattr(pseudonyms, '_memo', {})
+  monkeypatch.setattr(pseudonyms, '_memo_size', 0)
+  monkeypatch.setattr(pseudonyms, '_MEMO_ENTRIES', 40)
+  acme, kaze = key.tenant_key('acme'), key.tenant_key('kaze')
+  fresh = lambda k, v: hmac.new(k, v.encode(), hashlib.sha256).hexdigest()
+  of_acme, of_kaze = pseudonyms.pseudonymiser(acme), pseudonyms.pseudonymiser(kaze)
+  values = ['u1', ' u1 ', 'Bob@Example.COM', 'bob@example.com', '', 'Motörhead ✓', 'u1' * 500]
+  values += [f'user-{i}' for i in range(60)]  # past the memo's bound: emptied while the pseudonymisers derive
+  hashed = {' u1 ': 'u1', 'Bob@Example.COM': 'bob@example.com'}
+  for _ in range(2):
+    for value in values:
+      assert of_acme(value) == fresh(acme, hashed.get(value, value)) == pseudonym(value, acme), value
+      assert of_kaze(value) == fresh(kaze, hashed.get(value, value)) == pseudonym(value, kaze), value
+
+
 @pytest.mark.parametrize(
   'environ, needle',
   [

@@ -65,15 +65,15 @@ def is_email_address(value: str) -> bool:
   return _EMAIL.fullmatch(value) is not None
 
 
-def _derive(key: bytes, distinct: list) -> list:
+def _derive(key: bytes, distinct: list, keyed: Optional[hmac.HMAC] = None) -> list:
+  """keyed: the HMAC of `key` with nothing hashed yet, when the caller holds one (`pseudonymiser`)."""
   global _memo_size
   memo = _memo_of(key)
-  keyed = None  # copied per value: the key is padded once
   out, new = [], 0
   for value in distinct:
     digest = memo.get(value)
     if digest is None:
-      if keyed is None:
+      if keyed is None:  # copied per value: the key is padded once
         keyed = hmac.new(key, digestmod=hashlib.sha256)
       h = keyed.copy()
       h.update(_identifier(value).encode('utf-8'))
@@ -100,10 +100,12 @@ def pseudonymiser(key: bytes) -> Callable[[str], str]:
   hashes the key: ~0.5 us). Hold it for a group of values, not longer: once the memo is emptied, what it
   derives is remembered for the memo that replaced it."""
   memo = _memo_of(key)
+  # The key padded once for all the values it derives, not once a value (~0.8 of 2 us a new value, measured).
+  keyed = hmac.new(key, digestmod=hashlib.sha256)
 
   def pseudonym_of(value: str) -> str:
     digest = memo.get(value)
-    return digest if digest is not None else _derive(key, [value])[0]
+    return digest if digest is not None else _derive(key, [value], keyed)[0]
 
   return pseudonym_of
 
