@@ -43,6 +43,7 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.transforms.window import GlobalWindows
 
 from io_connectors import mask_url, registry, url_password
 from io_connectors.files import is_compressed, match_files
@@ -587,7 +588,37 @@ def build_manifest(info: dict, counts, schemas, previous_schema, files, moves) -
 
 
 def _counted(pcoll, label, fn):
-  return pcoll | label >> beam.FlatMap(fn)
+  """pcoll's ((metric, tenant, detail), n) counts by `fn`, summed per bundle (`_SumCountsPerBundleFn`)."""
+  if not isinstance(pcoll.windowing.windowfn, GlobalWindows):
+    return pcoll | label >> beam.FlatMap(fn)
+  return pcoll | label >> beam.ParDo(_SumCountsPerBundleFn(fn))
+
+
+class _SumCountsPerBundleFn(beam.DoFn):
+  """The counts `count_of(element)` gives, summed per key over a bundle and emitted at its end.
+
+  The counts of all steps meet in a Flatten, which the FnApiRunner materializes: every element
+  crosses its data plane twice (worker to runner to worker). One count a dead letter was 200k
+  elements at 10M rows (0.6 CPU s in a measurement); summed per bundle, a few per bundle.
+  SumCounts adds them up as it did the single counts. For globally windowed input only (`_counted`).
+  """
+
+  def __init__(self, count_of):
+    self._count_of = count_of
+    self._sums: Dict[Any, int] = {}
+
+  def start_bundle(self):
+    self._sums = {}
+
+  def process(self, element):
+    sums = self._sums
+    for key, n in self._count_of(element):
+      sums[key] = sums.get(key, 0) + n
+
+  def finish_bundle(self):
+    sums, self._sums = self._sums, {}
+    for key, n in sums.items():
+      yield GlobalWindows.windowed_value((key, n))
 
 
 class _CountReadFn(beam.DoFn):
