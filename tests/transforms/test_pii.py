@@ -1507,6 +1507,38 @@ def test_redacting_with_the_column_passes_kept_equals_prefiltering_the_distinct_
     assert sum(kept_counts.values()) > 100
 
 
+@pytest.mark.unit
+@pytest.mark.parametrize('seed', range(3))
+def test_a_column_mostly_skipped_is_prefiltered_on_its_other_cells_with_the_same_result(monkeypatch, seed):
+  """`redact_array` with most rows skipped (a declared column's known URIs) runs its prefilter passes on the
+  other rows alone: the same redactions and counts as prefiltering every cell, on hostile digit-bearing ids and
+  texts among Spotify URIs and UUIDs, of either string type, sliced, every row skipped or none left unskipped."""
+  rng = random.Random(seed)
+  cells = _digit_bearing_cells(1200, seed)
+  uris = [f'spotify:album:{"".join(rng.choice("abcXYZ019") for _ in range(22))}' for _ in range(40)]
+  column = [rng.choice(uris) if rng.random() < 0.75 else c for c in cells]
+  skipped = [c is not None and c.startswith('spotify:album:') and rng.random() < 0.97 for c in column]
+  real = pii_scanner.TextScanner._column_prefiltered
+  cases = [(pa.array(column, pa.string()), np.array(skipped), None)]
+  cases += [(pa.array(column, pa.large_string()).slice(9), np.array(skipped[9:]), 'mobile')]
+  cases += [(pa.array(column * 8, pa.string()), np.array(skipped * 8), 'context_uri')]  # Arrow passes, encoded
+  cases += [(pa.array(column, pa.string()), np.ones(len(column), dtype=bool), None)]
+  cases += [(pa.array(column, pa.string()), np.array([c is None or rng.random() < 0.6 for c in column]), None)]
+  for values, skip, hint in cases:
+    out, counts = pii_scanner.TextScanner().setup().redact_array(values, skip=skip, hint=hint)
+    monkeypatch.setattr(pii_scanner.TextScanner, '_column_prefiltered', lambda self, v, s: real(self, v, None))
+    want, want_counts = pii_scanner.TextScanner().setup().redact_array(values, skip=skip, hint=hint)
+    monkeypatch.undo()
+    assert out.type == values.type and out.to_pylist() == want.to_pylist() and counts == want_counts
+    assert skip.all() or sum(counts.values()) > 5
+  sent, real_prefiltered = [], pii_scanner.TextScanner._prefiltered
+  monkeypatch.setattr(
+    pii_scanner.TextScanner, '_prefiltered', lambda self, v: sent.append(len(v)) or real_prefiltered(self, v)
+  )
+  pii_scanner.TextScanner().setup().redact_array(cases[0][0], skip=cases[0][1])
+  assert sent and max(sent) < len(cases[0][0]) * 0.6  # the skipped cells were not prefiltered
+
+
 def test_the_first_setup_in_a_process_freezes_its_start_up_objects_and_later_ones_do_not(monkeypatch):
   """Full collections skip what the imports left (`_freeze_imported_objects`); a later run's objects stay collectable."""
   frozen = []

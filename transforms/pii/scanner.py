@@ -784,6 +784,23 @@ class TextScanner:
       others[rest], phones[rest] = self._prefiltered(values.take(pa.array(rest)))
     return others, phones
 
+  def _column_prefiltered(self, values: pa.Array, skip: Optional[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
+    """`_id_column_candidates` of a string column, else `_prefiltered`; cells of `skip` may be left unflagged.
+
+    The passes run on the cells not skipped alone when those are at most half
+    the column: a declared column's known URIs (context URIs are Spotify URIs,
+    so it was taken for a column of ids and every cell went through the
+    whole-id regex, then was skipped: 3.5 ms per 64k-cell column, measured).
+    """
+    if skip is None or skip.sum() * 2 < len(values):
+      prefiltered = self._id_column_candidates(values)
+      return prefiltered if prefiltered is not None else self._prefiltered(values)
+    others, phones = np.zeros(len(values), dtype=bool), np.zeros(len(values), dtype=bool)
+    rest = np.flatnonzero(~skip)
+    if len(rest):
+      others[rest], phones[rest] = self._column_prefiltered(values.take(pa.array(rest)), None)
+    return others, phones
+
   def _whole_ids(self, values: pa.Array) -> np.ndarray:
     return _regex_mask(values, _WHOLE_ID_PATTERNS, _WHOLE_ID_PY.fullmatch)
 
@@ -870,9 +887,7 @@ class TextScanner:
       return values, collections.Counter()
     prefiltered = None
     if use_prefilter:
-      prefiltered = self._id_column_candidates(values)
-      if prefiltered is None:
-        prefiltered = self._prefiltered(values)
+      prefiltered = self._column_prefiltered(values, skip)
       candidate = prefiltered[0] | prefiltered[1]
     else:
       candidate = values.is_valid().to_numpy(zero_copy_only=False)
