@@ -1767,6 +1767,58 @@ def test_pseudonymising_many_tenants_at_once_equals_pseudonymising_each_tenants_
 
 
 @pytest.mark.unit
+@pytest.mark.parametrize('seed', range(6))
+def test_pseudonymising_many_tenants_whose_values_are_their_own_equals_pseudonymising_each_tenants_rows(key, seed):
+  """Where each value is under one key (a tenant's users are its own), `pseudonymise_by_key` hashes the distinct
+  values without encoding (key, value) pairs: every row gets what `pseudonymise` gives it under its tenant's key
+  alone, on hostile values of any string type, sliced, with nulls, a tenant without a key, and with one value
+  under two keys or a value under none (-1), where the pairs are encoded as before."""
+  from transforms.pii import pseudonyms
+  from transforms.pii.pseudonyms import pseudonymise_by_key
+
+  rng = random.Random(seed)
+  n = rng.choice([1, 7, 300, 2000])
+  keys = [key.tenant_key(t) for t in ['acme', 'beta', 'kaze-7', 'ünï']] + [None]
+  values = _hostile_identifiers(rng, n + 5)
+  owner = {}
+  key_of_all = np.array([owner.setdefault(v, rng.randrange(len(keys))) for v in values], dtype=np.int64)
+  shortcuts = []
+  real = pseudonyms._key_of_each_value
+
+  def spied(*args):
+    key_of_value = real(*args)
+    shortcuts.append(key_of_value is not None)
+    return key_of_value
+
+  for shared in (False, True, 'no key'):
+    key_of_row = key_of_all[3 : 3 + n].copy()
+    rows_of = collections.defaultdict(list)
+    for row, value in enumerate(values[3 : 3 + n]):
+      rows_of[value].append(row)
+    twice = [rows for value, rows in rows_of.items() if value is not None and len(rows) > 1]
+    if shared is True and twice:  # a value under another key in one of its rows
+      key_of_row[twice[0][-1]] = (key_of_row[twice[0][-1]] + 1) % len(keys)
+    if shared == 'no key':
+      key_of_row[rng.randrange(n)] = -1
+    for array in (
+      pa.array(values, pa.string()).slice(3, n),
+      pa.array(values, pa.large_string()).slice(3, n),
+      pa.array(values, pa.string()).dictionary_encode().slice(3, n),
+    ):
+      want = [None] * n
+      for k, tenant_key in enumerate(keys):
+        rows = np.flatnonzero(key_of_row == k)
+        if tenant_key is not None and len(rows):
+          for row, digest in zip(rows.tolist(), pseudonymise(array.take(pa.array(rows)), tenant_key).to_pylist()):
+            want[row] = digest
+      with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pseudonyms, '_key_of_each_value', spied)
+        got = pseudonymise_by_key(array, key_of_row, keys)
+      assert got.type == pa.string() and got.to_pylist() == want
+  assert True in shortcuts and (False in shortcuts or n == 1)
+
+
+@pytest.mark.unit
 def test_pseudonymising_many_tenants_at_once_hashes_numbers_as_their_text(key):
   from transforms.pii.pseudonyms import pseudonymise_by_key
 

@@ -142,20 +142,49 @@ def pseudonymise_by_key(values: pa.Array, key_of_row: np.ndarray, keys: Sequence
     return pa.nulls(len(values), pa.string())
   codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
   key_of_row = np.asarray(key_of_row, dtype=np.int64)
+  key_of_value = _key_of_each_value(codes, key_of_row, len(distinct))
+  if key_of_value is not None:  # each value's pair is the value: no pairs to encode
+    digests = _derive_by_key(distinct, np.arange(len(distinct)), key_of_value, keys)
+    return pc.take(pa.array(digests, type=pa.string()), encoded.indices)
   hashed = (codes >= 0) & (key_of_row >= 0)
   pairs = pc.dictionary_encode(pa.array(np.where(hashed, key_of_row * len(distinct) + codes, -1)))
   distinct_pairs = pairs.dictionary.to_numpy(zero_copy_only=False)
   key_of_pair, value_of_pair = np.divmod(distinct_pairs, len(distinct))  # the pair -1: key -1
-  digests: list = [None] * len(distinct_pairs)
-  for k in np.unique(key_of_pair).tolist():
+  digests = _derive_by_key(distinct, value_of_pair, key_of_pair, keys)
+  return pc.take(pa.array(digests, type=pa.string()), pairs.indices)
+
+
+def _key_of_each_value(codes: np.ndarray, key_of_row: np.ndarray, values: int) -> Optional[np.ndarray]:
+  """The key of each of `values` distinct values when every row holding it has that one key (a tenant's users
+  are its own), None when a value is under two keys, or under none (-1) where it is not null.
+
+  Then the distinct (key, value) pairs are the distinct values, and encoding the pairs (0.9 of 6 ms per 64k-row
+  column of three tenants, against 0.3 for this test, measured) is not needed.
+  """
+  present = codes >= 0
+  of_present, key_of_present = codes[present], key_of_row[present]
+  if len(key_of_present) and key_of_present.min() < 0:
+    return None
+  key_of_value = np.full(values, -1, dtype=np.int64)
+  key_of_value[of_present] = key_of_present
+  return key_of_value if np.array_equal(key_of_value[of_present], key_of_present) else None
+
+
+def _derive_by_key(
+  distinct: pa.Array, value_of_item: np.ndarray, key_of_item: np.ndarray, keys: Sequence[Optional[bytes]]
+) -> list:
+  """The pseudonym of each item, `distinct[value_of_item[i]]` under `keys[key_of_item[i]]`; None where that is
+  -1 or a None key."""
+  digests: list = [None] * len(key_of_item)
+  for k in np.unique(key_of_item).tolist():
     key = keys[k] if k >= 0 else None
     if key is None:
       continue
-    of_key = np.flatnonzero(key_of_pair == k)
-    texts = distinct.take(pa.array(value_of_pair[of_key])).to_pylist()
+    of_key = np.flatnonzero(key_of_item == k)
+    texts = distinct.take(pa.array(value_of_item[of_key])).to_pylist()
     for at, digest in zip(of_key.tolist(), _derive(key, texts)):
       digests[at] = digest
-  return pc.take(pa.array(digests, type=pa.string()), pairs.indices)
+  return digests
 
 
 def string_array(values: pa.Array) -> pa.Array:
