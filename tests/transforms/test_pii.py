@@ -15,6 +15,7 @@ import uuid
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
@@ -1537,6 +1538,39 @@ def test_a_column_mostly_skipped_is_prefiltered_on_its_other_cells_with_the_same
   )
   pii_scanner.TextScanner().setup().redact_array(cases[0][0], skip=cases[0][1])
   assert sent and max(sent) < len(cases[0][0]) * 0.6  # the skipped cells were not prefiltered
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize('seed', range(3))
+def test_a_strict_format_judged_per_distinct_value_equals_the_regex_over_every_cell(seed):
+  """`_nonconforming` of a column whose values recur (catalogue ids) runs the format's regex on its distinct
+  values: the same rows as the regex over every cell, on ids among PII, digit-bearing ids, non-ASCII and long
+  values, nulls, of either string type, sliced, all null, and on a column of distinct values (judged per cell)."""
+  from types import SimpleNamespace
+
+  from transforms.pii import batch as pii_batch
+
+  rng = random.Random(seed)
+  ids = [''.join(rng.choice('abcXYZ0129') for _ in range(22)) for _ in range(300)]
+  odd = _digit_bearing_cells(400, seed) + ['Zoë' * 8, 'ａ' * 22, ids[0] + '\n', ' ' + ids[1], 'x' * 5000, '']
+  cells = [
+    None if rng.random() < 0.05 else rng.choice(ids) if rng.random() < 0.9 else rng.choice(odd) for _ in range(20000)
+  ]
+  distinct = [f'{i:022d}' if i % 3 else rng.choice(odd) for i in range(20000)]
+  patterns = [r'^[0-9A-Za-z]{22}$', r'^[^@ \t\r\n]+@[^@ \t\r\n][^@. \t\r\n]*\.[^@ \t\r\n]+$', r'^(?:\p{L}|[0-9]){3,}']
+  for pattern in patterns:
+    rule = SimpleNamespace(kind='string', pattern=pattern)
+    for values in (
+      pa.array(cells, pa.string()),
+      pa.array(cells, pa.large_string()).slice(11),
+      pa.array(cells, pa.string()).dictionary_encode(),
+      pa.array(distinct, pa.string()),
+      pa.nulls(9000, pa.string()),
+    ):
+      plain = values.dictionary_decode() if pa.types.is_dictionary(values.type) else values
+      want = ~pc.match_substring_regex(plain, pattern).fill_null(True).to_numpy(zero_copy_only=False)
+      assert pii_batch._nonconforming(values, rule).tolist() == want.tolist()
+  assert pii_batch._repeats_some(pa.array(cells)) and not pii_batch._repeats_some(pa.array(distinct))
 
 
 def test_the_first_setup_in_a_process_freezes_its_start_up_objects_and_later_ones_do_not(monkeypatch):

@@ -44,6 +44,7 @@ from transforms.pii.scanner import (
   WHOLE_FLOAT_MAX,
   TextScanner,
   _REPEATS_MIN_CELLS,
+  _REPEATS_SAMPLE,
   _is_string_type,
   _is_text_type,
   context_word,
@@ -406,9 +407,34 @@ def _nonconforming(values: pa.Array, rule) -> np.ndarray:
     values = values.cast(values.type.value_type)
   if rule.kind == 'country':
     conforms = pc.is_in(values, value_set=pa.array(sorted(COUNTRY_CODES)))
+  elif len(values) >= _REPEATS_MIN_CELLS and _repeats_some(values):
+    return ~_matches_per_distinct(values, rule.pattern)
   else:
     conforms = pc.match_substring_regex(values, rule.pattern)
   return ~conforms.fill_null(True).to_numpy(zero_copy_only=False)
+
+
+def _repeats_some(values: pa.Array) -> bool:
+  """True when the first cells hold at most three distinct values in four (`_matches_per_distinct` pays)."""
+  head = values.slice(0, _REPEATS_SAMPLE)
+  return pc.count_distinct(head, mode='all').as_py() * 4 <= len(head) * 3
+
+
+def _matches_per_distinct(values: pa.Array, pattern: str) -> np.ndarray:
+  """Rows whose value `pattern` matches, or that are null: the regex judges each distinct value once.
+
+  Catalogue ids recur, more than their first cells show (a track id column: 55% of its first 2,048 cells
+  distinct, 8% of its 64k): encoding and one regex per distinct value cost 1.9 ms, the regex over every cell
+  4.0 (measured). Were the values all distinct, the encoding would be lost (~1.5 ms).
+  """
+  encoded = pc.dictionary_encode(values)
+  per_entry = pc.match_substring_regex(encoded.dictionary, pattern).to_numpy(zero_copy_only=False)
+  if not len(per_entry):
+    return np.ones(len(values), dtype=bool)
+  matched = per_entry[encoded.indices.fill_null(0).to_numpy(zero_copy_only=False)]
+  if encoded.indices.null_count:
+    matched |= encoded.indices.is_null().to_numpy(zero_copy_only=False)
+  return matched
 
 
 def _restore_type(values: pa.Array, original: pa.DataType) -> pa.Array:
