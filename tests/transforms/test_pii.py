@@ -1767,6 +1767,17 @@ def _hostile_identifiers(rng, n):
   return [None if rng.random() < 0.1 else rng.choice(shapes)() for _ in range(n)]
 
 
+def _pseudonyms_key_by_key(array, key_of_row, keys) -> list:
+  """What `pseudonymise_by_key` should give: each key's rows pseudonymised by `pseudonymise` alone."""
+  want = [None] * len(array)
+  for k, tenant_key in enumerate(keys):
+    rows = np.flatnonzero(key_of_row == k)
+    if tenant_key is not None and len(rows):
+      for row, digest in zip(rows.tolist(), pseudonymise(array.take(pa.array(rows)), tenant_key).to_pylist()):
+        want[row] = digest
+  return want
+
+
 @pytest.mark.unit
 @pytest.mark.parametrize('seed', range(6))
 def test_pseudonymising_many_tenants_at_once_equals_pseudonymising_each_tenants_rows(key, seed):
@@ -1787,12 +1798,7 @@ def test_pseudonymising_many_tenants_at_once_equals_pseudonymising_each_tenants_
     pa.array(values, pa.large_string()).slice(5, n),
     pa.array(values, pa.string()).dictionary_encode().slice(2, n),
   ):
-    want = [None] * n
-    for k, tenant_key in enumerate(keys):
-      rows = np.flatnonzero(key_of_row == k)
-      if tenant_key is not None and len(rows):
-        for row, digest in zip(rows.tolist(), pseudonymise(array.take(pa.array(rows)), tenant_key).to_pylist()):
-          want[row] = digest
+    want = _pseudonyms_key_by_key(array, key_of_row, keys)
     got = pseudonymise_by_key(array, key_of_row, keys)
     assert got.type == pa.string() and got.to_pylist() == want
     tenants = pa.array([names[k] if 0 <= k < len(names) else None for k in key_of_row.tolist()], pa.string())
@@ -1839,12 +1845,7 @@ def test_pseudonymising_many_tenants_whose_values_are_their_own_equals_pseudonym
       pa.array(values, pa.large_string()).slice(3, n),
       pa.array(values, pa.string()).dictionary_encode().slice(3, n),
     ):
-      want = [None] * n
-      for k, tenant_key in enumerate(keys):
-        rows = np.flatnonzero(key_of_row == k)
-        if tenant_key is not None and len(rows):
-          for row, digest in zip(rows.tolist(), pseudonymise(array.take(pa.array(rows)), tenant_key).to_pylist()):
-            want[row] = digest
+      want = _pseudonyms_key_by_key(array, key_of_row, keys)
       with pytest.MonkeyPatch.context() as patch:
         patch.setattr(pseudonyms, '_key_of_each_value', spied)
         got = pseudonymise_by_key(array, key_of_row, keys)
