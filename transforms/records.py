@@ -94,6 +94,7 @@ __all__ = [
   'float_texts',
   'BINARY_TEXT_PREFIX',
   'split_by_mask',
+  'cells_of_entries',
 ]
 
 SOURCE_COLUMN = '__source'
@@ -329,6 +330,13 @@ def strip_internal(batch):
   if len(keep) == batch.num_columns:
     return batch
   return batch.select(keep)
+
+
+def cells_of_entries(entry_mask: np.ndarray, indices: pa.Array, at_null: bool = False) -> np.ndarray:
+  """A mask of a dictionary's entries (`entry_mask`) as a mask of the cells whose `indices` name them, `at_null`
+  where an index is null: what judging each distinct value once (`pc.dictionary_encode`) gives the column."""
+  entries = pc.fill_null(indices, len(entry_mask)).to_numpy(zero_copy_only=False)
+  return np.append(entry_mask, at_null)[entries]
 
 
 def split_by_mask(batch: pa.RecordBatch, mask) -> tuple:

@@ -69,6 +69,7 @@ from transforms.records import (
   JSON_TYPES_COLUMN,
   SOURCE_COLUMN,
   TENANT_COLUMN,
+  cells_of_entries,
   json_types,
   microsecond_times,
   row_positions,
@@ -483,20 +484,14 @@ def _convert_bool(arr, rule) -> _Column:
     # lowering and looking up each value took 3 ms.
     encoded = pc.dictionary_encode(strings)
     lowered = pc.utf8_lower(pc.utf8_trim_whitespace(encoded.dictionary))
-    is_true = _per_entry(_mask(pc.is_in(lowered, value_set=_TRUE_SET)), encoded.indices)
-    is_false = _per_entry(_mask(pc.is_in(lowered, value_set=_FALSE_SET)), encoded.indices)
+    is_true = cells_of_entries(_mask(pc.is_in(lowered, value_set=_TRUE_SET)), encoded.indices)
+    is_false = cells_of_entries(_mask(pc.is_in(lowered, value_set=_FALSE_SET)), encoded.indices)
     ok = is_true | is_false
     values = _null_where(pa.array(is_true), ~ok)
     return _Column(values, _not_null(strings) & ~ok, none)
   if pa.types.is_null(arr.type):
     return _Column(pa.nulls(n, pa.bool_()), none, none.copy())
   return _Column(pa.nulls(n, pa.bool_()), _not_null(arr), none)
-
-
-def _per_entry(entry_mask: np.ndarray, indices: pa.Array) -> np.ndarray:
-  """A mask of a dictionary's entries as a mask of the rows those `indices` name (False at a null)."""
-  entries = pc.fill_null(indices, len(entry_mask)).to_numpy(zero_copy_only=False)
-  return np.append(entry_mask, False)[entries]
 
 
 _UTC_US = pa.timestamp('us', tz='UTC')

@@ -49,7 +49,7 @@ from transforms.pii.scanner import (
   _is_text_type,
   context_word,
 )
-from transforms.records import BINARY_TEXT_PREFIX, ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN
+from transforms.records import BINARY_TEXT_PREFIX, ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN, cells_of_entries
 
 __all__ = [
   'REDACTED',
@@ -429,12 +429,7 @@ def _matches_per_distinct(values: pa.Array, pattern: str) -> np.ndarray:
   """
   encoded = pc.dictionary_encode(values)
   per_entry = pc.match_substring_regex(encoded.dictionary, pattern).to_numpy(zero_copy_only=False)
-  if not len(per_entry):
-    return np.ones(len(values), dtype=bool)
-  matched = per_entry[encoded.indices.fill_null(0).to_numpy(zero_copy_only=False)]
-  if encoded.indices.null_count:
-    matched |= encoded.indices.is_null().to_numpy(zero_copy_only=False)
-  return matched
+  return cells_of_entries(per_entry, encoded.indices, at_null=True)
 
 
 def _restore_type(values: pa.Array, original: pa.DataType) -> pa.Array:
@@ -497,7 +492,7 @@ def _known_uris(values: pa.Array) -> np.ndarray:
   if len(texts) >= _REPEATS_MIN_CELLS:
     encoded = pc.dictionary_encode(texts)
     per_entry = pc.match_substring_regex(encoded.dictionary, KNOWN_URI_PATTERN).to_numpy(zero_copy_only=False)
-    matched = per_entry[encoded.indices.fill_null(0).to_numpy(zero_copy_only=False)]
+    matched = cells_of_entries(per_entry, encoded.indices)
   else:
     matched = pc.match_substring_regex(texts, KNOWN_URI_PATTERN).fill_null(False).to_numpy(zero_copy_only=False)
   known[at] &= matched  # null cells were not known to start with a scheme, and stay unknown

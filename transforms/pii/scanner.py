@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 import regex
 
 from transforms.json_values import ObjectPairs, dumps_pairs, loads, loads_pairs, repeated_inside
+from transforms.records import cells_of_entries
 from transforms.pii.recognizers import (
   CARD_CONTEXT,
   GLUED_ID_TOKEN,
@@ -734,10 +735,7 @@ class TextScanner:
       if not len(encoded.dictionary):
         return np.zeros(len(values), dtype=bool)
       per_entry = _regex_mask(encoded.dictionary, _ANY_PREFILTERS, _ANY_PREFILTER_PY.search)
-      hits = per_entry[encoded.indices.fill_null(0).to_numpy(zero_copy_only=False)]
-      if encoded.indices.null_count:
-        hits &= encoded.indices.is_valid().to_numpy(zero_copy_only=False)
-      return hits
+      return cells_of_entries(per_entry, encoded.indices)
     return _regex_mask(values, _ANY_PREFILTERS, _ANY_PREFILTER_PY.search)
 
   def _prefiltered(self, values: pa.Array) -> Tuple[np.ndarray, np.ndarray]:
@@ -753,15 +751,8 @@ class TextScanner:
       encoded = pc.dictionary_encode(values)
       if not len(encoded.dictionary):
         return np.zeros(len(values), dtype=bool), np.zeros(len(values), dtype=bool)
-      entry_of_cell = encoded.indices.fill_null(0).to_numpy(zero_copy_only=False)
-      valid = encoded.indices.is_valid().to_numpy(zero_copy_only=False) if encoded.indices.null_count else None
-      masks = []
-      for per_entry in _prefilter_masks(encoded.dictionary):
-        hits = per_entry[entry_of_cell]
-        if valid is not None:
-          hits &= valid
-        masks.append(hits)
-      return masks[0], masks[1]
+      others, phones = _prefilter_masks(encoded.dictionary)
+      return cells_of_entries(others, encoded.indices), cells_of_entries(phones, encoded.indices)
     return _prefilter_masks(values)
 
   def _id_column_candidates(self, values: pa.Array) -> Optional[Tuple[np.ndarray, np.ndarray]]:
