@@ -47,6 +47,8 @@ if [[ ! -f "${STAMP}" || "${STAMP}" -ot "${TEMPLATES}/jars.sha256" ]]; then
   resolve
   verify "${LIB}.new" || { log "jar checksums differ from scripts/pulsar/jars.sha256"; exit 2; }
   rm -rf "${LIB}" && mv "${LIB}.new" "${LIB}" && touch "${STAMP}"
+  # The jars are copied out of Maven's local repository: keep one copy on disk, not two (~270 MB).
+  rm -rf "${M2}"
 fi
 
 mkdir -p "${HOME_DIR}/conf"
