@@ -273,15 +273,6 @@ def build_lake(data_dir: str, rows: int, files: int, seed: int = 7, template_dir
   return description
 
 
-def compile_package() -> None:
-  """The package's bytecode written, as an installed package has it: with PYTHONDONTWRITEBYTECODE set (or
-  a fresh checkout) every timed command would otherwise compile its modules from source at start-up."""
-  import compileall
-
-  for folder in ('pipelines', 'transforms', 'io_connectors'):
-    compileall.compile_dir(os.path.join(REPO_ROOT, folder), quiet=1)
-
-
 def choose_subjects(description: dict, subjects: int, affected_fraction: float, seed: int) -> List[int]:
   """`subjects` users of the tenant, drawn from the users of `affected_fraction` of its files."""
   rng = np.random.default_rng(seed + 1)
@@ -506,7 +497,9 @@ def main(argv: Optional[List[str]] = None) -> int:
   args.data_dir = os.path.abspath(args.data_dir)
   os.makedirs(args.data_dir, exist_ok=True)
   description = build_lake(args.data_dir, args.rows, args.files, args.seed)
-  compile_package()
+  from benchmarks.common import compile_package
+
+  compile_package(REPO_ROOT)
   tenant = description['tenant']
   chosen = choose_subjects(description, args.subjects, args.affected_fraction, args.seed)
   raw = [_raw_user(tenant, i) for i in chosen]

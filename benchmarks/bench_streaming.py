@@ -95,7 +95,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipelines import runners, sample_data
-from benchmarks.common import machine_info as common_machine_info, publish_result
+from benchmarks.common import compile_package, machine_info as common_machine_info, publish_result
 
 __all__ = [
   'BenchOptions',
@@ -1123,6 +1123,7 @@ def machine_info() -> dict:
 
 def run_benchmark(options: BenchOptions) -> dict:
   options.validate()
+  compile_package(REPO_ROOT)
   result = {
     'benchmark': 'streaming',
     'started_utc': dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'),
