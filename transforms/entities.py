@@ -92,6 +92,12 @@ ISO_OFFSET_PATTERN = (
 )
 # The same without the offset: a local time (read only with ValidateOptions.naive_time_zone).
 ISO_NAIVE_PATTERN = r'^[ \t]*[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?[ \t]*$'
+# Compiled once for the per-value converters: `re.fullmatch(pattern, value)` looks the pattern up in re's cache on
+# every call (~0.3 us a lookup; a dead letter's timestamp asked twice).
+_INT_RE = re.compile(INT_PATTERN)
+_EPOCH_MS_RE = re.compile(EPOCH_MS_PATTERN)
+_FLOAT_RE = re.compile(FLOAT_PATTERN)
+_ISO_OFFSET_RE = re.compile(ISO_OFFSET_PATTERN)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 TRUE_STRINGS = frozenset({'true', 't', 'yes', 'y', 'on', '1'})
 FALSE_STRINGS = frozenset({'false', 'f', 'no', 'n', 'off', '0'})
@@ -174,9 +180,9 @@ def to_int(value: Any) -> Optional[int]:
     if not INT64_MIN <= value < 2.0**63:  # the float as read (1e+19), not its integer's 20 digits
       raise ValueError(f'{value!r} does not fit in 64 bits')
     value = int(value)
-  elif isinstance(value, str) and re.fullmatch(INT_PATTERN, value):
+  elif isinstance(value, str) and _INT_RE.fullmatch(value):
     value = int(value.strip().split('.')[0])
-  elif isinstance(value, str) and re.fullmatch(FLOAT_PATTERN, value):
+  elif isinstance(value, str) and _FLOAT_RE.fullmatch(value):
     value = int_of_number_text(value)
   if not isinstance(value, int):
     raise ValueError(f'expected an integer, got {value!r}')
@@ -218,7 +224,7 @@ def to_float(value: Any) -> Optional[float]:
     raise ValueError('expected a number, got a boolean')
   if isinstance(value, (int, float)):
     return float(value)
-  if isinstance(value, str) and re.fullmatch(FLOAT_PATTERN, value):
+  if isinstance(value, str) and _FLOAT_RE.fullmatch(value):
     number = float(value)
     if math.isinf(number):  # 1e400: the pattern admits no Infinity
       raise ValueError(f"{value} is beyond a double's range")
@@ -264,13 +270,13 @@ def to_utc_timestamp(value: Any) -> Optional[dt.datetime]:
     return _in_utc(value)
   if isinstance(value, bool):
     raise ValueError('expected a timestamp, got a boolean')
-  if isinstance(value, int) or (isinstance(value, str) and re.fullmatch(EPOCH_MS_PATTERN, value)):
+  if isinstance(value, int) or (isinstance(value, str) and _EPOCH_MS_RE.fullmatch(value)):
     millis = epoch_millis(int(value))
     try:
       return dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(milliseconds=millis)
     except OverflowError:
       raise ValueError(f'epoch ms {millis} is beyond the years 1 to 9999') from None
-  if isinstance(value, str) and re.fullmatch(ISO_OFFSET_PATTERN, value):
+  if isinstance(value, str) and _ISO_OFFSET_RE.fullmatch(value):
     text = value.strip().replace('z', 'Z').replace('Z', '+00:00')
     try:
       parsed = dt.datetime.fromisoformat(text)

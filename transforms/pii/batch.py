@@ -33,6 +33,7 @@ from transforms.json_values import ObjectPairs, dumps_pairs, loads, loads_pairs,
 from transforms.pii.keys import MasterKey
 from transforms.pii.pseudonyms import pseudonymise, pseudonymise_by_key, pseudonymiser
 from transforms.pii.recognizers import (
+  _WHOLE_NUMBER,
   is_identifier_number,
   is_placeholder,
   is_secret_name,
@@ -793,12 +794,15 @@ class _RecordRedactor:
     if value is None:
       return None
     text = value if isinstance(value, str) else str(value) if isinstance(value, (int, float)) else None
+    counts = self.counts
+    # get, not +=: a letter's Counter lacks each key at first, and Counter.__missing__ is a Python call.
     if text is not None and self.pseudonymise is not None:
       out = self.pseudonymise(text)
-      self.counts[f'PSEUDONYMISED:{field}'] += 1
+      label = f'PSEUDONYMISED:{field}'
     else:
       out = REDACTED
-      self.counts[f'REDACTED:{field}'] += 1
+      label = f'REDACTED:{field}'
+    counts[label] = counts.get(label, 0) + 1
     if text:
       self.replaced_identifiers[text] = out
     return out
@@ -846,7 +850,7 @@ class _RecordRedactor:
         if v.startswith(BINARY_TEXT_PREFIX) and _BASE64.fullmatch(v, len(BINARY_TEXT_PREFIX)):
           out[k] = None
           self.counts[f'DROPPED_BINARY:{k}'] += 1
-        elif not (plan.numbered and is_identifier_number(v, k)):
+        elif not (plan.numbered and _WHOLE_NUMBER.fullmatch(v) is not None):  # `is_identifier_number`, the name known
           if v[:1] in _JSON_FIRST:
             v = self.json_text(out, k, v)
             if v is None:  # walked as a nested record
@@ -1068,11 +1072,8 @@ class _RecordRedactor:
     """
     counts = self.counts
     texts, hints, places = self.scratch.texts, self.scratch.hints, self.scratch.places
-    for i in range(self.texts_from, self.texts_to):
-      before = texts[i]
-      after = scanner.redact_into(before, hints[i], counts)
-      if after != before:
-        places[2 * i][places[2 * i + 1]] = after
+    for i, after in scanner.redact_range_into(texts, hints, self.texts_from, self.texts_to, counts):
+      places[2 * i][places[2 * i + 1]] = after
     objects = self.scratch.objects
     nested, next_nested = self.scratch.nested, self.nested_from
     for i in range(self.objects_from, self.objects_to):
