@@ -165,6 +165,35 @@ def test_a_pseudonymiser_gives_each_value_its_pseudonym_and_keeps_no_state_betwe
       assert of_kaze(value) == fresh(kaze, hashed.get(value, value)) == pseudonym(value, kaze), value
 
 
+def test_a_pseudonymiser_without_openssl_hmac_gives_the_same_pseudonyms(key, monkeypatch):
+  """The pseudonymiser copies OpenSSL's own HMAC object where the hmac module wraps one; where it wraps none (a
+  Python without OpenSSL's HMAC), the module's object is copied instead: the same pseudonyms either way, on
+  hostile values, before and after the memo is emptied."""
+  from transforms.pii import pseudonyms
+
+  acme = key.tenant_key('acme')
+  values = [v for v in _hostile_identifiers(random.Random(3), 300) if v is not None]
+  with_openssl = [pseudonyms.pseudonymiser(acme)(v) for v in values]
+  keyed = hmac.new(acme, digestmod=hashlib.sha256)
+  assert getattr(keyed, '_hmac', None) is not None  # this Python wraps OpenSSL's: the fast path is the one tested
+
+  class PythonHmac:  # hmac.new as without OpenSSL's HMAC: the module's own inner and outer hashes
+    @staticmethod
+    def new(k, digestmod):
+      return hmac.HMAC(k, digestmod=lambda data=b'': hashlib.sha256(data))
+
+  monkeypatch.setattr(pseudonyms, 'hmac', PythonHmac)
+  monkeypatch.setattr(pseudonyms, '_memo', {})
+  monkeypatch.setattr(pseudonyms, '_memo_size', 0)
+  monkeypatch.setattr(pseudonyms, '_MEMO_ENTRIES', 40)
+  assert isinstance(pseudonyms._keyed(acme), hmac.HMAC)  # the module's object itself
+  of_acme = pseudonyms.pseudonymiser(acme)
+  assert [of_acme(v) for v in values] == with_openssl
+  assert [of_acme(v) for v in values] == with_openssl  # from the memo, emptied on the way
+  fresh = [hmac.new(acme, pseudonyms._identifier(v).encode(), hashlib.sha256).hexdigest() for v in values]
+  assert with_openssl == fresh
+
+
 @pytest.mark.parametrize(
   'environ, needle',
   [

@@ -690,6 +690,34 @@ def test_prescanned_answers_are_the_unprescanned_ones(n):
   assert sum(expected.values()) > n / 10  # the texts do hold PII
 
 
+@pytest.mark.parametrize('n', [40, 3000])
+def test_a_range_of_texts_is_redacted_as_text_by_text(n):
+  """`redact_range_into` (a dead letter's texts in one call) changes and counts what `redact_into` asked text by
+  text does: texts the prescan saw under their hint, under another hint, not at all, and with no prescan."""
+  texts = _prescanned_texts(n, seed=9)
+  hints = [None, 'note', 'phone', 'user_email', 'event_id', 'mobile_number']
+  text_hints = [hints[i % len(hints)] for i in range(len(texts))]
+  scanner = TextScanner().setup()
+  for prescanned in (
+    [(t, h) for t, h in zip(texts, text_hints)],
+    [(t, h) for i, (t, h) in enumerate(zip(texts, text_hints)) if i % 3],  # a third unseen
+    [(t, None) for t in texts[: n // 2]],  # under another hint only
+    [],
+  ):
+    scanner.prescan(prescanned)
+    for start, stop in ((0, len(texts)), (n // 3, n // 3 + 7), (5, 5)):
+      got, expected = collections.Counter(), collections.Counter()
+      changed = scanner.redact_range_into(texts, text_hints, start, stop, got)
+      want = []
+      for i in range(start, stop):
+        after = scanner.redact_into(texts[i], text_hints[i], expected)
+        if after != texts[i]:
+          want.append((i, after))
+      assert changed == want
+      assert got == expected and list(got) == list(expected)
+  assert want == [] and any(t != a for t, a in zip(texts, scanner.redact_texts(texts, text_hints)[0]))
+
+
 def test_objects_keyed_alike_but_not_the_same_are_renamed_as_alone(scanner):
   """A group's objects share the names found by their key sets: keys equal but of other types (1, True, 1.0), a
   str subclass, repeated JSON keys and a nested object with the same keys give what each letter alone gives."""
