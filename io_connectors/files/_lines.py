@@ -243,12 +243,13 @@ def _valid_utf8(data) -> bool:
 
 
 class BadLines(List[Tuple[int, str]]):
-  """[(0-based line index, line text)] of the lines with bad bytes (`to_utf8`), with `line_feeds`: the offsets of
-  the line feeds of the data they were set aside from, as `to_utf8` returns it, when they were found doing so
-  (UTF-8 input), else None. A CSV range's reader needs them to number those lines' records: finding them again
-  cost ~35 ms per 64 MiB range (measured)."""
+  """[(0-based line index, line text)] of the lines with bad bytes (`to_utf8`), with `lines`: how many lines
+  (split at b'\\n', an empty last one aside) the data they were set aside from holds, as
+  `to_utf8` returns it, when counted doing so (UTF-8 input), else None. A CSV range's reader numbers those
+  lines' records by it when pyarrow found as many records (`csv._records_of_lines_parsed`): finding each
+  line feed for that cost ~35 ms per 64 MiB range, the blank lines before each line ~30 ms (measured)."""
 
-  line_feeds: Optional[np.ndarray] = None
+  lines: Optional[int] = None
 
 
 def to_utf8(data, encoding: str, keep_bad_lines: bool) -> Tuple[Any, List[Tuple[int, str]]]:
@@ -313,36 +314,98 @@ def _invalid_utf8_bytes(buf: np.ndarray) -> np.ndarray:
   return at[bad]
 
 
+# The bytes of a range looked at at a time for bad UTF-8 (whole lines: more when a line is longer): few
+# enough that the passes over them (line feeds, validation) read them from the CPU's cache.
+_SCAN_WINDOW = 1 << 16
+# Bad lines in a window found one by one by Python's decoder (each raise copies the rest of the window)
+# before the rest of the window is searched vectorised (`_invalid_utf8_bytes`): a file in another encoding.
+_DECODES_PER_WINDOW = 4
+
+
 def _set_aside_bad_utf8_lines(data, keep_bad_lines: bool) -> Tuple[bytes, List[Tuple[int, str]]]:
   """to_utf8 for UTF-8 input that is not all valid.
 
-  numpy finds the lines holding invalid bytes (`_invalid_utf8_bytes`), and
-  just those are decoded, for their text. Decoding each line with a byte
-  >= 0x80 instead took 0.76 s against 0.12 s for 500k lines, 3 in 4 of them
-  with accents (measured); a whole-range decode and re-encode ~2 s per
-  million rows.
+  The range is looked at in windows of whole lines (`_SCAN_WINDOW`), each
+  validated by Arrow (SIMD); only an invalid one is decoded, by Python's
+  decoder, which stops at the first bad byte: its line is set aside and
+  the decode goes on after it. Just the bad lines are decoded for their
+  text. Numpy passes over the whole range (the offsets of its line feeds, a
+  well-formedness table of its bytes >= 0x80) took ~75 ms per 64 MiB range
+  with ~500 bad lines, this ~20 ms (measured). Decoding each line with a
+  byte >= 0x80 instead took 0.76 s against 0.12 s for 500k lines, 3 in 4
+  of them with accents; a whole-range decode and re-encode ~2 s per million
+  rows.
   """
-  buf = np.frombuffer(data, dtype=np.uint8)
-  newlines = line_feeds(data)
   view = memoryview(data)
-  pieces, bad, last = [], BadLines(), 0
-  growth = np.zeros(len(newlines), dtype=np.int64)  # how much longer each bad line came out
-  for i in np.unique(np.searchsorted(newlines, _invalid_utf8_bytes(buf))).tolist():
-    start = int(newlines[i - 1]) + 1 if i > 0 else 0
-    end = int(newlines[i]) if i < len(newlines) else len(buf)
-    shown = str(view[start:end], 'utf-8', 'replace').rstrip('\r')
-    bad.append((i, shown))
-    pieces.append(view[last:start])
-    pieces.append(shown.encode('utf-8') if keep_bad_lines else b'')
-    if i < len(newlines):
-      growth[i] = len(pieces[-1]) - (end - start)
-    last = end
+  if view.format != 'B' or view.ndim != 1:
+    view = view.cast('B')  # e.g. a buffer of signed chars: indexed as bytes
+  size = len(view)
+  pieces: List[Any] = []
+  bad, last = BadLines(), 0  # `last`: where the bytes not yet in `pieces` start
+  lines_before, at = 0, 0
+  while at < size:
+    end = at + _whole_lines(view, at)
+    window = view[at:end]
+    if _valid_utf8(window):
+      lines_before += int(np.count_nonzero(np.frombuffer(window, dtype=np.uint8) == 0x0A))
+    else:
+      window_bytes = bytes(window)
+      newlines = np.flatnonzero(np.frombuffer(window_bytes, dtype=np.uint8) == 0x0A)
+      for start, stop in _bad_line_spans(window_bytes):
+        shown = window_bytes[start:stop].decode('utf-8', 'replace').rstrip('\r')
+        bad.append((lines_before + int(np.searchsorted(newlines, start)), shown))
+        pieces.append(view[last : at + start])
+        pieces.append(shown.encode('utf-8') if keep_bad_lines else b'')
+        last = at + stop
+      lines_before += len(newlines)
+    at = end
   if not bad:  # not reached when _valid_utf8 said no, but harmless
     return data, []
   pieces.append(view[last:])
-  # The line feeds of the data returned: each one moved by what the bad lines up to its own grew.
-  bad.line_feeds = newlines + np.cumsum(growth)
-  return b''.join(pieces), bad
+  utf8 = b''.join(pieces)
+  bad.lines = lines_before + (1 if utf8 and utf8[-1] != 0x0A else 0)
+  return utf8, bad
+
+
+def _whole_lines(view: memoryview, at: int) -> int:
+  """How many bytes from `at` (a line's start) on are looked at next: about `_SCAN_WINDOW`, to and with a line
+  feed (at least one line), or to the end of `view`."""
+  size = _SCAN_WINDOW
+  while at + size < len(view):
+    # The line feed is looked for near the window's end first: a copy of those bytes alone.
+    for tail in (min(1 << 12, size), size):
+      newline = bytes(view[at + size - tail : at + size]).rfind(b'\n')
+      if newline >= 0:
+        return size - tail + newline + 1
+    size *= 4  # a line longer than the window
+  return len(view) - at
+
+
+def _bad_line_spans(window: bytes) -> List[Tuple[int, int]]:
+  """[(start, end)] of the lines (without their line feed) of `window`, whole lines, with bad UTF-8."""
+  spans: List[Tuple[int, int]] = []
+  view, at, size = memoryview(window), 0, len(window)
+  for _ in range(_DECODES_PER_WINDOW):
+    try:
+      codecs.utf_8_decode(view[at:], 'strict', True)
+      return spans
+    except UnicodeDecodeError as e:
+      bad_at = at + e.start
+    start = window.rfind(b'\n', 0, bad_at) + 1
+    stop = window.find(b'\n', bad_at)
+    stop = size if stop < 0 else stop
+    spans.append((start, stop))
+    at = stop + 1
+    if at >= size:
+      return spans
+  # Many bad lines (a file in another encoding): the rest of the window's at once.
+  buf = np.frombuffer(window, dtype=np.uint8)[at:]
+  newlines = np.flatnonzero(buf == 0x0A)
+  for i in np.unique(np.searchsorted(newlines, _invalid_utf8_bytes(buf))).tolist():
+    start = at + (int(newlines[i - 1]) + 1 if i > 0 else 0)
+    stop = at + (int(newlines[i]) if i < len(newlines) else len(buf))
+    spans.append((start, stop))
+  return spans
 
 
 def line_feeds(data) -> np.ndarray:

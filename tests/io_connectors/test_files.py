@@ -193,10 +193,71 @@ def test_utf8_bad_lines_found_like_a_full_decode(keep_bad_lines):
         want_lines.append(shown.encode('utf-8') if keep_bad_lines else b'')
     got, bad = _lines.to_utf8(data, 'utf-8', keep_bad_lines)
     assert (bytes(got), bad) == (b'\n'.join(want_lines), want_bad), data
-    if bad:  # the line feeds of the data returned, which the CSV reader numbers the bad lines' records by
-      assert bad.line_feeds.tolist() == _lines.line_feeds(got).tolist(), data
+    if bad:  # the line count of the data returned, which the CSV reader numbers the bad lines' records by
+      assert bad.lines == bytes(got).count(b'\n') + (not bytes(got).endswith(b'\n') and len(got) > 0), data
     seen_bad += len(bad)
   assert seen_bad > 100
+
+
+def _utf8_lines_by_decoding_each(data: bytes, keep_bad_lines: bool):
+  """to_utf8's (data, bad lines) for UTF-8, by Python's decode of each line."""
+  lines, bad = [], []
+  for i, line in enumerate(data.split(b'\n')):
+    try:
+      line.decode('utf-8')
+      lines.append(line)
+    except UnicodeDecodeError:
+      shown = line.decode('utf-8', 'replace').rstrip('\r')
+      bad.append((i, shown))
+      lines.append(shown.encode('utf-8') if keep_bad_lines else b'')
+  return b'\n'.join(lines), bad
+
+
+@pytest.mark.parametrize('window', [1, 7, 64, 1 << 16])
+@pytest.mark.parametrize('decodes', [0, 1, 4])
+def test_utf8_bad_lines_found_by_windows_like_a_decode_of_each_line(monkeypatch, tmp_path, window, decodes):
+  """The search of a range by windows of lines (`_SCAN_WINDOW`: lines longer than a window, bad bytes at its
+  edges; Python's decoder then the vectorised table past `_DECODES_PER_WINDOW` bad lines) gives what decoding
+  every line gives, for each kind of buffer a range comes as."""
+  import mmap
+  import random
+
+  from io_connectors.files import _lines
+
+  monkeypatch.setattr(_lines, '_SCAN_WINDOW', window)
+  monkeypatch.setattr(_lines, '_DECODES_PER_WINDOW', decodes)
+  rng = random.Random(window * 7 + decodes)
+  pieces = [
+    b'a', b'plain,1,2', b'"q', b'uoted\n\xff value"', b'\r', b'\r\n', b'\n', b'\n\n', b',', b' ' * 90,
+    b'\xc3\xa9', b'\xe2\x82\xac', b'\xf0\x9f\x8e\xb5', b'\xff', b'\xfe', b'\x80', b'\xbf', b'\xc3', b'\xe2\x82',
+    b'\xf0\x9f\x8e', b'\xed\xa0\x80', b'\xed\xbf\xbf', b'\xed\x9f\xbf', b'\xc0\x80', b'\xc1\xbf', b'\xe0\x80\x80',
+    b'\xe0\x9f\xbf', b'\xf0\x80\x80\x80', b'\xf4\x90\x80\x80', b'\xf5\x80\x80\x80', b'\x00', b'\xef\xbb\xbf',
+    b'x' * 300,
+  ]  # fmt: skip
+  seen_bad = 0
+  for case in range(150):
+    bad_share = rng.choice([0.02, 0.2, 0.9])
+    data = b''.join(
+      rng.choice(pieces[10:]) if rng.random() < bad_share else rng.choice(pieces[:10])
+      for _ in range(rng.randint(1, 120))
+    )
+    data = data or b'\xff'
+    for keep_bad_lines in (True, False):
+      want = _utf8_lines_by_decoding_each(data, keep_bad_lines)
+      path = tmp_path / 'range'
+      path.write_bytes(data)
+      with open(path, 'rb') as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        padded = b'..' + data + b'..'
+        buffers = [data, memoryview(data), bytearray(data), pa.py_buffer(data), memoryview(padded)[2:-2], mapped]
+        buffers.append(np.frombuffer(data, dtype=np.uint8))
+        for buffer in buffers:
+          got, bad = _lines.to_utf8(buffer, 'utf-8', keep_bad_lines)
+          assert (bytes(got), bad) == want, (data, type(buffer))
+          if bad:
+            assert bad.lines == bytes(got).count(b'\n') + (not bytes(got).endswith(b'\n') and len(got) > 0), data
+          del got, bad  # the mmap closes with no view of it left
+    seen_bad += len(want[1])
+  assert seen_bad > 500
 
 
 def test_nonblank_lines_before_each_line_counts_as_a_split_does():
