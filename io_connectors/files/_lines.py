@@ -326,15 +326,20 @@ def _set_aside_bad_utf8_lines(data, keep_bad_lines: bool) -> Tuple[bytes, List[T
   """to_utf8 for UTF-8 input that is not all valid.
 
   The range is looked at in windows of whole lines (`_SCAN_WINDOW`), each
-  validated by Arrow (SIMD); only an invalid one is decoded, by Python's
-  decoder, which stops at the first bad byte: its line is set aside and
-  the decode goes on after it. Just the bad lines are decoded for their
-  text. Numpy passes over the whole range (the offsets of its line feeds, a
-  well-formedness table of its bytes >= 0x80) took ~75 ms per 64 MiB range
-  with ~500 bad lines, this ~20 ms (measured). Decoding each line with a
-  byte >= 0x80 instead took 0.76 s against 0.12 s for 500k lines, 3 in 4
-  of them with accents; a whole-range decode and re-encode ~2 s per million
-  rows.
+  validated by Arrow (SIMD) while in the CPU's cache; only an invalid one is
+  decoded, by Python's decoder, which stops at the first bad byte: its line
+  is set aside and the decode goes on after it. Just the bad lines are
+  decoded for their text. Numpy passes over the whole range instead (the
+  offsets of its line feeds, a well-formedness table of its bytes >= 0x80)
+  took ~80 ms per 64 MiB range with ~500 bad lines against ~35 ms, and
+  0.81 s against 0.05 s for 19 MiB with accents on every line and ~100 bad
+  ones; a file in another encoding (every line bad) takes what it took
+  (~1.4 s for 16 MiB), all measured, beside the ~35 ms copy of a 64 MiB
+  range with its bad lines replaced. Windows doubling in size while valid
+  cost more (~90 against ~70 ms, the invalid ones then larger). Decoding
+  each line with a byte >= 0x80 took 0.76 s against 0.12 s for 500k lines,
+  3 in 4 of them with accents; a whole-range decode and re-encode ~2 s per
+  million rows.
   """
   view = memoryview(data)
   if view.format != 'B' or view.ndim != 1:
@@ -351,9 +356,11 @@ def _set_aside_bad_utf8_lines(data, keep_bad_lines: bool) -> Tuple[bytes, List[T
     else:
       window_bytes = bytes(window)
       newlines = np.flatnonzero(np.frombuffer(window_bytes, dtype=np.uint8) == 0x0A)
-      for start, stop in _bad_line_spans(window_bytes):
+      spans = _bad_line_spans(window_bytes)
+      indices = (np.searchsorted(newlines, [start for start, _ in spans]) + lines_before).tolist()
+      for (start, stop), index in zip(spans, indices):
         shown = window_bytes[start:stop].decode('utf-8', 'replace').rstrip('\r')
-        bad.append((lines_before + int(np.searchsorted(newlines, start)), shown))
+        bad.append((index, shown))
         pieces.append(view[last : at + start])
         pieces.append(shown.encode('utf-8') if keep_bad_lines else b'')
         last = at + stop
