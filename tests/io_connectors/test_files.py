@@ -14,6 +14,7 @@ import fastavro
 import numpy as np
 import openpyxl
 import pyarrow as pa
+import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
@@ -273,6 +274,61 @@ def test_nonblank_lines_before_each_line_counts_as_a_split_does():
     want = np.cumsum([0] + [1 if line.strip(b'\r') else 0 for line in data.split(b'\n')])
     assert _lines.nonblank_lines_before(data).tolist() == want.tolist(), data
     assert _lines.nonblank_lines_before(memoryview(data)).tolist() == want.tolist(), data
+
+
+def _records_parsed(data: bytes):
+  """How many records (the header's included) pyarrow's parse of CSV bytes finds, None when it fails."""
+  invalid = []
+
+  def skip(row):
+    invalid.append(row)
+    return 'skip'
+
+  try:
+    table = pa_csv.read_csv(
+      pa.BufferReader(data),
+      parse_options=pa_csv.ParseOptions(invalid_row_handler=skip),
+      read_options=pa_csv.ReadOptions(use_threads=False),
+    )
+  except pa.ArrowInvalid:
+    return None
+  return 1 + table.num_rows + len(invalid)
+
+
+def test_csv_records_of_bad_lines_by_the_line_count_as_by_each_line_feed():
+  """`_records_of_lines_parsed` told the data's line count (what `to_utf8` counts) numbers lines as it does
+  finding each line feed and blank line, on data where records span lines, lines are blank or end CRLF."""
+  import random
+
+  from io_connectors.files import csv as csv_files
+
+  rng = random.Random(21)
+  kinds = [
+    b'1,a',
+    b'2,"b\nc"',
+    b'3,"d\r\n\ne"',
+    b'',
+    b'\r',
+    b'4,x\r',
+    b'5',
+    b'6,"q""r"',
+    b'7,\xef\xbf\xbd',
+    b'"8',
+    b'9,a\rb',
+  ]
+  fast = 0
+  for _ in range(1500):
+    data = b'h1,h2\n' + b'\n'.join(rng.choice(kinds) for _ in range(rng.randint(0, 12)))
+    data += b'\n' if rng.random() < 0.5 else b''
+    records = _records_parsed(data)
+    if records is None:
+      continue
+    line_total = data.count(b'\n') + (not data.endswith(b'\n'))
+    lines = sorted(rng.sample(range(line_total), rng.randint(1, line_total)))
+    want = csv_files._records_of_lines_parsed(data, lines, records, ',', '"', None)
+    assert csv_files._records_of_lines_parsed(data, lines, records, ',', '"', line_total) == want, data
+    fast += line_total == records
+  assert fast > 100
 
 
 def test_csv_bad_encoding_after_blank_and_carriage_return_lines_names_pyarrows_row(tmp_path):
