@@ -1135,6 +1135,37 @@ def test_texts_the_phone_start_rule_rejects_hold_no_phone(scanner, monkeypatch):
   assert pii_scanner.TextScanner().setup().redact_array(values) == reference
 
 
+def _phone_free_every_pass(values: pa.Array) -> np.ndarray:
+  """`scanner._phone_free` as it was: each of its three regex passes over every value."""
+  glued = pc.match_substring_regex(values, pii_recognizers.GLUED_ID_TOKEN).fill_null(False).to_numpy(False)
+  labelled = pc.match_substring_regex(values, pii_scanner._PHONE_LABEL_IN).fill_null(False).to_numpy(False)
+  may_start = pii_scanner._arrow_mask(values, (pii_recognizers.PHONE_MAY_START,))
+  return (glued & ~labelled) | ~may_start
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize('arrow_pass_s', [0.0, float('inf')], ids=['arrow', 'python-only'])
+@pytest.mark.parametrize('seed', range(2))
+def test_phone_free_values_found_on_the_values_each_pass_needs_are_those_of_every_pass(monkeypatch, arrow_pass_s, seed):
+  """`_phone_free` runs the phone label pass on glued id tokens alone and the phone start pass on the other
+  values alone: the same verdicts as the three passes over every value, on hostile glue texts, digit-bearing
+  ids and texts (non-ASCII digits, labels in any case, nulls, empty strings, trailing newlines), of either
+  string type, sliced, all glued tokens or none."""
+  monkeypatch.setattr(pii_scanner, '_arrow_pass_s', lambda patterns: arrow_pass_s)
+  rng = random.Random(seed)
+  cells = _glue_texts(rng, 1500) + _digit_bearing_cells(1500, seed) + ['', None, 'sess-13380235\n', 'Tel4155552671']
+  rng.shuffle(cells)
+  tokens = [
+    f'{rng.choice(["sess-", "INV", "SN", "tel", "Phone", "userPhone"])}{rng.randrange(10**9)}' for _ in range(300)
+  ]
+  cases = [pa.array(cells, pa.string()), pa.array(cells, pa.large_string()).slice(11, 2000), pa.array(tokens)]
+  cases += [pa.array(cells[:40], pa.string()), pa.array(['call me', None, 'https://example.com/p/5288523'] * 30)]
+  for values in cases:
+    expected = _phone_free_every_pass(values)
+    assert pii_scanner._phone_free(values).tolist() == expected.tolist()
+  assert _phone_free_every_pass(pa.array(tokens)).any() and not _phone_free_every_pass(pa.array(tokens)).all()
+
+
 @pytest.mark.unit
 def test_email_validation_asked_once_per_domain_answers_as_per_address():
   """The email recognizer's domain check, remembered per domain, gives tldextract's answer on each whole text."""
