@@ -1135,6 +1135,26 @@ def test_texts_the_phone_start_rule_rejects_hold_no_phone(scanner, monkeypatch):
   assert pii_scanner.TextScanner().setup().redact_array(values) == reference
 
 
+@pytest.mark.unit
+@pytest.mark.parametrize('seed', range(3))
+def test_entries_replaced_in_place_are_the_values_rebuilt_in_python(seed):
+  """`_with_entries_replaced` (the changed entries of a scan's distinct values put back with a mask) gives what
+  rebuilding every value in Python gave: nulls, empty and non-ASCII values, either string type, sliced, the
+  first and last entries, none but one or every entry replaced, replacements empty or longer."""
+  rng = random.Random(seed)
+  cells = [c if c is None else c[: rng.randint(0, 60)] for c in _digit_bearing_cells(400, seed)] + ['', 'é€😀']
+  rng.shuffle(cells)
+  for values in (pa.array(cells, pa.string()), pa.array(cells, pa.large_string()).slice(13, 300)):
+    n = len(values)
+    for entries in ([0], [n - 1], list(range(n)), rng.sample(range(n), n // 3)):
+      replaced = {e: rng.choice(['', '<PHONE_NUMBER>', 'ß' * rng.randint(1, 90)]) for e in entries}
+      rebuilt = values.to_pylist()
+      for entry, out in replaced.items():
+        rebuilt[entry] = out
+      got = pii_scanner._with_entries_replaced(values, dict(reversed(list(replaced.items()))))
+      assert got.type == values.type and got.to_pylist() == rebuilt
+
+
 def _phone_free_every_pass(values: pa.Array) -> np.ndarray:
   """`scanner._phone_free` as it was: each of its three regex passes over every value."""
   glued = pc.match_substring_regex(values, pii_recognizers.GLUED_ID_TOKEN).fill_null(False).to_numpy(False)
