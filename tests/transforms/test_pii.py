@@ -9,6 +9,7 @@ import json
 import logging
 import pickle
 import random
+import re
 import socket
 import uuid
 
@@ -1856,6 +1857,66 @@ def _pseudonyms_key_by_key(array, key_of_row, keys) -> list:
       for row, digest in zip(rows.tolist(), pseudonymise(array.take(pa.array(rows)), tenant_key).to_pylist()):
         want[row] = digest
   return want
+
+
+def _hmac_of_identifier(tenant_key: bytes, value):
+  """The pseudonym spelled out: HMAC-SHA256 in hex of the value stripped, an email address in lower case."""
+  if value is None:
+    return None
+  value = value.strip()
+  if re.fullmatch(r'[^@\s]+@[^@\s][^@.\s]*\.[^@\s]+', value):
+    value = value.lower()
+  return hmac.new(tenant_key, value.encode('utf-8'), hashlib.sha256).hexdigest()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize('memo_entries', [200_000, 50, 0], ids=['remembered', 'memo-emptied-often', 'memo-always'])
+@pytest.mark.parametrize('seed', range(3))
+def test_pseudonyms_of_every_path_are_the_hmac_spelled_out(monkeypatch, key, seed, memo_entries):
+  """Every way a column is pseudonymised (one tenant, many tenants each with its own values, values shared by
+  tenants, one value at a time) gives the HMAC spelled out, byte for byte, batch after batch (values seen
+  before under the same or another key, the memo emptied between or within batches): hostile values (padded,
+  any case, digits, non-ASCII, empty, long, nulls), of any string type, sliced, chunked, dictionary-encoded,
+  with rows of no tenant (-1) or of a tenant without a key."""
+  from transforms.pii import pseudonyms
+  from transforms.pii.pseudonyms import pseudonymise_by_key, pseudonymiser
+
+  monkeypatch.setattr(pseudonyms, '_MEMO_ENTRIES', memo_entries)
+  pseudonyms._memo.clear()
+  rng = random.Random(seed)
+  names = [f'tenant-{i}' for i in range(12)] + ['ünï']
+  keys = [key.tenant_key(t) for t in names] + [None]
+  for _ in range(4):  # batches: values recur
+    n = rng.choice([1, 9, 400, 1500])
+    values = _hostile_identifiers(rng, n + 6)
+    owner = {}
+    own = rng.random() < 0.5  # each value under one key, or under any
+    key_of_row = np.array(
+      [owner.setdefault(v, rng.randrange(-1, len(keys))) if own else rng.randrange(-1, len(keys)) for v in values],
+      dtype=np.int64,
+    )[4 : 4 + n]
+    array = pa.array(values, pa.string())
+    for shaped in (
+      array.slice(4, n),
+      pa.array(values, pa.large_string()).slice(4, n),
+      array.dictionary_encode().slice(4, n),
+      pa.chunked_array([array.slice(4, n // 2), array.slice(4 + n // 2, n - n // 2)]),
+    ):
+      plain = values[4 : 4 + n]
+      want = [
+        _hmac_of_identifier(keys[k], v) if k >= 0 and keys[k] is not None else None for v, k in zip(plain, key_of_row)
+      ]
+      if isinstance(shaped, pa.ChunkedArray):
+        one = keys[rng.randrange(len(keys) - 1)]
+        assert pseudonymise(shaped, one).to_pylist() == [_hmac_of_identifier(one, v) for v in plain]
+        continue
+      got = pseudonymise_by_key(shaped, key_of_row, keys)
+      assert got.type == pa.string() and got.to_pylist() == want
+      one = keys[rng.randrange(len(keys) - 1)]
+      assert pseudonymise(shaped, one).to_pylist() == [_hmac_of_identifier(one, v) for v in plain]
+      of_one = pseudonymiser(one)
+      assert [None if v is None else of_one(v) for v in plain] == [_hmac_of_identifier(one, v) for v in plain]
+  assert pseudonyms._memo_size <= memo_entries
 
 
 @pytest.mark.unit

@@ -68,7 +68,8 @@ def _identifier(value: str) -> str:
 
 def is_email_address(value: str) -> bool:
   """Whether `value` is wholly an email address (whose case `pseudonym` ignores)."""
-  return _EMAIL.fullmatch(value) is not None
+  # Most identifiers hold no '@' (user ids, IP addresses): a look for it costs 0.07-0.1 us, the regex 0.4-0.5.
+  return '@' in value and _EMAIL.fullmatch(value) is not None
 
 
 def _keyed(key: bytes) -> Any:
@@ -161,14 +162,12 @@ def pseudonymise_by_key(values: pa.Array, key_of_row: np.ndarray, keys: Sequence
   key_of_row = np.asarray(key_of_row, dtype=np.int64)
   key_of_value = _key_of_each_value(codes, key_of_row, len(distinct))
   if key_of_value is not None:  # each value's pair is the value: no pairs to encode
-    digests = _derive_by_key(distinct, np.arange(len(distinct)), key_of_value, keys)
-    return pc.take(pa.array(digests, type=pa.string()), encoded.indices)
+    return pc.take(_derive_by_key(distinct, np.arange(len(distinct)), key_of_value, keys), encoded.indices)
   hashed = (codes >= 0) & (key_of_row >= 0)
   pairs = pc.dictionary_encode(pa.array(np.where(hashed, key_of_row * len(distinct) + codes, -1)))
   distinct_pairs = pairs.dictionary.to_numpy(zero_copy_only=False)
   key_of_pair, value_of_pair = np.divmod(distinct_pairs, len(distinct))  # the pair -1: key -1
-  digests = _derive_by_key(distinct, value_of_pair, key_of_pair, keys)
-  return pc.take(pa.array(digests, type=pa.string()), pairs.indices)
+  return pc.take(_derive_by_key(distinct, value_of_pair, key_of_pair, keys), pairs.indices)
 
 
 def _key_of_each_value(codes: np.ndarray, key_of_row: np.ndarray, values: int) -> Optional[np.ndarray]:
@@ -189,19 +188,30 @@ def _key_of_each_value(codes: np.ndarray, key_of_row: np.ndarray, values: int) -
 
 def _derive_by_key(
   distinct: pa.Array, value_of_item: np.ndarray, key_of_item: np.ndarray, keys: Sequence[Optional[bytes]]
-) -> list:
-  """The pseudonym of each item, `distinct[value_of_item[i]]` under `keys[key_of_item[i]]`; None where that is
-  -1 or a None key."""
-  digests: list = [None] * len(key_of_item)
+) -> pa.Array:
+  """The pseudonym of each item (a string array), `distinct[value_of_item[i]]` under `keys[key_of_item[i]]`;
+  null where that is -1 or a None key."""
+  # The items of each key one after the other: their texts taken and converted at once, and the digests put
+  # back in place with one take (a take and a conversion a key, and a Python loop putting each digest in
+  # place, cost 4-5 ms per 27k items, this 2.5, measured).
+  of_keys, used = [], []
   for k in np.unique(key_of_item).tolist():
-    key = keys[k] if k >= 0 else None
-    if key is None:
-      continue
-    of_key = np.flatnonzero(key_of_item == k)
-    texts = distinct.take(pa.array(value_of_item[of_key])).to_pylist()
-    for at, digest in zip(of_key.tolist(), _derive(key, texts)):
-      digests[at] = digest
-  return digests
+    if k >= 0 and keys[k] is not None:
+      of_keys.append(np.flatnonzero(key_of_item == k))
+      used.append(keys[k])
+  if not of_keys:
+    return pa.nulls(len(key_of_item), pa.string())
+  order = np.concatenate(of_keys)
+  texts = distinct.take(pa.array(value_of_item[order])).to_pylist()
+  derived, start = [], 0
+  for key, of_key in zip(used, of_keys):
+    derived.extend(_derive(key, texts[start : start + len(of_key)]))
+    start += len(of_key)
+  # Item i's digest is derived[place[i]]; the items of no key point past them, at a null.
+  place = np.full(len(key_of_item), len(derived), dtype=np.int64)
+  place[order] = np.arange(len(derived))
+  derived.append(None)
+  return pa.array(derived, type=pa.string()).take(pa.array(place))
 
 
 def string_array(values: pa.Array) -> pa.Array:
