@@ -299,6 +299,9 @@ def _ended_line(data):
   return bytes(data) + b'\n'
 
 
+# The head of a file's first range typed to guess its number columns (`CsvReader._numeric_in_head`).
+_TYPE_GUESS_BYTES = 1 << 16
+
 # What a reader remembers per file (header, delimiter, multi-line values): emptied past this many files.
 _FILES_REMEMBERED = 256
 
@@ -557,7 +560,10 @@ class CsvReader:
     retyping cannot take, is parsed twice.
     """
     text_columns = self._text_columns(path, options)
-    guessed = [name for name in self._numeric_columns.get((path, options), ()) if name not in text_columns]
+    numeric_before = self._numeric_columns.get((path, options))
+    if numeric_before is None:  # the first range of the file this reader reads
+      numeric_before = self._numeric_in_head(data, read_options, path, options)
+    guessed = [name for name in numeric_before if name not in text_columns]
     table = self._read_csv(data, read_options, path, options, on_invalid_row, text_columns + guessed)
     texts: Dict[str, pa.ChunkedArray] = {}
     if guessed:
@@ -578,6 +584,46 @@ class CsvReader:
       self._numeric_columns.clear()
     self._numeric_columns[(path, options)] = numeric
     return self._numbers_as_written(table, data, read_options, path, options, numeric, texts)
+
+  def _numeric_in_head(self, data, read_options, path: str, options: CsvOptions) -> List[str]:
+    """The columns pyarrow types as numbers in the lines of `data`'s first `_TYPE_GUESS_BYTES`: for a file's
+    first range, the guess its later ranges have from the range before (`_parse`).
+
+    Without it a file's first range was parsed a second time for its number
+    columns' text (`_numbers_as_written`), a whole file's worth when a file is
+    one range: reading the first 64 MiB range took 0.42 against 0.49 CPU s on
+    the sample, 0.54 against 0.61 s on the 40-column corpus (medians of 7,
+    measured). A wrong guess changes no output: a column guessed but not a
+    number is typed from its text as pyarrow types it, one not guessed is read
+    again for its text, and a guessed column holding a comma or a line end
+    sends the range to a second whole parse (`_typed_from_text`), as for a
+    later range. Small data is not guessed at: the head would be most of it.
+    """
+    if len(data) < 4 * _TYPE_GUESS_BYTES:
+      return []
+    end = bytes(memoryview(data)[:_TYPE_GUESS_BYTES]).rfind(b'\n')
+    if end < 0:
+      return []
+    head_options = pa_csv.ReadOptions(
+      use_threads=False,
+      column_names=read_options.column_names,
+      autogenerate_column_names=read_options.autogenerate_column_names,
+    )
+    try:
+      head = pa_csv.read_csv(
+        pa.BufferReader(pa.py_buffer(data).slice(0, end + 1)),
+        read_options=head_options,
+        parse_options=self._parse_options(options, path, lambda row: 'skip'),
+        convert_options=pa_csv.ConvertOptions(null_values=[''], strings_can_be_null=True),
+      )
+    except pa.ArrowInvalid:  # e.g. the head ends inside a quoted value: no guess
+      return []
+    names = head.column_names
+    return [
+      name
+      for name, typ in zip(names, head.schema.types)
+      if (pa.types.is_integer(typ) or pa.types.is_floating(typ)) and names.count(name) == 1
+    ]
 
   def _read_csv(self, data, read_options, path: str, options: CsvOptions, on_invalid_row, as_text: List[str]):
     # Only an empty field is null: pyarrow's default null markers would also

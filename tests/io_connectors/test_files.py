@@ -1225,6 +1225,53 @@ def test_csv_columns_typed_from_their_text_equal_pyarrows_parse(tmp_path, monkey
   assert sum(retyped) > 200 and not all(retyped)
 
 
+def _head_typed_csv(rng, rows: int) -> bytes:
+  """`_number_like_csv`'s columns, with a column that is numbers in the head and now text, now a leading zero
+  further on, and one that is empty in the head and numbers further on: guesses from the head that are wrong."""
+  lines = _number_like_csv(rng, rows).decode('utf-8').split('\n')
+  turn = rng.randint(1, max(1, rows))
+  late = rng.choice(['n/a', '007', '99999999999999999999', '1.5', '"1,5"', '"2\n3"', '+4', 'é'])
+  out = [lines[0] + ',e,f']
+  for i, line in enumerate(lines[1:-1], 1):
+    e = late if i == turn else str(i)
+    f = '' if i < turn else str(i * 7)
+    out.append(f'{line},{e},{f}')
+  return ('\n'.join(out) + '\n').encode('utf-8')
+
+
+def test_csv_number_columns_guessed_from_a_files_head_give_what_two_parses_gave(tmp_path, monkeypatch):
+  """A file's first range, its number columns guessed from its head's typed parse (`_numeric_in_head`), read
+  as text and typed from it, gives every output that range's typed parse and second parse for their text
+  gave: wrong guesses (a column numbers in the head and text later, empty in the head) and heads ending inside
+  a quoted value included."""
+  import random
+
+  from io_connectors.files import csv as csv_reader
+
+  rng = random.Random(11)
+  guesses = []
+  real = csv_reader.CsvReader._numeric_in_head
+
+  def counting(self, *args):
+    guessed = real(self, *args)
+    guesses.append(bool(guessed))
+    return guessed
+
+  for n in range(60):
+    make = _head_typed_csv if n % 2 else _number_like_csv
+    path = write(tmp_path, f'head-{n}.csv', make(rng, rng.randint(0, 400)))
+    split = rng.choice([500, 2000, 1 << 20])
+    with monkeypatch.context() as m:
+      m.setattr(csv_reader, '_TYPE_GUESS_BYTES', rng.choice([16, 100, 400]))
+      m.setattr(csv_reader.CsvReader, '_numeric_in_head', counting)
+      guessed = _read_in_ranges(path, split)
+    with monkeypatch.context() as m:
+      m.setattr(csv_reader, '_TYPE_GUESS_BYTES', 1 << 40)  # never guessed: the second parse, as before
+      parsed_twice = _read_in_ranges(path, split)
+    assert _typed_rows(guessed) == _typed_rows(parsed_twice), open(path, 'rb').read()
+  assert sum(guesses) > 20
+
+
 def _typed_rows(result):
   """Rows with each value's type beside it (1 and 1.0 and '1' told apart), and the sorted dead letters."""
   rows, letters = result
