@@ -1451,8 +1451,8 @@ def test_a_column_of_few_distinct_values_is_prefiltered_on_its_dictionary_with_t
   reference_mask = per_cell._candidates(values)
   reference, reference_counts = per_cell.redact_array(values)
   monkeypatch.undo()
-  assert pii_scanner._mostly_repeats(values)
-  assert not pii_scanner._mostly_repeats(pa.array([f'id-{i}' for i in range(20000)]))
+  assert pii_scanner._head_repeats(values, 1, 8)
+  assert not pii_scanner._head_repeats(pa.array([f'id-{i}' for i in range(20000)]), 1, 8)
   dictionary_path = pii_scanner.TextScanner().setup()
   calls = []
   real_regex_mask = pii_scanner._regex_mask
@@ -1557,7 +1557,7 @@ def test_the_prefilter_masks_kept_apart_are_the_candidates_pass(monkeypatch, arr
   ):
     monkeypatch.setitem(pii_scanner._ARROW_PASS_S, patterns, arrow_pass_s)
   scanner = pii_scanner.TextScanner()
-  assert pii_scanner._mostly_repeats(values) == repeats
+  assert pii_scanner._head_repeats(values, 1, 8) == repeats
   others, phones = scanner._prefiltered(values)
   assert others.tolist() == pii_scanner._arrow_mask(values, (pii_scanner._ANY_PREFILTERS[0],)).tolist()
   assert phones.tolist() == pii_scanner._arrow_mask(values, (pii_scanner._ANY_PREFILTERS[1],)).tolist()
@@ -1694,7 +1694,7 @@ def test_a_strict_format_judged_per_distinct_value_equals_the_regex_over_every_c
       plain = values.dictionary_decode() if pa.types.is_dictionary(values.type) else values
       want = ~pc.match_substring_regex(plain, pattern).fill_null(True).to_numpy(zero_copy_only=False)
       assert pii_batch._nonconforming(values, rule).tolist() == want.tolist()
-  assert pii_batch._repeats_some(pa.array(cells)) and not pii_batch._repeats_some(pa.array(distinct))
+  assert pii_scanner._head_repeats(pa.array(cells), 3, 4) and not pii_scanner._head_repeats(pa.array(distinct), 3, 4)
 
 
 def test_the_first_setup_in_a_process_freezes_its_start_up_objects_and_later_ones_do_not(monkeypatch):

@@ -45,7 +45,7 @@ from transforms.pii.scanner import (
   WHOLE_FLOAT_MAX,
   TextScanner,
   _REPEATS_MIN_CELLS,
-  _REPEATS_SAMPLE,
+  _head_repeats,
   _is_string_type,
   _is_text_type,
   context_word,
@@ -408,17 +408,11 @@ def _nonconforming(values: pa.Array, rule) -> np.ndarray:
     values = values.cast(values.type.value_type)
   if rule.kind == 'country':
     conforms = pc.is_in(values, value_set=pa.array(sorted(COUNTRY_CODES)))
-  elif len(values) >= _REPEATS_MIN_CELLS and _repeats_some(values):
+  elif len(values) >= _REPEATS_MIN_CELLS and _head_repeats(values, 3, 4):  # `_matches_per_distinct` pays
     return ~_matches_per_distinct(values, rule.pattern)
   else:
     conforms = pc.match_substring_regex(values, rule.pattern)
   return ~conforms.fill_null(True).to_numpy(zero_copy_only=False)
-
-
-def _repeats_some(values: pa.Array) -> bool:
-  """True when the first cells hold at most three distinct values in four (`_matches_per_distinct` pays)."""
-  head = values.slice(0, _REPEATS_SAMPLE)
-  return pc.count_distinct(head, mode='all').as_py() * 4 <= len(head) * 3
 
 
 def _matches_per_distinct(values: pa.Array, pattern: str) -> np.ndarray:
