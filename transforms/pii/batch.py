@@ -33,7 +33,7 @@ from transforms.json_values import ObjectPairs, dumps_pairs, loads, loads_pairs,
 from transforms.pii.keys import MasterKey
 from transforms.pii.pseudonyms import pseudonymise, pseudonymise_by_key, pseudonymiser
 from transforms.pii.recognizers import (
-  _WHOLE_NUMBER,
+  WHOLE_NUMBER,
   is_identifier_number,
   is_placeholder,
   is_secret_name,
@@ -844,7 +844,7 @@ class _RecordRedactor:
         if v.startswith(BINARY_TEXT_PREFIX) and _BASE64.fullmatch(v, len(BINARY_TEXT_PREFIX)):
           out[k] = None
           self.counts[f'DROPPED_BINARY:{k}'] += 1
-        elif not (plan.numbered and _WHOLE_NUMBER.fullmatch(v) is not None):  # `is_identifier_number`, the name known
+        elif not (plan.numbered and WHOLE_NUMBER.fullmatch(v) is not None):  # `is_identifier_number`, the name known
           if v[:1] in _JSON_FIRST:
             v = self.json_text(out, k, v)
             if v is None:  # walked as a nested record

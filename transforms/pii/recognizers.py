@@ -41,6 +41,7 @@ from transforms.pii.phones import (
 
 __all__ = [
   'URL_WITH_CREDENTIALS',
+  'WHOLE_NUMBER',
   'ScanIncomplete',
   'SUPPORTED_ENTITIES',
   'build_recognizers',
@@ -318,7 +319,8 @@ def names_an_identifier(name: Optional[str]) -> bool:
   return bool(name) and any(w in ID_WORDS or w in MEASURE_WORDS for w in _token_words(name))
 
 
-_WHOLE_NUMBER = regex.compile(r'[0-9]+')
+# Text of digits only (`fullmatch`): a whole number, as `is_identifier_number` reads one.
+WHOLE_NUMBER = regex.compile(r'[0-9]+')
 
 
 def is_identifier_number(value: Any, name: Any) -> bool:
@@ -327,7 +329,7 @@ def is_identifier_number(value: Any, name: Any) -> bool:
   if not isinstance(name, str):
     return False
   if isinstance(value, str):
-    return _WHOLE_NUMBER.fullmatch(value) is not None and names_an_identifier(name)
+    return WHOLE_NUMBER.fullmatch(value) is not None and names_an_identifier(name)
   return isinstance(value, int) and not isinstance(value, bool) and names_an_identifier(name)
 
 
