@@ -574,12 +574,7 @@ class CsvReader:
       else:
         texts = {name: table.column(name) for name in guessed}
         table = typed
-    names = table.column_names
-    numeric = [
-      name
-      for name, typ in zip(names, table.schema.types)
-      if (pa.types.is_integer(typ) or pa.types.is_floating(typ)) and names.count(name) == 1
-    ]
+    numeric = _number_columns(table)
     if len(self._numeric_columns) > _FILES_REMEMBERED:
       self._numeric_columns.clear()
     self._numeric_columns[(path, options)] = numeric
@@ -609,21 +604,11 @@ class CsvReader:
       column_names=read_options.column_names,
       autogenerate_column_names=read_options.autogenerate_column_names,
     )
+    head = pa.py_buffer(data).slice(0, end + 1)
     try:
-      head = pa_csv.read_csv(
-        pa.BufferReader(pa.py_buffer(data).slice(0, end + 1)),
-        read_options=head_options,
-        parse_options=self._parse_options(options, path, lambda row: 'skip'),
-        convert_options=pa_csv.ConvertOptions(null_values=[''], strings_can_be_null=True),
-      )
+      return _number_columns(self._read_csv(head, head_options, path, options, lambda row: 'skip', []))
     except pa.ArrowInvalid:  # e.g. the head ends inside a quoted value: no guess
       return []
-    names = head.column_names
-    return [
-      name
-      for name, typ in zip(names, head.schema.types)
-      if (pa.types.is_integer(typ) or pa.types.is_floating(typ)) and names.count(name) == 1
-    ]
 
   def _read_csv(self, data, read_options, path: str, options: CsvOptions, on_invalid_row, as_text: List[str]):
     # Only an empty field is null: pyarrow's default null markers would also
@@ -685,6 +670,16 @@ class CsvReader:
       ):
         table = table.set_column(i, name, text)
     return table
+
+
+def _number_columns(table: pa.Table) -> List[str]:
+  """The columns of `table` pyarrow typed as numbers, of names it holds once."""
+  names = table.column_names
+  return [
+    name
+    for name, typ in zip(names, table.schema.types)
+    if (pa.types.is_integer(typ) or pa.types.is_floating(typ)) and names.count(name) == 1
+  ]
 
 
 def _typed_from_text(table: pa.Table, names: List[str]) -> Optional[pa.Table]:
