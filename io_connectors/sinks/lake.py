@@ -89,6 +89,7 @@ __all__ = [
   'with_null_masks',
   'UNASSIGNED',
   'parquet_bytes',
+  'parquet_buffer',
   'delete_tree',
   'tenant_of_path',
 ]
@@ -122,11 +123,156 @@ def _write_bytes(path: str, payload: bytes):
 
 def parquet_bytes(table: pa.Table, compression: Union[str, Dict[str, str]] = 'snappy') -> bytes:
   """A Parquet file of `table`; compression: a codec, or one per column path (a rewrite keeps a file's own)."""
+  return parquet_buffer(table, compression).to_pybytes()
+
+
+def parquet_buffer(table: pa.Table, compression: Union[str, Dict[str, str]] = 'snappy') -> pa.Buffer:
+  """`parquet_bytes` as the Arrow buffer the writer filled: for a caller that writes it to a file, without
+  the copy into Python bytes (~6% of the write)."""
   # An Arrow buffer, not io.BytesIO: the writer's many small writes then never take the GIL
   # (with two threads writing files, the Python file object cost ~10% of an erasure's work).
   sink = pa.BufferOutputStream()
-  pq.write_table(table, sink, compression=compression)
-  return sink.getvalue().to_pybytes()
+  dictionary = _dictionary_columns(table)
+  pq.write_table(table, sink, compression=compression, use_dictionary=True if dictionary is None else dictionary)
+  return sink.getvalue()
+
+
+# Dictionary encoding, decided per column from a sample of its values. Parquet's
+# writer builds a dictionary of every column until its page limit (1 MB), and
+# only then falls back to plain pages: a column of mostly distinct values (ids,
+# times, durations, row numbers) paid for hashing every value into a dictionary
+# it then gave up, or kept one as large as the values. Measured on the twelve
+# 140k-row files of a 1M-row run, CPU s with a dictionary -> plain: a timestamp
+# column 0.066 -> 0.017, an int64 of 76% distinct values 0.044 -> 0.016, an id
+# text column 0.130 -> 0.115, each file smaller; the whole files 0.69 -> 0.55 s
+# (the sample 0.025 s of it), 75 -> 70 MB. Only the encoding changes: the rows,
+# types and metadata read back the same.
+_DICTIONARY_SAMPLE = 1024
+# A dictionary that saves less than a quarter of the plain bytes is not worth hashing every value (and
+# snappy shrinks plain numbers further: durations and row numbers came out smaller plain).
+_PLAIN_SHARE = 0.75
+_SAMPLE_SEED = 20261207  # fixed: the same table gives the same file (its digest names it)
+
+
+def _leaf_count(t: pa.DataType) -> int:
+  """How many Parquet leaf columns a field of type `t` is written as."""
+  if isinstance(t, pa.ExtensionType):
+    return _leaf_count(t.storage_type)
+  if pa.types.is_struct(t):
+    return sum(_leaf_count(t.field(i).type) for i in range(t.num_fields))
+  if pa.types.is_map(t):
+    return _leaf_count(t.key_type) + _leaf_count(t.item_type)
+  if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+    return _leaf_count(t.value_type)
+  return 1
+
+
+# The flat types the writer would hash into a dictionary (by type id: `pa.types` tests cost ~40 us a column):
+# numbers, times, text and bytes. Booleans get none, an Arrow dictionary column is written as its own
+# dictionary, and nested columns and half floats keep the writer's default.
+_MAY_GO_PLAIN = frozenset(
+  t.id
+  for t in (
+    *(pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(), pa.uint32(), pa.uint64()),
+    *(pa.float32(), pa.float64(), pa.decimal128(1), pa.decimal256(1)),
+    *(pa.timestamp('s'), pa.date32(), pa.date64(), pa.time32('s'), pa.time64('us'), pa.duration('s')),
+    *(pa.string(), pa.large_string(), pa.binary(), pa.large_binary(), pa.binary(1)),
+  )
+)
+_FIXED_WIDTH = _MAY_GO_PLAIN - {t.id for t in (pa.string(), pa.large_string(), pa.binary(), pa.large_binary())}
+
+
+def _sample(column: pa.ChunkedArray, positions: np.ndarray, indices: pa.Array) -> pa.Array:
+  """The values at sorted `positions` (`indices` as an Arrow array), taken chunk by chunk: a take on a chunked
+  array concatenates its chunks first (9 ms against 1 ms for a table of two)."""
+  if column.num_chunks == 1:
+    return column.chunk(0).take(indices)
+  parts, start, end = [], 0, 0
+  for chunk in column.chunks:
+    end += len(chunk)
+    stop = int(np.searchsorted(positions, end))
+    if stop > start:
+      parts.append(chunk.take(pa.array(positions[start:stop] - (end - len(chunk)))))
+    start = stop
+  return pa.concat_arrays(parts)
+
+
+def _sample_positions(rows: int) -> np.ndarray:
+  """`_DICTIONARY_SAMPLE` distinct positions drawn at random (all when fewer), sorted. Drawn from all the rows
+  alike: strata (one position in each stretch of rows) never drew two values of a sorted run, and took a
+  column of runs of four equal values for distinct ones; without repeats, which would count as equal values."""
+  if rows <= _DICTIONARY_SAMPLE:
+    return np.arange(rows, dtype=np.int64)
+  rng = np.random.default_rng(_SAMPLE_SEED)
+  return np.sort(rng.choice(rows, _DICTIONARY_SAMPLE, replace=False, shuffle=False)).astype(np.int64)
+
+
+def _dictionary_pays(column: pa.ChunkedArray, sample: pa.Array) -> bool:
+  """Whether a dictionary would make `column` notably smaller (`_PLAIN_SHARE`), judged from `sample`, values
+  of it drawn without repeats.
+
+  The sample's pairs of equal values estimate the share of pairs of the
+  column's values that are equal (the sum of p_i**2 over its distinct
+  values), whose inverse estimates how many distinct values it holds:
+  exactly for evenly spread values, fewer (so a dictionary) when some are
+  frequent. A dictionary takes the distinct values plus an index of
+  log2(distinct) bits per value; plain pages take every value.
+  """
+  n = len(column) - column.null_count
+  if sample.null_count:
+    sample = sample.drop_null()
+  k = len(sample)
+  if k < 2:
+    return True  # nothing to judge (all null, one value): the writer's default
+  counts = pc.value_counts(sample).field('counts').to_numpy().astype(np.float64)
+  pairs = float(np.dot(counts, counts - 1)) / (k * (k - 1))  # share of equal pairs, drawn without repeats
+  squares = pairs * (n - 1) / n + 1 / n  # the sum of p_i**2 over the column's distinct values
+  distinct = max(len(counts), 1 / squares)
+  # Bytes a plain page takes per value: a fixed width, or about a length prefix and the average length.
+  width = sample.type.byte_width if sample.type.id in _FIXED_WIDTH else sample.nbytes / k
+  index_bits = max(1.0, float(np.ceil(np.log2(max(distinct, 2.0)))))
+  return distinct * width + n * index_bits / 8 < _PLAIN_SHARE * n * width
+
+
+def _dictionary_columns(table: pa.Table) -> Optional[List[str]]:
+  """The leaf column paths to write with a dictionary (`use_dictionary`), or None when all of them are."""
+  candidates = [i for i, f in enumerate(table.schema) if f.type.id in _MAY_GO_PLAIN]
+  if not candidates or table.num_rows < 2:
+    return None
+  positions = _sample_positions(table.num_rows)
+  indices = pa.array(positions)
+  plain = set()
+  for i in candidates:
+    column = table.column(i)
+    try:
+      pays = _dictionary_pays(column, _sample(column, positions, indices))
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+      pays = True  # a type the sample's kernels do not take: the writer's default
+    if not pays:
+      plain.add(i)
+  if not plain:
+    return None
+  try:
+    paths = _leaf_paths(table.schema)
+  except pa.ArrowException:
+    return None  # a schema the writer refuses: it says why, as before
+  return [path for i, leaves in enumerate(paths) if i not in plain for path in leaves]
+
+
+def _leaf_paths(schema: pa.Schema) -> List[List[str]]:
+  """Each field's Parquet leaf column paths (a list's values are ``<name>.list.element``): as the writer names
+  them, from the footer of an empty file of `schema`, when any field is nested."""
+  if all(_leaf_count(f.type) == 1 and not pa.types.is_nested(f.type) for f in schema):
+    return [[f.name] for f in schema]
+  sink = pa.BufferOutputStream()
+  pq.write_table(schema.empty_table(), sink)
+  parquet_schema = pq.read_metadata(sink.getvalue()).schema
+  leaves = [parquet_schema.column(j).path for j in range(len(parquet_schema))]
+  counts = [_leaf_count(f.type) for f in schema]
+  if sum(counts) != len(leaves):
+    raise pa.ArrowInvalid(f'{len(leaves)} Parquet columns for {sum(counts)} leaves')  # a type counted wrong
+  ends = np.cumsum(counts)
+  return [leaves[end - count : end] for count, end in zip(counts, ends)]
 
 
 def _jsonl_bytes(table: pa.Table) -> bytes:
