@@ -66,7 +66,7 @@ from io_connectors.files import csv as csv_files  # noqa: E402,F401  (registers 
 from io_connectors.files._options import options_for  # noqa: E402
 from io_connectors.files._ranges import byte_ranges  # noqa: E402
 from io_connectors.files._read import READERS  # noqa: E402
-from io_connectors.sinks.lake import parquet_bytes  # noqa: E402
+from io_connectors.sinks.lake import parquet_buffer, parquet_bytes  # noqa: E402
 from io_connectors.streams.kafka._payloads import decode_values, value_dead_letter  # noqa: E402
 from pipelines.config import RunConfig  # noqa: E402
 from pipelines.spotify_batch import dedup_shards  # noqa: E402
@@ -123,7 +123,7 @@ def _setup_seconds(unused) -> Dict[str, float]:
   return _worker['setup_s']
 
 
-def _write(path: str, payload: bytes):
+def _write(path: str, payload):
   with open(path, 'wb') as f:
     f.write(payload)
 
@@ -226,7 +226,7 @@ def _second_phase(group: Tuple[str, int], paths: Sequence[str], schema: pa.Schem
     clock.lap('lineage columns')
     batch = conform(batch, output_schema)
     clock.lap('conform')
-    payload = parquet_bytes(pa.Table.from_batches([strip_internal(batch)]))
+    payload = parquet_buffer(pa.Table.from_batches([strip_internal(batch)]))  # as _WriteBatchFn: no copy to bytes
     _write(os.path.join(_worker['out_dir'], f'data-{group[0]}-{uuid.uuid4().hex}.parquet'), payload)
     written += batch.num_rows
     clock.lap('write Parquet')

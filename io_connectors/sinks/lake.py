@@ -113,7 +113,11 @@ def _join(*parts: str) -> str:
   return FileSystems.join(*parts) if parts else ''
 
 
-def _write_bytes(path: str, payload: bytes):
+def _write_bytes(path: str, payload: Union[bytes, pa.Buffer]):
+  """Writes `payload` as the file at `path`; an Arrow buffer goes to a local file as it is (no copy), and to an
+  object store as bytes, what its uploaders were written for."""
+  if isinstance(payload, pa.Buffer) and not _is_local(path):
+    payload = payload.to_pybytes()
   with FileSystems.create(path) as handle:
     handle.write(payload)
 
@@ -578,8 +582,9 @@ def _is_coarse_timestamp(f: pa.Field) -> bool:
   return pa.types.is_timestamp(t) and t.unit != 'ns'
 
 
-_WRITERS: Dict[str, Callable[[pa.Table], bytes]] = {
-  'parquet': parquet_bytes,
+# What each format's file holds: bytes, or (Parquet) the Arrow buffer the writer filled, written without a copy.
+_WRITERS: Dict[str, Callable[[pa.Table], Union[bytes, pa.Buffer]]] = {
+  'parquet': parquet_buffer,
   'avro': avro_file_bytes,
   'jsonl': _jsonl_bytes,
   'tfrecord': _tfrecord_bytes,

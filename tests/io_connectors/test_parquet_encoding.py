@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from io_connectors.sinks import lake
-from io_connectors.sinks.lake import parquet_bytes
+from io_connectors.sinks.lake import parquet_buffer, parquet_bytes
 
 ROWS = 20_000
 
@@ -235,3 +235,30 @@ def test_per_column_compression_is_kept_with_plain_columns():
   assert [meta.row_group(0).column(c).compression for c in range(2)] == ['ZSTD', 'GZIP']
   assert _dictionary_pages(data) == {'id': False, 'user': True}
   assert pq.read_table(io.BytesIO(data)).equals(table)
+
+
+def test_the_buffer_is_the_files_bytes_and_written_without_a_copy_locally(tmp_path, monkeypatch):
+  table = pa.table({'id': _ids(3000), 'n': list(range(3000))})
+  buffer = parquet_buffer(table)
+  assert isinstance(buffer, pa.Buffer) and buffer.to_pybytes() == parquet_bytes(table)
+  path = str(tmp_path / 'part.parquet')
+  lake._write_bytes(path, buffer)
+  assert pq.read_table(path).equals(table)
+  # Object stores get bytes, what their uploaders were written for.
+  written = []
+
+  class _Handle:
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *exc):
+      return False
+
+    def write(self, payload):
+      written.append(payload)
+
+  monkeypatch.setattr(lake.FileSystems, 'create', lambda path: _Handle())
+  lake._write_bytes('s3://bucket/part.parquet', buffer)
+  lake._write_bytes(str(tmp_path / 'other.parquet'), buffer)
+  assert isinstance(written[0], bytes) and written[0] == buffer.to_pybytes()
+  assert written[1] is buffer
