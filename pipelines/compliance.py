@@ -398,18 +398,19 @@ _SMALL_CHUNK = 64 * 1024
 
 
 def _dictionary_overflowed(meta: pq.FileMetaData) -> FrozenSet[str]:
-  """The columns whose writer gave up dictionary encoding in some chunk: its data pages hold more than
-  3 bytes a value, more than any dictionary index takes (a 1 MB dictionary has at most 2**20 entries:
-  20 bits). Their values are mostly distinct (event ids): decoded plain, not hashed into a dictionary
-  again, they read ~40% faster and cost the same to match."""
+  """The columns whose writer gave up dictionary encoding in some chunk, or wrote it plain from the start
+  (`parquet_bytes` does for mostly distinct values): its data pages hold more than 3 bytes a value, more
+  than any dictionary index takes (a 1 MB dictionary has at most 2**20 entries: 20 bits). Their values are
+  mostly distinct (event ids): decoded plain, not hashed into a dictionary again, they read ~40% faster and
+  cost the same to match."""
   overflowed = set()
   for g in range(meta.num_row_groups):
     group = meta.row_group(g)
     for c in range(group.num_columns):
       chunk = group.column(c)
-      if not chunk.has_dictionary_page or chunk.dictionary_page_offset is None:
-        continue
-      data_bytes = chunk.total_compressed_size - (chunk.data_page_offset - chunk.dictionary_page_offset)
+      data_bytes = chunk.total_compressed_size
+      if chunk.has_dictionary_page and chunk.dictionary_page_offset is not None:
+        data_bytes -= chunk.data_page_offset - chunk.dictionary_page_offset
       if data_bytes > max(3 * chunk.num_values, _SMALL_CHUNK):
         overflowed.add(chunk.path_in_schema)
   return frozenset(overflowed)

@@ -83,6 +83,22 @@ def test_a_column_whose_dictionary_overflowed_is_read_plain_and_still_matched():
   assert compliance._dictionary_overflowed(pq.read_metadata(io.BytesIO(parquet_bytes(_table())))) == set()
 
 
+def test_a_column_the_lake_wrote_plain_is_read_plain_and_still_matched():
+  # The lake's writer writes mostly distinct values plain from the start (no dictionary to overflow): read
+  # plain as an overflowed column is, not hashed into a dictionary; repeated values still as a dictionary.
+  ids = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(4000)]
+  ids[3217] = 'u7'
+  data = parquet_bytes(pa.table({'event_id': ids, 'country': ['SE', 'DE'] * 2000, 'plays': list(range(4000))}))
+  chunk = pq.read_metadata(io.BytesIO(data)).row_group(0).column(0)
+  assert chunk.path_in_schema == 'event_id' and not chunk.has_dictionary_page
+  assert compliance._dictionary_overflowed(pq.read_metadata(io.BytesIO(data))) == {'event_id'}
+  probe = compliance._text_columns(data)
+  assert probe.schema.field('event_id').type == pa.string()
+  assert pa.types.is_dictionary(probe.schema.field('country').type)
+  _, removed, kept = split_file('part-0.parquet', data, SubjectMatcher(['u7']))
+  assert [r['plays'] for r in removed] == [3217] and kept == 3999
+
+
 def test_a_carried_file_must_be_the_scanned_file(tmp_path):
   """The re-scan skips carried files only after proving each is the file the first pass scanned."""
   scanned = tmp_path / 'old' / 'part-0.parquet'
