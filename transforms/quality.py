@@ -99,6 +99,30 @@ def _cap(top: Dict[str, int], capacity: int) -> bool:
   return True
 
 
+# A timestamp's units in a day: its count since the epoch (in UTC, whatever its zone) floor-divided by them is
+# its UTC day.
+_UNITS_PER_DAY = {'s': 86_400, 'ms': 86_400_000, 'us': 86_400_000_000, 'ns': 86_400_000_000_000}
+_DATE32_DAYS = (-(2**31), 2**31 - 1)
+
+
+def _utc_days(present: pa.Array) -> np.ndarray:
+  """The day of UTC of each value of a timestamp or date array without nulls, as days since the epoch.
+
+  Days of UTC, as the report says: Arrow casts a zoned timestamp to the
+  date of its own zone, so the zone is set to UTC first. A timestamp's
+  day is its count floor-divided (what that cast gives, 0.1 ms against
+  2 ms for 140k times: the cast looks the zone up for every value); a day
+  beyond a date32's range takes the cast, as before.
+  """
+  t = present.type
+  if pa.types.is_timestamp(t):
+    days = np.asarray(present.cast(pa.int64()).to_numpy(zero_copy_only=False)) // _UNITS_PER_DAY[t.unit]
+    if not len(days) or (_DATE32_DAYS[0] <= days.min() and days.max() <= _DATE32_DAYS[1]):
+      return days.astype(np.int32)
+  days = (present.cast(pa.timestamp(t.unit, 'UTC')) if pa.types.is_timestamp(t) else present).cast(pa.date32())
+  return np.asarray(days.cast(pa.int32()).to_numpy(zero_copy_only=False))
+
+
 def _column_stats(column: pa.Array, visible: bool) -> Dict[str, Any]:
   if isinstance(column, pa.ChunkedArray):
     column = column.combine_chunks()
@@ -121,9 +145,7 @@ def _column_stats(column: pa.Array, visible: bool) -> Dict[str, Any]:
       bins, counts = np.unique(_bin(values), return_counts=True)
       _add_counts(stats['histogram'], [_bin_label(b) for b in bins.tolist()], counts.tolist())
   elif pa.types.is_timestamp(t) or pa.types.is_date(t):
-    # Days of UTC, as the report says: Arrow casts a zoned timestamp to the date of its own zone.
-    days = (present.cast(pa.timestamp(t.unit, 'UTC')) if pa.types.is_timestamp(t) else present).cast(pa.date32())
-    numbers, counts = np.unique(np.asarray(days.cast(pa.int32()).to_numpy(zero_copy_only=False)), return_counts=True)
+    numbers, counts = np.unique(_utc_days(present), return_counts=True)
     labels = pa.array(numbers.astype(np.int32), pa.int32()).cast(pa.date32()).to_pylist()
     stats.update(kind='time', per_day={})
     _add_counts(stats['per_day'], [d.isoformat() for d in labels], counts.tolist())

@@ -134,3 +134,54 @@ def test_integers_beyond_two_to_the_53_are_counted():
   column = batch_stats('listening_event', batch, frozenset({'ms_played'}))['columns']['ms_played']
   assert column['kind'] == 'numeric' and column['count'] == 3
   assert column['histogram'] == {'9.2e+18': 1, '9e+15': 1, '-9.2e+18': 1}
+
+
+def _days_by_cast(present: pa.Array) -> list:
+  """The UTC day of each value as Arrow's casts give it (what the statistics counted before `_utc_days`)."""
+  t = present.type
+  days = (present.cast(pa.timestamp(t.unit, 'UTC')) if pa.types.is_timestamp(t) else present).cast(pa.date32())
+  return days.cast(pa.int32()).to_pylist()
+
+
+def test_utc_days_are_the_days_arrows_casts_give_for_every_unit_zone_and_edge():
+  import numpy as np
+
+  from transforms.quality import _utc_days
+
+  rng = np.random.default_rng(3)
+  for unit, per_day in (('s', 86_400), ('ms', 86_400_000), ('us', 86_400_000_000), ('ns', 86_400_000_000_000)):
+    top = np.iinfo(np.int64).max
+    edges = [0, -1, 1, per_day - 1, per_day, -per_day, -per_day - 1, -per_day + 1, top // 2, -(top // 2), top, -top]
+    # Days at the ends of a date32 (and beyond, for seconds): the cast's own result, whatever it is.
+    edges += [per_day * (2**31 - 1), per_day * (2**31 - 1) + per_day - 1, -per_day * 2**31] if unit == 's' else []
+    values = edges + rng.integers(-(2**62), 2**62, 2000).tolist() + rng.integers(-(10**12), 10**12, 2000).tolist()
+    for zone in (None, 'UTC', 'Europe/Berlin', '+05:30', 'America/St_Johns'):
+      column = pa.array(values, pa.timestamp(unit, zone))
+      for part in (column, column.slice(5, 1000), column.slice(0, 0), column.slice(len(edges))):
+        assert _utc_days(part).tolist() == _days_by_cast(part), (unit, zone)
+  for dates in (
+    pa.array([0, -1, 2**31 - 1, -(2**31), 19000], pa.date32()),
+    pa.array([0, -86_400_000, 86_400_000 * 10**6], pa.date64()),
+  ):
+    assert _utc_days(dates).tolist() == _days_by_cast(dates)
+
+
+def test_time_statistics_with_nulls_and_chunks_count_each_utc_day():
+  from transforms.quality import _column_stats
+
+  times = pa.chunked_array(
+    [
+      pa.array([dt.datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), None], pa.timestamp('us', 'Asia/Tokyo')),
+      pa.array(
+        [dt.datetime(1970, 1, 1, tzinfo=UTC), dt.datetime(2024, 2, 29, 23, 0, tzinfo=UTC)] * 2,
+        pa.timestamp('us', 'Asia/Tokyo'),
+      ),
+    ]
+  )
+  stats = _column_stats(times.slice(0), True)
+  assert stats == {
+    'type': 'timestamp[us, tz=Asia/Tokyo]',
+    'nulls': 1,
+    'kind': 'time',
+    'per_day': {'1969-12-31': 1, '1970-01-01': 2, '2024-02-29': 2},
+  }
