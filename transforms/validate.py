@@ -53,6 +53,7 @@ import datetime as dt
 import functools
 import ipaddress
 import logging
+import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
@@ -234,6 +235,8 @@ def _maybe_blank(strings: pa.Array) -> Optional[np.ndarray]:
   if not n:  # another library's empty array may come without an offsets buffer
     return np.zeros(0, dtype=bool)
   _, offsets, data = strings.buffers()
+  if offsets is None:
+    return None
   ends = np.frombuffer(offsets, dtype=np.int32, count=n + 1, offset=strings.offset * 4)
   starts, lengths = ends[:-1], np.diff(ends)
   if data is None or data.size == 0:
@@ -291,7 +294,7 @@ def _convert_string(arr, rule) -> _Column:
     values = _references_as_ids(values, rule.reference)
   bad_value = np.zeros(len(arr), dtype=bool)
   if rule.pattern:
-    bad_value = _not_null(values) & ~_mask(pc.match_substring_regex(values, rule.pattern))
+    bad_value = _not_null(values) & ~_matches(values, rule.pattern)
   if rule.kind == 'country':
     bad_value |= _not_null(values) & ~_mask(pc.is_in(values, value_set=_COUNTRY_SET))
   if rule.kind == 'ip':
@@ -302,11 +305,87 @@ def _convert_string(arr, rule) -> _Column:
 def _references_as_ids(values: pa.Array, reference: str) -> pa.Array:
   """Each value matching `reference` (a URI or link of the id) as the id it holds, the others as they are. Found
   by a match and replaced only there: a match over 65,000 ids took ~2.3 ms, the replace over all ~3.3 ms."""
-  found = _mask(pc.match_substring_regex(values, reference))
+  found = _matches(values, reference)
   if not found.any():
     return values
   ids = pc.replace_substring_regex(values.take(pa.array(np.flatnonzero(found))), reference, r'\1')
   return pc.replace_with_mask(values, pa.array(found), ids)
+
+
+def _matches(strings: pa.Array, pattern: str) -> np.ndarray:
+  """Where `strings` match the RE2 `pattern`, as `_mask(pc.match_substring_regex(strings, pattern))` says.
+
+  A pattern with a test of the texts' bytes (`_bytes_test`) is asked of RE2 only for the rows the test leaves
+  undecided: over 65,000 Spotify ids RE2 took ~3.6 ms, the bytes' test ~0.6 ms.
+  """
+  test = _bytes_test(pattern)
+  layout = _string_layout(strings) if test is not None else None
+  if layout is None:
+    return _mask(pc.match_substring_regex(strings, pattern))
+  present = _not_null(strings)
+  matching, undecided = test(*layout)
+  found = matching & present
+  rows = np.flatnonzero(undecided & present)
+  if 2 * len(rows) > len(strings):  # most rows: one pass over all, not a take first
+    return _mask(pc.match_substring_regex(strings, pattern))
+  if len(rows):
+    found[rows] = _mask(pc.match_substring_regex(strings.take(pa.array(rows)), pattern))
+  return found
+
+
+_REFERENCE_ITEM = re.compile(r'spotify:(\w+):')
+
+
+@functools.lru_cache(maxsize=None)
+def _bytes_test(pattern: str):
+  """The test of a text's bytes that decides, for most texts, whether it matches `pattern`, or None.
+
+  Each takes a string array's (offsets, data) and gives (where a text matches, where RE2 must decide); it
+  judges a row only where its bytes alone settle the match; nulls are the caller's to set aside.
+  """
+  if pattern == entities.SPOTIFY_ID_PATTERN:
+    return _spotify_id_bytes
+  item = _REFERENCE_ITEM.search(pattern)
+  if item is not None and pattern == entities.spotify_reference_pattern(item.group(1)):
+    return _colon_bytes
+  return None
+
+
+def _string_layout(strings: pa.Array) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+  """(offsets of each text and the one past the last, the data bytes) of a string array, or None for another
+  array. The offsets index the data buffer, whatever the array's own offset."""
+  if not isinstance(strings, pa.StringArray) or not len(strings):
+    return None
+  _, offsets, data = strings.buffers()
+  if offsets is None:
+    return None
+  ends = np.frombuffer(offsets, dtype=np.int32, count=len(strings) + 1, offset=strings.offset * 4)
+  return ends, np.zeros(0, dtype=np.uint8) if data is None else np.frombuffer(data, dtype=np.uint8)
+
+
+def _rows_with(offsets: np.ndarray, positions: np.ndarray) -> np.ndarray:
+  """A mask of the rows holding any of the data `positions` (ascending, from the first row's start to before
+  the last's end)."""
+  found = np.zeros(len(offsets) - 1, dtype=bool)
+  found[np.searchsorted(offsets, positions, side='right') - 1] = True  # an empty row's start is its next's
+  return found
+
+
+def _spotify_id_bytes(offsets: np.ndarray, data: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+  """`entities.SPOTIFY_ID_PATTERN`: 22 ASCII letters and digits, one byte each, and nothing else; decides all."""
+  first = offsets[0]
+  chars = data[first : offsets[-1]]
+  other = ~(((chars - ord('0')) < 10) | (((chars | 0x20) - ord('a')) < 26))  # uint8: below the range wraps past
+  matching = (np.diff(offsets) == 22) & ~_rows_with(offsets, np.flatnonzero(other) + first)
+  return matching, np.zeros(len(matching), dtype=bool)
+
+
+def _colon_bytes(offsets: np.ndarray, data: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+  """A Spotify reference (`entities.spotify_reference_pattern`), a URI or a link, holds a ':'; a text without
+  one matches none."""
+  first = offsets[0]
+  colons = _rows_with(offsets, np.flatnonzero(data[first : offsets[-1]] == ord(':')) + first)
+  return np.zeros(len(colons), dtype=bool), colons
 
 
 def _invalid_ips(values: pa.Array) -> np.ndarray:

@@ -1032,3 +1032,53 @@ def test_references_replaced_where_they_match_are_those_replaced_everywhere(seed
   for strings in list(_shapes(texts)) + [pa.array(forms[1:3])]:
     everywhere = pc.replace_substring_regex(strings, reference, r'\1')
     assert validate_module._references_as_ids(strings, reference).equals(everywhere), strings
+
+
+def _near_ids(seed, count):
+  """Texts that are Spotify ids, their references, or almost either: a byte too many or too few, a letter of
+  another script, a '_' or ':' inside, whitespace around."""
+  rng = random.Random(seed)
+  alphabet = '0123456789abcXYZ_:é日 \t.-/'
+  texts = []
+  for _ in range(count):
+    length = rng.choice([20, 21, 22, 22, 22, 23])
+    text = ''.join(rng.choices('0123456789abcdefXYZ', k=length))
+    if rng.random() < 0.3:
+      at = rng.randrange(length)
+      text = text[:at] + rng.choice(alphabet) + text[at + 1 :]
+    if rng.random() < 0.2:
+      text = rng.choice(['spotify:track:', 'spotify:episode:', 'https://open.spotify.com/track/', ' ']) + text
+    texts.append(None if rng.random() < 0.05 else text)
+  return texts
+
+
+def _patterns_with_bytes_tests():
+  references = {
+    rule.reference for model in entities.ENTITIES.values() for rule, _ in entities.field_rules(model).values()
+  }
+  return [entities.SPOTIFY_ID_PATTERN] + sorted(r for r in references if r)
+
+
+@pytest.mark.parametrize('seed', range(5))
+def test_matches_decided_by_bytes_are_those_re2_finds(seed):
+  texts = _hostile_texts(seed, 300) + _near_ids(seed, 600)
+  patterns = _patterns_with_bytes_tests()
+  assert len(patterns) > 2
+  for strings in [*_shapes(texts), pa.nulls(5, pa.string())]:
+    present = validate_module._not_null(strings)
+    for pattern in patterns:
+      by_re2 = validate_module._mask(pc.match_substring_regex(strings, pattern))
+      assert validate_module._bytes_test(pattern) is not None, pattern
+      assert ((present & validate_module._matches(strings, pattern)) == (present & by_re2)).all(), (pattern, strings)
+      layout = validate_module._string_layout(strings)
+      if layout is not None:  # what the test decides alone, whatever share of the rows it leaves to RE2
+        matching, undecided = validate_module._bytes_test(pattern)(*layout)
+        decided = present & ~undecided
+        assert (matching[decided] == by_re2[decided]).all(), (pattern, strings)
+
+
+def test_a_pattern_without_a_bytes_test_is_asked_of_re2():
+  strings = pa.array(['a@b.c', 'x', None])
+  assert validate_module._bytes_test(entities.EMAIL_PATTERN) is None
+  assert list(validate_module._matches(strings, entities.EMAIL_PATTERN)) == [True, False, False]
+  assert validate_module._bytes_test(entities.spotify_reference_pattern('track') + 'x') is None
