@@ -1082,3 +1082,25 @@ def test_a_pattern_without_a_bytes_test_is_asked_of_re2():
   assert validate_module._bytes_test(entities.EMAIL_PATTERN) is None
   assert list(validate_module._matches(strings, entities.EMAIL_PATTERN)) == [True, False, False]
   assert validate_module._bytes_test(entities.spotify_reference_pattern('track') + 'x') is None
+
+
+def test_rows_kept_column_by_column_are_those_the_batch_filter_keeps():
+  rng = np.random.default_rng(5)
+  n = 300
+  texts = _hostile_texts(5, n)[:n]
+  columns = {
+    'text': pa.array(texts, pa.string()),
+    'large': pa.array(texts, pa.large_string()),
+    'number': pa.array([None if i % 7 == 0 else i for i in range(n)], pa.int64()),
+    'flag': pa.array([None if i % 5 == 0 else i % 2 == 0 for i in range(n)], pa.bool_()),
+    'source': pa.array(['a.csv', 'b.csv', None] * (n // 3)).dictionary_encode(),
+    'nested': pa.array([{'k': [i, None]} if i % 3 else None for i in range(n)]),
+    'time': pa.array(range(n), pa.timestamp('us', tz='UTC')),
+    'nothing': pa.nulls(n),
+  }
+  batch = pa.RecordBatch.from_pydict(columns).replace_schema_metadata({'origin': 'test'})
+  for shape in (batch, batch.slice(13, 200), batch.slice(n - 1)):
+    for keep in (rng.random(shape.num_rows) < 0.9, np.zeros(shape.num_rows, bool), np.ones(shape.num_rows, bool)):
+      got = validate_module._rows_kept(shape, keep)
+      expected = shape.filter(pa.array(keep))
+      assert got.equals(expected) and got.schema.equals(expected.schema, check_metadata=True)
