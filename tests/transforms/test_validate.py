@@ -1104,3 +1104,37 @@ def test_rows_kept_column_by_column_are_those_the_batch_filter_keeps():
       got = validate_module._rows_kept(shape, keep)
       expected = shape.filter(pa.array(keep))
       assert got.equals(expected) and got.schema.equals(expected.schema, check_metadata=True)
+
+
+def _repeated_shapes(texts, rows):
+  """`texts` drawn again and again into `rows` rows, as Arrow arrays of the shapes a column arrives in."""
+  rng = random.Random(len(texts))
+  whole = pa.array([rng.choice(texts) for _ in range(rows)], pa.string())
+  return [whole, whole.slice(7, rows - 20), pa.array(whole.to_pylist(), pa.large_string()).cast(pa.string()).slice(1)]
+
+
+@pytest.mark.parametrize('seed', range(3))
+def test_addresses_judged_per_distinct_text_are_those_ipaddress_refuses(seed):
+  rng = random.Random(seed)
+  pieces = ['2001:db8::1', '::ffff:10.0.0.1', 'fe80::1%eth0', '192.0.2.10', '01.2.3.4', '256.1.1.1', '::', 'x::1']
+  texts = _hostile_texts(seed, 300) + pieces + [f'10.{rng.randrange(300)}.0.{rng.randrange(300)}' for _ in range(500)]
+  for strings in _repeated_shapes(texts, 3 * validate_module._HEAD_ROWS):
+    assert validate_module._repeats(strings)
+    refused_each = [value is not None and _ipaddress_refuses(value) for value in strings.to_pylist()]
+    assert validate_module._invalid_ips(strings).tolist() == refused_each
+
+
+@pytest.mark.parametrize('seed', range(3))
+def test_matches_asked_per_distinct_text_are_those_re2_finds_in_each(seed):
+  emails = ['a@b.co', 'a@.co', '@b.co', 'a@b.', 'a b@c.de', 'ä@b.co', 'a@b@c.de', 'x.y@z.example', 'a@b.c\n']
+  texts = _hostile_texts(seed, 300) + emails
+  for strings in _repeated_shapes(texts, 3 * validate_module._HEAD_ROWS) + list(_shapes(texts)):
+    by_re2 = validate_module._mask(pc.match_substring_regex(strings, entities.EMAIL_PATTERN))
+    assert (validate_module._regex_mask(strings, entities.EMAIL_PATTERN) == by_re2).all()
+
+
+def test_texts_repeat_where_their_first_rows_do():
+  rows = 3 * validate_module._HEAD_ROWS
+  assert validate_module._repeats(pa.array([f'user{i % 1000}' for i in range(rows)]))
+  assert not validate_module._repeats(pa.array([f'event{i}' for i in range(rows)]))
+  assert not validate_module._repeats(pa.array([f'user{i % 10}' for i in range(100)]))  # too few rows to count
