@@ -1042,9 +1042,23 @@ class _ValidateFn(beam.DoFn):
     if valid.num_rows:
       yield valid
     self._invalid.inc(len(letters))
+    for (reason, tenant), count in _counts_by_reason_and_tenant(letters):
+      self._invalid_by.inc(count, reason=reason, tenant=tenant)
     for letter in letters:
-      self._invalid_by.inc(1, reason=letter['reason'], tenant=letter.get('tenant'))
       yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
+
+
+def _counts_by_reason_and_tenant(letters: List[dict]) -> List[Tuple[Tuple[str, object], int]]:
+  """[((reason, tenant), letters)]: a batch's letters counted once per label set, where a counter's inc per
+  letter took ~1.5 us (its labels cleaned and sorted each time) and its batches hold thousands."""
+  counts: Dict[Tuple[str, object], int] = {}
+  for letter in letters:
+    tenant = letter.get('tenant')
+    if tenant is not None and not isinstance(tenant, str):  # the label is its text (metrics._clean)
+      tenant = str(tenant)
+    key = (letter['reason'], tenant)
+    counts[key] = counts.get(key, 0) + 1
+  return list(counts.items())
 
 
 class Validate(beam.PTransform):

@@ -1138,3 +1138,43 @@ def test_texts_repeat_where_their_first_rows_do():
   assert validate_module._repeats(pa.array([f'user{i % 1000}' for i in range(rows)]))
   assert not validate_module._repeats(pa.array([f'event{i}' for i in range(rows)]))
   assert not validate_module._repeats(pa.array([f'user{i % 10}' for i in range(100)]))  # too few rows to count
+
+
+class _RecordedCounters:
+  incs: list = []
+
+  def __init__(self, namespace, name):
+    self._name = (namespace, name)
+
+  def inc(self, n=1, **labels):
+    type(self).incs.append((self._name, n, labels))
+
+
+def test_invalid_rows_are_counted_per_reason_and_tenant_as_one_inc_a_letter_counted_them(monkeypatch):
+  from transforms.metrics import labelled_name
+
+  monkeypatch.setattr(validate_module, 'LabelledCounters', _RecordedCounters)
+  monkeypatch.setattr(_RecordedCounters, 'incs', [])
+  rows = [
+    {'event_id': f'e{i}', 'user_id': 'u', 'track_id': 'x' if i % 3 else '4uLU6hMCjMI75M1A2tKUQC'}
+    | {
+      'played_at': '2024-06-01T00:00:00Z' if i % 2 else 'never',
+      'ms_played': 1,
+      'tenant_id': [None, 'a', 'b', 'a'][i % 4],
+    }
+    for i in range(40)
+  ]
+  batch = pa.RecordBatch.from_pylist(rows)
+  fn = validate_module._ValidateFn(entities.ListeningEvent, validate_module.ValidateOptions())
+  fn.setup()
+  letters = [out.value for out in fn.process(batch) if isinstance(out, beam.pvalue.TaggedOutput)]
+  assert len(letters) > 10
+  by_inc = {}
+  for _, n, labels in _RecordedCounters.incs:
+    name = labelled_name('rows_invalid', **labels)
+    by_inc[name] = by_inc.get(name, 0) + n
+  each = {}
+  for letter in letters:
+    name = labelled_name('rows_invalid', reason=letter['reason'], tenant=letter.get('tenant'))
+    each[name] = each.get(name, 0) + 1
+  assert by_inc == each and len(each) > 2
