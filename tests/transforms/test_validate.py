@@ -4,6 +4,7 @@ import datetime as dt
 import ipaddress
 import json
 import random
+import re
 import typing
 
 import apache_beam as beam
@@ -1178,3 +1179,47 @@ def test_invalid_rows_are_counted_per_reason_and_tenant_as_one_inc_a_letter_coun
     name = labelled_name('rows_invalid', reason=letter['reason'], tenant=letter.get('tenant'))
     each[name] = each.get(name, 0) + 1
   assert by_inc == each and len(each) > 2
+
+
+def _near_times(seed, count):
+  """Times in many shapes (offsets, fractions, zones, epochs, blanks around), some edited a byte or two: a digit
+  of another script, a letter, a lost or doubled separator."""
+  rng = random.Random(seed)
+  shapes = ['%Y-%m-%dT%H:%M:%S', '%Y-%m-%d %H:%M', '%Y-%m-%dT%H:%M:%S.%f', '%Y-%m-%d', '%H:%M:%S']
+  zones = ['', 'Z', 'z', '+01:00', '-0530', '+1', ' +01:00', '+01:00:00']
+  texts = []
+  for _ in range(count):
+    when = dt.datetime(
+      rng.randint(1, 9999), rng.randint(1, 12), rng.randint(1, 28), rng.randrange(24), rng.randrange(60)
+    )
+    text = when.strftime(rng.choice(shapes))[: rng.choice([None, None, -3, 30])] + rng.choice(zones)
+    if rng.random() < 0.3:
+      at = rng.randrange(len(text) + 1)
+      text = (
+        text[:at]
+        + rng.choice(['١', '７', 'T', 'x', '', ':', '-', '.', ' ', '\t', 'é'])
+        + text[at + rng.randint(0, 1) :]
+      )
+    texts.append(rng.choice(['', ' ', '\t']) + text + rng.choice(['', ' ', '\t']) if rng.random() < 0.1 else text)
+  return texts + [str(rng.randrange(10**14)) for _ in range(count // 10)]
+
+
+@pytest.mark.parametrize('seed', range(3))
+def test_time_patterns_asked_of_texts_with_digits_as_zeros_are_those_re2_finds_in_each(seed):
+  texts = _hostile_texts(seed, 300) + _near_times(seed, 1000)
+  rows = 3 * validate_module._HEAD_ROWS
+  for strings in [*_shapes(texts), *_repeated_shapes(texts, rows), pa.nulls(5, pa.string())]:
+    for pattern in (entities.ISO_OFFSET_PATTERN, entities.ISO_NAIVE_PATTERN):
+      by_re2 = validate_module._mask(pc.match_substring_regex(strings, pattern))
+      assert (validate_module._regex_mask(strings, pattern) == by_re2).all(), (pattern, strings)
+  zeroed = validate_module._digits_as_zeros(_repeated_shapes(texts, rows)[1])
+  assert zeroed.to_pylist() == [
+    None if t is None else ''.join('0' if c in '123456789' else c for c in t)
+    for t in _repeated_shapes(texts, rows)[1].to_pylist()
+  ]
+
+
+def test_patterns_read_with_digits_as_zeros_take_digits_only_as_a_class_and_write_none():
+  for pattern in validate_module._DIGIT_BLIND_PATTERNS:
+    rest = re.sub(r'\{[0-9]+(,[0-9]+)?\}', '', pattern.replace('[0-9]', ''))
+    assert not re.search('[0-9]', rest), pattern
