@@ -1223,3 +1223,19 @@ def test_patterns_read_with_digits_as_zeros_take_digits_only_as_a_class_and_writ
   for pattern in validate_module._DIGIT_BLIND_PATTERNS:
     rest = re.sub(r'\{[0-9]+(,[0-9]+)?\}', '', pattern.replace('[0-9]', ''))
     assert not re.search('[0-9]', rest), pattern
+
+
+@pytest.mark.parametrize('seed', range(3))
+def test_epoch_times_of_their_rows_alone_are_those_of_the_whole_column(seed):
+  rng = random.Random(seed)
+  epochs = ['0', '1717691156257', '1717691156', '999999999999999', '253402300800000', ' 42\t', '-1', '１２']
+  texts = _hostile_texts(seed, 300) + _near_times(seed, 300)
+  few = texts + [rng.choice(epochs) for _ in range(40)]
+  many = [rng.choice(epochs) for _ in range(300)] + texts[:100]
+  for strings in [*_shapes(few), *_shapes(many), pa.nulls(5, pa.string())]:
+    trimmed = pc.utf8_trim(validate_module._blank_to_null(strings), characters=' \t')
+    is_epoch = validate_module._not_null(trimmed) & validate_module._epoch_texts(trimmed)
+    whole, beyond_whole = validate_module._epoch_ms(validate_module._null_where(trimmed, ~is_epoch))
+    got, beyond = validate_module._epoch_times(trimmed, is_epoch)
+    assert got.equals(whole) and got.type == whole.type and got.null_count == whole.null_count
+    assert (beyond == beyond_whole).all()
