@@ -71,7 +71,7 @@ from io_connectors.streams.kafka._payloads import decode_values, value_dead_lett
 from pipelines.config import RunConfig  # noqa: E402
 from pipelines.spotify_batch import dedup_shards  # noqa: E402
 from transforms import entities, quality  # noqa: E402
-from transforms.dedup import _route, dedup_table  # noqa: E402
+from transforms.dedup import SpillFile, _group_table, _read_spills, _routed, _SpillWriter, dedup_table  # noqa: E402
 from transforms.lineage_columns import add_lineage_columns, lineage_schema  # noqa: E402
 from transforms.pii import PiiOptions  # noqa: E402
 from transforms.pii.batch import redact_batch, redact_dead_letters  # noqa: E402
@@ -163,7 +163,8 @@ def _first_phase(rng, num_shards: int):
   """One range: its rows spilled per (tenant, shard), its letters written; (spills, schema, counts, seconds)."""
   clock = _Clock()
   letters: List[dict] = []
-  writers: Dict[Tuple[str, int], Tuple[pa.RecordBatchStreamWriter, str]] = {}
+  writers: Dict[Tuple[str, int], _SpillWriter] = {}
+  spills: List[Tuple[Tuple[str, int], SpillFile]] = []
   schema = None
   read_rows = 0
   options = options_for('csv', None)
@@ -189,30 +190,27 @@ def _first_phase(rng, num_shards: int):
     clock.lap('redact PII')
     schema = merge_schemas(schema, public_schema(redacted.schema))
     clock.lap('schema')
-    for group, part in _route(redacted, _KEY_FIELD, num_shards):
+    for group, part, hashes in _routed(redacted, _KEY_FIELD, num_shards):
+      # As _SpillRouteFn: a file per (tenant, shard) and schema.
+      if group in writers and not writers[group].takes(part, hashes):
+        spills.append((group, writers.pop(group).close()))
       if group not in writers:
-        path = os.path.join(_worker['out_dir'], 'spill', f'{uuid.uuid4().hex}.arrows')
-        writers[group] = (pa.ipc.new_stream(pa.OSFile(path, 'wb'), part.schema), path)
-      writers[group][0].write_batch(part)
+        writers[group] = _SpillWriter(os.path.join(_worker['out_dir'], 'spill'), part.schema, hashes is not None)
+      writers[group].write(part, hashes)
     clock.lap('route and spill for dedup')
-  spills = []
-  for group, (writer, path) in writers.items():
-    writer.close()
-    spills.append((group, path))
+  for group, writer in writers.items():
+    spills.append((group, writer.close()))
   clock.lap('route and spill for dedup')
   _redact_and_write_letters(letters, clock)
   return spills, schema, read_rows, len(letters), dict(clock.seconds)
 
 
-def _second_phase(group: Tuple[str, int], paths: Sequence[str], schema: pa.Schema):
+def _second_phase(group: Tuple[str, int], spills: Sequence[SpillFile], schema: pa.Schema):
   """One (tenant, shard) group: deduplicated, conformed, its statistics taken, written as Parquet."""
   clock = _Clock()
-  batches = []
-  for path in sorted(paths):
-    batches.extend(pa.ipc.open_stream(pa.memory_map(path)))
-  table = pa.Table.from_batches(batches)
+  table, hashes = _group_table(*_read_spills(spills))  # as _SpillDedupFn
   clock.lap('dedup: read spills')
-  kept, dropped = dedup_table(table, _KEY_FIELD)
+  kept, dropped = dedup_table(table, _KEY_FIELD, hashes)
   clock.lap('dedup')
   written = 0
   stats = None
@@ -350,12 +348,12 @@ def run(csv_path: str, out_dir: str, processes: int, tenant_field: str) -> dict:
     phase_started = time.perf_counter()
     first = pool.starmap(_first_phase, [(rng, num_shards) for rng in ranges], chunksize=1)
     first_s = time.perf_counter() - phase_started
-    groups: Dict[Tuple[str, int], List[str]] = collections.defaultdict(list)
+    groups: Dict[Tuple[str, int], List[SpillFile]] = collections.defaultdict(list)
     schema = None
     read = letters = 0
     for spills, range_schema, range_rows, range_letters, range_seconds in first:
-      for group, path in spills:
-        groups[group].append(path)
+      for group, spill in spills:
+        groups[group].append(spill)
       schema = merge_schemas(schema, range_schema)
       read += range_rows
       letters += range_letters
