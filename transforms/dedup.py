@@ -434,9 +434,10 @@ def _group_table(
     table = pa.Table.from_batches(batches)
   else:
     table = concat_widened([pa.Table.from_batches([b]) for b in batches])
-  if hashes is None or any(h is None for h in hashes):
+  known = [h for h in hashes or () if h is not None]
+  if hashes is None or len(known) < len(hashes):
     return table, None
-  return table, np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+  return table, np.concatenate(known) if known else np.zeros(0, np.uint64)
 
 
 class _RouteFn(beam.DoFn):

@@ -12,7 +12,16 @@ import pyarrow as pa
 import pytest
 
 from transforms import dedup as dedup_mod
-from transforms.dedup import SpillFile, _group_table, _kept, _read_spills, _routed, _SpillWriter, dedup_table, key_hashes
+from transforms.dedup import (
+  SpillFile,
+  _group_table,
+  _kept,
+  _read_spills,
+  _routed,
+  _SpillWriter,
+  dedup_table,
+  key_hashes,
+)
 from transforms.records import with_provenance
 
 
@@ -204,7 +213,7 @@ def test_a_column_named_like_the_hash_column_is_the_rows_own(tmp_path):
   batch = with_provenance(
     pa.RecordBatch.from_pydict({'event_id': ['a', 'a', 'b'], 'tenant_id': ['t'] * 3, '__key_hash': [7, 8, 9]}), 's', 1
   )
-  (group, part, hashes), = _routed(batch, 'event_id', 1)
+  ((group, part, hashes),) = _routed(batch, 'event_id', 1)
   writer = _SpillWriter(str(tmp_path), part.schema, True)
   writer.write(part, hashes)
   batches, read_hashes = _read_spills([writer.close()])
