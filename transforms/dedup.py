@@ -21,7 +21,9 @@ a window (`pipelines.spotify_streaming` adds state that expires for late copies)
 With ``spill_dir`` (bounded input only), the rows do not go through the
 shuffle at all: each bundle appends its (tenant, shard) parts to Arrow IPC
 files under ``spill_dir`` and the shuffle carries only those files' names and
-row counts. The group step then reads back one group's files. Runners that
+row counts. The group step then reads back one group's files, and with
+them the route's hashes of their keys (a column of the files' own), so that
+it encodes only the keys whose hash is another row's. Runners that
 keep a shuffle in memory (the in-process FnApiRunner holds every grouped
 element until the next stage runs) so never hold the whole input; on
 distributed runners the rows cross the network once, through the file
