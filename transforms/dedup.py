@@ -479,10 +479,6 @@ def _local(path: str) -> bool:
   return '://' not in path
 
 
-# Bytes a spill file gathers before it writes: a write of each buffer of each part (17 columns' offsets, values
-# and validity of ~1k rows) was ~50k writes a 1M rows.
-_SPILL_BUFFER = 1 << 16
-
 # The spill file's own column of the rows' key hashes, after theirs: read by position, so its name may be a
 # column's of the rows too.
 _HASH_FIELD = pa.field('__key_hash', pa.uint64(), nullable=False)
@@ -503,7 +499,7 @@ class _SpillWriter:
     self.rows = 0
     if _local(self.path):
       os.makedirs(os.path.dirname(self.path), exist_ok=True)
-      self._handle = pa.BufferedOutputStream(pa.OSFile(self.path, 'wb'), _SPILL_BUFFER)
+      self._handle = pa.OSFile(self.path, 'wb')
     else:
       self._handle = FileSystems.create(self.path, compression_type=CompressionTypes.UNCOMPRESSED)
     self._writer = pa.ipc.new_stream(self._handle, schema.append(_HASH_FIELD) if hashed else schema)
