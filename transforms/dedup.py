@@ -217,10 +217,10 @@ def dedup_table(
 def _kept(table: pa.Table, keep: np.ndarray) -> pa.Table:
   """table.take(the rows `keep` marks), one chunk a column.
 
-  A take gathers row by row, after joining a chunked column's chunks; when
-  few rows go, joining each column and filtering it, which copies the runs
-  between the rows that go, is cheaper: a 1M rows in groups, 0.14 -> 0.12 s
-  at 1% dropped, 0.13 -> 0.11 s at 0.1%; equal at 15-20% (measured).
+  A take gathers row by row; when few rows go, joining each column and
+  filtering it is cheaper, though it copies twice: a 1M rows in groups,
+  0.14 -> 0.12 s at 1% dropped, 0.13 -> 0.11 s at 0.1%; equal at 15-20%
+  (measured).
   """
   kept = np.flatnonzero(keep)
   if (len(keep) - len(kept)) * _MOST_DROPPED_FOR_FILTER > len(keep):
