@@ -285,7 +285,8 @@ def _shared_hashes(hashes: np.ndarray, rows: np.ndarray) -> np.ndarray:
   """
   shift = 0
   while len(rows) > 1:
-    bits = len(rows).bit_length() + 1  # 2 to 4 buckets a row: ~1/3 of unique rows share one
+    # 2 to 4 buckets a row (~1/3 of unique rows share one), 128 MiB of counts at most.
+    bits = min(len(rows).bit_length() + 1, _MOST_BUCKET_BITS)
     if shift + bits > 64:
       break
     buckets = ((hashes[rows] >> np.uint64(shift)) & np.uint64((1 << bits) - 1)).astype(np.intp)
@@ -296,6 +297,9 @@ def _shared_hashes(hashes: np.ndarray, rows: np.ndarray) -> np.ndarray:
     if kept * 8 > len(shared) * 7:
       break
   return rows
+
+
+_MOST_BUCKET_BITS = 24
 
 
 def _plain_column(table: pa.Table, name: str, rows: pa.Array) -> pa.Array:

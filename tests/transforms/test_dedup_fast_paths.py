@@ -226,3 +226,12 @@ def test_a_column_named_like_the_hash_column_is_the_rows_own(tmp_path):
 def test_shard_of_is_the_key_hashes_modulo_the_shards():
   keys = pa.array(['a', None, '', 'ключ', 'evt-12'] * 3)
   assert dedup_mod.shard_of(keys, 7).tolist() == (key_hashes(keys) % np.uint64(7)).astype(np.int64).tolist()
+
+
+@pytest.mark.parametrize('most_bits', [1, 2, 5])
+def test_dedup_with_few_buckets_a_round_keeps_what_encoding_every_key_keeps(most_bits, monkeypatch):
+  """Buckets capped (as for a group of many millions of rows): rounds keep more rows, the result is the same."""
+  monkeypatch.setattr(dedup_mod, '_MOST_BUCKET_BITS', most_bits)
+  rng = random.Random(most_bits)
+  table = _table(rng, _keys(rng, 2000, 3000), pa.string(), 300)
+  _assert_same(table, _hashes_of(table))
