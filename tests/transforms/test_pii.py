@@ -47,7 +47,7 @@ from transforms.pii import (
   key_ref,
 )
 from transforms.pii.pseudonyms import pseudonym
-from transforms.records import range_source, source_path, with_provenance
+from transforms.records import head_repeats, range_source, source_path, with_provenance
 
 KEY_HEX = '6b' * 16 + '3f' * 16  # 32 bytes
 KEY_BYTES = bytes.fromhex(KEY_HEX)
@@ -1451,8 +1451,8 @@ def test_a_column_of_few_distinct_values_is_prefiltered_on_its_dictionary_with_t
   reference_mask = per_cell._candidates(values)
   reference, reference_counts = per_cell.redact_array(values)
   monkeypatch.undo()
-  assert pii_scanner._head_repeats(values, 1, 8)
-  assert not pii_scanner._head_repeats(pa.array([f'id-{i}' for i in range(20000)]), 1, 8)
+  assert head_repeats(values, 1, 8, pii_scanner._REPEATS_SAMPLE)
+  assert not head_repeats(pa.array([f'id-{i}' for i in range(20000)]), 1, 8, pii_scanner._REPEATS_SAMPLE)
   dictionary_path = pii_scanner.TextScanner().setup()
   calls = []
   real_regex_mask = pii_scanner._regex_mask
@@ -1557,7 +1557,7 @@ def test_the_prefilter_masks_kept_apart_are_the_candidates_pass(monkeypatch, arr
   ):
     monkeypatch.setitem(pii_scanner._ARROW_PASS_S, patterns, arrow_pass_s)
   scanner = pii_scanner.TextScanner()
-  assert pii_scanner._head_repeats(values, 1, 8) == repeats
+  assert head_repeats(values, 1, 8, pii_scanner._REPEATS_SAMPLE) == repeats
   others, phones = scanner._prefiltered(values)
   assert others.tolist() == pii_scanner._arrow_mask(values, (pii_scanner._ANY_PREFILTERS[0],)).tolist()
   assert phones.tolist() == pii_scanner._arrow_mask(values, (pii_scanner._ANY_PREFILTERS[1],)).tolist()
@@ -1694,7 +1694,9 @@ def test_a_strict_format_judged_per_distinct_value_equals_the_regex_over_every_c
       plain = values.dictionary_decode() if pa.types.is_dictionary(values.type) else values
       want = ~pc.match_substring_regex(plain, pattern).fill_null(True).to_numpy(zero_copy_only=False)
       assert pii_batch._nonconforming(values, rule).tolist() == want.tolist()
-  assert pii_scanner._head_repeats(pa.array(cells), 3, 4) and not pii_scanner._head_repeats(pa.array(distinct), 3, 4)
+  assert head_repeats(pa.array(cells), 3, 4, pii_scanner._REPEATS_SAMPLE) and not head_repeats(
+    pa.array(distinct), 3, 4, pii_scanner._REPEATS_SAMPLE
+  )
 
 
 def test_the_first_setup_in_a_process_freezes_its_start_up_objects_and_later_ones_do_not(monkeypatch):

@@ -45,12 +45,19 @@ from transforms.pii.scanner import (
   WHOLE_FLOAT_MAX,
   TextScanner,
   _REPEATS_MIN_CELLS,
-  _head_repeats,
+  _REPEATS_SAMPLE,
   _is_string_type,
   _is_text_type,
   context_word,
 )
-from transforms.records import BINARY_TEXT_PREFIX, ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN, cells_of_entries
+from transforms.records import (
+  BINARY_TEXT_PREFIX,
+  ROW_COLUMN,
+  SOURCE_COLUMN,
+  TENANT_COLUMN,
+  cells_of_entries,
+  head_repeats,
+)
 
 __all__ = [
   'REDACTED',
@@ -408,7 +415,9 @@ def _nonconforming(values: pa.Array, rule) -> np.ndarray:
     values = values.cast(values.type.value_type)
   if rule.kind == 'country':
     conforms = pc.is_in(values, value_set=pa.array(sorted(COUNTRY_CODES)))
-  elif len(values) >= _REPEATS_MIN_CELLS and _head_repeats(values, 3, 4):  # `_matches_per_distinct` pays
+  elif len(values) >= _REPEATS_MIN_CELLS and head_repeats(
+    values, 3, 4, _REPEATS_SAMPLE
+  ):  # `_matches_per_distinct` pays
     return ~_matches_per_distinct(values, rule.pattern)
   else:
     conforms = pc.match_substring_regex(values, rule.pattern)
