@@ -232,16 +232,15 @@ def _maybe_blank(strings: pa.Array) -> Optional[np.ndarray]:
   a character `utf8_trim_whitespace` keeps: ~0.25 ms a column of 65,000 ids, where trimming each took ~0.7 ms."""
   if not isinstance(strings, pa.StringArray):
     return None
-  n = len(strings)
-  if not n:  # another library's empty array may come without an offsets buffer
+  layout = _string_layout(strings)
+  if layout is None:  # empty: another library's may come without an offsets buffer
     return np.zeros(0, dtype=bool)
-  _, offsets, data = strings.buffers()
-  ends = np.frombuffer(offsets, dtype=np.int32, count=n + 1, offset=strings.offset * 4)
+  ends, data = layout
   starts, lengths = ends[:-1], np.diff(ends)
-  if data is None or data.size == 0:
-    maybe = np.ones(n, dtype=bool)
+  if not data.size:
+    maybe = np.ones(len(strings), dtype=bool)
   else:
-    first = np.frombuffer(data, dtype=np.uint8)[np.minimum(starts, data.size - 1)]
+    first = data[np.minimum(starts, data.size - 1)]
     maybe = (lengths == 0) | (first <= 0x20) | (first >= 0x80)
   if strings.null_count:
     maybe &= _not_null(strings)
