@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from transforms.entities import field_rules, key_field
-from transforms.records import INTERNAL_COLUMNS, TENANT_COLUMN
+from transforms.records import INTERNAL_COLUMNS, PER_SECOND, TENANT_COLUMN
 
 __all__ = ['QualityStats', 'DeadLetterStats', 'visible_columns', 'batch_stats', 'merge_stats', 'TOP_CAPACITY']
 
@@ -99,9 +99,9 @@ def _cap(top: Dict[str, int], capacity: int) -> bool:
   return True
 
 
-# A timestamp's units in a day: its count since the epoch (in UTC, whatever its zone) floor-divided by them is
-# its UTC day.
-_UNITS_PER_DAY = {'s': 86_400, 'ms': 86_400_000, 'us': 86_400_000_000, 'ns': 86_400_000_000_000}
+# A timestamp's count since the epoch (in UTC, whatever its zone) floor-divided by its units in a day is its
+# UTC day.
+_SECONDS_PER_DAY = 86_400
 _DATE32_DAYS = (-(2**31), 2**31 - 1)
 
 
@@ -116,7 +116,9 @@ def _utc_days(present: pa.Array) -> np.ndarray:
   """
   t = present.type
   if pa.types.is_timestamp(t):
-    days = np.asarray(present.cast(pa.int64()).to_numpy(zero_copy_only=False)) // _UNITS_PER_DAY[t.unit]
+    days = np.asarray(present.cast(pa.int64()).to_numpy(zero_copy_only=False)) // (
+      _SECONDS_PER_DAY * PER_SECOND[t.unit]
+    )
     if not len(days) or (_DATE32_DAYS[0] <= days.min() and days.max() <= _DATE32_DAYS[1]):
       return days.astype(np.int32)
   days = (present.cast(pa.timestamp(t.unit, 'UTC')) if pa.types.is_timestamp(t) else present).cast(pa.date32())

@@ -95,6 +95,8 @@ __all__ = [
   'BINARY_TEXT_PREFIX',
   'split_by_mask',
   'cells_of_entries',
+  'head_repeats',
+  'PER_SECOND',
 ]
 
 SOURCE_COLUMN = '__source'
@@ -515,7 +517,7 @@ def duration_text(nanos: int) -> str:
   return f'{"-" if nanos < 0 else ""}PT{seconds}{digits}S'
 
 
-_PER_SECOND = {'s': 1, 'ms': 1_000, 'us': 1_000_000, 'ns': 1_000_000_000}
+PER_SECOND = {'s': 1, 'ms': 1_000, 'us': 1_000_000, 'ns': 1_000_000_000}
 _MS_PER_DAY = 86_400_000
 
 
@@ -542,14 +544,14 @@ def time_count_text(count: int, t: pa.DataType) -> str:
   ``isoformat()``.
   """
   if pa.types.is_duration(t):
-    return duration_text(count * (1_000_000_000 // _PER_SECOND[t.unit]))
+    return duration_text(count * (1_000_000_000 // PER_SECOND[t.unit]))
   if pa.types.is_date32(t):
     return _date_of_days(count)
   if pa.types.is_date64(t):
     return _date_of_days(count // _MS_PER_DAY)
   if not pa.types.is_timestamp(t):
     raise TypeError(f'not a timestamp, date or duration type: {t}')
-  per_second = _PER_SECOND[t.unit]
+  per_second = PER_SECOND[t.unit]
   seconds, part = divmod(count, per_second)  # floor: a time before 1970 is its second and the part after
   days, second_of_day = divmod(seconds, 86_400)
   hours, rest = divmod(second_of_day, 3_600)
