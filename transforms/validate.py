@@ -73,6 +73,7 @@ from transforms.records import (
   cells_of_entries,
   head_repeats,
   json_types,
+  matches_per_distinct,
   microsecond_times,
   row_positions,
   rows_as_dicts,
@@ -338,8 +339,7 @@ def _regex_mask(strings: pa.Array, pattern: str) -> np.ndarray:
   texts = _digits_as_zeros(strings) if pattern in _DIGIT_BLIND_PATTERNS else strings
   if not _repeats(texts):
     return _mask(pc.match_substring_regex(strings, pattern))
-  encoded = pc.dictionary_encode(texts)
-  return cells_of_entries(_mask(pc.match_substring_regex(encoded.dictionary, pattern)), encoded.indices)
+  return matches_per_distinct(texts, pattern)
 
 
 # Patterns that take a digit only as [0-9] and write none of their own: a text matches one as it does with each
