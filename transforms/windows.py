@@ -777,7 +777,11 @@ class WindowEvents(beam.PTransform):
     result = (
       batches
       | 'GlobalWindow' >> beam.WindowInto(beam.window.GlobalWindows())
-      | 'Route' >> beam.ParDo(_RouteFn(options))
+      # Typed so that the parts cross to the keyed state as Arrow IPC of their own rows: untyped, each was pickled,
+      # and pickling a slice of a batch writes the whole batch's buffers (pyarrow 25), one copy per (tenant,
+      # shard); on Flink the read stage fell behind and its watermark then came once a checkpoint (10 s steps).
+      # The key keeps its coder (the bytes Flink hashes and keys state by).
+      | 'Route' >> beam.ParDo(_RouteFn(options)).with_output_types(typing.Tuple[typing.Any, pa.RecordBatch])
       | 'WindowDedup'
       >> beam.ParDo(_WindowDedupFn(options)).with_outputs(
         'late', 'metrics_partial', 'sessions', 'absorbed', main='windows'

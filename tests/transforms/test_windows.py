@@ -532,3 +532,39 @@ def test_routing_a_batch_of_hundreds_of_tenants_is_one_pass_with_the_same_parts(
     expected.setdefault((tenant, shard), []).append(i)
   assert [key for key, _ in parts] == sorted(expected)
   assert {key: part.column('i').to_pylist() for key, part in parts} == expected
+
+
+def test_routed_parts_cross_to_the_keyed_state_as_their_own_rows_not_the_whole_batch():
+  """The Route's output coder (as the runner gets it) encodes a part in about its own size.
+
+  Pickled, a slice of a batch carries the whole batch's buffers: on Flink each of a batch's (tenant, shard)
+  parts sent the whole batch, and the read stage's watermark fell to one step per checkpoint.
+  """
+  import numpy as np
+  from apache_beam.runners import pipeline_context
+
+  from transforms.windows import _RouteFn
+
+  n = 65536
+  batch = pa.RecordBatch.from_pydict(
+    {
+      'tenant_id': [f'tenant-{i % 3}' for i in range(n)],
+      'user_id': [f'user-{i % 997}' for i in range(n)],
+      'event_id': [f'event-{i:08d}' for i in range(n)],
+      'i': np.arange(n),
+    }
+  )
+  p = beam.Pipeline()
+  _ = p | beam.Create([batch]).with_output_types(pa.RecordBatch) | WindowEvents(WindowOptions(num_shards=8))
+  proto, context = p.to_runner_api(return_context=True)
+  [route] = [t for t in proto.components.transforms.values() if t.unique_name.endswith('/Route')]
+  [output] = route.outputs.values()
+  coder = context.coders.get_by_id(proto.components.pcollections[output].coder_id)
+  parts = list(_RouteFn(WindowOptions(num_shards=8)).process(batch))
+  assert len(parts) == 24
+  key, part = parts[5]
+  own = len(RecordBatchCoder().encode(part))
+  encoded = coder.encode((key, part))
+  assert len(encoded) < own + 200, (len(encoded), own, coder)
+  decoded_key, decoded = coder.decode(encoded)
+  assert decoded_key == key and decoded.equals(part)
