@@ -541,7 +541,6 @@ def test_routed_parts_cross_to_the_keyed_state_as_their_own_rows_not_the_whole_b
   parts sent the whole batch, and the read stage's watermark fell to one step per checkpoint.
   """
   import numpy as np
-  from apache_beam.runners import pipeline_context
 
   from transforms.windows import _RouteFn
 
