@@ -31,7 +31,10 @@
 # Environment: FLINK_REST_PORT (8081), FLINK_RPC_PORT (6123), FLINK_WORKER_POOL_PORT (25000),
 #   FLINK_TASKMANAGERS (2), JAVA (java), FLINK_INSTANCE (unset): a name for a second,
 #   independent cluster (its own config, pid files, logs, checkpoints and temp dirs
-#   under .cache/flink/instances/NAME; give it its own ports too).
+#   under .cache/flink/instances/NAME; give it its own ports too),
+#   FLINK_STATE_BACKEND (hashmap): where jobs keep their state, `hashmap` (on the heap; each
+#   checkpoint copies all of it) or `rocksdb` (on local disk; checkpoints are incremental,
+#   each writes what changed since the last).
 set -euo pipefail
 
 FLINK_VERSION=1.19.3
@@ -59,6 +62,9 @@ LOG_DIR="${INSTANCE_HOME}/log"
 
 REST_PORT="${FLINK_REST_PORT:-8081}"
 RPC_PORT="${FLINK_RPC_PORT:-6123}"
+STATE_BACKEND="${FLINK_STATE_BACKEND:-hashmap}"
+[[ "${STATE_BACKEND}" == hashmap || "${STATE_BACKEND}" == rocksdb ]] \
+  || { echo "flink.sh: FLINK_STATE_BACKEND must be hashmap or rocksdb, got '${STATE_BACKEND}'" >&2; exit 2; }
 # Below Linux's ephemeral range (32768-60999): the pool often starts in the
 # middle of a test session, when a client socket may hold a port up there
 # (Beam's usual 50000 was taken so once in CI: "Address already in use").
@@ -243,7 +249,7 @@ classpath() {
 render_conf() {
   mkdir -p "${CONF_DIR}" "${RUN_DIR}" "${LOG_DIR}" "${FLINK_HOME}/plugins" "${INSTANCE_HOME}/tmp" "${INSTANCE_HOME}/checkpoints" "${INSTANCE_HOME}/savepoints"
   sed -e "s|@FLINK_HOME@|${INSTANCE_HOME}|g" -e "s|@REST_PORT@|${REST_PORT}|g" -e "s|@RPC_PORT@|${RPC_PORT}|g" \
-    "${TEMPLATES}/config.yaml.template" > "${CONF_DIR}/config.yaml.tmp"
+    -e "s|@STATE_BACKEND@|${STATE_BACKEND}|g" "${TEMPLATES}/config.yaml.template" > "${CONF_DIR}/config.yaml.tmp"
   mv "${CONF_DIR}/config.yaml.tmp" "${CONF_DIR}/config.yaml"
   cp "${TEMPLATES}/log4j.properties" "${CONF_DIR}/log4j.properties"
 }
