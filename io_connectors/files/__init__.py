@@ -24,7 +24,8 @@ Usage::
 Parallelism. Files are cut into ranges that a `beam.Reshuffle` spreads over
 workers, so that one large file is many bundles:
 
-- CSV and JSON Lines: byte ranges of ``split_size_bytes``. Like Beam's textio,
+- CSV and JSON Lines: byte ranges of at most ``split_size_bytes``, of equal size and an
+  even count (local runners deal them to their workers in turn). Like Beam's textio,
   a range owns the lines that start in it (it reads on past its end to finish
   its last line). A CSV range that does not start at byte 0 reads the file's
   header line separately. Quoted values holding newlines cannot be cut

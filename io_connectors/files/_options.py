@@ -81,8 +81,9 @@ class FileOptions:
     an object, array or boolean there is marked with its JSON type (see
     `transforms.records.JSON_TYPES_COLUMN`): validation refuses it where
     the entity declares a string or a number.
-  split_size_bytes: the size of the ranges a file is cut into (CSV, JSON
-    Lines, Avro: bytes; Parquet: compressed bytes of whole row groups).
+  split_size_bytes: the most a range a file is cut into holds (CSV, JSON
+    Lines, Avro: bytes, in equal ranges of an even count; Parquet: compressed
+    bytes of whole row groups, about this much).
   """
 
   batch_size: int = 65536

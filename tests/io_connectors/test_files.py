@@ -1352,7 +1352,8 @@ def test_csv_quotes_found_whole_equal_the_walk_one_quote_at_a_time():
 
 
 def _read_in_ranges(path: str, split: int):
-  """(rows, dead letters) of a CSV file read range by range, as the batch job's workers read it."""
+  """(rows, dead letters) of a CSV file read range by range (`byte_ranges`: at most `split` bytes each), as the
+  batch job's workers read it."""
   from io_connectors.files import csv as csv_reader
   from io_connectors.files._ranges import byte_ranges
 
@@ -1521,7 +1522,9 @@ def test_csv_value_opened_further_back_than_the_look_back_is_a_clear_error(tmp_p
     if name.endswith('.gz'):
       list(csv_reader.CsvReader().read(Range(path, 'csv', 0, len(content)), CsvOptions(split_size_bytes=split)))
     else:
-      _read_in_ranges(path, split)
+      # Cut there (byte_ranges would cut the file in two equal halves, before the value).
+      for part in (Range(path, 'csv', 0, split), Range(path, 'csv', split, len(content))):
+        list(csv_reader.CsvReader().read(part, CsvOptions(split_size_bytes=split)))
 
 
 def test_csv_with_nanosecond_times_is_read_without_pandas(tmp_path, without_pandas):
@@ -2332,3 +2335,28 @@ def test_a_json_file_of_concatenated_pretty_printed_documents_is_read_record_by_
     ('malformed_json', 'row 8', None),
   ]
   assert f'line {line}' in result.dead_letters[2]['detail']
+
+
+@pytest.mark.parametrize(
+  'size, split, count',
+  [
+    (0, 64, 1),
+    (1, 64, 1),
+    (64, 64, 1),
+    (65, 64, 2),
+    (129, 64, 4),
+    (2_469_101_175, 64 << 20, 38),
+    (246_892_030, 64 << 20, 4),
+  ],
+)
+def test_byte_ranges_cover_the_file_in_an_even_count_of_equal_ranges_within_the_split(size, split, count):
+  """A local runner deals ranges to its workers in turn: 37 ranges (2.3 GB in 64 MiB, the last short) left one
+  of two workers a whole range alone at the end of the read; now 38 of ~62 MiB."""
+  from io_connectors.files._ranges import byte_ranges
+
+  ranges = list(byte_ranges('f.csv', 'csv', size, split))
+  assert len(ranges) == count
+  assert ranges[0].start == 0 and ranges[-1].end == size
+  assert all(a.end == b.start for a, b in zip(ranges, ranges[1:]))
+  lengths = [r.end - r.start for r in ranges]
+  assert max(lengths) <= split and max(lengths) - min(lengths) <= 1
