@@ -81,9 +81,9 @@ class FileOptions:
     an object, array or boolean there is marked with its JSON type (see
     `transforms.records.JSON_TYPES_COLUMN`): validation refuses it where
     the entity declares a string or a number.
-  split_size_bytes: the most a range a file is cut into holds (CSV, JSON
-    Lines, Avro: bytes, in equal ranges of an even count; Parquet: compressed
-    bytes of whole row groups, about this much).
+  split_size_bytes: the largest range a file is cut into (CSV, JSON Lines,
+    Avro: bytes, the ranges of equal size and an even count; Parquet: about
+    this many compressed bytes of whole row groups).
   """
 
   batch_size: int = 65536
