@@ -807,13 +807,15 @@ def _entity_chain(
     )
     inferred = inferred | f'{label}LineageSchema' >> beam.Map(lineage_schema)
   if table_locations is not None:
-    data_files = unique | f'{label}WriteData' >> lake_tables.WriteTableFiles(
+    written = unique | f'{label}WriteData' >> lake_tables.WriteTableFiles(
       table_target(config),
       entity,
       table_locations[entity],
       day_field=event_time_field(model),
       schema=beam.pvalue.AsSingleton(inferred),
     )
+    data_files = written.records
+    dead_letters.append(written.dead_letter)  # rows holding values no table column holds
   else:
     data_files = unique | f'{label}WriteData' >> WriteRecordFiles(
       config.output,
@@ -895,9 +897,13 @@ def build(
   all_data_files = tuple(data_files) | 'AllDataFiles' >> beam.Flatten()
   all_letters = tuple(letters) | 'AllRedactedDeadLetters' >> beam.Flatten()
   if table_locations is not None:
-    letter_files = all_letters | 'WriteDeadLetters' >> lake_tables.WriteTableFiles(
-      table_target(config), lake_tables.DEAD_LETTER_TABLE, table_locations[lake_tables.DEAD_LETTER_TABLE]
-    )
+    letter_files = (
+      all_letters
+      | 'WriteDeadLetters'
+      >> lake_tables.WriteTableFiles(
+        table_target(config), lake_tables.DEAD_LETTER_TABLE, table_locations[lake_tables.DEAD_LETTER_TABLE]
+      )
+    ).records
   else:
     letter_files = all_letters | 'WriteDeadLetters' >> WriteDeadLetterFiles(config.output, run_id)
   _ = all_letters | 'DeadLetterMetrics' >> CountDeadLetters()

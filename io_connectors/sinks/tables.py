@@ -48,15 +48,19 @@ range (year 294247), a duration past int64 microseconds, a decimal with more
 digits than its precision or text that is not UTF-8 (Arrow's full validation;
 Delta stored them as other values, pyiceberg failed), and in Iceberg a time or
 date of a top-level column outside years 1 to 9999 (pyiceberg keeps a file's
-column bounds as Python values; Delta holds such times). `UnfitValuesError`
-names the table and the columns, never a value.
+column bounds as Python values; Delta holds such times). A column that fails
+as a whole, no row of it alone, is `UnfitValuesError`, naming the table and
+the column, never a value.
 
 Both errors are permanent (the same rows fail every attempt), and the two paths
 treat them apart:
 
-- batch (`WriteTableFiles`, `commit_batch`): a worker refuses a batch with
-  unfit values or columns no table takes before it writes a file, and every
-  table's schema is checked before the first commit, so the run stops before
+- batch (`WriteTableFiles`, `commit_batch`): the rows holding unfit values
+  become dead letters (reason ``invalid_value``, ``bad_encoding`` for text that
+  is not UTF-8; the table, the column and what is wrong in ``detail``, the row
+  as the record), the rest of their batch is written; a worker refuses a batch
+  with columns no table takes before it writes a file, and every table's
+  schema is checked before the first commit, so on those the run stops before
   anything is committed (its input is read again by the next run);
 - streaming (`CommitWindowTables`): only the rows holding unfit values become
   dead letters (reason ``invalid_value``, ``bad_encoding`` for text that is not
@@ -110,7 +114,7 @@ from io_connectors._common.masking import mask_secrets, mask_url, masked_message
 from io_connectors._common.retry import Backoff
 from io_connectors.sinks.lake import UNASSIGNED, parquet_bytes
 from io_connectors.sinks.window_files import WRITTEN, _positions
-from transforms.dead_letter import dead_letter
+from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 from transforms.records import (
   SOURCE_COLUMN,
   TENANT_COLUMN,
@@ -140,7 +144,6 @@ __all__ = [
   'commit_window',
   'commit_dead_letters',
   'check_fits',
-  'check_values',
   'unfit_values',
   'refused_letters',
   'unfit_letters',
@@ -204,8 +207,8 @@ class SchemaMismatchError(TableError):
 
 
 class UnfitValuesError(TableError):
-  """Rows hold values a table cannot store (`unfit_values`: a time past the microseconds' range, a decimal with
-  more digits than its precision, ...). Permanent, as SchemaMismatchError. columns: the columns at fault."""
+  """A column holds values a table cannot store and no row of it alone is at fault (rows that are, `unfit_values`,
+  become dead letters). Permanent, as SchemaMismatchError. columns: the columns at fault."""
 
   def __init__(self, message: str, columns: Sequence[str] = ()):
     super().__init__(message)
@@ -567,20 +570,6 @@ def unfit_values(target: TableTarget, rows: pa.Table) -> Dict[int, List[Unfit]]:
   return found
 
 
-def check_values(target: TableTarget, table_name: str, rows: pa.Table) -> None:
-  """UnfitValuesError naming the table and the columns (how many rows, never a value) where `rows` holds values a
-  table of `target` cannot hold (`unfit_values`)."""
-  unfit = unfit_values(target, rows)
-  if not unfit:
-    return
-  whys = sorted({f'column {u.column!r}: {u.why}' for found in unfit.values() for u in found})
-  raise UnfitValuesError(
-    f'table {table_name}: {len(unfit)} row(s) hold values the table cannot store ({"; ".join(whys)}); '
-    'nothing of the batch was written',
-    sorted({u.column for found in unfit.values() for u in found}),
-  )
-
-
 def dead_letter_rows(letters: Sequence[dict]) -> pa.Table:
   """Dead letters as rows of DEAD_LETTER_SCHEMA (the record as JSON text)."""
 
@@ -862,6 +851,13 @@ def write_data_file(
   )
 
 
+class _Pane(typing.NamedTuple):
+  """A batch of the batch job as `unfit_letters` takes a streaming pane: its rows, and the tenant of rows with none."""
+
+  batch: pa.RecordBatch
+  tenant: Optional[str]
+
+
 class _WriteTableFilesFn(beam.DoFn):
   def __init__(self, target: TableTarget, table: str, table_location: str, day_field: Optional[str], letters: bool):
     self._target = target
@@ -870,6 +866,7 @@ class _WriteTableFilesFn(beam.DoFn):
     self._day_field = day_field
     self._letters = letters
     self._rows = beam.metrics.Metrics.counter('lake', 'rows_written')
+    self._unfit = beam.metrics.Metrics.counter('lake', 'rows_unfit_for_table')
 
   def process(self, element, schema: Optional[pa.Schema] = None):
     if self._letters:
@@ -883,11 +880,18 @@ class _WriteTableFilesFn(beam.DoFn):
       table = pa.Table.from_batches([strip_internal(batch)]) if batch.num_rows else None
       if table is None:
         return
-      # A batch run stops on what no table takes (the next run reads its input again), before a file is
-      # written, naming the table and the columns, never a value.
-      label = table_label(self._target, self._table)
-      check_fits(self._target, label, None, table.schema)
-      check_values(self._target, label, table)
+      # Columns no table takes stop the run before a file is written (the next run reads its input again):
+      # every row of the entity has them.
+      check_fits(self._target, table_label(self._target, self._table), None, table.schema)
+      unfit = unfit_values(self._target, table)
+      if unfit:
+        # Rows holding values no table column holds fail on every attempt: dead letters, the rest written.
+        for letter in unfit_letters(self._target, self._table, _Pane(batch, None), unfit):
+          yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
+        self._unfit.inc(len(unfit))
+        table = table.take(pa.array([i for i in range(table.num_rows) if i not in unfit], pa.int64()))
+        if not table.num_rows:
+          return
     for partition, part in _partition_groups(table, self._day_field):
       written = write_data_file(self._target, self._location, self._table, part, partition)
       self._rows.inc(written.rows)
@@ -897,9 +901,15 @@ class _WriteTableFilesFn(beam.DoFn):
 class WriteTableFiles(beam.PTransform):
   """Writes record batches (or, for DEAD_LETTER_TABLE, dead-letter dicts) as the table's data files.
 
-  Returns TableFile records for the commit. table_location: where the table's
-  files go (`Tables.location`, looked up once before the job starts).
-  schema: an optional side input every batch is conformed to.
+  Returns Outputs: records, the TableFile records for the commit; dead_letter,
+  one letter per row holding a value no table column holds (`unfit_values`:
+  reason ``invalid_value``, ``bad_encoding`` for text that is not UTF-8; the
+  table and the columns in ``detail``, never a value), which no file holds.
+  A batch whose columns no table takes (two of one name, a type no table
+  holds) raises SchemaMismatchError before any file is written.
+  table_location: where the table's files go (`Tables.location`, looked up once
+  before the job starts). schema: an optional side input every batch is
+  conformed to.
   """
 
   def __init__(
@@ -921,9 +931,9 @@ class WriteTableFiles(beam.PTransform):
         | 'KeyByTenant' >> beam.Map(lambda l: ((l.get('tenant') or UNASSIGNED, hash(str(l.get('position'))) % 4), l))
         | 'Group' >> beam.GroupByKey()
       )
-    if self._schema is not None:
-      return pcoll | 'WriteFiles' >> beam.ParDo(fn, schema=self._schema)
-    return pcoll | 'WriteFiles' >> beam.ParDo(fn)
+    side = {} if self._schema is None else {'schema': self._schema}
+    written = pcoll | 'WriteFiles' >> beam.ParDo(fn, **side).with_outputs(DEAD_LETTER, main='files')
+    return Outputs(written.files, written[DEAD_LETTER])
 
 
 # ----- commits -----

@@ -7,6 +7,8 @@ import pyarrow as pa
 import pytest
 
 from io_connectors.sinks import tables
+from transforms.dead_letter import DEAD_LETTER
+from transforms.records import SOURCE_COLUMN, strip_internal
 
 
 @pytest.fixture(params=['iceberg', 'delta'])
@@ -389,10 +391,22 @@ def test_struct_fields_and_lists_empty_in_a_run_change_no_type_either_way(target
   assert [r['hits'] for r in rows][-1] == [{'ref': 8, 'n': 4}]
 
 
-def _write_batch(target, batch, table='events', day_field='played_at'):
-  """The batch job's worker step (`WriteTableFiles`) over one batch: the data files it writes."""
+def _write_batch_and_letters(target, batch, table='events', day_field='played_at'):
+  """The batch job's worker step (`WriteTableFiles`) over one batch: ([data files it writes], [dead letters])."""
+  from apache_beam.pvalue import TaggedOutput
+
   location = tables.open_tables(target).location(table)
-  return list(tables._WriteTableFilesFn(target, table, location, day_field, False).process(batch))
+  out = list(tables._WriteTableFilesFn(target, table, location, day_field, False).process(batch))
+  letters = [o.value for o in out if isinstance(o, TaggedOutput)]
+  assert all(o.tag == DEAD_LETTER for o in out if isinstance(o, TaggedOutput))
+  return [o for o in out if not isinstance(o, TaggedOutput)], letters
+
+
+def _write_batch(target, batch, table='events', day_field='played_at'):
+  """The data files the batch job's worker step writes of one batch that holds no row a table refuses."""
+  written, letters = _write_batch_and_letters(target, batch, table, day_field)
+  assert letters == []
+  return written
 
 
 def _data_files(target, table='events'):
@@ -418,14 +432,13 @@ YEAR_20000_US = 568_971_820_800_000_000  # 20000-01-01T00:00:00Z
 
 
 @pytest.mark.parametrize('case', ['seconds', 'decimal', 'text', 'year_20000'])
-def test_a_batch_run_stops_on_values_no_table_holds_naming_the_table_and_column_not_the_value(target, case):
-  """The batch job's worker refuses a batch holding a value a table cannot hold, before it writes a file: an
-  UnfitValuesError naming the table and the column, never the value (the run stops; the next run reads its
-  input again). A time in seconds past year 294247, a decimal with more digits than its precision, text that
-  is not UTF-8; in Iceberg also a time past year 9999 (pyiceberg keeps a column's bounds as Python values;
-  Delta holds it). Before, the decimal and the text were written, and Delta stored them as other values
-  (-44315.38 for 123456.78); Iceberg's finalize failed on the decimal, the text and the year 20000 with
-  pyiceberg's error, naming no column."""
+def test_a_batch_run_dead_letters_the_rows_no_table_holds_and_writes_the_rest(target, case):
+  """The batch job's worker turns each row holding a value a table cannot hold into a dead letter (its source
+  and position, the table and the column in `detail`, never the value) and writes the rest of the batch: a time
+  in seconds past year 294247, a decimal with more digits than its precision, text that is not UTF-8; in
+  Iceberg also a time past year 9999 (pyiceberg keeps a column's bounds as Python values; Delta holds it).
+  Before, one such row stopped the whole run on every attempt (an UnfitValuesError); before that, the decimal
+  and the text were written, and Delta stored them as other values (-44315.38 for 123456.78)."""
   n = 3
   values = {
     'seconds': pa.array([1, 9_876_543_210_123_456, None], pa.timestamp('s', tz='UTC')),
@@ -435,37 +448,56 @@ def test_a_batch_run_stops_on_values_no_table_holds_naming_the_table_and_column_
   }[case]
   batch = pa.RecordBatch.from_arrays(
     [
-      pa.array(['acme'] * n),
+      pa.array(['acme', 'beta', 'acme']),
       pa.array([1_704_103_200_000_000] * n, pa.timestamp('us', tz='UTC')),
       values,
+      pa.array(['s3://in/plays-2024.csv'] * n),
+      pa.array([11, 12, 13], pa.int64()),
     ],
-    names=['tenant_id', 'played_at', 'odd'],
+    names=['tenant_id', 'played_at', 'odd', SOURCE_COLUMN, '__row'],
   )
+  written, letters = _write_batch_and_letters(target, batch)
   if case == 'year_20000' and target.format == 'delta':
-    written = _write_batch(target, batch)
-    tables.open_tables(target).commit('events', written, batch.schema, 'r1')
-    assert _read(target).column('odd').cast(pa.int64()).to_pylist() == [0, YEAR_20000_US, None]
+    assert letters == []
+    tables.open_tables(target).commit('events', written, strip_internal(batch).schema, 'r1')
+    assert sorted(_read(target).column('odd').cast(pa.int64()).to_pylist(), key=str) == [0, YEAR_20000_US, None]
     return
-  with pytest.raises(tables.UnfitValuesError) as error:
-    _write_batch(target, batch)
-  message = str(error.value)
-  assert 'events' in message and "'odd'" in message and '1 row(s)' in message
-  assert not any(v in message for v in ('9876543210123456', '12345678', '123456.78', 'xff', '20000'))
-  assert _data_files(target) == []
+  assert [(l['source'], l['position'], l['tenant'], l['field']) for l in letters] == [
+    ('s3://in/plays-2024.csv', 'row 12', 'beta', 'odd')
+  ]
+  letter = letters[0]
+  assert letter['reason'] == ('bad_encoding' if case == 'text' else 'invalid_value')
+  assert letter['stage'] == 'write' and 'events' in letter['detail'] and "'odd'" in letter['detail']
+  assert not any(v in letter['detail'] for v in ('9876543210123456', '12345678', '123456.78', 'xff', '20000'))
+  assert SOURCE_COLUMN not in letter['record'] and letter['record']['tenant_id'] == 'beta'
+  assert sum(f.rows for f in written) == 2 and {dict(f.partition)['tenant_id'] for f in written} == {'acme'}
+  tables.open_tables(target).commit('events', written, strip_internal(batch).schema, 'r1')
+  assert _read(target).num_rows == 2
+
+
+def test_a_batch_of_nothing_but_rows_no_table_holds_writes_no_file(target):
+  """Every row of the batch refused: their dead letters, and no data file (an empty one would be committed)."""
+  batch = pa.RecordBatch.from_arrays(
+    [pa.array(['acme', 'acme']), pa.array([9_876_543_210_123_456] * 2, pa.timestamp('s', tz='UTC'))],
+    names=['tenant_id', 'played_at'],
+  )
+  written, letters = _write_batch_and_letters(target, batch)
+  assert written == [] and len(letters) == 2 and _data_files(target) == []
+  assert {l['reason'] for l in letters} == {'invalid_value'} and {l['field'] for l in letters} == {'played_at'}
 
 
 def test_event_times_past_year_9999_are_partitioned_by_day_without_python(target):
   """The batch job partitions files by the day of the event time (Delta too: one file per day). A time past
   Python's years (1 to 9999, which Arrow and Delta hold) is its day's text from Arrow. Before, Python's date
   overflowed: a Delta run with such a time failed every time with a bare OverflowError; Iceberg refuses the
-  row by name (`unfit_values`)."""
+  row by name (`unfit_values`): a dead letter."""
   batch = pa.RecordBatch.from_arrays(
     [pa.array(['acme', 'acme']), pa.array([0, YEAR_20000_US], pa.timestamp('us', tz='UTC'))],
     names=['tenant_id', 'played_at'],
   )
   if target.format == 'iceberg':
-    with pytest.raises(tables.UnfitValuesError, match="'played_at'"):
-      _write_batch(target, batch)
+    written, letters = _write_batch_and_letters(target, batch)
+    assert sum(f.rows for f in written) == 1 and [l['field'] for l in letters] == ['played_at']
     return
   written = _write_batch(target, batch)
   assert sorted(dict(f.partition)['played_at_day'] for f in written) == ['1970-01-01', '20000-01-01']

@@ -138,6 +138,47 @@ def test_an_incompatible_schema_stops_the_run_and_commits_nothing(fmt, tmp_path,
   assert committer.load('listening_event') is not None
 
 
+@pytest.mark.parametrize('fmt', ['iceberg', 'delta'])
+def test_a_row_no_table_holds_is_a_dead_letter_and_the_run_commits_the_rest(fmt, tmp_path, postgres_url):
+  """A Parquet export whose undeclared column holds a decimal with more digits than its precision in one row
+  (another tool wrote it; Arrow reads it as it is) and, in another, a time past year 9999 (Iceberg keeps a
+  column's bounds as Python values; Delta holds it): those rows are dead letters naming the table and the
+  column, never the value, with their source and position; the run commits the rest and its counts add up.
+  Before, one such row stopped the run on every attempt."""
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+
+  namespace = f'ns_{uuid.uuid4().hex[:8]}'
+  rows = [_event(f'ev-{i}', 'acme' if i % 2 else 'globex') for i in range(10)]
+  table = pa.Table.from_pylist(rows)
+  unscaled = [100 * i for i in range(10)]
+  unscaled[3] = 12_345_678  # 123456.78 in a decimal(5, 2)
+  payload = b''.join(v.to_bytes(16, 'little', signed=True) for v in unscaled)
+  table = table.append_column('refund', pa.Array.from_buffers(pa.decimal128(5, 2), 10, [None, pa.py_buffer(payload)]))
+  table = table.append_column(
+    'expires_at', pa.array([0] * 6 + [568_971_820_800_000_000] + [0] * 3, pa.timestamp('us', tz='UTC'))
+  )
+  source = str(tmp_path / 'export.parquet')
+  pq.write_table(table, source)
+  out = str(tmp_path / 'lake')
+  manifest = run(['--input', source, '--run_id', 'odd-1', *_args(fmt, out, postgres_url, namespace)])
+  refused = 2 if fmt == 'iceberg' else 1
+  assert manifest['counts']['written'] == 10 - refused and manifest['counts']['dead_letter'] == refused
+  assert manifest['conservation']['ok']
+  clean, _, _ = _read(fmt, out, 'listening_event', postgres_url, namespace)
+  assert sorted(clean.column('event_id').to_pylist()) == sorted(
+    f'ev-{i}' for i in range(10) if i != 3 and (i != 6 or fmt == 'delta')
+  )
+  letters, _, _ = _read(fmt, out, 'dead_letter', postgres_url, namespace)
+  by_field = {r['field']: r for r in letters.to_pylist()}
+  assert set(by_field) == ({'refund', 'expires_at'} if fmt == 'iceberg' else {'refund'})
+  for letter in by_field.values():
+    assert letter['reason'] == 'invalid_value' and letter['stage'] == 'write'
+    assert letter['source'].endswith('export.parquet') and letter['position']
+    assert 'listening_event' in letter['detail'] and '123456' not in letter['detail']
+  assert '"ev-3"' in by_field['refund']['record']
+
+
 def test_batch_delta_on_gcs(tmp_path, fake_gcs_env):
   """--output_format delta to gs:// (fake-gcs-server): read back with deltalake and pyarrow.dataset."""
   import pyarrow.fs
