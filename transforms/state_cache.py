@@ -14,7 +14,10 @@ section).
 `weigh_cached_state_by_shape()` makes the worker weigh cached values
 by their shape: the bags hold tuples, lists, dicts and sets of numbers, strings
 and Arrow batches or arrays. Those are summed directly (`sys.getsizeof` of each
-container and scalar, the buffers of each Arrow object), and anything else goes to objsize as Beam does it, minus the module scan. The
+container and scalar, the buffers of each Arrow object); an object whose class
+has a `state_weight(self)` method says its own weight (a state value of many
+small items that would cost a walk of all of them at every write); anything
+else goes to objsize as Beam does it, minus the module scan. The
 weight is an estimate for eviction, as Beam's is: an object referenced twice is
 counted twice here, where objsize counts it once, and an Arrow slice
 counts the whole buffers it keeps alive. Called from the `setup()` of
@@ -48,7 +51,8 @@ _MAX_DEPTH = 16  # deeper values go to objsize, which walks them without recursi
 
 
 def weigh_by_shape(obj, weigh_other, depth: int = 0) -> int:
-  """Bytes of `obj`: containers and scalars summed, Arrow objects by their buffers, others by `weigh_other`."""
+  """Bytes of `obj`: containers and scalars summed, Arrow objects by their buffers, objects of a class with a
+  `state_weight` method by it, others by `weigh_other`."""
   kind = type(obj)
   if kind in _SCALARS:
     return sys.getsizeof(obj)
@@ -62,6 +66,9 @@ def weigh_by_shape(obj, weigh_other, depth: int = 0) -> int:
       )
   if isinstance(obj, _ARROW):
     return _ARROW_OBJECT_BYTES + obj.get_total_buffer_size()
+  state_weight = getattr(kind, 'state_weight', None)
+  if state_weight is not None:
+    return state_weight(obj)
   return weigh_other(obj)
 
 
