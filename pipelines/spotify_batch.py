@@ -814,16 +814,17 @@ def _entity_chain(
       day_field=event_time_field(model),
       schema=beam.pvalue.AsSingleton(inferred),
     )
-    data_files = written.records
-    dead_letters.append(written.dead_letter)  # rows holding values no table column holds
   else:
-    data_files = unique | f'{label}WriteData' >> WriteRecordFiles(
+    written = unique | f'{label}WriteData' >> WriteRecordFiles(
       config.output,
       config.output_format,
       run_id,
       schema=beam.pvalue.AsSingleton(inferred),
       entity=entity if label else None,
     )
+  data_files = written.records
+  # Rows the format cannot hold (a table column, Avro's or TFRecord's time counts) are dead letters.
+  dead_letters.append(written.dead_letter)
   data_files = data_files | f'{label}Trace WriteData' >> tracing.TraceBundles(trace, f'{label}WriteData')
   letters = flatten_dead_letters(dead_letters, f'{label}AllDeadLetters')
   # Dead letters are redacted with their own entity's identifiers.

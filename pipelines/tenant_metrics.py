@@ -118,7 +118,10 @@ def build(
   )
   plays = batches | 'ExtractPlays' >> bm.ExtractPlays()
   metrics = plays.records | 'TenantMetrics' >> bm.TenantMetrics(metrics_options)
-  data_files = metrics | 'WriteMetrics' >> WriteRecordFiles(options.output, 'parquet', run_dir, entity=bm.ENTITY)
+  # Parquet holds every value Arrow does: the writer's dead_letter output stays empty.
+  data_files = (
+    metrics | 'WriteMetrics' >> WriteRecordFiles(options.output, 'parquet', run_dir, entity=bm.ENTITY)
+  ).records
   letter_files = plays.dead_letter | 'WriteDeadLetters' >> WriteDeadLetterFiles(options.output, run_dir)
   counts = (
     (

@@ -58,7 +58,7 @@ Usage::
 
     plays = batches | ExtractPlays(PlayFields())
     metrics = plays.records | TenantMetrics(MetricsOptions(churn_days=14))
-    metrics | WriteRecordFiles(output, 'parquet', run_dir, entity='tenant_metrics')
+    files = (metrics | WriteRecordFiles(output, 'parquet', run_dir, entity='tenant_metrics')).records
     # streaming, one day per window:
     metrics = plays.records | TenantMetrics(MetricsOptions(periods=('day',), window_s=86400))
 """

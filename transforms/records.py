@@ -83,6 +83,8 @@ __all__ = [
   'python_rows',
   'is_text_or_bytes',
   'columns_as_epoch_counts',
+  'UncountableTimeError',
+  'failing_rows',
   'epoch_counts',
   'exact_times',
   'microsecond_times',
@@ -782,6 +784,36 @@ def is_text_or_bytes(t: pa.DataType) -> bool:
   return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t)
 
 
+class UncountableTimeError(ValueError):
+  """A column holds a time or date no count of its output format holds (`columns_as_epoch_counts`). column: its
+  name."""
+
+  def __init__(self, message: str, column: str):
+    super().__init__(message)
+    self.column = column
+
+  def __reduce__(self):
+    return type(self), (str(self), self.column)
+
+
+def failing_rows(column, convert) -> Dict[int, Exception]:
+  """The rows of `column` on which `convert` raises ArrowInvalid, with its error: halves of the rows tried in
+  turn, those that fail halved again (for a cast or a validation that judges each value by itself)."""
+  found: Dict[int, Exception] = {}
+  todo = [(0, len(column))]
+  while todo:
+    start, length = todo.pop()
+    try:
+      convert(column.slice(start, length))
+    except pa.ArrowInvalid as e:
+      if length == 1:
+        found[start] = e
+      else:
+        half = length // 2
+        todo += [(start + half, length - half), (start, half)]
+  return found
+
+
 def columns_as_epoch_counts(
   table: pa.Table, output_format: str, counts_type: str, counted: Callable[[pa.Field], bool]
 ) -> pa.Table:
@@ -790,9 +822,9 @@ def columns_as_epoch_counts(
 
   Through Python's datetime a date or time past its years 1 to 9999, which
   Arrow holds, raised and no row of the batch was written; its count holds it
-  exactly. A value no count holds (`epoch_counts`) is a ValueError naming the
-  output format, the column and the way out; `counts_type` names what cannot
-  hold it.
+  exactly. A value no count holds (`epoch_counts`) is an UncountableTimeError
+  (a ValueError) naming the output format, the column and the way out;
+  `counts_type` names what cannot hold it.
   """
   for i, f in enumerate(table.schema):
     if not counted(f):
@@ -800,9 +832,10 @@ def columns_as_epoch_counts(
     try:
       column = epoch_counts(table.column(i))
     except pa.ArrowInvalid:
-      raise ValueError(
+      raise UncountableTimeError(
         f'{output_format} output: the column {f.name!r} holds a time or date past the years -290308 to 294247 '
-        f"(a date64: past int32's days), which {counts_type} cannot hold; write --output_format jsonl"
+        f"(a date64: past int32's days), which {counts_type} cannot hold; write --output_format jsonl",
+        f.name,
       ) from None
     if column.type != f.type:
       table = table.set_column(i, f.with_type(column.type), column)

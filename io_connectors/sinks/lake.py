@@ -21,8 +21,9 @@ Usage::
 
     run_dir = run_dir_name(run_id)
     lock = OutputLock.acquire(output, run_id, run_dir)        # OutputLockedError while another run writes
-    files = batches | WriteRecordFiles(output, 'parquet', run_dir, schema=schema_side_input)
-    letters = dead_letters | WriteDeadLetterFiles(output, run_dir)
+    written = batches | WriteRecordFiles(output, 'avro', run_dir, schema=schema_side_input)
+    files = written.records   # rows the format cannot hold are written.dead_letter: join them to the others
+    letters = (dead_letters, written.dead_letter) | beam.Flatten() | WriteDeadLetterFiles(output, run_dir)
     # in the job's last step, once every file is written:
     moves = finalize_files(output, run_dir, files)
     commit_output(output, run_dir, manifest, schema_doc, lock=lock)
@@ -54,12 +55,19 @@ from apache_beam.transforms.window import GlobalWindows
 from io_connectors._common.times import epoch_count, epoch_nanos_of_text
 from io_connectors.sinks._commit import LOCK_NAME, LakeCommitError, OutputLock, OutputLockedError, local_path, store_for
 from io_connectors.sinks._avro import avro_file_bytes
+from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 from transforms.records import (
+  SOURCE_COLUMN,
   TENANT_COLUMN,
+  UncountableTimeError,
   columns_as_epoch_counts,
+  epoch_counts,
+  failing_rows,
   json_safe,
   python_rows,
   python_values,
+  row_positions,
+  rows_as_dicts,
   strip_internal,
   with_provenance,
 )
@@ -646,7 +654,15 @@ class _WriteBatchFn(beam.DoFn):
       part = batch.filter(mask) if len(unique) > 1 else batch
       tenant = UNASSIGNED if tenant is None else tenant
       table = pa.Table.from_batches([strip_internal(part)])
-      payload = _WRITERS[self._format](table)
+      try:
+        payload = _WRITERS[self._format](table)
+      except UncountableTimeError:
+        part, letters = _without_uncountable_times(part, self._format, tenant)
+        yield from (beam.pvalue.TaggedOutput(DEAD_LETTER, letter) for letter in letters)
+        if not part.num_rows:
+          continue
+        table = pa.Table.from_batches([strip_internal(part)])
+        payload = _WRITERS[self._format](table)
       temp = _join(_temp_dir(self._output, self._run_dir), f'{uuid.uuid4().hex}.{_EXTENSIONS[self._format]}')
       _write_bytes(temp, payload)
       self._rows.inc(table.num_rows)
@@ -661,9 +677,48 @@ class _WriteBatchFn(beam.DoFn):
       )
 
 
-class WriteRecordFiles(beam.PTransform):
-  """Writes batches (with a `tenant_id` column) as temporary files; returns WrittenFile records.
+def _without_uncountable_times(
+  part: pa.RecordBatch, file_format: str, tenant: str
+) -> Tuple[pa.RecordBatch, List[dict]]:
+  """(the rows of `part` the format's writer takes, a dead letter for each of the others): rows holding a time or
+  date no count of the format holds (Avro's ``timestamp-micros``, TFRecord's int64 microseconds: a time in seconds
+  past year 294247), column by column as the writer refuses them. Reason ``invalid_value``, the column and what is
+  wrong in ``detail``, never the value; the row as the record, its source and position."""
+  letters: List[dict] = []
+  while True:
+    try:
+      _WRITERS[file_format](pa.Table.from_batches([strip_internal(part)]))
+      return part, letters
+    except UncountableTimeError as error:
+      column = error.column
+    bad = sorted(failing_rows(part.column(column), epoch_counts))
+    if not bad:
+      raise RuntimeError(f'{file_format} output: column {column!r} refused as a whole, no row of it alone')
+    refused = part.take(pa.array(bad, pa.int64()))
+    sources = refused.column(SOURCE_COLUMN).to_pylist() if SOURCE_COLUMN in refused.schema.names else [None] * len(bad)
+    detail = (
+      f'{file_format} output: column {column!r} holds a time or date past the years -290308 to 294247, which '
+      f'the format cannot hold; the row was not written (--output_format jsonl or parquet holds it)'
+    )
+    for source, position, record in zip(sources, row_positions(refused), rows_as_dicts(strip_internal(refused))):
+      letters.append(
+        dead_letter(source, position, 'invalid_value', column, record, detail, stage='write', tenant=tenant)
+      )
+    keep = np.ones(part.num_rows, dtype=bool)
+    keep[bad] = False
+    part = part.filter(pa.array(keep))
+    if not part.num_rows:
+      return part, letters
 
+
+class WriteRecordFiles(beam.PTransform):
+  """Writes batches (with a `tenant_id` column) as temporary files.
+
+  Returns Outputs: records, the WrittenFile records; dead_letter, one letter
+  per row holding a time or date no count of the format holds (Avro and
+  TFRecord: a time in seconds past year 294247; reason ``invalid_value``, the
+  column in ``detail``, never the value), which no file holds. Parquet and
+  JSON Lines hold every value Arrow does: their dead_letter stays empty.
   run_dir: the attempt's directory under OUTPUT/_runs/ (`run_dir_name`).
   schema: an optional side input (`AsSingleton`) every file is conformed to.
   """
@@ -681,9 +736,9 @@ class WriteRecordFiles(beam.PTransform):
 
   def expand(self, batches):
     fn = _WriteBatchFn(self._output, self._format, self._run_dir, self._entity)
-    if self._schema is not None:
-      return batches | 'WriteTemp' >> beam.ParDo(fn, schema=self._schema)
-    return batches | 'WriteTemp' >> beam.ParDo(fn)
+    side = {} if self._schema is None else {'schema': self._schema}
+    written = batches | 'WriteTemp' >> beam.ParDo(fn, **side).with_outputs(DEAD_LETTER, main='files')
+    return Outputs(written.files, written[DEAD_LETTER])
 
 
 # A dead-letter file holds at most this many letters.

@@ -118,6 +118,7 @@ from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 from transforms.records import (
   SOURCE_COLUMN,
   TENANT_COLUMN,
+  failing_rows,
   json_safe,
   microsecond_times,
   row_positions,
@@ -489,24 +490,6 @@ class Unfit(typing.NamedTuple):
   why: str
 
 
-def _failing_rows(column, convert) -> Dict[int, Exception]:
-  """The rows of `column` on which `convert` raises ArrowInvalid, with its error: halves of the rows tried in
-  turn, those that fail halved again (a cast or a validation judges each value by itself)."""
-  found: Dict[int, Exception] = {}
-  todo = [(0, len(column))]
-  while todo:
-    start, length = todo.pop()
-    try:
-      convert(column.slice(start, length))
-    except pa.ArrowInvalid as e:
-      if length == 1:
-        found[start] = e
-      else:
-        half = length // 2
-        todo += [(start + half, length - half), (start, half)]
-  return found
-
-
 def _unfit_why(error: Exception, column_type: pa.DataType) -> Tuple[str, str]:
   """(dead-letter reason, what is wrong) of a value `_stored_column` refused with `error`, in types only."""
   text = str(error)
@@ -544,7 +527,7 @@ def unfit_values(target: TableTarget, rows: pa.Table) -> Dict[int, List[Unfit]]:
     except pa.ArrowNotImplementedError:
       continue
     except pa.ArrowInvalid:
-      bad = _failing_rows(column, _stored_column)
+      bad = failing_rows(column, _stored_column)
       for row, error in sorted(bad.items()):
         found.setdefault(row, []).append(Unfit(f.name, *_unfit_why(error, typed)))
       stored = None

@@ -366,7 +366,7 @@ def _assert_written_rows(tmp_path, table, fmt, expected):
     assert [{k: v for k, v in row.items() if k != 'tenant_id'} for row in rows] == expected
 
   with TestPipeline() as p:
-    files = p | beam.Create([batch]) | lake_mod.WriteRecordFiles(str(tmp_path / 'out'), fmt, 'run')
+    files = (p | beam.Create([batch]) | lake_mod.WriteRecordFiles(str(tmp_path / 'out'), fmt, 'run')).records
     assert_that(files, read)
 
 
@@ -417,7 +417,9 @@ def test_jsonl_keeps_nan_and_infinities_by_name_not_as_null(tmp_path):
     assert [{k: v for k, v in json.loads(line).items() if k != 'tenant_id'} for line in lines] == expected
 
   with TestPipeline() as p:
-    files = p | beam.Create(table.to_batches()) | lake_mod.WriteRecordFiles(str(tmp_path / 'out'), 'jsonl', 'run')
+    files = (
+      p | beam.Create(table.to_batches()) | lake_mod.WriteRecordFiles(str(tmp_path / 'out'), 'jsonl', 'run')
+    ).records
     assert_that(files, read)
 
 

@@ -204,3 +204,52 @@ def test_tfrecord_refuses_with_a_clear_error_a_time_no_int64_microseconds_hold()
   table = pa.table({'seen': pa.array([[2**62]], pa.list_(pa.timestamp('ms')))})
   with pytest.raises(ValueError, match="column 'seen'.*write --output_format jsonl"):
     lake_mod._tfrecord_bytes(table)
+
+
+@pytest.mark.parametrize('fmt', ['avro', 'tfrecord'])
+def test_a_row_whose_time_no_count_of_the_format_holds_is_a_dead_letter_and_the_rest_is_written(fmt, tmp_path):
+  """The batch job's writer step: a row holding a time no count of the format holds (a time in seconds past year
+  294247) is a dead letter (its source and position, the column, never the value) and the rest of its batch is
+  written. Before, the writer's ValueError stopped the whole run on every attempt."""
+  from apache_beam.pvalue import TaggedOutput
+
+  from transforms.dead_letter import DEAD_LETTER
+
+  batch = pa.RecordBatch.from_arrays(
+    [
+      pa.array(['acme'] * 4),
+      pa.array(['e1', 'e2', 'e3', 'e4']),
+      pa.array([1, 2**62, 3, None], pa.timestamp('s', tz='UTC')),
+      pa.array([[1], [2], [2**61], []], pa.list_(pa.timestamp('ms'))),
+      pa.array(['s3://in/plays.parquet'] * 4),
+      pa.array([40, 41, 42, 43], pa.int64()),
+    ],
+    names=['tenant_id', 'event_id', 'seen', 'laps', '__source', '__row'],
+  )
+  out = list(lake_mod._WriteBatchFn(str(tmp_path / 'out'), fmt, 'run').process(batch))
+  letters = [o.value for o in out if isinstance(o, TaggedOutput) and o.tag == DEAD_LETTER]
+  files = [o for o in out if not isinstance(o, TaggedOutput)]
+  assert sorted((l['position'], l['field'], l['record']['event_id']) for l in letters) == [
+    ('row 41', 'seen', 'e2'),
+    ('row 42', 'laps', 'e3'),
+  ]
+  for letter in letters:
+    assert letter['reason'] == 'invalid_value' and letter['stage'] == 'write' and letter['tenant'] == 'acme'
+    assert letter['source'] == 's3://in/plays.parquet' and fmt in letter['detail']
+    assert str(2**62) not in letter['detail'] and str(2**61) not in letter['detail']
+  assert [f.rows for f in files] == [2]
+  with open(files[0].temp_path, 'rb') as handle:
+    data = handle.read()
+  rows = _tfrecord_rows(data) if fmt == "tfrecord" else _raw_avro_rows(data)
+  assert sorted(r['event_id'] for r in rows) == ([[b'e1'], [b'e4']] if fmt == 'tfrecord' else ['e1', 'e4'])
+
+
+@pytest.mark.parametrize('fmt', ['avro', 'tfrecord'])
+def test_a_batch_of_nothing_but_such_rows_writes_no_file(fmt, tmp_path):
+  from apache_beam.pvalue import TaggedOutput
+
+  batch = pa.RecordBatch.from_arrays(
+    [pa.array(['acme', 'beta']), pa.array([2**62, -(2**62)], pa.timestamp('s'))], names=['tenant_id', 'seen']
+  )
+  out = list(lake_mod._WriteBatchFn(str(tmp_path / 'out'), fmt, 'run').process(batch))
+  assert all(isinstance(o, TaggedOutput) for o in out) and sorted(o.value['tenant'] for o in out) == ['acme', 'beta']

@@ -787,3 +787,34 @@ def test_declared_nested_fields_stay_nested_when_a_line_is_dirty(tmp_path):
   assert pa.types.is_list(written.schema.field('artists').type)
   assert written.column('album').to_pylist() == [{'name': 'A'}]
   assert written.column('artists').to_pylist() == [[{'id': 'x'}]]
+
+
+@pytest.mark.parametrize('fmt', ['avro', 'tfrecord'])
+def test_a_time_the_output_format_cannot_hold_is_a_dead_letter_and_the_run_commits_the_rest(fmt, tmp_path):
+  """A Parquet export whose undeclared column holds, in one row, a time in milliseconds past year 294247 (Arrow
+  and Parquet hold it; Avro's timestamp-micros and TFRecord's int64 microseconds cannot): that row is a dead letter naming the
+  column, with its source and position, and the run writes the rest; the counts add up. Before, the writer's
+  ValueError stopped the run on every attempt."""
+  rows = [
+    {
+      'event_id': f'ev-{i}',
+      'tenant_id': 'acme' if i % 2 else 'globex',
+      'user_id': f'u{i}',
+      'track_id': '4uLU6hMCjMI75M1A2tKUQC',
+      'played_at': '2024-03-01T12:30:00+00:00',
+      'ms_played': 1000 + i,
+    }
+    for i in range(8)
+  ]
+  table = pa.Table.from_pylist(rows)
+  table = table.append_column('renewal_at', pa.array([0] * 5 + [2**60] + [0] * 2, pa.timestamp('ms', tz='UTC')))
+  source = str(tmp_path / 'export.parquet')
+  pq.write_table(table, source)
+  output = str(tmp_path / 'out')
+  manifest = run(['--input', source, '--tenant_field', 'tenant_id', '--output', output, '--output_format', fmt])
+  counts = manifest['counts']
+  assert counts['written'] == 7 and counts['dead_letter'] == 1 and manifest['conservation']['ok']
+  [letter] = _dead_letters(output)
+  assert letter['reason'] == 'invalid_value' and letter['field'] == 'renewal_at' and letter['stage'] == 'write'
+  assert letter['source'].endswith('export.parquet') and letter['position'] and letter['tenant'] == 'acme'
+  assert letter['record']['event_id'] == 'ev-5' and str(2**60) not in letter['detail']
