@@ -657,12 +657,10 @@ class _WriteBatchFn(beam.DoFn):
       try:
         payload = _WRITERS[self._format](table)
       except UncountableTimeError:
-        part, letters = _without_uncountable_times(part, self._format, tenant)
+        table, payload, letters = _without_uncountable_times(part, self._format, tenant)
         yield from (beam.pvalue.TaggedOutput(DEAD_LETTER, letter) for letter in letters)
-        if not part.num_rows:
+        if payload is None:
           continue
-        table = pa.Table.from_batches([strip_internal(part)])
-        payload = _WRITERS[self._format](table)
       temp = _join(_temp_dir(self._output, self._run_dir), f'{uuid.uuid4().hex}.{_EXTENSIONS[self._format]}')
       _write_bytes(temp, payload)
       self._rows.inc(table.num_rows)
@@ -679,16 +677,17 @@ class _WriteBatchFn(beam.DoFn):
 
 def _without_uncountable_times(
   part: pa.RecordBatch, file_format: str, tenant: str
-) -> Tuple[pa.RecordBatch, List[dict]]:
-  """(the rows of `part` the format's writer takes, a dead letter for each of the others): rows holding a time or
-  date no count of the format holds (Avro's ``timestamp-micros``, TFRecord's int64 microseconds: a time in seconds
-  past year 294247), column by column as the writer refuses them. Reason ``invalid_value``, the column and what is
-  wrong in ``detail``, never the value; the row as the record, its source and position."""
+) -> Tuple[pa.Table, Optional[Union[bytes, pa.Buffer]], List[dict]]:
+  """(the rows of `part` the format's writer takes, without internal columns; the file of them, None when there
+  are none; a dead letter for each of the others): rows holding a time or date no count of the format holds
+  (Avro's ``timestamp-micros``, TFRecord's int64 microseconds: a time in seconds past year 294247), column by
+  column as the writer refuses them. Reason ``invalid_value``, the column and what is wrong in ``detail``, never
+  the value; the row as the record, its source and position."""
   letters: List[dict] = []
   while True:
+    table = pa.Table.from_batches([strip_internal(part)])
     try:
-      _WRITERS[file_format](pa.Table.from_batches([strip_internal(part)]))
-      return part, letters
+      return table, _WRITERS[file_format](table), letters
     except UncountableTimeError as error:
       column = error.column
     bad = sorted(failing_rows(part.column(column), epoch_counts))
@@ -708,7 +707,7 @@ def _without_uncountable_times(
     keep[bad] = False
     part = part.filter(pa.array(keep))
     if not part.num_rows:
-      return part, letters
+      return pa.Table.from_batches([strip_internal(part)]), None, letters
 
 
 class WriteRecordFiles(beam.PTransform):
