@@ -47,7 +47,7 @@ import decimal
 import json
 import math
 import re
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -69,6 +69,7 @@ __all__ = [
   'position',
   'element_position',
   'row_positions',
+  'row_letters',
   'written_positions',
   'range_source',
   'source_path',
@@ -208,6 +209,67 @@ def row_positions(batch) -> List[Optional[str]]:
   sources, rows = sources or [None] * n, rows or [None] * n
   elements, counts = elements or [None] * n, counts or [None] * n
   return [position(*values) for values in zip(rows, sources, elements, counts)]
+
+
+def _texts_as_binary(t: pa.DataType) -> pa.DataType:
+  """`t` with its strings, at any depth, as binaries (a cast that reads no byte of them)."""
+  if pa.types.is_string(t):
+    return pa.binary()
+  if pa.types.is_large_string(t):
+    return pa.large_binary()
+  if pa.types.is_struct(t):
+    return pa.struct([f.with_type(_texts_as_binary(f.type)) for f in t])
+  if pa.types.is_list(t) or pa.types.is_large_list(t):
+    return (pa.large_list if pa.types.is_large_list(t) else pa.list_)(
+      t.value_field.with_type(_texts_as_binary(t.value_type))
+    )
+  if pa.types.is_map(t):
+    return pa.map_(
+      t.key_field.with_type(_texts_as_binary(t.key_type)), t.item_field.with_type(_texts_as_binary(t.item_type))
+    )
+  return t
+
+
+def _letter_records(batch: pa.RecordBatch, rows: Sequence[int]) -> List[dict]:
+  """The `rows` of `batch` as dead letters' records (`rows_as_dicts`), whatever a sink refused in them: text
+  that is not UTF-8 as its bytes ('base64:...', where Python's decode raised), and of two columns of one name
+  the second as 'name#2' (a dict keeps one value per key: the other was lost)."""
+  chosen = strip_internal(batch.take(pa.array(rows, pa.int64())))
+  names: List[str] = []
+  for name in chosen.schema.names:
+    unique, k = name, 1
+    while unique in names:
+      k += 1
+      unique = f'{name}#{k}'
+    names.append(unique)
+  columns = []
+  for column in chosen.columns:
+    try:
+      column.validate(full=True)
+    except pa.ArrowInvalid:
+      column = column.cast(_texts_as_binary(column.type))
+    columns.append(column)
+  return rows_as_dicts(pa.RecordBatch.from_arrays(columns, names=names))
+
+
+def row_letters(batch: pa.RecordBatch, rows: Optional[Sequence[int]], letter, tenant: Optional[str] = None) -> list:
+  """A dead letter per row `rows` (None: all) of `batch` that a sink refused: letter(row, source, position, record,
+  tenant) with the row's source and position from the provenance columns, its tenant (`tenant` where the row has
+  none) and the row as its record (`_letter_records`: whatever the sink refused in it)."""
+  n = batch.num_rows
+  chosen = list(range(n)) if rows is None else list(rows)
+  sources: List[Optional[str]] = [None] * n
+  if SOURCE_COLUMN in batch.schema.names:
+    column = batch.column(SOURCE_COLUMN)
+    sources = (column.cast(column.type.value_type) if pa.types.is_dictionary(column.type) else column).to_pylist()
+  tenants: List[Optional[str]] = [None] * n
+  if TENANT_COLUMN in batch.schema.names:
+    tenants = pc.cast(batch.column(TENANT_COLUMN), pa.string()).to_pylist()
+  positions = row_positions(batch)
+  return [
+    letter(row, sources[row], positions[row], record, tenants[row] if tenants[row] is not None else tenant)
+    for row, record in zip(chosen, _letter_records(batch, chosen))
+  ]
 
 
 def written_positions(batch) -> List[tuple]:

@@ -57,7 +57,6 @@ from io_connectors.sinks._commit import LOCK_NAME, LakeCommitError, OutputLock, 
 from io_connectors.sinks._avro import avro_file_bytes
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 from transforms.records import (
-  SOURCE_COLUMN,
   TENANT_COLUMN,
   UncountableTimeError,
   columns_as_epoch_counts,
@@ -66,8 +65,7 @@ from transforms.records import (
   json_safe,
   python_rows,
   python_values,
-  row_positions,
-  rows_as_dicts,
+  row_letters,
   strip_internal,
   with_provenance,
 )
@@ -693,16 +691,15 @@ def _without_uncountable_times(
     bad = sorted(failing_rows(part.column(column), epoch_counts))
     if not bad:
       raise RuntimeError(f'{file_format} output: column {column!r} refused as a whole, no row of it alone')
-    refused = part.take(pa.array(bad, pa.int64()))
-    sources = refused.column(SOURCE_COLUMN).to_pylist() if SOURCE_COLUMN in refused.schema.names else [None] * len(bad)
     detail = (
       f'{file_format} output: column {column!r} holds a time or date past the years -290308 to 294247, which '
       f'the format cannot hold; the row was not written (--output_format jsonl or parquet holds it)'
     )
-    for source, position, record in zip(sources, row_positions(refused), rows_as_dicts(strip_internal(refused))):
-      letters.append(
-        dead_letter(source, position, 'invalid_value', column, record, detail, stage='write', tenant=tenant)
-      )
+
+    def letter(row, source, position, record, row_tenant, column=column, detail=detail):
+      return dead_letter(source, position, 'invalid_value', column, record, detail, stage='write', tenant=row_tenant)
+
+    letters += row_letters(part, bad, letter, tenant)
     keep = np.ones(part.num_rows, dtype=bool)
     keep[bad] = False
     part = part.filter(pa.array(keep))

@@ -116,13 +116,11 @@ from io_connectors.sinks.lake import UNASSIGNED, parquet_bytes
 from io_connectors.sinks.window_files import WRITTEN, _positions
 from transforms.dead_letter import DEAD_LETTER, Outputs, dead_letter
 from transforms.records import (
-  SOURCE_COLUMN,
   TENANT_COLUMN,
   failing_rows,
+  row_letters,
   json_safe,
   microsecond_times,
-  row_positions,
-  rows_as_dicts,
   strip_internal,
 )
 from transforms.schema import concat_widened
@@ -834,13 +832,6 @@ def write_data_file(
   )
 
 
-class _Pane(typing.NamedTuple):
-  """A batch of the batch job as `unfit_letters` takes a streaming pane: its rows, and the tenant of rows with none."""
-
-  batch: pa.RecordBatch
-  tenant: Optional[str]
-
-
 class _WriteTableFilesFn(beam.DoFn):
   def __init__(self, target: TableTarget, table: str, table_location: str, day_field: Optional[str], letters: bool):
     self._target = target
@@ -869,10 +860,10 @@ class _WriteTableFilesFn(beam.DoFn):
       unfit = unfit_values(self._target, table)
       if unfit:
         # Rows holding values no table column holds fail on every attempt: dead letters, the rest written.
-        for letter in unfit_letters(self._target, self._table, _Pane(batch, None), unfit):
+        for letter in unfit_letters(self._target, self._table, batch, unfit):
           yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
         self._unfit.inc(len(unfit))
-        table = table.take(pa.array([i for i in range(table.num_rows) if i not in unfit], pa.int64()))
+        table, _ = _without_rows(table, unfit)
         if not table.num_rows:
           return
     for partition, part in _partition_groups(table, self._day_field):
@@ -1619,6 +1610,12 @@ def check_types(target: TableTarget, name: str, schema: pa.Schema) -> None:
     )
 
 
+def _without_rows(rows: pa.Table, refused) -> Tuple[pa.Table, List[int]]:
+  """(`rows` without the row numbers in `refused`, which of `rows` they are)."""
+  kept = [i for i in range(rows.num_rows) if i not in refused]
+  return rows.take(pa.array(kept, pa.int64())), kept
+
+
 def check_fits(target: TableTarget, name: str, table, schema: pa.Schema) -> None:
   """SchemaMismatchError (naming `name`) where data of `schema` cannot join `table` as loaded (None: no table yet):
   the check each commit makes, without writing or committing anything. Two columns of one name and types no
@@ -1808,74 +1805,17 @@ def _mixed_types(parts: Sequence[pa.Table], rows: pa.Table) -> bool:
   return False
 
 
-def _texts_as_binary(t: pa.DataType) -> pa.DataType:
-  """`t` with its strings, at any depth, as binaries (a cast that reads no byte of them)."""
-  if pa.types.is_string(t):
-    return pa.binary()
-  if pa.types.is_large_string(t):
-    return pa.large_binary()
-  if pa.types.is_struct(t):
-    return pa.struct([f.with_type(_texts_as_binary(f.type)) for f in t])
-  if _is_list_type(t):
-    return (pa.large_list if pa.types.is_large_list(t) else pa.list_)(
-      t.value_field.with_type(_texts_as_binary(t.value_type))
-    )
-  if pa.types.is_map(t):
-    return pa.map_(
-      t.key_field.with_type(_texts_as_binary(t.key_type)), t.item_field.with_type(_texts_as_binary(t.item_type))
-    )
-  return t
-
-
-def _letter_records(batch: pa.RecordBatch, rows: Sequence[int]) -> List[dict]:
-  """The `rows` of `batch` as dead letters' records (`rows_as_dicts`), whatever the table refused in them: text
-  that is not UTF-8 as its bytes ('base64:...', where Python's decode raised), and of two columns of one name
-  the second as 'name#2' (a dict keeps one value per key: the other was lost)."""
-  chosen = strip_internal(batch.take(pa.array(rows, pa.int64())))
-  names: List[str] = []
-  for name in chosen.schema.names:
-    unique, k = name, 1
-    while unique in names:
-      k += 1
-      unique = f'{name}#{k}'
-    names.append(unique)
-  columns = []
-  for column in chosen.columns:
-    try:
-      column.validate(full=True)
-    except pa.ArrowInvalid:
-      column = column.cast(_texts_as_binary(column.type))
-    columns.append(column)
-  return rows_as_dicts(pa.RecordBatch.from_arrays(columns, names=names))
-
-
-def _row_letters(pane, rows: Optional[Sequence[int]], letter) -> List[dict]:
-  """A dead letter per row `rows` (None: all) of `pane` (a WindowBatch): letter(row, source, position, record,
-  tenant) with its source and position from the provenance columns, its tenant (the pane's where the row has
-  none) and the row as its record."""
-  batch = pane.batch
-  n = batch.num_rows
-  chosen = list(range(n)) if rows is None else list(rows)
-  sources: List[Optional[str]] = [None] * n
-  if SOURCE_COLUMN in batch.schema.names:
-    column = batch.column(SOURCE_COLUMN)
-    sources = (column.cast(column.type.value_type) if pa.types.is_dictionary(column.type) else column).to_pylist()
-  tenants: List[Optional[str]] = [None] * n
-  if TENANT_COLUMN in batch.schema.names:
-    tenants = pc.cast(batch.column(TENANT_COLUMN), pa.string()).to_pylist()
-  positions = row_positions(batch)
-  return [
-    letter(row, sources[row], positions[row], record, tenants[row] if tenants[row] is not None else pane.tenant)
-    for row, record in zip(chosen, _letter_records(batch, chosen))
-  ]
-
-
 def refused_letters(
-  target: TableTarget, table_name: str, pane, error: SchemaMismatchError, rows: Optional[Sequence[int]] = None
+  target: TableTarget,
+  table_name: str,
+  batch: pa.RecordBatch,
+  error: SchemaMismatchError,
+  rows: Optional[Sequence[int]] = None,
+  tenant: Optional[str] = None,
 ) -> List[dict]:
-  """One dead letter (reason ``schema_mismatch``) per row of `pane` (a WindowBatch; `rows`: those of its rows, None:
-  all) that table `table_name` refused with `error`: its source and position from the provenance columns, the
-  table, the column(s) and the types in `detail`, never a value (the row is the letter's record)."""
+  """One dead letter (reason ``schema_mismatch``) per row of `batch` (`rows`: those of its rows, None: all) that
+  table `table_name` refused with `error` (`records.row_letters`: source, position and tenant, `tenant` for rows
+  with none): the table, the column(s) and the types in `detail`, never a value (the row is the letter's record)."""
   detail = (
     f'{_FORMAT_NAMES[target.format]} table {table_label(target, table_name)} refused these rows: {error.conflict}; '
     'they were not committed (change the table or the data, or write to a new table, then replay them)'
@@ -1887,13 +1827,20 @@ def refused_letters(
       source, position, 'schema_mismatch', field=field, record=record, detail=detail, stage='write', tenant=tenant
     )
 
-  return _row_letters(pane, rows, letter)
+  return row_letters(batch, rows, letter, tenant)
 
 
-def unfit_letters(target: TableTarget, table_name: str, pane, unfit: Dict[int, List[Unfit]]) -> List[dict]:
-  """One dead letter per row of `pane` (a WindowBatch) `unfit_values` found (`unfit`: {row: [Unfit]}): reason
-  ``invalid_value`` (``bad_encoding`` for text that is not UTF-8), the first column at fault as its field, the
-  table, the columns and what is wrong in `detail` (types only, never a value); the row is the record."""
+def unfit_letters(
+  target: TableTarget,
+  table_name: str,
+  batch: pa.RecordBatch,
+  unfit: Dict[int, List[Unfit]],
+  tenant: Optional[str] = None,
+) -> List[dict]:
+  """One dead letter per row of `batch` `unfit_values` found (`unfit`: {row: [Unfit]}; `records.row_letters`:
+  source, position and tenant, `tenant` for rows with none): reason ``invalid_value`` (``bad_encoding`` for text
+  that is not UTF-8), the first column at fault as its field, the table, the columns and what is wrong in `detail`
+  (types only, never a value); the row is the record."""
   label = f'{_FORMAT_NAMES[target.format]} table {table_label(target, table_name)}'
 
   def letter(row, source, position, record, tenant):
@@ -1910,7 +1857,7 @@ def unfit_letters(target: TableTarget, table_name: str, pane, unfit: Dict[int, L
       tenant=tenant,
     )
 
-  return _row_letters(pane, sorted(unfit), letter)
+  return row_letters(batch, sorted(unfit), letter, tenant)
 
 
 class _Part(typing.NamedTuple):
@@ -1983,7 +1930,7 @@ class _CommitWindowFn(beam.DoFn):
     unfit = unfit_values(self._target, rows)
     if not unfit:
       return _Part(window, rows, None)
-    letters += unfit_letters(self._target, self._table, window, unfit)
+    letters += unfit_letters(self._target, self._table, window.batch, unfit, window.tenant)
     whys = sorted({f'{u.column}: {u.why}' for found in unfit.values() for u in found})
     _LOG.warning(
       '%s: %d row(s) of tenant %s hold values the table cannot, committed to %s: %s',
@@ -1993,8 +1940,8 @@ class _CommitWindowFn(beam.DoFn):
       DEAD_LETTER_TABLE,
       '; '.join(whys),
     )
-    kept = [i for i in range(rows.num_rows) if i not in unfit]
-    return _Part(window, rows.take(pa.array(kept, pa.int64())), kept) if kept else None
+    rows, kept = _without_rows(rows, unfit)
+    return _Part(window, rows, kept) if kept else None
 
   def _commit_parts(self, start: int, end: int, parts: List[_Part]) -> Tuple[List[CommitResult], list]:
     """Commits a window's `parts`, in one commit when the table takes them all; the panes it refuses apart from
@@ -2043,7 +1990,9 @@ class _CommitWindowFn(beam.DoFn):
     """Commits the window's dead letters (its unfit rows, its refused panes' rows) to DEAD_LETTER_TABLE (one
     commit, skipped on a replay of the same)."""
     for part, error in refused:
-      letters = letters + refused_letters(self._target, self._table, part.pane, error, part.kept)
+      letters = letters + refused_letters(
+        self._target, self._table, part.pane.batch, error, part.kept, part.pane.tenant
+      )
     window = window_id(self._table, start)
     commit_dead_letters(
       self._committer,
