@@ -117,6 +117,8 @@ setuptools.setup(
     'presidio-anonymizer>=2.2.350',
     'openpyxl>=3.1',
     'fastavro>=1.9',
+    # JSON decoded ~3x faster than json where the text is plain UTF-8 JSON (transforms.json_values.loads_utf8).
+    'orjson>=3.9',
     'pyyaml>=6',
     # Python twins of the RE2 prefilters (\\p{..} classes) in transforms.pii.scanner.
     'regex>=2023.0',

@@ -63,7 +63,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from io_connectors._common.arrow import table_from_json_lines, table_from_rows
 from transforms.dead_letter import DEAD_LETTER, dead_letter
-from transforms.json_values import RepeatedKey, json_type, loads, reason_of, repeated_key
+from transforms.json_values import UNDECIDED, RepeatedKey, json_type, loads, loads_utf8, reason_of, repeated_key
 from transforms.records import element_position, with_provenance
 
 __all__ = [
@@ -85,9 +85,19 @@ _MAX_RAW_CHARS = 10_000
 def _decode_json(
   payload: Optional[bytes], repeated_keys: bool = True
 ) -> Tuple[Any, Optional[str], Optional[Tuple[str, str, Optional[str]]]]:
-  """(value, text, None) of a payload's JSON, or (None, None, (reason, detail, record)) for its dead letter."""
+  """(value, text, None) of a payload's JSON, or (None, None, (reason, detail, record)) for its dead letter.
+
+  The text is None where orjson read the payload (`loads_utf8`, most of them): the caller decodes it, UTF-8
+  without a byte order mark, only for a problem's record.
+  """
   if payload is None:
     return None, None, ('malformed_json', 'the message has no payload', None)
+  try:
+    value = loads_utf8(payload, repeated_keys=repeated_keys)
+  except ValueError as e:
+    return None, None, (reason_of(e), f'not JSON: {e}', payload.decode('utf-8')[:_MAX_RAW_CHARS])
+  if value is not UNDECIDED:
+    return value, None, None
   try:
     text = payload.decode('utf-8-sig')
   except UnicodeDecodeError as e:
@@ -146,10 +156,12 @@ def decode_json_records(payload: Optional[bytes], repeated_keys: bool = True) ->
   value, text, problem = _decode_json(payload, repeated_keys)
   if problem is not None:
     return DecodedMessage([], [(None, *problem, None)], None)
+  if text is None and type(value) is not dict:
+    text = payload.decode('utf-8')
   if isinstance(value, dict):
     repeated = repeated_key(value)
     if repeated is not None:
-      return DecodedMessage([], [_repeated_problem(None, repeated, text)], None)
+      return DecodedMessage([], [_repeated_problem(None, repeated, text or payload.decode('utf-8'))], None)
     return DecodedMessage([(None, value)], [], None)
   if not isinstance(value, list):
     detail = f'a JSON {json_type(value)}, not an object or an array of objects'
