@@ -21,6 +21,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Duration, Timestamp
 
 from io_connectors._common.arrow import batch_from_rows
+from io_connectors._common.flink_keys import KeyPlacement, spread
 from io_connectors._common.masking import mask_secrets
 from io_connectors.streams._acknowledge import Acknowledger, AcknowledgeWritten, position_number
 from io_connectors.streams._messages import CheckpointOnlyTracker, unbounded_reader
@@ -37,7 +38,7 @@ from transforms.coders import RecordBatchCoder  # noqa: F401  # registers the ba
 from transforms.dead_letter import DEAD_LETTER, Outputs
 from transforms.records import with_provenance
 
-__all__ = ['ReadFromKafka', 'KafkaPartition', 'KafkaAcknowledger']
+__all__ = ['ReadFromKafka', 'KafkaPartition', 'KafkaPartitionCoder', 'KafkaAcknowledger']
 
 _LOG = logging.getLogger(__name__)
 
@@ -52,11 +53,38 @@ class KafkaPartition:
   """One topic partition: the element a partition read starts from.
 
   partitions: how many partitions the read has over all its topics (0: unknown).
+  lane: chosen so that Flink reads the partitions on its subtasks in turn
+    (`io_connectors._common.flink_keys`); 0 elsewhere. Where, never what.
   """
 
   topic: str
   partition: int
   partitions: int = 0
+  lane: int = 0
+
+
+class KafkaPartitionCoder(beam.coders.Coder):
+  """A `KafkaPartition`'s bytes: its fields, deterministic (a pickle's bytes are not, and Flink places a
+  partition read by them)."""
+
+  _FIELDS = beam.coders.TupleCoder(
+    [beam.coders.StrUtf8Coder(), beam.coders.VarIntCoder(), beam.coders.VarIntCoder(), beam.coders.VarIntCoder()]
+  )
+
+  def encode(self, value: KafkaPartition) -> bytes:
+    return self._FIELDS.encode((value.topic, value.partition, value.partitions, value.lane))
+
+  def decode(self, encoded: bytes) -> KafkaPartition:
+    return KafkaPartition(*self._FIELDS.decode(encoded))
+
+  def is_deterministic(self) -> bool:
+    return True
+
+  def to_type_hint(self):
+    return KafkaPartition
+
+
+beam.coders.registry.register_coder(KafkaPartition, KafkaPartitionCoder)
 
 
 # Consumers are shared by all DoFn copies of a process, one use at a time.
@@ -735,10 +763,12 @@ class KafkaAcknowledger(Acknowledger):
 
 
 class _ListPartitionsFn(beam.DoFn):
-  """The partitions of each topic, looked up when the job runs (not at construction)."""
+  """The partitions of each topic, looked up when the job runs (not at construction); on Flink each given the
+  lane that has the subtasks read them in turn (`placement`)."""
 
-  def __init__(self, options: KafkaReadOptions):
+  def __init__(self, options: KafkaReadOptions, placement: Optional[KeyPlacement] = None):
     self._options = options
+    self._placement = placement
 
   def process(self, unused_impulse):
     found = []
@@ -754,8 +784,12 @@ class _ListPartitionsFn(beam.DoFn):
           raise RuntimeError(f'Kafka topic {topic!r}: no partitions ({info.error if info else "unknown topic"})')
         time.sleep(0.5)
       found += [(topic, partition) for partition in sorted(info.partitions)]
-    for topic, partition in found:
-      yield KafkaPartition(topic, partition, len(found))
+    elements = [KafkaPartition(topic, partition, len(found)) for topic, partition in found]
+    yield from spread(elements, KafkaPartitionCoder().encode, _with_lane, self._placement)
+
+
+def _with_lane(element: KafkaPartition, lane: int) -> KafkaPartition:
+  return dataclasses.replace(element, lane=lane)
 
 
 class ReadFromKafka(beam.PTransform):
@@ -784,9 +818,12 @@ class ReadFromKafka(beam.PTransform):
     result = (
       pbegin
       | 'Impulse' >> beam.Impulse()
-      | 'ListPartitions' >> beam.ParDo(_ListPartitionsFn(options))
-      # Spreads partitions over workers before the reads start.
-      | 'Spread' >> beam.Reshuffle()
+      | 'ListPartitions'
+      >> beam.ParDo(_ListPartitionsFn(options, KeyPlacement.of_options(pbegin.pipeline.options))).with_output_types(
+        KafkaPartition
+      )
+      # Spreads partitions over workers before the reads start (Flink then places each read by its element).
+      | 'Spread' >> beam.Reshuffle().with_output_types(KafkaPartition)
       | 'ReadPartitions' >> beam.ParDo(_read_partition_fn(options)).with_outputs(DEAD_LETTER, main='records')
     )
     records = result.records
