@@ -292,9 +292,14 @@ def _assert_partitions_read_in_turn(cluster, result):
     for node in plan['nodes']
     if 'Read[kafka]' in node['description'] and any(i.get('ship_strategy') == 'HASH' for i in node.get('inputs', []))
   ]
-  subtasks = cluster.get(f"/jobs/{job['jid']}/vertices/{keyed_read}")['subtasks']
-  shares = [subtask['metrics']['read-records'] for subtask in subtasks]
-  assert sum(shares) == PARTITIONS and max(shares) - min(shares) <= 1, shares
+
+  def shares():
+    subtasks = cluster.get(f"/jobs/{job['jid']}/vertices/{keyed_read}")['subtasks']
+    return [subtask['metrics']['read-records'] for subtask in subtasks]
+
+  # Flink's REST API refreshes its metrics every 10 s.
+  cluster_wait_until(lambda: sum(shares()) == PARTITIONS, 60, "the read stage's count of partitions")
+  assert max(shares()) - min(shares()) <= 1, shares()
 
 
 def _committed(kafka, topic) -> List[int]:
