@@ -47,6 +47,11 @@ one whose parser hands over an object's pairs (ijson) from
 `object_of_pairs`; `repeated_on_path` finds a key written twice on the way
 to a document's records (``{"items": [...], "items": [...]}``).
 
+Where the text is plain UTF-8 JSON, orjson decodes it (`loads_utf8`, about
+3x json's speed on an event); what orjson refuses or reads otherwise (the
+cases above, an integer past 64 bits) is left to json, so every rule here
+holds either way (an equivalence test on generated hostile JSON keeps it so).
+
 Usage::
 
     try:

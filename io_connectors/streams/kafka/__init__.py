@@ -7,6 +7,13 @@ Flink, Dataflow) with no Java on the Python side:
   (`OffsetRestrictionTracker`); the runner checkpoints the range and splits it
   (self-checkpoints every `checkpoint_interval_s` while there is a backlog, as
   soon as a poll finds the partition's head, or when a partition is idle);
+  on Flink (``--runner=FlinkRunner`` with ``--parallelism``) each partition
+  element carries a lane chosen so that the subtasks read the partitions in
+  turn: Flink places a splittable read by its element's bytes, and a topic's
+  partitions otherwise fell by chance, often 3 or 4 of 4 on one Python worker
+  (`io_connectors._common.flink_keys`; the element's coder is
+  `KafkaPartitionCoder`, so a savepoint of a job built before it does not
+  restore into one built after);
 - the watermark is the newest record timestamp seen in the partition minus
   `max_out_of_orderness_s` (a ManualWatermarkEstimator whose state the runner
   checkpoints with the restriction); a partition that is caught up and idle
