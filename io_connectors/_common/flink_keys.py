@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from typing import Callable, List, Optional, Sequence, TypeVar
 
+from apache_beam.coders.coders import BytesCoder, LengthPrefixCoder
+
 __all__ = ['KeyPlacement', 'spread']
 
 T = TypeVar('T')
@@ -74,16 +76,8 @@ def _murmur_hash(code: int) -> int:
   return -signed if signed != -(2**31) else 0
 
 
-def _var_int(value: int) -> bytes:
-  out = bytearray()
-  while True:
-    bits = value & 0x7F
-    value >>= 7
-    if value:
-      out.append(bits | 0x80)
-    else:
-      out.append(bits)
-      return bytes(out)
+# The runner's key coder for an element the SDK encodes: its bytes, length-prefixed.
+_LENGTH_PREFIXED = LengthPrefixCoder(BytesCoder())
 
 
 class KeyPlacement:
@@ -116,7 +110,7 @@ class KeyPlacement:
   def element_subtask(self, encoded_element: bytes) -> int:
     """The subtask of a splittable DoFn's element, given its bytes as the SDK encodes it: the runner's key is
     those bytes length-prefixed (``LengthPrefixCoder`` of bytes, nested: ``FlinkKeyUtils.encodeKey``)."""
-    return self.subtask(_var_int(len(encoded_element)) + encoded_element)
+    return self.subtask(_LENGTH_PREFIXED.encode(encoded_element))
 
   @classmethod
   def of_options(cls, options) -> Optional['KeyPlacement']:
