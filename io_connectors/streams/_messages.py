@@ -156,12 +156,12 @@ def decode_json_records(payload: Optional[bytes], repeated_keys: bool = True) ->
   value, text, problem = _decode_json(payload, repeated_keys)
   if problem is not None:
     return DecodedMessage([], [(None, *problem, None)], None)
-  if text is None and type(value) is not dict:
+  if text is None and type(value) is not dict:  # a plain dict is a record; a marked one a problem needing its text
     text = payload.decode('utf-8')
   if isinstance(value, dict):
     repeated = repeated_key(value)
     if repeated is not None:
-      return DecodedMessage([], [_repeated_problem(None, repeated, text or payload.decode('utf-8'))], None)
+      return DecodedMessage([], [_repeated_problem(None, repeated, text)], None)
     return DecodedMessage([(None, value)], [], None)
   if not isinstance(value, list):
     detail = f'a JSON {json_type(value)}, not an object or an array of objects'
