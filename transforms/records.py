@@ -230,11 +230,11 @@ def _texts_as_binary(t: pa.DataType) -> pa.DataType:
   return t
 
 
-def _letter_records(batch: pa.RecordBatch, rows: Sequence[int]) -> List[dict]:
-  """The `rows` of `batch` as dead letters' records (`rows_as_dicts`), whatever a sink refused in them: text
+def _letter_records(chosen: pa.RecordBatch) -> List[dict]:
+  """The rows of `chosen` as dead letters' records (`rows_as_dicts`), whatever a sink refused in them: text
   that is not UTF-8 as its bytes ('base64:...', where Python's decode raised), and of two columns of one name
   the second as 'name#2' (a dict keeps one value per key: the other was lost)."""
-  chosen = strip_internal(batch.take(pa.array(rows, pa.int64())))
+  chosen = strip_internal(chosen)
   names: List[str] = []
   for name in chosen.schema.names:
     unique, k = name, 1
@@ -256,19 +256,22 @@ def row_letters(batch: pa.RecordBatch, rows: Optional[Sequence[int]], letter, te
   """A dead letter per row `rows` (None: all) of `batch` that a sink refused: letter(row, source, position, record,
   tenant) with the row's source and position from the provenance columns, its tenant (`tenant` where the row has
   none) and the row as its record (`_letter_records`: whatever the sink refused in it)."""
-  n = batch.num_rows
-  chosen = list(range(n)) if rows is None else list(rows)
+  chosen = list(range(batch.num_rows)) if rows is None else list(rows)
+  # Only the refused rows are read (a sink refuses a few rows of a large batch).
+  refused = batch if rows is None else batch.take(pa.array(chosen, pa.int64()))
+  n = refused.num_rows
   sources: List[Optional[str]] = [None] * n
-  if SOURCE_COLUMN in batch.schema.names:
-    column = batch.column(SOURCE_COLUMN)
+  if SOURCE_COLUMN in refused.schema.names:
+    column = refused.column(SOURCE_COLUMN)
     sources = (column.cast(column.type.value_type) if pa.types.is_dictionary(column.type) else column).to_pylist()
   tenants: List[Optional[str]] = [None] * n
-  if TENANT_COLUMN in batch.schema.names:
-    tenants = pc.cast(batch.column(TENANT_COLUMN), pa.string()).to_pylist()
-  positions = row_positions(batch)
+  if TENANT_COLUMN in refused.schema.names:
+    tenants = pc.cast(refused.column(TENANT_COLUMN), pa.string()).to_pylist()
   return [
-    letter(row, sources[row], positions[row], record, tenants[row] if tenants[row] is not None else tenant)
-    for row, record in zip(chosen, _letter_records(batch, chosen))
+    letter(row, source, where, record, row_tenant if row_tenant is not None else tenant)
+    for row, source, where, record, row_tenant in zip(
+      chosen, sources, row_positions(refused), _letter_records(refused), tenants
+    )
   ]
 
 
