@@ -101,9 +101,10 @@ def test_tree_rss_counts_processes_a_thread_started():
   parent = subprocess.Popen([sys.executable, '-c', script])
   try:
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and bench._tree_memory_bytes(parent.pid)[0] < 300 * 2**20:
+    while time.monotonic() < deadline and bench._summed(bench._tree_pids(parent.pid), bench._rss_bytes) < 300 * 2**20:
       time.sleep(0.2)
-    rss, pss = bench._tree_memory_bytes(parent.pid)
+    pids = bench._tree_pids(parent.pid)
+    rss, pss = bench._summed(pids, bench._rss_bytes), bench._summed(pids, bench._pss_bytes)
     assert rss > 300 * 2**20
     assert pss > 250 * 2**20
   finally:
@@ -111,6 +112,15 @@ def test_tree_rss_counts_processes_a_thread_started():
       os.kill(child, 9)
     parent.kill()
     parent.wait()
+
+
+def test_run_measured_finds_the_peak_of_a_brief_allocation_between_pss_reads():
+  """PSS is read at a new RSS peak, not only once a second: a 300 MB peak of ~0.6 s is not missed."""
+  script = 'import time\ntime.sleep(1.2)\nb = bytearray(300 * 2**20)\ntime.sleep(0.6)\ndel b\ntime.sleep(1.2)\n'
+  run = bench.run_measured([sys.executable, '-c', script], timeout_s=30)
+  assert run['returncode'] == 0
+  assert run['peak_rss_gb'] > 0.29
+  assert run['peak_pss_gb'] > 0.28
 
 
 def test_work_floor_runs_the_pipelines_steps_with_its_outputs(tmp_path):
