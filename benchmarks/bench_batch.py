@@ -24,7 +24,8 @@ clock, best of N:
 
 Throughput is input rows per second for both; the ratio is pipeline/baseline.
 Each subprocess run also reports its peak resident memory (the sum over the
-process and its children, polled every 0.2 s) and the load average before and
+process and its children: RSS polled every 0.2 s, PSS less often, as
+`RSS_POLL_S` says) and the load average before and
 after it; a pipeline run's output is checked against the expected counts
 (rows written, dead letters, duplicates). The package's bytecode is compiled
 first, as an installed package has it (`common.compile_package`).
