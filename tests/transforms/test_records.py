@@ -1,6 +1,7 @@
 """transforms.records: Arrow values as Python and JSON values, the same with and without pandas."""
 
 import datetime as dt
+import enum
 
 import pyarrow as pa
 import pytest
@@ -329,6 +330,21 @@ def test_rows_as_dicts_are_each_value_made_json_safe_for_every_column_type():
   assert rows_as_dicts(batch.slice(1)) == expected[1:]
 
 
+class _Text(str):
+  pass
+
+
+class _Level(enum.IntEnum):
+  HIGH = 3
+
+
+class _Colour(str, enum.Enum):
+  RED = 'red'
+
+
+_MOMENT = dt.datetime(2024, 6, 1, 12, 30, tzinfo=dt.timezone.utc)
+
+
 def _json_safe_per_value(value):
   """`json_safe` as it was, a call for every value: the reference for its shortcut over values JSON holds."""
   if isinstance(value, dict):
@@ -342,30 +358,20 @@ def test_json_safe_of_containers_is_a_call_per_value():
   """Values kept as they are without a call (str, int, bool, None) are only those of exactly these types: a str or
   int subclass, NaN, times, bytes and nested containers come out as a call per value makes them."""
   import decimal
-  import enum
   import math
 
-  class Text(str):
-    pass
-
-  class Level(enum.IntEnum):
-    HIGH = 3
-
-  class Colour(str, enum.Enum):
-    RED = 'red'
-
-  moment = dt.datetime(2024, 6, 1, 12, 30, tzinfo=dt.timezone.utc)
+  moment = _MOMENT
   leaves = [
-    None, 'a', '', 'Motörhead', 0, -(2**70), True, False, 1.5, math.nan, math.inf, -math.inf, Text('t'), Level.HIGH,
-    Colour.RED, moment, moment.date(), dt.time(1, 2), dt.timedelta(seconds=1.5), decimal.Decimal('1.10'),
+    None, 'a', '', 'Motörhead', 0, -(2**70), True, False, 1.5, math.nan, math.inf, -math.inf, _Text('t'), _Level.HIGH,
+    _Colour.RED, moment, moment.date(), dt.time(1, 2), dt.timedelta(seconds=1.5), decimal.Decimal('1.10'),
     b'bytes', b'\xff\xfe', bytearray(b'x'), object.__new__(object), frozenset(),
   ]  # fmt: skip
-  keys = ['k', 1, True, 1.5, None, (1, 2), Text('sub'), Level.HIGH, Colour.RED, moment, b'raw']
+  keys = ['k', 1, True, 1.5, None, (1, 2), _Text('sub'), _Level.HIGH, _Colour.RED, moment, b'raw']
   value = {
     'leaves': leaves,
     'as_tuple': tuple(leaves),
     'keyed': {key: leaves[i % len(leaves)] for i, key in enumerate(keys)},
-    'nested': [{'a': [leaves, {'b': tuple(leaves)}]}, [[None, [Text('deep')]]]],
+    'nested': [{'a': [leaves, {'b': tuple(leaves)}]}, [[None, [_Text('deep')]]]],
     'map': [('k', 1), ('v', moment)],
   }
   got, expected = json_safe(value), _json_safe_per_value(value)
@@ -379,24 +385,14 @@ def test_json_line_is_json_of_json_safe_keys_sorted_on_one_line():
   on one line, keys in order, non-ASCII as it is; an integer past 64 bits and a lone surrogate (orjson refuses
   them) as json writes them."""
   import decimal
-  import enum
   import json
   import math
 
-  class Text(str):
-    pass
-
-  class Level(enum.IntEnum):
-    HIGH = 3
-
-  class Colour(str, enum.Enum):
-    RED = 'red'
-
-  moment = dt.datetime(2024, 6, 1, 12, 30, tzinfo=dt.timezone.utc)
+  moment = _MOMENT
   record = {
     'zeta': 'Motörhead \u2028 line\nbreak', 'alpha': [1.5, 1e16, -0.0, 5e-324, math.nan, math.inf, None, True],
-    'ids': {'9': 'sess-48213377', 10: 'x', 'É': Text('t')}, 'when': moment, 'amount': decimal.Decimal('1.10'),
-    'raw': b'\xff\xfe', 'level': Level.HIGH, 'colour': Colour.RED, 'nested': [{'b': 2, 'a': (1, [moment.date()])}],
+    'ids': {'9': 'sess-48213377', 10: 'x', 'É': _Text('t')}, 'when': moment, 'amount': decimal.Decimal('1.10'),
+    'raw': b'\xff\xfe', 'level': _Level.HIGH, 'colour': _Colour.RED, 'nested': [{'b': 2, 'a': (1, [moment.date()])}],
   }  # fmt: skip
   letters = [
     {'source': 'file:///d/x.csv@0-10', 'position': 'line 7', 'reason': 'invalid_country', 'record': record},
