@@ -76,7 +76,7 @@ from pipelines import cli
 from pipelines.cli import UsageError
 from transforms.dead_letter import DEAD_LETTER, dead_letter
 from transforms.ml import features as ml
-from transforms.records import ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN, position, rows_as_dicts
+from transforms.records import ROW_COLUMN, SOURCE_COLUMN, TENANT_COLUMN, json_line, position, rows_as_dicts
 
 __all__ = [
   'build',
@@ -417,7 +417,7 @@ def build(argv: Sequence[str]) -> dict:
   rows = write_tables(events, data_dir, created)
   with open(os.path.join(data_dir, 'dead_letter.jsonl'), 'w', encoding='utf-8') as handle:
     for letter in letters:
-      handle.write(json.dumps(letter, default=str) + '\n')
+      handle.write(json_line(letter) + '\n')
   played = events.column('played_at_s')
   first_day = pc.min(played).as_py() // 86_400
   last_day = pc.max(played).as_py() // 86_400
