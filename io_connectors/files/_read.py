@@ -22,7 +22,7 @@ from transforms.records import (
   with_plain_types,
 )
 
-__all__ = ['STAGE', 'READERS', 'ReadRangeFn', 'ReadFormat', 'emit', 'rows_dropped', 'unique_column_names']
+__all__ = ['STAGE', 'READERS', 'ReadRangeFn', 'ReadFormat', 'emit', 'unique_column_names']
 
 STAGE = 'read'
 
@@ -73,39 +73,11 @@ def emit(table: pa.Table, source: str, rows: np.ndarray, batch_size: int) -> Ite
     table = table.append_column(last, json_types)
   table = with_plain_types(table)
   offset = 0
-  for batch in _batches_of(table, batch_size):
+  for batch in table.to_batches(max_chunksize=batch_size):
     n = batch.num_rows
     if n:
       yield with_provenance(batch, source, rows[offset : offset + n])
       offset += n
-
-
-def rows_dropped(table: pa.Table, drop: np.ndarray) -> pa.Table:
-  """The table without the rows at the sorted positions `drop`: zero-copy slices between them, which `emit`
-  joins into whole batches.
-
-  A reader sets aside a few rows of a whole range (bad bytes); `table.filter` copied every column of the
-  64 MiB range into fresh memory for that: at 10M rows the read took 18.7-22.2 CPU s with it, 15.3-16.5 without.
-  """
-  starts = np.concatenate(([0], drop + 1))
-  ends = np.concatenate((drop, [table.num_rows]))
-  kept = [table.slice(int(start), int(end - start)) for start, end in zip(starts, ends) if end > start]
-  return pa.concat_tables(kept) if kept else table.slice(0, 0)
-
-
-def _batches_of(table: pa.Table, batch_size: int) -> Iterator[pa.RecordBatch]:
-  """The table's rows in order, in batches of at most batch_size: its chunks cut as `to_batches` cuts them
-  (no copies), then neighbouring pieces that fit one batch together (slices around dropped rows) joined."""
-  pending: List[pa.RecordBatch] = []
-  pending_rows = 0
-  for piece in table.to_batches(max_chunksize=batch_size):
-    if pending and pending_rows + piece.num_rows > batch_size:
-      yield pending[0] if len(pending) == 1 else pa.concat_batches(pending)
-      pending, pending_rows = [], 0
-    pending.append(piece)
-    pending_rows += piece.num_rows
-  if pending:
-    yield pending[0] if len(pending) == 1 else pa.concat_batches(pending)
 
 
 class ReadRangeFn(beam.DoFn):

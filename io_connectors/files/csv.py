@@ -31,7 +31,7 @@ from io_connectors.files._lines import (
 )
 from io_connectors.files._options import CsvOptions
 from io_connectors.files._ranges import Range, ascii_compatible, is_compressed, open_file, read_exactly
-from io_connectors.files._read import READERS, STAGE, ReadFormat, emit, rows_dropped
+from io_connectors.files._read import READERS, STAGE, ReadFormat, emit
 from transforms.dead_letter import dead_letter
 from transforms.entities import comparable_name
 from transforms.records import position
@@ -468,7 +468,7 @@ class CsvReader:
       rows = rows[~np.isin(rows, np.array([r[0] for r in invalid], dtype=np.int64))]
     if bad_records:
       keep = ~np.isin(rows, np.array(list(bad_records), dtype=np.int64))
-      table, rows = rows_dropped(table, np.flatnonzero(~keep)), rows[keep]
+      table, rows = table.filter(pa.array(keep)), rows[keep]
     cut_at = self._value_cut_at_end(table, rows, last_record, data, options, path)
     if cut_at is not None:
       # Its quoted value is not closed where the data ends (the file's end, or a value too long to follow into

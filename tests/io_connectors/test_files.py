@@ -147,45 +147,6 @@ def test_csv_bad_encoding_only_affects_its_line(tmp_path):
   assert result.dead_letters[0]['source'] == path
 
 
-def test_csv_rows_between_many_bad_lines_come_in_whole_batches(tmp_path):
-  """Rows set aside for bad bytes leave the rest of the range as slices; the slices are joined into batches of
-  at most batch_size rows, every row once with its own row number."""
-  lines, bad = [], set()
-  for i in range(1, 201):
-    if i % 7 == 0 or i in (1, 2, 200):
-      lines.append(b'%d,bad\xff%d' % (i, i))
-      bad.add(i)
-    else:
-      lines.append(b'%d,ok%d' % (i, i))
-  path = write(tmp_path, 'events.csv', b'a,b\n' + b'\n'.join(lines) + b'\n')
-  result = read(tmp_path, ReadFromCsv(path, CsvOptions(batch_size=16)))
-  good = [i for i in range(1, 201) if i not in bad]
-  assert [(r[1], r[2]) for r in result.rows()] == [(i + 1, {'a': i, 'b': f'ok{i}'}) for i in good]
-  assert sorted(d['position'] for d in result.dead_letters) == sorted(f'row {i + 1}' for i in bad)
-  sizes = [b.num_rows for b in result.batches]  # in order: one range, read in one bundle
-  assert max(sizes) <= 16
-  assert all(a + b > 16 for a, b in zip(sizes, sizes[1:]))  # no two neighbours left that fit one batch
-  assert len(sizes) < len(bad)  # the 30 slices between the bad lines were joined
-
-
-def test_rows_dropped_keeps_the_others_in_order_without_copies():
-  from io_connectors.files._read import emit, rows_dropped
-
-  table = pa.table({'n': pa.array(range(10)), 's': pa.array([f'v{i}' for i in range(10)])})
-  kept = rows_dropped(table, np.array([0, 3, 4, 9]))
-  assert kept.column('n').to_pylist() == [1, 2, 5, 6, 7, 8]
-  assert kept.column('s').chunk(0).buffers()[2].address == table.column('s').chunk(0).buffers()[2].address
-  assert rows_dropped(table, np.array([], dtype=np.int64)).equals(table)
-  assert rows_dropped(table, np.arange(10)).num_rows == 0
-  rows = np.array([11, 12, 15, 16, 17, 18])
-  batches = list(emit(kept, 'f.csv', rows, batch_size=4))  # slices of 2 and 4 rows: not joined, not cut
-  assert [b.column(ROW_COLUMN).to_pylist() for b in batches] == [[11, 12], [15, 16, 17, 18]]
-  assert [strip_internal(b).column('n').to_pylist() for b in batches] == [[1, 2], [5, 6, 7, 8]]
-  batches = list(emit(kept, 'f.csv', rows, batch_size=6))  # joined
-  assert [b.column(ROW_COLUMN).to_pylist() for b in batches] == [[11, 12, 15, 16, 17, 18]]
-  assert strip_internal(batches[0]).column('s').to_pylist() == ['v1', 'v2', 'v5', 'v6', 'v7', 'v8']
-
-
 @pytest.mark.parametrize('keep_bad_lines', [True, False])
 def test_utf8_bad_lines_found_like_a_full_decode(keep_bad_lines):
   """The vectorised search for bad UTF-8 lines gives what decoding every line gives."""
