@@ -76,7 +76,7 @@ from transforms.lineage_columns import add_lineage_columns, lineage_schema  # no
 from transforms.pii import PiiOptions  # noqa: E402
 from transforms.pii.batch import redact_batch, redact_dead_letters  # noqa: E402
 from transforms.pii.keys import load_master_key  # noqa: E402
-from transforms.pii.transforms import _LETTERS_PER_SCAN, read_file_header  # noqa: E402
+from transforms.pii.transforms import _LETTERS_PER_SCAN, _freeze_imported_objects, read_file_header  # noqa: E402
 from transforms.records import json_line, source_path, strip_internal, with_provenance  # noqa: E402
 from transforms.schema import conform, merge_schemas, public_schema  # noqa: E402
 from transforms.tenant import tag_batch  # noqa: E402
@@ -114,6 +114,7 @@ def _start_worker(out_dir: str, tenant_field: str):
     out_dir=out_dir,
     tenant_field=tenant_field,
   )
+  _freeze_imported_objects()  # as the PII DoFns' setup does: full collections skip the imports' objects
   clock.lap('setup (recognizers, key)')
   _worker['setup_s'] = dict(clock.seconds)
 
