@@ -16,7 +16,9 @@ import logging
 import os
 import pathlib
 import signal
+import threading
 import time
+import types
 from typing import Dict, Iterator, List, Tuple
 
 import apache_beam as beam
@@ -24,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.portability.fn_api_runner import execution, translations
 from apache_beam.runners.runner import PipelineState
 
 from pipelines import runners
@@ -328,3 +331,57 @@ def test_local_batch_runs_over_large_inputs_get_a_worker_process_per_core(monkey
   assert runners.local_worker_processes(['--runner=FlinkRunner'], big) == []
   monkeypatch.setattr(runners.os, 'cpu_count', lambda: 1)
   assert runners.local_worker_processes(local, big) == []
+
+
+class _StageBuffers:
+  """What `BundleContextManager.get_buffer` reads of its manager for an output buffer, with its coder's
+  lookup slowed so that two threads' first data of one output meet inside it, as two workers' can."""
+
+  def __init__(self, meet: threading.Barrier):
+    self.execution_context = types.SimpleNamespace(pcoll_buffers={})
+    self._meet = meet
+
+  def get_input_coder_impl(self, transform_id):
+    try:
+      self._meet.wait(timeout=1)  # both threads inside the lookup at once, or the other held by a lock
+    except threading.BrokenBarrierError:
+      pass
+    return None
+
+
+def _first_data_of_two_workers(get_buffer) -> list:
+  """Two threads each append one chunk to the same output buffer, on its first lookup; what it holds."""
+  manager = _StageBuffers(threading.Barrier(2))
+  buffer_id = translations.create_buffer_id('validated_dead_letters')
+
+  def worker(chunk):
+    get_buffer(manager, buffer_id, 'Validate').append(chunk)
+
+  threads = [threading.Thread(target=worker, args=(chunk,)) for chunk in (b'worker-1', b'worker-2')]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  return sorted(manager.execution_context.pcoll_buffers[buffer_id].partition(1)[0])
+
+
+def test_fn_runner_parallel_workers_keep_every_first_chunk_of_an_output():
+  runners.lock_fn_runner_buffers()
+  locked = execution.BundleContextManager.get_buffer
+  # The race the lock closes is in the Beam we pin: unlocked, one worker's first chunk is lost.
+  assert len(_first_data_of_two_workers(locked._unlocked)) == 1
+  assert _first_data_of_two_workers(locked) == [b'worker-1', b'worker-2']
+  runners.lock_fn_runner_buffers()  # once: not wrapped twice
+  assert execution.BundleContextManager.get_buffer is locked
+
+
+def test_local_runner_args_lock_the_fn_runner_buffers(monkeypatch):
+  current = execution.BundleContextManager.get_buffer
+  unlocked = getattr(current, '_unlocked', current)
+  for argv in ([], ['--runner=FnApiRunner']):
+    monkeypatch.setattr(execution.BundleContextManager, 'get_buffer', unlocked)
+    runners.local_runner_args(argv)
+    assert execution.BundleContextManager.get_buffer._locked
+  monkeypatch.setattr(execution.BundleContextManager, 'get_buffer', unlocked)
+  runners.local_runner_args(['--runner=FlinkRunner'])
+  assert execution.BundleContextManager.get_buffer is unlocked
