@@ -248,7 +248,8 @@ def local_runner_args(argv: Sequence[str], streaming: bool = False) -> List[str]
   return argv
 
 
-_BUFFERS_LOCK = threading.Lock()
+# Re-entrant: a lookup wrapped twice (two wrappers installed) takes it twice on one thread.
+_BUFFERS_LOCK = threading.RLock()
 
 
 def lock_fn_runner_buffers() -> None:
@@ -266,18 +267,19 @@ def lock_fn_runner_buffers() -> None:
   from apache_beam.runners.portability.fn_api_runner import execution
 
   manager = execution.BundleContextManager
-  if getattr(manager.get_buffer, '_locked', False):
-    return
-  unlocked = manager.get_buffer
+  with _BUFFERS_LOCK:  # two threads starting pipelines at once install it once
+    if getattr(manager.get_buffer, '_locked', False):
+      return
+    unlocked = manager.get_buffer
 
-  @functools.wraps(unlocked)
-  def get_buffer(self, buffer_id, transform_id):
-    with _BUFFERS_LOCK:
-      return unlocked(self, buffer_id, transform_id)
+    @functools.wraps(unlocked)
+    def get_buffer(self, buffer_id, transform_id):
+      with _BUFFERS_LOCK:
+        return unlocked(self, buffer_id, transform_id)
 
-  get_buffer._locked = True
-  get_buffer._unlocked = unlocked
-  manager.get_buffer = get_buffer
+    get_buffer._locked = True
+    get_buffer._unlocked = unlocked
+    manager.get_buffer = get_buffer
 
 
 def flink_loopback_worker_pool(argv: Sequence[str]) -> str:
