@@ -40,7 +40,7 @@ import pathlib
 import subprocess
 import sys
 import threading
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 __all__ = [
   'RUNNERS',
@@ -250,6 +250,7 @@ def local_runner_args(argv: Sequence[str], streaming: bool = False) -> List[str]
 
 # Re-entrant: a lookup wrapped twice (two wrappers installed) takes it twice on one thread.
 _BUFFERS_LOCK = threading.RLock()
+_locked_get_buffer: Optional[Callable] = None  # the lookup `lock_fn_runner_buffers` installed
 
 
 def lock_fn_runner_buffers() -> None:
@@ -266,20 +267,20 @@ def lock_fn_runner_buffers() -> None:
   """
   from apache_beam.runners.portability.fn_api_runner import execution
 
+  global _locked_get_buffer
   manager = execution.BundleContextManager
   with _BUFFERS_LOCK:  # two threads starting pipelines at once install it once
-    if getattr(manager.get_buffer, '_locked', False):
+    if manager.get_buffer is _locked_get_buffer:
       return
     unlocked = manager.get_buffer
 
-    @functools.wraps(unlocked)
+    @functools.wraps(unlocked)  # its __wrapped__ is the lookup without the lock
     def get_buffer(self, buffer_id, transform_id):
       with _BUFFERS_LOCK:
         return unlocked(self, buffer_id, transform_id)
 
-    get_buffer._locked = True
-    get_buffer._unlocked = unlocked
-    manager.get_buffer = get_buffer
+    _locked_get_buffer = get_buffer
+    manager.get_buffer = get_buffer  # type: ignore[method-assign]
 
 
 def flink_loopback_worker_pool(argv: Sequence[str]) -> str:

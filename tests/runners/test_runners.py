@@ -369,7 +369,7 @@ def test_fn_runner_parallel_workers_keep_every_first_chunk_of_an_output():
   runners.lock_fn_runner_buffers()
   locked = execution.BundleContextManager.get_buffer
   # The race the lock closes is in the Beam we pin: unlocked, one worker's first chunk is lost.
-  assert len(_first_data_of_two_workers(locked._unlocked)) == 1
+  assert len(_first_data_of_two_workers(locked.__wrapped__)) == 1
   assert _first_data_of_two_workers(locked) == [b'worker-1', b'worker-2']
   runners.lock_fn_runner_buffers()  # once: not wrapped twice
   assert execution.BundleContextManager.get_buffer is locked
@@ -377,11 +377,11 @@ def test_fn_runner_parallel_workers_keep_every_first_chunk_of_an_output():
 
 def test_local_runner_args_lock_the_fn_runner_buffers(monkeypatch):
   current = execution.BundleContextManager.get_buffer
-  unlocked = getattr(current, '_unlocked', current)
+  unlocked = getattr(current, '__wrapped__', current)
   for argv in ([], ['--runner=FnApiRunner']):
     monkeypatch.setattr(execution.BundleContextManager, 'get_buffer', unlocked)
     runners.local_runner_args(argv)
-    assert execution.BundleContextManager.get_buffer._locked
+    assert execution.BundleContextManager.get_buffer.__wrapped__ is unlocked
   monkeypatch.setattr(execution.BundleContextManager, 'get_buffer', unlocked)
   runners.local_runner_args(['--runner=FlinkRunner'])
   assert execution.BundleContextManager.get_buffer is unlocked
